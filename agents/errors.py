@@ -1,0 +1,45 @@
+"""Errors of the agent-call path."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from checkpoints.errors import ErrorCategory, JourneyError
+
+
+class AgentError(JourneyError):
+    """An agent call failed."""
+
+
+class AgentNotFoundError(AgentError):
+    """No agent is registered for this intent."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+class DuplicateAgentError(AgentError):
+    """An agent is already registered for this intent; pass replace=True to swap it."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class PolicyViolationError(AgentError):
+    """A policy refused this agent call before it ran."""
+
+    category: ClassVar[ErrorCategory] = "forbidden"
+
+
+class TransientAgentError(AgentError):
+    """A failure worth retrying (timeouts, rate limits, a flaky dependency)."""
+
+
+class PermanentAgentError(AgentError):
+    """A failure that retrying cannot fix (bad input, a business rule said no)."""
+
+
+class AgentOutputError(PermanentAgentError):
+    """The agent's output does not match the declared output schema."""
+
+
+class AgentCallFailedError(AgentError):
+    """The agent call failed after its retries were exhausted."""

@@ -1,0 +1,85 @@
+"""Retry with backoff and jitter (tenacity), and bulkheads that cap concurrent calls per intent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+    wait_incrementing,
+    wait_random,
+)
+from tenacity.wait import wait_base
+
+from agents.errors import PermanentAgentError, PolicyViolationError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    max_attempts: int = 3
+    backoff: Literal["exponential", "linear"] = "exponential"
+    initial_delay: float = 0.05
+    max_delay: float = 5.0
+    jitter: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if min(self.initial_delay, self.max_delay, self.jitter) < 0:
+            raise ValueError("delays and jitter must not be negative")
+
+    def wait(self) -> wait_base:
+        if self.backoff == "linear":
+            return wait_incrementing(
+                start=self.initial_delay, increment=self.initial_delay, max=self.max_delay
+            ) + wait_random(0, self.jitter)
+        return wait_exponential_jitter(initial=self.initial_delay, max=self.max_delay, jitter=self.jitter)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Everything but refusals and declared-permanent failures is worth another attempt."""
+    return not isinstance(exc, PermanentAgentError | PolicyViolationError)
+
+
+async def call_with_retry(fn: Callable[[int], Awaitable[T]], settings: RetrySettings) -> tuple[T, int]:
+    """Run ``fn(attempt)`` until it succeeds or the attempts run out; returns (result, attempts)."""
+    attempt = 0
+    try:
+        async for trial in AsyncRetrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=settings.wait(),
+            retry=retry_if_exception(is_retryable),
+            reraise=True,
+        ):
+            with trial:
+                attempt = trial.retry_state.attempt_number
+                result = await fn(attempt)
+            if not trial.retry_state.outcome or not trial.retry_state.outcome.failed:
+                return result, attempt
+    except RetryError as exc:  # pragma: no cover - reraise=True surfaces the last error instead
+        raise exc.last_attempt.exception() or exc from exc
+    raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+class Bulkheads:
+    """One semaphore per intent, so a slow or stuck agent cannot take every worker with it."""
+
+    def __init__(self, limit_per_intent: int | None = None) -> None:
+        self._limit = limit_per_intent
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+
+    def slot(self, intent: str) -> asyncio.Semaphore | None:
+        if self._limit is None:
+            return None
+        if intent not in self._semaphores:
+            self._semaphores[intent] = asyncio.Semaphore(self._limit)
+        return self._semaphores[intent]

@@ -1,0 +1,45 @@
+"""The one exception root of the runtime.
+
+Every error a user can meet derives from :class:`JourneyError`. A subclass's docstring is its
+default message, and ``category`` tells front ends (the HTTP server, the CLI) how to report it
+without a table of special cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+ErrorCategory = Literal["invalid", "not_found", "conflict", "failed", "forbidden"]
+
+
+class JourneyError(Exception):
+    """A journey operation failed."""
+
+    category: ClassVar[ErrorCategory] = "failed"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+        self.details: dict[str, Any] = details
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    @property
+    def code(self) -> str:
+        """A stable, machine-readable name for the error class."""
+        return type(self).__name__
+
+
+class StoreError(JourneyError):
+    """The journey store could not be opened or used."""
+
+
+class UnsupportedStoreURLError(StoreError):
+    """The store URL is not one of memory://, sqlite:///path or postgresql://…"""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+class MigrationError(StoreError):
+    """The database schema is newer than this version of the runtime understands."""

@@ -1,0 +1,67 @@
+"""Ordered schema migrations for our tables, applied when a store opens.
+
+A tiny runner rather than Alembic: the runtime migrates itself at open on three dialects, with no
+migration scripts directory or CLI step for users to run. Each migration is a numbered function that
+receives a synchronous connection inside one transaction; Postgres serialises concurrent openers with
+an advisory lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.clock import SystemClock
+from checkpoints.errors import MigrationError
+from checkpoints.tables import journey_designs, journey_events, journey_instances, schema_migrations
+
+_ADVISORY_LOCK_ID = 7_310_512_001  # arbitrary, stable: "journeys schema"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _create_core_tables(conn: Connection) -> None:
+    for table in (journey_designs, journey_instances, journey_events):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "core tables: designs, instances, events", _create_core_tables),)
+
+
+def _migrate(conn: Connection) -> list[int]:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_ID})
+    schema_migrations.create(conn, checkfirst=True)
+    applied = set(conn.execute(select(schema_migrations.c.version)).scalars())
+    known = {m.version for m in MIGRATIONS}
+    if applied - known:
+        raise MigrationError(
+            f"the database has schema versions {sorted(applied - known)} that this runtime does not know; "
+            "upgrade the journeys package",
+        )
+    done = []
+    for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+        if migration.version in applied:
+            continue
+        migration.apply(conn)
+        conn.execute(
+            insert(schema_migrations).values(
+                version=migration.version, name=migration.name, applied_at=SystemClock().now()
+            )
+        )
+        done.append(migration.version)
+    return done
+
+
+async def migrate(engine: AsyncEngine) -> list[int]:
+    """Bring the schema up to date; returns the versions applied now."""
+    async with engine.begin() as conn:
+        return await conn.run_sync(_migrate)

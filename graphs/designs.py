@@ -1,0 +1,96 @@
+"""Designs: specs by pattern, saved once, loaded and compiled on demand (also in a fresh process)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ValidationError
+
+from agents.registry import AgentRegistry
+from checkpoints.index import Design
+from graphs.engine import JourneyEngine
+from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
+from graphs.saga import SagaSpec, build_saga_graph, validate_saga
+from graphs.session import SessionSpec, build_session_graph, validate_session
+from graphs.structured import StructuredSpec, build_structured_graph, validate_structured
+from nodes.services import NodeServices
+
+PatternName = Literal["structured", "saga", "session", "mvp"]
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class PatternKind:
+    spec_type: type[BaseModel]
+    validate: Callable[[Any, AgentRegistry], list[str]]
+    build: Callable[[Any, NodeServices], StateGraph[Any]]
+
+
+PATTERNS: dict[str, PatternKind] = {
+    "structured": PatternKind(StructuredSpec, validate_structured, build_structured_graph),
+    "saga": PatternKind(SagaSpec, validate_saga, build_saga_graph),
+    "session": PatternKind(SessionSpec, lambda spec, _registry: validate_session(spec), build_session_graph),
+    "mvp": PatternKind(SessionSpec, lambda spec, _registry: validate_session(spec), build_session_graph),
+}
+
+
+def parse_spec(spec_type: type[SpecT], data: Mapping[str, Any] | SpecT, *, spec_name: str) -> SpecT:
+    """Validate raw input into a spec, turning pydantic's report into a :class:`SpecError`."""
+    if isinstance(data, spec_type):
+        return data
+    if not isinstance(data, Mapping):
+        raise SpecError([f"expected a mapping, got {type(data).__name__}"], spec_name=spec_name)
+    try:
+        return spec_type.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
+        raise SpecError(problems, spec_name=spec_name) from None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+class DesignBook:
+    def __init__(self, engine: JourneyEngine, registry: AgentRegistry) -> None:
+        self.engine = engine
+        self.registry = registry
+
+    def check(self, pattern: PatternName, spec: BaseModel) -> None:
+        problems = PATTERNS[pattern].validate(spec, self.registry)
+        if problems:
+            raise SpecError(problems, spec_name=pattern)
+
+    async def save(self, pattern: PatternName, spec: BaseModel, *, prefix: str = "journey") -> Design:
+        """Check ``spec`` (every design error at once, with fixes) and store it under a new id."""
+        self.check(pattern, spec)
+        journey_type = str(getattr(spec, "journey_type", pattern))
+        return await self.engine.store.index.save_design(
+            new_id(prefix), pattern, journey_type, spec.model_dump(mode="json")
+        )
+
+    async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
+        design = await self.engine.store.index.get_design(journey_id)
+        if design is None:
+            raise JourneyNotFoundError(f"no journey design with id {journey_id!r}", journey_id=journey_id)
+        if design.pattern not in patterns:
+            raise WrongPatternError(
+                f"journey {journey_id!r} is a {design.pattern} journey, not {' or '.join(patterns)}; "
+                f"use the {design.pattern} orchestrator",
+                journey_id=journey_id,
+                pattern=design.pattern,
+            )
+        return design, PATTERNS[design.pattern].spec_type.model_validate(design.spec)
+
+    def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
+        # Keyed by content, so identical designs (every MVP session) share one compiled graph.
+        digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:24]
+        kind = PATTERNS[pattern]
+        return self.engine.compiled(f"{pattern}-{digest}", lambda: kind.build(spec, self.engine.services))

@@ -1,0 +1,100 @@
+"""The shared engine under every orchestrator: compiles specs to graphs on the store's checkpointer,
+serialises runs per journey thread, and finishes work a crashed process left in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, Durability, StateSnapshot
+
+from checkpoints.store import Store
+from nodes.services import REPLAY_FLAG, NodeServices
+
+GraphFactory = Callable[[], StateGraph[Any]]
+
+
+class JourneyEngine:
+    def __init__(
+        self, store: Store, services: NodeServices, *, durability: Durability = "async", cache_size: int = 512
+    ):
+        self.store = store
+        self.services = services
+        self.durability: Durability = durability
+        self._graphs: OrderedDict[str, CompiledStateGraph[Any, Any, Any, Any]] = OrderedDict()
+        self._cache_size = cache_size
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def compiled(self, cache_key: str, factory: GraphFactory) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The compiled graph for a design, built once and kept in a small LRU."""
+        graph = self._graphs.get(cache_key)
+        if graph is None:
+            graph = factory().compile(checkpointer=self.store.saver, name=cache_key)
+            self._graphs[cache_key] = graph
+            if len(self._graphs) > self._cache_size:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(cache_key)
+        return graph
+
+    @staticmethod
+    def config(instance_id: str, *, replay: bool = False) -> RunnableConfig:
+        configurable: dict[str, Any] = {"thread_id": instance_id}
+        if replay:
+            configurable[REPLAY_FLAG] = True
+        return {"configurable": configurable}
+
+    @asynccontextmanager
+    async def exclusive(self, instance_id: str) -> AsyncIterator[None]:
+        """At most one run per journey thread at a time within this process."""
+        lock = self._locks.get(instance_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[instance_id] = lock
+        async with lock:
+            yield
+
+    async def settled_state(self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str) -> StateSnapshot:
+        """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``)."""
+        snapshot = await graph.aget_state(self.config(instance_id))
+        if in_flight(snapshot):
+            await graph.ainvoke(None, self.config(instance_id, replay=True), durability=self.durability)
+            snapshot = await graph.aget_state(self.config(instance_id))
+        return snapshot
+
+    async def invoke(
+        self,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        instance_id: str,
+        value: dict[str, Any] | Command[Any] | None,
+    ) -> StateSnapshot:
+        await graph.ainvoke(value, self.config(instance_id), durability=self.durability)
+        return await graph.aget_state(self.config(instance_id))
+
+
+def in_flight(snapshot: StateSnapshot) -> bool:
+    """Pending work that is neither waiting for a human nor a recorded failure: a crash interrupted it."""
+    return bool(snapshot.next) and not any(t.interrupts or t.error for t in snapshot.tasks)
+
+
+def failed_task(snapshot: StateSnapshot) -> str | None:
+    for task in snapshot.tasks:
+        if task.error:
+            return task.name
+    return None
+
+
+def waiting_for(snapshot: StateSnapshot) -> dict[str, Any] | None:
+    """The payload of the human task the thread waits on, if any."""
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            value = pending.value
+            return dict(value) if isinstance(value, dict) else {"value": value}
+    return None

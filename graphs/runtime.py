@@ -1,0 +1,124 @@
+"""The composition root: one object, opened by store URL, that owns the checkpointer, our tables, the
+agent registry and the four orchestrators.
+
+    async with JourneyRuntime.open("sqlite:///journeys.db") as runtime:
+        journey = await runtime.structured.design_journey("content_migration", {...})
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from langgraph.types import Durability
+
+from agents.deterministic import EchoAgent
+from agents.policy import DEFAULT_POLICIES, Policy
+from agents.registry import AgentRegistry
+from agents.resilience import Bulkheads, RetrySettings
+from checkpoints.clock import Clock
+from checkpoints.events import Event
+from checkpoints.store import Store, open_store
+from checkpoints.url import DEFAULT_STORE_URL
+from graphs.catalog import TemplateCatalog, default_catalog
+from graphs.designs import DesignBook
+from graphs.engine import JourneyEngine, in_flight
+from graphs.insights import JourneyAnalytics, MilestoneTracker
+from graphs.mvp import MVPOrchestrator
+from graphs.saga_orchestrator import SagaOrchestrator
+from graphs.session_orchestrator import SessionOrchestrator
+from graphs.structured_orchestrator import StructuredOrchestrator
+from nodes.agent_call import AgentCaller
+from nodes.services import NodeServices
+
+
+class JourneyRuntime:
+    """Reach every orchestrator from here: ``structured``, ``session``, ``mvp`` and ``saga``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        agents: AgentRegistry,
+        templates: TemplateCatalog,
+        policies: Sequence[Policy],
+        retry: RetrySettings,
+        bulkhead_limit: int | None,
+        durability: Durability,
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.templates = templates
+        caller = AgentCaller(agents, store.events, policies=policies, retry=retry, bulkheads=Bulkheads(bulkhead_limit))
+        self.engine = JourneyEngine(store, NodeServices(caller, store.events, store.clock), durability=durability)
+        designs = DesignBook(self.engine, agents)
+        self.structured = StructuredOrchestrator(designs, templates)
+        self.saga = SagaOrchestrator(designs, self.structured)
+        self.session = SessionOrchestrator(designs, pattern="session")
+        self.mvp = MVPOrchestrator(SessionOrchestrator(designs, pattern="mvp"))
+        self.milestones = MilestoneTracker(store)
+        self.analytics = JourneyAnalytics(store)
+        self._designs = designs
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        url: str = DEFAULT_STORE_URL,
+        *,
+        agents: AgentRegistry | None = None,
+        templates: TemplateCatalog | None = None,
+        policies: Iterable[Policy] = DEFAULT_POLICIES,
+        retry: RetrySettings | None = None,
+        bulkhead_limit: int | None = None,
+        clock: Clock | None = None,
+        durability: Durability = "async",
+        default_agents: bool = True,
+        pool_size: int = 10,
+    ) -> AsyncIterator[JourneyRuntime]:
+        """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
+
+        ``default_agents`` registers a deterministic agent for every intent the templates name that
+        has no agent yet, so the catalog runs offline. Register your own before or after opening.
+        """
+        registry = agents or AgentRegistry()
+        catalog = templates or default_catalog()
+        if default_agents:
+            for intent in sorted(catalog.intents()):
+                if intent not in registry:
+                    registry.register(intent, EchoAgent(intent), description="deterministic default")
+        async with open_store(url, clock=clock, pool_size=pool_size) as store:
+            yield cls(
+                store,
+                agents=registry,
+                templates=catalog,
+                policies=tuple(policies),
+                retry=retry or RetrySettings(),
+                bulkhead_limit=bulkhead_limit,
+                durability=durability,
+            )
+
+    async def history(self, instance_id: str) -> list[Event]:
+        """Every event of one journey run, in order."""
+        return await self.store.events.list(instance_id)
+
+    async def recover(self) -> list[str]:
+        """Finish the work that a crashed process left in flight, for every journey still running.
+
+        Runs that wait for a human or a timer are left waiting. Returns the ids of the runs resumed.
+        """
+        resumed = []
+        for instance in await self.store.index.list_instances(status="in_progress", limit=100_000):
+            design, spec = await self._designs.load(instance.journey_id, (instance.pattern,))  # type: ignore[arg-type]
+            graph = self._designs.graph(design.pattern, spec)
+            async with self.engine.exclusive(instance.instance_id):
+                before = await graph.aget_state(self.engine.config(instance.instance_id))
+                if in_flight(before):
+                    await self.engine.settled_state(graph, instance.instance_id)
+                    resumed.append(instance.instance_id)
+        return resumed
+
+    def graph_for(self, pattern: str, spec: Any) -> Any:
+        """The compiled LangGraph graph for a spec, on this runtime's checkpointer."""
+        return self._designs.graph(pattern, spec)

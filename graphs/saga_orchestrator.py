@@ -1,0 +1,64 @@
+"""The Saga Journey Orchestrator: a structured journey that undoes itself on failure (SPEC P4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from graphs.designs import DesignBook, new_id
+from graphs.errors import InvalidInputError
+from graphs.saga import SagaSpec
+from graphs.step_journeys import StepJourneys
+from graphs.structured_orchestrator import StructuredOrchestrator, design_view
+
+
+class SagaOrchestrator:
+    def __init__(self, designs: DesignBook, structured: StructuredOrchestrator) -> None:
+        # Composes the structured orchestrator: same templates and step machinery, plus compensation.
+        self._structured = structured
+        self._designs = designs
+        self._runs = StepJourneys(designs, ("saga",))
+
+    async def design_saga_journey(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None = None,
+        compensation_handlers: Mapping[str, str] | None = None,
+        *,
+        spec: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        base = self._structured.build_spec(journey_type, requirements, spec)
+        handlers = dict(compensation_handlers or {})
+        saga = SagaSpec(**{**base.model_dump(), "compensation_handlers": handlers})
+        design = await self._designs.save("saga", saga)
+        return {**design_view(design.journey_id, "saga", saga), "compensation_handlers": handlers}
+
+    async def execute_saga_journey(
+        self, journey_id: str, user_id: str, context: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        saga_id = new_id("saga")
+        return await self._runs.start(journey_id, user_id, context, instance_id=saga_id)
+
+    async def advance_saga_step(
+        self,
+        saga_id: str,
+        journey_id: str,
+        user_id: str,
+        step_result: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+    ) -> dict[str, Any]:
+        instance = await self._runs.instance(saga_id)
+        if (instance.journey_id, instance.user_id) != (journey_id, user_id):
+            raise InvalidInputError(
+                f"saga {saga_id!r} belongs to journey {instance.journey_id!r} and user {instance.user_id!r}, "
+                f"not to journey {journey_id!r} and user {user_id!r}",
+                saga_id=saga_id,
+            )
+        return await self._runs.advance(saga_id, step_result, step_id=step_id)
+
+    async def retry_saga_step(self, saga_id: str) -> dict[str, Any]:
+        return await self._runs.retry(saga_id)
+
+    async def get_saga_status(self, saga_id: str) -> dict[str, Any]:
+        return await self._runs.status(saga_id)

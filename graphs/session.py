@@ -1,0 +1,269 @@
+"""Session journeys: free navigation between areas, each with its own completion criteria.
+
+The graph is a hub: ``await_action`` (an ``interrupt()``) takes the user's next action and routes it
+to the node of the area it concerns, which applies it, re-evaluates that area's criteria, writes the
+events, and returns to the hub. Area state is kept while the user is elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict
+
+import jsonschema
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from checkpoints.events import NewEvent
+from graphs.errors import SpecError
+from nodes.criteria import Criteria
+from nodes.services import NodeServices, thread_id
+
+AREA_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+AWAIT_ACTION = "await_action"
+CLOSE = "close"
+
+
+class Area(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    area_id: str
+    area_name: str = ""
+    description: str = ""
+    actions: tuple[str, ...] = ()
+    completion: Criteria = Field(
+        default_factory=Criteria,
+        description="when the area counts as complete; empty criteria: complete once visited",
+    )
+    state_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the area's state must satisfy after every update"
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("area_id")
+    @classmethod
+    def _area_id_shape(cls, value: str) -> str:
+        if not AREA_ID.match(value):
+            raise ValueError(f"area_id {value!r} must be lower_snake_case (letters, digits, underscores)")
+        return value
+
+    @field_validator("completion", mode="before")
+    @classmethod
+    def _completion_shorthand(cls, value: Any) -> Any:
+        # {"files_uploaded": True, ...} is shorthand for "every field equals its value".
+        if isinstance(value, Mapping) and not ({"all", "any"} & set(value)):
+            return Criteria.equals(value)
+        return value
+
+    @property
+    def title(self) -> str:
+        return self.area_name or self.area_id.replace("_", " ").title()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "area_id": self.area_id,
+            "area_name": self.title,
+            "description": self.description,
+            "actions": list(self.actions),
+            "completion": [c.describe() for c in (*self.completion.all, *self.completion.any)],
+            **({"metadata": self.metadata} if self.metadata else {}),
+        }
+
+
+class SessionSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    journey_type: str = "session"
+    areas: tuple[Area, ...] = Field(min_length=1)
+    initial_area: str | None = None
+    recommended_order: tuple[str, ...] | None = None
+
+    @property
+    def area_ids(self) -> list[str]:
+        return [a.area_id for a in self.areas]
+
+    @property
+    def start_area(self) -> str:
+        return self.initial_area or self.areas[0].area_id
+
+    def area(self, area_id: str) -> Area:
+        for area in self.areas:
+            if area.area_id == area_id:
+                return area
+        raise KeyError(area_id)
+
+
+def validate_session(spec: SessionSpec) -> list[str]:
+    ids = spec.area_ids
+    problems: list[str] = []
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        problems.append(f"area ids must be unique; rename the repeated {repeated}")
+    if spec.initial_area is not None and spec.initial_area not in ids:
+        problems.append(
+            f"initial_area {spec.initial_area!r} is not one of the areas ({', '.join(ids)}); pick one of them"
+        )
+    for area_id in spec.recommended_order or ():
+        if area_id not in ids:
+            problems.append(f"recommended_order names unknown area {area_id!r}; areas: {', '.join(ids)}")
+    for area in spec.areas:
+        if area.state_schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(area.state_schema)
+            except jsonschema.SchemaError as exc:
+                problems.append(f"area {area.area_id!r} has an invalid state_schema: {exc.message}")
+    return problems
+
+
+class AreaProgress(TypedDict):
+    state: dict[str, Any]
+    visited: bool
+    visits: int
+    complete: bool
+
+
+class SessionState(TypedDict, total=False):
+    status: Literal["active", "closed"]
+    current_area: str | None
+    areas: dict[str, AreaProgress]
+    action: dict[str, Any] | None
+    actions_applied: int
+    all_complete: bool
+
+
+def initial_session_state(spec: SessionSpec) -> SessionState:
+    return {
+        "status": "active",
+        "current_area": None,
+        "areas": {a.area_id: {"state": {}, "visited": False, "visits": 0, "complete": False} for a in spec.areas},
+        "action": {"type": "navigate", "area_id": spec.start_area},
+        "actions_applied": 0,
+        "all_complete": False,
+    }
+
+
+def area_node(area_id: str) -> str:
+    return f"area.{area_id}"
+
+
+def _route(state: SessionState) -> str:
+    action = state.get("action") or {}
+    if action.get("type") == CLOSE:
+        return CLOSE
+    return area_node(str(action["area_id"]))
+
+
+def build_session_graph(spec: SessionSpec, services: NodeServices) -> StateGraph[SessionState]:
+    builder: StateGraph[SessionState] = StateGraph(SessionState)
+    targets = [area_node(a) for a in spec.area_ids] + [CLOSE]
+
+    def await_action(state: SessionState) -> SessionState:
+        action = interrupt({"kind": "session_action", "current_area": state.get("current_area")})
+        return {"action": dict(action)}
+
+    async def close(state: SessionState, config: RunnableConfig) -> SessionState:
+        instance_id = thread_id(config)
+        n = state.get("actions_applied", 0)
+        event = NewEvent(
+            "session.closed",
+            {"reason": (state.get("action") or {}).get("reason")},
+            None,
+            f"{instance_id}:action:{n}",
+        )
+        await services.events.append(instance_id, [event], status="closed")
+        return {"status": "closed", "action": None, "actions_applied": n + 1}
+
+    builder.add_node(AWAIT_ACTION, await_action)
+    builder.add_node(CLOSE, close)
+    builder.add_edge(CLOSE, END)
+    for area in spec.areas:
+        builder.add_node(area_node(area.area_id), _area_handler(area, spec, services))
+        builder.add_edge(area_node(area.area_id), AWAIT_ACTION)
+    builder.add_conditional_edges(START, _route, targets)
+    builder.add_conditional_edges(AWAIT_ACTION, _route, targets)
+    return builder
+
+
+def _area_handler(area: Area, spec: SessionSpec, services: NodeServices) -> Any:
+    async def handle(state: SessionState, config: RunnableConfig) -> SessionState:
+        instance_id = thread_id(config)
+        action = state.get("action") or {}
+        n = state.get("actions_applied", 0)
+        areas = dict(state.get("areas") or {})
+        progress: AreaProgress = dict(areas[area.area_id])  # type: ignore[assignment]
+        events: list[NewEvent] = []
+        update: SessionState = {}
+        if action["type"] == "navigate":
+            progress["visited"] = True
+            progress["visits"] += 1
+            update["current_area"] = area.area_id
+            events.append(NewEvent("area.entered", {"from": state.get("current_area")}, area.area_id))
+        else:
+            updates = dict(action.get("updates") or {})
+            progress["state"] = {**progress["state"], **updates}
+            events.append(NewEvent("area.updated", {"updates": updates}, area.area_id))
+        complete = progress["visited"] if area.completion.empty else area.completion.holds(progress["state"])
+        if complete != progress["complete"]:
+            events.append(NewEvent("area.completed" if complete else "area.reopened", {}, area.area_id))
+        progress["complete"] = complete
+        areas[area.area_id] = progress
+        all_complete = all(p["complete"] for p in areas.values())
+        if all_complete and not state.get("all_complete"):
+            events.append(NewEvent("session.completed", {"areas": spec.area_ids}))
+        # The first event carries the action's key: a replayed action writes nothing twice.
+        events[0] = NewEvent(events[0].type, events[0].payload, events[0].step, f"{instance_id}:action:{n}")
+        written = await services.events.append(instance_id, events[:1])
+        if written[0] and len(events) > 1:
+            await services.events.append(instance_id, events[1:])
+        return {
+            **update,
+            "areas": areas,
+            "action": None,
+            "actions_applied": n + 1,
+            "all_complete": all_complete,
+        }
+
+    handle.__name__ = f"handle_{area.area_id}"
+    return handle
+
+
+def session_progress(spec: SessionSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    areas: Mapping[str, AreaProgress] = values.get("areas") or {}
+    total = len(spec.areas)
+    completed = sum(1 for p in areas.values() if p["complete"])
+    visited = sum(1 for p in areas.values() if p["visited"])
+    return {
+        "completion_percent": round(100 * completed / total) if total else 100,
+        "completed_areas": completed,
+        "visited_areas": visited,
+        "total_areas": total,
+        "current_area": values.get("current_area"),
+        "status": values.get("status", "active"),
+        "areas": {
+            a.area_id: {
+                "area_name": a.title,
+                "visited": areas[a.area_id]["visited"],
+                "complete": areas[a.area_id]["complete"],
+                "state": dict(areas[a.area_id]["state"]),
+                "missing": [] if areas[a.area_id]["complete"] else _missing(a, areas[a.area_id]),
+            }
+            for a in spec.areas
+            if a.area_id in areas
+        },
+    }
+
+
+def _missing(area: Area, progress: AreaProgress) -> list[str]:
+    if area.completion.empty:
+        return ["visit the area"]
+    return area.completion.unmet(progress["state"])
+
+
+def check_session_spec(spec: SessionSpec) -> SessionSpec:
+    problems = validate_session(spec)
+    if problems:
+        raise SpecError(problems, spec_name="session")
+    return spec

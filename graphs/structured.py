@@ -1,0 +1,307 @@
+"""Structured journeys: steps in an enforced order, with branching chosen by the step result.
+
+The spec is declarative and validated when compiled; :func:`build_structured_graph` turns it into a
+``StateGraph`` with, per step, an optional human-input node (``<step>.await``, an ``interrupt()``)
+and a work node (``<step>``) that calls the step's agent through the shared call path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict
+
+import jsonschema
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agents.errors import AgentError
+from agents.registry import AgentRegistry
+from checkpoints.events import NewEvent
+from nodes.agent_call import Recording
+from nodes.compensation import step_key
+from nodes.criteria import Criteria
+from nodes.service_task import perform_task
+from nodes.services import NodeServices, thread_id
+from nodes.user_task import make_user_task_node
+
+STEP_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Branch(BaseModel):
+    """Go to ``to`` when ``when`` holds for the step result; a branch without ``when`` is the default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    to: str
+    when: Criteria | None = None
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step_id: str
+    name: str = ""
+    description: str = ""
+    agent: str | None = Field(default=None, description="intent of the agent that does this step's work")
+    mode: Literal["user", "auto"] = Field(
+        default="user",
+        description="user: waits for advance_journey_step; auto: runs as soon as it is reached",
+    )
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    next_steps: tuple[str | Branch, ...] | None = Field(
+        default=None, description="None: the next step in order; (): the journey ends here"
+    )
+    milestone: bool = True
+
+    @field_validator("step_id")
+    @classmethod
+    def _step_id_shape(cls, value: str) -> str:
+        if not STEP_ID.match(value):
+            raise ValueError(f"step_id {value!r} must be lower_snake_case (letters, digits, underscores)")
+        return value
+
+    @property
+    def title(self) -> str:
+        return self.name or self.step_id.replace("_", " ").capitalize()
+
+
+class StructuredSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    journey_type: str = Field(min_length=1)
+    name: str = ""
+    steps: tuple[Step, ...] = Field(min_length=1)
+    requirements: dict[str, Any] = Field(default_factory=dict)
+    permissions: tuple[str, ...] | None = Field(
+        default=None, description="scopes granted to this journey's agents; None restricts nothing"
+    )
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [s.step_id for s in self.steps]
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.step_id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    def branches(self, step_id: str) -> list[Branch]:
+        """The resolved outgoing branches of a step (the implicit "next in order" made explicit)."""
+        ids = self.step_ids
+        step = self.step(step_id)
+        if step.next_steps is None:
+            position = ids.index(step_id)
+            return [Branch(to=ids[position + 1])] if position + 1 < len(ids) else []
+        return [b if isinstance(b, Branch) else Branch(to=b) for b in step.next_steps]
+
+    def choose_next(self, step_id: str, result: Mapping[str, Any]) -> str | None:
+        """The step after ``step_id`` for this result, or None when the journey ends there."""
+        branches = self.branches(step_id)
+        if not branches:
+            return None
+        explicit = result.get("next_step")
+        if isinstance(explicit, str) and explicit in {b.to for b in branches}:
+            return explicit
+        for branch in branches:
+            if branch.when is not None and branch.when.holds(result):
+                return branch.to
+        return next(b.to for b in branches if b.when is None)  # validated: a default exists
+
+
+class StructuredState(TypedDict, total=False):
+    context: dict[str, Any]
+    status: str
+    current_step: str | None
+    completed_steps: list[str]
+    step_input: dict[str, Any] | None
+    last_output: dict[str, Any] | None
+    failure: dict[str, Any] | None
+    compensated_steps: list[str]
+    compensation_failure: dict[str, Any] | None
+
+
+def validate_structured(spec: StructuredSpec, registry: AgentRegistry | None = None) -> list[str]:
+    """Every design problem, each with how to fix it. Empty when the spec is sound."""
+    problems: list[str] = []
+    ids = spec.step_ids
+    known = set(ids)
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        return [f"step ids must be unique; rename the repeated {duplicates}"]
+    edges: dict[str, list[str]] = {}
+    for step in spec.steps:
+        branches = spec.branches(step.step_id)
+        targets = [b.to for b in branches]
+        for target in targets:
+            if target not in known:
+                problems.append(
+                    f"step {step.step_id!r} lists unknown next step {target!r}; known steps: {', '.join(ids)}"
+                )
+        defaults = [b for b in branches if b.when is None]
+        if len(defaults) > 1:
+            problems.append(f"step {step.step_id!r} has {len(defaults)} default branches; keep one without `when`")
+        if branches and not defaults:
+            problems.append(
+                f"step {step.step_id!r} branches on conditions but has no default; "
+                "add a branch without `when` for results that match none"
+            )
+        if step.mode == "auto" and step.input_schema is not None:
+            problems.append(f"auto step {step.step_id!r} takes no input; drop its input_schema or make it a user step")
+        for label, schema in (("input_schema", step.input_schema), ("output_schema", step.output_schema)):
+            if schema is not None:
+                try:
+                    jsonschema.Draft202012Validator.check_schema(schema)
+                except jsonschema.SchemaError as exc:
+                    problems.append(f"step {step.step_id!r} has an invalid {label}: {exc.message}")
+        if registry is not None and step.agent is not None and step.agent not in registry:
+            problems.append(
+                f"step {step.step_id!r} needs an agent for intent {step.agent!r}; register one with "
+                f"runtime.agents.register({step.agent!r}, agent)"
+            )
+        edges[step.step_id] = [t for t in targets if t in known]
+    if problems:
+        return problems
+
+    reachable = _reachable(ids[0], edges)
+    for step_id in ids:
+        if step_id not in reachable:
+            problems.append(
+                f"step {step_id!r} is unreachable from the first step {ids[0]!r}; "
+                "list it in some step's next_steps or remove it"
+            )
+    reverse: dict[str, list[str]] = {i: [] for i in ids}
+    for source, targets in edges.items():
+        for target in targets:
+            reverse[target].append(source)
+    can_finish: set[str] = set()
+    for end in (i for i in ids if not edges[i]):
+        can_finish |= _reachable(end, reverse)
+    for step_id in ids:
+        if step_id in reachable and step_id not in can_finish:
+            problems.append(f"step {step_id!r} has no path to an end; give a step it leads to an empty next_steps")
+    return problems
+
+
+def _reachable(start: str, edges: Mapping[str, list[str]]) -> set[str]:
+    seen, stack = {start}, [start]
+    while stack:
+        for nxt in edges[stack.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def await_node(step_id: str) -> str:
+    return f"{step_id}.await"
+
+
+def entry_node(step: Step) -> str:
+    return await_node(step.step_id) if step.mode == "user" else step.step_id
+
+
+COMPENSATE_NODE = "compensate"
+
+
+def build_structured_graph(
+    spec: StructuredSpec,
+    services: NodeServices,
+    *,
+    compensation: StateGraph[Any] | None = None,
+) -> StateGraph[StructuredState]:
+    """Compile-ready graph for ``spec``. With ``compensation`` (a saga), a failing step routes there."""
+    granted = frozenset(spec.permissions) if spec.permissions is not None else None
+    builder: StateGraph[StructuredState] = StateGraph(StructuredState)
+    for step in spec.steps:
+        if step.mode == "user":
+            builder.add_node(
+                await_node(step.step_id),
+                make_user_task_node(
+                    step.step_id, {"kind": "step_input", "title": step.title}, step.input_schema, "step_input"
+                ),
+            )
+            builder.add_edge(await_node(step.step_id), step.step_id)
+        targets = {entry_node(spec.step(b.to)) for b in spec.branches(step.step_id)} or {END}
+        if compensation is not None:
+            targets.add(COMPENSATE_NODE)
+        builder.add_node(
+            step.step_id,
+            _step_runner(spec, step, services, granted, compensating=compensation is not None),
+            destinations=tuple(sorted(targets)),
+        )
+    if compensation is not None:
+        builder.add_node(COMPENSATE_NODE, compensation.compile())
+        builder.add_edge(COMPENSATE_NODE, END)
+    builder.add_edge(START, entry_node(spec.steps[0]))
+    return builder
+
+
+def _step_runner(
+    spec: StructuredSpec,
+    step: Step,
+    services: NodeServices,
+    granted: frozenset[str] | None,
+    *,
+    compensating: bool,
+) -> Any:
+    async def run_step(state: StructuredState, config: RunnableConfig) -> Command[str]:
+        result = state.get("step_input") or {}
+        completed = list(state.get("completed_steps") or [])
+        visit = len(completed)
+        key = step_key(thread_id(config), step.step_id, visit)
+
+        def record(output: dict[str, Any]) -> Recording:
+            following = spec.choose_next(step.step_id, {**result, "output": output})
+            return Recording(
+                {"step_result": result, "next_step": following, "milestone": step.milestone, "visit": visit},
+                status="completed" if following is None else None,
+            )
+
+        try:
+            outcome = await perform_task(
+                services,
+                config,
+                intent=step.agent,
+                payload={
+                    "step_id": step.step_id,
+                    "step_result": result,
+                    "context": state.get("context") or {},
+                    "requirements": spec.requirements,
+                },
+                step=step.step_id,
+                key=key,
+                event_type="step.completed",
+                recorder=record,
+                granted_permissions=granted,
+                output_schema=step.output_schema,
+            )
+        except AgentError as exc:
+            if not compensating:
+                raise
+            failure = {"step": step.step_id, "error": str(exc), "error_type": exc.code}
+            await services.events.append(
+                thread_id(config),
+                [NewEvent("saga.compensating", failure, step.step_id, f"{key}:failed")],
+                status="compensating",
+            )
+            return Command(
+                goto=COMPENSATE_NODE,
+                update={"status": "compensating", "failure": failure, "step_input": None},
+            )
+        following = spec.choose_next(step.step_id, {**result, "output": outcome.output})
+        update: StructuredState = {
+            "completed_steps": [*completed, step.step_id],
+            "current_step": following,
+            "step_input": None,
+            "last_output": outcome.output,
+            "status": "completed" if following is None else "in_progress",
+        }
+        return Command(goto=entry_node(spec.step(following)) if following else END, update=update)
+
+    run_step.__name__ = f"run_{step.step_id}"
+    return run_step

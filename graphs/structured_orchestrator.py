@@ -1,0 +1,87 @@
+"""The Structured Journey Orchestrator: guided flows in an enforced order (SPEC P1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from graphs.catalog import TemplateCatalog
+from graphs.designs import DesignBook, parse_spec
+from graphs.step_journeys import StepJourneys
+from graphs.structured import StructuredSpec
+
+
+def design_view(journey_id: str, pattern: str, spec: StructuredSpec) -> dict[str, Any]:
+    return {
+        "journey_id": journey_id,
+        "pattern": pattern,
+        "journey_type": spec.journey_type,
+        "name": spec.name,
+        "requirements": dict(spec.requirements),
+        "steps": [
+            {
+                "step_id": s.step_id,
+                "name": s.title,
+                "mode": s.mode,
+                "agent": s.agent,
+                "milestone": s.milestone,
+                "next_steps": [b.to for b in spec.branches(s.step_id)],
+            }
+            for s in spec.steps
+        ],
+        "status": "designed",
+    }
+
+
+def structured_instance_id(journey_id: str, user_id: str) -> str:
+    return f"{journey_id}:{user_id}"
+
+
+class StructuredOrchestrator:
+    def __init__(self, designs: DesignBook, templates: TemplateCatalog) -> None:
+        self.templates = templates
+        self._designs = designs
+        self._runs = StepJourneys(designs, ("structured",))
+
+    async def design_journey(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None = None,
+        *,
+        spec: StructuredSpec | Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Design a journey from the template for ``journey_type`` (or from an explicit ``spec``)."""
+        chosen = self.build_spec(journey_type, requirements, spec)
+        design = await self._designs.save("structured", chosen)
+        return design_view(design.journey_id, "structured", chosen)
+
+    def build_spec(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None,
+        spec: StructuredSpec | Mapping[str, Any] | None,
+    ) -> StructuredSpec:
+        if spec is not None:
+            parsed = parse_spec(StructuredSpec, spec, spec_name="structured journey")
+            return parsed.model_copy(update={"requirements": {**parsed.requirements, **(requirements or {})}})
+        return self.templates.get(journey_type).build(dict(requirements or {}))
+
+    async def execute_journey(
+        self, journey_id: str, user_id: str, context: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Start the journey for ``user_id``; runs until the first step that needs the user."""
+        return await self._runs.start(
+            journey_id, user_id, context, instance_id=structured_instance_id(journey_id, user_id)
+        )
+
+    async def advance_journey_step(
+        self, journey_id: str, user_id: str, step_result: Mapping[str, Any], *, step_id: str | None = None
+    ) -> dict[str, Any]:
+        """Complete the current step with ``step_result`` and move on. Only the current step can advance."""
+        return await self._runs.advance(structured_instance_id(journey_id, user_id), step_result, step_id=step_id)
+
+    async def retry_journey_step(self, journey_id: str, user_id: str) -> dict[str, Any]:
+        return await self._runs.retry(structured_instance_id(journey_id, user_id))
+
+    async def get_journey_status(self, journey_id: str, user_id: str) -> dict[str, Any]:
+        return await self._runs.status(structured_instance_id(journey_id, user_id))

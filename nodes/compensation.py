@@ -1,0 +1,108 @@
+"""Compensation as a reverse-traversal subgraph: undo every completed step, last first.
+
+Each undo is one superstep (so a crash resumes at the next one), runs its handler through the shared
+agent path with an idempotency key (so it runs once per key even across crashes), and is retried
+when it fails transiently. A handler that fails for good stops the traversal with status ``failed``
+naming it: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+
+from agents.errors import AgentError
+from agents.resilience import RetrySettings
+from checkpoints.events import NewEvent
+from nodes.agent_call import Recording
+from nodes.service_task import perform_task
+from nodes.services import NodeServices, thread_id
+
+
+class CompensationState(TypedDict, total=False):
+    context: dict[str, Any]
+    status: str
+    completed_steps: list[str]
+    compensated_steps: list[str]
+    failure: dict[str, Any] | None
+    compensation_failure: dict[str, Any] | None
+
+
+def step_key(instance_id: str, step: str, position: int) -> str:
+    """The idempotency key of the ``position``-th completed step (shared with the step runner)."""
+    return f"{instance_id}:{step}:{position}"
+
+
+def build_compensation_graph(
+    handlers: Mapping[str, str], services: NodeServices, *, retry: RetrySettings
+) -> StateGraph[CompensationState]:
+    async def undo(state: CompensationState, config: RunnableConfig) -> CompensationState:
+        instance_id = thread_id(config)
+        completed = state.get("completed_steps") or []
+        done = list(state.get("compensated_steps") or [])
+        position = len(completed) - 1 - len(done)
+        step = completed[position]
+        handler = handlers.get(step)
+        key = f"{step_key(instance_id, step, position)}:compensate"
+        if handler is None:
+            await services.events.append(
+                instance_id,
+                [NewEvent("compensation.not_needed", {"reason": "no handler declared"}, step, key)],
+            )
+            return {"compensated_steps": [*done, step]}
+        original = await services.events.find_by_key(step_key(instance_id, step, position))
+        try:
+            await perform_task(
+                services,
+                config,
+                intent=handler,
+                payload={
+                    "step_id": step,
+                    "original_output": original.payload.get("output") if original else None,
+                    "step_result": original.payload.get("step_result") if original else None,
+                    "context": state.get("context") or {},
+                    "failure": state.get("failure"),
+                },
+                step=step,
+                key=key,
+                event_type="compensation.completed",
+                recorder=lambda _output: Recording({"handler": handler}),
+                retry=retry,
+                always_replay=True,
+            )
+        except AgentError as exc:
+            failure = {"step": step, "handler": handler, "error": str(exc), "error_type": exc.code}
+            await services.events.append(
+                instance_id,
+                [NewEvent("saga.failed", failure, step, f"{instance_id}:saga-failed")],
+                status="failed",
+            )
+            return {"status": "failed", "compensation_failure": failure}
+        return {"compensated_steps": [*done, step]}
+
+    async def finish(state: CompensationState, config: RunnableConfig) -> CompensationState:
+        instance_id = thread_id(config)
+        summary = {"compensated_steps": state.get("compensated_steps") or []}
+        await services.events.append(
+            instance_id,
+            [NewEvent("saga.compensated", summary, None, f"{instance_id}:saga-compensated")],
+            status="compensated",
+        )
+        return {"status": "compensated"}
+
+    def next_move(state: CompensationState) -> str:
+        if state.get("status") == "failed":
+            return END
+        remaining = len(state.get("completed_steps") or []) - len(state.get("compensated_steps") or [])
+        return "undo" if remaining > 0 else "finish"
+
+    builder: StateGraph[CompensationState] = StateGraph(CompensationState)
+    builder.add_node("undo", undo)
+    builder.add_node("finish", finish)
+    builder.add_conditional_edges(START, next_move, ["undo", "finish", END])
+    builder.add_conditional_edges("undo", next_move, ["undo", "finish", END])
+    builder.add_edge("finish", END)
+    return builder

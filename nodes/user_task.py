@@ -1,0 +1,56 @@
+"""A human task: an ``interrupt()`` in a node of its own.
+
+The node re-runs from its first line when resumed, so it does nothing before the interrupt but build
+the request, and nothing after it but validate and hand the answer on. Side effects belong to the
+next node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jsonschema
+from langgraph.types import interrupt
+
+from checkpoints.errors import JourneyError
+
+
+class ResumeValueError(JourneyError):
+    """The value given to resume a human task does not match the task's schema."""
+
+    category = "invalid"
+
+
+def validate_resume_value(value: object, schema: Mapping[str, Any] | None, *, task: str) -> dict[str, Any]:
+    """Check a resume value before it is handed to a graph: a mapping, valid against ``schema``."""
+    if not isinstance(value, Mapping):
+        raise ResumeValueError(
+            f"task {task!r} expects an object (a JSON mapping) as its result, got {type(value).__name__}",
+            task=task,
+        )
+    if schema is not None:
+        try:
+            jsonschema.validate(dict(value), schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise ResumeValueError(
+                f"the result for task {task!r} does not match its schema at {where}: {exc.message}",
+                task=task,
+                path=where,
+            ) from exc
+    return dict(value)
+
+
+def make_user_task_node(
+    task: str, request: Mapping[str, Any], schema: Mapping[str, Any] | None, output_key: str
+) -> Callable[[Any], dict[str, Any]]:
+    """A node that asks a human for ``task`` and writes the validated answer to ``output_key``."""
+    payload = {"task": task, **request, "schema": schema}
+
+    def ask(state: Any) -> dict[str, Any]:  # noqa: ARG001 - LangGraph passes the state by this name
+        answer = interrupt(payload)
+        return {output_key: validate_resume_value(answer, schema, task=task)}
+
+    ask.__name__ = f"ask_{task}"
+    return ask

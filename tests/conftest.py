@@ -1,0 +1,104 @@
+"""Shared fixtures: one throwaway PostgreSQL per test session, one fresh database per test.
+
+`store_url` is the fixture pattern tests should take: it runs each test on the in-memory, SQLite and
+PostgreSQL backends. Postgres is only started when a test actually needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+
+def with_database(url: str, name: str) -> str:
+    """Return `url` pointing at database `name`; host, port, user, password and options are kept.
+
+    Handles both `postgresql://u:p@host:5432/db` and the unix-socket form `postgresql://u:p@/db?host=/sock`.
+    """
+    parts = urlsplit(url)
+    # A `dbname=` query parameter would override the path, so drop it; keep the rest byte for byte.
+    query = "&".join(p for p in parts.query.split("&") if p and p.partition("=")[0] != "dbname")
+    return urlunsplit(parts._replace(path=f"/{name}", query=query))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server: `$DATABASE_URL` if set, else a pgserver instance for this session."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+
+    scratch = Path(tempfile.mkdtemp(prefix="journeys-pg-"))  # short path: the unix socket lives inside it
+    runtime_dir: str | None = None
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # pgserver asks platformdirs for a runtime dir at import time; platformdirs warns when this is unset.
+        # Kept separate from `scratch` because pgserver loosens the permissions of pgdata's parents.
+        runtime_dir = tempfile.mkdtemp(prefix="journeys-xdg-")
+        os.environ["XDG_RUNTIME_DIR"] = runtime_dir
+    server = None
+    try:
+        try:
+            from pgserver.postgres_server import get_server  # re-exported as pgserver.get_server
+
+            # "delete" = stop + remove pgdata; unlike "stop" it also drops pgserver's atexit hook, which would
+            # otherwise recreate its lock file in the runtime dir after we removed it.
+            server = get_server(scratch / "data", cleanup_mode="delete")
+            url = server.get_uri()
+        except Exception as exc:  # never skip: a test run without Postgres would silently prove less
+            pytest.fail(
+                f"could not start a throwaway PostgreSQL with pgserver ({type(exc).__name__}: {exc}); "
+                "set DATABASE_URL to use an existing server",
+                pytrace=False,
+            )
+        yield url
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(scratch, ignore_errors=True)
+        if runtime_dir is not None:
+            del os.environ["XDG_RUNTIME_DIR"]
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """URL of a brand-new, empty database on the session's server; dropped after the test."""
+    name = f"t_{uuid.uuid4().hex}"
+    ident = sql.Identifier(name)
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    try:
+        yield with_database(postgres_server_url, name)
+    finally:
+        # FORCE terminates connections (e.g. pools) the test left open.
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a SQLite file in the test's own temporary directory."""
+    return f"sqlite:///{tmp_path}/journeys.db"
+
+
+STORES = ["memory", "sqlite", "postgres"]
+
+
+@pytest.fixture(params=STORES, ids=STORES)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Store URL for each backend in turn: `memory://`, `sqlite:///…`, `postgresql://…`."""
+    kind: str = request.param
+    if kind == "memory":
+        return "memory://"
+    # Looked up lazily so memory-only runs (e.g. `-k memory`) never start Postgres.
+    url: str = request.getfixturevalue(f"{kind}_url")
+    return url
