@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 import jsonschema
 from langchain_core.runnables import RunnableConfig
@@ -219,12 +219,10 @@ def build_structured_graph(
     builder: StateGraph[StructuredState] = StateGraph(StructuredState)
     for step in spec.steps:
         if step.mode == "user":
-            builder.add_node(
-                await_node(step.step_id),
-                make_user_task_node(
-                    step.step_id, {"kind": "step_input", "title": step.title}, step.input_schema, "step_input"
-                ),
+            ask = make_user_task_node(
+                step.step_id, {"kind": "step_input", "title": step.title}, step.input_schema, "step_input"
             )
+            builder.add_node(await_node(step.step_id), cast(Any, ask))
             builder.add_edge(await_node(step.step_id), step.step_id)
         targets = {entry_node(spec.step(b.to)) for b in spec.branches(step.step_id)} or {END}
         if compensation is not None:

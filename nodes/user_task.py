@@ -48,7 +48,7 @@ def make_user_task_node(
     """A node that asks a human for ``task`` and writes the validated answer to ``output_key``."""
     payload = {"task": task, **request, "schema": schema}
 
-    def ask(state: Any) -> dict[str, Any]:  # noqa: ARG001 - LangGraph passes the state by this name
+    def ask(_state: Any) -> dict[str, Any]:
         answer = interrupt(payload)
         return {output_key: validate_resume_value(answer, schema, task=task)}
 
