@@ -95,7 +95,8 @@ def test(venv: Path, pytest_args: Sequence[str]) -> None:
     log("mypy")
     check([venv_bin(venv, "mypy")], "mypy")
     log("pytest " + " ".join(pytest_args))
-    code = run([venv_bin(venv, "python"), "-m", "pytest", *pytest_args])
+    # Two workers: the suite is mostly waiting on databases and child processes. A later `-n` overrides.
+    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", "2", *pytest_args])
     if code == PYTEST_NO_TESTS_COLLECTED:
         log("pytest collected no tests: treating that as a failure")
         sys.exit(code)

@@ -12,7 +12,7 @@ from tenacity import (
     RetryError,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
     wait_incrementing,
     wait_random,
 )
@@ -42,7 +42,9 @@ class RetrySettings:
             return wait_incrementing(
                 start=self.initial_delay, increment=self.initial_delay, max=self.max_delay
             ) + wait_random(0, self.jitter)
-        return wait_exponential_jitter(initial=self.initial_delay, max=self.max_delay, jitter=self.jitter)
+        # Not wait_exponential_jitter: its `initial` is deprecated in newer tenacity (a warning, an error
+        # under -W error) and its replacement `multiplier` is missing from older 9.x releases.
+        return wait_exponential(multiplier=self.initial_delay, max=self.max_delay) + wait_random(0, self.jitter)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from checkpoints.url import StoreURL
 
@@ -23,8 +23,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:
     if url.kind == "memory":
-        # One shared in-memory database for the life of the engine.
-        return create_async_engine(url.sqlalchemy_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        # One in-memory database for the life of the engine, so one connection, kept in a pool of one:
+        # each checkout owns it until returned. (A StaticPool hands the same connection to concurrent
+        # checkouts, whose transactions then commit or roll back each other's writes.)
+        return create_async_engine(
+            url.sqlalchemy_url,
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"check_same_thread": False},
+        )
     if url.kind == "sqlite":
         engine = create_async_engine(url.sqlalchemy_url, pool_size=1, max_overflow=0)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

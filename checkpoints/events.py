@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
 
 from checkpoints.clock import Clock
 from checkpoints.tables import journey_events, journey_instances
@@ -62,16 +63,65 @@ class EventLog:
         self._clock = clock
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # The statements of the hot path, built once with their values bound per call: an append or a
+        # lookup then builds, hashes and compiles no new statement.
+        columns = journey_events.c
+        next_seq = (
+            select(func.coalesce(func.max(columns.seq), 0) + 1)
+            .where(columns.instance_id == bindparam("p_instance_id"))
+            .scalar_subquery()
+        )
+        insert_event = self._insert(journey_events).values(
+            instance_id=bindparam("p_instance_id", type_=columns.instance_id.type),
+            seq=next_seq,
+            type=bindparam("p_type", type_=columns.type.type),
+            step=bindparam("p_step", type_=columns.step.type),
+            payload=bindparam("p_payload", type_=columns.payload.type),
+            idempotency_key=bindparam("p_key", type_=columns.idempotency_key.type),
+            created_at=bindparam("p_created_at", type_=columns.created_at.type),
+        )
+        # Whether a row was written is read from RETURNING: with the RETURNING that SQLAlchemy adds for the
+        # new id, psycopg reports a rowcount of -1, which made a skipped duplicate look written on PostgreSQL.
+        self._insert_event = insert_event.returning(columns.id)
+        self._insert_keyed_event = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
+            columns.id
+        )
+        self._select_by_key = select(journey_events).where(columns.idempotency_key == bindparam("p_key"))
+        # One statement is atomic on its own; on PostgreSQL it then skips the BEGIN and COMMIT round trips.
+        self._single_statement_autocommit = dialect == "postgresql"
 
-    async def append(self, instance_id: str, events: Sequence[NewEvent], *, status: str | None = None) -> list[bool]:
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine of the log's database, for read-only views over tables derived from it."""
+        return self._engine
+
+    async def append(
+        self,
+        instance_id: str,
+        events: Sequence[NewEvent],
+        *,
+        status: str | None = None,
+        also: Sequence[Executable] = (),
+    ) -> list[bool]:
         """Append ``events`` (and optionally set the instance's status) in one transaction.
+
+        ``also`` are statements that maintain tables derived from these events; they run in the same
+        transaction, and only when every event was newly written, so a replayed append never applies
+        them twice and the derived tables never diverge from the log.
 
         Returns, per event, whether it was written (False: its key was already there).
         """
         for attempt in range(5):
             try:
+                if self._single_statement_autocommit and len(events) == 1 and status is None and not also:
+                    async with self._engine.connect() as conn:
+                        await conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return [await self._append_one(conn, instance_id, events[0])]
                 async with self._engine.begin() as conn:
                     written = [await self._append_one(conn, instance_id, e) for e in events]
+                    if also and all(written):
+                        for statement in also:
+                            await conn.execute(statement)
                     if status is not None:
                         await conn.execute(
                             update(journey_instances)
@@ -86,28 +136,21 @@ class EventLog:
         raise AssertionError("unreachable")
 
     async def _append_one(self, conn: AsyncConnection, instance_id: str, event: NewEvent) -> bool:
-        next_seq = (
-            select(func.coalesce(func.max(journey_events.c.seq), 0) + 1)
-            .where(journey_events.c.instance_id == instance_id)
-            .scalar_subquery()
-        )
-        stmt = self._insert(journey_events).values(
-            instance_id=instance_id,
-            seq=next_seq,
-            type=event.type,
-            step=event.step,
-            payload=event.payload,
-            idempotency_key=event.key,
-            created_at=self._clock.now(),
-        )
-        if event.key is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
-        result = await conn.execute(stmt)
-        return bool(result.rowcount)
+        stmt = self._insert_event if event.key is None else self._insert_keyed_event
+        values = {
+            "p_instance_id": instance_id,
+            "p_type": event.type,
+            "p_step": event.step,
+            "p_payload": event.payload,
+            "p_key": event.key,
+            "p_created_at": self._clock.now(),
+        }
+        result = await conn.execute(stmt, values)
+        return result.first() is not None
 
     async def find_by_key(self, key: str) -> Event | None:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(journey_events).where(journey_events.c.idempotency_key == key))).first()
+            row = (await conn.execute(self._select_by_key, {"p_key": key})).first()
         return _event_from_row(row) if row else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:

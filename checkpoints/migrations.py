@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import SystemClock
 from checkpoints.errors import MigrationError
+from checkpoints.lifecycle_tables import create_lifecycle_tables
 from checkpoints.tables import journey_designs, journey_events, journey_instances, schema_migrations
 
 _ADVISORY_LOCK_ID = 7_310_512_001  # arbitrary, stable: "journeys schema"
@@ -34,6 +35,29 @@ def _create_core_tables(conn: Connection) -> None:
 
 
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, "core tables: designs, instances, events", _create_core_tables),)
+MIGRATIONS += (
+    Migration(
+        2,
+        "lifecycle tables: journey states, transitions, units of work, validations, rollbacks, metrics",
+        create_lifecycle_tables,
+    ),
+)
+
+
+def _create_process_tables(conn: Connection) -> None:
+    from checkpoints.tables import PROCESS_TABLES  # here, not above: keeps this edit to one block of the file
+
+    for table in PROCESS_TABLES:
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS += (
+    Migration(
+        3,
+        "process tables: deployments, rollouts, waits, timers, user tasks, subscriptions, buffered messages",
+        _create_process_tables,
+    ),
+)
 
 
 def _migrate(conn: Connection) -> list[int]:
@@ -65,3 +89,13 @@ async def migrate(engine: AsyncEngine) -> list[int]:
     """Bring the schema up to date; returns the versions applied now."""
     async with engine.begin() as conn:
         return await conn.run_sync(_migrate)
+
+
+def _create_server_tables(conn: Connection) -> None:
+    from checkpoints.tables import SERVER_TABLES  # here, not above: keeps this edit to one block of the file
+
+    for table in SERVER_TABLES:
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS += (Migration(4, "server tables: threads, runs, run stream events", _create_server_tables),)

@@ -88,3 +88,184 @@ journey_events = Table(
     UniqueConstraint("instance_id", "seq", name="uq_journey_events_instance_seq"),
     Index("ix_journey_events_type", "type"),
 )
+
+# --- processes (BPMN-style): deployments, rollouts, and the durable waits a process instance parks on.
+# Waits, timers, inbox tasks, subscriptions and buffered messages are operational rows (claimed by atomic
+# UPDATE … WHERE status=…), so that two workers never fire or complete the same thing.
+
+process_deployments = Table(
+    "process_deployments",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("design_id", String(100), nullable=False, unique=True),
+    Column("digest", String(64), nullable=False),
+    Column("deployed_at", UTCDateTime(), nullable=False),
+)
+
+process_rollouts = Table(
+    "process_rollouts",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("entries", JsonType, nullable=False),  # [{"version": 2, "weight": 10.0, "variant": "B" | None}, …]
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+process_waits = Table(
+    "process_waits",
+    metadata,
+    Column("wait_id", String(300), primary_key=True),
+    Column("instance_id", String(200), nullable=False),
+    Column("element", String(100), nullable=False),
+    Column("kind", String(20), nullable=False),  # user_task | timer | message | race
+    Column("status", String(20), nullable=False),  # waiting | resolved | done | cancelled
+    Column("resolution", JsonType, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Index("ix_process_waits_instance", "instance_id", "status"),
+    Index("ix_process_waits_status", "status", "resolved_at"),
+)
+
+process_timers = Table(
+    "process_timers",
+    metadata,
+    Column("timer_id", String(300), primary_key=True),
+    Column("instance_id", String(200), nullable=True),  # None: a start timer (it creates instances)
+    Column("wait_id", String(300), nullable=True),
+    Column("element", String(100), nullable=False),
+    Column("purpose", String(20), nullable=False),  # catch | boundary | reminder | sla | start
+    Column("definition", JsonType, nullable=False),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("origin", UTCDateTime(), nullable=False),  # when it was armed: cycles count from here
+    Column("ticks", Integer, nullable=False),
+    Column("status", String(20), nullable=False),  # scheduled | firing | fired | cancelled
+    Column("data", JsonType, nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("claimed_at", UTCDateTime(), nullable=True),
+    Column("fired_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_process_timers_due", "status", "due_at"),
+    Index("ix_process_timers_wait", "wait_id"),
+    Index("ix_process_timers_instance", "instance_id"),
+)
+
+user_tasks = Table(
+    "process_user_tasks",
+    metadata,
+    Column("task_id", String(300), primary_key=True),  # the wait id
+    Column("instance_id", String(200), nullable=False),
+    Column("element", String(100), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("assignee", String(200), nullable=True),
+    Column("candidate_groups", JsonType, nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("status", String(20), nullable=False),  # open | completed | cancelled
+    Column("response_schema", JsonType, nullable=True),
+    Column("sla_due_at", UTCDateTime(), nullable=True),
+    Column("escalated_at", UTCDateTime(), nullable=True),
+    Column("escalation", String(20), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("completed_by", String(200), nullable=True),
+    Column("result", JsonType, nullable=True),
+    Index("ix_process_user_tasks_assignee", "status", "assignee"),
+    Index("ix_process_user_tasks_instance", "instance_id"),
+)
+
+user_task_groups = Table(
+    "process_user_task_groups",
+    metadata,
+    Column("task_id", String(300), primary_key=True),
+    Column("group_name", String(200), primary_key=True),
+    Index("ix_process_user_task_groups_group", "group_name"),
+)
+
+process_subscriptions = Table(
+    "process_subscriptions",
+    metadata,
+    Column("subscription_id", String(300), primary_key=True),
+    Column("wait_id", String(300), nullable=False),
+    Column("instance_id", String(200), nullable=False),
+    Column("element", String(100), nullable=False),
+    Column("message_name", String(200), nullable=False),
+    Column("correlation_key", String(300), nullable=False),
+    Column("status", String(20), nullable=False),  # waiting | consumed | cancelled
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_process_subscriptions_match", "message_name", "correlation_key", "status"),
+    Index("ix_process_subscriptions_wait", "wait_id"),
+)
+
+process_messages = Table(
+    "process_messages",
+    metadata,
+    Column("message_id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("correlation_key", String(300), nullable=False),
+    Column("payload", JsonType, nullable=False),
+    Column("status", String(20), nullable=False),  # buffered | consumed | expired
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("consumed_by", String(300), nullable=True),
+    Index("ix_process_messages_match", "name", "correlation_key", "status"),
+)
+
+PROCESS_TABLES = (
+    process_deployments,
+    process_rollouts,
+    process_waits,
+    process_timers,
+    user_tasks,
+    user_task_groups,
+    process_subscriptions,
+    process_messages,
+)
+
+# --- the HTTP server (Agent Server API subset): threads bound to journey instances, and runs on them.
+# A thread is bound to the journey instance its first run starts; runs are rows a runner (in-process or
+# a procrastinate worker) claims by atomic UPDATE, one at a time per thread.
+
+server_threads = Table(
+    "server_threads",
+    metadata,
+    Column("thread_id", String(200), primary_key=True),
+    Column("assistant_id", String(100), nullable=True),
+    Column("instance_id", String(200), nullable=True),  # the journey instance (checkpoint thread) it drives
+    Column("owner", String(200), nullable=True),
+    Column("metadata", JsonType, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_server_threads_instance", "instance_id"),
+)
+
+server_runs = Table(
+    "server_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("thread_id", String(200), nullable=False),
+    Column("assistant_id", String(100), nullable=False),
+    Column("status", String(20), nullable=False),  # pending | running | success | error | interrupted
+    Column("kind", String(20), nullable=False),  # start | resume | continue
+    Column("input", JsonType, nullable=True),
+    Column("command", JsonType, nullable=True),
+    Column("stream_modes", JsonType, nullable=False),
+    Column("multitask_strategy", String(20), nullable=False),
+    Column("metadata", JsonType, nullable=False),
+    Column("principal", String(200), nullable=True),
+    Column("base_checkpoint", String(100), nullable=True),  # the checkpoint a resume applies to
+    Column("attempts", Integer, nullable=False),
+    Column("error", JsonType, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_server_runs_thread_status", "thread_id", "status"),
+)
+
+server_run_events = Table(
+    "server_run_events",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("event", String(40), nullable=False),
+    Column("data", JsonType, nullable=True),
+)
+
+SERVER_TABLES = (server_threads, server_runs, server_run_events)

@@ -24,7 +24,32 @@ from graphs.errors import (
     UnknownTemplateError,
     WrongPatternError,
 )
+from graphs.lifecycle import JourneyStage, LifecycleSpec, RollbackTrigger, StageSpec, TransitionEvent
+from graphs.lifecycle_catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
+from graphs.lifecycle_errors import (
+    EntryCriteriaNotMetError,
+    InvalidMetricError,
+    InvalidRollbackTargetError,
+    InvalidTransitionError,
+    RollbackFailedError,
+    UnitDependencyError,
+    UnitOfWorkFailedError,
+    UnknownUnitOfWorkError,
+)
 from graphs.mvp import MVP_PILLARS, RECOMMENDED_FLOW
+from graphs.process import ProcessSpec
+from graphs.process_errors import (
+    MigrationRefusedError,
+    ProcessInstanceNotFoundError,
+    ProcessStateError,
+    ProcessVersionConflictError,
+    RolloutError,
+    TaskClosedError,
+    TaskForbiddenError,
+    TaskNotFoundError,
+    UnknownProcessError,
+    UnmatchedMessageError,
+)
 from graphs.runtime import JourneyRuntime
 from graphs.saga import SagaSpec
 from graphs.session import Area, SessionSpec
@@ -67,4 +92,37 @@ __all__ = [
     "UnknownTemplateError",
     "WrongPatternError",
     "default_catalog",
+]
+# Processes (BPMN-style elements, durable timers, the inbox, messages, versions).
+__all__ += [
+    "MigrationRefusedError",
+    "ProcessInstanceNotFoundError",
+    "ProcessSpec",
+    "ProcessStateError",
+    "ProcessVersionConflictError",
+    "RolloutError",
+    "TaskClosedError",
+    "TaskForbiddenError",
+    "TaskNotFoundError",
+    "UnknownProcessError",
+    "UnmatchedMessageError",
+]
+# The client lifecycle (stages, criteria gates, units of work, rollbacks).
+__all__ += [
+    "READY_TO_START",
+    "STAGE_METRICS",
+    "EntryCriteriaNotMetError",
+    "InvalidMetricError",
+    "InvalidRollbackTargetError",
+    "InvalidTransitionError",
+    "JourneyStage",
+    "LifecycleSpec",
+    "RollbackFailedError",
+    "RollbackTrigger",
+    "StageSpec",
+    "TransitionEvent",
+    "UnitDependencyError",
+    "UnitOfWorkFailedError",
+    "UnknownUnitOfWorkError",
+    "default_lifecycle_spec",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -17,6 +18,10 @@ from agents.registry import AgentRegistry
 from checkpoints.index import Design
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
+from graphs.lifecycle import LifecycleSpec, build_lifecycle_graph, validate_lifecycle
+from graphs.process import ProcessSpec
+from graphs.process_builder import build_process_graph
+from graphs.process_validation import validate_process
 from graphs.saga import SagaSpec, build_saga_graph, validate_saga
 from graphs.session import SessionSpec, build_session_graph, validate_session
 from graphs.structured import StructuredSpec, build_structured_graph, validate_structured
@@ -39,6 +44,8 @@ PATTERNS: dict[str, PatternKind] = {
     "session": PatternKind(SessionSpec, lambda spec, _registry: validate_session(spec), build_session_graph),
     "mvp": PatternKind(SessionSpec, lambda spec, _registry: validate_session(spec), build_session_graph),
 }
+PATTERNS["lifecycle"] = PatternKind(LifecycleSpec, validate_lifecycle, build_lifecycle_graph)
+PATTERNS["process"] = PatternKind(ProcessSpec, validate_process, build_process_graph)
 
 
 def parse_spec(spec_type: type[SpecT], data: Mapping[str, Any] | SpecT, *, spec_name: str) -> SpecT:
@@ -59,9 +66,13 @@ def new_id(prefix: str) -> str:
 
 
 class DesignBook:
-    def __init__(self, engine: JourneyEngine, registry: AgentRegistry) -> None:
+    def __init__(self, engine: JourneyEngine, registry: AgentRegistry, *, cache_size: int = 512) -> None:
         self.engine = engine
         self.registry = registry
+        # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
+        # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
+        self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()
+        self._cache_size = cache_size
 
     def check(self, pattern: PatternName, spec: BaseModel) -> None:
         problems = PATTERNS[pattern].validate(spec, self.registry)
@@ -77,9 +88,16 @@ class DesignBook:
         )
 
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
-        design = await self.engine.store.index.get_design(journey_id)
-        if design is None:
-            raise JourneyNotFoundError(f"no journey design with id {journey_id!r}", journey_id=journey_id)
+        spec: Any = None
+        cached = self._loaded.get(journey_id)
+        if cached is not None:
+            self._loaded.move_to_end(journey_id)
+            design, spec = cached
+        else:
+            found = await self.engine.store.index.get_design(journey_id)
+            if found is None:
+                raise JourneyNotFoundError(f"no journey design with id {journey_id!r}", journey_id=journey_id)
+            design = found
         if design.pattern not in patterns:
             raise WrongPatternError(
                 f"journey {journey_id!r} is a {design.pattern} journey, not {' or '.join(patterns)}; "
@@ -87,7 +105,12 @@ class DesignBook:
                 journey_id=journey_id,
                 pattern=design.pattern,
             )
-        return design, PATTERNS[design.pattern].spec_type.model_validate(design.spec)
+        if spec is None:
+            spec = PATTERNS[design.pattern].spec_type.model_validate(design.spec)
+            self._loaded[journey_id] = (design, spec)
+            if len(self._loaded) > self._cache_size:
+                self._loaded.popitem(last=False)
+        return design, spec
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
         # Keyed by content, so identical designs (every MVP session) share one compiled graph.

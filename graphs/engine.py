@@ -16,6 +16,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.store import Store
+from graphs.streaming import run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 
 GraphFactory = Callable[[], StateGraph[Any]]
@@ -65,7 +66,7 @@ class JourneyEngine:
         """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``)."""
         snapshot = await graph.aget_state(self.config(instance_id))
         if in_flight(snapshot):
-            await graph.ainvoke(None, self.config(instance_id, replay=True), durability=self.durability)
+            await run_graph(graph, None, self.config(instance_id, replay=True), self.durability)
             snapshot = await graph.aget_state(self.config(instance_id))
         return snapshot
 
@@ -74,14 +75,26 @@ class JourneyEngine:
         graph: CompiledStateGraph[Any, Any, Any, Any],
         instance_id: str,
         value: dict[str, Any] | Command[Any] | None,
+        *,
+        replay: bool = True,
     ) -> StateSnapshot:
-        await graph.ainvoke(value, self.config(instance_id), durability=self.durability)
+        # Every run looks a keyed agent call up in the event log before making it: with durability
+        # "async" a checkpoint is written behind the run, so a crash can lose the checkpoint of a step
+        # whose completion event is already logged, and the resumed run (a repeated advance, say)
+        # would otherwise call that agent again. Only the first run of an instance registered in the
+        # same call, which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
+        await run_graph(graph, value, self.config(instance_id, replay=replay), self.durability)
         return await graph.aget_state(self.config(instance_id))
 
 
 def in_flight(snapshot: StateSnapshot) -> bool:
-    """Pending work that is neither waiting for a human nor a recorded failure: a crash interrupted it."""
-    return bool(snapshot.next) and not any(t.interrupts or t.error for t in snapshot.tasks)
+    """Pending work that is neither waiting for a human nor a recorded failure: a crash interrupted it.
+
+    That includes a superstep whose tasks all finished (their writes are saved) but whose next
+    checkpoint a crash lost: LangGraph then lists the tasks but no ``next``, and resuming the thread
+    applies their writes and goes on without running them again.
+    """
+    return bool(snapshot.next or snapshot.tasks) and not any(t.interrupts or t.error for t in snapshot.tasks)
 
 
 def failed_task(snapshot: StateSnapshot) -> str | None:
@@ -89,6 +102,19 @@ def failed_task(snapshot: StateSnapshot) -> str | None:
         if task.error:
             return task.name
     return None
+
+
+def resume_pending(snapshot: StateSnapshot, value: Any) -> Command[Any]:
+    """Resume the interrupt the thread waits on, addressed by its id.
+
+    A bare ``Command(resume=value)`` is not enough: LangGraph reads a dict whose keys all look like
+    interrupt ids as a map of answers, so an empty result ``{}`` would be taken for an empty map and
+    silently answer nothing.
+    """
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            return Command(resume={pending.id: value})
+    return Command(resume=value)
 
 
 def waiting_for(snapshot: StateSnapshot) -> dict[str, Any] | None:

@@ -63,6 +63,10 @@ class StepFailedError(InvalidMoveError):
     """The current step failed; retry it before advancing."""
 
 
+class NothingToRetryError(InvalidMoveError):
+    """No step of this journey has failed, so there is nothing to retry."""
+
+
 class UnknownAreaError(JourneyError):
     """The session has no such area."""
 

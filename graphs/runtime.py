@@ -25,7 +25,10 @@ from graphs.catalog import TemplateCatalog, default_catalog
 from graphs.designs import DesignBook
 from graphs.engine import JourneyEngine, in_flight
 from graphs.insights import JourneyAnalytics, MilestoneTracker
+from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
+from graphs.lifecycle_orchestrator import LifecycleOrchestrator
 from graphs.mvp import MVPOrchestrator
+from graphs.process_orchestrator import ProcessOrchestrator
 from graphs.saga_orchestrator import SagaOrchestrator
 from graphs.session_orchestrator import SessionOrchestrator
 from graphs.structured_orchestrator import StructuredOrchestrator
@@ -59,6 +62,8 @@ class JourneyRuntime:
         self.mvp = MVPOrchestrator(SessionOrchestrator(designs, pattern="mvp"))
         self.milestones = MilestoneTracker(store)
         self.analytics = JourneyAnalytics(store)
+        self.lifecycle = LifecycleOrchestrator(designs)
+        self.processes = ProcessOrchestrator(designs)
         self._designs = designs
 
     @classmethod
@@ -88,6 +93,9 @@ class JourneyRuntime:
             for intent in sorted(catalog.intents()):
                 if intent not in registry:
                     registry.register(intent, EchoAgent(intent), description="deterministic default")
+            for intent, output in sorted(DEFAULT_AGENT_OUTPUTS.items()):  # the client lifecycle's units of work
+                if intent not in registry:
+                    registry.register(intent, EchoAgent(intent, output), description="deterministic default")
         async with open_store(url, clock=clock, pool_size=pool_size) as store:
             yield cls(
                 store,
@@ -117,6 +125,8 @@ class JourneyRuntime:
                 if in_flight(before):
                     await self.engine.settled_state(graph, instance.instance_id)
                     resumed.append(instance.instance_id)
+        resumed += [i for i in await self.lifecycle.recover() if i not in resumed]
+        resumed += [i for i in await self.processes.recover() if i not in resumed]
         return resumed
 
     def graph_for(self, pattern: str, spec: Any) -> Any:

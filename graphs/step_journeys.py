@@ -10,18 +10,19 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import StateSnapshot
 
 from agents.errors import AgentError
 from checkpoints.events import NewEvent
 from checkpoints.index import DuplicateInstanceError, Instance
 from graphs.designs import DesignBook, PatternName
-from graphs.engine import failed_task, waiting_for
+from graphs.engine import failed_task, resume_pending, waiting_for
 from graphs.errors import (
     InvalidInputError,
     JourneyFinishedError,
     JourneyNotFoundError,
     JourneyNotStartedError,
+    NothingToRetryError,
     StepFailedError,
     StepOrderError,
 )
@@ -64,20 +65,26 @@ class StepJourneys:
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
         async with self.engine.exclusive(instance_id):
+            created: Instance | None
             try:
-                await self.index.create_instance(instance_id, journey_id, pattern, user_id, first_event=started)
+                created = await self.index.create_instance(
+                    instance_id, journey_id, pattern, user_id, first_event=started
+                )
             except DuplicateInstanceError:
                 # Started before; resume the start only if a crash cut it short before the first checkpoint.
                 if (await graph.aget_state(self.engine.config(instance_id))).values:
                     raise
+                created = None
             initial: StructuredState = {
                 "context": dict(context or {}),
                 "status": "in_progress",
                 "current_step": spec.steps[0].step_id,
                 "completed_steps": [],
             }
-            snapshot = await self._run(graph, instance_id, initial)
-        return self.view(await self.instance(instance_id), spec, snapshot)
+            # The first run of an instance registered just now has no logged agent call to look up;
+            # a resumed start (one a crash cut short) looks each call up before making it.
+            snapshot = await self._run(graph, instance_id, initial, replay=created is None)
+        return self.view(created or await self.instance(instance_id), spec, snapshot)
 
     async def advance(
         self, instance_id: str, step_result: Mapping[str, Any], *, step_id: str | None = None
@@ -110,7 +117,7 @@ class StepJourneys:
                     f"next_step {explicit!r} is not a branch of step {current!r}; choose one of {targets}",
                     allowed=targets,
                 )
-            snapshot = await self._run(graph, instance_id, Command(resume=result))
+            snapshot = await self._run(graph, instance_id, resume_pending(snapshot, result))
         view = self.view(await self.instance(instance_id), spec, snapshot)
         return {**view, "completed_step": current}
 
@@ -122,7 +129,9 @@ class StepJourneys:
             snapshot = await graph.aget_state(self.engine.config(instance_id))
             failed = failed_task(snapshot)
             if failed is None:
-                raise StepFailedError(f"journey run {instance_id!r} has no failed step to retry", allowed=[])
+                raise NothingToRetryError(
+                    f"journey run {instance_id!r} has no failed step to retry", allowed=["advance_journey_step"]
+                )
             await self.events.append(instance_id, [NewEvent("step.retried", {}, failed)], status="in_progress")
             snapshot = await self._run(graph, instance_id, None)
         return self.view(await self.instance(instance_id), spec, snapshot)
@@ -134,9 +143,9 @@ class StepJourneys:
             snapshot = await self.engine.settled_state(graph, instance_id)
         return self.view(found, spec, snapshot)
 
-    async def _run(self, graph: Graph, instance_id: str, value: Any) -> StateSnapshot:
+    async def _run(self, graph: Graph, instance_id: str, value: Any, *, replay: bool = True) -> StateSnapshot:
         try:
-            return await self.engine.invoke(graph, instance_id, value)
+            return await self.engine.invoke(graph, instance_id, value, replay=replay)
         except AgentError as exc:
             # The step's failure is recorded in the checkpoint; the run can be retried from there.
             await self.events.append(

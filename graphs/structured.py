@@ -295,10 +295,14 @@ def _step_runner(
         update: StructuredState = {
             "completed_steps": [*completed, step.step_id],
             "current_step": following,
-            "step_input": None,
             "last_output": outcome.output,
-            "status": "completed" if following is None else "in_progress",
         }
+        # Leave out what would not change: every channel written is stored again with the step's writes.
+        if "step_input" not in state or state["step_input"] is not None:
+            update["step_input"] = None
+        status = "completed" if following is None else "in_progress"
+        if state.get("status") != status:
+            update["status"] = status
         return Command(goto=entry_node(spec.step(following)) if following else END, update=update)
 
     run_step.__name__ = f"run_{step.step_id}"

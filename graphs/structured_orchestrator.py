@@ -63,7 +63,10 @@ class StructuredOrchestrator:
     ) -> StructuredSpec:
         if spec is not None:
             parsed = parse_spec(StructuredSpec, spec, spec_name="structured journey")
-            return parsed.model_copy(update={"requirements": {**parsed.requirements, **(requirements or {})}})
+            # The journey_type argument names the design, whatever the spec called itself.
+            return parsed.model_copy(
+                update={"journey_type": journey_type, "requirements": {**parsed.requirements, **(requirements or {})}}
+            )
         return self.templates.get(journey_type).build(dict(requirements or {}))
 
     async def execute_journey(

@@ -29,6 +29,7 @@ from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings, call_with_retry
 from checkpoints.events import EventLog, NewEvent
+from nodes import schemas
 
 log = structlog.get_logger("journeys.agents")
 
@@ -158,7 +159,7 @@ def _checked_output(intent: str, result: object, schema: Mapping[str, Any] | Non
     output = dict(result)
     if schema is not None:
         try:
-            jsonschema.validate(output, schema)
+            schemas.validate(output, schema)
         except jsonschema.ValidationError as exc:
             raise AgentOutputError(
                 f"agent for intent {intent!r} returned output that breaks its schema: {exc.message}",

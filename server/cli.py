@@ -35,6 +35,67 @@ def demo(
 
 
 @app.command()
+def serve(
+    database_url: Annotated[
+        str, typer.Option("--database-url", help="sqlite:///file.db (default, embedded) or postgresql://…")
+    ] = DEFAULT_STORE_URL,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8123,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="switch API keys off (local development only)")] = False,
+    api_keys: Annotated[
+        str | None, typer.Option("--api-keys", help="JSON file of API keys (default: $JOURNEYS_API_KEYS)")
+    ] = None,
+    distributed: Annotated[
+        bool, typer.Option("--distributed", help="queue runs and timers for `journeys worker` (PostgreSQL only)")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
+) -> None:
+    """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings, load_api_keys
+
+    _quiet_logs(verbose)
+    keys = {} if no_auth else load_api_keys(api_keys)
+    if not no_auth and not keys:
+        typer.echo(
+            "auth is on but no API keys are configured: every request will get 401 "
+            "(pass --api-keys, set JOURNEYS_API_KEYS, or --no-auth for local development)",
+            err=True,
+        )
+    settings = Settings(
+        database_url=database_url,
+        auth=not no_auth,
+        api_keys=keys,
+        execution="distributed" if distributed else "embedded",
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info" if verbose else "warning")
+
+
+@app.command()
+def worker(
+    database_url: Annotated[str, typer.Option("--database-url", help="postgresql://… shared with the API")],
+    concurrency: Annotated[int, typer.Option(help="runs executed at once")] = 8,
+    heartbeat: Annotated[float, typer.Option(help="seconds between heartbeats")] = 2.0,
+    stalled_after: Annotated[float, typer.Option(help="seconds without heartbeat before a worker's jobs retry")] = 10.0,
+    plugin: Annotated[
+        str | None, typer.Option(help="module:function registering this worker's agents on the registry")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
+) -> None:
+    """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
+    from server.worker import run_worker
+
+    _quiet_logs(verbose)
+    asyncio.run(
+        run_worker(
+            database_url, concurrency=concurrency, heartbeat=heartbeat, stalled_after=stalled_after, plugin=plugin
+        )
+    )
+
+
+@app.command()
 def version() -> None:
     """Print the installed version."""
     from importlib.metadata import version as installed

@@ -62,7 +62,7 @@ async def _structured(runtime: JourneyRuntime, console: Console) -> None:
     )
     console.print(f"designed [cyan]{journey['journey_id']}[/]: " + " → ".join(s["name"] for s in journey["steps"]))
     status = await orchestrator.execute_journey(journey["journey_id"], "user_123", {"migration_id": "mig_001"})
-    results = [{"files_uploaded": 150}, {"entities": 42}, {"rows": 1200}, {"checks_passed": True}]
+    results: list[dict[str, Any]] = [{"files_uploaded": 150}, {"entities": 42}, {"rows": 1200}, {"checks_passed": True}]
     for result in results:
         step = status["current_step"]
         status = await orchestrator.advance_journey_step(

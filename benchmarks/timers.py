@@ -1,0 +1,254 @@
+"""Durable timers under load: N process instances parked on timers that all fall due at the same moment.
+
+Each instance runs ``start → timer (PT{lead}S) → end``. While the instances are parked the runtime's
+clock stands still, so every timer falls due at the same instant D; then the clock is released and
+runs in real time (a fixed offset from the wall clock, so every duration measured is a real one), and
+one worker, ``fire_due_timers`` in this process, fires them all when D comes.
+
+Printed per backend:
+
+- **fired**: when each timer's firing became durable (its wait resolved and the timer row marked
+  fired, one transaction per batch). Time from D until the last one, lateness p50 / p99, and the
+  earliest firing relative to D (never negative: never early; also checked row by row in the DB).
+- **resumed**: when each instance's thread had been resumed past the timer and completed (the
+  graph run, its events and checkpoints). Time from D until the last one, lateness p50 / p99.
+
+Targets: every timer fired within 10 s of D; none early.
+
+    python benchmarks/timers.py                                     # 10,000 instances on a throwaway Postgres
+    python benchmarks/timers.py --database-url postgresql://...     # on an existing server
+    python benchmarks/timers.py --quick --backends memory,sqlite    # smoke run (the test suite)
+
+The exit code is 0 whatever the figures: this is a report. Missed targets print ``TARGET MISSED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from langgraph.types import Durability
+from sqlalchemy import func, select
+
+from benchmarks.overhead import fresh_database, postgres_server
+from checkpoints.tables import process_timers
+from graphs.process_scheduler import fire_due_timers
+from graphs.runtime import JourneyRuntime
+
+FIRE_TARGET_S = 10.0
+
+
+class HeldClock:
+    """Stands still at ``start`` until released, then runs in real time from there."""
+
+    def __init__(self, start: datetime) -> None:
+        self._start = start
+        self._released_at: float | None = None
+
+    def release(self) -> None:
+        self._released_at = time.monotonic()
+
+    def now(self) -> datetime:
+        if self._released_at is None:
+            return self._start
+        return self._start + timedelta(seconds=time.monotonic() - self._released_at)
+
+
+@dataclass
+class Result:
+    backend: str
+    instances: int
+    park_s: float
+    fired: int = 0
+    resumed: int = 0
+    fire_lateness: list[float] = field(default_factory=list)
+    resume_lateness: list[float] = field(default_factory=list)
+    early_in_db: int = 0
+    fired_in_db: int = 0
+    completed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def spec(lead_s: int) -> dict[str, Any]:
+    return {
+        "name": "timer_bench",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "timer", "id": "wait", "timer": {"duration": f"PT{lead_s}S"}},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> wait", "wait -> end"],
+    }
+
+
+async def bench(
+    backend: str,
+    url: str,
+    n: int,
+    *,
+    lead_s: int,
+    park_concurrency: int,
+    resume_concurrency: int,
+    durability: Durability,
+) -> Result:
+    clock = HeldClock(datetime.now(UTC).replace(microsecond=0))
+    async with JourneyRuntime.open(url, clock=clock, durability=durability, pool_size=20) as runtime:
+        await runtime.processes.deploy(spec(lead_s))
+        due = clock.now() + timedelta(seconds=lead_s)
+        keys = iter(range(n))
+        started = time.perf_counter()
+
+        async def park() -> None:
+            for i in keys:  # one shared iterator: each worker takes the next key
+                view = await runtime.processes.start("timer_bench", f"key-{i}")
+                if view["status"] != "in_progress":
+                    raise RuntimeError(f"instance {i} did not park: {view}")
+
+        await asyncio.gather(*(park() for _ in range(park_concurrency)))
+        result = Result(backend, n, time.perf_counter() - started)
+        print(f"  {backend:<8} parked {n} instances in {result.park_s:.1f} s; timers due in {lead_s} s", flush=True)
+
+        clock.release()
+        for _poll in range(1000):  # the worker waits for the due time, as TimerScheduler's loop does
+            await asyncio.sleep(max(0.0, (due - clock.now()).total_seconds()))
+            report = await fire_due_timers(runtime.processes, concurrency=resume_concurrency)
+            if report.fired:  # an asyncio sleep may end a hair early: then nothing was due yet
+                break
+        result.fired, result.resumed = report.fired, report.resumed
+        result.fire_lateness, result.resume_lateness = report.lateness, report.resume_lateness
+        result.errors = report.errors[:5]
+
+        t = process_timers.c
+        async with runtime.store.engine.connect() as conn:
+            result.fired_in_db = int((await conn.execute(select(func.count()).where(t.status == "fired"))).scalar_one())
+            result.early_in_db = int(
+                (await conn.execute(select(func.count()).where(t.fired_at < t.due_at))).scalar_one()
+            )
+        counts = await runtime.store.index.count_by_status(pattern="process")
+        result.completed = counts.get("completed", 0)
+        return result
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def print_result(result: Result) -> list[str]:
+    missed = []
+    fire, resume = result.fire_lateness, result.resume_lateness
+    print(f"\n== {result.backend}: {result.instances} instances, timers due at the same moment, one worker ==")
+    if fire:
+        print(
+            f"fired   {result.fired:>6}  all within {max(fire):7.3f} s of due   "
+            f"lateness p50 {statistics.median(fire) * 1000:8.1f} ms  p99 {pct(fire, 99) * 1000:8.1f} ms  "
+            f"earliest {min(fire) * 1000:+.1f} ms"
+        )
+    if resume:
+        print(
+            f"resumed {result.resumed:>6}  all within {max(resume):7.3f} s of due   "
+            f"lateness p50 {statistics.median(resume) * 1000:8.1f} ms  p99 {pct(resume, 99) * 1000:8.1f} ms"
+        )
+    print(
+        f"db: {result.fired_in_db} timers fired, {result.early_in_db} fired before due; "
+        f"{result.completed} instances completed; park {result.instances / result.park_s:.0f} instances/s"
+    )
+    for error in result.errors:
+        print(f"  error: {error}")
+    if result.fired != result.instances or result.fired_in_db != result.instances:
+        missed.append(f"TARGET MISSED: {result.backend}: {result.fired} of {result.instances} timers fired")
+    if fire and max(fire) > FIRE_TARGET_S:
+        missed.append(
+            f"TARGET MISSED: {result.backend}: last timer fired {max(fire):.1f} s after due (> {FIRE_TARGET_S} s)"
+        )
+    if result.early_in_db or (fire and min(fire) < 0):
+        missed.append(f"TARGET MISSED: {result.backend}: timers fired early")
+    return missed
+
+
+@contextmanager
+def store_url(backend: str, server_url: str | None, scratch: Path) -> Iterator[str]:
+    if backend == "memory":
+        yield "memory://"
+    elif backend == "sqlite":
+        yield f"sqlite:///{scratch}/timers-{uuid.uuid4().hex[:8]}.db"
+    else:
+        assert server_url is not None
+        with fresh_database(server_url, "timers") as url:
+            yield url
+
+
+async def run(args: argparse.Namespace) -> int:
+    backends = tuple(args.backends.split(","))
+    scratch = Path(tempfile.mkdtemp(prefix="journeys-timers-"))
+    missed: list[str] = []
+    try:
+        with postgres_server(args.database_url) if "postgres" in backends else _nothing() as server_url:
+            for backend in backends:
+                with store_url(backend, server_url, scratch) as url:
+                    result = await bench(
+                        backend,
+                        url,
+                        args.instances,
+                        lead_s=args.lead,
+                        park_concurrency=args.park_concurrency,
+                        resume_concurrency=args.resume_concurrency,
+                        durability=args.durability,
+                    )
+                missed += print_result(result)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print()
+    for line in missed:
+        print(line)
+    if not missed:
+        print("all targets met (fired within 10 s of due, none early)")
+    return 0
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=10_000)
+    parser.add_argument("--backends", default="postgres", help="comma-separated: memory,sqlite,postgres")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument("--lead", type=int, default=2, help="seconds between releasing the clock and due time")
+    parser.add_argument("--park-concurrency", type=int, default=16)
+    parser.add_argument("--resume-concurrency", type=int, default=16)
+    parser.add_argument("--durability", choices=("sync", "async", "exit"), default="async")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run: 100 instances, memory and sqlite")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.instances = min(args.instances, 100)
+        if "--backends" not in (argv or sys.argv):
+            args.backends = "memory,sqlite"
+        args.lead = 1
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(run(parse(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

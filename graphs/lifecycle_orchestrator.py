@@ -1,0 +1,745 @@
+"""The client lifecycle engine's API (SPEC L1 to L6): ``runtime.lifecycle``.
+
+    journey = await runtime.lifecycle.start_journey("client-123", metrics=READY_TO_START)
+    await runtime.lifecycle.record_metrics(journey["journey_id"], {"search_precision": 0.86, ...})
+    result = await runtime.lifecycle.promote(journey["journey_id"])   # a ValidationResult
+
+Every move is checked against the journey's current state before anything is written: an event the
+stage does not allow raises :class:`InvalidTransitionError` naming the allowed events and changes
+nothing. Metrics recorded through :meth:`record_metric` are watched: one that crosses a rollback
+threshold of the current stage starts an automatic rollback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from agents.protocol import Agent
+from checkpoints.events import NewEvent
+from checkpoints.lifecycle_tables import (
+    lifecycle_journey_states,
+    lifecycle_rollback_history,
+    lifecycle_units_of_work,
+    lifecycle_validation_results,
+)
+from graphs.designs import DesignBook, new_id, parse_spec
+from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.lifecycle import (
+    ACTIVE_STAGES,
+    AWAIT,
+    RUN_UNIT,
+    LifecycleDeps,
+    LifecycleSpec,
+    LifecycleState,
+    RollbackTrigger,
+    TransitionEvent,
+    allowed_events,
+    build_lifecycle_graph,
+    check_lifecycle,
+    default_rollback_target,
+    journey_view,
+    rollback_targets,
+)
+from graphs.lifecycle_catalog import default_lifecycle_spec
+from graphs.lifecycle_errors import (
+    EntryCriteriaNotMetError,
+    InvalidMetricError,
+    InvalidRollbackTargetError,
+    InvalidTransitionError,
+    RollbackFailedError,
+    UnitDependencyError,
+    UnitOfWorkFailedError,
+    UnknownUnitOfWorkError,
+)
+from graphs.lifecycle_metrics import LifecycleMetrics
+from nodes.criteria_gate import (
+    METRIC_NAME,
+    MetricSource,
+    TableMetricSource,
+    ValidationResult,
+    evaluate_criteria,
+    metric_rows_statement,
+)
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+PATTERN = "lifecycle"
+PROMOTIONS = {"sandbox": TransitionEvent.PROMOTE_TO_PILOT, "pilot": TransitionEvent.PROMOTE_TO_PRODUCTION}
+JOURNEY_CACHE_SIZE = 100_000
+GATED_EVENTS = (TransitionEvent.PROMOTE_TO_PILOT, TransitionEvent.PROMOTE_TO_PRODUCTION, TransitionEvent.MARK_COMPLETE)
+
+
+class LifecycleOrchestrator:
+    def __init__(self, designs: DesignBook, *, metrics: MetricSource | None = None) -> None:
+        self._designs = designs
+        self._engine = designs.engine
+        self._store = designs.engine.store
+        self.deps = LifecycleDeps(self._store.engine, metrics or TableMetricSource(self._store.engine))
+        self.metrics = LifecycleMetrics(self._store.engine)
+        self._design_ids: dict[str, str] = {}
+        self._journeys: dict[str, str] = {}  # journey id -> design id
+        self._specs: dict[str, LifecycleSpec] = {}
+
+    # --- plugging in -------------------------------------------------------------------------------
+
+    def use_metric_source(self, source: MetricSource) -> None:
+        """Read metric values from ``source`` from now on (the default reads ``record_metric``'s table)."""
+        self.deps.metrics = source
+
+    def use_notifier(self, notifier: Agent, *, intent: str = "notify_stakeholders") -> None:
+        """Send rollback notifications through ``notifier`` (an agent: it receives the notification as
+        its payload and goes through the shared agent path, so its call is retried and logged)."""
+        self._designs.registry.register(intent, notifier, name="lifecycle notifier", replace=True)
+
+    # --- designs ------------------------------------------------------------------------------------
+
+    async def design(
+        self,
+        spec: LifecycleSpec | Mapping[str, Any] | None = None,
+        *,
+        thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """Check and store a lifecycle design (the default one, or ``spec``, with ``thresholds`` overridden)."""
+        design_id, chosen = await self._design_for(spec, thresholds)
+        return {"design_id": design_id, "pattern": PATTERN, "spec": chosen.model_dump(mode="json")}
+
+    async def _design_for(
+        self,
+        spec: LifecycleSpec | Mapping[str, Any] | None,
+        thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None,
+    ) -> tuple[str, LifecycleSpec]:
+        chosen = (
+            parse_spec(LifecycleSpec, spec, spec_name="lifecycle") if spec is not None else default_lifecycle_spec()
+        )
+        if thresholds:
+            if not isinstance(thresholds, Mapping):
+                raise InvalidInputError("thresholds must be a mapping shaped like STAGE_METRICS")
+            chosen = chosen.with_thresholds(thresholds)
+        body = json.dumps(chosen.model_dump(mode="json"), sort_keys=True)
+        digest = hashlib.sha256(body.encode()).hexdigest()[:24]
+        known = self._design_ids.get(digest)
+        if known is not None:
+            return known, self._specs[known]
+        check_lifecycle(chosen, self._designs.registry)
+        design_id = f"lifecycle_{digest}"
+        index = self._store.index
+        if await index.get_design(design_id) is None:
+            # Saved meanwhile by another process: same content, same id.
+            with contextlib.suppress(IntegrityError):
+                await index.save_design(design_id, PATTERN, chosen.journey_type, chosen.model_dump(mode="json"))
+        self._design_ids[digest] = design_id
+        self._specs[design_id] = chosen
+        return design_id, chosen
+
+    async def _spec(self, design_id: str) -> LifecycleSpec:
+        if design_id not in self._specs:
+            design = await self._store.index.get_design(design_id)
+            if design is None or design.pattern != PATTERN:
+                raise JourneyNotFoundError(f"no client lifecycle design {design_id!r}", design_id=design_id)
+            self._specs[design_id] = LifecycleSpec.model_validate(design.spec)
+        return self._specs[design_id]
+
+    def _graph(self, design_id: str, spec: LifecycleSpec) -> Graph:
+        services = self._engine.services
+        return self._engine.compiled(
+            f"{PATTERN}-{design_id}-{id(self.deps)}", lambda: build_lifecycle_graph(spec, services, self.deps)
+        )
+
+    async def _design_of(self, journey_id: str) -> str:
+        """The design a journey runs (it never changes, so known journeys are not looked up again)."""
+        design_id = self._journeys.get(journey_id)
+        if design_id is None:
+            instance = await self._store.index.get_instance(journey_id)
+            if instance is None or instance.pattern != PATTERN:
+                raise JourneyNotFoundError(f"no client lifecycle journey {journey_id!r}", journey_id=journey_id)
+            design_id = instance.journey_id
+            if len(self._journeys) >= JOURNEY_CACHE_SIZE:
+                self._journeys.clear()
+            self._journeys[journey_id] = design_id
+        return design_id
+
+    async def _load(self, journey_id: str) -> tuple[LifecycleSpec, Graph]:
+        design_id = await self._design_of(journey_id)
+        spec = await self._spec(design_id)
+        return spec, self._graph(design_id, spec)
+
+    # --- the seven events -----------------------------------------------------------------------
+
+    async def start_journey(
+        self,
+        client_id: str,
+        *,
+        journey_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float | bool] | None = None,
+        spec: LifecycleSpec | Mapping[str, Any] | None = None,
+        thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """Start a client's journey in SANDBOX, once the sandbox entry criteria hold.
+
+        ``metrics`` are recorded first (e.g. ``contract_signed``); ``spec``/``thresholds`` customise this
+        journey's criteria. A journey whose start was refused can be started again with its ``journey_id``.
+        """
+        if not isinstance(client_id, str) or not client_id.strip():
+            raise InvalidInputError("client_id must be a non-empty string")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
+        values = _checked_metrics(metrics or {}, allow_empty=True)
+        design_id, chosen = await self._design_for(spec, thresholds)
+        journey_id = journey_id or new_id(PATTERN)
+        async with self._engine.exclusive(journey_id):
+            existing = await self._store.index.get_instance(journey_id)
+            if existing is not None:
+                if existing.pattern != PATTERN or existing.user_id != client_id:
+                    raise InvalidInputError(
+                        f"journey {journey_id!r} exists and belongs to {existing.pattern} client {existing.user_id!r}",
+                        journey_id=journey_id,
+                    )
+                design_id = existing.journey_id
+                chosen = await self._spec(design_id)
+                graph = self._graph(design_id, chosen)
+                snapshot = await self._engine.settled_state(graph, journey_id)
+                if snapshot.values:  # its start was refused before: try again
+                    self._expect(snapshot, TransitionEvent.START_JOURNEY)
+                    await self._record(journey_id, values)
+                    snapshot = await self._resume(graph, journey_id, snapshot, {"event": TransitionEvent.START_JOURNEY})
+            else:
+                created = NewEvent(
+                    "lifecycle.created",
+                    {"client_id": client_id, "design_id": design_id, "metadata": dict(metadata or {})},
+                )
+                await self._store.index.create_instance(journey_id, design_id, PATTERN, client_id, first_event=created)
+                graph = self._graph(design_id, chosen)
+            if existing is None or not snapshot.values:  # new, or a crash cut its first run short: run it
+                await self._record(journey_id, values)
+                snapshot = await self._engine.invoke(
+                    graph, journey_id, _initial_state(journey_id, client_id, design_id, metadata)
+                )
+        outcome = _outcome(snapshot)
+        validation = ValidationResult.from_dict(outcome["validation"])
+        if not validation.passed:
+            raise EntryCriteriaNotMetError(
+                f"journey {journey_id!r} cannot start: {validation.summary}", validation=validation
+            )
+        _raise_for_unit(outcome, journey_id)
+        return {**journey_view(snapshot.values, chosen), "validation": validation.to_dict()}
+
+    async def promote(self, journey_id: str, *, metadata: Mapping[str, Any] | None = None) -> ValidationResult:
+        """Promote SANDBOX → PILOT or PILOT → PRODUCTION if the current stage's exit criteria and the next
+        stage's entry criteria all pass; then run the next stage's entry units. Returns the validation:
+        when it did not pass, nothing moved (the validation itself is stored)."""
+        return await self._gated_move(journey_id, None, metadata)
+
+    async def mark_complete(self, journey_id: str, *, metadata: Mapping[str, Any] | None = None) -> ValidationResult:
+        """PRODUCTION → COMPLETED once production's success metrics pass. Returns the validation."""
+        return await self._gated_move(journey_id, TransitionEvent.MARK_COMPLETE, metadata)
+
+    async def _gated_move(
+        self, journey_id: str, event: TransitionEvent | None, metadata: Mapping[str, Any] | None
+    ) -> ValidationResult:
+        request_metadata = _metadata(metadata)
+        _spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id)
+            stage = snapshot.values.get("current_stage")
+            if event is None:  # promote: the promotion event of the current stage
+                chosen = PROMOTIONS.get(str(stage))
+                if chosen is None or not _waiting(snapshot):
+                    raise InvalidTransitionError(
+                        f"journey {journey_id!r} cannot be promoted from stage {stage!r}; "
+                        f"allowed events: {', '.join(self._allowed(snapshot)) or 'none'}",
+                        current_stage=stage,
+                        event="promote",
+                        allowed=self._allowed(snapshot),
+                    )
+                event = chosen
+            self._expect(snapshot, event)
+            request = {"event": event.value, "metadata": request_metadata}
+            snapshot = await self._resume(graph, journey_id, snapshot, request)
+        return _gate_result(snapshot, journey_id)
+
+    async def transition(self, journey_id: str, event: str, **options: Any) -> dict[str, Any]:
+        """Apply any of the seven events by name, as the seed's ``JourneyStateMachine.transition`` does.
+
+        ``options`` go to the event's own method (``reason``, ``trigger``, ``rollback_to``, ``complete``
+        for a rollback; ``metadata`` for a promotion; ``metrics`` for a start). An event the current stage
+        does not allow raises :class:`InvalidTransitionError` and changes nothing.
+        """
+        _spec, graph = await self._load(journey_id)
+        snapshot = await graph.aget_state(self._engine.config(journey_id))
+        try:
+            chosen = TransitionEvent(event)
+        except ValueError:
+            stage = snapshot.values.get("current_stage")
+            raise InvalidTransitionError(
+                f"unknown event {event!r}; the events are {', '.join(e.value for e in TransitionEvent)}; "
+                f"in stage {stage!r} these are allowed: {', '.join(self._allowed(snapshot)) or 'none'}",
+                current_stage=stage,
+                event=str(event),
+                allowed=self._allowed(snapshot),
+            ) from None
+        self._expect(snapshot, chosen)
+        if chosen == TransitionEvent.START_JOURNEY:
+            instance = await self._store.index.get_instance(journey_id)
+            assert instance is not None
+            return await self.start_journey(instance.user_id, journey_id=journey_id, **options)
+        if chosen in GATED_EVENTS:
+            validation = await self._gated_move(journey_id, chosen, options.get("metadata"))
+            return {**await self.get_journey_state(journey_id), "validation": validation.to_dict()}
+        if chosen == TransitionEvent.INITIATE_ROLLBACK:
+            rollback = await self.initiate_rollback(journey_id, **options)
+            return {**rollback["journey"], "rollback": {k: v for k, v in rollback.items() if k != "journey"}}
+        if chosen == TransitionEvent.COMPLETE_ROLLBACK:
+            return await self.complete_rollback(journey_id)
+        return await self.cancel(journey_id, options.get("reason"))
+
+    async def cancel(self, journey_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Give the journey up (from any active stage, or from ROLLBACK)."""
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidInputError("reason must be a string")
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id)
+            self._expect(snapshot, TransitionEvent.CANCEL_JOURNEY)
+            metadata = {"cancel_reason": reason} if reason else {}
+            request = {"event": TransitionEvent.CANCEL_JOURNEY.value, "metadata": metadata}
+            snapshot = await self._resume(graph, journey_id, snapshot, request)
+        return journey_view(snapshot.values, spec)
+
+    async def initiate_rollback(
+        self,
+        journey_id: str,
+        reason: str,
+        *,
+        trigger: RollbackTrigger | str = RollbackTrigger.CLIENT_REQUEST,
+        rollback_to: str | None = None,
+        complete: bool = False,
+        automatic: bool = False,
+    ) -> dict[str, Any]:
+        """Roll the journey back: plan → rollback units → validation → notification.
+
+        Returns to ``rollback_to`` or the previous stage. With ``complete`` the journey goes there as
+        soon as the rollback validates; otherwise it waits in ROLLBACK for :meth:`complete_rollback`.
+        A unit of work running meanwhile stops after its current tasks and is compensated.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInputError("a rollback needs a reason (a non-empty string)")
+        try:
+            chosen_trigger = RollbackTrigger(trigger)
+        except ValueError:
+            allowed = [t.value for t in RollbackTrigger]
+            raise InvalidInputError(
+                f"unknown rollback trigger {trigger!r}; triggers: {', '.join(allowed)}", allowed=allowed
+            ) from None
+        spec, graph = await self._load(journey_id)
+        # Checked first without the journey's lock, so a unit of work holding it can be told to stop.
+        peek = await graph.aget_state(self._engine.config(journey_id))
+        target = self._rollback_target(journey_id, peek, rollback_to, running=True)
+        self.deps.aborts[journey_id] = reason
+        try:
+            async with self._engine.exclusive(journey_id):
+                self.deps.aborts.pop(journey_id, None)
+                snapshot = await self._engine.settled_state(graph, journey_id)
+                target = self._rollback_target(journey_id, snapshot, rollback_to)
+                request = {
+                    "event": TransitionEvent.INITIATE_ROLLBACK.value,
+                    "reason": reason,
+                    "trigger": chosen_trigger.value,
+                    "to_stage": target,
+                    "automatic": automatic,
+                    "complete": complete,
+                    "snapshot": await self._snapshot(graph, journey_id, snapshot, target),
+                }
+                snapshot = await self._resume(graph, journey_id, snapshot, request)
+        finally:
+            self.deps.aborts.pop(journey_id, None)
+        outcome = _outcome(snapshot)
+        record = await self.rollback(journey_id, str(outcome["rollback_id"]))
+        return {**record, "journey": journey_view(snapshot.values, spec), "notification": outcome.get("notification")}
+
+    async def complete_rollback(self, journey_id: str) -> dict[str, Any]:
+        """ROLLBACK → the rollback's target stage. A rollback that failed to validate is run again first."""
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id)
+            self._expect(snapshot, TransitionEvent.COMPLETE_ROLLBACK)
+            rollback_id = str((snapshot.values.get("rollback") or {}).get("rollback_id"))
+            snapshot = await self._resume(
+                graph, journey_id, snapshot, {"event": TransitionEvent.COMPLETE_ROLLBACK.value}
+            )
+        outcome = _outcome(snapshot)
+        record = await self.rollback(journey_id, rollback_id)
+        if not outcome.get("ok"):
+            raise RollbackFailedError(
+                f"rollback {rollback_id!r} of journey {journey_id!r} did not complete: "
+                f"{outcome.get('error') or record.get('status')}; complete it again or cancel the journey",
+                rollback=record,
+            )
+        return {**journey_view(snapshot.values, spec), "rollback": record}
+
+    async def run_unit_of_work(self, journey_id: str, uow_id: str) -> dict[str, Any]:
+        """Run an on-demand unit of work of the current stage; returns its result (status and tasks)."""
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id)
+            values = snapshot.values
+            stage = values.get("current_stage")
+            if stage not in [s.value for s in ACTIVE_STAGES] or not _waiting(snapshot):
+                raise InvalidTransitionError(
+                    f"units of work run in an active stage; journey {journey_id!r} is in {stage!r}",
+                    current_stage=stage,
+                    event=RUN_UNIT,
+                    allowed=allowed_events(stage),
+                )
+            stage_units = [u.uow_id for u in spec.stage(stage).units]
+            if uow_id not in stage_units:
+                raise UnknownUnitOfWorkError(
+                    f"stage {stage} has no unit of work {uow_id!r}; its units: {', '.join(stage_units)}",
+                    allowed=stage_units,
+                    uow_id=uow_id,
+                )
+            done = values.get("units") or {}
+            missing = [d for d in spec.units()[uow_id].dependencies if done.get(d) != "completed"]
+            if missing:
+                raise UnitDependencyError(
+                    f"unit {uow_id!r} depends on {', '.join(missing)}, which must complete first",
+                    allowed=[
+                        u for u in stage_units if all(done.get(d) == "completed" for d in spec.units()[u].dependencies)
+                    ],
+                    missing=missing,
+                )
+            snapshot = await self._resume(graph, journey_id, snapshot, {"event": RUN_UNIT, "uow_id": uow_id})
+        outcome = _outcome(snapshot)
+        return dict(outcome["units"][-1])
+
+    # --- metrics and automatic rollback ------------------------------------------------------------
+
+    async def record_metric(
+        self, journey_id: str, metric: str, value: float | bool, *, at: datetime | None = None
+    ) -> dict[str, Any]:
+        return await self.record_metrics(journey_id, {metric: value}, at=at)
+
+    async def record_metrics(
+        self, journey_id: str, values: Mapping[str, float | bool], *, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Record metric values (at the clock's now, or an earlier ``at``); if one crosses a rollback
+        threshold of the current stage, roll back automatically. Returns what was recorded and the rollback."""
+        checked = _checked_metrics(values, allow_empty=False)
+        now = self._store.clock.now()
+        if at is not None and (at.tzinfo is None or at > now):
+            raise InvalidMetricError(f"a metric's time must be timezone-aware and not after now ({now.isoformat()})")
+        when = at or now
+        design_id = await self._design_of(journey_id)
+        await self._record(journey_id, checked, when)
+        rollback = await self._watch(journey_id, design_id, set(checked))
+        return {"journey_id": journey_id, "recorded": checked, "recorded_at": when.isoformat(), "rollback": rollback}
+
+    async def check_rollback_triggers(self, journey_id: str) -> dict[str, Any] | None:
+        """Evaluate every rollback threshold of the current stage now (for metric sources that are not fed
+        through :meth:`record_metric`); roll back if one fires."""
+        return await self._watch(journey_id, await self._design_of(journey_id), None)
+
+    async def _watch(self, journey_id: str, design_id: str, metrics: set[str] | None) -> dict[str, Any] | None:
+        spec = await self._spec(design_id)
+        watched = {t.metric for stage in ACTIVE_STAGES for t in spec.stage(stage).rollback_thresholds}
+        if metrics is not None and not metrics & watched:
+            return None  # no threshold watches these metrics: no need to look at the journey
+        s = lifecycle_journey_states
+        async with self._store.engine.connect() as conn:
+            row = (
+                await conn.execute(select(s.c.current_stage, s.c.status).where(s.c.journey_id == journey_id))
+            ).first()
+        if row is None or row.status != "active":
+            return None
+        thresholds = [
+            t for t in spec.stage(row.current_stage).rollback_thresholds if metrics is None or t.metric in metrics
+        ]
+        if not thresholds:
+            return None
+        checks = await evaluate_criteria(thresholds, self.deps.metrics, journey_id, self._store.clock.now())
+        for threshold, check in zip(thresholds, checks, strict=True):
+            if check.actual is not None and check.passed:  # the threshold's condition holds: it fires
+                reason = f"automatic: {threshold.label}: {threshold.metric} is {check.actual:g} ({threshold.expected})"
+                try:
+                    return await self.initiate_rollback(
+                        journey_id,
+                        reason,
+                        trigger=threshold.trigger,
+                        complete=spec.auto_complete_rollback,
+                        automatic=True,
+                    )
+                except InvalidTransitionError:
+                    return None  # it moved on meanwhile (another rollback, a cancel): nothing to do
+        return None
+
+    async def _record(self, journey_id: str, values: Mapping[str, float], at: datetime | None = None) -> None:
+        if not values:
+            return
+        when = at or self._store.clock.now()
+        event = NewEvent("metric.recorded", {"values": dict(values), "at": when.isoformat()})
+        await self._store.events.append(journey_id, [event], also=[metric_rows_statement(journey_id, values, when)])
+
+    # --- views --------------------------------------------------------------------------------------
+
+    async def get_journey_state(self, journey_id: str) -> dict[str, Any]:
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id)
+        return journey_view(snapshot.values, spec)
+
+    async def state_at(self, journey_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """The journey as it was at one of its checkpoints (e.g. a rollback's snapshot)."""
+        spec, graph = await self._load(journey_id)
+        config = self._engine.config(journey_id)
+        config["configurable"]["checkpoint_id"] = checkpoint_id
+        snapshot = await graph.aget_state(config)
+        if not snapshot.values:
+            raise JourneyNotFoundError(f"journey {journey_id!r} has no checkpoint {checkpoint_id!r}")
+        return journey_view(snapshot.values, spec)
+
+    async def validation_history(self, journey_id: str) -> list[ValidationResult]:
+        v = lifecycle_validation_results
+        async with self._store.engine.connect() as conn:
+            rows = (await conn.execute(select(v).where(v.c.journey_id == journey_id).order_by(v.c.id))).all()
+        return [
+            ValidationResult.from_dict({**row._mapping, "checks": row.checks, "evaluated_at": row.evaluated_at})
+            for row in rows
+        ]
+
+    async def rollback_history(self, journey_id: str) -> list[dict[str, Any]]:
+        r = lifecycle_rollback_history
+        async with self._store.engine.connect() as conn:
+            rows = (await conn.execute(select(r).where(r.c.journey_id == journey_id).order_by(r.c.id))).all()
+        return [_rollback_view(row) for row in rows]
+
+    async def rollback(self, journey_id: str, rollback_id: str) -> dict[str, Any]:
+        r = lifecycle_rollback_history
+        async with self._store.engine.connect() as conn:
+            row = (
+                await conn.execute(select(r).where(r.c.journey_id == journey_id, r.c.rollback_id == rollback_id))
+            ).first()
+        if row is None:
+            raise JourneyNotFoundError(f"journey {journey_id!r} has no rollback {rollback_id!r}")
+        return _rollback_view(row)
+
+    async def units_of_work(self, journey_id: str) -> list[dict[str, Any]]:
+        """Every run of every unit of work of the journey, oldest first."""
+        u = lifecycle_units_of_work
+        async with self._store.engine.connect() as conn:
+            rows = (await conn.execute(select(u).where(u.c.journey_id == journey_id).order_by(u.c.id))).all()
+        return [{k: v for k, v in row._mapping.items() if k != "id"} for row in rows]
+
+    async def journey_card(self, journey_id: str) -> dict[str, Any]:
+        """The dashboard card of one journey: stage, days in it, unit progress, last validation, recent events."""
+        state = await self.get_journey_state(journey_id)
+        spec, _graph = await self._load(journey_id)
+        stage = state["current_stage"]
+        now = self._store.clock.now()
+        entered = state.get("stage_started_at")
+        stage_units = [u.uow_id for u in spec.stage(stage).units] if stage in [s.value for s in ACTIVE_STAGES] else []
+        done = [u for u in stage_units if state["units"].get(u) == "completed"]
+        validations = await self.validation_history(journey_id)
+        events = await self._store.events.list(journey_id)
+        return {
+            "journey_id": journey_id,
+            "client_id": state["client_id"],
+            "current_stage": stage,
+            "status": state["status"],
+            "started_at": state["started_at"],
+            "stage_duration_days": round((now - datetime.fromisoformat(entered)).total_seconds() / 86_400, 3)
+            if entered
+            else None,
+            "stage_progress": {"completed_units": len(done), "units": len(stage_units)},
+            "last_validation": validations[-1].to_dict() if validations else None,
+            "recent_activities": [
+                {"type": e.type, "step": e.step, "at": e.created_at.isoformat()} for e in events[-10:]
+            ],
+        }
+
+    async def dashboard(self) -> dict[str, Any]:
+        """Journey visibility across all clients: every lifecycle metric with the seed's targets."""
+        return await self.metrics.summary()
+
+    async def recover(self) -> list[str]:
+        """Finish the work a crashed process left in flight, for every lifecycle journey still open."""
+        resumed = []
+        for status in ("in_progress", "pending", "active", "rollback"):
+            for instance in await self._store.index.list_instances(pattern=PATTERN, status=status, limit=1_000_000):
+                spec = await self._spec(instance.journey_id)
+                graph = self._graph(instance.journey_id, spec)
+                async with self._engine.exclusive(instance.instance_id):
+                    before = await graph.aget_state(self._engine.config(instance.instance_id))
+                    after = await self._engine.settled_state(graph, instance.instance_id)
+                    if after.config != before.config:
+                        resumed.append(instance.instance_id)
+        return resumed
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _allowed(snapshot: StateSnapshot) -> list[str]:
+        return allowed_events(snapshot.values.get("current_stage")) if _waiting(snapshot) else []
+
+    def _expect(self, snapshot: StateSnapshot, event: TransitionEvent) -> None:
+        stage = snapshot.values.get("current_stage")
+        allowed = self._allowed(snapshot)
+        if event.value not in allowed:
+            where = f"stage {stage!r}" if stage else "a journey that has not started"
+            raise InvalidTransitionError(
+                f"{event.value} is not allowed in {where}; allowed events: {', '.join(allowed) or 'none'}",
+                current_stage=stage,
+                event=event.value,
+                allowed=allowed,
+            )
+
+    def _rollback_target(
+        self, journey_id: str, snapshot: StateSnapshot, rollback_to: str | None, *, running: bool = False
+    ) -> str:
+        """The rollback's target, checked. ``running``: the snapshot may be mid-run (a unit of work in
+        flight), so only its stage counts, not whether it waits for an event yet."""
+        if not running or snapshot.values.get("current_stage") not in [s.value for s in ACTIVE_STAGES]:
+            self._expect(snapshot, TransitionEvent.INITIATE_ROLLBACK)
+        stage = str(snapshot.values.get("current_stage"))
+        targets = rollback_targets(stage)
+        target = rollback_to or default_rollback_target(stage)
+        if target not in targets:
+            raise InvalidRollbackTargetError(
+                f"journey {journey_id!r} in {stage} can roll back to {', '.join(targets)}, not {target!r}",
+                allowed=targets,
+                current_stage=stage,
+            )
+        return target
+
+    async def _snapshot(self, graph: Graph, journey_id: str, current: StateSnapshot, target: str) -> dict[str, Any]:
+        """The checkpoint to return to: the last settled one in the target stage (for a rollback to the
+        current stage, the one where it was entered)."""
+        chosen: StateSnapshot | None = None
+        stage_now = current.values.get("current_stage")
+        async for past in graph.aget_state_history(self._engine.config(journey_id)):
+            in_target = past.values.get("current_stage") == target and past.next == (AWAIT,)
+            if target == stage_now:
+                if past.values.get("current_stage") != target:
+                    break
+                chosen = past if in_target else chosen
+            elif in_target:
+                chosen = past
+                break
+        if chosen is None:
+            return {"stage": target, "checkpoint_id": None}
+        values = chosen.values
+        return {
+            "stage": target,
+            "checkpoint_id": chosen.config["configurable"].get("checkpoint_id"),
+            "stage_started_at": values.get("stage_started_at"),
+            "completed_stages": list(values.get("completed_stages") or []),
+            "units": dict(values.get("units") or {}),
+            "metadata": dict(values.get("metadata") or {}),
+        }
+
+    async def _resume(
+        self, graph: Graph, journey_id: str, snapshot: StateSnapshot, request: dict[str, Any]
+    ) -> StateSnapshot:
+        if not _waiting(snapshot):
+            stage = snapshot.values.get("current_stage")
+            raise InvalidTransitionError(
+                f"journey {journey_id!r} has ended ({stage}); no event is allowed",
+                current_stage=stage,
+                event=str(request.get("event")),
+                allowed=[],
+            )
+        return await self._engine.invoke(graph, journey_id, Command(resume=request))
+
+
+def _initial_state(
+    journey_id: str, client_id: str, design_id: str, metadata: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A journey before its first event: no stage yet, asked to start."""
+    state: LifecycleState = {
+        "journey_id": journey_id,
+        "client_id": client_id,
+        "design_id": design_id,
+        "current_stage": None,
+        "previous_stage": None,
+        "started_at": None,
+        "stage_started_at": None,
+        "completed_stages": [],
+        "metadata": dict(metadata or {}),
+        "status": "pending",
+        "moves": 0,
+        "runs": 0,
+        "units": {},
+        "queue": [],
+        "rollback": None,
+        "request": {"event": TransitionEvent.START_JOURNEY.value},
+    }
+    return dict(state)
+
+
+def _waiting(snapshot: StateSnapshot) -> bool:
+    return any(task.interrupts for task in snapshot.tasks)
+
+
+def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    return dict(metadata or {})
+
+
+def _outcome(snapshot: StateSnapshot) -> dict[str, Any]:
+    return dict(snapshot.values.get("outcome") or {})
+
+
+def _gate_result(snapshot: StateSnapshot, journey_id: str) -> ValidationResult:
+    outcome = _outcome(snapshot)
+    validation = ValidationResult.from_dict(outcome["validation"])
+    if validation.passed:
+        _raise_for_unit(outcome, journey_id)
+    return validation
+
+
+def _raise_for_unit(outcome: Mapping[str, Any], journey_id: str) -> None:
+    if outcome.get("ok"):
+        return
+    units = outcome.get("units") or [{}]
+    raise UnitOfWorkFailedError(
+        f"journey {journey_id!r}: {outcome.get('error') or 'a unit of work failed'}; the stage did not change",
+        unit=dict(units[-1]),
+        event=outcome.get("event"),
+    )
+
+
+def _checked_metrics(values: Mapping[str, float | bool], *, allow_empty: bool) -> dict[str, float]:
+    if not isinstance(values, Mapping) or (not values and not allow_empty):
+        raise InvalidMetricError("metrics must be a non-empty mapping of metric name → number")
+    checked: dict[str, float] = {}
+    problems = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not METRIC_NAME.match(name):
+            problems.append(f"metric name {name!r} must be lower_snake_case")
+        elif isinstance(value, bool):
+            checked[name] = 1.0 if value else 0.0
+        elif isinstance(value, int | float) and math.isfinite(value):
+            checked[name] = float(value)
+        else:
+            problems.append(f"metric {name!r} needs a finite number or a bool, got {value!r}")
+    if problems:
+        raise InvalidMetricError("; ".join(problems), problems=problems)
+    return checked
+
+
+def _rollback_view(row: Any) -> dict[str, Any]:
+    data = {k: v for k, v in row._mapping.items() if k != "id"}
+    for key in ("initiated_at", "validated_at", "completed_at"):
+        if data.get(key) is not None:
+            data[key] = data[key].isoformat()
+    return data

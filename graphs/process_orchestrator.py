@@ -1,0 +1,569 @@
+"""``runtime.processes``: deploy BPMN-style processes as (name, version), route new instances by rollout,
+start them, correlate messages, and report their status and history (SPEC B1-B8).
+
+    process = await runtime.processes.deploy(spec)                    # v1 takes 100% of new instances
+    view = await runtime.processes.start("onboarding", "cust-42", {"plan": "pro"})
+    await runtime.processes.send_message("payment.received", "cust-42", {"amount": 10})
+    await runtime.processes.inbox.complete(task_id, user="ana", payload={"approved": True})
+    await runtime.processes.scheduler.run_due()                       # fire the timers that are due
+
+Every instance is pinned to the version it started on (its design), so deploying v2 changes nothing
+for instances already running; ``migrate`` moves a waiting instance on purpose.
+
+Resuming a waiting instance is always two steps: resolve its wait row (atomic: the first of a timer,
+a message or a human wins), then deliver the stored resolution to the thread with
+``Command(resume=…)``. A crash between the two loses nothing: ``recover()`` (and every scheduler
+pass) delivers resolutions that were not consumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, cast
+
+import jsonschema
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+from sqlalchemy import Executable, update
+
+from agents.deterministic import EchoAgent
+from checkpoints.deployments import Deployment, DeploymentStore
+from checkpoints.errors import JourneyError
+from checkpoints.events import Event, NewEvent
+from checkpoints.index import DuplicateInstanceError, Instance
+from checkpoints.tables import journey_instances
+from graphs.designs import DesignBook, PatternName, new_id, parse_spec
+from graphs.engine import failed_task
+from graphs.errors import InvalidInputError
+from graphs.process import ProcessSpec
+from graphs.process_catalog import ProcessCatalog, default_process_catalog
+from graphs.process_errors import (
+    ProcessInstanceNotFoundError,
+    ProcessStateError,
+    ProcessVersionConflictError,
+    UnknownProcessError,
+    UnmatchedMessageError,
+)
+from graphs.process_inbox import TaskInbox
+from graphs.process_migration import migrate
+from graphs.process_scheduler import TimerScheduler, schedule_start_timers
+from graphs.process_validation import intents
+from graphs.process_versions import choose, describe, variants_rollout, weights_rollout
+from nodes.process_services import ProcessServices
+from nodes.variables import assign, values
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+# Not yet a member of designs.PatternName (a shared Literal); the cast keeps this edit out of that line.
+PATTERN = cast(PatternName, "process")
+DEFAULT_MESSAGE_TTL = timedelta(hours=1)
+FINISHED = ("completed", "compensated", "failed", "cancelled")
+
+
+def digest(spec: ProcessSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class ProcessOrchestrator:
+    def __init__(self, designs: DesignBook, *, catalog: ProcessCatalog | None = None) -> None:
+        self._designs = designs
+        self.engine = designs.engine
+        self.store = designs.engine.store
+        self.clock = self.store.clock
+        self.services = ProcessServices.of(self.engine.services)
+        self.deployments = DeploymentStore(self.store.engine, self.clock)
+        self.catalog = catalog or default_process_catalog()
+        self.inbox = TaskInbox(self)
+        self.scheduler = TimerScheduler(self)
+        self._specs: dict[str, ProcessSpec] = {}
+        self._by_design: dict[str, Deployment] = {}
+        self._by_version: dict[tuple[str, int], Deployment] = {}
+
+    # --- deployment and versions -------------------------------------------------------------------
+
+    async def deploy(self, process: ProcessSpec | Mapping[str, Any], *, weight: float | None = None) -> dict[str, Any]:
+        """Validate and register ``process`` as (name, version).
+
+        Without ``weight`` the new version takes every new instance; with ``weight`` (a percentage) it
+        takes that share and the previous default keeps the rest (a gradual rollout). Deploying the very
+        same definition again is a no-op; a different definition under a taken version is refused.
+        """
+        spec = parse_spec(ProcessSpec, process, spec_name="process")
+        self._designs.check(PATTERN, spec)
+        existing = await self.deployments.get(spec.name, spec.version)
+        if existing is not None:
+            if existing.digest != digest(spec):
+                raise ProcessVersionConflictError(
+                    f"version {spec.version} of process {spec.name!r} is already deployed with a different "
+                    f"definition; deploy it as version {await self._next_version(spec.name)}",
+                    name=spec.name,
+                    version=spec.version,
+                )
+            return self._deployment_view(existing, await self.deployments.rollout(spec.name))
+        rollout = await self._rollout_after_deploy(spec, weight)
+        design = await self._designs.save(PATTERN, spec, prefix="process")
+        added = await self.deployments.add(spec.name, spec.version, design.journey_id, digest(spec), rollout=rollout)
+        if not added:  # a concurrent deploy of the same version won
+            return await self.deploy(spec, weight=weight)
+        await schedule_start_timers(self, spec)
+        deployment = await self.deployments.get(spec.name, spec.version)
+        assert deployment is not None
+        return self._deployment_view(deployment, rollout)
+
+    async def deploy_template(
+        self,
+        name: str,
+        *,
+        version: int = 1,
+        weight: float | None = None,
+        default_agents: bool = True,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Deploy a catalog template (see ``graphs.process_catalog``). ``default_agents`` registers a
+        deterministic agent for every intent it names that has none yet, so it runs offline."""
+        spec = self.catalog.build(name, version=version, **options)
+        if default_agents:
+            registry = self._designs.registry
+            for intent in sorted({intent for intent, _needed_by in intents(spec)}):
+                if intent not in registry:
+                    registry.register(intent, EchoAgent(intent), description="deterministic default")
+        return await self.deploy(spec, weight=weight)
+
+    async def _next_version(self, name: str) -> int:
+        return max((d.version for d in await self.deployments.find(name)), default=0) + 1
+
+    async def _rollout_after_deploy(self, spec: ProcessSpec, weight: float | None) -> list[dict[str, Any]]:
+        current = await self.deployments.rollout(spec.name)
+        if weight is None or not current:
+            return [{"version": spec.version, "weight": 100.0, "variant": None}]
+        if not 0 <= weight <= 100:
+            raise InvalidInputError(f"weight must be a percentage between 0 and 100, got {weight}")
+        previous = max(current, key=lambda e: (float(e["weight"]), int(e["version"])))
+        entries = [{"version": spec.version, "weight": float(weight), "variant": None}]
+        if weight < 100:
+            entries.append({"version": int(previous["version"]), "weight": 100.0 - weight, "variant": None})
+        return entries
+
+    async def set_rollout(self, name: str, weights: Mapping[int, float]) -> list[dict[str, Any]]:
+        """Route new instances of ``name`` by percentage per version, e.g. ``{2: 50, 1: 50}``."""
+        deployed = [d.version for d in await self._deployed(name)]
+        entries = weights_rollout(weights, deployed)
+        await self.deployments.set_rollout(name, entries)
+        return describe(entries)
+
+    async def ab_test(self, name: str, variants: Mapping[str, tuple[int, float]]) -> list[dict[str, Any]]:
+        """A/B variants: ``{"A": (1, 50), "B": (2, 50)}``; each instance records the variant it got."""
+        deployed = [d.version for d in await self._deployed(name)]
+        entries = variants_rollout(variants, deployed)
+        await self.deployments.set_rollout(name, entries)
+        return describe(entries)
+
+    async def rollout(self, name: str) -> list[dict[str, Any]]:
+        await self._deployed(name)
+        return describe(await self.deployments.rollout(name))
+
+    async def versions(self, name: str) -> list[dict[str, Any]]:
+        rollout = await self.deployments.rollout(name)
+        return [self._deployment_view(d, rollout) for d in await self._deployed(name)]
+
+    async def route(self, name: str, business_key: str) -> dict[str, Any]:
+        """The rollout entry a new instance with ``business_key`` would get (sticky by key)."""
+        entries = await self.deployments.rollout(name)
+        if not entries:
+            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
+        return choose(name, business_key, entries)
+
+    async def _deployed(self, name: str) -> list[Deployment]:
+        found = await self.deployments.find(name)
+        if not found:
+            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
+        return found
+
+    def _deployment_view(self, deployment: Deployment, rollout: list[dict[str, Any]]) -> dict[str, Any]:
+        weight = sum(float(e["weight"]) for e in rollout if int(e["version"]) == deployment.version)
+        return {
+            "name": deployment.name,
+            "version": deployment.version,
+            "design_id": deployment.design_id,
+            "deployed_at": deployment.deployed_at.isoformat(),
+            "weight": weight,
+        }
+
+    async def deployment(self, name: str, version: int) -> Deployment | None:
+        found = self._by_version.get((name, version))
+        if found is None:
+            found = await self.deployments.get(name, version)
+            if found is not None:  # a deployment never changes once made
+                self._by_version[(name, version)] = found
+        return found
+
+    def spec_of(self, deployment: Deployment) -> ProcessSpec:
+        spec = self._specs.get(deployment.design_id)
+        if spec is None:
+            spec = ProcessSpec.model_validate(deployment.spec)
+            self._specs[deployment.design_id] = spec
+        return spec
+
+    def graph_of(self, spec: ProcessSpec) -> Graph:
+        return self._designs.graph(PATTERN, spec)
+
+    async def deployment_of(self, instance: Instance) -> Deployment:
+        deployment = self._by_design.get(instance.journey_id)
+        if deployment is None:
+            deployment = await self.deployments.by_design(instance.journey_id)
+            if deployment is None:  # pragma: no cover - instances are only created from deployments
+                raise UnknownProcessError(f"instance {instance.instance_id!r} has no deployment")
+            self._by_design[instance.journey_id] = deployment  # a deployment never changes
+        return deployment
+
+    # --- instances ---------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        name: str,
+        business_key: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        instance_id: str | None = None,
+        start_event: str | None = None,
+    ) -> dict[str, Any]:
+        """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks."""
+        if not isinstance(business_key, str) or not business_key:
+            raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
+        if variables is not None and not isinstance(variables, Mapping):
+            raise InvalidInputError(f"variables must be a mapping, got {type(variables).__name__}")
+        if version is None:
+            entry = await self.route(name, business_key)
+            version, variant = int(entry["version"]), entry.get("variant")
+        else:
+            variant = None
+        deployment = await self.deployment(name, version)
+        if deployment is None:
+            raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
+        spec = self.spec_of(deployment)
+        entry_id = start_event or (spec.plain_start().id if spec.plain_start() else None)  # type: ignore[union-attr]
+        if entry_id is None or entry_id not in {s.id for s in spec.starts()}:
+            triggers = [f"{s.id} ({s.trigger})" for s in spec.starts()]
+            raise ProcessStateError(
+                f"process {name!r} v{version} has no start event {start_event or '(plain)'}; its starts: {triggers}",
+                allowed=triggers,
+            )
+        merged = {**spec.variables, **(variables or {}), "business_key": business_key}
+        self._check_variables(spec, merged)
+        instance_id = instance_id or new_id("proc")
+        cells, changes = assign({}, merged)
+        started = NewEvent(
+            "process.started",
+            {
+                "process": name,
+                "version": version,
+                "variant": variant,
+                "business_key": business_key,
+                "start_event": entry_id,
+                "changes": changes,
+            },
+            entry_id,
+            f"{instance_id}:started",
+        )
+        graph = self.graph_of(spec)
+        async with self.engine.exclusive(instance_id):
+            try:
+                await self.store.index.create_instance(
+                    instance_id, deployment.design_id, PATTERN, business_key, first_event=started
+                )
+            except DuplicateInstanceError:
+                # Started before; resume the start only if a crash cut it short before the first checkpoint.
+                if (await graph.aget_state(self.engine.config(instance_id))).values:
+                    raise
+            initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
+            went_through = await self.run(graph, instance_id, initial)
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+        status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
+        instance = Instance(
+            instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
+        )
+        return self.view(instance, deployment, snapshot)
+
+    @staticmethod
+    def _check_variables(spec: ProcessSpec, variables: Mapping[str, Any]) -> None:
+        if spec.variables_schema is None:
+            return
+        try:
+            jsonschema.validate(dict(variables), spec.variables_schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise InvalidInputError(
+                f"the variables of process {spec.name!r} do not match its variables_schema at {where}: {exc.message}",
+                path=where,
+            ) from exc
+
+    async def instance(self, instance_id: str) -> Instance:
+        found = await self.store.index.get_instance(instance_id)
+        if found is None or found.pattern != PATTERN:
+            raise ProcessInstanceNotFoundError(f"no process instance {instance_id!r}", instance_id=instance_id)
+        return found
+
+    async def loaded(self, instance_id: str) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
+        instance = await self.instance(instance_id)
+        deployment = await self.deployment_of(instance)
+        spec = self.spec_of(deployment)
+        return instance, deployment, spec, self.graph_of(spec)
+
+    async def run(self, graph: Graph, instance_id: str, value: Any) -> bool:
+        """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
+        ``failed`` and can be retried. Returns whether the run went through."""
+        try:
+            await graph.ainvoke(value, self.engine.config(instance_id, replay=True), durability=self.engine.durability)
+        except JourneyError as exc:
+            await self.store.events.append(
+                instance_id,
+                [NewEvent("process.failed", {"error": str(exc), "error_type": exc.code})],
+                status="failed",
+            )
+            return False
+        return True
+
+    async def settled(self, graph: Graph, instance_id: str) -> StateSnapshot:
+        """Under ``exclusive``: the thread's state after finishing what a crash left in flight."""
+        try:
+            return await self.engine.settled_state(graph, instance_id)
+        except JourneyError as exc:
+            await self.store.events.append(
+                instance_id,
+                [NewEvent("process.failed", {"error": str(exc), "error_type": exc.code})],
+                status="failed",
+            )
+            return await graph.aget_state(self.engine.config(instance_id))
+
+    async def deliver(
+        self, instance_id: str, wait_id: str, resolution: dict[str, Any] | None = None, *, finish: bool = True
+    ) -> bool:
+        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there.
+
+        The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
+        a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
+        to the caller (the scheduler marks a whole batch at once).
+        """
+        _instance, _deployment, _spec, graph = await self.loaded(instance_id)
+        async with self.engine.exclusive(instance_id):
+            snapshot = await self.settled(graph, instance_id)
+            pending = next(
+                (
+                    i
+                    for t in snapshot.tasks
+                    for i in t.interrupts
+                    if isinstance(i.value, Mapping) and i.value.get("wait_id") == wait_id
+                ),
+                None,
+            )
+            if pending is not None:
+                resolution = resolution or await self.services.waits.resolution(wait_id)
+                if resolution is None:
+                    return False
+                await self.run(graph, instance_id, Command(resume={pending.id: resolution}))
+            if finish:
+                await self.services.waits.finish([wait_id])
+        return pending is not None
+
+    async def migrate(
+        self, instance_id: str, *, to_version: int, mapping: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Move a waiting instance to ``to_version``; ``mapping`` maps the elements it waits at to elements
+        of that version (same id: itself). Refused, with nothing changed, when a waiting element has no
+        mapping (see ``graphs.process_migration``)."""
+        return await migrate(self, instance_id, to_version, mapping)
+
+    async def retry(self, instance_id: str) -> dict[str, Any]:
+        """Run a failed node again (its agent may have recovered)."""
+        _instance, _deployment, _spec, graph = await self.loaded(instance_id)
+        async with self.engine.exclusive(instance_id):
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+            failed = failed_task(snapshot)
+            if failed is None:
+                raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
+            await self.store.events.append(instance_id, [NewEvent("process.retried", {}, failed)], status="in_progress")
+            await self.run(graph, instance_id, None)
+        return await self.status(instance_id)
+
+    async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
+        """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
+        instance = await self.instance(instance_id)
+        if instance.status in FINISHED:
+            raise ProcessStateError(
+                f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
+            )
+        async with self.engine.exclusive(instance_id):
+            await self.store.events.append(
+                instance_id,
+                [NewEvent("process.cancelled", {"reason": reason}, None, f"{instance_id}:cancelled")],
+                status="cancelled",
+                also=self.services.waits.cancel_statements(instance_id),
+            )
+        return await self.status(instance_id)
+
+    async def recover(self) -> list[str]:
+        """Deliver every resolution that a crash kept from its thread; returns the instances resumed."""
+        resumed: list[str] = []
+        for wait in await self.services.waits.undelivered():
+            if await self.deliver(wait.instance_id, wait.wait_id) and wait.instance_id not in resumed:
+                resumed.append(wait.instance_id)
+        return resumed
+
+    # --- messages ----------------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        name: str,
+        correlation_key: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        ttl: timedelta | None = DEFAULT_MESSAGE_TTL,
+    ) -> dict[str, Any]:
+        """Deliver a message to every instance waiting for (``name``, ``correlation_key``), and start an
+        instance of every process with a message start for ``name``.
+
+        A message that matches neither is buffered for ``ttl`` (default one hour): a wait armed for it
+        within that time takes it. With ``ttl=None`` (or zero) it is refused with
+        :class:`UnmatchedMessageError` instead, and nothing is kept.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError("a message needs a non-empty name")
+        if not isinstance(correlation_key, str | int) or correlation_key == "":
+            raise InvalidInputError("a message needs a correlation key (a string)")
+        if payload is not None and not isinstance(payload, Mapping):
+            raise InvalidInputError(f"a message payload must be a mapping, got {type(payload).__name__}")
+        key, body = str(correlation_key), dict(payload or {})
+        received_at = self.clock.now().isoformat()
+        won, resolution_of = [], {}
+        for subscription in await self.services.messages.waiting(name, key):
+            resolution = {
+                "option": subscription.element,
+                "kind": "message",
+                "message": name,
+                "correlation_key": key,
+                "payload": body,
+                "received_at": received_at,
+            }
+            if await self.services.waits.resolve(
+                subscription.wait_id,
+                resolution,
+                keep_subscription=subscription.subscription_id,
+                claims=[self.services.messages.consume_subscription_claim(subscription.subscription_id)],
+            ):
+                won.append(subscription)
+                resolution_of[subscription.wait_id] = resolution
+        for subscription in won:
+            await self.deliver(subscription.instance_id, subscription.wait_id, resolution_of[subscription.wait_id])
+        started = [view["instance_id"] for view in await self._start_on_message(name, key, body)]
+        correlated = sorted({s.instance_id for s in won})
+        if correlated or started:
+            return {"correlated": correlated, "started": started, "buffered": None}
+        if ttl is None or ttl <= timedelta(0):
+            raise UnmatchedMessageError(
+                f"no instance waits for message {name!r} with correlation key {key!r}, and no process starts on it",
+                message_name=name,
+                correlation_key=key,
+            )
+        message_id = new_id("msg")
+        expires_at = await self.services.messages.buffer(message_id, name, key, body, ttl)
+        return {"correlated": [], "started": [], "buffered": message_id, "expires_at": expires_at.isoformat()}
+
+    async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        names = sorted({d.name for d in await self.deployments.find() if _starts_on(self.spec_of(d), message)})
+        views = []
+        for name in names:
+            entry = await self.route(name, key)
+            deployment = await self.deployment(name, int(entry["version"]))
+            assert deployment is not None
+            spec = self.spec_of(deployment)
+            start = next((s for s in spec.starts() if s.message == message), None)
+            if start is None:  # the version the rollout picked does not start on this message
+                continue
+            variables = {**payload, **({start.correlation: key} if start.correlation else {})}
+            views.append(await self.start(name, key, variables, version=deployment.version, start_event=start.id))
+        return views
+
+    # --- views -------------------------------------------------------------------------------------
+
+    async def status(self, instance_id: str) -> dict[str, Any]:
+        instance, deployment, _spec, graph = await self.loaded(instance_id)
+        async with self.engine.exclusive(instance_id):
+            snapshot = await self.settled(graph, instance_id)
+        instance = await self.instance(instance_id)
+        return self.view(instance, deployment, snapshot)
+
+    @staticmethod
+    def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
+        state = cast(dict[str, Any], snapshot.values)
+        failed = failed_task(snapshot)
+        waiting = [dict(i.value) for t in snapshot.tasks for i in t.interrupts if isinstance(i.value, Mapping)]
+        status = instance.status
+        if failed and status not in FINISHED:
+            status = "failed"
+        view = {
+            "instance_id": instance.instance_id,
+            "process": deployment.name,
+            "version": deployment.version,
+            "variant": state.get("variant"),
+            "business_key": instance.user_id,
+            "status": status,
+            "outcome": state.get("outcome"),
+            "variables": values(state.get("variables")),
+            "waiting": sorted(waiting, key=lambda w: str(w.get("element"))) if status not in FINISHED else [],
+            "failure": state.get("failure"),
+            "compensated": list(state.get("compensated") or []),
+        }
+        if failed:
+            view["failed_element"] = failed
+        return view
+
+    async def history(self, instance_id: str) -> list[Event]:
+        await self.instance(instance_id)
+        return await self.store.events.list(instance_id)
+
+    async def variable_history(self, instance_id: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Every change of the instance's variables (or of one), with its version, in order."""
+        changes = []
+        for event in await self.history(instance_id):
+            for change in event.payload.get("changes") or []:
+                if name is None or change["name"] == name:
+                    changes.append({**change, "event": event.type, "element": event.step, "seq": event.seq})
+        return changes
+
+    async def instances(self, name: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
+        """Instance summaries (id, process, version, business key, status), oldest first."""
+        found = await self.store.index.list_instances(pattern=PATTERN, status=status, limit=100_000)
+        by_design = {d.design_id: d for d in await self.deployments.find(name)}
+        return [
+            {
+                "instance_id": i.instance_id,
+                "process": by_design[i.journey_id].name,
+                "version": by_design[i.journey_id].version,
+                "business_key": i.user_id,
+                "status": i.status,
+            }
+            for i in found
+            if i.journey_id in by_design
+        ]
+
+    async def repoint(
+        self, instance_id: str, deployment: Deployment, statements: list[Executable], record: dict[str, Any]
+    ) -> None:
+        """Pin an instance to another deployment, in the transaction of the event that records it."""
+        move = (
+            update(journey_instances)
+            .where(journey_instances.c.instance_id == instance_id)
+            .values(journey_id=deployment.design_id, updated_at=self.clock.now())
+        )
+        await self.store.events.append(
+            instance_id,
+            [NewEvent("process.migrated", record)],
+            also=[move, *statements],
+        )
+
+
+def _starts_on(spec: ProcessSpec, message: str) -> bool:
+    return any(start.message == message for start in spec.starts())

@@ -1,0 +1,31 @@
+"""What process nodes need beyond :class:`NodeServices`: the stores of waits, timers, inbox and messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from checkpoints.inbox import InboxStore
+from checkpoints.messages import MessageStore
+from checkpoints.timers import TimerStore
+from checkpoints.waits import WaitStore
+from nodes.services import NodeServices
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessServices:
+    node: NodeServices
+    waits: WaitStore
+    timers: TimerStore
+    inbox: InboxStore
+    messages: MessageStore
+
+    @classmethod
+    def of(cls, services: NodeServices) -> ProcessServices:
+        engine, clock = services.events.engine, services.clock
+        return cls(
+            services,
+            WaitStore(engine, clock),
+            TimerStore(engine, clock),
+            InboxStore(engine, clock),
+            MessageStore(engine, clock),
+        )

@@ -1,0 +1,536 @@
+"""The unit-of-work executor: a task DAG run as a LangGraph subgraph, fanned out with ``Send``.
+
+    start ──▶ plan ──Send(k)──▶ run_task ──▶ plan ──▶ … ──▶ finish
+                 └──(a task failed, or a rollback was requested)──▶ compensate ──▶ finish
+
+- ``plan`` releases the tasks whose ``depends_on`` have all completed, at most ``max_parallel`` at a
+  time; they run in parallel in one superstep.
+- ``run_task`` builds the task's input from static values and declarative ``input_from`` paths into
+  earlier outputs, checks it against ``input_schema``, and calls the agent found by intent through the
+  shared agent path (per-task retries, output checked against ``output_schema``, one keyed event).
+- When a task fails for good, or a rollback is requested mid-run, ``compensate`` undoes the completed
+  tasks that declare a compensation, dependents first; tasks that never started stay ``pending``.
+  Nothing is left half-done: every task ends pending, completed, failed or rolled_back.
+
+The subgraph is compiled without a checkpointer of its own: a crash re-runs it from ``start``, and
+every write in it is keyed, so completed tasks are replayed from the event log, never called twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypedDict
+
+import jsonschema
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Send
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import insert, update
+
+from agents.errors import AgentError
+from agents.registry import AgentRegistry
+from agents.resilience import RetrySettings
+from checkpoints.events import NewEvent
+from checkpoints.lifecycle_tables import lifecycle_units_of_work
+from nodes import schemas
+from nodes.agent_call import Recorder, Recording
+from nodes.service_task import perform_task
+from nodes.services import NodeServices, thread_id
+
+UNIT_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+TASK_ID = re.compile(r"^[a-z][a-z0-9_-]*$")
+UowStatus = Literal["pending", "running", "completed", "failed", "rolled_back"]
+JSON_TYPES = {"string", "number", "integer", "boolean", "array", "object", "null"}
+SCHEMA_KEYWORDS = {"type", "properties", "required", "$schema", "items", "enum", "const", "allOf", "anyOf", "oneOf"}
+INPUT_ROOTS = ("tasks", "units", "journey")
+# Undo must get through: more patient than a forward task.
+COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
+
+
+def schema_from_shorthand(value: Any) -> Any:
+    """Accept the seed's ``{"client_id": "string", "data_sources": "array"}`` as well as JSON Schema."""
+    if not isinstance(value, Mapping) or not value or SCHEMA_KEYWORDS & set(value):
+        return value
+    if all(isinstance(v, str) and v in JSON_TYPES for v in value.values()):
+        return {
+            "type": "object",
+            "properties": {k: {"type": v} for k, v in value.items()},
+            "required": list(value),
+        }
+    return value
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: str
+    name: str = ""
+    description: str = ""
+    intent: str = Field(min_length=1, description="the agent is discovered by this intent in the registry")
+    agent_id: str | None = Field(default=None, description="informational: the agent expected to serve it")
+    depends_on: tuple[str, ...] = ()
+    input: dict[str, Any] = Field(default_factory=dict, description="static input values")
+    input_from: dict[str, str] = Field(
+        default_factory=dict,
+        description="input field → path: tasks.<task>.<field>, units.<uow>.<task>.<field> or journey.<field>",
+    )
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    max_retries: int = Field(default=3, ge=0, le=20)
+    compensation: str | None = Field(default=None, description="intent of the agent that undoes this task")
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id_shape(cls, value: str) -> str:
+        if not TASK_ID.match(value):
+            raise ValueError(f"task_id {value!r} must be lowercase letters, digits, '-' or '_', starting with a letter")
+        return value
+
+    @field_validator("input_schema", "output_schema", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return schema_from_shorthand(value)
+
+    @property
+    def title(self) -> str:
+        return self.name or self.task_id
+
+
+class UnitOfWorkSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uow_id: str
+    name: str = ""
+    description: str = ""
+    tasks: tuple[TaskSpec, ...] = Field(min_length=1)
+    dependencies: tuple[str, ...] = Field(default=(), description="other units of work that must complete first")
+    trigger: Literal["on_entry", "on_demand"] = Field(
+        default="on_demand", description="on_entry: runs as part of entering its stage; on_demand: when asked"
+    )
+    max_parallel: int = Field(default=4, ge=1, le=256, description="tasks in flight at once")
+
+    @field_validator("uow_id")
+    @classmethod
+    def _uow_id_shape(cls, value: str) -> str:
+        if not UNIT_ID.match(value):
+            raise ValueError(f"uow_id {value!r} must be lower_snake_case (letters, digits, underscores)")
+        return value
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [t.task_id for t in self.tasks]
+
+    def task(self, task_id: str) -> TaskSpec:
+        for task in self.tasks:
+            if task.task_id == task_id:
+                return task
+        raise KeyError(task_id)
+
+    def topological_order(self) -> list[str]:
+        """Task ids with every task after its dependencies (spec order among equals). Needs a valid DAG."""
+        done: list[str] = []
+        remaining = list(self.tasks)
+        while remaining:
+            ready = [t for t in remaining if all(d in done for d in t.depends_on)]
+            if not ready:
+                raise ValueError(f"unit {self.uow_id!r} has a dependency cycle")
+            done.extend(t.task_id for t in ready)
+            remaining = [t for t in remaining if t.task_id not in done]
+        return done
+
+    def upstream(self, task_id: str) -> set[str]:
+        """Every task ``task_id`` depends on, directly or not."""
+        seen: set[str] = set()
+        stack = list(self.task(task_id).depends_on)
+        while stack:
+            current = stack.pop()
+            if current not in seen and current in self.task_ids:
+                seen.add(current)
+                stack.extend(self.task(current).depends_on)
+        return seen
+
+
+def find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A dependency cycle as a path that returns to its start (``[a, b, a]``), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in edges.get(node, ()):
+            if nxt not in edges:
+                continue
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if state.get(nxt) is None and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in edges:
+        if state.get(node) is None and (found := visit(node, [node])):
+            return found
+    return None
+
+
+def validate_unit(
+    unit: UnitOfWorkSpec, registry: AgentRegistry | None = None, units: Mapping[str, UnitOfWorkSpec] | None = None
+) -> list[str]:
+    """Every problem of one unit's task DAG, each with how to fix it."""
+    where = f"unit {unit.uow_id!r}"
+    ids = unit.task_ids
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        return [f"{where}: task ids must be unique; rename the repeated {duplicates}"]
+    problems: list[str] = []
+    for task in unit.tasks:
+        for dep in task.depends_on:
+            if dep == task.task_id:
+                problems.append(f"{where}: task {task.task_id!r} depends on itself; remove it from depends_on")
+            elif dep not in ids:
+                problems.append(
+                    f"{where}: task {task.task_id!r} depends on unknown task {dep!r}; tasks: {', '.join(ids)}"
+                )
+    cycle = find_cycle({t.task_id: [d for d in t.depends_on if d != t.task_id] for t in unit.tasks})
+    if cycle:
+        problems.append(
+            f"{where}: tasks depend on each other in a cycle ({' -> '.join(cycle)}); "
+            "break it by removing one of those depends_on"
+        )
+    if problems:
+        return problems
+    for task in unit.tasks:
+        problems += _input_problems(unit, task, units)
+        for label, schema in (("input_schema", task.input_schema), ("output_schema", task.output_schema)):
+            if schema is not None:
+                try:
+                    jsonschema.Draft202012Validator.check_schema(schema)
+                except jsonschema.SchemaError as exc:
+                    problems.append(f"{where}: task {task.task_id!r} has an invalid {label}: {exc.message}")
+        if registry is not None:
+            for intent, role in ((task.intent, "its work"), (task.compensation, "its compensation")):
+                if intent is not None and intent not in registry:
+                    problems.append(
+                        f"{where}: task {task.task_id!r} needs an agent for intent {intent!r} ({role}); "
+                        f"register one with runtime.agents.register({intent!r}, agent)"
+                    )
+    return problems
+
+
+def _input_problems(unit: UnitOfWorkSpec, task: TaskSpec, units: Mapping[str, UnitOfWorkSpec] | None) -> list[str]:
+    where = f"unit {unit.uow_id!r}: task {task.task_id!r}"
+    problems = []
+    upstream = unit.upstream(task.task_id)
+    for field, path in task.input_from.items():
+        parts = path.split(".")
+        root = parts[0]
+        if root not in INPUT_ROOTS or len(parts) < 2:
+            problems.append(
+                f"{where}: input {field!r} maps from {path!r}; paths start with tasks.<task>, "
+                "units.<uow>.<task> or journey.<field>"
+            )
+        elif root == "tasks" and parts[1] not in upstream:
+            hint = "add it to depends_on" if parts[1] in unit.task_ids else f"tasks: {', '.join(unit.task_ids)}"
+            problems.append(
+                f"{where}: input {field!r} maps from task {parts[1]!r}, which does not run before it; {hint}"
+            )
+        elif root == "units":
+            if parts[1] not in unit.dependencies:
+                problems.append(
+                    f"{where}: input {field!r} maps from unit {parts[1]!r}; list it in the unit's dependencies"
+                )
+            elif (
+                units is not None and parts[1] in units and (len(parts) < 3 or parts[2] not in units[parts[1]].task_ids)
+            ):
+                problems.append(
+                    f"{where}: input {field!r} maps from {path!r}, but unit {parts[1]!r} has no such task; "
+                    f"its tasks: {', '.join(units[parts[1]].task_ids)}"
+                )
+    return problems
+
+
+def _recorder(payload: dict[str, Any]) -> Recorder:
+    """What a task's completion event adds to the agent's output: which run and unit it belongs to."""
+
+    def record(_output: dict[str, Any]) -> Recording:
+        return Recording(payload)
+
+    return record
+
+
+def resolve(document: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    """(found, value) at a dotted ``path`` into nested mappings."""
+    current: Any = document
+    for part in path.split("."):
+        if not isinstance(current, Mapping) or part not in current:
+            return False, None
+        current = current[part]
+    return True, current
+
+
+# --- the subgraph ---------------------------------------------------------------------------------
+
+
+def _merge(left: dict[str, Any] | None, right: dict[str, Any]) -> dict[str, Any]:
+    return {**(left or {}), **right}
+
+
+class UowInput(TypedDict):
+    uow_request: dict[str, Any]
+
+
+class UowOutput(TypedDict):
+    uow_result: dict[str, Any]
+
+
+class UowState(TypedDict, total=False):
+    uow_request: dict[str, Any]
+    uow_result: dict[str, Any]
+    upstream: dict[str, dict[str, Any]]
+    tasks: Annotated[dict[str, dict[str, Any]], _merge]
+    phase: str
+    aborted: str | None
+    failure: dict[str, Any] | None
+    compensation_failure: dict[str, Any] | None
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnitHooks:
+    """What the executor needs from its host: earlier units' outputs, and whether to stop early."""
+
+    load_outputs: Callable[[str, Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
+    abort_reason: Callable[[str], str | None]
+
+
+def unit_request(
+    run_id: str, unit: UnitOfWorkSpec, *, stage: str, purpose: str, journey: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The input of one run of a unit (``run_id`` is unique per journey and keys every write)."""
+    return {"run_id": run_id, "uow_id": unit.uow_id, "stage": stage, "purpose": purpose, "journey": dict(journey)}
+
+
+def build_uow_graph(
+    units: Mapping[str, UnitOfWorkSpec], services: NodeServices, hooks: UnitHooks
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The executor for any of ``units`` (chosen by ``uow_request.uow_id``), compiled to add as a node."""
+
+    def unit_of(state: UowState) -> UnitOfWorkSpec:
+        return units[state["uow_request"]["uow_id"]]
+
+    async def start(state: UowState, config: RunnableConfig) -> UowState:
+        request = state["uow_request"]
+        unit = units[request["uow_id"]]
+        journey_id = thread_id(config)
+        now = services.clock.now()
+        pending = {t: {"status": "pending", "attempts": 0} for t in unit.task_ids}
+        row = insert(lifecycle_units_of_work).values(
+            run_id=request["run_id"],
+            journey_id=journey_id,
+            uow_id=unit.uow_id,
+            stage=request["stage"],
+            purpose=request["purpose"],
+            status="running",
+            dependencies=list(unit.dependencies),
+            tasks=pending,
+            tasks_total=0,
+            tasks_failed=0,
+            task_attempts=0,
+            created_at=now,
+            started_at=now,
+        )
+        event = NewEvent(
+            "uow.started",
+            {"run_id": request["run_id"], "stage": request["stage"], "purpose": request["purpose"]},
+            unit.uow_id,
+            f"{request['run_id']}:started",
+        )
+        await services.events.append(journey_id, [event], also=[row])
+        needs_upstream = any(p.startswith("units.") for t in unit.tasks for p in t.input_from.values())
+        upstream = await hooks.load_outputs(journey_id, unit.dependencies) if needs_upstream else {}
+        return {"tasks": pending, "upstream": upstream, "phase": "plan", "aborted": None, "failure": None}
+
+    async def plan(state: UowState, config: RunnableConfig) -> UowState:
+        unit = unit_of(state)
+        tasks = state.get("tasks") or {}
+        failed = [t for t in unit.task_ids if tasks[t]["status"] == "failed"]
+        if failed:
+            first = tasks[failed[0]]
+            failure = {"task_id": failed[0], "error": first.get("error"), "error_type": first.get("error_type")}
+            return {"phase": "compensate", "failure": failure}
+        if state["uow_request"]["purpose"] != "rollback" and (reason := hooks.abort_reason(thread_id(config))):
+            return {"phase": "compensate", "aborted": reason}
+        completed = {t for t in unit.task_ids if tasks[t]["status"] == "completed"}
+        if len(completed) == len(unit.tasks):
+            return {"phase": "finish"}
+        ready = [
+            t.task_id for t in unit.tasks if tasks[t.task_id]["status"] == "pending" and set(t.depends_on) <= completed
+        ][: unit.max_parallel]
+        if not ready:  # unreachable for a validated DAG; never end the run silently
+            return {"phase": "compensate", "failure": {"error": "no task can start", "error_type": "StuckUnitError"}}
+        return {"phase": "run", "tasks": {t: {**tasks[t], "status": "running"} for t in ready}}
+
+    async def route(state: UowState) -> list[Send] | str:
+        phase = state.get("phase")
+        if phase == "run":
+            tasks = state.get("tasks") or {}
+            running = [t for t in unit_of(state).task_ids if tasks[t]["status"] == "running"]
+            return [Send("run_task", {**state, "task": t}) for t in running]
+        return "compensate" if phase == "compensate" else "finish"
+
+    async def run_task(state: UowState, config: RunnableConfig) -> UowState:
+        request = state["uow_request"]
+        unit = units[request["uow_id"]]
+        task = unit.task(state["task"])
+        tasks = state.get("tasks") or {}
+
+        def failed(message: str, error_type: str, attempts: int) -> UowState:
+            return {
+                "tasks": {
+                    task.task_id: {"status": "failed", "attempts": attempts, "error": message, "error_type": error_type}
+                }
+            }
+
+        document = {
+            "journey": request["journey"],
+            "tasks": {t: v.get("output") or {} for t, v in tasks.items() if v["status"] == "completed"},
+            "units": state.get("upstream") or {},
+        }
+        payload = dict(task.input)
+        for field, path in task.input_from.items():
+            found, value = resolve(document, path)
+            if not found:
+                message = f"task {task.task_id!r}: input {field!r} maps from {path!r}, which has no value"
+                return failed(message, "InputMappingError", 0)
+            payload[field] = value
+        if task.input_schema is not None:
+            try:
+                schemas.validate(payload, task.input_schema)
+            except jsonschema.ValidationError as exc:
+                message = f"task {task.task_id!r}: its input breaks input_schema: {exc.message}"
+                return failed(message, "InputSchemaError", 0)
+        base = services.caller.retry
+        try:
+            outcome = await perform_task(
+                services,
+                config,
+                intent=task.intent,
+                payload=payload,
+                step=f"{unit.uow_id}.{task.task_id}",
+                key=f"{request['run_id']}:{task.task_id}",
+                event_type="task.completed",
+                recorder=_recorder({"run_id": request["run_id"], "uow_id": unit.uow_id}),
+                output_schema=task.output_schema,
+                retry=dataclasses.replace(base, max_attempts=task.max_retries + 1),
+            )
+        except AgentError as exc:
+            attempts = int(exc.details.get("attempts") or 0)  # 0: refused before any call
+            return failed(f"task {task.task_id!r}: {exc}", exc.code, attempts)
+        return {
+            "tasks": {task.task_id: {"status": "completed", "attempts": outcome.attempts, "output": outcome.output}}
+        }
+
+    async def compensate(state: UowState, config: RunnableConfig) -> UowState:
+        request = state["uow_request"]
+        unit = units[request["uow_id"]]
+        tasks = dict(state.get("tasks") or {})
+        reason = state.get("failure") or {"aborted": state.get("aborted")}
+        updates: dict[str, dict[str, Any]] = {}
+        for task_id in reversed(unit.topological_order()):
+            if tasks[task_id]["status"] != "completed":
+                continue
+            task = unit.task(task_id)
+            if task.compensation is None:
+                updates[task_id] = {**tasks[task_id], "status": "rolled_back", "compensation": None}
+                continue
+            try:
+                await perform_task(
+                    services,
+                    config,
+                    intent=task.compensation,
+                    payload={
+                        "task_id": task_id,
+                        "original_output": tasks[task_id].get("output"),
+                        "journey": request["journey"],
+                        "reason": reason,
+                    },
+                    step=f"{unit.uow_id}.{task_id}",
+                    key=f"{request['run_id']}:{task_id}:compensate",
+                    event_type="task.compensated",
+                    recorder=_recorder({"run_id": request["run_id"], "handler": task.compensation}),
+                    retry=COMPENSATION_RETRY,
+                    always_replay=True,
+                )
+            except AgentError as exc:
+                failure = {"task_id": task_id, "handler": task.compensation, "error": str(exc)}
+                return {"tasks": updates, "compensation_failure": failure, "phase": "finish"}
+            updates[task_id] = {**tasks[task_id], "status": "rolled_back", "compensation": task.compensation}
+        return {"tasks": updates, "phase": "finish"}
+
+    async def finish(state: UowState, config: RunnableConfig) -> UowState:
+        request = state["uow_request"]
+        unit = units[request["uow_id"]]
+        tasks = state.get("tasks") or {}
+        status: UowStatus
+        if state.get("compensation_failure") or state.get("failure"):
+            status = "failed"
+        elif state.get("aborted"):
+            status = "rolled_back"
+        else:
+            status = "completed"
+        failure = state.get("failure") or ({"aborted": state.get("aborted")} if state.get("aborted") else None)
+        if state.get("compensation_failure"):
+            failure = {**(failure or {}), "compensation_failure": state.get("compensation_failure")}
+        ran = [t for t in tasks.values() if t["status"] != "pending"]
+        summary = {t: {k: v for k, v in tasks[t].items() if k != "output"} for t in unit.task_ids}
+        now = services.clock.now()
+        row = (
+            update(lifecycle_units_of_work)
+            .where(lifecycle_units_of_work.c.run_id == request["run_id"])
+            .values(
+                status=status,
+                tasks={t: dict(tasks[t]) for t in unit.task_ids},
+                tasks_total=len(ran),
+                tasks_failed=sum(1 for t in ran if t["status"] == "failed"),
+                task_attempts=sum(int(t.get("attempts") or 0) for t in ran),
+                failure=failure,
+                completed_at=now,
+            )
+        )
+        event = NewEvent(
+            f"uow.{status}",
+            {"run_id": request["run_id"], "tasks": summary, "failure": failure},
+            unit.uow_id,
+            f"{request['run_id']}:finished",
+        )
+        await services.events.append(thread_id(config), [event], also=[row])
+        result = {
+            "run_id": request["run_id"],
+            "uow_id": unit.uow_id,
+            "stage": request["stage"],
+            "purpose": request["purpose"],
+            "status": status,
+            "tasks": summary,
+            "failure": failure,
+        }
+        return {"uow_result": result}
+
+    builder: StateGraph[UowState, Any, UowInput, UowOutput] = StateGraph(
+        UowState, input_schema=UowInput, output_schema=UowOutput
+    )
+    builder.add_node("start", start)
+    builder.add_node("plan", plan)
+    builder.add_node("run_task", run_task)
+    builder.add_node("compensate", compensate)
+    builder.add_node("finish", finish)
+    builder.add_edge(START, "start")
+    builder.add_edge("start", "plan")
+    builder.add_conditional_edges("plan", route, ["run_task", "compensate", "finish"])
+    builder.add_edge("run_task", "plan")
+    builder.add_edge("compensate", "finish")
+    builder.add_edge("finish", END)
+    return builder.compile(checkpointer=False, name="unit_of_work")

@@ -1,0 +1,247 @@
+"""Durable waits as two nodes: ``<element>.arm`` then ``<element>`` (the ``interrupt()``).
+
+- **arm** writes what the wait needs to be found and resolved: the wait row, its timers, message
+  subscriptions and inbox task, all in the transaction of the event that records it (keyed, so a
+  replayed arm writes nothing twice). A message already in the buffer is taken here, and a replayed
+  arm picks up a resolution that arrived meanwhile: either is handed on in state (``early``).
+- **wait** uses an early resolution if there is one, else calls ``interrupt()`` and gets the
+  resolution as the resume value. Nothing comes before the interrupt; what follows it (the completion
+  event) is keyed by the wait id, so re-running the node with the same resolution repeats nothing.
+
+Whoever resolves a wait (``checkpoints.waits.WaitStore.resolve``) stores the resolution first and
+then resumes the thread with it, addressed by the interrupt id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command, interrupt
+
+from checkpoints.errors import JourneyError
+from checkpoints.events import NewEvent
+from nodes.criteria import lookup
+from nodes.process_services import ProcessServices
+from nodes.services import thread_id
+from nodes.timer import TimerDefinition
+from nodes.variables import values
+
+_MISSING = lookup({}, "missing")
+
+
+class CorrelationError(JourneyError):
+    """A message wait cannot subscribe: the variable holding its correlation key is not set."""
+
+    category = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerPlan:
+    element: str  # the timer event, boundary timer, or (SLA) the task itself
+    purpose: str  # catch | boundary | reminder | sla
+    definition: TimerDefinition
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPlan:
+    element: str  # the message event
+    message: str
+    correlation: str  # the variable whose value is the correlation key
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPlan:
+    title: str
+    assignee: str | None
+    candidate_groups: tuple[str, ...]
+    response_schema: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitPlan:
+    element: str
+    kind: str  # user_task | timer | message | race
+    timers: tuple[TimerPlan, ...] = ()
+    subscriptions: tuple[SubscriptionPlan, ...] = ()
+    task: TaskPlan | None = None
+
+
+def wait_id_for(instance_id: str, element: str, visit: int) -> str:
+    return f"{instance_id}:{element}:{visit}"
+
+
+def timer_id_for(wait_id: str, plan: TimerPlan) -> str:
+    return f"{wait_id}:{plan.purpose}:{plan.element}"
+
+
+def subscription_id_for(wait_id: str, plan: SubscriptionPlan) -> str:
+    return f"{wait_id}:{plan.element}"
+
+
+def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, RunnableConfig], Awaitable[Any]]:
+    async def arm(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        instance_id = thread_id(config)
+        visit = int((state.get("visits") or {}).get(plan.element, 0)) + 1
+        wait_id = wait_id_for(instance_id, plan.element, visit)
+        now = services.node.clock.now().astimezone(UTC)
+        variables = values(state.get("variables"))
+        statements = [services.waits.arm_statement(wait_id, instance_id, plan.element, plan.kind)]
+        described: dict[str, Any] = {"wait_id": wait_id, "kind": plan.kind, "timers": [], "messages": []}
+        for timer in plan.timers:
+            due = timer.definition.first_due(now)
+            statements.append(
+                services.timers.schedule_statement(
+                    timer_id_for(wait_id, timer),
+                    element=timer.element,
+                    purpose=timer.purpose,
+                    definition=timer.definition.to_row(),
+                    due_at=due,
+                    origin=now,
+                    instance_id=instance_id,
+                    wait_id=wait_id,
+                    data=timer.data,
+                )
+            )
+            described["timers"].append({"element": timer.element, "purpose": timer.purpose, "due_at": due.isoformat()})
+        keys = {}
+        for subscription in plan.subscriptions:
+            key = lookup(variables, subscription.correlation)
+            if key is _MISSING or key is None:
+                raise CorrelationError(
+                    f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
+                    "which is not set; set it before the process reaches the event",
+                    element=subscription.element,
+                )
+            keys[subscription.element] = str(key)
+            statements.append(
+                services.messages.subscribe_statement(
+                    subscription_id_for(wait_id, subscription),
+                    wait_id=wait_id,
+                    instance_id=instance_id,
+                    element=subscription.element,
+                    name=subscription.message,
+                    key=str(key),
+                )
+            )
+            described["messages"].append(
+                {"element": subscription.element, "message": subscription.message, "correlation_key": str(key)}
+            )
+        if plan.task is not None:
+            sla = next((t for t in plan.timers if t.purpose == "sla"), None)
+            sla_due = sla.definition.first_due(now) if sla else None
+            statements += services.inbox.open_statements(
+                wait_id,
+                instance_id=instance_id,
+                element=plan.element,
+                title=plan.task.title,
+                assignee=plan.task.assignee,
+                candidate_groups=plan.task.candidate_groups,
+                response_schema=plan.task.response_schema,
+                sla_due_at=sla_due,
+            )
+            described["task"] = {
+                "task_id": wait_id,
+                "title": plan.task.title,
+                "assignee": plan.task.assignee,
+                "candidate_groups": list(plan.task.candidate_groups),
+                "sla_due_at": sla_due.isoformat() if sla_due else None,
+            }
+        event_type = "task.created" if plan.task is not None else "wait.armed"
+        written = await services.node.events.append(
+            instance_id, [NewEvent(event_type, described, plan.element, f"{wait_id}:armed")], also=statements
+        )
+        early = None
+        for subscription in plan.subscriptions:
+            early = await _take_buffered(services, wait_id, subscription, keys[subscription.element])
+            if early is not None:
+                break
+        if early is None and not all(written):
+            # Armed before, by a run a crash cut short: the wait may have been resolved since.
+            early = await services.waits.resolution(wait_id)
+        update: dict[str, Any] = {"visits": {plan.element: visit}, "waits": {plan.element: wait_id}}
+        if early is not None:
+            update["early"] = {wait_id: early}
+        return update
+
+    arm.__name__ = f"arm_{plan.element}"
+    return arm
+
+
+async def _take_buffered(
+    services: ProcessServices, wait_id: str, plan: SubscriptionPlan, key: str
+) -> dict[str, Any] | None:
+    """A message that arrived before anyone waited for it (and has not expired) resolves the wait now."""
+    buffered = await services.messages.oldest_buffered(plan.message, key)
+    if buffered is None:
+        return None
+    subscription_id = subscription_id_for(wait_id, plan)
+    resolution = {
+        "option": plan.element,
+        "kind": "message",
+        "message": plan.message,
+        "correlation_key": key,
+        "payload": buffered.payload,
+        "message_id": buffered.message_id,
+        "buffered": True,
+    }
+    won = await services.waits.resolve(
+        wait_id,
+        resolution,
+        keep_subscription=subscription_id,
+        claims=[
+            services.messages.take_claim(buffered.message_id, subscription_id),
+            services.messages.consume_subscription_claim(subscription_id),
+        ],
+    )
+    return resolution if won else None
+
+
+# Given the state and the resolution: where to go, the variables to assign, and extra event payload.
+Resolved = Callable[[Mapping[str, Any], dict[str, Any]], tuple[str, dict[str, Any]]]
+Assigner = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[dict[str, Any], list[dict[str, Any]]]]
+
+
+def make_wait_node(
+    plan: WaitPlan,
+    services: ProcessServices,
+    *,
+    describe: Mapping[str, Any],
+    route: Resolved,
+    assign: Assigner,
+) -> Callable[[Any, RunnableConfig], Awaitable[Any]]:
+    """The interrupt node. ``route`` maps a resolution to (next node, variable updates)."""
+
+    async def wait(state: Mapping[str, Any], config: RunnableConfig) -> Command[str]:
+        instance_id = thread_id(config)
+        wait_id = str((state.get("waits") or {})[plan.element])
+        resolution = (state.get("early") or {}).get(wait_id)
+        if resolution is None:
+            answer = interrupt({"wait_id": wait_id, "element": plan.element, "kind": plan.kind, **describe})
+            resolution = dict(answer) if isinstance(answer, Mapping) else {"option": plan.element, "value": answer}
+        target, updates = route(state, resolution)
+        cells, changes = assign(cast(Mapping[str, Any], state.get("variables") or {}), updates)
+        record = {
+            "wait_id": wait_id,
+            "option": resolution.get("option"),
+            "resolution_kind": resolution.get("kind"),
+            "by": resolution.get("by"),
+            "payload": resolution.get("payload"),
+            "changes": changes,
+        }
+        # The wait row is marked done by whoever delivered the resolution, once this run's checkpoint is
+        # written (until then a crash could still lose it, and the resolution must stay deliverable).
+        await services.node.events.append(
+            instance_id, [NewEvent("wait.completed", record, plan.element, f"{wait_id}:completed")]
+        )
+        update: dict[str, Any] = {"variables": cells}
+        if wait_id in (state.get("early") or {}):
+            update["early"] = {wait_id: None}  # consumed: drop it from the state
+        return Command(goto=target, update=update)
+
+    wait.__name__ = f"wait_{plan.element}"
+    return wait

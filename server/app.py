@@ -1,0 +1,73 @@
+"""The FastAPI application: the Agent Server API subset ``langgraph-sdk`` uses, and the journey endpoints.
+
+    app = create_app(Settings(database_url="sqlite:///journeys.db"))
+
+The lifespan opens the :class:`JourneyRuntime` (one store, one checkpointer, one pool) and, in embedded
+mode, runs runs and timers in this process; in distributed mode it only queues them for workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from checkpoints.clock import Clock
+from graphs.runtime import JourneyRuntime
+from server.executor import EmbeddedRunner, RunExecutor, RunWatch
+from server.problems import install_problem_handlers
+from server.routers import assistants, inbox, journeys, runs, threads
+from server.runs import RunStore
+from server.services import ServerServices
+from server.settings import Settings
+
+
+def create_app(
+    settings: Settings | None = None, *, clock: Clock | None = None, runtime_options: dict[str, Any] | None = None
+) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            runtime = await stack.enter_async_context(
+                JourneyRuntime.open(settings.database_url, clock=clock, **(runtime_options or {}))
+            )
+            run_store = RunStore(runtime.store.engine, runtime.store.clock)
+            watch = RunWatch()
+            executor = RunExecutor(runtime, run_store, notify=watch)
+            embedded = EmbeddedRunner(executor) if settings.execution == "embedded" else None
+            queue_app = None
+            if embedded is not None:
+                stack.push_async_callback(embedded.close)
+                await embedded.resume_unfinished()
+                if settings.run_timers:
+                    await stack.enter_async_context(runtime.processes.scheduler.running())
+            else:
+                from server.queue import build_app, ensure_schema
+
+                ensure_schema(settings.database_url)
+                queue_app = build_app(settings.database_url)
+                await stack.enter_async_context(queue_app.open_async())
+            app.state.services = ServerServices(settings, runtime, run_store, watch, executor, embedded, queue_app)
+            yield
+
+    app = FastAPI(
+        title="journeys",
+        version="0.1.0",
+        description="Durable journey orchestration on LangGraph: the Agent Server API subset langgraph-sdk uses, "
+        "and the journey endpoints beside it. Errors are application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
+        app.include_router(router)
+
+    @app.get("/ok", tags=["health"], summary="Liveness")
+    async def ok() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app

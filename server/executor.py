@@ -1,0 +1,281 @@
+"""Executing runs: the one code path both the in-process runner and the procrastinate worker call.
+
+A run is claimed (one executor at a time), mapped onto its assistant's pattern API, and finished with a
+status. A run that is picked up again after its executor died does not apply its input twice: a first
+run whose thread is already bound only finishes the journey's in-flight work (completed steps are not
+re-executed: the engine replays them from the event log), and a resume whose thread has moved past the
+checkpoint it was meant for is not applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+from langgraph.types import Command, StateSnapshot
+
+from checkpoints.errors import JourneyError
+from graphs.engine import in_flight
+from graphs.runtime import JourneyRuntime
+from graphs.streaming import streaming_to
+from server.assistants import Assistant, RunContext, get_assistant, graph_of
+from server.runs import TERMINAL, RunRow, RunStore
+
+log = structlog.get_logger("journeys.runs")
+
+
+def jsonable(value: Any) -> Any:
+    """Graph values and stream chunks as JSON: interrupts, messages and dataclasses included."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Command):
+        return {"resume": jsonable(value.resume), "goto": jsonable(value.goto), "update": jsonable(value.update)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return jsonable(dump())
+    return str(value)
+
+
+def interrupts_of(snapshot: StateSnapshot) -> list[dict[str, Any]]:
+    return [{"value": jsonable(i.value), "id": i.id} for task in snapshot.tasks for i in task.interrupts]
+
+
+def state_view(snapshot: StateSnapshot, thread_id: str) -> dict[str, Any]:
+    """A LangGraph ``ThreadState`` as the Agent Server API returns it."""
+    configurable = (snapshot.config or {}).get("configurable", {})
+    parent = (snapshot.parent_config or {}).get("configurable") if snapshot.parent_config else None
+    return {
+        "values": jsonable(snapshot.values or {}),
+        "next": list(snapshot.next),
+        "tasks": [
+            {
+                "id": t.id,
+                "name": t.name,
+                "error": str(t.error) if t.error else None,
+                "interrupts": [{"value": jsonable(i.value), "id": i.id} for i in t.interrupts],
+                "checkpoint": None,
+                "state": None,
+                "result": jsonable(t.result) if t.result is not None else None,
+            }
+            for t in snapshot.tasks
+        ],
+        "checkpoint": _checkpoint(thread_id, configurable),
+        "metadata": jsonable(snapshot.metadata or {}),
+        "created_at": snapshot.created_at,
+        "parent_checkpoint": _checkpoint(thread_id, parent) if parent else None,
+        "interrupts": interrupts_of(snapshot),
+    }
+
+
+def empty_state(thread_id: str) -> dict[str, Any]:
+    return {
+        "values": {},
+        "next": [],
+        "tasks": [],
+        "checkpoint": _checkpoint(thread_id, {}),
+        "metadata": {},
+        "created_at": None,
+        "parent_checkpoint": None,
+        "interrupts": [],
+    }
+
+
+def _checkpoint(thread_id: str, configurable: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "thread_id": thread_id,
+        "checkpoint_ns": configurable.get("checkpoint_ns", ""),
+        "checkpoint_id": configurable.get("checkpoint_id"),
+        "checkpoint_map": None,
+    }
+
+
+def output_values(snapshot: StateSnapshot) -> dict[str, Any]:
+    """What ``runs.wait``/``join`` return: the thread's values, with ``__interrupt__`` when it waits."""
+    values = jsonable(snapshot.values or {})
+    out = dict(values) if isinstance(values, dict) else {"values": values}
+    if interrupts := interrupts_of(snapshot):
+        out["__interrupt__"] = interrupts
+    return out
+
+
+class RunExecutor:
+    def __init__(self, runtime: JourneyRuntime, runs: RunStore, *, notify: Any = None) -> None:
+        self.runtime = runtime
+        self.runs = runs
+        self._notify = notify  # an object with .changed(run_id): wakes in-process waiters
+
+    async def execute(self, run_id: str) -> RunRow | None:
+        run = await self.runs.claim(run_id)
+        if run is None:
+            return None
+        thread = await self.runs.get_thread(run.thread_id)
+        principal = run.principal or "local"
+        groups = tuple(run.metadata.get("_groups", ()))
+        assistant = get_assistant(run.assistant_id)
+        seq = await self.runs.last_seq(run_id)
+
+        async def emit(mode: str, chunk: Any) -> None:
+            nonlocal seq
+            seq += 1
+            await self.runs.append_event(run_id, seq, mode, jsonable(chunk))
+            self._changed(run_id)
+
+        async def bind(instance_id: str) -> None:
+            await self.runs.bind(run.thread_id, run.assistant_id, instance_id)
+
+        ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind)
+        instance_id = thread.instance_id if thread else None
+        status, error = "success", None
+        try:
+            async with streaming_to(run.stream_modes, emit):
+                if (run.kind == "start" and instance_id is None) or (run.kind == "start" and assistant.chat):
+                    await assistant.start(ctx, run.input or {})
+                elif run.kind == "start":
+                    assert instance_id is not None
+                    await self._restart(assistant, ctx, run, instance_id)  # a retried first run
+                else:
+                    assert instance_id is not None
+                    await self._resume(run, assistant, ctx, instance_id)
+        except asyncio.CancelledError:
+            await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
+            self._changed(run_id)
+            raise
+        except JourneyError as exc:
+            status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
+        except Exception as exc:
+            log.exception("run failed", run_id=run_id)
+            status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
+        if error is not None:
+            await emit("error", error) if run.stream_modes else None
+        await self.runs.finish(run_id, status, error)
+        self._changed(run_id)
+        return await self.runs.get_run(run_id)
+
+    async def _resume(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str) -> None:
+        graph = await graph_of(self.runtime, assistant, instance_id)
+        config = self.runtime.engine.config(instance_id)
+        current = await graph.aget_state(config)
+        checkpoint = (current.config or {}).get("configurable", {}).get("checkpoint_id")
+        if run.attempts > 1 and run.base_checkpoint is not None and run.base_checkpoint != checkpoint:
+            # An earlier attempt got past the checkpoint this resume was for: it was applied already.
+            if in_flight(current):
+                await self._finish_in_flight(assistant, instance_id)
+            return
+        await self.runs.set_base_checkpoint(run.run_id, checkpoint)
+        resume = (run.command or {}).get("resume")
+        await assistant.resume(ctx, instance_id, resume)
+
+    async def _restart(self, assistant: Assistant, ctx: RunContext, run: RunRow, instance_id: str) -> None:
+        """A first run whose executor died after binding its thread: start what never started, finish
+        what is in flight; steps whose completion is logged are not executed again."""
+        if await self.runtime.store.index.get_instance(instance_id) is None:
+            await assistant.start(ctx, run.input or {})  # died before the journey was registered
+            return
+        if assistant.restart is not None:
+            await assistant.restart(ctx, instance_id, run.input or {})
+            return
+        await self._finish_in_flight(assistant, instance_id)
+
+    async def _finish_in_flight(self, assistant: Assistant, instance_id: str) -> None:
+        graph = await graph_of(self.runtime, assistant, instance_id)
+        async with self.runtime.engine.exclusive(instance_id):
+            await self.runtime.engine.settled_state(graph, instance_id)
+
+    def _changed(self, run_id: str) -> None:
+        if self._notify is not None:
+            self._notify.changed(run_id)
+
+
+class RunWatch:
+    """Wakes in-process waiters when a run changes; others poll the table."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def changed(self, run_id: str) -> None:
+        event = self._events.get(run_id)
+        if event is not None:
+            event.set()
+
+    async def wait(self, run_id: str, seconds: float) -> None:
+        event = self._events.setdefault(run_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            event.clear()
+
+
+async def wait_for_run(runs: RunStore, watch: RunWatch, run_id: str, poll: float) -> RunRow:
+    while True:
+        run = await runs.get_run(run_id)
+        if run is None or run.status in TERMINAL:
+            assert run is not None
+            return run
+        await watch.wait(run_id, poll)
+
+
+class EmbeddedRunner:
+    """Runs runs in this process: one driver task per thread takes its runs in order."""
+
+    def __init__(self, executor: RunExecutor) -> None:
+        self.executor = executor
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._current: dict[str, str] = {}  # thread id -> run id being executed
+
+    def submit(self, run: RunRow) -> None:
+        driver = self._drivers.get(run.thread_id)
+        if driver is None or driver.done():
+            self._drivers[run.thread_id] = asyncio.create_task(self._drive(run.thread_id), name=f"runs:{run.thread_id}")
+
+    async def resume_unfinished(self) -> None:
+        """Runs a previous process left pending or running (it stopped or crashed) are taken up again."""
+        for run in await self.executor.runs.unfinished():
+            self.submit(run)
+
+    async def _drive(self, thread_id: str) -> None:
+        while True:
+            run = await self.executor.runs.next_pending(thread_id)
+            if run is None:
+                return
+            self._current[thread_id] = run.run_id
+            try:
+                await self.executor.execute(run.run_id)
+            finally:
+                self._current.pop(thread_id, None)
+
+    def cancel(self, run: RunRow) -> bool:
+        driver = self._drivers.get(run.thread_id)
+        if driver is not None and self._current.get(run.thread_id) == run.run_id and not driver.done():
+            driver.cancel()
+            asyncio.create_task(self._restart(driver, run), name=f"runs-restart:{run.thread_id}")  # noqa: RUF006
+            return True
+        return False
+
+    async def _restart(self, cancelled: asyncio.Task[None], run: RunRow) -> None:
+        # The cancelled driver may leave runs queued behind the cancelled one: a fresh driver takes them.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await cancelled
+        self.submit(run)
+
+    async def close(self) -> None:
+        for driver in self._drivers.values():
+            driver.cancel()
+        for driver in self._drivers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await driver
+        self._drivers.clear()

@@ -1,0 +1,123 @@
+"""Request and response models of the Agent Server API subset (the shapes ``langgraph-sdk`` 0.4 uses)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+StreamModeName = Literal[
+    "values", "updates", "custom", "messages", "messages-tuple", "events", "debug", "tasks", "checkpoints"
+]
+
+
+class Open(BaseModel):
+    # The SDK sends fields this server ignores (config, context, durability…); they are accepted.
+    model_config = ConfigDict(extra="allow")
+
+
+class AssistantOut(Open):
+    assistant_id: str
+    graph_id: str
+    config: dict[str, Any]
+    context: dict[str, Any]
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any]
+    version: int
+    name: str
+    description: str | None
+
+
+class AssistantSearch(Open):
+    metadata: dict[str, Any] | None = None
+    graph_id: str | None = None
+    name: str | None = None
+    limit: int = Field(default=10, ge=0, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class GraphOut(Open):
+    nodes: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+
+
+class ThreadCreate(Open):
+    thread_id: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+
+
+class ThreadOut(Open):
+    thread_id: str
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any]
+    status: Literal["idle", "busy", "interrupted", "error"]
+    values: dict[str, Any]
+    interrupts: dict[str, list[dict[str, Any]]]
+
+
+class ThreadSearch(Open):
+    metadata: dict[str, Any] | None = None
+    ids: list[str] | None = None
+    limit: int = Field(default=10, ge=0, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class CheckpointOut(Open):
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str | None
+    checkpoint_map: dict[str, Any] | None = None
+
+
+class ThreadStateOut(Open):
+    values: dict[str, Any] | list[Any]
+    next: list[str]
+    tasks: list[dict[str, Any]]
+    checkpoint: CheckpointOut
+    metadata: dict[str, Any]
+    created_at: str | None
+    parent_checkpoint: CheckpointOut | None
+    interrupts: list[dict[str, Any]]
+
+
+class StateUpdate(Open):
+    values: dict[str, Any] | None = None
+    as_node: str | None = None
+    checkpoint_id: str | None = None
+
+
+class StateUpdated(Open):
+    checkpoint: CheckpointOut
+
+
+class HistoryQuery(Open):
+    limit: int = Field(default=10, ge=1, le=1000)
+    before: str | dict[str, Any] | None = None
+
+
+class CommandIn(Open):
+    resume: Any = None
+
+
+class RunCreate(Open):
+    assistant_id: str = Field(min_length=1)
+    input: dict[str, Any] | None = None
+    command: CommandIn | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    stream_mode: StreamModeName | list[StreamModeName] | None = None
+    multitask_strategy: Literal["reject", "interrupt", "rollback", "enqueue"] = "reject"
+    if_not_exists: Literal["create", "reject"] = "reject"
+
+
+class RunOut(Open):
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    created_at: str
+    updated_at: str
+    status: Literal["pending", "running", "error", "success", "timeout", "interrupted"]
+    metadata: dict[str, Any]
+    multitask_strategy: str

@@ -1,0 +1,118 @@
+"""Errors as RFC 9457 ``application/problem+json``, with a stable ``type`` per error class.
+
+A :class:`JourneyError` is reported by its ``category``: invalid → 422, not_found → 404, conflict → 409,
+forbidden → 403, failed → 424 (an agent or step the operation depended on failed). Malformed JSON is a
+400, a body that does not match the schema a 422; bad input never becomes a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
+
+from checkpoints.errors import JourneyError, StoreError
+
+log = structlog.get_logger("journeys.server")
+PROBLEM_JSON = "application/problem+json"
+STATUS_BY_CATEGORY = {"invalid": 422, "not_found": 404, "conflict": 409, "forbidden": 403, "failed": 424}
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    422: "Unprocessable Content",
+    424: "Failed Dependency",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Problem(BaseModel):
+    """An error report (RFC 9457)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    category: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class ApiError(JourneyError):
+    """The request cannot be served."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.status = status
+        self._code = code
+
+    @property
+    def code(self) -> str:
+        return self._code
+
+
+def problem_type(code: str) -> str:
+    return f"/problems/{code}"
+
+
+def problem(status: int, code: str, detail: str, *, category: str | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "category": category,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = {"WWW-Authenticate": 'ApiKey header="x-api-key"'} if status == 401 else None
+    return JSONResponse(json.loads(json.dumps(body, default=str)), status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def journey_error_response(exc: JourneyError) -> JSONResponse:
+    if isinstance(exc, ApiError):
+        return problem(exc.status, exc.code, exc.message, details=exc.details or None)
+    status = 503 if isinstance(exc, StoreError) and exc.category == "failed" else STATUS_BY_CATEGORY[exc.category]
+    return problem(status, exc.code, exc.message, category=exc.category, details=exc.details or None)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_journey_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, JourneyError)
+        return journey_error_response(exc)
+
+    async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return problem(400, "MalformedRequest", "the request body is not valid JSON")
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '(root)'}: {e.get('msg', 'invalid')}" for e in errors
+        ]
+        return problem(422, "RequestValidationError", "; ".join(problems), category="invalid", problems=problems)
+
+    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        codes = {401: "Unauthenticated", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed"}
+        return problem(exc.status_code, codes.get(exc.status_code, f"Http{exc.status_code}"), str(exc.detail))
+
+    async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", error=repr(exc))
+        return problem(500, "InternalError", "the server failed to handle the request")
+
+    app.add_exception_handler(JourneyError, on_journey_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,65 @@
+"""Distributed execution on procrastinate: runs and timers as jobs in PostgreSQL.
+
+The API process defers one ``execute_run`` job per run with ``lock=<thread id>``, so procrastinate runs
+at most one run per thread at a time, in order. ``journeys worker`` processes take the jobs; a job whose
+worker died (no heartbeat) is retried by the surviving workers' reaper, and the run executor then finishes
+the journey without re-executing completed steps. Timers fire through a periodic ``fire_timers`` job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import procrastinate
+import psycopg
+
+from checkpoints.url import parse_store_url
+
+RUN_TASK = "journeys.execute_run"
+TIMER_TASK = "journeys.fire_timers"
+QUEUE = "journeys"
+_SCHEMA_LOCK = 7_310_512_004
+
+
+def conninfo(database_url: str) -> str:
+    url = parse_store_url(database_url)
+    if url.kind != "postgres":
+        raise ValueError("distributed execution needs a postgresql:// database URL")
+    return url.target
+
+
+def build_app(database_url: str, handlers: dict[str, Any] | None = None) -> procrastinate.App:
+    """The procrastinate app. ``handlers`` (in workers) give the task bodies; the API only defers."""
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(database_url)))
+    handlers = handlers or {}
+
+    @app.task(name=RUN_TASK, queue=QUEUE, pass_context=False)
+    async def execute_run(run_id: str) -> None:
+        await handlers[RUN_TASK](run_id)
+
+    @app.periodic(cron="* * * * * *", periodic_id="timers")
+    @app.task(name=TIMER_TASK, queue=QUEUE, queueing_lock="journeys-timers")
+    async def fire_timers(timestamp: int) -> None:
+        handler = handlers.get(TIMER_TASK)
+        if handler is not None:
+            await handler()
+
+    return app
+
+
+def ensure_schema(database_url: str) -> None:
+    """Install procrastinate's schema once (concurrent callers wait on an advisory lock)."""
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
+            if not (exists and exists[0]):
+                app = build_app(database_url)
+                with app.open():
+                    app.schema_manager.apply_schema()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+async def defer_run(app: procrastinate.App, run_id: str, thread_id: str) -> None:
+    await app.configure_task(RUN_TASK, lock=f"thread:{thread_id}", queue=QUEUE).defer_async(run_id=run_id)

@@ -1,0 +1,24 @@
+"""One APIRouter per resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.problems import Problem
+
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses a route can give."""
+    described = {
+        400: "Malformed request",
+        401: "No or unknown API key",
+        403: "Missing scope or not allowed",
+        404: "Not found",
+        409: "Conflict with the current state",
+        422: "Invalid input",
+        424: "An agent or step the operation depended on failed",
+    }
+    chosen = statuses or (400, 401, 403, 404, 409, 422, 424)
+    return {s: {"model": Problem, "description": described[s], "content": _PROBLEM} for s in chosen}

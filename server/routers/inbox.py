@@ -1,0 +1,109 @@
+"""The user-task inbox (list, claim, complete) and messages. A task can only be claimed or completed by
+its assignee or a member of one of its candidate groups: the caller's API key says who and which groups
+(with auth off, the request names them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.auth import Principal, require
+from server.routers import errors
+from server.services import ServerServices, services
+
+router = APIRouter(tags=["inbox"], responses=errors())
+Reader = Annotated[Principal, Depends(require("read"))]
+Worker = Annotated[Principal, Depends(require("tasks"))]
+Messenger = Annotated[Principal, Depends(require("messages"))]
+Services = Annotated[ServerServices, Depends(services)]
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Actor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Only read with auth switched off; otherwise the API key names the user and groups.
+    user: str | None = Field(default=None, min_length=1, max_length=200)
+    groups: list[str] = Field(default_factory=list)
+
+
+class CompleteIn(Actor):
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    correlation_key: str = Field(min_length=1, max_length=300)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+def _who(caller: Principal, actor: Actor) -> tuple[str, list[str]]:
+    if caller.authenticated:
+        return caller.name, list(caller.groups)
+    return actor.user or caller.name, list(actor.groups)
+
+
+@router.get("/tasks", response_model=list[View], summary="Open user tasks for an assignee or group")
+async def list_tasks(
+    _c: Reader,
+    svc: Services,
+    assignee: Annotated[str | None, Query(max_length=200)] = None,
+    group: Annotated[str | None, Query(max_length=200)] = None,
+    instance_id: Annotated[str | None, Query(max_length=200)] = None,
+) -> list[dict[str, Any]]:
+    return await svc.runtime.processes.inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id)
+
+
+@router.get("/tasks/{task_id}", response_model=View, summary="A user task")
+async def get_task(task_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.inbox.get_task(task_id)
+
+
+@router.post("/tasks/{task_id}/claim", response_model=View, summary="Claim a task")
+async def claim_task(task_id: str, body: Actor, caller: Worker, svc: Services) -> dict[str, Any]:
+    user, groups = _who(caller, body)
+    return await svc.runtime.processes.inbox.claim(task_id, user, groups=groups)
+
+
+@router.post("/tasks/{task_id}/complete", response_model=View, summary="Complete a task; the process resumes")
+async def complete_task(task_id: str, body: CompleteIn, caller: Worker, svc: Services) -> dict[str, Any]:
+    user, groups = _who(caller, body)
+    return await svc.runtime.processes.inbox.complete(task_id, user=user, payload=body.payload, groups=groups)
+
+
+@router.post("/messages", response_model=View, summary="Send a message to the processes waiting for it")
+async def send_message(body: MessageIn, _c: Messenger, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.send_message(body.name, body.correlation_key, body.payload)
+
+
+Deployer = Annotated[Principal, Depends(require("journeys"))]
+
+
+class ProcessStartIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    business_key: str = Field(min_length=1, max_length=300)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    version: int | None = Field(default=None, ge=1)
+
+
+@router.post("/processes", response_model=View, summary="Deploy a process (a new version of its name)")
+async def deploy_process(body: dict[str, Any], _c: Deployer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.deploy(body)
+
+
+@router.post("/processes/{name}/instances", response_model=View, summary="Start a process instance")
+async def start_process(name: str, body: ProcessStartIn, _c: Deployer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.start(name, body.business_key, body.variables, version=body.version)
+
+
+@router.get("/processes/instances/{instance_id}", response_model=View, summary="A process instance's status")
+async def process_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.status(instance_id)

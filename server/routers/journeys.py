@@ -1,0 +1,282 @@
+"""Journey endpoints beside the Agent Server subset: structured, saga, session, MVP and lifecycle
+operations, and every journey's status and history. Each calls the pattern's orchestrator as is."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from graphs.errors import JourneyNotFoundError
+from server.auth import Principal, require
+from server.routers import errors
+from server.services import ServerServices, services
+
+router = APIRouter(prefix="/journeys", tags=["journeys"], responses=errors())
+Reader = Annotated[Principal, Depends(require("read"))]
+Writer = Annotated[Principal, Depends(require("journeys"))]
+Services = Annotated[ServerServices, Depends(services)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class View(BaseModel):
+    """A pattern's own view of a journey (its fields depend on the pattern)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class DesignIn(Body):
+    journey_type: Name
+    requirements: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any] | None = None
+
+
+class SagaDesignIn(DesignIn):
+    compensation_handlers: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecuteIn(Body):
+    user_id: Name
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdvanceIn(Body):
+    step_result: dict[str, Any] = Field(default_factory=dict)
+    step_id: str | None = None
+
+
+class SagaAdvanceIn(AdvanceIn):
+    journey_id: Name
+    user_id: Name
+
+
+class SessionIn(Body):
+    user_id: Name
+    session_config: dict[str, Any]
+
+
+class MvpIn(Body):
+    user_id: Name
+    initial_pillar: Name = "content"
+
+
+class NavigateIn(Body):
+    area_id: Name
+
+
+class AreaUpdateIn(Body):
+    area_id: Name
+    updates: dict[str, Any]
+
+
+class CloseIn(Body):
+    reason: str | None = None
+
+
+class LifecycleIn(Body):
+    client_id: Name
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float | bool] = Field(default_factory=dict)
+
+
+class TransitionIn(Body):
+    event: Name
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricsIn(Body):
+    values: dict[str, float | bool] = Field(min_length=1)
+
+
+class EventOut(BaseModel):
+    seq: int
+    type: str
+    step: str | None
+    payload: dict[str, Any]
+    created_at: str
+
+
+# --- structured -----------------------------------------------------------------------------------
+
+
+@router.post("/structured/designs", response_model=View, summary="Design a structured journey")
+async def design_structured(body: DesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.design_journey(body.journey_type, body.requirements, spec=body.spec)
+
+
+@router.post("/structured/{journey_id}/executions", response_model=View, summary="Start a structured journey")
+async def execute_structured(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.execute_journey(journey_id, body.user_id, body.context)
+
+
+@router.post("/structured/{journey_id}/users/{user_id}/advance", response_model=View, summary="Advance a step")
+async def advance_structured(
+    journey_id: str, user_id: str, body: AdvanceIn, _c: Writer, svc: Services
+) -> dict[str, Any]:
+    return await svc.runtime.structured.advance_journey_step(
+        journey_id, user_id, body.step_result, step_id=body.step_id
+    )
+
+
+@router.post("/structured/{journey_id}/users/{user_id}/retry", response_model=View, summary="Retry the failed step")
+async def retry_structured(journey_id: str, user_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.retry_journey_step(journey_id, user_id)
+
+
+@router.get("/structured/{journey_id}/users/{user_id}", response_model=View, summary="A structured journey's status")
+async def status_structured(journey_id: str, user_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.get_journey_status(journey_id, user_id)
+
+
+# --- saga -----------------------------------------------------------------------------------------
+
+
+@router.post("/sagas/designs", response_model=View, summary="Design a saga")
+async def design_saga(body: SagaDesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.design_saga_journey(
+        body.journey_type, body.requirements, body.compensation_handlers, spec=body.spec
+    )
+
+
+@router.post("/sagas/designs/{journey_id}/executions", response_model=View, summary="Start a saga")
+async def execute_saga(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.execute_saga_journey(journey_id, body.user_id, body.context)
+
+
+@router.post("/sagas/{saga_id}/advance", response_model=View, summary="Advance a saga step")
+async def advance_saga(saga_id: str, body: SagaAdvanceIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.advance_saga_step(
+        saga_id, body.journey_id, body.user_id, body.step_result, step_id=body.step_id
+    )
+
+
+@router.post("/sagas/{saga_id}/retry", response_model=View, summary="Retry a saga's failed step")
+async def retry_saga(saga_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.retry_saga_step(saga_id)
+
+
+@router.get("/sagas/{saga_id}", response_model=View, summary="A saga's status")
+async def status_saga(saga_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.get_saga_status(saga_id)
+
+
+# --- session and MVP ------------------------------------------------------------------------------
+
+
+@router.post("/sessions", response_model=View, summary="Start a session")
+async def start_session(body: SessionIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.start_session(body.user_id, body.session_config)
+
+
+@router.post("/sessions/{session_id}/navigate", response_model=View, summary="Go to an area")
+async def navigate(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.navigate_to_area(session_id, body.area_id)
+
+
+@router.post("/sessions/{session_id}/updates", response_model=View, summary="Update an area's state")
+async def update_area(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.update_area_state(session_id, body.area_id, body.updates)
+
+
+@router.post("/sessions/{session_id}/close", response_model=View, summary="Close a session")
+async def close_session(session_id: str, body: CloseIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.close_session(session_id, body.reason)
+
+
+@router.get("/sessions/{session_id}", response_model=View, summary="A session's progress")
+async def session_progress(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.get_session_progress(session_id)
+
+
+@router.post("/mvp", response_model=View, summary="Start an MVP journey")
+async def start_mvp(body: MvpIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.start_mvp_journey(body.user_id, body.initial_pillar)
+
+
+@router.post("/mvp/{session_id}/navigate", response_model=View, summary="Go to a pillar")
+async def navigate_pillar(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.navigate_to_pillar(session_id, body.area_id)
+
+
+@router.post("/mvp/{session_id}/progress", response_model=View, summary="Record a pillar's progress")
+async def pillar_progress(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
+
+
+@router.get("/mvp/{session_id}/recommendation", response_model=View, summary="The recommended next pillar")
+async def recommendation(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.get_recommended_next_pillar(session_id)
+
+
+@router.get("/mvp/{session_id}/completion", response_model=View, summary="Whether the MVP is complete")
+async def completion(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.check_mvp_completion(session_id)
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+@router.post("/lifecycle", response_model=View, summary="Start a client lifecycle journey")
+async def start_lifecycle(body: LifecycleIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.start_journey(body.client_id, metadata=body.metadata, metrics=body.metrics)
+
+
+@router.post("/lifecycle/{journey_id}/transitions", response_model=View, summary="Apply a lifecycle event")
+async def lifecycle_transition(journey_id: str, body: TransitionIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.transition(journey_id, body.event, **body.options)
+
+
+@router.post("/lifecycle/{journey_id}/metrics", response_model=View, summary="Record lifecycle metrics")
+async def lifecycle_metrics(journey_id: str, body: MetricsIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.record_metrics(journey_id, body.values)
+
+
+@router.get("/lifecycle/{journey_id}", response_model=View, summary="A lifecycle journey's state")
+async def lifecycle_state(journey_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.get_journey_state(journey_id)
+
+
+# --- any journey ----------------------------------------------------------------------------------
+
+
+@router.get("/{instance_id}/status", response_model=View, summary="Any journey's status")
+async def journey_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    instance = await svc.runtime.store.index.get_instance(instance_id)
+    if instance is None:
+        raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+    runtime = svc.runtime
+    if instance.pattern == "structured":
+        view = await runtime.structured.get_journey_status(instance.journey_id, instance.user_id)
+    elif instance.pattern == "saga":
+        view = await runtime.saga.get_saga_status(instance_id)
+    elif instance.pattern in ("session", "mvp"):
+        sessions = runtime.mvp.sessions if instance.pattern == "mvp" else runtime.session
+        view = await sessions.get_session_progress(instance_id)
+    elif instance.pattern == "lifecycle":
+        view = await runtime.lifecycle.get_journey_state(instance_id)
+    elif instance.pattern == "process":
+        view = await runtime.processes.status(instance_id)
+    else:
+        view = {}
+    return {
+        "instance_id": instance_id,
+        "pattern": instance.pattern,
+        "user_id": instance.user_id,
+        "index_status": instance.status,
+        **view,
+    }
+
+
+@router.get("/{instance_id}/history", response_model=list[EventOut], summary="Any journey's events, in order")
+async def journey_history(instance_id: str, _c: Reader, svc: Services) -> list[dict[str, Any]]:
+    if await svc.runtime.store.index.get_instance(instance_id) is None:
+        raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+    return [
+        {"seq": e.seq, "type": e.type, "step": e.step, "payload": e.payload, "created_at": e.created_at.isoformat()}
+        for e in await svc.runtime.history(instance_id)
+    ]

@@ -1,0 +1,219 @@
+"""Runs: create in the background, wait, stream (SSE), join, get, list, cancel.
+
+The first run on a thread takes ``input`` and starts a journey; later runs take ``command.resume`` and
+advance it (see :mod:`server.assistants`). ``multitask_strategy``: ``reject`` (default) refuses a run
+while the thread has an active one (409), ``enqueue`` queues it behind them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from graphs.errors import InvalidInputError, JourneyNotFoundError
+from server.assistants import get_assistant
+from server.auth import Principal, require
+from server.executor import output_values, wait_for_run
+from server.models import RunCreate, RunOut
+from server.problems import ApiError
+from server.routers import errors
+from server.routers.threads import resolve_thread, thread_graph
+from server.runs import TERMINAL, RunRow
+from server.services import ServerServices, services
+
+router = APIRouter(tags=["runs"], responses=errors())
+Reader = Annotated[Principal, Depends(require("read"))]
+Runner = Annotated[Principal, Depends(require("runs"))]
+Services = Annotated[ServerServices, Depends(services)]
+SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "server-sent events"}
+}
+
+
+async def create_run(
+    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, *, streaming: bool
+) -> RunRow:
+    assistant = get_assistant(body.assistant_id)
+    if thread_id is None:
+        thread_id = (await svc.runs.create_thread(None, {}, caller.name)).thread_id
+    row = await svc.runs.get_thread(thread_id)
+    if row is None:
+        instance = await svc.runtime.store.index.get_instance(thread_id)
+        if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
+            row = await svc.runs.create_thread(thread_id, {}, caller.name)
+            await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
+            row = await svc.runs.get_thread(thread_id)
+        elif body.if_not_exists == "create":
+            row = await svc.runs.create_thread(thread_id, {}, caller.name)
+        else:
+            raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
+    assert row is not None
+    if row.assistant_id is not None and row.assistant_id != assistant.assistant_id:
+        raise ApiError(
+            409,
+            "WrongAssistant",
+            f"thread {thread_id!r} runs the {row.assistant_id!r} assistant, not {assistant.assistant_id!r}",
+            allowed=[row.assistant_id],
+        )
+    resume = body.command is not None and "resume" in body.command.model_fields_set
+    if resume and body.input is not None:
+        raise InvalidInputError("give either input (start a journey) or command.resume (advance it), not both")
+    queued = await svc.runs.active_count(thread_id)
+    if resume:
+        if assistant.chat:
+            raise InvalidInputError(f"the {assistant.assistant_id!r} assistant takes input, not command.resume")
+        if row.instance_id is None and not queued:
+            raise ApiError(409, "NothingToResume", f"thread {thread_id!r} has no journey yet; start one with input")
+        kind = "resume"
+    else:
+        if row.instance_id is not None and body.input is not None and not assistant.chat:
+            raise ApiError(
+                409,
+                "JourneyStarted",
+                f"thread {thread_id!r} already runs a journey; advance it with command.resume",
+            )
+        if row.instance_id is None and body.input is None and not queued:
+            raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)
+        kind = "start"
+    modes: list[str] = []
+    if streaming:
+        chosen = body.stream_mode or "values"
+        modes = [chosen] if isinstance(chosen, str) else list(chosen)
+    run = await svc.runs.create_run(
+        thread_id=thread_id,
+        assistant_id=assistant.assistant_id,
+        kind=kind,
+        input=body.input,
+        command={"resume": body.command.resume} if resume and body.command else None,
+        stream_modes=modes,
+        multitask_strategy=body.multitask_strategy,
+        metadata={**body.metadata, "_groups": list(caller.groups)},
+        principal=caller.name,
+    )
+    await svc.submit(run)
+    return run
+
+
+async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
+    if run.status == "error":
+        return {"__error__": run.error or {"error": "Error", "message": "the run failed"}}
+    thread = await resolve_thread(svc, run.thread_id)
+    graph = await thread_graph(svc, thread)
+    if graph is None or thread.instance_id is None:
+        return {}
+    return output_values(await graph.aget_state(svc.runtime.engine.config(thread.instance_id)))
+
+
+def _location(run: RunRow) -> dict[str, str]:
+    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}"}
+
+
+async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
+    return await wait_for_run(svc.runs, svc.watch, run.run_id, svc.settings.poll_interval)
+
+
+@router.post("/threads/{thread_id}/runs", response_model=RunOut, summary="Create a run in the background")
+async def create_background(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+    return (await create_run(svc, thread_id, body, caller, streaming=False)).view()
+
+
+@router.post("/runs", response_model=RunOut, summary="Create a run on a new thread")
+async def create_stateless(body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+    return (await create_run(svc, None, body, caller, streaming=False)).view()
+
+
+@router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output")
+async def create_and_wait(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+    run = await _wait(svc, await create_run(svc, thread_id, body, caller, streaming=False))
+    return await final_output(svc, run)
+
+
+@router.post("/runs/wait", summary="Create a run on a new thread and wait for its output")
+async def create_stateless_and_wait(body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+    run = await _wait(svc, await create_run(svc, None, body, caller, streaming=False))
+    return await final_output(svc, run)
+
+
+@router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)
+async def create_and_stream(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
+    run = await create_run(svc, thread_id, body, caller, streaming=True)
+    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_location(run))
+
+
+@router.post("/runs/stream", summary="Create a run on a new thread and stream it (SSE)", responses=SSE)
+async def create_stateless_stream(body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
+    run = await create_run(svc, None, body, caller, streaming=True)
+    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_location(run))
+
+
+async def _sse(svc: ServerServices, run: RunRow) -> AsyncIterator[bytes]:
+    yield _frame("metadata", {"run_id": run.run_id, "attempt": 1})
+    seen = 0
+    while True:
+        current = await svc.runs.get_run(run.run_id)
+        finished = current is None or current.status in TERMINAL
+        # Read after the status: a run seen finished has written all its chunks.
+        for number, event, data in await svc.runs.events_after(run.run_id, seen):
+            seen = number
+            yield _frame(event, data)
+        if finished:
+            return
+        await svc.watch.wait(run.run_id, svc.settings.poll_interval)
+
+
+def _frame(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+@router.get("/threads/{thread_id}/runs", response_model=list[RunOut], summary="List a thread's runs")
+async def list_runs(
+    thread_id: str,
+    _caller: Reader,
+    svc: Services,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 10,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    return [r.view() for r in await svc.runs.list_runs(thread_id, limit=limit, offset=offset)]
+
+
+async def _run(svc: ServerServices, thread_id: str, run_id: str) -> RunRow:
+    run = await svc.runs.get_run(run_id)
+    if run is None or run.thread_id != thread_id:
+        raise JourneyNotFoundError(f"no run {run_id!r} on thread {thread_id!r}", run_id=run_id)
+    return run
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}", response_model=RunOut, summary="Get a run")
+async def get_run(thread_id: str, run_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
+    return (await _run(svc, thread_id, run_id)).view()
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values after it")
+async def join_run(thread_id: str, run_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
+    run = await _wait(svc, await _run(svc, thread_id, run_id))
+    return await final_output(svc, run)
+
+
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202, summary="Cancel a run")
+async def cancel_run(
+    thread_id: str,
+    run_id: str,
+    _caller: Runner,
+    svc: Services,
+    wait: Annotated[int | bool, Query()] = False,
+    action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
+) -> dict[str, Any]:
+    """A pending run is cancelled at once; a running one is stopped when it runs in this process
+    (in distributed mode a run that has started finishes)."""
+    run = await _run(svc, thread_id, run_id)
+    if run.status not in TERMINAL:
+        await svc.cancel(run)
+    if wait:
+        run = await _wait(svc, run)
+    current = await svc.runs.get_run(run_id)
+    assert current is not None
+    return current.view()

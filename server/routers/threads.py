@@ -1,0 +1,172 @@
+"""Threads: create, get, search, state (get, update), history.
+
+A thread is bound to one journey instance by its first run, so its state and history are that journey's
+checkpoints. A journey started through the journey endpoints is a thread too: its instance id is its
+thread id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from langgraph.graph.state import CompiledStateGraph
+
+from graphs.errors import InvalidInputError, JourneyNotFoundError
+from server.assistants import get_assistant, graph_of
+from server.auth import Principal, require
+from server.executor import empty_state, interrupts_of, jsonable, state_view
+from server.models import HistoryQuery, StateUpdate, StateUpdated, ThreadCreate, ThreadOut, ThreadSearch, ThreadStateOut
+from server.problems import ApiError
+from server.routers import errors
+from server.runs import ThreadRow
+from server.services import ServerServices, services
+
+router = APIRouter(prefix="/threads", tags=["threads"], responses=errors())
+Reader = Annotated[Principal, Depends(require("read"))]
+Runner = Annotated[Principal, Depends(require("runs"))]
+Services = Annotated[ServerServices, Depends(services)]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedThread:
+    thread_id: str
+    row: ThreadRow | None
+    assistant_id: str | None
+    instance_id: str | None
+
+
+async def resolve_thread(svc: ServerServices, thread_id: str) -> ResolvedThread:
+    row = await svc.runs.get_thread(thread_id)
+    if row is not None:
+        return ResolvedThread(thread_id, row, row.assistant_id, row.instance_id)
+    instance = await svc.runtime.store.index.get_instance(thread_id)
+    if instance is None:
+        raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+    return ResolvedThread(thread_id, None, instance.pattern, instance.instance_id)
+
+
+async def thread_graph(svc: ServerServices, thread: ResolvedThread) -> CompiledStateGraph[Any, Any, Any, Any] | None:
+    if thread.instance_id is None or thread.assistant_id is None:
+        return None
+    return await graph_of(svc.runtime, get_assistant(thread.assistant_id), thread.instance_id)
+
+
+async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, Any]:
+    graph = await thread_graph(svc, thread)
+    values: dict[str, Any] = {}
+    interrupts: dict[str, list[dict[str, Any]]] = {}
+    status = "idle"
+    if graph is not None and thread.instance_id is not None:
+        snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
+        values = jsonable(snapshot.values or {})
+        for task in snapshot.tasks:
+            if task.interrupts:
+                interrupts[task.id] = [{"value": jsonable(i.value), "id": i.id} for i in task.interrupts]
+        if interrupts_of(snapshot):
+            status = "interrupted"
+        if any(t.error for t in snapshot.tasks):
+            status = "error"
+    if await svc.runs.active_count(thread.thread_id):
+        status = "busy"
+    elif status == "idle" and (last := await svc.runs.last_run(thread.thread_id)) and last.status == "error":
+        status = "error"
+    created = thread.row.created_at if thread.row else None
+    updated = thread.row.updated_at if thread.row else None
+    if thread.row is None and thread.instance_id is not None:
+        instance = await svc.runtime.store.index.get_instance(thread.instance_id)
+        if instance is not None:
+            created, updated = instance.created_at, instance.updated_at
+    metadata = dict(thread.row.metadata) if thread.row else {}
+    if thread.assistant_id:
+        metadata.setdefault("graph_id", thread.assistant_id)
+        metadata.setdefault("assistant_id", thread.assistant_id)
+    if thread.instance_id:
+        metadata.setdefault("instance_id", thread.instance_id)
+    return {
+        "thread_id": thread.thread_id,
+        "created_at": created.isoformat() if created else "",
+        "updated_at": updated.isoformat() if updated else "",
+        "metadata": metadata,
+        "status": status,
+        "values": values if isinstance(values, dict) else {"values": values},
+        "interrupts": interrupts,
+    }
+
+
+@router.post("", response_model=ThreadOut, summary="Create a thread")
+async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+    taken = body.thread_id and await svc.runtime.store.index.get_instance(body.thread_id) is not None
+    if taken and body.if_exists == "raise":
+        raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is a journey instance's id already")
+    row = await svc.runs.create_thread(body.thread_id, body.metadata, caller.name, if_exists=body.if_exists)
+    return await thread_view(svc, ResolvedThread(row.thread_id, row, row.assistant_id, row.instance_id))
+
+
+@router.post("/search", response_model=list[ThreadOut], summary="Search threads")
+async def search_threads(body: ThreadSearch, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids)
+    return [await thread_view(svc, ResolvedThread(r.thread_id, r, r.assistant_id, r.instance_id)) for r in rows]
+
+
+@router.get("/{thread_id}", response_model=ThreadOut, summary="Get a thread")
+async def get_thread(thread_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
+    return await thread_view(svc, await resolve_thread(svc, thread_id))
+
+
+@router.get("/{thread_id}/state", response_model=ThreadStateOut, summary="The thread's current state")
+async def get_state(thread_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
+    thread = await resolve_thread(svc, thread_id)
+    graph = await thread_graph(svc, thread)
+    if graph is None or thread.instance_id is None:
+        return empty_state(thread_id)
+    return state_view(await graph.aget_state(svc.runtime.engine.config(thread.instance_id)), thread_id)
+
+
+@router.post("/{thread_id}/state", response_model=StateUpdated, summary="Update the thread's state")
+async def update_state(thread_id: str, body: StateUpdate, _caller: Runner, svc: Services) -> dict[str, Any]:
+    """Write ``values`` into the journey's state as ``as_node`` would (an operator's correction: it
+    bypasses the pattern's checks, so it needs the ``runs`` scope and a thread with no active run)."""
+    thread = await resolve_thread(svc, thread_id)
+    graph = await thread_graph(svc, thread)
+    if graph is None or thread.instance_id is None:
+        raise InvalidInputError(f"thread {thread_id!r} has no state yet; start a run on it first")
+    if await svc.runs.active_count(thread_id):
+        raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run")
+    async with svc.runtime.engine.exclusive(thread.instance_id):
+        config = svc.runtime.engine.config(thread.instance_id)
+        if body.as_node is not None and body.as_node not in graph.nodes:
+            raise InvalidInputError(f"as_node {body.as_node!r} is not a node of this graph", allowed=list(graph.nodes))
+        try:
+            written = await graph.aupdate_state(config, body.values, as_node=body.as_node)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"cannot apply this state update: {exc}") from exc
+    configurable = written.get("configurable", {})
+    return {
+        "checkpoint": {
+            "thread_id": thread_id,
+            "checkpoint_ns": configurable.get("checkpoint_ns", ""),
+            "checkpoint_id": configurable.get("checkpoint_id"),
+            "checkpoint_map": None,
+        }
+    }
+
+
+@router.post("/{thread_id}/history", response_model=list[ThreadStateOut], summary="The thread's past states")
+async def get_history(thread_id: str, body: HistoryQuery, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    thread = await resolve_thread(svc, thread_id)
+    graph = await thread_graph(svc, thread)
+    if graph is None or thread.instance_id is None:
+        return []
+    config = svc.runtime.engine.config(thread.instance_id)
+    before = body.before
+    before_config = None
+    if isinstance(before, str):
+        before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before}}
+    elif isinstance(before, dict) and before.get("checkpoint_id"):
+        before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before["checkpoint_id"]}}
+    return [
+        state_view(snapshot, thread_id)
+        async for snapshot in graph.aget_state_history(config, limit=body.limit, before=before_config)  # type: ignore[arg-type]
+    ]

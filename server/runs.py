@@ -1,0 +1,318 @@
+"""Threads and runs as rows: the records behind the Agent Server API subset.
+
+A run is created ``pending`` and claimed by one executor at a time (an atomic UPDATE); ``multitask_strategy``
+``reject`` refuses a run while the thread has one pending or running, ``enqueue`` queues it behind them.
+Stream chunks of runs created for streaming are rows too, so a client can read them from any API process
+while a worker in another process produces them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.clock import Clock
+from checkpoints.tables import server_run_events, server_runs, server_threads
+from server.problems import ApiError
+
+ACTIVE = ("pending", "running")
+TERMINAL = ("success", "error", "interrupted", "timeout")
+STRATEGIES = ("reject", "enqueue")
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRow:
+    thread_id: str
+    assistant_id: str | None
+    instance_id: str | None
+    owner: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    status: str
+    kind: str
+    input: Any
+    command: Any
+    stream_modes: list[str]
+    multitask_strategy: str
+    metadata: dict[str, Any]
+    principal: str | None
+    base_checkpoint: str | None
+    attempts: int
+    error: Any
+    created_at: datetime
+    updated_at: datetime
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "assistant_id": self.assistant_id,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "status": self.status,
+            "metadata": self.metadata,
+            "multitask_strategy": self.multitask_strategy,
+            "kwargs": {"input": self.input, "command": self.command, "stream_mode": self.stream_modes},
+            "error": self.error,
+        }
+
+
+class RunStore:
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # --- threads ------------------------------------------------------------------------------------
+
+    async def create_thread(
+        self, thread_id: str | None, metadata: Mapping[str, Any], owner: str | None, *, if_exists: str = "raise"
+    ) -> ThreadRow:
+        thread_id = thread_id or str(uuid.uuid4())
+        existing = await self.get_thread(thread_id)
+        if existing is not None:
+            if if_exists == "do_nothing":
+                return existing
+            raise ApiError(409, "ThreadExists", f"thread {thread_id!r} already exists", thread_id=thread_id)
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(server_threads).values(
+                    thread_id=thread_id,
+                    assistant_id=None,
+                    instance_id=None,
+                    owner=owner,
+                    metadata=dict(metadata),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return ThreadRow(thread_id, None, None, owner, dict(metadata), now, now)
+
+    async def get_thread(self, thread_id: str) -> ThreadRow | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(server_threads).where(server_threads.c.thread_id == thread_id))).first()
+        return ThreadRow(**row._mapping) if row else None
+
+    async def thread_of_instance(self, instance_id: str) -> ThreadRow | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(server_threads).where(server_threads.c.instance_id == instance_id).limit(1))
+            ).first()
+        return ThreadRow(**row._mapping) if row else None
+
+    async def search_threads(
+        self, metadata: Mapping[str, Any] | None, limit: int, offset: int, ids: Sequence[str] | None = None
+    ) -> list[ThreadRow]:
+        query = select(server_threads).order_by(server_threads.c.created_at.desc())
+        if ids:
+            query = query.where(server_threads.c.thread_id.in_(list(ids)))
+        async with self._engine.connect() as conn:
+            rows = [ThreadRow(**r._mapping) for r in (await conn.execute(query)).all()]
+        if metadata:
+            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
+        return rows[offset : offset + limit]
+
+    async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
+        """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(server_threads)
+                .where(server_threads.c.thread_id == thread_id)
+                .values(assistant_id=assistant_id, instance_id=instance_id, updated_at=self._clock.now())
+            )
+
+    async def update_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> None:
+        found = await self.get_thread(thread_id)
+        if found is None:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(server_threads)
+                .where(server_threads.c.thread_id == thread_id)
+                .values(metadata={**found.metadata, **metadata}, updated_at=self._clock.now())
+            )
+
+    # --- runs ---------------------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        *,
+        thread_id: str,
+        assistant_id: str,
+        kind: str,
+        input: Any,
+        command: Any,
+        stream_modes: Sequence[str],
+        multitask_strategy: str,
+        metadata: Mapping[str, Any],
+        principal: str | None,
+    ) -> RunRow:
+        if multitask_strategy not in STRATEGIES:
+            raise ApiError(
+                422,
+                "UnsupportedMultitaskStrategy",
+                f"multitask_strategy {multitask_strategy!r} is not supported; use one of {', '.join(STRATEGIES)}",
+            )
+        now = self._clock.now()
+        run = RunRow(
+            run_id=str(uuid.uuid4()),
+            thread_id=thread_id,
+            assistant_id=assistant_id,
+            status="pending",
+            kind=kind,
+            input=input,
+            command=command,
+            stream_modes=list(stream_modes),
+            multitask_strategy=multitask_strategy,
+            metadata=dict(metadata),
+            principal=principal,
+            base_checkpoint=None,
+            attempts=0,
+            error=None,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._engine.begin() as conn:
+            if self._postgres:
+                # Serialises run creation per thread, so two "reject" runs cannot both find the thread idle.
+                await conn.execute(
+                    select(server_threads.c.thread_id).where(server_threads.c.thread_id == thread_id).with_for_update()
+                )
+            active = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(server_runs)
+                    .where(server_runs.c.thread_id == thread_id, server_runs.c.status.in_(ACTIVE))
+                )
+            ).scalar_one()
+            if active and multitask_strategy == "reject":
+                raise ApiError(
+                    409,
+                    "ThreadBusy",
+                    f"thread {thread_id!r} already has a pending or running run; wait for it, or create the run "
+                    "with multitask_strategy='enqueue'",
+                    thread_id=thread_id,
+                )
+            await conn.execute(insert(server_runs).values(**_row_values(run)))
+        return run
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(server_runs).where(server_runs.c.run_id == run_id))).first()
+        return RunRow(**row._mapping) if row else None
+
+    async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
+        query = (
+            select(server_runs)
+            .where(server_runs.c.thread_id == thread_id)
+            .order_by(server_runs.c.created_at.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._engine.connect() as conn:
+            return [RunRow(**r._mapping) for r in (await conn.execute(query)).all()]
+
+    async def next_pending(self, thread_id: str) -> RunRow | None:
+        query = (
+            select(server_runs)
+            .where(server_runs.c.thread_id == thread_id, server_runs.c.status.in_(ACTIVE))
+            .order_by(server_runs.c.created_at, server_runs.c.run_id)
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return RunRow(**row._mapping) if row else None
+
+    async def unfinished(self) -> list[RunRow]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(server_runs).where(server_runs.c.status.in_(ACTIVE)))).all()
+        return [RunRow(**r._mapping) for r in rows]
+
+    async def active_count(self, thread_id: str) -> int:
+        async with self._engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(server_runs)
+                        .where(server_runs.c.thread_id == thread_id, server_runs.c.status.in_(ACTIVE))
+                    )
+                ).scalar_one()
+            )
+
+    async def last_run(self, thread_id: str) -> RunRow | None:
+        runs = await self.list_runs(thread_id, limit=1)
+        return runs[0] if runs else None
+
+    async def claim(self, run_id: str) -> RunRow | None:
+        """Take a pending run (or one whose executor died: the caller's queue or lock guarantees it is the
+        only executor). None when the run is finished or cancelled."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(server_runs)
+                .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
+                .values(status="running", attempts=server_runs.c.attempts + 1, updated_at=self._clock.now())
+            )
+        if result.rowcount == 0:
+            return None
+        return await self.get_run(run_id)
+
+    async def set_base_checkpoint(self, run_id: str, checkpoint_id: str | None) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(server_runs).where(server_runs.c.run_id == run_id).values(base_checkpoint=checkpoint_id)
+            )
+
+    async def finish(self, run_id: str, status: str, error: Mapping[str, Any] | None = None) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(server_runs)
+                .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
+                .values(status=status, error=dict(error) if error else None, updated_at=self._clock.now())
+            )
+        return bool(result.rowcount)
+
+    # --- stream chunks ------------------------------------------------------------------------------
+
+    async def append_event(self, run_id: str, seq: int, event: str, data: Any) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(server_run_events).values(run_id=run_id, seq=seq, event=event, data=data))
+
+    async def last_seq(self, run_id: str) -> int:
+        async with self._engine.connect() as conn:
+            value = (
+                await conn.execute(
+                    select(func.coalesce(func.max(server_run_events.c.seq), 0)).where(
+                        server_run_events.c.run_id == run_id
+                    )
+                )
+            ).scalar_one()
+        return int(value)
+
+    async def events_after(self, run_id: str, seq: int) -> list[tuple[int, str, Any]]:
+        query = (
+            select(server_run_events.c.seq, server_run_events.c.event, server_run_events.c.data)
+            .where(server_run_events.c.run_id == run_id, server_run_events.c.seq > seq)
+            .order_by(server_run_events.c.seq)
+        )
+        async with self._engine.connect() as conn:
+            return [(int(r.seq), str(r.event), r.data) for r in (await conn.execute(query)).all()]
+
+
+def _row_values(run: RunRow) -> dict[str, Any]:
+    return {name: getattr(run, name) for name in RunRow.__slots__}

@@ -1,0 +1,45 @@
+"""Server settings: where the store is, how runs execute, and who may call."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from checkpoints.url import DEFAULT_STORE_URL
+
+ExecutionMode = Literal["embedded", "distributed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A caller: ``principal`` is who they are (the user a task is completed by), ``groups`` their groups."""
+
+    principal: str
+    scopes: frozenset[str]
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_STORE_URL
+    auth: bool = True
+    api_keys: dict[str, ApiKey] = field(default_factory=dict)
+    # embedded: runs and timers execute in this process. distributed: they are queued in PostgreSQL
+    # (procrastinate) for `journeys worker` processes, and this process only serves HTTP.
+    execution: ExecutionMode = "embedded"
+    run_timers: bool = True
+    poll_interval: float = 0.05
+
+
+def load_api_keys(path: str | Path | None = None) -> dict[str, ApiKey]:
+    """API keys from a JSON file (``{"<key>": {"principal": …, "scopes": […], "groups": […]}}``) or, without
+    one, from the ``JOURNEYS_API_KEYS`` environment variable holding the same JSON."""
+    raw = Path(path).read_text() if path else os.environ.get("JOURNEYS_API_KEYS", "{}")
+    data = json.loads(raw)
+    return {
+        key: ApiKey(str(entry["principal"]), frozenset(entry.get("scopes", [])), tuple(entry.get("groups", [])))
+        for key, entry in data.items()
+    }

@@ -1,0 +1,206 @@
+"""A journey run in a process of its own, for ``test_crash_resume.py`` to SIGKILL and resume.
+
+    python tests/crash_child.py STORE_URL EFFECTS_DB start auto|user [HOLD]
+    python tests/crash_child.py STORE_URL EFFECTS_DB resume JOURNEY_ID
+
+Every step's agent stands for an external service with side effects, kept in the SQLite file
+EFFECTS_DB (not the journey store): each call appends ``invocations(key, pid)`` and does
+``INSERT OR IGNORE INTO effects(key)`` with the request's idempotency key, committing each, and
+then takes a little while, so that a kill lands mid-journey.
+
+``start auto`` designs an eight-step journey of auto steps and runs it back to back; ``start user``
+makes them user steps and advances them one by one, printing ``ADVANCED <n>`` after each
+acknowledged advance.
+
+``HOLD`` is ``<point>:<n>[+<slow>]``: the run freezes at an exact point of step ``s<n>`` for the
+parent to kill it there. ``effect``: just after the agent's side effect, before its completion
+event is written. ``event``: just after the step's completion event commits, before the node
+returns (so before its checkpoint). ``+slow-checkpoint`` also holds back checkpoint saves, and
+``+slow-store`` checkpoint saves and task writes alike, as a slow database would under
+``durability="async"`` (LangGraph goes on to the next node while the last checkpoint is still being
+saved); they are held back from the advance of ``s<n>`` on (user steps), or from the call of the
+step before it on (auto steps).
+
+``resume`` recovers what the killed process left in flight, advances any remaining user steps and
+prints the final status as JSON.
+
+Output lines the parent reads: ``JOURNEY <journey_id> <instance_id>``, ``ADVANCED <n>``,
+``HOLD <point>``, ``RECOVERED <json>``, ``STATUS <json>``. Anything else (logs) is to be ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.protocol import AgentRequest
+from agents.registry import AgentRegistry
+from graphs.runtime import JourneyRuntime
+from graphs.structured_orchestrator import structured_instance_id
+
+STEPS = [f"s{n}" for n in range(1, 9)]
+USER_ID = "crash-user"
+AGENT_LATENCY_S = 0.15  # after the side effect is committed: the window a kill lands in
+PAUSE_BETWEEN_ADVANCES_S = 0.3  # user mode: a kill right after "ADVANCED n" lands between steps
+HOLD_S = 3600.0  # a held run waits for its kill
+SETTLE_S = 0.1  # before a hold: what the store is saving in the background (and not held back) lands
+
+
+def emit(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+def init_effects_db(path: str) -> None:
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS invocations (id INTEGER PRIMARY KEY, key TEXT NOT NULL, pid INTEGER)")
+        conn.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY)")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class Hold:
+    """Where to freeze the run for the parent's kill, and whether the store is slow (see the module doc)."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.point: str | None = None
+        self.step: str | None = None
+        self.stall_from: str | None = None  # the step whose agent call starts the slow store (auto steps)
+        self.slow: str | None = None
+        self.stall = asyncio.Event()  # set: saves are held back
+        if spec:
+            spec, _, slow = spec.partition("+")
+            if slow not in ("", "slow-checkpoint", "slow-store"):
+                raise SystemExit(f"unknown hold suffix {slow!r}")
+            self.slow = slow or None
+            self.point, _, n = spec.partition(":")
+            self.step = f"s{int(n)}"
+            self.stall_from = f"s{int(n) - 1}"
+
+    async def reached(self, point: str, step: str | None) -> None:
+        if point == self.point and step == self.step:
+            await asyncio.sleep(SETTLE_S)  # let the saves in the background that are not held back land
+            emit("HOLD", f"{point}:{step}")
+            await asyncio.sleep(HOLD_S)
+
+
+def register_agents(registry: AgentRegistry, effects_db: str, hold: Hold) -> None:
+    async def external_service(request: AgentRequest) -> dict[str, Any]:
+        if hold.slow and request.step == hold.stall_from:
+            hold.stall.set()
+        conn = sqlite3.connect(effects_db, timeout=30)
+        try:
+            conn.execute("INSERT INTO invocations (key, pid) VALUES (?, ?)", (request.idempotency_key, os.getpid()))
+            conn.commit()
+            conn.execute("INSERT OR IGNORE INTO effects (key) VALUES (?)", (request.idempotency_key,))
+            conn.commit()
+        finally:
+            conn.close()
+        await hold.reached("effect", request.step)
+        await asyncio.sleep(AGENT_LATENCY_S)
+        return {"step": request.step, "pid": os.getpid()}
+
+    for step in STEPS:
+        registry.register(f"crash.{step}", external_service, name=f"external_{step}")
+
+
+def install_event_hold(runtime: JourneyRuntime, hold: Hold) -> None:
+    """Freeze right after a step's completion event commits (before the node returns, so before its checkpoint)."""
+    events = runtime.store.events
+    append = events.append
+
+    async def append_then_hold(instance_id: str, new: Any, *, status: str | None = None) -> list[bool]:
+        written = await append(instance_id, new, status=status)
+        for event in new:
+            if event.type == "step.completed":
+                await hold.reached("event", event.step)
+        return written
+
+    events.append = append_then_hold  # type: ignore[method-assign]
+
+
+def install_slow_store(runtime: JourneyRuntime, hold: Hold) -> None:
+    """Hold back checkpoint saves (and with ``slow-store`` task writes too) once ``hold.stall`` is set."""
+    saver = runtime.store.saver
+    aput, aput_writes = saver.aput, saver.aput_writes
+
+    async def slow_aput(config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        if hold.stall.is_set():
+            await asyncio.sleep(HOLD_S)
+        return await aput(config, checkpoint, metadata, new_versions)
+
+    async def slow_aput_writes(config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+        if hold.stall.is_set() and hold.slow == "slow-store":
+            await asyncio.sleep(HOLD_S)
+        await aput_writes(config, writes, task_id, task_path)
+
+    saver.aput = slow_aput  # type: ignore[method-assign]
+    saver.aput_writes = slow_aput_writes  # type: ignore[method-assign]
+
+
+async def start(url: str, effects_db: str, mode: str, hold: Hold) -> None:
+    registry = AgentRegistry()
+    register_agents(registry, effects_db, hold)
+    async with JourneyRuntime.open(url, agents=registry) as runtime:
+        install_event_hold(runtime, hold)
+        if hold.slow:
+            install_slow_store(runtime, hold)
+        design = await runtime.structured.design_journey(
+            "crash_test",
+            spec={
+                "journey_type": "crash_test",
+                "name": "Crash test",
+                "steps": [{"step_id": s, "agent": f"crash.{s}", "mode": mode} for s in STEPS],
+            },
+        )
+        journey_id = design["journey_id"]
+        emit("JOURNEY", journey_id, structured_instance_id(journey_id, USER_ID))
+        if mode == "user":
+            hold.stall_from = None  # the advance of the held step starts the slow store instead
+        status = await runtime.structured.execute_journey(journey_id, USER_ID, {"crash": True})
+        n = 0
+        while status["status"] == "in_progress" and status["awaiting_input"]:
+            if hold.slow and status["current_step"] == hold.step:
+                hold.stall.set()
+            status = await runtime.structured.advance_journey_step(journey_id, USER_ID, {"ack": True})
+            n += 1
+            emit("ADVANCED", n)
+            await asyncio.sleep(PAUSE_BETWEEN_ADVANCES_S)
+        emit("STATUS", json.dumps(status, sort_keys=True))
+
+
+async def resume(url: str, effects_db: str, journey_id: str) -> None:
+    registry = AgentRegistry()
+    register_agents(registry, effects_db, Hold(None))
+    async with JourneyRuntime.open(url, agents=registry) as runtime:
+        emit("RECOVERED", json.dumps(await runtime.recover()))
+        status = await runtime.structured.get_journey_status(journey_id, USER_ID)
+        while status["status"] == "in_progress" and status["awaiting_input"]:
+            status = await runtime.structured.advance_journey_step(journey_id, USER_ID, {"ack": True})
+            emit("ADVANCED", len(status["completed_steps"]))
+        emit("STATUS", json.dumps(status, sort_keys=True))
+
+
+def main(argv: list[str]) -> None:
+    url, effects_db, command, *rest = argv
+    init_effects_db(effects_db)
+    if command == "start":
+        mode, *hold = rest
+        asyncio.run(start(url, effects_db, mode, Hold(hold[0] if hold else None)))
+    elif command == "resume":
+        asyncio.run(resume(url, effects_db, rest[0]))
+    else:
+        raise SystemExit(f"unknown command {command!r}; use start or resume")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,91 @@
+"""Helpers shared by the process and timer tests: a runtime on a virtual clock, agents that record their
+calls, and a dump of every table a process move could write (to prove a refused move wrote nothing)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from agents import AgentRequest, RetrySettings
+from checkpoints.clock import VirtualClock
+from checkpoints.tables import PROCESS_TABLES, journey_designs, journey_events, journey_instances
+from graphs.runtime import JourneyRuntime
+
+FAST = RetrySettings(max_attempts=2, initial_delay=0.001, max_delay=0.002, jitter=0.001)
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def virtual_clock() -> VirtualClock:
+    return VirtualClock(T0)
+
+
+@asynccontextmanager
+async def runtime(url: str, clock: VirtualClock | None = None, **options: Any) -> AsyncIterator[JourneyRuntime]:
+    async with JourneyRuntime.open(url, clock=clock or virtual_clock(), retry=FAST, **options) as rt:
+        yield rt
+
+
+class Calls:
+    """Agents that return a fixed (or computed) output and record every call they get."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, dict[str, Any]]] = []
+
+    def agent(
+        self, intent: str, output: Mapping[str, Any] | Callable[[AgentRequest], Mapping[str, Any]] | None = None
+    ) -> Callable[[AgentRequest], Mapping[str, Any]]:
+        def call(request: AgentRequest) -> Mapping[str, Any]:
+            self.log.append((intent, dict(request.payload)))
+            if callable(output):
+                return output(request)
+            return dict(output or {})
+
+        call.__name__ = intent
+        return call
+
+    def failing(self, intent: str) -> Callable[[AgentRequest], Mapping[str, Any]]:
+        from agents import PermanentAgentError
+
+        def call(request: AgentRequest) -> Mapping[str, Any]:
+            self.log.append((intent, dict(request.payload)))
+            raise PermanentAgentError(f"{intent} failed", intent=intent)
+
+        call.__name__ = intent
+        return call
+
+    def intents(self) -> list[str]:
+        return [intent for intent, _payload in self.log]
+
+    def register(self, rt: JourneyRuntime, intent: str, output: Any = None) -> None:
+        rt.agents.register(intent, self.agent(intent, output), replace=True)
+
+
+async def table_dump(rt: JourneyRuntime) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tables a process operation can touch, for before/after comparisons."""
+    dump: dict[str, list[tuple[Any, ...]]] = {}
+    async with rt.store.engine.connect() as conn:
+        for table in (*PROCESS_TABLES, journey_designs, journey_events, journey_instances):
+            rows = (await conn.execute(select(table))).all()
+            dump[table.name] = sorted((tuple(str(v) for v in row) for row in rows), key=str)
+    return dump
+
+
+def linear(name: str, *middle: dict[str, Any], version: int = 1, **extra: Any) -> dict[str, Any]:
+    """start → middle… → end, one flow after another."""
+    elements = [{"type": "start", "id": "start"}, *middle, {"type": "end", "id": "end"}]
+    ids = [e["id"] for e in elements]
+    flows = [f"{a} -> {b}" for a, b in itertools.pairwise(ids)]
+    return {"name": name, "version": version, "elements": elements, "flows": flows, **extra}
+
+
+def user_task(id: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "user_task", "id": id, "title": id.replace("_", " "), "assignee": "ana", **fields}
+
+
+def waiting_elements(view: Mapping[str, Any]) -> list[str]:
+    return [str(w["element"]) for w in view["waiting"]]

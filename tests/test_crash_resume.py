@@ -1,0 +1,310 @@
+"""Durability across a real crash: a journey runs in a child process that is SIGKILLed mid-journey, and a
+fresh process resumes it from SQLite or Postgres. Every step's side effect happens exactly once.
+
+The side effects live in an "external service" of their own (a SQLite file, see ``crash_child.py``) that
+counts every invocation and keeps one effect row per idempotency key. What is allowed is at-least-once
+for the one call a kill can land in: the agent has done its side effect but its completion event is
+not in the log yet, so a fresh process cannot know and calls again with the same idempotency key. Every
+call whose completion event was written, and every step acknowledged to the caller, runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkpoints.events import Event
+from graphs.runtime import JourneyRuntime
+from graphs.structured import StructuredSpec
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = ROOT / "tests" / "crash_child.py"
+STEPS = [f"s{n}" for n in range(1, 9)]
+CASE_BUDGET_S = 55.0  # everything in one case, both children included; a hang fails instead of waiting
+
+
+@dataclass(frozen=True)
+class Crash:
+    mode: str  # "auto": steps run back to back; "user": the child advances them one by one
+    kill_after_effects: int | None = None  # kill as soon as this many side effects exist (mid agent call)
+    kill_after_advanced: int | None = None  # kill right after the child prints "ADVANCED <n>"
+    hold: str | None = None  # kill where the child holds (see crash_child.Hold)
+    repeated: frozenset[str] | None = None  # steps that must be invoked twice, when the kill point is exact
+    recovers: bool | None = None  # whether runtime.recover() itself must find the run in flight
+
+
+CRASHES = {
+    # A timed kill from outside, while an agent call is in flight.
+    "auto-kill-after-2-effects": Crash("auto", kill_after_effects=2, recovers=True),
+    "auto-kill-after-5-effects": Crash("auto", kill_after_effects=5, recovers=True),
+    # Between two acknowledged user advances (the run waits for the user: nothing to recover), and in one.
+    "user-kill-after-3-advances": Crash("user", kill_after_advanced=3, repeated=frozenset(), recovers=False),
+    "user-kill-mid-advance-6": Crash("user", kill_after_effects=6),
+    # Exact points: after the side effect but before its event; after the event but before the checkpoint.
+    "auto-kill-after-effect-4": Crash("auto", hold="effect:4", repeated=frozenset({"s4"}), recovers=True),
+    # The last event already marked the instance completed, so only the status call settles the graph.
+    "auto-kill-after-event-8": Crash("auto", hold="event:8", repeated=frozenset()),
+    # A slow store: the kill comes while checkpoints (and maybe task writes) are still on their way.
+    "auto-kill-after-effect-4-slow-checkpoint": Crash(
+        "auto", hold="effect:4+slow-checkpoint", repeated=frozenset({"s4"}), recovers=True
+    ),
+    "user-kill-after-event-4-slow-checkpoint": Crash(
+        "user", hold="event:4+slow-checkpoint", repeated=frozenset(), recovers=True
+    ),
+    "user-kill-after-event-4-slow-store": Crash(
+        "user", hold="event:4+slow-store", repeated=frozenset(), recovers=False
+    ),
+}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+class Child:
+    """``crash_child.py`` in a process of its own; its stdout lines are collected by a thread."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self._stderr = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def _next_line(self, deadline: Deadline, waiting_for: str) -> str | None:
+        """The next stdout line; None at end of output; "" when nothing came for a while."""
+        left = deadline.left()
+        if left <= 0:
+            self.fail(f"ran out of the case's time budget waiting for {waiting_for}")
+        try:
+            line = self._queue.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            return ""
+        if line is not None:
+            self.lines.append(line)
+        return line
+
+    def wait_for_line(self, prefix: str, deadline: Deadline) -> str:
+        while True:
+            line = self._next_line(deadline, repr(prefix))
+            if line is None:
+                self.fail(f"exited before printing {prefix!r}")
+            if line and line.startswith(prefix):
+                return line
+
+    def drain(self, deadline: Deadline) -> None:
+        while self._next_line(deadline, "the end of its output") is not None:
+            pass
+
+    def wait_for_effects(self, effects_db: Path, count: int, deadline: Deadline) -> None:
+        while count_effects(effects_db) < count:
+            if self.proc.poll() is not None:
+                self.fail(f"exited before {count} side effects were done")
+            if deadline.left() <= 0:
+                self.fail(f"ran out of the case's time budget waiting for {count} side effects")
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait(timeout=10) == -signal.SIGKILL
+
+    def finish(self, deadline: Deadline) -> None:
+        self.drain(deadline)
+        try:
+            code = self.proc.wait(timeout=max(deadline.left(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.fail("did not exit within the case's time budget")
+        if code != 0:
+            self.fail(f"exited with {code}")
+
+    def fail(self, why: str) -> None:
+        self.close()
+        output = "\n".join(self.lines[-30:])
+        errors = self.log.read_text(errors="replace")[-4000:]
+        pytest.fail(f"child {self.proc.args[2:]} {why}\n--- stdout ---\n{output}\n--- stderr ---\n{errors}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+
+def query(effects_db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(effects_db, timeout=30)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def count_effects(effects_db: Path) -> int:
+    try:
+        return int(query(effects_db, "SELECT count(*) FROM effects")[0][0])
+    except sqlite3.OperationalError:  # the child has not created the table yet
+        return 0
+
+
+@dataclass(frozen=True)
+class StoreView:
+    status: str
+    events: list[Event]
+    checkpointed_steps: list[str]
+
+
+def look_at_store(url: str, journey_id: str, instance_id: str) -> StoreView:
+    """What a fresh process finds in the store: the instance's status, its event log and its checkpoint."""
+
+    async def look() -> StoreView:
+        async with JourneyRuntime.open(url, default_agents=False) as runtime:
+            instance = await runtime.store.index.get_instance(instance_id)
+            design = await runtime.store.index.get_design(journey_id)
+            assert instance is not None and design is not None
+            graph = runtime.graph_for("structured", StructuredSpec.model_validate(design.spec))
+            snapshot = await graph.aget_state({"configurable": {"thread_id": instance_id}})
+            completed = list(snapshot.values.get("completed_steps") or [])
+            return StoreView(instance.status, await runtime.history(instance_id), completed)
+
+    return asyncio.run(look())
+
+
+@pytest.mark.parametrize("crash", list(CRASHES.values()), ids=list(CRASHES))
+def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path) -> None:
+    deadline = Deadline(CASE_BUDGET_S)
+    effects_db = tmp_path / "external_service.db"
+    start_args = [durable_url, str(effects_db), "start", crash.mode, *([crash.hold] if crash.hold else [])]
+
+    # 1. Start the journey in a child and SIGKILL it mid-journey.
+    first = Child(start_args, tmp_path / "start.stderr")
+    try:
+        _, journey_id, instance_id = first.wait_for_line("JOURNEY ", deadline).split()
+        if crash.kill_after_effects is not None:
+            first.wait_for_effects(effects_db, crash.kill_after_effects, deadline)
+        elif crash.kill_after_advanced is not None:
+            first.wait_for_line(f"ADVANCED {crash.kill_after_advanced}", deadline)
+        else:
+            first.wait_for_line("HOLD ", deadline)
+        first.kill()
+        first.drain(deadline)
+    finally:
+        first.close()
+    acknowledged = [int(line.split()[1]) for line in first.lines if line.startswith("ADVANCED ")]
+    keys = [f"{instance_id}:{step}:{n}" for n, step in enumerate(STEPS)]
+
+    # It really died mid-journey: some but not all side effects happened, and nothing it printed says finished.
+    effects_at_kill = count_effects(effects_db)
+    assert 0 < effects_at_kill < len(STEPS) or crash.hold == "event:8", effects_at_kill
+    assert not any(line.startswith("STATUS ") for line in first.lines)
+    invoked_at_kill = [key for (key,) in query(effects_db, "SELECT key FROM invocations ORDER BY id")]
+    before = look_at_store(durable_url, journey_id, instance_id)
+    logged_before = {e.key for e in before.events if e.type == "step.completed"}
+    assert len(logged_before) < len(STEPS) or crash.hold == "event:8"
+    # The checkpoint is never ahead of the event log, and every acknowledged advance is in both.
+    assert {keys[STEPS.index(s)] for s in before.checkpointed_steps} <= logged_before
+    assert STEPS[: len(acknowledged)] == before.checkpointed_steps[: len(acknowledged)]
+    if crash.hold:  # the kill landed exactly where it was meant to
+        point, held = crash.hold.split("+")[0].split(":")
+        held_key = keys[int(held) - 1]
+        assert invoked_at_kill[-1] == held_key
+        assert (held_key in logged_before) == (point == "event")
+        assert STEPS[int(held) - 1] not in before.checkpointed_steps
+
+    # 2. A fresh process recovers the journey and finishes it.
+    second = Child([durable_url, str(effects_db), "resume", journey_id], tmp_path / "resume.stderr")
+    try:
+        second.finish(deadline)
+    finally:
+        second.close()
+    recovered = _value(second.lines, "RECOVERED ")
+    final = _value(second.lines, "STATUS ")
+    assert final["status"] == "completed", second.lines
+    assert final["completed_steps"] == STEPS
+    if crash.recovers is not None:
+        assert recovered == ([instance_id] if crash.recovers else []), second.lines
+
+    # 3. Every step's side effect exists exactly once.
+    assert sorted(key for (key,) in query(effects_db, "SELECT key FROM effects")) == sorted(keys)
+
+    # 4. Invoked exactly once, except at most the one call the kill landed in before its event was written.
+    invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
+    counts = Counter(key for key, _ in invocations)
+    assert set(counts) == set(keys)
+    for key in logged_before:
+        assert counts[key] == 1, f"{key} ran again although its completion event was written before the kill"
+    repeated = {key for key, n in counts.items() if n > 1}
+    assert len(repeated) <= 1, counts
+    for key in repeated:
+        assert counts[key] == 2, counts
+        assert key == invoked_at_kill[-1], f"{key} was not the call in flight at the kill ({invoked_at_kill[-1]})"
+        assert key not in logged_before
+        pids = [pid for k, pid in invocations if k == key]
+        assert pids == [first.proc.pid, second.proc.pid]
+    if crash.repeated is not None:
+        assert repeated == {keys[STEPS.index(step)] for step in crash.repeated}
+    # Nothing acknowledged before the kill was done again by the fresh process.
+    assert all(pid == first.proc.pid for key, pid in invocations if key in logged_before)
+
+    # 5. The event log: one step.completed per step, in order, seq strictly increasing, and the
+    #    events written before the kill untouched.
+    after = look_at_store(durable_url, journey_id, instance_id)
+    assert after.status == "completed"
+    assert after.checkpointed_steps == STEPS
+    completed = [e for e in after.events if e.type == "step.completed"]
+    assert [e.step for e in completed] == STEPS
+    assert [e.key for e in completed] == keys
+    seqs = [e.seq for e in after.events]
+    assert all(a < b for a, b in itertools.pairwise(seqs)), seqs
+    assert [e.type for e in after.events].count("journey.started") == 1
+    assert [(e.seq, e.type, e.key) for e in after.events[: len(before.events)]] == [
+        (e.seq, e.type, e.key) for e in before.events
+    ]
+
+
+def _value(lines: list[str], prefix: str) -> Any:
+    found = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
+    assert len(found) == 1, lines
+    return json.loads(found[0])

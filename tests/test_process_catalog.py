@@ -1,0 +1,292 @@
+"""The process templates (SPEC B8, G6): the seed's three examples and four from the orchestration guide's
+catalog, each driven through its paths with deterministic agents. Every test runs on memory, SQLite
+and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from agents import AgentRequest
+from graphs import UnknownTemplateError
+from tests.process_support import Calls, runtime, virtual_clock, waiting_elements
+
+
+def by_key(field: str, table: dict[str, Any], default: Any = None) -> Any:
+    """An agent output chosen by the instance's business key."""
+
+    def output(request: AgentRequest) -> dict[str, Any]:
+        key = request.payload["variables"].get("business_key")
+        return {field: table.get(str(key), default)}
+
+    return output
+
+
+async def completed_steps(rt: Any, instance_id: str) -> list[str]:
+    return [str(e.step) for e in await rt.processes.history(instance_id) if e.type == "task.completed"]
+
+
+async def test_the_catalog_lists_its_templates_and_runs_offline(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        names = rt.processes.catalog.names()
+        assert names == [
+            "customer_onboarding",
+            "document_drafting",
+            "incident_response",
+            "lead_qualification",
+            "marketing_campaign",
+            "pr_review",
+            "support_triage",
+        ]
+        with pytest.raises(UnknownTemplateError) as caught:
+            rt.processes.catalog.get("pr_reveiw")
+        assert "pr_review" in str(caught.value)
+        for name in names:  # every template deploys with deterministic default agents
+            assert (await rt.processes.deploy_template(name))["version"] == 1
+        view = await rt.processes.start("document_drafting", "doc-1")
+        assert waiting_elements(view) == ["review"]
+
+
+async def test_pr_review_deploys_approved_prs_and_files_issues_for_the_rest(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(
+            rt,
+            "wowvision.validate",
+            lambda r: {"approved": r.payload["variables"]["pr_number"] == "42", "findings": []},
+        )
+        calls.register(rt, "github.deploy", {"deployment_id": "d-1"})
+        calls.register(rt, "github.create_issue", {"issue_number": 7})
+        await rt.processes.deploy_template("pr_review")
+        approved = await rt.processes.send_message("github.pull_request.opened", "42", {"title": "Add docs"})
+        rejected = await rt.processes.send_message("github.pull_request.opened", "43", {"title": "YOLO"})
+
+        good = await rt.processes.status(approved["started"][0])
+        bad = await rt.processes.status(rejected["started"][0])
+        assert (good["outcome"], good["variables"]["deployment_id"]) == ("deployed", "d-1")
+        assert (bad["outcome"], bad["variables"]["issue_number"]) == ("changes_requested", 7)
+        assert await completed_steps(rt, good["instance_id"]) == ["wowvision_validate", "deploy"]
+        assert await completed_steps(rt, bad["instance_id"]) == ["wowvision_validate", "create_issue"]
+
+
+async def test_customer_onboarding_waits_seven_days_then_takes_one_of_three_ways(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "crm.capture_lead", {"score": 70})
+        outcome = {"c-1": "converted", "c-2": "engaged", "c-3": "low_score"}
+        calls.register(rt, "analytics.check_conversion", by_key("conversion", outcome))
+        for intent in ("billing.activate", "marketing.nurture", "crm.mark_churned"):
+            calls.register(rt, intent)
+        await rt.processes.deploy_template("customer_onboarding")
+        views = [await rt.processes.start("customer_onboarding", key) for key in outcome]
+        assert all(waiting_elements(v) == ["trial_period"] for v in views)
+
+        clock.advance(timedelta(days=7) - timedelta(seconds=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        assert "analytics.check_conversion" not in calls.intents()
+        clock.advance(timedelta(seconds=1))
+        assert (await rt.processes.scheduler.run_due()).resumed == 3
+        outcomes = [(await rt.processes.status(v["instance_id"]))["outcome"] for v in views]
+        assert outcomes == ["active", "nurturing", "churned"]
+
+
+async def test_marketing_campaign_forks_content_asks_for_approval_and_launches_or_rolls_back(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        for intent in ("content.create_blog", "content.create_email"):
+            calls.register(rt, intent, {"draft": intent})
+        calls.register(rt, "content.create_social", {"posts": ["p1", "p2"]})
+        for intent in (
+            "channels.publish_blog",
+            "channels.unpublish_blog",
+            "channels.post_social",
+            "channels.delete_social_posts",
+            "channels.send_email_correction",
+        ):
+            calls.register(rt, intent, {"ok": True})
+        failing_email = {"campaign-2"}
+
+        def send_email(request: AgentRequest) -> dict[str, Any]:
+            calls.log.append(("channels.send_email", dict(request.payload)))
+            if request.payload["variables"]["business_key"] in failing_email:
+                raise RuntimeError("mail provider down")
+            return {"sent": 1000}
+
+        rt.agents.register("channels.send_email", send_email)
+        await rt.processes.deploy_template("marketing_campaign")
+        launched = await rt.processes.start("marketing_campaign", "campaign-1")
+        rolled_back = await rt.processes.start("marketing_campaign", "campaign-2")
+        ignored = await rt.processes.start("marketing_campaign", "campaign-3")
+        assert launched["variables"]["social_posts"] == ["p1", "p2"] and waiting_elements(launched) == ["approval"]
+
+        tasks = {t["instance_id"]: t["task_id"] for t in await rt.processes.inbox.list_tasks(group="marketing-leads")}
+        approve = {"approved": True, "notes": "ship it"}
+        done = await rt.processes.inbox.complete(
+            tasks[launched["instance_id"]], user="lea", groups=["marketing-leads"], payload=approve
+        )
+        assert (done["outcome"], done["variables"]["launch_status"]) == ("launched", "completed")
+        undone = await rt.processes.inbox.complete(
+            tasks[rolled_back["instance_id"]], user="lea", groups=["marketing-leads"], payload=approve
+        )
+        assert (undone["outcome"], undone["variables"]["launch_status"]) == ("rolled_back", "compensated")
+        steps = [
+            e.payload["undoes"]
+            for e in await rt.processes.history(rolled_back["instance_id"])
+            if e.type == "transaction.step_undone"
+        ]
+        assert steps == ["channels.post_social", "channels.publish_blog"]
+
+        # Nobody approves campaign-3 within 24 hours: it goes to the directors, who reject it.
+        clock.advance(timedelta(hours=24))
+        await rt.processes.scheduler.run_due()
+        [moved] = await rt.processes.inbox.list_tasks(group="marketing-directors")
+        assert moved["instance_id"] == ignored["instance_id"]
+        no = await rt.processes.inbox.complete(
+            moved["task_id"], user="dir", groups=["marketing-directors"], payload={"approved": False}
+        )
+        assert no["outcome"] == "rejected"
+
+
+async def test_lead_qualification_routes_by_scores_and_a_silent_reviewer_disqualifies(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "sales.score_fit", by_key("score", {"hot": 90, "cold": 20, "risky": 95}))
+        calls.register(rt, "sales.score_intent", by_key("score", {"hot": 80, "cold": 10, "risky": 90}))
+        calls.register(rt, "sales.assess_risk", by_key("risk", {"risky": "high"}, "low"))
+        calls.register(rt, "sales.handoff")
+        calls.register(rt, "marketing.nurture")
+        await rt.processes.deploy_template("lead_qualification")
+        hot = await rt.processes.start("lead_qualification", "hot")
+        cold = await rt.processes.start("lead_qualification", "cold")
+        risky = await rt.processes.start("lead_qualification", "risky")
+        assert (hot["outcome"], cold["outcome"]) == ("qualified", "nurturing")
+        assert waiting_elements(risky) == ["manual_review"]
+        clock.advance(timedelta(hours=8))
+        await rt.processes.scheduler.run_due()
+        done = await rt.processes.status(risky["instance_id"])
+        assert (done["outcome"], done["variables"]["decision"]) == ("disqualified", "disqualify")
+
+
+async def test_support_triage_fans_out_routes_escalates_and_closes_unless_reopened(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "support.classify_category", {"category": "billing"})
+        calls.register(rt, "support.classify_urgency", by_key("urgency", {"T-1": "critical"}, "normal"))
+        calls.register(rt, "support.detect_sentiment", {"sentiment": "angry"})
+        for intent in ("support.resolve", "support.close", "support.notify_lead"):
+            calls.register(rt, intent)
+        await rt.processes.deploy_template("support_triage")
+        sent = await rt.processes.send_message("support.ticket.created", "T-1", {"subject": "charged twice"})
+        ticket = sent["started"][0]
+        view = await rt.processes.status(ticket)
+        assert {view["variables"][k] for k in ("category", "urgency", "sentiment")} == {"billing", "critical", "angry"}
+        assert waiting_elements(view) == ["on_call"]
+
+        # Nobody on call answers within 15 minutes: the managers get it.
+        clock.advance(timedelta(minutes=15))
+        await rt.processes.scheduler.run_due()
+        [task] = await rt.processes.inbox.list_tasks(group="support-managers")
+        view = await rt.processes.inbox.complete(
+            task["task_id"], user="max", groups=["support-managers"], payload={"resolution": "refunded"}
+        )
+        assert waiting_elements(view) == ["await_feedback"]
+
+        # The customer reopens within the quiet period: back to routing, and again to on-call.
+        clock.advance(timedelta(days=1))
+        reopened = await rt.processes.send_message("support.ticket.reopened", "T-1", {"reason": "still charged"})
+        assert reopened["correlated"] == [ticket]
+        [again] = await rt.processes.inbox.list_tasks(assignee="on-call")
+        view = await rt.processes.inbox.complete(
+            again["task_id"], user="on-call", payload={"resolution": "refunded twice"}
+        )
+        assert view["variables"]["reopen_reason"] == "still charged"
+
+        clock.advance(timedelta(days=3))
+        await rt.processes.scheduler.run_due()
+        done = await rt.processes.status(ticket)
+        assert done["outcome"] == "closed"
+        assert calls.intents().count("support.resolve") == 2 and calls.intents().count("support.close") == 1
+
+
+async def test_incident_response_is_a_saga_with_an_audit_trail(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("incident.page_oncall", "incident.open_war_room", "incident.apply_mitigation"):
+            calls.register(rt, intent, {"page_id": "pg-1", "room": "#inc-1", "mitigation": "rollback v42"})
+        for intent in (
+            "incident.cancel_page",
+            "incident.close_war_room",
+            "incident.rollback_mitigation",
+            "incident.notify_sre_lead",
+        ):
+            calls.register(rt, intent)
+        calls.register(rt, "incident.verify_recovery", by_key("recovered", {"INC-1": True}, False))
+        failing = {"INC-2"}
+
+        def verify(request: AgentRequest) -> dict[str, Any]:
+            calls.log.append(("incident.verify_recovery", dict(request.payload)))
+            if request.payload["variables"]["incident_id"] in failing:
+                raise RuntimeError("still burning")
+            return {"recovered": True}
+
+        rt.agents.register("incident.verify_recovery", verify, replace=True)
+        await rt.processes.deploy_template("incident_response")
+        good = (await rt.processes.send_message("incident.opened", "INC-1", {"severity": 1}))["started"][0]
+        bad = (await rt.processes.send_message("incident.opened", "INC-2", {"severity": 1}))["started"][0]
+
+        view = await rt.processes.status(good)
+        assert waiting_elements(view) == ["postmortem"]
+        [task] = await rt.processes.inbox.list_tasks(group="sre")
+        done = await rt.processes.inbox.complete(
+            task["task_id"], user="sam", groups=["sre"], payload={"summary": "bad deploy"}
+        )
+        assert (done["outcome"], done["variables"]["postmortem"]) == ("resolved", "bad deploy")
+
+        failed = await rt.processes.status(bad)
+        assert failed["status"] == "compensated"
+        assert failed["compensated"] == ["mitigate", "open_war_room", "page_oncall"]
+        trail = [(e.type, e.step) for e in await rt.processes.history(bad)]
+        assert trail == [
+            ("process.started", "incident_opened"),
+            ("task.completed", "page_oncall"),
+            ("task.completed", "open_war_room"),
+            ("task.completed", "mitigate"),
+            ("agent.failed", "verify"),
+            ("task.failed", "verify"),
+            ("compensation.completed", "mitigate"),
+            ("compensation.completed", "open_war_room"),
+            ("compensation.completed", "page_oncall"),
+            ("process.compensated", None),
+        ]
+
+
+async def test_document_drafting_revises_until_the_editor_approves(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "docs.outline", {"outline": ["intro", "body"]})
+        drafts = iter(["first draft", "second draft"])
+        calls.register(rt, "docs.draft", lambda _r: {"draft": next(drafts)})
+        calls.register(rt, "docs.finalize", lambda r: {"document": r.payload["variables"]["draft"].upper()})
+        await rt.processes.deploy_template("document_drafting")
+        view = await rt.processes.start("document_drafting", "doc-1")
+
+        [review] = await rt.processes.inbox.list_tasks(group="editors")
+        view = await rt.processes.inbox.complete(
+            review["task_id"], user="ed", groups=["editors"], payload={"approved": False, "comments": "too short"}
+        )
+        assert waiting_elements(view) == ["review"] and view["variables"]["draft"] == "second draft"
+        [second] = await rt.processes.inbox.list_tasks(group="editors")
+        assert second["task_id"] != review["task_id"]
+        done = await rt.processes.inbox.complete(
+            second["task_id"], user="ed", groups=["editors"], payload={"approved": True}
+        )
+        assert (done["outcome"], done["variables"]["document"]) == ("published", "SECOND DRAFT")
+        assert await completed_steps(rt, view["instance_id"]) == ["outline", "draft", "draft", "finalize"]
+        versions = [c["version"] for c in await rt.processes.variable_history(view["instance_id"], "draft")]
+        assert versions == [1, 2]

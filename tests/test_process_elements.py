@@ -1,0 +1,470 @@
+"""The process elements (SPEC B1-B5): service tasks with variables, exclusive and parallel gateways,
+event-based races, boundary timers, transactions with compensation, and the process saga. Every test
+runs on memory, SQLite and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from agents import AgentRequest
+from checkpoints.tables import process_subscriptions, process_timers
+from graphs.process_errors import TaskClosedError, UnmatchedMessageError
+from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
+
+
+async def rows(rt: Any, table: Any, **where: Any) -> list[Any]:
+    from sqlalchemy import select
+
+    query = select(table)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    async with rt.store.engine.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
+# --- service tasks and variables -------------------------------------------------------------------
+
+
+async def test_service_tasks_get_their_inputs_and_set_outputs_with_audited_versions(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "score", {"value": 40, "noise": "ignored"})
+        calls.register(rt, "rescore", lambda r: {"value": r.payload["variables"]["score"] + 2})
+        spec = linear(
+            "scoring",
+            {
+                "type": "service_task",
+                "id": "first",
+                "agent": "score",
+                "inputs": ["lead"],
+                "outputs": {"score": "value"},
+            },
+            {
+                "type": "service_task",
+                "id": "second",
+                "agent": "rescore",
+                "inputs": ["score"],
+                "outputs": {"score": "value"},
+            },
+            variables={"region": "eu"},
+        )
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("scoring", "lead-1", {"lead": {"name": "Acme"}, "secret": "x"})
+
+        assert view["status"] == "completed" and view["outcome"] == "end"
+        assert view["variables"] == {
+            "lead": {"name": "Acme"},
+            "secret": "x",
+            "region": "eu",
+            "business_key": "lead-1",
+            "score": 42,
+        }
+        # Each agent saw only the variables it declared.
+        assert calls.log[0][1]["variables"] == {"lead": {"name": "Acme"}}
+        assert calls.log[1][1]["variables"] == {"score": 40}
+        history = await rt.processes.variable_history(view["instance_id"], "score")
+        assert [(c["value"], c["version"], c["element"]) for c in history] == [(40, 1, "first"), (42, 2, "second")]
+        everything = await rt.processes.variable_history(view["instance_id"])
+        assert {c["name"] for c in everything} == {"lead", "secret", "region", "business_key", "score"}
+        types = [e.type for e in await rt.processes.history(view["instance_id"])]
+        assert types == ["process.started", "task.completed", "task.completed", "process.completed"]
+
+
+async def test_exclusive_gateway_takes_the_first_holding_flow_else_the_default(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        for intent in ("gold_path", "silver_path", "other_path"):
+            Calls().register(rt, intent)
+        spec = {
+            "name": "tiers",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "exclusive_gateway", "id": "tier"},
+                {"type": "service_task", "id": "gold", "agent": "gold_path"},
+                {"type": "service_task", "id": "silver", "agent": "silver_path"},
+                {"type": "service_task", "id": "other", "agent": "other_path"},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": [
+                "start -> tier",
+                {"source": "tier", "target": "gold", "when": {"all": [{"field": "spend", "op": ">=", "value": 1000}]}},
+                {"source": "tier", "target": "silver", "when": {"field": "spend", "op": ">=", "value": 100}},
+                {"source": "tier", "target": "other", "default": True},
+                "gold -> end",
+                "silver -> end",
+                "other -> end",
+            ],
+        }
+        await rt.processes.deploy(spec)
+        taken = {}
+        for spend in (5000, 150, 3):
+            view = await rt.processes.start("tiers", f"c{spend}", {"spend": spend})
+            events = await rt.processes.history(view["instance_id"])
+            decided = [e for e in events if e.type == "gateway.decided"]
+            taken[spend] = (decided[0].payload["target"], [e.step for e in events if e.type == "task.completed"])
+        assert taken == {5000: ("gold", ["gold"]), 150: ("silver", ["silver"]), 3: ("other", ["other"])}
+
+
+# --- parallel gateways -------------------------------------------------------------------------------
+
+
+def fork_join(branch_a: list[dict[str, Any]], branch_b: list[dict[str, Any]]) -> dict[str, Any]:
+    elements = [
+        {"type": "start", "id": "start"},
+        {"type": "parallel_gateway", "id": "fork"},
+        *branch_a,
+        *branch_b,
+        {"type": "parallel_gateway", "id": "join"},
+        {"type": "service_task", "id": "after", "agent": "after"},
+        {"type": "end", "id": "end"},
+    ]
+    flows = ["start -> fork", "join -> after", "after -> end"]
+    for branch in (branch_a, branch_b):
+        ids = ["fork", *(e["id"] for e in branch), "join"]
+        flows += [f"{a} -> {b}" for a, b in itertools.pairwise(ids)]
+    return {"name": "parallel", "elements": elements, "flows": flows}
+
+
+async def test_a_waiting_branch_does_not_hold_up_its_sibling_and_the_join_waits_for_both(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("a1", "a2", "a3", "after"):
+            calls.register(rt, intent, {"done": intent})
+        spec = fork_join(
+            [
+                {"type": "service_task", "id": f"step_{i}", "agent": f"a{i}", "outputs": {f"out_{i}": "done"}}
+                for i in (1, 2, 3)
+            ],
+            [user_task("review", outputs={"verdict": "verdict"})],
+        )
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("parallel", "p1")
+
+        # The three-step branch ran to the join while the other branch waits for a human.
+        assert calls.intents() == ["a1", "a2", "a3"]
+        assert view["status"] == "in_progress" and waiting_elements(view) == ["review"]
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"verdict": "ok"})
+
+        assert calls.intents() == ["a1", "a2", "a3", "after"]
+        assert done["status"] == "completed"
+        assert {k: done["variables"][k] for k in ("out_1", "out_2", "out_3", "verdict")} == {
+            "out_1": "a1",
+            "out_2": "a2",
+            "out_3": "a3",
+            "verdict": "ok",
+        }
+
+
+async def test_two_branches_can_wait_at_once_and_either_may_finish_first(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "after")
+        spec = fork_join([user_task("legal", outputs=["legal_ok"])], [user_task("finance", outputs=["finance_ok"])])
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("parallel", "p2")
+        assert waiting_elements(view) == ["finance", "legal"]
+        tasks = {t["element"]: t["task_id"] for t in await rt.processes.inbox.list_tasks(assignee="ana")}
+
+        half = await rt.processes.inbox.complete(tasks["finance"], user="ana", payload={"finance_ok": True})
+        assert half["status"] == "in_progress" and waiting_elements(half) == ["legal"]
+        done = await rt.processes.inbox.complete(tasks["legal"], user="ana", payload={"legal_ok": True})
+        assert done["status"] == "completed"
+        assert done["variables"]["finance_ok"] is True and done["variables"]["legal_ok"] is True
+
+
+# --- event-based gateway: a race between messages and timers ------------------------------------
+
+
+def race_spec() -> dict[str, Any]:
+    return {
+        "name": "race",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "event_gateway", "id": "race"},
+            {"type": "message", "id": "approved", "message": "deal.approved", "outputs": {"amount": "amount"}},
+            {"type": "message", "id": "rejected", "message": "deal.rejected"},
+            {"type": "timer", "id": "expired", "timer": {"duration": "PT1H"}},
+            {"type": "end", "id": "won", "outcome": "approved"},
+            {"type": "end", "id": "lost", "outcome": "rejected"},
+            {"type": "end", "id": "timed_out", "outcome": "expired"},
+        ],
+        "flows": [
+            "start -> race",
+            "race -> approved",
+            "race -> rejected",
+            "race -> expired",
+            "approved -> won",
+            "rejected -> lost",
+            "expired -> timed_out",
+        ],
+    }
+
+
+async def test_a_message_wins_the_race_and_the_losing_timer_never_fires(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(race_spec())
+        view = await rt.processes.start("race", "deal-7")
+        assert waiting_elements(view) == ["race"]
+
+        clock.advance(timedelta(minutes=30))
+        sent = await rt.processes.send_message("deal.approved", "deal-7", {"amount": 900})
+        assert sent["correlated"] == [view["instance_id"]]
+        done = await rt.processes.status(view["instance_id"])
+        assert done["status"] == "completed" and done["outcome"] == "approved" and done["variables"]["amount"] == 900
+
+        [timer] = await rows(rt, process_timers, instance_id=view["instance_id"])
+        assert timer.status == "cancelled"
+        assert {
+            s.element: s.status for s in await rows(rt, process_subscriptions, instance_id=view["instance_id"])
+        } == {
+            "approved": "consumed",
+            "rejected": "cancelled",
+        }
+        clock.advance(timedelta(hours=5))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed) == (0, 0)
+        # The losing message has nobody to go to any more.
+        with pytest.raises(UnmatchedMessageError):
+            await rt.processes.send_message("deal.rejected", "deal-7", {}, ttl=None)
+        assert (await rt.processes.status(view["instance_id"]))["outcome"] == "approved"
+
+
+async def test_the_timer_wins_the_race_and_the_losing_messages_are_cancelled(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(race_spec())
+        view = await rt.processes.start("race", "deal-8")
+        clock.advance(timedelta(minutes=59, seconds=59))
+        assert (await rt.processes.scheduler.run_due()).fired == 0  # never early
+        clock.advance(timedelta(seconds=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.lateness) == (1, 1, [0.0])
+
+        done = await rt.processes.status(view["instance_id"])
+        assert done["outcome"] == "expired"
+        statuses = {s.status for s in await rows(rt, process_subscriptions, instance_id=view["instance_id"])}
+        assert statuses == {"cancelled"}
+        late = await rt.processes.send_message("deal.approved", "deal-8", {"amount": 1})
+        assert late["correlated"] == [] and late["buffered"] is not None
+        assert (await rt.processes.status(view["instance_id"]))["outcome"] == "expired"
+
+
+# --- boundary timers on user tasks ---------------------------------------------------------------
+
+
+async def test_an_interrupting_boundary_timer_cancels_the_task_and_takes_its_own_flow(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        spec = {
+            "name": "boundary",
+            "elements": [
+                {"type": "start", "id": "start"},
+                user_task("sign"),
+                {"type": "boundary_timer", "id": "too_late", "attached_to": "sign", "timer": {"duration": "P2D"}},
+                {"type": "end", "id": "signed"},
+                {"type": "end", "id": "lapsed"},
+            ],
+            "flows": ["start -> sign", "sign -> signed", "too_late -> lapsed"],
+        }
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("boundary", "contract-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+
+        clock.advance(timedelta(days=2))
+        report = await rt.processes.scheduler.run_due()
+        assert report.fired == 1
+        done = await rt.processes.status(view["instance_id"])
+        assert done["status"] == "completed" and done["outcome"] == "lapsed"
+        assert (await rt.processes.inbox.get_task(task["task_id"]))["status"] == "cancelled"
+        assert await rt.processes.inbox.list_tasks(assignee="ana") == []
+        with pytest.raises(TaskClosedError):
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+
+
+async def test_a_non_interrupting_boundary_cycle_reminds_while_the_task_stays_open(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "remind")
+        spec = {
+            "name": "reminders",
+            "elements": [
+                {"type": "start", "id": "start"},
+                user_task("fill_form"),
+                {
+                    "type": "boundary_timer",
+                    "id": "nudge",
+                    "attached_to": "fill_form",
+                    "timer": {"cycle": "R3/PT1H"},
+                    "interrupting": False,
+                    "notify": "remind",
+                },
+                {"type": "end", "id": "end"},
+            ],
+            "flows": ["start -> fill_form", "fill_form -> end"],
+        }
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("reminders", "form-1")
+        for hour in range(1, 6):
+            clock.advance(timedelta(hours=1))
+            await rt.processes.scheduler.run_due()
+            assert len(calls.log) == min(hour, 3)  # three repetitions, then the cycle is spent
+        assert [p["reminder"]["tick"] for _i, p in calls.log] == [1, 2, 3]
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        assert done["status"] == "completed"
+        assert len([e for e in await rt.processes.history(view["instance_id"]) if e.type == "task.reminded"]) == 3
+
+
+# --- transactions and compensation -----------------------------------------------------------------
+
+
+def launch_spec() -> dict[str, Any]:
+    return linear(
+        "launch",
+        {
+            "type": "transaction",
+            "id": "launch",
+            "steps": [["publish", "unpublish"], ["post", "delete_post"], ["mail", None], ["bill", "refund"]],
+        },
+    )
+
+
+async def test_a_transaction_runs_its_steps_in_order(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("publish", "unpublish", "post", "delete_post", "mail", "bill", "refund"):
+            calls.register(rt, intent, {"ok": intent})
+        await rt.processes.deploy(launch_spec())
+        view = await rt.processes.start("launch", "campaign-1")
+        assert calls.intents() == ["publish", "post", "mail", "bill"]
+        assert view["variables"]["launch_status"] == "completed"
+
+
+async def test_a_failing_transaction_step_undoes_the_done_ones_in_reverse(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("publish", "unpublish", "post", "delete_post", "mail", "refund"):
+            calls.register(rt, intent, {"ok": intent})
+        rt.agents.register("bill", calls.failing("bill"), replace=True)
+        await rt.processes.deploy(launch_spec())
+        view = await rt.processes.start("launch", "campaign-2")
+
+        assert calls.intents() == ["publish", "post", "mail", "bill", "delete_post", "unpublish"]
+        assert view["status"] == "completed" and view["variables"]["launch_status"] == "compensated"
+        undone = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "transaction.step_undone"]
+        assert [e.payload["undoes"] for e in undone] == ["post", "publish"]
+        # The undo saw what the step had done.
+        assert calls.log[4][1]["original_output"] == {"ok": "post"}
+
+
+async def test_an_undo_that_fails_for_good_stops_the_rollback_and_says_which(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("publish", "unpublish", "post", "mail"):
+            calls.register(rt, intent)
+        rt.agents.register("delete_post", calls.failing("delete_post"), replace=True)
+        rt.agents.register("bill", calls.failing("bill"), replace=True)
+        rt.agents.register("refund", calls.agent("refund"), replace=True)
+        await rt.processes.deploy(launch_spec())
+        view = await rt.processes.start("launch", "campaign-3")
+        assert view["variables"]["launch_status"] == "failed"
+        assert "unpublish" not in calls.intents()
+        [finished] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "transaction.finished"]
+        assert finished.payload["undo_failure"]["intent"] == "delete_post"
+
+
+def saga_spec() -> dict[str, Any]:
+    return linear(
+        "saga",
+        {"type": "service_task", "id": "reserve", "agent": "reserve", "compensation": "release"},
+        {"type": "service_task", "id": "notify", "agent": "notify_customer"},
+        {"type": "service_task", "id": "charge", "agent": "charge", "compensation": "refund"},
+        {"type": "service_task", "id": "ship", "agent": "ship"},
+    )
+
+
+async def test_a_failing_service_task_compensates_the_completed_ones_in_reverse(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release", "notify_customer", "charge", "refund"):
+            calls.register(rt, intent, {"done": intent})
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        await rt.processes.deploy(saga_spec())
+        view = await rt.processes.start("saga", "order-1")
+
+        assert view["status"] == "compensated"
+        assert view["compensated"] == ["charge", "reserve"]
+        assert view["failure"]["element"] == "ship"
+        assert calls.intents()[-2:] == ["refund", "release"]
+        types = [e.type for e in await rt.processes.history(view["instance_id"])]
+        assert types.index("task.failed") < types.index("compensation.completed") < types.index("process.compensated")
+        instance = await rt.store.index.get_instance(view["instance_id"])
+        assert instance is not None and instance.status == "compensated"
+
+
+async def test_a_failure_without_compensation_leaves_the_instance_failed_and_retryable(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "prepare", {"ready": True})
+        flaky = {"fail": True}
+
+        def deliver(request: AgentRequest) -> dict[str, Any]:
+            if flaky["fail"]:
+                raise RuntimeError("carrier down")
+            return {"tracking": "T-1"}
+
+        rt.agents.register("deliver", deliver)
+        spec = linear(
+            "fragile",
+            {"type": "service_task", "id": "prepare", "agent": "prepare"},
+            {"type": "service_task", "id": "deliver", "agent": "deliver", "outputs": ["tracking"]},
+        )
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("fragile", "parcel-1")
+        assert view["status"] == "failed"
+        status = await rt.processes.status(view["instance_id"])
+        assert status["status"] == "failed" and status["failed_element"] == "deliver"
+
+        flaky["fail"] = False
+        retried = await rt.processes.retry(view["instance_id"])
+        assert retried["status"] == "completed" and retried["variables"]["tracking"] == "T-1"
+        assert calls.intents() == ["prepare"]  # the completed task was not repeated
+
+
+async def test_a_failure_inside_a_parallel_branch_compensates_once_the_branches_meet(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release", "charge", "refund"):
+            calls.register(rt, intent, {"done": intent})
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        spec = {
+            "name": "parallel_saga",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "service_task", "id": "reserve", "agent": "reserve", "compensation": "release"},
+                {"type": "parallel_gateway", "id": "fork"},
+                {"type": "service_task", "id": "charge", "agent": "charge", "compensation": "refund"},
+                {"type": "service_task", "id": "ship", "agent": "ship"},
+                {"type": "parallel_gateway", "id": "join"},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": [
+                "start -> reserve",
+                "reserve -> fork",
+                "fork -> charge",
+                "fork -> ship",
+                "charge -> join",
+                "ship -> join",
+                "join -> end",
+            ],
+        }
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("parallel_saga", "order-9")
+        assert view["status"] == "compensated" and view["failure"]["element"] == "ship"
+        assert view["compensated"] == ["charge", "reserve"]
+        assert calls.intents()[-2:] == ["refund", "release"]

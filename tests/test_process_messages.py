@@ -1,0 +1,149 @@
+"""Message correlation (SPEC B7): send_message resumes every instance waiting for (name, key), starts
+instances of processes with a message start, and buffers what nobody waits for, for a time-to-live.
+Every test runs on memory, SQLite and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from graphs import InvalidInputError
+from graphs.process_errors import UnmatchedMessageError
+from tests.process_support import Calls, linear, runtime, table_dump, virtual_clock, waiting_elements
+
+
+def payment_spec() -> dict[str, Any]:
+    return linear(
+        "invoice",
+        {
+            "type": "message",
+            "id": "paid",
+            "message": "payment.received",
+            "correlation": "invoice_no",
+            "outputs": ["amount"],
+        },
+    )
+
+
+async def test_a_message_resumes_every_instance_waiting_for_its_key_and_no_other(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(payment_spec())
+        first = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        second = await rt.processes.start("invoice", "cust-2", {"invoice_no": "INV-1"})
+        other = await rt.processes.start("invoice", "cust-3", {"invoice_no": "INV-2"})
+
+        sent = await rt.processes.send_message("payment.received", "INV-1", {"amount": 120})
+        assert sent == {
+            "correlated": sorted([first["instance_id"], second["instance_id"]]),
+            "started": [],
+            "buffered": None,
+        }
+        for view in (first, second):
+            done = await rt.processes.status(view["instance_id"])
+            assert done["status"] == "completed" and done["variables"]["amount"] == 120
+        assert waiting_elements(await rt.processes.status(other["instance_id"])) == ["paid"]
+
+
+async def test_a_message_starts_new_instances_of_processes_that_start_on_it(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "review_pr", lambda r: {"approved": r.payload["variables"]["pr_number"] == "42"})
+        spec = {
+            "name": "pr_check",
+            "elements": [
+                {"type": "start", "id": "opened", "message": "github.pull_request.opened", "correlation": "pr_number"},
+                {"type": "service_task", "id": "review", "agent": "review_pr", "outputs": ["approved"]},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": ["opened -> review", "review -> end"],
+        }
+        await rt.processes.deploy(spec)
+        sent = await rt.processes.send_message("github.pull_request.opened", "42", {"title": "Fix", "author": "ana"})
+        assert sent["correlated"] == [] and len(sent["started"]) == 1
+        view = await rt.processes.status(sent["started"][0])
+        assert view["business_key"] == "42" and view["status"] == "completed"
+        assert view["variables"] == {
+            "title": "Fix",
+            "author": "ana",
+            "pr_number": "42",
+            "business_key": "42",
+            "approved": True,
+        }
+        started = (await rt.processes.history(view["instance_id"]))[0]
+        assert started.type == "process.started" and started.payload["start_event"] == "opened"
+
+
+async def test_a_message_nobody_waits_for_is_buffered_and_taken_by_the_next_wait_within_its_ttl(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(payment_spec())
+        sent = await rt.processes.send_message("payment.received", "INV-9", {"amount": 5}, ttl=timedelta(hours=2))
+        assert sent["buffered"] is not None and sent["expires_at"] == (clock.now() + timedelta(hours=2)).isoformat()
+
+        clock.advance(timedelta(hours=1))
+        view = await rt.processes.start("invoice", "cust-9", {"invoice_no": "INV-9"})
+        assert view["status"] == "completed" and view["variables"]["amount"] == 5
+        [message] = await rt.processes.services.messages.find(name="payment.received")
+        assert message.status == "consumed"
+        # Taken once: the next instance waits for a message of its own.
+        again = await rt.processes.start("invoice", "cust-10", {"invoice_no": "INV-9"})
+        assert waiting_elements(again) == ["paid"]
+
+
+async def test_an_expired_message_is_never_delivered(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(payment_spec())
+        await rt.processes.send_message("payment.received", "INV-3", {"amount": 1}, ttl=timedelta(minutes=10))
+        clock.advance(timedelta(minutes=10))
+        view = await rt.processes.start("invoice", "cust-3", {"invoice_no": "INV-3"})
+        assert waiting_elements(view) == ["paid"]
+        await rt.processes.scheduler.run_due()
+        [message] = await rt.processes.services.messages.find(name="payment.received")
+        assert message.status == "expired"
+
+
+async def test_an_unmatched_message_can_be_refused_instead_and_bad_input_writes_nothing(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(payment_spec())
+        before = await table_dump(rt)
+        with pytest.raises(UnmatchedMessageError) as caught:
+            await rt.processes.send_message("payment.received", "INV-404", {"amount": 1}, ttl=None)
+        assert caught.value.category == "not_found" and "INV-404" in str(caught.value)
+        with pytest.raises(InvalidInputError):
+            await rt.processes.send_message("payment.received", "INV-1", ["not", "a", "mapping"])  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            await rt.processes.send_message("", "INV-1", {})
+        assert await table_dump(rt) == before
+
+
+async def test_a_wait_without_its_correlation_variable_fails_clearly(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(payment_spec())
+        view = await rt.processes.start("invoice", "cust-1")
+        assert view["status"] == "failed"
+        [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "process.failed"]
+        assert "correlates on variable 'invoice_no', which is not set" in failed.payload["error"]
+
+
+async def test_a_resolution_left_undelivered_is_delivered_by_the_next_scheduler_pass(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(payment_spec())
+        view = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        [subscription] = await rt.processes.services.messages.waiting("payment.received", "INV-1")
+        # A sender resolved the wait and died before resuming the thread.
+        assert await rt.processes.services.waits.resolve(
+            subscription.wait_id,
+            {"option": "paid", "kind": "message", "payload": {"amount": 3}},
+            keep_subscription=subscription.subscription_id,
+        )
+        assert (await rt.processes.scheduler.run_due()).redelivered == 0  # it may still be on its way
+        clock.advance(timedelta(minutes=2))
+        assert (await rt.processes.scheduler.run_due()).redelivered == 1
+        done = await rt.processes.status(view["instance_id"])
+        assert done["status"] == "completed" and done["variables"]["amount"] == 3
+        assert (await rt.processes.services.waits.get(subscription.wait_id)).status == "done"  # type: ignore[union-attr]
+        assert (await rt.processes.scheduler.run_due()).redelivered == 0

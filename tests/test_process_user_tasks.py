@@ -1,0 +1,218 @@
+"""The user-task inbox (SPEC B2): list by assignee or group, claim, complete with a validated payload,
+refusals that leave nothing changed, and SLA escalations that happen exactly once. Every test runs
+on memory, SQLite and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from checkpoints.timers import Timer
+from graphs import ResumeValueError
+from graphs.process_errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
+from graphs.process_scheduler import fire_due_timers
+from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"approved": {"type": "boolean"}, "comment": {"type": "string"}},
+    "required": ["approved"],
+}
+
+
+def approval(**task: Any) -> dict[str, Any]:
+    fields = {"assignee": None, "candidate_groups": ["reviewers", "leads"], "response_schema": SCHEMA, **task}
+    return linear("approval", user_task("approve", **fields))
+
+
+async def test_the_inbox_lists_by_assignee_and_group_and_completion_resumes_the_instance(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(approval())
+        one = await rt.processes.start("approval", "doc-1")
+        two = await rt.processes.start("approval", "doc-2")
+        await rt.processes.deploy(linear("personal", user_task("sign", assignee="bob")))
+        await rt.processes.start("personal", "doc-3")
+
+        by_group = await rt.processes.inbox.list_tasks(group="reviewers")
+        assert {t["instance_id"] for t in by_group} == {one["instance_id"], two["instance_id"]}
+        by_group = [t for t in by_group if t["instance_id"] == one["instance_id"]]
+        assert by_group[0]["title"] == "approve" and by_group[0]["candidate_groups"] == ["reviewers", "leads"]
+        assert [t["element"] for t in await rt.processes.inbox.list_tasks(assignee="bob")] == ["sign"]
+        assert len(await rt.processes.inbox.for_user("bob", groups=["leads"])) == 3
+        assert await rt.processes.inbox.list_tasks(group="nobody") == []
+
+        task_id = by_group[0]["task_id"]
+        claimed = await rt.processes.inbox.claim(task_id, "carol", groups=["reviewers"])
+        assert claimed["claimed_by"] == "carol"
+        done = await rt.processes.inbox.complete(
+            task_id, user="carol", groups=["reviewers"], payload={"approved": True, "comment": "fine"}
+        )
+        assert done["status"] == "completed"
+        assert done["variables"]["approved"] is True and done["variables"]["comment"] == "fine"
+        closed = await rt.processes.inbox.get_task(task_id)
+        assert (closed["status"], closed["completed_by"], closed["result"]) == (
+            "completed",
+            "carol",
+            {"approved": True, "comment": "fine"},
+        )
+        assert [t["instance_id"] for t in await rt.processes.inbox.list_tasks(group="reviewers")] == [
+            two["instance_id"]
+        ]
+
+
+async def test_completion_by_someone_not_entitled_is_refused_and_changes_nothing(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(approval())
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(group="leads")
+        before = await table_dump(rt)
+
+        with pytest.raises(TaskForbiddenError) as outsider:
+            await rt.processes.inbox.complete(
+                task["task_id"], user="mallory", groups=["sales"], payload={"approved": True}
+            )
+        assert outsider.value.category == "forbidden" and "reviewers" in str(outsider.value)
+        with pytest.raises(TaskForbiddenError):
+            await rt.processes.inbox.claim(task["task_id"], "mallory")
+        with pytest.raises(ResumeValueError) as bad:
+            await rt.processes.inbox.complete(
+                task["task_id"], user="dan", groups=["leads"], payload={"approved": "yes"}
+            )
+        assert "approved" in str(bad.value)
+        with pytest.raises(TaskNotFoundError):
+            await rt.processes.inbox.complete("no-such-task", user="dan", groups=["leads"], payload={"approved": True})
+        assert await table_dump(rt) == before
+
+        # Once claimed, only the claimant may complete it, even within the group.
+        await rt.processes.inbox.claim(task["task_id"], "dan", groups=["leads"])
+        with pytest.raises(TaskForbiddenError) as taken:
+            await rt.processes.inbox.complete(
+                task["task_id"], user="erin", groups=["leads"], payload={"approved": True}
+            )
+        assert "claimed by 'dan'" in str(taken.value)
+        with pytest.raises(TaskForbiddenError):
+            await rt.processes.inbox.claim(task["task_id"], "erin", groups=["leads"])
+        await rt.processes.inbox.complete(task["task_id"], user="dan", groups=["leads"], payload={"approved": False})
+        with pytest.raises(TaskClosedError):
+            await rt.processes.inbox.complete(task["task_id"], user="dan", groups=["leads"], payload={"approved": True})
+        assert (await rt.processes.status(view["instance_id"]))["variables"]["approved"] is False
+
+
+async def escalation_events(rt: Any, instance_id: str) -> list[Any]:
+    return [e for e in await rt.processes.history(instance_id) if e.type == "task.escalated"]
+
+
+async def test_an_sla_breach_notifies_exactly_once(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "page_lead")
+        await rt.processes.deploy(approval(sla="PT4H", on_timeout={"action": "notify", "notify": "page_lead"}))
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(group="leads")
+        assert task["sla_due_at"] == (clock.now() + timedelta(hours=4)).isoformat()
+
+        clock.advance(timedelta(hours=3, minutes=59))
+        await rt.processes.scheduler.run_due()
+        assert calls.log == []
+        clock.advance(timedelta(minutes=1))
+        for _ in range(3):
+            await rt.processes.scheduler.run_due()
+            clock.advance(timedelta(hours=1))
+        assert calls.intents() == ["page_lead"]
+        assert calls.log[0][1]["task"]["task_id"] == task["task_id"]
+        assert len(await escalation_events(rt, view["instance_id"])) == 1
+        still = await rt.processes.inbox.get_task(task["task_id"])
+        assert (still["status"], still["escalation"]) == ("open", "notify")
+
+
+async def test_an_sla_breach_reassigns_exactly_once(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(
+            approval(
+                sla_hours=2, on_timeout={"action": "reassign", "assignee": "boss", "candidate_groups": ["directors"]}
+            )
+        )
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(group="leads")
+        await rt.processes.inbox.claim(task["task_id"], "dan", groups=["leads"])
+
+        clock.advance(timedelta(hours=2))
+        await rt.processes.scheduler.run_due()
+        await rt.processes.scheduler.run_due()
+        moved = await rt.processes.inbox.get_task(task["task_id"])
+        assert (moved["assignee"], moved["candidate_groups"], moved["claimed_by"]) == ("boss", ["directors"], None)
+        assert await rt.processes.inbox.list_tasks(group="leads") == []
+        assert [t["task_id"] for t in await rt.processes.inbox.list_tasks(group="directors")] == [task["task_id"]]
+        [event] = await escalation_events(rt, view["instance_id"])
+        assert event.payload["to"] == {"assignee": "boss", "candidate_groups": ["directors"]}
+        with pytest.raises(TaskForbiddenError):
+            await rt.processes.inbox.complete(task["task_id"], user="dan", groups=["leads"], payload={"approved": True})
+        done = await rt.processes.inbox.complete(task["task_id"], user="boss", payload={"approved": True})
+        assert done["status"] == "completed"
+
+
+async def test_an_sla_breach_completes_with_the_default_exactly_once(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(
+            approval(
+                sla="PT30M", on_timeout={"action": "complete", "default": {"approved": False, "comment": "timed out"}}
+            )
+        )
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(group="leads")
+        clock.advance(timedelta(minutes=45))
+        report = await rt.processes.scheduler.run_due()
+        assert report.fired == 1 and report.lateness == [900.0]
+        await rt.processes.scheduler.run_due()
+
+        done = await rt.processes.status(view["instance_id"])
+        assert done["status"] == "completed"
+        assert done["variables"]["comment"] == "timed out" and done["variables"]["approved"] is False
+        closed = await rt.processes.inbox.get_task(task["task_id"])
+        assert (closed["status"], closed["completed_by"], closed["escalation"]) == (
+            "completed",
+            "sla-escalation",
+            "complete",
+        )
+        completions = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "wait.completed"]
+        assert len(completions) == 1 and completions[0].payload["resolution_kind"] == "escalation"
+
+
+async def test_completing_in_time_cancels_the_sla(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "notify")
+        await rt.processes.deploy(approval(sla="PT1H", on_timeout={"action": "notify"}))
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(group="leads")
+        await rt.processes.inbox.complete(task["task_id"], user="dan", groups=["leads"], payload={"approved": True})
+        clock.advance(timedelta(days=1))
+        report = await rt.processes.scheduler.run_due()
+        assert report.fired == 0 and calls.log == []
+        assert await escalation_events(rt, view["instance_id"]) == []
+
+
+async def test_an_escalation_whose_worker_died_is_fired_again_but_takes_effect_once(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "notify")
+        await rt.processes.deploy(approval(sla="PT1H", on_timeout={"action": "notify"}))
+        await rt.processes.start("approval", "doc-1")
+        clock.advance(timedelta(hours=1))
+        # A worker claims the SLA timer and dies before doing anything: the claim is a lease.
+        claimed: list[Timer] = await rt.processes.services.timers.claim_due(clock.now(), "dead-worker")
+        assert [t.purpose for t in claimed] == ["sla"]
+        assert (await fire_due_timers(rt.processes, worker="w2")).fired == 0  # still leased
+        clock.advance(timedelta(minutes=2))
+        report = await fire_due_timers(rt.processes, worker="w2")
+        assert report.fired == 1 and calls.intents() == ["notify"]
+        clock.advance(timedelta(hours=2))
+        assert (await fire_due_timers(rt.processes, worker="w3")).fired == 0
+        assert calls.intents() == ["notify"]

@@ -1,0 +1,193 @@
+"""Invalid processes are refused when deployed, every problem at once, each with how to fix it, and
+nothing is written. Every test runs on memory, SQLite and Postgres."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from graphs import SpecError
+from tests.process_support import Calls, linear, runtime, table_dump, user_task
+
+
+async def refused(store_url: str, spec: dict[str, Any]) -> list[str]:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("work", "undo", "notify"):
+            calls.register(rt, intent)
+        before = await table_dump(rt)
+        with pytest.raises(SpecError) as caught:
+            await rt.processes.deploy(spec)
+        assert await table_dump(rt) == before
+        assert caught.value.category == "invalid"
+        return caught.value.problems
+
+
+def service(id: str) -> dict[str, Any]:
+    return {"type": "service_task", "id": id, "agent": "work"}
+
+
+async def test_a_join_without_a_fork_is_refused_with_a_fix(store_url: str) -> None:
+    spec = {
+        "name": "join_without_fork",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "exclusive_gateway", "id": "choose"},
+            service("a"),
+            service("b"),
+            {"type": "parallel_gateway", "id": "join"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": [
+            "start -> choose",
+            {"source": "choose", "target": "a", "when": {"field": "x", "op": "==", "value": 1}},
+            {"source": "choose", "target": "b", "default": True},
+            "a -> join",
+            "b -> join",
+            "join -> end",
+        ],
+    }
+    problems = await refused(store_url, spec)
+    assert any(
+        "parallel join 'join'" in p and "no parallel fork split" in p and "exclusive gateway" in p for p in problems
+    )
+
+
+async def test_a_gateway_without_default_and_with_gaps_is_refused_but_an_exhaustive_one_is_not(store_url: str) -> None:
+    flows = [
+        "start -> check",
+        "check -> route",
+        {"source": "route", "target": "a", "when": {"field": "tier", "op": "==", "value": "gold"}},
+        {"source": "route", "target": "b", "when": {"field": "tier", "op": "==", "value": "silver"}},
+        "a -> end",
+        "b -> end",
+    ]
+    elements = [
+        {"type": "start", "id": "start"},
+        service("check"),
+        {"type": "exclusive_gateway", "id": "route"},
+        service("a"),
+        service("b"),
+        {"type": "end", "id": "end"},
+    ]
+    problems = await refused(store_url, {"name": "gappy", "elements": elements, "flows": flows})
+    assert any("no default flow" in p and "default: true" in p and "enum" in p for p in problems)
+
+    # The same conditions over a declared enum that they cover completely: accepted.
+    schema = {"type": "object", "properties": {"tier": {"enum": ["gold", "silver"]}}}
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "work")
+        deployed = await rt.processes.deploy(
+            {"name": "exhaustive", "elements": elements, "flows": flows, "variables_schema": schema}
+        )
+        assert deployed["version"] == 1
+    # A third value in the enum leaves a gap again.
+    wider = {"type": "object", "properties": {"tier": {"enum": ["gold", "silver", "bronze"]}}}
+    problems = await refused(
+        store_url, {"name": "gap2", "elements": elements, "flows": flows, "variables_schema": wider}
+    )
+    assert any("route" in p and "do not cover every case" in p for p in problems)
+
+
+async def test_unreachable_elements_and_dead_ends_are_refused(store_url: str) -> None:
+    spec = linear("orphans", service("a"))
+    spec["elements"] += [service("orphan"), service("stuck")]
+    spec["flows"] += ["orphan -> end"]
+    problems = await refused(store_url, spec)
+    assert any("'orphan' is unreachable from any start event" in p and "remove it" in p for p in problems)
+    assert any("'stuck' is unreachable" in p for p in problems)
+
+
+async def test_many_problems_come_back_together_each_with_a_fix(store_url: str) -> None:
+    spec = {
+        "name": "broken",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "service_task", "id": "a", "agent": "nobody_registered"},
+            user_task("approve", assignee=None, on_timeout={"action": "notify"}),
+            {"type": "exclusive_gateway", "id": "route"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": [
+            "start -> a",
+            "a -> approve",
+            "approve -> route",
+            {"source": "route", "target": "end", "when": {"field": "ok", "op": "==", "value": True}},
+            {"source": "route", "target": "a", "default": True},
+            {"source": "a", "target": "end"},
+        ],
+    }
+    problems = await refused(store_url, spec)
+    joined = "\n".join(problems)
+    assert "needs an agent for intent 'nobody_registered'" in joined and "runtime.agents.register" in joined
+    assert "neither an assignee nor candidate_groups" in joined
+    assert "on_timeout but no sla" in joined
+    assert "service_task 'a' needs exactly one outgoing flow (has 2)" in joined
+
+
+async def test_structural_rules_of_forks_boundaries_and_event_gateways(store_url: str) -> None:
+    spec = {
+        "name": "structure",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "parallel_gateway", "id": "fork"},
+            service("a"),
+            service("b"),
+            {"type": "parallel_gateway", "id": "join"},
+            {"type": "event_gateway", "id": "race"},
+            {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
+            service("not_an_event"),
+            {"type": "boundary_timer", "id": "bt", "attached_to": "a", "timer": {"duration": "PT1H"}},
+            {"type": "end", "id": "end"},
+            {"type": "end", "id": "early_end"},
+        ],
+        "flows": [
+            "start -> fork",
+            "fork -> a",
+            "fork -> b",
+            "a -> join",
+            "b -> early_end",
+            "join -> race",
+            "race -> later",
+            "race -> not_an_event",
+            "later -> end",
+            "not_an_event -> end",
+            "bt -> end",
+        ],
+    }
+    problems = await refused(store_url, spec)
+    joined = "\n".join(problems)
+    assert "event gateway 'race' leads to service_task 'not_an_event'" in joined
+    assert "boundary timer 'bt' is attached to 'a', which is not a user task" in joined
+
+
+async def test_fork_branches_must_all_reach_one_join(store_url: str) -> None:
+    spec = {
+        "name": "leaky_fork",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "parallel_gateway", "id": "fork"},
+            service("a"),
+            service("b"),
+            {"type": "parallel_gateway", "id": "join"},
+            {"type": "end", "id": "end"},
+            {"type": "end", "id": "early_end"},
+        ],
+        "flows": ["start -> fork", "fork -> a", "fork -> b", "a -> join", "b -> early_end", "join -> end"],
+    }
+    problems = await refused(store_url, spec)
+    joined = "\n".join(problems)
+    assert "reaches end event 'early_end' before any join" in joined
+
+
+async def test_timer_expressions_are_read_at_design_time(store_url: str) -> None:
+    spec = linear("bad_timers", {"type": "timer", "id": "wait", "timer": {"duration": "7 days"}})
+    problems = await refused(store_url, spec)
+    assert any("not an ISO 8601 duration" in p and "P7D" in p for p in problems)
+    spec = linear("cycle_once", {"type": "timer", "id": "wait", "timer": {"cycle": "R5/PT10S"}})
+    problems = await refused(store_url, spec)
+    assert any("fires once, but its timer is a repeating cycle" in p for p in problems)
+    spec = linear("bad_cron", {"type": "timer", "id": "wait", "timer": {"cron": "61 * * * *"}})
+    problems = await refused(store_url, spec)
+    assert any("is not a cron expression" in p for p in problems)

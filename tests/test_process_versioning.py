@@ -1,0 +1,209 @@
+"""Process versioning (SPEC B6): (name, version) deployments, instances pinned to their version, rollout
+weights with sticky bucketing, A/B variants, and migration plans. Every test runs on memory, SQLite
+and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from graphs.process_errors import (
+    MigrationRefusedError,
+    ProcessVersionConflictError,
+    RolloutError,
+    UnknownProcessError,
+)
+from graphs.process_versions import choose
+from tests.process_support import Calls, runtime, table_dump, user_task, virtual_clock, waiting_elements
+
+
+def onboarding(version: int, *, extra_step: bool = False, task_id: str = "approve") -> dict[str, Any]:
+    """v1: approve → trial timer → done. v2 adds a welcome call after the trial."""
+    elements: list[dict[str, Any]] = [
+        {"type": "start", "id": "start"},
+        user_task(task_id),
+        {"type": "timer", "id": "trial", "timer": {"duration": "P7D"}},
+        {"type": "service_task", "id": "activate", "agent": "activate"},
+    ]
+    flows = ["start -> " + task_id, f"{task_id} -> trial", "trial -> activate"]
+    if extra_step:
+        elements.append({"type": "service_task", "id": "welcome_call", "agent": "welcome_call"})
+        flows += ["activate -> welcome_call", "welcome_call -> end"]
+    else:
+        flows.append("activate -> end")
+    elements.append({"type": "end", "id": "end"})
+    return {"name": "onboarding", "version": version, "elements": elements, "flows": flows}
+
+
+async def test_versions_are_deployed_once_and_a_changed_definition_needs_a_new_version(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "activate")
+        first = await rt.processes.deploy(onboarding(1))
+        assert (first["name"], first["version"], first["weight"]) == ("onboarding", 1, 100.0)
+        assert (await rt.processes.deploy(onboarding(1)))["design_id"] == first["design_id"]  # same definition: no-op
+        before = await table_dump(rt)
+        with pytest.raises(ProcessVersionConflictError) as caught:
+            await rt.processes.deploy(onboarding(1, task_id="sign"))
+        assert "deploy it as version 2" in str(caught.value)
+        assert await table_dump(rt) == before
+        with pytest.raises(UnknownProcessError):
+            await rt.processes.start("no_such_process", "k")
+
+
+async def test_v1_instances_waiting_at_a_user_task_and_a_timer_finish_on_v1_after_v2_is_deployed(
+    store_url: str,
+) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        calls.register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1))
+        at_task = await rt.processes.start("onboarding", "cust-1")
+        at_timer = await rt.processes.start("onboarding", "cust-2")
+        tasks = {t["instance_id"]: t["task_id"] for t in await rt.processes.inbox.list_tasks(assignee="ana")}
+        await rt.processes.inbox.complete(tasks[at_timer["instance_id"]], user="ana", payload={})
+        assert waiting_elements(await rt.processes.status(at_timer["instance_id"])) == ["trial"]
+
+        v2 = await rt.processes.deploy(onboarding(2, extra_step=True))
+        assert v2["weight"] == 100.0
+        fresh = await rt.processes.start("onboarding", "cust-3")
+        assert (fresh["version"], at_task["version"]) == (2, 1)
+
+        await rt.processes.inbox.complete(tasks[at_task["instance_id"]], user="ana", payload={})
+        [fresh_task] = [
+            t for t in await rt.processes.inbox.list_tasks(assignee="ana") if t["instance_id"] == fresh["instance_id"]
+        ]
+        await rt.processes.inbox.complete(fresh_task["task_id"], user="ana", payload={})
+        clock.advance(timedelta(days=7))
+        report = await rt.processes.scheduler.run_due()
+        assert report.resumed == 3
+
+        for view, version, path in (
+            (at_task, 1, ["activate"]),
+            (at_timer, 1, ["activate"]),
+            (fresh, 2, ["activate", "welcome_call"]),
+        ):
+            done = await rt.processes.status(view["instance_id"])
+            assert (done["status"], done["version"]) == ("completed", version)
+            steps = [e.step for e in await rt.processes.history(view["instance_id"]) if e.type == "task.completed"]
+            assert steps == path
+
+
+async def test_rollout_weights_route_new_instances_sticky_by_business_key(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "activate")
+        Calls().register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1))
+        await rt.processes.deploy(onboarding(2, extra_step=True), weight=10)
+        assert await rt.processes.rollout("onboarding") == [
+            {"version": 2, "weight": 10.0, "variant": None},
+            {"version": 1, "weight": 90.0, "variant": None},
+        ]
+        keys = [f"customer-{i}" for i in range(2000)]
+
+        async def on_v2() -> set[str]:
+            rollout = await rt.processes.rollout("onboarding")
+            chosen = {k for k in keys if choose("onboarding", k, rollout)["version"] == 2}
+            for key in keys[:20]:  # the runtime's own routing agrees
+                assert ((await rt.processes.route("onboarding", key))["version"] == 2) == (key in chosen)
+            return chosen
+
+        at_10 = await on_v2()
+        assert 150 < len(at_10) < 250
+        assert await on_v2() == at_10  # the same key, the same version
+        await rt.processes.set_rollout("onboarding", {1: 50, 2: 50})
+        at_50 = await on_v2()
+        assert 900 < len(at_50) < 1100 and at_10 <= at_50  # nobody moves back to v1 as v2 grows
+        await rt.processes.set_rollout("onboarding", {2: 100})
+        assert await on_v2() == set(keys)
+
+        await rt.processes.set_rollout("onboarding", {1: 50, 2: 50})
+        for key in keys[:6]:
+            view = await rt.processes.start("onboarding", key)
+            assert view["version"] == (2 if key in at_50 else 1)
+
+        before = await table_dump(rt)
+        with pytest.raises(RolloutError) as caught:
+            await rt.processes.set_rollout("onboarding", {1: 50, 2: 40})
+        assert "sum to 90" in str(caught.value)
+        with pytest.raises(RolloutError):
+            await rt.processes.set_rollout("onboarding", {1: 50, 3: 50})
+        assert await table_dump(rt) == before
+
+
+async def test_ab_variants_are_recorded_on_each_instance(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "activate")
+        Calls().register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1))
+        await rt.processes.deploy(onboarding(2, extra_step=True))
+        await rt.processes.ab_test("onboarding", {"A": (1, 50), "B": (2, 50)})
+        seen: dict[str, set[int]] = {"A": set(), "B": set()}
+        for i in range(12):
+            view = await rt.processes.start("onboarding", f"ab-{i}")
+            seen[view["variant"]].add(view["version"])
+            started = (await rt.processes.history(view["instance_id"]))[0]
+            assert started.payload["variant"] == view["variant"]
+        assert seen == {"A": {1}, "B": {2}}
+
+
+async def test_a_migration_plan_moves_a_waiting_instance_and_is_refused_without_a_mapping(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        calls.register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1))
+        view = await rt.processes.start("onboarding", "cust-1")
+        await rt.processes.deploy(onboarding(2, extra_step=True, task_id="sign_contract"))
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+
+        before = await table_dump(rt)
+        with pytest.raises(MigrationRefusedError) as caught:
+            await rt.processes.migrate(view["instance_id"], to_version=2)
+        assert any(
+            "waiting node 'approve' has no mapping" in p and "add {'approve':" in p for p in caught.value.problems
+        )
+        with pytest.raises(MigrationRefusedError) as wrong_kind:
+            await rt.processes.migrate(view["instance_id"], to_version=2, mapping={"approve": "trial"})
+        assert any("is a user_task but its mapping 'trial' is a timer" in p for p in wrong_kind.value.problems)
+        assert await table_dump(rt) == before
+
+        moved = await rt.processes.migrate(view["instance_id"], to_version=2, mapping={"approve": "sign_contract"})
+        assert moved["version"] == 2 and waiting_elements(moved) == ["sign_contract"]
+        assert moved["waiting"][0]["wait_id"] == task["task_id"]  # the same task, now under the new element
+        [same] = await rt.processes.inbox.list_tasks(assignee="ana")
+        assert (same["task_id"], same["element"]) == (task["task_id"], "sign_contract")
+        migrated = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "process.migrated"]
+        assert migrated[0].payload["mapping"] == {"approve": "sign_contract"}
+
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        clock.advance(timedelta(days=7))
+        await rt.processes.scheduler.run_due()
+        done = await rt.processes.status(view["instance_id"])
+        assert done["status"] == "completed" and calls.intents() == ["activate", "welcome_call"]
+
+
+async def test_an_instance_waiting_at_a_timer_migrates_by_identity_and_keeps_its_due_time(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        calls.register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1))
+        view = await rt.processes.start("onboarding", "cust-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        clock.advance(timedelta(days=3))
+        await rt.processes.deploy(onboarding(2, extra_step=True))
+        moved = await rt.processes.migrate(view["instance_id"], to_version=2)
+        assert moved["version"] == 2 and waiting_elements(moved) == ["trial"]
+
+        clock.advance(timedelta(days=4) - timedelta(seconds=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        clock.advance(timedelta(seconds=1))
+        assert (await rt.processes.scheduler.run_due()).resumed == 1
+        assert calls.intents() == ["activate", "welcome_call"]

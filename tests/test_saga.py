@@ -1,0 +1,263 @@
+"""P4, the Saga Journey Orchestrator: a structured journey whose failure compensates every completed
+step in reverse order. Every test runs on memory, SQLite and Postgres."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from agents import AgentRequest, FailingAgent, RecordingAgent, RetrySettings, TransientAgentError
+from graphs import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, JourneyRuntime, SpecError
+
+FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0.001)
+MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]
+HANDLERS = {
+    "upload_content": "delete_uploaded_content",
+    "analyze_content": "revert_analysis",
+    "transform_data": "revert_transformation",
+}
+
+
+def recorders(rt: JourneyRuntime, order: list[str]) -> dict[str, RecordingAgent]:
+    """A recording agent per compensation handler; ``order`` receives the handler intents as they run."""
+    agents = {}
+    for handler in HANDLERS.values():
+        agents[handler] = RecordingAgent(handler)
+
+        def agent(request: AgentRequest, rec: RecordingAgent = agents[handler]) -> Any:
+            order.append(rec.intent)
+            return rec(request)
+
+        rt.agents.register(handler, agent, replace=True)
+    return agents
+
+
+async def start_saga(rt: JourneyRuntime, user_id: str = "user_123") -> tuple[str, str]:
+    saga = await rt.saga.design_saga_journey("enterprise_migration", {"source": "legacy"}, HANDLERS)
+    execution = await rt.saga.execute_saga_journey(saga["journey_id"], user_id, {"migration_id": "mig_001"})
+    return saga["journey_id"], execution["saga_id"]
+
+
+async def test_a_saga_that_succeeds_completes_without_compensation(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        order: list[str] = []
+        recorders(rt, order)
+        saga = await rt.saga.design_saga_journey("enterprise_migration", {"source": "legacy"}, HANDLERS)
+        assert saga["compensation_handlers"] == HANDLERS
+        assert saga["pattern"] == "saga"
+        assert [s["step_id"] for s in saga["steps"]] == MIGRATION
+        execution = await rt.saga.execute_saga_journey(saga["journey_id"], "user_123", {"migration_id": "m"})
+        saga_id = execution["saga_id"]
+        assert execution["status"] == "in_progress"
+        assert execution["current_step"] == "upload_content"
+        for step in MIGRATION:
+            moved = await rt.saga.advance_saga_step(saga_id, saga["journey_id"], "user_123", {"done": step})
+            assert moved["completed_step"] == step
+        status = await rt.saga.get_saga_status(saga_id)
+        assert status["status"] == "completed"
+        assert status["saga_id"] == saga_id
+        assert status["completed_steps"] == MIGRATION
+        assert status["compensated_steps"] == []
+        assert (status["failure"], status["compensation_failure"]) == (None, None)
+        assert order == []
+        instance = await rt.store.index.get_instance(saga_id)
+        assert instance is not None and (instance.status, instance.pattern) == ("completed", "saga")
+        # Each execution is its own saga, also for the same user.
+        again = await rt.saga.execute_saga_journey(saga["journey_id"], "user_123", {})
+        assert again["saga_id"] != saga_id
+        with pytest.raises(JourneyFinishedError):
+            await rt.saga.advance_saga_step(saga_id, saga["journey_id"], "user_123", {})
+
+
+async def test_a_failing_step_compensates_the_completed_steps_in_reverse(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        order: list[str] = []
+        handlers = recorders(rt, order)
+        statuses_during_undo: list[str] = []
+        inner = handlers["delete_uploaded_content"]
+
+        async def delete_uploaded_content(request: AgentRequest) -> Any:
+            instance = await rt.store.index.get_instance(request.instance_id)
+            statuses_during_undo.append(instance.status if instance else "?")
+            order.append("delete_uploaded_content")
+            return inner(request)
+
+        rt.agents.register("delete_uploaded_content", delete_uploaded_content, replace=True)
+        validator = FailingAgent("validate_results", permanent=True, message="checksums differ")
+        rt.agents.register("validate_results", validator, replace=True)
+        journey_id, saga_id = await start_saga(rt)
+        for step in MIGRATION[:3]:
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"files": [step]})
+
+        result = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"files": ["validate"]})
+        assert result["status"] == "compensated"
+        assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]
+        assert result["compensated_steps"] == ["transform_data", "analyze_content", "upload_content"]
+        assert result["failure"]["step"] == "validate_results"
+        assert "checksums differ" in result["failure"]["error"]
+        assert statuses_during_undo == ["compensating"]
+        assert validator.attempts == 1  # a permanent failure is not retried
+
+        events = await rt.history(saga_id)
+        outputs = {e.step: e.payload["output"] for e in events if e.type == "step.completed"}
+        assert outputs["upload_content"] == {"status": "complete", "intent": "upload_content", "received": ["files"]}
+        for step, handler in HANDLERS.items():
+            (key,) = handlers[handler].calls
+            assert handlers[handler].calls[key] == 1
+            payload = handlers[handler].effects[key]
+            assert payload["step_id"] == step
+            assert payload["original_output"] == outputs[step]
+            assert payload["step_result"] == {"files": [step]}
+            assert payload["context"] == {"migration_id": "mig_001"}
+            assert payload["failure"]["step"] == "validate_results"
+
+        tail = [(e.type, e.step) for e in events if e.type.startswith(("saga.", "compensation."))]
+        assert tail == [
+            ("saga.compensating", "validate_results"),
+            ("compensation.completed", "transform_data"),
+            ("compensation.completed", "analyze_content"),
+            ("compensation.completed", "upload_content"),
+            ("saga.compensated", None),
+        ]
+        assert events[-1].payload == {"compensated_steps": ["transform_data", "analyze_content", "upload_content"]}
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+        status = await rt.saga.get_saga_status(saga_id)
+        assert (status["status"], status["current_step"]) == ("compensated", None)
+        instance = await rt.store.index.get_instance(saga_id)
+        assert instance is not None and instance.status == "compensated"
+        with pytest.raises(JourneyFinishedError):
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]
+
+
+class FlakyCompensation:
+    """Fails transiently ``failures`` times, then applies its effect, once per idempotency key."""
+
+    def __init__(self, intent: str, failures: int) -> None:
+        self.__name__ = f"flaky-undo:{intent}"
+        self.failures = failures
+        self.attempts = 0
+        self.applied: Counter[str] = Counter()
+
+    def __call__(self, request: AgentRequest) -> dict[str, Any]:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise TransientAgentError(f"undo unavailable ({self.attempts})")
+        self.applied[str(request.idempotency_key)] += 1
+        return {"reverted": request.payload["step_id"]}
+
+
+async def test_a_transiently_failing_compensation_is_retried_and_applied_once(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        order: list[str] = []
+        recorders(rt, order)
+        flaky = FlakyCompensation("revert_analysis", failures=2)
+        rt.agents.register("revert_analysis", flaky, replace=True)
+        rt.agents.register("transform_data", FailingAgent("transform_data"), replace=True)  # transient, retried
+        journey_id, saga_id = await start_saga(rt)
+        for step in MIGRATION[:2]:
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"step": step})
+        # The seed's scenario: step 3 fails after its retries; steps 2 and 1 are compensated.
+        result = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"step": "transform_data"})
+        assert result["status"] == "compensated"
+        assert result["compensated_steps"] == ["analyze_content", "upload_content"]
+        assert flaky.attempts == 3
+        assert dict(flaky.applied) == {f"{saga_id}:analyze_content:1:compensate": 1}
+        assert order == ["delete_uploaded_content"]  # revert_transformation: step 3 never completed
+
+        events = await rt.history(saga_id)
+        failed = [e for e in events if e.type == "agent.failed"]
+        assert [(e.step, e.payload["attempts"]) for e in failed] == [("transform_data", 3)]
+        undo = [e for e in events if e.type == "compensation.completed"]
+        assert [(e.step, e.payload["handler"], e.payload["attempts"]) for e in undo] == [
+            ("analyze_content", "revert_analysis", 3),
+            ("upload_content", "delete_uploaded_content", 1),
+        ]
+        assert undo[0].payload["output"] == {"reverted": "analyze_content"}
+        # Reading the status later does not undo anything again.
+        await rt.saga.get_saga_status(saga_id)
+        assert flaky.attempts == 3
+
+
+async def test_a_compensation_that_fails_for_good_leaves_the_saga_failed(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        order: list[str] = []
+        handlers = recorders(rt, order)
+        broken = FailingAgent("revert_analysis", permanent=True, message="analysis store is gone")
+        rt.agents.register("revert_analysis", broken, replace=True)
+        rt.agents.register("validate_results", FailingAgent("validate_results", permanent=True), replace=True)
+        journey_id, saga_id = await start_saga(rt)
+        for _ in MIGRATION[:3]:
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        result = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        assert result["status"] == "failed"
+        assert result["compensated_steps"] == ["transform_data"]
+        failure = result["compensation_failure"]
+        assert (failure["step"], failure["handler"]) == ("analyze_content", "revert_analysis")
+        assert "analysis store is gone" in failure["error"]
+        # The traversal stopped: upload_content was not undone past the broken handler.
+        assert order == ["revert_transformation"]
+        assert not handlers["delete_uploaded_content"].calls
+
+        status = await rt.saga.get_saga_status(saga_id)
+        assert status["status"] == "failed"
+        assert status["compensation_failure"] == failure
+        instance = await rt.store.index.get_instance(saga_id)
+        assert instance is not None and instance.status == "failed"
+        types = [e.type for e in await rt.history(saga_id)]
+        assert types[-1] == "saga.failed"
+        assert "saga.compensated" not in types
+        with pytest.raises(JourneyFinishedError):
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+
+
+async def test_saga_design_errors(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        with pytest.raises(SpecError) as caught:
+            await rt.saga.design_saga_journey("enterprise_migration", {}, {**HANDLERS, "publish_results": "unpublish"})
+        problems = caught.value.problems
+        assert any(
+            "compensation handler 'unpublish' is declared for unknown step 'publish_results'" in p for p in problems
+        )
+        assert any("unknown compensation handler 'unpublish'" in p for p in problems)
+        assert len(problems) == 2
+
+        with pytest.raises(SpecError) as caught:
+            await rt.saga.design_saga_journey("enterprise_migration", {}, {"analyze_content": "forget_analysis"})
+        assert caught.value.problems == [
+            "unknown compensation handler 'forget_analysis' for step 'analyze_content'; register an agent for it "
+            "with runtime.agents.register('forget_analysis', agent)"
+        ]
+        # Registering the handler makes the same design valid.
+        rt.agents.register("forget_analysis", RecordingAgent("forget_analysis"))
+        saga = await rt.saga.design_saga_journey("enterprise_migration", {}, {"analyze_content": "forget_analysis"})
+        assert saga["compensation_handlers"] == {"analyze_content": "forget_analysis"}
+
+
+async def test_advance_checks_the_saga_belongs_to_the_journey_and_user(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey_id, saga_id = await start_saga(rt)
+        other = await rt.saga.design_saga_journey("enterprise_migration", {}, HANDLERS)
+
+        async def state() -> tuple[Any, ...]:
+            return [(e.seq, e.type) for e in await rt.history(saga_id)], await rt.saga.get_saga_status(saga_id)
+
+        before = await state()
+        wrong: list[Callable[[], Any]] = [
+            lambda: rt.saga.advance_saga_step(saga_id, journey_id, "someone_else", {}),
+            lambda: rt.saga.advance_saga_step(saga_id, other["journey_id"], "user_123", {}),
+        ]
+        for call in wrong:
+            with pytest.raises(InvalidInputError, match=f"saga {saga_id!r} belongs to journey"):
+                await call()
+        with pytest.raises(JourneyNotFoundError):
+            await rt.saga.advance_saga_step("saga_unknown", journey_id, "user_123", {})
+        with pytest.raises(JourneyNotFoundError):
+            await rt.saga.get_saga_status("saga_unknown")
+        assert await state() == before
+        moved = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        assert moved["current_step"] == "analyze_content"

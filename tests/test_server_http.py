@@ -1,0 +1,112 @@
+"""Auth, problem+json errors and the journey endpoints over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.settings import ApiKey, Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+KEYS = {
+    "reader-key": ApiKey("rita", frozenset({"read"})),
+    "ops-key": ApiKey("ana", frozenset({"read", "runs", "journeys", "tasks", "messages"}), ("finance",)),
+    "bob-key": ApiKey("bob", frozenset({"read", "tasks"}), ("sales",)),
+}
+
+
+@pytest.fixture
+async def http(sqlite_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    with serving(create_app(Settings(database_url=sqlite_url, api_keys=KEYS))) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            yield client
+
+
+async def test_api_keys_and_scopes(http: httpx.AsyncClient) -> None:
+    missing = await http.post("/assistants/search", json={})
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["type"] == "/problems/Unauthenticated"
+    assert (await http.post("/assistants/search", json={}, headers={"x-api-key": "wrong"})).status_code == 401
+    assert (await http.post("/assistants/search", json={}, headers={"x-api-key": "reader-key"})).status_code == 200
+    forbidden = await http.post("/threads", json={}, headers={"x-api-key": "reader-key"})
+    assert forbidden.status_code == 403 and forbidden.json()["code"] == "Forbidden"
+
+
+async def test_problems_have_a_stable_type_per_error_class(http: httpx.AsyncClient) -> None:
+    ops = {"x-api-key": "ops-key"}
+    malformed = await http.post(
+        "/journeys/structured/designs", content=b"{nope", headers={**ops, "content-type": "application/json"}
+    )
+    assert malformed.status_code == 400 and malformed.json()["type"] == "/problems/MalformedRequest"
+    unknown = await http.post("/journeys/structured/designs", json={"journey_type": "no_such_template"}, headers=ops)
+    assert unknown.status_code == 404 and unknown.json()["type"] == "/problems/UnknownTemplateError"
+    design = (
+        await http.post("/journeys/structured/designs", json={"journey_type": "content_migration"}, headers=ops)
+    ).json()
+    journey_id = design["journey_id"]
+    started = await http.post(f"/journeys/structured/{journey_id}/executions", json={"user_id": "ana"}, headers=ops)
+    assert started.status_code == 200 and started.json()["current_step"] == "upload_content"
+    again = await http.post(f"/journeys/structured/{journey_id}/executions", json={"user_id": "ana"}, headers=ops)
+    assert again.status_code == 409 and again.json()["type"] == "/problems/DuplicateInstanceError"
+    wrong_step = await http.post(
+        f"/journeys/structured/{journey_id}/users/ana/advance",
+        json={"step_result": {}, "step_id": "transform_data"},
+        headers=ops,
+    )
+    assert wrong_step.status_code == 409 and wrong_step.json()["details"]["allowed"] == ["upload_content"]
+    bad_body = await http.post(
+        f"/journeys/structured/{journey_id}/users/ana/advance", json={"step_result": 3}, headers=ops
+    )
+    assert bad_body.status_code == 422 and bad_body.json()["code"] == "RequestValidationError"
+    instance_id = started.json()["instance_id"]
+    # The journey is a thread too: the SDK's state endpoint reads its checkpoints.
+    state = (await http.get(f"/threads/{instance_id}/state", headers=ops)).json()
+    assert state["next"] == ["upload_content.await"]
+    history = (await http.get(f"/journeys/{instance_id}/history", headers=ops)).json()
+    assert history[0]["type"] == "journey.started"
+    status = (await http.get(f"/journeys/{instance_id}/status", headers=ops)).json()
+    assert status["pattern"] == "structured" and status["current_step"] == "upload_content"
+
+
+async def test_user_tasks_only_for_their_assignee_or_group(http: httpx.AsyncClient) -> None:
+    ops, bob = {"x-api-key": "ops-key"}, {"x-api-key": "bob-key"}
+    process = {
+        "name": "expense",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {
+                "type": "user_task",
+                "id": "approve",
+                "title": "Approve",
+                "candidate_groups": ["finance"],
+                "response_schema": {"type": "object", "required": ["approved"]},
+            },
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> approve", "approve -> end"],
+    }
+    assert (await http.post("/processes", json=process, headers=ops)).status_code == 200
+    started = (await http.post("/processes/expense/instances", json={"business_key": "exp-1"}, headers=ops)).json()
+    [task] = (await http.get("/tasks", params={"group": "finance"}, headers=ops)).json()
+    # bob is not in finance: he may neither claim nor complete it.
+    assert (await http.post(f"/tasks/{task['task_id']}/claim", json={}, headers=bob)).status_code == 403
+    refused = await http.post(f"/tasks/{task['task_id']}/complete", json={"payload": {"approved": True}}, headers=bob)
+    assert refused.status_code == 403 and refused.json()["code"] == "TaskForbiddenError"
+    # The body cannot impersonate anyone while auth is on: the key says who the caller is.
+    spoof = await http.post(
+        f"/tasks/{task['task_id']}/complete",
+        json={"user": "ana", "groups": ["finance"], "payload": {"approved": True}},
+        headers=bob,
+    )
+    assert spoof.status_code == 403
+    invalid = await http.post(f"/tasks/{task['task_id']}/complete", json={"payload": {}}, headers=ops)
+    assert invalid.status_code == 422  # the task's response schema wants "approved"
+    done = await http.post(f"/tasks/{task['task_id']}/complete", json={"payload": {"approved": True}}, headers=ops)
+    assert done.status_code == 200 and done.json()["status"] == "completed"
+    status = (await http.get(f"/journeys/{started['instance_id']}/status", headers=ops)).json()
+    assert status["pattern"] == "process" and status["status"] == "completed"

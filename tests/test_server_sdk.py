@@ -1,0 +1,147 @@
+"""The server driven by the official langgraph-sdk client over real HTTP (uvicorn on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+
+from agents import AgentRegistry, AgentRequest
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+GATE = threading.Event()
+
+
+async def gated(request: AgentRequest) -> dict[str, Any]:
+    await asyncio.to_thread(GATE.wait, 10)
+    return {"gated": True}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    registry = AgentRegistry()
+    registry.register("gate", gated)
+    app = create_app(Settings(database_url=url, auth=False), runtime_options={"agents": registry})
+    with serving(app) as base:
+        yield base
+
+
+@pytest.fixture
+async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=server_url, api_key=None) as sdk:
+        yield sdk
+
+
+CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+
+
+async def test_create_wait_stream_interrupt_resume_and_state(client: LangGraphClient) -> None:
+    assistants = {a["assistant_id"] for a in await client.assistants.search(limit=50)}
+    assert {"structured", "session", "mvp", "saga", "lifecycle", "process", "guide"} <= assistants
+    graph = await client.assistants.get_graph("structured")
+    assert any(n["id"] == "upload_content.await" for n in graph["nodes"])
+
+    thread = await client.threads.create(metadata={"team": "migrations"})
+    tid = thread["thread_id"]
+    # First run: input designs and starts the journey; it stops at the first human step (an interrupt).
+    out = await client.runs.wait(tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"})
+    assert out["current_step"] == "upload_content"
+    assert out["__interrupt__"][0]["value"]["task"] == "upload_content"
+    state = await client.threads.get_state(tid)
+    assert state["next"] == ["upload_content.await"]
+    assert state["interrupts"] and state["checkpoint"]["thread_id"] == tid
+    assert (await client.threads.get(tid))["status"] == "interrupted"
+
+    # Resume by streaming: values and updates chunks arrive as SSE events.
+    parts = [
+        p
+        async for p in client.runs.stream(
+            tid, "structured", command={"resume": {"files": 3}}, stream_mode=["values", "updates"]
+        )
+    ]
+    events = [p.event for p in parts]
+    assert events[0] == "metadata" and "values" in events and "updates" in events
+    last_values = [p.data for p in parts if p.event == "values"][-1]
+    assert last_values["completed_steps"] == ["upload_content"]
+
+    # In the background, then join; the run record says success.
+    run = await client.runs.create(tid, "structured", command={"resume": {"entities": 2}})
+    joined = await client.runs.join(tid, run["run_id"])
+    assert joined["completed_steps"] == ["upload_content", "analyze_content"]
+    assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
+
+    # A step result that breaks the step's schema or a wrong step is an error of the run, not of the server.
+    history = await client.threads.get_history(tid, limit=50)
+    assert (
+        len(history) > 3
+        and history[0]["checkpoint"]["checkpoint_id"]
+        == (await client.threads.get_state(tid))["checkpoint"]["checkpoint_id"]
+    )
+
+    # Update state (an operator's correction), read it back.
+    await client.threads.update_state(tid, {"context": {"note": "fixed by ops"}})
+    assert (await client.threads.get_state(tid))["values"]["context"] == {"note": "fixed by ops"}
+
+    # A second journey on the same thread is refused; so is an unknown thread.
+    with pytest.raises(ConflictError):
+        await client.runs.create(tid, "structured", input=CONTENT_MIGRATION)
+    with pytest.raises(NotFoundError):
+        await client.threads.get_state("no-such-thread")
+    with pytest.raises(UnprocessableEntityError):
+        await client.runs.create(tid, "structured", command={"resume": {}}, multitask_strategy="rollback")
+
+
+async def test_multitask_reject_and_enqueue(client: LangGraphClient) -> None:
+    spec = {
+        "journey_type": "gated",
+        "steps": [{"step_id": "wait_for_gate", "mode": "auto", "agent": "gate"}, {"step_id": "review"}],
+    }
+    tid = (await client.threads.create())["thread_id"]
+    GATE.clear()
+    first = await client.runs.create(tid, "structured", input={"journey_type": "gated", "spec": spec})
+    with pytest.raises(ConflictError):  # reject (the default): the thread is busy
+        await client.runs.create(tid, "structured", command={"resume": {}})
+    queued = await client.runs.create(tid, "structured", command={"resume": {"ok": True}}, multitask_strategy="enqueue")
+    assert (await client.threads.get(tid))["status"] == "busy"
+    GATE.set()
+    await client.runs.join(tid, first["run_id"])
+    done = await client.runs.join(tid, queued["run_id"])
+    assert done["status"] == "completed" and done["completed_steps"] == ["wait_for_gate", "review"]
+    assert [r["status"] for r in await client.runs.list(tid)] == ["success", "success"]
+
+
+async def test_guide_suggests_the_next_pillar(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    mvp = await client.runs.wait(tid, "mvp", input={"user_id": "ana"})
+    assert mvp["current_area"] == "content"
+    await client.runs.wait(
+        tid,
+        "mvp",
+        command={
+            "resume": {
+                "type": "update",
+                "area_id": "content",
+                "updates": {"files_uploaded": True, "files_parsed": True},
+            }
+        },
+    )
+    guide = await client.runs.wait(
+        None,
+        "guide",
+        input={
+            "session_id": tid and (await client.threads.get(tid))["metadata"]["instance_id"],
+            "messages": [{"role": "user", "content": "what next?"}],
+        },
+    )
+    reply = guide["messages"][-1]
+    assert reply["type"] == "ai" and "insights" in reply["content"]

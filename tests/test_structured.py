@@ -1,0 +1,532 @@
+"""P1, the Structured Journey Orchestrator: templates, enforced order, branching, explicit specs,
+design errors, retries, policies and the event log. Every test runs on memory, SQLite and Postgres."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from agents import (
+    AgentCall,
+    AgentCallFailedError,
+    AgentRequest,
+    FailingAgent,
+    FlakyAgent,
+    PolicyViolationError,
+    RecordingAgent,
+    RetrySettings,
+)
+from checkpoints.index import DuplicateInstanceError
+from checkpoints.tables import journey_designs
+from graphs import (
+    InvalidInputError,
+    JourneyFinishedError,
+    JourneyNotFoundError,
+    JourneyNotStartedError,
+    JourneyRuntime,
+    ResumeValueError,
+    SpecError,
+    StepFailedError,
+    StepOrderError,
+    UnknownTemplateError,
+)
+
+FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0.001)
+MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]
+# Everything a structured journey may keep in its checkpointed graph state: small, bounded values.
+SMALL_KEYS = {
+    "context",
+    "status",
+    "current_step",
+    "completed_steps",
+    "step_input",
+    "last_output",
+    "failure",
+    "compensated_steps",
+    "compensation_failure",
+}
+
+
+async def snapshot(rt: JourneyRuntime, journey_id: str, user_id: str) -> tuple[Any, ...]:
+    """Everything a move could write: the events, the status view, the index row and the latest checkpoint."""
+    instance_id = f"{journey_id}:{user_id}"
+    events = [(e.seq, e.type, e.step, e.key, e.payload) for e in await rt.history(instance_id)]
+    try:
+        status: Any = await rt.structured.get_journey_status(journey_id, user_id)
+    except JourneyNotFoundError:
+        status = None
+    saved = await rt.store.saver.aget_tuple({"configurable": {"thread_id": instance_id, "checkpoint_ns": ""}})
+    return events, status, await rt.store.index.get_instance(instance_id), saved and saved.config
+
+
+async def start_migration(rt: JourneyRuntime, user_id: str = "user_123", **requirements: Any) -> str:
+    journey = await rt.structured.design_journey("content_migration", requirements or {"source": "legacy"})
+    await rt.structured.execute_journey(journey["journey_id"], user_id, {"migration_id": "mig_001"})
+    return str(journey["journey_id"])
+
+
+# --- templates and the happy path -------------------------------------------------------------
+
+
+async def test_unknown_template_lists_the_available_ones(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        with pytest.raises(UnknownTemplateError) as caught:
+            await rt.structured.design_journey("content_migraton", {})
+        available = ["client_onboarding", "content_migration", "enterprise_migration"]
+        assert caught.value.details["available"] == available
+        for journey_type in available:
+            assert journey_type in str(caught.value)
+        async with rt.store.engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(journey_designs))).scalar_one() == 0
+
+
+async def test_content_migration_runs_its_four_steps_in_order_to_completed(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey = await rt.structured.design_journey("content_migration", {"source": "legacy", "target": "new"})
+        assert journey["status"] == "designed"
+        assert [s["step_id"] for s in journey["steps"]] == MIGRATION
+        assert [s["next_steps"] for s in journey["steps"]] == [[MIGRATION[1]], [MIGRATION[2]], [MIGRATION[3]], []]
+
+        started = await rt.structured.execute_journey(journey["journey_id"], "user_123", {"migration_id": "m1"})
+        assert started["status"] == "in_progress"
+        assert started["current_step"] == "upload_content"
+        assert started["awaiting_input"] is True
+        assert started["completed_steps"] == []
+
+        for position, step in enumerate(MIGRATION):
+            moved = await rt.structured.advance_journey_step(journey["journey_id"], "user_123", {"n": position})
+            assert moved["completed_step"] == step
+            assert moved["completed_steps"] == MIGRATION[: position + 1]
+            assert moved["progress"] == {"completed": position + 1, "total": 4}
+            following = MIGRATION[position + 1] if position + 1 < len(MIGRATION) else None
+            assert moved["current_step"] == following
+        assert moved["status"] == "completed"
+        assert moved["awaiting_input"] is False
+
+        status = await rt.structured.get_journey_status(journey["journey_id"], "user_123")
+        assert status["status"] == "completed"
+        assert status["completed_steps"] == MIGRATION
+        instance = await rt.store.index.get_instance(started["instance_id"])
+        assert instance is not None and instance.status == "completed"
+
+
+async def test_step_results_reach_the_agents_with_context_and_requirements(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        upload, analyze = RecordingAgent("upload_content"), RecordingAgent("analyze_content")
+        rt.agents.register("upload_content", upload, replace=True)
+        rt.agents.register("analyze_content", analyze, replace=True)
+        journey_id = await start_migration(rt, source="legacy_system", target="new_system")
+
+        await rt.structured.advance_journey_step(journey_id, "user_123", {"files_uploaded": 150})
+        await rt.structured.advance_journey_step(journey_id, "user_123", {"findings": ["pii"]})
+
+        key = f"{journey_id}:user_123:upload_content:0"
+        assert dict(upload.calls) == {key: 1}
+        assert upload.effects[key] == {
+            "step_id": "upload_content",
+            "step_result": {"files_uploaded": 150},
+            "context": {"migration_id": "mig_001"},
+            "requirements": {"source": "legacy_system", "target": "new_system"},
+        }
+        (payload,) = analyze.effects.values()
+        assert payload["step_result"] == {"findings": ["pii"]}
+        assert payload["context"] == {"migration_id": "mig_001"}
+
+
+# --- enforced order and typed, trace-free errors -----------------------------------------------
+
+
+async def test_a_later_step_cannot_be_advanced_and_nothing_is_written(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey_id = await start_migration(rt)
+        before = await snapshot(rt, journey_id, "user_123")
+        with pytest.raises(StepOrderError) as caught:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {}, step_id="transform_data")
+        assert caught.value.allowed == ["upload_content"]
+        # The step id may also ride in the result itself.
+        with pytest.raises(StepOrderError) as caught:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {"step_id": "validate_results"})
+        assert caught.value.allowed == ["upload_content"]
+        with pytest.raises(StepOrderError, match="not a step of this journey"):
+            await rt.structured.advance_journey_step(journey_id, "user_123", {}, step_id="no_such_step")
+        # Starting the same journey twice for the same user is refused, too.
+        with pytest.raises(DuplicateInstanceError):
+            await rt.structured.execute_journey(journey_id, "user_123", {})
+        assert await snapshot(rt, journey_id, "user_123") == before
+
+        # Naming the current step is fine.
+        moved = await rt.structured.advance_journey_step(journey_id, "user_123", {}, step_id="upload_content")
+        assert moved["current_step"] == "analyze_content"
+
+
+async def test_a_finished_journey_cannot_be_advanced(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey_id = await start_migration(rt)
+        for _ in MIGRATION:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {})
+        before = await snapshot(rt, journey_id, "user_123")
+        with pytest.raises(JourneyFinishedError) as caught:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {})
+        assert caught.value.allowed == []
+        assert await snapshot(rt, journey_id, "user_123") == before
+
+
+async def test_a_never_started_journey_cannot_be_advanced(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey = await rt.structured.design_journey("content_migration", {})
+        before = await snapshot(rt, journey["journey_id"], "user_123")
+        assert before == ([], None, None, None)
+        with pytest.raises(JourneyNotStartedError) as caught:
+            await rt.structured.advance_journey_step(journey["journey_id"], "user_123", {})
+        assert caught.value.allowed == ["execute_journey"]
+        assert await snapshot(rt, journey["journey_id"], "user_123") == before
+
+
+async def test_a_result_that_breaks_the_input_schema_is_refused_untouched(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey_id = await start_migration(rt)
+        before = await snapshot(rt, journey_id, "user_123")
+        with pytest.raises(ResumeValueError, match="expects an object"):
+            await rt.structured.advance_journey_step(journey_id, "user_123", ["not", "a", "mapping"])  # type: ignore[arg-type]
+        assert await snapshot(rt, journey_id, "user_123") == before
+
+        onboarding = await rt.structured.design_journey("client_onboarding", {})
+        await rt.structured.execute_journey(onboarding["journey_id"], "u", {})
+        await rt.structured.advance_journey_step(onboarding["journey_id"], "u", {})
+        before = await snapshot(rt, onboarding["journey_id"], "u")
+        with pytest.raises(ResumeValueError) as caught:
+            await rt.structured.advance_journey_step(onboarding["journey_id"], "u", {"segment": "galactic"})
+        assert caught.value.details["path"] == "segment"
+        with pytest.raises(ResumeValueError, match="'segment' is a required property"):
+            await rt.structured.advance_journey_step(onboarding["journey_id"], "u", {"tier": "gold"})
+        assert await snapshot(rt, onboarding["journey_id"], "u") == before
+
+
+# --- branching ---------------------------------------------------------------------------------
+
+
+async def test_the_step_result_picks_the_onboarding_branch(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey = await rt.structured.design_journey("client_onboarding", {"region": "eu"})
+        journey_id = journey["journey_id"]
+        assert journey["steps"][1]["next_steps"] == ["enterprise_setup", "standard_setup"]
+        chosen = {}
+        results = {
+            "big": {"segment": "enterprise"},
+            "small": {"segment": "standard"},
+            "forced": {"segment": "enterprise", "next_step": "standard_setup"},
+        }
+        for user, result in results.items():
+            await rt.structured.execute_journey(journey_id, user, {})
+            kicked = await rt.structured.advance_journey_step(journey_id, user, {})
+            assert kicked["current_step"] == "assess_fit"
+            assert kicked["next_steps"] == ["enterprise_setup", "standard_setup"]
+            chosen[user] = (await rt.structured.advance_journey_step(journey_id, user, result))["current_step"]
+        assert chosen == {"big": "enterprise_setup", "small": "standard_setup", "forced": "standard_setup"}
+
+        await rt.structured.advance_journey_step(journey_id, "big", {})
+        done = await rt.structured.advance_journey_step(journey_id, "big", {})
+        assert done["status"] == "completed"
+        assert done["completed_steps"] == ["kickoff", "assess_fit", "enterprise_setup", "go_live"]
+
+
+async def test_an_unknown_next_step_is_refused_untouched(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey = await rt.structured.design_journey("client_onboarding", {})
+        journey_id = journey["journey_id"]
+        await rt.structured.execute_journey(journey_id, "u", {})
+        before = await snapshot(rt, journey_id, "u")
+        # kickoff has one way on; go_live exists but is not a branch of kickoff.
+        with pytest.raises(InvalidInputError) as caught:
+            await rt.structured.advance_journey_step(journey_id, "u", {"next_step": "go_live"})
+        assert caught.value.details["allowed"] == ["assess_fit"]
+        await rt.structured.advance_journey_step(journey_id, "u", {})
+        before = await snapshot(rt, journey_id, "u")
+        with pytest.raises(InvalidInputError) as caught:
+            await rt.structured.advance_journey_step(journey_id, "u", {"segment": "standard", "next_step": "moon_base"})
+        assert caught.value.details["allowed"] == ["enterprise_setup", "standard_setup"]
+        assert await snapshot(rt, journey_id, "u") == before
+
+
+# --- explicit specs ----------------------------------------------------------------------------
+
+
+async def test_an_explicit_spec_with_auto_steps_runs_them_without_advance(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        agents = {intent: RecordingAgent(intent) for intent in ("fetch_data", "review_data", "publish_report")}
+        for intent, agent in agents.items():
+            rt.agents.register(intent, agent)
+        spec = {
+            "journey_type": "report_pipeline",
+            "name": "Weekly report",
+            "requirements": {"format": "pdf"},
+            "steps": [
+                {"step_id": "fetch", "mode": "auto", "agent": "fetch_data"},
+                {
+                    "step_id": "review",
+                    "agent": "review_data",
+                    "input_schema": {
+                        "type": "object",
+                        "properties": {"approved": {"type": "boolean"}},
+                        "required": ["approved"],
+                    },
+                },
+                {"step_id": "publish", "mode": "auto", "agent": "publish_report"},
+            ],
+        }
+        journey = await rt.structured.design_journey("report_pipeline", {"audience": "ops"}, spec=spec)
+        assert journey["requirements"] == {"format": "pdf", "audience": "ops"}
+        assert [s["mode"] for s in journey["steps"]] == ["auto", "user", "auto"]
+
+        started = await rt.structured.execute_journey(journey["journey_id"], "u", {"week": 12})
+        assert started["completed_steps"] == ["fetch"]
+        assert started["current_step"] == "review"
+        assert started["awaiting_input"] is True
+        assert sum(agents["fetch_data"].calls.values()) == 1
+        assert not agents["publish_report"].calls
+
+        with pytest.raises(ResumeValueError):
+            await rt.structured.advance_journey_step(journey["journey_id"], "u", {"approved": "yes"})
+        done = await rt.structured.advance_journey_step(journey["journey_id"], "u", {"approved": True})
+        assert done["status"] == "completed"
+        assert done["completed_steps"] == ["fetch", "review", "publish"]
+        (published,) = agents["publish_report"].effects.values()
+        assert published["requirements"] == {"format": "pdf", "audience": "ops"}
+        assert published["context"] == {"week": 12}
+        (reviewed,) = agents["review_data"].effects.values()
+        assert reviewed["step_result"] == {"approved": True}
+
+
+def _steps(*steps: dict[str, Any]) -> dict[str, Any]:
+    return {"journey_type": "custom", "steps": list(steps)}
+
+
+DESIGN_ERRORS: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown next step": (
+        _steps({"step_id": "a", "next_steps": ["nowhere"]}),
+        "step 'a' lists unknown next step 'nowhere'; known steps: a",
+    ),
+    "unreachable step": (
+        _steps({"step_id": "a", "next_steps": []}, {"step_id": "orphan"}),
+        "step 'orphan' is unreachable from the first step 'a'; list it in some step's next_steps or remove it",
+    ),
+    "cycle without exit": (
+        _steps({"step_id": "a"}, {"step_id": "b", "next_steps": ["a"]}),
+        "step 'a' has no path to an end; give a step it leads to an empty next_steps",
+    ),
+    "branches without default": (
+        _steps(
+            {"step_id": "a", "next_steps": [{"to": "b", "when": {"all": [{"field": "ok", "value": True}]}}]},
+            {"step_id": "b"},
+        ),
+        "step 'a' branches on conditions but has no default; add a branch without `when` for results that match none",
+    ),
+    "duplicate step ids": (
+        _steps({"step_id": "a"}, {"step_id": "a"}),
+        "step ids must be unique; rename the repeated ['a']",
+    ),
+    "unregistered agent": (
+        _steps({"step_id": "a", "agent": "ghost_writer"}),
+        "step 'a' needs an agent for intent 'ghost_writer'; register one with "
+        "runtime.agents.register('ghost_writer', agent)",
+    ),
+    "invalid input schema": (
+        _steps({"step_id": "a", "input_schema": {"type": "nonsense"}}),
+        "step 'a' has an invalid input_schema:",
+    ),
+    "bad step id": (_steps({"step_id": "Step One"}), "must be lower_snake_case"),
+    "typo field": (_steps({"step_id": "a", "nxt_steps": []}), "steps.0.nxt_steps: Extra inputs are not permitted"),
+}
+
+
+async def test_design_errors_are_reported_with_fixes(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        for case, (spec, expected) in DESIGN_ERRORS.items():
+            with pytest.raises(SpecError) as caught:
+                await rt.structured.design_journey("custom", {}, spec=spec)
+            assert any(expected in p for p in caught.value.problems), (case, caught.value.problems)
+            assert expected in str(caught.value), case
+        # The cycle names both of its steps; nothing was saved for any of the bad designs.
+        with pytest.raises(SpecError) as caught:
+            await rt.structured.design_journey("custom", {}, spec=DESIGN_ERRORS["cycle without exit"][0])
+        assert len(caught.value.problems) == 2
+        async with rt.store.engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(journey_designs))).scalar_one() == 0
+        # A cycle with an exit is fine.
+        loop = _steps(
+            {"step_id": "draft"},
+            {
+                "step_id": "check",
+                "next_steps": [{"to": "draft", "when": {"all": [{"field": "redo", "value": True}]}}, {"to": "done"}],
+            },
+            {"step_id": "done"},
+        )
+        journey = await rt.structured.design_journey("custom", {}, spec=loop)
+        await rt.structured.execute_journey(journey["journey_id"], "u", {})
+        for result in ({}, {"redo": True}, {}, {}):
+            moved = await rt.structured.advance_journey_step(journey["journey_id"], "u", result)
+        assert moved["completed_steps"] == ["draft", "check", "draft", "check"]
+        assert moved["current_step"] == "done"
+
+
+# --- retries and failures ----------------------------------------------------------------------
+
+
+async def test_a_flaky_agent_is_retried_and_the_attempts_are_recorded(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        flaky = FlakyAgent("upload_content", failures=2)
+        rt.agents.register("upload_content", flaky, replace=True)
+        journey_id = await start_migration(rt)
+        moved = await rt.structured.advance_journey_step(journey_id, "user_123", {"files": 1})
+        assert moved["current_step"] == "analyze_content"
+        assert flaky.attempts == 3
+        (completed,) = [e for e in await rt.history(f"{journey_id}:user_123") if e.type == "step.completed"]
+        assert completed.payload["attempts"] == 3
+        assert completed.payload["output"] == {"status": "complete", "intent": "upload_content", "attempts": 3}
+
+
+async def test_a_failing_step_fails_the_journey_until_retried(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        failing = FailingAgent("analyze_content")
+        rt.agents.register("analyze_content", failing, replace=True)
+        journey_id = await start_migration(rt)
+        await rt.structured.advance_journey_step(journey_id, "user_123", {})
+        with pytest.raises(AgentCallFailedError) as caught:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {"depth": "full"})
+        assert caught.value.details["attempts"] == 3
+        assert failing.attempts == 3
+
+        status = await rt.structured.get_journey_status(journey_id, "user_123")
+        assert status["status"] == "failed"
+        assert status["failed_step"] == "analyze_content"
+        assert status["completed_steps"] == ["upload_content"]
+        instance = await rt.store.index.get_instance(f"{journey_id}:user_123")
+        assert instance is not None and instance.status == "failed"
+
+        before = await snapshot(rt, journey_id, "user_123")
+        with pytest.raises(StepFailedError) as refused:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {})
+        assert refused.value.allowed == ["retry_journey_step"]
+        assert await snapshot(rt, journey_id, "user_123") == before
+
+        recovered = RecordingAgent("analyze_content")
+        rt.agents.register("analyze_content", recovered, replace=True)
+        retried = await rt.structured.retry_journey_step(journey_id, "user_123")
+        assert retried["status"] == "in_progress"
+        assert retried["completed_steps"] == ["upload_content", "analyze_content"]
+        assert retried["current_step"] == "transform_data"
+        # The retry re-used the result the user gave with the failed advance.
+        (payload,) = recovered.effects.values()
+        assert payload["step_result"] == {"depth": "full"}
+        types = [e.type for e in await rt.history(f"{journey_id}:user_123")]
+        assert types[-4:] == ["agent.failed", "step.failed", "step.retried", "step.completed"]
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
+async def test_a_policy_hook_sees_every_call_and_can_block_one(store_url: str) -> None:
+    seen: list[tuple[str | None, str]] = []
+
+    def no_analysis_on_weekends(call: AgentCall) -> None:
+        seen.append((call.step, call.agent.intent))
+        if call.payload["step_result"].get("weekend"):
+            raise PolicyViolationError("no analysis on weekends", intent=call.agent.intent)
+
+    async with JourneyRuntime.open(store_url, policies=[no_analysis_on_weekends], retry=FAST) as rt:
+        analyze = RecordingAgent("analyze_content")
+        rt.agents.register("analyze_content", analyze, replace=True)
+        journey_id = await start_migration(rt)
+        await rt.structured.advance_journey_step(journey_id, "user_123", {})
+        with pytest.raises(PolicyViolationError, match="no analysis on weekends"):
+            await rt.structured.advance_journey_step(journey_id, "user_123", {"weekend": True})
+        assert seen == [("upload_content", "upload_content"), ("analyze_content", "analyze_content")]
+        assert not analyze.calls
+        events = await rt.history(f"{journey_id}:user_123")
+        assert [e.step for e in events if e.type == "step.completed"] == ["upload_content"]
+        assert not [e for e in events if e.type == "agent.failed"]  # refused before the call, not failed in it
+        status = await rt.structured.get_journey_status(journey_id, "user_123")
+        assert status["status"] == "failed"
+        assert status["failed_step"] == "analyze_content"
+
+
+async def test_least_privilege_refuses_an_agent_needing_ungranted_scopes(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        writer, reader = RecordingAgent("write_content"), RecordingAgent("read_profiles")
+        rt.agents.register("write_content", writer, permissions={"content:write"})
+        rt.agents.register("read_profiles", reader, permissions={"pii:read"})
+        spec = {
+            "journey_type": "publishing",
+            "permissions": ["content:write"],
+            "steps": [{"step_id": "write", "agent": "write_content"}, {"step_id": "enrich", "agent": "read_profiles"}],
+        }
+        journey = await rt.structured.design_journey("publishing", {}, spec=spec)
+        await rt.structured.execute_journey(journey["journey_id"], "u", {})
+        await rt.structured.advance_journey_step(journey["journey_id"], "u", {})
+        assert sum(writer.calls.values()) == 1
+        with pytest.raises(PolicyViolationError) as caught:
+            await rt.structured.advance_journey_step(journey["journey_id"], "u", {})
+        assert caught.value.details["missing"] == ["pii:read"]
+        assert not reader.calls
+
+
+# --- the event log and the checkpoint ----------------------------------------------------------
+
+
+async def test_one_keyed_step_completed_event_per_step_with_increasing_seq(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        journey = await rt.structured.design_journey("content_migration", {})
+        journey_id = journey["journey_id"]
+        for user in ("ann", "bob"):
+            await rt.structured.execute_journey(journey_id, user, {})
+        # Interleave the two runs: each keeps its own gap-free sequence.
+        for _ in MIGRATION:
+            for user in ("ann", "bob"):
+                await rt.structured.advance_journey_step(journey_id, user, {"by": user})
+        for user in ("ann", "bob"):
+            instance_id = f"{journey_id}:{user}"
+            events = await rt.history(instance_id)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert {e.instance_id for e in events} == {instance_id}
+            assert events[0].type == "journey.started"
+            completed = [e for e in events if e.type == "step.completed"]
+            assert [e.step for e in completed] == MIGRATION
+            assert [e.key for e in completed] == [f"{instance_id}:{s}:{i}" for i, s in enumerate(MIGRATION)]
+            assert all(e.payload["step_result"] == {"by": user} for e in completed)
+            assert [e.payload["next_step"] for e in completed] == [*MIGRATION[1:], None]
+
+
+async def test_the_checkpoint_keeps_only_small_state_and_the_log_keeps_the_history(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+
+        def bulky(request: AgentRequest) -> dict[str, Any]:
+            return {"step": request.step, "report": request.step * 500}  # type: ignore[operator]
+
+        for intent in MIGRATION:
+            rt.agents.register(intent, bulky, replace=True)
+        journey_id = await start_migration(rt)
+        for _ in MIGRATION:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {"note": "n" * 300})
+
+        saved = await rt.store.saver.aget_tuple(
+            {"configurable": {"thread_id": f"{journey_id}:user_123", "checkpoint_ns": ""}}
+        )
+        assert saved is not None
+        values = {k: v for k, v in saved.checkpoint["channel_values"].items() if not k.startswith("branch:")}
+        assert set(values) <= SMALL_KEYS
+        assert values["completed_steps"] == MIGRATION
+        assert values["last_output"]["step"] == "validate_results"
+        assert values["step_input"] is None
+        dumped = json.dumps(values)
+        for earlier in MIGRATION[:-1]:
+            assert earlier * 500 not in dumped  # earlier outputs are not carried along
+        assert "n" * 300 not in dumped  # nor are the users' results
+        assert len(dumped) < 9000
+
+        outputs = [
+            e.payload["output"] for e in await rt.history(f"{journey_id}:user_123") if e.type == "step.completed"
+        ]
+        assert [o["report"] for o in outputs] == [s * 500 for s in MIGRATION]

@@ -1,0 +1,218 @@
+"""Durable timers (SPEC B4, G1 timed): ISO 8601 and cron definitions, never early, catch-up after
+downtime with the stated policy for missed cycle ticks, cancelled timers never fire, and two workers
+never fire the same timer. Process tests run on memory, SQLite and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from checkpoints.tables import process_timers
+from graphs.process_scheduler import fire_due_timers
+from nodes.timer import TimerDefinition
+from tests.process_support import T0, linear, runtime, virtual_clock, waiting_elements
+
+# --- definitions ------------------------------------------------------------------------------------
+
+
+def test_iso_8601_and_cron_definitions_give_due_times_in_utc() -> None:
+    assert TimerDefinition(duration="P7D").first_due(T0) == T0 + timedelta(days=7)
+    assert TimerDefinition(duration="PT4H30M").first_due(T0) == T0 + timedelta(hours=4, minutes=30)
+    assert TimerDefinition(duration="P1M").first_due(T0) == datetime(2026, 2, 5, 9, tzinfo=UTC)
+    assert TimerDefinition(date="2026-03-01T09:00:00+01:00").first_due(T0) == datetime(2026, 3, 1, 8, tzinfo=UTC)
+    cycle = TimerDefinition(cycle="R5/PT10S")
+    assert cycle.repetitions == 5 and cycle.first_due(T0) == T0 + timedelta(seconds=10)
+    anchored = TimerDefinition(cycle="R3/2026-02-01T00:00:00Z/PT1H")
+    assert anchored.first_due(T0) == datetime(2026, 2, 1, 1, tzinfo=UTC)
+    # "daily at 9am" in Paris is 08:00 UTC in winter and 07:00 UTC in summer.
+    paris = TimerDefinition(cron="0 9 * * *", timezone="Europe/Paris")
+    assert paris.first_due(T0) == datetime(2026, 1, 6, 8, tzinfo=UTC)
+    assert paris.first_due(datetime(2026, 7, 1, tzinfo=UTC)) == datetime(2026, 7, 1, 7, tzinfo=UTC)
+
+
+def test_missed_ticks_are_coalesced_or_fired_one_by_one_as_stated() -> None:
+    coalesce = TimerDefinition(cycle="R5/PT10S")
+    first = T0 + timedelta(seconds=10)
+    # Tick 1 fires 35 s late: ticks 2 and 3 (due at +20 s and +30 s) were missed and are folded into it.
+    assert coalesce.after_firing(T0, 1, first, T0 + timedelta(seconds=45)) == (T0 + timedelta(seconds=50), 3)
+    assert coalesce.after_firing(T0, 1, first, first) == (T0 + timedelta(seconds=20), 0)
+    assert coalesce.after_firing(T0, 5, T0 + timedelta(seconds=50), T0 + timedelta(seconds=50)) == (None, 0)
+    fire_all = TimerDefinition(cycle="R5/PT10S", missed="fire_all")
+    assert fire_all.after_firing(T0, 1, first, T0 + timedelta(seconds=45)) == (T0 + timedelta(seconds=20), 0)
+    unbounded = TimerDefinition(cycle="R/PT1H")
+    assert unbounded.after_firing(T0, 100, T0 + timedelta(hours=100), T0 + timedelta(hours=100)) == (
+        T0 + timedelta(hours=101),
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"duration": "7 days"}, "not an ISO 8601 duration"),
+        ({"duration": "-P1D"}, "must be positive"),
+        ({"date": "2026-01-01T00:00:00"}, "has no offset"),
+        ({"cycle": "R0/PT1S"}, "repeats zero times"),
+        ({"cycle": "every 5s"}, "not an ISO 8601 repeating interval"),
+        ({"cron": "0 25 * * *"}, "not a cron expression"),
+        ({"cron": "0 9 * * *", "timezone": "Mars/Olympus"}, "unknown timezone"),
+        ({}, "exactly one of duration, date, cycle or cron"),
+    ],
+)
+def test_unreadable_definitions_are_refused_with_a_fix(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        TimerDefinition(**fields)
+    assert message in str(caught.value)
+
+
+# --- durable timers in processes -------------------------------------------------------------------
+
+
+def waiting_timer(name: str, timer: dict[str, Any]) -> dict[str, Any]:
+    return linear(name, {"type": "timer", "id": "wait", "timer": timer})
+
+
+async def test_a_timer_never_fires_early_and_fires_once_late_after_downtime(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(waiting_timer("trial", {"duration": "P7D"}))
+        view = await rt.processes.start("trial", "cust-1")
+        [timer] = await rt.processes.services.timers.find(instance_id=view["instance_id"])
+        assert timer.due_at == T0 + timedelta(days=7) and timer.status == "scheduled"
+
+        clock.advance(timedelta(days=7) - timedelta(microseconds=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        assert waiting_elements(await rt.processes.status(view["instance_id"])) == ["wait"]
+
+        clock.advance(timedelta(days=3))  # the scheduler was down when it fell due
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed) == (1, 1)
+        assert report.lateness == [pytest.approx(timedelta(days=3).total_seconds(), abs=1e-3)]
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        fired = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "wait.completed"]
+        assert len(fired) == 1 and fired[0].payload["resolution_kind"] == "timer"
+
+
+async def test_a_date_already_past_fires_at_the_next_pass(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(waiting_timer("deadline", {"date": "2026-01-01T00:00:00Z"}))
+        view = await rt.processes.start("deadline", "cust-1")
+        assert waiting_elements(view) == ["wait"]
+        report = await rt.processes.scheduler.run_due()
+        assert report.resumed == 1 and report.lateness[0] > 0
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+
+
+def timer_start(name: str, timer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "elements": [{"type": "start", "id": "tick", "timer": timer}, {"type": "end", "id": "end"}],
+        "flows": ["tick -> end"],
+    }
+
+
+async def started(rt: Any, name: str) -> list[dict[str, Any]]:
+    return await rt.processes.instances(name)
+
+
+async def test_a_cycle_start_timer_coalesces_missed_ticks(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(timer_start("report", {"cycle": "R5/PT10S"}))
+        clock.advance(timedelta(seconds=10))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        clock.advance(timedelta(seconds=35))  # down for ticks 2, 3 and 4 (due at +20, +30, +40 s)
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        instances = await started(rt, "report")
+        assert len(instances) == 2
+        second = await rt.processes.status(instances[1]["instance_id"])
+        assert second["variables"]["timer"] == {
+            "due_at": (T0 + timedelta(seconds=20)).isoformat(),
+            "tick": 2,
+            "missed_ticks": 2,
+        }
+        clock.advance(timedelta(seconds=5))  # tick 5, the last of R5
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        clock.advance(timedelta(minutes=10))
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        assert len(await started(rt, "report")) == 3
+        [timer] = await rt.processes.services.timers.find(purpose="start")
+        assert (timer.status, timer.ticks) == ("fired", 5)
+
+
+async def test_a_cycle_start_timer_can_fire_every_missed_tick(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(timer_start("report", {"cycle": "R5/PT10S", "missed": "fire_all"}))
+        clock.advance(timedelta(seconds=45))
+        report = await rt.processes.scheduler.run_due()
+        assert report.fired == 4 and report.lateness == [35.0, 25.0, 15.0, 5.0]
+        clock.advance(timedelta(hours=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        assert len(await started(rt, "report")) == 5
+
+
+async def test_a_cron_start_timer_starts_one_instance_per_tick(store_url: str) -> None:
+    clock = virtual_clock()  # Monday 2026-01-05 09:00 UTC
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(timer_start("daily", {"cron": "30 9 * * *"}))
+        clock.advance(timedelta(minutes=29))
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        for _day in range(3):
+            clock.advance(timedelta(days=1))
+            assert (await rt.processes.scheduler.run_due()).fired == 1
+        keys = [i["business_key"] for i in await started(rt, "daily")]
+        assert keys == [f"daily@2026010{d}T093000.000000Z" for d in (5, 6, 7)]
+
+
+async def test_a_cancelled_timer_never_fires(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(waiting_timer("trial", {"duration": "PT1H"}))
+        view = await rt.processes.start("trial", "cust-1")
+        cancelled = await rt.processes.cancel(view["instance_id"], reason="customer left")
+        assert cancelled["status"] == "cancelled"
+        clock.advance(timedelta(days=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed) == (0, 0)
+        [timer] = await rt.processes.services.timers.find(instance_id=view["instance_id"])
+        assert timer.status == "cancelled"
+        assert [e.type for e in await rt.processes.history(view["instance_id"])][-1] == "process.cancelled"
+
+
+async def test_two_workers_never_fire_the_same_timer(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(waiting_timer("trial", {"duration": "PT1M"}))
+        views = [await rt.processes.start("trial", f"cust-{i}") for i in range(12)]
+        clock.advance(timedelta(minutes=1))
+        timers = rt.processes.services.timers
+        first, second = await asyncio.gather(
+            timers.claim_due(clock.now(), "worker-a", limit=7), timers.claim_due(clock.now(), "worker-b", limit=7)
+        )
+        ids_a, ids_b = {t.timer_id for t in first}, {t.timer_id for t in second}
+        assert not ids_a & ids_b and len(ids_a | ids_b) == 12
+        # Both claims are leases of their workers; nothing else fires them meanwhile.
+        assert (await fire_due_timers(rt.processes, worker="worker-c")).fired == 0
+        clock.advance(timedelta(minutes=5))  # both workers died: the leases are up
+        reports = await asyncio.gather(
+            fire_due_timers(rt.processes, worker="worker-d"), fire_due_timers(rt.processes, worker="worker-e")
+        )
+        assert sum(r.fired for r in reports) == 12 and sum(r.resumed for r in reports) == 12
+        for view in views:
+            completions = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "wait.completed"]
+            assert len(completions) == 1
+            assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+        from sqlalchemy import func, select
+
+        async with rt.store.engine.connect() as conn:
+            statuses = (
+                await conn.execute(select(process_timers.c.status, func.count()).group_by(process_timers.c.status))
+            ).all()
+        assert dict((s, int(n)) for s, n in statuses) == {"fired": 12}
