@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import sys
@@ -38,15 +37,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg
-from psycopg import sql
 from sqlalchemy import select
 
+from benchmarks.overhead import fresh_database, postgres_server
 from checkpoints.clock import VirtualClock
 from checkpoints.lifecycle_tables import lifecycle_validation_results
 from graphs.lifecycle_catalog import READY_TO_START
@@ -253,31 +250,6 @@ def print_report(results: Sequence[Result], settings: Settings) -> None:
 # --- Postgres ---------------------------------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    query = "&".join(p for p in parts.query.split("&") if p and p.partition("=")[0] != "dbname")
-    return urlunsplit(parts._replace(path=f"/{name}", query=query))
-
-
-@contextmanager
-def postgres_server(url: str | None) -> Iterator[str]:
-    """``url`` if given, else a throwaway pgserver instance, removed on exit."""
-    if url:
-        yield url
-        return
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="journeys-xdg-")
-    from pgserver.postgres_server import get_server
-
-    scratch = Path(tempfile.mkdtemp(prefix="journeys-pgl-"))  # short: the socket lives inside it
-    server = get_server(scratch / "data", cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 @contextmanager
 def store_url(backend: str, server_url: str | None, scratch: Path) -> Iterator[str]:
     if backend == "memory":
@@ -287,14 +259,8 @@ def store_url(backend: str, server_url: str | None, scratch: Path) -> Iterator[s
         yield f"sqlite:///{scratch}/lifecycle-{uuid.uuid4().hex[:8]}.db"
         return
     assert server_url is not None
-    name = f"bench_lifecycle_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_database(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(server_url, "lifecycle") as url:
+        yield url
 
 
 # --- entry point --------------------------------------------------------------------------------
