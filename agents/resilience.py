@@ -48,8 +48,11 @@ class RetrySettings:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Everything but refusals and declared-permanent failures is worth another attempt."""
-    return not isinstance(exc, PermanentAgentError | PolicyViolationError)
+    """Every error but refusals and declared-permanent failures is worth another attempt.
+
+    Only ``Exception``s: cancellation and interpreter exits (``BaseException``) must propagate at once.
+    """
+    return isinstance(exc, Exception) and not isinstance(exc, PermanentAgentError | PolicyViolationError)
 
 
 async def call_with_retry(fn: Callable[[int], Awaitable[T]], settings: RetrySettings) -> tuple[T, int]:
