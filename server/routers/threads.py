@@ -54,7 +54,11 @@ async def thread_graph(svc: ServerServices, thread: ResolvedThread) -> CompiledS
 
 
 async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, Any]:
-    graph = await thread_graph(svc, thread)
+    try:
+        graph = await thread_graph(svc, thread)
+    except JourneyNotFoundError:
+        # Bound, but its first run has not created the journey yet: a thread without state so far.
+        graph = None
     values: dict[str, Any] = {}
     interrupts: dict[str, list[dict[str, Any]]] = {}
     status = "idle"
