@@ -7,9 +7,9 @@ derived from them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from checkpoints.clock import Clock
+from checkpoints.pg_events import PgEventStatements
 from checkpoints.tables import journey_events, journey_instances
 
 
@@ -44,6 +45,19 @@ class Event:
     created_at: datetime
 
 
+def _event_from_mapping(row: Mapping[str, Any]) -> Event:
+    return Event(
+        id=row["id"],
+        instance_id=row["instance_id"],
+        seq=row["seq"],
+        type=row["type"],
+        step=row["step"],
+        payload=row["payload"],
+        key=row["idempotency_key"],
+        created_at=row["created_at"].astimezone(UTC),
+    )
+
+
 def _event_from_row(row: Any) -> Event:
     return Event(
         id=row.id,
@@ -58,9 +72,10 @@ def _event_from_row(row: Any) -> Event:
 
 
 class EventLog:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, *, pg: PgEventStatements | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._pg = pg  # PostgreSQL: the hot path in plain psycopg
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         # The statements of the hot path, built once with their values bound per call: an append or a
@@ -111,6 +126,10 @@ class EventLog:
 
         Returns, per event, whether it was written (False: its key was already there).
         """
+        if self._pg is not None and len(events) == 1 and not also:
+            event = events[0]
+            now = self._clock.now()
+            return [await self._pg.append(instance_id, event.type, event.step, event.payload, event.key, now, status)]
         for attempt in range(5):
             try:
                 if self._single_statement_autocommit and len(events) == 1 and status is None and not also:
@@ -149,11 +168,17 @@ class EventLog:
         return result.first() is not None
 
     async def find_by_key(self, key: str) -> Event | None:
+        if self._pg is not None:
+            found = await self._pg.find_by_key(key)
+            return _event_from_mapping(found) if found else None
         async with self._engine.connect() as conn:
             row = (await conn.execute(self._select_by_key, {"p_key": key})).first()
         return _event_from_row(row) if row else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
+        if self._pg is not None:
+            found = await self._pg.list(instance_id, types=types, after_seq=after_seq)
+            return [_event_from_mapping(r) for r in found]
         query = (
             select(journey_events)
             .where(journey_events.c.instance_id == instance_id, journey_events.c.seq > after_seq)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from checkpoints.clock import Clock
 from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
+from checkpoints.pg_events import PgEventStatements
 from checkpoints.tables import journey_designs, journey_events, journey_instances
 
 
@@ -43,9 +45,10 @@ class Instance:
 
 
 class JourneyIndex:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, *, pg: PgEventStatements | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._pg = pg  # PostgreSQL: registering an instance is on the hot path of every start
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         now = self._clock.now()
@@ -76,6 +79,16 @@ class JourneyIndex:
         """Register a new instance and its first event in one transaction."""
         now = self._clock.now()
         try:
+            if self._pg is not None:
+                instance = {
+                    "instance_id": instance_id,
+                    "journey_id": journey_id,
+                    "pattern": pattern,
+                    "user_id": user_id,
+                }
+                first = first_event
+                await self._pg.register(instance, first.type, first.step, first.payload, first.key, now)
+                return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now)
             async with self._engine.begin() as conn:
                 await conn.execute(
                     insert(journey_instances).values(
@@ -99,7 +112,7 @@ class JourneyIndex:
                         created_at=now,
                     )
                 )
-        except IntegrityError as exc:
+        except (IntegrityError, UniqueViolation) as exc:
             raise DuplicateInstanceError(
                 f"journey {journey_id!r} is already running for user {user_id!r} (instance {instance_id!r})",
                 instance_id=instance_id,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock, SystemClock
@@ -14,6 +16,7 @@ from checkpoints.database import create_engine_for
 from checkpoints.events import EventLog
 from checkpoints.index import JourneyIndex
 from checkpoints.migrations import migrate
+from checkpoints.pg_events import PgEventStatements
 from checkpoints.savers import open_saver
 from checkpoints.url import StoreURL, parse_store_url
 
@@ -36,7 +39,22 @@ async def open_store(url: str, *, clock: Clock | None = None, pool_size: int = 1
     engine = create_engine_for(parsed, pool_size=pool_size)
     try:
         await migrate(engine)
-        async with open_saver(parsed, pool_size=pool_size) as saver:
-            yield Store(parsed, saver, engine, EventLog(engine, clock), JourneyIndex(engine, clock), clock)
+        async with open_saver(parsed, pool_size=pool_size) as saver, _pg_statements(parsed, pool_size) as pg:
+            events, index = EventLog(engine, clock, pg=pg), JourneyIndex(engine, clock, pg=pg)
+            yield Store(parsed, saver, engine, events, index, clock)
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def _pg_statements(url: StoreURL, pool_size: int) -> AsyncIterator[PgEventStatements | None]:
+    """On PostgreSQL, a psycopg pool of its own for the event log's hot path (not the saver's, so that
+    appends never wait behind checkpoint writes)."""
+    if url.kind != "postgres":
+        yield None
+        return
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url.target, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True}
+    )
+    async with pool:
+        yield PgEventStatements(pool)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from langgraph.graph import START
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
@@ -26,7 +27,8 @@ from graphs.errors import (
     StepFailedError,
     StepOrderError,
 )
-from graphs.structured import StructuredSpec, StructuredState
+from graphs.structured import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
+from nodes.compensation import COMPLETED_STEP
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -75,16 +77,11 @@ class StepJourneys:
                 if (await graph.aget_state(self.engine.config(instance_id))).values:
                     raise
                 created = None
-            initial: StructuredState = {
-                "context": dict(context or {}),
-                "status": "in_progress",
-                "current_step": spec.steps[0].step_id,
-                "completed_steps": [],
-            }
+            initial: StructuredState = {"context": dict(context or {})}
             # The first run of an instance registered just now has no logged agent call to look up;
             # a resumed start (one a crash cut short) looks each call up before making it.
             snapshot = await self._run(graph, instance_id, initial, replay=created is None)
-        return self.view(created or await self.instance(instance_id), spec, snapshot)
+        return await self.view(created or await self.instance(instance_id), spec, snapshot)
 
     async def advance(
         self, instance_id: str, step_result: Mapping[str, Any], *, step_id: str | None = None
@@ -118,7 +115,7 @@ class StepJourneys:
                     allowed=targets,
                 )
             snapshot = await self._run(graph, instance_id, resume_pending(snapshot, result))
-        view = self.view(await self.instance(instance_id), spec, snapshot)
+        view = await self.view(await self.instance(instance_id), spec, snapshot)
         return {**view, "completed_step": current}
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
@@ -134,14 +131,14 @@ class StepJourneys:
                 )
             await self.events.append(instance_id, [NewEvent("step.retried", {}, failed)], status="in_progress")
             snapshot = await self._run(graph, instance_id, None)
-        return self.view(await self.instance(instance_id), spec, snapshot)
+        return await self.view(await self.instance(instance_id), spec, snapshot)
 
     async def status(self, instance_id: str) -> dict[str, Any]:
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.engine.settled_state(graph, instance_id)
-        return self.view(found, spec, snapshot)
+        return await self.view(found, spec, snapshot)
 
     async def _run(self, graph: Graph, instance_id: str, value: Any, *, replay: bool = True) -> StateSnapshot:
         try:
@@ -156,7 +153,6 @@ class StepJourneys:
             raise
 
     def _current_step(self, instance_id: str, spec: StructuredSpec, snapshot: StateSnapshot) -> str:
-        values = cast(StructuredState, snapshot.values)
         failed = failed_task(snapshot)
         if failed is not None:
             raise StepFailedError(
@@ -164,26 +160,28 @@ class StepJourneys:
                 allowed=["retry_journey_step"],
                 failed_step=failed,
             )
-        status = values.get("status")
+        status = journey_status(snapshot)
         if status in FINISHED or not snapshot.next:
             raise JourneyFinishedError(
                 f"journey run {instance_id!r} has finished with status {status!r}; nothing is left to advance",
                 allowed=[],
                 status=status,
             )
-        current = values.get("current_step")
-        if current is None or waiting_for(snapshot) is None:
+        waiting = waiting_for(snapshot)
+        current = position(snapshot)
+        if current is None or waiting is None or current not in spec.step_ids:
             raise JourneyFinishedError(f"journey run {instance_id!r} is not waiting for a step result", allowed=[])
         return current
 
-    @staticmethod
-    def view(instance: Instance, spec: StructuredSpec, snapshot: StateSnapshot) -> dict[str, Any]:
+    async def view(self, instance: Instance, spec: StructuredSpec, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The journey as users see it: where it stands from the checkpoint, what it did from the log."""
         values = cast(StructuredState, snapshot.values)
         failed = failed_task(snapshot)
-        status = "failed" if failed else values.get("status", instance.status)
+        status = journey_status(snapshot)
         waiting = waiting_for(snapshot)
-        current = values.get("current_step") if status not in FINISHED else None
-        completed = list(values.get("completed_steps") or [])
+        current = position(snapshot) if status not in FINISHED else None
+        done = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
+        completed = [e.step or "" for e in done]
         view: dict[str, Any] = {
             "journey_id": instance.journey_id,
             "user_id": instance.user_id,
@@ -195,7 +193,7 @@ class StepJourneys:
             "awaiting_input": waiting is not None,
             "next_steps": [b.to for b in spec.branches(current)] if current else [],
             "progress": {"completed": len(completed), "total": len(spec.steps)},
-            "last_output": values.get("last_output"),
+            "last_output": done[-1].payload.get("output") if done else None,
         }
         if failed:
             view["failed_step"] = failed
@@ -207,3 +205,25 @@ class StepJourneys:
                 "compensation_failure": values.get("compensation_failure"),
             }
         return view
+
+
+def position(snapshot: StateSnapshot) -> str | None:
+    """The step the journey stands at: the one it waits on, or whose work is pending or failed."""
+    for task in snapshot.tasks:
+        if task.name in (COMPENSATE_NODE, START):
+            continue
+        return task.name.removesuffix(AWAIT_SUFFIX)
+    for node in snapshot.next:
+        if node != COMPENSATE_NODE:
+            return node.removesuffix(AWAIT_SUFFIX)
+    return None
+
+
+def journey_status(snapshot: StateSnapshot) -> str:
+    """failed (a step's work failed), a saga's own status, in_progress while anything is left, else completed."""
+    if failed_task(snapshot) is not None:
+        return "failed"
+    recorded = cast(StructuredState, snapshot.values).get("status")
+    if recorded is not None:
+        return recorded
+    return "in_progress" if snapshot.next or snapshot.tasks else "completed"

@@ -24,7 +24,7 @@ from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
 from nodes.service_task import perform_task
-from nodes.services import NodeServices, thread_id
+from nodes.services import NodeServices, superstep, thread_id
 from nodes.user_task import make_user_task_node
 
 STEP_ID = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -114,12 +114,13 @@ class StructuredSpec(BaseModel):
 
 
 class StructuredState(TypedDict, total=False):
+    """What a step journey checkpoints. Progress (completed steps, outputs) is history and lives in
+    the event log; the current step is where the graph waits. A plain step writes nothing here but
+    its routing, so a step costs the checkpointer no more than a hand-written node does."""
+
     context: dict[str, Any]
-    status: str
-    current_step: str | None
-    completed_steps: list[str]
-    step_input: dict[str, Any] | None
-    last_output: dict[str, Any] | None
+    status: str  # written only by saga moves (compensating, compensated, failed); else derived
+    step_input: dict[str, Any] | None  # the answer of the last user step, read by that step's work node
     failure: dict[str, Any] | None
     compensated_steps: list[str]
     compensation_failure: dict[str, Any] | None
@@ -197,8 +198,11 @@ def _reachable(start: str, edges: Mapping[str, list[str]]) -> set[str]:
     return seen
 
 
+AWAIT_SUFFIX = ".await"
+
+
 def await_node(step_id: str) -> str:
-    return f"{step_id}.await"
+    return f"{step_id}{AWAIT_SUFFIX}"
 
 
 def entry_node(step: Step) -> str:
@@ -248,15 +252,15 @@ def _step_runner(
     compensating: bool,
 ) -> Any:
     async def run_step(state: StructuredState, config: RunnableConfig) -> Command[str]:
-        result = state.get("step_input") or {}
-        completed = list(state.get("completed_steps") or [])
-        visit = len(completed)
-        key = step_key(thread_id(config), step.step_id, visit)
+        # A user step's result was written by its own await node just before; an auto step has none.
+        result = (state.get("step_input") or {}) if step.mode == "user" else {}
+        # The superstep tells visits of a looping step apart and is the same when a crash replays it.
+        key = step_key(thread_id(config), step.step_id, superstep(config))
 
         def record(output: dict[str, Any]) -> Recording:
             following = spec.choose_next(step.step_id, {**result, "output": output})
             return Recording(
-                {"step_result": result, "next_step": following, "milestone": step.milestone, "visit": visit},
+                {"step_result": result, "next_step": following, "milestone": step.milestone},
                 status="completed" if following is None else None,
             )
 
@@ -287,23 +291,10 @@ def _step_runner(
                 [NewEvent("saga.compensating", failure, step.step_id, f"{key}:failed")],
                 status="compensating",
             )
-            return Command(
-                goto=COMPENSATE_NODE,
-                update={"status": "compensating", "failure": failure, "step_input": None},
-            )
+            return Command(goto=COMPENSATE_NODE, update={"status": "compensating", "failure": failure})
         following = spec.choose_next(step.step_id, {**result, "output": outcome.output})
-        update: StructuredState = {
-            "completed_steps": [*completed, step.step_id],
-            "current_step": following,
-            "last_output": outcome.output,
-        }
-        # Leave out what would not change: every channel written is stored again with the step's writes.
-        if "step_input" not in state or state["step_input"] is not None:
-            update["step_input"] = None
-        status = "completed" if following is None else "in_progress"
-        if state.get("status") != status:
-            update["status"] = status
-        return Command(goto=entry_node(spec.step(following)) if following else END, update=update)
+        # No state update: the step's record is its event, and where the journey stands is the route.
+        return Command(goto=entry_node(spec.step(following)) if following else END)
 
     run_step.__name__ = f"run_{step.step_id}"
     return run_step

@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
 
 from agents.errors import AgentError
 from agents.resilience import RetrySettings
@@ -25,35 +26,39 @@ from nodes.services import NodeServices, thread_id
 class CompensationState(TypedDict, total=False):
     context: dict[str, Any]
     status: str
-    completed_steps: list[str]
     compensated_steps: list[str]
     failure: dict[str, Any] | None
     compensation_failure: dict[str, Any] | None
 
 
-def step_key(instance_id: str, step: str, position: int) -> str:
-    """The idempotency key of the ``position``-th completed step (shared with the step runner)."""
-    return f"{instance_id}:{step}:{position}"
+COMPLETED_STEP = "step.completed"
+
+
+def step_key(instance_id: str, step: str, superstep: int) -> str:
+    """The idempotency key of a step's work in the superstep it ran (shared with the step runner)."""
+    return f"{instance_id}:{step}:{superstep}"
 
 
 def build_compensation_graph(
     handlers: Mapping[str, str], services: NodeServices, *, retry: RetrySettings
 ) -> StateGraph[CompensationState]:
-    async def undo(state: CompensationState, config: RunnableConfig) -> CompensationState:
+    async def undo(state: CompensationState, config: RunnableConfig) -> Command[str]:
         instance_id = thread_id(config)
-        completed = state.get("completed_steps") or []
+        # What was done is the log's completed steps, in order; undo the last one not undone yet.
+        completed = await services.events.list(instance_id, types=[COMPLETED_STEP])
         done = list(state.get("compensated_steps") or [])
-        position = len(completed) - 1 - len(done)
-        step = completed[position]
+        if len(done) >= len(completed):
+            return Command(goto="finish")
+        original = completed[len(completed) - 1 - len(done)]
+        step = original.step or ""
         handler = handlers.get(step)
-        key = f"{step_key(instance_id, step, position)}:compensate"
+        key = f"{original.key}:compensate"
         if handler is None:
             await services.events.append(
                 instance_id,
                 [NewEvent("compensation.not_needed", {"reason": "no handler declared"}, step, key)],
             )
-            return {"compensated_steps": [*done, step]}
-        original = await services.events.find_by_key(step_key(instance_id, step, position))
+            return Command(goto="undo", update={"compensated_steps": [*done, step]})
         try:
             await perform_task(
                 services,
@@ -61,8 +66,8 @@ def build_compensation_graph(
                 intent=handler,
                 payload={
                     "step_id": step,
-                    "original_output": original.payload.get("output") if original else None,
-                    "step_result": original.payload.get("step_result") if original else None,
+                    "original_output": original.payload.get("output"),
+                    "step_result": original.payload.get("step_result"),
                     "context": state.get("context") or {},
                     "failure": state.get("failure"),
                 },
@@ -80,8 +85,8 @@ def build_compensation_graph(
                 [NewEvent("saga.failed", failure, step, f"{instance_id}:saga-failed")],
                 status="failed",
             )
-            return {"status": "failed", "compensation_failure": failure}
-        return {"compensated_steps": [*done, step]}
+            return Command(goto=END, update={"status": "failed", "compensation_failure": failure})
+        return Command(goto="undo", update={"compensated_steps": [*done, step]})
 
     async def finish(state: CompensationState, config: RunnableConfig) -> CompensationState:
         instance_id = thread_id(config)
@@ -93,16 +98,9 @@ def build_compensation_graph(
         )
         return {"status": "compensated"}
 
-    def next_move(state: CompensationState) -> str:
-        if state.get("status") == "failed":
-            return END
-        remaining = len(state.get("completed_steps") or []) - len(state.get("compensated_steps") or [])
-        return "undo" if remaining > 0 else "finish"
-
     builder: StateGraph[CompensationState] = StateGraph(CompensationState)
-    builder.add_node("undo", undo)
+    builder.add_node("undo", undo, destinations=("undo", "finish", END))
     builder.add_node("finish", finish)
-    builder.add_conditional_edges(START, next_move, ["undo", "finish", END])
-    builder.add_conditional_edges("undo", next_move, ["undo", "finish", END])
+    builder.add_edge(START, "undo")
     builder.add_edge("finish", END)
     return builder

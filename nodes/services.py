@@ -31,3 +31,9 @@ def is_replay(config: RunnableConfig) -> bool:
 def thread_id(config: RunnableConfig) -> str:
     configurable: dict[str, Any] = config.get("configurable") or {}
     return str(configurable["thread_id"])
+
+
+def superstep(config: RunnableConfig) -> int:
+    """The superstep a node runs in: the same again when a crash makes LangGraph run it a second time."""
+    metadata: dict[str, Any] = config.get("metadata") or {}
+    return int(metadata["langgraph_step"])

@@ -30,6 +30,7 @@ import pytest
 
 from checkpoints.events import Event
 from graphs.runtime import JourneyRuntime
+from graphs.step_journeys import position
 from graphs.structured import StructuredSpec
 
 pytestmark = pytest.mark.slow
@@ -206,7 +207,9 @@ def look_at_store(url: str, journey_id: str, instance_id: str) -> StoreView:
             assert instance is not None and design is not None
             graph = runtime.graph_for("structured", StructuredSpec.model_validate(design.spec))
             snapshot = await graph.aget_state({"configurable": {"thread_id": instance_id}})
-            completed = list(snapshot.values.get("completed_steps") or [])
+            # Where the checkpoint stands: every step before the one it waits on or would run next.
+            at = position(snapshot)
+            completed = STEPS[: STEPS.index(at)] if at is not None else list(STEPS)
             return StoreView(instance.status, await runtime.history(instance_id), completed)
 
     return asyncio.run(look())
@@ -233,8 +236,6 @@ def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path
     finally:
         first.close()
     acknowledged = [int(line.split()[1]) for line in first.lines if line.startswith("ADVANCED ")]
-    keys = [f"{instance_id}:{step}:{n}" for n, step in enumerate(STEPS)]
-
     # It really died mid-journey: some but not all side effects happened, and nothing it printed says finished.
     effects_at_kill = count_effects(effects_db)
     assert 0 < effects_at_kill < len(STEPS) or crash.hold == "event:8", effects_at_kill
@@ -242,16 +243,6 @@ def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path
     invoked_at_kill = [key for (key,) in query(effects_db, "SELECT key FROM invocations ORDER BY id")]
     before = look_at_store(durable_url, journey_id, instance_id)
     logged_before = {e.key for e in before.events if e.type == "step.completed"}
-    assert len(logged_before) < len(STEPS) or crash.hold == "event:8"
-    # The checkpoint is never ahead of the event log, and every acknowledged advance is in both.
-    assert {keys[STEPS.index(s)] for s in before.checkpointed_steps} <= logged_before
-    assert STEPS[: len(acknowledged)] == before.checkpointed_steps[: len(acknowledged)]
-    if crash.hold:  # the kill landed exactly where it was meant to
-        point, held = crash.hold.split("+")[0].split(":")
-        held_key = keys[int(held) - 1]
-        assert invoked_at_kill[-1] == held_key
-        assert (held_key in logged_before) == (point == "event")
-        assert STEPS[int(held) - 1] not in before.checkpointed_steps
 
     # 2. A fresh process recovers the journey and finishes it.
     second = Child([durable_url, str(effects_db), "resume", journey_id], tmp_path / "resume.stderr")
@@ -265,6 +256,24 @@ def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path
     assert final["completed_steps"] == STEPS
     if crash.recovers is not None:
         assert recovered == ([instance_id] if crash.recovers else []), second.lines
+
+    # Each step's work had one idempotency key, whichever process ran it: a replay reuses the key.
+    invoked = [key for (key,) in query(effects_db, "SELECT key FROM invocations ORDER BY id")]
+    keys_of = [sorted({k for k in invoked if k.startswith(f"{instance_id}:{step}:")}) for step in STEPS]
+    assert all(len(found) == 1 for found in keys_of), keys_of
+    keys = [found[0] for found in keys_of]
+
+    # What the killed process left: the checkpoint is never ahead of the event log, and every
+    # acknowledged advance is in both.
+    assert len(logged_before) < len(STEPS) or crash.hold == "event:8"
+    assert {keys[STEPS.index(s)] for s in before.checkpointed_steps} <= logged_before
+    assert STEPS[: len(acknowledged)] == before.checkpointed_steps[: len(acknowledged)]
+    if crash.hold:  # the kill landed exactly where it was meant to
+        point, held = crash.hold.split("+")[0].split(":")
+        held_key = keys[int(held) - 1]
+        assert invoked_at_kill[-1] == held_key
+        assert (held_key in logged_before) == (point == "event")
+        assert STEPS[int(held) - 1] not in before.checkpointed_steps
 
     # 3. Every step's side effect exists exactly once.
     assert sorted(key for (key,) in query(effects_db, "SELECT key FROM effects")) == sorted(keys)

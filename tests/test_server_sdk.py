@@ -72,7 +72,7 @@ async def test_create_wait_stream_interrupt_resume_and_state(client: LangGraphCl
     events = [p.event for p in parts]
     assert events[0] == "metadata" and "values" in events and "updates" in events
     last_values = [p.data for p in parts if p.event == "values"][-1]
-    assert last_values["completed_steps"] == ["upload_content"]
+    assert last_values["step_input"] == {"files": 3}  # progress is in the run output and the event log
 
     # In the background, then join; the run record says success.
     run = await client.runs.create(tid, "structured", command={"resume": {"entities": 2}})
