@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     RetryError,
     retry_if_exception,
     stop_after_attempt,
@@ -57,22 +59,50 @@ def is_retryable(exc: BaseException) -> bool:
 
 async def call_with_retry(fn: Callable[[int], Awaitable[T]], settings: RetrySettings) -> tuple[T, int]:
     """Run ``fn(attempt)`` until it succeeds or the attempts run out; returns (result, attempts)."""
-    attempt = 0
+    # The first attempt is made directly: most calls succeed at once, and setting tenacity up costs
+    # tens of microseconds a call. Only a failure worth retrying enters its loop, from attempt 2 on.
+    try:
+        return await fn(1), 1
+    except Exception as exc:
+        if settings.max_attempts == 1 or not is_retryable(exc):
+            raise
+    attempt = 1
+    wait = settings.wait()
     try:
         async for trial in AsyncRetrying(
-            stop=stop_after_attempt(settings.max_attempts),
-            wait=settings.wait(),
+            stop=stop_after_attempt(settings.max_attempts - 1),
+            # Attempt n of this loop is attempt n + 1 of the call: back off as the whole call would.
+            wait=lambda state: wait(_shifted(state)),
             retry=retry_if_exception(is_retryable),
+            before=_sleep_first(wait),
             reraise=True,
         ):
             with trial:
-                attempt = trial.retry_state.attempt_number
+                attempt = trial.retry_state.attempt_number + 1
                 result = await fn(attempt)
             if not trial.retry_state.outcome or not trial.retry_state.outcome.failed:
                 return result, attempt
     except RetryError as exc:  # pragma: no cover - reraise=True surfaces the last error instead
         raise exc.last_attempt.exception() or exc from exc
     raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _shifted(state: RetryCallState) -> RetryCallState:
+    shifted = copy.copy(state)
+    shifted.attempt_number = state.attempt_number + 1
+    return shifted
+
+
+def _sleep_first(wait: wait_base) -> Callable[[RetryCallState], Awaitable[None]]:
+    """Before the loop's first attempt, the backoff that follows the call's failed first attempt."""
+
+    async def before(state: RetryCallState) -> None:
+        if state.attempt_number == 1:
+            first = copy.copy(state)
+            first.attempt_number = 1
+            await asyncio.sleep(wait(first))
+
+    return before
 
 
 class Bulkheads:

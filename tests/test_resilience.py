@@ -36,3 +36,30 @@ async def test_permanent_failures_and_cancellation_are_not_retried(error: BaseEx
     with pytest.raises(type(error)):
         await call_with_retry(failing, FAST)
     assert attempts == [1]
+
+
+async def test_each_retry_waits_the_backoff_of_the_attempt_before_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def record_sleep(delay: float) -> None:
+        slept.append(delay)
+
+    # Both the first backoff and tenacity's sleeps between later attempts go through asyncio.sleep.
+    monkeypatch.setattr(asyncio, "sleep", record_sleep)
+
+    async def fails_three_times(attempt: int) -> int:
+        if attempt < 4:
+            raise TransientAgentError("busy")
+        return attempt
+
+    settings = RetrySettings(max_attempts=4, initial_delay=0.1, max_delay=1.0, jitter=0.0)
+    assert await call_with_retry(fails_three_times, settings) == (4, 4)
+    assert slept == pytest.approx([0.1, 0.2, 0.4])  # exponential: after attempts 1, 2 and 3
+
+
+async def test_the_last_attempt_error_surfaces_when_attempts_run_out() -> None:
+    async def always(attempt: int) -> None:
+        raise TransientAgentError(f"attempt {attempt}")
+
+    with pytest.raises(TransientAgentError, match="attempt 3"):
+        await call_with_retry(always, FAST)
