@@ -37,7 +37,8 @@ SELECT id FROM appended
 _REGISTER = """
 WITH registered AS (
     INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, updated_at)
-    VALUES (%(instance_id)s::varchar, %(journey_id)s, %(pattern)s, %(user_id)s, 'in_progress', %(created_at)s, %(created_at)s)
+    VALUES (%(instance_id)s::varchar, %(journey_id)s, %(pattern)s, %(user_id)s, 'in_progress',
+            %(created_at)s, %(created_at)s)
 )
 INSERT INTO journey_events (instance_id, seq, type, step, payload, idempotency_key, created_at)
 VALUES (%(instance_id)s::varchar, 1, %(type)s, %(step)s, %(payload)s, %(key)s, %(created_at)s)

@@ -86,6 +86,19 @@ class JourneyEngine:
         await run_graph(graph, value, self.config(instance_id, replay=replay), self.durability)
         return await graph.aget_state(self.config(instance_id))
 
+    async def run(
+        self,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        instance_id: str,
+        value: dict[str, Any] | Command[Any] | None,
+        *,
+        replay: bool = True,
+    ) -> dict[str, Any] | StateSnapshot:
+        """Like :meth:`invoke`, but answers with the run's output when it has one, which saves reading
+        the checkpoint back; a streamed run answers with the thread's state."""
+        output = await run_graph(graph, value, self.config(instance_id, replay=replay), self.durability)
+        return output if output is not None else await graph.aget_state(self.config(instance_id))
+
 
 def in_flight(snapshot: StateSnapshot) -> bool:
     """Pending work that is neither waiting for a human nor a recorded failure: a crash interrupted it.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from langgraph.types import StateSnapshot
+
 from graphs.designs import DesignBook, new_id
 from graphs.errors import InvalidInputError
 from graphs.saga import SagaSpec
@@ -62,3 +64,7 @@ class SagaOrchestrator:
 
     async def get_saga_status(self, saga_id: str) -> dict[str, Any]:
         return await self._runs.status(saga_id)
+
+    async def describe(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The saga view (status, current and completed steps) of a thread state read elsewhere."""
+        return await self._runs.describe(instance_id, snapshot)

@@ -7,6 +7,7 @@ a finished journey or an invalid result raises a typed error and leaves no trace
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 from langgraph.graph import START
@@ -32,6 +33,8 @@ from nodes.compensation import COMPLETED_STEP
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
+# Where ainvoke puts the interrupts a run stopped at (LangGraph keeps its own constant private).
+INTERRUPT = "__interrupt__"
 FINISHED = ("completed", "compensated", "failed")
 
 
@@ -80,8 +83,8 @@ class StepJourneys:
             initial: StructuredState = {"context": dict(context or {})}
             # The first run of an instance registered just now has no logged agent call to look up;
             # a resumed start (one a crash cut short) looks each call up before making it.
-            snapshot = await self._run(graph, instance_id, initial, replay=created is None)
-        return await self.view(created or await self.instance(instance_id), spec, snapshot)
+            standing = await self._run(graph, instance_id, initial, replay=created is None)
+        return await self.view(created or await self.instance(instance_id), spec, standing)
 
     async def advance(
         self, instance_id: str, step_result: Mapping[str, Any], *, step_id: str | None = None
@@ -96,7 +99,7 @@ class StepJourneys:
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.engine.settled_state(graph, instance_id)
-            current = self._current_step(instance_id, spec, snapshot)
+            current = self._current_step(instance_id, spec, Standing.of(snapshot))
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
             if requested is not None and requested != current:
                 known = "" if requested in spec.step_ids else f" ({requested!r} is not a step of this journey)"
@@ -114,8 +117,8 @@ class StepJourneys:
                     f"next_step {explicit!r} is not a branch of step {current!r}; choose one of {targets}",
                     allowed=targets,
                 )
-            snapshot = await self._run(graph, instance_id, resume_pending(snapshot, result))
-        view = await self.view(await self.instance(instance_id), spec, snapshot)
+            standing = await self._run(graph, instance_id, resume_pending(snapshot, result))
+        view = await self.view(await self.instance(instance_id), spec, standing)
         return {**view, "completed_step": current}
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
@@ -130,19 +133,25 @@ class StepJourneys:
                     f"journey run {instance_id!r} has no failed step to retry", allowed=["advance_journey_step"]
                 )
             await self.events.append(instance_id, [NewEvent("step.retried", {}, failed)], status="in_progress")
-            snapshot = await self._run(graph, instance_id, None)
-        return await self.view(await self.instance(instance_id), spec, snapshot)
+            standing = await self._run(graph, instance_id, None)
+        return await self.view(await self.instance(instance_id), spec, standing)
 
     async def status(self, instance_id: str) -> dict[str, Any]:
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.engine.settled_state(graph, instance_id)
-        return await self.view(found, spec, snapshot)
+        return await self.view(found, spec, Standing.of(snapshot))
 
-    async def _run(self, graph: Graph, instance_id: str, value: Any, *, replay: bool = True) -> StateSnapshot:
+    async def describe(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The view of a thread state already read (by the server, after a run), without running anything."""
+        found = await self.instance(instance_id)
+        _, spec = await self.designs.load(found.journey_id, self.patterns)
+        return await self.view(found, spec, Standing.of(snapshot))
+
+    async def _run(self, graph: Graph, instance_id: str, value: Any, *, replay: bool = True) -> Standing:
         try:
-            return await self.engine.invoke(graph, instance_id, value, replay=replay)
+            return Standing.of(await self.engine.run(graph, instance_id, value, replay=replay))
         except AgentError as exc:
             # The step's failure is recorded in the checkpoint; the run can be retried from there.
             await self.events.append(
@@ -152,34 +161,28 @@ class StepJourneys:
             )
             raise
 
-    def _current_step(self, instance_id: str, spec: StructuredSpec, snapshot: StateSnapshot) -> str:
-        failed = failed_task(snapshot)
-        if failed is not None:
+    def _current_step(self, instance_id: str, spec: StructuredSpec, standing: Standing) -> str:
+        if standing.failed is not None:
             raise StepFailedError(
-                f"step {failed!r} failed; retry it (retry_journey_step) before advancing",
+                f"step {standing.failed!r} failed; retry it (retry_journey_step) before advancing",
                 allowed=["retry_journey_step"],
-                failed_step=failed,
+                failed_step=standing.failed,
             )
-        status = journey_status(snapshot)
-        if status in FINISHED or not snapshot.next:
+        if standing.status in FINISHED or standing.position is None:
             raise JourneyFinishedError(
-                f"journey run {instance_id!r} has finished with status {status!r}; nothing is left to advance",
+                f"journey run {instance_id!r} has finished with status {standing.status!r}; nothing is left to advance",
                 allowed=[],
-                status=status,
+                status=standing.status,
             )
-        waiting = waiting_for(snapshot)
-        current = position(snapshot)
-        if current is None or waiting is None or current not in spec.step_ids:
+        current = standing.position
+        if standing.waiting is None or current not in spec.step_ids:
             raise JourneyFinishedError(f"journey run {instance_id!r} is not waiting for a step result", allowed=[])
         return current
 
-    async def view(self, instance: Instance, spec: StructuredSpec, snapshot: StateSnapshot) -> dict[str, Any]:
-        """The journey as users see it: where it stands from the checkpoint, what it did from the log."""
-        values = cast(StructuredState, snapshot.values)
-        failed = failed_task(snapshot)
-        status = journey_status(snapshot)
-        waiting = waiting_for(snapshot)
-        current = position(snapshot) if status not in FINISHED else None
+    async def view(self, instance: Instance, spec: StructuredSpec, standing: Standing) -> dict[str, Any]:
+        """The journey as users see it: where it stands from the graph, what it did from the log."""
+        values = standing.values
+        current = standing.position if standing.status not in FINISHED else None
         done = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
         completed = [e.step or "" for e in done]
         view: dict[str, Any] = {
@@ -187,16 +190,16 @@ class StepJourneys:
             "user_id": instance.user_id,
             "instance_id": instance.instance_id,
             "journey_type": spec.journey_type,
-            "status": status,
+            "status": standing.status,
             "current_step": current,
             "completed_steps": completed,
-            "awaiting_input": waiting is not None,
+            "awaiting_input": standing.waiting is not None,
             "next_steps": [b.to for b in spec.branches(current)] if current else [],
             "progress": {"completed": len(completed), "total": len(spec.steps)},
             "last_output": done[-1].payload.get("output") if done else None,
         }
-        if failed:
-            view["failed_step"] = failed
+        if standing.failed:
+            view["failed_step"] = standing.failed
         if instance.pattern == "saga":
             view |= {
                 "saga_id": instance.instance_id,
@@ -205,6 +208,40 @@ class StepJourneys:
                 "compensation_failure": values.get("compensation_failure"),
             }
         return view
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a step journey stands, read from the thread's state or from what a run returned."""
+
+    values: StructuredState
+    status: str  # failed (a step's work failed), a saga's own status, in_progress, or completed
+    position: str | None  # the step it waits on, or whose work is pending or failed
+    waiting: dict[str, Any] | None  # the human task it waits on
+    failed: str | None  # the step whose work failed
+
+    @classmethod
+    def of(cls, source: StateSnapshot | Mapping[str, Any]) -> Standing:
+        return cls._of_snapshot(source) if isinstance(source, StateSnapshot) else cls._of_output(source)
+
+    @classmethod
+    def _of_snapshot(cls, snapshot: StateSnapshot) -> Standing:
+        values = cast(StructuredState, snapshot.values)
+        failed = failed_task(snapshot)
+        pending = bool(snapshot.next or snapshot.tasks)
+        status = "failed" if failed else values.get("status") or ("in_progress" if pending else "completed")
+        return cls(values, status, position(snapshot), waiting_for(snapshot), failed)
+
+    @classmethod
+    def _of_output(cls, output: Mapping[str, Any]) -> Standing:
+        # A run that returns stopped at a human task (its interrupt is in the output) or finished: a
+        # failed step's work raises instead.
+        values = cast(StructuredState, {k: v for k, v in output.items() if k != INTERRUPT})
+        interrupts = output.get(INTERRUPT) or []
+        waiting = dict(interrupts[0].value) if interrupts and isinstance(interrupts[0].value, Mapping) else None
+        task = waiting.get("task") if waiting else None
+        status = values.get("status") or ("in_progress" if interrupts else "completed")
+        return cls(values, status, task if isinstance(task, str) else None, waiting, None)
 
 
 def position(snapshot: StateSnapshot) -> str | None:
@@ -217,13 +254,3 @@ def position(snapshot: StateSnapshot) -> str | None:
         if node != COMPENSATE_NODE:
             return node.removesuffix(AWAIT_SUFFIX)
     return None
-
-
-def journey_status(snapshot: StateSnapshot) -> str:
-    """failed (a step's work failed), a saga's own status, in_progress while anything is left, else completed."""
-    if failed_task(snapshot) is not None:
-        return "failed"
-    recorded = cast(StructuredState, snapshot.values).get("status")
-    if recorded is not None:
-        return recorded
-    return "in_progress" if snapshot.next or snapshot.tasks else "completed"

@@ -42,12 +42,15 @@ async def streaming_to(modes: Sequence[str], emit: Callable[[str, Any], Awaitabl
 
 async def run_graph(
     graph: CompiledStateGraph[Any, Any, Any, Any], value: Any, config: RunnableConfig, durability: Durability
-) -> None:
+) -> dict[str, Any] | None:
+    """Run the graph; returns its output (values, with ``__interrupt__`` when it stopped at one), or
+    None when the run was streamed (read the thread's state then)."""
     sink = _SINK.get()
     if sink is None:
-        await graph.ainvoke(value, config, durability=durability)
-        return
+        output = await graph.ainvoke(value, config, durability=durability)
+        return output if isinstance(output, dict) else None
     async for mode, chunk in graph.astream(
         value, config, durability=durability, stream_mode=cast(Any, list(sink.modes))
     ):
         await sink.emit(str(mode), chunk)
+    return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from langgraph.types import StateSnapshot
+
 from graphs.catalog import TemplateCatalog
 from graphs.designs import DesignBook, parse_spec
 from graphs.step_journeys import StepJourneys
@@ -88,3 +90,7 @@ class StructuredOrchestrator:
 
     async def get_journey_status(self, journey_id: str, user_id: str) -> dict[str, Any]:
         return await self._runs.status(structured_instance_id(journey_id, user_id))
+
+    async def describe(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The journey view (status, current and completed steps) of a thread state read elsewhere."""
+        return await self._runs.describe(instance_id, snapshot)

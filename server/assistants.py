@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
 
 from agents.guide import build_guide_graph
 from checkpoints.index import DuplicateInstanceError
@@ -59,6 +60,9 @@ class Assistant:
     chat: bool = False  # every run takes input (no resume)
     # A retried first run (its executor died) on a registered instance; None: finish its in-flight work.
     restart: Callable[[RunContext, str, Mapping[str, Any]], Awaitable[None]] | None = None
+    # What a run's output adds to the thread's values: step journeys keep their progress in the event
+    # log, not in graph state, and the output shows it (status, current and completed steps).
+    describe: Callable[[JourneyRuntime, str, StateSnapshot], Awaitable[dict[str, Any]]] | None = None
 
 
 ASSISTANTS: dict[str, Assistant] = {}
@@ -161,6 +165,14 @@ async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[s
 async def _resume_structured(ctx: RunContext, instance_id: str, value: Any) -> None:
     journey_id, user_id = await _owner(ctx, instance_id)
     await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value)
+
+
+async def _describe_structured(runtime: JourneyRuntime, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+    return await runtime.structured.describe(instance_id, snapshot)
+
+
+async def _describe_saga(runtime: JourneyRuntime, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+    return await runtime.saga.describe(instance_id, snapshot)
 
 
 async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
@@ -356,6 +368,7 @@ register(
         {"type": "object", "description": "the step result"},
         sample=_sample_structured,
         restart=_restart_structured,
+        describe=_describe_structured,
     )
 )
 register(
@@ -393,6 +406,7 @@ register(
         {**STEP_INPUT, "properties": {**STEP_INPUT["properties"], "compensation_handlers": {"type": "object"}}},
         {"type": "object", "description": "the step result"},
         sample=_sample_structured,
+        describe=_describe_saga,
     )
 )
 register(

@@ -105,7 +105,12 @@ async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
     graph = await thread_graph(svc, thread)
     if graph is None or thread.instance_id is None:
         return {}
-    return output_values(await graph.aget_state(svc.runtime.engine.config(thread.instance_id)))
+    snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
+    output = output_values(snapshot)
+    assistant = get_assistant(thread.assistant_id) if thread.assistant_id else None
+    if assistant is not None and assistant.describe is not None:
+        output |= await assistant.describe(svc.runtime, thread.instance_id, snapshot)
+    return output
 
 
 def _location(run: RunRow) -> dict[str, str]:
