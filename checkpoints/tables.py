@@ -86,7 +86,6 @@ journey_events = Table(
     Column("idempotency_key", Text, nullable=True, unique=True),
     Column("created_at", UTCDateTime(), nullable=False),
     UniqueConstraint("instance_id", "seq", name="uq_journey_events_instance_seq"),
-    Index("ix_journey_events_type", "type"),
 )
 
 # --- processes (BPMN-style): deployments, rollouts, and the durable waits a process instance parks on.

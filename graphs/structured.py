@@ -259,10 +259,13 @@ def _step_runner(
 
         def record(output: dict[str, Any]) -> Recording:
             following = spec.choose_next(step.step_id, {**result, "output": output})
-            return Recording(
-                {"step_result": result, "next_step": following, "milestone": step.milestone},
-                status="completed" if following is None else None,
-            )
+            # Every step writes one of these: defaults (no result, a milestone) are left out.
+            recorded: dict[str, Any] = {"next_step": following}
+            if result:
+                recorded["step_result"] = result
+            if not step.milestone:
+                recorded["milestone"] = False
+            return Recording(recorded, status="completed" if following is None else None)
 
         try:
             outcome = await perform_task(

@@ -67,7 +67,7 @@ def build_compensation_graph(
                 payload={
                     "step_id": step,
                     "original_output": original.payload.get("output"),
-                    "step_result": original.payload.get("step_result"),
+                    "step_result": original.payload.get("step_result", {}),
                     "context": state.get("context") or {},
                     "failure": state.get("failure"),
                 },
