@@ -35,7 +35,6 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    id: int
     instance_id: str
     seq: int
     type: str
@@ -47,7 +46,6 @@ class Event:
 
 def _event_from_mapping(row: Mapping[str, Any]) -> Event:
     return Event(
-        id=row["id"],
         instance_id=row["instance_id"],
         seq=row["seq"],
         type=row["type"],
@@ -60,7 +58,6 @@ def _event_from_mapping(row: Mapping[str, Any]) -> Event:
 
 def _event_from_row(row: Any) -> Event:
     return Event(
-        id=row.id,
         instance_id=row.instance_id,
         seq=row.seq,
         type=row.type,
@@ -97,9 +94,9 @@ class EventLog:
         )
         # Whether a row was written is read from RETURNING: with the RETURNING that SQLAlchemy adds for the
         # new id, psycopg reports a rowcount of -1, which made a skipped duplicate look written on PostgreSQL.
-        self._insert_event = insert_event.returning(columns.id)
+        self._insert_event = insert_event.returning(columns.seq)
         self._insert_keyed_event = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
-            columns.id
+            columns.seq
         )
         self._select_by_key = select(journey_events).where(columns.idempotency_key == bindparam("p_key"))
         # One statement is atomic on its own; on PostgreSQL it then skips the BEGIN and COMMIT round trips.

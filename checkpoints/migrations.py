@@ -108,3 +108,29 @@ def _drop_event_type_index(conn: Connection) -> None:
 
 
 MIGRATIONS += (Migration(5, "lean event log: no index on event type", _drop_event_type_index),)
+
+
+def _key_events_by_instance_and_seq(conn: Connection) -> None:
+    """PostgreSQL: drop the surrogate id; (instance_id, seq), unique already, becomes the primary key.
+
+    SQLite keeps its `id`: there it is the rowid, stored anyway. Databases created from migration 6 on
+    have the new shape from migration 1 (which creates the tables as they are defined now).
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    columns = conn.execute(
+        text("SELECT 1 FROM information_schema.columns WHERE table_name = 'journey_events' AND column_name = 'id'")
+    ).first()
+    if columns is None:
+        return
+    conn.execute(
+        text(
+            "ALTER TABLE journey_events DROP COLUMN id, DROP CONSTRAINT uq_journey_events_instance_seq, "
+            "ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)"
+        )
+    )
+
+
+MIGRATIONS += (
+    Migration(6, "lean event log: keyed by (instance_id, seq), no surrogate id", _key_events_by_instance_and_seq),
+)

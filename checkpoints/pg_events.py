@@ -18,21 +18,23 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from checkpoints.tables import EVENTS_PRIMARY_KEY
+
 # The next seq of the instance is taken in the insert itself; a concurrent writer of the same instance
-# makes one of the two fail on uq_journey_events_instance_seq, and that one simply goes again.
+# makes one of the two fail on the (instance_id, seq) primary key, and that one simply goes again.
 _INSERT = """
 INSERT INTO journey_events (instance_id, seq, type, step, payload, idempotency_key, created_at)
 VALUES (%(instance_id)s::varchar,
         (SELECT coalesce(max(seq), 0) + 1 FROM journey_events WHERE instance_id = %(instance_id)s::varchar),
         %(type)s, %(step)s, %(payload)s, %(key)s, %(created_at)s)
 """
-_APPEND = _INSERT + "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+_APPEND = _INSERT + "ON CONFLICT (idempotency_key) DO NOTHING RETURNING seq"
 # With a status: the event and the instance's new status in one statement, so in one transaction.
 _APPEND_WITH_STATUS = f"""
 WITH appended AS ({_APPEND}),
      moved AS (UPDATE journey_instances SET status = %(status)s::varchar, updated_at = %(created_at)s
                WHERE instance_id = %(instance_id)s::varchar)
-SELECT id FROM appended
+SELECT seq FROM appended
 """
 _REGISTER = """
 WITH registered AS (
@@ -43,7 +45,7 @@ WITH registered AS (
 INSERT INTO journey_events (instance_id, seq, type, step, payload, idempotency_key, created_at)
 VALUES (%(instance_id)s::varchar, 1, %(type)s, %(step)s, %(payload)s, %(key)s, %(created_at)s)
 """
-_COLUMNS = "id, instance_id, seq, type, step, payload, idempotency_key, created_at"
+_COLUMNS = "instance_id, seq, type, step, payload, idempotency_key, created_at"
 _BY_KEY = f"SELECT {_COLUMNS} FROM journey_events WHERE idempotency_key = %(key)s"
 _OF_INSTANCE = f"SELECT {_COLUMNS} FROM journey_events WHERE instance_id = %(instance_id)s::varchar AND seq > %(after)s"
 _ATTEMPTS = 5
@@ -82,7 +84,7 @@ class PgEventStatements:
                     cursor = await conn.execute(statement, values, prepare=True)
                     return await cursor.fetchone() is not None
             except UniqueViolation as exc:
-                if exc.diag.constraint_name != "uq_journey_events_instance_seq" or attempt == _ATTEMPTS - 1:
+                if exc.diag.constraint_name != EVENTS_PRIMARY_KEY or attempt == _ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 

@@ -14,10 +14,10 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -74,18 +74,20 @@ journey_instances = Table(
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
 )
 
+# Keyed by (instance_id, seq), with no surrogate id: every step writes a row, and each index is paid per
+# step. (Databases created before migration 6 keep an `id` column on SQLite, where it is the free rowid.)
+EVENTS_PRIMARY_KEY = "pk_journey_events"
 journey_events = Table(
     "journey_events",
     metadata,
-    Column("id", EventId, primary_key=True, autoincrement=True),
     Column("instance_id", String(200), nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", Integer, nullable=False, autoincrement=False),
     Column("type", String(60), nullable=False),
     Column("step", String(100), nullable=True),
     Column("payload", JsonType, nullable=False),
     Column("idempotency_key", Text, nullable=True, unique=True),
     Column("created_at", UTCDateTime(), nullable=False),
-    UniqueConstraint("instance_id", "seq", name="uq_journey_events_instance_seq"),
+    PrimaryKeyConstraint("instance_id", "seq", name=EVENTS_PRIMARY_KEY),
 )
 
 # --- processes (BPMN-style): deployments, rollouts, and the durable waits a process instance parks on.
