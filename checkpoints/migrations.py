@@ -101,36 +101,33 @@ def _create_server_tables(conn: Connection) -> None:
 MIGRATIONS += (Migration(4, "server tables: threads, runs, run stream events", _create_server_tables),)
 
 
-def _drop_event_type_index(conn: Connection) -> None:
-    # Every step of every journey writes an event, so each index on the log is paid per step. Queries by
-    # type alone are aggregates over most rows (analytics), which a scan serves as well as this index.
-    conn.execute(text("DROP INDEX IF EXISTS ix_journey_events_type"))
+def _lean_journey_tables(conn: Connection) -> None:
+    """Fewer bytes per step: every step of every journey writes an event row, and each index is paid per row.
 
-
-MIGRATIONS += (Migration(5, "lean event log: no index on event type", _drop_event_type_index),)
-
-
-def _key_events_by_instance_and_seq(conn: Connection) -> None:
-    """PostgreSQL: drop the surrogate id; (instance_id, seq), unique already, becomes the primary key.
-
-    SQLite keeps its `id`: there it is the rowid, stored anyway. Databases created from migration 6 on
-    have the new shape from migration 1 (which creates the tables as they are defined now).
+    - No index on event type, nor on instances by (journey_id, user_id): no query reads through either
+      (aggregates by type read most rows anyway).
+    - PostgreSQL: the events' surrogate id goes; (instance_id, seq), unique already, becomes the primary
+      key. SQLite keeps its `id`, which is its rowid, stored anyway. Databases created from this migration
+      on have the new shape from migration 1, which creates the tables as they are defined now.
     """
+    conn.execute(text("DROP INDEX IF EXISTS ix_journey_events_type"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_journey_instances_journey_user"))
     if conn.dialect.name != "postgresql":
         return
-    columns = conn.execute(
+    old_id = conn.execute(
         text("SELECT 1 FROM information_schema.columns WHERE table_name = 'journey_events' AND column_name = 'id'")
     ).first()
-    if columns is None:
-        return
-    conn.execute(
-        text(
-            "ALTER TABLE journey_events DROP COLUMN id, DROP CONSTRAINT uq_journey_events_instance_seq, "
-            "ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)"
+    if old_id is not None:
+        conn.execute(
+            text(
+                "ALTER TABLE journey_events DROP COLUMN id, DROP CONSTRAINT uq_journey_events_instance_seq, "
+                "ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)"
+            )
         )
-    )
 
 
 MIGRATIONS += (
-    Migration(6, "lean event log: keyed by (instance_id, seq), no surrogate id", _key_events_by_instance_and_seq),
+    Migration(
+        5, "lean journey tables: events keyed by (instance_id, seq), two unused indexes gone", _lean_journey_tables
+    ),
 )

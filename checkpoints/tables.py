@@ -70,7 +70,6 @@ journey_instances = Table(
     Column("status", String(30), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
-    Index("ix_journey_instances_journey_user", "journey_id", "user_id"),
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
 )
 

@@ -23,11 +23,12 @@ CREATE TABLE journey_events (
     CONSTRAINT uq_journey_events_instance_seq UNIQUE (instance_id, seq)
 );
 CREATE INDEX ix_journey_events_type ON journey_events (type);
+CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id);
 """
 
 
 async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgres_url: str) -> None:
-    async with JourneyRuntime.open(postgres_url):  # every table as migrations 1-4 leave it
+    async with JourneyRuntime.open(postgres_url):  # then make it look as migrations 1-4 left it
         pass
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DROP TABLE journey_events")
@@ -50,6 +51,9 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         ]
 
     with psycopg.connect(postgres_url) as conn:
+        instance_indexes = {
+            r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'journey_instances'")
+        }
         columns = {
             r[0]
             for r in conn.execute(
@@ -64,6 +68,7 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
     assert "id" not in columns
     assert indexes == {"pk_journey_events", "journey_events_idempotency_key_key"}
     assert {r[0] for r in primary} == {"instance_id", "seq"}
+    assert instance_indexes == {"journey_instances_pkey", "ix_journey_instances_pattern_status"}
 
 
 async def test_a_fresh_store_has_the_lean_event_log(store_url: str) -> None:
