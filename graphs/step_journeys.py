@@ -80,7 +80,7 @@ class StepJourneys:
                 if (await graph.aget_state(self.engine.config(instance_id))).values:
                     raise
                 created = None
-            initial: StructuredState = {"context": dict(context or {})}
+            initial: StructuredState = {"context": dict(context or {}), "status": "in_progress"}
             # The first run of an instance registered just now has no logged agent call to look up;
             # a resumed start (one a crash cut short) looks each call up before making it.
             standing = await self._run(graph, instance_id, initial, replay=created is None)

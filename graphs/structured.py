@@ -115,11 +115,11 @@ class StructuredSpec(BaseModel):
 
 class StructuredState(TypedDict, total=False):
     """What a step journey checkpoints. Progress (completed steps, outputs) is history and lives in
-    the event log; the current step is where the graph waits. A plain step writes nothing here but
-    its routing, so a step costs the checkpointer no more than a hand-written node does."""
+    the event log; the current step is where the graph waits. A step in the middle writes nothing here
+    but its routing, so it costs the checkpointer no more than a hand-written node does."""
 
     context: dict[str, Any]
-    status: str  # written only by saga moves (compensating, compensated, failed); else derived
+    status: str  # in_progress from the start; completed by the last step; a saga's compensating/compensated/failed
     step_input: dict[str, Any] | None  # the answer of the last user step, read by that step's work node
     failure: dict[str, Any] | None
     compensated_steps: list[str]
@@ -297,7 +297,9 @@ def _step_runner(
             return Command(goto=COMPENSATE_NODE, update={"status": "compensating", "failure": failure})
         following = spec.choose_next(step.step_id, {**result, "output": outcome.output})
         # No state update: the step's record is its event, and where the journey stands is the route.
-        return Command(goto=entry_node(spec.step(following)) if following else END)
+        if following is None:
+            return Command(goto=END, update={"status": "completed"})
+        return Command(goto=entry_node(spec.step(following)))
 
     run_step.__name__ = f"run_{step.step_id}"
     return run_step
