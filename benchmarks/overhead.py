@@ -421,13 +421,12 @@ def print_storage(storage: StorageReport) -> list[str]:
     ours, raw = totals["ours"], totals["raw"]
     print(f"{'total':<20}{ours[0]:>16.0f}{ours[1]:>16.0f}{ours[2]:>16.1f}{raw[0]:>16.0f}{raw[1]:>16.0f}{raw[2]:>16.1f}")
     print(f"{'ours/raw':<20}{ours[0] / raw[0]:>16.2f}{ours[1] / raw[1]:>16.2f}")
-    missed = []
-    for label, index in (("relation size", 0), ("row bytes", 1)):
-        if ours[index] > raw[index]:
-            missed.append(
-                f"TARGET MISSED: postgres storage ({label}): ours {ours[index]:.0f} B/journey > raw {raw[index]:.0f}"
-            )
-    return missed
+    # The target is the bytes on disk (relation size). Row bytes leave indexes and page space out, and
+    # count a row PostgreSQL compressed (any row over its 2 kB TOAST threshold) at its compressed size.
+    print("   target: ours relation <= raw relation (bytes on disk); row bytes are shown for insight")
+    if ours[0] > raw[0]:
+        return [f"TARGET MISSED: postgres storage (relation size): ours {ours[0]:.0f} B/journey > raw {raw[0]:.0f}"]
+    return []
 
 
 # --- entry point --------------------------------------------------------------------------------
