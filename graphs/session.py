@@ -211,13 +211,17 @@ def _area_handler(area: Area, spec: SessionSpec, services: NodeServices) -> Any:
         progress["complete"] = complete
         areas[area.area_id] = progress
         all_complete = all(p["complete"] for p in areas.values())
+        status: str | None = None
         if all_complete and not state.get("all_complete"):
             events.append(NewEvent("session.completed", {"areas": spec.area_ids}))
-        # The first event carries the action's key: a replayed action writes nothing twice.
-        events[0] = NewEvent(events[0].type, events[0].payload, events[0].step, f"{instance_id}:action:{n}")
-        written = await services.events.append(instance_id, events[:1])
-        if written[0] and len(events) > 1:
-            await services.events.append(instance_id, events[1:])
+            status = "completed"
+        elif state.get("all_complete") and not all_complete:
+            status = "in_progress"  # an area reopened: the session is no longer complete
+        # One transaction, every event keyed by the action: a replayed action writes nothing twice, and
+        # the instance index moves with the log.
+        key = f"{instance_id}:action:{n}"
+        keyed = [NewEvent(e.type, e.payload, e.step, key if i == 0 else f"{key}:{i}") for i, e in enumerate(events)]
+        await services.events.append(instance_id, keyed, status=status)
         return {
             **update,
             "areas": areas,

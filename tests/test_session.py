@@ -119,6 +119,14 @@ async def test_the_seed_50_2_3_progress(store_url: str) -> None:
         assert headline(done["progress"]) == {"completion_percent": 100, "completed_areas": 4, "visited_areas": 3}
         types = [e.type for e in await rt.history(session_id)]
         assert types.count("session.completed") == 1
+        instance = await rt.store.index.get_instance(session_id)
+        assert instance is not None and instance.status == "completed"
+
+        # Undoing an area's work reopens it, and the session with it.
+        await rt.session.update_area_state(session_id, "insights", {"analysis_complete": False})
+        instance = await rt.store.index.get_instance(session_id)
+        assert instance is not None and instance.status == "in_progress"
+        assert [e.type for e in await rt.history(session_id)][-1] == "area.reopened"
 
 
 async def test_an_area_without_criteria_completes_when_visited(store_url: str) -> None:
