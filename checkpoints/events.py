@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,6 +20,7 @@ from sqlalchemy.sql import Executable
 
 from checkpoints.clock import Clock
 from checkpoints.pg_events import PgEventStatements
+from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
 from checkpoints.tables import journey_events, journey_instances
 
 
@@ -68,11 +69,44 @@ def _event_from_row(row: Any) -> Event:
     )
 
 
+class EventWriter(Protocol):
+    """The hot path of appends, in the database's own driver: psycopg, or the saver's SQLite connection."""
+
+    async def append(
+        self,
+        instance_id: str,
+        type_: str,
+        step: str | None,
+        payload: dict[str, Any],
+        key: str | None,
+        created_at: datetime,
+        status: str | None,
+    ) -> bool: ...
+
+    async def register(
+        self,
+        instance: dict[str, Any],
+        type_: str,
+        step: str | None,
+        payload: dict[str, Any],
+        key: str | None,
+        created_at: datetime,
+    ) -> None: ...
+
+
 class EventLog:
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, pg: PgEventStatements | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        writer: EventWriter | None = None,
+        pg: PgEventStatements | None = None,
+    ) -> None:
         self._engine = engine
         self._clock = clock
-        self._pg = pg  # PostgreSQL: the hot path in plain psycopg
+        self._writer = writer or pg  # single appends; everything else goes through SQLAlchemy
+        self._pg = pg  # PostgreSQL: reads in plain psycopg too
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         # The statements of the hot path, built once with their values bound per call: an append or a
@@ -123,11 +157,12 @@ class EventLog:
 
         Returns, per event, whether it was written (False: its key was already there).
         """
-        if self._pg is not None and len(events) == 1 and not also:
-            event = events[0]
-            now = self._clock.now()
-            return [await self._pg.append(instance_id, event.type, event.step, event.payload, event.key, now, status)]
-        for attempt in range(5):
+        if self._writer is not None and len(events) == 1 and not also:
+            event, now = events[0], self._clock.now()
+            return [
+                await self._writer.append(instance_id, event.type, event.step, event.payload, event.key, now, status)
+            ]
+        for attempt in range(SEQ_ATTEMPTS):
             try:
                 if self._single_statement_autocommit and len(events) == 1 and status is None and not also:
                     async with self._engine.connect() as conn:
@@ -147,8 +182,9 @@ class EventLog:
                     return written
             except IntegrityError:
                 # Two writers raced for the same sequence number; the loser simply goes again.
-                if attempt == 4:
+                if attempt == SEQ_ATTEMPTS - 1:
                     raise
+                await after_lost_race(attempt)
         raise AssertionError("unreachable")
 
     async def _append_one(self, conn: AsyncConnection, instance_id: str, event: NewEvent) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.errors import JourneyError
-from checkpoints.events import NewEvent
-from checkpoints.pg_events import PgEventStatements
+from checkpoints.events import EventWriter, NewEvent
 from checkpoints.tables import journey_designs, journey_events, journey_instances
 
 
@@ -45,10 +45,10 @@ class Instance:
 
 
 class JourneyIndex:
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, pg: PgEventStatements | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, *, writer: EventWriter | None = None) -> None:
         self._engine = engine
         self._clock = clock
-        self._pg = pg  # PostgreSQL: registering an instance is on the hot path of every start
+        self._writer = writer  # registering an instance is on the hot path of every start
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         now = self._clock.now()
@@ -79,7 +79,7 @@ class JourneyIndex:
         """Register a new instance and its first event in one transaction."""
         now = self._clock.now()
         try:
-            if self._pg is not None:
+            if self._writer is not None:
                 instance = {
                     "instance_id": instance_id,
                     "journey_id": journey_id,
@@ -87,7 +87,7 @@ class JourneyIndex:
                     "user_id": user_id,
                 }
                 first = first_event
-                await self._pg.register(instance, first.type, first.step, first.payload, first.key, now)
+                await self._writer.register(instance, first.type, first.step, first.payload, first.key, now)
                 return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now)
             async with self._engine.begin() as conn:
                 await conn.execute(
@@ -112,7 +112,7 @@ class JourneyIndex:
                         created_at=now,
                     )
                 )
-        except (IntegrityError, UniqueViolation) as exc:
+        except (IntegrityError, UniqueViolation, sqlite3.IntegrityError) as exc:
             raise DuplicateInstanceError(
                 f"journey {journey_id!r} is already running for user {user_id!r} (instance {instance_id!r})",
                 instance_id=instance_id,

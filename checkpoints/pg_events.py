@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
 from checkpoints.tables import EVENTS_PRIMARY_KEY
 
 # The next seq of the instance is taken in the insert itself; a concurrent writer of the same instance
@@ -48,7 +49,6 @@ VALUES (%(instance_id)s::varchar, 1, %(type)s, %(step)s, %(payload)s, %(key)s, %
 _COLUMNS = "instance_id, seq, type, step, payload, idempotency_key, created_at"
 _BY_KEY = f"SELECT {_COLUMNS} FROM journey_events WHERE idempotency_key = %(key)s"
 _OF_INSTANCE = f"SELECT {_COLUMNS} FROM journey_events WHERE instance_id = %(instance_id)s::varchar AND seq > %(after)s"
-_ATTEMPTS = 5
 
 
 class PgEventStatements:
@@ -78,14 +78,15 @@ class PgEventStatements:
             "status": status,
         }
         statement = _APPEND if status is None else _APPEND_WITH_STATUS
-        for attempt in range(_ATTEMPTS):
+        for attempt in range(SEQ_ATTEMPTS):
             try:
                 async with self._pool.connection() as conn:
                     cursor = await conn.execute(statement, values, prepare=True)
                     return await cursor.fetchone() is not None
             except UniqueViolation as exc:
-                if exc.diag.constraint_name != EVENTS_PRIMARY_KEY or attempt == _ATTEMPTS - 1:
+                if exc.diag.constraint_name != EVENTS_PRIMARY_KEY or attempt == SEQ_ATTEMPTS - 1:
                     raise
+            await after_lost_race(attempt)
         raise AssertionError("unreachable")
 
     async def register(

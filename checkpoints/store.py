@@ -8,16 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock, SystemClock
 from checkpoints.database import create_engine_for
-from checkpoints.events import EventLog
+from checkpoints.events import EventLog, EventWriter
 from checkpoints.index import JourneyIndex
 from checkpoints.migrations import migrate
 from checkpoints.pg_events import PgEventStatements
 from checkpoints.savers import open_saver
+from checkpoints.sqlite_events import SqliteEventStatements
 from checkpoints.url import StoreURL, parse_store_url
 
 
@@ -40,8 +42,11 @@ async def open_store(url: str, *, clock: Clock | None = None, pool_size: int = 1
     try:
         await migrate(engine)
         async with open_saver(parsed, pool_size=pool_size) as saver, _pg_statements(parsed, pool_size) as pg:
-            events, index = EventLog(engine, clock, pg=pg), JourneyIndex(engine, clock, pg=pg)
-            yield Store(parsed, saver, engine, events, index, clock)
+            writer: EventWriter | None = pg
+            if isinstance(saver, AsyncSqliteSaver):
+                writer = SqliteEventStatements(saver.conn, saver.lock, engine.dialect)
+            events = EventLog(engine, clock, writer=writer, pg=pg)
+            yield Store(parsed, saver, engine, events, JourneyIndex(engine, clock, writer=writer), clock)
     finally:
         await engine.dispose()
 
