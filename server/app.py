@@ -16,12 +16,13 @@ from fastapi import FastAPI
 
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
-from server.executor import EmbeddedRunner, RunExecutor, RunWatch
+from server.executor import EmbeddedRunner, RunExecutor
 from server.problems import install_problem_handlers
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore
 from server.services import ServerServices
 from server.settings import Settings
+from server.watch import RunWatch, listening
 
 
 def create_app(
@@ -46,11 +47,13 @@ def create_app(
                 if settings.run_timers:
                     await stack.enter_async_context(runtime.processes.scheduler.running())
             else:
-                from server.queue import build_app, ensure_schema
+                from server.queue import build_app, conninfo, ensure_schema
 
                 ensure_schema(settings.database_url)
                 queue_app = build_app(settings.database_url)
                 await stack.enter_async_context(queue_app.open_async())
+                # Workers notify when a run finishes or streams: wake this process's waiting requests.
+                await stack.enter_async_context(listening(conninfo(settings.database_url), watch))
             app.state.services = ServerServices(settings, runtime, run_store, watch, executor, embedded, queue_app)
             yield
 

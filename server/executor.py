@@ -24,7 +24,7 @@ from graphs.engine import in_flight
 from graphs.runtime import JourneyRuntime
 from graphs.streaming import streaming_to
 from server.assistants import Assistant, RunContext, get_assistant, graph_of
-from server.runs import TERMINAL, RunRow, RunStore
+from server.runs import RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
 
@@ -125,7 +125,7 @@ class RunExecutor:
         principal = run.principal or "local"
         groups = tuple(run.metadata.get("_groups", ()))
         assistant = get_assistant(run.assistant_id)
-        seq = await self.runs.last_seq(run_id)
+        seq = await self.runs.last_seq(run_id) if run.stream_modes else 0  # a retried run streams on
 
         async def emit(mode: str, chunk: Any) -> None:
             nonlocal seq
@@ -160,9 +160,9 @@ class RunExecutor:
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
         if error is not None:
             await emit("error", error) if run.stream_modes else None
-        await self.runs.finish(run_id, status, error)
+        finished = await self.runs.finish(run_id, status, error)
         self._changed(run_id)
-        return await self.runs.get_run(run_id)
+        return finished or await self.runs.get_run(run_id)
 
     async def _resume(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str) -> None:
         graph = await graph_of(self.runtime, assistant, instance_id)
@@ -197,36 +197,6 @@ class RunExecutor:
     def _changed(self, run_id: str) -> None:
         if self._notify is not None:
             self._notify.changed(run_id)
-
-
-class RunWatch:
-    """Wakes in-process waiters when a run changes; others poll the table."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def changed(self, run_id: str) -> None:
-        event = self._events.get(run_id)
-        if event is not None:
-            event.set()
-
-    async def wait(self, run_id: str, seconds: float) -> None:
-        event = self._events.setdefault(run_id, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except TimeoutError:
-            pass
-        finally:
-            event.clear()
-
-
-async def wait_for_run(runs: RunStore, watch: RunWatch, run_id: str, poll: float) -> RunRow:
-    while True:
-        run = await runs.get_run(run_id)
-        if run is None or run.status in TERMINAL:
-            assert run is not None
-            return run
-        await watch.wait(run_id, poll)
 
 
 class EmbeddedRunner:

@@ -31,7 +31,9 @@ class Settings:
     # (procrastinate) for `journeys worker` processes, and this process only serves HTTP.
     execution: ExecutionMode = "embedded"
     run_timers: bool = True
-    poll_interval: float = 0.05
+    # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
+    # only the fallback re-read, for a notice lost while the listening connection reconnects.
+    poll_interval: float = 1.0
 
 
 def load_api_keys(path: str | Path | None = None) -> dict[str, ApiKey]:

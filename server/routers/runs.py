@@ -15,15 +15,16 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from server.assistants import get_assistant
+from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
-from server.executor import output_values, wait_for_run
+from server.executor import output_values
 from server.models import RunCreate, RunOut
 from server.problems import ApiError
 from server.routers import errors
 from server.routers.threads import resolve_thread, thread_graph
-from server.runs import TERMINAL, RunRow
+from server.runs import TERMINAL, RunRow, ThreadRow
 from server.services import ServerServices, services
+from server.watch import next_change, wait_for_run
 
 router = APIRouter(tags=["runs"], responses=errors())
 Reader = Annotated[Principal, Depends(require("read"))]
@@ -38,57 +39,18 @@ async def create_run(
     svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, *, streaming: bool
 ) -> RunRow:
     assistant = get_assistant(body.assistant_id)
-    if thread_id is None:
-        thread_id = (await svc.runs.create_thread(None, {}, caller.name)).thread_id
-    row = await svc.runs.get_thread(thread_id)
-    if row is None:
-        instance = await svc.runtime.store.index.get_instance(thread_id)
-        if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
-            row = await svc.runs.create_thread(thread_id, {}, caller.name)
-            await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
-            row = await svc.runs.get_thread(thread_id)
-        elif body.if_not_exists == "create":
-            row = await svc.runs.create_thread(thread_id, {}, caller.name)
-        else:
-            raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
-    assert row is not None
-    if row.assistant_id is not None and row.assistant_id != assistant.assistant_id:
-        raise ApiError(
-            409,
-            "WrongAssistant",
-            f"thread {thread_id!r} runs the {row.assistant_id!r} assistant, not {assistant.assistant_id!r}",
-            allowed=[row.assistant_id],
-        )
-    resume = body.command is not None and "resume" in body.command.model_fields_set
-    if resume and body.input is not None:
-        raise InvalidInputError("give either input (start a journey) or command.resume (advance it), not both")
-    queued = await svc.runs.active_count(thread_id)
-    if resume:
-        if assistant.chat:
-            raise InvalidInputError(f"the {assistant.assistant_id!r} assistant takes input, not command.resume")
-        if row.instance_id is None and not queued:
-            raise ApiError(409, "NothingToResume", f"thread {thread_id!r} has no journey yet; start one with input")
-        kind = "resume"
-    else:
-        if row.instance_id is not None and body.input is not None and not assistant.chat:
-            raise ApiError(
-                409,
-                "JourneyStarted",
-                f"thread {thread_id!r} already runs a journey; advance it with command.resume",
-            )
-        if row.instance_id is None and body.input is None and not queued:
-            raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)
-        kind = "start"
+    row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
+    kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
     modes: list[str] = []
     if streaming:
         chosen = body.stream_mode or "values"
         modes = [chosen] if isinstance(chosen, str) else list(chosen)
     run = await svc.runs.create_run(
-        thread_id=thread_id,
+        thread_id=row.thread_id if row else None,  # None: a new thread, created with the run
         assistant_id=assistant.assistant_id,
         kind=kind,
         input=body.input,
-        command={"resume": body.command.resume} if resume and body.command else None,
+        command={"resume": body.command.resume} if kind == "resume" and body.command else None,
         stream_modes=modes,
         multitask_strategy=body.multitask_strategy,
         metadata={**body.metadata, "_groups": list(caller.groups)},
@@ -96,6 +58,51 @@ async def create_run(
     )
     await svc.submit(run)
     return run
+
+
+def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queued: int) -> str:
+    """``start`` (input starts a journey) or ``resume`` (command.resume advances it); refuses what the
+    thread cannot take. ``row`` None: a new thread."""
+    thread = repr(row.thread_id) if row else "(a new thread)"
+    instance_id = row.instance_id if row else None
+    if row is not None and row.assistant_id is not None and row.assistant_id != assistant.assistant_id:
+        raise ApiError(
+            409,
+            "WrongAssistant",
+            f"thread {thread} runs the {row.assistant_id!r} assistant, not {assistant.assistant_id!r}",
+            allowed=[row.assistant_id],
+        )
+    resume = body.command is not None and "resume" in body.command.model_fields_set
+    if resume and body.input is not None:
+        raise InvalidInputError("give either input (start a journey) or command.resume (advance it), not both")
+    if resume:
+        if assistant.chat:
+            raise InvalidInputError(f"the {assistant.assistant_id!r} assistant takes input, not command.resume")
+        if instance_id is None and not queued:
+            raise ApiError(409, "NothingToResume", f"thread {thread} has no journey yet; start one with input")
+        return "resume"
+    if instance_id is not None and body.input is not None and not assistant.chat:
+        raise ApiError(409, "JourneyStarted", f"thread {thread} already runs a journey; advance it with command.resume")
+    if instance_id is None and body.input is None and not queued:
+        raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)
+    return "start"
+
+
+async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, caller: Principal) -> ThreadRow:
+    row = await svc.runs.get_thread(thread_id)
+    if row is not None:
+        return row
+    instance = await svc.runtime.store.index.get_instance(thread_id)
+    if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
+        await svc.runs.create_thread(thread_id, {}, caller.name)
+        await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
+        row = await svc.runs.get_thread(thread_id)
+    elif body.if_not_exists == "create":
+        row = await svc.runs.create_thread(thread_id, {}, caller.name)
+    else:
+        raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
+    assert row is not None
+    return row
 
 
 async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
@@ -153,16 +160,17 @@ async def create_stateless_stream(body: RunCreate, caller: Runner, svc: Services
 async def _sse(svc: ServerServices, run: RunRow) -> AsyncIterator[bytes]:
     yield _frame("metadata", {"run_id": run.run_id, "attempt": 1})
     seen = 0
-    while True:
-        current = await svc.runs.get_run(run.run_id)
-        finished = current is None or current.status in TERMINAL
-        # Read after the status: a run seen finished has written all its chunks.
-        for number, event, data in await svc.runs.events_after(run.run_id, seen):
-            seen = number
-            yield _frame(event, data)
-        if finished:
-            return
-        await svc.watch.wait(run.run_id, svc.settings.poll_interval)
+    with svc.watch.watching(run.run_id) as changed:
+        while True:
+            current = await svc.runs.get_run(run.run_id)
+            finished = current is None or current.status in TERMINAL
+            # Read after the status: a run seen finished has written all its chunks.
+            for number, event, data in await svc.runs.events_after(run.run_id, seen):
+                seen = number
+                yield _frame(event, data)
+            if finished:
+                return
+            await next_change(changed, svc.settings.poll_interval)
 
 
 def _frame(event: str, data: Any) -> bytes:

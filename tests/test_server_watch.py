@@ -1,0 +1,82 @@
+"""Waiting for a run wakes on its change notice, not on a timer: in-process, and across processes through
+PostgreSQL NOTIFY. The fallback re-read is set to an hour here, so only a notice can end a wait in time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from checkpoints.clock import SystemClock
+from checkpoints.database import create_engine_for
+from checkpoints.migrations import migrate
+from checkpoints.url import parse_store_url
+from server.runs import RunRow, RunStore
+from server.watch import RunWatch, listening, wait_for_run
+
+HOUR = 3600.0
+
+
+@asynccontextmanager
+async def run_store(url: str) -> AsyncIterator[RunStore]:
+    engine = create_engine_for(parse_store_url(url))
+    try:
+        await migrate(engine)
+        yield RunStore(engine, SystemClock())
+    finally:
+        await engine.dispose()
+
+
+async def queued(runs: RunStore) -> RunRow:
+    return await runs.create_run(
+        thread_id=None,
+        assistant_id="structured",
+        kind="start",
+        input={},
+        command=None,
+        stream_modes=[],
+        multitask_strategy="reject",
+        metadata={},
+        principal="ana",
+    )
+
+
+async def test_every_waiter_wakes_and_nothing_is_left_registered() -> None:
+    watch = RunWatch()
+    with watch.watching("r1") as first, watch.watching("r1") as second, watch.watching("r2") as other:
+        watch.changed("r1")
+        assert first.is_set() and second.is_set() and not other.is_set()
+        watch.changed_all()
+        assert other.is_set()
+    assert watch.watched == 0
+
+
+async def test_a_waiter_wakes_when_its_run_finishes_in_process(store_url: str) -> None:
+    async with run_store(store_url) as runs:
+        await _wakes_in_process(runs)
+
+
+async def _wakes_in_process(runs: RunStore) -> None:
+    watch = RunWatch()
+    run = await queued(runs)
+    assert (await runs.claim(run.run_id)) is not None
+    waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
+    await asyncio.sleep(0)  # the waiter reads the run (running) and waits
+    finished = await runs.finish(run.run_id, "success")
+    assert finished is not None and finished.status == "success"
+    watch.changed(run.run_id)
+    assert (await asyncio.wait_for(waiter, 10)).status == "success"
+    assert await runs.finish(run.run_id, "error") is None  # a finished run stays finished
+    assert watch.watched == 0
+
+
+async def test_a_waiter_in_another_process_wakes_on_the_database_notice(postgres_url: str) -> None:
+    # Nothing calls watch.changed here: only the NOTIFY sent with the finishing write can wake the waiter.
+    watch = RunWatch()
+    async with run_store(postgres_url) as runs, listening(parse_store_url(postgres_url).target, watch):
+        run = await queued(runs)
+        waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
+        await runs.claim(run.run_id)
+        await runs.append_event(run.run_id, 1, "values", {"step": 1})
+        await runs.finish(run.run_id, "success")
+        assert (await asyncio.wait_for(waiter, 10)).status == "success"
