@@ -39,7 +39,9 @@ def create_app(
             run_store = RunStore(runtime.store.engine, runtime.store.clock)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch)
-            embedded = EmbeddedRunner(executor) if settings.execution == "embedded" else None
+            embedded = (
+                EmbeddedRunner(executor, concurrency=settings.concurrency) if settings.execution == "embedded" else None
+            )
             queue_app = None
             if embedded is not None:
                 stack.push_async_callback(embedded.close)

@@ -200,16 +200,19 @@ class RunExecutor:
 
 
 class EmbeddedRunner:
-    """Runs runs in this process: one driver task per thread takes its runs in order."""
+    """Runs runs in this process: one driver task per thread takes its runs in order, and at most
+    ``concurrency`` runs execute at once (a burst of runs queues instead of contending for the pools)."""
 
-    def __init__(self, executor: RunExecutor) -> None:
+    def __init__(self, executor: RunExecutor, *, concurrency: int = 8) -> None:
         self.executor = executor
-        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._drivers: dict[str, asyncio.Task[None]] = {}  # only live drivers: a finished one removes itself
+        self._queued: set[str] = set()  # threads given a run since their driver last looked
         self._current: dict[str, str] = {}  # thread id -> run id being executed
 
     def submit(self, run: RunRow) -> None:
-        driver = self._drivers.get(run.thread_id)
-        if driver is None or driver.done():
+        self._queued.add(run.thread_id)
+        if run.thread_id not in self._drivers:
             self._drivers[run.thread_id] = asyncio.create_task(self._drive(run.thread_id), name=f"runs:{run.thread_id}")
 
     async def resume_unfinished(self) -> None:
@@ -218,15 +221,23 @@ class EmbeddedRunner:
             self.submit(run)
 
     async def _drive(self, thread_id: str) -> None:
-        while True:
-            run = await self.executor.runs.next_pending(thread_id)
-            if run is None:
-                return
-            self._current[thread_id] = run.run_id
-            try:
-                await self.executor.execute(run.run_id)
-            finally:
-                self._current.pop(thread_id, None)
+        try:
+            while True:
+                self._queued.discard(thread_id)
+                run = await self.executor.runs.next_pending(thread_id)
+                if run is None:
+                    if thread_id in self._queued:  # submitted while we looked: look again
+                        continue
+                    return  # and unregister at once, before any await: a later submit starts a new driver
+                async with self._slots:
+                    self._current[thread_id] = run.run_id
+                    try:
+                        await self.executor.execute(run.run_id)
+                    finally:
+                        self._current.pop(thread_id, None)
+        finally:
+            if self._drivers.get(thread_id) is asyncio.current_task():
+                del self._drivers[thread_id]
 
     def cancel(self, run: RunRow) -> bool:
         driver = self._drivers.get(run.thread_id)
@@ -243,9 +254,14 @@ class EmbeddedRunner:
         self.submit(run)
 
     async def close(self) -> None:
-        for driver in self._drivers.values():
+        drivers = list(self._drivers.values())
+        for driver in drivers:
             driver.cancel()
-        for driver in self._drivers.values():
+        for driver in drivers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await driver
         self._drivers.clear()
+
+    @property
+    def drivers(self) -> int:
+        return len(self._drivers)

@@ -31,6 +31,7 @@ class Settings:
     # (procrastinate) for `journeys worker` processes, and this process only serves HTTP.
     execution: ExecutionMode = "embedded"
     run_timers: bool = True
+    concurrency: int = 8  # embedded mode: runs executing at once in this process (a worker has its own)
     # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
     # only the fallback re-read, for a notice lost while the listening connection reconnects.
     poll_interval: float = 1.0

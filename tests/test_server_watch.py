@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from checkpoints.clock import SystemClock
 from checkpoints.database import create_engine_for
 from checkpoints.migrations import migrate
 from checkpoints.url import parse_store_url
+from server.executor import EmbeddedRunner
 from server.runs import RunRow, RunStore
 from server.watch import RunWatch, listening, wait_for_run
 
@@ -80,3 +82,59 @@ async def test_a_waiter_in_another_process_wakes_on_the_database_notice(postgres
         await runs.append_event(run.run_id, 1, "values", {"step": 1})
         await runs.finish(run.run_id, "success")
         assert (await asyncio.wait_for(waiter, 10)).status == "success"
+
+
+class GatedRuns:
+    """A run table whose ``next_pending`` can be held at a gate, to land a submit in the middle of it."""
+
+    def __init__(self, hold_call: int) -> None:
+        self.queue: list[str] = []
+        self.calls = 0
+        self.hold_call = hold_call
+        self.gate = asyncio.Event()
+        self.looking = asyncio.Event()
+
+    async def next_pending(self, thread_id: str) -> RunRow | None:
+        found = self.queue[0] if self.queue else None  # read before the gate: a stale answer
+        self.calls += 1
+        if self.calls == self.hold_call:
+            self.looking.set()
+            await self.gate.wait()
+        return _fake_row(found, thread_id) if found else None
+
+
+class RecordingExecutor:
+    def __init__(self, runs: GatedRuns) -> None:
+        self.runs = runs
+        self.executed: list[str] = []
+        self.ran = asyncio.Event()
+
+    async def execute(self, run_id: str) -> None:
+        self.executed.append(run_id)
+        self.runs.queue.remove(run_id)
+        self.ran.set()
+
+
+def _fake_row(run_id: str, thread_id: str) -> RunRow:
+    now = datetime.now(UTC)
+    return RunRow(
+        run_id, thread_id, "structured", "pending", "start", {}, None, [], "reject", {}, None, None, 0, None, now, now
+    )
+
+
+async def test_a_run_submitted_while_the_driver_looks_is_not_stranded() -> None:
+    runs = GatedRuns(hold_call=2)  # the look after the first run
+    executor = RecordingExecutor(runs)
+    runner = EmbeddedRunner(executor)  # type: ignore[arg-type]
+    runs.queue.append("r1")
+    runner.submit(_fake_row("r1", "t"))
+    await asyncio.wait_for(runs.looking.wait(), 10)  # r1 ran; the driver read an empty queue, its answer held
+    assert executor.executed == ["r1"]
+    executor.ran.clear()
+    runs.queue.append("r2")
+    runner.submit(_fake_row("r2", "t"))
+    runs.gate.set()
+    await asyncio.wait_for(executor.ran.wait(), 10)
+    assert executor.executed == ["r1", "r2"]
+    await runner.close()
+    assert runner.drivers == 0
