@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.executor import EmbeddedRunner, RunExecutor
+from server.input_guard import reject_nul_characters
 from server.problems import install_problem_handlers
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore
@@ -60,6 +61,7 @@ def create_app(
             yield
 
     app = FastAPI(
+        dependencies=[Depends(reject_nul_characters)],
         title="journeys",
         version="0.1.0",
         description="Durable journey orchestration on LangGraph: the Agent Server API subset langgraph-sdk uses, "

@@ -18,7 +18,7 @@ from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.executor import output_values
-from server.models import RunCreate, RunOut
+from server.models import MAX_INT, RunCreate, RunOut
 from server.problems import ApiError
 from server.routers import errors
 from server.routers.threads import resolve_thread, thread_graph
@@ -183,7 +183,7 @@ async def list_runs(
     _caller: Reader,
     svc: Services,
     limit: Annotated[int, Query(ge=0, le=1000)] = 10,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> list[dict[str, Any]]:
     return [r.view() for r in await svc.runs.list_runs(thread_id, limit=limit, offset=offset)]
 
