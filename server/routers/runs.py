@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
@@ -30,8 +30,18 @@ router = APIRouter(tags=["runs"], responses=errors())
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
+# Each server-sent event, described as OpenAPI 3.1 describes a stream's items (3.2 would say itemSchema).
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "metadata, a stream mode (values, updates, …), error, or end"},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "the chunk, as JSON"},
+        "id": {"type": "string", "description": "the chunk's sequence number: send it back as Last-Event-ID"},
+    },
+}
 SSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "server-sent events"}
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}, "description": "server-sent events, then end"}
 }
 
 
@@ -115,8 +125,10 @@ async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
     return output_values(await graph.aget_state(svc.runtime.engine.config(thread.instance_id)))
 
 
-def _location(run: RunRow) -> dict[str, str]:
-    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}"}
+def _stream_headers(run: RunRow) -> dict[str, str]:
+    # Location: where langgraph-sdk reconnects (with Last-Event-ID) when the stream drops mid-run.
+    stream = f"/threads/{run.thread_id}/runs/{run.run_id}/stream"
+    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}", "Location": stream}
 
 
 async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
@@ -148,18 +160,23 @@ async def create_stateless_and_wait(body: RunCreate, caller: Runner, svc: Servic
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)
 async def create_and_stream(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     run = await create_run(svc, thread_id, body, caller, streaming=True)
-    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_location(run))
+    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 
 
 @router.post("/runs/stream", summary="Create a run on a new thread and stream it (SSE)", responses=SSE)
 async def create_stateless_stream(body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     run = await create_run(svc, None, body, caller, streaming=True)
-    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_location(run))
+    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 
 
-async def _sse(svc: ServerServices, run: RunRow) -> AsyncIterator[bytes]:
-    yield _frame("metadata", {"run_id": run.run_id, "attempt": 1})
-    seen = 0
+async def _sse(svc: ServerServices, run: RunRow, after: int | None = None) -> AsyncIterator[bytes]:
+    """The run's chunks as server-sent events, each with its sequence number as ``id``, then ``end``.
+
+    ``after`` (a reconnect's Last-Event-ID) resumes after that chunk; None is a new stream, which opens
+    with the run's ``metadata``."""
+    if after is None:
+        yield _frame("metadata", {"run_id": run.run_id, "attempt": 1})
+    seen = after or 0
     with svc.watch.watching(run.run_id) as changed:
         while True:
             current = await svc.runs.get_run(run.run_id)
@@ -167,14 +184,32 @@ async def _sse(svc: ServerServices, run: RunRow) -> AsyncIterator[bytes]:
             # Read after the status: a run seen finished has written all its chunks.
             for number, event, data in await svc.runs.events_after(run.run_id, seen):
                 seen = number
-                yield _frame(event, data)
+                yield _frame(event, data, number)
             if finished:
+                yield _frame("end", None)
                 return
             await next_change(changed, svc.settings.poll_interval)
 
 
-def _frame(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+def _frame(event: str, data: Any, number: int | None = None) -> bytes:
+    head = f"id: {number}\n" if number is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+@router.get(
+    "/threads/{thread_id}/runs/{run_id}/stream", summary="Join a run's stream (SSE), after Last-Event-ID", responses=SSE
+)
+async def join_stream(
+    thread_id: str,
+    run_id: str,
+    _caller: Reader,
+    svc: Services,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> StreamingResponse:
+    """The chunks of a run created for streaming: all of them, or those after ``Last-Event-ID``."""
+    run = await _run(svc, thread_id, run_id)
+    after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
+    return StreamingResponse(_sse(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
 
 
 @router.get("/threads/{thread_id}/runs", response_model=list[RunOut], summary="List a thread's runs")
