@@ -107,7 +107,7 @@ async def _forward(
             async with conn:
                 async for notice in conn.notifies():
                     watch.changed(notice.payload)
-        except psycopg.Error as exc:  # the connection dropped: listen again on a new one
+        except Exception as exc:  # the connection dropped (or could not open): listen again on a new one
             log.warning("run notifications interrupted; reconnecting", error=repr(exc))
             await asyncio.sleep(retry)
         conn = None

@@ -138,3 +138,21 @@ async def test_a_run_submitted_while_the_driver_looks_is_not_stranded() -> None:
     assert executor.executed == ["r1", "r2"]
     await runner.close()
     assert runner.drivers == 0
+
+
+async def test_notices_resume_after_the_listening_connection_drops(postgres_url: str) -> None:
+    import psycopg
+
+    watch = RunWatch()
+    target = parse_store_url(postgres_url).target
+    async with run_store(postgres_url) as runs, listening(target, watch, retry=0.05):
+        async with await psycopg.AsyncConnection.connect(target, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN journeys_runs%'"
+            )
+        run = await queued(runs)
+        waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
+        await runs.claim(run.run_id)
+        # Its notice may come before the listener listens again: reconnecting then wakes every waiter to re-read.
+        await runs.finish(run.run_id, "success")
+        assert (await asyncio.wait_for(waiter, 10)).status == "success"
