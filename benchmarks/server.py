@@ -1,9 +1,13 @@
 """HTTP benchmark of the server in distributed mode (API + procrastinate workers on PostgreSQL).
 
-Prints:
-- start-to-completion p50/p95 of an 8-step journey (POST /runs/wait) at 20 concurrent clients;
+Prints, in distributed mode (API + procrastinate workers on PostgreSQL):
+- start-to-completion p50/p95 of an 8-step journey (POST /runs/wait) at 20 concurrent clients, and at one;
 - completed journeys/s with one worker and with two, and their ratio;
-- worker RSS with N journeys parked at user tasks (10,000; 100 with --quick).
+- worker RSS with 100 journeys parked at user tasks, and with 10,000 (50 and 200 with --quick);
+and the same latency and throughput in embedded mode (runs execute in the API process; no workers).
+
+At 20 clients that each start the next journey as soon as one completes, latency is bound by throughput:
+p50 is about 20 / (journeys/s). The one-client figure is the latency of the path itself.
 
     python benchmarks/server.py [--quick] [--database-url postgresql://…]
 
@@ -71,10 +75,31 @@ def stop(workers: list[subprocess.Popen[bytes]]) -> None:
         worker.wait(timeout=30)
 
 
-def pending(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM server_runs WHERE status IN ('pending', 'running')").fetchone()
-    return int(row[0]) if row else 0
+def wait_for_workers(url: str, count: int) -> None:
+    """Until ``count`` workers have registered with procrastinate (imports done, listening for jobs)."""
+    deadline = time.monotonic() + 120
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+            if row and row[0] >= count:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} workers did not start")
+            time.sleep(0.1)
+
+
+class Pending:
+    """Counts the runs still to finish, on one connection (a new one per poll costs the server a fork)."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = psycopg.connect(url, autocommit=True)
+
+    def __call__(self) -> int:
+        row = self._conn.execute("SELECT count(*) FROM server_runs WHERE status IN ('pending', 'running')").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 async def latency(client: httpx.AsyncClient, journeys: int, concurrency: int) -> list[float]:
@@ -98,7 +123,7 @@ async def latency(client: httpx.AsyncClient, journeys: int, concurrency: int) ->
     return times
 
 
-async def throughput(client: httpx.AsyncClient, url: str, journeys: int, tag: str) -> float:
+async def throughput(client: httpx.AsyncClient, pending: Pending, journeys: int, tag: str) -> float:
     began = time.perf_counter()
     for chunk in range(0, journeys, 50):
         await asyncio.gather(
@@ -113,13 +138,13 @@ async def throughput(client: httpx.AsyncClient, url: str, journeys: int, tag: st
                 for i in range(chunk, min(chunk + 50, journeys))
             )
         )
-    while await asyncio.to_thread(pending, url):  # noqa: ASYNC110 - another process's rows: polled
+    while await asyncio.to_thread(pending):  # noqa: ASYNC110 - another process's rows: polled
         await asyncio.sleep(0.1)
     return journeys / (time.perf_counter() - began)
 
 
-async def park(client: httpx.AsyncClient, url: str, journeys: int) -> None:
-    for chunk in range(0, journeys, 100):
+async def park(client: httpx.AsyncClient, pending: Pending, first: int, journeys: int) -> None:
+    for chunk in range(first, journeys, 100):
         await asyncio.gather(
             *(
                 client.post(
@@ -132,12 +157,47 @@ async def park(client: httpx.AsyncClient, url: str, journeys: int) -> None:
                 for i in range(chunk, min(chunk + 100, journeys))
             )
         )
-    while await asyncio.to_thread(pending, url):  # noqa: ASYNC110 - another process's rows: polled
+    while await asyncio.to_thread(pending):  # noqa: ASYNC110 - another process's rows: polled
         await asyncio.sleep(0.2)
+
+
+def rss_mb(process: subprocess.Popen[bytes]) -> float:
+    return float(psutil.Process(process.pid).memory_info().rss) / 2**20
+
+
+async def measure_latency(client: httpx.AsyncClient, journeys: int, results: dict[str, Any], prefix: str = "") -> None:
+    times = sorted(await latency(client, journeys, 20))
+    results[f"{prefix}p50_ms"] = 1000 * statistics.median(times)
+    results[f"{prefix}p95_ms"] = 1000 * times[int(0.95 * (len(times) - 1))]
+    alone = await latency(client, max(5, journeys // 10), 1)
+    results[f"{prefix}one_client_p50_ms"] = 1000 * statistics.median(alone)
+
+
+async def bench_embedded(url: str, quick: bool, pending: Pending) -> dict[str, Any]:
+    registry = AgentRegistry()
+    register(registry)
+    app = create_app(Settings(database_url=url, auth=False, execution="embedded"), runtime_options={"agents": registry})
+    results: dict[str, Any] = {}
+    with serving(app) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=300) as client:
+            await latency(client, 5, 5)  # warm-up
+            await measure_latency(client, 20 if quick else 200, results, "embedded_")
+            results["embedded_per_s"] = await throughput(client, pending, 30 if quick else 400, "emb")
+    return results
 
 
 async def bench(url: str, quick: bool) -> dict[str, Any]:
     ensure_schema(url)
+    pending = Pending(url)
+    try:
+        results = await bench_embedded(url, quick, pending)
+        results.update(await bench_distributed(url, quick, pending))
+    finally:
+        pending.close()
+    return results
+
+
+async def bench_distributed(url: str, quick: bool, pending: Pending) -> dict[str, Any]:
     registry = AgentRegistry()
     register(registry)
     app = create_app(
@@ -148,22 +208,25 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
             workers = [start_worker(url, 8)]
             try:
+                await asyncio.to_thread(wait_for_workers, url, 1)
                 await latency(client, 5, 5)  # warm-up: imports, compiled graphs, pools
-                times = sorted(await latency(client, 20 if quick else 200, 20))
-                results["p50_ms"] = 1000 * statistics.median(times)
-                results["p95_ms"] = 1000 * times[int(0.95 * (len(times) - 1))]
+                await measure_latency(client, 20 if quick else 200, results)
                 n = 30 if quick else 400
-                results["one_worker_per_s"] = await throughput(client, url, n, "one")
+                results["one_worker_per_s"] = await throughput(client, pending, n, "one")
                 workers.append(start_worker(url, 8))
-                await latency(client, 4, 4)
-                results["two_workers_per_s"] = await throughput(client, url, n, "two")
+                await asyncio.to_thread(wait_for_workers, url, 2)
+                await latency(client, 32, 16)  # warm the second worker too (both take jobs)
+                results["two_workers_per_s"] = await throughput(client, pending, n, "two")
                 results["ratio"] = results["two_workers_per_s"] / results["one_worker_per_s"]
                 stop(workers[1:])
                 workers = workers[:1]
-                parked = 100 if quick else 10_000
-                await park(client, url, parked)
+                small, parked = (50, 200) if quick else (100, 10_000)
+                await park(client, pending, 0, small)
+                results["small_parked"] = small
+                results["worker_rss_small_mb"] = rss_mb(workers[0])
+                await park(client, pending, small, parked)
                 results["parked"] = parked
-                results["worker_rss_mb"] = psutil.Process(workers[0].pid).memory_info().rss / 2**20
+                results["worker_rss_mb"] = rss_mb(workers[0])
             finally:
                 stop(workers)
     return results
@@ -189,15 +252,25 @@ def main() -> None:
     finally:
         if server is not None:
             server.cleanup()
+    r = results
+    print("distributed mode (API + procrastinate workers):")
     print(
-        f"8-step journey, HTTP start to completion at 20 clients: p50 {results['p50_ms']:.0f} ms, "
-        f"p95 {results['p95_ms']:.0f} ms"
+        f"  8-step journey, HTTP start to completion at 20 clients: p50 {r['p50_ms']:.0f} ms, "
+        f"p95 {r['p95_ms']:.0f} ms; at 1 client: p50 {r['one_client_p50_ms']:.0f} ms"
     )
     print(
-        f"completed journeys/s: one worker {results['one_worker_per_s']:.1f}, two workers "
-        f"{results['two_workers_per_s']:.1f} (ratio {results['ratio']:.2f})"
+        f"  completed journeys/s: one worker {r['one_worker_per_s']:.1f}, two workers "
+        f"{r['two_workers_per_s']:.1f} (ratio {r['ratio']:.2f})"
     )
-    print(f"worker RSS with {results['parked']} journeys parked at user tasks: {results['worker_rss_mb']:.0f} MB")
+    print(
+        f"  worker RSS with journeys parked at user tasks: {r['small_parked']} parked "
+        f"{r['worker_rss_small_mb']:.0f} MB, {r['parked']} parked {r['worker_rss_mb']:.0f} MB"
+    )
+    print("embedded mode (runs execute in the API process):")
+    print(
+        f"  8-step journey at 20 clients: p50 {r['embedded_p50_ms']:.0f} ms, p95 {r['embedded_p95_ms']:.0f} ms; "
+        f"at 1 client: p50 {r['embedded_one_client_p50_ms']:.0f} ms; {r['embedded_per_s']:.1f} completed journeys/s"
+    )
 
 
 if __name__ == "__main__":

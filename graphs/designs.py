@@ -83,9 +83,12 @@ class DesignBook:
         """Check ``spec`` (every design error at once, with fixes) and store it under a new id."""
         self.check(pattern, spec)
         journey_type = str(getattr(spec, "journey_type", pattern))
-        return await self.engine.store.index.save_design(
+        design = await self.engine.store.index.save_design(
             new_id(prefix), pattern, journey_type, spec.model_dump(mode="json")
         )
+        # A design is usually started right after it is saved: keep it, as load() would parse it back.
+        self._remember(design, PATTERNS[pattern].spec_type.model_validate(design.spec))
+        return design
 
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
         spec: Any = None
@@ -107,10 +110,13 @@ class DesignBook:
             )
         if spec is None:
             spec = PATTERNS[design.pattern].spec_type.model_validate(design.spec)
-            self._loaded[journey_id] = (design, spec)
-            if len(self._loaded) > self._cache_size:
-                self._loaded.popitem(last=False)
+            self._remember(design, spec)
         return design, spec
+
+    def _remember(self, design: Design, spec: Any) -> None:
+        self._loaded[design.journey_id] = (design, spec)
+        if len(self._loaded) > self._cache_size:
+            self._loaded.popitem(last=False)
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
         # Keyed by content, so identical designs (every MVP session) share one compiled graph.

@@ -52,6 +52,7 @@ from graphs.process_migration import migrate
 from graphs.process_scheduler import TimerScheduler, schedule_start_timers
 from graphs.process_validation import intents
 from graphs.process_versions import choose, describe, variants_rollout, weights_rollout
+from graphs.streaming import run_graph
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
 
@@ -316,7 +317,8 @@ class ProcessOrchestrator:
         """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
         ``failed`` and can be retried. Returns whether the run went through."""
         try:
-            await graph.ainvoke(value, self.engine.config(instance_id, replay=True), durability=self.engine.durability)
+            # Through run_graph like every pattern: a streaming server run then streams process runs too.
+            await run_graph(graph, value, self.engine.config(instance_id, replay=True), self.engine.durability)
         except JourneyError as exc:
             await self.store.events.append(
                 instance_id,

@@ -12,16 +12,18 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
-from server.executor import EmbeddedRunner, RunExecutor, RunWatch
+from server.executor import EmbeddedRunner, RunExecutor
+from server.input_guard import reject_nul_characters
 from server.problems import install_problem_handlers
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore
 from server.services import ServerServices
 from server.settings import Settings
+from server.watch import RunWatch, listening
 
 
 def create_app(
@@ -38,7 +40,9 @@ def create_app(
             run_store = RunStore(runtime.store.engine, runtime.store.clock)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch)
-            embedded = EmbeddedRunner(executor) if settings.execution == "embedded" else None
+            embedded = (
+                EmbeddedRunner(executor, concurrency=settings.concurrency) if settings.execution == "embedded" else None
+            )
             queue_app = None
             if embedded is not None:
                 stack.push_async_callback(embedded.close)
@@ -46,15 +50,18 @@ def create_app(
                 if settings.run_timers:
                     await stack.enter_async_context(runtime.processes.scheduler.running())
             else:
-                from server.queue import build_app, ensure_schema
+                from server.queue import build_app, conninfo, ensure_schema
 
                 ensure_schema(settings.database_url)
                 queue_app = build_app(settings.database_url)
                 await stack.enter_async_context(queue_app.open_async())
+                # Workers notify when a run finishes or streams: wake this process's waiting requests.
+                await stack.enter_async_context(listening(conninfo(settings.database_url), watch))
             app.state.services = ServerServices(settings, runtime, run_store, watch, executor, embedded, queue_app)
             yield
 
     app = FastAPI(
+        dependencies=[Depends(reject_nul_characters)],
         title="journeys",
         version="0.1.0",
         description="Durable journey orchestration on LangGraph: the Agent Server API subset langgraph-sdk uses, "

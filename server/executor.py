@@ -24,7 +24,7 @@ from graphs.engine import in_flight
 from graphs.runtime import JourneyRuntime
 from graphs.streaming import streaming_to
 from server.assistants import Assistant, RunContext, get_assistant, graph_of
-from server.runs import TERMINAL, RunRow, RunStore
+from server.runs import RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
 
@@ -125,7 +125,7 @@ class RunExecutor:
         principal = run.principal or "local"
         groups = tuple(run.metadata.get("_groups", ()))
         assistant = get_assistant(run.assistant_id)
-        seq = await self.runs.last_seq(run_id)
+        seq = await self.runs.last_seq(run_id) if run.stream_modes else 0  # a retried run streams on
 
         async def emit(mode: str, chunk: Any) -> None:
             nonlocal seq
@@ -160,9 +160,9 @@ class RunExecutor:
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
         if error is not None:
             await emit("error", error) if run.stream_modes else None
-        await self.runs.finish(run_id, status, error)
+        finished = await self.runs.finish(run_id, status, error)
         self._changed(run_id)
-        return await self.runs.get_run(run_id)
+        return finished or await self.runs.get_run(run_id)
 
     async def _resume(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str) -> None:
         graph = await graph_of(self.runtime, assistant, instance_id)
@@ -199,47 +199,20 @@ class RunExecutor:
             self._notify.changed(run_id)
 
 
-class RunWatch:
-    """Wakes in-process waiters when a run changes; others poll the table."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def changed(self, run_id: str) -> None:
-        event = self._events.get(run_id)
-        if event is not None:
-            event.set()
-
-    async def wait(self, run_id: str, seconds: float) -> None:
-        event = self._events.setdefault(run_id, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except TimeoutError:
-            pass
-        finally:
-            event.clear()
-
-
-async def wait_for_run(runs: RunStore, watch: RunWatch, run_id: str, poll: float) -> RunRow:
-    while True:
-        run = await runs.get_run(run_id)
-        if run is None or run.status in TERMINAL:
-            assert run is not None
-            return run
-        await watch.wait(run_id, poll)
-
-
 class EmbeddedRunner:
-    """Runs runs in this process: one driver task per thread takes its runs in order."""
+    """Runs runs in this process: one driver task per thread takes its runs in order, and at most
+    ``concurrency`` runs execute at once (a burst of runs queues instead of contending for the pools)."""
 
-    def __init__(self, executor: RunExecutor) -> None:
+    def __init__(self, executor: RunExecutor, *, concurrency: int = 8) -> None:
         self.executor = executor
-        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._drivers: dict[str, asyncio.Task[None]] = {}  # only live drivers: a finished one removes itself
+        self._queued: set[str] = set()  # threads given a run since their driver last looked
         self._current: dict[str, str] = {}  # thread id -> run id being executed
 
     def submit(self, run: RunRow) -> None:
-        driver = self._drivers.get(run.thread_id)
-        if driver is None or driver.done():
+        self._queued.add(run.thread_id)
+        if run.thread_id not in self._drivers:
             self._drivers[run.thread_id] = asyncio.create_task(self._drive(run.thread_id), name=f"runs:{run.thread_id}")
 
     async def resume_unfinished(self) -> None:
@@ -248,15 +221,23 @@ class EmbeddedRunner:
             self.submit(run)
 
     async def _drive(self, thread_id: str) -> None:
-        while True:
-            run = await self.executor.runs.next_pending(thread_id)
-            if run is None:
-                return
-            self._current[thread_id] = run.run_id
-            try:
-                await self.executor.execute(run.run_id)
-            finally:
-                self._current.pop(thread_id, None)
+        try:
+            while True:
+                self._queued.discard(thread_id)
+                run = await self.executor.runs.next_pending(thread_id)
+                if run is None:
+                    if thread_id in self._queued:  # submitted while we looked: look again
+                        continue
+                    return  # and unregister at once, before any await: a later submit starts a new driver
+                async with self._slots:
+                    self._current[thread_id] = run.run_id
+                    try:
+                        await self.executor.execute(run.run_id)
+                    finally:
+                        self._current.pop(thread_id, None)
+        finally:
+            if self._drivers.get(thread_id) is asyncio.current_task():
+                del self._drivers[thread_id]
 
     def cancel(self, run: RunRow) -> bool:
         driver = self._drivers.get(run.thread_id)
@@ -273,9 +254,14 @@ class EmbeddedRunner:
         self.submit(run)
 
     async def close(self) -> None:
-        for driver in self._drivers.values():
+        drivers = list(self._drivers.values())
+        for driver in drivers:
             driver.cancel()
-        for driver in self._drivers.values():
+        for driver in drivers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await driver
         self._drivers.clear()
+
+    @property
+    def drivers(self) -> int:
+        return len(self._drivers)

@@ -11,6 +11,10 @@ StreamModeName = Literal[
 ]
 
 
+# Integers that reach the database are bounded by its integer type (a larger one would fail there: a 500).
+MAX_INT = 2**31 - 1
+
+
 class Open(BaseModel):
     # The SDK sends fields this server ignores (config, context, durability…); they are accepted.
     model_config = ConfigDict(extra="allow")
@@ -34,7 +38,7 @@ class AssistantSearch(Open):
     graph_id: str | None = None
     name: str | None = None
     limit: int = Field(default=10, ge=0, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_INT)
 
 
 class GraphOut(Open):
@@ -62,7 +66,7 @@ class ThreadSearch(Open):
     metadata: dict[str, Any] | None = None
     ids: list[str] | None = None
     limit: int = Field(default=10, ge=0, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_INT)
 
 
 class CheckpointOut(Open):

@@ -3,19 +3,23 @@
 A run is created ``pending`` and claimed by one executor at a time (an atomic UPDATE); ``multitask_strategy``
 ``reject`` refuses a run while the thread has one pending or running, ``enqueue`` queues it behind them.
 Stream chunks of runs created for streaming are rows too, so a client can read them from any API process
-while a worker in another process produces them.
+while a worker in another process produces them. On PostgreSQL, finishing a run or appending a chunk also
+notifies ``RUN_CHANNEL`` with the run id, in the same transaction, so waiting requests in any process wake
+when the change is committed (see :mod:`server.watch`).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Executable, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 
 from checkpoints.clock import Clock
 from checkpoints.tables import server_run_events, server_runs, server_threads
@@ -24,6 +28,7 @@ from server.problems import ApiError
 ACTIVE = ("pending", "running")
 TERMINAL = ("success", "error", "interrupted", "timeout")
 STRATEGIES = ("reject", "enqueue")
+RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,40 +81,44 @@ class RunStore:
         self._engine = engine
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
+        # A lone statement is atomic on its own: on PostgreSQL it runs in autocommit, one round trip instead
+        # of three (BEGIN, the statement, COMMIT or ROLLBACK). Runs are hot: every one is written and read a
+        # few times on its way through the queue.
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
+
+    def _read(self) -> AsyncConnection:
+        return self._single.connect()
+
+    def _write_one(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._single.connect() if self._postgres else self._engine.begin()
 
     # --- threads ------------------------------------------------------------------------------------
 
     async def create_thread(
         self, thread_id: str | None, metadata: Mapping[str, Any], owner: str | None, *, if_exists: str = "raise"
     ) -> ThreadRow:
+        existing = await self.get_thread(thread_id) if thread_id else None
         thread_id = thread_id or str(uuid.uuid4())
-        existing = await self.get_thread(thread_id)
         if existing is not None:
             if if_exists == "do_nothing":
                 return existing
             raise ApiError(409, "ThreadExists", f"thread {thread_id!r} already exists", thread_id=thread_id)
+        thread = self._new_thread(thread_id, metadata, owner)
+        async with self._write_one() as conn:
+            await conn.execute(insert(server_threads).values(**_thread_values(thread)))
+        return thread
+
+    def _new_thread(self, thread_id: str, metadata: Mapping[str, Any], owner: str | None) -> ThreadRow:
         now = self._clock.now()
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(server_threads).values(
-                    thread_id=thread_id,
-                    assistant_id=None,
-                    instance_id=None,
-                    owner=owner,
-                    metadata=dict(metadata),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
         return ThreadRow(thread_id, None, None, owner, dict(metadata), now, now)
 
     async def get_thread(self, thread_id: str) -> ThreadRow | None:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(server_threads).where(server_threads.c.thread_id == thread_id))).first()
         return ThreadRow(**row._mapping) if row else None
 
     async def thread_of_instance(self, instance_id: str) -> ThreadRow | None:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(select(server_threads).where(server_threads.c.instance_id == instance_id).limit(1))
             ).first()
@@ -121,7 +130,7 @@ class RunStore:
         query = select(server_threads).order_by(server_threads.c.created_at.desc())
         if ids:
             query = query.where(server_threads.c.thread_id.in_(list(ids)))
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             rows = [ThreadRow(**r._mapping) for r in (await conn.execute(query)).all()]
         if metadata:
             rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
@@ -129,7 +138,7 @@ class RunStore:
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
         """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
-        async with self._engine.begin() as conn:
+        async with self._write_one() as conn:
             await conn.execute(
                 update(server_threads)
                 .where(server_threads.c.thread_id == thread_id)
@@ -152,7 +161,7 @@ class RunStore:
     async def create_run(
         self,
         *,
-        thread_id: str,
+        thread_id: str | None,
         assistant_id: str,
         kind: str,
         input: Any,
@@ -162,16 +171,18 @@ class RunStore:
         metadata: Mapping[str, Any],
         principal: str | None,
     ) -> RunRow:
+        """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it."""
         if multitask_strategy not in STRATEGIES:
             raise ApiError(
                 422,
                 "UnsupportedMultitaskStrategy",
                 f"multitask_strategy {multitask_strategy!r} is not supported; use one of {', '.join(STRATEGIES)}",
             )
+        new_thread = self._new_thread(str(uuid.uuid4()), {}, principal) if thread_id is None else None
         now = self._clock.now()
         run = RunRow(
             run_id=str(uuid.uuid4()),
-            thread_id=thread_id,
+            thread_id=new_thread.thread_id if new_thread else str(thread_id),
             assistant_id=assistant_id,
             status="pending",
             kind=kind,
@@ -188,19 +199,9 @@ class RunStore:
             updated_at=now,
         )
         async with self._engine.begin() as conn:
-            if self._postgres:
-                # Serialises run creation per thread, so two "reject" runs cannot both find the thread idle.
-                await conn.execute(
-                    select(server_threads.c.thread_id).where(server_threads.c.thread_id == thread_id).with_for_update()
-                )
-            active = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(server_runs)
-                    .where(server_runs.c.thread_id == thread_id, server_runs.c.status.in_(ACTIVE))
-                )
-            ).scalar_one()
-            if active and multitask_strategy == "reject":
+            if new_thread is not None:  # nothing can be queued on it yet
+                await conn.execute(insert(server_threads).values(**_thread_values(new_thread)))
+            elif await self._active_locked(conn, run.thread_id) and multitask_strategy == "reject":
                 raise ApiError(
                     409,
                     "ThreadBusy",
@@ -211,8 +212,22 @@ class RunStore:
             await conn.execute(insert(server_runs).values(**_row_values(run)))
         return run
 
+    async def _active_locked(self, conn: AsyncConnection, thread_id: str) -> int:
+        """The thread's active runs, its row locked (PostgreSQL) for the rest of the transaction: run
+        creation is serialised per thread, so two "reject" runs cannot both find the thread idle."""
+        active = (
+            select(func.count())
+            .select_from(server_runs)
+            .where(server_runs.c.thread_id == thread_id, server_runs.c.status.in_(ACTIVE))
+            .scalar_subquery()
+        )
+        if not self._postgres:
+            return int((await conn.execute(select(active))).scalar_one())
+        locked = select(active).where(server_threads.c.thread_id == thread_id).with_for_update(of=server_threads)
+        return int((await conn.execute(locked)).scalar() or 0)
+
     async def get_run(self, run_id: str) -> RunRow | None:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(server_runs).where(server_runs.c.run_id == run_id))).first()
         return RunRow(**row._mapping) if row else None
 
@@ -224,7 +239,7 @@ class RunStore:
             .limit(limit)
             .offset(offset)
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return [RunRow(**r._mapping) for r in (await conn.execute(query)).all()]
 
     async def next_pending(self, thread_id: str) -> RunRow | None:
@@ -234,17 +249,17 @@ class RunStore:
             .order_by(server_runs.c.created_at, server_runs.c.run_id)
             .limit(1)
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(query)).first()
         return RunRow(**row._mapping) if row else None
 
     async def unfinished(self) -> list[RunRow]:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(select(server_runs).where(server_runs.c.status.in_(ACTIVE)))).all()
         return [RunRow(**r._mapping) for r in rows]
 
     async def active_count(self, thread_id: str) -> int:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return int(
                 (
                     await conn.execute(
@@ -262,39 +277,56 @@ class RunStore:
     async def claim(self, run_id: str) -> RunRow | None:
         """Take a pending run (or one whose executor died: the caller's queue or lock guarantees it is the
         only executor). None when the run is finished or cancelled."""
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(server_runs)
-                .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
-                .values(status="running", attempts=server_runs.c.attempts + 1, updated_at=self._clock.now())
-            )
-        if result.rowcount == 0:
-            return None
-        return await self.get_run(run_id)
+        async with self._write_one() as conn:
+            row = (
+                await conn.execute(
+                    update(server_runs)
+                    .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
+                    .values(status="running", attempts=server_runs.c.attempts + 1, updated_at=self._clock.now())
+                    .returning(*server_runs.c)
+                )
+            ).first()
+        return RunRow(**row._mapping) if row else None
 
     async def set_base_checkpoint(self, run_id: str, checkpoint_id: str | None) -> None:
-        async with self._engine.begin() as conn:
+        async with self._write_one() as conn:
             await conn.execute(
                 update(server_runs).where(server_runs.c.run_id == run_id).values(base_checkpoint=checkpoint_id)
             )
 
-    async def finish(self, run_id: str, status: str, error: Mapping[str, Any] | None = None) -> bool:
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(server_runs)
-                .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
-                .values(status=status, error=dict(error) if error else None, updated_at=self._clock.now())
-            )
-        return bool(result.rowcount)
+    async def finish(self, run_id: str, status: str, error: Mapping[str, Any] | None = None) -> RunRow | None:
+        """Give an active run its final status; the finished run, or None when it had finished already."""
+        finished = (
+            update(server_runs)
+            .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
+            .values(status=status, error=dict(error) if error else None, updated_at=self._clock.now())
+            .returning(*server_runs.c)
+        )
+        async with self._write_one() as conn:
+            row = (await conn.execute(self._notifying(finished))).first()
+        return RunRow(**{name: row._mapping[name] for name in RunRow.__slots__}) if row else None
+
+    def _notifying(self, statement: ReturningInsert[Any] | ReturningUpdate[Any]) -> Executable:
+        """``statement`` (returning ``run_id``) and, on PostgreSQL, a notice on ``RUN_CHANNEL`` for the run
+        it wrote, in one statement: it is delivered when the write commits, so a woken waiter reads it."""
+        if not self._postgres:
+            return statement
+        written = statement.cte("written")
+        return select(written, func.pg_notify(RUN_CHANNEL, written.c.run_id).label("notified"))
 
     # --- stream chunks ------------------------------------------------------------------------------
 
     async def append_event(self, run_id: str, seq: int, event: str, data: Any) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(server_run_events).values(run_id=run_id, seq=seq, event=event, data=data))
+        chunk = (
+            insert(server_run_events)
+            .values(run_id=run_id, seq=seq, event=event, data=data)
+            .returning(server_run_events.c.run_id)
+        )
+        async with self._write_one() as conn:
+            await conn.execute(self._notifying(chunk))
 
     async def last_seq(self, run_id: str) -> int:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             value = (
                 await conn.execute(
                     select(func.coalesce(func.max(server_run_events.c.seq), 0)).where(
@@ -310,9 +342,13 @@ class RunStore:
             .where(server_run_events.c.run_id == run_id, server_run_events.c.seq > seq)
             .order_by(server_run_events.c.seq)
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return [(int(r.seq), str(r.event), r.data) for r in (await conn.execute(query)).all()]
 
 
 def _row_values(run: RunRow) -> dict[str, Any]:
     return {name: getattr(run, name) for name in RunRow.__slots__}
+
+
+def _thread_values(thread: ThreadRow) -> dict[str, Any]:
+    return {name: getattr(thread, name) for name in ThreadRow.__slots__}

@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import Request
 
 from graphs.runtime import JourneyRuntime
-from server.executor import EmbeddedRunner, RunExecutor, RunWatch
+from server.executor import EmbeddedRunner, RunExecutor
 from server.runs import RunRow, RunStore
 from server.settings import Settings
+from server.watch import RunWatch
 
 
 @dataclass

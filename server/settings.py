@@ -31,7 +31,10 @@ class Settings:
     # (procrastinate) for `journeys worker` processes, and this process only serves HTTP.
     execution: ExecutionMode = "embedded"
     run_timers: bool = True
-    poll_interval: float = 0.05
+    concurrency: int = 8  # embedded mode: runs executing at once in this process (a worker has its own)
+    # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
+    # only the fallback re-read, for a notice lost while the listening connection reconnects.
+    poll_interval: float = 1.0
 
 
 def load_api_keys(path: str | Path | None = None) -> dict[str, ApiKey]:

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_server_benchmark_quick(postgres_url: str) -> None:
     results = asyncio.run(bench(postgres_url, quick=True))
-    assert results["parked"] == 100
+    assert results["parked"] == 200
     assert results["p50_ms"] > 0 and results["one_worker_per_s"] > 0 and results["two_workers_per_s"] > 0
-    assert results["worker_rss_mb"] > 0
+    assert results["worker_rss_mb"] > 0 and results["worker_rss_small_mb"] > 0
+    assert results["embedded_p50_ms"] > 0 and results["embedded_per_s"] > 0

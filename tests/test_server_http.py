@@ -110,3 +110,20 @@ async def test_user_tasks_only_for_their_assignee_or_group(http: httpx.AsyncClie
     assert done.status_code == 200 and done.json()["status"] == "completed"
     status = (await http.get(f"/journeys/{started['instance_id']}/status", headers=ops)).json()
     assert status["pattern"] == "process" and status["status"] == "completed"
+
+
+async def test_nul_characters_are_refused_up_front_on_every_store(http: httpx.AsyncClient) -> None:
+    # PostgreSQL cannot store U+0000 (SQLite can): refused on every store alike, before anything is written.
+    ops = {"x-api-key": "ops-key"}
+    in_body = await http.post("/threads", json={"metadata": {"note": "a\x00b"}}, headers=ops)
+    assert in_body.status_code == 422 and in_body.json()["code"] == "InvalidInputError"
+    in_key = await http.post("/threads", json={"metadata": {"k\x00": 1}}, headers=ops)
+    assert in_key.status_code == 422
+    in_path = await http.get("/threads/a%00b", headers=ops)
+    assert in_path.status_code == 422
+    in_query = await http.get("/tasks", params={"assignee": "a\x00"}, headers=ops)
+    assert in_query.status_code == 422
+    assert (await http.post("/threads/search", json={}, headers=ops)).json() == []  # nothing was created
+    # The six characters \u0000 (an escaped backslash in JSON) are text like any other.
+    literal = await http.post("/threads", json={"metadata": {"note": "\\u0000"}}, headers=ops)
+    assert literal.status_code == 200 and literal.json()["metadata"] == {"note": "\\u0000"}

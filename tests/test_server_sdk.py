@@ -12,7 +12,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
-from agents import AgentRegistry, AgentRequest
+from agents import AgentRegistry, AgentRequest, EchoAgent
 from server.app import create_app
 from server.settings import Settings
 from tests.server_support import serving
@@ -31,6 +31,7 @@ def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
     url: str = request.getfixturevalue(f"{request.param}_url")
     registry = AgentRegistry()
     registry.register("gate", gated)
+    registry.register("check_expense", EchoAgent("check_expense", {"within_policy": True}))
     app = create_app(Settings(database_url=url, auth=False), runtime_options={"agents": registry})
     with serving(app) as base:
         yield base
@@ -145,3 +146,39 @@ async def test_guide_suggests_the_next_pillar(client: LangGraphClient) -> None:
     )
     reply = guide["messages"][-1]
     assert reply["type"] == "ai" and "insights" in reply["content"]
+
+
+EXPENSE = {
+    "name": "expense",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "service_task", "id": "check", "agent": "check_expense"},
+        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> check", "check -> approve", "approve -> end"],
+}
+
+
+async def test_process_runs_stream_and_streams_end_and_can_be_joined(client: LangGraphClient, server_url: str) -> None:
+    await client.http.post("/processes", json=EXPENSE)
+    tid = (await client.threads.create())["thread_id"]
+    parts = [
+        p
+        async for p in client.runs.stream(
+            tid, "process", input={"process": "expense", "business_key": "exp-1"}, stream_mode="updates"
+        )
+    ]
+    events = [p.event for p in parts]
+    assert events[0] == "metadata" and events[-1] == "end"
+    updates = [p for p in parts if p.event == "updates"]
+    assert updates, events  # a process run streams like every other pattern
+    run_id = parts[0].data["run_id"]
+    # Joined later (or reconnecting after a drop): the same chunks, or those after Last-Event-ID, then end.
+    joined = [p async for p in client.runs.join_stream(tid, run_id)]
+    assert [p.data for p in joined if p.event == "updates"] == [p.data for p in updates]
+    assert joined[-1].event == "end"
+    first_id = updates[0].id
+    assert first_id is not None
+    rest = [p async for p in client.runs.join_stream(tid, run_id, last_event_id=first_id)]
+    assert [p.data for p in rest if p.event == "updates"] == [p.data for p in updates[1:]]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.auth import Principal, require
+from server.models import MAX_INT
 from server.routers import errors
 from server.services import ServerServices, services
 
@@ -91,7 +92,7 @@ class ProcessStartIn(BaseModel):
 
     business_key: str = Field(min_length=1, max_length=300)
     variables: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
 @router.post("/processes", response_model=View, summary="Deploy a process (a new version of its name)")

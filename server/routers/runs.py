@@ -11,26 +11,37 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from server.assistants import get_assistant
+from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
-from server.executor import output_values, wait_for_run
-from server.models import RunCreate, RunOut
+from server.executor import output_values
+from server.models import MAX_INT, RunCreate, RunOut
 from server.problems import ApiError
 from server.routers import errors
 from server.routers.threads import resolve_thread, thread_graph
-from server.runs import TERMINAL, RunRow
+from server.runs import TERMINAL, RunRow, ThreadRow
 from server.services import ServerServices, services
+from server.watch import next_change, wait_for_run
 
 router = APIRouter(tags=["runs"], responses=errors())
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
+# Each server-sent event, described as OpenAPI 3.1 describes a stream's items (3.2 would say itemSchema).
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "metadata, a stream mode (values, updates, …), error, or end"},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "the chunk, as JSON"},
+        "id": {"type": "string", "description": "the chunk's sequence number: send it back as Last-Event-ID"},
+    },
+}
 SSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "server-sent events"}
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}, "description": "server-sent events, then end"}
 }
 
 
@@ -38,57 +49,18 @@ async def create_run(
     svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, *, streaming: bool
 ) -> RunRow:
     assistant = get_assistant(body.assistant_id)
-    if thread_id is None:
-        thread_id = (await svc.runs.create_thread(None, {}, caller.name)).thread_id
-    row = await svc.runs.get_thread(thread_id)
-    if row is None:
-        instance = await svc.runtime.store.index.get_instance(thread_id)
-        if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
-            row = await svc.runs.create_thread(thread_id, {}, caller.name)
-            await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
-            row = await svc.runs.get_thread(thread_id)
-        elif body.if_not_exists == "create":
-            row = await svc.runs.create_thread(thread_id, {}, caller.name)
-        else:
-            raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
-    assert row is not None
-    if row.assistant_id is not None and row.assistant_id != assistant.assistant_id:
-        raise ApiError(
-            409,
-            "WrongAssistant",
-            f"thread {thread_id!r} runs the {row.assistant_id!r} assistant, not {assistant.assistant_id!r}",
-            allowed=[row.assistant_id],
-        )
-    resume = body.command is not None and "resume" in body.command.model_fields_set
-    if resume and body.input is not None:
-        raise InvalidInputError("give either input (start a journey) or command.resume (advance it), not both")
-    queued = await svc.runs.active_count(thread_id)
-    if resume:
-        if assistant.chat:
-            raise InvalidInputError(f"the {assistant.assistant_id!r} assistant takes input, not command.resume")
-        if row.instance_id is None and not queued:
-            raise ApiError(409, "NothingToResume", f"thread {thread_id!r} has no journey yet; start one with input")
-        kind = "resume"
-    else:
-        if row.instance_id is not None and body.input is not None and not assistant.chat:
-            raise ApiError(
-                409,
-                "JourneyStarted",
-                f"thread {thread_id!r} already runs a journey; advance it with command.resume",
-            )
-        if row.instance_id is None and body.input is None and not queued:
-            raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)
-        kind = "start"
+    row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
+    kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
     modes: list[str] = []
     if streaming:
         chosen = body.stream_mode or "values"
         modes = [chosen] if isinstance(chosen, str) else list(chosen)
     run = await svc.runs.create_run(
-        thread_id=thread_id,
+        thread_id=row.thread_id if row else None,  # None: a new thread, created with the run
         assistant_id=assistant.assistant_id,
         kind=kind,
         input=body.input,
-        command={"resume": body.command.resume} if resume and body.command else None,
+        command={"resume": body.command.resume} if kind == "resume" and body.command else None,
         stream_modes=modes,
         multitask_strategy=body.multitask_strategy,
         metadata={**body.metadata, "_groups": list(caller.groups)},
@@ -96,6 +68,51 @@ async def create_run(
     )
     await svc.submit(run)
     return run
+
+
+def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queued: int) -> str:
+    """``start`` (input starts a journey) or ``resume`` (command.resume advances it); refuses what the
+    thread cannot take. ``row`` None: a new thread."""
+    thread = repr(row.thread_id) if row else "(a new thread)"
+    instance_id = row.instance_id if row else None
+    if row is not None and row.assistant_id is not None and row.assistant_id != assistant.assistant_id:
+        raise ApiError(
+            409,
+            "WrongAssistant",
+            f"thread {thread} runs the {row.assistant_id!r} assistant, not {assistant.assistant_id!r}",
+            allowed=[row.assistant_id],
+        )
+    resume = body.command is not None and "resume" in body.command.model_fields_set
+    if resume and body.input is not None:
+        raise InvalidInputError("give either input (start a journey) or command.resume (advance it), not both")
+    if resume:
+        if assistant.chat:
+            raise InvalidInputError(f"the {assistant.assistant_id!r} assistant takes input, not command.resume")
+        if instance_id is None and not queued:
+            raise ApiError(409, "NothingToResume", f"thread {thread} has no journey yet; start one with input")
+        return "resume"
+    if instance_id is not None and body.input is not None and not assistant.chat:
+        raise ApiError(409, "JourneyStarted", f"thread {thread} already runs a journey; advance it with command.resume")
+    if instance_id is None and body.input is None and not queued:
+        raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)
+    return "start"
+
+
+async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, caller: Principal) -> ThreadRow:
+    row = await svc.runs.get_thread(thread_id)
+    if row is not None:
+        return row
+    instance = await svc.runtime.store.index.get_instance(thread_id)
+    if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
+        await svc.runs.create_thread(thread_id, {}, caller.name)
+        await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
+        row = await svc.runs.get_thread(thread_id)
+    elif body.if_not_exists == "create":
+        row = await svc.runs.create_thread(thread_id, {}, caller.name)
+    else:
+        raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
+    assert row is not None
+    return row
 
 
 async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
@@ -113,8 +130,10 @@ async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
     return output
 
 
-def _location(run: RunRow) -> dict[str, str]:
-    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}"}
+def _stream_headers(run: RunRow) -> dict[str, str]:
+    # Location: where langgraph-sdk reconnects (with Last-Event-ID) when the stream drops mid-run.
+    stream = f"/threads/{run.thread_id}/runs/{run.run_id}/stream"
+    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}", "Location": stream}
 
 
 async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
@@ -146,32 +165,56 @@ async def create_stateless_and_wait(body: RunCreate, caller: Runner, svc: Servic
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)
 async def create_and_stream(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     run = await create_run(svc, thread_id, body, caller, streaming=True)
-    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_location(run))
+    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 
 
 @router.post("/runs/stream", summary="Create a run on a new thread and stream it (SSE)", responses=SSE)
 async def create_stateless_stream(body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     run = await create_run(svc, None, body, caller, streaming=True)
-    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_location(run))
+    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 
 
-async def _sse(svc: ServerServices, run: RunRow) -> AsyncIterator[bytes]:
-    yield _frame("metadata", {"run_id": run.run_id, "attempt": 1})
-    seen = 0
-    while True:
-        current = await svc.runs.get_run(run.run_id)
-        finished = current is None or current.status in TERMINAL
-        # Read after the status: a run seen finished has written all its chunks.
-        for number, event, data in await svc.runs.events_after(run.run_id, seen):
-            seen = number
-            yield _frame(event, data)
-        if finished:
-            return
-        await svc.watch.wait(run.run_id, svc.settings.poll_interval)
+async def _sse(svc: ServerServices, run: RunRow, after: int | None = None) -> AsyncIterator[bytes]:
+    """The run's chunks as server-sent events, each with its sequence number as ``id``, then ``end``.
+
+    ``after`` (a reconnect's Last-Event-ID) resumes after that chunk; None is a new stream, which opens
+    with the run's ``metadata``."""
+    if after is None:
+        yield _frame("metadata", {"run_id": run.run_id, "attempt": 1})
+    seen = after or 0
+    with svc.watch.watching(run.run_id) as changed:
+        while True:
+            current = await svc.runs.get_run(run.run_id)
+            finished = current is None or current.status in TERMINAL
+            # Read after the status: a run seen finished has written all its chunks.
+            for number, event, data in await svc.runs.events_after(run.run_id, seen):
+                seen = number
+                yield _frame(event, data, number)
+            if finished:
+                yield _frame("end", None)
+                return
+            await next_change(changed, svc.settings.poll_interval)
 
 
-def _frame(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+def _frame(event: str, data: Any, number: int | None = None) -> bytes:
+    head = f"id: {number}\n" if number is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+@router.get(
+    "/threads/{thread_id}/runs/{run_id}/stream", summary="Join a run's stream (SSE), after Last-Event-ID", responses=SSE
+)
+async def join_stream(
+    thread_id: str,
+    run_id: str,
+    _caller: Reader,
+    svc: Services,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> StreamingResponse:
+    """The chunks of a run created for streaming: all of them, or those after ``Last-Event-ID``."""
+    run = await _run(svc, thread_id, run_id)
+    after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
+    return StreamingResponse(_sse(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
 
 
 @router.get("/threads/{thread_id}/runs", response_model=list[RunOut], summary="List a thread's runs")
@@ -180,7 +223,7 @@ async def list_runs(
     _caller: Reader,
     svc: Services,
     limit: Annotated[int, Query(ge=0, le=1000)] = 10,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> list[dict[str, Any]]:
     return [r.view() for r in await svc.runs.list_runs(thread_id, limit=limit, offset=offset)]
 

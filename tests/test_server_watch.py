@@ -1,0 +1,158 @@
+"""Waiting for a run wakes on its change notice, not on a timer: in-process, and across processes through
+PostgreSQL NOTIFY. The fallback re-read is set to an hour here, so only a notice can end a wait in time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from checkpoints.clock import SystemClock
+from checkpoints.database import create_engine_for
+from checkpoints.migrations import migrate
+from checkpoints.url import parse_store_url
+from server.executor import EmbeddedRunner
+from server.runs import RunRow, RunStore
+from server.watch import RunWatch, listening, wait_for_run
+
+HOUR = 3600.0
+
+
+@asynccontextmanager
+async def run_store(url: str) -> AsyncIterator[RunStore]:
+    engine = create_engine_for(parse_store_url(url))
+    try:
+        await migrate(engine)
+        yield RunStore(engine, SystemClock())
+    finally:
+        await engine.dispose()
+
+
+async def queued(runs: RunStore) -> RunRow:
+    return await runs.create_run(
+        thread_id=None,
+        assistant_id="structured",
+        kind="start",
+        input={},
+        command=None,
+        stream_modes=[],
+        multitask_strategy="reject",
+        metadata={},
+        principal="ana",
+    )
+
+
+async def test_every_waiter_wakes_and_nothing_is_left_registered() -> None:
+    watch = RunWatch()
+    with watch.watching("r1") as first, watch.watching("r1") as second, watch.watching("r2") as other:
+        watch.changed("r1")
+        assert first.is_set() and second.is_set() and not other.is_set()
+        watch.changed_all()
+        assert other.is_set()
+    assert watch.watched == 0
+
+
+async def test_a_waiter_wakes_when_its_run_finishes_in_process(store_url: str) -> None:
+    async with run_store(store_url) as runs:
+        await _wakes_in_process(runs)
+
+
+async def _wakes_in_process(runs: RunStore) -> None:
+    watch = RunWatch()
+    run = await queued(runs)
+    assert (await runs.claim(run.run_id)) is not None
+    waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
+    await asyncio.sleep(0)  # the waiter reads the run (running) and waits
+    finished = await runs.finish(run.run_id, "success")
+    assert finished is not None and finished.status == "success"
+    watch.changed(run.run_id)
+    assert (await asyncio.wait_for(waiter, 10)).status == "success"
+    assert await runs.finish(run.run_id, "error") is None  # a finished run stays finished
+    assert watch.watched == 0
+
+
+async def test_a_waiter_in_another_process_wakes_on_the_database_notice(postgres_url: str) -> None:
+    # Nothing calls watch.changed here: only the NOTIFY sent with the finishing write can wake the waiter.
+    watch = RunWatch()
+    async with run_store(postgres_url) as runs, listening(parse_store_url(postgres_url).target, watch):
+        run = await queued(runs)
+        waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
+        await runs.claim(run.run_id)
+        await runs.append_event(run.run_id, 1, "values", {"step": 1})
+        await runs.finish(run.run_id, "success")
+        assert (await asyncio.wait_for(waiter, 10)).status == "success"
+
+
+class GatedRuns:
+    """A run table whose ``next_pending`` can be held at a gate, to land a submit in the middle of it."""
+
+    def __init__(self, hold_call: int) -> None:
+        self.queue: list[str] = []
+        self.calls = 0
+        self.hold_call = hold_call
+        self.gate = asyncio.Event()
+        self.looking = asyncio.Event()
+
+    async def next_pending(self, thread_id: str) -> RunRow | None:
+        found = self.queue[0] if self.queue else None  # read before the gate: a stale answer
+        self.calls += 1
+        if self.calls == self.hold_call:
+            self.looking.set()
+            await self.gate.wait()
+        return _fake_row(found, thread_id) if found else None
+
+
+class RecordingExecutor:
+    def __init__(self, runs: GatedRuns) -> None:
+        self.runs = runs
+        self.executed: list[str] = []
+        self.ran = asyncio.Event()
+
+    async def execute(self, run_id: str) -> None:
+        self.executed.append(run_id)
+        self.runs.queue.remove(run_id)
+        self.ran.set()
+
+
+def _fake_row(run_id: str, thread_id: str) -> RunRow:
+    now = datetime.now(UTC)
+    return RunRow(
+        run_id, thread_id, "structured", "pending", "start", {}, None, [], "reject", {}, None, None, 0, None, now, now
+    )
+
+
+async def test_a_run_submitted_while_the_driver_looks_is_not_stranded() -> None:
+    runs = GatedRuns(hold_call=2)  # the look after the first run
+    executor = RecordingExecutor(runs)
+    runner = EmbeddedRunner(executor)  # type: ignore[arg-type]
+    runs.queue.append("r1")
+    runner.submit(_fake_row("r1", "t"))
+    await asyncio.wait_for(runs.looking.wait(), 10)  # r1 ran; the driver read an empty queue, its answer held
+    assert executor.executed == ["r1"]
+    executor.ran.clear()
+    runs.queue.append("r2")
+    runner.submit(_fake_row("r2", "t"))
+    runs.gate.set()
+    await asyncio.wait_for(executor.ran.wait(), 10)
+    assert executor.executed == ["r1", "r2"]
+    await runner.close()
+    assert runner.drivers == 0
+
+
+async def test_notices_resume_after_the_listening_connection_drops(postgres_url: str) -> None:
+    import psycopg
+
+    watch = RunWatch()
+    target = parse_store_url(postgres_url).target
+    async with run_store(postgres_url) as runs, listening(target, watch, retry=0.05):
+        async with await psycopg.AsyncConnection.connect(target, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN journeys_runs%'"
+            )
+        run = await queued(runs)
+        waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
+        await runs.claim(run.run_id)
+        # Its notice may come before the listener listens again: reconnecting then wakes every waiter to re-read.
+        await runs.finish(run.run_id, "success")
+        assert (await asyncio.wait_for(waiter, 10)).status == "success"
