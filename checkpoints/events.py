@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, Select
 
 from checkpoints.clock import Clock
 from checkpoints.tables import journey_events, journey_instances
@@ -87,6 +87,19 @@ class EventLog:
             columns.id
         )
         self._select_by_key = select(journey_events).where(columns.idempotency_key == bindparam("p_key"))
+        # PostgreSQL: an event and its instance's new status in one statement (the UPDATE as a data-modifying
+        # CTE, which runs whether or not the event was new, as the status update of a transaction does).
+        self._with_status: dict[bool, Select[tuple[int]]] = {}
+        if dialect == "postgresql":
+            set_status = (
+                update(journey_instances)
+                .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
+                .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
+                .cte("set_status")
+            )
+            for keyed, insert_statement in ((False, self._insert_event), (True, self._insert_keyed_event)):
+                written = insert_statement.cte("written")
+                self._with_status[keyed] = select(written.c.id).add_cte(set_status)
         # One statement is atomic on its own; on PostgreSQL it then skips the BEGIN and COMMIT round trips.
         self._single_statement_autocommit = dialect == "postgresql"
 
@@ -113,10 +126,10 @@ class EventLog:
         """
         for attempt in range(5):
             try:
-                if self._single_statement_autocommit and len(events) == 1 and status is None and not also:
+                if self._single_statement_autocommit and len(events) == 1 and not also:
                     async with self._engine.connect() as conn:
                         await conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return [await self._append_one(conn, instance_id, events[0])]
+                        return [await self._append_one(conn, instance_id, events[0], status=status)]
                 async with self._engine.begin() as conn:
                     written = [await self._append_one(conn, instance_id, e) for e in events]
                     if also and all(written):
@@ -135,8 +148,15 @@ class EventLog:
                     raise
         raise AssertionError("unreachable")
 
-    async def _append_one(self, conn: AsyncConnection, instance_id: str, event: NewEvent) -> bool:
-        stmt = self._insert_event if event.key is None else self._insert_keyed_event
+    async def _append_one(
+        self, conn: AsyncConnection, instance_id: str, event: NewEvent, *, status: str | None = None
+    ) -> bool:
+        """Append one event; with ``status`` (PostgreSQL only) also set the instance's status, atomically."""
+        stmt: Executable
+        if status is not None:
+            stmt = self._with_status[event.key is not None]
+        else:
+            stmt = self._insert_event if event.key is None else self._insert_keyed_event
         values = {
             "p_instance_id": instance_id,
             "p_type": event.type,
@@ -145,6 +165,8 @@ class EventLog:
             "p_key": event.key,
             "p_created_at": self._clock.now(),
         }
+        if status is not None:
+            values["p_status"] = status
         result = await conn.execute(stmt, values)
         return result.first() is not None
 

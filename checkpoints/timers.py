@@ -176,8 +176,8 @@ class TimerStore:
             rows = (await conn.execute(select(w.wait_id, w.resolution).where(w.wait_id.in_(wait_ids)))).all()
             winner_of = {r.wait_id: (r.resolution or {}).get("timer_id") for r in rows}
             won = [timer for timer in claimed if winner_of.get(timer.wait_id) == timer.timer_id]
-            lost = [timer.timer_id for timer in claimed if timer not in won]
             won_ids = [timer.timer_id for timer in won]
+            lost = list({timer.timer_id for timer in claimed} - set(won_ids))
             mine = (t.status == "firing", t.claimed_by == worker)
             if won_ids:
                 await conn.execute(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -80,6 +80,7 @@ class ProcessOrchestrator:
         self._specs: dict[str, ProcessSpec] = {}
         self._by_design: dict[str, Deployment] = {}
         self._by_version: dict[tuple[str, int], Deployment] = {}
+        self._graphs: dict[str, Graph] = {}
 
     # --- deployment and versions -------------------------------------------------------------------
 
@@ -209,6 +210,15 @@ class ProcessOrchestrator:
     def graph_of(self, spec: ProcessSpec) -> Graph:
         return self._designs.graph(PATTERN, spec)
 
+    def graph_of_deployment(self, deployment: Deployment) -> Graph:
+        """The compiled graph of a deployment, kept by design id (a deployment never changes), so the hot
+        path neither re-hashes the spec nor looks the graph up in the engine's LRU."""
+        graph = self._graphs.get(deployment.design_id)
+        if graph is None:
+            graph = self.graph_of(self.spec_of(deployment))
+            self._graphs[deployment.design_id] = graph
+        return graph
+
     async def deployment_of(self, instance: Instance) -> Deployment:
         deployment = self._by_design.get(instance.journey_id)
         if deployment is None:
@@ -306,11 +316,19 @@ class ProcessOrchestrator:
             raise ProcessInstanceNotFoundError(f"no process instance {instance_id!r}", instance_id=instance_id)
         return found
 
-    async def loaded(self, instance_id: str) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
-        instance = await self.instance(instance_id)
+    async def loaded(
+        self, instance_id: str, *, instance: Instance | None = None
+    ) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
+        """The instance (read now unless given, e.g. by a bulk read), its deployment, spec and graph."""
+        if instance is None:
+            instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
-        spec = self.spec_of(deployment)
-        return instance, deployment, spec, self.graph_of(spec)
+        return instance, deployment, self.spec_of(deployment), self.graph_of_deployment(deployment)
+
+    async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
+        """Process instances by id, in one read (ids that are not process instances are left out)."""
+        found = await self.store.index.get_instances(instance_ids)
+        return {i.instance_id: i for i in found if i.pattern == PATTERN}
 
     async def run(self, graph: Graph, instance_id: str, value: Any) -> bool:
         """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
@@ -339,15 +357,22 @@ class ProcessOrchestrator:
             return await graph.aget_state(self.engine.config(instance_id))
 
     async def deliver(
-        self, instance_id: str, wait_id: str, resolution: dict[str, Any] | None = None, *, finish: bool = True
+        self,
+        instance_id: str,
+        wait_id: str,
+        resolution: dict[str, Any] | None = None,
+        *,
+        finish: bool = True,
+        instance: Instance | None = None,
     ) -> bool:
         """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there.
 
         The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
         a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
-        to the caller (the scheduler marks a whole batch at once).
+        to the caller (the scheduler marks a whole batch at once). ``instance``: its index row, if the
+        caller has read it already (the scheduler reads a batch's in one query).
         """
-        _instance, _deployment, _spec, graph = await self.loaded(instance_id)
+        _instance, _deployment, _spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.settled(graph, instance_id)
             pending = next(

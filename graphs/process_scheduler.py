@@ -33,7 +33,7 @@ import structlog
 
 from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
-from checkpoints.index import DuplicateInstanceError
+from checkpoints.index import DuplicateInstanceError, Instance
 from checkpoints.timers import DEFAULT_LEASE, Timer
 from graphs.process import ProcessSpec
 from nodes.agent_call import Recording
@@ -83,11 +83,13 @@ async def fire_due_timers(
 
     delivered: list[str] = []
 
-    async def resume(timer: Timer, resolution: dict[str, Any]) -> None:
+    async def resume(timer: Timer, resolution: dict[str, Any], instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
         async with gate:
             try:
-                if await processes.deliver(timer.instance_id, timer.wait_id, resolution, finish=False):
+                if await processes.deliver(
+                    timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance
+                ):
                     report.resumed += 1
                     report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
                 delivered.append(timer.wait_id)
@@ -125,7 +127,9 @@ async def fire_due_timers(
         report.lateness += [(fired_at - t.due_at).total_seconds() for t, _resolution in won]
         to_resume += won
         await asyncio.gather(*(fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")))
-    await asyncio.gather(*(resume(t, resolution) for t, resolution in to_resume))
+    # One read for the index rows of every thread to resume, not one per thread.
+    instances = await processes.instances_by_id([str(t.instance_id) for t, _resolution in to_resume])
+    await asyncio.gather(*(resume(t, r, instances.get(str(t.instance_id))) for t, r in to_resume))
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
