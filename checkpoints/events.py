@@ -87,6 +87,9 @@ class EventLog:
             columns.id
         )
         self._select_by_key = select(journey_events).where(columns.idempotency_key == bindparam("p_key"))
+        # Keyed events written inside someone else's transaction, many at a time (no RETURNING, so the driver
+        # runs one statement per row and each row's sequence number sees the rows before it).
+        self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"])
         # PostgreSQL: an event and its instance's new status in one statement (the UPDATE as a data-modifying
         # CTE, which runs whether or not the event was new, as the status update of a transaction does).
         self._with_status: dict[bool, Select[tuple[int]]] = {}
@@ -147,6 +150,32 @@ class EventLog:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
+
+    async def append_in(self, conn: AsyncConnection, entries: Sequence[tuple[str, NewEvent]]) -> None:
+        """Append keyed events (``(instance_id, event)`` each) in the caller's transaction on ``conn``.
+
+        The caller's statements and these events then commit or roll back together. An event whose key
+        is already logged is skipped. A concurrent writer that takes the same sequence number makes this
+        raise ``IntegrityError``, which rolls the caller's transaction back: it may simply go again.
+        """
+        if not entries:
+            return
+        now = self._clock.now()
+        params = []
+        for instance_id, event in entries:
+            if event.key is None:
+                raise ValueError(f"append_in takes keyed events only; {event.type!r} has no key")
+            params.append(
+                {
+                    "p_instance_id": instance_id,
+                    "p_type": event.type,
+                    "p_step": event.step,
+                    "p_payload": event.payload,
+                    "p_key": event.key,
+                    "p_created_at": now,
+                }
+            )
+        await conn.execute(self._insert_keyed_quietly, params)
 
     async def _append_one(
         self, conn: AsyncConnection, instance_id: str, event: NewEvent, *, status: str | None = None
