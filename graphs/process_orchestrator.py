@@ -27,14 +27,13 @@ from typing import Any, cast
 import jsonschema
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
-from sqlalchemy import Executable, update
 
 from agents.deterministic import EchoAgent
 from checkpoints.deployments import Deployment, DeploymentStore
 from checkpoints.errors import JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import DuplicateInstanceError, Instance
-from checkpoints.tables import journey_instances
+from checkpoints.timers import DEFAULT_LEASE
 from graphs.designs import DesignBook, PatternName, new_id, parse_spec
 from graphs.engine import failed_task
 from graphs.errors import InvalidInputError
@@ -48,8 +47,8 @@ from graphs.process_errors import (
     UnmatchedMessageError,
 )
 from graphs.process_inbox import TaskInbox
-from graphs.process_migration import migrate
-from graphs.process_scheduler import TimerScheduler, schedule_start_timers
+from graphs.process_migration import MIGRATING, migrate, migrating_instances, settle_migration
+from graphs.process_scheduler import TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process_validation import intents
 from graphs.process_versions import choose, describe, variants_rollout, weights_rollout
 from nodes.process_services import ProcessServices
@@ -81,6 +80,7 @@ class ProcessOrchestrator:
         self._by_design: dict[str, Deployment] = {}
         self._by_version: dict[tuple[str, int], Deployment] = {}
         self._graphs: dict[str, Graph] = {}
+        self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
 
     # --- deployment and versions -------------------------------------------------------------------
 
@@ -322,6 +322,9 @@ class ProcessOrchestrator:
         """The instance (read now unless given, e.g. by a bulk read), its deployment, spec and graph."""
         if instance is None:
             instance = await self.instance(instance_id)
+        if instance.status == MIGRATING:  # a migration was cut short: finish or undo it before anything else
+            await settle_migration(self, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
+            instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
         return instance, deployment, self.spec_of(deployment), self.graph_of_deployment(deployment)
 
@@ -415,7 +418,7 @@ class ProcessOrchestrator:
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
         """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
-        instance = await self.instance(instance_id)
+        instance, _deployment, _spec, _graph = await self.loaded(instance_id)
         if instance.status in FINISHED:
             raise ProcessStateError(
                 f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
@@ -430,8 +433,12 @@ class ProcessOrchestrator:
         return await self.status(instance_id)
 
     async def recover(self) -> list[str]:
-        """Deliver every resolution that a crash kept from its thread; returns the instances resumed."""
+        """Settle every migration a crash cut short, then deliver every resolution that a crash kept from its
+        thread; returns the instances resumed. Meant for startup, when no other process is migrating."""
         resumed: list[str] = []
+        for instance_id in await migrating_instances(self):
+            await settle_migration(self, instance_id, force=True)
+            resumed.append(instance_id)
         for wait in await self.services.waits.undelivered():
             if await self.deliver(wait.instance_id, wait.wait_id) and wait.instance_id not in resumed:
                 resumed.append(wait.instance_id)
@@ -573,21 +580,6 @@ class ProcessOrchestrator:
             for i in found
             if i.journey_id in by_design
         ]
-
-    async def repoint(
-        self, instance_id: str, deployment: Deployment, statements: list[Executable], record: dict[str, Any]
-    ) -> None:
-        """Pin an instance to another deployment, in the transaction of the event that records it."""
-        move = (
-            update(journey_instances)
-            .where(journey_instances.c.instance_id == instance_id)
-            .values(journey_id=deployment.design_id, updated_at=self.clock.now())
-        )
-        await self.store.events.append(
-            instance_id,
-            [NewEvent("process.migrated", record)],
-            also=[move, *statements],
-        )
 
 
 def _starts_on(spec: ProcessSpec, message: str) -> bool:

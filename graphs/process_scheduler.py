@@ -36,6 +36,8 @@ from checkpoints.events import NewEvent
 from checkpoints.index import DuplicateInstanceError, Instance
 from checkpoints.timers import DEFAULT_LEASE, Timer
 from graphs.process import ProcessSpec
+from graphs.process_errors import MigrationInProgressError
+from graphs.process_migration import migrating_instances, settle_migration
 from nodes.agent_call import Recording
 from nodes.timer import TimerDefinition
 
@@ -133,6 +135,9 @@ async def fire_due_timers(
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
+    for instance_id in await migrating_instances(processes):  # migrations whose process died midway
+        with suppress(MigrationInProgressError):
+            await settle_migration(processes, instance_id, started_before=moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
         if await processes.deliver(wait.instance_id, wait.wait_id):
             report.redelivered += 1
