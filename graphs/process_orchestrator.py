@@ -102,6 +102,7 @@ class ProcessOrchestrator:
                     name=spec.name,
                     version=spec.version,
                 )
+            await schedule_start_timers(self, spec)  # idempotent: arms what a crash after the deploy left out
             return self._deployment_view(existing, await self.deployments.rollout(spec.name))
         rollout = await self._rollout_after_deploy(spec, weight)
         design = await self._designs.save(PATTERN, spec, prefix="process")

@@ -290,25 +290,48 @@ async def _start(
 
 
 async def schedule_start_timers(processes: ProcessOrchestrator, spec: ProcessSpec) -> None:
-    """Schedule the timer start events of a newly deployed version (one timer per process and start id)."""
+    """Make the timer start events of ``spec``'s process those of its newest version, once it is deployed.
+
+    One timer runs per start event of the newest version: a start event whose timer is unchanged keeps
+    its schedule, one that changed or is new is armed from now, and the timers of start events the
+    newest version no longer has (or has with another timer) are cancelled, in one transaction, so
+    two versions never both fire. Each tick starts an instance on the version the rollout routes it
+    to (``_start``). Deploying an older version number late changes nothing.
+    """
+    newest = max(d.version for d in await processes.deployments.find(spec.name))
+    if spec.version != newest:
+        return
     now = processes.clock.now().astimezone(UTC)
-    statements = []
-    for start in spec.starts():
-        if start.timer is None:
+    timers = processes.services.timers
+    wanted = {start.id: start.timer for start in spec.starts() if start.timer is not None}
+    active = [
+        timer
+        for timer in await timers.find(purpose="start")
+        if timer.data.get("process") == spec.name and timer.status in ("scheduled", "firing")
+    ]
+    statements, kept = [], set()
+    for timer in active:
+        definition = wanted.get(timer.element)
+        if definition is not None and timer.definition == definition.to_row() and timer.element not in kept:
+            kept.add(timer.element)  # the same timer: it keeps its schedule (and its ticks so far)
+            continue
+        statements.append(timers.cancel_statement(timer.timer_id))
+    for start_id, definition in wanted.items():
+        if start_id in kept:
             continue
         statements.append(
-            processes.services.timers.schedule_statement(
-                f"start:{spec.name}:{start.id}",
-                element=start.id,
+            timers.schedule_statement(
+                f"start:{spec.name}:{start_id}:v{spec.version}",
+                element=start_id,
                 purpose="start",
-                definition=start.timer.to_row(),
-                due_at=start.timer.first_due(now),
-                origin=start.timer.origin(now),
-                data={"process": spec.name, "start": start.id},
+                definition=definition.to_row(),
+                due_at=definition.first_due(now),
+                origin=definition.origin(now),
+                data={"process": spec.name, "start": start_id},
             )
         )
     if statements:
-        await processes.services.timers.execute(statements)
+        await timers.execute(statements)
 
 
 class TimerScheduler:
