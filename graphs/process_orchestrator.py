@@ -106,7 +106,10 @@ class ProcessOrchestrator:
             return self._deployment_view(existing, await self.deployments.rollout(spec.name))
         rollout = await self._rollout_after_deploy(spec, weight)
         design = await self._designs.save(PATTERN, spec, prefix="process")
-        added = await self.deployments.add(spec.name, spec.version, design.journey_id, digest(spec), rollout=rollout)
+        message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
+        added = await self.deployments.add(
+            spec.name, spec.version, design.journey_id, digest(spec), rollout=rollout, message_starts=message_starts
+        )
         if not added:  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight)
         await schedule_start_timers(self, spec)
@@ -505,9 +508,8 @@ class ProcessOrchestrator:
         return {"correlated": [], "started": [], "buffered": message_id, "expires_at": expires_at.isoformat()}
 
     async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        names = sorted({d.name for d in await self.deployments.find() if _starts_on(self.spec_of(d), message)})
         views = []
-        for name in names:
+        for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
             entry = await self.route(name, key)
             deployment = await self.deployment(name, int(entry["version"]))
             assert deployment is not None
@@ -581,7 +583,3 @@ class ProcessOrchestrator:
             for i in found
             if i.journey_id in by_design
         ]
-
-
-def _starts_on(spec: ProcessSpec, message: str) -> bool:
-    return any(start.message == message for start in spec.starts())
