@@ -87,18 +87,26 @@ async def fire_due_timers(
 
     async def resume(timer: Timer, resolution: dict[str, Any], instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
-        async with gate:
-            try:
-                if await processes.deliver(
-                    timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance
-                ):
-                    report.resumed += 1
-                    report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
-                delivered.append(timer.wait_id)
-            except Exception as exc:  # one broken instance must not stop the others; recovery redelivers
-                report.failed += 1
-                report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
-                log.warning("timer resumption failed", timer_id=timer.timer_id, error=str(exc))
+        try:
+            if await processes.deliver(timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance):
+                report.resumed += 1
+                report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
+            delivered.append(timer.wait_id)
+        except Exception as exc:  # one broken instance must not stop the others; recovery redelivers
+            report.failed += 1
+            report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
+            log.warning("timer resumption failed", timer_id=timer.timer_id, error=str(exc))
+
+    async def resume_all(fired: list[tuple[Timer, dict[str, Any]]], instances: dict[str, Instance]) -> None:
+        # ``concurrency`` workers take the next thread in turn: a backlog of thousands costs no task (and
+        # no garbage-collector work) per thread waiting its turn.
+        queue = iter(fired)
+
+        async def worker() -> None:
+            for timer, resolution in queue:
+                await resume(timer, resolution, instances.get(str(timer.instance_id)))
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(fired)))))
 
     async def fire_one(timer: Timer) -> None:
         async with gate:
@@ -131,7 +139,7 @@ async def fire_due_timers(
         await asyncio.gather(*(fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")))
     # One read for the index rows of every thread to resume, not one per thread.
     instances = await processes.instances_by_id([str(t.instance_id) for t, _resolution in to_resume])
-    await asyncio.gather(*(resume(t, r, instances.get(str(t.instance_id))) for t, r in to_resume))
+    await resume_all(to_resume, instances)
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
