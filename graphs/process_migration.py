@@ -18,11 +18,12 @@ So it goes in three steps, each atomic, and is never left half-applied:
    logs ``process.migrated`` and sets the status back to ``in_progress``.
 
 An instance found ``migrating`` (a crash or an error came between the steps) is settled before
-anything else touches it (:func:`settle_migration`): if its thread has a newer checkpoint than the
-one the plan started from, step 2 landed and step 3 is completed (it is idempotent); otherwise the
-migration is rolled back (``process.migration_rolled_back``, status ``in_progress``, the thread
-re-parks where it was). ``recover()`` settles every such instance at startup, a scheduler pass those
-abandoned longer than the lease, and any call on the instance its own (see ``settle_migration``).
+anything else touches it (:func:`settle_migration`): if its thread's latest checkpoint is the one
+step 2 writes (its metadata names the migration), step 2 landed and step 3 is completed (it is
+idempotent); otherwise the migration is rolled back (``process.migration_rolled_back``, status
+``in_progress``, the thread re-parks where it was). ``recover()`` settles every such instance at
+startup, a scheduler pass those abandoned longer than the lease, and any call on the instance its
+own (see ``settle_migration``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot, StateUpdate
 from sqlalchemy import Executable, update
 from sqlalchemy.exc import IntegrityError
@@ -58,6 +60,7 @@ log = structlog.get_logger("journeys.processes")
 
 MIGRATING = "migrating"  # the instance status between a migration's intent and its finish (or rollback)
 INTENT, DONE, ROLLED_BACK = "process.migrating", "process.migrated", "process.migration_rolled_back"
+MIGRATION_KEY = "journeys_migration"  # in the metadata of the checkpoint a migration writes: its id
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,7 @@ class MigrationPlan:
     to_version: int
     to_design: str
     waits: tuple[MovedWait, ...]
-    source_checkpoint: str | None  # the checkpoint the thread's move starts from
+    source_checkpoint: str | None  # the checkpoint the thread's move starts from (for the record)
     rewrites_checkpoint: bool  # False when every wait keeps its element: only rows change
     owner: str  # the orchestrator that runs it (see settle_migration)
 
@@ -263,7 +266,7 @@ async def _settle_locked(
             instance_id=instance_id,
         )
     latest = await processes.store.saver.aget_tuple(processes.engine.config(instance_id))
-    landed = latest is not None and latest.checkpoint["id"] != plan.source_checkpoint
+    landed = latest is not None and latest.metadata.get(MIGRATION_KEY) == plan.migration_id
     source_deployment = await processes.deployment_of(instance)
     source = processes.spec_of(source_deployment)
     target_deployment = await processes.deployments.by_design(plan.to_design)
@@ -335,7 +338,8 @@ async def _rewrite_checkpoint(
             updates.append(StateUpdate({}, wait.element))
         seen = max(visits.get(wait.to, 0), visits.get(wait.element, 0))
         updates.append(StateUpdate({"waits": {wait.to: wait.wait_id}, "visits": {wait.to: seen}}, arm_node(wait.to)))
-    await target_graph.abulk_update_state(processes.engine.config(instance_id), [updates])
+    config: RunnableConfig = {**processes.engine.config(instance_id), "metadata": {MIGRATION_KEY: plan.migration_id}}
+    await target_graph.abulk_update_state(config, [updates])  # the savers keep config metadata on the checkpoint
 
 
 async def _finish(

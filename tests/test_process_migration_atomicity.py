@@ -116,6 +116,28 @@ async def test_a_crash_before_the_checkpoint_moves_is_rolled_back_by_the_next_ca
         assert (done["status"], done["version"]) == ("completed", 2)
 
 
+async def test_a_crash_while_rolling_back_is_rolled_back_again(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rollback writes a clean copy of the old checkpoint before it commits: a crash between the two
+    must not make that copy look like the migration's own checkpoint."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        instance_id = await waiting_v1(rt)
+        fail_once(monkeypatch, "_rewrite_checkpoint", Crash())
+        with pytest.raises(Crash):
+            await rt.processes.migrate(instance_id, to_version=2, mapping={"approve": "sign_contract"})
+        fail_once(monkeypatch, "_commit", Crash())  # the rollback's commit dies
+        with pytest.raises(Crash):
+            await rt.processes.status(instance_id)
+        assert await row_status(rt, instance_id) == "migrating"
+        monkeypatch.undo()
+
+        view = await rt.processes.status(instance_id)
+        assert (view["version"], view["status"], waiting_elements(view)) == (1, "in_progress", ["approve"])
+        assert await event_types(rt, instance_id) == ["process.migrating", "process.migration_rolled_back"]
+        done = await finish_onboarding(rt, instance_id, clock)
+        assert (done["status"], done["version"]) == ("completed", 1)
+
+
 async def test_a_crash_inside_the_checkpoint_write_is_rolled_back_to_a_clean_wait(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
