@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
-from checkpoints.tables import journey_designs, process_deployments, process_rollouts
+from checkpoints.tables import journey_designs, process_deployments, process_message_starts, process_rollouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +31,17 @@ class DeploymentStore:
         self._clock = clock
 
     async def add(
-        self, name: str, version: int, design_id: str, digest: str, *, rollout: list[dict[str, Any]] | None
+        self,
+        name: str,
+        version: int,
+        design_id: str,
+        digest: str,
+        *,
+        rollout: list[dict[str, Any]] | None,
+        message_starts: Sequence[tuple[str, str]] = (),
     ) -> bool:
-        """Register a deployment (and, when given, the new rollout) in one transaction. False if taken."""
+        """Register a deployment, its message starts (``(message, start id)`` pairs, indexed for
+        :meth:`started_by`) and, when given, the new rollout, in one transaction. False if taken."""
         now = self._clock.now().astimezone(UTC)
         try:
             async with self._engine.begin() as conn:
@@ -41,6 +50,14 @@ class DeploymentStore:
                         name=name, version=version, design_id=design_id, digest=digest, deployed_at=now
                     )
                 )
+                if message_starts:
+                    await conn.execute(
+                        insert(process_message_starts),
+                        [
+                            {"message_name": message, "name": name, "version": version, "start_id": start_id}
+                            for message, start_id in message_starts
+                        ],
+                    )
                 if rollout is not None:
                     await self._put_rollout(conn, name, rollout, now)
         except IntegrityError:
@@ -58,6 +75,13 @@ class DeploymentStore:
         )
         if not changed.rowcount:
             await conn.execute(insert(process_rollouts).values(name=name, entries=entries, updated_at=now))
+
+    async def started_by(self, message: str) -> list[str]:
+        """The names of the processes with a deployed version that a message named ``message`` starts."""
+        m = process_message_starts.c
+        query = select(m.name).where(m.message_name == message).distinct().order_by(m.name)
+        async with self._engine.connect() as conn:
+            return [str(name) for name in (await conn.execute(query)).scalars()]
 
     async def rollout(self, name: str) -> list[dict[str, Any]]:
         async with self._engine.connect() as conn:

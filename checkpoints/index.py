@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -125,6 +126,17 @@ class JourneyIndex:
                 await conn.execute(select(journey_instances).where(journey_instances.c.instance_id == instance_id))
             ).first()
         return Instance(**row._mapping) if row else None
+
+    async def get_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
+        """The instances with these ids (missing ones are left out), in one query per thousand ids."""
+        ids = list(dict.fromkeys(instance_ids))
+        found: list[Instance] = []
+        async with self._engine.connect() as conn:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                query = select(journey_instances).where(journey_instances.c.instance_id.in_(chunk))
+                found += [Instance(**r._mapping) for r in (await conn.execute(query)).all()]
+        return found
 
     async def list_instances(
         self, *, pattern: str | None = None, status: str | None = None, limit: int = 1000

@@ -8,8 +8,9 @@ an advisory lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -130,4 +131,30 @@ MIGRATIONS += (
     Migration(
         5, "lean journey tables: events keyed by (instance_id, seq), two unused indexes gone", _lean_journey_tables
     ),
+)
+
+
+def _index_message_starts(conn: Connection) -> None:
+    """Create the message-start index and fill it from the process deployments made before it existed."""
+    from checkpoints.tables import process_deployments, process_message_starts  # keeps this edit to one block
+
+    process_message_starts.create(conn, checkfirst=True)
+    d, j = process_deployments.c, journey_designs.c
+    rows = conn.execute(select(d.name, d.version, j.spec).join(journey_designs, j.journey_id == d.design_id)).all()
+    entries = [
+        {"message_name": start["message"], "name": name, "version": version, "start_id": start["id"]}
+        for name, version, spec in rows
+        for start in message_starts_of(spec)
+    ]
+    if entries:
+        conn.execute(insert(process_message_starts), entries)
+
+
+def message_starts_of(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The message start events of a process definition (as stored: the spec's JSON form)."""
+    return [e for e in spec.get("elements") or [] if e.get("type") == "start" and e.get("message")]
+
+
+MIGRATIONS += (
+    Migration(6, "process message starts: an index of the processes each message starts", _index_message_starts),
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -49,5 +51,18 @@ async def open_saver(url: StoreURL, *, pool_size: int = 10) -> AsyncIterator[Bas
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     ) as pool:
         pg_saver = AsyncPostgresSaver(pool, serde=serde)  # type: ignore[arg-type]
+        unlock_pooled(pg_saver, pool_size)
         await pg_saver.setup()
         yield pg_saver
+
+
+def unlock_pooled(saver: AsyncPostgresSaver, pool_size: int) -> None:
+    """Let a pooled saver run as many operations at once as its pool has connections.
+
+    ``AsyncPostgresSaver`` guards every operation with one ``asyncio.Lock``, which a single shared
+    connection needs but a pool does not (each operation checks out a connection of its own), so on
+    a pool it makes one lane of the whole process: upstream issue langchain-ai/langgraph#7259, fixed
+    the same way by the open PR #7269. The workaround discussed there swaps the lock for a semaphore
+    the size of the pool; the saver's code is unchanged.
+    """
+    saver.lock = cast(asyncio.Lock, asyncio.Semaphore(pool_size))

@@ -209,6 +209,17 @@ process_messages = Table(
     Index("ix_process_messages_match", "name", "correlation_key", "status"),
 )
 
+# Message start events by message name, written with their deployment, so that send_message finds the
+# processes a message starts by index instead of reading every deployed definition.
+process_message_starts = Table(
+    "process_message_starts",
+    metadata,
+    Column("message_name", String(200), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("start_id", String(100), primary_key=True),
+)
+
 PROCESS_TABLES = (
     process_deployments,
     process_rollouts,

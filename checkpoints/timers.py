@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Executable, and_, bindparam, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
+from checkpoints.events import EventLog
 from checkpoints.rows import insert_ignore
 from checkpoints.tables import process_timers, process_waits
-from checkpoints.waits import cancel_siblings
+from checkpoints.waits import cancel_siblings, completed_event
 
 DEFAULT_LEASE = timedelta(seconds=60)
 
@@ -50,9 +52,11 @@ def _utc(moment: datetime) -> datetime:
 
 
 class TimerStore:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, events: EventLog | None = None) -> None:
+        """``events``: the log in which a fired timer's wait completion is recorded as it fires."""
         self._engine = engine
         self._clock = clock
+        self._events = events
         self._postgres = engine.dialect.name == "postgresql"
 
     def schedule_statement(
@@ -145,10 +149,23 @@ class TimerStore:
         won it first. One transaction for the whole batch; returns the timers that won their wait.
 
         A winner's wait gets its resolution and its other timers, subscriptions and inbox task are
-        cancelled (``cancel_siblings``); a loser is cancelled: it never fires.
+        cancelled (``cancel_siblings``); a loser is cancelled: it never fires. With an event log, each
+        winner's wait completion is logged in the same transaction (``completed_event``), so the thread
+        it resumes has nothing more to record for it.
         """
         if not claimed:
             return []
+        for attempt in range(5):
+            try:
+                return await self._fire_waits(claimed, worker)
+            except IntegrityError:
+                # A concurrent append took an event sequence number of one of these instances; all of it
+                # rolled back, so going again is safe.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _fire_waits(self, claimed: Sequence[Timer], worker: str) -> list[tuple[Timer, dict[str, Any]]]:
         now = self._clock.now().astimezone(UTC)
         w = process_waits.c
         params: list[dict[str, Any]] = [
@@ -160,6 +177,7 @@ class TimerStore:
                     "timer_id": timer.timer_id,
                     "due_at": timer.due_at.isoformat(),
                     "fired_at": now.isoformat(),
+                    **({"logged": True} if self._events is not None else {}),
                 },
             }
             for timer in claimed
@@ -173,11 +191,12 @@ class TimerStore:
         t = process_timers.c
         async with self._engine.begin() as conn:
             await conn.execute(resolve, params)
-            rows = (await conn.execute(select(w.wait_id, w.resolution).where(w.wait_id.in_(wait_ids)))).all()
+            rows = (await conn.execute(select(w.wait_id, w.element, w.resolution).where(w.wait_id.in_(wait_ids)))).all()
             winner_of = {r.wait_id: (r.resolution or {}).get("timer_id") for r in rows}
+            element_of = {r.wait_id: r.element for r in rows}
             won = [timer for timer in claimed if winner_of.get(timer.wait_id) == timer.timer_id]
-            lost = [timer.timer_id for timer in claimed if timer not in won]
             won_ids = [timer.timer_id for timer in won]
+            lost = list({timer.timer_id for timer in claimed} - set(won_ids))
             mine = (t.status == "firing", t.claimed_by == worker)
             if won_ids:
                 await conn.execute(
@@ -193,7 +212,18 @@ class TimerStore:
                     .where(t.timer_id.in_(lost), *mine)
                     .values(status="cancelled", claimed_by=None)
                 )
-        resolution_of = {str(p["w_id"]): p["w_resolution"] for p in params}
+            resolution_of = {str(p["w_id"]): p["w_resolution"] for p in params}
+            if self._events is not None and won:
+                completions = [
+                    (
+                        str(timer.instance_id),
+                        completed_event(
+                            element_of[timer.wait_id], str(timer.wait_id), resolution_of[str(timer.wait_id)]
+                        ),
+                    )
+                    for timer in won
+                ]
+                await self._events.append_in(conn, completions)
         return [(timer, resolution_of[str(timer.wait_id)]) for timer in won]
 
     async def next_due(self) -> datetime | None:

@@ -13,7 +13,7 @@ takes a resolution for the wait it is parked on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy import Executable, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
+from checkpoints.events import NewEvent
 from checkpoints.rows import insert_ignore
 from checkpoints.tables import process_subscriptions, process_timers, process_waits, user_tasks
 
@@ -64,6 +65,26 @@ def cancel_siblings(
         .values(status="cancelled"),
         update(user_tasks).where(tasks.task_id.in_(list(wait_ids)), tasks.status == "open").values(status=task_status),
     ]
+
+
+def completed_event(
+    element: str, wait_id: str, resolution: Mapping[str, Any], changes: Sequence[Mapping[str, Any]] = ()
+) -> NewEvent:
+    """The event that records how a wait ended (keyed by the wait: logged once however often it is written).
+
+    The wait node writes it when it takes its resolution; for a timer, which assigns no variables, the
+    scheduler writes it already in the transaction that fires the timer (and marks the resolution
+    ``logged``, so the node writes nothing).
+    """
+    record = {
+        "wait_id": wait_id,
+        "option": resolution.get("option"),
+        "resolution_kind": resolution.get("kind"),
+        "by": resolution.get("by"),
+        "payload": resolution.get("payload"),
+        "changes": [dict(change) for change in changes],
+    }
+    return NewEvent("wait.completed", record, element, f"{wait_id}:completed")
 
 
 class _Lost(Exception):

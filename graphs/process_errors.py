@@ -70,3 +70,7 @@ class MigrationRefusedError(JourneyError):
     def __init__(self, message: str, *, problems: Sequence[str], **details: object) -> None:
         self.problems = list(problems)
         super().__init__(message, problems=self.problems, **details)
+
+
+class MigrationInProgressError(ProcessStateError):
+    """Another process is migrating this instance right now; try again shortly."""

@@ -6,25 +6,107 @@ written, and refused, listing every problem, when a waiting element has no mappi
 element of another kind, or waits inside a parallel branch (migrate after the join). Applied, it
 keeps what the instance waits on: the same wait, task, timers (with their due times) and
 subscriptions, now under the target element; boundary timers the target task lacks are cancelled.
+
+A migration touches two stores, the thread's checkpoint and our rows, which no transaction spans.
+So it goes in three steps, each atomic, and is never left half-applied:
+
+1. **intent**: one transaction logs ``process.migrating`` (the whole plan, and the id of the
+   checkpoint it starts from) and sets the instance's status to ``migrating``;
+2. **checkpoint**: the thread's state moves to the target's nodes in one checkpoint (one
+   ``abulk_update_state`` superstep: a single checkpoint write, which lands or does not);
+3. **finish**: one transaction re-points the instance to the target deployment, moves its rows,
+   logs ``process.migrated`` and sets the status back to ``in_progress``.
+
+An instance found ``migrating`` (a crash or an error came between the steps) is settled before
+anything else touches it (:func:`settle_migration`): if its thread's latest checkpoint is the one
+step 2 writes (its metadata names the migration), step 2 landed and step 3 is completed (it is
+idempotent); otherwise the migration is rolled back (``process.migration_rolled_back``, status
+``in_progress``, the thread re-parks where it was). ``recover()`` settles every such instance at
+startup, a scheduler pass those abandoned longer than the lease, and any call on the instance its
+own (see ``settle_migration``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from langgraph.types import StateSnapshot
+import structlog
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import StateSnapshot, StateUpdate
 from sqlalchemy import Executable, update
+from sqlalchemy.exc import IntegrityError
 
-from checkpoints.tables import process_subscriptions, process_timers, process_waits, user_tasks
+from checkpoints.events import NewEvent
+from checkpoints.tables import journey_instances, process_subscriptions, process_timers, process_waits, user_tasks
+from graphs.designs import new_id
 from graphs.engine import failed_task
 from graphs.process import EventGateway, ProcessSpec, UserTask
 from graphs.process_blocks import TOP, analyse
 from graphs.process_builder import arm_node
-from graphs.process_errors import MigrationRefusedError, ProcessStateError, UnknownProcessError
+from graphs.process_errors import (
+    MigrationInProgressError,
+    MigrationRefusedError,
+    ProcessStateError,
+    UnknownProcessError,
+)
 
 if TYPE_CHECKING:
     from graphs.process_orchestrator import ProcessOrchestrator
+
+log = structlog.get_logger("journeys.processes")
+
+MIGRATING = "migrating"  # the instance status between a migration's intent and its finish (or rollback)
+INTENT, DONE, ROLLED_BACK = "process.migrating", "process.migrated", "process.migration_rolled_back"
+MIGRATION_KEY = "journeys_migration"  # in the metadata of the checkpoint a migration writes: its id
+
+
+@dataclass(frozen=True, slots=True)
+class MovedWait:
+    wait_id: str
+    element: str  # where the instance waits in the source version
+    to: str  # the element of the target version it waits at afterwards
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationPlan:
+    """Everything needed to finish a migration, logged with its intent before anything else changes."""
+
+    migration_id: str
+    from_version: int
+    to_version: int
+    to_design: str
+    waits: tuple[MovedWait, ...]
+    source_checkpoint: str | None  # the checkpoint the thread's move starts from (for the record)
+    rewrites_checkpoint: bool  # False when every wait keeps its element: only rows change
+    owner: str  # the orchestrator that runs it (see settle_migration)
+
+    @property
+    def mapping(self) -> dict[str, str]:
+        return {w.element: w.to for w in self.waits}
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "migration_id": self.migration_id,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "mapping": self.mapping,
+            "waits": [w.wait_id for w in self.waits],
+        }
+
+    def to_payload(self) -> dict[str, Any]:
+        return {**asdict(self), "waits": [asdict(w) for w in self.waits]}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> MigrationPlan:
+        waits = tuple(MovedWait(**w) for w in payload["waits"])
+        return cls(waits=waits, **{f.name: payload[f.name] for f in fields(cls) if f.name != "waits"})
+
+
+class _Lost(Exception):
+    """The instance was not in the status a migration step expects: roll that step's transaction back."""
 
 
 def _waiting(snapshot: StateSnapshot) -> list[tuple[str, dict[str, Any]]]:
@@ -103,8 +185,7 @@ async def migrate(
             f"process instance {instance_id!r} is {instance.status}; only a waiting instance can migrate", allowed=[]
         )
     target = processes.spec_of(target_deployment)
-    target_graph = processes.graph_of(target)
-    config = processes.engine.config(instance_id)
+    target_graph = processes.graph_of_deployment(target_deployment)
     async with processes.engine.exclusive(instance_id):
         snapshot = await processes.settled(graph, instance_id)
         waiting = _waiting(snapshot)
@@ -119,32 +200,199 @@ async def migrate(
                 f"cannot migrate {instance_id!r} from v{deployment.version} to v{to_version}: " + "; ".join(problems),
                 problems=problems,
             )
-        statements: list[Executable] = []
-        target_nodes = set(target_graph.nodes)
-        for _node, payload in waiting:
-            element, wait_id = str(payload["element"]), str(payload["wait_id"])
-            to = moves[element]
-            statements += _move_rows(source, target, element, to, wait_id)
-            if to == element:
-                continue  # the target graph has a node of that name waiting on the same interrupt
-            if element in target_nodes:  # the old node exists in the target too: settle its pending task
-                await target_graph.aupdate_state(config, {}, as_node=element)
-            visits = dict(snapshot.values.get("visits") or {})
-            await target_graph.aupdate_state(
-                config,
-                {"waits": {to: wait_id}, "visits": {to: max(visits.get(to, 0), visits.get(element, 0))}},
-                as_node=arm_node(to),
-            )
-        record = {
-            "from_version": deployment.version,
-            "to_version": to_version,
-            "mapping": moves,
-            "waits": [p["wait_id"] for _n, p in waiting],
-        }
-        await processes.repoint(instance_id, target_deployment, statements, record)
-        if any(to != element for element, to in moves.items()):
-            await processes.run(target_graph, instance_id, None)  # park at the mapped nodes
+        waits = tuple(MovedWait(str(p["wait_id"]), str(p["element"]), moves[str(p["element"])]) for _node, p in waiting)
+        plan = MigrationPlan(
+            migration_id=new_id("mig"),
+            from_version=deployment.version,
+            to_version=to_version,
+            to_design=target_deployment.design_id,
+            waits=waits,
+            source_checkpoint=snapshot.config["configurable"].get("checkpoint_id"),
+            rewrites_checkpoint=any(w.to != w.element for w in waits),
+            owner=processes.owner,
+        )
+        await _log_intent(processes, instance_id, plan)
+        try:
+            if plan.rewrites_checkpoint:
+                await _rewrite_checkpoint(processes, target_graph, instance_id, plan, snapshot)
+            await _finish(processes, instance_id, plan, source, target)
+        except Exception as exc:
+            # Settle it now if we can; if not, the instance stays "migrating" and is settled later.
+            outcome = None
+            try:
+                outcome = await _settle_locked(processes, instance_id)
+            except Exception as again:
+                log.warning("migration left to settle later", instance_id=instance_id, error=str(again))
+            if outcome != "completed":
+                raise
+            log.info("migration completed after an error", instance_id=instance_id, error=str(exc))
+        else:
+            if plan.rewrites_checkpoint:
+                await processes.run(target_graph, instance_id, None)  # park at the mapped nodes
     return await processes.status(instance_id)
+
+
+async def settle_migration(
+    processes: ProcessOrchestrator, instance_id: str, *, started_before: datetime | None = None, force: bool = False
+) -> str | None:
+    """Complete or roll back the migration an instance is left in; returns "completed", "rolled_back" or None.
+
+    A migration that another orchestrator may still be running is left alone: one started by this
+    orchestrator is settled (its ``migrate`` call holds the instance's lock while it runs, so one
+    found open here has failed); one started elsewhere only once it is older than ``started_before``
+    (a lease: that process has died), and otherwise :class:`MigrationInProgressError` is raised.
+    ``force`` settles whatever is open (``recover()`` at startup, when nothing else runs).
+    """
+    async with processes.engine.exclusive(instance_id):
+        return await _settle_locked(processes, instance_id, started_before=started_before, force=force)
+
+
+async def _settle_locked(
+    processes: ProcessOrchestrator, instance_id: str, *, started_before: datetime | None = None, force: bool = False
+) -> str | None:
+    instance = await processes.store.index.get_instance(instance_id)
+    if instance is None or instance.status != MIGRATING:
+        return None
+    found = await _open_intent(processes, instance_id)
+    if found is None:  # pragma: no cover - the status and the intent are written in one transaction
+        raise ProcessStateError(f"process instance {instance_id!r} is migrating but logged no plan", allowed=[])
+    plan, started_at = found
+    mine = plan.owner == processes.owner
+    abandoned = started_before is not None and started_at <= started_before
+    if not (force or mine or abandoned):
+        raise MigrationInProgressError(
+            f"process instance {instance_id!r} is being migrated to v{plan.to_version} (since "
+            f"{started_at.isoformat()}); try again shortly",
+            instance_id=instance_id,
+        )
+    latest = await processes.store.saver.aget_tuple(processes.engine.config(instance_id))
+    landed = latest is not None and latest.metadata.get(MIGRATION_KEY) == plan.migration_id
+    source_deployment = await processes.deployment_of(instance)
+    source = processes.spec_of(source_deployment)
+    target_deployment = await processes.deployments.by_design(plan.to_design)
+    if target_deployment is None:  # pragma: no cover - deployments are never removed
+        raise UnknownProcessError(f"migration target design {plan.to_design!r} is not deployed")
+    if landed or not plan.rewrites_checkpoint:
+        await _finish(processes, instance_id, plan, source, processes.spec_of(target_deployment))
+        await processes.settled(processes.graph_of_deployment(target_deployment), instance_id)  # park at `to`
+        outcome = "completed"
+    else:
+        source_graph = processes.graph_of_deployment(source_deployment)
+        if latest is not None:
+            # Step 2 stores its update's writes on the source checkpoint before writing the new one, so a crash
+            # between the two leaves them there. They match no task of the source graph, but rather than rely
+            # on that, the thread resumes from a clean copy (its waiting node runs again up to its interrupt()).
+            await source_graph.aupdate_state(processes.engine.config(instance_id), None, as_node="__copy__")
+        await _commit(
+            processes,
+            instance_id,
+            _status(instance_id, MIGRATING, "in_progress", processes),
+            [],
+            NewEvent(ROLLED_BACK, plan.record(), None, f"{plan.migration_id}:rolled_back"),
+        )
+        await processes.settled(source_graph, instance_id)  # re-park where it waited
+        outcome = "rolled_back"
+    log.info("migration settled", instance_id=instance_id, migration_id=plan.migration_id, outcome=outcome)
+    return outcome
+
+
+async def migrating_instances(processes: ProcessOrchestrator) -> list[str]:
+    found = await processes.store.index.list_instances(pattern="process", status=MIGRATING, limit=100_000)
+    return [i.instance_id for i in found]
+
+
+async def _open_intent(processes: ProcessOrchestrator, instance_id: str) -> tuple[MigrationPlan, datetime] | None:
+    """The last migration intent of the instance that was neither finished nor rolled back."""
+    events = await processes.store.events.list(instance_id, types=[INTENT, DONE, ROLLED_BACK])
+    closed = {e.payload.get("migration_id") for e in events if e.type != INTENT}
+    for event in reversed(events):
+        if event.type == INTENT and event.payload["migration_id"] not in closed:
+            return MigrationPlan.from_payload(event.payload), event.created_at
+    return None
+
+
+async def _log_intent(processes: ProcessOrchestrator, instance_id: str, plan: MigrationPlan) -> None:
+    """Step 1: the plan in the log and the instance marked migrating, in one transaction."""
+    intent = NewEvent(INTENT, plan.to_payload(), None, f"{plan.migration_id}:intent")
+    claimed = await _commit(
+        processes, instance_id, _status(instance_id, "in_progress", MIGRATING, processes), [], intent
+    )
+    if not claimed:
+        raise ProcessStateError(
+            f"process instance {instance_id!r} is no longer in progress; only a waiting instance can migrate",
+            allowed=[],
+        )
+
+
+async def _rewrite_checkpoint(
+    processes: ProcessOrchestrator, target_graph: Any, instance_id: str, plan: MigrationPlan, snapshot: StateSnapshot
+) -> None:
+    """Step 2: the thread's state, moved to the target's nodes, as one checkpoint (one superstep)."""
+    visits = dict(snapshot.values.get("visits") or {})
+    target_nodes = set(target_graph.nodes)
+    updates: list[StateUpdate] = []
+    for wait in plan.waits:
+        if wait.to == wait.element:
+            continue  # the target graph has a node of that name waiting on the same interrupt
+        if wait.element in target_nodes:  # the old node exists in the target too: settle its pending task
+            updates.append(StateUpdate({}, wait.element))
+        seen = max(visits.get(wait.to, 0), visits.get(wait.element, 0))
+        updates.append(StateUpdate({"waits": {wait.to: wait.wait_id}, "visits": {wait.to: seen}}, arm_node(wait.to)))
+    config: RunnableConfig = {**processes.engine.config(instance_id), "metadata": {MIGRATION_KEY: plan.migration_id}}
+    await target_graph.abulk_update_state(config, [updates])  # the savers keep config metadata on the checkpoint
+
+
+async def _finish(
+    processes: ProcessOrchestrator, instance_id: str, plan: MigrationPlan, source: ProcessSpec, target: ProcessSpec
+) -> None:
+    """Step 3 (idempotent): re-point the instance, move its rows, log the migration, end ``migrating``."""
+    statements: list[Executable] = []
+    for wait in plan.waits:
+        statements += _move_rows(source, target, wait.element, wait.to, wait.wait_id)
+    repoint = (
+        update(journey_instances)
+        .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == MIGRATING)
+        .values(journey_id=plan.to_design, status="in_progress", updated_at=processes.clock.now())
+    )
+    done = NewEvent(DONE, plan.record(), None, f"{plan.migration_id}:migrated")
+    if not await _commit(processes, instance_id, repoint, statements, done):
+        raise ProcessStateError(
+            f"migration {plan.migration_id} of {instance_id!r} was settled by someone else meanwhile", allowed=[]
+        )
+
+
+def _status(instance_id: str, before: str, after: str, processes: ProcessOrchestrator) -> Executable:
+    return (
+        update(journey_instances)
+        .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == before)
+        .values(status=after, updated_at=processes.clock.now())
+    )
+
+
+async def _commit(
+    processes: ProcessOrchestrator,
+    instance_id: str,
+    claim: Executable,
+    statements: Sequence[Executable],
+    event: NewEvent,
+) -> bool:
+    """One transaction: ``claim`` must update the instance row, then ``statements`` and ``event`` (keyed).
+    False, with nothing applied, when the claim found the instance in another status."""
+    for attempt in range(5):
+        try:
+            async with processes.store.engine.begin() as conn:
+                if (await conn.execute(claim)).rowcount != 1:
+                    raise _Lost
+                for statement in statements:
+                    await conn.execute(statement)
+                await processes.store.events.append_in(conn, [(instance_id, event)])
+            return True
+        except _Lost:
+            return False
+        except IntegrityError:  # a concurrent append took the event's sequence number: go again
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _move_rows(source: ProcessSpec, target: ProcessSpec, element: str, to: str, wait_id: str) -> list[Executable]:

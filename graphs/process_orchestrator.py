@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
 import jsonschema
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
-from sqlalchemy import Executable, update
 
 from agents.deterministic import EchoAgent
 from checkpoints.deployments import Deployment, DeploymentStore
 from checkpoints.errors import JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import DuplicateInstanceError, Instance
-from checkpoints.tables import journey_instances
+from checkpoints.timers import DEFAULT_LEASE
 from graphs.designs import DesignBook, PatternName, new_id, parse_spec
 from graphs.engine import failed_task
 from graphs.errors import InvalidInputError
@@ -48,8 +47,8 @@ from graphs.process_errors import (
     UnmatchedMessageError,
 )
 from graphs.process_inbox import TaskInbox
-from graphs.process_migration import migrate
-from graphs.process_scheduler import TimerScheduler, schedule_start_timers
+from graphs.process_migration import MIGRATING, migrate, migrating_instances, settle_migration
+from graphs.process_scheduler import TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process_validation import intents
 from graphs.process_versions import choose, describe, variants_rollout, weights_rollout
 from graphs.streaming import run_graph
@@ -81,6 +80,8 @@ class ProcessOrchestrator:
         self._specs: dict[str, ProcessSpec] = {}
         self._by_design: dict[str, Deployment] = {}
         self._by_version: dict[tuple[str, int], Deployment] = {}
+        self._graphs: dict[str, Graph] = {}
+        self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
 
     # --- deployment and versions -------------------------------------------------------------------
 
@@ -102,10 +103,14 @@ class ProcessOrchestrator:
                     name=spec.name,
                     version=spec.version,
                 )
+            await schedule_start_timers(self, spec)  # idempotent: arms what a crash after the deploy left out
             return self._deployment_view(existing, await self.deployments.rollout(spec.name))
         rollout = await self._rollout_after_deploy(spec, weight)
         design = await self._designs.save(PATTERN, spec, prefix="process")
-        added = await self.deployments.add(spec.name, spec.version, design.journey_id, digest(spec), rollout=rollout)
+        message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
+        added = await self.deployments.add(
+            spec.name, spec.version, design.journey_id, digest(spec), rollout=rollout, message_starts=message_starts
+        )
         if not added:  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight)
         await schedule_start_timers(self, spec)
@@ -210,6 +215,15 @@ class ProcessOrchestrator:
     def graph_of(self, spec: ProcessSpec) -> Graph:
         return self._designs.graph(PATTERN, spec)
 
+    def graph_of_deployment(self, deployment: Deployment) -> Graph:
+        """The compiled graph of a deployment, kept by design id (a deployment never changes), so the hot
+        path neither re-hashes the spec nor looks the graph up in the engine's LRU."""
+        graph = self._graphs.get(deployment.design_id)
+        if graph is None:
+            graph = self.graph_of(self.spec_of(deployment))
+            self._graphs[deployment.design_id] = graph
+        return graph
+
     async def deployment_of(self, instance: Instance) -> Deployment:
         deployment = self._by_design.get(instance.journey_id)
         if deployment is None:
@@ -307,11 +321,22 @@ class ProcessOrchestrator:
             raise ProcessInstanceNotFoundError(f"no process instance {instance_id!r}", instance_id=instance_id)
         return found
 
-    async def loaded(self, instance_id: str) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
-        instance = await self.instance(instance_id)
+    async def loaded(
+        self, instance_id: str, *, instance: Instance | None = None
+    ) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
+        """The instance (read now unless given, e.g. by a bulk read), its deployment, spec and graph."""
+        if instance is None:
+            instance = await self.instance(instance_id)
+        if instance.status == MIGRATING:  # a migration was cut short: finish or undo it before anything else
+            await settle_migration(self, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
+            instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
-        spec = self.spec_of(deployment)
-        return instance, deployment, spec, self.graph_of(spec)
+        return instance, deployment, self.spec_of(deployment), self.graph_of_deployment(deployment)
+
+    async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
+        """Process instances by id, in one read (ids that are not process instances are left out)."""
+        found = await self.store.index.get_instances(instance_ids)
+        return {i.instance_id: i for i in found if i.pattern == PATTERN}
 
     async def run(self, graph: Graph, instance_id: str, value: Any) -> bool:
         """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
@@ -341,15 +366,22 @@ class ProcessOrchestrator:
             return await graph.aget_state(self.engine.config(instance_id))
 
     async def deliver(
-        self, instance_id: str, wait_id: str, resolution: dict[str, Any] | None = None, *, finish: bool = True
+        self,
+        instance_id: str,
+        wait_id: str,
+        resolution: dict[str, Any] | None = None,
+        *,
+        finish: bool = True,
+        instance: Instance | None = None,
     ) -> bool:
         """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there.
 
         The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
         a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
-        to the caller (the scheduler marks a whole batch at once).
+        to the caller (the scheduler marks a whole batch at once). ``instance``: its index row, if the
+        caller has read it already (the scheduler reads a batch's in one query).
         """
-        _instance, _deployment, _spec, graph = await self.loaded(instance_id)
+        _instance, _deployment, _spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.settled(graph, instance_id)
             pending = next(
@@ -392,7 +424,7 @@ class ProcessOrchestrator:
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
         """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
-        instance = await self.instance(instance_id)
+        instance, _deployment, _spec, _graph = await self.loaded(instance_id)
         if instance.status in FINISHED:
             raise ProcessStateError(
                 f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
@@ -407,8 +439,12 @@ class ProcessOrchestrator:
         return await self.status(instance_id)
 
     async def recover(self) -> list[str]:
-        """Deliver every resolution that a crash kept from its thread; returns the instances resumed."""
+        """Settle every migration a crash cut short, then deliver every resolution that a crash kept from its
+        thread; returns the instances resumed. Meant for startup, when no other process is migrating."""
         resumed: list[str] = []
+        for instance_id in await migrating_instances(self):
+            await settle_migration(self, instance_id, force=True)
+            resumed.append(instance_id)
         for wait in await self.services.waits.undelivered():
             if await self.deliver(wait.instance_id, wait.wait_id) and wait.instance_id not in resumed:
                 resumed.append(wait.instance_id)
@@ -474,9 +510,8 @@ class ProcessOrchestrator:
         return {"correlated": [], "started": [], "buffered": message_id, "expires_at": expires_at.isoformat()}
 
     async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        names = sorted({d.name for d in await self.deployments.find() if _starts_on(self.spec_of(d), message)})
         views = []
-        for name in names:
+        for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
             entry = await self.route(name, key)
             deployment = await self.deployment(name, int(entry["version"]))
             assert deployment is not None
@@ -550,22 +585,3 @@ class ProcessOrchestrator:
             for i in found
             if i.journey_id in by_design
         ]
-
-    async def repoint(
-        self, instance_id: str, deployment: Deployment, statements: list[Executable], record: dict[str, Any]
-    ) -> None:
-        """Pin an instance to another deployment, in the transaction of the event that records it."""
-        move = (
-            update(journey_instances)
-            .where(journey_instances.c.instance_id == instance_id)
-            .values(journey_id=deployment.design_id, updated_at=self.clock.now())
-        )
-        await self.store.events.append(
-            instance_id,
-            [NewEvent("process.migrated", record)],
-            also=[move, *statements],
-        )
-
-
-def _starts_on(spec: ProcessSpec, message: str) -> bool:
-    return any(start.message == message for start in spec.starts())

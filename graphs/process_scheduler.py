@@ -33,9 +33,11 @@ import structlog
 
 from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
-from checkpoints.index import DuplicateInstanceError
+from checkpoints.index import DuplicateInstanceError, Instance
 from checkpoints.timers import DEFAULT_LEASE, Timer
 from graphs.process import ProcessSpec
+from graphs.process_errors import MigrationInProgressError
+from graphs.process_migration import migrating_instances, settle_migration
 from nodes.agent_call import Recording
 from nodes.timer import TimerDefinition
 
@@ -83,18 +85,28 @@ async def fire_due_timers(
 
     delivered: list[str] = []
 
-    async def resume(timer: Timer, resolution: dict[str, Any]) -> None:
+    async def resume(timer: Timer, resolution: dict[str, Any], instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
-        async with gate:
-            try:
-                if await processes.deliver(timer.instance_id, timer.wait_id, resolution, finish=False):
-                    report.resumed += 1
-                    report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
-                delivered.append(timer.wait_id)
-            except Exception as exc:  # one broken instance must not stop the others; recovery redelivers
-                report.failed += 1
-                report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
-                log.warning("timer resumption failed", timer_id=timer.timer_id, error=str(exc))
+        try:
+            if await processes.deliver(timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance):
+                report.resumed += 1
+                report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
+            delivered.append(timer.wait_id)
+        except Exception as exc:  # one broken instance must not stop the others; recovery redelivers
+            report.failed += 1
+            report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
+            log.warning("timer resumption failed", timer_id=timer.timer_id, error=str(exc))
+
+    async def resume_all(fired: list[tuple[Timer, dict[str, Any]]], instances: dict[str, Instance]) -> None:
+        # ``concurrency`` workers take the next thread in turn: a backlog of thousands costs no task (and
+        # no garbage-collector work) per thread waiting its turn.
+        queue = iter(fired)
+
+        async def worker() -> None:
+            for timer, resolution in queue:
+                await resume(timer, resolution, instances.get(str(timer.instance_id)))
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(fired)))))
 
     async def fire_one(timer: Timer) -> None:
         async with gate:
@@ -125,10 +137,15 @@ async def fire_due_timers(
         report.lateness += [(fired_at - t.due_at).total_seconds() for t, _resolution in won]
         to_resume += won
         await asyncio.gather(*(fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")))
-    await asyncio.gather(*(resume(t, resolution) for t, resolution in to_resume))
+    # One read for the index rows of every thread to resume, not one per thread.
+    instances = await processes.instances_by_id([str(t.instance_id) for t, _resolution in to_resume])
+    await resume_all(to_resume, instances)
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
+    for instance_id in await migrating_instances(processes):  # migrations whose process died midway
+        with suppress(MigrationInProgressError):
+            await settle_migration(processes, instance_id, started_before=moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
         if await processes.deliver(wait.instance_id, wait.wait_id):
             report.redelivered += 1
@@ -281,25 +298,48 @@ async def _start(
 
 
 async def schedule_start_timers(processes: ProcessOrchestrator, spec: ProcessSpec) -> None:
-    """Schedule the timer start events of a newly deployed version (one timer per process and start id)."""
+    """Make the timer start events of ``spec``'s process those of its newest version, once it is deployed.
+
+    One timer runs per start event of the newest version: a start event whose timer is unchanged keeps
+    its schedule, one that changed or is new is armed from now, and the timers of start events the
+    newest version no longer has (or has with another timer) are cancelled, in one transaction, so
+    two versions never both fire. Each tick starts an instance on the version the rollout routes it
+    to (``_start``). Deploying an older version number late changes nothing.
+    """
+    newest = max(d.version for d in await processes.deployments.find(spec.name))
+    if spec.version != newest:
+        return
     now = processes.clock.now().astimezone(UTC)
-    statements = []
-    for start in spec.starts():
-        if start.timer is None:
+    timers = processes.services.timers
+    wanted = {start.id: start.timer for start in spec.starts() if start.timer is not None}
+    active = [
+        timer
+        for timer in await timers.find(purpose="start")
+        if timer.data.get("process") == spec.name and timer.status in ("scheduled", "firing")
+    ]
+    statements, kept = [], set()
+    for timer in active:
+        definition = wanted.get(timer.element)
+        if definition is not None and timer.definition == definition.to_row() and timer.element not in kept:
+            kept.add(timer.element)  # the same timer: it keeps its schedule (and its ticks so far)
+            continue
+        statements.append(timers.cancel_statement(timer.timer_id))
+    for start_id, definition in wanted.items():
+        if start_id in kept:
             continue
         statements.append(
-            processes.services.timers.schedule_statement(
-                f"start:{spec.name}:{start.id}",
-                element=start.id,
+            timers.schedule_statement(
+                f"start:{spec.name}:{start_id}:v{spec.version}",
+                element=start_id,
                 purpose="start",
-                definition=start.timer.to_row(),
-                due_at=start.timer.first_due(now),
-                origin=start.timer.origin(now),
-                data={"process": spec.name, "start": start.id},
+                definition=definition.to_row(),
+                due_at=definition.first_due(now),
+                origin=definition.origin(now),
+                data={"process": spec.name, "start": start_id},
             )
         )
     if statements:
-        await processes.services.timers.execute(statements)
+        await timers.execute(statements)
 
 
 class TimerScheduler:

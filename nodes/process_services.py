@@ -25,7 +25,7 @@ class ProcessServices:
         return cls(
             services,
             WaitStore(engine, clock),
-            TimerStore(engine, clock),
+            TimerStore(engine, clock, services.events),
             InboxStore(engine, clock),
             MessageStore(engine, clock),
         )

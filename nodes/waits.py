@@ -24,6 +24,7 @@ from langgraph.types import Command, interrupt
 
 from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
+from checkpoints.waits import completed_event
 from nodes.criteria import lookup
 from nodes.process_services import ProcessServices
 from nodes.services import thread_id
@@ -225,19 +226,13 @@ def make_wait_node(
             resolution = dict(answer) if isinstance(answer, Mapping) else {"option": plan.element, "value": answer}
         target, updates = route(state, resolution)
         cells, changes = assign(cast(Mapping[str, Any], state.get("variables") or {}), updates)
-        record = {
-            "wait_id": wait_id,
-            "option": resolution.get("option"),
-            "resolution_kind": resolution.get("kind"),
-            "by": resolution.get("by"),
-            "payload": resolution.get("payload"),
-            "changes": changes,
-        }
         # The wait row is marked done by whoever delivered the resolution, once this run's checkpoint is
         # written (until then a crash could still lose it, and the resolution must stay deliverable).
-        await services.node.events.append(
-            instance_id, [NewEvent("wait.completed", record, plan.element, f"{wait_id}:completed")]
-        )
+        # A fired timer's completion was logged when it fired (a timer assigns no variables).
+        if not resolution.get("logged"):
+            await services.node.events.append(
+                instance_id, [completed_event(plan.element, wait_id, resolution, changes)]
+            )
         update: dict[str, Any] = {"variables": cells}
         if wait_id in (state.get("early") or {}):
             update["early"] = {wait_id: None}  # consumed: drop it from the state

@@ -13,7 +13,13 @@ from sqlalchemy import select
 
 from agents import AgentRequest, RetrySettings
 from checkpoints.clock import VirtualClock
-from checkpoints.tables import PROCESS_TABLES, journey_designs, journey_events, journey_instances
+from checkpoints.tables import (
+    PROCESS_TABLES,
+    journey_designs,
+    journey_events,
+    journey_instances,
+    process_message_starts,
+)
 from graphs.runtime import JourneyRuntime
 
 FAST = RetrySettings(max_attempts=2, initial_delay=0.001, max_delay=0.002, jitter=0.001)
@@ -69,7 +75,7 @@ async def table_dump(rt: JourneyRuntime) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the tables a process operation can touch, for before/after comparisons."""
     dump: dict[str, list[tuple[Any, ...]]] = {}
     async with rt.store.engine.connect() as conn:
-        for table in (*PROCESS_TABLES, journey_designs, journey_events, journey_instances):
+        for table in (*PROCESS_TABLES, process_message_starts, journey_designs, journey_events, journey_instances):
             rows = (await conn.execute(select(table))).all()
             dump[table.name] = sorted((tuple(str(v) for v in row) for row in rows), key=str)
     return dump

@@ -8,7 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
+from checkpoints.migrations import migrate
+from checkpoints.tables import process_message_starts, schema_migrations
 from graphs import InvalidInputError
 from graphs.process_errors import UnmatchedMessageError
 from tests.process_support import Calls, linear, runtime, table_dump, virtual_clock, waiting_elements
@@ -73,6 +76,50 @@ async def test_a_message_starts_new_instances_of_processes_that_start_on_it(stor
         }
         started = (await rt.processes.history(view["instance_id"]))[0]
         assert started.type == "process.started" and started.payload["start_event"] == "opened"
+
+
+def message_start(name: str, message: str, *, version: int = 1, start: str = "received") -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": version,
+        "elements": [{"type": "start", "id": start, "message": message}, {"type": "end", "id": "end"}],
+        "flows": [f"{start} -> end"],
+    }
+
+
+async def test_message_starts_are_looked_up_by_index_not_by_reading_every_deployment(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with runtime(store_url) as rt:
+        for i in range(5):
+            await rt.processes.deploy(linear(f"other_{i}"))
+        await rt.processes.deploy(message_start("orders", "order.placed"))
+        await rt.processes.deploy(message_start("orders", "order.placed", version=2, start="placed"))
+        await rt.processes.deploy(message_start("audit", "order.placed"))
+        await rt.processes.deploy(message_start("refunds", "order.refunded"))
+        assert await rt.processes.deployments.started_by("order.placed") == ["audit", "orders"]
+
+        real_find = rt.processes.deployments.find
+
+        async def find_one_name(name: str | None = None) -> Any:
+            assert name is not None, "send_message read every deployment"
+            return await real_find(name)
+
+        monkeypatch.setattr(rt.processes.deployments, "find", find_one_name)
+        sent = await rt.processes.send_message("order.placed", "o-1")
+        started = [await rt.processes.status(i) for i in sent["started"]]
+        assert sorted((v["process"], v["version"]) for v in started) == [("audit", 1), ("orders", 2)]
+
+
+async def test_the_message_start_index_is_filled_for_deployments_made_before_it(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(message_start("orders", "order.placed"))
+        async with rt.store.engine.begin() as conn:  # back to the schema before the index existed
+            await conn.run_sync(process_message_starts.drop)
+            await conn.execute(delete(schema_migrations).where(schema_migrations.c.version == 6))
+        assert await migrate(rt.store.engine) == [6]
+        assert await rt.processes.deployments.started_by("order.placed") == ["orders"]
+        assert len((await rt.processes.send_message("order.placed", "o-1"))["started"]) == 1
 
 
 async def test_a_message_nobody_waits_for_is_buffered_and_taken_by_the_next_wait_within_its_ttl(store_url: str) -> None:

@@ -171,6 +171,48 @@ async def test_a_cron_start_timer_starts_one_instance_per_tick(store_url: str) -
         assert keys == [f"daily@2026010{d}T093000.000000Z" for d in (5, 6, 7)]
 
 
+async def test_a_new_version_replaces_the_timer_starts_of_the_old_one(store_url: str) -> None:
+    clock = virtual_clock()  # Monday 2026-01-05 09:00 UTC
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy({**timer_start("daily", {"cron": "30 9 * * *"}), "version": 1})
+        await rt.processes.deploy({**timer_start("daily", {"cron": "0 10 * * *"}), "version": 2})
+        clock.advance(timedelta(minutes=45))  # 09:45: v1's tick would have been due
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        clock.advance(timedelta(minutes=15))  # 10:00: v2's
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        assert [i["version"] for i in await started(rt, "daily")] == [2]
+        timers = await rt.processes.services.timers.find(purpose="start")
+        assert sorted((t.definition.get("cron"), t.status) for t in timers) == [
+            ("0 10 * * *", "scheduled"),
+            ("30 9 * * *", "cancelled"),
+        ]
+
+        await rt.processes.deploy({**timer_start("daily", {"cron": "0 10 * * *"}), "version": 3})
+        [kept] = [t for t in await rt.processes.services.timers.find(purpose="start") if t.status == "scheduled"]
+        assert (kept.definition, kept.ticks) == ({"cron": "0 10 * * *"}, 1)  # the same timer keeps its schedule
+
+        await rt.processes.deploy(
+            {
+                "name": "daily",
+                "version": 4,
+                "elements": [{"type": "start", "id": "start"}, {"type": "end", "id": "end"}],
+                "flows": ["start -> end"],
+            }
+        )
+        assert not [t for t in await rt.processes.services.timers.find(purpose="start") if t.status == "scheduled"]
+        clock.advance(timedelta(days=2))
+        assert (await rt.processes.scheduler.run_due()).fired == 0  # v4 has no timer start: nothing fires
+
+
+async def test_deploying_an_older_version_late_leaves_the_newer_timer_starts(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy({**timer_start("daily", {"cron": "0 10 * * *"}), "version": 2})
+        await rt.processes.deploy({**timer_start("daily", {"cron": "30 9 * * *"}), "version": 1})
+        [timer] = await rt.processes.services.timers.find(purpose="start")
+        assert (timer.definition, timer.status) == ({"cron": "0 10 * * *"}, "scheduled")
+
+
 async def test_a_cancelled_timer_never_fires(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
