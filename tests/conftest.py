@@ -102,3 +102,10 @@ def store_url(request: pytest.FixtureRequest) -> str:
     # Looked up lazily so memory-only runs (e.g. `-k memory`) never start Postgres.
     url: str = request.getfixturevalue(f"{kind}_url")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"], ids=["sqlite", "postgres"])
+def durable_url(request: pytest.FixtureRequest) -> str:
+    """The stores that outlive a process (for restart and crash tests): SQLite, then PostgreSQL."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url

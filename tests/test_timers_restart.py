@@ -21,12 +21,6 @@ from tests.process_support import T0, linear, runtime, user_task, waiting_elemen
 CHILD = Path(__file__).with_name("timer_child.py")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def durable_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
-
-
 def run_child(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
