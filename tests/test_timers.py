@@ -98,6 +98,32 @@ async def test_a_timer_never_fires_early_and_fires_once_late_after_downtime(stor
         assert len(fired) == 1 and fired[0].payload["resolution_kind"] == "timer"
 
 
+async def test_timers_of_one_instance_firing_in_one_batch_log_each_completion_once(store_url: str) -> None:
+    """Two parallel branches wait on timers that fall due together: one firing transaction resolves both
+    waits and logs both completions (one instance, two event sequence numbers in one statement batch)."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        elements = [
+            {"type": "start", "id": "start"},
+            {"type": "parallel_gateway", "id": "fork"},
+            {"type": "timer", "id": "wait_a", "timer": {"duration": "PT1H"}},
+            {"type": "timer", "id": "wait_b", "timer": {"duration": "PT1H"}},
+            {"type": "parallel_gateway", "id": "join"},
+            {"type": "end", "id": "end"},
+        ]
+        flows = ["start -> fork", "fork -> wait_a", "fork -> wait_b", "wait_a -> join", "wait_b -> join", "join -> end"]
+        await rt.processes.deploy({"name": "both", "elements": elements, "flows": flows})
+        view = await rt.processes.start("both", "k")
+        assert waiting_elements(view) == ["wait_a", "wait_b"]
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.failed) == (2, 0)
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+        history = await rt.processes.history(view["instance_id"])
+        assert sorted(e.step for e in history if e.type == "wait.completed") == ["wait_a", "wait_b"]
+        assert [e.seq for e in history] == list(range(1, len(history) + 1))
+
+
 async def test_a_date_already_past_fires_at_the_next_pass(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
