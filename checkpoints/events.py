@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql import Executable
 
 from checkpoints.clock import Clock
 from checkpoints.pg_events import PgEventStatements
@@ -136,21 +136,6 @@ class EventLog:
         # Keyed events written inside someone else's transaction, many at a time (no RETURNING, so the driver
         # runs one statement per row and each row's sequence number sees the rows before it).
         self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"])
-        # PostgreSQL: an event and its instance's new status in one statement (the UPDATE as a data-modifying
-        # CTE, which runs whether or not the event was new, as the status update of a transaction does).
-        self._with_status: dict[bool, Select[tuple[int]]] = {}
-        if dialect == "postgresql":
-            set_status = (
-                update(journey_instances)
-                .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
-                .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
-                .cte("set_status")
-            )
-            for keyed, insert_statement in ((False, self._insert_event), (True, self._insert_keyed_event)):
-                written = insert_statement.cte("written")
-                self._with_status[keyed] = select(written.c.seq).add_cte(set_status)
-        # One statement is atomic on its own; on PostgreSQL it then skips the BEGIN and COMMIT round trips.
-        self._single_statement_autocommit = dialect == "postgresql"
 
     @property
     def engine(self) -> AsyncEngine:
@@ -180,10 +165,6 @@ class EventLog:
             ]
         for attempt in range(SEQ_ATTEMPTS):
             try:
-                if self._single_statement_autocommit and len(events) == 1 and not also:
-                    async with self._engine.connect() as conn:
-                        await conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return [await self._append_one(conn, instance_id, events[0], status=status)]
                 async with self._engine.begin() as conn:
                     written = [await self._append_one(conn, instance_id, e) for e in events]
                     if also and all(written):
@@ -229,15 +210,8 @@ class EventLog:
             )
         await conn.execute(self._insert_keyed_quietly, params)
 
-    async def _append_one(
-        self, conn: AsyncConnection, instance_id: str, event: NewEvent, *, status: str | None = None
-    ) -> bool:
-        """Append one event; with ``status`` (PostgreSQL only) also set the instance's status, atomically."""
-        stmt: Executable
-        if status is not None:
-            stmt = self._with_status[event.key is not None]
-        else:
-            stmt = self._insert_event if event.key is None else self._insert_keyed_event
+    async def _append_one(self, conn: AsyncConnection, instance_id: str, event: NewEvent) -> bool:
+        stmt = self._insert_event if event.key is None else self._insert_keyed_event
         values = {
             "p_instance_id": instance_id,
             "p_type": event.type,
@@ -246,8 +220,6 @@ class EventLog:
             "p_key": event.key,
             "p_created_at": self._clock.now(),
         }
-        if status is not None:
-            values["p_status"] = status
         result = await conn.execute(stmt, values)
         return result.first() is not None
 
