@@ -6,6 +6,9 @@ Prints, in distributed mode (API + procrastinate workers on PostgreSQL):
 - worker RSS with 100 journeys parked at user tasks, and with 10,000 (50 and 200 with --quick);
 and the same latency and throughput in embedded mode (runs execute in the API process; no workers).
 
+The API is a `journeys serve` process and the workers `journeys worker` processes, as deployed; this
+process is only the HTTP client.
+
 At 20 clients that each start the next journey as soon as one completes, latency is bound by throughput:
 p50 is about 20 / (journeys/s). The one-client figure is the latency of the path itself.
 
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents import AgentRegistry, EchoAgent  # noqa: E402
-from server.app import create_app  # noqa: E402
 from server.queue import ensure_schema  # noqa: E402
-from server.settings import Settings  # noqa: E402
-from tests.server_support import serving  # noqa: E402
+from tests.server_support import free_port  # noqa: E402
 
 EIGHT_STEPS = {
     "journey_type": "bench8",
@@ -51,21 +54,45 @@ def register(registry: AgentRegistry) -> None:
     registry.register("bench_step", EchoAgent("bench_step", {"ok": True}), replace=True)
 
 
-def start_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
+def journeys(*args: str) -> subprocess.Popen[bytes]:
+    """A ``journeys`` command in its own process, with this benchmark's agents."""
     command = [
         sys.executable,
         "-c",
         "from server.cli import app; app()",
-        "worker",
-        "--database-url",
-        url,
-        "--concurrency",
-        str(concurrency),
+        *args,
         "--plugin",
         "benchmarks.server:register",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
+    return journeys("worker", "--database-url", url, "--concurrency", str(concurrency))
+
+
+@contextlib.contextmanager
+def serving(url: str, *, distributed: bool) -> Iterator[str]:
+    """``journeys serve`` on a free loopback port, auth off; yields its base URL once it answers."""
+    port = free_port()
+    mode = ["--distributed"] if distributed else []
+    api = journeys("serve", "--database-url", url, "--no-auth", "--port", str(port), *mode)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/ok", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if api.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("journeys serve did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        stop([api])
 
 
 def stop(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -174,11 +201,8 @@ async def measure_latency(client: httpx.AsyncClient, journeys: int, results: dic
 
 
 async def bench_embedded(url: str, quick: bool, pending: Pending) -> dict[str, Any]:
-    registry = AgentRegistry()
-    register(registry)
-    app = create_app(Settings(database_url=url, auth=False, execution="embedded"), runtime_options={"agents": registry})
     results: dict[str, Any] = {}
-    with serving(app) as base:
+    with serving(url, distributed=False) as base:
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
             await latency(client, 5, 5)  # warm-up
             await measure_latency(client, 20 if quick else 200, results, "embedded_")
@@ -198,13 +222,8 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
 
 
 async def bench_distributed(url: str, quick: bool, pending: Pending) -> dict[str, Any]:
-    registry = AgentRegistry()
-    register(registry)
-    app = create_app(
-        Settings(database_url=url, auth=False, execution="distributed"), runtime_options={"agents": registry}
-    )
     results: dict[str, Any] = {}
-    with serving(app) as base:
+    with serving(url, distributed=True) as base:
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
             workers = [start_worker(url, 8)]
             try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import structlog
 import typer
@@ -13,6 +14,16 @@ from rich.console import Console
 from checkpoints.url import DEFAULT_STORE_URL
 
 app = typer.Typer(help="Durable journey orchestration on LangGraph.", no_args_is_help=True)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (less CPU per query and per request than asyncio's loop)."""
+    try:
+        import uvloop
+    except ImportError:  # Windows: uvloop does not build there
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _quiet_logs(verbose: bool) -> None:
@@ -48,12 +59,16 @@ def serve(
     distributed: Annotated[
         bool, typer.Option("--distributed", help="queue runs and timers for `journeys worker` (PostgreSQL only)")
     ] = False,
+    plugin: Annotated[
+        str | None, typer.Option(help="module:function registering agents (embedded mode runs them here)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
 
     from server.app import create_app
+    from server.plugins import plugin_registry
     from server.settings import Settings, load_api_keys
 
     _quiet_logs(verbose)
@@ -70,7 +85,8 @@ def serve(
         api_keys=keys,
         execution="distributed" if distributed else "embedded",
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info" if verbose else "warning")
+    app = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
+    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
 
 
 @app.command()
@@ -88,7 +104,7 @@ def worker(
     from server.worker import run_worker
 
     _quiet_logs(verbose)
-    asyncio.run(
+    _run(
         run_worker(
             database_url, concurrency=concurrency, heartbeat=heartbeat, stalled_after=stalled_after, plugin=plugin
         )

@@ -8,29 +8,18 @@ retries its jobs, and the executor finishes those journeys without re-executing 
 from __future__ import annotations
 
 import asyncio
-import importlib
-from collections.abc import Callable
 from contextlib import suppress
 
 import procrastinate
 import structlog
 
-from agents.registry import AgentRegistry
 from graphs.runtime import JourneyRuntime
 from server.executor import RunExecutor
+from server.plugins import plugin_registry
 from server.queue import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
 from server.runs import RunStore
 
 log = structlog.get_logger("journeys.worker")
-
-
-def load_plugin(path: str | None) -> Callable[[AgentRegistry], None] | None:
-    """``module:function`` that registers agents on the registry (the worker's own agents)."""
-    if not path:
-        return None
-    module, _, name = path.partition(":")
-    hook: Callable[[AgentRegistry], None] = getattr(importlib.import_module(module), name or "register")
-    return hook
 
 
 async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
@@ -55,9 +44,7 @@ async def run_worker(
     timers: bool = True,
 ) -> None:
     ensure_schema(database_url)
-    registry = AgentRegistry()
-    if (hook := load_plugin(plugin)) is not None:
-        hook(registry)
+    registry = plugin_registry(plugin)
     async with JourneyRuntime.open(database_url, agents=registry, pool_size=max(4, concurrency)) as runtime:
         executor = RunExecutor(runtime, RunStore(runtime.store.engine, runtime.store.clock))
 
