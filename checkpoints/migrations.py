@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import SystemClock
@@ -158,3 +158,17 @@ def message_starts_of(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 MIGRATIONS += (
     Migration(6, "process message starts: an index of the processes each message starts", _index_message_starts),
 )
+
+
+def _run_outputs(conn: Connection) -> None:
+    """Runs keep their output and (distributed mode) their queue job. Databases whose server tables
+    migration 4 created from the current definitions have both columns already."""
+    present = {column["name"] for column in inspect(conn).get_columns("server_runs")}
+    json_type = "JSONB" if conn.dialect.name == "postgresql" else "JSON"
+    if "output" not in present:
+        conn.execute(text(f"ALTER TABLE server_runs ADD COLUMN output {json_type}"))
+    if "job_id" not in present:
+        conn.execute(text("ALTER TABLE server_runs ADD COLUMN job_id BIGINT"))
+
+
+MIGRATIONS += (Migration(7, "server runs keep their output and queue job", _run_outputs),)

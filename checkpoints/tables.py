@@ -267,6 +267,10 @@ server_runs = Table(
     Column("error", JsonType, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The thread's values when the run finished, written by its executor: waiting clients read this one
+    # row instead of rebuilding the state from checkpoints and the event log (migration 7).
+    Column("output", JsonType, nullable=True),
+    Column("job_id", BigInteger, nullable=True),  # distributed mode: its procrastinate job (to abort it)
     Index("ix_server_runs_thread_status", "thread_id", "status"),
 )
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -20,6 +21,20 @@ from graphs.streaming import run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 
 GraphFactory = Callable[[], StateGraph[Any]]
+# A caller that retries a whole run after a crash (the server's run queue) may let its runs checkpoint
+# only when they stop ("exit"): the event log already records each step, and the retried run replays
+# those steps from it instead of executing them again. Set through :func:`run_durability`.
+_RUN_DURABILITY: ContextVar[Durability | None] = ContextVar("journeys_run_durability", default=None)
+
+
+@contextmanager
+def run_durability(durability: Durability | None) -> Iterator[None]:
+    """Runs started inside the block checkpoint with ``durability`` (None: the engine's own setting)."""
+    token = _RUN_DURABILITY.set(durability)
+    try:
+        yield
+    finally:
+        _RUN_DURABILITY.reset(token)
 
 
 class JourneyEngine:
@@ -28,10 +43,15 @@ class JourneyEngine:
     ):
         self.store = store
         self.services = services
-        self.durability: Durability = durability
+        self._durability: Durability = durability
         self._graphs: OrderedDict[str, CompiledStateGraph[Any, Any, Any, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @property
+    def durability(self) -> Durability:
+        """How runs checkpoint: the engine's setting, unless the current run overrides it."""
+        return _RUN_DURABILITY.get() or self._durability
 
     def compiled(self, cache_key: str, factory: GraphFactory) -> CompiledStateGraph[Any, Any, Any, Any]:
         """The compiled graph for a design, built once and kept in a small LRU."""

@@ -36,10 +36,11 @@ class SagaOrchestrator:
         return {**design_view(design.journey_id, "saga", saga), "compensation_handlers": handlers}
 
     async def execute_saga_journey(
-        self, journey_id: str, user_id: str, context: Mapping[str, Any] | None = None
+        self, journey_id: str, user_id: str, context: Mapping[str, Any] | None = None, *, saga_id: str | None = None
     ) -> dict[str, Any]:
-        saga_id = new_id("saga")
-        return await self._runs.start(journey_id, user_id, context, instance_id=saga_id)
+        """Start a saga run (``saga_id``: a new one by default). Starting a ``saga_id`` again only goes on
+        with a start a crash cut short before its first checkpoint; one that got further is refused."""
+        return await self._runs.start(journey_id, user_id, context, instance_id=saga_id or new_id("saga"))
 
     async def advance_saga_step(
         self,

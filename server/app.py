@@ -39,7 +39,7 @@ def create_app(
             )
             run_store = RunStore(runtime.store.engine, runtime.store.clock)
             watch = RunWatch()
-            executor = RunExecutor(runtime, run_store, notify=watch)
+            executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
             embedded = (
                 EmbeddedRunner(executor, concurrency=settings.concurrency) if settings.execution == "embedded" else None
             )

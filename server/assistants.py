@@ -24,7 +24,7 @@ from langgraph.types import StateSnapshot
 
 from agents.guide import build_guide_graph
 from checkpoints.index import DuplicateInstanceError
-from graphs.designs import PATTERNS
+from graphs.designs import PATTERNS, new_id
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.mvp import RECOMMENDED_FLOW, mvp_spec
 from graphs.runtime import JourneyRuntime
@@ -63,6 +63,9 @@ class Assistant:
     # What a run's output adds to the thread's values: step journeys keep their progress in the event
     # log, not in graph state, and the output shows it (status, current and completed steps).
     describe: Callable[[JourneyRuntime, str, StateSnapshot], Awaitable[dict[str, Any]]] | None = None
+    # Its runs may checkpoint only when they stop (the server's run durability): every step it executes
+    # is logged, and a retried run replays the logged steps instead of executing them again.
+    replays_from_log: bool = False
 
 
 ASSISTANTS: dict[str, Assistant] = {}
@@ -151,11 +154,17 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> None:
 
 
 async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
-    # The start itself is resumable: it re-runs a start a crash cut short before its first checkpoint,
-    # and refuses (DuplicateInstanceError) one that got further, which then only finishes in-flight work.
     journey_id, user_id = await _owner(ctx, instance_id)
+    context = _mapping(data.get("context"), "context")
+    await _restart_steps(ctx, instance_id, ctx.runtime.structured.execute_journey(journey_id, user_id, context))
+
+
+async def _restart_steps(ctx: RunContext, instance_id: str, start: Awaitable[Any]) -> None:
+    # The start itself is resumable: it re-runs a start a crash cut short before its first checkpoint
+    # (replaying the steps the log holds), and refuses (DuplicateInstanceError) one that got further,
+    # which then only finishes in-flight work.
     try:
-        await ctx.runtime.structured.execute_journey(journey_id, user_id, _mapping(data.get("context"), "context"))
+        await start
     except DuplicateInstanceError:
         graph = await instance_graph(ctx.runtime, instance_id)
         async with ctx.runtime.engine.exclusive(instance_id):
@@ -184,8 +193,19 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
         spec=data.get("spec"),
     )
     user_id = _string(data, "user_id", ctx.principal)
-    view = await saga.execute_saga_journey(design["journey_id"], user_id, _mapping(data.get("context"), "context"))
-    await ctx.bind(view["saga_id"])
+    saga_id = new_id("saga")
+    await ctx.bind(saga_id)  # before it runs: a retried run (its worker died) finishes this saga, not a second one
+    await saga.execute_saga_journey(
+        design["journey_id"], user_id, _mapping(data.get("context"), "context"), saga_id=saga_id
+    )
+
+
+async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
+    journey_id, user_id = await _owner(ctx, instance_id)
+    context = _mapping(data.get("context"), "context")
+    await _restart_steps(
+        ctx, instance_id, ctx.runtime.saga.execute_saga_journey(journey_id, user_id, context, saga_id=instance_id)
+    )
 
 
 async def _resume_saga(ctx: RunContext, instance_id: str, value: Any) -> None:
@@ -369,6 +389,7 @@ register(
         sample=_sample_structured,
         restart=_restart_structured,
         describe=_describe_structured,
+        replays_from_log=True,
     )
 )
 register(
@@ -406,6 +427,7 @@ register(
         {**STEP_INPUT, "properties": {**STEP_INPUT["properties"], "compensation_handlers": {"type": "object"}}},
         {"type": "object", "description": "the step result"},
         sample=_sample_structured,
+        restart=_restart_saga,
         describe=_describe_saga,
     )
 )

@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import structlog
 import typer
+from langgraph.types import Durability
 from rich.console import Console
 
 from checkpoints.url import DEFAULT_STORE_URL
 
+DURABILITIES = ("exit", "async", "sync")
+DURABILITY_HELP = (
+    "exit: structured runs checkpoint when they stop (steps replay from the event log); "
+    "async, sync: after every step too"
+)
 app = typer.Typer(help="Durable journey orchestration on LangGraph.", no_args_is_help=True)
 
 
@@ -24,6 +30,12 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+def _durability(value: str) -> Durability:
+    if value not in DURABILITIES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(DURABILITIES)}", param_hint="--durability")
+    return cast(Durability, value)
 
 
 def _quiet_logs(verbose: bool) -> None:
@@ -62,6 +74,10 @@ def serve(
     plugin: Annotated[
         str | None, typer.Option(help="module:function registering agents (embedded mode runs them here)")
     ] = None,
+    durability: Annotated[
+        str,
+        typer.Option(help=DURABILITY_HELP),
+    ] = "exit",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
@@ -84,6 +100,7 @@ def serve(
         auth=not no_auth,
         api_keys=keys,
         execution="distributed" if distributed else "embedded",
+        durability=_durability(durability),
     )
     app = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
@@ -98,6 +115,10 @@ def worker(
     plugin: Annotated[
         str | None, typer.Option(help="module:function registering this worker's agents on the registry")
     ] = None,
+    durability: Annotated[
+        str,
+        typer.Option(help=DURABILITY_HELP),
+    ] = "exit",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
@@ -106,7 +127,12 @@ def worker(
     _quiet_logs(verbose)
     _run(
         run_worker(
-            database_url, concurrency=concurrency, heartbeat=heartbeat, stalled_after=stalled_after, plugin=plugin
+            database_url,
+            concurrency=concurrency,
+            heartbeat=heartbeat,
+            stalled_after=stalled_after,
+            plugin=plugin,
+            durability=_durability(durability),
         )
     )
 

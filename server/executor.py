@@ -12,21 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import structlog
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
-from graphs.engine import in_flight
+from graphs.engine import in_flight, run_durability
 from graphs.runtime import JourneyRuntime
 from graphs.streaming import streaming_to
 from server.assistants import Assistant, RunContext, get_assistant, graph_of
 from server.runs import RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
+Emit = Callable[[str, Any], Awaitable[None]]  # (stream mode, chunk): one chunk of a run created for streaming
 
 
 def jsonable(value: Any) -> Any:
@@ -111,17 +112,30 @@ def output_values(snapshot: StateSnapshot) -> dict[str, Any]:
     return out
 
 
+async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_id: str) -> dict[str, Any]:
+    """What ``runs.wait``/``join`` answer: the thread's values (and interrupts), with the journey's view."""
+    graph = await graph_of(runtime, assistant, instance_id)
+    snapshot = await graph.aget_state(runtime.engine.config(instance_id))
+    output = output_values(snapshot)
+    if assistant.describe is not None:
+        output |= await assistant.describe(runtime, instance_id, snapshot)
+    return output
+
+
 class RunExecutor:
-    def __init__(self, runtime: JourneyRuntime, runs: RunStore, *, notify: Any = None) -> None:
+    def __init__(
+        self, runtime: JourneyRuntime, runs: RunStore, *, notify: Any = None, durability: Durability | None = None
+    ) -> None:
         self.runtime = runtime
         self.runs = runs
         self._notify = notify  # an object with .changed(run_id): wakes in-process waiters
+        self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
 
     async def execute(self, run_id: str) -> RunRow | None:
-        run = await self.runs.claim(run_id)
-        if run is None:
+        claimed = await self.runs.claim(run_id)
+        if claimed is None:
             return None
-        thread = await self.runs.get_thread(run.thread_id)
+        run, instance_id = claimed
         principal = run.principal or "local"
         groups = tuple(run.metadata.get("_groups", ()))
         assistant = get_assistant(run.assistant_id)
@@ -133,22 +147,17 @@ class RunExecutor:
             await self.runs.append_event(run_id, seq, mode, jsonable(chunk))
             self._changed(run_id)
 
-        async def bind(instance_id: str) -> None:
-            await self.runs.bind(run.thread_id, run.assistant_id, instance_id)
+        async def bind(bound: str) -> None:
+            nonlocal instance_id
+            instance_id = bound
+            await self.runs.bind(run.thread_id, run.assistant_id, bound)
 
         ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind)
-        instance_id = thread.instance_id if thread else None
-        status, error = "success", None
+        status, error, output = "success", None, None
+        durability = self._durability if assistant.replays_from_log else None
         try:
-            async with streaming_to(run.stream_modes, emit):
-                if (run.kind == "start" and instance_id is None) or (run.kind == "start" and assistant.chat):
-                    await assistant.start(ctx, run.input or {})
-                elif run.kind == "start":
-                    assert instance_id is not None
-                    await self._restart(assistant, ctx, run, instance_id)  # a retried first run
-                else:
-                    assert instance_id is not None
-                    await self._resume(run, assistant, ctx, instance_id)
+            with run_durability(durability):
+                await self._run(run, assistant, ctx, instance_id, emit)
         except asyncio.CancelledError:
             await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
             self._changed(run_id)
@@ -160,9 +169,31 @@ class RunExecutor:
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
         if error is not None:
             await emit("error", error) if run.stream_modes else None
-        finished = await self.runs.finish(run_id, status, error)
+        elif instance_id is not None:
+            output = await self._output(assistant, instance_id)
+        finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
         return finished or await self.runs.get_run(run_id)
+
+    async def _run(
+        self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None, emit: Emit
+    ) -> None:
+        async with streaming_to(run.stream_modes, emit):
+            if run.kind == "start" and (instance_id is None or assistant.chat):
+                await assistant.start(ctx, run.input or {})
+            elif run.kind == "start":
+                assert instance_id is not None
+                await self._restart(assistant, ctx, run, instance_id)  # a retried first run
+            else:
+                assert instance_id is not None
+                await self._resume(run, assistant, ctx, instance_id)
+
+    async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
+        try:
+            return await thread_output(self.runtime, assistant, instance_id)
+        except Exception:  # the run itself succeeded: readers rebuild the output from the thread instead
+            log.exception("could not record a run's output", instance_id=instance_id)
+            return None
 
     async def _resume(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str) -> None:
         graph = await graph_of(self.runtime, assistant, instance_id)

@@ -15,8 +15,10 @@ from typing import Any
 import procrastinate
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoints.url import parse_store_url
+from server.runs import Enqueue, RunRow
 
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"
@@ -97,5 +99,21 @@ def ensure_schema(database_url: str) -> None:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
 
 
-async def defer_run(app: procrastinate.App, run_id: str, thread_id: str) -> None:
-    await app.configure_task(RUN_TASK, lock=f"thread:{thread_id}", queue=QUEUE).defer_async(run_id=run_id)
+def enqueuer(app: procrastinate.App) -> Enqueue:
+    """Defers a run's job on the connection of the transaction that creates the run (procrastinate's
+    ``connection=``), so the run and its job commit together."""
+
+    async def enqueue(conn: AsyncConnection, run: RunRow) -> int | None:
+        raw = await conn.get_raw_connection()
+        task = app.configure_task(
+            RUN_TASK, lock=f"thread:{run.thread_id}", queue=QUEUE, connection=raw.driver_connection
+        )
+        job_id: int = await task.defer_async(run_id=run.run_id)
+        return job_id
+
+    return enqueue
+
+
+async def abort_run(app: procrastinate.App, job_id: int) -> bool:
+    """Ask the worker running ``job_id`` to stop it (procrastinate cancels the job's asyncio task there)."""
+    return await app.job_manager.cancel_job_by_id_async(job_id, abort=True)

@@ -10,8 +10,9 @@ when the change is committed (see :mod:`server.watch`).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,8 @@ class RunRow:
     error: Any
     created_at: datetime
     updated_at: datetime
+    output: Any = None  # the thread's values when the run finished (None until then)
+    job_id: int | None = None  # distributed mode: the procrastinate job executing the run
 
     def view(self) -> dict[str, Any]:
         return {
@@ -74,6 +77,10 @@ class RunRow:
             "kwargs": {"input": self.input, "command": self.command, "stream_mode": self.stream_modes},
             "error": self.error,
         }
+
+
+# Puts a run's job on the queue inside the transaction that creates the run; answers the job's id.
+Enqueue = Callable[[AsyncConnection, RunRow], Awaitable[int | None]]
 
 
 class RunStore:
@@ -170,8 +177,12 @@ class RunStore:
         multitask_strategy: str,
         metadata: Mapping[str, Any],
         principal: str | None,
+        enqueue: Enqueue | None = None,
     ) -> RunRow:
-        """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it."""
+        """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it.
+
+        ``enqueue`` (distributed mode) puts the run's job on the queue in the same transaction: the run and
+        its job are committed together or not at all, so no run is left pending without a job."""
         if multitask_strategy not in STRATEGIES:
             raise ApiError(
                 422,
@@ -209,6 +220,8 @@ class RunStore:
                     "with multitask_strategy='enqueue'",
                     thread_id=thread_id,
                 )
+            if enqueue is not None:
+                run = dataclasses.replace(run, job_id=await enqueue(conn, run))
             await conn.execute(insert(server_runs).values(**_row_values(run)))
         return run
 
@@ -274,19 +287,30 @@ class RunStore:
         runs = await self.list_runs(thread_id, limit=1)
         return runs[0] if runs else None
 
-    async def claim(self, run_id: str) -> RunRow | None:
+    async def claim(self, run_id: str) -> tuple[RunRow, str | None] | None:
         """Take a pending run (or one whose executor died: the caller's queue or lock guarantees it is the
-        only executor). None when the run is finished or cancelled."""
+        only executor), with the journey instance its thread is bound to. None when the run is finished or
+        cancelled."""
+        bound = (
+            select(server_threads.c.instance_id)
+            .where(server_threads.c.thread_id == server_runs.c.thread_id)
+            .scalar_subquery()
+            .label("bound_instance")
+        )
         async with self._write_one() as conn:
             row = (
                 await conn.execute(
                     update(server_runs)
                     .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
                     .values(status="running", attempts=server_runs.c.attempts + 1, updated_at=self._clock.now())
-                    .returning(*server_runs.c)
+                    .returning(*server_runs.c, bound)
                 )
             ).first()
-        return RunRow(**row._mapping) if row else None
+        if row is None:
+            return None
+        values = dict(row._mapping)
+        instance_id = values.pop("bound_instance")
+        return RunRow(**values), instance_id
 
     async def set_base_checkpoint(self, run_id: str, checkpoint_id: str | None) -> None:
         async with self._write_one() as conn:
@@ -294,12 +318,15 @@ class RunStore:
                 update(server_runs).where(server_runs.c.run_id == run_id).values(base_checkpoint=checkpoint_id)
             )
 
-    async def finish(self, run_id: str, status: str, error: Mapping[str, Any] | None = None) -> RunRow | None:
-        """Give an active run its final status; the finished run, or None when it had finished already."""
+    async def finish(
+        self, run_id: str, status: str, error: Mapping[str, Any] | None = None, output: Any = None
+    ) -> RunRow | None:
+        """Give an active run its final status (and output); the finished run, or None when it had finished
+        already."""
         finished = (
             update(server_runs)
             .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
-            .values(status=status, error=dict(error) if error else None, updated_at=self._clock.now())
+            .values(status=status, error=dict(error) if error else None, output=output, updated_at=self._clock.now())
             .returning(*server_runs.c)
         )
         async with self._write_one() as conn:

@@ -10,7 +10,7 @@ from fastapi import Request
 
 from graphs.runtime import JourneyRuntime
 from server.executor import EmbeddedRunner, RunExecutor
-from server.runs import RunRow, RunStore
+from server.runs import Enqueue, RunRow, RunStore
 from server.settings import Settings
 from server.watch import RunWatch
 
@@ -25,22 +25,32 @@ class ServerServices:
     embedded: EmbeddedRunner | None
     queue_app: Any = None  # a procrastinate App in distributed mode
 
-    async def submit(self, run: RunRow) -> None:
+    def enqueue(self) -> Enqueue | None:
+        """How a new run reaches the queue in its creating transaction (distributed mode); None: embedded."""
+        if self.queue_app is None:
+            return None
+        from server.queue import enqueuer
+
+        return enqueuer(self.queue_app)
+
+    def submit(self, run: RunRow) -> None:
+        """After the run is committed: embedded mode starts executing it (distributed mode queued it already)."""
         if self.embedded is not None:
             self.embedded.submit(run)
-            return
-        from server.queue import defer_run
-
-        await defer_run(self.queue_app, run.run_id, run.thread_id)
 
     async def cancel(self, run: RunRow) -> None:
-        """A pending run is cancelled at once; a running one is stopped when it runs in this process."""
+        """A pending run is cancelled at once; a running one is stopped, in this process or in a worker."""
         if run.status == "pending":
             await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
             self.watch.changed(run.run_id)
             return
-        if self.embedded is not None and self.embedded.cancel(run):
-            await asyncio.sleep(0)
+        if self.embedded is not None:
+            if self.embedded.cancel(run):
+                await asyncio.sleep(0)
+        elif run.job_id is not None and self.queue_app is not None:
+            from server.queue import abort_run
+
+            await abort_run(self.queue_app, run.job_id)  # the worker's executor marks it interrupted
 
 
 def services(request: Request) -> ServerServices:

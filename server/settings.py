@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from langgraph.types import Durability
+
 from checkpoints.url import DEFAULT_STORE_URL
 
 ExecutionMode = Literal["embedded", "distributed"]
@@ -35,6 +37,10 @@ class Settings:
     # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
     # only the fallback re-read, for a notice lost while the listening connection reconnects.
     poll_interval: float = 1.0
+    # How runs of journeys whose steps are logged (structured) checkpoint. "exit": when the run stops (at a
+    # human task, a failure or the end); a run retried after a crash replays its logged steps instead of
+    # executing them again. "async"/"sync": after every step too, so thread state shows progress mid-run.
+    durability: Durability = "exit"
 
 
 def load_api_keys(path: str | Path | None = None) -> dict[str, ApiKey]:

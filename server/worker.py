@@ -12,6 +12,7 @@ from contextlib import suppress
 
 import procrastinate
 import structlog
+from langgraph.types import Durability
 
 from graphs.runtime import JourneyRuntime
 from server.executor import RunExecutor
@@ -42,11 +43,12 @@ async def run_worker(
     stalled_after: float = 10.0,
     plugin: str | None = None,
     timers: bool = True,
+    durability: Durability = "exit",
 ) -> None:
     ensure_schema(database_url)
     registry = plugin_registry(plugin)
     async with JourneyRuntime.open(database_url, agents=registry, pool_size=max(4, concurrency)) as runtime:
-        executor = RunExecutor(runtime, RunStore(runtime.store.engine, runtime.store.clock))
+        executor = RunExecutor(runtime, RunStore(runtime.store.engine, runtime.store.clock), durability=durability)
 
         async def execute(run_id: str) -> None:
             await executor.execute(run_id)

@@ -82,9 +82,10 @@ async def test_create_wait_stream_interrupt_resume_and_state(client: LangGraphCl
     assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
 
     # A step result that breaks the step's schema or a wrong step is an error of the run, not of the server.
+    # History: at least one checkpoint per run (a structured run checkpoints where it stops), newest first.
     history = await client.threads.get_history(tid, limit=50)
     assert (
-        len(history) > 3
+        len(history) >= 3
         and history[0]["checkpoint"]["checkpoint_id"]
         == (await client.threads.get_state(tid))["checkpoint"]["checkpoint_id"]
     )

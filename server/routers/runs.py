@@ -17,11 +17,11 @@ from fastapi.responses import StreamingResponse
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
-from server.executor import output_values
+from server.executor import thread_output
 from server.models import MAX_INT, RunCreate, RunOut
 from server.problems import ApiError
 from server.routers import errors
-from server.routers.threads import resolve_thread, thread_graph
+from server.routers.threads import resolve_thread
 from server.runs import TERMINAL, RunRow, ThreadRow
 from server.services import ServerServices, services
 from server.watch import next_change, wait_for_run
@@ -65,8 +65,9 @@ async def create_run(
         multitask_strategy=body.multitask_strategy,
         metadata={**body.metadata, "_groups": list(caller.groups)},
         principal=caller.name,
+        enqueue=svc.enqueue(),
     )
-    await svc.submit(run)
+    svc.submit(run)
     return run
 
 
@@ -118,16 +119,12 @@ async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, 
 async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
     if run.status == "error":
         return {"__error__": run.error or {"error": "Error", "message": "the run failed"}}
-    thread = await resolve_thread(svc, run.thread_id)
-    graph = await thread_graph(svc, thread)
-    if graph is None or thread.instance_id is None:
+    if run.output is not None and run.status == "success":
+        return dict(run.output)  # the executor wrote it as the run finished
+    thread = await resolve_thread(svc, run.thread_id)  # a cancelled run, or one finished before outputs were kept
+    if thread.instance_id is None or thread.assistant_id is None:
         return {}
-    snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
-    output = output_values(snapshot)
-    assistant = get_assistant(thread.assistant_id) if thread.assistant_id else None
-    if assistant is not None and assistant.describe is not None:
-        output |= await assistant.describe(svc.runtime, thread.instance_id, snapshot)
-    return output
+    return await thread_output(svc.runtime, get_assistant(thread.assistant_id), thread.instance_id)
 
 
 def _stream_headers(run: RunRow) -> dict[str, str]:
