@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import Annotated
+import secrets
+from typing import Annotated, NoReturn
 
 import structlog
 import typer
 from rich.console import Console
 
+from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
 
 app = typer.Typer(help="Durable journey orchestration on LangGraph.", no_args_is_help=True)
+keys = typer.Typer(help="API keys: the server's keys file holds only their digests.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
 
 
-def _quiet_logs(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.ERROR
+def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
+    level = logging.INFO if verbose else quiet
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+
+
+def _fail(error: JourneyError) -> NoReturn:
+    """A bad setting: its message, not a traceback."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -56,9 +67,13 @@ def serve(
     from server.app import create_app
     from server.settings import Settings, load_api_keys
 
+    _quiet_logs(verbose, quiet=logging.WARNING)  # the keys' warnings (plain keys stored) show even so
+    try:
+        api_keys_by_digest = {} if no_auth else load_api_keys(api_keys)
+    except JourneyError as exc:
+        _fail(exc)
     _quiet_logs(verbose)
-    keys = {} if no_auth else load_api_keys(api_keys)
-    if not no_auth and not keys:
+    if not no_auth and not api_keys_by_digest:
         typer.echo(
             "auth is on but no API keys are configured: every request will get 401 "
             "(pass --api-keys, set JOURNEYS_API_KEYS, or --no-auth for local development)",
@@ -67,10 +82,14 @@ def serve(
     settings = Settings(
         database_url=database_url,
         auth=not no_auth,
-        api_keys=keys,
+        api_keys=api_keys_by_digest,
         execution="distributed" if distributed else "embedded",
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info" if verbose else "warning")
+    try:
+        served = create_app(settings)
+    except JourneyError as exc:
+        _fail(exc)
+    uvicorn.run(served, host=host, port=port, log_level="info" if verbose else "warning")
 
 
 @app.command()
@@ -93,6 +112,40 @@ def worker(
             database_url, concurrency=concurrency, heartbeat=heartbeat, stalled_after=stalled_after, plugin=plugin
         )
     )
+
+
+@keys.command("new")
+def new_key(
+    principal: Annotated[str, typer.Option(help="who calls with the key (the user tasks are completed by)")],
+    scope: Annotated[
+        list[str], typer.Option(help="a scope to grant, repeatable: read, runs, journeys, tasks, messages, admin")
+    ],
+    group: Annotated[list[str] | None, typer.Option(help="a group of the caller, repeatable")] = None,
+) -> None:
+    """Generate an API key: print it once, and the keys file entry, which holds only its digest."""
+    from server.settings import api_key, key_digest
+
+    entry = {"principal": principal, "scopes": scope, "groups": group or []}
+    try:
+        api_key(entry, "the new key")
+    except JourneyError as exc:
+        _fail(exc)
+    key = secrets.token_urlsafe(32)  # 256 random bits: a fast digest is then as good as a slow one
+    console = Console()
+    console.print("API key (shown only now, store it safely):", style="bold")
+    console.print(key, markup=False, highlight=False, soft_wrap=True)
+    console.print("Add this entry to the server's keys file (--api-keys or $JOURNEYS_API_KEYS):", style="bold")
+    console.print(json.dumps({key_digest(key): entry}), markup=False, highlight=False, soft_wrap=True)
+
+
+@keys.command("digest")
+def digest(
+    key: Annotated[str, typer.Option(prompt=True, hide_input=True, help="the key (asked for if not given)")],
+) -> None:
+    """Print a key's digest: the name a keys file gives it, in place of a plain key."""
+    from server.settings import key_digest
+
+    typer.echo(key_digest(key))
 
 
 @app.command()
