@@ -18,6 +18,7 @@ from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.auth import authorize_route
 from server.executor import EmbeddedRunner, RunExecutor
+from server.guide_model import load_guide_model
 from server.problems import install_problem_handlers
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore
@@ -30,12 +31,16 @@ def create_app(
     settings: Settings | None = None, *, clock: Clock | None = None, runtime_options: dict[str, Any] | None = None
 ) -> FastAPI:
     settings = settings or Settings()
+    # Resolved now, so a bad guide model stops the server before it serves.
+    guide_model = load_guide_model(settings.guide_model) if settings.guide_model else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             runtime = await stack.enter_async_context(
-                JourneyRuntime.open(settings.database_url, clock=clock, **(runtime_options or {}))
+                JourneyRuntime.open(
+                    settings.database_url, clock=clock, guide_model=guide_model, **(runtime_options or {})
+                )
             )
             run_store = RunStore(runtime.store.engine, runtime.store.clock)
             watch = RunWatch()

@@ -18,6 +18,7 @@ from checkpoints.url import DEFAULT_STORE_URL
 app = typer.Typer(help="Durable journey orchestration on LangGraph.", no_args_is_help=True)
 keys = typer.Typer(help="API keys: the server's keys file holds only their digests.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
+GUIDE_MODEL_HELP = "module:factory returning a langchain-core chat model for the guide (default: deterministic)"
 
 
 def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
@@ -59,6 +60,7 @@ def serve(
     distributed: Annotated[
         bool, typer.Option("--distributed", help="queue runs and timers for `journeys worker` (PostgreSQL only)")
     ] = False,
+    guide_model: Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
@@ -84,6 +86,7 @@ def serve(
         auth=not no_auth,
         api_keys=api_keys_by_digest,
         execution="distributed" if distributed else "embedded",
+        guide_model=guide_model,
     )
     try:
         served = create_app(settings)
@@ -101,17 +104,27 @@ def worker(
     plugin: Annotated[
         str | None, typer.Option(help="module:function registering this worker's agents on the registry")
     ] = None,
+    guide_model: Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
+    from server.guide_model import GuideModelError
     from server.worker import run_worker
 
     _quiet_logs(verbose)
-    asyncio.run(
-        run_worker(
-            database_url, concurrency=concurrency, heartbeat=heartbeat, stalled_after=stalled_after, plugin=plugin
+    try:
+        asyncio.run(
+            run_worker(
+                database_url,
+                concurrency=concurrency,
+                heartbeat=heartbeat,
+                stalled_after=stalled_after,
+                plugin=plugin,
+                guide_model=guide_model,
+            )
         )
-    )
+    except GuideModelError as exc:
+        _fail(exc)
 
 
 @keys.command("new")

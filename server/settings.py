@@ -80,6 +80,9 @@ class Settings:
     # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
     # only the fallback re-read, for a notice lost while the listening connection reconnects.
     poll_interval: float = 1.0
+    # ``module:factory``: a zero-argument factory of the langchain-core chat model the guide phrases its
+    # answers with (server/guide_model.py). None: the offline DeterministicGuideModel.
+    guide_model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))

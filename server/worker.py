@@ -18,6 +18,7 @@ import structlog
 from agents.registry import AgentRegistry
 from graphs.runtime import JourneyRuntime
 from server.executor import RunExecutor
+from server.guide_model import load_guide_model
 from server.queue import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
 from server.runs import RunStore
 
@@ -53,12 +54,17 @@ async def run_worker(
     stalled_after: float = 10.0,
     plugin: str | None = None,
     timers: bool = True,
+    guide_model: str | None = None,
 ) -> None:
+    # Workers execute the runs in distributed mode, guide runs included: they need the server's guide model.
+    guide = load_guide_model(guide_model) if guide_model else None
     ensure_schema(database_url)
     registry = AgentRegistry()
     if (hook := load_plugin(plugin)) is not None:
         hook(registry)
-    async with JourneyRuntime.open(database_url, agents=registry, pool_size=max(4, concurrency)) as runtime:
+    async with JourneyRuntime.open(
+        database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide
+    ) as runtime:
         executor = RunExecutor(runtime, RunStore(runtime.store.engine, runtime.store.clock))
 
         async def execute(run_id: str) -> None:
