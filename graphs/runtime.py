@@ -14,6 +14,7 @@ from typing import Any
 from langgraph.types import Durability
 
 from agents.deterministic import EchoAgent
+from agents.guide import ModelFactory
 from agents.policy import DEFAULT_POLICIES, Policy
 from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings
@@ -49,8 +50,10 @@ class JourneyRuntime:
         retry: RetrySettings,
         bulkhead_limit: int | None,
         durability: Durability,
+        guide_model: ModelFactory | None = None,
     ) -> None:
         self.store = store
+        self.guide_model = guide_model  # the chat model the guide graph phrases with (None: deterministic)
         self.agents = agents
         self.templates = templates
         caller = AgentCaller(agents, store.events, policies=policies, retry=retry, bulkheads=Bulkheads(bulkhead_limit))
@@ -81,6 +84,7 @@ class JourneyRuntime:
         durability: Durability = "async",
         default_agents: bool = True,
         pool_size: int = 10,
+        guide_model: ModelFactory | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
@@ -105,6 +109,7 @@ class JourneyRuntime:
                 retry=retry or RetrySettings(),
                 bulkhead_limit=bulkhead_limit,
                 durability=durability,
+                guide_model=guide_model,
             )
 
     async def history(self, instance_id: str) -> list[Event]:

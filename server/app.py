@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
+from server.auth import authorize_route
 from server.executor import EmbeddedRunner, RunExecutor
-from server.input_guard import reject_nul_characters
+from server.guide_model import load_guide_model
 from server.problems import install_problem_handlers
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore
@@ -30,12 +31,16 @@ def create_app(
     settings: Settings | None = None, *, clock: Clock | None = None, runtime_options: dict[str, Any] | None = None
 ) -> FastAPI:
     settings = settings or Settings()
+    # Resolved now, so a bad guide model stops the server before it serves.
+    guide_model = load_guide_model(settings.guide_model) if settings.guide_model else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             runtime = await stack.enter_async_context(
-                JourneyRuntime.open(settings.database_url, clock=clock, **(runtime_options or {}))
+                JourneyRuntime.open(
+                    settings.database_url, clock=clock, guide_model=guide_model, **(runtime_options or {})
+                )
             )
             run_store = RunStore(runtime.store.engine, runtime.store.clock)
             watch = RunWatch()
@@ -61,7 +66,6 @@ def create_app(
             yield
 
     app = FastAPI(
-        dependencies=[Depends(reject_nul_characters)],
         title="journeys",
         version="0.1.0",
         description="Durable journey orchestration on LangGraph: the Agent Server API subset langgraph-sdk uses, "
@@ -69,7 +73,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    install_problem_handlers(app)
+    # Every route but /ok takes a require(scope) dependency, which authorizes the caller and then guards
+    # the input (no NUL characters); a body too malformed to reach it is reported after authorizing too.
+    install_problem_handlers(app, authorize=authorize_route)
     for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
         app.include_router(router)
 

@@ -336,7 +336,10 @@ async def _resume_process(ctx: RunContext, instance_id: str, value: Any) -> None
 
 def guide_graph(runtime: JourneyRuntime) -> Graph:
     graph: Graph = runtime.engine.compiled(
-        "guide", lambda: build_guide_graph(runtime.mvp.get_recommended_next_pillar, flow=RECOMMENDED_FLOW)
+        "guide",
+        lambda: build_guide_graph(
+            runtime.mvp.get_recommended_next_pillar, flow=RECOMMENDED_FLOW, model_factory=runtime.guide_model
+        ),
     )
     return graph
 

@@ -2,24 +2,23 @@
 
 No key (or an unknown one) is a 401; a key without the scope an endpoint needs is a 403. With auth
 switched off (``--no-auth``) every caller is the local developer with every scope.
+
+The server keeps only the keys' digests: a presented key is hashed and looked up, so no secret is ever
+compared. Authentication comes before anything else a route checks: the input guard runs inside the
+same dependency, after it, and a malformed body is reported only to a caller who may send one.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
+from server.input_guard import reject_nul_characters
 from server.problems import ApiError
-from server.settings import ApiKey, Settings
+from server.settings import SCOPES, Settings, key_digest
 
-# Scopes: read (assistants, threads, runs, journeys, tasks), runs (create/cancel runs, update thread state),
-# journeys (journey operations), tasks (claim/complete user tasks), messages (send messages), admin (all).
-SCOPES = ("read", "runs", "journeys", "tasks", "messages", "admin")
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="an API key with scopes")
 
 
@@ -42,23 +41,39 @@ def authenticate(settings: Settings, key: str | None) -> Principal:
         return LOCAL_DEVELOPER
     if not key:
         raise ApiError(401, "Unauthenticated", "send an API key in the x-api-key header")
-    found: ApiKey | None = None
-    for candidate, entry in settings.api_keys.items():
-        if hmac.compare_digest(candidate.encode(), key.encode()):
-            found = entry
+    found = settings.api_keys.get(key_digest(key))
     if found is None:
         raise ApiError(401, "Unauthenticated", "unknown API key")
     return Principal(found.principal, found.scopes, found.groups)
 
 
-def require(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
-    """A dependency: the caller, who must hold ``scope``."""
+def authorize(settings: Settings, key: str | None, scope: str) -> Principal:
+    principal = authenticate(settings, key)
+    if not principal.allows(scope):
+        raise ApiError(403, "Forbidden", f"this API key lacks the {scope!r} scope", scope=scope)
+    return principal
 
-    async def check(request: Request, key: str | None = Security(API_KEY_HEADER)) -> Principal:
-        principal = authenticate(request.app.state.settings, key)
-        if not principal.allows(scope):
-            raise ApiError(403, "Forbidden", f"this API key lacks the {scope!r} scope", scope=scope)
+
+class Require:
+    """A dependency: the caller, who must hold ``scope``; then the request's input is guarded."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    async def __call__(self, request: Request, key: str | None = Security(API_KEY_HEADER)) -> Principal:
+        principal = authorize(request.app.state.settings, key, self.scope)
+        await reject_nul_characters(request)
         return principal
 
-    check.__name__ = f"require_{scope}"
-    return check
+
+def require(scope: str) -> Require:
+    return Require(scope)
+
+
+def authorize_route(request: Request) -> None:
+    """Authorize a request for its route before its body could be parsed (FastAPI parses the body
+    before it solves dependencies): no-op on a public route."""
+    route = request.scope.get("route")
+    for dependency in getattr(getattr(route, "dependant", None), "dependencies", ()):
+        if isinstance(dependency.call, Require):
+            authorize(request.app.state.settings, request.headers.get("x-api-key"), dependency.call.scope)

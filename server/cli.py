@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import secrets
 from collections.abc import Coroutine
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, NoReturn, cast
 
 import structlog
 import typer
 from langgraph.types import Durability
 from rich.console import Console
 
+from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
 
 DURABILITIES = ("exit", "async", "sync")
@@ -20,6 +23,9 @@ DURABILITY_HELP = (
     "async, sync: after every step too"
 )
 app = typer.Typer(help="Durable journey orchestration on LangGraph.", no_args_is_help=True)
+keys = typer.Typer(help="API keys: the server's keys file holds only their digests.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+GUIDE_MODEL_HELP = "module:factory returning a langchain-core chat model for the guide (default: deterministic)"
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -38,9 +44,15 @@ def _durability(value: str) -> Durability:
     return cast(Durability, value)
 
 
-def _quiet_logs(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.ERROR
+def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
+    level = logging.INFO if verbose else quiet
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+
+
+def _fail(error: JourneyError) -> NoReturn:
+    """A bad setting: its message, not a traceback."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -78,6 +90,7 @@ def serve(
         str,
         typer.Option(help=DURABILITY_HELP),
     ] = "exit",
+    guide_model: Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
@@ -87,9 +100,13 @@ def serve(
     from server.plugins import plugin_registry
     from server.settings import Settings, load_api_keys
 
+    _quiet_logs(verbose, quiet=logging.WARNING)  # the keys' warnings (plain keys stored) show even so
+    try:
+        api_keys_by_digest = {} if no_auth else load_api_keys(api_keys)
+    except JourneyError as exc:
+        _fail(exc)
     _quiet_logs(verbose)
-    keys = {} if no_auth else load_api_keys(api_keys)
-    if not no_auth and not keys:
+    if not no_auth and not api_keys_by_digest:
         typer.echo(
             "auth is on but no API keys are configured: every request will get 401 "
             "(pass --api-keys, set JOURNEYS_API_KEYS, or --no-auth for local development)",
@@ -98,12 +115,16 @@ def serve(
     settings = Settings(
         database_url=database_url,
         auth=not no_auth,
-        api_keys=keys,
+        api_keys=api_keys_by_digest,
         execution="distributed" if distributed else "embedded",
         durability=_durability(durability),
+        guide_model=guide_model,
     )
-    app = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
-    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
+    try:
+        served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
+    except JourneyError as exc:
+        _fail(exc)
+    uvicorn.run(served, host=host, port=port, log_level="info" if verbose else "warning")
 
 
 @app.command()
@@ -119,22 +140,62 @@ def worker(
         str,
         typer.Option(help=DURABILITY_HELP),
     ] = "exit",
+    guide_model: Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
+    from server.guide_model import GuideModelError
     from server.worker import run_worker
 
     _quiet_logs(verbose)
-    _run(
-        run_worker(
-            database_url,
-            concurrency=concurrency,
-            heartbeat=heartbeat,
-            stalled_after=stalled_after,
-            plugin=plugin,
-            durability=_durability(durability),
+    try:
+        _run(
+            run_worker(
+                database_url,
+                concurrency=concurrency,
+                heartbeat=heartbeat,
+                stalled_after=stalled_after,
+                plugin=plugin,
+                durability=_durability(durability),
+                guide_model=guide_model,
+            )
         )
-    )
+    except GuideModelError as exc:
+        _fail(exc)
+
+
+@keys.command("new")
+def new_key(
+    principal: Annotated[str, typer.Option(help="who calls with the key (the user tasks are completed by)")],
+    scope: Annotated[
+        list[str], typer.Option(help="a scope to grant, repeatable: read, runs, journeys, tasks, messages, admin")
+    ],
+    group: Annotated[list[str] | None, typer.Option(help="a group of the caller, repeatable")] = None,
+) -> None:
+    """Generate an API key: print it once, and the keys file entry, which holds only its digest."""
+    from server.settings import api_key, key_digest
+
+    entry = {"principal": principal, "scopes": scope, "groups": group or []}
+    try:
+        api_key(entry, "the new key")
+    except JourneyError as exc:
+        _fail(exc)
+    key = secrets.token_urlsafe(32)  # 256 random bits: a fast digest is then as good as a slow one
+    console = Console()
+    console.print("API key (shown only now, store it safely):", style="bold")
+    console.print(key, markup=False, highlight=False, soft_wrap=True)
+    console.print("Add this entry to the server's keys file (--api-keys or $JOURNEYS_API_KEYS):", style="bold")
+    console.print(json.dumps({key_digest(key): entry}), markup=False, highlight=False, soft_wrap=True)
+
+
+@keys.command("digest")
+def digest(
+    key: Annotated[str, typer.Option(prompt=True, hide_input=True, help="the key (asked for if not given)")],
+) -> None:
+    """Print a key's digest: the name a keys file gives it, in place of a plain key."""
+    from server.settings import key_digest
+
+    typer.echo(key_digest(key))
 
 
 @app.command()

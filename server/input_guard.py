@@ -16,8 +16,9 @@ from graphs.errors import InvalidInputError
 
 
 async def reject_nul_characters(request: Request) -> None:
-    """An app-wide dependency: the body is read once (routes reuse it), and only scanned in full
-    when its bytes contain a NUL escape at all."""
+    """Called by every route's ``require(scope)`` dependency once the caller is authorized (a caller
+    without access gets 401/403, not this 422). The body is read once (the route reuses it) and only
+    scanned in full when its bytes contain a NUL escape at all."""
     if "\x00" in request.url.path:
         raise InvalidInputError("the path contains a NUL character (U+0000); no store can keep it")
     for key, value in request.query_params.multi_items():

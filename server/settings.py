@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, get_args
 
+import structlog
 from langgraph.types import Durability
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from checkpoints.errors import ErrorCategory, JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
 
+log = structlog.get_logger("journeys.server")
 ExecutionMode = Literal["embedded", "distributed"]
+# read (assistants, threads, runs, journeys, tasks), runs (create/cancel runs, update thread state),
+# journeys (journey operations), tasks (claim/complete user tasks), messages (send messages), admin (all).
+Scope = Literal["read", "runs", "journeys", "tasks", "messages", "admin"]
+SCOPES: tuple[str, ...] = get_args(Scope)
+DIGEST_PREFIX = "sha256:"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class ApiKeysError(JourneyError):
+    """The API keys are not valid."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+def key_digest(key: str) -> str:
+    """How a keys file names a key: ``sha256:<hex>``. Keys are random (``journeys keys new``: 256 bits),
+    so a fast unsalted hash is enough (there is no dictionary to try) and costs a request nothing."""
+    return DIGEST_PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +49,29 @@ class ApiKey:
     groups: tuple[str, ...] = ()
 
 
+def by_digest(api_keys: Mapping[str, ApiKey], source: str = "api_keys") -> dict[str, ApiKey]:
+    """The keys by digest: ``sha256:…`` entries as they are, plain keys (older key files, keys set in
+    code) hashed, so no plain key outlives loading."""
+    found: dict[str, ApiKey] = {}
+    for key, entry in api_keys.items():
+        if key[: len(DIGEST_PREFIX)].lower() == DIGEST_PREFIX:
+            digest = key.lower()
+            if not _DIGEST.fullmatch(digest):
+                raise ApiKeysError(
+                    f"{source}: entry '{key[:15]}…' of principal {entry.principal!r}: "
+                    "a digest is 'sha256:' and 64 hex digits"
+                )
+        else:
+            digest = key_digest(key)
+        found[digest] = entry
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_STORE_URL
     auth: bool = True
+    # Keyed by digest (``sha256:<hex>``, see :func:`key_digest`); plain keys given here are hashed on creation.
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
     # embedded: runs and timers execute in this process. distributed: they are queued in PostgreSQL
     # (procrastinate) for `journeys worker` processes, and this process only serves HTTP.
@@ -41,14 +85,66 @@ class Settings:
     # human task, a failure or the end); a run retried after a crash replays its logged steps instead of
     # executing them again. "async"/"sync": after every step too, so thread state shows progress mid-run.
     durability: Durability = "exit"
+    # ``module:factory``: a zero-argument factory of the langchain-core chat model the guide phrases its
+    # answers with (server/guide_model.py). None: the offline DeterministicGuideModel.
+    guide_model: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "api_keys", by_digest(self.api_keys))
+
+
+class _KeyEntry(BaseModel):
+    """One entry of a keys file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    principal: str = Field(min_length=1)
+    scopes: list[Scope] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+
+def api_key(entry: Any, name: str) -> ApiKey:
+    """An entry checked: a principal, known scopes, no unknown fields (a typo like ``scope`` would
+    otherwise leave a key silently without scopes)."""
+    if not isinstance(entry, dict):
+        raise ApiKeysError(f"{name}: must be an object with principal, scopes and groups")
+    try:
+        checked = _KeyEntry.model_validate(entry)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ApiKeysError(f"{name}: {'; '.join(problems)}", problems=problems) from None
+    return ApiKey(checked.principal, frozenset(checked.scopes), tuple(checked.groups))
 
 
 def load_api_keys(path: str | Path | None = None) -> dict[str, ApiKey]:
-    """API keys from a JSON file (``{"<key>": {"principal": …, "scopes": […], "groups": […]}}``) or, without
-    one, from the ``JOURNEYS_API_KEYS`` environment variable holding the same JSON."""
-    raw = Path(path).read_text() if path else os.environ.get("JOURNEYS_API_KEYS", "{}")
-    data = json.loads(raw)
-    return {
-        key: ApiKey(str(entry["principal"]), frozenset(entry.get("scopes", [])), tuple(entry.get("groups", [])))
-        for key, entry in data.items()
+    """API keys from a JSON file (``{"sha256:<hex digest of the key>": {"principal": …, "scopes": […],
+    "groups": […]}}``) or, without one, from the ``JOURNEYS_API_KEYS`` environment variable holding the
+    same JSON. Plain keys in place of digests still work, with a warning."""
+    source = str(path) if path else "$JOURNEYS_API_KEYS"
+    try:
+        data = json.loads(Path(path).read_text() if path else os.environ.get("JOURNEYS_API_KEYS", "{}"))
+    except OSError as exc:
+        raise ApiKeysError(f"{source}: cannot read the keys file ({exc.strerror})") from None
+    except ValueError as exc:  # the message names the position, never the text (which holds keys)
+        raise ApiKeysError(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ApiKeysError(f"{source}: must be a JSON object mapping each key's digest to its entry")
+    keys = {
+        key: api_key(entry, f"{source}: {_entry_name(n, key, entry)}") for n, (key, entry) in enumerate(data.items(), 1)
     }
+    plain = [entry.principal for key, entry in keys.items() if not key.lower().startswith(DIGEST_PREFIX)]
+    if plain:
+        log.warning(
+            "API keys are stored in plain text",
+            source=source,
+            principals=plain,
+            hint="replace each key by its digest: journeys keys digest",
+        )
+    return by_digest(keys, source)
+
+
+def _entry_name(position: int, key: str, entry: Any) -> str:
+    """Names an entry in an error without printing a plain key (a secret)."""
+    name = f"entry '{key[:15]}…'" if key.lower().startswith(DIGEST_PREFIX) else f"entry {position} (a plain key)"
+    principal = entry.get("principal") if isinstance(entry, dict) else None
+    return f"{name} of principal {principal!r}" if isinstance(principal, str) else name

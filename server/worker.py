@@ -16,6 +16,7 @@ from langgraph.types import Durability
 
 from graphs.runtime import JourneyRuntime
 from server.executor import RunExecutor
+from server.guide_model import load_guide_model
 from server.plugins import plugin_registry
 from server.queue import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
 from server.runs import RunStore
@@ -44,10 +45,15 @@ async def run_worker(
     plugin: str | None = None,
     timers: bool = True,
     durability: Durability = "exit",
+    guide_model: str | None = None,
 ) -> None:
+    # Workers execute the runs in distributed mode, guide runs included: they need the server's guide model.
+    guide = load_guide_model(guide_model) if guide_model else None
     ensure_schema(database_url)
     registry = plugin_registry(plugin)
-    async with JourneyRuntime.open(database_url, agents=registry, pool_size=max(4, concurrency)) as runtime:
+    async with JourneyRuntime.open(
+        database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide
+    ) as runtime:
         executor = RunExecutor(runtime, RunStore(runtime.store.engine, runtime.store.clock), durability=durability)
 
         async def execute(run_id: str) -> None:

@@ -8,14 +8,14 @@ import httpx
 import pytest
 
 from server.app import create_app
-from server.settings import ApiKey, Settings
+from server.settings import ApiKey, Settings, key_digest
 from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
 KEYS = {
     "reader-key": ApiKey("rita", frozenset({"read"})),
     "ops-key": ApiKey("ana", frozenset({"read", "runs", "journeys", "tasks", "messages"}), ("finance",)),
-    "bob-key": ApiKey("bob", frozenset({"read", "tasks"}), ("sales",)),
+    key_digest("bob-key"): ApiKey("bob", frozenset({"read", "tasks"}), ("sales",)),  # as a keys file keeps it
 }
 
 
@@ -127,3 +127,27 @@ async def test_nul_characters_are_refused_up_front_on_every_store(http: httpx.As
     # The six characters \u0000 (an escaped backslash in JSON) are text like any other.
     literal = await http.post("/threads", json={"metadata": {"note": "\\u0000"}}, headers=ops)
     assert literal.status_code == 200 and literal.json()["metadata"] == {"note": "\\u0000"}
+
+
+async def test_authentication_comes_before_any_input_check(http: httpx.AsyncClient) -> None:
+    # A caller without access learns nothing about its input: 401/403 first, then the NUL guard's 422.
+    nul = {"metadata": {"note": "a\x00b"}}
+    anonymous = await http.post("/threads", json=nul)
+    assert anonymous.status_code == 401 and anonymous.json()["code"] == "Unauthenticated"
+    assert anonymous.headers["content-type"] == "application/problem+json"
+    assert (await http.post("/threads", json=nul, headers={"x-api-key": "wrong"})).status_code == 401
+    reader = await http.post("/threads", json=nul, headers={"x-api-key": "reader-key"})
+    assert reader.status_code == 403 and reader.json()["code"] == "Forbidden"
+    refused = await http.post("/threads", json=nul, headers={"x-api-key": "ops-key"})
+    assert refused.status_code == 422 and refused.json()["code"] == "InvalidInputError"
+    assert refused.headers["content-type"] == "application/problem+json"
+    # The same order for NUL in the path or query, a body that is not JSON, and one off the schema.
+    assert (await http.get("/threads/a%00b")).status_code == 401
+    assert (await http.get("/tasks", params={"assignee": "a\x00"}, headers={"x-api-key": "wrong"})).status_code == 401
+    for key, status in ((None, 401), ("reader-key", 403), ("ops-key", 400)):
+        headers = {"content-type": "application/json", **({"x-api-key": key} if key else {})}
+        malformed = await http.post("/threads", content=b'{"metadata": \x00', headers=headers)
+        assert malformed.status_code == status, (key, malformed.text)
+    off_schema = await http.post("/threads", json={"metadata": 3}, headers={"x-api-key": "reader-key"})
+    assert off_schema.status_code == 403
+    assert (await http.post("/threads/search", json={}, headers={"x-api-key": "ops-key"})).json() == []

@@ -1,0 +1,134 @@
+"""API keys kept as digests: the keys file, its typed errors, `journeys keys`, and auth before input checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute
+from structlog.testing import capture_logs
+from typer.testing import CliRunner
+
+from server.app import create_app
+from server.auth import Require, authenticate
+from server.cli import app as cli
+from server.problems import ApiError
+from server.settings import ApiKey, ApiKeysError, Settings, key_digest, load_api_keys
+
+ANA = {"principal": "ana", "scopes": ["read", "tasks"], "groups": ["finance"]}
+
+
+def keys_file(tmp_path: Path, entries: object) -> Path:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_a_digest_entry_authenticates_its_key_and_no_other(tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        keys = load_api_keys(keys_file(tmp_path, {key_digest("s3cret"): ANA}))
+    assert logs == []  # digests only: nothing to warn about
+    settings = Settings(api_keys=keys)
+    caller = authenticate(settings, "s3cret")
+    assert (caller.name, caller.scopes, caller.groups) == ("ana", frozenset({"read", "tasks"}), ("finance",))
+    for wrong in ("s3cre", "s3cret ", key_digest("s3cret")):  # the digest itself is no key
+        with pytest.raises(ApiError) as refused:
+            authenticate(settings, wrong)
+        assert refused.value.status == 401
+
+
+def test_plain_keys_still_work_with_one_warning_and_are_not_kept(tmp_path: Path) -> None:
+    entries = {"plain-1": ANA, "plain-2": {"principal": "bob", "scopes": ["read"]}, key_digest("d"): ANA}
+    with capture_logs() as logs:
+        keys = load_api_keys(keys_file(tmp_path, entries))
+    assert [(log["log_level"], log["principals"]) for log in logs] == [("warning", ["ana", "bob"])]
+    assert "plain-1" not in json.dumps(logs)
+    assert set(keys) == {key_digest("plain-1"), key_digest("plain-2"), key_digest("d")}
+    assert authenticate(Settings(api_keys=keys), "plain-2").name == "bob"
+    # Keys set in code are hashed too, and the same key in digest form is the same entry.
+    in_code = Settings(api_keys={"plain-1": ApiKey("ana", frozenset({"read"}))})
+    assert list(in_code.api_keys) == [key_digest("plain-1")]
+    assert authenticate(in_code, "plain-1").name == "ana"
+
+
+def test_the_environment_variable_holds_the_same_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNEYS_API_KEYS", json.dumps({key_digest("k").upper().replace("SHA256", "sha256"): ANA}))
+    assert authenticate(Settings(api_keys=load_api_keys()), "k").name == "ana"  # hex digits in either case
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ({"sha256:" + "a" * 64: {"scopes": ["read"]}}, "entry 'sha256:aaaaaaaa…': principal: Field required"),
+        ({"top-secret": {"principal": "ana", "scopes": ["read", "rwx"]}}, "entry 1 (a plain key) of principal 'ana'"),
+        ({key_digest("k"): {"principal": "ana", "scope": ["read"]}}, "scope: Extra inputs are not permitted"),
+        ({key_digest("k"): {"principal": "ana", "groups": "finance"}}, "groups: Input should be a valid list"),
+        ({"ok": ANA, "top-secret": ["read"]}, "entry 2 (a plain key): must be an object with principal"),
+        ({"sha256:abc": ANA}, "entry 'sha256:abc…' of principal 'ana': a digest is 'sha256:' and 64 hex digits"),
+        (["top-secret"], "must be a JSON object mapping each key's digest to its entry"),
+    ],
+)
+def test_a_bad_keys_file_is_a_typed_error_naming_the_entry(tmp_path: Path, entries: object, expected: str) -> None:
+    with pytest.raises(ApiKeysError) as bad:
+        load_api_keys(keys_file(tmp_path, entries))
+    assert expected in str(bad.value) and str(tmp_path / "keys.json") in str(bad.value)
+    assert "top-secret" not in str(bad.value)  # a plain key is a secret: never in a message
+
+
+def test_an_unknown_scope_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ApiKeysError, match=r"scopes\.1: Input should be 'read', 'runs', .* or 'admin'"):
+        load_api_keys(keys_file(tmp_path, {key_digest("k"): {"principal": "ana", "scopes": ["read", "rwx"]}}))
+
+
+def test_an_unreadable_or_malformed_keys_file_is_a_typed_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ApiKeysError, match="cannot read the keys file"):
+        load_api_keys(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text('{"top-secret": ')
+    with pytest.raises(ApiKeysError, match="not valid JSON") as bad:
+        load_api_keys(tmp_path / "broken.json")
+    assert "top-secret" not in str(bad.value)
+    monkeypatch.setenv("JOURNEYS_API_KEYS", "[")
+    with pytest.raises(ApiKeysError, match=r"^\$JOURNEYS_API_KEYS: not valid JSON"):
+        load_api_keys()
+
+
+def test_keys_new_prints_the_key_once_and_a_digest_entry(tmp_path: Path) -> None:
+    done = CliRunner().invoke(
+        cli, ["keys", "new", "--principal", "alice", "--scope", "read", "--scope", "runs", "--group", "ops"]
+    )
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    key, entry = lines[1], json.loads(lines[3])
+    assert len(key) >= 43 and done.output.count(key) == 1  # token_urlsafe(32), shown once
+    assert entry == {key_digest(key): {"principal": "alice", "scopes": ["read", "runs"], "groups": ["ops"]}}
+    caller = authenticate(Settings(api_keys=load_api_keys(keys_file(tmp_path, entry))), key)
+    assert (caller.name, caller.scopes, caller.groups) == ("alice", frozenset({"read", "runs"}), ("ops",))
+    other = CliRunner().invoke(cli, ["keys", "new", "--principal", "alice", "--scope", "read"])
+    assert other.output.splitlines()[1] != key
+
+
+def test_keys_new_refuses_an_unknown_scope_and_digest_hashes_a_key() -> None:
+    refused = CliRunner().invoke(cli, ["keys", "new", "--principal", "alice", "--scope", "wrtie"])
+    assert refused.exit_code == 2 and "scopes.0: Input should be 'read'" in refused.output
+    assert "Traceback" not in refused.output
+    hashed = CliRunner().invoke(cli, ["keys", "digest"], input="plain-1\n")
+    assert hashed.exit_code == 0 and hashed.output.splitlines()[-1] == key_digest("plain-1")
+
+
+def test_serve_stops_on_a_bad_keys_file_before_serving(tmp_path: Path) -> None:
+    path = keys_file(tmp_path, {key_digest("k"): {"scopes": ["read"]}})
+    done = CliRunner().invoke(cli, ["serve", "--api-keys", str(path)])
+    assert done.exit_code == 2 and "principal: Field required" in done.output
+
+
+def test_every_route_but_the_health_check_authorizes_and_guards_its_input() -> None:
+    # Require authorizes the caller and then refuses NUL characters: a route without it would let them
+    # reach a store, so only body- and parameter-less public routes may go without.
+    app = create_app(Settings())
+    public = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and not any(isinstance(d.call, Require) for d in route.dependant.dependencies):
+            public.add(route.path)
+            assert route.body_field is None and not route.dependant.query_params and not route.dependant.path_params
+    assert public == {"/ok"}
