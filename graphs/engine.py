@@ -27,6 +27,23 @@ GraphFactory = Callable[[], StateGraph[Any]]
 _RUN_DURABILITY: ContextVar[Durability | None] = ContextVar("journeys_run_durability", default=None)
 
 
+# What the engine's runs ended with, per thread, while a caller records them (see :func:`recording_outcomes`).
+Outcome = dict[str, Any] | StateSnapshot
+_OUTCOMES: ContextVar[dict[str, Outcome] | None] = ContextVar("journeys_run_outcomes", default=None)
+
+
+@contextmanager
+def recording_outcomes() -> Iterator[dict[str, Outcome]]:
+    """Collect, per thread, what the last :meth:`JourneyEngine.run` inside the block answered: the run's
+    output (values and ``__interrupt__``) or, for a streamed run, the thread's state."""
+    outcomes: dict[str, Outcome] = {}
+    token = _OUTCOMES.set(outcomes)
+    try:
+        yield outcomes
+    finally:
+        _OUTCOMES.reset(token)
+
+
 @contextmanager
 def run_durability(durability: Durability | None) -> Iterator[None]:
     """Runs started inside the block checkpoint with ``durability`` (None: the engine's own setting)."""
@@ -117,7 +134,10 @@ class JourneyEngine:
         """Like :meth:`invoke`, but answers with the run's output when it has one, which saves reading
         the checkpoint back; a streamed run answers with the thread's state."""
         output = await run_graph(graph, value, self.config(instance_id, replay=replay), self.durability)
-        return output if output is not None else await graph.aget_state(self.config(instance_id))
+        outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
+        if (outcomes := _OUTCOMES.get()) is not None:
+            outcomes[instance_id] = outcome
+        return outcome
 
 
 def in_flight(snapshot: StateSnapshot) -> bool:

@@ -43,8 +43,12 @@ class RunContext:
     bind: Callable[[str], Awaitable[None]]
 
 
-Starter = Callable[[RunContext, Mapping[str, Any]], Awaitable[None]]
-Resumer = Callable[[RunContext, str, Any], Awaitable[None]]
+# A starter or resumer may answer with the journey's view (what describe would say); it then promises
+# that the thread's state is what its last engine run answered, and the run's output is built from
+# both without reading the thread back. None: the output is read from the thread.
+View = Mapping[str, Any] | None
+Starter = Callable[[RunContext, Mapping[str, Any]], Awaitable[View]]
+Resumer = Callable[[RunContext, str, Any], Awaitable[View]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,7 @@ STEP_INPUT: dict[str, Any] = {
 }
 
 
-async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> None:
+async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
     structured = ctx.runtime.structured
     design = await structured.design_journey(
         _string(data, "journey_type"), _mapping(data.get("requirements"), "requirements"), spec=data.get("spec")
@@ -150,7 +154,7 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> None:
     user_id = _string(data, "user_id", ctx.principal)
     # Bound before it runs: a retried run (its worker died) then finishes this journey, not a second one.
     await ctx.bind(structured_instance_id(design["journey_id"], user_id))
-    await structured.execute_journey(design["journey_id"], user_id, _mapping(data.get("context"), "context"))
+    return await structured.execute_journey(design["journey_id"], user_id, _mapping(data.get("context"), "context"))
 
 
 async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
@@ -171,9 +175,11 @@ async def _restart_steps(ctx: RunContext, instance_id: str, start: Awaitable[Any
             await ctx.runtime.engine.settled_state(graph, instance_id)
 
 
-async def _resume_structured(ctx: RunContext, instance_id: str, value: Any) -> None:
+async def _resume_structured(ctx: RunContext, instance_id: str, value: Any) -> View:
     journey_id, user_id = await _owner(ctx, instance_id)
-    await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value)
+    view = await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value)
+    view.pop("completed_step", None)  # what advance says about itself, not part of the journey's view
+    return view
 
 
 async def _describe_structured(runtime: JourneyRuntime, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:

@@ -20,10 +20,11 @@ import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
-from graphs.engine import in_flight, run_durability
+from graphs.engine import Outcome, in_flight, recording_outcomes, run_durability
 from graphs.runtime import JourneyRuntime
+from graphs.step_journeys import INTERRUPT
 from graphs.streaming import streaming_to
-from server.assistants import Assistant, RunContext, get_assistant, graph_of
+from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
 from server.runs import RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
@@ -103,12 +104,22 @@ def _checkpoint(thread_id: str, configurable: Mapping[str, Any]) -> dict[str, An
     }
 
 
+def outcome_values(outcome: Outcome) -> dict[str, Any]:
+    """``output_values`` of what a run answered: its output (values, ``__interrupt__``) or the thread's state."""
+    if isinstance(outcome, StateSnapshot):
+        return output_values(outcome)
+    out = {str(k): jsonable(v) for k, v in outcome.items() if k != INTERRUPT}
+    if interrupts := outcome.get(INTERRUPT):
+        out[INTERRUPT] = [{"value": jsonable(i.value), "id": i.id} for i in interrupts]
+    return out
+
+
 def output_values(snapshot: StateSnapshot) -> dict[str, Any]:
     """What ``runs.wait``/``join`` return: the thread's values, with ``__interrupt__`` when it waits."""
     values = jsonable(snapshot.values or {})
     out = dict(values) if isinstance(values, dict) else {"values": values}
     if interrupts := interrupts_of(snapshot):
-        out["__interrupt__"] = interrupts
+        out[INTERRUPT] = interrupts
     return out
 
 
@@ -155,9 +166,10 @@ class RunExecutor:
         ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind)
         status, error, output = "success", None, None
         durability = self._durability if assistant.replays_from_log else None
+        view: View = None
         try:
-            with run_durability(durability):
-                await self._run(run, assistant, ctx, instance_id, emit)
+            with run_durability(durability), recording_outcomes() as outcomes:
+                view = await self._run(run, assistant, ctx, instance_id, emit)
         except asyncio.CancelledError:
             await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
             self._changed(run_id)
@@ -170,23 +182,27 @@ class RunExecutor:
         if error is not None:
             await emit("error", error) if run.stream_modes else None
         elif instance_id is not None:
-            output = await self._output(assistant, instance_id)
+            outcome = outcomes.get(instance_id)
+            if view is not None and outcome is not None:
+                output = outcome_values(outcome) | jsonable(view)
+            else:
+                output = await self._output(assistant, instance_id)
         finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
         return finished or await self.runs.get_run(run_id)
 
     async def _run(
         self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None, emit: Emit
-    ) -> None:
+    ) -> View:
+        """The run's work; the journey's view when the assistant answered with one (see ``View``)."""
         async with streaming_to(run.stream_modes, emit):
             if run.kind == "start" and (instance_id is None or assistant.chat):
-                await assistant.start(ctx, run.input or {})
-            elif run.kind == "start":
-                assert instance_id is not None
+                return await assistant.start(ctx, run.input or {})
+            assert instance_id is not None
+            if run.kind == "start":
                 await self._restart(assistant, ctx, run, instance_id)  # a retried first run
-            else:
-                assert instance_id is not None
-                await self._resume(run, assistant, ctx, instance_id)
+                return None
+            return await self._resume(run, assistant, ctx, instance_id)
 
     async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
         try:
@@ -195,7 +211,7 @@ class RunExecutor:
             log.exception("could not record a run's output", instance_id=instance_id)
             return None
 
-    async def _resume(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str) -> None:
+    async def _resume(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str) -> View:
         graph = await graph_of(self.runtime, assistant, instance_id)
         config = self.runtime.engine.config(instance_id)
         current = await graph.aget_state(config)
@@ -204,10 +220,10 @@ class RunExecutor:
             # An earlier attempt got past the checkpoint this resume was for: it was applied already.
             if in_flight(current):
                 await self._finish_in_flight(assistant, instance_id)
-            return
+            return None
         await self.runs.set_base_checkpoint(run.run_id, checkpoint)
         resume = (run.command or {}).get("resume")
-        await assistant.resume(ctx, instance_id, resume)
+        return await assistant.resume(ctx, instance_id, resume)
 
     async def _restart(self, assistant: Assistant, ctx: RunContext, run: RunRow, instance_id: str) -> None:
         """A first run whose executor died after binding its thread: start what never started, finish

@@ -1,0 +1,169 @@
+"""What a run row keeps and how it reaches the queue: its recorded output is the thread's output, a run
+and its queue job are committed together or not at all, and a running run in a worker can be cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agents import AgentRegistry, AgentRequest
+from graphs.runtime import JourneyRuntime
+from server.app import create_app
+from server.assistants import get_assistant
+from server.executor import RunExecutor, thread_output
+from server.queue import build_app, enqueuer, ensure_schema
+from server.runs import RunRow, RunStore
+from server.settings import Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}, "user_id": "ana"}
+
+
+@pytest.fixture
+async def runtime(durable_url: str) -> AsyncIterator[JourneyRuntime]:
+    async with JourneyRuntime.open(durable_url) as opened:
+        yield opened
+
+
+async def _run(runs: RunStore, thread_id: str | None, kind: str, **fields: Any) -> RunRow:
+    return await runs.create_run(
+        thread_id=thread_id,
+        assistant_id="structured",
+        kind=kind,
+        input=fields.get("input"),
+        command=fields.get("command"),
+        stream_modes=[],
+        multitask_strategy="reject",
+        metadata={},
+        principal="ana",
+    )
+
+
+async def test_a_runs_recorded_output_is_the_threads_output(runtime: JourneyRuntime) -> None:
+    runs = RunStore(runtime.store.engine, runtime.store.clock)
+    executor = RunExecutor(runtime, runs, durability="exit")
+    first = await executor.execute((await _run(runs, None, "start", input=MIGRATION)).run_id)
+    assert first is not None and first.status == "success"
+    thread = await runs.get_thread(first.thread_id)
+    assert thread is not None and thread.instance_id is not None
+    structured = get_assistant("structured")
+    # Stopped at the first human step: values, the interrupt and the journey's view, as read back fresh.
+    assert first.output == await thread_output(runtime, structured, thread.instance_id)
+    assert first.output["current_step"] == "upload_content" and first.output["__interrupt__"]
+    answers = [{"files": 3}, {"entities": 2}, {"validated": True}, {"approved": True}, {"done": True}]
+    for answer in answers:
+        resumed = await executor.execute(
+            (await _run(runs, first.thread_id, "resume", command={"resume": answer})).run_id
+        )
+        assert resumed is not None and resumed.status == "success", resumed
+        assert resumed.output == await thread_output(runtime, structured, thread.instance_id)
+        if resumed.output["status"] == "completed":
+            break
+    assert resumed.output["status"] == "completed" and "__interrupt__" not in resumed.output
+
+
+async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> None:
+    ensure_schema(postgres_url)
+    queue = build_app(postgres_url)
+    async with queue.open_async(), JourneyRuntime.open(postgres_url) as runtime:
+        runs = RunStore(runtime.store.engine, runtime.store.clock)
+        enqueue = enqueuer(queue)
+        run = await runs.create_run(
+            thread_id=None,
+            assistant_id="structured",
+            kind="start",
+            input=MIGRATION,
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={},
+            principal="ana",
+            enqueue=enqueue,
+        )
+        assert run.job_id is not None
+        stored = await runs.get_run(run.run_id)
+        assert stored is not None and stored.job_id == run.job_id
+
+        async def enqueue_then_fail(conn: AsyncConnection, row: RunRow) -> int | None:
+            await enqueue(conn, row)  # the job is written, then the transaction fails
+            raise RuntimeError("the database went away")
+
+        with pytest.raises(RuntimeError):
+            await runs.create_run(
+                thread_id=None,
+                assistant_id="structured",
+                kind="start",
+                input=MIGRATION,
+                command=None,
+                stream_modes=[],
+                multitask_strategy="reject",
+                metadata={},
+                principal="ana",
+                enqueue=enqueue_then_fail,
+            )
+    with psycopg.connect(postgres_url) as conn:
+        jobs = conn.execute("SELECT id, args->>'run_id' FROM procrastinate_jobs").fetchall()
+        runs_left = conn.execute("SELECT run_id FROM server_runs").fetchall()
+        threads = conn.execute("SELECT count(*) FROM server_threads").fetchone()
+    assert jobs == [(run.job_id, run.run_id)]  # nothing of the failed one: no job, no run, no thread
+    assert runs_left == [(run.run_id,)] and threads == (1,)
+
+
+async def blocking_step(request: AgentRequest) -> dict[str, Any]:
+    await asyncio.sleep(600)  # until the run is cancelled
+    return {"done": request.step}
+
+
+def register_blocking(registry: AgentRegistry) -> None:
+    registry.register("blocking_step", blocking_step, replace=True)
+
+
+BLOCKING = {"journey_type": "blocking", "steps": [{"step_id": "wait", "mode": "auto", "agent": "blocking_step"}]}
+
+
+def start_worker(url: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-c", "from server.cli import app; app()", "worker", "--database-url", url]
+    command += ["--plugin", "tests.test_server_run_records:register_blocking"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_cancelling_a_run_a_worker_is_executing_stops_it(postgres_url: str) -> None:
+    ensure_schema(postgres_url)
+    worker = start_worker(postgres_url)
+    app = create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))
+    try:
+        with serving(app) as base:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                created = await client.post(
+                    "/runs",
+                    json={"assistant_id": "structured", "input": {**BLOCKING, "spec": BLOCKING, "user_id": "ana"}},
+                )
+                run = created.json()
+                path = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+                deadline = time.monotonic() + 60
+                while (await client.get(path)).json()["status"] != "running":
+                    assert time.monotonic() < deadline, "the worker never took the run"
+                    await asyncio.sleep(0.1)
+                began = time.monotonic()
+                cancelled = await client.post(f"{path}/cancel", params={"wait": True})
+                assert cancelled.status_code == 202
+                assert cancelled.json()["status"] == "interrupted"
+                assert time.monotonic() - began < 30  # aborted, not waited out (the step sleeps 600 s)
+                assert cancelled.json()["error"]["error"] == "Cancelled"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
