@@ -57,6 +57,10 @@ class PgEventStatements:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
 
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        return self._pool
+
     async def append(
         self,
         instance_id: str,

@@ -31,6 +31,8 @@ class Store:
     events: EventLog
     index: JourneyIndex
     clock: Clock
+    # PostgreSQL: the psycopg pool of autocommit connections the hot paths use instead of SQLAlchemy.
+    pg_pool: AsyncConnectionPool[Any] | None = None
 
 
 @asynccontextmanager
@@ -46,7 +48,8 @@ async def open_store(url: str, *, clock: Clock | None = None, pool_size: int = 1
             if isinstance(saver, AsyncSqliteSaver):
                 writer = SqliteEventStatements(saver.conn, saver.lock, engine.dialect)
             events = EventLog(engine, clock, writer=writer, pg=pg)
-            yield Store(parsed, saver, engine, events, JourneyIndex(engine, clock, writer=writer), clock)
+            index = JourneyIndex(engine, clock, writer=writer)
+            yield Store(parsed, saver, engine, events, index, clock, pg.pool if pg is not None else None)
     finally:
         await engine.dispose()
 

@@ -42,7 +42,7 @@ def create_app(
                     settings.database_url, clock=clock, guide_model=guide_model, **(runtime_options or {})
                 )
             )
-            run_store = RunStore(runtime.store.engine, runtime.store.clock)
+            run_store = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
             embedded = (

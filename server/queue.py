@@ -15,7 +15,6 @@ from typing import Any
 import procrastinate
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkpoints.url import parse_store_url
 from server.runs import Enqueue, RunRow
@@ -103,11 +102,8 @@ def enqueuer(app: procrastinate.App) -> Enqueue:
     """Defers a run's job on the connection of the transaction that creates the run (procrastinate's
     ``connection=``), so the run and its job commit together."""
 
-    async def enqueue(conn: AsyncConnection, run: RunRow) -> int | None:
-        raw = await conn.get_raw_connection()
-        task = app.configure_task(
-            RUN_TASK, lock=f"thread:{run.thread_id}", queue=QUEUE, connection=raw.driver_connection
-        )
+    async def enqueue(conn: psycopg.AsyncConnection[Any], run: RunRow) -> int | None:
+        task = app.configure_task(RUN_TASK, lock=f"thread:{run.thread_id}", queue=QUEUE, connection=conn)
         job_id: int = await task.defer_async(run_id=run.run_id)
         return job_id
 

@@ -16,14 +16,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+import psycopg
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Executable, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 
 from checkpoints.clock import Clock
 from checkpoints.tables import server_run_events, server_runs, server_threads
+from server.pg_runs import PgRunStatements
 from server.problems import ApiError
 
 ACTIVE = ("pending", "running")
@@ -79,15 +82,18 @@ class RunRow:
         }
 
 
-# Puts a run's job on the queue inside the transaction that creates the run; answers the job's id.
-Enqueue = Callable[[AsyncConnection, RunRow], Awaitable[int | None]]
+# Puts a run's job on the queue inside the transaction that creates the run (given its psycopg
+# connection); answers the job's id.
+Enqueue = Callable[[psycopg.AsyncConnection[Any], RunRow], Awaitable[int | None]]
 
 
 class RunStore:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, *, pg_pool: AsyncConnectionPool[Any] | None = None) -> None:
         self._engine = engine
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
+        # PostgreSQL with the store's psycopg pool: a run's own statements skip SQLAlchemy (server.pg_runs).
+        self._pg = PgRunStatements(pg_pool, RUN_CHANNEL) if pg_pool is not None and self._postgres else None
         # A lone statement is atomic on its own: on PostgreSQL it runs in autocommit, one round trip instead
         # of three (BEGIN, the statement, COMMIT or ROLLBACK). Runs are hot: every one is written and read a
         # few times on its way through the queue.
@@ -145,6 +151,9 @@ class RunStore:
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
         """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
+        if self._pg is not None:
+            await self._pg.bind(thread_id, assistant_id, instance_id, self._clock.now())
+            return
         async with self._write_one() as conn:
             await conn.execute(
                 update(server_threads)
@@ -209,6 +218,11 @@ class RunStore:
             created_at=now,
             updated_at=now,
         )
+        if new_thread is not None and self._pg is not None:
+            values = {k: v for k, v in _row_values(run).items() if k != "job_id"}
+            defer = None if enqueue is None else lambda conn: enqueue(conn, run)
+            job_id = await self._pg.create_with_thread(_thread_values(new_thread), values, defer)
+            return dataclasses.replace(run, job_id=job_id)
         async with self._engine.begin() as conn:
             if new_thread is not None:  # nothing can be queued on it yet
                 await conn.execute(insert(server_threads).values(**_thread_values(new_thread)))
@@ -221,7 +235,9 @@ class RunStore:
                     thread_id=thread_id,
                 )
             if enqueue is not None:
-                run = dataclasses.replace(run, job_id=await enqueue(conn, run))
+                raw = await conn.get_raw_connection()  # procrastinate writes the job on this very transaction
+                driver = cast(psycopg.AsyncConnection[Any], raw.driver_connection)
+                run = dataclasses.replace(run, job_id=await enqueue(driver, run))
             await conn.execute(insert(server_runs).values(**_row_values(run)))
         return run
 
@@ -240,6 +256,9 @@ class RunStore:
         return int((await conn.execute(locked)).scalar() or 0)
 
     async def get_run(self, run_id: str) -> RunRow | None:
+        if self._pg is not None:
+            found = await self._pg.get(run_id)
+            return RunRow(**found) if found else None
         async with self._read() as conn:
             row = (await conn.execute(select(server_runs).where(server_runs.c.run_id == run_id))).first()
         return RunRow(**row._mapping) if row else None
@@ -297,6 +316,12 @@ class RunStore:
             .scalar_subquery()
             .label("bound_instance")
         )
+        if self._pg is not None:
+            claimed = await self._pg.claim(run_id, self._clock.now())
+            if claimed is None:
+                return None
+            instance_id = claimed.pop("bound_instance")
+            return RunRow(**claimed), instance_id
         async with self._write_one() as conn:
             row = (
                 await conn.execute(
@@ -329,6 +354,9 @@ class RunStore:
             .values(status=status, error=dict(error) if error else None, output=output, updated_at=self._clock.now())
             .returning(*server_runs.c)
         )
+        if self._pg is not None:
+            done = await self._pg.finish(run_id, status, dict(error) if error else None, output, self._clock.now())
+            return RunRow(**done) if done else None
         async with self._write_one() as conn:
             row = (await conn.execute(self._notifying(finished))).first()
         return RunRow(**{name: row._mapping[name] for name in RunRow.__slots__}) if row else None

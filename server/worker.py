@@ -54,7 +54,11 @@ async def run_worker(
     async with JourneyRuntime.open(
         database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide
     ) as runtime:
-        executor = RunExecutor(runtime, RunStore(runtime.store.engine, runtime.store.clock), durability=durability)
+        executor = RunExecutor(
+            runtime,
+            RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool),
+            durability=durability,
+        )
 
         async def execute(run_id: str) -> None:
             await executor.execute(run_id)

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agents import AgentRegistry, AgentRequest
 from graphs.runtime import JourneyRuntime
@@ -23,7 +22,7 @@ from server.app import create_app
 from server.assistants import get_assistant
 from server.executor import RunExecutor, thread_output
 from server.queue import build_app, enqueuer, ensure_schema
-from server.runs import RunRow, RunStore
+from server.runs import Enqueue, RunRow, RunStore
 from server.settings import Settings
 from tests.server_support import serving
 
@@ -53,7 +52,7 @@ async def _run(runs: RunStore, thread_id: str | None, kind: str, **fields: Any) 
 
 
 async def test_a_runs_recorded_output_is_the_threads_output(runtime: JourneyRuntime) -> None:
-    runs = RunStore(runtime.store.engine, runtime.store.clock)
+    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
     executor = RunExecutor(runtime, runs, durability="exit")
     first = await executor.execute((await _run(runs, None, "start", input=MIGRATION)).run_id)
     assert first is not None and first.status == "success"
@@ -79,47 +78,45 @@ async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> Non
     ensure_schema(postgres_url)
     queue = build_app(postgres_url)
     async with queue.open_async(), JourneyRuntime.open(postgres_url) as runtime:
-        runs = RunStore(runtime.store.engine, runtime.store.clock)
+        runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
         enqueue = enqueuer(queue)
-        run = await runs.create_run(
-            thread_id=None,
-            assistant_id="structured",
-            kind="start",
-            input=MIGRATION,
-            command=None,
-            stream_modes=[],
-            multitask_strategy="reject",
-            metadata={},
-            principal="ana",
-            enqueue=enqueue,
-        )
-        assert run.job_id is not None
-        stored = await runs.get_run(run.run_id)
-        assert stored is not None and stored.job_id == run.job_id
 
-        async def enqueue_then_fail(conn: AsyncConnection, row: RunRow) -> int | None:
+        async def enqueue_then_fail(conn: psycopg.AsyncConnection[Any], row: RunRow) -> int | None:
             await enqueue(conn, row)  # the job is written, then the transaction fails
             raise RuntimeError("the database went away")
 
-        with pytest.raises(RuntimeError):
-            await runs.create_run(
-                thread_id=None,
+        async def create(thread_id: str | None, how: Enqueue, resume: bool = False) -> RunRow:
+            return await runs.create_run(
+                thread_id=thread_id,
                 assistant_id="structured",
-                kind="start",
-                input=MIGRATION,
-                command=None,
+                kind="resume" if resume else "start",
+                input=None if resume else MIGRATION,
+                command={"resume": {}} if resume else None,
                 stream_modes=[],
-                multitask_strategy="reject",
+                multitask_strategy="enqueue",
                 metadata={},
                 principal="ana",
-                enqueue=enqueue_then_fail,
+                enqueue=how,
             )
+
+        first = await create(None, enqueue)  # a new thread with its first run: one psycopg transaction
+        assert first.job_id is not None
+        stored = await runs.get_run(first.run_id)
+        assert stored is not None and stored.job_id == first.job_id
+        with pytest.raises(RuntimeError):
+            await create(None, enqueue_then_fail)
+        # A run on an existing thread goes through the other path (the thread is locked first).
+        second = await create(first.thread_id, enqueue, resume=True)
+        assert second.job_id is not None and second.job_id != first.job_id
+        with pytest.raises(RuntimeError):
+            await create(first.thread_id, enqueue_then_fail, resume=True)
     with psycopg.connect(postgres_url) as conn:
-        jobs = conn.execute("SELECT id, args->>'run_id' FROM procrastinate_jobs").fetchall()
-        runs_left = conn.execute("SELECT run_id FROM server_runs").fetchall()
+        jobs = conn.execute("SELECT id, args->>'run_id' FROM procrastinate_jobs ORDER BY id").fetchall()
+        runs_left = conn.execute("SELECT run_id FROM server_runs ORDER BY created_at").fetchall()
         threads = conn.execute("SELECT count(*) FROM server_threads").fetchone()
-    assert jobs == [(run.job_id, run.run_id)]  # nothing of the failed one: no job, no run, no thread
-    assert runs_left == [(run.run_id,)] and threads == (1,)
+    # Nothing of the failed ones: no job, no run, no thread.
+    assert jobs == [(first.job_id, first.run_id), (second.job_id, second.run_id)]
+    assert runs_left == [(first.run_id,), (second.run_id,)] and threads == (1,)
 
 
 async def blocking_step(request: AgentRequest) -> dict[str, Any]:
