@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from checkpoints.clock import Clock
 from checkpoints.errors import JourneyError
 from checkpoints.events import EventWriter, NewEvent
+from checkpoints.pg_events import PgEventStatements
 from checkpoints.tables import journey_designs, journey_events, journey_instances
 
 
@@ -46,13 +47,24 @@ class Instance:
 
 
 class JourneyIndex:
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, writer: EventWriter | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        writer: EventWriter | None = None,
+        pg: PgEventStatements | None = None,
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._writer = writer  # registering an instance is on the hot path of every start
+        self._pg = pg  # PostgreSQL: saving a design too (most server runs design what they start)
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         now = self._clock.now()
+        if self._pg is not None:
+            await self._pg.save_design(journey_id, pattern, journey_type, spec, now)
+            return Design(journey_id, pattern, journey_type, spec, now)
         async with self._engine.begin() as conn:
             await conn.execute(
                 insert(journey_designs).values(

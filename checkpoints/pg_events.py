@@ -46,6 +46,10 @@ WITH registered AS (
 INSERT INTO journey_events (instance_id, seq, type, step, payload, idempotency_key, created_at)
 VALUES (%(instance_id)s::varchar, 1, %(type)s, %(step)s, %(payload)s, %(key)s, %(created_at)s)
 """
+_SAVE_DESIGN = """
+INSERT INTO journey_designs (journey_id, pattern, journey_type, spec, created_at)
+VALUES (%(journey_id)s, %(pattern)s, %(journey_type)s, %(spec)s, %(created_at)s)
+"""
 _COLUMNS = "instance_id, seq, type, step, payload, idempotency_key, created_at"
 _BY_KEY = f"SELECT {_COLUMNS} FROM journey_events WHERE idempotency_key = %(key)s"
 _OF_INSTANCE = f"SELECT {_COLUMNS} FROM journey_events WHERE instance_id = %(instance_id)s::varchar AND seq > %(after)s"
@@ -106,6 +110,14 @@ class PgEventStatements:
         values = {**instance, "type": type_, "step": step, "payload": Jsonb(payload), "key": key}
         async with self._pool.connection() as conn:
             await conn.execute(_REGISTER, {**values, "created_at": created_at}, prepare=True)
+
+    async def save_design(
+        self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any], created_at: datetime
+    ) -> None:
+        """A new design: most runs through the server design the journey they start."""
+        values = {"journey_id": journey_id, "pattern": pattern, "journey_type": journey_type, "spec": Jsonb(spec)}
+        async with self._pool.connection() as conn:
+            await conn.execute(_SAVE_DESIGN, {**values, "created_at": created_at}, prepare=True)
 
     async def find_by_key(self, key: str) -> dict[str, Any] | None:
         async with self._pool.connection() as conn:

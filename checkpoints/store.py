@@ -48,7 +48,7 @@ async def open_store(url: str, *, clock: Clock | None = None, pool_size: int = 1
             if isinstance(saver, AsyncSqliteSaver):
                 writer = SqliteEventStatements(saver.conn, saver.lock, engine.dialect)
             events = EventLog(engine, clock, writer=writer, pg=pg)
-            index = JourneyIndex(engine, clock, writer=writer)
+            index = JourneyIndex(engine, clock, writer=writer, pg=pg)
             yield Store(parsed, saver, engine, events, index, clock, pg.pool if pg is not None else None)
     finally:
         await engine.dispose()

@@ -85,9 +85,8 @@ class PgRunStatements:
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str, now: datetime) -> None:
         async with self._pool.connection() as conn:
-            await conn.execute(
-                _BIND, {"thread_id": thread_id, "assistant_id": assistant_id, "instance_id": instance_id, "now": now}
-            )
+            values = {"thread_id": thread_id, "assistant_id": assistant_id, "instance_id": instance_id, "now": now}
+            await conn.execute(_BIND, values, prepare=True)
 
     async def get(self, run_id: str) -> Row | None:
         return await self._one(_GET, {"run_id": run_id})
@@ -97,16 +96,16 @@ class PgRunStatements:
     ) -> int | None:
         """Insert a new thread, its first run and the run's queue job in one transaction; the job's id."""
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(_INSERT_THREAD, {**thread, "metadata": Jsonb(thread["metadata"])})
+            await conn.execute(_INSERT_THREAD, {**thread, "metadata": Jsonb(thread["metadata"])}, prepare=True)
             job_id = await defer(conn) if defer is not None else None
             values = {k: (_json(v) if k in _JSON_COLUMNS else v) for k, v in run.items()}
-            await conn.execute(_INSERT_RUN, {**values, "job_id": job_id})
+            await conn.execute(_INSERT_RUN, {**values, "job_id": job_id}, prepare=True)
         return job_id
 
     async def _one(self, query: str, params: Mapping[str, Any]) -> Row | None:
         async with self._pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(query, params)
+            await cursor.execute(query, params, prepare=True)  # parsed and planned once per connection
             row: Row | None = await cursor.fetchone()
             return row
 
