@@ -33,7 +33,7 @@ async def side_effect(request: AgentRequest) -> dict[str, Any]:
             os.environ["JOURNEYS_CRASH_DB"], min_size=1, max_size=8, kwargs={"autocommit": True}, open=False
         )
         await _POOL.open()
-    await asyncio.sleep(0.003)  # some work, so kills land mid-run
+    await asyncio.sleep(float(os.environ.get("JOURNEYS_CRASH_STEP_SECONDS", "0.003")))  # so kills land mid-run
     async with _POOL.connection() as conn:
         await conn.execute(
             f"INSERT INTO {COUNTER_TABLE} (key, calls) VALUES (%s, 1) "
@@ -50,4 +50,11 @@ def register(registry: AgentRegistry) -> None:
 EIGHT_STEPS = {
     "journey_type": "eight_steps",
     "steps": [{"step_id": f"step_{i}", "mode": "auto", "agent": "side_effect"} for i in range(8)],
+}
+
+# A human approval first, then seven steps with effects: the runs SIGKILLed are resumes.
+APPROVED_SEVEN = {
+    "journey_type": "approved_seven",
+    "steps": [{"step_id": "approve"}]
+    + [{"step_id": f"step_{i}", "mode": "auto", "agent": "side_effect"} for i in range(7)],
 }

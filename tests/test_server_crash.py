@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from agents import AgentRegistry
 from server.app import create_app
 from server.queue import ensure_schema
 from server.settings import Settings
-from tests.crash_agents import COUNTER_TABLE, EIGHT_STEPS, ensure_counter, register
+from tests.crash_agents import APPROVED_SEVEN, COUNTER_TABLE, EIGHT_STEPS, ensure_counter, register
 from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
@@ -120,3 +121,97 @@ async def test_two_workers_one_killed_repeatedly(postgres_url: str) -> None:
     redelivered = {k: n for k, n in calls.items() if n != 1}
     assert all(n == 2 for n in redelivered.values()), redelivered
     assert len(redelivered) <= kills * 8, redelivered
+    assert_only_in_flight_steps_repeated(postgres_url, calls)
+
+
+def assert_only_in_flight_steps_repeated(url: str, calls: dict[str, int]) -> None:
+    """A run's completed steps are replayed from the log, never executed again: each retry of a run (its
+    worker was killed) may repeat at most the one step it had in flight, whose completion was not logged."""
+    with psycopg.connect(url) as conn:
+        retries = dict(
+            conn.execute(
+                "SELECT t.instance_id, sum(r.attempts - 1) FROM server_runs r "
+                "JOIN server_threads t ON t.thread_id = r.thread_id GROUP BY t.instance_id"
+            ).fetchall()
+        )
+    repeated = Counter(key.rsplit(":", 2)[0] for key, n in calls.items() if n > 1)  # instance:step:superstep
+    assert all(n <= retries.get(instance, 0) for instance, n in repeated.items()), (repeated, retries)
+
+
+async def kill_while_running(url: str, workers: list[subprocess.Popen[bytes]], first: int, expected: int) -> int:
+    """Until ``expected`` runs succeeded (or failed): SIGKILL the first worker (and restart it) 4 times,
+    after every 10% of those beyond the ``first`` that had succeeded already. Returns the kills made."""
+    kills = 0
+    deadline = time.monotonic() + 100
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        statuses = await asyncio.to_thread(run_statuses, url)
+        if statuses.get("success", 0) + statuses.get("error", 0) >= expected:
+            break
+        if kills < 4 and statuses.get("success", 0) > first + (expected - first) // 10 * (kills + 1):
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait()
+            kills += 1
+            workers[0] = start_worker(url, "a")
+    return kills
+
+
+async def test_resumed_runs_survive_kills_without_repeating_steps(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumes are killed mid-run too: structured runs checkpoint only where they stop, so a retried
+    resume starts again from the approval and replays the steps the log holds instead of executing them."""
+    journeys = 100
+    ensure_schema(postgres_url)
+    ensure_counter(postgres_url)
+    monkeypatch.setenv("JOURNEYS_CRASH_DB", postgres_url)
+    monkeypatch.setenv("JOURNEYS_CRASH_STEP_SECONDS", "0.05")  # resumes last long enough to be killed mid-run
+    app = create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))
+    workers = [start_worker(postgres_url, "a"), start_worker(postgres_url, "b")]
+    try:
+        with serving(app) as base:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                threads = [(await client.post("/threads", json={})).json()["thread_id"] for _ in range(journeys)]
+                started = await asyncio.gather(
+                    *(
+                        client.post(
+                            f"/threads/{thread_id}/runs/wait",
+                            json={
+                                "assistant_id": "structured",
+                                "input": {"journey_type": "approved_seven", "spec": APPROVED_SEVEN, "user_id": f"u{i}"},
+                            },
+                        )
+                        for i, thread_id in enumerate(threads)
+                    )
+                )
+                assert all(r.json()["current_step"] == "approve" for r in started)
+                for thread_id in threads:
+                    response = await client.post(
+                        f"/threads/{thread_id}/runs",
+                        json={"assistant_id": "structured", "command": {"resume": {"approved": True}}},
+                    )
+                    assert response.status_code == 200, response.text
+            kills = await kill_while_running(postgres_url, workers, journeys, 2 * journeys)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    assert kills >= 2, f"only {kills} kills happened before the journeys finished"
+    assert run_statuses(postgres_url) == {"success": 2 * journeys}
+    with psycopg.connect(postgres_url) as conn:
+        completed = conn.execute("SELECT count(*) FROM journey_instances WHERE status = 'completed'").fetchone()
+        calls = dict(conn.execute(f"SELECT key, calls FROM {COUNTER_TABLE}").fetchall())
+        approvals = conn.execute(
+            "SELECT count(*) FROM journey_events WHERE type = 'step.completed' AND step = 'approve'"
+        ).fetchone()
+    assert completed == (journeys,) and approvals == (journeys,)  # each approval applied once
+    assert len(calls) == journeys * 7
+    redelivered = {k: n for k, n in calls.items() if n != 1}
+    assert all(n == 2 for n in redelivered.values()), redelivered
+    assert len(redelivered) <= kills * 8, redelivered
+    assert_only_in_flight_steps_repeated(postgres_url, calls)
