@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import psycopg
+from sqlalchemy import text
 
 from checkpoints.events import NewEvent
 from graphs.runtime import JourneyRuntime
+from server.runs import RunStore
 
 # journey_events as migration 1 created it before migration 6, with one event already in it.
 OLD_EVENTS_TABLE = """
@@ -76,3 +78,43 @@ async def test_a_fresh_store_has_the_lean_event_log(store_url: str) -> None:
         assert await rt.store.events.append("i-2", [NewEvent("a", {}, None, "k")]) == [True]
         assert await rt.store.events.append("i-2", [NewEvent("b", {})]) == [True]
         assert [(e.seq, e.type) for e in await rt.history("i-2")] == [(1, "a"), (2, "b")]
+
+
+async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_url: str) -> None:
+    """Migration 7 adds server_runs.output and job_id to a database whose runs table predates them; its
+    old runs still read, and new runs keep their output."""
+    async with JourneyRuntime.open(durable_url) as rt:  # then make server_runs look as migration 4 left it
+        async with rt.store.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE server_runs DROP COLUMN output"))
+            await conn.execute(text("ALTER TABLE server_runs DROP COLUMN job_id"))
+            await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
+        async with rt.store.engine.begin() as conn:
+            now = rt.store.clock.now()
+            await conn.execute(
+                text(
+                    "INSERT INTO server_runs (run_id, thread_id, assistant_id, status, kind, stream_modes, "
+                    "multitask_strategy, metadata, attempts, created_at, updated_at) VALUES ('old-run', 't-1', "
+                    "'structured', 'success', 'start', '[]', 'reject', '{}', 1, :now, :now)"
+                ),
+                {"now": now},
+            )
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        runs = RunStore(rt.store.engine, rt.store.clock, pg_pool=rt.store.pg_pool)
+        found = await runs.get_run("old-run")
+        assert found is not None and found.status == "success" and found.output is None and found.job_id is None
+        new = await runs.create_run(
+            thread_id=None,
+            assistant_id="structured",
+            kind="start",
+            input={"journey_type": "x"},
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={},
+            principal="ana",
+        )
+        await runs.claim(new.run_id)
+        finished = await runs.finish(new.run_id, "success", None, {"status": "completed"})
+        assert finished is not None and finished.output == {"status": "completed"}
+        assert (await runs.get_run(new.run_id)) == finished
