@@ -143,7 +143,11 @@ class RunExecutor:
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
 
     async def execute(self, run_id: str) -> RunRow | None:
-        claimed = await self.runs.claim(run_id)
+        try:
+            claimed = await self.runs.claim(run_id)
+        except asyncio.CancelledError:  # cancelled as it was being claimed: the claim may have landed
+            await self._interrupted(run_id)
+            raise
         if claimed is None:
             return None
         run, instance_id = claimed
@@ -171,8 +175,7 @@ class RunExecutor:
             with run_durability(durability), recording_outcomes() as outcomes:
                 view = await self._run(run, assistant, ctx, instance_id, emit)
         except asyncio.CancelledError:
-            await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
-            self._changed(run_id)
+            await self._interrupted(run_id)
             raise
         except JourneyError as exc:
             status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
@@ -190,6 +193,10 @@ class RunExecutor:
         finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
         return finished or await self.runs.get_run(run_id)
+
+    async def _interrupted(self, run_id: str) -> None:
+        await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
+        self._changed(run_id)
 
     async def _run(
         self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None, emit: Emit

@@ -110,6 +110,11 @@ def enqueuer(app: procrastinate.App) -> Enqueue:
     return enqueue
 
 
+async def cancel_queued(app: procrastinate.App, job_id: int) -> bool:
+    """Cancel ``job_id`` if no worker has taken it yet; False when it has started (or is gone)."""
+    return await app.job_manager.cancel_job_by_id_async(job_id)
+
+
 async def abort_run(app: procrastinate.App, job_id: int) -> bool:
     """Ask the worker running ``job_id`` to stop it (procrastinate cancels the job's asyncio task there)."""
     return await app.job_manager.cancel_job_by_id_async(job_id, abort=True)

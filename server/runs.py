@@ -310,18 +310,18 @@ class RunStore:
         """Take a pending run (or one whose executor died: the caller's queue or lock guarantees it is the
         only executor), with the journey instance its thread is bound to. None when the run is finished or
         cancelled."""
-        bound = (
-            select(server_threads.c.instance_id)
-            .where(server_threads.c.thread_id == server_runs.c.thread_id)
-            .scalar_subquery()
-            .label("bound_instance")
-        )
         if self._pg is not None:
             claimed = await self._pg.claim(run_id, self._clock.now())
             if claimed is None:
                 return None
             instance_id = claimed.pop("bound_instance")
             return RunRow(**claimed), instance_id
+        bound = (
+            select(server_threads.c.instance_id)
+            .where(server_threads.c.thread_id == server_runs.c.thread_id)
+            .scalar_subquery()
+            .label("bound_instance")
+        )
         async with self._write_one() as conn:
             row = (
                 await conn.execute(
@@ -348,15 +348,15 @@ class RunStore:
     ) -> RunRow | None:
         """Give an active run its final status (and output); the finished run, or None when it had finished
         already."""
+        if self._pg is not None:
+            done = await self._pg.finish(run_id, status, dict(error) if error else None, output, self._clock.now())
+            return RunRow(**done) if done else None
         finished = (
             update(server_runs)
             .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
             .values(status=status, error=dict(error) if error else None, output=output, updated_at=self._clock.now())
             .returning(*server_runs.c)
         )
-        if self._pg is not None:
-            done = await self._pg.finish(run_id, status, dict(error) if error else None, output, self._clock.now())
-            return RunRow(**done) if done else None
         async with self._write_one() as conn:
             row = (await conn.execute(self._notifying(finished))).first()
         return RunRow(**{name: row._mapping[name] for name in RunRow.__slots__}) if row else None

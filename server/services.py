@@ -39,18 +39,20 @@ class ServerServices:
             self.embedded.submit(run)
 
     async def cancel(self, run: RunRow) -> None:
-        """A pending run is cancelled at once; a running one is stopped, in this process or in a worker."""
-        if run.status == "pending":
-            await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
-            self.watch.changed(run.run_id)
-            return
-        if self.embedded is not None:
-            if self.embedded.cancel(run):
-                await asyncio.sleep(0)
-        elif run.job_id is not None and self.queue_app is not None:
-            from server.queue import abort_run
+        """A queued run is cancelled at once; a running one is stopped, in this process or in a worker."""
+        if self.queue_app is not None and run.job_id is not None:
+            from server.queue import abort_run, cancel_queued
 
-            await abort_run(self.queue_app, run.job_id)  # the worker's executor marks it interrupted
+            # Asked of the queue, not of our copy of the status: a worker may have taken the job since.
+            if not await cancel_queued(self.queue_app, run.job_id):
+                await abort_run(self.queue_app, run.job_id)  # its executor marks the run interrupted
+                return
+        elif run.status != "pending":
+            if self.embedded is not None and self.embedded.cancel(run):
+                await asyncio.sleep(0)
+            return
+        await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
+        self.watch.changed(run.run_id)
 
 
 def services(request: Request) -> ServerServices:

@@ -164,3 +164,19 @@ async def test_cancelling_a_run_a_worker_is_executing_stops_it(postgres_url: str
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+
+
+async def test_cancelling_a_queued_run_cancels_its_job(postgres_url: str) -> None:
+    ensure_schema(postgres_url)
+    app = create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))
+    with serving(app) as base:  # no worker: the run stays queued
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            run = (
+                await client.post("/runs", json={"assistant_id": "structured", "input": {"journey_type": "x"}})
+            ).json()
+            path = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+            cancelled = await client.post(f"{path}/cancel")
+            assert cancelled.status_code == 202 and cancelled.json()["status"] == "interrupted"
+    with psycopg.connect(postgres_url) as conn:
+        jobs = conn.execute("SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = %s", (run["run_id"],))
+        assert [status for (status,) in jobs] == ["cancelled"]  # no worker will ever take it

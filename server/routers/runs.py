@@ -252,8 +252,8 @@ async def cancel_run(
     wait: Annotated[int | bool, Query()] = False,
     action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
 ) -> dict[str, Any]:
-    """A pending run is cancelled at once; a running one is stopped when it runs in this process
-    (in distributed mode a run that has started finishes)."""
+    """A queued run is cancelled at once; a running one is stopped where it runs (this process, or the
+    worker executing it) and ends ``interrupted``."""
     run = await _run(svc, thread_id, run_id)
     if run.status not in TERMINAL:
         await svc.cancel(run)
