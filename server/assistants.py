@@ -152,9 +152,10 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
         _string(data, "journey_type"), _mapping(data.get("requirements"), "requirements"), spec=data.get("spec")
     )
     user_id = _string(data, "user_id", ctx.principal)
+    context = _mapping(data.get("context"), "context")  # refused before the thread is bound to anything
     # Bound before it runs: a retried run (its worker died) then finishes this journey, not a second one.
     await ctx.bind(structured_instance_id(design["journey_id"], user_id))
-    return await structured.execute_journey(design["journey_id"], user_id, _mapping(data.get("context"), "context"))
+    return await structured.execute_journey(design["journey_id"], user_id, context)
 
 
 async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
@@ -199,11 +200,10 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
         spec=data.get("spec"),
     )
     user_id = _string(data, "user_id", ctx.principal)
+    context = _mapping(data.get("context"), "context")  # refused before the thread is bound to anything
     saga_id = new_id("saga")
     await ctx.bind(saga_id)  # before it runs: a retried run (its worker died) finishes this saga, not a second one
-    await saga.execute_saga_journey(
-        design["journey_id"], user_id, _mapping(data.get("context"), "context"), saga_id=saga_id
-    )
+    await saga.execute_saga_journey(design["journey_id"], user_id, context, saga_id=saga_id)
 
 
 async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:

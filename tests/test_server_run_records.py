@@ -180,3 +180,32 @@ async def test_cancelling_a_queued_run_cancels_its_job(postgres_url: str) -> Non
     with psycopg.connect(postgres_url) as conn:
         jobs = conn.execute("SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = %s", (run["run_id"],))
         assert [status for (status,) in jobs] == ["cancelled"]  # no worker will ever take it
+
+
+@pytest.mark.parametrize("assistant_id", ["structured", "saga"])
+async def test_a_start_refused_for_bad_input_leaves_the_thread_free(runtime: JourneyRuntime, assistant_id: str) -> None:
+    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+    executor = RunExecutor(runtime, runs, durability="exit")
+
+    async def start(thread_id: str | None, context: Any) -> RunRow:
+        run = await runs.create_run(
+            thread_id=thread_id,
+            assistant_id=assistant_id,
+            kind="start",
+            input={**MIGRATION, "context": context},
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={},
+            principal="ana",
+        )
+        done = await executor.execute(run.run_id)
+        assert done is not None
+        return done
+
+    refused = await start(None, ["not", "a", "mapping"])
+    assert refused.status == "error" and refused.error["error"] == "InvalidInputError"
+    thread = await runs.get_thread(refused.thread_id)
+    assert thread is not None and thread.instance_id is None  # not bound to a journey that never started
+    started = await start(refused.thread_id, {"team": "a"})
+    assert started.status == "success" and started.output["current_step"] == "upload_content"
