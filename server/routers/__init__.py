@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from fastapi.routing import APIRoute
 
 from server.problems import Problem
 
@@ -22,3 +25,11 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     chosen = statuses or (400, 401, 403, 404, 409, 422, 424)
     return {s: {"model": Problem, "description": described[s], "content": _PROBLEM} for s in chosen}
+
+
+class ViewRoute(APIRoute):
+    """A route answering with an orchestrator's view: serialized with ``exclude_unset``, so a key the view
+    leaves out (e.g. ``failed_step`` while nothing failed) stays out instead of coming back as null."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        super().__init__(path, endpoint, **{**options, "response_model_exclude_unset": True})

@@ -11,18 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.auth import Principal, require
 from server.models import MAX_INT
-from server.routers import errors
+from server.routers import ViewRoute, errors
 from server.services import ServerServices, services
+from server.views.processes import DeploymentOut, MessageSentOut, ProcessInstanceView, TaskOut
 
-router = APIRouter(tags=["inbox"], responses=errors())
+router = APIRouter(tags=["inbox"], responses=errors(), route_class=ViewRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Worker = Annotated[Principal, Depends(require("tasks"))]
 Messenger = Annotated[Principal, Depends(require("messages"))]
 Services = Annotated[ServerServices, Depends(services)]
-
-
-class View(BaseModel):
-    model_config = ConfigDict(extra="allow")
 
 
 class Actor(BaseModel):
@@ -51,7 +48,7 @@ def _who(caller: Principal, actor: Actor) -> tuple[str, list[str]]:
     return actor.user or caller.name, list(actor.groups)
 
 
-@router.get("/tasks", response_model=list[View], summary="Open user tasks for an assignee or group")
+@router.get("/tasks", response_model=list[TaskOut], summary="Open user tasks for an assignee or group")
 async def list_tasks(
     _c: Reader,
     svc: Services,
@@ -62,24 +59,26 @@ async def list_tasks(
     return await svc.runtime.processes.inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id)
 
 
-@router.get("/tasks/{task_id}", response_model=View, summary="A user task")
+@router.get("/tasks/{task_id}", response_model=TaskOut, summary="A user task")
 async def get_task(task_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.processes.inbox.get_task(task_id)
 
 
-@router.post("/tasks/{task_id}/claim", response_model=View, summary="Claim a task")
+@router.post("/tasks/{task_id}/claim", response_model=TaskOut, summary="Claim a task")
 async def claim_task(task_id: str, body: Actor, caller: Worker, svc: Services) -> dict[str, Any]:
     user, groups = _who(caller, body)
     return await svc.runtime.processes.inbox.claim(task_id, user, groups=groups)
 
 
-@router.post("/tasks/{task_id}/complete", response_model=View, summary="Complete a task; the process resumes")
+@router.post(
+    "/tasks/{task_id}/complete", response_model=ProcessInstanceView, summary="Complete a task; the process resumes"
+)
 async def complete_task(task_id: str, body: CompleteIn, caller: Worker, svc: Services) -> dict[str, Any]:
     user, groups = _who(caller, body)
     return await svc.runtime.processes.inbox.complete(task_id, user=user, payload=body.payload, groups=groups)
 
 
-@router.post("/messages", response_model=View, summary="Send a message to the processes waiting for it")
+@router.post("/messages", response_model=MessageSentOut, summary="Send a message to the processes waiting for it")
 async def send_message(body: MessageIn, _c: Messenger, svc: Services) -> dict[str, Any]:
     return await svc.runtime.processes.send_message(body.name, body.correlation_key, body.payload)
 
@@ -95,16 +94,18 @@ class ProcessStartIn(BaseModel):
     version: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
-@router.post("/processes", response_model=View, summary="Deploy a process (a new version of its name)")
+@router.post("/processes", response_model=DeploymentOut, summary="Deploy a process (a new version of its name)")
 async def deploy_process(body: dict[str, Any], _c: Deployer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.processes.deploy(body)
 
 
-@router.post("/processes/{name}/instances", response_model=View, summary="Start a process instance")
+@router.post("/processes/{name}/instances", response_model=ProcessInstanceView, summary="Start a process instance")
 async def start_process(name: str, body: ProcessStartIn, _c: Deployer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.processes.start(name, body.business_key, body.variables, version=body.version)
 
 
-@router.get("/processes/instances/{instance_id}", response_model=View, summary="A process instance's status")
+@router.get(
+    "/processes/instances/{instance_id}", response_model=ProcessInstanceView, summary="A process instance's status"
+)
 async def process_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.processes.status(instance_id)

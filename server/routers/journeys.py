@@ -10,10 +10,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.errors import JourneyNotFoundError
 from server.auth import Principal, require
-from server.routers import errors
+from server.routers import ViewRoute, errors
 from server.services import ServerServices, services
+from server.views.lifecycle import LifecycleJourneyView, LifecycleTransitionOut, MetricsRecordedOut
+from server.views.sessions import (
+    AreaUpdatedOut,
+    MvpCompletionOut,
+    MvpStartOut,
+    NavigatedOut,
+    RecommendationOut,
+    SessionProgressOut,
+    SessionStartOut,
+)
+from server.views.status import EventOut, JourneyStatusOut
+from server.views.steps import (
+    SagaAdvanceOut,
+    SagaDesignOut,
+    SagaRunView,
+    StructuredAdvanceOut,
+    StructuredDesignOut,
+    StructuredRunView,
+)
 
-router = APIRouter(prefix="/journeys", tags=["journeys"], responses=errors())
+router = APIRouter(prefix="/journeys", tags=["journeys"], responses=errors(), route_class=ViewRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("journeys"))]
 Services = Annotated[ServerServices, Depends(services)]
@@ -22,12 +41,6 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class View(BaseModel):
-    """A pattern's own view of a journey (its fields depend on the pattern)."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 class DesignIn(Body):
@@ -93,28 +106,24 @@ class MetricsIn(Body):
     values: dict[str, float | bool] = Field(min_length=1)
 
 
-class EventOut(BaseModel):
-    seq: int
-    type: str
-    step: str | None
-    payload: dict[str, Any]
-    created_at: str
-
-
 # --- structured -----------------------------------------------------------------------------------
 
 
-@router.post("/structured/designs", response_model=View, summary="Design a structured journey")
+@router.post("/structured/designs", response_model=StructuredDesignOut, summary="Design a structured journey")
 async def design_structured(body: DesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.structured.design_journey(body.journey_type, body.requirements, spec=body.spec)
 
 
-@router.post("/structured/{journey_id}/executions", response_model=View, summary="Start a structured journey")
+@router.post(
+    "/structured/{journey_id}/executions", response_model=StructuredRunView, summary="Start a structured journey"
+)
 async def execute_structured(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.structured.execute_journey(journey_id, body.user_id, body.context)
 
 
-@router.post("/structured/{journey_id}/users/{user_id}/advance", response_model=View, summary="Advance a step")
+@router.post(
+    "/structured/{journey_id}/users/{user_id}/advance", response_model=StructuredAdvanceOut, summary="Advance a step"
+)
 async def advance_structured(
     journey_id: str, user_id: str, body: AdvanceIn, _c: Writer, svc: Services
 ) -> dict[str, Any]:
@@ -123,12 +132,18 @@ async def advance_structured(
     )
 
 
-@router.post("/structured/{journey_id}/users/{user_id}/retry", response_model=View, summary="Retry the failed step")
+@router.post(
+    "/structured/{journey_id}/users/{user_id}/retry", response_model=StructuredRunView, summary="Retry the failed step"
+)
 async def retry_structured(journey_id: str, user_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.structured.retry_journey_step(journey_id, user_id)
 
 
-@router.get("/structured/{journey_id}/users/{user_id}", response_model=View, summary="A structured journey's status")
+@router.get(
+    "/structured/{journey_id}/users/{user_id}",
+    response_model=StructuredRunView,
+    summary="A structured journey's status",
+)
 async def status_structured(journey_id: str, user_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.structured.get_journey_status(journey_id, user_id)
 
@@ -136,31 +151,31 @@ async def status_structured(journey_id: str, user_id: str, _c: Reader, svc: Serv
 # --- saga -----------------------------------------------------------------------------------------
 
 
-@router.post("/sagas/designs", response_model=View, summary="Design a saga")
+@router.post("/sagas/designs", response_model=SagaDesignOut, summary="Design a saga")
 async def design_saga(body: SagaDesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.saga.design_saga_journey(
         body.journey_type, body.requirements, body.compensation_handlers, spec=body.spec
     )
 
 
-@router.post("/sagas/designs/{journey_id}/executions", response_model=View, summary="Start a saga")
+@router.post("/sagas/designs/{journey_id}/executions", response_model=SagaRunView, summary="Start a saga")
 async def execute_saga(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.saga.execute_saga_journey(journey_id, body.user_id, body.context)
 
 
-@router.post("/sagas/{saga_id}/advance", response_model=View, summary="Advance a saga step")
+@router.post("/sagas/{saga_id}/advance", response_model=SagaAdvanceOut, summary="Advance a saga step")
 async def advance_saga(saga_id: str, body: SagaAdvanceIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.saga.advance_saga_step(
         saga_id, body.journey_id, body.user_id, body.step_result, step_id=body.step_id
     )
 
 
-@router.post("/sagas/{saga_id}/retry", response_model=View, summary="Retry a saga's failed step")
+@router.post("/sagas/{saga_id}/retry", response_model=SagaRunView, summary="Retry a saga's failed step")
 async def retry_saga(saga_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.saga.retry_saga_step(saga_id)
 
 
-@router.get("/sagas/{saga_id}", response_model=View, summary="A saga's status")
+@router.get("/sagas/{saga_id}", response_model=SagaRunView, summary="A saga's status")
 async def status_saga(saga_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.saga.get_saga_status(saga_id)
 
@@ -168,52 +183,52 @@ async def status_saga(saga_id: str, _c: Reader, svc: Services) -> dict[str, Any]
 # --- session and MVP ------------------------------------------------------------------------------
 
 
-@router.post("/sessions", response_model=View, summary="Start a session")
+@router.post("/sessions", response_model=SessionStartOut, summary="Start a session")
 async def start_session(body: SessionIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.session.start_session(body.user_id, body.session_config)
 
 
-@router.post("/sessions/{session_id}/navigate", response_model=View, summary="Go to an area")
+@router.post("/sessions/{session_id}/navigate", response_model=NavigatedOut, summary="Go to an area")
 async def navigate(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.session.navigate_to_area(session_id, body.area_id)
 
 
-@router.post("/sessions/{session_id}/updates", response_model=View, summary="Update an area's state")
+@router.post("/sessions/{session_id}/updates", response_model=AreaUpdatedOut, summary="Update an area's state")
 async def update_area(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.session.update_area_state(session_id, body.area_id, body.updates)
 
 
-@router.post("/sessions/{session_id}/close", response_model=View, summary="Close a session")
+@router.post("/sessions/{session_id}/close", response_model=SessionProgressOut, summary="Close a session")
 async def close_session(session_id: str, body: CloseIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.session.close_session(session_id, body.reason)
 
 
-@router.get("/sessions/{session_id}", response_model=View, summary="A session's progress")
+@router.get("/sessions/{session_id}", response_model=SessionProgressOut, summary="A session's progress")
 async def session_progress(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.session.get_session_progress(session_id)
 
 
-@router.post("/mvp", response_model=View, summary="Start an MVP journey")
+@router.post("/mvp", response_model=MvpStartOut, summary="Start an MVP journey")
 async def start_mvp(body: MvpIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.mvp.start_mvp_journey(body.user_id, body.initial_pillar)
 
 
-@router.post("/mvp/{session_id}/navigate", response_model=View, summary="Go to a pillar")
+@router.post("/mvp/{session_id}/navigate", response_model=NavigatedOut, summary="Go to a pillar")
 async def navigate_pillar(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.mvp.navigate_to_pillar(session_id, body.area_id)
 
 
-@router.post("/mvp/{session_id}/progress", response_model=View, summary="Record a pillar's progress")
+@router.post("/mvp/{session_id}/progress", response_model=AreaUpdatedOut, summary="Record a pillar's progress")
 async def pillar_progress(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
 
 
-@router.get("/mvp/{session_id}/recommendation", response_model=View, summary="The recommended next pillar")
+@router.get("/mvp/{session_id}/recommendation", response_model=RecommendationOut, summary="The recommended next pillar")
 async def recommendation(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.mvp.get_recommended_next_pillar(session_id)
 
 
-@router.get("/mvp/{session_id}/completion", response_model=View, summary="Whether the MVP is complete")
+@router.get("/mvp/{session_id}/completion", response_model=MvpCompletionOut, summary="Whether the MVP is complete")
 async def completion(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.mvp.check_mvp_completion(session_id)
 
@@ -221,22 +236,24 @@ async def completion(session_id: str, _c: Reader, svc: Services) -> dict[str, An
 # --- lifecycle ------------------------------------------------------------------------------------
 
 
-@router.post("/lifecycle", response_model=View, summary="Start a client lifecycle journey")
+@router.post("/lifecycle", response_model=LifecycleTransitionOut, summary="Start a client lifecycle journey")
 async def start_lifecycle(body: LifecycleIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.lifecycle.start_journey(body.client_id, metadata=body.metadata, metrics=body.metrics)
 
 
-@router.post("/lifecycle/{journey_id}/transitions", response_model=View, summary="Apply a lifecycle event")
+@router.post(
+    "/lifecycle/{journey_id}/transitions", response_model=LifecycleTransitionOut, summary="Apply a lifecycle event"
+)
 async def lifecycle_transition(journey_id: str, body: TransitionIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.lifecycle.transition(journey_id, body.event, **body.options)
 
 
-@router.post("/lifecycle/{journey_id}/metrics", response_model=View, summary="Record lifecycle metrics")
+@router.post("/lifecycle/{journey_id}/metrics", response_model=MetricsRecordedOut, summary="Record lifecycle metrics")
 async def lifecycle_metrics(journey_id: str, body: MetricsIn, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.lifecycle.record_metrics(journey_id, body.values)
 
 
-@router.get("/lifecycle/{journey_id}", response_model=View, summary="A lifecycle journey's state")
+@router.get("/lifecycle/{journey_id}", response_model=LifecycleJourneyView, summary="A lifecycle journey's state")
 async def lifecycle_state(journey_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     return await svc.runtime.lifecycle.get_journey_state(journey_id)
 
@@ -244,7 +261,7 @@ async def lifecycle_state(journey_id: str, _c: Reader, svc: Services) -> dict[st
 # --- any journey ----------------------------------------------------------------------------------
 
 
-@router.get("/{instance_id}/status", response_model=View, summary="Any journey's status")
+@router.get("/{instance_id}/status", response_model=JourneyStatusOut, summary="Any journey's status")
 async def journey_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
     instance = await svc.runtime.store.index.get_instance(instance_id)
     if instance is None:
@@ -261,8 +278,11 @@ async def journey_status(instance_id: str, _c: Reader, svc: Services) -> dict[st
         view = await runtime.lifecycle.get_journey_state(instance_id)
     elif instance.pattern == "process":
         view = await runtime.processes.status(instance_id)
-    else:
-        view = {}
+    else:  # the index holds only the patterns above; one a newer server wrote has no view here
+        raise JourneyNotFoundError(
+            f"journey instance {instance_id!r} is of pattern {instance.pattern!r}, which this server has no view of",
+            instance_id=instance_id,
+        )
     return {
         "instance_id": instance_id,
         "pattern": instance.pattern,

@@ -1,0 +1,142 @@
+"""Client lifecycle journeys (graphs/lifecycle_orchestrator.py, graphs/lifecycle.py ``journey_view``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from graphs.lifecycle import JourneyStage, RollbackTrigger, TransitionEvent
+from nodes.uow import UowStatus
+from server.views.fields import optional_key
+
+# graphs/lifecycle.py: pending until its start passes its gate, then STATUS_OF its stage.
+LifecycleStatus = Literal["pending", "active", "rollback", "completed", "cancelled"]
+
+
+class CheckOut(BaseModel):
+    name: str
+    passed: bool
+    actual: Any = Field(description="the value found (a metric, a unit's status); null when none was recorded")
+    expected: Any
+    message: str
+
+
+class ValidationOut(BaseModel):
+    """One gate's outcome (nodes/criteria_gate.py ``ValidationResult``): passed only when every check did."""
+
+    validation_id: str
+    journey_id: str
+    kind: Literal["start", "promotion", "completion", "rollback"]
+    event: TransitionEvent
+    from_stage: JourneyStage | None
+    to_stage: JourneyStage | None
+    passed: bool
+    summary: str
+    checks: list[CheckOut]
+    evaluated_at: str
+    evaluation_ms: float
+
+
+class OpenRollback(BaseModel):
+    """The rollback a journey is in (its state's copy, without the per-unit results)."""
+
+    rollback_id: str
+    from_stage: JourneyStage
+    to_stage: JourneyStage
+    trigger: RollbackTrigger
+    reason: str
+    automatic: bool
+    auto_complete: bool = Field(description="whether it returns to its target stage as soon as it validates")
+    status: Literal["running", "validated", "failed"]
+    unwound: list[JourneyStage] = Field(description="the stages it undoes")
+    units: list[str] = Field(description="the rollback units of work it runs")
+    initiated_at: str
+
+
+class LifecycleStateFields(BaseModel):
+    # Null ids, stage and status: only before the journey's first run finished (one a crash cut short).
+    journey_id: str | None
+    client_id: str | None
+    current_stage: JourneyStage | None = Field(description="null until the journey has started")
+    previous_stage: JourneyStage | None
+    status: LifecycleStatus | None
+    started_at: str | None
+    stage_started_at: str | None
+    completed_stages: list[JourneyStage]
+    metadata: dict[str, Any]
+    allowed_events: list[TransitionEvent] = Field(description="the events the journey accepts now")
+    units: dict[str, UowStatus] = Field(description="unit of work id → the status of its latest run (or pending)")
+
+
+class LifecycleJourneyView(LifecycleStateFields):
+    rollback: OpenRollback | None = Field(description="the rollback in progress, while in the rollback stage")
+
+
+class RollbackPlan(BaseModel):
+    unwind: list[JourneyStage]
+    units: list[str]
+    notify: str = Field(description="intent of the agent told about the rollback")
+    then: Literal["complete_rollback", "wait for complete_rollback"]
+
+
+class RollbackSnapshot(BaseModel):
+    """The checkpoint the rollback returns to (only its stage when the journey never settled there)."""
+
+    stage: JourneyStage
+    checkpoint_id: str | None
+    stage_started_at: str | None = optional_key("when the journey entered that stage")
+    completed_stages: list[JourneyStage] = optional_key("the stages completed at that checkpoint")
+    units: dict[str, UowStatus] = optional_key("unit statuses at that checkpoint")
+    metadata: dict[str, Any] = optional_key("the journey's metadata at that checkpoint")
+
+
+class RollbackRecord(BaseModel):
+    """A rollback as the rollback history keeps it."""
+
+    rollback_id: str
+    journey_id: str
+    trigger: RollbackTrigger
+    reason: str
+    automatic: bool = Field(description="started by a metric crossing a threshold, not by a user")
+    from_stage: JourneyStage
+    to_stage: JourneyStage
+    status: Literal["running", "validated", "failed", "completed", "cancelled"]
+    plan: RollbackPlan
+    snapshot: RollbackSnapshot | None
+    run_ids: list[str] = Field(description="the runs of its rollback units of work")
+    validation_id: str | None
+    initiated_at: str
+    validated_at: str | None
+    completed_at: str | None
+
+
+class RollbackNotification(BaseModel):
+    delivered: bool
+    intent: str
+    error: str = optional_key("why it was not delivered")
+
+
+class TransitionRollback(RollbackRecord):
+    notification: RollbackNotification | None = optional_key("only when the transition started the rollback")
+
+
+class LifecycleTransitionOut(LifecycleStateFields):
+    """The journey after the event, with the gate's validation or the rollback the event started or ended."""
+
+    rollback: TransitionRollback | OpenRollback | None = Field(
+        description="the rollback record after initiate_rollback and complete_rollback; otherwise the open one"
+    )
+    validation: ValidationOut = optional_key("only for the gated events (start and promotions, mark_complete)")
+
+
+class AutomaticRollback(RollbackRecord):
+    journey: LifecycleJourneyView = Field(description="the journey after the rollback")
+    notification: RollbackNotification | None
+
+
+class MetricsRecordedOut(BaseModel):
+    journey_id: str
+    recorded: dict[str, float] = Field(description="the values recorded (booleans as 1.0 and 0.0)")
+    recorded_at: str
+    rollback: AutomaticRollback | None = Field(description="the rollback a crossed threshold started")

@@ -1,0 +1,103 @@
+"""BPMN-style processes, their user tasks and messages (graphs/process_orchestrator.py,
+graphs/process_inbox.py, checkpoints/inbox.py ``UserTaskRow.view``, nodes/waits.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from server.views.fields import optional_key
+
+# The instance index's status (the graph's own at start): graphs/process_builder.py and
+# process_orchestrator.py write them; migrating: between a migration's intent and its end.
+ProcessStatus = Literal["in_progress", "completed", "failed", "compensating", "compensated", "cancelled", "migrating"]
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    version: int
+    design_id: str
+    deployed_at: str
+    weight: float = Field(description="the percentage of new instances this version takes")
+
+
+class WaitFields(BaseModel):
+    wait_id: str = Field(description="the wait's id (a user task's id is its wait's id)")
+    element: str = Field(description="the element the instance waits at")
+    kind: str
+
+
+class UserTaskWait(WaitFields):
+    kind: Literal["user_task"]
+    title: str
+    assignee: str | None
+    candidate_groups: list[str]
+    response_schema: dict[str, Any] | None = Field(description="JSON Schema the completion payload must match")
+
+
+class TimerWait(WaitFields):
+    kind: Literal["timer"]
+
+
+class MessageWait(WaitFields):
+    kind: Literal["message"]
+    messages: list[str] = Field(description="the message name it waits for")
+
+
+class RaceWait(WaitFields):
+    """An event gateway: the first of its message and timer events wins."""
+
+    kind: Literal["race"]
+    options: list[str] = Field(description="the events that race")
+
+
+Wait = Annotated[UserTaskWait | TimerWait | MessageWait | RaceWait, Field(discriminator="kind")]
+
+
+class ProcessFailure(BaseModel):
+    element: str = Field(description="the service task whose agent failed")
+    error: str
+    error_type: str
+
+
+class ProcessInstanceView(BaseModel):
+    instance_id: str
+    process: str
+    version: int
+    variant: str | None = Field(description="the A/B variant the instance got, if the rollout has variants")
+    business_key: str
+    status: ProcessStatus
+    outcome: str | None = Field(description="the end event it reached (its outcome, or its id)")
+    variables: dict[str, Any]
+    waiting: list[Wait] = Field(description="what it waits for now; empty once finished")
+    failure: ProcessFailure | None = Field(description="the failure that started compensation")
+    compensated: list[str] = Field(description="the elements undone, last completed first")
+    failed_element: str = optional_key("only while an element has failed: that element (retry it)")
+
+
+class TaskOut(BaseModel):
+    task_id: str
+    instance_id: str
+    element: str
+    title: str
+    assignee: str | None
+    candidate_groups: list[str]
+    claimed_by: str | None
+    status: Literal["open", "completed", "cancelled"]
+    response_schema: dict[str, Any] | None = Field(description="JSON Schema the completion payload must match")
+    sla_due_at: str | None
+    escalation: Literal["notify", "reassign", "complete"] | None = Field(
+        description="the action its SLA breach took, once breached"
+    )
+    escalated_at: str | None
+    created_at: str
+    completed_by: str | None
+    result: dict[str, Any] | None = Field(description="the payload it was completed with")
+
+
+class MessageSentOut(BaseModel):
+    correlated: list[str] = Field(description="the waiting instances it resumed")
+    started: list[str] = Field(description="the instances it started (processes with a message start)")
+    buffered: str | None = Field(description="the buffered message's id, when nobody took it yet")
+    expires_at: str = optional_key("only when buffered: until when a new wait can still take it")

@@ -1,0 +1,67 @@
+"""Any journey's status and history: the instance index's row, merged with its pattern's own view."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from server.views.lifecycle import LifecycleJourneyView
+from server.views.processes import ProcessInstanceView, ProcessStatus
+from server.views.sessions import SessionProgressOut
+from server.views.steps import SagaRunStatus, SagaRunView, StructuredRunStatus, StructuredRunView
+
+
+class IndexFields(BaseModel):
+    instance_id: str
+    pattern: str
+    user_id: str = Field(description="the user; a lifecycle journey's client; a process instance's business key")
+    index_status: str = Field(description="the status the journey index keeps (written with the journey's events)")
+
+
+# Each base lists IndexFields last, so its fields come first in the JSON, as the route merges them.
+class StructuredStatusOut(StructuredRunView, IndexFields):
+    pattern: Literal["structured"]
+    index_status: StructuredRunStatus
+
+
+class SagaStatusOut(SagaRunView, IndexFields):
+    pattern: Literal["saga"]
+    index_status: SagaRunStatus
+
+
+SessionIndexStatus = Literal["in_progress", "completed", "closed"]
+
+
+class SessionStatusOut(SessionProgressOut, IndexFields):
+    pattern: Literal["session"]
+    index_status: SessionIndexStatus
+
+
+class MvpStatusOut(SessionProgressOut, IndexFields):
+    pattern: Literal["mvp"]
+    index_status: SessionIndexStatus
+
+
+class LifecycleStatusOut(LifecycleJourneyView, IndexFields):
+    pattern: Literal["lifecycle"]
+    index_status: Literal["in_progress", "pending", "active", "rollback", "completed", "cancelled"]
+
+
+class ProcessStatusOut(ProcessInstanceView, IndexFields):
+    pattern: Literal["process"]
+    index_status: ProcessStatus
+
+
+JourneyStatusOut = Annotated[
+    StructuredStatusOut | SagaStatusOut | SessionStatusOut | MvpStatusOut | LifecycleStatusOut | ProcessStatusOut,
+    Field(discriminator="pattern"),
+]
+
+
+class EventOut(BaseModel):
+    seq: int
+    type: str
+    step: str | None
+    payload: dict[str, Any]
+    created_at: str
