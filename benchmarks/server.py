@@ -73,8 +73,9 @@ def start_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def serving(url: str, *, distributed: bool) -> Iterator[str]:
-    """``journeys serve`` on a free loopback port, auth off; yields its base URL once it answers."""
+def serving(url: str, *, distributed: bool) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``journeys serve`` on a free loopback port, auth off; yields its base URL (and the process) once it
+    answers."""
     port = free_port()
     mode = ["--distributed"] if distributed else []
     api = journeys("serve", "--database-url", url, "--no-auth", "--port", str(port), *mode)
@@ -90,7 +91,7 @@ def serving(url: str, *, distributed: bool) -> Iterator[str]:
             if api.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("journeys serve did not start")
             time.sleep(0.1)
-        yield base
+        yield base, api
     finally:
         stop([api])
 
@@ -192,8 +193,23 @@ def rss_mb(process: subprocess.Popen[bytes]) -> float:
     return float(psutil.Process(process.pid).memory_info().rss) / 2**20
 
 
-async def measure_latency(client: httpx.AsyncClient, journeys: int, results: dict[str, Any], prefix: str = "") -> None:
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    times = psutil.Process(process.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def measure_latency(
+    client: httpx.AsyncClient,
+    journeys: int,
+    results: dict[str, Any],
+    processes: dict[str, subprocess.Popen[bytes]],
+    prefix: str = "",
+) -> None:
+    """Latency at 20 clients and at one; and the CPU each of ``processes`` spent per journey at 20."""
+    before = {name: cpu_seconds(p) for name, p in processes.items()}
     times = sorted(await latency(client, journeys, 20))
+    for name, process in processes.items():
+        results[f"{prefix}cpu_ms_{name}"] = 1000 * (cpu_seconds(process) - before[name]) / journeys
     results[f"{prefix}p50_ms"] = 1000 * statistics.median(times)
     results[f"{prefix}p95_ms"] = 1000 * times[int(0.95 * (len(times) - 1))]
     alone = await latency(client, max(5, journeys // 10), 1)
@@ -202,10 +218,10 @@ async def measure_latency(client: httpx.AsyncClient, journeys: int, results: dic
 
 async def bench_embedded(url: str, quick: bool, pending: Pending) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with serving(url, distributed=False) as base:
+    with serving(url, distributed=False) as (base, api):
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
             await latency(client, 5, 5)  # warm-up
-            await measure_latency(client, 20 if quick else 200, results, "embedded_")
+            await measure_latency(client, 20 if quick else 200, results, {"api": api}, "embedded_")
             results["embedded_per_s"] = await throughput(client, pending, 30 if quick else 400, "emb")
     return results
 
@@ -223,13 +239,13 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
 
 async def bench_distributed(url: str, quick: bool, pending: Pending) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with serving(url, distributed=True) as base:
+    with serving(url, distributed=True) as (base, api):
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
             workers = [start_worker(url, 8)]
             try:
                 await asyncio.to_thread(wait_for_workers, url, 1)
                 await latency(client, 5, 5)  # warm-up: imports, compiled graphs, pools
-                await measure_latency(client, 20 if quick else 200, results)
+                await measure_latency(client, 20 if quick else 200, results, {"api": api, "worker": workers[0]})
                 n = 30 if quick else 400
                 results["one_worker_per_s"] = await throughput(client, pending, n, "one")
                 workers.append(start_worker(url, 8))
@@ -277,6 +293,7 @@ def main() -> None:
         f"  8-step journey, HTTP start to completion at 20 clients: p50 {r['p50_ms']:.0f} ms, "
         f"p95 {r['p95_ms']:.0f} ms; at 1 client: p50 {r['one_client_p50_ms']:.0f} ms"
     )
+    print(f"  CPU per journey at 20 clients: API process {r['cpu_ms_api']:.1f} ms, worker {r['cpu_ms_worker']:.1f} ms")
     print(
         f"  completed journeys/s: one worker {r['one_worker_per_s']:.1f}, two workers "
         f"{r['two_workers_per_s']:.1f} (ratio {r['ratio']:.2f})"
@@ -290,6 +307,7 @@ def main() -> None:
         f"  8-step journey at 20 clients: p50 {r['embedded_p50_ms']:.0f} ms, p95 {r['embedded_p95_ms']:.0f} ms; "
         f"at 1 client: p50 {r['embedded_one_client_p50_ms']:.0f} ms; {r['embedded_per_s']:.1f} completed journeys/s"
     )
+    print(f"  CPU per journey at 20 clients: API process {r['embedded_cpu_ms_api']:.1f} ms")
 
 
 if __name__ == "__main__":

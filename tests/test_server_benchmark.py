@@ -17,3 +17,4 @@ def test_server_benchmark_quick(postgres_url: str) -> None:
     assert results["p50_ms"] > 0 and results["one_worker_per_s"] > 0 and results["two_workers_per_s"] > 0
     assert results["worker_rss_mb"] > 0 and results["worker_rss_small_mb"] > 0
     assert results["embedded_p50_ms"] > 0 and results["embedded_per_s"] > 0
+    assert results["cpu_ms_api"] > 0 and results["cpu_ms_worker"] > 0 and results["embedded_cpu_ms_api"] > 0
