@@ -271,6 +271,9 @@ server_runs = Table(
     # row instead of rebuilding the state from checkpoints and the event log (migration 7).
     Column("output", JsonType, nullable=True),
     Column("job_id", BigInteger, nullable=True),  # distributed mode: its procrastinate job (to abort it)
+    # Set when a cancel reached a run already executing: a retry of its job (its worker died) then does not
+    # run it again but ends it interrupted (migration 8).
+    Column("cancel_requested_at", UTCDateTime(), nullable=True),
     Index("ix_server_runs_thread_status", "thread_id", "status"),
 )
 

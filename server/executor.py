@@ -151,6 +151,9 @@ class RunExecutor:
         if claimed is None:
             return None
         run, instance_id = claimed
+        if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
+            await self._interrupted(run_id)
+            return await self.runs.get_run(run_id)
         principal = run.principal or "local"
         groups = tuple(run.metadata.get("_groups", ()))
         assistant = get_assistant(run.assistant_id)

@@ -66,6 +66,7 @@ class RunRow:
     updated_at: datetime
     output: Any = None  # the thread's values when the run finished (None until then)
     job_id: int | None = None  # distributed mode: the procrastinate job executing the run
+    cancel_requested_at: datetime | None = None  # a cancel reached it while it was executing
 
     def view(self) -> dict[str, Any]:
         return {
@@ -336,6 +337,16 @@ class RunStore:
         values = dict(row._mapping)
         instance_id = values.pop("bound_instance")
         return RunRow(**values), instance_id
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Remember that a cancel reached an executing run: if its job is retried (its worker died before it
+        stopped the run), the retry ends it interrupted instead of running it."""
+        async with self._write_one() as conn:
+            await conn.execute(
+                update(server_runs)
+                .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
+                .values(cancel_requested_at=self._clock.now())
+            )
 
     async def set_base_checkpoint(self, run_id: str, checkpoint_id: str | None) -> None:
         async with self._write_one() as conn:

@@ -45,6 +45,7 @@ class ServerServices:
 
             # Asked of the queue, not of our copy of the status: a worker may have taken the job since.
             if not await cancel_queued(self.queue_app, run.job_id):
+                await self.runs.request_cancel(run.run_id)  # holds even if its worker dies before stopping it
                 await abort_run(self.queue_app, run.job_id)  # its executor marks the run interrupted
                 return
         elif run.status != "pending":

@@ -209,3 +209,18 @@ async def test_a_start_refused_for_bad_input_leaves_the_thread_free(runtime: Jou
     assert thread is not None and thread.instance_id is None  # not bound to a journey that never started
     started = await start(refused.thread_id, {"team": "a"})
     assert started.status == "success" and started.output["current_step"] == "upload_content"
+
+
+async def test_a_cancel_that_reached_a_run_whose_worker_died_holds_on_retry(runtime: JourneyRuntime) -> None:
+    """The cancel of an executing run is remembered on the run: when its worker died before stopping it
+    and the queue retries its job, the retry ends it interrupted instead of running it."""
+    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+    executor = RunExecutor(runtime, runs, durability="exit")
+    run = await _run(runs, None, "start", input=MIGRATION)
+    assert await runs.claim(run.run_id) is not None  # a worker took it, then died
+    await runs.request_cancel(run.run_id)  # the cancel arrives (the abort reaches no one)
+    retried = await executor.execute(run.run_id)  # the reaper's retry
+    assert retried is not None and retried.status == "interrupted"
+    thread = await runs.get_thread(run.thread_id)
+    assert thread is not None and thread.instance_id is None  # nothing of the journey ran
+    assert await runtime.store.index.list_instances(limit=10) == []
