@@ -174,12 +174,14 @@ def _run_outputs(conn: Connection) -> None:
 MIGRATIONS += (Migration(7, "server runs keep their output and queue job", _run_outputs),)
 
 
-def _run_cancel_requests(conn: Connection) -> None:
-    """Runs remember a cancel that reached them while executing (see server_runs.cancel_requested_at)."""
+def _run_requests(conn: Connection) -> None:
+    """Runs remember a cancel that reached them while executing, and the durability their client asked for."""
     present = {column["name"] for column in inspect(conn).get_columns("server_runs")}
     if "cancel_requested_at" not in present:
         kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
         conn.execute(text(f"ALTER TABLE server_runs ADD COLUMN cancel_requested_at {kind}"))
+    if "durability" not in present:
+        conn.execute(text("ALTER TABLE server_runs ADD COLUMN durability VARCHAR(10)"))
 
 
-MIGRATIONS += (Migration(8, "server runs remember a cancel that reached them while executing", _run_cancel_requests),)
+MIGRATIONS += (Migration(8, "server runs remember a cancel while executing, and their durability", _run_requests),)

@@ -274,6 +274,7 @@ server_runs = Table(
     # Set when a cancel reached a run already executing: a retry of its job (its worker died) then does not
     # run it again but ends it interrupted (migration 8).
     Column("cancel_requested_at", UTCDateTime(), nullable=True),
+    Column("durability", String(10), nullable=True),  # what its client asked for: sync | async | exit
     Index("ix_server_runs_thread_status", "thread_id", "status"),
 )
 

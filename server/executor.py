@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from langgraph.types import Command, Durability, StateSnapshot
@@ -172,7 +172,7 @@ class RunExecutor:
 
         ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind)
         status, error, output = "success", None, None
-        durability = self._durability if assistant.replays_from_log else None
+        durability = self._durability_of(run, assistant)
         view: View = None
         try:
             with run_durability(durability), recording_outcomes() as outcomes:
@@ -196,6 +196,14 @@ class RunExecutor:
         finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
         return finished or await self.runs.get_run(run_id)
+
+    def _durability_of(self, run: RunRow, assistant: Assistant) -> Durability | None:
+        """The client's choice, else the server's; "exit" only for journeys whose steps replay from the log
+        (others keep the engine's own setting). None: the engine's own setting."""
+        requested = cast(Durability | None, run.durability) or self._durability
+        if requested == "exit" and not assistant.replays_from_log:
+            return None
+        return requested if run.durability or assistant.replays_from_log else None
 
     async def _interrupted(self, run_id: str) -> None:
         await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})

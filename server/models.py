@@ -114,6 +114,12 @@ class RunCreate(Open):
     stream_mode: StreamModeName | list[StreamModeName] | None = None
     multitask_strategy: Literal["reject", "interrupt", "rollback", "enqueue"] = "reject"
     if_not_exists: Literal["create", "reject"] = "reject"
+    durability: Literal["sync", "async", "exit"] | None = Field(
+        default=None,
+        description="how the run checkpoints: sync/async after every step, exit only where it stops (honoured "
+        "for journeys whose steps replay from the event log: structured). Default: the server's --durability "
+        "for those, after every step for the others",
+    )
 
 
 class RunOut(Open):

@@ -20,7 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 
 RUN_COLUMNS = (
     "run_id, thread_id, assistant_id, status, kind, input, command, stream_modes, multitask_strategy, metadata, "
-    "principal, base_checkpoint, attempts, error, created_at, updated_at, output, job_id, cancel_requested_at"
+    "principal, base_checkpoint, attempts, error, created_at, updated_at, output, job_id, cancel_requested_at, "
+    "durability"
 )
 _ACTIVE = "status IN ('pending', 'running')"
 _CLAIM = f"""

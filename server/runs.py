@@ -67,6 +67,7 @@ class RunRow:
     output: Any = None  # the thread's values when the run finished (None until then)
     job_id: int | None = None  # distributed mode: the procrastinate job executing the run
     cancel_requested_at: datetime | None = None  # a cancel reached it while it was executing
+    durability: str | None = None  # how its client asked it to checkpoint (None: the server's setting)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -78,7 +79,12 @@ class RunRow:
             "status": self.status,
             "metadata": self.metadata,
             "multitask_strategy": self.multitask_strategy,
-            "kwargs": {"input": self.input, "command": self.command, "stream_mode": self.stream_modes},
+            "kwargs": {
+                "input": self.input,
+                "command": self.command,
+                "stream_mode": self.stream_modes,
+                "durability": self.durability,
+            },
             "error": self.error,
         }
 
@@ -188,6 +194,7 @@ class RunStore:
         metadata: Mapping[str, Any],
         principal: str | None,
         enqueue: Enqueue | None = None,
+        durability: str | None = None,
     ) -> RunRow:
         """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it.
 
@@ -218,6 +225,7 @@ class RunStore:
             error=None,
             created_at=now,
             updated_at=now,
+            durability=durability,
         )
         if new_thread is not None and self._pg is not None:
             values = {k: v for k, v in _row_values(run).items() if k != "job_id"}

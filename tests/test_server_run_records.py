@@ -16,10 +16,10 @@ import httpx
 import psycopg
 import pytest
 
-from agents import AgentRegistry, AgentRequest
+from agents import AgentRegistry, AgentRequest, EchoAgent
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
-from server.assistants import get_assistant
+from server.assistants import get_assistant, instance_graph
 from server.executor import RunExecutor, thread_output
 from server.queue import build_app, enqueuer, ensure_schema
 from server.runs import Enqueue, RunRow, RunStore
@@ -224,3 +224,39 @@ async def test_a_cancel_that_reached_a_run_whose_worker_died_holds_on_retry(runt
     thread = await runs.get_thread(run.thread_id)
     assert thread is not None and thread.instance_id is None  # nothing of the journey ran
     assert await runtime.store.index.list_instances(limit=10) == []
+
+
+THREE_AUTO = {
+    "journey_type": "three",
+    "steps": [{"step_id": f"s{i}", "mode": "auto", "agent": "echo"} for i in range(3)],
+}
+
+
+@pytest.mark.parametrize(("requested", "per_step"), [(None, False), ("exit", False), ("async", True), ("sync", True)])
+async def test_a_run_checkpoints_as_its_client_asked(
+    runtime: JourneyRuntime, requested: str | None, per_step: bool
+) -> None:
+    runtime.agents.register("echo", EchoAgent("echo", {"ok": True}), replace=True)
+    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+    executor = RunExecutor(runtime, runs, durability="exit")  # the server's default
+    run = await runs.create_run(
+        thread_id=None,
+        assistant_id="structured",
+        kind="start",
+        input={"journey_type": "three", "spec": THREE_AUTO, "user_id": "ana"},
+        command=None,
+        stream_modes=[],
+        multitask_strategy="reject",
+        metadata={},
+        principal="ana",
+        durability=requested,
+    )
+    done = await executor.execute(run.run_id)
+    assert done is not None and done.status == "success" and done.output["status"] == "completed"
+    assert done.view()["kwargs"]["durability"] == requested
+    thread = await runs.get_thread(run.thread_id)
+    assert thread is not None and thread.instance_id is not None
+    graph = await instance_graph(runtime, thread.instance_id)
+    checkpoints = [c async for c in graph.aget_state_history(runtime.engine.config(thread.instance_id))]
+    # After every step: input, start and one per step; where it stops: the one it ended with.
+    assert (len(checkpoints) > 3) is per_step, len(checkpoints)

@@ -66,6 +66,7 @@ async def create_run(
         metadata={**body.metadata, "_groups": list(caller.groups)},
         principal=caller.name,
         enqueue=svc.enqueue(),
+        durability=body.durability,
     )
     svc.submit(run)
     return run
