@@ -17,6 +17,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 
 from agents.guide import build_guide_graph
+from agents.guide_model import load_guide_model
 from checkpoints.url import DEFAULT_STORE_URL
 from graphs.designs import PATTERNS
 from graphs.lifecycle_catalog import default_lifecycle_spec
@@ -68,5 +69,8 @@ async def lifecycle(config: RunnableConfig | None = None) -> StateGraph[Any]:
 
 
 async def guide(config: RunnableConfig | None = None) -> StateGraph[Any]:
+    """The guide, phrasing with the chat model ``$JOURNEYS_GUIDE_MODEL`` names (as ``journeys serve`` does)."""
     runtime = await tooling_runtime()
-    return build_guide_graph(runtime.mvp.get_recommended_next_pillar, flow=RECOMMENDED_FLOW)
+    named = os.environ.get("JOURNEYS_GUIDE_MODEL")
+    factory = load_guide_model(named) if named else None
+    return build_guide_graph(runtime.mvp.get_recommended_next_pillar, flow=RECOMMENDED_FLOW, model_factory=factory)

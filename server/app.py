@@ -14,11 +14,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.auth import authorize_route
 from server.executor import EmbeddedRunner, RunExecutor
-from server.guide_model import load_guide_model
 from server.problems import install_problem_handlers
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore

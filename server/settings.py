@@ -86,7 +86,7 @@ class Settings:
     # executing them again. "async"/"sync": after every step too, so thread state shows progress mid-run.
     durability: Durability = "exit"
     # ``module:factory``: a zero-argument factory of the langchain-core chat model the guide phrases its
-    # answers with (server/guide_model.py). None: the offline DeterministicGuideModel.
+    # answers with (agents/guide_model.py). None: the offline DeterministicGuideModel.
     guide_model: str | None = None
 
     def __post_init__(self) -> None:

@@ -14,9 +14,9 @@ import procrastinate
 import structlog
 from langgraph.types import Durability
 
+from agents.guide_model import load_guide_model
 from graphs.runtime import JourneyRuntime
 from server.executor import RunExecutor
-from server.guide_model import load_guide_model
 from server.plugins import plugin_registry
 from server.queue import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
 from server.runs import RunStore

@@ -12,9 +12,9 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from typer.testing import CliRunner
 
+from agents.guide_model import GuideModelError
 from server.app import create_app
 from server.cli import app as cli
-from server.guide_model import GuideModelError
 from server.settings import Settings
 from tests.server_support import serving
 

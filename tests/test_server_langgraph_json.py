@@ -29,3 +29,19 @@ async def test_every_graph_in_langgraph_json_builds(tmp_path: Path, monkeypatch:
     finally:
         await entrypoints._STACK.aclose()
         entrypoints._RUNTIME = None
+
+
+async def test_langgraph_tooling_gets_the_configured_guide_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/tooling.db")
+    monkeypatch.setenv("JOURNEYS_GUIDE_MODEL", "tests.test_server_guide_model:recording_model")
+    try:
+        graph = (await entrypoints.guide({"configurable": {}})).compile(checkpointer=InMemorySaver())
+        out = await graph.ainvoke(
+            {"messages": [{"role": "user", "content": "what next?"}]}, {"configurable": {"thread_id": "t"}}
+        )
+    finally:
+        await entrypoints._STACK.aclose()
+        entrypoints._RUNTIME = None
+    assert out["messages"][-1]["content"] == "(llm) you asked 'what next?'"

@@ -1,7 +1,7 @@
-"""The chat model the served ``guide`` assistant phrases its answers with: ``module:factory``, a
-zero-argument factory returning a langchain-core ``BaseChatModel`` (``--guide-model``,
-``$JOURNEYS_GUIDE_MODEL``). Resolved and called once at startup, so a bad value stops the server
-before it serves, not at the first guide run.
+"""The chat model the ``guide`` phrases its answers with: ``module:factory``, a zero-argument factory
+returning a langchain-core ``BaseChatModel`` (``--guide-model``, ``$JOURNEYS_GUIDE_MODEL``; LangGraph's
+own tooling reads the variable too). Resolved and called once at startup, so a bad value stops the
+server before it serves, not at the first guide run.
 """
 
 from __future__ import annotations
