@@ -26,6 +26,9 @@ app = typer.Typer(help="Durable journey orchestration on LangGraph.", no_args_is
 keys = typer.Typer(help="API keys: the server's keys file holds only their digests.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 GUIDE_MODEL_HELP = "module:factory returning a langchain-core chat model for the guide (default: deterministic)"
+# Options `serve` and `worker` share (in distributed mode the workers execute the runs).
+DurabilityOption = Annotated[str, typer.Option(help=DURABILITY_HELP)]
+GuideModelOption = Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)]
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -86,11 +89,8 @@ def serve(
     plugin: Annotated[
         str | None, typer.Option(help="module:function registering agents (embedded mode runs them here)")
     ] = None,
-    durability: Annotated[
-        str,
-        typer.Option(help=DURABILITY_HELP),
-    ] = "exit",
-    guide_model: Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)] = None,
+    durability: DurabilityOption = "exit",
+    guide_model: GuideModelOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
@@ -136,11 +136,8 @@ def worker(
     plugin: Annotated[
         str | None, typer.Option(help="module:function registering this worker's agents on the registry")
     ] = None,
-    durability: Annotated[
-        str,
-        typer.Option(help=DURABILITY_HELP),
-    ] = "exit",
-    guide_model: Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)] = None,
+    durability: DurabilityOption = "exit",
+    guide_model: GuideModelOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""

@@ -49,6 +49,17 @@ def start_worker(url: str, name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
 def run_statuses(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT status, count(*) FROM server_runs GROUP BY status").fetchall()
@@ -93,14 +104,7 @@ async def test_two_workers_one_killed_repeatedly(postgres_url: str) -> None:
                     kills += 1
                     workers[0] = start_worker(postgres_url, "a")
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_workers(workers)
     assert kills >= 3, f"only {kills} kills happened before the journeys finished"
     with psycopg.connect(postgres_url) as conn:
         errors = conn.execute("SELECT run_id, error FROM server_runs WHERE status <> 'success'").fetchall()
@@ -193,14 +197,7 @@ async def test_resumed_runs_survive_kills_without_repeating_steps(
                     assert response.status_code == 200, response.text
             kills = await kill_while_running(postgres_url, workers, journeys, 2 * journeys)
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_workers(workers)
     assert kills >= 2, f"only {kills} kills happened before the journeys finished"
     assert run_statuses(postgres_url) == {"success": 2 * journeys}
     with psycopg.connect(postgres_url) as conn:
