@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from fastapi.routing import APIRoute
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
@@ -17,6 +19,16 @@ from server.problems import ApiError
 from server.settings import ApiKey, ApiKeysError, Settings, key_digest, load_api_keys
 
 ANA = {"principal": "ana", "scopes": ["read", "tasks"], "groups": ["finance"]}
+
+
+@pytest.fixture(autouse=True)
+def structlog_defaults() -> Iterator[None]:
+    """These tests read warnings; a CLI test run before them in the same process quiets structlog to
+    errors process-wide (journeys serve/worker do that), so they start from structlog's defaults."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
 
 
 def keys_file(tmp_path: Path, entries: object) -> Path:
