@@ -3,7 +3,7 @@
 from checkpoints.clock import Clock, SystemClock, VirtualClock
 from checkpoints.errors import JourneyError, StoreError, UnsupportedStoreURLError
 from checkpoints.events import Event, EventLog, NewEvent
-from checkpoints.index import Design, DuplicateInstanceError, Instance, JourneyIndex
+from checkpoints.index import Design, DuplicateDesignError, DuplicateInstanceError, Instance, JourneyIndex
 from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL, StoreURL, parse_store_url
 
@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "Clock",
     "Design",
+    "DuplicateDesignError",
     "DuplicateInstanceError",
     "Event",
     "EventLog",

@@ -26,6 +26,12 @@ class DuplicateInstanceError(JourneyError):
     category = "conflict"
 
 
+class DuplicateDesignError(JourneyError):
+    """A design with this id is stored already."""
+
+    category = "conflict"
+
+
 @dataclass(frozen=True, slots=True)
 class Design:
     journey_id: str
@@ -61,20 +67,25 @@ class JourneyIndex:
         self._pg = pg  # PostgreSQL: saving a design too (most server runs design what they start)
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
+        """Store a design under ``journey_id``; DuplicateDesignError when one is stored already (on every
+        backend alike: a design stored under its content's id may be saved by two starts at once)."""
         now = self._clock.now()
-        if self._pg is not None:
-            await self._pg.save_design(journey_id, pattern, journey_type, spec, now)
-            return Design(journey_id, pattern, journey_type, spec, now)
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(journey_designs).values(
-                    journey_id=journey_id,
-                    pattern=pattern,
-                    journey_type=journey_type,
-                    spec=spec,
-                    created_at=now,
-                )
-            )
+        try:
+            if self._pg is not None:
+                await self._pg.save_design(journey_id, pattern, journey_type, spec, now)
+            else:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        insert(journey_designs).values(
+                            journey_id=journey_id,
+                            pattern=pattern,
+                            journey_type=journey_type,
+                            spec=spec,
+                            created_at=now,
+                        )
+                    )
+        except (IntegrityError, UniqueViolation) as exc:
+            raise DuplicateDesignError(f"design {journey_id!r} is stored already", journey_id=journey_id) from exc
         return Design(journey_id, pattern, journey_type, spec, now)
 
     async def get_design(self, journey_id: str) -> Design | None:

@@ -23,10 +23,10 @@ from typing import Any
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from agents.protocol import Agent
 from checkpoints.events import NewEvent
+from checkpoints.index import DuplicateDesignError
 from checkpoints.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_rollback_history,
@@ -135,7 +135,7 @@ class LifecycleOrchestrator:
         index = self._store.index
         if await index.get_design(design_id) is None:
             # Saved meanwhile by another process: same content, same id.
-            with contextlib.suppress(IntegrityError):
+            with contextlib.suppress(DuplicateDesignError):
                 await index.save_design(design_id, PATTERN, chosen.journey_type, chosen.model_dump(mode="json"))
         self._design_ids[digest] = design_id
         self._specs[design_id] = chosen

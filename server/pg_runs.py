@@ -4,12 +4,14 @@ Every run is created, claimed, bound and finished once, and read by whoever wait
 statements per run, each paid in full by the API or the worker. Like the event log's appends
 (:mod:`checkpoints.pg_events`), they skip SQLAlchemy's async adapter, which costs several times the
 driver's own CPU per execute. They write the tables :mod:`checkpoints.tables` defines; every other
-query of :class:`server.runs.RunStore` keeps going through SQLAlchemy.
+query of :class:`server.runs.RunStore` keeps going through SQLAlchemy. A statement defined with
+SQLAlchemy (the claim) runs here too, compiled once for psycopg: one definition for both dialects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +19,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
 
 RUN_COLUMNS = (
     "run_id, thread_id, assistant_id, status, kind, input, command, stream_modes, multitask_strategy, metadata, "
@@ -24,12 +28,6 @@ RUN_COLUMNS = (
     "durability"
 )
 _ACTIVE = "status IN ('pending', 'running')"
-_CLAIM = f"""
-UPDATE server_runs r SET status = 'running', attempts = r.attempts + 1, updated_at = %(now)s
-WHERE r.run_id = %(run_id)s AND r.{_ACTIVE}
-RETURNING {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))},
-          (SELECT t.instance_id FROM server_threads t WHERE t.thread_id = r.thread_id) AS bound_instance
-"""
 # The notice goes out when the write commits (one statement: at once), so a woken waiter reads it.
 _FINISH = f"""
 WITH finished AS (
@@ -59,14 +57,14 @@ JobDeferral = Callable[[psycopg.AsyncConnection[Any]], Awaitable[int | None]]
 
 
 class PgRunStatements:
-    """Claims, finishes, binds, reads and creates runs through a psycopg pool of autocommit connections."""
+    """Finishes, binds, reads and creates runs (and executes statements defined with SQLAlchemy, such as
+    the claim) through a psycopg pool of autocommit connections."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], channel: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], channel: str, dialect: Dialect) -> None:
         self._pool = pool
         self._channel = channel
-
-    async def claim(self, run_id: str, now: datetime) -> Row | None:
-        return await self._one(_CLAIM, {"run_id": run_id, "now": now})
+        self._dialect = dialect  # the engine's (psycopg's paramstyle): statements defined with SQLAlchemy
+        self._compiled: dict[ClauseElement, _Compiled] = {}
 
     async def finish(self, run_id: str, status: str, error: Any, output: Any, now: datetime) -> Row | None:
         found = await self._one(
@@ -103,12 +101,30 @@ class PgRunStatements:
             await conn.execute(_INSERT_RUN, {**values, "job_id": job_id}, prepare=True)
         return job_id
 
+    async def one(self, statement: ClauseElement, params: Mapping[str, Any]) -> Row | None:
+        """Execute the one definition of a statement, written with SQLAlchemy, on the raw driver; its
+        first row. Its per-call values are bind parameters declared ``required=False``, and must be
+        values psycopg adapts itself (no JSON)."""
+        compiled = self._compiled.get(statement)
+        if compiled is None:  # once per statement: psycopg then prepares it once per connection
+            done = statement.compile(dialect=self._dialect, compile_kwargs={"render_postcompile": True})
+            compiled = self._compiled[statement] = _Compiled(str(done), dict(done.params))
+        return await self._one(compiled.sql, {**compiled.constants, **params})
+
     async def _one(self, query: str, params: Mapping[str, Any]) -> Row | None:
         async with self._pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(query, params, prepare=True)  # parsed and planned once per connection
             row: Row | None = await cursor.fetchone()
             return row
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A SQLAlchemy statement compiled for psycopg: its SQL, and the values it binds itself."""
+
+    sql: str
+    constants: dict[str, Any]
 
 
 def _json(value: Any) -> Jsonb | None:

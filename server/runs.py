@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Executable, func, insert, select, update
+from sqlalchemy import Executable, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 
@@ -89,6 +89,37 @@ class RunRow:
         }
 
 
+def _claim_statement() -> ReturningUpdate[Any]:
+    """Mark a run ``running`` (if it is active) and answer it with the instance its thread is bound to.
+
+    The thread is found through the run's id, not by correlating with the updated row: SQLite renders
+    RETURNING columns without their table, subqueries included, so ``threads.thread_id =
+    runs.thread_id`` became ``thread_id = thread_id`` (always true) and every run got the first thread's
+    journey. Each reference here resolves to its own FROM, qualified or not."""
+    runs = server_runs.c
+    run_id = bindparam("claimed_run", type_=runs.run_id.type, required=False)  # values come per call
+    thread_of_run = select(runs.thread_id).where(runs.run_id == run_id).correlate(None).scalar_subquery()
+    bound = (
+        select(server_threads.c.instance_id)
+        .where(server_threads.c.thread_id == thread_of_run)
+        .scalar_subquery()
+        .label("bound_instance")
+    )
+    return (
+        update(server_runs)
+        .where(runs.run_id == run_id, runs.status.in_(ACTIVE))
+        .values(
+            status="running",
+            attempts=runs.attempts + 1,
+            updated_at=bindparam("claimed_at", type_=runs.updated_at.type, required=False),
+        )
+        .returning(*server_runs.c, bound)
+    )
+
+
+CLAIM = _claim_statement()
+
+
 # Puts a run's job on the queue inside the transaction that creates the run (given its psycopg
 # connection); answers the job's id.
 Enqueue = Callable[[psycopg.AsyncConnection[Any], RunRow], Awaitable[int | None]]
@@ -100,7 +131,9 @@ class RunStore:
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
         # PostgreSQL with the store's psycopg pool: a run's own statements skip SQLAlchemy (server.pg_runs).
-        self._pg = PgRunStatements(pg_pool, RUN_CHANNEL) if pg_pool is not None and self._postgres else None
+        self._pg = (
+            PgRunStatements(pg_pool, RUN_CHANNEL, engine.dialect) if pg_pool is not None and self._postgres else None
+        )
         # A lone statement is atomic on its own: on PostgreSQL it runs in autocommit, one round trip instead
         # of three (BEGIN, the statement, COMMIT or ROLLBACK). Runs are hot: every one is written and read a
         # few times on its way through the queue.
@@ -319,32 +352,17 @@ class RunStore:
         """Take a pending run (or one whose executor died: the caller's queue or lock guarantees it is the
         only executor), with the journey instance its thread is bound to. None when the run is finished or
         cancelled."""
+        values = {"claimed_run": run_id, "claimed_at": self._clock.now()}
         if self._pg is not None:
-            claimed = await self._pg.claim(run_id, self._clock.now())
-            if claimed is None:
-                return None
-            instance_id = claimed.pop("bound_instance")
-            return RunRow(**claimed), instance_id
-        bound = (
-            select(server_threads.c.instance_id)
-            .where(server_threads.c.thread_id == server_runs.c.thread_id)
-            .scalar_subquery()
-            .label("bound_instance")
-        )
-        async with self._write_one() as conn:
-            row = (
-                await conn.execute(
-                    update(server_runs)
-                    .where(server_runs.c.run_id == run_id, server_runs.c.status.in_(ACTIVE))
-                    .values(status="running", attempts=server_runs.c.attempts + 1, updated_at=self._clock.now())
-                    .returning(*server_runs.c, bound)
-                )
-            ).first()
-        if row is None:
+            found = await self._pg.one(CLAIM, values)
+        else:
+            async with self._write_one() as conn:
+                row = (await conn.execute(CLAIM, values)).first()
+            found = dict(row._mapping) if row else None
+        if found is None:
             return None
-        values = dict(row._mapping)
-        instance_id = values.pop("bound_instance")
-        return RunRow(**values), instance_id
+        instance_id = found.pop("bound_instance")
+        return RunRow(**found), instance_id
 
     async def request_cancel(self, run_id: str) -> None:
         """Remember that a cancel reached an executing run: if its job is retried (its worker died before it

@@ -1,16 +1,23 @@
-"""Test helpers: a real uvicorn server on 127.0.0.1 (random port) in a background thread."""
+"""Test helpers: a real uvicorn server on 127.0.0.1 (random port) in a background thread, and `journeys worker`
+processes for distributed mode."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -38,3 +45,19 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def start_worker(url: str, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A `journeys worker` process on the database ``url`` (distributed mode), with extra CLI ``options``."""
+    command = [sys.executable, "-c", "from server.cli import app; app()", "worker", "--database-url", url, *options]
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()

@@ -1,0 +1,229 @@
+"""Many threads of several assistants and two users, interleaved in one database and driven at once through
+the official langgraph-sdk: every answer and every state read back is its own thread's (issue 10: on SQLite
+every run was executed on the journey of the first thread ever bound)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+
+from checkpoints.clock import SystemClock
+from graphs.runtime import JourneyRuntime
+from server.app import create_app
+from server.queue import ensure_schema
+from server.runs import RunStore
+from server.settings import ApiKey, Settings
+from tests.server_support import serving, start_worker, stop_worker
+
+SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
+KEYS = {"key-ana": ApiKey("ana", SCOPES, ("finance",)), "key-bob": ApiKey("bob", SCOPES, ("finance",))}
+THREADS_PER_ASSISTANT = 3
+MARKER = re.compile(r"mk\d{3}")  # thread ids and instance ids are hex: they never look like one
+LIFECYCLE_READY = {"contract_signed": 1, "infrastructure_provisioned": 1, "data_sources_identified": 3}
+TWO_TASKS = {
+    "name": "two_tasks",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
+        {"type": "user_task", "id": "pay", "title": "Pay", "candidate_groups": ["finance"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> approve", "approve -> pay", "pay -> end"],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """How one assistant's thread is started and resumed with a thread's marker, and how far it got."""
+
+    assistant_id: str
+    start: Callable[[str], dict[str, Any]]
+    resume: Callable[[str, int], Any]  # the marker and the resume's number (1, 2)
+    progress: Callable[[dict[str, Any]], Any]
+    expected: tuple[Any, Any, Any]  # progress after the start and after each resume
+    chat: bool = False  # every run takes input (the guide) instead of command.resume
+
+
+def _steps(answer: dict[str, Any]) -> tuple[str, list[str]]:
+    return answer["current_step"], answer["completed_steps"]
+
+
+def _task(answer: dict[str, Any]) -> tuple[str, str | None]:
+    waiting = [i["value"]["element"] for i in answer.get("__interrupt__", [])]
+    return answer["status"], waiting[0] if waiting else None
+
+
+STEPS = (
+    ("upload_content", []),
+    ("analyze_content", ["upload_content"]),
+    ("transform_data", ["upload_content", "analyze_content"]),
+)
+JOURNEYS = (
+    Journey(
+        "structured",
+        lambda m: {"journey_type": "content_migration", "context": {"marker": m}},
+        lambda m, n: {"marker": m, "n": n},
+        _steps,
+        STEPS,
+    ),
+    Journey(
+        "saga",
+        lambda m: {"journey_type": "content_migration", "context": {"marker": m}},
+        lambda m, n: {"marker": m, "n": n},
+        _steps,
+        STEPS,
+    ),
+    Journey(
+        "session",
+        lambda m: {"session_config": {"areas": [{"area_id": "one"}, {"area_id": "two"}]}},
+        lambda m, n: {"type": "update", "area_id": ("one", "two")[n - 1], "updates": {"marker": m}},
+        lambda answer: answer["actions_applied"],
+        (1, 2, 3),
+    ),
+    Journey(
+        "process",
+        lambda m: {"process": "two_tasks", "business_key": m, "variables": {"marker": m}},
+        lambda m, n: {"payload": {f"answer_{n}": m}},
+        _task,
+        (("in_progress", "approve"), ("in_progress", "pay"), ("completed", None)),
+    ),
+    Journey(
+        "lifecycle",
+        lambda m: {"client_id": m, "metadata": {"marker": m}, "metrics": LIFECYCLE_READY},
+        lambda m, n: {"metrics": {"search_precision": 0.5 + n / 10}},
+        lambda answer: (answer["current_stage"], answer["status"]),
+        (("sandbox", "active"),) * 3,
+    ),
+    Journey(
+        "guide",
+        lambda m: {"messages": [{"role": "user", "content": f"{m}: where do I start?"}]},
+        lambda m, n: {"messages": [{"role": "user", "content": f"{m}: and then ({n})?"}]},
+        lambda answer: len(answer["messages"]),
+        (2, 4, 6),
+        chat=True,
+    ),
+)
+
+
+def markers(document: Any) -> set[str]:
+    return set(MARKER.findall(json.dumps(document)))
+
+
+@pytest.fixture(params=["sqlite-embedded", "postgres-embedded", "postgres-distributed"])
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    backend, execution = str(request.param).split("-")
+    url: str = request.getfixturevalue(f"{backend}_url")
+    worker = None
+    if execution == "distributed":
+        ensure_schema(url)
+        worker = start_worker(url)
+    settings = Settings(database_url=url, api_keys=dict(KEYS), execution="distributed" if worker else "embedded")
+    try:
+        with serving(create_app(settings)) as base:
+            yield base
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+
+
+@pytest.fixture
+async def clients(server_url: str) -> AsyncIterator[dict[str, LangGraphClient]]:
+    async with (
+        get_client(url=server_url, api_key="key-ana") as ana,
+        get_client(url=server_url, api_key="key-bob") as bob,
+    ):
+        yield {"ana": ana, "bob": bob}
+
+
+async def drive(client: LangGraphClient, principal: str, journey: Journey, marker: str) -> dict[str, Any]:
+    """Start a thread, resume it twice, read it back: each answer must be this thread's, and nobody else's."""
+    thread_id = (await client.threads.create(metadata={"marker": marker}))["thread_id"]
+    answers = [await client.runs.wait(thread_id, journey.assistant_id, input=journey.start(marker))]
+    for n in (1, 2):
+        value = journey.resume(marker, n)
+        if journey.chat:
+            answers.append(await client.runs.wait(thread_id, journey.assistant_id, input=value))
+        else:
+            answers.append(await client.runs.wait(thread_id, journey.assistant_id, command={"resume": value}))
+    state = await client.threads.get_state(thread_id)
+    thread = await client.threads.get(thread_id)
+    runs = await client.runs.list(thread_id)
+    where = f"{journey.assistant_id} thread {marker} of {principal}"
+    assert [journey.progress(a) for a in answers] == list(journey.expected), (where, answers)
+    for answer in answers:  # a session's start answer shows no marker yet: its areas are still empty
+        assert markers(answer) <= {marker}, (where, answer)
+    assert markers(answers[-1]) == markers(state["values"]) == {marker}, (where, state)
+    assert state["checkpoint"]["thread_id"] == thread_id, where
+    assert [(r["thread_id"], r["status"]) for r in runs] == [(thread_id, "success")] * 3, (where, runs)
+    instance_id = thread["metadata"]["instance_id"]
+    if journey.assistant_id in ("structured", "saga"):
+        assert {a["instance_id"] for a in answers} == {instance_id}, where
+        assert {a["user_id"] for a in answers} == {principal}, where  # the caller's, not another user's
+    if journey.assistant_id == "lifecycle":
+        assert {a["journey_id"] for a in answers} == {thread_id}, where
+    return {"thread_id": thread_id, "instance_id": instance_id}
+
+
+async def test_interleaved_threads_of_six_assistants_and_two_users(clients: dict[str, LangGraphClient]) -> None:
+    await clients["ana"].http.post("/processes", json=TWO_TASKS)
+    # A guide thread bound before every other: it must not become everyone's journey.
+    first = await drive(clients["bob"], "bob", JOURNEYS[-1], "mk999")
+    work = []
+    for index in range(THREADS_PER_ASSISTANT * len(JOURNEYS)):
+        principal = ("ana", "bob")[index % 2]
+        journey = JOURNEYS[index % len(JOURNEYS)]
+        work.append(drive(clients[principal], principal, journey, f"mk{index:03d}"))
+    threads = [first, *await asyncio.gather(*work)]
+    assert len({t["instance_id"] for t in threads}) == len(threads)  # one journey per thread
+
+
+async def test_a_claim_answers_the_claimed_runs_own_thread(store_url: str) -> None:
+    """The run store alone, on every backend (on PostgreSQL both through the psycopg hot path and through
+    SQLAlchemy): claiming a run answers the instance of that run's thread, whichever thread was bound first."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        stores = [RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)]
+        if runtime.store.pg_pool is not None:
+            stores.append(RunStore(runtime.store.engine, SystemClock()))
+        for store in stores:
+            created = []
+            for n in range(4):
+                run = await store.create_run(
+                    thread_id=None,
+                    assistant_id="structured",
+                    kind="start",
+                    input={},
+                    command=None,
+                    stream_modes=[],
+                    multitask_strategy="reject",
+                    metadata={},
+                    principal="ana",
+                )
+                if n:  # the first thread stays unbound
+                    await store.bind(run.thread_id, "structured", f"instance-{n}")
+                created.append(run)
+            for n, run in reversed(list(enumerate(created))):
+                claimed = await store.claim(run.run_id)
+                assert claimed is not None
+                row, instance_id = claimed
+                assert (row.run_id, row.thread_id, row.status) == (run.run_id, run.thread_id, "running")
+                assert instance_id == (f"instance-{n}" if n else None)
+
+
+async def test_first_lifecycle_journeys_started_at_once_share_their_design(store_url: str) -> None:
+    """The default lifecycle design is stored under its content's id by whichever start gets there first;
+    the others (here: concurrent first starts in one process) take it as it is."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        started = await asyncio.gather(
+            *(runtime.lifecycle.start_journey(f"client-{n}", metrics=LIFECYCLE_READY) for n in range(4))
+        )
+        assert {journey["current_stage"] for journey in started} == {"sandbox"}
+        instances = await runtime.store.index.get_instances([journey["journey_id"] for journey in started])
+        assert len(instances) == 4 and len({instance.journey_id for instance in instances}) == 1  # one design
