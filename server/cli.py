@@ -79,7 +79,12 @@ def serve(
     ] = DEFAULT_STORE_URL,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8123,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="switch API keys off (local development only)")] = False,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="switch API keys off (local development only; loopback hosts only)")
+    ] = False,
+    allow_insecure: Annotated[
+        bool, typer.Option("--allow-insecure", help="allow --no-auth on a host other machines can reach")
+    ] = False,
     api_keys: Annotated[
         str | None, typer.Option("--api-keys", help="JSON file of API keys (default: $JOURNEYS_API_KEYS)")
     ] = None,
@@ -98,8 +103,14 @@ def serve(
 
     from server.app import create_app
     from server.plugins import plugin_registry
-    from server.settings import Settings, load_api_keys
+    from server.settings import Settings, load_api_keys, no_auth_warning
 
+    try:
+        warning = no_auth_warning(host, no_auth=no_auth, allow_insecure=allow_insecure)
+    except JourneyError as exc:
+        _fail(exc)
+    if warning:
+        typer.echo(warning, err=True)
     _quiet_logs(verbose, quiet=logging.WARNING)  # the keys' warnings (plain keys stored) show even so
     try:
         api_keys_by_digest = {} if no_auth else load_api_keys(api_keys)

@@ -17,11 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from checkpoints.errors import JourneyError, StoreError
 
 log = structlog.get_logger("journeys.server")
 PROBLEM_JSON = "application/problem+json"
+ALLOWABLE = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STATUS_BY_CATEGORY = {"invalid": 422, "not_found": 404, "conflict": 409, "forbidden": 403, "failed": 424}
 TITLES = {
     400: "Bad Request",
@@ -68,7 +70,15 @@ def problem_type(code: str) -> str:
     return f"/problems/{code}"
 
 
-def problem(status: int, code: str, detail: str, *, category: str | None = None, **extra: Any) -> JSONResponse:
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    category: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": problem_type(code),
         "title": TITLES.get(status, "Error"),
@@ -78,8 +88,18 @@ def problem(status: int, code: str, detail: str, *, category: str | None = None,
         "category": category,
     }
     body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"WWW-Authenticate": 'ApiKey header="x-api-key"'} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'ApiKey header="x-api-key"'}
     return JSONResponse(json.loads(json.dumps(body, default=str)), status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` of a 405 (RFC 9110): every method some route serves at the request's path. Starlette
+    names only the methods of the first route that matched the path, though several may share it."""
+    scope = {"type": "http", "path": request.url.path, "root_path": request.scope.get("root_path", "")}
+    routes = request.app.router.routes
+    methods = [m for m in ALLOWABLE if any(r.matches({**scope, "method": m})[0] is Match.FULL for r in routes)]
+    return ", ".join(methods)
 
 
 def journey_error_response(exc: JourneyError) -> JSONResponse:
@@ -120,7 +140,10 @@ def install_problem_handlers(app: FastAPI, *, authorize: Callable[[Request], Non
         if exc.status_code == 400 and (refused := unauthorized(request)):  # a body that could not be read
             return refused
         codes = {401: "Unauthenticated", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed"}
-        return problem(exc.status_code, codes.get(exc.status_code, f"Http{exc.status_code}"), str(exc.detail))
+        headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else None
+        return problem(
+            exc.status_code, codes.get(exc.status_code, f"Http{exc.status_code}"), str(exc.detail), headers=headers
+        )
 
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", error=repr(exc))

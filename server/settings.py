@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -32,6 +33,45 @@ class ApiKeysError(JourneyError):
     """The API keys are not valid."""
 
     category: ClassVar[ErrorCategory] = "invalid"
+
+
+class InsecureServeError(JourneyError):
+    """The server would be open to every caller beyond this machine."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches only this machine (a name other than localhost may resolve to
+    anything, so it counts as reachable)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def no_auth_warning(host: str, *, no_auth: bool, allow_insecure: bool) -> str | None:
+    """What ``journeys serve`` says about running without API keys on ``host``; InsecureServeError when it
+    must not: without keys beyond loopback unless the operator insists (``--allow-insecure``)."""
+    if allow_insecure and not no_auth:
+        raise InsecureServeError("--allow-insecure only goes with --no-auth (with API keys nothing is open)")
+    if not no_auth:
+        return None
+    if not is_loopback(host) and not allow_insecure:
+        raise InsecureServeError(
+            f"--no-auth on --host {host} would let anyone who reaches this machine read and change every "
+            "journey; listen on 127.0.0.1, configure API keys (--api-keys), or add --allow-insecure if you "
+            "really mean it"
+        )
+    warning = (
+        "warning: --no-auth: every request is served without an API key, as a local developer with every scope "
+        "(for local development only)"
+    )
+    if not is_loopback(host):
+        warning += f"; --host {host} makes it reachable from other machines"
+    return warning
 
 
 def key_digest(key: str) -> str:

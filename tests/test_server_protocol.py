@@ -1,0 +1,111 @@
+"""HTTP protocol details over real HTTP: a 405 names the methods the resource has (RFC 9110 ``Allow``), and
+``journeys serve --no-auth`` says what it means, and refuses to expose an open server beyond loopback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from server.app import create_app
+from server.cli import app as cli
+from server.settings import Settings, is_loopback
+from tests.server_support import ROOT, free_port, serving
+
+pytestmark = pytest.mark.slow
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@pytest.fixture
+def base(sqlite_url: str) -> Iterator[str]:
+    with serving(create_app(Settings(database_url=sqlite_url, auth=False))) as url:
+        yield url
+
+
+def test_every_405_names_the_methods_its_resource_has(base: str) -> None:
+    """For every path of the OpenAPI document, a method it lacks gets 405 with ``Allow`` listing exactly the
+    methods the document gives the paths that match it (``/assistants/search`` is also an assistant's path)."""
+    with httpx.Client(base_url=base, timeout=30) as http:
+        paths = http.get("/openapi.json").json()["paths"]
+        patterns = {template: re.compile(re.sub(r"\{[^}]+\}", "[^/]+", template) + "$") for template in paths}
+        checked = 0
+        for template in paths:
+            path = re.sub(r"\{[^}]+\}", "p1", template)
+            documented = {m.upper() for t, operations in paths.items() if patterns[t].match(path) for m in operations}
+            for method in sorted(set(METHODS) - documented):
+                response = http.request(method, path)
+                assert response.status_code == 405, (method, path, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                allowed = {m.strip() for m in response.headers["allow"].split(",")}
+                assert allowed == documented, (method, path)
+                checked += 1
+    assert checked > 100  # every path, every method it lacks
+
+
+def test_405_on_a_path_two_routes_share_lists_both(base: str) -> None:
+    # GET /assistants/{assistant_id} and POST /assistants/search both match /assistants/search.
+    refused = httpx.delete(f"{base}/assistants/search")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "example.org"])
+def test_no_auth_refuses_a_non_loopback_host_without_allow_insecure(tmp_path: object, host: str) -> None:
+    # In a process of its own with a deadline: a server that starts anyway must fail the test, not hang it.
+    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--no-auth", "--host", host]
+    command += ["--database-url", f"sqlite:///{tmp_path}/j.db", "--port", str(free_port())]
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2, (host, refused.stderr)
+    assert f"--no-auth on --host {host}" in refused.stderr and "--allow-insecure" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_which_hosts_are_loopback() -> None:
+    assert all(is_loopback(host) for host in ("127.0.0.1", "127.8.9.1", "::1", "localhost"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "192.168.1.10", "10.0.0.1", "example.org", ""))
+
+
+def test_allow_insecure_is_only_for_no_auth() -> None:
+    refused = CliRunner().invoke(cli, ["serve", "--allow-insecure", "--host", "0.0.0.0"])
+    assert refused.exit_code == 2 and "--allow-insecure only goes with --no-auth" in refused.output
+
+
+def serve(*options: str) -> tuple[subprocess.Popen[str], str]:
+    """`journeys serve` in a process of its own; answers once it serves, with its base URL."""
+    port = free_port()
+    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--port", str(port), *options]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ok", timeout=1).status_code == 200:
+                return process, f"http://127.0.0.1:{port}"
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"journeys serve did not start: {process.communicate()[1]}")
+
+
+def stopped(process: subprocess.Popen[str]) -> str:
+    process.terminate()
+    _, errors = process.communicate(timeout=30)
+    return errors
+
+
+@pytest.mark.parametrize(
+    ("options", "exposed"),
+    [(("--host", "127.0.0.1"), False), (("--host", "0.0.0.0", "--allow-insecure"), True)],
+)
+def test_no_auth_warns_when_it_starts(tmp_path: object, options: tuple[str, ...], exposed: bool) -> None:
+    process, base = serve("--no-auth", "--database-url", f"sqlite:///{tmp_path}/j.db", *options)
+    try:
+        assert httpx.post(f"{base}/threads", json={}).status_code == 200  # no key needed: that is the point
+    finally:
+        errors = stopped(process)
+    assert "warning: --no-auth" in errors and "every request" in errors
+    assert ("reachable from other machines" in errors) is exposed
