@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from nodes.criteria import Condition, Criteria
 from nodes.timer import TimerDefinition
@@ -39,10 +40,16 @@ def _as_mapping(value: Any) -> Any:
     return value
 
 
-class _Element(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def _kind_required(schema: JsonDict) -> None:
+    # An element's type picks its model in the Element union, so the schema must ask for it, default or not.
+    required = schema.get("required")
+    schema["required"] = [*(required if isinstance(required, list) else []), "type"]
 
-    id: str
+
+class _Element(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_kind_required)
+
+    id: str = Field(json_schema_extra={"pattern": ELEMENT_ID.pattern})  # checked below, with a fix
     name: str = ""
 
     @field_validator("id")
@@ -272,7 +279,7 @@ class Flow(BaseModel):
 class ProcessSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, json_schema_extra={"pattern": PROCESS_NAME.pattern})
     version: int = Field(default=1, ge=1)
     description: str = ""
     elements: tuple[Element, ...] = Field(min_length=1)

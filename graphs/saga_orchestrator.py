@@ -8,9 +8,10 @@ from typing import Any
 from langgraph.types import StateSnapshot
 
 from graphs.designs import DesignBook, new_id
-from graphs.errors import InvalidInputError
+from graphs.errors import JourneyNotFoundError
 from graphs.saga import SagaSpec
 from graphs.step_journeys import StepJourneys
+from graphs.structured import StructuredSpec
 from graphs.structured_orchestrator import StructuredOrchestrator, design_view
 
 
@@ -27,7 +28,7 @@ class SagaOrchestrator:
         requirements: Mapping[str, Any] | None = None,
         compensation_handlers: Mapping[str, str] | None = None,
         *,
-        spec: Mapping[str, Any] | None = None,
+        spec: StructuredSpec | Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         base = self._structured.build_spec(journey_type, requirements, spec)
         handlers = dict(compensation_handlers or {})
@@ -53,10 +54,10 @@ class SagaOrchestrator:
     ) -> dict[str, Any]:
         instance = await self._runs.instance(saga_id)
         if (instance.journey_id, instance.user_id) != (journey_id, user_id):
-            raise InvalidInputError(
-                f"saga {saga_id!r} belongs to journey {instance.journey_id!r} and user {instance.user_id!r}, "
-                f"not to journey {journey_id!r} and user {user_id!r}",
-                saga_id=saga_id,
+            # Not found, not invalid: the request names a saga of (journey, user) that does not exist, and
+            # whose saga it is instead is not the caller's business.
+            raise JourneyNotFoundError(
+                f"saga {saga_id!r} is not a saga of journey {journey_id!r} for user {user_id!r}", saga_id=saga_id
             )
         return await self._runs.advance(saga_id, step_result, step_id=step_id)
 

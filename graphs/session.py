@@ -30,7 +30,7 @@ CLOSE = "close"
 class Area(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    area_id: str
+    area_id: str = Field(json_schema_extra={"pattern": AREA_ID.pattern})  # checked below, with a fix
     area_name: str = ""
     description: str = ""
     actions: tuple[str, ...] = ()

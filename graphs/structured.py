@@ -42,7 +42,7 @@ class Branch(BaseModel):
 class Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step_id: str
+    step_id: str = Field(json_schema_extra={"pattern": STEP_ID.pattern})  # checked below, with a fix
     name: str = ""
     description: str = ""
     agent: str | None = Field(default=None, description="intent of the agent that does this step's work")

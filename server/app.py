@@ -19,6 +19,7 @@ from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.auth import authorize_route
 from server.executor import EmbeddedRunner, RunExecutor
+from server.openapi import install_openapi
 from server.problems import install_problem_handlers
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore
@@ -78,6 +79,7 @@ def create_app(
     install_problem_handlers(app, authorize=authorize_route)
     for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
         app.include_router(router)
+    install_openapi(app)  # the document states the input guard's rules too
 
     @app.get("/ok", tags=["health"], summary="Liveness")
     async def ok() -> dict[str, bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 StreamModeName = Literal[
     "values", "updates", "custom", "messages", "messages-tuple", "events", "debug", "tasks", "checkpoints"
@@ -106,13 +107,23 @@ class CommandIn(Open):
     resume: Any = None
 
 
+# A run takes input (it starts a journey) or command.resume (it advances one), never both.
+_STARTS: JsonDict = {"required": ["input"], "properties": {"input": {"type": "object"}}}
+_RESUMES: JsonDict = {"required": ["command"], "properties": {"command": {"type": "object", "required": ["resume"]}}}
+_NOT_BOTH: JsonDict = {"not": {"allOf": [_STARTS, _RESUMES]}}
+
+
 class RunCreate(Open):
+    """A run on a thread: its first run takes input, later ones command.resume."""
+
+    model_config = ConfigDict(json_schema_extra=_NOT_BOTH)
+
     assistant_id: str = Field(min_length=1)
     input: dict[str, Any] | None = None
     command: CommandIn | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     stream_mode: StreamModeName | list[StreamModeName] | None = None
-    multitask_strategy: Literal["reject", "interrupt", "rollback", "enqueue"] = "reject"
+    multitask_strategy: Literal["reject", "enqueue"] = "reject"
     if_not_exists: Literal["create", "reject"] = "reject"
     durability: Literal["sync", "async", "exit"] | None = Field(
         default=None,
@@ -120,6 +131,12 @@ class RunCreate(Open):
         "for journeys whose steps replay from the event log: structured). Default: the server's --durability "
         "for those, after every step for the others",
     )
+
+
+class StatelessRunCreate(RunCreate):
+    """A run on a new thread: input starts its journey (command.resume finds nothing to resume: 409)."""
+
+    model_config = ConfigDict(json_schema_extra={**_NOT_BOTH, "anyOf": [_STARTS, _RESUMES]})
 
 
 class RunOut(Open):

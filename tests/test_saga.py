@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agents import AgentRequest, FailingAgent, RecordingAgent, RetrySettings, TransientAgentError
-from graphs import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, JourneyRuntime, SpecError
+from graphs import JourneyFinishedError, JourneyNotFoundError, JourneyRuntime, SpecError
 
 FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0.001)
 MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]
@@ -255,7 +255,7 @@ async def test_advance_checks_the_saga_belongs_to_the_journey_and_user(store_url
             lambda: rt.saga.advance_saga_step(saga_id, other["journey_id"], "user_123", {}),
         ]
         for call in wrong:
-            with pytest.raises(InvalidInputError, match=f"saga {saga_id!r} belongs to journey"):
+            with pytest.raises(JourneyNotFoundError, match=f"saga {saga_id!r} is not a saga of journey"):
                 await call()
         with pytest.raises(JourneyNotFoundError):
             await rt.saga.advance_saga_step("saga_unknown", journey_id, "user_123", {})

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from graphs.process import ProcessSpec
 from server.auth import Principal, require
 from server.models import MAX_INT
 from server.routers import ViewRoute, errors
@@ -95,7 +96,7 @@ class ProcessStartIn(BaseModel):
 
 
 @router.post("/processes", response_model=DeploymentOut, summary="Deploy a process (a new version of its name)")
-async def deploy_process(body: dict[str, Any], _c: Deployer, svc: Services) -> dict[str, Any]:
+async def deploy_process(body: ProcessSpec, _c: Deployer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.processes.deploy(body)
 
 

@@ -9,7 +9,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.errors import JourneyNotFoundError
+from graphs.mvp import MVP_PILLARS
+from graphs.session import SessionSpec
+from graphs.structured import StructuredSpec
+from nodes.criteria_gate import METRIC_NAME
 from server.auth import Principal, require
+from server.openapi import NOT_BLANK
 from server.routers import ViewRoute, errors
 from server.services import ServerServices, services
 from server.views.lifecycle import LifecycleJourneyView, LifecycleTransitionOut, MetricsRecordedOut
@@ -37,6 +42,10 @@ Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("journeys"))]
 Services = Annotated[ServerServices, Depends(services)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+# Metric name → value; the names the lifecycle accepts (lower_snake_case), as the schema states them.
+Metrics = Annotated[
+    dict[str, float | bool], Field(json_schema_extra={"propertyNames": {"pattern": METRIC_NAME.pattern}})
+]
 
 
 class Body(BaseModel):
@@ -46,7 +55,7 @@ class Body(BaseModel):
 class DesignIn(Body):
     journey_type: Name
     requirements: dict[str, Any] = Field(default_factory=dict)
-    spec: dict[str, Any] | None = None
+    spec: StructuredSpec | None = Field(default=None, description="your own steps instead of the template's")
 
 
 class SagaDesignIn(DesignIn):
@@ -70,12 +79,12 @@ class SagaAdvanceIn(AdvanceIn):
 
 class SessionIn(Body):
     user_id: Name
-    session_config: dict[str, Any]
+    session_config: SessionSpec
 
 
 class MvpIn(Body):
     user_id: Name
-    initial_pillar: Name = "content"
+    initial_pillar: str = Field(default="content", json_schema_extra={"enum": [p.area_id for p in MVP_PILLARS]})
 
 
 class NavigateIn(Body):
@@ -92,9 +101,9 @@ class CloseIn(Body):
 
 
 class LifecycleIn(Body):
-    client_id: Name
+    client_id: Name = Field(json_schema_extra={"pattern": NOT_BLANK})
     metadata: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, float | bool] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
 
 
 class TransitionIn(Body):
@@ -103,7 +112,7 @@ class TransitionIn(Body):
 
 
 class MetricsIn(Body):
-    values: dict[str, float | bool] = Field(min_length=1)
+    values: Metrics = Field(min_length=1)
 
 
 # --- structured -----------------------------------------------------------------------------------

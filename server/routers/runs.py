@@ -18,7 +18,7 @@ from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.executor import thread_output
-from server.models import MAX_INT, RunCreate, RunOut
+from server.models import MAX_INT, RunCreate, RunOut, StatelessRunCreate
 from server.problems import ApiError
 from server.routers import errors
 from server.routers.threads import resolve_thread
@@ -96,7 +96,14 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
     if instance_id is not None and body.input is not None and not assistant.chat:
         raise ApiError(409, "JourneyStarted", f"thread {thread} already runs a journey; advance it with command.resume")
     if instance_id is None and body.input is None and not queued:
-        raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)
+        if row is None:  # a new thread: the request alone lacks what it needs
+            raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)
+        raise ApiError(  # the thread's state decides: it has no journey yet
+            409,
+            "NothingToStart",
+            f"thread {thread} has no journey yet; start one with input",
+            input_schema=assistant.input_schema,
+        )
     return "start"
 
 
@@ -144,7 +151,7 @@ async def create_background(thread_id: str, body: RunCreate, caller: Runner, svc
 
 
 @router.post("/runs", response_model=RunOut, summary="Create a run on a new thread")
-async def create_stateless(body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     return (await create_run(svc, None, body, caller, streaming=False)).view()
 
 
@@ -155,7 +162,7 @@ async def create_and_wait(thread_id: str, body: RunCreate, caller: Runner, svc: 
 
 
 @router.post("/runs/wait", summary="Create a run on a new thread and wait for its output")
-async def create_stateless_and_wait(body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     run = await _wait(svc, await create_run(svc, None, body, caller, streaming=False))
     return await final_output(svc, run)
 
@@ -167,7 +174,7 @@ async def create_and_stream(thread_id: str, body: RunCreate, caller: Runner, svc
 
 
 @router.post("/runs/stream", summary="Create a run on a new thread and stream it (SSE)", responses=SSE)
-async def create_stateless_stream(body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
+async def create_stateless_stream(body: StatelessRunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     run = await create_run(svc, None, body, caller, streaming=True)
     return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 

@@ -135,13 +135,18 @@ async def update_state(thread_id: str, body: StateUpdate, _caller: Runner, svc: 
     thread = await resolve_thread(svc, thread_id)
     graph = await thread_graph(svc, thread)
     if graph is None or thread.instance_id is None:
-        raise InvalidInputError(f"thread {thread_id!r} has no state yet; start a run on it first")
+        raise ApiError(409, "NoState", f"thread {thread_id!r} has no state yet; start a run on it first")
     if await svc.runs.active_count(thread_id):
         raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run")
     async with svc.runtime.engine.exclusive(thread.instance_id):
         config = svc.runtime.engine.config(thread.instance_id)
         if body.as_node is not None and body.as_node not in graph.nodes:
-            raise InvalidInputError(f"as_node {body.as_node!r} is not a node of this graph", allowed=list(graph.nodes))
+            raise ApiError(  # which nodes there are depends on the journey the thread runs: a conflict
+                409,
+                "UnknownNode",
+                f"as_node {body.as_node!r} is not a node of this thread's graph",
+                allowed=list(graph.nodes),
+            )
         try:
             written = await graph.aupdate_state(config, body.values, as_node=body.as_node)
         except (ValueError, KeyError, TypeError) as exc:

@@ -1,0 +1,103 @@
+"""The OpenAPI document says what the server accepts, including the rules no model field carries.
+
+Every string a request carries (names, ids, keys and values inside free-form objects, path and query
+parameters) is refused with a NUL character (U+0000) in it: no store can keep one (see
+:mod:`server.input_guard`). The models cannot say so for JSON they leave free-form, so the document is
+completed once, when it is first built: string schemas get :data:`NO_NUL` as their pattern, and free-form
+values become :data:`JSON_VALUE`, a JSON value whose strings hold no NUL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+NO_NUL = r"^[^\u0000]*$"
+# Holds a character ``str.strip()`` keeps (spelled out: regex dialects disagree on what ``\s`` is).
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+JSON_VALUE = "JsonValue"
+_JSON_REF = {"$ref": f"#/components/schemas/{JSON_VALUE}"}
+_JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "title": JSON_VALUE,
+    "description": "any JSON value whose strings (object keys included) hold no NUL character (U+0000)",
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": _JSON_REF},
+        {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": _JSON_REF},
+    ],
+}
+# Keywords that make a schema more than "any value" (an annotation alone, such as a title, does not).
+_CONSTRAINTS = {"type", "$ref", "anyOf", "oneOf", "allOf", "not", "enum", "const", "properties", "items"}
+Schema = dict[str, Any]
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Build ``app``'s OpenAPI document on first use, as FastAPI does, with the request rules above."""
+    build = app.openapi  # FastAPI's own: it keeps what it builds in app.openapi_schema
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_request_rules(build())
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
+
+
+def with_request_rules(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the NUL rule on every string of every request (parameters and bodies)."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    completed: set[str] = set()
+
+    def component(ref: str) -> None:
+        name = ref.rsplit("/", 1)[-1]
+        if name not in completed and name in components:
+            completed.add(name)  # before walking it: components may refer to themselves
+            _complete(components[name], component)
+
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") in ("path", "query"):
+                    _complete(parameter.get("schema", {}), component)
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                _complete(media.setdefault("schema", {}), component)
+    components.setdefault(JSON_VALUE, _JSON_VALUE_SCHEMA)
+    return document
+
+
+def _complete(schema: Schema, component: Callable[[str], None]) -> None:
+    """Add the NUL rule to ``schema`` in place (the components it refers to through ``component``)."""
+    if "$ref" in schema:
+        component(schema["$ref"])
+        return
+    if not _CONSTRAINTS & set(schema):  # any value
+        schema.update(_JSON_REF)
+        return
+    for key in ("anyOf", "oneOf", "allOf"):
+        for option in schema.get(key, []):
+            _complete(option, component)
+    types = schema.get("type")
+    kinds = set(types) if isinstance(types, list) else {types}
+    if "string" in kinds and not {"enum", "const"} & set(schema):
+        if "pattern" not in schema:
+            schema["pattern"] = NO_NUL
+        elif schema["pattern"] != NO_NUL:  # a pattern of its own: both hold
+            schema.setdefault("allOf", []).append({"pattern": NO_NUL})
+    if "object" in kinds:
+        schema.setdefault("propertyNames", {"pattern": NO_NUL})
+        for value in schema.get("properties", {}).values():
+            _complete(value, component)
+        extra = schema.get("additionalProperties", True)
+        if extra is True or extra == {}:
+            schema["additionalProperties"] = dict(_JSON_REF)
+        elif isinstance(extra, dict):
+            _complete(extra, component)
+    if "array" in kinds:
+        items = schema.setdefault("items", {})
+        if isinstance(items, dict):
+            _complete(items, component)
