@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,7 +63,7 @@ def test_405_on_a_path_two_routes_share_lists_both(base: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "example.org"])
-def test_no_auth_refuses_a_non_loopback_host_without_allow_insecure(tmp_path: object, host: str) -> None:
+def test_no_auth_refuses_a_non_loopback_host_without_allow_insecure(tmp_path: Path, host: str) -> None:
     # In a process of its own with a deadline: a server that starts anyway must fail the test, not hang it.
     command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--no-auth", "--host", host]
     command += ["--database-url", f"sqlite:///{tmp_path}/j.db", "--port", str(free_port())]
@@ -108,7 +109,7 @@ def stopped(process: subprocess.Popen[str]) -> str:
     ("options", "exposed"),
     [(("--host", "127.0.0.1"), False), (("--host", "0.0.0.0", "--allow-insecure"), True)],
 )
-def test_no_auth_warns_when_it_starts(tmp_path: object, options: tuple[str, ...], exposed: bool) -> None:
+def test_no_auth_warns_when_it_starts(tmp_path: Path, options: tuple[str, ...], exposed: bool) -> None:
     process, base = serve("--no-auth", "--database-url", f"sqlite:///{tmp_path}/j.db", *options)
     try:
         assert httpx.post(f"{base}/threads", json={}).status_code == 200  # no key needed: that is the point
@@ -118,13 +119,13 @@ def test_no_auth_warns_when_it_starts(tmp_path: object, options: tuple[str, ...]
     assert ("reachable from other machines" in errors) is exposed
 
 
-# The operations that take a spec, and the problem their design rules (steps reachable, agents registered,
-# flows connected, ...) are reported as: no JSON Schema can state those.
-DESIGN_RULES = {
-    "POST /journeys/structured/designs": "SpecError",
-    "POST /journeys/sagas/designs": "SpecError",
-    "POST /journeys/sessions": "SpecError",
-    "POST /processes": "SpecError",
+# The operations that take a spec: its design rules (steps reachable, agents registered, flows connected,
+# ...) are checked once its shape is valid, and reported as a SpecError. No JSON Schema can state those.
+SPEC_OPERATIONS = {
+    "POST /journeys/structured/designs",
+    "POST /journeys/sagas/designs",
+    "POST /journeys/sessions",
+    "POST /processes",
 }
 EXAMPLES = 10
 
@@ -133,9 +134,9 @@ def refusal_beyond_the_schema(operation: str, problem: dict[str, Any]) -> bool:
     """A 422 for a rule of a spec the schema cannot state: a design rule, or a validator's cross-field rule
     (pydantic reports those as "Value error, ..."). Any other 422 means the schema allowed what the server
     refuses."""
-    if operation not in DESIGN_RULES:
+    if operation not in SPEC_OPERATIONS:
         return False
-    if problem.get("code") == DESIGN_RULES[operation]:
+    if problem.get("code") == "SpecError":
         return True
     # A collection pydantic finds too short "after validation" only lost an item another problem names.
     problems = [p for p in problem.get("problems", []) if "after validation" not in p]

@@ -172,6 +172,7 @@ async def drive(client: LangGraphClient, principal: str, journey: Journey, marke
     return {"thread_id": thread_id, "instance_id": instance_id}
 
 
+@pytest.mark.slow
 async def test_interleaved_threads_of_six_assistants_and_two_users(clients: dict[str, LangGraphClient]) -> None:
     await clients["ana"].http.post("/processes", json=TWO_TASKS)
     # A guide thread bound before every other: it must not become everyone's journey.
