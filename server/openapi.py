@@ -9,6 +9,7 @@ values become :data:`JSON_VALUE`, a JSON value whose strings hold no NUL.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +67,7 @@ def with_request_rules(document: dict[str, Any]) -> dict[str, Any]:
                     _complete(parameter.get("schema", {}), component)
             for media in operation.get("requestBody", {}).get("content", {}).values():
                 _complete(media.setdefault("schema", {}), component)
-    components.setdefault(JSON_VALUE, _JSON_VALUE_SCHEMA)
+    components.setdefault(JSON_VALUE, copy.deepcopy(_JSON_VALUE_SCHEMA))  # each document owns its own
     return document
 
 
