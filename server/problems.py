@@ -96,7 +96,7 @@ def problem(
 def allowed_methods(request: Request) -> str:
     """The ``Allow`` of a 405 (RFC 9110): every method some route serves at the request's path. Starlette
     names only the methods of the first route that matched the path, though several may share it."""
-    scope = {"type": "http", "path": request.url.path, "root_path": request.scope.get("root_path", "")}
+    scope = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", "")}
     routes = request.app.router.routes
     methods = [m for m in ALLOWABLE if any(r.matches({**scope, "method": m})[0] is Match.FULL for r in routes)]
     return ", ".join(methods)
