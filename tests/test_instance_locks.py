@@ -1,0 +1,269 @@
+"""One writer per journey instance, across runtimes and processes (issue 10, sections 2 and 4).
+
+Two runtimes on one database, or two processes, advancing the same journeys: every advance either
+is acknowledged, and then its result is in the event log exactly once, or is refused with a typed
+error and left no trace. A holder killed mid-step releases the journey at once. Two concurrent
+promotions promote once and never validate the next stage's gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.protocol import AgentRequest
+from agents.registry import AgentRegistry
+from checkpoints.errors import ConcurrentUpdateError, JourneyError
+from graphs import JourneyRuntime
+from nodes.compensation import COMPLETED_STEP
+from nodes.criteria_gate import ValidationResult
+from tests.lifecycle_support import PILOT_ENTRY, SANDBOX_EXIT, journey_at, lifecycle_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = ROOT / "tests" / "lock_child.py"
+INTENT = "locks.step"  # the agent lock_child.py registers for every step
+
+
+def slow_upload(calls: list[str]) -> Any:
+    async def upload_content(request: AgentRequest) -> dict[str, Any]:
+        calls.append(request.idempotency_key)
+        await asyncio.sleep(0.3)
+        return {"uploaded": True}
+
+    return upload_content
+
+
+async def logged_results(runtime: JourneyRuntime, instance_id: str) -> list[tuple[str, str]]:
+    """(who, step) of every completed step in the instance's log, in order."""
+    done = await runtime.store.events.list(instance_id, types=[COMPLETED_STEP])
+    return [(str(e.payload["step_result"].get("who")), str(e.step)) for e in done]
+
+
+async def test_two_runtimes_advancing_one_step_lose_no_acknowledged_result(durable_url: str) -> None:
+    calls: list[str] = []
+    registries = [AgentRegistry(), AgentRegistry()]
+    for registry in registries:
+        registry.register("upload_content", slow_upload(calls))
+    async with (
+        JourneyRuntime.open(durable_url, agents=registries[0]) as a,
+        JourneyRuntime.open(durable_url, agents=registries[1]) as b,
+    ):
+        journey = await a.structured.design_journey("content_migration", {})
+        journey_id = journey["journey_id"]
+        started = await a.structured.execute_journey(journey_id, "u", {})
+        answers = await asyncio.gather(
+            a.structured.advance_journey_step(journey_id, "u", {"who": "A"}),
+            b.structured.advance_journey_step(journey_id, "u", {"who": "B"}),
+            return_exceptions=True,
+        )
+        logged = await logged_results(a, started["instance_id"])
+
+    acknowledged = {who: answer for who, answer in zip("AB", answers, strict=True) if isinstance(answer, dict)}
+    refused = [answer for answer in answers if not isinstance(answer, dict)]
+    assert all(isinstance(answer, ConcurrentUpdateError) for answer in refused), refused
+    assert acknowledged, "one of the two advances must go through"
+    # Each acknowledged result is logged exactly once, for the step its answer names; nothing else is.
+    assert sorted(logged) == sorted((who, view["completed_step"]) for who, view in acknowledged.items())
+    assert Counter(calls) == Counter(set(calls)), f"an agent ran twice under one idempotency key: {calls}"
+
+
+async def test_concurrent_promotes_promote_once_and_never_validate_the_next_stage(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (runtime, clock), lifecycle_runtime(store_url) as (other, _):
+        # On a durable store the second promotion comes from a second runtime on the same database.
+        second = runtime if store_url == "memory://" else other
+        lc = runtime.lifecycle
+        journey_id = await journey_at(runtime, clock, "sandbox")
+        await lc.run_unit_of_work(journey_id, "test_dataset_provisioning")
+        await lc.run_unit_of_work(journey_id, "search_quality_validation")
+        await lc.record_metrics(journey_id, {**SANDBOX_EXIT, **PILOT_ENTRY})
+
+        answers = await asyncio.gather(
+            lc.promote(journey_id), second.lifecycle.promote(journey_id), return_exceptions=True
+        )
+
+        promoted = [a for a in answers if isinstance(a, ValidationResult)]
+        refused = [a for a in answers if not isinstance(a, ValidationResult)]
+        assert [p.event for p in promoted] == ["promote_to_pilot"] and promoted[0].passed, answers
+        assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
+        assert "promote" in str(refused[0]) and refused[0].category == "conflict"
+        history = await lc.validation_history(journey_id)
+        assert [v.event for v in history if v.kind == "promotion"] == ["promote_to_pilot"]
+        assert (await lc.get_journey_state(journey_id))["current_stage"] == "pilot"
+        assert (await lc.metrics.exit_criteria_first_pass_rate())["rate"] == 1.0
+        # A promotion asked for after the first one was answered goes on from the new stage, as before.
+        later = await lc.promote(journey_id)
+        assert later.event == "promote_to_production" and not later.passed
+
+
+# --- real processes -------------------------------------------------------------------------------
+
+
+class Child:
+    """``lock_child.py`` in a process of its own."""
+
+    def __init__(self, args: Sequence[str], log: Path) -> None:
+        self._stderr = log.open("wb")
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+
+    def wait_for(self, prefix: str, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith(prefix):
+                return line.strip()
+        self.close()
+        pytest.fail(f"child never printed {prefix!r}:\n{self.log.read_text(errors='replace')[-4000:]}")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 60.0) -> list[str]:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        finally:
+            self.close()
+        assert self.proc.returncode == 0, self.log.read_text(errors="replace")[-4000:]
+        return out.splitlines()
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait(timeout=10) == -signal.SIGKILL
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._stderr.close()
+
+
+def user_steps(count: int) -> dict[str, Any]:
+    steps = [{"step_id": f"s{n}", "agent": INTENT, "mode": "user"} for n in range(1, count + 1)]
+    return {"journey_type": "locks", "steps": steps}
+
+
+def recorded_calls(effects_db: Path) -> list[str]:
+    conn = sqlite3.connect(effects_db, timeout=30)
+    try:
+        return [key for (key,) in conn.execute("SELECT key FROM calls ORDER BY id")]
+    finally:
+        conn.close()
+
+
+async def open_with_steps(url: str, effects_db: Path, **options: Any) -> Any:
+    registry = AgentRegistry()
+
+    def step(request: AgentRequest) -> dict[str, Any]:
+        conn = sqlite3.connect(effects_db, timeout=30)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY, key TEXT NOT NULL)")
+            conn.execute("INSERT INTO calls (key) VALUES (?)", (request.idempotency_key,))
+            conn.commit()
+        finally:
+            conn.close()
+        return {"step": request.step}
+
+    registry.register(INTENT, step)
+    return JourneyRuntime.open(url, agents=registry, default_agents=False, **options)
+
+
+@pytest.mark.slow
+async def test_two_processes_hammering_the_same_journeys_lose_nothing(durable_url: str, tmp_path: Path) -> None:
+    steps, users, advances = 12, ["u1", "u2", "u3"], 8  # 16 attempts per journey for 12 steps: some refusals
+    effects_db = tmp_path / "effects.db"
+    async with await open_with_steps(durable_url, effects_db) as runtime:
+        journey_id = (await runtime.structured.design_journey("locks", spec=user_steps(steps)))["journey_id"]
+        instances = {u: (await runtime.structured.execute_journey(journey_id, u, {}))["instance_id"] for u in users}
+
+    children = [
+        Child([durable_url, str(effects_db), "hammer", tag, journey_id, ",".join(users), str(advances)], tmp_path / tag)
+        for tag in ("p1", "p2")
+    ]
+    try:
+        for child in children:
+            child.wait_for("READY")
+        for child in children:
+            child.go()
+        lines = [line for child in children for line in child.finish()]
+    finally:
+        for child in children:
+            child.close()
+
+    acknowledged = {who: step for kind, who, step in (line.split() for line in lines) if kind == "ACK"}
+    refusals = Counter(code for kind, _who, code in (line.split() for line in lines) if kind == "REFUSED")
+    assert len(acknowledged) + sum(refusals.values()) == 2 * len(users) * advances, lines
+    assert set(refusals) <= {"ConcurrentUpdateError", "JourneyFinishedError"}, refusals
+    async with await open_with_steps(durable_url, effects_db) as runtime:
+        for user in users:
+            logged = await logged_results(runtime, instances[user])
+            mine = sorted((who, step) for who, step in acknowledged.items() if f"-{user}-" in who)
+            assert sorted(logged) == mine, (user, logged, mine)
+            assert [step for _who, step in logged] == [f"s{n}" for n in range(1, len(logged) + 1)]
+            status = await runtime.structured.get_journey_status(journey_id, user)
+            assert status["completed_steps"] == [step for _who, step in logged]
+    calls = recorded_calls(effects_db)
+    assert Counter(calls) == Counter(set(calls)), "an agent ran twice under one idempotency key"
+
+
+@pytest.mark.slow
+async def test_a_holder_killed_mid_step_releases_the_journey(durable_url: str, tmp_path: Path) -> None:
+    effects_db = tmp_path / "effects.db"
+    async with await open_with_steps(durable_url, effects_db, lock_timeout=0.5) as runtime:
+        journey_id = (await runtime.structured.design_journey("locks", spec=user_steps(3)))["journey_id"]
+        await runtime.structured.execute_journey(journey_id, "u", {})
+        holder = Child([durable_url, str(effects_db), "hold", journey_id, "u"], tmp_path / "holder")
+        try:
+            holder.wait_for("HOLD")
+            # While the other process is mid-step, this one waits for the journey, then gives up: typed.
+            with pytest.raises(ConcurrentUpdateError) as refused:
+                await runtime.structured.advance_journey_step(journey_id, "u", {"who": "here"})
+            assert refused.value.category == "conflict" and isinstance(refused.value, JourneyError)
+            holder.kill()
+        finally:
+            holder.close()
+        began = time.monotonic()
+        view = await runtime.structured.advance_journey_step(journey_id, "u", {"who": "here"})
+        assert time.monotonic() - began < 3.0
+        assert view["completed_step"] in ("s1", "s2")
+
+
+async def test_concurrent_rollbacks_roll_back_once(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (runtime, clock):
+        lc = runtime.lifecycle
+        journey_id = await journey_at(runtime, clock, "pilot")
+        answers = await asyncio.gather(
+            lc.initiate_rollback(journey_id, "first", complete=True),
+            lc.initiate_rollback(journey_id, "second", complete=True),
+            return_exceptions=True,
+        )
+        done = [a for a in answers if isinstance(a, dict)]
+        refused = [a for a in answers if not isinstance(a, dict)]
+        assert len(done) == 1 and done[0]["journey"]["current_stage"] == "sandbox", answers
+        assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
+        assert [r["reason"] for r in await lc.rollback_history(journey_id)] == [done[0]["reason"]]
