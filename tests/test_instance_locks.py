@@ -29,6 +29,8 @@ from graphs import JourneyRuntime
 from nodes.compensation import COMPLETED_STEP
 from nodes.criteria_gate import ValidationResult
 from tests.lifecycle_support import PILOT_ENTRY, SANDBOX_EXIT, journey_at, lifecycle_runtime
+from tests.process_support import runtime as process_runtime
+from tests.test_process_versioning import onboarding
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "lock_child.py"
@@ -267,3 +269,27 @@ async def test_concurrent_rollbacks_roll_back_once(store_url: str) -> None:
         assert len(done) == 1 and done[0]["journey"]["current_stage"] == "sandbox", answers
         assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
         assert [r["reason"] for r in await lc.rollback_history(journey_id)] == [done[0]["reason"]]
+
+
+async def test_concurrent_migrations_of_one_instance_migrate_it_once(store_url: str) -> None:
+    async with process_runtime(store_url) as rt:
+        for intent in ("activate", "welcome_call"):
+            rt.agents.register(intent, lambda request: {})
+        await rt.processes.deploy(onboarding(1))
+        view = await rt.processes.start("onboarding", "cust-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})  # now waits at its timer
+        await rt.processes.deploy(onboarding(2, extra_step=True))
+
+        answers = await asyncio.gather(
+            rt.processes.migrate(view["instance_id"], to_version=2),
+            rt.processes.migrate(view["instance_id"], to_version=2),
+            return_exceptions=True,
+        )
+
+        moved = [a for a in answers if isinstance(a, dict)]
+        refused = [a for a in answers if not isinstance(a, dict)]
+        assert len(moved) == 1 and moved[0]["version"] == 2, answers
+        assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
+        history = await rt.processes.history(view["instance_id"])
+        assert [e.payload["from_version"] for e in history if e.type == "process.migrated"] == [1]
