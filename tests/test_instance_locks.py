@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agents.protocol import AgentRequest
@@ -28,8 +29,11 @@ from checkpoints.errors import ConcurrentUpdateError, JourneyError
 from graphs import JourneyRuntime
 from nodes.compensation import COMPLETED_STEP
 from nodes.criteria_gate import ValidationResult
+from server.app import create_app
+from server.settings import Settings
 from tests.lifecycle_support import PILOT_ENTRY, SANDBOX_EXIT, journey_at, lifecycle_runtime
 from tests.process_support import runtime as process_runtime
+from tests.server_support import serving
 from tests.test_process_versioning import onboarding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,3 +297,28 @@ async def test_concurrent_migrations_of_one_instance_migrate_it_once(store_url: 
         assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
         history = await rt.processes.history(view["instance_id"])
         assert [e.payload["from_version"] for e in history if e.type == "process.migrated"] == [1]
+
+
+@pytest.mark.slow
+async def test_an_advance_that_waited_too_long_is_a_409_over_http(sqlite_url: str) -> None:
+    calls: list[str] = []
+    registry = AgentRegistry()
+    registry.register("upload_content", slow_upload(calls))
+    app = create_app(
+        Settings(database_url=sqlite_url, auth=False), runtime_options={"agents": registry, "lock_timeout": 0.1}
+    )
+    with serving(app) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            design = await client.post("/journeys/structured/designs", json={"journey_type": "content_migration"})
+            journey_id = design.json()["journey_id"]
+            await client.post(f"/journeys/structured/{journey_id}/executions", json={"user_id": "u", "context": {}})
+            advance = f"/journeys/structured/{journey_id}/users/u/advance"
+            answers = await asyncio.gather(
+                client.post(advance, json={"step_result": {"who": "A"}}),
+                client.post(advance, json={"step_result": {"who": "B"}}),
+            )
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    [refused] = [a for a in answers if a.status_code == 409]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"] == "/problems/ConcurrentUpdateError"
+    assert len(calls) == 1
