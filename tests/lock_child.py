@@ -1,6 +1,6 @@
 """A runtime in a process of its own that advances journeys, for ``test_instance_locks.py``.
 
-    python tests/lock_child.py STORE_URL EFFECTS_DB hammer TAG JOURNEY_ID USERS ADVANCES
+    python tests/lock_child.py STORE_URL EFFECTS_DB hammer TAG JOURNEY_ID USERS ADVANCES LOCK_TIMEOUT
     python tests/lock_child.py STORE_URL EFFECTS_DB hold JOURNEY_ID USER
 
 Every step's agent appends its request's idempotency key to ``calls`` in the SQLite file EFFECTS_DB
@@ -8,7 +8,8 @@ Every step's agent appends its request's idempotency key to ``calls`` in the SQL
 
 ``hammer`` prints ``READY`` once the runtime is open, waits for a line on stdin, then advances the
 journey of every user in USERS (comma-separated) ADVANCES times, all users at once, each advance with
-the result ``{"who": "<TAG>-<user>-<n>"}``. It prints ``ACK <who> <completed_step>`` for each
+the result ``{"who": "<TAG>-<user>-<n>"}``, waiting at most LOCK_TIMEOUT seconds for a journey the
+other process is changing. It prints ``ACK <who> <completed_step>`` for each
 acknowledged advance and ``REFUSED <who> <error code>`` for each refused with a typed error; anything
 else is a crash of the child.
 
@@ -55,10 +56,12 @@ def recording_agent(effects_db: str, latency: float) -> Any:
     return step
 
 
-async def hammer(url: str, effects_db: str, tag: str, journey_id: str, users: list[str], advances: int) -> None:
+async def hammer(
+    url: str, effects_db: str, tag: str, journey_id: str, users: list[str], advances: int, lock_timeout: float
+) -> None:
     registry = AgentRegistry()
     registry.register(INTENT, recording_agent(effects_db, AGENT_LATENCY_S))
-    async with JourneyRuntime.open(url, agents=registry, default_agents=False) as runtime:
+    async with JourneyRuntime.open(url, agents=registry, default_agents=False, lock_timeout=lock_timeout) as runtime:
         emit("READY")
         await asyncio.to_thread(sys.stdin.readline)
 
@@ -90,8 +93,8 @@ async def hold(url: str, effects_db: str, journey_id: str, user: str) -> None:
 def main(argv: list[str]) -> None:
     url, effects_db, command, *rest = argv
     if command == "hammer":
-        tag, journey_id, users, advances = rest
-        asyncio.run(hammer(url, effects_db, tag, journey_id, users.split(","), int(advances)))
+        tag, journey_id, users, advances, lock_timeout = rest
+        asyncio.run(hammer(url, effects_db, tag, journey_id, users.split(","), int(advances), float(lock_timeout)))
     elif command == "hold":
         journey_id, user = rest
         asyncio.run(hold(url, effects_db, journey_id, user))

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
+from checkpoints import locks as locks_module
 from checkpoints.errors import ConcurrentUpdateError, JourneyError
 from graphs import JourneyRuntime
 from nodes.compensation import COMPLETED_STEP
@@ -207,9 +209,14 @@ async def test_two_processes_hammering_the_same_journeys_lose_nothing(durable_ur
         journey_id = (await runtime.structured.design_journey("locks", spec=user_steps(steps)))["journey_id"]
         instances = {u: (await runtime.structured.execute_journey(journey_id, u, {}))["instance_id"] for u in users}
 
+    # The second process waits only briefly for a journey the first is changing, so some of its advances
+    # are refused with ConcurrentUpdateError, which must leave no trace.
     children = [
-        Child([durable_url, str(effects_db), "hammer", tag, journey_id, ",".join(users), str(advances)], tmp_path / tag)
-        for tag in ("p1", "p2")
+        Child(
+            [durable_url, str(effects_db), "hammer", tag, journey_id, ",".join(users), str(advances), wait],
+            tmp_path / tag,
+        )
+        for tag, wait in (("p1", "30"), ("p2", "0.02"))
     ]
     try:
         for child in children:
@@ -322,3 +329,81 @@ async def test_an_advance_that_waited_too_long_is_a_409_over_http(sqlite_url: st
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["type"] == "/problems/ConcurrentUpdateError"
     assert len(calls) == 1
+
+
+# --- the lock seam itself -------------------------------------------------------------------------
+
+
+async def test_a_dropped_lock_connection_is_reopened(postgres_url: str) -> None:
+    """What the PostgreSQL lock promises when its connection drops: the locks held on it are gone (another
+    process may enter), their holders finish without error, and the next acquisition reconnects."""
+    async with JourneyRuntime.open(postgres_url) as a, JourneyRuntime.open(postgres_url, lock_timeout=0.2) as b:
+
+        async def b_enters() -> bool:
+            try:
+                async with b.engine.exclusive("journey-x"):
+                    return True
+            except ConcurrentUpdateError:
+                return False
+
+        async with a.engine.exclusive("journey-x"):
+            assert not await b_enters()
+            locks: Any = a.store.locks
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (locks._conn.info.backend_pid,))
+            assert await b_enters()
+        async with a.engine.exclusive("journey-x"):
+            assert not await b_enters()
+        assert await b_enters()
+
+
+PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]), os.SEEK_SET)
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def byte_is_held(path: str, offset: int) -> bool:
+    """Whether another process could lock the byte (asked from a process of its own: POSIX locks are per process)."""
+    probe = subprocess.run([sys.executable, "-c", PROBE, path, str(offset)], capture_output=True, text=True, check=True)
+    return probe.stdout.strip() == "held"
+
+
+async def test_sqlite_instances_whose_bytes_collide_share_them_within_a_process(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locks_module, "lock_key", lambda instance_id: 42)  # every instance on one byte
+    lock_file = sqlite_url.removeprefix("sqlite:///") + locks_module.SIDECAR_SUFFIX
+    async with JourneyRuntime.open(sqlite_url) as a, JourneyRuntime.open(sqlite_url, lock_timeout=0.2) as b:
+        async with a.engine.exclusive("journey-1"):
+            async with b.engine.exclusive("journey-2"):  # another instance: shares the byte, no wait
+                assert byte_is_held(lock_file, 42)
+                with pytest.raises(ConcurrentUpdateError):  # the same instance from another store: waits
+                    async with b.engine.exclusive("journey-1"):
+                        pass
+            assert byte_is_held(lock_file, 42)  # still held for journey-1
+        assert not byte_is_held(lock_file, 42)
+        async with b.engine.exclusive("journey-1"):
+            assert byte_is_held(lock_file, 42)
+
+
+async def test_a_caller_in_the_same_process_waits_up_to_the_limit_then_is_refused(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, lock_timeout=0.2) as runtime:
+        engine = runtime.engine
+        async with engine.exclusive("journey-x"):
+            began = time.monotonic()
+            with pytest.raises(ConcurrentUpdateError) as refused:
+                async with engine.exclusive("journey-x"):
+                    pass
+            assert 0.2 <= time.monotonic() - began < 1.0
+            assert refused.value.details["instance_id"] == "journey-x"
+            async with engine.exclusive("journey-y"):  # other journeys are not held up
+                pass
+        async with engine.exclusive("journey-x"):
+            pass
