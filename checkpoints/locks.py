@@ -11,16 +11,21 @@ operating system releases by itself when the holding process dies:
   (a restarted server, a terminated backend), PostgreSQL releases every lock held on it: the next
   acquisition reconnects, holders that lost their lock finish their step and are logged as such, and
   for the moment in between another process may enter the same instance. What still holds then is
-  what held before this lock existed: keyed agent calls and keyed events are logged once.
+  what held before this lock existed: keyed agent calls and keyed events are logged once. Session
+  locks need a session of their own: connect directly or through a session-mode pooler, not a
+  transaction-mode one.
 - SQLite: POSIX record locks (``fcntl.lockf``) on one byte per instance, at an offset hashed from its
   id, of the sidecar file ``<database>.locks``. They belong to the process, so the file is opened
   once per process and shared by every store on it (closing any descriptor of the file would drop
   them all), and this process's own holders of an offset are counted: two instances whose offsets
   collide share the byte, while one instance held by another store of this process is waited for.
+  (Windows has no POSIX record locks: there a SQLite store has the in-process lock only.)
 - ``memory://``: the in-process lock is all there is (one process by construction).
 
 A lock another holder has is polled for with a short, growing backoff, never blocking the event
-loop, until the store's wait limit; then :class:`ConcurrentUpdateError`. A filelock-style library
+loop, until the store's wait limit; then :class:`ConcurrentUpdateError`. Between processes that is
+not first come, first served: a journey kept busy without pause by one process can make another's
+caller wait out its limit, and be refused. A filelock-style library
 was not used: those lock a whole file per lock and wait by sleeping threads, where one byte per
 instance of one file and a poll on the loop fit.
 """
@@ -35,6 +40,7 @@ import os
 import random
 import sys
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -65,8 +71,8 @@ def lock_key(instance_id: str) -> int:
 
 def busy(instance_id: str, timeout: float) -> ConcurrentUpdateError:
     return ConcurrentUpdateError(
-        f"journey run {instance_id!r} is busy: another call has been changing it for more than {timeout:g} s; "
-        "try again",
+        f"journey run {instance_id!r} is busy: another call is changing it, and this one gave up after waiting "
+        f"{timeout:g} s for it; nothing was done, try again",
         instance_id=instance_id,
         waited_s=timeout,
     )
@@ -93,18 +99,18 @@ class InProcessLocks:
         yield
 
 
-class _PolledLocks:
+class _PolledLocks(ABC):
     """Acquire by trying without blocking, with a growing backoff in between, until the deadline."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
+    @abstractmethod
     async def _try(self, instance_id: str) -> Any:
         """A token for :meth:`_release` when the lock was taken, else None."""
-        raise NotImplementedError
 
-    async def _release(self, instance_id: str, token: Any) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _release(self, instance_id: str, token: Any) -> None: ...
 
     @asynccontextmanager
     async def hold(self, instance_id: str, deadline: float) -> AsyncIterator[None]:
