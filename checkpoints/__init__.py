@@ -1,7 +1,7 @@
 """Persistence: the official checkpointer by URL, our tables and migrations, and the event log."""
 
 from checkpoints.clock import Clock, SystemClock, VirtualClock
-from checkpoints.errors import JourneyError, StoreError, UnsupportedStoreURLError
+from checkpoints.errors import ConcurrentUpdateError, JourneyError, StoreError, UnsupportedStoreURLError
 from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.index import Design, DuplicateDesignError, DuplicateInstanceError, Instance, JourneyIndex
 from checkpoints.store import Store, open_store
@@ -10,6 +10,7 @@ from checkpoints.url import DEFAULT_STORE_URL, StoreURL, parse_store_url
 __all__ = [
     "DEFAULT_STORE_URL",
     "Clock",
+    "ConcurrentUpdateError",
     "Design",
     "DuplicateDesignError",
     "DuplicateInstanceError",

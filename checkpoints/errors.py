@@ -43,3 +43,9 @@ class UnsupportedStoreURLError(StoreError):
 
 class MigrationError(StoreError):
     """The database schema is newer than this version of the runtime understands."""
+
+
+class ConcurrentUpdateError(JourneyError):
+    """Another caller changed this journey meanwhile, or held it longer than this call could wait."""
+
+    category: ClassVar[ErrorCategory] = "conflict"

@@ -8,7 +8,7 @@ from agents.errors import (
     PolicyViolationError,
     TransientAgentError,
 )
-from checkpoints.errors import JourneyError
+from checkpoints.errors import ConcurrentUpdateError, JourneyError
 from checkpoints.index import DuplicateInstanceError
 from graphs.catalog import Template, TemplateCatalog, default_catalog
 from graphs.errors import (
@@ -65,6 +65,7 @@ __all__ = [
     "AgentNotFoundError",
     "Area",
     "Branch",
+    "ConcurrentUpdateError",
     "Condition",
     "Criteria",
     "DuplicateInstanceError",

@@ -16,6 +16,7 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
+from checkpoints.locks import busy
 from checkpoints.store import Store
 from graphs.streaming import run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
@@ -91,13 +92,29 @@ class JourneyEngine:
 
     @asynccontextmanager
     async def exclusive(self, instance_id: str) -> AsyncIterator[None]:
-        """At most one run per journey thread at a time within this process."""
+        """At most one writer per journey instance at a time, across processes.
+
+        This process's callers queue on an in-process lock first (cheap, and first come first served);
+        its holder then takes the store's lock for the instance (see ``checkpoints.locks``), which keeps
+        other processes out. A caller that cannot have both within the store's wait limit gets
+        :class:`ConcurrentUpdateError`. Read the instance's state inside the block, not before it.
+        """
+        locks = self.store.locks
+        deadline = asyncio.get_running_loop().time() + locks.timeout
         lock = self._locks.get(instance_id)
         if lock is None:
             lock = asyncio.Lock()
             self._locks[instance_id] = lock
-        async with lock:
-            yield
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+        except TimeoutError:
+            raise busy(instance_id, locks.timeout) from None
+        try:
+            async with locks.hold(instance_id, deadline):
+                yield
+        finally:
+            lock.release()
 
     async def settled_state(self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str) -> StateSnapshot:
         """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``)."""

@@ -25,6 +25,7 @@ from langgraph.types import Command, StateSnapshot
 from sqlalchemy import select
 
 from agents.protocol import Agent
+from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import NewEvent
 from checkpoints.index import DuplicateDesignError
 from checkpoints.lifecycle_tables import (
@@ -249,10 +250,14 @@ class LifecycleOrchestrator:
     ) -> ValidationResult:
         request_metadata = _metadata(metadata)
         _spec, graph = await self._load(journey_id)
+        # A promotion promotes from the stage the journey is in when it is asked for: one that waited
+        # while another call moved the journey must not go on to the next stage's gate.
+        asked_in = None if event is not None else await self._stage_now(graph, journey_id)
         async with self._engine.exclusive(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id)
             stage = snapshot.values.get("current_stage")
             if event is None:  # promote: the promotion event of the current stage
+                self._expect_stage(journey_id, asked_in, stage, "promote")
                 chosen = PROMOTIONS.get(str(stage))
                 if chosen is None or not _waiting(snapshot):
                     raise InvalidTransitionError(
@@ -350,6 +355,10 @@ class LifecycleOrchestrator:
             async with self._engine.exclusive(journey_id):
                 self.deps.aborts.pop(journey_id, None)
                 snapshot = await self._engine.settled_state(graph, journey_id)
+                # Rolls back the stage it was asked in, once: not the stage another rollback returned to.
+                self._expect_stage(
+                    journey_id, peek.values.get("current_stage"), snapshot.values.get("current_stage"), "roll back"
+                )
                 target = self._rollback_target(journey_id, snapshot, rollback_to)
                 request = {
                     "event": TransitionEvent.INITIATE_ROLLBACK.value,
@@ -478,7 +487,7 @@ class LifecycleOrchestrator:
                         complete=spec.auto_complete_rollback,
                         automatic=True,
                     )
-                except InvalidTransitionError:
+                except (InvalidTransitionError, ConcurrentUpdateError):
                     return None  # it moved on meanwhile (another rollback, a cancel): nothing to do
         return None
 
@@ -585,6 +594,23 @@ class LifecycleOrchestrator:
         return resumed
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    async def _stage_now(self, graph: Graph, journey_id: str) -> str | None:
+        """The journey's stage as last checkpointed, read without its lock (a move in flight has not left it)."""
+        snapshot = await graph.aget_state(self._engine.config(journey_id))
+        stage = snapshot.values.get("current_stage")
+        return None if stage is None else str(stage)
+
+    @staticmethod
+    def _expect_stage(journey_id: str, asked_in: str | None, stage: str | None, move: str) -> None:
+        if stage != asked_in:
+            raise ConcurrentUpdateError(
+                f"journey {journey_id!r} moved from {asked_in} to {stage} while this call to {move} waited for "
+                f"it; nothing was done (ask again to {move} from {stage})",
+                journey_id=journey_id,
+                asked_in_stage=asked_in,
+                current_stage=stage,
+            )
 
     @staticmethod
     def _allowed(snapshot: StateSnapshot) -> list[str]:

@@ -39,6 +39,7 @@ from langgraph.types import StateSnapshot, StateUpdate
 from sqlalchemy import Executable, update
 from sqlalchemy.exc import IntegrityError
 
+from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import NewEvent
 from checkpoints.tables import journey_instances, process_subscriptions, process_timers, process_waits, user_tasks
 from graphs.designs import new_id
@@ -187,6 +188,14 @@ async def migrate(
     target = processes.spec_of(target_deployment)
     target_graph = processes.graph_of_deployment(target_deployment)
     async with processes.engine.exclusive(instance_id):
+        now = await processes.instance(instance_id)
+        if (now.journey_id, now.status) != (instance.journey_id, instance.status):
+            # Another call migrated or moved it while this one waited: what was checked above is out of date.
+            raise ConcurrentUpdateError(
+                f"process instance {instance_id!r} was changed by another call while this migration waited for "
+                f"it (it is now {now.status}); nothing was done: read its status and migrate it from there",
+                instance_id=instance_id,
+            )
         snapshot = await processes.settled(graph, instance_id)
         waiting = _waiting(snapshot)
         if failed_task(snapshot) or not waiting:

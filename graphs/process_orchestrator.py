@@ -424,12 +424,13 @@ class ProcessOrchestrator:
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
         """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
-        instance, _deployment, _spec, _graph = await self.loaded(instance_id)
-        if instance.status in FINISHED:
-            raise ProcessStateError(
-                f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
-            )
+        await self.loaded(instance_id)
         async with self.engine.exclusive(instance_id):
+            instance = await self.instance(instance_id)  # read under the lock: it may have finished meanwhile
+            if instance.status in FINISHED:
+                raise ProcessStateError(
+                    f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
+                )
             await self.store.events.append(
                 instance_id,
                 [NewEvent("process.cancelled", {"reason": reason}, None, f"{instance_id}:cancelled")],
@@ -528,6 +529,10 @@ class ProcessOrchestrator:
     async def status(self, instance_id: str) -> dict[str, Any]:
         instance, deployment, _spec, graph = await self.loaded(instance_id)
         async with self.engine.exclusive(instance_id):
+            now = await self.instance(instance_id)
+            if now.journey_id != instance.journey_id:  # migrated while this call waited for the lock
+                deployment = await self.deployment_of(now)
+                graph = self.graph_of_deployment(deployment)
             snapshot = await self.settled(graph, instance_id)
         instance = await self.instance(instance_id)
         return self.view(instance, deployment, snapshot)

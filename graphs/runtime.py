@@ -20,6 +20,7 @@ from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings
 from checkpoints.clock import Clock
 from checkpoints.events import Event
+from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
 from graphs.catalog import TemplateCatalog, default_catalog
@@ -85,11 +86,14 @@ class JourneyRuntime:
         default_agents: bool = True,
         pool_size: int = 10,
         guide_model: ModelFactory | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
         ``default_agents`` registers a deterministic agent for every intent the templates name that
         has no agent yet, so the catalog runs offline. Register your own before or after opening.
+        ``lock_timeout``: seconds a call waits for a journey that another call (of this process or
+        another) is changing, before it gets :class:`ConcurrentUpdateError`.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -100,7 +104,7 @@ class JourneyRuntime:
             for intent, output in sorted(DEFAULT_AGENT_OUTPUTS.items()):  # the client lifecycle's units of work
                 if intent not in registry:
                     registry.register(intent, EchoAgent(intent, output), description="deterministic default")
-        async with open_store(url, clock=clock, pool_size=pool_size) as store:
+        async with open_store(url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout) as store:
             yield cls(
                 store,
                 agents=registry,

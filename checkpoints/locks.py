@@ -1,0 +1,333 @@
+"""One writer per journey instance across processes: the store's instance locks.
+
+``JourneyEngine.exclusive`` takes an in-process ``asyncio.Lock`` per instance first (cheap, and fair
+between this process's callers), then the store's lock for the instance, which the database or the
+operating system releases by itself when the holding process dies:
+
+- PostgreSQL: session-level advisory locks (``pg_try_advisory_lock`` on a stable 64-bit hash of the
+  instance id), all held on one connection of the store's own. A process needs no pooled connection
+  per journey in flight, so the lock cannot starve the saver's or the event log's pool, and a killed
+  process's locks vanish with its connection. Should that connection drop while the process lives
+  (a restarted server, a terminated backend), PostgreSQL releases every lock held on it: the next
+  acquisition reconnects, holders that lost their lock finish their step and are logged as such, and
+  for the moment in between another process may enter the same instance. What still holds then is
+  what held before this lock existed: keyed agent calls and keyed events are logged once. Session
+  locks need a session of their own: connect directly or through a session-mode pooler, not a
+  transaction-mode one.
+- SQLite: POSIX record locks (``fcntl.lockf``) on one byte per instance, at an offset hashed from its
+  id, of the sidecar file ``<database>.locks``. They belong to the process, so the file is opened
+  once per process and shared by every store on it (closing any descriptor of the file would drop
+  them all), and this process's own holders of an offset are counted: two instances whose offsets
+  collide share the byte, while one instance held by another store of this process is waited for.
+  (Windows has no POSIX record locks: there a SQLite store has the in-process lock only.)
+- ``memory://``: the in-process lock is all there is (one process by construction).
+
+A lock another holder has is polled for with a short, growing backoff, never blocking the event
+loop, until the store's wait limit; then :class:`ConcurrentUpdateError`. Between processes that is
+not first come, first served: a journey kept busy without pause by one process can make another's
+caller wait out its limit, and be refused. A filelock-style library
+was not used: those lock a whole file per lock and wait by sleeping threads, where one byte per
+instance of one file and a poll on the loop fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import random
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+import structlog
+
+from checkpoints.errors import ConcurrentUpdateError, StoreError
+from checkpoints.url import StoreURL
+
+if sys.platform != "win32":
+    import fcntl
+
+log = structlog.get_logger("journeys.locks")
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0  # a step's agent may take seconds (retries, a model call); a waiter gives up after this
+FIRST_BACKOFF_S = 0.002
+MAX_BACKOFF_S = 0.05
+SIDECAR_SUFFIX = ".locks"
+
+
+def lock_key(instance_id: str) -> int:
+    """A stable signed 64-bit hash of the instance id (Python's ``hash`` differs between processes)."""
+    digest = hashlib.blake2b(instance_id.encode(), digest_size=8, person=b"journeys-lock").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def busy(instance_id: str, timeout: float) -> ConcurrentUpdateError:
+    return ConcurrentUpdateError(
+        f"journey run {instance_id!r} is busy: another call is changing it, and this one gave up after waiting "
+        f"{timeout:g} s for it; nothing was done, try again",
+        instance_id=instance_id,
+        waited_s=timeout,
+    )
+
+
+class InstanceLocks(Protocol):
+    """The store's cross-process lock per journey instance (taken after the engine's in-process lock)."""
+
+    timeout: float  # seconds a caller waits for an instance before ConcurrentUpdateError
+
+    def hold(self, instance_id: str, deadline: float) -> AbstractAsyncContextManager[None]:
+        """Hold the instance's lock for the block; wait for it until ``deadline`` (the loop's clock)."""
+        ...
+
+
+class InProcessLocks:
+    """``memory://``: the engine's in-process lock is the whole guarantee."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    @asynccontextmanager
+    async def hold(self, instance_id: str, deadline: float) -> AsyncIterator[None]:
+        yield
+
+
+class _PolledLocks(ABC):
+    """Acquire by trying without blocking, with a growing backoff in between, until the deadline."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    @abstractmethod
+    async def _try(self, instance_id: str) -> Any:
+        """A token for :meth:`_release` when the lock was taken, else None."""
+
+    @abstractmethod
+    async def _release(self, instance_id: str, token: Any) -> None: ...
+
+    @asynccontextmanager
+    async def hold(self, instance_id: str, deadline: float) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        delay = FIRST_BACKOFF_S
+        while (token := await self._try(instance_id)) is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise busy(instance_id, self.timeout)
+            await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), left))
+            delay = min(delay * 2, MAX_BACKOFF_S)
+        try:
+            yield
+        finally:
+            await self._release(instance_id, token)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+class PgAdvisoryLocks(_PolledLocks):
+    """Session-level advisory locks on one connection of the store's own (see the module doc)."""
+
+    def __init__(self, conninfo: str, timeout: float) -> None:
+        super().__init__(timeout)
+        self._conninfo = conninfo
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._generation = 0  # bumped at each reconnect: a lock taken on an earlier connection is gone
+        self._connecting = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def open(self) -> None:
+        await self._connection()
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()  # what is still held is released with the session
+
+    async def _connection(self) -> tuple[psycopg.AsyncConnection[Any], int]:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn, self._generation
+        async with self._connecting:
+            if self._conn is None or self._conn.closed:
+                if self._conn is not None:
+                    self._generation += 1
+                    log.warning("instance lock connection lost; reconnecting (its locks were released)")
+                try:
+                    conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                except psycopg.OperationalError as exc:
+                    raise StoreError(f"cannot open the journey lock connection: {exc}") from exc
+                # It sits idle while a step runs under its locks; a server-wide idle limit must not end it.
+                with contextlib.suppress(psycopg.errors.UndefinedObject):  # before PostgreSQL 14
+                    await conn.execute("SET idle_session_timeout = 0")
+                self._conn = conn
+            return self._conn, self._generation
+
+    async def _try(self, instance_id: str) -> int | None:
+        # Shielded: a caller cancelled while the query is on the wire must not leave a lock it never learns of.
+        attempt = asyncio.ensure_future(self._try_lock(lock_key(instance_id)))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(lambda done: self._undo(instance_id, done))
+            raise
+
+    async def _try_lock(self, key: int) -> int | None:
+        for _attempt in range(2):  # once more on a fresh connection if the lock connection dropped
+            conn, generation = await self._connection()
+            try:
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                row = await cursor.fetchone()
+            except psycopg.OperationalError:
+                if not conn.closed:
+                    raise
+                continue
+            return generation if row is not None and row[0] else None
+        raise StoreError("the journey lock connection keeps dropping")
+
+    def _undo(self, instance_id: str, done: asyncio.Future[int | None]) -> None:
+        if done.cancelled() or done.exception() is not None or done.result() is None:
+            return
+        task = asyncio.ensure_future(self._release(instance_id, done.result()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release(self, instance_id: str, token: Any) -> None:
+        await asyncio.shield(self._unlock(instance_id, int(token)))
+
+    async def _unlock(self, instance_id: str, generation: int) -> None:
+        conn = self._conn
+        if conn is None or conn.closed or generation != self._generation:
+            log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
+            return
+        try:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(instance_id),))
+        except psycopg.OperationalError:
+            if not conn.closed:
+                raise
+            log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LockFile:
+    """The one open descriptor of a sidecar lock file in this process, and who here holds which byte."""
+
+    path: str
+    fd: int
+    stores: int = 0
+    held: dict[int, set[str]] = field(default_factory=dict)  # offset -> instance ids holding it here
+
+
+_files: dict[str, _LockFile] = {}
+_files_mutex = threading.Lock()  # stores on other threads' event loops share the files
+
+
+def _forget_files_after_fork() -> None:
+    # A forked child holds none of its parent's record locks (they are per process): start afresh.
+    global _files_mutex
+    _files_mutex = threading.Lock()
+    for lock_file in _files.values():
+        os.close(lock_file.fd)
+    _files.clear()
+
+
+if sys.platform != "win32":
+    os.register_at_fork(after_in_child=_forget_files_after_fork)
+
+OFFSETS = 1 << 62  # byte offsets stay within a signed 64-bit off_t
+
+
+class FileRecordLocks(_PolledLocks):
+    """POSIX record locks on one byte per instance of ``<database>.locks`` (see the module doc)."""
+
+    def __init__(self, database: str, timeout: float) -> None:
+        super().__init__(timeout)
+        self._path = os.path.realpath(database + SIDECAR_SUFFIX)
+        self._file: _LockFile | None = None
+
+    def open(self) -> None:
+        with _files_mutex:
+            lock_file = _files.get(self._path)
+            if lock_file is None:
+                lock_file = _LockFile(self._path, os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+                _files[self._path] = lock_file
+            lock_file.stores += 1
+            self._file = lock_file
+
+    def close(self) -> None:
+        with _files_mutex:
+            lock_file, self._file = self._file, None
+            if lock_file is None:
+                return
+            lock_file.stores -= 1
+            if lock_file.stores == 0 and _files.get(lock_file.path) is lock_file:
+                del _files[lock_file.path]
+                os.close(lock_file.fd)
+
+    async def _try(self, instance_id: str) -> int | None:
+        lock_file = self._file
+        if lock_file is None:
+            raise StoreError("the store is closed")
+        offset = lock_key(instance_id) % OFFSETS
+        with _files_mutex:
+            holders = lock_file.held.get(offset)
+            if holders is not None:  # this process holds the byte already
+                if instance_id in holders:
+                    return None  # for the same instance, through another store: wait for it
+                holders.add(instance_id)
+                return offset
+            try:
+                fcntl.lockf(lock_file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    return None  # another process holds it
+                raise
+            lock_file.held[offset] = {instance_id}
+            return offset
+
+    async def _release(self, instance_id: str, token: Any) -> None:
+        lock_file = self._file
+        if lock_file is None:
+            return
+        offset = int(token)
+        with _files_mutex:
+            holders = lock_file.held.get(offset, set())
+            holders.discard(instance_id)
+            if not holders:
+                lock_file.held.pop(offset, None)
+                fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+
+
+@asynccontextmanager
+async def open_instance_locks(
+    url: StoreURL, *, wait_limit: float = DEFAULT_LOCK_TIMEOUT_S
+) -> AsyncIterator[InstanceLocks]:
+    """The instance locks for the store at ``url``, released when the block ends."""
+    if not wait_limit > 0:
+        raise StoreError(f"the lock wait limit must be a positive number of seconds, got {wait_limit!r}")
+    if url.kind == "postgres":
+        pg = PgAdvisoryLocks(url.target, wait_limit)
+        try:
+            await pg.open()
+            yield pg
+        finally:
+            await pg.close()
+    elif url.kind == "sqlite" and sys.platform != "win32":
+        files = FileRecordLocks(url.target, wait_limit)
+        files.open()
+        try:
+            yield files
+        finally:
+            files.close()
+    else:  # memory://, and SQLite on Windows (no POSIX record locks): one process's lock only
+        yield InProcessLocks(wait_limit)

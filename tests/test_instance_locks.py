@@ -1,0 +1,409 @@
+"""One writer per journey instance, across runtimes and processes (issue 10, sections 2 and 4).
+
+Two runtimes on one database, or two processes, advancing the same journeys: every advance either
+is acknowledged, and then its result is in the event log exactly once, or is refused with a typed
+error and left no trace. A holder killed mid-step releases the journey at once. Two concurrent
+promotions promote once and never validate the next stage's gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from agents.protocol import AgentRequest
+from agents.registry import AgentRegistry
+from checkpoints import locks as locks_module
+from checkpoints.errors import ConcurrentUpdateError, JourneyError
+from graphs import JourneyRuntime
+from nodes.compensation import COMPLETED_STEP
+from nodes.criteria_gate import ValidationResult
+from server.app import create_app
+from server.settings import Settings
+from tests.lifecycle_support import PILOT_ENTRY, SANDBOX_EXIT, journey_at, lifecycle_runtime
+from tests.process_support import runtime as process_runtime
+from tests.server_support import serving
+from tests.test_process_versioning import onboarding
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = ROOT / "tests" / "lock_child.py"
+INTENT = "locks.step"  # the agent lock_child.py registers for every step
+
+
+def slow_upload(calls: list[str]) -> Any:
+    async def upload_content(request: AgentRequest) -> dict[str, Any]:
+        calls.append(request.idempotency_key)
+        await asyncio.sleep(0.3)
+        return {"uploaded": True}
+
+    return upload_content
+
+
+async def logged_results(runtime: JourneyRuntime, instance_id: str) -> list[tuple[str, str]]:
+    """(who, step) of every completed step in the instance's log, in order."""
+    done = await runtime.store.events.list(instance_id, types=[COMPLETED_STEP])
+    return [(str(e.payload["step_result"].get("who")), str(e.step)) for e in done]
+
+
+async def test_two_runtimes_advancing_one_step_lose_no_acknowledged_result(durable_url: str) -> None:
+    calls: list[str] = []
+    registries = [AgentRegistry(), AgentRegistry()]
+    for registry in registries:
+        registry.register("upload_content", slow_upload(calls))
+    async with (
+        JourneyRuntime.open(durable_url, agents=registries[0]) as a,
+        JourneyRuntime.open(durable_url, agents=registries[1]) as b,
+    ):
+        journey = await a.structured.design_journey("content_migration", {})
+        journey_id = journey["journey_id"]
+        started = await a.structured.execute_journey(journey_id, "u", {})
+        answers = await asyncio.gather(
+            a.structured.advance_journey_step(journey_id, "u", {"who": "A"}),
+            b.structured.advance_journey_step(journey_id, "u", {"who": "B"}),
+            return_exceptions=True,
+        )
+        logged = await logged_results(a, started["instance_id"])
+
+    acknowledged = {who: answer for who, answer in zip("AB", answers, strict=True) if isinstance(answer, dict)}
+    refused = [answer for answer in answers if not isinstance(answer, dict)]
+    assert all(isinstance(answer, ConcurrentUpdateError) for answer in refused), refused
+    assert acknowledged, "one of the two advances must go through"
+    # Each acknowledged result is logged exactly once, for the step its answer names; nothing else is.
+    assert sorted(logged) == sorted((who, view["completed_step"]) for who, view in acknowledged.items())
+    assert Counter(calls) == Counter(set(calls)), f"an agent ran twice under one idempotency key: {calls}"
+
+
+async def test_concurrent_promotes_promote_once_and_never_validate_the_next_stage(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (runtime, clock), lifecycle_runtime(store_url) as (other, _):
+        # On a durable store the second promotion comes from a second runtime on the same database.
+        second = runtime if store_url == "memory://" else other
+        lc = runtime.lifecycle
+        journey_id = await journey_at(runtime, clock, "sandbox")
+        await lc.run_unit_of_work(journey_id, "test_dataset_provisioning")
+        await lc.run_unit_of_work(journey_id, "search_quality_validation")
+        await lc.record_metrics(journey_id, {**SANDBOX_EXIT, **PILOT_ENTRY})
+
+        answers = await asyncio.gather(
+            lc.promote(journey_id), second.lifecycle.promote(journey_id), return_exceptions=True
+        )
+
+        promoted = [a for a in answers if isinstance(a, ValidationResult)]
+        refused = [a for a in answers if not isinstance(a, ValidationResult)]
+        assert [p.event for p in promoted] == ["promote_to_pilot"] and promoted[0].passed, answers
+        assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
+        assert "promote" in str(refused[0]) and refused[0].category == "conflict"
+        history = await lc.validation_history(journey_id)
+        assert [v.event for v in history if v.kind == "promotion"] == ["promote_to_pilot"]
+        assert (await lc.get_journey_state(journey_id))["current_stage"] == "pilot"
+        assert (await lc.metrics.exit_criteria_first_pass_rate())["rate"] == 1.0
+        # A promotion asked for after the first one was answered goes on from the new stage, as before.
+        later = await lc.promote(journey_id)
+        assert later.event == "promote_to_production" and not later.passed
+
+
+# --- real processes -------------------------------------------------------------------------------
+
+
+class Child:
+    """``lock_child.py`` in a process of its own."""
+
+    def __init__(self, args: Sequence[str], log: Path) -> None:
+        self._stderr = log.open("wb")
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+
+    def wait_for(self, prefix: str, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith(prefix):
+                return line.strip()
+        self.close()
+        pytest.fail(f"child never printed {prefix!r}:\n{self.log.read_text(errors='replace')[-4000:]}")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 60.0) -> list[str]:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        finally:
+            self.close()
+        assert self.proc.returncode == 0, self.log.read_text(errors="replace")[-4000:]
+        return out.splitlines()
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait(timeout=10) == -signal.SIGKILL
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._stderr.close()
+
+
+def user_steps(count: int) -> dict[str, Any]:
+    steps = [{"step_id": f"s{n}", "agent": INTENT, "mode": "user"} for n in range(1, count + 1)]
+    return {"journey_type": "locks", "steps": steps}
+
+
+def recorded_calls(effects_db: Path) -> list[str]:
+    conn = sqlite3.connect(effects_db, timeout=30)
+    try:
+        return [key for (key,) in conn.execute("SELECT key FROM calls ORDER BY id")]
+    finally:
+        conn.close()
+
+
+async def open_with_steps(url: str, effects_db: Path, **options: Any) -> Any:
+    registry = AgentRegistry()
+
+    def step(request: AgentRequest) -> dict[str, Any]:
+        conn = sqlite3.connect(effects_db, timeout=30)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY, key TEXT NOT NULL)")
+            conn.execute("INSERT INTO calls (key) VALUES (?)", (request.idempotency_key,))
+            conn.commit()
+        finally:
+            conn.close()
+        return {"step": request.step}
+
+    registry.register(INTENT, step)
+    return JourneyRuntime.open(url, agents=registry, default_agents=False, **options)
+
+
+@pytest.mark.slow
+async def test_two_processes_hammering_the_same_journeys_lose_nothing(durable_url: str, tmp_path: Path) -> None:
+    steps, users, advances = 12, ["u1", "u2", "u3"], 8  # 16 attempts per journey for 12 steps: some refusals
+    effects_db = tmp_path / "effects.db"
+    async with await open_with_steps(durable_url, effects_db) as runtime:
+        journey_id = (await runtime.structured.design_journey("locks", spec=user_steps(steps)))["journey_id"]
+        instances = {u: (await runtime.structured.execute_journey(journey_id, u, {}))["instance_id"] for u in users}
+
+    # The second process waits only briefly for a journey the first is changing, so some of its advances
+    # are refused with ConcurrentUpdateError, which must leave no trace.
+    children = [
+        Child(
+            [durable_url, str(effects_db), "hammer", tag, journey_id, ",".join(users), str(advances), wait],
+            tmp_path / tag,
+        )
+        for tag, wait in (("p1", "30"), ("p2", "0.02"))
+    ]
+    try:
+        for child in children:
+            child.wait_for("READY")
+        for child in children:
+            child.go()
+        lines = [line for child in children for line in child.finish()]
+    finally:
+        for child in children:
+            child.close()
+
+    acknowledged = {who: step for kind, who, step in (line.split() for line in lines) if kind == "ACK"}
+    refusals = Counter(code for kind, _who, code in (line.split() for line in lines) if kind == "REFUSED")
+    assert len(acknowledged) + sum(refusals.values()) == 2 * len(users) * advances, lines
+    assert set(refusals) <= {"ConcurrentUpdateError", "JourneyFinishedError"}, refusals
+    async with await open_with_steps(durable_url, effects_db) as runtime:
+        for user in users:
+            logged = await logged_results(runtime, instances[user])
+            mine = sorted((who, step) for who, step in acknowledged.items() if f"-{user}-" in who)
+            assert sorted(logged) == mine, (user, logged, mine)
+            assert [step for _who, step in logged] == [f"s{n}" for n in range(1, len(logged) + 1)]
+            status = await runtime.structured.get_journey_status(journey_id, user)
+            assert status["completed_steps"] == [step for _who, step in logged]
+    calls = recorded_calls(effects_db)
+    assert Counter(calls) == Counter(set(calls)), "an agent ran twice under one idempotency key"
+
+
+@pytest.mark.slow
+async def test_a_holder_killed_mid_step_releases_the_journey(durable_url: str, tmp_path: Path) -> None:
+    effects_db = tmp_path / "effects.db"
+    async with await open_with_steps(durable_url, effects_db, lock_timeout=0.5) as runtime:
+        journey_id = (await runtime.structured.design_journey("locks", spec=user_steps(3)))["journey_id"]
+        await runtime.structured.execute_journey(journey_id, "u", {})
+        holder = Child([durable_url, str(effects_db), "hold", journey_id, "u"], tmp_path / "holder")
+        try:
+            holder.wait_for("HOLD")
+            # While the other process is mid-step, this one waits for the journey, then gives up: typed.
+            with pytest.raises(ConcurrentUpdateError) as refused:
+                await runtime.structured.advance_journey_step(journey_id, "u", {"who": "here"})
+            assert refused.value.category == "conflict" and isinstance(refused.value, JourneyError)
+            holder.kill()
+        finally:
+            holder.close()
+        began = time.monotonic()
+        view = await runtime.structured.advance_journey_step(journey_id, "u", {"who": "here"})
+        assert time.monotonic() - began < 3.0
+        assert view["completed_step"] in ("s1", "s2")
+
+
+async def test_concurrent_rollbacks_roll_back_once(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (runtime, clock):
+        lc = runtime.lifecycle
+        journey_id = await journey_at(runtime, clock, "pilot")
+        answers = await asyncio.gather(
+            lc.initiate_rollback(journey_id, "first", complete=True),
+            lc.initiate_rollback(journey_id, "second", complete=True),
+            return_exceptions=True,
+        )
+        done = [a for a in answers if isinstance(a, dict)]
+        refused = [a for a in answers if not isinstance(a, dict)]
+        assert len(done) == 1 and done[0]["journey"]["current_stage"] == "sandbox", answers
+        assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
+        assert [r["reason"] for r in await lc.rollback_history(journey_id)] == [done[0]["reason"]]
+
+
+async def test_concurrent_migrations_of_one_instance_migrate_it_once(store_url: str) -> None:
+    async with process_runtime(store_url) as rt:
+        for intent in ("activate", "welcome_call"):
+            rt.agents.register(intent, lambda request: {})
+        await rt.processes.deploy(onboarding(1))
+        view = await rt.processes.start("onboarding", "cust-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})  # now waits at its timer
+        await rt.processes.deploy(onboarding(2, extra_step=True))
+
+        answers = await asyncio.gather(
+            rt.processes.migrate(view["instance_id"], to_version=2),
+            rt.processes.migrate(view["instance_id"], to_version=2),
+            return_exceptions=True,
+        )
+
+        moved = [a for a in answers if isinstance(a, dict)]
+        refused = [a for a in answers if not isinstance(a, dict)]
+        assert len(moved) == 1 and moved[0]["version"] == 2, answers
+        assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
+        history = await rt.processes.history(view["instance_id"])
+        assert [e.payload["from_version"] for e in history if e.type == "process.migrated"] == [1]
+
+
+@pytest.mark.slow
+async def test_an_advance_that_waited_too_long_is_a_409_over_http(sqlite_url: str) -> None:
+    calls: list[str] = []
+    registry = AgentRegistry()
+    registry.register("upload_content", slow_upload(calls))
+    app = create_app(
+        Settings(database_url=sqlite_url, auth=False), runtime_options={"agents": registry, "lock_timeout": 0.1}
+    )
+    with serving(app) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            design = await client.post("/journeys/structured/designs", json={"journey_type": "content_migration"})
+            journey_id = design.json()["journey_id"]
+            await client.post(f"/journeys/structured/{journey_id}/executions", json={"user_id": "u", "context": {}})
+            advance = f"/journeys/structured/{journey_id}/users/u/advance"
+            answers = await asyncio.gather(
+                client.post(advance, json={"step_result": {"who": "A"}}),
+                client.post(advance, json={"step_result": {"who": "B"}}),
+            )
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    [refused] = [a for a in answers if a.status_code == 409]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"] == "/problems/ConcurrentUpdateError"
+    assert len(calls) == 1
+
+
+# --- the lock seam itself -------------------------------------------------------------------------
+
+
+async def test_a_dropped_lock_connection_is_reopened(postgres_url: str) -> None:
+    """What the PostgreSQL lock promises when its connection drops: the locks held on it are gone (another
+    process may enter), their holders finish without error, and the next acquisition reconnects."""
+    async with JourneyRuntime.open(postgres_url) as a, JourneyRuntime.open(postgres_url, lock_timeout=0.2) as b:
+
+        async def b_enters() -> bool:
+            try:
+                async with b.engine.exclusive("journey-x"):
+                    return True
+            except ConcurrentUpdateError:
+                return False
+
+        async with a.engine.exclusive("journey-x"):
+            assert not await b_enters()
+            locks: Any = a.store.locks
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (locks._conn.info.backend_pid,))
+            assert await b_enters()
+        async with a.engine.exclusive("journey-x"):
+            assert not await b_enters()
+        assert await b_enters()
+
+
+PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]), os.SEEK_SET)
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def byte_is_held(path: str, offset: int) -> bool:
+    """Whether another process could lock the byte (asked from a process of its own: POSIX locks are per process)."""
+    probe = subprocess.run([sys.executable, "-c", PROBE, path, str(offset)], capture_output=True, text=True, check=True)
+    return probe.stdout.strip() == "held"
+
+
+async def test_sqlite_instances_whose_bytes_collide_share_them_within_a_process(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locks_module, "lock_key", lambda instance_id: 42)  # every instance on one byte
+    lock_file = sqlite_url.removeprefix("sqlite:///") + locks_module.SIDECAR_SUFFIX
+    async with JourneyRuntime.open(sqlite_url) as a, JourneyRuntime.open(sqlite_url, lock_timeout=0.2) as b:
+        async with a.engine.exclusive("journey-1"):
+            async with b.engine.exclusive("journey-2"):  # another instance: shares the byte, no wait
+                assert byte_is_held(lock_file, 42)
+                with pytest.raises(ConcurrentUpdateError):  # the same instance from another store: waits
+                    async with b.engine.exclusive("journey-1"):
+                        pass
+            assert byte_is_held(lock_file, 42)  # still held for journey-1
+        assert not byte_is_held(lock_file, 42)
+        async with b.engine.exclusive("journey-1"):
+            assert byte_is_held(lock_file, 42)
+
+
+async def test_a_caller_in_the_same_process_waits_up_to_the_limit_then_is_refused(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, lock_timeout=0.2) as runtime:
+        engine = runtime.engine
+        async with engine.exclusive("journey-x"):
+            began = time.monotonic()
+            with pytest.raises(ConcurrentUpdateError) as refused:
+                async with engine.exclusive("journey-x"):
+                    pass
+            assert 0.2 <= time.monotonic() - began < 1.0
+            assert refused.value.details["instance_id"] == "journey-x"
+            async with engine.exclusive("journey-y"):  # other journeys are not held up
+                pass
+        async with engine.exclusive("journey-x"):
+            pass
