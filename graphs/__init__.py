@@ -33,8 +33,10 @@ from graphs.lifecycle_errors import (
     InvalidRollbackTargetError,
     InvalidTransitionError,
     RollbackFailedError,
+    TransitionOptionsError,
     UnitDependencyError,
     UnitOfWorkFailedError,
+    UnknownTransitionEventError,
     UnknownUnitOfWorkError,
 )
 from graphs.mvp import MVP_PILLARS, RECOMMENDED_FLOW
@@ -123,8 +125,10 @@ __all__ += [
     "RollbackTrigger",
     "StageSpec",
     "TransitionEvent",
+    "TransitionOptionsError",
     "UnitDependencyError",
     "UnitOfWorkFailedError",
+    "UnknownTransitionEventError",
     "UnknownUnitOfWorkError",
     "default_lifecycle_spec",
 ]
