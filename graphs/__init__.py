@@ -17,6 +17,7 @@ from graphs.errors import (
     JourneyFinishedError,
     JourneyNotFoundError,
     JourneyNotStartedError,
+    NothingToRetryError,
     SpecError,
     StepFailedError,
     StepOrderError,
@@ -32,8 +33,10 @@ from graphs.lifecycle_errors import (
     InvalidRollbackTargetError,
     InvalidTransitionError,
     RollbackFailedError,
+    TransitionOptionsError,
     UnitDependencyError,
     UnitOfWorkFailedError,
+    UnknownTransitionEventError,
     UnknownUnitOfWorkError,
 )
 from graphs.mvp import MVP_PILLARS, RECOMMENDED_FLOW
@@ -76,6 +79,7 @@ __all__ = [
     "JourneyNotFoundError",
     "JourneyNotStartedError",
     "JourneyRuntime",
+    "NothingToRetryError",
     "PermanentAgentError",
     "PolicyViolationError",
     "ResumeValueError",
@@ -122,8 +126,10 @@ __all__ += [
     "RollbackTrigger",
     "StageSpec",
     "TransitionEvent",
+    "TransitionOptionsError",
     "UnitDependencyError",
     "UnitOfWorkFailedError",
+    "UnknownTransitionEventError",
     "UnknownUnitOfWorkError",
     "default_lifecycle_spec",
 ]

@@ -217,6 +217,9 @@ class LifecycleSpec(BaseModel):
             if stage_name not in [s.value for s in ACTIVE_STAGES]:
                 problems.append(f"thresholds: unknown stage {stage_name!r}; stages: sandbox, pilot, production")
                 continue
+            if not isinstance(metrics, Mapping):
+                problems.append(f"thresholds.{stage_name}: expected a mapping of metric → settings like STAGE_METRICS")
+                continue
             stage = self.stage(stage_name)
             criteria = list(stage.exit_criteria)
             for metric, settings in metrics.items():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from checkpoints.errors import ErrorCategory, JourneyError
-from graphs.errors import InvalidMoveError
+from graphs.errors import InvalidInputError, InvalidMoveError
 
 
 class InvalidTransitionError(InvalidMoveError):
@@ -16,6 +16,30 @@ class InvalidTransitionError(InvalidMoveError):
         self.current_stage = current_stage
         self.event = event
         super().__init__(message, allowed=allowed, current_stage=current_stage, event=event)
+
+
+class UnknownTransitionEventError(InvalidTransitionError):
+    """No lifecycle event has this name. The message lists the seven; ``allowed`` those allowed now."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+class TransitionOptionsError(InvalidInputError):
+    """The options given with a lifecycle event are wrong: ``missing`` lists the required ones left out,
+    ``unknown`` the ones the event does not take, ``accepted`` all it takes."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event: str,
+        missing: Sequence[str],
+        unknown: Sequence[str],
+        accepted: Sequence[str],
+    ) -> None:
+        self.event = event
+        self.missing, self.unknown, self.accepted = list(missing), list(unknown), list(accepted)
+        super().__init__(message, event=event, missing=self.missing, unknown=self.unknown, accepted=self.accepted)
 
 
 class EntryCriteriaNotMetError(JourneyError):

@@ -59,8 +59,10 @@ from graphs.lifecycle_errors import (
     InvalidRollbackTargetError,
     InvalidTransitionError,
     RollbackFailedError,
+    TransitionOptionsError,
     UnitDependencyError,
     UnitOfWorkFailedError,
+    UnknownTransitionEventError,
     UnknownUnitOfWorkError,
 )
 from graphs.lifecycle_metrics import LifecycleMetrics
@@ -78,6 +80,16 @@ PATTERN = "lifecycle"
 PROMOTIONS = {"sandbox": TransitionEvent.PROMOTE_TO_PILOT, "pilot": TransitionEvent.PROMOTE_TO_PRODUCTION}
 JOURNEY_CACHE_SIZE = 100_000
 GATED_EVENTS = (TransitionEvent.PROMOTE_TO_PILOT, TransitionEvent.PROMOTE_TO_PRODUCTION, TransitionEvent.MARK_COMPLETE)
+# The options transition() takes with each event: (required, optional). Each goes to the event's own method.
+EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TransitionEvent.START_JOURNEY: ((), ("metrics",)),  # a start refused before: only its metrics are new
+    TransitionEvent.PROMOTE_TO_PILOT: ((), ("metadata",)),
+    TransitionEvent.PROMOTE_TO_PRODUCTION: ((), ("metadata",)),
+    TransitionEvent.MARK_COMPLETE: ((), ("metadata",)),
+    TransitionEvent.INITIATE_ROLLBACK: (("reason",), ("trigger", "rollback_to", "complete")),
+    TransitionEvent.COMPLETE_ROLLBACK: ((), ()),
+    TransitionEvent.CANCEL_JOURNEY: ((), ("reason",)),
+}
 
 
 class LifecycleOrchestrator:
@@ -95,11 +107,17 @@ class LifecycleOrchestrator:
 
     def use_metric_source(self, source: MetricSource) -> None:
         """Read metric values from ``source`` from now on (the default reads ``record_metric``'s table)."""
+        if not all(callable(getattr(source, method, None)) for method in ("latest", "window")):
+            raise InvalidInputError(
+                f"a metric source needs async methods latest() and window() (see MetricSource), got {source!r}"
+            )
         self.deps.metrics = source
 
     def use_notifier(self, notifier: Agent, *, intent: str = "notify_stakeholders") -> None:
         """Send rollback notifications through ``notifier`` (an agent: it receives the notification as
         its payload and goes through the shared agent path, so its call is retried and logged)."""
+        if not callable(notifier):
+            raise InvalidInputError(f"a notifier is an agent: a callable taking an AgentRequest, got {notifier!r}")
         self._designs.registry.register(intent, notifier, name="lifecycle notifier", replace=True)
 
     # --- designs ------------------------------------------------------------------------------------
@@ -158,6 +176,7 @@ class LifecycleOrchestrator:
 
     async def _design_of(self, journey_id: str) -> str:
         """The design a journey runs (it never changes, so known journeys are not looked up again)."""
+        _check_id(journey_id, "journey_id")
         design_id = self._journeys.get(journey_id)
         if design_id is None:
             instance = await self._store.index.get_instance(journey_id)
@@ -196,6 +215,8 @@ class LifecycleOrchestrator:
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
         values = _checked_metrics(metrics or {}, allow_empty=True)
+        if journey_id is not None:
+            _check_id(journey_id, "journey_id")
         design_id, chosen = await self._design_for(spec, thresholds)
         journey_id = journey_id or new_id(PATTERN)
         async with self._engine.exclusive(journey_id):
@@ -277,8 +298,10 @@ class LifecycleOrchestrator:
         """Apply any of the seven events by name, as the seed's ``JourneyStateMachine.transition`` does.
 
         ``options`` go to the event's own method (``reason``, ``trigger``, ``rollback_to``, ``complete``
-        for a rollback; ``metadata`` for a promotion; ``metrics`` for a start). An event the current stage
-        does not allow raises :class:`InvalidTransitionError` and changes nothing.
+        for a rollback; ``reason`` for a cancellation; ``metadata`` for a promotion or completion;
+        ``metrics`` for a start refused before). An unknown event raises
+        :class:`UnknownTransitionEventError`, a missing or unknown option :class:`TransitionOptionsError`,
+        an event the current stage does not allow :class:`InvalidTransitionError`; none changes anything.
         """
         _spec, graph = await self._load(journey_id)
         snapshot = await graph.aget_state(self._engine.config(journey_id))
@@ -286,18 +309,19 @@ class LifecycleOrchestrator:
             chosen = TransitionEvent(event)
         except ValueError:
             stage = snapshot.values.get("current_stage")
-            raise InvalidTransitionError(
+            raise UnknownTransitionEventError(
                 f"unknown event {event!r}; the events are {', '.join(e.value for e in TransitionEvent)}; "
                 f"in stage {stage!r} these are allowed: {', '.join(self._allowed(snapshot)) or 'none'}",
                 current_stage=stage,
                 event=str(event),
                 allowed=self._allowed(snapshot),
             ) from None
+        _check_options(chosen, options)
         self._expect(snapshot, chosen)
         if chosen == TransitionEvent.START_JOURNEY:
             instance = await self._store.index.get_instance(journey_id)
             assert instance is not None
-            return await self.start_journey(instance.user_id, journey_id=journey_id, **options)
+            return await self.start_journey(instance.user_id, journey_id=journey_id, metrics=options.get("metrics"))
         if chosen in GATED_EVENTS:
             validation = await self._gated_move(journey_id, chosen, options.get("metadata"))
             return {**await self.get_journey_state(journey_id), "validation": validation.to_dict()}
@@ -339,6 +363,11 @@ class LifecycleOrchestrator:
         """
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInputError("a rollback needs a reason (a non-empty string)")
+        if rollback_to is not None and not isinstance(rollback_to, str):
+            raise InvalidInputError(f"rollback_to must be a stage name, got {type(rollback_to).__name__}")
+        for flag, value in (("complete", complete), ("automatic", automatic)):
+            if not isinstance(value, bool):
+                raise InvalidInputError(f"{flag} must be true or false, got {value!r}")
         try:
             chosen_trigger = RollbackTrigger(trigger)
         except ValueError:
@@ -398,6 +427,7 @@ class LifecycleOrchestrator:
 
     async def run_unit_of_work(self, journey_id: str, uow_id: str) -> dict[str, Any]:
         """Run an on-demand unit of work of the current stage; returns its result (status and tasks)."""
+        _check_id(uow_id, "uow_id")
         spec, graph = await self._load(journey_id)
         async with self._engine.exclusive(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id)
@@ -445,6 +475,8 @@ class LifecycleOrchestrator:
         threshold of the current stage, roll back automatically. Returns what was recorded and the rollback."""
         checked = _checked_metrics(values, allow_empty=False)
         now = self._store.clock.now()
+        if at is not None and not isinstance(at, datetime):
+            raise InvalidMetricError(f"a metric's time must be a datetime, got {type(at).__name__}")
         if at is not None and (at.tzinfo is None or at > now):
             raise InvalidMetricError(f"a metric's time must be timezone-aware and not after now ({now.isoformat()})")
         when = at or now
@@ -509,6 +541,7 @@ class LifecycleOrchestrator:
     async def state_at(self, journey_id: str, checkpoint_id: str) -> dict[str, Any]:
         """The journey as it was at one of its checkpoints (e.g. a rollback's snapshot)."""
         spec, graph = await self._load(journey_id)
+        _check_id(checkpoint_id, "checkpoint_id")
         config = self._engine.config(journey_id)
         config["configurable"]["checkpoint_id"] = checkpoint_id
         snapshot = await graph.aget_state(config)
@@ -517,6 +550,7 @@ class LifecycleOrchestrator:
         return journey_view(snapshot.values, spec)
 
     async def validation_history(self, journey_id: str) -> list[ValidationResult]:
+        await self._design_of(journey_id)
         v = lifecycle_validation_results
         async with self._store.engine.connect() as conn:
             rows = (await conn.execute(select(v).where(v.c.journey_id == journey_id).order_by(v.c.id))).all()
@@ -526,12 +560,15 @@ class LifecycleOrchestrator:
         ]
 
     async def rollback_history(self, journey_id: str) -> list[dict[str, Any]]:
+        await self._design_of(journey_id)
         r = lifecycle_rollback_history
         async with self._store.engine.connect() as conn:
             rows = (await conn.execute(select(r).where(r.c.journey_id == journey_id).order_by(r.c.id))).all()
         return [_rollback_view(row) for row in rows]
 
     async def rollback(self, journey_id: str, rollback_id: str) -> dict[str, Any]:
+        await self._design_of(journey_id)
+        _check_id(rollback_id, "rollback_id")
         r = lifecycle_rollback_history
         async with self._store.engine.connect() as conn:
             row = (
@@ -543,6 +580,7 @@ class LifecycleOrchestrator:
 
     async def units_of_work(self, journey_id: str) -> list[dict[str, Any]]:
         """Every run of every unit of work of the journey, oldest first."""
+        await self._design_of(journey_id)
         u = lifecycle_units_of_work
         async with self._store.engine.connect() as conn:
             rows = (await conn.execute(select(u).where(u.c.journey_id == journey_id).order_by(u.c.id))).all()
@@ -709,6 +747,27 @@ def _initial_state(
         "request": {"event": TransitionEvent.START_JOURNEY.value},
     }
     return dict(state)
+
+
+def _check_id(value: object, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{name} must be a non-empty string, got {value!r}", argument=name)
+
+
+def _check_options(event: TransitionEvent, options: Mapping[str, Any]) -> None:
+    required, optional = EVENT_OPTIONS[event]
+    accepted = [*required, *optional]
+    missing = [name for name in required if name not in options]
+    unknown = sorted(name for name in options if name not in accepted)
+    if not (missing or unknown):
+        return
+    problems = [f"{event.value} needs the option {name!r}" for name in missing]
+    if unknown:
+        problems.append(f"{event.value} does not take {', '.join(map(repr, unknown))}")
+    takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
+    raise TransitionOptionsError(
+        f"{'; '.join(problems)} ({takes})", event=event.value, missing=missing, unknown=unknown, accepted=accepted
+    )
 
 
 def _waiting(snapshot: StateSnapshot) -> bool:

@@ -52,6 +52,7 @@ from graphs.process_scheduler import TimerScheduler, default_worker_id, schedule
 from graphs.process_validation import intents
 from graphs.process_versions import choose, describe, variants_rollout, weights_rollout
 from graphs.streaming import run_graph
+from nodes import schemas
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
 
@@ -307,7 +308,7 @@ class ProcessOrchestrator:
         if spec.variables_schema is None:
             return
         try:
-            jsonschema.validate(dict(variables), spec.variables_schema)
+            schemas.validate(dict(variables), spec.variables_schema)
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
             raise InvalidInputError(

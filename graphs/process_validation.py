@@ -24,6 +24,7 @@ from graphs.process import (
     UserTask,
 )
 from graphs.process_blocks import analyse, is_option
+from nodes import schemas
 from nodes.gateways import exhaustive
 from nodes.timer import TimerDefinition
 
@@ -212,7 +213,7 @@ def _user_tasks(spec: ProcessSpec) -> list[str]:
         escalation = task.on_timeout
         if escalation is not None and escalation.action == "complete" and task.response_schema is not None:
             try:
-                jsonschema.validate(escalation.default, task.response_schema)
+                schemas.validate(escalation.default, task.response_schema)
             except (jsonschema.ValidationError, jsonschema.SchemaError) as exc:
                 problems.append(
                     f"user task {task.id!r}: the on_timeout default does not match its response_schema: "
@@ -233,7 +234,7 @@ def _schemas(spec: ProcessSpec) -> list[str]:
         if schema is None:
             continue
         try:
-            jsonschema.Draft202012Validator.check_schema(schema)
+            schemas.check_schema(schema)
         except jsonschema.SchemaError as exc:
             problems.append(f"{label} is not a valid JSON Schema: {exc.message}")
     return problems

@@ -126,7 +126,12 @@ class JourneyRuntime:
         Runs that wait for a human or a timer are left waiting. Returns the ids of the runs resumed.
         """
         resumed = []
-        for instance in await self.store.index.list_instances(status="in_progress", limit=100_000):
+        running = [
+            instance
+            for status in ("in_progress", "compensating")  # a saga's undo runs while it is compensating
+            for instance in await self.store.index.list_instances(status=status, limit=100_000)
+        ]
+        for instance in running:
             design, spec = await self._designs.load(instance.journey_id, (instance.pattern,))  # type: ignore[arg-type]
             graph = self._designs.graph(design.pattern, spec)
             async with self.engine.exclusive(instance.instance_id):

@@ -62,6 +62,8 @@ class SagaOrchestrator:
         return await self._runs.advance(saga_id, step_result, step_id=step_id)
 
     async def retry_saga_step(self, saga_id: str) -> dict[str, Any]:
+        """Run the failed step again, or, when a compensation failed for good, resume the compensation
+        at that handler (the steps already undone are not undone again)."""
         return await self._runs.retry(saga_id)
 
     async def get_saga_status(self, saga_id: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from checkpoints.events import NewEvent
 from graphs.errors import SpecError
+from nodes import schemas
 from nodes.criteria import Criteria
 from nodes.services import NodeServices, thread_id
 
@@ -112,7 +113,7 @@ def validate_session(spec: SessionSpec) -> list[str]:
     for area in spec.areas:
         if area.state_schema is not None:
             try:
-                jsonschema.Draft202012Validator.check_schema(area.state_schema)
+                schemas.check_schema(area.state_schema)
             except jsonschema.SchemaError as exc:
                 problems.append(f"area {area.area_id!r} has an invalid state_schema: {exc.message}")
     return problems

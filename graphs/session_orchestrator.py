@@ -13,6 +13,7 @@ from checkpoints.events import NewEvent
 from graphs.designs import DesignBook, PatternName, parse_spec
 from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, UnknownAreaError
 from graphs.session import SessionSpec, SessionState, initial_session_state, session_progress
+from nodes import schemas
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 
@@ -72,7 +73,7 @@ class SessionOrchestrator:
             merged = {**before.values["areas"][area_id]["state"], **updates}
             if area.state_schema is not None:
                 try:
-                    jsonschema.validate(merged, area.state_schema)
+                    schemas.validate(merged, area.state_schema)
                 except jsonschema.ValidationError as exc:
                     where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
                     raise InvalidInputError(

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from langgraph.graph import START
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import StateSnapshot
+from langgraph.types import Command, StateSnapshot
 
 from agents.errors import AgentError
 from checkpoints.events import NewEvent
@@ -29,7 +29,7 @@ from graphs.errors import (
     StepOrderError,
 )
 from graphs.structured import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
-from nodes.compensation import COMPLETED_STEP
+from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -122,17 +122,31 @@ class StepJourneys:
         return {**view, "completed_step": current}
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
-        """Run the failed step again (its agent may have recovered)."""
+        """Run the failed step again (its agent may have recovered), or resume a saga's compensation
+        that stopped at a handler that failed for good: the steps it undid are not undone again."""
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
-            snapshot = await graph.aget_state(self.engine.config(instance_id))
+            snapshot = await self.engine.settled_state(graph, instance_id)
             failed = failed_task(snapshot)
-            if failed is None:
-                raise NothingToRetryError(
-                    f"journey run {instance_id!r} has no failed step to retry", allowed=["advance_journey_step"]
+            stuck = stuck_compensation(snapshot)
+            if failed is not None:
+                await self.events.append(instance_id, [NewEvent("step.retried", {}, failed)], status="in_progress")
+            elif stuck is not None:
+                failed_step, stopped = stuck
+                payload = {"handler": stopped.get("handler"), "previous_failure": stopped}
+                await self.events.append(
+                    instance_id, [NewEvent(COMPENSATION_RETRIED, payload, stopped.get("step"))], status="compensating"
                 )
-            await self.events.append(instance_id, [NewEvent("step.retried", {}, failed)], status="in_progress")
+                # The failing step routes to the compensation again, in a checkpoint of its own: a crash
+                # from here on leaves the compensation pending, and recovery finishes it.
+                reentry = Command(goto=COMPENSATE_NODE, update={"status": "compensating", "compensation_failure": None})
+                await graph.aupdate_state(self.engine.config(instance_id), reentry, as_node=failed_step)
+            else:
+                raise NothingToRetryError(
+                    f"journey run {instance_id!r} has no failed step or compensation to retry",
+                    allowed=["advance_journey_step"],
+                )
             standing = await self._run(graph, instance_id, None)
         return await self.view(await self.instance(instance_id), spec, standing)
 
@@ -242,6 +256,16 @@ class Standing:
         task = waiting.get("task") if waiting else None
         status = values.get("status") or ("in_progress" if interrupts else "completed")
         return cls(values, status, task if isinstance(task, str) else None, waiting, None)
+
+
+def stuck_compensation(snapshot: StateSnapshot) -> tuple[str, dict[str, Any]] | None:
+    """For a saga whose compensation stopped at a handler that failed for good: the step whose failure
+    started the compensation, and the compensation's failure."""
+    values = snapshot.values
+    cause, failure = values.get("failure"), values.get("compensation_failure")
+    if values.get("status") != "failed" or snapshot.next or not (isinstance(cause, Mapping) and failure):
+        return None
+    return str(cause["step"]), dict(failure)
 
 
 def position(snapshot: StateSnapshot) -> str | None:

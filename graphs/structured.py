@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
 from checkpoints.events import NewEvent
+from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
@@ -156,7 +157,7 @@ def validate_structured(spec: StructuredSpec, registry: AgentRegistry | None = N
         for label, schema in (("input_schema", step.input_schema), ("output_schema", step.output_schema)):
             if schema is not None:
                 try:
-                    jsonschema.Draft202012Validator.check_schema(schema)
+                    schemas.check_schema(schema)
                 except jsonschema.SchemaError as exc:
                     problems.append(f"step {step.step_id!r} has an invalid {label}: {exc.message}")
         if registry is not None and step.agent is not None and step.agent not in registry:

@@ -3,7 +3,8 @@
 Each undo is one superstep (so a crash resumes at the next one), runs its handler through the shared
 agent path with an idempotency key (so it runs once per key even across crashes), and is retried
 when it fails transiently. A handler that fails for good stops the traversal with status ``failed``
-naming it: nothing is skipped silently.
+naming it: nothing is skipped silently. Retrying such a saga (``compensation.retried``) enters the
+traversal again; it resumes at the handler that failed, since the steps undone are in the state.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class CompensationState(TypedDict, total=False):
 
 
 COMPLETED_STEP = "step.completed"
+COMPENSATION_RETRIED = "compensation.retried"
 
 
 def step_key(instance_id: str, step: str, superstep: int) -> str:
@@ -80,10 +82,11 @@ def build_compensation_graph(
             )
         except AgentError as exc:
             failure = {"step": step, "handler": handler, "error": str(exc), "error_type": exc.code}
+            # One saga.failed per attempt at the compensation: the first, then one per retry.
+            retries = len(await services.events.list(instance_id, types=[COMPENSATION_RETRIED]))
+            failed_key = f"{instance_id}:saga-failed" + (f":{retries}" if retries else "")
             await services.events.append(
-                instance_id,
-                [NewEvent("saga.failed", failure, step, f"{instance_id}:saga-failed")],
-                status="failed",
+                instance_id, [NewEvent("saga.failed", failure, step, failed_key)], status="failed"
             )
             return Command(goto=END, update={"status": "failed", "compensation_failure": failure})
         return Command(goto="undo", update={"compensated_steps": [*done, step]})

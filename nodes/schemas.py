@@ -1,22 +1,72 @@
-"""JSON Schema validation with validators built once per schema.
+"""JSON Schema for every schema users give: one validator factory.
 
-``jsonschema.validate`` checks the schema against its meta-schema on every call, which costs more
-than validating a small document; hot paths (every agent output, every task input) use
-:func:`validate` instead, which raises exactly what ``jsonschema.validate`` raises.
+Step input and output schemas, user task response schemas, process variables, session area state and
+unit-of-work task schemas are all checked here when designed or deployed (:func:`check_schema`) and
+applied here (:func:`validate`).
+
+- Regular expressions (``pattern``, ``patternProperties`` and the ``additionalProperties`` beside
+  them) run on RE2, which matches in time linear in the input: no pattern (``^(a+)+$`` on
+  ``aaaa…!``, say) can backtrack catastrophically and hold the event loop. A pattern RE2 cannot run
+  (backreferences, lookaround) is refused by :func:`check_schema`, naming it and where it is.
+- jsonschema evaluates some keywords with Python's backtracking ``re`` that no keyword of ours can
+  replace: ``unevaluatedProperties`` beside ``patternProperties``, and subschemas that switch to a
+  validator of their own with ``$schema``. Both are refused too; a ``$schema`` at the root picks the
+  dialect.
+- Validators are built once per schema: ``jsonschema.validate`` checks the schema against its
+  meta-schema on every call, which costs more than validating a small document. :func:`validate`
+  raises exactly what ``jsonschema.validate`` raises.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import jsonschema
-from jsonschema.exceptions import best_match
+import re2
+from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
 
 _VALIDATORS: dict[str, Validator] = {}
 _LIMIT = 4096  # distinct schemas kept; designs rarely have more, and beyond it the cache is just dropped
+_RE2 = re2.Options()
+_RE2.log_errors = False  # a refused pattern is reported by check_schema, not printed to stderr by RE2
+
+# Keywords whose value maps names (not keywords) to subschemas or data, and keywords whose value is data.
+_NAMED = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependentRequired", "dependencies"}
+)
+_DATA = frozenset({"enum", "const", "default", "examples"})
+
+
+def check_schema(schema: Mapping[str, Any]) -> None:
+    """Raise ``jsonschema.SchemaError`` if ``schema`` is not a valid JSON Schema, or is one this
+    runtime cannot apply in linear time (see the module's doc); the message says what and where."""
+    base = _dialect(schema)
+    try:
+        # The Validator protocol leaves out check_schema's format_checker, which every dialect's class has.
+        cast(Any, base).check_schema(dict(schema), format_checker=_schema_formats(base))
+    except jsonschema.SchemaError as exc:
+        if (exc.validator, exc.validator_value) != ("format", "regex"):
+            raise
+        cause = exc.cause.args[0] if exc.cause is not None and exc.cause.args else exc.cause
+        reason = cause.decode(errors="replace") if isinstance(cause, bytes) else str(cause)
+        raise jsonschema.SchemaError(
+            f"pattern {exc.instance!r} at {exc.json_path} is not supported ({reason}): patterns run on RE2, "
+            "which matches in linear time but has no backreferences and lookaround; rewrite it without them"
+        ) from exc
+    used = set(_keywords(_body(schema)))
+    if "$schema" in used:
+        raise jsonschema.SchemaError(
+            "a subschema declares its own $schema; declare the dialect once, at the root of the schema"
+        )
+    if {"unevaluatedProperties", "patternProperties"} <= used:
+        raise jsonschema.SchemaError(
+            "unevaluatedProperties cannot be combined with patternProperties in one schema (its evaluation "
+            "would run the patterns on a backtracking engine); use additionalProperties beside them instead"
+        )
 
 
 def checker(schema: Mapping[str, Any]) -> Validator:
@@ -24,16 +74,118 @@ def checker(schema: Mapping[str, Any]) -> Validator:
     key = json.dumps(schema, sort_keys=True, default=str)
     found = _VALIDATORS.get(key)
     if found is None:
-        cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(dict(schema))
+        check_schema(schema)
         if len(_VALIDATORS) >= _LIMIT:
             _VALIDATORS.clear()
-        found = _VALIDATORS[key] = cls(schema)
+        # The root's $schema chose the class; left in, a $ref to the root would switch back to jsonschema's own.
+        found = _VALIDATORS[key] = _linear(_dialect(schema))(_body(schema))
     return found
 
 
 def validate(instance: Any, schema: Mapping[str, Any]) -> None:
-    """``jsonschema.validate(instance, schema)``, without re-checking a schema seen before."""
+    """``jsonschema.validate(instance, schema)``, with patterns on RE2 and without re-checking a schema seen before."""
     error = best_match(checker(schema).iter_errors(instance))
     if error is not None:
         raise error
+
+
+def _dialect(schema: Mapping[str, Any]) -> type[Validator]:
+    cls: type[Validator] = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls
+
+
+def _body(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "$schema"}
+
+
+def _keywords(schema: object) -> Iterator[str]:
+    """Every keyword used in ``schema``'s subschemas, at any depth (names and data are not keywords)."""
+    if isinstance(schema, Mapping):
+        for key, value in schema.items():
+            yield key
+            if key in _DATA:
+                continue
+            if key in _NAMED and isinstance(value, Mapping):
+                for subschema in value.values():
+                    yield from _keywords(subschema)
+            else:
+                yield from _keywords(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _keywords(item)
+
+
+@functools.lru_cache(maxsize=_LIMIT)
+def _regex(pattern: str) -> Any:
+    return re2.compile(pattern, _RE2)
+
+
+def _runs_on_re2(pattern: object) -> bool:
+    if isinstance(pattern, str):
+        _regex(pattern)  # raises re2.error
+    return True
+
+
+@functools.cache
+def _schema_formats(base: type[Validator]) -> jsonschema.FormatChecker:
+    """The dialect's format checks for schemas, with ``regex`` (every pattern in a schema) checked by RE2."""
+    formats = jsonschema.FormatChecker(formats=())
+    formats.checkers.update(base.FORMAT_CHECKER.checkers)
+    formats.checks("regex", raises=re2.error)(_runs_on_re2)
+    return formats
+
+
+@functools.cache
+def _linear(base: type[Validator]) -> type[Validator]:
+    """``base`` with every keyword that matches regexes matching them on RE2."""
+    keywords = {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    }
+    extend: Any = jsonschema.validators.extend  # untyped in jsonschema's stubs
+    cls: type[Validator] = extend(base, {k: v for k, v in keywords.items() if k in base.VALIDATORS})
+    return cls
+
+
+# The keywords, as jsonschema's own (same errors, same messages), with RE2 in place of re.
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, _schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Mapping[str, Any], instance: Any, _schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        regex = _regex(pattern)
+        for name, value in instance.items():
+            if regex.search(name):
+                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    known = schema.get("properties", {})
+    regexes = [_regex(pattern) for pattern in schema.get("patternProperties", {})]
+    extras = [name for name in instance if name not in known and not any(r.search(name) for r in regexes)]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        if "patternProperties" in schema:
+            verb = "does" if len(extras) == 1 else "do"
+            joined = ", ".join(repr(each) for each in sorted(extras))
+            patterns = ", ".join(repr(each) for each in sorted(schema["patternProperties"]))
+            yield ValidationError(f"{joined} {verb} not match any of the regexes: {patterns}")
+        else:
+            listed = ", ".join(repr(each) for each in sorted(extras, key=str))
+            verb = "was" if len(extras) == 1 else "were"
+            yield ValidationError(f"Additional properties are not allowed ({listed} {verb} unexpected)")

@@ -208,7 +208,7 @@ def validate_unit(
         for label, schema in (("input_schema", task.input_schema), ("output_schema", task.output_schema)):
             if schema is not None:
                 try:
-                    jsonschema.Draft202012Validator.check_schema(schema)
+                    schemas.check_schema(schema)
                 except jsonschema.SchemaError as exc:
                     problems.append(f"{where}: task {task.task_id!r} has an invalid {label}: {exc.message}")
         if registry is not None:

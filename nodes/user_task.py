@@ -14,6 +14,7 @@ import jsonschema
 from langgraph.types import interrupt
 
 from checkpoints.errors import JourneyError
+from nodes import schemas
 
 
 class ResumeValueError(JourneyError):
@@ -31,7 +32,7 @@ def validate_resume_value(value: object, schema: Mapping[str, Any] | None, *, ta
         )
     if schema is not None:
         try:
-            jsonschema.validate(dict(value), schema)
+            schemas.validate(dict(value), schema)
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
             raise ResumeValueError(

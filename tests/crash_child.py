@@ -2,6 +2,8 @@
 
     python tests/crash_child.py STORE_URL EFFECTS_DB start auto|user [HOLD]
     python tests/crash_child.py STORE_URL EFFECTS_DB resume JOURNEY_ID
+    python tests/crash_child.py STORE_URL EFFECTS_DB saga-start async|exit
+    python tests/crash_child.py STORE_URL EFFECTS_DB saga-resume SAGA_ID async|exit
 
 Every step's agent stands for an external service with side effects, kept in the SQLite file
 EFFECTS_DB (not the journey store): each call appends ``invocations(key, pid)`` and does
@@ -24,8 +26,15 @@ step before it on (auto steps).
 ``resume`` recovers what the killed process left in flight, advances any remaining user steps and
 prints the final status as JSON.
 
-Output lines the parent reads: ``JOURNEY <journey_id> <instance_id>``, ``ADVANCED <n>``,
-``HOLD <point>``, ``RECOVERED <json>``, ``STATUS <json>``. Anything else (logs) is to be ignored.
+``saga-start`` runs a saga (with the given durability) whose last step fails and whose first
+compensation (``revert_transformation``) fails for good, prints ``SAGA <saga_id>`` and ``FAILED
+<json>``, then makes that handler work and retries the compensation; the compensations are the
+external service, and the run holds just after the side effect of ``revert_analysis``, the second one
+the retry runs. ``saga-resume`` recovers and prints the saga's status.
+
+Output lines the parent reads: ``JOURNEY <journey_id> <instance_id>``, ``SAGA <saga_id>``,
+``ADVANCED <n>``, ``FAILED <json>``, ``HOLD <point>``, ``RECOVERED <json>``, ``STATUS <json>``.
+Anything else (logs) is to be ignored.
 """
 
 from __future__ import annotations
@@ -36,11 +45,14 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from langgraph.types import Durability
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.protocol import AgentRequest
+from agents.deterministic import FailingAgent
+from agents.protocol import Agent, AgentRequest
 from agents.registry import AgentRegistry
 from graphs.runtime import JourneyRuntime
 from graphs.structured_orchestrator import structured_instance_id
@@ -93,8 +105,10 @@ class Hold:
             await asyncio.sleep(HOLD_S)
 
 
-def register_agents(registry: AgentRegistry, effects_db: str, hold: Hold) -> None:
-    async def external_service(request: AgentRequest) -> dict[str, Any]:
+def external_service(effects_db: str, hold: Hold) -> Agent:
+    """An agent with an external side effect: one invocation row per call, one effect row per key."""
+
+    async def call(request: AgentRequest) -> dict[str, Any]:
         if hold.slow and request.step == hold.stall_from:
             hold.stall.set()
         conn = sqlite3.connect(effects_db, timeout=30)
@@ -109,8 +123,13 @@ def register_agents(registry: AgentRegistry, effects_db: str, hold: Hold) -> Non
         await asyncio.sleep(AGENT_LATENCY_S)
         return {"step": request.step, "pid": os.getpid()}
 
+    return call
+
+
+def register_agents(registry: AgentRegistry, effects_db: str, hold: Hold) -> None:
+    service = external_service(effects_db, hold)
     for step in STEPS:
-        registry.register(f"crash.{step}", external_service, name=f"external_{step}")
+        registry.register(f"crash.{step}", service, name=f"external_{step}")
 
 
 def install_event_hold(runtime: JourneyRuntime, hold: Hold) -> None:
@@ -190,6 +209,47 @@ async def resume(url: str, effects_db: str, journey_id: str) -> None:
         emit("STATUS", json.dumps(status, sort_keys=True))
 
 
+SAGA_USER = "crash-saga-user"
+SAGA_HANDLERS = {
+    "upload_content": "delete_uploaded_content",
+    "analyze_content": "revert_analysis",
+    "transform_data": "revert_transformation",
+}
+
+
+def register_undo(registry: AgentRegistry, effects_db: str, hold: Hold) -> None:
+    service = external_service(effects_db, hold)
+    for handler in SAGA_HANDLERS.values():
+        registry.register(handler, service, name=f"external_{handler}", replace=True)
+
+
+async def saga_start(url: str, effects_db: str, durability: Durability) -> None:
+    hold = Hold(None)
+    hold.point, hold.step = "effect", "analyze_content"  # the second compensation the retry runs
+    async with JourneyRuntime.open(url, durability=durability) as runtime:
+        register_undo(runtime.agents, effects_db, hold)
+        for broken in ("validate_results", "revert_transformation"):
+            runtime.agents.register(broken, FailingAgent(broken, permanent=True), replace=True)
+        design = await runtime.saga.design_saga_journey("enterprise_migration", {}, SAGA_HANDLERS)
+        journey_id = design["journey_id"]
+        saga_id = (await runtime.saga.execute_saga_journey(journey_id, SAGA_USER, {}))["saga_id"]
+        emit("SAGA", saga_id)
+        for _ in design["steps"]:
+            status = await runtime.saga.advance_saga_step(saga_id, journey_id, SAGA_USER, {})
+        emit("FAILED", json.dumps(status, sort_keys=True))
+        register_undo(runtime.agents, effects_db, hold)
+        status = await runtime.saga.retry_saga_step(saga_id)
+        emit("STATUS", json.dumps(status, sort_keys=True))
+
+
+async def saga_resume(url: str, effects_db: str, saga_id: str, durability: Durability) -> None:
+    async with JourneyRuntime.open(url, durability=durability) as runtime:
+        register_undo(runtime.agents, effects_db, Hold(None))
+        emit("RECOVERED", json.dumps(await runtime.recover()))
+        status = await runtime.saga.get_saga_status(saga_id)
+        emit("STATUS", json.dumps(status, sort_keys=True))
+
+
 def main(argv: list[str]) -> None:
     url, effects_db, command, *rest = argv
     init_effects_db(effects_db)
@@ -198,8 +258,18 @@ def main(argv: list[str]) -> None:
         asyncio.run(start(url, effects_db, mode, Hold(hold[0] if hold else None)))
     elif command == "resume":
         asyncio.run(resume(url, effects_db, rest[0]))
+    elif command == "saga-start":
+        asyncio.run(saga_start(url, effects_db, durability(rest[0])))
+    elif command == "saga-resume":
+        asyncio.run(saga_resume(url, effects_db, rest[0], durability(rest[1])))
     else:
-        raise SystemExit(f"unknown command {command!r}; use start or resume")
+        raise SystemExit(f"unknown command {command!r}; use start, resume, saga-start or saga-resume")
+
+
+def durability(value: str) -> Durability:
+    if value not in ("async", "exit"):
+        raise SystemExit(f"unknown durability {value!r}; use async or exit")
+    return cast(Durability, value)
 
 
 if __name__ == "__main__":

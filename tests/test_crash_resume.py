@@ -311,3 +311,59 @@ def _value(lines: list[str], prefix: str) -> Any:
     found = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
     assert len(found) == 1, lines
     return json.loads(found[0])
+
+
+@pytest.mark.parametrize("durability", ["async", "exit"])
+def test_a_retried_compensation_survives_sigkill(durable_url: str, durability: str, tmp_path: Path) -> None:
+    """A saga's compensation failed for good; its retry is SIGKILLed between two compensations (just after
+    the second one's side effect). A fresh process finishes the compensation: every undo takes effect
+    once, and only the one call the kill landed in is made twice, with the same idempotency key."""
+    deadline = Deadline(CASE_BUDGET_S)
+    effects_db = tmp_path / "external_service.db"
+    first = Child([durable_url, str(effects_db), "saga-start", durability], tmp_path / "start.stderr")
+    try:
+        _, saga_id = first.wait_for_line("SAGA ", deadline).split()
+        stopped = json.loads(first.wait_for_line("FAILED ", deadline).removeprefix("FAILED "))
+        assert (stopped["status"], stopped["compensated_steps"]) == ("failed", [])
+        assert stopped["compensation_failure"]["handler"] == "revert_transformation"
+        first.wait_for_line("HOLD ", deadline)
+        first.kill()
+        first.drain(deadline)
+    finally:
+        first.close()
+    assert not any(line.startswith("STATUS ") for line in first.lines)
+    invoked_at_kill = [key for (key,) in query(effects_db, "SELECT key FROM invocations ORDER BY id")]
+    assert len(invoked_at_kill) == 2  # revert_transformation, then revert_analysis: held just after its effect
+
+    second = Child([durable_url, str(effects_db), "saga-resume", saga_id, durability], tmp_path / "resume.stderr")
+    try:
+        second.finish(deadline)
+    finally:
+        second.close()
+    # The retry checkpointed the compensation as pending before running it: recover() finishes it.
+    assert _value(second.lines, "RECOVERED ") == [saga_id]
+    final = _value(second.lines, "STATUS ")
+    undone = ["transform_data", "analyze_content", "upload_content"]
+    assert (final["status"], final["compensated_steps"], final["compensation_failure"]) == ("compensated", undone, None)
+
+    events = asyncio.run(_history(durable_url, saga_id))
+    completed = {e.step: e.key for e in events if e.type == "step.completed"}
+    keys = [f"{completed[step]}:compensate" for step in undone]
+    assert sorted(key for (key,) in query(effects_db, "SELECT key FROM effects")) == sorted(keys)
+    invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
+    assert [key for key, _ in invocations] == [keys[0], keys[1], keys[1], keys[2]]
+    assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid, second.proc.pid]
+    undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga."))]
+    assert undos == [
+        ("saga.compensating", "validate_results"),
+        ("saga.failed", "transform_data"),
+        ("compensation.retried", "transform_data"),
+        *[("compensation.completed", step) for step in undone],
+        ("saga.compensated", None),
+    ]
+    assert all(a < b for a, b in itertools.pairwise(e.seq for e in events))
+
+
+async def _history(url: str, instance_id: str) -> list[Event]:
+    async with JourneyRuntime.open(url, default_agents=False) as runtime:
+        return await runtime.history(instance_id)

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from agents import AgentRequest, FailingAgent, RecordingAgent, RetrySettings, TransientAgentError
-from graphs import JourneyFinishedError, JourneyNotFoundError, JourneyRuntime, SpecError
+from graphs import (
+    InvalidInputError,
+    JourneyFinishedError,
+    JourneyNotFoundError,
+    JourneyRuntime,
+    NothingToRetryError,
+    SpecError,
+)
 
 FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0.001)
 MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]
@@ -264,3 +271,66 @@ async def test_advance_checks_the_saga_belongs_to_the_journey_and_user(store_url
         assert await state() == before
         moved = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
         assert moved["current_step"] == "analyze_content"
+
+
+async def test_a_compensation_that_failed_for_good_is_retried_from_where_it_stopped(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        order: list[str] = []
+        handlers = recorders(rt, order)
+        working_revert_analysis = handlers["revert_analysis"]
+        rt.agents.register(
+            "revert_analysis", FailingAgent("revert_analysis", permanent=True, message="store offline"), replace=True
+        )
+        rt.agents.register("validate_results", FailingAgent("validate_results", permanent=True), replace=True)
+        journey_id, saga_id = await start_saga(rt)
+        for _ in MIGRATION[:3]:
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        stopped = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        assert (stopped["status"], stopped["compensated_steps"]) == ("failed", ["transform_data"])
+        assert order == ["revert_transformation"]
+
+        # Retried while the handler is still broken: it fails again, says so, and nothing else runs.
+        again = await rt.saga.retry_saga_step(saga_id)
+        assert (again["status"], again["compensated_steps"]) == ("failed", ["transform_data"])
+        assert again["compensation_failure"]["handler"] == "revert_analysis"
+        assert order == ["revert_transformation"]
+
+        # Once the handler works, the retry resumes where compensation stopped: the remaining undos, last first.
+        rt.agents.register(
+            "revert_analysis", lambda r: (order.append("revert_analysis"), working_revert_analysis(r))[1], replace=True
+        )
+        done = await rt.saga.retry_saga_step(saga_id)
+        assert done["status"] == "compensated"
+        assert done["compensated_steps"] == ["transform_data", "analyze_content", "upload_content"]
+        assert done["compensation_failure"] is None
+        assert done["failure"]["step"] == "validate_results"  # why the saga compensates is kept
+        assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]
+        events = await rt.history(saga_id)
+        completed = {e.step: e.key for e in events if e.type == "step.completed"}
+        for step, handler in HANDLERS.items():
+            # One call per idempotency key, the key of the step's own completion, whatever the retries.
+            assert handlers[handler].calls == {f"{completed[step]}:compensate": 1}
+
+        tail = [(e.type, e.step) for e in events if e.type.startswith(("saga.", "compensation."))]
+        assert tail == [
+            ("saga.compensating", "validate_results"),
+            ("compensation.completed", "transform_data"),
+            ("saga.failed", "analyze_content"),
+            ("compensation.retried", "analyze_content"),
+            ("saga.failed", "analyze_content"),
+            ("compensation.retried", "analyze_content"),
+            ("compensation.completed", "analyze_content"),
+            ("compensation.completed", "upload_content"),
+            ("saga.compensated", None),
+        ]
+        retried = [e for e in events if e.type == "compensation.retried"]
+        assert [e.payload["handler"] for e in retried] == ["revert_analysis", "revert_analysis"]
+        assert "store offline" in retried[0].payload["previous_failure"]["error"]
+        instance = await rt.store.index.get_instance(saga_id)
+        assert instance is not None and instance.status == "compensated"
+        assert (await rt.saga.get_saga_status(saga_id))["status"] == "compensated"
+
+        # A compensated saga has nothing left to retry.
+        with pytest.raises(NothingToRetryError):
+            await rt.saga.retry_saga_step(saga_id)
+        assert len(await rt.history(saga_id)) == len(events)

@@ -35,7 +35,7 @@ SPIED = {
         "retry_journey_step",
         "get_journey_status",
     ),
-    "saga": ("design_saga_journey", "execute_saga_journey", "advance_saga_step", "get_saga_status"),
+    "saga": ("design_saga_journey", "execute_saga_journey", "advance_saga_step", "retry_saga_step", "get_saga_status"),
     "session": ("start_session", "navigate_to_area", "update_area_state", "close_session", "get_session_progress"),
     "mvp": (
         "start_mvp_journey",
@@ -171,6 +171,17 @@ async def test_structured_and_saga_answers_are_their_orchestrators_views(served:
         and failed_undo["compensation_failure"]["handler"] == "delete_uploaded_content"
     )
     assert (await s.status(broken["saga_id"], "saga.get_saga_status"))["index_status"] == "failed"
+    # Once its handler works, the compensation that failed for good is retried where it stopped.
+    agents.register("delete_uploaded_content", lambda _request: {"deleted": True}, replace=True)
+    undone = await s.same("POST", f"/journeys/sagas/{broken['saga_id']}/retry", "saga.retry_saga_step")
+    assert (undone["status"], undone["compensated_steps"], undone["compensation_failure"]) == (
+        "compensated",
+        ["upload_content"],
+        None,
+    )
+    assert (await s.status(broken["saga_id"], "saga.get_saga_status"))["index_status"] == "compensated"
+    nothing_left = await s.http.post(f"/journeys/sagas/{broken['saga_id']}/retry")
+    assert nothing_left.status_code == 409 and nothing_left.json()["code"] == "NothingToRetryError"
 
 
 async def test_session_and_mvp_answers_are_their_orchestrators_views(served: Served) -> None:

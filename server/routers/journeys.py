@@ -179,7 +179,9 @@ async def advance_saga(saga_id: str, body: SagaAdvanceIn, _c: Writer, svc: Servi
     )
 
 
-@router.post("/sagas/{saga_id}/retry", response_model=SagaRunView, summary="Retry a saga's failed step")
+@router.post(
+    "/sagas/{saga_id}/retry", response_model=SagaRunView, summary="Retry a saga's failed step or stopped compensation"
+)
 async def retry_saga(saga_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
     return await svc.runtime.saga.retry_saga_step(saga_id)
 

@@ -1,0 +1,175 @@
+"""Regular expressions in the JSON Schemas users give (user task responses, process variables, step and
+session schemas, unit-of-work tasks) run on a linear-time engine: a pattern such as ``^(a+)+$`` cannot
+backtrack catastrophically and block the event loop, and a pattern that engine cannot run
+(backreferences, lookaround) is refused when the schema is designed or deployed, naming it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from graphs import ResumeValueError, SpecError
+from graphs.lifecycle_catalog import default_lifecycle_spec
+from nodes import schemas
+from server.app import create_app
+from server.settings import Settings
+from tests.process_support import linear, runtime, table_dump, user_task
+from tests.server_support import serving
+
+CATASTROPHIC = "^(a+)+$"
+EVIL = "a" * 28 + "!"  # 12.6 s on a backtracking engine
+BOUND_S = 1.0  # generous: the linear engine takes microseconds
+UNSUPPORTED = [r"^(a)\1$", r"^(?=a)\w+$", r"(?<!x)y", r"^(?!admin)"]
+
+
+def judged(instance: Any, schema: dict[str, Any]) -> str | None:
+    """The error message validating ``instance`` gives (None: valid), checked to come back quickly."""
+    started = time.perf_counter()
+    try:
+        schemas.validate(instance, schema)
+        message = None
+    except jsonschema.ValidationError as exc:
+        message = exc.message
+    assert time.perf_counter() - started < BOUND_S, (instance, schema)
+    return message
+
+
+def test_catastrophic_patterns_are_judged_in_linear_time() -> None:
+    pattern = {"type": "string", "pattern": CATASTROPHIC}
+    assert judged(EVIL, pattern) == f"{EVIL!r} does not match {CATASTROPHIC!r}"
+    assert judged("a" * 28, pattern) is None
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", **pattern}
+    assert judged(EVIL, draft7) is not None and judged("aaa", draft7) is None
+
+    keyed = {"type": "object", "patternProperties": {CATASTROPHIC: {"type": "integer"}}}
+    assert judged({EVIL: "not checked: its name does not match"}, keyed) is None
+    assert judged({"aaa": "x"}, keyed) == "'x' is not of type 'integer'"
+    closed = {**keyed, "properties": {"id": {}}, "additionalProperties": False}
+    assert judged({EVIL: 1}, closed) == f"{EVIL!r} does not match any of the regexes: {CATASTROPHIC!r}"
+    assert judged({"aa": 1, "id": 2}, closed) is None
+    extra = {**keyed, "additionalProperties": {"type": "string"}}
+    assert judged({EVIL: 1}, extra) == "1 is not of type 'string'"
+    assert judged({"aa": 1, "b": "s"}, extra) is None
+    names = {"type": "object", "propertyNames": {"pattern": CATASTROPHIC}}
+    assert judged({EVIL: 1}, names) is not None
+    nested = {"type": "array", "items": {"$ref": "#/$defs/code"}, "$defs": {"code": pattern}}
+    assert judged(["aa", EVIL], nested) is not None
+
+
+def test_patterns_use_ecma_classes_the_linear_engine_knows() -> None:
+    # \p{…} is ECMA-262 (with the u flag) and RE2, but not Python's re: it is accepted and works.
+    letters = {"type": "string", "pattern": r"^\p{L}+$"}
+    schemas.check_schema(letters)
+    assert judged("héllo", letters) is None and judged("h3llo", letters) is not None
+
+
+@pytest.mark.parametrize("pattern", UNSUPPORTED)
+def test_a_pattern_the_linear_engine_cannot_run_is_refused_naming_it(pattern: str) -> None:
+    for schema, where in (
+        ({"type": "string", "pattern": pattern}, "$.pattern"),
+        ({"type": "object", "properties": {"code": {"pattern": pattern}}}, "$.properties.code.pattern"),
+        ({"type": "object", "patternProperties": {pattern: {}}}, "$.patternProperties"),
+    ):
+        with pytest.raises(jsonschema.SchemaError) as caught:
+            schemas.check_schema(schema)
+        message = caught.value.message
+        assert f"pattern {pattern!r} at {where}" in message, message
+        assert "backreferences and lookaround" in message
+        with pytest.raises(jsonschema.SchemaError):
+            schemas.validate("x", schema)
+
+
+def test_unevaluated_properties_next_to_pattern_properties_is_refused() -> None:
+    schema = {"allOf": [{"patternProperties": {"^a": {}}}], "unevaluatedProperties": False}
+    with pytest.raises(jsonschema.SchemaError, match="unevaluatedProperties"):
+        schemas.check_schema(schema)
+    # Either one alone is fine, and a property merely named like a keyword is not mistaken for one.
+    schemas.check_schema({"unevaluatedProperties": False, "properties": {"a": {}}})
+    schemas.check_schema({"patternProperties": {"^a": {}}})
+    schemas.check_schema({"properties": {"patternProperties": {}, "unevaluatedProperties": {}}})
+    schemas.check_schema({"unevaluatedProperties": False, "enum": [{"patternProperties": 1}]})
+
+
+def response(pattern: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": pattern}},
+        "required": ["code"],
+    }
+
+
+async def test_a_user_task_with_a_catastrophic_pattern_is_completed_in_milliseconds(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(linear("codes", user_task("enter_code", response_schema=response(CATASTROPHIC))))
+        view = await rt.processes.start("codes", "c-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        before = await table_dump(rt)
+        started = time.perf_counter()
+        with pytest.raises(ResumeValueError, match="does not match"):
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"code": EVIL})
+        assert time.perf_counter() - started < BOUND_S
+        assert await table_dump(rt) == before
+        done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"code": "aaaa"})
+        assert done["status"] == "completed" and done["variables"]["code"] == "aaaa"
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+
+
+async def test_every_user_schema_with_an_unsupported_pattern_is_refused_at_design_time(store_url: str) -> None:
+    pattern = r"^(\w)\1$"
+    async with runtime(store_url) as rt:
+        before = await table_dump(rt)
+        with pytest.raises(SpecError) as process:
+            await rt.processes.deploy(
+                linear(
+                    "codes",
+                    user_task("enter_code", response_schema=response(pattern)),
+                    variables_schema={"type": "object", "patternProperties": {"(?=x)": {}}},
+                )
+            )
+        problems = process.value.problems
+        assert any("user task 'enter_code' response_schema" in p and repr(pattern) in p for p in problems), problems
+        assert any("variables_schema" in p and repr("(?=x)") in p for p in problems), problems
+        assert await table_dump(rt) == before
+
+        step = {"step_id": "enter", "input_schema": response(pattern)}
+        with pytest.raises(SpecError) as structured:
+            await rt.structured.design_journey("codes", spec={"journey_type": "codes", "steps": [step]})
+        assert any("step 'enter'" in p and repr(pattern) in p for p in structured.value.problems)
+
+        area = {"area_id": "codes", "state_schema": response(pattern)}
+        with pytest.raises(SpecError) as session:
+            await rt.session.start_session("ana", {"areas": [area]})
+        assert any("'codes'" in p and repr(pattern) in p for p in session.value.problems)
+
+        spec = default_lifecycle_spec().model_dump(mode="json")
+        spec["sandbox"]["units"][0]["tasks"][0]["input_schema"] = response(pattern)
+        with pytest.raises(SpecError) as lifecycle:
+            await rt.lifecycle.design(spec)
+        assert any("input_schema" in p and repr(pattern) in p for p in lifecycle.value.problems)
+
+
+@pytest.mark.slow
+async def test_the_server_answers_while_a_catastrophic_pattern_is_judged(sqlite_url: str) -> None:
+    with serving(create_app(Settings(database_url=sqlite_url, auth=False))) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            process = linear("codes", user_task("enter_code", response_schema=response(CATASTROPHIC)))
+            assert (await http.post("/processes", json=process)).status_code == 200
+            assert (await http.post("/processes/codes/instances", json={"business_key": "c-1"})).status_code == 200
+            [task] = (await http.get("/tasks", params={"assignee": "ana"})).json()
+            complete = f"/tasks/{task['task_id']}/complete"
+            started = time.perf_counter()
+            evil = asyncio.create_task(http.post(complete, json={"user": "ana", "payload": {"code": EVIL}}))
+            await asyncio.sleep(0.02)  # the completion is in the server now
+            ok = await http.get("/ok")
+            ok_after = time.perf_counter() - started
+            refused = await evil
+            assert ok.status_code == 200 and ok_after < BOUND_S
+            assert refused.status_code == 422 and refused.json()["code"] == "ResumeValueError"
+            assert time.perf_counter() - started < BOUND_S
+            done = await http.post(complete, json={"user": "ana", "payload": {"code": "aaaa"}})
+            assert done.status_code == 200 and done.json()["status"] == "completed"
