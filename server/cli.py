@@ -9,13 +9,13 @@ import secrets
 from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, cast
 
-import structlog
 import typer
 from langgraph.types import Durability
 from rich.console import Console
 
 from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
+from server.logs import configure_logging
 
 DURABILITIES = ("exit", "async", "sync")
 DURABILITY_HELP = (
@@ -48,8 +48,7 @@ def _durability(value: str) -> Durability:
 
 
 def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
-    level = logging.INFO if verbose else quiet
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    configure_logging(logging.INFO if verbose else quiet)  # plain tracebacks, bounded values: server/logs.py
 
 
 def _fail(error: JourneyError) -> NoReturn:

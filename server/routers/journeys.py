@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.errors import JourneyNotFoundError
 from server.auth import Principal, require
+from server.identifiers import ClientId, JourneyType, MetricName, UserId
 from server.routers import ViewRoute, errors
 from server.services import ServerServices, services
 from server.views.lifecycle import LifecycleJourneyView, LifecycleTransitionOut, MetricsRecordedOut
@@ -44,7 +45,7 @@ class Body(BaseModel):
 
 
 class DesignIn(Body):
-    journey_type: Name
+    journey_type: JourneyType
     requirements: dict[str, Any] = Field(default_factory=dict)
     spec: dict[str, Any] | None = None
 
@@ -54,7 +55,7 @@ class SagaDesignIn(DesignIn):
 
 
 class ExecuteIn(Body):
-    user_id: Name
+    user_id: UserId
     context: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -69,12 +70,12 @@ class SagaAdvanceIn(AdvanceIn):
 
 
 class SessionIn(Body):
-    user_id: Name
+    user_id: UserId
     session_config: dict[str, Any]
 
 
 class MvpIn(Body):
-    user_id: Name
+    user_id: UserId
     initial_pillar: Name = "content"
 
 
@@ -92,9 +93,9 @@ class CloseIn(Body):
 
 
 class LifecycleIn(Body):
-    client_id: Name
+    client_id: ClientId
     metadata: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, float | bool] = Field(default_factory=dict)
+    metrics: dict[MetricName, float | bool] = Field(default_factory=dict)
 
 
 class TransitionIn(Body):
@@ -103,7 +104,7 @@ class TransitionIn(Body):
 
 
 class MetricsIn(Body):
-    values: dict[str, float | bool] = Field(min_length=1)
+    values: dict[MetricName, float | bool] = Field(min_length=1)
 
 
 # --- structured -----------------------------------------------------------------------------------
