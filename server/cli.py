@@ -90,6 +90,16 @@ def serve(
     ] = None,
     durability: DurabilityOption = "exit",
     guide_model: GuideModelOption = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(min=1, envvar="JOURNEYS_MAX_BODY_BYTES", help="largest request body (413 past it)")
+    ] = None,
+    max_json_depth: Annotated[
+        int | None, typer.Option(min=1, envvar="JOURNEYS_MAX_JSON_DEPTH", help="deepest JSON nesting (422 past it)")
+    ] = None,
+    max_string_chars: Annotated[
+        int | None,
+        typer.Option(min=1, envvar="JOURNEYS_MAX_STRING_CHARS", help="longest JSON string or key (422 past it)"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
@@ -97,7 +107,7 @@ def serve(
 
     from server.app import create_app
     from server.plugins import plugin_registry
-    from server.settings import Settings, load_api_keys
+    from server.settings import InputLimits, Settings, load_api_keys
 
     _quiet_logs(verbose, quiet=logging.WARNING)  # the keys' warnings (plain keys stored) show even so
     try:
@@ -111,6 +121,7 @@ def serve(
             "(pass --api-keys, set JOURNEYS_API_KEYS, or --no-auth for local development)",
             err=True,
         )
+    defaults = InputLimits()
     settings = Settings(
         database_url=database_url,
         auth=not no_auth,
@@ -118,6 +129,11 @@ def serve(
         execution="distributed" if distributed else "embedded",
         durability=_durability(durability),
         guide_model=guide_model,
+        limits=InputLimits(  # min=1: an unset option (None) takes the default
+            max_body_bytes or defaults.max_body_bytes,
+            max_json_depth or defaults.max_depth,
+            max_string_chars or defaults.max_string_chars,
+        ),
     )
     try:
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})

@@ -183,3 +183,22 @@ async def test_the_limits_are_settings(sqlite_url: str) -> None:
             await assert_refused(http, 422, "/threads", raw({"metadata": {"a" * 101: 1}}))
             await assert_refused(http, 413, "/threads", raw({"metadata": {f"k{i}": i for i in range(300)}}))
             assert len(await thread_ids(http)) == 2
+
+
+def test_serve_takes_the_limits_from_options_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from server.cli import app as cli
+
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_options: served.append(app))
+    monkeypatch.setenv("JOURNEYS_MAX_STRING_CHARS", "500")
+    done = CliRunner().invoke(cli, ["serve", "--no-auth", "--max-body-bytes", "4096", "--max-json-depth", "8"])
+    assert done.exit_code == 0, done.output
+    assert served[0].state.settings.limits == InputLimits(max_body_bytes=4096, max_depth=8, max_string_chars=500)
+    monkeypatch.delenv("JOURNEYS_MAX_STRING_CHARS")
+    assert CliRunner().invoke(cli, ["serve", "--no-auth"]).exit_code == 0
+    assert served[1].state.settings.limits == InputLimits()
+    refused = CliRunner().invoke(cli, ["serve", "--no-auth", "--max-json-depth", "0"])
+    assert refused.exit_code == 2 and "max-json-depth" in refused.output
