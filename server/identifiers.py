@@ -32,7 +32,6 @@ BUSINESS_KEY = 300
 # in a column of 200: a user id leaves room for any journey id.
 USER_ID = 100
 
-ThreadId = Annotated[str, Field(min_length=1, max_length=THREAD_ID)]
 JourneyType = Annotated[str, Field(min_length=1, max_length=JOURNEY_TYPE)]
 ClientId = Annotated[str, Field(min_length=1, max_length=CLIENT_ID)]
 MetricName = Annotated[str, Field(min_length=1, max_length=METRIC_NAME)]
