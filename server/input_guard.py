@@ -51,8 +51,8 @@ class GuardedRoute(APIRoute):
             if self.body_field is None:
                 return await handler(request)
             body = await read_body(request, limits)
-            check_json_body(body, request.headers.get("content-type"), limits)
-            return await handler(replaying(request, body))
+            document = check_json(body, limits) if body and _is_json(request) else _UNPARSED
+            return await handler(CheckedRequest(request, body, document, limits))
 
         return guarded
 
@@ -81,18 +81,28 @@ async def read_body(request: Request, limits: InputLimits) -> bytes:
     return b"".join(chunks)
 
 
-def replaying(request: Request, body: bytes) -> Request:
-    """``request`` with its body read already: the route's handler gets ``body`` from it."""
-    delivered = False
+class CheckedRequest(Request):
+    """A request whose body its route read and checked already: FastAPI gets the same bytes, and the
+    checked document instead of parsing them a second time (what it validates is what was checked)."""
 
-    async def receive() -> Message:
-        nonlocal delivered
-        if delivered:
-            return await request.receive()  # after the body: only the disconnect is left to wait for
-        delivered = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    def __init__(self, request: Request, body: bytes, document: Any, limits: InputLimits) -> None:
+        delivered = False
 
-    return Request(request.scope, receive)
+        async def receive() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await request.receive()  # after the body: only the disconnect is left to wait for
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        super().__init__(request.scope, receive)
+        self._checked_document = document
+        self._limits = limits
+
+    async def json(self) -> Any:
+        if self._checked_document is _UNPARSED:  # a body FastAPI reads as JSON though its type said otherwise
+            self._checked_document = check_json(await self.body(), self._limits)
+        return self._checked_document
 
 
 def refuse_nul_in_url(request: Request) -> None:
@@ -103,11 +113,13 @@ def refuse_nul_in_url(request: Request) -> None:
             raise InvalidInputError(f"query parameter {key!r} contains a NUL character (U+0000)", parameter=key)
 
 
-def check_json_body(body: bytes, content_type: str | None, limits: InputLimits) -> None:
-    """Checks a body FastAPI will parse as JSON (an empty one, or one of another type, it refuses itself)."""
-    media_type = (content_type or "application/json").partition(";")[0].strip().lower()
-    if body and (media_type == "application/json" or media_type.endswith("+json")):
-        check_json(body, limits)
+_UNPARSED = object()
+
+
+def _is_json(request: Request) -> bool:
+    """Whether FastAPI parses this request's body as JSON (a JSON content type: it is strict about it)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 class _NonFinite(ValueError):
