@@ -17,7 +17,6 @@ from fastapi import FastAPI
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
-from server.auth import authorize_route
 from server.executor import EmbeddedRunner, RunExecutor
 from server.openapi import install_openapi
 from server.problems import install_problem_handlers
@@ -74,9 +73,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    # Every route but /ok takes a require(scope) dependency, which authorizes the caller and then guards
-    # the input (no NUL characters); a body too malformed to reach it is reported after authorizing too.
-    install_problem_handlers(app, authorize=authorize_route)
+    # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
+    # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
+    install_problem_handlers(app)
     for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
         app.include_router(router)
     install_openapi(app)  # the document states the input guard's rules too

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
@@ -30,6 +31,15 @@ from graphs.mvp import RECOMMENDED_FLOW, mvp_spec
 from graphs.runtime import JourneyRuntime
 from graphs.streaming import run_graph
 from graphs.structured_orchestrator import structured_instance_id
+from server.identifiers import (
+    BUSINESS_KEY,
+    CLIENT_ID,
+    JOURNEY_TYPE,
+    METRIC_NAME,
+    PROCESS_NAME,
+    USER_ID,
+    string_schema,
+)
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 
@@ -70,6 +80,27 @@ class Assistant:
     # Its runs may checkpoint only when they stop (the server's run durability): every step it executes
     # is logged, and a retried run replays the logged steps instead of executing them again.
     replays_from_log: bool = False
+
+    def check_input(self, value: Any) -> None:
+        """Refuses (422) a first run's ``input`` off this assistant's input schema, before the run is stored."""
+        _conform(self.input_schema, value, "input")
+
+    def check_resume(self, value: Any) -> None:
+        """Refuses (422) a ``command.resume`` off this assistant's resume schema, before the run is stored."""
+        _conform(self.resume_schema, value, "command.resume")
+
+
+def _conform(schema: Mapping[str, Any], value: Any, what: str) -> None:
+    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    if errors:
+        problems = [f"{what}{e.json_path[1:]}: {_short_message(e)}" for e in errors]
+        raise InvalidInputError("; ".join(problems), problems=problems)
+
+
+def _short_message(error: Any) -> str:
+    # jsonschema's messages quote the value, which may be a megabyte long: then only the rule is named.
+    message: str = error.message
+    return message if len(message) <= 200 else f"fails {error.validator} {error.validator_value!r}"
 
 
 ASSISTANTS: dict[str, Assistant] = {}
@@ -137,13 +168,16 @@ STEP_INPUT: dict[str, Any] = {
     "type": "object",
     "required": ["journey_type"],
     "properties": {
-        "journey_type": {"type": "string", "description": "a template (content_migration, …) or your spec's name"},
+        "journey_type": string_schema(
+            JOURNEY_TYPE, description="a template (content_migration, …) or your spec's name"
+        ),
         "requirements": {"type": "object"},
         "spec": {"type": "object", "description": "an explicit StructuredSpec instead of the template"},
-        "user_id": {"type": "string", "description": "defaults to the caller"},
+        "user_id": string_schema(USER_ID, description="defaults to the caller"),
         "context": {"type": "object"},
     },
 }
+METRICS = {"type": "object", "propertyNames": {"maxLength": METRIC_NAME}, "description": "values by metric name"}
 
 
 async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
@@ -410,7 +444,7 @@ register(
         {
             "type": "object",
             "required": ["session_config"],
-            "properties": {"session_config": {"type": "object"}, "user_id": {"type": "string"}},
+            "properties": {"session_config": {"type": "object"}, "user_id": string_schema(USER_ID)},
         },
         ACTION_SCHEMA,
         sample=_sample_mvp,
@@ -422,7 +456,7 @@ register(
         "The MVP preset: four pillars",
         _start_mvp,
         _session_action,
-        {"type": "object", "properties": {"initial_pillar": {"type": "string"}, "user_id": {"type": "string"}}},
+        {"type": "object", "properties": {"initial_pillar": {"type": "string"}, "user_id": string_schema(USER_ID)}},
         ACTION_SCHEMA,
         sample=_sample_mvp,
     )
@@ -450,14 +484,14 @@ register(
             "type": "object",
             "required": ["client_id"],
             "properties": {
-                "client_id": {"type": "string"},
+                "client_id": string_schema(CLIENT_ID),
                 "metadata": {"type": "object"},
-                "metrics": {"type": "object"},
+                "metrics": METRICS,
             },
         },
         {
             "type": "object",
-            "properties": {"event": {"type": "string"}, "options": {"type": "object"}, "metrics": {"type": "object"}},
+            "properties": {"event": {"type": "string"}, "options": {"type": "object"}, "metrics": METRICS},
         },
     )
 )
@@ -471,8 +505,8 @@ register(
             "type": "object",
             "required": ["process", "business_key"],
             "properties": {
-                "process": {"type": "string"},
-                "business_key": {"type": "string"},
+                "process": string_schema(PROCESS_NAME),
+                "business_key": string_schema(BUSINESS_KEY),
                 "variables": {"type": "object"},
                 "version": {"type": "integer"},
             },

@@ -4,8 +4,9 @@ No key (or an unknown one) is a 401; a key without the scope an endpoint needs i
 switched off (``--no-auth``) every caller is the local developer with every scope.
 
 The server keeps only the keys' digests: a presented key is hashed and looked up, so no secret is ever
-compared. Authentication comes before anything else a route checks: the input guard runs inside the
-same dependency, after it, and a malformed body is reported only to a caller who may send one.
+compared. Authentication comes before anything else a route checks: every route is a
+:class:`server.input_guard.GuardedRoute`, which authorizes the caller before it reads the body, so a
+caller without access never has a body read, parsed or reported on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
-from server.input_guard import reject_nul_characters
 from server.problems import ApiError
 from server.settings import SCOPES, Settings, key_digest
 
@@ -55,25 +55,14 @@ def authorize(settings: Settings, key: str | None, scope: str) -> Principal:
 
 
 class Require:
-    """A dependency: the caller, who must hold ``scope``; then the request's input is guarded."""
+    """A dependency: the caller, who must hold ``scope`` (its route checked that before reading the body)."""
 
     def __init__(self, scope: str) -> None:
         self.scope = scope
 
     async def __call__(self, request: Request, key: str | None = Security(API_KEY_HEADER)) -> Principal:
-        principal = authorize(request.app.state.settings, key, self.scope)
-        await reject_nul_characters(request)
-        return principal
+        return authorize(request.app.state.settings, key, self.scope)
 
 
 def require(scope: str) -> Require:
     return Require(scope)
-
-
-def authorize_route(request: Request) -> None:
-    """Authorize a request for its route before its body could be parsed (FastAPI parses the body
-    before it solves dependencies): no-op on a public route."""
-    route = request.scope.get("route")
-    for dependency in getattr(getattr(route, "dependant", None), "dependencies", ()):
-        if isinstance(dependency.call, Require):
-            authorize(request.app.state.settings, request.headers.get("x-api-key"), dependency.call.scope)

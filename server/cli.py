@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import secrets
 from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, cast
 
-import structlog
 import typer
 from langgraph.types import Durability
 from rich.console import Console
 
 from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
+from server.logs import configure_logging
 
 DURABILITIES = ("exit", "async", "sync")
 DURABILITY_HELP = (
@@ -48,8 +49,7 @@ def _durability(value: str) -> Durability:
 
 
 def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
-    level = logging.INFO if verbose else quiet
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    configure_logging(logging.INFO if verbose else quiet)  # plain tracebacks, bounded values: server/logs.py
 
 
 def _fail(error: JourneyError) -> NoReturn:
@@ -96,6 +96,16 @@ def serve(
     ] = None,
     durability: DurabilityOption = "exit",
     guide_model: GuideModelOption = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(min=1, envvar="JOURNEYS_MAX_BODY_BYTES", help="largest request body (413 past it)")
+    ] = None,
+    max_json_depth: Annotated[
+        int | None, typer.Option(min=1, envvar="JOURNEYS_MAX_JSON_DEPTH", help="deepest JSON nesting (422 past it)")
+    ] = None,
+    max_string_chars: Annotated[
+        int | None,
+        typer.Option(min=1, envvar="JOURNEYS_MAX_STRING_CHARS", help="longest JSON string or key (422 past it)"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
@@ -103,7 +113,7 @@ def serve(
 
     from server.app import create_app
     from server.plugins import plugin_registry
-    from server.settings import Settings, load_api_keys, no_auth_warning
+    from server.settings import InputLimits, Settings, load_api_keys, no_auth_warning
 
     try:
         warning = no_auth_warning(host, no_auth=no_auth, allow_insecure=allow_insecure)
@@ -123,6 +133,7 @@ def serve(
             "(pass --api-keys, set JOURNEYS_API_KEYS, or --no-auth for local development)",
             err=True,
         )
+    defaults = InputLimits()
     settings = Settings(
         database_url=database_url,
         auth=not no_auth,
@@ -130,11 +141,20 @@ def serve(
         execution="distributed" if distributed else "embedded",
         durability=_durability(durability),
         guide_model=guide_model,
+        limits=InputLimits(  # min=1: an unset option (None) takes the default
+            max_body_bytes or defaults.max_body_bytes,
+            max_json_depth or defaults.max_depth,
+            max_string_chars or defaults.max_string_chars,
+        ),
     )
     try:
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     except JourneyError as exc:
         _fail(exc)
+    # The objects of the modules loaded so far stay out of every garbage collection from now on: a request
+    # that allocates many objects (a large JSON body) no longer pays for traversing them, on the event loop.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(served, host=host, port=port, log_level="info" if verbose else "warning")
 
 

@@ -1,47 +1,234 @@
-"""Input every store can keep: no U+0000 in any string of a request.
+"""Input every store can keep, refused up front with the same answer whatever the backend.
 
-PostgreSQL's text and JSONB cannot hold the NUL character (SQLite can), so a name, key or payload with
-one failed deep inside a write, as a 500 and only on one backend. It is refused up front instead, with
-a 422, before anything is written, whatever the store.
+Every API route is a :class:`GuardedRoute`: before FastAPI reads and parses a request for its route, the
+route, in this order,
+
+1. refuses a body whose ``Content-Length`` is over the limit (413), unread;
+2. authorizes the caller (401/403), so a caller without access never has a body read or parsed;
+3. refuses NUL characters in the path or query (422);
+4. reads the body, counting it against the limit while it streams (413), and hands it to the route;
+5. checks a JSON body in full (:func:`check_json`): valid UTF-8 and JSON (400), then no nesting deeper
+   than the limit, no string or key longer than the limit, no lone surrogate and no NUL character in
+   any string or key, no NaN, Infinity or number too large for a double (422).
+
+Why each: PostgreSQL's text and JSONB cannot hold NUL, lone surrogates cannot be encoded as UTF-8 and
+JSONB has no NaN, so such input failed deep inside a write, as a 500, after part of it was stored, and
+only on one backend; a document nested some 250 levels makes LangGraph's serializers fail mid-run.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import Message
 
 from graphs.errors import InvalidInputError
+from server.auth import Require, authorize
+from server.problems import ApiError
+from server.settings import InputLimits
+
+_PATH_SHOWN = 6  # components of a refused value's location named in the message (first and last)
 
 
-async def reject_nul_characters(request: Request) -> None:
-    """Called by every route's ``require(scope)`` dependency once the caller is authorized (a caller
-    without access gets 401/403, not this 422). The body is read once (the route reuses it) and only
-    scanned in full when its bytes contain a NUL escape at all."""
+class GuardedRoute(APIRoute):
+    """An API route whose request is authorized and checked (see the module) before FastAPI reads it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        scopes = [d.call.scope for d in self.dependant.dependencies if isinstance(d.call, Require)]
+
+        async def guarded(request: Request) -> Response:
+            limits: InputLimits = request.app.state.settings.limits
+            refuse_declared_oversize(request, limits)
+            for scope in scopes:
+                authorize(request.app.state.settings, request.headers.get("x-api-key"), scope)
+            refuse_nul_in_url(request)
+            if self.body_field is None:
+                return await handler(request)
+            body = await read_body(request, limits)
+            document = check_json(body, limits) if body and _is_json(request) else _UNPARSED
+            return await handler(CheckedRequest(request, body, document, limits))
+
+        return guarded
+
+
+def content_too_large(limits: InputLimits) -> ApiError:
+    return ApiError(
+        413, "ContentTooLarge", f"the request body is over {limits.max_body_bytes} bytes", limit=limits.max_body_bytes
+    )
+
+
+def refuse_declared_oversize(request: Request, limits: InputLimits) -> None:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise content_too_large(limits)
+
+
+async def read_body(request: Request, limits: InputLimits) -> bytes:
+    """The body, counted while it streams in (chunked, or longer than it said): 413 past the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise content_too_large(limits)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class CheckedRequest(Request):
+    """A request whose body its route read and checked already: FastAPI gets the same bytes, and the
+    checked document instead of parsing them a second time (what it validates is what was checked)."""
+
+    def __init__(self, request: Request, body: bytes, document: Any, limits: InputLimits) -> None:
+        delivered = False
+
+        async def receive() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await request.receive()  # after the body: only the disconnect is left to wait for
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        super().__init__(request.scope, receive)
+        self._checked_document = document
+        self._limits = limits
+
+    async def json(self) -> Any:
+        if self._checked_document is _UNPARSED:  # a body FastAPI reads as JSON though its type said otherwise
+            self._checked_document = check_json(await self.body(), self._limits)
+        return self._checked_document
+
+
+def refuse_nul_in_url(request: Request) -> None:
     if "\x00" in request.url.path:
         raise InvalidInputError("the path contains a NUL character (U+0000); no store can keep it")
     for key, value in request.query_params.multi_items():
         if "\x00" in key or "\x00" in value:
             raise InvalidInputError(f"query parameter {key!r} contains a NUL character (U+0000)", parameter=key)
-    body = await request.body()
-    if (b"\\u0000" in body or b"\x00" in body) and _holds_nul(body):
-        raise InvalidInputError("the request body contains a NUL character (U+0000) in a string; no store can keep it")
 
 
-def _holds_nul(body: bytes) -> bool:
+_UNPARSED = object()
+
+
+def _is_json(request: Request) -> bool:
+    """Whether FastAPI parses this request's body as JSON (a JSON content type: it is strict about it)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _non_finite(literal: str) -> Any:
+    raise _NonFinite(literal)
+
+
+def check_json(body: bytes, limits: InputLimits) -> Any:
+    """The document ``body`` holds, if every store can keep it within ``limits``; else a typed error:
+    ``MalformedRequest`` (400) for a body that is not UTF-8 JSON, :class:`InvalidInputError` (422)
+    naming where the refused value is."""
     try:
-        document = json.loads(body)
-    except ValueError:
-        return b"\x00" in body  # not JSON: the route refuses it anyway
-    return _any_nul(document)
+        text = body.decode("utf-8")  # strict: no raw surrogates, no other encodings
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "MalformedRequest", f"the request body is not UTF-8 (byte {exc.start})") from None
+    try:
+        document = json.loads(text, parse_constant=_non_finite)
+    except _NonFinite as exc:
+        raise InvalidInputError(f"the request body holds {exc}; numbers must be finite") from None
+    except RecursionError:
+        raise _too_deep(limits, []) from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "MalformedRequest", f"the request body is not valid JSON ({exc})") from None
+    except ValueError as exc:  # an integer literal of more digits than Python converts
+        raise InvalidInputError(f"the request body holds a number out of range ({exc})") from None
+    try:
+        _check(document, 1, limits)
+    except _Refused as refused:
+        raise refused.error(list(reversed(refused.path))) from None
+    return document
 
 
-def _any_nul(value: Any) -> bool:
+class _Refused(Exception):
+    """A value refused by :func:`_check`; ``path`` collects its location (innermost first) on the way out."""
+
+    def __init__(self, error: Callable[[list[Any]], InvalidInputError]) -> None:
+        self.error = error
+        self.path: list[Any] = []
+
+
+def _check(value: Any, depth: int, limits: InputLimits) -> None:
     if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_any_nul(k) or _any_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_any_nul(v) for v in value)
-    return False
+        _check_string(value, limits)
+    elif isinstance(value, dict):
+        _check_depth(depth, limits)
+        for key, item in value.items():
+            try:
+                _check_string(key, limits)
+                _check(item, depth + 1, limits)
+            except _Refused as refused:
+                refused.path.append(key)
+                raise
+    elif isinstance(value, list):
+        _check_depth(depth, limits)
+        for index, item in enumerate(value):
+            try:
+                _check(item, depth + 1, limits)
+            except _Refused as refused:
+                refused.path.append(index)
+                raise
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise _Refused(lambda path: _invalid(path, "is a number too large for a double; numbers must be finite"))
+
+
+def _check_depth(depth: int, limits: InputLimits) -> None:
+    if depth > limits.max_depth:
+        raise _Refused(lambda path: _too_deep(limits, path))
+
+
+def _check_string(text: str, limits: InputLimits) -> None:
+    if len(text) > limits.max_string_chars:
+        size = len(text)
+        raise _Refused(
+            lambda path: _invalid(
+                path, f"is a string of {size} characters, over the limit of {limits.max_string_chars}"
+            )
+        )
+    if "\x00" in text:
+        raise _Refused(lambda path: _invalid(path, "contains a NUL character (U+0000); no store can keep it"))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused(
+                lambda path: _invalid(path, "contains a lone surrogate (\\ud800-\\udfff), which is not text")
+            ) from None
+
+
+def _too_deep(limits: InputLimits, path: list[Any]) -> InvalidInputError:
+    return _invalid(path, f"nests deeper than {limits.max_depth} levels", limit=limits.max_depth)
+
+
+def _invalid(path: list[Any], problem: str, **details: Any) -> InvalidInputError:
+    where = _location(path)
+    return InvalidInputError(f"the request body at {where} {problem}", location=where, **details)
+
+
+def _location(path: list[Any]) -> str:
+    """``body.input.context[0]``, eliding the middle of a deep path; keys shown ASCII-escaped and short
+    (the key may itself be what was refused)."""
+    parts = [f"[{p}]" if isinstance(p, int) else f".{_short(p)}" for p in path]
+    if len(parts) > 2 * _PATH_SHOWN:
+        parts = [*parts[:_PATH_SHOWN], f"…{len(parts) - 2 * _PATH_SHOWN} levels…", *parts[-_PATH_SHOWN:]]
+    return "body" + "".join(parts)
+
+
+def _short(key: str) -> str:
+    shown = ascii(key[:40])[1:-1]
+    return shown + "…" if len(key) > 40 else shown

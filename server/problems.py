@@ -8,7 +8,6 @@ forbidden → 403, failed → 424 (an agent or step the operation depended on fa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -32,6 +31,7 @@ TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    413: "Content Too Large",
     422: "Unprocessable Content",
     424: "Failed Dependency",
     500: "Internal Server Error",
@@ -109,36 +109,23 @@ def journey_error_response(exc: JourneyError) -> JSONResponse:
     return problem(status, exc.code, exc.message, category=exc.category, details=exc.details or None)
 
 
-def install_problem_handlers(app: FastAPI, *, authorize: Callable[[Request], None] | None = None) -> None:
-    """``authorize(request)`` raises the 401/403 a request's route gives its caller: FastAPI parses a
-    body before it solves a route's dependencies, and a caller without access learns nothing of it."""
-
-    def unauthorized(request: Request) -> JSONResponse | None:
-        try:
-            if authorize is not None:
-                authorize(request)
-        except ApiError as exc:
-            return journey_error_response(exc)
-        return None
-
+def install_problem_handlers(app: FastAPI) -> None:
     async def on_journey_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, JourneyError)
         return journey_error_response(exc)
 
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return unauthorized(request) or problem(400, "MalformedRequest", "the request body is not valid JSON")
+            return problem(400, "MalformedRequest", "the request body is not valid JSON")
         problems = [
             f"{'.'.join(str(p) for p in e.get('loc', ())) or '(root)'}: {e.get('msg', 'invalid')}" for e in errors
         ]
         return problem(422, "RequestValidationError", "; ".join(problems), category="invalid", problems=problems)
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        if exc.status_code == 400 and (refused := unauthorized(request)):  # a body that could not be read
-            return refused
         codes = {401: "Unauthenticated", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed"}
         headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else None
         return problem(

@@ -108,6 +108,17 @@ def by_digest(api_keys: Mapping[str, ApiKey], source: str = "api_keys") -> dict[
 
 
 @dataclass(frozen=True, slots=True)
+class InputLimits:
+    """What one request may carry. A body over ``max_body_bytes`` is refused (413) before it is read; a
+    JSON body nested deeper than ``max_depth`` (the document itself is level 1) or holding a string or key
+    longer than ``max_string_chars`` is refused (422) before it is parsed for its route."""
+
+    max_body_bytes: int = 2**20
+    max_depth: int = 64
+    max_string_chars: int = 65_536
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_STORE_URL
     auth: bool = True
@@ -128,6 +139,7 @@ class Settings:
     # ``module:factory``: a zero-argument factory of the langchain-core chat model the guide phrases its
     # answers with (agents/guide_model.py). None: the offline DeterministicGuideModel.
     guide_model: str | None = None
+    limits: InputLimits = field(default_factory=InputLimits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))

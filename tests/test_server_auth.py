@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from server.app import create_app
 from server.auth import Require, authenticate
 from server.cli import app as cli
+from server.input_guard import GuardedRoute
 from server.problems import ApiError
 from server.settings import ApiKey, ApiKeysError, Settings, key_digest, load_api_keys
 
@@ -135,11 +136,14 @@ def test_serve_stops_on_a_bad_keys_file_before_serving(tmp_path: Path) -> None:
 
 
 def test_every_route_but_the_health_check_authorizes_and_guards_its_input() -> None:
-    # Require authorizes the caller and then refuses NUL characters: a route without it would let them
-    # reach a store, so only body- and parameter-less public routes may go without.
+    # A GuardedRoute authorizes the caller (its Require scopes) and then checks the input before it is read
+    # or parsed: a route without either would let it reach a store, so only body- and parameter-less
+    # public routes may go without.
     app = create_app(Settings())
     public = set()
     for route in app.routes:
+        if isinstance(route, APIRoute) and route.path != "/ok":
+            assert isinstance(route, GuardedRoute), route.path
         if isinstance(route, APIRoute) and not any(isinstance(d.call, Require) for d in route.dependant.dependencies):
             public.add(route.path)
             assert route.body_field is None and not route.dependant.query_params and not route.dependant.path_params

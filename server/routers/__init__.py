@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi.routing import APIRoute
-
+from server.input_guard import GuardedRoute
 from server.problems import Problem
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -20,14 +19,15 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "Missing scope or not allowed",
         404: "Not found",
         409: "Conflict with the current state",
+        413: "Request body over the size limit",
         422: "Invalid input",
         424: "An agent or step the operation depended on failed",
     }
-    chosen = statuses or (400, 401, 403, 404, 409, 422, 424)
+    chosen = statuses or (400, 401, 403, 404, 409, 413, 422, 424)
     return {s: {"model": Problem, "description": described[s], "content": _PROBLEM} for s in chosen}
 
 
-class ViewRoute(APIRoute):
+class ViewRoute(GuardedRoute):
     """A route answering with an orchestrator's view: serialized with ``exclude_unset``, so a key the view
     leaves out (e.g. ``failed_step`` while nothing failed) stays out instead of coming back as null."""
 

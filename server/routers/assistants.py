@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, Query
 
 from server.assistants import ASSISTANTS, Assistant, get_assistant
 from server.auth import Principal, require
+from server.input_guard import GuardedRoute
 from server.models import AssistantOut, AssistantSearch, GraphOut
 from server.routers import errors
 from server.services import ServerServices, services
 
-router = APIRouter(prefix="/assistants", tags=["assistants"], responses=errors())
+router = APIRouter(prefix="/assistants", tags=["assistants"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Services = Annotated[ServerServices, Depends(services)]
 EPOCH = "2026-01-01T00:00:00+00:00"

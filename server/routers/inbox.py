@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.process import ProcessSpec
 from server.auth import Principal, require
+from server.identifiers import BUSINESS_KEY
 from server.models import MAX_INT
 from server.routers import ViewRoute, errors
 from server.services import ServerServices, services
@@ -90,7 +91,7 @@ Deployer = Annotated[Principal, Depends(require("journeys"))]
 class ProcessStartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    business_key: str = Field(min_length=1, max_length=300)
+    business_key: str = Field(min_length=1, max_length=BUSINESS_KEY)
     variables: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(default=None, ge=1, le=MAX_INT)
 

@@ -14,6 +14,8 @@ from graphs.session import SessionSpec
 from graphs.structured import StructuredSpec
 from nodes.criteria_gate import METRIC_NAME
 from server.auth import Principal, require
+from server.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
+from server.identifiers import ClientId, JourneyType, MetricName, UserId
 from server.openapi import NOT_BLANK
 from server.routers import ViewRoute, errors
 from server.services import ServerServices, services
@@ -44,7 +46,8 @@ Services = Annotated[ServerServices, Depends(services)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 # Metric name → value; the names the lifecycle accepts (lower_snake_case), as the schema states them.
 Metrics = Annotated[
-    dict[str, float | bool], Field(json_schema_extra={"propertyNames": {"pattern": METRIC_NAME.pattern}})
+    dict[MetricName, float | bool],
+    Field(json_schema_extra={"propertyNames": {"pattern": METRIC_NAME.pattern, "maxLength": METRIC_NAME_WIDTH}}),
 ]
 
 
@@ -53,7 +56,7 @@ class Body(BaseModel):
 
 
 class DesignIn(Body):
-    journey_type: Name
+    journey_type: JourneyType
     requirements: dict[str, Any] = Field(default_factory=dict)
     spec: StructuredSpec | None = Field(default=None, description="your own steps instead of the template's")
 
@@ -63,7 +66,7 @@ class SagaDesignIn(DesignIn):
 
 
 class ExecuteIn(Body):
-    user_id: Name
+    user_id: UserId
     context: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -78,12 +81,12 @@ class SagaAdvanceIn(AdvanceIn):
 
 
 class SessionIn(Body):
-    user_id: Name
+    user_id: UserId
     session_config: SessionSpec
 
 
 class MvpIn(Body):
-    user_id: Name
+    user_id: UserId
     initial_pillar: str = Field(default="content", json_schema_extra={"enum": [p.area_id for p in MVP_PILLARS]})
 
 
@@ -101,7 +104,7 @@ class CloseIn(Body):
 
 
 class LifecycleIn(Body):
-    client_id: Name = Field(json_schema_extra={"pattern": NOT_BLANK})
+    client_id: ClientId = Field(json_schema_extra={"pattern": NOT_BLANK})
     metadata: dict[str, Any] = Field(default_factory=dict)
     metrics: Metrics = Field(default_factory=dict)
 

@@ -11,13 +11,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import StreamingResponse
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.executor import thread_output
+from server.identifiers import THREAD_ID
+from server.input_guard import GuardedRoute
 from server.models import MAX_INT, RunCreate, RunOut, StatelessRunCreate
 from server.problems import ApiError
 from server.routers import errors
@@ -26,10 +28,12 @@ from server.runs import TERMINAL, RunRow, ThreadRow
 from server.services import ServerServices, services
 from server.watch import next_change, wait_for_run
 
-router = APIRouter(tags=["runs"], responses=errors())
+router = APIRouter(tags=["runs"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
+# A run may create its thread (if_not_exists=create): its id is then stored.
+RunThreadId = Annotated[str, Path(max_length=THREAD_ID)]
 # Each server-sent event, described as OpenAPI 3.1 describes a stream's items (3.2 would say itemSchema).
 SSE_EVENT = {
     "type": "object",
@@ -49,6 +53,10 @@ async def create_run(
     svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, *, streaming: bool
 ) -> RunRow:
     assistant = get_assistant(body.assistant_id)
+    if body.input is not None:  # checked before anything (the thread included) is stored
+        assistant.check_input(body.input)
+    if body.command is not None and "resume" in body.command.model_fields_set:
+        assistant.check_resume(body.command.resume)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
     kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
     modes: list[str] = []
@@ -146,7 +154,7 @@ async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
 
 
 @router.post("/threads/{thread_id}/runs", response_model=RunOut, summary="Create a run in the background")
-async def create_background(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+async def create_background(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     return (await create_run(svc, thread_id, body, caller, streaming=False)).view()
 
 
@@ -156,7 +164,7 @@ async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Servic
 
 
 @router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output")
-async def create_and_wait(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     run = await _wait(svc, await create_run(svc, thread_id, body, caller, streaming=False))
     return await final_output(svc, run)
 
@@ -168,7 +176,9 @@ async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, sv
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)
-async def create_and_stream(thread_id: str, body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
+async def create_and_stream(
+    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services
+) -> StreamingResponse:
     run = await create_run(svc, thread_id, body, caller, streaming=True)
     return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 

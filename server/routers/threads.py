@@ -17,13 +17,14 @@ from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.assistants import get_assistant, graph_of
 from server.auth import Principal, require
 from server.executor import empty_state, interrupts_of, jsonable, state_view
+from server.input_guard import GuardedRoute
 from server.models import HistoryQuery, StateUpdate, StateUpdated, ThreadCreate, ThreadOut, ThreadSearch, ThreadStateOut
 from server.problems import ApiError
 from server.routers import errors
 from server.runs import ThreadRow
 from server.services import ServerServices, services
 
-router = APIRouter(prefix="/threads", tags=["threads"], responses=errors())
+router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]

@@ -1,0 +1,75 @@
+"""How the server and its workers log: tracebacks without local variables, every value bounded.
+
+structlog's default console renderer prints a rich traceback with every frame's local variables. One run
+whose input nested 255 levels failed deep inside LangGraph, and rendering that traceback on the event
+loop blocked every request for 46 s, wrote up to 75 MB to the log and copied the secrets in the input
+into it 34 times. Here a traceback is plain (no locals), each of its lines is cut at a bound, and so is
+every value of an event: rendering an event costs the same whatever a request carried.
+"""
+
+from __future__ import annotations
+
+import reprlib
+import traceback
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import ExcInfo
+
+MAX_VALUE_CHARS = 2000  # an event's value, and a traceback's line
+MAX_TRACEBACK_LINES = 400  # a deep recursion keeps its first and last frames
+_SCALARS = (bool, int, float, type(None))
+
+
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxlevel = 4
+    shown.maxdict = shown.maxlist = shown.maxtuple = shown.maxset = 20
+    shown.maxstring = shown.maxother = MAX_VALUE_CHARS // 4
+    return shown
+
+
+_REPR = _bounded_repr()
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_VALUE_CHARS:
+        return text
+    return f"{text[:MAX_VALUE_CHARS]}… ({len(text) - MAX_VALUE_CHARS} more characters)"
+
+
+def bounded_values(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: strings cut at ``MAX_VALUE_CHARS``, other values shown by a bounded repr
+    (a huge or deeply nested value costs no more than a small one). ``exc_info`` is left to the renderer."""
+    for key, value in event.items():
+        if key == "exc_info" or isinstance(value, _SCALARS):
+            continue
+        event[key] = _cut(value) if isinstance(value, str) else _REPR.repr(value)
+    return event
+
+
+def plain_bounded_traceback(sio: TextIO, exc_info: ExcInfo) -> None:
+    """A structlog exception formatter: the standard traceback (no local variables), each line cut at
+    ``MAX_VALUE_CHARS`` and the whole at ``MAX_TRACEBACK_LINES`` lines."""
+    lines = "".join(traceback.format_exception(*exc_info)).splitlines()
+    if len(lines) > MAX_TRACEBACK_LINES:
+        half = MAX_TRACEBACK_LINES // 2
+        lines = [*lines[:half], f"… {len(lines) - 2 * half} lines …", *lines[-half:]]
+    sio.write("\n" + "\n".join(_cut(line) for line in lines) + "\n")
+
+
+def configure_logging(level: int) -> None:
+    """Logs at ``level`` and above, one line per event, as ``journeys serve`` and ``journeys worker`` log."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            bounded_values,
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_bounded_traceback),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    )

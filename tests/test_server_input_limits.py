@@ -1,0 +1,204 @@
+"""Input the server refuses before it reads, parses or stores it, the same way on every backend.
+
+Each case reproduces a report of issue 10: a body nested 255 levels froze the server (LangGraph failed deep
+inside a run and its traceback rendered every local); metadata nested 500 deep or holding a lone
+surrogate answered 500 but stored the thread, after which every thread search failed; NaN, Infinity,
+1e400, a 1 MB metric name or user id failed only on PostgreSQL; a 50 MB body was read and parsed before
+its caller was found to have no key. Each is now a 4xx, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.settings import ApiKey, InputLimits, Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+KEY = {"x-api-key": "ops-key"}
+KEYS = {"ops-key": ApiKey("ana", frozenset({"admin"}), ("finance",))}
+JSON = {"content-type": "application/json"}
+MIGRATION = {"assistant_id": "structured", "input": {"journey_type": "content_migration"}}
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    """``leaf`` inside ``depth`` objects."""
+    for _ in range(depth):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def raw(document: Any, **literals: str) -> bytes:
+    """``document`` as JSON with each string ``"@name"`` replaced by the literal text given for ``name``
+    (NaN, 1e400 and escapes no encoder writes)."""
+    text = json.dumps(document)
+    for name, literal in literals.items():
+        text = text.replace(json.dumps(f"@{name}"), literal)
+    return text.encode()
+
+
+@pytest.fixture
+def base(store_url: str) -> Iterator[str]:
+    with serving(create_app(Settings(database_url=store_url, api_keys=KEYS))) as url:
+        yield url
+
+
+@pytest.fixture
+async def http(base: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base, headers=KEY, timeout=60) as client:
+        yield client
+
+
+async def seeded(http: httpx.AsyncClient) -> list[str]:
+    """Two threads with journeys on them, so a search or a refusal that touches the wrong thread shows."""
+    threads = []
+    for user in ("ana", "bob"):
+        thread = (await http.post("/threads", json={"metadata": {"owner": user}})).json()["thread_id"]
+        started = await http.post(f"/threads/{thread}/runs/wait", json=MIGRATION)
+        assert started.status_code == 200 and started.json()["current_step"] == "upload_content", started.text
+        threads.append(thread)
+    return threads
+
+
+async def thread_ids(http: httpx.AsyncClient) -> set[str]:
+    found = await http.post("/threads/search", json={"limit": 1000})
+    assert found.status_code == 200, found.text
+    return {t["thread_id"] for t in found.json()}
+
+
+async def assert_refused(http: httpx.AsyncClient, status: int, path: str, body: bytes, code: str | None = None) -> None:
+    answer = await http.post(path, content=body, headers=JSON)
+    assert answer.status_code == status, (path, answer.status_code, answer.text[:500])
+    assert answer.headers["content-type"] == "application/problem+json"
+    if code is not None:
+        assert answer.json()["code"] == code, answer.text[:500]
+
+
+async def test_deep_nesting_is_refused_before_anything_is_written(http: httpx.AsyncClient) -> None:
+    threads = await seeded(http)
+    deep_run = {**MIGRATION, "input": {**MIGRATION["input"], "context": nested(255, {"token": "secret"})}}
+    await assert_refused(http, 422, "/runs/wait", raw(deep_run), "InvalidInputError")
+    await assert_refused(http, 422, f"/threads/{threads[0]}/runs", raw({"command": {"resume": nested(300, 1)}}))
+    await assert_refused(http, 422, "/threads", raw({"metadata": nested(500, 1)}), "InvalidInputError")
+    too_deep_for_the_parser = b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    await assert_refused(http, 422, "/threads", too_deep_for_the_parser, "InvalidInputError")
+    assert await thread_ids(http) == set(threads)  # nothing stored, and the search still answers
+    for thread in threads:
+        runs = (await http.get(f"/threads/{thread}/runs")).json()
+        assert [r["status"] for r in runs] == ["success"]
+    # Nesting up to the limit is accepted.
+    fine = await http.post("/threads", json={"metadata": nested(InputLimits().max_depth - 1, 1)})
+    assert fine.status_code == 200, fine.text
+
+
+async def test_lone_surrogates_are_refused_anywhere_in_a_body(http: httpx.AsyncClient) -> None:
+    threads = await seeded(http)
+    lone = '"\\ud800"'
+    await assert_refused(http, 422, "/threads", raw({"metadata": {"note": "@s"}}, s=lone), "InvalidInputError")
+    await assert_refused(http, 422, "/threads", b'{"metadata": {"\\udfff": 1}}', "InvalidInputError")
+    run = {**MIGRATION, "input": {**MIGRATION["input"], "context": {"notes": ["ok", "@s"]}}}
+    await assert_refused(http, 422, "/runs/wait", raw(run, s=lone), "InvalidInputError")
+    await assert_refused(
+        http, 422, f"/threads/{threads[1]}/runs/wait", raw({"command": {"resume": {"x": "@s"}}}, s=lone)
+    )
+    # A surrogate written as raw UTF-8 bytes (not valid UTF-8) is refused too.
+    await assert_refused(http, 400, "/threads", b'{"metadata": {"note": "\xed\xa0\x80"}}')
+    assert await thread_ids(http) == set(threads)
+    # A proper pair (an emoji) is text like any other.
+    pair = await http.post("/threads", content=b'{"metadata": {"note": "\\ud83d\\ude00"}}', headers=JSON)
+    assert pair.status_code == 200 and pair.json()["metadata"] == {"note": "\U0001f600"}
+
+
+async def test_non_finite_numbers_are_refused_on_every_backend(http: httpx.AsyncClient) -> None:
+    threads = await seeded(http)
+    for literal in ("NaN", "Infinity", "-Infinity", "1e400", "-1e400"):
+        await assert_refused(http, 422, "/threads", raw({"metadata": {"x": "@n"}}, n=literal), "InvalidInputError")
+        lifecycle = {"client_id": "c-1", "metrics": {"contract_signed": "@n"}}
+        await assert_refused(http, 422, "/journeys/lifecycle", raw(lifecycle, n=literal))
+        resume = {"command": {"resume": {"files": "@n"}}}
+        await assert_refused(http, 422, f"/threads/{threads[0]}/runs/wait", raw(resume, n=literal))
+    assert await thread_ids(http) == set(threads)
+    for thread in threads:
+        assert len((await http.get(f"/threads/{thread}/runs")).json()) == 1
+
+
+async def test_identifiers_and_strings_have_the_same_limits_on_every_backend(http: httpx.AsyncClient) -> None:
+    threads = await seeded(http)
+    huge = "m" * 1_000_000
+    long = "x" * 1000  # far below the body and string limits, above every identifier column
+    await assert_refused(http, 422, "/journeys/lifecycle", raw({"client_id": "c-1", "metrics": {huge: 1}}))
+    await assert_refused(http, 422, "/journeys/lifecycle", raw({"client_id": "c-1", "metrics": {long: 1}}))
+    await assert_refused(http, 422, "/journeys/lifecycle", raw({"client_id": long}))
+    start = {**MIGRATION, "input": {**MIGRATION["input"], "user_id": huge}}
+    await assert_refused(http, 422, "/runs/wait", raw(start))
+    start = {**MIGRATION, "input": {**MIGRATION["input"], "user_id": long}}
+    await assert_refused(http, 422, "/runs/wait", raw(start))
+    await assert_refused(http, 422, "/journeys/structured/designs", raw({"journey_type": long}))
+    await assert_refused(http, 422, f"/threads/{'t' * 1000}/runs/wait", raw({**MIGRATION, "if_not_exists": "create"}))
+    # A string longer than the general limit is refused wherever it is, even in free-form data.
+    await assert_refused(http, 422, "/threads", raw({"metadata": {"note": huge}}), "InvalidInputError")
+    assert await thread_ids(http) == set(threads)
+    for thread in threads:
+        assert len((await http.get(f"/threads/{thread}/runs")).json()) == 1
+
+
+async def test_bodies_over_the_limit_are_refused_before_they_are_read(base: str, http: httpx.AsyncClient) -> None:
+    threads = await seeded(http)
+    limit = InputLimits().max_body_bytes
+    over = b'{"metadata": {"note": "' + b"a" * limit + b'"}}'
+    declared = await http.post("/threads", content=over, headers=JSON)
+    assert declared.status_code == 413 and declared.json()["code"] == "ContentTooLarge", declared.text[:300]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while it streams
+        for start in range(0, len(over), 65536):
+            yield over[start : start + 65536]
+
+    streamed = await http.post("/threads", content=chunks(), headers=JSON)
+    assert streamed.status_code == 413 and streamed.json()["code"] == "ContentTooLarge", streamed.text[:300]
+    async with httpx.AsyncClient(base_url=base, timeout=60) as anonymous:
+        # Without a key: refused before the body is read (a small body: 401; a large one: 413 unread).
+        small = await anonymous.post("/threads", content=b'{"metadata": {}}', headers=JSON)
+        assert small.status_code == 401
+        large = await anonymous.post("/threads", content=over, headers=JSON)
+        assert large.status_code == 413
+        streamed_anonymous = await anonymous.post("/threads", content=chunks(), headers=JSON)
+        assert streamed_anonymous.status_code == 401
+    assert await thread_ids(http) == set(threads)
+
+
+async def test_the_limits_are_settings(sqlite_url: str) -> None:
+    limits = InputLimits(max_body_bytes=2000, max_depth=5, max_string_chars=100)
+    with serving(create_app(Settings(database_url=sqlite_url, api_keys=KEYS, limits=limits))) as base:
+        async with httpx.AsyncClient(base_url=base, headers=KEY, timeout=60) as http:
+            assert (await http.post("/threads", json={"metadata": nested(4, 1)})).status_code == 200  # 5 deep
+            await assert_refused(http, 422, "/threads", raw({"metadata": nested(5, 1)}))
+            assert (await http.post("/threads", json={"metadata": {"n": "a" * 100}})).status_code == 200
+            await assert_refused(http, 422, "/threads", raw({"metadata": {"n": "a" * 101}}))
+            await assert_refused(http, 422, "/threads", raw({"metadata": {"a" * 101: 1}}))
+            await assert_refused(http, 413, "/threads", raw({"metadata": {f"k{i}": i for i in range(300)}}))
+            assert len(await thread_ids(http)) == 2
+
+
+def test_serve_takes_the_limits_from_options_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from server.cli import app as cli
+
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_options: served.append(app))
+    monkeypatch.setenv("JOURNEYS_MAX_STRING_CHARS", "500")
+    done = CliRunner().invoke(cli, ["serve", "--no-auth", "--max-body-bytes", "4096", "--max-json-depth", "8"])
+    assert done.exit_code == 0, done.output
+    assert served[0].state.settings.limits == InputLimits(max_body_bytes=4096, max_depth=8, max_string_chars=500)
+    monkeypatch.delenv("JOURNEYS_MAX_STRING_CHARS")
+    assert CliRunner().invoke(cli, ["serve", "--no-auth"]).exit_code == 0
+    assert served[1].state.settings.limits == InputLimits()
+    refused = CliRunner().invoke(cli, ["serve", "--no-auth", "--max-json-depth", "0"])
+    assert refused.exit_code == 2 and "max-json-depth" in refused.output
