@@ -124,7 +124,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         ]
         return problem(422, "RequestValidationError", "; ".join(problems), category="invalid", problems=problems)
 
-    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         codes = {401: "Unauthenticated", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed"}
         headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else None

@@ -11,7 +11,6 @@ import pytest
 
 from agents import AgentRequest, FailingAgent, RecordingAgent, RetrySettings, TransientAgentError
 from graphs import (
-    InvalidInputError,
     JourneyFinishedError,
     JourneyNotFoundError,
     JourneyRuntime,

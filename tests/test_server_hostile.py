@@ -254,6 +254,12 @@ def test_hostile_input_is_refused_without_writing_or_stalling_the_server(served:
         assert len(cases) > 300 and len(latencies) > 50, (len(cases), len(latencies))
         assert max(latencies) < 0.1, sorted(latencies)[-10:]
         assert http.post("/threads/search", json={"limit": 1000}).status_code == 200  # still serving
+        # Each seeded thread still answers for its own journey: the MVP thread navigates its own session.
+        moved = http.post(
+            f"/threads/{threads[1]}/runs/wait",
+            json={"assistant_id": "mvp", "command": {"resume": {"type": "navigate", "area_id": "insights"}}},
+        )
+        assert moved.status_code == 200 and moved.json()["current_area"] == "insights", moved.text
         # A run failing with an unexpected error: logged with a plain traceback, without the input's secret.
         failed = http.post(
             f"/threads/{threads[0]}/runs/wait",
