@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.errors import JourneyNotFoundError
+from graphs.lifecycle import JourneyStage, RollbackTrigger
+from graphs.lifecycle_orchestrator import EVENT_OPTIONS
 from graphs.mvp import MVP_PILLARS
 from graphs.session import SessionSpec
 from graphs.structured import StructuredSpec
@@ -109,7 +111,47 @@ class LifecycleIn(Body):
     metrics: Metrics = Field(default_factory=dict)
 
 
+def _transition_schema(schema: dict[str, Any]) -> None:
+    """One branch per event, with the options that event takes (``EVENT_OPTIONS``) and their types."""
+    metrics = {
+        "type": "object",
+        "propertyNames": {"pattern": METRIC_NAME.pattern, "maxLength": METRIC_NAME_WIDTH},
+        "additionalProperties": {"type": ["number", "boolean"]},
+    }
+    option_types: dict[str, dict[str, Any]] = {
+        "metrics": metrics,
+        "metadata": {"type": "object"},
+        "reason": {"type": "string", "minLength": 1, "pattern": NOT_BLANK},
+        "trigger": {"enum": [t.value for t in RollbackTrigger]},
+        "rollback_to": {"enum": [s.value for s in (JourneyStage.SANDBOX, JourneyStage.PILOT)]},
+        "complete": {"type": "boolean"},
+    }
+    branches = []
+    for event, (required, optional) in EVENT_OPTIONS.items():
+        options = {
+            "type": "object",
+            "properties": {name: option_types[name] for name in (*required, *optional)},
+            "required": list(required),
+            "additionalProperties": False,
+        }
+        body: dict[str, Any] = {"event": {"const": event.value}, "options": options}
+        branches.append(
+            {
+                "type": "object",
+                "properties": body,
+                "required": ["event", "options"] if required else ["event"],
+                "additionalProperties": False,
+            }
+        )
+    schema.clear()
+    schema.update({"title": "TransitionIn", "oneOf": branches})
+
+
 class TransitionIn(Body):
+    """A lifecycle event and its options; the schema states which options each event takes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_transition_schema)
+
     event: Name
     options: dict[str, Any] = Field(default_factory=dict)
 
