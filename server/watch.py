@@ -92,7 +92,11 @@ async def listening(conninfo: str, watch: RunWatch, *, retry: float = 1.0) -> As
 
 async def _listen(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
     conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-    await conn.execute(f"LISTEN {RUN_CHANNEL}")
+    try:
+        await conn.execute(f"LISTEN {RUN_CHANNEL}")
+    except BaseException:  # cancelled (the watch is closing) or dropped: not left open behind us
+        await conn.close()
+        raise
     return conn
 
 
