@@ -100,7 +100,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             )
 
     async with JourneyRuntime.open(durable_url) as rt:
-        runs = RunStore(rt.store.engine, rt.store.clock, pg_pool=rt.store.pg_pool)
+        runs = RunStore(rt.store.backend, rt.store.clock)
         found = await runs.get_run("old-run")
         assert found is not None and found.status == "success" and found.output is None and found.job_id is None
         new = await runs.create_run(
