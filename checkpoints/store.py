@@ -20,8 +20,8 @@ from checkpoints.database import create_engine_for
 from checkpoints.events import EventLog
 from checkpoints.index import JourneyIndex
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, InstanceLocks, open_instance_locks
-from checkpoints.migrations import migrate
 from checkpoints.savers import open_saver
+from checkpoints.schema.migrations import migrate
 from checkpoints.url import StoreURL, opened_target, parse_store_url
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from sqlalchemy import Executable, Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,7 +59,9 @@ class CompiledStatement:
     @classmethod
     def of(cls, statement: ClauseElement, dialect: Dialect) -> CompiledStatement:
         # Rendered whole (IN lists expanded), so its per-call values must not be required at compile time.
-        rendered = replacement_traverse(statement, {}, _optional)
+        no_options: dict[str, Any] = {}
+        rendered = replacement_traverse(cast(Any, statement), no_options, _optional)
+        assert isinstance(rendered, ClauseElement)
         done = rendered.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
         assert isinstance(done, SQLCompiler)
         processors: dict[str, Callable[[Any], Any]] = {}
@@ -101,7 +103,7 @@ class CompiledStatement:
         ]
 
 
-def _optional(element: Any) -> Any:
+def _optional(element: Any, **_: Any) -> Any:
     """A per-call bind parameter made optional, so that its statement compiles without a value for it."""
     if isinstance(element, BindParameter) and element.required:
         optional = element._clone()
