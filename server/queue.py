@@ -15,13 +15,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
+from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.url import parse_store_url
 from server.runs import Enqueue, RunRow
 
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"
 QUEUE = "journeys"
-_SCHEMA_LOCK = 7_310_512_004
 
 
 def conninfo(database_url: str) -> str:
@@ -68,17 +68,8 @@ def build_app(database_url: str, handlers: dict[str, Any] | None = None, *, pool
 
 
 def ensure_schema(database_url: str) -> None:
-    """Install procrastinate's schema once (concurrent callers wait on an advisory lock)."""
-    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
-        try:
-            exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
-            if not (exists and exists[0]):
-                app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(database_url)))
-                with app.open():
-                    app.schema_manager.apply_schema()
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+    """Install procrastinate's schema, or apply the migrations a newer procrastinate brought."""
+    migrate_queue_schema(conninfo(database_url))
 
 
 def enqueuer(app: procrastinate.App) -> Enqueue:

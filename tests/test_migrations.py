@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
+from procrastinate.schema import SchemaManager
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 
 import checkpoints.lifecycle_tables  # noqa: F401  (its tables join the metadata checked here)
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
 from checkpoints.schema.migrations import MIGRATIONS, migrate
+from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.tables import metadata
 from checkpoints.url import parse_store_url
 from graphs.runtime import JourneyRuntime
+from server.queue import conninfo, ensure_schema
 from server.runs import RunStore
 
 # journey_events as migration 1 created it before migration 6, with one event already in it.
@@ -212,3 +217,29 @@ async def test_a_database_made_by_the_oldest_migration_upgrades_to_todays_schema
         assert events[0].created_at == created
         instance = await rt.store.index.get_instance("old-1")
         assert instance is not None and instance.created_at == created
+
+
+def test_procrastinate_migrations_are_applied_on_upgrade(postgres_url: str, tmp_path: Path) -> None:
+    """The queue's schema is installed once and recorded. A schema installed before the record existed is
+    recorded, not reinstalled, and a migration a newer procrastinate brings is then applied, once."""
+    target = conninfo(postgres_url)
+    ensure_schema(postgres_url)
+    shipped = Path(SchemaManager.get_migrations_path())
+    with psycopg.connect(target) as conn:
+        recorded = {row[0] for row in conn.execute("SELECT name FROM journeys_queue_migrations")}
+        assert recorded == {path.name for path in shipped.glob("*.sql")}
+        conn.execute("DROP TABLE journeys_queue_migrations")  # as installed before the record existed
+        conn.commit()
+
+    newer = tmp_path / "migrations"
+    shutil.copytree(shipped, newer)
+    (newer / "99.00.00_01_pre_add_probe.sql").write_text(
+        "CREATE TABLE procrastinate_probe (id integer); INSERT INTO procrastinate_probe VALUES (1);"
+    )
+    assert migrate_queue_schema(target, migrations=newer) == ["99.00.00_01_pre_add_probe.sql"]
+    assert migrate_queue_schema(target, migrations=newer) == []
+    ensure_schema(postgres_url)  # the shipped files: nothing left to apply
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM procrastinate_probe").fetchone() == (1,)
+        recorded = {row[0] for row in conn.execute("SELECT name FROM journeys_queue_migrations")}
+    assert recorded == {path.name for path in newer.glob("*.sql")}
