@@ -51,11 +51,7 @@ def start_worker(url: str, *options: str, env: dict[str, str] | None = None) -> 
     """A `journeys worker` process on the database ``url`` (distributed mode), with extra CLI ``options``."""
     command = [sys.executable, "-c", "from server.cli import app; app()", "worker", "--database-url", url, *options]
     environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
-    log = os.open("/tmp/persist/worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=log)
-    finally:
-        os.close(log)
+    return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
