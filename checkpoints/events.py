@@ -7,19 +7,18 @@ derived from them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from functools import cache
+from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
+from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
-from checkpoints.pg_events import PgEventStatements
 from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
 from checkpoints.tables import journey_events, journey_instances
 
@@ -45,7 +44,7 @@ class Event:
     created_at: datetime
 
 
-def _event_from_mapping(row: Mapping[str, Any]) -> Event:
+def _event(row: Row) -> Event:
     return Event(
         instance_id=row["instance_id"],
         seq=row["seq"],
@@ -53,86 +52,61 @@ def _event_from_mapping(row: Mapping[str, Any]) -> Event:
         step=row["step"],
         payload=row["payload"],
         key=row["idempotency_key"],
-        created_at=row["created_at"].astimezone(UTC),
+        created_at=row["created_at"],
     )
 
 
-def _event_from_row(row: Any) -> Event:
-    return Event(
-        instance_id=row.instance_id,
-        seq=row.seq,
-        type=row.type,
-        step=row.step,
-        payload=row.payload,
-        key=row.idempotency_key,
-        created_at=row.created_at,
+_columns = journey_events.c
+# The next seq of the instance is taken in the insert itself; a concurrent writer of the same instance
+# makes one of the two fail on the (instance_id, seq) primary key, and that one simply goes again.
+_next_seq = (
+    select(func.coalesce(func.max(_columns.seq), 0) + 1)
+    .where(_columns.instance_id == bindparam("p_instance_id"))
+    .scalar_subquery()
+)
+EVENT_VALUES = {
+    "instance_id": bindparam("p_instance_id", type_=_columns.instance_id.type),
+    "type": bindparam("p_type", type_=_columns.type.type),
+    "step": bindparam("p_step", type_=_columns.step.type),
+    "payload": bindparam("p_payload", type_=_columns.payload.type),
+    "idempotency_key": bindparam("p_key", type_=_columns.idempotency_key.type),
+    "created_at": bindparam("p_created_at", type_=_columns.created_at.type),
+}
+SET_STATUS = (
+    update(journey_instances)
+    .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
+    .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
+)
+_SELECT_BY_KEY = select(journey_events).where(_columns.idempotency_key == bindparam("p_key"))
+
+
+@cache
+def _events_of_instance(types: int) -> Select[Any]:
+    """An instance's events after a seq, of any type (``types`` 0) or of one of ``types`` given types."""
+    query = select(journey_events).where(
+        _columns.instance_id == bindparam("p_instance_id"), _columns.seq > bindparam("p_after")
     )
-
-
-class EventWriter(Protocol):
-    """The hot path of appends, in the database's own driver: psycopg, or the saver's SQLite connection."""
-
-    async def append(
-        self,
-        instance_id: str,
-        type_: str,
-        step: str | None,
-        payload: dict[str, Any],
-        key: str | None,
-        created_at: datetime,
-        status: str | None,
-    ) -> bool: ...
-
-    async def register(
-        self,
-        instance: dict[str, Any],
-        type_: str,
-        step: str | None,
-        payload: dict[str, Any],
-        key: str | None,
-        created_at: datetime,
-    ) -> None: ...
+    if types:
+        query = query.where(_columns.type.in_([bindparam(f"p_type_{n}") for n in range(types)]))
+    return query.order_by(_columns.seq)
 
 
 class EventLog:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        clock: Clock,
-        *,
-        writer: EventWriter | None = None,
-        pg: PgEventStatements | None = None,
-    ) -> None:
-        self._engine = engine
+    """The append-only log of every journey instance: appended once per key, read in order."""
+
+    def __init__(self, backend: Backend, clock: Clock) -> None:
+        self._backend = backend
+        self._engine = backend.engine
         self._clock = clock
-        self._writer = writer or pg  # single appends; everything else goes through SQLAlchemy
-        self._pg = pg  # PostgreSQL: reads in plain psycopg too
-        dialect = engine.dialect.name
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         # The statements of the hot path, built once with their values bound per call: an append or a
         # lookup then builds, hashes and compiles no new statement.
-        columns = journey_events.c
-        next_seq = (
-            select(func.coalesce(func.max(columns.seq), 0) + 1)
-            .where(columns.instance_id == bindparam("p_instance_id"))
-            .scalar_subquery()
-        )
-        insert_event = self._insert(journey_events).values(
-            instance_id=bindparam("p_instance_id", type_=columns.instance_id.type),
-            seq=next_seq,
-            type=bindparam("p_type", type_=columns.type.type),
-            step=bindparam("p_step", type_=columns.step.type),
-            payload=bindparam("p_payload", type_=columns.payload.type),
-            idempotency_key=bindparam("p_key", type_=columns.idempotency_key.type),
-            created_at=bindparam("p_created_at", type_=columns.created_at.type),
-        )
+        insert_event = backend.insert(journey_events).values(seq=_next_seq, **EVENT_VALUES)
         # Whether a row was written is read from RETURNING: with the RETURNING that SQLAlchemy adds for the
         # new id, psycopg reports a rowcount of -1, which made a skipped duplicate look written on PostgreSQL.
-        self._insert_event = insert_event.returning(columns.seq)
+        self._insert_event = insert_event.returning(_columns.seq)
         self._insert_keyed_event = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
-            columns.seq
+            _columns.seq
         )
-        self._select_by_key = select(journey_events).where(columns.idempotency_key == bindparam("p_key"))
         # Keyed events written inside someone else's transaction, many at a time (no RETURNING, so the driver
         # runs one statement per row and each row's sequence number sees the rows before it).
         self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"])
@@ -158,11 +132,8 @@ class EventLog:
 
         Returns, per event, whether it was written (False: its key was already there).
         """
-        if self._writer is not None and len(events) == 1 and not also:
-            event, now = events[0], self._clock.now()
-            return [
-                await self._writer.append(instance_id, event.type, event.step, event.payload, event.key, now, status)
-            ]
+        if len(events) == 1 and not also:
+            return [await self._append_alone(instance_id, events[0], status)]
         for attempt in range(SEQ_ATTEMPTS):
             try:
                 async with self._engine.begin() as conn:
@@ -172,16 +143,31 @@ class EventLog:
                             await conn.execute(statement)
                     if status is not None:
                         await conn.execute(
-                            update(journey_instances)
-                            .where(journey_instances.c.instance_id == instance_id)
-                            .values(status=status, updated_at=self._clock.now())
+                            SET_STATUS,
+                            {"p_instance_id": instance_id, "p_status": status, "p_created_at": self._clock.now()},
                         )
                     return written
-            except IntegrityError:
+            except Exception as error:
                 # Two writers raced for the same sequence number; the loser simply goes again.
-                if attempt == SEQ_ATTEMPTS - 1:
+                if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
                     raise
                 await after_lost_race(attempt)
+        raise AssertionError("unreachable")
+
+    async def _append_alone(self, instance_id: str, event: NewEvent, status: str | None) -> bool:
+        """One event (and the instance's new status) through the backend's hot path."""
+        values = _values(instance_id, event, self._clock.now())
+        statements: list[Executable] = [self._insert_event if event.key is None else self._insert_keyed_event]
+        if status is not None:
+            statements.append(SET_STATUS)
+            values["p_status"] = status
+        for attempt in range(SEQ_ATTEMPTS):
+            try:
+                return bool(await self._backend.write(statements, values))
+            except Exception as error:
+                if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
+                    raise
+            await after_lost_race(attempt)
         raise AssertionError("unreachable")
 
     async def append_in(self, conn: AsyncConnection, entries: Sequence[tuple[str, NewEvent]]) -> None:
@@ -198,50 +184,31 @@ class EventLog:
         for instance_id, event in entries:
             if event.key is None:
                 raise ValueError(f"append_in takes keyed events only; {event.type!r} has no key")
-            params.append(
-                {
-                    "p_instance_id": instance_id,
-                    "p_type": event.type,
-                    "p_step": event.step,
-                    "p_payload": event.payload,
-                    "p_key": event.key,
-                    "p_created_at": now,
-                }
-            )
+            params.append(_values(instance_id, event, now))
         await conn.execute(self._insert_keyed_quietly, params)
 
     async def _append_one(self, conn: AsyncConnection, instance_id: str, event: NewEvent) -> bool:
         stmt = self._insert_event if event.key is None else self._insert_keyed_event
-        values = {
-            "p_instance_id": instance_id,
-            "p_type": event.type,
-            "p_step": event.step,
-            "p_payload": event.payload,
-            "p_key": event.key,
-            "p_created_at": self._clock.now(),
-        }
-        result = await conn.execute(stmt, values)
+        result = await conn.execute(stmt, _values(instance_id, event, self._clock.now()))
         return result.first() is not None
 
     async def find_by_key(self, key: str) -> Event | None:
-        if self._pg is not None:
-            found = await self._pg.find_by_key(key)
-            return _event_from_mapping(found) if found else None
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(self._select_by_key, {"p_key": key})).first()
-        return _event_from_row(row) if row else None
+        found = await self._backend.read(_SELECT_BY_KEY, {"p_key": key})
+        return _event(found[0]) if found else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
-        if self._pg is not None:
-            found = await self._pg.list(instance_id, types=types, after_seq=after_seq)
-            return [_event_from_mapping(r) for r in found]
-        query = (
-            select(journey_events)
-            .where(journey_events.c.instance_id == instance_id, journey_events.c.seq > after_seq)
-            .order_by(journey_events.c.seq)
-        )
-        if types:
-            query = query.where(journey_events.c.type.in_(list(types)))
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [_event_from_row(r) for r in rows]
+        wanted = list(dict.fromkeys(types or ()))
+        params: dict[str, Any] = {"p_instance_id": instance_id, "p_after": after_seq}
+        params.update({f"p_type_{n}": type_ for n, type_ in enumerate(wanted)})
+        return [_event(row) for row in await self._backend.read(_events_of_instance(len(wanted)), params)]
+
+
+def _values(instance_id: str, event: NewEvent, now: datetime) -> dict[str, Any]:
+    return {
+        "p_instance_id": instance_id,
+        "p_type": event.type,
+        "p_step": event.step,
+        "p_payload": event.payload,
+        "p_key": event.key,
+        "p_created_at": now,
+    }

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg.errors import UniqueViolation
-from sqlalchemy import func, insert, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import bindparam, func, insert, select
 
+from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.errors import JourneyError
-from checkpoints.events import EventWriter, NewEvent
-from checkpoints.pg_events import PgEventStatements
+from checkpoints.events import EVENT_VALUES, NewEvent
 from checkpoints.tables import journey_designs, journey_events, journey_instances
 
 
@@ -52,91 +48,80 @@ class Instance:
     updated_at: datetime
 
 
+_designs, _instances = journey_designs.c, journey_instances.c
+_SAVE_DESIGN = insert(journey_designs).values(
+    journey_id=bindparam("p_journey_id", type_=_designs.journey_id.type),
+    pattern=bindparam("p_pattern", type_=_designs.pattern.type),
+    journey_type=bindparam("p_journey_type", type_=_designs.journey_type.type),
+    spec=bindparam("p_spec", type_=_designs.spec.type),
+    created_at=bindparam("p_created_at", type_=_designs.created_at.type),
+)
+_GET_DESIGN = select(journey_designs).where(_designs.journey_id == bindparam("p_journey_id"))
+# An instance and its first event (seq 1) are registered together, on the hot path of every start.
+_REGISTER_INSTANCE = insert(journey_instances).values(
+    instance_id=bindparam("p_instance_id", type_=_instances.instance_id.type),
+    journey_id=bindparam("p_journey_id", type_=_instances.journey_id.type),
+    pattern=bindparam("p_pattern", type_=_instances.pattern.type),
+    user_id=bindparam("p_user_id", type_=_instances.user_id.type),
+    status="in_progress",
+    created_at=bindparam("p_created_at", type_=_instances.created_at.type),
+    updated_at=bindparam("p_created_at", type_=_instances.updated_at.type),
+)
+_FIRST_EVENT = insert(journey_events).values(seq=1, **EVENT_VALUES)
+_GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
+
+
 class JourneyIndex:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        clock: Clock,
-        *,
-        writer: EventWriter | None = None,
-        pg: PgEventStatements | None = None,
-    ) -> None:
-        self._engine = engine
+    """Journey designs and the index of journey instances (pattern, owner, status) across journeys."""
+
+    def __init__(self, backend: Backend, clock: Clock) -> None:
+        self._backend = backend
         self._clock = clock
-        self._writer = writer  # registering an instance is on the hot path of every start
-        self._pg = pg  # PostgreSQL: saving a design too (most server runs design what they start)
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         """Store a design under ``journey_id``; DuplicateDesignError when one is stored already (on every
         backend alike: a design stored under its content's id may be saved by two starts at once)."""
         now = self._clock.now()
+        values = {
+            "p_journey_id": journey_id,
+            "p_pattern": pattern,
+            "p_journey_type": journey_type,
+            "p_spec": spec,
+            "p_created_at": now,
+        }
         try:
-            if self._pg is not None:
-                await self._pg.save_design(journey_id, pattern, journey_type, spec, now)
-            else:
-                async with self._engine.begin() as conn:
-                    await conn.execute(
-                        insert(journey_designs).values(
-                            journey_id=journey_id,
-                            pattern=pattern,
-                            journey_type=journey_type,
-                            spec=spec,
-                            created_at=now,
-                        )
-                    )
-        except (IntegrityError, UniqueViolation) as exc:
+            await self._backend.write([_SAVE_DESIGN], values)
+        except Exception as exc:
+            if not self._backend.is_unique_violation(exc):
+                raise
             raise DuplicateDesignError(f"design {journey_id!r} is stored already", journey_id=journey_id) from exc
         return Design(journey_id, pattern, journey_type, spec, now)
 
     async def get_design(self, journey_id: str) -> Design | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(journey_designs).where(journey_designs.c.journey_id == journey_id))
-            ).first()
-        if row is None:
-            return None
-        return Design(row.journey_id, row.pattern, row.journey_type, row.spec, row.created_at)
+        found = await self._backend.read(_GET_DESIGN, {"p_journey_id": journey_id})
+        return Design(**found[0]) if found else None
 
     async def create_instance(
         self, instance_id: str, journey_id: str, pattern: str, user_id: str, *, first_event: NewEvent
     ) -> Instance:
         """Register a new instance and its first event in one transaction."""
         now = self._clock.now()
+        values = {
+            "p_instance_id": instance_id,
+            "p_journey_id": journey_id,
+            "p_pattern": pattern,
+            "p_user_id": user_id,
+            "p_type": first_event.type,
+            "p_step": first_event.step,
+            "p_payload": first_event.payload,
+            "p_key": first_event.key,
+            "p_created_at": now,
+        }
         try:
-            if self._writer is not None:
-                instance = {
-                    "instance_id": instance_id,
-                    "journey_id": journey_id,
-                    "pattern": pattern,
-                    "user_id": user_id,
-                }
-                first = first_event
-                await self._writer.register(instance, first.type, first.step, first.payload, first.key, now)
-                return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now)
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    insert(journey_instances).values(
-                        instance_id=instance_id,
-                        journey_id=journey_id,
-                        pattern=pattern,
-                        user_id=user_id,
-                        status="in_progress",
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                await conn.execute(
-                    insert(journey_events).values(
-                        instance_id=instance_id,
-                        seq=1,
-                        type=first_event.type,
-                        step=first_event.step,
-                        payload=first_event.payload,
-                        idempotency_key=first_event.key,
-                        created_at=now,
-                    )
-                )
-        except (IntegrityError, UniqueViolation, sqlite3.IntegrityError) as exc:
+            await self._backend.write([_REGISTER_INSTANCE, _FIRST_EVENT], values)
+        except Exception as exc:
+            if not self._backend.is_unique_violation(exc):
+                raise
             raise DuplicateInstanceError(
                 f"journey {journey_id!r} is already running for user {user_id!r} (instance {instance_id!r})",
                 instance_id=instance_id,
@@ -144,39 +129,31 @@ class JourneyIndex:
         return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now)
 
     async def get_instance(self, instance_id: str) -> Instance | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(journey_instances).where(journey_instances.c.instance_id == instance_id))
-            ).first()
-        return Instance(**row._mapping) if row else None
+        found = await self._backend.read(_GET_INSTANCE, {"p_instance_id": instance_id})
+        return Instance(**found[0]) if found else None
 
     async def get_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
         """The instances with these ids (missing ones are left out), in one query per thousand ids."""
         ids = list(dict.fromkeys(instance_ids))
         found: list[Instance] = []
-        async with self._engine.connect() as conn:
-            for start in range(0, len(ids), 1000):
-                chunk = ids[start : start + 1000]
-                query = select(journey_instances).where(journey_instances.c.instance_id.in_(chunk))
-                found += [Instance(**r._mapping) for r in (await conn.execute(query)).all()]
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            query = select(journey_instances).where(_instances.instance_id.in_(chunk))
+            found += [Instance(**row) for row in await self._backend.query(query)]
         return found
 
     async def list_instances(
         self, *, pattern: str | None = None, status: str | None = None, limit: int = 1000
     ) -> list[Instance]:
-        query = select(journey_instances).order_by(journey_instances.c.created_at).limit(limit)
+        query = select(journey_instances).order_by(_instances.created_at).limit(limit)
         if pattern is not None:
-            query = query.where(journey_instances.c.pattern == pattern)
+            query = query.where(_instances.pattern == pattern)
         if status is not None:
-            query = query.where(journey_instances.c.status == status)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [Instance(**r._mapping) for r in rows]
+            query = query.where(_instances.status == status)
+        return [Instance(**row) for row in await self._backend.query(query)]
 
     async def count_by_status(self, *, pattern: str | None = None) -> dict[str, int]:
-        query = select(journey_instances.c.status, func.count()).group_by(journey_instances.c.status)
+        query = select(_instances.status, func.count().label("n")).group_by(_instances.status)
         if pattern is not None:
-            query = query.where(journey_instances.c.pattern == pattern)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return {status: int(n) for status, n in rows}
+            query = query.where(_instances.pattern == pattern)
+        return {row["status"]: int(row["n"]) for row in await self._backend.query(query)}

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import cast
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, cast
 
 import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from checkpoints.url import StoreURL
+from checkpoints.backends.postgres import open_pool
+from checkpoints.database import sqlite_pragmas
+from checkpoints.url import StoreURL, opened_target
 
 
 def strict_serializer() -> JsonPlusSerializer:
@@ -25,33 +25,29 @@ def strict_serializer() -> JsonPlusSerializer:
 
 
 @asynccontextmanager
-async def open_saver(url: StoreURL, *, pool_size: int = 10) -> AsyncIterator[BaseCheckpointSaver[str]]:
-    """Open the saver for ``url``, run its ``setup()`` once, and close it on exit."""
+async def open_saver(
+    url: StoreURL, *, pool_size: int = 10, pool: AsyncConnectionPool[Any] | None = None
+) -> AsyncIterator[BaseCheckpointSaver[str]]:
+    """Open the saver for ``url``, run its ``setup()`` once, and close it on exit.
+
+    ``memory://`` and ``sqlite://`` both get the official SQLite saver (``memory://`` on a throwaway
+    file). On PostgreSQL the saver uses ``pool`` (the store's shared pool), or a pool of its own."""
     serde = strict_serializer()
-    if url.kind == "memory":
-        yield InMemorySaver(serde=serde)
-        return
-    if url.kind == "sqlite":
-        conn = await aiosqlite.connect(url.target)
-        try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA busy_timeout=30000")
+    async with AsyncExitStack() as stack:
+        if url.kind != "postgres":
+            target = stack.enter_context(opened_target(url)).target
+            conn = await aiosqlite.connect(target)
+            stack.push_async_callback(conn.close)
+            for pragma in sqlite_pragmas(url):
+                await conn.execute(pragma)
             saver = AsyncSqliteSaver(conn, serde=serde)
             await saver.setup()
             yield saver
-        finally:
-            await conn.close()
-        return
-    # A pool as the upstream docs build it: autocommit, no server-side prepares (poolers), dict rows.
-    async with AsyncConnectionPool(
-        url.target,
-        min_size=1,
-        max_size=pool_size,
-        open=False,
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-    ) as pool:
-        pg_saver = AsyncPostgresSaver(pool, serde=serde)  # type: ignore[arg-type]
-        unlock_pooled(pg_saver, pool_size)
+            return
+        if pool is None:
+            pool = await stack.enter_async_context(open_pool(url, pool_size))
+        pg_saver = AsyncPostgresSaver(pool, serde=serde)
+        unlock_pooled(pg_saver, pool.max_size)
         await pg_saver.setup()
         yield pg_saver
 

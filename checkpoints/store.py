@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,20 +12,23 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from checkpoints.backends.base import Backend
+from checkpoints.backends.postgres import PostgresBackend, open_pool
+from checkpoints.backends.sqlite import SqliteBackend
 from checkpoints.clock import Clock, SystemClock
 from checkpoints.database import create_engine_for
-from checkpoints.events import EventLog, EventWriter
+from checkpoints.events import EventLog
 from checkpoints.index import JourneyIndex
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, InstanceLocks, open_instance_locks
-from checkpoints.migrations import migrate
-from checkpoints.pg_events import PgEventStatements
 from checkpoints.savers import open_saver
-from checkpoints.sqlite_events import SqliteEventStatements
-from checkpoints.url import StoreURL, parse_store_url
+from checkpoints.schema.migrations import migrate
+from checkpoints.url import StoreURL, opened_target, parse_store_url
 
 
 @dataclass(frozen=True, slots=True)
 class Store:
+    """A store URL opened: the official checkpointer, our tables behind their backend, and the locks."""
+
     url: StoreURL
     saver: BaseCheckpointSaver[str]
     engine: AsyncEngine
@@ -33,7 +36,8 @@ class Store:
     index: JourneyIndex
     clock: Clock
     locks: InstanceLocks  # one writer per journey instance across processes (JourneyEngine.exclusive)
-    # PostgreSQL: the psycopg pool of autocommit connections the hot paths use instead of SQLAlchemy.
+    backend: Backend  # every query of our tables runs through it
+    # PostgreSQL: the process's one psycopg pool (saver, hot paths, queue). None elsewhere.
     pg_pool: AsyncConnectionPool[Any] | None = None
 
 
@@ -43,38 +47,27 @@ async def open_store(
 ) -> AsyncIterator[Store]:
     """Open the checkpointer and our tables on the database ``url`` names; migrate; close on exit.
 
+    On PostgreSQL the process holds at most ``2 * pool_size + 1`` connections of the store: the shared
+    psycopg pool (``pool_size``), SQLAlchemy's pool (``pool_size``) and the instance locks' one.
+
     ``lock_timeout``: how many seconds a call waits for a journey another call is changing before it
     gets ``ConcurrentUpdateError``.
     """
-    parsed = parse_store_url(url)
     clock = clock or SystemClock()
-    engine = create_engine_for(parsed, pool_size=pool_size)
-    try:
+    async with AsyncExitStack() as stack:
+        parsed = stack.enter_context(opened_target(parse_store_url(url)))
+        engine = create_engine_for(parsed, pool_size=pool_size)
+        stack.push_async_callback(engine.dispose)
         await migrate(engine)
-        async with (
-            open_saver(parsed, pool_size=pool_size) as saver,
-            _pg_statements(parsed, pool_size) as pg,
-            open_instance_locks(parsed, wait_limit=lock_timeout) as locks,
-        ):
-            writer: EventWriter | None = pg
-            if isinstance(saver, AsyncSqliteSaver):
-                writer = SqliteEventStatements(saver.conn, saver.lock, engine.dialect)
-            events = EventLog(engine, clock, writer=writer, pg=pg)
-            index = JourneyIndex(engine, clock, writer=writer, pg=pg)
-            yield Store(parsed, saver, engine, events, index, clock, locks, pg.pool if pg is not None else None)
-    finally:
-        await engine.dispose()
-
-
-@asynccontextmanager
-async def _pg_statements(url: StoreURL, pool_size: int) -> AsyncIterator[PgEventStatements | None]:
-    """On PostgreSQL, a psycopg pool of its own for the event log's hot path (not the saver's, so that
-    appends never wait behind checkpoint writes)."""
-    if url.kind != "postgres":
-        yield None
-        return
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        url.target, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True}
-    )
-    async with pool:
-        yield PgEventStatements(pool)
+        pool = await stack.enter_async_context(open_pool(parsed, pool_size)) if parsed.kind == "postgres" else None
+        saver = await stack.enter_async_context(open_saver(parsed, pool=pool))
+        locks = await stack.enter_async_context(open_instance_locks(parsed, wait_limit=lock_timeout))
+        backend: Backend
+        if pool is not None:
+            backend = PostgresBackend(engine, pool)
+        else:
+            assert isinstance(saver, AsyncSqliteSaver)
+            backend = SqliteBackend(engine, saver.conn, saver.lock)
+        events = EventLog(backend, clock)
+        index = JourneyIndex(backend, clock)
+        yield Store(parsed, saver, engine, events, index, clock, locks, backend, pool)

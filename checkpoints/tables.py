@@ -26,15 +26,16 @@ metadata = MetaData()
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC on every dialect (SQLite hands back naive values otherwise)."""
+    """Timezone-aware UTC on every dialect and every read path: SQLite hands back naive values, and
+    PostgreSQL values in the session's time zone; both come back as UTC."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # JSONB on Postgres (compact, indexable), plain JSON text elsewhere.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -16,7 +19,10 @@ DEFAULT_STORE_URL = "sqlite:///journeys.db"
 
 @dataclass(frozen=True, slots=True)
 class StoreURL:
-    """A parsed store URL. ``raw`` is kept for messages; ``target`` is the path or libpq URL."""
+    """A parsed store URL. ``raw`` is kept for messages; ``target`` is the path or libpq URL.
+
+    ``memory://`` is a throwaway SQLite file: its ``target`` is empty until the store opens it
+    (:func:`checkpoints.savers.throwaway`), and it then runs the very code of ``sqlite://``."""
 
     kind: StoreKind
     raw: str
@@ -24,9 +30,7 @@ class StoreURL:
 
     @property
     def sqlalchemy_url(self) -> str:
-        if self.kind == "memory":
-            return "sqlite+aiosqlite://"
-        if self.kind == "sqlite":
+        if self.kind in ("memory", "sqlite"):
             return f"sqlite+aiosqlite:///{self.target}"
         return "postgresql+psycopg://" + self.target.split("://", 1)[1]
 
@@ -54,3 +58,14 @@ def parse_store_url(url: str) -> StoreURL:
         f"unsupported store URL {url!r}: use memory://, sqlite:///path/to/file.db or postgresql://user@host/db",
         url=url,
     )
+
+
+@contextmanager
+def opened_target(url: StoreURL) -> Iterator[StoreURL]:
+    """``url`` with a database to open: for ``memory://``, a SQLite file in a temporary directory that is
+    deleted on exit (its WAL and lock sidecars with it); any other URL as it is."""
+    if url.kind != "memory" or url.target:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="journeys-memory-") as directory:
+        yield replace(url, target=str(Path(directory) / "memory.db"))

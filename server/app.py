@@ -42,7 +42,7 @@ def create_app(
                     settings.database_url, clock=clock, guide_model=guide_model, **(runtime_options or {})
                 )
             )
-            run_store = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+            run_store = RunStore(runtime.store.backend, runtime.store.clock)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
             embedded = (
@@ -59,7 +59,8 @@ def create_app(
 
                 ensure_schema(settings.database_url)
                 queue_app = build_app(settings.database_url)
-                await stack.enter_async_context(queue_app.open_async())
+                # On the store's pool: one bounded set of connections per process (see the README).
+                await stack.enter_async_context(queue_app.open_async(pool=runtime.store.pg_pool))
                 # Workers notify when a run finishes or streams: wake this process's waiting requests.
                 await stack.enter_async_context(listening(conninfo(settings.database_url), watch))
             app.state.services = ServerServices(settings, runtime, run_store, watch, executor, embedded, queue_app)

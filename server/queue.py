@@ -8,23 +8,20 @@ the journey without re-executing completed steps. Timers fire through a periodic
 
 from __future__ import annotations
 
-import time
-import weakref
 from typing import Any
 
 import procrastinate
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
+from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.url import parse_store_url
 from server.runs import Enqueue, RunRow
 
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"
 QUEUE = "journeys"
-_SCHEMA_LOCK = 7_310_512_004
-_PROBE_AFTER_IDLE = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
-_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 
 
 def conninfo(database_url: str) -> str:
@@ -34,24 +31,10 @@ def conninfo(database_url: str) -> str:
     return url.target
 
 
-async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.set_autocommit(True)
-
-
-async def _note_return(conn: psycopg.AsyncConnection[Any]) -> None:
-    _returned_at[conn] = time.monotonic()
-
-
-async def _probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
-    returned = _returned_at.get(conn)
-    if returned is None or time.monotonic() - returned > _PROBE_AFTER_IDLE:
-        await AsyncConnectionPool.check_connection(conn)
-
-
 def _pool(**options: Any) -> AsyncConnectionPool[Any]:
     # procrastinate probes every connection it checks out (an extra round trip per query); a connection
     # used moments ago is alive, so only one that sat idle is probed.
-    return AsyncConnectionPool(**{**options, "check": _probe_if_idle, "reset": _note_return})
+    return AsyncConnectionPool(**{**options, "check": probe_if_idle, "reset": note_return})
 
 
 def build_app(database_url: str, handlers: dict[str, Any] | None = None, *, pool_size: int = 10) -> procrastinate.App:
@@ -62,7 +45,7 @@ def build_app(database_url: str, handlers: dict[str, Any] | None = None, *, pool
     """
     connector = procrastinate.PsycopgConnector(
         conninfo=conninfo(database_url),
-        configure=_autocommit,  # not kwargs: procrastinate passes autocommit itself to its listening connection
+        configure=autocommit,  # not kwargs: procrastinate passes autocommit itself to its listening connection
         min_size=1,
         max_size=pool_size,
         pool_factory=_pool,
@@ -85,17 +68,8 @@ def build_app(database_url: str, handlers: dict[str, Any] | None = None, *, pool
 
 
 def ensure_schema(database_url: str) -> None:
-    """Install procrastinate's schema once (concurrent callers wait on an advisory lock)."""
-    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
-        try:
-            exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
-            if not (exists and exists[0]):
-                app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(database_url)))
-                with app.open():
-                    app.schema_manager.apply_schema()
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+    """Install procrastinate's schema, or apply the migrations a newer procrastinate brought."""
+    migrate_queue_schema(conninfo(database_url))
 
 
 def enqueuer(app: procrastinate.App) -> Enqueue:

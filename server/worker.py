@@ -56,7 +56,7 @@ async def run_worker(
     ) as runtime:
         executor = RunExecutor(
             runtime,
-            RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool),
+            RunStore(runtime.store.backend, runtime.store.clock),
             durability=durability,
         )
 
@@ -68,7 +68,7 @@ async def run_worker(
 
         handlers = {RUN_TASK: execute, **({TIMER_TASK: fire_timers} if timers else {})}
         app = build_app(database_url, handlers)
-        async with app.open_async():
+        async with app.open_async(pool=runtime.store.pg_pool):  # the store's pool: connections stay bounded
             reaper = asyncio.create_task(reap_stalled(app, stalled_after))
             try:
                 await app.run_worker_async(

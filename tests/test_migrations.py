@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
-from sqlalchemy import text
+from procrastinate.schema import SchemaManager
+from sqlalchemy import Connection, UniqueConstraint, inspect, text
 
+import checkpoints.lifecycle_tables  # noqa: F401  (its tables join the metadata checked here)
+from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
+from checkpoints.schema.migrations import MIGRATIONS, migrate
+from checkpoints.schema.queue import migrate_queue_schema
+from checkpoints.tables import metadata
+from checkpoints.url import parse_store_url
 from graphs.runtime import JourneyRuntime
+from server.queue import conninfo, ensure_schema
 from server.runs import RunStore
 
 # journey_events as migration 1 created it before migration 6, with one event already in it.
@@ -27,6 +37,11 @@ CREATE TABLE journey_events (
 CREATE INDEX ix_journey_events_type ON journey_events (type);
 CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id);
 """
+# What migrations 6 to 8 added, taken away again: their DDL is frozen, so it runs on the schema before them.
+UNDO_MIGRATIONS_6_TO_8 = """
+DROP TABLE process_message_starts;
+ALTER TABLE server_runs DROP COLUMN output, DROP COLUMN job_id, DROP COLUMN cancel_requested_at, DROP COLUMN durability;
+"""
 
 
 async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgres_url: str) -> None:
@@ -35,6 +50,7 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DROP TABLE journey_events")
         conn.execute(OLD_EVENTS_TABLE)
+        conn.execute(UNDO_MIGRATIONS_6_TO_8)
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
         conn.execute(
             "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -85,8 +101,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
     old runs still read, and new runs keep their output."""
     async with JourneyRuntime.open(durable_url) as rt:  # then make server_runs look as migration 4 left it
         async with rt.store.engine.begin() as conn:
-            await conn.execute(text("ALTER TABLE server_runs DROP COLUMN output"))
-            await conn.execute(text("ALTER TABLE server_runs DROP COLUMN job_id"))
+            for column in ("output", "job_id", "cancel_requested_at", "durability"):  # migrations 7 and 8
+                await conn.execute(text(f"ALTER TABLE server_runs DROP COLUMN {column}"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()
@@ -100,7 +116,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             )
 
     async with JourneyRuntime.open(durable_url) as rt:
-        runs = RunStore(rt.store.engine, rt.store.clock, pg_pool=rt.store.pg_pool)
+        runs = RunStore(rt.store.backend, rt.store.clock)
         found = await runs.get_run("old-run")
         assert found is not None and found.status == "success" and found.output is None and found.job_id is None
         new = await runs.create_run(
@@ -118,3 +134,112 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
         finished = await runs.finish(new.run_id, "success", None, {"status": "completed"})
         assert finished is not None and finished.output == {"status": "completed"}
         assert (await runs.get_run(new.run_id)) == finished
+
+
+def schema_drift(conn: Connection) -> list[str]:
+    """How the database's tables differ from the definitions in checkpoints.tables (names, nullability,
+    primary keys, indexes and unique constraints); empty when the migrations built exactly those tables."""
+    found = inspect(conn)
+    drift = []
+    for table in metadata.sorted_tables:
+        if not found.has_table(table.name):
+            drift.append(f"{table.name}: missing")
+            continue
+        columns = {c["name"]: c["nullable"] for c in found.get_columns(table.name)}
+        wanted = {c.name: c.nullable for c in table.columns}
+        if columns != wanted:
+            drift.append(f"{table.name}: columns {columns} != {wanted}")
+        primary = set(found.get_pk_constraint(table.name)["constrained_columns"])
+        if primary != {c.name for c in table.primary_key.columns}:
+            drift.append(f"{table.name}: primary key {primary}")
+        indexes = {i["name"]: tuple(i["column_names"]) for i in found.get_indexes(table.name) if not i["unique"]}
+        wanted_indexes = {str(i.name): tuple(c.name for c in i.columns) for i in table.indexes if not i.unique}
+        if indexes != wanted_indexes:
+            drift.append(f"{table.name}: indexes {indexes} != {wanted_indexes}")
+        uniques = {frozenset(u["column_names"]) for u in found.get_unique_constraints(table.name)}
+        uniques |= {frozenset(i["column_names"]) for i in found.get_indexes(table.name) if i["unique"]}
+        wanted_uniques = {
+            frozenset(c.name for c in u.columns) for u in table.constraints if isinstance(u, UniqueConstraint)
+        }
+        wanted_uniques |= {frozenset([c.name]) for c in table.columns if c.unique}
+        if uniques != wanted_uniques:
+            drift.append(f"{table.name}: unique {uniques} != {wanted_uniques}")
+    return drift
+
+
+async def test_a_fresh_store_has_exactly_the_defined_tables(store_url: str) -> None:
+    """The migrations, applied in order on an empty database, give exactly the tables the code defines: a
+    table changed without a migration (or a migration that drifts from its table) fails here."""
+    async with JourneyRuntime.open(store_url) as rt, rt.store.engine.connect() as conn:
+        assert await conn.run_sync(schema_drift) == []
+
+
+async def test_a_database_made_by_the_oldest_migration_upgrades_to_todays_schema(durable_url: str) -> None:
+    """A database that only migration 1 ever touched, with a journey in it, opens on today's runtime: every
+    later migration applies as frozen, the schema is today's, and the journey's log reads and grows."""
+    engine = create_engine_for(parse_store_url(durable_url))
+    try:
+        assert await migrate(engine, upto=1) == [1]
+        async with engine.begin() as conn:
+            inspector = await conn.run_sync(
+                lambda sync: {c["name"] for c in inspect(sync).get_columns("journey_events")}
+            )
+            assert "id" in inspector  # the log as migration 1 made it, with its surrogate id
+            created = datetime(2026, 1, 1, tzinfo=UTC)
+            await conn.execute(
+                text(
+                    "INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, "
+                    "updated_at) VALUES ('old-1', 'j-1', 'structured', 'ana', 'in_progress', :at, :at)"
+                ),
+                {"at": created},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
+                    "VALUES ('old-1', 1, 'journey.started', '{}', 'old-1:started', :at)"
+                ),
+                {"at": created},
+            )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+            versions = (await conn.execute(text("SELECT version FROM journeys_schema_migrations"))).scalars()
+            assert sorted(versions) == [m.version for m in MIGRATIONS]
+        assert await rt.store.events.append("old-1", [NewEvent("step.completed", {"n": 1}, "a", "old-1:a")]) == [True]
+        events = await rt.history("old-1")
+        assert [(e.seq, e.type, e.key) for e in events] == [
+            (1, "journey.started", "old-1:started"),
+            (2, "step.completed", "old-1:a"),
+        ]
+        assert events[0].created_at == created
+        instance = await rt.store.index.get_instance("old-1")
+        assert instance is not None and instance.created_at == created
+
+
+def test_procrastinate_migrations_are_applied_on_upgrade(postgres_url: str, tmp_path: Path) -> None:
+    """The queue's schema is installed once and recorded. A schema installed before the record existed is
+    recorded, not reinstalled, and a migration a newer procrastinate brings is then applied, once."""
+    target = conninfo(postgres_url)
+    ensure_schema(postgres_url)
+    shipped = Path(SchemaManager.get_migrations_path())
+    with psycopg.connect(target) as conn:
+        recorded = {row[0] for row in conn.execute("SELECT name FROM journeys_queue_migrations")}
+        assert recorded == {path.name for path in shipped.glob("*.sql")}
+        conn.execute("DROP TABLE journeys_queue_migrations")  # as installed before the record existed
+        conn.commit()
+
+    newer = tmp_path / "migrations"
+    shutil.copytree(shipped, newer)
+    (newer / "99.00.00_01_pre_add_probe.sql").write_text(
+        "CREATE TABLE procrastinate_probe (id integer); INSERT INTO procrastinate_probe VALUES (1);"
+    )
+    assert migrate_queue_schema(target, migrations=newer) == ["99.00.00_01_pre_add_probe.sql"]
+    assert migrate_queue_schema(target, migrations=newer) == []
+    ensure_schema(postgres_url)  # the shipped files: nothing left to apply
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM procrastinate_probe").fetchone() == (1,)
+        recorded = {row[0] for row in conn.execute("SELECT name FROM journeys_queue_migrations")}
+    assert recorded == {path.name for path in newer.glob("*.sql")}

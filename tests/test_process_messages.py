@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from checkpoints.migrations import migrate
+from checkpoints.schema.migrations import migrate
 from checkpoints.tables import process_message_starts, schema_migrations
 from graphs import InvalidInputError
 from graphs.process_errors import UnmatchedMessageError

@@ -52,7 +52,7 @@ async def _run(runs: RunStore, thread_id: str | None, kind: str, **fields: Any) 
 
 
 async def test_a_runs_recorded_output_is_the_threads_output(runtime: JourneyRuntime) -> None:
-    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+    runs = RunStore(runtime.store.backend, runtime.store.clock)
     executor = RunExecutor(runtime, runs, durability="exit")
     first = await executor.execute((await _run(runs, None, "start", input=MIGRATION)).run_id)
     assert first is not None and first.status == "success"
@@ -78,7 +78,7 @@ async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> Non
     ensure_schema(postgres_url)
     queue = build_app(postgres_url)
     async with queue.open_async(), JourneyRuntime.open(postgres_url) as runtime:
-        runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+        runs = RunStore(runtime.store.backend, runtime.store.clock)
         enqueue = enqueuer(queue)
 
         async def enqueue_then_fail(conn: psycopg.AsyncConnection[Any], row: RunRow) -> int | None:
@@ -184,7 +184,7 @@ async def test_cancelling_a_queued_run_cancels_its_job(postgres_url: str) -> Non
 
 @pytest.mark.parametrize("assistant_id", ["structured", "saga"])
 async def test_a_start_refused_for_bad_input_leaves_the_thread_free(runtime: JourneyRuntime, assistant_id: str) -> None:
-    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+    runs = RunStore(runtime.store.backend, runtime.store.clock)
     executor = RunExecutor(runtime, runs, durability="exit")
 
     async def start(thread_id: str | None, context: Any) -> RunRow:
@@ -214,7 +214,7 @@ async def test_a_start_refused_for_bad_input_leaves_the_thread_free(runtime: Jou
 async def test_a_cancel_that_reached_a_run_whose_worker_died_holds_on_retry(runtime: JourneyRuntime) -> None:
     """The cancel of an executing run is remembered on the run: when its worker died before stopping it
     and the queue retries its job, the retry ends it interrupted instead of running it."""
-    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+    runs = RunStore(runtime.store.backend, runtime.store.clock)
     executor = RunExecutor(runtime, runs, durability="exit")
     run = await _run(runs, None, "start", input=MIGRATION)
     assert await runs.claim(run.run_id) is not None  # a worker took it, then died
@@ -237,7 +237,7 @@ async def test_a_run_checkpoints_as_its_client_asked(
     runtime: JourneyRuntime, requested: str | None, per_step: bool
 ) -> None:
     runtime.agents.register("echo", EchoAgent("echo", {"ok": True}), replace=True)
-    runs = RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)
+    runs = RunStore(runtime.store.backend, runtime.store.clock)
     executor = RunExecutor(runtime, runs, durability="exit")  # the server's default
     run = await runs.create_run(
         thread_id=None,

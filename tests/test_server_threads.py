@@ -15,6 +15,7 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from checkpoints.backends.base import Backend
 from checkpoints.clock import SystemClock
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
@@ -190,9 +191,9 @@ async def test_a_claim_answers_the_claimed_runs_own_thread(store_url: str) -> No
     """The run store alone, on every backend (on PostgreSQL both through the psycopg hot path and through
     SQLAlchemy): claiming a run answers the instance of that run's thread, whichever thread was bound first."""
     async with JourneyRuntime.open(store_url) as runtime:
-        stores = [RunStore(runtime.store.engine, runtime.store.clock, pg_pool=runtime.store.pg_pool)]
-        if runtime.store.pg_pool is not None:
-            stores.append(RunStore(runtime.store.engine, SystemClock()))
+        stores = [RunStore(runtime.store.backend, runtime.store.clock)]
+        if runtime.store.pg_pool is not None:  # the same definitions, executed through SQLAlchemy
+            stores.append(RunStore(Backend(runtime.store.engine), SystemClock()))
         for store in stores:
             created = []
             for n in range(4):

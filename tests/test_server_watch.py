@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from checkpoints.clock import SystemClock
-from checkpoints.database import create_engine_for
-from checkpoints.migrations import migrate
+from checkpoints.store import open_store
 from checkpoints.url import parse_store_url
 from server.executor import EmbeddedRunner
 from server.runs import RunRow, RunStore
@@ -21,12 +20,8 @@ HOUR = 3600.0
 
 @asynccontextmanager
 async def run_store(url: str) -> AsyncIterator[RunStore]:
-    engine = create_engine_for(parse_store_url(url))
-    try:
-        await migrate(engine)
-        yield RunStore(engine, SystemClock())
-    finally:
-        await engine.dispose()
+    async with open_store(url, clock=SystemClock()) as store:
+        yield RunStore(store.backend, store.clock)
 
 
 async def queued(runs: RunStore) -> RunRow:

@@ -1,0 +1,137 @@
+"""PostgreSQL: the hot paths in plain psycopg, on the pool the saver shares.
+
+Every step of every journey appends an event, and every run is created, claimed and finished: those
+statements run as cheaply as the database allows, on a psycopg pool of autocommit connections (a lone
+statement: no BEGIN/COMMIT round trips), prepared on first use per connection, with no ORM layer in
+between (SQLAlchemy's async adapter costs several times the driver's own CPU per execute). Several
+statements that must commit together become one statement of data-modifying CTEs: one round trip.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg.errors import UniqueViolation
+from psycopg.rows import dict_row, tuple_row
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Executable, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import UpdateBase
+
+from checkpoints.backends.base import Backend, Params, Row, Transaction
+from checkpoints.url import StoreURL
+
+PROBE_AFTER_IDLE_S = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
+
+
+async def autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
+
+
+async def note_return(conn: psycopg.AsyncConnection[Any]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Probe a connection on checkout only if it sat idle: one used moments ago is alive, and probing
+    every checkout (procrastinate's default) costs a round trip per query."""
+    returned = _returned_at.get(conn)
+    if returned is None or time.monotonic() - returned > PROBE_AFTER_IDLE_S:
+        await AsyncConnectionPool.check_connection(conn)
+
+
+@asynccontextmanager
+async def open_pool(url: StoreURL, pool_size: int) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """The process's psycopg pool: at most ``pool_size`` connections, shared by the LangGraph saver, the
+    hot paths of our tables and the procrastinate queue. As the saver's docs build it: autocommit, dict
+    rows (our statements and procrastinate ask for their own row shape per cursor). Autocommit is set by
+    ``configure``, not passed as a connection argument: procrastinate opens its listening connection with
+    the pool's arguments and an ``autocommit`` of its own."""
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url.target,
+        min_size=1,
+        max_size=pool_size,
+        open=False,
+        kwargs={"prepare_threshold": 0, "row_factory": dict_row},
+        configure=autocommit,
+        check=probe_if_idle,
+        reset=note_return,
+    )
+    async with pool:
+        yield pool
+
+
+class PostgresBackend(Backend):
+    """The base backend, with writes and prebuilt reads on the shared psycopg pool."""
+
+    unique_violations: ClassVar[tuple[type[BaseException], ...]] = (IntegrityError, UniqueViolation)
+
+    def __init__(self, engine: AsyncEngine, pool: AsyncConnectionPool[Any]) -> None:
+        super().__init__(engine)
+        self._pool = pool
+        self._combined: dict[tuple[Executable, ...], Executable] = {}
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """The process's psycopg pool, shared by the saver, these hot paths and the queue."""
+        return self._pool
+
+    def notifying(self, statement: Any, channel: str, payload_column: str) -> Executable:
+        # The notice goes out when the write commits, so a woken waiter reads the change.
+        written = statement.cte("written")
+        return select(written, func.pg_notify(channel, written.c[payload_column]).label("notified"))
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._pool_transaction()
+
+    @asynccontextmanager
+    async def _pool_transaction(self) -> AsyncIterator[Transaction]:
+        async with self._pool.connection() as conn, conn.transaction():
+            yield _PoolTransaction(self, conn)
+
+    async def _run(self, conn: psycopg.AsyncConnection[Any], statement: Executable, params: Params | None) -> list[Row]:
+        compiled = self.compiled(statement, self._dialect)
+        cursor = conn.cursor(row_factory=tuple_row)
+        await cursor.execute(compiled.sql, compiled.bind(params), prepare=True)  # planned once per connection
+        return compiled.rows(await cursor.fetchall()) if cursor.description is not None else []
+
+    async def write(self, statements: Sequence[Executable], params: Params) -> list[Row]:
+        statement = statements[0] if len(statements) == 1 else self._one_statement(tuple(statements))
+        async with self._pool.connection() as conn:
+            return await self._run(conn, statement, params)
+
+    def _one_statement(self, statements: tuple[Executable, ...]) -> Executable:
+        """The first statement, with the others as data-modifying CTEs: one statement, so one transaction."""
+        found = self._combined.get(statements)
+        if found is None:
+            first, *rest = statements
+            others = [other.cte(f"also_{n}") for n, other in enumerate(rest)]  # type: ignore[attr-defined]
+            if isinstance(first, UpdateBase) and first._returning:
+                found = select(first.cte("main")).add_cte(*others)
+            else:
+                found = first.add_cte(*others)  # type: ignore[attr-defined]
+            self._combined[statements] = found
+        return found
+
+    async def read(self, statement: Executable, params: Params | None = None) -> list[Row]:
+        async with self._pool.connection() as conn:
+            return await self._run(conn, statement, params)
+
+
+class _PoolTransaction:
+    def __init__(self, backend: PostgresBackend, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._backend = backend
+        self._conn = conn
+
+    async def execute(self, statement: Executable, params: Params | None = None) -> list[Row]:
+        return await self._backend._run(self._conn, statement, params)
+
+    async def driver_connection(self) -> Any:
+        return self._conn

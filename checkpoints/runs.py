@@ -1,0 +1,410 @@
+"""Threads and runs as rows: the records behind the server's Agent Server API subset.
+
+A run is created ``pending`` and claimed by one executor at a time (an atomic UPDATE); ``multitask_strategy``
+``reject`` refuses a run while the thread has one pending or running, ``enqueue`` queues it behind them.
+Stream chunks of runs created for streaming are rows too, so a client can read them from any API process
+while a worker in another process produces them. On PostgreSQL, finishing a run or appending a chunk also
+notifies ``RUN_CHANNEL`` with the run id, in the same transaction, so waiting requests in any process wake
+when the change is committed (see :mod:`server.watch`).
+
+Every statement is defined once here and runs through the store's :class:`~checkpoints.backends.base.Backend`
+(on PostgreSQL, the hot ones in plain psycopg).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy.sql.dml import ReturningUpdate
+
+from checkpoints.backends.base import Backend, Row
+from checkpoints.clock import Clock
+from checkpoints.errors import JourneyError
+from checkpoints.tables import server_run_events, server_runs, server_threads
+
+ACTIVE = ("pending", "running")
+TERMINAL = ("success", "error", "interrupted", "timeout")
+STRATEGIES = ("reject", "enqueue")
+RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
+
+
+class ThreadExistsError(JourneyError):
+    """A thread with this id exists already."""
+
+    category = "conflict"
+
+
+class ThreadBusyError(JourneyError):
+    """The thread has a pending or running run, and the new run's strategy is ``reject``."""
+
+    category = "conflict"
+
+
+class UnsupportedMultitaskStrategyError(JourneyError):
+    """The run's multitask strategy is not one this store supports."""
+
+    category = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRow:
+    """A server thread: the journey instance (checkpoint thread) its first run started, once bound."""
+
+    thread_id: str
+    assistant_id: str | None
+    instance_id: str | None
+    owner: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A run on a thread: what it was asked to do, and how far it got."""
+
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    status: str
+    kind: str
+    input: Any
+    command: Any
+    stream_modes: list[str]
+    multitask_strategy: str
+    metadata: dict[str, Any]
+    principal: str | None
+    base_checkpoint: str | None
+    attempts: int
+    error: Any
+    created_at: datetime
+    updated_at: datetime
+    output: Any = None  # the thread's values when the run finished (None until then)
+    job_id: int | None = None  # distributed mode: the procrastinate job executing the run
+    cancel_requested_at: datetime | None = None  # a cancel reached it while it was executing
+    durability: str | None = None  # how its client asked it to checkpoint (None: the server's setting)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "assistant_id": self.assistant_id,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "status": self.status,
+            "metadata": self.metadata,
+            "multitask_strategy": self.multitask_strategy,
+            "kwargs": {
+                "input": self.input,
+                "command": self.command,
+                "stream_mode": self.stream_modes,
+                "durability": self.durability,
+            },
+            "error": self.error,
+        }
+
+
+# Puts a run's job on the queue inside the transaction that creates the run (given the driver's
+# connection of that transaction); answers the job's id.
+Enqueue = Callable[[Any, RunRow], Awaitable[int | None]]
+
+_runs, _threads, _chunks = server_runs.c, server_threads.c, server_run_events.c
+
+
+def _insert_row(table: Table, names: Sequence[str]) -> Any:
+    """An INSERT of a whole row, each column bound from ``p_<column>``."""
+    return insert(table).values({name: bindparam(f"p_{name}", type_=table.c[name].type) for name in names})
+
+
+def _row_params(row: ThreadRow | RunRow) -> dict[str, Any]:
+    return {f"p_{name}": getattr(row, name) for name in type(row).__slots__}
+
+
+def _claim_statement() -> ReturningUpdate[Any]:
+    """Mark a run ``running`` (if it is active) and answer it with the instance its thread is bound to.
+
+    The thread is found through the run's id, not by correlating with the updated row: SQLite renders
+    RETURNING columns without their table, subqueries included, so ``threads.thread_id =
+    runs.thread_id`` became ``thread_id = thread_id`` (always true) and every run got the first thread's
+    journey. Each reference here resolves to its own FROM, qualified or not."""
+    run_id = bindparam("claimed_run", type_=_runs.run_id.type)
+    thread_of_run = select(_runs.thread_id).where(_runs.run_id == run_id).correlate(None).scalar_subquery()
+    bound = (
+        select(_threads.instance_id)
+        .where(_threads.thread_id == thread_of_run)
+        .scalar_subquery()
+        .label("bound_instance")
+    )
+    return (
+        update(server_runs)
+        .where(_runs.run_id == run_id, _runs.status.in_(ACTIVE))
+        .values(
+            status="running",
+            attempts=_runs.attempts + 1,
+            updated_at=bindparam("claimed_at", type_=_runs.updated_at.type),
+        )
+        .returning(*server_runs.c, bound)
+    )
+
+
+CLAIM = _claim_statement()
+_INSERT_THREAD = _insert_row(server_threads, ThreadRow.__slots__)
+_INSERT_RUN = _insert_row(server_runs, RunRow.__slots__)
+_GET_THREAD = select(server_threads).where(_threads.thread_id == bindparam("p_thread_id"))
+_BIND = (
+    update(server_threads)
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .values(
+        assistant_id=bindparam("p_assistant_id"), instance_id=bindparam("p_instance_id"), updated_at=bindparam("p_now")
+    )
+)
+_GET_RUN = select(server_runs).where(_runs.run_id == bindparam("p_run_id"))
+_LIST_RUNS = (
+    select(server_runs)
+    .where(_runs.thread_id == bindparam("p_thread_id"))
+    .order_by(_runs.created_at.desc())
+    .limit(bindparam("p_limit"))
+    .offset(bindparam("p_offset"))
+)
+_active = (_runs.thread_id == bindparam("p_thread_id"), _runs.status.in_(ACTIVE))
+_NEXT_PENDING = select(server_runs).where(*_active).order_by(_runs.created_at, _runs.run_id).limit(1)
+_UNFINISHED = select(server_runs).where(_runs.status.in_(ACTIVE))
+_ACTIVE_COUNT = select(func.count().label("n")).select_from(server_runs).where(*_active)
+# The thread's active runs, its row locked (PostgreSQL) for the rest of the transaction: run creation is
+# serialised per thread, so two "reject" runs cannot both find the thread idle.
+_ACTIVE_LOCKED = (
+    select(_ACTIVE_COUNT.scalar_subquery().label("n"))
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .with_for_update(of=server_threads)
+)
+_REQUEST_CANCEL = (
+    update(server_runs)
+    .where(_runs.run_id == bindparam("p_run_id"), _runs.status.in_(ACTIVE))
+    .values(cancel_requested_at=bindparam("p_now"))
+)
+_SET_BASE_CHECKPOINT = (
+    update(server_runs).where(_runs.run_id == bindparam("p_run_id")).values(base_checkpoint=bindparam("p_checkpoint"))
+)
+_FINISH = (
+    update(server_runs)
+    .where(_runs.run_id == bindparam("p_run_id"), _runs.status.in_(ACTIVE))
+    .values(
+        status=bindparam("p_status"),
+        error=bindparam("p_error", type_=_runs.error.type),
+        output=bindparam("p_output", type_=_runs.output.type),
+        updated_at=bindparam("p_now"),
+    )
+    .returning(*server_runs.c)
+)
+_APPEND_CHUNK = (
+    insert(server_run_events)
+    .values(
+        run_id=bindparam("p_run_id"),
+        seq=bindparam("p_seq"),
+        event=bindparam("p_event"),
+        data=bindparam("p_data", type_=_chunks.data.type),
+    )
+    .returning(_chunks.run_id)
+)
+_LAST_SEQ = select(func.coalesce(func.max(_chunks.seq), 0).label("seq")).where(_chunks.run_id == bindparam("p_run_id"))
+_CHUNKS_AFTER = (
+    select(_chunks.seq, _chunks.event, _chunks.data)
+    .where(_chunks.run_id == bindparam("p_run_id"), _chunks.seq > bindparam("p_seq"))
+    .order_by(_chunks.seq)
+)
+
+
+def _run(row: Row) -> RunRow:
+    return RunRow(**{name: row[name] for name in RunRow.__slots__})
+
+
+class RunStore:
+    """The threads, runs and stream chunks of the server, on the store's backend."""
+
+    def __init__(self, backend: Backend, clock: Clock) -> None:
+        self._backend = backend
+        self._clock = clock
+        # Finishing a run and appending a chunk wake waiters in every process (PostgreSQL NOTIFY).
+        self._finish = backend.notifying(_FINISH, RUN_CHANNEL, "run_id")
+        self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, "run_id")
+
+    # --- threads ------------------------------------------------------------------------------------
+
+    async def create_thread(
+        self, thread_id: str | None, metadata: Mapping[str, Any], owner: str | None, *, if_exists: str = "raise"
+    ) -> ThreadRow:
+        existing = await self.get_thread(thread_id) if thread_id else None
+        thread_id = thread_id or str(uuid.uuid4())
+        if existing is not None:
+            if if_exists == "do_nothing":
+                return existing
+            raise ThreadExistsError(f"thread {thread_id!r} already exists", thread_id=thread_id)
+        thread = self._new_thread(thread_id, metadata, owner)
+        await self._backend.write([_INSERT_THREAD], _row_params(thread))
+        return thread
+
+    def _new_thread(self, thread_id: str, metadata: Mapping[str, Any], owner: str | None) -> ThreadRow:
+        now = self._clock.now()
+        return ThreadRow(thread_id, None, None, owner, dict(metadata), now, now)
+
+    async def get_thread(self, thread_id: str) -> ThreadRow | None:
+        found = await self._backend.read(_GET_THREAD, {"p_thread_id": thread_id})
+        return ThreadRow(**found[0]) if found else None
+
+    async def search_threads(
+        self, metadata: Mapping[str, Any] | None, limit: int, offset: int, ids: Sequence[str] | None = None
+    ) -> list[ThreadRow]:
+        query = select(server_threads).order_by(_threads.created_at.desc())
+        if ids:
+            query = query.where(_threads.thread_id.in_(list(ids)))
+        rows = [ThreadRow(**row) for row in await self._backend.query(query)]
+        if metadata:
+            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
+        return rows[offset : offset + limit]
+
+    async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
+        """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
+        values = {
+            "p_thread_id": thread_id,
+            "p_assistant_id": assistant_id,
+            "p_instance_id": instance_id,
+            "p_now": self._clock.now(),
+        }
+        await self._backend.write([_BIND], values)
+
+    # --- runs ---------------------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        *,
+        thread_id: str | None,
+        assistant_id: str,
+        kind: str,
+        input: Any,
+        command: Any,
+        stream_modes: Sequence[str],
+        multitask_strategy: str,
+        metadata: Mapping[str, Any],
+        principal: str | None,
+        enqueue: Enqueue | None = None,
+        durability: str | None = None,
+    ) -> RunRow:
+        """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it.
+
+        ``enqueue`` (distributed mode) puts the run's job on the queue in the same transaction: the run and
+        its job are committed together or not at all, so no run is left pending without a job."""
+        if multitask_strategy not in STRATEGIES:
+            raise UnsupportedMultitaskStrategyError(
+                f"multitask_strategy {multitask_strategy!r} is not supported; use one of {', '.join(STRATEGIES)}"
+            )
+        new_thread = self._new_thread(str(uuid.uuid4()), {}, principal) if thread_id is None else None
+        now = self._clock.now()
+        run = RunRow(
+            run_id=str(uuid.uuid4()),
+            thread_id=new_thread.thread_id if new_thread else str(thread_id),
+            assistant_id=assistant_id,
+            status="pending",
+            kind=kind,
+            input=input,
+            command=command,
+            stream_modes=list(stream_modes),
+            multitask_strategy=multitask_strategy,
+            metadata=dict(metadata),
+            principal=principal,
+            base_checkpoint=None,
+            attempts=0,
+            error=None,
+            created_at=now,
+            updated_at=now,
+            durability=durability,
+        )
+        async with self._backend.transaction() as tx:
+            if new_thread is not None:  # nothing can be queued on it yet
+                await tx.execute(_INSERT_THREAD, _row_params(new_thread))
+            elif multitask_strategy == "reject":
+                active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": run.thread_id})
+                if active and active[0]["n"]:
+                    raise ThreadBusyError(
+                        f"thread {thread_id!r} already has a pending or running run; wait for it, or create the "
+                        "run with multitask_strategy='enqueue'",
+                        thread_id=thread_id,
+                    )
+            if enqueue is not None:  # procrastinate writes the job on this very transaction
+                run = dataclasses.replace(run, job_id=await enqueue(await tx.driver_connection(), run))
+            await tx.execute(_INSERT_RUN, _row_params(run))
+        return run
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        found = await self._backend.read(_GET_RUN, {"p_run_id": run_id})
+        return _run(found[0]) if found else None
+
+    async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
+        params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset}
+        return [_run(row) for row in await self._backend.read(_LIST_RUNS, params)]
+
+    async def next_pending(self, thread_id: str) -> RunRow | None:
+        found = await self._backend.read(_NEXT_PENDING, {"p_thread_id": thread_id})
+        return _run(found[0]) if found else None
+
+    async def unfinished(self) -> list[RunRow]:
+        return [_run(row) for row in await self._backend.read(_UNFINISHED)]
+
+    async def active_count(self, thread_id: str) -> int:
+        found = await self._backend.read(_ACTIVE_COUNT, {"p_thread_id": thread_id})
+        return int(found[0]["n"])
+
+    async def last_run(self, thread_id: str) -> RunRow | None:
+        runs = await self.list_runs(thread_id, limit=1)
+        return runs[0] if runs else None
+
+    async def claim(self, run_id: str) -> tuple[RunRow, str | None] | None:
+        """Take a pending run (or one whose executor died: the caller's queue or lock guarantees it is the
+        only executor), with the journey instance its thread is bound to. None when the run is finished or
+        cancelled."""
+        found = await self._backend.write([CLAIM], {"claimed_run": run_id, "claimed_at": self._clock.now()})
+        if not found:
+            return None
+        return _run(found[0]), found[0]["bound_instance"]
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Remember that a cancel reached an executing run: if its job is retried (its worker died before it
+        stopped the run), the retry ends it interrupted instead of running it."""
+        await self._backend.write([_REQUEST_CANCEL], {"p_run_id": run_id, "p_now": self._clock.now()})
+
+    async def set_base_checkpoint(self, run_id: str, checkpoint_id: str | None) -> None:
+        await self._backend.write([_SET_BASE_CHECKPOINT], {"p_run_id": run_id, "p_checkpoint": checkpoint_id})
+
+    async def finish(
+        self, run_id: str, status: str, error: Mapping[str, Any] | None = None, output: Any = None
+    ) -> RunRow | None:
+        """Give an active run its final status (and output); the finished run, or None when it had finished
+        already."""
+        values = {
+            "p_run_id": run_id,
+            "p_status": status,
+            "p_error": dict(error) if error else None,
+            "p_output": output,
+            "p_now": self._clock.now(),
+        }
+        found = await self._backend.write([self._finish], values)
+        return _run(found[0]) if found else None
+
+    # --- stream chunks ------------------------------------------------------------------------------
+
+    async def append_event(self, run_id: str, seq: int, event: str, data: Any) -> None:
+        values = {"p_run_id": run_id, "p_seq": seq, "p_event": event, "p_data": data}
+        await self._backend.write([self._append_chunk], values)
+
+    async def last_seq(self, run_id: str) -> int:
+        found = await self._backend.read(_LAST_SEQ, {"p_run_id": run_id})
+        return int(found[0]["seq"])
+
+    async def events_after(self, run_id: str, seq: int) -> list[tuple[int, str, Any]]:
+        rows = await self._backend.read(_CHUNKS_AFTER, {"p_run_id": run_id, "p_seq": seq})
+        return [(int(row["seq"]), str(row["event"]), row["data"]) for row in rows]

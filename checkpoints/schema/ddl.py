@@ -1,0 +1,867 @@
+"""The DDL of each schema migration, frozen as it was written: never edit a version once released.
+
+Generated once from the table definitions of the day each migration was written (SQLAlchemy's
+``CreateTable`` / ``CreateIndex`` for SQLite and PostgreSQL), then kept as text, so a later change to
+:mod:`checkpoints.tables` can never change what an old migration does. A change to a table is a new
+migration here, and ``tests/test_migrations.py`` checks that the migrations, applied in order, give
+exactly the tables :mod:`checkpoints.tables` defines.
+"""
+
+from __future__ import annotations
+
+Dialect = str  # "sqlite" | "postgresql"
+DDL = dict[Dialect, tuple[str, ...]]
+
+SCHEMA_MIGRATIONS: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE IF NOT EXISTS journeys_schema_migrations (
+    version INTEGER NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    applied_at DATETIME NOT NULL,
+    PRIMARY KEY (version)
+)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE IF NOT EXISTS journeys_schema_migrations (
+    version SERIAL NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    applied_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (version)
+)
+""",
+    ),
+}
+V1_CORE: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE journey_designs (
+    journey_id VARCHAR(100) NOT NULL,
+    pattern VARCHAR(30) NOT NULL,
+    journey_type VARCHAR(100) NOT NULL,
+    spec JSON NOT NULL,
+    created_at DATETIME NOT NULL,
+    PRIMARY KEY (journey_id)
+)
+""",
+        """\
+CREATE TABLE journey_instances (
+    instance_id VARCHAR(200) NOT NULL,
+    journey_id VARCHAR(100) NOT NULL,
+    pattern VARCHAR(30) NOT NULL,
+    user_id VARCHAR(200) NOT NULL,
+    status VARCHAR(30) NOT NULL,
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (instance_id)
+)
+""",
+        """\
+CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id)
+""",
+        """\
+CREATE INDEX ix_journey_instances_pattern_status ON journey_instances (pattern, status)
+""",
+        """\
+CREATE TABLE journey_events (
+    id INTEGER NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    seq INTEGER NOT NULL,
+    type VARCHAR(60) NOT NULL,
+    step VARCHAR(100),
+    payload JSON NOT NULL,
+    idempotency_key TEXT,
+    created_at DATETIME NOT NULL,
+    PRIMARY KEY (id),
+    CONSTRAINT uq_journey_events_instance_seq UNIQUE (instance_id, seq),
+    UNIQUE (idempotency_key)
+)
+""",
+        """\
+CREATE INDEX ix_journey_events_type ON journey_events (type)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE journey_designs (
+    journey_id VARCHAR(100) NOT NULL,
+    pattern VARCHAR(30) NOT NULL,
+    journey_type VARCHAR(100) NOT NULL,
+    spec JSONB NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (journey_id)
+)
+""",
+        """\
+CREATE TABLE journey_instances (
+    instance_id VARCHAR(200) NOT NULL,
+    journey_id VARCHAR(100) NOT NULL,
+    pattern VARCHAR(30) NOT NULL,
+    user_id VARCHAR(200) NOT NULL,
+    status VARCHAR(30) NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (instance_id)
+)
+""",
+        """\
+CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id)
+""",
+        """\
+CREATE INDEX ix_journey_instances_pattern_status ON journey_instances (pattern, status)
+""",
+        """\
+CREATE TABLE journey_events (
+    id BIGSERIAL NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    seq INTEGER NOT NULL,
+    type VARCHAR(60) NOT NULL,
+    step VARCHAR(100),
+    payload JSONB NOT NULL,
+    idempotency_key TEXT,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (id),
+    CONSTRAINT uq_journey_events_instance_seq UNIQUE (instance_id, seq),
+    UNIQUE (idempotency_key)
+)
+""",
+        """\
+CREATE INDEX ix_journey_events_type ON journey_events (type)
+""",
+    ),
+}
+V2_LIFECYCLE: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE lifecycle_journey_states (
+    journey_id VARCHAR(200) NOT NULL,
+    client_id VARCHAR(100) NOT NULL,
+    design_id VARCHAR(100) NOT NULL,
+    current_stage VARCHAR(20) NOT NULL,
+    previous_stage VARCHAR(20),
+    status VARCHAR(20) NOT NULL,
+    started_at DATETIME NOT NULL,
+    stage_started_at DATETIME NOT NULL,
+    completed_stages JSON NOT NULL,
+    metadata JSON NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (journey_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_states_client ON lifecycle_journey_states (client_id)
+""",
+        """\
+CREATE INDEX ix_lifecycle_states_stage ON lifecycle_journey_states (status, current_stage)
+""",
+        """\
+CREATE TABLE lifecycle_transitions (
+    id INTEGER NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    move INTEGER NOT NULL,
+    event VARCHAR(40) NOT NULL,
+    from_stage VARCHAR(20),
+    to_stage VARCHAR(20) NOT NULL,
+    at DATETIME NOT NULL,
+    from_stage_seconds FLOAT,
+    PRIMARY KEY (id),
+    CONSTRAINT uq_lifecycle_transitions_move UNIQUE (journey_id, move, event)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_transitions_to ON lifecycle_transitions (to_stage)
+""",
+        """\
+CREATE TABLE lifecycle_units_of_work (
+    id INTEGER NOT NULL,
+    run_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    uow_id VARCHAR(100) NOT NULL,
+    stage VARCHAR(20) NOT NULL,
+    purpose VARCHAR(20) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    dependencies JSON NOT NULL,
+    tasks JSON NOT NULL,
+    tasks_total INTEGER NOT NULL,
+    tasks_failed INTEGER NOT NULL,
+    task_attempts INTEGER NOT NULL,
+    failure JSON,
+    created_at DATETIME NOT NULL,
+    started_at DATETIME,
+    completed_at DATETIME,
+    PRIMARY KEY (id),
+    UNIQUE (run_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_uow_journey ON lifecycle_units_of_work (journey_id, uow_id)
+""",
+        """\
+CREATE TABLE lifecycle_validation_results (
+    id INTEGER NOT NULL,
+    validation_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    kind VARCHAR(20) NOT NULL,
+    event VARCHAR(40) NOT NULL,
+    from_stage VARCHAR(20),
+    to_stage VARCHAR(20),
+    passed BOOLEAN NOT NULL,
+    checks JSON NOT NULL,
+    summary TEXT NOT NULL,
+    evaluation_ms FLOAT NOT NULL,
+    evaluated_at DATETIME NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (validation_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_validations_journey ON lifecycle_validation_results (journey_id, evaluated_at)
+""",
+        """\
+CREATE TABLE lifecycle_rollback_history (
+    id INTEGER NOT NULL,
+    rollback_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    "trigger" VARCHAR(40) NOT NULL,
+    reason TEXT NOT NULL,
+    automatic BOOLEAN NOT NULL,
+    from_stage VARCHAR(20) NOT NULL,
+    to_stage VARCHAR(20) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    "plan" JSON NOT NULL,
+    snapshot JSON,
+    run_ids JSON NOT NULL,
+    validation_id VARCHAR(250),
+    initiated_at DATETIME NOT NULL,
+    validated_at DATETIME,
+    completed_at DATETIME,
+    PRIMARY KEY (id),
+    UNIQUE (rollback_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_rollbacks_journey ON lifecycle_rollback_history (journey_id, initiated_at)
+""",
+        """\
+CREATE TABLE lifecycle_metrics (
+    id INTEGER NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    metric VARCHAR(100) NOT NULL,
+    value FLOAT NOT NULL,
+    recorded_at DATETIME NOT NULL,
+    PRIMARY KEY (id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_metrics_series ON lifecycle_metrics (journey_id, metric, recorded_at)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE lifecycle_journey_states (
+    journey_id VARCHAR(200) NOT NULL,
+    client_id VARCHAR(100) NOT NULL,
+    design_id VARCHAR(100) NOT NULL,
+    current_stage VARCHAR(20) NOT NULL,
+    previous_stage VARCHAR(20),
+    status VARCHAR(20) NOT NULL,
+    started_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    stage_started_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    completed_stages JSONB NOT NULL,
+    metadata JSONB NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (journey_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_states_client ON lifecycle_journey_states (client_id)
+""",
+        """\
+CREATE INDEX ix_lifecycle_states_stage ON lifecycle_journey_states (status, current_stage)
+""",
+        """\
+CREATE TABLE lifecycle_transitions (
+    id BIGSERIAL NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    move INTEGER NOT NULL,
+    event VARCHAR(40) NOT NULL,
+    from_stage VARCHAR(20),
+    to_stage VARCHAR(20) NOT NULL,
+    at TIMESTAMP WITH TIME ZONE NOT NULL,
+    from_stage_seconds FLOAT,
+    PRIMARY KEY (id),
+    CONSTRAINT uq_lifecycle_transitions_move UNIQUE (journey_id, move, event)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_transitions_to ON lifecycle_transitions (to_stage)
+""",
+        """\
+CREATE TABLE lifecycle_units_of_work (
+    id BIGSERIAL NOT NULL,
+    run_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    uow_id VARCHAR(100) NOT NULL,
+    stage VARCHAR(20) NOT NULL,
+    purpose VARCHAR(20) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    dependencies JSONB NOT NULL,
+    tasks JSONB NOT NULL,
+    tasks_total INTEGER NOT NULL,
+    tasks_failed INTEGER NOT NULL,
+    task_attempts INTEGER NOT NULL,
+    failure JSONB,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    started_at TIMESTAMP WITH TIME ZONE,
+    completed_at TIMESTAMP WITH TIME ZONE,
+    PRIMARY KEY (id),
+    UNIQUE (run_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_uow_journey ON lifecycle_units_of_work (journey_id, uow_id)
+""",
+        """\
+CREATE TABLE lifecycle_validation_results (
+    id BIGSERIAL NOT NULL,
+    validation_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    kind VARCHAR(20) NOT NULL,
+    event VARCHAR(40) NOT NULL,
+    from_stage VARCHAR(20),
+    to_stage VARCHAR(20),
+    passed BOOLEAN NOT NULL,
+    checks JSONB NOT NULL,
+    summary TEXT NOT NULL,
+    evaluation_ms FLOAT NOT NULL,
+    evaluated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (validation_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_validations_journey ON lifecycle_validation_results (journey_id, evaluated_at)
+""",
+        """\
+CREATE TABLE lifecycle_rollback_history (
+    id BIGSERIAL NOT NULL,
+    rollback_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    trigger VARCHAR(40) NOT NULL,
+    reason TEXT NOT NULL,
+    automatic BOOLEAN NOT NULL,
+    from_stage VARCHAR(20) NOT NULL,
+    to_stage VARCHAR(20) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    plan JSONB NOT NULL,
+    snapshot JSONB,
+    run_ids JSONB NOT NULL,
+    validation_id VARCHAR(250),
+    initiated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    validated_at TIMESTAMP WITH TIME ZONE,
+    completed_at TIMESTAMP WITH TIME ZONE,
+    PRIMARY KEY (id),
+    UNIQUE (rollback_id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_rollbacks_journey ON lifecycle_rollback_history (journey_id, initiated_at)
+""",
+        """\
+CREATE TABLE lifecycle_metrics (
+    id BIGSERIAL NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    metric VARCHAR(100) NOT NULL,
+    value FLOAT NOT NULL,
+    recorded_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (id)
+)
+""",
+        """\
+CREATE INDEX ix_lifecycle_metrics_series ON lifecycle_metrics (journey_id, metric, recorded_at)
+""",
+    ),
+}
+V3_PROCESS: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE process_deployments (
+    name VARCHAR(100) NOT NULL,
+    version INTEGER NOT NULL,
+    design_id VARCHAR(100) NOT NULL,
+    digest VARCHAR(64) NOT NULL,
+    deployed_at DATETIME NOT NULL,
+    PRIMARY KEY (name, version),
+    UNIQUE (design_id)
+)
+""",
+        """\
+CREATE TABLE process_rollouts (
+    name VARCHAR(100) NOT NULL,
+    entries JSON NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (name)
+)
+""",
+        """\
+CREATE TABLE process_waits (
+    wait_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    element VARCHAR(100) NOT NULL,
+    kind VARCHAR(20) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    resolution JSON,
+    created_at DATETIME NOT NULL,
+    resolved_at DATETIME,
+    PRIMARY KEY (wait_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_waits_instance ON process_waits (instance_id, status)
+""",
+        """\
+CREATE INDEX ix_process_waits_status ON process_waits (status, resolved_at)
+""",
+        """\
+CREATE TABLE process_timers (
+    timer_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200),
+    wait_id VARCHAR(300),
+    element VARCHAR(100) NOT NULL,
+    purpose VARCHAR(20) NOT NULL,
+    definition JSON NOT NULL,
+    due_at DATETIME NOT NULL,
+    origin DATETIME NOT NULL,
+    ticks INTEGER NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    data JSON NOT NULL,
+    claimed_by VARCHAR(200),
+    claimed_at DATETIME,
+    fired_at DATETIME,
+    created_at DATETIME NOT NULL,
+    PRIMARY KEY (timer_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_timers_due ON process_timers (status, due_at)
+""",
+        """\
+CREATE INDEX ix_process_timers_instance ON process_timers (instance_id)
+""",
+        """\
+CREATE INDEX ix_process_timers_wait ON process_timers (wait_id)
+""",
+        """\
+CREATE TABLE process_user_tasks (
+    task_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    element VARCHAR(100) NOT NULL,
+    title VARCHAR(300) NOT NULL,
+    assignee VARCHAR(200),
+    candidate_groups JSON NOT NULL,
+    claimed_by VARCHAR(200),
+    status VARCHAR(20) NOT NULL,
+    response_schema JSON,
+    sla_due_at DATETIME,
+    escalated_at DATETIME,
+    escalation VARCHAR(20),
+    created_at DATETIME NOT NULL,
+    completed_at DATETIME,
+    completed_by VARCHAR(200),
+    result JSON,
+    PRIMARY KEY (task_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_user_tasks_assignee ON process_user_tasks (status, assignee)
+""",
+        """\
+CREATE INDEX ix_process_user_tasks_instance ON process_user_tasks (instance_id)
+""",
+        """\
+CREATE TABLE process_user_task_groups (
+    task_id VARCHAR(300) NOT NULL,
+    group_name VARCHAR(200) NOT NULL,
+    PRIMARY KEY (task_id, group_name)
+)
+""",
+        """\
+CREATE INDEX ix_process_user_task_groups_group ON process_user_task_groups (group_name)
+""",
+        """\
+CREATE TABLE process_subscriptions (
+    subscription_id VARCHAR(300) NOT NULL,
+    wait_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    element VARCHAR(100) NOT NULL,
+    message_name VARCHAR(200) NOT NULL,
+    correlation_key VARCHAR(300) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    created_at DATETIME NOT NULL,
+    PRIMARY KEY (subscription_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_subscriptions_match ON process_subscriptions (message_name, correlation_key, status)
+""",
+        """\
+CREATE INDEX ix_process_subscriptions_wait ON process_subscriptions (wait_id)
+""",
+        """\
+CREATE TABLE process_messages (
+    message_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    correlation_key VARCHAR(300) NOT NULL,
+    payload JSON NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    received_at DATETIME NOT NULL,
+    expires_at DATETIME NOT NULL,
+    consumed_by VARCHAR(300),
+    PRIMARY KEY (message_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_messages_match ON process_messages (name, correlation_key, status)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE process_deployments (
+    name VARCHAR(100) NOT NULL,
+    version INTEGER NOT NULL,
+    design_id VARCHAR(100) NOT NULL,
+    digest VARCHAR(64) NOT NULL,
+    deployed_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (name, version),
+    UNIQUE (design_id)
+)
+""",
+        """\
+CREATE TABLE process_rollouts (
+    name VARCHAR(100) NOT NULL,
+    entries JSONB NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (name)
+)
+""",
+        """\
+CREATE TABLE process_waits (
+    wait_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    element VARCHAR(100) NOT NULL,
+    kind VARCHAR(20) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    resolution JSONB,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    resolved_at TIMESTAMP WITH TIME ZONE,
+    PRIMARY KEY (wait_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_waits_instance ON process_waits (instance_id, status)
+""",
+        """\
+CREATE INDEX ix_process_waits_status ON process_waits (status, resolved_at)
+""",
+        """\
+CREATE TABLE process_timers (
+    timer_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200),
+    wait_id VARCHAR(300),
+    element VARCHAR(100) NOT NULL,
+    purpose VARCHAR(20) NOT NULL,
+    definition JSONB NOT NULL,
+    due_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    origin TIMESTAMP WITH TIME ZONE NOT NULL,
+    ticks INTEGER NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    data JSONB NOT NULL,
+    claimed_by VARCHAR(200),
+    claimed_at TIMESTAMP WITH TIME ZONE,
+    fired_at TIMESTAMP WITH TIME ZONE,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (timer_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_timers_due ON process_timers (status, due_at)
+""",
+        """\
+CREATE INDEX ix_process_timers_instance ON process_timers (instance_id)
+""",
+        """\
+CREATE INDEX ix_process_timers_wait ON process_timers (wait_id)
+""",
+        """\
+CREATE TABLE process_user_tasks (
+    task_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    element VARCHAR(100) NOT NULL,
+    title VARCHAR(300) NOT NULL,
+    assignee VARCHAR(200),
+    candidate_groups JSONB NOT NULL,
+    claimed_by VARCHAR(200),
+    status VARCHAR(20) NOT NULL,
+    response_schema JSONB,
+    sla_due_at TIMESTAMP WITH TIME ZONE,
+    escalated_at TIMESTAMP WITH TIME ZONE,
+    escalation VARCHAR(20),
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    completed_at TIMESTAMP WITH TIME ZONE,
+    completed_by VARCHAR(200),
+    result JSONB,
+    PRIMARY KEY (task_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_user_tasks_assignee ON process_user_tasks (status, assignee)
+""",
+        """\
+CREATE INDEX ix_process_user_tasks_instance ON process_user_tasks (instance_id)
+""",
+        """\
+CREATE TABLE process_user_task_groups (
+    task_id VARCHAR(300) NOT NULL,
+    group_name VARCHAR(200) NOT NULL,
+    PRIMARY KEY (task_id, group_name)
+)
+""",
+        """\
+CREATE INDEX ix_process_user_task_groups_group ON process_user_task_groups (group_name)
+""",
+        """\
+CREATE TABLE process_subscriptions (
+    subscription_id VARCHAR(300) NOT NULL,
+    wait_id VARCHAR(300) NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    element VARCHAR(100) NOT NULL,
+    message_name VARCHAR(200) NOT NULL,
+    correlation_key VARCHAR(300) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (subscription_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_subscriptions_match ON process_subscriptions (message_name, correlation_key, status)
+""",
+        """\
+CREATE INDEX ix_process_subscriptions_wait ON process_subscriptions (wait_id)
+""",
+        """\
+CREATE TABLE process_messages (
+    message_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    correlation_key VARCHAR(300) NOT NULL,
+    payload JSONB NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    received_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    consumed_by VARCHAR(300),
+    PRIMARY KEY (message_id)
+)
+""",
+        """\
+CREATE INDEX ix_process_messages_match ON process_messages (name, correlation_key, status)
+""",
+    ),
+}
+V4_SERVER: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE server_threads (
+    thread_id VARCHAR(200) NOT NULL,
+    assistant_id VARCHAR(100),
+    instance_id VARCHAR(200),
+    owner VARCHAR(200),
+    metadata JSON NOT NULL,
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (thread_id)
+)
+""",
+        """\
+CREATE INDEX ix_server_threads_instance ON server_threads (instance_id)
+""",
+        """\
+CREATE TABLE server_runs (
+    run_id VARCHAR(64) NOT NULL,
+    thread_id VARCHAR(200) NOT NULL,
+    assistant_id VARCHAR(100) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    kind VARCHAR(20) NOT NULL,
+    input JSON,
+    command JSON,
+    stream_modes JSON NOT NULL,
+    multitask_strategy VARCHAR(20) NOT NULL,
+    metadata JSON NOT NULL,
+    principal VARCHAR(200),
+    base_checkpoint VARCHAR(100),
+    attempts INTEGER NOT NULL,
+    error JSON,
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (run_id)
+)
+""",
+        """\
+CREATE INDEX ix_server_runs_thread_status ON server_runs (thread_id, status)
+""",
+        """\
+CREATE TABLE server_run_events (
+    run_id VARCHAR(64) NOT NULL,
+    seq INTEGER NOT NULL,
+    event VARCHAR(40) NOT NULL,
+    data JSON,
+    PRIMARY KEY (run_id, seq)
+)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE server_threads (
+    thread_id VARCHAR(200) NOT NULL,
+    assistant_id VARCHAR(100),
+    instance_id VARCHAR(200),
+    owner VARCHAR(200),
+    metadata JSONB NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (thread_id)
+)
+""",
+        """\
+CREATE INDEX ix_server_threads_instance ON server_threads (instance_id)
+""",
+        """\
+CREATE TABLE server_runs (
+    run_id VARCHAR(64) NOT NULL,
+    thread_id VARCHAR(200) NOT NULL,
+    assistant_id VARCHAR(100) NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    kind VARCHAR(20) NOT NULL,
+    input JSONB,
+    command JSONB,
+    stream_modes JSONB NOT NULL,
+    multitask_strategy VARCHAR(20) NOT NULL,
+    metadata JSONB NOT NULL,
+    principal VARCHAR(200),
+    base_checkpoint VARCHAR(100),
+    attempts INTEGER NOT NULL,
+    error JSONB,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (run_id)
+)
+""",
+        """\
+CREATE INDEX ix_server_runs_thread_status ON server_runs (thread_id, status)
+""",
+        """\
+CREATE TABLE server_run_events (
+    run_id VARCHAR(64) NOT NULL,
+    seq INTEGER NOT NULL,
+    event VARCHAR(40) NOT NULL,
+    data JSONB,
+    PRIMARY KEY (run_id, seq)
+)
+""",
+    ),
+}
+V6_MESSAGE_STARTS: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE process_message_starts (
+    message_name VARCHAR(200) NOT NULL,
+    name VARCHAR(100) NOT NULL,
+    version INTEGER NOT NULL,
+    start_id VARCHAR(100) NOT NULL,
+    PRIMARY KEY (message_name, name, version, start_id)
+)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE process_message_starts (
+    message_name VARCHAR(200) NOT NULL,
+    name VARCHAR(100) NOT NULL,
+    version INTEGER NOT NULL,
+    start_id VARCHAR(100) NOT NULL,
+    PRIMARY KEY (message_name, name, version, start_id)
+)
+""",
+    ),
+}
+# Migration 5: fewer bytes per step. PostgreSQL rekeys the log by (instance_id, seq); SQLite kept its `id`
+# (its rowid) until migration 9.
+V5_LEAN: DDL = {
+    "sqlite": (
+        "DROP INDEX IF EXISTS ix_journey_events_type",
+        "DROP INDEX IF EXISTS ix_journey_instances_journey_user",
+    ),
+    "postgresql": (
+        "DROP INDEX IF EXISTS ix_journey_events_type",
+        "DROP INDEX IF EXISTS ix_journey_instances_journey_user",
+        "ALTER TABLE journey_events DROP COLUMN id, DROP CONSTRAINT uq_journey_events_instance_seq, "
+        "ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)",
+    ),
+}
+
+# Migration 6 fills the message-start index from the deployments made before it existed.
+V6_DEPLOYED_SPECS = (
+    "SELECT d.name, d.version, j.spec FROM process_deployments AS d "
+    "JOIN journey_designs AS j ON j.journey_id = d.design_id"
+)
+V6_INSERT_START = (
+    "INSERT INTO process_message_starts (message_name, name, version, start_id) "
+    "VALUES (:message_name, :name, :version, :start_id)"
+)
+
+V7_RUN_OUTPUTS: DDL = {
+    "sqlite": (
+        "ALTER TABLE server_runs ADD COLUMN output JSON",
+        "ALTER TABLE server_runs ADD COLUMN job_id BIGINT",
+    ),
+    "postgresql": (
+        "ALTER TABLE server_runs ADD COLUMN output JSONB",
+        "ALTER TABLE server_runs ADD COLUMN job_id BIGINT",
+    ),
+}
+
+V8_RUN_REQUESTS: DDL = {
+    "sqlite": (
+        "ALTER TABLE server_runs ADD COLUMN cancel_requested_at DATETIME",
+        "ALTER TABLE server_runs ADD COLUMN durability VARCHAR(10)",
+    ),
+    "postgresql": (
+        "ALTER TABLE server_runs ADD COLUMN cancel_requested_at TIMESTAMP WITH TIME ZONE",
+        "ALTER TABLE server_runs ADD COLUMN durability VARCHAR(10)",
+    ),
+}
+
+# Migration 9: SQLite's log keyed by (instance_id, seq) too, as PostgreSQL's is since migration 5. SQLite
+# cannot change a primary key in place: the table is rebuilt (whichever shape it had) and its rows copied.
+V9_SQLITE_EVENTS_REKEYED: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE journey_events_rekeyed (
+    instance_id VARCHAR(200) NOT NULL,
+    seq INTEGER NOT NULL,
+    type VARCHAR(60) NOT NULL,
+    step VARCHAR(100),
+    payload JSON NOT NULL,
+    idempotency_key TEXT,
+    created_at DATETIME NOT NULL,
+    CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq),
+    UNIQUE (idempotency_key)
+)
+""",
+        "INSERT INTO journey_events_rekeyed (instance_id, seq, type, step, payload, idempotency_key, created_at) "
+        "SELECT instance_id, seq, type, step, payload, idempotency_key, created_at FROM journey_events",
+        "DROP TABLE journey_events",
+        "ALTER TABLE journey_events_rekeyed RENAME TO journey_events",
+    ),
+    "postgresql": (),
+}

@@ -1,0 +1,118 @@
+"""Ordered schema migrations for our tables, applied when a store opens.
+
+A tiny runner rather than Alembic: the runtime migrates itself at open on both dialects, with no
+migration scripts directory or CLI step for users to run, and each migration is DDL frozen as it was
+written (:mod:`checkpoints.schema.ddl`), so no migration probes what an earlier one happened to create.
+Each runs inside one transaction with the row that records it; PostgreSQL serialises concurrent
+openers with an advisory lock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.clock import SystemClock
+from checkpoints.errors import MigrationError
+from checkpoints.schema import ddl
+from checkpoints.tables import schema_migrations
+
+_ADVISORY_LOCK_ID = 7_310_512_001  # arbitrary, stable: "journeys schema"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema version: its frozen DDL per dialect, then (rarely) a data step run after it."""
+
+    version: int
+    name: str
+    statements: ddl.DDL
+    then: Callable[[Connection], None] | None = None
+
+    def apply(self, conn: Connection) -> None:
+        for statement in self.statements[conn.dialect.name]:
+            conn.execute(text(statement))
+        if self.then is not None:
+            self.then(conn)
+
+
+def message_starts_of(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The message start events of a process definition (as stored: the spec's JSON form)."""
+    return [e for e in spec.get("elements") or [] if e.get("type") == "start" and e.get("message")]
+
+
+def _fill_message_starts(conn: Connection) -> None:
+    """Index the message starts of the process deployments made before the index existed."""
+    entries = []
+    for name, version, spec in conn.execute(text(ddl.V6_DEPLOYED_SPECS)).all():
+        parsed = spec if isinstance(spec, dict) else json.loads(spec)
+        entries += [
+            {"message_name": start["message"], "name": name, "version": version, "start_id": start["id"]}
+            for start in message_starts_of(parsed)
+        ]
+    if entries:
+        conn.execute(text(ddl.V6_INSERT_START), entries)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "core tables: designs, instances, events", ddl.V1_CORE),
+    Migration(
+        2,
+        "lifecycle tables: journey states, transitions, units of work, validations, rollbacks, metrics",
+        ddl.V2_LIFECYCLE,
+    ),
+    Migration(
+        3,
+        "process tables: deployments, rollouts, waits, timers, user tasks, subscriptions, buffered messages",
+        ddl.V3_PROCESS,
+    ),
+    Migration(4, "server tables: threads, runs, run stream events", ddl.V4_SERVER),
+    Migration(5, "lean journey tables: events keyed by (instance_id, seq), two unused indexes gone", ddl.V5_LEAN),
+    Migration(
+        6,
+        "process message starts: an index of the processes each message starts",
+        ddl.V6_MESSAGE_STARTS,
+        _fill_message_starts,
+    ),
+    Migration(7, "server runs keep their output and queue job", ddl.V7_RUN_OUTPUTS),
+    Migration(8, "server runs remember a cancel while executing, and their durability", ddl.V8_RUN_REQUESTS),
+    Migration(9, "SQLite event log keyed by (instance_id, seq) like PostgreSQL's", ddl.V9_SQLITE_EVENTS_REKEYED),
+)
+LATEST = MIGRATIONS[-1].version
+
+
+def _migrate(conn: Connection, upto: int) -> list[int]:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_ID})
+    for statement in ddl.SCHEMA_MIGRATIONS[conn.dialect.name]:
+        conn.execute(text(statement))
+    applied = set(conn.execute(select(schema_migrations.c.version)).scalars())
+    known = {m.version for m in MIGRATIONS}
+    if applied - known:
+        raise MigrationError(
+            f"the database has schema versions {sorted(applied - known)} that this runtime does not know; "
+            "upgrade the journeys package",
+        )
+    done = []
+    for migration in MIGRATIONS:
+        if migration.version in applied or migration.version > upto:
+            continue
+        migration.apply(conn)
+        conn.execute(
+            insert(schema_migrations).values(
+                version=migration.version, name=migration.name, applied_at=SystemClock().now()
+            )
+        )
+        done.append(migration.version)
+    return done
+
+
+async def migrate(engine: AsyncEngine, *, upto: int = LATEST) -> list[int]:
+    """Bring the schema up to date (or up to version ``upto``); returns the versions applied now."""
+    async with engine.begin() as conn:
+        return await conn.run_sync(_migrate, upto)

@@ -1,0 +1,64 @@
+"""procrastinate's own schema (distributed mode): installed once, then its migrations applied on upgrade.
+
+procrastinate ships its full schema (``schema.sql``) and one SQL file per schema change
+(``sql/migrations/<version>_<n>_<name>.sql``), and leaves applying them to the project. We record the
+files applied in ``journeys_queue_migrations``: a fresh install records every file its ``schema.sql``
+already contains, and each later start applies, in order, the files a newer procrastinate brought.
+A database whose schema was installed before this record existed was installed by procrastinate
+:data:`FLOOR_VERSION` or later (the oldest release this project ever required), so the files up to that
+version count as applied and any newer ones are applied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from procrastinate.schema import SchemaManager
+
+FLOOR_VERSION = "03.10.00"  # pyproject: procrastinate>=3.10 since distributed mode exists
+_SCHEMA_LOCK = 7_310_512_004
+_RECORD = """
+CREATE TABLE IF NOT EXISTS journeys_queue_migrations (
+    name VARCHAR(200) PRIMARY KEY,
+    applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
+)
+"""
+
+
+def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> list[str]:
+    """Install procrastinate's schema, or bring it up to date; the migration files applied now.
+
+    Concurrent callers (API processes and workers starting together) wait on an advisory lock."""
+    folder = migrations or Path(SchemaManager.get_migrations_path())
+    available = sorted(path.name for path in folder.glob("*.sql"))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            conn.execute(_RECORD)
+            applied = {row[0] for row in conn.execute("SELECT name FROM journeys_queue_migrations")}
+            installed = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
+            if not (installed and installed[0]):
+                with conn.transaction():
+                    conn.execute(SchemaManager.get_schema())
+                    _record(conn, available)
+                return []
+            if not applied:  # installed before this record existed
+                known = [name for name in available if name[: len(FLOOR_VERSION)] <= FLOOR_VERSION]
+                _record(conn, known)
+                applied = set(known)
+            done = []
+            for name in available:
+                if name not in applied:
+                    with conn.transaction():
+                        conn.execute((folder / name).read_text(encoding="utf-8"))
+                        _record(conn, [name])
+                    done.append(name)
+            return done
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+def _record(conn: psycopg.Connection[tuple[object, ...]], names: list[str]) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany("INSERT INTO journeys_queue_migrations (name) VALUES (%s)", [(name,) for name in names])
