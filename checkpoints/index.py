@@ -14,22 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
-from checkpoints.errors import JourneyError
+from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
 from checkpoints.events import EventWriter, NewEvent
 from checkpoints.pg_events import PgEventStatements
 from checkpoints.tables import journey_designs, journey_events, journey_instances
-
-
-class DuplicateInstanceError(JourneyError):
-    """This journey has already been started for this user."""
-
-    category = "conflict"
-
-
-class DuplicateDesignError(JourneyError):
-    """A design with this id is stored already."""
-
-    category = "conflict"
 
 
 @dataclass(frozen=True, slots=True)

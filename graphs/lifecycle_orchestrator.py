@@ -25,9 +25,8 @@ from langgraph.types import Command, StateSnapshot
 from sqlalchemy import select
 
 from agents.protocol import Agent
-from checkpoints.errors import ConcurrentUpdateError
+from checkpoints.errors import ConcurrentUpdateError, DuplicateDesignError
 from checkpoints.events import NewEvent
-from checkpoints.index import DuplicateDesignError
 from checkpoints.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_rollback_history,
@@ -35,7 +34,20 @@ from checkpoints.lifecycle_tables import (
     lifecycle_validation_results,
 )
 from graphs.designs import DesignBook, new_id, parse_spec
-from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.errors import (
+    EntryCriteriaNotMetError,
+    InvalidInputError,
+    InvalidMetricError,
+    InvalidRollbackTargetError,
+    InvalidTransitionError,
+    JourneyNotFoundError,
+    RollbackFailedError,
+    TransitionOptionsError,
+    UnitDependencyError,
+    UnitOfWorkFailedError,
+    UnknownTransitionEventError,
+    UnknownUnitOfWorkError,
+)
 from graphs.lifecycle import (
     ACTIVE_STAGES,
     AWAIT,
@@ -53,18 +65,6 @@ from graphs.lifecycle import (
     rollback_targets,
 )
 from graphs.lifecycle_catalog import default_lifecycle_spec
-from graphs.lifecycle_errors import (
-    EntryCriteriaNotMetError,
-    InvalidMetricError,
-    InvalidRollbackTargetError,
-    InvalidTransitionError,
-    RollbackFailedError,
-    TransitionOptionsError,
-    UnitDependencyError,
-    UnitOfWorkFailedError,
-    UnknownTransitionEventError,
-    UnknownUnitOfWorkError,
-)
 from graphs.lifecycle_metrics import LifecycleMetrics
 from nodes.criteria_gate import (
     METRIC_NAME,

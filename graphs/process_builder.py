@@ -28,8 +28,8 @@ from langgraph.types import Command
 
 from agents.errors import AgentError
 from agents.resilience import RetrySettings
-from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
+from graphs.errors import NoFlowError
 from graphs.process import (
     EndEvent,
     EventGateway,
@@ -55,12 +55,6 @@ from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_ar
 COMPENSATE = "compensate"
 COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
-
-
-class NoFlowError(JourneyError):
-    """No flow out of an exclusive gateway holds for the current variables."""
-
-    category = "failed"
 
 
 class ProcessState(TypedDict, total=False):

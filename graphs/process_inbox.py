@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from checkpoints.inbox import UserTaskRow
-from graphs.process_errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
+from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from nodes.user_task import validate_resume_value
 
 if TYPE_CHECKING:

@@ -44,15 +44,15 @@ from checkpoints.events import NewEvent
 from checkpoints.tables import journey_instances, process_subscriptions, process_timers, process_waits, user_tasks
 from graphs.designs import new_id
 from graphs.engine import failed_task
-from graphs.process import EventGateway, ProcessSpec, UserTask
-from graphs.process_blocks import TOP, analyse
-from graphs.process_builder import arm_node
-from graphs.process_errors import (
+from graphs.errors import (
     MigrationInProgressError,
     MigrationRefusedError,
     ProcessStateError,
     UnknownProcessError,
 )
+from graphs.process import EventGateway, ProcessSpec, UserTask
+from graphs.process_blocks import TOP, analyse
+from graphs.process_builder import arm_node
 
 if TYPE_CHECKING:
     from graphs.process_orchestrator import ProcessOrchestrator

@@ -30,22 +30,22 @@ from langgraph.types import Command, StateSnapshot
 
 from agents.deterministic import EchoAgent
 from checkpoints.deployments import Deployment, DeploymentStore
-from checkpoints.errors import JourneyError
+from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import Event, NewEvent
-from checkpoints.index import DuplicateInstanceError, Instance
+from checkpoints.index import Instance
 from checkpoints.timers import DEFAULT_LEASE
 from graphs.designs import DesignBook, PatternName, new_id, parse_spec
 from graphs.engine import failed_task
-from graphs.errors import InvalidInputError
-from graphs.process import ProcessSpec
-from graphs.process_catalog import ProcessCatalog, default_process_catalog
-from graphs.process_errors import (
+from graphs.errors import (
+    InvalidInputError,
     ProcessInstanceNotFoundError,
     ProcessStateError,
     ProcessVersionConflictError,
     UnknownProcessError,
     UnmatchedMessageError,
 )
+from graphs.process import ProcessSpec
+from graphs.process_catalog import ProcessCatalog, default_process_catalog
 from graphs.process_inbox import TaskInbox
 from graphs.process_migration import MIGRATING, migrate, migrating_instances, settle_migration
 from graphs.process_scheduler import TimerScheduler, default_worker_id, schedule_start_timers

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from checkpoints.errors import JourneyError
+from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
-from checkpoints.index import DuplicateInstanceError, Instance
+from checkpoints.index import Instance
 from checkpoints.timers import DEFAULT_LEASE, Timer
+from graphs.errors import MigrationInProgressError
 from graphs.process import ProcessSpec
-from graphs.process_errors import MigrationInProgressError
 from graphs.process_migration import migrating_instances, settle_migration
 from nodes.agent_call import Recording
 from nodes.timer import TimerDefinition

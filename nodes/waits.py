@@ -22,22 +22,16 @@ from typing import Any, cast
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, interrupt
 
-from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.waits import completed_event
 from nodes.criteria import lookup
+from nodes.errors import CorrelationError
 from nodes.process_services import ProcessServices
 from nodes.services import thread_id
 from nodes.timer import TimerDefinition
 from nodes.variables import values
 
 _MISSING = lookup({}, "missing")
-
-
-class CorrelationError(JourneyError):
-    """A message wait cannot subscribe: the variable holding its correlation key is not set."""
-
-    category = "invalid"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
 from agents.guide import build_guide_graph
-from checkpoints.index import DuplicateInstanceError
+from checkpoints.errors import DuplicateInstanceError
 from graphs.designs import PATTERNS, new_id
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.mvp import RECOMMENDED_FLOW, mvp_spec
