@@ -31,6 +31,11 @@ PatternName = Literal["structured", "saga", "session", "mvp"]
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
+def spec_digest(spec: BaseModel) -> str:
+    """The SHA-256 of a spec's canonical JSON: equal specs give equal digests, in any process."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class PatternKind:
     spec_type: type[BaseModel]
@@ -120,6 +125,6 @@ class DesignBook:
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
         # Keyed by content, so identical designs (every MVP session) share one compiled graph.
-        digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:24]
+        digest = spec_digest(spec)[:24]
         kind = PATTERNS[pattern]
         return self.engine.compiled(f"{pattern}-{digest}", lambda: kind.build(spec, self.engine.services))

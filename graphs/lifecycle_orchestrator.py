@@ -13,8 +13,6 @@ threshold of the current stage starts an automatic rollback.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from datetime import datetime
@@ -33,7 +31,7 @@ from checkpoints.lifecycle_tables import (
     lifecycle_units_of_work,
     lifecycle_validation_results,
 )
-from graphs.designs import DesignBook, new_id, parse_spec
+from graphs.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.errors import (
     EntryCriteriaNotMetError,
     InvalidInputError,
@@ -144,8 +142,7 @@ class LifecycleOrchestrator:
             if not isinstance(thresholds, Mapping):
                 raise InvalidInputError("thresholds must be a mapping shaped like STAGE_METRICS")
             chosen = chosen.with_thresholds(thresholds)
-        body = json.dumps(chosen.model_dump(mode="json"), sort_keys=True)
-        digest = hashlib.sha256(body.encode()).hexdigest()[:24]
+        digest = spec_digest(chosen)[:24]
         known = self._design_ids.get(digest)
         if known is not None:
             return known, self._specs[known]

@@ -26,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.config import JsonDict
 
 from nodes.criteria import Condition, Criteria
+from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
 
-ELEMENT_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+ELEMENT_ID = SNAKE_ID
 PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 VariableMap = dict[str, str]  # variable name → field of the agent output / response / message payload
 

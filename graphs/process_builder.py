@@ -27,7 +27,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 
 from agents.errors import AgentError
-from agents.resilience import RetrySettings
 from checkpoints.events import NewEvent
 from graphs.errors import NoFlowError
 from graphs.process import (
@@ -44,6 +43,7 @@ from graphs.process import (
 )
 from graphs.process_blocks import Level, analyse, is_fork, is_join
 from nodes.agent_call import Recording
+from nodes.compensation import COMPENSATION_RETRY
 from nodes.gateways import choose, first_failure, merge_latest, merge_max, merge_present, merge_variables
 from nodes.process_services import ProcessServices
 from nodes.service_task import perform_task
@@ -53,7 +53,6 @@ from nodes.variables import Cell, assign, pick, values
 from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
 
 COMPENSATE = "compensate"
-COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 

@@ -18,8 +18,6 @@ pass) delivers resolutions that were not consumed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -34,7 +32,7 @@ from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.timers import DEFAULT_LEASE
-from graphs.designs import DesignBook, PatternName, new_id, parse_spec
+from graphs.designs import DesignBook, PatternName, new_id, parse_spec, spec_digest
 from graphs.engine import failed_task
 from graphs.errors import (
     InvalidInputError,
@@ -61,10 +59,6 @@ Graph = CompiledStateGraph[Any, Any, Any, Any]
 PATTERN = cast(PatternName, "process")
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
 FINISHED = ("completed", "compensated", "failed", "cancelled")
-
-
-def digest(spec: ProcessSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 class ProcessOrchestrator:
@@ -97,7 +91,7 @@ class ProcessOrchestrator:
         self._designs.check(PATTERN, spec)
         existing = await self.deployments.get(spec.name, spec.version)
         if existing is not None:
-            if existing.digest != digest(spec):
+            if existing.digest != spec_digest(spec):
                 raise ProcessVersionConflictError(
                     f"version {spec.version} of process {spec.name!r} is already deployed with a different "
                     f"definition; deploy it as version {await self._next_version(spec.name)}",
@@ -110,7 +104,12 @@ class ProcessOrchestrator:
         design = await self._designs.save(PATTERN, spec, prefix="process")
         message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
         added = await self.deployments.add(
-            spec.name, spec.version, design.journey_id, digest(spec), rollout=rollout, message_starts=message_starts
+            spec.name,
+            spec.version,
+            design.journey_id,
+            spec_digest(spec),
+            rollout=rollout,
+            message_starts=message_starts,
         )
         if not added:  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight)

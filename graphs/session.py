@@ -7,7 +7,6 @@ events, and returns to the hub. Area state is kept while the user is elsewhere.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
@@ -21,9 +20,10 @@ from checkpoints.events import NewEvent
 from graphs.errors import SpecError
 from nodes import schemas
 from nodes.criteria import Criteria
+from nodes.ids import SNAKE_ID
 from nodes.services import NodeServices, thread_id
 
-AREA_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+AREA_ID = SNAKE_ID
 AWAIT_ACTION = "await_action"
 CLOSE = "close"
 

@@ -7,7 +7,6 @@ and a work node (``<step>``) that calls the step's agent through the shared call
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict, cast
 
@@ -24,11 +23,12 @@ from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
+from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, superstep, thread_id
 from nodes.user_task import make_user_task_node
 
-STEP_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+STEP_ID = SNAKE_ID
 
 
 class Branch(BaseModel):

@@ -12,7 +12,6 @@ The comparison itself is the shared :class:`nodes.criteria.Condition`.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from collections import defaultdict
@@ -28,10 +27,11 @@ from sqlalchemy.sql import Executable
 
 from checkpoints.lifecycle_tables import lifecycle_metrics, lifecycle_validation_results
 from nodes.criteria import Condition
+from nodes.ids import SNAKE_ID
 
 Comparison = Literal[">=", ">", "<=", "<", "==", "!="]
 Aggregate = Literal["latest", "min", "max", "mean", "sum", "count", "all"]
-METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+METRIC_NAME = SNAKE_ID
 # Aggregates over no samples that still have a value: no bugs reported means zero bugs.
 _EMPTY_IS_ZERO = ("sum", "count")
 
