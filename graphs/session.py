@@ -17,7 +17,6 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from checkpoints.events import NewEvent
-from graphs.errors import SpecError
 from nodes import schemas
 from nodes.criteria import Criteria
 from nodes.ids import SNAKE_ID
@@ -265,10 +264,3 @@ def _missing(area: Area, progress: AreaProgress) -> list[str]:
     if area.completion.empty:
         return ["visit the area"]
     return area.completion.unmet(progress["state"])
-
-
-def check_session_spec(spec: SessionSpec) -> SessionSpec:
-    problems = validate_session(spec)
-    if problems:
-        raise SpecError(problems, spec_name="session")
-    return spec

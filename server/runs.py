@@ -170,13 +170,6 @@ class RunStore:
             row = (await conn.execute(select(server_threads).where(server_threads.c.thread_id == thread_id))).first()
         return ThreadRow(**row._mapping) if row else None
 
-    async def thread_of_instance(self, instance_id: str) -> ThreadRow | None:
-        async with self._read() as conn:
-            row = (
-                await conn.execute(select(server_threads).where(server_threads.c.instance_id == instance_id).limit(1))
-            ).first()
-        return ThreadRow(**row._mapping) if row else None
-
     async def search_threads(
         self, metadata: Mapping[str, Any] | None, limit: int, offset: int, ids: Sequence[str] | None = None
     ) -> list[ThreadRow]:
@@ -199,17 +192,6 @@ class RunStore:
                 update(server_threads)
                 .where(server_threads.c.thread_id == thread_id)
                 .values(assistant_id=assistant_id, instance_id=instance_id, updated_at=self._clock.now())
-            )
-
-    async def update_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> None:
-        found = await self.get_thread(thread_id)
-        if found is None:
-            return
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(server_threads)
-                .where(server_threads.c.thread_id == thread_id)
-                .values(metadata={**found.metadata, **metadata}, updated_at=self._clock.now())
             )
 
     # --- runs ---------------------------------------------------------------------------------------
