@@ -36,6 +36,8 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One recorded event of a journey instance, in order (``seq``), keyed when it must be written once."""
+
     instance_id: str
     seq: int
     type: str
@@ -95,6 +97,8 @@ class EventWriter(Protocol):
 
 
 class EventLog:
+    """The append-only log of what happened to each journey instance; replays look up keyed events here."""
+
     def __init__(
         self,
         engine: AsyncEngine,

@@ -22,6 +22,8 @@ from checkpoints.tables import journey_designs, journey_events, journey_instance
 
 @dataclass(frozen=True, slots=True)
 class Design:
+    """A saved journey design: its spec under an id, for one pattern."""
+
     journey_id: str
     pattern: str
     journey_type: str
@@ -31,6 +33,8 @@ class Design:
 
 @dataclass(frozen=True, slots=True)
 class Instance:
+    """A journey instance as indexed: its design, pattern, user and status."""
+
     instance_id: str
     journey_id: str
     pattern: str
@@ -41,6 +45,8 @@ class Instance:
 
 
 class JourneyIndex:
+    """Saved designs and the index of journey instances (what exists, whose, in what status)."""
+
     def __init__(
         self,
         engine: AsyncEngine,

@@ -25,6 +25,8 @@ _ADVISORY_LOCK_ID = 7_310_512_001  # arbitrary, stable: "journeys schema"
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One numbered schema migration of our tables."""
+
     version: int
     name: str
     apply: Callable[[Connection], None]

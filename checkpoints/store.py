@@ -26,6 +26,8 @@ from checkpoints.url import StoreURL, parse_store_url
 
 @dataclass(frozen=True, slots=True)
 class Store:
+    """Everything opened for one store URL: the checkpointer, the engine, the event log, the index and locks."""
+
     url: StoreURL
     saver: BaseCheckpointSaver[str]
     engine: AsyncEngine

@@ -29,6 +29,8 @@ from checkpoints.tables import process_subscriptions, process_timers, process_wa
 
 @dataclass(frozen=True, slots=True)
 class Wait:
+    """A place where a process instance waits (a task, timer or message), and how it was resolved."""
+
     wait_id: str
     instance_id: str
     element: str
@@ -92,6 +94,8 @@ class _Lost(Exception):
 
 
 class WaitStore:
+    """Durable waits: armed, resolved once, then finished when the thread has consumed the resolution."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock

@@ -38,6 +38,8 @@ def spec_digest(spec: BaseModel) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PatternKind:
+    """What the runtime needs of a pattern: its spec type, its validation and its graph builder."""
+
     spec_type: type[BaseModel]
     validate: Callable[[Any, AgentRegistry], list[str]]
     build: Callable[[Any, NodeServices], StateGraph[Any]]
@@ -71,6 +73,8 @@ def new_id(prefix: str) -> str:
 
 
 class DesignBook:
+    """Saves, loads and validates journey designs and compiles their graphs, for every pattern."""
+
     def __init__(self, engine: JourneyEngine, registry: AgentRegistry, *, cache_size: int = 512) -> None:
         self.engine = engine
         self.registry = registry

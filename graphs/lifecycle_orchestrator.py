@@ -91,6 +91,8 @@ EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = 
 
 
 class LifecycleOrchestrator:
+    """The client lifecycle's API: start, promote, roll back, complete and report on journeys."""
+
     def __init__(self, designs: DesignBook, *, metrics: MetricSource | None = None) -> None:
         self._designs = designs
         self._engine = designs.engine

@@ -31,6 +31,8 @@ class Level:
 
 @dataclass
 class Fork:
+    """A parallel fork, the join that closes it and the elements of each branch."""
+
     fork: str
     join: str
     branches: list[Level]
@@ -41,6 +43,8 @@ class Fork:
 
 @dataclass
 class Structure:
+    """A process's block structure: which level each element runs at, and the problems found."""
+
     top: Level
     level_of: dict[str, str]  # every reached element (options and boundaries too) → its level key
     problems: list[str]

@@ -57,6 +57,8 @@ WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 
 class ProcessState(TypedDict, total=False):
+    """The process graph's state: variables, visits, waits and the first failure."""
+
     variables: Annotated[dict[str, Cell], merge_variables]
     visits: Annotated[dict[str, int], merge_max]
     waits: Annotated[dict[str, str], merge_latest]  # element → the wait id it is parked on

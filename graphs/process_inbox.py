@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 
 class TaskInbox:
+    """Users' view of process tasks: list, claim, release and complete them."""
+
     def __init__(self, processes: ProcessOrchestrator) -> None:
         self._processes = processes
         self._inbox = processes.services.inbox

@@ -66,6 +66,8 @@ MIGRATION_KEY = "journeys_migration"  # in the metadata of the checkpoint a migr
 
 @dataclass(frozen=True, slots=True)
 class MovedWait:
+    """A wait of an instance being migrated: where it waited and where it waits afterwards."""
+
     wait_id: str
     element: str  # where the instance waits in the source version
     to: str  # the element of the target version it waits at afterwards

@@ -62,6 +62,8 @@ FINISHED = ("completed", "compensated", "failed", "cancelled")
 
 
 class ProcessOrchestrator:
+    """The process API: deploy versions and rollouts, start, message, migrate and report on instances."""
+
     def __init__(self, designs: DesignBook, *, catalog: ProcessCatalog | None = None) -> None:
         self._designs = designs
         self.engine = designs.engine

@@ -49,6 +49,8 @@ log = structlog.get_logger("journeys.timers")
 
 @dataclass
 class FiringReport:
+    """What one pass over due timers did: fired, dropped, failed and resumed, and how late."""
+
     fired: int = 0  # timers that took effect (won their wait, escalated, started an instance, reminded)
     dropped: int = 0  # timers whose wait had been won by something else: they never fire
     failed: int = 0

@@ -19,6 +19,8 @@ from nodes.services import NodeServices
 
 
 class SagaSpec(StructuredSpec):
+    """A structured journey whose completed steps are undone by their compensation handlers on failure."""
+
     compensation_handlers: dict[str, str] = Field(
         default_factory=dict, description="step_id → intent of the agent that undoes it"
     )

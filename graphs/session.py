@@ -28,6 +28,8 @@ CLOSE = "close"
 
 
 class Area(BaseModel):
+    """One area of a session: its title, state schema and when it counts as complete."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     area_id: str = Field(json_schema_extra={"pattern": AREA_ID.pattern})  # checked below, with a fix
@@ -74,6 +76,8 @@ class Area(BaseModel):
 
 
 class SessionSpec(BaseModel):
+    """A session design: the areas a user may visit in any order and the one to start in."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     journey_type: str = "session"
@@ -119,6 +123,8 @@ def validate_session(spec: SessionSpec) -> list[str]:
 
 
 class AreaProgress(TypedDict):
+    """How far a session has got in one area."""
+
     state: dict[str, Any]
     visited: bool
     visits: int
@@ -126,6 +132,8 @@ class AreaProgress(TypedDict):
 
 
 class SessionState(TypedDict, total=False):
+    """The session graph's state: the current area and the progress in each."""
+
     status: Literal["active", "closed"]
     current_area: str | None
     areas: dict[str, AreaProgress]

@@ -41,6 +41,8 @@ class Branch(BaseModel):
 
 
 class Step(BaseModel):
+    """One step of a structured journey: the agent that does it, or the user, and where it leads."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     step_id: str = Field(json_schema_extra={"pattern": STEP_ID.pattern})  # checked below, with a fix
@@ -71,6 +73,8 @@ class Step(BaseModel):
 
 
 class StructuredSpec(BaseModel):
+    """A structured journey design: steps run in order, with optional branches."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     journey_type: str = Field(min_length=1)

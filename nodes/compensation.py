@@ -28,6 +28,8 @@ COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay
 
 
 class CompensationState(TypedDict, total=False):
+    """The compensation subgraph's state: the steps undone so far and any undo that failed."""
+
     context: dict[str, Any]
     status: str
     compensated_steps: list[str]

@@ -92,6 +92,8 @@ class MetricCriterion(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class MetricSample:
+    """One recorded value of a metric, and when."""
+
     value: float
     at: datetime
 
@@ -166,6 +168,8 @@ def metric_rows_statement(journey_id: str, values: Mapping[str, float], at: date
 
 @dataclass(frozen=True, slots=True)
 class CriteriaCheck:
+    """The outcome of one criterion: whether it passed, the value read and the value expected."""
+
     name: str
     passed: bool
     actual: Any

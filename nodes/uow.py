@@ -65,6 +65,8 @@ def schema_from_shorthand(value: Any) -> Any:
 
 
 class TaskSpec(BaseModel):
+    """One task of a unit of work: the agent that does it and the tasks it depends on."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task_id: str
@@ -101,6 +103,8 @@ class TaskSpec(BaseModel):
 
 
 class UnitOfWorkSpec(BaseModel):
+    """A unit of work: tasks that complete together or are compensated together."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     uow_id: str
@@ -279,14 +283,20 @@ def _merge(left: dict[str, Any] | None, right: dict[str, Any]) -> dict[str, Any]
 
 
 class UowInput(TypedDict):
+    """What a unit of work graph is started with."""
+
     uow_request: dict[str, Any]
 
 
 class UowOutput(TypedDict):
+    """What a unit of work graph returns."""
+
     uow_result: dict[str, Any]
 
 
 class UowState(TypedDict, total=False):
+    """The unit of work graph's state: task results, what was undone and any failure."""
+
     uow_request: dict[str, Any]
     uow_result: dict[str, Any]
     upstream: dict[str, dict[str, Any]]

@@ -36,6 +36,8 @@ _MISSING = lookup({}, "missing")
 
 @dataclass(frozen=True, slots=True)
 class TimerPlan:
+    """A timer a wait arms."""
+
     element: str  # the timer event, boundary timer, or (SLA) the task itself
     purpose: str  # catch | boundary | reminder | sla
     definition: TimerDefinition
@@ -44,6 +46,8 @@ class TimerPlan:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionPlan:
+    """A message subscription a wait arms."""
+
     element: str  # the message event
     message: str
     correlation: str  # the variable whose value is the correlation key
@@ -51,6 +55,8 @@ class SubscriptionPlan:
 
 @dataclass(frozen=True, slots=True)
 class TaskPlan:
+    """A user task a wait opens."""
+
     title: str
     assignee: str | None
     candidate_groups: tuple[str, ...]
@@ -59,6 +65,8 @@ class TaskPlan:
 
 @dataclass(frozen=True, slots=True)
 class WaitPlan:
+    """Everything one wait arms: its timers, subscriptions and task."""
+
     element: str
     kind: str  # user_task | timer | message | race
     timers: tuple[TimerPlan, ...] = ()

@@ -37,6 +37,8 @@ RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run 
 
 @dataclass(frozen=True, slots=True)
 class ThreadRow:
+    """A thread of the Agent Server API as stored: its owner, metadata and bound journey instance."""
+
     thread_id: str
     assistant_id: str | None
     instance_id: str | None
@@ -48,6 +50,8 @@ class ThreadRow:
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
+    """A run as stored: its thread, assistant, input or command, and status."""
+
     run_id: str
     thread_id: str
     assistant_id: str
@@ -126,6 +130,8 @@ Enqueue = Callable[[psycopg.AsyncConnection[Any], RunRow], Awaitable[int | None]
 
 
 class RunStore:
+    """The threads and runs of the Agent Server API: created, claimed, finished and listed."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock, *, pg_pool: AsyncConnectionPool[Any] | None = None) -> None:
         self._engine = engine
         self._clock = clock

@@ -108,6 +108,8 @@ class InputLimits:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """How the server runs: where the store is, how runs execute, and who may call."""
+
     database_url: str = DEFAULT_STORE_URL
     auth: bool = True
     # Keyed by digest (``sha256:<hex>``, see :func:`key_digest`); plain keys given here are hashed on creation.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -14,6 +16,7 @@ from checkpoints.errors import JourneyError
 from server.problems import ApiError, journey_error_response
 
 PACKAGES = ("agents", "checkpoints", "graphs", "nodes", "server")
+ROOT = Path(__file__).resolve().parent.parent
 # One errors module per layer; the server's HTTP errors sit with its problem mapping.
 ERROR_MODULES = ("agents.errors", "checkpoints.errors", "graphs.errors", "nodes.errors", "server.problems")
 # The HTTP status of every error code, as clients see it: moving an error class must not change either.
@@ -143,3 +146,13 @@ def test_every_error_code_keeps_its_http_status() -> None:
             error.details = {}
             statuses[error.code] = journey_error_response(error).status_code
     assert statuses == STATUS_BY_CODE
+
+
+def test_every_public_class_says_what_it_is_for() -> None:
+    undocumented = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and not ast.get_docstring(node):
+                    undocumented.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not undocumented, f"{len(undocumented)} public classes have no docstring:\n" + "\n".join(undocumented)
