@@ -43,3 +43,9 @@ class AgentOutputError(PermanentAgentError):
 
 class AgentCallFailedError(AgentError):
     """The agent call failed after its retries were exhausted."""
+
+
+class GuideModelError(JourneyError):
+    """The guide model setting does not name a factory of a langchain-core chat model."""
+
+    category: ClassVar[ErrorCategory] = "invalid"

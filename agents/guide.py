@@ -28,6 +28,8 @@ GUIDE_TAG = "journeys-guide-recommendation"
 
 
 class GuideState(TypedDict, total=False):
+    """The guide graph's state: the chat so far and the session progress and recommendation it answers from."""
+
     messages: list[dict[str, Any]]
     session_id: str | None
     progress: dict[str, Any] | None

@@ -7,18 +7,11 @@ server before it serves, not at the first guide run.
 from __future__ import annotations
 
 import importlib
-from typing import ClassVar
 
 from langchain_core.language_models import BaseChatModel
 
+from agents.errors import GuideModelError
 from agents.guide import ModelFactory
-from checkpoints.errors import ErrorCategory, JourneyError
-
-
-class GuideModelError(JourneyError):
-    """The guide model setting does not name a factory of a langchain-core chat model."""
-
-    category: ClassVar[ErrorCategory] = "invalid"
 
 
 def load_guide_model(path: str) -> ModelFactory:

@@ -11,6 +11,8 @@ from agents.protocol import Agent
 
 @dataclass(frozen=True, slots=True)
 class RegisteredAgent:
+    """An agent as registered: the intent it serves, its name, and the permissions it needs."""
+
     intent: str
     agent: Agent
     name: str
@@ -20,6 +22,8 @@ class RegisteredAgent:
 
 
 class AgentRegistry:
+    """Finds the agent for an intent (discovery by intent); one agent per intent unless replaced."""
+
     def __init__(self) -> None:
         self._agents: dict[str, RegisteredAgent] = {}
 

@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class RetrySettings:
+    """How an agent call is retried: how many attempts and how long to wait between them."""
+
     max_attempts: int = 3
     backoff: Literal["exponential", "linear"] = "exponential"
     initial_delay: float = 0.05

@@ -7,12 +7,16 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """Where the runtime reads the time, so that tests can run on a virtual clock."""
+
     def now(self) -> datetime:
         """The current time, timezone-aware UTC."""
         ...
 
 
 class SystemClock:
+    """The wall clock (UTC)."""
+
     def now(self) -> datetime:
         return datetime.now(UTC)
 

@@ -17,6 +17,8 @@ from checkpoints.tables import journey_designs, process_deployments, process_mes
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
+    """One deployed version of a process: its name, version, design and content digest."""
+
     name: str
     version: int
     design_id: str
@@ -26,6 +28,8 @@ class Deployment:
 
 
 class DeploymentStore:
+    """Process deployments and their rollouts (which versions new instances start on)."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock

@@ -49,3 +49,15 @@ class ConcurrentUpdateError(JourneyError):
     """Another caller changed this journey meanwhile, or held it longer than this call could wait."""
 
     category: ClassVar[ErrorCategory] = "conflict"
+
+
+class DuplicateInstanceError(JourneyError):
+    """This journey has already been started for this user."""
+
+    category = "conflict"
+
+
+class DuplicateDesignError(JourneyError):
+    """A design with this id is stored already."""
+
+    category = "conflict"

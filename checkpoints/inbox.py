@@ -21,6 +21,8 @@ from checkpoints.tables import user_task_groups, user_tasks
 
 @dataclass(frozen=True, slots=True)
 class UserTaskRow:
+    """A user task of a process instance as stored: who may act on it, and its status."""
+
     task_id: str
     instance_id: str
     element: str
@@ -63,6 +65,8 @@ class UserTaskRow:
 
 
 class InboxStore:
+    """The user tasks of process instances: opened, claimed, released, completed and escalated."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock

@@ -20,6 +20,8 @@ from checkpoints.tables import process_messages, process_subscriptions
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
+    """A waiting instance's interest in a message name and correlation key."""
+
     subscription_id: str
     wait_id: str
     instance_id: str
@@ -32,6 +34,8 @@ class Subscription:
 
 @dataclass(frozen=True, slots=True)
 class BufferedMessage:
+    """A message that arrived before anyone waited for it, kept until it is taken or expires."""
+
     message_id: str
     name: str
     correlation_key: str
@@ -43,6 +47,8 @@ class BufferedMessage:
 
 
 class MessageStore:
+    """Message subscriptions and the buffer of messages not yet correlated."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock

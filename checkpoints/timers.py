@@ -28,6 +28,8 @@ DEFAULT_LEASE = timedelta(seconds=60)
 
 @dataclass(frozen=True, slots=True)
 class Timer:
+    """A durable timer: what it belongs to, when it is due, and how it repeats."""
+
     timer_id: str
     instance_id: str | None
     wait_id: str | None
@@ -52,6 +54,8 @@ def _utc(moment: datetime) -> datetime:
 
 
 class TimerStore:
+    """Durable timers: scheduled, claimed when due by one worker, fired, dropped or cancelled."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock, events: EventLog | None = None) -> None:
         """``events``: the log in which a fired timer's wait completion is recorded as it fires."""
         self._engine = engine

@@ -29,6 +29,8 @@ from checkpoints.tables import process_subscriptions, process_timers, process_wa
 
 @dataclass(frozen=True, slots=True)
 class Wait:
+    """A place where a process instance waits (a task, timer or message), and how it was resolved."""
+
     wait_id: str
     instance_id: str
     element: str
@@ -92,6 +94,8 @@ class _Lost(Exception):
 
 
 class WaitStore:
+    """Durable waits: armed, resolved once, then finished when the thread has consumed the resolution."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
@@ -153,13 +157,6 @@ class WaitStore:
             return False
         return True
 
-    def done_statement(self, wait_id: str) -> Executable:
-        return (
-            update(process_waits)
-            .where(process_waits.c.wait_id == wait_id, process_waits.c.status == "resolved")
-            .values(status="done")
-        )
-
     async def finish(self, wait_ids: Sequence[str]) -> None:
         """The threads have consumed these resolutions (their checkpoints are written): nothing to deliver."""
         if not wait_ids:
@@ -187,16 +184,6 @@ class WaitStore:
         if row is None or row.status not in ("resolved", "done"):
             return None
         return dict(row.resolution or {})
-
-    async def for_instance(self, instance_id: str, *, statuses: Sequence[str] = ("waiting",)) -> list[Wait]:
-        query = (
-            select(process_waits)
-            .where(process_waits.c.instance_id == instance_id, process_waits.c.status.in_(list(statuses)))
-            .order_by(process_waits.c.created_at)
-        )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [Wait(**r._mapping) for r in rows]
 
     async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
         """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between)."""

@@ -8,57 +8,52 @@ from agents.errors import (
     PolicyViolationError,
     TransientAgentError,
 )
-from checkpoints.errors import ConcurrentUpdateError, JourneyError
-from checkpoints.index import DuplicateInstanceError
+from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, JourneyError
 from graphs.catalog import Template, TemplateCatalog, default_catalog
 from graphs.errors import (
+    EntryCriteriaNotMetError,
     InvalidInputError,
+    InvalidMetricError,
     InvalidMoveError,
+    InvalidRollbackTargetError,
+    InvalidTransitionError,
     JourneyFinishedError,
     JourneyNotFoundError,
     JourneyNotStartedError,
+    MigrationRefusedError,
     NothingToRetryError,
+    ProcessInstanceNotFoundError,
+    ProcessStateError,
+    ProcessVersionConflictError,
+    RollbackFailedError,
+    RolloutError,
     SpecError,
     StepFailedError,
     StepOrderError,
+    TaskClosedError,
+    TaskForbiddenError,
+    TaskNotFoundError,
+    TransitionOptionsError,
+    UnitDependencyError,
+    UnitOfWorkFailedError,
     UnknownAreaError,
+    UnknownProcessError,
     UnknownTemplateError,
+    UnknownTransitionEventError,
+    UnknownUnitOfWorkError,
+    UnmatchedMessageError,
     WrongPatternError,
 )
 from graphs.lifecycle import JourneyStage, LifecycleSpec, RollbackTrigger, StageSpec, TransitionEvent
 from graphs.lifecycle_catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
-from graphs.lifecycle_errors import (
-    EntryCriteriaNotMetError,
-    InvalidMetricError,
-    InvalidRollbackTargetError,
-    InvalidTransitionError,
-    RollbackFailedError,
-    TransitionOptionsError,
-    UnitDependencyError,
-    UnitOfWorkFailedError,
-    UnknownTransitionEventError,
-    UnknownUnitOfWorkError,
-)
 from graphs.mvp import MVP_PILLARS, RECOMMENDED_FLOW
 from graphs.process import ProcessSpec
-from graphs.process_errors import (
-    MigrationRefusedError,
-    ProcessInstanceNotFoundError,
-    ProcessStateError,
-    ProcessVersionConflictError,
-    RolloutError,
-    TaskClosedError,
-    TaskForbiddenError,
-    TaskNotFoundError,
-    UnknownProcessError,
-    UnmatchedMessageError,
-)
 from graphs.runtime import JourneyRuntime
 from graphs.saga import SagaSpec
 from graphs.session import Area, SessionSpec
 from graphs.structured import Branch, Step, StructuredSpec
 from nodes.criteria import Condition, Criteria
-from nodes.user_task import ResumeValueError
+from nodes.errors import ResumeValueError
 
 __all__ = [
     "MVP_PILLARS",

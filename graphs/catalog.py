@@ -89,6 +89,8 @@ def client_onboarding(requirements: Mapping[str, Any]) -> StructuredSpec:
 
 @dataclass(frozen=True, slots=True)
 class Template:
+    """A ready journey design by type: how to build its spec from requirements, for which pattern."""
+
     journey_type: str
     pattern: Pattern  # the pattern it is meant for; any template can also run as a saga
     build: SpecFactory
@@ -104,6 +106,8 @@ DEFAULT_COMPENSATIONS = {
 
 
 class TemplateCatalog:
+    """The ready journey templates by journey type."""
+
     def __init__(self) -> None:
         self._templates: dict[str, Template] = {}
 

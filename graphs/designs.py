@@ -31,8 +31,15 @@ PatternName = Literal["structured", "saga", "session", "mvp"]
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
+def spec_digest(spec: BaseModel) -> str:
+    """The SHA-256 of a spec's canonical JSON: equal specs give equal digests, in any process."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class PatternKind:
+    """What the runtime needs of a pattern: its spec type, its validation and its graph builder."""
+
     spec_type: type[BaseModel]
     validate: Callable[[Any, AgentRegistry], list[str]]
     build: Callable[[Any, NodeServices], StateGraph[Any]]
@@ -66,6 +73,8 @@ def new_id(prefix: str) -> str:
 
 
 class DesignBook:
+    """Saves, loads and validates journey designs and compiles their graphs, for every pattern."""
+
     def __init__(self, engine: JourneyEngine, registry: AgentRegistry, *, cache_size: int = 512) -> None:
         self.engine = engine
         self.registry = registry
@@ -120,6 +129,6 @@ class DesignBook:
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
         # Keyed by content, so identical designs (every MVP session) share one compiled graph.
-        digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:24]
+        digest = spec_digest(spec)[:24]
         kind = PATTERNS[pattern]
         return self.engine.compiled(f"{pattern}-{digest}", lambda: kind.build(spec, self.engine.services))

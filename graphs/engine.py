@@ -56,6 +56,8 @@ def run_durability(durability: Durability | None) -> Iterator[None]:
 
 
 class JourneyEngine:
+    """Runs journey graphs on the store: compiled graphs, per-instance exclusion and durable runs."""
+
     def __init__(
         self, store: Store, services: NodeServices, *, durability: Durability = "async", cache_size: int = 512
     ):

@@ -1,9 +1,12 @@
-"""Errors of journey design and journey moves. All derive from :class:`JourneyError`."""
+"""Errors of the pattern layer: journey designs and moves, the client lifecycle, and processes.
+
+All derive from :class:`JourneyError`; each leaves the journey exactly as it was.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from checkpoints.errors import ErrorCategory, JourneyError
 
@@ -81,3 +84,172 @@ class InvalidInputError(JourneyError):
     """The value does not match the schema the journey expects here."""
 
     category: ClassVar[ErrorCategory] = "invalid"
+
+
+# The client lifecycle (stages, criteria gates, units of work, rollbacks, metrics).
+
+
+class InvalidTransitionError(InvalidMoveError):
+    """This event is not allowed in the journey's current stage. ``allowed`` lists the events that are."""
+
+    def __init__(self, message: str, *, current_stage: str | None, event: str, allowed: Sequence[str]) -> None:
+        self.current_stage = current_stage
+        self.event = event
+        super().__init__(message, allowed=allowed, current_stage=current_stage, event=event)
+
+
+class UnknownTransitionEventError(InvalidTransitionError):
+    """No lifecycle event has this name. The message lists the seven; ``allowed`` those allowed now."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+class TransitionOptionsError(InvalidInputError):
+    """The options given with a lifecycle event are wrong: ``missing`` lists the required ones left out,
+    ``unknown`` the ones the event does not take, ``accepted`` all it takes."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event: str,
+        missing: Sequence[str],
+        unknown: Sequence[str],
+        accepted: Sequence[str],
+    ) -> None:
+        self.event = event
+        self.missing, self.unknown, self.accepted = list(missing), list(unknown), list(accepted)
+        super().__init__(message, event=event, missing=self.missing, unknown=self.unknown, accepted=self.accepted)
+
+
+class EntryCriteriaNotMetError(JourneyError):
+    """The journey could not start: the sandbox entry criteria are not met. ``validation`` says which."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+    def __init__(self, message: str, *, validation: Any) -> None:
+        self.validation = validation
+        super().__init__(message, validation=validation.to_dict())
+
+
+class UnitOfWorkFailedError(JourneyError):
+    """A unit of work failed; its completed tasks were compensated and the stage did not change."""
+
+    def __init__(self, message: str, *, unit: dict[str, Any], **details: Any) -> None:
+        self.unit = unit
+        super().__init__(message, unit=unit, **details)
+
+
+class UnknownUnitOfWorkError(JourneyError):
+    """The journey's design has no such unit of work in this stage."""
+
+    category: ClassVar[ErrorCategory] = "not_found"
+
+    def __init__(self, message: str, *, allowed: Sequence[str], **details: Any) -> None:
+        self.allowed = list(allowed)
+        super().__init__(message, allowed=self.allowed, **details)
+
+
+class UnitDependencyError(InvalidMoveError):
+    """A unit of work cannot run before the units it depends on have completed."""
+
+
+class InvalidRollbackTargetError(JourneyError):
+    """A rollback can only return to the current stage or an earlier active stage."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+    def __init__(self, message: str, *, allowed: Sequence[str], **details: Any) -> None:
+        self.allowed = list(allowed)
+        super().__init__(message, allowed=self.allowed, **details)
+
+
+class RollbackFailedError(JourneyError):
+    """The rollback did not validate; the journey stays in ROLLBACK. Complete it again or cancel."""
+
+    def __init__(self, message: str, *, rollback: dict[str, Any]) -> None:
+        self.rollback = rollback
+        super().__init__(message, rollback=rollback)
+
+
+class InvalidMetricError(JourneyError):
+    """A metric needs a lower_snake_case name, a finite number (or bool) and a time not in the future."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+# Processes (deployment, versions and rollouts, the inbox, message correlation, migration).
+
+
+class UnknownProcessError(JourneyError):
+    """No process is deployed under this name (or version)."""
+
+    category: ClassVar[ErrorCategory] = "not_found"
+
+
+class ProcessVersionConflictError(JourneyError):
+    """This (name, version) is already deployed with a different definition; deploy it as a new version."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class RolloutError(JourneyError):
+    """The rollout is invalid: weights must be non-negative, sum to 100, and name deployed versions."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+class ProcessInstanceNotFoundError(JourneyError):
+    """No process instance has this id."""
+
+    category: ClassVar[ErrorCategory] = "not_found"
+
+
+class ProcessStateError(JourneyError):
+    """The instance is not in a state that allows this (finished, failed, or not waiting here)."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class TaskNotFoundError(JourneyError):
+    """No user task has this id."""
+
+    category: ClassVar[ErrorCategory] = "not_found"
+
+
+class TaskClosedError(JourneyError):
+    """The user task is no longer open (completed, cancelled or escalated to completion)."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class TaskForbiddenError(JourneyError):
+    """Only the assignee, a member of a candidate group, or whoever claimed the task may do this."""
+
+    category: ClassVar[ErrorCategory] = "forbidden"
+
+
+class UnmatchedMessageError(JourneyError):
+    """No instance waits for this message and no process starts on it (and it was not to be buffered)."""
+
+    category: ClassVar[ErrorCategory] = "not_found"
+
+
+class MigrationRefusedError(JourneyError):
+    """The migration plan does not cover where the instance waits; nothing was changed."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+    def __init__(self, message: str, *, problems: Sequence[str], **details: object) -> None:
+        self.problems = list(problems)
+        super().__init__(message, problems=self.problems, **details)
+
+
+class MigrationInProgressError(ProcessStateError):
+    """Another process is migrating this instance right now; try again shortly."""
+
+
+class NoFlowError(JourneyError):
+    """No flow out of an exclusive gateway holds for the current variables."""
+
+    category = "failed"

@@ -15,6 +15,8 @@ MILESTONE_EVENTS = ("step.completed", "area.completed", "session.completed", "sa
 
 
 class MilestoneTracker:
+    """The milestones each journey run reached, read from its events."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
 
@@ -34,6 +36,8 @@ class MilestoneTracker:
 
 
 class JourneyAnalytics:
+    """Counts and rates over all journeys: by status, completion and time to finish."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
 

@@ -53,6 +53,8 @@ from nodes.uow import UnitHooks, UnitOfWorkSpec, build_uow_graph, find_cycle, un
 
 
 class JourneyStage(StrEnum):
+    """The stages of the client lifecycle."""
+
     SANDBOX = "sandbox"
     PILOT = "pilot"
     PRODUCTION = "production"
@@ -62,6 +64,8 @@ class JourneyStage(StrEnum):
 
 
 class TransitionEvent(StrEnum):
+    """The events that move a lifecycle journey between stages."""
+
     START_JOURNEY = "start_journey"
     PROMOTE_TO_PILOT = "promote_to_pilot"
     PROMOTE_TO_PRODUCTION = "promote_to_production"
@@ -72,6 +76,8 @@ class TransitionEvent(StrEnum):
 
 
 class RollbackTrigger(StrEnum):
+    """Why a rollback was started."""
+
     SECURITY_VULNERABILITY = "security_vulnerability"
     DATA_QUALITY_LOW = "data_quality_low"
     USER_SATISFACTION_LOW = "user_satisfaction_low"
@@ -161,6 +167,8 @@ class RollbackThreshold(MetricCriterion):
 
 
 class StageSpec(BaseModel):
+    """One lifecycle stage: its entry and exit criteria, units of work and rollback thresholds."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = ""
@@ -176,6 +184,8 @@ class StageSpec(BaseModel):
 
 
 class LifecycleSpec(BaseModel):
+    """A client lifecycle design: the sandbox, pilot and production stages and how rollbacks run."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     journey_type: str = "client_lifecycle"
@@ -328,6 +338,8 @@ def check_lifecycle(spec: LifecycleSpec, registry: AgentRegistry | None = None) 
 
 
 class LifecycleState(TypedDict, total=False):
+    """The lifecycle graph's state: where the journey stands and how it got there."""
+
     journey_id: str
     client_id: str
     design_id: str

@@ -50,6 +50,8 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 class LifecycleMetrics:
+    """Reports over lifecycle journeys: stage durations, rollback and pass rates, active journeys."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 

@@ -13,8 +13,6 @@ threshold of the current stage starts an automatic rollback.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from datetime import datetime
@@ -25,17 +23,29 @@ from langgraph.types import Command, StateSnapshot
 from sqlalchemy import select
 
 from agents.protocol import Agent
-from checkpoints.errors import ConcurrentUpdateError
+from checkpoints.errors import ConcurrentUpdateError, DuplicateDesignError
 from checkpoints.events import NewEvent
-from checkpoints.index import DuplicateDesignError
 from checkpoints.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_rollback_history,
     lifecycle_units_of_work,
     lifecycle_validation_results,
 )
-from graphs.designs import DesignBook, new_id, parse_spec
-from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.designs import DesignBook, new_id, parse_spec, spec_digest
+from graphs.errors import (
+    EntryCriteriaNotMetError,
+    InvalidInputError,
+    InvalidMetricError,
+    InvalidRollbackTargetError,
+    InvalidTransitionError,
+    JourneyNotFoundError,
+    RollbackFailedError,
+    TransitionOptionsError,
+    UnitDependencyError,
+    UnitOfWorkFailedError,
+    UnknownTransitionEventError,
+    UnknownUnitOfWorkError,
+)
 from graphs.lifecycle import (
     ACTIVE_STAGES,
     AWAIT,
@@ -53,18 +63,6 @@ from graphs.lifecycle import (
     rollback_targets,
 )
 from graphs.lifecycle_catalog import default_lifecycle_spec
-from graphs.lifecycle_errors import (
-    EntryCriteriaNotMetError,
-    InvalidMetricError,
-    InvalidRollbackTargetError,
-    InvalidTransitionError,
-    RollbackFailedError,
-    TransitionOptionsError,
-    UnitDependencyError,
-    UnitOfWorkFailedError,
-    UnknownTransitionEventError,
-    UnknownUnitOfWorkError,
-)
 from graphs.lifecycle_metrics import LifecycleMetrics
 from nodes.criteria_gate import (
     METRIC_NAME,
@@ -93,6 +91,8 @@ EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = 
 
 
 class LifecycleOrchestrator:
+    """The client lifecycle's API: start, promote, roll back, complete and report on journeys."""
+
     def __init__(self, designs: DesignBook, *, metrics: MetricSource | None = None) -> None:
         self._designs = designs
         self._engine = designs.engine
@@ -144,8 +144,7 @@ class LifecycleOrchestrator:
             if not isinstance(thresholds, Mapping):
                 raise InvalidInputError("thresholds must be a mapping shaped like STAGE_METRICS")
             chosen = chosen.with_thresholds(thresholds)
-        body = json.dumps(chosen.model_dump(mode="json"), sort_keys=True)
-        digest = hashlib.sha256(body.encode()).hexdigest()[:24]
+        digest = spec_digest(chosen)[:24]
         known = self._design_ids.get(digest)
         if known is not None:
             return known, self._specs[known]

@@ -83,6 +83,8 @@ def mvp_spec(initial_pillar: str = "content") -> SessionSpec:
 
 
 class MVPOrchestrator:
+    """The MVP journey: a session over the four pillars with a recommended next pillar."""
+
     def __init__(self, sessions: SessionOrchestrator) -> None:
         if sessions.pattern != "mvp":
             raise ValueError("the MVP orchestrator composes a session orchestrator for the 'mvp' pattern")

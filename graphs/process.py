@@ -26,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.config import JsonDict
 
 from nodes.criteria import Condition, Criteria
+from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
 
-ELEMENT_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+ELEMENT_ID = SNAKE_ID
 PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 VariableMap = dict[str, str]  # variable name → field of the agent output / response / message payload
 
@@ -90,11 +91,15 @@ class StartEvent(_Element):
 
 
 class EndEvent(_Element):
+    """Where a path of the process ends."""
+
     type: Literal["end"] = "end"
     outcome: str | None = Field(default=None, description="recorded as the instance's outcome; defaults to the id")
 
 
 class ServiceTask(_Element):
+    """A process step done by an agent, named by intent."""
+
     type: Literal["service_task"] = "service_task"
     agent: str = Field(min_length=1, description="intent of the agent that does the work")
     inputs: tuple[str, ...] | None = Field(default=None, description="variables passed to the agent; None: all")
@@ -129,6 +134,8 @@ class Escalation(BaseModel):
 
 
 class UserTask(_Element):
+    """A process step done by a person: assigned, claimed and completed through the inbox."""
+
     type: Literal["user_task"] = "user_task"
     title: str = ""
     description: str = ""
@@ -167,23 +174,33 @@ class UserTask(_Element):
 
 
 class ExclusiveGateway(_Element):
+    """Takes the first outgoing flow whose condition holds (or the default)."""
+
     type: Literal["exclusive_gateway"] = "exclusive_gateway"
 
 
 class ParallelGateway(_Element):
+    """Forks into every outgoing flow, or joins them again."""
+
     type: Literal["parallel_gateway"] = "parallel_gateway"
 
 
 class EventGateway(_Element):
+    """Waits for whichever of its following timer or message events comes first."""
+
     type: Literal["event_gateway"] = "event_gateway"
 
 
 class TimerEvent(_Element):
+    """Waits until a timer fires."""
+
     type: Literal["timer"] = "timer"
     timer: TimerDefinition
 
 
 class MessageEvent(_Element):
+    """Waits for a message correlated to this instance."""
+
     type: Literal["message"] = "message"
     message: str = Field(min_length=1)
     correlation: str = Field(default="business_key", description="the variable whose value is the correlation key")
@@ -207,6 +224,8 @@ class BoundaryTimer(_Element):
 
 
 class CompensableStep(BaseModel):
+    """A step of a transaction with the agent that undoes it."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     do: str = Field(min_length=1, description="intent of the agent that does the step")
@@ -253,6 +272,8 @@ WAIT_TYPES = ("user_task", "timer", "message", "event_gateway")
 
 
 class Flow(BaseModel):
+    """A directed connection between two elements, with an optional condition."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: str
@@ -277,6 +298,8 @@ class Flow(BaseModel):
 
 
 class ProcessSpec(BaseModel):
+    """A BPMN-style process design: its elements, the flows between them and its variables."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, json_schema_extra={"pattern": PROCESS_NAME.pattern})

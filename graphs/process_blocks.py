@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from graphs.process import BoundaryTimer, EndEvent, EventGateway, ParallelGateway, ProcessSpec, StartEvent
+from graphs.process import EndEvent, EventGateway, ParallelGateway, ProcessSpec
 
 TOP = ""
 
@@ -31,6 +31,8 @@ class Level:
 
 @dataclass
 class Fork:
+    """A parallel fork, the join that closes it and the elements of each branch."""
+
     fork: str
     join: str
     branches: list[Level]
@@ -41,6 +43,8 @@ class Fork:
 
 @dataclass
 class Structure:
+    """A process's block structure: which level each element runs at, and the problems found."""
+
     top: Level
     level_of: dict[str, str]  # every reached element (options and boundaries too) → its level key
     problems: list[str]
@@ -170,8 +174,3 @@ def _fork(spec: ProcessSpec, level: Level, fork_id: str, level_of: dict[str, str
 def is_option(spec: ProcessSpec, element_id: str) -> bool:
     """A catch event that is an option of an event gateway (it runs inside the gateway's race)."""
     return any(isinstance(spec.element(f.source), EventGateway) for f in spec.incoming(element_id))
-
-
-def is_node(spec: ProcessSpec, element_id: str) -> bool:
-    element = spec.element(element_id)
-    return not isinstance(element, StartEvent | BoundaryTimer) and not is_option(spec, element_id)

@@ -27,9 +27,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 
 from agents.errors import AgentError
-from agents.resilience import RetrySettings
-from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
+from graphs.errors import NoFlowError
 from graphs.process import (
     EndEvent,
     EventGateway,
@@ -44,6 +43,7 @@ from graphs.process import (
 )
 from graphs.process_blocks import Level, analyse, is_fork, is_join
 from nodes.agent_call import Recording
+from nodes.compensation import COMPENSATION_RETRY
 from nodes.gateways import choose, first_failure, merge_latest, merge_max, merge_present, merge_variables
 from nodes.process_services import ProcessServices
 from nodes.service_task import perform_task
@@ -53,17 +53,12 @@ from nodes.variables import Cell, assign, pick, values
 from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
 
 COMPENSATE = "compensate"
-COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 
-class NoFlowError(JourneyError):
-    """No flow out of an exclusive gateway holds for the current variables."""
-
-    category = "failed"
-
-
 class ProcessState(TypedDict, total=False):
+    """The process graph's state: variables, visits, waits and the first failure."""
+
     variables: Annotated[dict[str, Cell], merge_variables]
     visits: Annotated[dict[str, int], merge_max]
     waits: Annotated[dict[str, str], merge_latest]  # element → the wait id it is parked on

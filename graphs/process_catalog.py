@@ -397,12 +397,16 @@ def document_drafting(*, version: int = 1) -> ProcessSpec:
 
 @dataclass(frozen=True, slots=True)
 class ProcessTemplate:
+    """A ready process design by name."""
+
     name: str
     build: TemplateBuilder
     description: str = ""
 
 
 class ProcessCatalog:
+    """The ready process templates by name."""
+
     def __init__(self) -> None:
         self._templates: dict[str, ProcessTemplate] = {}
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from checkpoints.inbox import UserTaskRow
-from graphs.process_errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
+from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from nodes.user_task import validate_resume_value
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 
 class TaskInbox:
+    """Users' view of process tasks: list, claim, release and complete them."""
+
     def __init__(self, processes: ProcessOrchestrator) -> None:
         self._processes = processes
         self._inbox = processes.services.inbox

@@ -44,15 +44,15 @@ from checkpoints.events import NewEvent
 from checkpoints.tables import journey_instances, process_subscriptions, process_timers, process_waits, user_tasks
 from graphs.designs import new_id
 from graphs.engine import failed_task
-from graphs.process import EventGateway, ProcessSpec, UserTask
-from graphs.process_blocks import TOP, analyse
-from graphs.process_builder import arm_node
-from graphs.process_errors import (
+from graphs.errors import (
     MigrationInProgressError,
     MigrationRefusedError,
     ProcessStateError,
     UnknownProcessError,
 )
+from graphs.process import EventGateway, ProcessSpec, UserTask
+from graphs.process_blocks import TOP, analyse
+from graphs.process_builder import arm_node
 
 if TYPE_CHECKING:
     from graphs.process_orchestrator import ProcessOrchestrator
@@ -66,6 +66,8 @@ MIGRATION_KEY = "journeys_migration"  # in the metadata of the checkpoint a migr
 
 @dataclass(frozen=True, slots=True)
 class MovedWait:
+    """A wait of an instance being migrated: where it waited and where it waits afterwards."""
+
     wait_id: str
     element: str  # where the instance waits in the source version
     to: str  # the element of the target version it waits at afterwards

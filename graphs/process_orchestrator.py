@@ -18,8 +18,6 @@ pass) delivers resolutions that were not consumed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -30,22 +28,22 @@ from langgraph.types import Command, StateSnapshot
 
 from agents.deterministic import EchoAgent
 from checkpoints.deployments import Deployment, DeploymentStore
-from checkpoints.errors import JourneyError
+from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import Event, NewEvent
-from checkpoints.index import DuplicateInstanceError, Instance
+from checkpoints.index import Instance
 from checkpoints.timers import DEFAULT_LEASE
-from graphs.designs import DesignBook, PatternName, new_id, parse_spec
+from graphs.designs import DesignBook, PatternName, new_id, parse_spec, spec_digest
 from graphs.engine import failed_task
-from graphs.errors import InvalidInputError
-from graphs.process import ProcessSpec
-from graphs.process_catalog import ProcessCatalog, default_process_catalog
-from graphs.process_errors import (
+from graphs.errors import (
+    InvalidInputError,
     ProcessInstanceNotFoundError,
     ProcessStateError,
     ProcessVersionConflictError,
     UnknownProcessError,
     UnmatchedMessageError,
 )
+from graphs.process import ProcessSpec
+from graphs.process_catalog import ProcessCatalog, default_process_catalog
 from graphs.process_inbox import TaskInbox
 from graphs.process_migration import MIGRATING, migrate, migrating_instances, settle_migration
 from graphs.process_scheduler import TimerScheduler, default_worker_id, schedule_start_timers
@@ -63,11 +61,9 @@ DEFAULT_MESSAGE_TTL = timedelta(hours=1)
 FINISHED = ("completed", "compensated", "failed", "cancelled")
 
 
-def digest(spec: ProcessSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-
-
 class ProcessOrchestrator:
+    """The process API: deploy versions and rollouts, start, message, migrate and report on instances."""
+
     def __init__(self, designs: DesignBook, *, catalog: ProcessCatalog | None = None) -> None:
         self._designs = designs
         self.engine = designs.engine
@@ -97,7 +93,7 @@ class ProcessOrchestrator:
         self._designs.check(PATTERN, spec)
         existing = await self.deployments.get(spec.name, spec.version)
         if existing is not None:
-            if existing.digest != digest(spec):
+            if existing.digest != spec_digest(spec):
                 raise ProcessVersionConflictError(
                     f"version {spec.version} of process {spec.name!r} is already deployed with a different "
                     f"definition; deploy it as version {await self._next_version(spec.name)}",
@@ -110,7 +106,12 @@ class ProcessOrchestrator:
         design = await self._designs.save(PATTERN, spec, prefix="process")
         message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
         added = await self.deployments.add(
-            spec.name, spec.version, design.journey_id, digest(spec), rollout=rollout, message_starts=message_starts
+            spec.name,
+            spec.version,
+            design.journey_id,
+            spec_digest(spec),
+            rollout=rollout,
+            message_starts=message_starts,
         )
         if not added:  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight)

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from checkpoints.errors import JourneyError
+from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
-from checkpoints.index import DuplicateInstanceError, Instance
+from checkpoints.index import Instance
 from checkpoints.timers import DEFAULT_LEASE, Timer
+from graphs.errors import MigrationInProgressError
 from graphs.process import ProcessSpec
-from graphs.process_errors import MigrationInProgressError
 from graphs.process_migration import migrating_instances, settle_migration
 from nodes.agent_call import Recording
 from nodes.timer import TimerDefinition
@@ -49,6 +49,8 @@ log = structlog.get_logger("journeys.timers")
 
 @dataclass
 class FiringReport:
+    """What one pass over due timers did: fired, dropped, failed and resumed, and how late."""
+
     fired: int = 0  # timers that took effect (won their wait, escalated, started an instance, reminded)
     dropped: int = 0  # timers whose wait had been won by something else: they never fire
     failed: int = 0

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from graphs.process_errors import RolloutError
+from graphs.errors import RolloutError
 
 BUCKETS = 10_000
 

@@ -14,14 +14,13 @@ from pydantic import Field
 from agents.registry import AgentRegistry
 from agents.resilience import RetrySettings
 from graphs.structured import StructuredSpec, StructuredState, build_structured_graph, validate_structured
-from nodes.compensation import build_compensation_graph
+from nodes.compensation import COMPENSATION_RETRY, build_compensation_graph
 from nodes.services import NodeServices
-
-# Undo must get through: more patient than a forward step.
-COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
 
 
 class SagaSpec(StructuredSpec):
+    """A structured journey whose completed steps are undone by their compensation handlers on failure."""
+
     compensation_handlers: dict[str, str] = Field(
         default_factory=dict, description="step_id → intent of the agent that undoes it"
     )

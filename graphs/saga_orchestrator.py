@@ -16,6 +16,8 @@ from graphs.structured_orchestrator import StructuredOrchestrator, design_view
 
 
 class SagaOrchestrator:
+    """The saga API: design, execute, advance, retry and report on saga journeys."""
+
     def __init__(self, designs: DesignBook, structured: StructuredOrchestrator) -> None:
         # Composes the structured orchestrator: same templates and step machinery, plus compensation.
         self._structured = structured

@@ -7,7 +7,6 @@ events, and returns to the hub. Area state is kept while the user is elsewhere.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
@@ -18,17 +17,19 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from checkpoints.events import NewEvent
-from graphs.errors import SpecError
 from nodes import schemas
 from nodes.criteria import Criteria
+from nodes.ids import SNAKE_ID
 from nodes.services import NodeServices, thread_id
 
-AREA_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+AREA_ID = SNAKE_ID
 AWAIT_ACTION = "await_action"
 CLOSE = "close"
 
 
 class Area(BaseModel):
+    """One area of a session: its title, state schema and when it counts as complete."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     area_id: str = Field(json_schema_extra={"pattern": AREA_ID.pattern})  # checked below, with a fix
@@ -75,6 +76,8 @@ class Area(BaseModel):
 
 
 class SessionSpec(BaseModel):
+    """A session design: the areas a user may visit in any order and the one to start in."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     journey_type: str = "session"
@@ -120,6 +123,8 @@ def validate_session(spec: SessionSpec) -> list[str]:
 
 
 class AreaProgress(TypedDict):
+    """How far a session has got in one area."""
+
     state: dict[str, Any]
     visited: bool
     visits: int
@@ -127,6 +132,8 @@ class AreaProgress(TypedDict):
 
 
 class SessionState(TypedDict, total=False):
+    """The session graph's state: the current area and the progress in each."""
+
     status: Literal["active", "closed"]
     current_area: str | None
     areas: dict[str, AreaProgress]
@@ -265,10 +272,3 @@ def _missing(area: Area, progress: AreaProgress) -> list[str]:
     if area.completion.empty:
         return ["visit the area"]
     return area.completion.unmet(progress["state"])
-
-
-def check_session_spec(spec: SessionSpec) -> SessionSpec:
-    problems = validate_session(spec)
-    if problems:
-        raise SpecError(problems, spec_name="session")
-    return spec

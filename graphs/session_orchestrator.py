@@ -19,6 +19,8 @@ Graph = CompiledStateGraph[Any, Any, Any, Any]
 
 
 class SessionOrchestrator:
+    """The session API: start sessions, navigate between areas, update and close them."""
+
     def __init__(self, designs: DesignBook, *, pattern: PatternName = "session") -> None:
         self._designs = designs
         self._engine = designs.engine

@@ -15,8 +15,9 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from agents.errors import AgentError
+from checkpoints.errors import DuplicateInstanceError
 from checkpoints.events import NewEvent
-from checkpoints.index import DuplicateInstanceError, Instance
+from checkpoints.index import Instance
 from graphs.designs import DesignBook, PatternName
 from graphs.engine import failed_task, resume_pending, waiting_for
 from graphs.errors import (

@@ -22,6 +22,8 @@ STREAMABLE_MODES = ("values", "updates", "custom", "debug", "tasks", "checkpoint
 
 @dataclass(frozen=True, slots=True)
 class StreamSink:
+    """Where a run's stream parts go, for the stream modes asked for."""
+
     modes: tuple[str, ...]
     emit: Callable[[str, Any], Awaitable[None]]
 

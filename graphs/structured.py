@@ -7,7 +7,6 @@ and a work node (``<step>``) that calls the step's agent through the shared call
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict, cast
 
@@ -24,11 +23,12 @@ from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
+from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, superstep, thread_id
 from nodes.user_task import make_user_task_node
 
-STEP_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+STEP_ID = SNAKE_ID
 
 
 class Branch(BaseModel):
@@ -41,6 +41,8 @@ class Branch(BaseModel):
 
 
 class Step(BaseModel):
+    """One step of a structured journey: the agent that does it, or the user, and where it leads."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     step_id: str = Field(json_schema_extra={"pattern": STEP_ID.pattern})  # checked below, with a fix
@@ -71,6 +73,8 @@ class Step(BaseModel):
 
 
 class StructuredSpec(BaseModel):
+    """A structured journey design: steps run in order, with optional branches."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     journey_type: str = Field(min_length=1)

@@ -40,6 +40,8 @@ def structured_instance_id(journey_id: str, user_id: str) -> str:
 
 
 class StructuredOrchestrator:
+    """The structured journey API: design, execute, advance, retry and report on journeys."""
+
     def __init__(self, designs: DesignBook, templates: TemplateCatalog) -> None:
         self.templates = templates
         self._designs = designs

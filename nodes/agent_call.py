@@ -48,12 +48,16 @@ Recorder = Callable[[dict[str, Any]], Recording]
 
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
+    """The result of an agent call, how many attempts it took, and whether it was replayed."""
+
     output: dict[str, Any]
     attempts: int
     replayed: bool  # True: the result came from the event log, the agent was not called again
 
 
 class AgentCaller:
+    """Calls agents the one way every node does: policies, retries, bulkheads and logged results."""
+
     def __init__(
         self,
         registry: AgentRegistry,

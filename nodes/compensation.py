@@ -23,8 +23,13 @@ from nodes.agent_call import Recording
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, thread_id
 
+# Undo must get through: more patient than a forward step (sagas, transactions, units of work).
+COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
+
 
 class CompensationState(TypedDict, total=False):
+    """The compensation subgraph's state: the steps undone so far and any undo that failed."""
+
     context: dict[str, Any]
     status: str
     compensated_steps: list[str]

@@ -39,6 +39,8 @@ def lookup(document: Mapping[str, Any], path: str) -> Any:
 
 
 class Condition(BaseModel):
+    """A test of one field of a document: a dotted path, an operator and a value."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     field: str = Field(min_length=1)

@@ -12,7 +12,6 @@ The comparison itself is the shared :class:`nodes.criteria.Condition`.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from collections import defaultdict
@@ -28,10 +27,11 @@ from sqlalchemy.sql import Executable
 
 from checkpoints.lifecycle_tables import lifecycle_metrics, lifecycle_validation_results
 from nodes.criteria import Condition
+from nodes.ids import SNAKE_ID
 
 Comparison = Literal[">=", ">", "<=", "<", "==", "!="]
 Aggregate = Literal["latest", "min", "max", "mean", "sum", "count", "all"]
-METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+METRIC_NAME = SNAKE_ID
 # Aggregates over no samples that still have a value: no bugs reported means zero bugs.
 _EMPTY_IS_ZERO = ("sum", "count")
 
@@ -92,6 +92,8 @@ class MetricCriterion(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class MetricSample:
+    """One recorded value of a metric, and when."""
+
     value: float
     at: datetime
 
@@ -166,6 +168,8 @@ def metric_rows_statement(journey_id: str, values: Mapping[str, float], at: date
 
 @dataclass(frozen=True, slots=True)
 class CriteriaCheck:
+    """The outcome of one criterion: whether it passed, the value read and the value expected."""
+
     name: str
     passed: bool
     actual: Any

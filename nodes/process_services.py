@@ -13,6 +13,8 @@ from nodes.services import NodeServices
 
 @dataclass(frozen=True, slots=True)
 class ProcessServices:
+    """The stores process nodes need beside the node services: waits, timers, messages and the inbox."""
+
     node: NodeServices
     waits: WaitStore
     timers: TimerStore

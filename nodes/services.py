@@ -18,6 +18,8 @@ REPLAY_FLAG = "journeys_replay"
 
 @dataclass(frozen=True, slots=True)
 class NodeServices:
+    """What every node needs: the agent caller, the event log and the clock."""
+
     caller: AgentCaller
     events: EventLog
     clock: Clock

@@ -26,15 +26,13 @@ import isodate
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from nodes.errors import TimerDefinitionError
+
 TimerKind = Literal["duration", "date", "cycle", "cron"]
 MissedTicks = Literal["coalesce", "fire_all"]
 
 # A reference instant for checks that need one (is this duration positive?).
 _REFERENCE = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class TimerDefinitionError(ValueError):
-    """A timer expression that cannot be read; the message says how to write it."""
 
 
 def parse_duration(text: str) -> timedelta | isodate.Duration:

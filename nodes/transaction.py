@@ -29,6 +29,8 @@ Step = tuple[str, str | None]  # (intent that does it, intent that undoes it or 
 
 @dataclass(frozen=True, slots=True)
 class TransactionOutcome:
+    """How a transaction ended: completed, compensated or failed, with what it undid."""
+
     status: Literal["completed", "compensated", "failed"]
     outputs: list[dict[str, Any]]
     undone: list[str] = field(default_factory=list)

@@ -34,22 +34,21 @@ from sqlalchemy import insert, update
 
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
-from agents.resilience import RetrySettings
 from checkpoints.events import NewEvent
 from checkpoints.lifecycle_tables import lifecycle_units_of_work
 from nodes import schemas
 from nodes.agent_call import Recorder, Recording
+from nodes.compensation import COMPENSATION_RETRY
+from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, thread_id
 
-UNIT_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+UNIT_ID = SNAKE_ID
 TASK_ID = re.compile(r"^[a-z][a-z0-9_-]*$")
 UowStatus = Literal["pending", "running", "completed", "failed", "rolled_back"]
 JSON_TYPES = {"string", "number", "integer", "boolean", "array", "object", "null"}
 SCHEMA_KEYWORDS = {"type", "properties", "required", "$schema", "items", "enum", "const", "allOf", "anyOf", "oneOf"}
 INPUT_ROOTS = ("tasks", "units", "journey")
-# Undo must get through: more patient than a forward task.
-COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
 
 
 def schema_from_shorthand(value: Any) -> Any:
@@ -66,6 +65,8 @@ def schema_from_shorthand(value: Any) -> Any:
 
 
 class TaskSpec(BaseModel):
+    """One task of a unit of work: the agent that does it and the tasks it depends on."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task_id: str
@@ -102,6 +103,8 @@ class TaskSpec(BaseModel):
 
 
 class UnitOfWorkSpec(BaseModel):
+    """A unit of work: tasks that complete together or are compensated together."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     uow_id: str
@@ -280,14 +283,20 @@ def _merge(left: dict[str, Any] | None, right: dict[str, Any]) -> dict[str, Any]
 
 
 class UowInput(TypedDict):
+    """What a unit of work graph is started with."""
+
     uow_request: dict[str, Any]
 
 
 class UowOutput(TypedDict):
+    """What a unit of work graph returns."""
+
     uow_result: dict[str, Any]
 
 
 class UowState(TypedDict, total=False):
+    """The unit of work graph's state: task results, what was undone and any failure."""
+
     uow_request: dict[str, Any]
     uow_result: dict[str, Any]
     upstream: dict[str, dict[str, Any]]

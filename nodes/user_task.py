@@ -13,14 +13,8 @@ from typing import Any
 import jsonschema
 from langgraph.types import interrupt
 
-from checkpoints.errors import JourneyError
 from nodes import schemas
-
-
-class ResumeValueError(JourneyError):
-    """The value given to resume a human task does not match the task's schema."""
-
-    category = "invalid"
+from nodes.errors import ResumeValueError
 
 
 def validate_resume_value(value: object, schema: Mapping[str, Any] | None, *, task: str) -> dict[str, Any]:

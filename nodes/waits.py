@@ -22,10 +22,10 @@ from typing import Any, cast
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, interrupt
 
-from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.waits import completed_event
 from nodes.criteria import lookup
+from nodes.errors import CorrelationError
 from nodes.process_services import ProcessServices
 from nodes.services import thread_id
 from nodes.timer import TimerDefinition
@@ -34,14 +34,10 @@ from nodes.variables import values
 _MISSING = lookup({}, "missing")
 
 
-class CorrelationError(JourneyError):
-    """A message wait cannot subscribe: the variable holding its correlation key is not set."""
-
-    category = "invalid"
-
-
 @dataclass(frozen=True, slots=True)
 class TimerPlan:
+    """A timer a wait arms."""
+
     element: str  # the timer event, boundary timer, or (SLA) the task itself
     purpose: str  # catch | boundary | reminder | sla
     definition: TimerDefinition
@@ -50,6 +46,8 @@ class TimerPlan:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionPlan:
+    """A message subscription a wait arms."""
+
     element: str  # the message event
     message: str
     correlation: str  # the variable whose value is the correlation key
@@ -57,6 +55,8 @@ class SubscriptionPlan:
 
 @dataclass(frozen=True, slots=True)
 class TaskPlan:
+    """A user task a wait opens."""
+
     title: str
     assignee: str | None
     candidate_groups: tuple[str, ...]
@@ -65,6 +65,8 @@ class TaskPlan:
 
 @dataclass(frozen=True, slots=True)
 class WaitPlan:
+    """Everything one wait arms: its timers, subscriptions and task."""
+
     element: str
     kind: str  # user_task | timer | message | race
     timers: tuple[TimerPlan, ...] = ()

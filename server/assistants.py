@@ -24,7 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
 from agents.guide import build_guide_graph
-from checkpoints.index import DuplicateInstanceError
+from checkpoints.errors import DuplicateInstanceError
 from graphs.designs import PATTERNS, new_id
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.mvp import RECOMMENDED_FLOW, mvp_spec
@@ -46,6 +46,8 @@ Graph = CompiledStateGraph[Any, Any, Any, Any]
 
 @dataclass(frozen=True, slots=True)
 class RunContext:
+    """What an assistant's start or resume is given: the runtime, the thread, the caller and how to bind the thread."""
+
     runtime: JourneyRuntime
     thread_id: str
     principal: str
@@ -63,6 +65,8 @@ Resumer = Callable[[RunContext, str, Any], Awaitable[View]]
 
 @dataclass(frozen=True, slots=True)
 class Assistant:
+    """One assistant of the Agent Server API: how it starts and resumes a journey, and its input schemas."""
+
     assistant_id: str
     description: str
     start: Starter

@@ -24,6 +24,8 @@ API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="a
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling (from the API key) and which scopes and groups they have."""
+
     name: str
     scopes: frozenset[str]
     groups: tuple[str, ...] = ()

@@ -172,7 +172,7 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
-    from agents.guide_model import GuideModelError
+    from agents.errors import GuideModelError
     from server.worker import run_worker
 
     _quiet_logs(verbose)

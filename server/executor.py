@@ -134,6 +134,8 @@ async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_
 
 
 class RunExecutor:
+    """Executes one queued run on its thread's journey and records its status and outcome."""
+
     def __init__(
         self, runtime: JourneyRuntime, runs: RunStore, *, notify: Any = None, durability: Durability | None = None
     ) -> None:

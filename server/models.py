@@ -17,11 +17,15 @@ MAX_INT = 2**31 - 1
 
 
 class Open(BaseModel):
+    """A request or response shape that accepts fields beyond the ones declared, as the SDK sends them."""
+
     # The SDK sends fields this server ignores (config, context, durability…); they are accepted.
     model_config = ConfigDict(extra="allow")
 
 
 class AssistantOut(Open):
+    """An assistant, as the Agent Server API returns it."""
+
     assistant_id: str
     graph_id: str
     config: dict[str, Any]
@@ -35,6 +39,8 @@ class AssistantOut(Open):
 
 
 class AssistantSearch(Open):
+    """Filters and paging of an assistant search."""
+
     metadata: dict[str, Any] | None = None
     graph_id: str | None = None
     name: str | None = None
@@ -43,17 +49,23 @@ class AssistantSearch(Open):
 
 
 class GraphOut(Open):
+    """An assistant's graph: its nodes and edges."""
+
     nodes: list[dict[str, Any]]
     edges: list[dict[str, Any]]
 
 
 class ThreadCreate(Open):
+    """A request to create a thread."""
+
     thread_id: str | None = Field(default=None, min_length=1, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
 
 
 class ThreadOut(Open):
+    """A thread, with its status, current values and pending interrupts."""
+
     thread_id: str
     created_at: str
     updated_at: str
@@ -64,6 +76,8 @@ class ThreadOut(Open):
 
 
 class ThreadSearch(Open):
+    """Filters and paging of a thread search."""
+
     metadata: dict[str, Any] | None = None
     ids: list[str] | None = None
     limit: int = Field(default=10, ge=0, le=1000)
@@ -71,6 +85,8 @@ class ThreadSearch(Open):
 
 
 class CheckpointOut(Open):
+    """Which checkpoint of a thread a state belongs to."""
+
     thread_id: str
     checkpoint_ns: str
     checkpoint_id: str | None
@@ -78,6 +94,8 @@ class CheckpointOut(Open):
 
 
 class ThreadStateOut(Open):
+    """A thread's state at one checkpoint: its values, next nodes and tasks."""
+
     values: dict[str, Any] | list[Any]
     next: list[str]
     tasks: list[dict[str, Any]]
@@ -89,21 +107,29 @@ class ThreadStateOut(Open):
 
 
 class StateUpdate(Open):
+    """A request to write values to a thread's state, as if a node had."""
+
     values: dict[str, Any] | None = None
     as_node: str | None = None
     checkpoint_id: str | None = None
 
 
 class StateUpdated(Open):
+    """The checkpoint a state update wrote."""
+
     checkpoint: CheckpointOut
 
 
 class HistoryQuery(Open):
+    """Paging of a thread's state history."""
+
     limit: int = Field(default=10, ge=1, le=1000)
     before: str | dict[str, Any] | None = None
 
 
 class CommandIn(Open):
+    """The command a run resumes an interrupted thread with."""
+
     resume: Any = None
 
 
@@ -140,6 +166,8 @@ class StatelessRunCreate(RunCreate):
 
 
 class RunOut(Open):
+    """A run, as the Agent Server API returns it."""
+
     run_id: str
     thread_id: str
     assistant_id: str

@@ -8,7 +8,7 @@ forbidden → 403, failed → 424 (an agent or step the operation depended on fa
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 from fastapi import FastAPI, Request
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from checkpoints.errors import JourneyError, StoreError
+from checkpoints.errors import ErrorCategory, JourneyError, StoreError
 
 log = structlog.get_logger("journeys.server")
 PROBLEM_JSON = "application/problem+json"
@@ -51,6 +51,18 @@ class Problem(BaseModel):
     code: str
     category: str | None = None
     details: dict[str, Any] | None = None
+
+
+class ApiKeysError(JourneyError):
+    """The API keys are not valid."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
+class InsecureServeError(JourneyError):
+    """The server would be open to every caller beyond this machine."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
 
 
 class ApiError(JourneyError):

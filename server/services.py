@@ -17,6 +17,8 @@ from server.watch import RunWatch
 
 @dataclass
 class ServerServices:
+    """What the server opens at startup and the routers use: settings, runtime, runs and the executor."""
+
     settings: Settings
     runtime: JourneyRuntime
     runs: RunStore

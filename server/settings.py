@@ -10,14 +10,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, Literal, get_args
 
 import structlog
 from langgraph.types import Durability
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from checkpoints.errors import ErrorCategory, JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
+from server.problems import ApiKeysError, InsecureServeError
 
 log = structlog.get_logger("journeys.server")
 ExecutionMode = Literal["embedded", "distributed"]
@@ -27,18 +27,6 @@ Scope = Literal["read", "runs", "journeys", "tasks", "messages", "admin"]
 SCOPES: tuple[str, ...] = get_args(Scope)
 DIGEST_PREFIX = "sha256:"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-class ApiKeysError(JourneyError):
-    """The API keys are not valid."""
-
-    category: ClassVar[ErrorCategory] = "invalid"
-
-
-class InsecureServeError(JourneyError):
-    """The server would be open to every caller beyond this machine."""
-
-    category: ClassVar[ErrorCategory] = "invalid"
 
 
 def is_loopback(host: str) -> bool:
@@ -120,6 +108,8 @@ class InputLimits:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """How the server runs: where the store is, how runs execute, and who may call."""
+
     database_url: str = DEFAULT_STORE_URL
     auth: bool = True
     # Keyed by digest (``sha256:<hex>``, see :func:`key_digest`); plain keys given here are hashed on creation.

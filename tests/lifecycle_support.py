@@ -14,9 +14,9 @@ from agents import RetrySettings
 from checkpoints.clock import VirtualClock
 from checkpoints.lifecycle_tables import LIFECYCLE_TABLES
 from graphs import JourneyRuntime
+from graphs.errors import EntryCriteriaNotMetError
 from graphs.lifecycle import LifecycleSpec
 from graphs.lifecycle_catalog import READY_TO_START, default_lifecycle_spec
-from graphs.lifecycle_errors import EntryCriteriaNotMetError
 from graphs.lifecycle_orchestrator import LifecycleOrchestrator
 
 FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0.001)

@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from checkpoints.lifecycle_tables import lifecycle_validation_results
 from checkpoints.tables import journey_designs, journey_instances
 from graphs import JourneyRuntime, SpecError
+from graphs.errors import EntryCriteriaNotMetError, InvalidMetricError
 from graphs.lifecycle_catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
-from graphs.lifecycle_errors import EntryCriteriaNotMetError, InvalidMetricError
 from nodes.criteria_gate import MetricCriterion, MetricSample, evaluate_criteria
 from tests.lifecycle_support import (
     DAY,

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from checkpoints.events import NewEvent
 from checkpoints.lifecycle_tables import lifecycle_journey_states, lifecycle_rollback_history
 from graphs import InvalidInputError, JourneyNotFoundError, JourneyRuntime
+from graphs.errors import InvalidRollbackTargetError, InvalidTransitionError
 from graphs.lifecycle import TRANSITIONS, JourneyStage, TransitionEvent
 from graphs.lifecycle_catalog import READY_TO_START
-from graphs.lifecycle_errors import InvalidRollbackTargetError, InvalidTransitionError
 from tests.lifecycle_support import (
     DAY,
     PILOT_ENTRY,

@@ -10,8 +10,8 @@ import pytest
 
 from agents import AgentRequest, FailingAgent
 from graphs import InvalidInputError
+from graphs.errors import InvalidTransitionError, RollbackFailedError
 from graphs.lifecycle import RollbackTrigger
-from graphs.lifecycle_errors import InvalidTransitionError, RollbackFailedError
 from tests.lifecycle_support import (
     DAY,
     PILOT_ENTRY,

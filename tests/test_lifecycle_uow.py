@@ -16,14 +16,14 @@ from agents import AgentRequest, FailingAgent, FlakyAgent
 from checkpoints.lifecycle_tables import lifecycle_units_of_work
 from checkpoints.tables import journey_designs
 from graphs import JourneyRuntime, SpecError
-from graphs.lifecycle import LifecycleSpec, StageSpec
-from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
-from graphs.lifecycle_errors import (
+from graphs.errors import (
     InvalidTransitionError,
     UnitDependencyError,
     UnitOfWorkFailedError,
     UnknownUnitOfWorkError,
 )
+from graphs.lifecycle import LifecycleSpec, StageSpec
+from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
 from nodes.uow import TaskSpec, UnitOfWorkSpec
 from tests.lifecycle_support import fingerprint, journey_at, lifecycle_runtime
 

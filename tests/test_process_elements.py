@@ -12,7 +12,7 @@ import pytest
 
 from agents import AgentRequest
 from checkpoints.tables import process_subscriptions, process_timers
-from graphs.process_errors import TaskClosedError, UnmatchedMessageError
+from graphs.errors import TaskClosedError, UnmatchedMessageError
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import delete
 from checkpoints.schema.migrations import migrate
 from checkpoints.tables import process_message_starts, schema_migrations
 from graphs import InvalidInputError
-from graphs.process_errors import UnmatchedMessageError
+from graphs.errors import UnmatchedMessageError
 from tests.process_support import Calls, linear, runtime, table_dump, virtual_clock, waiting_elements
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from checkpoints.timers import DEFAULT_LEASE
 from graphs import process_migration
-from graphs.process_errors import MigrationInProgressError
+from graphs.errors import MigrationInProgressError
 from graphs.process_orchestrator import ProcessOrchestrator
 from graphs.runtime import JourneyRuntime
 from tests.process_support import Calls, runtime, table_dump, user_task, virtual_clock, waiting_elements

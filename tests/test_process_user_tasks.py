@@ -11,7 +11,7 @@ import pytest
 
 from checkpoints.timers import Timer
 from graphs import ResumeValueError
-from graphs.process_errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
+from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.process_scheduler import fire_due_timers
 from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from graphs.process_errors import (
+from graphs.errors import (
     MigrationRefusedError,
     ProcessVersionConflictError,
     RolloutError,

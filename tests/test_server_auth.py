@@ -16,8 +16,8 @@ from server.app import create_app
 from server.auth import Require, authenticate
 from server.cli import app as cli
 from server.input_guard import GuardedRoute
-from server.problems import ApiError
-from server.settings import ApiKey, ApiKeysError, Settings, key_digest, load_api_keys
+from server.problems import ApiError, ApiKeysError
+from server.settings import ApiKey, Settings, key_digest, load_api_keys
 
 ANA = {"principal": "ana", "scopes": ["read", "tasks"], "groups": ["finance"]}
 

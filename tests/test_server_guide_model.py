@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from typer.testing import CliRunner
 
-from agents.guide_model import GuideModelError
+from agents.errors import GuideModelError
 from server.app import create_app
 from server.cli import app as cli
 from server.settings import Settings

@@ -20,7 +20,7 @@ from agents import (
     RecordingAgent,
     RetrySettings,
 )
-from checkpoints.index import DuplicateInstanceError
+from checkpoints.errors import DuplicateInstanceError
 from checkpoints.tables import journey_designs
 from graphs import (
     InvalidInputError,

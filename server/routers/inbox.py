@@ -25,6 +25,8 @@ Services = Annotated[ServerServices, Depends(services)]
 
 
 class Actor(BaseModel):
+    """Who acts on a user task, when the server runs without API keys."""
+
     model_config = ConfigDict(extra="forbid")
 
     # Only read with auth switched off; otherwise the API key names the user and groups.
@@ -33,10 +35,14 @@ class Actor(BaseModel):
 
 
 class CompleteIn(Actor):
+    """A user task's completion: who completes it and the response payload."""
+
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
 class MessageIn(BaseModel):
+    """A message to correlate to waiting instances (or to start a process)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
@@ -89,6 +95,8 @@ Deployer = Annotated[Principal, Depends(require("journeys"))]
 
 
 class ProcessStartIn(BaseModel):
+    """A request to start a process instance: its business key, variables and optional version."""
+
     model_config = ConfigDict(extra="forbid")
 
     business_key: str = Field(min_length=1, max_length=BUSINESS_KEY)

@@ -54,58 +54,82 @@ Metrics = Annotated[
 
 
 class Body(BaseModel):
+    """A request body of the journey endpoints: fields it does not declare are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class DesignIn(Body):
+    """A request to design a structured journey from a template (or from your own steps)."""
+
     journey_type: JourneyType
     requirements: dict[str, Any] = Field(default_factory=dict)
     spec: StructuredSpec | None = Field(default=None, description="your own steps instead of the template's")
 
 
 class SagaDesignIn(DesignIn):
+    """A request to design a saga: a structured design plus a compensation handler per step."""
+
     compensation_handlers: dict[str, str] = Field(default_factory=dict)
 
 
 class ExecuteIn(Body):
+    """A request to start a run of a design for a user."""
+
     user_id: UserId
     context: dict[str, Any] = Field(default_factory=dict)
 
 
 class AdvanceIn(Body):
+    """A step's result, to complete the step the journey waits on."""
+
     step_result: dict[str, Any] = Field(default_factory=dict)
     step_id: str | None = None
 
 
 class SagaAdvanceIn(AdvanceIn):
+    """A step's result for a saga, naming the saga's design and user."""
+
     journey_id: Name
     user_id: Name
 
 
 class SessionIn(Body):
+    """A request to start a session for a user with the given areas."""
+
     user_id: UserId
     session_config: SessionSpec
 
 
 class MvpIn(Body):
+    """A request to start the MVP journey for a user at a pillar."""
+
     user_id: UserId
     initial_pillar: str = Field(default="content", json_schema_extra={"enum": [p.area_id for p in MVP_PILLARS]})
 
 
 class NavigateIn(Body):
+    """A request to move a session to an area."""
+
     area_id: Name
 
 
 class AreaUpdateIn(Body):
+    """Updates to merge into an area's state."""
+
     area_id: Name
     updates: dict[str, Any]
 
 
 class CloseIn(Body):
+    """A request to close a session, with an optional reason."""
+
     reason: str | None = None
 
 
 class LifecycleIn(Body):
+    """A request to start a client lifecycle journey, with initial metadata and metrics."""
+
     client_id: ClientId = Field(json_schema_extra={"pattern": NOT_BLANK})
     metadata: dict[str, Any] = Field(default_factory=dict)
     metrics: Metrics = Field(default_factory=dict)
@@ -157,6 +181,8 @@ class TransitionIn(Body):
 
 
 class MetricsIn(Body):
+    """Metric values to record for a lifecycle journey."""
+
     values: Metrics = Field(min_length=1)
 
 

@@ -32,6 +32,8 @@ Services = Annotated[ServerServices, Depends(services)]
 
 @dataclass(frozen=True, slots=True)
 class ResolvedThread:
+    """A thread id with what it is bound to: its row, assistant and journey instance."""
+
     thread_id: str
     row: ThreadRow | None
     assistant_id: str | None

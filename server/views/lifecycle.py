@@ -15,6 +15,8 @@ LifecycleStatus = Literal["pending", "active", "rollback", "completed", "cancell
 
 
 class CheckOut(BaseModel):
+    """One criterion's check, as a lifecycle answer reports it."""
+
     name: str
     passed: bool
     actual: Any = Field(description="the value found (a metric, a unit's status); null when none was recorded")
@@ -55,6 +57,8 @@ class OpenRollback(BaseModel):
 
 
 class LifecycleStateFields(BaseModel):
+    """Where a lifecycle journey stands: its stage, the stages behind it, and the events it accepts now."""
+
     # Null ids, stage and status: only before the journey's first run finished (one a crash cut short).
     journey_id: str | None
     client_id: str | None
@@ -70,10 +74,14 @@ class LifecycleStateFields(BaseModel):
 
 
 class LifecycleJourneyView(LifecycleStateFields):
+    """A lifecycle journey, with the rollback in progress if any."""
+
     rollback: OpenRollback | None = Field(description="the rollback in progress, while in the rollback stage")
 
 
 class RollbackPlan(BaseModel):
+    """What a rollback will do: the stages it unwinds, the units it runs and whom it notifies."""
+
     unwind: list[JourneyStage]
     units: list[str]
     notify: str = Field(description="intent of the agent told about the rollback")
@@ -112,12 +120,16 @@ class RollbackRecord(BaseModel):
 
 
 class RollbackNotification(BaseModel):
+    """Whether the stakeholders were notified of a rollback."""
+
     delivered: bool
     intent: str
     error: str = optional_key("why it was not delivered")
 
 
 class TransitionRollback(RollbackRecord):
+    """The rollback a transition started or completed."""
+
     notification: RollbackNotification | None = optional_key("only when the transition started the rollback")
 
 
@@ -131,11 +143,15 @@ class LifecycleTransitionOut(LifecycleStateFields):
 
 
 class AutomaticRollback(RollbackRecord):
+    """A rollback a crossed metric threshold started, with the journey after it."""
+
     journey: LifecycleJourneyView = Field(description="the journey after the rollback")
     notification: RollbackNotification | None
 
 
 class MetricsRecordedOut(BaseModel):
+    """The metric values recorded, and the rollback they started if any."""
+
     journey_id: str
     recorded: dict[str, float] = Field(description="the values recorded (booleans as 1.0 and 0.0)")
     recorded_at: str

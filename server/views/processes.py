@@ -15,6 +15,8 @@ ProcessStatus = Literal["in_progress", "completed", "failed", "compensating", "c
 
 
 class DeploymentOut(BaseModel):
+    """A deployed process version and its share of new instances."""
+
     name: str
     version: int
     design_id: str
@@ -23,12 +25,16 @@ class DeploymentOut(BaseModel):
 
 
 class WaitFields(BaseModel):
+    """Where a process instance waits."""
+
     wait_id: str = Field(description="the wait's id (a user task's id is its wait's id)")
     element: str = Field(description="the element the instance waits at")
     kind: str
 
 
 class UserTaskWait(WaitFields):
+    """A wait for a user task."""
+
     kind: Literal["user_task"]
     title: str
     assignee: str | None
@@ -37,10 +43,14 @@ class UserTaskWait(WaitFields):
 
 
 class TimerWait(WaitFields):
+    """A wait for a timer."""
+
     kind: Literal["timer"]
 
 
 class MessageWait(WaitFields):
+    """A wait for a message."""
+
     kind: Literal["message"]
     messages: list[str] = Field(description="the message name it waits for")
 
@@ -56,12 +66,16 @@ Wait = Annotated[UserTaskWait | TimerWait | MessageWait | RaceWait, Field(discri
 
 
 class ProcessFailure(BaseModel):
+    """The service task failure that failed a process instance."""
+
     element: str = Field(description="the service task whose agent failed")
     error: str
     error_type: str
 
 
 class ProcessInstanceView(BaseModel):
+    """A process instance: its version, status, variables and where it waits."""
+
     instance_id: str
     process: str
     version: int
@@ -77,6 +91,8 @@ class ProcessInstanceView(BaseModel):
 
 
 class TaskOut(BaseModel):
+    """A user task in the inbox."""
+
     task_id: str
     instance_id: str
     element: str
@@ -97,6 +113,8 @@ class TaskOut(BaseModel):
 
 
 class MessageSentOut(BaseModel):
+    """What a sent message did: the instances it resumed or started, or where it was buffered."""
+
     correlated: list[str] = Field(description="the waiting instances it resumed")
     started: list[str] = Field(description="the instances it started (processes with a message start)")
     buffered: str | None = Field(description="the buffered message's id, when nobody took it yet")

@@ -12,6 +12,8 @@ SessionStatus = Literal["active", "closed"]
 
 
 class AreaInfo(BaseModel):
+    """An area of a session, as designed."""
+
     area_id: str
     area_name: str
     description: str
@@ -21,10 +23,14 @@ class AreaInfo(BaseModel):
 
 
 class PillarInfo(AreaInfo):
+    """An MVP pillar, with what it still needs."""
+
     missing: list[str] = Field(description="what the pillar still needs to be complete")
 
 
 class AreaProgress(BaseModel):
+    """How far a session has got in one area."""
+
     area_name: str
     visited: bool
     complete: bool
@@ -33,6 +39,8 @@ class AreaProgress(BaseModel):
 
 
 class SessionProgress(BaseModel):
+    """How far a session has got, overall and per area."""
+
     completion_percent: int
     completed_areas: int
     visited_areas: int
@@ -43,6 +51,8 @@ class SessionProgress(BaseModel):
 
 
 class SessionRef(BaseModel):
+    """The session an answer is about."""
+
     session_id: str
 
 
@@ -51,6 +61,8 @@ class SessionProgressOut(SessionProgress, SessionRef):
 
 
 class SessionStartOut(SessionRef):
+    """A session just started: its areas and progress."""
+
     user_id: str
     status: SessionStatus
     current_area: str | None
@@ -59,6 +71,8 @@ class SessionStartOut(SessionRef):
 
 
 class NavigatedOut(SessionRef):
+    """A session after moving to an area."""
+
     previous_area: str | None
     current_area: str
     area: AreaInfo
@@ -67,6 +81,8 @@ class NavigatedOut(SessionRef):
 
 
 class AreaUpdatedOut(SessionRef):
+    """An area's state after an update, and the session's progress."""
+
     area_id: str
     area_state: dict[str, Any] = Field(description="the area's state after the update")
     area_complete: bool
@@ -74,18 +90,24 @@ class AreaUpdatedOut(SessionRef):
 
 
 class MvpStartOut(BaseModel):
+    """An MVP journey just started: its session, pillars and recommended order."""
+
     session: SessionStartOut
     pillars: list[AreaInfo]
     recommended_flow: list[str] = Field(description="the pillars in their recommended order")
 
 
 class RecommendationOut(BaseModel):
+    """The pillar to work on next, and why."""
+
     recommended_pillar: str | None = Field(description="the first incomplete pillar in the recommended flow")
     pillar_info: PillarInfo | None
     reason: str
 
 
 class PillarStatus(BaseModel):
+    """One pillar's completion."""
+
     complete: bool
     visited: bool
     progress: dict[str, Any] = Field(description="the pillar's progress flags so far")
@@ -93,6 +115,8 @@ class PillarStatus(BaseModel):
 
 
 class MvpCompletionOut(BaseModel):
+    """Whether the MVP is complete, and each pillar's status."""
+
     mvp_complete: bool
     completion_percent: int
     pillar_status: dict[str, PillarStatus] = Field(description="pillar id → its status")

@@ -13,6 +13,8 @@ from server.views.steps import SagaRunStatus, SagaRunView, StructuredRunStatus, 
 
 
 class IndexFields(BaseModel):
+    """What the journey index keeps of every journey, whatever its pattern."""
+
     instance_id: str
     pattern: str
     user_id: str = Field(description="the user; a lifecycle journey's client; a process instance's business key")
@@ -21,11 +23,15 @@ class IndexFields(BaseModel):
 
 # Each base lists IndexFields last, so its fields come first in the JSON, as the route merges them.
 class StructuredStatusOut(StructuredRunView, IndexFields):
+    """The status of a structured journey."""
+
     pattern: Literal["structured"]
     index_status: StructuredRunStatus
 
 
 class SagaStatusOut(SagaRunView, IndexFields):
+    """The status of a saga."""
+
     pattern: Literal["saga"]
     index_status: SagaRunStatus
 
@@ -34,21 +40,29 @@ SessionIndexStatus = Literal["in_progress", "completed", "closed"]
 
 
 class SessionStatusOut(SessionProgressOut, IndexFields):
+    """The status of a session."""
+
     pattern: Literal["session"]
     index_status: SessionIndexStatus
 
 
 class MvpStatusOut(SessionProgressOut, IndexFields):
+    """The status of an MVP journey."""
+
     pattern: Literal["mvp"]
     index_status: SessionIndexStatus
 
 
 class LifecycleStatusOut(LifecycleJourneyView, IndexFields):
+    """The status of a lifecycle journey."""
+
     pattern: Literal["lifecycle"]
     index_status: Literal["in_progress", "pending", "active", "rollback", "completed", "cancelled"]
 
 
 class ProcessStatusOut(ProcessInstanceView, IndexFields):
+    """The status of a process instance."""
+
     pattern: Literal["process"]
     index_status: ProcessStatus
 
@@ -60,6 +74,8 @@ JourneyStatusOut = Annotated[
 
 
 class EventOut(BaseModel):
+    """One event of a journey's history."""
+
     seq: int
     type: str
     step: str | None

@@ -17,6 +17,8 @@ SagaRunStatus = Literal["in_progress", "completed", "failed", "compensating", "c
 
 
 class DesignedStep(BaseModel):
+    """A step of a design: what it does and where it leads."""
+
     step_id: str
     name: str = Field(description="the step's title (its name, or its id in words)")
     mode: Literal["user", "auto"] = Field(
@@ -28,6 +30,8 @@ class DesignedStep(BaseModel):
 
 
 class DesignFields(BaseModel):
+    """A structured or saga design, as saved."""
+
     journey_id: str = Field(description="the design's id: start runs of it with an execution")
     pattern: str
     journey_type: str
@@ -38,20 +42,28 @@ class DesignFields(BaseModel):
 
 
 class StructuredDesignOut(DesignFields):
+    """A structured journey design."""
+
     pattern: Literal["structured"]
 
 
 class SagaDesignOut(DesignFields):
+    """A saga design, with its compensation handlers."""
+
     pattern: Literal["saga"]
     compensation_handlers: dict[str, str] = Field(description="step id → intent of the agent that undoes it")
 
 
 class StepProgress(BaseModel):
+    """How many steps are completed, of how many."""
+
     completed: int
     total: int
 
 
 class StepRunFields(BaseModel):
+    """Where a run of a structured journey or saga stands."""
+
     journey_id: str
     user_id: str
     instance_id: str
@@ -67,20 +79,28 @@ class StepRunFields(BaseModel):
 
 
 class StructuredRunView(StepRunFields):
+    """A run of a structured journey."""
+
     status: StructuredRunStatus
 
 
 class StructuredAdvanceOut(StructuredRunView):
+    """A run of a structured journey after an advance."""
+
     completed_step: str = Field(description="the step this advance completed")
 
 
 class SagaFailure(BaseModel):
+    """The step failure that started a saga's compensation."""
+
     step: str
     error: str
     error_type: str
 
 
 class CompensationFailure(BaseModel):
+    """An undo that failed for good, stopping a saga's compensation."""
+
     step: str = Field(description="the step whose undo failed")
     handler: str = Field(description="intent of the compensation handler that failed")
     error: str
@@ -88,6 +108,8 @@ class CompensationFailure(BaseModel):
 
 
 class SagaRunView(StepRunFields):
+    """A run of a saga, with what was undone and why."""
+
     status: SagaRunStatus
     saga_id: str
     compensated_steps: list[str] = Field(description="steps undone so far, last completed first")
@@ -96,4 +118,6 @@ class SagaRunView(StepRunFields):
 
 
 class SagaAdvanceOut(SagaRunView):
+    """A run of a saga after an advance."""
+
     completed_step: str = Field(description="the step this advance completed (or whose failure compensated)")
