@@ -61,3 +61,21 @@ class DuplicateDesignError(JourneyError):
     """A design with this id is stored already."""
 
     category = "conflict"
+
+
+class ThreadExistsError(JourneyError):
+    """A thread with this id exists already."""
+
+    category = "conflict"
+
+
+class ThreadBusyError(JourneyError):
+    """The thread has a pending or running run, and the new run's strategy is ``reject``."""
+
+    category = "conflict"
+
+
+class UnsupportedMultitaskStrategyError(JourneyError):
+    """The run's multitask strategy is not one this store supports."""
+
+    category = "invalid"

@@ -35,6 +35,8 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One recorded event of a journey instance, in order (``seq``), keyed when it must be written once."""
+
     instance_id: str
     seq: int
     type: str

@@ -11,25 +11,15 @@ from sqlalchemy import bindparam, func, insert, select
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
-from checkpoints.errors import JourneyError
+from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
 from checkpoints.events import EVENT_VALUES, NewEvent
 from checkpoints.tables import journey_designs, journey_events, journey_instances
 
 
-class DuplicateInstanceError(JourneyError):
-    """This journey has already been started for this user."""
-
-    category = "conflict"
-
-
-class DuplicateDesignError(JourneyError):
-    """A design with this id is stored already."""
-
-    category = "conflict"
-
-
 @dataclass(frozen=True, slots=True)
 class Design:
+    """A saved journey design: its spec under an id, for one pattern."""
+
     journey_id: str
     pattern: str
     journey_type: str
@@ -39,6 +29,8 @@ class Design:
 
 @dataclass(frozen=True, slots=True)
 class Instance:
+    """A journey instance as indexed: its design, pattern, user and status."""
+
     instance_id: str
     journey_id: str
     pattern: str

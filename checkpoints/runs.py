@@ -25,31 +25,13 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
-from checkpoints.errors import JourneyError
+from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
 from checkpoints.tables import server_run_events, server_runs, server_threads
 
 ACTIVE = ("pending", "running")
 TERMINAL = ("success", "error", "interrupted", "timeout")
 STRATEGIES = ("reject", "enqueue")
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
-
-
-class ThreadExistsError(JourneyError):
-    """A thread with this id exists already."""
-
-    category = "conflict"
-
-
-class ThreadBusyError(JourneyError):
-    """The thread has a pending or running run, and the new run's strategy is ``reject``."""
-
-    category = "conflict"
-
-
-class UnsupportedMultitaskStrategyError(JourneyError):
-    """The run's multitask strategy is not one this store supports."""
-
-    category = "invalid"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,15 +12,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from checkpoints import runs as records
+from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
 from checkpoints.runs import ACTIVE, RUN_CHANNEL, STRATEGIES, TERMINAL, Enqueue, RunRow, ThreadRow
 from server.problems import ApiError
 
 __all__ = ["ACTIVE", "RUN_CHANNEL", "STRATEGIES", "TERMINAL", "Enqueue", "RunRow", "RunStore", "ThreadRow"]
 
 _PROBLEMS: dict[type[Exception], tuple[int, str]] = {
-    records.ThreadExistsError: (409, "ThreadExists"),
-    records.ThreadBusyError: (409, "ThreadBusy"),
-    records.UnsupportedMultitaskStrategyError: (422, "UnsupportedMultitaskStrategy"),
+    ThreadExistsError: (409, "ThreadExists"),
+    ThreadBusyError: (409, "ThreadBusy"),
+    UnsupportedMultitaskStrategyError: (422, "UnsupportedMultitaskStrategy"),
 }
 
 
@@ -28,7 +29,7 @@ _PROBLEMS: dict[type[Exception], tuple[int, str]] = {
 def _as_problem() -> Iterator[None]:
     try:
         yield
-    except (records.ThreadExistsError, records.ThreadBusyError, records.UnsupportedMultitaskStrategyError) as exc:
+    except (ThreadExistsError, ThreadBusyError, UnsupportedMultitaskStrategyError) as exc:
         status, code = _PROBLEMS[type(exc)]
         raise ApiError(status, code, exc.message, **exc.details) from exc
 
