@@ -27,22 +27,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import DuplicateInstanceError, Instance
-from checkpoints.timers import DEFAULT_LEASE, Timer
+from checkpoints.timers import DEFAULT_LEASE, Timer, TimerStore
 from graphs.process import ProcessSpec
-from graphs.process_errors import MigrationInProgressError
-from graphs.process_migration import migrating_instances, settle_migration
+from graphs.process_context import TimerHost
 from nodes.agent_call import Recording
 from nodes.timer import TimerDefinition
-
-if TYPE_CHECKING:
-    from graphs.process_orchestrator import ProcessOrchestrator
 
 log = structlog.get_logger("journeys.timers")
 
@@ -64,7 +60,7 @@ def default_worker_id() -> str:
 
 
 async def fire_due_timers(
-    processes: ProcessOrchestrator,
+    processes: TimerHost,
     *,
     now: datetime | None = None,
     worker: str | None = None,
@@ -143,9 +139,7 @@ async def fire_due_timers(
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
-    for instance_id in await migrating_instances(processes):  # migrations whose process died midway
-        with suppress(MigrationInProgressError):
-            await settle_migration(processes, instance_id, started_before=moment - lease)
+    await processes.settle_abandoned_migrations(moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
         if await processes.deliver(wait.instance_id, wait.wait_id):
             report.redelivered += 1
@@ -153,7 +147,7 @@ async def fire_due_timers(
     return report
 
 
-async def _fire_other(processes: ProcessOrchestrator, timer: Timer, worker: str) -> bool:
+async def _fire_other(processes: TimerHost, timer: Timer, worker: str) -> bool:
     """Timers that do not end a wait: SLA escalations, reminders, timer starts."""
     definition = TimerDefinition.model_validate(timer.definition)
     fired_at = processes.clock.now().astimezone(UTC)
@@ -165,7 +159,7 @@ async def _fire_other(processes: ProcessOrchestrator, timer: Timer, worker: str)
     return await _start(processes, timer, worker, ticks, definition, fired_at)
 
 
-async def _escalate(processes: ProcessOrchestrator, timer: Timer, worker: str, ticks: int) -> bool:
+async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int) -> bool:
     """The SLA of a user task was breached: its escalation, once (keyed by the timer)."""
     services = processes.services
     assert timer.wait_id is not None and timer.instance_id is not None
@@ -228,7 +222,7 @@ async def _escalate(processes: ProcessOrchestrator, timer: Timer, worker: str, t
 
 
 async def _remind(
-    processes: ProcessOrchestrator,
+    processes: TimerHost,
     timer: Timer,
     worker: str,
     ticks: int,
@@ -261,7 +255,7 @@ async def _remind(
 
 
 async def _start(
-    processes: ProcessOrchestrator,
+    processes: TimerHost,
     timer: Timer,
     worker: str,
     ticks: int,
@@ -272,10 +266,9 @@ async def _start(
     name, start = str(timer.data["process"]), str(timer.data["start"])
     next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     tick_key = f"{name}@{timer.due_at.strftime('%Y%m%dT%H%M%S.%fZ')}"
-    entry = await processes.route(name, tick_key)
-    deployment = await processes.deployments.get(name, int(entry["version"]))
+    deployment, spec = await processes.routed(name, tick_key)
     started = False
-    if deployment is not None and start in {s.id for s in processes.spec_of(deployment).starts()}:
+    if start in {s.id for s in spec.starts()}:
         variables = {"timer": {"due_at": timer.due_at.isoformat(), "tick": ticks, "missed_ticks": skipped}}
         try:
             await processes.start(
@@ -297,20 +290,17 @@ async def _start(
     return started
 
 
-async def schedule_start_timers(processes: ProcessOrchestrator, spec: ProcessSpec) -> None:
-    """Make the timer start events of ``spec``'s process those of its newest version, once it is deployed.
+async def schedule_start_timers(timers: TimerStore, now: datetime, spec: ProcessSpec) -> None:
+    """Make the timer start events of ``spec``'s process those of ``spec``, the newest version just deployed.
 
     One timer runs per start event of the newest version: a start event whose timer is unchanged keeps
     its schedule, one that changed or is new is armed from now, and the timers of start events the
     newest version no longer has (or has with another timer) are cancelled, in one transaction, so
     two versions never both fire. Each tick starts an instance on the version the rollout routes it
-    to (``_start``). Deploying an older version number late changes nothing.
+    to (``_start``). The caller calls it for the newest version only: deploying an older version number
+    late changes nothing.
     """
-    newest = max(d.version for d in await processes.deployments.find(spec.name))
-    if spec.version != newest:
-        return
-    now = processes.clock.now().astimezone(UTC)
-    timers = processes.services.timers
+    now = now.astimezone(UTC)
     wanted = {start.id: start.timer for start in spec.starts() if start.timer is not None}
     active = [
         timer
@@ -348,7 +338,7 @@ class TimerScheduler:
 
     def __init__(
         self,
-        processes: ProcessOrchestrator,
+        processes: TimerHost,
         *,
         worker: str | None = None,
         poll_interval: float = 1.0,
