@@ -143,13 +143,16 @@ class ProcessOrchestrator:
                     registry.register(intent, EchoAgent(intent), description="deterministic default")
         return await self.deploy(spec, weight=weight)
 
+    async def _newest_version(self, name: str) -> int:
+        return max((d.version for d in await self.deployments.find(name)), default=0)
+
     async def _next_version(self, name: str) -> int:
-        return max((d.version for d in await self.deployments.find(name)), default=0) + 1
+        return await self._newest_version(name) + 1
 
     async def _arm_start_timers(self, spec: ProcessSpec) -> None:
         """The timer starts of the newest version run (see ``schedule_start_timers``); an older one deployed
         late changes nothing."""
-        if spec.version == await self._next_version(spec.name) - 1:
+        if spec.version == await self._newest_version(spec.name):
             await schedule_start_timers(self.services.timers, self.clock.now(), spec)
 
     async def _rollout_after_deploy(self, spec: ProcessSpec, weight: float | None) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Firing durable timers: the one place it happens (SPEC B4).
 
-:func:`fire_due_timers` claims every timer due at ``now`` (an atomic ``UPDATE … WHERE status =
-'scheduled'``, so two workers never fire the same timer and none fires early) and fires each:
+:func:`fire_due_timers` claims every timer due at ``now`` (``TimerStore.claim_due``: one atomic claim of
+the scheduled ones, so two workers never fire the same timer and none fires early) and fires each:
 
 - ``catch`` / ``boundary``: resolves the timer's wait (it may have lost the race: then it never fires)
   and resumes the thread with ``Command(resume=…)``. These fire as a set, one transaction per batch
