@@ -38,6 +38,17 @@ class RowMove:
     keeps_sla: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationStep:
+    """What one step writes: the instance, found in status ``expect``, gets ``status`` (and, with
+    ``to_design``, that design), and the rows of ``moves`` follow their waits."""
+
+    expect: str
+    status: str
+    to_design: str | None = None
+    moves: Sequence[RowMove] = ()
+
+
 class _Lost(Exception):
     """The instance was not in the status the step expects: roll the step's transaction back."""
 
@@ -48,28 +59,18 @@ class MigrationRows:
         self._clock = clock
         self._events = events
 
-    async def apply(
-        self,
-        instance_id: str,
-        event: NewEvent,
-        *,
-        expect: str,
-        status: str,
-        to_design: str | None = None,
-        moves: Sequence[RowMove] = (),
-    ) -> bool:
-        """One transaction: the instance row, found in status ``expect``, gets ``status`` (and, with
-        ``to_design``, that design); the rows of ``moves`` follow their waits; ``event`` (keyed) is logged.
-        False, with nothing applied, when the instance was in another status."""
-        values: dict[str, Any] = {"status": status, "updated_at": self._clock.now()}
-        if to_design is not None:
-            values["journey_id"] = to_design
+    async def apply(self, instance_id: str, step: MigrationStep, event: NewEvent) -> bool:
+        """``step`` and its ``event`` (keyed) in one transaction. False, with nothing applied, when the
+        instance was not in status ``step.expect``."""
+        values: dict[str, Any] = {"status": step.status, "updated_at": self._clock.now()}
+        if step.to_design is not None:
+            values["journey_id"] = step.to_design
         claim = (
             update(journey_instances)
-            .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == expect)
+            .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == step.expect)
             .values(**values)
         )
-        statements = [statement for move in moves for statement in _move_statements(move)]
+        statements = [statement for move in step.moves for statement in _move_statements(move)]
         for attempt in range(SEQ_ATTEMPTS):
             try:
                 async with self._engine.begin() as conn:

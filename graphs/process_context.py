@@ -99,11 +99,13 @@ class Resumer(Protocol):
         self,
         instance_id: str,
         wait_id: str,
-        resolution: dict[str, Any] | None = None,
+        resolution: dict[str, Any] | None = ...,
         *,
-        finish: bool = True,
-        instance: Instance | None = None,
-    ) -> bool: ...
+        finish: bool = ...,
+        instance: Instance | None = ...,
+    ) -> bool:
+        """Resume the thread parked on ``wait_id`` with its resolution (``finish``: mark it consumed)."""
+        ...
 
     async def status(self, instance_id: str) -> dict[str, Any]: ...
 
@@ -127,12 +129,14 @@ class TimerHost(Resumer, Protocol):
         self,
         name: str,
         business_key: str,
-        variables: Mapping[str, Any] | None = None,
+        variables: Mapping[str, Any],
         *,
-        version: int | None = None,
-        instance_id: str | None = None,
-        start_event: str | None = None,
-    ) -> dict[str, Any]: ...
+        version: int,
+        instance_id: str,
+        start_event: str,
+    ) -> dict[str, Any]:
+        """Start an instance of ``name`` (a timer start: its id is derived from the tick)."""
+        ...
 
     async def settle_abandoned_migrations(self, started_before: datetime) -> None:
         """Settle the migrations left open longer than a lease (their process died midway)."""

@@ -28,7 +28,7 @@ own (see ``settle_migration``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -41,7 +41,7 @@ from checkpoints.deployments import Deployment
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
-from checkpoints.migration_rows import MigrationRows, RowMove
+from checkpoints.migration_rows import MigrationRows, MigrationStep, RowMove
 from graphs.designs import new_id
 from graphs.engine import JourneyEngine, failed_task
 from graphs.process import EventGateway, ProcessSpec, UserTask
@@ -303,7 +303,7 @@ async def _settle_locked(
             # on that, the thread resumes from a clean copy (its waiting node runs again up to its interrupt()).
             await source_graph.aupdate_state(engine.config(instance_id), None, as_node="__copy__")
         rolled_back = NewEvent(ROLLED_BACK, plan.record(), None, f"{plan.migration_id}:rolled_back")
-        await _commit(migrations, instance_id, rolled_back, expect=MIGRATING, status="in_progress")
+        await _commit(migrations, instance_id, MigrationStep(expect=MIGRATING, status="in_progress"), rolled_back)
         await threads.settled(source_graph, instance_id)  # re-park where it waited
         outcome = "rolled_back"
     log.info("migration settled", instance_id=instance_id, migration_id=plan.migration_id, outcome=outcome)
@@ -328,7 +328,7 @@ async def _open_intent(migrations: Migrations, instance_id: str) -> tuple[Migrat
 async def _log_intent(migrations: Migrations, instance_id: str, plan: MigrationPlan) -> None:
     """Step 1: the plan in the log and the instance marked migrating, in one transaction."""
     intent = NewEvent(INTENT, plan.to_payload(), None, f"{plan.migration_id}:intent")
-    if not await _commit(migrations, instance_id, intent, expect="in_progress", status=MIGRATING):
+    if not await _commit(migrations, instance_id, MigrationStep(expect="in_progress", status=MIGRATING), intent):
         raise ProcessStateError(
             f"process instance {instance_id!r} is no longer in progress; only a waiting instance can migrate",
             allowed=[],
@@ -362,29 +362,16 @@ async def _finish(
     """Step 3 (idempotent): re-point the instance, move its rows, log the migration, end ``migrating``."""
     moves = [_row_move(source, target, wait) for wait in plan.waits]
     done = NewEvent(DONE, plan.record(), None, f"{plan.migration_id}:migrated")
-    finished = await _commit(
-        migrations, instance_id, done, expect=MIGRATING, status="in_progress", to_design=plan.to_design, moves=moves
-    )
-    if not finished:
+    step = MigrationStep(expect=MIGRATING, status="in_progress", to_design=plan.to_design, moves=moves)
+    if not await _commit(migrations, instance_id, step, done):
         raise ProcessStateError(
             f"migration {plan.migration_id} of {instance_id!r} was settled by someone else meanwhile", allowed=[]
         )
 
 
-async def _commit(
-    migrations: Migrations,
-    instance_id: str,
-    event: NewEvent,
-    *,
-    expect: str,
-    status: str,
-    to_design: str | None = None,
-    moves: Sequence[RowMove] = (),
-) -> bool:
-    """One step's transaction (``MigrationRows.apply``); False, nothing applied, if the status was not ``expect``."""
-    return await migrations.rows.apply(
-        instance_id, event, expect=expect, status=status, to_design=to_design, moves=moves
-    )
+async def _commit(migrations: Migrations, instance_id: str, step: MigrationStep, event: NewEvent) -> bool:
+    """One step's transaction; False, with nothing applied, if the instance was not in ``step.expect``."""
+    return await migrations.rows.apply(instance_id, step, event)
 
 
 def _row_move(source: ProcessSpec, target: ProcessSpec, wait: MovedWait) -> RowMove:
