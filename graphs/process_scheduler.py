@@ -154,9 +154,17 @@ async def _fire_other(processes: TimerHost, timer: Timer, worker: str) -> bool:
     ticks = timer.ticks + 1
     if timer.purpose == "sla":
         return await _escalate(processes, timer, worker, ticks)
+    timers = processes.services.timers
+    next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     if timer.purpose == "reminder":
-        return await _remind(processes, timer, worker, ticks, definition, fired_at)
-    return await _start(processes, timer, worker, ticks, definition, fired_at)
+        fired = await _remind(processes, timer, ticks, skipped)
+        if not fired:  # its task is no longer open: the reminder ends
+            await timers.execute([timers.dropped_statement(timer, worker)])
+            return False
+    else:
+        fired = await _start(processes, timer, ticks, skipped)
+    await timers.execute([timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)])
+    return fired
 
 
 async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int) -> bool:
@@ -221,22 +229,13 @@ async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int)
     return True
 
 
-async def _remind(
-    processes: TimerHost,
-    timer: Timer,
-    worker: str,
-    ticks: int,
-    definition: TimerDefinition,
-    fired_at: datetime,
-) -> bool:
+async def _remind(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
     """A non-interrupting boundary timer: tell ``notify`` once per tick while the task stays open."""
     services = processes.services
     assert timer.instance_id is not None and timer.wait_id is not None
     task = await services.inbox.get(timer.wait_id)
     if task is None or task.status != "open":
-        await services.timers.execute([services.timers.dropped_statement(timer, worker)])
         return False
-    next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     record = {"task_id": task.task_id, "tick": ticks, "missed_ticks": skipped, "boundary": timer.element}
     await services.node.caller.call(
         intent=str(timer.data.get("notify") or "notify"),
@@ -248,46 +247,28 @@ async def _remind(
         recorder=lambda _output: Recording(record),
         replay=True,
     )
-    await services.timers.execute(
-        [services.timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)]
-    )
     return True
 
 
-async def _start(
-    processes: TimerHost,
-    timer: Timer,
-    worker: str,
-    ticks: int,
-    definition: TimerDefinition,
-    fired_at: datetime,
-) -> bool:
+async def _start(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
     """A timer start event: a new instance per tick (missed ticks per the timer's policy)."""
     name, start = str(timer.data["process"]), str(timer.data["start"])
-    next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     tick_key = f"{name}@{timer.due_at.strftime('%Y%m%dT%H%M%S.%fZ')}"
     deployment, spec = await processes.routed(name, tick_key)
-    started = False
-    if start in {s.id for s in spec.starts()}:
-        variables = {"timer": {"due_at": timer.due_at.isoformat(), "tick": ticks, "missed_ticks": skipped}}
-        try:
-            await processes.start(
-                name,
-                tick_key,
-                variables,
-                version=deployment.version,
-                instance_id=f"{name}:{start}:{timer.due_at.strftime('%Y%m%dT%H%M%S.%f')}",
-                start_event=start,
-            )
-            started = True
-        except DuplicateInstanceError:
-            started = True  # this tick's instance exists: an earlier firing got that far
-    else:
+    if start not in {s.id for s in spec.starts()}:
         log.warning("timer start skipped: the routed version has no such start", process=name, start=start)
-    await processes.services.timers.execute(
-        [processes.services.timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)]
-    )
-    return started
+        return False
+    variables = {"timer": {"due_at": timer.due_at.isoformat(), "tick": ticks, "missed_ticks": skipped}}
+    with suppress(DuplicateInstanceError):  # this tick's instance exists: an earlier firing got that far
+        await processes.start(
+            name,
+            tick_key,
+            variables,
+            version=deployment.version,
+            instance_id=f"{name}:{start}:{timer.due_at.strftime('%Y%m%dT%H%M%S.%f')}",
+            start_event=start,
+        )
+    return True
 
 
 async def schedule_start_timers(timers: TimerStore, now: datetime, spec: ProcessSpec) -> None:
