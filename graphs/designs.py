@@ -72,6 +72,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
 
 
+def _graph_key(pattern: str, spec: BaseModel) -> str:
+    # Keyed by content, so identical designs (every MVP session) share one compiled graph.
+    return f"{pattern}-{spec_digest(spec)[:24]}"
+
+
 class DesignBook:
     """Saves, loads and validates journey designs and compiles their graphs, for every pattern."""
 
@@ -80,7 +85,8 @@ class DesignBook:
         self.registry = registry
         # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
         # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
-        self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()
+        # With each, once asked for (load_graph), the key of its compiled graph: hashed once, not per run.
+        self._loaded: OrderedDict[str, tuple[Design, Any, str | None]] = OrderedDict()
         self._cache_size = cache_size
 
     def check(self, pattern: PatternName, spec: BaseModel) -> None:
@@ -104,7 +110,7 @@ class DesignBook:
         cached = self._loaded.get(journey_id)
         if cached is not None:
             self._loaded.move_to_end(journey_id)
-            design, spec = cached
+            design, spec, _key = cached
         else:
             found = await self.engine.store.index.get_design(journey_id)
             if found is None:
@@ -122,13 +128,25 @@ class DesignBook:
             self._remember(design, spec)
         return design, spec
 
+    async def load_graph(
+        self, journey_id: str, patterns: tuple[PatternName, ...]
+    ) -> tuple[Design, Any, CompiledStateGraph[Any, Any, Any, Any]]:
+        """:meth:`load` with the design's compiled graph, whose key is hashed once per loaded design."""
+        design, spec = await self.load(journey_id, patterns)
+        cached = self._loaded.get(journey_id)
+        key = cached[2] if cached is not None and cached[1] is spec else None
+        if key is None:
+            key = _graph_key(design.pattern, spec)
+            if cached is not None:
+                self._loaded[journey_id] = (design, spec, key)
+        kind = PATTERNS[design.pattern]
+        return design, spec, self.engine.compiled(key, lambda: kind.build(spec, self.engine.services))
+
     def _remember(self, design: Design, spec: Any) -> None:
-        self._loaded[design.journey_id] = (design, spec)
+        self._loaded[design.journey_id] = (design, spec, None)
         if len(self._loaded) > self._cache_size:
             self._loaded.popitem(last=False)
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
-        # Keyed by content, so identical designs (every MVP session) share one compiled graph.
-        digest = spec_digest(spec)[:24]
         kind = PATTERNS[pattern]
-        return self.engine.compiled(f"{pattern}-{digest}", lambda: kind.build(spec, self.engine.services))
+        return self.engine.compiled(_graph_key(pattern, spec), lambda: kind.build(spec, self.engine.services))

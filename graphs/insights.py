@@ -6,10 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, select
-
+from checkpoints.insights import InsightQueries
 from checkpoints.store import Store
-from checkpoints.tables import journey_events, journey_instances
 
 MILESTONE_EVENTS = ("step.completed", "area.completed", "session.completed", "saga.compensated")
 
@@ -40,33 +38,18 @@ class JourneyAnalytics:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._queries = InsightQueries(store.engine)
 
     async def summary(self, *, pattern: str | None = None) -> dict[str, Any]:
         """Counts by status, completion rate, mean time to finish, and per-step completions and failures."""
         by_status = await self._store.index.count_by_status(pattern=pattern)
         total = sum(by_status.values())
-        finished = select(journey_instances).where(journey_instances.c.status.in_(["completed", "compensated"]))
-        if pattern is not None:
-            finished = finished.where(journey_instances.c.pattern == pattern)
-        step_counts = (
-            select(journey_events.c.step, journey_events.c.type, func.count())
-            .where(journey_events.c.type.in_(["step.completed", "agent.failed", "area.completed"]))
-            .group_by(journey_events.c.step, journey_events.c.type)
-        )
-        if pattern is not None:
-            step_counts = step_counts.where(
-                journey_events.c.instance_id.in_(
-                    select(journey_instances.c.instance_id).where(journey_instances.c.pattern == pattern)
-                )
-            )
-        async with self._store.engine.connect() as conn:
-            done = (await conn.execute(finished)).all()
-            counts = (await conn.execute(step_counts)).all()
-        durations = [(r.updated_at - r.created_at).total_seconds() for r in done]
+        rows = await self._queries.read(pattern=pattern)
+        durations = rows.durations
         steps: dict[str, dict[str, int]] = defaultdict(lambda: {"completed": 0, "failed": 0})
-        for step, kind, n in counts:
-            if step is not None:
-                steps[step]["failed" if kind == "agent.failed" else "completed"] += int(n)
+        for counted in rows.step_counts:
+            if counted.step is not None:
+                steps[counted.step]["failed" if counted.event_type == "agent.failed" else "completed"] += counted.count
         return {
             "journeys": total,
             "by_status": by_status,

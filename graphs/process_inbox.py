@@ -8,22 +8,24 @@ match the task's response schema. Only then is the task's wait resolved and the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from checkpoints.inbox import UserTaskRow
+from checkpoints.clock import Clock
+from checkpoints.inbox import InboxStore, UserTaskRow
+from checkpoints.waits import WaitStore
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
+from graphs.process_context import Resumer
 from nodes.user_task import validate_resume_value
-
-if TYPE_CHECKING:
-    from graphs.process_orchestrator import ProcessOrchestrator
 
 
 class TaskInbox:
-    """Users' view of process tasks: list, claim, release and complete them."""
+    """``runtime.processes.inbox``: the user tasks of every process instance, for the people who work on them."""
 
-    def __init__(self, processes: ProcessOrchestrator) -> None:
-        self._processes = processes
-        self._inbox = processes.services.inbox
+    def __init__(self, inbox: InboxStore, waits: WaitStore, clock: Clock, instances: Resumer) -> None:
+        self._inbox = inbox
+        self._waits = waits
+        self._clock = clock
+        self._instances = instances  # resumes the instance once its task is completed
 
     async def list_tasks(
         self,
@@ -83,27 +85,26 @@ class TaskInbox:
         if row.claimed_by is None and not row.may_act(user, tuple(groups)):
             raise self._forbidden(row, user)
         result = validate_resume_value(payload, row.response_schema, task=row.element)
-        services = self._processes.services
         resolution = {
             "option": row.element,
             "kind": "task",
             "payload": result,
             "by": user,
-            "at": self._processes.clock.now().isoformat(),
+            "at": self._clock.now().isoformat(),
         }
-        won = await services.waits.resolve(
+        won = await self._waits.resolve(
             task_id,
             resolution,
             task_status="completed",
-            claims=[services.inbox.completion_claim(task_id, by=user, result=result, claimed_by=row.claimed_by)],
+            claims=[self._inbox.completion_claim(task_id, by=user, result=result, claimed_by=row.claimed_by)],
         )
         if not won:
             current = await self._row(task_id)
             raise TaskClosedError(
                 f"task {task_id!r} was {current.status} meanwhile (claimed by {current.claimed_by!r})", task_id=task_id
             )
-        await self._processes.deliver(row.instance_id, task_id, resolution)
-        return await self._processes.status(row.instance_id)
+        await self._instances.deliver(row.instance_id, task_id, resolution)
+        return await self._instances.status(row.instance_id)
 
     async def _open_row(self, task_id: str) -> UserTaskRow:
         row = await self._row(task_id)

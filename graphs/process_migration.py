@@ -28,22 +28,22 @@ own (see ``settle_migration``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot, StateUpdate
-from sqlalchemy import Executable, update
-from sqlalchemy.exc import IntegrityError
 
+from checkpoints.deployments import Deployment
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import NewEvent
-from checkpoints.tables import journey_instances, process_subscriptions, process_timers, process_waits, user_tasks
+from checkpoints.index import Instance
+from checkpoints.migration_rows import MigrationRows, MigrationStep, RowMove
 from graphs.designs import new_id
-from graphs.engine import failed_task
+from graphs.engine import JourneyEngine, failed_task
 from graphs.errors import (
     MigrationInProgressError,
     MigrationRefusedError,
@@ -53,9 +53,7 @@ from graphs.errors import (
 from graphs.process import EventGateway, ProcessSpec, UserTask
 from graphs.process_blocks import TOP, analyse
 from graphs.process_builder import arm_node
-
-if TYPE_CHECKING:
-    from graphs.process_orchestrator import ProcessOrchestrator
+from graphs.process_context import PATTERN, DeployedVersions, Graph, ThreadRunner
 
 log = structlog.get_logger("journeys.processes")
 
@@ -108,8 +106,15 @@ class MigrationPlan:
         return cls(waits=waits, **{f.name: payload[f.name] for f in fields(cls) if f.name != "waits"})
 
 
-class _Lost(Exception):
-    """The instance was not in the status a migration step expects: roll that step's transaction back."""
+@dataclass(frozen=True, slots=True)
+class Migrations:
+    """What migrating an instance needs, handed over by the orchestrator (which this module does not know)."""
+
+    engine: JourneyEngine  # the instance lock, the thread's config and checkpoints, the index and the log
+    versions: DeployedVersions
+    threads: ThreadRunner  # runs the thread and records its failure
+    rows: MigrationRows  # the transaction of each step
+    owner: str  # names the migrations this orchestrator runs (see settle_migration)
 
 
 def _waiting(snapshot: StateSnapshot) -> list[tuple[str, dict[str, Any]]]:
@@ -175,10 +180,15 @@ def check_plan(
 
 
 async def migrate(
-    processes: ProcessOrchestrator, instance_id: str, to_version: int, mapping: Mapping[str, str] | None
-) -> dict[str, Any]:
-    instance, deployment, source, graph = await processes.loaded(instance_id)
-    target_deployment = await processes.deployment(deployment.name, to_version)
+    migrations: Migrations,
+    loaded: tuple[Instance, Deployment, ProcessSpec, Graph],
+    to_version: int,
+    mapping: Mapping[str, str] | None,
+) -> None:
+    """Move the instance ``loaded`` (as the orchestrator read it, settled) to ``to_version``."""
+    instance, deployment, source, graph = loaded
+    instance_id = instance.instance_id
+    target_deployment = await migrations.versions.get(deployment.name, to_version)
     if target_deployment is None:
         raise UnknownProcessError(
             f"process {deployment.name!r} has no version {to_version}", name=deployment.name, version=to_version
@@ -187,18 +197,20 @@ async def migrate(
         raise ProcessStateError(
             f"process instance {instance_id!r} is {instance.status}; only a waiting instance can migrate", allowed=[]
         )
-    target = processes.spec_of(target_deployment)
-    target_graph = processes.graph_of_deployment(target_deployment)
-    async with processes.engine.exclusive(instance_id):
-        now = await processes.instance(instance_id)
-        if (now.journey_id, now.status) != (instance.journey_id, instance.status):
+    target = await migrations.versions.spec_of(target_deployment)
+    target_graph = await migrations.versions.graph_of(target_deployment)
+    threads = migrations.threads
+    async with migrations.engine.exclusive(instance_id):
+        now = await migrations.engine.store.index.get_instance(instance_id)
+        if now is None or (now.journey_id, now.status) != (instance.journey_id, instance.status):
             # Another call migrated or moved it while this one waited: what was checked above is out of date.
             raise ConcurrentUpdateError(
                 f"process instance {instance_id!r} was changed by another call while this migration waited for "
-                f"it (it is now {now.status}); nothing was done: read its status and migrate it from there",
+                f"it (it is now {now.status if now else 'gone'}); nothing was done: read its status and migrate "
+                "it from there",
                 instance_id=instance_id,
             )
-        snapshot = await processes.settled(graph, instance_id)
+        snapshot = await threads.settled(graph, instance_id)
         waiting = _waiting(snapshot)
         if failed_task(snapshot) or not waiting:
             raise ProcessStateError(
@@ -220,18 +232,18 @@ async def migrate(
             waits=waits,
             source_checkpoint=snapshot.config["configurable"].get("checkpoint_id"),
             rewrites_checkpoint=any(w.to != w.element for w in waits),
-            owner=processes.owner,
+            owner=migrations.owner,
         )
-        await _log_intent(processes, instance_id, plan)
+        await _log_intent(migrations, instance_id, plan)
         try:
             if plan.rewrites_checkpoint:
-                await _rewrite_checkpoint(processes, target_graph, instance_id, plan, snapshot)
-            await _finish(processes, instance_id, plan, source, target)
+                await _rewrite_checkpoint(migrations, target_graph, instance_id, plan, snapshot)
+            await _finish(migrations, instance_id, plan, source, target)
         except Exception as exc:
             # Settle it now if we can; if not, the instance stays "migrating" and is settled later.
             outcome = None
             try:
-                outcome = await _settle_locked(processes, instance_id)
+                outcome = await _settle_locked(migrations, instance_id)
             except Exception as again:
                 log.warning("migration left to settle later", instance_id=instance_id, error=str(again))
             if outcome != "completed":
@@ -239,12 +251,11 @@ async def migrate(
             log.info("migration completed after an error", instance_id=instance_id, error=str(exc))
         else:
             if plan.rewrites_checkpoint:
-                await processes.run(target_graph, instance_id, None)  # park at the mapped nodes
-    return await processes.status(instance_id)
+                await threads.run(target_graph, instance_id, None)  # park at the mapped nodes
 
 
 async def settle_migration(
-    processes: ProcessOrchestrator, instance_id: str, *, started_before: datetime | None = None, force: bool = False
+    migrations: Migrations, instance_id: str, *, started_before: datetime | None = None, force: bool = False
 ) -> str | None:
     """Complete or roll back the migration an instance is left in; returns "completed", "rolled_back" or None.
 
@@ -254,21 +265,22 @@ async def settle_migration(
     (a lease: that process has died), and otherwise :class:`MigrationInProgressError` is raised.
     ``force`` settles whatever is open (``recover()`` at startup, when nothing else runs).
     """
-    async with processes.engine.exclusive(instance_id):
-        return await _settle_locked(processes, instance_id, started_before=started_before, force=force)
+    async with migrations.engine.exclusive(instance_id):
+        return await _settle_locked(migrations, instance_id, started_before=started_before, force=force)
 
 
 async def _settle_locked(
-    processes: ProcessOrchestrator, instance_id: str, *, started_before: datetime | None = None, force: bool = False
+    migrations: Migrations, instance_id: str, *, started_before: datetime | None = None, force: bool = False
 ) -> str | None:
-    instance = await processes.store.index.get_instance(instance_id)
+    engine, versions, threads = migrations.engine, migrations.versions, migrations.threads
+    instance = await engine.store.index.get_instance(instance_id)
     if instance is None or instance.status != MIGRATING:
         return None
-    found = await _open_intent(processes, instance_id)
+    found = await _open_intent(migrations, instance_id)
     if found is None:  # pragma: no cover - the status and the intent are written in one transaction
         raise ProcessStateError(f"process instance {instance_id!r} is migrating but logged no plan", allowed=[])
     plan, started_at = found
-    mine = plan.owner == processes.owner
+    mine = plan.owner == migrations.owner
     abandoned = started_before is not None and started_at <= started_before
     if not (force or mine or abandoned):
         raise MigrationInProgressError(
@@ -276,45 +288,38 @@ async def _settle_locked(
             f"{started_at.isoformat()}); try again shortly",
             instance_id=instance_id,
         )
-    latest = await processes.store.saver.aget_tuple(processes.engine.config(instance_id))
+    latest = await engine.store.saver.aget_tuple(engine.config(instance_id))
     landed = latest is not None and latest.metadata.get(MIGRATION_KEY) == plan.migration_id
-    source_deployment = await processes.deployment_of(instance)
-    source = processes.spec_of(source_deployment)
-    target_deployment = await processes.deployments.by_design(plan.to_design)
-    if target_deployment is None:  # pragma: no cover - deployments are never removed
-        raise UnknownProcessError(f"migration target design {plan.to_design!r} is not deployed")
+    source_deployment = await versions.of_design(instance.journey_id)
+    source = await versions.spec_of(source_deployment)
+    target_deployment = await versions.of_design(plan.to_design)
     if landed or not plan.rewrites_checkpoint:
-        await _finish(processes, instance_id, plan, source, processes.spec_of(target_deployment))
-        await processes.settled(processes.graph_of_deployment(target_deployment), instance_id)  # park at `to`
+        await _finish(migrations, instance_id, plan, source, await versions.spec_of(target_deployment))
+        await threads.settled(await versions.graph_of(target_deployment), instance_id)  # park at `to`
         outcome = "completed"
     else:
-        source_graph = processes.graph_of_deployment(source_deployment)
+        source_graph = await versions.graph_of(source_deployment)
         if latest is not None:
             # Step 2 stores its update's writes on the source checkpoint before writing the new one, so a crash
             # between the two leaves them there. They match no task of the source graph, but rather than rely
             # on that, the thread resumes from a clean copy (its waiting node runs again up to its interrupt()).
-            await source_graph.aupdate_state(processes.engine.config(instance_id), None, as_node="__copy__")
-        await _commit(
-            processes,
-            instance_id,
-            _status(instance_id, MIGRATING, "in_progress", processes),
-            [],
-            NewEvent(ROLLED_BACK, plan.record(), None, f"{plan.migration_id}:rolled_back"),
-        )
-        await processes.settled(source_graph, instance_id)  # re-park where it waited
+            await source_graph.aupdate_state(engine.config(instance_id), None, as_node="__copy__")
+        rolled_back = NewEvent(ROLLED_BACK, plan.record(), None, f"{plan.migration_id}:rolled_back")
+        await _commit(migrations, instance_id, MigrationStep(expect=MIGRATING, status="in_progress"), rolled_back)
+        await threads.settled(source_graph, instance_id)  # re-park where it waited
         outcome = "rolled_back"
     log.info("migration settled", instance_id=instance_id, migration_id=plan.migration_id, outcome=outcome)
     return outcome
 
 
-async def migrating_instances(processes: ProcessOrchestrator) -> list[str]:
-    found = await processes.store.index.list_instances(pattern="process", status=MIGRATING, limit=100_000)
+async def migrating_instances(migrations: Migrations) -> list[str]:
+    found = await migrations.engine.store.index.list_instances(pattern=PATTERN, status=MIGRATING, limit=100_000)
     return [i.instance_id for i in found]
 
 
-async def _open_intent(processes: ProcessOrchestrator, instance_id: str) -> tuple[MigrationPlan, datetime] | None:
+async def _open_intent(migrations: Migrations, instance_id: str) -> tuple[MigrationPlan, datetime] | None:
     """The last migration intent of the instance that was neither finished nor rolled back."""
-    events = await processes.store.events.list(instance_id, types=[INTENT, DONE, ROLLED_BACK])
+    events = await migrations.engine.store.events.list(instance_id, types=[INTENT, DONE, ROLLED_BACK])
     closed = {e.payload.get("migration_id") for e in events if e.type != INTENT}
     for event in reversed(events):
         if event.type == INTENT and event.payload["migration_id"] not in closed:
@@ -322,13 +327,10 @@ async def _open_intent(processes: ProcessOrchestrator, instance_id: str) -> tupl
     return None
 
 
-async def _log_intent(processes: ProcessOrchestrator, instance_id: str, plan: MigrationPlan) -> None:
+async def _log_intent(migrations: Migrations, instance_id: str, plan: MigrationPlan) -> None:
     """Step 1: the plan in the log and the instance marked migrating, in one transaction."""
     intent = NewEvent(INTENT, plan.to_payload(), None, f"{plan.migration_id}:intent")
-    claimed = await _commit(
-        processes, instance_id, _status(instance_id, "in_progress", MIGRATING, processes), [], intent
-    )
-    if not claimed:
+    if not await _commit(migrations, instance_id, MigrationStep(expect="in_progress", status=MIGRATING), intent):
         raise ProcessStateError(
             f"process instance {instance_id!r} is no longer in progress; only a waiting instance can migrate",
             allowed=[],
@@ -336,7 +338,7 @@ async def _log_intent(processes: ProcessOrchestrator, instance_id: str, plan: Mi
 
 
 async def _rewrite_checkpoint(
-    processes: ProcessOrchestrator, target_graph: Any, instance_id: str, plan: MigrationPlan, snapshot: StateSnapshot
+    migrations: Migrations, target_graph: Graph, instance_id: str, plan: MigrationPlan, snapshot: StateSnapshot
 ) -> None:
     """Step 2: the thread's state, moved to the target's nodes, as one checkpoint (one superstep)."""
     visits = dict(snapshot.values.get("visits") or {})
@@ -349,97 +351,37 @@ async def _rewrite_checkpoint(
             updates.append(StateUpdate({}, wait.element))
         seen = max(visits.get(wait.to, 0), visits.get(wait.element, 0))
         updates.append(StateUpdate({"waits": {wait.to: wait.wait_id}, "visits": {wait.to: seen}}, arm_node(wait.to)))
-    config: RunnableConfig = {**processes.engine.config(instance_id), "metadata": {MIGRATION_KEY: plan.migration_id}}
+    config: RunnableConfig = {
+        **migrations.engine.config(instance_id),
+        "metadata": {MIGRATION_KEY: plan.migration_id},
+    }
     await target_graph.abulk_update_state(config, [updates])  # the savers keep config metadata on the checkpoint
 
 
 async def _finish(
-    processes: ProcessOrchestrator, instance_id: str, plan: MigrationPlan, source: ProcessSpec, target: ProcessSpec
+    migrations: Migrations, instance_id: str, plan: MigrationPlan, source: ProcessSpec, target: ProcessSpec
 ) -> None:
     """Step 3 (idempotent): re-point the instance, move its rows, log the migration, end ``migrating``."""
-    statements: list[Executable] = []
-    for wait in plan.waits:
-        statements += _move_rows(source, target, wait.element, wait.to, wait.wait_id)
-    repoint = (
-        update(journey_instances)
-        .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == MIGRATING)
-        .values(journey_id=plan.to_design, status="in_progress", updated_at=processes.clock.now())
-    )
+    moves = [_row_move(source, target, wait) for wait in plan.waits]
     done = NewEvent(DONE, plan.record(), None, f"{plan.migration_id}:migrated")
-    if not await _commit(processes, instance_id, repoint, statements, done):
+    step = MigrationStep(expect=MIGRATING, status="in_progress", to_design=plan.to_design, moves=moves)
+    if not await _commit(migrations, instance_id, step, done):
         raise ProcessStateError(
             f"migration {plan.migration_id} of {instance_id!r} was settled by someone else meanwhile", allowed=[]
         )
 
 
-def _status(instance_id: str, before: str, after: str, processes: ProcessOrchestrator) -> Executable:
-    return (
-        update(journey_instances)
-        .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == before)
-        .values(status=after, updated_at=processes.clock.now())
-    )
+async def _commit(migrations: Migrations, instance_id: str, step: MigrationStep, event: NewEvent) -> bool:
+    """One step's transaction; False, with nothing applied, if the instance was not in ``step.expect``."""
+    return await migrations.rows.apply(instance_id, step, event)
 
 
-async def _commit(
-    processes: ProcessOrchestrator,
-    instance_id: str,
-    claim: Executable,
-    statements: Sequence[Executable],
-    event: NewEvent,
-) -> bool:
-    """One transaction: ``claim`` must update the instance row, then ``statements`` and ``event`` (keyed).
-    False, with nothing applied, when the claim found the instance in another status."""
-    for attempt in range(5):
-        try:
-            async with processes.store.engine.begin() as conn:
-                if (await conn.execute(claim)).rowcount != 1:
-                    raise _Lost
-                for statement in statements:
-                    await conn.execute(statement)
-                await processes.store.events.append_in(conn, [(instance_id, event)])
-            return True
-        except _Lost:
-            return False
-        except IntegrityError:  # a concurrent append took the event's sequence number: go again
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _move_rows(source: ProcessSpec, target: ProcessSpec, element: str, to: str, wait_id: str) -> list[Executable]:
-    statements: list[Executable] = []
-    if to != element:
-        statements += [
-            update(process_waits).where(process_waits.c.wait_id == wait_id).values(element=to),
-            update(user_tasks).where(user_tasks.c.task_id == wait_id).values(element=to),
-            update(process_subscriptions)
-            .where(process_subscriptions.c.wait_id == wait_id, process_subscriptions.c.element == element)
-            .values(element=to),
-            update(process_timers)
-            .where(process_timers.c.wait_id == wait_id, process_timers.c.element == element)
-            .values(element=to),
-        ]
-    before, after = source.element(element), target.element(to)
+def _row_move(source: ProcessSpec, target: ProcessSpec, wait: MovedWait) -> RowMove:
+    """How the rows of ``wait`` follow it: its element, and for a user task the timers the target task keeps."""
+    before, after = source.element(wait.element), target.element(wait.to)
     if isinstance(before, UserTask) and isinstance(after, UserTask):
-        kept = [b.id for b in target.boundaries(to)]
-        statements.append(
-            update(process_timers)
-            .where(
-                process_timers.c.wait_id == wait_id,
-                process_timers.c.purpose.in_(("boundary", "reminder")),
-                process_timers.c.element.not_in(kept),
-                process_timers.c.status == "scheduled",
-            )
-            .values(status="cancelled")
+        boundaries = tuple(b.id for b in target.boundaries(wait.to))
+        return RowMove(
+            wait.wait_id, wait.element, wait.to, boundaries=boundaries, keeps_sla=after.sla_timer is not None
         )
-        if after.sla_timer is None:
-            statements.append(
-                update(process_timers)
-                .where(
-                    process_timers.c.wait_id == wait_id,
-                    process_timers.c.purpose == "sla",
-                    process_timers.c.status == "scheduled",
-                )
-                .values(status="cancelled")
-            )
-    return statements
+    return RowMove(wait.wait_id, wait.element, wait.to)

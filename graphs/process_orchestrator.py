@@ -19,11 +19,11 @@ pass) delivers resolutions that were not consumed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from contextlib import suppress
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import jsonschema
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from agents.deterministic import EchoAgent
@@ -31,11 +31,13 @@ from checkpoints.deployments import Deployment, DeploymentStore
 from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
+from checkpoints.migration_rows import MigrationRows
 from checkpoints.timers import DEFAULT_LEASE
-from graphs.designs import DesignBook, PatternName, new_id, parse_spec, spec_digest
+from graphs.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.engine import failed_task
 from graphs.errors import (
     InvalidInputError,
+    MigrationInProgressError,
     ProcessInstanceNotFoundError,
     ProcessStateError,
     ProcessVersionConflictError,
@@ -44,25 +46,23 @@ from graphs.errors import (
 )
 from graphs.process import ProcessSpec
 from graphs.process_catalog import ProcessCatalog, default_process_catalog
+from graphs.process_context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process_inbox import TaskInbox
-from graphs.process_migration import MIGRATING, migrate, migrating_instances, settle_migration
+from graphs.process_migration import MIGRATING, Migrations, migrate, migrating_instances, settle_migration
 from graphs.process_scheduler import TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process_validation import intents
-from graphs.process_versions import choose, describe, variants_rollout, weights_rollout
+from graphs.process_versions import describe, variants_rollout, weights_rollout
 from graphs.streaming import run_graph
 from nodes import schemas
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
 
-Graph = CompiledStateGraph[Any, Any, Any, Any]
-# Not yet a member of designs.PatternName (a shared Literal); the cast keeps this edit out of that line.
-PATTERN = cast(PatternName, "process")
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
-FINISHED = ("completed", "compensated", "failed", "cancelled")
 
 
 class ProcessOrchestrator:
-    """The process API: deploy versions and rollouts, start, message, migrate and report on instances."""
+    """``runtime.processes``: deploys process versions, starts and resumes their instances, and builds the
+    inbox, the timer scheduler and the migrations, handing each only what it needs."""
 
     def __init__(self, designs: DesignBook, *, catalog: ProcessCatalog | None = None) -> None:
         self._designs = designs
@@ -71,14 +71,18 @@ class ProcessOrchestrator:
         self.clock = self.store.clock
         self.services = ProcessServices.of(self.engine.services)
         self.deployments = DeploymentStore(self.store.engine, self.clock)
+        self.deployed = DeployedVersions(designs, self.deployments)
         self.catalog = catalog or default_process_catalog()
-        self.inbox = TaskInbox(self)
-        self.scheduler = TimerScheduler(self)
-        self._specs: dict[str, ProcessSpec] = {}
-        self._by_design: dict[str, Deployment] = {}
-        self._by_version: dict[tuple[str, int], Deployment] = {}
-        self._graphs: dict[str, Graph] = {}
         self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
+        self.inbox = TaskInbox(self.services.inbox, self.services.waits, self.clock, self)
+        self.migrations = Migrations(
+            self.engine,
+            self.deployed,
+            self,
+            MigrationRows(self.store.engine, self.clock, self.store.events),
+            self.owner,
+        )
+        self.scheduler = TimerScheduler(self)
 
     # --- deployment and versions -------------------------------------------------------------------
 
@@ -100,7 +104,7 @@ class ProcessOrchestrator:
                     name=spec.name,
                     version=spec.version,
                 )
-            await schedule_start_timers(self, spec)  # idempotent: arms what a crash after the deploy left out
+            await self._arm_start_timers(spec)  # idempotent: arms what a crash after the deploy left out
             return self._deployment_view(existing, await self.deployments.rollout(spec.name))
         rollout = await self._rollout_after_deploy(spec, weight)
         design = await self._designs.save(PATTERN, spec, prefix="process")
@@ -115,7 +119,7 @@ class ProcessOrchestrator:
         )
         if not added:  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight)
-        await schedule_start_timers(self, spec)
+        await self._arm_start_timers(spec)
         deployment = await self.deployments.get(spec.name, spec.version)
         assert deployment is not None
         return self._deployment_view(deployment, rollout)
@@ -139,8 +143,17 @@ class ProcessOrchestrator:
                     registry.register(intent, EchoAgent(intent), description="deterministic default")
         return await self.deploy(spec, weight=weight)
 
+    async def _newest_version(self, name: str) -> int:
+        return max((d.version for d in await self.deployments.find(name)), default=0)
+
     async def _next_version(self, name: str) -> int:
-        return max((d.version for d in await self.deployments.find(name)), default=0) + 1
+        return await self._newest_version(name) + 1
+
+    async def _arm_start_timers(self, spec: ProcessSpec) -> None:
+        """The timer starts of the newest version run (see ``schedule_start_timers``); an older one deployed
+        late changes nothing."""
+        if spec.version == await self._newest_version(spec.name):
+            await schedule_start_timers(self.services.timers, self.clock.now(), spec)
 
     async def _rollout_after_deploy(self, spec: ProcessSpec, weight: float | None) -> list[dict[str, Any]]:
         current = await self.deployments.rollout(spec.name)
@@ -178,10 +191,15 @@ class ProcessOrchestrator:
 
     async def route(self, name: str, business_key: str) -> dict[str, Any]:
         """The rollout entry a new instance with ``business_key`` would get (sticky by key)."""
-        entries = await self.deployments.rollout(name)
-        if not entries:
-            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
-        return choose(name, business_key, entries)
+        return await self.deployed.route(name, business_key)
+
+    async def routed(self, name: str, business_key: str) -> tuple[Deployment, ProcessSpec]:
+        """The version a new instance with ``business_key`` goes to, and its spec."""
+        version = int((await self.route(name, business_key))["version"])
+        deployment = await self.deployment(name, version)
+        if deployment is None:  # pragma: no cover - a rollout names deployed versions only
+            raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
+        return deployment, await self.spec_of(deployment)
 
     async def _deployed(self, name: str) -> list[Deployment]:
         found = await self.deployments.find(name)
@@ -200,40 +218,16 @@ class ProcessOrchestrator:
         }
 
     async def deployment(self, name: str, version: int) -> Deployment | None:
-        found = self._by_version.get((name, version))
-        if found is None:
-            found = await self.deployments.get(name, version)
-            if found is not None:  # a deployment never changes once made
-                self._by_version[(name, version)] = found
-        return found
+        return await self.deployed.get(name, version)
 
-    def spec_of(self, deployment: Deployment) -> ProcessSpec:
-        spec = self._specs.get(deployment.design_id)
-        if spec is None:
-            spec = ProcessSpec.model_validate(deployment.spec)
-            self._specs[deployment.design_id] = spec
-        return spec
+    async def spec_of(self, deployment: Deployment) -> ProcessSpec:
+        return await self.deployed.spec_of(deployment)
 
     def graph_of(self, spec: ProcessSpec) -> Graph:
         return self._designs.graph(PATTERN, spec)
 
-    def graph_of_deployment(self, deployment: Deployment) -> Graph:
-        """The compiled graph of a deployment, kept by design id (a deployment never changes), so the hot
-        path neither re-hashes the spec nor looks the graph up in the engine's LRU."""
-        graph = self._graphs.get(deployment.design_id)
-        if graph is None:
-            graph = self.graph_of(self.spec_of(deployment))
-            self._graphs[deployment.design_id] = graph
-        return graph
-
     async def deployment_of(self, instance: Instance) -> Deployment:
-        deployment = self._by_design.get(instance.journey_id)
-        if deployment is None:
-            deployment = await self.deployments.by_design(instance.journey_id)
-            if deployment is None:  # pragma: no cover - instances are only created from deployments
-                raise UnknownProcessError(f"instance {instance.instance_id!r} has no deployment")
-            self._by_design[instance.journey_id] = deployment  # a deployment never changes
-        return deployment
+        return await self.deployed.of_design(instance.journey_id)
 
     # --- instances ---------------------------------------------------------------------------------
 
@@ -260,7 +254,7 @@ class ProcessOrchestrator:
         deployment = await self.deployment(name, version)
         if deployment is None:
             raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
-        spec = self.spec_of(deployment)
+        spec = await self.spec_of(deployment)
         entry_id = start_event or (spec.plain_start().id if spec.plain_start() else None)  # type: ignore[union-attr]
         if entry_id is None or entry_id not in {s.id for s in spec.starts()}:
             triggers = [f"{s.id} ({s.trigger})" for s in spec.starts()]
@@ -330,10 +324,10 @@ class ProcessOrchestrator:
         if instance is None:
             instance = await self.instance(instance_id)
         if instance.status == MIGRATING:  # a migration was cut short: finish or undo it before anything else
-            await settle_migration(self, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
+            await settle_migration(self.migrations, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
             instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
-        return instance, deployment, self.spec_of(deployment), self.graph_of_deployment(deployment)
+        return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
 
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
         """Process instances by id, in one read (ids that are not process instances are left out)."""
@@ -410,7 +404,14 @@ class ProcessOrchestrator:
         """Move a waiting instance to ``to_version``; ``mapping`` maps the elements it waits at to elements
         of that version (same id: itself). Refused, with nothing changed, when a waiting element has no
         mapping (see ``graphs.process_migration``)."""
-        return await migrate(self, instance_id, to_version, mapping)
+        await migrate(self.migrations, await self.loaded(instance_id), to_version, mapping)
+        return await self.status(instance_id)
+
+    async def settle_abandoned_migrations(self, started_before: datetime) -> None:
+        """Settle the migrations left open since before ``started_before`` (their process died midway)."""
+        for instance_id in await migrating_instances(self.migrations):
+            with suppress(MigrationInProgressError):
+                await settle_migration(self.migrations, instance_id, started_before=started_before)
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
         """Run a failed node again (its agent may have recovered)."""
@@ -445,8 +446,8 @@ class ProcessOrchestrator:
         """Settle every migration a crash cut short, then deliver every resolution that a crash kept from its
         thread; returns the instances resumed. Meant for startup, when no other process is migrating."""
         resumed: list[str] = []
-        for instance_id in await migrating_instances(self):
-            await settle_migration(self, instance_id, force=True)
+        for instance_id in await migrating_instances(self.migrations):
+            await settle_migration(self.migrations, instance_id, force=True)
             resumed.append(instance_id)
         for wait in await self.services.waits.undelivered():
             if await self.deliver(wait.instance_id, wait.wait_id) and wait.instance_id not in resumed:
@@ -515,10 +516,7 @@ class ProcessOrchestrator:
     async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
         views = []
         for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
-            entry = await self.route(name, key)
-            deployment = await self.deployment(name, int(entry["version"]))
-            assert deployment is not None
-            spec = self.spec_of(deployment)
+            deployment, spec = await self.routed(name, key)
             start = next((s for s in spec.starts() if s.message == message), None)
             if start is None:  # the version the rollout picked does not start on this message
                 continue
@@ -534,7 +532,7 @@ class ProcessOrchestrator:
             now = await self.instance(instance_id)
             if now.journey_id != instance.journey_id:  # migrated while this call waited for the lock
                 deployment = await self.deployment_of(now)
-                graph = self.graph_of_deployment(deployment)
+                graph = await self.deployed.graph_of(deployment)
             snapshot = await self.settled(graph, instance_id)
         instance = await self.instance(instance_id)
         return self.view(instance, deployment, snapshot)

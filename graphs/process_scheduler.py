@@ -1,7 +1,7 @@
 """Firing durable timers: the one place it happens (SPEC B4).
 
-:func:`fire_due_timers` claims every timer due at ``now`` (an atomic ``UPDATE … WHERE status =
-'scheduled'``, so two workers never fire the same timer and none fires early) and fires each:
+:func:`fire_due_timers` claims every timer due at ``now`` (``TimerStore.claim_due``: one atomic claim of
+the scheduled ones, so two workers never fire the same timer and none fires early) and fires each:
 
 - ``catch`` / ``boundary``: resolves the timer's wait (it may have lost the race: then it never fires)
   and resumes the thread with ``Command(resume=…)``. These fire as a set, one transaction per batch
@@ -27,22 +27,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
-from checkpoints.timers import DEFAULT_LEASE, Timer
-from graphs.errors import MigrationInProgressError
+from checkpoints.timers import DEFAULT_LEASE, Timer, TimerStore
 from graphs.process import ProcessSpec
-from graphs.process_migration import migrating_instances, settle_migration
+from graphs.process_context import TimerHost
 from nodes.agent_call import Recording
 from nodes.timer import TimerDefinition
-
-if TYPE_CHECKING:
-    from graphs.process_orchestrator import ProcessOrchestrator
 
 log = structlog.get_logger("journeys.timers")
 
@@ -66,7 +62,7 @@ def default_worker_id() -> str:
 
 
 async def fire_due_timers(
-    processes: ProcessOrchestrator,
+    processes: TimerHost,
     *,
     now: datetime | None = None,
     worker: str | None = None,
@@ -145,9 +141,7 @@ async def fire_due_timers(
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
-    for instance_id in await migrating_instances(processes):  # migrations whose process died midway
-        with suppress(MigrationInProgressError):
-            await settle_migration(processes, instance_id, started_before=moment - lease)
+    await processes.settle_abandoned_migrations(moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
         if await processes.deliver(wait.instance_id, wait.wait_id):
             report.redelivered += 1
@@ -155,19 +149,27 @@ async def fire_due_timers(
     return report
 
 
-async def _fire_other(processes: ProcessOrchestrator, timer: Timer, worker: str) -> bool:
+async def _fire_other(processes: TimerHost, timer: Timer, worker: str) -> bool:
     """Timers that do not end a wait: SLA escalations, reminders, timer starts."""
     definition = TimerDefinition.model_validate(timer.definition)
     fired_at = processes.clock.now().astimezone(UTC)
     ticks = timer.ticks + 1
     if timer.purpose == "sla":
         return await _escalate(processes, timer, worker, ticks)
+    timers = processes.services.timers
+    next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     if timer.purpose == "reminder":
-        return await _remind(processes, timer, worker, ticks, definition, fired_at)
-    return await _start(processes, timer, worker, ticks, definition, fired_at)
+        fired = await _remind(processes, timer, ticks, skipped)
+        if not fired:  # its task is no longer open: the reminder ends
+            await timers.execute([timers.dropped_statement(timer, worker)])
+            return False
+    else:
+        fired = await _start(processes, timer, ticks, skipped)
+    await timers.execute([timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)])
+    return fired
 
 
-async def _escalate(processes: ProcessOrchestrator, timer: Timer, worker: str, ticks: int) -> bool:
+async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int) -> bool:
     """The SLA of a user task was breached: its escalation, once (keyed by the timer)."""
     services = processes.services
     assert timer.wait_id is not None and timer.instance_id is not None
@@ -229,22 +231,13 @@ async def _escalate(processes: ProcessOrchestrator, timer: Timer, worker: str, t
     return True
 
 
-async def _remind(
-    processes: ProcessOrchestrator,
-    timer: Timer,
-    worker: str,
-    ticks: int,
-    definition: TimerDefinition,
-    fired_at: datetime,
-) -> bool:
+async def _remind(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
     """A non-interrupting boundary timer: tell ``notify`` once per tick while the task stays open."""
     services = processes.services
     assert timer.instance_id is not None and timer.wait_id is not None
     task = await services.inbox.get(timer.wait_id)
     if task is None or task.status != "open":
-        await services.timers.execute([services.timers.dropped_statement(timer, worker)])
         return False
-    next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     record = {"task_id": task.task_id, "tick": ticks, "missed_ticks": skipped, "boundary": timer.element}
     await services.node.caller.call(
         intent=str(timer.data.get("notify") or "notify"),
@@ -256,63 +249,41 @@ async def _remind(
         recorder=lambda _output: Recording(record),
         replay=True,
     )
-    await services.timers.execute(
-        [services.timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)]
-    )
     return True
 
 
-async def _start(
-    processes: ProcessOrchestrator,
-    timer: Timer,
-    worker: str,
-    ticks: int,
-    definition: TimerDefinition,
-    fired_at: datetime,
-) -> bool:
+async def _start(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
     """A timer start event: a new instance per tick (missed ticks per the timer's policy)."""
     name, start = str(timer.data["process"]), str(timer.data["start"])
-    next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     tick_key = f"{name}@{timer.due_at.strftime('%Y%m%dT%H%M%S.%fZ')}"
-    entry = await processes.route(name, tick_key)
-    deployment = await processes.deployments.get(name, int(entry["version"]))
-    started = False
-    if deployment is not None and start in {s.id for s in processes.spec_of(deployment).starts()}:
-        variables = {"timer": {"due_at": timer.due_at.isoformat(), "tick": ticks, "missed_ticks": skipped}}
-        try:
-            await processes.start(
-                name,
-                tick_key,
-                variables,
-                version=deployment.version,
-                instance_id=f"{name}:{start}:{timer.due_at.strftime('%Y%m%dT%H%M%S.%f')}",
-                start_event=start,
-            )
-            started = True
-        except DuplicateInstanceError:
-            started = True  # this tick's instance exists: an earlier firing got that far
-    else:
+    deployment, spec = await processes.routed(name, tick_key)
+    if start not in {s.id for s in spec.starts()}:
         log.warning("timer start skipped: the routed version has no such start", process=name, start=start)
-    await processes.services.timers.execute(
-        [processes.services.timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)]
-    )
-    return started
+        return False
+    variables = {"timer": {"due_at": timer.due_at.isoformat(), "tick": ticks, "missed_ticks": skipped}}
+    with suppress(DuplicateInstanceError):  # this tick's instance exists: an earlier firing got that far
+        await processes.start(
+            name,
+            tick_key,
+            variables,
+            version=deployment.version,
+            instance_id=f"{name}:{start}:{timer.due_at.strftime('%Y%m%dT%H%M%S.%f')}",
+            start_event=start,
+        )
+    return True
 
 
-async def schedule_start_timers(processes: ProcessOrchestrator, spec: ProcessSpec) -> None:
-    """Make the timer start events of ``spec``'s process those of its newest version, once it is deployed.
+async def schedule_start_timers(timers: TimerStore, now: datetime, spec: ProcessSpec) -> None:
+    """Make the timer start events of ``spec``'s process those of ``spec``, the newest version just deployed.
 
     One timer runs per start event of the newest version: a start event whose timer is unchanged keeps
     its schedule, one that changed or is new is armed from now, and the timers of start events the
     newest version no longer has (or has with another timer) are cancelled, in one transaction, so
     two versions never both fire. Each tick starts an instance on the version the rollout routes it
-    to (``_start``). Deploying an older version number late changes nothing.
+    to (``_start``). The caller calls it for the newest version only: deploying an older version number
+    late changes nothing.
     """
-    newest = max(d.version for d in await processes.deployments.find(spec.name))
-    if spec.version != newest:
-        return
-    now = processes.clock.now().astimezone(UTC)
-    timers = processes.services.timers
+    now = now.astimezone(UTC)
     wanted = {start.id: start.timer for start in spec.starts() if start.timer is not None}
     active = [
         timer
@@ -350,7 +321,7 @@ class TimerScheduler:
 
     def __init__(
         self,
-        processes: ProcessOrchestrator,
+        processes: TimerHost,
         *,
         worker: str | None = None,
         poll_interval: float = 1.0,

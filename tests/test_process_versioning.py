@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from graphs import designs as designs_module
 from graphs.errors import (
     MigrationRefusedError,
     ProcessVersionConflictError,
     RolloutError,
     UnknownProcessError,
 )
+from graphs.process_context import DeployedVersions
 from graphs.process_versions import choose
 from tests.process_support import Calls, runtime, table_dump, user_task, virtual_clock, waiting_elements
 
@@ -207,3 +209,53 @@ async def test_an_instance_waiting_at_a_timer_migrates_by_identity_and_keeps_its
         clock.advance(timedelta(seconds=1))
         assert (await rt.processes.scheduler.run_due()).resumed == 1
         assert calls.intents() == ["activate", "welcome_call"]
+
+
+async def test_deployment_rows_are_kept_in_a_bounded_cache_and_read_again_once_evicted(store_url: str) -> None:
+    """The orchestrator's caches were plain dicts that grew with every version ever used; now the rows sit in
+    one LRU of a fixed size, and specs and graphs come from the DesignBook (bounded too)."""
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "activate")
+        deployed = [await rt.processes.deploy(onboarding(v, task_id=f"approve_v{v}")) for v in (1, 2, 3, 4)]
+        versions = DeployedVersions(rt.processes._designs, rt.processes.deployments, cache_size=3)
+        for _round in range(2):
+            for view in deployed:
+                by_version = await versions.get("onboarding", view["version"])
+                assert by_version is not None and by_version.design_id == view["design_id"]
+                by_design = await versions.of_design(view["design_id"])
+                assert by_design.version == view["version"]
+                spec = await versions.spec_of(by_design)
+                assert spec.version == view["version"] and spec.element(f"approve_v{view['version']}")
+                assert await versions.graph_of(by_design) is rt.processes.graph_of(spec)
+                assert len(versions._rows) <= 3
+        assert await versions.get("onboarding", 9) is None
+
+
+async def test_resuming_an_instance_neither_reads_nor_hashes_its_design_again(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "activate")
+        await rt.processes.deploy(onboarding(1))
+        view = await rt.processes.start("onboarding", "cust-1")
+        await rt.processes.status(view["instance_id"])  # the design and its graph key are known from here on
+        hashed: list[str] = []
+        read: list[str] = []
+        real_digest, real_read = designs_module.spec_digest, rt.store.index.get_design
+
+        def spec_digest(spec: Any) -> str:
+            hashed.append(spec.name)
+            return real_digest(spec)
+
+        monkeypatch.setattr(designs_module, "spec_digest", spec_digest)
+
+        async def get_design(journey_id: str) -> Any:
+            read.append(journey_id)
+            return await real_read(journey_id)
+
+        monkeypatch.setattr(rt.store.index, "get_design", get_design)
+        for _ in range(3):
+            await rt.processes.status(view["instance_id"])
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        assert (hashed, read) == ([], [])

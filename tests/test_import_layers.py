@@ -1,0 +1,161 @@
+"""The shape of the code: no import cycle between our modules, and the SQL of our tables in ``checkpoints/``.
+
+Imports are read from the source (``ast``), every one of them: at module level, inside functions and
+under ``TYPE_CHECKING``, which is where a cycle usually hides.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("graphs", "nodes", "checkpoints", "server", "agents")
+
+# Modules outside checkpoints/ that still import SQLAlchemy or our tables. Issue 11 moves the queries of
+# the lifecycle ones and of the run store into checkpoints/, and then takes them off this list.
+SQL_NOT_YET_MOVED = frozenset(
+    {
+        "graphs.lifecycle",
+        "graphs.lifecycle_metrics",
+        "graphs.lifecycle_orchestrator",
+        "nodes.criteria_gate",
+        "nodes.uow",
+        "server.runs",
+        "server.pg_runs",
+        "server.identifiers",  # reads the tables' column lengths (no query): the limits of identifiers
+    }
+)
+
+
+def _module_files() -> dict[str, Path]:
+    files = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            files[".".join(parts)] = path
+    return files
+
+
+def _imported_names(module: str, path: Path) -> Iterator[str]:
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                source = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                source = node.module or ""
+            yield source
+            yield from (f"{source}.{alias.name}" for alias in node.names)  # `from graphs import process`
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the modules of ours it imports."""
+    files = _module_files()
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        imported = set()
+        for name in _imported_names(module, path):
+            while name and name not in files:  # `from a.b import Class`: the module a.b
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                imported.add(name)
+        graph[module] = imported
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph[module]):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_the_cycle_finder_reports_each_cycle_once() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}, "f": {"f"}}
+    assert cycles(graph) == [["a", "b", "c"], ["d", "e"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_imports_under_type_checking_inside_functions_and_relative_ones_count(tmp_path: Path) -> None:
+    source = tmp_path / "inbox.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from graphs.process_orchestrator import ProcessOrchestrator\n"
+        "def later():\n"
+        "    import nodes.timer\n"
+        "from .process import ProcessSpec\n"
+    )
+    names = set(_imported_names("graphs.process_inbox", source))
+    assert {"graphs.process_orchestrator", "nodes.timer", "graphs.process"} <= names
+
+
+def test_the_import_graph_sees_every_kind_of_import() -> None:
+    graph = import_graph()
+    assert "graphs.process_orchestrator" in graph["graphs.runtime"]  # module level
+    assert "checkpoints.migration_rows" in graph["graphs.process_migration"]  # from a.b import C
+    assert "graphs.designs" in graph["graphs.process_context"]
+
+
+def test_no_import_cycle_between_our_modules() -> None:
+    found = cycles(import_graph())
+    assert found == [], "import cycles (each: the modules that import each other):\n" + "\n".join(map(str, found))
+
+
+def test_the_process_family_imports_one_way() -> None:
+    """Only the orchestrator knows the orchestrator: its parts get what they need when it builds them."""
+    graph = import_graph()
+    importers = sorted(m for m, imported in graph.items() if "graphs.process_orchestrator" in imported)
+    assert importers == ["graphs.runtime"]
+
+
+def test_no_sql_of_our_tables_outside_checkpoints() -> None:
+    """Query construction needs SQLAlchemy or our table objects: neither is imported outside checkpoints/."""
+    graph = import_graph()
+    building = set()
+    for module, path in _module_files().items():
+        if module.startswith("checkpoints"):
+            continue
+        names = set(_imported_names(module, path))
+        if "checkpoints.tables" in graph[module] or "checkpoints.lifecycle_tables" in graph[module]:
+            building.add(module)
+        if any(name == "sqlalchemy" or name.startswith("sqlalchemy.") for name in names):
+            building.add(module)
+    assert building <= SQL_NOT_YET_MOVED, f"queries built outside checkpoints/: {sorted(building - SQL_NOT_YET_MOVED)}"
+    moved = {"graphs.process_migration", "graphs.insights"}
+    assert not building & moved
