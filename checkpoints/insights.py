@@ -15,6 +15,8 @@ STEP_EVENTS = ("step.completed", "agent.failed", "area.completed")
 
 @dataclass(frozen=True, slots=True)
 class StepCount:
+    """How often one step ended with one event type (completed or failed)."""
+
     step: str | None
     event_type: str
     count: int
@@ -22,11 +24,15 @@ class StepCount:
 
 @dataclass(frozen=True, slots=True)
 class InsightRows:
+    """The raw figures behind journey analytics: durations of finished journeys and step outcome counts."""
+
     durations: list[float]  # seconds from start to finish, per finished journey
     step_counts: list[StepCount]  # per (step, event type) of STEP_EVENTS
 
 
 class InsightQueries:
+    """The reporting queries of the milestone tracker and analytics, over the event log and instance index."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 

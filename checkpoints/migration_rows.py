@@ -54,6 +54,8 @@ class _Lost(Exception):
 
 
 class MigrationRows:
+    """The rows a process migration writes: each step's status change and its event, in one transaction."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock, events: EventLog) -> None:
         self._engine = engine
         self._clock = clock
