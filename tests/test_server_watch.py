@@ -12,7 +12,7 @@ from checkpoints.clock import SystemClock
 from checkpoints.database import create_engine_for
 from checkpoints.migrations import migrate
 from checkpoints.url import parse_store_url
-from server.executor import EmbeddedRunner
+from server.queues.embedded import EmbeddedRunner
 from server.runs import RunRow, RunStore
 from server.watch import RunWatch, listening, wait_for_run
 
