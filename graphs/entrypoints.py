@@ -25,7 +25,7 @@ from langgraph.graph import StateGraph
 
 from agents.guide_model import load_guide_model
 from checkpoints.url import DEFAULT_STORE_URL
-from graphs.kernel.patterns import get_pattern, patterns
+from graphs.kernel.patterns import get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 
 Factory = Callable[[RunnableConfig | None], AbstractAsyncContextManager[StateGraph[Any]]]
@@ -56,7 +56,7 @@ def graph_factory(name: str) -> Factory:
 
 def langgraph_graphs() -> dict[str, str]:
     """The ``graphs`` of ``langgraph.json``: every registered pattern's factory in this file."""
-    return {name: f"{THIS_FILE}:{name}" for name in patterns()}
+    return {name: f"{THIS_FILE}:{name}" for name in registered_patterns()}
 
 
-globals().update({name: graph_factory(name) for name in patterns()})
+globals().update({name: graph_factory(name) for name in registered_patterns()})

@@ -28,7 +28,7 @@ from graphs.designs import DesignBook
 from graphs.engine import JourneyEngine, in_flight
 from graphs.errors import JourneyNotFoundError
 from graphs.insights import JourneyAnalytics, MilestoneTracker
-from graphs.kernel.patterns import OrchestratorDeps, get_pattern, patterns
+from graphs.kernel.patterns import OrchestratorDeps, get_pattern, registered_patterns
 from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
 from nodes.agent_call import AgentCaller
 from nodes.services import NodeServices
@@ -76,7 +76,7 @@ class JourneyRuntime:
         designs = DesignBook(self.engine, agents)
         built: dict[str, Any] = {}
         deps = OrchestratorDeps(designs, templates, built)
-        for name, pattern in patterns().items():
+        for name, pattern in registered_patterns().items():
             if pattern.orchestrator is not None:
                 built[name] = pattern.orchestrator(deps)
                 if pattern.attribute is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from graphs.errors import JourneyNotFoundError
-from graphs.kernel.patterns import Assistant, Graph, RunContext, View, instance_graph, patterns
+from graphs.kernel.patterns import Assistant, Graph, RunContext, View, instance_graph, registered_patterns
 from graphs.runtime import JourneyRuntime
 
 __all__ = ["Assistant", "RunContext", "View", "assistants", "get_assistant", "graph_of", "instance_graph"]
@@ -27,14 +27,14 @@ __all__ = ["Assistant", "RunContext", "View", "assistants", "get_assistant", "gr
 
 def assistants() -> Iterator[Assistant]:
     """Every assistant, in the order the patterns registered."""
-    return (pattern.assistant for pattern in patterns().values())
+    return (pattern.assistant for pattern in registered_patterns().values())
 
 
 def get_assistant(assistant_id: str) -> Assistant:
-    found = patterns().get(assistant_id)
+    found = registered_patterns().get(assistant_id)
     if found is None:
         raise JourneyNotFoundError(
-            f"no assistant {assistant_id!r}; assistants: {', '.join(patterns())}", assistant_id=assistant_id
+            f"no assistant {assistant_id!r}; assistants: {', '.join(registered_patterns())}", assistant_id=assistant_id
         )
     return found.assistant
 

@@ -14,7 +14,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 import graphs.entrypoints as entrypoints
-from graphs.kernel.patterns import patterns
+from graphs.kernel.patterns import registered_patterns
 from graphs.runtime import JourneyRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def test_langgraph_json_lists_every_registered_pattern() -> None:
     config = json.loads((ROOT / "langgraph.json").read_text())
     assert config["graphs"] == entrypoints.langgraph_graphs()
     assert set(config["graphs"]) == {"structured", "saga", "session", "mvp", "lifecycle", "process", "guide"}
-    assert set(config["graphs"]) == set(patterns())
+    assert set(config["graphs"]) == set(registered_patterns())
 
 
 async def test_every_graph_in_langgraph_json_builds(

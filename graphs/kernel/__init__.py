@@ -8,8 +8,8 @@ from graphs.kernel.patterns import (
     PatternRegistrationError,
     RunContext,
     get_pattern,
-    patterns,
     register,
+    registered_patterns,
 )
 
 __all__ = [
@@ -20,6 +20,6 @@ __all__ = [
     "PatternRegistrationError",
     "RunContext",
     "get_pattern",
-    "patterns",
     "register",
+    "registered_patterns",
 ]

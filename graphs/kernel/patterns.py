@@ -175,7 +175,7 @@ def register(pattern: Pattern) -> Pattern:
     return pattern
 
 
-def patterns() -> Mapping[str, Pattern]:
+def registered_patterns() -> Mapping[str, Pattern]:
     """Every registered pattern by name, in registration order (the built-in ones first)."""
     global _loaded
     if not _loaded:
@@ -186,7 +186,7 @@ def patterns() -> Mapping[str, Pattern]:
 
 
 def get_pattern(name: str) -> Pattern:
-    found = patterns().get(name)
+    found = registered_patterns().get(name)
     if found is None:
         raise JourneyNotFoundError(f"no pattern {name!r}; patterns: {', '.join(_REGISTERED)}", pattern=name)
     return found
