@@ -137,6 +137,7 @@ class ProcrastinateQueue(RunQueue):
     async def open(cls, database_url: str, runs: RunStore, watch: RunWatch) -> AsyncIterator[ProcrastinateQueue]:
         ensure_schema(database_url)
         app = build_app(database_url)
+        # Workers notify when a run finishes or streams: wake this process's waiting requests.
         async with app.open_async(), listening(conninfo(database_url), watch):
             yield cls(app, runs)
 
