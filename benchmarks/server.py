@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents import AgentRegistry, EchoAgent  # noqa: E402
-from server.queue import ensure_schema  # noqa: E402
+from server.queues.procrastinate import ensure_schema  # noqa: E402
 from tests.server_support import free_port  # noqa: E402
 
 EIGHT_STEPS = {

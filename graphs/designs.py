@@ -6,11 +6,9 @@ import hashlib
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
 
@@ -18,14 +16,7 @@ from agents.registry import AgentRegistry
 from checkpoints.index import Design
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
-from graphs.lifecycle import LifecycleSpec, build_lifecycle_graph, validate_lifecycle
-from graphs.process import ProcessSpec
-from graphs.process_builder import build_process_graph
-from graphs.process_validation import validate_process
-from graphs.saga import SagaSpec, build_saga_graph, validate_saga
-from graphs.session import SessionSpec, build_session_graph, validate_session
-from graphs.structured import StructuredSpec, build_structured_graph, validate_structured
-from nodes.services import NodeServices
+from graphs.kernel.patterns import design_kind
 
 PatternName = Literal["structured", "saga", "session", "mvp"]
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -34,25 +25,6 @@ SpecT = TypeVar("SpecT", bound=BaseModel)
 def spec_digest(spec: BaseModel) -> str:
     """The SHA-256 of a spec's canonical JSON: equal specs give equal digests, in any process."""
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class PatternKind:
-    """What the runtime needs of a pattern: its spec type, its validation and its graph builder."""
-
-    spec_type: type[BaseModel]
-    validate: Callable[[Any, AgentRegistry], list[str]]
-    build: Callable[[Any, NodeServices], StateGraph[Any]]
-
-
-PATTERNS: dict[str, PatternKind] = {
-    "structured": PatternKind(StructuredSpec, validate_structured, build_structured_graph),
-    "saga": PatternKind(SagaSpec, validate_saga, build_saga_graph),
-    "session": PatternKind(SessionSpec, lambda spec, _registry: validate_session(spec), build_session_graph),
-    "mvp": PatternKind(SessionSpec, lambda spec, _registry: validate_session(spec), build_session_graph),
-}
-PATTERNS["lifecycle"] = PatternKind(LifecycleSpec, validate_lifecycle, build_lifecycle_graph)
-PATTERNS["process"] = PatternKind(ProcessSpec, validate_process, build_process_graph)
 
 
 def parse_spec(spec_type: type[SpecT], data: Mapping[str, Any] | SpecT, *, spec_name: str) -> SpecT:
@@ -90,7 +62,7 @@ class DesignBook:
         self._cache_size = cache_size
 
     def check(self, pattern: PatternName, spec: BaseModel) -> None:
-        problems = PATTERNS[pattern].validate(spec, self.registry)
+        problems = design_kind(pattern).validate(spec, self.registry)
         if problems:
             raise SpecError(problems, spec_name=pattern)
 
@@ -102,7 +74,7 @@ class DesignBook:
             new_id(prefix), pattern, journey_type, spec.model_dump(mode="json")
         )
         # A design is usually started right after it is saved: keep it, as load() would parse it back.
-        self._remember(design, PATTERNS[pattern].spec_type.model_validate(design.spec))
+        self._remember(design, design_kind(pattern).spec_type.model_validate(design.spec))
         return design
 
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
@@ -124,7 +96,7 @@ class DesignBook:
                 pattern=design.pattern,
             )
         if spec is None:
-            spec = PATTERNS[design.pattern].spec_type.model_validate(design.spec)
+            spec = design_kind(design.pattern).spec_type.model_validate(design.spec)
             self._remember(design, spec)
         return design, spec
 
@@ -139,7 +111,7 @@ class DesignBook:
             key = _graph_key(design.pattern, spec)
             if cached is not None:
                 self._loaded[journey_id] = (design, spec, key)
-        kind = PATTERNS[design.pattern]
+        kind = design_kind(design.pattern)
         return design, spec, self.engine.compiled(key, lambda: kind.build(spec, self.engine.services))
 
     def _remember(self, design: Design, spec: Any) -> None:
@@ -148,5 +120,5 @@ class DesignBook:
             self._loaded.popitem(last=False)
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
-        kind = PATTERNS[pattern]
+        kind = design_kind(pattern)
         return self.engine.compiled(_graph_key(pattern, spec), lambda: kind.build(spec, self.engine.services))

@@ -1,5 +1,5 @@
 """The composition root: one object, opened by store URL, that owns the checkpointer, our tables, the
-agent registry and the four orchestrators.
+agent registry and an orchestrator for every registered pattern (:mod:`graphs.kernel.patterns`).
 
     async with JourneyRuntime.open("sqlite:///journeys.db") as runtime:
         journey = await runtime.structured.design_journey("content_migration", {...})
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langgraph.types import Durability
 
@@ -26,20 +26,34 @@ from checkpoints.url import DEFAULT_STORE_URL
 from graphs.catalog import TemplateCatalog, default_catalog
 from graphs.designs import DesignBook
 from graphs.engine import JourneyEngine, in_flight
+from graphs.errors import JourneyNotFoundError
 from graphs.insights import JourneyAnalytics, MilestoneTracker
+from graphs.kernel.patterns import OrchestratorDeps, get_pattern, registered_patterns
 from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
-from graphs.lifecycle_orchestrator import LifecycleOrchestrator
-from graphs.mvp import MVPOrchestrator
-from graphs.process_orchestrator import ProcessOrchestrator
-from graphs.saga_orchestrator import SagaOrchestrator
-from graphs.session_orchestrator import SessionOrchestrator
-from graphs.structured_orchestrator import StructuredOrchestrator
 from nodes.agent_call import AgentCaller
 from nodes.services import NodeServices
 
+if TYPE_CHECKING:
+    from graphs.lifecycle_orchestrator import LifecycleOrchestrator
+    from graphs.mvp import MVPOrchestrator
+    from graphs.process_orchestrator import ProcessOrchestrator
+    from graphs.saga_orchestrator import SagaOrchestrator
+    from graphs.session_orchestrator import SessionOrchestrator
+    from graphs.structured_orchestrator import StructuredOrchestrator
+
 
 class JourneyRuntime:
-    """Reach every orchestrator from here: ``structured``, ``session``, ``mvp`` and ``saga``."""
+    """Reach every orchestrator from here: ``structured``, ``session``, ``mvp``, ``saga``, ``lifecycle``
+    and ``processes``; each registered pattern's orchestrator is the attribute it names, and
+    :meth:`orchestrator` finds one by pattern name."""
+
+    # The built-in patterns' orchestrators, typed; each is set from the pattern registry.
+    structured: StructuredOrchestrator
+    saga: SagaOrchestrator
+    session: SessionOrchestrator
+    mvp: MVPOrchestrator
+    lifecycle: LifecycleOrchestrator
+    processes: ProcessOrchestrator
 
     def __init__(
         self,
@@ -60,14 +74,16 @@ class JourneyRuntime:
         caller = AgentCaller(agents, store.events, policies=policies, retry=retry, bulkheads=Bulkheads(bulkhead_limit))
         self.engine = JourneyEngine(store, NodeServices(caller, store.events, store.clock), durability=durability)
         designs = DesignBook(self.engine, agents)
-        self.structured = StructuredOrchestrator(designs, templates)
-        self.saga = SagaOrchestrator(designs, self.structured)
-        self.session = SessionOrchestrator(designs, pattern="session")
-        self.mvp = MVPOrchestrator(SessionOrchestrator(designs, pattern="mvp"))
+        built: dict[str, Any] = {}
+        deps = OrchestratorDeps(designs, templates, built)
+        for name, pattern in registered_patterns().items():
+            if pattern.orchestrator is not None:
+                built[name] = pattern.orchestrator(deps)
+                if pattern.attribute is not None:
+                    setattr(self, pattern.attribute, built[name])
+        self._orchestrators = built
         self.milestones = MilestoneTracker(store)
         self.analytics = JourneyAnalytics(store)
-        self.lifecycle = LifecycleOrchestrator(designs)
-        self.processes = ProcessOrchestrator(designs)
         self._designs = designs
 
     @classmethod
@@ -142,6 +158,14 @@ class JourneyRuntime:
         resumed += [i for i in await self.lifecycle.recover() if i not in resumed]
         resumed += [i for i in await self.processes.recover() if i not in resumed]
         return resumed
+
+    def orchestrator(self, pattern: str) -> Any:
+        """The orchestrator of a registered pattern, by the pattern's name."""
+        found = self._orchestrators.get(pattern)
+        if found is None:
+            get_pattern(pattern)  # an unknown pattern: JourneyNotFoundError naming the registered ones
+            raise JourneyNotFoundError(f"pattern {pattern!r} has no orchestrator", pattern=pattern)
+        return found
 
     def graph_for(self, pattern: str, spec: Any) -> Any:
         """The compiled LangGraph graph for a spec, on this runtime's checkpointer."""

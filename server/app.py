@@ -2,8 +2,9 @@
 
     app = create_app(Settings(database_url="sqlite:///journeys.db"))
 
-The lifespan opens the :class:`JourneyRuntime` (one store, one checkpointer, one pool) and, in embedded
-mode, runs runs and timers in this process; in distributed mode it only queues them for workers.
+The lifespan opens the :class:`JourneyRuntime` (one store, one checkpointer, one pool) and the run queue
+(:mod:`server.queues`): in embedded mode it runs runs and timers in this process; in distributed mode it
+only queues them for workers.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from fastapi import FastAPI
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
-from server.executor import EmbeddedRunner, RunExecutor
+from server.executor import RunExecutor
 from server.openapi import install_openapi
 from server.problems import install_problem_handlers
+from server.queues import open_queue
 from server.routers import assistants, inbox, journeys, runs, threads
 from server.runs import RunStore
 from server.services import ServerServices
 from server.settings import Settings
-from server.watch import RunWatch, listening
+from server.watch import RunWatch
 
 
 def create_app(
@@ -45,25 +47,8 @@ def create_app(
             run_store = RunStore(runtime.store.backend, runtime.store.clock)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
-            embedded = (
-                EmbeddedRunner(executor, concurrency=settings.concurrency) if settings.execution == "embedded" else None
-            )
-            queue_app = None
-            if embedded is not None:
-                stack.push_async_callback(embedded.close)
-                await embedded.resume_unfinished()
-                if settings.run_timers:
-                    await stack.enter_async_context(runtime.processes.scheduler.running())
-            else:
-                from server.queue import build_app, conninfo, ensure_schema
-
-                ensure_schema(settings.database_url)
-                queue_app = build_app(settings.database_url)
-                # On the store's pool: one bounded set of connections per process (see the README).
-                await stack.enter_async_context(queue_app.open_async(pool=runtime.store.pg_pool))
-                # Workers notify when a run finishes or streams: wake this process's waiting requests.
-                await stack.enter_async_context(listening(conninfo(settings.database_url), watch))
-            app.state.services = ServerServices(settings, runtime, run_store, watch, executor, embedded, queue_app)
+            queue = await stack.enter_async_context(open_queue(settings, executor, watch))
+            app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue)
             yield
 
     app = FastAPI(

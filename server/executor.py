@@ -10,7 +10,6 @@ checkpoint it was meant for is not applied again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -264,71 +263,3 @@ class RunExecutor:
     def _changed(self, run_id: str) -> None:
         if self._notify is not None:
             self._notify.changed(run_id)
-
-
-class EmbeddedRunner:
-    """Runs runs in this process: one driver task per thread takes its runs in order, and at most
-    ``concurrency`` runs execute at once (a burst of runs queues instead of contending for the pools)."""
-
-    def __init__(self, executor: RunExecutor, *, concurrency: int = 8) -> None:
-        self.executor = executor
-        self._slots = asyncio.Semaphore(concurrency)
-        self._drivers: dict[str, asyncio.Task[None]] = {}  # only live drivers: a finished one removes itself
-        self._queued: set[str] = set()  # threads given a run since their driver last looked
-        self._current: dict[str, str] = {}  # thread id -> run id being executed
-
-    def submit(self, run: RunRow) -> None:
-        self._queued.add(run.thread_id)
-        if run.thread_id not in self._drivers:
-            self._drivers[run.thread_id] = asyncio.create_task(self._drive(run.thread_id), name=f"runs:{run.thread_id}")
-
-    async def resume_unfinished(self) -> None:
-        """Runs a previous process left pending or running (it stopped or crashed) are taken up again."""
-        for run in await self.executor.runs.unfinished():
-            self.submit(run)
-
-    async def _drive(self, thread_id: str) -> None:
-        try:
-            while True:
-                self._queued.discard(thread_id)
-                run = await self.executor.runs.next_pending(thread_id)
-                if run is None:
-                    if thread_id in self._queued:  # submitted while we looked: look again
-                        continue
-                    return  # and unregister at once, before any await: a later submit starts a new driver
-                async with self._slots:
-                    self._current[thread_id] = run.run_id
-                    try:
-                        await self.executor.execute(run.run_id)
-                    finally:
-                        self._current.pop(thread_id, None)
-        finally:
-            if self._drivers.get(thread_id) is asyncio.current_task():
-                del self._drivers[thread_id]
-
-    def cancel(self, run: RunRow) -> bool:
-        driver = self._drivers.get(run.thread_id)
-        if driver is not None and self._current.get(run.thread_id) == run.run_id and not driver.done():
-            driver.cancel()
-            asyncio.create_task(self._restart(driver, run), name=f"runs-restart:{run.thread_id}")  # noqa: RUF006
-            return True
-        return False
-
-    async def _restart(self, cancelled: asyncio.Task[None], run: RunRow) -> None:
-        # The cancelled driver may leave runs queued behind the cancelled one: a fresh driver takes them.
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await cancelled
-        self.submit(run)
-
-    async def close(self) -> None:
-        drivers = list(self._drivers.values())
-        for driver in drivers:
-            driver.cancel()
-        for driver in drivers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await driver
-        self._drivers.clear()
-
-    @property
-    def drivers(self) -> int:
-        return len(self._drivers)

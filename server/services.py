@@ -1,18 +1,40 @@
-"""What the routers need, opened once in the app's lifespan and reached through ``request.app.state``."""
+"""What the routers call, opened once in the app's lifespan and reached through ``request.app.state``.
+
+Routers call these services; they take no locks and write no graph state themselves.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
+from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.kernel.patterns import Graph, get_pattern
 from graphs.runtime import JourneyRuntime
-from server.executor import EmbeddedRunner, RunExecutor
-from server.runs import Enqueue, RunRow, RunStore
+from server.assistants import get_assistant, graph_of
+from server.executor import RunExecutor
+from server.problems import ApiError
+from server.queues.base import RunQueue
+from server.runs import RunRow, RunStore, ThreadRow
 from server.settings import Settings
 from server.watch import RunWatch
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedThread:
+    """A thread as the server knows it: its row (None for a journey started through the journey
+    endpoints, whose instance id is its thread id), and the assistant and instance it is bound to."""
+
+    thread_id: str
+    row: ThreadRow | None
+    assistant_id: str | None
+    instance_id: str | None
+
+    @classmethod
+    def of(cls, row: ThreadRow) -> ResolvedThread:
+        return cls(row.thread_id, row, row.assistant_id, row.instance_id)
 
 
 @dataclass
@@ -24,38 +46,90 @@ class ServerServices:
     runs: RunStore
     watch: RunWatch
     executor: RunExecutor
-    embedded: EmbeddedRunner | None
-    queue_app: Any = None  # a procrastinate App in distributed mode
-
-    def enqueue(self) -> Enqueue | None:
-        """How a new run reaches the queue in its creating transaction (distributed mode); None: embedded."""
-        if self.queue_app is None:
-            return None
-        from server.queue import enqueuer
-
-        return enqueuer(self.queue_app)
+    queue: RunQueue
 
     def submit(self, run: RunRow) -> None:
-        """After the run is committed: embedded mode starts executing it (distributed mode queued it already)."""
-        if self.embedded is not None:
-            self.embedded.submit(run)
+        """After the run is committed: the queue takes it (unless it was enqueued in that transaction)."""
+        self.queue.submit(run)
 
     async def cancel(self, run: RunRow) -> None:
         """A queued run is cancelled at once; a running one is stopped, in this process or in a worker."""
-        if self.queue_app is not None and run.job_id is not None:
-            from server.queue import abort_run, cancel_queued
+        if await self.queue.withdraw(run):
+            await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
+            self.watch.changed(run.run_id)
+        else:
+            await self.queue.stop(run)
 
-            # Asked of the queue, not of our copy of the status: a worker may have taken the job since.
-            if not await cancel_queued(self.queue_app, run.job_id):
-                await self.runs.request_cancel(run.run_id)  # holds even if its worker dies before stopping it
-                await abort_run(self.queue_app, run.job_id)  # its executor marks the run interrupted
-                return
-        elif run.status != "pending":
-            if self.embedded is not None and self.embedded.cancel(run):
-                await asyncio.sleep(0)
-            return
-        await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
-        self.watch.changed(run.run_id)
+    # --- threads ----------------------------------------------------------------------------------
+
+    async def resolve_thread(self, thread_id: str) -> ResolvedThread:
+        row = await self.runs.get_thread(thread_id)
+        if row is not None:
+            return ResolvedThread.of(row)
+        instance = await self.runtime.store.index.get_instance(thread_id)
+        if instance is None:
+            raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+        return ResolvedThread(thread_id, None, instance.pattern, instance.instance_id)
+
+    async def thread_graph(self, thread: ResolvedThread) -> Graph | None:
+        """The compiled graph holding the thread's checkpoints; None while the thread is not bound."""
+        if thread.instance_id is None or thread.assistant_id is None:
+            return None
+        return await graph_of(self.runtime, get_assistant(thread.assistant_id), thread.instance_id)
+
+    async def update_thread_state(
+        self, thread_id: str, values: dict[str, Any] | None, as_node: str | None
+    ) -> dict[str, Any]:
+        """Write ``values`` into the journey's state as ``as_node`` would (an operator's correction: it
+        bypasses the pattern's checks), on a thread with no active run; the config of the checkpoint written."""
+        thread = await self.resolve_thread(thread_id)
+        graph = await self.thread_graph(thread)
+        if graph is None or thread.instance_id is None:
+            raise ApiError(409, "NoState", f"thread {thread_id!r} has no state yet; start a run on it first")
+        if await self.runs.active_count(thread_id):
+            raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run")
+        async with self.runtime.engine.exclusive(thread.instance_id):
+            if as_node is not None and as_node not in graph.nodes:
+                raise ApiError(  # which nodes there are depends on the journey the thread runs: a conflict
+                    409,
+                    "UnknownNode",
+                    f"as_node {as_node!r} is not a node of this thread's graph",
+                    allowed=list(graph.nodes),
+                )
+            try:
+                written = await graph.aupdate_state(
+                    self.runtime.engine.config(thread.instance_id), values, as_node=as_node
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidInputError(f"cannot apply this state update: {exc}") from exc
+        configurable: dict[str, Any] = written.get("configurable", {})
+        return configurable
+
+    # --- journeys ---------------------------------------------------------------------------------
+
+    async def journey_status(self, instance_id: str) -> dict[str, Any]:
+        """Any journey's status: its index row, with its pattern's status view."""
+        instance = await self.runtime.store.index.get_instance(instance_id)
+        if instance is None:
+            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        try:
+            status = get_pattern(instance.pattern).status
+        except JourneyNotFoundError:
+            status = None
+        if status is None:  # a pattern a newer server wrote, or one without instances of its own
+            raise JourneyNotFoundError(
+                f"journey instance {instance_id!r} is of pattern {instance.pattern!r}, which this server has no "
+                "view of",
+                instance_id=instance_id,
+            )
+        view = await status(self.runtime, instance)
+        return {
+            "instance_id": instance_id,
+            "pattern": instance.pattern,
+            "user_id": instance.user_id,
+            "index_status": instance.status,
+            **view,
+        }
 
 
 def services(request: Request) -> ServerServices:

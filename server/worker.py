@@ -18,7 +18,7 @@ from agents.guide_model import load_guide_model
 from graphs.runtime import JourneyRuntime
 from server.executor import RunExecutor
 from server.plugins import plugin_registry
-from server.queue import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
+from server.queues.procrastinate import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
 from server.runs import RunStore
 
 log = structlog.get_logger("journeys.worker")

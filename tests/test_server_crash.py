@@ -18,7 +18,7 @@ import pytest
 
 from agents import AgentRegistry
 from server.app import create_app
-from server.queue import ensure_schema
+from server.queues.procrastinate import ensure_schema
 from server.settings import Settings
 from tests.crash_agents import APPROVED_SEVEN, COUNTER_TABLE, EIGHT_STEPS, ensure_counter, register
 from tests.server_support import serving

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from checkpoints.clock import SystemClock
 from checkpoints.store import open_store
 from checkpoints.url import parse_store_url
-from server.executor import EmbeddedRunner
+from server.queues.embedded import EmbeddedRunner
 from server.runs import RunRow, RunStore
 from server.watch import RunWatch, listening, wait_for_run
 

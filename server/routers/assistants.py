@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from server.assistants import ASSISTANTS, Assistant, get_assistant
+from server.assistants import Assistant, assistants, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
 from server.models import AssistantOut, AssistantSearch, GraphOut
@@ -38,7 +38,7 @@ def assistant_view(assistant: Assistant) -> dict[str, Any]:
 async def search_assistants(body: AssistantSearch, _caller: Reader) -> list[dict[str, Any]]:
     found = [
         a
-        for a in ASSISTANTS.values()
+        for a in assistants()
         if (body.graph_id is None or a.assistant_id == body.graph_id)
         and (body.name is None or body.name in a.assistant_id)
     ]

@@ -345,33 +345,7 @@ async def lifecycle_state(journey_id: str, _c: Reader, svc: Services) -> dict[st
 
 @router.get("/{instance_id}/status", response_model=JourneyStatusOut, summary="Any journey's status")
 async def journey_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
-    instance = await svc.runtime.store.index.get_instance(instance_id)
-    if instance is None:
-        raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
-    runtime = svc.runtime
-    if instance.pattern == "structured":
-        view = await runtime.structured.get_journey_status(instance.journey_id, instance.user_id)
-    elif instance.pattern == "saga":
-        view = await runtime.saga.get_saga_status(instance_id)
-    elif instance.pattern in ("session", "mvp"):
-        sessions = runtime.mvp.sessions if instance.pattern == "mvp" else runtime.session
-        view = await sessions.get_session_progress(instance_id)
-    elif instance.pattern == "lifecycle":
-        view = await runtime.lifecycle.get_journey_state(instance_id)
-    elif instance.pattern == "process":
-        view = await runtime.processes.status(instance_id)
-    else:  # the index holds only the patterns above; one a newer server wrote has no view here
-        raise JourneyNotFoundError(
-            f"journey instance {instance_id!r} is of pattern {instance.pattern!r}, which this server has no view of",
-            instance_id=instance_id,
-        )
-    return {
-        "instance_id": instance_id,
-        "pattern": instance.pattern,
-        "user_id": instance.user_id,
-        "index_status": instance.status,
-        **view,
-    }
+    return await svc.journey_status(instance_id)
 
 
 @router.get("/{instance_id}/history", response_model=list[EventOut], summary="Any journey's events, in order")

@@ -23,7 +23,6 @@ from server.input_guard import GuardedRoute
 from server.models import MAX_INT, RunCreate, RunOut, StatelessRunCreate
 from server.problems import ApiError
 from server.routers import errors
-from server.routers.threads import resolve_thread
 from server.runs import TERMINAL, RunRow, ThreadRow
 from server.services import ServerServices, services
 from server.watch import next_change, wait_for_run
@@ -73,7 +72,7 @@ async def create_run(
         multitask_strategy=body.multitask_strategy,
         metadata={**body.metadata, "_groups": list(caller.groups)},
         principal=caller.name,
-        enqueue=svc.enqueue(),
+        enqueue=svc.queue.enqueue,
         durability=body.durability,
     )
     svc.submit(run)
@@ -137,7 +136,7 @@ async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
         return {"__error__": run.error or {"error": "Error", "message": "the run failed"}}
     if run.output is not None and run.status == "success":
         return dict(run.output)  # the executor wrote it as the run finished
-    thread = await resolve_thread(svc, run.thread_id)  # a cancelled run, or one finished before outputs were kept
+    thread = await svc.resolve_thread(run.thread_id)  # a cancelled run, or one finished before outputs were kept
     if thread.instance_id is None or thread.assistant_id is None:
         return {}
     return await thread_output(svc.runtime, get_assistant(thread.assistant_id), thread.instance_id)

@@ -7,22 +7,18 @@ thread id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from langgraph.graph.state import CompiledStateGraph
 
-from graphs.errors import InvalidInputError, JourneyNotFoundError
-from server.assistants import get_assistant, graph_of
+from graphs.errors import JourneyNotFoundError
 from server.auth import Principal, require
 from server.executor import empty_state, interrupts_of, jsonable, state_view
 from server.input_guard import GuardedRoute
 from server.models import HistoryQuery, StateUpdate, StateUpdated, ThreadCreate, ThreadOut, ThreadSearch, ThreadStateOut
 from server.problems import ApiError
 from server.routers import errors
-from server.runs import ThreadRow
-from server.services import ServerServices, services
+from server.services import ResolvedThread, ServerServices, services
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
@@ -30,35 +26,9 @@ Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedThread:
-    """A thread id with what it is bound to: its row, assistant and journey instance."""
-
-    thread_id: str
-    row: ThreadRow | None
-    assistant_id: str | None
-    instance_id: str | None
-
-
-async def resolve_thread(svc: ServerServices, thread_id: str) -> ResolvedThread:
-    row = await svc.runs.get_thread(thread_id)
-    if row is not None:
-        return ResolvedThread(thread_id, row, row.assistant_id, row.instance_id)
-    instance = await svc.runtime.store.index.get_instance(thread_id)
-    if instance is None:
-        raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
-    return ResolvedThread(thread_id, None, instance.pattern, instance.instance_id)
-
-
-async def thread_graph(svc: ServerServices, thread: ResolvedThread) -> CompiledStateGraph[Any, Any, Any, Any] | None:
-    if thread.instance_id is None or thread.assistant_id is None:
-        return None
-    return await graph_of(svc.runtime, get_assistant(thread.assistant_id), thread.instance_id)
-
-
 async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, Any]:
     try:
-        graph = await thread_graph(svc, thread)
+        graph = await svc.thread_graph(thread)
     except JourneyNotFoundError:
         # Bound, but its first run has not created the journey yet: a thread without state so far.
         graph = None
@@ -108,24 +78,24 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
     if taken and body.if_exists == "raise":
         raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is a journey instance's id already")
     row = await svc.runs.create_thread(body.thread_id, body.metadata, caller.name, if_exists=body.if_exists)
-    return await thread_view(svc, ResolvedThread(row.thread_id, row, row.assistant_id, row.instance_id))
+    return await thread_view(svc, ResolvedThread.of(row))
 
 
 @router.post("/search", response_model=list[ThreadOut], summary="Search threads")
 async def search_threads(body: ThreadSearch, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
     rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids)
-    return [await thread_view(svc, ResolvedThread(r.thread_id, r, r.assistant_id, r.instance_id)) for r in rows]
+    return [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
 
 
 @router.get("/{thread_id}", response_model=ThreadOut, summary="Get a thread")
 async def get_thread(thread_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    return await thread_view(svc, await resolve_thread(svc, thread_id))
+    return await thread_view(svc, await svc.resolve_thread(thread_id))
 
 
 @router.get("/{thread_id}/state", response_model=ThreadStateOut, summary="The thread's current state")
 async def get_state(thread_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    thread = await resolve_thread(svc, thread_id)
-    graph = await thread_graph(svc, thread)
+    thread = await svc.resolve_thread(thread_id)
+    graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
         return empty_state(thread_id)
     return state_view(await graph.aget_state(svc.runtime.engine.config(thread.instance_id)), thread_id)
@@ -135,26 +105,7 @@ async def get_state(thread_id: str, _caller: Reader, svc: Services) -> dict[str,
 async def update_state(thread_id: str, body: StateUpdate, _caller: Runner, svc: Services) -> dict[str, Any]:
     """Write ``values`` into the journey's state as ``as_node`` would (an operator's correction: it
     bypasses the pattern's checks, so it needs the ``runs`` scope and a thread with no active run)."""
-    thread = await resolve_thread(svc, thread_id)
-    graph = await thread_graph(svc, thread)
-    if graph is None or thread.instance_id is None:
-        raise ApiError(409, "NoState", f"thread {thread_id!r} has no state yet; start a run on it first")
-    if await svc.runs.active_count(thread_id):
-        raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run")
-    async with svc.runtime.engine.exclusive(thread.instance_id):
-        config = svc.runtime.engine.config(thread.instance_id)
-        if body.as_node is not None and body.as_node not in graph.nodes:
-            raise ApiError(  # which nodes there are depends on the journey the thread runs: a conflict
-                409,
-                "UnknownNode",
-                f"as_node {body.as_node!r} is not a node of this thread's graph",
-                allowed=list(graph.nodes),
-            )
-        try:
-            written = await graph.aupdate_state(config, body.values, as_node=body.as_node)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError(f"cannot apply this state update: {exc}") from exc
-    configurable = written.get("configurable", {})
+    configurable = await svc.update_thread_state(thread_id, body.values, body.as_node)
     return {
         "checkpoint": {
             "thread_id": thread_id,
@@ -167,8 +118,8 @@ async def update_state(thread_id: str, body: StateUpdate, _caller: Runner, svc: 
 
 @router.post("/{thread_id}/history", response_model=list[ThreadStateOut], summary="The thread's past states")
 async def get_history(thread_id: str, body: HistoryQuery, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
-    thread = await resolve_thread(svc, thread_id)
-    graph = await thread_graph(svc, thread)
+    thread = await svc.resolve_thread(thread_id)
+    graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
         return []
     config = svc.runtime.engine.config(thread.instance_id)

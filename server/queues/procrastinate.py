@@ -8,6 +8,8 @@ the journey without re-executing completed steps. Timers fire through a periodic
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import procrastinate
@@ -17,7 +19,9 @@ from psycopg_pool import AsyncConnectionPool
 from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
 from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.url import parse_store_url
-from server.runs import Enqueue, RunRow
+from server.queues.base import RunQueue
+from server.runs import Enqueue, RunRow, RunStore
+from server.watch import RunWatch, listening
 
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"
@@ -92,3 +96,40 @@ async def cancel_queued(app: procrastinate.App, job_id: int) -> bool:
 async def abort_run(app: procrastinate.App, job_id: int) -> bool:
     """Ask the worker running ``job_id`` to stop it (procrastinate cancels the job's asyncio task there)."""
     return await app.job_manager.cancel_job_by_id_async(job_id, abort=True)
+
+
+class ProcrastinateQueue(RunQueue):
+    """The run queue of a server whose runs ``journeys worker`` processes execute: each run is deferred as
+    a job in the transaction that creates it, and a worker's notifications wake this process's waiters."""
+
+    def __init__(self, app: procrastinate.App, runs: RunStore) -> None:
+        self.app = app
+        self.runs = runs
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, database_url: str, runs: RunStore, watch: RunWatch, *, pool: AsyncConnectionPool[Any] | None = None
+    ) -> AsyncIterator[ProcrastinateQueue]:
+        """Open on ``pool`` (the store's psycopg pool: one bounded set of connections per process, see the
+        README) or, without one, a pool of the queue's own."""
+        ensure_schema(database_url)
+        app = build_app(database_url)
+        # Workers notify when a run finishes or streams: wake this process's waiting requests.
+        async with app.open_async(pool=pool), listening(conninfo(database_url), watch):
+            yield cls(app, runs)
+
+    @property
+    def enqueue(self) -> Enqueue:
+        return enqueuer(self.app)
+
+    async def withdraw(self, run: RunRow) -> bool:
+        if run.job_id is None:
+            return run.status == "pending"
+        # Asked of the queue, not of our copy of the status: a worker may have taken the job since.
+        return await cancel_queued(self.app, run.job_id)
+
+    async def stop(self, run: RunRow) -> None:
+        if run.job_id is not None:
+            await self.runs.request_cancel(run.run_id)  # holds even if its worker dies before stopping it
+            await abort_run(self.app, run.job_id)  # its executor marks the run interrupted

@@ -1,0 +1,241 @@
+"""The pattern registry: the one place that knows which patterns exist.
+
+Each pattern is one module that calls :func:`register` with a :class:`Pattern`: its spec, checks and
+graph builder (:class:`DesignKind`, what :class:`~graphs.designs.DesignBook` needs), how the runtime builds
+its orchestrator, its status view, its assistant (how a run on the Agent Server API maps onto the
+orchestrator, with the input schemas the server checks) and its LangGraph entrypoint (the graph
+``langgraph.json`` names). The runtime, the server and ``graphs/entrypoints.py`` only read this registry.
+
+The built-in pattern modules are imported on the first read (see :data:`BUILTIN_MODULES`), not when this
+module is imported: they import the orchestrators, which import this registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from jsonschema import Draft202012Validator
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
+from pydantic import BaseModel
+
+from checkpoints.errors import ErrorCategory, JourneyError
+from graphs.errors import InvalidInputError, JourneyNotFoundError
+
+if TYPE_CHECKING:
+    from agents.registry import AgentRegistry
+    from checkpoints.index import Instance
+    from graphs.catalog import TemplateCatalog
+    from graphs.designs import DesignBook
+    from graphs.runtime import JourneyRuntime
+    from nodes.services import NodeServices
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+
+# The modules of the built-in patterns, each registering its patterns when imported.
+BUILTIN_MODULES = (
+    "graphs.structured_pattern",
+    "graphs.session_pattern",
+    "graphs.lifecycle_pattern",
+    "graphs.process_pattern",
+    "graphs.guide_pattern",
+)
+
+
+class PatternRegistrationError(JourneyError):
+    """A pattern cannot be registered: its name is taken, or its assistant has another id."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class DesignKind:
+    """How a pattern's designs are parsed, checked and compiled into a LangGraph graph."""
+
+    spec_type: type[BaseModel]
+    validate: Callable[[Any, AgentRegistry], list[str]]
+    build: Callable[[Any, NodeServices], StateGraph[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorDeps:
+    """What a pattern's orchestrator is built from: the runtime's designs and templates, and the
+    orchestrators of the patterns registered before it (a saga builds on the structured one)."""
+
+    designs: DesignBook
+    templates: TemplateCatalog
+    built: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """One run on a thread, as an assistant sees it: the runtime, the caller, and ``bind``, which ties
+    the thread to the journey instance the run starts."""
+
+    runtime: JourneyRuntime
+    thread_id: str
+    principal: str
+    groups: tuple[str, ...]
+    bind: Callable[[str], Awaitable[None]]
+
+
+# A starter or resumer may answer with the journey's view (what describe would say); it then promises
+# that the thread's state is what its last engine run answered, and the run's output is built from
+# both without reading the thread back. None: the output is read from the thread.
+View = Mapping[str, Any] | None
+Starter = Callable[[RunContext, Mapping[str, Any]], Awaitable[View]]
+Resumer = Callable[[RunContext, str, Any], Awaitable[View]]
+
+
+@dataclass(frozen=True, slots=True)
+class Assistant:
+    """A pattern as the Agent Server API sees it: how a run's input starts it and ``command.resume``
+    advances it, the schemas both are checked against, and which graph holds a thread's checkpoints."""
+
+    assistant_id: str
+    description: str
+    start: Starter
+    resume: Resumer
+    input_schema: dict[str, Any]
+    resume_schema: dict[str, Any] = field(default_factory=dict)
+    graph: Callable[[JourneyRuntime, str], Awaitable[Graph]] | None = None  # None: the instance's design graph
+    sample: Callable[[JourneyRuntime], Awaitable[Graph]] | None = None
+    chat: bool = False  # every run takes input (no resume)
+    # A retried first run (its executor died) on a registered instance; None: finish its in-flight work.
+    restart: Callable[[RunContext, str, Mapping[str, Any]], Awaitable[None]] | None = None
+    # What a run's output adds to the thread's values: step journeys keep their progress in the event
+    # log, not in graph state, and the output shows it (status, current and completed steps).
+    describe: Callable[[JourneyRuntime, str, StateSnapshot], Awaitable[dict[str, Any]]] | None = None
+    # Its runs may checkpoint only when they stop (the server's run durability): every step it executes
+    # is logged, and a retried run replays the logged steps instead of executing them again.
+    replays_from_log: bool = False
+
+    def check_input(self, value: Any) -> None:
+        """Refuses (422) a first run's ``input`` off this assistant's input schema, before the run is stored."""
+        _conform(self.input_schema, value, "input")
+
+    def check_resume(self, value: Any) -> None:
+        """Refuses (422) a ``command.resume`` off this assistant's resume schema, before the run is stored."""
+        _conform(self.resume_schema, value, "command.resume")
+
+
+def _conform(schema: Mapping[str, Any], value: Any, what: str) -> None:
+    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    if errors:
+        problems = [f"{what}{e.json_path[1:]}: {_short_message(e)}" for e in errors]
+        raise InvalidInputError("; ".join(problems), problems=problems)
+
+
+def _short_message(error: Any) -> str:
+    # jsonschema's messages quote the value, which may be a megabyte long: then only the rule is named.
+    message: str = error.message
+    return message if len(message) <= 200 else f"fails {error.validator} {error.validator_value!r}"
+
+
+# The uncompiled graph LangGraph's tooling runs for a pattern; the config is the run's (``configurable``
+# may pick a template).
+Entrypoint = Callable[["JourneyRuntime", RunnableConfig], StateGraph[Any]]
+# What ``GET /journeys/{instance_id}/status`` says of an instance of the pattern.
+StatusView = Callable[["JourneyRuntime", "Instance"], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """Everything the runtime, the server and LangGraph's tooling know of one pattern.
+
+    ``design`` None: the pattern has no designs (the guide, a chat graph). ``attribute`` names the runtime
+    attribute its orchestrator is reached as (``runtime.structured``); ``orchestrator`` builds it.
+    """
+
+    name: str
+    assistant: Assistant
+    entrypoint: Entrypoint
+    design: DesignKind | None = None
+    attribute: str | None = None
+    orchestrator: Callable[[OrchestratorDeps], Any] | None = None
+    status: StatusView | None = None
+
+
+_REGISTERED: dict[str, Pattern] = {}
+_loaded = False
+
+
+def register(pattern: Pattern) -> Pattern:
+    """Add a pattern; its name is its assistant id and its ``langgraph.json`` graph id."""
+    if pattern.name in _REGISTERED:
+        raise PatternRegistrationError(f"a pattern named {pattern.name!r} is registered already", pattern=pattern.name)
+    if pattern.assistant.assistant_id != pattern.name:
+        raise PatternRegistrationError(f"pattern {pattern.name!r}: its assistant has another id", pattern=pattern.name)
+    _REGISTERED[pattern.name] = pattern
+    return pattern
+
+
+def registered_patterns() -> Mapping[str, Pattern]:
+    """Every registered pattern by name, in registration order (the built-in ones first)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+    return _REGISTERED
+
+
+def get_pattern(name: str) -> Pattern:
+    found = registered_patterns().get(name)
+    if found is None:
+        raise JourneyNotFoundError(f"no pattern {name!r}; patterns: {', '.join(_REGISTERED)}", pattern=name)
+    return found
+
+
+def design_kind(name: str) -> DesignKind:
+    """The spec, checks and builder of a pattern that has designs."""
+    kind = get_pattern(name).design
+    if kind is None:
+        raise JourneyNotFoundError(f"pattern {name!r} has no designs", pattern=name)
+    return kind
+
+
+# --- what the patterns' assistants share -------------------------------------------------------------
+
+
+def mapping_input(value: Any, what: str) -> dict[str, Any]:
+    """``value`` as an object (None: empty); anything else is refused, naming ``what``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{what} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def string_input(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    """``data[key]`` as a non-empty string (``default`` when missing)."""
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"input.{key} must be a non-empty string", field=key)
+    return value
+
+
+async def instance_owner(runtime: JourneyRuntime, instance_id: str) -> tuple[str, str]:
+    """The journey id and user id of a journey instance."""
+    instance = await runtime.store.index.get_instance(instance_id)
+    if instance is None:
+        raise JourneyNotFoundError(f"no journey instance {instance_id!r}")
+    return instance.journey_id, instance.user_id
+
+
+async def instance_graph(runtime: JourneyRuntime, instance_id: str) -> Graph:
+    """The compiled graph whose checkpoints are a journey instance's state."""
+    instance = await runtime.store.index.get_instance(instance_id)
+    if instance is None:
+        raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+    design = await runtime.store.index.get_design(instance.journey_id)
+    if design is None:
+        raise JourneyNotFoundError(f"no design {instance.journey_id!r}", journey_id=instance.journey_id)
+    spec = design_kind(design.pattern).spec_type.model_validate(design.spec)
+    graph: Graph = runtime.graph_for(design.pattern, spec)
+    return graph

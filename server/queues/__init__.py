@@ -1,0 +1,31 @@
+"""Run queues: the one interface the server hands runs to, and its embedded and procrastinate
+implementations (see :mod:`server.queues.base`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from server.executor import RunExecutor
+from server.queues.base import RunQueue
+from server.queues.embedded import EmbeddedQueue
+from server.settings import Settings
+from server.watch import RunWatch
+
+__all__ = ["EmbeddedQueue", "RunQueue", "open_queue"]
+
+
+@asynccontextmanager
+async def open_queue(settings: Settings, executor: RunExecutor, watch: RunWatch) -> AsyncIterator[RunQueue]:
+    """The queue ``settings.execution`` chooses, open for the block."""
+    if settings.execution == "embedded":
+        async with EmbeddedQueue.open(
+            executor, concurrency=settings.concurrency, timers=settings.run_timers
+        ) as embedded:
+            yield embedded
+        return
+    from server.queues.procrastinate import ProcrastinateQueue  # procrastinate only where it is used
+
+    pool = executor.runtime.store.pg_pool
+    async with ProcrastinateQueue.open(settings.database_url, executor.runs, watch, pool=pool) as distributed:
+        yield distributed

@@ -1,0 +1,31 @@
+"""The run queue: where a created run goes to be executed. One interface, two implementations:
+:class:`~server.queues.embedded.EmbeddedQueue` executes runs in the API process,
+:class:`~server.queues.procrastinate.ProcrastinateQueue` hands them to ``journeys worker`` processes
+through PostgreSQL. The server calls only this interface; which one it opens is a setting."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from server.runs import Enqueue, RunRow
+
+
+class RunQueue(ABC):
+    """Takes runs to execute, in the order they were created on each thread, and stops them on request."""
+
+    @property
+    def enqueue(self) -> Enqueue | None:
+        """How a new run reaches the queue inside the transaction that creates it (so the run and its job
+        commit together); None: the queue learns of the run from :meth:`submit`, after the commit."""
+        return None
+
+    def submit(self, run: RunRow) -> None:  # noqa: B027 - a queue fed by enqueue has nothing to do here
+        """The run is committed: a queue that was not handed it in its transaction takes it now."""
+
+    @abstractmethod
+    async def withdraw(self, run: RunRow) -> bool:
+        """Take ``run`` off the queue if no executor has taken it yet; False when it has started."""
+
+    @abstractmethod
+    async def stop(self, run: RunRow) -> None:
+        """Stop ``run``, which has started, where it executes; its executor marks it interrupted."""

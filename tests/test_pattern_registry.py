@@ -1,0 +1,149 @@
+"""Adding a pattern is one registration: the runtime builds its orchestrator, the design book checks and
+compiles its designs, the server runs it as an assistant, and LangGraph's tooling builds its graph."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Annotated, Any, TypedDict
+
+import httpx
+import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel
+
+import graphs.kernel.patterns as registry
+from agents.registry import AgentRegistry
+from checkpoints.events import NewEvent
+from graphs.designs import DesignBook
+from graphs.entrypoints import graph_factory, langgraph_graphs
+from graphs.errors import InvalidInputError, SpecError
+from graphs.kernel import Assistant, DesignKind, Pattern, PatternRegistrationError, RunContext, get_pattern, register
+from graphs.runtime import JourneyRuntime
+from nodes.services import NodeServices
+from server.app import create_app
+from server.settings import Settings
+
+
+class GreetingSpec(BaseModel):
+    journey_type: str = "greeting"
+    greeting: str = "hello"
+
+
+class GreetingState(TypedDict, total=False):
+    name: str
+    said: Annotated[list[str], operator.add]
+
+
+def validate_greeting(spec: GreetingSpec, _agents: AgentRegistry) -> list[str]:
+    return [] if spec.greeting.strip() else ["greeting: say something (it is blank)"]
+
+
+def build_greeting_graph(spec: GreetingSpec, _services: NodeServices) -> StateGraph[Any]:
+    def greet(state: GreetingState) -> dict[str, Any]:
+        return {"said": [f"{spec.greeting}, {state['name']}"]}
+
+    graph = StateGraph(GreetingState)
+    graph.add_node("greet", greet)
+    graph.add_edge(START, "greet")
+    graph.add_edge("greet", END)
+    return graph
+
+
+class Greeter:
+    """The toy pattern's orchestrator: one greeting per instance."""
+
+    def __init__(self, designs: DesignBook) -> None:
+        self.designs = designs
+
+    async def greet(self, instance_id: str, name: str, greeting: str = "hello") -> dict[str, Any]:
+        spec = GreetingSpec(greeting=greeting)
+        design = await self.designs.save("greeting", spec)  # type: ignore[arg-type]
+        engine = self.designs.engine
+        async with engine.exclusive(instance_id):
+            await engine.store.index.create_instance(
+                instance_id, design.journey_id, "greeting", name, first_event=NewEvent("greeting.started", {})
+            )
+            snapshot = await engine.invoke(self.designs.graph("greeting", spec), instance_id, {"name": name})
+        return {"instance_id": instance_id, "said": snapshot.values["said"]}
+
+
+async def _start(ctx: RunContext, data: Mapping[str, Any]) -> None:
+    await ctx.bind(ctx.thread_id)
+    greeter: Greeter = ctx.runtime.orchestrator("greeting")
+    await greeter.greet(ctx.thread_id, str(data["name"]), str(data.get("greeting", "hello")))
+
+
+async def _resume(_ctx: RunContext, _instance_id: str, _value: Any) -> None:
+    raise InvalidInputError("a greeting is said once")
+
+
+def _entrypoint(runtime: JourneyRuntime, _config: RunnableConfig) -> StateGraph[Any]:
+    return build_greeting_graph(GreetingSpec(), runtime.engine.services)
+
+
+GREETING = Pattern(
+    "greeting",
+    Assistant(
+        "greeting",
+        "Says hello",
+        _start,
+        _resume,
+        {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}},
+    ),
+    _entrypoint,
+    design=DesignKind(GreetingSpec, validate_greeting, build_greeting_graph),
+    attribute="greetings",
+    orchestrator=lambda deps: Greeter(deps.designs),
+)
+
+
+@pytest.fixture
+def greeting_registered(monkeypatch: pytest.MonkeyPatch) -> Pattern:
+    """The toy pattern registered for this test only (the registry is restored after it)."""
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry.registered_patterns()))
+    return register(GREETING)
+
+
+async def test_a_registered_pattern_is_reached_everywhere(store_url: str, greeting_registered: Pattern) -> None:
+    assert get_pattern("greeting") is greeting_registered
+    assert langgraph_graphs()["greeting"] == "./graphs/entrypoints.py:greeting"
+    settings = Settings(database_url=store_url, auth=False, run_timers=False)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime: JourneyRuntime = app.state.services.runtime
+        assert isinstance(runtime.greetings, Greeter)  # type: ignore[attr-defined]
+        assert runtime.orchestrator("greeting") is runtime.greetings  # type: ignore[attr-defined]
+        with pytest.raises(SpecError, match="blank"):
+            await runtime.greetings.greet("g-blank", "ana", greeting=" ")  # type: ignore[attr-defined]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://journeys") as http:
+            listed = await http.post("/assistants/search", json={"graph_id": "greeting"})
+            assert [a["assistant_id"] for a in listed.json()] == ["greeting"]
+            refused = await http.post("/runs/wait", json={"assistant_id": "greeting", "input": {}})
+            assert refused.status_code == 422, refused.text
+            out = await http.post(
+                "/threads/g-1/runs/wait",
+                json={"assistant_id": "greeting", "input": {"name": "ana"}, "if_not_exists": "create"},
+            )
+            assert out.status_code == 200, out.text
+            assert out.json()["said"] == ["hello, ana"]
+            state = await http.get("/threads/g-1/state")
+            assert state.json()["values"] == {"name": "ana", "said": ["hello, ana"]}
+            history = await http.get("/journeys/g-1/history")
+            assert [e["type"] for e in history.json()] == ["greeting.started"]
+
+
+async def test_its_langgraph_entrypoint_builds(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, greeting_registered: Pattern
+) -> None:
+    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/tooling.db")
+    async with graph_factory("greeting")({"configurable": {}}) as graph:
+        assert set(graph.nodes) == {"greet"}
+
+
+def test_a_name_is_registered_once(greeting_registered: Pattern) -> None:
+    with pytest.raises(PatternRegistrationError, match="registered already"):
+        register(GREETING)
+    with pytest.raises(PatternRegistrationError, match="another id"):
+        register(Pattern("hello", GREETING.assistant, _entrypoint))
