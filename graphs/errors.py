@@ -253,3 +253,9 @@ class NoFlowError(JourneyError):
     """No flow out of an exclusive gateway holds for the current variables."""
 
     category = "failed"
+
+
+class PatternRegistrationError(JourneyError):
+    """A pattern cannot be registered: its name is taken, or its assistant has another id."""
+
+    category: ClassVar[ErrorCategory] = "conflict"

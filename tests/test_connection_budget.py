@@ -18,7 +18,7 @@ import httpx
 import psycopg
 import pytest
 
-from server.queue import ensure_schema
+from server.queues.procrastinate import ensure_schema
 from tests.conftest import with_database
 from tests.server_support import ROOT, free_port, start_worker, stop_worker
 

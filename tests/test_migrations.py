@@ -18,7 +18,7 @@ from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.tables import metadata
 from checkpoints.url import parse_store_url
 from graphs.runtime import JourneyRuntime
-from server.queue import conninfo, ensure_schema
+from server.queues.procrastinate import conninfo, ensure_schema
 from server.runs import RunStore
 
 # journey_events as migration 1 created it before migration 6, with one event already in it.

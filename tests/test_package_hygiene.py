@@ -48,6 +48,7 @@ STATUS_BY_CODE = {
             "JourneyNotStartedError",
             "MigrationInProgressError",
             "NothingToRetryError",
+            "PatternRegistrationError",
             "ProcessStateError",
             "ProcessVersionConflictError",
             "StepFailedError",

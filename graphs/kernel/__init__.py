@@ -1,11 +1,11 @@
 """The kernel every pattern runs on."""
 
+from graphs.errors import PatternRegistrationError
 from graphs.kernel.patterns import (
     Assistant,
     DesignKind,
     OrchestratorDeps,
     Pattern,
-    PatternRegistrationError,
     RunContext,
     get_pattern,
     register,

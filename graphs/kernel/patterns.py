@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 from langchain_core.runnables import RunnableConfig
@@ -24,8 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 from pydantic import BaseModel
 
-from checkpoints.errors import ErrorCategory, JourneyError
-from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.errors import InvalidInputError, JourneyNotFoundError, PatternRegistrationError
 
 if TYPE_CHECKING:
     from agents.registry import AgentRegistry
@@ -45,12 +44,6 @@ BUILTIN_MODULES = (
     "graphs.process_pattern",
     "graphs.guide_pattern",
 )
-
-
-class PatternRegistrationError(JourneyError):
-    """A pattern cannot be registered: its name is taken, or its assistant has another id."""
-
-    category: ClassVar[ErrorCategory] = "conflict"
 
 
 @dataclass(frozen=True, slots=True)
