@@ -18,6 +18,7 @@ from agents.registry import AgentRegistry
 from checkpoints.index import Design
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
+from graphs.kernel.instances import Instances
 from graphs.lifecycle import LifecycleSpec, build_lifecycle_graph, validate_lifecycle
 from graphs.process import ProcessSpec
 from graphs.process_builder import build_process_graph
@@ -69,6 +70,7 @@ class DesignBook:
     def __init__(self, engine: JourneyEngine, registry: AgentRegistry, *, cache_size: int = 512) -> None:
         self.engine = engine
         self.registry = registry
+        self.instances = Instances(engine)  # the lifecycle every orchestrator's instances go through
         # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
         # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
         self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()

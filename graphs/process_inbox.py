@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from checkpoints.inbox import UserTaskRow
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.process_errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from nodes.user_task import validate_resume_value
 
@@ -70,7 +71,13 @@ class TaskInbox:
         return await self.get_task(task_id)
 
     async def complete(
-        self, task_id: str, *, user: str, payload: Mapping[str, Any], groups: Iterable[str] = ()
+        self,
+        task_id: str,
+        *,
+        user: str,
+        payload: Mapping[str, Any],
+        groups: Iterable[str] = (),
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Complete a task with ``payload`` (checked against its response schema) and resume the instance."""
         row = await self._open_row(task_id)
@@ -100,7 +107,7 @@ class TaskInbox:
             raise TaskClosedError(
                 f"task {task_id!r} was {current.status} meanwhile (claimed by {current.claimed_by!r})", task_id=task_id
             )
-        await self._processes.deliver(row.instance_id, task_id, resolution)
+        await self._processes.deliver(row.instance_id, task_id, resolution, run_options=run_options)
         return await self._processes.status(row.instance_id)
 
     async def _open_row(self, task_id: str) -> UserTaskRow:

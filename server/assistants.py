@@ -26,10 +26,10 @@ from langgraph.types import StateSnapshot
 from agents.guide import build_guide_graph
 from checkpoints.index import DuplicateInstanceError
 from graphs.designs import PATTERNS, new_id
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.mvp import RECOMMENDED_FLOW, mvp_spec
 from graphs.runtime import JourneyRuntime
-from graphs.streaming import run_graph
 from graphs.structured_orchestrator import structured_instance_id
 from server.identifiers import (
     BUSINESS_KEY,
@@ -51,6 +51,7 @@ class RunContext:
     principal: str
     groups: tuple[str, ...]
     bind: Callable[[str], Awaitable[None]]
+    options: RunOptions = DEFAULT_RUN  # how the run is carried out: passed to every orchestrator call it makes
 
 
 # A starter or resumer may answer with the journey's view (what describe would say); it then promises
@@ -189,13 +190,16 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
     context = _mapping(data.get("context"), "context")  # refused before the thread is bound to anything
     # Bound before it runs: a retried run (its worker died) then finishes this journey, not a second one.
     await ctx.bind(structured_instance_id(design["journey_id"], user_id))
-    return await structured.execute_journey(design["journey_id"], user_id, context)
+    return await structured.execute_journey(design["journey_id"], user_id, context, run_options=ctx.options)
 
 
 async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
     journey_id, user_id = await _owner(ctx, instance_id)
     context = _mapping(data.get("context"), "context")
-    await _restart_steps(ctx, instance_id, ctx.runtime.structured.execute_journey(journey_id, user_id, context))
+    structured = ctx.runtime.structured
+    await _restart_steps(
+        ctx, instance_id, structured.execute_journey(journey_id, user_id, context, run_options=ctx.options)
+    )
 
 
 async def _restart_steps(ctx: RunContext, instance_id: str, start: Awaitable[Any]) -> None:
@@ -207,12 +211,12 @@ async def _restart_steps(ctx: RunContext, instance_id: str, start: Awaitable[Any
     except DuplicateInstanceError:
         graph = await instance_graph(ctx.runtime, instance_id)
         async with ctx.runtime.engine.exclusive(instance_id):
-            await ctx.runtime.engine.settled_state(graph, instance_id)
+            await ctx.runtime.engine.settled_state(graph, instance_id, options=ctx.options)
 
 
 async def _resume_structured(ctx: RunContext, instance_id: str, value: Any) -> View:
     journey_id, user_id = await _owner(ctx, instance_id)
-    view = await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value)
+    view = await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value, run_options=ctx.options)
     view.pop("completed_step", None)  # what advance says about itself, not part of the journey's view
     return view
 
@@ -237,20 +241,24 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
     context = _mapping(data.get("context"), "context")  # refused before the thread is bound to anything
     saga_id = new_id("saga")
     await ctx.bind(saga_id)  # before it runs: a retried run (its worker died) finishes this saga, not a second one
-    await saga.execute_saga_journey(design["journey_id"], user_id, context, saga_id=saga_id)
+    await saga.execute_saga_journey(design["journey_id"], user_id, context, saga_id=saga_id, run_options=ctx.options)
 
 
 async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
     journey_id, user_id = await _owner(ctx, instance_id)
     context = _mapping(data.get("context"), "context")
     await _restart_steps(
-        ctx, instance_id, ctx.runtime.saga.execute_saga_journey(journey_id, user_id, context, saga_id=instance_id)
+        ctx,
+        instance_id,
+        ctx.runtime.saga.execute_saga_journey(
+            journey_id, user_id, context, saga_id=instance_id, run_options=ctx.options
+        ),
     )
 
 
 async def _resume_saga(ctx: RunContext, instance_id: str, value: Any) -> None:
     journey_id, user_id = await _owner(ctx, instance_id)
-    await ctx.runtime.saga.advance_saga_step(instance_id, journey_id, user_id, value)
+    await ctx.runtime.saga.advance_saga_step(instance_id, journey_id, user_id, value, run_options=ctx.options)
 
 
 # --- session and MVP ------------------------------------------------------------------------------
@@ -269,14 +277,16 @@ ACTION_SCHEMA = {
 
 async def _start_session(ctx: RunContext, data: Mapping[str, Any]) -> None:
     view = await ctx.runtime.session.start_session(
-        _string(data, "user_id", ctx.principal), _mapping(data.get("session_config"), "session_config")
+        _string(data, "user_id", ctx.principal),
+        _mapping(data.get("session_config"), "session_config"),
+        run_options=ctx.options,
     )
     await ctx.bind(view["session_id"])
 
 
 async def _start_mvp(ctx: RunContext, data: Mapping[str, Any]) -> None:
     view = await ctx.runtime.mvp.start_mvp_journey(
-        _string(data, "user_id", ctx.principal), _string(data, "initial_pillar", "content")
+        _string(data, "user_id", ctx.principal), _string(data, "initial_pillar", "content"), run_options=ctx.options
     )
     await ctx.bind(view["session"]["session_id"])
 
@@ -286,13 +296,16 @@ async def _session_action(ctx: RunContext, instance_id: str, value: Any) -> None
     sessions = ctx.runtime.mvp.sessions if await _pattern(ctx, instance_id) == "mvp" else ctx.runtime.session
     kind = action.get("type")
     if kind == "navigate":
-        await sessions.navigate_to_area(instance_id, _string(action, "area_id"))
+        await sessions.navigate_to_area(instance_id, _string(action, "area_id"), run_options=ctx.options)
     elif kind == "update":
         await sessions.update_area_state(
-            instance_id, _string(action, "area_id"), _mapping(action.get("updates"), "updates")
+            instance_id,
+            _string(action, "area_id"),
+            _mapping(action.get("updates"), "updates"),
+            run_options=ctx.options,
         )
     elif kind == "close":
-        await sessions.close_session(instance_id, action.get("reason"))
+        await sessions.close_session(instance_id, action.get("reason"), run_options=ctx.options)
     else:
         raise InvalidInputError(
             "command.resume.type must be one of navigate, update, close", allowed=["navigate", "update", "close"]
@@ -325,16 +338,18 @@ async def _start_lifecycle(ctx: RunContext, data: Mapping[str, Any]) -> None:
         journey_id=ctx.thread_id,
         metadata=_mapping(data.get("metadata"), "metadata"),
         metrics=_mapping(data.get("metrics"), "metrics"),
+        run_options=ctx.options,
     )
 
 
 async def _resume_lifecycle(ctx: RunContext, instance_id: str, value: Any) -> None:
     request = _mapping(value, "command.resume")
     if "metrics" in request and "event" not in request:
-        await ctx.runtime.lifecycle.record_metrics(instance_id, _mapping(request["metrics"], "metrics"))
+        metrics = _mapping(request["metrics"], "metrics")
+        await ctx.runtime.lifecycle.record_metrics(instance_id, metrics, run_options=ctx.options)
         return
     options = _mapping(request.get("options"), "options")
-    await ctx.runtime.lifecycle.transition(instance_id, _string(request, "event"), **options)
+    await ctx.runtime.lifecycle.transition(instance_id, _string(request, "event"), run_options=ctx.options, **options)
 
 
 # --- process --------------------------------------------------------------------------------------
@@ -351,6 +366,7 @@ async def _start_process(ctx: RunContext, data: Mapping[str, Any]) -> None:
         _mapping(data.get("variables"), "variables"),
         version=version,
         instance_id=ctx.thread_id,
+        run_options=ctx.options,
     )
 
 
@@ -367,7 +383,11 @@ async def _resume_process(ctx: RunContext, instance_id: str, value: Any) -> None
             )
         task_id = tasks[0]["task_id"]
     await inbox.complete(
-        str(task_id), user=ctx.principal, groups=ctx.groups, payload=_mapping(request.get("payload"), "payload")
+        str(task_id),
+        user=ctx.principal,
+        groups=ctx.groups,
+        payload=_mapping(request.get("payload"), "payload"),
+        run_options=ctx.options,
     )
 
 
@@ -405,7 +425,7 @@ async def _run_guide(ctx: RunContext, data: Mapping[str, Any]) -> None:
     for key in ("session_id", "progress"):
         if key in data:
             update[key] = data[key]
-    await run_graph(graph, update, config, ctx.runtime.engine.durability)
+    await ctx.runtime.engine.run(graph, ctx.thread_id, update, replay=False, options=ctx.options)
 
 
 def _as_message(message: Any) -> dict[str, Any]:

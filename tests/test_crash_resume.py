@@ -353,10 +353,10 @@ def test_a_retried_compensation_survives_sigkill(durable_url: str, durability: s
     invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
     assert [key for key, _ in invocations] == [keys[0], keys[1], keys[1], keys[2]]
     assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid, second.proc.pid]
-    undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga."))]
+    undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga.", "instance."))]
     assert undos == [
         ("saga.compensating", "validate_results"),
-        ("saga.failed", "transform_data"),
+        ("instance.failed", "transform_data"),
         ("compensation.retried", "transform_data"),
         *[("compensation.completed", step) for step in undone],
         ("saga.compensated", None),
