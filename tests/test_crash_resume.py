@@ -72,6 +72,11 @@ CRASHES = {
     "user-kill-after-event-4-slow-store": Crash(
         "user", hold="event:4+slow-store", repeated=frozenset(), recovers=False
     ),
+    # Killed before the start's first checkpoint (its first step's event is logged): recover() sees the
+    # accepted start and runs it from its first event, replaying the logged step.
+    "auto-kill-before-first-checkpoint": Crash(
+        "auto", hold="event:1+slow-checkpoint", repeated=frozenset(), recovers=True
+    ),
 }
 
 
@@ -201,9 +206,10 @@ def look_at_store(url: str, journey_id: str, instance_id: str) -> StoreView:
             assert instance is not None and design is not None
             graph = runtime.graph_for("structured", StructuredSpec.model_validate(design.spec))
             snapshot = await graph.aget_state({"configurable": {"thread_id": instance_id}})
-            # Where the checkpoint stands: every step before the one it waits on or would run next.
+            # Where the checkpoint stands: every step before the one it waits on or would run next (none
+            # when there is no checkpoint yet).
             at = position(snapshot)
-            completed = STEPS[: STEPS.index(at)] if at is not None else list(STEPS)
+            completed = STEPS[: STEPS.index(at)] if at is not None else list(STEPS) if snapshot.created_at else []
             return StoreView(instance.status, await runtime.history(instance_id), completed)
 
     return asyncio.run(look())
@@ -367,3 +373,46 @@ def test_a_retried_compensation_survives_sigkill(durable_url: str, durability: s
 async def _history(url: str, instance_id: str) -> list[Event]:
     async with JourneyRuntime.open(url, default_agents=False) as runtime:
         return await runtime.history(instance_id)
+
+
+def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path) -> None:
+    """A saga's last step fails and its compensation starts; the run is SIGKILLed just after the second
+    undo's completion event commits (before its checkpoint). A fresh process's recover() finishes the
+    compensation: every undo takes effect and is invoked exactly once, and the saga is compensated."""
+    deadline = Deadline(CASE_BUDGET_S)
+    effects_db = tmp_path / "external_service.db"
+    first = Child([durable_url, str(effects_db), "saga-compensate"], tmp_path / "start.stderr")
+    try:
+        _, saga_id = first.wait_for_line("SAGA ", deadline).split()
+        first.wait_for_line("HOLD ", deadline)
+        first.kill()
+        first.drain(deadline)
+    finally:
+        first.close()
+    assert not any(line.startswith("STATUS ") for line in first.lines)
+    assert len(query(effects_db, "SELECT key FROM invocations")) == 2  # transform_data's undo, analyze_content's
+
+    second = Child([durable_url, str(effects_db), "saga-resume", saga_id, "async"], tmp_path / "resume.stderr")
+    try:
+        second.finish(deadline)
+    finally:
+        second.close()
+    assert _value(second.lines, "RECOVERED ") == [saga_id]
+    final = _value(second.lines, "STATUS ")
+    undone = ["transform_data", "analyze_content", "upload_content"]
+    assert (final["status"], final["compensated_steps"], final["compensation_failure"]) == ("compensated", undone, None)
+
+    events = asyncio.run(_history(durable_url, saga_id))
+    completed = {e.step: e.key for e in events if e.type == "step.completed"}
+    keys = [f"{completed[step]}:compensate" for step in undone]
+    assert sorted(key for (key,) in query(effects_db, "SELECT key FROM effects")) == sorted(keys)
+    invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
+    assert [key for key, _ in invocations] == keys  # no undo ran twice
+    assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid]
+    undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga."))]
+    assert undos == [
+        ("saga.compensating", "validate_results"),
+        *[("compensation.completed", step) for step in undone],
+        ("saga.compensated", None),
+    ]
+    assert all(a < b for a, b in itertools.pairwise(e.seq for e in events))
