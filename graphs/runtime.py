@@ -69,6 +69,7 @@ class JourneyRuntime:
         self.lifecycle = LifecycleOrchestrator(designs)
         self.processes = ProcessOrchestrator(designs)
         self._designs = designs
+        self.instances = designs.instances  # the one instance lifecycle every pattern goes through
 
     @classmethod
     @asynccontextmanager

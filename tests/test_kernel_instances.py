@@ -115,7 +115,7 @@ async def test_recover_finishes_a_start_cut_short_before_its_first_checkpoint(
         [instance_id] = registered
         instance = await rt.store.index.get_instance(instance_id)
         assert instance is not None and instance.status == "in_progress"  # accepted: durable before it ran
-        graph = await rt._designs.instances._kinds[instance.pattern].graph(instance)
+        graph = await rt.instances.graph(instance)
         assert (await graph.aget_state(rt.engine.config(instance_id))).created_at is None
 
         assert await rt.recover() == [instance_id]

@@ -191,6 +191,10 @@ class Instances:
                 note(await kind.after())
         return resumed
 
+    async def graph(self, instance: Instance) -> Graph:
+        """The compiled graph ``instance`` runs on (its pattern must be registered)."""
+        return await self._kinds[instance.pattern].graph(instance)
+
     async def _recover_one(self, kind: Recoverable, instance: Instance) -> bool:
         instance_id = instance.instance_id
         graph = await kind.graph(instance)
