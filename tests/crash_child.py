@@ -232,6 +232,18 @@ def register_undo(registry: AgentRegistry, effects_db: str, hold: Hold) -> None:
         registry.register(handler, service, name=f"external_{handler}", replace=True)
 
 
+async def run_saga(runtime: JourneyRuntime) -> tuple[str, dict[str, Any]]:
+    """Design and start the migration saga, print ``SAGA <saga_id>`` and advance every step (the last fails)."""
+    design = await runtime.saga.design_saga_journey("enterprise_migration", {}, SAGA_HANDLERS)
+    journey_id = design["journey_id"]
+    saga_id = (await runtime.saga.execute_saga_journey(journey_id, SAGA_USER, {}))["saga_id"]
+    emit("SAGA", saga_id)
+    status: dict[str, Any] = {}
+    for _ in design["steps"]:
+        status = await runtime.saga.advance_saga_step(saga_id, journey_id, SAGA_USER, {})
+    return saga_id, status
+
+
 async def saga_start(url: str, effects_db: str, durability: Durability) -> None:
     hold = Hold(None)
     hold.point, hold.step = "effect", "analyze_content"  # the second compensation the retry runs
@@ -239,12 +251,7 @@ async def saga_start(url: str, effects_db: str, durability: Durability) -> None:
         register_undo(runtime.agents, effects_db, hold)
         for broken in ("validate_results", "revert_transformation"):
             runtime.agents.register(broken, FailingAgent(broken, permanent=True), replace=True)
-        design = await runtime.saga.design_saga_journey("enterprise_migration", {}, SAGA_HANDLERS)
-        journey_id = design["journey_id"]
-        saga_id = (await runtime.saga.execute_saga_journey(journey_id, SAGA_USER, {}))["saga_id"]
-        emit("SAGA", saga_id)
-        for _ in design["steps"]:
-            status = await runtime.saga.advance_saga_step(saga_id, journey_id, SAGA_USER, {})
+        saga_id, status = await run_saga(runtime)
         emit("FAILED", json.dumps(status, sort_keys=True))
         register_undo(runtime.agents, effects_db, hold)
         status = await runtime.saga.retry_saga_step(saga_id)
@@ -258,12 +265,7 @@ async def saga_compensate(url: str, effects_db: str) -> None:
         install_event_hold(runtime, hold)
         register_undo(runtime.agents, effects_db, hold)
         runtime.agents.register("validate_results", FailingAgent("validate_results", permanent=True), replace=True)
-        design = await runtime.saga.design_saga_journey("enterprise_migration", {}, SAGA_HANDLERS)
-        journey_id = design["journey_id"]
-        saga_id = (await runtime.saga.execute_saga_journey(journey_id, SAGA_USER, {}))["saga_id"]
-        emit("SAGA", saga_id)
-        for _ in design["steps"]:
-            status = await runtime.saga.advance_saga_step(saga_id, journey_id, SAGA_USER, {})
+        _saga_id, status = await run_saga(runtime)
         emit("STATUS", json.dumps(status, sort_keys=True))
 
 
