@@ -353,10 +353,10 @@ class ProcessOrchestrator:
             return False
         return True
 
-    async def settled(self, graph: Graph, instance_id: str) -> StateSnapshot:
+    async def settled(self, graph: Graph, instance_id: str, run_options: RunOptions = DEFAULT_RUN) -> StateSnapshot:
         """Under ``exclusive``: the thread's state after finishing what a crash left in flight."""
         try:
-            return await self.engine.settled_state(graph, instance_id)
+            return await self.engine.settled_state(graph, instance_id, options=run_options)
         except JourneyError as exc:
             await self._designs.instances.fail(instance_id, PATTERN, exc)
             return await graph.aget_state(self.engine.config(instance_id))
@@ -380,7 +380,7 @@ class ProcessOrchestrator:
         """
         _instance, _deployment, _spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
-            snapshot = await self.settled(graph, instance_id)
+            snapshot = await self.settled(graph, instance_id, run_options)
             pending = next(
                 (
                     i

@@ -66,7 +66,7 @@ class SessionOrchestrator:
         spec, graph = await self._load(session_id)
         self._known_area(spec, area_id)
         async with self._engine.exclusive(session_id):
-            before = await self._active(graph, session_id)
+            before = await self._active(graph, session_id, run_options)
             request = {"type": "navigate", "area_id": area_id}
             snapshot = await self._act(graph, session_id, request, run_options)
         return {
@@ -87,7 +87,7 @@ class SessionOrchestrator:
         if not isinstance(updates, Mapping) or not updates:
             raise InvalidInputError("updates must be a non-empty mapping of field → value", area_id=area_id)
         async with self._engine.exclusive(session_id):
-            before = await self._active(graph, session_id)
+            before = await self._active(graph, session_id, run_options)
             merged = {**before.values["areas"][area_id]["state"], **updates}
             if area.state_schema is not None:
                 try:
@@ -121,7 +121,7 @@ class SessionOrchestrator:
     ) -> dict[str, Any]:
         spec, graph = await self._load(session_id)
         async with self._engine.exclusive(session_id):
-            await self._active(graph, session_id)
+            await self._active(graph, session_id, run_options)
             snapshot = await self._act(graph, session_id, {"type": "close", "reason": reason}, run_options)
         return {"session_id": session_id, **session_progress(spec, snapshot.values)}
 
@@ -158,8 +158,8 @@ class SessionOrchestrator:
         design, spec = await self._designs.load(session_id, (self.pattern,))
         return spec, self._designs.graph(design.pattern, spec)
 
-    async def _active(self, graph: Graph, session_id: str) -> StateSnapshot:
-        snapshot = await self._engine.settled_state(graph, session_id)
+    async def _active(self, graph: Graph, session_id: str, options: RunOptions) -> StateSnapshot:
+        snapshot = await self._engine.settled_state(graph, session_id, options=options)
         values = cast(SessionState, snapshot.values)
         if values.get("status") == "closed" or not snapshot.next:
             raise JourneyFinishedError(f"session {session_id!r} is closed", allowed=[], session_id=session_id)

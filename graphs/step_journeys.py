@@ -102,7 +102,7 @@ class StepJourneys:
             )
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
-            snapshot = await self.engine.settled_state(graph, instance_id)
+            snapshot = await self.engine.settled_state(graph, instance_id, options=options)
             current = self._current_step(instance_id, spec, Standing.of(snapshot))
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
             if requested is not None and requested != current:
@@ -131,9 +131,9 @@ class StepJourneys:
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
-            if await self.instances.retry(graph, instance_id, "step.retried") is not None:
-                pass  # the failed step runs again
-            elif (stuck := stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))) is not None:
+            retried = await self.instances.retry(graph, instance_id, "step.retried")  # a failed step runs again
+            stuck = None if retried else stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))
+            if stuck is not None:
                 failed_step, stopped = stuck
                 payload = {"handler": stopped.get("handler"), "previous_failure": stopped}
                 await self.events.append(
@@ -143,7 +143,7 @@ class StepJourneys:
                 # from here on leaves the compensation pending, and recovery finishes it.
                 reentry = Command(goto=COMPENSATE_NODE, update={"status": "compensating", "compensation_failure": None})
                 await graph.aupdate_state(self.engine.config(instance_id), reentry, as_node=failed_step)
-            else:
+            elif retried is None:
                 raise NothingToRetryError(
                     f"journey run {instance_id!r} has no failed step or compensation to retry",
                     allowed=["advance_journey_step"],
