@@ -12,7 +12,7 @@ for instances already running; ``migrate`` moves a waiting instance on purpose.
 
 Resuming a waiting instance is always two steps: resolve its wait row (atomic: the first of a timer,
 a message or a human wins), then deliver the stored resolution to the thread with
-``Command(resume=…)``. A crash between the two loses nothing: ``recover()`` (and every scheduler
+``Command(resume=…)``. A crash between the two loses nothing: ``runtime.recover()`` (and every scheduler
 pass) delivers resolutions that were not consumed.
 """
 
