@@ -16,6 +16,7 @@ from agents.registry import AgentRegistry
 from checkpoints.index import Design
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
+from graphs.kernel.instances import Instances
 from graphs.kernel.patterns import design_kind
 
 PatternName = Literal["structured", "saga", "session", "mvp"]
@@ -55,6 +56,7 @@ class DesignBook:
     def __init__(self, engine: JourneyEngine, registry: AgentRegistry, *, cache_size: int = 512) -> None:
         self.engine = engine
         self.registry = registry
+        self.instances = Instances(engine)  # the lifecycle every orchestrator's instances go through
         # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
         # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
         # With each, once asked for (load_graph), the key of its compiled graph: hashed once, not per run.

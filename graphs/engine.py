@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -18,45 +18,37 @@ from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.locks import busy
 from checkpoints.store import Store
-from graphs.streaming import run_graph
+from graphs.streaming import StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 
 GraphFactory = Callable[[], StateGraph[Any]]
-# A caller that retries a whole run after a crash (the server's run queue) may let its runs checkpoint
-# only when they stop ("exit"): the event log already records each step, and the retried run replays
-# those steps from it instead of executing them again. Set through :func:`run_durability`.
-_RUN_DURABILITY: ContextVar[Durability | None] = ContextVar("journeys_run_durability", default=None)
-
-
-# What the engine's runs ended with, per thread, while a caller records them (see :func:`recording_outcomes`).
+# What a run ended with: its output (values, with ``__interrupt__`` when it stopped at one) or, for a
+# streamed run, the thread's state.
 Outcome = dict[str, Any] | StateSnapshot
-_OUTCOMES: ContextVar[dict[str, Outcome] | None] = ContextVar("journeys_run_outcomes", default=None)
 
 
-@contextmanager
-def recording_outcomes() -> Iterator[dict[str, Outcome]]:
-    """Collect, per thread, what the last :meth:`JourneyEngine.run` inside the block answered: the run's
-    output (values and ``__interrupt__``) or, for a streamed run, the thread's state."""
-    outcomes: dict[str, Outcome] = {}
-    token = _OUTCOMES.set(outcomes)
-    try:
-        yield outcomes
-    finally:
-        _OUTCOMES.reset(token)
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How its caller (the server's run queue) wants one run carried out, passed along with the run.
+
+    ``durability``: how the run checkpoints (None: the engine's own setting). A caller that retries a
+    whole run after a crash may choose "exit" for journeys whose steps replay from the event log: the
+    log already records each step, and the retried run replays those steps instead of executing them
+    again. ``stream``: where the run's chunks go, for a run created for streaming. ``outcomes``: filled,
+    per thread, with what the last run of that thread ended with.
+    """
+
+    durability: Durability | None = None
+    stream: StreamSink | None = None
+    outcomes: dict[str, Outcome] | None = None
 
 
-@contextmanager
-def run_durability(durability: Durability | None) -> Iterator[None]:
-    """Runs started inside the block checkpoint with ``durability`` (None: the engine's own setting)."""
-    token = _RUN_DURABILITY.set(durability)
-    try:
-        yield
-    finally:
-        _RUN_DURABILITY.reset(token)
+DEFAULT_RUN = RunOptions()
 
 
 class JourneyEngine:
-    """Runs journey graphs on the store: compiled graphs, per-instance exclusion and durable runs."""
+    """The one way a journey's graph runs, whatever its pattern: compiled once per design on the store's
+    checkpointer, one writer per instance at a time (:meth:`exclusive`), and every run through :meth:`run`."""
 
     def __init__(
         self, store: Store, services: NodeServices, *, durability: Durability = "async", cache_size: int = 512
@@ -70,8 +62,8 @@ class JourneyEngine:
 
     @property
     def durability(self) -> Durability:
-        """How runs checkpoint: the engine's setting, unless the current run overrides it."""
-        return _RUN_DURABILITY.get() or self._durability
+        """How runs checkpoint unless a run's options say otherwise."""
+        return self._durability
 
     def compiled(self, cache_key: str, factory: GraphFactory) -> CompiledStateGraph[Any, Any, Any, Any]:
         """The compiled graph for a design, built once and kept in a small LRU."""
@@ -118,29 +110,14 @@ class JourneyEngine:
         finally:
             lock.release()
 
-    async def settled_state(self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str) -> StateSnapshot:
+    async def settled_state(
+        self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str, *, options: RunOptions = DEFAULT_RUN
+    ) -> StateSnapshot:
         """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``)."""
         snapshot = await graph.aget_state(self.config(instance_id))
         if in_flight(snapshot):
-            await run_graph(graph, None, self.config(instance_id, replay=True), self.durability)
-            snapshot = await graph.aget_state(self.config(instance_id))
+            snapshot = await self.run_to_state(graph, instance_id, None, options=options)
         return snapshot
-
-    async def invoke(
-        self,
-        graph: CompiledStateGraph[Any, Any, Any, Any],
-        instance_id: str,
-        value: dict[str, Any] | Command[Any] | None,
-        *,
-        replay: bool = True,
-    ) -> StateSnapshot:
-        # Every run looks a keyed agent call up in the event log before making it: with durability
-        # "async" a checkpoint is written behind the run, so a crash can lose the checkpoint of a step
-        # whose completion event is already logged, and the resumed run (a repeated advance, say)
-        # would otherwise call that agent again. Only the first run of an instance registered in the
-        # same call, which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
-        await run_graph(graph, value, self.config(instance_id, replay=replay), self.durability)
-        return await graph.aget_state(self.config(instance_id))
 
     async def run(
         self,
@@ -149,14 +126,36 @@ class JourneyEngine:
         value: dict[str, Any] | Command[Any] | None,
         *,
         replay: bool = True,
-    ) -> dict[str, Any] | StateSnapshot:
-        """Like :meth:`invoke`, but answers with the run's output when it has one, which saves reading
-        the checkpoint back; a streamed run answers with the thread's state."""
-        output = await run_graph(graph, value, self.config(instance_id, replay=replay), self.durability)
+        options: RunOptions = DEFAULT_RUN,
+    ) -> Outcome:
+        """Run the instance's thread (under ``exclusive``) and answer with the run's output when it has one,
+        which saves reading the checkpoint back; a streamed run answers with the thread's state.
+
+        Every run looks a keyed agent call up in the event log before making it: with durability
+        "async" a checkpoint is written behind the run, so a crash can lose the checkpoint of a step
+        whose completion event is already logged, and the resumed run (a repeated advance, say) would
+        otherwise call that agent again. Only the first run of an instance registered in the same call,
+        which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
+        """
+        config = self.config(instance_id, replay=replay)
+        output = await run_graph(graph, value, config, options.durability or self._durability, options.stream)
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
-        if (outcomes := _OUTCOMES.get()) is not None:
-            outcomes[instance_id] = outcome
+        if options.outcomes is not None:
+            options.outcomes[instance_id] = outcome
         return outcome
+
+    async def run_to_state(
+        self,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        instance_id: str,
+        value: dict[str, Any] | Command[Any] | None,
+        *,
+        replay: bool = True,
+        options: RunOptions = DEFAULT_RUN,
+    ) -> StateSnapshot:
+        """:meth:`run`, answering with the thread's state after the run."""
+        outcome = await self.run(graph, instance_id, value, replay=replay, options=options)
+        return outcome if isinstance(outcome, StateSnapshot) else await graph.aget_state(self.config(instance_id))
 
 
 def in_flight(snapshot: StateSnapshot) -> bool:

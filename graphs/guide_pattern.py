@@ -13,7 +13,6 @@ from agents.guide import build_guide_graph
 from graphs.errors import InvalidInputError
 from graphs.kernel.patterns import Assistant, Graph, Pattern, RunContext, register
 from graphs.mvp import RECOMMENDED_FLOW
-from graphs.streaming import run_graph
 
 if TYPE_CHECKING:
     from graphs.runtime import JourneyRuntime
@@ -52,7 +51,7 @@ async def _run(ctx: RunContext, data: Mapping[str, Any]) -> None:
     for key in ("session_id", "progress"):
         if key in data:
             update[key] = data[key]
-    await run_graph(graph, update, config, ctx.runtime.engine.durability)
+    await ctx.runtime.engine.run(graph, ctx.thread_id, update, replay=False, options=ctx.options)
 
 
 def _as_message(message: Any) -> dict[str, Any]:

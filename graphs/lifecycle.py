@@ -36,7 +36,7 @@ from checkpoints.lifecycle_tables import (
     lifecycle_units_of_work,
 )
 from graphs.errors import SpecError
-from nodes.agent_call import Recording
+from nodes.agent_call import Recording, logged
 from nodes.criteria_gate import (
     CriteriaCheck,
     MetricCriterion,
@@ -498,7 +498,7 @@ def build_lifecycle_graph(
         journey_id = state["journey_id"]
         source = state.get("current_stage")
         validation_id = f"{journey_id}:m{move}:gate"
-        if is_replay(config) and (done := await events.find_by_key(validation_id)) is not None:
+        if (done := await logged(events, validation_id, replay=is_replay(config))) is not None:
             return ValidationResult.from_dict(done.payload)  # decided before a crash: never re-decide
         watch = Stopwatch()
         now = clock.now()
@@ -704,7 +704,7 @@ def build_lifecycle_graph(
         move = int(state.get("moves") or 0)
         validation_id = f"{journey_id}:m{move}:rollback"
         request = state.get("request") or {}
-        existing = await events.find_by_key(validation_id) if is_replay(config) else None
+        existing = await logged(events, validation_id, replay=is_replay(config))
         if existing is not None:
             result = ValidationResult.from_dict(existing.payload)
         else:

@@ -24,7 +24,8 @@ from sqlalchemy import select
 
 from agents.protocol import Agent
 from checkpoints.errors import ConcurrentUpdateError, DuplicateDesignError
-from checkpoints.events import NewEvent
+from checkpoints.events import Event, NewEvent
+from checkpoints.index import Instance
 from checkpoints.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_rollback_history,
@@ -32,6 +33,7 @@ from checkpoints.lifecycle_tables import (
     lifecycle_validation_results,
 )
 from graphs.designs import DesignBook, new_id, parse_spec, spec_digest
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import (
     EntryCriteriaNotMetError,
     InvalidInputError,
@@ -46,6 +48,7 @@ from graphs.errors import (
     UnknownTransitionEventError,
     UnknownUnitOfWorkError,
 )
+from graphs.kernel.instances import Recoverable
 from graphs.lifecycle import (
     ACTIVE_STAGES,
     AWAIT,
@@ -102,6 +105,7 @@ class LifecycleOrchestrator:
         self._design_ids: dict[str, str] = {}
         self._journeys: dict[str, str] = {}  # journey id -> design id
         self._specs: dict[str, LifecycleSpec] = {}
+        designs.instances.register(Recoverable((PATTERN,), self._instance_graph, self._start_input))
 
     # --- plugging in -------------------------------------------------------------------------------
 
@@ -203,6 +207,7 @@ class LifecycleOrchestrator:
         metrics: Mapping[str, float | bool] | None = None,
         spec: LifecycleSpec | Mapping[str, Any] | None = None,
         thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Start a client's journey in SANDBOX, once the sandbox entry criteria hold.
 
@@ -229,11 +234,13 @@ class LifecycleOrchestrator:
                 design_id = existing.journey_id
                 chosen = await self._spec(design_id)
                 graph = self._graph(design_id, chosen)
-                snapshot = await self._engine.settled_state(graph, journey_id)
+                snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
                 if snapshot.values:  # its start was refused before: try again
                     self._expect(snapshot, TransitionEvent.START_JOURNEY)
                     await self._record(journey_id, values)
-                    snapshot = await self._resume(graph, journey_id, snapshot, {"event": TransitionEvent.START_JOURNEY})
+                    snapshot = await self._resume(
+                        graph, journey_id, snapshot, {"event": TransitionEvent.START_JOURNEY}, run_options
+                    )
             else:
                 created = NewEvent(
                     "lifecycle.created",
@@ -243,9 +250,8 @@ class LifecycleOrchestrator:
                 graph = self._graph(design_id, chosen)
             if existing is None or not snapshot.values:  # new, or a crash cut its first run short: run it
                 await self._record(journey_id, values)
-                snapshot = await self._engine.invoke(
-                    graph, journey_id, _initial_state(journey_id, client_id, design_id, metadata)
-                )
+                initial = _initial_state(journey_id, client_id, design_id, metadata)
+                snapshot = await self._run(graph, journey_id, initial, run_options)
         outcome = _outcome(snapshot)
         validation = ValidationResult.from_dict(outcome["validation"])
         if not validation.passed:
@@ -255,18 +261,26 @@ class LifecycleOrchestrator:
         _raise_for_unit(outcome, journey_id)
         return {**journey_view(snapshot.values, chosen), "validation": validation.to_dict()}
 
-    async def promote(self, journey_id: str, *, metadata: Mapping[str, Any] | None = None) -> ValidationResult:
+    async def promote(
+        self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
+    ) -> ValidationResult:
         """Promote SANDBOX → PILOT or PILOT → PRODUCTION if the current stage's exit criteria and the next
         stage's entry criteria all pass; then run the next stage's entry units. Returns the validation:
         when it did not pass, nothing moved (the validation itself is stored)."""
-        return await self._gated_move(journey_id, None, metadata)
+        return await self._gated_move(journey_id, None, metadata, run_options)
 
-    async def mark_complete(self, journey_id: str, *, metadata: Mapping[str, Any] | None = None) -> ValidationResult:
+    async def mark_complete(
+        self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
+    ) -> ValidationResult:
         """PRODUCTION → COMPLETED once production's success metrics pass. Returns the validation."""
-        return await self._gated_move(journey_id, TransitionEvent.MARK_COMPLETE, metadata)
+        return await self._gated_move(journey_id, TransitionEvent.MARK_COMPLETE, metadata, run_options)
 
     async def _gated_move(
-        self, journey_id: str, event: TransitionEvent | None, metadata: Mapping[str, Any] | None
+        self,
+        journey_id: str,
+        event: TransitionEvent | None,
+        metadata: Mapping[str, Any] | None,
+        run_options: RunOptions,
     ) -> ValidationResult:
         request_metadata = _metadata(metadata)
         _spec, graph = await self._load(journey_id)
@@ -274,7 +288,7 @@ class LifecycleOrchestrator:
         # while another call moved the journey must not go on to the next stage's gate.
         asked_in = None if event is not None else await self._stage_now(graph, journey_id)
         async with self._engine.exclusive(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id)
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             stage = snapshot.values.get("current_stage")
             if event is None:  # promote: the promotion event of the current stage
                 self._expect_stage(journey_id, asked_in, stage, "promote")
@@ -290,10 +304,12 @@ class LifecycleOrchestrator:
                 event = chosen
             self._expect(snapshot, event)
             request = {"event": event.value, "metadata": request_metadata}
-            snapshot = await self._resume(graph, journey_id, snapshot, request)
+            snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
         return _gate_result(snapshot, journey_id)
 
-    async def transition(self, journey_id: str, event: str, **options: Any) -> dict[str, Any]:
+    async def transition(
+        self, journey_id: str, event: str, *, run_options: RunOptions = DEFAULT_RUN, **options: Any
+    ) -> dict[str, Any]:
         """Apply any of the seven events by name, as the seed's ``JourneyStateMachine.transition`` does.
 
         ``options`` go to the event's own method (``reason``, ``trigger``, ``rollback_to``, ``complete``
@@ -320,28 +336,32 @@ class LifecycleOrchestrator:
         if chosen == TransitionEvent.START_JOURNEY:
             instance = await self._store.index.get_instance(journey_id)
             assert instance is not None
-            return await self.start_journey(instance.user_id, journey_id=journey_id, metrics=options.get("metrics"))
+            return await self.start_journey(
+                instance.user_id, journey_id=journey_id, metrics=options.get("metrics"), run_options=run_options
+            )
         if chosen in GATED_EVENTS:
-            validation = await self._gated_move(journey_id, chosen, options.get("metadata"))
+            validation = await self._gated_move(journey_id, chosen, options.get("metadata"), run_options)
             return {**await self.get_journey_state(journey_id), "validation": validation.to_dict()}
         if chosen == TransitionEvent.INITIATE_ROLLBACK:
-            rollback = await self.initiate_rollback(journey_id, **options)
+            rollback = await self.initiate_rollback(journey_id, **options, run_options=run_options)
             return {**rollback["journey"], "rollback": {k: v for k, v in rollback.items() if k != "journey"}}
         if chosen == TransitionEvent.COMPLETE_ROLLBACK:
-            return await self.complete_rollback(journey_id)
-        return await self.cancel(journey_id, options.get("reason"))
+            return await self.complete_rollback(journey_id, run_options=run_options)
+        return await self.cancel(journey_id, options.get("reason"), run_options=run_options)
 
-    async def cancel(self, journey_id: str, reason: str | None = None) -> dict[str, Any]:
+    async def cancel(
+        self, journey_id: str, reason: str | None = None, *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
         """Give the journey up (from any active stage, or from ROLLBACK)."""
         if reason is not None and not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
         spec, graph = await self._load(journey_id)
         async with self._engine.exclusive(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id)
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             self._expect(snapshot, TransitionEvent.CANCEL_JOURNEY)
             metadata = {"cancel_reason": reason} if reason else {}
             request = {"event": TransitionEvent.CANCEL_JOURNEY.value, "metadata": metadata}
-            snapshot = await self._resume(graph, journey_id, snapshot, request)
+            snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
         return journey_view(snapshot.values, spec)
 
     async def initiate_rollback(
@@ -353,6 +373,7 @@ class LifecycleOrchestrator:
         rollback_to: str | None = None,
         complete: bool = False,
         automatic: bool = False,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Roll the journey back: plan → rollback units → validation → notification.
 
@@ -382,7 +403,7 @@ class LifecycleOrchestrator:
         try:
             async with self._engine.exclusive(journey_id):
                 self.deps.aborts.pop(journey_id, None)
-                snapshot = await self._engine.settled_state(graph, journey_id)
+                snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
                 # Rolls back the stage it was asked in, once: not the stage another rollback returned to.
                 self._expect_stage(
                     journey_id, peek.values.get("current_stage"), snapshot.values.get("current_stage"), "roll back"
@@ -397,22 +418,22 @@ class LifecycleOrchestrator:
                     "complete": complete,
                     "snapshot": await self._snapshot(graph, journey_id, snapshot, target),
                 }
-                snapshot = await self._resume(graph, journey_id, snapshot, request)
+                snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
         finally:
             self.deps.aborts.pop(journey_id, None)
         outcome = _outcome(snapshot)
         record = await self.rollback(journey_id, str(outcome["rollback_id"]))
         return {**record, "journey": journey_view(snapshot.values, spec), "notification": outcome.get("notification")}
 
-    async def complete_rollback(self, journey_id: str) -> dict[str, Any]:
+    async def complete_rollback(self, journey_id: str, *, run_options: RunOptions = DEFAULT_RUN) -> dict[str, Any]:
         """ROLLBACK → the rollback's target stage. A rollback that failed to validate is run again first."""
         spec, graph = await self._load(journey_id)
         async with self._engine.exclusive(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id)
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             self._expect(snapshot, TransitionEvent.COMPLETE_ROLLBACK)
             rollback_id = str((snapshot.values.get("rollback") or {}).get("rollback_id"))
             snapshot = await self._resume(
-                graph, journey_id, snapshot, {"event": TransitionEvent.COMPLETE_ROLLBACK.value}
+                graph, journey_id, snapshot, {"event": TransitionEvent.COMPLETE_ROLLBACK.value}, run_options
             )
         outcome = _outcome(snapshot)
         record = await self.rollback(journey_id, rollback_id)
@@ -424,12 +445,14 @@ class LifecycleOrchestrator:
             )
         return {**journey_view(snapshot.values, spec), "rollback": record}
 
-    async def run_unit_of_work(self, journey_id: str, uow_id: str) -> dict[str, Any]:
+    async def run_unit_of_work(
+        self, journey_id: str, uow_id: str, *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
         """Run an on-demand unit of work of the current stage; returns its result (status and tasks)."""
         _check_id(uow_id, "uow_id")
         spec, graph = await self._load(journey_id)
         async with self._engine.exclusive(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id)
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             values = snapshot.values
             stage = values.get("current_stage")
             if stage not in [s.value for s in ACTIVE_STAGES] or not _waiting(snapshot):
@@ -456,7 +479,9 @@ class LifecycleOrchestrator:
                     ],
                     missing=missing,
                 )
-            snapshot = await self._resume(graph, journey_id, snapshot, {"event": RUN_UNIT, "uow_id": uow_id})
+            snapshot = await self._resume(
+                graph, journey_id, snapshot, {"event": RUN_UNIT, "uow_id": uow_id}, run_options
+            )
         outcome = _outcome(snapshot)
         return dict(outcome["units"][-1])
 
@@ -468,7 +493,12 @@ class LifecycleOrchestrator:
         return await self.record_metrics(journey_id, {metric: value}, at=at)
 
     async def record_metrics(
-        self, journey_id: str, values: Mapping[str, float | bool], *, at: datetime | None = None
+        self,
+        journey_id: str,
+        values: Mapping[str, float | bool],
+        *,
+        at: datetime | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Record metric values (at the clock's now, or an earlier ``at``); if one crosses a rollback
         threshold of the current stage, roll back automatically. Returns what was recorded and the rollback."""
@@ -481,15 +511,17 @@ class LifecycleOrchestrator:
         when = at or now
         design_id = await self._design_of(journey_id)
         await self._record(journey_id, checked, when)
-        rollback = await self._watch(journey_id, design_id, set(checked))
+        rollback = await self._watch(journey_id, design_id, set(checked), run_options)
         return {"journey_id": journey_id, "recorded": checked, "recorded_at": when.isoformat(), "rollback": rollback}
 
     async def check_rollback_triggers(self, journey_id: str) -> dict[str, Any] | None:
         """Evaluate every rollback threshold of the current stage now (for metric sources that are not fed
         through :meth:`record_metric`); roll back if one fires."""
-        return await self._watch(journey_id, await self._design_of(journey_id), None)
+        return await self._watch(journey_id, await self._design_of(journey_id), None, DEFAULT_RUN)
 
-    async def _watch(self, journey_id: str, design_id: str, metrics: set[str] | None) -> dict[str, Any] | None:
+    async def _watch(
+        self, journey_id: str, design_id: str, metrics: set[str] | None, run_options: RunOptions
+    ) -> dict[str, Any] | None:
         spec = await self._spec(design_id)
         watched = {t.metric for stage in ACTIVE_STAGES for t in spec.stage(stage).rollback_thresholds}
         if metrics is not None and not metrics & watched:
@@ -517,6 +549,7 @@ class LifecycleOrchestrator:
                         trigger=threshold.trigger,
                         complete=spec.auto_complete_rollback,
                         automatic=True,
+                        run_options=run_options,
                     )
                 except (InvalidTransitionError, ConcurrentUpdateError):
                     return None  # it moved on meanwhile (another rollback, a cancel): nothing to do
@@ -616,19 +649,16 @@ class LifecycleOrchestrator:
         """Journey visibility across all clients: every lifecycle metric with the seed's targets."""
         return await self.metrics.summary()
 
-    async def recover(self) -> list[str]:
-        """Finish the work a crashed process left in flight, for every lifecycle journey still open."""
-        resumed = []
-        for status in ("in_progress", "pending", "active", "rollback"):
-            for instance in await self._store.index.list_instances(pattern=PATTERN, status=status, limit=1_000_000):
-                spec = await self._spec(instance.journey_id)
-                graph = self._graph(instance.journey_id, spec)
-                async with self._engine.exclusive(instance.instance_id):
-                    before = await graph.aget_state(self._engine.config(instance.instance_id))
-                    after = await self._engine.settled_state(graph, instance.instance_id)
-                    if after.config != before.config:
-                        resumed.append(instance.instance_id)
-        return resumed
+    async def _instance_graph(self, instance: Instance) -> Graph:
+        return self._graph(instance.journey_id, await self._spec(instance.journey_id))
+
+    @staticmethod
+    async def _start_input(instance: Instance, created: Event) -> dict[str, Any]:
+        """The first run's input, from the ``lifecycle.created`` event (see :meth:`start_journey`)."""
+        data = created.payload
+        return _initial_state(
+            instance.instance_id, str(data["client_id"]), str(data["design_id"]), data.get("metadata")
+        )
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -709,8 +739,16 @@ class LifecycleOrchestrator:
             "metadata": dict(values.get("metadata") or {}),
         }
 
+    async def _run(self, graph: Graph, journey_id: str, value: Any, run_options: RunOptions) -> StateSnapshot:
+        return await self._engine.run_to_state(graph, journey_id, value, options=run_options)
+
     async def _resume(
-        self, graph: Graph, journey_id: str, snapshot: StateSnapshot, request: dict[str, Any]
+        self,
+        graph: Graph,
+        journey_id: str,
+        snapshot: StateSnapshot,
+        request: dict[str, Any],
+        run_options: RunOptions,
     ) -> StateSnapshot:
         if not _waiting(snapshot):
             stage = snapshot.values.get("current_stage")
@@ -720,7 +758,7 @@ class LifecycleOrchestrator:
                 event=str(request.get("event")),
                 allowed=[],
             )
-        return await self._engine.invoke(graph, journey_id, Command(resume=request))
+        return await self._run(graph, journey_id, Command(resume=request), run_options)
 
 
 def _initial_state(

@@ -33,16 +33,19 @@ async def _start(ctx: RunContext, data: Mapping[str, Any]) -> None:
         journey_id=ctx.thread_id,
         metadata=mapping_input(data.get("metadata"), "metadata"),
         metrics=mapping_input(data.get("metrics"), "metrics"),
+        run_options=ctx.options,
     )
 
 
 async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
     request = mapping_input(value, "command.resume")
     if "metrics" in request and "event" not in request:
-        await ctx.runtime.lifecycle.record_metrics(instance_id, mapping_input(request["metrics"], "metrics"))
+        metrics = mapping_input(request["metrics"], "metrics")
+        await ctx.runtime.lifecycle.record_metrics(instance_id, metrics, run_options=ctx.options)
         return
     options = mapping_input(request.get("options"), "options")
-    await ctx.runtime.lifecycle.transition(instance_id, string_input(request, "event"), **options)
+    event = string_input(request, "event")
+    await ctx.runtime.lifecycle.transition(instance_id, event, run_options=ctx.options, **options)
 
 
 def _entrypoint(runtime: JourneyRuntime, _config: RunnableConfig) -> StateGraph[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.session import Area, SessionSpec
 from graphs.session_orchestrator import SessionOrchestrator
 
@@ -90,8 +91,11 @@ class MVPOrchestrator:
             raise ValueError("the MVP orchestrator composes a session orchestrator for the 'mvp' pattern")
         self.sessions = sessions
 
-    async def start_mvp_journey(self, user_id: str, initial_pillar: str = "content") -> dict[str, Any]:
-        session = await self.sessions.start_session(user_id, mvp_spec(initial_pillar).model_dump())
+    async def start_mvp_journey(
+        self, user_id: str, initial_pillar: str = "content", *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
+        spec = mvp_spec(initial_pillar).model_dump()
+        session = await self.sessions.start_session(user_id, spec, run_options=run_options)
         return {
             "session": session,
             "pillars": [p.info() for p in MVP_PILLARS],

@@ -48,6 +48,7 @@ from nodes.gateways import choose, first_failure, merge_latest, merge_max, merge
 from nodes.process_services import ProcessServices
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, thread_id
+from nodes.services import failure as failure_event
 from nodes.transaction import execute_with_compensation
 from nodes.variables import Cell, assign, pick, values
 from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
@@ -273,7 +274,7 @@ class _Builder:
                 failure = {"element": task.id, "error": str(exc), "error_type": exc.code}
                 await node.events.append(
                     instance_id,
-                    [NewEvent("task.failed", failure, task.id, f"{key}:failed")],
+                    [failure_event("process", "task", failure, task.id, f"{key}:failed")],
                     status="compensating",
                 )
                 return Command(goto=self.fail_target(level), update={"failure": failure, "visits": {task.id: visit}})
@@ -414,8 +415,12 @@ class _Builder:
                     await node.events.append(
                         instance_id,
                         [
-                            NewEvent(
-                                "process.failed", {"compensation_failure": broken}, event.step, f"{instance_id}:failed"
+                            failure_event(
+                                "process",
+                                "compensation",
+                                {"compensation_failure": broken},
+                                event.step,
+                                f"{instance_id}:failed",
                             )
                         ],
                         status="failed",

@@ -19,6 +19,7 @@ from checkpoints.clock import Clock
 from checkpoints.deployments import Deployment, DeploymentStore
 from checkpoints.index import Instance
 from graphs.designs import DesignBook, PatternName
+from graphs.engine import RunOptions
 from graphs.errors import UnknownProcessError
 from graphs.process import ProcessSpec
 from graphs.process_versions import choose
@@ -103,6 +104,7 @@ class Resumer(Protocol):
         *,
         finish: bool = ...,
         instance: Instance | None = ...,
+        run_options: RunOptions = ...,
     ) -> bool:
         """Resume the thread parked on ``wait_id`` with its resolution (``finish``: mark it consumed)."""
         ...

@@ -13,6 +13,7 @@ from typing import Any
 from checkpoints.clock import Clock
 from checkpoints.inbox import InboxStore, UserTaskRow
 from checkpoints.waits import WaitStore
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.process_context import Resumer
 from nodes.user_task import validate_resume_value
@@ -74,7 +75,13 @@ class TaskInbox:
         return await self.get_task(task_id)
 
     async def complete(
-        self, task_id: str, *, user: str, payload: Mapping[str, Any], groups: Iterable[str] = ()
+        self,
+        task_id: str,
+        *,
+        user: str,
+        payload: Mapping[str, Any],
+        groups: Iterable[str] = (),
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Complete a task with ``payload`` (checked against its response schema) and resume the instance."""
         row = await self._open_row(task_id)
@@ -103,7 +110,7 @@ class TaskInbox:
             raise TaskClosedError(
                 f"task {task_id!r} was {current.status} meanwhile (claimed by {current.claimed_by!r})", task_id=task_id
             )
-        await self._instances.deliver(row.instance_id, task_id, resolution)
+        await self._instances.deliver(row.instance_id, task_id, resolution, run_options=run_options)
         return await self._instances.status(row.instance_id)
 
     async def _open_row(self, task_id: str) -> UserTaskRow:

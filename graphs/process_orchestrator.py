@@ -12,7 +12,7 @@ for instances already running; ``migrate`` moves a waiting instance on purpose.
 
 Resuming a waiting instance is always two steps: resolve its wait row (atomic: the first of a timer,
 a message or a human wins), then deliver the stored resolution to the thread with
-``Command(resume=…)``. A crash between the two loses nothing: ``recover()`` (and every scheduler
+``Command(resume=…)``. A crash between the two loses nothing: ``runtime.recover()`` (and every scheduler
 pass) delivers resolutions that were not consumed.
 """
 
@@ -28,13 +28,13 @@ from langgraph.types import Command, StateSnapshot
 
 from agents.deterministic import EchoAgent
 from checkpoints.deployments import Deployment, DeploymentStore
-from checkpoints.errors import DuplicateInstanceError, JourneyError
+from checkpoints.errors import JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.migration_rows import MigrationRows
 from checkpoints.timers import DEFAULT_LEASE
 from graphs.designs import DesignBook, new_id, parse_spec, spec_digest
-from graphs.engine import failed_task
+from graphs.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.errors import (
     InvalidInputError,
     MigrationInProgressError,
@@ -44,6 +44,7 @@ from graphs.errors import (
     UnknownProcessError,
     UnmatchedMessageError,
 )
+from graphs.kernel.instances import Recoverable
 from graphs.process import ProcessSpec
 from graphs.process_catalog import ProcessCatalog, default_process_catalog
 from graphs.process_context import FINISHED, PATTERN, DeployedVersions, Graph
@@ -52,7 +53,6 @@ from graphs.process_migration import MIGRATING, Migrations, migrate, migrating_i
 from graphs.process_scheduler import TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process_validation import intents
 from graphs.process_versions import describe, variants_rollout, weights_rollout
-from graphs.streaming import run_graph
 from nodes import schemas
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
@@ -83,6 +83,15 @@ class ProcessOrchestrator:
             self.owner,
         )
         self.scheduler = TimerScheduler(self)
+        designs.instances.register(
+            Recoverable(
+                (PATTERN,),
+                self._instance_graph,
+                self._start_input,
+                before=self._settle_migrations,
+                after=self._deliver_undelivered,
+            )
+        )
 
     # --- deployment and versions -------------------------------------------------------------------
 
@@ -240,6 +249,7 @@ class ProcessOrchestrator:
         version: int | None = None,
         instance_id: str | None = None,
         start_event: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks."""
         if not isinstance(business_key, str) or not business_key:
@@ -281,16 +291,11 @@ class ProcessOrchestrator:
         )
         graph = self.graph_of(spec)
         async with self.engine.exclusive(instance_id):
-            try:
-                await self.store.index.create_instance(
-                    instance_id, deployment.design_id, PATTERN, business_key, first_event=started
-                )
-            except DuplicateInstanceError:
-                # Started before; resume the start only if a crash cut it short before the first checkpoint.
-                if (await graph.aget_state(self.engine.config(instance_id))).values:
-                    raise
+            await self._designs.instances.create(
+                instance_id, deployment.design_id, PATTERN, business_key, started, graph
+            )
             initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
-            went_through = await self.run(graph, instance_id, initial)
+            went_through = await self.run(graph, instance_id, initial, run_options)
             snapshot = await graph.aget_state(self.engine.config(instance_id))
         status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
         instance = Instance(
@@ -334,31 +339,21 @@ class ProcessOrchestrator:
         found = await self.store.index.get_instances(instance_ids)
         return {i.instance_id: i for i in found if i.pattern == PATTERN}
 
-    async def run(self, graph: Graph, instance_id: str, value: Any) -> bool:
+    async def run(self, graph: Graph, instance_id: str, value: Any, run_options: RunOptions = DEFAULT_RUN) -> bool:
         """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
         ``failed`` and can be retried. Returns whether the run went through."""
         try:
-            # Through run_graph like every pattern: a streaming server run then streams process runs too.
-            await run_graph(graph, value, self.engine.config(instance_id, replay=True), self.engine.durability)
-        except JourneyError as exc:
-            await self.store.events.append(
-                instance_id,
-                [NewEvent("process.failed", {"error": str(exc), "error_type": exc.code})],
-                status="failed",
-            )
+            await self._designs.instances.advance(graph, instance_id, PATTERN, value, options=run_options)
+        except JourneyError:  # recorded by the kernel
             return False
         return True
 
-    async def settled(self, graph: Graph, instance_id: str) -> StateSnapshot:
+    async def settled(self, graph: Graph, instance_id: str, run_options: RunOptions = DEFAULT_RUN) -> StateSnapshot:
         """Under ``exclusive``: the thread's state after finishing what a crash left in flight."""
         try:
-            return await self.engine.settled_state(graph, instance_id)
+            return await self.engine.settled_state(graph, instance_id, options=run_options)
         except JourneyError as exc:
-            await self.store.events.append(
-                instance_id,
-                [NewEvent("process.failed", {"error": str(exc), "error_type": exc.code})],
-                status="failed",
-            )
+            await self._designs.instances.fail(instance_id, PATTERN, exc)
             return await graph.aget_state(self.engine.config(instance_id))
 
     async def deliver(
@@ -369,6 +364,7 @@ class ProcessOrchestrator:
         *,
         finish: bool = True,
         instance: Instance | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> bool:
         """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there.
 
@@ -379,7 +375,7 @@ class ProcessOrchestrator:
         """
         _instance, _deployment, _spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
-            snapshot = await self.settled(graph, instance_id)
+            snapshot = await self.settled(graph, instance_id, run_options)
             pending = next(
                 (
                     i
@@ -393,7 +389,7 @@ class ProcessOrchestrator:
                 resolution = resolution or await self.services.waits.resolution(wait_id)
                 if resolution is None:
                     return False
-                await self.run(graph, instance_id, Command(resume={pending.id: resolution}))
+                await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options)
             if finish:
                 await self.services.waits.finish([wait_id])
         return pending is not None
@@ -417,11 +413,8 @@ class ProcessOrchestrator:
         """Run a failed node again (its agent may have recovered)."""
         _instance, _deployment, _spec, graph = await self.loaded(instance_id)
         async with self.engine.exclusive(instance_id):
-            snapshot = await graph.aget_state(self.engine.config(instance_id))
-            failed = failed_task(snapshot)
-            if failed is None:
+            if await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False) is None:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
-            await self.store.events.append(instance_id, [NewEvent("process.retried", {}, failed)], status="in_progress")
             await self.run(graph, instance_id, None)
         return await self.status(instance_id)
 
@@ -434,25 +427,35 @@ class ProcessOrchestrator:
                 raise ProcessStateError(
                     f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
                 )
-            await self.store.events.append(
-                instance_id,
-                [NewEvent("process.cancelled", {"reason": reason}, None, f"{instance_id}:cancelled")],
-                status="cancelled",
-                also=self.services.waits.cancel_statements(instance_id),
+            await self._designs.instances.cancel(
+                instance_id, "process.cancelled", reason, also=self.services.waits.cancel_statements(instance_id)
             )
         return await self.status(instance_id)
 
-    async def recover(self) -> list[str]:
-        """Settle every migration a crash cut short, then deliver every resolution that a crash kept from its
-        thread; returns the instances resumed. Meant for startup, when no other process is migrating."""
-        resumed: list[str] = []
-        for instance_id in await migrating_instances(self.migrations):
+    async def _settle_migrations(self) -> list[str]:
+        """Recovery, first: settle every migration a crash cut short (at startup, no other process migrates)."""
+        resumed = await migrating_instances(self.migrations)
+        for instance_id in resumed:
             await settle_migration(self.migrations, instance_id, force=True)
-            resumed.append(instance_id)
+        return resumed
+
+    async def _deliver_undelivered(self) -> list[str]:
+        """Recovery, last: deliver every resolution that a crash kept from its thread."""
+        resumed: list[str] = []
         for wait in await self.services.waits.undelivered():
             if await self.deliver(wait.instance_id, wait.wait_id) and wait.instance_id not in resumed:
                 resumed.append(wait.instance_id)
         return resumed
+
+    async def _instance_graph(self, instance: Instance) -> Graph:
+        return await self.deployed.graph_of(await self.deployment_of(instance))
+
+    @staticmethod
+    async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
+        """The first run's input, from the ``process.started`` event (see :meth:`start`)."""
+        data = started.payload
+        cells, _changes = assign({}, {c["name"]: c["value"] for c in data.get("changes") or []})
+        return {"variables": cells, "entry": started.step, "status": "in_progress", "variant": data.get("variant")}
 
     # --- messages ----------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ async def _start(ctx: RunContext, data: Mapping[str, Any]) -> None:
         mapping_input(data.get("variables"), "variables"),
         version=version,
         instance_id=ctx.thread_id,
+        run_options=ctx.options,
     )
 
 
@@ -53,7 +54,11 @@ async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
             )
         task_id = tasks[0]["task_id"]
     await inbox.complete(
-        str(task_id), user=ctx.principal, groups=ctx.groups, payload=mapping_input(request.get("payload"), "payload")
+        str(task_id),
+        user=ctx.principal,
+        groups=ctx.groups,
+        payload=mapping_input(request.get("payload"), "payload"),
+        run_options=ctx.options,
     )
 
 

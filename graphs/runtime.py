@@ -25,7 +25,7 @@ from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
 from graphs.catalog import TemplateCatalog, default_catalog
 from graphs.designs import DesignBook
-from graphs.engine import JourneyEngine, in_flight
+from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError
 from graphs.insights import JourneyAnalytics, MilestoneTracker
 from graphs.kernel.patterns import OrchestratorDeps, get_pattern, registered_patterns
@@ -85,6 +85,7 @@ class JourneyRuntime:
         self.milestones = MilestoneTracker(store)
         self.analytics = JourneyAnalytics(store)
         self._designs = designs
+        self.instances = designs.instances  # the one instance lifecycle every pattern goes through
 
     @classmethod
     @asynccontextmanager
@@ -137,27 +138,13 @@ class JourneyRuntime:
         return await self.store.events.list(instance_id)
 
     async def recover(self) -> list[str]:
-        """Finish the work that a crashed process left in flight, for every journey still running.
+        """Finish the work that a crashed process left in flight, for every journey still running, of
+        every pattern: runs cut short (also before their first checkpoint) are finished, a process's
+        migrations cut short are settled and its resolved waits delivered.
 
         Runs that wait for a human or a timer are left waiting. Returns the ids of the runs resumed.
         """
-        resumed = []
-        running = [
-            instance
-            for status in ("in_progress", "compensating")  # a saga's undo runs while it is compensating
-            for instance in await self.store.index.list_instances(status=status, limit=100_000)
-        ]
-        for instance in running:
-            design, spec = await self._designs.load(instance.journey_id, (instance.pattern,))  # type: ignore[arg-type]
-            graph = self._designs.graph(design.pattern, spec)
-            async with self.engine.exclusive(instance.instance_id):
-                before = await graph.aget_state(self.engine.config(instance.instance_id))
-                if in_flight(before):
-                    await self.engine.settled_state(graph, instance.instance_id)
-                    resumed.append(instance.instance_id)
-        resumed += [i for i in await self.lifecycle.recover() if i not in resumed]
-        resumed += [i for i in await self.processes.recover() if i not in resumed]
-        return resumed
+        return await self._designs.instances.recover()
 
     def orchestrator(self, pattern: str) -> Any:
         """The orchestrator of a registered pattern, by the pattern's name."""

@@ -8,6 +8,7 @@ from typing import Any
 from langgraph.types import StateSnapshot
 
 from graphs.designs import DesignBook, new_id
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import JourneyNotFoundError
 from graphs.saga import SagaSpec
 from graphs.step_journeys import StepJourneys
@@ -39,11 +40,18 @@ class SagaOrchestrator:
         return {**design_view(design.journey_id, "saga", saga), "compensation_handlers": handlers}
 
     async def execute_saga_journey(
-        self, journey_id: str, user_id: str, context: Mapping[str, Any] | None = None, *, saga_id: str | None = None
+        self,
+        journey_id: str,
+        user_id: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        saga_id: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Start a saga run (``saga_id``: a new one by default). Starting a ``saga_id`` again only goes on
         with a start a crash cut short before its first checkpoint; one that got further is refused."""
-        return await self._runs.start(journey_id, user_id, context, instance_id=saga_id or new_id("saga"))
+        saga_id = saga_id or new_id("saga")
+        return await self._runs.start(journey_id, user_id, context, instance_id=saga_id, options=run_options)
 
     async def advance_saga_step(
         self,
@@ -53,6 +61,7 @@ class SagaOrchestrator:
         step_result: Mapping[str, Any],
         *,
         step_id: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         instance = await self._runs.instance(saga_id)
         if (instance.journey_id, instance.user_id) != (journey_id, user_id):
@@ -61,7 +70,7 @@ class SagaOrchestrator:
             raise JourneyNotFoundError(
                 f"saga {saga_id!r} is not a saga of journey {journey_id!r} for user {user_id!r}", saga_id=saga_id
             )
-        return await self._runs.advance(saga_id, step_result, step_id=step_id)
+        return await self._runs.advance(saga_id, step_result, step_id=step_id, options=run_options)
 
     async def retry_saga_step(self, saga_id: str) -> dict[str, Any]:
         """Run the failed step again, or, when a compensation failed for good, resume the compensation

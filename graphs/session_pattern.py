@@ -59,14 +59,18 @@ def _sessions(runtime: JourneyRuntime, pattern: str) -> SessionOrchestrator:
 
 async def _start_session(ctx: RunContext, data: Mapping[str, Any]) -> None:
     view = await ctx.runtime.session.start_session(
-        string_input(data, "user_id", ctx.principal), mapping_input(data.get("session_config"), "session_config")
+        string_input(data, "user_id", ctx.principal),
+        mapping_input(data.get("session_config"), "session_config"),
+        run_options=ctx.options,
     )
     await ctx.bind(view["session_id"])
 
 
 async def _start_mvp(ctx: RunContext, data: Mapping[str, Any]) -> None:
     view = await ctx.runtime.mvp.start_mvp_journey(
-        string_input(data, "user_id", ctx.principal), string_input(data, "initial_pillar", "content")
+        string_input(data, "user_id", ctx.principal),
+        string_input(data, "initial_pillar", "content"),
+        run_options=ctx.options,
     )
     await ctx.bind(view["session"]["session_id"])
 
@@ -77,13 +81,16 @@ async def _session_action(ctx: RunContext, instance_id: str, value: Any) -> None
     sessions = _sessions(ctx.runtime, instance.pattern if instance else "")
     kind = action.get("type")
     if kind == "navigate":
-        await sessions.navigate_to_area(instance_id, string_input(action, "area_id"))
+        await sessions.navigate_to_area(instance_id, string_input(action, "area_id"), run_options=ctx.options)
     elif kind == "update":
         await sessions.update_area_state(
-            instance_id, string_input(action, "area_id"), mapping_input(action.get("updates"), "updates")
+            instance_id,
+            string_input(action, "area_id"),
+            mapping_input(action.get("updates"), "updates"),
+            run_options=ctx.options,
         )
     elif kind == "close":
-        await sessions.close_session(instance_id, action.get("reason"))
+        await sessions.close_session(instance_id, action.get("reason"), run_options=ctx.options)
     else:
         raise InvalidInputError(
             "command.resume.type must be one of navigate, update, close", allowed=["navigate", "update", "close"]

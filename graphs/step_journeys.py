@@ -14,12 +14,10 @@ from langgraph.graph import START
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
-from agents.errors import AgentError
-from checkpoints.errors import DuplicateInstanceError
-from checkpoints.events import NewEvent
+from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from graphs.designs import DesignBook, PatternName
-from graphs.engine import failed_task, resume_pending, waiting_for
+from graphs.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
 from graphs.errors import (
     InvalidInputError,
     JourneyFinishedError,
@@ -29,6 +27,7 @@ from graphs.errors import (
     StepFailedError,
     StepOrderError,
 )
+from graphs.kernel.instances import Recoverable
 from graphs.structured import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
 from nodes.user_task import validate_resume_value
@@ -47,7 +46,9 @@ class StepJourneys:
         self.engine = designs.engine
         self.index = designs.engine.store.index
         self.events = designs.engine.store.events
+        self.instances = designs.instances
         self.patterns = patterns
+        designs.instances.register(Recoverable(patterns, self._instance_graph, self._start_input))
 
     async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
         design, spec = await self.designs.load(journey_id, self.patterns)
@@ -62,7 +63,13 @@ class StepJourneys:
         return found
 
     async def start(
-        self, journey_id: str, user_id: str, context: Mapping[str, Any] | None, *, instance_id: str
+        self,
+        journey_id: str,
+        user_id: str,
+        context: Mapping[str, Any] | None,
+        *,
+        instance_id: str,
+        options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError(f"context must be a mapping, got {type(context).__name__}")
@@ -70,25 +77,21 @@ class StepJourneys:
         started = NewEvent(
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
+        initial: StructuredState = {"context": dict(context or {}), "status": "in_progress"}
         async with self.engine.exclusive(instance_id):
-            created: Instance | None
-            try:
-                created = await self.index.create_instance(
-                    instance_id, journey_id, pattern, user_id, first_event=started
-                )
-            except DuplicateInstanceError:
-                # Started before; resume the start only if a crash cut it short before the first checkpoint.
-                if (await graph.aget_state(self.engine.config(instance_id))).values:
-                    raise
-                created = None
-            initial: StructuredState = {"context": dict(context or {}), "status": "in_progress"}
-            # The first run of an instance registered just now has no logged agent call to look up;
-            # a resumed start (one a crash cut short) looks each call up before making it.
-            standing = await self._run(graph, instance_id, initial, replay=created is None)
+            created, outcome = await self.instances.start(
+                graph, instance_id, journey_id, pattern, user_id, started, dict(initial), cause="step", options=options
+            )
+            standing = Standing.of(outcome)
         return await self.view(created or await self.instance(instance_id), spec, standing)
 
     async def advance(
-        self, instance_id: str, step_result: Mapping[str, Any], *, step_id: str | None = None
+        self,
+        instance_id: str,
+        step_result: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+        options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         found = await self.index.get_instance(instance_id)
         if found is None:
@@ -99,7 +102,7 @@ class StepJourneys:
             )
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
-            snapshot = await self.engine.settled_state(graph, instance_id)
+            snapshot = await self.engine.settled_state(graph, instance_id, options=options)
             current = self._current_step(instance_id, spec, Standing.of(snapshot))
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
             if requested is not None and requested != current:
@@ -118,7 +121,7 @@ class StepJourneys:
                     f"next_step {explicit!r} is not a branch of step {current!r}; choose one of {targets}",
                     allowed=targets,
                 )
-            standing = await self._run(graph, instance_id, resume_pending(snapshot, result))
+            standing = await self._run(graph, found, resume_pending(snapshot, result), options)
         view = await self.view(await self.instance(instance_id), spec, standing)
         return {**view, "completed_step": current}
 
@@ -128,12 +131,9 @@ class StepJourneys:
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
-            snapshot = await self.engine.settled_state(graph, instance_id)
-            failed = failed_task(snapshot)
-            stuck = stuck_compensation(snapshot)
-            if failed is not None:
-                await self.events.append(instance_id, [NewEvent("step.retried", {}, failed)], status="in_progress")
-            elif stuck is not None:
+            retried = await self.instances.retry(graph, instance_id, "step.retried")  # a failed step runs again
+            stuck = None if retried else stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))
+            if stuck is not None:
                 failed_step, stopped = stuck
                 payload = {"handler": stopped.get("handler"), "previous_failure": stopped}
                 await self.events.append(
@@ -143,12 +143,12 @@ class StepJourneys:
                 # from here on leaves the compensation pending, and recovery finishes it.
                 reentry = Command(goto=COMPENSATE_NODE, update={"status": "compensating", "compensation_failure": None})
                 await graph.aupdate_state(self.engine.config(instance_id), reentry, as_node=failed_step)
-            else:
+            elif retried is None:
                 raise NothingToRetryError(
                     f"journey run {instance_id!r} has no failed step or compensation to retry",
                     allowed=["advance_journey_step"],
                 )
-            standing = await self._run(graph, instance_id, None)
+            standing = await self._run(graph, found, None, DEFAULT_RUN)
         return await self.view(await self.instance(instance_id), spec, standing)
 
     async def status(self, instance_id: str) -> dict[str, Any]:
@@ -164,17 +164,21 @@ class StepJourneys:
         _, spec = await self.designs.load(found.journey_id, self.patterns)
         return await self.view(found, spec, Standing.of(snapshot))
 
-    async def _run(self, graph: Graph, instance_id: str, value: Any, *, replay: bool = True) -> Standing:
-        try:
-            return Standing.of(await self.engine.run(graph, instance_id, value, replay=replay))
-        except AgentError as exc:
-            # The step's failure is recorded in the checkpoint; the run can be retried from there.
-            await self.events.append(
-                instance_id,
-                [NewEvent("step.failed", {"error": str(exc), "error_type": exc.code})],
-                status="failed",
-            )
-            raise
+    async def _run(self, graph: Graph, instance: Instance, value: Any, options: RunOptions) -> Standing:
+        # A step whose work fails is recorded by the kernel (the instance is failed) and its error
+        # raised: the failure is in the checkpoint, and the step can be retried from there.
+        outcome = await self.instances.advance(
+            graph, instance.instance_id, instance.pattern, value, cause="step", options=options
+        )
+        return Standing.of(outcome)
+
+    async def _instance_graph(self, instance: Instance) -> Graph:
+        return (await self._load(instance.journey_id))[2]
+
+    @staticmethod
+    async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
+        """The first run's input, from the ``journey.started`` event (see :meth:`start`)."""
+        return {"context": dict(started.payload.get("context") or {}), "status": "in_progress"}
 
     def _current_step(self, instance_id: str, spec: StructuredSpec, standing: Standing) -> str:
         if standing.failed is not None:

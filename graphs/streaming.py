@@ -1,15 +1,13 @@
 """Optional live streaming of graph runs, for front ends (the HTTP server's ``stream_mode``).
 
-Orchestrators run their graphs through :func:`run_graph`. With no sink installed that is a plain
-``ainvoke``; inside :func:`streaming_to`, the same run goes through ``astream`` with the sink's modes
-and every chunk is handed to the sink, so every pattern streams without knowing it.
+Every run goes through :func:`run_graph` (called by ``JourneyEngine.run`` only). With no sink that is a
+plain ``ainvoke``; with a sink (the run's options carry it), the same run goes through ``astream`` with
+the sink's modes and every chunk is handed to the sink, so every pattern streams without knowing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,32 +20,27 @@ STREAMABLE_MODES = ("values", "updates", "custom", "debug", "tasks", "checkpoint
 
 @dataclass(frozen=True, slots=True)
 class StreamSink:
-    """Where a run's stream parts go, for the stream modes asked for."""
+    """Where a streamed run's chunks go: ``emit(mode, chunk)`` for each chunk of the chosen modes."""
 
     modes: tuple[str, ...]
     emit: Callable[[str, Any], Awaitable[None]]
 
-
-_SINK: ContextVar[StreamSink | None] = ContextVar("journeys_stream_sink", default=None)
-
-
-@asynccontextmanager
-async def streaming_to(modes: Sequence[str], emit: Callable[[str, Any], Awaitable[None]]) -> AsyncIterator[None]:
-    """Stream the chunks of every graph run in this context (task) to ``emit(mode, chunk)``."""
-    chosen = tuple(m for m in modes if m in STREAMABLE_MODES)
-    token = _SINK.set(StreamSink(chosen, emit) if chosen else None)
-    try:
-        yield
-    finally:
-        _SINK.reset(token)
+    @classmethod
+    def of(cls, modes: Sequence[str], emit: Callable[[str, Any], Awaitable[None]]) -> StreamSink | None:
+        """A sink for the streamable ones of ``modes``; None when none is (the run is not streamed)."""
+        chosen = tuple(m for m in modes if m in STREAMABLE_MODES)
+        return cls(chosen, emit) if chosen else None
 
 
 async def run_graph(
-    graph: CompiledStateGraph[Any, Any, Any, Any], value: Any, config: RunnableConfig, durability: Durability
+    graph: CompiledStateGraph[Any, Any, Any, Any],
+    value: Any,
+    config: RunnableConfig,
+    durability: Durability,
+    sink: StreamSink | None,
 ) -> dict[str, Any] | None:
     """Run the graph; returns its output (values, with ``__interrupt__`` when it stopped at one), or
-    None when the run was streamed (read the thread's state then)."""
-    sink = _SINK.get()
+    None when the run was streamed to ``sink`` (read the thread's state then)."""
     if sink is None:
         output = await graph.ainvoke(value, config, durability=durability)
         return output if isinstance(output, dict) else None

@@ -9,6 +9,7 @@ from langgraph.types import StateSnapshot
 
 from graphs.catalog import TemplateCatalog
 from graphs.designs import DesignBook, parse_spec
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.step_journeys import StepJourneys
 from graphs.structured import StructuredSpec
 
@@ -74,18 +75,31 @@ class StructuredOrchestrator:
         return self.templates.get(journey_type).build(dict(requirements or {}))
 
     async def execute_journey(
-        self, journey_id: str, user_id: str, context: Mapping[str, Any] | None = None
+        self,
+        journey_id: str,
+        user_id: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
-        """Start the journey for ``user_id``; runs until the first step that needs the user."""
+        """Start the journey for ``user_id``; runs until the first step that needs the user. ``run_options``:
+        how the run is carried out (the server's run queue passes its own)."""
         return await self._runs.start(
-            journey_id, user_id, context, instance_id=structured_instance_id(journey_id, user_id)
+            journey_id, user_id, context, instance_id=structured_instance_id(journey_id, user_id), options=run_options
         )
 
     async def advance_journey_step(
-        self, journey_id: str, user_id: str, step_result: Mapping[str, Any], *, step_id: str | None = None
+        self,
+        journey_id: str,
+        user_id: str,
+        step_result: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
         """Complete the current step with ``step_result`` and move on. Only the current step can advance."""
-        return await self._runs.advance(structured_instance_id(journey_id, user_id), step_result, step_id=step_id)
+        instance_id = structured_instance_id(journey_id, user_id)
+        return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
 
     async def retry_journey_step(self, journey_id: str, user_id: str) -> dict[str, Any]:
         return await self._runs.retry(structured_instance_id(journey_id, user_id))

@@ -74,13 +74,16 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
     context = mapping_input(data.get("context"), "context")  # refused before the thread is bound to anything
     # Bound before it runs: a retried run (its worker died) then finishes this journey, not a second one.
     await ctx.bind(structured_instance_id(design["journey_id"], user_id))
-    return await structured.execute_journey(design["journey_id"], user_id, context)
+    return await structured.execute_journey(design["journey_id"], user_id, context, run_options=ctx.options)
 
 
 async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
     journey_id, user_id = await instance_owner(ctx.runtime, instance_id)
     context = mapping_input(data.get("context"), "context")
-    await _restart_steps(ctx, instance_id, ctx.runtime.structured.execute_journey(journey_id, user_id, context))
+    structured = ctx.runtime.structured
+    await _restart_steps(
+        ctx, instance_id, structured.execute_journey(journey_id, user_id, context, run_options=ctx.options)
+    )
 
 
 async def _restart_steps(ctx: RunContext, instance_id: str, start: Awaitable[Any]) -> None:
@@ -92,12 +95,12 @@ async def _restart_steps(ctx: RunContext, instance_id: str, start: Awaitable[Any
     except DuplicateInstanceError:
         graph = await instance_graph(ctx.runtime, instance_id)
         async with ctx.runtime.engine.exclusive(instance_id):
-            await ctx.runtime.engine.settled_state(graph, instance_id)
+            await ctx.runtime.engine.settled_state(graph, instance_id, options=ctx.options)
 
 
 async def _resume_structured(ctx: RunContext, instance_id: str, value: Any) -> View:
     journey_id, user_id = await instance_owner(ctx.runtime, instance_id)
-    view = await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value)
+    view = await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value, run_options=ctx.options)
     view.pop("completed_step", None)  # what advance says about itself, not part of the journey's view
     return view
 
@@ -160,20 +163,24 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
     context = mapping_input(data.get("context"), "context")  # refused before the thread is bound to anything
     saga_id = new_id("saga")
     await ctx.bind(saga_id)  # before it runs: a retried run (its worker died) finishes this saga, not a second one
-    await saga.execute_saga_journey(design["journey_id"], user_id, context, saga_id=saga_id)
+    await saga.execute_saga_journey(design["journey_id"], user_id, context, saga_id=saga_id, run_options=ctx.options)
 
 
 async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
     journey_id, user_id = await instance_owner(ctx.runtime, instance_id)
     context = mapping_input(data.get("context"), "context")
     await _restart_steps(
-        ctx, instance_id, ctx.runtime.saga.execute_saga_journey(journey_id, user_id, context, saga_id=instance_id)
+        ctx,
+        instance_id,
+        ctx.runtime.saga.execute_saga_journey(
+            journey_id, user_id, context, saga_id=instance_id, run_options=ctx.options
+        ),
     )
 
 
 async def _resume_saga(ctx: RunContext, instance_id: str, value: Any) -> None:
     journey_id, user_id = await instance_owner(ctx.runtime, instance_id)
-    await ctx.runtime.saga.advance_saga_step(instance_id, journey_id, user_id, value)
+    await ctx.runtime.saga.advance_saga_step(instance_id, journey_id, user_id, value, run_options=ctx.options)
 
 
 async def _describe_saga(runtime: JourneyRuntime, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:

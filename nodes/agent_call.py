@@ -28,7 +28,7 @@ from agents.policy import AgentCall, Policy
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings, call_with_retry
-from checkpoints.events import EventLog, NewEvent
+from checkpoints.events import Event, EventLog, NewEvent
 from nodes import schemas
 
 log = structlog.get_logger("journeys.agents")
@@ -53,6 +53,13 @@ class CallOutcome:
     output: dict[str, Any]
     attempts: int
     replayed: bool  # True: the result came from the event log, the agent was not called again
+
+
+async def logged(events: EventLog, key: str, *, replay: bool) -> Event | None:
+    """The replay lookup every keyed unit of work makes: in a run that replays (crash recovery, a retried
+    run, compensation), the event that already recorded the work under ``key``, so the work is not done
+    again; None when the work is to be done (not replaying, or not logged yet)."""
+    return await events.find_by_key(key) if replay else None
 
 
 class AgentCaller:
@@ -94,10 +101,8 @@ class AgentCaller:
         the log is not repeated: its recorded output is returned. ``recorder`` adds to the completion
         event and may set the instance's status in the same transaction.
         """
-        if replay:
-            done = await self.events.find_by_key(key)
-            if done is not None:
-                return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
+        if (done := await logged(self.events, key, replay=replay)) is not None:
+            return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
 
         entry = self.registry.resolve(intent)
         check = AgentCall(entry, instance_id, step, payload, granted_permissions)

@@ -22,6 +22,7 @@ from checkpoints.events import NewEvent
 from nodes.agent_call import Recording
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, thread_id
+from nodes.services import failure as failure_event
 
 # Undo must get through: more patient than a forward step (sagas, transactions, units of work).
 COMPENSATION_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
@@ -87,11 +88,11 @@ def build_compensation_graph(
             )
         except AgentError as exc:
             failure = {"step": step, "handler": handler, "error": str(exc), "error_type": exc.code}
-            # One saga.failed per attempt at the compensation: the first, then one per retry.
+            # One failure event per attempt at the compensation: the first, then one per retry.
             retries = len(await services.events.list(instance_id, types=[COMPENSATION_RETRIED]))
             failed_key = f"{instance_id}:saga-failed" + (f":{retries}" if retries else "")
             await services.events.append(
-                instance_id, [NewEvent("saga.failed", failure, step, failed_key)], status="failed"
+                instance_id, [failure_event("saga", "compensation", failure, step, failed_key)], status="failed"
             )
             return Command(goto=END, update={"status": "failed", "compensation_failure": failure})
         return Command(goto="undo", update={"compensated_steps": [*done, step]})

@@ -10,7 +10,7 @@ from langchain_core.runnables import RunnableConfig
 
 from agents.resilience import RetrySettings
 from checkpoints.events import NewEvent
-from nodes.agent_call import CallOutcome, Recorder, Recording
+from nodes.agent_call import CallOutcome, Recorder, Recording, logged
 from nodes.services import NodeServices, is_replay, thread_id
 
 
@@ -45,7 +45,7 @@ async def perform_task(
             retry=retry,
             replay=replay,
         )
-    if replay and (done := await services.events.find_by_key(key)) is not None:
+    if (done := await logged(services.events, key, replay=replay)) is not None:
         return CallOutcome(dict(done.payload.get("output", {})), 0, True)
     recording: Recording = recorder({})
     event = NewEvent(event_type, {"output": {}, **recording.payload}, step, key)

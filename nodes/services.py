@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
 from checkpoints.clock import Clock
-from checkpoints.events import EventLog
+from checkpoints.events import EventLog, NewEvent
 from nodes.agent_call import AgentCaller
 
 # Set in a run's config when it resumes work that a crashed process left in flight: nodes then look
 # an agent call up in the event log before repeating it.
 REPLAY_FLAG = "journeys_replay"
 
+# The one event an instance's failure writes, whatever its pattern (written by the kernel's fail, and
+# by the nodes whose failure moves the instance on); its data names the ``pattern`` and the ``cause``:
+# a ``step`` or ``task`` whose work failed, a ``compensation`` handler that failed for good, or a ``run``.
+FAILED = "instance.failed"
+
+
+def failure(
+    pattern: str, cause: str, details: Mapping[str, Any], step: str | None = None, key: str | None = None
+) -> NewEvent:
+    """The failure event of an instance of ``pattern``: what failed (``cause``) and how (``details``)."""
+    return NewEvent(FAILED, {"pattern": pattern, "cause": cause, **details}, step, key)
+
 
 @dataclass(frozen=True, slots=True)
 class NodeServices:
-    """What every node needs: the agent caller, the event log and the clock."""
+    """What a node needs from the runtime: the agent path, the event log and the clock."""
 
     caller: AgentCaller
     events: EventLog

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -19,15 +19,14 @@ import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
-from graphs.engine import Outcome, in_flight, recording_outcomes, run_durability
+from graphs.engine import Outcome, RunOptions, in_flight
 from graphs.runtime import JourneyRuntime
 from graphs.step_journeys import INTERRUPT
-from graphs.streaming import streaming_to
+from graphs.streaming import StreamSink
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
 from server.runs import RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
-Emit = Callable[[str, Any], Awaitable[None]]  # (stream mode, chunk): one chunk of a run created for streaming
 
 
 def jsonable(value: Any) -> Any:
@@ -171,13 +170,13 @@ class RunExecutor:
             instance_id = bound
             await self.runs.bind(run.thread_id, run.assistant_id, bound)
 
-        ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind)
+        outcomes: dict[str, Outcome] = {}
+        options = RunOptions(self._durability_of(run, assistant), StreamSink.of(run.stream_modes, emit), outcomes)
+        ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind, options)
         status, error, output = "success", None, None
-        durability = self._durability_of(run, assistant)
         view: View = None
         try:
-            with run_durability(durability), recording_outcomes() as outcomes:
-                view = await self._run(run, assistant, ctx, instance_id, emit)
+            view = await self._run(run, assistant, ctx, instance_id)
         except asyncio.CancelledError:
             await self._interrupted(run_id)
             raise
@@ -210,18 +209,15 @@ class RunExecutor:
         await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
         self._changed(run_id)
 
-    async def _run(
-        self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None, emit: Emit
-    ) -> View:
+    async def _run(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None) -> View:
         """The run's work; the journey's view when the assistant answered with one (see ``View``)."""
-        async with streaming_to(run.stream_modes, emit):
-            if run.kind == "start" and (instance_id is None or assistant.chat):
-                return await assistant.start(ctx, run.input or {})
-            assert instance_id is not None
-            if run.kind == "start":
-                await self._restart(assistant, ctx, run, instance_id)  # a retried first run
-                return None
-            return await self._resume(run, assistant, ctx, instance_id)
+        if run.kind == "start" and (instance_id is None or assistant.chat):
+            return await assistant.start(ctx, run.input or {})
+        assert instance_id is not None
+        if run.kind == "start":
+            await self._restart(assistant, ctx, run, instance_id)  # a retried first run
+            return None
+        return await self._resume(run, assistant, ctx, instance_id)
 
     async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
         try:
@@ -238,7 +234,7 @@ class RunExecutor:
         if run.attempts > 1 and run.base_checkpoint is not None and run.base_checkpoint != checkpoint:
             # An earlier attempt got past the checkpoint this resume was for: it was applied already.
             if in_flight(current):
-                await self._finish_in_flight(assistant, instance_id)
+                await self._finish_in_flight(assistant, instance_id, ctx.options)
             return None
         await self.runs.set_base_checkpoint(run.run_id, checkpoint)
         resume = (run.command or {}).get("resume")
@@ -253,12 +249,12 @@ class RunExecutor:
         if assistant.restart is not None:
             await assistant.restart(ctx, instance_id, run.input or {})
             return
-        await self._finish_in_flight(assistant, instance_id)
+        await self._finish_in_flight(assistant, instance_id, ctx.options)
 
-    async def _finish_in_flight(self, assistant: Assistant, instance_id: str) -> None:
+    async def _finish_in_flight(self, assistant: Assistant, instance_id: str, options: RunOptions) -> None:
         graph = await graph_of(self.runtime, assistant, instance_id)
         async with self.runtime.engine.exclusive(instance_id):
-            await self.runtime.engine.settled_state(graph, instance_id)
+            await self.runtime.engine.settled_state(graph, instance_id, options=options)
 
     def _changed(self, run_id: str) -> None:
         if self._notify is not None:

@@ -4,6 +4,7 @@
     python tests/crash_child.py STORE_URL EFFECTS_DB resume JOURNEY_ID
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-start async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-resume SAGA_ID async|exit
+    python tests/crash_child.py STORE_URL EFFECTS_DB saga-compensate
 
 Every step's agent stands for an external service with side effects, kept in the SQLite file
 EFFECTS_DB (not the journey store): each call appends ``invocations(key, pid)`` and does
@@ -21,7 +22,8 @@ returns (so before its checkpoint). ``+slow-checkpoint`` also holds back checkpo
 ``+slow-store`` checkpoint saves and task writes alike, as a slow database would under
 ``durability="async"`` (LangGraph goes on to the next node while the last checkpoint is still being
 saved); they are held back from the advance of ``s<n>`` on (user steps), or from the call of the
-step before it on (auto steps).
+step before it on (auto steps); for ``s1`` of auto steps, from the start of the run, so that the
+run is killed before its first checkpoint.
 
 ``resume`` recovers what the killed process left in flight, advances any remaining user steps and
 prints the final status as JSON.
@@ -31,6 +33,10 @@ compensation (``revert_transformation``) fails for good, prints ``SAGA <saga_id>
 <json>``, then makes that handler work and retries the compensation; the compensations are the
 external service, and the run holds just after the side effect of ``revert_analysis``, the second one
 the retry runs. ``saga-resume`` recovers and prints the saga's status.
+
+``saga-compensate`` runs a saga (durability "async") whose last step fails, so that its compensation
+starts at once with handlers that work (the external service); the run holds just after the completion
+event of ``revert_analysis``, the second compensation, commits (before its checkpoint).
 
 Output lines the parent reads: ``JOURNEY <journey_id> <instance_id>``, ``SAGA <saga_id>``,
 ``ADVANCED <n>``, ``FAILED <json>``, ``HOLD <point>``, ``RECOVERED <json>``, ``STATUS <json>``.
@@ -97,6 +103,7 @@ class Hold:
             self.point, _, n = spec.partition(":")
             self.step = f"s{int(n)}"
             self.stall_from = f"s{int(n) - 1}"
+        self.event = "step.completed"  # the event whose commit the "event" point follows
 
     async def reached(self, point: str, step: str | None) -> None:
         if point == self.point and step == self.step:
@@ -137,10 +144,10 @@ def install_event_hold(runtime: JourneyRuntime, hold: Hold) -> None:
     events = runtime.store.events
     append = events.append
 
-    async def append_then_hold(instance_id: str, new: Any, *, status: str | None = None) -> list[bool]:
-        written = await append(instance_id, new, status=status)
+    async def append_then_hold(instance_id: str, new: Any, **options: Any) -> list[bool]:
+        written = await append(instance_id, new, **options)
         for event in new:
-            if event.type == "step.completed":
+            if event.type == hold.event:
                 await hold.reached("event", event.step)
         return written
 
@@ -185,6 +192,8 @@ async def start(url: str, effects_db: str, mode: str, hold: Hold) -> None:
         emit("JOURNEY", journey_id, structured_instance_id(journey_id, USER_ID))
         if mode == "user":
             hold.stall_from = None  # the advance of the held step starts the slow store instead
+        if hold.slow and hold.stall_from == "s0":
+            hold.stall.set()  # nothing is checkpointed: the start is killed before its first checkpoint
         status = await runtime.structured.execute_journey(journey_id, USER_ID, {"crash": True})
         n = 0
         while status["status"] == "in_progress" and status["awaiting_input"]:
@@ -223,6 +232,18 @@ def register_undo(registry: AgentRegistry, effects_db: str, hold: Hold) -> None:
         registry.register(handler, service, name=f"external_{handler}", replace=True)
 
 
+async def run_saga(runtime: JourneyRuntime) -> tuple[str, dict[str, Any]]:
+    """Design and start the migration saga, print ``SAGA <saga_id>`` and advance every step (the last fails)."""
+    design = await runtime.saga.design_saga_journey("enterprise_migration", {}, SAGA_HANDLERS)
+    journey_id = design["journey_id"]
+    saga_id = (await runtime.saga.execute_saga_journey(journey_id, SAGA_USER, {}))["saga_id"]
+    emit("SAGA", saga_id)
+    status: dict[str, Any] = {}
+    for _ in design["steps"]:
+        status = await runtime.saga.advance_saga_step(saga_id, journey_id, SAGA_USER, {})
+    return saga_id, status
+
+
 async def saga_start(url: str, effects_db: str, durability: Durability) -> None:
     hold = Hold(None)
     hold.point, hold.step = "effect", "analyze_content"  # the second compensation the retry runs
@@ -230,15 +251,21 @@ async def saga_start(url: str, effects_db: str, durability: Durability) -> None:
         register_undo(runtime.agents, effects_db, hold)
         for broken in ("validate_results", "revert_transformation"):
             runtime.agents.register(broken, FailingAgent(broken, permanent=True), replace=True)
-        design = await runtime.saga.design_saga_journey("enterprise_migration", {}, SAGA_HANDLERS)
-        journey_id = design["journey_id"]
-        saga_id = (await runtime.saga.execute_saga_journey(journey_id, SAGA_USER, {}))["saga_id"]
-        emit("SAGA", saga_id)
-        for _ in design["steps"]:
-            status = await runtime.saga.advance_saga_step(saga_id, journey_id, SAGA_USER, {})
+        saga_id, status = await run_saga(runtime)
         emit("FAILED", json.dumps(status, sort_keys=True))
         register_undo(runtime.agents, effects_db, hold)
         status = await runtime.saga.retry_saga_step(saga_id)
+        emit("STATUS", json.dumps(status, sort_keys=True))
+
+
+async def saga_compensate(url: str, effects_db: str) -> None:
+    hold = Hold(None)
+    hold.point, hold.step, hold.event = "event", "analyze_content", "compensation.completed"
+    async with JourneyRuntime.open(url) as runtime:
+        install_event_hold(runtime, hold)
+        register_undo(runtime.agents, effects_db, hold)
+        runtime.agents.register("validate_results", FailingAgent("validate_results", permanent=True), replace=True)
+        _saga_id, status = await run_saga(runtime)
         emit("STATUS", json.dumps(status, sort_keys=True))
 
 
@@ -260,10 +287,12 @@ def main(argv: list[str]) -> None:
         asyncio.run(resume(url, effects_db, rest[0]))
     elif command == "saga-start":
         asyncio.run(saga_start(url, effects_db, durability(rest[0])))
+    elif command == "saga-compensate":
+        asyncio.run(saga_compensate(url, effects_db))
     elif command == "saga-resume":
         asyncio.run(saga_resume(url, effects_db, rest[0], durability(rest[1])))
     else:
-        raise SystemExit(f"unknown command {command!r}; use start, resume, saga-start or saga-resume")
+        raise SystemExit(f"unknown command {command!r}; use start, resume, saga-start, saga-compensate or saga-resume")
 
 
 def durability(value: str) -> Durability:

@@ -72,6 +72,11 @@ CRASHES = {
     "user-kill-after-event-4-slow-store": Crash(
         "user", hold="event:4+slow-store", repeated=frozenset(), recovers=False
     ),
+    # Killed before the start's first checkpoint (its first step's event is logged): recover() sees the
+    # accepted start and runs it from its first event, replaying the logged step.
+    "auto-kill-before-first-checkpoint": Crash(
+        "auto", hold="event:1+slow-checkpoint", repeated=frozenset(), recovers=True
+    ),
 }
 
 
@@ -140,6 +145,12 @@ class Child:
                 self.fail(f"ran out of the case's time budget waiting for {count} side effects")
             time.sleep(0.005)
 
+    def kill_when_held(self, deadline: Deadline) -> None:
+        """Wait for the child to reach its hold (``HOLD``), SIGKILL it there and read what it printed."""
+        self.wait_for_line("HOLD ", deadline)
+        self.kill()
+        self.drain(deadline)
+
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         assert self.proc.wait(timeout=10) == -signal.SIGKILL
@@ -201,9 +212,10 @@ def look_at_store(url: str, journey_id: str, instance_id: str) -> StoreView:
             assert instance is not None and design is not None
             graph = runtime.graph_for("structured", StructuredSpec.model_validate(design.spec))
             snapshot = await graph.aget_state({"configurable": {"thread_id": instance_id}})
-            # Where the checkpoint stands: every step before the one it waits on or would run next.
+            # Where the checkpoint stands: every step before the one it waits on or would run next (none
+            # when there is no checkpoint yet).
             at = position(snapshot)
-            completed = STEPS[: STEPS.index(at)] if at is not None else list(STEPS)
+            completed = STEPS[: STEPS.index(at)] if at is not None else list(STEPS) if snapshot.created_at else []
             return StoreView(instance.status, await runtime.history(instance_id), completed)
 
     return asyncio.run(look())
@@ -326,44 +338,80 @@ def test_a_retried_compensation_survives_sigkill(durable_url: str, durability: s
         stopped = json.loads(first.wait_for_line("FAILED ", deadline).removeprefix("FAILED "))
         assert (stopped["status"], stopped["compensated_steps"]) == ("failed", [])
         assert stopped["compensation_failure"]["handler"] == "revert_transformation"
-        first.wait_for_line("HOLD ", deadline)
-        first.kill()
-        first.drain(deadline)
+        first.kill_when_held(deadline)
     finally:
         first.close()
     assert not any(line.startswith("STATUS ") for line in first.lines)
     invoked_at_kill = [key for (key,) in query(effects_db, "SELECT key FROM invocations ORDER BY id")]
     assert len(invoked_at_kill) == 2  # revert_transformation, then revert_analysis: held just after its effect
 
-    second = Child([durable_url, str(effects_db), "saga-resume", saga_id, durability], tmp_path / "resume.stderr")
-    try:
-        second.finish(deadline)
-    finally:
-        second.close()
     # The retry checkpointed the compensation as pending before running it: recover() finishes it.
-    assert _value(second.lines, "RECOVERED ") == [saga_id]
-    final = _value(second.lines, "STATUS ")
-    undone = ["transform_data", "analyze_content", "upload_content"]
-    assert (final["status"], final["compensated_steps"], final["compensation_failure"]) == ("compensated", undone, None)
-
-    events = asyncio.run(_history(durable_url, saga_id))
-    completed = {e.step: e.key for e in events if e.type == "step.completed"}
-    keys = [f"{completed[step]}:compensate" for step in undone]
-    assert sorted(key for (key,) in query(effects_db, "SELECT key FROM effects")) == sorted(keys)
+    second, events, keys = _resume_compensation(durable_url, saga_id, durability, effects_db, tmp_path, deadline)
     invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
     assert [key for key, _ in invocations] == [keys[0], keys[1], keys[1], keys[2]]
     assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid, second.proc.pid]
-    undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga."))]
+    undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga.", "instance."))]
     assert undos == [
         ("saga.compensating", "validate_results"),
-        ("saga.failed", "transform_data"),
+        ("instance.failed", "transform_data"),
         ("compensation.retried", "transform_data"),
-        *[("compensation.completed", step) for step in undone],
+        *[("compensation.completed", step) for step in UNDONE],
         ("saga.compensated", None),
     ]
     assert all(a < b for a, b in itertools.pairwise(e.seq for e in events))
 
 
+UNDONE = ["transform_data", "analyze_content", "upload_content"]  # the saga's compensation, in order
+
+
+def _resume_compensation(
+    url: str, saga_id: str, durability: str, effects_db: Path, tmp_path: Path, deadline: Deadline
+) -> tuple[Child, list[Event], list[str]]:
+    """A fresh process recovers the saga killed mid-compensation: recover() resumes it, it ends compensated,
+    and every undo took effect once. Returns the process, the saga's events and the undos' keys in order."""
+    second = Child([url, str(effects_db), "saga-resume", saga_id, durability], tmp_path / "resume.stderr")
+    try:
+        second.finish(deadline)
+    finally:
+        second.close()
+    assert _value(second.lines, "RECOVERED ") == [saga_id]
+    final = _value(second.lines, "STATUS ")
+    assert (final["status"], final["compensated_steps"], final["compensation_failure"]) == ("compensated", UNDONE, None)
+    events = asyncio.run(_history(url, saga_id))
+    completed = {e.step: e.key for e in events if e.type == "step.completed"}
+    keys = [f"{completed[step]}:compensate" for step in UNDONE]
+    assert sorted(key for (key,) in query(effects_db, "SELECT key FROM effects")) == sorted(keys)
+    return second, events, keys
+
+
 async def _history(url: str, instance_id: str) -> list[Event]:
     async with JourneyRuntime.open(url, default_agents=False) as runtime:
         return await runtime.history(instance_id)
+
+
+def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path) -> None:
+    """A saga's last step fails and its compensation starts; the run is SIGKILLed just after the second
+    undo's completion event commits (before its checkpoint). A fresh process's recover() finishes the
+    compensation: every undo takes effect and is invoked exactly once, and the saga is compensated."""
+    deadline = Deadline(CASE_BUDGET_S)
+    effects_db = tmp_path / "external_service.db"
+    first = Child([durable_url, str(effects_db), "saga-compensate"], tmp_path / "start.stderr")
+    try:
+        _, saga_id = first.wait_for_line("SAGA ", deadline).split()
+        first.kill_when_held(deadline)
+    finally:
+        first.close()
+    assert not any(line.startswith("STATUS ") for line in first.lines)
+    assert len(query(effects_db, "SELECT key FROM invocations")) == 2  # transform_data's undo, analyze_content's
+
+    second, events, keys = _resume_compensation(durable_url, saga_id, "async", effects_db, tmp_path, deadline)
+    invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
+    assert [key for key, _ in invocations] == keys  # no undo ran twice
+    assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid]
+    undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga."))]
+    assert undos == [
+        ("saga.compensating", "validate_results"),
+        *[("compensation.completed", step) for step in UNDONE],
+        ("saga.compensated", None),
+    ]
+    assert all(a < b for a, b in itertools.pairwise(e.seq for e in events))

@@ -258,7 +258,7 @@ async def test_incident_response_is_a_saga_with_an_audit_trail(store_url: str) -
             ("task.completed", "open_war_room"),
             ("task.completed", "mitigate"),
             ("agent.failed", "verify"),
-            ("task.failed", "verify"),
+            ("instance.failed", "verify"),
             ("compensation.completed", "mitigate"),
             ("compensation.completed", "open_war_room"),
             ("compensation.completed", "page_oncall"),

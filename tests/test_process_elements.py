@@ -401,8 +401,13 @@ async def test_a_failing_service_task_compensates_the_completed_ones_in_reverse(
         assert view["compensated"] == ["charge", "reserve"]
         assert view["failure"]["element"] == "ship"
         assert calls.intents()[-2:] == ["refund", "release"]
-        types = [e.type for e in await rt.processes.history(view["instance_id"])]
-        assert types.index("task.failed") < types.index("compensation.completed") < types.index("process.compensated")
+        history = await rt.processes.history(view["instance_id"])
+        types = [e.type for e in history]
+        assert (
+            types.index("instance.failed") < types.index("compensation.completed") < types.index("process.compensated")
+        )
+        [failed] = [e for e in history if e.type == "instance.failed"]
+        assert (failed.payload["pattern"], failed.payload["cause"], failed.step) == ("process", "task", "ship")
         instance = await rt.store.index.get_instance(view["instance_id"])
         assert instance is not None and instance.status == "compensated"
 

@@ -171,7 +171,8 @@ async def test_a_wait_without_its_correlation_variable_fails_clearly(store_url: 
         await rt.processes.deploy(payment_spec())
         view = await rt.processes.start("invoice", "cust-1")
         assert view["status"] == "failed"
-        [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "process.failed"]
+        [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "instance.failed"]
+        assert (failed.payload["pattern"], failed.payload["cause"]) == ("process", "run")
         assert "correlates on variable 'invoice_no', which is not set" in failed.payload["error"]
 
 

@@ -120,7 +120,7 @@ async def test_a_failing_step_compensates_the_completed_steps_in_reverse(store_u
             assert payload["context"] == {"migration_id": "mig_001"}
             assert payload["failure"]["step"] == "validate_results"
 
-        tail = [(e.type, e.step) for e in events if e.type.startswith(("saga.", "compensation."))]
+        tail = [(e.type, e.step) for e in events if e.type.startswith(("saga.", "compensation.", "instance."))]
         assert tail == [
             ("saga.compensating", "validate_results"),
             ("compensation.completed", "transform_data"),
@@ -217,8 +217,10 @@ async def test_a_compensation_that_fails_for_good_leaves_the_saga_failed(store_u
         assert status["compensation_failure"] == failure
         instance = await rt.store.index.get_instance(saga_id)
         assert instance is not None and instance.status == "failed"
-        types = [e.type for e in await rt.history(saga_id)]
-        assert types[-1] == "saga.failed"
+        history = await rt.history(saga_id)
+        types = [e.type for e in history]
+        assert types[-1] == "instance.failed"
+        assert (history[-1].payload["pattern"], history[-1].payload["cause"]) == ("saga", "compensation")
         assert "saga.compensated" not in types
         with pytest.raises(JourneyFinishedError):
             await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
@@ -310,13 +312,13 @@ async def test_a_compensation_that_failed_for_good_is_retried_from_where_it_stop
             # One call per idempotency key, the key of the step's own completion, whatever the retries.
             assert handlers[handler].calls == {f"{completed[step]}:compensate": 1}
 
-        tail = [(e.type, e.step) for e in events if e.type.startswith(("saga.", "compensation."))]
+        tail = [(e.type, e.step) for e in events if e.type.startswith(("saga.", "compensation.", "instance."))]
         assert tail == [
             ("saga.compensating", "validate_results"),
             ("compensation.completed", "transform_data"),
-            ("saga.failed", "analyze_content"),
+            ("instance.failed", "analyze_content"),
             ("compensation.retried", "analyze_content"),
-            ("saga.failed", "analyze_content"),
+            ("instance.failed", "analyze_content"),
             ("compensation.retried", "analyze_content"),
             ("compensation.completed", "analyze_content"),
             ("compensation.completed", "upload_content"),

@@ -420,8 +420,10 @@ async def test_a_failing_step_fails_the_journey_until_retried(store_url: str) ->
         # The retry re-used the result the user gave with the failed advance.
         (payload,) = recovered.effects.values()
         assert payload["step_result"] == {"depth": "full"}
-        types = [e.type for e in await rt.history(f"{journey_id}:user_123")]
-        assert types[-4:] == ["agent.failed", "step.failed", "step.retried", "step.completed"]
+        history = await rt.history(f"{journey_id}:user_123")
+        types = [e.type for e in history]
+        assert types[-4:] == ["agent.failed", "instance.failed", "step.retried", "step.completed"]
+        assert (history[-3].payload["pattern"], history[-3].payload["cause"]) == ("structured", "step")
 
 
 # --- policies ----------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""The kernel every pattern runs on."""
+"""The kernel every pattern runs on: the engine (one way to run a graph), the instance lifecycle and the
+pattern registry."""
 
 from graphs.errors import PatternRegistrationError
+from graphs.kernel.instances import FAILED, Instances, Recoverable, failure
 from graphs.kernel.patterns import (
     Assistant,
     DesignKind,
@@ -13,12 +15,16 @@ from graphs.kernel.patterns import (
 )
 
 __all__ = [
+    "FAILED",
     "Assistant",
     "DesignKind",
+    "Instances",
     "OrchestratorDeps",
     "Pattern",
     "PatternRegistrationError",
+    "Recoverable",
     "RunContext",
+    "failure",
     "get_pattern",
     "register",
     "registered_patterns",

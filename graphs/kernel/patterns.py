@@ -24,6 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 from pydantic import BaseModel
 
+from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import InvalidInputError, JourneyNotFoundError, PatternRegistrationError
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class RunContext:
     principal: str
     groups: tuple[str, ...]
     bind: Callable[[str], Awaitable[None]]
+    options: RunOptions = DEFAULT_RUN  # how the run is carried out: passed to every orchestrator call it makes
 
 
 # A starter or resumer may answer with the journey's view (what describe would say); it then promises

@@ -1,0 +1,216 @@
+"""One lifecycle for every journey instance, whatever its pattern: start (with duplicate detection),
+advance, retry, cancel, fail and recover.
+
+Orchestrators keep their public API and their views; the moves of an instance go through here:
+
+- **start**: the instance's index row and its first event commit in one transaction before its graph
+  runs, so an accepted start is durable: a start that a crash cuts short before the first checkpoint is
+  finished by :meth:`Instances.recover` (or by starting it again with the same id), from its first event.
+- **advance**: a run of the instance's thread, through ``JourneyEngine.run`` (the one way to run a graph).
+- **fail**: one event, :data:`FAILED`, naming the pattern and what failed.
+- **retry**: the failed task runs again, after one retry event.
+- **cancel**: one event, and the instance is ``cancelled``.
+- **recover**: one pass over every open instance of every pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+
+from checkpoints.errors import DuplicateInstanceError, JourneyError
+from checkpoints.events import Event, NewEvent
+from checkpoints.index import Instance
+from graphs.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
+from nodes.services import FAILED, failure
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+__all__ = ["FAILED", "OPEN_STATUSES", "Instances", "Recoverable", "failure", "never_checkpointed"]
+
+# Statuses of an instance that may still have work to finish (the others are final, or wait for a person
+# in a way recovery cannot change): a saga compensating, a lifecycle journey pending/active/rolling back.
+OPEN_STATUSES = ("in_progress", "compensating", "pending", "active", "rollback")
+
+
+def error_details(exc: JourneyError) -> dict[str, Any]:
+    return {"error": str(exc), "error_type": exc.code}
+
+
+@dataclass(frozen=True, slots=True)
+class Recoverable:
+    """What a pattern tells the kernel so that :meth:`Instances.recover` can finish its instances.
+
+    ``graph``: the compiled graph an instance runs on. ``start_input``: the input of the instance's
+    first run, rebuilt from its first event (for a start a crash cut short before the first checkpoint).
+    ``before``/``after``: the pattern's own recovery, run before/after its instances are settled (a
+    process settles cut-short migrations first and delivers resolved waits after); each returns the ids
+    of the instances it resumed.
+    """
+
+    patterns: tuple[str, ...]
+    graph: Callable[[Instance], Awaitable[Graph]]
+    start_input: Callable[[Instance, Event], Awaitable[dict[str, Any]]]
+    before: Callable[[], Awaitable[list[str]]] | None = None
+    after: Callable[[], Awaitable[list[str]]] | None = None
+
+
+class Instances:
+    """The lifecycle every orchestrator's instances go through (one per engine, reached as
+    ``DesignBook.instances``)."""
+
+    def __init__(self, engine: JourneyEngine) -> None:
+        self.engine = engine
+        self.index = engine.store.index
+        self.events = engine.store.events
+        self._kinds: dict[str, Recoverable] = {}
+
+    def register(self, kind: Recoverable) -> None:
+        """Let :meth:`recover` finish the instances of ``kind.patterns``."""
+        for pattern in kind.patterns:
+            self._kinds[pattern] = kind
+
+    # --- start ---------------------------------------------------------------------------------------
+
+    async def create(
+        self, instance_id: str, design_id: str, pattern: str, user_id: str, first_event: NewEvent, graph: Graph
+    ) -> Instance | None:
+        """Register the instance with its first event, in one transaction (call under ``exclusive``).
+
+        An id registered before is refused with :class:`DuplicateInstanceError`, unless a crash cut its
+        start short before the first checkpoint: None then, and the caller runs the start again (with
+        ``replay``, so that work its first try logged is not done twice).
+        """
+        try:
+            return await self.index.create_instance(instance_id, design_id, pattern, user_id, first_event=first_event)
+        except DuplicateInstanceError:
+            if (await graph.aget_state(self.engine.config(instance_id))).values:
+                raise
+            return None
+
+    async def start(
+        self,
+        graph: Graph,
+        instance_id: str,
+        design_id: str,
+        pattern: str,
+        user_id: str,
+        first_event: NewEvent,
+        initial: dict[str, Any],
+        *,
+        cause: str = "run",
+        options: RunOptions = DEFAULT_RUN,
+    ) -> tuple[Instance | None, Outcome]:
+        """Register the instance (see :meth:`create`) and run its first run from ``initial`` (under
+        ``exclusive``; a failure is recorded as in :meth:`advance`). Answers the instance registered
+        (None: a start resumed) and the run's outcome."""
+        created = await self.create(instance_id, design_id, pattern, user_id, first_event, graph)
+        # The first run of an instance registered just now has no logged work to look up; a resumed
+        # start (one a crash cut short) looks each keyed unit of work up before doing it.
+        outcome = await self.advance(
+            graph, instance_id, pattern, initial, replay=created is None, cause=cause, options=options
+        )
+        return created, outcome
+
+    # --- advance, fail, retry, cancel ----------------------------------------------------------------
+
+    async def advance(
+        self,
+        graph: Graph,
+        instance_id: str,
+        pattern: str,
+        value: dict[str, Any] | Command[Any] | None,
+        *,
+        replay: bool = True,
+        cause: str = "run",
+        options: RunOptions = DEFAULT_RUN,
+    ) -> Outcome:
+        """Run the instance's thread on (under ``exclusive``). A run that fails is recorded (see :meth:`fail`,
+        with ``cause``) and its error raised: the failure is in the checkpoint, and the run can be retried
+        from there."""
+        try:
+            return await self.engine.run(graph, instance_id, value, replay=replay, options=options)
+        except JourneyError as exc:
+            await self.fail(instance_id, pattern, exc, cause=cause)
+            raise
+
+    async def fail(
+        self, instance_id: str, pattern: str, exc: JourneyError, *, cause: str = "run", step: str | None = None
+    ) -> None:
+        """Record that a run of the instance failed: its failure is in the checkpoint, and the instance is
+        ``failed`` until it is retried."""
+        await self.events.append(instance_id, [failure(pattern, cause, error_details(exc), step)], status="failed")
+
+    async def retry(self, graph: Graph, instance_id: str, retried: str, *, settle: bool = True) -> str | None:
+        """Under ``exclusive``: when the thread stopped at a failed task, log ``retried`` for it (the
+        instance is ``in_progress`` again) and answer the task's name; None when nothing failed. The
+        caller then runs the thread on. ``settle``: finish work a crash left in flight first."""
+        config = self.engine.config(instance_id)
+        snapshot = await self.engine.settled_state(graph, instance_id) if settle else await graph.aget_state(config)
+        failed = failed_task(snapshot)
+        if failed is not None:
+            await self.events.append(instance_id, [NewEvent(retried, {}, failed)], status="in_progress")
+        return failed
+
+    async def cancel(self, instance_id: str, cancelled: str, reason: str, *, also: Sequence[Any] = ()) -> None:
+        """Under ``exclusive``, once the caller has checked that the instance has not finished: log
+        ``cancelled`` (once per instance) and mark the instance ``cancelled``, with ``also`` (statements)
+        in the same transaction."""
+        event = NewEvent(cancelled, {"reason": reason}, None, f"{instance_id}:cancelled")
+        await self.events.append(instance_id, [event], status="cancelled", also=list(also))
+
+    # --- recover -------------------------------------------------------------------------------------
+
+    async def recover(self) -> list[str]:
+        """Finish the work a crashed process left in flight, for every open instance of every pattern:
+        a run in flight is run on, and a start cut short before its first checkpoint is run from its first
+        event. Instances that wait for a person, a message or a timer are left waiting. Meant for startup.
+        Returns the ids of the instances resumed."""
+        kinds = list({id(kind): kind for kind in self._kinds.values()}.values())
+        resumed: list[str] = []
+
+        def note(ids: list[str]) -> None:
+            for instance_id in ids:
+                if instance_id not in resumed:
+                    resumed.append(instance_id)
+
+        for kind in kinds:
+            if kind.before is not None:
+                note(await kind.before())
+        for status in OPEN_STATUSES:
+            for instance in await self.index.list_instances(status=status, limit=1_000_000):
+                of = self._kinds.get(instance.pattern)
+                if of is not None and await self._recover_one(of, instance):
+                    note([instance.instance_id])
+        for kind in kinds:
+            if kind.after is not None:
+                note(await kind.after())
+        return resumed
+
+    async def graph(self, instance: Instance) -> Graph:
+        """The compiled graph ``instance`` runs on (its pattern must be registered)."""
+        return await self._kinds[instance.pattern].graph(instance)
+
+    async def _recover_one(self, kind: Recoverable, instance: Instance) -> bool:
+        instance_id = instance.instance_id
+        graph = await kind.graph(instance)
+        async with self.engine.exclusive(instance_id):
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+            if in_flight(snapshot):
+                value = None
+            elif never_checkpointed(snapshot):
+                value = await kind.start_input(instance, (await self.events.list(instance_id))[0])
+            else:
+                return False
+            with contextlib.suppress(JourneyError):  # recorded: the instance can be retried
+                await self.advance(graph, instance_id, instance.pattern, value)
+        return True
+
+
+def never_checkpointed(snapshot: StateSnapshot) -> bool:
+    """No checkpoint at all: a registered instance whose first run a crash cut short before it saved one."""
+    return snapshot.created_at is None and not snapshot.values

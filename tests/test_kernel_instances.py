@@ -1,0 +1,143 @@
+"""The kernel's instance lifecycle, for every pattern: an accepted start is durable before it runs, and
+``recover()`` finishes a start cut short before its first checkpoint; failures are one event.
+
+A start is cut short here the way a kill would cut it: the instance is registered (its index row and its
+first event commit together) and the process dies before its graph has run, so nothing is checkpointed.
+That is simulated in-process by cancelling the first run as it begins; ``test_crash_resume.py`` does the
+same with a real SIGKILL of a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from agents.deterministic import FailingAgent
+from agents.errors import AgentCallFailedError
+from graphs.engine import JourneyEngine
+from graphs.lifecycle_catalog import READY_TO_START
+from graphs.runtime import JourneyRuntime
+from graphs.structured_orchestrator import structured_instance_id
+from tests.test_session import AREAS
+
+Start = Callable[[JourneyRuntime, str], Awaitable[Any]]  # (runtime, a suffix for the ids it chooses)
+
+
+async def start_structured(rt: JourneyRuntime, _n: str) -> dict[str, Any]:
+    design = await rt.structured.design_journey("content_migration", {})
+    return await rt.structured.execute_journey(design["journey_id"], "u-1", {"source": "wp"})
+
+
+async def start_saga(rt: JourneyRuntime, n: str) -> dict[str, Any]:
+    design = await rt.saga.design_saga_journey("enterprise_migration", {}, {})
+    return await rt.saga.execute_saga_journey(design["journey_id"], "u-1", {}, saga_id=f"saga_{n}")
+
+
+async def start_session(rt: JourneyRuntime, _n: str) -> dict[str, Any]:
+    return await rt.session.start_session("u-1", {"areas": AREAS, "initial_area": "insights"})
+
+
+async def start_mvp(rt: JourneyRuntime, _n: str) -> dict[str, Any]:
+    return await rt.mvp.start_mvp_journey("u-1", "insights")
+
+
+async def start_lifecycle(rt: JourneyRuntime, n: str) -> dict[str, Any]:
+    return await rt.lifecycle.start_journey("client-1", journey_id=f"lc-{n}", metrics=READY_TO_START)
+
+
+async def start_process(rt: JourneyRuntime, n: str) -> dict[str, Any]:
+    await rt.processes.deploy_template("customer_onboarding")
+    return await rt.processes.start("customer_onboarding", "pr-7", instance_id=f"proc_{n}")
+
+
+STARTS: dict[str, Start] = {
+    "structured": start_structured,
+    "saga": start_saga,
+    "session": start_session,
+    "mvp": start_mvp,
+    "lifecycle": start_lifecycle,
+    "process": start_process,
+}
+
+
+async def view_of(rt: JourneyRuntime, pattern: str, instance_id: str) -> dict[str, Any]:
+    if pattern == "structured":
+        return await rt.structured.get_journey_status(instance_id.split(":")[0], "u-1")
+    if pattern == "saga":
+        return await rt.saga.get_saga_status(instance_id)
+    if pattern in ("session", "mvp"):
+        sessions = rt.session if pattern == "session" else rt.mvp.sessions
+        return await sessions.get_session_progress(instance_id)
+    if pattern == "lifecycle":
+        return await rt.lifecycle.get_journey_state(instance_id)
+    return await rt.processes.status(instance_id)
+
+
+def instance_id_of(pattern: str, view: dict[str, Any]) -> str:
+    if pattern == "structured":
+        return structured_instance_id(view["journey_id"], "u-1")
+    if pattern == "saga":
+        return str(view["saga_id"])
+    if pattern == "mvp":
+        return str(view["session"]["session_id"])
+    if pattern == "session":
+        return str(view["session_id"])
+    return str(view["journey_id"] if pattern == "lifecycle" else view["instance_id"])
+
+
+def comparable(view: dict[str, Any], instance_id: str) -> Any:
+    """The view without its ids and times (the two instances compared differ in those only)."""
+    kept = {k: v for k, v in view.items() if not k.endswith(("_at", "_id")) and k not in ("metadata", "session")}
+    return json.loads(json.dumps(kept, default=str).replace(instance_id, "<instance>"))
+
+
+@pytest.mark.parametrize("pattern", list(STARTS))
+async def test_recover_finishes_a_start_cut_short_before_its_first_checkpoint(
+    store_url: str, pattern: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        expected = await STARTS[pattern](rt, "whole")  # the same start, not cut short: what recovery must reach
+        run = JourneyEngine.run
+        registered: list[str] = []
+
+        async def killed_before_first_checkpoint(self: JourneyEngine, graph: Any, instance_id: str, *a: Any, **k: Any):
+            registered.append(instance_id)
+            raise asyncio.CancelledError  # the process dies: its first run never checkpoints
+
+        monkeypatch.setattr(JourneyEngine, "run", killed_before_first_checkpoint)
+        with pytest.raises(asyncio.CancelledError):
+            await STARTS[pattern](rt, "cut")
+        monkeypatch.setattr(JourneyEngine, "run", run)
+        [instance_id] = registered
+        instance = await rt.store.index.get_instance(instance_id)
+        assert instance is not None and instance.status == "in_progress"  # accepted: durable before it ran
+        graph = await rt.instances.graph(instance)
+        assert (await graph.aget_state(rt.engine.config(instance_id))).created_at is None
+
+        assert await rt.recover() == [instance_id]
+        recovered = await view_of(rt, pattern, instance_id)
+        whole = instance_id_of(pattern, expected)
+        assert comparable(recovered, instance_id) == comparable(await view_of(rt, pattern, whole), whole)
+        assert await rt.recover() == []  # nothing left in flight
+
+
+async def test_a_failure_is_one_event_naming_pattern_and_cause(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("broken", FailingAgent("broken", permanent=True))
+        steps = [{"step_id": "s1", "agent": "broken", "mode": "auto"}]
+        spec = {"journey_type": "failing", "name": "Failing", "steps": steps}
+        journey_id = (await rt.structured.design_journey("failing", spec=spec))["journey_id"]
+        with pytest.raises(AgentCallFailedError):
+            await rt.structured.execute_journey(journey_id, "u-1", {})
+        history = await rt.history(structured_instance_id(journey_id, "u-1"))
+        failed = [e for e in history if e.type.endswith(".failed") and e.type != "agent.failed"]
+        assert [e.type for e in failed] == ["instance.failed"]
+        assert failed[0].payload["pattern"] == "structured"
+        assert failed[0].payload["cause"] == "step"
+        assert failed[0].payload["error_type"]
+        instance = await rt.store.index.get_instance(structured_instance_id(journey_id, "u-1"))
+        assert instance is not None and instance.status == "failed"
