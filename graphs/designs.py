@@ -6,9 +6,11 @@ import hashlib
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
 
@@ -17,7 +19,7 @@ from checkpoints.index import Design
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
 from graphs.kernel.instances import Instances
-from graphs.kernel.patterns import design_kind
+from nodes.services import NodeServices
 
 PatternName = Literal["structured", "saga", "session", "mvp"]
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -50,12 +52,29 @@ def _graph_key(pattern: str, spec: BaseModel) -> str:
     return f"{pattern}-{spec_digest(spec)[:24]}"
 
 
+@dataclass(frozen=True, slots=True)
+class DesignKind:
+    """How a pattern's designs are parsed, checked and compiled into a LangGraph graph."""
+
+    spec_type: type[BaseModel]
+    validate: Callable[[Any, AgentRegistry], list[str]]
+    build: Callable[[Any, NodeServices], StateGraph[Any]]
+
+
 class DesignBook:
     """Saves, loads and validates journey designs and compiles their graphs, for every pattern."""
 
-    def __init__(self, engine: JourneyEngine, registry: AgentRegistry, *, cache_size: int = 512) -> None:
+    def __init__(
+        self,
+        engine: JourneyEngine,
+        registry: AgentRegistry,
+        kinds: Callable[[str], DesignKind],
+        *,
+        cache_size: int = 512,
+    ) -> None:
         self.engine = engine
         self.registry = registry
+        self._kinds = kinds  # a pattern's design kind (the pattern registry's, given by the runtime)
         self.instances = Instances(engine)  # the lifecycle every orchestrator's instances go through
         # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
         # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
@@ -64,7 +83,7 @@ class DesignBook:
         self._cache_size = cache_size
 
     def check(self, pattern: PatternName, spec: BaseModel) -> None:
-        problems = design_kind(pattern).validate(spec, self.registry)
+        problems = self._kinds(pattern).validate(spec, self.registry)
         if problems:
             raise SpecError(problems, spec_name=pattern)
 
@@ -76,7 +95,7 @@ class DesignBook:
             new_id(prefix), pattern, journey_type, spec.model_dump(mode="json")
         )
         # A design is usually started right after it is saved: keep it, as load() would parse it back.
-        self._remember(design, design_kind(pattern).spec_type.model_validate(design.spec))
+        self._remember(design, self._kinds(pattern).spec_type.model_validate(design.spec))
         return design
 
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
@@ -98,7 +117,7 @@ class DesignBook:
                 pattern=design.pattern,
             )
         if spec is None:
-            spec = design_kind(design.pattern).spec_type.model_validate(design.spec)
+            spec = self._kinds(design.pattern).spec_type.model_validate(design.spec)
             self._remember(design, spec)
         return design, spec
 
@@ -113,7 +132,7 @@ class DesignBook:
             key = _graph_key(design.pattern, spec)
             if cached is not None:
                 self._loaded[journey_id] = (design, spec, key)
-        kind = design_kind(design.pattern)
+        kind = self._kinds(design.pattern)
         return design, spec, self.engine.compiled(key, lambda: kind.build(spec, self.engine.services))
 
     def _remember(self, design: Design, spec: Any) -> None:
@@ -122,5 +141,5 @@ class DesignBook:
             self._loaded.popitem(last=False)
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
-        kind = design_kind(pattern)
+        kind = self._kinds(pattern)
         return self.engine.compiled(_graph_key(pattern, spec), lambda: kind.build(spec, self.engine.services))

@@ -14,7 +14,8 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 
 from checkpoints.index import Instance
-from graphs.kernel.patterns import Assistant, DesignKind, Pattern, RunContext, mapping_input, register, string_input
+from graphs.designs import DesignKind
+from graphs.kernel.patterns import Assistant, Pattern, RunContext, mapping_input, register, string_input
 from graphs.lifecycle import LifecycleSpec, build_lifecycle_graph, validate_lifecycle
 from graphs.lifecycle_catalog import default_lifecycle_spec
 from graphs.lifecycle_orchestrator import LifecycleOrchestrator

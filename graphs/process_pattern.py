@@ -14,8 +14,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 
 from checkpoints.index import Instance
+from graphs.designs import DesignKind
 from graphs.errors import InvalidInputError
-from graphs.kernel.patterns import Assistant, DesignKind, Pattern, RunContext, mapping_input, register, string_input
+from graphs.kernel.patterns import Assistant, Pattern, RunContext, mapping_input, register, string_input
 from graphs.process import ProcessSpec
 from graphs.process_builder import build_process_graph
 from graphs.process_orchestrator import ProcessOrchestrator

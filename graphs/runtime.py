@@ -28,7 +28,7 @@ from graphs.designs import DesignBook
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError
 from graphs.insights import JourneyAnalytics, MilestoneTracker
-from graphs.kernel.patterns import OrchestratorDeps, get_pattern, registered_patterns
+from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, registered_patterns
 from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
 from nodes.agent_call import AgentCaller
 from nodes.services import NodeServices
@@ -73,7 +73,7 @@ class JourneyRuntime:
         self.templates = templates
         caller = AgentCaller(agents, store.events, policies=policies, retry=retry, bulkheads=Bulkheads(bulkhead_limit))
         self.engine = JourneyEngine(store, NodeServices(caller, store.events, store.clock), durability=durability)
-        designs = DesignBook(self.engine, agents)
+        designs = DesignBook(self.engine, agents, design_kind)
         built: dict[str, Any] = {}
         deps = OrchestratorDeps(designs, templates, built)
         for name, pattern in registered_patterns().items():

@@ -14,10 +14,10 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 
 from checkpoints.index import Instance
+from graphs.designs import DesignKind
 from graphs.errors import InvalidInputError
 from graphs.kernel.patterns import (
     Assistant,
-    DesignKind,
     Graph,
     Pattern,
     RunContext,

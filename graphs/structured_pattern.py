@@ -16,10 +16,9 @@ from langgraph.types import StateSnapshot
 
 from checkpoints.errors import DuplicateInstanceError
 from checkpoints.index import Instance
-from graphs.designs import new_id
+from graphs.designs import DesignKind, new_id
 from graphs.kernel.patterns import (
     Assistant,
-    DesignKind,
     Graph,
     OrchestratorDeps,
     Pattern,

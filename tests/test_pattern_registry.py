@@ -60,12 +60,12 @@ class Greeter:
     async def greet(self, instance_id: str, name: str, greeting: str = "hello") -> dict[str, Any]:
         spec = GreetingSpec(greeting=greeting)
         design = await self.designs.save("greeting", spec)  # type: ignore[arg-type]
-        engine = self.designs.engine
-        async with engine.exclusive(instance_id):
-            await engine.store.index.create_instance(
-                instance_id, design.journey_id, "greeting", name, first_event=NewEvent("greeting.started", {})
-            )
-            snapshot = await engine.invoke(self.designs.graph("greeting", spec), instance_id, {"name": name})
+        graph = self.designs.graph("greeting", spec)
+        # The kernel's one start: duplicate detection, the first event, the first run.
+        await self.designs.instances.start(
+            graph, instance_id, design.journey_id, "greeting", name, NewEvent("greeting.started", {}), {"name": name}
+        )
+        snapshot = await graph.aget_state(self.designs.engine.config(instance_id))
         return {"instance_id": instance_id, "said": snapshot.values["said"]}
 
 

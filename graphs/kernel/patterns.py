@@ -22,18 +22,16 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
-from pydantic import BaseModel
 
+from graphs.designs import DesignKind
 from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import InvalidInputError, JourneyNotFoundError, PatternRegistrationError
 
 if TYPE_CHECKING:
-    from agents.registry import AgentRegistry
     from checkpoints.index import Instance
     from graphs.catalog import TemplateCatalog
     from graphs.designs import DesignBook
     from graphs.runtime import JourneyRuntime
-    from nodes.services import NodeServices
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 
@@ -45,15 +43,6 @@ BUILTIN_MODULES = (
     "graphs.process_pattern",
     "graphs.guide_pattern",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class DesignKind:
-    """How a pattern's designs are parsed, checked and compiled into a LangGraph graph."""
-
-    spec_type: type[BaseModel]
-    validate: Callable[[Any, AgentRegistry], list[str]]
-    build: Callable[[Any, NodeServices], StateGraph[Any]]
 
 
 @dataclass(frozen=True, slots=True)
