@@ -185,3 +185,13 @@ def _run_requests(conn: Connection) -> None:
 
 
 MIGRATIONS += (Migration(8, "server runs remember a cancel while executing, and their durability", _run_requests),)
+
+
+def _rollback_requests(conn: Connection) -> None:
+    """Rollback requests become rows, so a unit of work running in another process sees them."""
+    from checkpoints.lifecycle_tables import lifecycle_rollback_requests  # keeps this edit to one block
+
+    lifecycle_rollback_requests.create(conn, checkfirst=True)
+
+
+MIGRATIONS += (Migration(9, "lifecycle rollback requests: seen by a unit of work in any process", _rollback_requests),)

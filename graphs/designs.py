@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -15,7 +16,7 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
 
 from agents.registry import AgentRegistry
-from checkpoints.index import Design
+from checkpoints.index import Design, DuplicateDesignError
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
 from graphs.lifecycle import LifecycleSpec, build_lifecycle_graph, validate_lifecycle
@@ -27,7 +28,8 @@ from graphs.session import SessionSpec, build_session_graph, validate_session
 from graphs.structured import StructuredSpec, build_structured_graph, validate_structured
 from nodes.services import NodeServices
 
-PatternName = Literal["structured", "saga", "session", "mvp"]
+PatternName = Literal["structured", "saga", "session", "mvp", "lifecycle"]
+Builder = Callable[[Any, NodeServices], StateGraph[Any]]
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
@@ -35,7 +37,7 @@ SpecT = TypeVar("SpecT", bound=BaseModel)
 class PatternKind:
     spec_type: type[BaseModel]
     validate: Callable[[Any, AgentRegistry], list[str]]
-    build: Callable[[Any, NodeServices], StateGraph[Any]]
+    build: Builder
 
 
 PATTERNS: dict[str, PatternKind] = {
@@ -65,6 +67,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
 
 
+def spec_digest(spec: BaseModel) -> str:
+    """The digest of a spec's content: identical specs share it (and their design id and compiled graph)."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:24]
+
+
 class DesignBook:
     def __init__(self, engine: JourneyEngine, registry: AgentRegistry, *, cache_size: int = 512) -> None:
         self.engine = engine
@@ -73,6 +80,12 @@ class DesignBook:
         # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
         self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()
         self._cache_size = cache_size
+        self._builders: dict[str, Builder] = {}
+
+    def use_builder(self, pattern: str, build: Builder) -> None:
+        """Build ``pattern``'s graphs with ``build`` (a pattern whose nodes need more than NodeServices):
+        every caller, the orchestrator, the server and recovery alike, then gets the one graph."""
+        self._builders[pattern] = build
 
     def check(self, pattern: PatternName, spec: BaseModel) -> None:
         problems = PATTERNS[pattern].validate(spec, self.registry)
@@ -89,6 +102,27 @@ class DesignBook:
         # A design is usually started right after it is saved: keep it, as load() would parse it back.
         self._remember(design, PATTERNS[pattern].spec_type.model_validate(design.spec))
         return design
+
+    async def save_shared(self, pattern: PatternName, spec: SpecT, *, prefix: str) -> tuple[Design, SpecT]:
+        """Check and store ``spec`` under an id made of its content, once: every call (in any process)
+        that saves the same spec gets the same design. A design known already is not checked again."""
+        design_id = f"{prefix}_{spec_digest(spec)}"
+        cached = self._loaded.get(design_id)
+        if cached is not None:
+            self._loaded.move_to_end(design_id)
+            return cached[0], cached[1]
+        self.check(pattern, spec)
+        index = self.engine.store.index
+        design = await index.get_design(design_id)
+        if design is None:
+            with contextlib.suppress(DuplicateDesignError):  # saved meanwhile by another process: same content
+                design = await index.save_design(
+                    design_id, pattern, str(getattr(spec, "journey_type", pattern)), spec.model_dump(mode="json")
+                )
+            design = design or await index.get_design(design_id)
+        assert design is not None
+        self._remember(design, spec)
+        return design, spec
 
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
         spec: Any = None
@@ -120,6 +154,5 @@ class DesignBook:
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
         # Keyed by content, so identical designs (every MVP session) share one compiled graph.
-        digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:24]
-        kind = PATTERNS[pattern]
-        return self.engine.compiled(f"{pattern}-{digest}", lambda: kind.build(spec, self.engine.services))
+        build = self._builders.get(pattern, PATTERNS[pattern].build)
+        return self.engine.compiled(f"{pattern}-{spec_digest(spec)}", lambda: build(spec, self.engine.services))
