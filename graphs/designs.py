@@ -81,6 +81,8 @@ class DesignBook:
         self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._builders: dict[str, Builder] = {}
+        # The digest of each spec held in _loaded, by object: held, so its id is not reused meanwhile.
+        self._digests: dict[int, str] = {}
 
     def use_builder(self, pattern: str, build: Builder) -> None:
         """Build ``pattern``'s graphs with ``build`` (a pattern whose nodes need more than NodeServices):
@@ -106,7 +108,8 @@ class DesignBook:
     async def save_shared(self, pattern: PatternName, spec: SpecT, *, prefix: str) -> tuple[Design, SpecT]:
         """Check and store ``spec`` under an id made of its content, once: every call (in any process)
         that saves the same spec gets the same design. A design known already is not checked again."""
-        design_id = f"{prefix}_{spec_digest(spec)}"
+        digest = spec_digest(spec)
+        design_id = f"{prefix}_{digest}"
         cached = self._loaded.get(design_id)
         if cached is not None:
             self._loaded.move_to_end(design_id)
@@ -121,7 +124,7 @@ class DesignBook:
                 )
             design = design or await index.get_design(design_id)
         assert design is not None
-        self._remember(design, spec)
+        self._remember(design, spec, digest)
         return design, spec
 
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
@@ -147,12 +150,18 @@ class DesignBook:
             self._remember(design, spec)
         return design, spec
 
-    def _remember(self, design: Design, spec: Any) -> None:
+    def _remember(self, design: Design, spec: Any, digest: str | None = None) -> None:
+        replaced = self._loaded.pop(design.journey_id, None)
+        if replaced is not None:
+            self._digests.pop(id(replaced[1]), None)
         self._loaded[design.journey_id] = (design, spec)
+        self._digests[id(spec)] = digest or spec_digest(spec)
         if len(self._loaded) > self._cache_size:
-            self._loaded.popitem(last=False)
+            _design, evicted = self._loaded.popitem(last=False)[1]
+            self._digests.pop(id(evicted), None)
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
         # Keyed by content, so identical designs (every MVP session) share one compiled graph.
         build = self._builders.get(pattern, PATTERNS[pattern].build)
-        return self.engine.compiled(f"{pattern}-{spec_digest(spec)}", lambda: build(spec, self.engine.services))
+        digest = self._digests.get(id(spec)) or spec_digest(spec)
+        return self.engine.compiled(f"{pattern}-{digest}", lambda: build(spec, self.engine.services))
