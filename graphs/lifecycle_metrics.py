@@ -1,6 +1,6 @@
-"""Lifecycle metrics (SPEC L5, the seed's section 7.1 and success metrics), as queries over the
-lifecycle tables, with the seed's targets beside each figure. All figures cover every journey in the
-store; durations are in days of the runtime clock."""
+"""Lifecycle metrics (SPEC L5, the seed's section 7.1 and success metrics), from the reporting queries
+over the lifecycle tables (``checkpoints.reports``), with the seed's targets beside each figure. All
+figures cover every journey in the store; durations are in days of the runtime clock."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
 from graphs.runtime import JourneyRuntime
 
-QUICK_INTENTS = ("fast", "undo_fast", "undo_slow", "after")
+QUICK_INTENTS = ("fast", "undo_fast", "undo_slow", "after", "last")
 
 
 def emit(*parts: object) -> None:

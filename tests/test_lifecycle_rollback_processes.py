@@ -12,21 +12,11 @@ from typing import Any
 from agents.registry import AgentRegistry
 from checkpoints.lifecycle import LifecycleStore
 from graphs import JourneyRuntime
-from nodes.uow import UnitOfWorkSpec
 from tests.rollback_child import QUICK_INTENTS
-from tests.test_lifecycle_uow import lifecycle, task
+from tests.test_lifecycle_uow import MIGRATION, lifecycle
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "rollback_child.py"
-MIGRATION = UnitOfWorkSpec(
-    uow_id="migration",
-    max_parallel=2,
-    tasks=(
-        task("fast", compensation="undo_fast"),
-        task("slow", compensation="undo_slow"),
-        task("after", "fast", "slow"),
-    ),
-)
 
 
 async def line_of(proc: asyncio.subprocess.Process, prefix: str) -> str:
@@ -89,7 +79,7 @@ async def test_a_rollback_asked_in_one_process_stops_a_unit_running_in_another(
         assert stopped["status"] == "rolled_back", log.read_text(errors="replace")[-3000:]
         assert stopped["failure"] == {"aborted": "incident during the migration"}
         statuses = {t: v["status"] for t, v in stopped["tasks"].items()}
-        assert statuses == {"fast": "rolled_back", "slow": "rolled_back", "after": "pending"}
+        assert statuses == {"fast": "rolled_back", "slow": "rolled_back", "after": "pending", "last": "pending"}
         assert rolled["status"] == "validated" and rolled["journey"]["current_stage"] == "rollback"
         [row] = [r for r in await lc.units_of_work(journey_id) if r["uow_id"] == "migration"]
         assert row["status"] == "rolled_back"

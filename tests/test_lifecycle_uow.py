@@ -314,6 +314,19 @@ async def test_a_failing_entry_unit_blocks_the_promotion_and_undoes_itself(store
         assert (state["current_stage"], state["units"]["pilot_setup"]) == ("pilot", "completed")
 
 
+# Two tasks in the first wave (the slow one is where a test asks for a rollback), two after them.
+MIGRATION = UnitOfWorkSpec(
+    uow_id="migration",
+    max_parallel=2,
+    tasks=(
+        task("fast", compensation="undo_fast"),
+        task("slow", compensation="undo_slow"),
+        task("after", "fast", "slow"),
+        task("last", "after"),
+    ),
+)
+
+
 async def test_a_rollback_mid_unit_leaves_no_task_half_done(store_url: str) -> None:
     async with lifecycle_runtime(store_url) as (rt, _clock):
         calls: list[str] = []
@@ -327,18 +340,7 @@ async def test_a_rollback_mid_unit_leaves_no_task_half_done(store_url: str) -> N
             return {"ok": True}
 
         rt.agents.register("slow", slow, replace=True)
-        spec = lifecycle(
-            UnitOfWorkSpec(
-                uow_id="migration",
-                max_parallel=2,
-                tasks=(
-                    task("fast", compensation="undo_fast"),
-                    task("slow", compensation="undo_slow"),
-                    task("after", "fast", "slow"),
-                    task("last", "after"),
-                ),
-            )
-        )
+        spec = lifecycle(MIGRATION)
         lc = rt.lifecycle
         rows = LifecycleStore(rt.store.engine)
         journey_id = (await lc.start_journey("client-m", spec=spec))["journey_id"]
