@@ -41,11 +41,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import select
-
 from benchmarks.overhead import fresh_database, postgres_server
 from checkpoints.clock import VirtualClock
-from checkpoints.lifecycle_tables import lifecycle_validation_results
+from checkpoints.reports import LifecycleReports
 from graphs.lifecycle_catalog import READY_TO_START
 from graphs.lifecycle_orchestrator import LifecycleOrchestrator
 from graphs.runtime import JourneyRuntime
@@ -198,10 +196,7 @@ async def bench(url: str, backend: str, settings: Settings) -> Result:
         clock.advance(3 * DAY)
         await run_phase(result, "promote to production", journeys[cut:], promote, c)
 
-        v = lifecycle_validation_results
-        async with runtime.store.engine.connect() as conn:
-            rows = await conn.execute(select(v.c.evaluation_ms).where(v.c.kind == "promotion"))
-            result.gate_ms = [float(ms) for ms in rows.scalars()]
+        result.gate_ms = await LifecycleReports(runtime.store.engine).gate_evaluation_ms("promotion")
         summary = await runtime.lifecycle.dashboard()
         active = summary["active_journeys_by_stage"]
         print(f"  {backend:<8} active journeys by stage at the end: {active}", flush=True)

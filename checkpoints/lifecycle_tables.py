@@ -120,6 +120,19 @@ lifecycle_metrics = Table(
     Index("ix_lifecycle_metrics_series", "journey_id", "metric", "recorded_at"),
 )
 
+# Rollbacks asked for while a unit of work runs, one row per run to stop: the unit reads its run's row
+# between waves, in whichever process runs it. Created by migration 9 (not part of LIFECYCLE_TABLES,
+# which migration 2 creates).
+lifecycle_rollback_requests = Table(
+    "lifecycle_rollback_requests",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("journey_id", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Index("ix_lifecycle_rollback_requests_journey", "journey_id"),
+)
+
 LIFECYCLE_TABLES = (
     lifecycle_journey_states,
     lifecycle_transitions,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -15,13 +16,15 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
 
 from agents.registry import AgentRegistry
+from checkpoints.errors import DuplicateDesignError
 from checkpoints.index import Design
 from graphs.engine import JourneyEngine
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
 from graphs.kernel.instances import Instances
 from nodes.services import NodeServices
 
-PatternName = Literal["structured", "saga", "session", "mvp"]
+PatternName = Literal["structured", "saga", "session", "mvp", "lifecycle"]
+Builder = Callable[[Any, NodeServices], StateGraph[Any]]
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
@@ -78,9 +81,17 @@ class DesignBook:
         self.instances = Instances(engine)  # the lifecycle every orchestrator's instances go through
         # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
         # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
-        # With each, once asked for (load_graph), the key of its compiled graph: hashed once, not per run.
-        self._loaded: OrderedDict[str, tuple[Design, Any, str | None]] = OrderedDict()
+        self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()
         self._cache_size = cache_size
+        self._builders: dict[str, Builder] = {}
+        # The compiled-graph key of each spec held in _loaded, by object (held, so its id is not reused
+        # meanwhile): hashed once per design, not per run (a lifecycle spec takes about 1.5 ms to hash).
+        self._keys: dict[int, tuple[str, str]] = {}
+
+    def use_builder(self, pattern: str, build: Builder) -> None:
+        """Build ``pattern``'s graphs with ``build`` (a pattern whose nodes need more than NodeServices):
+        every caller, the orchestrator, the server and recovery alike, then gets the one graph."""
+        self._builders[pattern] = build
 
     def check(self, pattern: PatternName, spec: BaseModel) -> None:
         problems = self._kinds(pattern).validate(spec, self.registry)
@@ -98,12 +109,35 @@ class DesignBook:
         self._remember(design, self._kinds(pattern).spec_type.model_validate(design.spec))
         return design
 
+    async def save_shared(self, pattern: PatternName, spec: SpecT, *, prefix: str) -> tuple[Design, SpecT]:
+        """Check and store ``spec`` under an id made of its content, once: every call (in any process)
+        that saves the same spec gets the same design. A design known already is not checked again."""
+        digest = spec_digest(spec)[:24]
+        design_id = f"{prefix}_{digest}"
+        cached = self._loaded.get(design_id)
+        if cached is not None:
+            self._loaded.move_to_end(design_id)
+            return cached[0], cached[1]
+        self.check(pattern, spec)
+        index = self.engine.store.index
+        design = await index.get_design(design_id)
+        if design is None:
+            with contextlib.suppress(DuplicateDesignError):  # saved meanwhile by another process: same content
+                design = await index.save_design(
+                    design_id, pattern, str(getattr(spec, "journey_type", pattern)), spec.model_dump(mode="json")
+                )
+            design = design or await index.get_design(design_id)
+        assert design is not None
+        self._remember(design, spec)
+        self._keys[id(spec)] = (pattern, f"{pattern}-{digest}")
+        return design, spec
+
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
         spec: Any = None
         cached = self._loaded.get(journey_id)
         if cached is not None:
             self._loaded.move_to_end(journey_id)
-            design, spec, _key = cached
+            design, spec = cached
         else:
             found = await self.engine.store.index.get_design(journey_id)
             if found is None:
@@ -126,20 +160,25 @@ class DesignBook:
     ) -> tuple[Design, Any, CompiledStateGraph[Any, Any, Any, Any]]:
         """:meth:`load` with the design's compiled graph, whose key is hashed once per loaded design."""
         design, spec = await self.load(journey_id, patterns)
-        cached = self._loaded.get(journey_id)
-        key = cached[2] if cached is not None and cached[1] is spec else None
-        if key is None:
-            key = _graph_key(design.pattern, spec)
-            if cached is not None:
-                self._loaded[journey_id] = (design, spec, key)
-        kind = self._kinds(design.pattern)
-        return design, spec, self.engine.compiled(key, lambda: kind.build(spec, self.engine.services))
+        return design, spec, self.graph(design.pattern, spec)
 
     def _remember(self, design: Design, spec: Any) -> None:
-        self._loaded[design.journey_id] = (design, spec, None)
+        replaced = self._loaded.pop(design.journey_id, None)
+        if replaced is not None and replaced[1] is not spec:
+            self._keys.pop(id(replaced[1]), None)
+        self._loaded[design.journey_id] = (design, spec)
         if len(self._loaded) > self._cache_size:
-            self._loaded.popitem(last=False)
+            _design, evicted = self._loaded.popitem(last=False)[1]
+            self._keys.pop(id(evicted), None)
 
     def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
-        kind = self._kinds(pattern)
-        return self.engine.compiled(_graph_key(pattern, spec), lambda: kind.build(spec, self.engine.services))
+        """The compiled graph of ``spec``: one per distinct design content, shared by every instance."""
+        known = self._keys.get(id(spec))
+        if known is not None and known[0] == pattern:
+            key = known[1]
+        else:
+            key = _graph_key(pattern, spec)
+            if any(held is spec for _design, held in self._loaded.values()):
+                self._keys[id(spec)] = (pattern, key)
+        build = self._builders.get(pattern, self._kinds(pattern).build)
+        return self.engine.compiled(key, lambda: build(spec, self.engine.services))

@@ -13,7 +13,7 @@ tables; the checkpointed state holds only the journey's current position.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypedDict, cast
@@ -22,18 +22,20 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
 from checkpoints.events import NewEvent
-from checkpoints.lifecycle_tables import (
-    lifecycle_journey_states,
-    lifecycle_rollback_history,
-    lifecycle_transitions,
-    lifecycle_units_of_work,
+from checkpoints.lifecycle import (
+    LifecycleStore,
+    journey_moved,
+    journey_started,
+    rollback_changed,
+    rollback_started,
+    transition_row,
+    units_rolled_back,
 )
 from graphs.errors import SpecError
 from nodes.agent_call import Recording, logged
@@ -363,31 +365,21 @@ class LifecycleState(TypedDict, total=False):
 
 @dataclass
 class LifecycleDeps:
-    """What lifecycle nodes need beyond :class:`NodeServices`: the metric source, our tables, and the
-    in-process rollback requests that stop a running unit between waves."""
+    """What lifecycle nodes need beyond :class:`NodeServices`: the metric source (swappable, read at
+    each gate) and the lifecycle tables (earlier units' outputs, rollback requests)."""
 
-    engine: AsyncEngine
+    rows: LifecycleStore
     metrics: MetricSource
-    aborts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def default(cls, services: NodeServices) -> LifecycleDeps:
-        return cls(services.events.engine, TableMetricSource(services.events.engine))
-
-    async def load_outputs(self, journey_id: str, uow_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Task outputs of each unit's latest completed run, for ``units.<uow>.<task>`` input paths."""
-        u = lifecycle_units_of_work
-        query = (
-            select(u.c.uow_id, u.c.tasks)
-            .where(u.c.journey_id == journey_id, u.c.uow_id.in_(list(uow_ids)), u.c.status == "completed")
-            .order_by(u.c.completed_at)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return {r.uow_id: {t: v.get("output") or {} for t, v in r.tasks.items()} for r in rows}
+    def on(cls, engine: AsyncEngine) -> LifecycleDeps:
+        """Deps on the database of ``engine``, with the default metric source (the recorded metrics)."""
+        return cls(LifecycleStore(engine), TableMetricSource(engine))
 
     def hooks(self) -> UnitHooks:
-        return UnitHooks(self.load_outputs, self.aborts.get)
+        # Units of work load earlier units' outputs for ``units.<uow>.<task>`` input paths, and stop
+        # between waves when a rollback asked for their run (from any process).
+        return UnitHooks(self.rows.unit_outputs, self.rows.rollback_reason)
 
 
 def journey_document(state: Mapping[str, Any], stage: str | None = None) -> dict[str, Any]:
@@ -402,7 +394,7 @@ def journey_document(state: Mapping[str, Any], stage: str | None = None) -> dict
 def build_lifecycle_graph(
     spec: LifecycleSpec, services: NodeServices, deps: LifecycleDeps | None = None
 ) -> StateGraph[LifecycleState]:
-    deps = deps or LifecycleDeps.default(services)
+    deps = deps or LifecycleDeps.on(services.events.engine)
     units = spec.units()
     executor = build_uow_graph(units, services, deps.hooks())
     clock, events = services.clock, services.events
@@ -456,19 +448,12 @@ def build_lifecycle_graph(
             "metadata": metadata,
             "updated_at": now,
         }
-        states = lifecycle_journey_states
         projection: Executable
         if event == E.START_JOURNEY:
-            projection = insert(states).values(
-                journey_id=journey_id,
-                client_id=state["client_id"],
-                design_id=state["design_id"],
-                started_at=now,
-                **values,
-            )
+            projection = journey_started(journey_id, state["client_id"], state["design_id"], now, **values)
         else:
-            projection = update(states).where(states.c.journey_id == journey_id).values(**values)
-        transition = insert(lifecycle_transitions).values(
+            projection = journey_moved(journey_id, **values)
+        transition = transition_row(
             journey_id=journey_id,
             move=move,
             event=event,
@@ -584,7 +569,7 @@ def build_lifecycle_graph(
         open_rollback = state.get("rollback")
         also: list[Executable] = []
         if open_rollback:
-            also.append(_rollback_row(open_rollback["rollback_id"], status="cancelled", completed_at=clock.now()))
+            also.append(rollback_changed(open_rollback["rollback_id"], status="cancelled", completed_at=clock.now()))
         return await finish_move(state, move, E.CANCEL_JOURNEY, S.CANCELLED.value, {**base, "rollback": None}, also)
 
     async def finish_move(
@@ -599,7 +584,7 @@ def build_lifecycle_graph(
         also = list(also)
         if event == E.COMPLETE_ROLLBACK and state.get("rollback"):
             rollback_id = (state.get("rollback") or {})["rollback_id"]
-            also.append(_rollback_row(rollback_id, status="completed", completed_at=clock.now()))
+            also.append(rollback_changed(rollback_id, status="completed", completed_at=clock.now()))
             update = {**update, "rollback": None}
         changes = await commit(merged, move, event, target, also)
         outcome = {**(update.get("outcome") or {}), "ok": True, "from_stage": state.get("current_stage")}
@@ -637,7 +622,7 @@ def build_lifecycle_graph(
             "notify": spec.notify_intent,
             "then": "complete_rollback" if auto else "wait for complete_rollback",
         }
-        row = insert(lifecycle_rollback_history).values(
+        row = rollback_started(
             rollback_id=rollback["rollback_id"],
             journey_id=state["journey_id"],
             trigger=rollback["trigger"],
@@ -736,7 +721,7 @@ def build_lifecycle_graph(
             undone = [u.uow_id for s in rollback["unwound"] for u in spec.stage(s).units]
             also: list[Executable] = [
                 validation_statement(result),
-                _rollback_row(
+                rollback_changed(
                     rollback["rollback_id"],
                     status="validated" if result.passed else "failed",
                     validation_id=validation_id,
@@ -745,19 +730,7 @@ def build_lifecycle_graph(
                 ),
             ]
             if result.passed and undone:
-                u = lifecycle_units_of_work
-                also.append(
-                    update(u)
-                    .where(
-                        and_(
-                            u.c.journey_id == journey_id,
-                            u.c.uow_id.in_(undone),
-                            u.c.status == "completed",
-                            u.c.purpose != "rollback",
-                        )
-                    )
-                    .values(status="rolled_back")
-                )
+                also.append(units_rolled_back(journey_id, undone))
             record = NewEvent("lifecycle.validated", result.to_dict(), "rollback", validation_id)
             await events.append(journey_id, [record], also=also)
         rollback["status"] = "validated" if result.passed else "failed"
@@ -832,11 +805,6 @@ def build_lifecycle_graph(
 def _merged(state: LifecycleState, update: Mapping[str, Any]) -> LifecycleState:
     """The state as it will be once ``update`` is applied (for helpers that look ahead)."""
     return cast(LifecycleState, {**state, **update})
-
-
-def _rollback_row(rollback_id: str, **values: Any) -> Executable:
-    table = lifecycle_rollback_history
-    return update(table).where(table.c.rollback_id == rollback_id).values(**values)
 
 
 def _failure_text(failure: Mapping[str, Any] | None) -> str:

@@ -12,7 +12,6 @@ threshold of the current stage starts an automatic rollback.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping
 from datetime import datetime
@@ -20,19 +19,13 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
-from sqlalchemy import select
 
 from agents.protocol import Agent
-from checkpoints.errors import ConcurrentUpdateError, DuplicateDesignError
+from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from checkpoints.lifecycle_tables import (
-    lifecycle_journey_states,
-    lifecycle_rollback_history,
-    lifecycle_units_of_work,
-    lifecycle_validation_results,
-)
-from graphs.designs import DesignBook, new_id, parse_spec, spec_digest
+from checkpoints.lifecycle import LifecycleStore, metric_rows
+from graphs.designs import DesignBook, PatternName, new_id, parse_spec
 from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import (
     EntryCriteriaNotMetError,
@@ -60,7 +53,6 @@ from graphs.lifecycle import (
     TransitionEvent,
     allowed_events,
     build_lifecycle_graph,
-    check_lifecycle,
     default_rollback_target,
     journey_view,
     rollback_targets,
@@ -73,13 +65,11 @@ from nodes.criteria_gate import (
     TableMetricSource,
     ValidationResult,
     evaluate_criteria,
-    metric_rows_statement,
 )
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
-PATTERN = "lifecycle"
+PATTERN: PatternName = "lifecycle"
 PROMOTIONS = {"sandbox": TransitionEvent.PROMOTE_TO_PILOT, "pilot": TransitionEvent.PROMOTE_TO_PRODUCTION}
-JOURNEY_CACHE_SIZE = 100_000
 GATED_EVENTS = (TransitionEvent.PROMOTE_TO_PILOT, TransitionEvent.PROMOTE_TO_PRODUCTION, TransitionEvent.MARK_COMPLETE)
 # The options transition() takes with each event: (required, optional). Each goes to the event's own method.
 EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -94,17 +84,18 @@ EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = 
 
 
 class LifecycleOrchestrator:
-    """The client lifecycle's API: start, promote, roll back, complete and report on journeys."""
+    """The client lifecycle's API: the seven events, units of work, metrics with automatic rollback,
+    and the journey's views (state, validations, rollbacks, units, card, dashboard)."""
 
     def __init__(self, designs: DesignBook, *, metrics: MetricSource | None = None) -> None:
         self._designs = designs
         self._engine = designs.engine
         self._store = designs.engine.store
-        self.deps = LifecycleDeps(self._store.engine, metrics or TableMetricSource(self._store.engine))
+        self._rows = LifecycleStore(self._store.engine)
+        self.deps = LifecycleDeps(self._rows, metrics or TableMetricSource(self._store.engine))
         self.metrics = LifecycleMetrics(self._store.engine)
-        self._design_ids: dict[str, str] = {}
-        self._journeys: dict[str, str] = {}  # journey id -> design id
-        self._specs: dict[str, LifecycleSpec] = {}
+        # Every lifecycle graph on this book runs on these deps, whoever asks for it (the server, recovery).
+        designs.use_builder(PATTERN, lambda spec, services: build_lifecycle_graph(spec, services, self.deps))
         designs.instances.register(Recoverable((PATTERN,), self._instance_graph, self._start_input))
 
     # --- plugging in -------------------------------------------------------------------------------
@@ -148,53 +139,30 @@ class LifecycleOrchestrator:
             if not isinstance(thresholds, Mapping):
                 raise InvalidInputError("thresholds must be a mapping shaped like STAGE_METRICS")
             chosen = chosen.with_thresholds(thresholds)
-        digest = spec_digest(chosen)[:24]
-        known = self._design_ids.get(digest)
-        if known is not None:
-            return known, self._specs[known]
-        check_lifecycle(chosen, self._designs.registry)
-        design_id = f"lifecycle_{digest}"
-        index = self._store.index
-        if await index.get_design(design_id) is None:
-            # Saved meanwhile by another process: same content, same id.
-            with contextlib.suppress(DuplicateDesignError):
-                await index.save_design(design_id, PATTERN, chosen.journey_type, chosen.model_dump(mode="json"))
-        self._design_ids[digest] = design_id
-        self._specs[design_id] = chosen
-        return design_id, chosen
+        # Saved under its content's id: every journey of the same design (in any process) shares it.
+        design, saved = await self._designs.save_shared(PATTERN, chosen, prefix=PATTERN)
+        return design.journey_id, saved
 
     async def _spec(self, design_id: str) -> LifecycleSpec:
-        if design_id not in self._specs:
-            design = await self._store.index.get_design(design_id)
-            if design is None or design.pattern != PATTERN:
-                raise JourneyNotFoundError(f"no client lifecycle design {design_id!r}", design_id=design_id)
-            self._specs[design_id] = LifecycleSpec.model_validate(design.spec)
-        return self._specs[design_id]
+        spec: LifecycleSpec = (await self._designs.load(design_id, (PATTERN,)))[1]
+        return spec
 
-    def _graph(self, design_id: str, spec: LifecycleSpec) -> Graph:
-        services = self._engine.services
-        return self._engine.compiled(
-            f"{PATTERN}-{design_id}-{id(self.deps)}", lambda: build_lifecycle_graph(spec, services, self.deps)
-        )
+    def _graph(self, spec: LifecycleSpec) -> Graph:
+        graph: Graph = self._designs.graph(PATTERN, spec)
+        return graph
 
     async def _design_of(self, journey_id: str) -> str:
-        """The design a journey runs (it never changes, so known journeys are not looked up again)."""
+        """The design a journey runs."""
         _check_id(journey_id, "journey_id")
-        design_id = self._journeys.get(journey_id)
-        if design_id is None:
-            instance = await self._store.index.get_instance(journey_id)
-            if instance is None or instance.pattern != PATTERN:
-                raise JourneyNotFoundError(f"no client lifecycle journey {journey_id!r}", journey_id=journey_id)
-            design_id = instance.journey_id
-            if len(self._journeys) >= JOURNEY_CACHE_SIZE:
-                self._journeys.clear()
-            self._journeys[journey_id] = design_id
-        return design_id
+        instance = await self._store.index.get_instance(journey_id)
+        if instance is None or instance.pattern != PATTERN:
+            raise JourneyNotFoundError(f"no client lifecycle journey {journey_id!r}", journey_id=journey_id)
+        return instance.journey_id
 
     async def _load(self, journey_id: str) -> tuple[LifecycleSpec, Graph]:
         design_id = await self._design_of(journey_id)
         spec = await self._spec(design_id)
-        return spec, self._graph(design_id, spec)
+        return spec, self._graph(spec)
 
     # --- the seven events -----------------------------------------------------------------------
 
@@ -233,7 +201,7 @@ class LifecycleOrchestrator:
                     )
                 design_id = existing.journey_id
                 chosen = await self._spec(design_id)
-                graph = self._graph(design_id, chosen)
+                graph = self._graph(chosen)
                 snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
                 if snapshot.values:  # its start was refused before: try again
                     self._expect(snapshot, TransitionEvent.START_JOURNEY)
@@ -247,7 +215,7 @@ class LifecycleOrchestrator:
                     {"client_id": client_id, "design_id": design_id, "metadata": dict(metadata or {})},
                 )
                 await self._store.index.create_instance(journey_id, design_id, PATTERN, client_id, first_event=created)
-                graph = self._graph(design_id, chosen)
+                graph = self._graph(chosen)
             if existing is None or not snapshot.values:  # new, or a crash cut its first run short: run it
                 await self._record(journey_id, values)
                 initial = _initial_state(journey_id, client_id, design_id, metadata)
@@ -399,10 +367,10 @@ class LifecycleOrchestrator:
         # Checked first without the journey's lock, so a unit of work holding it can be told to stop.
         peek = await graph.aget_state(self._engine.config(journey_id))
         target = self._rollback_target(journey_id, peek, rollback_to, running=True)
-        self.deps.aborts[journey_id] = reason
+        # A durable request: a unit of work running now, in this process or another, stops between waves.
+        await self._rows.request_rollback(journey_id, reason, self._store.clock.now())
         try:
             async with self._engine.exclusive(journey_id):
-                self.deps.aborts.pop(journey_id, None)
                 snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
                 # Rolls back the stage it was asked in, once: not the stage another rollback returned to.
                 self._expect_stage(
@@ -420,7 +388,7 @@ class LifecycleOrchestrator:
                 }
                 snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
         finally:
-            self.deps.aborts.pop(journey_id, None)
+            await self._rows.clear_rollback_requests(journey_id)
         outcome = _outcome(snapshot)
         record = await self.rollback(journey_id, str(outcome["rollback_id"]))
         return {**record, "journey": journey_view(snapshot.values, spec), "notification": outcome.get("notification")}
@@ -526,16 +494,10 @@ class LifecycleOrchestrator:
         watched = {t.metric for stage in ACTIVE_STAGES for t in spec.stage(stage).rollback_thresholds}
         if metrics is not None and not metrics & watched:
             return None  # no threshold watches these metrics: no need to look at the journey
-        s = lifecycle_journey_states
-        async with self._store.engine.connect() as conn:
-            row = (
-                await conn.execute(select(s.c.current_stage, s.c.status).where(s.c.journey_id == journey_id))
-            ).first()
-        if row is None or row.status != "active":
+        position = await self._rows.position(journey_id)
+        if position is None or position[1] != "active":
             return None
-        thresholds = [
-            t for t in spec.stage(row.current_stage).rollback_thresholds if metrics is None or t.metric in metrics
-        ]
+        thresholds = [t for t in spec.stage(position[0]).rollback_thresholds if metrics is None or t.metric in metrics]
         if not thresholds:
             return None
         checks = await evaluate_criteria(thresholds, self.deps.metrics, journey_id, self._store.clock.now())
@@ -560,7 +522,7 @@ class LifecycleOrchestrator:
             return
         when = at or self._store.clock.now()
         event = NewEvent("metric.recorded", {"values": dict(values), "at": when.isoformat()})
-        await self._store.events.append(journey_id, [event], also=[metric_rows_statement(journey_id, values, when)])
+        await self._store.events.append(journey_id, [event], also=[metric_rows(journey_id, values, when)])
 
     # --- views --------------------------------------------------------------------------------------
 
@@ -583,29 +545,16 @@ class LifecycleOrchestrator:
 
     async def validation_history(self, journey_id: str) -> list[ValidationResult]:
         await self._design_of(journey_id)
-        v = lifecycle_validation_results
-        async with self._store.engine.connect() as conn:
-            rows = (await conn.execute(select(v).where(v.c.journey_id == journey_id).order_by(v.c.id))).all()
-        return [
-            ValidationResult.from_dict({**row._mapping, "checks": row.checks, "evaluated_at": row.evaluated_at})
-            for row in rows
-        ]
+        return [ValidationResult.from_dict(row) for row in await self._rows.validations(journey_id)]
 
     async def rollback_history(self, journey_id: str) -> list[dict[str, Any]]:
         await self._design_of(journey_id)
-        r = lifecycle_rollback_history
-        async with self._store.engine.connect() as conn:
-            rows = (await conn.execute(select(r).where(r.c.journey_id == journey_id).order_by(r.c.id))).all()
-        return [_rollback_view(row) for row in rows]
+        return [_rollback_view(row) for row in await self._rows.rollbacks(journey_id)]
 
     async def rollback(self, journey_id: str, rollback_id: str) -> dict[str, Any]:
         await self._design_of(journey_id)
         _check_id(rollback_id, "rollback_id")
-        r = lifecycle_rollback_history
-        async with self._store.engine.connect() as conn:
-            row = (
-                await conn.execute(select(r).where(r.c.journey_id == journey_id, r.c.rollback_id == rollback_id))
-            ).first()
+        row = await self._rows.rollback(journey_id, rollback_id)
         if row is None:
             raise JourneyNotFoundError(f"journey {journey_id!r} has no rollback {rollback_id!r}")
         return _rollback_view(row)
@@ -613,10 +562,7 @@ class LifecycleOrchestrator:
     async def units_of_work(self, journey_id: str) -> list[dict[str, Any]]:
         """Every run of every unit of work of the journey, oldest first."""
         await self._design_of(journey_id)
-        u = lifecycle_units_of_work
-        async with self._store.engine.connect() as conn:
-            rows = (await conn.execute(select(u).where(u.c.journey_id == journey_id).order_by(u.c.id))).all()
-        return [{k: v for k, v in row._mapping.items() if k != "id"} for row in rows]
+        return await self._rows.units_of_work(journey_id)
 
     async def journey_card(self, journey_id: str) -> dict[str, Any]:
         """The dashboard card of one journey: stage, days in it, unit progress, last validation, recent events."""
@@ -650,7 +596,7 @@ class LifecycleOrchestrator:
         return await self.metrics.summary()
 
     async def _instance_graph(self, instance: Instance) -> Graph:
-        return self._graph(instance.journey_id, await self._spec(instance.journey_id))
+        return self._graph(await self._spec(instance.journey_id))
 
     @staticmethod
     async def _start_input(instance: Instance, created: Event) -> dict[str, Any]:
@@ -859,8 +805,8 @@ def _checked_metrics(values: Mapping[str, float | bool], *, allow_empty: bool) -
     return checked
 
 
-def _rollback_view(row: Any) -> dict[str, Any]:
-    data = {k: v for k, v in row._mapping.items() if k != "id"}
+def _rollback_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(row)
     for key in ("initiated_at", "validated_at", "completed_at"):
         if data.get(key) is not None:
             data[key] = data[key].isoformat()

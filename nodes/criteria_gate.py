@@ -21,11 +21,10 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
-from checkpoints.lifecycle_tables import lifecycle_metrics, lifecycle_validation_results
+from checkpoints.lifecycle import LifecycleStore, validation_row
 from nodes.criteria import Condition
 from nodes.ids import SNAKE_ID
 
@@ -116,54 +115,19 @@ class TableMetricSource:
     """The default source: the ``lifecycle_metrics`` table, written through the API with timestamps."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+        self._rows = LifecycleStore(engine)
 
     async def latest(self, journey_id: str, metrics: Collection[str], at: datetime) -> Mapping[str, MetricSample]:
-        m = lifecycle_metrics
-        ranked = (
-            select(
-                m.c.metric,
-                m.c.value,
-                m.c.recorded_at,
-                func.row_number()
-                .over(partition_by=m.c.metric, order_by=(m.c.recorded_at.desc(), m.c.id.desc()))
-                .label("rank"),
-            )
-            .where(m.c.journey_id == journey_id, m.c.metric.in_(list(metrics)), m.c.recorded_at <= at)
-            .subquery()
-        )
-        query = select(ranked.c.metric, ranked.c.value, ranked.c.recorded_at).where(ranked.c.rank == 1)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return {r.metric: MetricSample(float(r.value), r.recorded_at) for r in rows}
+        rows = await self._rows.latest_metrics(journey_id, metrics, at)
+        return {metric: MetricSample(value, recorded_at) for metric, value, recorded_at in rows}
 
     async def window(
         self, journey_id: str, metrics: Collection[str], since: datetime, until: datetime
     ) -> Mapping[str, Sequence[MetricSample]]:
-        m = lifecycle_metrics
-        query = (
-            select(m.c.metric, m.c.value, m.c.recorded_at)
-            .where(
-                m.c.journey_id == journey_id,
-                m.c.metric.in_(list(metrics)),
-                m.c.recorded_at > since,
-                m.c.recorded_at <= until,
-            )
-            .order_by(m.c.recorded_at, m.c.id)
-        )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
         series: dict[str, list[MetricSample]] = defaultdict(list)
-        for r in rows:
-            series[r.metric].append(MetricSample(float(r.value), r.recorded_at))
+        for metric, value, recorded_at in await self._rows.metric_window(journey_id, metrics, since, until):
+            series[metric].append(MetricSample(value, recorded_at))
         return series
-
-
-def metric_rows_statement(journey_id: str, values: Mapping[str, float], at: datetime) -> Executable:
-    """The insert that stores recorded metric values (written with their ``metric.recorded`` event)."""
-    return insert(lifecycle_metrics).values(
-        [{"journey_id": journey_id, "metric": k, "value": float(v), "recorded_at": at} for k, v in values.items()]
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +216,7 @@ class ValidationResult:
 
 def validation_statement(result: ValidationResult) -> Executable:
     """The row that stores a validation (written with its ``lifecycle.validated`` event)."""
-    return insert(lifecycle_validation_results).values(
+    return validation_row(
         validation_id=result.validation_id,
         journey_id=result.journey_id,
         kind=result.kind,

@@ -30,12 +30,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import insert, update
 
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
 from checkpoints.events import NewEvent
-from checkpoints.lifecycle_tables import lifecycle_units_of_work
+from checkpoints.lifecycle import unit_finished, unit_started
 from nodes import schemas
 from nodes.agent_call import Recorder, Recording
 from nodes.compensation import COMPENSATION_RETRY
@@ -310,10 +309,11 @@ class UowState(TypedDict, total=False):
 
 @dataclass(frozen=True, slots=True)
 class UnitHooks:
-    """What the executor needs from its host: earlier units' outputs, and whether to stop early."""
+    """What the executor needs from its host: earlier units' outputs, and why a run must stop early
+    (a rollback asked for it, by run id; None: it goes on)."""
 
     load_outputs: Callable[[str, Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
-    abort_reason: Callable[[str], str | None]
+    abort_reason: Callable[[str], Awaitable[str | None]]
 
 
 def unit_request(
@@ -337,7 +337,7 @@ def build_uow_graph(
         journey_id = thread_id(config)
         now = services.clock.now()
         pending = {t: {"status": "pending", "attempts": 0} for t in unit.task_ids}
-        row = insert(lifecycle_units_of_work).values(
+        row = unit_started(
             run_id=request["run_id"],
             journey_id=journey_id,
             uow_id=unit.uow_id,
@@ -371,7 +371,8 @@ def build_uow_graph(
             first = tasks[failed[0]]
             failure = {"task_id": failed[0], "error": first.get("error"), "error_type": first.get("error_type")}
             return {"phase": "compensate", "failure": failure}
-        if state["uow_request"]["purpose"] != "rollback" and (reason := hooks.abort_reason(thread_id(config))):
+        request = state["uow_request"]
+        if request["purpose"] != "rollback" and (reason := await hooks.abort_reason(request["run_id"])):
             return {"phase": "compensate", "aborted": reason}
         completed = {t for t in unit.task_ids if tasks[t]["status"] == "completed"}
         if len(completed) == len(unit.tasks):
@@ -497,18 +498,15 @@ def build_uow_graph(
         ran = [t for t in tasks.values() if t["status"] != "pending"]
         summary = {t: {k: v for k, v in tasks[t].items() if k != "output"} for t in unit.task_ids}
         now = services.clock.now()
-        row = (
-            update(lifecycle_units_of_work)
-            .where(lifecycle_units_of_work.c.run_id == request["run_id"])
-            .values(
-                status=status,
-                tasks={t: dict(tasks[t]) for t in unit.task_ids},
-                tasks_total=len(ran),
-                tasks_failed=sum(1 for t in ran if t["status"] == "failed"),
-                task_attempts=sum(int(t.get("attempts") or 0) for t in ran),
-                failure=failure,
-                completed_at=now,
-            )
+        row = unit_finished(
+            request["run_id"],
+            status=status,
+            tasks={t: dict(tasks[t]) for t in unit.task_ids},
+            tasks_total=len(ran),
+            tasks_failed=sum(1 for t in ran if t["status"] == "failed"),
+            task_attempts=sum(int(t.get("attempts") or 0) for t in ran),
+            failure=failure,
+            completed_at=now,
         )
         event = NewEvent(
             f"uow.{status}",

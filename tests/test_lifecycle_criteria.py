@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from langgraph.types import Command
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
@@ -19,6 +20,7 @@ from graphs import JourneyRuntime, SpecError
 from graphs.errors import EntryCriteriaNotMetError, InvalidMetricError
 from graphs.lifecycle_catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
 from nodes.criteria_gate import MetricCriterion, MetricSample, evaluate_criteria
+from server.assistants import instance_graph
 from tests.lifecycle_support import (
     DAY,
     PILOT_ENTRY,
@@ -234,22 +236,23 @@ async def test_thresholds_are_configurable_per_journey(store_url: str) -> None:
         assert await counts() == before
 
 
+class Fixed:
+    """A metric source that knows every value, e.g. a monitoring system's API."""
+
+    def __init__(self, values: Mapping[str, float], at: datetime) -> None:
+        self.values, self.at, self.reads = dict(values), at, 0
+
+    async def latest(self, journey_id: str, metrics: Collection[str], at: datetime) -> Mapping[str, MetricSample]:
+        self.reads += 1
+        return {m: MetricSample(self.values[m], self.at) for m in metrics if m in self.values}
+
+    async def window(
+        self, journey_id: str, metrics: Collection[str], since: datetime, until: datetime
+    ) -> Mapping[str, Sequence[MetricSample]]:
+        return {m: [MetricSample(self.values[m], self.at)] for m in metrics if m in self.values and since < self.at}
+
+
 async def test_a_pluggable_metric_source_feeds_the_gates(store_url: str) -> None:
-    class Fixed:
-        """A source that knows every value, e.g. a monitoring system's API."""
-
-        def __init__(self, values: Mapping[str, float], at: datetime) -> None:
-            self.values, self.at, self.reads = dict(values), at, 0
-
-        async def latest(self, journey_id: str, metrics: Collection[str], at: datetime) -> Mapping[str, MetricSample]:
-            self.reads += 1
-            return {m: MetricSample(self.values[m], self.at) for m in metrics if m in self.values}
-
-        async def window(
-            self, journey_id: str, metrics: Collection[str], since: datetime, until: datetime
-        ) -> Mapping[str, Sequence[MetricSample]]:
-            return {m: [MetricSample(self.values[m], self.at)] for m in metrics if m in self.values and since < self.at}
-
     async with lifecycle_runtime(store_url) as (rt, _clock):
         source = Fixed({**READY_TO_START, **SANDBOX_EXIT, **PILOT_ENTRY}, START)
         rt.lifecycle.use_metric_source(source)
@@ -262,6 +265,28 @@ async def test_a_pluggable_metric_source_feeds_the_gates(store_url: str) -> None
         source.values["user_satisfaction"] = 3.0
         rollback = await rt.lifecycle.check_rollback_triggers(journey_id)
         assert rollback is not None and rollback["trigger"] == "user_satisfaction_low"
+
+
+async def test_the_server_runs_a_lifecycle_thread_on_the_runtimes_one_graph(store_url: str) -> None:
+    """The graph the server reads and finishes a lifecycle thread with is the runtime's own: a run on
+    it gates on the metric source the runtime was given, not on a second graph's default one."""
+    async with lifecycle_runtime(store_url) as (rt, _clock):
+        source = Fixed({**READY_TO_START, **SANDBOX_EXIT, **PILOT_ENTRY}, START)
+        rt.lifecycle.use_metric_source(source)
+        journey_id = (await rt.lifecycle.start_journey("client-srv"))["journey_id"]
+        graph = await instance_graph(rt, journey_id)
+        assert graph is rt.graph_for("lifecycle", default_lifecycle_spec())
+        reads = source.reads
+        async with rt.engine.exclusive(journey_id):
+            snapshot = await rt.engine.invoke(
+                graph, journey_id, Command(resume={"event": "promote_to_pilot", "metadata": {}})
+            )
+        assert source.reads > reads
+        validation = snapshot.values["outcome"]["validation"]
+        assert [c["name"] for c in validation["checks"] if not c["passed"]] == [
+            "unit:test_dataset_provisioning",
+            "unit:search_quality_validation",
+        ]
 
 
 BAD_METRICS: list[tuple[dict[str, Any], datetime | None, str]] = [

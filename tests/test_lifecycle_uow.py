@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from agents import AgentRequest, FailingAgent, FlakyAgent
+from checkpoints.lifecycle import LifecycleStore
 from checkpoints.lifecycle_tables import lifecycle_units_of_work
 from checkpoints.tables import journey_designs
 from graphs import JourneyRuntime, SpecError
@@ -41,18 +42,6 @@ class Capture:
         self.requests.append(request)
         self.log.append(self.intent)
         return dict(self.output)
-
-
-class Watched(dict[str, str]):
-    """The orchestrator's rollback requests, with an event the test can wait on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.made = asyncio.Event()
-
-    def __setitem__(self, key: str, value: str) -> None:
-        super().__setitem__(key, value)
-        self.made.set()
 
 
 def task(task_id: str, *depends_on: str, **options: Any) -> TaskSpec:
@@ -325,6 +314,19 @@ async def test_a_failing_entry_unit_blocks_the_promotion_and_undoes_itself(store
         assert (state["current_stage"], state["units"]["pilot_setup"]) == ("pilot", "completed")
 
 
+# Two tasks in the first wave (the slow one is where a test asks for a rollback), two after them.
+MIGRATION = UnitOfWorkSpec(
+    uow_id="migration",
+    max_parallel=2,
+    tasks=(
+        task("fast", compensation="undo_fast"),
+        task("slow", compensation="undo_slow"),
+        task("after", "fast", "slow"),
+        task("last", "after"),
+    ),
+)
+
+
 async def test_a_rollback_mid_unit_leaves_no_task_half_done(store_url: str) -> None:
     async with lifecycle_runtime(store_url) as (rt, _clock):
         calls: list[str] = []
@@ -338,27 +340,19 @@ async def test_a_rollback_mid_unit_leaves_no_task_half_done(store_url: str) -> N
             return {"ok": True}
 
         rt.agents.register("slow", slow, replace=True)
-        spec = lifecycle(
-            UnitOfWorkSpec(
-                uow_id="migration",
-                max_parallel=2,
-                tasks=(
-                    task("fast", compensation="undo_fast"),
-                    task("slow", compensation="undo_slow"),
-                    task("after", "fast", "slow"),
-                    task("last", "after"),
-                ),
-            )
-        )
+        spec = lifecycle(MIGRATION)
         lc = rt.lifecycle
-        lc.deps.aborts = requests = Watched()
+        rows = LifecycleStore(rt.store.engine)
         journey_id = (await lc.start_journey("client-m", spec=spec))["journey_id"]
         running = asyncio.create_task(lc.run_unit_of_work(journey_id, "migration"))
         await entered.wait()
         rollback = asyncio.create_task(lc.initiate_rollback(journey_id, "incident during the migration"))
         # The request reaches the running unit at once; the rollback itself waits for the journey's lock.
-        await asyncio.wait_for(requests.made.wait(), timeout=10)
-        assert journey_id in requests and not rollback.done()
+        for _ in range(1000):
+            if requests := await rows.rollback_requests(journey_id):
+                break
+            await asyncio.sleep(0.01)
+        assert requests == {f"{journey_id}:u1": "incident during the migration"} and not rollback.done()
         release.set()
         stopped = await running
         rolled = await rollback
@@ -373,7 +367,7 @@ async def test_a_rollback_mid_unit_leaves_no_task_half_done(store_url: str) -> N
         [row] = [r for r in await lc.units_of_work(journey_id) if r["uow_id"] == "migration"]
         assert row["status"] == "rolled_back"
         assert {t: v["status"] for t, v in row["tasks"].items()} == statuses
-        assert lc.deps.aborts == {}
+        assert await rows.rollback_requests(journey_id) == {}
 
 
 class Crash(BaseException):

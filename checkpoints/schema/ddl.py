@@ -865,3 +865,29 @@ CREATE TABLE journey_events_rekeyed (
     ),
     "postgresql": (),
 }
+V10_ROLLBACK_REQUESTS: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE lifecycle_rollback_requests (
+    run_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    reason TEXT NOT NULL,
+    requested_at DATETIME NOT NULL,
+    PRIMARY KEY (run_id)
+)
+""",
+        "CREATE INDEX ix_lifecycle_rollback_requests_journey ON lifecycle_rollback_requests (journey_id)",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE lifecycle_rollback_requests (
+    run_id VARCHAR(250) NOT NULL,
+    journey_id VARCHAR(200) NOT NULL,
+    reason TEXT NOT NULL,
+    requested_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (run_id)
+)
+""",
+        "CREATE INDEX ix_lifecycle_rollback_requests_journey ON lifecycle_rollback_requests (journey_id)",
+    ),
+}

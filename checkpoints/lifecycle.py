@@ -1,0 +1,240 @@
+"""The client lifecycle's rows: the statements written with its events, the reads of its views, its
+metric samples, and the rollback requests that stop a running unit of work in any process.
+
+Rows that project the event log are built here as statements and executed by the caller in the same
+transaction as their event (``EventLog.append(..., also=...)``), so they never diverge from the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import RowMapping, and_, delete, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Executable
+
+from checkpoints.lifecycle_tables import (
+    lifecycle_journey_states,
+    lifecycle_metrics,
+    lifecycle_rollback_history,
+    lifecycle_rollback_requests,
+    lifecycle_transitions,
+    lifecycle_units_of_work,
+    lifecycle_validation_results,
+)
+from checkpoints.tables import UTCDateTime
+
+# --- statements written with an event -------------------------------------------------------------
+
+
+def journey_started(journey_id: str, client_id: str, design_id: str, started_at: datetime, **values: Any) -> Executable:
+    """The journey's state row, on its start (``values``: the columns every move sets)."""
+    return insert(lifecycle_journey_states).values(
+        journey_id=journey_id, client_id=client_id, design_id=design_id, started_at=started_at, **values
+    )
+
+
+def journey_moved(journey_id: str, **values: Any) -> Executable:
+    """The journey's state row after a move."""
+    states = lifecycle_journey_states
+    return update(states).where(states.c.journey_id == journey_id).values(**values)
+
+
+def transition_row(**values: Any) -> Executable:
+    """One stage transition (journey_id, move, event, from_stage, to_stage, at, from_stage_seconds)."""
+    return insert(lifecycle_transitions).values(**values)
+
+
+def rollback_started(**values: Any) -> Executable:
+    """A rollback's history row, as it starts."""
+    return insert(lifecycle_rollback_history).values(**values)
+
+
+def rollback_changed(rollback_id: str, **values: Any) -> Executable:
+    """A rollback's history row as it validates, fails, completes or is cancelled."""
+    table = lifecycle_rollback_history
+    return update(table).where(table.c.rollback_id == rollback_id).values(**values)
+
+
+def units_rolled_back(journey_id: str, uow_ids: Sequence[str]) -> Executable:
+    """The completed forward runs of ``uow_ids`` are undone by a validated rollback."""
+    u = lifecycle_units_of_work
+    return (
+        update(u)
+        .where(
+            and_(
+                u.c.journey_id == journey_id,
+                u.c.uow_id.in_(list(uow_ids)),
+                u.c.status == "completed",
+                u.c.purpose != "rollback",
+            )
+        )
+        .values(status="rolled_back")
+    )
+
+
+def unit_started(**values: Any) -> Executable:
+    """A unit-of-work run's row, as it starts."""
+    return insert(lifecycle_units_of_work).values(**values)
+
+
+def unit_finished(run_id: str, **values: Any) -> Executable:
+    """A unit-of-work run's row, as it ends."""
+    u = lifecycle_units_of_work
+    return update(u).where(u.c.run_id == run_id).values(**values)
+
+
+def validation_row(**values: Any) -> Executable:
+    """One criteria-gate validation (the columns of ``lifecycle_validation_results``)."""
+    return insert(lifecycle_validation_results).values(**values)
+
+
+def metric_rows(journey_id: str, values: Mapping[str, float], at: datetime) -> Executable:
+    """Recorded metric values (written with their ``metric.recorded`` event)."""
+    return insert(lifecycle_metrics).values(
+        [{"journey_id": journey_id, "metric": k, "value": float(v), "recorded_at": at} for k, v in values.items()]
+    )
+
+
+# --- reads and rollback requests ------------------------------------------------------------------
+
+
+class LifecycleStore:
+    """Reads of the lifecycle tables for one journey at a time, and the rollback requests."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def position(self, journey_id: str) -> tuple[str, str] | None:
+        """(current stage, status) as last committed, or None for a journey that never started."""
+        s = lifecycle_journey_states
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(s.c.current_stage, s.c.status).where(s.c.journey_id == journey_id))
+            ).first()
+        return None if row is None else (str(row.current_stage), str(row.status))
+
+    async def validations(self, journey_id: str) -> list[dict[str, Any]]:
+        """Every validation of the journey, oldest first."""
+        return await self._rows(lifecycle_validation_results, journey_id)
+
+    async def rollbacks(self, journey_id: str) -> list[dict[str, Any]]:
+        """Every rollback of the journey, oldest first."""
+        return await self._rows(lifecycle_rollback_history, journey_id)
+
+    async def rollback(self, journey_id: str, rollback_id: str) -> dict[str, Any] | None:
+        r = lifecycle_rollback_history
+        query = select(r).where(r.c.journey_id == journey_id, r.c.rollback_id == rollback_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _without_id(row._mapping)
+
+    async def units_of_work(self, journey_id: str) -> list[dict[str, Any]]:
+        """Every unit-of-work run of the journey, oldest first."""
+        return await self._rows(lifecycle_units_of_work, journey_id)
+
+    async def unit_outputs(self, journey_id: str, uow_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Task outputs of each unit's latest completed run, by unit and task."""
+        u = lifecycle_units_of_work
+        query = (
+            select(u.c.uow_id, u.c.tasks)
+            .where(u.c.journey_id == journey_id, u.c.uow_id.in_(list(uow_ids)), u.c.status == "completed")
+            .order_by(u.c.completed_at)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {r.uow_id: {t: v.get("output") or {} for t, v in r.tasks.items()} for r in rows}
+
+    async def latest_metrics(
+        self, journey_id: str, metrics: Collection[str], at: datetime
+    ) -> list[tuple[str, float, datetime]]:
+        """(metric, value, recorded_at) of the last sample of each metric recorded at or before ``at``."""
+        m = lifecycle_metrics
+        ranked = (
+            select(
+                m.c.metric,
+                m.c.value,
+                m.c.recorded_at,
+                func.row_number()
+                .over(partition_by=m.c.metric, order_by=(m.c.recorded_at.desc(), m.c.id.desc()))
+                .label("rank"),
+            )
+            .where(m.c.journey_id == journey_id, m.c.metric.in_(list(metrics)), m.c.recorded_at <= at)
+            .subquery()
+        )
+        query = select(ranked.c.metric, ranked.c.value, ranked.c.recorded_at).where(ranked.c.rank == 1)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(r.metric, float(r.value), r.recorded_at) for r in rows]
+
+    async def metric_window(
+        self, journey_id: str, metrics: Collection[str], since: datetime, until: datetime
+    ) -> list[tuple[str, float, datetime]]:
+        """(metric, value, recorded_at) of every sample with ``since < recorded_at <= until``, oldest first."""
+        m = lifecycle_metrics
+        query = (
+            select(m.c.metric, m.c.value, m.c.recorded_at)
+            .where(
+                m.c.journey_id == journey_id,
+                m.c.metric.in_(list(metrics)),
+                m.c.recorded_at > since,
+                m.c.recorded_at <= until,
+            )
+            .order_by(m.c.recorded_at, m.c.id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(r.metric, float(r.value), r.recorded_at) for r in rows]
+
+    # Rollback requests. A rollback waits for the journey's lock, which a running unit of work holds;
+    # its request stops that unit between waves, whichever process runs it. A request names the runs
+    # that were running when it was made, so one left behind by a crashed caller stops no later run.
+
+    async def request_rollback(self, journey_id: str, reason: str, at: datetime) -> None:
+        """Ask every forward unit-of-work run of the journey running now to stop for a rollback."""
+        u, r = lifecycle_units_of_work, lifecycle_rollback_requests
+        running = select(u.c.run_id, u.c.journey_id, literal(reason), literal(at, UTCDateTime())).where(
+            u.c.journey_id == journey_id,
+            u.c.status == "running",
+            u.c.purpose != "rollback",
+            u.c.run_id.not_in(select(r.c.run_id).where(r.c.journey_id == journey_id)),
+        )
+        statement = insert(r).from_select(["run_id", "journey_id", "reason", "requested_at"], running)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(statement)
+        except IntegrityError:
+            pass  # another caller asked to stop the same run at the same moment: it is asked
+
+    async def rollback_reason(self, run_id: str) -> str | None:
+        """Why the run was asked to stop for a rollback, or None."""
+        r = lifecycle_rollback_requests
+        async with self._engine.connect() as conn:
+            reason = (await conn.execute(select(r.c.reason).where(r.c.run_id == run_id))).scalar()
+        return None if reason is None else str(reason)
+
+    async def rollback_requests(self, journey_id: str) -> dict[str, str]:
+        """The journey's open rollback requests: reason by run id."""
+        r = lifecycle_rollback_requests
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(r.c.run_id, r.c.reason).where(r.c.journey_id == journey_id))).all()
+        return {row.run_id: row.reason for row in rows}
+
+    async def clear_rollback_requests(self, journey_id: str) -> None:
+        """Forget the journey's requests (its rollback holds the journey now: no unit of it runs)."""
+        r = lifecycle_rollback_requests
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(r).where(r.c.journey_id == journey_id))
+
+    async def _rows(self, table: Any, journey_id: str) -> list[dict[str, Any]]:
+        query = select(table).where(table.c.journey_id == journey_id).order_by(table.c.id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_without_id(row._mapping) for row in rows]
+
+
+def _without_id(row: RowMapping) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "id"}
