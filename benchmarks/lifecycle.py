@@ -44,8 +44,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from benchmarks.overhead import fresh_database, postgres_server
 from checkpoints.clock import VirtualClock
 from checkpoints.reports import LifecycleReports
-from graphs.lifecycle_catalog import READY_TO_START
-from graphs.lifecycle_orchestrator import LifecycleOrchestrator
+from graphs.lifecycle.catalog import READY_TO_START
+from graphs.lifecycle.orchestrator import LifecycleOrchestrator
 from graphs.runtime import JourneyRuntime
 
 BACKENDS = ("memory", "sqlite", "postgres")

@@ -47,8 +47,8 @@ from langgraph.types import Durability
 from sqlalchemy import func, select
 
 from benchmarks.overhead import fresh_database, postgres_server
-from checkpoints.tables import process_timers
-from graphs.process_scheduler import fire_due_timers
+from checkpoints.schema.tables import process_timers
+from graphs.process.timers import fire_due_timers
 from graphs.runtime import JourneyRuntime
 
 FIRE_TARGET_S = 10.0

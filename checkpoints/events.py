@@ -19,8 +19,8 @@ from sqlalchemy.sql import Executable
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
+from checkpoints.schema.tables import journey_events, journey_instances
 from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
-from checkpoints.tables import journey_events, journey_instances
 
 
 @dataclass(frozen=True, slots=True)

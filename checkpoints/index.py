@@ -13,7 +13,7 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
 from checkpoints.events import EVENT_VALUES, NewEvent
-from checkpoints.tables import journey_designs, journey_events, journey_instances
+from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
 
 @dataclass(frozen=True, slots=True)

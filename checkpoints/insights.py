@@ -1,4 +1,4 @@
-"""The reporting reads behind journey analytics (``graphs/insights.py``): finished journeys and step counts."""
+"""The reporting reads behind journey analytics (``graphs/analytics.py``): finished journeys and step counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from checkpoints.tables import journey_events, journey_instances
+from checkpoints.schema.tables import journey_events, journey_instances
 
 FINISHED_STATUSES = ("completed", "compensated")
 STEP_EVENTS = ("step.completed", "agent.failed", "area.completed")

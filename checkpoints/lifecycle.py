@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
-from checkpoints.lifecycle_tables import (
+from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_metrics,
     lifecycle_rollback_history,
@@ -25,7 +25,7 @@ from checkpoints.lifecycle_tables import (
     lifecycle_units_of_work,
     lifecycle_validation_results,
 )
-from checkpoints.tables import UTCDateTime
+from checkpoints.schema.tables import UTCDateTime
 
 # --- statements written with an event -------------------------------------------------------------
 

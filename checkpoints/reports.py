@@ -1,5 +1,5 @@
 """Reporting queries across every journey: the figures behind the lifecycle dashboard (the shaping
-into days, rates and targets is ``graphs.lifecycle_metrics``)."""
+into days, rates and targets is ``graphs.lifecycle.metrics``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from checkpoints.lifecycle_tables import (
+from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_rollback_history,
     lifecycle_transitions,

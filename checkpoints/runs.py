@@ -5,7 +5,7 @@ A run is created ``pending`` and claimed by one executor at a time (an atomic UP
 Stream chunks of runs created for streaming are rows too, so a client can read them from any API process
 while a worker in another process produces them. On PostgreSQL, finishing a run or appending a chunk also
 notifies ``RUN_CHANNEL`` with the run id, in the same transaction, so waiting requests in any process wake
-when the change is committed (see :mod:`server.watch`).
+when the change is committed (see :mod:`server.runs.watch`).
 
 Every statement is defined once here and runs through the store's :class:`~checkpoints.backends.base.Backend`
 (on PostgreSQL, the hot ones in plain psycopg).
@@ -26,12 +26,13 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
-from checkpoints.tables import server_run_events, server_runs, server_threads
+from checkpoints.schema.tables import server_run_events, server_runs, server_threads
 
 ACTIVE = ("pending", "running")
 TERMINAL = ("success", "error", "interrupted", "timeout")
 STRATEGIES = ("reject", "enqueue")
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
+LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ from agents.errors import (
     TransientAgentError,
 )
 from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, JourneyError
-from graphs.catalog import Template, TemplateCatalog, default_catalog
 from graphs.errors import (
     EntryCriteriaNotMetError,
     InvalidInputError,
@@ -44,14 +43,15 @@ from graphs.errors import (
     UnmatchedMessageError,
     WrongPatternError,
 )
-from graphs.lifecycle import JourneyStage, LifecycleSpec, RollbackTrigger, StageSpec, TransitionEvent
-from graphs.lifecycle_catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
-from graphs.mvp import MVP_PILLARS, RECOMMENDED_FLOW
-from graphs.process import ProcessSpec
+from graphs.lifecycle.catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
+from graphs.lifecycle.machine import JourneyStage, LifecycleSpec, RollbackTrigger, StageSpec, TransitionEvent
+from graphs.process.spec import ProcessSpec
 from graphs.runtime import JourneyRuntime
-from graphs.saga import SagaSpec
-from graphs.session import Area, SessionSpec
-from graphs.structured import Branch, Step, StructuredSpec
+from graphs.session.builder import Area, SessionSpec
+from graphs.session.mvp import MVP_PILLARS, RECOMMENDED_FLOW
+from graphs.structured.builder import Branch, Step, StructuredSpec
+from graphs.structured.saga import SagaSpec
+from graphs.structured.templates import Template, TemplateCatalog, default_catalog
 from nodes.criteria import Condition, Criteria
 from nodes.errors import ResumeValueError
 

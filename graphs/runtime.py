@@ -23,23 +23,23 @@ from checkpoints.events import Event
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
-from graphs.catalog import TemplateCatalog, default_catalog
-from graphs.designs import DesignBook
-from graphs.engine import JourneyEngine
+from graphs.analytics import JourneyAnalytics, MilestoneTracker
 from graphs.errors import JourneyNotFoundError
-from graphs.insights import JourneyAnalytics, MilestoneTracker
+from graphs.kernel.designs import DesignBook
+from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, registered_patterns
-from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
+from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS
+from graphs.structured.templates import TemplateCatalog, default_catalog
 from nodes.agent_call import AgentCaller
 from nodes.services import NodeServices
 
 if TYPE_CHECKING:
-    from graphs.lifecycle_orchestrator import LifecycleOrchestrator
-    from graphs.mvp import MVPOrchestrator
-    from graphs.process_orchestrator import ProcessOrchestrator
-    from graphs.saga_orchestrator import SagaOrchestrator
-    from graphs.session_orchestrator import SessionOrchestrator
-    from graphs.structured_orchestrator import StructuredOrchestrator
+    from graphs.lifecycle.orchestrator import LifecycleOrchestrator
+    from graphs.process.orchestrator import ProcessOrchestrator
+    from graphs.session.mvp import MVPOrchestrator
+    from graphs.session.orchestrator import SessionOrchestrator
+    from graphs.structured.orchestrator import StructuredOrchestrator
+    from graphs.structured.saga_orchestrator import SagaOrchestrator
 
 
 class JourneyRuntime:

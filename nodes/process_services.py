@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from checkpoints.inbox import InboxStore
-from checkpoints.messages import MessageStore
-from checkpoints.timers import TimerStore
-from checkpoints.waits import WaitStore
+from checkpoints.process.inbox import InboxStore
+from checkpoints.process.messages import MessageStore
+from checkpoints.process.timers import TimerStore
+from checkpoints.process.waits import WaitStore
 from nodes.services import NodeServices
 
 

@@ -8,7 +8,7 @@
   resolution as the resume value. Nothing comes before the interrupt; what follows it (the completion
   event) is keyed by the wait id, so re-running the node with the same resolution repeats nothing.
 
-Whoever resolves a wait (``checkpoints.waits.WaitStore.resolve``) stores the resolution first and
+Whoever resolves a wait (``checkpoints.process.waits.WaitStore.resolve``) stores the resolution first and
 then resumes the thread with it, addressed by the interrupt id.
 """
 
@@ -23,7 +23,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, interrupt
 
 from checkpoints.events import NewEvent
-from checkpoints.waits import completed_event
+from checkpoints.process.waits import completed_event
 from nodes.criteria import lookup
 from nodes.errors import CorrelationError
 from nodes.process_services import ProcessServices

@@ -18,15 +18,15 @@ from fastapi import FastAPI
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
-from server.executor import RunExecutor
+from server.api import assistants, inbox, journeys, runs, threads
 from server.openapi import install_openapi
 from server.problems import install_problem_handlers
 from server.queues import open_queue
-from server.routers import assistants, inbox, journeys, runs, threads
-from server.runs import RunStore
+from server.runs.executor import RunExecutor
+from server.runs.store import RunStore
+from server.runs.watch import RunWatch
 from server.services import ServerServices
 from server.settings import Settings
-from server.watch import RunWatch
 
 
 def create_app(

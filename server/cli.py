@@ -173,7 +173,7 @@ def worker(
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
     from agents.errors import GuideModelError
-    from server.worker import run_worker
+    from server.queues.worker import run_worker
 
     _quiet_logs(verbose)
     try:

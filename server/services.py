@@ -14,12 +14,12 @@ from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.patterns import Graph, get_pattern
 from graphs.runtime import JourneyRuntime
 from server.assistants import get_assistant, graph_of
-from server.executor import RunExecutor
 from server.problems import ApiError
 from server.queues.base import RunQueue
-from server.runs import RunRow, RunStore, ThreadRow
+from server.runs.executor import RunExecutor
+from server.runs.store import RunRow, RunStore, ThreadRow
+from server.runs.watch import RunWatch
 from server.settings import Settings
-from server.watch import RunWatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,7 @@ from agents.deterministic import FailingAgent
 from agents.protocol import Agent, AgentRequest
 from agents.registry import AgentRegistry
 from graphs.runtime import JourneyRuntime
-from graphs.structured_orchestrator import structured_instance_id
+from graphs.structured.orchestrator import structured_instance_id
 
 STEPS = [f"s{n}" for n in range(1, 9)]
 USER_ID = "crash-user"

@@ -12,12 +12,12 @@ from sqlalchemy import select
 
 from agents import RetrySettings
 from checkpoints.clock import VirtualClock
-from checkpoints.lifecycle_tables import LIFECYCLE_TABLES
+from checkpoints.schema.lifecycle_tables import LIFECYCLE_TABLES
 from graphs import JourneyRuntime
 from graphs.errors import EntryCriteriaNotMetError
-from graphs.lifecycle import LifecycleSpec
-from graphs.lifecycle_catalog import READY_TO_START, default_lifecycle_spec
-from graphs.lifecycle_orchestrator import LifecycleOrchestrator
+from graphs.lifecycle.catalog import READY_TO_START, default_lifecycle_spec
+from graphs.lifecycle.machine import LifecycleSpec
+from graphs.lifecycle.orchestrator import LifecycleOrchestrator
 
 FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0.001)
 DAY = timedelta(days=1)

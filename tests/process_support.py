@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from agents import AgentRequest, RetrySettings
 from checkpoints.clock import VirtualClock
-from checkpoints.tables import (
+from checkpoints.schema.tables import (
     PROCESS_TABLES,
     journey_designs,
     journey_events,

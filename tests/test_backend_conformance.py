@@ -19,7 +19,7 @@ from checkpoints import DuplicateDesignError, DuplicateInstanceError, NewEvent, 
 from checkpoints.backends.postgres import PostgresBackend
 from checkpoints.backends.sqlite import SqliteBackend
 from checkpoints.runs import RunRow, RunStore, ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
-from checkpoints.tables import journey_instances, server_runs
+from checkpoints.schema.tables import journey_instances, server_runs
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -30,8 +30,8 @@ import pytest
 
 from checkpoints.events import Event
 from graphs.runtime import JourneyRuntime
-from graphs.step_journeys import position
-from graphs.structured import StructuredSpec
+from graphs.structured.builder import StructuredSpec
+from graphs.structured.steps import position
 
 pytestmark = pytest.mark.slow
 

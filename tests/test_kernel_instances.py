@@ -18,10 +18,10 @@ import pytest
 
 from agents.deterministic import FailingAgent
 from agents.errors import AgentCallFailedError
-from graphs.engine import JourneyEngine
-from graphs.lifecycle_catalog import READY_TO_START
+from graphs.kernel.engine import JourneyEngine
+from graphs.lifecycle.catalog import READY_TO_START
 from graphs.runtime import JourneyRuntime
-from graphs.structured_orchestrator import structured_instance_id
+from graphs.structured.orchestrator import structured_instance_id
 from tests.test_session import AREAS
 
 Start = Callable[[JourneyRuntime, str], Awaitable[Any]]  # (runtime, a suffix for the ids it chooses)

@@ -20,7 +20,7 @@ from graphs import (
     TransitionOptionsError,
     UnknownTransitionEventError,
 )
-from graphs.lifecycle_catalog import READY_TO_START
+from graphs.lifecycle.catalog import READY_TO_START
 from server.app import create_app
 from server.settings import Settings
 from tests.lifecycle_support import fingerprint, journey_at, lifecycle_runtime

@@ -14,11 +14,11 @@ from langgraph.types import Command
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from checkpoints.lifecycle_tables import lifecycle_validation_results
-from checkpoints.tables import journey_designs, journey_instances
+from checkpoints.schema.lifecycle_tables import lifecycle_validation_results
+from checkpoints.schema.tables import journey_designs, journey_instances
 from graphs import JourneyRuntime, SpecError
 from graphs.errors import EntryCriteriaNotMetError, InvalidMetricError
-from graphs.lifecycle_catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
+from graphs.lifecycle.catalog import READY_TO_START, STAGE_METRICS, default_lifecycle_spec
 from nodes.criteria_gate import MetricCriterion, MetricSample, evaluate_criteria
 from server.assistants import instance_graph
 from tests.lifecycle_support import (

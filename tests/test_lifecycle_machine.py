@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from checkpoints.events import NewEvent
-from checkpoints.lifecycle_tables import lifecycle_journey_states, lifecycle_rollback_history
+from checkpoints.schema.lifecycle_tables import lifecycle_journey_states, lifecycle_rollback_history
 from graphs import InvalidInputError, JourneyNotFoundError, JourneyRuntime
 from graphs.errors import InvalidRollbackTargetError, InvalidTransitionError
-from graphs.lifecycle import TRANSITIONS, JourneyStage, TransitionEvent
-from graphs.lifecycle_catalog import READY_TO_START
+from graphs.lifecycle.catalog import READY_TO_START
+from graphs.lifecycle.machine import TRANSITIONS, JourneyStage, TransitionEvent
 from tests.lifecycle_support import (
     DAY,
     PILOT_ENTRY,

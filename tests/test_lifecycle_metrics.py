@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from agents import FailingAgent
 from checkpoints.events import NewEvent
-from checkpoints.lifecycle_tables import (
+from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_metrics,
     lifecycle_rollback_history,
@@ -22,7 +22,7 @@ from checkpoints.lifecycle_tables import (
     lifecycle_validation_results,
 )
 from graphs import JourneyRuntime
-from graphs.lifecycle_catalog import READY_TO_START
+from graphs.lifecycle.catalog import READY_TO_START
 from tests.lifecycle_support import (
     DAY,
     PILOT_ENTRY,

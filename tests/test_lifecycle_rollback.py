@@ -11,7 +11,7 @@ import pytest
 from agents import AgentRequest, FailingAgent
 from graphs import InvalidInputError
 from graphs.errors import InvalidTransitionError, RollbackFailedError
-from graphs.lifecycle import RollbackTrigger
+from graphs.lifecycle.machine import RollbackTrigger
 from tests.lifecycle_support import (
     DAY,
     PILOT_ENTRY,

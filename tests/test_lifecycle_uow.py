@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from agents import AgentRequest, FailingAgent, FlakyAgent
 from checkpoints.lifecycle import LifecycleStore
-from checkpoints.lifecycle_tables import lifecycle_units_of_work
-from checkpoints.tables import journey_designs
+from checkpoints.schema.lifecycle_tables import lifecycle_units_of_work
+from checkpoints.schema.tables import journey_designs
 from graphs import JourneyRuntime, SpecError
 from graphs.errors import (
     InvalidTransitionError,
@@ -23,8 +23,8 @@ from graphs.errors import (
     UnitOfWorkFailedError,
     UnknownUnitOfWorkError,
 )
-from graphs.lifecycle import LifecycleSpec, StageSpec
-from graphs.lifecycle_catalog import DEFAULT_AGENT_OUTPUTS
+from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS
+from graphs.lifecycle.machine import LifecycleSpec, StageSpec
 from nodes.uow import TaskSpec, UnitOfWorkSpec
 from tests.lifecycle_support import fingerprint, journey_at, lifecycle_runtime
 

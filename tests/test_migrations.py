@@ -10,16 +10,16 @@ import psycopg
 from procrastinate.schema import SchemaManager
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 
-import checkpoints.lifecycle_tables  # noqa: F401  (its tables join the metadata checked here)
+import checkpoints.schema.lifecycle_tables  # noqa: F401  (its tables join the metadata checked here)
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
 from checkpoints.schema.migrations import MIGRATIONS, migrate
 from checkpoints.schema.queue import migrate_queue_schema
-from checkpoints.tables import metadata
+from checkpoints.schema.tables import metadata
 from checkpoints.url import parse_store_url
 from graphs.runtime import JourneyRuntime
 from server.queues.procrastinate import conninfo, ensure_schema
-from server.runs import RunStore
+from server.runs.store import RunStore
 
 # journey_events as migration 1 created it before migration 6, with one event already in it.
 OLD_EVENTS_TABLE = """
@@ -137,7 +137,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
 
 
 def schema_drift(conn: Connection) -> list[str]:
-    """How the database's tables differ from the definitions in checkpoints.tables (names, nullability,
+    """How the database's tables differ from the definitions in checkpoints.schema.tables (names, nullability,
     primary keys, indexes and unique constraints); empty when the migrations built exactly those tables."""
     found = inspect(conn)
     drift = []

@@ -132,7 +132,7 @@ def qualified(kind: type) -> str:
 
 def test_every_module_of_every_package_is_walked() -> None:
     names = {module.__name__ for module in our_modules()}
-    assert {"checkpoints.errors", "graphs.errors", "nodes.timer", "server.problems", "server.routers.runs"} <= names
+    assert {"checkpoints.errors", "graphs.errors", "nodes.timer", "server.problems", "server.api.runs"} <= names
 
 
 @pytest.mark.parametrize("kind", [cls for cls in public_classes() if issubclass(cls, BaseException)], ids=qualified)

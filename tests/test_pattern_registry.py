@@ -16,10 +16,10 @@ from pydantic import BaseModel
 import graphs.kernel.patterns as registry
 from agents.registry import AgentRegistry
 from checkpoints.events import NewEvent
-from graphs.designs import DesignBook
 from graphs.entrypoints import graph_factory, langgraph_graphs
 from graphs.errors import InvalidInputError, SpecError
 from graphs.kernel import Assistant, DesignKind, Pattern, PatternRegistrationError, RunContext, get_pattern, register
+from graphs.kernel.designs import DesignBook
 from graphs.runtime import JourneyRuntime
 from nodes.services import NodeServices
 from server.app import create_app

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agents import AgentRequest
-from checkpoints.tables import process_subscriptions, process_timers
+from checkpoints.schema.tables import process_subscriptions, process_timers
 from graphs.errors import TaskClosedError, UnmatchedMessageError
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import delete
 
 from checkpoints.schema.migrations import migrate
-from checkpoints.tables import process_message_starts, schema_migrations
+from checkpoints.schema.tables import process_message_starts, schema_migrations
 from graphs import InvalidInputError
 from graphs.errors import UnmatchedMessageError
 from tests.process_support import Calls, linear, runtime, table_dump, virtual_clock, waiting_elements

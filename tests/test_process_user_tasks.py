@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from checkpoints.timers import Timer
+from checkpoints.process.timers import Timer
 from graphs import ResumeValueError
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
-from graphs.process_scheduler import fire_due_timers
+from graphs.process.timers import fire_due_timers
 from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock
 
 SCHEMA = {

@@ -16,8 +16,8 @@ from graphs.errors import (
     RolloutError,
     UnknownProcessError,
 )
-from graphs.process_context import DeployedVersions
-from graphs.process_versions import choose
+from graphs.process.context import DeployedVersions
+from graphs.process.versions import choose
 from tests.process_support import Calls, runtime, table_dump, user_task, virtual_clock, waiting_elements
 
 

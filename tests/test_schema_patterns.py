@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from graphs import ResumeValueError, SpecError
-from graphs.lifecycle_catalog import default_lifecycle_spec
+from graphs.lifecycle.catalog import default_lifecycle_spec
 from nodes import schemas
 from server.app import create_app
 from server.settings import Settings

@@ -20,9 +20,9 @@ from agents import AgentRegistry, AgentRequest, EchoAgent
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.assistants import get_assistant, instance_graph
-from server.executor import RunExecutor, thread_output
 from server.queues.procrastinate import build_app, enqueuer, ensure_schema
-from server.runs import Enqueue, RunRow, RunStore
+from server.runs.executor import RunExecutor, thread_output
+from server.runs.store import Enqueue, RunRow, RunStore
 from server.settings import Settings
 from tests.server_support import serving
 

@@ -20,7 +20,7 @@ from checkpoints.clock import SystemClock
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
-from server.runs import RunStore
+from server.runs.store import RunStore
 from server.settings import ApiKey, Settings
 from tests.server_support import serving, start_worker, stop_worker
 

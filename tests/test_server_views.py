@@ -19,7 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from agents import FailingAgent, RetrySettings
 from checkpoints.clock import VirtualClock
 from checkpoints.events import NewEvent
-from graphs.lifecycle_catalog import READY_TO_START
+from graphs.lifecycle.catalog import READY_TO_START
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.settings import Settings

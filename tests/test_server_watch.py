@@ -12,8 +12,8 @@ from checkpoints.clock import SystemClock
 from checkpoints.store import open_store
 from checkpoints.url import parse_store_url
 from server.queues.embedded import EmbeddedRunner
-from server.runs import RunRow, RunStore
-from server.watch import RunWatch, listening, wait_for_run
+from server.runs.store import RunRow, RunStore
+from server.runs.watch import RunWatch, listening, wait_for_run
 
 HOUR = 3600.0
 

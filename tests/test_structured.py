@@ -21,7 +21,7 @@ from agents import (
     RetrySettings,
 )
 from checkpoints.errors import DuplicateInstanceError
-from checkpoints.tables import journey_designs
+from checkpoints.schema.tables import journey_designs
 from graphs import (
     InvalidInputError,
     JourneyFinishedError,

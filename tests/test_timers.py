@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from checkpoints.tables import process_timers
-from graphs.process_scheduler import fire_due_timers
+from checkpoints.schema.tables import process_timers
+from graphs.process.timers import fire_due_timers
 from nodes.timer import TimerDefinition
 from tests.process_support import T0, linear, runtime, virtual_clock, waiting_elements
 

@@ -2,9 +2,9 @@
 
 Generated once from the table definitions of the day each migration was written (SQLAlchemy's
 ``CreateTable`` / ``CreateIndex`` for SQLite and PostgreSQL), then kept as text, so a later change to
-:mod:`checkpoints.tables` can never change what an old migration does. A change to a table is a new
+:mod:`checkpoints.schema.tables` can never change what an old migration does. A change to a table is a new
 migration here, and ``tests/test_migrations.py`` checks that the migrations, applied in order, give
-exactly the tables :mod:`checkpoints.tables` defines.
+exactly the tables :mod:`checkpoints.schema.tables` defines.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from checkpoints.clock import SystemClock
 from checkpoints.errors import MigrationError
 from checkpoints.schema import ddl
-from checkpoints.tables import schema_migrations
+from checkpoints.schema.tables import schema_migrations
 
 _ADVISORY_LOCK_ID = 7_310_512_001  # arbitrary, stable: "journeys schema"
 

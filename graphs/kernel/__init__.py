@@ -1,8 +1,8 @@
 """The kernel every pattern runs on: the engine (one way to run a graph), the instance lifecycle and the
 pattern registry."""
 
-from graphs.designs import DesignKind
 from graphs.errors import PatternRegistrationError
+from graphs.kernel.designs import DesignKind
 from graphs.kernel.instances import FAILED, Instances, Recoverable, failure
 from graphs.kernel.patterns import (
     Assistant,

@@ -26,7 +26,7 @@ from langgraph.types import Command, StateSnapshot
 from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from graphs.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
+from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
 from nodes.services import FAILED, failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]

@@ -1,7 +1,7 @@
 """The pattern registry: the one place that knows which patterns exist.
 
 Each pattern is one module that calls :func:`register` with a :class:`Pattern`: its spec, checks and
-graph builder (:class:`DesignKind`, what :class:`~graphs.designs.DesignBook` needs), how the runtime builds
+graph builder (:class:`DesignKind`, what :class:`~graphs.kernel.designs.DesignBook` needs), how the runtime builds
 its orchestrator, its status view, its assistant (how a run on the Agent Server API maps onto the
 orchestrator, with the input schemas the server checks) and its LangGraph entrypoint (the graph
 ``langgraph.json`` names). The runtime, the server and ``graphs/entrypoints.py`` only read this registry.
@@ -23,25 +23,25 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
-from graphs.designs import DesignKind
-from graphs.engine import DEFAULT_RUN, RunOptions
 from graphs.errors import InvalidInputError, JourneyNotFoundError, PatternRegistrationError
+from graphs.kernel.designs import DesignKind
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 
 if TYPE_CHECKING:
     from checkpoints.index import Instance
-    from graphs.catalog import TemplateCatalog
-    from graphs.designs import DesignBook
+    from graphs.kernel.designs import DesignBook
     from graphs.runtime import JourneyRuntime
+    from graphs.structured.templates import TemplateCatalog
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 
 # The modules of the built-in patterns, each registering its patterns when imported.
 BUILTIN_MODULES = (
-    "graphs.structured_pattern",
-    "graphs.session_pattern",
-    "graphs.lifecycle_pattern",
-    "graphs.process_pattern",
-    "graphs.guide_pattern",
+    "graphs.structured.pattern",
+    "graphs.session.pattern",
+    "graphs.lifecycle.pattern",
+    "graphs.process.pattern",
+    "graphs.guide",
 )
 
 

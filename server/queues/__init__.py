@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from server.executor import RunExecutor
 from server.queues.base import RunQueue
 from server.queues.embedded import EmbeddedQueue
+from server.runs.executor import RunExecutor
+from server.runs.watch import RunWatch
 from server.settings import Settings
-from server.watch import RunWatch
 
 __all__ = ["EmbeddedQueue", "RunQueue", "open_queue"]
 

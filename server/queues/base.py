@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from server.runs import Enqueue, RunRow
+from server.runs.store import Enqueue, RunRow
 
 
 class RunQueue(ABC):

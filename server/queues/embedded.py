@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from server.executor import RunExecutor
 from server.queues.base import RunQueue
-from server.runs import RunRow
+from server.runs.executor import RunExecutor
+from server.runs.store import RunRow
 
 
 class EmbeddedRunner:

@@ -20,8 +20,8 @@ from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
 from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.url import parse_store_url
 from server.queues.base import RunQueue
-from server.runs import Enqueue, RunRow, RunStore
-from server.watch import RunWatch, listening
+from server.runs.store import Enqueue, RunRow, RunStore
+from server.runs.watch import RunWatch, listening
 
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"

@@ -1,4 +1,4 @@
-"""Client lifecycle journeys (graphs/lifecycle_orchestrator.py, graphs/lifecycle.py ``journey_view``)."""
+"""Client lifecycle journeys (graphs/lifecycle/orchestrator.py, graphs/lifecycle/machine.py ``journey_view``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from graphs.lifecycle import JourneyStage, RollbackTrigger, TransitionEvent
+from graphs.lifecycle.machine import JourneyStage, RollbackTrigger, TransitionEvent
 from nodes.uow import UowStatus
 from server.views.fields import optional_key
 
-# graphs/lifecycle.py: pending until its start passes its gate, then STATUS_OF its stage.
+# graphs/lifecycle/machine.py: pending until its start passes its gate, then STATUS_OF its stage.
 LifecycleStatus = Literal["pending", "active", "rollback", "completed", "cancelled"]
 
 

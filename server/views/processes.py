@@ -1,5 +1,5 @@
-"""BPMN-style processes, their user tasks and messages (graphs/process_orchestrator.py,
-graphs/process_inbox.py, checkpoints/inbox.py ``UserTaskRow.view``, nodes/waits.py)."""
+"""BPMN-style processes, their user tasks and messages (graphs/process/orchestrator.py,
+graphs/process/inbox.py, checkpoints/process/inbox.py ``UserTaskRow.view``, nodes/waits.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from server.views.fields import optional_key
 
-# The instance index's status (the graph's own at start): graphs/process_builder.py and
+# The instance index's status (the graph's own at start): graphs/process/builder.py and
 # process_orchestrator.py write them; migrating: between a migration's intent and its end.
 ProcessStatus = Literal["in_progress", "completed", "failed", "compensating", "compensated", "cancelled", "migrating"]
 

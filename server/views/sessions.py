@@ -1,4 +1,4 @@
-"""Sessions and the MVP journey (graphs/session_orchestrator.py, graphs/session.py, graphs/mvp.py)."""
+"""Sessions and the MVP journey (graphs/session/orchestrator.py, graphs/session/builder.py, graphs/session/mvp.py)."""
 
 from __future__ import annotations
 

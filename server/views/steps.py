@@ -1,5 +1,5 @@
-"""Structured journeys and sagas: their designs and their runs (graphs/structured_orchestrator.py,
-graphs/saga_orchestrator.py, graphs/step_journeys.py ``StepJourneys.view``)."""
+"""Structured journeys and sagas: their designs and their runs (graphs/structured/orchestrator.py,
+graphs/structured/saga_orchestrator.py, graphs/structured/steps.py ``StepJourneys.view``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from server.views.fields import optional_key
 # Where a run stands (step_journeys.Standing: a failed step's work, else the graph's own status); the
 # journey index keeps the same set.
 StructuredRunStatus = Literal["in_progress", "completed", "failed"]
-# A saga also compensates (graphs/structured.py, nodes/compensation.py); failed: a step or an undo failed.
+# A saga also compensates (graphs/structured/builder.py, nodes/compensation.py); failed: a step or an undo failed.
 SagaRunStatus = Literal["in_progress", "completed", "failed", "compensating", "compensated"]
 
 

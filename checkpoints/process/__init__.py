@@ -1,0 +1,1 @@
+"""The process family's tables: waits, timers, the inbox, messages, deployments, migrations."""

@@ -1,0 +1,193 @@
+"""The user-task inbox: one row per open human task, with its assignee, candidate groups and SLA.
+
+Rows are written with the event that opens the task (``EventLog.append(…, also=…)``); completing a
+task resolves its wait (``checkpoints.process.waits``), which closes the row in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Executable, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.clock import Clock
+from checkpoints.rows import insert_ignore
+from checkpoints.schema.tables import user_task_groups, user_tasks
+
+
+@dataclass(frozen=True, slots=True)
+class UserTaskRow:
+    """A user task of a process instance as stored: who may act on it, and its status."""
+
+    task_id: str
+    instance_id: str
+    element: str
+    title: str
+    assignee: str | None
+    candidate_groups: list[str]
+    claimed_by: str | None
+    status: str
+    response_schema: dict[str, Any] | None
+    sla_due_at: datetime | None
+    escalated_at: datetime | None
+    escalation: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    completed_by: str | None
+    result: dict[str, Any] | None
+
+    def may_act(self, user: str, groups: Sequence[str]) -> bool:
+        """The assignee, or a member of a candidate group, may claim and complete the task."""
+        return user == self.assignee or bool(set(groups) & set(self.candidate_groups))
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "instance_id": self.instance_id,
+            "element": self.element,
+            "title": self.title,
+            "assignee": self.assignee,
+            "candidate_groups": list(self.candidate_groups),
+            "claimed_by": self.claimed_by,
+            "status": self.status,
+            "response_schema": self.response_schema,
+            "sla_due_at": self.sla_due_at.isoformat() if self.sla_due_at else None,
+            "escalation": self.escalation,
+            "escalated_at": self.escalated_at.isoformat() if self.escalated_at else None,
+            "created_at": self.created_at.isoformat(),
+            "completed_by": self.completed_by,
+            "result": self.result,
+        }
+
+
+class InboxStore:
+    """The user tasks of process instances: opened, claimed, released, completed and escalated."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def open_statements(
+        self,
+        task_id: str,
+        *,
+        instance_id: str,
+        element: str,
+        title: str,
+        assignee: str | None,
+        candidate_groups: Sequence[str],
+        response_schema: dict[str, Any] | None,
+        sla_due_at: datetime | None,
+    ) -> list[Executable]:
+        row = insert_ignore(
+            self._engine,
+            user_tasks,
+            task_id=task_id,
+            instance_id=instance_id,
+            element=element,
+            title=title,
+            assignee=assignee,
+            candidate_groups=list(candidate_groups),
+            claimed_by=None,
+            status="open",
+            response_schema=response_schema,
+            sla_due_at=sla_due_at.astimezone(UTC) if sla_due_at else None,
+            escalated_at=None,
+            escalation=None,
+            created_at=self._clock.now().astimezone(UTC),
+            completed_at=None,
+            completed_by=None,
+            result=None,
+        )
+        groups = [
+            insert_ignore(self._engine, user_task_groups, task_id=task_id, group_name=g) for g in candidate_groups
+        ]
+        return [row, *groups]
+
+    async def get(self, task_id: str) -> UserTaskRow | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(user_tasks).where(user_tasks.c.task_id == task_id))).first()
+        return UserTaskRow(**row._mapping) if row else None
+
+    async def find(
+        self,
+        *,
+        assignee: str | None = None,
+        group: str | None = None,
+        groups: Sequence[str] = (),
+        status: str | None = "open",
+        instance_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[UserTaskRow]:
+        """Tasks for ``assignee``, for a candidate ``group`` (or any of ``groups``), or both (either matches)."""
+        query = select(user_tasks).order_by(user_tasks.c.created_at, user_tasks.c.task_id).limit(limit)
+        wanted_groups = [*groups, *([group] if group else [])]
+        who = []
+        if assignee is not None:
+            who.append(user_tasks.c.assignee == assignee)
+        if wanted_groups:
+            members = select(user_task_groups.c.task_id).where(user_task_groups.c.group_name.in_(wanted_groups))
+            who.append(user_tasks.c.task_id.in_(members))
+        if who:
+            query = query.where(or_(*who))
+        if status is not None:
+            query = query.where(user_tasks.c.status == status)
+        if instance_id is not None:
+            query = query.where(user_tasks.c.instance_id == instance_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [UserTaskRow(**r._mapping) for r in rows]
+
+    async def claim(self, task_id: str, user: str) -> bool:
+        """Claim an open task for ``user``; False when someone else holds it (or it is closed)."""
+        t = user_tasks.c
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(user_tasks)
+                .where(t.task_id == task_id, t.status == "open", or_(t.claimed_by.is_(None), t.claimed_by == user))
+                .values(claimed_by=user)
+            )
+        return bool(result.rowcount)
+
+    async def release(self, task_id: str, user: str) -> bool:
+        t = user_tasks.c
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(user_tasks)
+                .where(t.task_id == task_id, t.status == "open", t.claimed_by == user)
+                .values(claimed_by=None)
+            )
+        return bool(result.rowcount)
+
+    def completion_claim(self, task_id: str, *, by: str, result: dict[str, Any], claimed_by: str | None) -> Executable:
+        """Close an open task as completed; conditional on nobody having claimed it since it was checked."""
+        t = user_tasks.c
+        still = t.claimed_by.is_(None) if claimed_by is None else t.claimed_by == claimed_by
+        return (
+            update(user_tasks)
+            .where(t.task_id == task_id, t.status == "open", still)
+            .values(status="completed", completed_by=by, result=result, completed_at=self._clock.now().astimezone(UTC))
+        )
+
+    def reassign_statements(self, task_id: str, *, assignee: str | None, groups: Sequence[str]) -> list[Executable]:
+        t = user_tasks.c
+        statements: list[Executable] = [
+            update(user_tasks)
+            .where(t.task_id == task_id, t.status == "open")
+            .values(assignee=assignee, candidate_groups=list(groups), claimed_by=None),
+            user_task_groups.delete().where(user_task_groups.c.task_id == task_id),
+        ]
+        statements += [insert_ignore(self._engine, user_task_groups, task_id=task_id, group_name=g) for g in groups]
+        return statements
+
+    def escalated_statement(self, task_id: str, action: str) -> Executable:
+        t = user_tasks.c
+        return (
+            update(user_tasks)
+            .where(t.task_id == task_id, t.escalated_at.is_(None))
+            .values(escalated_at=self._clock.now().astimezone(UTC), escalation=action)
+        )

@@ -1,0 +1,130 @@
+"""The rows of a process instance moving to another version of its process (``graphs/process/migration.py``).
+
+Not the schema migrations (those are ``checkpoints/migrations.py``): each step of an instance's
+migration is one transaction here, claimed on the instance's status so that two writers never both
+apply a step, and logged with its keyed event in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Executable
+
+from checkpoints.clock import Clock
+from checkpoints.events import EventLog, NewEvent
+from checkpoints.schema.tables import (
+    journey_instances,
+    process_subscriptions,
+    process_timers,
+    process_waits,
+    user_tasks,
+)
+from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
+
+
+@dataclass(frozen=True, slots=True)
+class RowMove:
+    """One wait of the instance moving from ``element`` to ``to`` of the target version.
+
+    ``boundaries``: when a user task moves to a user task, the boundary timers the target task has
+    (the wait's other boundary and reminder timers are cancelled); None for any other move.
+    ``keeps_sla``: whether the target task has an SLA timer (if not, the wait's SLA timer is cancelled).
+    """
+
+    wait_id: str
+    element: str
+    to: str
+    boundaries: tuple[str, ...] | None = None
+    keeps_sla: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStep:
+    """What one step writes: the instance, found in status ``expect``, gets ``status`` (and, with
+    ``to_design``, that design), and the rows of ``moves`` follow their waits."""
+
+    expect: str
+    status: str
+    to_design: str | None = None
+    moves: Sequence[RowMove] = ()
+
+
+class _Lost(Exception):
+    """The instance was not in the status the step expects: roll the step's transaction back."""
+
+
+class MigrationRows:
+    """The rows a process migration writes: each step's status change and its event, in one transaction."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock, events: EventLog) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._events = events
+
+    async def apply(self, instance_id: str, step: MigrationStep, event: NewEvent) -> bool:
+        """``step`` and its ``event`` (keyed) in one transaction. False, with nothing applied, when the
+        instance was not in status ``step.expect``."""
+        values: dict[str, Any] = {"status": step.status, "updated_at": self._clock.now()}
+        if step.to_design is not None:
+            values["journey_id"] = step.to_design
+        claim = (
+            update(journey_instances)
+            .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == step.expect)
+            .values(**values)
+        )
+        statements = [statement for move in step.moves for statement in _move_statements(move)]
+        for attempt in range(SEQ_ATTEMPTS):
+            try:
+                async with self._engine.begin() as conn:
+                    if (await conn.execute(claim)).rowcount != 1:
+                        raise _Lost
+                    for statement in statements:
+                        await conn.execute(statement)
+                    await self._events.append_in(conn, [(instance_id, event)])
+                return True
+            except _Lost:
+                return False
+            except IntegrityError:  # a concurrent append took the event's sequence number: go again
+                if attempt == SEQ_ATTEMPTS - 1:
+                    raise
+                await after_lost_race(attempt)
+        raise AssertionError("unreachable")
+
+
+def _move_statements(move: RowMove) -> list[Executable]:
+    statements: list[Executable] = []
+    wait_id, element, to = move.wait_id, move.element, move.to
+    timers = process_timers.c
+    if to != element:
+        statements += [
+            update(process_waits).where(process_waits.c.wait_id == wait_id).values(element=to),
+            update(user_tasks).where(user_tasks.c.task_id == wait_id).values(element=to),
+            update(process_subscriptions)
+            .where(process_subscriptions.c.wait_id == wait_id, process_subscriptions.c.element == element)
+            .values(element=to),
+            update(process_timers).where(timers.wait_id == wait_id, timers.element == element).values(element=to),
+        ]
+    if move.boundaries is not None:
+        statements.append(
+            update(process_timers)
+            .where(
+                timers.wait_id == wait_id,
+                timers.purpose.in_(("boundary", "reminder")),
+                timers.element.not_in(list(move.boundaries)),
+                timers.status == "scheduled",
+            )
+            .values(status="cancelled")
+        )
+        if not move.keeps_sla:
+            statements.append(
+                update(process_timers)
+                .where(timers.wait_id == wait_id, timers.purpose == "sla", timers.status == "scheduled")
+                .values(status="cancelled")
+            )
+    return statements

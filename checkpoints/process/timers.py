@@ -1,0 +1,268 @@
+"""Durable timers: rows with a due time, claimed by workers with an atomic UPDATE.
+
+Claiming is ``UPDATE … SET status = 'firing' WHERE status = 'scheduled' AND due_at <= now`` (with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so two workers never fire the same timer, and a timer is
+never claimed before its due time. A claim is a lease: a worker that dies mid-firing leaves the row
+``firing``, and once ``lease`` has passed another worker claims it again (firing is idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Executable, and_, bindparam, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.clock import Clock
+from checkpoints.events import EventLog
+from checkpoints.process.waits import cancel_siblings, completed_event
+from checkpoints.rows import insert_ignore
+from checkpoints.schema.tables import process_timers, process_waits
+
+DEFAULT_LEASE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A durable timer: what it belongs to, when it is due, and how it repeats."""
+
+    timer_id: str
+    instance_id: str | None
+    wait_id: str | None
+    element: str
+    purpose: str
+    definition: dict[str, Any]
+    due_at: datetime
+    origin: datetime
+    ticks: int
+    status: str
+    data: dict[str, Any]
+    claimed_by: str | None
+    claimed_at: datetime | None
+    fired_at: datetime | None
+    created_at: datetime
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("timer times must be timezone-aware")
+    return moment.astimezone(UTC)
+
+
+class TimerStore:
+    """Durable timers: scheduled, claimed when due by one worker, fired, dropped or cancelled."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock, events: EventLog | None = None) -> None:
+        """``events``: the log in which a fired timer's wait completion is recorded as it fires."""
+        self._engine = engine
+        self._clock = clock
+        self._events = events
+        self._postgres = engine.dialect.name == "postgresql"
+
+    def schedule_statement(
+        self,
+        timer_id: str,
+        *,
+        element: str,
+        purpose: str,
+        definition: dict[str, Any],
+        due_at: datetime,
+        origin: datetime,
+        instance_id: str | None = None,
+        wait_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Executable:
+        return insert_ignore(
+            self._engine,
+            process_timers,
+            timer_id=timer_id,
+            instance_id=instance_id,
+            wait_id=wait_id,
+            element=element,
+            purpose=purpose,
+            definition=definition,
+            due_at=_utc(due_at),
+            origin=_utc(origin),
+            ticks=0,
+            status="scheduled",
+            data=data or {},
+            claimed_by=None,
+            claimed_at=None,
+            fired_at=None,
+            created_at=self._clock.now().astimezone(UTC),
+        )
+
+    async def execute(self, statements: Sequence[Executable]) -> None:
+        async with self._engine.begin() as conn:
+            for statement in statements:
+                await conn.execute(statement)
+
+    async def claim_due(
+        self, now: datetime, worker: str, *, limit: int = 500, lease: timedelta = DEFAULT_LEASE
+    ) -> list[Timer]:
+        """Claim up to ``limit`` timers due at ``now`` (and expired leases), earliest first."""
+        now = _utc(now)
+        t = process_timers.c
+        claimable = or_(
+            and_(t.status == "scheduled", t.due_at <= now),
+            and_(t.status == "firing", t.claimed_at <= now - lease, t.due_at <= now),
+        )
+        candidates = select(t.timer_id).where(claimable).order_by(t.due_at).limit(limit)
+        if self._postgres:
+            candidates = candidates.with_for_update(skip_locked=True)
+        statement = (
+            update(process_timers)
+            .where(t.timer_id.in_(candidates.scalar_subquery()), claimable)
+            .values(status="firing", claimed_by=worker, claimed_at=now)
+            .returning(*process_timers.c)
+        )
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(statement)).all()
+        timers = [Timer(**r._mapping) for r in rows]
+        return sorted(timers, key=lambda timer: (timer.due_at, timer.timer_id))
+
+    def fired_statement(self, timer: Timer, worker: str, *, next_due: datetime | None, ticks: int) -> Executable:
+        """Finish a claimed firing: reschedule a repeating timer at ``next_due``, else mark it fired."""
+        t = process_timers.c
+        values: dict[str, Any] = {"ticks": ticks, "fired_at": self._clock.now().astimezone(UTC), "claimed_by": None}
+        if next_due is not None:
+            values |= {"status": "scheduled", "due_at": _utc(next_due)}
+        else:
+            values |= {"status": "fired"}
+        return (
+            update(process_timers)
+            .where(t.timer_id == timer.timer_id, t.status == "firing", t.claimed_by == worker)
+            .values(**values)
+        )
+
+    def dropped_statement(self, timer: Timer, worker: str) -> Executable:
+        """A claimed timer whose wait had already been won elsewhere: it never fires."""
+        t = process_timers.c
+        return (
+            update(process_timers)
+            .where(t.timer_id == timer.timer_id, t.status == "firing", t.claimed_by == worker)
+            .values(status="cancelled", claimed_by=None)
+        )
+
+    async def fire_waits(self, claimed: Sequence[Timer], worker: str) -> list[tuple[Timer, dict[str, Any]]]:
+        """Fire claimed catch and boundary timers as one set: each resolves its wait unless something else
+        won it first. One transaction for the whole batch; returns the timers that won their wait.
+
+        A winner's wait gets its resolution and its other timers, subscriptions and inbox task are
+        cancelled (``cancel_siblings``); a loser is cancelled: it never fires. With an event log, each
+        winner's wait completion is logged in the same transaction (``completed_event``), so the thread
+        it resumes has nothing more to record for it.
+        """
+        if not claimed:
+            return []
+        for attempt in range(5):
+            try:
+                return await self._fire_waits(claimed, worker)
+            except IntegrityError:
+                # A concurrent append took an event sequence number of one of these instances; all of it
+                # rolled back, so going again is safe.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _fire_waits(self, claimed: Sequence[Timer], worker: str) -> list[tuple[Timer, dict[str, Any]]]:
+        now = self._clock.now().astimezone(UTC)
+        w = process_waits.c
+        params: list[dict[str, Any]] = [
+            {
+                "w_id": timer.wait_id,
+                "w_resolution": {
+                    "option": timer.element,
+                    "kind": "timer",
+                    "timer_id": timer.timer_id,
+                    "due_at": timer.due_at.isoformat(),
+                    "fired_at": now.isoformat(),
+                    **({"logged": True} if self._events is not None else {}),
+                },
+            }
+            for timer in claimed
+        ]
+        resolve = (
+            update(process_waits)
+            .where(w.wait_id == bindparam("w_id"), w.status == "waiting")
+            .values(status="resolved", resolution=bindparam("w_resolution"), resolved_at=now)
+        )
+        wait_ids = [str(t.wait_id) for t in claimed]
+        t = process_timers.c
+        async with self._engine.begin() as conn:
+            await conn.execute(resolve, params)
+            rows = (await conn.execute(select(w.wait_id, w.element, w.resolution).where(w.wait_id.in_(wait_ids)))).all()
+            winner_of = {r.wait_id: (r.resolution or {}).get("timer_id") for r in rows}
+            element_of = {r.wait_id: r.element for r in rows}
+            won = [timer for timer in claimed if winner_of.get(timer.wait_id) == timer.timer_id]
+            won_ids = [timer.timer_id for timer in won]
+            lost = list({timer.timer_id for timer in claimed} - set(won_ids))
+            mine = (t.status == "firing", t.claimed_by == worker)
+            if won_ids:
+                await conn.execute(
+                    update(process_timers)
+                    .where(t.timer_id.in_(won_ids), *mine)
+                    .values(status="fired", fired_at=now, ticks=t.ticks + 1, claimed_by=None)
+                )
+                for statement in cancel_siblings([str(x.wait_id) for x in won], keep_timers=won_ids):
+                    await conn.execute(statement)
+            if lost:
+                await conn.execute(
+                    update(process_timers)
+                    .where(t.timer_id.in_(lost), *mine)
+                    .values(status="cancelled", claimed_by=None)
+                )
+            resolution_of = {str(p["w_id"]): p["w_resolution"] for p in params}
+            if self._events is not None and won:
+                completions = [
+                    (
+                        str(timer.instance_id),
+                        completed_event(
+                            element_of[timer.wait_id], str(timer.wait_id), resolution_of[str(timer.wait_id)]
+                        ),
+                    )
+                    for timer in won
+                ]
+                await self._events.append_in(conn, completions)
+        return [(timer, resolution_of[str(timer.wait_id)]) for timer in won]
+
+    async def next_due(self) -> datetime | None:
+        t = process_timers.c
+        async with self._engine.connect() as conn:
+            value = (await conn.execute(select(func.min(t.due_at)).where(t.status == "scheduled"))).scalar()
+        if isinstance(value, str):  # SQLite's MIN() loses the column type
+            value = datetime.fromisoformat(value)
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value  # type: ignore[no-any-return]
+
+    async def get(self, timer_id: str) -> Timer | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(process_timers).where(process_timers.c.timer_id == timer_id))).first()
+        return Timer(**row._mapping) if row else None
+
+    async def find(
+        self, *, instance_id: str | None = None, wait_id: str | None = None, purpose: str | None = None
+    ) -> list[Timer]:
+        query = select(process_timers).order_by(process_timers.c.due_at, process_timers.c.timer_id)
+        if instance_id is not None:
+            query = query.where(process_timers.c.instance_id == instance_id)
+        if wait_id is not None:
+            query = query.where(process_timers.c.wait_id == wait_id)
+        if purpose is not None:
+            query = query.where(process_timers.c.purpose == purpose)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Timer(**r._mapping) for r in rows]
+
+    def cancel_statement(self, timer_id: str) -> Executable:
+        t = process_timers.c
+        return (
+            update(process_timers)
+            .where(t.timer_id == timer_id, t.status.in_(("scheduled", "firing")))
+            .values(status="cancelled", claimed_by=None)
+        )

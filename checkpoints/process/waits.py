@@ -1,0 +1,212 @@
+"""Durable waits: one row per place a process instance parks (a user task, a timer, a message, a race).
+
+The row is the single arbiter of who wins a wait. A timer firing, a message arriving and a human
+completing a task all try to *resolve* it with one atomic ``UPDATE … WHERE status = 'waiting'``;
+exactly one succeeds, and in the same transaction everything else the wait had armed (the losing
+timers and message subscriptions, an open inbox task) is cancelled, so a loser can never fire later.
+
+The resolution is stored on the row before the thread is resumed, and the thread marks the row
+``done`` when it has consumed it. A resolution that a crash kept from being delivered is therefore
+still there to deliver again (``undelivered``), and delivering twice is harmless: the thread only
+takes a resolution for the wait it is parked on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Executable, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.clock import Clock
+from checkpoints.events import NewEvent
+from checkpoints.rows import insert_ignore
+from checkpoints.schema.tables import process_subscriptions, process_timers, process_waits, user_tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A place where a process instance waits (a task, timer or message), and how it was resolved."""
+
+    wait_id: str
+    instance_id: str
+    element: str
+    kind: str
+    status: str
+    resolution: dict[str, Any] | None
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+def cancel_siblings(
+    wait_ids: Sequence[str],
+    *,
+    keep_timers: Sequence[str] = (),
+    keep_subscriptions: Sequence[str] = (),
+    task_status: str = "cancelled",
+) -> list[Executable]:
+    """Once a wait is won: its other timers and subscriptions are cancelled, its inbox task closed."""
+    timers, subscriptions, tasks = process_timers.c, process_subscriptions.c, user_tasks.c
+    return [
+        update(process_timers)
+        .where(
+            timers.wait_id.in_(list(wait_ids)),
+            timers.status.in_(("scheduled", "firing")),
+            timers.timer_id.not_in(list(keep_timers)),
+        )
+        .values(status="cancelled", claimed_by=None),
+        update(process_subscriptions)
+        .where(
+            subscriptions.wait_id.in_(list(wait_ids)),
+            subscriptions.status == "waiting",
+            subscriptions.subscription_id.not_in(list(keep_subscriptions)),
+        )
+        .values(status="cancelled"),
+        update(user_tasks).where(tasks.task_id.in_(list(wait_ids)), tasks.status == "open").values(status=task_status),
+    ]
+
+
+def completed_event(
+    element: str, wait_id: str, resolution: Mapping[str, Any], changes: Sequence[Mapping[str, Any]] = ()
+) -> NewEvent:
+    """The event that records how a wait ended (keyed by the wait: logged once however often it is written).
+
+    The wait node writes it when it takes its resolution; for a timer, which assigns no variables, the
+    scheduler writes it already in the transaction that fires the timer (and marks the resolution
+    ``logged``, so the node writes nothing).
+    """
+    record = {
+        "wait_id": wait_id,
+        "option": resolution.get("option"),
+        "resolution_kind": resolution.get("kind"),
+        "by": resolution.get("by"),
+        "payload": resolution.get("payload"),
+        "changes": [dict(change) for change in changes],
+    }
+    return NewEvent("wait.completed", record, element, f"{wait_id}:completed")
+
+
+class _Lost(Exception):
+    """A claim in a resolve transaction found nothing to claim: roll the whole transaction back."""
+
+
+class WaitStore:
+    """Durable waits: armed, resolved once, then finished when the thread has consumed the resolution."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def arm_statement(self, wait_id: str, instance_id: str, element: str, kind: str) -> Executable:
+        return insert_ignore(
+            self._engine,
+            process_waits,
+            wait_id=wait_id,
+            instance_id=instance_id,
+            element=element,
+            kind=kind,
+            status="waiting",
+            resolution=None,
+            created_at=self._clock.now().astimezone(UTC),
+            resolved_at=None,
+        )
+
+    async def resolve(
+        self,
+        wait_id: str,
+        resolution: dict[str, Any],
+        *,
+        keep_timer: str | None = None,
+        keep_subscription: str | None = None,
+        task_status: str = "cancelled",
+        claims: Sequence[Executable] = (),
+        also: Sequence[Executable] = (),
+    ) -> bool:
+        """Resolve a waiting wait with ``resolution``; False if it was not waiting (someone else won).
+
+        In the same transaction: every other timer and subscription of the wait is cancelled, its
+        inbox task (if any) is set to ``task_status``, each of ``claims`` must update exactly one row
+        (else nothing is applied and False is returned), and ``also`` runs.
+        """
+        now = self._clock.now().astimezone(UTC)
+        try:
+            async with self._engine.begin() as conn:
+                won = await conn.execute(
+                    update(process_waits)
+                    .where(process_waits.c.wait_id == wait_id, process_waits.c.status == "waiting")
+                    .values(status="resolved", resolution=resolution, resolved_at=now)
+                )
+                if won.rowcount != 1:
+                    raise _Lost
+                for claim in claims:
+                    if (await conn.execute(claim)).rowcount != 1:
+                        raise _Lost
+                for statement in cancel_siblings(
+                    [wait_id],
+                    keep_timers=[keep_timer] if keep_timer else [],
+                    keep_subscriptions=[keep_subscription] if keep_subscription else [],
+                    task_status=task_status,
+                ):
+                    await conn.execute(statement)
+                for statement in also:
+                    await conn.execute(statement)
+        except _Lost:
+            return False
+        return True
+
+    async def finish(self, wait_ids: Sequence[str]) -> None:
+        """The threads have consumed these resolutions (their checkpoints are written): nothing to deliver."""
+        if not wait_ids:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(process_waits)
+                .where(process_waits.c.wait_id.in_(list(wait_ids)), process_waits.c.status == "resolved")
+                .values(status="done")
+            )
+
+    async def get(self, wait_id: str) -> Wait | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(process_waits).where(process_waits.c.wait_id == wait_id))).first()
+        return Wait(**row._mapping) if row else None
+
+    async def resolution(self, wait_id: str) -> dict[str, Any] | None:
+        """The resolution a wait was given, if it has been resolved (and not cancelled)."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(process_waits.c.status, process_waits.c.resolution).where(process_waits.c.wait_id == wait_id)
+                )
+            ).first()
+        if row is None or row.status not in ("resolved", "done"):
+            return None
+        return dict(row.resolution or {})
+
+    async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
+        """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between)."""
+        query = select(process_waits).where(process_waits.c.status == "resolved")
+        if resolved_before is not None:
+            query = query.where(process_waits.c.resolved_at <= resolved_before.astimezone(UTC))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(process_waits.c.resolved_at).limit(limit))).all()
+        return [Wait(**r._mapping) for r in rows]
+
+    def cancel_statements(self, instance_id: str) -> list[Executable]:
+        """Cancel everything an instance waits on (it ended, was cancelled, or compensates)."""
+        return [
+            update(process_waits)
+            .where(process_waits.c.instance_id == instance_id, process_waits.c.status == "waiting")
+            .values(status="cancelled"),
+            update(process_timers)
+            .where(process_timers.c.instance_id == instance_id, process_timers.c.status.in_(("scheduled", "firing")))
+            .values(status="cancelled", claimed_by=None),
+            update(process_subscriptions)
+            .where(process_subscriptions.c.instance_id == instance_id, process_subscriptions.c.status == "waiting")
+            .values(status="cancelled"),
+            update(user_tasks)
+            .where(user_tasks.c.instance_id == instance_id, user_tasks.c.status == "open")
+            .values(status="cancelled"),
+        ]

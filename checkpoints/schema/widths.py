@@ -1,0 +1,24 @@
+"""The widths of the ``VARCHAR(n)`` columns that keep identifiers, read from the table definitions, so
+the limits a request is checked against (``graphs.kernel.identifiers``) follow the schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Column, String
+
+from checkpoints.schema.lifecycle_tables import lifecycle_journey_states, lifecycle_metrics
+from checkpoints.schema.tables import journey_designs, process_deployments, server_threads
+
+
+def width(column: Column[Any]) -> int:
+    """The length of a ``VARCHAR(n)`` column."""
+    assert isinstance(column.type, String) and column.type.length is not None, column
+    return column.type.length
+
+
+THREAD_ID = width(server_threads.c.thread_id)
+JOURNEY_TYPE = width(journey_designs.c.journey_type)
+CLIENT_ID = width(lifecycle_journey_states.c.client_id)
+METRIC_NAME = width(lifecycle_metrics.c.metric)
+PROCESS_NAME = width(process_deployments.c.name)

@@ -1,0 +1,184 @@
+"""Designs: specs by pattern, saved once, loaded and compiled on demand (also in a fresh process)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ValidationError
+
+from agents.registry import AgentRegistry
+from checkpoints.errors import DuplicateDesignError
+from checkpoints.index import Design
+from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
+from graphs.kernel.engine import JourneyEngine
+from graphs.kernel.instances import Instances
+from nodes.services import NodeServices
+
+PatternName = Literal["structured", "saga", "session", "mvp", "lifecycle"]
+Builder = Callable[[Any, NodeServices], StateGraph[Any]]
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+def spec_digest(spec: BaseModel) -> str:
+    """The SHA-256 of a spec's canonical JSON: equal specs give equal digests, in any process."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def parse_spec(spec_type: type[SpecT], data: Mapping[str, Any] | SpecT, *, spec_name: str) -> SpecT:
+    """Validate raw input into a spec, turning pydantic's report into a :class:`SpecError`."""
+    if isinstance(data, spec_type):
+        return data
+    if not isinstance(data, Mapping):
+        raise SpecError([f"expected a mapping, got {type(data).__name__}"], spec_name=spec_name)
+    try:
+        return spec_type.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
+        raise SpecError(problems, spec_name=spec_name) from None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+def _graph_key(pattern: str, spec: BaseModel) -> str:
+    # Keyed by content, so identical designs (every MVP session) share one compiled graph.
+    return f"{pattern}-{spec_digest(spec)[:24]}"
+
+
+@dataclass(frozen=True, slots=True)
+class DesignKind:
+    """How a pattern's designs are parsed, checked and compiled into a LangGraph graph."""
+
+    spec_type: type[BaseModel]
+    validate: Callable[[Any, AgentRegistry], list[str]]
+    build: Callable[[Any, NodeServices], StateGraph[Any]]
+
+
+class DesignBook:
+    """Saves, loads and validates journey designs and compiles their graphs, for every pattern."""
+
+    def __init__(
+        self,
+        engine: JourneyEngine,
+        registry: AgentRegistry,
+        kinds: Callable[[str], DesignKind],
+        *,
+        cache_size: int = 512,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self._kinds = kinds  # a pattern's design kind (the pattern registry's, given by the runtime)
+        self.instances = Instances(engine)  # the lifecycle every orchestrator's instances go through
+        # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
+        # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
+        self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()
+        self._cache_size = cache_size
+        self._builders: dict[str, Builder] = {}
+        # The compiled-graph key of each spec held in _loaded, by object (held, so its id is not reused
+        # meanwhile): hashed once per design, not per run (a lifecycle spec takes about 1.5 ms to hash).
+        self._keys: dict[int, tuple[str, str]] = {}
+
+    def use_builder(self, pattern: str, build: Builder) -> None:
+        """Build ``pattern``'s graphs with ``build`` (a pattern whose nodes need more than NodeServices):
+        every caller, the orchestrator, the server and recovery alike, then gets the one graph."""
+        self._builders[pattern] = build
+
+    def check(self, pattern: PatternName, spec: BaseModel) -> None:
+        problems = self._kinds(pattern).validate(spec, self.registry)
+        if problems:
+            raise SpecError(problems, spec_name=pattern)
+
+    async def save(self, pattern: PatternName, spec: BaseModel, *, prefix: str = "journey") -> Design:
+        """Check ``spec`` (every design error at once, with fixes) and store it under a new id."""
+        self.check(pattern, spec)
+        journey_type = str(getattr(spec, "journey_type", pattern))
+        design = await self.engine.store.index.save_design(
+            new_id(prefix), pattern, journey_type, spec.model_dump(mode="json")
+        )
+        # A design is usually started right after it is saved: keep it, as load() would parse it back.
+        self._remember(design, self._kinds(pattern).spec_type.model_validate(design.spec))
+        return design
+
+    async def save_shared(self, pattern: PatternName, spec: SpecT, *, prefix: str) -> tuple[Design, SpecT]:
+        """Check and store ``spec`` under an id made of its content, once: every call (in any process)
+        that saves the same spec gets the same design. A design known already is not checked again."""
+        digest = spec_digest(spec)[:24]
+        design_id = f"{prefix}_{digest}"
+        cached = self._loaded.get(design_id)
+        if cached is not None:
+            self._loaded.move_to_end(design_id)
+            return cached[0], cached[1]
+        self.check(pattern, spec)
+        index = self.engine.store.index
+        design = await index.get_design(design_id)
+        if design is None:
+            with contextlib.suppress(DuplicateDesignError):  # saved meanwhile by another process: same content
+                design = await index.save_design(
+                    design_id, pattern, str(getattr(spec, "journey_type", pattern)), spec.model_dump(mode="json")
+                )
+            design = design or await index.get_design(design_id)
+        assert design is not None
+        self._remember(design, spec)
+        self._keys[id(spec)] = (pattern, f"{pattern}-{digest}")
+        return design, spec
+
+    async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
+        spec: Any = None
+        cached = self._loaded.get(journey_id)
+        if cached is not None:
+            self._loaded.move_to_end(journey_id)
+            design, spec = cached
+        else:
+            found = await self.engine.store.index.get_design(journey_id)
+            if found is None:
+                raise JourneyNotFoundError(f"no journey design with id {journey_id!r}", journey_id=journey_id)
+            design = found
+        if design.pattern not in patterns:
+            raise WrongPatternError(
+                f"journey {journey_id!r} is a {design.pattern} journey, not {' or '.join(patterns)}; "
+                f"use the {design.pattern} orchestrator",
+                journey_id=journey_id,
+                pattern=design.pattern,
+            )
+        if spec is None:
+            spec = self._kinds(design.pattern).spec_type.model_validate(design.spec)
+            self._remember(design, spec)
+        return design, spec
+
+    async def load_graph(
+        self, journey_id: str, patterns: tuple[PatternName, ...]
+    ) -> tuple[Design, Any, CompiledStateGraph[Any, Any, Any, Any]]:
+        """:meth:`load` with the design's compiled graph, whose key is hashed once per loaded design."""
+        design, spec = await self.load(journey_id, patterns)
+        return design, spec, self.graph(design.pattern, spec)
+
+    def _remember(self, design: Design, spec: Any) -> None:
+        replaced = self._loaded.pop(design.journey_id, None)
+        if replaced is not None and replaced[1] is not spec:
+            self._keys.pop(id(replaced[1]), None)
+        self._loaded[design.journey_id] = (design, spec)
+        if len(self._loaded) > self._cache_size:
+            _design, evicted = self._loaded.popitem(last=False)[1]
+            self._keys.pop(id(evicted), None)
+
+    def graph(self, pattern: str, spec: BaseModel) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The compiled graph of ``spec``: one per distinct design content, shared by every instance."""
+        known = self._keys.get(id(spec))
+        if known is not None and known[0] == pattern:
+            key = known[1]
+        else:
+            key = _graph_key(pattern, spec)
+            if any(held is spec for _design, held in self._loaded.values()):
+                self._keys[id(spec)] = (pattern, key)
+        build = self._builders.get(pattern, self._kinds(pattern).build)
+        return self.engine.compiled(key, lambda: build(spec, self.engine.services))

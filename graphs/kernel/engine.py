@@ -1,0 +1,197 @@
+"""The shared engine under every orchestrator: compiles specs to graphs on the store's checkpointer,
+serialises runs per journey thread, and finishes work a crashed process left in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, Durability, StateSnapshot
+
+from checkpoints.locks import busy
+from checkpoints.store import Store
+from graphs.kernel.streaming import StreamSink, run_graph
+from nodes.services import REPLAY_FLAG, NodeServices
+
+GraphFactory = Callable[[], StateGraph[Any]]
+# What a run ended with: its output (values, with ``__interrupt__`` when it stopped at one) or, for a
+# streamed run, the thread's state.
+Outcome = dict[str, Any] | StateSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How its caller (the server's run queue) wants one run carried out, passed along with the run.
+
+    ``durability``: how the run checkpoints (None: the engine's own setting). A caller that retries a
+    whole run after a crash may choose "exit" for journeys whose steps replay from the event log: the
+    log already records each step, and the retried run replays those steps instead of executing them
+    again. ``stream``: where the run's chunks go, for a run created for streaming. ``outcomes``: filled,
+    per thread, with what the last run of that thread ended with.
+    """
+
+    durability: Durability | None = None
+    stream: StreamSink | None = None
+    outcomes: dict[str, Outcome] | None = None
+
+
+DEFAULT_RUN = RunOptions()
+
+
+class JourneyEngine:
+    """The one way a journey's graph runs, whatever its pattern: compiled once per design on the store's
+    checkpointer, one writer per instance at a time (:meth:`exclusive`), and every run through :meth:`run`."""
+
+    def __init__(
+        self, store: Store, services: NodeServices, *, durability: Durability = "async", cache_size: int = 512
+    ):
+        self.store = store
+        self.services = services
+        self._durability: Durability = durability
+        self._graphs: OrderedDict[str, CompiledStateGraph[Any, Any, Any, Any]] = OrderedDict()
+        self._cache_size = cache_size
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @property
+    def durability(self) -> Durability:
+        """How runs checkpoint unless a run's options say otherwise."""
+        return self._durability
+
+    def compiled(self, cache_key: str, factory: GraphFactory) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The compiled graph for a design, built once and kept in a small LRU."""
+        graph = self._graphs.get(cache_key)
+        if graph is None:
+            graph = factory().compile(checkpointer=self.store.saver, name=cache_key)
+            self._graphs[cache_key] = graph
+            if len(self._graphs) > self._cache_size:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(cache_key)
+        return graph
+
+    @staticmethod
+    def config(instance_id: str, *, replay: bool = False) -> RunnableConfig:
+        configurable: dict[str, Any] = {"thread_id": instance_id}
+        if replay:
+            configurable[REPLAY_FLAG] = True
+        return {"configurable": configurable}
+
+    @asynccontextmanager
+    async def exclusive(self, instance_id: str) -> AsyncIterator[None]:
+        """At most one writer per journey instance at a time, across processes.
+
+        This process's callers queue on an in-process lock first (cheap, and first come first served);
+        its holder then takes the store's lock for the instance (see ``checkpoints.locks``), which keeps
+        other processes out. A caller that cannot have both within the store's wait limit gets
+        :class:`ConcurrentUpdateError`. Read the instance's state inside the block, not before it.
+        """
+        locks = self.store.locks
+        deadline = asyncio.get_running_loop().time() + locks.timeout
+        lock = self._locks.get(instance_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[instance_id] = lock
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+        except TimeoutError:
+            raise busy(instance_id, locks.timeout) from None
+        try:
+            async with locks.hold(instance_id, deadline):
+                yield
+        finally:
+            lock.release()
+
+    async def settled_state(
+        self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str, *, options: RunOptions = DEFAULT_RUN
+    ) -> StateSnapshot:
+        """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``)."""
+        snapshot = await graph.aget_state(self.config(instance_id))
+        if in_flight(snapshot):
+            snapshot = await self.run_to_state(graph, instance_id, None, options=options)
+        return snapshot
+
+    async def run(
+        self,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        instance_id: str,
+        value: dict[str, Any] | Command[Any] | None,
+        *,
+        replay: bool = True,
+        options: RunOptions = DEFAULT_RUN,
+    ) -> Outcome:
+        """Run the instance's thread (under ``exclusive``) and answer with the run's output when it has one,
+        which saves reading the checkpoint back; a streamed run answers with the thread's state.
+
+        Every run looks a keyed agent call up in the event log before making it: with durability
+        "async" a checkpoint is written behind the run, so a crash can lose the checkpoint of a step
+        whose completion event is already logged, and the resumed run (a repeated advance, say) would
+        otherwise call that agent again. Only the first run of an instance registered in the same call,
+        which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
+        """
+        config = self.config(instance_id, replay=replay)
+        output = await run_graph(graph, value, config, options.durability or self._durability, options.stream)
+        outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
+        if options.outcomes is not None:
+            options.outcomes[instance_id] = outcome
+        return outcome
+
+    async def run_to_state(
+        self,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        instance_id: str,
+        value: dict[str, Any] | Command[Any] | None,
+        *,
+        replay: bool = True,
+        options: RunOptions = DEFAULT_RUN,
+    ) -> StateSnapshot:
+        """:meth:`run`, answering with the thread's state after the run."""
+        outcome = await self.run(graph, instance_id, value, replay=replay, options=options)
+        return outcome if isinstance(outcome, StateSnapshot) else await graph.aget_state(self.config(instance_id))
+
+
+def in_flight(snapshot: StateSnapshot) -> bool:
+    """Pending work that is neither waiting for a human nor a recorded failure: a crash interrupted it.
+
+    That includes a superstep whose tasks all finished (their writes are saved) but whose next
+    checkpoint a crash lost: LangGraph then lists the tasks but no ``next``, and resuming the thread
+    applies their writes and goes on without running them again.
+    """
+    return bool(snapshot.next or snapshot.tasks) and not any(t.interrupts or t.error for t in snapshot.tasks)
+
+
+def failed_task(snapshot: StateSnapshot) -> str | None:
+    for task in snapshot.tasks:
+        if task.error:
+            return task.name
+    return None
+
+
+def resume_pending(snapshot: StateSnapshot, value: Any) -> Command[Any]:
+    """Resume the interrupt the thread waits on, addressed by its id.
+
+    A bare ``Command(resume=value)`` is not enough: LangGraph reads a dict whose keys all look like
+    interrupt ids as a map of answers, so an empty result ``{}`` would be taken for an empty map and
+    silently answer nothing.
+    """
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            return Command(resume={pending.id: value})
+    return Command(resume=value)
+
+
+def waiting_for(snapshot: StateSnapshot) -> dict[str, Any] | None:
+    """The payload of the human task the thread waits on, if any."""
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            value = pending.value
+            return dict(value) if isinstance(value, dict) else {"value": value}
+    return None

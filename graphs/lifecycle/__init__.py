@@ -1,0 +1,1 @@
+"""The gated client lifecycle: SANDBOX → PILOT → PRODUCTION, with rollback."""

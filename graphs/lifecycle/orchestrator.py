@@ -1,0 +1,813 @@
+"""The client lifecycle engine's API (SPEC L1 to L6): ``runtime.lifecycle``.
+
+    journey = await runtime.lifecycle.start_journey("client-123", metrics=READY_TO_START)
+    await runtime.lifecycle.record_metrics(journey["journey_id"], {"search_precision": 0.86, ...})
+    result = await runtime.lifecycle.promote(journey["journey_id"])   # a ValidationResult
+
+Every move is checked against the journey's current state before anything is written: an event the
+stage does not allow raises :class:`InvalidTransitionError` naming the allowed events and changes
+nothing. Metrics recorded through :meth:`record_metric` are watched: one that crosses a rollback
+threshold of the current stage starts an automatic rollback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+
+from agents.protocol import Agent
+from checkpoints.errors import ConcurrentUpdateError
+from checkpoints.events import Event, NewEvent
+from checkpoints.index import Instance
+from checkpoints.lifecycle import LifecycleStore, metric_rows
+from graphs.errors import (
+    EntryCriteriaNotMetError,
+    InvalidInputError,
+    InvalidMetricError,
+    InvalidRollbackTargetError,
+    InvalidTransitionError,
+    JourneyNotFoundError,
+    RollbackFailedError,
+    TransitionOptionsError,
+    UnitDependencyError,
+    UnitOfWorkFailedError,
+    UnknownTransitionEventError,
+    UnknownUnitOfWorkError,
+)
+from graphs.kernel.designs import DesignBook, PatternName, new_id, parse_spec
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions
+from graphs.kernel.instances import Recoverable
+from graphs.lifecycle.catalog import default_lifecycle_spec
+from graphs.lifecycle.machine import (
+    ACTIVE_STAGES,
+    AWAIT,
+    RUN_UNIT,
+    LifecycleDeps,
+    LifecycleSpec,
+    LifecycleState,
+    RollbackTrigger,
+    TransitionEvent,
+    allowed_events,
+    build_lifecycle_graph,
+    default_rollback_target,
+    journey_view,
+    rollback_targets,
+)
+from graphs.lifecycle.metrics import LifecycleMetrics
+from nodes.criteria_gate import (
+    METRIC_NAME,
+    MetricSource,
+    TableMetricSource,
+    ValidationResult,
+    evaluate_criteria,
+)
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+PATTERN: PatternName = "lifecycle"
+PROMOTIONS = {"sandbox": TransitionEvent.PROMOTE_TO_PILOT, "pilot": TransitionEvent.PROMOTE_TO_PRODUCTION}
+GATED_EVENTS = (TransitionEvent.PROMOTE_TO_PILOT, TransitionEvent.PROMOTE_TO_PRODUCTION, TransitionEvent.MARK_COMPLETE)
+# The options transition() takes with each event: (required, optional). Each goes to the event's own method.
+EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TransitionEvent.START_JOURNEY: ((), ("metrics",)),  # a start refused before: only its metrics are new
+    TransitionEvent.PROMOTE_TO_PILOT: ((), ("metadata",)),
+    TransitionEvent.PROMOTE_TO_PRODUCTION: ((), ("metadata",)),
+    TransitionEvent.MARK_COMPLETE: ((), ("metadata",)),
+    TransitionEvent.INITIATE_ROLLBACK: (("reason",), ("trigger", "rollback_to", "complete")),
+    TransitionEvent.COMPLETE_ROLLBACK: ((), ()),
+    TransitionEvent.CANCEL_JOURNEY: ((), ("reason",)),
+}
+
+
+class LifecycleOrchestrator:
+    """The client lifecycle's API: the seven events, units of work, metrics with automatic rollback,
+    and the journey's views (state, validations, rollbacks, units, card, dashboard)."""
+
+    def __init__(self, designs: DesignBook, *, metrics: MetricSource | None = None) -> None:
+        self._designs = designs
+        self._engine = designs.engine
+        self._store = designs.engine.store
+        self._rows = LifecycleStore(self._store.engine)
+        self.deps = LifecycleDeps(self._rows, metrics or TableMetricSource(self._store.engine))
+        self.metrics = LifecycleMetrics(self._store.engine)
+        # Every lifecycle graph on this book runs on these deps, whoever asks for it (the server, recovery).
+        designs.use_builder(PATTERN, lambda spec, services: build_lifecycle_graph(spec, services, self.deps))
+        designs.instances.register(Recoverable((PATTERN,), self._instance_graph, self._start_input))
+
+    # --- plugging in -------------------------------------------------------------------------------
+
+    def use_metric_source(self, source: MetricSource) -> None:
+        """Read metric values from ``source`` from now on (the default reads ``record_metric``'s table)."""
+        if not all(callable(getattr(source, method, None)) for method in ("latest", "window")):
+            raise InvalidInputError(
+                f"a metric source needs async methods latest() and window() (see MetricSource), got {source!r}"
+            )
+        self.deps.metrics = source
+
+    def use_notifier(self, notifier: Agent, *, intent: str = "notify_stakeholders") -> None:
+        """Send rollback notifications through ``notifier`` (an agent: it receives the notification as
+        its payload and goes through the shared agent path, so its call is retried and logged)."""
+        if not callable(notifier):
+            raise InvalidInputError(f"a notifier is an agent: a callable taking an AgentRequest, got {notifier!r}")
+        self._designs.registry.register(intent, notifier, name="lifecycle notifier", replace=True)
+
+    # --- designs ------------------------------------------------------------------------------------
+
+    async def design(
+        self,
+        spec: LifecycleSpec | Mapping[str, Any] | None = None,
+        *,
+        thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """Check and store a lifecycle design (the default one, or ``spec``, with ``thresholds`` overridden)."""
+        design_id, chosen = await self._design_for(spec, thresholds)
+        return {"design_id": design_id, "pattern": PATTERN, "spec": chosen.model_dump(mode="json")}
+
+    async def _design_for(
+        self,
+        spec: LifecycleSpec | Mapping[str, Any] | None,
+        thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None,
+    ) -> tuple[str, LifecycleSpec]:
+        chosen = (
+            parse_spec(LifecycleSpec, spec, spec_name="lifecycle") if spec is not None else default_lifecycle_spec()
+        )
+        if thresholds:
+            if not isinstance(thresholds, Mapping):
+                raise InvalidInputError("thresholds must be a mapping shaped like STAGE_METRICS")
+            chosen = chosen.with_thresholds(thresholds)
+        # Saved under its content's id: every journey of the same design (in any process) shares it.
+        design, saved = await self._designs.save_shared(PATTERN, chosen, prefix=PATTERN)
+        return design.journey_id, saved
+
+    async def _spec(self, design_id: str) -> LifecycleSpec:
+        spec: LifecycleSpec = (await self._designs.load(design_id, (PATTERN,)))[1]
+        return spec
+
+    def _graph(self, spec: LifecycleSpec) -> Graph:
+        graph: Graph = self._designs.graph(PATTERN, spec)
+        return graph
+
+    async def _design_of(self, journey_id: str) -> str:
+        """The design a journey runs."""
+        _check_id(journey_id, "journey_id")
+        instance = await self._store.index.get_instance(journey_id)
+        if instance is None or instance.pattern != PATTERN:
+            raise JourneyNotFoundError(f"no client lifecycle journey {journey_id!r}", journey_id=journey_id)
+        return instance.journey_id
+
+    async def _load(self, journey_id: str) -> tuple[LifecycleSpec, Graph]:
+        design_id = await self._design_of(journey_id)
+        spec = await self._spec(design_id)
+        return spec, self._graph(spec)
+
+    # --- the seven events -----------------------------------------------------------------------
+
+    async def start_journey(
+        self,
+        client_id: str,
+        *,
+        journey_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float | bool] | None = None,
+        spec: LifecycleSpec | Mapping[str, Any] | None = None,
+        thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Start a client's journey in SANDBOX, once the sandbox entry criteria hold.
+
+        ``metrics`` are recorded first (e.g. ``contract_signed``); ``spec``/``thresholds`` customise this
+        journey's criteria. A journey whose start was refused can be started again with its ``journey_id``.
+        """
+        if not isinstance(client_id, str) or not client_id.strip():
+            raise InvalidInputError("client_id must be a non-empty string")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
+        values = _checked_metrics(metrics or {}, allow_empty=True)
+        if journey_id is not None:
+            _check_id(journey_id, "journey_id")
+        design_id, chosen = await self._design_for(spec, thresholds)
+        journey_id = journey_id or new_id(PATTERN)
+        async with self._engine.exclusive(journey_id):
+            existing = await self._store.index.get_instance(journey_id)
+            if existing is not None:
+                if existing.pattern != PATTERN or existing.user_id != client_id:
+                    raise InvalidInputError(
+                        f"journey {journey_id!r} exists and belongs to {existing.pattern} client {existing.user_id!r}",
+                        journey_id=journey_id,
+                    )
+                design_id = existing.journey_id
+                chosen = await self._spec(design_id)
+                graph = self._graph(chosen)
+                snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+                if snapshot.values:  # its start was refused before: try again
+                    self._expect(snapshot, TransitionEvent.START_JOURNEY)
+                    await self._record(journey_id, values)
+                    snapshot = await self._resume(
+                        graph, journey_id, snapshot, {"event": TransitionEvent.START_JOURNEY}, run_options
+                    )
+            else:
+                created = NewEvent(
+                    "lifecycle.created",
+                    {"client_id": client_id, "design_id": design_id, "metadata": dict(metadata or {})},
+                )
+                await self._store.index.create_instance(journey_id, design_id, PATTERN, client_id, first_event=created)
+                graph = self._graph(chosen)
+            if existing is None or not snapshot.values:  # new, or a crash cut its first run short: run it
+                await self._record(journey_id, values)
+                initial = _initial_state(journey_id, client_id, design_id, metadata)
+                snapshot = await self._run(graph, journey_id, initial, run_options)
+        outcome = _outcome(snapshot)
+        validation = ValidationResult.from_dict(outcome["validation"])
+        if not validation.passed:
+            raise EntryCriteriaNotMetError(
+                f"journey {journey_id!r} cannot start: {validation.summary}", validation=validation
+            )
+        _raise_for_unit(outcome, journey_id)
+        return {**journey_view(snapshot.values, chosen), "validation": validation.to_dict()}
+
+    async def promote(
+        self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
+    ) -> ValidationResult:
+        """Promote SANDBOX → PILOT or PILOT → PRODUCTION if the current stage's exit criteria and the next
+        stage's entry criteria all pass; then run the next stage's entry units. Returns the validation:
+        when it did not pass, nothing moved (the validation itself is stored)."""
+        return await self._gated_move(journey_id, None, metadata, run_options)
+
+    async def mark_complete(
+        self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
+    ) -> ValidationResult:
+        """PRODUCTION → COMPLETED once production's success metrics pass. Returns the validation."""
+        return await self._gated_move(journey_id, TransitionEvent.MARK_COMPLETE, metadata, run_options)
+
+    async def _gated_move(
+        self,
+        journey_id: str,
+        event: TransitionEvent | None,
+        metadata: Mapping[str, Any] | None,
+        run_options: RunOptions,
+    ) -> ValidationResult:
+        request_metadata = _metadata(metadata)
+        _spec, graph = await self._load(journey_id)
+        # A promotion promotes from the stage the journey is in when it is asked for: one that waited
+        # while another call moved the journey must not go on to the next stage's gate.
+        asked_in = None if event is not None else await self._stage_now(graph, journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            stage = snapshot.values.get("current_stage")
+            if event is None:  # promote: the promotion event of the current stage
+                self._expect_stage(journey_id, asked_in, stage, "promote")
+                chosen = PROMOTIONS.get(str(stage))
+                if chosen is None or not _waiting(snapshot):
+                    raise InvalidTransitionError(
+                        f"journey {journey_id!r} cannot be promoted from stage {stage!r}; "
+                        f"allowed events: {', '.join(self._allowed(snapshot)) or 'none'}",
+                        current_stage=stage,
+                        event="promote",
+                        allowed=self._allowed(snapshot),
+                    )
+                event = chosen
+            self._expect(snapshot, event)
+            request = {"event": event.value, "metadata": request_metadata}
+            snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
+        return _gate_result(snapshot, journey_id)
+
+    async def transition(
+        self, journey_id: str, event: str, *, run_options: RunOptions = DEFAULT_RUN, **options: Any
+    ) -> dict[str, Any]:
+        """Apply any of the seven events by name, as the seed's ``JourneyStateMachine.transition`` does.
+
+        ``options`` go to the event's own method (``reason``, ``trigger``, ``rollback_to``, ``complete``
+        for a rollback; ``reason`` for a cancellation; ``metadata`` for a promotion or completion;
+        ``metrics`` for a start refused before). An unknown event raises
+        :class:`UnknownTransitionEventError`, a missing or unknown option :class:`TransitionOptionsError`,
+        an event the current stage does not allow :class:`InvalidTransitionError`; none changes anything.
+        """
+        _spec, graph = await self._load(journey_id)
+        snapshot = await graph.aget_state(self._engine.config(journey_id))
+        try:
+            chosen = TransitionEvent(event)
+        except ValueError:
+            stage = snapshot.values.get("current_stage")
+            raise UnknownTransitionEventError(
+                f"unknown event {event!r}; the events are {', '.join(e.value for e in TransitionEvent)}; "
+                f"in stage {stage!r} these are allowed: {', '.join(self._allowed(snapshot)) or 'none'}",
+                current_stage=stage,
+                event=str(event),
+                allowed=self._allowed(snapshot),
+            ) from None
+        _check_options(chosen, options)
+        self._expect(snapshot, chosen)
+        if chosen == TransitionEvent.START_JOURNEY:
+            instance = await self._store.index.get_instance(journey_id)
+            assert instance is not None
+            return await self.start_journey(
+                instance.user_id, journey_id=journey_id, metrics=options.get("metrics"), run_options=run_options
+            )
+        if chosen in GATED_EVENTS:
+            validation = await self._gated_move(journey_id, chosen, options.get("metadata"), run_options)
+            return {**await self.get_journey_state(journey_id), "validation": validation.to_dict()}
+        if chosen == TransitionEvent.INITIATE_ROLLBACK:
+            rollback = await self.initiate_rollback(journey_id, **options, run_options=run_options)
+            return {**rollback["journey"], "rollback": {k: v for k, v in rollback.items() if k != "journey"}}
+        if chosen == TransitionEvent.COMPLETE_ROLLBACK:
+            return await self.complete_rollback(journey_id, run_options=run_options)
+        return await self.cancel(journey_id, options.get("reason"), run_options=run_options)
+
+    async def cancel(
+        self, journey_id: str, reason: str | None = None, *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
+        """Give the journey up (from any active stage, or from ROLLBACK)."""
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidInputError("reason must be a string")
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            self._expect(snapshot, TransitionEvent.CANCEL_JOURNEY)
+            metadata = {"cancel_reason": reason} if reason else {}
+            request = {"event": TransitionEvent.CANCEL_JOURNEY.value, "metadata": metadata}
+            snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
+        return journey_view(snapshot.values, spec)
+
+    async def initiate_rollback(
+        self,
+        journey_id: str,
+        reason: str,
+        *,
+        trigger: RollbackTrigger | str = RollbackTrigger.CLIENT_REQUEST,
+        rollback_to: str | None = None,
+        complete: bool = False,
+        automatic: bool = False,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Roll the journey back: plan → rollback units → validation → notification.
+
+        Returns to ``rollback_to`` or the previous stage. With ``complete`` the journey goes there as
+        soon as the rollback validates; otherwise it waits in ROLLBACK for :meth:`complete_rollback`.
+        A unit of work running meanwhile stops after its current tasks and is compensated.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInputError("a rollback needs a reason (a non-empty string)")
+        if rollback_to is not None and not isinstance(rollback_to, str):
+            raise InvalidInputError(f"rollback_to must be a stage name, got {type(rollback_to).__name__}")
+        for flag, value in (("complete", complete), ("automatic", automatic)):
+            if not isinstance(value, bool):
+                raise InvalidInputError(f"{flag} must be true or false, got {value!r}")
+        try:
+            chosen_trigger = RollbackTrigger(trigger)
+        except ValueError:
+            allowed = [t.value for t in RollbackTrigger]
+            raise InvalidInputError(
+                f"unknown rollback trigger {trigger!r}; triggers: {', '.join(allowed)}", allowed=allowed
+            ) from None
+        spec, graph = await self._load(journey_id)
+        # Checked first without the journey's lock, so a unit of work holding it can be told to stop.
+        peek = await graph.aget_state(self._engine.config(journey_id))
+        target = self._rollback_target(journey_id, peek, rollback_to, running=True)
+        # A durable request: a unit of work running now, in this process or another, stops between waves.
+        await self._rows.request_rollback(journey_id, reason, self._store.clock.now())
+        try:
+            async with self._engine.exclusive(journey_id):
+                snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+                # Rolls back the stage it was asked in, once: not the stage another rollback returned to.
+                self._expect_stage(
+                    journey_id, peek.values.get("current_stage"), snapshot.values.get("current_stage"), "roll back"
+                )
+                target = self._rollback_target(journey_id, snapshot, rollback_to)
+                request = {
+                    "event": TransitionEvent.INITIATE_ROLLBACK.value,
+                    "reason": reason,
+                    "trigger": chosen_trigger.value,
+                    "to_stage": target,
+                    "automatic": automatic,
+                    "complete": complete,
+                    "snapshot": await self._snapshot(graph, journey_id, snapshot, target),
+                }
+                snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
+        finally:
+            await self._rows.clear_rollback_requests(journey_id)
+        outcome = _outcome(snapshot)
+        record = await self.rollback(journey_id, str(outcome["rollback_id"]))
+        return {**record, "journey": journey_view(snapshot.values, spec), "notification": outcome.get("notification")}
+
+    async def complete_rollback(self, journey_id: str, *, run_options: RunOptions = DEFAULT_RUN) -> dict[str, Any]:
+        """ROLLBACK → the rollback's target stage. A rollback that failed to validate is run again first."""
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            self._expect(snapshot, TransitionEvent.COMPLETE_ROLLBACK)
+            rollback_id = str((snapshot.values.get("rollback") or {}).get("rollback_id"))
+            snapshot = await self._resume(
+                graph, journey_id, snapshot, {"event": TransitionEvent.COMPLETE_ROLLBACK.value}, run_options
+            )
+        outcome = _outcome(snapshot)
+        record = await self.rollback(journey_id, rollback_id)
+        if not outcome.get("ok"):
+            raise RollbackFailedError(
+                f"rollback {rollback_id!r} of journey {journey_id!r} did not complete: "
+                f"{outcome.get('error') or record.get('status')}; complete it again or cancel the journey",
+                rollback=record,
+            )
+        return {**journey_view(snapshot.values, spec), "rollback": record}
+
+    async def run_unit_of_work(
+        self, journey_id: str, uow_id: str, *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
+        """Run an on-demand unit of work of the current stage; returns its result (status and tasks)."""
+        _check_id(uow_id, "uow_id")
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            values = snapshot.values
+            stage = values.get("current_stage")
+            if stage not in [s.value for s in ACTIVE_STAGES] or not _waiting(snapshot):
+                raise InvalidTransitionError(
+                    f"units of work run in an active stage; journey {journey_id!r} is in {stage!r}",
+                    current_stage=stage,
+                    event=RUN_UNIT,
+                    allowed=allowed_events(stage),
+                )
+            stage_units = [u.uow_id for u in spec.stage(stage).units]
+            if uow_id not in stage_units:
+                raise UnknownUnitOfWorkError(
+                    f"stage {stage} has no unit of work {uow_id!r}; its units: {', '.join(stage_units)}",
+                    allowed=stage_units,
+                    uow_id=uow_id,
+                )
+            done = values.get("units") or {}
+            missing = [d for d in spec.units()[uow_id].dependencies if done.get(d) != "completed"]
+            if missing:
+                raise UnitDependencyError(
+                    f"unit {uow_id!r} depends on {', '.join(missing)}, which must complete first",
+                    allowed=[
+                        u for u in stage_units if all(done.get(d) == "completed" for d in spec.units()[u].dependencies)
+                    ],
+                    missing=missing,
+                )
+            snapshot = await self._resume(
+                graph, journey_id, snapshot, {"event": RUN_UNIT, "uow_id": uow_id}, run_options
+            )
+        outcome = _outcome(snapshot)
+        return dict(outcome["units"][-1])
+
+    # --- metrics and automatic rollback ------------------------------------------------------------
+
+    async def record_metric(
+        self, journey_id: str, metric: str, value: float | bool, *, at: datetime | None = None
+    ) -> dict[str, Any]:
+        return await self.record_metrics(journey_id, {metric: value}, at=at)
+
+    async def record_metrics(
+        self,
+        journey_id: str,
+        values: Mapping[str, float | bool],
+        *,
+        at: datetime | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Record metric values (at the clock's now, or an earlier ``at``); if one crosses a rollback
+        threshold of the current stage, roll back automatically. Returns what was recorded and the rollback."""
+        checked = _checked_metrics(values, allow_empty=False)
+        now = self._store.clock.now()
+        if at is not None and not isinstance(at, datetime):
+            raise InvalidMetricError(f"a metric's time must be a datetime, got {type(at).__name__}")
+        if at is not None and (at.tzinfo is None or at > now):
+            raise InvalidMetricError(f"a metric's time must be timezone-aware and not after now ({now.isoformat()})")
+        when = at or now
+        design_id = await self._design_of(journey_id)
+        await self._record(journey_id, checked, when)
+        rollback = await self._watch(journey_id, design_id, set(checked), run_options)
+        return {"journey_id": journey_id, "recorded": checked, "recorded_at": when.isoformat(), "rollback": rollback}
+
+    async def check_rollback_triggers(self, journey_id: str) -> dict[str, Any] | None:
+        """Evaluate every rollback threshold of the current stage now (for metric sources that are not fed
+        through :meth:`record_metric`); roll back if one fires."""
+        return await self._watch(journey_id, await self._design_of(journey_id), None, DEFAULT_RUN)
+
+    async def _watch(
+        self, journey_id: str, design_id: str, metrics: set[str] | None, run_options: RunOptions
+    ) -> dict[str, Any] | None:
+        spec = await self._spec(design_id)
+        watched = {t.metric for stage in ACTIVE_STAGES for t in spec.stage(stage).rollback_thresholds}
+        if metrics is not None and not metrics & watched:
+            return None  # no threshold watches these metrics: no need to look at the journey
+        position = await self._rows.position(journey_id)
+        if position is None or position[1] != "active":
+            return None
+        thresholds = [t for t in spec.stage(position[0]).rollback_thresholds if metrics is None or t.metric in metrics]
+        if not thresholds:
+            return None
+        checks = await evaluate_criteria(thresholds, self.deps.metrics, journey_id, self._store.clock.now())
+        for threshold, check in zip(thresholds, checks, strict=True):
+            if check.actual is not None and check.passed:  # the threshold's condition holds: it fires
+                reason = f"automatic: {threshold.label}: {threshold.metric} is {check.actual:g} ({threshold.expected})"
+                try:
+                    return await self.initiate_rollback(
+                        journey_id,
+                        reason,
+                        trigger=threshold.trigger,
+                        complete=spec.auto_complete_rollback,
+                        automatic=True,
+                        run_options=run_options,
+                    )
+                except (InvalidTransitionError, ConcurrentUpdateError):
+                    return None  # it moved on meanwhile (another rollback, a cancel): nothing to do
+        return None
+
+    async def _record(self, journey_id: str, values: Mapping[str, float], at: datetime | None = None) -> None:
+        if not values:
+            return
+        when = at or self._store.clock.now()
+        event = NewEvent("metric.recorded", {"values": dict(values), "at": when.isoformat()})
+        await self._store.events.append(journey_id, [event], also=[metric_rows(journey_id, values, when)])
+
+    # --- views --------------------------------------------------------------------------------------
+
+    async def get_journey_state(self, journey_id: str) -> dict[str, Any]:
+        spec, graph = await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            snapshot = await self._engine.settled_state(graph, journey_id)
+        return journey_view(snapshot.values, spec)
+
+    async def state_at(self, journey_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """The journey as it was at one of its checkpoints (e.g. a rollback's snapshot)."""
+        spec, graph = await self._load(journey_id)
+        _check_id(checkpoint_id, "checkpoint_id")
+        config = self._engine.config(journey_id)
+        config["configurable"]["checkpoint_id"] = checkpoint_id
+        snapshot = await graph.aget_state(config)
+        if not snapshot.values:
+            raise JourneyNotFoundError(f"journey {journey_id!r} has no checkpoint {checkpoint_id!r}")
+        return journey_view(snapshot.values, spec)
+
+    async def validation_history(self, journey_id: str) -> list[ValidationResult]:
+        await self._design_of(journey_id)
+        return [ValidationResult.from_dict(row) for row in await self._rows.validations(journey_id)]
+
+    async def rollback_history(self, journey_id: str) -> list[dict[str, Any]]:
+        await self._design_of(journey_id)
+        return [_rollback_view(row) for row in await self._rows.rollbacks(journey_id)]
+
+    async def rollback(self, journey_id: str, rollback_id: str) -> dict[str, Any]:
+        await self._design_of(journey_id)
+        _check_id(rollback_id, "rollback_id")
+        row = await self._rows.rollback(journey_id, rollback_id)
+        if row is None:
+            raise JourneyNotFoundError(f"journey {journey_id!r} has no rollback {rollback_id!r}")
+        return _rollback_view(row)
+
+    async def units_of_work(self, journey_id: str) -> list[dict[str, Any]]:
+        """Every run of every unit of work of the journey, oldest first."""
+        await self._design_of(journey_id)
+        return await self._rows.units_of_work(journey_id)
+
+    async def journey_card(self, journey_id: str) -> dict[str, Any]:
+        """The dashboard card of one journey: stage, days in it, unit progress, last validation, recent events."""
+        state = await self.get_journey_state(journey_id)
+        spec, _graph = await self._load(journey_id)
+        stage = state["current_stage"]
+        now = self._store.clock.now()
+        entered = state.get("stage_started_at")
+        stage_units = [u.uow_id for u in spec.stage(stage).units] if stage in [s.value for s in ACTIVE_STAGES] else []
+        done = [u for u in stage_units if state["units"].get(u) == "completed"]
+        validations = await self.validation_history(journey_id)
+        events = await self._store.events.list(journey_id)
+        return {
+            "journey_id": journey_id,
+            "client_id": state["client_id"],
+            "current_stage": stage,
+            "status": state["status"],
+            "started_at": state["started_at"],
+            "stage_duration_days": round((now - datetime.fromisoformat(entered)).total_seconds() / 86_400, 3)
+            if entered
+            else None,
+            "stage_progress": {"completed_units": len(done), "units": len(stage_units)},
+            "last_validation": validations[-1].to_dict() if validations else None,
+            "recent_activities": [
+                {"type": e.type, "step": e.step, "at": e.created_at.isoformat()} for e in events[-10:]
+            ],
+        }
+
+    async def dashboard(self) -> dict[str, Any]:
+        """Journey visibility across all clients: every lifecycle metric with the seed's targets."""
+        return await self.metrics.summary()
+
+    async def _instance_graph(self, instance: Instance) -> Graph:
+        return self._graph(await self._spec(instance.journey_id))
+
+    @staticmethod
+    async def _start_input(instance: Instance, created: Event) -> dict[str, Any]:
+        """The first run's input, from the ``lifecycle.created`` event (see :meth:`start_journey`)."""
+        data = created.payload
+        return _initial_state(
+            instance.instance_id, str(data["client_id"]), str(data["design_id"]), data.get("metadata")
+        )
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    async def _stage_now(self, graph: Graph, journey_id: str) -> str | None:
+        """The journey's stage as last checkpointed, read without its lock (a move in flight has not left it)."""
+        snapshot = await graph.aget_state(self._engine.config(journey_id))
+        stage = snapshot.values.get("current_stage")
+        return None if stage is None else str(stage)
+
+    @staticmethod
+    def _expect_stage(journey_id: str, asked_in: str | None, stage: str | None, move: str) -> None:
+        if stage != asked_in:
+            raise ConcurrentUpdateError(
+                f"journey {journey_id!r} moved from {asked_in} to {stage} while this call to {move} waited for "
+                f"it; nothing was done (ask again to {move} from {stage})",
+                journey_id=journey_id,
+                asked_in_stage=asked_in,
+                current_stage=stage,
+            )
+
+    @staticmethod
+    def _allowed(snapshot: StateSnapshot) -> list[str]:
+        return allowed_events(snapshot.values.get("current_stage")) if _waiting(snapshot) else []
+
+    def _expect(self, snapshot: StateSnapshot, event: TransitionEvent) -> None:
+        stage = snapshot.values.get("current_stage")
+        allowed = self._allowed(snapshot)
+        if event.value not in allowed:
+            where = f"stage {stage!r}" if stage else "a journey that has not started"
+            raise InvalidTransitionError(
+                f"{event.value} is not allowed in {where}; allowed events: {', '.join(allowed) or 'none'}",
+                current_stage=stage,
+                event=event.value,
+                allowed=allowed,
+            )
+
+    def _rollback_target(
+        self, journey_id: str, snapshot: StateSnapshot, rollback_to: str | None, *, running: bool = False
+    ) -> str:
+        """The rollback's target, checked. ``running``: the snapshot may be mid-run (a unit of work in
+        flight), so only its stage counts, not whether it waits for an event yet."""
+        if not running or snapshot.values.get("current_stage") not in [s.value for s in ACTIVE_STAGES]:
+            self._expect(snapshot, TransitionEvent.INITIATE_ROLLBACK)
+        stage = str(snapshot.values.get("current_stage"))
+        targets = rollback_targets(stage)
+        target = rollback_to or default_rollback_target(stage)
+        if target not in targets:
+            raise InvalidRollbackTargetError(
+                f"journey {journey_id!r} in {stage} can roll back to {', '.join(targets)}, not {target!r}",
+                allowed=targets,
+                current_stage=stage,
+            )
+        return target
+
+    async def _snapshot(self, graph: Graph, journey_id: str, current: StateSnapshot, target: str) -> dict[str, Any]:
+        """The checkpoint to return to: the last settled one in the target stage (for a rollback to the
+        current stage, the one where it was entered)."""
+        chosen: StateSnapshot | None = None
+        stage_now = current.values.get("current_stage")
+        async for past in graph.aget_state_history(self._engine.config(journey_id)):
+            in_target = past.values.get("current_stage") == target and past.next == (AWAIT,)
+            if target == stage_now:
+                if past.values.get("current_stage") != target:
+                    break
+                chosen = past if in_target else chosen
+            elif in_target:
+                chosen = past
+                break
+        if chosen is None:
+            return {"stage": target, "checkpoint_id": None}
+        values = chosen.values
+        return {
+            "stage": target,
+            "checkpoint_id": chosen.config["configurable"].get("checkpoint_id"),
+            "stage_started_at": values.get("stage_started_at"),
+            "completed_stages": list(values.get("completed_stages") or []),
+            "units": dict(values.get("units") or {}),
+            "metadata": dict(values.get("metadata") or {}),
+        }
+
+    async def _run(self, graph: Graph, journey_id: str, value: Any, run_options: RunOptions) -> StateSnapshot:
+        return await self._engine.run_to_state(graph, journey_id, value, options=run_options)
+
+    async def _resume(
+        self,
+        graph: Graph,
+        journey_id: str,
+        snapshot: StateSnapshot,
+        request: dict[str, Any],
+        run_options: RunOptions,
+    ) -> StateSnapshot:
+        if not _waiting(snapshot):
+            stage = snapshot.values.get("current_stage")
+            raise InvalidTransitionError(
+                f"journey {journey_id!r} has ended ({stage}); no event is allowed",
+                current_stage=stage,
+                event=str(request.get("event")),
+                allowed=[],
+            )
+        return await self._run(graph, journey_id, Command(resume=request), run_options)
+
+
+def _initial_state(
+    journey_id: str, client_id: str, design_id: str, metadata: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A journey before its first event: no stage yet, asked to start."""
+    state: LifecycleState = {
+        "journey_id": journey_id,
+        "client_id": client_id,
+        "design_id": design_id,
+        "current_stage": None,
+        "previous_stage": None,
+        "started_at": None,
+        "stage_started_at": None,
+        "completed_stages": [],
+        "metadata": dict(metadata or {}),
+        "status": "pending",
+        "moves": 0,
+        "runs": 0,
+        "units": {},
+        "queue": [],
+        "rollback": None,
+        "request": {"event": TransitionEvent.START_JOURNEY.value},
+    }
+    return dict(state)
+
+
+def _check_id(value: object, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{name} must be a non-empty string, got {value!r}", argument=name)
+
+
+def _check_options(event: TransitionEvent, options: Mapping[str, Any]) -> None:
+    required, optional = EVENT_OPTIONS[event]
+    accepted = [*required, *optional]
+    missing = [name for name in required if name not in options]
+    unknown = sorted(name for name in options if name not in accepted)
+    if not (missing or unknown):
+        return
+    problems = [f"{event.value} needs the option {name!r}" for name in missing]
+    if unknown:
+        problems.append(f"{event.value} does not take {', '.join(map(repr, unknown))}")
+    takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
+    raise TransitionOptionsError(
+        f"{'; '.join(problems)} ({takes})", event=event.value, missing=missing, unknown=unknown, accepted=accepted
+    )
+
+
+def _waiting(snapshot: StateSnapshot) -> bool:
+    return any(task.interrupts for task in snapshot.tasks)
+
+
+def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    return dict(metadata or {})
+
+
+def _outcome(snapshot: StateSnapshot) -> dict[str, Any]:
+    return dict(snapshot.values.get("outcome") or {})
+
+
+def _gate_result(snapshot: StateSnapshot, journey_id: str) -> ValidationResult:
+    outcome = _outcome(snapshot)
+    validation = ValidationResult.from_dict(outcome["validation"])
+    if validation.passed:
+        _raise_for_unit(outcome, journey_id)
+    return validation
+
+
+def _raise_for_unit(outcome: Mapping[str, Any], journey_id: str) -> None:
+    if outcome.get("ok"):
+        return
+    units = outcome.get("units") or [{}]
+    raise UnitOfWorkFailedError(
+        f"journey {journey_id!r}: {outcome.get('error') or 'a unit of work failed'}; the stage did not change",
+        unit=dict(units[-1]),
+        event=outcome.get("event"),
+    )
+
+
+def _checked_metrics(values: Mapping[str, float | bool], *, allow_empty: bool) -> dict[str, float]:
+    if not isinstance(values, Mapping) or (not values and not allow_empty):
+        raise InvalidMetricError("metrics must be a non-empty mapping of metric name → number")
+    checked: dict[str, float] = {}
+    problems = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not METRIC_NAME.match(name):
+            problems.append(f"metric name {name!r} must be lower_snake_case")
+        elif isinstance(value, bool):
+            checked[name] = 1.0 if value else 0.0
+        elif isinstance(value, int | float) and math.isfinite(value):
+            checked[name] = float(value)
+        else:
+            problems.append(f"metric {name!r} needs a finite number or a bool, got {value!r}")
+    if problems:
+        raise InvalidMetricError("; ".join(problems), problems=problems)
+    return checked
+
+
+def _rollback_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(row)
+    for key in ("initiated_at", "validated_at", "completed_at"):
+        if data.get(key) is not None:
+            data[key] = data[key].isoformat()
+    return data

@@ -1,0 +1,1 @@
+"""BPMN-style processes: specs, validation, the builder, versions, timers, inbox and messages."""

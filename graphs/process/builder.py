@@ -1,0 +1,457 @@
+"""One builder turns a validated :class:`ProcessSpec` into a LangGraph ``StateGraph``.
+
+Elements become nodes and sequence flows become routes (``Command(goto=…)``):
+
+- a service task is one node that calls its agent on the shared path;
+- a user task, timer, message event or event gateway is ``<id>.arm`` followed by ``<id>`` (the
+  ``interrupt()``), see ``nodes.waits``; an event gateway's message and timer events are the options
+  of its one wait, so the first to resolve it wins and the others are cancelled with it;
+- an exclusive gateway is a node that picks one flow by the variables;
+- a parallel fork has one subgraph per branch (``<fork>.branch<i>``), joined by a multi-source edge
+  into the join node, so a branch that waits never holds up the others;
+- when the process declares compensations, a failing service task (after its retries) leads to the
+  ``compensate`` node, which undoes the completed tasks last first; otherwise the failure is recorded
+  in the checkpoint and the instance can be retried.
+
+Graph state holds only the variables (with versions), visit counters and current wait ids: history
+goes to the event log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypedDict, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
+
+from agents.errors import AgentError
+from checkpoints.events import NewEvent
+from graphs.errors import NoFlowError
+from graphs.process.blocks import Level, analyse, is_fork, is_join
+from graphs.process.spec import (
+    EndEvent,
+    EventGateway,
+    ExclusiveGateway,
+    MessageEvent,
+    ParallelGateway,
+    ProcessSpec,
+    ServiceTask,
+    TimerEvent,
+    Transaction,
+    UserTask,
+)
+from nodes.agent_call import Recording
+from nodes.compensation import COMPENSATION_RETRY
+from nodes.gateways import choose, first_failure, merge_latest, merge_max, merge_present, merge_variables
+from nodes.process_services import ProcessServices
+from nodes.service_task import perform_task
+from nodes.services import NodeServices, thread_id
+from nodes.services import failure as failure_event
+from nodes.transaction import execute_with_compensation
+from nodes.variables import Cell, assign, pick, values
+from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
+
+COMPENSATE = "compensate"
+WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
+
+
+class ProcessState(TypedDict, total=False):
+    """The process graph's state: variables, visits, waits and the first failure."""
+
+    variables: Annotated[dict[str, Cell], merge_variables]
+    visits: Annotated[dict[str, int], merge_max]
+    waits: Annotated[dict[str, str], merge_latest]  # element → the wait id it is parked on
+    early: Annotated[dict[str, Any], merge_present]  # wait id → a resolution that came before the interrupt
+    failure: Annotated[dict[str, Any] | None, first_failure]
+    entry: str
+    variant: str | None
+    status: str
+    outcome: str | None
+    compensated: list[str]
+    compensation_failure: dict[str, Any] | None
+
+
+class BranchOutput(TypedDict, total=False):
+    """What a parallel branch hands back to its parent: only reducer channels, so siblings merge."""
+
+    variables: Annotated[dict[str, Cell], merge_variables]
+    visits: Annotated[dict[str, int], merge_max]
+    waits: Annotated[dict[str, str], merge_latest]
+    early: Annotated[dict[str, Any], merge_present]
+    failure: Annotated[dict[str, Any] | None, first_failure]
+
+
+def arm_node(element_id: str) -> str:
+    return f"{element_id}.arm"
+
+
+def build_process_graph(spec: ProcessSpec, services: NodeServices) -> StateGraph[Any]:
+    builder = _Builder(spec, ProcessServices.of(services))
+    return builder.level(analyse(spec).top)
+
+
+class _Builder:
+    def __init__(self, spec: ProcessSpec, services: ProcessServices) -> None:
+        self.spec = spec
+        self.services = services
+        self.granted = frozenset(spec.permissions) if spec.permissions is not None else None
+        self.compensable = any(isinstance(e, ServiceTask) and e.compensation for e in spec.elements)
+
+    # --- naming ----------------------------------------------------------------------------------
+
+    def node_of(self, element_id: str, level: Level) -> str:
+        if element_id == level.exit:
+            return END
+        if isinstance(self.spec.element(element_id), WAITING_ELEMENTS):
+            return arm_node(element_id)
+        return element_id
+
+    def after(self, element_id: str, level: Level) -> str:
+        """The node the single outgoing flow of ``element_id`` leads to."""
+        return self.node_of(self.spec.outgoing(element_id)[0].target, level)
+
+    def fail_target(self, level: Level) -> str:
+        return COMPENSATE if level.key == "" else END
+
+    # --- levels ----------------------------------------------------------------------------------
+
+    def level(self, level: Level) -> StateGraph[Any]:
+        top = level.key == ""
+        builder: StateGraph[Any] = (
+            StateGraph(ProcessState) if top else StateGraph(ProcessState, output_schema=BranchOutput)
+        )
+        for member in level.members:
+            self.add_element(builder, member, level)
+        for fork in level.forks.values():
+            branch_nodes = []
+            for index, branch in enumerate(fork.branches):
+                name = fork.branch_node(index)
+                if branch.members:
+                    builder.add_node(name, self.level(branch).compile(name=name))
+                else:  # fork → join directly: a branch with nothing to do
+                    builder.add_node(name, cast(Any, _nothing))
+                builder.add_edge(fork.fork, name)
+                branch_nodes.append(name)
+            builder.add_edge(branch_nodes, fork.join)
+        if top:
+            entries = {s.id: self.node_of(self.spec.outgoing(s.id)[0].target, level) for s in self.spec.starts()}
+
+            def route_entry(state: ProcessState) -> str:
+                return entries[state["entry"]]
+
+            builder.add_conditional_edges(START, route_entry, sorted(set(entries.values())))
+            if self.compensable:
+                builder.add_node(COMPENSATE, self.compensate_node())
+                builder.add_edge(COMPENSATE, END)
+        else:
+            builder.add_edge(START, self.node_of(level.entries[0], level))
+        return builder
+
+    def add_element(self, builder: StateGraph[Any], element_id: str, level: Level) -> None:
+        element = self.spec.element(element_id)
+        if isinstance(element, ServiceTask):
+            builder.add_node(element_id, self.service_node(element, level))
+        elif isinstance(element, Transaction):
+            builder.add_node(element_id, self.transaction_node(element, level))
+        elif isinstance(element, ExclusiveGateway):
+            builder.add_node(element_id, self.exclusive_node(element, level))
+        elif isinstance(element, ParallelGateway):
+            if is_fork(self.spec, element_id):
+                builder.add_node(element_id, cast(Any, _nothing))
+            else:
+                assert is_join(self.spec, element_id)
+                builder.add_node(element_id, self.join_node(element, level))
+        elif isinstance(element, EndEvent):
+            builder.add_node(element_id, self.end_node(element))
+            builder.add_edge(element_id, END)
+        elif isinstance(element, WAITING_ELEMENTS):
+            plan = self.wait_plan(element)
+            builder.add_node(arm_node(element_id), cast(Any, make_arm_node(plan, self.services)))
+
+            def route(_state: Mapping[str, Any], resolution: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+                return self.route_wait(element, level, resolution)
+
+            wait = make_wait_node(plan, self.services, describe=self.describe(element), route=route, assign=assign)
+            builder.add_node(element_id, cast(Any, wait))
+            builder.add_edge(arm_node(element_id), element_id)
+        else:  # pragma: no cover - validation admits no other node elements
+            raise AssertionError(f"no node for {element.type}")
+
+    # --- waits -----------------------------------------------------------------------------------
+
+    def wait_plan(self, element: Any) -> WaitPlan:
+        if isinstance(element, UserTask):
+            timers = []
+            sla = element.sla_timer
+            if sla is not None:
+                escalation = element.on_timeout.model_dump(mode="json") if element.on_timeout else None
+                timers.append(TimerPlan(element.id, "sla", sla, {"escalation": escalation}))
+            for boundary in self.spec.boundaries(element.id):
+                purpose = "boundary" if boundary.interrupting else "reminder"
+                timers.append(TimerPlan(boundary.id, purpose, boundary.timer, {"notify": boundary.notify}))
+            task = TaskPlan(element.label, element.assignee, element.candidate_groups, element.response_schema)
+            return WaitPlan(element.id, "user_task", tuple(timers), (), task)
+        if isinstance(element, TimerEvent):
+            return WaitPlan(element.id, "timer", (TimerPlan(element.id, "catch", element.timer),))
+        if isinstance(element, MessageEvent):
+            return WaitPlan(
+                element.id, "message", (), (SubscriptionPlan(element.id, element.message, element.correlation),)
+            )
+        assert isinstance(element, EventGateway)
+        timers, subscriptions = [], []
+        for flow in self.spec.outgoing(element.id):
+            option = self.spec.element(flow.target)
+            if isinstance(option, TimerEvent):
+                timers.append(TimerPlan(option.id, "catch", option.timer))
+            else:
+                subscriptions.append(SubscriptionPlan(option.id, option.message, option.correlation))
+        return WaitPlan(element.id, "race", tuple(timers), tuple(subscriptions))
+
+    def describe(self, element: Any) -> dict[str, Any]:
+        if isinstance(element, UserTask):
+            return {
+                "title": element.label,
+                "assignee": element.assignee,
+                "candidate_groups": list(element.candidate_groups),
+                "response_schema": element.response_schema,
+            }
+        if isinstance(element, MessageEvent):
+            return {"messages": [element.message]}
+        if isinstance(element, EventGateway):
+            options = [self.spec.element(f.target) for f in self.spec.outgoing(element.id)]
+            return {"options": [o.id for o in options]}
+        return {}
+
+    def route_wait(self, element: Any, level: Level, resolution: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        option = str(resolution.get("option") or element.id)
+        payload = resolution.get("payload") or {}
+        if isinstance(element, EventGateway):
+            chosen = self.spec.element(option)
+            updates = pick(chosen.outputs, payload) if isinstance(chosen, MessageEvent) else {}
+            return self.after(option, level), updates
+        if option != element.id:  # an interrupting boundary timer of a user task
+            return self.after(option, level), {}
+        if isinstance(element, UserTask | MessageEvent):
+            return self.after(element.id, level), pick(element.outputs, payload)
+        return self.after(element.id, level), {}
+
+    # --- work ------------------------------------------------------------------------------------
+
+    def service_node(self, task: ServiceTask, level: Level) -> Any:
+        node, spec = self.services.node, self.spec
+
+        async def run(state: ProcessState, config: RunnableConfig) -> Command[str]:
+            instance_id = thread_id(config)
+            visit = int((state.get("visits") or {}).get(task.id, 0)) + 1
+            key = f"{instance_id}:{task.id}:{visit}"
+            known = values(state.get("variables"))
+            inputs = known if task.inputs is None else {k: known[k] for k in task.inputs if k in known}
+
+            def record(output: dict[str, Any]) -> Recording:
+                _cells, changes = assign(state.get("variables"), pick(task.outputs, output))
+                return Recording(
+                    {"element": task.id, "visit": visit, "compensation": task.compensation, "changes": changes}
+                )
+
+            try:
+                outcome = await perform_task(
+                    node,
+                    config,
+                    intent=task.agent,
+                    payload={"element": task.id, "process": spec.name, "variables": inputs},
+                    step=task.id,
+                    key=key,
+                    event_type="task.completed",
+                    recorder=record,
+                    granted_permissions=self.granted,
+                    output_schema=task.output_schema,
+                )
+            except AgentError as exc:
+                if not self.compensable:
+                    raise
+                failure = {"element": task.id, "error": str(exc), "error_type": exc.code}
+                await node.events.append(
+                    instance_id,
+                    [failure_event("process", "task", failure, task.id, f"{key}:failed")],
+                    status="compensating",
+                )
+                return Command(goto=self.fail_target(level), update={"failure": failure, "visits": {task.id: visit}})
+            cells, _changes = assign(state.get("variables"), pick(task.outputs, outcome.output))
+            return Command(goto=self.after(task.id, level), update={"variables": cells, "visits": {task.id: visit}})
+
+        run.__name__ = f"run_{task.id}"
+        return run
+
+    def transaction_node(self, transaction: Transaction, level: Level) -> Any:
+        node = self.services.node
+
+        async def run(state: ProcessState, config: RunnableConfig) -> Command[str]:
+            instance_id = thread_id(config)
+            visit = int((state.get("visits") or {}).get(transaction.id, 0)) + 1
+            name = f"{instance_id}:{transaction.id}:{visit}"
+            known = values(state.get("variables"))
+            inputs = known if transaction.inputs is None else {k: known[k] for k in transaction.inputs if k in known}
+            outcome = await execute_with_compensation(
+                node,
+                config,
+                [(s.do, s.undo) for s in transaction.steps],
+                name=name,
+                element=transaction.id,
+                payload={"element": transaction.id, "process": self.spec.name, "variables": inputs},
+                granted_permissions=self.granted,
+            )
+            cells, changes = assign(state.get("variables"), {transaction.output_variable: outcome.status})
+            record = {
+                "status": outcome.status,
+                "undone": outcome.undone,
+                "failure": outcome.failure,
+                "undo_failure": outcome.undo_failure,
+                "changes": changes,
+            }
+            await node.events.append(
+                instance_id, [NewEvent("transaction.finished", record, transaction.id, f"{name}:finished")]
+            )
+            return Command(
+                goto=self.after(transaction.id, level), update={"variables": cells, "visits": {transaction.id: visit}}
+            )
+
+        run.__name__ = f"run_{transaction.id}"
+        return run
+
+    def exclusive_node(self, gateway: ExclusiveGateway, level: Level) -> Any:
+        flows = self.spec.outgoing(gateway.id)
+        events = self.services.node.events
+
+        async def decide(state: ProcessState, config: RunnableConfig) -> Command[str]:
+            instance_id = thread_id(config)
+            known = values(state.get("variables"))
+            index = choose([(str(i), f.when, f.default) for i, f in enumerate(flows)], known)
+            if index is None:
+                raise NoFlowError(
+                    f"no flow out of exclusive gateway {gateway.id!r} holds for the variables {sorted(known)}; "
+                    "add a default flow or set the variables its conditions test",
+                    gateway=gateway.id,
+                )
+            flow = flows[int(index)]
+            visit = int((state.get("visits") or {}).get(gateway.id, 0)) + 1
+            await events.append(
+                instance_id,
+                [
+                    NewEvent(
+                        "gateway.decided",
+                        {"target": flow.target, "default": flow.default or flow.when is None},
+                        gateway.id,
+                        f"{instance_id}:{gateway.id}:{visit}",
+                    )
+                ],
+            )
+            return Command(goto=self.node_of(flow.target, level), update={"visits": {gateway.id: visit}})
+
+        decide.__name__ = f"decide_{gateway.id}"
+        return decide
+
+    def join_node(self, join: ParallelGateway, level: Level) -> Any:
+        def joined(state: ProcessState) -> Command[str]:
+            if state.get("failure"):
+                return Command(goto=self.fail_target(level))
+            return Command(goto=self.after(join.id, level))
+
+        joined.__name__ = f"join_{join.id}"
+        return joined
+
+    def end_node(self, end: EndEvent) -> Any:
+        events = self.services.node.events
+        outcome = end.outcome or end.id
+
+        async def finish(state: ProcessState, config: RunnableConfig) -> ProcessState:
+            instance_id = thread_id(config)
+            record = {"outcome": outcome, "variables": values(state.get("variables"))}
+            await events.append(
+                instance_id,
+                [NewEvent("process.completed", record, end.id, f"{instance_id}:completed")],
+                status="completed",
+            )
+            return {"status": "completed", "outcome": outcome}
+
+        finish.__name__ = f"end_{end.id}"
+        return finish
+
+    def compensate_node(self) -> Any:
+        node, waits = self.services.node, self.services.waits
+
+        async def compensate(state: ProcessState, config: RunnableConfig) -> ProcessState:
+            instance_id = thread_id(config)
+            failure = state.get("failure")
+            done = [
+                e
+                for e in await node.events.list(instance_id, types=["task.completed"])
+                if e.payload.get("compensation")
+            ]
+            undone: list[str] = []
+            for event in reversed(done):
+                handler = str(event.payload["compensation"])
+                try:
+                    await perform_task(
+                        node,
+                        config,
+                        intent=handler,
+                        payload={
+                            "element": event.step,
+                            "original_output": event.payload.get("output"),
+                            "variables": values(state.get("variables")),
+                            "failure": failure,
+                        },
+                        step=str(event.step),
+                        key=f"{event.key}:compensate",
+                        event_type="compensation.completed",
+                        recorder=_recording({"handler": handler, "undoes": event.key}),
+                        retry=COMPENSATION_RETRY,
+                        always_replay=True,
+                    )
+                except AgentError as exc:
+                    broken = {"element": event.step, "handler": handler, "error": str(exc), "error_type": exc.code}
+                    await node.events.append(
+                        instance_id,
+                        [
+                            failure_event(
+                                "process",
+                                "compensation",
+                                {"compensation_failure": broken},
+                                event.step,
+                                f"{instance_id}:failed",
+                            )
+                        ],
+                        status="failed",
+                        also=waits.cancel_statements(instance_id),
+                    )
+                    return {"status": "failed", "compensated": undone, "compensation_failure": broken}
+                undone.append(str(event.step))
+            await node.events.append(
+                instance_id,
+                [
+                    NewEvent(
+                        "process.compensated",
+                        {"compensated": undone, "failure": failure},
+                        None,
+                        f"{instance_id}:compensated",
+                    )
+                ],
+                status="compensated",
+                also=waits.cancel_statements(instance_id),
+            )
+            return {"status": "compensated", "compensated": undone}
+
+        return compensate
+
+
+def _nothing(_state: Any) -> dict[str, Any]:
+    return {}
+
+
+def _recording(payload: dict[str, Any]) -> Callable[[dict[str, Any]], Recording]:
+    def record(_output: dict[str, Any]) -> Recording:
+        return Recording(payload)
+
+    return record

@@ -1,0 +1,145 @@
+"""What the process family's parts share, below the orchestrator: the deployed versions and the narrow
+interfaces through which the inbox, the timer scheduler and migrations reach the orchestrator.
+
+Imports go one way: ``process_orchestrator`` builds the inbox, the scheduler and the migrations and
+hands each what it needs; none of them imports the orchestrator.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol, cast
+
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
+
+from checkpoints.clock import Clock
+from checkpoints.index import Instance
+from checkpoints.process.deployments import Deployment, DeploymentStore
+from graphs.errors import UnknownProcessError
+from graphs.kernel.designs import DesignBook, PatternName
+from graphs.kernel.engine import RunOptions
+from graphs.process.spec import ProcessSpec
+from graphs.process.versions import choose
+from nodes.process_services import ProcessServices
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+# Not yet a member of designs.PatternName (a shared Literal); the cast keeps this edit out of that line.
+PATTERN = cast(PatternName, "process")
+FINISHED = ("completed", "compensated", "failed", "cancelled")
+
+
+class DeployedVersions:
+    """Deployed process versions, by (name, version) and by design id.
+
+    The deployment rows come from :class:`DeploymentStore` and are kept in a bounded LRU (a deployment
+    never changes once made); specs and compiled graphs come from :class:`DesignBook`, like every
+    pattern's, so the hot path neither reads nor re-hashes a design.
+    """
+
+    def __init__(self, designs: DesignBook, store: DeploymentStore, *, cache_size: int = 512) -> None:
+        self._designs = designs
+        self.store = store
+        self._rows: OrderedDict[tuple[str, ...], Deployment] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def get(self, name: str, version: int) -> Deployment | None:
+        return await self._cached(("version", name, str(version)), lambda: self.store.get(name, version))
+
+    async def of_design(self, design_id: str) -> Deployment:
+        """The deployment whose design ``design_id`` is (every process instance runs one)."""
+        found = await self._cached(("design", design_id), lambda: self.store.by_design(design_id))
+        if found is None:  # pragma: no cover - instances are only created from deployments, which stay
+            raise UnknownProcessError(f"design {design_id!r} is not a deployed process version")
+        return found
+
+    async def spec_of(self, deployment: Deployment) -> ProcessSpec:
+        _design, spec = await self._designs.load(deployment.design_id, (PATTERN,))
+        return cast(ProcessSpec, spec)
+
+    async def graph_of(self, deployment: Deployment) -> Graph:
+        _design, _spec, graph = await self._designs.load_graph(deployment.design_id, (PATTERN,))
+        return graph
+
+    async def route(self, name: str, business_key: str) -> dict[str, Any]:
+        """The rollout entry a new instance with ``business_key`` would get (sticky by key)."""
+        entries = await self.store.rollout(name)
+        if not entries:
+            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
+        return choose(name, business_key, entries)
+
+    async def _cached(
+        self, key: tuple[str, ...], read: Callable[[], Awaitable[Deployment | None]]
+    ) -> Deployment | None:
+        found = self._rows.get(key)
+        if found is not None:
+            self._rows.move_to_end(key)
+            return found
+        found = await read()
+        if found is not None:  # not yet deployed is not remembered: it may be deployed next
+            self._rows[key] = found
+            if len(self._rows) > self._cache_size:
+                self._rows.popitem(last=False)
+        return found
+
+
+class ThreadRunner(Protocol):
+    """Runs a process instance's thread and records a failure (the orchestrator)."""
+
+    async def run(self, graph: Graph, instance_id: str, value: Any) -> bool: ...
+
+    async def settled(self, graph: Graph, instance_id: str) -> StateSnapshot: ...
+
+
+class Resumer(Protocol):
+    """Delivers a resolved wait's resolution to its thread, and reports the instance (the orchestrator)."""
+
+    async def deliver(
+        self,
+        instance_id: str,
+        wait_id: str,
+        resolution: dict[str, Any] | None = ...,
+        *,
+        finish: bool = ...,
+        instance: Instance | None = ...,
+        run_options: RunOptions = ...,
+    ) -> bool:
+        """Resume the thread parked on ``wait_id`` with its resolution (``finish``: mark it consumed)."""
+        ...
+
+    async def status(self, instance_id: str) -> dict[str, Any]: ...
+
+
+class TimerHost(Resumer, Protocol):
+    """What firing timers needs beyond resuming threads: the stores, the clock, timer starts."""
+
+    @property
+    def services(self) -> ProcessServices: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]: ...
+
+    async def routed(self, name: str, business_key: str) -> tuple[Deployment, ProcessSpec]:
+        """The version a new instance with ``business_key`` goes to, and its spec."""
+        ...
+
+    async def start(
+        self,
+        name: str,
+        business_key: str,
+        variables: Mapping[str, Any],
+        *,
+        version: int,
+        instance_id: str,
+        start_event: str,
+    ) -> dict[str, Any]:
+        """Start an instance of ``name`` (a timer start: its id is derived from the tick)."""
+        ...
+
+    async def settle_abandoned_migrations(self, started_before: datetime) -> None:
+        """Settle the migrations left open longer than a lease (their process died midway)."""
+        ...

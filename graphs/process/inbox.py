@@ -1,0 +1,132 @@
+"""The user-task inbox (SPEC B2): list open tasks by assignee or group, claim one, complete it.
+
+Completion is checked before anything is written: the task must be open, the user must be the one
+who claimed it (or, unclaimed, the assignee or a member of a candidate group), and the payload must
+match the task's response schema. Only then is the task's wait resolved and the instance resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from checkpoints.clock import Clock
+from checkpoints.process.inbox import InboxStore, UserTaskRow
+from checkpoints.process.waits import WaitStore
+from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions
+from graphs.process.context import Resumer
+from nodes.user_task import validate_resume_value
+
+
+class TaskInbox:
+    """``runtime.processes.inbox``: the user tasks of every process instance, for the people who work on them."""
+
+    def __init__(self, inbox: InboxStore, waits: WaitStore, clock: Clock, instances: Resumer) -> None:
+        self._inbox = inbox
+        self._waits = waits
+        self._clock = clock
+        self._instances = instances  # resumes the instance once its task is completed
+
+    async def list_tasks(
+        self,
+        *,
+        assignee: str | None = None,
+        group: str | None = None,
+        groups: Iterable[str] = (),
+        status: str | None = "open",
+        instance_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Tasks assigned to ``assignee`` or offered to ``group`` / any of ``groups`` (either matches)."""
+        rows = await self._inbox.find(
+            assignee=assignee, group=group, groups=tuple(groups), status=status, instance_id=instance_id
+        )
+        return [row.view() for row in rows]
+
+    async def for_user(self, user: str, groups: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """What ``user`` may work on: tasks assigned to them or offered to one of their groups."""
+        return await self.list_tasks(assignee=user, groups=groups)
+
+    async def get_task(self, task_id: str) -> dict[str, Any]:
+        return (await self._row(task_id)).view()
+
+    async def _row(self, task_id: str) -> UserTaskRow:
+        row = await self._inbox.get(task_id)
+        if row is None:
+            raise TaskNotFoundError(f"no user task {task_id!r}", task_id=task_id)
+        return row
+
+    async def claim(self, task_id: str, user: str, *, groups: Iterable[str] = ()) -> dict[str, Any]:
+        row = await self._open_row(task_id)
+        if not row.may_act(user, tuple(groups)):
+            raise self._forbidden(row, user)
+        if not await self._inbox.claim(task_id, user):
+            current = await self._row(task_id)
+            if current.status != "open":
+                raise TaskClosedError(f"task {task_id!r} is {current.status}", task_id=task_id)
+            raise TaskForbiddenError(f"task {task_id!r} is already claimed by {current.claimed_by!r}", task_id=task_id)
+        return await self.get_task(task_id)
+
+    async def release(self, task_id: str, user: str) -> dict[str, Any]:
+        row = await self._open_row(task_id)
+        if row.claimed_by != user:
+            raise TaskForbiddenError(f"task {task_id!r} is not claimed by {user!r}", task_id=task_id)
+        await self._inbox.release(task_id, user)
+        return await self.get_task(task_id)
+
+    async def complete(
+        self,
+        task_id: str,
+        *,
+        user: str,
+        payload: Mapping[str, Any],
+        groups: Iterable[str] = (),
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Complete a task with ``payload`` (checked against its response schema) and resume the instance."""
+        row = await self._open_row(task_id)
+        if row.claimed_by is not None and row.claimed_by != user:
+            raise TaskForbiddenError(
+                f"task {task_id!r} is claimed by {row.claimed_by!r}; only they can complete it", task_id=task_id
+            )
+        if row.claimed_by is None and not row.may_act(user, tuple(groups)):
+            raise self._forbidden(row, user)
+        result = validate_resume_value(payload, row.response_schema, task=row.element)
+        resolution = {
+            "option": row.element,
+            "kind": "task",
+            "payload": result,
+            "by": user,
+            "at": self._clock.now().isoformat(),
+        }
+        won = await self._waits.resolve(
+            task_id,
+            resolution,
+            task_status="completed",
+            claims=[self._inbox.completion_claim(task_id, by=user, result=result, claimed_by=row.claimed_by)],
+        )
+        if not won:
+            current = await self._row(task_id)
+            raise TaskClosedError(
+                f"task {task_id!r} was {current.status} meanwhile (claimed by {current.claimed_by!r})", task_id=task_id
+            )
+        await self._instances.deliver(row.instance_id, task_id, resolution, run_options=run_options)
+        return await self._instances.status(row.instance_id)
+
+    async def _open_row(self, task_id: str) -> UserTaskRow:
+        row = await self._row(task_id)
+        if row.status != "open":
+            raise TaskClosedError(
+                f"task {task_id!r} is {row.status}; only open tasks can be worked on", task_id=task_id
+            )
+        return row
+
+    @staticmethod
+    def _forbidden(row: UserTaskRow, user: str) -> TaskForbiddenError:
+        offered = [f"assignee {row.assignee!r}"] if row.assignee else []
+        offered += [f"groups {row.candidate_groups}"] if row.candidate_groups else []
+        return TaskForbiddenError(
+            f"{user!r} may not work on task {row.task_id!r}; it is for {' or '.join(offered)}",
+            task_id=row.task_id,
+            user=user,
+        )

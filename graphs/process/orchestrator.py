@@ -1,0 +1,595 @@
+"""``runtime.processes``: deploy BPMN-style processes as (name, version), route new instances by rollout,
+start them, correlate messages, and report their status and history (SPEC B1-B8).
+
+    process = await runtime.processes.deploy(spec)                    # v1 takes 100% of new instances
+    view = await runtime.processes.start("onboarding", "cust-42", {"plan": "pro"})
+    await runtime.processes.send_message("payment.received", "cust-42", {"amount": 10})
+    await runtime.processes.inbox.complete(task_id, user="ana", payload={"approved": True})
+    await runtime.processes.scheduler.run_due()                       # fire the timers that are due
+
+Every instance is pinned to the version it started on (its design), so deploying v2 changes nothing
+for instances already running; ``migrate`` moves a waiting instance on purpose.
+
+Resuming a waiting instance is always two steps: resolve its wait row (atomic: the first of a timer,
+a message or a human wins), then deliver the stored resolution to the thread with
+``Command(resume=…)``. A crash between the two loses nothing: ``runtime.recover()`` (and every scheduler
+pass) delivers resolutions that were not consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import jsonschema
+from langgraph.types import Command, StateSnapshot
+
+from agents.deterministic import EchoAgent
+from checkpoints.errors import JourneyError
+from checkpoints.events import Event, NewEvent
+from checkpoints.index import Instance
+from checkpoints.process.deployments import Deployment, DeploymentStore
+from checkpoints.process.migrations import MigrationRows
+from checkpoints.process.timers import DEFAULT_LEASE
+from graphs.errors import (
+    InvalidInputError,
+    MigrationInProgressError,
+    ProcessInstanceNotFoundError,
+    ProcessStateError,
+    ProcessVersionConflictError,
+    UnknownProcessError,
+    UnmatchedMessageError,
+)
+from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
+from graphs.kernel.instances import Recoverable
+from graphs.process.catalog import ProcessCatalog, default_process_catalog
+from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
+from graphs.process.inbox import TaskInbox
+from graphs.process.migration import MIGRATING, Migrations, migrate, migrating_instances, settle_migration
+from graphs.process.spec import ProcessSpec
+from graphs.process.timers import TimerScheduler, default_worker_id, schedule_start_timers
+from graphs.process.validation import intents
+from graphs.process.versions import describe, variants_rollout, weights_rollout
+from nodes import schemas
+from nodes.process_services import ProcessServices
+from nodes.variables import assign, values
+
+DEFAULT_MESSAGE_TTL = timedelta(hours=1)
+
+
+class ProcessOrchestrator:
+    """``runtime.processes``: deploys process versions, starts and resumes their instances, and builds the
+    inbox, the timer scheduler and the migrations, handing each only what it needs."""
+
+    def __init__(self, designs: DesignBook, *, catalog: ProcessCatalog | None = None) -> None:
+        self._designs = designs
+        self.engine = designs.engine
+        self.store = designs.engine.store
+        self.clock = self.store.clock
+        self.services = ProcessServices.of(self.engine.services)
+        self.deployments = DeploymentStore(self.store.engine, self.clock)
+        self.deployed = DeployedVersions(designs, self.deployments)
+        self.catalog = catalog or default_process_catalog()
+        self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
+        self.inbox = TaskInbox(self.services.inbox, self.services.waits, self.clock, self)
+        self.migrations = Migrations(
+            self.engine,
+            self.deployed,
+            self,
+            MigrationRows(self.store.engine, self.clock, self.store.events),
+            self.owner,
+        )
+        self.scheduler = TimerScheduler(self)
+        designs.instances.register(
+            Recoverable(
+                (PATTERN,),
+                self._instance_graph,
+                self._start_input,
+                before=self._settle_migrations,
+                after=self._deliver_undelivered,
+            )
+        )
+
+    # --- deployment and versions -------------------------------------------------------------------
+
+    async def deploy(self, process: ProcessSpec | Mapping[str, Any], *, weight: float | None = None) -> dict[str, Any]:
+        """Validate and register ``process`` as (name, version).
+
+        Without ``weight`` the new version takes every new instance; with ``weight`` (a percentage) it
+        takes that share and the previous default keeps the rest (a gradual rollout). Deploying the very
+        same definition again is a no-op; a different definition under a taken version is refused.
+        """
+        spec = parse_spec(ProcessSpec, process, spec_name="process")
+        self._designs.check(PATTERN, spec)
+        existing = await self.deployments.get(spec.name, spec.version)
+        if existing is not None:
+            if existing.digest != spec_digest(spec):
+                raise ProcessVersionConflictError(
+                    f"version {spec.version} of process {spec.name!r} is already deployed with a different "
+                    f"definition; deploy it as version {await self._next_version(spec.name)}",
+                    name=spec.name,
+                    version=spec.version,
+                )
+            await self._arm_start_timers(spec)  # idempotent: arms what a crash after the deploy left out
+            return self._deployment_view(existing, await self.deployments.rollout(spec.name))
+        rollout = await self._rollout_after_deploy(spec, weight)
+        design = await self._designs.save(PATTERN, spec, prefix="process")
+        message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
+        added = await self.deployments.add(
+            spec.name,
+            spec.version,
+            design.journey_id,
+            spec_digest(spec),
+            rollout=rollout,
+            message_starts=message_starts,
+        )
+        if not added:  # a concurrent deploy of the same version won
+            return await self.deploy(spec, weight=weight)
+        await self._arm_start_timers(spec)
+        deployment = await self.deployments.get(spec.name, spec.version)
+        assert deployment is not None
+        return self._deployment_view(deployment, rollout)
+
+    async def deploy_template(
+        self,
+        name: str,
+        *,
+        version: int = 1,
+        weight: float | None = None,
+        default_agents: bool = True,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Deploy a catalog template (see ``graphs.process.catalog``). ``default_agents`` registers a
+        deterministic agent for every intent it names that has none yet, so it runs offline."""
+        spec = self.catalog.build(name, version=version, **options)
+        if default_agents:
+            registry = self._designs.registry
+            for intent in sorted({intent for intent, _needed_by in intents(spec)}):
+                if intent not in registry:
+                    registry.register(intent, EchoAgent(intent), description="deterministic default")
+        return await self.deploy(spec, weight=weight)
+
+    async def _newest_version(self, name: str) -> int:
+        return max((d.version for d in await self.deployments.find(name)), default=0)
+
+    async def _next_version(self, name: str) -> int:
+        return await self._newest_version(name) + 1
+
+    async def _arm_start_timers(self, spec: ProcessSpec) -> None:
+        """The timer starts of the newest version run (see ``schedule_start_timers``); an older one deployed
+        late changes nothing."""
+        if spec.version == await self._newest_version(spec.name):
+            await schedule_start_timers(self.services.timers, self.clock.now(), spec)
+
+    async def _rollout_after_deploy(self, spec: ProcessSpec, weight: float | None) -> list[dict[str, Any]]:
+        current = await self.deployments.rollout(spec.name)
+        if weight is None or not current:
+            return [{"version": spec.version, "weight": 100.0, "variant": None}]
+        if not 0 <= weight <= 100:
+            raise InvalidInputError(f"weight must be a percentage between 0 and 100, got {weight}")
+        previous = max(current, key=lambda e: (float(e["weight"]), int(e["version"])))
+        entries = [{"version": spec.version, "weight": float(weight), "variant": None}]
+        if weight < 100:
+            entries.append({"version": int(previous["version"]), "weight": 100.0 - weight, "variant": None})
+        return entries
+
+    async def set_rollout(self, name: str, weights: Mapping[int, float]) -> list[dict[str, Any]]:
+        """Route new instances of ``name`` by percentage per version, e.g. ``{2: 50, 1: 50}``."""
+        deployed = [d.version for d in await self._deployed(name)]
+        entries = weights_rollout(weights, deployed)
+        await self.deployments.set_rollout(name, entries)
+        return describe(entries)
+
+    async def ab_test(self, name: str, variants: Mapping[str, tuple[int, float]]) -> list[dict[str, Any]]:
+        """A/B variants: ``{"A": (1, 50), "B": (2, 50)}``; each instance records the variant it got."""
+        deployed = [d.version for d in await self._deployed(name)]
+        entries = variants_rollout(variants, deployed)
+        await self.deployments.set_rollout(name, entries)
+        return describe(entries)
+
+    async def rollout(self, name: str) -> list[dict[str, Any]]:
+        await self._deployed(name)
+        return describe(await self.deployments.rollout(name))
+
+    async def versions(self, name: str) -> list[dict[str, Any]]:
+        rollout = await self.deployments.rollout(name)
+        return [self._deployment_view(d, rollout) for d in await self._deployed(name)]
+
+    async def route(self, name: str, business_key: str) -> dict[str, Any]:
+        """The rollout entry a new instance with ``business_key`` would get (sticky by key)."""
+        return await self.deployed.route(name, business_key)
+
+    async def routed(self, name: str, business_key: str) -> tuple[Deployment, ProcessSpec]:
+        """The version a new instance with ``business_key`` goes to, and its spec."""
+        version = int((await self.route(name, business_key))["version"])
+        deployment = await self.deployment(name, version)
+        if deployment is None:  # pragma: no cover - a rollout names deployed versions only
+            raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
+        return deployment, await self.spec_of(deployment)
+
+    async def _deployed(self, name: str) -> list[Deployment]:
+        found = await self.deployments.find(name)
+        if not found:
+            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
+        return found
+
+    def _deployment_view(self, deployment: Deployment, rollout: list[dict[str, Any]]) -> dict[str, Any]:
+        weight = sum(float(e["weight"]) for e in rollout if int(e["version"]) == deployment.version)
+        return {
+            "name": deployment.name,
+            "version": deployment.version,
+            "design_id": deployment.design_id,
+            "deployed_at": deployment.deployed_at.isoformat(),
+            "weight": weight,
+        }
+
+    async def deployment(self, name: str, version: int) -> Deployment | None:
+        return await self.deployed.get(name, version)
+
+    async def spec_of(self, deployment: Deployment) -> ProcessSpec:
+        return await self.deployed.spec_of(deployment)
+
+    def graph_of(self, spec: ProcessSpec) -> Graph:
+        return self._designs.graph(PATTERN, spec)
+
+    async def deployment_of(self, instance: Instance) -> Deployment:
+        return await self.deployed.of_design(instance.journey_id)
+
+    # --- instances ---------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        name: str,
+        business_key: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        instance_id: str | None = None,
+        start_event: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks."""
+        if not isinstance(business_key, str) or not business_key:
+            raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
+        if variables is not None and not isinstance(variables, Mapping):
+            raise InvalidInputError(f"variables must be a mapping, got {type(variables).__name__}")
+        if version is None:
+            entry = await self.route(name, business_key)
+            version, variant = int(entry["version"]), entry.get("variant")
+        else:
+            variant = None
+        deployment = await self.deployment(name, version)
+        if deployment is None:
+            raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
+        spec = await self.spec_of(deployment)
+        entry_id = start_event or (spec.plain_start().id if spec.plain_start() else None)  # type: ignore[union-attr]
+        if entry_id is None or entry_id not in {s.id for s in spec.starts()}:
+            triggers = [f"{s.id} ({s.trigger})" for s in spec.starts()]
+            raise ProcessStateError(
+                f"process {name!r} v{version} has no start event {start_event or '(plain)'}; its starts: {triggers}",
+                allowed=triggers,
+            )
+        merged = {**spec.variables, **(variables or {}), "business_key": business_key}
+        self._check_variables(spec, merged)
+        instance_id = instance_id or new_id("proc")
+        cells, changes = assign({}, merged)
+        started = NewEvent(
+            "process.started",
+            {
+                "process": name,
+                "version": version,
+                "variant": variant,
+                "business_key": business_key,
+                "start_event": entry_id,
+                "changes": changes,
+            },
+            entry_id,
+            f"{instance_id}:started",
+        )
+        graph = self.graph_of(spec)
+        async with self.engine.exclusive(instance_id):
+            await self._designs.instances.create(
+                instance_id, deployment.design_id, PATTERN, business_key, started, graph
+            )
+            initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
+            went_through = await self.run(graph, instance_id, initial, run_options)
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+        status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
+        instance = Instance(
+            instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
+        )
+        return self.view(instance, deployment, snapshot)
+
+    @staticmethod
+    def _check_variables(spec: ProcessSpec, variables: Mapping[str, Any]) -> None:
+        if spec.variables_schema is None:
+            return
+        try:
+            schemas.validate(dict(variables), spec.variables_schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise InvalidInputError(
+                f"the variables of process {spec.name!r} do not match its variables_schema at {where}: {exc.message}",
+                path=where,
+            ) from exc
+
+    async def instance(self, instance_id: str) -> Instance:
+        found = await self.store.index.get_instance(instance_id)
+        if found is None or found.pattern != PATTERN:
+            raise ProcessInstanceNotFoundError(f"no process instance {instance_id!r}", instance_id=instance_id)
+        return found
+
+    async def loaded(
+        self, instance_id: str, *, instance: Instance | None = None
+    ) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
+        """The instance (read now unless given, e.g. by a bulk read), its deployment, spec and graph."""
+        if instance is None:
+            instance = await self.instance(instance_id)
+        if instance.status == MIGRATING:  # a migration was cut short: finish or undo it before anything else
+            await settle_migration(self.migrations, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
+            instance = await self.instance(instance_id)
+        deployment = await self.deployment_of(instance)
+        return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
+
+    async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
+        """Process instances by id, in one read (ids that are not process instances are left out)."""
+        found = await self.store.index.get_instances(instance_ids)
+        return {i.instance_id: i for i in found if i.pattern == PATTERN}
+
+    async def run(self, graph: Graph, instance_id: str, value: Any, run_options: RunOptions = DEFAULT_RUN) -> bool:
+        """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
+        ``failed`` and can be retried. Returns whether the run went through."""
+        try:
+            await self._designs.instances.advance(graph, instance_id, PATTERN, value, options=run_options)
+        except JourneyError:  # recorded by the kernel
+            return False
+        return True
+
+    async def settled(self, graph: Graph, instance_id: str, run_options: RunOptions = DEFAULT_RUN) -> StateSnapshot:
+        """Under ``exclusive``: the thread's state after finishing what a crash left in flight."""
+        try:
+            return await self.engine.settled_state(graph, instance_id, options=run_options)
+        except JourneyError as exc:
+            await self._designs.instances.fail(instance_id, PATTERN, exc)
+            return await graph.aget_state(self.engine.config(instance_id))
+
+    async def deliver(
+        self,
+        instance_id: str,
+        wait_id: str,
+        resolution: dict[str, Any] | None = None,
+        *,
+        finish: bool = True,
+        instance: Instance | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> bool:
+        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there.
+
+        The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
+        a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
+        to the caller (the scheduler marks a whole batch at once). ``instance``: its index row, if the
+        caller has read it already (the scheduler reads a batch's in one query).
+        """
+        _instance, _deployment, _spec, graph = await self.loaded(instance_id, instance=instance)
+        async with self.engine.exclusive(instance_id):
+            snapshot = await self.settled(graph, instance_id, run_options)
+            pending = next(
+                (
+                    i
+                    for t in snapshot.tasks
+                    for i in t.interrupts
+                    if isinstance(i.value, Mapping) and i.value.get("wait_id") == wait_id
+                ),
+                None,
+            )
+            if pending is not None:
+                resolution = resolution or await self.services.waits.resolution(wait_id)
+                if resolution is None:
+                    return False
+                await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options)
+            if finish:
+                await self.services.waits.finish([wait_id])
+        return pending is not None
+
+    async def migrate(
+        self, instance_id: str, *, to_version: int, mapping: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Move a waiting instance to ``to_version``; ``mapping`` maps the elements it waits at to elements
+        of that version (same id: itself). Refused, with nothing changed, when a waiting element has no
+        mapping (see ``graphs.process.migration``)."""
+        await migrate(self.migrations, await self.loaded(instance_id), to_version, mapping)
+        return await self.status(instance_id)
+
+    async def settle_abandoned_migrations(self, started_before: datetime) -> None:
+        """Settle the migrations left open since before ``started_before`` (their process died midway)."""
+        for instance_id in await migrating_instances(self.migrations):
+            with suppress(MigrationInProgressError):
+                await settle_migration(self.migrations, instance_id, started_before=started_before)
+
+    async def retry(self, instance_id: str) -> dict[str, Any]:
+        """Run a failed node again (its agent may have recovered)."""
+        _instance, _deployment, _spec, graph = await self.loaded(instance_id)
+        async with self.engine.exclusive(instance_id):
+            if await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False) is None:
+                raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
+            await self.run(graph, instance_id, None)
+        return await self.status(instance_id)
+
+    async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
+        """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
+        await self.loaded(instance_id)
+        async with self.engine.exclusive(instance_id):
+            instance = await self.instance(instance_id)  # read under the lock: it may have finished meanwhile
+            if instance.status in FINISHED:
+                raise ProcessStateError(
+                    f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
+                )
+            await self._designs.instances.cancel(
+                instance_id, "process.cancelled", reason, also=self.services.waits.cancel_statements(instance_id)
+            )
+        return await self.status(instance_id)
+
+    async def _settle_migrations(self) -> list[str]:
+        """Recovery, first: settle every migration a crash cut short (at startup, no other process migrates)."""
+        resumed = await migrating_instances(self.migrations)
+        for instance_id in resumed:
+            await settle_migration(self.migrations, instance_id, force=True)
+        return resumed
+
+    async def _deliver_undelivered(self) -> list[str]:
+        """Recovery, last: deliver every resolution that a crash kept from its thread."""
+        resumed: list[str] = []
+        for wait in await self.services.waits.undelivered():
+            if await self.deliver(wait.instance_id, wait.wait_id) and wait.instance_id not in resumed:
+                resumed.append(wait.instance_id)
+        return resumed
+
+    async def _instance_graph(self, instance: Instance) -> Graph:
+        return await self.deployed.graph_of(await self.deployment_of(instance))
+
+    @staticmethod
+    async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
+        """The first run's input, from the ``process.started`` event (see :meth:`start`)."""
+        data = started.payload
+        cells, _changes = assign({}, {c["name"]: c["value"] for c in data.get("changes") or []})
+        return {"variables": cells, "entry": started.step, "status": "in_progress", "variant": data.get("variant")}
+
+    # --- messages ----------------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        name: str,
+        correlation_key: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        ttl: timedelta | None = DEFAULT_MESSAGE_TTL,
+    ) -> dict[str, Any]:
+        """Deliver a message to every instance waiting for (``name``, ``correlation_key``), and start an
+        instance of every process with a message start for ``name``.
+
+        A message that matches neither is buffered for ``ttl`` (default one hour): a wait armed for it
+        within that time takes it. With ``ttl=None`` (or zero) it is refused with
+        :class:`UnmatchedMessageError` instead, and nothing is kept.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError("a message needs a non-empty name")
+        if not isinstance(correlation_key, str | int) or correlation_key == "":
+            raise InvalidInputError("a message needs a correlation key (a string)")
+        if payload is not None and not isinstance(payload, Mapping):
+            raise InvalidInputError(f"a message payload must be a mapping, got {type(payload).__name__}")
+        key, body = str(correlation_key), dict(payload or {})
+        received_at = self.clock.now().isoformat()
+        won, resolution_of = [], {}
+        for subscription in await self.services.messages.waiting(name, key):
+            resolution = {
+                "option": subscription.element,
+                "kind": "message",
+                "message": name,
+                "correlation_key": key,
+                "payload": body,
+                "received_at": received_at,
+            }
+            if await self.services.waits.resolve(
+                subscription.wait_id,
+                resolution,
+                keep_subscription=subscription.subscription_id,
+                claims=[self.services.messages.consume_subscription_claim(subscription.subscription_id)],
+            ):
+                won.append(subscription)
+                resolution_of[subscription.wait_id] = resolution
+        for subscription in won:
+            await self.deliver(subscription.instance_id, subscription.wait_id, resolution_of[subscription.wait_id])
+        started = [view["instance_id"] for view in await self._start_on_message(name, key, body)]
+        correlated = sorted({s.instance_id for s in won})
+        if correlated or started:
+            return {"correlated": correlated, "started": started, "buffered": None}
+        if ttl is None or ttl <= timedelta(0):
+            raise UnmatchedMessageError(
+                f"no instance waits for message {name!r} with correlation key {key!r}, and no process starts on it",
+                message_name=name,
+                correlation_key=key,
+            )
+        message_id = new_id("msg")
+        expires_at = await self.services.messages.buffer(message_id, name, key, body, ttl)
+        return {"correlated": [], "started": [], "buffered": message_id, "expires_at": expires_at.isoformat()}
+
+    async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        views = []
+        for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
+            deployment, spec = await self.routed(name, key)
+            start = next((s for s in spec.starts() if s.message == message), None)
+            if start is None:  # the version the rollout picked does not start on this message
+                continue
+            variables = {**payload, **({start.correlation: key} if start.correlation else {})}
+            views.append(await self.start(name, key, variables, version=deployment.version, start_event=start.id))
+        return views
+
+    # --- views -------------------------------------------------------------------------------------
+
+    async def status(self, instance_id: str) -> dict[str, Any]:
+        instance, deployment, _spec, graph = await self.loaded(instance_id)
+        async with self.engine.exclusive(instance_id):
+            now = await self.instance(instance_id)
+            if now.journey_id != instance.journey_id:  # migrated while this call waited for the lock
+                deployment = await self.deployment_of(now)
+                graph = await self.deployed.graph_of(deployment)
+            snapshot = await self.settled(graph, instance_id)
+        instance = await self.instance(instance_id)
+        return self.view(instance, deployment, snapshot)
+
+    @staticmethod
+    def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
+        state = cast(dict[str, Any], snapshot.values)
+        failed = failed_task(snapshot)
+        waiting = [dict(i.value) for t in snapshot.tasks for i in t.interrupts if isinstance(i.value, Mapping)]
+        status = instance.status
+        if failed and status not in FINISHED:
+            status = "failed"
+        view = {
+            "instance_id": instance.instance_id,
+            "process": deployment.name,
+            "version": deployment.version,
+            "variant": state.get("variant"),
+            "business_key": instance.user_id,
+            "status": status,
+            "outcome": state.get("outcome"),
+            "variables": values(state.get("variables")),
+            "waiting": sorted(waiting, key=lambda w: str(w.get("element"))) if status not in FINISHED else [],
+            "failure": state.get("failure"),
+            "compensated": list(state.get("compensated") or []),
+        }
+        if failed:
+            view["failed_element"] = failed
+        return view
+
+    async def history(self, instance_id: str) -> list[Event]:
+        await self.instance(instance_id)
+        return await self.store.events.list(instance_id)
+
+    async def variable_history(self, instance_id: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Every change of the instance's variables (or of one), with its version, in order."""
+        changes = []
+        for event in await self.history(instance_id):
+            for change in event.payload.get("changes") or []:
+                if name is None or change["name"] == name:
+                    changes.append({**change, "event": event.type, "element": event.step, "seq": event.seq})
+        return changes
+
+    async def instances(self, name: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
+        """Instance summaries (id, process, version, business key, status), oldest first."""
+        found = await self.store.index.list_instances(pattern=PATTERN, status=status, limit=100_000)
+        by_design = {d.design_id: d for d in await self.deployments.find(name)}
+        return [
+            {
+                "instance_id": i.instance_id,
+                "process": by_design[i.journey_id].name,
+                "version": by_design[i.journey_id].version,
+                "business_key": i.user_id,
+                "status": i.status,
+            }
+            for i in found
+            if i.journey_id in by_design
+        ]

@@ -1,0 +1,101 @@
+"""The process pattern, as registered: BPMN-style processes with user tasks, timers and messages.
+
+On the Agent Server API the first run starts a deployed process (the thread id is the instance id);
+later runs complete one of its open user tasks with ``command.resume``. LangGraph's tooling builds a
+catalog process: ``config["configurable"]["process"]`` names it (default ``pr_review``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import StateGraph
+
+from checkpoints.index import Instance
+from graphs.errors import InvalidInputError
+from graphs.kernel.designs import DesignKind
+from graphs.kernel.identifiers import BUSINESS_KEY, PROCESS_NAME, string_schema
+from graphs.kernel.patterns import Assistant, Pattern, RunContext, mapping_input, register, string_input
+from graphs.process.builder import build_process_graph
+from graphs.process.orchestrator import ProcessOrchestrator
+from graphs.process.spec import ProcessSpec
+from graphs.process.validation import validate_process
+
+if TYPE_CHECKING:
+    from graphs.runtime import JourneyRuntime
+
+
+async def _start(ctx: RunContext, data: Mapping[str, Any]) -> None:
+    await ctx.bind(ctx.thread_id)
+    version = data.get("version")
+    if version is not None and not isinstance(version, int):
+        raise InvalidInputError("input.version must be an integer")
+    await ctx.runtime.processes.start(
+        string_input(data, "process"),
+        string_input(data, "business_key"),
+        mapping_input(data.get("variables"), "variables"),
+        version=version,
+        instance_id=ctx.thread_id,
+        run_options=ctx.options,
+    )
+
+
+async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
+    request = mapping_input(value, "command.resume")
+    inbox = ctx.runtime.processes.inbox
+    task_id = request.get("task_id")
+    if task_id is None:
+        tasks = await inbox.list_tasks(instance_id=instance_id)
+        if len(tasks) != 1:
+            raise InvalidInputError(
+                f"process {instance_id!r} has {len(tasks)} open tasks; name one with command.resume.task_id",
+                allowed=[t["task_id"] for t in tasks],
+            )
+        task_id = tasks[0]["task_id"]
+    await inbox.complete(
+        str(task_id),
+        user=ctx.principal,
+        groups=ctx.groups,
+        payload=mapping_input(request.get("payload"), "payload"),
+        run_options=ctx.options,
+    )
+
+
+def _entrypoint(runtime: JourneyRuntime, config: RunnableConfig) -> StateGraph[Any]:
+    name = str((config.get("configurable") or {}).get("process", "pr_review"))
+    return build_process_graph(runtime.processes.catalog.build(name), runtime.engine.services)
+
+
+async def _status(runtime: JourneyRuntime, instance: Instance) -> dict[str, Any]:
+    return await runtime.processes.status(instance.instance_id)
+
+
+register(
+    Pattern(
+        "process",
+        Assistant(
+            "process",
+            "BPMN-style processes: user tasks, timers, messages",
+            _start,
+            _resume,
+            {
+                "type": "object",
+                "required": ["process", "business_key"],
+                "properties": {
+                    "process": string_schema(PROCESS_NAME),
+                    "business_key": string_schema(BUSINESS_KEY),
+                    "variables": {"type": "object"},
+                    "version": {"type": "integer"},
+                },
+            },
+            {"type": "object", "properties": {"task_id": {"type": "string"}, "payload": {"type": "object"}}},
+        ),
+        _entrypoint,
+        design=DesignKind(ProcessSpec, validate_process, build_process_graph),
+        attribute="processes",
+        orchestrator=lambda deps: ProcessOrchestrator(deps.designs),
+        status=_status,
+    )
+)

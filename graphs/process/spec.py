@@ -1,0 +1,352 @@
+"""The BPMN-style process spec: elements and the sequence flows between them (SPEC B1-B5).
+
+A :class:`ProcessSpec` is declarative data, validated when deployed (``graphs.process.validation``)
+and compiled by one builder into a LangGraph ``StateGraph`` (``graphs.process.builder``):
+
+- ``service_task``: an agent call, with input and output variables and an optional compensation;
+- ``user_task``: a human task in the inbox (assignee or candidate groups, response schema, SLA with
+  an ``on_timeout`` escalation: notify, reassign, or complete with a default);
+- ``exclusive_gateway`` (conditions on variables, one default flow), ``parallel_gateway`` (fork and
+  join) and ``event_gateway`` (a race between the message and timer events it leads to);
+- ``timer`` and ``message``: intermediate catch events; ``boundary_timer``: a timer on a user task;
+- ``start`` (plain, message or timer) and ``end`` events;
+- ``transaction``: ``execute_with_compensation`` over ``(do, undo)`` agent pairs.
+
+Flows may be written ``"a -> b"``; a flow out of an exclusive gateway carries ``when`` (criteria on
+the process variables, or one condition as a shorthand) or ``default: true``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
+
+from nodes.criteria import Condition, Criteria
+from nodes.ids import SNAKE_ID
+from nodes.timer import TimerDefinition
+
+ELEMENT_ID = SNAKE_ID
+PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_.\-]*$")
+VariableMap = dict[str, str]  # variable name → field of the agent output / response / message payload
+
+
+def _as_mapping(value: Any) -> Any:
+    # ["a", "b"] is shorthand for {"a": "a", "b": "b"}.
+    if isinstance(value, list | tuple):
+        return {str(v): str(v) for v in value}
+    return value
+
+
+def _kind_required(schema: JsonDict) -> None:
+    # An element's type picks its model in the Element union, so the schema must ask for it, default or not.
+    required = schema.get("required")
+    schema["required"] = [*(required if isinstance(required, list) else []), "type"]
+
+
+class _Element(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_kind_required)
+
+    id: str = Field(json_schema_extra={"pattern": ELEMENT_ID.pattern})  # checked below, with a fix
+    name: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not ELEMENT_ID.match(value):
+            raise ValueError(f"element id {value!r} must be lower_snake_case (letters, digits, underscores)")
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id.replace("_", " ").capitalize()
+
+
+class StartEvent(_Element):
+    """Where instances begin: a plain start (``start()``), a message start, or a timer start."""
+
+    type: Literal["start"] = "start"
+    message: str | None = Field(default=None, description="a message name that starts new instances")
+    correlation: str | None = Field(
+        default=None, description="message start: the variable that receives the message's correlation key"
+    )
+    timer: TimerDefinition | None = Field(default=None, description="a timer that starts new instances")
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> StartEvent:
+        if self.message is not None and self.timer is not None:
+            raise ValueError(f"start event {self.id!r} has both a message and a timer; split it into two starts")
+        if self.correlation is not None and self.message is None:
+            raise ValueError(f"start event {self.id!r} names a correlation variable but no message")
+        return self
+
+    @property
+    def trigger(self) -> Literal["none", "message", "timer"]:
+        if self.message is not None:
+            return "message"
+        return "timer" if self.timer is not None else "none"
+
+
+class EndEvent(_Element):
+    """Where a path of the process ends."""
+
+    type: Literal["end"] = "end"
+    outcome: str | None = Field(default=None, description="recorded as the instance's outcome; defaults to the id")
+
+
+class ServiceTask(_Element):
+    """A process step done by an agent, named by intent."""
+
+    type: Literal["service_task"] = "service_task"
+    agent: str = Field(min_length=1, description="intent of the agent that does the work")
+    inputs: tuple[str, ...] | None = Field(default=None, description="variables passed to the agent; None: all")
+    outputs: VariableMap = Field(default_factory=dict, description="variable → field of the agent's output")
+    compensation: str | None = Field(default=None, description="intent of the agent that undoes this task")
+    output_schema: dict[str, Any] | None = None
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_shorthand(cls, value: Any) -> Any:
+        return _as_mapping(value)
+
+
+class Escalation(BaseModel):
+    """What happens when a user task's SLA is breached (exactly once per task)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: Literal["notify", "reassign", "complete"]
+    notify: str = Field(default="notify", description="intent of the agent told about the breach")
+    assignee: str | None = Field(default=None, description="reassign: the new assignee")
+    candidate_groups: tuple[str, ...] = Field(default=(), description="reassign: the new candidate groups")
+    default: dict[str, Any] | None = Field(default=None, description="complete: the response to complete it with")
+
+    @model_validator(mode="after")
+    def _fits_action(self) -> Escalation:
+        if self.action == "reassign" and self.assignee is None and not self.candidate_groups:
+            raise ValueError("a reassign escalation needs an assignee or candidate_groups to reassign to")
+        if self.action == "complete" and self.default is None:
+            raise ValueError("a complete escalation needs a default response ({'default': {...}})")
+        return self
+
+
+class UserTask(_Element):
+    """A process step done by a person: assigned, claimed and completed through the inbox."""
+
+    type: Literal["user_task"] = "user_task"
+    title: str = ""
+    description: str = ""
+    assignee: str | None = None
+    candidate_groups: tuple[str, ...] = ()
+    response_schema: dict[str, Any] | None = None
+    outputs: VariableMap | None = Field(default=None, description="variable → response field; None: every field")
+    sla: str | None = Field(default=None, description="ISO 8601 duration, e.g. PT4H")
+    sla_hours: float | None = Field(default=None, gt=0, description="the seed's spelling of sla")
+    on_timeout: Escalation | None = None
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_shorthand(cls, value: Any) -> Any:
+        return _as_mapping(value)
+
+    @model_validator(mode="after")
+    def _sla_once(self) -> UserTask:
+        if self.sla is not None and self.sla_hours is not None:
+            raise ValueError(f"user task {self.id!r} gives both sla and sla_hours; keep one")
+        if self.sla is not None:
+            TimerDefinition(duration=self.sla)  # raises with a fix when unreadable
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name or self.id.replace("_", " ").capitalize()
+
+    @property
+    def sla_timer(self) -> TimerDefinition | None:
+        if self.sla is not None:
+            return TimerDefinition(duration=self.sla)
+        if self.sla_hours is not None:
+            return TimerDefinition(duration=f"PT{round(self.sla_hours * 3600)}S")
+        return None
+
+
+class ExclusiveGateway(_Element):
+    """Takes the first outgoing flow whose condition holds (or the default)."""
+
+    type: Literal["exclusive_gateway"] = "exclusive_gateway"
+
+
+class ParallelGateway(_Element):
+    """Forks into every outgoing flow, or joins them again."""
+
+    type: Literal["parallel_gateway"] = "parallel_gateway"
+
+
+class EventGateway(_Element):
+    """Waits for whichever of its following timer or message events comes first."""
+
+    type: Literal["event_gateway"] = "event_gateway"
+
+
+class TimerEvent(_Element):
+    """Waits until a timer fires."""
+
+    type: Literal["timer"] = "timer"
+    timer: TimerDefinition
+
+
+class MessageEvent(_Element):
+    """Waits for a message correlated to this instance."""
+
+    type: Literal["message"] = "message"
+    message: str = Field(min_length=1)
+    correlation: str = Field(default="business_key", description="the variable whose value is the correlation key")
+    outputs: VariableMap | None = Field(default=None, description="variable → payload field; None: every field")
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_shorthand(cls, value: Any) -> Any:
+        return _as_mapping(value)
+
+
+class BoundaryTimer(_Element):
+    """A timer on a user task. Interrupting: cancels the task and leaves by its own flow. Non-interrupting:
+    the task stays open and ``notify`` is told at every tick (a reminder; cycles allowed)."""
+
+    type: Literal["boundary_timer"] = "boundary_timer"
+    attached_to: str
+    timer: TimerDefinition
+    interrupting: bool = True
+    notify: str | None = None
+
+
+class CompensableStep(BaseModel):
+    """A step of a transaction with the agent that undoes it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    do: str = Field(min_length=1, description="intent of the agent that does the step")
+    undo: str | None = Field(default=None, description="intent of the agent that undoes it; None: nothing to undo")
+
+
+class Transaction(_Element):
+    """``execute_with_compensation``: the steps run in order; when one fails, the done ones are undone in
+    reverse. ``output`` receives ``completed``, ``compensated`` or ``failed``."""
+
+    type: Literal["transaction"] = "transaction"
+    steps: tuple[CompensableStep, ...] = Field(min_length=1)
+    inputs: tuple[str, ...] | None = None
+    output: str | None = Field(default=None, description="variable for the outcome; defaults to <id>_status")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        # [("publish", "unpublish"), …] is shorthand for [{"do": "publish", "undo": "unpublish"}, …].
+        if isinstance(value, list | tuple):
+            return [{"do": v[0], "undo": v[1]} if isinstance(v, list | tuple) else v for v in value]
+        return value
+
+    @property
+    def output_variable(self) -> str:
+        return self.output or f"{self.id}_status"
+
+
+Element = Annotated[
+    StartEvent
+    | EndEvent
+    | ServiceTask
+    | UserTask
+    | ExclusiveGateway
+    | ParallelGateway
+    | EventGateway
+    | TimerEvent
+    | MessageEvent
+    | BoundaryTimer
+    | Transaction,
+    Field(discriminator="type"),
+]
+WAIT_TYPES = ("user_task", "timer", "message", "event_gateway")
+
+
+class Flow(BaseModel):
+    """A directed connection between two elements, with an optional condition."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    target: str
+    when: Criteria | None = None
+    default: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            source, arrow, target = value.partition("->")
+            if not arrow:
+                raise ValueError(f"flow {value!r} must read 'source -> target'")
+            return {"source": source.strip(), "target": target.strip()}
+        if isinstance(value, Mapping) and isinstance(value.get("when"), Mapping) and "field" in value["when"]:
+            return {**value, "when": Criteria(all=(Condition.model_validate(value["when"]),))}
+        return value
+
+    def describe(self) -> str:
+        return f"{self.source} -> {self.target}"
+
+
+class ProcessSpec(BaseModel):
+    """A BPMN-style process design: its elements, the flows between them and its variables."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, json_schema_extra={"pattern": PROCESS_NAME.pattern})
+    version: int = Field(default=1, ge=1)
+    description: str = ""
+    elements: tuple[Element, ...] = Field(min_length=1)
+    flows: tuple[Flow, ...] = ()
+    variables: dict[str, Any] = Field(default_factory=dict, description="defaults for new instances")
+    variables_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema of the variables; enums here make gateway conditions exhaustive"
+    )
+    permissions: tuple[str, ...] | None = Field(
+        default=None, description="scopes granted to this process's agents; None restricts nothing"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not PROCESS_NAME.match(value):
+            raise ValueError(f"process name {value!r} must be lower case (letters, digits, '_', '.', '-')")
+        return value
+
+    @property
+    def journey_type(self) -> str:
+        return self.name
+
+    def element(self, element_id: str) -> Any:
+        for element in self.elements:
+            if element.id == element_id:
+                return element
+        raise KeyError(element_id)
+
+    def ids(self) -> list[str]:
+        return [e.id for e in self.elements]
+
+    def outgoing(self, element_id: str) -> list[Flow]:
+        return [f for f in self.flows if f.source == element_id]
+
+    def incoming(self, element_id: str) -> list[Flow]:
+        return [f for f in self.flows if f.target == element_id]
+
+    def boundaries(self, task_id: str) -> list[BoundaryTimer]:
+        return [e for e in self.elements if isinstance(e, BoundaryTimer) and e.attached_to == task_id]
+
+    def starts(self) -> list[StartEvent]:
+        return [e for e in self.elements if isinstance(e, StartEvent)]
+
+    def plain_start(self) -> StartEvent | None:
+        plain = [s for s in self.starts() if s.trigger == "none"]
+        return plain[0] if plain else None

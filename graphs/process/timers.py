@@ -1,0 +1,381 @@
+"""Firing durable timers: the one place it happens (SPEC B4).
+
+:func:`fire_due_timers` claims every timer due at ``now`` (``TimerStore.claim_due``: one atomic claim of
+the scheduled ones, so two workers never fire the same timer and none fires early) and fires each:
+
+- ``catch`` / ``boundary``: resolves the timer's wait (it may have lost the race: then it never fires)
+  and resumes the thread with ``Command(resume=…)``. These fire as a set, one transaction per batch
+  (``TimerStore.fire_waits``): once it commits the firing is durable, and resumption follows;
+- ``sla``: the user task's escalation, exactly once: notify (an agent call keyed by the timer),
+  reassign (in the transaction of its event) or complete with the default response;
+- ``reminder``: a non-interrupting boundary timer tells its ``notify`` agent, once per tick;
+- ``start``: starts a new instance (its id is derived from the tick, so a repeated firing starts none).
+
+Repeating timers are rescheduled from their own schedule, not from when they fired; ticks missed
+while nothing ran follow the timer's ``missed`` policy (``nodes.timer``). Embedded mode runs
+:class:`TimerScheduler`'s loop in-process; a distributed worker can call :func:`fire_due_timers`
+(or ``run_due``) from its own periodic job instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from checkpoints.errors import DuplicateInstanceError, JourneyError
+from checkpoints.events import NewEvent
+from checkpoints.index import Instance
+from checkpoints.process.timers import DEFAULT_LEASE, Timer, TimerStore
+from graphs.process.context import TimerHost
+from graphs.process.spec import ProcessSpec
+from nodes.agent_call import Recording
+from nodes.timer import TimerDefinition
+
+log = structlog.get_logger("journeys.timers")
+
+
+@dataclass
+class FiringReport:
+    """What one pass over due timers did: fired, dropped, failed and resumed, and how late."""
+
+    fired: int = 0  # timers that took effect (won their wait, escalated, started an instance, reminded)
+    dropped: int = 0  # timers whose wait had been won by something else: they never fire
+    failed: int = 0
+    resumed: int = 0  # threads resumed with a fired timer's resolution
+    redelivered: int = 0  # resolutions a crash had kept from their thread, delivered now
+    lateness: list[float] = field(default_factory=list)  # per fired timer: seconds from due to fired
+    resume_lateness: list[float] = field(default_factory=list)  # per resumed thread: seconds from due to resumed
+    errors: list[str] = field(default_factory=list)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def fire_due_timers(
+    processes: TimerHost,
+    *,
+    now: datetime | None = None,
+    worker: str | None = None,
+    batch: int = 500,
+    concurrency: int = 16,
+    lease: timedelta = DEFAULT_LEASE,
+) -> FiringReport:
+    """Fire every timer due at ``now`` (default: the clock's now), batch by batch, until none is due.
+
+    Timers that end a wait (catch, boundary) fire as a set: one transaction per batch resolves their
+    waits, and from then on the outcome is durable. Their threads are resumed once everything due has
+    fired (firing first keeps a backlog's lateness down), up to ``concurrency`` at a time.
+    """
+    worker = worker or default_worker_id()
+    report = FiringReport()
+    gate = asyncio.Semaphore(concurrency)
+    timers = processes.services.timers
+
+    delivered: list[str] = []
+
+    async def resume(timer: Timer, resolution: dict[str, Any], instance: Instance | None) -> None:
+        assert timer.instance_id is not None and timer.wait_id is not None
+        try:
+            if await processes.deliver(timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance):
+                report.resumed += 1
+                report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
+            delivered.append(timer.wait_id)
+        except Exception as exc:  # one broken instance must not stop the others; recovery redelivers
+            report.failed += 1
+            report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
+            log.warning("timer resumption failed", timer_id=timer.timer_id, error=str(exc))
+
+    async def resume_all(fired: list[tuple[Timer, dict[str, Any]]], instances: dict[str, Instance]) -> None:
+        # ``concurrency`` workers take the next thread in turn: a backlog of thousands costs no task (and
+        # no garbage-collector work) per thread waiting its turn.
+        queue = iter(fired)
+
+        async def worker() -> None:
+            for timer, resolution in queue:
+                await resume(timer, resolution, instances.get(str(timer.instance_id)))
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(fired)))))
+
+    async def fire_one(timer: Timer) -> None:
+        async with gate:
+            try:
+                fired = await _fire_other(processes, timer, worker)
+            except Exception as exc:  # left "firing": another pass retries it once its lease is up
+                report.failed += 1
+                report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
+                log.warning("timer failed to fire", timer_id=timer.timer_id, error=str(exc))
+                return
+            if fired:
+                report.fired += 1
+                report.lateness.append((processes.clock.now() - timer.due_at).total_seconds())
+            else:
+                report.dropped += 1
+
+    to_resume: list[tuple[Timer, dict[str, Any]]] = []
+    while True:
+        moment = (now or processes.clock.now()).astimezone(UTC)
+        claimed = await timers.claim_due(moment, worker, limit=batch, lease=lease)
+        if not claimed:
+            break
+        ending_waits = [t for t in claimed if t.purpose in ("catch", "boundary")]
+        won = await timers.fire_waits(ending_waits, worker)
+        fired_at = processes.clock.now()
+        report.fired += len(won)
+        report.dropped += len(ending_waits) - len(won)
+        report.lateness += [(fired_at - t.due_at).total_seconds() for t, _resolution in won]
+        to_resume += won
+        await asyncio.gather(*(fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")))
+    # One read for the index rows of every thread to resume, not one per thread.
+    instances = await processes.instances_by_id([str(t.instance_id) for t, _resolution in to_resume])
+    await resume_all(to_resume, instances)
+    for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
+        await processes.services.waits.finish(delivered[start : start + batch])
+    moment = (now or processes.clock.now()).astimezone(UTC)
+    await processes.settle_abandoned_migrations(moment - lease)
+    for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
+        if await processes.deliver(wait.instance_id, wait.wait_id):
+            report.redelivered += 1
+    await processes.services.messages.expire()
+    return report
+
+
+async def _fire_other(processes: TimerHost, timer: Timer, worker: str) -> bool:
+    """Timers that do not end a wait: SLA escalations, reminders, timer starts."""
+    definition = TimerDefinition.model_validate(timer.definition)
+    fired_at = processes.clock.now().astimezone(UTC)
+    ticks = timer.ticks + 1
+    if timer.purpose == "sla":
+        return await _escalate(processes, timer, worker, ticks)
+    timers = processes.services.timers
+    next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
+    if timer.purpose == "reminder":
+        fired = await _remind(processes, timer, ticks, skipped)
+        if not fired:  # its task is no longer open: the reminder ends
+            await timers.execute([timers.dropped_statement(timer, worker)])
+            return False
+    else:
+        fired = await _start(processes, timer, ticks, skipped)
+    await timers.execute([timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)])
+    return fired
+
+
+async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int) -> bool:
+    """The SLA of a user task was breached: its escalation, once (keyed by the timer)."""
+    services = processes.services
+    assert timer.wait_id is not None and timer.instance_id is not None
+    task = await services.inbox.get(timer.wait_id)
+    done = services.timers.fired_statement(timer, worker, next_due=None, ticks=ticks)
+    if task is None or task.status != "open":
+        await services.timers.execute([services.timers.dropped_statement(timer, worker)])
+        return False
+    escalation: dict[str, Any] = dict(timer.data.get("escalation") or {"action": "notify", "notify": "notify"})
+    action, key = str(escalation["action"]), f"{timer.timer_id}:escalation"
+    record: dict[str, Any] = {"task_id": task.task_id, "action": action, "sla_due_at": timer.due_at.isoformat()}
+    if action == "notify":
+        await services.node.caller.call(
+            intent=str(escalation.get("notify") or "notify"),
+            payload={"task": task.view(), "breach": record},
+            instance_id=timer.instance_id,
+            step=task.element,
+            key=key,
+            event_type="task.escalated",
+            recorder=lambda _output: Recording(record),
+            replay=True,
+        )
+        await services.timers.execute([services.inbox.escalated_statement(task.task_id, action), done])
+        return True
+    if action == "reassign":
+        groups = list(escalation.get("candidate_groups") or [])
+        record |= {"from": {"assignee": task.assignee, "candidate_groups": task.candidate_groups}}
+        record |= {"to": {"assignee": escalation.get("assignee"), "candidate_groups": groups}}
+        statements = services.inbox.reassign_statements(
+            task.task_id, assignee=escalation.get("assignee"), groups=groups
+        )
+        written = await services.node.events.append(
+            timer.instance_id,
+            [NewEvent("task.escalated", record, task.element, key)],
+            also=[*statements, services.inbox.escalated_statement(task.task_id, action), done],
+        )
+        if not all(written):  # an earlier firing reassigned it already; only finish the timer
+            await services.timers.execute([done])
+        return True
+    # complete: resolve the task with the default response, as the SLA's own decision.
+    default = dict(escalation.get("default") or {})
+    resolution = {"option": task.element, "kind": "escalation", "payload": default, "by": "sla-escalation"}
+    won = await services.waits.resolve(
+        task.task_id,
+        resolution,
+        keep_timer=timer.timer_id,
+        task_status="completed",
+        claims=[
+            services.inbox.completion_claim(
+                task.task_id, by="sla-escalation", result=default, claimed_by=task.claimed_by
+            )
+        ],
+        also=[services.inbox.escalated_statement(task.task_id, action), done],
+    )
+    if not won:
+        await services.timers.execute([services.timers.dropped_statement(timer, worker)])
+        return False
+    await processes.deliver(timer.instance_id, task.task_id)
+    return True
+
+
+async def _remind(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
+    """A non-interrupting boundary timer: tell ``notify`` once per tick while the task stays open."""
+    services = processes.services
+    assert timer.instance_id is not None and timer.wait_id is not None
+    task = await services.inbox.get(timer.wait_id)
+    if task is None or task.status != "open":
+        return False
+    record = {"task_id": task.task_id, "tick": ticks, "missed_ticks": skipped, "boundary": timer.element}
+    await services.node.caller.call(
+        intent=str(timer.data.get("notify") or "notify"),
+        payload={"task": task.view(), "reminder": record},
+        instance_id=timer.instance_id,
+        step=task.element,
+        key=f"{timer.timer_id}:{ticks}",
+        event_type="task.reminded",
+        recorder=lambda _output: Recording(record),
+        replay=True,
+    )
+    return True
+
+
+async def _start(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
+    """A timer start event: a new instance per tick (missed ticks per the timer's policy)."""
+    name, start = str(timer.data["process"]), str(timer.data["start"])
+    tick_key = f"{name}@{timer.due_at.strftime('%Y%m%dT%H%M%S.%fZ')}"
+    deployment, spec = await processes.routed(name, tick_key)
+    if start not in {s.id for s in spec.starts()}:
+        log.warning("timer start skipped: the routed version has no such start", process=name, start=start)
+        return False
+    variables = {"timer": {"due_at": timer.due_at.isoformat(), "tick": ticks, "missed_ticks": skipped}}
+    with suppress(DuplicateInstanceError):  # this tick's instance exists: an earlier firing got that far
+        await processes.start(
+            name,
+            tick_key,
+            variables,
+            version=deployment.version,
+            instance_id=f"{name}:{start}:{timer.due_at.strftime('%Y%m%dT%H%M%S.%f')}",
+            start_event=start,
+        )
+    return True
+
+
+async def schedule_start_timers(timers: TimerStore, now: datetime, spec: ProcessSpec) -> None:
+    """Make the timer start events of ``spec``'s process those of ``spec``, the newest version just deployed.
+
+    One timer runs per start event of the newest version: a start event whose timer is unchanged keeps
+    its schedule, one that changed or is new is armed from now, and the timers of start events the
+    newest version no longer has (or has with another timer) are cancelled, in one transaction, so
+    two versions never both fire. Each tick starts an instance on the version the rollout routes it
+    to (``_start``). The caller calls it for the newest version only: deploying an older version number
+    late changes nothing.
+    """
+    now = now.astimezone(UTC)
+    wanted = {start.id: start.timer for start in spec.starts() if start.timer is not None}
+    active = [
+        timer
+        for timer in await timers.find(purpose="start")
+        if timer.data.get("process") == spec.name and timer.status in ("scheduled", "firing")
+    ]
+    statements, kept = [], set()
+    for timer in active:
+        definition = wanted.get(timer.element)
+        if definition is not None and timer.definition == definition.to_row() and timer.element not in kept:
+            kept.add(timer.element)  # the same timer: it keeps its schedule (and its ticks so far)
+            continue
+        statements.append(timers.cancel_statement(timer.timer_id))
+    for start_id, definition in wanted.items():
+        if start_id in kept:
+            continue
+        statements.append(
+            timers.schedule_statement(
+                f"start:{spec.name}:{start_id}:v{spec.version}",
+                element=start_id,
+                purpose="start",
+                definition=definition.to_row(),
+                due_at=definition.first_due(now),
+                origin=definition.origin(now),
+                data={"process": spec.name, "start": start_id},
+            )
+        )
+    if statements:
+        await timers.execute(statements)
+
+
+class TimerScheduler:
+    """Fires timers for one runtime: ``run_due()`` on demand (tests drive a virtual clock and call it),
+    or a background loop (``start()`` / ``stop()``, or ``async with scheduler.running():``)."""
+
+    def __init__(
+        self,
+        processes: TimerHost,
+        *,
+        worker: str | None = None,
+        poll_interval: float = 1.0,
+        batch: int = 500,
+        concurrency: int = 32,
+    ) -> None:
+        self._processes = processes
+        self.worker = worker or default_worker_id()
+        self.poll_interval = poll_interval
+        self.batch = batch
+        self.concurrency = concurrency
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def run_due(self, now: datetime | None = None) -> FiringReport:
+        return await fire_due_timers(
+            self._processes, now=now, worker=self.worker, batch=self.batch, concurrency=self.concurrency
+        )
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._loop(), name=f"timer-scheduler:{self.worker}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """Look for due timers now rather than at the next poll (e.g. after arming a short timer)."""
+        self._wake.set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[TimerScheduler]:
+        self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_due()
+            except (JourneyError, OSError) as exc:  # a database hiccup: try again at the next poll
+                log.warning("timer pass failed", error=str(exc))
+            delay = self.poll_interval
+            next_due = await self._processes.services.timers.next_due()
+            if next_due is not None:
+                until = (next_due - self._processes.clock.now()).total_seconds()
+                delay = min(max(until, 0.01), self.poll_interval)
+            self._wake.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)

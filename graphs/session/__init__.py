@@ -1,0 +1,1 @@
+"""Session journeys (free navigation between areas) and the MVP pillar session."""

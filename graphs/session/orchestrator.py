@@ -1,0 +1,176 @@
+"""The Session Journey Orchestrator: free navigation between areas (SPEC P2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+import jsonschema
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+
+from checkpoints.events import Event, NewEvent
+from checkpoints.index import Instance
+from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, UnknownAreaError
+from graphs.kernel.designs import DesignBook, PatternName, parse_spec
+from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
+from graphs.kernel.instances import Recoverable
+from graphs.session.builder import SessionSpec, SessionState, initial_session_state, session_progress
+from nodes import schemas
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+
+
+class SessionOrchestrator:
+    """Sessions of one pattern (``session`` or ``mvp``): open one, move between its areas, update them, close it."""
+
+    def __init__(self, designs: DesignBook, *, pattern: PatternName = "session") -> None:
+        self._designs = designs
+        self._engine = designs.engine
+        self._index = designs.engine.store.index
+        self._instances = designs.instances
+        self.pattern: PatternName = pattern
+        designs.instances.register(Recoverable((pattern,), self._instance_graph, self._start_input))
+
+    async def start_session(
+        self,
+        user_id: str,
+        session_config: Mapping[str, Any] | SessionSpec,
+        *,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Open a session over ``session_config = {"areas": [...], "initial_area": ...}`` and enter the first area."""
+        spec = parse_spec(SessionSpec, session_config, spec_name="session")
+        design = await self._designs.save(self.pattern, spec, prefix="session")
+        session_id = design.journey_id
+        graph = self._designs.graph(self.pattern, spec)
+        started = NewEvent("session.started", {"user_id": user_id, "initial_area": spec.start_area})
+        async with self._engine.exclusive(session_id):
+            _created, outcome = await self._instances.start(
+                graph, session_id, session_id, self.pattern, user_id, started, self._initial(spec), options=run_options
+            )
+            snapshot = await self._state(graph, session_id, outcome)
+        return {
+            "session_id": session_id,
+            "user_id": user_id,
+            "status": "active",
+            "current_area": snapshot.values.get("current_area"),
+            "areas": [a.info() for a in spec.areas],
+            "progress": session_progress(spec, snapshot.values),
+        }
+
+    async def navigate_to_area(
+        self, session_id: str, area_id: str, *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
+        """Jump to any area at any time; its state is as the user left it."""
+        spec, graph = await self._load(session_id)
+        self._known_area(spec, area_id)
+        async with self._engine.exclusive(session_id):
+            before = await self._active(graph, session_id, run_options)
+            request = {"type": "navigate", "area_id": area_id}
+            snapshot = await self._act(graph, session_id, request, run_options)
+        return {
+            "session_id": session_id,
+            "previous_area": before.values.get("current_area"),
+            "current_area": area_id,
+            "area": spec.area(area_id).info(),
+            "area_state": dict(snapshot.values["areas"][area_id]["state"]),
+            "progress": session_progress(spec, snapshot.values),
+        }
+
+    async def update_area_state(
+        self, session_id: str, area_id: str, updates: Mapping[str, Any], *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
+        """Merge ``updates`` into an area's state (the user need not be in it) and re-check its completion."""
+        spec, graph = await self._load(session_id)
+        area = self._known_area(spec, area_id)
+        if not isinstance(updates, Mapping) or not updates:
+            raise InvalidInputError("updates must be a non-empty mapping of field → value", area_id=area_id)
+        async with self._engine.exclusive(session_id):
+            before = await self._active(graph, session_id, run_options)
+            merged = {**before.values["areas"][area_id]["state"], **updates}
+            if area.state_schema is not None:
+                try:
+                    schemas.validate(merged, area.state_schema)
+                except jsonschema.ValidationError as exc:
+                    where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+                    raise InvalidInputError(
+                        f"update to area {area_id!r} breaks its state schema at {where}: {exc.message}",
+                        area_id=area_id,
+                    ) from exc
+            request = {"type": "update", "area_id": area_id, "updates": dict(updates)}
+            snapshot = await self._act(graph, session_id, request, run_options)
+        progress = session_progress(spec, snapshot.values)
+        return {
+            "session_id": session_id,
+            "area_id": area_id,
+            "area_state": progress["areas"][area_id]["state"],
+            "area_complete": progress["areas"][area_id]["complete"],
+            "progress": progress,
+        }
+
+    async def get_session_progress(self, session_id: str) -> dict[str, Any]:
+        """``completion_percent``, ``completed_areas``, ``visited_areas`` and each area's detail."""
+        spec, graph = await self._load(session_id)
+        async with self._engine.exclusive(session_id):
+            snapshot = await self._engine.settled_state(graph, session_id)
+        return {"session_id": session_id, **session_progress(spec, snapshot.values)}
+
+    async def close_session(
+        self, session_id: str, reason: str | None = None, *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
+        spec, graph = await self._load(session_id)
+        async with self._engine.exclusive(session_id):
+            await self._active(graph, session_id, run_options)
+            snapshot = await self._act(graph, session_id, {"type": "close", "reason": reason}, run_options)
+        return {"session_id": session_id, **session_progress(spec, snapshot.values)}
+
+    async def _act(self, graph: Graph, session_id: str, request: dict[str, Any], options: RunOptions) -> StateSnapshot:
+        """Hand the session the user's action (under ``exclusive``); the session's state after it."""
+        outcome = await self._instances.advance(
+            graph, session_id, self.pattern, Command(resume=request), options=options
+        )
+        return await self._state(graph, session_id, outcome)
+
+    async def _state(self, graph: Graph, session_id: str, outcome: Outcome) -> StateSnapshot:
+        if isinstance(outcome, StateSnapshot):
+            return outcome
+        return await graph.aget_state(self._engine.config(session_id))
+
+    @staticmethod
+    def _initial(spec: SessionSpec) -> dict[str, Any]:
+        return dict(initial_session_state(spec))
+
+    async def _instance_graph(self, instance: Instance) -> Graph:
+        return (await self._load(instance.instance_id))[1]
+
+    async def _start_input(self, instance: Instance, _started: Event) -> dict[str, Any]:
+        """The first run's input: the session's initial state, from its design."""
+        return self._initial((await self._load(instance.instance_id))[0])
+
+    async def spec_of(self, session_id: str) -> SessionSpec:
+        return (await self._load(session_id))[0]
+
+    async def _load(self, session_id: str) -> tuple[SessionSpec, Graph]:
+        instance = await self._index.get_instance(session_id)
+        if instance is None or instance.pattern != self.pattern:
+            raise JourneyNotFoundError(f"no {self.pattern} session {session_id!r}", session_id=session_id)
+        design, spec = await self._designs.load(session_id, (self.pattern,))
+        return spec, self._designs.graph(design.pattern, spec)
+
+    async def _active(self, graph: Graph, session_id: str, options: RunOptions) -> StateSnapshot:
+        snapshot = await self._engine.settled_state(graph, session_id, options=options)
+        values = cast(SessionState, snapshot.values)
+        if values.get("status") == "closed" or not snapshot.next:
+            raise JourneyFinishedError(f"session {session_id!r} is closed", allowed=[], session_id=session_id)
+        return snapshot
+
+    @staticmethod
+    def _known_area(spec: SessionSpec, area_id: str) -> Any:
+        if area_id not in spec.area_ids:
+            raise UnknownAreaError(
+                f"session has no area {area_id!r}; areas: {', '.join(spec.area_ids)}",
+                allowed=spec.area_ids,
+                area_id=area_id,
+            )
+        return spec.area(area_id)

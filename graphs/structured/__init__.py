@@ -1,0 +1,1 @@
+"""Structured journeys (steps in an enforced order) and sagas (steps that undo themselves)."""

@@ -1,0 +1,112 @@
+"""The Structured Journey Orchestrator: guided flows in an enforced order (SPEC P1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from langgraph.types import StateSnapshot
+
+from graphs.kernel.designs import DesignBook, parse_spec
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions
+from graphs.structured.builder import StructuredSpec
+from graphs.structured.steps import StepJourneys
+from graphs.structured.templates import TemplateCatalog
+
+
+def design_view(journey_id: str, pattern: str, spec: StructuredSpec) -> dict[str, Any]:
+    return {
+        "journey_id": journey_id,
+        "pattern": pattern,
+        "journey_type": spec.journey_type,
+        "name": spec.name,
+        "requirements": dict(spec.requirements),
+        "steps": [
+            {
+                "step_id": s.step_id,
+                "name": s.title,
+                "mode": s.mode,
+                "agent": s.agent,
+                "milestone": s.milestone,
+                "next_steps": [b.to for b in spec.branches(s.step_id)],
+            }
+            for s in spec.steps
+        ],
+        "status": "designed",
+    }
+
+
+def structured_instance_id(journey_id: str, user_id: str) -> str:
+    return f"{journey_id}:{user_id}"
+
+
+class StructuredOrchestrator:
+    """The structured journey API: design, execute, advance, retry and report on journeys."""
+
+    def __init__(self, designs: DesignBook, templates: TemplateCatalog) -> None:
+        self.templates = templates
+        self._designs = designs
+        self._runs = StepJourneys(designs, ("structured",))
+
+    async def design_journey(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None = None,
+        *,
+        spec: StructuredSpec | Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Design a journey from the template for ``journey_type`` (or from an explicit ``spec``)."""
+        chosen = self.build_spec(journey_type, requirements, spec)
+        design = await self._designs.save("structured", chosen)
+        return design_view(design.journey_id, "structured", chosen)
+
+    def build_spec(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None,
+        spec: StructuredSpec | Mapping[str, Any] | None,
+    ) -> StructuredSpec:
+        if spec is not None:
+            parsed = parse_spec(StructuredSpec, spec, spec_name="structured journey")
+            # The journey_type argument names the design, whatever the spec called itself.
+            return parsed.model_copy(
+                update={"journey_type": journey_type, "requirements": {**parsed.requirements, **(requirements or {})}}
+            )
+        return self.templates.get(journey_type).build(dict(requirements or {}))
+
+    async def execute_journey(
+        self,
+        journey_id: str,
+        user_id: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Start the journey for ``user_id``; runs until the first step that needs the user. ``run_options``:
+        how the run is carried out (the server's run queue passes its own)."""
+        return await self._runs.start(
+            journey_id, user_id, context, instance_id=structured_instance_id(journey_id, user_id), options=run_options
+        )
+
+    async def advance_journey_step(
+        self,
+        journey_id: str,
+        user_id: str,
+        step_result: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Complete the current step with ``step_result`` and move on. Only the current step can advance."""
+        instance_id = structured_instance_id(journey_id, user_id)
+        return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
+
+    async def retry_journey_step(self, journey_id: str, user_id: str) -> dict[str, Any]:
+        return await self._runs.retry(structured_instance_id(journey_id, user_id))
+
+    async def get_journey_status(self, journey_id: str, user_id: str) -> dict[str, Any]:
+        return await self._runs.status(structured_instance_id(journey_id, user_id))
+
+    async def describe(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The journey view (status, current and completed steps) of a thread state read elsewhere."""
+        return await self._runs.describe(instance_id, snapshot)

@@ -1,0 +1,85 @@
+"""The Saga Journey Orchestrator: a structured journey that undoes itself on failure (SPEC P4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from langgraph.types import StateSnapshot
+
+from graphs.errors import JourneyNotFoundError
+from graphs.kernel.designs import DesignBook, new_id
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions
+from graphs.structured.builder import StructuredSpec
+from graphs.structured.orchestrator import StructuredOrchestrator, design_view
+from graphs.structured.saga import SagaSpec
+from graphs.structured.steps import StepJourneys
+
+
+class SagaOrchestrator:
+    """The saga API: design, execute, advance, retry and report on saga journeys."""
+
+    def __init__(self, designs: DesignBook, structured: StructuredOrchestrator) -> None:
+        # Composes the structured orchestrator: same templates and step machinery, plus compensation.
+        self._structured = structured
+        self._designs = designs
+        self._runs = StepJourneys(designs, ("saga",))
+
+    async def design_saga_journey(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None = None,
+        compensation_handlers: Mapping[str, str] | None = None,
+        *,
+        spec: StructuredSpec | Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        base = self._structured.build_spec(journey_type, requirements, spec)
+        handlers = dict(compensation_handlers or {})
+        saga = SagaSpec(**{**base.model_dump(), "compensation_handlers": handlers})
+        design = await self._designs.save("saga", saga)
+        return {**design_view(design.journey_id, "saga", saga), "compensation_handlers": handlers}
+
+    async def execute_saga_journey(
+        self,
+        journey_id: str,
+        user_id: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        saga_id: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """Start a saga run (``saga_id``: a new one by default). Starting a ``saga_id`` again only goes on
+        with a start a crash cut short before its first checkpoint; one that got further is refused."""
+        saga_id = saga_id or new_id("saga")
+        return await self._runs.start(journey_id, user_id, context, instance_id=saga_id, options=run_options)
+
+    async def advance_saga_step(
+        self,
+        saga_id: str,
+        journey_id: str,
+        user_id: str,
+        step_result: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        instance = await self._runs.instance(saga_id)
+        if (instance.journey_id, instance.user_id) != (journey_id, user_id):
+            # Not found, not invalid: the request names a saga of (journey, user) that does not exist, and
+            # whose saga it is instead is not the caller's business.
+            raise JourneyNotFoundError(
+                f"saga {saga_id!r} is not a saga of journey {journey_id!r} for user {user_id!r}", saga_id=saga_id
+            )
+        return await self._runs.advance(saga_id, step_result, step_id=step_id, options=run_options)
+
+    async def retry_saga_step(self, saga_id: str) -> dict[str, Any]:
+        """Run the failed step again, or, when a compensation failed for good, resume the compensation
+        at that handler (the steps already undone are not undone again)."""
+        return await self._runs.retry(saga_id)
+
+    async def get_saga_status(self, saga_id: str) -> dict[str, Any]:
+        return await self._runs.status(saga_id)
+
+    async def describe(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The saga view (status, current and completed steps) of a thread state read elsewhere."""
+        return await self._runs.describe(instance_id, snapshot)

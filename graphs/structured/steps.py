@@ -1,0 +1,285 @@
+"""Running step journeys (structured and saga): start, advance, retry and report.
+
+Every move is checked against the thread's current state before anything is written: a wrong step,
+a finished journey or an invalid result raises a typed error and leaves no trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from langgraph.graph import START
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+
+from checkpoints.events import Event, NewEvent
+from checkpoints.index import Instance
+from graphs.errors import (
+    InvalidInputError,
+    JourneyFinishedError,
+    JourneyNotFoundError,
+    JourneyNotStartedError,
+    NothingToRetryError,
+    StepFailedError,
+    StepOrderError,
+)
+from graphs.kernel.designs import DesignBook, PatternName
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
+from graphs.kernel.instances import Recoverable
+from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
+from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
+from nodes.user_task import validate_resume_value
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+# Where ainvoke puts the interrupts a run stopped at (LangGraph keeps its own constant private).
+INTERRUPT = "__interrupt__"
+FINISHED = ("completed", "compensated", "failed")
+
+
+class StepJourneys:
+    """The machinery shared by the structured and saga orchestrators."""
+
+    def __init__(self, designs: DesignBook, patterns: tuple[PatternName, ...]) -> None:
+        self.designs = designs
+        self.engine = designs.engine
+        self.index = designs.engine.store.index
+        self.events = designs.engine.store.events
+        self.instances = designs.instances
+        self.patterns = patterns
+        designs.instances.register(Recoverable(patterns, self._instance_graph, self._start_input))
+
+    async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
+        design, spec = await self.designs.load(journey_id, self.patterns)
+        return design.pattern, spec, self.designs.graph(design.pattern, spec)
+
+    async def instance(self, instance_id: str) -> Instance:
+        found = await self.index.get_instance(instance_id)
+        if found is None or found.pattern not in self.patterns:
+            raise JourneyNotFoundError(
+                f"no {' or '.join(self.patterns)} journey run {instance_id!r}", instance_id=instance_id
+            )
+        return found
+
+    async def start(
+        self,
+        journey_id: str,
+        user_id: str,
+        context: Mapping[str, Any] | None,
+        *,
+        instance_id: str,
+        options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        if context is not None and not isinstance(context, Mapping):
+            raise InvalidInputError(f"context must be a mapping, got {type(context).__name__}")
+        pattern, spec, graph = await self._load(journey_id)
+        started = NewEvent(
+            "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
+        )
+        initial: StructuredState = {"context": dict(context or {}), "status": "in_progress"}
+        async with self.engine.exclusive(instance_id):
+            created, outcome = await self.instances.start(
+                graph, instance_id, journey_id, pattern, user_id, started, dict(initial), cause="step", options=options
+            )
+            standing = Standing.of(outcome)
+        return await self.view(created or await self.instance(instance_id), spec, standing)
+
+    async def advance(
+        self,
+        instance_id: str,
+        step_result: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+        options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        found = await self.index.get_instance(instance_id)
+        if found is None:
+            raise JourneyNotStartedError(
+                f"journey run {instance_id!r} has not been started; execute the journey first",
+                allowed=["execute_journey"],
+                instance_id=instance_id,
+            )
+        _, spec, graph = await self._load(found.journey_id)
+        async with self.engine.exclusive(instance_id):
+            snapshot = await self.engine.settled_state(graph, instance_id, options=options)
+            current = self._current_step(instance_id, spec, Standing.of(snapshot))
+            requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
+            if requested is not None and requested != current:
+                known = "" if requested in spec.step_ids else f" ({requested!r} is not a step of this journey)"
+                raise StepOrderError(
+                    f"cannot advance step {requested!r}{known}: steps complete in order and the current step "
+                    f"is {current!r}",
+                    allowed=[current],
+                    current_step=current,
+                )
+            result = validate_resume_value(step_result, spec.step(current).input_schema, task=current)
+            explicit = result.get("next_step")
+            targets = [b.to for b in spec.branches(current)]
+            if explicit is not None and explicit not in targets:
+                raise InvalidInputError(
+                    f"next_step {explicit!r} is not a branch of step {current!r}; choose one of {targets}",
+                    allowed=targets,
+                )
+            standing = await self._run(graph, found, resume_pending(snapshot, result), options)
+        view = await self.view(await self.instance(instance_id), spec, standing)
+        return {**view, "completed_step": current}
+
+    async def retry(self, instance_id: str) -> dict[str, Any]:
+        """Run the failed step again (its agent may have recovered), or resume a saga's compensation
+        that stopped at a handler that failed for good: the steps it undid are not undone again."""
+        found = await self.instance(instance_id)
+        _, spec, graph = await self._load(found.journey_id)
+        async with self.engine.exclusive(instance_id):
+            retried = await self.instances.retry(graph, instance_id, "step.retried")  # a failed step runs again
+            stuck = None if retried else stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))
+            if stuck is not None:
+                failed_step, stopped = stuck
+                payload = {"handler": stopped.get("handler"), "previous_failure": stopped}
+                await self.events.append(
+                    instance_id, [NewEvent(COMPENSATION_RETRIED, payload, stopped.get("step"))], status="compensating"
+                )
+                # The failing step routes to the compensation again, in a checkpoint of its own: a crash
+                # from here on leaves the compensation pending, and recovery finishes it.
+                reentry = Command(goto=COMPENSATE_NODE, update={"status": "compensating", "compensation_failure": None})
+                await graph.aupdate_state(self.engine.config(instance_id), reentry, as_node=failed_step)
+            elif retried is None:
+                raise NothingToRetryError(
+                    f"journey run {instance_id!r} has no failed step or compensation to retry",
+                    allowed=["advance_journey_step"],
+                )
+            standing = await self._run(graph, found, None, DEFAULT_RUN)
+        return await self.view(await self.instance(instance_id), spec, standing)
+
+    async def status(self, instance_id: str) -> dict[str, Any]:
+        found = await self.instance(instance_id)
+        _, spec, graph = await self._load(found.journey_id)
+        async with self.engine.exclusive(instance_id):
+            snapshot = await self.engine.settled_state(graph, instance_id)
+        return await self.view(found, spec, Standing.of(snapshot))
+
+    async def describe(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The view of a thread state already read (by the server, after a run), without running anything."""
+        found = await self.instance(instance_id)
+        _, spec = await self.designs.load(found.journey_id, self.patterns)
+        return await self.view(found, spec, Standing.of(snapshot))
+
+    async def _run(self, graph: Graph, instance: Instance, value: Any, options: RunOptions) -> Standing:
+        # A step whose work fails is recorded by the kernel (the instance is failed) and its error
+        # raised: the failure is in the checkpoint, and the step can be retried from there.
+        outcome = await self.instances.advance(
+            graph, instance.instance_id, instance.pattern, value, cause="step", options=options
+        )
+        return Standing.of(outcome)
+
+    async def _instance_graph(self, instance: Instance) -> Graph:
+        return (await self._load(instance.journey_id))[2]
+
+    @staticmethod
+    async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
+        """The first run's input, from the ``journey.started`` event (see :meth:`start`)."""
+        return {"context": dict(started.payload.get("context") or {}), "status": "in_progress"}
+
+    def _current_step(self, instance_id: str, spec: StructuredSpec, standing: Standing) -> str:
+        if standing.failed is not None:
+            raise StepFailedError(
+                f"step {standing.failed!r} failed; retry it (retry_journey_step) before advancing",
+                allowed=["retry_journey_step"],
+                failed_step=standing.failed,
+            )
+        if standing.status in FINISHED or standing.position is None:
+            raise JourneyFinishedError(
+                f"journey run {instance_id!r} has finished with status {standing.status!r}; nothing is left to advance",
+                allowed=[],
+                status=standing.status,
+            )
+        current = standing.position
+        if standing.waiting is None or current not in spec.step_ids:
+            raise JourneyFinishedError(f"journey run {instance_id!r} is not waiting for a step result", allowed=[])
+        return current
+
+    async def view(self, instance: Instance, spec: StructuredSpec, standing: Standing) -> dict[str, Any]:
+        """The journey as users see it: where it stands from the graph, what it did from the log."""
+        values = standing.values
+        current = standing.position if standing.status not in FINISHED else None
+        done = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
+        completed = [e.step or "" for e in done]
+        view: dict[str, Any] = {
+            "journey_id": instance.journey_id,
+            "user_id": instance.user_id,
+            "instance_id": instance.instance_id,
+            "journey_type": spec.journey_type,
+            "status": standing.status,
+            "current_step": current,
+            "completed_steps": completed,
+            "awaiting_input": standing.waiting is not None,
+            "next_steps": [b.to for b in spec.branches(current)] if current else [],
+            "progress": {"completed": len(completed), "total": len(spec.steps)},
+            "last_output": done[-1].payload.get("output") if done else None,
+        }
+        if standing.failed:
+            view["failed_step"] = standing.failed
+        if instance.pattern == "saga":
+            view |= {
+                "saga_id": instance.instance_id,
+                "compensated_steps": list(values.get("compensated_steps") or []),
+                "failure": values.get("failure"),
+                "compensation_failure": values.get("compensation_failure"),
+            }
+        return view
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a step journey stands, read from the thread's state or from what a run returned."""
+
+    values: StructuredState
+    status: str  # failed (a step's work failed), a saga's own status, in_progress, or completed
+    position: str | None  # the step it waits on, or whose work is pending or failed
+    waiting: dict[str, Any] | None  # the human task it waits on
+    failed: str | None  # the step whose work failed
+
+    @classmethod
+    def of(cls, source: StateSnapshot | Mapping[str, Any]) -> Standing:
+        return cls._of_snapshot(source) if isinstance(source, StateSnapshot) else cls._of_output(source)
+
+    @classmethod
+    def _of_snapshot(cls, snapshot: StateSnapshot) -> Standing:
+        values = cast(StructuredState, snapshot.values)
+        failed = failed_task(snapshot)
+        pending = bool(snapshot.next or snapshot.tasks)
+        status = "failed" if failed else values.get("status") or ("in_progress" if pending else "completed")
+        return cls(values, status, position(snapshot), waiting_for(snapshot), failed)
+
+    @classmethod
+    def _of_output(cls, output: Mapping[str, Any]) -> Standing:
+        # A run that returns stopped at a human task (its interrupt is in the output) or finished: a
+        # failed step's work raises instead.
+        values = cast(StructuredState, {k: v for k, v in output.items() if k != INTERRUPT})
+        interrupts = output.get(INTERRUPT) or []
+        waiting = dict(interrupts[0].value) if interrupts and isinstance(interrupts[0].value, Mapping) else None
+        task = waiting.get("task") if waiting else None
+        status = values.get("status") or ("in_progress" if interrupts else "completed")
+        return cls(values, status, task if isinstance(task, str) else None, waiting, None)
+
+
+def stuck_compensation(snapshot: StateSnapshot) -> tuple[str, dict[str, Any]] | None:
+    """For a saga whose compensation stopped at a handler that failed for good: the step whose failure
+    started the compensation, and the compensation's failure."""
+    values = snapshot.values
+    cause, failure = values.get("failure"), values.get("compensation_failure")
+    if values.get("status") != "failed" or snapshot.next or not (isinstance(cause, Mapping) and failure):
+        return None
+    return str(cause["step"]), dict(failure)
+
+
+def position(snapshot: StateSnapshot) -> str | None:
+    """The step the journey stands at: the one it waits on, or whose work is pending or failed."""
+    for task in snapshot.tasks:
+        if task.name in (COMPENSATE_NODE, START):
+            continue
+        return task.name.removesuffix(AWAIT_SUFFIX)
+    for node in snapshot.next:
+        if node != COMPENSATE_NODE:
+            return node.removesuffix(AWAIT_SUFFIX)
+    return None

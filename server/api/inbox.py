@@ -1,0 +1,121 @@
+"""The user-task inbox (list, claim, complete) and messages. A task can only be claimed or completed by
+its assignee or a member of one of its candidate groups: the caller's API key says who and which groups
+(with auth off, the request names them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from graphs.kernel.identifiers import BUSINESS_KEY
+from graphs.process.spec import ProcessSpec
+from server.api import ViewRoute, errors
+from server.auth import Principal, require
+from server.models import MAX_INT
+from server.services import ServerServices, services
+from server.views.processes import DeploymentOut, MessageSentOut, ProcessInstanceView, TaskOut
+
+router = APIRouter(tags=["inbox"], responses=errors(), route_class=ViewRoute)
+Reader = Annotated[Principal, Depends(require("read"))]
+Worker = Annotated[Principal, Depends(require("tasks"))]
+Messenger = Annotated[Principal, Depends(require("messages"))]
+Services = Annotated[ServerServices, Depends(services)]
+
+
+class Actor(BaseModel):
+    """Who acts on a user task, when the server runs without API keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Only read with auth switched off; otherwise the API key names the user and groups.
+    user: str | None = Field(default=None, min_length=1, max_length=200)
+    groups: list[str] = Field(default_factory=list)
+
+
+class CompleteIn(Actor):
+    """A user task's completion: who completes it and the response payload."""
+
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class MessageIn(BaseModel):
+    """A message to correlate to waiting instances (or to start a process)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    correlation_key: str = Field(min_length=1, max_length=300)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+def _who(caller: Principal, actor: Actor) -> tuple[str, list[str]]:
+    if caller.authenticated:
+        return caller.name, list(caller.groups)
+    return actor.user or caller.name, list(actor.groups)
+
+
+@router.get("/tasks", response_model=list[TaskOut], summary="Open user tasks for an assignee or group")
+async def list_tasks(
+    _c: Reader,
+    svc: Services,
+    assignee: Annotated[str | None, Query(max_length=200)] = None,
+    group: Annotated[str | None, Query(max_length=200)] = None,
+    instance_id: Annotated[str | None, Query(max_length=200)] = None,
+) -> list[dict[str, Any]]:
+    return await svc.runtime.processes.inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, summary="A user task")
+async def get_task(task_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.inbox.get_task(task_id)
+
+
+@router.post("/tasks/{task_id}/claim", response_model=TaskOut, summary="Claim a task")
+async def claim_task(task_id: str, body: Actor, caller: Worker, svc: Services) -> dict[str, Any]:
+    user, groups = _who(caller, body)
+    return await svc.runtime.processes.inbox.claim(task_id, user, groups=groups)
+
+
+@router.post(
+    "/tasks/{task_id}/complete", response_model=ProcessInstanceView, summary="Complete a task; the process resumes"
+)
+async def complete_task(task_id: str, body: CompleteIn, caller: Worker, svc: Services) -> dict[str, Any]:
+    user, groups = _who(caller, body)
+    return await svc.runtime.processes.inbox.complete(task_id, user=user, payload=body.payload, groups=groups)
+
+
+@router.post("/messages", response_model=MessageSentOut, summary="Send a message to the processes waiting for it")
+async def send_message(body: MessageIn, _c: Messenger, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.send_message(body.name, body.correlation_key, body.payload)
+
+
+Deployer = Annotated[Principal, Depends(require("journeys"))]
+
+
+class ProcessStartIn(BaseModel):
+    """A request to start a process instance: its business key, variables and optional version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    business_key: str = Field(min_length=1, max_length=BUSINESS_KEY)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    version: int | None = Field(default=None, ge=1, le=MAX_INT)
+
+
+@router.post("/processes", response_model=DeploymentOut, summary="Deploy a process (a new version of its name)")
+async def deploy_process(body: ProcessSpec, _c: Deployer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.deploy(body)
+
+
+@router.post("/processes/{name}/instances", response_model=ProcessInstanceView, summary="Start a process instance")
+async def start_process(name: str, body: ProcessStartIn, _c: Deployer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.start(name, body.business_key, body.variables, version=body.version)
+
+
+@router.get(
+    "/processes/instances/{instance_id}", response_model=ProcessInstanceView, summary="A process instance's status"
+)
+async def process_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.processes.status(instance_id)

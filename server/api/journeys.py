@@ -1,0 +1,358 @@
+"""Journey endpoints beside the Agent Server subset: structured, saga, session, MVP and lifecycle
+operations, and every journey's status and history. Each calls the pattern's orchestrator as is."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from graphs.errors import JourneyNotFoundError
+from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
+from graphs.kernel.identifiers import ClientId, JourneyType, MetricName, UserId
+from graphs.lifecycle.machine import JourneyStage, RollbackTrigger
+from graphs.lifecycle.orchestrator import EVENT_OPTIONS
+from graphs.session.builder import SessionSpec
+from graphs.session.mvp import MVP_PILLARS
+from graphs.structured.builder import StructuredSpec
+from nodes.criteria_gate import METRIC_NAME
+from server.api import ViewRoute, errors
+from server.auth import Principal, require
+from server.openapi import NOT_BLANK
+from server.services import ServerServices, services
+from server.views.lifecycle import LifecycleJourneyView, LifecycleTransitionOut, MetricsRecordedOut
+from server.views.sessions import (
+    AreaUpdatedOut,
+    MvpCompletionOut,
+    MvpStartOut,
+    NavigatedOut,
+    RecommendationOut,
+    SessionProgressOut,
+    SessionStartOut,
+)
+from server.views.status import EventOut, JourneyStatusOut
+from server.views.steps import (
+    SagaAdvanceOut,
+    SagaDesignOut,
+    SagaRunView,
+    StructuredAdvanceOut,
+    StructuredDesignOut,
+    StructuredRunView,
+)
+
+router = APIRouter(prefix="/journeys", tags=["journeys"], responses=errors(), route_class=ViewRoute)
+Reader = Annotated[Principal, Depends(require("read"))]
+Writer = Annotated[Principal, Depends(require("journeys"))]
+Services = Annotated[ServerServices, Depends(services)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+# Metric name → value; the names the lifecycle accepts (lower_snake_case), as the schema states them.
+Metrics = Annotated[
+    dict[MetricName, float | bool],
+    Field(json_schema_extra={"propertyNames": {"pattern": METRIC_NAME.pattern, "maxLength": METRIC_NAME_WIDTH}}),
+]
+
+
+class Body(BaseModel):
+    """A request body of the journey endpoints: fields it does not declare are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DesignIn(Body):
+    """A request to design a structured journey from a template (or from your own steps)."""
+
+    journey_type: JourneyType
+    requirements: dict[str, Any] = Field(default_factory=dict)
+    spec: StructuredSpec | None = Field(default=None, description="your own steps instead of the template's")
+
+
+class SagaDesignIn(DesignIn):
+    """A request to design a saga: a structured design plus a compensation handler per step."""
+
+    compensation_handlers: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecuteIn(Body):
+    """A request to start a run of a design for a user."""
+
+    user_id: UserId
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdvanceIn(Body):
+    """A step's result, to complete the step the journey waits on."""
+
+    step_result: dict[str, Any] = Field(default_factory=dict)
+    step_id: str | None = None
+
+
+class SagaAdvanceIn(AdvanceIn):
+    """A step's result for a saga, naming the saga's design and user."""
+
+    journey_id: Name
+    user_id: Name
+
+
+class SessionIn(Body):
+    """A request to start a session for a user with the given areas."""
+
+    user_id: UserId
+    session_config: SessionSpec
+
+
+class MvpIn(Body):
+    """A request to start the MVP journey for a user at a pillar."""
+
+    user_id: UserId
+    initial_pillar: str = Field(default="content", json_schema_extra={"enum": [p.area_id for p in MVP_PILLARS]})
+
+
+class NavigateIn(Body):
+    """A request to move a session to an area."""
+
+    area_id: Name
+
+
+class AreaUpdateIn(Body):
+    """Updates to merge into an area's state."""
+
+    area_id: Name
+    updates: dict[str, Any]
+
+
+class CloseIn(Body):
+    """A request to close a session, with an optional reason."""
+
+    reason: str | None = None
+
+
+class LifecycleIn(Body):
+    """A request to start a client lifecycle journey, with initial metadata and metrics."""
+
+    client_id: ClientId = Field(json_schema_extra={"pattern": NOT_BLANK})
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
+
+
+def _transition_schema(schema: dict[str, Any]) -> None:
+    """One branch per event, with the options that event takes (``EVENT_OPTIONS``) and their types."""
+    metrics = {
+        "type": "object",
+        "propertyNames": {"pattern": METRIC_NAME.pattern, "maxLength": METRIC_NAME_WIDTH},
+        "additionalProperties": {"type": ["number", "boolean"]},
+    }
+    option_types: dict[str, dict[str, Any]] = {
+        "metrics": metrics,
+        "metadata": {"type": "object"},
+        "reason": {"type": "string", "minLength": 1, "pattern": NOT_BLANK},
+        "trigger": {"enum": [t.value for t in RollbackTrigger]},
+        "rollback_to": {"enum": [s.value for s in (JourneyStage.SANDBOX, JourneyStage.PILOT)]},
+        "complete": {"type": "boolean"},
+    }
+    branches = []
+    for event, (required, optional) in EVENT_OPTIONS.items():
+        options = {
+            "type": "object",
+            "properties": {name: option_types[name] for name in (*required, *optional)},
+            "required": list(required),
+            "additionalProperties": False,
+        }
+        body: dict[str, Any] = {"event": {"const": event.value}, "options": options}
+        branches.append(
+            {
+                "type": "object",
+                "properties": body,
+                "required": ["event", "options"] if required else ["event"],
+                "additionalProperties": False,
+            }
+        )
+    schema.clear()
+    schema.update({"title": "TransitionIn", "oneOf": branches})
+
+
+class TransitionIn(Body):
+    """A lifecycle event and its options; the schema states which options each event takes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_transition_schema)
+
+    event: Name
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricsIn(Body):
+    """Metric values to record for a lifecycle journey."""
+
+    values: Metrics = Field(min_length=1)
+
+
+# --- structured -----------------------------------------------------------------------------------
+
+
+@router.post("/structured/designs", response_model=StructuredDesignOut, summary="Design a structured journey")
+async def design_structured(body: DesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.design_journey(body.journey_type, body.requirements, spec=body.spec)
+
+
+@router.post(
+    "/structured/{journey_id}/executions", response_model=StructuredRunView, summary="Start a structured journey"
+)
+async def execute_structured(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.execute_journey(journey_id, body.user_id, body.context)
+
+
+@router.post(
+    "/structured/{journey_id}/users/{user_id}/advance", response_model=StructuredAdvanceOut, summary="Advance a step"
+)
+async def advance_structured(
+    journey_id: str, user_id: str, body: AdvanceIn, _c: Writer, svc: Services
+) -> dict[str, Any]:
+    return await svc.runtime.structured.advance_journey_step(
+        journey_id, user_id, body.step_result, step_id=body.step_id
+    )
+
+
+@router.post(
+    "/structured/{journey_id}/users/{user_id}/retry", response_model=StructuredRunView, summary="Retry the failed step"
+)
+async def retry_structured(journey_id: str, user_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.retry_journey_step(journey_id, user_id)
+
+
+@router.get(
+    "/structured/{journey_id}/users/{user_id}",
+    response_model=StructuredRunView,
+    summary="A structured journey's status",
+)
+async def status_structured(journey_id: str, user_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.structured.get_journey_status(journey_id, user_id)
+
+
+# --- saga -----------------------------------------------------------------------------------------
+
+
+@router.post("/sagas/designs", response_model=SagaDesignOut, summary="Design a saga")
+async def design_saga(body: SagaDesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.design_saga_journey(
+        body.journey_type, body.requirements, body.compensation_handlers, spec=body.spec
+    )
+
+
+@router.post("/sagas/designs/{journey_id}/executions", response_model=SagaRunView, summary="Start a saga")
+async def execute_saga(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.execute_saga_journey(journey_id, body.user_id, body.context)
+
+
+@router.post("/sagas/{saga_id}/advance", response_model=SagaAdvanceOut, summary="Advance a saga step")
+async def advance_saga(saga_id: str, body: SagaAdvanceIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.advance_saga_step(
+        saga_id, body.journey_id, body.user_id, body.step_result, step_id=body.step_id
+    )
+
+
+@router.post(
+    "/sagas/{saga_id}/retry", response_model=SagaRunView, summary="Retry a saga's failed step or stopped compensation"
+)
+async def retry_saga(saga_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.retry_saga_step(saga_id)
+
+
+@router.get("/sagas/{saga_id}", response_model=SagaRunView, summary="A saga's status")
+async def status_saga(saga_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.saga.get_saga_status(saga_id)
+
+
+# --- session and MVP ------------------------------------------------------------------------------
+
+
+@router.post("/sessions", response_model=SessionStartOut, summary="Start a session")
+async def start_session(body: SessionIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.start_session(body.user_id, body.session_config)
+
+
+@router.post("/sessions/{session_id}/navigate", response_model=NavigatedOut, summary="Go to an area")
+async def navigate(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.navigate_to_area(session_id, body.area_id)
+
+
+@router.post("/sessions/{session_id}/updates", response_model=AreaUpdatedOut, summary="Update an area's state")
+async def update_area(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.update_area_state(session_id, body.area_id, body.updates)
+
+
+@router.post("/sessions/{session_id}/close", response_model=SessionProgressOut, summary="Close a session")
+async def close_session(session_id: str, body: CloseIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.close_session(session_id, body.reason)
+
+
+@router.get("/sessions/{session_id}", response_model=SessionProgressOut, summary="A session's progress")
+async def session_progress(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.session.get_session_progress(session_id)
+
+
+@router.post("/mvp", response_model=MvpStartOut, summary="Start an MVP journey")
+async def start_mvp(body: MvpIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.start_mvp_journey(body.user_id, body.initial_pillar)
+
+
+@router.post("/mvp/{session_id}/navigate", response_model=NavigatedOut, summary="Go to a pillar")
+async def navigate_pillar(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.navigate_to_pillar(session_id, body.area_id)
+
+
+@router.post("/mvp/{session_id}/progress", response_model=AreaUpdatedOut, summary="Record a pillar's progress")
+async def pillar_progress(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
+
+
+@router.get("/mvp/{session_id}/recommendation", response_model=RecommendationOut, summary="The recommended next pillar")
+async def recommendation(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.get_recommended_next_pillar(session_id)
+
+
+@router.get("/mvp/{session_id}/completion", response_model=MvpCompletionOut, summary="Whether the MVP is complete")
+async def completion(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.mvp.check_mvp_completion(session_id)
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+@router.post("/lifecycle", response_model=LifecycleTransitionOut, summary="Start a client lifecycle journey")
+async def start_lifecycle(body: LifecycleIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.start_journey(body.client_id, metadata=body.metadata, metrics=body.metrics)
+
+
+@router.post(
+    "/lifecycle/{journey_id}/transitions", response_model=LifecycleTransitionOut, summary="Apply a lifecycle event"
+)
+async def lifecycle_transition(journey_id: str, body: TransitionIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.transition(journey_id, body.event, **body.options)
+
+
+@router.post("/lifecycle/{journey_id}/metrics", response_model=MetricsRecordedOut, summary="Record lifecycle metrics")
+async def lifecycle_metrics(journey_id: str, body: MetricsIn, _c: Writer, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.record_metrics(journey_id, body.values)
+
+
+@router.get("/lifecycle/{journey_id}", response_model=LifecycleJourneyView, summary="A lifecycle journey's state")
+async def lifecycle_state(journey_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.runtime.lifecycle.get_journey_state(journey_id)
+
+
+# --- any journey ----------------------------------------------------------------------------------
+
+
+@router.get("/{instance_id}/status", response_model=JourneyStatusOut, summary="Any journey's status")
+async def journey_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.journey_status(instance_id)
+
+
+@router.get("/{instance_id}/history", response_model=list[EventOut], summary="Any journey's events, in order")
+async def journey_history(instance_id: str, _c: Reader, svc: Services) -> list[dict[str, Any]]:
+    if await svc.runtime.store.index.get_instance(instance_id) is None:
+        raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+    return [
+        {"seq": e.seq, "type": e.type, "step": e.step, "payload": e.payload, "created_at": e.created_at.isoformat()}
+        for e in await svc.runtime.history(instance_id)
+    ]

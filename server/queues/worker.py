@@ -1,0 +1,85 @@
+"""``journeys worker``: takes runs and timers from PostgreSQL through procrastinate.
+
+Run as many as you like, on as many machines: procrastinate's per-thread ``lock`` keeps one run per
+journey thread at a time. A worker that dies stops heart-beating; the reaper in every surviving worker
+retries its jobs, and the executor finishes those journeys without re-executing completed steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+
+import procrastinate
+import structlog
+from langgraph.types import Durability
+
+from agents.guide_model import load_guide_model
+from graphs.runtime import JourneyRuntime
+from server.plugins import plugin_registry
+from server.queues.procrastinate import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
+from server.runs.executor import RunExecutor
+from server.runs.store import RunStore
+
+log = structlog.get_logger("journeys.worker")
+
+
+async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
+    """Retry the jobs of workers whose heartbeat stopped (they died mid-run)."""
+    while True:
+        await asyncio.sleep(stalled_after / 2)
+        try:
+            for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after):
+                log.warning("retrying a stalled job", job_id=job.id, task=job.task_name)
+                await app.job_manager.retry_job(job)
+        except Exception as exc:  # a database hiccup: try again next round
+            log.warning("stalled-job check failed", error=repr(exc))
+
+
+async def run_worker(
+    database_url: str,
+    *,
+    concurrency: int = 8,
+    heartbeat: float = 2.0,
+    stalled_after: float = 10.0,
+    plugin: str | None = None,
+    timers: bool = True,
+    durability: Durability = "exit",
+    guide_model: str | None = None,
+) -> None:
+    # Workers execute the runs in distributed mode, guide runs included: they need the server's guide model.
+    guide = load_guide_model(guide_model) if guide_model else None
+    ensure_schema(database_url)
+    registry = plugin_registry(plugin)
+    async with JourneyRuntime.open(
+        database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide
+    ) as runtime:
+        executor = RunExecutor(
+            runtime,
+            RunStore(runtime.store.backend, runtime.store.clock),
+            durability=durability,
+        )
+
+        async def execute(run_id: str) -> None:
+            await executor.execute(run_id)
+
+        async def fire_timers() -> None:
+            await runtime.processes.scheduler.run_due()
+
+        handlers = {RUN_TASK: execute, **({TIMER_TASK: fire_timers} if timers else {})}
+        app = build_app(database_url, handlers)
+        async with app.open_async(pool=runtime.store.pg_pool):  # the store's pool: connections stay bounded
+            reaper = asyncio.create_task(reap_stalled(app, stalled_after))
+            try:
+                await app.run_worker_async(
+                    queues=[QUEUE],
+                    concurrency=concurrency,
+                    update_heartbeat_interval=heartbeat,
+                    stalled_worker_timeout=stalled_after,
+                    delete_jobs="successful",
+                    fetch_job_polling_interval=0.5,
+                )
+            finally:
+                reaper.cancel()
+                with suppress(asyncio.CancelledError):
+                    await reaper

@@ -1,0 +1,1 @@
+"""Runs of the Agent Server API: their store, their execution and watching them."""

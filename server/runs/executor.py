@@ -1,0 +1,261 @@
+"""Executing runs: the one code path both the in-process runner and the procrastinate worker call.
+
+A run is claimed (one executor at a time), mapped onto its assistant's pattern API, and finished with a
+status. A run that is picked up again after its executor died does not apply its input twice: a first
+run whose thread is already bound only finishes the journey's in-flight work (completed steps are not
+re-executed: the engine replays them from the event log), and a resume whose thread has moved past the
+checkpoint it was meant for is not applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, cast
+
+import structlog
+from langgraph.types import Command, Durability, StateSnapshot
+
+from checkpoints.errors import JourneyError
+from graphs.kernel.engine import Outcome, RunOptions, in_flight
+from graphs.kernel.streaming import StreamSink
+from graphs.runtime import JourneyRuntime
+from graphs.structured.steps import INTERRUPT
+from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
+from server.runs.store import RunRow, RunStore
+
+log = structlog.get_logger("journeys.runs")
+
+
+def jsonable(value: Any) -> Any:
+    """Graph values and stream chunks as JSON: interrupts, messages and dataclasses included."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Command):
+        return {"resume": jsonable(value.resume), "goto": jsonable(value.goto), "update": jsonable(value.update)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return jsonable(dump())
+    return str(value)
+
+
+def interrupts_of(snapshot: StateSnapshot) -> list[dict[str, Any]]:
+    return [{"value": jsonable(i.value), "id": i.id} for task in snapshot.tasks for i in task.interrupts]
+
+
+def state_view(snapshot: StateSnapshot, thread_id: str) -> dict[str, Any]:
+    """A LangGraph ``ThreadState`` as the Agent Server API returns it."""
+    configurable = (snapshot.config or {}).get("configurable", {})
+    parent = (snapshot.parent_config or {}).get("configurable") if snapshot.parent_config else None
+    return {
+        "values": jsonable(snapshot.values or {}),
+        "next": list(snapshot.next),
+        "tasks": [
+            {
+                "id": t.id,
+                "name": t.name,
+                "error": str(t.error) if t.error else None,
+                "interrupts": [{"value": jsonable(i.value), "id": i.id} for i in t.interrupts],
+                "checkpoint": None,
+                "state": None,
+                "result": jsonable(t.result) if t.result is not None else None,
+            }
+            for t in snapshot.tasks
+        ],
+        "checkpoint": _checkpoint(thread_id, configurable),
+        "metadata": jsonable(snapshot.metadata or {}),
+        "created_at": snapshot.created_at,
+        "parent_checkpoint": _checkpoint(thread_id, parent) if parent else None,
+        "interrupts": interrupts_of(snapshot),
+    }
+
+
+def empty_state(thread_id: str) -> dict[str, Any]:
+    return {
+        "values": {},
+        "next": [],
+        "tasks": [],
+        "checkpoint": _checkpoint(thread_id, {}),
+        "metadata": {},
+        "created_at": None,
+        "parent_checkpoint": None,
+        "interrupts": [],
+    }
+
+
+def _checkpoint(thread_id: str, configurable: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "thread_id": thread_id,
+        "checkpoint_ns": configurable.get("checkpoint_ns", ""),
+        "checkpoint_id": configurable.get("checkpoint_id"),
+        "checkpoint_map": None,
+    }
+
+
+def outcome_values(outcome: Outcome) -> dict[str, Any]:
+    """``output_values`` of what a run answered: its output (values, ``__interrupt__``) or the thread's state."""
+    if isinstance(outcome, StateSnapshot):
+        return output_values(outcome)
+    out = {str(k): jsonable(v) for k, v in outcome.items() if k != INTERRUPT}
+    if interrupts := outcome.get(INTERRUPT):
+        out[INTERRUPT] = [{"value": jsonable(i.value), "id": i.id} for i in interrupts]
+    return out
+
+
+def output_values(snapshot: StateSnapshot) -> dict[str, Any]:
+    """What ``runs.wait``/``join`` return: the thread's values, with ``__interrupt__`` when it waits."""
+    values = jsonable(snapshot.values or {})
+    out = dict(values) if isinstance(values, dict) else {"values": values}
+    if interrupts := interrupts_of(snapshot):
+        out[INTERRUPT] = interrupts
+    return out
+
+
+async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_id: str) -> dict[str, Any]:
+    """What ``runs.wait``/``join`` answer: the thread's values (and interrupts), with the journey's view."""
+    graph = await graph_of(runtime, assistant, instance_id)
+    snapshot = await graph.aget_state(runtime.engine.config(instance_id))
+    output = output_values(snapshot)
+    if assistant.describe is not None:
+        output |= await assistant.describe(runtime, instance_id, snapshot)
+    return output
+
+
+class RunExecutor:
+    """Executes one queued run on its thread's journey and records its status and outcome."""
+
+    def __init__(
+        self, runtime: JourneyRuntime, runs: RunStore, *, notify: Any = None, durability: Durability | None = None
+    ) -> None:
+        self.runtime = runtime
+        self.runs = runs
+        self._notify = notify  # an object with .changed(run_id): wakes in-process waiters
+        self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
+
+    async def execute(self, run_id: str) -> RunRow | None:
+        try:
+            claimed = await self.runs.claim(run_id)
+        except asyncio.CancelledError:  # cancelled as it was being claimed: the claim may have landed
+            await self._interrupted(run_id)
+            raise
+        if claimed is None:
+            return None
+        run, instance_id = claimed
+        if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
+            await self._interrupted(run_id)
+            return await self.runs.get_run(run_id)
+        principal = run.principal or "local"
+        groups = tuple(run.metadata.get("_groups", ()))
+        assistant = get_assistant(run.assistant_id)
+        seq = await self.runs.last_seq(run_id) if run.stream_modes else 0  # a retried run streams on
+
+        async def emit(mode: str, chunk: Any) -> None:
+            nonlocal seq
+            seq += 1
+            await self.runs.append_event(run_id, seq, mode, jsonable(chunk))
+            self._changed(run_id)
+
+        async def bind(bound: str) -> None:
+            nonlocal instance_id
+            instance_id = bound
+            await self.runs.bind(run.thread_id, run.assistant_id, bound)
+
+        outcomes: dict[str, Outcome] = {}
+        options = RunOptions(self._durability_of(run, assistant), StreamSink.of(run.stream_modes, emit), outcomes)
+        ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind, options)
+        status, error, output = "success", None, None
+        view: View = None
+        try:
+            view = await self._run(run, assistant, ctx, instance_id)
+        except asyncio.CancelledError:
+            await self._interrupted(run_id)
+            raise
+        except JourneyError as exc:
+            status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
+        except Exception as exc:
+            log.exception("run failed", run_id=run_id)
+            status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
+        if error is not None:
+            await emit("error", error) if run.stream_modes else None
+        elif instance_id is not None:
+            outcome = outcomes.get(instance_id)
+            if view is not None and outcome is not None:
+                output = outcome_values(outcome) | jsonable(view)
+            else:
+                output = await self._output(assistant, instance_id)
+        finished = await self.runs.finish(run_id, status, error, output)
+        self._changed(run_id)
+        return finished or await self.runs.get_run(run_id)
+
+    def _durability_of(self, run: RunRow, assistant: Assistant) -> Durability | None:
+        """The client's choice, else the server's; "exit" only for journeys whose steps replay from the log
+        (others keep the engine's own setting). None: the engine's own setting."""
+        requested = cast(Durability | None, run.durability) or self._durability
+        if requested == "exit" and not assistant.replays_from_log:
+            return None
+        return requested if run.durability or assistant.replays_from_log else None
+
+    async def _interrupted(self, run_id: str) -> None:
+        await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
+        self._changed(run_id)
+
+    async def _run(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None) -> View:
+        """The run's work; the journey's view when the assistant answered with one (see ``View``)."""
+        if run.kind == "start" and (instance_id is None or assistant.chat):
+            return await assistant.start(ctx, run.input or {})
+        assert instance_id is not None
+        if run.kind == "start":
+            await self._restart(assistant, ctx, run, instance_id)  # a retried first run
+            return None
+        return await self._resume(run, assistant, ctx, instance_id)
+
+    async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
+        try:
+            return await thread_output(self.runtime, assistant, instance_id)
+        except Exception:  # the run itself succeeded: readers rebuild the output from the thread instead
+            log.exception("could not record a run's output", instance_id=instance_id)
+            return None
+
+    async def _resume(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str) -> View:
+        graph = await graph_of(self.runtime, assistant, instance_id)
+        config = self.runtime.engine.config(instance_id)
+        current = await graph.aget_state(config)
+        checkpoint = (current.config or {}).get("configurable", {}).get("checkpoint_id")
+        if run.attempts > 1 and run.base_checkpoint is not None and run.base_checkpoint != checkpoint:
+            # An earlier attempt got past the checkpoint this resume was for: it was applied already.
+            if in_flight(current):
+                await self._finish_in_flight(assistant, instance_id, ctx.options)
+            return None
+        await self.runs.set_base_checkpoint(run.run_id, checkpoint)
+        resume = (run.command or {}).get("resume")
+        return await assistant.resume(ctx, instance_id, resume)
+
+    async def _restart(self, assistant: Assistant, ctx: RunContext, run: RunRow, instance_id: str) -> None:
+        """A first run whose executor died after binding its thread: start what never started, finish
+        what is in flight; steps whose completion is logged are not executed again."""
+        if await self.runtime.store.index.get_instance(instance_id) is None:
+            await assistant.start(ctx, run.input or {})  # died before the journey was registered
+            return
+        if assistant.restart is not None:
+            await assistant.restart(ctx, instance_id, run.input or {})
+            return
+        await self._finish_in_flight(assistant, instance_id, ctx.options)
+
+    async def _finish_in_flight(self, assistant: Assistant, instance_id: str, options: RunOptions) -> None:
+        graph = await graph_of(self.runtime, assistant, instance_id)
+        async with self.runtime.engine.exclusive(instance_id):
+            await self.runtime.engine.settled_state(graph, instance_id, options=options)
+
+    def _changed(self, run_id: str) -> None:
+        if self._notify is not None:
+            self._notify.changed(run_id)

@@ -1,0 +1,118 @@
+"""How a waiting request learns that a run changed (finished, or wrote a stream chunk), without polling.
+
+The executor that runs the run tells :class:`RunWatch` directly when it is in this process (embedded
+mode). On PostgreSQL, :class:`~server.runs.store.RunStore` also sends ``NOTIFY journeys_runs, '<run id>'`` in the
+transaction that finishes a run or appends a chunk, and an API process whose runs execute elsewhere
+(distributed mode) forwards those notifications to its watch with :func:`listening`. A slow fallback
+read still runs (``poll``), so a notification lost while the listening connection reconnects costs
+latency, never a hung request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import structlog
+
+from checkpoints.runs import LISTEN_RUNS
+from server.runs.store import TERMINAL, RunRow, RunStore
+
+log = structlog.get_logger("journeys.watch")
+
+
+class RunWatch:
+    """Wakes the requests waiting on a run. A waiter registers *before* it reads the run, so a change
+    that lands between its read and its wait still wakes it."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    def changed(self, run_id: str) -> None:
+        for event in self._waiters.get(run_id, ()):
+            event.set()
+
+    def changed_all(self) -> None:
+        """Wake every waiter (they re-read): changes may have been missed, e.g. while reconnecting."""
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    @contextlib.contextmanager
+    def watching(self, run_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        waiters = self._waiters.setdefault(run_id, set())
+        waiters.add(event)
+        try:
+            yield event
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop(run_id, None)
+
+    @property
+    def watched(self) -> int:
+        return len(self._waiters)
+
+
+async def next_change(event: asyncio.Event, poll: float) -> None:
+    """Wait for ``event`` (at most ``poll`` seconds), then re-arm it for the next change."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), poll)
+    event.clear()
+
+
+async def wait_for_run(runs: RunStore, watch: RunWatch, run_id: str, poll: float) -> RunRow:
+    with watch.watching(run_id) as changed:
+        while True:
+            run = await runs.get_run(run_id)
+            if run is None or run.status in TERMINAL:
+                assert run is not None
+                return run
+            await next_change(changed, poll)
+
+
+@contextlib.asynccontextmanager
+async def listening(conninfo: str, watch: RunWatch, *, retry: float = 1.0) -> AsyncIterator[None]:
+    """Forward the database's run notifications to ``watch`` while the context is open.
+
+    The first ``LISTEN`` is in place when the context is entered; a dropped connection is reopened
+    (every waiter is then woken to re-read what it may have missed).
+    """
+    first = await _listen(conninfo)
+    task = asyncio.create_task(_forward(conninfo, watch, first, retry), name="journeys-run-notifications")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _listen(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    try:
+        await conn.execute(LISTEN_RUNS)
+    except BaseException:  # cancelled (the watch is closing) or dropped: not left open behind us
+        await conn.close()
+        raise
+    return conn
+
+
+async def _forward(
+    conninfo: str, watch: RunWatch, conn: psycopg.AsyncConnection[tuple[object, ...]] | None, retry: float
+) -> None:
+    while True:
+        try:
+            if conn is None:
+                conn = await _listen(conninfo)
+                watch.changed_all()
+            async with conn:
+                async for notice in conn.notifies():
+                    watch.changed(notice.payload)
+        except Exception as exc:  # the connection dropped (or could not open): listen again on a new one
+            log.warning("run notifications interrupted; reconnecting", error=repr(exc))
+            await asyncio.sleep(retry)
+        conn = None
