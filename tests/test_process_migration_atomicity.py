@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from checkpoints.process.timers import DEFAULT_LEASE
-from graphs import process_migration
 from graphs.errors import MigrationInProgressError
+from graphs.process import migration as process_migration
 from graphs.process.orchestrator import ProcessOrchestrator
 from graphs.runtime import JourneyRuntime
 from tests.process_support import Calls, runtime, table_dump, user_task, virtual_clock, waiting_elements

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from graphs import designs as designs_module
 from graphs.errors import (
     MigrationRefusedError,
     ProcessVersionConflictError,
     RolloutError,
     UnknownProcessError,
 )
+from graphs.kernel import designs as designs_module
 from graphs.process.context import DeployedVersions
 from graphs.process.versions import choose
 from tests.process_support import Calls, runtime, table_dump, user_task, virtual_clock, waiting_elements

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ROUTERS = sorted((Path(__file__).resolve().parent.parent / "server" / "routers").glob("*.py"))
+ROUTERS = sorted((Path(__file__).resolve().parent.parent / "server" / "api").glob("*.py"))
+assert ROUTERS, "no routers found: where did server/api go?"
 # Calls that lock a journey or write a graph's state: the runtime's and the services' business.
 WRITES = {"exclusive", "aupdate_state", "update_state", "ainvoke", "invoke", "astream", "settled_state"}
 QUEUE_INTERNALS = {"server.queues.embedded", "server.queues.procrastinate", "procrastinate"}
