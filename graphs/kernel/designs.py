@@ -84,9 +84,10 @@ class DesignBook:
         self._loaded: OrderedDict[str, tuple[Design, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._builders: dict[str, Builder] = {}
-        # The compiled-graph key of each spec held in _loaded, by object (held, so its id is not reused
-        # meanwhile): hashed once per design, not per run (a lifecycle spec takes about 1.5 ms to hash).
-        self._keys: dict[int, tuple[str, str]] = {}
+        # Every spec held in _loaded, by object (held, so its id is not reused meanwhile), with its
+        # compiled-graph key once asked for (None until then): hashed once per design, not per run (a
+        # lifecycle spec takes about 1.5 ms to hash).
+        self._keys: dict[int, tuple[str, str] | None] = {}
 
     def use_builder(self, pattern: str, build: Builder) -> None:
         """Build ``pattern``'s graphs with ``build`` (a pattern whose nodes need more than NodeServices):
@@ -167,6 +168,7 @@ class DesignBook:
         if replaced is not None and replaced[1] is not spec:
             self._keys.pop(id(replaced[1]), None)
         self._loaded[design.journey_id] = (design, spec)
+        self._keys.setdefault(id(spec), None)
         if len(self._loaded) > self._cache_size:
             _design, evicted = self._loaded.popitem(last=False)[1]
             self._keys.pop(id(evicted), None)
@@ -178,7 +180,7 @@ class DesignBook:
             key = known[1]
         else:
             key = _graph_key(pattern, spec)
-            if any(held is spec for _design, held in self._loaded.values()):
+            if id(spec) in self._keys:  # held: remember its key
                 self._keys[id(spec)] = (pattern, key)
         build = self._builders.get(pattern, self._kinds(pattern).build)
         return self.engine.compiled(key, lambda: build(spec, self.engine.services))
