@@ -12,6 +12,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import open_pool
@@ -28,7 +29,7 @@ def strict_serializer() -> JsonPlusSerializer:
 async def open_saver(
     url: StoreURL, *, pool_size: int = 10, pool: AsyncConnectionPool[Any] | None = None
 ) -> AsyncIterator[BaseCheckpointSaver[str]]:
-    """Open the saver for ``url``, run its ``setup()`` once, and close it on exit.
+    """Open the saver for ``url``, run its ``setup()`` (one process at a time), and close it on exit.
 
     ``memory://`` and ``sqlite://`` both get the official SQLite saver (``memory://`` on a throwaway
     file). On PostgreSQL the saver uses ``pool`` (the store's shared pool), or a pool of its own."""
@@ -46,10 +47,35 @@ async def open_saver(
             return
         if pool is None:
             pool = await stack.enter_async_context(open_pool(url, pool_size))
+        async with pool.connection() as conn:
+            await _set_up_in_turn(AsyncPostgresSaver(conn, serde=serde))
         pg_saver = AsyncPostgresSaver(pool, serde=serde)
         unlock_pooled(pg_saver, pool.max_size)
-        await pg_saver.setup()
         yield pg_saver
+
+
+# Arbitrary and stable, apart from our migrations' lock: the saver's migrations hold it.
+_SAVER_SETUP_LOCK = 7_310_512_002
+
+
+async def _set_up_in_turn(saver: AsyncPostgresSaver) -> None:
+    """Run the saver's ``setup()`` while no other process runs it.
+
+    Processes starting together on a new database would race its ``CREATE TABLE IF NOT EXISTS``
+    (PostgreSQL answers "type ... already exists"). The lock is taken by polling, not by waiting in
+    ``pg_advisory_lock``: the holder's ``CREATE INDEX CONCURRENTLY`` waits for every older snapshot to
+    end, and a waiter blocked inside a statement holds one, which PostgreSQL reports as a deadlock."""
+    conn = saver.conn
+    assert isinstance(conn, AsyncConnection)
+    while True:
+        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_SAVER_SETUP_LOCK,))).fetchone()
+        if row is not None and row["ok"]:
+            break
+        await asyncio.sleep(0.05)
+    try:
+        await saver.setup()
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (_SAVER_SETUP_LOCK,))
 
 
 def unlock_pooled(saver: AsyncPostgresSaver, pool_size: int) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -245,3 +247,23 @@ def test_procrastinate_migrations_are_applied_on_upgrade(postgres_url: str, tmp_
         assert conn.execute("SELECT count(*) FROM procrastinate_probe").fetchone() == (1,)
         recorded = {row[0] for row in conn.execute("SELECT name FROM journeys_queue_migrations")}
     assert recorded == {path.name for path in newer.glob("*.sql")}
+
+
+def test_processes_opening_a_fresh_postgres_database_together_all_start(postgres_url: str) -> None:
+    """API processes and workers start together on a new database: each runs the checkpointer's own
+    ``setup()`` as well as ours, and a second ``CREATE TABLE IF NOT EXISTS`` racing the first one fails
+    in PostgreSQL (``type ... already exists``) unless the openers take turns."""
+    script = (
+        "import asyncio, sys\n"
+        "from graphs.runtime import JourneyRuntime\n"
+        "async def main() -> None:\n"
+        "    async with JourneyRuntime.open(sys.argv[1], pool_size=2):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-c", script, postgres_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    failures = [err for child in children if (err := child.communicate(timeout=120)[1]) and child.returncode]
+    assert failures == []
