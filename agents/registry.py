@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from agents.errors import AgentNotFoundError, DuplicateAgentError
@@ -55,6 +57,21 @@ class AgentRegistry:
         self._agents[intent] = entry
         return entry
 
+    def bind(self, agents: Mapping[str, Agent]) -> None:
+        """Register agents a spec named by object (``ServiceTask(agent=MyAgent)``), under the intents
+        :func:`intent_of` gave them. Binding the same object again is a no-op; a different agent
+        already serving one of those intents is refused (:class:`DuplicateAgentError`)."""
+        for intent, agent in agents.items():
+            known = self._agents.get(intent)
+            if known is None:
+                self.register(intent, agent, description="registered by the spec that names it")
+            elif not _same_agent(known.agent, agent):
+                raise DuplicateAgentError(
+                    f"a spec names {agent!r} for intent {intent!r}, which {known.name} already serves; "
+                    "give the object an `intent` attribute of its own, or name the intent as a string",
+                    intent=intent,
+                )
+
     def agent(self, intent: str, **options: object) -> Callable[[Agent], Agent]:
         """Decorator form of :meth:`register`."""
 
@@ -80,3 +97,36 @@ class AgentRegistry:
 
     def intents(self) -> list[str]:
         return sorted(self._agents)
+
+
+def intent_of(agent: object) -> str:
+    """The intent an agent named by object serves: its ``intent`` attribute, else its (class or
+    function) name in snake case: ``WowVisionPrime`` → ``wow_vision_prime``."""
+    intent = getattr(agent, "intent", None)
+    if isinstance(intent, str) and intent.strip():
+        return intent
+    name = getattr(agent, "__name__", None) or type(agent).__name__
+    intent = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    if not _NAMED.match(intent):
+        raise TypeError(f"{agent!r} has no usable name for an intent; give it an `intent` attribute or pass a string")
+    return intent
+
+
+_NAMED = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _same_agent(known: Agent, given: Agent) -> bool:
+    # Functions must be the very object; instances of one class (made afresh from the class each time
+    # a spec names it) are the same agent.
+    if known is given:
+        return True
+    return not inspect.isroutine(given) and type(known) is type(given)
+
+
+def as_agent(value: object) -> Agent:
+    """An object given where an agent is expected: a class is instantiated with no arguments; what
+    results must be callable with an :class:`~agents.protocol.AgentRequest`."""
+    agent = value() if isinstance(value, type) else value
+    if not callable(agent):
+        raise TypeError(f"{value!r} is not an agent: give a callable taking an AgentRequest, or an intent name")
+    return agent  # type: ignore[no-any-return]

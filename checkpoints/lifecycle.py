@@ -146,7 +146,8 @@ class LifecycleStore:
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return {r.uow_id: {t: v.get("output") or {} for t, v in r.tasks.items()} for r in rows}
+        # output_data: the seed's name; rows written before it carry output.
+        return {r.uow_id: {t: v.get("output_data", v.get("output")) or {} for t, v in r.tasks.items()} for r in rows}
 
     async def latest_metrics(
         self, journey_id: str, metrics: Collection[str], at: datetime

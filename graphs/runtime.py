@@ -29,6 +29,7 @@ from graphs.kernel.designs import DesignBook
 from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, registered_patterns
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS
+from graphs.process.transactions import Transactions
 from graphs.structured.templates import TemplateCatalog, default_catalog
 from nodes.agent_call import AgentCaller
 from nodes.services import NodeServices
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
 
 class JourneyRuntime:
     """Reach every orchestrator from here: ``structured``, ``session``, ``mvp``, ``saga``, ``lifecycle``
-    and ``processes``; each registered pattern's orchestrator is the attribute it names, and
-    :meth:`orchestrator` finds one by pattern name."""
+    and ``processes`` (and ``transaction``: compensating transactions as a plain call); each registered
+    pattern's orchestrator is the attribute it names, and :meth:`orchestrator` finds one by pattern name."""
 
     # The built-in patterns' orchestrators, typed; each is set from the pattern registry.
     structured: StructuredOrchestrator
@@ -82,6 +83,7 @@ class JourneyRuntime:
                 if pattern.attribute is not None:
                     setattr(self, pattern.attribute, built[name])
         self._orchestrators = built
+        self.transaction = Transactions(self.processes)  # the seed's transaction.execute_with_compensation
         self.milestones = MilestoneTracker(store)
         self.analytics = JourneyAnalytics(store)
         self._designs = designs

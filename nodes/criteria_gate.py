@@ -132,26 +132,41 @@ class TableMetricSource:
 
 @dataclass(frozen=True, slots=True)
 class CriteriaCheck:
-    """The outcome of one criterion: whether it passed, the value read and the value expected."""
+    """The outcome of one criterion, with the seed's fields: whether it passed, the value read
+    (``actual_value``) and the value expected (``expected_value``). ``actual`` and ``expected`` are
+    the earlier names, kept as aliases."""
 
     name: str
     passed: bool
-    actual: Any
-    expected: Any
+    actual_value: Any
+    expected_value: Any
     message: str
+
+    @property
+    def actual(self) -> Any:
+        return self.actual_value
+
+    @property
+    def expected(self) -> Any:
+        return self.expected_value
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "passed": self.passed,
-            "actual": self.actual,
-            "expected": self.expected,
+            "actual_value": self.actual_value,
+            "expected_value": self.expected_value,
             "message": self.message,
+            "actual": self.actual_value,  # the earlier names, for clients that read them
+            "expected": self.expected_value,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CriteriaCheck:
-        return cls(data["name"], bool(data["passed"]), data.get("actual"), data.get("expected"), data["message"])
+        # Validations stored before the seed's names were adopted carry only actual/expected.
+        actual = data["actual_value"] if "actual_value" in data else data.get("actual")
+        expected = data["expected_value"] if "expected_value" in data else data.get("expected")
+        return cls(data["name"], bool(data["passed"]), actual, expected, data["message"])
 
 
 @dataclass(frozen=True, slots=True)

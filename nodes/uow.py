@@ -29,7 +29,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
@@ -38,12 +38,11 @@ from checkpoints.lifecycle import unit_finished, unit_started
 from nodes import schemas
 from nodes.agent_call import Recorder, Recording
 from nodes.compensation import COMPENSATION_RETRY
-from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, thread_id
 
-UNIT_ID = SNAKE_ID
 TASK_ID = re.compile(r"^[a-z][a-z0-9_-]*$")
+UNIT_ID = TASK_ID  # the seed's ids read "uow-sandbox-medtronic-001"
 UowStatus = Literal["pending", "running", "completed", "failed", "rolled_back"]
 JSON_TYPES = {"string", "number", "integer", "boolean", "array", "object", "null"}
 SCHEMA_KEYWORDS = {"type", "properties", "required", "$schema", "items", "enum", "const", "allOf", "anyOf", "oneOf"}
@@ -64,9 +63,12 @@ def schema_from_shorthand(value: Any) -> Any:
 
 
 class TaskSpec(BaseModel):
-    """One task of a unit of work: the agent that does it and the tasks it depends on."""
+    """One task of a unit of work: the agent that does it and the tasks it depends on.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    The seed's spellings are accepted: ``input_data`` for ``input``, and a task that names only its
+    ``agent_id`` is served by the agent registered for that id as its intent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     task_id: str
     name: str = ""
@@ -74,7 +76,9 @@ class TaskSpec(BaseModel):
     intent: str = Field(min_length=1, description="the agent is discovered by this intent in the registry")
     agent_id: str | None = Field(default=None, description="informational: the agent expected to serve it")
     depends_on: tuple[str, ...] = ()
-    input: dict[str, Any] = Field(default_factory=dict, description="static input values")
+    input: dict[str, Any] = Field(
+        default_factory=dict, validation_alias=AliasChoices("input", "input_data"), description="static input values"
+    )
     input_from: dict[str, str] = Field(
         default_factory=dict,
         description="input field → path: tasks.<task>.<field>, units.<uow>.<task>.<field> or journey.<field>",
@@ -83,6 +87,13 @@ class TaskSpec(BaseModel):
     output_schema: dict[str, Any] | None = None
     max_retries: int = Field(default=3, ge=0, le=20)
     compensation: str | None = Field(default=None, description="intent of the agent that undoes this task")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_id_as_intent(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "intent" not in data and isinstance(data.get("agent_id"), str):
+            return {**data, "intent": data["agent_id"]}
+        return data
 
     @field_validator("task_id")
     @classmethod
@@ -120,7 +131,7 @@ class UnitOfWorkSpec(BaseModel):
     @classmethod
     def _uow_id_shape(cls, value: str) -> str:
         if not UNIT_ID.match(value):
-            raise ValueError(f"uow_id {value!r} must be lower_snake_case (letters, digits, underscores)")
+            raise ValueError(f"uow_id {value!r} must be lowercase letters, digits, '-' or '_', starting with a letter")
         return value
 
     @property
@@ -155,6 +166,27 @@ class UnitOfWorkSpec(BaseModel):
                 seen.add(current)
                 stack.extend(self.task(current).depends_on)
         return seen
+
+
+def task_record(task: TaskSpec, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A task as a unit-of-work run stores it: the seed's ``Task`` fields (``name, agent_id,
+    input_data, status, output_data, retry_count, max_retries``), with its attempts and, when it
+    failed or was undone, why and by what."""
+    attempts = int(entry.get("attempts") or 0)
+    record = {
+        "task_id": task.task_id,
+        "name": task.title,
+        "agent_id": task.agent_id or task.intent,
+        "intent": task.intent,
+        "input_data": entry.get("input", dict(task.input)),
+        "status": entry["status"],
+        "output_data": entry.get("output"),
+        "retry_count": max(attempts - 1, 0),
+        "max_retries": task.max_retries,
+        "attempts": attempts,
+    }
+    record.update({k: entry[k] for k in ("error", "error_type", "compensation") if k in entry})
+    return record
 
 
 def find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
@@ -345,7 +377,7 @@ def build_uow_graph(
             purpose=request["purpose"],
             status="running",
             dependencies=list(unit.dependencies),
-            tasks=pending,
+            tasks={t.task_id: task_record(t, pending[t.task_id]) for t in unit.tasks},
             tasks_total=0,
             tasks_failed=0,
             task_attempts=0,
@@ -398,12 +430,9 @@ def build_uow_graph(
         task = unit.task(state["task"])
         tasks = state.get("tasks") or {}
 
-        def failed(message: str, error_type: str, attempts: int) -> UowState:
-            return {
-                "tasks": {
-                    task.task_id: {"status": "failed", "attempts": attempts, "error": message, "error_type": error_type}
-                }
-            }
+        def failed(message: str, error_type: str, attempts: int, given: Mapping[str, Any] | None = None) -> UowState:
+            entry = {"status": "failed", "attempts": attempts, "error": message, "error_type": error_type}
+            return {"tasks": {task.task_id: entry if given is None else {**entry, "input": dict(given)}}}
 
         document = {
             "journey": request["journey"],
@@ -422,7 +451,7 @@ def build_uow_graph(
                 schemas.validate(payload, task.input_schema)
             except jsonschema.ValidationError as exc:
                 message = f"task {task.task_id!r}: its input breaks input_schema: {exc.message}"
-                return failed(message, "InputSchemaError", 0)
+                return failed(message, "InputSchemaError", 0, payload)
         base = services.caller.retry
         try:
             outcome = await perform_task(
@@ -439,10 +468,9 @@ def build_uow_graph(
             )
         except AgentError as exc:
             attempts = int(exc.details.get("attempts") or 0)  # 0: refused before any call
-            return failed(f"task {task.task_id!r}: {exc}", exc.code, attempts)
-        return {
-            "tasks": {task.task_id: {"status": "completed", "attempts": outcome.attempts, "output": outcome.output}}
-        }
+            return failed(f"task {task.task_id!r}: {exc}", exc.code, attempts, payload)
+        done = {"status": "completed", "attempts": outcome.attempts, "output": outcome.output, "input": payload}
+        return {"tasks": {task.task_id: done}}
 
     async def compensate(state: UowState, config: RunnableConfig) -> UowState:
         request = state["uow_request"]
@@ -501,7 +529,7 @@ def build_uow_graph(
         row = unit_finished(
             request["run_id"],
             status=status,
-            tasks={t: dict(tasks[t]) for t in unit.task_ids},
+            tasks={t.task_id: task_record(t, tasks[t.task_id]) for t in unit.tasks},
             tasks_total=len(ran),
             tasks_failed=sum(1 for t in ran if t["status"] == "failed"),
             task_attempts=sum(int(t.get("attempts") or 0) for t in ran),

@@ -90,6 +90,7 @@ async def test_default_units_map_inputs_from_earlier_tasks_and_units(store_url: 
         assert payload("install_connectors") == {
             "environment_id": "env-42",  # from the earlier task
             "connectors": ["confluence", "google_drive", "slack"],
+            "auth_method": "oauth2",  # as the design notes' sandbox unit passes it
         }
         assert payload("provision_test_dataset")["environment_id"] == "env-42"  # from the earlier unit
         assert payload("run_security_scan") == {"environment_id": "env-42"}
@@ -101,7 +102,7 @@ async def test_default_units_map_inputs_from_earlier_tasks_and_units(store_url: 
             ("test_dataset_provisioning", "completed", "on_demand"),
             ("search_quality_validation", "completed", "on_demand"),
         ]
-        assert runs[0]["tasks"]["provision-infra"]["output"]["environment_id"] == "env-42"
+        assert runs[0]["tasks"]["provision-infra"]["output_data"]["environment_id"] == "env-42"
         assert runs[1]["dependencies"] == ["connector_installation"]
         assert all(r["started_at"] and r["completed_at"] for r in runs)
         types = [e.type for e in await rt.history(journey_id) if e.type.startswith(("uow.", "task."))]

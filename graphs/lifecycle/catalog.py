@@ -128,7 +128,7 @@ def _sandbox() -> StageSpec:
                         agent_id="connector-installation-agent",
                         intent="install_connectors",
                         depends_on=("provision-infra",),
-                        input={"connectors": ["confluence", "google_drive", "slack"]},
+                        input={"connectors": ["confluence", "google_drive", "slack"], "auth_method": "oauth2"},
                         input_from={"environment_id": "tasks.provision-infra.environment_id"},
                         input_schema={"environment_id": "string", "connectors": "array"},
                         output_schema={"installed_connectors": "array"},
@@ -157,6 +157,7 @@ def _sandbox() -> StageSpec:
                         name="Security Audit",
                         agent_id="security-audit-agent",
                         intent="run_security_scan",
+                        depends_on=("provision-test-data",),  # the seed's depends_on: scan the provisioned data
                         input_from={"environment_id": "units.connector_installation.provision-infra.environment_id"},
                         input_schema=_ENV,
                         output_schema={"scan_result": "object", "vulnerabilities": "array"},

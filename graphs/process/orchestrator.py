@@ -98,11 +98,15 @@ class ProcessOrchestrator:
     async def deploy(self, process: ProcessSpec | Mapping[str, Any], *, weight: float | None = None) -> dict[str, Any]:
         """Validate and register ``process`` as (name, version).
 
+        Agents the spec names by object (``ServiceTask(agent=MyAgent, compensation=undo_it)``) are
+        registered first, under the intents the spec records for them.
+
         Without ``weight`` the new version takes every new instance; with ``weight`` (a percentage) it
         takes that share and the previous default keeps the rest (a gradual rollout). Deploying the very
         same definition again is a no-op; a different definition under a taken version is refused.
         """
         spec = parse_spec(ProcessSpec, process, spec_name="process")
+        self._designs.registry.bind(spec.agent_bindings())
         self._designs.check(PATTERN, spec)
         existing = await self.deployments.get(spec.name, spec.version)
         if existing is not None:

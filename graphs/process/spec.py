@@ -20,11 +20,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
+from agents.protocol import Agent
+from agents.registry import as_agent, intent_of
 from nodes.criteria import Condition, Criteria
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
@@ -47,11 +58,49 @@ def _kind_required(schema: JsonDict) -> None:
     schema["required"] = [*(required if isinstance(required, list) else []), "type"]
 
 
+def _named_by_object(value: Any) -> bool:
+    return value is not None and not isinstance(value, str | Mapping | list | tuple | BaseModel)
+
+
+def _bind(agent: Any, bindings: dict[str, Agent]) -> str:
+    intent = intent_of(agent)
+    bindings[intent] = as_agent(agent)
+    return intent
+
+
 class _Element(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_kind_required)
+    """What every element shares. An agent slot (``agent``, ``compensation``, ``on_timeout``,
+    ``notify``) takes an intent name or, as the seed writes it, the agent itself (a callable, or a
+    class made with no arguments): the element keeps the intent and remembers the object, which
+    ``processes.deploy`` registers for the user (:meth:`ProcessSpec.agent_bindings`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_kind_required, populate_by_name=True)
+    _agent_slots: ClassVar[tuple[str, ...]] = ()
 
     id: str = Field(json_schema_extra={"pattern": ELEMENT_ID.pattern})  # checked below, with a fix
     name: str = ""
+    _bindings: dict[str, Agent] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _agents_by_object(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        bindings: dict[str, Agent] = {}
+        if isinstance(data, Mapping):
+            data = cls._take_agents(dict(data), bindings)
+        element = handler(data)
+        element._bindings.update(bindings)
+        return element
+
+    @classmethod
+    def _take_agents(cls, data: dict[str, Any], bindings: dict[str, Agent]) -> dict[str, Any]:
+        for slot in cls._agent_slots:
+            if _named_by_object(value := data.get(slot)):
+                data[slot] = cls._slot_value(slot, _bind(value, bindings))
+        return data
+
+    @classmethod
+    def _slot_value(cls, _slot: str, intent: str) -> Any:
+        return intent
 
     @field_validator("id")
     @classmethod
@@ -100,10 +149,20 @@ class EndEvent(_Element):
 class ServiceTask(_Element):
     """A process step done by an agent, named by intent."""
 
+    _agent_slots = ("agent", "compensation")
+
     type: Literal["service_task"] = "service_task"
     agent: str = Field(min_length=1, description="intent of the agent that does the work")
-    inputs: tuple[str, ...] | None = Field(default=None, description="variables passed to the agent; None: all")
-    outputs: VariableMap = Field(default_factory=dict, description="variable → field of the agent's output")
+    inputs: tuple[str, ...] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("inputs", "input_variables"),
+        description="variables passed to the agent (the seed's input_variables); None: all",
+    )
+    outputs: VariableMap = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("outputs", "output_variables"),
+        description="variable → field of the agent's output (the seed's output_variables: a list of names)",
+    )
     compensation: str | None = Field(default=None, description="intent of the agent that undoes this task")
     output_schema: dict[str, Any] | None = None
 
@@ -136,6 +195,8 @@ class Escalation(BaseModel):
 class UserTask(_Element):
     """A process step done by a person: assigned, claimed and completed through the inbox."""
 
+    _agent_slots = ("on_timeout",)
+
     type: Literal["user_task"] = "user_task"
     title: str = ""
     description: str = ""
@@ -159,6 +220,16 @@ class UserTask(_Element):
         if self.sla is not None:
             TimerDefinition(duration=self.sla)  # raises with a fix when unreadable
         return self
+
+    @classmethod
+    def _slot_value(cls, _slot: str, intent: str) -> Any:
+        # on_timeout=escalate_to_cto: tell that agent about the breach.
+        return {"action": "notify", "notify": intent}
+
+    @field_validator("on_timeout", mode="before")
+    @classmethod
+    def _escalate_to_intent(cls, value: Any) -> Any:
+        return {"action": "notify", "notify": value} if isinstance(value, str) else value
 
     @property
     def label(self) -> str:
@@ -191,11 +262,27 @@ class EventGateway(_Element):
     type: Literal["event_gateway"] = "event_gateway"
 
 
+def _timer_shorthand(data: Any) -> Any:
+    # TimerEvent(id=..., duration="P7D") is shorthand for timer={"duration": "P7D"}.
+    if isinstance(data, Mapping) and "timer" not in data and TIMER_KEYS & set(data):
+        data = dict(data)
+        data["timer"] = {key: data.pop(key) for key in (*TIMER_KEYS, "timezone", "missed") if key in data}
+    return data
+
+
+TIMER_KEYS = frozenset({"duration", "date", "cycle", "cron"})
+
+
 class TimerEvent(_Element):
-    """Waits until a timer fires."""
+    """Waits until a timer fires: a duration ("wait 7 days"), a cycle or cron ("daily at 9am") or a date."""
 
     type: Literal["timer"] = "timer"
     timer: TimerDefinition
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _timer_shorthand(data)
 
 
 class MessageEvent(_Element):
@@ -216,11 +303,18 @@ class BoundaryTimer(_Element):
     """A timer on a user task. Interrupting: cancels the task and leaves by its own flow. Non-interrupting:
     the task stays open and ``notify`` is told at every tick (a reminder; cycles allowed)."""
 
+    _agent_slots = ("notify",)
+
     type: Literal["boundary_timer"] = "boundary_timer"
     attached_to: str
     timer: TimerDefinition
     interrupting: bool = True
     notify: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _timer_shorthand(data)
 
 
 class CompensableStep(BaseModel):
@@ -240,6 +334,19 @@ class Transaction(_Element):
     steps: tuple[CompensableStep, ...] = Field(min_length=1)
     inputs: tuple[str, ...] | None = None
     output: str | None = Field(default=None, description="variable for the outcome; defaults to <id>_status")
+
+    @classmethod
+    def _take_agents(cls, data: dict[str, Any], bindings: dict[str, Agent]) -> dict[str, Any]:
+        # [(create_issue, delete_issue), …]: the seed's pairs of functions.
+        steps = data.get("steps")
+        if isinstance(steps, list | tuple):
+            data["steps"] = [
+                tuple(_bind(v, bindings) if _named_by_object(v) else v for v in step)
+                if isinstance(step, list | tuple)
+                else step
+                for step in steps
+            ]
+        return data
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -325,6 +432,10 @@ class ProcessSpec(BaseModel):
     @property
     def journey_type(self) -> str:
         return self.name
+
+    def agent_bindings(self) -> dict[str, Agent]:
+        """The agents its elements name by object, by the intent each was given (see ``_Element``)."""
+        return {intent: agent for element in self.elements for intent, agent in element._bindings.items()}
 
     def element(self, element_id: str) -> Any:
         for element in self.elements:

@@ -19,9 +19,11 @@ class CheckOut(BaseModel):
 
     name: str
     passed: bool
-    actual: Any = Field(description="the value found (a metric, a unit's status); null when none was recorded")
-    expected: Any
+    actual_value: Any = Field(description="the value found (a metric, a unit's status); null when none was recorded")
+    expected_value: Any
     message: str
+    actual: Any = Field(description="the earlier name of actual_value")
+    expected: Any = Field(description="the earlier name of expected_value")
 
 
 class ValidationOut(BaseModel):
