@@ -198,7 +198,15 @@ async def test_every_validation_is_stored_with_its_event(store_url: str) -> None
         assert [e.payload for e in events] == [v.to_dict() for v in history]
         assert [e.key for e in events] == [v.validation_id for v in history]
         for check in passed.checks:
-            assert set(check.to_dict()) == {"name", "passed", "actual_value", "expected_value", "message", "actual", "expected"}
+            assert set(check.to_dict()) == {
+                "name",
+                "passed",
+                "actual_value",
+                "expected_value",
+                "message",
+                "actual",
+                "expected",
+            }
 
 
 async def test_thresholds_are_configurable_per_journey(store_url: str) -> None:

@@ -61,6 +61,7 @@ from graphs.lifecycle.machine import (
 from graphs.lifecycle.metrics import LifecycleMetrics
 from nodes.criteria_gate import (
     METRIC_NAME,
+    CriteriaCheck,
     MetricSource,
     TableMetricSource,
     ValidationResult,
@@ -273,7 +274,15 @@ class LifecycleOrchestrator:
             self._expect(snapshot, event)
             request = {"event": event.value, "metadata": request_metadata}
             snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
-        return _gate_result(snapshot, journey_id)
+        result = _gate_result(snapshot, journey_id)
+        if result.passed:
+            await self._watch_entered(journey_id, run_options)
+        return result
+
+    async def _watch_entered(self, journey_id: str, run_options: RunOptions) -> dict[str, Any] | None:
+        # A stage entered (again) while one of its rollback thresholds already holds rolls back now, not
+        # at the next recorded metric: a pilot re-entered with satisfaction still at 3.2 does not stay.
+        return await self._watch(journey_id, await self._design_of(journey_id), None, run_options)
 
     async def transition(
         self, journey_id: str, event: str, *, run_options: RunOptions = DEFAULT_RUN, **options: Any
@@ -411,7 +420,8 @@ class LifecycleOrchestrator:
                 f"{outcome.get('error') or record.get('status')}; complete it again or cancel the journey",
                 rollback=record,
             )
-        return {**journey_view(snapshot.values, spec), "rollback": record}
+        again = await self._watch_entered(journey_id, run_options)
+        return {**(again["journey"] if again else journey_view(snapshot.values, spec)), "rollback": record}
 
     async def run_unit_of_work(
         self, journey_id: str, uow_id: str, *, run_options: RunOptions = DEFAULT_RUN
@@ -565,24 +575,30 @@ class LifecycleOrchestrator:
         return await self._rows.units_of_work(journey_id)
 
     async def journey_card(self, journey_id: str) -> dict[str, Any]:
-        """The dashboard card of one journey: stage, days in it, unit progress, last validation, recent events."""
+        """The dashboard card of one journey, with the seed's fields (``GleanDashboardPublisher``):
+        ``client_id, current_stage, started_at, stage_duration_days`` (whole days, as the seed counts
+        them), ``exit_criteria`` (the current stage's exit criteria evaluated now: nothing is stored or
+        moved) and ``recent_activities``; with the stage's unit progress and the last stored validation."""
         state = await self.get_journey_state(journey_id)
         spec, _graph = await self._load(journey_id)
         stage = state["current_stage"]
         now = self._store.clock.now()
         entered = state.get("stage_started_at")
-        stage_units = [u.uow_id for u in spec.stage(stage).units] if stage in [s.value for s in ACTIVE_STAGES] else []
+        active = stage in [s.value for s in ACTIVE_STAGES]
+        stage_units = [u.uow_id for u in spec.stage(stage).units] if active else []
         done = [u for u in stage_units if state["units"].get(u) == "completed"]
         validations = await self.validation_history(journey_id)
         events = await self._store.events.list(journey_id)
+        exit_now = await self._exit_criteria_now(journey_id, spec, state, now) if active else None
         return {
             "journey_id": journey_id,
             "client_id": state["client_id"],
             "current_stage": stage,
             "status": state["status"],
             "started_at": state["started_at"],
-            "stage_duration_days": round((now - datetime.fromisoformat(entered)).total_seconds() / 86_400, 3)
-            if entered
+            "stage_duration_days": (now - datetime.fromisoformat(entered)).days if entered else None,
+            "exit_criteria": (await self._exit_criteria_now(journey_id, spec, state, now)).to_dict()
+            if active
             else None,
             "stage_progress": {"completed_units": len(done), "units": len(stage_units)},
             "last_validation": validations[-1].to_dict() if validations else None,
@@ -590,6 +606,22 @@ class LifecycleOrchestrator:
                 {"type": e.type, "step": e.step, "at": e.created_at.isoformat()} for e in events[-10:]
             ],
         }
+
+    async def _exit_criteria_now(
+        self, journey_id: str, spec: LifecycleSpec, state: Mapping[str, Any], now: datetime
+    ) -> ValidationResult:
+        name = str(state["current_stage"])
+        stage = spec.stage(name)
+        checks = await evaluate_criteria(stage.exit_criteria, self.deps.metrics, journey_id, now)
+        for uow_id in stage.required_units:
+            status = state["units"].get(uow_id) or "not run yet"
+            passed = status == "completed"
+            message = f"unit of work {uow_id!r} has completed" if passed else f"unit of work {uow_id!r} is {status}"
+            checks.append(CriteriaCheck(f"unit:{uow_id}", passed, status, "completed", message))
+        event = PROMOTIONS.get(name, TransitionEvent.MARK_COMPLETE)
+        return ValidationResult(
+            f"{journey_id}:exit-now", journey_id, "exit_criteria", event.value, name, None, tuple(checks), now
+        )
 
     async def dashboard(self) -> dict[str, Any]:
         """Journey visibility across all clients: every lifecycle metric with the seed's targets."""
