@@ -597,9 +597,7 @@ class LifecycleOrchestrator:
             "status": state["status"],
             "started_at": state["started_at"],
             "stage_duration_days": (now - datetime.fromisoformat(entered)).days if entered else None,
-            "exit_criteria": (await self._exit_criteria_now(journey_id, spec, state, now)).to_dict()
-            if active
-            else None,
+            "exit_criteria": exit_now.to_dict() if exit_now else None,
             "stage_progress": {"completed_units": len(done), "units": len(stage_units)},
             "last_validation": validations[-1].to_dict() if validations else None,
             "recent_activities": [
