@@ -108,7 +108,7 @@ def intent_of(agent: object) -> str:
     name = getattr(agent, "__name__", None) or type(agent).__name__
     intent = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
     if not _NAMED.match(intent):
-        raise TypeError(f"{agent!r} has no usable name for an intent; give it an `intent` attribute or pass a string")
+        raise ValueError(f"{agent!r} has no usable name for an intent; give it an `intent` attribute or pass a string")
     return intent
 
 
@@ -128,5 +128,5 @@ def as_agent(value: object) -> Agent:
     results must be callable with an :class:`~agents.protocol.AgentRequest`."""
     agent = value() if isinstance(value, type) else value
     if not callable(agent):
-        raise TypeError(f"{value!r} is not an agent: give a callable taking an AgentRequest, or an intent name")
+        raise ValueError(f"{value!r} is not an agent: give a callable taking an AgentRequest, or an intent name")
     return agent  # type: ignore[no-any-return]
