@@ -1,4 +1,4 @@
-"""Every README Python block and every notebook is executed, so the docs cannot rot."""
+"""Every Python block of the README and of docs/, and every notebook, is executed, so the docs cannot rot."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
-README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [
+    (f"{path.stem}-{i}", block)
+    for path in DOCS
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(), re.S))
+]
+README_BLOCKS = [block for name, block in BLOCKS if name.startswith("README-")]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
@@ -23,8 +29,8 @@ def test_the_docs_have_examples() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", README_BLOCKS, ids=[f"readme-{i}" for i in range(len(README_BLOCKS))])
-def test_readme_block_runs(block: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [b for _name, b in BLOCKS], ids=[name for name, _b in BLOCKS])
+def test_docs_block_runs(block: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120

@@ -11,21 +11,31 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from checkpoints.events import Event
 from graphs.errors import InvalidInputError
 from graphs.process.spec import EndEvent, ProcessSpec, StartEvent, Transaction
 
-if TYPE_CHECKING:
-    from graphs.process.orchestrator import ProcessOrchestrator
-
 _ELEMENT = "transaction"
+
+
+class Processes(Protocol):
+    """What a transaction needs of ``runtime.processes``."""
+
+    async def deploy(self, process: ProcessSpec, *, weight: float | None = None) -> dict[str, Any]: ...
+
+    async def start(
+        self, name: str, business_key: str, variables: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+
+    async def history(self, instance_id: str) -> list[Event]: ...
 
 
 class Transactions:
     """``runtime.transaction``: compensating transactions over agents, named by intent or by object."""
 
-    def __init__(self, processes: ProcessOrchestrator) -> None:
+    def __init__(self, processes: Processes) -> None:
         self._processes = processes
 
     async def execute_with_compensation(
