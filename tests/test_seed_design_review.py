@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agents import AgentRequest, PermanentAgentError
+from agents.registry import RegisteredAgent
 from graphs import SpecError
 from graphs.process import (
     EndEvent,
@@ -102,6 +103,9 @@ def test_service_task_takes_the_seeds_arguments() -> None:
     # The objects stay with the spec until it is deployed; the spec itself is plain data.
     assert set(ProcessSpec(name="one", elements=[task]).agent_bindings()) == {"wow_vision_prime", "rollback_function"}
     assert ServiceTask(id="named", agent="wowvision.validate").agent == "wowvision.validate"
+    registered = RegisteredAgent("wowvision.validate", WowVisionPrime(), "WowVisionPrime")
+    by_entry = ServiceTask(id="by_entry", agent=registered)
+    assert (by_entry.agent, by_entry._bindings["wowvision.validate"]) == ("wowvision.validate", registered.agent)
     with pytest.raises(ValueError, match="not an agent"):  # pydantic's ValidationError is a ValueError
         ServiceTask(id="broken", agent=42)
 

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from agents.protocol import Agent
-from agents.registry import as_agent, intent_of
+from agents.registry import RegisteredAgent, as_agent, intent_of
 from nodes.criteria import Condition, Criteria
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
@@ -64,7 +64,8 @@ def _named_by_object(value: Any) -> bool:
 
 def _bind(agent: Any, bindings: dict[str, Agent]) -> str:
     intent = intent_of(agent)
-    bindings[intent] = as_agent(agent)
+    # A registry entry (runtime.agents.resolve(...)) stands for the agent it holds.
+    bindings[intent] = agent.agent if isinstance(agent, RegisteredAgent) else as_agent(agent)
     return intent
 
 
