@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
+from agents.resilience import CallOptions
 from nodes.criteria import Condition, Criteria
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
@@ -97,8 +98,9 @@ class EndEvent(_Element):
     outcome: str | None = Field(default=None, description="recorded as the instance's outcome; defaults to the id")
 
 
-class ServiceTask(_Element):
-    """A process step done by an agent, named by intent."""
+class ServiceTask(_Element, CallOptions):
+    """A process step done by an agent, named by intent; its call's ``timeout``, ``retry`` and
+    ``fallbacks`` (:class:`CallOptions`)."""
 
     type: Literal["service_task"] = "service_task"
     agent: str = Field(min_length=1, description="intent of the agent that does the work")
