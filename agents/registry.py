@@ -35,6 +35,7 @@ class AgentRegistry:
 
     def __init__(self) -> None:
         self._agents: dict[str, RegisteredAgent] = {}
+        self._pool_limits: dict[str, int] = {}  # the smallest concurrency any agent of a pool declared
 
     def register(
         self,
@@ -79,6 +80,9 @@ class AgentRegistry:
             concurrency=concurrency,
         )
         self._agents[intent] = entry
+        if concurrency is not None:
+            pool_name = entry.pool or intent
+            self._pool_limits[pool_name] = min(concurrency, self._pool_limits.get(pool_name, concurrency))
         return entry
 
     def agent(self, intent: str, **options: object) -> Callable[[Agent], Agent]:
@@ -100,6 +104,11 @@ class AgentRegistry:
                 intent=intent,
                 registered=sorted(self._agents),
             ) from None
+
+    def pool_limit(self, pool: str) -> int | None:
+        """How many calls of an agent pool may run at once (per process): the smallest ``concurrency`` its
+        agents were registered with; None when none declared one."""
+        return self._pool_limits.get(pool)
 
     def __contains__(self, intent: object) -> bool:
         return intent in self._agents

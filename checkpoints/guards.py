@@ -274,20 +274,21 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """One intent's token bucket as stored."""
+    """One intent's rate limit as stored, by the generic cell rate algorithm (a token bucket kept as one
+    timestamp): ``next_call_at`` is when the next call would be due were calls spaced evenly."""
 
     intent: str
-    tokens: float
-    refilled_at: datetime
+    next_call_at: datetime
     version: int = 0
 
     def take(self, limit: RateLimit, now: datetime) -> tuple[Bucket | None, float]:
-        """Take one call's token: (the bucket after, 0.0) or (None, seconds until a token is there)."""
-        elapsed = max(0.0, (now - self.refilled_at).total_seconds())
-        tokens = min(limit.capacity, self.tokens + elapsed * limit.per_second)
-        if tokens < 1:
-            return None, (1 - tokens) / limit.per_second
-        return dataclasses.replace(self, tokens=tokens - 1, refilled_at=now), 0.0
+        """Take one call: (the bucket after, 0.0) or (None, seconds until a call is allowed)."""
+        spacing = timedelta(seconds=1 / limit.per_second)
+        tolerance = spacing * (limit.capacity - 1)  # how far ahead of the even spacing a burst may run
+        due = max(self.next_call_at, now)
+        if due - now > tolerance:
+            return None, (due - now - tolerance).total_seconds()
+        return dataclasses.replace(self, next_call_at=due + spacing), 0.0
 
 
 class RateLimits:
@@ -306,6 +307,4 @@ class RateLimits:
             taken, wait = bucket.take(limit, now)
             return (None if taken is None else dataclasses.asdict(taken)), wait
 
-        return await _transition(
-            self._rows, intent, lambda: dataclasses.asdict(Bucket(intent, limit.capacity, now)), step
-        )
+        return await _transition(self._rows, intent, lambda: dataclasses.asdict(Bucket(intent, now)), step)

@@ -285,7 +285,8 @@ class AgentCaller:
                 )
         request = AgentRequest(intent, payload, instance_id, step, key, number)
         try:
-            async with self.bulkheads.hold(entry.pool or intent, entry.concurrency):
+            pool = entry.pool or intent
+            async with self.bulkheads.hold(pool, self.registry.pool_limit(pool)):
                 result = entry.agent(request)
                 if inspect.isawaitable(result):
                     try:

@@ -12,10 +12,9 @@ import psycopg
 from procrastinate.schema import SchemaManager
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 
-import checkpoints.schema.lifecycle_tables  # noqa: F401  (its tables join the metadata checked here)
-import checkpoints.schema.resilience_tables  # noqa: F401  (likewise)
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
+from checkpoints.schema import lifecycle_tables, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
 from checkpoints.schema.migrations import MIGRATIONS, migrate
 from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.schema.tables import metadata

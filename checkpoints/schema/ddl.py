@@ -911,8 +911,7 @@ CREATE TABLE agent_circuits (
         """\
 CREATE TABLE agent_rate_limits (
     intent VARCHAR(200) NOT NULL,
-    tokens FLOAT NOT NULL,
-    refilled_at DATETIME NOT NULL,
+    next_call_at DATETIME NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (intent)
 )
@@ -937,8 +936,7 @@ CREATE TABLE agent_circuits (
         """\
 CREATE TABLE agent_rate_limits (
     intent VARCHAR(200) NOT NULL,
-    tokens FLOAT NOT NULL,
-    refilled_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    next_call_at TIMESTAMP WITH TIME ZONE NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (intent)
 )

@@ -8,7 +8,7 @@ processes that change one circuit at once never lose an update, on SQLite as on 
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, String, Table
+from sqlalchemy import Column, Integer, String, Table
 
 from checkpoints.schema.tables import UTCDateTime, metadata
 
@@ -27,12 +27,12 @@ agent_circuits = Table(
     Column("version", Integer, nullable=False),
 )
 
+# The generic cell rate algorithm: one timestamp per intent (the theoretical arrival time of the next call).
 agent_rate_limits = Table(
     "agent_rate_limits",
     metadata,
     Column("intent", String(200), primary_key=True),
-    Column("tokens", Float, nullable=False),
-    Column("refilled_at", UTCDateTime(), nullable=False),
+    Column("next_call_at", UTCDateTime(), nullable=False),
     Column("version", Integer, nullable=False),
 )
 
