@@ -1,4 +1,5 @@
-"""Agents: the protocol, the capability registry, policies, resilience and deterministic defaults."""
+"""Agents: the protocol, the capability registry, policies, resilience (time limits, retries, circuit
+breakers, rate limits, bulkheads, fallbacks) and deterministic defaults."""
 
 from agents.deterministic import EchoAgent, FailingAgent, FlakyAgent, RecordingAgent
 from agents.errors import (
@@ -6,15 +7,20 @@ from agents.errors import (
     AgentError,
     AgentNotFoundError,
     AgentOutputError,
+    AgentTimeoutError,
+    BulkheadFullError,
+    CircuitOpenError,
     DuplicateAgentError,
     PermanentAgentError,
     PolicyViolationError,
+    RateLimitedError,
     TransientAgentError,
 )
 from agents.policy import DEFAULT_POLICIES, AgentCall, Policy, require_granted_permissions
 from agents.protocol import Agent, AgentOutput, AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
-from agents.resilience import Bulkheads, RetrySettings, call_with_retry
+from agents.resilience import Bulkheads, CallOptions, RetryPolicy, RetrySettings, call_with_retry
+from checkpoints.guards import CircuitSettings, RateLimit
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -27,7 +33,12 @@ __all__ = [
     "AgentOutputError",
     "AgentRegistry",
     "AgentRequest",
+    "AgentTimeoutError",
+    "BulkheadFullError",
     "Bulkheads",
+    "CallOptions",
+    "CircuitOpenError",
+    "CircuitSettings",
     "DuplicateAgentError",
     "EchoAgent",
     "FailingAgent",
@@ -35,8 +46,11 @@ __all__ = [
     "PermanentAgentError",
     "Policy",
     "PolicyViolationError",
+    "RateLimit",
+    "RateLimitedError",
     "RecordingAgent",
     "RegisteredAgent",
+    "RetryPolicy",
     "RetrySettings",
     "TransientAgentError",
     "call_with_retry",

@@ -45,6 +45,22 @@ class AgentCallFailedError(AgentError):
     """The agent call failed after its retries were exhausted."""
 
 
+class AgentTimeoutError(TransientAgentError):
+    """The agent did not answer within its time limit (retried like any transient failure)."""
+
+
+class RateLimitedError(TransientAgentError):
+    """The intent's shared rate limit has no call left this moment (retried after a backoff)."""
+
+
+class BulkheadFullError(TransientAgentError):
+    """Every slot of the agent pool's concurrency limit stayed taken for the bulkhead's wait."""
+
+
+class CircuitOpenError(AgentCallFailedError):
+    """The intent's circuit is open: the call failed fast without reaching the agent."""
+
+
 class GuideModelError(JourneyError):
     """The guide model setting does not name a factory of a langchain-core chat model."""
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from agents.errors import AgentNotFoundError, DuplicateAgentError
 from agents.protocol import Agent
+from agents.resilience import RetrySettings, seconds
+from checkpoints.guards import CircuitSettings, RateLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,13 @@ class RegisteredAgent:
     # Least privilege: the scopes this agent needs; policies check them against what a journey grants.
     permissions: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
+    # Resilience: each None falls back to the runtime's default (a spec's call options override both).
+    timeout: float | None = None  # seconds per attempt
+    retry: RetrySettings | None = None
+    circuit: CircuitSettings | None = None  # the intent's circuit breaker, shared through the store
+    rate_limit: RateLimit | None = None  # calls per second to the intent, across every worker
+    pool: str | None = None  # the bulkhead this agent's calls share (default: its intent)
+    concurrency: int | None = None  # at most this many calls of the pool at once, per process
 
 
 class AgentRegistry:
@@ -28,6 +37,7 @@ class AgentRegistry:
 
     def __init__(self) -> None:
         self._agents: dict[str, RegisteredAgent] = {}
+        self._pool_limits: dict[str, int] = {}  # the smallest concurrency any agent of a pool declared
 
     def register(
         self,
@@ -38,7 +48,18 @@ class AgentRegistry:
         permissions: Iterable[str] = (),
         description: str = "",
         replace: bool = False,
+        timeout: float | str | None = None,
+        retry: RetrySettings | None = None,
+        circuit: CircuitSettings | None = None,
+        rate_limit: RateLimit | float | None = None,
+        pool: str | None = None,
+        concurrency: int | None = None,
     ) -> RegisteredAgent:
+        """Register ``agent`` for ``intent``. ``timeout`` (seconds or ISO 8601), ``retry``, ``circuit``,
+        ``rate_limit`` (calls per second, or a :class:`RateLimit`), ``pool`` and ``concurrency`` (its
+        bulkhead) set how its calls are guarded; see the README's "Resilience"."""
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("an agent's concurrency must be at least 1")
         if not intent or not intent.strip():
             raise ValueError("an agent's intent must be a non-empty string")
         if intent in self._agents and not replace:
@@ -53,8 +74,17 @@ class AgentRegistry:
             name=name or str(getattr(agent, "__name__", type(agent).__name__)),
             permissions=frozenset(permissions),
             description=description,
+            timeout=None if timeout is None else seconds(timeout),
+            retry=retry,
+            circuit=circuit,
+            rate_limit=RateLimit(rate_limit) if isinstance(rate_limit, int | float) else rate_limit,
+            pool=pool,
+            concurrency=concurrency,
         )
         self._agents[intent] = entry
+        if concurrency is not None:
+            pool_name = entry.pool or intent
+            self._pool_limits[pool_name] = min(concurrency, self._pool_limits.get(pool_name, concurrency))
         return entry
 
     def bind(self, agents: Mapping[str, Agent]) -> None:
@@ -91,6 +121,11 @@ class AgentRegistry:
                 intent=intent,
                 registered=sorted(self._agents),
             ) from None
+
+    def pool_limit(self, pool: str) -> int | None:
+        """How many calls of an agent pool may run at once (per process): the smallest ``concurrency`` its
+        agents were registered with; None when none declared one."""
+        return self._pool_limits.get(pool)
 
     def __contains__(self, intent: object) -> bool:
         return intent in self._agents

@@ -18,6 +18,7 @@ from checkpoints.backends.sqlite import SqliteBackend
 from checkpoints.clock import Clock, SystemClock
 from checkpoints.database import create_engine_for
 from checkpoints.events import EventLog
+from checkpoints.guards import Circuit, CircuitBreakers, RateLimits
 from checkpoints.index import JourneyIndex
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, InstanceLocks, open_instance_locks
 from checkpoints.savers import open_saver
@@ -37,8 +38,14 @@ class Store:
     clock: Clock
     locks: InstanceLocks  # one writer per journey instance across processes (JourneyEngine.exclusive)
     backend: Backend  # every query of our tables runs through it
+    breakers: CircuitBreakers  # the circuit of every intent, shared by every process on the store
+    rate_limits: RateLimits  # the calls-per-second bucket of every intent, shared likewise
     # PostgreSQL: the process's one psycopg pool (saver, hot paths, queue). None elsewhere.
     pg_pool: AsyncConnectionPool[Any] | None = None
+
+    async def circuits(self) -> list[Circuit]:
+        """Every intent's circuit as the database holds it (state, counts, when it last changed)."""
+        return await self.breakers.circuits()
 
 
 @asynccontextmanager
@@ -70,4 +77,5 @@ async def open_store(
             backend = SqliteBackend(engine, saver.conn, saver.lock)
         events = EventLog(backend, clock)
         index = JourneyIndex(backend, clock)
-        yield Store(parsed, saver, engine, events, index, clock, locks, backend, pool)
+        breakers, rate_limits = CircuitBreakers(backend, clock), RateLimits(backend, clock)
+        yield Store(parsed, saver, engine, events, index, clock, locks, backend, breakers, rate_limits, pool)

@@ -17,9 +17,10 @@ from agents.deterministic import EchoAgent
 from agents.guide import ModelFactory
 from agents.policy import DEFAULT_POLICIES, Policy
 from agents.registry import AgentRegistry
-from agents.resilience import Bulkheads, RetrySettings
+from agents.resilience import Bulkheads, RetrySettings, seconds
 from checkpoints.clock import Clock
 from checkpoints.events import Event
+from checkpoints.guards import CircuitSettings
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
@@ -67,12 +68,25 @@ class JourneyRuntime:
         bulkhead_limit: int | None,
         durability: Durability,
         guide_model: ModelFactory | None = None,
+        agent_timeout: float | None = None,
+        circuit: CircuitSettings | None = None,
+        bulkhead_wait: float | None = None,
     ) -> None:
         self.store = store
         self.guide_model = guide_model  # the chat model the guide graph phrases with (None: deterministic)
         self.agents = agents
         self.templates = templates
-        caller = AgentCaller(agents, store.events, policies=policies, retry=retry, bulkheads=Bulkheads(bulkhead_limit))
+        caller = AgentCaller(
+            agents,
+            store.events,
+            policies=policies,
+            retry=retry,
+            bulkheads=Bulkheads(bulkhead_limit, wait=bulkhead_wait),
+            breakers=store.breakers,
+            rate_limits=store.rate_limits,
+            timeout=agent_timeout,
+            circuit=circuit,
+        )
         self.engine = JourneyEngine(store, NodeServices(caller, store.events, store.clock), durability=durability)
         designs = DesignBook(self.engine, agents, design_kind)
         built: dict[str, Any] = {}
@@ -106,6 +120,9 @@ class JourneyRuntime:
         pool_size: int = 10,
         guide_model: ModelFactory | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        agent_timeout: float | str | None = None,
+        circuit: CircuitSettings | None = None,
+        bulkhead_wait: float | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
@@ -113,6 +130,10 @@ class JourneyRuntime:
         has no agent yet, so the catalog runs offline. Register your own before or after opening.
         ``lock_timeout``: seconds a call waits for a journey that another call (of this process or
         another) is changing, before it gets :class:`ConcurrentUpdateError`.
+
+        Resilience defaults for agents registered without their own: ``agent_timeout`` per attempt (seconds
+        or ISO 8601), ``circuit`` (a breaker per intent, shared through the store), ``bulkhead_limit``
+        calls at once per agent pool, waiting ``bulkhead_wait`` seconds for a slot at most.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -133,6 +154,9 @@ class JourneyRuntime:
                 bulkhead_limit=bulkhead_limit,
                 durability=durability,
                 guide_model=guide_model,
+                agent_timeout=None if agent_timeout is None else seconds(agent_timeout),
+                circuit=circuit,
+                bulkhead_wait=bulkhead_wait,
             )
 
     async def history(self, instance_id: str) -> list[Event]:

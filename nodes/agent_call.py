@@ -1,17 +1,19 @@
 """The one path every agent call takes, whatever the pattern:
 
-registry lookup by intent → policy checks → retry with backoff and jitter inside a bulkhead →
-the call → output validation → one event appended to the log.
+registry lookup by intent → policy checks → retry with backoff and jitter, each attempt through the
+intent's circuit breaker and rate limit (shared through the store) and its pool's bulkhead, under a
+time limit → the call → output validation → one event appended to the log; when the agent fails for
+good or its circuit is open, the spec's fallback intents in order, each switch logged.
 
 No pattern has its own retry loop, persistence or logging: they all call :meth:`AgentCaller.call`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +24,25 @@ from agents.errors import (
     AgentCallFailedError,
     AgentNotFoundError,
     AgentOutputError,
+    AgentTimeoutError,
+    BulkheadFullError,
+    CircuitOpenError,
     PolicyViolationError,
+    RateLimitedError,
 )
 from agents.policy import AgentCall, Policy
 from agents.protocol import AgentRequest
-from agents.registry import AgentRegistry
-from agents.resilience import Bulkheads, RetrySettings, call_with_retry
+from agents.registry import AgentRegistry, RegisteredAgent
+from agents.resilience import Bulkheads, CallOptions, RetrySettings, call_with_retry, is_retryable
 from checkpoints.events import Event, EventLog, NewEvent
+from checkpoints.guards import CircuitBreakers, CircuitSettings, RateLimits
 from nodes import schemas
 
 log = structlog.get_logger("journeys.agents")
+
+ATTEMPT_FAILED = "agent.attempt_failed"  # one per failed attempt: a restart continues the count from them
+CALL_FAILED = "agent.failed"  # the call failed for good (its attempts, or the intent's circuit)
+FALLBACK = "agent.fallback"  # the call goes on with the next intent of its fallback chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +74,12 @@ async def logged(events: EventLog, key: str, *, replay: bool) -> Event | None:
 
 
 class AgentCaller:
-    """Calls agents the one way every node does: policies, retries, bulkheads and logged results."""
+    """Calls agents the one way every node does: policies, time limits, retries, circuit breakers,
+    rate limits, bulkheads, fallbacks and logged results.
+
+    ``timeout`` (seconds per attempt) and ``circuit`` are the defaults for agents registered without
+    their own; ``breakers`` and ``rate_limits`` are the store's shared guards (None: not guarded).
+    """
 
     def __init__(
         self,
@@ -73,12 +89,20 @@ class AgentCaller:
         policies: Sequence[Policy],
         retry: RetrySettings,
         bulkheads: Bulkheads,
+        breakers: CircuitBreakers | None = None,
+        rate_limits: RateLimits | None = None,
+        timeout: float | None = None,
+        circuit: CircuitSettings | None = None,
     ) -> None:
         self.registry = registry
         self.events = events
         self.policies = tuple(policies)
         self.retry = retry
         self.bulkheads = bulkheads
+        self.breakers = breakers
+        self.rate_limits = rate_limits
+        self.timeout = timeout
+        self.circuit = circuit
 
     async def call(
         self,
@@ -94,56 +118,122 @@ class AgentCaller:
         output_schema: Mapping[str, Any] | None = None,
         retry: RetrySettings | None = None,
         replay: bool = False,
+        options: CallOptions | None = None,
     ) -> CallOutcome:
         """Call the agent for ``intent`` once per ``key``.
 
         With ``replay`` (crash recovery, compensation), a call whose completion event is already in
-        the log is not repeated: its recorded output is returned. ``recorder`` adds to the completion
-        event and may set the instance's status in the same transaction.
+        the log is not repeated: its recorded output is returned, and a call cut short goes on with
+        the attempts it had left. ``recorder`` adds to the completion event and may set the
+        instance's status in the same transaction. ``options`` are the spec's for this call (time
+        limit, retry policy, fallbacks); ``retry`` is the caller's own (compensations, units of work).
         """
         if (done := await logged(self.events, key, replay=replay)) is not None:
             return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
+        chain = (intent, *(options.fallbacks if options is not None else ()))
+        for position, current in enumerate(chain):
+            try:
+                return await self._call_one(
+                    current,
+                    payload=payload,
+                    instance_id=instance_id,
+                    step=step,
+                    key=key,
+                    event_type=event_type,
+                    recorder=recorder,
+                    granted_permissions=granted_permissions,
+                    output_schema=output_schema,
+                    retry=retry,
+                    replay=replay,
+                    options=options,
+                    primary=intent,
+                )
+            except AgentCallFailedError as exc:
+                if position + 1 == len(chain):
+                    raise
+                switch = {
+                    "intent": current,
+                    "fallback": chain[position + 1],
+                    "error": str(exc),
+                    "error_type": exc.details.get("error_type", exc.code),
+                }
+                await self.events.append(instance_id, [NewEvent(FALLBACK, switch, step)])
+                log.info("agent call falls back", instance_id=instance_id, step=step, **switch)
+        raise AssertionError("unreachable: the chain's last intent returns or raises")
 
+    async def _call_one(
+        self,
+        intent: str,
+        *,
+        payload: Mapping[str, Any],
+        instance_id: str,
+        step: str | None,
+        key: str,
+        event_type: str,
+        recorder: Recorder | None,
+        granted_permissions: frozenset[str] | None,
+        output_schema: Mapping[str, Any] | None,
+        retry: RetrySettings | None,
+        replay: bool,
+        options: CallOptions | None,
+        primary: str,
+    ) -> CallOutcome:
         entry = self.registry.resolve(intent)
         check = AgentCall(entry, instance_id, step, payload, granted_permissions)
         for policy in self.policies:
             policy(check)
-
-        tried = 0
+        settings = retry or entry.retry or self.retry
+        if options is not None and options.retry is not None:
+            settings = options.retry.over(settings)
+        timeout = options.timeout if options is not None and options.timeout is not None else None
+        timeout = timeout if timeout is not None else entry.timeout if entry.timeout is not None else self.timeout
+        circuit = entry.circuit or self.circuit
+        # The attempts a crashed process already made count: a restart continues, it does not start over.
+        earlier = await self._earlier_attempts(instance_id, key, intent) if replay else 0
+        tried = earlier
 
         async def attempt(number: int) -> dict[str, Any]:
             nonlocal tried
             tried = number
-            request = AgentRequest(intent, payload, instance_id, step, key, number)
-            async with AsyncExitStack() as stack:
-                slot = self.bulkheads.slot(intent)
-                if slot is not None:
-                    await stack.enter_async_context(slot)
-                result = entry.agent(request)
-                if inspect.isawaitable(result):
-                    result = await result
-            return _checked_output(intent, result, output_schema)
+            try:
+                result = await self._attempt(entry, payload, instance_id, step, key, number, timeout, circuit)
+                return _checked_output(intent, result, output_schema)
+            except CircuitOpenError:
+                raise
+            except Exception as exc:
+                failed = {"intent": intent, "attempt": number, "error": str(exc), "error_type": type(exc).__name__}
+                await self.events.append(
+                    instance_id, [NewEvent(ATTEMPT_FAILED, failed, step, f"{key}:{intent}:attempt:{number}")]
+                )
+                raise
 
         started = time.perf_counter()
         try:
-            output, attempts = await call_with_retry(attempt, retry or self.retry)
+            if earlier >= settings.max_attempts:
+                raise AgentCallFailedError(
+                    f"its {earlier} attempts were made before a restart", intent=intent, attempts=earlier
+                )
+            output, attempts = await call_with_retry(attempt, settings, first_attempt=earlier + 1)
         except (AgentNotFoundError, PolicyViolationError):
             raise
         except Exception as exc:
             failure = {
                 "intent": intent,
+                "call": key,
                 "error": str(exc),
                 "error_type": type(exc).__name__,
                 "attempts": tried,
             }
-            await self.events.append(instance_id, [NewEvent("agent.failed", failure, step)])
+            await self.events.append(instance_id, [NewEvent(CALL_FAILED, failure, step)])
             log.warning("agent call failed", intent=intent, instance_id=instance_id, step=step, error=str(exc))
-            raise AgentCallFailedError(
+            failed = CircuitOpenError if isinstance(exc, CircuitOpenError) else AgentCallFailedError
+            raise failed(
                 f"agent for intent {intent!r} failed at step {step!r}: {exc}",
                 intent=intent,
                 step=step,
                 error_type=type(exc).__name__,
                 attempts=tried,
+                **({"retry_after_s": exc.details.get("retry_after_s")} if isinstance(exc, CircuitOpenError) else {}),
             ) from exc
 
         recording = recorder(output) if recorder else Recording({})
@@ -153,10 +243,89 @@ class AgentCaller:
             "output": output,
             "attempts": attempts,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            **({"fallback_from": primary} if intent != primary else {}),
             **recording.payload,
         }
         await self.events.append(instance_id, [NewEvent(event_type, record, step, key)], status=recording.status)
         return CallOutcome(output, attempts, False)
+
+    async def _attempt(
+        self,
+        entry: RegisteredAgent,
+        payload: Mapping[str, Any],
+        instance_id: str,
+        step: str | None,
+        key: str,
+        number: int,
+        time_limit: float | None,
+        circuit: CircuitSettings | None,
+    ) -> object:
+        """One attempt: through the circuit, the rate limit and the pool's bulkhead, under the time limit."""
+        intent = entry.intent
+        guarded = circuit is not None and self.breakers is not None
+        if guarded:
+            assert circuit is not None and self.breakers is not None
+            admission = await self.breakers.admit(intent, circuit)
+            if not admission.allowed:
+                raise CircuitOpenError(
+                    f"the circuit of intent {intent!r} is {admission.state.replace('_', '-')}; "
+                    f"it lets calls through again in {admission.retry_after:.3g} s",
+                    intent=intent,
+                    state=admission.state,
+                    retry_after_s=admission.retry_after,
+                )
+        if entry.rate_limit is not None and self.rate_limits is not None:
+            wait = await self.rate_limits.acquire(intent, entry.rate_limit)
+            if wait > 0:
+                raise RateLimitedError(
+                    f"intent {intent!r} is at its rate limit of {entry.rate_limit.per_second:g} calls a second; "
+                    f"the next call is free in {wait:.3g} s",
+                    intent=intent,
+                    retry_after_s=wait,
+                )
+        request = AgentRequest(intent, payload, instance_id, step, key, number)
+        try:
+            pool = entry.pool or intent
+            async with self.bulkheads.hold(pool, self.registry.pool_limit(pool)):
+                result = entry.agent(request)
+                if inspect.isawaitable(result):
+                    try:
+                        async with asyncio.timeout(time_limit):
+                            result = await result
+                    except TimeoutError:
+                        raise AgentTimeoutError(
+                            f"agent for intent {intent!r} did not answer within {time_limit:g} s",
+                            intent=intent,
+                            timeout_s=time_limit,
+                        ) from None
+        except Exception as exc:
+            # What the agent's service did counts for its circuit; a refusal or a bad request does not.
+            if guarded and _counts_against_circuit(exc):
+                assert circuit is not None and self.breakers is not None
+                await self.breakers.record(intent, circuit, succeeded=False)
+            raise
+        if guarded:
+            assert circuit is not None and self.breakers is not None
+            await self.breakers.record(intent, circuit, succeeded=True)
+        return result
+
+    async def _earlier_attempts(self, instance_id: str, key: str, intent: str) -> int:
+        """How many attempts at this call the log holds since the call last failed for good (a retried
+        step or compensation starts a fresh count)."""
+        count = 0
+        for event in await self.events.list(instance_id, types=[ATTEMPT_FAILED, CALL_FAILED]):
+            if event.payload.get("intent") != intent:
+                continue
+            if event.type == CALL_FAILED and event.payload.get("call") == key:
+                count = 0
+            elif event.type == ATTEMPT_FAILED and (event.key or "").startswith(f"{key}:{intent}:attempt:"):
+                count += 1
+        return count
+
+
+def _counts_against_circuit(exc: BaseException) -> bool:
+    """A failure of the agent's service (an error worth retrying, a timeout), not one of our own guards."""
+    return is_retryable(exc) and not isinstance(exc, RateLimitedError | BulkheadFullError)
 
 
 def _checked_output(intent: str, result: object, schema: Mapping[str, Any] | None) -> dict[str, Any]:

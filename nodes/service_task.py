@@ -8,7 +8,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
-from agents.resilience import RetrySettings
+from agents.resilience import CallOptions, RetrySettings
 from checkpoints.events import NewEvent
 from nodes.agent_call import CallOutcome, Recorder, Recording, logged
 from nodes.services import NodeServices, is_replay, thread_id
@@ -28,6 +28,7 @@ async def perform_task(
     output_schema: Mapping[str, Any] | None = None,
     retry: RetrySettings | None = None,
     always_replay: bool = False,
+    options: CallOptions | None = None,
 ) -> CallOutcome:
     instance_id = thread_id(config)
     replay = always_replay or is_replay(config)
@@ -44,6 +45,7 @@ async def perform_task(
             output_schema=output_schema,
             retry=retry,
             replay=replay,
+            options=options,
         )
     if (done := await logged(services.events, key, replay=replay)) is not None:
         return CallOutcome(dict(done.payload.get("output", {})), 0, True)

@@ -33,6 +33,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
+from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
 from checkpoints.lifecycle import unit_finished, unit_started
 from nodes import schemas
@@ -62,8 +63,10 @@ def schema_from_shorthand(value: Any) -> Any:
     return value
 
 
-class TaskSpec(BaseModel):
-    """One task of a unit of work: the agent that does it and the tasks it depends on.
+class TaskSpec(CallOptions):
+    """One task of a unit of work: the agent that does it and the tasks it depends on; its call's
+    ``timeout``, ``retry`` and ``fallbacks`` (:class:`CallOptions`; ``max_retries`` sets the attempts
+    unless ``retry.max_attempts`` does).
 
     The seed's spellings are accepted: ``input_data`` for ``input``, and a task that names only its
     ``agent_id`` is served by the agent registered for that id as its intent."""
@@ -246,7 +249,8 @@ def validate_unit(
                 except jsonschema.SchemaError as exc:
                     problems.append(f"{where}: task {task.task_id!r} has an invalid {label}: {exc.message}")
         if registry is not None:
-            for intent, role in ((task.intent, "its work"), (task.compensation, "its compensation")):
+            roles = [(task.intent, "its work"), (task.compensation, "its compensation")]
+            for intent, role in [*roles, *((fallback, "a fallback") for fallback in task.fallbacks)]:
                 if intent is not None and intent not in registry:
                     problems.append(
                         f"{where}: task {task.task_id!r} needs an agent for intent {intent!r} ({role}); "
@@ -465,6 +469,7 @@ def build_uow_graph(
                 recorder=_recorder({"run_id": request["run_id"], "uow_id": unit.uow_id}),
                 output_schema=task.output_schema,
                 retry=dataclasses.replace(base, max_attempts=task.max_retries + 1),
+                options=task,
             )
         except AgentError as exc:
             attempts = int(exc.details.get("attempts") or 0)  # 0: refused before any call

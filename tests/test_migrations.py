@@ -12,9 +12,9 @@ import psycopg
 from procrastinate.schema import SchemaManager
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 
-import checkpoints.schema.lifecycle_tables  # noqa: F401  (its tables join the metadata checked here)
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
+from checkpoints.schema import lifecycle_tables, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
 from checkpoints.schema.migrations import MIGRATIONS, migrate
 from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.schema.tables import metadata
@@ -39,11 +39,13 @@ CREATE TABLE journey_events (
 CREATE INDEX ix_journey_events_type ON journey_events (type);
 CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id);
 """
-# What migrations 6 to 10 added, taken away again: their DDL is frozen, so it runs on the schema before them.
-UNDO_MIGRATIONS_6_TO_10 = """
+# What migrations 6 to 11 added, taken away again: their DDL is frozen, so it runs on the schema before them.
+UNDO_MIGRATIONS_6_TO_11 = """
 DROP TABLE process_message_starts;
 ALTER TABLE server_runs DROP COLUMN output, DROP COLUMN job_id, DROP COLUMN cancel_requested_at, DROP COLUMN durability;
 DROP TABLE lifecycle_rollback_requests;
+DROP TABLE agent_circuits;
+DROP TABLE agent_rate_limits;
 """
 
 
@@ -53,7 +55,7 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DROP TABLE journey_events")
         conn.execute(OLD_EVENTS_TABLE)
-        conn.execute(UNDO_MIGRATIONS_6_TO_10)
+        conn.execute(UNDO_MIGRATIONS_6_TO_11)
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
         conn.execute(
             "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -107,6 +109,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             for column in ("output", "job_id", "cancel_requested_at", "durability"):  # migrations 7 and 8
                 await conn.execute(text(f"ALTER TABLE server_runs DROP COLUMN {column}"))
             await conn.execute(text("DROP TABLE lifecycle_rollback_requests"))  # migration 10
+            for table in ("agent_circuits", "agent_rate_limits"):  # migration 11
+                await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()

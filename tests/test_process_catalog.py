@@ -257,6 +257,7 @@ async def test_incident_response_is_a_saga_with_an_audit_trail(store_url: str) -
             ("task.completed", "page_oncall"),
             ("task.completed", "open_war_room"),
             ("task.completed", "mitigate"),
+            *[("agent.attempt_failed", "verify")] * 2,  # each attempt is logged, then the call's failure
             ("agent.failed", "verify"),
             ("instance.failed", "verify"),
             ("compensation.completed", "mitigate"),

@@ -891,3 +891,55 @@ CREATE TABLE lifecycle_rollback_requests (
         "CREATE INDEX ix_lifecycle_rollback_requests_journey ON lifecycle_rollback_requests (journey_id)",
     ),
 }
+V11_AGENT_GUARDS: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE agent_circuits (
+    intent VARCHAR(200) NOT NULL,
+    state VARCHAR(20) NOT NULL,
+    consecutive_failures INTEGER NOT NULL,
+    window_calls INTEGER NOT NULL,
+    window_failures INTEGER NOT NULL,
+    window_started_at DATETIME NOT NULL,
+    changed_at DATETIME NOT NULL,
+    trials INTEGER NOT NULL,
+    trial_successes INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (intent)
+)
+""",
+        """\
+CREATE TABLE agent_rate_limits (
+    intent VARCHAR(200) NOT NULL,
+    next_call_at DATETIME NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (intent)
+)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE agent_circuits (
+    intent VARCHAR(200) NOT NULL,
+    state VARCHAR(20) NOT NULL,
+    consecutive_failures INTEGER NOT NULL,
+    window_calls INTEGER NOT NULL,
+    window_failures INTEGER NOT NULL,
+    window_started_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    changed_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    trials INTEGER NOT NULL,
+    trial_successes INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (intent)
+)
+""",
+        """\
+CREATE TABLE agent_rate_limits (
+    intent VARCHAR(200) NOT NULL,
+    next_call_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (intent)
+)
+""",
+    ),
+}

@@ -267,6 +267,7 @@ class _Builder:
                     recorder=record,
                     granted_permissions=self.granted,
                     output_schema=task.output_schema,
+                    options=task,
                 )
             except AgentError as exc:
                 if not self.compensable:

@@ -36,6 +36,7 @@ from pydantic.config import JsonDict
 
 from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
+from agents.resilience import CallOptions
 from nodes.criteria import Condition, Criteria
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
@@ -147,8 +148,9 @@ class EndEvent(_Element):
     outcome: str | None = Field(default=None, description="recorded as the instance's outcome; defaults to the id")
 
 
-class ServiceTask(_Element):
-    """A process step done by an agent, named by intent."""
+class ServiceTask(_Element, CallOptions):
+    """A process step done by an agent, named by intent; its call's ``timeout``, ``retry`` and
+    ``fallbacks`` (:class:`CallOptions`)."""
 
     _agent_slots = ("agent", "compensation")
 

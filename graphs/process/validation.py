@@ -247,6 +247,8 @@ def intents(spec: ProcessSpec) -> Iterable[tuple[str, str]]:
             yield element.agent, f"service task {element.id!r}"
             if element.compensation:
                 yield element.compensation, f"the compensation of {element.id!r}"
+            for fallback in element.fallbacks:
+                yield fallback, f"the fallbacks of {element.id!r}"
         if isinstance(element, Transaction):
             for step in element.steps:
                 yield step.do, f"transaction {element.id!r}"

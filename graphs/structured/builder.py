@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
+from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
 from nodes import schemas
 from nodes.agent_call import Recording
@@ -40,8 +41,9 @@ class Branch(BaseModel):
     when: Criteria | None = None
 
 
-class Step(BaseModel):
-    """One step of a structured journey: the agent that does it, or the user, and where it leads."""
+class Step(CallOptions):
+    """One step of a structured journey: the agent that does it, or the user, and where it leads; its
+    agent call's ``timeout``, ``retry`` and ``fallbacks`` (:class:`CallOptions`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -164,11 +166,12 @@ def validate_structured(spec: StructuredSpec, registry: AgentRegistry | None = N
                     schemas.check_schema(schema)
                 except jsonschema.SchemaError as exc:
                     problems.append(f"step {step.step_id!r} has an invalid {label}: {exc.message}")
-        if registry is not None and step.agent is not None and step.agent not in registry:
-            problems.append(
-                f"step {step.step_id!r} needs an agent for intent {step.agent!r}; register one with "
-                f"runtime.agents.register({step.agent!r}, agent)"
-            )
+        for intent in (step.agent, *step.fallbacks) if registry is not None else ():
+            if intent is not None and registry is not None and intent not in registry:
+                problems.append(
+                    f"step {step.step_id!r} needs an agent for intent {intent!r}; register one with "
+                    f"runtime.agents.register({intent!r}, agent)"
+                )
         edges[step.step_id] = [t for t in targets if t in known]
     if problems:
         return problems
@@ -289,6 +292,7 @@ def _step_runner(
                 recorder=record,
                 granted_permissions=granted,
                 output_schema=step.output_schema,
+                options=step,
             )
         except AgentError as exc:
             if not compensating:
