@@ -19,6 +19,7 @@ from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.api import assistants, inbox, journeys, runs, threads
+from server.auth import resolve_authenticator
 from server.openapi import install_openapi
 from server.problems import install_problem_handlers
 from server.queues import open_queue
@@ -59,6 +60,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.authenticator = resolve_authenticator(settings)  # a bad --auth stops the server before it serves
     # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)
