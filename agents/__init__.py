@@ -11,7 +11,14 @@ from agents.errors import (
     PolicyViolationError,
     TransientAgentError,
 )
-from agents.policy import DEFAULT_POLICIES, AgentCall, Policy, require_granted_permissions
+from agents.policy import (
+    DEFAULT_POLICIES,
+    AgentCall,
+    Policy,
+    require_granted_intent,
+    require_granted_permissions,
+    with_defaults,
+)
 from agents.protocol import Agent, AgentOutput, AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, RetrySettings, call_with_retry
@@ -40,5 +47,7 @@ __all__ = [
     "RetrySettings",
     "TransientAgentError",
     "call_with_retry",
+    "require_granted_intent",
     "require_granted_permissions",
+    "with_defaults",
 ]

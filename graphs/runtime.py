@@ -15,7 +15,7 @@ from langgraph.types import Durability
 
 from agents.deterministic import EchoAgent
 from agents.guide import ModelFactory
-from agents.policy import DEFAULT_POLICIES, Policy
+from agents.policy import Policy, with_defaults
 from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings
 from checkpoints.clock import Clock
@@ -95,7 +95,8 @@ class JourneyRuntime:
         *,
         agents: AgentRegistry | None = None,
         templates: TemplateCatalog | None = None,
-        policies: Iterable[Policy] = DEFAULT_POLICIES,
+        policies: Iterable[Policy] = (),
+        default_policies: bool = True,
         retry: RetrySettings | None = None,
         bulkhead_limit: int | None = None,
         clock: Clock | None = None,
@@ -111,6 +112,8 @@ class JourneyRuntime:
         has no agent yet, so the catalog runs offline. Register your own before or after opening.
         ``lock_timeout``: seconds a call waits for a journey that another call (of this process or
         another) is changing, before it gets :class:`ConcurrentUpdateError`.
+        ``policies`` run before every agent call after the default ones (least privilege:
+        :data:`agents.policy.DEFAULT_POLICIES`); ``default_policies=False`` drops those, explicitly.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -126,7 +129,7 @@ class JourneyRuntime:
                 store,
                 agents=registry,
                 templates=catalog,
-                policies=tuple(policies),
+                policies=with_defaults(policies, defaults=default_policies),
                 retry=retry or RetrySettings(),
                 bulkhead_limit=bulkhead_limit,
                 durability=durability,

@@ -91,6 +91,7 @@ class AgentCaller:
         event_type: str = "agent.completed",
         recorder: Recorder | None = None,
         granted_permissions: frozenset[str] | None = None,
+        granted_intents: frozenset[str] | None = None,
         output_schema: Mapping[str, Any] | None = None,
         retry: RetrySettings | None = None,
         replay: bool = False,
@@ -105,9 +106,14 @@ class AgentCaller:
             return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
 
         entry = self.registry.resolve(intent)
-        check = AgentCall(entry, instance_id, step, payload, granted_permissions)
-        for policy in self.policies:
-            policy(check)
+        check = AgentCall(entry, instance_id, step, payload, granted_permissions, granted_intents)
+        try:
+            for policy in self.policies:
+                policy(check)
+        except PolicyViolationError as exc:  # refused before it ran: audited, with the reason
+            denial = {"intent": intent, "agent": entry.name, "reason": exc.message, **exc.details}
+            await self.events.append(instance_id, [NewEvent("policy.denied", denial, step)])
+            raise
 
         tried = 0
 

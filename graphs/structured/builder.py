@@ -84,6 +84,9 @@ class StructuredSpec(BaseModel):
     permissions: tuple[str, ...] | None = Field(
         default=None, description="scopes granted to this journey's agents; None restricts nothing"
     )
+    intents: tuple[str, ...] | None = Field(
+        default=None, description="the only intents this journey's steps may call; None restricts nothing"
+    )
 
     @property
     def step_ids(self) -> list[str]:
@@ -288,6 +291,7 @@ def _step_runner(
                 event_type="step.completed",
                 recorder=record,
                 granted_permissions=granted,
+                granted_intents=frozenset(spec.intents) if spec.intents is not None else None,
                 output_schema=step.output_schema,
             )
         except AgentError as exc:
