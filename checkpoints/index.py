@@ -11,8 +11,9 @@ from sqlalchemy import bindparam, func, insert, select
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
-from checkpoints.events import EVENT_VALUES, NewEvent
+from checkpoints.events import EVENT_VALUES, NewEvent, event_payload
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
@@ -78,9 +79,10 @@ _GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindpa
 class JourneyIndex:
     """Journey designs and the index of journey instances (pattern, owner, status) across journeys."""
 
-    def __init__(self, backend: Backend, clock: Clock) -> None:
+    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
         self._backend = backend
         self._clock = clock
+        self._sealer = sealer or Sealer(None)
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         """Store a design under ``journey_id``; DuplicateDesignError when one is stored already (on every
@@ -120,7 +122,7 @@ class JourneyIndex:
             "p_user_id": user_id,
             "p_type": first_event.type,
             "p_step": first_event.step,
-            "p_payload": first_event.payload,
+            "p_payload": event_payload(first_event, self._sealer),
             "p_key": first_event.key,
             "p_created_at": now,
         }

@@ -25,6 +25,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
 from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, visible_to
 from checkpoints.schema.tables import server_run_events, server_runs, server_threads
@@ -221,19 +222,25 @@ def _visible(viewer: Viewer | None) -> Any:
     return visible_to(viewer, _threads.owner, _threads.tenant, _threads.shared_group)
 
 
-def _run(row: Row) -> RunRow:
-    return RunRow(**{name: row[name] for name in RunRow.__slots__})
+# What a run keeps of its caller's data: sealed (encrypted) at rest when the store has a key.
+_SEALED = ("input", "command", "output")
 
 
 class RunStore:
     """The threads, runs and stream chunks of the server, on the store's backend."""
 
-    def __init__(self, backend: Backend, clock: Clock) -> None:
+    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
         self._backend = backend
         self._clock = clock
+        self._sealer = sealer or Sealer(None)
         # Finishing a run and appending a chunk wake waiters in every process (PostgreSQL NOTIFY).
         self._finish = backend.notifying(_FINISH, RUN_CHANNEL, "run_id")
         self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, "run_id")
+
+    def _run(self, row: Row) -> RunRow:
+        values = {name: row[name] for name in RunRow.__slots__}
+        values.update({name: self._sealer.open(values[name]) for name in _SEALED})
+        return RunRow(**values)
 
     # --- threads ------------------------------------------------------------------------------------
 
@@ -363,23 +370,25 @@ class RunStore:
                     )
             if enqueue is not None:  # procrastinate writes the job on this very transaction
                 run = dataclasses.replace(run, job_id=await enqueue(await tx.driver_connection(), run))
-            await tx.execute(_INSERT_RUN, _row_params(run))
+            params = _row_params(run)
+            params.update({f"p_{name}": self._sealer.seal(getattr(run, name)) for name in _SEALED})
+            await tx.execute(_INSERT_RUN, params)
         return run
 
     async def get_run(self, run_id: str) -> RunRow | None:
         found = await self._backend.read(_GET_RUN, {"p_run_id": run_id})
-        return _run(found[0]) if found else None
+        return self._run(found[0]) if found else None
 
     async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
         params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset}
-        return [_run(row) for row in await self._backend.read(_LIST_RUNS, params)]
+        return [self._run(row) for row in await self._backend.read(_LIST_RUNS, params)]
 
     async def next_pending(self, thread_id: str) -> RunRow | None:
         found = await self._backend.read(_NEXT_PENDING, {"p_thread_id": thread_id})
-        return _run(found[0]) if found else None
+        return self._run(found[0]) if found else None
 
     async def unfinished(self) -> list[RunRow]:
-        return [_run(row) for row in await self._backend.read(_UNFINISHED)]
+        return [self._run(row) for row in await self._backend.read(_UNFINISHED)]
 
     async def active_count(self, thread_id: str) -> int:
         found = await self._backend.read(_ACTIVE_COUNT, {"p_thread_id": thread_id})
@@ -396,7 +405,7 @@ class RunStore:
         found = await self._backend.write([CLAIM], {"claimed_run": run_id, "claimed_at": self._clock.now()})
         if not found:
             return None
-        return _run(found[0]), found[0]["bound_instance"]
+        return self._run(found[0]), found[0]["bound_instance"]
 
     async def request_cancel(self, run_id: str) -> None:
         """Remember that a cancel reached an executing run: if its job is retried (its worker died before it
@@ -415,16 +424,16 @@ class RunStore:
             "p_run_id": run_id,
             "p_status": status,
             "p_error": dict(error) if error else None,
-            "p_output": output,
+            "p_output": self._sealer.seal(output),
             "p_now": self._clock.now(),
         }
         found = await self._backend.write([self._finish], values)
-        return _run(found[0]) if found else None
+        return self._run(found[0]) if found else None
 
     # --- stream chunks ------------------------------------------------------------------------------
 
     async def append_event(self, run_id: str, seq: int, event: str, data: Any) -> None:
-        values = {"p_run_id": run_id, "p_seq": seq, "p_event": event, "p_data": data}
+        values = {"p_run_id": run_id, "p_seq": seq, "p_event": event, "p_data": self._sealer.seal(data)}
         await self._backend.write([self._append_chunk], values)
 
     async def last_seq(self, run_id: str) -> int:
@@ -433,4 +442,4 @@ class RunStore:
 
     async def events_after(self, run_id: str, seq: int) -> list[tuple[int, str, Any]]:
         rows = await self._backend.read(_CHUNKS_AFTER, {"p_run_id": run_id, "p_seq": seq})
-        return [(int(row["seq"]), str(row["event"]), row["data"]) for row in rows]
+        return [(int(row["seq"]), str(row["event"]), self._sealer.open(row["data"])) for row in rows]

@@ -105,6 +105,7 @@ class JourneyRuntime:
         pool_size: int = 10,
         guide_model: ModelFactory | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        encryption_key: bytes | str | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
@@ -114,6 +115,8 @@ class JourneyRuntime:
         another) is changing, before it gets :class:`ConcurrentUpdateError`.
         ``policies`` run before every agent call after the default ones (least privilege:
         :data:`agents.policy.DEFAULT_POLICIES`); ``default_policies=False`` drops those, explicitly.
+        ``encryption_key`` (else ``$JOURNEYS_ENCRYPTION_KEY``; 16, 24 or 32 bytes): checkpoints and the
+        server's run inputs are encrypted at rest (:mod:`checkpoints.encryption`).
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -124,7 +127,9 @@ class JourneyRuntime:
             for intent, output in sorted(DEFAULT_AGENT_OUTPUTS.items()):  # the client lifecycle's units of work
                 if intent not in registry:
                     registry.register(intent, EchoAgent(intent, output), description="deterministic default")
-        async with open_store(url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout) as store:
+        async with open_store(
+            url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout, encryption_key=encryption_key
+        ) as store:
             yield cls(
                 store,
                 agents=registry,

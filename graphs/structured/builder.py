@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agents.errors import AgentError
 from agents.registry import AgentRegistry
 from checkpoints.events import NewEvent
+from checkpoints.redaction import mark_sensitive
 from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
@@ -86,6 +87,9 @@ class StructuredSpec(BaseModel):
     )
     intents: tuple[str, ...] | None = Field(
         default=None, description="the only intents this journey's steps may call; None restricts nothing"
+    )
+    sensitive: tuple[str, ...] = Field(
+        default=(), description="fields redacted wherever values are shown: the event log, logs, API answers"
     )
 
     @property
@@ -228,6 +232,7 @@ def build_structured_graph(
 ) -> StateGraph[StructuredState]:
     """Compile-ready graph for ``spec``. With ``compensation`` (a saga), a failing step routes there."""
     granted = frozenset(spec.permissions) if spec.permissions is not None else None
+    mark_sensitive(spec.sensitive)
     builder: StateGraph[StructuredState] = StateGraph(StructuredState)
     for step in spec.steps:
         if step.mode == "user":

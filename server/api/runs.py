@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import StreamingResponse
 
+from checkpoints.redaction import redact
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
@@ -218,7 +219,7 @@ async def _sse(svc: ServerServices, run: RunRow, after: int | None = None) -> As
 
 def _frame(event: str, data: Any, number: int | None = None) -> bytes:
     head = f"id: {number}\n" if number is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+    return f"{head}event: {event}\ndata: {json.dumps(redact(data), default=str)}\n\n".encode()
 
 
 @router.get(
