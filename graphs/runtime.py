@@ -30,7 +30,7 @@ from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, registered_patterns
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS
 from graphs.structured.templates import TemplateCatalog, default_catalog
-from nodes.agent_call import AgentCaller
+from nodes.agent_call import MAX_OUTPUT_BYTES, AgentCaller
 from nodes.services import NodeServices
 
 if TYPE_CHECKING:
@@ -66,12 +66,20 @@ class JourneyRuntime:
         bulkhead_limit: int | None,
         durability: Durability,
         guide_model: ModelFactory | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> None:
         self.store = store
         self.guide_model = guide_model  # the chat model the guide graph phrases with (None: deterministic)
         self.agents = agents
         self.templates = templates
-        caller = AgentCaller(agents, store.events, policies=policies, retry=retry, bulkheads=Bulkheads(bulkhead_limit))
+        caller = AgentCaller(
+            agents,
+            store.events,
+            policies=policies,
+            retry=retry,
+            bulkheads=Bulkheads(bulkhead_limit),
+            max_output_bytes=max_output_bytes,
+        )
         self.engine = JourneyEngine(store, NodeServices(caller, store.events, store.clock), durability=durability)
         designs = DesignBook(self.engine, agents, design_kind)
         built: dict[str, Any] = {}
@@ -106,6 +114,7 @@ class JourneyRuntime:
         guide_model: ModelFactory | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
         encryption_key: bytes | str | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
@@ -117,6 +126,8 @@ class JourneyRuntime:
         :data:`agents.policy.DEFAULT_POLICIES`); ``default_policies=False`` drops those, explicitly.
         ``encryption_key`` (else ``$JOURNEYS_ENCRYPTION_KEY``; 16, 24 or 32 bytes): checkpoints and the
         server's run inputs are encrypted at rest (:mod:`checkpoints.encryption`).
+        ``max_output_bytes``: an agent output larger than this (as JSON) fails its step with
+        :class:`AgentOutputTooLargeError` instead of being stored.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -139,6 +150,7 @@ class JourneyRuntime:
                 bulkhead_limit=bulkhead_limit,
                 durability=durability,
                 guide_model=guide_model,
+                max_output_bytes=max_output_bytes,
             )
 
     async def history(self, instance_id: str) -> list[Event]:

@@ -9,6 +9,7 @@ No pattern has its own retry loop, persistence or logging: they all call :meth:`
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -22,6 +23,7 @@ from agents.errors import (
     AgentCallFailedError,
     AgentNotFoundError,
     AgentOutputError,
+    AgentOutputTooLargeError,
     PolicyViolationError,
 )
 from agents.policy import AgentCall, Policy
@@ -32,6 +34,7 @@ from checkpoints.events import Event, EventLog, NewEvent
 from nodes import schemas
 
 log = structlog.get_logger("journeys.agents")
+MAX_OUTPUT_BYTES = 1_048_576  # an agent's output as JSON; JourneyRuntime.open(max_output_bytes=...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,9 @@ class AgentCaller:
         policies: Sequence[Policy],
         retry: RetrySettings,
         bulkheads: Bulkheads,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> None:
+        self.max_output_bytes = max_output_bytes
         self.registry = registry
         self.events = events
         self.policies = tuple(policies)
@@ -128,7 +133,7 @@ class AgentCaller:
                 result = entry.agent(request)
                 if inspect.isawaitable(result):
                     result = await result
-            return _checked_output(intent, result, output_schema)
+            return _checked_output(intent, result, output_schema, self.max_output_bytes)
 
         started = time.perf_counter()
         try:
@@ -165,13 +170,23 @@ class AgentCaller:
         return CallOutcome(output, attempts, False)
 
 
-def _checked_output(intent: str, result: object, schema: Mapping[str, Any] | None) -> dict[str, Any]:
+def _checked_output(
+    intent: str, result: object, schema: Mapping[str, Any] | None, max_bytes: int = MAX_OUTPUT_BYTES
+) -> dict[str, Any]:
     if not isinstance(result, Mapping):
         raise AgentOutputError(
             f"agent for intent {intent!r} returned {type(result).__name__}; agents must return a mapping",
             intent=intent,
         )
     output = dict(result)
+    size = len(json.dumps(output, default=str).encode())
+    if size > max_bytes:  # kept in the event log and the checkpoint: refused, not stored
+        raise AgentOutputTooLargeError(
+            f"agent for intent {intent!r} returned {size} bytes of output; a step keeps at most {max_bytes}",
+            intent=intent,
+            size=size,
+            limit=max_bytes,
+        )
     if schema is not None:
         try:
             schemas.validate(output, schema)
