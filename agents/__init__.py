@@ -7,6 +7,7 @@ from agents.errors import (
     AgentError,
     AgentNotFoundError,
     AgentOutputError,
+    AgentOutputTooLargeError,
     AgentTimeoutError,
     BulkheadFullError,
     CircuitOpenError,
@@ -16,7 +17,14 @@ from agents.errors import (
     RateLimitedError,
     TransientAgentError,
 )
-from agents.policy import DEFAULT_POLICIES, AgentCall, Policy, require_granted_permissions
+from agents.policy import (
+    DEFAULT_POLICIES,
+    AgentCall,
+    Policy,
+    require_granted_intent,
+    require_granted_permissions,
+    with_defaults,
+)
 from agents.protocol import Agent, AgentOutput, AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, CallOptions, RetryPolicy, RetrySettings, call_with_retry
@@ -31,6 +39,7 @@ __all__ = [
     "AgentNotFoundError",
     "AgentOutput",
     "AgentOutputError",
+    "AgentOutputTooLargeError",
     "AgentRegistry",
     "AgentRequest",
     "AgentTimeoutError",
@@ -54,5 +63,7 @@ __all__ = [
     "RetrySettings",
     "TransientAgentError",
     "call_with_retry",
+    "require_granted_intent",
     "require_granted_permissions",
+    "with_defaults",
 ]

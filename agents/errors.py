@@ -41,6 +41,10 @@ class AgentOutputError(PermanentAgentError):
     """The agent's output does not match the declared output schema."""
 
 
+class AgentOutputTooLargeError(PermanentAgentError):
+    """The agent's output is larger than a step may keep (``max_output_bytes``)."""
+
+
 class AgentCallFailedError(AgentError):
     """The agent call failed after its retries were exhausted."""
 

@@ -19,6 +19,8 @@ from sqlalchemy.sql import Executable
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
+from checkpoints.redaction import redact
 from checkpoints.schema.tables import journey_events, journey_instances
 from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
 
@@ -46,13 +48,13 @@ class Event:
     created_at: datetime
 
 
-def _event(row: Row) -> Event:
+def _event(row: Row, sealer: Sealer) -> Event:
     return Event(
         instance_id=row["instance_id"],
         seq=row["seq"],
         type=row["type"],
         step=row["step"],
-        payload=row["payload"],
+        payload=sealer.open(row["payload"]),
         key=row["idempotency_key"],
         created_at=row["created_at"],
     )
@@ -96,10 +98,11 @@ def _events_of_instance(types: int) -> Select[Any]:
 class EventLog:
     """The append-only log of every journey instance: appended once per key, read in order."""
 
-    def __init__(self, backend: Backend, clock: Clock) -> None:
+    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
         self._backend = backend
         self._engine = backend.engine
         self._clock = clock
+        self._sealer = sealer or Sealer(None)  # payloads redacted, then encrypted when the store has a key
         # The statements of the hot path, built once with their values bound per call: an append or a
         # lookup then builds, hashes and compiles no new statement.
         insert_event = backend.insert(journey_events).values(seq=_next_seq, **EVENT_VALUES)
@@ -158,7 +161,7 @@ class EventLog:
 
     async def _append_alone(self, instance_id: str, event: NewEvent, status: str | None) -> bool:
         """One event (and the instance's new status) through the backend's hot path."""
-        values = _values(instance_id, event, self._clock.now())
+        values = _values(instance_id, event, self._clock.now(), self._sealer)
         statements: list[Executable] = [self._insert_event if event.key is None else self._insert_keyed_event]
         if status is not None:
             statements.append(SET_STATUS)
@@ -186,31 +189,37 @@ class EventLog:
         for instance_id, event in entries:
             if event.key is None:
                 raise ValueError(f"append_in takes keyed events only; {event.type!r} has no key")
-            params.append(_values(instance_id, event, now))
+            params.append(_values(instance_id, event, now, self._sealer))
         await conn.execute(self._insert_keyed_quietly, params)
 
     async def _append_one(self, conn: AsyncConnection, instance_id: str, event: NewEvent) -> bool:
         stmt = self._insert_event if event.key is None else self._insert_keyed_event
-        result = await conn.execute(stmt, _values(instance_id, event, self._clock.now()))
+        result = await conn.execute(stmt, _values(instance_id, event, self._clock.now(), self._sealer))
         return result.first() is not None
 
     async def find_by_key(self, key: str) -> Event | None:
         found = await self._backend.read(_SELECT_BY_KEY, {"p_key": key})
-        return _event(found[0]) if found else None
+        return _event(found[0], self._sealer) if found else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
         wanted = list(dict.fromkeys(types or ()))
         params: dict[str, Any] = {"p_instance_id": instance_id, "p_after": after_seq}
         params.update({f"p_type_{n}": type_ for n, type_ in enumerate(wanted)})
-        return [_event(row) for row in await self._backend.read(_events_of_instance(len(wanted)), params)]
+        return [_event(row, self._sealer) for row in await self._backend.read(_events_of_instance(len(wanted)), params)]
 
 
-def _values(instance_id: str, event: NewEvent, now: datetime) -> dict[str, Any]:
+def _values(instance_id: str, event: NewEvent, now: datetime, sealer: Sealer) -> dict[str, Any]:
     return {
         "p_instance_id": instance_id,
         "p_type": event.type,
         "p_step": event.step,
-        "p_payload": event.payload,
+        "p_payload": event_payload(event, sealer),
         "p_key": event.key,
         "p_created_at": now,
     }
+
+
+def event_payload(event: NewEvent, sealer: Sealer) -> Any:
+    """An event's payload as stored: redacted (the log is for people to read: no secrets in it), then
+    sealed when the store encrypts at rest."""
+    return sealer.seal(redact(event.payload))

@@ -11,8 +11,10 @@ from sqlalchemy import bindparam, func, insert, select
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
-from checkpoints.events import EVENT_VALUES, NewEvent
+from checkpoints.events import EVENT_VALUES, NewEvent, event_payload
+from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
 
@@ -38,6 +40,14 @@ class Instance:
     status: str
     created_at: datetime
     updated_at: datetime
+    owner: str | None = None  # the principal that started it, its tenant and shared group (ownership)
+    tenant: str | None = None
+    shared_group: str | None = None
+
+    @property
+    def owned_by(self) -> Owner | None:
+        """Its owner record (None for an instance started outside any caller, or before ownership)."""
+        return Owner(self.owner, self.tenant or DEFAULT_TENANT, self.shared_group) if self.owner else None
 
 
 _designs, _instances = journey_designs.c, journey_instances.c
@@ -58,6 +68,9 @@ _REGISTER_INSTANCE = insert(journey_instances).values(
     status="in_progress",
     created_at=bindparam("p_created_at", type_=_instances.created_at.type),
     updated_at=bindparam("p_created_at", type_=_instances.updated_at.type),
+    owner=bindparam("p_owner", type_=_instances.owner.type),
+    tenant=bindparam("p_tenant", type_=_instances.tenant.type),
+    shared_group=bindparam("p_shared_group", type_=_instances.shared_group.type),
 )
 _FIRST_EVENT = insert(journey_events).values(seq=1, **EVENT_VALUES)
 _GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
@@ -66,9 +79,10 @@ _GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindpa
 class JourneyIndex:
     """Journey designs and the index of journey instances (pattern, owner, status) across journeys."""
 
-    def __init__(self, backend: Backend, clock: Clock) -> None:
+    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
         self._backend = backend
         self._clock = clock
+        self._sealer = sealer or Sealer(None)
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         """Store a design under ``journey_id``; DuplicateDesignError when one is stored already (on every
@@ -96,16 +110,19 @@ class JourneyIndex:
     async def create_instance(
         self, instance_id: str, journey_id: str, pattern: str, user_id: str, *, first_event: NewEvent
     ) -> Instance:
-        """Register a new instance and its first event in one transaction."""
+        """Register a new instance and its first event in one transaction, owned by the caller the server
+        acts for (:func:`checkpoints.ownership.acting_as`)."""
         now = self._clock.now()
+        owner = new_row_owner()
         values = {
+            **{f"p_{name}": value for name, value in owner.items()},
             "p_instance_id": instance_id,
             "p_journey_id": journey_id,
             "p_pattern": pattern,
             "p_user_id": user_id,
             "p_type": first_event.type,
             "p_step": first_event.step,
-            "p_payload": first_event.payload,
+            "p_payload": event_payload(first_event, self._sealer),
             "p_key": first_event.key,
             "p_created_at": now,
         }
@@ -118,10 +135,18 @@ class JourneyIndex:
                 f"journey {journey_id!r} is already running for user {user_id!r} (instance {instance_id!r})",
                 instance_id=instance_id,
             ) from exc
-        return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now)
+        return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now, **owner)
 
-    async def get_instance(self, instance_id: str) -> Instance | None:
-        found = await self._backend.read(_GET_INSTANCE, {"p_instance_id": instance_id})
+    async def get_instance(self, instance_id: str, *, viewer: Viewer | None = None) -> Instance | None:
+        """The instance, or None when there is none that ``viewer`` may see (None: no owner filter)."""
+        if viewer is None:
+            found = await self._backend.read(_GET_INSTANCE, {"p_instance_id": instance_id})
+        else:
+            query = select(journey_instances).where(
+                _instances.instance_id == instance_id,
+                visible_to(viewer, _instances.owner, _instances.tenant, _instances.shared_group),
+            )
+            found = await self._backend.query(query)
         return Instance(**found[0]) if found else None
 
     async def get_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
@@ -135,9 +160,12 @@ class JourneyIndex:
         return found
 
     async def list_instances(
-        self, *, pattern: str | None = None, status: str | None = None, limit: int = 1000
+        self, *, pattern: str | None = None, status: str | None = None, limit: int = 1000, viewer: Viewer | None = None
     ) -> list[Instance]:
+        """Instances in creation order; only those ``viewer`` may see when given."""
         query = select(journey_instances).order_by(_instances.created_at).limit(limit)
+        if viewer is not None:
+            query = query.where(visible_to(viewer, _instances.owner, _instances.tenant, _instances.shared_group))
         if pattern is not None:
             query = query.where(_instances.pattern == pattern)
         if status is not None:

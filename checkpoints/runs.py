@@ -25,7 +25,9 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
 from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
+from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, visible_to
 from checkpoints.schema.tables import server_run_events, server_runs, server_threads
 
 ACTIVE = ("pending", "running")
@@ -46,6 +48,8 @@ class ThreadRow:
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    tenant: str | None = None  # with owner: who may see it (checkpoints.ownership)
+    shared_group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,13 @@ class RunRow:
     job_id: int | None = None  # distributed mode: the procrastinate job executing the run
     cancel_requested_at: datetime | None = None  # a cancel reached it while it was executing
     durability: str | None = None  # how its client asked it to checkpoint (None: the server's setting)
+    tenant: str | None = None  # with principal: who owns it, and so the journey it starts
+    shared_group: str | None = None
+
+    @property
+    def owner(self) -> Owner | None:
+        """Who the run acts for: the owner of what it creates."""
+        return Owner(self.principal, self.tenant or DEFAULT_TENANT, self.shared_group) if self.principal else None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -203,24 +214,43 @@ _CHUNKS_AFTER = (
 )
 
 
-def _run(row: Row) -> RunRow:
-    return RunRow(**{name: row[name] for name in RunRow.__slots__})
+def _owner(owner: Owner | str | None) -> Owner | None:
+    return Owner(owner) if isinstance(owner, str) else owner
+
+
+def _visible(viewer: Viewer | None) -> Any:
+    return visible_to(viewer, _threads.owner, _threads.tenant, _threads.shared_group)
+
+
+# What a run keeps of its caller's data: sealed (encrypted) at rest when the store has a key.
+_SEALED = ("input", "command", "output")
 
 
 class RunStore:
     """The threads, runs and stream chunks of the server, on the store's backend."""
 
-    def __init__(self, backend: Backend, clock: Clock) -> None:
+    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
         self._backend = backend
         self._clock = clock
+        self._sealer = sealer or Sealer(None)
         # Finishing a run and appending a chunk wake waiters in every process (PostgreSQL NOTIFY).
         self._finish = backend.notifying(_FINISH, RUN_CHANNEL, "run_id")
         self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, "run_id")
 
+    def _run(self, row: Row) -> RunRow:
+        values = {name: row[name] for name in RunRow.__slots__}
+        values.update({name: self._sealer.open(values[name]) for name in _SEALED})
+        return RunRow(**values)
+
     # --- threads ------------------------------------------------------------------------------------
 
     async def create_thread(
-        self, thread_id: str | None, metadata: Mapping[str, Any], owner: str | None, *, if_exists: str = "raise"
+        self,
+        thread_id: str | None,
+        metadata: Mapping[str, Any],
+        owner: Owner | str | None,
+        *,
+        if_exists: str = "raise",
     ) -> ThreadRow:
         existing = await self.get_thread(thread_id) if thread_id else None
         thread_id = thread_id or str(uuid.uuid4())
@@ -232,18 +262,35 @@ class RunStore:
         await self._backend.write([_INSERT_THREAD], _row_params(thread))
         return thread
 
-    def _new_thread(self, thread_id: str, metadata: Mapping[str, Any], owner: str | None) -> ThreadRow:
+    def _new_thread(self, thread_id: str, metadata: Mapping[str, Any], owner: Owner | str | None) -> ThreadRow:
         now = self._clock.now()
-        return ThreadRow(thread_id, None, None, owner, dict(metadata), now, now)
+        found = _owner(owner)
+        if found is None:
+            return ThreadRow(thread_id, None, None, None, dict(metadata), now, now)
+        return ThreadRow(
+            thread_id, None, None, found.principal, dict(metadata), now, now, found.tenant, found.shared_group
+        )
 
-    async def get_thread(self, thread_id: str) -> ThreadRow | None:
-        found = await self._backend.read(_GET_THREAD, {"p_thread_id": thread_id})
+    async def get_thread(self, thread_id: str, *, viewer: Viewer | None = None) -> ThreadRow | None:
+        """The thread, or None when there is none ``viewer`` may see (None: no owner filter)."""
+        if viewer is None:
+            found = await self._backend.read(_GET_THREAD, {"p_thread_id": thread_id})
+        else:
+            query = select(server_threads).where(_threads.thread_id == thread_id, _visible(viewer))
+            found = await self._backend.query(query)
         return ThreadRow(**found[0]) if found else None
 
     async def search_threads(
-        self, metadata: Mapping[str, Any] | None, limit: int, offset: int, ids: Sequence[str] | None = None
+        self,
+        metadata: Mapping[str, Any] | None,
+        limit: int,
+        offset: int,
+        ids: Sequence[str] | None = None,
+        *,
+        viewer: Viewer | None = None,
     ) -> list[ThreadRow]:
-        query = select(server_threads).order_by(_threads.created_at.desc())
+        """Threads newest first, only those ``viewer`` may see (filtered in the query)."""
+        query = select(server_threads).where(_visible(viewer)).order_by(_threads.created_at.desc())
         if ids:
             query = query.where(_threads.thread_id.in_(list(ids)))
         rows = [ThreadRow(**row) for row in await self._backend.query(query)]
@@ -274,7 +321,7 @@ class RunStore:
         stream_modes: Sequence[str],
         multitask_strategy: str,
         metadata: Mapping[str, Any],
-        principal: str | None,
+        principal: Owner | str | None,
         enqueue: Enqueue | None = None,
         durability: str | None = None,
     ) -> RunRow:
@@ -286,7 +333,8 @@ class RunStore:
             raise UnsupportedMultitaskStrategyError(
                 f"multitask_strategy {multitask_strategy!r} is not supported; use one of {', '.join(STRATEGIES)}"
             )
-        new_thread = self._new_thread(str(uuid.uuid4()), {}, principal) if thread_id is None else None
+        owner = _owner(principal)
+        new_thread = self._new_thread(str(uuid.uuid4()), {}, owner) if thread_id is None else None
         now = self._clock.now()
         run = RunRow(
             run_id=str(uuid.uuid4()),
@@ -299,13 +347,15 @@ class RunStore:
             stream_modes=list(stream_modes),
             multitask_strategy=multitask_strategy,
             metadata=dict(metadata),
-            principal=principal,
+            principal=owner.principal if owner else None,
             base_checkpoint=None,
             attempts=0,
             error=None,
             created_at=now,
             updated_at=now,
             durability=durability,
+            tenant=owner.tenant if owner else None,
+            shared_group=owner.shared_group if owner else None,
         )
         async with self._backend.transaction() as tx:
             if new_thread is not None:  # nothing can be queued on it yet
@@ -320,23 +370,25 @@ class RunStore:
                     )
             if enqueue is not None:  # procrastinate writes the job on this very transaction
                 run = dataclasses.replace(run, job_id=await enqueue(await tx.driver_connection(), run))
-            await tx.execute(_INSERT_RUN, _row_params(run))
+            params = _row_params(run)
+            params.update({f"p_{name}": self._sealer.seal(getattr(run, name)) for name in _SEALED})
+            await tx.execute(_INSERT_RUN, params)
         return run
 
     async def get_run(self, run_id: str) -> RunRow | None:
         found = await self._backend.read(_GET_RUN, {"p_run_id": run_id})
-        return _run(found[0]) if found else None
+        return self._run(found[0]) if found else None
 
     async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
         params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset}
-        return [_run(row) for row in await self._backend.read(_LIST_RUNS, params)]
+        return [self._run(row) for row in await self._backend.read(_LIST_RUNS, params)]
 
     async def next_pending(self, thread_id: str) -> RunRow | None:
         found = await self._backend.read(_NEXT_PENDING, {"p_thread_id": thread_id})
-        return _run(found[0]) if found else None
+        return self._run(found[0]) if found else None
 
     async def unfinished(self) -> list[RunRow]:
-        return [_run(row) for row in await self._backend.read(_UNFINISHED)]
+        return [self._run(row) for row in await self._backend.read(_UNFINISHED)]
 
     async def active_count(self, thread_id: str) -> int:
         found = await self._backend.read(_ACTIVE_COUNT, {"p_thread_id": thread_id})
@@ -353,7 +405,7 @@ class RunStore:
         found = await self._backend.write([CLAIM], {"claimed_run": run_id, "claimed_at": self._clock.now()})
         if not found:
             return None
-        return _run(found[0]), found[0]["bound_instance"]
+        return self._run(found[0]), found[0]["bound_instance"]
 
     async def request_cancel(self, run_id: str) -> None:
         """Remember that a cancel reached an executing run: if its job is retried (its worker died before it
@@ -372,16 +424,16 @@ class RunStore:
             "p_run_id": run_id,
             "p_status": status,
             "p_error": dict(error) if error else None,
-            "p_output": output,
+            "p_output": self._sealer.seal(output),
             "p_now": self._clock.now(),
         }
         found = await self._backend.write([self._finish], values)
-        return _run(found[0]) if found else None
+        return self._run(found[0]) if found else None
 
     # --- stream chunks ------------------------------------------------------------------------------
 
     async def append_event(self, run_id: str, seq: int, event: str, data: Any) -> None:
-        values = {"p_run_id": run_id, "p_seq": seq, "p_event": event, "p_data": data}
+        values = {"p_run_id": run_id, "p_seq": seq, "p_event": event, "p_data": self._sealer.seal(data)}
         await self._backend.write([self._append_chunk], values)
 
     async def last_seq(self, run_id: str) -> int:
@@ -390,4 +442,4 @@ class RunStore:
 
     async def events_after(self, run_id: str, seq: int) -> list[tuple[int, str, Any]]:
         rows = await self._backend.read(_CHUNKS_AFTER, {"p_run_id": run_id, "p_seq": seq})
-        return [(int(row["seq"]), str(row["event"]), row["data"]) for row in rows]
+        return [(int(row["seq"]), str(row["event"]), self._sealer.open(row["data"])) for row in rows]

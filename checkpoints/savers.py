@@ -10,30 +10,30 @@ from typing import Any, cast
 import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import open_pool
 from checkpoints.database import sqlite_pragmas
+from checkpoints.encryption import checkpoint_serializer
 from checkpoints.url import StoreURL, opened_target
-
-
-def strict_serializer() -> JsonPlusSerializer:
-    """Journey state holds only JSON-like values, so msgpack may revive no custom classes."""
-    return JsonPlusSerializer(allowed_msgpack_modules=None)
 
 
 @asynccontextmanager
 async def open_saver(
-    url: StoreURL, *, pool_size: int = 10, pool: AsyncConnectionPool[Any] | None = None
+    url: StoreURL,
+    *,
+    pool_size: int = 10,
+    pool: AsyncConnectionPool[Any] | None = None,
+    encryption_key: bytes | None = None,
 ) -> AsyncIterator[BaseCheckpointSaver[str]]:
     """Open the saver for ``url``, run its ``setup()`` (one process at a time), and close it on exit.
 
     ``memory://`` and ``sqlite://`` both get the official SQLite saver (``memory://`` on a throwaway
-    file). On PostgreSQL the saver uses ``pool`` (the store's shared pool), or a pool of its own."""
-    serde = strict_serializer()
+    file). On PostgreSQL the saver uses ``pool`` (the store's shared pool), or a pool of its own. With an
+    ``encryption_key``, checkpoints are encrypted (:mod:`checkpoints.encryption`)."""
+    serde = checkpoint_serializer(encryption_key)
     async with AsyncExitStack() as stack:
         if url.kind != "postgres":
             target = stack.enter_context(opened_target(url)).target

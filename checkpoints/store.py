@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -17,6 +17,7 @@ from checkpoints.backends.postgres import PostgresBackend, open_pool
 from checkpoints.backends.sqlite import SqliteBackend
 from checkpoints.clock import Clock, SystemClock
 from checkpoints.database import create_engine_for
+from checkpoints.encryption import Sealer, configured_key
 from checkpoints.events import EventLog
 from checkpoints.guards import Circuit, CircuitBreakers, RateLimits
 from checkpoints.index import JourneyIndex
@@ -42,6 +43,9 @@ class Store:
     rate_limits: RateLimits  # the calls-per-second bucket of every intent, shared likewise
     # PostgreSQL: the process's one psycopg pool (saver, hot paths, queue). None elsewhere.
     pg_pool: AsyncConnectionPool[Any] | None = None
+    sealer: Sealer = field(
+        default_factory=lambda: Sealer(None)
+    )  # seals the JSON our tables keep for callers (run inputs) when keyed
 
     async def circuits(self) -> list[Circuit]:
         """Every intent's circuit as the database holds it (state, counts, when it last changed)."""
@@ -50,7 +54,12 @@ class Store:
 
 @asynccontextmanager
 async def open_store(
-    url: str, *, clock: Clock | None = None, pool_size: int = 10, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
+    url: str,
+    *,
+    clock: Clock | None = None,
+    pool_size: int = 10,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    encryption_key: bytes | str | None = None,
 ) -> AsyncIterator[Store]:
     """Open the checkpointer and our tables on the database ``url`` names; migrate; close on exit.
 
@@ -59,15 +68,19 @@ async def open_store(
 
     ``lock_timeout``: how many seconds a call waits for a journey another call is changing before it
     gets ``ConcurrentUpdateError``.
+
+    ``encryption_key`` (else ``$JOURNEYS_ENCRYPTION_KEY``): checkpoints and sealed records are encrypted
+    at rest (:mod:`checkpoints.encryption`).
     """
     clock = clock or SystemClock()
+    key = configured_key(encryption_key)
     async with AsyncExitStack() as stack:
         parsed = stack.enter_context(opened_target(parse_store_url(url)))
         engine = create_engine_for(parsed, pool_size=pool_size)
         stack.push_async_callback(engine.dispose)
         await migrate(engine)
         pool = await stack.enter_async_context(open_pool(parsed, pool_size)) if parsed.kind == "postgres" else None
-        saver = await stack.enter_async_context(open_saver(parsed, pool=pool))
+        saver = await stack.enter_async_context(open_saver(parsed, pool=pool, encryption_key=key))
         locks = await stack.enter_async_context(open_instance_locks(parsed, wait_limit=lock_timeout))
         backend: Backend
         if pool is not None:
@@ -75,7 +88,8 @@ async def open_store(
         else:
             assert isinstance(saver, AsyncSqliteSaver)
             backend = SqliteBackend(engine, saver.conn, saver.lock)
-        events = EventLog(backend, clock)
-        index = JourneyIndex(backend, clock)
+        sealer = Sealer(key)
+        events = EventLog(backend, clock, sealer)
+        index = JourneyIndex(backend, clock, sealer)
         breakers, rate_limits = CircuitBreakers(backend, clock), RateLimits(backend, clock)
-        yield Store(parsed, saver, engine, events, index, clock, locks, backend, breakers, rate_limits, pool)
+        yield Store(parsed, saver, engine, events, index, clock, locks, backend, breakers, rate_limits, pool, sealer)

@@ -259,3 +259,9 @@ class PatternRegistrationError(JourneyError):
     """A pattern cannot be registered: its name is taken, or its assistant has another id."""
 
     category: ClassVar[ErrorCategory] = "conflict"
+
+
+class ImpersonationError(JourneyError):
+    """A caller may act only as itself: naming another user needs the ``impersonate`` scope."""
+
+    category: ClassVar[ErrorCategory] = "forbidden"

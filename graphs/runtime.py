@@ -15,7 +15,7 @@ from langgraph.types import Durability
 
 from agents.deterministic import EchoAgent
 from agents.guide import ModelFactory
-from agents.policy import DEFAULT_POLICIES, Policy
+from agents.policy import Policy, with_defaults
 from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings, seconds
 from checkpoints.clock import Clock
@@ -32,7 +32,7 @@ from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, r
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS
 from graphs.process.transactions import Transactions
 from graphs.structured.templates import TemplateCatalog, default_catalog
-from nodes.agent_call import AgentCaller
+from nodes.agent_call import MAX_OUTPUT_BYTES, AgentCaller
 from nodes.services import NodeServices
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class JourneyRuntime:
         agent_timeout: float | None = None,
         circuit: CircuitSettings | None = None,
         bulkhead_wait: float | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> None:
         self.store = store
         self.guide_model = guide_model  # the chat model the guide graph phrases with (None: deterministic)
@@ -86,6 +87,7 @@ class JourneyRuntime:
             rate_limits=store.rate_limits,
             timeout=agent_timeout,
             circuit=circuit,
+            max_output_bytes=max_output_bytes,
         )
         self.engine = JourneyEngine(store, NodeServices(caller, store.events, store.clock), durability=durability)
         designs = DesignBook(self.engine, agents, design_kind)
@@ -111,7 +113,8 @@ class JourneyRuntime:
         *,
         agents: AgentRegistry | None = None,
         templates: TemplateCatalog | None = None,
-        policies: Iterable[Policy] = DEFAULT_POLICIES,
+        policies: Iterable[Policy] = (),
+        default_policies: bool = True,
         retry: RetrySettings | None = None,
         bulkhead_limit: int | None = None,
         clock: Clock | None = None,
@@ -123,6 +126,8 @@ class JourneyRuntime:
         agent_timeout: float | str | None = None,
         circuit: CircuitSettings | None = None,
         bulkhead_wait: float | None = None,
+        encryption_key: bytes | str | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
@@ -134,6 +139,12 @@ class JourneyRuntime:
         Resilience defaults for agents registered without their own: ``agent_timeout`` per attempt (seconds
         or ISO 8601), ``circuit`` (a breaker per intent, shared through the store), ``bulkhead_limit``
         calls at once per agent pool, waiting ``bulkhead_wait`` seconds for a slot at most.
+        ``policies`` run before every agent call after the default ones (least privilege:
+        :data:`agents.policy.DEFAULT_POLICIES`); ``default_policies=False`` drops those, explicitly.
+        ``encryption_key`` (else ``$JOURNEYS_ENCRYPTION_KEY``; 16, 24 or 32 bytes): checkpoints and the
+        server's run inputs are encrypted at rest (:mod:`checkpoints.encryption`).
+        ``max_output_bytes``: an agent output larger than this (as JSON) fails its step with
+        :class:`AgentOutputTooLargeError` instead of being stored.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -144,12 +155,14 @@ class JourneyRuntime:
             for intent, output in sorted(DEFAULT_AGENT_OUTPUTS.items()):  # the client lifecycle's units of work
                 if intent not in registry:
                     registry.register(intent, EchoAgent(intent, output), description="deterministic default")
-        async with open_store(url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout) as store:
+        async with open_store(
+            url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout, encryption_key=encryption_key
+        ) as store:
             yield cls(
                 store,
                 agents=registry,
                 templates=catalog,
-                policies=tuple(policies),
+                policies=with_defaults(policies, defaults=default_policies),
                 retry=retry or RetrySettings(),
                 bulkhead_limit=bulkhead_limit,
                 durability=durability,
@@ -157,6 +170,7 @@ class JourneyRuntime:
                 agent_timeout=None if agent_timeout is None else seconds(agent_timeout),
                 circuit=circuit,
                 bulkhead_wait=bulkhead_wait,
+                max_output_bytes=max_output_bytes,
             )
 
     async def history(self, instance_id: str) -> list[Event]:

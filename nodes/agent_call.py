@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from agents.errors import (
     AgentCallFailedError,
     AgentNotFoundError,
     AgentOutputError,
+    AgentOutputTooLargeError,
     AgentTimeoutError,
     BulkheadFullError,
     CircuitOpenError,
@@ -39,6 +41,7 @@ from checkpoints.guards import CircuitBreakers, CircuitSettings, RateLimits
 from nodes import schemas
 
 log = structlog.get_logger("journeys.agents")
+MAX_OUTPUT_BYTES = 1_048_576  # an agent's output as JSON; JourneyRuntime.open(max_output_bytes=...)
 
 ATTEMPT_FAILED = "agent.attempt_failed"  # one per failed attempt: a restart continues the count from them
 CALL_FAILED = "agent.failed"  # the call failed for good (its attempts, or the intent's circuit)
@@ -93,7 +96,9 @@ class AgentCaller:
         rate_limits: RateLimits | None = None,
         timeout: float | None = None,
         circuit: CircuitSettings | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> None:
+        self.max_output_bytes = max_output_bytes
         self.registry = registry
         self.events = events
         self.policies = tuple(policies)
@@ -115,6 +120,7 @@ class AgentCaller:
         event_type: str = "agent.completed",
         recorder: Recorder | None = None,
         granted_permissions: frozenset[str] | None = None,
+        granted_intents: frozenset[str] | None = None,
         output_schema: Mapping[str, Any] | None = None,
         retry: RetrySettings | None = None,
         replay: bool = False,
@@ -142,6 +148,7 @@ class AgentCaller:
                     event_type=event_type,
                     recorder=recorder,
                     granted_permissions=granted_permissions,
+                    granted_intents=granted_intents,
                     output_schema=output_schema,
                     retry=retry,
                     replay=replay,
@@ -172,6 +179,7 @@ class AgentCaller:
         event_type: str,
         recorder: Recorder | None,
         granted_permissions: frozenset[str] | None,
+        granted_intents: frozenset[str] | None,
         output_schema: Mapping[str, Any] | None,
         retry: RetrySettings | None,
         replay: bool,
@@ -179,9 +187,14 @@ class AgentCaller:
         primary: str,
     ) -> CallOutcome:
         entry = self.registry.resolve(intent)
-        check = AgentCall(entry, instance_id, step, payload, granted_permissions)
-        for policy in self.policies:
-            policy(check)
+        check = AgentCall(entry, instance_id, step, payload, granted_permissions, granted_intents)
+        try:
+            for policy in self.policies:
+                policy(check)
+        except PolicyViolationError as exc:  # refused before it ran: audited, with the reason
+            denial = {"intent": intent, "agent": entry.name, "reason": exc.message, **exc.details}
+            await self.events.append(instance_id, [NewEvent("policy.denied", denial, step)])
+            raise
         settings = retry or entry.retry or self.retry
         if options is not None and options.retry is not None:
             settings = options.retry.over(settings)
@@ -197,7 +210,7 @@ class AgentCaller:
             tried = number
             try:
                 result = await self._attempt(entry, payload, instance_id, step, key, number, timeout, circuit)
-                return _checked_output(intent, result, output_schema)
+                return _checked_output(intent, result, output_schema, self.max_output_bytes)
             except CircuitOpenError:
                 raise
             except Exception as exc:
@@ -328,13 +341,23 @@ def _counts_against_circuit(exc: BaseException) -> bool:
     return is_retryable(exc) and not isinstance(exc, RateLimitedError | BulkheadFullError)
 
 
-def _checked_output(intent: str, result: object, schema: Mapping[str, Any] | None) -> dict[str, Any]:
+def _checked_output(
+    intent: str, result: object, schema: Mapping[str, Any] | None, max_bytes: int = MAX_OUTPUT_BYTES
+) -> dict[str, Any]:
     if not isinstance(result, Mapping):
         raise AgentOutputError(
             f"agent for intent {intent!r} returned {type(result).__name__}; agents must return a mapping",
             intent=intent,
         )
     output = dict(result)
+    size = len(json.dumps(output, default=str).encode())
+    if size > max_bytes:  # kept in the event log and the checkpoint: refused, not stored
+        raise AgentOutputTooLargeError(
+            f"agent for intent {intent!r} returned {size} bytes of output; a step keeps at most {max_bytes}",
+            intent=intent,
+            size=size,
+            limit=max_bytes,
+        )
     if schema is not None:
         try:
             schemas.validate(output, schema)

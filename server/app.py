@@ -19,8 +19,9 @@ from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.api import assistants, inbox, journeys, runs, threads
+from server.auth import resolve_authenticator
 from server.openapi import install_openapi
-from server.problems import install_problem_handlers
+from server.problems import RedactedJSONResponse, install_problem_handlers
 from server.queues import open_queue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
@@ -44,7 +45,7 @@ def create_app(
                     settings.database_url, clock=clock, guide_model=guide_model, **(runtime_options or {})
                 )
             )
-            run_store = RunStore(runtime.store.backend, runtime.store.clock)
+            run_store = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
             queue = await stack.enter_async_context(open_queue(settings, executor, watch))
@@ -57,8 +58,10 @@ def create_app(
         description="Durable journey orchestration on LangGraph: the Agent Server API subset langgraph-sdk uses, "
         "and the journey endpoints beside it. Errors are application/problem+json.",
         lifespan=lifespan,
+        default_response_class=RedactedJSONResponse,  # no secrets or personal data in any answer
     )
     app.state.settings = settings
+    app.state.authenticator = resolve_authenticator(settings)  # a bad --auth stops the server before it serves
     # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)

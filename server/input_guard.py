@@ -46,7 +46,7 @@ class GuardedRoute(APIRoute):
             limits: InputLimits = request.app.state.settings.limits
             refuse_declared_oversize(request, limits)
             for scope in scopes:
-                authorize(request.app.state.settings, request.headers.get("x-api-key"), scope)
+                await authorize(request, scope)
             refuse_nul_in_url(request)
             if self.body_field is None:
                 return await handler(request)

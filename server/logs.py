@@ -17,6 +17,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import ExcInfo
 
+from checkpoints.redaction import REDACTED, is_sensitive, redact
+
 MAX_VALUE_CHARS = 2000  # an event's value, and a traceback's line
 MAX_TRACEBACK_LINES = 400  # a deep recursion keeps its first and last frames
 _SCALARS = (bool, int, float, type(None))
@@ -37,6 +39,14 @@ def _cut(text: str) -> str:
     if len(text) <= MAX_VALUE_CHARS:
         return text
     return f"{text[:MAX_VALUE_CHARS]}… ({len(text) - MAX_VALUE_CHARS} more characters)"
+
+
+def redacted_values(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: secrets and personal data redacted (:func:`checkpoints.redaction.redact`)."""
+    for key, value in event.items():
+        if key != "exc_info" and not isinstance(value, _SCALARS):
+            event[key] = REDACTED if is_sensitive(key) else redact(value)
+    return event
 
 
 def bounded_values(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -68,6 +78,7 @@ def configure_logging(level: int) -> None:
             structlog.processors.StackInfoRenderer(),
             structlog.dev.set_exc_info,
             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            redacted_values,
             bounded_values,
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_bounded_traceback),
         ],

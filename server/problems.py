@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from checkpoints.errors import ErrorCategory, JourneyError, StoreError
+from checkpoints.redaction import redact
 
 log = structlog.get_logger("journeys.server")
 PROBLEM_JSON = "application/problem+json"
@@ -37,6 +38,13 @@ TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+class RedactedJSONResponse(JSONResponse):
+    """Every JSON answer of the server: secrets and personal data redacted (:mod:`checkpoints.redaction`)."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(redact(content))
 
 
 class Problem(BaseModel):
@@ -102,7 +110,9 @@ def problem(
     body.update({k: v for k, v in extra.items() if v is not None})
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'ApiKey header="x-api-key"'}
-    return JSONResponse(json.loads(json.dumps(body, default=str)), status, media_type=PROBLEM_JSON, headers=headers)
+    return RedactedJSONResponse(
+        json.loads(json.dumps(body, default=str)), status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 def allowed_methods(request: Request) -> str:

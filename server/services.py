@@ -5,15 +5,20 @@ Routers call these services; they take no locks and write no graph state themsel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
-from graphs.errors import InvalidInputError, JourneyNotFoundError
+from checkpoints.index import Instance
+from checkpoints.ownership import Owner, Viewer, acting_as
+from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
 from graphs.kernel.patterns import Graph, get_pattern
 from graphs.runtime import JourneyRuntime
 from server.assistants import get_assistant, graph_of
+from server.auth import Authenticator, Principal, resolve_authenticator
 from server.problems import ApiError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor
@@ -47,6 +52,71 @@ class ServerServices:
     watch: RunWatch
     executor: RunExecutor
     queue: RunQueue
+    authenticator: Authenticator | None = None  # None: the settings' (API keys by default)
+
+    def __post_init__(self) -> None:
+        if self.authenticator is None:
+            self.authenticator = resolve_authenticator(self.settings)
+
+    # --- ownership: every route that creates or reads a caller's objects goes through these -------------
+
+    def owner(self, caller: Principal) -> Owner:
+        """Who owns what ``caller`` creates (the authenticator's ``on_create``)."""
+        assert self.authenticator is not None
+        return self.authenticator.on_create(caller)
+
+    def viewer(self, caller: Principal) -> Viewer:
+        """Which stored objects ``caller`` may see and act on (the authenticator's ``read_filter``)."""
+        assert self.authenticator is not None
+        return self.authenticator.read_filter(caller)
+
+    @contextmanager
+    def acting(self, caller: Principal) -> Iterator[None]:
+        """Objects created inside (journey instances, and any store that reads
+        :func:`checkpoints.ownership.current_owner`) are owned by ``caller``."""
+        with acting_as(self.owner(caller)):
+            yield
+
+    def check_user(self, caller: Principal, user_id: str | None) -> None:
+        """A ``user_id`` named in a path or body must be the caller's own, unless it may impersonate."""
+        if user_id is None or user_id == caller.name or caller.allows("impersonate"):
+            return
+        raise ImpersonationError(
+            f"{caller.name!r} may not act as user {user_id!r}: that needs the 'impersonate' scope", user_id=user_id
+        )
+
+    async def instance(self, caller: Principal, instance_id: str) -> Instance:
+        """A journey instance ``caller`` may see; not found (404, as for one that does not exist) otherwise."""
+        found = await self.runtime.store.index.get_instance(instance_id, viewer=self.viewer(caller))
+        if found is None:
+            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        return found
+
+    def check_inbox(self, caller: Principal, assignee: str | None, group: str | None) -> None:
+        """An inbox is listed by its user (or one who may impersonate) or a member of its group."""
+        if assignee is None and group is None and not self.viewer(caller).admin:
+            raise ImpersonationError("name the assignee (yourself) or one of your groups", user_id=None)
+        self.check_user(caller, assignee)
+        if group is not None and group not in caller.groups and not caller.allows("impersonate"):
+            raise ImpersonationError(f"{caller.name!r} is not in group {group!r}", group=group)
+
+    async def task(self, caller: Principal, task_id: str) -> dict[str, Any]:
+        """A user task the caller may see: its assignee's, its candidate groups' members', or its instance
+        owner's; not found otherwise."""
+        task = await self.runtime.processes.inbox.get_task(task_id)
+        viewer = self.viewer(caller)
+        offered = task.get("assignee") == caller.name or set(task.get("candidate_groups") or ()) & set(caller.groups)
+        if not (viewer.admin or offered):
+            await self.instance(caller, task["instance_id"])
+        return task
+
+    async def run(self, caller: Principal, thread_id: str, run_id: str) -> RunRow:
+        """A run on a thread ``caller`` may see; not found otherwise."""
+        await self.resolve_thread(thread_id, caller)
+        run = await self.runs.get_run(run_id)
+        if run is None or run.thread_id != thread_id:
+            raise JourneyNotFoundError(f"no run {run_id!r} on thread {thread_id!r}", run_id=run_id)
+        return run
 
     def submit(self, run: RunRow) -> None:
         """After the run is committed: the queue takes it (unless it was enqueued in that transaction)."""
@@ -62,11 +132,16 @@ class ServerServices:
 
     # --- threads ----------------------------------------------------------------------------------
 
-    async def resolve_thread(self, thread_id: str) -> ResolvedThread:
-        row = await self.runs.get_thread(thread_id)
+    async def resolve_thread(self, thread_id: str, caller: Principal | None) -> ResolvedThread:
+        """A thread (or journey instance) ``caller`` may see (None: the server's own reads); not found
+        otherwise, whether it exists or not."""
+        viewer = self.viewer(caller) if caller is not None else None
+        row = await self.runs.get_thread(thread_id, viewer=viewer)
         if row is not None:
             return ResolvedThread.of(row)
-        instance = await self.runtime.store.index.get_instance(thread_id)
+        if viewer is not None and await self.runs.get_thread(thread_id) is not None:
+            raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+        instance = await self.runtime.store.index.get_instance(thread_id, viewer=viewer)
         if instance is None:
             raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         return ResolvedThread(thread_id, None, instance.pattern, instance.instance_id)
@@ -78,11 +153,11 @@ class ServerServices:
         return await graph_of(self.runtime, get_assistant(thread.assistant_id), thread.instance_id)
 
     async def update_thread_state(
-        self, thread_id: str, values: dict[str, Any] | None, as_node: str | None
+        self, caller: Principal, thread_id: str, values: dict[str, Any] | None, as_node: str | None
     ) -> dict[str, Any]:
         """Write ``values`` into the journey's state as ``as_node`` would (an operator's correction: it
         bypasses the pattern's checks), on a thread with no active run; the config of the checkpoint written."""
-        thread = await self.resolve_thread(thread_id)
+        thread = await self.resolve_thread(thread_id, caller)
         graph = await self.thread_graph(thread)
         if graph is None or thread.instance_id is None:
             raise ApiError(409, "NoState", f"thread {thread_id!r} has no state yet; start a run on it first")
@@ -107,11 +182,9 @@ class ServerServices:
 
     # --- journeys ---------------------------------------------------------------------------------
 
-    async def journey_status(self, instance_id: str) -> dict[str, Any]:
-        """Any journey's status: its index row, with its pattern's status view."""
-        instance = await self.runtime.store.index.get_instance(instance_id)
-        if instance is None:
-            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+    async def journey_status(self, caller: Principal, instance_id: str) -> dict[str, Any]:
+        """Any journey's status (one ``caller`` may see): its index row, with its pattern's status view."""
+        instance = await self.instance(caller, instance_id)
         try:
             status = get_pattern(instance.pattern).status
         except JourneyNotFoundError:

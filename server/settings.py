@@ -16,6 +16,7 @@ import structlog
 from langgraph.types import Durability
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from checkpoints.ownership import DEFAULT_TENANT
 from checkpoints.url import DEFAULT_STORE_URL
 from server.problems import ApiKeysError, InsecureServeError
 
@@ -23,7 +24,8 @@ log = structlog.get_logger("journeys.server")
 ExecutionMode = Literal["embedded", "distributed"]
 # read (assistants, threads, runs, journeys, tasks), runs (create/cancel runs, update thread state),
 # journeys (journey operations), tasks (claim/complete user tasks), messages (send messages), admin (all).
-Scope = Literal["read", "runs", "journeys", "tasks", "messages", "admin"]
+# impersonate: act for another user_id than the caller's own (a user_id in a path or body).
+Scope = Literal["read", "runs", "journeys", "tasks", "messages", "impersonate", "admin"]
 SCOPES: tuple[str, ...] = get_args(Scope)
 DIGEST_PREFIX = "sha256:"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -70,11 +72,14 @@ def key_digest(key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """A caller: ``principal`` is who they are (the user a task is completed by), ``groups`` their groups."""
+    """A caller: ``principal`` is who they are (the user a task is completed by), ``groups`` their groups,
+    ``tenant`` whose objects they see, ``share_with`` the group what they create is shared with."""
 
     principal: str
     scopes: frozenset[str]
     groups: tuple[str, ...] = ()
+    tenant: str = DEFAULT_TENANT
+    share_with: str | None = None
 
 
 def by_digest(api_keys: Mapping[str, ApiKey], source: str = "api_keys") -> dict[str, ApiKey]:
@@ -130,6 +135,9 @@ class Settings:
     # answers with (agents/guide_model.py). None: the offline DeterministicGuideModel.
     guide_model: str | None = None
     limits: InputLimits = field(default_factory=InputLimits)
+    # The custom-auth hook (server.auth.Authenticator): None for API keys (server.auth.ApiKeyAuth), an
+    # object, or ``module:factory`` (a factory taking these settings).
+    authenticator: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))
@@ -140,9 +148,11 @@ class _KeyEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    principal: str = Field(min_length=1)
+    principal: str = Field(min_length=1, max_length=200)
     scopes: list[Scope] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
+    tenant: str = Field(default=DEFAULT_TENANT, min_length=1, max_length=100)
+    share_with: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 def api_key(entry: Any, name: str) -> ApiKey:
@@ -155,7 +165,9 @@ def api_key(entry: Any, name: str) -> ApiKey:
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ApiKeysError(f"{name}: {'; '.join(problems)}", problems=problems) from None
-    return ApiKey(checked.principal, frozenset(checked.scopes), tuple(checked.groups))
+    return ApiKey(
+        checked.principal, frozenset(checked.scopes), tuple(checked.groups), checked.tenant, checked.share_with
+    )
 
 
 def load_api_keys(path: str | Path | None = None) -> dict[str, ApiKey]:

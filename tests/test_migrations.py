@@ -39,13 +39,18 @@ CREATE TABLE journey_events (
 CREATE INDEX ix_journey_events_type ON journey_events (type);
 CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id);
 """
-# What migrations 6 to 11 added, taken away again: their DDL is frozen, so it runs on the schema before them.
-UNDO_MIGRATIONS_6_TO_11 = """
+# What migrations 6 and later added, taken away again: their DDL is frozen, so it runs on the schema before them.
+UNDO_MIGRATIONS_FROM_6 = """
 DROP TABLE process_message_starts;
 ALTER TABLE server_runs DROP COLUMN output, DROP COLUMN job_id, DROP COLUMN cancel_requested_at, DROP COLUMN durability;
 DROP TABLE lifecycle_rollback_requests;
 DROP TABLE agent_circuits;
 DROP TABLE agent_rate_limits;
+DROP INDEX ix_journey_instances_owner;
+ALTER TABLE journey_instances DROP COLUMN owner, DROP COLUMN tenant, DROP COLUMN shared_group;
+DROP INDEX ix_server_threads_owner;
+ALTER TABLE server_threads DROP COLUMN tenant, DROP COLUMN shared_group;
+ALTER TABLE server_runs DROP COLUMN tenant, DROP COLUMN shared_group;
 """
 
 
@@ -55,7 +60,7 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DROP TABLE journey_events")
         conn.execute(OLD_EVENTS_TABLE)
-        conn.execute(UNDO_MIGRATIONS_6_TO_11)
+        conn.execute(UNDO_MIGRATIONS_FROM_6)
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
         conn.execute(
             "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -91,7 +96,11 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
     assert "id" not in columns
     assert indexes == {"pk_journey_events", "journey_events_idempotency_key_key"}
     assert {r[0] for r in primary} == {"instance_id", "seq"}
-    assert instance_indexes == {"journey_instances_pkey", "ix_journey_instances_pattern_status"}
+    assert instance_indexes == {
+        "journey_instances_pkey",
+        "ix_journey_instances_pattern_status",
+        "ix_journey_instances_owner",
+    }
 
 
 async def test_a_fresh_store_has_the_lean_event_log(store_url: str) -> None:
@@ -111,6 +120,16 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             await conn.execute(text("DROP TABLE lifecycle_rollback_requests"))  # migration 10
             for table in ("agent_circuits", "agent_rate_limits"):  # migration 11
                 await conn.execute(text(f"DROP TABLE {table}"))
+            for column in ("tenant", "shared_group"):  # migration 12
+                await conn.execute(text(f"ALTER TABLE server_runs DROP COLUMN {column}"))
+            await conn.execute(text("DROP INDEX ix_journey_instances_owner"))
+            await conn.execute(text("DROP INDEX ix_server_threads_owner"))
+            for table, columns in (
+                ("journey_instances", ("owner", "tenant", "shared_group")),
+                ("server_threads", ("tenant", "shared_group")),
+            ):
+                for column in columns:
+                    await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()

@@ -943,3 +943,17 @@ CREATE TABLE agent_rate_limits (
 """,
     ),
 }
+
+# Migration 12: who owns each journey instance, server thread and run (checkpoints.ownership).
+_V12_COLUMNS = (
+    "ALTER TABLE journey_instances ADD COLUMN owner VARCHAR(200)",
+    "ALTER TABLE journey_instances ADD COLUMN tenant VARCHAR(100)",
+    "ALTER TABLE journey_instances ADD COLUMN shared_group VARCHAR(200)",
+    "CREATE INDEX ix_journey_instances_owner ON journey_instances (tenant, owner)",
+    "ALTER TABLE server_threads ADD COLUMN tenant VARCHAR(100)",
+    "ALTER TABLE server_threads ADD COLUMN shared_group VARCHAR(200)",
+    "CREATE INDEX ix_server_threads_owner ON server_threads (tenant, owner)",
+    "ALTER TABLE server_runs ADD COLUMN tenant VARCHAR(100)",
+    "ALTER TABLE server_runs ADD COLUMN shared_group VARCHAR(200)",
+)
+V12_OWNERSHIP: DDL = {"sqlite": _V12_COLUMNS, "postgresql": _V12_COLUMNS}

@@ -84,6 +84,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "SQLite event log keyed by (instance_id, seq) like PostgreSQL's", ddl.V9_SQLITE_EVENTS_REKEYED),
     Migration(10, "lifecycle rollback requests: seen by a unit of work in any process", ddl.V10_ROLLBACK_REQUESTS),
     Migration(11, "agent guards: a circuit breaker and a rate-limit bucket per intent", ddl.V11_AGENT_GUARDS),
+    Migration(12, "owners: who created each journey instance, thread and run, in which tenant", ddl.V12_OWNERSHIP),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
+from checkpoints.ownership import owner_columns
+
 metadata = MetaData()
 
 
@@ -71,7 +73,9 @@ journey_instances = Table(
     Column("status", String(30), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    *owner_columns(),  # who started it (migration 12): see checkpoints.ownership
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
+    Index("ix_journey_instances_owner", "tenant", "owner"),
 )
 
 # Keyed by (instance_id, seq), with no surrogate id: every step writes a row, and each index is paid per
@@ -246,7 +250,10 @@ server_threads = Table(
     Column("metadata", JsonType, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("tenant", String(100), nullable=True),  # with owner, who may see it (migration 12)
+    Column("shared_group", String(200), nullable=True),
     Index("ix_server_threads_instance", "instance_id"),
+    Index("ix_server_threads_owner", "tenant", "owner"),
 )
 
 server_runs = Table(
@@ -276,6 +283,9 @@ server_runs = Table(
     # run it again but ends it interrupted (migration 8).
     Column("cancel_requested_at", UTCDateTime(), nullable=True),
     Column("durability", String(10), nullable=True),  # what its client asked for: sync | async | exit
+    # With principal (its owner), who may see it; what the journey it starts is owned by (migration 12).
+    Column("tenant", String(100), nullable=True),
+    Column("shared_group", String(200), nullable=True),
     Index("ix_server_runs_thread_status", "thread_id", "status"),
 )
 

@@ -20,6 +20,7 @@ from agents.errors import AgentError
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
+from checkpoints.redaction import mark_sensitive
 from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
@@ -85,6 +86,12 @@ class StructuredSpec(BaseModel):
     requirements: dict[str, Any] = Field(default_factory=dict)
     permissions: tuple[str, ...] | None = Field(
         default=None, description="scopes granted to this journey's agents; None restricts nothing"
+    )
+    intents: tuple[str, ...] | None = Field(
+        default=None, description="the only intents this journey's steps may call; None restricts nothing"
+    )
+    sensitive: tuple[str, ...] = Field(
+        default=(), description="fields redacted wherever values are shown: the event log, logs, API answers"
     )
 
     @property
@@ -228,6 +235,7 @@ def build_structured_graph(
 ) -> StateGraph[StructuredState]:
     """Compile-ready graph for ``spec``. With ``compensation`` (a saga), a failing step routes there."""
     granted = frozenset(spec.permissions) if spec.permissions is not None else None
+    mark_sensitive(spec.sensitive)
     builder: StateGraph[StructuredState] = StateGraph(StructuredState)
     for step in spec.steps:
         if step.mode == "user":
@@ -291,6 +299,7 @@ def _step_runner(
                 event_type="step.completed",
                 recorder=record,
                 granted_permissions=granted,
+                granted_intents=frozenset(spec.intents) if spec.intents is not None else None,
                 output_schema=step.output_schema,
                 options=step,
             )

@@ -58,18 +58,23 @@ def _who(caller: Principal, actor: Actor) -> tuple[str, list[str]]:
 
 @router.get("/tasks", response_model=list[TaskOut], summary="Open user tasks for an assignee or group")
 async def list_tasks(
-    _c: Reader,
+    caller: Reader,
     svc: Services,
     assignee: Annotated[str | None, Query(max_length=200)] = None,
     group: Annotated[str | None, Query(max_length=200)] = None,
     instance_id: Annotated[str | None, Query(max_length=200)] = None,
 ) -> list[dict[str, Any]]:
+    """Tasks for the caller (``assignee``: itself, ``group``: one of its groups), or of an instance it may see."""
+    if instance_id is not None:
+        await svc.instance(caller, instance_id)
+    else:
+        svc.check_inbox(caller, assignee, group)
     return await svc.runtime.processes.inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, summary="A user task")
-async def get_task(task_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.processes.inbox.get_task(task_id)
+async def get_task(task_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.task(caller, task_id)
 
 
 @router.post("/tasks/{task_id}/claim", response_model=TaskOut, summary="Claim a task")
@@ -110,12 +115,14 @@ async def deploy_process(body: ProcessSpec, _c: Deployer, svc: Services) -> dict
 
 
 @router.post("/processes/{name}/instances", response_model=ProcessInstanceView, summary="Start a process instance")
-async def start_process(name: str, body: ProcessStartIn, _c: Deployer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.processes.start(name, body.business_key, body.variables, version=body.version)
+async def start_process(name: str, body: ProcessStartIn, caller: Deployer, svc: Services) -> dict[str, Any]:
+    with svc.acting(caller):
+        return await svc.runtime.processes.start(name, body.business_key, body.variables, version=body.version)
 
 
 @router.get(
     "/processes/instances/{instance_id}", response_model=ProcessInstanceView, summary="A process instance's status"
 )
-async def process_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+async def process_status(instance_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, instance_id)
     return await svc.runtime.processes.status(instance_id)

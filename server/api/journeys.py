@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from graphs.errors import JourneyNotFoundError
 from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
 from graphs.kernel.identifiers import ClientId, JourneyType, MetricName, UserId
 from graphs.lifecycle.machine import JourneyStage, RollbackTrigger
@@ -16,6 +15,7 @@ from graphs.lifecycle.orchestrator import EVENT_OPTIONS
 from graphs.session.builder import SessionSpec
 from graphs.session.mvp import MVP_PILLARS
 from graphs.structured.builder import StructuredSpec
+from graphs.structured.orchestrator import structured_instance_id
 from nodes.criteria_gate import METRIC_NAME
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
@@ -186,6 +186,13 @@ class MetricsIn(Body):
     values: Metrics = Field(min_length=1)
 
 
+async def _structured(svc: ServerServices, caller: Principal, journey_id: str, user_id: str) -> None:
+    """A structured journey named by design and user: the user is the caller (or impersonated), and the
+    instance one the caller may see."""
+    svc.check_user(caller, user_id)
+    await svc.instance(caller, structured_instance_id(journey_id, user_id))
+
+
 # --- structured -----------------------------------------------------------------------------------
 
 
@@ -197,16 +204,19 @@ async def design_structured(body: DesignIn, _c: Writer, svc: Services) -> dict[s
 @router.post(
     "/structured/{journey_id}/executions", response_model=StructuredRunView, summary="Start a structured journey"
 )
-async def execute_structured(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.structured.execute_journey(journey_id, body.user_id, body.context)
+async def execute_structured(journey_id: str, body: ExecuteIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    svc.check_user(caller, body.user_id)
+    with svc.acting(caller):
+        return await svc.runtime.structured.execute_journey(journey_id, body.user_id, body.context)
 
 
 @router.post(
     "/structured/{journey_id}/users/{user_id}/advance", response_model=StructuredAdvanceOut, summary="Advance a step"
 )
 async def advance_structured(
-    journey_id: str, user_id: str, body: AdvanceIn, _c: Writer, svc: Services
+    journey_id: str, user_id: str, body: AdvanceIn, caller: Writer, svc: Services
 ) -> dict[str, Any]:
+    await _structured(svc, caller, journey_id, user_id)
     return await svc.runtime.structured.advance_journey_step(
         journey_id, user_id, body.step_result, step_id=body.step_id
     )
@@ -215,7 +225,8 @@ async def advance_structured(
 @router.post(
     "/structured/{journey_id}/users/{user_id}/retry", response_model=StructuredRunView, summary="Retry the failed step"
 )
-async def retry_structured(journey_id: str, user_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
+async def retry_structured(journey_id: str, user_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
+    await _structured(svc, caller, journey_id, user_id)
     return await svc.runtime.structured.retry_journey_step(journey_id, user_id)
 
 
@@ -224,7 +235,8 @@ async def retry_structured(journey_id: str, user_id: str, _c: Writer, svc: Servi
     response_model=StructuredRunView,
     summary="A structured journey's status",
 )
-async def status_structured(journey_id: str, user_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+async def status_structured(journey_id: str, user_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    await _structured(svc, caller, journey_id, user_id)
     return await svc.runtime.structured.get_journey_status(journey_id, user_id)
 
 
@@ -239,12 +251,16 @@ async def design_saga(body: SagaDesignIn, _c: Writer, svc: Services) -> dict[str
 
 
 @router.post("/sagas/designs/{journey_id}/executions", response_model=SagaRunView, summary="Start a saga")
-async def execute_saga(journey_id: str, body: ExecuteIn, _c: Writer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.saga.execute_saga_journey(journey_id, body.user_id, body.context)
+async def execute_saga(journey_id: str, body: ExecuteIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    svc.check_user(caller, body.user_id)
+    with svc.acting(caller):
+        return await svc.runtime.saga.execute_saga_journey(journey_id, body.user_id, body.context)
 
 
 @router.post("/sagas/{saga_id}/advance", response_model=SagaAdvanceOut, summary="Advance a saga step")
-async def advance_saga(saga_id: str, body: SagaAdvanceIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def advance_saga(saga_id: str, body: SagaAdvanceIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    svc.check_user(caller, body.user_id)
+    await svc.instance(caller, saga_id)
     return await svc.runtime.saga.advance_saga_step(
         saga_id, body.journey_id, body.user_id, body.step_result, step_id=body.step_id
     )
@@ -253,12 +269,14 @@ async def advance_saga(saga_id: str, body: SagaAdvanceIn, _c: Writer, svc: Servi
 @router.post(
     "/sagas/{saga_id}/retry", response_model=SagaRunView, summary="Retry a saga's failed step or stopped compensation"
 )
-async def retry_saga(saga_id: str, _c: Writer, svc: Services) -> dict[str, Any]:
+async def retry_saga(saga_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, saga_id)
     return await svc.runtime.saga.retry_saga_step(saga_id)
 
 
 @router.get("/sagas/{saga_id}", response_model=SagaRunView, summary="A saga's status")
-async def status_saga(saga_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+async def status_saga(saga_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, saga_id)
     return await svc.runtime.saga.get_saga_status(saga_id)
 
 
@@ -266,52 +284,64 @@ async def status_saga(saga_id: str, _c: Reader, svc: Services) -> dict[str, Any]
 
 
 @router.post("/sessions", response_model=SessionStartOut, summary="Start a session")
-async def start_session(body: SessionIn, _c: Writer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.session.start_session(body.user_id, body.session_config)
+async def start_session(body: SessionIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    svc.check_user(caller, body.user_id)
+    with svc.acting(caller):
+        return await svc.runtime.session.start_session(body.user_id, body.session_config)
 
 
 @router.post("/sessions/{session_id}/navigate", response_model=NavigatedOut, summary="Go to an area")
-async def navigate(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def navigate(session_id: str, body: NavigateIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.session.navigate_to_area(session_id, body.area_id)
 
 
 @router.post("/sessions/{session_id}/updates", response_model=AreaUpdatedOut, summary="Update an area's state")
-async def update_area(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def update_area(session_id: str, body: AreaUpdateIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.session.update_area_state(session_id, body.area_id, body.updates)
 
 
 @router.post("/sessions/{session_id}/close", response_model=SessionProgressOut, summary="Close a session")
-async def close_session(session_id: str, body: CloseIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def close_session(session_id: str, body: CloseIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.session.close_session(session_id, body.reason)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionProgressOut, summary="A session's progress")
-async def session_progress(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+async def session_progress(session_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.session.get_session_progress(session_id)
 
 
 @router.post("/mvp", response_model=MvpStartOut, summary="Start an MVP journey")
-async def start_mvp(body: MvpIn, _c: Writer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.mvp.start_mvp_journey(body.user_id, body.initial_pillar)
+async def start_mvp(body: MvpIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    svc.check_user(caller, body.user_id)
+    with svc.acting(caller):
+        return await svc.runtime.mvp.start_mvp_journey(body.user_id, body.initial_pillar)
 
 
 @router.post("/mvp/{session_id}/navigate", response_model=NavigatedOut, summary="Go to a pillar")
-async def navigate_pillar(session_id: str, body: NavigateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def navigate_pillar(session_id: str, body: NavigateIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.mvp.navigate_to_pillar(session_id, body.area_id)
 
 
 @router.post("/mvp/{session_id}/progress", response_model=AreaUpdatedOut, summary="Record a pillar's progress")
-async def pillar_progress(session_id: str, body: AreaUpdateIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def pillar_progress(session_id: str, body: AreaUpdateIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
 
 
 @router.get("/mvp/{session_id}/recommendation", response_model=RecommendationOut, summary="The recommended next pillar")
-async def recommendation(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+async def recommendation(session_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.mvp.get_recommended_next_pillar(session_id)
 
 
 @router.get("/mvp/{session_id}/completion", response_model=MvpCompletionOut, summary="Whether the MVP is complete")
-async def completion(session_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+async def completion(session_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, session_id)
     return await svc.runtime.mvp.check_mvp_completion(session_id)
 
 
@@ -319,24 +349,28 @@ async def completion(session_id: str, _c: Reader, svc: Services) -> dict[str, An
 
 
 @router.post("/lifecycle", response_model=LifecycleTransitionOut, summary="Start a client lifecycle journey")
-async def start_lifecycle(body: LifecycleIn, _c: Writer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.lifecycle.start_journey(body.client_id, metadata=body.metadata, metrics=body.metrics)
+async def start_lifecycle(body: LifecycleIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    with svc.acting(caller):
+        return await svc.runtime.lifecycle.start_journey(body.client_id, metadata=body.metadata, metrics=body.metrics)
 
 
 @router.post(
     "/lifecycle/{journey_id}/transitions", response_model=LifecycleTransitionOut, summary="Apply a lifecycle event"
 )
-async def lifecycle_transition(journey_id: str, body: TransitionIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def lifecycle_transition(journey_id: str, body: TransitionIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, journey_id)
     return await svc.runtime.lifecycle.transition(journey_id, body.event, **body.options)
 
 
 @router.post("/lifecycle/{journey_id}/metrics", response_model=MetricsRecordedOut, summary="Record lifecycle metrics")
-async def lifecycle_metrics(journey_id: str, body: MetricsIn, _c: Writer, svc: Services) -> dict[str, Any]:
+async def lifecycle_metrics(journey_id: str, body: MetricsIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, journey_id)
     return await svc.runtime.lifecycle.record_metrics(journey_id, body.values)
 
 
 @router.get("/lifecycle/{journey_id}", response_model=LifecycleJourneyView, summary="A lifecycle journey's state")
-async def lifecycle_state(journey_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
+async def lifecycle_state(journey_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, journey_id)
     return await svc.runtime.lifecycle.get_journey_state(journey_id)
 
 
@@ -344,14 +378,13 @@ async def lifecycle_state(journey_id: str, _c: Reader, svc: Services) -> dict[st
 
 
 @router.get("/{instance_id}/status", response_model=JourneyStatusOut, summary="Any journey's status")
-async def journey_status(instance_id: str, _c: Reader, svc: Services) -> dict[str, Any]:
-    return await svc.journey_status(instance_id)
+async def journey_status(instance_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.journey_status(caller, instance_id)
 
 
 @router.get("/{instance_id}/history", response_model=list[EventOut], summary="Any journey's events, in order")
-async def journey_history(instance_id: str, _c: Reader, svc: Services) -> list[dict[str, Any]]:
-    if await svc.runtime.store.index.get_instance(instance_id) is None:
-        raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+async def journey_history(instance_id: str, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    await svc.instance(caller, instance_id)
     return [
         {"seq": e.seq, "type": e.type, "step": e.step, "payload": e.payload, "created_at": e.created_at.isoformat()}
         for e in await svc.runtime.history(instance_id)

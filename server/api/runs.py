@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import StreamingResponse
 
+from checkpoints.redaction import redact
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
@@ -54,6 +55,8 @@ async def create_run(
     assistant = get_assistant(body.assistant_id)
     if body.input is not None:  # checked before anything (the thread included) is stored
         assistant.check_input(body.input)
+        if isinstance(body.input, dict) and isinstance(body.input.get("user_id"), str):
+            svc.check_user(caller, body.input["user_id"])
     if body.command is not None and "resume" in body.command.model_fields_set:
         assistant.check_resume(body.command.resume)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
@@ -71,7 +74,7 @@ async def create_run(
         stream_modes=modes,
         multitask_strategy=body.multitask_strategy,
         metadata={**body.metadata, "_groups": list(caller.groups)},
-        principal=caller.name,
+        principal=svc.owner(caller),
         enqueue=svc.queue.enqueue,
         durability=body.durability,
     )
@@ -117,14 +120,17 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
 async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, caller: Principal) -> ThreadRow:
     row = await svc.runs.get_thread(thread_id)
     if row is not None:
+        if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):
+            raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         return row
     instance = await svc.runtime.store.index.get_instance(thread_id)
     if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
-        await svc.runs.create_thread(thread_id, {}, caller.name)
+        await svc.instance(caller, thread_id)  # one the caller may see; its thread is owned like it
+        await svc.runs.create_thread(thread_id, {}, instance.owned_by, if_exists="do_nothing")
         await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
         row = await svc.runs.get_thread(thread_id)
     elif body.if_not_exists == "create":
-        row = await svc.runs.create_thread(thread_id, {}, caller.name)
+        row = await svc.runs.create_thread(thread_id, {}, svc.owner(caller))
     else:
         raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
     assert row is not None
@@ -132,11 +138,12 @@ async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, 
 
 
 async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
+    """What a waiting caller gets (it created the run, or may see the run's thread)."""
     if run.status == "error":
         return {"__error__": run.error or {"error": "Error", "message": "the run failed"}}
     if run.output is not None and run.status == "success":
         return dict(run.output)  # the executor wrote it as the run finished
-    thread = await svc.resolve_thread(run.thread_id)  # a cancelled run, or one finished before outputs were kept
+    thread = await svc.resolve_thread(run.thread_id, None)  # a cancelled run, or one finished before outputs were kept
     if thread.instance_id is None or thread.assistant_id is None:
         return {}
     return await thread_output(svc.runtime, get_assistant(thread.assistant_id), thread.instance_id)
@@ -212,7 +219,7 @@ async def _sse(svc: ServerServices, run: RunRow, after: int | None = None) -> As
 
 def _frame(event: str, data: Any, number: int | None = None) -> bytes:
     head = f"id: {number}\n" if number is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+    return f"{head}event: {event}\ndata: {json.dumps(redact(data), default=str)}\n\n".encode()
 
 
 @router.get(
@@ -221,12 +228,12 @@ def _frame(event: str, data: Any, number: int | None = None) -> bytes:
 async def join_stream(
     thread_id: str,
     run_id: str,
-    _caller: Reader,
+    caller: Reader,
     svc: Services,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
     """The chunks of a run created for streaming: all of them, or those after ``Last-Event-ID``."""
-    run = await _run(svc, thread_id, run_id)
+    run = await svc.run(caller, thread_id, run_id)
     after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
     return StreamingResponse(_sse(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
 
@@ -234,29 +241,23 @@ async def join_stream(
 @router.get("/threads/{thread_id}/runs", response_model=list[RunOut], summary="List a thread's runs")
 async def list_runs(
     thread_id: str,
-    _caller: Reader,
+    caller: Reader,
     svc: Services,
     limit: Annotated[int, Query(ge=0, le=1000)] = 10,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> list[dict[str, Any]]:
+    await svc.resolve_thread(thread_id, caller)
     return [r.view() for r in await svc.runs.list_runs(thread_id, limit=limit, offset=offset)]
 
 
-async def _run(svc: ServerServices, thread_id: str, run_id: str) -> RunRow:
-    run = await svc.runs.get_run(run_id)
-    if run is None or run.thread_id != thread_id:
-        raise JourneyNotFoundError(f"no run {run_id!r} on thread {thread_id!r}", run_id=run_id)
-    return run
-
-
 @router.get("/threads/{thread_id}/runs/{run_id}", response_model=RunOut, summary="Get a run")
-async def get_run(thread_id: str, run_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    return (await _run(svc, thread_id, run_id)).view()
+async def get_run(thread_id: str, run_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    return (await svc.run(caller, thread_id, run_id)).view()
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values after it")
-async def join_run(thread_id: str, run_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    run = await _wait(svc, await _run(svc, thread_id, run_id))
+async def join_run(thread_id: str, run_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    run = await _wait(svc, await svc.run(caller, thread_id, run_id))
     return await final_output(svc, run)
 
 
@@ -264,14 +265,14 @@ async def join_run(thread_id: str, run_id: str, _caller: Reader, svc: Services) 
 async def cancel_run(
     thread_id: str,
     run_id: str,
-    _caller: Runner,
+    caller: Runner,
     svc: Services,
     wait: Annotated[int | bool, Query()] = False,
     action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
 ) -> dict[str, Any]:
     """A queued run is cancelled at once; a running one is stopped where it runs (this process, or the
     worker executing it) and ends ``interrupted``."""
-    run = await _run(svc, thread_id, run_id)
+    run = await svc.run(caller, thread_id, run_id)
     if run.status not in TERMINAL:
         await svc.cancel(run)
     if wait:

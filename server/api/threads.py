@@ -77,24 +77,26 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
     taken = body.thread_id and await svc.runtime.store.index.get_instance(body.thread_id) is not None
     if taken and body.if_exists == "raise":
         raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is a journey instance's id already")
-    row = await svc.runs.create_thread(body.thread_id, body.metadata, caller.name, if_exists=body.if_exists)
+    row = await svc.runs.create_thread(body.thread_id, body.metadata, svc.owner(caller), if_exists=body.if_exists)
+    if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):  # if_exists: someone else's
+        raise ApiError(409, "ThreadExists", f"thread id {row.thread_id!r} is taken")
     return await thread_view(svc, ResolvedThread.of(row))
 
 
 @router.post("/search", response_model=list[ThreadOut], summary="Search threads")
-async def search_threads(body: ThreadSearch, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
-    rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids)
+async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids, viewer=svc.viewer(caller))
     return [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
 
 
 @router.get("/{thread_id}", response_model=ThreadOut, summary="Get a thread")
-async def get_thread(thread_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    return await thread_view(svc, await svc.resolve_thread(thread_id))
+async def get_thread(thread_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    return await thread_view(svc, await svc.resolve_thread(thread_id, caller))
 
 
 @router.get("/{thread_id}/state", response_model=ThreadStateOut, summary="The thread's current state")
-async def get_state(thread_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    thread = await svc.resolve_thread(thread_id)
+async def get_state(thread_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    thread = await svc.resolve_thread(thread_id, caller)
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
         return empty_state(thread_id)
@@ -102,10 +104,10 @@ async def get_state(thread_id: str, _caller: Reader, svc: Services) -> dict[str,
 
 
 @router.post("/{thread_id}/state", response_model=StateUpdated, summary="Update the thread's state")
-async def update_state(thread_id: str, body: StateUpdate, _caller: Runner, svc: Services) -> dict[str, Any]:
+async def update_state(thread_id: str, body: StateUpdate, caller: Runner, svc: Services) -> dict[str, Any]:
     """Write ``values`` into the journey's state as ``as_node`` would (an operator's correction: it
     bypasses the pattern's checks, so it needs the ``runs`` scope and a thread with no active run)."""
-    configurable = await svc.update_thread_state(thread_id, body.values, body.as_node)
+    configurable = await svc.update_thread_state(caller, thread_id, body.values, body.as_node)
     return {
         "checkpoint": {
             "thread_id": thread_id,
@@ -117,8 +119,8 @@ async def update_state(thread_id: str, body: StateUpdate, _caller: Runner, svc: 
 
 
 @router.post("/{thread_id}/history", response_model=list[ThreadStateOut], summary="The thread's past states")
-async def get_history(thread_id: str, body: HistoryQuery, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
-    thread = await svc.resolve_thread(thread_id)
+async def get_history(thread_id: str, body: HistoryQuery, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    thread = await svc.resolve_thread(thread_id, caller)
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
         return []

@@ -56,7 +56,7 @@ async def run_worker(
     ) as runtime:
         executor = RunExecutor(
             runtime,
-            RunStore(runtime.store.backend, runtime.store.clock),
+            RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer),
             durability=durability,
         )
 

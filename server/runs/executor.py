@@ -19,6 +19,7 @@ import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
+from checkpoints.ownership import acting_as
 from graphs.kernel.engine import Outcome, RunOptions, in_flight
 from graphs.kernel.streaming import StreamSink
 from graphs.runtime import JourneyRuntime
@@ -176,7 +177,8 @@ class RunExecutor:
         status, error, output = "success", None, None
         view: View = None
         try:
-            view = await self._run(run, assistant, ctx, instance_id)
+            with acting_as(run.owner):  # the journey it starts is owned by whoever created the run
+                view = await self._run(run, assistant, ctx, instance_id)
         except asyncio.CancelledError:
             await self._interrupted(run_id)
             raise

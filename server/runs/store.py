@@ -13,6 +13,7 @@ from typing import Any
 
 from checkpoints import runs as records
 from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
+from checkpoints.ownership import Owner
 from checkpoints.runs import ACTIVE, RUN_CHANNEL, STRATEGIES, TERMINAL, Enqueue, RunRow, ThreadRow
 from server.problems import ApiError
 
@@ -38,7 +39,12 @@ class RunStore(records.RunStore):
     """The run records, refusing threads and runs with the API's problem codes."""
 
     async def create_thread(
-        self, thread_id: str | None, metadata: Mapping[str, Any], owner: str | None, *, if_exists: str = "raise"
+        self,
+        thread_id: str | None,
+        metadata: Mapping[str, Any],
+        owner: Owner | str | None,
+        *,
+        if_exists: str = "raise",
     ) -> ThreadRow:
         with _as_problem():
             return await super().create_thread(thread_id, metadata, owner, if_exists=if_exists)

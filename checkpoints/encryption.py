@@ -1,0 +1,76 @@
+"""Encryption at rest, with LangGraph's own :class:`~langgraph.checkpoint.serde.encrypted.EncryptedSerializer`
+(AES in EAX mode, through pycryptodome).
+
+When a key is configured (``JourneyRuntime.open(encryption_key=...)``, or the ``JOURNEYS_ENCRYPTION_KEY``
+environment variable: 16, 24 or 32 bytes), the checkpointer writes every checkpoint and pending write
+encrypted, and the server's run records keep their inputs, resume commands, outputs and stream chunks
+sealed (:class:`Sealer`). Without a key both are stored as before; data written before a key was set
+still reads (LangGraph's serializer tells unencrypted rows by their type).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+from checkpoints.errors import StoreError
+
+KEY_VARIABLE = "JOURNEYS_ENCRYPTION_KEY"
+SEALED = "__sealed__"  # a sealed JSON value: {"__sealed__": "<serializer type>", "data": "<base64>"}
+
+
+class EncryptionKeyError(StoreError):
+    """The encryption key is not 16, 24 or 32 bytes long."""
+
+    category = "invalid"
+
+
+def strict_serializer() -> JsonPlusSerializer:
+    """Journey state holds only JSON-like values, so msgpack may revive no custom classes."""
+    return JsonPlusSerializer(allowed_msgpack_modules=None)
+
+
+def configured_key(key: bytes | str | None = None) -> bytes | None:
+    """The key given, else ``$JOURNEYS_ENCRYPTION_KEY``, else None (no encryption); checked for its length."""
+    chosen = key if key is not None else os.environ.get(KEY_VARIABLE) or None
+    if chosen is None:
+        return None
+    raw = chosen.encode() if isinstance(chosen, str) else chosen
+    if len(raw) not in (16, 24, 32):
+        raise EncryptionKeyError(f"the encryption key is {len(raw)} bytes long; give 16, 24 or 32 bytes")
+    return raw
+
+
+def checkpoint_serializer(key: bytes | None) -> SerializerProtocol:
+    """The checkpointer's serializer: strict msgpack, encrypted when there is a key."""
+    strict = strict_serializer()
+    return EncryptedSerializer.from_pycryptodome_aes(strict, key=key) if key else strict
+
+
+class Sealer:
+    """Seals JSON values stored in our own tables with the checkpoints' serializer (a no-op without a key)."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self._serde = checkpoint_serializer(key) if key else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._serde is not None
+
+    def seal(self, value: Any) -> Any:
+        if value is None or self._serde is None:
+            return value
+        kind, data = self._serde.dumps_typed(value)
+        return {SEALED: kind, "data": base64.b64encode(data).decode()}
+
+    def open(self, value: Any) -> Any:
+        if not (isinstance(value, dict) and SEALED in value):
+            return value
+        if self._serde is None:
+            raise EncryptionKeyError("this record is encrypted; configure the encryption key to read it")
+        return self._serde.loads_typed((value[SEALED], base64.b64decode(value["data"])))

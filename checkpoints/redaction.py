@@ -1,0 +1,90 @@
+"""Redaction: secrets and personal data kept out of what is shown or kept for people to read.
+
+:func:`redact` returns a copy of a value (mappings, lists and strings, however nested) where
+
+- the value of every field whose name is sensitive is replaced by :data:`REDACTED`: names that say
+  secret (password, secret, token, api key, authorization, credential, private key, card number, cvv,
+  ssn) and the fields a spec marks ``sensitive`` (:func:`mark_sensitive`);
+- inside every string, bearer tokens, well-known API key shapes, e-mail addresses and card numbers (13 to
+  19 digits passing the Luhn check) are replaced by :data:`REDACTED`.
+
+It is applied where values leave the journey for people: the event log, logs, API responses, and (the
+observability helpers call it) span attributes and metric labels. Journey state and the inputs of runs
+are not redacted, so a value the journey needs still reaches its agents (encrypt those at rest instead:
+see :mod:`checkpoints.savers`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# A name that is, or ends in, one of these words (``password``, ``openai_api_key``, ``access_token``), not
+# one that merely contains it (``total_tokens`` is a count).
+_SECRET_NAME = re.compile(
+    r"(?:^|[_\-.])(?:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key)?|token|api[_-]?key|apikey|"
+    r"authori[sz]ation|credentials?|private[_-]?key|access[_-]?key|card[_-]?number|cvv|cvc|ssn)$",
+    re.IGNORECASE,
+)
+_PATTERNS = re.compile(
+    "|".join(
+        (
+            r"\bBearer\s+[A-Za-z0-9\-._~+/]+=*",  # an Authorization header's bearer token
+            r"\b(?:sk|pk|rk)[-_](?:live[-_]|test[-_]|proj[-_])?[A-Za-z0-9]{16,}",  # OpenAI/Stripe-style keys
+            r"\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}",  # GitHub tokens
+            r"\bxox[abprs]-[A-Za-z0-9-]{10,}",  # Slack tokens
+            r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key ids
+            r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JWTs
+            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",  # e-mail addresses
+        )
+    )
+)
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+_SENSITIVE: set[str] = set()  # field names specs mark sensitive, lower-cased
+
+
+def mark_sensitive(fields: Iterable[str]) -> None:
+    """Redact the fields named ``fields`` wherever they appear (a spec's ``sensitive`` fields)."""
+    _SENSITIVE.update(name.lower() for name in fields)
+
+
+def is_sensitive(name: str) -> bool:
+    """Whether a field of this name holds a secret (by its name, or a spec marked it sensitive)."""
+    return name.lower() in _SENSITIVE or _SECRET_NAME.search(name) is not None
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    return REDACTED if 13 <= len(digits) <= 19 and _luhn(digits) else match.group(0)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with tokens, keys, e-mail addresses and card numbers replaced."""
+    return _CARD.sub(_card, _PATTERNS.sub(REDACTED, text))
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with sensitive fields and secret-looking strings replaced (see the module)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED if isinstance(key, str) and is_sensitive(key) and item is not None else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value

@@ -1,0 +1,131 @@
+"""Redaction: secrets planted in a run's input, a step's result and an agent's output (and in an agent's
+error) appear in no log line, no event row and no API answer, while the agent still gets the values the
+journey gives it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from sqlalchemy import create_engine, text
+
+from agents import AgentRegistry, AgentRequest, PermanentAgentError
+from checkpoints.redaction import REDACTED, mark_sensitive, redact
+from checkpoints.url import parse_store_url
+from server.app import create_app
+from server.logs import configure_logging
+from server.settings import Settings
+from tests.server_support import serving
+
+PASSWORD = "hunter2-Xq7"
+SECRETS = {
+    "password": PASSWORD,
+    "email": "ana.secret@example.com",
+    "card": "4111 1111 1111 1111",
+    "bearer": "Bearer eyJhbGciOiJIUzI1NiJ9abcdef",
+    "api_key": "sk-live-ABCDEFGHIJKLMNOP1234",
+    "marked": "favourite-colour-teal",  # only secret because a spec marks its field sensitive
+}
+
+
+def test_redact_replaces_sensitive_fields_and_secret_shapes_only() -> None:
+    mark_sensitive(["colour"])
+    value = {
+        "password": "x",
+        "db": {"openai_api_key": "y", "total_tokens": 12, "colour": "teal"},
+        "notes": [f"mail {SECRETS['email']} and {SECRETS['bearer']}", f"card {SECRETS['card']}", "order 12345"],
+        "digits": "4111 1111 1111 1112",  # fails the Luhn check: not a card
+    }
+    assert redact(value) == {
+        "password": REDACTED,
+        "db": {"openai_api_key": REDACTED, "total_tokens": 12, "colour": REDACTED},
+        "notes": [f"mail {REDACTED} and {REDACTED}", f"card {REDACTED}", "order 12345"],
+        "digits": "4111 1111 1111 1112",
+    }
+    assert value["password"] == "x"  # a copy: the value itself is left as it was
+
+
+@pytest.fixture
+def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+    saved = structlog.get_config()
+    configure_logging(logging.INFO)
+    yield capsys
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+
+
+def test_planted_secrets_reach_the_agent_but_no_log_event_row_or_answer(
+    durable_url: str, logged: pytest.CaptureFixture[str]
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    def upload(request: AgentRequest) -> dict[str, Any]:
+        received.append(dict(request.payload))
+        return {"uploaded": 3, "api_key": SECRETS["api_key"], "receipt": f"sent to {SECRETS['email']}"}
+
+    def analyze(request: AgentRequest) -> dict[str, Any]:
+        raise PermanentAgentError(f"upstream refused {SECRETS['bearer']} for {SECRETS['email']}")
+
+    agents = AgentRegistry()
+    agents.register("upload_content", upload)
+    agents.register("analyze_content", analyze)
+    spec = {
+        "journey_type": "secret_migration",
+        "sensitive": ["favourite"],
+        "steps": [
+            {"step_id": "upload_content", "agent": "upload_content"},
+            {"step_id": "analyze_content", "agent": "analyze_content"},
+        ],
+    }
+    answers: list[str] = []
+    settings = Settings(database_url=durable_url, auth=False)
+    app = create_app(settings, runtime_options={"agents": agents})
+    with serving(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+
+        def call(method: str, path: str, body: Any = None) -> Any:
+            answer = http.request(method, path, json=body)
+            answers.append(answer.text)
+            return answer
+
+        context = {"password": PASSWORD, "contact": SECRETS["email"], "favourite": SECRETS["marked"]}
+        run = {
+            "assistant_id": "structured",
+            "input": {"journey_type": "secret_migration", "spec": spec, "context": context},
+        }
+        started = call("POST", "/runs/wait", run)
+        assert started.status_code == 200, started.text
+        thread = call("POST", "/threads/search", {}).json()[0]["thread_id"]
+        result = {"card": SECRETS["card"], "auth": SECRETS["bearer"], "files": 3}
+        resume = {"assistant_id": "structured", "command": {"resume": result}}
+        call("POST", f"/threads/{thread}/runs/wait", resume)
+        call("POST", f"/threads/{thread}/runs/wait", {"assistant_id": "structured", "command": {"resume": {}}})
+        streamed = call("POST", f"/threads/{thread}/runs/stream", {**resume, "stream_mode": "values"})
+        instance = call("GET", f"/threads/{thread}").json()["metadata"]["instance_id"]
+        for path in (f"/threads/{thread}/state", f"/journeys/{instance}/history", f"/journeys/{instance}/status"):
+            call("GET", path)
+        call("POST", f"/threads/{thread}/history", {})
+        for listed in call("GET", f"/threads/{thread}/runs").json():
+            call("GET", f"/threads/{thread}/runs/{listed['run_id']}")
+        assert streamed.status_code == 200
+
+    # The journey's own values reached the agent.
+    assert received and received[0]["context"]["password"] == PASSWORD
+    assert received[0]["step_result"]["card"] == SECRETS["card"]
+    # And none of them is in an answer, an event row or a log line.
+    engine = create_engine(parse_store_url(durable_url).sqlalchemy_url.replace("+aiosqlite", ""))
+    try:
+        with engine.connect() as conn:
+            rows = [str(row) for row in conn.execute(text("SELECT type, payload FROM journey_events"))]
+    finally:
+        engine.dispose()
+    assert any("agent.failed" in row for row in rows) and any(REDACTED in row for row in rows)
+    log = logged.readouterr().out
+    assert "agent call failed" in log
+    for name, secret in SECRETS.items():
+        for where, texts in (("answer", answers), ("event", rows), ("log", [log])):
+            assert not [t for t in texts if secret in t], f"{name} in an {where}"
+    assert any(REDACTED in answer for answer in answers)

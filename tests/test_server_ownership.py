@@ -1,0 +1,255 @@
+"""Object-level authorization over real HTTP: two principals with the same scopes, each on every route,
+never see or touch the other's threads, runs, journeys, process instances or tasks (404, as the Agent
+Server answers, not 403); a user id naming someone else needs the ``impersonate`` scope; an object
+shared with a group is seen by its members; admins see everything; search filters in the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+from checkpoints.ownership import Owner, Viewer
+from graphs import READY_TO_START
+from server.app import create_app
+from server.auth import OwnerRules, Principal
+from server.problems import ApiError
+from server.settings import ApiKey, Settings
+from tests.server_support import serving
+
+WORK = frozenset({"read", "runs", "journeys", "tasks"})
+KEYS = {
+    "key-ana": ApiKey("ana", WORK, ("finance",), share_with="finance"),
+    "key-bob": ApiKey("bob", WORK, ("sales",)),
+    "key-cara": ApiKey("cara", WORK, ("finance",)),  # sees what ana shares with finance
+    "key-eve": ApiKey("ana", WORK, ("finance",), tenant="other"),  # ana's name, another tenant
+    "key-ops": ApiKey("ops", WORK | {"impersonate"}, ()),
+    "key-root": ApiKey("root", frozenset({"admin"}), ()),
+}
+TASKS = {
+    "name": "approval",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> approve", "approve -> end"],
+}
+
+
+def as_(key: str) -> dict[str, str]:
+    return {"x-api-key": key}
+
+
+@pytest.fixture
+def base(durable_url: str) -> Iterator[str]:
+    with serving(create_app(Settings(database_url=durable_url, api_keys=dict(KEYS)))) as url:
+        yield url
+
+
+def ok(response: httpx.Response) -> Any:
+    assert response.status_code < 300, (response.request.url, response.status_code, response.text)
+    return response.json()
+
+
+def anas_objects(http: httpx.Client) -> dict[str, str]:
+    """One object of every kind, created by ana."""
+    ana = as_("key-ana")
+    thread = ok(http.post("/threads", json={"metadata": {"team": "x"}}, headers=ana))["thread_id"]
+    design = ok(http.post("/journeys/structured/designs", json={"journey_type": "content_migration"}, headers=ana))
+    run = ok(
+        http.post(
+            f"/threads/{thread}/runs/wait",
+            json={"assistant_id": "structured", "input": {"journey_type": "content_migration"}},
+            headers=ana,
+        )
+    )
+    assert run["current_step"] == "upload_content"
+    [run_id] = [r["run_id"] for r in ok(http.get(f"/threads/{thread}/runs", headers=ana))]
+    bound = ok(http.get(f"/threads/{thread}", headers=ana))["metadata"]["instance_id"]
+    journey = design["journey_id"]
+    ok(http.post(f"/journeys/structured/{journey}/executions", json={"user_id": "ana"}, headers=ana))
+    saga_design = ok(
+        http.post(
+            "/journeys/sagas/designs",
+            json={"journey_type": "enterprise_migration", "compensation_handlers": {}},
+            headers=ana,
+        )
+    )
+    saga = ok(
+        http.post(
+            f"/journeys/sagas/designs/{saga_design['journey_id']}/executions", json={"user_id": "ana"}, headers=ana
+        )
+    )
+    mvp = ok(http.post("/journeys/mvp", json={"user_id": "ana"}, headers=ana))
+    areas = {"areas": [{"area_id": "a"}, {"area_id": "b"}]}
+    session = ok(http.post("/journeys/sessions", json={"user_id": "ana", "session_config": areas}, headers=ana))
+    lifecycle = ok(http.post("/journeys/lifecycle", json={"client_id": "c1", "metrics": READY_TO_START}, headers=ana))
+    ok(http.post("/processes", json=TASKS, headers=ana))
+    process = ok(http.post("/processes/approval/instances", json={"business_key": "b1"}, headers=ana))
+    [task] = ok(http.get("/tasks", params={"instance_id": process["instance_id"]}, headers=ana))
+    return {
+        "thread": thread,
+        "run": run_id,
+        "bound": bound,  # the journey the thread's run started (owned by the run's creator)
+        "journey": journey,
+        "structured": f"{journey}:ana",
+        "saga": saga["saga_id"],
+        "saga_design": saga_design["journey_id"],
+        "session": session["session_id"],
+        "mvp": mvp["session"]["session_id"],
+        "lifecycle": str(lifecycle["journey_id"]),
+        "process": process["instance_id"],
+        "task": task["task_id"],
+    }
+
+
+def every_route(o: dict[str, str], who: str) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Each route that reads or acts on one of ana's objects, with a body it would accept from ana."""
+    t, r, s, m = o["thread"], o["run"], o["session"], o["mvp"]
+    run = {"assistant_id": "structured", "command": {"resume": {"files": 1}}}
+    return [
+        ("GET", f"/threads/{t}", None),
+        ("GET", f"/threads/{t}/state", None),
+        ("POST", f"/threads/{t}/state", {"values": {}}),
+        ("POST", f"/threads/{t}/history", {}),
+        ("POST", f"/threads/{t}/runs", run),
+        ("POST", f"/threads/{t}/runs/wait", run),
+        ("POST", f"/threads/{t}/runs/stream", run),
+        ("GET", f"/threads/{t}/runs", None),
+        ("GET", f"/threads/{t}/runs/{r}", None),
+        ("GET", f"/threads/{t}/runs/{r}/join", None),
+        ("GET", f"/threads/{t}/runs/{r}/stream", None),
+        ("POST", f"/threads/{t}/runs/{r}/cancel", None),
+        ("GET", f"/threads/{o['structured']}", None),  # a journey is a thread too
+        ("POST", f"/threads/{o['structured']}/runs", run),
+        ("POST", f"/journeys/sagas/{o['saga']}/advance", {"journey_id": o["saga_design"], "user_id": who}),
+        ("POST", f"/journeys/sagas/{o['saga']}/retry", None),
+        ("GET", f"/journeys/sagas/{o['saga']}", None),
+        ("POST", f"/journeys/sessions/{s}/navigate", {"area_id": "b"}),
+        ("POST", f"/journeys/sessions/{s}/updates", {"area_id": "a", "updates": {"x": 1}}),
+        ("POST", f"/journeys/sessions/{s}/close", {}),
+        ("GET", f"/journeys/sessions/{s}", None),
+        ("POST", f"/journeys/mvp/{m}/navigate", {"area_id": "insights"}),
+        ("POST", f"/journeys/mvp/{m}/progress", {"area_id": "content", "updates": {"files_uploaded": True}}),
+        ("GET", f"/journeys/mvp/{m}/recommendation", None),
+        ("GET", f"/journeys/mvp/{m}/completion", None),
+        ("POST", f"/journeys/lifecycle/{o['lifecycle']}/transitions", {"event": "cancel_journey"}),
+        ("POST", f"/journeys/lifecycle/{o['lifecycle']}/metrics", {"values": {"search_precision": 0.9}}),
+        ("GET", f"/journeys/lifecycle/{o['lifecycle']}", None),
+        ("GET", f"/journeys/{o['structured']}/status", None),
+        ("GET", f"/journeys/{o['bound']}/status", None),
+        ("GET", f"/journeys/{o['structured']}/history", None),
+        ("GET", f"/journeys/{o['process']}/status", None),
+        ("GET", f"/processes/instances/{o['process']}", None),
+        ("GET", f"/tasks?instance_id={o['process']}", None),
+    ]
+
+
+def test_two_principals_never_see_or_touch_each_others_objects(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        objects = anas_objects(http)
+        bob = as_("key-bob")
+        for other, who in ((bob, "bob"), (as_("key-eve"), "ana")):  # another principal; ana in another tenant
+            for method, path, body in every_route(objects, who):
+                answer = http.request(method, path, json=body, headers=other)
+                assert answer.status_code == 404, (method, path, answer.status_code, answer.text)
+        # Structured journeys named by design and user: bob may not name ana, and has no journey of his own.
+        structured = f"/journeys/structured/{objects['journey']}/users"
+        for method, path in (("GET", "ana"), ("POST", "ana/advance"), ("POST", "ana/retry")):
+            body = {"step_result": {}} if path.endswith("advance") else None
+            answer = http.request(method, f"{structured}/{path}", json=body, headers=bob)
+            assert answer.status_code == 403 and answer.json()["type"].endswith("ImpersonationError"), answer.text
+        assert http.get(f"{structured}/bob", headers=bob).status_code == 404
+        # Nothing of ana's in bob's searches and inboxes; his own thread is found, by the same query.
+        mine = ok(http.post("/threads", json={"metadata": {"team": "x"}}, headers=bob))["thread_id"]
+        found = ok(http.post("/threads/search", json={"metadata": {"team": "x"}}, headers=bob))
+        assert [t["thread_id"] for t in found] == [mine]
+        assert ok(http.post("/threads/search", json={"ids": [objects["thread"]]}, headers=bob)) == []
+        assert http.get(f"/tasks/{objects['task']}", headers=bob).status_code == 404
+        assert http.get("/tasks", params={"group": "finance"}, headers=bob).status_code == 403
+        assert http.get("/tasks", params={"assignee": "ana"}, headers=bob).status_code == 403
+        # Nothing bob tried changed ana's objects: her thread still waits at its first step, her runs are hers.
+        ana = as_("key-ana")
+        assert ok(http.get(f"/threads/{objects['thread']}", headers=ana))["status"] == "interrupted"
+        status = ok(http.get(f"/journeys/{objects['bound']}/status", headers=ana))
+        assert (status["current_step"], status["completed_steps"]) == ("upload_content", [])
+        assert ok(http.get(f"/journeys/lifecycle/{objects['lifecycle']}", headers=ana))["current_stage"] == "sandbox"
+        assert len(ok(http.get(f"/threads/{objects['thread']}/runs", headers=ana))) == 1
+        session = ok(http.get(f"/journeys/sessions/{objects['session']}", headers=ana))
+        assert (session["status"], session["current_area"]) == ("active", "a")
+        assert ok(http.get(f"/journeys/mvp/{objects['mvp']}/completion", headers=ana))["completion_percent"] == 0
+        # And ana sees none of bob's.
+        assert http.get(f"/threads/{mine}", headers=ana).status_code == 404
+        assert [t["thread_id"] for t in ok(http.post("/threads/search", json={}, headers=ana))] == [objects["thread"]]
+
+
+def test_a_user_id_must_be_the_callers_own_unless_it_may_impersonate(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        bob, ops = as_("key-bob"), as_("key-ops")
+        design = ok(http.post("/journeys/structured/designs", json={"journey_type": "content_migration"}, headers=bob))
+        starts = [
+            (f"/journeys/structured/{design['journey_id']}/executions", {"user_id": "ana"}),
+            ("/journeys/mvp", {"user_id": "ana"}),
+            ("/runs", {"assistant_id": "structured", "input": {"journey_type": "content_migration", "user_id": "ana"}}),
+        ]
+        for path, body in starts:
+            answer = http.post(path, json=body, headers=bob)
+            assert answer.status_code == 403 and "impersonate" in answer.json()["detail"], (path, answer.text)
+        assert ok(http.post("/threads/search", json={}, headers=bob)) == []  # the refused run left no thread
+        for path, body in starts[:2]:
+            ok(http.post(path, json=body, headers=ops))
+        # Ops started ana's structured journey: ops owns it; ana does not see it, ops does.
+        journey = f"{design['journey_id']}:ana"
+        assert ok(http.get(f"/journeys/{journey}/status", headers=ops))["user_id"] == "ana"
+        assert http.get(f"/journeys/{journey}/status", headers=as_("key-ana")).status_code == 404
+
+
+def test_shared_groups_and_admins_see_what_others_cannot(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        ana = as_("key-ana")
+        thread = ok(http.post("/threads", json={}, headers=ana))["thread_id"]
+        mvp = ok(http.post("/journeys/mvp", json={"user_id": "ana"}, headers=ana))["session"]["session_id"]
+        for key, sees in (("key-cara", True), ("key-root", True), ("key-bob", False)):
+            codes = {
+                http.get(f"/threads/{thread}", headers=as_(key)).status_code,
+                http.get(f"/journeys/mvp/{mvp}/completion", headers=as_(key)).status_code,
+            }
+            assert codes == ({200} if sees else {404}), key
+            listed = [t["thread_id"] for t in ok(http.post("/threads/search", json={}, headers=as_(key)))]
+            assert (thread in listed) is sees, key
+        # A member of the shared group acts on it too.
+        ok(http.post(f"/journeys/mvp/{mvp}/navigate", json={"area_id": "insights"}, headers=as_("key-cara")))
+
+
+class HeaderAuth(OwnerRules):
+    """A custom authenticator (as a JWT check would be): the caller and tenant from a header."""
+
+    async def authenticate(self, request: Request) -> Principal:
+        user = request.headers.get("x-user")
+        if not user:
+            raise ApiError(401, "Unauthenticated", "send x-user")
+        return Principal(user, frozenset({"read", "runs"}), tenant=request.headers.get("x-tenant", "t1"))
+
+    def on_create(self, principal: Principal) -> Owner:
+        return Owner(principal.name, principal.tenant, "everyone" if principal.name == "pub" else None)
+
+    def read_filter(self, principal: Principal) -> Viewer:
+        return Viewer(principal.name, principal.tenant, ("everyone",))
+
+
+def test_a_custom_authenticator_decides_who_calls_who_owns_and_who_sees(sqlite_url: str) -> None:
+    settings = Settings(database_url=sqlite_url, authenticator=HeaderAuth())
+    with serving(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert http.post("/threads", json={}).status_code == 401
+        private = ok(http.post("/threads", json={}, headers={"x-user": "ann"}))["thread_id"]
+        public = ok(http.post("/threads", json={}, headers={"x-user": "pub"}))["thread_id"]
+        seen = {t["thread_id"] for t in ok(http.post("/threads/search", json={}, headers={"x-user": "ben"}))}
+        assert seen == {public}
+        assert http.get(f"/threads/{private}", headers={"x-user": "ben"}).status_code == 404
+        other_tenant = {"x-user": "ann", "x-tenant": "t2"}
+        assert http.get(f"/threads/{private}", headers=other_tenant).status_code == 404
+        assert ok(http.get(f"/threads/{private}", headers={"x-user": "ann"}))["thread_id"] == private
