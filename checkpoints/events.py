@@ -7,7 +7,7 @@ derived from them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -79,6 +79,8 @@ SET_STATUS = (
     .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
     .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
 )
+# Told (instance id, new status) after a status change committed with newly written events (metrics).
+StatusListener = Callable[[str, str], Awaitable[None]]
 _SELECT_BY_KEY = select(journey_events).where(_columns.idempotency_key == bindparam("p_key"))
 
 
@@ -112,6 +114,16 @@ class EventLog:
         # Keyed events written inside someone else's transaction, many at a time (no RETURNING, so the driver
         # runs one statement per row and each row's sequence number sees the rows before it).
         self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        self._listeners: list[StatusListener] = []
+
+    def on_status(self, listener: StatusListener) -> None:
+        """Tell ``listener`` of every status change this log commits along with new events."""
+        self._listeners.append(listener)
+
+    async def _status_changed(self, instance_id: str, status: str | None, written: bool) -> None:
+        if status is not None and written:
+            for listener in self._listeners:
+                await listener(instance_id, status)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -148,7 +160,8 @@ class EventLog:
                             SET_STATUS,
                             {"p_instance_id": instance_id, "p_status": status, "p_created_at": self._clock.now()},
                         )
-                    return written
+                await self._status_changed(instance_id, status, all(written))
+                return written
             except Exception as error:
                 # Two writers raced for the same sequence number; the loser simply goes again.
                 if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
@@ -165,7 +178,9 @@ class EventLog:
             values["p_status"] = status
         for attempt in range(SEQ_ATTEMPTS):
             try:
-                return bool(await self._backend.write(statements, values))
+                written = bool(await self._backend.write(statements, values))
+                await self._status_changed(instance_id, status, written)
+                return written
             except Exception as error:
                 if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
                     raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,12 +63,21 @@ _FIRST_EVENT = insert(journey_events).values(seq=1, **EVENT_VALUES)
 _GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 
 
+# Told (instance id, journey id, pattern) of every instance registered (metrics).
+CreatedListener = Callable[[str, str, str], Awaitable[None]]
+
+
 class JourneyIndex:
     """Journey designs and the index of journey instances (pattern, owner, status) across journeys."""
 
     def __init__(self, backend: Backend, clock: Clock) -> None:
         self._backend = backend
         self._clock = clock
+        self._listeners: list[CreatedListener] = []
+
+    def on_created(self, listener: CreatedListener) -> None:
+        """Tell ``listener`` of every instance this index registers."""
+        self._listeners.append(listener)
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         """Store a design under ``journey_id``; DuplicateDesignError when one is stored already (on every
@@ -118,6 +127,8 @@ class JourneyIndex:
                 f"journey {journey_id!r} is already running for user {user_id!r} (instance {instance_id!r})",
                 instance_id=instance_id,
             ) from exc
+        for listener in self._listeners:
+            await listener(instance_id, journey_id, pattern)
         return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now)
 
     async def get_instance(self, instance_id: str) -> Instance | None:

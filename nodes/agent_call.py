@@ -30,6 +30,7 @@ from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings, call_with_retry
 from checkpoints.events import Event, EventLog, NewEvent
 from nodes import schemas
+from nodes.telemetry import attempt_started, observed_agent_call
 
 log = structlog.get_logger("journeys.agents")
 
@@ -80,6 +81,7 @@ class AgentCaller:
         self.retry = retry
         self.bulkheads = bulkheads
 
+    @observed_agent_call
     async def call(
         self,
         *,
@@ -114,6 +116,7 @@ class AgentCaller:
         async def attempt(number: int) -> dict[str, Any]:
             nonlocal tried
             tried = number
+            attempt_started(number)
             request = AgentRequest(intent, payload, instance_id, step, key, number)
             async with AsyncExitStack() as stack:
                 slot = self.bulkheads.slot(intent)

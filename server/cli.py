@@ -16,6 +16,7 @@ from rich.console import Console
 
 from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
+from nodes.telemetry import configure_tracing
 from server.logs import configure_logging
 
 DURABILITIES = ("exit", "async", "sync")
@@ -147,6 +148,7 @@ def serve(
             max_string_chars or defaults.max_string_chars,
         ),
     )
+    configure_tracing()
     try:
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     except JourneyError as exc:
@@ -170,12 +172,22 @@ def worker(
     durability: DurabilityOption = "exit",
     guide_model: GuideModelOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve this host's Prometheus counters on this port (workers on other hosts)")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="interface for --metrics-port")] = "127.0.0.1",
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
+    from prometheus_client import start_http_server
+
     from agents.errors import GuideModelError
+    from nodes.telemetry import process_registry
     from server.queues.worker import run_worker
 
     _quiet_logs(verbose)
+    configure_tracing()
+    if metrics_port is not None:
+        start_http_server(metrics_port, metrics_host, registry=process_registry())
     try:
         _run(
             run_worker(

@@ -20,7 +20,7 @@ SECRET = "sk-live-0123456789abcdef"
 @pytest.fixture
 def configured() -> Iterator[None]:
     saved = structlog.get_config()
-    configure_logging(logging.INFO)
+    configure_logging(logging.INFO, "console")
     yield
     structlog.reset_defaults()
     structlog.configure(**saved)
