@@ -169,7 +169,7 @@ async def test_the_apis_metrics_sum_what_its_worker_processes_did(
                 )
                 assert resumed.status_code == 200, resumed.text
             found = samples((await http.get("/metrics")).text)
-        from_worker = samples(httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=30).text)
+            from_worker = samples((await http.get(f"http://127.0.0.1:{worker_port}/metrics")).text)
     finally:
         for worker in workers:
             stop_worker(worker)
