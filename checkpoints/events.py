@@ -8,7 +8,7 @@ derived from them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -79,6 +79,23 @@ SET_STATUS = (
     .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
     .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
 )
+# The payload keys under which an event records the status (and, for a process migration, the design)
+# its transaction gave the instance: the instance index is then derived from the log (checkpoints/rebuild.py).
+# The first event records the instance's pattern, owner and design too: the whole row can be rebuilt.
+STATUS_KEY = "instance_status"
+DESIGN_KEY = "instance_design"
+PATTERN_KEY = "instance_pattern"
+USER_KEY = "instance_user"
+
+
+def stamped(events: Sequence[NewEvent], status: str | None) -> Sequence[NewEvent]:
+    """``events`` with the last one recording ``status`` (unchanged when no status is set)."""
+    if status is None or not events:
+        return events
+    last = events[-1]
+    return [*events[:-1], replace(last, payload={**last.payload, STATUS_KEY: status})]
+
+
 # Told (instance id, new status) after a status change committed with newly written events (metrics).
 StatusListener = Callable[[str, str], Awaitable[None]]
 _SELECT_BY_KEY = select(journey_events).where(_columns.idempotency_key == bindparam("p_key"))
@@ -146,6 +163,7 @@ class EventLog:
 
         Returns, per event, whether it was written (False: its key was already there).
         """
+        events = stamped(events, status)
         if len(events) == 1 and not also:
             return [await self._append_alone(instance_id, events[0], status)]
         for attempt in range(SEQ_ATTEMPTS):

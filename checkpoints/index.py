@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, func, insert, select
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
-from checkpoints.events import EVENT_VALUES, NewEvent
+from checkpoints.events import DESIGN_KEY, EVENT_VALUES, PATTERN_KEY, USER_KEY, NewEvent
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
 
@@ -114,7 +114,8 @@ class JourneyIndex:
             "p_user_id": user_id,
             "p_type": first_event.type,
             "p_step": first_event.step,
-            "p_payload": first_event.payload,
+            # What the instance's row is, in its first event: the index can be rebuilt from the log.
+            "p_payload": {**first_event.payload, DESIGN_KEY: journey_id, PATTERN_KEY: pattern, USER_KEY: user_id},
             "p_key": first_event.key,
             "p_created_at": now,
         }

@@ -204,6 +204,27 @@ def worker(
         _fail(exc)
 
 
+@app.command()
+def rebuild(
+    database_url: Annotated[
+        str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")
+    ] = DEFAULT_STORE_URL,
+) -> None:
+    """Rebuild the views derived from the event log (the instance index's statuses); prints what it corrected."""
+    from checkpoints.rebuild import rebuild_instance_index
+    from graphs.runtime import JourneyRuntime
+
+    async def run() -> None:
+        async with JourneyRuntime.open(database_url) as runtime:
+            rebuilt = await rebuild_instance_index(runtime.store.backend)
+        typer.echo(f"{rebuilt.instances} instances read, {len(rebuilt.corrected)} corrected")
+        for instance_id in rebuilt.corrected:
+            typer.echo(f"  {instance_id}")
+
+    _quiet_logs(verbose=False)
+    asyncio.run(run())
+
+
 @keys.command("new")
 def new_key(
     principal: Annotated[str, typer.Option(help="who calls with the key (the user tasks are completed by)")],
