@@ -16,7 +16,6 @@ from rich.console import Console
 
 from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
-from nodes.telemetry import configure_tracing
 from server.logs import configure_logging
 
 DURABILITIES = ("exit", "async", "sync")
@@ -112,6 +111,7 @@ def serve(
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
 
+    from nodes.telemetry import configure_tracing
     from server.app import create_app
     from server.plugins import plugin_registry
     from server.settings import InputLimits, Settings, load_api_keys, no_auth_warning
@@ -181,7 +181,7 @@ def worker(
     from prometheus_client import start_http_server
 
     from agents.errors import GuideModelError
-    from nodes.telemetry import process_registry
+    from nodes.telemetry import configure_tracing, process_registry
     from server.queues.worker import run_worker
 
     _quiet_logs(verbose)
@@ -220,6 +220,8 @@ def rebuild(
         typer.echo(f"{rebuilt.instances} instances read, {len(rebuilt.corrected)} corrected")
         for instance_id in rebuilt.corrected:
             typer.echo(f"  {instance_id}")
+        if rebuilt.underivable:  # logged before first events recorded their row
+            typer.echo(f"{len(rebuilt.underivable)} instances logged before this release left as they are")
 
     _quiet_logs(verbose=False)
     asyncio.run(run())

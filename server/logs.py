@@ -20,8 +20,6 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import ExcInfo, Processor
 
-from nodes.telemetry import log_context
-
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS = ("auto", "json", "console")
 
@@ -93,6 +91,8 @@ def configure_logging(level: int, fmt: LogFormat | None = None) -> None:
     """Logs at ``level`` and above, one line per event, as ``journeys serve`` and ``journeys worker`` log:
     JSON lines or console lines (see :func:`chosen_format`), each with the journey context bound where it
     was logged (instance, journey, run, node, attempt, trace id)."""
+    from nodes.telemetry import log_context  # loads LangChain: only for the commands that log
+
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         log_context,
