@@ -7,8 +7,8 @@ derived from them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -81,6 +81,25 @@ SET_STATUS = (
     .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
     .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
 )
+# The payload keys under which an event records the status (and, for a process migration, the design)
+# its transaction gave the instance: the instance index is then derived from the log (checkpoints/rebuild.py).
+# The first event records the instance's pattern, owner and design too: the whole row can be rebuilt.
+STATUS_KEY = "instance_status"
+DESIGN_KEY = "instance_design"
+PATTERN_KEY = "instance_pattern"
+USER_KEY = "instance_user"
+
+
+def stamped(events: Sequence[NewEvent], status: str | None) -> Sequence[NewEvent]:
+    """``events`` with the last one recording ``status`` (unchanged when no status is set)."""
+    if status is None or not events:
+        return events
+    last = events[-1]
+    return [*events[:-1], replace(last, payload={**last.payload, STATUS_KEY: status})]
+
+
+# Told (instance id, new status) after a status change committed with newly written events (metrics).
+StatusListener = Callable[[str, str], Awaitable[None]]
 _SELECT_BY_KEY = select(journey_events).where(_columns.idempotency_key == bindparam("p_key"))
 
 
@@ -115,6 +134,16 @@ class EventLog:
         # Keyed events written inside someone else's transaction, many at a time (no RETURNING, so the driver
         # runs one statement per row and each row's sequence number sees the rows before it).
         self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        self._listeners: list[StatusListener] = []
+
+    def on_status(self, listener: StatusListener) -> None:
+        """Tell ``listener`` of every status change this log commits along with new events."""
+        self._listeners.append(listener)
+
+    async def _status_changed(self, instance_id: str, status: str | None, written: bool) -> None:
+        if status is not None and written:
+            for listener in self._listeners:
+                await listener(instance_id, status)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -137,6 +166,7 @@ class EventLog:
 
         Returns, per event, whether it was written (False: its key was already there).
         """
+        events = stamped(events, status)
         if len(events) == 1 and not also:
             return [await self._append_alone(instance_id, events[0], status)]
         for attempt in range(SEQ_ATTEMPTS):
@@ -151,7 +181,8 @@ class EventLog:
                             SET_STATUS,
                             {"p_instance_id": instance_id, "p_status": status, "p_created_at": self._clock.now()},
                         )
-                    return written
+                await self._status_changed(instance_id, status, all(written))
+                return written
             except Exception as error:
                 # Two writers raced for the same sequence number; the loser simply goes again.
                 if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
@@ -168,7 +199,9 @@ class EventLog:
             values["p_status"] = status
         for attempt in range(SEQ_ATTEMPTS):
             try:
-                return bool(await self._backend.write(statements, values))
+                written = bool(await self._backend.write(statements, values))
+                await self._status_changed(instance_id, status, written)
+                return written
             except Exception as error:
                 if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
                     raise

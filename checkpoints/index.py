@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
-from checkpoints.events import EVENT_VALUES, NewEvent, event_payload
+from checkpoints.events import DESIGN_KEY, EVENT_VALUES, PATTERN_KEY, USER_KEY, NewEvent, event_payload
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
@@ -76,6 +76,10 @@ _FIRST_EVENT = insert(journey_events).values(seq=1, **EVENT_VALUES)
 _GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 
 
+# Told (instance id, journey id, pattern) of every instance registered (metrics).
+CreatedListener = Callable[[str, str, str], Awaitable[None]]
+
+
 class JourneyIndex:
     """Journey designs and the index of journey instances (pattern, owner, status) across journeys."""
 
@@ -83,6 +87,11 @@ class JourneyIndex:
         self._backend = backend
         self._clock = clock
         self._sealer = sealer or Sealer(None)
+        self._listeners: list[CreatedListener] = []
+
+    def on_created(self, listener: CreatedListener) -> None:
+        """Tell ``listener`` of every instance this index registers."""
+        self._listeners.append(listener)
 
     async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
         """Store a design under ``journey_id``; DuplicateDesignError when one is stored already (on every
@@ -122,7 +131,16 @@ class JourneyIndex:
             "p_user_id": user_id,
             "p_type": first_event.type,
             "p_step": first_event.step,
-            "p_payload": event_payload(first_event, self._sealer),
+            # What the instance's row is, in its first event: the index can be rebuilt from the log.
+            "p_payload": event_payload(
+                NewEvent(
+                    first_event.type,
+                    {**first_event.payload, DESIGN_KEY: journey_id, PATTERN_KEY: pattern, USER_KEY: user_id},
+                    first_event.step,
+                    first_event.key,
+                ),
+                self._sealer,
+            ),
             "p_key": first_event.key,
             "p_created_at": now,
         }
@@ -135,6 +153,8 @@ class JourneyIndex:
                 f"journey {journey_id!r} is already running for user {user_id!r} (instance {instance_id!r})",
                 instance_id=instance_id,
             ) from exc
+        for listener in self._listeners:
+            await listener(instance_id, journey_id, pattern)
         return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now, **owner)
 
     async def get_instance(self, instance_id: str, *, viewer: Viewer | None = None) -> Instance | None:

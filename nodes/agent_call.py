@@ -39,6 +39,7 @@ from agents.resilience import Bulkheads, CallOptions, RetrySettings, call_with_r
 from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.guards import CircuitBreakers, CircuitSettings, RateLimits
 from nodes import schemas
+from nodes.telemetry import attempt_started, observed_agent_call
 
 log = structlog.get_logger("journeys.agents")
 MAX_OUTPUT_BYTES = 1_048_576  # an agent's output as JSON; JourneyRuntime.open(max_output_bytes=...)
@@ -109,6 +110,7 @@ class AgentCaller:
         self.timeout = timeout
         self.circuit = circuit
 
+    @observed_agent_call
     async def call(
         self,
         *,
@@ -208,6 +210,7 @@ class AgentCaller:
         async def attempt(number: int) -> dict[str, Any]:
             nonlocal tried
             tried = number
+            attempt_started(number)
             try:
                 result = await self._attempt(entry, payload, instance_id, step, key, number, timeout, circuit)
                 return _checked_output(intent, result, output_schema, self.max_output_bytes)

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
-from server.api import assistants, inbox, journeys, runs, threads
+from server.api import assistants, inbox, journeys, metrics, runs, threads
 from server.auth import resolve_authenticator
 from server.openapi import install_openapi
 from server.problems import RedactedJSONResponse, install_problem_handlers
@@ -65,7 +65,7 @@ def create_app(
     # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)
-    for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
+    for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router, metrics.router):
         app.include_router(router)
     install_openapi(app)  # the document states the input guard's rules too
 

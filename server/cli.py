@@ -111,6 +111,7 @@ def serve(
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
 
+    from nodes.telemetry import configure_tracing
     from server.app import create_app
     from server.plugins import plugin_registry
     from server.settings import InputLimits, Settings, load_api_keys, no_auth_warning
@@ -147,6 +148,7 @@ def serve(
             max_string_chars or defaults.max_string_chars,
         ),
     )
+    configure_tracing()
     try:
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     except JourneyError as exc:
@@ -170,12 +172,22 @@ def worker(
     durability: DurabilityOption = "exit",
     guide_model: GuideModelOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve this host's Prometheus counters on this port (workers on other hosts)")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="interface for --metrics-port")] = "127.0.0.1",
 ) -> None:
     """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
+    from prometheus_client import start_http_server
+
     from agents.errors import GuideModelError
+    from nodes.telemetry import configure_tracing, process_registry
     from server.queues.worker import run_worker
 
     _quiet_logs(verbose)
+    configure_tracing()
+    if metrics_port is not None:
+        start_http_server(metrics_port, metrics_host, registry=process_registry())
     try:
         _run(
             run_worker(
@@ -190,6 +202,29 @@ def worker(
         )
     except GuideModelError as exc:
         _fail(exc)
+
+
+@app.command()
+def rebuild(
+    database_url: Annotated[
+        str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")
+    ] = DEFAULT_STORE_URL,
+) -> None:
+    """Rebuild the views derived from the event log (the instance index's statuses); prints what it corrected."""
+    from checkpoints.rebuild import rebuild_instance_index
+    from graphs.runtime import JourneyRuntime
+
+    async def run() -> None:
+        async with JourneyRuntime.open(database_url) as runtime:
+            rebuilt = await rebuild_instance_index(runtime.store.backend)
+        typer.echo(f"{rebuilt.instances} instances read, {len(rebuilt.corrected)} corrected")
+        for instance_id in rebuilt.corrected:
+            typer.echo(f"  {instance_id}")
+        if rebuilt.underivable:  # logged before first events recorded their row
+            typer.echo(f"{len(rebuilt.underivable)} instances logged before this release left as they are")
+
+    _quiet_logs(verbose=False)
+    asyncio.run(run())
 
 
 @keys.command("new")

@@ -9,13 +9,19 @@ every value of an event: rendering an event costs the same whatever a request ca
 
 from __future__ import annotations
 
+import io
+import os
 import reprlib
+import sys
 import traceback
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
-from structlog.typing import ExcInfo
+from structlog.typing import ExcInfo, Processor
+
+LogFormat = Literal["auto", "json", "console"]
+LOG_FORMATS = ("auto", "json", "console")
 
 from checkpoints.redaction import REDACTED, is_sensitive, redact
 
@@ -69,18 +75,55 @@ def plain_bounded_traceback(sio: TextIO, exc_info: ExcInfo) -> None:
     sio.write("\n" + "\n".join(_cut(line) for line in lines) + "\n")
 
 
-def configure_logging(level: int) -> None:
-    """Logs at ``level`` and above, one line per event, as ``journeys serve`` and ``journeys worker`` log."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.StackInfoRenderer(),
-            structlog.dev.set_exc_info,
+def json_traceback(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor for JSON lines: ``exc_info`` becomes ``exception``, the text
+    :func:`plain_bounded_traceback` writes (no local variables, bounded)."""
+    exc_info = event.pop("exc_info", None)
+    if exc_info:
+        if not isinstance(exc_info, tuple):
+            exc_info = sys.exc_info() if exc_info is True else (type(exc_info), exc_info, exc_info.__traceback__)
+        if exc_info[0] is not None:
+            text = io.StringIO()
+            plain_bounded_traceback(text, exc_info)
+            event["exception"] = text.getvalue().strip("\n")
+    return event
+
+
+def chosen_format(fmt: LogFormat | None = None) -> Literal["json", "console"]:
+    """``fmt``, else ``$JOURNEYS_LOG_FORMAT``, else auto: console in a terminal, JSON lines otherwise."""
+    fmt = fmt or os.environ.get("JOURNEYS_LOG_FORMAT", "auto")  # type: ignore[assignment]
+    if fmt == "json" or fmt == "console":
+        return fmt
+    return "console" if sys.stdout.isatty() else "json"
+
+
+def configure_logging(level: int, fmt: LogFormat | None = None) -> None:
+    """Logs at ``level`` and above, one line per event, as ``journeys serve`` and ``journeys worker`` log:
+    JSON lines or console lines (see :func:`chosen_format`), each with the journey context bound where it
+    was logged (instance, journey, run, node, attempt, trace id)."""
+    from nodes.telemetry import log_context  # loads LangChain: only for the commands that log
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        log_context,
+        structlog.processors.add_log_level,
+        structlog.processors.StackInfoRenderer(),
+        structlog.dev.set_exc_info,
+    ]
+    if chosen_format(fmt) == "json":
+        processors: list[Processor] = [
+            *shared,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            bounded_values,
+            json_traceback,  # after bounded_values: the traceback has bounds of its own
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        processors = [
+            *shared,
             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
             redacted_values,
             bounded_values,
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_bounded_traceback),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-    )
+        ]
+    structlog.configure(processors=processors, wrapper_class=structlog.make_filtering_bound_logger(level))

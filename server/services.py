@@ -12,11 +12,13 @@ from typing import Any
 
 from fastapi import Request
 
+from checkpoints.figures import live_figures
 from checkpoints.index import Instance
 from checkpoints.ownership import Owner, Viewer, acting_as
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
 from graphs.kernel.patterns import Graph, get_pattern
 from graphs.runtime import JourneyRuntime
+from nodes.telemetry import circuit_states, exposition
 from server.assistants import get_assistant, graph_of
 from server.auth import Authenticator, Principal, resolve_authenticator
 from server.problems import ApiError
@@ -129,6 +131,11 @@ class ServerServices:
             self.watch.changed(run.run_id)
         else:
             await self.queue.stop(run)
+
+    async def metrics(self) -> bytes:
+        """The Prometheus exposition: what the processes counted, and the live figures of the database."""
+        store = self.runtime.store
+        return exposition(await live_figures(store.backend, store.clock.now()), await circuit_states(store))
 
     # --- threads ----------------------------------------------------------------------------------
 

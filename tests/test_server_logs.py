@@ -4,7 +4,9 @@ a request carried (it runs on the event loop)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +14,12 @@ from typing import Any
 import pytest
 import structlog
 
-from server.logs import MAX_TRACEBACK_LINES, MAX_VALUE_CHARS, configure_logging
+from agents import AgentRequest
+from graphs import JourneyRuntime
+from nodes.telemetry import trace_id_of
+from server.logs import MAX_TRACEBACK_LINES, MAX_VALUE_CHARS, chosen_format, configure_logging
+from server.runs.executor import RunExecutor
+from server.runs.store import RunStore
 
 SECRET = "sk-live-0123456789abcdef"
 
@@ -20,7 +27,7 @@ SECRET = "sk-live-0123456789abcdef"
 @pytest.fixture
 def configured() -> Iterator[None]:
     saved = structlog.get_config()
-    configure_logging(logging.INFO)
+    configure_logging(logging.INFO, "console")
     yield
     structlog.reset_defaults()
     structlog.configure(**saved)
@@ -67,3 +74,79 @@ def test_levels_below_the_configured_one_are_dropped(capsys: pytest.CaptureFixtu
     log.info("shown", value={"k": [1, 2, 3]})
     out = capsys.readouterr().out
     assert "hidden" not in out and "shown" in out and "{'k': [1, 2, 3]}" in out
+
+
+@pytest.fixture
+def json_logs() -> Iterator[None]:
+    saved = structlog.get_config()
+    configure_logging(logging.INFO, "json")
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+
+
+def test_json_lines_by_default_off_a_terminal_and_console_lines_in_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNEYS_LOG_FORMAT", raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert chosen_format() == "json"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert chosen_format() == "console"
+    monkeypatch.setenv("JOURNEYS_LOG_FORMAT", "json")
+    assert chosen_format() == "json"
+
+
+@pytest.mark.usefixtures("json_logs")
+def test_a_json_lines_traceback_has_no_locals_and_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        fail_deep(nested(255), 600)
+    except TypeError:
+        structlog.get_logger("journeys.runs").exception("run failed", run_id="r-1", context=nested(255))
+    [line] = capsys.readouterr().out.splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["run_id"], event["level"]) == ("run failed", "r-1", "error")
+    assert "TypeError: Recursion limit reached" in event["exception"] and "fail_deep" in event["exception"]
+    assert SECRET not in line and len(line) < (MAX_TRACEBACK_LINES + 10) * MAX_VALUE_CHARS // 10
+
+
+@pytest.mark.usefixtures("json_logs")
+async def test_every_line_of_a_run_carries_its_journey_context(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line an agent logs, and the line the agent-call path logs when the agent fails, both carry the
+    journey, instance, run, node, attempt and trace id; the run is executed by the server's executor."""
+
+    def flaky(request: AgentRequest) -> dict[str, Any]:
+        structlog.get_logger("my.agent").info("agent working", files=request.payload["step_result"]["files"])
+        if request.attempt == 1:
+            raise ConnectionError("flaky")
+        return {"ok": True}
+
+    async with JourneyRuntime.open(sqlite_url) as runtime:
+        runtime.agents.register("upload_content", flaky, replace=True)
+        journey = await runtime.structured.design_journey("content_migration", {})
+        instance_id = (await runtime.structured.execute_journey(journey["journey_id"], "ana", {}))["instance_id"]
+        runs = RunStore(runtime.store.backend, runtime.store.clock)
+        thread = await runs.create_thread(None, {}, "local")
+        await runs.bind(thread.thread_id, "structured", instance_id)
+        run = await runs.create_run(
+            thread_id=thread.thread_id,
+            assistant_id="structured",
+            kind="resume",
+            input=None,
+            command={"resume": {"files": 2}},
+            stream_modes=(),
+            multitask_strategy="reject",
+            metadata={},
+            principal="local",
+        )
+        capsys.readouterr()
+        executed = await RunExecutor(runtime, runs).execute(run.run_id)
+    assert executed is not None and executed.status == "success"
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    working = [line for line in lines if line["event"] == "agent working"]
+    assert [line["attempt"] for line in working] == [1, 2]
+    for line in working:
+        assert line["instance_id"] == instance_id and line["journey_id"] == journey["journey_id"]
+        assert (line["run_id"], line["node"], line["intent"]) == (run.run_id, "upload_content", "upload_content")
+        assert line["trace_id"] == trace_id_of(instance_id) and line["pattern"] == "structured"
+        assert line["files"] == 2 and line["level"] == "info"

@@ -8,7 +8,7 @@ apply a step, and logged with its keyed event in the same transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import update
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
 from checkpoints.clock import Clock
-from checkpoints.events import EventLog, NewEvent
+from checkpoints.events import DESIGN_KEY, EventLog, NewEvent, stamped
 from checkpoints.schema.tables import (
     journey_instances,
     process_subscriptions,
@@ -71,8 +71,10 @@ class MigrationRows:
         """``step`` and its ``event`` (keyed) in one transaction. False, with nothing applied, when the
         instance was not in status ``step.expect``."""
         values: dict[str, Any] = {"status": step.status, "updated_at": self._clock.now()}
+        [event] = stamped([event], step.status)
         if step.to_design is not None:
             values["journey_id"] = step.to_design
+            event = replace(event, payload={**event.payload, DESIGN_KEY: step.to_design})
         claim = (
             update(journey_instances)
             .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == step.expect)

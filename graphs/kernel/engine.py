@@ -20,6 +20,7 @@ from checkpoints.locks import busy
 from checkpoints.store import Store
 from graphs.kernel.streaming import StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
+from nodes.telemetry import InstanceTelemetry, run_observed
 
 GraphFactory = Callable[[], StateGraph[Any]]
 # What a run ended with: its output (values, with ``__interrupt__`` when it stopped at one) or, for a
@@ -59,6 +60,10 @@ class JourneyEngine:
         self._graphs: OrderedDict[str, CompiledStateGraph[Any, Any, Any, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Instances started and ended, by pattern, whichever orchestrator moved them (metrics).
+        self.telemetry = InstanceTelemetry(store.index)
+        store.index.on_created(self.telemetry.created)
+        store.events.on_status(self.telemetry.status_changed)
 
     @property
     def durability(self) -> Durability:
@@ -138,7 +143,10 @@ class JourneyEngine:
         which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
         """
         config = self.config(instance_id, replay=replay)
-        output = await run_graph(graph, value, config, options.durability or self._durability, options.stream)
+        # One span per run in the journey's trace, with the instance in every log line of the run.
+        with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
+            config["callbacks"] = [nodes]
+            output = await run_graph(graph, value, config, options.durability or self._durability, options.stream)
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome

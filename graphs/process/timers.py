@@ -38,6 +38,7 @@ from checkpoints.process.timers import DEFAULT_LEASE, Timer, TimerStore
 from graphs.process.context import TimerHost
 from graphs.process.spec import ProcessSpec
 from nodes.agent_call import Recording
+from nodes.telemetry import timers_fired
 from nodes.timer import TimerDefinition
 
 log = structlog.get_logger("journeys.timers")
@@ -337,9 +338,11 @@ class TimerScheduler:
         self._wake = asyncio.Event()
 
     async def run_due(self, now: datetime | None = None) -> FiringReport:
-        return await fire_due_timers(
+        report = await fire_due_timers(
             self._processes, now=now, worker=self.worker, batch=self.batch, concurrency=self.concurrency
         )
+        timers_fired(report.lateness)
+        return report
 
     def start(self) -> None:
         if self._task is None or self._task.done():

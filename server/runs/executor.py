@@ -144,6 +144,10 @@ class RunExecutor:
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
 
     async def execute(self, run_id: str) -> RunRow | None:
+        with structlog.contextvars.bound_contextvars(run_id=run_id):  # in every log line and span of the run
+            return await self._execute(run_id)
+
+    async def _execute(self, run_id: str) -> RunRow | None:
         try:
             claimed = await self.runs.claim(run_id)
         except asyncio.CancelledError:  # cancelled as it was being claimed: the claim may have landed

@@ -1,0 +1,62 @@
+"""The live figures ``/metrics`` reports as gauges, read from the database at scrape time.
+
+They describe the state of the world rather than what one process did, so every API process reads them
+from the tables all processes share: they are right however many workers there are, on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from checkpoints.backends.base import Backend
+from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
+from checkpoints.schema.tables import journey_instances, process_timers, server_runs, user_tasks
+
+# Statuses after which an instance does nothing more by itself.
+FINAL_STATUSES = ("completed", "failed", "compensated", "cancelled", "closed")
+FINAL_STAGES = ("completed", "cancelled")
+
+_instances, _tasks, _timers, _runs = journey_instances.c, user_tasks.c, process_timers.c, server_runs.c
+_states = lifecycle_journey_states.c
+_ACTIVE = (
+    select(_instances.pattern, _instances.status, func.count().label("n"))
+    .where(_instances.status.not_in(FINAL_STATUSES))
+    .group_by(_instances.pattern, _instances.status)
+)
+_STAGES = (
+    select(_states.current_stage, func.count().label("n"))
+    .where(_states.current_stage.not_in(FINAL_STAGES))
+    .group_by(_states.current_stage)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFigures:
+    """Open instances by (pattern, status), lifecycle journeys by stage, open user tasks, those past their
+    SLA, and work waiting to be picked up (``queue_depth``: pending runs, timers due and not yet fired)."""
+
+    active: dict[tuple[str, str], int] = field(default_factory=dict)
+    lifecycle_stages: dict[str, int] = field(default_factory=dict)
+    open_user_tasks: int = 0
+    sla_breached_user_tasks: int = 0
+    queue_depth: dict[str, int] = field(default_factory=dict)
+
+
+async def live_figures(backend: Backend, now: datetime) -> LiveFigures:
+    """The figures, one grouped query each (on indexed columns)."""
+    now = now.astimezone(UTC)
+    active = {(row["pattern"], row["status"]): int(row["n"]) for row in await backend.query(_ACTIVE)}
+    stages = {row["current_stage"]: int(row["n"]) for row in await backend.query(_STAGES)}
+    open_tasks = select(func.count().label("n")).select_from(user_tasks).where(_tasks.status == "open")
+    breached = open_tasks.where(_tasks.sla_due_at.is_not(None), _tasks.sla_due_at < now)
+    pending_runs = select(func.count().label("n")).select_from(server_runs).where(_runs.status == "pending")
+    due_timers = (
+        select(func.count().label("n"))
+        .select_from(process_timers)
+        .where(_timers.status == "scheduled", _timers.due_at <= now)
+    )
+    counts = [int((await backend.query(query))[0]["n"]) for query in (open_tasks, breached, pending_runs, due_timers)]
+    return LiveFigures(active, stages, counts[0], counts[1], {"runs": counts[2], "timers": counts[3]})

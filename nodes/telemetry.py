@@ -1,0 +1,408 @@
+"""Metrics, traces and log context of the one instance lifecycle and the one agent-call path.
+
+**Metrics** (prometheus-client). Counters and histograms count what this process did; with
+``PROMETHEUS_MULTIPROC_DIR`` set (the same directory for ``journeys serve`` and its workers on a host),
+prometheus-client's multiprocess mode writes them to files there and :func:`exposition` sums every
+process's. Gauges are not kept in any process: they are read from the shared database when scraped
+(:mod:`checkpoints.figures`), so they are right however many processes there are.
+
+**Traces** (OpenTelemetry). One span per run (``journey.run``), per node (``journey.node``) and per agent
+call (``agent.call``). A journey is one trace however long it waits: its trace id, and the id of the
+journey span every run hangs under, are derived from the instance id (:func:`journey_context`), so a run
+resumed days later, by a timer or in another process, joins the trace with nothing to store or read.
+
+**Logs** (structlog). A run binds instance id, journey id, pattern and trace id; the server binds the
+run id; an agent call binds its intent and attempt; :func:`log_context` adds the node running.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+import structlog
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.runnables.config import var_child_runnable_config
+from langgraph.errors import GraphBubbleUp
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from checkpoints.figures import LiveFigures
+from checkpoints.index import JourneyIndex
+
+log = structlog.get_logger("journeys.telemetry")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# --- label values ----------------------------------------------------------------------------------
+
+MAX_LABEL_CHARS = 100
+# Placeholder until the security part's redaction lands: secrets and PII that could reach a label value
+# (an intent, step or node name comes from a spec a user wrote).
+_SECRETS = re.compile(
+    r"(?i)bearer\s+\S+|\b(?:api[_-]?key|password|passwd|secret|token)\s*[=:]\s*\S+"
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\b(?:\d[ -]?){13,19}\b|\bsk-[A-Za-z0-9_-]{8,}"
+)
+
+
+def redact_label(value: str) -> str:
+    """A label value with secrets and personal data replaced, cut at ``MAX_LABEL_CHARS``."""
+    return _SECRETS.sub("[redacted]", value)[:MAX_LABEL_CHARS]
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+METRICS = CollectorRegistry(auto_describe=True)  # this process's counters (outside multiprocess mode)
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+STARTED = Counter("journeys_started", "Journey instances started, by pattern", ["pattern"], registry=METRICS)
+# The statuses counted when an instance reaches them, each its own counter: journeys_<status>_total.
+ENDINGS = ("completed", "failed", "compensated", "cancelled")
+ENDED = {
+    status: Counter(f"journeys_{status}", f"Journey instances {status}, by pattern", ["pattern"], registry=METRICS)
+    for status in ENDINGS
+}
+STEP_SECONDS = Histogram(
+    "journeys_step_duration_seconds", "Node runs (steps), by pattern and node", ["pattern", "node"],
+    buckets=_SECONDS, registry=METRICS,
+)  # fmt: skip
+AGENT_SECONDS = Histogram(
+    "journeys_agent_call_duration_seconds", "Agent calls with their retries, by intent and outcome (ok, error)",
+    ["intent", "outcome"], buckets=_SECONDS, registry=METRICS,
+)  # fmt: skip
+BULKHEAD_REJECTIONS = Counter(
+    "journeys_bulkhead_rejections", "Agent calls refused by a full bulkhead, by intent", ["intent"], registry=METRICS
+)
+RATE_LIMIT_REJECTIONS = Counter(
+    "journeys_rate_limit_rejections", "Agent calls refused by a rate limit, by intent", ["intent"], registry=METRICS
+)
+TIMER_LATENESS = Histogram(
+    "journeys_timer_lateness_seconds", "Seconds from a timer's due time to its firing",
+    buckets=(0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0), registry=METRICS,
+)  # fmt: skip
+CIRCUIT_STATES = ("closed", "open", "half_open")
+
+
+def rejected_by_bulkhead(intent: str) -> None:
+    """Count an agent call a full bulkhead refused (called by the agent-call path's bulkhead)."""
+    BULKHEAD_REJECTIONS.labels(redact_label(intent)).inc()
+
+
+def rejected_by_rate_limit(intent: str) -> None:
+    """Count an agent call a rate limit refused (called by the agent-call path's rate limiter)."""
+    RATE_LIMIT_REJECTIONS.labels(redact_label(intent)).inc()
+
+
+def timers_fired(lateness: list[float]) -> None:
+    for seconds in lateness:
+        TIMER_LATENESS.observe(max(seconds, 0.0))
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus-client's multiprocess directory, when set."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def process_registry() -> CollectorRegistry:
+    """What this host's processes counted: every process's files in multiprocess mode, else this process's."""
+    if multiprocess_dir() is None:
+        return METRICS
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+class _Collected:
+    """A collector handing on the metrics of another registry, or given families."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self.collect = collect
+
+
+def exposition(figures: LiveFigures, circuits: Mapping[str, str]) -> bytes:
+    """The text ``/metrics`` answers: the counters and histograms of :func:`process_registry`, and the
+    gauges of ``figures`` and ``circuits`` (intent → state) read from the database just before."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(process_registry().collect))
+    registry.register(_Collected(lambda: _gauges(figures, circuits)))
+    return generate_latest(registry)
+
+
+def _gauges(figures: LiveFigures, circuits: Mapping[str, str]) -> list[Metric]:
+    active = GaugeMetricFamily(
+        "journeys_active", "Open journey instances by pattern and status", labels=["pattern", "status"]
+    )
+    for (pattern, status), count in sorted(figures.active.items()):
+        active.add_metric([pattern, status], count)
+    stages = GaugeMetricFamily("journeys_lifecycle_active", "Open client lifecycle journeys by stage", labels=["stage"])
+    for stage, count in sorted(figures.lifecycle_stages.items()):
+        stages.add_metric([stage], count)
+    tasks = GaugeMetricFamily("journeys_user_tasks_open", "Open user tasks", value=figures.open_user_tasks)
+    breached = GaugeMetricFamily(
+        "journeys_user_tasks_sla_breached", "Open user tasks past their SLA", value=figures.sla_breached_user_tasks
+    )
+    queue = GaugeMetricFamily("journeys_queue_depth", "Work waiting: pending runs, timers due", labels=["queue"])
+    for name, depth in sorted(figures.queue_depth.items()):
+        queue.add_metric([name], depth)
+    circuit = GaugeMetricFamily(
+        "journeys_circuit_state", "Circuit of an intent: 1 for its current state", labels=["intent", "state"]
+    )
+    for intent, current in sorted(circuits.items()):
+        for state in CIRCUIT_STATES:
+            circuit.add_metric([redact_label(intent), state], 1.0 if state == current else 0.0)
+    return [active, stages, tasks, breached, queue, circuit]
+
+
+async def circuit_states(store: Any) -> dict[str, str]:
+    """Each intent's circuit state (closed, open or half_open), as the database-shared breaker records
+    it. The resilience part fills this in with its breaker's table; until then no circuit is known."""
+    del store
+    return {}
+
+
+# --- the instance lifecycle ------------------------------------------------------------------------
+
+
+class InstanceTelemetry:
+    """Counts instances started and reaching an end status, by pattern, and knows each instance's journey
+    and pattern for the runs' spans and logs (read once per instance per process, then kept)."""
+
+    def __init__(self, index: JourneyIndex, *, size: int = 10_000) -> None:
+        self._index = index
+        self._known: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+        self._size = size
+
+    def _keep(self, instance_id: str, described: tuple[str, str] | None) -> None:
+        self._known[instance_id] = described
+        if len(self._known) > self._size:
+            self._known.popitem(last=False)
+
+    async def describe(self, instance_id: str) -> tuple[str, str] | None:
+        """(journey id, pattern) of an indexed instance; None for a thread that is no instance (the guide)."""
+        if instance_id in self._known:
+            self._known.move_to_end(instance_id)
+            return self._known[instance_id]
+        found = await self._index.get_instance(instance_id)
+        described = (found.journey_id, found.pattern) if found is not None else None
+        self._keep(instance_id, described)
+        return described
+
+    async def created(self, instance_id: str, journey_id: str, pattern: str) -> None:
+        self._keep(instance_id, (journey_id, pattern))
+        STARTED.labels(redact_label(pattern)).inc()
+
+    async def status_changed(self, instance_id: str, status: str) -> None:
+        counter = ENDED.get(status)
+        if counter is None:
+            return
+        try:
+            described = await self.describe(instance_id)
+        except Exception as exc:  # the change is committed: a metric must not fail it
+            log.warning("could not read an instance's pattern for its metrics", instance_id=instance_id, error=str(exc))
+            described = None
+        counter.labels(redact_label(described[1] if described else "unknown")).inc()
+
+
+# --- traces ----------------------------------------------------------------------------------------
+
+TRACER = "journeys"
+
+
+def journey_context(instance_id: str) -> otel_context.Context:
+    """The context every run of ``instance_id`` starts its span in: the journey's trace, under the
+    journey's span, both ids derived from the instance id (nothing stored, the same in every process)."""
+    digest = hashlib.sha256(instance_id.encode()).digest()
+    trace_id = int.from_bytes(digest[:16], "big") or 1
+    span_id = int.from_bytes(digest[16:24], "big") or 1
+    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+def trace_id_of(instance_id: str) -> str:
+    """The journey's trace id as logs and trace viewers show it (32 hex digits)."""
+    return trace.format_trace_id(trace.get_current_span(journey_context(instance_id)).get_span_context().trace_id)
+
+
+class NodeSpans(BaseCallbackHandler):
+    """A LangChain callback handler given to each run: a span per node (a child of the run's span), timed
+    for the step histogram. LangGraph reports each task's start and end to it, in the task."""
+
+    run_inline = True  # called in the task itself, not in a thread
+
+    def __init__(self, run_span: Span, pattern: str) -> None:
+        self.run_span = run_span
+        self.pattern = pattern
+        self._root: UUID | None = None
+        self._spans: dict[UUID, tuple[Span, float, str]] = {}
+        self._owner: dict[UUID, UUID] = {}  # a run nested in a node → the node's run
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if parent_run_id is None:
+            self._root = run_id
+        elif parent_run_id == self._root and metadata and "langgraph_node" in metadata:
+            node = str(metadata["langgraph_node"])
+            span = trace.get_tracer(TRACER).start_span(
+                "journey.node",
+                context=trace.set_span_in_context(self.run_span),
+                attributes={"journey.node": node, "journey.step": int(metadata.get("langgraph_step", 0))},
+            )
+            self._spans[run_id] = (span, time.perf_counter(), node)
+        elif parent_run_id in self._spans or parent_run_id in self._owner:
+            self._owner[run_id] = self._owner.get(parent_run_id, parent_run_id)
+
+    def node_span(self, run_id: UUID | None) -> Span | None:
+        if run_id is None:
+            return None
+        found = self._spans.get(self._owner.get(run_id, run_id))
+        return found[0] if found else None
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error)
+
+    def _end(self, run_id: UUID, error: BaseException | None) -> None:
+        self._owner.pop(run_id, None)
+        found = self._spans.pop(run_id, None)
+        if found is None:
+            return
+        span, started, node = found
+        if isinstance(error, GraphBubbleUp):  # an interrupt: the node waits for a person, a message, a timer
+            span.set_attribute("journey.interrupted", True)
+        elif error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end()
+        STEP_SECONDS.labels(redact_label(self.pattern), redact_label(node)).observe(time.perf_counter() - started)
+
+
+@contextmanager
+def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None) -> Iterator[NodeSpans]:
+    """Around one run of an instance's graph: its span in the journey's trace, its log context, and the
+    handler that spans its nodes (give it to the run's config)."""
+    journey_id, pattern = described if described else (instance_id, graph.split("-", 1)[0])
+    attributes = {"journey.instance_id": instance_id, "journey.journey_id": journey_id, "journey.pattern": pattern}
+    run_id = structlog.contextvars.get_contextvars().get("run_id")  # bound by the server's run executor
+    if run_id is not None:
+        attributes["journey.run_id"] = str(run_id)
+    span = trace.get_tracer(TRACER).start_span(
+        "journey.run", context=journey_context(instance_id), attributes=attributes
+    )
+    trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+    try:
+        with (
+            trace.use_span(span, end_on_exit=False, record_exception=True),
+            structlog.contextvars.bound_contextvars(
+                instance_id=instance_id, journey_id=journey_id, pattern=pattern, trace_id=trace_id
+            ),
+        ):
+            yield NodeSpans(span, pattern)
+    except GraphBubbleUp:
+        raise
+    except BaseException as error:
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        raise
+    finally:
+        span.end()
+
+
+def _node_span_here() -> Span | None:
+    """The span of the node this code runs in (found through LangGraph's config of the running task)."""
+    config = var_child_runnable_config.get()
+    manager = config.get("callbacks") if config else None
+    if not isinstance(manager, BaseCallbackManager):
+        return None
+    for handler in manager.handlers:
+        if isinstance(handler, NodeSpans):
+            return handler.node_span(manager.parent_run_id)
+    return None
+
+
+def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Wraps the agent-call path: a span (a child of its node's), the duration histogram, and the intent
+    and attempt in the log context. The wrapped call takes ``intent``, ``instance_id`` and ``step`` by name."""
+
+    @functools.wraps(call)
+    async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
+        intent, step = str(kwargs["intent"]), kwargs.get("step")
+        node = _node_span_here()
+        parent = trace.set_span_in_context(node) if node is not None else None
+        attributes = {"agent.intent": redact_label(intent), "journey.instance_id": str(kwargs["instance_id"])}
+        if step is not None:
+            attributes["journey.step"] = redact_label(str(step))
+        tracer = trace.get_tracer(TRACER)
+        started = time.perf_counter()
+        with (
+            tracer.start_as_current_span("agent.call", context=parent, attributes=attributes) as span,
+            structlog.contextvars.bound_contextvars(intent=intent, attempt=None),
+        ):
+            try:
+                result = await call(*args, **kwargs)
+            except Exception:
+                AGENT_SECONDS.labels(redact_label(intent), "error").observe(time.perf_counter() - started)
+                raise
+            replayed = bool(getattr(result, "replayed", False))
+            span.set_attribute("agent.replayed", replayed)
+            span.set_attribute("agent.attempts", int(getattr(result, "attempts", 0)))
+            if not replayed:
+                AGENT_SECONDS.labels(redact_label(intent), "ok").observe(time.perf_counter() - started)
+            return result
+
+    return observed
+
+
+def attempt_started(number: int) -> None:
+    """Put an agent call's attempt number in the log context (reset when the call ends)."""
+    structlog.contextvars.bind_contextvars(attempt=number)
+
+
+# --- logs ------------------------------------------------------------------------------------------
+
+
+def log_context(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: the node a line was logged in (from LangGraph's config of the running task)."""
+    config = var_child_runnable_config.get()
+    metadata = config.get("metadata") if config else None
+    if metadata and "langgraph_node" in metadata:
+        event.setdefault("node", metadata["langgraph_node"])
+    return event
+
+
+def configure_tracing() -> None:
+    """Export spans over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its traces variant) is set: the
+    standard OpenTelemetry variables configure the exporter. Without it, spans are not recorded."""
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "journeys")})
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    logging.getLogger(__name__).info("exporting traces over OTLP")

@@ -1,0 +1,110 @@
+"""One trace per journey: a span per run, node and agent call, and every run of an instance in the same
+trace, whether a person resumes it days later or another process (a worker) runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from checkpoints import VirtualClock
+from graphs import JourneyRuntime
+from nodes.telemetry import journey_context, trace_id_of
+from server.runs.executor import RunExecutor
+from server.runs.store import RunStore
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The spans finished during the test (the SDK provider is installed once per process)."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    _EXPORTER.clear()
+    yield _EXPORTER
+    _EXPORTER.clear()
+
+
+def of_instance(exporter: InMemorySpanExporter, instance_id: str) -> list[ReadableSpan]:
+    trace_id = trace.get_current_span(journey_context(instance_id)).get_span_context().trace_id
+    return [span for span in exporter.get_finished_spans() if span.context.trace_id == trace_id]
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+async def test_a_journey_resumed_days_later_is_one_trace(store_url: str, spans: InMemorySpanExporter) -> None:
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock) as runtime:
+        journey = await runtime.structured.design_journey("content_migration", {})
+        started = await runtime.structured.execute_journey(journey["journey_id"], "ana", {})
+        instance_id = started["instance_id"]
+        clock.advance(timedelta(days=3))  # the person answers three days later
+        await runtime.structured.advance_journey_step(journey["journey_id"], "ana", {"files": 2})
+
+    found = of_instance(spans, instance_id)
+    journey_span = trace.get_current_span(journey_context(instance_id)).get_span_context().span_id
+    runs = [s for s in found if s.name == "journey.run"]
+    assert len(runs) == 2 and {parent_of(s) for s in runs} == {journey_span}
+    assert {s.attributes["journey.instance_id"] for s in runs} == {instance_id}  # type: ignore[index]
+    first, second = sorted(runs, key=lambda s: s.start_time or 0)
+    nodes = {s.context.span_id: s for s in found if s.name == "journey.node"}
+    by_run = {
+        run.context.span_id: sorted(
+            n.attributes["journey.node"] for n in nodes.values() if parent_of(n) == run.context.span_id
+        )
+        for run in runs
+    }  # type: ignore[misc]
+    assert by_run[first.context.span_id] == ["upload_content.await"]  # it stopped at the human step
+    assert by_run[second.context.span_id] == ["analyze_content.await", "upload_content", "upload_content.await"]
+    [call] = [s for s in found if s.name == "agent.call"]
+    node = nodes[parent_of(call)]  # type: ignore[index]
+    assert node.attributes["journey.node"] == "upload_content" and parent_of(node) == second.context.span_id
+    assert call.attributes["agent.intent"] == "upload_content"
+    assert all(s.context.trace_id == found[0].context.trace_id for s in found)
+    assert trace.format_trace_id(found[0].context.trace_id) == trace_id_of(instance_id)
+
+
+async def test_a_run_handed_to_another_process_joins_the_journeys_trace(
+    durable_url: str, spans: InMemorySpanExporter
+) -> None:
+    """The API process starts the journey; a run of its thread is then executed by a second runtime on
+    the same database (what a `journeys worker` does with a run the API queued), by the server's executor."""
+    async with JourneyRuntime.open(durable_url) as api:
+        journey = await api.structured.design_journey("content_migration", {})
+        instance_id = (await api.structured.execute_journey(journey["journey_id"], "ana", {}))["instance_id"]
+        runs = RunStore(api.store.backend, api.store.clock)
+        thread = await runs.create_thread(None, {}, "local")
+        await runs.bind(thread.thread_id, "structured", instance_id)
+        run = await runs.create_run(
+            thread_id=thread.thread_id,
+            assistant_id="structured",
+            kind="resume",
+            input=None,
+            command={"resume": {"files": 1}},
+            stream_modes=(),
+            multitask_strategy="reject",
+            metadata={},
+            principal="local",
+        )
+    async with JourneyRuntime.open(durable_url) as worker:
+        executed = await RunExecutor(worker, RunStore(worker.store.backend, worker.store.clock)).execute(run.run_id)
+    assert executed is not None and executed.status == "success", executed
+
+    found = of_instance(spans, instance_id)
+    journey_span = trace.get_current_span(journey_context(instance_id)).get_span_context().span_id
+    runs_spans = [s for s in found if s.name == "journey.run"]
+    assert len(runs_spans) == 2 and {parent_of(s) for s in runs_spans} == {journey_span}
+    [handed] = [s for s in runs_spans if "journey.run_id" in (s.attributes or {})]
+    assert handed.attributes["journey.run_id"] == run.run_id  # type: ignore[index]
+    [call] = [s for s in found if s.name == "agent.call"]
+    assert {s.context.span_id: s for s in found}[parent_of(call)].attributes["journey.node"] == "upload_content"  # type: ignore[index]
