@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Executable, bindparam, func, insert, select
 
-from checkpoints.backends.base import Backend
+from checkpoints.backends.base import Backend, Params
 from checkpoints.clock import Clock
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
 from checkpoints.events import EVENT_VALUES, NewEvent
@@ -55,7 +55,7 @@ _REGISTER_INSTANCE = insert(journey_instances).values(
     journey_id=bindparam("p_journey_id", type_=_instances.journey_id.type),
     pattern=bindparam("p_pattern", type_=_instances.pattern.type),
     user_id=bindparam("p_user_id", type_=_instances.user_id.type),
-    status="in_progress",
+    status=bindparam("p_status", type_=_instances.status.type),
     created_at=bindparam("p_created_at", type_=_instances.created_at.type),
     updated_at=bindparam("p_created_at", type_=_instances.updated_at.type),
 )
@@ -94,9 +94,18 @@ class JourneyIndex:
         return Design(**found[0]) if found else None
 
     async def create_instance(
-        self, instance_id: str, journey_id: str, pattern: str, user_id: str, *, first_event: NewEvent
+        self,
+        instance_id: str,
+        journey_id: str,
+        pattern: str,
+        user_id: str,
+        *,
+        first_event: NewEvent,
+        status: str = "in_progress",
+        also: Sequence[tuple[Executable, Params]] = (),
     ) -> Instance:
-        """Register a new instance and its first event in one transaction."""
+        """Register a new instance and its first event in one transaction, with ``also`` (prebuilt
+        statements and their values: a start key, a concurrency slot) in the same transaction."""
         now = self._clock.now()
         values = {
             "p_instance_id": instance_id,
@@ -108,9 +117,17 @@ class JourneyIndex:
             "p_payload": first_event.payload,
             "p_key": first_event.key,
             "p_created_at": now,
+            "p_status": status,
         }
         try:
-            await self._backend.write([_REGISTER_INSTANCE, _FIRST_EVENT], values)
+            if also:
+                async with self._backend.transaction() as tx:
+                    await tx.execute(_REGISTER_INSTANCE, values)
+                    await tx.execute(_FIRST_EVENT, values)
+                    for statement, params in also:
+                        await tx.execute(statement, params)
+            else:
+                await self._backend.write([_REGISTER_INSTANCE, _FIRST_EVENT], values)
         except Exception as exc:
             if not self._backend.is_unique_violation(exc):
                 raise
@@ -118,7 +135,7 @@ class JourneyIndex:
                 f"journey {journey_id!r} is already running for user {user_id!r} (instance {instance_id!r})",
                 instance_id=instance_id,
             ) from exc
-        return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now)
+        return Instance(instance_id, journey_id, pattern, user_id, status, now, now)
 
     async def get_instance(self, instance_id: str) -> Instance | None:
         found = await self._backend.read(_GET_INSTANCE, {"p_instance_id": instance_id})

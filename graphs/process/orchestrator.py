@@ -334,6 +334,10 @@ class ProcessOrchestrator:
         deployment = await self.deployment_of(instance)
         return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
 
+    async def dispatch_queued(self) -> list[str]:
+        """Start the journeys (of every pattern) queued behind a concurrency limit whose slot has freed."""
+        return await self._designs.instances.dispatch_queued()
+
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
         """Process instances by id, in one read (ids that are not process instances are left out)."""
         found = await self.store.index.get_instances(instance_ids)

@@ -52,6 +52,7 @@ class FiringReport:
     failed: int = 0
     resumed: int = 0  # threads resumed with a fired timer's resolution
     redelivered: int = 0  # resolutions a crash had kept from their thread, delivered now
+    dequeued: int = 0  # journeys queued behind a concurrency limit, started now that a slot freed
     lateness: list[float] = field(default_factory=list)  # per fired timer: seconds from due to fired
     resume_lateness: list[float] = field(default_factory=list)  # per resumed thread: seconds from due to resumed
     errors: list[str] = field(default_factory=list)
@@ -146,6 +147,7 @@ async def fire_due_timers(
         if await processes.deliver(wait.instance_id, wait.wait_id):
             report.redelivered += 1
     await processes.services.messages.expire()
+    report.dequeued = len(await processes.dispatch_queued())
     return report
 
 

@@ -23,6 +23,7 @@ from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
+from nodes.flow import ConcurrencySpec
 from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, superstep, thread_id
@@ -83,6 +84,9 @@ class StructuredSpec(BaseModel):
     requirements: dict[str, Any] = Field(default_factory=dict)
     permissions: tuple[str, ...] | None = Field(
         default=None, description="scopes granted to this journey's agents; None restricts nothing"
+    )
+    concurrency: ConcurrencySpec | None = Field(
+        default=None, description="at most `limit` running journeys per value of `key` in the start context"
     )
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 from langgraph.graph import START
@@ -27,6 +28,7 @@ from graphs.errors import (
 )
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
+from graphs.kernel.flow import QUEUED, ExistingStart, JourneyQueuedError, StartControls
 from graphs.kernel.instances import Recoverable
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
@@ -70,19 +72,37 @@ class StepJourneys:
         *,
         instance_id: str,
         options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
+        """Start ``instance_id`` (see :meth:`Instances.start`); with ``start_key``, a start with the same
+        key within its window answers the journey it began. The spec's ``concurrency`` limit is keyed on
+        the start context."""
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError(f"context must be a mapping, got {type(context).__name__}")
         pattern, spec, graph = await self._load(journey_id)
+        controls = StartControls.of(start_key, start_key_window, spec.concurrency, context or {})
         started = NewEvent(
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
         initial: StructuredState = {"context": dict(context or {}), "status": "in_progress"}
-        async with self.engine.exclusive(instance_id):
-            created, outcome = await self.instances.start(
-                graph, instance_id, journey_id, pattern, user_id, started, dict(initial), cause="step", options=options
-            )
-            standing = Standing.of(outcome)
+        try:
+            async with self.engine.exclusive(instance_id):
+                created, outcome = await self.instances.start(
+                    graph,
+                    instance_id,
+                    journey_id,
+                    pattern,
+                    user_id,
+                    started,
+                    dict(initial),
+                    cause="step",
+                    options=options,
+                    controls=controls,
+                )
+                standing = Standing.of(outcome)
+        except ExistingStart as existing:
+            return await self.status(existing.instance_id)
         return await self.view(created or await self.instance(instance_id), spec, standing)
 
     async def advance(
@@ -98,6 +118,12 @@ class StepJourneys:
             raise JourneyNotStartedError(
                 f"journey run {instance_id!r} has not been started; execute the journey first",
                 allowed=["execute_journey"],
+                instance_id=instance_id,
+            )
+        if found.status == QUEUED:
+            raise JourneyQueuedError(
+                f"journey run {instance_id!r} is queued behind its concurrency limit; it starts when a slot frees",
+                allowed=[],
                 instance_id=instance_id,
             )
         _, spec, graph = await self._load(found.journey_id)
@@ -201,6 +227,8 @@ class StepJourneys:
     async def view(self, instance: Instance, spec: StructuredSpec, standing: Standing) -> dict[str, Any]:
         """The journey as users see it: where it stands from the graph, what it did from the log."""
         values = standing.values
+        if instance.status == QUEUED:  # registered, not run yet: nothing stands anywhere
+            standing = Standing(values, QUEUED, None, None, None)
         current = standing.position if standing.status not in FINISHED else None
         done = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
         completed = [e.step or "" for e in done]
