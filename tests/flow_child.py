@@ -1,7 +1,8 @@
-"""A process starting one saga for tests/test_flow_control.py: ``flow_child.py URL JOURNEY_ID MODE N GO``.
+"""A process starting sagas for tests/test_flow_control.py: ``flow_child.py URL KEYED LIMITED N GO``.
 
-Once its runtime is open it prints ``ready``; when the file GO exists it starts a saga of JOURNEY_ID (MODE ``key``: all children with one start key;
-``limit``: each child for its own user, one tenant) and prints its answer as one JSON line.
+Once its runtime is open it prints ``ready``; when the file GO exists it starts a saga of design KEYED
+with the start key every child uses, then one of design LIMITED (concurrency-limited on ``$.tenant``)
+for a user of its own and the tenant every child uses, and prints both answers as one JSON line.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ from checkpoints.errors import JourneyError
 from graphs import JourneyRuntime
 
 
-async def main(url: str, journey_id: str, mode: str, n: int, go: Path) -> None:
+async def main(url: str, keyed: str, limited: str, n: int, go: Path) -> None:
     async with JourneyRuntime.open(url) as rt:
         print("ready", flush=True)
         while not go.exists():  # every child starts at the same moment
             await asyncio.sleep(0.005)
+        answers: dict[str, str] = {}
+        answer = await rt.saga.execute_saga_journey(keyed, "ana", {}, start_key="one-order")
+        answers["keyed"] = answer["saga_id"]
         try:
-            if mode == "key":
-                answer = await rt.saga.execute_saga_journey(journey_id, "ana", {}, start_key="one-order")
-            else:
-                answer = await rt.saga.execute_saga_journey(journey_id, f"user-{n}", {"tenant": "acme"})
-            print(json.dumps({"saga_id": answer["saga_id"]}))
+            answer = await rt.saga.execute_saga_journey(limited, f"user-{n}", {"tenant": "acme"})
+            answers["limited"] = answer["saga_id"]
         except JourneyError as exc:
-            print(json.dumps({"error": exc.code}))
+            answers["limited_error"] = exc.code
+        print(json.dumps(answers))
 
 
 if __name__ == "__main__":

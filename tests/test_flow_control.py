@@ -11,12 +11,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from checkpoints import VirtualClock
 from graphs import JourneyRuntime
 from graphs.kernel.flow import ConcurrencyLimitError, JourneyQueuedError
 from nodes.errors import FlowSettingError
+from server.app import create_app
+from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "flow_child.py"
@@ -77,38 +80,6 @@ async def test_a_bad_start_key_or_window_is_refused_before_anything_is_written(s
             with pytest.raises(FlowSettingError):
                 await rt.saga.execute_saga_journey(journey_id, "ana", {}, start_key=key, start_key_window=window)
         assert await instance_count(rt, "saga") == {}
-
-
-def run_children(url: str, journey_id: str, mode: str, count: int, go: Path) -> list[dict[str, Any]]:
-    """``count`` processes start a saga of ``journey_id`` at the same moment; their answers."""
-    children = [
-        subprocess.Popen(
-            [sys.executable, str(CHILD), url, journey_id, mode, str(n), str(go)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(count)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    go.touch()
-    answers = []
-    for child in children:
-        out, err = child.communicate(timeout=120)
-        assert child.returncode == 0, err
-        answers.append(json.loads(out.strip().splitlines()[-1]))
-    return answers
-
-
-async def test_processes_starting_with_one_key_make_one_journey(durable_url: str, tmp_path: Path) -> None:
-    async with JourneyRuntime.open(durable_url) as rt:
-        journey_id = await saga_design(rt, TWO_STEPS)
-    answers = await asyncio.to_thread(run_children, durable_url, journey_id, "key", 3, tmp_path / "go")
-    assert len({a["saga_id"] for a in answers}) == 1, answers
-    async with JourneyRuntime.open(durable_url) as rt:
-        assert await instance_count(rt, "saga") == {"in_progress": 1}
 
 
 # --- concurrency keys -------------------------------------------------------------------------------
@@ -173,12 +144,94 @@ async def test_a_queued_start_a_crash_left_unstarted_is_started_by_recover(durab
         assert (status["status"], status["current_step"]) == ("in_progress", "draft")
 
 
-async def test_processes_starting_past_a_limit_run_at_most_the_limit(durable_url: str, tmp_path: Path) -> None:
+def run_children(url: str, keyed: str, limited: str, count: int, go: Path) -> list[dict[str, Any]]:
+    """``count`` processes start sagas of ``keyed`` and ``limited`` at the same moment; their answers."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(CHILD), url, keyed, limited, str(n), str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(count)
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    go.touch()
+    answers = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        answers.append(json.loads(out.strip().splitlines()[-1]))
+    return answers
+
+
+async def test_processes_starting_at_once_honour_start_keys_and_limits(durable_url: str, tmp_path: Path) -> None:
+    """Three processes start, at the same moment, a saga with one start key (one saga results) and a saga
+    limited to one per tenant for one tenant (one starts, two are refused)."""
     async with JourneyRuntime.open(durable_url) as rt:
-        journey_id = await saga_design(rt, limited("reject", limit=1))
-    answers = await asyncio.to_thread(run_children, durable_url, journey_id, "limit", 3, tmp_path / "go")
-    started = [a for a in answers if "saga_id" in a]
-    refused = [a for a in answers if a.get("error") == "ConcurrencyLimitError"]
-    assert (len(started), len(refused)) == (1, 2), answers
+        keyed = await saga_design(rt, TWO_STEPS)
+        limited_id = await saga_design(rt, limited("reject", limit=1))
+    answers = await asyncio.to_thread(run_children, durable_url, keyed, limited_id, 3, tmp_path / "go")
+    assert len({a["keyed"] for a in answers}) == 1, answers
+    assert sorted(a.get("limited_error", "started") for a in answers) == [
+        "ConcurrencyLimitError",
+        "ConcurrencyLimitError",
+        "started",
+    ], answers
     async with JourneyRuntime.open(durable_url) as rt:
-        assert await instance_count(rt, "saga") == {"in_progress": 1}
+        assert await instance_count(rt, "saga") == {"in_progress": 2}
+
+
+# --- processes, and over HTTP -----------------------------------------------------------------------
+
+APPROVAL: dict[str, Any] = {
+    "name": "approval",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["ops"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> approve", "approve -> end"],
+    "concurrency": {"key": "$.tenant", "limit": 1},
+}
+
+
+async def test_processes_take_start_keys_and_queue_above_their_limit(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        await rt.processes.deploy(APPROVAL)
+        first = await rt.processes.start("approval", "b-1", {"tenant": "acme"}, start_key="req-1")
+        again = await rt.processes.start("approval", "b-1", {"tenant": "acme"}, start_key="req-1")
+        assert again["instance_id"] == first["instance_id"] and again["status"] == "in_progress"
+        queued = await rt.processes.start("approval", "b-2", {"tenant": "acme"})
+        assert (queued["status"], queued["waiting"]) == ("queued", [])
+
+        [task] = await rt.processes.inbox.list_tasks(group="ops")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", groups=["ops"], payload={})
+        report = await rt.processes.scheduler.run_due()
+        assert report.dequeued == 1
+        status = await rt.processes.status(queued["instance_id"])
+        assert status["status"] == "in_progress" and [w["element"] for w in status["waiting"]] == ["approve"]
+
+
+async def test_the_http_start_routes_take_a_start_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(database_url="memory://", auth=False, run_timers=False)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://journeys") as http:
+            design = await http.post("/journeys/sagas/designs", json={"journey_type": "review", "spec": TWO_STEPS})
+            start = f"/journeys/sagas/designs/{design.json()['journey_id']}/executions"
+            body = {"user_id": "ana", "start_key": "order-1", "start_key_window": "PT10M"}
+            first, again = [(await http.post(start, json=body)).json() for _ in range(2)]
+            assert first["saga_id"] == again["saga_id"]
+            bad = await http.post(start, json={**body, "start_key_window": "later"})
+            assert bad.status_code == 422 and bad.json()["type"].endswith("FlowSettingError")
+
+            assert (await http.post("/processes", json=APPROVAL)).status_code == 200
+            process_body = {"business_key": "b-1", "variables": {"tenant": "acme"}, "start_key": "req-1"}
+            one, two = [(await http.post("/processes/approval/instances", json=process_body)) for _ in "12"]
+            assert one.json()["instance_id"] == two.json()["instance_id"]
+            queued = await http.post("/processes/approval/instances", json={**process_body, "start_key": None})
+            assert queued.status_code == 200 and queued.json()["status"] == "queued"

@@ -44,6 +44,7 @@ from graphs.errors import (
 )
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
+from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import Recoverable
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
@@ -250,8 +251,14 @@ class ProcessOrchestrator:
         instance_id: str | None = None,
         start_event: str | None = None,
         run_options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
-        """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks."""
+        """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks.
+
+        ``start_key``: a start with the same key within ``start_key_window`` (seconds or ISO 8601, default
+        24 hours) answers the instance that start began. The spec's ``concurrency`` limit is keyed on the
+        start variables: above it the instance is ``queued`` or refused (:mod:`graphs.kernel.flow`)."""
         if not isinstance(business_key, str) or not business_key:
             raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
         if variables is not None and not isinstance(variables, Mapping):
@@ -274,6 +281,7 @@ class ProcessOrchestrator:
             )
         merged = {**spec.variables, **(variables or {}), "business_key": business_key}
         self._check_variables(spec, merged)
+        controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged)
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)
         started = NewEvent(
@@ -290,13 +298,18 @@ class ProcessOrchestrator:
             f"{instance_id}:started",
         )
         graph = self.graph_of(spec)
-        async with self.engine.exclusive(instance_id):
-            await self._designs.instances.create(
-                instance_id, deployment.design_id, PATTERN, business_key, started, graph
-            )
-            initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
-            went_through = await self.run(graph, instance_id, initial, run_options)
-            snapshot = await graph.aget_state(self.engine.config(instance_id))
+        try:
+            async with self.engine.exclusive(instance_id):
+                created = await self._designs.instances.create(
+                    instance_id, deployment.design_id, PATTERN, business_key, started, graph, controls=controls
+                )
+                if created is not None and created.status == QUEUED:  # it runs once a slot frees
+                    return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
+                initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
+                went_through = await self.run(graph, instance_id, initial, run_options)
+                snapshot = await graph.aget_state(self.engine.config(instance_id))
+        except ExistingStart as existing:
+            return await self.status(existing.instance_id)
         status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
         instance = Instance(
             instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.config import JsonDict
 
 from nodes.criteria import Condition, Criteria
+from nodes.flow import ConcurrencySpec
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
 
@@ -313,6 +314,9 @@ class ProcessSpec(BaseModel):
     )
     permissions: tuple[str, ...] | None = Field(
         default=None, description="scopes granted to this process's agents; None restricts nothing"
+    )
+    concurrency: ConcurrencySpec | None = Field(
+        default=None, description="at most `limit` running instances per value of `key` in the start variables"
     )
 
     @field_validator("name")
