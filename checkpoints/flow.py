@@ -19,8 +19,8 @@ from checkpoints.clock import Clock
 from checkpoints.schema.flow_tables import journey_concurrency_slots, journey_queued_starts, journey_start_keys
 from checkpoints.schema.tables import journey_instances
 
-# An instance in one of these statuses no longer holds its concurrency slot.
-SLOT_RELEASING_STATUSES = ("completed", "compensated", "cancelled", "failed", "terminated")
+# An instance in one of these statuses has ended: it no longer holds its concurrency slot.
+ENDED_STATUSES = ("completed", "compensated", "cancelled", "failed", "terminated")
 
 _keys, _slots, _queued, _instances = (
     journey_start_keys.c,
@@ -118,7 +118,7 @@ class FlowControl:
         finished holders; None when all ``limit`` are held by running instances."""
         held: set[int] = set()
         for row in await self._backend.read(_HELD_SLOTS, {"p_key": key}):
-            if row["status"] is None or row["status"] in SLOT_RELEASING_STATUSES:
+            if row["status"] is None or row["status"] in ENDED_STATUSES:
                 params = {"p_key": key, "p_slot": row["slot"], "p_holder": row["instance_id"]}
                 await self._backend.write([_FREE_SLOT], params)
             else:
@@ -155,6 +155,10 @@ class FlowControl:
                 taken_at=now,
             ),
         ]
+
+    def unqueue(self, instance_id: str) -> Executable:
+        """A bound statement that takes ``instance_id`` off the queue (it ended before it started)."""
+        return delete(journey_queued_starts).where(_queued.instance_id == instance_id)
 
     async def slot_of(self, instance_id: str) -> tuple[str, int] | None:
         """The concurrency key and slot ``instance_id`` holds, if any."""

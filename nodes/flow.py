@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nodes.errors import FlowSettingError, TimerDefinitionError
 from nodes.timer import parse_duration
@@ -67,6 +67,27 @@ def duration_of(value: str | float | timedelta, *, what: str) -> timedelta:
     return found
 
 
+class DeadlineSpec(BaseModel):
+    """A spec's whole-run deadline: ``after`` (seconds or ISO 8601) from the start, a durable timer. When
+    it passes before the journey ends, the journey fails, or with ``on_expiry="compensate"`` a saga
+    compensates its completed steps (other patterns fail)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after: str | float
+    on_expiry: Literal["fail", "compensate"] = "fail"
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, value: str | float) -> str | float:
+        duration_of(value, what="deadline")
+        return value
+
+    @property
+    def duration(self) -> timedelta:
+        return duration_of(self.after, what="deadline")
+
+
 @dataclass(frozen=True, slots=True)
 class StartControls:
     """How one start is controlled: its start key and window, and its spec's concurrency limit with the
@@ -76,6 +97,7 @@ class StartControls:
     window: timedelta = DEFAULT_START_KEY_WINDOW
     concurrency: ConcurrencySpec | None = None
     concurrency_value: str | None = None
+    deadline: DeadlineSpec | None = None
 
     @classmethod
     def of(
@@ -84,14 +106,15 @@ class StartControls:
         window: str | float | timedelta | None,
         concurrency: ConcurrencySpec | None,
         start_input: Mapping[str, Any],
+        deadline: DeadlineSpec | None = None,
     ) -> StartControls | None:
         """Controls for a start (None when it has none), checked before anything is written."""
         if start_key is not None and (not isinstance(start_key, str) or not 0 < len(start_key) <= 200):
             raise FlowSettingError("start_key must be a string of 1 to 200 characters", field="start_key")
-        if start_key is None and concurrency is None:
+        if start_key is None and concurrency is None and deadline is None:
             return None
         value = concurrency.value_in(start_input) if concurrency is not None else None
-        return cls(start_key, window_of(window), concurrency, value)
+        return cls(start_key, window_of(window), concurrency, value, deadline)
 
     @property
     def concurrency_key(self) -> str | None:

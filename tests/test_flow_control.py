@@ -7,7 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from checkpoints import VirtualClock
-from graphs import JourneyRuntime
+from graphs import JourneyFinishedError, JourneyRuntime, SpecError
 from graphs.kernel.flow import ConcurrencyLimitError, JourneyQueuedError
 from nodes.errors import FlowSettingError
 from server.app import create_app
@@ -235,3 +235,80 @@ async def test_the_http_start_routes_take_a_start_key(monkeypatch: pytest.Monkey
             assert one.json()["instance_id"] == two.json()["instance_id"]
             queued = await http.post("/processes/approval/instances", json={**process_body, "start_key": None})
             assert queued.status_code == 200 and queued.json()["status"] == "queued"
+
+
+# --- whole-run deadlines ----------------------------------------------------------------------------
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def with_deadline(after: str | float, on_expiry: str = "fail") -> dict[str, Any]:
+    return {**TWO_STEPS, "deadline": {"after": after, "on_expiry": on_expiry}}
+
+
+async def test_a_saga_past_its_deadline_compensates_even_across_a_restart(durable_url: str) -> None:
+    clock = VirtualClock(T0)
+    async with JourneyRuntime.open(durable_url, clock=clock) as rt:
+        rt.agents.register("undo_draft", lambda request: {"undone": True})
+        design = await rt.saga.design_saga_journey(
+            "review", spec=with_deadline("P2D", "compensate"), compensation_handlers={"draft": "undo_draft"}
+        )
+        journey_id = design["journey_id"]
+        saga = await rt.saga.execute_saga_journey(journey_id, "ana", {})
+        await rt.saga.advance_saga_step(saga["saga_id"], journey_id, "ana", {"text": "v1"})
+
+    clock.advance(timedelta(days=2) - timedelta(seconds=1))
+    async with JourneyRuntime.open(durable_url, clock=clock) as rt:  # a new process, after a restart
+        rt.agents.register("undo_draft", lambda request: {"undone": True})
+        assert (await rt.processes.scheduler.run_due()).fired == 0  # never early
+        clock.advance(timedelta(seconds=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.lateness) == (1, [0.0])
+        status = await rt.saga.get_saga_status(saga["saga_id"])
+        assert (status["status"], status["compensated_steps"]) == ("compensated", ["draft"])
+        assert status["failure"]["error_type"] == "DeadlineExceededError"
+        types = [e.type for e in await rt.history(saga["saga_id"])]
+        assert "journey.deadline_passed" in types and types[-1] == "saga.compensated", types
+
+
+async def test_a_journey_past_its_deadline_fails_and_moves_no_further(store_url: str) -> None:
+    clock = VirtualClock(T0)
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        journey = await rt.structured.design_journey("review", spec=with_deadline(3600))
+        journey_id = journey["journey_id"]
+        await rt.structured.execute_journey(journey_id, "ana", {})
+        done = await rt.structured.design_journey("done_in_time", spec=with_deadline("PT1H"))
+        await rt.structured.execute_journey(done["journey_id"], "ben", {})
+        for step in ("draft", "approve"):
+            await rt.structured.advance_journey_step(done["journey_id"], "ben", {"step": step})
+
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.dropped) == (1, 1)  # the journey that ended in time is left as it ended
+        status = await rt.structured.get_journey_status(journey_id, "ana")
+        assert (status["status"], status["current_step"]) == ("failed", None)
+        with pytest.raises(JourneyFinishedError):
+            await rt.structured.advance_journey_step(journey_id, "ana", {"text": "late"})
+        assert (await rt.structured.get_journey_status(done["journey_id"], "ben"))["status"] == "completed"
+        assert await rt.store.index.count_by_status(pattern="structured") == {"failed": 1, "completed": 1}
+
+
+async def test_a_process_past_its_deadline_fails_and_its_tasks_are_cancelled(store_url: str) -> None:
+    clock = VirtualClock(T0)
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        spec = {**APPROVAL, "name": "timed", "deadline": {"after": "PT4H"}}
+        del spec["concurrency"]
+        await rt.processes.deploy(spec)
+        started = await rt.processes.start("timed", "b-1")
+        clock.advance(timedelta(hours=4))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        status = await rt.processes.status(started["instance_id"])
+        assert (status["status"], status["waiting"]) == ("failed", [])
+        assert await rt.processes.inbox.list_tasks(group="ops") == []
+
+
+async def test_a_deadline_that_cannot_be_read_is_refused_at_design(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        for after in ("P2X", 0, "PT0S"):
+            with pytest.raises(SpecError):
+                await rt.structured.design_journey("review", spec=with_deadline(after))

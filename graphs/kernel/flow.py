@@ -4,6 +4,9 @@
   answers the journey that start began instead of beginning a second one (DBOS's workflow id, Hatchet's
   and Temporal's workflow-id reuse). The key is a unique row in the database, written with the instance,
   so this holds across processes.
+- **Deadlines** (a spec's ``deadline={"after": "P3D", "on_expiry": "fail"}``): a durable timer armed
+  before the instance is registered, fired by the scheduler like every timer (so it survives restarts and
+  is never early); when it fires before the journey ends, the pattern fails it or a saga compensates.
 - **Concurrency keys** (a spec's ``concurrency={"key": "$.tenant", "limit": 2, "on_limit": "queue"}``):
   at most ``limit`` journeys per value of ``key`` (a path into the start input) run at once. Above it,
   ``on_limit="queue"`` (the default, as DBOS queues and Hatchet's ``GROUP_ROUND_ROBIN`` do) registers the
@@ -18,12 +21,21 @@ from typing import ClassVar
 
 from checkpoints.errors import ErrorCategory, JourneyError
 from graphs.errors import InvalidMoveError
-from nodes.flow import ConcurrencySpec, StartControls
+from nodes.flow import ConcurrencySpec, DeadlineSpec, StartControls
 
-__all__ = ["ConcurrencyLimitError", "ConcurrencySpec", "ExistingStart", "JourneyQueuedError", "StartControls"]
+__all__ = [
+    "ConcurrencyLimitError",
+    "ConcurrencySpec",
+    "DeadlineSpec",
+    "ExistingStart",
+    "JourneyQueuedError",
+    "StartControls",
+]
 
 QUEUED = "queued"
 DEQUEUED = "journey.dequeued"
+DEADLINE_PASSED = "journey.deadline_passed"
+DEADLINE_PURPOSE = "deadline"  # the purpose of a deadline's row among the durable timers
 
 
 class ConcurrencyLimitError(JourneyError):

@@ -21,17 +21,29 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
+import isodate
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, JourneyError
 from checkpoints.events import Event, NewEvent
-from checkpoints.flow import FlowControl
+from checkpoints.flow import ENDED_STATUSES, FlowControl
 from checkpoints.index import Instance
+from checkpoints.process.timers import TimerStore
 from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
-from graphs.kernel.flow import DEQUEUED, QUEUED, ConcurrencyLimitError, ExistingStart, StartControls
+from graphs.kernel.flow import (
+    DEADLINE_PASSED,
+    DEADLINE_PURPOSE,
+    DEQUEUED,
+    QUEUED,
+    ConcurrencyLimitError,
+    DeadlineSpec,
+    ExistingStart,
+    StartControls,
+)
 from nodes.services import FAILED, failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -40,6 +52,8 @@ __all__ = ["FAILED", "OPEN_STATUSES", "Instances", "Recoverable", "failure", "ne
 # Statuses of an instance that may still have work to finish (the others are final, or wait for a person
 # in a way recovery cannot change): a saga compensating, a lifecycle journey pending/active/rolling back.
 OPEN_STATUSES = ("in_progress", "compensating", "pending", "active", "rollback")
+# What a deadline's failure event says.
+DEADLINE_FAILURE = {"error": "the journey's deadline passed before it ended", "error_type": "DeadlineExceededError"}
 # Registering an instance with a start key or a concurrency slot retries when another start wins a race.
 _REGISTER_ATTEMPTS = 20
 
@@ -64,6 +78,9 @@ class Recoverable:
     start_input: Callable[[Instance, Event], Awaitable[dict[str, Any]]]
     before: Callable[[], Awaitable[list[str]]] | None = None
     after: Callable[[], Awaitable[list[str]]] | None = None
+    # The pattern's end of a run whose deadline passed (under ``exclusive``): it logs ``passed`` and fails
+    # the instance, or compensates when ``on_expiry`` says so and the pattern can.
+    expire: Callable[[Instance, Graph, str, NewEvent], Awaitable[None]] | None = None
 
 
 class Instances:
@@ -75,6 +92,7 @@ class Instances:
         self.index = engine.store.index
         self.events = engine.store.events
         self.flow = FlowControl(engine.store.backend, engine.store.clock)
+        self.timers = TimerStore(engine.store.engine, engine.store.clock)
         self._kinds: dict[str, Recoverable] = {}
 
     def register(self, kind: Recoverable) -> None:
@@ -106,6 +124,8 @@ class Instances:
         """
         if controls is None:
             return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+        if controls.deadline is not None:
+            await self._arm_deadline(instance_id, controls.deadline)
         for _attempt in range(_REGISTER_ATTEMPTS):
             status, also = "in_progress", []
             if controls.start_key is not None:
@@ -140,6 +160,47 @@ class Instances:
                     return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
                 # Another start took the key or the slot meanwhile: look again.
         raise ConcurrentUpdateError(f"could not register {instance_id!r}: its start key or slots kept changing")
+
+    async def _arm_deadline(self, instance_id: str, deadline: DeadlineSpec) -> None:
+        """Arm the instance's deadline before it is registered, so no registered instance lacks it (a timer
+        of a start refused or cut short finds no instance when it fires, and is dropped)."""
+        now = self.engine.store.clock.now()
+        duration = deadline.duration
+        arm = self.timers.schedule_statement(
+            f"deadline:{instance_id}",
+            element="(deadline)",
+            purpose=DEADLINE_PURPOSE,
+            definition={"duration": isodate.duration_isoformat(duration)},
+            due_at=now + duration,
+            origin=now,
+            instance_id=instance_id,
+            data={"on_expiry": deadline.on_expiry},
+        )
+        await self.timers.execute([arm])
+
+    async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
+        """The instance's deadline has passed: unless it has ended, log it and end it as ``on_expiry`` says
+        (a queued instance never starts: it fails). False when there was nothing to end."""
+        instance = await self.index.get_instance(instance_id)
+        kind = None if instance is None else self._kinds.get(instance.pattern)
+        if instance is None or kind is None or kind.expire is None or instance.status in ENDED_STATUSES:
+            return False
+        passed = NewEvent(
+            DEADLINE_PASSED, {"deadline": due_at.isoformat(), "on_expiry": on_expiry}, None, f"{instance_id}:deadline"
+        )
+        graph = await kind.graph(instance)
+        async with self.engine.exclusive(instance_id):
+            instance = await self.index.get_instance(instance_id)  # read under the lock: it may have ended
+            if instance is None or instance.status in ENDED_STATUSES:
+                return False
+            if instance.status == QUEUED:
+                failed = failure(instance.pattern, "deadline", DEADLINE_FAILURE)
+                await self.events.append(
+                    instance_id, [passed, failed], status="failed", also=[self.flow.unqueue(instance_id)]
+                )
+            else:
+                await kind.expire(instance, graph, on_expiry, passed)
+        return True
 
     async def _register(
         self, instance_id: str, design_id: str, pattern: str, user_id: str, first_event: NewEvent, graph: Graph

@@ -45,7 +45,7 @@ from graphs.errors import (
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
-from graphs.kernel.instances import Recoverable
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -91,6 +91,7 @@ class ProcessOrchestrator:
                 self._start_input,
                 before=self._settle_migrations,
                 after=self._deliver_undelivered,
+                expire=self._expire,
             )
         )
 
@@ -281,7 +282,7 @@ class ProcessOrchestrator:
             )
         merged = {**spec.variables, **(variables or {}), "business_key": business_key}
         self._check_variables(spec, merged)
-        controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged)
+        controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged, spec.deadline)
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)
         started = NewEvent(
@@ -346,6 +347,20 @@ class ProcessOrchestrator:
             instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
         return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
+
+    async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
+        """A journey's (any pattern's) deadline passed: end it as its spec says (see ``Instances.expire``)."""
+        return await self._designs.instances.expire(instance_id, on_expiry, due_at)
+
+    async def _expire(self, instance: Instance, _graph: Graph, _on_expiry: str, passed: NewEvent) -> None:
+        """A process whose deadline passed fails: everything it waits on (tasks, timers, messages) is cancelled."""
+        failed = failure(PATTERN, "deadline", DEADLINE_FAILURE)
+        await self.store.events.append(
+            instance.instance_id,
+            [passed, failed],
+            status="failed",
+            also=self.services.waits.cancel_statements(instance.instance_id),
+        )
 
     async def dispatch_queued(self) -> list[str]:
         """Start the journeys (of every pattern) queued behind a concurrency limit whose slot has freed."""

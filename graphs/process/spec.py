@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.config import JsonDict
 
 from nodes.criteria import Condition, Criteria
-from nodes.flow import ConcurrencySpec
+from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
 
@@ -317,6 +317,9 @@ class ProcessSpec(BaseModel):
     )
     concurrency: ConcurrencySpec | None = Field(
         default=None, description="at most `limit` running instances per value of `key` in the start variables"
+    )
+    deadline: DeadlineSpec | None = Field(
+        default=None, description="the whole run's deadline: the instance fails when it passes before it ends"
     )
 
     @field_validator("name")

@@ -23,7 +23,7 @@ from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
-from nodes.flow import ConcurrencySpec
+from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, superstep, thread_id
@@ -87,6 +87,9 @@ class StructuredSpec(BaseModel):
     )
     concurrency: ConcurrencySpec | None = Field(
         default=None, description="at most `limit` running journeys per value of `key` in the start context"
+    )
+    deadline: DeadlineSpec | None = Field(
+        default=None, description="the whole run's deadline: it fails, or a saga compensates, when it passes"
     )
 
     @property

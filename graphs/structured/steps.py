@@ -6,6 +6,7 @@ a finished journey or an invalid result raises a typed error and leaves no trace
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,6 +16,7 @@ from langgraph.graph import START
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
+from checkpoints.errors import JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from graphs.errors import (
@@ -29,7 +31,7 @@ from graphs.errors import (
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
 from graphs.kernel.flow import QUEUED, ExistingStart, JourneyQueuedError, StartControls
-from graphs.kernel.instances import Recoverable
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
 from nodes.user_task import validate_resume_value
@@ -50,7 +52,7 @@ class StepJourneys:
         self.events = designs.engine.store.events
         self.instances = designs.instances
         self.patterns = patterns
-        designs.instances.register(Recoverable(patterns, self._instance_graph, self._start_input))
+        designs.instances.register(Recoverable(patterns, self._instance_graph, self._start_input, expire=self._expire))
 
     async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
         design, spec = await self.designs.load(journey_id, self.patterns)
@@ -81,7 +83,7 @@ class StepJourneys:
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError(f"context must be a mapping, got {type(context).__name__}")
         pattern, spec, graph = await self._load(journey_id)
-        controls = StartControls.of(start_key, start_key_window, spec.concurrency, context or {})
+        controls = StartControls.of(start_key, start_key_window, spec.concurrency, context or {}, spec.deadline)
         started = NewEvent(
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
@@ -200,6 +202,28 @@ class StepJourneys:
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return (await self._load(instance.journey_id))[2]
+
+    async def _expire(self, instance: Instance, graph: Graph, on_expiry: str, passed: NewEvent) -> None:
+        """The deadline passed (under ``exclusive``): a saga with ``on_expiry="compensate"`` compensates its
+        completed steps, last first; otherwise the journey fails where it stands and moves no further."""
+        instance_id, config = instance.instance_id, self.engine.config(instance.instance_id)
+        standing = Standing.of(await self.engine.settled_state(graph, instance_id))
+        if standing.status in FINISHED or standing.status == "compensating":
+            return
+        step = standing.position
+        reason = {**DEADLINE_FAILURE, "step": step}
+        if on_expiry == "compensate" and instance.pattern == "saga" and step is not None:
+            compensating = NewEvent("saga.compensating", reason, step, f"{instance_id}:deadline:compensating")
+            await self.events.append(instance_id, [passed, compensating], status="compensating")
+            update = {"status": "compensating", "failure": reason}
+            await graph.aupdate_state(config, Command(goto=COMPENSATE_NODE, update=update), as_node=step)
+            with contextlib.suppress(JourneyError):  # a failing undo is recorded and can be retried
+                await self.instances.advance(graph, instance_id, instance.pattern, None, cause="step")
+            return
+        failed = failure(instance.pattern, "deadline", DEADLINE_FAILURE, step)
+        await self.events.append(instance_id, [passed, failed], status="failed")
+        # The thread ends where it stood (no step runs after it), so no later advance moves it.
+        await graph.aupdate_state(config, {"status": "failed", "failure": reason}, as_node=step or START)
 
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
