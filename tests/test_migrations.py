@@ -39,11 +39,12 @@ CREATE TABLE journey_events (
 CREATE INDEX ix_journey_events_type ON journey_events (type);
 CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id);
 """
-# What migrations 6 to 10 added, taken away again: their DDL is frozen, so it runs on the schema before them.
+# What migrations 6 to 13 added, taken away again: their DDL is frozen, so it runs on the schema before them.
 UNDO_MIGRATIONS_6_TO_10 = """
 DROP TABLE process_message_starts;
 ALTER TABLE server_runs DROP COLUMN output, DROP COLUMN job_id, DROP COLUMN cancel_requested_at, DROP COLUMN durability;
 DROP TABLE lifecycle_rollback_requests;
+DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 """
 
 
@@ -107,6 +108,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             for column in ("output", "job_id", "cancel_requested_at", "durability"):  # migrations 7 and 8
                 await conn.execute(text(f"ALTER TABLE server_runs DROP COLUMN {column}"))
             await conn.execute(text("DROP TABLE lifecycle_rollback_requests"))  # migration 10
+            for table in ("journey_start_keys", "journey_concurrency_slots", "journey_queued_starts"):  # 13
+                await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()
