@@ -7,7 +7,7 @@ agent registry and an orchestrator for every registered pattern (:mod:`graphs.ke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,8 @@ class JourneyRuntime:
         self.analytics = JourneyAnalytics(store)
         self._designs = designs
         self.instances = designs.instances  # the one instance lifecycle every pattern goes through
+        # Workflow tiers (SPEC G7): ``evaluators.register(name, fn)`` and ``evaluators.set_prices({...})``.
+        self.evaluators = designs.instances.evaluation
 
     @classmethod
     @asynccontextmanager
@@ -104,13 +106,15 @@ class JourneyRuntime:
         pool_size: int = 10,
         guide_model: ModelFactory | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
         ``default_agents`` registers a deterministic agent for every intent the templates name that
         has no agent yet, so the catalog runs offline. Register your own before or after opening.
         ``lock_timeout``: seconds a call waits for a journey that another call (of this process or
-        another) is changing, before it gets :class:`ConcurrentUpdateError`.
+        another) is changing, before it gets :class:`ConcurrentUpdateError`. ``prices``: model name →
+        ``{"input_per_1k": …, "output_per_1k": …}``, what evaluated runs' token usage costs.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -122,7 +126,7 @@ class JourneyRuntime:
                 if intent not in registry:
                     registry.register(intent, EchoAgent(intent, output), description="deterministic default")
         async with open_store(url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout) as store:
-            yield cls(
+            runtime = cls(
                 store,
                 agents=registry,
                 templates=catalog,
@@ -132,6 +136,8 @@ class JourneyRuntime:
                 durability=durability,
                 guide_model=guide_model,
             )
+            runtime.evaluators.set_prices(prices or {})
+            yield runtime
 
     async def history(self, instance_id: str) -> list[Event]:
         """Every event of one journey run, in order."""

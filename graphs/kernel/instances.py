@@ -34,6 +34,7 @@ from checkpoints.flow import ENDED_STATUSES, FlowControl
 from checkpoints.index import Instance
 from checkpoints.process.timers import TimerStore
 from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
+from graphs.kernel.evaluation import Evaluation
 from graphs.kernel.flow import (
     DEADLINE_PASSED,
     DEADLINE_PURPOSE,
@@ -93,6 +94,7 @@ class Instances:
         self.events = engine.store.events
         self.flow = FlowControl(engine.store.backend, engine.store.clock)
         self.timers = TimerStore(engine.store.engine, engine.store.clock)
+        self.evaluation = Evaluation()  # evaluators and prices for the runs of specs with a workflow tier
         self._kinds: dict[str, Recoverable] = {}
 
     def register(self, kind: Recoverable) -> None:

@@ -23,6 +23,7 @@ from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
+from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
@@ -90,6 +91,9 @@ class StructuredSpec(BaseModel):
     )
     deadline: DeadlineSpec | None = Field(
         default=None, description="the whole run's deadline: it fails, or a saga compensates, when it passes"
+    )
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="the workflow tier: thresholds each finished run is evaluated against"
     )
 
     @property

@@ -112,6 +112,13 @@ class StructuredOrchestrator:
         instance_id = structured_instance_id(journey_id, user_id)
         return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
 
+    async def review_journey_run(
+        self, journey_id: str, user_id: str, *, approved: bool, by: str, note: str = ""
+    ) -> dict[str, Any]:
+        """Decide on a run its tier's evaluation held for review: ``approved`` completes it, else it fails."""
+        instance_id = structured_instance_id(journey_id, user_id)
+        return await self._runs.review(instance_id, approved=approved, by=by, note=note)
+
     async def retry_journey_step(self, journey_id: str, user_id: str) -> dict[str, Any]:
         return await self._runs.retry(structured_instance_id(journey_id, user_id))
 

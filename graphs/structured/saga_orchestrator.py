@@ -90,6 +90,10 @@ class SagaOrchestrator:
         at that handler (the steps already undone are not undone again)."""
         return await self._runs.retry(saga_id)
 
+    async def review_saga_run(self, saga_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """Decide on a saga run its tier's evaluation held for review: ``approved`` completes it, else it fails."""
+        return await self._runs.review(saga_id, approved=approved, by=by, note=note)
+
     async def get_saga_status(self, saga_id: str) -> dict[str, Any]:
         return await self._runs.status(saga_id)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ from graphs.errors import (
 )
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
+from graphs.kernel.evaluation import EVALUATED, IN_REVIEW, REVIEWED, EvaluatorError, NotInReviewError, RunInReviewError
 from graphs.kernel.flow import QUEUED, ExistingStart, JourneyQueuedError, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
@@ -83,6 +84,8 @@ class StepJourneys:
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError(f"context must be a mapping, got {type(context).__name__}")
         pattern, spec, graph = await self._load(journey_id)
+        if spec.evaluation is not None and (missing := self.instances.evaluation.missing(spec.evaluation)):
+            raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         controls = StartControls.of(start_key, start_key_window, spec.concurrency, context or {}, spec.deadline)
         started = NewEvent(
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
@@ -102,7 +105,7 @@ class StepJourneys:
                     options=options,
                     controls=controls,
                 )
-                standing = Standing.of(outcome)
+                standing = await self._evaluate(instance_id, pattern, spec, graph, Standing.of(outcome))
         except ExistingStart as existing:
             return await self.status(existing.instance_id)
         return await self.view(created or await self.instance(instance_id), spec, standing)
@@ -120,6 +123,11 @@ class StepJourneys:
             raise JourneyNotStartedError(
                 f"journey run {instance_id!r} has not been started; execute the journey first",
                 allowed=["execute_journey"],
+                instance_id=instance_id,
+            )
+        if found.status == IN_REVIEW:
+            raise RunInReviewError(
+                f"journey run {instance_id!r} broke a threshold of its tier and waits for review (review_run)",
                 instance_id=instance_id,
             )
         if found.status == QUEUED:
@@ -150,6 +158,7 @@ class StepJourneys:
                     allowed=targets,
                 )
             standing = await self._run(graph, found, resume_pending(snapshot, result), options)
+            standing = await self._evaluate(instance_id, found.pattern, spec, graph, standing)
         view = await self.view(await self.instance(instance_id), spec, standing)
         return {**view, "completed_step": current}
 
@@ -202,6 +211,48 @@ class StepJourneys:
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return (await self._load(instance.journey_id))[2]
+
+    async def _evaluate(
+        self, instance_id: str, pattern: str, spec: StructuredSpec, graph: Graph, standing: Standing
+    ) -> Standing:
+        """A run that has just completed is evaluated against its tier (once): a breach fails it, or holds it
+        for review, as the tier says (under ``exclusive``)."""
+        tier = spec.evaluation
+        if tier is None or standing.status != "completed":
+            return standing
+        steps = await self.events.list(instance_id, types=[COMPLETED_STEP])
+        result = await self.instances.evaluation.evaluate(tier, steps)
+        recorded = NewEvent(EVALUATED, result, None, f"{instance_id}:evaluation")
+        if result["passed"]:
+            await self.events.append(instance_id, [recorded])
+            return standing
+        if tier.on_breach == "fail":
+            breached = [b["metric"] for b in result["breaches"]]
+            details = {"error": f"the run broke its tier's thresholds: {breached}", "error_type": "ThresholdBreached"}
+            status, also = "failed", [failure(pattern, "evaluation", details)]
+        else:
+            status, also = IN_REVIEW, []
+        await self.events.append(instance_id, [recorded, *also], status=status)
+        last = steps[-1].step if steps else None
+        await graph.aupdate_state(self.engine.config(instance_id), {"status": status}, as_node=last or START)
+        return replace(standing, status=status)
+
+    async def review(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """A person's decision on a run held for review: ``approved`` completes it, otherwise it fails."""
+        found = await self.instance(instance_id)
+        graph = (await self._load(found.journey_id))[2]
+        async with self.engine.exclusive(instance_id):
+            found = await self.instance(instance_id)
+            if found.status != IN_REVIEW:
+                raise NotInReviewError(f"journey run {instance_id!r} is {found.status}, not in review", allowed=[])
+            status = "completed" if approved else "failed"
+            decision = NewEvent(REVIEWED, {"approved": approved, "by": by, "note": note}, None, f"{instance_id}:review")
+            also = [] if approved else [failure(found.pattern, "review", {"error": note or f"rejected by {by}"})]
+            await self.events.append(instance_id, [decision, *also], status=status)
+            steps = await self.events.list(instance_id, types=[COMPLETED_STEP])
+            last = steps[-1].step if steps else None
+            await graph.aupdate_state(self.engine.config(instance_id), {"status": status}, as_node=last or START)
+        return await self.status(instance_id)
 
     async def _expire(self, instance: Instance, graph: Graph, on_expiry: str, passed: NewEvent) -> None:
         """The deadline passed (under ``exclusive``): a saga with ``on_expiry="compensate"`` compensates its
@@ -271,6 +322,11 @@ class StepJourneys:
         }
         if standing.failed:
             view["failed_step"] = standing.failed
+        if spec.evaluation is not None:
+            found = await self.events.list(instance.instance_id, types=[EVALUATED, REVIEWED])
+            evaluated = [e.payload for e in found if e.type == EVALUATED]
+            reviewed = [e.payload for e in found if e.type == REVIEWED]
+            view["evaluation"] = {**(evaluated[-1] if evaluated else {}), "review": reviewed[-1] if reviewed else None}
         if instance.pattern == "saga":
             view |= {
                 "saga_id": instance.instance_id,
