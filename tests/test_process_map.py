@@ -107,7 +107,7 @@ async def test_a_crash_mid_map_reruns_only_the_unfinished_items(durable_url: str
 
 async def test_a_map_is_checked_when_deployed(store_url: str) -> None:
     async with JourneyRuntime.open(store_url) as rt:
-        with pytest.raises(SpecError, match="needs an agent for intent 'crm.enrich'"):
+        with pytest.raises(SpecError, match=r"needs an agent for intent 'crm\.enrich'"):
             await rt.processes.deploy(mapping())
         rt.agents.register("crm.enrich", lambda request: {})
         for bad in ({"max_concurrency": 0}, {"tolerated_failure_percentage": 120}, {"output_schema": {"type": 1}}):
