@@ -312,3 +312,14 @@ async def test_a_deadline_that_cannot_be_read_is_refused_at_design(store_url: st
         for after in ("P2X", 0, "PT0S"):
             with pytest.raises(SpecError):
                 await rt.structured.design_journey("review", spec=with_deadline(after))
+
+
+async def test_a_structured_start_repeated_with_its_key_answers_the_journey(store_url: str) -> None:
+    """A structured run's id is its (journey, user): the repeated start with the same key answers it
+    rather than refusing it as a duplicate."""
+    async with JourneyRuntime.open(store_url) as rt:
+        journey = await rt.structured.design_journey("review", spec=TWO_STEPS)
+        first = await rt.structured.execute_journey(journey["journey_id"], "ana", {}, start_key="k-1")
+        await rt.structured.advance_journey_step(journey["journey_id"], "ana", {"text": "v1"})
+        again = await rt.structured.execute_journey(journey["journey_id"], "ana", {}, start_key="k-1")
+        assert again["instance_id"] == first["instance_id"] and again["completed_steps"] == ["draft"]

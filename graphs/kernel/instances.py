@@ -134,6 +134,11 @@ class Instances:
                 existing = await self.flow.started_with(controls.start_key)
                 if existing is not None and existing != instance_id:
                     raise ExistingStart(existing)
+                if existing == instance_id:  # this very start again: go on with one a crash cut short
+                    try:
+                        return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+                    except DuplicateInstanceError:
+                        raise ExistingStart(instance_id) from None
                 if existing is None:
                     await self.flow.drop_expired(controls.start_key)
                     expires_at = self.engine.store.clock.now() + controls.window
