@@ -77,11 +77,11 @@ class Evaluation:
             scores = [await _score(evaluator, step, output) for step, output in outputs]
             figures[metric] = round(sum(scores) / len(scores), 6) if scores else None
         breaches = []
-        for metric, limit in spec.thresholds.model_dump(exclude_none=True).items():
-            value = figures.get(metric)
-            upper = metric in ("p95_latency_s", "cost_per_run")
+        for limited, limit in spec.thresholds.model_dump(exclude_none=True).items():
+            value = figures.get(limited)
+            upper = limited in ("p95_latency_s", "cost_per_run")
             if value is None or (value > limit if upper else value < limit):
-                breaches.append({"metric": metric, "value": value, "threshold": limit})
+                breaches.append({"metric": limited, "value": value, "threshold": limit})
         return {"tier": spec.tier, "figures": figures, "breaches": breaches, "passed": not breaches}
 
     def _cost(self, output: Mapping[str, Any]) -> float:

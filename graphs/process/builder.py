@@ -336,14 +336,15 @@ class _Builder:
             failures = [failure for _output, failure in done if failure is not None]
             summary = {"items": len(items), "succeeded": len(items) - len(failures), "failed": len(failures)}
             if not task.tolerates(len(failures), len(items)):
+                error = f"{len(failures)} of {len(items)} items failed, more than map {task.id!r} tolerates"
+                if not self.compensable:
+                    raise MapFailedError(error, **summary, failures=failures)
                 failure = {
                     "element": task.id,
-                    "error": f"{len(failures)} of {len(items)} items failed, more than map {task.id!r} tolerates",
+                    "error": error,
                     "error_type": MapFailedError.__name__,
                     "failures": failures,
                 }
-                if not self.compensable:
-                    raise MapFailedError(failure["error"], **summary, failures=failures)
                 await node.events.append(
                     instance_id,
                     [failure_event("process", "map", failure, task.id, f"{name}:failed")],
