@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Executable, bindparam, func, insert, select
 
-from checkpoints.backends.base import Backend
+from checkpoints.backends.base import Backend, Params
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
@@ -65,7 +65,7 @@ _REGISTER_INSTANCE = insert(journey_instances).values(
     journey_id=bindparam("p_journey_id", type_=_instances.journey_id.type),
     pattern=bindparam("p_pattern", type_=_instances.pattern.type),
     user_id=bindparam("p_user_id", type_=_instances.user_id.type),
-    status="in_progress",
+    status=bindparam("p_status", type_=_instances.status.type),
     created_at=bindparam("p_created_at", type_=_instances.created_at.type),
     updated_at=bindparam("p_created_at", type_=_instances.updated_at.type),
     owner=bindparam("p_owner", type_=_instances.owner.type),
@@ -117,10 +117,19 @@ class JourneyIndex:
         return Design(**found[0]) if found else None
 
     async def create_instance(
-        self, instance_id: str, journey_id: str, pattern: str, user_id: str, *, first_event: NewEvent
+        self,
+        instance_id: str,
+        journey_id: str,
+        pattern: str,
+        user_id: str,
+        *,
+        first_event: NewEvent,
+        status: str = "in_progress",
+        also: Sequence[tuple[Executable, Params]] = (),
     ) -> Instance:
         """Register a new instance and its first event in one transaction, owned by the caller the server
-        acts for (:func:`checkpoints.ownership.acting_as`)."""
+        acts for (:func:`checkpoints.ownership.acting_as`), with ``also`` (prebuilt statements and their
+        values: a start key, a concurrency slot) in the same transaction."""
         now = self._clock.now()
         owner = new_row_owner()
         values = {
@@ -143,9 +152,17 @@ class JourneyIndex:
             ),
             "p_key": first_event.key,
             "p_created_at": now,
+            "p_status": status,
         }
         try:
-            await self._backend.write([_REGISTER_INSTANCE, _FIRST_EVENT], values)
+            if also:
+                async with self._backend.transaction() as tx:
+                    await tx.execute(_REGISTER_INSTANCE, values)
+                    await tx.execute(_FIRST_EVENT, values)
+                    for statement, params in also:
+                        await tx.execute(statement, params)
+            else:
+                await self._backend.write([_REGISTER_INSTANCE, _FIRST_EVENT], values)
         except Exception as exc:
             if not self._backend.is_unique_violation(exc):
                 raise
@@ -155,7 +172,7 @@ class JourneyIndex:
             ) from exc
         for listener in self._listeners:
             await listener(instance_id, journey_id, pattern)
-        return Instance(instance_id, journey_id, pattern, user_id, "in_progress", now, now, **owner)
+        return Instance(instance_id, journey_id, pattern, user_id, status, now, now, **owner)
 
     async def get_instance(self, instance_id: str, *, viewer: Viewer | None = None) -> Instance | None:
         """The instance, or None when there is none that ``viewer`` may see (None: no owner filter)."""

@@ -255,6 +255,12 @@ class NoFlowError(JourneyError):
     category = "failed"
 
 
+class MapFailedError(JourneyError):
+    """A map element's items failed beyond its tolerance, or its items variable is not a list."""
+
+    category = "failed"
+
+
 class PatternRegistrationError(JourneyError):
     """A pattern cannot be registered: its name is taken, or its assistant has another id."""
 

@@ -7,7 +7,7 @@ agent registry and an orchestrator for every registered pattern (:mod:`graphs.ke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,8 @@ class JourneyRuntime:
         self.analytics = JourneyAnalytics(store)
         self._designs = designs
         self.instances = designs.instances  # the one instance lifecycle every pattern goes through
+        # Workflow tiers (SPEC G7): ``evaluators.register(name, fn)`` and ``evaluators.set_prices({...})``.
+        self.evaluators = designs.instances.evaluation
 
     @classmethod
     @asynccontextmanager
@@ -128,13 +130,15 @@ class JourneyRuntime:
         bulkhead_wait: float | None = None,
         encryption_key: bytes | str | None = None,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
         ``default_agents`` registers a deterministic agent for every intent the templates name that
         has no agent yet, so the catalog runs offline. Register your own before or after opening.
         ``lock_timeout``: seconds a call waits for a journey that another call (of this process or
-        another) is changing, before it gets :class:`ConcurrentUpdateError`.
+        another) is changing, before it gets :class:`ConcurrentUpdateError`. ``prices``: model name →
+        ``{"input_per_1k": …, "output_per_1k": …}``, what evaluated runs' token usage costs.
 
         Resilience defaults for agents registered without their own: ``agent_timeout`` per attempt (seconds
         or ISO 8601), ``circuit`` (a breaker per intent, shared through the store), ``bulkhead_limit``
@@ -158,7 +162,7 @@ class JourneyRuntime:
         async with open_store(
             url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout, encryption_key=encryption_key
         ) as store:
-            yield cls(
+            runtime = cls(
                 store,
                 agents=registry,
                 templates=catalog,
@@ -172,6 +176,8 @@ class JourneyRuntime:
                 bulkhead_wait=bulkhead_wait,
                 max_output_bytes=max_output_bytes,
             )
+            runtime.evaluators.set_prices(prices or {})
+            yield runtime
 
     async def history(self, instance_id: str) -> list[Event]:
         """Every event of one journey run, in order."""

@@ -22,3 +22,9 @@ class TimerDefinitionError(JourneyError, ValueError):
 
     # Still a ValueError: pydantic validators and callers that catch ValueError keep working.
     category = "invalid"
+
+
+class FlowSettingError(JourneyError, ValueError):
+    """A start key, its window, a deadline or a start input's concurrency key value that cannot be used."""
+
+    category = "invalid"

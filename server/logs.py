@@ -20,10 +20,10 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import ExcInfo, Processor
 
+from checkpoints.redaction import REDACTED, is_sensitive, redact
+
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS = ("auto", "json", "console")
-
-from checkpoints.redaction import REDACTED, is_sensitive, redact
 
 MAX_VALUE_CHARS = 2000  # an event's value, and a traceback's line
 MAX_TRACEBACK_LINES = 400  # a deep recursion keeps its first and last frames

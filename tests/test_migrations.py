@@ -51,6 +51,7 @@ ALTER TABLE journey_instances DROP COLUMN owner, DROP COLUMN tenant, DROP COLUMN
 DROP INDEX ix_server_threads_owner;
 ALTER TABLE server_threads DROP COLUMN tenant, DROP COLUMN shared_group;
 ALTER TABLE server_runs DROP COLUMN tenant, DROP COLUMN shared_group;
+DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 """
 
 
@@ -130,6 +131,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             ):
                 for column in columns:
                     await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            for table in ("journey_start_keys", "journey_concurrency_slots", "journey_queued_starts"):  # 13
+                await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()

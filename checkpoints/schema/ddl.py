@@ -957,3 +957,39 @@ _V12_COLUMNS = (
     "ALTER TABLE server_runs ADD COLUMN shared_group VARCHAR(200)",
 )
 V12_OWNERSHIP: DDL = {"sqlite": _V12_COLUMNS, "postgresql": _V12_COLUMNS}
+
+# Migration 13: instance-level flow control (checkpoints.schema.flow_tables).
+V13_FLOW_CONTROL: DDL = {
+    dialect: (
+        f"""\
+CREATE TABLE journey_start_keys (
+    start_key VARCHAR(200) NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    expires_at {moment} NOT NULL,
+    created_at {moment} NOT NULL,
+    PRIMARY KEY (start_key)
+)
+""",
+        f"""\
+CREATE TABLE journey_concurrency_slots (
+    concurrency_key VARCHAR(200) NOT NULL,
+    slot INTEGER NOT NULL,
+    instance_id VARCHAR(200) NOT NULL,
+    taken_at {moment} NOT NULL,
+    CONSTRAINT pk_journey_concurrency_slots PRIMARY KEY (concurrency_key, slot)
+)
+""",
+        "CREATE INDEX ix_journey_concurrency_slots_instance ON journey_concurrency_slots (instance_id)",
+        f"""\
+CREATE TABLE journey_queued_starts (
+    instance_id VARCHAR(200) NOT NULL,
+    concurrency_key VARCHAR(200) NOT NULL,
+    "limit" INTEGER NOT NULL,
+    queued_at {moment} NOT NULL,
+    PRIMARY KEY (instance_id)
+)
+""",
+        "CREATE INDEX ix_journey_queued_starts_key ON journey_queued_starts (concurrency_key, queued_at)",
+    )
+    for dialect, moment in (("sqlite", "DATETIME"), ("postgresql", "TIMESTAMP WITH TIME ZONE"))
+}

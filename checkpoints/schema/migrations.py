@@ -85,6 +85,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "lifecycle rollback requests: seen by a unit of work in any process", ddl.V10_ROLLBACK_REQUESTS),
     Migration(11, "agent guards: a circuit breaker and a rate-limit bucket per intent", ddl.V11_AGENT_GUARDS),
     Migration(12, "owners: who created each journey instance, thread and run, in which tenant", ddl.V12_OWNERSHIP),
+    Migration(13, "flow control: idempotent start keys, concurrency slots, queued starts", ddl.V13_FLOW_CONTROL),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -11,22 +11,40 @@ Orchestrators keep their public API and their views; the moves of an instance go
 - **retry**: the failed task runs again, after one retry event.
 - **cancel**: one event, and the instance is ``cancelled``.
 - **recover**: one pass over every open instance of every pattern.
+- **flow control** (:mod:`graphs.kernel.flow`): a start may carry a start key (an earlier start with
+  the same key answers instead) and a concurrency key (queued or refused above its limit); queued
+  starts run when a slot frees (:meth:`Instances.dispatch_queued`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
+import isodate
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
-from checkpoints.errors import DuplicateInstanceError, JourneyError
+from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, JourneyError
 from checkpoints.events import Event, NewEvent
+from checkpoints.flow import ENDED_STATUSES, FlowControl
 from checkpoints.index import Instance
+from checkpoints.process.timers import TimerStore
 from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
+from graphs.kernel.evaluation import Evaluation
+from graphs.kernel.flow import (
+    DEADLINE_PASSED,
+    DEADLINE_PURPOSE,
+    DEQUEUED,
+    QUEUED,
+    ConcurrencyLimitError,
+    DeadlineSpec,
+    ExistingStart,
+    StartControls,
+)
 from nodes.services import FAILED, failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -35,6 +53,10 @@ __all__ = ["FAILED", "OPEN_STATUSES", "Instances", "Recoverable", "failure", "ne
 # Statuses of an instance that may still have work to finish (the others are final, or wait for a person
 # in a way recovery cannot change): a saga compensating, a lifecycle journey pending/active/rolling back.
 OPEN_STATUSES = ("in_progress", "compensating", "pending", "active", "rollback")
+# What a deadline's failure event says.
+DEADLINE_FAILURE = {"error": "the journey's deadline passed before it ended", "error_type": "DeadlineExceededError"}
+# Registering an instance with a start key or a concurrency slot retries when another start wins a race.
+_REGISTER_ATTEMPTS = 20
 
 
 def error_details(exc: JourneyError) -> dict[str, Any]:
@@ -57,6 +79,9 @@ class Recoverable:
     start_input: Callable[[Instance, Event], Awaitable[dict[str, Any]]]
     before: Callable[[], Awaitable[list[str]]] | None = None
     after: Callable[[], Awaitable[list[str]]] | None = None
+    # The pattern's end of a run whose deadline passed (under ``exclusive``): it logs ``passed`` and fails
+    # the instance, or compensates when ``on_expiry`` says so and the pattern can.
+    expire: Callable[[Instance, Graph, str, NewEvent], Awaitable[None]] | None = None
 
 
 class Instances:
@@ -67,6 +92,9 @@ class Instances:
         self.engine = engine
         self.index = engine.store.index
         self.events = engine.store.events
+        self.flow = FlowControl(engine.store.backend, engine.store.clock)
+        self.timers = TimerStore(engine.store.engine, engine.store.clock)
+        self.evaluation = Evaluation()  # evaluators and prices for the runs of specs with a workflow tier
         self._kinds: dict[str, Recoverable] = {}
 
     def register(self, kind: Recoverable) -> None:
@@ -77,17 +105,119 @@ class Instances:
     # --- start ---------------------------------------------------------------------------------------
 
     async def create(
-        self, instance_id: str, design_id: str, pattern: str, user_id: str, first_event: NewEvent, graph: Graph
+        self,
+        instance_id: str,
+        design_id: str,
+        pattern: str,
+        user_id: str,
+        first_event: NewEvent,
+        graph: Graph,
+        *,
+        controls: StartControls | None = None,
     ) -> Instance | None:
         """Register the instance with its first event, in one transaction (call under ``exclusive``).
 
         An id registered before is refused with :class:`DuplicateInstanceError`, unless a crash cut its
         start short before the first checkpoint: None then, and the caller runs the start again (with
-        ``replay``, so that work its first try logged is not done twice).
+        ``replay``, so that work its first try logged is not done twice). A queued instance, or one
+        that ``controls.start_key`` names, raises :class:`ExistingStart`: the caller answers that one.
+        With a concurrency key and no free slot, the instance is registered ``queued`` (its caller does
+        not run it) or refused with :class:`ConcurrencyLimitError`, as the spec says.
         """
+        if controls is None:
+            return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+        if controls.deadline is not None:
+            await self._arm_deadline(instance_id, controls.deadline)
+        for _attempt in range(_REGISTER_ATTEMPTS):
+            status, also = "in_progress", []
+            if controls.start_key is not None:
+                existing = await self.flow.started_with(controls.start_key)
+                if existing is not None and existing != instance_id:
+                    raise ExistingStart(existing)
+                if existing == instance_id:  # this very start again: go on with one a crash cut short
+                    try:
+                        return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+                    except DuplicateInstanceError:
+                        raise ExistingStart(instance_id) from None
+                if existing is None:
+                    await self.flow.drop_expired(controls.start_key)
+                    expires_at = self.engine.store.clock.now() + controls.window
+                    also.append(self.flow.claim_key(controls.start_key, instance_id, expires_at))
+            key = controls.concurrency_key
+            if key is not None and controls.concurrency is not None:
+                limit = controls.concurrency.limit
+                slot = await self.flow.free_slot(key, limit)
+                if slot is not None:
+                    also.append(self.flow.take_slot(key, slot, instance_id))
+                elif controls.concurrency.on_limit == "reject":
+                    raise ConcurrencyLimitError(
+                        f"{limit} journey(s) with {key} are running already, the limit of its spec",
+                        concurrency_key=key,
+                        limit=limit,
+                    )
+                else:
+                    status = QUEUED
+                    also.append(self.flow.queue(instance_id, key, limit))
+            try:
+                return await self.index.create_instance(
+                    instance_id, design_id, pattern, user_id, first_event=first_event, status=status, also=also
+                )
+            except DuplicateInstanceError:
+                if await self.index.get_instance(instance_id) is not None:
+                    return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+                # Another start took the key or the slot meanwhile: look again.
+        raise ConcurrentUpdateError(f"could not register {instance_id!r}: its start key or slots kept changing")
+
+    async def _arm_deadline(self, instance_id: str, deadline: DeadlineSpec) -> None:
+        """Arm the instance's deadline before it is registered, so no registered instance lacks it (a timer
+        of a start refused or cut short finds no instance when it fires, and is dropped)."""
+        now = self.engine.store.clock.now()
+        duration = deadline.duration
+        arm = self.timers.schedule_statement(
+            f"deadline:{instance_id}",
+            element="(deadline)",
+            purpose=DEADLINE_PURPOSE,
+            definition={"duration": isodate.duration_isoformat(duration)},
+            due_at=now + duration,
+            origin=now,
+            instance_id=instance_id,
+            data={"on_expiry": deadline.on_expiry},
+        )
+        await self.timers.execute([arm])
+
+    async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
+        """The instance's deadline has passed: unless it has ended, log it and end it as ``on_expiry`` says
+        (a queued instance never starts: it fails). False when there was nothing to end."""
+        instance = await self.index.get_instance(instance_id)
+        kind = None if instance is None else self._kinds.get(instance.pattern)
+        if instance is None or kind is None or kind.expire is None or instance.status in ENDED_STATUSES:
+            return False
+        passed = NewEvent(
+            DEADLINE_PASSED, {"deadline": due_at.isoformat(), "on_expiry": on_expiry}, None, f"{instance_id}:deadline"
+        )
+        graph = await kind.graph(instance)
+        async with self.engine.exclusive(instance_id):
+            instance = await self.index.get_instance(instance_id)  # read under the lock: it may have ended
+            if instance is None or instance.status in ENDED_STATUSES:
+                return False
+            if instance.status == QUEUED:
+                failed = failure(instance.pattern, "deadline", DEADLINE_FAILURE)
+                await self.events.append(
+                    instance_id, [passed, failed], status="failed", also=[self.flow.unqueue(instance_id)]
+                )
+            else:
+                await kind.expire(instance, graph, on_expiry, passed)
+        return True
+
+    async def _register(
+        self, instance_id: str, design_id: str, pattern: str, user_id: str, first_event: NewEvent, graph: Graph
+    ) -> Instance | None:
         try:
             return await self.index.create_instance(instance_id, design_id, pattern, user_id, first_event=first_event)
         except DuplicateInstanceError:
+            found = await self.index.get_instance(instance_id)
+            if found is not None and found.status == QUEUED:
+                raise ExistingStart(instance_id) from None
             if (await graph.aget_state(self.engine.config(instance_id))).values:
                 raise
             return None
@@ -104,11 +234,14 @@ class Instances:
         *,
         cause: str = "run",
         options: RunOptions = DEFAULT_RUN,
+        controls: StartControls | None = None,
     ) -> tuple[Instance | None, Outcome]:
         """Register the instance (see :meth:`create`) and run its first run from ``initial`` (under
         ``exclusive``; a failure is recorded as in :meth:`advance`). Answers the instance registered
-        (None: a start resumed) and the run's outcome."""
-        created = await self.create(instance_id, design_id, pattern, user_id, first_event, graph)
+        (None: a start resumed) and the run's outcome (empty for a queued instance, which does not run)."""
+        created = await self.create(instance_id, design_id, pattern, user_id, first_event, graph, controls=controls)
+        if created is not None and created.status == QUEUED:
+            return created, {}
         # The first run of an instance registered just now has no logged work to look up; a resumed
         # start (one a crash cut short) looks each keyed unit of work up before doing it.
         outcome = await self.advance(
@@ -189,7 +322,43 @@ class Instances:
         for kind in kinds:
             if kind.after is not None:
                 note(await kind.after())
+        note(await self.dispatch_queued())
         return resumed
+
+    async def dispatch_queued(self) -> list[str]:
+        """Start the queued instances whose concurrency key has a free slot again, oldest first, and run
+        their first run. Any process may call it at any time (every scheduler pass and ``recover`` do):
+        the slot's unique key and the keyed dequeue event let one caller start each. Returns their ids."""
+        started: list[str] = []
+        full: set[str] = set()
+        for queued in await self.flow.queued():
+            if queued.concurrency_key in full:
+                continue
+            slot = await self.flow.free_slot(queued.concurrency_key, queued.limit)
+            if slot is None:
+                full.add(queued.concurrency_key)
+                continue
+            instance = await self.index.get_instance(queued.instance_id)
+            kind = None if instance is None else self._kinds.get(instance.pattern)
+            if instance is None or kind is None:
+                continue
+            dequeued = NewEvent(
+                DEQUEUED,
+                {"concurrency_key": queued.concurrency_key, "slot": slot},
+                None,
+                f"{queued.instance_id}:dequeued",
+            )
+            try:
+                [won] = await self.events.append(
+                    queued.instance_id, [dequeued], also=self.flow.dequeue(queued, slot, instance_status="in_progress")
+                )
+            except Exception as exc:
+                if not self.engine.store.backend.is_unique_violation(exc):
+                    raise
+                continue  # another caller took that slot first
+            if won and await self._recover_one(kind, replace(instance, status="in_progress")):
+                started.append(queued.instance_id)
+        return started
 
     async def graph(self, instance: Instance) -> Graph:
         """The compiled graph ``instance`` runs on (its pattern must be registered)."""

@@ -19,6 +19,7 @@ goes to the event log.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypedDict, cast
 
@@ -28,12 +29,13 @@ from langgraph.types import Command
 
 from agents.errors import AgentError
 from checkpoints.events import NewEvent
-from graphs.errors import NoFlowError
+from graphs.errors import MapFailedError, NoFlowError
 from graphs.process.blocks import Level, analyse, is_fork, is_join
 from graphs.process.spec import (
     EndEvent,
     EventGateway,
     ExclusiveGateway,
+    MapTask,
     MessageEvent,
     ParallelGateway,
     ProcessSpec,
@@ -155,6 +157,8 @@ class _Builder:
             builder.add_node(element_id, self.service_node(element, level))
         elif isinstance(element, Transaction):
             builder.add_node(element_id, self.transaction_node(element, level))
+        elif isinstance(element, MapTask):
+            builder.add_node(element_id, self.map_node(element, level))
         elif isinstance(element, ExclusiveGateway):
             builder.add_node(element_id, self.exclusive_node(element, level))
         elif isinstance(element, ParallelGateway):
@@ -280,6 +284,88 @@ class _Builder:
                 )
                 return Command(goto=self.fail_target(level), update={"failure": failure, "visits": {task.id: visit}})
             cells, _changes = assign(state.get("variables"), pick(task.outputs, outcome.output))
+            return Command(goto=self.after(task.id, level), update={"variables": cells, "visits": {task.id: visit}})
+
+        run.__name__ = f"run_{task.id}"
+        return run
+
+    def map_node(self, task: MapTask, level: Level) -> Any:
+        node, spec = self.services.node, self.spec
+
+        async def run(state: ProcessState, config: RunnableConfig) -> Command[str]:
+            instance_id = thread_id(config)
+            visit = int((state.get("visits") or {}).get(task.id, 0)) + 1
+            name = f"{instance_id}:{task.id}:{visit}"
+            items = values(state.get("variables")).get(task.items)
+            if not isinstance(items, list):
+                raise MapFailedError(
+                    f"map {task.id!r} maps over variable {task.items!r}, which is not a list", element=task.id
+                )
+            gate = asyncio.Semaphore(task.max_concurrency)
+
+            async def one(index: int, item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+                key = f"{name}:{index}"
+                async with gate:
+                    failed = await node.events.find_by_key(f"{key}:failed")
+                    if failed is not None:  # failed for good before a crash: not called again
+                        return None, dict(failed.payload)
+                    try:
+                        outcome = await perform_task(
+                            node,
+                            config,
+                            intent=task.agent,
+                            payload={"element": task.id, "process": spec.name, "index": index, "item": item},
+                            step=task.id,
+                            key=key,
+                            event_type="map.item_completed",
+                            recorder=lambda _output: Recording({"element": task.id, "index": index}),
+                            granted_permissions=self.granted,
+                            output_schema=task.output_schema,
+                        )
+                    except AgentError as exc:
+                        failure = {"index": index, "error": str(exc), "error_type": exc.code}
+                        await node.events.append(
+                            instance_id, [NewEvent("map.item_failed", failure, task.id, f"{key}:failed")]
+                        )
+                        return None, failure
+                return outcome.output, None
+
+            async with asyncio.TaskGroup() as group:
+                runs = [group.create_task(one(i, item)) for i, item in enumerate(items)]
+            done = [r.result() for r in runs]
+            results = [output for output, _failure in done]
+            failures = [failure for _output, failure in done if failure is not None]
+            summary = {"items": len(items), "succeeded": len(items) - len(failures), "failed": len(failures)}
+            if not task.tolerates(len(failures), len(items)):
+                error = f"{len(failures)} of {len(items)} items failed, more than map {task.id!r} tolerates"
+                if not self.compensable:
+                    raise MapFailedError(error, **summary, failures=failures)
+                failure = {
+                    "element": task.id,
+                    "error": error,
+                    "error_type": MapFailedError.__name__,
+                    "failures": failures,
+                }
+                await node.events.append(
+                    instance_id,
+                    [failure_event("process", "map", failure, task.id, f"{name}:failed")],
+                    status="compensating",
+                )
+                return Command(goto=self.fail_target(level), update={"failure": failure, "visits": {task.id: visit}})
+            cells, changes = assign(
+                state.get("variables"), {task.output_variable: results, task.failures_variable: failures}
+            )
+            await node.events.append(
+                instance_id,
+                [
+                    NewEvent(
+                        "map.finished",
+                        {**summary, "failures": failures, "changes": changes},
+                        task.id,
+                        f"{name}:finished",
+                    )
+                ],
+            )
             return Command(goto=self.after(task.id, level), update={"variables": cells, "visits": {task.id: visit}})
 
         run.__name__ = f"run_{task.id}"

@@ -123,6 +123,14 @@ class TimerHost(Resumer, Protocol):
 
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]: ...
 
+    async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
+        """A journey's deadline passed: end it as its spec says; False when it had ended already."""
+        ...
+
+    async def dispatch_queued(self) -> list[str]:
+        """Start the journeys of any pattern queued behind a concurrency limit whose slot has freed."""
+        ...
+
     async def routed(self, name: str, business_key: str) -> tuple[Deployment, ProcessSpec]:
         """The version a new instance with ``business_key`` goes to, and its spec."""
         ...

@@ -44,7 +44,8 @@ from graphs.errors import (
 )
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
-from graphs.kernel.instances import Recoverable
+from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -90,6 +91,7 @@ class ProcessOrchestrator:
                 self._start_input,
                 before=self._settle_migrations,
                 after=self._deliver_undelivered,
+                expire=self._expire,
             )
         )
 
@@ -254,8 +256,14 @@ class ProcessOrchestrator:
         instance_id: str | None = None,
         start_event: str | None = None,
         run_options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
-        """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks."""
+        """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks.
+
+        ``start_key``: a start with the same key within ``start_key_window`` (seconds or ISO 8601, default
+        24 hours) answers the instance that start began. The spec's ``concurrency`` limit is keyed on the
+        start variables: above it the instance is ``queued`` or refused (:mod:`graphs.kernel.flow`)."""
         if not isinstance(business_key, str) or not business_key:
             raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
         if variables is not None and not isinstance(variables, Mapping):
@@ -278,6 +286,7 @@ class ProcessOrchestrator:
             )
         merged = {**spec.variables, **(variables or {}), "business_key": business_key}
         self._check_variables(spec, merged)
+        controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged, spec.deadline)
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)
         started = NewEvent(
@@ -294,13 +303,18 @@ class ProcessOrchestrator:
             f"{instance_id}:started",
         )
         graph = self.graph_of(spec)
-        async with self.engine.exclusive(instance_id):
-            await self._designs.instances.create(
-                instance_id, deployment.design_id, PATTERN, business_key, started, graph
-            )
-            initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
-            went_through = await self.run(graph, instance_id, initial, run_options)
-            snapshot = await graph.aget_state(self.engine.config(instance_id))
+        try:
+            async with self.engine.exclusive(instance_id):
+                created = await self._designs.instances.create(
+                    instance_id, deployment.design_id, PATTERN, business_key, started, graph, controls=controls
+                )
+                if created is not None and created.status == QUEUED:  # it runs once a slot frees
+                    return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
+                initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
+                went_through = await self.run(graph, instance_id, initial, run_options)
+                snapshot = await graph.aget_state(self.engine.config(instance_id))
+        except ExistingStart as existing:
+            return await self.status(existing.instance_id)
         status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
         instance = Instance(
             instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
@@ -337,6 +351,24 @@ class ProcessOrchestrator:
             instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
         return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
+
+    async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
+        """A journey's (any pattern's) deadline passed: end it as its spec says (see ``Instances.expire``)."""
+        return await self._designs.instances.expire(instance_id, on_expiry, due_at)
+
+    async def _expire(self, instance: Instance, _graph: Graph, _on_expiry: str, passed: NewEvent) -> None:
+        """A process whose deadline passed fails: everything it waits on (tasks, timers, messages) is cancelled."""
+        failed = failure(PATTERN, "deadline", DEADLINE_FAILURE)
+        await self.store.events.append(
+            instance.instance_id,
+            [passed, failed],
+            status="failed",
+            also=self.services.waits.cancel_statements(instance.instance_id),
+        )
+
+    async def dispatch_queued(self) -> list[str]:
+        """Start the journeys (of every pattern) queued behind a concurrency limit whose slot has freed."""
+        return await self._designs.instances.dispatch_queued()
 
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
         """Process instances by id, in one read (ids that are not process instances are left out)."""

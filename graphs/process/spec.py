@@ -38,6 +38,7 @@ from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
 from nodes.criteria import Condition, Criteria
+from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
 
@@ -364,6 +365,42 @@ class Transaction(_Element):
         return self.output or f"{self.id}_status"
 
 
+class MapTask(_Element):
+    """Fan-out, as Step Functions' Map: ``agent`` is called once per item of the list variable ``items``, at
+    most ``max_concurrency`` at a time. Results go to ``output`` (a list in item order, None where an item
+    failed) and failures to ``failures`` (``[{"index", "error", "error_type"}]``). The map fails when more
+    items fail than ``tolerated_failure_count`` or ``tolerated_failure_percentage`` allow (by default none
+    may). Each item's result is logged as it completes: a crash mid-map re-runs only unfinished items."""
+
+    type: Literal["map"] = "map"
+    items: str = Field(min_length=1, max_length=100, description="the list variable to map over")
+    agent: str = Field(min_length=1, description="intent of the agent called for each item")
+    max_concurrency: int = Field(default=10, ge=1, le=1000)
+    tolerated_failure_count: int | None = Field(default=None, ge=0)
+    tolerated_failure_percentage: float | None = Field(default=None, ge=0, le=100)
+    output: str | None = Field(default=None, description="variable for the results; defaults to <id>_results")
+    failures: str | None = Field(default=None, description="variable for the failures; defaults to <id>_failures")
+    output_schema: dict[str, Any] | None = None
+
+    @property
+    def output_variable(self) -> str:
+        return self.output or f"{self.id}_results"
+
+    @property
+    def failures_variable(self) -> str:
+        return self.failures or f"{self.id}_failures"
+
+    def tolerates(self, failed: int, total: int) -> bool:
+        """Whether ``failed`` failures out of ``total`` items stay within the tolerance (either bound)."""
+        if failed == 0:
+            return True
+        by_count = self.tolerated_failure_count is not None and failed <= self.tolerated_failure_count
+        by_share = self.tolerated_failure_percentage is not None and failed * 100 <= (
+            self.tolerated_failure_percentage * total
+        )
+        return by_count or by_share
+
+
 Element = Annotated[
     StartEvent
     | EndEvent
@@ -375,7 +412,8 @@ Element = Annotated[
     | TimerEvent
     | MessageEvent
     | BoundaryTimer
-    | Transaction,
+    | Transaction
+    | MapTask,
     Field(discriminator="type"),
 ]
 WAIT_TYPES = ("user_task", "timer", "message", "event_gateway")
@@ -423,6 +461,12 @@ class ProcessSpec(BaseModel):
     )
     permissions: tuple[str, ...] | None = Field(
         default=None, description="scopes granted to this process's agents; None restricts nothing"
+    )
+    concurrency: ConcurrencySpec | None = Field(
+        default=None, description="at most `limit` running instances per value of `key` in the start variables"
+    )
+    deadline: DeadlineSpec | None = Field(
+        default=None, description="the whole run's deadline: the instance fails when it passes before it ends"
     )
 
     @field_validator("name")

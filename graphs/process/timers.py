@@ -35,6 +35,7 @@ from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.timers import DEFAULT_LEASE, Timer, TimerStore
+from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
 from graphs.process.spec import ProcessSpec
 from nodes.agent_call import Recording
@@ -53,6 +54,7 @@ class FiringReport:
     failed: int = 0
     resumed: int = 0  # threads resumed with a fired timer's resolution
     redelivered: int = 0  # resolutions a crash had kept from their thread, delivered now
+    dequeued: int = 0  # journeys queued behind a concurrency limit, started now that a slot freed
     lateness: list[float] = field(default_factory=list)  # per fired timer: seconds from due to fired
     resume_lateness: list[float] = field(default_factory=list)  # per resumed thread: seconds from due to resumed
     errors: list[str] = field(default_factory=list)
@@ -147,17 +149,24 @@ async def fire_due_timers(
         if await processes.deliver(wait.instance_id, wait.wait_id):
             report.redelivered += 1
     await processes.services.messages.expire()
+    report.dequeued = len(await processes.dispatch_queued())
     return report
 
 
 async def _fire_other(processes: TimerHost, timer: Timer, worker: str) -> bool:
     """Timers that do not end a wait: SLA escalations, reminders, timer starts."""
+    timers = processes.services.timers
+    if timer.purpose == DEADLINE_PURPOSE:  # a journey's whole-run deadline, for any pattern
+        assert timer.instance_id is not None
+        fired = await processes.expire(timer.instance_id, str(timer.data.get("on_expiry") or "fail"), timer.due_at)
+        done = timers.fired_statement(timer, worker, next_due=None, ticks=timer.ticks + 1)
+        await timers.execute([done if fired else timers.dropped_statement(timer, worker)])
+        return fired
     definition = TimerDefinition.model_validate(timer.definition)
     fired_at = processes.clock.now().astimezone(UTC)
     ticks = timer.ticks + 1
     if timer.purpose == "sla":
         return await _escalate(processes, timer, worker, ticks)
-    timers = processes.services.timers
     next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
     if timer.purpose == "reminder":
         fired = await _remind(processes, timer, ticks, skipped)

@@ -15,6 +15,7 @@ from graphs.process.spec import (
     EndEvent,
     EventGateway,
     ExclusiveGateway,
+    MapTask,
     MessageEvent,
     ParallelGateway,
     ProcessSpec,
@@ -82,7 +83,7 @@ def _degrees(spec: ProcessSpec) -> list[str]:
             problems.append(f"start event {element.id!r} needs exactly one outgoing flow (has {outs})")
         if isinstance(element, EndEvent) and outs:
             problems.append(f"end event {element.id!r} has outgoing flows; an end event ends its path")
-        single_out = (ServiceTask, UserTask, TimerEvent, MessageEvent, Transaction)
+        single_out = (ServiceTask, UserTask, TimerEvent, MessageEvent, Transaction, MapTask)
         if isinstance(element, single_out) and outs != 1:
             problems.append(
                 f"{element.type} {element.id!r} needs exactly one outgoing flow (has {outs}); "
@@ -228,6 +229,8 @@ def _schemas(spec: ProcessSpec) -> list[str]:
     for element in spec.elements:
         if isinstance(element, ServiceTask):
             found.append((f"service task {element.id!r} output_schema", element.output_schema))
+        if isinstance(element, MapTask):
+            found.append((f"map {element.id!r} output_schema", element.output_schema))
         if isinstance(element, UserTask):
             found.append((f"user task {element.id!r} response_schema", element.response_schema))
     for label, schema in found:
@@ -249,6 +252,8 @@ def intents(spec: ProcessSpec) -> Iterable[tuple[str, str]]:
                 yield element.compensation, f"the compensation of {element.id!r}"
             for fallback in element.fallbacks:
                 yield fallback, f"the fallbacks of {element.id!r}"
+        if isinstance(element, MapTask):
+            yield element.agent, f"map {element.id!r}"
         if isinstance(element, Transaction):
             for step in element.steps:
                 yield step.do, f"transaction {element.id!r}"

@@ -25,6 +25,8 @@ from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
+from nodes.evaluation import EvaluationSpec
+from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, superstep, thread_id
@@ -92,6 +94,15 @@ class StructuredSpec(BaseModel):
     )
     sensitive: tuple[str, ...] = Field(
         default=(), description="fields redacted wherever values are shown: the event log, logs, API answers"
+    )
+    concurrency: ConcurrencySpec | None = Field(
+        default=None, description="at most `limit` running journeys per value of `key` in the start context"
+    )
+    deadline: DeadlineSpec | None = Field(
+        default=None, description="the whole run's deadline: it fails, or a saga compensates, when it passes"
+    )
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="the workflow tier: thresholds each finished run is evaluated against"
     )
 
     @property

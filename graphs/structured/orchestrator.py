@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from langgraph.types import StateSnapshot
@@ -81,11 +82,21 @@ class StructuredOrchestrator:
         context: Mapping[str, Any] | None = None,
         *,
         run_options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
         """Start the journey for ``user_id``; runs until the first step that needs the user. ``run_options``:
-        how the run is carried out (the server's run queue passes its own)."""
+        how the run is carried out (the server's run queue passes its own). ``start_key``: a start with the
+        same key within ``start_key_window`` (seconds or ISO 8601, default 24 hours) answers the journey
+        that start began (see :mod:`graphs.kernel.flow`)."""
         return await self._runs.start(
-            journey_id, user_id, context, instance_id=structured_instance_id(journey_id, user_id), options=run_options
+            journey_id,
+            user_id,
+            context,
+            instance_id=structured_instance_id(journey_id, user_id),
+            options=run_options,
+            start_key=start_key,
+            start_key_window=start_key_window,
         )
 
     async def advance_journey_step(
@@ -100,6 +111,13 @@ class StructuredOrchestrator:
         """Complete the current step with ``step_result`` and move on. Only the current step can advance."""
         instance_id = structured_instance_id(journey_id, user_id)
         return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
+
+    async def review_journey_run(
+        self, journey_id: str, user_id: str, *, approved: bool, by: str, note: str = ""
+    ) -> dict[str, Any]:
+        """Decide on a run its tier's evaluation held for review: ``approved`` completes it, else it fails."""
+        instance_id = structured_instance_id(journey_id, user_id)
+        return await self._runs.review(instance_id, approved=approved, by=by, note=note)
 
     async def retry_journey_step(self, journey_id: str, user_id: str) -> dict[str, Any]:
         return await self._runs.retry(structured_instance_id(journey_id, user_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from langgraph.types import StateSnapshot
@@ -47,11 +48,23 @@ class SagaOrchestrator:
         *,
         saga_id: str | None = None,
         run_options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
         """Start a saga run (``saga_id``: a new one by default). Starting a ``saga_id`` again only goes on
-        with a start a crash cut short before its first checkpoint; one that got further is refused."""
+        with a start a crash cut short before its first checkpoint; one that got further is refused.
+        ``start_key``: a start with the same key within ``start_key_window`` (default 24 hours) answers
+        the saga that start began instead of beginning another."""
         saga_id = saga_id or new_id("saga")
-        return await self._runs.start(journey_id, user_id, context, instance_id=saga_id, options=run_options)
+        return await self._runs.start(
+            journey_id,
+            user_id,
+            context,
+            instance_id=saga_id,
+            options=run_options,
+            start_key=start_key,
+            start_key_window=start_key_window,
+        )
 
     async def advance_saga_step(
         self,
@@ -76,6 +89,10 @@ class SagaOrchestrator:
         """Run the failed step again, or, when a compensation failed for good, resume the compensation
         at that handler (the steps already undone are not undone again)."""
         return await self._runs.retry(saga_id)
+
+    async def review_saga_run(self, saga_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """Decide on a saga run its tier's evaluation held for review: ``approved`` completes it, else it fails."""
+        return await self._runs.review(saga_id, approved=approved, by=by, note=note)
 
     async def get_saga_status(self, saga_id: str) -> dict[str, Any]:
         return await self._runs.status(saga_id)

@@ -6,14 +6,17 @@ a finished journey or an invalid result raises a typed error and leaves no trace
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, cast
 
 from langgraph.graph import START
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
+from checkpoints.errors import JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from graphs.errors import (
@@ -27,7 +30,9 @@ from graphs.errors import (
 )
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
-from graphs.kernel.instances import Recoverable
+from graphs.kernel.evaluation import EVALUATED, IN_REVIEW, REVIEWED, EvaluatorError, NotInReviewError, RunInReviewError
+from graphs.kernel.flow import QUEUED, ExistingStart, JourneyQueuedError, StartControls
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
 from nodes.user_task import validate_resume_value
@@ -48,7 +53,7 @@ class StepJourneys:
         self.events = designs.engine.store.events
         self.instances = designs.instances
         self.patterns = patterns
-        designs.instances.register(Recoverable(patterns, self._instance_graph, self._start_input))
+        designs.instances.register(Recoverable(patterns, self._instance_graph, self._start_input, expire=self._expire))
 
     async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
         design, spec = await self.designs.load(journey_id, self.patterns)
@@ -70,19 +75,39 @@ class StepJourneys:
         *,
         instance_id: str,
         options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
+        """Start ``instance_id`` (see :meth:`Instances.start`); with ``start_key``, a start with the same
+        key within its window answers the journey it began. The spec's ``concurrency`` limit is keyed on
+        the start context."""
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError(f"context must be a mapping, got {type(context).__name__}")
         pattern, spec, graph = await self._load(journey_id)
+        if spec.evaluation is not None and (missing := self.instances.evaluation.missing(spec.evaluation)):
+            raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
+        controls = StartControls.of(start_key, start_key_window, spec.concurrency, context or {}, spec.deadline)
         started = NewEvent(
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
         initial: StructuredState = {"context": dict(context or {}), "status": "in_progress"}
-        async with self.engine.exclusive(instance_id):
-            created, outcome = await self.instances.start(
-                graph, instance_id, journey_id, pattern, user_id, started, dict(initial), cause="step", options=options
-            )
-            standing = Standing.of(outcome)
+        try:
+            async with self.engine.exclusive(instance_id):
+                created, outcome = await self.instances.start(
+                    graph,
+                    instance_id,
+                    journey_id,
+                    pattern,
+                    user_id,
+                    started,
+                    dict(initial),
+                    cause="step",
+                    options=options,
+                    controls=controls,
+                )
+                standing = await self._evaluate(instance_id, pattern, spec, graph, Standing.of(outcome))
+        except ExistingStart as existing:
+            return await self.status(existing.instance_id)
         return await self.view(created or await self.instance(instance_id), spec, standing)
 
     async def advance(
@@ -98,6 +123,17 @@ class StepJourneys:
             raise JourneyNotStartedError(
                 f"journey run {instance_id!r} has not been started; execute the journey first",
                 allowed=["execute_journey"],
+                instance_id=instance_id,
+            )
+        if found.status == IN_REVIEW:
+            raise RunInReviewError(
+                f"journey run {instance_id!r} broke a threshold of its tier and waits for review (review_run)",
+                instance_id=instance_id,
+            )
+        if found.status == QUEUED:
+            raise JourneyQueuedError(
+                f"journey run {instance_id!r} is queued behind its concurrency limit; it starts when a slot frees",
+                allowed=[],
                 instance_id=instance_id,
             )
         _, spec, graph = await self._load(found.journey_id)
@@ -122,6 +158,7 @@ class StepJourneys:
                     allowed=targets,
                 )
             standing = await self._run(graph, found, resume_pending(snapshot, result), options)
+            standing = await self._evaluate(instance_id, found.pattern, spec, graph, standing)
         view = await self.view(await self.instance(instance_id), spec, standing)
         return {**view, "completed_step": current}
 
@@ -175,6 +212,70 @@ class StepJourneys:
     async def _instance_graph(self, instance: Instance) -> Graph:
         return (await self._load(instance.journey_id))[2]
 
+    async def _evaluate(
+        self, instance_id: str, pattern: str, spec: StructuredSpec, graph: Graph, standing: Standing
+    ) -> Standing:
+        """A run that has just completed is evaluated against its tier (once): a breach fails it, or holds it
+        for review, as the tier says (under ``exclusive``)."""
+        tier = spec.evaluation
+        if tier is None or standing.status != "completed":
+            return standing
+        steps = await self.events.list(instance_id, types=[COMPLETED_STEP])
+        result = await self.instances.evaluation.evaluate(tier, steps)
+        recorded = NewEvent(EVALUATED, result, None, f"{instance_id}:evaluation")
+        if result["passed"]:
+            await self.events.append(instance_id, [recorded])
+            return standing
+        if tier.on_breach == "fail":
+            breached = [b["metric"] for b in result["breaches"]]
+            details = {"error": f"the run broke its tier's thresholds: {breached}", "error_type": "ThresholdBreached"}
+            status, also = "failed", [failure(pattern, "evaluation", details)]
+        else:
+            status, also = IN_REVIEW, []
+        await self.events.append(instance_id, [recorded, *also], status=status)
+        last = steps[-1].step if steps else None
+        await graph.aupdate_state(self.engine.config(instance_id), {"status": status}, as_node=last or START)
+        return replace(standing, status=status)
+
+    async def review(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """A person's decision on a run held for review: ``approved`` completes it, otherwise it fails."""
+        found = await self.instance(instance_id)
+        graph = (await self._load(found.journey_id))[2]
+        async with self.engine.exclusive(instance_id):
+            found = await self.instance(instance_id)
+            if found.status != IN_REVIEW:
+                raise NotInReviewError(f"journey run {instance_id!r} is {found.status}, not in review", allowed=[])
+            status = "completed" if approved else "failed"
+            decision = NewEvent(REVIEWED, {"approved": approved, "by": by, "note": note}, None, f"{instance_id}:review")
+            also = [] if approved else [failure(found.pattern, "review", {"error": note or f"rejected by {by}"})]
+            await self.events.append(instance_id, [decision, *also], status=status)
+            steps = await self.events.list(instance_id, types=[COMPLETED_STEP])
+            last = steps[-1].step if steps else None
+            await graph.aupdate_state(self.engine.config(instance_id), {"status": status}, as_node=last or START)
+        return await self.status(instance_id)
+
+    async def _expire(self, instance: Instance, graph: Graph, on_expiry: str, passed: NewEvent) -> None:
+        """The deadline passed (under ``exclusive``): a saga with ``on_expiry="compensate"`` compensates its
+        completed steps, last first; otherwise the journey fails where it stands and moves no further."""
+        instance_id, config = instance.instance_id, self.engine.config(instance.instance_id)
+        standing = Standing.of(await self.engine.settled_state(graph, instance_id))
+        if standing.status in FINISHED or standing.status == "compensating":
+            return
+        step = standing.position
+        reason = {**DEADLINE_FAILURE, "step": step}
+        if on_expiry == "compensate" and instance.pattern == "saga" and step is not None:
+            compensating = NewEvent("saga.compensating", reason, step, f"{instance_id}:deadline:compensating")
+            await self.events.append(instance_id, [passed, compensating], status="compensating")
+            update = {"status": "compensating", "failure": reason}
+            await graph.aupdate_state(config, Command(goto=COMPENSATE_NODE, update=update), as_node=step)
+            with contextlib.suppress(JourneyError):  # a failing undo is recorded and can be retried
+                await self.instances.advance(graph, instance_id, instance.pattern, None, cause="step")
+            return
+        failed = failure(instance.pattern, "deadline", DEADLINE_FAILURE, step)
+        await self.events.append(instance_id, [passed, failed], status="failed")
+        # The thread ends where it stood (no step runs after it), so no later advance moves it.
+        await graph.aupdate_state(config, {"status": "failed", "failure": reason}, as_node=step or START)
+
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
         """The first run's input, from the ``journey.started`` event (see :meth:`start`)."""
@@ -201,6 +302,8 @@ class StepJourneys:
     async def view(self, instance: Instance, spec: StructuredSpec, standing: Standing) -> dict[str, Any]:
         """The journey as users see it: where it stands from the graph, what it did from the log."""
         values = standing.values
+        if instance.status == QUEUED:  # registered, not run yet: nothing stands anywhere
+            standing = Standing(values, QUEUED, None, None, None)
         current = standing.position if standing.status not in FINISHED else None
         done = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
         completed = [e.step or "" for e in done]
@@ -219,6 +322,11 @@ class StepJourneys:
         }
         if standing.failed:
             view["failed_step"] = standing.failed
+        if spec.evaluation is not None:
+            found = await self.events.list(instance.instance_id, types=[EVALUATED, REVIEWED])
+            evaluated = [e.payload for e in found if e.type == EVALUATED]
+            reviewed = [e.payload for e in found if e.type == REVIEWED]
+            view["evaluation"] = {**(evaluated[-1] if evaluated else {}), "review": reviewed[-1] if reviewed else None}
         if instance.pattern == "saga":
             view |= {
                 "saga_id": instance.instance_id,

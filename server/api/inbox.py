@@ -107,6 +107,12 @@ class ProcessStartIn(BaseModel):
     business_key: str = Field(min_length=1, max_length=BUSINESS_KEY)
     variables: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(default=None, ge=1, le=MAX_INT)
+    start_key: str | None = Field(
+        default=None, min_length=1, max_length=200, description="a start with this key within its window answers"
+    )
+    start_key_window: str | float | None = Field(
+        default=None, description="how long the start key holds: seconds or ISO 8601 (default 24 hours)"
+    )
 
 
 @router.post("/processes", response_model=DeploymentOut, summary="Deploy a process (a new version of its name)")
@@ -117,7 +123,14 @@ async def deploy_process(body: ProcessSpec, _c: Deployer, svc: Services) -> dict
 @router.post("/processes/{name}/instances", response_model=ProcessInstanceView, summary="Start a process instance")
 async def start_process(name: str, body: ProcessStartIn, caller: Deployer, svc: Services) -> dict[str, Any]:
     with svc.acting(caller):
-        return await svc.runtime.processes.start(name, body.business_key, body.variables, version=body.version)
+        return await svc.runtime.processes.start(
+            name,
+            body.business_key,
+            body.variables,
+            version=body.version,
+            start_key=body.start_key,
+            start_key_window=body.start_key_window,
+        )
 
 
 @router.get(

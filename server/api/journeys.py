@@ -78,6 +78,12 @@ class ExecuteIn(Body):
 
     user_id: UserId
     context: dict[str, Any] = Field(default_factory=dict)
+    start_key: str | None = Field(
+        default=None, min_length=1, max_length=200, description="a start with this key within its window answers"
+    )
+    start_key_window: str | float | None = Field(
+        default=None, description="how long the start key holds: seconds or ISO 8601 (default 24 hours)"
+    )
 
 
 class AdvanceIn(Body):
@@ -207,7 +213,9 @@ async def design_structured(body: DesignIn, _c: Writer, svc: Services) -> dict[s
 async def execute_structured(journey_id: str, body: ExecuteIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
     with svc.acting(caller):
-        return await svc.runtime.structured.execute_journey(journey_id, body.user_id, body.context)
+        return await svc.runtime.structured.execute_journey(
+            journey_id, body.user_id, body.context, start_key=body.start_key, start_key_window=body.start_key_window
+        )
 
 
 @router.post(
@@ -254,7 +262,9 @@ async def design_saga(body: SagaDesignIn, _c: Writer, svc: Services) -> dict[str
 async def execute_saga(journey_id: str, body: ExecuteIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
     with svc.acting(caller):
-        return await svc.runtime.saga.execute_saga_journey(journey_id, body.user_id, body.context)
+        return await svc.runtime.saga.execute_saga_journey(
+            journey_id, body.user_id, body.context, start_key=body.start_key, start_key_window=body.start_key_window
+        )
 
 
 @router.post("/sagas/{saga_id}/advance", response_model=SagaAdvanceOut, summary="Advance a saga step")

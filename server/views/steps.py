@@ -11,9 +11,9 @@ from server.views.fields import optional_key
 
 # Where a run stands (step_journeys.Standing: a failed step's work, else the graph's own status); the
 # journey index keeps the same set.
-StructuredRunStatus = Literal["in_progress", "completed", "failed"]
+StructuredRunStatus = Literal["in_progress", "completed", "failed", "queued", "review"]
 # A saga also compensates (graphs/structured/builder.py, nodes/compensation.py); failed: a step or an undo failed.
-SagaRunStatus = Literal["in_progress", "completed", "failed", "compensating", "compensated"]
+SagaRunStatus = Literal["in_progress", "completed", "failed", "compensating", "compensated", "queued", "review"]
 
 
 class DesignedStep(BaseModel):
@@ -76,6 +76,9 @@ class StepRunFields(BaseModel):
     progress: StepProgress
     last_output: dict[str, Any] | None = Field(description="the output of the last completed step's agent")
     failed_step: str = optional_key("only while a step's work has failed: that step (retry it)")
+    evaluation: dict[str, Any] = optional_key(
+        "only for a spec with a workflow tier: the finished run's figures, breaches and review (SPEC G7)"
+    )
 
 
 class StructuredRunView(StepRunFields):

@@ -1,0 +1,124 @@
+"""What a start's flow control is made of: a spec's concurrency limit, a start key and its window, and the
+durations they are written in (seconds or ISO 8601). The kernel applies them (:mod:`graphs.kernel.flow`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nodes.errors import FlowSettingError, TimerDefinitionError
+from nodes.timer import parse_duration
+
+DEFAULT_START_KEY_WINDOW = timedelta(hours=24)
+_REFERENCE = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class ConcurrencySpec(BaseModel):
+    """A spec's concurrency limit: ``key`` a path into the start input (``$.tenant``, ``$.org.id``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=3, max_length=200, pattern=r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+$")
+    limit: int = Field(ge=1, le=10_000)
+    on_limit: Literal["queue", "reject"] = "queue"
+
+    def value_in(self, start_input: Mapping[str, Any]) -> str:
+        """The concurrency key's value for a start; a start input without it is refused."""
+        found: Any = start_input
+        for part in self.key[2:].split("."):
+            if not isinstance(found, Mapping) or part not in found:
+                raise FlowSettingError(
+                    f"the start input has no {self.key}, which the spec's concurrency limit is keyed on",
+                    field=self.key,
+                )
+            found = found[part]
+        if isinstance(found, bool) or not isinstance(found, str | int) or str(found) == "":
+            raise FlowSettingError(f"{self.key} must be a non-empty string or an integer", field=self.key)
+        return str(found)
+
+
+def window_of(value: str | float | timedelta | None) -> timedelta:
+    """A start key's window (default 24 hours)."""
+    return DEFAULT_START_KEY_WINDOW if value is None else duration_of(value, what="start key window")
+
+
+def duration_of(value: str | float | timedelta, *, what: str) -> timedelta:
+    """A positive duration from seconds, an ISO 8601 duration (``PT1H``, ``P7D``; months counted from
+    2026-01-01, as the timers' checks do) or a timedelta; anything else is refused naming ``what``."""
+    if isinstance(value, timedelta):
+        found = value
+    elif isinstance(value, str):
+        try:
+            parsed = parse_duration(value)
+        except TimerDefinitionError as exc:
+            raise FlowSettingError(f"{what}: {exc}", field=what) from exc
+        found = parsed if isinstance(parsed, timedelta) else (_REFERENCE + parsed) - _REFERENCE
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        found = timedelta(seconds=value)
+    else:
+        raise FlowSettingError(f"{what} must be seconds or an ISO 8601 duration, got {value!r}", field=what)
+    if found <= timedelta(0):
+        raise FlowSettingError(f"{what} must be positive, got {value!r}", field=what)
+    return found
+
+
+class DeadlineSpec(BaseModel):
+    """A spec's whole-run deadline: ``after`` (seconds or ISO 8601) from the start, a durable timer. When
+    it passes before the journey ends, the journey fails, or with ``on_expiry="compensate"`` a saga
+    compensates its completed steps (other patterns fail)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after: str | float
+    on_expiry: Literal["fail", "compensate"] = "fail"
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, value: str | float) -> str | float:
+        duration_of(value, what="deadline")
+        return value
+
+    @property
+    def duration(self) -> timedelta:
+        return duration_of(self.after, what="deadline")
+
+
+@dataclass(frozen=True, slots=True)
+class StartControls:
+    """How one start is controlled: its start key and window, and its spec's concurrency limit with the
+    key's value taken from the start input."""
+
+    start_key: str | None = None
+    window: timedelta = DEFAULT_START_KEY_WINDOW
+    concurrency: ConcurrencySpec | None = None
+    concurrency_value: str | None = None
+    deadline: DeadlineSpec | None = None
+
+    @classmethod
+    def of(
+        cls,
+        start_key: str | None,
+        window: str | float | timedelta | None,
+        concurrency: ConcurrencySpec | None,
+        start_input: Mapping[str, Any],
+        deadline: DeadlineSpec | None = None,
+    ) -> StartControls | None:
+        """Controls for a start (None when it has none), checked before anything is written."""
+        if start_key is not None and (not isinstance(start_key, str) or not 0 < len(start_key) <= 200):
+            raise FlowSettingError("start_key must be a string of 1 to 200 characters", field="start_key")
+        if start_key is None and concurrency is None and deadline is None:
+            return None
+        value = concurrency.value_in(start_input) if concurrency is not None else None
+        return cls(start_key, window_of(window), concurrency, value, deadline)
+
+    @property
+    def concurrency_key(self) -> str | None:
+        """The slot key: the spec's key path with the start's value (``$.tenant=acme``)."""
+        if self.concurrency is None or self.concurrency_value is None:
+            return None
+        return f"{self.concurrency.key}={self.concurrency_value}"[:200]

@@ -1,0 +1,98 @@
+"""Workflow tiers (issue 12, SPEC G7): each finished run is evaluated against its tier's thresholds,
+with cost from the token usage langchain-core models report and quality from pluggable evaluators; the
+result is logged and in the run's status, and a breach fails the run or holds it for review."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+
+from agents import AgentRequest
+from graphs import JourneyRuntime
+from graphs.kernel.evaluation import EvaluatorError, RunInReviewError
+
+PRICES = {"fake-model": {"input_per_1k": 1.0, "output_per_1k": 2.0}}
+
+
+async def summarise(request: AgentRequest) -> dict[str, Any]:
+    """An agent backed by a langchain-core chat model: its output carries the usage the model reported."""
+    reply = AIMessage(
+        content="a summary",
+        usage_metadata={"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500},
+        response_metadata={"model_name": "fake-model"},
+    )
+    message = await GenericFakeChatModel(messages=iter([reply])).ainvoke("summarise")
+    assert isinstance(message, AIMessage) and message.usage_metadata is not None
+    return {
+        "summary": message.content,
+        "usage_metadata": dict(message.usage_metadata),
+        "model": message.response_metadata.get("model_name", "fake-model"),
+    }
+
+
+def tiered(**evaluation: Any) -> dict[str, Any]:
+    return {
+        "journey_type": "summary",
+        "steps": [{"step_id": "summarise", "agent": "llm.summarise"}, {"step_id": "publish"}],
+        "evaluation": {"tier": "gold", **evaluation},
+    }
+
+
+async def run_once(rt: JourneyRuntime, spec: dict[str, Any], user: str) -> tuple[str, dict[str, Any]]:
+    journey = await rt.structured.design_journey("summary", spec=spec)
+    await rt.structured.execute_journey(journey["journey_id"], user, {})
+    await rt.structured.advance_journey_step(journey["journey_id"], user, {"go": True})
+    done = await rt.structured.advance_journey_step(journey["journey_id"], user, {"published": True})
+    return journey["journey_id"], done
+
+
+async def test_a_run_within_its_tier_records_cost_latency_and_scores(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, prices=PRICES) as rt:
+        rt.agents.register("llm.summarise", summarise)
+        rt.evaluators.register("has_summary", lambda step, output: 1.0 if output.get("summary") else 0.0)
+        spec = tiered(
+            thresholds={"cost_per_run": 2.5, "p95_latency_s": 30, "completeness": 0.5},
+            evaluators={"completeness": "has_summary"},
+        )
+        journey_id, done = await run_once(rt, spec, "ana")
+        assert done["status"] == "completed"
+        evaluation = done["evaluation"]
+        assert (evaluation["passed"], evaluation["tier"], evaluation["breaches"]) == (True, "gold", [])
+        figures = evaluation["figures"]
+        assert figures["cost_per_run"] == 2.0  # 1,000 input tokens at 1.0 per 1k, 500 output tokens at 2.0 per 1k
+        assert figures["completeness"] == 1.0 and 0 <= figures["p95_latency_s"] < 30
+        status = await rt.structured.get_journey_status(journey_id, "ana")
+        assert status["evaluation"] == {**evaluation}
+
+
+async def test_a_breach_fails_the_run_or_holds_it_for_review(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, prices=PRICES) as rt:
+        rt.agents.register("llm.summarise", summarise)
+        rt.evaluators.register("strict", lambda step, output: 0.5)
+        failing = tiered(thresholds={"cost_per_run": 1.0}, on_breach="fail")
+        _journey_id, failed = await run_once(rt, failing, "ana")
+        assert failed["status"] == "failed"
+        assert failed["evaluation"]["breaches"] == [{"metric": "cost_per_run", "value": 2.0, "threshold": 1.0}]
+
+        reviewed = tiered(thresholds={"accuracy": 0.9}, evaluators={"accuracy": "strict"}, on_breach="review")
+        journey_id, held = await run_once(rt, reviewed, "ben")
+        assert held["status"] == "review" and held["evaluation"]["figures"]["accuracy"] == 0.5
+        with pytest.raises(RunInReviewError):
+            await rt.structured.advance_journey_step(journey_id, "ben", {})
+        approved = await rt.structured.review_journey_run(journey_id, "ben", approved=True, by="qa-lead")
+        assert approved["status"] == "completed"
+        assert approved["evaluation"]["review"] == {"approved": True, "by": "qa-lead", "note": ""}
+        types = [e.type for e in await rt.history(approved["instance_id"])]
+        assert types[-2:] == ["evaluation.recorded", "evaluation.reviewed"]
+
+
+async def test_an_unregistered_evaluator_is_refused_before_the_run_starts(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("llm.summarise", summarise)
+        journey = await rt.structured.design_journey("summary", spec=tiered(evaluators={"accuracy": "nobody"}))
+        with pytest.raises(EvaluatorError):
+            await rt.structured.execute_journey(journey["journey_id"], "ana", {})
+        assert await rt.store.index.count_by_status(pattern="structured") == {}
