@@ -18,7 +18,7 @@ from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.locks import busy
 from checkpoints.store import Store
-from graphs.kernel.streaming import StreamSink, run_graph
+from graphs.kernel.streaming import NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 
 GraphFactory = Callable[[], StateGraph[Any]]
@@ -35,12 +35,14 @@ class RunOptions:
     whole run after a crash may choose "exit" for journeys whose steps replay from the event log: the
     log already records each step, and the retried run replays those steps instead of executing them
     again. ``stream``: where the run's chunks go, for a run created for streaming. ``outcomes``: filled,
-    per thread, with what the last run of that thread ended with.
+    per thread, with what the last run of that thread ended with. ``call``: the caller's config, context
+    and interrupt_before/after for the graph run.
     """
 
     durability: Durability | None = None
     stream: StreamSink | None = None
     outcomes: dict[str, Outcome] | None = None
+    call: GraphCall = NO_CALL
 
 
 DEFAULT_RUN = RunOptions()
@@ -138,7 +140,8 @@ class JourneyEngine:
         which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
         """
         config = self.config(instance_id, replay=replay)
-        output = await run_graph(graph, value, config, options.durability or self._durability, options.stream)
+        durability = options.durability or self._durability
+        output = await run_graph(graph, value, config, durability, options.stream, options.call)
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome

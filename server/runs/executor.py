@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
+import httpx
 import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
 from graphs.kernel.engine import Outcome, RunOptions, in_flight
-from graphs.kernel.streaming import StreamSink
+from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
@@ -131,6 +132,37 @@ async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_
     return output
 
 
+_BACKGROUND: set[asyncio.Task[bool]] = set()  # webhook calls in flight (kept from garbage collection)
+WEBHOOK_ATTEMPTS = 5
+
+
+async def call_webhook(url: str, run: RunRow, *, attempts: int = WEBHOOK_ATTEMPTS, backoff: float = 0.5) -> bool:
+    """POST the finished run to ``url``, retried with exponential backoff on a connection error or a 5xx
+    answer; True once it was taken (any answer below 500)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        for attempt in range(attempts):
+            try:
+                answer = await client.post(url, json=jsonable(run.view()))
+                if answer.status_code < 500:
+                    return True
+            except httpx.HTTPError as exc:
+                log.warning("webhook call failed", run_id=run.run_id, attempt=attempt + 1, error=repr(exc))
+            await asyncio.sleep(backoff * 2**attempt)
+    log.error("webhook gave up", run_id=run.run_id, url=url)
+    return False
+
+
+def graph_call(run: RunRow) -> GraphCall:
+    """The config, context and interrupt_before/after a run's graph runs with."""
+    options = run.options or {}
+    return GraphCall(
+        config=options.get("config") or {},
+        context=options.get("context") or None,
+        interrupt_before=options.get("interrupt_before"),
+        interrupt_after=options.get("interrupt_after"),
+    )
+
+
 class RunExecutor:
     """Executes one queued run on its thread's journey and records its status and outcome."""
 
@@ -143,6 +175,9 @@ class RunExecutor:
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
 
     async def execute(self, run_id: str) -> RunRow | None:
+        pending = await self.runs.get_run(run_id)
+        if pending is not None:
+            await self.when_due(pending)
         try:
             claimed = await self.runs.claim(run_id)
         except asyncio.CancelledError:  # cancelled as it was being claimed: the claim may have landed
@@ -156,7 +191,7 @@ class RunExecutor:
             return await self.runs.get_run(run_id)
         principal = run.principal or "local"
         groups = tuple(run.metadata.get("_groups", ()))
-        assistant = get_assistant(run.assistant_id)
+        assistant = get_assistant(run.graph_id)
         seq = await self.runs.last_seq(run_id) if run.stream_modes else 0  # a retried run streams on
 
         async def emit(mode: str, chunk: Any) -> None:
@@ -168,10 +203,11 @@ class RunExecutor:
         async def bind(bound: str) -> None:
             nonlocal instance_id
             instance_id = bound
-            await self.runs.bind(run.thread_id, run.assistant_id, bound)
+            await self.runs.bind(run.thread_id, run.graph_id, bound)
 
         outcomes: dict[str, Outcome] = {}
-        options = RunOptions(self._durability_of(run, assistant), StreamSink.of(run.stream_modes, emit), outcomes)
+        sink = StreamSink.of(run.stream_modes, emit)
+        options = RunOptions(self._durability_of(run, assistant), sink, outcomes, graph_call(run))
         ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind, options)
         status, error, output = "success", None, None
         view: View = None
@@ -195,7 +231,26 @@ class RunExecutor:
                 output = await self._output(assistant, instance_id)
         finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
+        if finished is not None:
+            await self.finished(finished)
         return finished or await self.runs.get_run(run_id)
+
+    async def when_due(self, run: RunRow) -> None:
+        """Wait until a delayed run (``after_seconds``) may start; its due time is in its row, so a restart
+        keeps it."""
+        due = (run.options or {}).get("not_before")
+        if due and run.status == "pending":
+            delay = (datetime.fromisoformat(due) - self.runtime.store.clock.now()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def finished(self, run: RunRow) -> None:
+        """What a run asked for when it ends: its webhook is called (retried, in the background)."""
+        webhook = (run.options or {}).get("webhook")
+        if webhook:
+            task = asyncio.create_task(call_webhook(webhook, run), name=f"webhook:{run.run_id}")
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
 
     def _durability_of(self, run: RunRow, assistant: Assistant) -> Durability | None:
         """The client's choice, else the server's; "exit" only for journeys whose steps replay from the log
