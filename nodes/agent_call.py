@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema
 import structlog
+from langgraph.config import get_stream_writer
 
 from agents.errors import (
     AgentCallFailedError,
@@ -105,6 +106,7 @@ class AgentCaller:
             return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
 
         entry = self.registry.resolve(intent)
+        progress({"event": "step.started", "instance_id": instance_id, "step": step, "intent": intent})
         check = AgentCall(entry, instance_id, step, payload, granted_permissions)
         for policy in self.policies:
             policy(check)
@@ -115,6 +117,15 @@ class AgentCaller:
             nonlocal tried
             tried = number
             request = AgentRequest(intent, payload, instance_id, step, key, number)
+            progress(
+                {
+                    "event": "agent.called",
+                    "instance_id": instance_id,
+                    "step": step,
+                    "agent": entry.name,
+                    "attempt": number,
+                }
+            )
             async with AsyncExitStack() as stack:
                 slot = self.bulkheads.slot(intent)
                 if slot is not None:
@@ -137,6 +148,7 @@ class AgentCaller:
                 "attempts": tried,
             }
             await self.events.append(instance_id, [NewEvent("agent.failed", failure, step)])
+            progress({"event": "step.failed", "instance_id": instance_id, "step": step, "error": str(exc)})
             log.warning("agent call failed", intent=intent, instance_id=instance_id, step=step, error=str(exc))
             raise AgentCallFailedError(
                 f"agent for intent {intent!r} failed at step {step!r}: {exc}",
@@ -156,7 +168,18 @@ class AgentCaller:
             **recording.payload,
         }
         await self.events.append(instance_id, [NewEvent(event_type, record, step, key)], status=recording.status)
+        progress({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": attempts})
         return CallOutcome(output, attempts, False)
+
+
+def progress(event: Mapping[str, Any]) -> None:
+    """Tell a run streamed with the ``custom`` mode how far it got (nothing when it is not streamed, or
+    when the call runs outside a graph, e.g. an orchestrator's compensation)."""
+    try:
+        writer = get_stream_writer()
+    except RuntimeError:
+        return
+    writer(dict(event))
 
 
 def _checked_output(intent: str, result: object, schema: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import structlog
 from fastapi import Request
-from pydantic.errors import PydanticUserError
 from langchain_core.runnables import RunnableConfig
+from pydantic.errors import PydanticUserError
 
 from checkpoints.assistants import AssistantRow, AssistantStore
 from checkpoints.errors import SystemAssistantError
@@ -27,7 +27,6 @@ from server.runs.executor import RunExecutor
 from server.runs.store import ACTIVE, TERMINAL, RunRow, RunStore, ThreadRow
 from server.runs.watch import RunWatch
 from server.settings import Settings
-
 
 log = structlog.get_logger("journeys.server")
 

@@ -39,12 +39,13 @@ CREATE TABLE journey_events (
 CREATE INDEX ix_journey_events_type ON journey_events (type);
 CREATE INDEX ix_journey_instances_journey_user ON journey_instances (journey_id, user_id);
 """
-# What migrations 6 to 10 added, taken away again: their DDL is frozen, so it runs on the schema before them.
+# What migrations 6 to 10 and 15 added, taken away again: their DDL is frozen, so it runs on the schema before them.
 UNDO_MIGRATIONS_6_TO_10 = """
 DROP TABLE process_message_starts;
 ALTER TABLE server_runs DROP COLUMN output, DROP COLUMN job_id, DROP COLUMN cancel_requested_at, DROP COLUMN durability;
 DROP TABLE lifecycle_rollback_requests;
 """
+UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
 
 
 async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgres_url: str) -> None:
@@ -54,6 +55,9 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         conn.execute("DROP TABLE journey_events")
         conn.execute(OLD_EVENTS_TABLE)
         conn.execute(UNDO_MIGRATIONS_6_TO_10)
+        conn.execute("ALTER TABLE server_runs DROP COLUMN options")
+        for table in UNDO_MIGRATION_15:
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
         conn.execute(
             "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -104,9 +108,11 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
     old runs still read, and new runs keep their output."""
     async with JourneyRuntime.open(durable_url) as rt:  # then make server_runs look as migration 4 left it
         async with rt.store.engine.begin() as conn:
-            for column in ("output", "job_id", "cancel_requested_at", "durability"):  # migrations 7 and 8
+            for column in ("output", "job_id", "cancel_requested_at", "durability", "options"):  # migrations 7, 8, 15
                 await conn.execute(text(f"ALTER TABLE server_runs DROP COLUMN {column}"))
             await conn.execute(text("DROP TABLE lifecycle_rollback_requests"))  # migration 10
+            for table in UNDO_MIGRATION_15:
+                await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()

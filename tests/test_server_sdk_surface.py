@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections.abc
 import types
-import typing
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any, Literal, NotRequired, Required, Union, get_args, get_origin
