@@ -30,7 +30,9 @@ from checkpoints.schema.tables import server_run_events, server_runs, server_thr
 
 ACTIVE = ("pending", "running")
 TERMINAL = ("success", "error", "interrupted", "timeout")
-STRATEGIES = ("reject", "enqueue")
+# reject: refused while the thread has an active run; the others queue behind them (interrupt and rollback
+# after the server has cancelled them: see server.services.ServerServices.double_text).
+STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
 

@@ -248,7 +248,7 @@ class RunCreate(Open):
     command: CommandIn | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     stream_mode: StreamModeName | list[StreamModeName] | None = None
-    multitask_strategy: Literal["reject", "enqueue"] = "reject"
+    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] = "reject"
     if_not_exists: Literal["create", "reject"] = "reject"
     config: dict[str, Any] | None = None
     context: dict[str, Any] | None = None

@@ -25,7 +25,7 @@ from server.problems import ApiError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import ACTIVE, TERMINAL, RunRow, RunStore, ThreadRow
-from server.runs.watch import RunWatch
+from server.runs.watch import RunWatch, wait_for_run
 from server.settings import Settings
 
 log = structlog.get_logger("journeys.server")
@@ -101,6 +101,38 @@ class ServerServices:
                 await self.cancel(run)
                 cancelled += 1
         return cancelled
+
+    async def double_text(self, thread_id: str, assistant: Assistant, strategy: str) -> None:
+        """Before a run with ``multitask_strategy`` interrupt or rollback is queued: the thread's active runs
+        are cancelled; with rollback they are also deleted, and the thread's state goes back to the
+        checkpoint the first of them started from (a fork of it becomes the latest checkpoint). Rollback is
+        for chat threads: a journey's steps are in its event log and may have acted on the world, which no
+        checkpoint can take back."""
+        if strategy == "rollback" and not assistant.chat:
+            raise ApiError(
+                422,
+                "RollbackUnsupported",
+                f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps a rollback of "
+                "checkpoints cannot undo; use multitask_strategy='interrupt'",
+            )
+        active = [r for r in await self.runs.list_runs(thread_id, limit=10_000) if r.status in ACTIVE]
+        await self.cancel_many(active)
+        if strategy != "rollback" or not active:
+            return
+        ended = [await wait_for_run(self.runs, self.watch, r.run_id, self.settings.poll_interval) for r in active]
+        started = [r for r in sorted(ended, key=lambda r: r.created_at) if r.attempts > 0]
+        thread = await self.resolve_thread(thread_id)
+        graph = await self.thread_graph(thread)
+        if started and graph is not None and thread.instance_id is not None:
+            base = started[0].base_checkpoint
+            async with self.runtime.engine.exclusive(thread.instance_id):
+                if base is None:  # the thread had no state before it
+                    await self.runtime.store.saver.adelete_thread(thread.instance_id)
+                else:
+                    config = self.checkpoint_config(thread, {"checkpoint_id": base})
+                    await graph.aupdate_state(config, None)
+        for run in ended:
+            await self.runs.delete_run(run.run_id)
 
     async def delete_run(self, run: RunRow) -> None:
         """A finished run (and its chunks); an active one is refused: cancel it first."""

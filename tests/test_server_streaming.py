@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import NotFoundError
 
 from agents import AgentRegistry, EchoAgent
 from server.app import create_app
@@ -29,9 +32,26 @@ ANSWER = "the insights pillar comes next"
 CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
 
 
+class SlowWhenAsked(GenericFakeChatModel):
+    """langchain-core's fake chat model (it streams its answer word by word), which takes its time when the
+    last message asks it to be slow: a run to cancel."""
+
+    async def _wait_if_asked(self, messages: list[BaseMessage]) -> None:
+        if "slow" in str(messages[-1].content):
+            await asyncio.sleep(30)
+
+    async def _agenerate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        await self._wait_if_asked(messages)
+        return await super()._agenerate(messages, *args, **kwargs)
+
+    async def _astream(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        await self._wait_if_asked(messages)
+        async for chunk in super()._astream(messages, *args, **kwargs):
+            yield chunk
+
+
 def streaming_model() -> BaseChatModel:
-    """langchain-core's fake chat model: it streams its answer word by word."""
-    return GenericFakeChatModel(messages=itertools.repeat(ANSWER))
+    return SlowWhenAsked(messages=itertools.repeat(ANSWER))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -158,3 +178,43 @@ async def test_a_webhook_is_posted_when_the_run_ends_and_retried(client: LangGra
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+async def _slow_run(client: LangGraphClient, tid: str) -> str:
+    run = await client.runs.create(tid, "guide", input={"messages": [{"role": "user", "content": "slow please"}]})
+    for _ in range(200):
+        if (await client.runs.get(tid, run["run_id"]))["status"] == "running":
+            return str(run["run_id"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("the slow run never started")
+
+
+def _said(state: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
+
+
+async def test_double_texting_interrupt_cancels_the_active_run_and_keeps_its_progress(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
+    slow = await _slow_run(client, tid)
+    quick = await client.runs.create(
+        tid, "guide", input={"messages": [{"role": "user", "content": "quick"}]}, multitask_strategy="interrupt"
+    )
+    await client.runs.join(tid, quick["run_id"])
+    assert (await client.runs.get(tid, slow))["status"] == "interrupted"
+    assert (await client.runs.get(tid, quick["run_id"]))["status"] == "success"
+    assert _said(await client.threads.get_state(tid)) == ["hello", "slow please", "quick"]
+
+
+async def test_double_texting_rollback_deletes_the_active_run_and_its_state(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
+    slow = await _slow_run(client, tid)
+    quick = await client.runs.create(
+        tid, "guide", input={"messages": [{"role": "user", "content": "quick"}]}, multitask_strategy="rollback"
+    )
+    await client.runs.join(tid, quick["run_id"])
+    with pytest.raises(NotFoundError):
+        await client.runs.get(tid, slow)
+    state = await client.threads.get_state(tid)
+    assert _said(state) == ["hello", "quick"] and state["values"]["messages"][-1]["content"] == ANSWER

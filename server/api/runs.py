@@ -3,7 +3,9 @@ many), delete.
 
 The first run on a thread takes ``input`` and starts a journey; later runs take ``command.resume`` and
 advance it (see :mod:`server.assistants`). ``multitask_strategy``: ``reject`` (default) refuses a run
-while the thread has an active one (409), ``enqueue`` queues it behind them.
+while the thread has an active one (409), ``enqueue`` queues it behind them, ``interrupt`` cancels them
+first (their progress stays), ``rollback`` cancels and deletes them and puts the thread back where the
+first of them found it (chat threads only).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ async def create_run(
     if body.command is not None and "resume" in body.command.model_fields_set:
         assistant.check_resume(body.command.resume)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
+    if row is not None and body.multitask_strategy in ("interrupt", "rollback"):
+        await svc.double_text(row.thread_id, assistant, body.multitask_strategy)
     kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
     modes: list[str] = []
     if streaming or body.stream_mode is not None:  # a background run records its chunks for join_stream

@@ -267,12 +267,20 @@ class RunExecutor:
     async def _run(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None) -> View:
         """The run's work; the journey's view when the assistant answered with one (see ``View``)."""
         if run.kind == "start" and (instance_id is None or assistant.chat):
+            if instance_id is not None:  # where a rollback would put the thread back
+                await self._remember_base(run, assistant, instance_id)
             return await assistant.start(ctx, run.input or {})
         assert instance_id is not None
         if run.kind == "start":
             await self._restart(assistant, ctx, run, instance_id)  # a retried first run
             return None
         return await self._resume(run, assistant, ctx, instance_id)
+
+    async def _remember_base(self, run: RunRow, assistant: Assistant, instance_id: str) -> None:
+        graph = await graph_of(self.runtime, assistant, instance_id)
+        current = await graph.aget_state(self.runtime.engine.config(instance_id))
+        checkpoint = (current.config or {}).get("configurable", {}).get("checkpoint_id")
+        await self.runs.set_base_checkpoint(run.run_id, checkpoint)
 
     async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
         try:
