@@ -280,11 +280,10 @@ class RunStore:
         values = {"p_thread_id": thread_id, "p_metadata": dict(metadata), "p_now": self._clock.now()}
         await self._backend.write([_SET_THREAD_METADATA], values)
 
-    async def delete_thread(self, thread_id: str) -> None:
-        """The thread, its runs and their stream chunks."""
-        await self._backend.write(
-            [_DELETE_THREAD_CHUNKS, _DELETE_THREAD_RUNS, _DELETE_THREAD], {"p_thread_id": thread_id}
-        )
+    async def delete_thread(self, thread_id: str, *, runs: bool = True) -> None:
+        """The thread, with its runs and their stream chunks (unless ``runs`` is False)."""
+        statements = [_DELETE_THREAD_CHUNKS, _DELETE_THREAD_RUNS, _DELETE_THREAD] if runs else [_DELETE_THREAD]
+        await self._backend.write(statements, {"p_thread_id": thread_id})
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
         """Bind a thread to the journey instance its first run started (once; later binds must agree)."""

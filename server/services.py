@@ -23,7 +23,7 @@ from graphs.runtime import JourneyRuntime
 from server.assistants import Assistant, assistants, get_assistant, graph_of
 from server.problems import ApiError
 from server.queues.base import RunQueue
-from server.runs.executor import RunExecutor
+from server.runs.executor import RunExecutor, fork_back
 from server.runs.store import ACTIVE, TERMINAL, RunRow, RunStore, ThreadRow
 from server.runs.watch import RunWatch, wait_for_run
 from server.settings import Settings
@@ -125,12 +125,11 @@ class ServerServices:
         graph = await self.thread_graph(thread)
         if started and graph is not None and thread.instance_id is not None:
             base = started[0].base_checkpoint
-            async with self.runtime.engine.exclusive(thread.instance_id):
-                if base is None:  # the thread had no state before it
+            if base is None:  # the thread had no state before it
+                async with self.runtime.engine.exclusive(thread.instance_id):
                     await self.runtime.store.saver.adelete_thread(thread.instance_id)
-                else:
-                    config = self.checkpoint_config(thread, {"checkpoint_id": base})
-                    await graph.aupdate_state(config, None)
+            else:
+                await fork_back(self.runtime, graph, thread.instance_id, base)
         for run in ended:
             await self.runs.delete_run(run.run_id)
 

@@ -357,12 +357,14 @@ async def test_runs_surface(client: LangGraphClient) -> None:
 
 
 async def test_remote_graph_invoke_stream_state_history_and_update(server_url: str) -> None:
-    remote = RemoteGraph(
-        "structured",
-        client=get_client(url=server_url, api_key="key-ana"),
-        sync_client=get_sync_client(url=server_url, api_key="key-ana"),
-    )
-    tid = (await remote.client.threads.create())["thread_id"]  # type: ignore[union-attr]
+    async with get_client(url=server_url, api_key="key-ana") as client:
+        with get_sync_client(url=server_url, api_key="key-ana") as sync_client:
+            await _drive_remote_graph(RemoteGraph("structured", client=client, sync_client=sync_client))
+
+
+async def _drive_remote_graph(remote: RemoteGraph) -> None:
+    assert remote.client is not None
+    tid = (await remote.client.threads.create())["thread_id"]
     config: Any = {"configurable": {"thread_id": tid}}
     out = await remote.ainvoke({**CONTENT_MIGRATION, "user_id": "ana"}, config)
     assert out["__interrupt__"][0]["value"]["task"] == "upload_content"

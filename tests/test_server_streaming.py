@@ -20,7 +20,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import NotFoundError
+from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
 from agents import AgentRegistry, EchoAgent
 from server.app import create_app
@@ -190,7 +190,7 @@ async def _slow_run(client: LangGraphClient, tid: str) -> str:
 
 
 def _said(state: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
+    return [m["content"] for m in state["values"].get("messages", []) if m["type"] == "human"]
 
 
 async def test_double_texting_interrupt_cancels_the_active_run_and_keeps_its_progress(client: LangGraphClient) -> None:
@@ -218,3 +218,28 @@ async def test_double_texting_rollback_deletes_the_active_run_and_its_state(clie
         await client.runs.get(tid, slow)
     state = await client.threads.get_state(tid)
     assert _said(state) == ["hello", "quick"] and state["values"]["messages"][-1]["content"] == ANSWER
+
+
+async def test_checkpoint_id_goes_on_from_an_earlier_checkpoint(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    for text in ("one", "two"):
+        await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": text}]})
+    [after_one] = [s for s in await client.threads.get_history(tid, limit=50) if _said(s) == ["one"] and not s["next"]]
+    checkpoint_id = after_one["checkpoint"]["checkpoint_id"]
+    await client.runs.wait(
+        tid, "guide", input={"messages": [{"role": "user", "content": "three"}]}, checkpoint_id=checkpoint_id
+    )
+    assert _said(await client.threads.get_state(tid)) == ["one", "three"]
+    with pytest.raises(UnprocessableEntityError):  # a journey's logged steps cannot be gone back on
+        await client.runs.create(None, "structured", input=CONTENT_MIGRATION, checkpoint_id=checkpoint_id)
+
+
+async def test_on_completion_delete_removes_the_thread_once_the_run_ended(client: LangGraphClient) -> None:
+    run = await client.runs.create(None, "guide", input=_guide_input(), on_completion="delete")
+    joined = await client.runs.join(run["thread_id"], run["run_id"])
+    assert joined["messages"][-1]["content"] == ANSWER
+    with pytest.raises(NotFoundError):
+        await client.threads.get(run["thread_id"])
+    kept = await client.runs.create(None, "guide", input=_guide_input(), on_completion="keep")
+    await client.runs.join(kept["thread_id"], kept["run_id"])
+    assert (await client.threads.get(kept["thread_id"]))["status"] == "idle"

@@ -48,6 +48,13 @@ async def create_run(
     if body.command is not None and "resume" in body.command.model_fields_set:
         assistant.check_resume(body.command.resume)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
+    if (body.checkpoint_id or body.checkpoint) and not assistant.chat:
+        raise ApiError(
+            422,
+            "CheckpointUnsupported",
+            f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps are in their event log: "
+            "a run cannot go on from an earlier checkpoint (chat threads can)",
+        )
     if row is not None and body.multitask_strategy in ("interrupt", "rollback"):
         await svc.double_text(row.thread_id, assistant, body.multitask_strategy)
     kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)

@@ -20,7 +20,9 @@ import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
+from graphs.errors import JourneyNotFoundError
 from graphs.kernel.engine import Outcome, RunOptions, in_flight
+from graphs.kernel.patterns import Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
@@ -152,6 +154,16 @@ async def call_webhook(url: str, run: RunRow, *, attempts: int = WEBHOOK_ATTEMPT
     return False
 
 
+async def fork_back(runtime: JourneyRuntime, graph: Graph, instance_id: str, checkpoint_id: str) -> None:
+    """Make a copy of an earlier checkpoint the thread's latest (LangGraph's fork: an update with no values),
+    so the next run goes on from there; the checkpoints after it stay in the history."""
+    config: Any = {"configurable": {"thread_id": instance_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
+    async with runtime.engine.exclusive(instance_id):
+        if (await graph.aget_state(config)).config is None:
+            raise JourneyNotFoundError(f"no checkpoint {checkpoint_id!r} on this thread", checkpoint_id=checkpoint_id)
+        await graph.aupdate_state(config, None)
+
+
 def graph_call(run: RunRow) -> GraphCall:
     """The config, context and interrupt_before/after a run's graph runs with."""
     options = run.options or {}
@@ -229,10 +241,12 @@ class RunExecutor:
                 output = outcome_values(outcome) | jsonable(view)
             else:
                 output = await self._output(assistant, instance_id)
+        if (run.options or {}).get("on_completion") == "delete":  # gone before anyone hears the run ended
+            await self._delete_thread(run)
         finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
         if finished is not None:
-            await self.finished(finished)
+            self.finished(finished)
         return finished or await self.runs.get_run(run_id)
 
     async def when_due(self, run: RunRow) -> None:
@@ -244,8 +258,16 @@ class RunExecutor:
             if delay > 0:
                 await asyncio.sleep(delay)
 
-    async def finished(self, run: RunRow) -> None:
-        """What a run asked for when it ends: its webhook is called (retried, in the background)."""
+    async def _delete_thread(self, run: RunRow) -> None:
+        """``on_completion="delete"``: the run's thread goes (a chat thread's checkpoints too; a journey it
+        started stays reachable by its instance id). The run's record stays: waiting clients read its output."""
+        thread = await self.runs.get_thread(run.thread_id)
+        if thread is not None and thread.instance_id is not None and get_assistant(run.graph_id).chat:
+            await self.runtime.store.saver.adelete_thread(thread.instance_id)
+        await self.runs.delete_thread(run.thread_id, runs=False)
+
+    def finished(self, run: RunRow) -> None:
+        """What a run asked for when it has ended: its webhook is called (retried, in the background)."""
         webhook = (run.options or {}).get("webhook")
         if webhook:
             task = asyncio.create_task(call_webhook(webhook, run), name=f"webhook:{run.run_id}")
@@ -269,6 +291,9 @@ class RunExecutor:
         if run.kind == "start" and (instance_id is None or assistant.chat):
             if instance_id is not None:  # where a rollback would put the thread back
                 await self._remember_base(run, assistant, instance_id)
+                if checkpoint_id := (run.options or {}).get("checkpoint_id"):
+                    graph = await graph_of(self.runtime, assistant, instance_id)
+                    await fork_back(self.runtime, graph, instance_id, checkpoint_id)
             return await assistant.start(ctx, run.input or {})
         assert instance_id is not None
         if run.kind == "start":
