@@ -79,3 +79,21 @@ class UnsupportedMultitaskStrategyError(JourneyError):
     """The run's multitask strategy is not one this store supports."""
 
     category = "invalid"
+
+
+class AssistantExistsError(JourneyError):
+    """An assistant with this id exists already."""
+
+    category = "conflict"
+
+
+class AssistantNotFoundError(JourneyError):
+    """No such assistant (or no such version of it)."""
+
+    category = "not_found"
+
+
+class SystemAssistantError(JourneyError):
+    """A built-in pattern's assistant cannot be changed or deleted; create an assistant on its graph instead."""
+
+    category = "conflict"

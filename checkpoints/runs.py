@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from checkpoints.backends.base import Backend, Row
@@ -32,7 +32,9 @@ from checkpoints.schema.tables import server_run_events, server_runs, server_thr
 
 ACTIVE = ("pending", "running")
 TERMINAL = ("success", "error", "interrupted", "timeout")
-STRATEGIES = ("reject", "enqueue")
+# reject: refused while the thread has an active run; the others queue behind them (interrupt and rollback
+# after the server has cancelled them: see server.services.ServerServices.double_text).
+STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
 
@@ -78,11 +80,19 @@ class RunRow:
     durability: str | None = None  # how its client asked it to checkpoint (None: the server's setting)
     tenant: str | None = None  # with principal: who owns it, and so the journey it starts
     shared_group: str | None = None
+    # The Agent Server options it was created with (see RunOptions in server.runs.options): graph_id,
+    # config, context, interrupt_before/after, webhook, not_before, on_completion, checkpoint_id.
+    options: Any = None
 
     @property
     def owner(self) -> Owner | None:
         """Who the run acts for: the owner of what it creates."""
         return Owner(self.principal, self.tenant or DEFAULT_TENANT, self.shared_group) if self.principal else None
+
+    @property
+    def graph_id(self) -> str:
+        """The graph (pattern) the run executes: its assistant's."""
+        return str((self.options or {}).get("graph_id") or self.assistant_id)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -99,8 +109,10 @@ class RunRow:
                 "command": self.command,
                 "stream_mode": self.stream_modes,
                 "durability": self.durability,
+                **{k: v for k, v in (self.options or {}).items() if k != "graph_id"},
             },
             "error": self.error,
+            "cancel_reason": (self.error or {}).get("cancel_reason") if self.status == "interrupted" else None,
         }
 
 
@@ -224,6 +236,17 @@ def _visible(viewer: Viewer | None) -> Any:
 
 # What a run keeps of its caller's data: sealed (encrypted) at rest when the store has a key.
 _SEALED = ("input", "command", "output")
+_DELETE_CHUNKS = delete(server_run_events).where(_chunks.run_id == bindparam("p_run_id"))
+_DELETE_RUN = delete(server_runs).where(_runs.run_id == bindparam("p_run_id"))
+_THREAD_RUN_IDS = select(_runs.run_id).where(_runs.thread_id == bindparam("p_thread_id"))
+_DELETE_THREAD_CHUNKS = delete(server_run_events).where(_chunks.run_id.in_(_THREAD_RUN_IDS))
+_DELETE_THREAD_RUNS = delete(server_runs).where(_runs.thread_id == bindparam("p_thread_id"))
+_DELETE_THREAD = delete(server_threads).where(_threads.thread_id == bindparam("p_thread_id"))
+_SET_THREAD_METADATA = (
+    update(server_threads)
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .values(metadata=bindparam("p_metadata", type_=_threads.metadata.type), updated_at=bindparam("p_now"))
+)
 
 
 class RunStore:
@@ -298,6 +321,15 @@ class RunStore:
             rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
         return rows[offset : offset + limit]
 
+    async def set_thread_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> None:
+        values = {"p_thread_id": thread_id, "p_metadata": dict(metadata), "p_now": self._clock.now()}
+        await self._backend.write([_SET_THREAD_METADATA], values)
+
+    async def delete_thread(self, thread_id: str, *, runs: bool = True) -> None:
+        """The thread, with its runs and their stream chunks (unless ``runs`` is False)."""
+        statements = [_DELETE_THREAD_CHUNKS, _DELETE_THREAD_RUNS, _DELETE_THREAD] if runs else [_DELETE_THREAD]
+        await self._backend.write(statements, {"p_thread_id": thread_id})
+
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
         """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
         values = {
@@ -324,6 +356,7 @@ class RunStore:
         principal: Owner | str | None,
         enqueue: Enqueue | None = None,
         durability: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> RunRow:
         """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it.
 
@@ -356,6 +389,7 @@ class RunStore:
             durability=durability,
             tenant=owner.tenant if owner else None,
             shared_group=owner.shared_group if owner else None,
+            options=dict(options) if options else None,
         )
         async with self._backend.transaction() as tx:
             if new_thread is not None:  # nothing can be queued on it yet
@@ -382,6 +416,10 @@ class RunStore:
     async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
         params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset}
         return [self._run(row) for row in await self._backend.read(_LIST_RUNS, params)]
+
+    async def delete_run(self, run_id: str) -> None:
+        """A run and its stream chunks."""
+        await self._backend.write([_DELETE_CHUNKS, _DELETE_RUN], {"p_run_id": run_id})
 
     async def next_pending(self, thread_id: str) -> RunRow | None:
         found = await self._backend.read(_NEXT_PENDING, {"p_thread_id": thread_id})

@@ -88,3 +88,21 @@ def unlock_pooled(saver: AsyncPostgresSaver, pool_size: int) -> None:
     the size of the pool; the saver's code is unchanged.
     """
     saver.lock = cast(asyncio.Lock, asyncio.Semaphore(pool_size))
+
+
+async def copy_checkpoints(saver: BaseCheckpointSaver[str], source: str, target: str) -> int:
+    """Copy every checkpoint of thread ``source`` (with its pending writes) to thread ``target``, oldest
+    first, through the saver's own API (the official savers do not implement ``acopy_thread``); how many."""
+    found = [t async for t in saver.alist({"configurable": {"thread_id": source}})]
+    for saved in reversed(found):  # alist answers newest first; each checkpoint names its parent
+        configurable = saved.config["configurable"]
+        parent = (saved.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        ns = configurable.get("checkpoint_ns", "")
+        into: Any = {"configurable": {"thread_id": target, "checkpoint_ns": ns, "checkpoint_id": parent}}
+        written = await saver.aput(into, saved.checkpoint, saved.metadata, saved.checkpoint["channel_versions"])
+        by_task: dict[str, list[tuple[str, Any]]] = {}
+        for task_id, channel, value in saved.pending_writes or ():
+            by_task.setdefault(task_id, []).append((channel, value))
+        for task_id, writes in by_task.items():
+            await saver.aput_writes(written, writes, task_id)
+    return len(found)

@@ -20,6 +20,7 @@ from typing import Any
 
 import jsonschema
 import structlog
+from langgraph.config import get_stream_writer
 
 from agents.errors import (
     AgentCallFailedError,
@@ -189,6 +190,7 @@ class AgentCaller:
         primary: str,
     ) -> CallOutcome:
         entry = self.registry.resolve(intent)
+        progress({"event": "step.started", "instance_id": instance_id, "step": step, "intent": intent})
         check = AgentCall(entry, instance_id, step, payload, granted_permissions, granted_intents)
         try:
             for policy in self.policies:
@@ -211,6 +213,15 @@ class AgentCaller:
             nonlocal tried
             tried = number
             attempt_started(number)
+            progress(
+                {
+                    "event": "agent.called",
+                    "instance_id": instance_id,
+                    "step": step,
+                    "agent": entry.name,
+                    "attempt": number,
+                }
+            )
             try:
                 result = await self._attempt(entry, payload, instance_id, step, key, number, timeout, circuit)
                 return _checked_output(intent, result, output_schema, self.max_output_bytes)
@@ -241,6 +252,7 @@ class AgentCaller:
                 "attempts": tried,
             }
             await self.events.append(instance_id, [NewEvent(CALL_FAILED, failure, step)])
+            progress({"event": "step.failed", "instance_id": instance_id, "step": step, "error": str(exc)})
             log.warning("agent call failed", intent=intent, instance_id=instance_id, step=step, error=str(exc))
             failed = CircuitOpenError if isinstance(exc, CircuitOpenError) else AgentCallFailedError
             raise failed(
@@ -263,6 +275,7 @@ class AgentCaller:
             **recording.payload,
         }
         await self.events.append(instance_id, [NewEvent(event_type, record, step, key)], status=recording.status)
+        progress({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": attempts})
         return CallOutcome(output, attempts, False)
 
     async def _attempt(
@@ -337,6 +350,16 @@ class AgentCaller:
             elif event.type == ATTEMPT_FAILED and (event.key or "").startswith(f"{key}:{intent}:attempt:"):
                 count += 1
         return count
+
+
+def progress(event: Mapping[str, Any]) -> None:
+    """Tell a run streamed with the ``custom`` mode how far it got (nothing when it is not streamed, or
+    when the call runs outside a graph, e.g. an orchestrator's compensation)."""
+    try:
+        writer = get_stream_writer()
+    except RuntimeError:
+        return
+    writer(dict(event))
 
 
 def _counts_against_circuit(exc: BaseException) -> bool:

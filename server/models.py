@@ -38,14 +38,82 @@ class AssistantOut(Open):
     description: str | None
 
 
-class AssistantSearch(Open):
-    """Filters and paging of an assistant search."""
+class AssistantVersionOut(Open):
+    """One version of an assistant."""
+
+    assistant_id: str
+    graph_id: str
+    config: dict[str, Any]
+    context: dict[str, Any]
+    created_at: str
+    metadata: dict[str, Any]
+    version: int
+    name: str
+    description: str | None
+
+
+class AssistantCount(Open):
+    """Filters of an assistant count (and search): the graph, a part of the name, metadata it holds."""
 
     metadata: dict[str, Any] | None = None
-    graph_id: str | None = None
-    name: str | None = None
+    graph_id: str | None = Field(default=None, max_length=100)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class AssistantSearch(AssistantCount):
+    """Filters and paging of an assistant search."""
+
     limit: int = Field(default=10, ge=0, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_INT)
+
+
+class AssistantCreate(Open):
+    """A new assistant: a graph (a pattern) with its own config, context and metadata."""
+
+    graph_id: str = Field(min_length=1, max_length=100)
+    assistant_id: str | None = Field(default=None, min_length=1, max_length=200)
+    config: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+    name: str = Field(default="Untitled", max_length=200)
+    description: str | None = None
+
+
+class AssistantUpdate(Open):
+    """Changes to an assistant, which become its new version (metadata is merged)."""
+
+    graph_id: str | None = Field(default=None, min_length=1, max_length=100)
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    name: str | None = Field(default=None, max_length=200)
+    description: str | None = None
+
+
+class VersionsQuery(Open):
+    """Filters and paging of an assistant's versions."""
+
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=0, le=1000)
+    offset: int = Field(default=0, ge=0, le=MAX_INT)
+
+
+class SetLatest(Open):
+    """The version an assistant goes back (or forward) to."""
+
+    version: int = Field(ge=1, le=MAX_INT)
+
+
+class GraphSchemaOut(Open):
+    """The JSON schemas of an assistant's graph."""
+
+    graph_id: str
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
+    state_schema: dict[str, Any] | None
+    config_schema: dict[str, Any] | None
+    context_schema: dict[str, Any] | None
 
 
 class GraphOut(Open):
@@ -73,15 +141,46 @@ class ThreadOut(Open):
     status: Literal["idle", "busy", "interrupted", "error"]
     values: dict[str, Any]
     interrupts: dict[str, list[dict[str, Any]]]
+    extracted: dict[str, Any] = Field(default_factory=dict)
 
 
-class ThreadSearch(Open):
-    """Filters and paging of a thread search."""
+ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
+
+
+class ThreadCount(Open):
+    """Filters of a thread count (and search): metadata and values it holds, its status."""
 
     metadata: dict[str, Any] | None = None
+    values: dict[str, Any] | None = None
+    status: ThreadStatus | None = None
+
+
+class ThreadSearch(ThreadCount):
+    """Filters and paging of a thread search."""
+
     ids: list[str] | None = None
     limit: int = Field(default=10, ge=0, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_INT)
+
+
+class ThreadUpdate(Open):
+    """Metadata merged into a thread's."""
+
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ThreadPrune(Open):
+    """Threads to prune: ``delete`` removes them, ``keep_latest`` keeps only their latest checkpoint."""
+
+    thread_ids: list[str] = Field(max_length=1000)
+    strategy: Literal["delete", "keep_latest"] = "delete"
+
+
+class StateAt(Open):
+    """A checkpoint to read a thread's state at."""
+
+    checkpoint: dict[str, Any]
+    subgraphs: bool = False
 
 
 class CheckpointOut(Open):
@@ -149,8 +248,17 @@ class RunCreate(Open):
     command: CommandIn | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     stream_mode: StreamModeName | list[StreamModeName] | None = None
-    multitask_strategy: Literal["reject", "enqueue"] = "reject"
+    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] = "reject"
     if_not_exists: Literal["create", "reject"] = "reject"
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    interrupt_before: Literal["*"] | list[str] | None = None
+    interrupt_after: Literal["*"] | list[str] | None = None
+    webhook: str | None = Field(default=None, max_length=2000, pattern="^https?://")
+    after_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
+    checkpoint_id: str | None = Field(default=None, max_length=100)
+    checkpoint: dict[str, Any] | None = None
+    on_completion: Literal["delete", "keep"] | None = None
     durability: Literal["sync", "async", "exit"] | None = Field(
         default=None,
         description="how the run checkpoints: sync/async after every step, exit only where it stops (honoured "
@@ -165,6 +273,20 @@ class StatelessRunCreate(RunCreate):
     model_config = ConfigDict(json_schema_extra={**_NOT_BOTH, "anyOf": [_STARTS, _RESUMES]})
 
 
+class BatchRunCreate(StatelessRunCreate):
+    """One run of a batch: on ``thread_id``, or on a new thread."""
+
+    thread_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class CancelMany(Open):
+    """Which runs to cancel: those of a thread, listed ones, or all with a status."""
+
+    thread_id: str | None = None
+    run_ids: list[str] | None = Field(default=None, max_length=1000)
+    status: Literal["pending", "running", "all"] | None = None
+
+
 class RunOut(Open):
     """A run, as the Agent Server API returns it."""
 
@@ -176,3 +298,4 @@ class RunOut(Open):
     status: Literal["pending", "running", "error", "success", "timeout", "interrupted"]
     metadata: dict[str, Any]
     multitask_strategy: str
+    cancel_reason: str | None = None

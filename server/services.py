@@ -5,28 +5,36 @@ Routers call these services; they take no locks and write no graph state themsel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from fastapi import Request
+from langchain_core.runnables import RunnableConfig
+from pydantic.errors import PydanticUserError
 
+from checkpoints.assistants import AssistantRow, AssistantStore
+from checkpoints.errors import SystemAssistantError
 from checkpoints.figures import live_figures
 from checkpoints.index import Instance
 from checkpoints.ownership import Owner, Viewer, acting_as
+from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
-from graphs.kernel.patterns import Graph, get_pattern
+from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 from nodes.telemetry import circuit_states, exposition
-from server.assistants import get_assistant, graph_of
+from server.assistants import Assistant, assistants, get_assistant, graph_of
 from server.auth import Authenticator, Principal, resolve_authenticator
 from server.problems import ApiError
 from server.queues.base import RunQueue
-from server.runs.executor import RunExecutor
-from server.runs.store import RunRow, RunStore, ThreadRow
-from server.runs.watch import RunWatch
+from server.runs.executor import RunExecutor, fork_back
+from server.runs.store import ACTIVE, TERMINAL, RunRow, RunStore, ThreadRow
+from server.runs.watch import RunWatch, wait_for_run
 from server.settings import Settings
+
+log = structlog.get_logger("journeys.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,26 @@ class ResolvedThread:
         return cls(row.thread_id, row, row.assistant_id, row.instance_id)
 
 
+@dataclass(frozen=True, slots=True)
+class ResolvedAssistant:
+    """An assistant: its pattern (the graph it runs), and its row unless it is a built-in (system) one."""
+
+    pattern: Assistant
+    row: AssistantRow | None
+
+    @property
+    def assistant_id(self) -> str:
+        return self.row.assistant_id if self.row else self.pattern.assistant_id
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.row.config) if self.row else {}
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return dict(self.row.context) if self.row else {}
+
+
 @dataclass
 class ServerServices:
     """What the server opens at startup and the routers use: settings, runtime, runs and the executor."""
@@ -55,10 +83,12 @@ class ServerServices:
     executor: RunExecutor
     queue: RunQueue
     authenticator: Authenticator | None = None  # None: the settings' (API keys by default)
+    assistant_rows: AssistantStore = field(init=False)
 
     def __post_init__(self) -> None:
         if self.authenticator is None:
             self.authenticator = resolve_authenticator(self.settings)
+        self.assistant_rows = AssistantStore(self.runtime.store.backend, self.runtime.store.clock)
 
     # --- ownership: every route that creates or reads a caller's objects goes through these -------------
 
@@ -137,6 +167,250 @@ class ServerServices:
         store = self.runtime.store
         return exposition(await live_figures(store.backend, store.clock.now()), await circuit_states(store))
 
+    async def visible_runs(self, caller: Principal, runs: Sequence[RunRow]) -> list[RunRow]:
+        """The runs of ``runs`` on threads ``caller`` may see."""
+        visible = []
+        for run in runs:
+            try:
+                await self.resolve_thread(run.thread_id, caller)
+            except JourneyNotFoundError:
+                continue
+            visible.append(run)
+        return visible
+
+    async def cancel_many(self, runs: Sequence[RunRow]) -> int:
+        """Cancel each active run of ``runs``; how many were."""
+        cancelled = 0
+        for run in runs:
+            if run.status in ACTIVE:
+                await self.cancel(run)
+                cancelled += 1
+        return cancelled
+
+    async def double_text(self, thread_id: str, assistant: Assistant, strategy: str) -> None:
+        """Before a run with ``multitask_strategy`` interrupt or rollback is queued: the thread's active runs
+        are cancelled; with rollback they are also deleted, and the thread's state goes back to the
+        checkpoint the first of them started from (a fork of it becomes the latest checkpoint). Rollback is
+        for chat threads: a journey's steps are in its event log and may have acted on the world, which no
+        checkpoint can take back."""
+        if strategy == "rollback" and not assistant.chat:
+            raise ApiError(
+                422,
+                "RollbackUnsupported",
+                f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps a rollback of "
+                "checkpoints cannot undo; use multitask_strategy='interrupt'",
+            )
+        active = [r for r in await self.runs.list_runs(thread_id, limit=10_000) if r.status in ACTIVE]
+        await self.cancel_many(active)
+        if strategy != "rollback" or not active:
+            return
+        ended = [await wait_for_run(self.runs, self.watch, r.run_id, self.settings.poll_interval) for r in active]
+        started = [r for r in sorted(ended, key=lambda r: r.created_at) if r.attempts > 0]
+        thread = await self.resolve_thread(thread_id, None)  # the caller's run was queued on it already
+        graph = await self.thread_graph(thread)
+        if started and graph is not None and thread.instance_id is not None:
+            base = started[0].base_checkpoint
+            if base is None:  # the thread had no state before it
+                async with self.runtime.engine.exclusive(thread.instance_id):
+                    await self.runtime.store.saver.adelete_thread(thread.instance_id)
+            else:
+                await fork_back(self.runtime, graph, thread.instance_id, base)
+        for run in ended:
+            await self.runs.delete_run(run.run_id)
+
+    async def delete_run(self, run: RunRow) -> None:
+        """A finished run (and its chunks); an active one is refused: cancel it first."""
+        if run.status not in TERMINAL:
+            raise ApiError(409, "RunActive", f"run {run.run_id!r} is {run.status}; cancel it first")
+        await self.runs.delete_run(run.run_id)
+
+    # --- assistants -------------------------------------------------------------------------------
+
+    async def resolve_assistant(self, assistant_id: str) -> ResolvedAssistant:
+        """A built-in pattern's assistant (its id is the pattern's), or one a caller created."""
+        if assistant_id in registered_patterns():
+            return ResolvedAssistant(get_assistant(assistant_id), None)
+        row = await self.assistant_rows.require(assistant_id)
+        return ResolvedAssistant(get_assistant(row.graph_id), row)
+
+    async def create_assistant(self, owner: str, if_exists: str, **fields: Any) -> ResolvedAssistant:
+        pattern = get_assistant(fields["graph_id"])  # an unknown graph is a 404
+        if fields.get("assistant_id") in registered_patterns():
+            if if_exists == "do_nothing":
+                return ResolvedAssistant(pattern, None)
+            raise SystemAssistantError(f"{fields['assistant_id']!r} is a system assistant's id")
+        row = await self.assistant_rows.create(owner=owner, if_exists=if_exists, **fields)
+        return ResolvedAssistant(get_assistant(row.graph_id), row)
+
+    async def update_assistant(self, assistant_id: str, **changes: Any) -> ResolvedAssistant:
+        await self._own_assistant(assistant_id)
+        if changes.get("graph_id") is not None:
+            get_assistant(changes["graph_id"])
+        row = await self.assistant_rows.update(assistant_id, **changes)
+        return ResolvedAssistant(get_assistant(row.graph_id), row)
+
+    async def set_latest_assistant(self, assistant_id: str, version: int) -> ResolvedAssistant:
+        await self._own_assistant(assistant_id)
+        row = await self.assistant_rows.set_latest(assistant_id, version)
+        return ResolvedAssistant(get_assistant(row.graph_id), row)
+
+    async def assistant_versions(
+        self, assistant_id: str, metadata: Mapping[str, Any] | None, limit: int, offset: int
+    ) -> list[AssistantRow] | list[ResolvedAssistant]:
+        if assistant_id in registered_patterns():  # a system assistant has one version
+            return [ResolvedAssistant(get_assistant(assistant_id), None)][offset : offset + limit]
+        return await self.assistant_rows.versions(assistant_id, metadata=metadata, limit=limit, offset=offset)
+
+    async def delete_assistant(self, assistant_id: str) -> None:
+        await self._own_assistant(assistant_id)
+        await self.assistant_rows.delete(assistant_id)
+
+    async def _own_assistant(self, assistant_id: str) -> None:
+        if assistant_id in registered_patterns():
+            raise SystemAssistantError(
+                f"{assistant_id!r} is a built-in (system) assistant; create an assistant on its graph instead",
+                assistant_id=assistant_id,
+            )
+
+    async def search_assistants(
+        self, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+    ) -> list[ResolvedAssistant]:
+        """The system assistants that match, then the created ones (newest first)."""
+        found = [
+            ResolvedAssistant(a, None)
+            for a in assistants()
+            if (graph_id is None or a.assistant_id == graph_id)
+            and (name is None or name in a.assistant_id)
+            and _holds(system_metadata(a), metadata)
+        ]
+        rows = await self.assistant_rows.search(graph_id=graph_id, name=name, metadata=metadata)
+        return found + [
+            ResolvedAssistant(get_assistant(r.graph_id), r) for r in rows if r.graph_id in registered_patterns()
+        ]
+
+    async def assistant_schemas(self, assistant: ResolvedAssistant) -> dict[str, Any]:
+        """The JSON schemas of the assistant's graph: input as the assistant checks it, the rest as
+        LangGraph derives them from a sample of the graph."""
+        pattern = assistant.pattern
+        schemas: dict[str, Any] = {
+            "graph_id": pattern.assistant_id,
+            "input_schema": pattern.input_schema,
+            "output_schema": None,
+            "state_schema": None,
+            "config_schema": None,
+            "context_schema": None,
+        }
+        if pattern.sample is not None:
+            graph = await pattern.sample(self.runtime)
+            try:
+                schemas["output_schema"] = graph.get_output_jsonschema()
+                schemas["state_schema"] = graph.get_output_jsonschema()
+                schemas["context_schema"] = graph.get_context_jsonschema()
+            except PydanticUserError:  # a state declared with typing.TypedDict (Python < 3.12): not describable
+                log.warning("no JSON schema for this graph's state", graph_id=pattern.assistant_id)
+        return schemas
+
+    async def assistant_subgraphs(
+        self, assistant: ResolvedAssistant, namespace: str | None, recurse: bool
+    ) -> dict[str, Any]:
+        pattern = assistant.pattern
+        if pattern.sample is None:
+            return {}
+        graph = await pattern.sample(self.runtime)
+        found: dict[str, Any] = {}
+        async for ns, subgraph in graph.aget_subgraphs(namespace=namespace, recurse=recurse):
+            found[ns] = {
+                "graph_id": pattern.assistant_id,
+                "input_schema": subgraph.get_input_jsonschema(),
+                "output_schema": subgraph.get_output_jsonschema(),
+                "state_schema": subgraph.get_output_jsonschema(),
+                "config_schema": None,
+                "context_schema": None,
+            }
+        return found
+
+    # --- threads ----------------------------------------------------------------------------------
+
+    async def update_thread(self, caller: Principal, thread_id: str, metadata: Mapping[str, Any]) -> ResolvedThread:
+        """Merge ``metadata`` into the thread's."""
+        thread = await self._thread_row(caller, thread_id)
+        await self.runs.set_thread_metadata(thread_id, {**thread.metadata, **metadata})
+        return await self.resolve_thread(thread_id, caller)
+
+    async def _thread_row(self, caller: Principal, thread_id: str) -> ThreadRow:
+        thread = await self.resolve_thread(thread_id, caller)
+        if thread.row is None:  # a journey started through the journey endpoints: it gets a row now
+            await self.runs.create_thread(thread_id, {}, self.owner(caller), if_exists="do_nothing")
+            if thread.instance_id and thread.assistant_id:
+                await self.runs.bind(thread_id, thread.assistant_id, thread.instance_id)
+        row = await self.runs.get_thread(thread_id)
+        assert row is not None
+        return row
+
+    async def delete_thread(self, caller: Principal, thread_id: str) -> None:
+        """The thread, its runs and its checkpoints; a thread with an active run is refused. The journey's
+        event log stays: it is the audit trail of what the journey did."""
+        thread = await self.resolve_thread(thread_id, caller)
+        if await self.runs.active_count(thread_id):
+            raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run; cancel it first")
+        if thread.instance_id is not None:
+            await self.runtime.store.saver.adelete_thread(thread.instance_id)
+        await self.runs.delete_thread(thread_id)
+
+    async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
+        """A new thread with the thread's metadata and checkpoints. Only chat threads (and threads without
+        state) copy: a journey's progress also lives in its instance's event log and index, which a copy of
+        checkpoints would not carry, so the copy would be a journey that never happened."""
+        thread = await self.resolve_thread(thread_id, caller)
+        pattern = get_assistant(thread.assistant_id) if thread.assistant_id else None
+        if pattern is not None and not pattern.chat:
+            raise ApiError(
+                409,
+                "CopyUnsupported",
+                f"thread {thread_id!r} runs a {pattern.assistant_id!r} journey, whose progress is in its event log "
+                "too; only chat threads are copied",
+            )
+        metadata = dict(thread.row.metadata) if thread.row else {}
+        copy = await self.runs.create_thread(None, metadata, self.owner(caller))
+        if pattern is not None and thread.instance_id is not None:
+            await copy_checkpoints(self.runtime.store.saver, thread.instance_id, copy.thread_id)
+            await self.runs.bind(copy.thread_id, pattern.assistant_id, copy.thread_id)
+        found = await self.runs.get_thread(copy.thread_id)
+        assert found is not None
+        return found
+
+    async def prune_threads(self, caller: Principal, thread_ids: Sequence[str], strategy: str) -> int:
+        """``delete``: the threads go (as :meth:`delete_thread`); ``keep_latest``: only their latest
+        checkpoint stays (where the checkpointer can prune)."""
+        pruned = 0
+        for thread_id in dict.fromkeys(thread_ids):
+            try:
+                thread = await self.resolve_thread(thread_id, caller)
+            except JourneyNotFoundError:  # not there, or someone else's
+                continue
+            if strategy == "delete":
+                await self.delete_thread(caller, thread_id)
+            elif thread.instance_id is not None:
+                try:
+                    await self.runtime.store.saver.aprune([thread.instance_id], strategy="keep_latest")
+                except NotImplementedError as exc:
+                    raise ApiError(
+                        422,
+                        "PruneUnsupported",
+                        "this store's checkpointer cannot keep only the latest checkpoint; prune with "
+                        "strategy='delete', or run on PostgreSQL",
+                    ) from exc
+            pruned += 1
+        return pruned
+
+    def checkpoint_config(self, thread: ResolvedThread, checkpoint: Mapping[str, Any]) -> RunnableConfig:
+        """The config of one of the thread's checkpoints (the SDK names the thread by its own id)."""
+        assert thread.instance_id is not None
+        configurable = {"thread_id": thread.instance_id, "checkpoint_ns": checkpoint.get("checkpoint_ns") or ""}
+        if checkpoint.get("checkpoint_id"):
+            configurable["checkpoint_id"] = checkpoint["checkpoint_id"]
+        return {"configurable": configurable}
+
     # --- threads ----------------------------------------------------------------------------------
 
     async def resolve_thread(self, thread_id: str, caller: Principal | None) -> ResolvedThread:
@@ -210,6 +484,19 @@ class ServerServices:
             "index_status": instance.status,
             **view,
         }
+
+
+def system_metadata(assistant: Assistant) -> dict[str, Any]:
+    """A built-in assistant's metadata: made by the system, with the schemas its runs are checked against."""
+    return {
+        "created_by": "system",
+        "input_schema": assistant.input_schema,
+        "resume_schema": assistant.resume_schema,
+    }
+
+
+def _holds(metadata: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
+    return not wanted or all(metadata.get(k) == v for k, v in wanted.items())
 
 
 def services(request: Request) -> ServerServices:

@@ -53,6 +53,7 @@ ALTER TABLE server_threads DROP COLUMN tenant, DROP COLUMN shared_group;
 ALTER TABLE server_runs DROP COLUMN tenant, DROP COLUMN shared_group;
 DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 """
+UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
 
 
 async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgres_url: str) -> None:
@@ -62,6 +63,9 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         conn.execute("DROP TABLE journey_events")
         conn.execute(OLD_EVENTS_TABLE)
         conn.execute(UNDO_MIGRATIONS_FROM_6)
+        conn.execute("ALTER TABLE server_runs DROP COLUMN options")
+        for table in UNDO_MIGRATION_15:
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
         conn.execute(
             "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -116,7 +120,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
     old runs still read, and new runs keep their output."""
     async with JourneyRuntime.open(durable_url) as rt:  # then make server_runs look as migration 4 left it
         async with rt.store.engine.begin() as conn:
-            for column in ("output", "job_id", "cancel_requested_at", "durability"):  # migrations 7 and 8
+            for column in ("output", "job_id", "cancel_requested_at", "durability", "options"):  # migrations 7, 8, 15
                 await conn.execute(text(f"ALTER TABLE server_runs DROP COLUMN {column}"))
             await conn.execute(text("DROP TABLE lifecycle_rollback_requests"))  # migration 10
             for table in ("agent_circuits", "agent_rate_limits"):  # migration 11
@@ -132,6 +136,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
                 for column in columns:
                     await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
             for table in ("journey_start_keys", "journey_concurrency_slots", "journey_queued_starts"):  # 13
+                await conn.execute(text(f"DROP TABLE {table}"))
+            for table in UNDO_MIGRATION_15:
                 await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:

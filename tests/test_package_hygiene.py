@@ -24,6 +24,7 @@ STATUS_BY_CODE = {
     **dict.fromkeys(("PolicyViolationError", "TaskForbiddenError"), 403),
     **dict.fromkeys(
         (
+            "AssistantNotFoundError",
             "JourneyNotFoundError",
             "ProcessInstanceNotFoundError",
             "TaskNotFoundError",
@@ -37,6 +38,7 @@ STATUS_BY_CODE = {
     ),
     **dict.fromkeys(
         (
+            "AssistantExistsError",
             "ConcurrentUpdateError",
             "DuplicateAgentError",
             "DuplicateDesignError",
@@ -53,6 +55,7 @@ STATUS_BY_CODE = {
             "ProcessVersionConflictError",
             "StepFailedError",
             "StepOrderError",
+            "SystemAssistantError",
             "TaskClosedError",
             "ThreadBusyError",
             "ThreadExistsError",

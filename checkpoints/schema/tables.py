@@ -286,6 +286,9 @@ server_runs = Table(
     # With principal (its owner), who may see it; what the journey it starts is owned by (migration 12).
     Column("tenant", String(100), nullable=True),
     Column("shared_group", String(200), nullable=True),
+    # The run's Agent Server options (migration 15): the graph its assistant runs, config, context,
+    # interrupt_before/after, webhook, checkpoint_id, on_completion, when it may start.
+    Column("options", JsonType, nullable=True),
     Index("ix_server_runs_thread_status", "thread_id", "status"),
 )
 
@@ -298,4 +301,37 @@ server_run_events = Table(
     Column("data", JsonType, nullable=True),
 )
 
-SERVER_TABLES = (server_threads, server_runs, server_run_events)
+# Assistants (migration 15): a graph with its config, context and metadata, versioned. The built-in patterns
+# are system assistants and have no rows; these are the ones callers create.
+server_assistants = Table(
+    "server_assistants",
+    metadata,
+    Column("assistant_id", String(200), primary_key=True),
+    Column("graph_id", String(100), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("config", JsonType, nullable=False),
+    Column("context", JsonType, nullable=False),
+    Column("metadata", JsonType, nullable=False),
+    Column("version", Integer, nullable=False),  # the version in use (set_latest may go back)
+    Column("owner", String(200), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_server_assistants_graph", "graph_id"),
+)
+
+server_assistant_versions = Table(
+    "server_assistant_versions",
+    metadata,
+    Column("assistant_id", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("graph_id", String(100), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("config", JsonType, nullable=False),
+    Column("context", JsonType, nullable=False),
+    Column("metadata", JsonType, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+SERVER_TABLES = (server_threads, server_runs, server_run_events, server_assistants, server_assistant_versions)

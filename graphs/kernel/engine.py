@@ -18,7 +18,7 @@ from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.locks import busy
 from checkpoints.store import Store
-from graphs.kernel.streaming import StreamSink, run_graph
+from graphs.kernel.streaming import NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
 
@@ -36,12 +36,14 @@ class RunOptions:
     whole run after a crash may choose "exit" for journeys whose steps replay from the event log: the
     log already records each step, and the retried run replays those steps instead of executing them
     again. ``stream``: where the run's chunks go, for a run created for streaming. ``outcomes``: filled,
-    per thread, with what the last run of that thread ended with.
+    per thread, with what the last run of that thread ended with. ``call``: the caller's config, context
+    and interrupt_before/after for the graph run.
     """
 
     durability: Durability | None = None
     stream: StreamSink | None = None
     outcomes: dict[str, Outcome] | None = None
+    call: GraphCall = NO_CALL
 
 
 DEFAULT_RUN = RunOptions()
@@ -146,7 +148,8 @@ class JourneyEngine:
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]
-            output = await run_graph(graph, value, config, options.durability or self._durability, options.stream)
+            durability = options.durability or self._durability
+            output = await run_graph(graph, value, config, durability, options.stream, options.call)
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome

@@ -1,60 +1,158 @@
-"""Assistants: search, get, graph."""
+"""Assistants: the built-in patterns (system assistants) and the ones callers create on their graphs, with
+versions, config and context of their own."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
+from checkpoints.assistants import AssistantRow
 from server.api import errors
-from server.assistants import Assistant, assistants, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
-from server.models import AssistantOut, AssistantSearch, GraphOut
-from server.services import ServerServices, services
+from server.models import (
+    AssistantCount,
+    AssistantCreate,
+    AssistantOut,
+    AssistantSearch,
+    AssistantUpdate,
+    AssistantVersionOut,
+    GraphOut,
+    GraphSchemaOut,
+    SetLatest,
+    VersionsQuery,
+)
+from server.services import ResolvedAssistant, ServerServices, services, system_metadata
 
 router = APIRouter(prefix="/assistants", tags=["assistants"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
+Writer = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
 EPOCH = "2026-01-01T00:00:00+00:00"
 
 
-def assistant_view(assistant: Assistant) -> dict[str, Any]:
+def assistant_view(assistant: ResolvedAssistant) -> dict[str, Any]:
+    if assistant.row is not None:
+        return row_view(assistant.row)
+    pattern = assistant.pattern
     return {
-        "assistant_id": assistant.assistant_id,
-        "graph_id": assistant.assistant_id,
+        "assistant_id": pattern.assistant_id,
+        "graph_id": pattern.assistant_id,
         "config": {},
         "context": {},
         "created_at": EPOCH,
         "updated_at": EPOCH,
-        "metadata": {"input_schema": assistant.input_schema, "resume_schema": assistant.resume_schema},
+        "metadata": system_metadata(pattern),
         "version": 1,
-        "name": assistant.assistant_id,
-        "description": assistant.description,
+        "name": pattern.assistant_id,
+        "description": pattern.description,
     }
 
 
+def row_view(row: AssistantRow) -> dict[str, Any]:
+    return {
+        "assistant_id": row.assistant_id,
+        "graph_id": row.graph_id,
+        "config": row.config,
+        "context": row.context,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+        "metadata": row.metadata,
+        "version": row.version,
+        "name": row.name,
+        "description": row.description,
+    }
+
+
+@router.post("", response_model=AssistantOut, summary="Create an assistant on a graph")
+async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services) -> dict[str, Any]:
+    created = await svc.create_assistant(
+        caller.name,
+        body.if_exists,
+        assistant_id=body.assistant_id,
+        graph_id=body.graph_id,
+        name=body.name,
+        description=body.description,
+        config=body.config,
+        context=body.context,
+        metadata=body.metadata,
+    )
+    return assistant_view(created)
+
+
 @router.post("/search", response_model=list[AssistantOut], summary="Search assistants")
-async def search_assistants(body: AssistantSearch, _caller: Reader) -> list[dict[str, Any]]:
-    found = [
-        a
-        for a in assistants()
-        if (body.graph_id is None or a.assistant_id == body.graph_id)
-        and (body.name is None or body.name in a.assistant_id)
-    ]
+async def search_assistants(body: AssistantSearch, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    found = await svc.search_assistants(body.graph_id, body.name, body.metadata)
     return [assistant_view(a) for a in found[body.offset : body.offset + body.limit]]
 
 
+@router.post("/count", response_model=int, summary="Count assistants")
+async def count_assistants(body: AssistantCount, _caller: Reader, svc: Services) -> int:
+    return len(await svc.search_assistants(body.graph_id, body.name, body.metadata))
+
+
 @router.get("/{assistant_id}", response_model=AssistantOut, summary="Get an assistant")
-async def get_assistant_route(assistant_id: str, _caller: Reader) -> dict[str, Any]:
-    return assistant_view(get_assistant(assistant_id))
+async def get_assistant_route(assistant_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
+    return assistant_view(await svc.resolve_assistant(assistant_id))
+
+
+@router.patch("/{assistant_id}", response_model=AssistantOut, summary="Update an assistant (a new version)")
+async def update_assistant(assistant_id: str, body: AssistantUpdate, _caller: Writer, svc: Services) -> dict[str, Any]:
+    changes = body.model_dump(include={"graph_id", "config", "context", "metadata", "name", "description"})
+    return assistant_view(await svc.update_assistant(assistant_id, **changes))
+
+
+@router.delete("/{assistant_id}", status_code=204, summary="Delete an assistant (not a system one)")
+async def delete_assistant(
+    assistant_id: str, _caller: Writer, svc: Services, delete_threads: Annotated[bool, Query()] = False
+) -> Response:
+    await svc.delete_assistant(assistant_id)
+    return Response(status_code=204)
+
+
+@router.post("/{assistant_id}/versions", response_model=list[AssistantVersionOut], summary="An assistant's versions")
+async def get_versions(assistant_id: str, body: VersionsQuery, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    found = await svc.assistant_versions(assistant_id, body.metadata, body.limit, body.offset)
+    views = [row_view(v) if isinstance(v, AssistantRow) else assistant_view(v) for v in found]
+    for view in views:
+        view.pop("updated_at", None)
+    return views
+
+
+@router.post("/{assistant_id}/latest", response_model=AssistantOut, summary="Make a version the one in use")
+async def set_latest(assistant_id: str, body: SetLatest, _caller: Writer, svc: Services) -> dict[str, Any]:
+    return assistant_view(await svc.set_latest_assistant(assistant_id, body.version))
+
+
+@router.get("/{assistant_id}/schemas", response_model=GraphSchemaOut, summary="The JSON schemas of its graph")
+async def get_schemas(assistant_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.assistant_schemas(await svc.resolve_assistant(assistant_id))
+
+
+@router.get("/{assistant_id}/subgraphs", response_model=dict[str, GraphSchemaOut], summary="Its graph's subgraphs")
+async def get_subgraphs(
+    assistant_id: str, _caller: Reader, svc: Services, recurse: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
+    return await svc.assistant_subgraphs(await svc.resolve_assistant(assistant_id), None, recurse)
+
+
+@router.get(
+    "/{assistant_id}/subgraphs/{namespace}",
+    response_model=dict[str, GraphSchemaOut],
+    summary="Its graph's subgraphs under a namespace",
+)
+async def get_subgraphs_of(
+    assistant_id: str, namespace: str, _caller: Reader, svc: Services, recurse: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
+    return await svc.assistant_subgraphs(await svc.resolve_assistant(assistant_id), namespace, recurse)
 
 
 @router.get("/{assistant_id}/graph", response_model=GraphOut, summary="The assistant's graph (nodes and edges)")
 async def get_graph(
     assistant_id: str, _caller: Reader, svc: Services, xray: Annotated[bool | int, Query()] = False
 ) -> dict[str, Any]:
-    assistant = get_assistant(assistant_id)
+    assistant = (await svc.resolve_assistant(assistant_id)).pattern
     if assistant.sample is None:
         return {"nodes": [], "edges": []}
     drawable = (await assistant.sample(svc.runtime)).get_graph(xray=xray)

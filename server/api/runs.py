@@ -1,32 +1,34 @@
-"""Runs: create in the background, wait, stream (SSE), join, get, list, cancel.
+"""Runs: create in the background (one or a batch), wait, stream (SSE), join, get, list, cancel (one or
+many), delete.
 
 The first run on a thread takes ``input`` and starts a journey; later runs take ``command.resume`` and
 advance it (see :mod:`server.assistants`). ``multitask_strategy``: ``reject`` (default) refuses a run
-while the thread has an active one (409), ``enqueue`` queues it behind them.
+while the thread has an active one (409), ``enqueue`` queues it behind them, ``interrupt`` cancels them
+first (their progress stays), ``rollback`` cancels and deletes them and puts the thread back where the
+first of them found it (chat threads only).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from checkpoints.redaction import redact
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, RunCreate, RunOut, StatelessRunCreate
+from server.models import MAX_INT, BatchRunCreate, CancelMany, RunCreate, RunOut, StatelessRunCreate
 from server.problems import ApiError
 from server.runs.executor import thread_output
-from server.runs.store import TERMINAL, RunRow, ThreadRow
-from server.runs.watch import next_change, wait_for_run
-from server.services import ServerServices, services
+from server.runs.sse import SSE, run_events
+from server.runs.store import ACTIVE, TERMINAL, RunRow, ThreadRow
+from server.runs.watch import wait_for_run
+from server.services import ResolvedAssistant, ServerServices, services
 
 router = APIRouter(tags=["runs"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
@@ -34,25 +36,13 @@ Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
 # A run may create its thread (if_not_exists=create): its id is then stored.
 RunThreadId = Annotated[str, Path(max_length=THREAD_ID)]
-# Each server-sent event, described as OpenAPI 3.1 describes a stream's items (3.2 would say itemSchema).
-SSE_EVENT = {
-    "type": "object",
-    "required": ["event", "data"],
-    "properties": {
-        "event": {"type": "string", "description": "metadata, a stream mode (values, updates, …), error, or end"},
-        "data": {"type": "string", "contentMediaType": "application/json", "description": "the chunk, as JSON"},
-        "id": {"type": "string", "description": "the chunk's sequence number: send it back as Last-Event-ID"},
-    },
-}
-SSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}, "description": "server-sent events, then end"}
-}
 
 
 async def create_run(
     svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, *, streaming: bool
 ) -> RunRow:
-    assistant = get_assistant(body.assistant_id)
+    resolved = await svc.resolve_assistant(body.assistant_id)
+    assistant = resolved.pattern
     if body.input is not None:  # checked before anything (the thread included) is stored
         assistant.check_input(body.input)
         if isinstance(body.input, dict) and isinstance(body.input.get("user_id"), str):
@@ -60,14 +50,23 @@ async def create_run(
     if body.command is not None and "resume" in body.command.model_fields_set:
         assistant.check_resume(body.command.resume)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
+    if (body.checkpoint_id or body.checkpoint) and not assistant.chat:
+        raise ApiError(
+            422,
+            "CheckpointUnsupported",
+            f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps are in their event log: "
+            "a run cannot go on from an earlier checkpoint (chat threads can)",
+        )
+    if row is not None and body.multitask_strategy in ("interrupt", "rollback"):
+        await svc.double_text(row.thread_id, assistant, body.multitask_strategy)
     kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
     modes: list[str] = []
-    if streaming:
+    if streaming or body.stream_mode is not None:  # a background run records its chunks for join_stream
         chosen = body.stream_mode or "values"
         modes = [chosen] if isinstance(chosen, str) else list(chosen)
     run = await svc.runs.create_run(
         thread_id=row.thread_id if row else None,  # None: a new thread, created with the run
-        assistant_id=assistant.assistant_id,
+        assistant_id=resolved.assistant_id,
         kind=kind,
         input=body.input,
         command={"resume": body.command.resume} if kind == "resume" and body.command else None,
@@ -77,9 +76,35 @@ async def create_run(
         principal=svc.owner(caller),
         enqueue=svc.queue.enqueue,
         durability=body.durability,
+        options=run_options(svc, resolved, body),
     )
     svc.submit(run)
     return run
+
+
+def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCreate) -> dict[str, Any]:
+    """What the run keeps of its request beyond input and command: its graph, the assistant's config and
+    context under the run's own, and the options the executor applies."""
+    config = {**assistant.config, **(body.config or {})}
+    configurable = {**assistant.config.get("configurable", {}), **(body.config or {}).get("configurable", {})}
+    if configurable:
+        config["configurable"] = configurable
+    options: dict[str, Any] = {"graph_id": assistant.pattern.assistant_id}
+    context = {**assistant.context, **(body.context or {})}
+    checkpoint_id = body.checkpoint_id or (body.checkpoint or {}).get("checkpoint_id")
+    found = {
+        "config": config,
+        "context": context,
+        "interrupt_before": body.interrupt_before,
+        "interrupt_after": body.interrupt_after,
+        "webhook": body.webhook,
+        "checkpoint_id": checkpoint_id,
+        "on_completion": body.on_completion,
+    }
+    options |= {k: v for k, v in found.items() if v}
+    if body.after_seconds:
+        options["not_before"] = (svc.runtime.store.clock.now() + timedelta(seconds=body.after_seconds)).isoformat()
+    return options
 
 
 def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queued: int) -> str:
@@ -175,6 +200,36 @@ async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runne
     return await final_output(svc, run)
 
 
+@router.post("/runs/batch", response_model=list[RunOut], summary="Create runs in the background, each on its thread")
+async def create_batch(
+    body: Annotated[list[BatchRunCreate], Body(max_length=100)], caller: Runner, svc: Services
+) -> list[dict[str, Any]]:
+    """Every run is checked and created in order; one refused stops the batch there (the ones before it stay)."""
+    return [(await create_run(svc, item.thread_id, item, caller, streaming=False)).view() for item in body]
+
+
+@router.post("/runs/cancel", status_code=204, summary="Cancel the runs of a thread, listed runs, or all with a status")
+async def cancel_many(
+    body: CancelMany,
+    caller: Runner,
+    svc: Services,
+    action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
+) -> Response:
+    if body.thread_id is None and not body.run_ids and body.status is None:
+        raise InvalidInputError("name a thread_id, run_ids or a status")
+    if body.run_ids:
+        found = [r for r in [await svc.runs.get_run(i) for i in body.run_ids] if r is not None]
+    elif body.thread_id is not None:
+        found = await svc.runs.list_runs(body.thread_id, limit=MAX_INT)
+    else:
+        found = await svc.runs.unfinished()
+    found = await svc.visible_runs(caller, found)  # only the caller's own (404-like: others' are not there)
+    statuses = ACTIVE if body.status in (None, "all") else (body.status,)
+    chosen = [r for r in found if r.status in statuses and (body.thread_id is None or r.thread_id == body.thread_id)]
+    await svc.cancel_many(chosen)
+    return Response(status_code=204)
+
+
 @router.post("/runs/wait", summary="Create a run on a new thread and wait for its output")
 async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     run = await _wait(svc, await create_run(svc, None, body, caller, streaming=False))
@@ -186,40 +241,13 @@ async def create_and_stream(
     thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services
 ) -> StreamingResponse:
     run = await create_run(svc, thread_id, body, caller, streaming=True)
-    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
+    return StreamingResponse(run_events(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 
 
 @router.post("/runs/stream", summary="Create a run on a new thread and stream it (SSE)", responses=SSE)
 async def create_stateless_stream(body: StatelessRunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     run = await create_run(svc, None, body, caller, streaming=True)
-    return StreamingResponse(_sse(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
-
-
-async def _sse(svc: ServerServices, run: RunRow, after: int | None = None) -> AsyncIterator[bytes]:
-    """The run's chunks as server-sent events, each with its sequence number as ``id``, then ``end``.
-
-    ``after`` (a reconnect's Last-Event-ID) resumes after that chunk; None is a new stream, which opens
-    with the run's ``metadata``."""
-    if after is None:
-        yield _frame("metadata", {"run_id": run.run_id, "attempt": 1})
-    seen = after or 0
-    with svc.watch.watching(run.run_id) as changed:
-        while True:
-            current = await svc.runs.get_run(run.run_id)
-            finished = current is None or current.status in TERMINAL
-            # Read after the status: a run seen finished has written all its chunks.
-            for number, event, data in await svc.runs.events_after(run.run_id, seen):
-                seen = number
-                yield _frame(event, data, number)
-            if finished:
-                yield _frame("end", None)
-                return
-            await next_change(changed, svc.settings.poll_interval)
-
-
-def _frame(event: str, data: Any, number: int | None = None) -> bytes:
-    head = f"id: {number}\n" if number is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(redact(data), default=str)}\n\n".encode()
+    return StreamingResponse(run_events(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
 
 
 @router.get(
@@ -235,7 +263,7 @@ async def join_stream(
     """The chunks of a run created for streaming: all of them, or those after ``Last-Event-ID``."""
     run = await svc.run(caller, thread_id, run_id)
     after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
-    return StreamingResponse(_sse(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
+    return StreamingResponse(run_events(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
 
 
 @router.get("/threads/{thread_id}/runs", response_model=list[RunOut], summary="List a thread's runs")
@@ -259,6 +287,12 @@ async def get_run(thread_id: str, run_id: str, caller: Reader, svc: Services) ->
 async def join_run(thread_id: str, run_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     run = await _wait(svc, await svc.run(caller, thread_id, run_id))
     return await final_output(svc, run)
+
+
+@router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, summary="Delete a finished run")
+async def delete_run(thread_id: str, run_id: str, caller: Runner, svc: Services) -> Response:
+    await svc.delete_run(await svc.run(caller, thread_id, run_id))
+    return Response(status_code=204)
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202, summary="Cancel a run")

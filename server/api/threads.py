@@ -1,4 +1,5 @@
-"""Threads: create, get, search, state (get, update), history.
+"""Threads: create, get, update, delete, search, count, copy, prune, state (now, at a checkpoint, update),
+history, and the stream of their runs.
 
 A thread is bound to one journey instance by its first run, so its state and history are that journey's
 checkpoints. A journey started through the journey endpoints is a thread too: its instance id is its
@@ -7,17 +8,33 @@ thread id.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import StreamingResponse
 
 from graphs.errors import JourneyNotFoundError
 from server.api import errors
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
-from server.models import HistoryQuery, StateUpdate, StateUpdated, ThreadCreate, ThreadOut, ThreadSearch, ThreadStateOut
+from server.models import (
+    MAX_INT,
+    HistoryQuery,
+    StateAt,
+    StateUpdate,
+    StateUpdated,
+    ThreadCount,
+    ThreadCreate,
+    ThreadOut,
+    ThreadPrune,
+    ThreadSearch,
+    ThreadStateOut,
+    ThreadUpdate,
+)
 from server.problems import ApiError
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
+from server.runs.sse import SSE, run_events
 from server.services import ResolvedThread, ServerServices, services
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
@@ -69,7 +86,24 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         "status": status,
         "values": values if isinstance(values, dict) else {"values": values},
         "interrupts": interrupts,
+        "extracted": {},
     }
+
+
+def _holds(found: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
+    return not wanted or all(found.get(k) == v for k, v in wanted.items())
+
+
+async def _matching(
+    svc: ServerServices, body: ThreadCount, viewer: Viewer, ids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The views of the threads ``viewer`` may see whose metadata and values hold the filters' and whose status
+    is the one asked."""
+    rows = await svc.runs.search_threads(body.metadata, MAX_INT, 0, ids, viewer=viewer)
+    views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
+    return [
+        v for v in views if _holds(v["values"], body.values) and (body.status is None or v["status"] == body.status)
+    ]
 
 
 @router.post("", response_model=ThreadOut, summary="Create a thread")
@@ -85,13 +119,85 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
 
 @router.post("/search", response_model=list[ThreadOut], summary="Search threads")
 async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
-    rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids, viewer=svc.viewer(caller))
-    return [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
+    viewer = svc.viewer(caller)
+    if body.values is None and body.status is None:  # filters the rows hold: only the page is viewed
+        rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids, viewer=viewer)
+        return [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
+    return (await _matching(svc, body, viewer, body.ids))[body.offset : body.offset + body.limit]
+
+
+@router.post("/count", response_model=int, summary="Count threads")
+async def count_threads(body: ThreadCount, caller: Reader, svc: Services) -> int:
+    viewer = svc.viewer(caller)
+    if body.values is None and body.status is None:
+        return len(await svc.runs.search_threads(body.metadata, MAX_INT, 0, viewer=viewer))
+    return len(await _matching(svc, body, viewer))
+
+
+@router.post("/prune", summary="Prune threads: delete them, or keep only their latest checkpoint")
+async def prune_threads(body: ThreadPrune, caller: Runner, svc: Services) -> dict[str, int]:
+    return {"pruned_count": await svc.prune_threads(caller, body.thread_ids, body.strategy)}
 
 
 @router.get("/{thread_id}", response_model=ThreadOut, summary="Get a thread")
 async def get_thread(thread_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     return await thread_view(svc, await svc.resolve_thread(thread_id, caller))
+
+
+@router.patch("/{thread_id}", response_model=ThreadOut, summary="Update a thread's metadata (merged)")
+async def update_thread(thread_id: str, body: ThreadUpdate, caller: Runner, svc: Services) -> dict[str, Any]:
+    return await thread_view(svc, await svc.update_thread(caller, thread_id, body.metadata))
+
+
+@router.delete("/{thread_id}", status_code=204, summary="Delete a thread, its runs and its checkpoints")
+async def delete_thread(thread_id: str, caller: Runner, svc: Services) -> Response:
+    await svc.delete_thread(caller, thread_id)
+    return Response(status_code=204)
+
+
+@router.post("/{thread_id}/copy", response_model=ThreadOut, summary="Copy a (chat) thread with its checkpoints")
+async def copy_thread(thread_id: str, caller: Runner, svc: Services) -> dict[str, Any]:
+    return await thread_view(svc, ResolvedThread.of(await svc.copy_thread(caller, thread_id)))
+
+
+@router.get("/{thread_id}/stream", summary="The stream of the thread's current (or last) run (SSE)", responses=SSE)
+async def join_thread_stream(
+    thread_id: str,
+    caller: Reader,
+    svc: Services,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    stream_mode: Annotated[list[str] | None, Query()] = None,
+) -> StreamingResponse:
+    """The chunks of the thread's active run, or of its last run when none is active, then ``end``."""
+    await svc.resolve_thread(thread_id, caller)
+    run = await svc.runs.next_pending(thread_id) or await svc.runs.last_run(thread_id)
+    if run is None:
+        raise ApiError(404, "NoRun", f"thread {thread_id!r} has no run to stream")
+    after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
+    return StreamingResponse(run_events(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
+
+
+@router.post("/{thread_id}/state/checkpoint", response_model=ThreadStateOut, summary="The state at a checkpoint")
+async def get_state_at(thread_id: str, body: StateAt, caller: Reader, svc: Services) -> dict[str, Any]:
+    return await _state_at(svc, caller, thread_id, body.checkpoint)
+
+
+@router.get("/{thread_id}/state/{checkpoint_id}", response_model=ThreadStateOut, summary="The state at a checkpoint")
+async def get_state_by_id(thread_id: str, checkpoint_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    return await _state_at(svc, caller, thread_id, {"checkpoint_id": checkpoint_id})
+
+
+async def _state_at(
+    svc: ServerServices, caller: Principal, thread_id: str, checkpoint: Mapping[str, Any]
+) -> dict[str, Any]:
+    thread = await svc.resolve_thread(thread_id, caller)
+    graph = await svc.thread_graph(thread)
+    if graph is None or thread.instance_id is None:
+        return empty_state(thread_id)
+    snapshot = await graph.aget_state(svc.checkpoint_config(thread, checkpoint))
+    if checkpoint.get("checkpoint_id") and snapshot.config is None:
+        raise JourneyNotFoundError(f"thread {thread_id!r} has no checkpoint {checkpoint['checkpoint_id']!r}")
+    return state_view(snapshot, thread_id)
 
 
 @router.get("/{thread_id}/state", response_model=ThreadStateOut, summary="The thread's current state")

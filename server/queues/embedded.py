@@ -42,6 +42,7 @@ class EmbeddedRunner:
                     if thread_id in self._queued:  # submitted while we looked: look again
                         continue
                     return  # and unregister at once, before any await: a later submit starts a new driver
+                await self.executor.when_due(run)  # a delayed run waits without holding a slot
                 async with self._slots:
                     self._current[thread_id] = run.run_id
                     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import procrastinate
@@ -81,7 +82,14 @@ def enqueuer(app: procrastinate.App) -> Enqueue:
     ``connection=``), so the run and its job commit together."""
 
     async def enqueue(conn: psycopg.AsyncConnection[Any], run: RunRow) -> int | None:
-        task = app.configure_task(RUN_TASK, lock=f"thread:{run.thread_id}", queue=QUEUE, connection=conn)
+        due = (run.options or {}).get("not_before")  # a delayed run (after_seconds): no worker waits for it
+        task = app.configure_task(
+            RUN_TASK,
+            lock=f"thread:{run.thread_id}",
+            queue=QUEUE,
+            connection=conn,
+            schedule_at=datetime.fromisoformat(due) if due else None,
+        )
         job_id: int = await task.defer_async(run_id=run.run_id)
         return job_id
 

@@ -15,13 +15,16 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
+import httpx
 import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
+from graphs.errors import JourneyNotFoundError
 from graphs.kernel.engine import Outcome, RunOptions, in_flight
-from graphs.kernel.streaming import StreamSink
+from graphs.kernel.patterns import Graph
+from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
@@ -132,6 +135,47 @@ async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_
     return output
 
 
+_BACKGROUND: set[asyncio.Task[bool]] = set()  # webhook calls in flight (kept from garbage collection)
+WEBHOOK_ATTEMPTS = 5
+
+
+async def call_webhook(url: str, run: RunRow, *, attempts: int = WEBHOOK_ATTEMPTS, backoff: float = 0.5) -> bool:
+    """POST the finished run to ``url``, retried with exponential backoff on a connection error or a 5xx
+    answer; True once it was taken (any answer below 500)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        for attempt in range(attempts):
+            try:
+                answer = await client.post(url, json=jsonable(run.view()))
+                if answer.status_code < 500:
+                    return True
+            except httpx.HTTPError as exc:
+                log.warning("webhook call failed", run_id=run.run_id, attempt=attempt + 1, error=repr(exc))
+            await asyncio.sleep(backoff * 2**attempt)
+    log.error("webhook gave up", run_id=run.run_id, url=url)
+    return False
+
+
+async def fork_back(runtime: JourneyRuntime, graph: Graph, instance_id: str, checkpoint_id: str) -> None:
+    """Make a copy of an earlier checkpoint the thread's latest (LangGraph's fork: an update with no values),
+    so the next run goes on from there; the checkpoints after it stay in the history."""
+    config: Any = {"configurable": {"thread_id": instance_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
+    async with runtime.engine.exclusive(instance_id):
+        if (await graph.aget_state(config)).config is None:
+            raise JourneyNotFoundError(f"no checkpoint {checkpoint_id!r} on this thread", checkpoint_id=checkpoint_id)
+        await graph.aupdate_state(config, None)
+
+
+def graph_call(run: RunRow) -> GraphCall:
+    """The config, context and interrupt_before/after a run's graph runs with."""
+    options = run.options or {}
+    return GraphCall(
+        config=options.get("config") or {},
+        context=options.get("context") or None,
+        interrupt_before=options.get("interrupt_before"),
+        interrupt_after=options.get("interrupt_after"),
+    )
+
+
 class RunExecutor:
     """Executes one queued run on its thread's journey and records its status and outcome."""
 
@@ -148,6 +192,9 @@ class RunExecutor:
             return await self._execute(run_id)
 
     async def _execute(self, run_id: str) -> RunRow | None:
+        pending = await self.runs.get_run(run_id)
+        if pending is not None:
+            await self.when_due(pending)
         try:
             claimed = await self.runs.claim(run_id)
         except asyncio.CancelledError:  # cancelled as it was being claimed: the claim may have landed
@@ -161,7 +208,7 @@ class RunExecutor:
             return await self.runs.get_run(run_id)
         principal = run.principal or "local"
         groups = tuple(run.metadata.get("_groups", ()))
-        assistant = get_assistant(run.assistant_id)
+        assistant = get_assistant(run.graph_id)
         seq = await self.runs.last_seq(run_id) if run.stream_modes else 0  # a retried run streams on
 
         async def emit(mode: str, chunk: Any) -> None:
@@ -173,10 +220,11 @@ class RunExecutor:
         async def bind(bound: str) -> None:
             nonlocal instance_id
             instance_id = bound
-            await self.runs.bind(run.thread_id, run.assistant_id, bound)
+            await self.runs.bind(run.thread_id, run.graph_id, bound)
 
         outcomes: dict[str, Outcome] = {}
-        options = RunOptions(self._durability_of(run, assistant), StreamSink.of(run.stream_modes, emit), outcomes)
+        sink = StreamSink.of(run.stream_modes, emit)
+        options = RunOptions(self._durability_of(run, assistant), sink, outcomes, graph_call(run))
         ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind, options)
         status, error, output = "success", None, None
         view: View = None
@@ -199,9 +247,38 @@ class RunExecutor:
                 output = outcome_values(outcome) | jsonable(view)
             else:
                 output = await self._output(assistant, instance_id)
+        if (run.options or {}).get("on_completion") == "delete":  # gone before anyone hears the run ended
+            await self._delete_thread(run)
         finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
+        if finished is not None:
+            self.finished(finished)
         return finished or await self.runs.get_run(run_id)
+
+    async def when_due(self, run: RunRow) -> None:
+        """Wait until a delayed run (``after_seconds``) may start; its due time is in its row, so a restart
+        keeps it."""
+        due = (run.options or {}).get("not_before")
+        if due and run.status == "pending":
+            delay = (datetime.fromisoformat(due) - self.runtime.store.clock.now()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def _delete_thread(self, run: RunRow) -> None:
+        """``on_completion="delete"``: the run's thread goes (a chat thread's checkpoints too; a journey it
+        started stays reachable by its instance id). The run's record stays: waiting clients read its output."""
+        thread = await self.runs.get_thread(run.thread_id)
+        if thread is not None and thread.instance_id is not None and get_assistant(run.graph_id).chat:
+            await self.runtime.store.saver.adelete_thread(thread.instance_id)
+        await self.runs.delete_thread(run.thread_id, runs=False)
+
+    def finished(self, run: RunRow) -> None:
+        """What a run asked for when it has ended: its webhook is called (retried, in the background)."""
+        webhook = (run.options or {}).get("webhook")
+        if webhook:
+            task = asyncio.create_task(call_webhook(webhook, run), name=f"webhook:{run.run_id}")
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
 
     def _durability_of(self, run: RunRow, assistant: Assistant) -> Durability | None:
         """The client's choice, else the server's; "exit" only for journeys whose steps replay from the log
@@ -218,12 +295,23 @@ class RunExecutor:
     async def _run(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None) -> View:
         """The run's work; the journey's view when the assistant answered with one (see ``View``)."""
         if run.kind == "start" and (instance_id is None or assistant.chat):
+            if instance_id is not None:  # where a rollback would put the thread back
+                await self._remember_base(run, assistant, instance_id)
+                if checkpoint_id := (run.options or {}).get("checkpoint_id"):
+                    graph = await graph_of(self.runtime, assistant, instance_id)
+                    await fork_back(self.runtime, graph, instance_id, checkpoint_id)
             return await assistant.start(ctx, run.input or {})
         assert instance_id is not None
         if run.kind == "start":
             await self._restart(assistant, ctx, run, instance_id)  # a retried first run
             return None
         return await self._resume(run, assistant, ctx, instance_id)
+
+    async def _remember_base(self, run: RunRow, assistant: Assistant, instance_id: str) -> None:
+        graph = await graph_of(self.runtime, assistant, instance_id)
+        current = await graph.aget_state(self.runtime.engine.config(instance_id))
+        checkpoint = (current.config or {}).get("configurable", {}).get("checkpoint_id")
+        await self.runs.set_base_checkpoint(run.run_id, checkpoint)
 
     async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
         try:

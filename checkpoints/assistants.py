@@ -1,0 +1,207 @@
+"""Assistants as rows: a graph with its own config, context and metadata, versioned.
+
+Every create and update writes a version row; the assistant's row holds the version in use, which
+``set_latest`` may move back to an earlier one. The built-in patterns are system assistants the server
+knows from the pattern registry: they have no rows here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, bindparam, delete, func, insert, select, update
+
+from checkpoints.backends.base import Backend, Row
+from checkpoints.clock import Clock
+from checkpoints.errors import AssistantExistsError, AssistantNotFoundError
+from checkpoints.schema.tables import server_assistant_versions, server_assistants
+
+_a, _v = server_assistants.c, server_assistant_versions.c
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantRow:
+    """One version of an assistant (for the assistant itself: the version in use, and when it last changed)."""
+
+    assistant_id: str
+    graph_id: str
+    name: str
+    description: str | None
+    config: dict[str, Any]
+    context: dict[str, Any]
+    metadata: dict[str, Any]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    owner: str | None = None
+
+
+_VERSION_FIELDS = ("graph_id", "name", "description", "config", "context", "metadata")
+_GET = select(server_assistants).where(_a.assistant_id == bindparam("p_id"))
+_GET_VERSION = select(server_assistant_versions).where(
+    _v.assistant_id == bindparam("p_id"), _v.version == bindparam("p_version")
+)
+_MAX_VERSION = select(func.max(_v.version).label("v")).where(_v.assistant_id == bindparam("p_id"))
+_VERSIONS = select(server_assistant_versions).where(_v.assistant_id == bindparam("p_id")).order_by(_v.version.desc())
+_INSERT = insert(server_assistants)
+_INSERT_VERSION = insert(server_assistant_versions)
+_SET = update(server_assistants).where(_a.assistant_id == bindparam("p_id"))
+_DELETE = delete(server_assistants).where(_a.assistant_id == bindparam("p_id"))
+_DELETE_VERSIONS = delete(server_assistant_versions).where(_v.assistant_id == bindparam("p_id"))
+
+
+def _row(found: Row, updated_at: datetime | None = None) -> AssistantRow:
+    return AssistantRow(
+        assistant_id=found["assistant_id"],
+        graph_id=found["graph_id"],
+        name=found["name"],
+        description=found["description"],
+        config=dict(found["config"] or {}),
+        context=dict(found["context"] or {}),
+        metadata=dict(found["metadata"] or {}),
+        version=int(found["version"]),
+        created_at=found["created_at"],
+        updated_at=updated_at or found.get("updated_at") or found["created_at"],
+        owner=found.get("owner"),
+    )
+
+
+def _matching(query: Select[Any], graph_id: str | None, name: str | None) -> Select[Any]:
+    if graph_id is not None:
+        query = query.where(_a.graph_id == graph_id)
+    if name is not None:
+        query = query.where(_a.name.contains(name, autoescape=True))
+    return query
+
+
+class AssistantStore:
+    """The assistants callers created, with every version of each."""
+
+    def __init__(self, backend: Backend, clock: Clock) -> None:
+        self._backend = backend
+        self._clock = clock
+
+    async def create(
+        self,
+        *,
+        assistant_id: str | None,
+        graph_id: str,
+        name: str,
+        description: str | None,
+        config: Mapping[str, Any],
+        context: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        owner: str | None,
+        if_exists: str = "raise",
+    ) -> AssistantRow:
+        """A new assistant at version 1; with ``if_exists="do_nothing"`` an existing one is answered as it is."""
+        if assistant_id is not None and (existing := await self.get(assistant_id)) is not None:
+            if if_exists == "do_nothing":
+                return existing
+            raise AssistantExistsError(f"assistant {assistant_id!r} exists already", assistant_id=assistant_id)
+        now = self._clock.now()
+        row = AssistantRow(
+            str(assistant_id or uuid.uuid4()),
+            graph_id,
+            name,
+            description,
+            dict(config),
+            dict(context),
+            dict(metadata),
+            1,
+            now,
+            now,
+            owner,
+        )
+        async with self._backend.transaction() as tx:
+            await tx.execute(_INSERT, {f: getattr(row, f) for f in AssistantRow.__slots__})
+            await tx.execute(_INSERT_VERSION, self._version_params(row, now))
+        return row
+
+    @staticmethod
+    def _version_params(row: AssistantRow, at: datetime) -> dict[str, Any]:
+        fields = {f: getattr(row, f) for f in _VERSION_FIELDS}
+        return {"assistant_id": row.assistant_id, "version": row.version, "created_at": at, **fields}
+
+    async def get(self, assistant_id: str) -> AssistantRow | None:
+        found = await self._backend.read(_GET, {"p_id": assistant_id})
+        return _row(found[0]) if found else None
+
+    async def require(self, assistant_id: str) -> AssistantRow:
+        found = await self.get(assistant_id)
+        if found is None:
+            raise AssistantNotFoundError(f"no assistant {assistant_id!r}", assistant_id=assistant_id)
+        return found
+
+    async def search(
+        self, *, graph_id: str | None = None, name: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> list[AssistantRow]:
+        """The assistants on ``graph_id`` whose name contains ``name`` and whose metadata holds ``metadata``,
+        newest first."""
+        query = _matching(select(server_assistants), graph_id, name).order_by(_a.created_at.desc())
+        rows = [_row(found) for found in await self._backend.query(query)]
+        if metadata:  # JSON containment differs per dialect: matched here, on the few rows one graph has
+            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
+        return rows
+
+    async def update(self, assistant_id: str, **changes: Any) -> AssistantRow:
+        """A new version with ``changes`` (any of graph_id, name, description, config, context; metadata is
+        merged into the current one), made the version in use."""
+        current = await self.require(assistant_id)
+        merged = {f: getattr(current, f) for f in _VERSION_FIELDS}
+        merged.update({k: v for k, v in changes.items() if k != "metadata" and v is not None})
+        merged["metadata"] = {**current.metadata, **(changes.get("metadata") or {})}
+        now = self._clock.now()
+        async with self._backend.transaction() as tx:
+            top = await tx.execute(_MAX_VERSION, {"p_id": assistant_id})
+            version = int(top[0]["v"] or 0) + 1
+            row = AssistantRow(
+                assistant_id,
+                version=version,
+                created_at=current.created_at,
+                updated_at=now,
+                owner=current.owner,
+                **merged,
+            )
+            await tx.execute(_INSERT_VERSION, self._version_params(row, now))
+            await tx.execute(_SET.values(version=version, updated_at=now, **merged), {"p_id": assistant_id})
+        return row
+
+    async def versions(
+        self, assistant_id: str, *, metadata: Mapping[str, Any] | None = None, limit: int = 10, offset: int = 0
+    ) -> list[AssistantRow]:
+        """Every version of the assistant, newest first."""
+        await self.require(assistant_id)
+        rows = [_row(found) for found in await self._backend.read(_VERSIONS, {"p_id": assistant_id})]
+        if metadata:
+            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
+        return rows[offset : offset + limit]
+
+    async def set_latest(self, assistant_id: str, version: int) -> AssistantRow:
+        """Make an earlier (or later) version the one in use."""
+        current = await self.require(assistant_id)
+        found = await self._backend.read(_GET_VERSION, {"p_id": assistant_id, "p_version": version})
+        if not found:
+            raise AssistantNotFoundError(
+                f"assistant {assistant_id!r} has no version {version}", assistant_id=assistant_id, version=version
+            )
+        chosen = _row(found[0])
+        now = self._clock.now()
+        fields = {f: getattr(chosen, f) for f in _VERSION_FIELDS}
+        await self._backend.execute(_SET.values(version=version, updated_at=now, **fields), {"p_id": assistant_id})
+        return AssistantRow(
+            assistant_id,
+            version=version,
+            created_at=current.created_at,
+            updated_at=now,
+            owner=current.owner,
+            **fields,
+        )
+
+    async def delete(self, assistant_id: str) -> None:
+        await self.require(assistant_id)
+        await self._backend.write([_DELETE_VERSIONS, _DELETE], {"p_id": assistant_id})

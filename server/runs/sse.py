@@ -1,0 +1,56 @@
+"""A run's stream chunks as server-sent events: read from the run's rows, woken by the run watch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from checkpoints.redaction import redact
+from server.runs.store import TERMINAL, RunRow
+from server.runs.watch import next_change
+
+if TYPE_CHECKING:
+    from server.services import ServerServices
+
+# Each server-sent event, described as OpenAPI 3.1 describes a stream's items (3.2 would say itemSchema).
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "metadata, a stream mode (values, updates, …), error, or end"},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "the chunk, as JSON"},
+        "id": {"type": "string", "description": "the chunk's sequence number: send it back as Last-Event-ID"},
+    },
+}
+SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}, "description": "server-sent events, then end"}
+}
+
+
+async def run_events(svc: ServerServices, run: RunRow, after: int | None = None) -> AsyncIterator[bytes]:
+    """The run's chunks as server-sent events, each with its sequence number as ``id``, then ``end``.
+
+    ``after`` (a reconnect's Last-Event-ID) resumes after that chunk; None is a new stream, which opens
+    with the run's ``metadata``."""
+    if after is None:
+        yield frame("metadata", {"run_id": run.run_id, "attempt": 1})
+    seen = after or 0
+    with svc.watch.watching(run.run_id) as changed:
+        while True:
+            current = await svc.runs.get_run(run.run_id)
+            finished = current is None or current.status in TERMINAL
+            # Read after the status: a run seen finished has written all its chunks.
+            for number, event, data in await svc.runs.events_after(run.run_id, seen):
+                seen = number
+                yield frame(event, data, number)
+            if finished:
+                yield frame("end", None)
+                return
+            await next_change(changed, svc.settings.poll_interval)
+
+
+def frame(event: str, data: Any, number: int | None = None) -> bytes:
+    """One server-sent event; its data redacted like every answer of the server (checkpoints.redaction)."""
+    head = f"id: {number}\n" if number is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(redact(data), default=str)}\n\n".encode()

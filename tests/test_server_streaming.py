@@ -1,0 +1,247 @@
+"""The Agent Server's stream modes over real HTTP through langgraph-sdk: LLM tokens (``messages-tuple``,
+``messages``) from a langchain-core chat model inside a node (the guide's), the run's callback events
+(``events``), and journeys' progress on ``custom``; and the run options that shape a run (interrupt_before,
+after_seconds, webhook)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
+
+from agents import AgentRegistry, EchoAgent
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import free_port, serving
+
+pytestmark = pytest.mark.slow
+ANSWER = "the insights pillar comes next"
+CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+
+
+class SlowWhenAsked(GenericFakeChatModel):
+    """langchain-core's fake chat model (it streams its answer word by word), which takes its time when the
+    last message asks it to be slow: a run to cancel."""
+
+    async def _wait_if_asked(self, messages: list[BaseMessage]) -> None:
+        if "slow" in str(messages[-1].content):
+            await asyncio.sleep(30)
+
+    async def _agenerate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        await self._wait_if_asked(messages)
+        return await super()._agenerate(messages, *args, **kwargs)
+
+    async def _astream(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        await self._wait_if_asked(messages)
+        async for chunk in super()._astream(messages, *args, **kwargs):
+            yield chunk
+
+
+def streaming_model() -> BaseChatModel:
+    return SlowWhenAsked(messages=itertools.repeat(ANSWER))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    registry = AgentRegistry()
+    registry.register("auto_check", EchoAgent("auto_check", {"ok": True}))
+    settings = Settings(database_url=url, auth=False, guide_model=f"{__name__}:streaming_model")
+    with serving(create_app(settings, runtime_options={"agents": registry})) as base:
+        yield base
+
+
+@pytest.fixture
+async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=server_url, api_key=None) as sdk_client:
+        yield sdk_client
+
+
+def _guide_input() -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": "what next?"}]}
+
+
+async def test_messages_tuple_streams_the_models_tokens(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    parts = [
+        p
+        async for p in client.runs.stream(tid, "guide", input=_guide_input(), stream_mode=["values", "messages-tuple"])
+    ]
+    tokens = [p.data for p in parts if p.event == "messages"]
+    assert len(tokens) >= 3, [p.event for p in parts]  # one chunk per word, not one message
+    message, metadata = tokens[0]
+    assert message["type"] == "AIMessageChunk" and "langgraph_node" in metadata
+    assert "".join(chunk["content"] for chunk, _ in tokens) == ANSWER
+    assert parts[-1].event == "end" and any(p.event == "values" for p in parts)
+
+
+async def test_messages_mode_sends_each_message_as_it_grows(client: LangGraphClient) -> None:
+    parts = [p async for p in client.runs.stream(None, "guide", input=_guide_input(), stream_mode="messages")]
+    events = [p.event for p in parts]
+    assert events.count("messages/metadata") == 1
+    partial = [p.data[0]["content"] for p in parts if p.event == "messages/partial"]
+    assert len(partial) >= 3 and partial[-1] == ANSWER and all(ANSWER.startswith(text) for text in partial)
+    assert [p.data[0]["content"] for p in parts if p.event == "messages/complete"] == [ANSWER]
+
+
+async def test_events_mode_streams_the_runs_callback_events(client: LangGraphClient) -> None:
+    parts = [p async for p in client.runs.stream(None, "guide", input=_guide_input(), stream_mode=["events", "values"])]
+    kinds = [p.data["event"] for p in parts if p.event == "events"]
+    assert "on_chain_start" in kinds and "on_chat_model_stream" in kinds and "on_chain_end" in kinds
+    assert any(p.event == "values" for p in parts)  # the other modes ride along
+
+
+async def test_custom_mode_carries_a_journeys_progress(client: LangGraphClient) -> None:
+    spec = {
+        "journey_type": "checked",
+        "steps": [{"step_id": "check", "mode": "auto", "agent": "auto_check"}, {"step_id": "review"}],
+    }
+    parts = [
+        p
+        async for p in client.runs.stream(
+            None, "structured", input={"journey_type": "checked", "spec": spec}, stream_mode="custom"
+        )
+    ]
+    progress = [(p.data["event"], p.data["step"]) for p in parts if p.event == "custom"]
+    assert progress[:3] == [("step.started", "check"), ("agent.called", "check"), ("step.done", "check")]
+
+
+async def test_interrupt_before_stops_the_run_before_that_node(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input=_guide_input(), interrupt_before=["respond"])
+    state = await client.threads.get_state(tid)
+    assert state["next"] == ["respond"]
+
+
+async def test_after_seconds_delays_the_run(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=1)
+    await asyncio.sleep(0.3)
+    assert (await client.runs.get(tid, run["run_id"]))["status"] == "pending"
+    joined = await client.runs.join(tid, run["run_id"])
+    assert joined["current_step"] == "upload_content"
+    done = await client.runs.get(tid, run["run_id"])
+    assert done["status"] == "success" and done["updated_at"] > run["created_at"]
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A loopback webhook receiver: fails its first call with a 503, keeps the bodies it then takes."""
+
+    calls: list[dict[str, Any]] = []  # noqa: RUF012 - shared by the handler instances of one server
+    failures = 1
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if type(self).failures > 0:
+            type(self).failures -= 1
+            self.send_response(503)
+        else:
+            type(self).calls.append(body)
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_a_webhook_is_posted_when_the_run_ends_and_retried(client: LangGraphClient) -> None:
+    _Receiver.calls, _Receiver.failures = [], 1
+    port = free_port()
+    receiver = HTTPServer(("127.0.0.1", port), _Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tid = (await client.threads.create())["thread_id"]
+        run = await client.runs.create(
+            tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, webhook=f"http://127.0.0.1:{port}/hook"
+        )
+        await client.runs.join(tid, run["run_id"])
+        for _ in range(100):
+            if _Receiver.calls:
+                break
+            await asyncio.sleep(0.05)
+        [call] = _Receiver.calls
+        assert (call["run_id"], call["status"]) == (run["run_id"], "success")
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+async def _slow_run(client: LangGraphClient, tid: str) -> str:
+    run = await client.runs.create(tid, "guide", input={"messages": [{"role": "user", "content": "slow please"}]})
+    for _ in range(200):
+        if (await client.runs.get(tid, run["run_id"]))["status"] == "running":
+            return str(run["run_id"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("the slow run never started")
+
+
+def _said(state: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in state["values"].get("messages", []) if m["type"] == "human"]
+
+
+async def test_double_texting_interrupt_cancels_the_active_run_and_keeps_its_progress(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
+    slow = await _slow_run(client, tid)
+    quick = await client.runs.create(
+        tid, "guide", input={"messages": [{"role": "user", "content": "quick"}]}, multitask_strategy="interrupt"
+    )
+    await client.runs.join(tid, quick["run_id"])
+    assert (await client.runs.get(tid, slow))["status"] == "interrupted"
+    assert (await client.runs.get(tid, quick["run_id"]))["status"] == "success"
+    said = _said(await client.threads.get_state(tid))
+    # What the cancelled run checkpointed stays (its input, if its checkpoint was written before the cancel).
+    assert said[0] == "hello" and said[-1] == "quick" and set(said) <= {"hello", "slow please", "quick"}
+
+
+async def test_double_texting_rollback_deletes_the_active_run_and_its_state(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
+    slow = await _slow_run(client, tid)
+    quick = await client.runs.create(
+        tid, "guide", input={"messages": [{"role": "user", "content": "quick"}]}, multitask_strategy="rollback"
+    )
+    await client.runs.join(tid, quick["run_id"])
+    with pytest.raises(NotFoundError):
+        await client.runs.get(tid, slow)
+    state = await client.threads.get_state(tid)
+    assert _said(state) == ["hello", "quick"] and state["values"]["messages"][-1]["content"] == ANSWER
+
+
+async def test_checkpoint_id_goes_on_from_an_earlier_checkpoint(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    for text in ("one", "two"):
+        await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": text}]})
+    [after_one] = [s for s in await client.threads.get_history(tid, limit=50) if _said(s) == ["one"] and not s["next"]]
+    checkpoint_id = after_one["checkpoint"]["checkpoint_id"]
+    await client.runs.wait(
+        tid, "guide", input={"messages": [{"role": "user", "content": "three"}]}, checkpoint_id=checkpoint_id
+    )
+    assert _said(await client.threads.get_state(tid)) == ["one", "three"]
+    with pytest.raises(UnprocessableEntityError):  # a journey's logged steps cannot be gone back on
+        await client.runs.create(None, "structured", input=CONTENT_MIGRATION, checkpoint_id=checkpoint_id)
+
+
+async def test_on_completion_delete_removes_the_thread_once_the_run_ended(client: LangGraphClient) -> None:
+    run = await client.runs.create(None, "guide", input=_guide_input(), on_completion="delete")
+    joined = await client.runs.join(run["thread_id"], run["run_id"])
+    assert joined["messages"][-1]["content"] == ANSWER
+    with pytest.raises(NotFoundError):
+        await client.threads.get(run["thread_id"])
+    kept = await client.runs.create(None, "guide", input=_guide_input(), on_completion="keep")
+    await client.runs.join(kept["thread_id"], kept["run_id"])
+    assert (await client.threads.get(kept["thread_id"]))["status"] == "idle"
