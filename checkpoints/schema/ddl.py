@@ -914,40 +914,6 @@ CREATE TABLE agent_rate_limits (
     next_call_at DATETIME NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (intent)
-
-# Migration 15: assistants as objects (versioned), and the Agent Server options of each run.
-V15_ASSISTANTS: DDL = {
-    "sqlite": (
-        "ALTER TABLE server_runs ADD COLUMN options JSON",
-        """\
-CREATE TABLE server_assistants (
-    assistant_id VARCHAR(200) NOT NULL,
-    graph_id VARCHAR(100) NOT NULL,
-    name VARCHAR(200) NOT NULL,
-    description TEXT,
-    config JSON NOT NULL,
-    context JSON NOT NULL,
-    metadata JSON NOT NULL,
-    version INTEGER NOT NULL,
-    owner VARCHAR(200),
-    created_at DATETIME NOT NULL,
-    updated_at DATETIME NOT NULL,
-    PRIMARY KEY (assistant_id)
-)
-""",
-        "CREATE INDEX ix_server_assistants_graph ON server_assistants (graph_id)",
-        """\
-CREATE TABLE server_assistant_versions (
-    assistant_id VARCHAR(200) NOT NULL,
-    version INTEGER NOT NULL,
-    graph_id VARCHAR(100) NOT NULL,
-    name VARCHAR(200) NOT NULL,
-    description TEXT,
-    config JSON NOT NULL,
-    context JSON NOT NULL,
-    metadata JSON NOT NULL,
-    created_at DATETIME NOT NULL,
-    PRIMARY KEY (assistant_id, version)
 )
 """,
     ),
@@ -973,36 +939,6 @@ CREATE TABLE agent_rate_limits (
     next_call_at TIMESTAMP WITH TIME ZONE NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (intent)
-        "ALTER TABLE server_runs ADD COLUMN options JSONB",
-        """\
-CREATE TABLE server_assistants (
-    assistant_id VARCHAR(200) NOT NULL,
-    graph_id VARCHAR(100) NOT NULL,
-    name VARCHAR(200) NOT NULL,
-    description TEXT,
-    config JSONB NOT NULL,
-    context JSONB NOT NULL,
-    metadata JSONB NOT NULL,
-    version INTEGER NOT NULL,
-    owner VARCHAR(200),
-    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    PRIMARY KEY (assistant_id)
-)
-""",
-        "CREATE INDEX ix_server_assistants_graph ON server_assistants (graph_id)",
-        """\
-CREATE TABLE server_assistant_versions (
-    assistant_id VARCHAR(200) NOT NULL,
-    version INTEGER NOT NULL,
-    graph_id VARCHAR(100) NOT NULL,
-    name VARCHAR(200) NOT NULL,
-    description TEXT,
-    config JSONB NOT NULL,
-    context JSONB NOT NULL,
-    metadata JSONB NOT NULL,
-    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    PRIMARY KEY (assistant_id, version)
 )
 """,
     ),
@@ -1056,4 +992,76 @@ CREATE TABLE journey_queued_starts (
         "CREATE INDEX ix_journey_queued_starts_key ON journey_queued_starts (concurrency_key, queued_at)",
     )
     for dialect, moment in (("sqlite", "DATETIME"), ("postgresql", "TIMESTAMP WITH TIME ZONE"))
+}
+
+# Migration 15: assistants as objects (versioned), and the Agent Server options of each run.
+V15_ASSISTANTS: DDL = {
+    "sqlite": (
+        "ALTER TABLE server_runs ADD COLUMN options JSON",
+        """\
+CREATE TABLE server_assistants (
+    assistant_id VARCHAR(200) NOT NULL,
+    graph_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    description TEXT,
+    config JSON NOT NULL,
+    context JSON NOT NULL,
+    metadata JSON NOT NULL,
+    version INTEGER NOT NULL,
+    owner VARCHAR(200),
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (assistant_id)
+)
+""",
+        "CREATE INDEX ix_server_assistants_graph ON server_assistants (graph_id)",
+        """\
+CREATE TABLE server_assistant_versions (
+    assistant_id VARCHAR(200) NOT NULL,
+    version INTEGER NOT NULL,
+    graph_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    description TEXT,
+    config JSON NOT NULL,
+    context JSON NOT NULL,
+    metadata JSON NOT NULL,
+    created_at DATETIME NOT NULL,
+    PRIMARY KEY (assistant_id, version)
+)
+""",
+    ),
+    "postgresql": (
+        "ALTER TABLE server_runs ADD COLUMN options JSONB",
+        """\
+CREATE TABLE server_assistants (
+    assistant_id VARCHAR(200) NOT NULL,
+    graph_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    description TEXT,
+    config JSONB NOT NULL,
+    context JSONB NOT NULL,
+    metadata JSONB NOT NULL,
+    version INTEGER NOT NULL,
+    owner VARCHAR(200),
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (assistant_id)
+)
+""",
+        "CREATE INDEX ix_server_assistants_graph ON server_assistants (graph_id)",
+        """\
+CREATE TABLE server_assistant_versions (
+    assistant_id VARCHAR(200) NOT NULL,
+    version INTEGER NOT NULL,
+    graph_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    description TEXT,
+    config JSONB NOT NULL,
+    context JSONB NOT NULL,
+    metadata JSONB NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (assistant_id, version)
+)
+""",
+    ),
 }
