@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
+from checkpoints.ownership import Viewer
 from graphs.errors import JourneyNotFoundError
 from server.api import errors
 from server.auth import Principal, require
