@@ -14,11 +14,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.api import assistants, inbox, journeys, runs, threads
+from server.info import ServerInfo, server_info
 from server.openapi import install_openapi
 from server.problems import install_problem_handlers
 from server.queues import open_queue
@@ -65,9 +67,23 @@ def create_app(
     for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
         app.include_router(router)
     install_openapi(app)  # the document states the input guard's rules too
+    if settings.cors_origins:  # off by default: only the listed origins' pages may read answers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            # The JS client reads a new run's id from Content-Location.
+            expose_headers=["Content-Location", "Location"],
+        )
 
     @app.get("/ok", tags=["health"], summary="Liveness")
     async def ok() -> dict[str, bool]:
         return {"ok": True}
+
+    # Public like /ok: clients (agent-chat-ui, the JS SDK) probe it before sending any key.
+    @app.get("/info", tags=["health"], summary="What this server is and which Agent Server features it has")
+    async def info() -> ServerInfo:
+        return server_info()
 
     return app

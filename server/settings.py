@@ -130,6 +130,9 @@ class Settings:
     # answers with (agents/guide_model.py). None: the offline DeterministicGuideModel.
     guide_model: str | None = None
     limits: InputLimits = field(default_factory=InputLimits)
+    # Browser origins (``https://app.example.com``) whose pages may call the API (CORS). Empty: CORS is off,
+    # and a browser lets no page of another origin read an answer. ``*`` allows every origin.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))
