@@ -70,7 +70,8 @@ def ensure_venv() -> Path:
     """Create the venv if missing and (re)install the project when pyproject.toml changed."""
     if not supported(sys.version_info):
         names = ", ".join(version_name(v) for v in SUPPORTED_PYTHONS)
-        log(f"journeys needs Python {names}, but this is Python {version_name(sys.version_info[:3])} ({sys.executable}).")
+        found = version_name(sys.version_info[:3])
+        log(f"journeys needs Python {names}, but this is Python {found} ({sys.executable}).")
         log("Run it with a supported interpreter, e.g. `python3.12 dev.py ...`.")
         sys.exit(2)
 
