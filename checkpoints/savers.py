@@ -1,9 +1,10 @@
-"""The official LangGraph checkpointers, opened by store URL. We never write a saver of our own."""
+"""The official LangGraph checkpointers and stores (``BaseStore``: the long-term memory nodes reach with
+``get_store()``), opened by store URL. We never write a saver or a store of our own."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
@@ -12,6 +13,10 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.store.base import BaseStore, IndexConfig
+from langgraph.store.memory import InMemoryStore
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from langgraph.store.sqlite.aio import AsyncSqliteStore
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -48,32 +53,57 @@ async def open_saver(
         if pool is None:
             pool = await stack.enter_async_context(open_pool(url, pool_size))
         async with pool.connection() as conn:
-            await _set_up_in_turn(AsyncPostgresSaver(conn, serde=serde))
+            await _set_up_in_turn(conn, AsyncPostgresSaver(conn, serde=serde).setup)
         pg_saver = AsyncPostgresSaver(pool, serde=serde)
         unlock_pooled(pg_saver, pool.max_size)
         yield pg_saver
 
 
-# Arbitrary and stable, apart from our migrations' lock: the saver's migrations hold it.
+@asynccontextmanager
+async def open_graph_store(
+    url: StoreURL, *, pool: AsyncConnectionPool[Any] | None = None, index: IndexConfig | None = None
+) -> AsyncIterator[BaseStore]:
+    """Open LangGraph's official store for ``url``, set it up, and close it on exit: ``InMemoryStore`` for
+    ``memory://``, ``AsyncSqliteStore`` (a connection of its own to the file) for ``sqlite://``,
+    ``AsyncPostgresStore`` on ``pool`` (the store's shared psycopg pool) for PostgreSQL.
+
+    ``index`` turns on vector search (an embeddings model and its dimensions); without it the store
+    searches by namespace, filter and key only."""
+    if url.kind == "memory":
+        yield InMemoryStore(index=index)
+        return
+    if url.kind == "sqlite":
+        async with aiosqlite.connect(url.target, isolation_level=None) as conn:
+            for pragma in sqlite_pragmas(url):
+                await conn.execute(pragma)
+            sqlite_store = AsyncSqliteStore(conn, index=cast(Any, index))
+            await sqlite_store.setup()
+            yield sqlite_store
+        return
+    assert pool is not None, "PostgreSQL: the store runs on the process's shared pool"
+    async with pool.connection() as conn:
+        await _set_up_in_turn(conn, AsyncPostgresStore(conn, index=cast(Any, index)).setup)
+    yield AsyncPostgresStore(pool, index=cast(Any, index))
+
+
+# Arbitrary and stable, apart from our migrations' lock: the saver's and the store's migrations hold it.
 _SAVER_SETUP_LOCK = 7_310_512_002
 
 
-async def _set_up_in_turn(saver: AsyncPostgresSaver) -> None:
-    """Run the saver's ``setup()`` while no other process runs it.
+async def _set_up_in_turn(conn: AsyncConnection[Any], setup: Callable[[], Awaitable[None]]) -> None:
+    """Run an official saver's or store's ``setup()`` (on ``conn``) while no other process runs one.
 
     Processes starting together on a new database would race its ``CREATE TABLE IF NOT EXISTS``
     (PostgreSQL answers "type ... already exists"). The lock is taken by polling, not by waiting in
     ``pg_advisory_lock``: the holder's ``CREATE INDEX CONCURRENTLY`` waits for every older snapshot to
     end, and a waiter blocked inside a statement holds one, which PostgreSQL reports as a deadlock."""
-    conn = saver.conn
-    assert isinstance(conn, AsyncConnection)
     while True:
         row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_SAVER_SETUP_LOCK,))).fetchone()
         if row is not None and row["ok"]:
             break
         await asyncio.sleep(0.05)
     try:
-        await saver.setup()
+        await setup()
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (_SAVER_SETUP_LOCK,))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.store.base import BaseStore, IndexConfig
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,7 +21,7 @@ from checkpoints.database import create_engine_for
 from checkpoints.events import EventLog
 from checkpoints.index import JourneyIndex
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, InstanceLocks, open_instance_locks
-from checkpoints.savers import open_saver
+from checkpoints.savers import open_graph_store, open_saver
 from checkpoints.schema.migrations import migrate
 from checkpoints.url import StoreURL, opened_target, parse_store_url
 
@@ -37,13 +38,21 @@ class Store:
     clock: Clock
     locks: InstanceLocks  # one writer per journey instance across processes (JourneyEngine.exclusive)
     backend: Backend  # every query of our tables runs through it
+    # LangGraph's official BaseStore on the same database: the long-term memory every compiled graph gets
+    # (nodes reach it with get_store()), served on the /store endpoints.
+    graph_store: BaseStore
     # PostgreSQL: the process's one psycopg pool (saver, hot paths, queue). None elsewhere.
     pg_pool: AsyncConnectionPool[Any] | None = None
 
 
 @asynccontextmanager
 async def open_store(
-    url: str, *, clock: Clock | None = None, pool_size: int = 10, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
+    url: str,
+    *,
+    clock: Clock | None = None,
+    pool_size: int = 10,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    store_index: IndexConfig | None = None,
 ) -> AsyncIterator[Store]:
     """Open the checkpointer and our tables on the database ``url`` names; migrate; close on exit.
 
@@ -51,7 +60,7 @@ async def open_store(
     psycopg pool (``pool_size``), SQLAlchemy's pool (``pool_size``) and the instance locks' one.
 
     ``lock_timeout``: how many seconds a call waits for a journey another call is changing before it
-    gets ``ConcurrentUpdateError``.
+    gets ``ConcurrentUpdateError``. ``store_index`` turns on the graph store's vector search (off by default).
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
@@ -62,6 +71,7 @@ async def open_store(
         pool = await stack.enter_async_context(open_pool(parsed, pool_size)) if parsed.kind == "postgres" else None
         saver = await stack.enter_async_context(open_saver(parsed, pool=pool))
         locks = await stack.enter_async_context(open_instance_locks(parsed, wait_limit=lock_timeout))
+        graph_store = await stack.enter_async_context(open_graph_store(parsed, pool=pool, index=store_index))
         backend: Backend
         if pool is not None:
             backend = PostgresBackend(engine, pool)
@@ -70,4 +80,4 @@ async def open_store(
             backend = SqliteBackend(engine, saver.conn, saver.lock)
         events = EventLog(backend, clock)
         index = JourneyIndex(backend, clock)
-        yield Store(parsed, saver, engine, events, index, clock, locks, backend, pool)
+        yield Store(parsed, saver, engine, events, index, clock, locks, backend, graph_store, pool)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from langgraph.store.base import IndexConfig
 from langgraph.types import Durability
 
 from agents.deterministic import EchoAgent
@@ -104,13 +105,15 @@ class JourneyRuntime:
         pool_size: int = 10,
         guide_model: ModelFactory | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        store_index: IndexConfig | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
         ``default_agents`` registers a deterministic agent for every intent the templates name that
         has no agent yet, so the catalog runs offline. Register your own before or after opening.
         ``lock_timeout``: seconds a call waits for a journey that another call (of this process or
-        another) is changing, before it gets :class:`ConcurrentUpdateError`.
+        another) is changing, before it gets :class:`ConcurrentUpdateError`. ``store_index``: vector search
+        for the graph store (``runtime.store.graph_store``, LangGraph's ``BaseStore``), off by default.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -121,7 +124,9 @@ class JourneyRuntime:
             for intent, output in sorted(DEFAULT_AGENT_OUTPUTS.items()):  # the client lifecycle's units of work
                 if intent not in registry:
                     registry.register(intent, EchoAgent(intent, output), description="deterministic default")
-        async with open_store(url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout) as store:
+        async with open_store(
+            url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout, store_index=store_index
+        ) as store:
             yield cls(
                 store,
                 agents=registry,

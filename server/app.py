@@ -20,6 +20,7 @@ from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.api import assistants, inbox, journeys, runs, threads
+from server.api import store as store_api
 from server.info import ServerInfo, server_info
 from server.openapi import install_openapi
 from server.problems import install_problem_handlers
@@ -64,7 +65,7 @@ def create_app(
     # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)
-    for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
+    for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router, store_api.router):
         app.include_router(router)
     install_openapi(app)  # the document states the input guard's rules too
     if settings.cors_origins:  # off by default: only the listed origins' pages may read answers
