@@ -20,7 +20,9 @@ from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.api import assistants, inbox, journeys, runs, threads
+from server.api import crons as crons_api
 from server.api import store as store_api
+from server.crons import CronService
 from server.info import ServerInfo, server_info
 from server.openapi import install_openapi
 from server.problems import install_problem_handlers
@@ -50,8 +52,11 @@ def create_app(
             run_store = RunStore(runtime.store.backend, runtime.store.clock)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
+            crons = CronService(runtime, run_store)
+            if settings.execution == "embedded":  # crons fire in this process's timer scheduler
+                crons.serve_firings(lambda: None, lambda run: app.state.services.submit(run))
             queue = await stack.enter_async_context(open_queue(settings, executor, watch))
-            app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue)
+            app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue, crons)
             yield
 
     app = FastAPI(
@@ -65,7 +70,15 @@ def create_app(
     # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)
-    for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router, store_api.router):
+    for router in (
+        assistants.router,
+        threads.router,
+        runs.router,
+        journeys.router,
+        inbox.router,
+        store_api.router,
+        crons_api.router,
+    ):
         app.include_router(router)
     install_openapi(app)  # the document states the input guard's rules too
     if settings.cors_origins:  # off by default: only the listed origins' pages may read answers

@@ -14,6 +14,7 @@ from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.patterns import Graph, get_pattern
 from graphs.runtime import JourneyRuntime
 from server.assistants import get_assistant, graph_of
+from server.crons import CronService
 from server.problems import ApiError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor
@@ -47,6 +48,7 @@ class ServerServices:
     watch: RunWatch
     executor: RunExecutor
     queue: RunQueue
+    crons: CronService
 
     def submit(self, run: RunRow) -> None:
         """After the run is committed: the queue takes it (unless it was enqueued in that transaction)."""

@@ -44,6 +44,7 @@ UNDO_MIGRATIONS_6_TO_10 = """
 DROP TABLE process_message_starts;
 ALTER TABLE server_runs DROP COLUMN output, DROP COLUMN job_id, DROP COLUMN cancel_requested_at, DROP COLUMN durability;
 DROP TABLE lifecycle_rollback_requests;
+DROP TABLE server_crons;
 """
 
 
@@ -107,6 +108,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             for column in ("output", "job_id", "cancel_requested_at", "durability"):  # migrations 7 and 8
                 await conn.execute(text(f"ALTER TABLE server_runs DROP COLUMN {column}"))
             await conn.execute(text("DROP TABLE lifecycle_rollback_requests"))  # migration 10
+            await conn.execute(text("DROP TABLE server_crons"))  # migration 14
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()

@@ -83,6 +83,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "server runs remember a cancel while executing, and their durability", ddl.V8_RUN_REQUESTS),
     Migration(9, "SQLite event log keyed by (instance_id, seq) like PostgreSQL's", ddl.V9_SQLITE_EVENTS_REKEYED),
     Migration(10, "lifecycle rollback requests: seen by a unit of work in any process", ddl.V10_ROLLBACK_REQUESTS),
+    Migration(14, "server crons: runs on a schedule, fired through process timers", ddl.V14_CRONS),
 )
 LATEST = MIGRATIONS[-1].version
 
