@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
@@ -14,6 +15,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.base import BaseStore, IndexConfig
+from langgraph.store.base.batch import AsyncBatchedBaseStore
 from langgraph.store.memory import InMemoryStore
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
@@ -41,7 +43,7 @@ async def open_saver(
     serde = strict_serializer()
     async with AsyncExitStack() as stack:
         if url.kind != "postgres":
-            target = stack.enter_context(opened_target(url)).target
+            target = (await stack.enter_async_context(opened_target(url))).target
             conn = await aiosqlite.connect(target)
             stack.push_async_callback(conn.close)
             for pragma in sqlite_pragmas(url):
@@ -77,13 +79,34 @@ async def open_graph_store(
             for pragma in sqlite_pragmas(url):
                 await conn.execute(pragma)
             sqlite_store = AsyncSqliteStore(conn, index=cast(Any, index))
-            await sqlite_store.setup()
-            yield sqlite_store
+            try:
+                await sqlite_store.setup()
+                yield sqlite_store
+            finally:
+                await _stop_batching(sqlite_store)
         return
     assert pool is not None, "PostgreSQL: the store runs on the process's shared pool"
     async with pool.connection() as conn:
-        await _set_up_in_turn(conn, AsyncPostgresStore(conn, index=cast(Any, index)).setup)
-    yield AsyncPostgresStore(pool, index=cast(Any, index))
+        setting_up = AsyncPostgresStore(conn, index=cast(Any, index))
+        try:
+            await _set_up_in_turn(conn, setting_up.setup)
+        finally:
+            await _stop_batching(setting_up)
+    pg_store = AsyncPostgresStore(pool, index=cast(Any, index))
+    try:
+        yield pg_store
+    finally:
+        await _stop_batching(pg_store)
+
+
+async def _stop_batching(store: AsyncBatchedBaseStore) -> None:
+    """End the task in which a batched store gathers its operations. The store only cancels it when it is
+    garbage-collected, which may be after its event loop closed ("Task was destroyed but it is pending")."""
+    task = store._task
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # Arbitrary and stable, apart from our migrations' lock: the saver's and the store's migrations hold it.

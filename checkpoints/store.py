@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -64,8 +65,9 @@ async def open_store(
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        parsed = stack.enter_context(opened_target(parse_store_url(url)))
-        engine = create_engine_for(parsed, pool_size=pool_size)
+        parsed = await stack.enter_async_context(opened_target(parse_store_url(url)))
+        # Off the event loop: SQLAlchemy resolves the SQLite path on the file system (blocking).
+        engine = await asyncio.to_thread(create_engine_for, parsed, pool_size=pool_size)
         stack.push_async_callback(engine.dispose)
         await migrate(engine)
         pool = await stack.enter_async_context(open_pool(parsed, pool_size)) if parsed.kind == "postgres" else None
