@@ -28,6 +28,8 @@ CRON_PURPOSE = "cron"
 
 @dataclass(frozen=True, slots=True)
 class CronRow:
+    """A cron as stored, with its armed timer's due time (``next_run_date``)."""
+
     cron_id: str
     assistant_id: str
     thread_id: str | None
@@ -50,6 +52,8 @@ class CronRow:
 
 @dataclass(frozen=True, slots=True)
 class CronFilter:
+    """Which crons a search or count takes (None: any)."""
+
     assistant_id: str | None = None
     thread_id: str | None = None
     enabled: bool | None = None

@@ -81,15 +81,21 @@ class CronRunOptions(BaseModel):
 
 
 class CronCreate(CronRunOptions):
+    """A new cron: the assistant its firings run and their schedule."""
+
     assistant_id: str = Field(min_length=1, max_length=100)
     schedule: str = Field(min_length=1, max_length=200)
 
 
 class CronPatch(CronRunOptions):
+    """A change to a cron: only the fields given change."""
+
     schedule: str | None = Field(None, min_length=1, max_length=200)
 
 
 class CronSearch(BaseModel):
+    """Which crons to list, in which order."""
+
     assistant_id: str | None = Field(None, max_length=100)
     thread_id: str | None = Field(None, max_length=200)
     enabled: bool | None = None
@@ -102,6 +108,8 @@ class CronSearch(BaseModel):
 
 
 class CronCount(BaseModel):
+    """Which crons to count."""
+
     assistant_id: str | None = Field(None, max_length=100)
     thread_id: str | None = Field(None, max_length=200)
     metadata: dict[str, Any] | None = None

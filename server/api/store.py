@@ -38,18 +38,26 @@ class ItemOut(BaseModel):
 
 
 class SearchItemOut(ItemOut):
+    """An item found by a search; ``score`` when the query was ranked by an index."""
+
     score: float | None = None
 
 
 class SearchItemsOut(BaseModel):
+    """The answer of a search, as the SDK's ``SearchItemsResponse``."""
+
     items: list[SearchItemOut]
 
 
 class NamespacesOut(BaseModel):
+    """The answer of ``list_namespaces``, as the SDK's ``ListNamespaceResponse``."""
+
     namespaces: list[list[str]]
 
 
 class PutItem(BaseModel):
+    """An item to store or replace."""
+
     namespace: list[Label] = Field(min_length=1)
     key: str = Field(min_length=1, max_length=1000)
     value: dict[str, Any]
@@ -65,11 +73,15 @@ class PutItem(BaseModel):
 
 
 class DeleteItem(BaseModel):
+    """The item to delete."""
+
     namespace: list[Label] = Field(min_length=1)
     key: str = Field(min_length=1, max_length=1000)
 
 
 class SearchItems(BaseModel):
+    """Which items to find: under a namespace prefix, by filter and optionally by a query."""
+
     namespace_prefix: list[Label] = Field(default_factory=list)
     filter: dict[str, Any] | None = None
     limit: int = Field(10, ge=1, le=1000)
@@ -79,6 +91,8 @@ class SearchItems(BaseModel):
 
 
 class ListNamespaces(BaseModel):
+    """Which namespaces to list: by prefix, suffix and depth."""
+
     prefix: list[str] | None = None
     suffix: list[str] | None = None
     max_depth: int | None = Field(None, ge=1, le=100)
