@@ -9,6 +9,7 @@ only queues them for workers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -28,7 +29,7 @@ from server.openapi import install_openapi
 from server.problems import install_problem_handlers
 from server.queues import open_queue
 from server.runs.executor import RunExecutor
-from server.runs.store import RunStore
+from server.runs.store import RunRow, RunStore
 from server.runs.watch import RunWatch
 from server.services import ServerServices
 from server.settings import Settings
@@ -53,10 +54,17 @@ def create_app(
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
             crons = CronService(runtime, run_store)
+            serving = asyncio.Event()  # the scheduler may fire a cron before the queue is handed over
+
+            async def submit(run: RunRow) -> None:
+                await serving.wait()
+                app.state.services.submit(run)
+
             if settings.execution == "embedded":  # crons fire in this process's timer scheduler
-                crons.serve_firings(lambda: None, lambda run: app.state.services.submit(run))
+                crons.serve_firings(lambda: None, submit)
             queue = await stack.enter_async_context(open_queue(settings, executor, watch))
             app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue, crons)
+            serving.set()
             yield
 
     app = FastAPI(

@@ -8,7 +8,7 @@ mode in the workers' periodic timer job, which defers each run's job in the tran
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ class CronService:
         self.runs = runs
         self.store = CronStore(runtime.store.engine, runtime.store.clock, runtime.processes.services.timers)
 
-    def serve_firings(self, enqueue: Callable[[], Enqueue | None], submit: Callable[[RunRow], None]) -> None:
+    def serve_firings(self, enqueue: Callable[[], Enqueue | None], submit: Callable[[RunRow], Awaitable[None]]) -> None:
         """Let this process's timer scheduler fire crons: each firing's run is created with ``enqueue()``
         (distributed: its job in the same transaction) and then handed to ``submit``."""
 
@@ -116,7 +116,7 @@ class CronService:
         if not await self.store.delete(cron_id):
             raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
 
-    async def fire(self, timer: Timer, enqueue: Enqueue | None, submit: Callable[[RunRow], None]) -> bool:
+    async def fire(self, timer: Timer, enqueue: Enqueue | None, submit: Callable[[RunRow], Awaitable[None]]) -> bool:
         """One firing: the cron's run. False when the cron is gone, disabled or re-armed since (then this
         timer ends without a run)."""
         cron = await self.store.get(str(timer.data.get("cron_id")))
@@ -142,5 +142,5 @@ class CronService:
             enqueue=enqueue,
             durability=payload.get("durability"),
         )
-        submit(run)
+        await submit(run)
         return True
