@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Bootstrap and run the project with nothing but Python 3.11 (standard library only).
+"""Bootstrap and run the project with nothing but Python 3.11, 3.12 or 3.13 (standard library only).
 
 Usage:
     python3 dev.py setup               create .venv and install journeys[test] into it
     python3 dev.py demo [args]         ... then run `journeys demo [args]`
     python3 dev.py test [pytest args]  ... then run ruff, mypy and pytest, stopping at the first failure
+    python3 dev.py compat [args]       ... then run only the README examples and the server tests
+    python3 dev.py ci                  `test` on this interpreter, then `compat` on every other supported
+                                       Python found (on PATH or under pyenv), each in its own .venv-3.X
 
 The venv is reinstalled only when pyproject.toml changes: the sha256 of pyproject.toml is stamped in
 `.venv/.journeys-installed` after a successful install, so later runs start instantly.
@@ -13,8 +16,10 @@ Set JOURNEYS_VENV to use another venv directory (relative paths are taken from t
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 PYPROJECT = ROOT / "pyproject.toml"
 STAMP_NAME = ".journeys-installed"
-REQUIRED_PYTHON = (3, 11)
+SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-python and classifiers say
+# What `compat` runs on the other interpreters: the README examples and everything the server serves.
+COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
 PYTEST_NO_TESTS_COLLECTED = 5
 
 
@@ -51,12 +58,21 @@ def check(args: Sequence[str | Path], what: str) -> None:
         sys.exit(code)
 
 
+def version_name(version: Sequence[int]) -> str:
+    return ".".join(map(str, version))
+
+
+def supported(version: Sequence[int]) -> bool:
+    return tuple(version[:2]) in SUPPORTED_PYTHONS
+
+
 def ensure_venv() -> Path:
     """Create the venv if missing and (re)install the project when pyproject.toml changed."""
-    if sys.version_info[:2] != REQUIRED_PYTHON:
-        found = ".".join(map(str, sys.version_info[:3]))
-        log(f"journeys needs Python 3.11, but this is Python {found} ({sys.executable}).")
-        log("Run it with a Python 3.11 interpreter, e.g. `python3.11 dev.py ...`.")
+    if not supported(sys.version_info):
+        names = ", ".join(version_name(v) for v in SUPPORTED_PYTHONS)
+        found = version_name(sys.version_info[:3])
+        log(f"journeys needs Python {names}, but this is Python {found} ({sys.executable}).")
+        log("Run it with a supported interpreter, e.g. `python3.12 dev.py ...`.")
         sys.exit(2)
 
     venv = venv_dir()
@@ -106,12 +122,65 @@ def test(venv: Path, pytest_args: Sequence[str]) -> None:
     log("all checks passed")
 
 
+def compat(venv: Path, pytest_args: Sequence[str]) -> None:
+    """The README examples and the server tests, on this interpreter."""
+    paths = sorted({str(Path(p).relative_to(ROOT)) for pattern in COMPAT_TESTS for p in glob.glob(str(ROOT / pattern))})
+    log(f"pytest on Python {version_name(sys.version_info[:3])}: the README examples and the server tests")
+    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", "2", *paths, *pytest_args])
+    if code != 0:
+        log(f"pytest failed on Python {version_name(sys.version_info[:2])} (exit code {code})")
+        sys.exit(code)
+
+
+def other_interpreters() -> dict[str, str]:
+    """The supported Pythons other than this one that this machine has: on PATH (python3.12) or under
+    pyenv's versions directory, by version name."""
+    found: dict[str, str] = {}
+    pyenv_root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
+    for version in SUPPORTED_PYTHONS:
+        name = version_name(version)
+        if version == sys.version_info[:2]:
+            continue
+        candidates = [shutil.which(f"python{name}")]
+        candidates += sorted(glob.glob(f"{pyenv_root}/versions/{name}.*/bin/python{name}"), reverse=True)
+        for candidate in candidates:
+            if candidate and interpreter_version(candidate) == version:
+                found[name] = candidate
+                break
+    return found
+
+
+def interpreter_version(python: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return int(out[0]), int(out[1])
+
+
+def ci(venv: Path) -> None:
+    """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found."""
+    test(venv, [])
+    covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
+    for name, python in other_interpreters().items():
+        log(f"Python {name}: {python}")
+        env = {**os.environ, "JOURNEYS_VENV": f".venv-{name}"}
+        code = subprocess.run([python, str(ROOT / "dev.py"), "compat"], cwd=ROOT, env=env, check=False).returncode
+        if code != 0:
+            log(f"Python {name} failed (exit code {code})")
+            sys.exit(code)
+        covered.append(f"{name} (README examples and server tests)")
+    log("CI covered Python " + ", ".join(covered))
+
+
 def main(argv: Sequence[str]) -> None:
     command, args = (argv[0], argv[1:]) if argv else ("", [])
     if command in {"-h", "--help", "help"}:
         print(__doc__)
         return
-    if command not in {"setup", "demo", "test"}:
+    if command not in {"setup", "demo", "test", "compat", "ci"}:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
 
@@ -120,6 +189,10 @@ def main(argv: Sequence[str]) -> None:
         demo(venv, args)
     elif command == "test":
         test(venv, args)
+    elif command == "compat":
+        compat(venv, args)
+    elif command == "ci":
+        ci(venv)
 
 
 if __name__ == "__main__":

@@ -323,11 +323,12 @@ async def open_instance_locks(
         finally:
             await pg.close()
     elif url.kind == "sqlite" and sys.platform != "win32":
-        files = FileRecordLocks(url.target, wait_limit)
-        files.open()
+        # Opening and closing the sidecar touch the file system: off the event loop.
+        files = await asyncio.to_thread(FileRecordLocks, url.target, wait_limit)
+        await asyncio.to_thread(files.open)
         try:
             yield files
         finally:
-            files.close()
+            await asyncio.to_thread(files.close)
     else:  # memory://, and SQLite on Windows (no POSIX record locks): one process's lock only
         yield InProcessLocks(wait_limit)

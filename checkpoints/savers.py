@@ -1,9 +1,11 @@
-"""The official LangGraph checkpointers, opened by store URL. We never write a saver of our own."""
+"""The official LangGraph checkpointers and stores (``BaseStore``: the long-term memory nodes reach with
+``get_store()``), opened by store URL. We never write a saver or a store of our own."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
@@ -11,6 +13,11 @@ import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.store.base import BaseStore, IndexConfig
+from langgraph.store.base.batch import AsyncBatchedBaseStore
+from langgraph.store.memory import InMemoryStore
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from langgraph.store.sqlite.aio import AsyncSqliteStore
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -36,7 +43,7 @@ async def open_saver(
     serde = checkpoint_serializer(encryption_key)
     async with AsyncExitStack() as stack:
         if url.kind != "postgres":
-            target = stack.enter_context(opened_target(url)).target
+            target = (await stack.enter_async_context(opened_target(url))).target
             conn = await aiosqlite.connect(target)
             stack.push_async_callback(conn.close)
             for pragma in sqlite_pragmas(url):
@@ -48,32 +55,78 @@ async def open_saver(
         if pool is None:
             pool = await stack.enter_async_context(open_pool(url, pool_size))
         async with pool.connection() as conn:
-            await _set_up_in_turn(AsyncPostgresSaver(conn, serde=serde))
+            await _set_up_in_turn(conn, AsyncPostgresSaver(conn, serde=serde).setup)
         pg_saver = AsyncPostgresSaver(pool, serde=serde)
         unlock_pooled(pg_saver, pool.max_size)
         yield pg_saver
 
 
-# Arbitrary and stable, apart from our migrations' lock: the saver's migrations hold it.
+@asynccontextmanager
+async def open_graph_store(
+    url: StoreURL, *, pool: AsyncConnectionPool[Any] | None = None, index: IndexConfig | None = None
+) -> AsyncIterator[BaseStore]:
+    """Open LangGraph's official store for ``url``, set it up, and close it on exit: ``InMemoryStore`` for
+    ``memory://``, ``AsyncSqliteStore`` (a connection of its own to the file) for ``sqlite://``,
+    ``AsyncPostgresStore`` on ``pool`` (the store's shared psycopg pool) for PostgreSQL.
+
+    ``index`` turns on vector search (an embeddings model and its dimensions); without it the store
+    searches by namespace, filter and key only."""
+    if url.kind == "memory":
+        yield InMemoryStore(index=index)
+        return
+    if url.kind == "sqlite":
+        async with aiosqlite.connect(url.target, isolation_level=None) as conn:
+            for pragma in sqlite_pragmas(url):
+                await conn.execute(pragma)
+            sqlite_store = AsyncSqliteStore(conn, index=cast(Any, index))
+            try:
+                await sqlite_store.setup()
+                yield sqlite_store
+            finally:
+                await _stop_batching(sqlite_store)
+        return
+    assert pool is not None, "PostgreSQL: the store runs on the process's shared pool"
+    async with pool.connection() as conn:
+        setting_up = AsyncPostgresStore(conn, index=cast(Any, index))
+        try:
+            await _set_up_in_turn(conn, setting_up.setup)
+        finally:
+            await _stop_batching(setting_up)
+    pg_store = AsyncPostgresStore(pool, index=cast(Any, index))
+    try:
+        yield pg_store
+    finally:
+        await _stop_batching(pg_store)
+
+
+async def _stop_batching(store: AsyncBatchedBaseStore) -> None:
+    """End the task in which a batched store gathers its operations. The store only cancels it when it is
+    garbage-collected, which may be after its event loop closed ("Task was destroyed but it is pending")."""
+    task = store._task
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# Arbitrary and stable, apart from our migrations' lock: the saver's and the store's migrations hold it.
 _SAVER_SETUP_LOCK = 7_310_512_002
 
 
-async def _set_up_in_turn(saver: AsyncPostgresSaver) -> None:
-    """Run the saver's ``setup()`` while no other process runs it.
+async def _set_up_in_turn(conn: AsyncConnection[Any], setup: Callable[[], Awaitable[None]]) -> None:
+    """Run an official saver's or store's ``setup()`` (on ``conn``) while no other process runs one.
 
     Processes starting together on a new database would race its ``CREATE TABLE IF NOT EXISTS``
     (PostgreSQL answers "type ... already exists"). The lock is taken by polling, not by waiting in
     ``pg_advisory_lock``: the holder's ``CREATE INDEX CONCURRENTLY`` waits for every older snapshot to
     end, and a waiter blocked inside a statement holds one, which PostgreSQL reports as a deadlock."""
-    conn = saver.conn
-    assert isinstance(conn, AsyncConnection)
     while True:
         row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_SAVER_SETUP_LOCK,))).fetchone()
         if row is not None and row["ok"]:
             break
         await asyncio.sleep(0.05)
     try:
-        await saver.setup()
+        await setup()
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (_SAVER_SETUP_LOCK,))
 

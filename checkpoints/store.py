@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.store.base import BaseStore, IndexConfig
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,7 +24,7 @@ from checkpoints.events import EventLog
 from checkpoints.guards import Circuit, CircuitBreakers, RateLimits
 from checkpoints.index import JourneyIndex
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, InstanceLocks, open_instance_locks
-from checkpoints.savers import open_saver
+from checkpoints.savers import open_graph_store, open_saver
 from checkpoints.schema.migrations import migrate
 from checkpoints.url import StoreURL, opened_target, parse_store_url
 
@@ -41,6 +43,9 @@ class Store:
     backend: Backend  # every query of our tables runs through it
     breakers: CircuitBreakers  # the circuit of every intent, shared by every process on the store
     rate_limits: RateLimits  # the calls-per-second bucket of every intent, shared likewise
+    # LangGraph's official BaseStore on the same database: the long-term memory every compiled graph gets
+    # (nodes reach it with get_store()), served on the /store endpoints.
+    graph_store: BaseStore
     # PostgreSQL: the process's one psycopg pool (saver, hot paths, queue). None elsewhere.
     pg_pool: AsyncConnectionPool[Any] | None = None
     sealer: Sealer = field(
@@ -60,6 +65,7 @@ async def open_store(
     pool_size: int = 10,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     encryption_key: bytes | str | None = None,
+    store_index: IndexConfig | None = None,
 ) -> AsyncIterator[Store]:
     """Open the checkpointer and our tables on the database ``url`` names; migrate; close on exit.
 
@@ -67,7 +73,7 @@ async def open_store(
     psycopg pool (``pool_size``), SQLAlchemy's pool (``pool_size``) and the instance locks' one.
 
     ``lock_timeout``: how many seconds a call waits for a journey another call is changing before it
-    gets ``ConcurrentUpdateError``.
+    gets ``ConcurrentUpdateError``. ``store_index`` turns on the graph store's vector search (off by default).
 
     ``encryption_key`` (else ``$JOURNEYS_ENCRYPTION_KEY``): checkpoints and sealed records are encrypted
     at rest (:mod:`checkpoints.encryption`).
@@ -75,13 +81,15 @@ async def open_store(
     clock = clock or SystemClock()
     key = configured_key(encryption_key)
     async with AsyncExitStack() as stack:
-        parsed = stack.enter_context(opened_target(parse_store_url(url)))
-        engine = create_engine_for(parsed, pool_size=pool_size)
+        parsed = await stack.enter_async_context(opened_target(parse_store_url(url)))
+        # Off the event loop: SQLAlchemy resolves the SQLite path on the file system (blocking).
+        engine = await asyncio.to_thread(create_engine_for, parsed, pool_size=pool_size)
         stack.push_async_callback(engine.dispose)
         await migrate(engine)
         pool = await stack.enter_async_context(open_pool(parsed, pool_size)) if parsed.kind == "postgres" else None
         saver = await stack.enter_async_context(open_saver(parsed, pool=pool, encryption_key=key))
         locks = await stack.enter_async_context(open_instance_locks(parsed, wait_limit=lock_timeout))
+        graph_store = await stack.enter_async_context(open_graph_store(parsed, pool=pool, index=store_index))
         backend: Backend
         if pool is not None:
             backend = PostgresBackend(engine, pool)
@@ -92,4 +100,18 @@ async def open_store(
         events = EventLog(backend, clock, sealer)
         index = JourneyIndex(backend, clock, sealer)
         breakers, rate_limits = CircuitBreakers(backend, clock), RateLimits(backend, clock)
-        yield Store(parsed, saver, engine, events, index, clock, locks, backend, breakers, rate_limits, pool, sealer)
+        yield Store(
+            parsed,
+            saver,
+            engine,
+            events,
+            index,
+            clock,
+            locks,
+            backend,
+            breakers,
+            rate_limits,
+            graph_store,
+            pool,
+            sealer,
+        )

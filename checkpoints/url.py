@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -49,7 +51,6 @@ def parse_store_url(url: str) -> StoreURL:
                 f"{url!r} names no file; use memory:// for a throwaway store or sqlite:///path/to/file.db",
                 url=url,
             )
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return StoreURL("sqlite", url, str(Path(path).expanduser()))
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         rest = url.split("://", 1)[1]
@@ -60,12 +61,20 @@ def parse_store_url(url: str) -> StoreURL:
     )
 
 
-@contextmanager
-def opened_target(url: StoreURL) -> Iterator[StoreURL]:
-    """``url`` with a database to open: for ``memory://``, a SQLite file in a temporary directory that is
-    deleted on exit (its WAL and lock sidecars with it); any other URL as it is."""
+@asynccontextmanager
+async def opened_target(url: StoreURL) -> AsyncIterator[StoreURL]:
+    """``url`` with a database to open: for ``sqlite://``, its file's directory made if missing; for
+    ``memory://``, a SQLite file in a temporary directory that is deleted on exit (its WAL and lock
+    sidecars with it); any other URL as it is.
+
+    The file system work runs off the event loop: LangGraph's dev server refuses blocking calls on it."""
+    if url.kind == "sqlite":
+        await asyncio.to_thread(Path(url.target).parent.mkdir, parents=True, exist_ok=True)
     if url.kind != "memory" or url.target:
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="journeys-memory-") as directory:
+    directory = await asyncio.to_thread(tempfile.mkdtemp, prefix="journeys-memory-")
+    try:
         yield replace(url, target=str(Path(directory) / "memory.db"))
+    finally:
+        await asyncio.to_thread(shutil.rmtree, directory, True)

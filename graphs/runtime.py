@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from langgraph.store.base import IndexConfig
 from langgraph.types import Durability
 
 from agents.deterministic import EchoAgent
@@ -131,6 +132,7 @@ class JourneyRuntime:
         encryption_key: bytes | str | None = None,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
         prices: Mapping[str, Mapping[str, float]] | None = None,
+        store_index: IndexConfig | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
@@ -148,7 +150,8 @@ class JourneyRuntime:
         ``encryption_key`` (else ``$JOURNEYS_ENCRYPTION_KEY``; 16, 24 or 32 bytes): checkpoints and the
         server's run inputs are encrypted at rest (:mod:`checkpoints.encryption`).
         ``max_output_bytes``: an agent output larger than this (as JSON) fails its step with
-        :class:`AgentOutputTooLargeError` instead of being stored.
+        :class:`AgentOutputTooLargeError` instead of being stored. ``store_index``: vector search
+        for the graph store (``runtime.store.graph_store``, LangGraph's ``BaseStore``), off by default.
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -160,7 +163,12 @@ class JourneyRuntime:
                 if intent not in registry:
                     registry.register(intent, EchoAgent(intent, output), description="deterministic default")
         async with open_store(
-            url, clock=clock, pool_size=pool_size, lock_timeout=lock_timeout, encryption_key=encryption_key
+            url,
+            clock=clock,
+            pool_size=pool_size,
+            lock_timeout=lock_timeout,
+            encryption_key=encryption_key,
+            store_index=store_index,
         ) as store:
             runtime = cls(
                 store,

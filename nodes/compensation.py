@@ -10,11 +10,12 @@ traversal again; it resumes at the handler that failed, since the steps undone a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
+from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
 from agents.errors import AgentError
 from agents.resilience import RetrySettings

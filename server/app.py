@@ -9,22 +9,28 @@ only queues them for workers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
 from server.api import assistants, inbox, journeys, metrics, runs, threads
+from server.api import crons as crons_api
+from server.api import store as store_api
 from server.auth import resolve_authenticator
+from server.crons import CronService
+from server.info import ServerInfo, server_info
 from server.openapi import install_openapi
 from server.problems import RedactedJSONResponse, install_problem_handlers
 from server.queues import open_queue
 from server.runs.executor import RunExecutor
-from server.runs.store import RunStore
+from server.runs.store import RunRow, RunStore
 from server.runs.watch import RunWatch
 from server.services import ServerServices
 from server.settings import Settings
@@ -48,8 +54,18 @@ def create_app(
             run_store = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
+            crons = CronService(runtime, run_store)
+            serving = asyncio.Event()  # the scheduler may fire a cron before the queue is handed over
+
+            async def submit(run: RunRow) -> None:
+                await serving.wait()
+                app.state.services.submit(run)
+
+            if settings.execution == "embedded":  # crons fire in this process's timer scheduler
+                crons.serve_firings(lambda: None, submit)
             queue = await stack.enter_async_context(open_queue(settings, executor, watch))
-            app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue)
+            app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue, crons)
+            serving.set()
             yield
 
     app = FastAPI(
@@ -65,12 +81,35 @@ def create_app(
     # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)
-    for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router, metrics.router):
+    for router in (
+        assistants.router,
+        threads.router,
+        runs.router,
+        journeys.router,
+        inbox.router,
+        metrics.router,
+        store_api.router,
+        crons_api.router,
+    ):
         app.include_router(router)
     install_openapi(app)  # the document states the input guard's rules too
+    if settings.cors_origins:  # off by default: only the listed origins' pages may read answers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            # The JS client reads a new run's id from Content-Location.
+            expose_headers=["Content-Location", "Location"],
+        )
 
     @app.get("/ok", tags=["health"], summary="Liveness")
     async def ok() -> dict[str, bool]:
         return {"ok": True}
+
+    # Public like /ok: clients (agent-chat-ui, the JS SDK) probe it before sending any key.
+    @app.get("/info", tags=["health"], summary="What this server is and which Agent Server features it has")
+    async def info() -> ServerInfo:
+        return server_info()
 
     return app

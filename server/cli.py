@@ -106,6 +106,14 @@ def serve(
         int | None,
         typer.Option(min=1, envvar="JOURNEYS_MAX_STRING_CHARS", help="longest JSON string or key (422 past it)"),
     ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="JOURNEYS_CORS_ORIGINS",
+            help="a browser origin whose pages may call the API (CORS), repeatable; the variable lists them "
+            "separated by spaces; default: none (CORS off)",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
@@ -147,6 +155,7 @@ def serve(
             max_json_depth or defaults.max_depth,
             max_string_chars or defaults.max_string_chars,
         ),
+        cors_origins=tuple(cors_origin or ()),
     )
     configure_tracing()
     try:

@@ -27,6 +27,7 @@ from graphs.runtime import JourneyRuntime
 from nodes.telemetry import circuit_states, exposition
 from server.assistants import Assistant, assistants, get_assistant, graph_of
 from server.auth import Authenticator, Principal, resolve_authenticator
+from server.crons import CronService
 from server.problems import ApiError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor, fork_back
@@ -82,6 +83,7 @@ class ServerServices:
     watch: RunWatch
     executor: RunExecutor
     queue: RunQueue
+    crons: CronService
     authenticator: Authenticator | None = None  # None: the settings' (API keys by default)
     assistant_rows: AssistantStore = field(init=False)
 

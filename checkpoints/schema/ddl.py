@@ -1065,3 +1065,53 @@ CREATE TABLE server_assistant_versions (
 """,
     ),
 }
+
+# Migration 14: crons (the Agent Server's /runs/crons); their firings are process timers.
+V14_CRONS: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE server_crons (
+    cron_id VARCHAR(64) NOT NULL,
+    assistant_id VARCHAR(100) NOT NULL,
+    thread_id VARCHAR(200),
+    schedule VARCHAR(200) NOT NULL,
+    timezone VARCHAR(64) NOT NULL,
+    end_time DATETIME,
+    payload JSON NOT NULL,
+    metadata JSON NOT NULL,
+    enabled INTEGER NOT NULL,
+    on_run_completed VARCHAR(16),
+    user_id VARCHAR(200),
+    timer_id VARCHAR(250),
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (cron_id)
+)
+""",
+        "CREATE INDEX ix_server_crons_assistant ON server_crons (assistant_id)",
+        "CREATE INDEX ix_server_crons_thread ON server_crons (thread_id)",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE server_crons (
+    cron_id VARCHAR(64) NOT NULL,
+    assistant_id VARCHAR(100) NOT NULL,
+    thread_id VARCHAR(200),
+    schedule VARCHAR(200) NOT NULL,
+    timezone VARCHAR(64) NOT NULL,
+    end_time TIMESTAMP WITH TIME ZONE,
+    payload JSONB NOT NULL,
+    metadata JSONB NOT NULL,
+    enabled INTEGER NOT NULL,
+    on_run_completed VARCHAR(16),
+    user_id VARCHAR(200),
+    timer_id VARCHAR(250),
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (cron_id)
+)
+""",
+        "CREATE INDEX ix_server_crons_assistant ON server_crons (assistant_id)",
+        "CREATE INDEX ix_server_crons_thread ON server_crons (thread_id)",
+    ),
+}

@@ -86,6 +86,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "agent guards: a circuit breaker and a rate-limit bucket per intent", ddl.V11_AGENT_GUARDS),
     Migration(12, "owners: who created each journey instance, thread and run, in which tenant", ddl.V12_OWNERSHIP),
     Migration(13, "flow control: idempotent start keys, concurrency slots, queued starts", ddl.V13_FLOW_CONTROL),
+    Migration(14, "server crons: runs on a schedule, fired through process timers", ddl.V14_CRONS),
     Migration(15, "server assistants with versions; run options", ddl.V15_ASSISTANTS),
 )
 LATEST = MIGRATIONS[-1].version

@@ -335,3 +335,28 @@ server_assistant_versions = Table(
 )
 
 SERVER_TABLES = (server_threads, server_runs, server_run_events, server_assistants, server_assistant_versions)
+# A cron: runs of an assistant on a schedule (migration 14). Its firings are a process timer of purpose
+# "cron" (``timer_id``, re-armed as the schedule changes), so they are claimed, never early and caught
+# up after downtime exactly as the process timers are.
+server_crons = Table(
+    "server_crons",
+    metadata,
+    Column("cron_id", String(64), primary_key=True),
+    Column("assistant_id", String(100), nullable=False),
+    Column("thread_id", String(200), nullable=True),  # None: every firing runs on a new thread
+    Column("schedule", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("end_time", UTCDateTime(), nullable=True),
+    Column("payload", JsonType, nullable=False),  # what each firing's run gets: input, metadata, config…
+    Column("metadata", JsonType, nullable=False),
+    Column("enabled", Integer, nullable=False),  # 1 or 0 (one spelling on both dialects)
+    Column("on_run_completed", String(16), nullable=True),
+    Column("user_id", String(200), nullable=True),
+    Column("timer_id", String(250), nullable=True),  # the armed timer; None while disabled
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_server_crons_assistant", "assistant_id"),
+    Index("ix_server_crons_thread", "thread_id"),
+)
+
+SERVER_TABLES = (server_threads, server_runs, server_run_events, server_crons)

@@ -76,7 +76,7 @@ class JourneyEngine:
         """The compiled graph for a design, built once and kept in a small LRU."""
         graph = self._graphs.get(cache_key)
         if graph is None:
-            graph = factory().compile(checkpointer=self.store.saver, name=cache_key)
+            graph = factory().compile(checkpointer=self.store.saver, store=self.store.graph_store, name=cache_key)
             self._graphs[cache_key] = graph
             if len(self._graphs) > self._cache_size:
                 self._graphs.popitem(last=False)

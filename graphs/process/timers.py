@@ -9,7 +9,9 @@ the scheduled ones, so two workers never fire the same timer and none fires earl
 - ``sla``: the user task's escalation, exactly once: notify (an agent call keyed by the timer),
   reassign (in the transaction of its event) or complete with the default response;
 - ``reminder``: a non-interrupting boundary timer tells its ``notify`` agent, once per tick;
-- ``start``: starts a new instance (its id is derived from the tick, so a repeated firing starts none).
+- ``start``: starts a new instance (its id is derived from the tick, so a repeated firing starts none);
+- any other purpose: the handler registered for it (``TimerScheduler.handlers``, e.g. the server's
+  crons), rescheduled like a timer start, and spent past its ``data["until"]``.
 
 Repeating timers are rescheduled from their own schedule, not from when they fired; ticks missed
 while nothing ran follow the timer's ``missed`` policy (``nodes.timer``). Embedded mode runs
@@ -23,7 +25,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +45,8 @@ from nodes.telemetry import timers_fired
 from nodes.timer import TimerDefinition
 
 log = structlog.get_logger("journeys.timers")
+# Fires a timer of a purpose the process engine does not know (the server's crons); True if it took effect.
+TimerHandler = Callable[[Timer], Awaitable[bool]]
 
 
 @dataclass
@@ -72,6 +76,7 @@ async def fire_due_timers(
     batch: int = 500,
     concurrency: int = 16,
     lease: timedelta = DEFAULT_LEASE,
+    handlers: Mapping[str, TimerHandler] | None = None,
 ) -> FiringReport:
     """Fire every timer due at ``now`` (default: the clock's now), batch by batch, until none is due.
 
@@ -112,7 +117,7 @@ async def fire_due_timers(
     async def fire_one(timer: Timer) -> None:
         async with gate:
             try:
-                fired = await _fire_other(processes, timer, worker)
+                fired = await _fire_other(processes, timer, worker, handlers or {})
             except Exception as exc:  # left "firing": another pass retries it once its lease is up
                 report.failed += 1
                 report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
@@ -153,8 +158,8 @@ async def fire_due_timers(
     return report
 
 
-async def _fire_other(processes: TimerHost, timer: Timer, worker: str) -> bool:
-    """Timers that do not end a wait: SLA escalations, reminders, timer starts."""
+async def _fire_other(processes: TimerHost, timer: Timer, worker: str, handlers: Mapping[str, TimerHandler]) -> bool:
+    """Timers that do not end a wait: SLA escalations, reminders, timer starts, deadlines, registered purposes."""
     timers = processes.services.timers
     if timer.purpose == DEADLINE_PURPOSE:  # a journey's whole-run deadline, for any pattern
         assert timer.instance_id is not None
@@ -168,6 +173,15 @@ async def _fire_other(processes: TimerHost, timer: Timer, worker: str) -> bool:
     if timer.purpose == "sla":
         return await _escalate(processes, timer, worker, ticks)
     next_due, skipped = definition.after_firing(timer.origin, ticks, timer.due_at, fired_at)
+    if (handler := handlers.get(timer.purpose)) is not None:
+        until = timer.data.get("until")
+        if next_due is not None and until is not None and next_due > datetime.fromisoformat(until):
+            next_due = None
+        if not await handler(timer):  # what it fired for is gone: the timer ends
+            await timers.execute([timers.dropped_statement(timer, worker)])
+            return False
+        await timers.execute([timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)])
+        return True
     if timer.purpose == "reminder":
         fired = await _remind(processes, timer, ticks, skipped)
         if not fired:  # its task is no longer open: the reminder ends
@@ -345,10 +359,17 @@ class TimerScheduler:
         self.concurrency = concurrency
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # Timers of other purposes and who fires them: the server registers its crons' handler here.
+        self.handlers: dict[str, TimerHandler] = {}
 
     async def run_due(self, now: datetime | None = None) -> FiringReport:
         report = await fire_due_timers(
-            self._processes, now=now, worker=self.worker, batch=self.batch, concurrency=self.concurrency
+            self._processes,
+            now=now,
+            worker=self.worker,
+            batch=self.batch,
+            concurrency=self.concurrency,
+            handlers=self.handlers,
         )
         timers_fired(report.lateness)
         return report

@@ -8,13 +8,14 @@ events, and returns to the hub. Area state is kept while the user is elsewhere.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 import jsonschema
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
 from checkpoints.events import NewEvent
 from nodes import schemas

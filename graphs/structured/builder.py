@@ -8,13 +8,14 @@ and a work node (``<step>``) that calls the step's agent through the shared call
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, cast
 
 import jsonschema
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
 from agents.errors import AgentError
 from agents.registry import AgentRegistry

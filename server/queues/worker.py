@@ -16,10 +16,11 @@ from langgraph.types import Durability
 
 from agents.guide_model import load_guide_model
 from graphs.runtime import JourneyRuntime
+from server.crons import CronService
 from server.plugins import plugin_registry
-from server.queues.procrastinate import QUEUE, RUN_TASK, TIMER_TASK, build_app, ensure_schema
+from server.queues.procrastinate import QUEUE, RUN_TASK, TIMER_TASK, build_app, enqueuer, ensure_schema
 from server.runs.executor import RunExecutor
-from server.runs.store import RunStore
+from server.runs.store import RunRow, RunStore
 
 log = structlog.get_logger("journeys.worker")
 
@@ -68,6 +69,12 @@ async def run_worker(
 
         handlers = {RUN_TASK: execute, **({TIMER_TASK: fire_timers} if timers else {})}
         app = build_app(database_url, handlers)
+
+        # A cron's run is deferred as a job in the transaction creating it, as the API does.
+        async def deferred(run: RunRow) -> None:
+            """Its job was deferred with it: nothing left to hand over."""
+
+        CronService(runtime, executor.runs).serve_firings(lambda: enqueuer(app), deferred)
         async with app.open_async(pool=runtime.store.pg_pool):  # the store's pool: connections stay bounded
             reaper = asyncio.create_task(reap_stalled(app, stalled_after))
             try:

@@ -1,0 +1,211 @@
+"""Crons: an assistant's runs on a schedule (the Agent Server's ``/runs/crons``).
+
+A cron is a row of ``server_crons``; while it is enabled, its next firing is a durable process timer of
+purpose ``cron`` (a cron :class:`~nodes.timer.TimerDefinition` in the cron's timezone), armed in the
+transaction that creates, re-enables or reschedules the cron and cancelled in the one that disables or
+deletes it. So a cron fires as the process timers do: claimed by one worker, never before it is due, and
+once for the ticks missed while nothing ran.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Executable, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.clock import Clock
+from checkpoints.process.timers import TimerStore
+from checkpoints.schema.tables import process_timers, server_crons
+from nodes.timer import TimerDefinition
+
+CRON_PURPOSE = "cron"
+
+
+@dataclass(frozen=True, slots=True)
+class CronRow:
+    """A cron as stored, with its armed timer's due time (``next_run_date``)."""
+
+    cron_id: str
+    assistant_id: str
+    thread_id: str | None
+    schedule: str
+    timezone: str
+    end_time: datetime | None
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    enabled: bool
+    on_run_completed: str | None
+    user_id: str | None
+    timer_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_run_date: datetime | None = None  # the armed timer's due time
+
+    def definition(self) -> TimerDefinition:
+        return TimerDefinition(cron=self.schedule, timezone=self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class CronFilter:
+    """Which crons a search or count takes (None: any)."""
+
+    assistant_id: str | None = None
+    thread_id: str | None = None
+    enabled: bool | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+def _row(mapping: Mapping[str, Any]) -> CronRow:
+    values = dict(mapping)
+    values["enabled"] = bool(values["enabled"])
+    return CronRow(**values)
+
+
+class CronStore:
+    """The crons and their timers; every change to a cron and to its timer commits together."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock, timers: TimerStore) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._timers = timers
+
+    def _arm(self, cron: CronRow, now: datetime) -> tuple[CronRow, list[Executable]]:
+        """The cron with a fresh timer (a new id: the old one's row keeps its history), and its statements."""
+        if not cron.enabled:
+            return replace(cron, timer_id=None), []
+        definition = cron.definition()
+        due = definition.first_due(now)
+        if cron.end_time is not None and due > cron.end_time:
+            return replace(cron, timer_id=None), []
+        timer_id = f"cron:{cron.cron_id}:{uuid.uuid4().hex[:12]}"
+        statement = self._timers.schedule_statement(
+            timer_id,
+            element=cron.cron_id,
+            purpose=CRON_PURPOSE,
+            definition=definition.to_row(),
+            due_at=due,
+            origin=now,
+            data={"cron_id": cron.cron_id, **({"until": cron.end_time.isoformat()} if cron.end_time else {})},
+        )
+        return replace(cron, timer_id=timer_id, next_run_date=due), [statement]
+
+    async def create(
+        self,
+        *,
+        assistant_id: str,
+        thread_id: str | None,
+        schedule: str,
+        timezone: str,
+        end_time: datetime | None,
+        payload: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        enabled: bool,
+        on_run_completed: str | None,
+        user_id: str | None,
+    ) -> CronRow:
+        now = self._clock.now().astimezone(UTC)
+        cron = CronRow(
+            str(uuid.uuid4()), assistant_id, thread_id, schedule, timezone, end_time, dict(payload), dict(metadata),
+            enabled, on_run_completed, user_id, None, now, now,
+        )  # fmt: skip
+        cron, statements = self._arm(cron, now)
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(server_crons).values(**_columns(cron)))
+            for statement in statements:
+                await conn.execute(statement)
+        return cron
+
+    async def get(self, cron_id: str) -> CronRow | None:
+        found = await self.search(CronFilter(), cron_ids=[cron_id])
+        return found[0] if found else None
+
+    async def update(self, cron_id: str, changes: Mapping[str, Any]) -> CronRow | None:
+        """Apply ``changes`` (columns of the cron); the timer is re-armed when the schedule, timezone,
+        end time or enabled flag changed. None: no such cron."""
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(select(server_crons).where(server_crons.c.cron_id == cron_id).with_for_update())
+            ).first()
+            if row is None:
+                return None
+            now = self._clock.now().astimezone(UTC)
+            cron = replace(_row(dict(row._mapping)), **changes, updated_at=now)
+            statements: list[Executable] = []
+            if {"schedule", "timezone", "end_time", "enabled"} & changes.keys():
+                if cron.timer_id is not None:
+                    statements.append(self._timers.cancel_statement(cron.timer_id))
+                cron, armed = self._arm(cron, now)
+                statements += armed
+            await conn.execute(update(server_crons).where(server_crons.c.cron_id == cron_id).values(**_columns(cron)))
+            for statement in statements:
+                await conn.execute(statement)
+        return (await self.get(cron_id)) or cron
+
+    async def delete(self, cron_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(server_crons.c.timer_id).where(server_crons.c.cron_id == cron_id))).first()
+            if row is None:
+                return False
+            if row.timer_id is not None:
+                await conn.execute(self._timers.cancel_statement(row.timer_id))
+            await conn.execute(delete(server_crons).where(server_crons.c.cron_id == cron_id))
+        return True
+
+    async def search(
+        self,
+        where: CronFilter,
+        *,
+        limit: int = 10,
+        offset: int = 0,
+        sort_by: str = "created_at",
+        descending: bool = True,
+        cron_ids: Sequence[str] | None = None,
+    ) -> list[CronRow]:
+        c, t = server_crons.c, process_timers.c
+        armed = (t.timer_id == c.timer_id) & t.status.in_(("scheduled", "firing"))
+        statement = select(*server_crons.c, t.due_at.label("next_run_date")).select_from(
+            server_crons.outerjoin(process_timers, armed)
+        )
+        statement = statement.where(*self._conditions(where))
+        if cron_ids is not None:
+            statement = statement.where(c.cron_id.in_(cron_ids))
+        order = t.due_at if sort_by == "next_run_date" else c[sort_by]
+        statement = statement.order_by(order.desc() if descending else order.asc(), c.cron_id)
+        if not where.metadata:
+            statement = statement.limit(limit).offset(offset)
+        async with self._engine.connect() as conn:
+            found = [_row(dict(r._mapping)) for r in (await conn.execute(statement)).all()]
+        if where.metadata:  # JSON containment, the same on both dialects: checked here, then the page
+            found = [r for r in found if all(r.metadata.get(k) == v for k, v in where.metadata.items())]
+            found = found[offset : offset + limit]
+        return found
+
+    async def count(self, where: CronFilter) -> int:
+        if where.metadata:
+            return len(await self.search(where, limit=2**31 - 1))
+        async with self._engine.connect() as conn:
+            statement = select(func.count()).select_from(server_crons).where(*self._conditions(where))
+            return int((await conn.execute(statement)).scalar_one())
+
+    @staticmethod
+    def _conditions(where: CronFilter) -> list[Any]:
+        c = server_crons.c
+        conditions: list[Any] = []
+        if where.assistant_id is not None:
+            conditions.append(c.assistant_id == where.assistant_id)
+        if where.thread_id is not None:
+            conditions.append(c.thread_id == where.thread_id)
+        if where.enabled is not None:
+            conditions.append(c.enabled == int(where.enabled))
+        return conditions
+
+
+def _columns(cron: CronRow) -> dict[str, Any]:
+    values = {column.name: getattr(cron, column.name) for column in server_crons.columns}
+    values["enabled"] = int(cron.enabled)
+    return values

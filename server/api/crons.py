@@ -1,0 +1,207 @@
+"""Crons: an assistant's runs on a schedule (``/runs/crons``, ``/threads/{thread_id}/runs/crons``).
+
+Each firing creates a run, as ``runs.create`` would: with no thread, on a new thread each time (a fresh
+journey per firing); on a thread (chat assistants, e.g. the guide), queued behind any run active there.
+Schedules are five-field cron expressions read in ``timezone`` (UTC by default). Firings are durable
+timers: never early, and one catch-up firing for the ticks missed while no scheduler ran.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from graphs.errors import InvalidInputError
+from server.api import errors
+from server.auth import Principal, require
+from server.crons import CronFilter, CronRow
+from server.input_guard import GuardedRoute
+from server.models import MAX_INT
+from server.services import ServerServices, services
+
+router = APIRouter(tags=["crons"], responses=errors(), route_class=GuardedRoute)
+Reader = Annotated[Principal, Depends(require("read"))]
+Runner = Annotated[Principal, Depends(require("runs"))]
+Services = Annotated[ServerServices, Depends(services)]
+ThreadId = Annotated[str, Path(min_length=1, max_length=200)]
+CronId = Annotated[str, Path(min_length=1, max_length=64)]
+# Run options a cron's runs do not take yet: refused, never accepted and ignored.
+UNSUPPORTED = ("webhook", "interrupt_before", "interrupt_after")
+CronSortBy = Literal["cron_id", "assistant_id", "thread_id", "next_run_date", "end_time", "created_at", "updated_at"]
+
+
+class CronOut(BaseModel):
+    """A cron, as ``langgraph-sdk``'s ``Cron``."""
+
+    cron_id: str
+    assistant_id: str
+    thread_id: str | None
+    on_run_completed: str | None
+    end_time: str | None
+    schedule: str
+    timezone: str | None
+    created_at: str
+    updated_at: str
+    payload: dict[str, Any]
+    user_id: str | None
+    next_run_date: str | None
+    metadata: dict[str, Any]
+    enabled: bool
+
+
+class CronRunOptions(BaseModel):
+    """What each firing's run gets, and the cron's schedule."""
+
+    model_config = ConfigDict(extra="allow")  # the SDK sends more (stream_mode, checkpoint_during…)
+
+    input: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    durability: Literal["sync", "async", "exit"] | None = None
+    end_time: AwareDatetime | None = None
+    enabled: bool | None = None
+    timezone: str | None = Field(None, min_length=1, max_length=64)
+    on_run_completed: Literal["keep"] | None = Field(
+        None, description="'keep' (the default here): a firing's new thread stays; deleting it is not supported"
+    )
+
+    def refuse_unsupported(self) -> None:
+        given = [name for name in UNSUPPORTED if (self.model_extra or {}).get(name) is not None]
+        if given:
+            raise InvalidInputError(f"crons do not take {', '.join(given)} yet; leave them out", fields=given)
+
+    def payload(self, caller: Principal) -> dict[str, Any]:
+        fields = ("input", "metadata", "config", "context", "durability")
+        chosen = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+        return {**chosen, "groups": list(caller.groups)}
+
+
+class CronCreate(CronRunOptions):
+    """A new cron: the assistant its firings run and their schedule."""
+
+    assistant_id: str = Field(min_length=1, max_length=100)
+    schedule: str = Field(min_length=1, max_length=200)
+
+
+class CronPatch(CronRunOptions):
+    """A change to a cron: only the fields given change."""
+
+    schedule: str | None = Field(None, min_length=1, max_length=200)
+
+
+class CronSearch(BaseModel):
+    """Which crons to list, in which order."""
+
+    assistant_id: str | None = Field(None, max_length=100)
+    thread_id: str | None = Field(None, max_length=200)
+    enabled: bool | None = None
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=MAX_INT)
+    sort_by: CronSortBy = "created_at"
+    sort_order: Literal["asc", "desc"] = "desc"
+    select: list[str] | None = None
+
+
+class CronCount(BaseModel):
+    """Which crons to count."""
+
+    assistant_id: str | None = Field(None, max_length=100)
+    thread_id: str | None = Field(None, max_length=200)
+    metadata: dict[str, Any] | None = None
+
+
+def _when(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat() if moment else None
+
+
+def cron_view(cron: CronRow) -> dict[str, Any]:
+    payload = {k: v for k, v in cron.payload.items() if k != "groups"}
+    return {
+        "cron_id": cron.cron_id,
+        "assistant_id": cron.assistant_id,
+        "thread_id": cron.thread_id,
+        "on_run_completed": cron.on_run_completed,
+        "end_time": _when(cron.end_time),
+        "schedule": cron.schedule,
+        "timezone": cron.timezone,
+        "created_at": _when(cron.created_at),
+        "updated_at": _when(cron.updated_at),
+        "payload": payload,
+        "user_id": cron.user_id,
+        "next_run_date": _when(cron.next_run_date),
+        "metadata": cron.metadata,
+        "enabled": cron.enabled,
+    }
+
+
+async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, caller: Principal) -> dict[str, Any]:
+    body.refuse_unsupported()
+    cron = await svc.crons.create(
+        assistant_id=body.assistant_id,
+        thread_id=thread_id,
+        schedule=body.schedule,
+        timezone=body.timezone or "UTC",
+        end_time=body.end_time,
+        payload=body.payload(caller),
+        metadata=body.metadata or {},
+        enabled=True if body.enabled is None else body.enabled,
+        on_run_completed=body.on_run_completed,
+        user_id=caller.name,
+    )
+    return cron_view(cron)
+
+
+@router.post("/runs/crons", response_model=CronOut, summary="Create a cron: a new thread per firing")
+async def create_cron(body: CronCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+    return await _create(svc, None, body, caller)
+
+
+@router.post("/threads/{thread_id}/runs/crons", response_model=CronOut, summary="Create a cron on a thread")
+async def create_thread_cron(thread_id: ThreadId, body: CronCreate, caller: Runner, svc: Services) -> dict[str, Any]:
+    return await _create(svc, thread_id, body, caller)
+
+
+@router.post("/runs/crons/search", response_model=list[CronOut], summary="Search crons")
+async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    found = await svc.crons.store.search(
+        CronFilter(body.assistant_id, body.thread_id, body.enabled, body.metadata),
+        limit=body.limit,
+        offset=body.offset,
+        sort_by=body.sort_by,
+        descending=body.sort_order == "desc",
+    )
+    views = [cron_view(cron) for cron in found]
+    if body.select:
+        views = [{k: v for k, v in view.items() if k in body.select} for view in views]
+    return views
+
+
+@router.post("/runs/crons/count", response_model=int, summary="Count crons")
+async def count_crons(body: CronCount, caller: Reader, svc: Services) -> int:
+    return await svc.crons.store.count(CronFilter(body.assistant_id, body.thread_id, None, body.metadata))
+
+
+@router.patch("/runs/crons/{cron_id}", response_model=CronOut, summary="Change a cron")
+async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Services) -> dict[str, Any]:
+    body.refuse_unsupported()
+    given = body.model_fields_set
+    changes: dict[str, Any] = {
+        name: getattr(body, name)
+        for name in ("schedule", "timezone", "end_time", "enabled", "on_run_completed", "metadata")
+        if name in given and (getattr(body, name) is not None or name == "end_time")
+    }
+    if given & {"input", "config", "context", "durability"}:
+        current = await svc.crons.get(cron_id)
+        changes["payload"] = {**current.payload, **{k: v for k, v in body.payload(caller).items() if k != "groups"}}
+    return cron_view(await svc.crons.update(cron_id, changes))
+
+
+@router.delete("/runs/crons/{cron_id}", status_code=204, response_class=Response, summary="Delete a cron")
+async def delete_cron(cron_id: CronId, caller: Runner, svc: Services) -> Response:
+    await svc.crons.delete(cron_id)
+    return Response(status_code=204)

@@ -1,0 +1,154 @@
+"""The store: LangGraph's ``BaseStore`` of this server's database (the one every graph's nodes reach with
+``get_store()``), served on the Agent Server's ``/store`` endpoints in the shapes ``langgraph-sdk`` reads.
+
+Items are JSON objects under a namespace (a path of labels) and a key. Search is by namespace prefix,
+filter and (when the store was opened with an index) a natural-language query. Item TTLs are not served.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+from langgraph.store.base import Item, SearchItem
+from pydantic import BaseModel, Field, field_validator
+
+from graphs.errors import InvalidInputError
+from server.api import errors
+from server.auth import Principal, require
+from server.input_guard import GuardedRoute
+from server.models import MAX_INT
+from server.services import ServerServices, services
+
+router = APIRouter(prefix="/store", tags=["store"], responses=errors(), route_class=GuardedRoute)
+Reader = Annotated[Principal, Depends(require("read"))]
+Writer = Annotated[Principal, Depends(require("runs"))]
+Services = Annotated[ServerServices, Depends(services)]
+Label = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^.]*$")]  # a '.' joins labels in a query
+
+
+class ItemOut(BaseModel):
+    """An item of the store, as ``langgraph-sdk``'s ``Item`` (``score`` only in search answers)."""
+
+    namespace: list[str]
+    key: str
+    value: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+class SearchItemOut(ItemOut):
+    """An item found by a search; ``score`` when the query was ranked by an index."""
+
+    score: float | None = None
+
+
+class SearchItemsOut(BaseModel):
+    """The answer of a search, as the SDK's ``SearchItemsResponse``."""
+
+    items: list[SearchItemOut]
+
+
+class NamespacesOut(BaseModel):
+    """The answer of ``list_namespaces``, as the SDK's ``ListNamespaceResponse``."""
+
+    namespaces: list[list[str]]
+
+
+class PutItem(BaseModel):
+    """An item to store or replace."""
+
+    namespace: list[Label] = Field(min_length=1)
+    key: str = Field(min_length=1, max_length=1000)
+    value: dict[str, Any]
+    index: Literal[False] | list[str] | None = None  # which fields to embed (with a configured index)
+    ttl: int | None = None
+
+    @field_validator("ttl")
+    @classmethod
+    def _no_ttl(cls, ttl: int | None) -> int | None:
+        if ttl is not None:
+            raise ValueError("item TTLs are not supported by this server; leave ttl out")
+        return ttl
+
+
+class DeleteItem(BaseModel):
+    """The item to delete."""
+
+    namespace: list[Label] = Field(min_length=1)
+    key: str = Field(min_length=1, max_length=1000)
+
+
+class SearchItems(BaseModel):
+    """Which items to find: under a namespace prefix, by filter and optionally by a query."""
+
+    namespace_prefix: list[Label] = Field(default_factory=list)
+    filter: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=MAX_INT)
+    query: str | None = None
+    refresh_ttl: bool | None = None
+
+
+class ListNamespaces(BaseModel):
+    """Which namespaces to list: by prefix, suffix and depth."""
+
+    prefix: list[str] | None = None
+    suffix: list[str] | None = None
+    max_depth: int | None = Field(None, ge=1, le=100)
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=MAX_INT)
+
+
+def _item(item: Item | SearchItem) -> dict[str, Any]:
+    return item.dict()
+
+
+def _namespace(dotted: str) -> tuple[str, ...]:
+    labels = tuple(dotted.split("."))
+    if not all(labels):
+        raise InvalidInputError(f"namespace {dotted!r}: labels are joined by '.', and none may be empty")
+    return labels
+
+
+@router.put("/items", status_code=204, response_class=Response, summary="Store or update an item")
+async def put_item(body: PutItem, caller: Writer, svc: Services) -> Response:
+    await svc.runtime.store.graph_store.aput(tuple(body.namespace), body.key, body.value, index=body.index)
+    return Response(status_code=204)
+
+
+@router.get("/items", response_model=ItemOut | None, summary="Get an item (null when there is none)")
+async def get_item(
+    caller: Reader,
+    svc: Services,
+    key: Annotated[str, Query(min_length=1, max_length=1000)],
+    namespace: Annotated[str, Query(min_length=1, max_length=2000, description="labels joined by '.'")],
+) -> dict[str, Any] | None:
+    item = await svc.runtime.store.graph_store.aget(_namespace(namespace), key)
+    return None if item is None else _item(item)
+
+
+@router.delete("/items", status_code=204, response_class=Response, summary="Delete an item")
+async def delete_item(body: DeleteItem, caller: Writer, svc: Services) -> Response:
+    await svc.runtime.store.graph_store.adelete(tuple(body.namespace), body.key)
+    return Response(status_code=204)
+
+
+@router.post("/items/search", response_model=SearchItemsOut, summary="Search items under a namespace prefix")
+async def search_items(body: SearchItems, caller: Reader, svc: Services) -> dict[str, Any]:
+    found = await svc.runtime.store.graph_store.asearch(
+        tuple(body.namespace_prefix), query=body.query, filter=body.filter, limit=body.limit, offset=body.offset
+    )
+    return {"items": [_item(item) for item in found]}
+
+
+@router.post("/namespaces", response_model=NamespacesOut, summary="List namespaces")
+async def list_namespaces(body: ListNamespaces, caller: Reader, svc: Services) -> dict[str, Any]:
+    found = await svc.runtime.store.graph_store.alist_namespaces(
+        prefix=tuple(body.prefix) if body.prefix else None,
+        suffix=tuple(body.suffix) if body.suffix else None,
+        max_depth=body.max_depth,
+        limit=body.limit,
+        offset=body.offset,
+    )
+    return {"namespaces": [list(namespace) for namespace in found]}

@@ -1,0 +1,146 @@
+"""Crons: what the ``/runs/crons`` routers call, and what fires a cron.
+
+A cron's firing is a process timer (:mod:`checkpoints.crons`); this service is the scheduler's handler of
+purpose ``cron``: it creates the cron's run (on its thread, queued behind any active run, or on a new
+thread) and hands it to the run queue. Embedded mode fires in the API process's scheduler; distributed
+mode in the workers' periodic timer job, which defers each run's job in the transaction creating it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from checkpoints.crons import CRON_PURPOSE, CronFilter, CronRow, CronStore
+from checkpoints.process.timers import Timer
+from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.runtime import JourneyRuntime
+from nodes.timer import TimerDefinition
+from server.assistants import get_assistant
+from server.runs.store import Enqueue, RunRow, RunStore
+
+__all__ = ["CRON_PURPOSE", "CronFilter", "CronRow", "CronService"]
+
+
+class CronService:
+    """Create, change, find and fire crons."""
+
+    def __init__(self, runtime: JourneyRuntime, runs: RunStore) -> None:
+        self.runtime = runtime
+        self.runs = runs
+        self.store = CronStore(runtime.store.engine, runtime.store.clock, runtime.processes.services.timers)
+
+    def serve_firings(self, enqueue: Callable[[], Enqueue | None], submit: Callable[[RunRow], Awaitable[None]]) -> None:
+        """Let this process's timer scheduler fire crons: each firing's run is created with ``enqueue()``
+        (distributed: its job in the same transaction) and then handed to ``submit``."""
+
+        async def fire(timer: Timer) -> bool:
+            return await self.fire(timer, enqueue(), submit)
+
+        self.runtime.processes.scheduler.handlers[CRON_PURPOSE] = fire
+
+    @staticmethod
+    def check_schedule(schedule: str, timezone: str) -> None:
+        try:
+            TimerDefinition(cron=schedule, timezone=timezone)
+        except ValidationError as exc:
+            problems = [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
+            raise InvalidInputError(f"schedule {schedule!r}: {'; '.join(problems)}", problems=problems) from None
+
+    async def create(
+        self,
+        *,
+        assistant_id: str,
+        thread_id: str | None,
+        schedule: str,
+        timezone: str,
+        end_time: datetime | None,
+        payload: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        enabled: bool,
+        on_run_completed: str | None,
+        user_id: str | None,
+    ) -> CronRow:
+        """A new cron, checked before it is stored: the assistant, its input, the schedule and the thread."""
+        assistant = get_assistant(assistant_id)
+        self.check_schedule(schedule, timezone)
+        if payload.get("input") is not None:
+            assistant.check_input(payload["input"])
+        elif thread_id is None or not assistant.chat:
+            raise InvalidInputError("a cron's runs start journeys: give input", input_schema=assistant.input_schema)
+        if thread_id is not None:
+            thread = await self.runs.get_thread(thread_id)
+            if thread is None:
+                raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
+            if not assistant.chat:
+                raise InvalidInputError(
+                    f"the {assistant_id!r} assistant's threads advance by command.resume, so a cron cannot run "
+                    "on one; schedule new journeys with a cron without a thread (crons.create)",
+                    thread_id=thread_id,
+                )
+        return await self.store.create(
+            assistant_id=assistant.assistant_id,
+            thread_id=thread_id,
+            schedule=schedule,
+            timezone=timezone,
+            end_time=end_time,
+            payload=payload,
+            metadata=metadata,
+            enabled=enabled,
+            on_run_completed=on_run_completed,
+            user_id=user_id,
+        )
+
+    async def update(self, cron_id: str, changes: Mapping[str, Any]) -> CronRow:
+        current = await self.get(cron_id)
+        schedule, timezone = changes.get("schedule", current.schedule), changes.get("timezone", current.timezone)
+        self.check_schedule(schedule, timezone)
+        payload = changes.get("payload")
+        if payload is not None and payload.get("input") is not None:
+            get_assistant(current.assistant_id).check_input(payload["input"])
+        updated = await self.store.update(cron_id, changes)
+        if updated is None:
+            raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
+        return updated
+
+    async def get(self, cron_id: str) -> CronRow:
+        found = await self.store.get(cron_id)
+        if found is None:
+            raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
+        return found
+
+    async def delete(self, cron_id: str) -> None:
+        if not await self.store.delete(cron_id):
+            raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
+
+    async def fire(self, timer: Timer, enqueue: Enqueue | None, submit: Callable[[RunRow], Awaitable[None]]) -> bool:
+        """One firing: the cron's run. False when the cron is gone, disabled or re-armed since (then this
+        timer ends without a run)."""
+        cron = await self.store.get(str(timer.data.get("cron_id")))
+        if cron is None or not cron.enabled or cron.timer_id != timer.timer_id:
+            return False
+        payload = cron.payload
+        run = await self.runs.create_run(
+            thread_id=cron.thread_id,  # None: a new thread, created with the run
+            assistant_id=cron.assistant_id,
+            kind="start",
+            input=payload.get("input") or {},
+            command=None,
+            stream_modes=[],
+            # On its thread a firing waits behind the active run instead of being lost.
+            multitask_strategy="enqueue" if cron.thread_id else "reject",
+            metadata={
+                **payload.get("metadata", {}),
+                "cron_id": cron.cron_id,
+                "cron_due_at": timer.due_at.isoformat(),
+                "_groups": list(payload.get("groups", [])),
+            },
+            principal=cron.user_id,
+            enqueue=enqueue,
+            durability=payload.get("durability"),
+        )
+        await submit(run)
+        return True

@@ -1,0 +1,37 @@
+"""LangGraph's own tooling (``langgraph dev``, Studio) runs the ``langgraph.json`` entrypoints under
+``blockbuster``, which fails any blocking call made on the event loop: ours make none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from blockbuster import blockbuster_ctx
+
+import graphs.entrypoints as entrypoints
+from graphs.kernel.patterns import registered_patterns
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_langgraph_json_lists_every_pattern_and_gitignore_covers_what_langgraph_dev_writes() -> None:
+    config = json.loads((ROOT / "langgraph.json").read_text())
+    assert config["graphs"] == entrypoints.langgraph_graphs()
+    assert "process" in config["graphs"]
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert {".langgraph_api/", "*.db-wal", "*.db-shm"} <= set(ignored)
+
+
+@pytest.mark.parametrize("name", list(registered_patterns()))
+async def test_the_entrypoints_make_no_blocking_call(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A directory that does not exist yet: making it is file system work too.
+    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/new/journeys.db")
+    factory = getattr(entrypoints, name)
+    with blockbuster_ctx():
+        async with factory({}) as graph:
+            compiled = graph.compile()
+            assert compiled.get_graph().nodes
+    assert (tmp_path / "new" / "journeys.db").exists()

@@ -1,0 +1,239 @@
+"""The store (LangGraph's official ``BaseStore`` on the server's database) and crons, driven by the official
+``langgraph-sdk`` client over real HTTP; every answer is checked against the SDK's own types."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypedDict, get_type_hints
+
+import pytest
+from langgraph.config import get_store
+from langgraph.graph import END, START, StateGraph
+from langgraph.store.memory import InMemoryStore
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from langgraph.store.sqlite.aio import AsyncSqliteStore
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
+from langgraph_sdk.schema import Cron, Item, ListNamespaceResponse, SearchItem, SearchItemsResponse
+
+from checkpoints import VirtualClock
+from graphs import JourneyRuntime
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+
+
+def assert_shape(value: Any, shape: type[Any]) -> None:
+    """``value`` has exactly the required keys of the SDK TypedDict ``shape`` (plus only its optional ones)."""
+    hints = get_type_hints(shape)
+    assert isinstance(value, dict), value
+    required: frozenset[str] = getattr(shape, "__required_keys__", frozenset(hints))
+    assert required <= value.keys() <= hints.keys(), (shape.__name__, sorted(value))
+
+
+@pytest.fixture
+def server_url(store_url: str) -> Iterator[str]:
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        yield base
+
+
+@pytest.fixture
+async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=server_url, api_key=None) as sdk:
+        yield sdk
+
+
+async def test_the_store_endpoints_answer_in_the_sdk_shapes(client: LangGraphClient) -> None:
+    assert await client.store.get_item(["users", "ana"], key="prefs") is None
+    await client.store.put_item(["users", "ana"], key="prefs", value={"theme": "dark", "lang": "en"})
+    await client.store.put_item(["users", "ana", "notes"], key="n1", value={"text": "call bob"})
+    await client.store.put_item(["users", "bob"], key="prefs", value={"theme": "light"})
+
+    item = await client.store.get_item(["users", "ana"], key="prefs")
+    assert_shape(item, Item)
+    assert (item["namespace"], item["key"]) == (["users", "ana"], "prefs")
+    assert item["value"] == {"theme": "dark", "lang": "en"}
+
+    found = await client.store.search_items(["users"], filter={"theme": "dark"})
+    assert_shape(found, SearchItemsResponse)
+    for hit in found["items"]:
+        assert_shape(hit, SearchItem)
+    assert [(h["namespace"], h["key"]) for h in found["items"]] == [(["users", "ana"], "prefs")]
+    page = await client.store.search_items(["users"], limit=2, offset=0)
+    assert len(page["items"]) == 2
+
+    namespaces = await client.store.list_namespaces(prefix=["users"])
+    assert_shape(namespaces, ListNamespaceResponse)
+    assert sorted(namespaces["namespaces"]) == [["users", "ana"], ["users", "ana", "notes"], ["users", "bob"]]
+    shallow = await client.store.list_namespaces(prefix=["users"], max_depth=2)
+    assert sorted(shallow["namespaces"]) == [["users", "ana"], ["users", "bob"]]
+
+    await client.store.put_item(["users", "ana"], key="prefs", value={"theme": "light"})
+    updated = await client.store.get_item(["users", "ana"], key="prefs")
+    assert updated is not None and updated["value"] == {"theme": "light"}
+    await client.store.delete_item(["users", "ana"], key="prefs")
+    assert await client.store.get_item(["users", "ana"], key="prefs") is None
+
+
+async def test_bad_store_input_is_refused_with_a_problem(client: LangGraphClient) -> None:
+    with pytest.raises(UnprocessableEntityError):
+        await client.store.put_item(["users"], key="k", value={"a": 1}, ttl=5)  # no TTLs: said, not ignored
+    with pytest.raises(UnprocessableEntityError):
+        await client.http.put("/store/items", json={"namespace": [], "key": "k", "value": {}})
+    with pytest.raises(UnprocessableEntityError):
+        await client.http.get("/store/items", params={"namespace": "users..ana", "key": "k"})
+
+
+class Remembered(TypedDict):
+    user: str
+    seen: int
+
+
+def remembering_graph() -> StateGraph[Remembered]:
+    """A graph whose node keeps a per-user count in the store it reaches with ``get_store()``."""
+
+    async def count(state: Remembered) -> dict[str, Any]:
+        store = get_store()
+        previous = await store.aget(("visits",), state["user"])
+        seen = (previous.value["count"] if previous else 0) + 1
+        await store.aput(("visits",), state["user"], {"count": seen})
+        return {"seen": seen}
+
+    graph = StateGraph(Remembered)
+    graph.add_node("count", count)
+    graph.add_edge(START, "count")
+    graph.add_edge("count", END)
+    return graph
+
+
+STORE_CLASSES = {"memory": InMemoryStore, "sqlite": AsyncSqliteStore, "postgres": AsyncPostgresStore}
+
+
+async def test_every_compiled_graph_gets_the_official_store_of_the_database(store_url: str) -> None:
+    kind = store_url.split(":", 1)[0].replace("postgresql", "postgres")
+    async with JourneyRuntime.open(store_url) as runtime:
+        assert type(runtime.store.graph_store) is STORE_CLASSES[kind]
+        assert runtime.store.graph_store.index_config is None  # vector search is off unless configured
+        if runtime.store.pg_pool is not None:  # on the shared pool: no connection of its own
+            assert runtime.store.graph_store.conn is runtime.store.pg_pool
+        graph = runtime.engine.compiled("remembering", remembering_graph)
+        assert graph.store is runtime.store.graph_store
+        config = runtime.engine.config("visit-1")
+        assert (await graph.ainvoke({"user": "ana", "seen": 0}, config))["seen"] == 1
+        assert (await graph.ainvoke({"user": "ana", "seen": 0}, runtime.engine.config("visit-2")))["seen"] == 2
+    if kind == "memory":
+        return
+    async with JourneyRuntime.open(store_url) as reopened:  # the store is on the database: it outlives the process
+        item = await reopened.store.graph_store.aget(("visits",), "ana")
+        assert item is not None and item.value == {"count": 2}
+
+
+START_AT = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}, "user_id": "ana"}
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock(START_AT)
+
+
+@pytest.fixture
+async def cron_client(store_url: str, clock: VirtualClock) -> AsyncIterator[LangGraphClient]:
+    """The server on a virtual clock: its timer scheduler (which fires crons) polls every second."""
+    with serving(create_app(Settings(database_url=store_url, auth=False), clock=clock)) as base:
+        async with get_client(url=base, api_key=None) as sdk:
+            yield sdk
+
+
+async def cron_threads(client: LangGraphClient, *, settle: float = 2.5) -> list[dict[str, Any]]:
+    """The threads the crons' firings made, once the scheduler has had ``settle`` seconds to look."""
+    await asyncio.sleep(settle)
+    return [t for t in await client.threads.search(limit=100) if t["metadata"].get("graph_id") == "structured"]
+
+
+async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
+    cron_client: LangGraphClient, clock: VirtualClock
+) -> None:
+    client = cron_client
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, metadata={"team": "ops"})
+    assert_shape(cron, Cron)
+    assert cron["schedule"] == "0 9 * * *" and cron["timezone"] == "UTC" and cron["enabled"] is True
+    assert datetime.fromisoformat(cron["next_run_date"]) == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    assert cron["payload"]["input"] == JOURNEY and cron["metadata"] == {"team": "ops"}
+
+    clock.set(datetime(2026, 3, 2, 8, 59, 59, tzinfo=UTC))
+    assert await cron_threads(client) == []  # never early
+    clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    [first] = await cron_threads(client)
+    [run] = await client.runs.list(first["thread_id"])
+    assert run["metadata"]["cron_id"] == cron["cron_id"]
+    assert (await client.runs.join(first["thread_id"], run["run_id"]))["current_step"] == "upload_content"
+
+    clock.set(datetime(2026, 3, 5, 12, 0, tzinfo=UTC))  # three ticks missed while nothing fired them
+    assert len(await cron_threads(client)) == 2  # caught up with one firing, not three
+    [found] = await client.crons.search(assistant_id="structured")
+    assert_shape(found, Cron)
+    assert datetime.fromisoformat(found["next_run_date"]) == datetime(2026, 3, 6, 9, 0, tzinfo=UTC)
+
+    paused = await client.crons.update(cron["cron_id"], enabled=False)
+    assert paused["enabled"] is False and paused["next_run_date"] is None
+    clock.set(datetime(2026, 3, 6, 9, 30, tzinfo=UTC))
+    assert len(await cron_threads(client)) == 2
+    assert await client.crons.count(assistant_id="structured") == 1
+    assert await client.crons.search(enabled=True) == []
+    resumed = await client.crons.update(cron["cron_id"], enabled=True, schedule="30 10 * * *")
+    assert datetime.fromisoformat(resumed["next_run_date"]) == datetime(2026, 3, 6, 10, 30, tzinfo=UTC)
+
+    await client.crons.delete(cron["cron_id"])
+    assert await client.crons.count() == 0
+    with pytest.raises(NotFoundError):
+        await client.crons.delete(cron["cron_id"])
+    clock.set(datetime(2026, 3, 7, 12, 0, tzinfo=UTC))
+    assert len(await cron_threads(client)) == 2  # a deleted cron's timer is gone with it
+
+
+async def test_a_cron_stops_at_its_end_time_and_takes_a_timezone(
+    cron_client: LangGraphClient, clock: VirtualClock
+) -> None:
+    client = cron_client
+    cron = await client.crons.create(
+        "structured",
+        schedule="0 9 * * *",
+        timezone="Europe/Paris",  # 9:00 in Paris is 8:00 UTC in March
+        input=JOURNEY,
+        end_time=datetime(2026, 3, 3, 12, 0, tzinfo=UTC),
+    )
+    assert datetime.fromisoformat(cron["next_run_date"]) == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
+    clock.set(datetime(2026, 3, 3, 8, 0, tzinfo=UTC))
+    assert len(await cron_threads(client)) == 1
+    clock.set(datetime(2026, 3, 6, 8, 0, tzinfo=UTC))
+    assert len(await cron_threads(client)) == 1  # past its end time: no more firings
+    [spent] = await client.crons.search()
+    assert spent["next_run_date"] is None
+
+
+async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: LangGraphClient) -> None:
+    client = cron_client
+    with pytest.raises(UnprocessableEntityError):
+        await client.crons.create("structured", schedule="every morning", input=JOURNEY)
+    with pytest.raises(UnprocessableEntityError):
+        await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, timezone="Mars/Olympus")
+    with pytest.raises(UnprocessableEntityError):
+        await client.crons.create("structured", schedule="0 9 * * *", input={"journey_type": 7})
+    with pytest.raises(UnprocessableEntityError):  # accepted and ignored would be worse: refused
+        await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, webhook="http://x.test/hook")
+    with pytest.raises(NotFoundError):
+        await client.crons.create("no_such_assistant", schedule="0 9 * * *", input=JOURNEY)
+    with pytest.raises(NotFoundError):
+        await client.crons.create_for_thread("no-such-thread", "guide", schedule="0 9 * * *", input={})
+    thread = await client.threads.create()
+    with pytest.raises(UnprocessableEntityError):  # a journey thread advances by resume, not by new input
+        await client.crons.create_for_thread(thread["thread_id"], "structured", schedule="0 9 * * *", input=JOURNEY)
+    with pytest.raises(NotFoundError):
+        await client.crons.update("no-such-cron", schedule="0 10 * * *")
+    assert await client.crons.count() == 0
