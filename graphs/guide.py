@@ -8,7 +8,7 @@ tools that change a session run as agent calls (intents :data:`NAVIGATE_INTENT` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
@@ -52,7 +52,7 @@ def default_guide_model() -> BaseChatModel:
 class MVPGuideBackend:
     """The guide's tools on ``runtime.mvp``; navigating and recording go through the agent-call path."""
 
-    flow = RECOMMENDED_FLOW
+    flow: Sequence[str] = RECOMMENDED_FLOW
 
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
