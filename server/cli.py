@@ -66,7 +66,7 @@ def demo(
     ] = DEFAULT_STORE_URL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
-    """Run all four journey patterns offline, including a saga that fails and compensates."""
+    """Run every journey family offline (structured, session and MVP with the guide, saga, lifecycle, process)."""
     from server.demo import run_demo
 
     _quiet_logs(verbose)
