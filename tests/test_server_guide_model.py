@@ -201,7 +201,17 @@ async def test_a_five_turn_conversation_through_the_sdk_moves_the_session(journe
         assert "still to do: file selected, analysis complete and insights summary generated" in answer
         assert session["current_area"] == "content"
 
-        calls, answer, session = await say("take me to operations")
+        # This turn streams its graph updates as they happen: the model's tool call, the tool, the answer.
+        said = {"messages": [{"role": "user", "content": "take me to operations"}]}
+        streamed = [
+            list(part.data)
+            async for part in sdk.runs.stream(guide, "guide", input=said, stream_mode="updates")
+            if part.event == "updates"
+        ]
+        assert streamed == [["agent"], ["tools"], ["agent"]]
+        messages = (await sdk.threads.get_state(guide))["values"]["messages"]
+        calls, answer = _turn_calls(messages), messages[-1]["content"]
+        session = await sdk.http.get(f"/journeys/{session_id}/status")
         assert calls == [("navigate_to_pillar", {"pillar_id": "operations"})]
         assert (
             answer.startswith("Done: you are now in the Operations Pillar") and session["current_area"] == "operations"
