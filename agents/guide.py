@@ -29,6 +29,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import InjectedState, ToolNode, tools_condition
 
+from agents.errors import GuideToolError
 from checkpoints.errors import JourneyError
 
 ModelFactory = Callable[[], BaseChatModel]  # the configured chat model (``--guide-model``), built once
@@ -65,10 +66,6 @@ class GuideBackend(Protocol):
 
     async def record(self, session_id: str, pillar_id: str, updates: Mapping[str, Any], *, key: str) -> dict[str, Any]:
         """Merge progress flags into a pillar, through the agent-call path, once per ``key``."""
-
-
-class GuideToolError(JourneyError):
-    """A guide tool cannot do what it was asked (no session, an unknown pillar or flag); the model is told why."""
 
 
 SYSTEM_PROMPT = (

@@ -66,6 +66,7 @@ STATUS_BY_CODE = {
             "ApiKeysError",
             "CorrelationError",
             "GuideModelError",
+            "GuideToolError",
             "InsecureServeError",
             "InvalidInputError",
             "InvalidMetricError",

@@ -4,9 +4,6 @@ with the default rule-based model through langgraph-sdk against a real `journeys
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from agents.errors import GuideModelError
 from server.app import create_app
 from server.cli import app as cli
 from server.settings import Settings
-from tests.server_support import ROOT, free_port, serving
+from tests.server_support import journeys_serve, serving
 
 PROMPTS: list[list[BaseMessage]] = []
 BOUND: list[list[str]] = []
@@ -141,29 +138,12 @@ def test_serve_and_worker_refuse_a_bad_guide_model_with_a_message(monkeypatch: p
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def journeys_serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A real `journeys serve --no-auth` process on the backend; yields its base URL."""
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A real `journeys serve --no-auth` process on the backend, on the default guide model."""
     url: str = request.getfixturevalue(f"{request.param}_url")
-    port = free_port()
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--no-auth", "--database-url", url]
-    log = tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("JOURNEYS_GUIDE_MODEL", None)
-    with log.open("wb") as sink:
-        server = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=env, stdout=sink, stderr=sink)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    env = {k: v for k, v in os.environ.items() if k != "JOURNEYS_GUIDE_MODEL"}
+    with journeys_serve(url, tmp_path / "serve.log", "--no-auth", env=env) as base:
+        yield base
 
 
 def _turn_calls(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -173,8 +153,8 @@ def _turn_calls(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any
 
 
 @pytest.mark.slow
-async def test_a_five_turn_conversation_through_the_sdk_moves_the_session(journeys_serve: str) -> None:
-    async with get_client(url=journeys_serve, api_key=None) as sdk:
+async def test_a_five_turn_conversation_through_the_sdk_moves_the_session(served: str) -> None:
+    async with get_client(url=served, api_key=None) as sdk:
         mvp = await sdk.http.post("/journeys/mvp", json={"user_id": "ana"})
         session_id = mvp["session"]["session_id"]
         guide = (await sdk.threads.create())["thread_id"]
