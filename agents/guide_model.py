@@ -54,7 +54,7 @@ _LEFT = (
     "need to",
     "how do i",
 )
-_NEXT = ("next", "recommend", "suggest", "should i", "what now", "where to start", "start with")
+_NEXT = ("next", "recommend", "suggest", "should i", "what now", "where to start", "start with", "do i start")
 _PROGRESS = ("progress", "status", "how far", "percent", "where am i", "how am i doing", "overview", "so far")
 _GREETING = ("hello", "hi", "hey", "help", "what can you do", "who are you")
 _QUESTION = ("what", "how", "where", "which", "why", "when", "can", "could", "should", "do", "does", "is", "are")

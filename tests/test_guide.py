@@ -21,6 +21,7 @@ RULES = default_guide_model()
     [
         ("what next?", [("recommend_next_pillar", {})]),
         ("What should I do now? Suggest something", [("recommend_next_pillar", {})]),
+        ("where do I start?", [("recommend_next_pillar", {})]),
         ("what's left in insights?", [("explain_pillar", {"pillar_id": "insights"})]),
         ("What is still missing?", [("explain_pillar", {})]),
         ("how do I upload files?", [("explain_pillar", {"pillar_id": "content"})]),
