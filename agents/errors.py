@@ -69,3 +69,9 @@ class GuideModelError(JourneyError):
     """The guide model setting does not name a factory of a langchain-core chat model."""
 
     category: ClassVar[ErrorCategory] = "invalid"
+
+
+class GuideToolError(JourneyError):
+    """A guide tool cannot do what it was asked (no session, an unknown pillar); the model is told why."""
+
+    category: ClassVar[ErrorCategory] = "invalid"

@@ -1,73 +1,91 @@
-"""The guide agent: a small chat graph that suggests the next MVP pillar.
+"""The guide agent: a LangGraph chat agent that walks a user through an MVP journey with real tool calls.
 
-Given an MVP ``session_id`` (or a session's ``progress``), the ``recommend`` node works out the next
-pillar and the ``respond`` node has a langchain-core chat model phrase it as a chat message. The
-default model is :class:`DeterministicGuideModel` (no network, no key); a real LLM is passed in through
-``model_factory`` and built only when the graph is built, never at import time.
+The graph is the classic tool-calling loop: the ``agent`` node asks a langchain-core chat model (bound to
+the guide's tools) for the next message; when that message calls tools, the ``tools`` node (LangGraph's
+``ToolNode``) runs them and hands the results back to the model, which phrases them. ``messages`` is
+kept with LangGraph's ``add_messages`` reducer, so a turn's input is just the new messages.
 
-Messages are kept in state as plain dicts (``{"type": "human"|"ai", "content": …, "id": …}``), the shape
-chat UIs on ``langgraph-sdk`` read, so checkpoints hold only JSON-like values.
+The tools act on one MVP session through a :class:`GuideBackend` (the MVP orchestrator, as
+``graphs.guide`` wires it): read its progress, recommend the next pillar, explain what is left in a
+pillar, navigate to a pillar and record progress the user reports. The backend runs the two that change
+the session through the agent-call path (policies, retries, one audit event per call), keyed by the tool
+call's id so a retried run does not apply them twice.
+
+The default model is :class:`agents.guide_model.DeterministicGuideModel` (offline, rule-based); any
+chat model that supports tool calling can take its place.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Protocol, TypedDict
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, convert_to_messages
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langgraph.graph import END, START, StateGraph
+from langchain_core.messages import AnyMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, InjectedToolCallId, tool
+from langgraph.graph import START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import InjectedState, ToolNode, tools_condition
 
-Recommender = Callable[[str], Awaitable[Mapping[str, Any]]]
-ModelFactory = Callable[[], BaseChatModel]
-GUIDE_TAG = "journeys-guide-recommendation"
+from agents.errors import GuideToolError
+from checkpoints.errors import JourneyError
+
+ModelFactory = Callable[[], BaseChatModel]  # the configured chat model (``--guide-model``), built once
 
 
 class GuideState(TypedDict, total=False):
-    """The guide graph's state: the chat so far and the session progress and recommendation it answers from."""
+    """The guide's state: the chat (appended to by ``add_messages``) and the MVP session it guides.
 
-    messages: list[dict[str, Any]]
+    ``progress`` stands in for a session when there is none: a mapping of pillar → completion (as
+    ``get_session_progress`` returns it, or ``{pillar: bool}``); the guide then only reads and recommends.
+    """
+
+    messages: Annotated[list[AnyMessage], add_messages]
     session_id: str | None
     progress: dict[str, Any] | None
-    recommendation: dict[str, Any] | None
 
 
-class DeterministicGuideModel(BaseChatModel):
-    """Phrases the recommendation handed to it in a system message; the same input, the same answer."""
+class GuideBackend(Protocol):
+    """What the guide's tools do on an MVP session; each answers with a JSON-able mapping."""
 
-    @property
-    def _llm_type(self) -> str:
-        return "journeys-deterministic-guide"
+    flow: Sequence[str]
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        recommendation: Mapping[str, Any] = {}
-        for message in messages:
-            if isinstance(message, SystemMessage) and GUIDE_TAG in message.additional_kwargs:
-                recommendation = message.additional_kwargs[GUIDE_TAG]
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=phrase(recommendation)))])
+    def pillars(self) -> Mapping[str, Mapping[str, Any]]:
+        """Every pillar's definition (``area_name``, ``actions``, ``completion``), by id."""
+
+    async def progress(self, session_id: str) -> dict[str, Any]:
+        """The session's progress (``get_session_progress``)."""
+
+    async def recommend(self, session_id: str) -> dict[str, Any]:
+        """The next pillar with the reason (``get_recommended_next_pillar``)."""
+
+    async def navigate(self, session_id: str, pillar_id: str, *, key: str) -> dict[str, Any]:
+        """Move the session to a pillar, through the agent-call path, once per ``key``."""
+
+    async def record(self, session_id: str, pillar_id: str, updates: Mapping[str, Any], *, key: str) -> dict[str, Any]:
+        """Merge progress flags into a pillar, through the agent-call path, once per ``key``."""
 
 
-def phrase(recommendation: Mapping[str, Any]) -> str:
-    pillar = recommendation.get("recommended_pillar")
-    if pillar is None:
-        return "Every pillar is complete: your MVP journey is done. Review the business outcome with your team."
-    info = recommendation.get("pillar_info") or {}
-    name = info.get("area_name") or str(pillar).replace("_", " ").title()
-    missing = [str(m) for m in info.get("missing") or []]
-    todo = f" Still to do there: {', '.join(missing)}." if missing else ""
-    actions = [str(a).replace("_", " ") for a in info.get("actions") or []]
-    start = f" You can start with: {', '.join(actions[:3])}." if actions else ""
-    return f"I suggest the {name} next ({pillar}).{todo}{start}"
+SYSTEM_PROMPT = (
+    "You are the journeys guide. You help one user through an MVP journey of four pillars, in this "
+    "recommended order: {flow}. Pillars and the flags that complete them: {pillars}. Use your tools to "
+    "read the session's progress, recommend the next pillar, explain what is left in a pillar, navigate "
+    "to a pillar when the user asks, and record progress the user reports. {session} Answer briefly; "
+    "say so when a question is outside the MVP journey."
+)
+
+
+def system_prompt(backend: GuideBackend, state: Mapping[str, Any]) -> SystemMessage:
+    pillars = {p: sorted(info.get("completion") or {}) for p, info in backend.pillars().items()}
+    session = (
+        f"The session is {state['session_id']!r}."
+        if state.get("session_id")
+        else "There is no session: you can read the progress you were given and recommend, not change anything."
+    )
+    text = SYSTEM_PROMPT.format(flow=" → ".join(backend.flow), pillars=json.dumps(pillars), session=session)
+    return SystemMessage(content=text)
 
 
 def recommend_from_progress(progress: Mapping[str, Any], flow: Sequence[str]) -> dict[str, Any]:
@@ -89,37 +107,136 @@ def recommend_from_progress(progress: Mapping[str, Any], flow: Sequence[str]) ->
     return {"recommended_pillar": None, "pillar_info": None, "reason": "every pillar is complete"}
 
 
-def build_guide_graph(
-    recommend: Recommender,
-    *,
-    flow: Sequence[str],
-    model_factory: ModelFactory | None = None,
-) -> StateGraph[GuideState]:
-    """The guide graph. ``recommend(session_id)`` is the MVP orchestrator's recommendation."""
-    model = model_factory() if model_factory is not None else DeterministicGuideModel()
+def _dump(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
-    async def recommend_next(state: GuideState) -> GuideState:
+
+def guide_tools(backend: GuideBackend) -> list[BaseTool]:
+    """The guide's five tools on ``backend``; the session comes from the graph's state, not from the model."""
+
+    def session_of(state: Mapping[str, Any], action: str) -> str:
         session_id = state.get("session_id")
-        if session_id:
-            return {"recommendation": dict(await recommend(session_id))}
-        return {"recommendation": recommend_from_progress(state.get("progress") or {}, flow)}
+        if not session_id:
+            raise GuideToolError(f"there is no MVP session to {action}: start one and pass its session_id")
+        return str(session_id)
 
-    async def respond(state: GuideState) -> GuideState:
-        recommendation = state.get("recommendation") or {}
-        history = list(state.get("messages") or [])
-        system = SystemMessage(
-            content="You guide users through an MVP journey. Recommend the next pillar: "
-            + json.dumps(recommendation, sort_keys=True, default=str),
-            additional_kwargs={GUIDE_TAG: recommendation},
+    def known_pillar(pillar_id: str) -> str:
+        pillars = backend.pillars()
+        if pillar_id not in pillars:
+            raise GuideToolError(f"there is no pillar {pillar_id!r}; the pillars are {', '.join(pillars)}")
+        return pillar_id
+
+    async def progress_of(state: Mapping[str, Any]) -> dict[str, Any]:
+        if state.get("session_id"):
+            return await backend.progress(str(state["session_id"]))
+        given = state.get("progress") or {}
+        areas = given.get("areas", given) if isinstance(given, Mapping) else {}
+        return {"areas": {p: _given_area(areas.get(p)) for p in backend.flow}, "current_area": None}
+
+    @tool
+    async def get_session_progress(state: Annotated[dict[str, Any], InjectedState]) -> str:
+        """Read the MVP session's progress: completion percent, the current pillar, and each pillar's state."""
+        return _dump(await progress_of(state))
+
+    @tool
+    async def recommend_next_pillar(state: Annotated[dict[str, Any], InjectedState]) -> str:
+        """Recommend the pillar to work on next, with the reason and what is still missing there."""
+        if state.get("session_id"):
+            return _dump(await backend.recommend(str(state["session_id"])))
+        recommendation = recommend_from_progress(state.get("progress") or {}, backend.flow)
+        if recommendation["recommended_pillar"] is not None:
+            info = backend.pillars()[recommendation["recommended_pillar"]]
+            recommendation["pillar_info"] = {**info, **recommendation["pillar_info"]}
+        return _dump(recommendation)
+
+    @tool
+    async def explain_pillar(state: Annotated[dict[str, Any], InjectedState], pillar_id: str | None = None) -> str:
+        """Explain what is left in a pillar (default: the current one): its actions and its missing criteria."""
+        progress = await progress_of(state)
+        chosen = known_pillar(pillar_id or progress.get("current_area") or backend.flow[0])
+        detail = progress["areas"].get(chosen) or {}
+        info = backend.pillars()[chosen]
+        return _dump(
+            {
+                "pillar_id": chosen,
+                "area_name": info.get("area_name"),
+                "actions": list(info.get("actions") or []),
+                "criteria": sorted(info.get("completion") or {}),
+                "complete": bool(detail.get("complete")),
+                "missing": list(detail.get("missing") or []),
+                "current": progress.get("current_area") == chosen,
+            }
         )
-        answer = await model.ainvoke([system, *convert_to_messages(history)])
-        reply = {"type": "ai", "content": answer.content, "id": f"guide-{uuid.uuid4().hex[:12]}"}
-        return {"messages": [*history, reply]}
+
+    @tool
+    async def navigate_to_pillar(
+        pillar_id: str,
+        state: Annotated[dict[str, Any], InjectedState],
+        tool_call_id: Annotated[str, InjectedToolCallId],
+        config: RunnableConfig,
+    ) -> str:
+        """Take the user to a pillar of the MVP session (content, insights, operations or business_outcome)."""
+        session_id = session_of(state, "navigate")
+        result = await backend.navigate(session_id, known_pillar(pillar_id), key=_key(config, tool_call_id))
+        return _dump(result)
+
+    @tool
+    async def record_progress(
+        pillar_id: str,
+        state: Annotated[dict[str, Any], InjectedState],
+        tool_call_id: Annotated[str, InjectedToolCallId],
+        config: RunnableConfig,
+        updates: dict[str, bool] | None = None,
+        pillar_complete: bool = False,
+    ) -> str:
+        """Record progress the user reports on a pillar: ``updates`` sets its completion flags (e.g.
+        {"files_uploaded": true}); ``pillar_complete`` sets every flag the pillar needs."""
+        session_id = session_of(state, "record progress in")
+        pillar = known_pillar(pillar_id)
+        flags = dict(updates or {})
+        if pillar_complete:
+            flags = {**dict(backend.pillars()[pillar].get("completion") or {}), **flags}
+        if not flags:
+            raise GuideToolError("nothing to record: name the flags done (updates) or pass pillar_complete")
+        result = await backend.record(session_id, pillar, flags, key=_key(config, tool_call_id))
+        return _dump({**result, "recorded": flags, "next": await backend.recommend(session_id)})
+
+    return [get_session_progress, recommend_next_pillar, explain_pillar, navigate_to_pillar, record_progress]
+
+
+def _given_area(detail: Any) -> dict[str, Any]:
+    if isinstance(detail, Mapping):
+        return {"complete": bool(detail.get("complete")), "missing": list(detail.get("missing") or [])}
+    return {"complete": bool(detail), "missing": []}
+
+
+def _key(config: RunnableConfig, tool_call_id: str) -> str:
+    """The idempotency key of one state-changing tool call: a retried run replays the same call id."""
+    thread = (config.get("configurable") or {}).get("thread_id", "")
+    return f"guide:{thread}:{tool_call_id}"
+
+
+def _tool_error(error: Exception) -> str:
+    """What the model is told when a tool fails for a reason the user can act on; anything else propagates."""
+    if isinstance(error, JourneyError):
+        return f"Error: {error}"
+    raise error
+
+
+def build_guide_graph(backend: GuideBackend, model: BaseChatModel) -> StateGraph[GuideState]:
+    """The guide graph: ``agent`` (the model with the tools bound) ⇄ ``tools`` (a ``ToolNode``) until the
+    model answers without calling a tool."""
+    tools = guide_tools(backend)
+    bound = model.bind_tools(tools)
+
+    async def agent(state: GuideState, config: RunnableConfig) -> dict[str, Any]:
+        prompt = [system_prompt(backend, state), *state.get("messages", [])]
+        return {"messages": [await bound.ainvoke(prompt, config)]}
 
     builder: StateGraph[GuideState] = StateGraph(GuideState)
-    builder.add_node("recommend", recommend_next)
-    builder.add_node("respond", respond)
-    builder.add_edge(START, "recommend")
-    builder.add_edge("recommend", "respond")
-    builder.add_edge("respond", END)
+    builder.add_node("agent", agent)
+    builder.add_node("tools", ToolNode(tools, handle_tool_errors=_tool_error))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
     return builder

@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
 import typer
@@ -65,7 +66,7 @@ def demo(
     ] = DEFAULT_STORE_URL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
 ) -> None:
-    """Run all four journey patterns offline, including a saga that fails and compensates."""
+    """Run every journey family offline (structured, session and MVP with the guide, saga, lifecycle, process)."""
     from server.demo import run_demo
 
     _quiet_logs(verbose)
@@ -268,6 +269,37 @@ def digest(
     from server.settings import key_digest
 
     typer.echo(key_digest(key))
+
+
+@app.command()
+def templates() -> None:
+    """List the ready process templates, one line each (start one with `journeys new TEMPLATE`)."""
+    from rich.table import Table
+
+    from server.scaffold import list_templates
+
+    table = Table("template", "what it does", box=None, pad_edge=False)
+    for line in list_templates():
+        table.add_row(line.name, line.description)
+    Console(width=160).print(table)
+
+
+@app.command()
+def new(
+    template: Annotated[str, typer.Argument(help="a template `journeys templates` lists")],
+    name: Annotated[str | None, typer.Option(help="the project's name (default: the template's)")] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="where to write the files")] = Path("."),
+) -> None:
+    """Write TEMPLATE as a spec file (NAME.json) and an agents module to edit and run (NAME_agents.py)."""
+    from server.scaffold import new_project
+
+    try:
+        written = new_project(template, directory, name)
+    except JourneyError as error:
+        _fail(error)
+    for path in written:
+        typer.echo(f"wrote {path}")
+    typer.echo(f"run it: cd {directory} && python {written[1].name}")
 
 
 @app.command()

@@ -1,5 +1,5 @@
-"""Test helpers: a real uvicorn server on 127.0.0.1 (random port) in a background thread, and `journeys worker`
-processes for distributed mode."""
+"""Test helpers: a real uvicorn server on 127.0.0.1 (random port) in a background thread, `journeys serve`
+processes, and `journeys worker` processes for distributed mode."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -55,9 +56,35 @@ def start_worker(url: str, *options: str, env: dict[str, str] | None = None) -> 
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Stop a `journeys worker` or `journeys serve` process (killed if it does not stop within 15 s)."""
     worker.terminate()
     try:
         worker.wait(timeout=15)
     except subprocess.TimeoutExpired:
         worker.kill()
         worker.wait()
+
+
+@contextmanager
+def journeys_serve(url: str, log: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `journeys serve` process on the database ``url`` with extra CLI ``options``, its output in
+    ``log``; yields its base URL once it answers ``/ok``, and stops it after."""
+    port = free_port()
+    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [*command, "--port", str(port), *options], cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_worker(server)

@@ -69,6 +69,7 @@ STATUS_BY_CODE = {
             "ApiKeysError",
             "CorrelationError",
             "GuideModelError",
+            "GuideToolError",
             "InsecureServeError",
             "InvalidInputError",
             "InvalidMetricError",

@@ -1,4 +1,4 @@
-"""The process templates (SPEC B8, G6): the seed's three examples and four from the orchestration guide's
+"""The process templates (SPEC B8, G6): the seed's three examples and twelve from the orchestration guide's
 catalog, each driven through its paths with deterministic agents. Every test runs on memory, SQLite
 and Postgres, on a virtual clock."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agents import AgentRequest
+from agents import AgentRequest, TransientAgentError
 from graphs import UnknownTemplateError
 from tests.process_support import Calls, runtime, virtual_clock, waiting_elements
 
@@ -33,11 +33,19 @@ async def test_the_catalog_lists_its_templates_and_runs_offline(store_url: str) 
         names = rt.processes.catalog.names()
         assert names == [
             "customer_onboarding",
+            "data_quality",
             "document_drafting",
+            "go_to_market_planning",
             "incident_response",
+            "knowledge_base_qa",
             "lead_qualification",
+            "localization",
             "marketing_campaign",
+            "policy_update",
             "pr_review",
+            "proposal_generation",
+            "reporting_analytics",
+            "summarization",
             "support_triage",
         ]
         with pytest.raises(UnknownTemplateError) as caught:
@@ -291,3 +299,166 @@ async def test_document_drafting_revises_until_the_editor_approves(store_url: st
         assert await completed_steps(rt, view["instance_id"]) == ["outline", "draft", "draft", "finalize"]
         versions = [c["version"] for c in await rt.processes.variable_history(view["instance_id"], "draft")]
         assert versions == [1, 2]
+
+
+def in_turn(*outputs: dict[str, Any]) -> Any:
+    """An agent that answers with ``outputs`` one after the other, then the last one again."""
+    answers = list(outputs)
+
+    def output(_request: AgentRequest) -> dict[str, Any]:
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    return output
+
+
+async def complete_task(rt: Any, group: str, payload: dict[str, Any]) -> dict[str, Any]:
+    [task] = await rt.processes.inbox.list_tasks(group=group)
+    done: dict[str, Any] = await rt.processes.inbox.complete(task["task_id"], user="u", groups=[group], payload=payload)
+    return done
+
+
+async def test_go_to_market_planning_revises_the_messaging_until_compliance_approves(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy_template("go_to_market_planning")
+        view = await rt.processes.start("go_to_market_planning", "launch-q3")
+        assert waiting_elements(view) == ["compliance_review"]
+        again = await complete_task(rt, "compliance", {"approved": False, "notes": "claims need sources"})
+        assert waiting_elements(again) == ["compliance_review"]
+        done = await complete_task(rt, "compliance", {"approved": True})
+        assert done["outcome"] == "planned" and done["variables"]["compliance_notes"] == "claims need sources"
+        steps = await completed_steps(rt, view["instance_id"])
+        assert steps == ["research", "messaging", "assets", "messaging", "assets", "publish_plan"]
+
+
+async def test_proposal_generation_gathers_facts_while_drafting_then_passes_two_gates(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "proposal.gather_facts", {"facts": ["uptime 99.9%"]})
+        calls.register(rt, "proposal.draft", {"draft": "We propose..."})
+        await rt.processes.deploy_template("proposal_generation")
+        won = await rt.processes.start("proposal_generation", "rfp-1")
+        lost = await rt.processes.start("proposal_generation", "rfp-2")
+        assert waiting_elements(won) == ["legal_review"]
+        assert won["variables"]["facts"] == ["uptime 99.9%"] and won["variables"]["draft"] == "We propose..."
+
+        clock.advance(timedelta(days=1, seconds=1))  # legal sat on both for a day: the SLA reassigns them
+        await rt.processes.scheduler.run_due()
+        tasks = {t["instance_id"]: t["task_id"] for t in await rt.processes.inbox.list_tasks(group="legal-leads")}
+        assert set(tasks) == {won["instance_id"], lost["instance_id"]}
+        yes, no = {"approved": True}, {"approved": False}
+        await rt.processes.inbox.complete(tasks[won["instance_id"]], user="l", groups=["legal-leads"], payload=yes)
+        declined = await rt.processes.inbox.complete(
+            tasks[lost["instance_id"]], user="l", groups=["legal-leads"], payload=no
+        )
+        assert declined["outcome"] == "declined"
+        assert (await complete_task(rt, "sales-leads", yes))["outcome"] == "submitted"
+
+
+async def test_data_quality_runs_on_its_schedule_and_alerts_by_threshold(store_url: str) -> None:
+    clock = virtual_clock()  # Monday 09:00 UTC: the 06:00 check is due tomorrow
+    async with runtime(store_url, clock) as rt:
+        rates = {"orders": 0.02, "users": 0.0}
+        flaky = {"failures": 1}
+
+        def run_checks(request: AgentRequest) -> dict[str, Any]:
+            if flaky["failures"]:  # the first call fails transiently: the agent path retries it
+                flaky["failures"] -= 1
+                raise TransientAgentError("warehouse timeout")
+            key = str(request.payload["variables"].get("business_key"))
+            return {"failure_rate": rates.get(key, 0.07), "failed": ["nulls_in_email"]}
+
+        rt.agents.register("dq.run_checks", run_checks, replace=True)
+        await rt.processes.deploy_template("data_quality")
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        clock.advance(timedelta(hours=21))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        [scheduled] = await rt.processes.instances("data_quality")
+        assert (await rt.processes.status(scheduled["instance_id"]))["outcome"] == "alerted"
+        outcomes = [(await rt.processes.start("data_quality", key))["outcome"] for key in ("orders", "users")]
+        assert outcomes == ["warned", "passed"]
+
+
+async def test_reporting_analytics_pulls_at_once_and_holds_an_invalid_report(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for source in ("sales", "marketing", "finance"):
+            calls.register(rt, f"reporting.pull_{source}", {"rows": 10})
+        calls.register(rt, "reporting.validate", by_key("valid", {"ok": True}, False))
+        await rt.processes.deploy_template("reporting_analytics")
+        good = await rt.processes.start("reporting_analytics", "ok")
+        assert good["outcome"] == "published" and good["variables"]["finance"] == 10
+        bad = await rt.processes.start("reporting_analytics", "broken")
+        assert waiting_elements(bad) == ["analyst_review"]
+        assert (await complete_task(rt, "analysts", {"resolution": "late finance feed"}))["outcome"] == "held"
+        assert sorted(calls.intents()[:3]) == [
+            "reporting.pull_finance",
+            "reporting.pull_marketing",
+            "reporting.pull_sales",
+        ]
+
+
+async def test_summarization_merges_again_until_the_summary_is_faithful(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "summarize.validate", in_turn({"faithful": False}, {"faithful": True}))
+        calls.register(rt, "summarize.merge", {"summary": "short"})
+        await rt.processes.deploy_template("summarization")
+        view = await rt.processes.start("summarization", "doc-9")
+        assert (view["outcome"], view["variables"]["summary"]) == ("summarized", "short")
+        steps = await completed_steps(rt, view["instance_id"])
+        assert steps[0] == "chunk" and sorted(steps[1:4]) == ["summarize_body", "summarize_head", "summarize_tail"]
+        assert steps[4:] == ["merge", "validate", "merge", "validate"]
+
+
+async def test_knowledge_base_qa_routes_by_permission_and_source(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "kb.check_permissions", by_key("access", {"intern": "denied"}, "granted"))
+        calls.register(rt, "kb.find_sources", by_key("source", {"q-kb": "knowledge_base", "q-web": "web"}, "none"))
+        calls.register(rt, "kb.answer", {"answer": "from the KB", "citations": ["kb/1"]})
+        calls.register(rt, "kb.answer_from_web", {"answer": "from the web", "citations": ["https://x"]})
+        await rt.processes.deploy_template("knowledge_base_qa")
+        denied = await rt.processes.start("knowledge_base_qa", "intern")
+        kb = await rt.processes.start("knowledge_base_qa", "q-kb")
+        web = await rt.processes.start("knowledge_base_qa", "q-web")
+        assert [v["outcome"] for v in (denied, kb, web)] == ["denied", "answered", "answered"]
+        assert (kb["variables"]["answer"], web["variables"]["answer"]) == ("from the KB", "from the web")
+        assert "kb.find_sources" not in [i for i, p in calls.log if p["variables"]["business_key"] == "intern"]
+        nobody = await rt.processes.start("knowledge_base_qa", "q-rare")
+        assert waiting_elements(nobody) == ["ask_expert"]
+        done = await complete_task(rt, "experts", {"answer": "ask finance"})
+        assert (done["outcome"], done["variables"]["answer"]) == ("answered", "ask finance")
+
+
+async def test_localization_translates_again_after_a_terminology_violation(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        check = in_turn({"ok": False, "violations": ["'cart' must be 'basket'"]}, {"ok": True, "violations": []})
+        calls.register(rt, "l10n.check_terminology", check)
+        await rt.processes.deploy_template("localization")
+        view = await rt.processes.start("localization", "release-12-fr")
+        assert view["outcome"] == "localized" and view["variables"]["violations"] == []
+        steps = await completed_steps(rt, view["instance_id"])
+        assert steps == [
+            "extract_strings",
+            "translate",
+            "check_terminology",
+            "translate",
+            "check_terminology",
+            "publish",
+        ]
+
+
+async def test_policy_update_goes_back_to_drafting_until_compliance_and_stakeholders_agree(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy_template("policy_update")
+        view = await rt.processes.start("policy_update", "travel-policy-v2")
+        await complete_task(rt, "compliance", {"approved": False, "notes": "GDPR clause missing"})
+        await complete_task(rt, "compliance", {"approved": True})
+        await complete_task(rt, "policy-owners", {"approved": False})
+        await complete_task(rt, "compliance", {"approved": True})
+        done = await complete_task(rt, "policy-owners", {"approved": True})
+        assert done["outcome"] == "published"
+        steps = await completed_steps(rt, view["instance_id"])
+        assert steps.count("draft_changes") == 3 and steps[-2:] == ["publish", "notify"]

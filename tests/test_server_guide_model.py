@@ -1,7 +1,11 @@
-"""The served guide phrases its answers with the chat model named by --guide-model / $JOURNEYS_GUIDE_MODEL."""
+"""The served guide: the chat model named by --guide-model / $JOURNEYS_GUIDE_MODEL, and a conversation
+with the default rule-based model through langgraph-sdk against a real `journeys serve` process."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,23 +14,44 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph_sdk import get_client
 from typer.testing import CliRunner
 
 from agents.errors import GuideModelError
 from server.app import create_app
 from server.cli import app as cli
 from server.settings import Settings
-from tests.server_support import serving
+from tests.server_support import journeys_serve, serving
 
 PROMPTS: list[list[BaseMessage]] = []
+BOUND: list[list[str]] = []
 
 
-class RecordingChatModel(BaseChatModel):
-    """Stands in for a real LLM, offline: it keeps the prompts it gets and answers in its own words."""
+class NoToolsChatModel(BaseChatModel):
+    """A chat model that cannot call tools (langchain-core's default ``bind_tools``)."""
 
     @property
     def _llm_type(self) -> str:
-        return "test-recording"
+        return "test-no-tools"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="hi"))])
+
+
+class RecordingChatModel(NoToolsChatModel):
+    """Stands in for a real LLM, offline: it keeps the prompts and tools it gets and answers in its own words."""
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any) -> Runnable[Any, Any]:
+        BOUND.append([convert_to_openai_tool(t)["function"]["name"] for t in tools])
+        return self
 
     def _generate(
         self,
@@ -44,6 +69,10 @@ def recording_model() -> BaseChatModel:
     return RecordingChatModel()
 
 
+def no_tools_model() -> BaseChatModel:
+    return NoToolsChatModel()
+
+
 def not_a_model() -> str:
     return "gpt-5"
 
@@ -58,6 +87,7 @@ NOT_A_FACTORY = 42
 @pytest.mark.slow
 async def test_the_guide_answers_with_the_configured_model(sqlite_url: str) -> None:
     PROMPTS.clear()
+    BOUND.clear()
     settings = Settings(database_url=sqlite_url, auth=False, guide_model=f"{__name__}:recording_model")
     with serving(create_app(settings)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
@@ -70,8 +100,11 @@ async def test_the_guide_answers_with_the_configured_model(sqlite_url: str) -> N
             )
     assert done.status_code == 200, done.text
     assert done.json()["messages"][-1]["content"] == "(llm) you asked 'what next?'"
-    [prompt] = PROMPTS  # the model was given the recommendation to phrase: insights follows content
-    assert '"recommended_pillar": "insights"' in str(prompt[0].content)
+    [prompt] = PROMPTS  # the model was told the pillars and given the guide's tools
+    assert "content → insights → operations → business_outcome" in str(prompt[0].content)
+    assert BOUND[-1:] == [  # after the startup check that the model binds tools at all
+        ["get_session_progress", "recommend_next_pillar", "explain_pillar", "navigate_to_pillar", "record_progress"]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -83,6 +116,7 @@ async def test_the_guide_answers_with_the_configured_model(sqlite_url: str) -> N
         (f"{__name__}:NOT_A_FACTORY", "'NOT_A_FACTORY' is a int, not a factory"),
         (f"{__name__}:not_a_model", "the factory returned a str, not a langchain-core BaseChatModel"),
         (f"{__name__}:failing_model", "the factory failed: RuntimeError('OPENAI_API_KEY is not set')"),
+        (f"{__name__}:no_tools_model", "NoToolsChatModel does not support tool calling"),
     ],
 )
 def test_a_bad_guide_model_stops_the_app_before_it_serves(path: str, expected: str) -> None:
@@ -101,3 +135,82 @@ def test_serve_and_worker_refuse_a_bad_guide_model_with_a_message(monkeypatch: p
     worker = CliRunner().invoke(cli, ["worker", "--database-url", "postgresql://nowhere.invalid/db"])
     assert worker.exit_code == 2 and "cannot import 'no_such_module_xyz'" in worker.output
     assert "Traceback" not in served.output + from_env.output + worker.output
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A real `journeys serve --no-auth` process on the backend, on the default guide model."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    env = {k: v for k, v in os.environ.items() if k != "JOURNEYS_GUIDE_MODEL"}
+    with journeys_serve(url, tmp_path / "serve.log", "--no-auth", env=env) as base:
+        yield base
+
+
+def _turn_calls(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The tool calls the guide made since the user's last message."""
+    last_human = max(i for i, m in enumerate(messages) if m["type"] == "human")
+    return [(c["name"], c["args"]) for m in messages[last_human:] if m["type"] == "ai" for c in m["tool_calls"]]
+
+
+@pytest.mark.slow
+async def test_a_five_turn_conversation_through_the_sdk_moves_the_session(served: str) -> None:
+    async with get_client(url=served, api_key=None) as sdk:
+        mvp = await sdk.http.post("/journeys/mvp", json={"user_id": "ana"})
+        session_id = mvp["session"]["session_id"]
+        guide = (await sdk.threads.create())["thread_id"]
+
+        async def say(text: str, **extra: Any) -> tuple[list[tuple[str, dict[str, Any]]], str, dict[str, Any]]:
+            done = await sdk.runs.wait(guide, "guide", input={"messages": [{"role": "user", "content": text}], **extra})
+            assert isinstance(done, dict) and done["messages"][-1]["type"] == "ai", done
+            session = (await sdk.http.get(f"/journeys/{session_id}/status")) or {}
+            return _turn_calls(done["messages"]), done["messages"][-1]["content"], session
+
+        calls, answer, session = await say("What should I do next?", session_id=session_id)
+        assert calls == [("recommend_next_pillar", {})]
+        assert "I suggest the Content Pillar next" in answer and session["completed_areas"] == 0
+
+        calls, answer, session = await say("I uploaded and parsed the files")
+        assert calls == [
+            ("record_progress", {"pillar_id": "content", "updates": {"files_parsed": True, "files_uploaded": True}})
+        ]
+        assert "The Content Pillar is complete" in answer and "I suggest the Insights Pillar next" in answer
+        assert session["areas"]["content"]["complete"] and session["completion_percent"] == 25
+
+        calls, answer, session = await say("what's left in insights?")
+        assert calls == [("explain_pillar", {"pillar_id": "insights"})]
+        assert "still to do: file selected, analysis complete and insights summary generated" in answer
+        assert session["current_area"] == "content"
+
+        # This turn streams its graph updates as they happen: the model's tool call, the tool, the answer.
+        said = {"messages": [{"role": "user", "content": "take me to operations"}]}
+        streamed = [
+            list(part.data)
+            async for part in sdk.runs.stream(guide, "guide", input=said, stream_mode="updates")
+            if part.event == "updates"
+        ]
+        assert streamed == [["agent"], ["tools"], ["agent"]]
+        messages = (await sdk.threads.get_state(guide))["values"]["messages"]
+        calls, answer = _turn_calls(messages), messages[-1]["content"]
+        session = await sdk.http.get(f"/journeys/{session_id}/status")
+        assert calls == [("navigate_to_pillar", {"pillar_id": "operations"})]
+        assert (
+            answer.startswith("Done: you are now in the Operations Pillar") and session["current_area"] == "operations"
+        )
+
+        calls, answer, session = await say("I finished the insights pillar")
+        assert calls == [("record_progress", {"pillar_id": "insights", "pillar_complete": True})]
+        assert "I suggest the Operations Pillar next" in answer
+        assert session["areas"]["insights"]["complete"] and session["completion_percent"] == 50
+
+        # Every change went through the agent-call path: one audit event per tool call, on the session.
+        events = await sdk.http.get(f"/journeys/{session_id}/history")
+        audited = [(e["payload"]["intent"], e["step"]) for e in events if e["type"] == "agent.completed"]
+        assert audited == [
+            ("guide.record_progress", "content"),
+            ("guide.navigate_to_pillar", "operations"),
+            ("guide.record_progress", "insights"),
+        ]
+        # The thread keeps the whole chat: five user messages, each with its tool call and answer.
+        state = await sdk.threads.get_state(guide)
+        kinds = [m["type"] for m in state["values"]["messages"]]
+        assert kinds == ["human", "ai", "tool", "ai"] * 5

@@ -91,4 +91,4 @@ async def test_langgraph_tooling_gets_the_configured_guide_model(
         out = await graph.ainvoke(
             {"messages": [{"role": "user", "content": "what next?"}]}, {"configurable": {"thread_id": "t"}}
         )
-    assert out["messages"][-1]["content"] == "(llm) you asked 'what next?'"
+    assert out["messages"][-1].content == "(llm) you asked 'what next?'"  # a langchain-core message (add_messages)

@@ -146,7 +146,7 @@ async def test_guide_suggests_the_next_pillar(client: LangGraphClient) -> None:
         },
     )
     reply = guide["messages"][-1]
-    assert reply["type"] == "ai" and "insights" in reply["content"]
+    assert reply["type"] == "ai" and "Insights Pillar" in reply["content"]
 
 
 EXPENSE = {

@@ -108,7 +108,7 @@ JOURNEYS = (
         lambda m: {"messages": [{"role": "user", "content": f"{m}: where do I start?"}]},
         lambda m, n: {"messages": [{"role": "user", "content": f"{m}: and then ({n})?"}]},
         lambda answer: len(answer["messages"]),
-        (2, 4, 6),
+        (4, 6, 8),  # the first question makes a tool call (recommend_next_pillar) and its result
         chat=True,
     ),
 )

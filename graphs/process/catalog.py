@@ -7,7 +7,10 @@ catalog: ``lead_qualification`` (a conditional state machine with a human guard)
 ``support_triage`` (fan-out classification, routing with escalation thresholds, a race between a
 reopen message and a quiet period), ``incident_response`` (a saga: every step has a compensation, the
 event log is the audit trail) and ``document_drafting`` (outline → draft → review → finalize, with
-a revision loop).
+a revision loop). And the rest of the guide's catalog (sections 6-8): ``go_to_market_planning``,
+``proposal_generation``, ``data_quality`` (a cron start and alert thresholds), ``reporting_analytics``,
+``summarization``, ``knowledge_base_qa`` (routing by permission and source), ``localization`` and
+``policy_update``.
 
 Agents are named by intent; ``deploy_template`` registers a deterministic default for any intent
 that has no agent yet, so every template runs offline.
@@ -395,6 +398,383 @@ def document_drafting(*, version: int = 1) -> ProcessSpec:
     )
 
 
+def _review(
+    id: str, title: str, groups: list[str], outputs: dict[str, str], sla: str, on_timeout: dict[str, Any]
+) -> dict[str, Any]:
+    """A human approval: ``approved`` (a boolean) and optional ``notes``, within an SLA."""
+    return {
+        "type": "user_task",
+        "id": id,
+        "title": title,
+        "candidate_groups": groups,
+        "response_schema": {
+            "type": "object",
+            "properties": {"approved": {"type": "boolean"}, "notes": {"type": "string"}},
+            "required": ["approved"],
+        },
+        "outputs": outputs,
+        "sla": sla,
+        "on_timeout": on_timeout,
+    }
+
+
+def go_to_market_planning(*, version: int = 1) -> ProcessSpec:
+    """Research → messaging → assets, each kept as a checkpoint, then a compliance review (revise until approved)."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "go_to_market_planning",
+            "version": version,
+            "description": "Research → Messaging → Assets → Compliance review → Publish plan (revise until approved)",
+            "elements": [
+                {"type": "start", "id": "start"},
+                _service("research", "gtm.market_research", {"market_brief": "brief"}),
+                _service("messaging", "gtm.write_messaging", {"messaging": "messaging"}),
+                _service("assets", "gtm.create_assets", {"assets": "assets"}),
+                _review(
+                    "compliance_review",
+                    "Compliance review of the go-to-market plan",
+                    ["compliance"],
+                    {"compliant": "approved", "compliance_notes": "notes"},
+                    "P2D",
+                    {"action": "notify", "notify": "gtm.notify_compliance_lead"},
+                ),
+                {"type": "exclusive_gateway", "id": "compliance_gate"},
+                _service("publish_plan", "gtm.publish_plan", {"plan_url": "url"}),
+                _end("planned"),
+            ],
+            "flows": [
+                "start -> research",
+                "research -> messaging",
+                "messaging -> assets",
+                "assets -> compliance_review",
+                "compliance_review -> compliance_gate",
+                {"source": "compliance_gate", "target": "publish_plan", "when": _when("compliant", "==", True)},
+                {"source": "compliance_gate", "target": "messaging", "default": True},
+                "publish_plan -> planned",
+            ],
+        }
+    )
+
+
+def proposal_generation(*, version: int = 1) -> ProcessSpec:
+    """Intake → requirements, then facts gathered while the draft is written, legal review and a final approval gate."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "proposal_generation",
+            "version": version,
+            "description": "Intake → Requirements → Fork(Facts, Draft) → Legal review → Final approval → Submit",
+            "elements": [
+                {"type": "start", "id": "start"},
+                _service("intake", "proposal.intake", {"client": "client"}),
+                _service("capture_requirements", "proposal.capture_requirements", {"requirements": "requirements"}),
+                {"type": "parallel_gateway", "id": "fork"},
+                _service("gather_facts", "proposal.gather_facts", {"facts": "facts"}),
+                _service("draft", "proposal.draft", {"draft": "draft"}),
+                {"type": "parallel_gateway", "id": "join"},
+                _review(
+                    "legal_review",
+                    "Legal review of the proposal",
+                    ["legal"],
+                    {"legal_approved": "approved", "legal_notes": "notes"},
+                    "P1D",
+                    {"action": "reassign", "candidate_groups": ["legal-leads"]},
+                ),
+                {"type": "exclusive_gateway", "id": "legal_gate"},
+                _review(
+                    "final_approval",
+                    "Approve the proposal",
+                    ["sales-leads"],
+                    {"approved": "approved"},
+                    "PT8H",
+                    {"action": "notify", "notify": "proposal.notify_sales_director"},
+                ),
+                {"type": "exclusive_gateway", "id": "approval_gate"},
+                _service("submit", "proposal.submit", {"submission_id": "submission_id"}),
+                _end("submitted"),
+                _end("declined"),
+            ],
+            "flows": [
+                "start -> intake",
+                "intake -> capture_requirements",
+                "capture_requirements -> fork",
+                "fork -> gather_facts",
+                "fork -> draft",
+                "gather_facts -> join",
+                "draft -> join",
+                "join -> legal_review",
+                "legal_review -> legal_gate",
+                {"source": "legal_gate", "target": "final_approval", "when": _when("legal_approved", "==", True)},
+                {"source": "legal_gate", "target": "declined", "default": True},
+                "final_approval -> approval_gate",
+                {"source": "approval_gate", "target": "submit", "when": _when("approved", "==", True)},
+                {"source": "approval_gate", "target": "declined", "default": True},
+                "submit -> submitted",
+            ],
+        }
+    )
+
+
+def data_quality(*, version: int = 1, schedule: str = "0 6 * * *") -> ProcessSpec:
+    """Scheduled checks (a cron start, or on demand); agent calls retry with backoff; the failure rate picks
+    alert, warn or pass by threshold."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "data_quality",
+            "version": version,
+            "description": "Cron or on demand → Profile → Checks → Alert (≥5% failing) | Warn (≥1%) | Pass",
+            "variables_schema": {"type": "object", "properties": {"failure_rate": {"type": "number"}}},
+            "elements": [
+                {"type": "start", "id": "on_demand"},
+                {"type": "start", "id": "scheduled", "timer": {"cron": schedule}},
+                _service("profile", "dq.profile_dataset", {"row_count": "rows"}),
+                _service("run_checks", "dq.run_checks", {"failure_rate": "failure_rate", "failed_checks": "failed"}),
+                {"type": "exclusive_gateway", "id": "threshold"},
+                _service("alert", "dq.page_data_owner", {"alert_id": "alert_id"}),
+                _service("warn", "dq.open_ticket", {"ticket_id": "ticket_id"}),
+                _service("publish", "dq.publish_scorecard"),
+                _end("alerted"),
+                _end("warned"),
+                _end("passed"),
+            ],
+            "flows": [
+                "on_demand -> profile",
+                "scheduled -> profile",
+                "profile -> run_checks",
+                "run_checks -> threshold",
+                {"source": "threshold", "target": "alert", "when": _when("failure_rate", ">=", 0.05)},
+                {"source": "threshold", "target": "warn", "when": _when("failure_rate", ">=", 0.01)},
+                {"source": "threshold", "target": "publish", "default": True},
+                "alert -> alerted",
+                "warn -> warned",
+                "publish -> passed",
+            ],
+        }
+    )
+
+
+def reporting_analytics(*, version: int = 1) -> ProcessSpec:
+    """Three data pulls at once, aggregated, validated, then published (or held for an analyst)."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "reporting_analytics",
+            "version": version,
+            "description": "Fork(Sales, Marketing, Finance pulls) → Join → Aggregate → Validate → Publish | Analyst",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "parallel_gateway", "id": "pull"},
+                _service("pull_sales", "reporting.pull_sales", {"sales": "rows"}),
+                _service("pull_marketing", "reporting.pull_marketing", {"marketing": "rows"}),
+                _service("pull_finance", "reporting.pull_finance", {"finance": "rows"}),
+                {"type": "parallel_gateway", "id": "pulled"},
+                _service("aggregate", "reporting.aggregate", {"report": "report"}),
+                _service("validate", "reporting.validate", {"valid": "valid", "issues": "issues"}),
+                {"type": "exclusive_gateway", "id": "valid_gate"},
+                _service("publish", "reporting.publish", {"report_url": "url"}),
+                {
+                    "type": "user_task",
+                    "id": "analyst_review",
+                    "title": "The report failed validation",
+                    "candidate_groups": ["analysts"],
+                    "response_schema": {"type": "object", "required": ["resolution"]},
+                    "outputs": {"resolution": "resolution"},
+                    "sla": "PT4H",
+                    "on_timeout": {"action": "notify", "notify": "reporting.notify_analytics_lead"},
+                },
+                _end("published"),
+                _end("held"),
+            ],
+            "flows": [
+                "start -> pull",
+                "pull -> pull_sales",
+                "pull -> pull_marketing",
+                "pull -> pull_finance",
+                "pull_sales -> pulled",
+                "pull_marketing -> pulled",
+                "pull_finance -> pulled",
+                "pulled -> aggregate",
+                "aggregate -> validate",
+                "validate -> valid_gate",
+                {"source": "valid_gate", "target": "publish", "when": _when("valid", "==", True)},
+                {"source": "valid_gate", "target": "analyst_review", "default": True},
+                "publish -> published",
+                "analyst_review -> held",
+            ],
+        }
+    )
+
+
+def summarization(*, version: int = 1) -> ProcessSpec:
+    """The document is chunked, the chunks summarized at once, merged and validated (merged again if not)."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "summarization",
+            "version": version,
+            "description": "Chunk → Fork(summarize 3 parts) → Join → Merge → Validate (merge again until valid)",
+            "elements": [
+                {"type": "start", "id": "start"},
+                _service("chunk", "summarize.chunk", {"chunks": "chunks"}),
+                {"type": "parallel_gateway", "id": "fan_out"},
+                _service("summarize_head", "summarize.head", {"head_summary": "summary"}),
+                _service("summarize_body", "summarize.body", {"body_summary": "summary"}),
+                _service("summarize_tail", "summarize.tail", {"tail_summary": "summary"}),
+                {"type": "parallel_gateway", "id": "fan_in"},
+                _service("merge", "summarize.merge", {"summary": "summary"}),
+                _service("validate", "summarize.validate", {"faithful": "faithful"}),
+                {"type": "exclusive_gateway", "id": "faithful_gate"},
+                _end("summarized"),
+            ],
+            "flows": [
+                "start -> chunk",
+                "chunk -> fan_out",
+                "fan_out -> summarize_head",
+                "fan_out -> summarize_body",
+                "fan_out -> summarize_tail",
+                "summarize_head -> fan_in",
+                "summarize_body -> fan_in",
+                "summarize_tail -> fan_in",
+                "fan_in -> merge",
+                "merge -> validate",
+                "validate -> faithful_gate",
+                {"source": "faithful_gate", "target": "summarized", "when": _when("faithful", "==", True)},
+                {"source": "faithful_gate", "target": "merge", "default": True},
+            ],
+        }
+    )
+
+
+def knowledge_base_qa(*, version: int = 1) -> ProcessSpec:
+    """A question is routed by the asker's permissions, then by which source can answer it; no source: an expert."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "knowledge_base_qa",
+            "version": version,
+            "description": "Check permissions → Denied | Find sources → KB answer | Web answer | Expert",
+            "variables_schema": {
+                "type": "object",
+                "properties": {
+                    "access": {"enum": ["granted", "denied"]},
+                    "source": {"enum": ["knowledge_base", "web", "none"]},
+                },
+            },
+            "elements": [
+                {"type": "start", "id": "question_asked"},
+                _service("check_permissions", "kb.check_permissions", {"access": "access"}),
+                {"type": "exclusive_gateway", "id": "permission_gate"},
+                _service("find_sources", "kb.find_sources", {"source": "source"}),
+                {"type": "exclusive_gateway", "id": "source_gate"},
+                _service("answer_from_kb", "kb.answer", {"answer": "answer", "citations": "citations"}),
+                _service("answer_from_web", "kb.answer_from_web", {"answer": "answer", "citations": "citations"}),
+                {
+                    "type": "user_task",
+                    "id": "ask_expert",
+                    "title": "Answer a question no source covers",
+                    "candidate_groups": ["experts"],
+                    "response_schema": {"type": "object", "required": ["answer"]},
+                    "outputs": {"answer": "answer"},
+                    "sla": "P1D",
+                    "on_timeout": {"action": "reassign", "candidate_groups": ["expert-leads"]},
+                },
+                _end("answered"),
+                _end("denied"),
+            ],
+            "flows": [
+                "question_asked -> check_permissions",
+                "check_permissions -> permission_gate",
+                {"source": "permission_gate", "target": "find_sources", "when": _when("access", "==", "granted")},
+                {"source": "permission_gate", "target": "denied", "default": True},
+                "find_sources -> source_gate",
+                {"source": "source_gate", "target": "answer_from_kb", "when": _when("source", "==", "knowledge_base")},
+                {"source": "source_gate", "target": "answer_from_web", "when": _when("source", "==", "web")},
+                {"source": "source_gate", "target": "ask_expert", "default": True},
+                "answer_from_kb -> answered",
+                "answer_from_web -> answered",
+                "ask_expert -> answered",
+            ],
+        }
+    )
+
+
+def localization(*, version: int = 1) -> ProcessSpec:
+    """Strings extracted, translated, checked against the glossary (translated again on a violation), then published."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "localization",
+            "version": version,
+            "description": "Extract → Translate → Terminology check (translate again on violations) → Publish",
+            "elements": [
+                {"type": "start", "id": "start"},
+                _service("extract_strings", "l10n.extract_strings", {"strings": "strings"}),
+                _service("translate", "l10n.translate", {"translation": "translation"}),
+                _service(
+                    "check_terminology",
+                    "l10n.check_terminology",
+                    {"terminology_ok": "ok", "violations": "violations"},
+                ),
+                {"type": "exclusive_gateway", "id": "terminology_gate"},
+                _service("publish", "l10n.publish", {"release": "release"}),
+                _end("localized"),
+            ],
+            "flows": [
+                "start -> extract_strings",
+                "extract_strings -> translate",
+                "translate -> check_terminology",
+                "check_terminology -> terminology_gate",
+                {"source": "terminology_gate", "target": "publish", "when": _when("terminology_ok", "==", True)},
+                {"source": "terminology_gate", "target": "translate", "default": True},
+                "publish -> localized",
+            ],
+        }
+    )
+
+
+def policy_update(*, version: int = 1) -> ProcessSpec:
+    """Draft changes → compliance review → stakeholder sign-off (either sends it back) → publish and notify."""
+    return ProcessSpec.model_validate(
+        {
+            "name": "policy_update",
+            "version": version,
+            "description": "Draft → Compliance review → Stakeholder sign-off → Publish → Notify (back to draft if not)",
+            "elements": [
+                {"type": "start", "id": "start"},
+                _service("draft_changes", "policy.draft_changes", {"policy_draft": "draft"}),
+                _review(
+                    "compliance_review",
+                    "Compliance review of the policy change",
+                    ["compliance"],
+                    {"compliant": "approved", "compliance_notes": "notes"},
+                    "P2D",
+                    {"action": "notify", "notify": "policy.notify_compliance_lead"},
+                ),
+                {"type": "exclusive_gateway", "id": "compliance_gate"},
+                _review(
+                    "stakeholder_signoff",
+                    "Sign off the policy change",
+                    ["policy-owners"],
+                    {"signed_off": "approved", "signoff_notes": "notes"},
+                    "P3D",
+                    {"action": "reassign", "candidate_groups": ["executives"]},
+                ),
+                {"type": "exclusive_gateway", "id": "signoff_gate"},
+                _service("publish", "policy.publish", {"policy_version": "version"}),
+                _service("notify", "policy.notify_employees", {"notified": "notified"}),
+                _end("published"),
+            ],
+            "flows": [
+                "start -> draft_changes",
+                "draft_changes -> compliance_review",
+                "compliance_review -> compliance_gate",
+                {"source": "compliance_gate", "target": "stakeholder_signoff", "when": _when("compliant", "==", True)},
+                {"source": "compliance_gate", "target": "draft_changes", "default": True},
+                "stakeholder_signoff -> signoff_gate",
+                {"source": "signoff_gate", "target": "publish", "when": _when("signed_off", "==", True)},
+                {"source": "signoff_gate", "target": "draft_changes", "default": True},
+                "publish -> notify",
+                "notify -> published",
+            ],
+        }
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessTemplate:
     """A ready process design by name."""
@@ -445,6 +825,14 @@ def default_process_catalog() -> ProcessCatalog:
         support_triage,
         incident_response,
         document_drafting,
+        go_to_market_planning,
+        proposal_generation,
+        data_quality,
+        reporting_analytics,
+        summarization,
+        knowledge_base_qa,
+        localization,
+        policy_update,
     ):
         catalog.register(build.__name__, build)
     return catalog

@@ -1,0 +1,167 @@
+"""The guide agent at the graph level: real tool calls on the MVP orchestrator, token streaming in
+``messages`` mode, the agent-call path for the tools that change a session, and the rule-based model's
+understanding of what users say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+
+from agents import AgentRequest
+from graphs import JourneyRuntime
+from graphs.guide import default_guide_model, guide_graph
+
+RULES = default_guide_model()
+
+
+@pytest.mark.parametrize(
+    ("said", "planned"),
+    [
+        ("what next?", [("recommend_next_pillar", {})]),
+        ("What should I do now? Suggest something", [("recommend_next_pillar", {})]),
+        ("where do I start?", [("recommend_next_pillar", {})]),
+        ("what's left in insights?", [("explain_pillar", {"pillar_id": "insights"})]),
+        ("What is still missing?", [("explain_pillar", {})]),
+        ("how do I upload files?", [("explain_pillar", {"pillar_id": "content"})]),
+        ("take me to operations", [("navigate_to_pillar", {"pillar_id": "operations"})]),
+        ("Go to the business outcome pillar please", [("navigate_to_pillar", {"pillar_id": "business_outcome"})]),
+        ("switch to ops", [("navigate_to_pillar", {"pillar_id": "operations"})]),
+        ("I finished the content pillar", [("record_progress", {"pillar_id": "content", "pillar_complete": True})]),
+        (
+            "I uploaded and parsed the files",
+            [("record_progress", {"pillar_id": "content", "updates": {"files_uploaded": True, "files_parsed": True}})],
+        ),
+        (
+            "We generated the insights summary",
+            [("record_progress", {"pillar_id": "insights", "updates": {"insights_summary_generated": True}})],
+        ),
+        (
+            "I reviewed the summaries",
+            [("record_progress", {"pillar_id": "business_outcome", "updates": {"summaries_reviewed": True}})],
+        ),
+        (
+            "I created the coexistence blueprint and the SOP",
+            [
+                (
+                    "record_progress",
+                    {
+                        "pillar_id": "operations",
+                        "updates": {"sop_generated": True, "coexistence_blueprint_created": True},
+                    },
+                )
+            ],
+        ),
+        ("how far am I?", [("get_session_progress", {})]),
+        ("show me my progress", [("get_session_progress", {})]),
+    ],
+)
+def test_the_rules_map_what_users_say_to_tool_calls(said: str, planned: list[tuple[str, dict[str, Any]]]) -> None:
+    assert RULES.plan(said) == planned
+
+
+@pytest.mark.parametrize(
+    ("said", "starts"),
+    [
+        ("hello", "Hello! I can tell you what to do next"),
+        ("What is the capital of France?", "I can't answer that: I only know your MVP journey."),
+        ("take me somewhere nice", "Which pillar shall I take you to? The pillars are Content Pillar, Insights"),
+        ("I'm done!", "Which pillar did you finish?"),
+    ],
+)
+def test_the_rules_answer_without_tools_when_no_tool_helps(said: str, starts: str) -> None:
+    answer = RULES.plan(said)
+    assert isinstance(answer, str) and answer.startswith(starts)
+
+
+async def _say(graph: Any, thread: str, text: str, **extra: Any) -> tuple[list[Any], str, list[str]]:
+    """One turn, streamed in ``messages`` mode: the turn's messages, the answer, and the streamed tokens."""
+    config = {"configurable": {"thread_id": thread}}
+    tokens: list[str] = []
+    async for message, metadata in graph.astream(
+        {"messages": [HumanMessage(text)], **extra}, config, stream_mode="messages"
+    ):
+        if isinstance(message, AIMessageChunk) and message.content:
+            assert metadata["langgraph_node"] == "agent"
+            tokens.append(str(message.content))
+    messages = (await graph.aget_state(config)).values["messages"]
+    last_human = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
+    return messages[last_human:], str(messages[-1].content), tokens
+
+
+async def test_a_conversation_streams_tokens_and_moves_the_session(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as runtime:
+        session_id = (await runtime.mvp.start_mvp_journey("ana"))["session"]["session_id"]
+        graph = guide_graph(runtime)
+
+        turn, answer, tokens = await _say(graph, "chat-1", "I uploaded and parsed the files", session_id=session_id)
+        call, result, reply = turn[1:]
+        assert isinstance(call, AIMessage) and call.tool_calls[0]["name"] == "record_progress"
+        assert isinstance(result, ToolMessage) and result.tool_call_id == call.tool_calls[0]["id"]
+        assert isinstance(reply, AIMessage) and not reply.tool_calls
+        assert len(tokens) > 10 and "".join(tokens) == answer  # the answer arrived word by word
+        assert (await runtime.mvp.get_recommended_next_pillar(session_id))["recommended_pillar"] == "insights"
+
+        _turn, answer, _tokens = await _say(graph, "chat-1", "take me to operations")
+        progress = await runtime.mvp.sessions.get_session_progress(session_id)
+        assert progress["current_area"] == "operations" and answer.startswith("Done: you are now in the Operations")
+
+        # Each change is one audit event on the session, made by the agent-call path.
+        events = [e for e in await runtime.history(session_id) if e.type == "agent.completed"]
+        assert [(e.payload["intent"], e.step) for e in events] == [
+            ("guide.record_progress", "content"),
+            ("guide.navigate_to_pillar", "operations"),
+        ]
+
+
+async def test_the_policy_path_refuses_a_tool_and_the_guide_says_so() -> None:
+    async with JourneyRuntime.open("memory://") as runtime:
+        session_id = (await runtime.mvp.start_mvp_journey("ana"))["session"]["session_id"]
+
+        def record(request: AgentRequest) -> dict[str, Any]:
+            raise AssertionError("a refused agent is never called")
+
+        # An agent for the guide's intent that needs more than the guide grants.
+        runtime.agents.register("guide.record_progress", record, permissions=("admin",))
+        _turn, answer, _tokens = await _say(
+            guide_graph(runtime), "chat-2", "I finished the content pillar", session_id=session_id
+        )
+        assert answer.startswith("I could not do that: agent 'record' needs permissions ['admin']")
+        assert not (await runtime.mvp.check_mvp_completion(session_id))["pillar_status"]["content"]["complete"]
+
+
+async def test_without_a_session_the_guide_reads_the_given_progress_and_changes_nothing() -> None:
+    async with JourneyRuntime.open("memory://") as runtime:
+        graph = guide_graph(runtime)
+        _turn, answer, _tokens = await _say(graph, "chat-3", "what next?", progress={"content": True})
+        assert answer.startswith("I suggest the Insights Pillar next")
+        _turn, answer, _tokens = await _say(graph, "chat-3", "take me to operations")
+        assert answer == "I could not do that: there is no MVP session to navigate: start one and pass its session_id"
+
+
+async def test_a_replayed_tool_call_is_applied_once() -> None:
+    """A retried run replays the same tool call id: the session changes once, the log says so once."""
+    async with JourneyRuntime.open("memory://") as runtime:
+        session_id = (await runtime.mvp.start_mvp_journey("ana"))["session"]["session_id"]
+        calls = 0
+
+        async def navigate(request: AgentRequest) -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            return await runtime.mvp.navigate_to_pillar(session_id, str(request.payload["pillar_id"]))
+
+        runtime.agents.register("guide.navigate_to_pillar", navigate, permissions=("mvp.navigate",))
+        graph = guide_graph(runtime)
+        config: Any = {"configurable": {"thread_id": "chat-4"}}
+        call = AIMessage(
+            "", id="m1", tool_calls=[{"name": "navigate_to_pillar", "args": {"pillar_id": "insights"}, "id": "c1"}]
+        )
+        for _ in range(2):  # the model's tool call, checkpointed, then the run that executes it, twice
+            update = {"messages": [HumanMessage("go to insights", id="h1"), call], "session_id": session_id}
+            await graph.aupdate_state(config, update, as_node="agent")
+            await graph.ainvoke(None, config)
+            await runtime.store.saver.adelete_thread("chat-4")  # as if a crash lost the run's checkpoints
+        assert calls == 1
+        events = [e for e in await runtime.history(session_id) if e.type == "agent.completed"]
+        assert len(events) == 1
