@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, select
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
 from checkpoints.events import EVENT_VALUES, NewEvent
+from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
 
@@ -135,13 +136,18 @@ class JourneyIndex:
         return found
 
     async def list_instances(
-        self, *, pattern: str | None = None, status: str | None = None, limit: int = 1000
+        self,
+        *,
+        pattern: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+        where: InstanceFilter | None = None,
     ) -> list[Instance]:
-        query = select(journey_instances).order_by(_instances.created_at).limit(limit)
-        if pattern is not None:
-            query = query.where(_instances.pattern == pattern)
-        if status is not None:
-            query = query.where(_instances.status == status)
+        """Instances, oldest first, of ``pattern`` in ``status`` and kept by ``where`` (user, stage, time)."""
+        query = select(journey_instances).order_by(_instances.created_at, _instances.instance_id).limit(limit)
+        where = where or InstanceFilter()
+        where = replace(where, pattern=pattern or where.pattern, status=status or where.status)
+        query = where.apply(query)
         return [Instance(**row) for row in await self._backend.query(query)]
 
     async def count_by_status(self, *, pattern: str | None = None) -> dict[str, int]:
@@ -149,3 +155,41 @@ class JourneyIndex:
         if pattern is not None:
             query = query.where(_instances.pattern == pattern)
         return {row["status"]: int(row["n"]) for row in await self._backend.query(query)}
+
+    async def count_by_pattern_and_status(self, where: InstanceFilter) -> dict[tuple[str, str], int]:
+        """(pattern, status) → how many of the instances ``where`` keeps."""
+        query = select(_instances.pattern, _instances.status, func.count().label("n")).group_by(
+            _instances.pattern, _instances.status
+        )
+        query = where.apply(query)
+        return {(row["pattern"], row["status"]): int(row["n"]) for row in await self._backend.query(query)}
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFilter:
+    """Which instances a listing keeps: pattern, status, user (a lifecycle journey's client, a process
+    instance's business key), a lifecycle journey's current stage, and when it was created."""
+
+    pattern: str | None = None
+    status: str | None = None
+    user_id: str | None = None
+    stage: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.pattern is not None:
+            query = query.where(_instances.pattern == self.pattern)
+        if self.status is not None:
+            query = query.where(_instances.status == self.status)
+        if self.user_id is not None:
+            query = query.where(_instances.user_id == self.user_id)
+        if self.stage is not None:
+            states = lifecycle_journey_states.c
+            in_stage = select(states.journey_id).where(states.current_stage == self.stage)
+            query = query.where(_instances.instance_id.in_(in_stage))
+        if self.created_after is not None:
+            query = query.where(_instances.created_at >= self.created_after)
+        if self.created_before is not None:
+            query = query.where(_instances.created_at < self.created_before)
+        return query

@@ -27,6 +27,7 @@ from server.runs.store import RunStore
 from server.runs.watch import RunWatch
 from server.services import ServerServices
 from server.settings import Settings
+from server.ui.pages import install_ui
 
 
 def create_app(
@@ -65,6 +66,7 @@ def create_app(
     for router in (assistants.router, threads.router, runs.router, journeys.router, inbox.router):
         app.include_router(router)
     install_openapi(app)  # the document states the input guard's rules too
+    install_ui(app)  # the dashboard at /ui (HTML; not in the OpenAPI document)
 
     @app.get("/ok", tags=["health"], summary="Liveness")
     async def ok() -> dict[str, bool]:
