@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
@@ -42,7 +42,20 @@ TEMPLATES = Environment(
 TEMPLATES.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
 TEMPLATES.filters["when"] = lambda value: value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else value
 PATTERNS = ("structured", "saga", "session", "mvp", "lifecycle", "process")
-STATUSES = ("in_progress", "completed", "failed", "compensating", "compensated", "cancelled", "closed", "migrating")
+# The index's statuses across patterns (lifecycle: pending, active, rollback; processes: migrating; …).
+STATUSES = (
+    "pending",
+    "in_progress",
+    "active",
+    "rollback",
+    "completed",
+    "failed",
+    "compensating",
+    "compensated",
+    "cancelled",
+    "closed",
+    "migrating",
+)
 STAGES = ("sandbox", "pilot", "production", "rollback", "completed", "cancelled")
 _MAX_FORM_FIELDS = 50
 
@@ -114,13 +127,17 @@ async def _form(request: Request) -> dict[str, str]:
     return form
 
 
-def _moment(value: str, name: str) -> datetime | None:
+def _moment(value: str, name: str, *, end_of_day: bool = False) -> datetime | None:
+    """A filter's time: a date and time, or a date (its start; with ``end_of_day``, the next day's start,
+    so that "until" a date includes it). Times without a zone are UTC."""
     if not value:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInputError(f"{name} must be a date or date and time (ISO 8601), not {value[:40]!r}") from None
+    if end_of_day and len(value) == len("2026-01-31"):
+        moment += timedelta(days=1)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -195,7 +212,7 @@ async def journeys(
         user_id=user[:200] or None,
         stage=_choice(stage, STAGES, "stage"),
         created_after=_moment(since, "since"),
-        created_before=_moment(until, "until"),
+        created_before=_moment(until, "until", end_of_day=True),
     )
     listing = await data.journey_list(svc, where)
     filters = {"pattern": pattern, "status": status, "stage": stage, "user": user, "since": since, "until": until}
@@ -212,14 +229,14 @@ async def journeys(
     )
 
 
-@router.get("/journeys/{instance_id}", response_class=HTMLResponse)
+@router.get("/journeys/{instance_id:path}", response_class=HTMLResponse)
 async def journey(request: Request, instance_id: str, principal: Caller, svc: Services) -> HTMLResponse:
     allow(principal, "read")
     page = await data.journey_page(svc, instance_id)
     return _render(request, "journey.html", principal=principal, page=page, instance_id=instance_id)
 
 
-@router.post("/journeys/{instance_id}/cancel", response_class=HTMLResponse)
+@router.post("/journeys/{instance_id:path}/cancel", response_class=HTMLResponse)
 async def cancel(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "journeys")
     reason = (await _form(request)).get("reason", "").strip() or f"cancelled from the dashboard by {principal.name}"
@@ -237,7 +254,7 @@ async def cancel(request: Request, instance_id: str, principal: Caller, svc: Ser
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
 
 
-@router.post("/journeys/{instance_id}/retry", response_class=HTMLResponse)
+@router.post("/journeys/{instance_id:path}/retry", response_class=HTMLResponse)
 async def retry(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "journeys")
     await _form(request)
@@ -266,7 +283,7 @@ async def inbox(request: Request, principal: Caller, svc: Services) -> HTMLRespo
     return _render(request, "inbox.html", principal=principal, tasks=tasks)
 
 
-@router.post("/tasks/{task_id}/complete", response_class=HTMLResponse)
+@router.post("/tasks/{task_id:path}/complete", response_class=HTMLResponse)
 async def complete_task(request: Request, task_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "tasks")
     form = await _form(request)
