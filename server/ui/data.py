@@ -12,7 +12,7 @@ from typing import Any
 from checkpoints.index import Instance, InstanceFilter
 from graphs.errors import JourneyNotFoundError
 from server.services import ServerServices
-from server.ui.graph_svg import graph_svg
+from server.ui.graph_svg import journey_picture
 
 LIST_LIMIT = 500
 # The actions each pattern offers (the orchestrator call behind each is in server/ui/pages.py).
@@ -125,17 +125,12 @@ async def journey_page(svc: ServerServices, instance_id: str) -> JourneyPage:
     current: list[str] = []
     checkpoints: list[dict[str, Any]] = []
     try:
-        graph = await svc.thread_graph(await svc.resolve_thread(instance_id))
-    except JourneyNotFoundError:
-        graph = None
-    if graph is not None:
-        config = svc.runtime.engine.config(instance_id)
-        snapshot = await graph.aget_state(config)
-        current = list(snapshot.next)
-        drawable = graph.get_graph()
-        svg = graph_svg(drawable, current, title=f"{pattern} {instance_id}")
-        mermaid = drawable.draw_mermaid()
-        async for past in graph.aget_state_history(config, limit=50):
+        picture = await journey_picture(svc.runtime, instance_id)
+    except JourneyNotFoundError:  # a journey whose graph this server cannot build
+        picture = None
+    if picture is not None:
+        svg, mermaid, current = picture.svg, picture.mermaid, picture.current
+        async for past in picture.graph.aget_state_history(svc.runtime.engine.config(instance_id), limit=50):
             checkpoints.append(
                 {
                     "checkpoint_id": past.config["configurable"]["checkpoint_id"],

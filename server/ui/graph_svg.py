@@ -10,6 +10,11 @@ from html import escape
 
 from langchain_core.runnables.graph import Graph as DrawableGraph
 
+from graphs.errors import JourneyNotFoundError
+from graphs.kernel.patterns import Graph
+from graphs.runtime import JourneyRuntime
+from server.assistants import get_assistant, graph_of
+
 _CHAR_WIDTH = 7.2  # px per character of the 12px monospace labels
 _BOX_HEIGHT = 30
 _ROW_GAP = 46
@@ -122,3 +127,27 @@ def graph_svg(graph: DrawableGraph, current: Collection[str] = (), *, title: str
         )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyPicture:
+    """A journey's graph as it stands: the compiled graph, where it waits, and its drawings."""
+
+    graph: Graph
+    current: list[str]
+    svg: str
+    mermaid: str
+
+
+async def journey_picture(runtime: JourneyRuntime, instance_id: str) -> JourneyPicture:
+    """Any journey's graph (through its pattern's assistant, as the server finds it) with the nodes it
+    waits at highlighted; the dashboard and the notebooks draw it the same way."""
+    instance = await runtime.store.index.get_instance(instance_id)
+    if instance is None:
+        raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+    graph = await graph_of(runtime, get_assistant(instance.pattern), instance_id)
+    snapshot = await graph.aget_state(runtime.engine.config(instance_id))
+    drawable = graph.get_graph()
+    current = list(snapshot.next)
+    svg = graph_svg(drawable, current, title=f"{instance.pattern} {instance_id}")
+    return JourneyPicture(graph, current, svg, drawable.draw_mermaid())
