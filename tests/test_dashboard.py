@@ -254,3 +254,32 @@ async def test_the_processes_page_shows_versions_weights_and_instances_per_versi
         )
         assert done.status_code == 303 and done.headers["location"] == f"/ui/journeys/{task['instance_id']}"
         assert (await rt.processes.status(task["instance_id"]))["status"] == "completed"
+
+
+async def test_cancel_closes_sessions_and_stops_processes_and_is_refused_where_a_journey_runs_to_its_end() -> None:
+    async with serving("memory://") as served:
+        rt, http = served.runtime, served.http
+        mvp = await rt.mvp.start_mvp_journey("user-1", "content")
+        session_id = mvp["session"]["session_id"]
+        assert 'id="cancel"' in (await http.get(f"/ui/journeys/{session_id}")).text
+        closed = await http.post(f"/ui/journeys/{session_id}/cancel", data={"reason": "done for today"})
+        assert closed.status_code == 303
+        assert (await rt.mvp.sessions.get_session_progress(session_id))["status"] == "closed"
+        assert 'id="cancel"' not in (await http.get(f"/ui/journeys/{session_id}")).text
+
+        await rt.processes.deploy_template("customer_onboarding")
+        rt.agents.register("crm.capture_lead", lambda request: {"score": 80}, replace=True)
+        view = await rt.processes.start("customer_onboarding", business_key="cust-1")
+        page = (await http.get(f"/ui/journeys/{view['instance_id']}")).text
+        assert re.search(r'<tr class="timer scheduled"><td>trial_period</td>', page)
+        assert (await http.post(f"/ui/journeys/{view['instance_id']}/cancel")).status_code == 303
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "cancelled"
+        page = (await http.get(f"/ui/journeys/{view['instance_id']}")).text
+        assert '<tr class="timer scheduled">' not in page  # its timer went with it
+
+        design = await rt.structured.design_journey("content_migration")
+        run = await rt.structured.execute_journey(design["journey_id"], "user-1")
+        assert 'id="cancel"' not in (await http.get(f"/ui/journeys/{run['instance_id']}")).text
+        refused = await http.post(f"/ui/journeys/{run['instance_id']}/cancel")
+        assert refused.status_code == 409 and "runs to its end" in refused.text
+        assert (await http.post("/ui/journeys/nope/cancel")).status_code == 404

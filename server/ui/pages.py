@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -24,6 +24,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from checkpoints.errors import JourneyError
 from checkpoints.index import InstanceFilter
 from graphs.errors import InvalidInputError
+from graphs.kernel.patterns import registered_patterns
+from graphs.lifecycle.machine import JourneyStage
 from server.auth import Principal, authenticate
 from server.input_guard import read_body, refuse_declared_oversize, refuse_nul_in_url
 from server.problems import STATUS_BY_CATEGORY, ApiError, LoginRequired
@@ -31,6 +33,10 @@ from server.services import ServerServices, services
 from server.settings import InputLimits
 from server.ui import data
 from server.ui.session import COOKIE, COOKIE_PATH, allow, caller, refuse_cross_site, safe_next
+from server.views.lifecycle import LifecycleStatus
+from server.views.processes import ProcessStatus
+from server.views.status import SessionIndexStatus
+from server.views.steps import SagaRunStatus, StructuredRunStatus
 
 HERE = Path(__file__).parent
 TEMPLATES = Environment(
@@ -41,22 +47,16 @@ TEMPLATES = Environment(
 )
 TEMPLATES.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
 TEMPLATES.filters["when"] = lambda value: value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else value
-PATTERNS = ("structured", "saga", "session", "mvp", "lifecycle", "process")
-# The index's statuses across patterns (lifecycle: pending, active, rollback; processes: migrating; …).
-STATUSES = (
-    "pending",
-    "in_progress",
-    "active",
-    "rollback",
-    "completed",
-    "failed",
-    "compensating",
-    "compensated",
-    "cancelled",
-    "closed",
-    "migrating",
+# The filters' choices, from the patterns registered and the status views' own types.
+PATTERNS = tuple(name for name, pattern in registered_patterns().items() if pattern.status is not None)
+STATUSES = tuple(
+    dict.fromkeys(
+        status
+        for statuses in (StructuredRunStatus, SagaRunStatus, SessionIndexStatus, LifecycleStatus, ProcessStatus)
+        for status in get_args(statuses)
+    )
 )
-STAGES = ("sandbox", "pilot", "production", "rollback", "completed", "cancelled")
+STAGES = tuple(stage.value for stage in JourneyStage)
 _MAX_FORM_FIELDS = 50
 
 
@@ -168,13 +168,13 @@ async def login(request: Request) -> Response:
     target = safe_next(form.get("next"))
     settings = request.app.state.settings
     try:
-        authenticate(settings, form.get("api_key", "").strip())
+        authenticate(settings, form.get("api_key", "").strip())  # with --no-auth there is nothing to check
     except ApiError:
         return _render(request, "login.html", status_code=401, next=target, failed=True)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
-        form["api_key"].strip(),
+        form.get("api_key", "").strip(),
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
@@ -247,7 +247,8 @@ async def cancel(request: Request, instance_id: str, principal: Caller, svc: Ser
     elif pattern == "lifecycle":
         await svc.runtime.lifecycle.cancel(instance_id, reason)
     elif pattern in ("session", "mvp"):
-        await svc.runtime.session.close_session(instance_id, reason)
+        sessions = svc.runtime.mvp.sessions if pattern == "mvp" else svc.runtime.session
+        await sessions.close_session(instance_id, reason)
     else:
         await svc.journey_status(instance_id)  # the journey's own "not found" first
         raise ApiError(409, "NotCancellable", f"a {pattern} journey cannot be cancelled; it runs to its end")
