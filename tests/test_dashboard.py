@@ -245,6 +245,11 @@ async def test_the_processes_page_shows_versions_weights_and_instances_per_versi
         assert shown == {"1": (25.0, [("in_progress", "1")]), "2": (75.0, [("in_progress", "2")])}
 
         [task] = await rt.processes.inbox.list_tasks(instance_id=(await rt.processes.instances())[0]["instance_id"])
+        # A process is drawn from its own sequence flows (its LangGraph nodes route by Command, undrawn).
+        graph = (await served.http.get(f"/ui/journeys/{task['instance_id']}")).text
+        edges = re.findall(r'data-source="([^"]+)" data-target="([^"]+)"', graph)
+        assert edges == [("start", "approve"), ("approve", "end")]
+        assert re.findall(r'<g class="node current" data-node="([^"]+)"', graph) == ["approve"]
         bad = await served.http.post(f"/ui/tasks/{task['task_id']}/complete", data={"payload": "[1]"})
         assert bad.status_code == 422 and "JSON object" in bad.text
         outsider = await served.http.post(f"/ui/tasks/{task['task_id']}/complete", data={"payload": "{}", "user": "x"})

@@ -12,6 +12,7 @@ from langchain_core.runnables.graph import Graph as DrawableGraph
 
 from graphs.errors import JourneyNotFoundError
 from graphs.kernel.patterns import Graph
+from graphs.process.spec import ProcessSpec
 from graphs.runtime import JourneyRuntime
 from server.assistants import get_assistant, graph_of
 
@@ -64,6 +65,22 @@ def _layers(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
                 changed = True
         if not changed:
             break
+    # Nodes a graph reaches only by Command(goto=…) have no drawn edge from __start__: they go below the
+    # reachable ones rather than beside __start__, and __end__ stays last.
+    reached = {"__start__"} if "__start__" in targets else set()
+    frontier = list(reached)
+    while frontier:
+        for target in targets[frontier.pop()]:
+            if target not in reached:
+                reached.add(target)
+                frontier.append(target)
+    if reached:
+        offset = max(layer[n] for n in reached if n != "__end__") + 1
+        for node in nodes:
+            if node not in reached:
+                layer[node] += offset
+    if "__end__" in layer:
+        layer["__end__"] = max([layer[n] + 1 for n in nodes if n != "__end__"], default=0)
     return layer
 
 
@@ -147,7 +164,23 @@ async def journey_picture(runtime: JourneyRuntime, instance_id: str) -> JourneyP
         raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
     graph = await graph_of(runtime, get_assistant(instance.pattern), instance_id)
     snapshot = await graph.aget_state(runtime.engine.config(instance_id))
-    drawable = graph.get_graph()
     current = list(snapshot.next)
+    if instance.pattern == "process":
+        # A process graph routes between its elements with Command(goto=…), so LangGraph draws no edge
+        # between them: the spec's own sequence flows are the picture, its waiting elements highlighted.
+        spec = await runtime.processes.spec_of(await runtime.processes.deployment_of(instance))
+        drawable = process_drawing(spec)
+        current = [name.partition(".")[0] for name in current]
+    else:
+        drawable = graph.get_graph()
     svg = graph_svg(drawable, current, title=f"{instance.pattern} {instance_id}")
     return JourneyPicture(graph, current, svg, drawable.draw_mermaid())
+
+
+def process_drawing(spec: ProcessSpec) -> DrawableGraph:
+    """A process's elements and sequence flows as a drawable graph (conditional flows dashed)."""
+    drawing = DrawableGraph()
+    nodes = {element.id: drawing.add_node(None, element.id) for element in spec.elements}
+    for flow in spec.flows:
+        drawing.add_edge(nodes[flow.source], nodes[flow.target], conditional=flow.when is not None)
+    return drawing
