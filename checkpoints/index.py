@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, bindparam, func, insert, select
+from sqlalchemy import Executable, Select, bindparam, func, insert, select
 
 from checkpoints.backends.base import Backend, Params
 from checkpoints.clock import Clock
@@ -15,6 +15,7 @@ from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
 from checkpoints.events import DESIGN_KEY, EVENT_VALUES, PATTERN_KEY, USER_KEY, NewEvent, event_payload
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
+from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
 
@@ -197,16 +198,22 @@ class JourneyIndex:
         return found
 
     async def list_instances(
-        self, *, pattern: str | None = None, status: str | None = None, limit: int = 1000, viewer: Viewer | None = None
+        self,
+        *,
+        pattern: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+        where: InstanceFilter | None = None,
+        viewer: Viewer | None = None,
     ) -> list[Instance]:
-        """Instances in creation order; only those ``viewer`` may see when given."""
-        query = select(journey_instances).order_by(_instances.created_at).limit(limit)
+        """Instances, oldest first, of ``pattern`` in ``status`` and kept by ``where`` (user, stage, time);
+        only those ``viewer`` may see when given."""
+        query = select(journey_instances).order_by(_instances.created_at, _instances.instance_id).limit(limit)
         if viewer is not None:
             query = query.where(visible_to(viewer, _instances.owner, _instances.tenant, _instances.shared_group))
-        if pattern is not None:
-            query = query.where(_instances.pattern == pattern)
-        if status is not None:
-            query = query.where(_instances.status == status)
+        where = where or InstanceFilter()
+        where = replace(where, pattern=pattern or where.pattern, status=status or where.status)
+        query = where.apply(query)
         return [Instance(**row) for row in await self._backend.query(query)]
 
     async def count_by_status(self, *, pattern: str | None = None) -> dict[str, int]:
@@ -214,3 +221,41 @@ class JourneyIndex:
         if pattern is not None:
             query = query.where(_instances.pattern == pattern)
         return {row["status"]: int(row["n"]) for row in await self._backend.query(query)}
+
+    async def count_by_pattern_and_status(self, where: InstanceFilter) -> dict[tuple[str, str], int]:
+        """(pattern, status) → how many of the instances ``where`` keeps."""
+        query = select(_instances.pattern, _instances.status, func.count().label("n")).group_by(
+            _instances.pattern, _instances.status
+        )
+        query = where.apply(query)
+        return {(row["pattern"], row["status"]): int(row["n"]) for row in await self._backend.query(query)}
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFilter:
+    """Which instances a listing keeps: pattern, status, user (a lifecycle journey's client, a process
+    instance's business key), a lifecycle journey's current stage, and when it was created."""
+
+    pattern: str | None = None
+    status: str | None = None
+    user_id: str | None = None
+    stage: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.pattern is not None:
+            query = query.where(_instances.pattern == self.pattern)
+        if self.status is not None:
+            query = query.where(_instances.status == self.status)
+        if self.user_id is not None:
+            query = query.where(_instances.user_id == self.user_id)
+        if self.stage is not None:
+            states = lifecycle_journey_states.c
+            in_stage = select(states.journey_id).where(states.current_stage == self.stage)
+            query = query.where(_instances.instance_id.in_(in_stage))
+        if self.created_after is not None:
+            query = query.where(_instances.created_at >= self.created_after)
+        if self.created_before is not None:
+            query = query.where(_instances.created_at < self.created_before)
+        return query

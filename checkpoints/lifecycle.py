@@ -117,6 +117,17 @@ class LifecycleStore:
             ).first()
         return None if row is None else (str(row.current_stage), str(row.status))
 
+    async def stages(self, journey_ids: Sequence[str]) -> dict[str, str]:
+        """Journey id → its current stage as last committed (journeys that never started are left out)."""
+        s = lifecycle_journey_states
+        found: dict[str, str] = {}
+        ids = list(dict.fromkeys(journey_ids))
+        async with self._engine.connect() as conn:
+            for start in range(0, len(ids), 1000):
+                query = select(s.c.journey_id, s.c.current_stage).where(s.c.journey_id.in_(ids[start : start + 1000]))
+                found.update({row.journey_id: str(row.current_stage) for row in await conn.execute(query)})
+        return found
+
     async def validations(self, journey_id: str) -> list[dict[str, Any]]:
         """Every validation of the journey, oldest first."""
         return await self._rows(lifecycle_validation_results, journey_id)

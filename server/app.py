@@ -34,6 +34,7 @@ from server.runs.store import RunRow, RunStore
 from server.runs.watch import RunWatch
 from server.services import ServerServices
 from server.settings import Settings
+from server.ui.pages import install_ui
 
 
 def create_app(
@@ -102,6 +103,7 @@ def create_app(
             # The JS client reads a new run's id from Content-Location.
             expose_headers=["Content-Location", "Location"],
         )
+    install_ui(app)  # the dashboard at /ui (HTML; not in the OpenAPI document)
 
     @app.get("/ok", tags=["health"], summary="Liveness")
     async def ok() -> dict[str, bool]:

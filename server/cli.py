@@ -167,6 +167,7 @@ def serve(
     # that allocates many objects (a large JSON body) no longer pays for traversing them, on the event loop.
     gc.collect()
     gc.freeze()
+    typer.echo(f"dashboard: http://{host}:{port}/ui", err=True)
     uvicorn.run(served, host=host, port=port, log_level="info" if verbose else "warning")
 
 

@@ -67,6 +67,17 @@ class ApiKeysError(JourneyError):
     category: ClassVar[ErrorCategory] = "invalid"
 
 
+class LoginRequired(JourneyError):
+    """The dashboard needs an API key first (none in its cookie, or one the server does not know): its pages
+    answer with the login form instead (server/ui/pages.py)."""
+
+    category: ClassVar[ErrorCategory] = "forbidden"
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__("log in with an API key")
+        self.next_path = next_path
+
+
 class InsecureServeError(JourneyError):
     """The server would be open to every caller beyond this machine."""
 

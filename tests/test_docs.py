@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -21,11 +22,31 @@ BLOCKS = [
 ]
 README_BLOCKS = [block for name, block in BLOCKS if name.startswith("README-")]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# What a person would rather look at than read: the picture each notebook shows (committed with its outputs,
+# so the repository pages show them).
+PICTURES = {
+    "structured_and_saga": "image/svg+xml",  # the journey graph, current node highlighted
+    "processes": "image/svg+xml",
+    "session_and_mvp": "image/png",  # the MVP progress chart
+    "client_lifecycle": "image/png",  # the stage timeline over 30 days
+    "operations": "image/png",  # the dashboard's counts
+}
+NOTEBOOK_SECONDS = 60
 
 
 def test_the_docs_have_examples() -> None:
     assert len(README_BLOCKS) >= 4
-    assert NOTEBOOKS
+    assert {p.stem for p in NOTEBOOKS} == {"quickstart", "server_with_langgraph_sdk", *PICTURES}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_are_committed_with_their_outputs_and_pictures(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert outputs, f"{path.name} is committed without its outputs"
+    assert not [o for o in outputs if o.output_type == "error"]
+    if path.stem in PICTURES:
+        assert any(PICTURES[path.stem] in o.get("data", {}) for o in outputs), f"{path.name} shows no picture"
 
 
 @pytest.mark.slow
@@ -46,8 +67,11 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     client = NotebookClient(
         notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
+    started = time.monotonic()
     client.execute()
+    took = time.monotonic() - started
     errors = [
         o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
     ]
     assert not errors
+    assert took < NOTEBOOK_SECONDS, f"{path.name} took {took:.0f} s"

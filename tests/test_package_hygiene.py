@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ERROR_MODULES = ("agents.errors", "checkpoints.errors", "graphs.errors", "nodes.errors", "server.problems")
 # The HTTP status of every error code, as clients see it: moving an error class must not change either.
 STATUS_BY_CODE = {
-    **dict.fromkeys(("PolicyViolationError", "TaskForbiddenError"), 403),
+    **dict.fromkeys(("PolicyViolationError", "TaskForbiddenError", "LoginRequired"), 403),
     **dict.fromkeys(
         (
             "AssistantNotFoundError",

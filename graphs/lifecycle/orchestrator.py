@@ -13,7 +13,7 @@ threshold of the current stage starts an automatic rollback.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -541,6 +541,10 @@ class LifecycleOrchestrator:
         async with self._engine.exclusive(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id)
         return journey_view(snapshot.values, spec)
+
+    async def stages(self, journey_ids: Sequence[str]) -> dict[str, str]:
+        """Journey id → its current stage, for listings (one query; journeys not started are left out)."""
+        return await self._rows.stages(journey_ids)
 
     async def state_at(self, journey_id: str, checkpoint_id: str) -> dict[str, Any]:
         """The journey as it was at one of its checkpoints (e.g. a rollback's snapshot)."""

@@ -1,0 +1,290 @@
+"""The dashboard's pages and actions over HTTP (the browser test drives the same pages in Chromium):
+filters on every backend, login and scopes, forms from other sites, hostile input shown as text, and the
+actions (cancel, retry, complete) behind the API's scopes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html import unescape
+
+import httpx
+import pytest
+from langchain_core.runnables.graph import Graph as DrawableGraph
+
+from agents import FailingAgent, RetrySettings
+from agents.errors import AgentCallFailedError
+from checkpoints.clock import VirtualClock
+from graphs.lifecycle.catalog import READY_TO_START
+from graphs.runtime import JourneyRuntime
+from server.app import create_app
+from server.settings import ApiKey, Settings
+from server.ui.graph_svg import graph_svg
+from tests.lifecycle_support import to_pilot
+
+FAST = RetrySettings(max_attempts=2, initial_delay=0.001, max_delay=0.002, jitter=0.001)
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+HOSTILE = '"><script>alert(1)</script>'
+KEYS = {
+    "reader-key": ApiKey("rita", frozenset({"read"})),
+    "operator-key": ApiKey("otto", frozenset({"read", "journeys", "tasks"}), ("finance",)),
+}
+
+
+@dataclass
+class Served:
+    http: httpx.AsyncClient
+    runtime: JourneyRuntime
+    clock: VirtualClock
+
+
+@asynccontextmanager
+async def serving(url: str, *, auth: bool = False) -> AsyncIterator[Served]:
+    clock = VirtualClock(T0)
+    settings = Settings(database_url=url, auth=auth, api_keys=KEYS if auth else {}, run_timers=False)
+    app = create_app(settings, clock=clock, runtime_options={"retry": FAST})
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://journeys") as http:
+            yield Served(http, app.state.services.runtime, clock)
+
+
+def listed(page: httpx.Response) -> list[str]:
+    assert page.status_code == 200, page.text
+    return re.findall(r'<tr class="journey" data-instance="([^"]+)"', page.text)
+
+
+async def test_the_journey_list_filters_by_pattern_status_stage_user_and_time(store_url: str) -> None:
+    async with serving(store_url) as served:
+        rt, clock = served.runtime, served.clock
+        sandbox = (await rt.lifecycle.start_journey("client-a", metrics=READY_TO_START))["journey_id"]
+        clock.advance(timedelta(days=2))
+        pilot = (await rt.lifecycle.start_journey("client-b", metrics=READY_TO_START))["journey_id"]
+        await to_pilot(rt.lifecycle, pilot)
+        clock.advance(timedelta(days=2))
+        design = await rt.structured.design_journey("content_migration")
+        run = await rt.structured.execute_journey(design["journey_id"], "user-1")
+        structured = run["instance_id"]
+
+        everything = await served.http.get("/ui/journeys")
+        assert listed(everything) == [structured, pilot, sandbox]  # newest first
+        assert '<strong id="total">3</strong>' in everything.text
+        assert "lifecycle · active: 2" in unescape(everything.text)
+
+        assert listed(await served.http.get("/ui/journeys", params={"pattern": "lifecycle"})) == [pilot, sandbox]
+        assert listed(await served.http.get("/ui/journeys", params={"stage": "pilot"})) == [pilot]
+        assert listed(await served.http.get("/ui/journeys", params={"stage": "sandbox"})) == [sandbox]
+        assert listed(await served.http.get("/ui/journeys", params={"user": "client-a"})) == [sandbox]
+        assert listed(await served.http.get("/ui/journeys", params={"status": "completed"})) == []
+        day = (T0 + timedelta(days=2)).date().isoformat()
+        assert listed(await served.http.get("/ui/journeys", params={"since": day})) == [structured, pilot]
+        assert listed(await served.http.get("/ui/journeys", params={"until": day})) == [pilot, sandbox]
+        before = (T0 + timedelta(days=1)).isoformat()
+        assert listed(await served.http.get("/ui/journeys", params={"until": before})) == [sandbox]
+        counted = await served.http.get("/ui/journeys", params={"pattern": "lifecycle", "stage": "pilot"})
+        assert '<strong id="total">1</strong>' in counted.text
+
+        refused = await served.http.get("/ui/journeys", params={"pattern": "nope"})
+        assert refused.status_code == 422 and "pattern must be one of" in refused.text
+        assert (await served.http.get("/ui/journeys", params={"since": "yesterday"})).status_code == 422
+
+        board = await served.http.get("/ui/lifecycle")
+        assert board.status_code == 200
+        columns = dict(re.findall(r'data-stage="(\w+)">\s*<h2>\w+ <span class="n">(\d+)', board.text))
+        assert columns["sandbox"] == "1" and columns["pilot"] == "1" and columns["production"] == "0"
+        assert "rollback_rate" in board.text and "exit_criteria_first_pass_rate" in board.text
+
+
+async def test_pages_need_a_login_and_actions_need_their_scope() -> None:
+    async with serving("memory://", auth=True) as served:
+        http = served.http
+        await served.runtime.lifecycle.start_journey("client-a", metrics=READY_TO_START)
+        [journey] = await served.runtime.store.index.list_instances()
+
+        first = await http.get("/ui/journeys")
+        assert first.status_code == 303 and first.headers["location"] == "/ui/login?next=/ui/journeys"
+        wrong = await http.post("/ui/login", data={"api_key": "nope", "next": "/ui/journeys"})
+        assert wrong.status_code == 401 and "not known" in wrong.text
+        # After the login, only a dashboard path: never another site.
+        login = await http.post("/ui/login", data={"api_key": "reader-key", "next": "//evil.example/x"})
+        assert login.status_code == 303 and login.headers["location"] == "/ui/journeys"
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+
+        assert listed(await http.get("/ui/journeys")) == [journey.instance_id]
+        refused = await http.post(f"/ui/journeys/{journey.instance_id}/cancel", data={"reason": "x"})
+        assert refused.status_code == 403 and "lacks the &#39;journeys&#39; scope" in refused.text
+        assert (await served.runtime.lifecycle.get_journey_state(journey.instance_id))["status"] == "active"
+
+        await http.post("/ui/logout")
+        await http.post("/ui/login", data={"api_key": "operator-key", "next": "/ui/lifecycle"})
+        elsewhere = await http.post(
+            f"/ui/journeys/{journey.instance_id}/cancel", headers={"origin": "http://evil.example"}
+        )
+        assert elsewhere.status_code == 403 and "own pages" in elsewhere.text
+        done = await http.post(
+            f"/ui/journeys/{journey.instance_id}/cancel",
+            data={"reason": "client left"},
+            headers={"origin": "http://journeys"},
+        )
+        assert done.status_code == 303
+        assert (await served.runtime.lifecycle.get_journey_state(journey.instance_id))["status"] == "cancelled"
+
+
+async def test_hostile_values_are_shown_as_text_on_every_page() -> None:
+    async with serving("memory://") as served:
+        rt = served.runtime
+        design = await rt.structured.design_journey("content_migration")
+        run = await rt.structured.execute_journey(design["journey_id"], HOSTILE, {"note": HOSTILE})
+        await rt.structured.advance_journey_step(design["journey_id"], HOSTILE, {HOSTILE: HOSTILE})
+        await rt.processes.deploy(
+            {
+                "name": "expense",
+                "elements": [
+                    {"type": "start", "id": "start"},
+                    {"type": "user_task", "id": "approve", "title": HOSTILE, "candidate_groups": ["finance"]},
+                    {"type": "end", "id": "end"},
+                ],
+                "flows": ["start -> approve", "approve -> end"],
+            }
+        )
+        await rt.processes.start("expense", HOSTILE[:60], {"comment": HOSTILE})
+        pages = ["/ui/journeys", f"/ui/journeys/{run['instance_id']}", "/ui/inbox", "/ui/processes", "/ui/lifecycle"]
+        [process] = await rt.store.index.list_instances(pattern="process")
+        pages.append(f"/ui/journeys/{process.instance_id}")
+        for path in pages:
+            page = await served.http.get(path)
+            assert page.status_code == 200, (path, page.text)
+            assert "<script>alert" not in page.text, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in (await served.http.get("/ui/inbox")).text
+        missing = await served.http.get("/ui/journeys/<b>nope</b>")
+        assert missing.status_code == 404 and "<b>nope" not in missing.text
+        nul = await served.http.get("/ui/journeys", params={"user": "a\x00b"})
+        assert nul.status_code == 422
+
+
+def test_the_graph_picture_escapes_node_names_and_highlights_the_current_node() -> None:
+    graph = DrawableGraph()
+    start, hostile, end = graph.add_node(None, "__start__"), graph.add_node(None, HOSTILE), graph.add_node(None, "end")
+    graph.add_edge(start, hostile)
+    graph.add_edge(hostile, end, conditional=True)
+    graph.add_edge(end, hostile)  # a loop back is drawn too
+    svg = graph_svg(graph, [hostile.id])
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert svg.count('class="node current"') == 1
+    assert svg.count('class="edge') == 3 and 'class="edge conditional"' in svg
+
+
+async def test_the_journey_page_shows_compensation_and_retry_completes_a_failed_step() -> None:
+    async with serving("memory://") as served:
+        rt = served.runtime
+        rt.agents.register("transform_data", FailingAgent("transform_data", permanent=True), replace=True)
+        saga = await rt.saga.design_saga_journey(
+            "enterprise_migration",
+            {},
+            {
+                "upload_content": "delete_uploaded_content",
+                "analyze_content": "revert_analysis",
+                "transform_data": "revert_transformation",
+            },
+        )
+        execution = await rt.saga.execute_saga_journey(saga["journey_id"], "user-1", {})
+        for result in ({"files": 3}, {"entities": 2}, {"rows": 10}):
+            await rt.saga.advance_saga_step(execution["saga_id"], saga["journey_id"], "user-1", result)
+        page = await served.http.get(f"/ui/journeys/{execution['saga_id']}")
+        assert page.status_code == 200
+        compensation = unescape(re.search(r'<pre id="compensation">(.*?)</pre>', page.text, re.S)[1])  # type: ignore[index]
+        assert '"compensated_steps": [\n    "analyze_content",\n    "upload_content"\n  ]' in compensation
+        assert 'id="retry"' not in page.text  # compensated: nothing left to retry
+        events = re.findall(r'<tr class="event" data-type="([^"]+)"', page.text)
+        assert events.index("saga.compensating") < events.index("saga.compensated")
+
+        flaky = FailingAgent("transform_data", permanent=True)
+        rt.agents.register("transform_data", flaky, replace=True)
+        design = await rt.structured.design_journey("content_migration")
+        run = await rt.structured.execute_journey(design["journey_id"], "user-2")
+        for result in ({"files": 3}, {"entities": 2}):
+            await rt.structured.advance_journey_step(design["journey_id"], "user-2", result)
+        with pytest.raises(AgentCallFailedError):
+            await rt.structured.advance_journey_step(design["journey_id"], "user-2", {"rows": 1})
+        page = await served.http.get(f"/ui/journeys/{run['instance_id']}")
+        assert 'id="retry"' in page.text
+        rt.agents.register("transform_data", lambda request: {"rows": 1}, replace=True)
+        retried = await served.http.post(f"/ui/journeys/{run['instance_id']}/retry")
+        assert retried.status_code == 303
+        status = await rt.structured.get_journey_status(design["journey_id"], "user-2")
+        assert status["status"] == "in_progress" and "transform_data" in status["completed_steps"]
+        again = await served.http.post(f"/ui/journeys/{run['instance_id']}/retry")
+        assert again.status_code == 409
+
+
+async def test_the_processes_page_shows_versions_weights_and_instances_per_version() -> None:
+    async with serving("memory://") as served:
+        rt = served.runtime
+        spec = {
+            "name": "expense",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": ["start -> approve", "approve -> end"],
+        }
+        await rt.processes.deploy(spec)
+        await rt.processes.start("expense", "exp-1")
+        await rt.processes.deploy({**spec, "version": 2})
+        await rt.processes.set_rollout("expense", {1: 25, 2: 75})
+        await rt.processes.start("expense", "exp-2", version=2)
+        await rt.processes.start("expense", "exp-3", version=2)
+        page = (await served.http.get("/ui/processes")).text
+        rows = re.findall(r"<tr><td>v(\d)</td><td>[^<]*</td><td>([\d.]+)%</td>\s*<td>(.*?)<a", page, re.S)
+        shown = {v: (float(w), re.findall(r"(\w+): (\d+)", cells)) for v, w, cells in rows}
+        assert shown == {"1": (25.0, [("in_progress", "1")]), "2": (75.0, [("in_progress", "2")])}
+
+        [task] = await rt.processes.inbox.list_tasks(instance_id=(await rt.processes.instances())[0]["instance_id"])
+        # A process is drawn from its own sequence flows (its LangGraph nodes route by Command, undrawn).
+        graph = (await served.http.get(f"/ui/journeys/{task['instance_id']}")).text
+        edges = re.findall(r'data-source="([^"]+)" data-target="([^"]+)"', graph)
+        assert edges == [("start", "approve"), ("approve", "end")]
+        assert re.findall(r'<g class="node current" data-node="([^"]+)"', graph) == ["approve"]
+        bad = await served.http.post(f"/ui/tasks/{task['task_id']}/complete", data={"payload": "[1]"})
+        assert bad.status_code == 422 and "JSON object" in bad.text
+        outsider = await served.http.post(f"/ui/tasks/{task['task_id']}/complete", data={"payload": "{}", "user": "x"})
+        assert outsider.status_code == 403  # not in the task's candidate groups
+        done = await served.http.post(
+            f"/ui/tasks/{task['task_id']}/complete", data={"payload": "{}", "user": "ana", "groups": "finance"}
+        )
+        assert done.status_code == 303 and done.headers["location"] == f"/ui/journeys/{task['instance_id']}"
+        assert (await rt.processes.status(task["instance_id"]))["status"] == "completed"
+
+
+async def test_cancel_closes_sessions_and_stops_processes_and_is_refused_where_a_journey_runs_to_its_end() -> None:
+    async with serving("memory://") as served:
+        rt, http = served.runtime, served.http
+        mvp = await rt.mvp.start_mvp_journey("user-1", "content")
+        session_id = mvp["session"]["session_id"]
+        assert 'id="cancel"' in (await http.get(f"/ui/journeys/{session_id}")).text
+        closed = await http.post(f"/ui/journeys/{session_id}/cancel", data={"reason": "done for today"})
+        assert closed.status_code == 303
+        assert (await rt.mvp.sessions.get_session_progress(session_id))["status"] == "closed"
+        assert 'id="cancel"' not in (await http.get(f"/ui/journeys/{session_id}")).text
+
+        await rt.processes.deploy_template("customer_onboarding")
+        rt.agents.register("crm.capture_lead", lambda request: {"score": 80}, replace=True)
+        view = await rt.processes.start("customer_onboarding", business_key="cust-1")
+        page = (await http.get(f"/ui/journeys/{view['instance_id']}")).text
+        assert re.search(r'<tr class="timer scheduled"><td>trial_period</td>', page)
+        assert (await http.post(f"/ui/journeys/{view['instance_id']}/cancel")).status_code == 303
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "cancelled"
+        page = (await http.get(f"/ui/journeys/{view['instance_id']}")).text
+        assert '<tr class="timer scheduled">' not in page  # its timer went with it
+
+        design = await rt.structured.design_journey("content_migration")
+        run = await rt.structured.execute_journey(design["journey_id"], "user-1")
+        assert 'id="cancel"' not in (await http.get(f"/ui/journeys/{run['instance_id']}")).text
+        refused = await http.post(f"/ui/journeys/{run['instance_id']}/cancel")
+        assert refused.status_code == 409 and "runs to its end" in refused.text
+        assert (await http.post("/ui/journeys/nope/cancel")).status_code == 404

@@ -1,0 +1,168 @@
+"""The dashboard at /ui, driven in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+installed by .ci/run): log in with an API key, list and filter journeys, open one, see its timeline and
+its pending timer, complete its user task and see it move on. Without the browser the test fails, naming
+the packages to install; it never skips."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from server.app import create_app
+from server.settings import ApiKey, Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+
+KEY = "dashboard-test-key"
+HOSTILE = "<script>window.pwned=1</script>"
+EXPENSE = {
+    "name": "expense",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {
+            "type": "user_task",
+            "id": "approve",
+            "title": "Approve the expense",
+            "candidate_groups": ["finance"],
+            "response_schema": {
+                "type": "object",
+                "required": ["approved"],
+                "properties": {"approved": {"type": "boolean"}},
+            },
+            "sla": "PT4H",
+        },
+        {"type": "timer", "id": "cooling_off", "timer": {"duration": "P1D"}},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> approve", "approve -> cooling_off", "cooling_off -> end"],
+}
+
+
+def chromium_paths() -> tuple[str, str]:
+    browser = shutil.which("chromium")
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.fail(
+            "the dashboard test needs Debian's headless browser: apt-get install -y chromium chromium-driver "
+            f"(found chromium={browser}, chromedriver={driver}); .ci/run installs them",
+            pytrace=False,
+        )
+    return browser, driver
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    binary, driver_path = chromium_paths()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.implicitly_wait(5)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def seed(base: str) -> dict[str, Any]:
+    """Through the JSON API: a process parked at a user task (with its SLA timer) and a structured journey
+    whose user id is hostile markup."""
+    headers = {"x-api-key": KEY}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        http.post("/processes", json=EXPENSE).raise_for_status()
+        started = http.post(
+            "/processes/expense/instances", json={"business_key": "exp-7", "variables": {"amount": 120}}
+        )
+        started.raise_for_status()
+        design = http.post("/journeys/structured/designs", json={"journey_type": "content_migration"})
+        design.raise_for_status()
+        run = http.post(f"/journeys/structured/{design.json()['journey_id']}/executions", json={"user_id": HOSTILE})
+        run.raise_for_status()
+        return {"process": started.json()["instance_id"], "structured": run.json()["instance_id"]}
+
+
+def rows(driver: WebDriver) -> list[str]:
+    return [row.get_attribute("data-instance") or "" for row in driver.find_elements(By.CSS_SELECTOR, "tr.journey")]
+
+
+def test_the_dashboard_lists_filters_shows_and_completes_a_task_in_a_real_browser(
+    tmp_path: Path, browser: WebDriver
+) -> None:
+    keys = {KEY: ApiKey("ana", frozenset({"read", "journeys", "tasks"}), ("finance",))}
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'dash.db'}", api_keys=keys))
+    with serving(app) as base:
+        ids = seed(base)
+
+        browser.get(f"{base}/ui")  # no key yet: the login form, then back where we were going
+        assert "/ui/login" in browser.current_url
+        browser.find_element(By.ID, "api_key").send_keys("wrong")
+        browser.find_element(By.ID, "login").click()
+        assert browser.find_element(By.ID, "login-error").is_displayed()
+        browser.find_element(By.ID, "api_key").send_keys(KEY)
+        browser.find_element(By.ID, "login").click()
+        assert browser.current_url.endswith("/ui/journeys")
+
+        # The list, with its counts; the hostile user id is shown as text, never run.
+        assert sorted(rows(browser)) == sorted(ids.values())
+        assert browser.find_element(By.ID, "total").text == "2"
+        assert HOSTILE in browser.find_element(By.ID, "journeys").text
+        assert browser.execute_script("return window.pwned") is None
+
+        # Filtering: the pattern select applies itself (the page's script), the user field on submit.
+        Select(browser.find_element(By.ID, "f-pattern")).select_by_value("process")
+        WebDriverWait(browser, 10).until(lambda d: "pattern=process" in d.current_url)
+        assert rows(browser) == [ids["process"]]
+        user = browser.find_element(By.ID, "f-user")
+        user.send_keys("someone-else")
+        browser.find_element(By.ID, "apply").click()
+        assert rows(browser) == []
+        assert browser.find_element(By.ID, "total").text == "0"
+        browser.find_element(By.ID, "f-user").clear()
+        browser.find_element(By.ID, "f-user").send_keys("exp-7")
+        browser.find_element(By.ID, "apply").click()
+        assert rows(browser) == [ids["process"]]
+
+        # One journey: its graph with the waiting node highlighted, its timeline, its pending SLA timer.
+        browser.find_element(By.LINK_TEXT, ids["process"]).click()
+        current = browser.find_elements(By.CSS_SELECTOR, "#graph g.node.current")
+        assert [node.get_attribute("data-node") for node in current] == ["approve"]
+        assert [e.get_attribute("data-type") for e in browser.find_elements(By.CSS_SELECTOR, "#timeline tr.event")] == [
+            "process.started",
+            "task.created",
+        ]
+        [timer] = browser.find_elements(By.CSS_SELECTOR, "#timers tr.timer.scheduled")
+        assert "approve" in timer.text and "due in" in timer.text
+        [task] = browser.find_elements(By.CSS_SELECTOR, "tr.task.open")
+        assert "on time" in task.find_element(By.CSS_SELECTOR, ".sla").text
+        assert '"amount": 120' in browser.find_element(By.ID, "variables").text
+
+        # Complete the task from the inbox; the journey moves on to its timer.
+        browser.find_element(By.LINK_TEXT, "Inbox").click()
+        form = browser.find_element(By.CSS_SELECTOR, "#inbox form.complete")
+        payload = form.find_element(By.NAME, "payload")
+        assert payload.get_attribute("value") == '{"approved": false}'
+        payload.clear()
+        payload.send_keys('{"approved": true}')
+        form.find_element(By.TAG_NAME, "button").click()
+        assert browser.current_url.endswith(f"/ui/journeys/{ids['process']}")
+        current = browser.find_elements(By.CSS_SELECTOR, "#graph g.node.current")
+        assert [node.get_attribute("data-node") for node in current] == ["cooling_off"]
+        events = [e.get_attribute("data-type") for e in browser.find_elements(By.CSS_SELECTOR, "#timeline tr.event")]
+        assert events[-2:] == ["wait.completed", "wait.armed"]
+        assert '"approved": true' in browser.find_element(By.ID, "variables").text
+        scheduled = browser.find_elements(By.CSS_SELECTOR, "#timers tr.timer.scheduled")
+        assert [t.find_element(By.TAG_NAME, "td").text for t in scheduled] == ["cooling_off"]
+        assert browser.find_elements(By.CSS_SELECTOR, "tr.task.open") == []
