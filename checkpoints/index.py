@@ -142,9 +142,12 @@ class JourneyIndex:
         status: str | None = None,
         limit: int = 1000,
         where: InstanceFilter | None = None,
+        newest_first: bool = False,
     ) -> list[Instance]:
-        """Instances, oldest first, of ``pattern`` in ``status`` and kept by ``where`` (user, stage, time)."""
-        query = select(journey_instances).order_by(_instances.created_at, _instances.instance_id).limit(limit)
+        """Instances of ``pattern`` in ``status`` and kept by ``where`` (user, stage, time), oldest first
+        (or the ``limit`` newest, newest first)."""
+        order = (_instances.created_at, _instances.instance_id)
+        query = select(journey_instances).order_by(*(c.desc() for c in order) if newest_first else order).limit(limit)
         where = where or InstanceFilter()
         where = replace(where, pattern=pattern or where.pattern, status=status or where.status)
         query = where.apply(query)
