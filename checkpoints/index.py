@@ -204,11 +204,13 @@ class JourneyIndex:
         status: str | None = None,
         limit: int = 1000,
         where: InstanceFilter | None = None,
+        newest_first: bool = False,
         viewer: Viewer | None = None,
     ) -> list[Instance]:
-        """Instances, oldest first, of ``pattern`` in ``status`` and kept by ``where`` (user, stage, time);
-        only those ``viewer`` may see when given."""
-        query = select(journey_instances).order_by(_instances.created_at, _instances.instance_id).limit(limit)
+        """Instances of ``pattern`` in ``status`` and kept by ``where`` (user, stage, time), oldest first
+        (or the ``limit`` newest, newest first); only those ``viewer`` may see when given."""
+        order = (_instances.created_at, _instances.instance_id)
+        query = select(journey_instances).order_by(*(c.desc() for c in order) if newest_first else order).limit(limit)
         if viewer is not None:
             query = query.where(visible_to(viewer, _instances.owner, _instances.tenant, _instances.shared_group))
         where = where or InstanceFilter()
@@ -242,8 +244,11 @@ class InstanceFilter:
     stage: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    viewer: Viewer | None = None  # only the instances it may see (None: no owner filter)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.viewer is not None:
+            query = query.where(visible_to(self.viewer, _instances.owner, _instances.tenant, _instances.shared_group))
         if self.pattern is not None:
             query = query.where(_instances.pattern == self.pattern)
         if self.status is not None:

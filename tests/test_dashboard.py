@@ -22,6 +22,7 @@ from graphs.lifecycle.catalog import READY_TO_START
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.settings import ApiKey, Settings
+from server.ui import data
 from server.ui.graph_svg import graph_svg
 from tests.lifecycle_support import to_pilot
 
@@ -288,3 +289,12 @@ async def test_cancel_closes_sessions_and_stops_processes_and_is_refused_where_a
         refused = await http.post(f"/ui/journeys/{run['instance_id']}/cancel")
         assert refused.status_code == 409 and "runs to its end" in refused.text
         assert (await http.post("/ui/journeys/nope/cancel")).status_code == 404
+
+
+def test_the_completion_form_starts_from_the_response_schema_whatever_its_shape() -> None:
+    def skeleton(schema: object) -> str:
+        return data.TaskLine({"response_schema": schema}, "no SLA").skeleton
+
+    typed = {"required": ["ok"], "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}, "x": True}}
+    assert skeleton(typed) == '{"ok": false, "n": 0, "x": null}'
+    assert skeleton(None) == skeleton(True) == skeleton({"properties": []}) == "{}"

@@ -334,7 +334,6 @@ server_assistant_versions = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
-SERVER_TABLES = (server_threads, server_runs, server_run_events, server_assistants, server_assistant_versions)
 # A cron: runs of an assistant on a schedule (migration 14). Its firings are a process timer of purpose
 # "cron" (``timer_id``, re-armed as the schedule changes), so they are claimed, never early and caught
 # up after downtime exactly as the process timers are.
@@ -359,4 +358,11 @@ server_crons = Table(
     Index("ix_server_crons_thread", "thread_id"),
 )
 
-SERVER_TABLES = (server_threads, server_runs, server_run_events, server_crons)
+SERVER_TABLES = (
+    server_threads,
+    server_runs,
+    server_run_events,
+    server_assistants,
+    server_assistant_versions,
+    server_crons,
+)

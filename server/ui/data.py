@@ -10,7 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from checkpoints.index import Instance, InstanceFilter
+from checkpoints.ownership import Viewer
 from graphs.errors import JourneyNotFoundError
+from server.auth import Principal
 from server.services import ServerServices
 from server.ui.graph_svg import journey_picture
 
@@ -49,9 +51,9 @@ class JourneyList:
 async def journey_list(svc: ServerServices, where: InstanceFilter) -> JourneyList:
     index = svc.runtime.store.index
     counts = await index.count_by_pattern_and_status(where)
-    instances = await index.list_instances(where=where, limit=LIST_LIMIT)
+    instances = await index.list_instances(where=where, limit=LIST_LIMIT, newest_first=True)
     stages = await _stages(svc, [i.instance_id for i in instances if i.pattern == "lifecycle"])
-    rows = [JourneyRow(i, stages.get(i.instance_id)) for i in reversed(instances)]  # newest first
+    rows = [JourneyRow(i, stages.get(i.instance_id)) for i in instances]
     return JourneyList(rows, dict(sorted(counts.items())), sum(counts.values()))
 
 
@@ -80,11 +82,19 @@ class TaskLine:
     @property
     def skeleton(self) -> str:
         """A payload to start the completion form from: the response schema's properties, typed."""
-        schema = self.task.get("response_schema") or {}
+        schema = self.task.get("response_schema")
+        schema = schema if isinstance(schema, dict) else {}  # JSON Schema allows true/false as a schema
         blank = {"boolean": False, "integer": 0, "number": 0, "string": "", "array": [], "object": {}}
-        properties = schema.get("properties") or {}
-        names = list(dict.fromkeys([*(schema.get("required") or []), *properties]))
-        return json.dumps({n: blank.get(str((properties.get(n) or {}).get("type"))) for n in names})
+        found_properties, found_required = schema.get("properties"), schema.get("required")
+        properties: dict[str, Any] = found_properties if isinstance(found_properties, dict) else {}
+        required: list[Any] = found_required if isinstance(found_required, list) else []
+        names = list(dict.fromkeys([*required, *properties]))
+
+        def kind(name: str) -> str:
+            found = properties.get(name)
+            return str(found.get("type")) if isinstance(found, dict) else ""
+
+        return json.dumps({name: blank.get(kind(name)) for name in names})
 
 
 @dataclass
@@ -113,8 +123,8 @@ def _delta(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-async def journey_page(svc: ServerServices, instance_id: str) -> JourneyPage:
-    status = await svc.journey_status(instance_id)
+async def journey_page(svc: ServerServices, principal: Principal, instance_id: str) -> JourneyPage:
+    status = await svc.journey_status(principal, instance_id)
     pattern = status["pattern"]
     now = svc.runtime.store.clock.now()
     events = [
@@ -196,10 +206,11 @@ async def open_tasks(svc: ServerServices, user: str | None, groups: list[str] | 
     return [TaskLine(t, sla_state(t, now)) for t in tasks]
 
 
-async def lifecycle_board(svc: ServerServices) -> dict[str, Any]:
-    """Client journeys by stage, with the seed's metrics (stage durations, rollback rate, first-pass rate)."""
+async def lifecycle_board(svc: ServerServices, viewer: Viewer) -> dict[str, Any]:
+    """Client journeys ``viewer`` may see by stage, with the seed's metrics (stage durations, rollback rate,
+    first-pass rate)."""
     lifecycle = svc.runtime.lifecycle
-    instances = await svc.runtime.store.index.list_instances(pattern="lifecycle", limit=LIST_LIMIT)
+    instances = await svc.runtime.store.index.list_instances(pattern="lifecycle", limit=LIST_LIMIT, viewer=viewer)
     stages = await _stages(svc, [i.instance_id for i in instances])
     columns: dict[str, list[Instance]] = {}
     for instance in instances:

@@ -213,6 +213,7 @@ async def journeys(
         stage=_choice(stage, STAGES, "stage"),
         created_after=_moment(since, "since"),
         created_before=_moment(until, "until", end_of_day=True),
+        viewer=svc.viewer(principal),  # only the caller's own journeys, as on the API
     )
     listing = await data.journey_list(svc, where)
     filters = {"pattern": pattern, "status": status, "stage": stage, "user": user, "since": since, "until": until}
@@ -232,7 +233,7 @@ async def journeys(
 @router.get("/journeys/{instance_id:path}", response_class=HTMLResponse)
 async def journey(request: Request, instance_id: str, principal: Caller, svc: Services) -> HTMLResponse:
     allow(principal, "read")
-    page = await data.journey_page(svc, instance_id)
+    page = await data.journey_page(svc, principal, instance_id)
     return _render(request, "journey.html", principal=principal, page=page, instance_id=instance_id)
 
 
@@ -240,8 +241,7 @@ async def journey(request: Request, instance_id: str, principal: Caller, svc: Se
 async def cancel(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "journeys")
     reason = (await _form(request)).get("reason", "").strip() or f"cancelled from the dashboard by {principal.name}"
-    instance = await svc.runtime.store.index.get_instance(instance_id)
-    pattern = instance.pattern if instance else None
+    pattern = (await svc.instance(principal, instance_id)).pattern  # someone else's is not found
     if pattern == "process":
         await svc.runtime.processes.cancel(instance_id, reason)
     elif pattern == "lifecycle":
@@ -250,7 +250,6 @@ async def cancel(request: Request, instance_id: str, principal: Caller, svc: Ser
         sessions = svc.runtime.mvp.sessions if pattern == "mvp" else svc.runtime.session
         await sessions.close_session(instance_id, reason)
     else:
-        await svc.journey_status(instance_id)  # the journey's own "not found" first
         raise ApiError(409, "NotCancellable", f"a {pattern} journey cannot be cancelled; it runs to its end")
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
 
@@ -259,16 +258,15 @@ async def cancel(request: Request, instance_id: str, principal: Caller, svc: Ser
 async def retry(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "journeys")
     await _form(request)
-    instance = await svc.runtime.store.index.get_instance(instance_id)
-    pattern = instance.pattern if instance else None
-    if instance is not None and pattern == "structured":
+    instance = await svc.instance(principal, instance_id)  # someone else's is not found
+    pattern = instance.pattern
+    if pattern == "structured":
         await svc.runtime.structured.retry_journey_step(instance.journey_id, instance.user_id)
     elif pattern == "saga":
         await svc.runtime.saga.retry_saga_step(instance_id)
     elif pattern == "process":
         await svc.runtime.processes.retry(instance_id)
     else:
-        await svc.journey_status(instance_id)
         raise ApiError(409, "NotRetryable", f"a {pattern} journey has no failed step to retry")
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
 
@@ -309,7 +307,7 @@ async def complete_task(request: Request, task_id: str, principal: Caller, svc: 
 @router.get("/lifecycle", response_class=HTMLResponse)
 async def lifecycle(request: Request, principal: Caller, svc: Services) -> HTMLResponse:
     allow(principal, "read")
-    board = await data.lifecycle_board(svc)
+    board = await data.lifecycle_board(svc, svc.viewer(principal))
     return _render(request, "lifecycle.html", principal=principal, board=board, stages=(*STAGES, "pending"))
 
 
