@@ -131,23 +131,23 @@ class AgentCaller:
         if (done := await logged(self.events, key, replay=replay)) is not None:
             return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
         chain = (intent, *(options.fallbacks if options is not None else ()))
+        asked = _Call(
+            intent,
+            payload,
+            instance_id,
+            step,
+            key,
+            event_type,
+            recorder,
+            granted_permissions,
+            output_schema,
+            retry,
+            replay,
+            options,
+        )
         for position, current in enumerate(chain):
             try:
-                return await self._call_one(
-                    current,
-                    payload=payload,
-                    instance_id=instance_id,
-                    step=step,
-                    key=key,
-                    event_type=event_type,
-                    recorder=recorder,
-                    granted_permissions=granted_permissions,
-                    output_schema=output_schema,
-                    retry=retry,
-                    replay=replay,
-                    options=options,
-                    primary=intent,
-                )
+                return await self._call_one(current, asked)
             except AgentCallFailedError as exc:
                 if position + 1 == len(chain):
                     raise
@@ -161,25 +161,18 @@ class AgentCaller:
                 log.info("agent call falls back", instance_id=instance_id, step=step, **switch)
         raise AssertionError("unreachable: the chain's last intent returns or raises")
 
-    async def _call_one(
-        self,
-        intent: str,
-        *,
-        payload: Mapping[str, Any],
-        instance_id: str,
-        step: str | None,
-        key: str,
-        event_type: str,
-        recorder: Recorder | None,
-        granted_permissions: frozenset[str] | None,
-        output_schema: Mapping[str, Any] | None,
-        retry: RetrySettings | None,
-        replay: bool,
-        options: CallOptions | None,
-        primary: str,
-    ) -> CallOutcome:
+    async def _call_one(self, intent: str, asked: _Call) -> CallOutcome:
+        """The call ``asked`` for, made to the agent of ``intent`` (the one asked for, or a fallback)."""
+        payload, instance_id, step, key, options = (
+            asked.payload,
+            asked.instance_id,
+            asked.step,
+            asked.key,
+            asked.options,
+        )
+        output_schema, retry, recorder = asked.output_schema, asked.retry, asked.recorder
         entry = self.registry.resolve(intent)
-        check = AgentCall(entry, instance_id, step, payload, granted_permissions)
+        check = AgentCall(entry, instance_id, step, payload, asked.granted_permissions)
         for policy in self.policies:
             policy(check)
         settings = retry or entry.retry or self.retry
@@ -189,7 +182,7 @@ class AgentCaller:
         timeout = timeout if timeout is not None else entry.timeout if entry.timeout is not None else self.timeout
         circuit = entry.circuit or self.circuit
         # The attempts a crashed process already made count: a restart continues, it does not start over.
-        earlier = await self._earlier_attempts(instance_id, key, intent) if replay else 0
+        earlier = await self._earlier_attempts(instance_id, key, intent) if asked.replay else 0
         tried = earlier
 
         async def attempt(number: int) -> dict[str, Any]:
@@ -243,10 +236,10 @@ class AgentCaller:
             "output": output,
             "attempts": attempts,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            **({"fallback_from": primary} if intent != primary else {}),
+            **({"fallback_from": asked.intent} if intent != asked.intent else {}),
             **recording.payload,
         }
-        await self.events.append(instance_id, [NewEvent(event_type, record, step, key)], status=recording.status)
+        await self.events.append(instance_id, [NewEvent(asked.event_type, record, step, key)], status=recording.status)
         return CallOutcome(output, attempts, False)
 
     async def _attempt(
@@ -321,6 +314,24 @@ class AgentCaller:
             elif event.type == ATTEMPT_FAILED and (event.key or "").startswith(f"{key}:{intent}:attempt:"):
                 count += 1
         return count
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One call as :meth:`AgentCaller.call` was asked for it, tried with each intent of its fallback chain."""
+
+    intent: str
+    payload: Mapping[str, Any]
+    instance_id: str
+    step: str | None
+    key: str
+    event_type: str
+    recorder: Recorder | None
+    granted_permissions: frozenset[str] | None
+    output_schema: Mapping[str, Any] | None
+    retry: RetrySettings | None
+    replay: bool
+    options: CallOptions | None
 
 
 def _counts_against_circuit(exc: BaseException) -> bool:
