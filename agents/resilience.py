@@ -98,6 +98,13 @@ class RetrySettings:
             return base / 2 + random.uniform(0, base / 2)
         return base + (random.uniform(0, self.jitter) if self.jitter else 0.0)
 
+    def pause(self, failed_attempt: int, error: BaseException | None) -> float:
+        """The backoff, or longer when the error says when to come back (a rate limit), up to ``max_delay``."""
+        details = getattr(error, "details", None)
+        asked = details.get("retry_after_s") if isinstance(details, dict) else None
+        backoff = self.delay(failed_attempt)
+        return min(max(backoff, float(asked)), self.max_delay) if asked else backoff
+
     def retryable(self, exc: BaseException) -> bool:
         """Worth another attempt: :func:`is_retryable`, and not of a type declared non-retryable."""
         if not is_retryable(exc):
@@ -130,14 +137,17 @@ async def call_with_retry(
     except Exception as exc:
         if first_attempt >= settings.max_attempts or not settings.retryable(exc):
             raise
+        first_pause = settings.pause(first_attempt, exc)
     attempt = first_attempt
     try:
         async for trial in AsyncRetrying(
             stop=stop_after_attempt(settings.max_attempts - first_attempt),
             # Attempt n of this loop is attempt first_attempt + n of the call: back off as the whole call would.
-            wait=lambda state: settings.delay(first_attempt + state.attempt_number),
+            wait=lambda state: settings.pause(
+                first_attempt + state.attempt_number, state.outcome.exception() if state.outcome else None
+            ),
             retry=retry_if_exception(settings.retryable),
-            before=_sleep_first(settings.delay(first_attempt)),
+            before=_sleep_first(first_pause),
             reraise=True,
         ):
             with trial:

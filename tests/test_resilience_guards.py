@@ -180,3 +180,20 @@ async def test_one_process_failures_open_the_circuit_for_another(durable_url: st
         assert service.calls == 0
         [state] = await rt.store.circuits()
         assert (state.intent, state.state) == ("shared.payments", "open")
+
+
+async def test_a_rate_limited_call_waits_until_the_limit_lets_it_through() -> None:
+    agents = AgentRegistry()
+    agents.register(UNDO, lambda request: {"undone": True})
+    agents.register("geo", lambda request: {"ok": True}, rate_limit=RateLimit(per_second=2, burst=1))
+    # The backoff alone (1 ms) would come back too soon: the retry waits the up to 0.5 s the limit asks for.
+    retry = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=1.0, jitter=0.0)
+    async with JourneyRuntime.open("memory://", agents=agents, retry=retry) as rt:
+        assert (await run_saga(rt, "geo", "a"))["status"] == "completed"
+        second = await run_saga(rt, "geo", "b")
+        assert second["status"] == "completed"
+        history = await rt.history(second["saga_id"])
+        # A loaded machine may wake a hair early; what matters is that the backoff did not spend the attempts.
+        refused = [e.payload["error_type"] for e in history if e.type == "agent.attempt_failed"]
+        [done] = [e.payload for e in history if e.type == "step.completed"]
+        assert refused[:1] == ["RateLimitedError"] and done["attempts"] == len(refused) + 1 <= 3
