@@ -79,3 +79,9 @@ class UnsupportedMultitaskStrategyError(JourneyError):
     """The run's multitask strategy is not one this store supports."""
 
     category = "invalid"
+
+
+class EncryptionKeyError(StoreError):
+    """The encryption key is missing for encrypted data, or not 16, 24 or 32 bytes long."""
+
+    category = "invalid"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ERROR_MODULES = ("agents.errors", "checkpoints.errors", "graphs.errors", "nodes.errors", "server.problems")
 # The HTTP status of every error code, as clients see it: moving an error class must not change either.
 STATUS_BY_CODE = {
-    **dict.fromkeys(("PolicyViolationError", "TaskForbiddenError"), 403),
+    **dict.fromkeys(("ImpersonationError", "PolicyViolationError", "TaskForbiddenError"), 403),
     **dict.fromkeys(
         (
             "JourneyNotFoundError",
@@ -65,6 +65,7 @@ STATUS_BY_CODE = {
             "AgentNotFoundError",
             "ApiKeysError",
             "CorrelationError",
+            "EncryptionKeyError",
             "GuideModelError",
             "InsecureServeError",
             "InvalidInputError",
@@ -88,6 +89,7 @@ STATUS_BY_CODE = {
             "AgentCallFailedError",
             "AgentError",
             "AgentOutputError",
+            "AgentOutputTooLargeError",
             "NoFlowError",
             "PermanentAgentError",
             "RollbackFailedError",
