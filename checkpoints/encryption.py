@@ -18,16 +18,10 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from checkpoints.errors import StoreError
+from checkpoints.errors import EncryptionKeyError
 
 KEY_VARIABLE = "JOURNEYS_ENCRYPTION_KEY"
 SEALED = "__sealed__"  # a sealed JSON value: {"__sealed__": "<serializer type>", "data": "<base64>"}
-
-
-class EncryptionKeyError(StoreError):
-    """The encryption key is not 16, 24 or 32 bytes long."""
-
-    category = "invalid"
 
 
 def strict_serializer() -> JsonPlusSerializer:

@@ -97,3 +97,9 @@ class SystemAssistantError(JourneyError):
     """A built-in pattern's assistant cannot be changed or deleted; create an assistant on its graph instead."""
 
     category = "conflict"
+
+
+class EncryptionKeyError(StoreError):
+    """The encryption key is missing for encrypted data, or not 16, 24 or 32 bytes long."""
+
+    category = "invalid"

@@ -38,7 +38,8 @@ _PATTERNS = re.compile(
             r"\bxox[abprs]-[A-Za-z0-9-]{10,}",  # Slack tokens
             r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key ids
             r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JWTs
-            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",  # e-mail addresses
+            # e-mail addresses, matched from the start of a run only, so the work is linear in the text
+            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
         )
     )
 )

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.schema import MetaData
 
-from checkpoints.encryption import EncryptionKeyError
+from checkpoints.errors import EncryptionKeyError
 from checkpoints.url import parse_store_url
 from graphs import JourneyRuntime
 from server.app import create_app

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ERROR_MODULES = ("agents.errors", "checkpoints.errors", "graphs.errors", "nodes.errors", "server.problems")
 # The HTTP status of every error code, as clients see it: moving an error class must not change either.
 STATUS_BY_CODE = {
-    **dict.fromkeys(("PolicyViolationError", "TaskForbiddenError", "LoginRequired"), 403),
+    **dict.fromkeys(("ImpersonationError", "LoginRequired", "PolicyViolationError", "TaskForbiddenError"), 403),
     **dict.fromkeys(
         (
             "AssistantNotFoundError",
@@ -68,6 +68,7 @@ STATUS_BY_CODE = {
             "AgentNotFoundError",
             "ApiKeysError",
             "CorrelationError",
+            "EncryptionKeyError",
             "GuideModelError",
             "GuideToolError",
             "InsecureServeError",
@@ -92,6 +93,7 @@ STATUS_BY_CODE = {
             "AgentCallFailedError",
             "AgentError",
             "AgentOutputError",
+            "AgentOutputTooLargeError",
             "AgentTimeoutError",
             "BulkheadFullError",
             "CircuitOpenError",
