@@ -236,6 +236,11 @@ async def test_the_http_start_routes_take_a_start_key(monkeypatch: pytest.Monkey
             queued = await http.post("/processes/approval/instances", json={**process_body, "start_key": None})
             assert queued.status_code == 200 and queued.json()["status"] == "queued"
 
+            mvp = [(await http.post("/journeys/mvp", json={"user_id": "ana", "start_key": "m-1"})).json() for _ in "12"]
+            assert mvp[0]["session"]["session_id"] == mvp[1]["session"]["session_id"]
+            unknown = await http.post("/journeys/mvp", json={"user_id": "ana", "start_keys": "m-1"})
+            assert unknown.status_code == 422  # fields a start body does not declare are still refused
+
 
 # --- whole-run deadlines ----------------------------------------------------------------------------
 
@@ -323,3 +328,15 @@ async def test_a_structured_start_repeated_with_its_key_answers_the_journey(stor
         await rt.structured.advance_journey_step(journey["journey_id"], "ana", {"text": "v1"})
         again = await rt.structured.execute_journey(journey["journey_id"], "ana", {}, start_key="k-1")
         assert again["instance_id"] == first["instance_id"] and again["completed_steps"] == ["draft"]
+
+
+async def test_a_session_start_repeated_with_its_key_answers_the_session(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        first = await rt.mvp.start_mvp_journey("ana", start_key="onboarding-ana")
+        session_id = first["session"]["session_id"]
+        await rt.mvp.navigate_to_pillar(session_id=session_id, pillar_id="insights")
+        again = await rt.mvp.start_mvp_journey("ana", start_key="onboarding-ana")
+        assert again["session"]["session_id"] == session_id
+        assert again["session"]["current_area"] == "insights"  # the session as it stands now
+        other = await rt.mvp.start_mvp_journey("ana")
+        assert other["session"]["session_id"] != session_id
