@@ -22,8 +22,8 @@ class StartKeyFields(BaseModel):
     start_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="a start with this key within its window answers"
     )
-    start_key_window: str | float | None = Field(
-        default=None, description="how long the start key holds: seconds or ISO 8601 (default 24 hours)"
+    start_key_window: float | None = Field(
+        default=None, ge=1, le=3_155_760_000, description="how long the start key holds, in seconds (default a day)"
     )
 
 
