@@ -25,6 +25,13 @@ class TimerDefinitionError(JourneyError, ValueError):
 
 
 class FlowSettingError(JourneyError, ValueError):
-    """A start key, its window, a deadline or a start input's concurrency key value that cannot be used."""
+    """A start key, its window or a deadline that cannot be used."""
 
     category = "invalid"
+
+
+class ConcurrencyKeyError(JourneyError):
+    """The start input lacks a usable value at the path the spec's concurrency limit is keyed on: a rule of
+    the spec, which the request's own schema cannot state (409)."""
+
+    category = "conflict"

@@ -11,11 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nodes.errors import FlowSettingError, TimerDefinitionError
+from nodes.errors import ConcurrencyKeyError, FlowSettingError, TimerDefinitionError
 from nodes.timer import parse_duration
 
 DEFAULT_START_KEY_WINDOW = timedelta(hours=24)
 _REFERENCE = datetime(2026, 1, 1, tzinfo=UTC)
+LONGEST = timedelta(days=36_525)  # a century: a window or deadline past it cannot be a date
 
 
 class ConcurrencySpec(BaseModel):
@@ -32,13 +33,13 @@ class ConcurrencySpec(BaseModel):
         found: Any = start_input
         for part in self.key[2:].split("."):
             if not isinstance(found, Mapping) or part not in found:
-                raise FlowSettingError(
+                raise ConcurrencyKeyError(
                     f"the start input has no {self.key}, which the spec's concurrency limit is keyed on",
                     field=self.key,
                 )
             found = found[part]
         if isinstance(found, bool) or not isinstance(found, str | int) or str(found) == "":
-            raise FlowSettingError(f"{self.key} must be a non-empty string or an integer", field=self.key)
+            raise ConcurrencyKeyError(f"{self.key} must be a non-empty string or an integer", field=self.key)
         return str(found)
 
 
@@ -55,15 +56,21 @@ def duration_of(value: str | float | timedelta, *, what: str) -> timedelta:
     elif isinstance(value, str):
         try:
             parsed = parse_duration(value)
+            found = parsed if isinstance(parsed, timedelta) else (_REFERENCE + parsed) - _REFERENCE
         except TimerDefinitionError as exc:
             raise FlowSettingError(f"{what}: {exc}", field=what) from exc
-        found = parsed if isinstance(parsed, timedelta) else (_REFERENCE + parsed) - _REFERENCE
+        except OverflowError:
+            raise FlowSettingError(f"{what} {value!r} is longer than {LONGEST.days} days", field=what) from None
     elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if value > LONGEST.total_seconds():
+            raise FlowSettingError(f"{what} {value!r} is longer than {LONGEST.days} days", field=what)
         found = timedelta(seconds=value)
     else:
         raise FlowSettingError(f"{what} must be seconds or an ISO 8601 duration, got {value!r}", field=what)
     if found <= timedelta(0):
         raise FlowSettingError(f"{what} must be positive, got {value!r}", field=what)
+    if found > LONGEST:
+        raise FlowSettingError(f"{what} {value!r} is longer than {LONGEST.days} days", field=what)
     return found
 
 

@@ -16,6 +16,17 @@ StreamModeName = Literal[
 MAX_INT = 2**31 - 1
 
 
+class StartKeyFields(BaseModel):
+    """The idempotent-start fields of a start request (see graphs.kernel.flow)."""
+
+    start_key: str | None = Field(
+        default=None, min_length=1, max_length=200, description="a start with this key within its window answers"
+    )
+    start_key_window: float | None = Field(
+        default=None, ge=1, le=3_155_760_000, description="how long the start key holds, in seconds (default a day)"
+    )
+
+
 class Open(BaseModel):
     """A request or response shape that accepts fields beyond the ones declared, as the SDK sends them."""
 

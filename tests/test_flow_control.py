@@ -17,7 +17,7 @@ import pytest
 from checkpoints import VirtualClock
 from graphs import JourneyFinishedError, JourneyRuntime, SpecError
 from graphs.kernel.flow import ConcurrencyLimitError, JourneyQueuedError
-from nodes.errors import FlowSettingError
+from nodes.errors import ConcurrencyKeyError, FlowSettingError
 from server.app import create_app
 from server.settings import Settings
 
@@ -76,7 +76,16 @@ async def test_concurrent_starts_with_one_key_make_one_journey(store_url: str) -
 async def test_a_bad_start_key_or_window_is_refused_before_anything_is_written(store_url: str) -> None:
     async with JourneyRuntime.open(store_url) as rt:
         journey_id = await saga_design(rt, TWO_STEPS)
-        for key, window in (("k", "soon"), ("k", -5), ("k", "PT0S"), ("", None), ("x" * 201, None)):
+        bad = (
+            ("k", "soon"),
+            ("k", -5),
+            ("k", "PT0S"),
+            ("k", 1e300),
+            ("k", "P99999999999D"),
+            ("", None),
+            ("x" * 201, None),
+        )
+        for key, window in bad:
             with pytest.raises(FlowSettingError):
                 await rt.saga.execute_saga_journey(journey_id, "ana", {}, start_key=key, start_key_window=window)
         assert await instance_count(rt, "saga") == {}
@@ -106,7 +115,7 @@ async def test_a_start_input_without_the_key_is_refused(store_url: str) -> None:
     async with JourneyRuntime.open(store_url) as rt:
         journey_id = await saga_design(rt, limited("reject"))
         for context in ({}, {"tenant": ""}, {"tenant": {"id": 1}}):
-            with pytest.raises(FlowSettingError):
+            with pytest.raises(ConcurrencyKeyError):
                 await rt.saga.execute_saga_journey(journey_id, "u1", context)
         assert await instance_count(rt, "saga") == {}
 
@@ -223,11 +232,11 @@ async def test_the_http_start_routes_take_a_start_key(monkeypatch: pytest.Monkey
         async with httpx.AsyncClient(transport=transport, base_url="http://journeys") as http:
             design = await http.post("/journeys/sagas/designs", json={"journey_type": "review", "spec": TWO_STEPS})
             start = f"/journeys/sagas/designs/{design.json()['journey_id']}/executions"
-            body = {"user_id": "ana", "start_key": "order-1", "start_key_window": "PT10M"}
+            body = {"user_id": "ana", "start_key": "order-1", "start_key_window": 600}
             first, again = [(await http.post(start, json=body)).json() for _ in range(2)]
             assert first["saga_id"] == again["saga_id"]
-            bad = await http.post(start, json={**body, "start_key_window": "later"})
-            assert bad.status_code == 422 and bad.json()["type"].endswith("FlowSettingError")
+            bad = await http.post(start, json={**body, "start_key_window": 0.5})  # seconds, at least one
+            assert bad.status_code == 422
 
             assert (await http.post("/processes", json=APPROVAL)).status_code == 200
             process_body = {"business_key": "b-1", "variables": {"tenant": "acme"}, "start_key": "req-1"}
@@ -235,6 +244,11 @@ async def test_the_http_start_routes_take_a_start_key(monkeypatch: pytest.Monkey
             assert one.json()["instance_id"] == two.json()["instance_id"]
             queued = await http.post("/processes/approval/instances", json={**process_body, "start_key": None})
             assert queued.status_code == 200 and queued.json()["status"] == "queued"
+
+            mvp = [(await http.post("/journeys/mvp", json={"user_id": "ana", "start_key": "m-1"})).json() for _ in "12"]
+            assert mvp[0]["session"]["session_id"] == mvp[1]["session"]["session_id"]
+            unknown = await http.post("/journeys/mvp", json={"user_id": "ana", "start_keys": "m-1"})
+            assert unknown.status_code == 422  # fields a start body does not declare are still refused
 
 
 # --- whole-run deadlines ----------------------------------------------------------------------------
@@ -309,7 +323,7 @@ async def test_a_process_past_its_deadline_fails_and_its_tasks_are_cancelled(sto
 
 async def test_a_deadline_that_cannot_be_read_is_refused_at_design(store_url: str) -> None:
     async with JourneyRuntime.open(store_url) as rt:
-        for after in ("P2X", 0, "PT0S"):
+        for after in ("P2X", 0, "PT0S", 1e300, "P99999999999D"):
             with pytest.raises(SpecError):
                 await rt.structured.design_journey("review", spec=with_deadline(after))
 
@@ -323,3 +337,15 @@ async def test_a_structured_start_repeated_with_its_key_answers_the_journey(stor
         await rt.structured.advance_journey_step(journey["journey_id"], "ana", {"text": "v1"})
         again = await rt.structured.execute_journey(journey["journey_id"], "ana", {}, start_key="k-1")
         assert again["instance_id"] == first["instance_id"] and again["completed_steps"] == ["draft"]
+
+
+async def test_a_session_start_repeated_with_its_key_answers_the_session(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        first = await rt.mvp.start_mvp_journey("ana", start_key="onboarding-ana")
+        session_id = first["session"]["session_id"]
+        await rt.mvp.navigate_to_pillar(session_id=session_id, pillar_id="insights")
+        again = await rt.mvp.start_mvp_journey("ana", start_key="onboarding-ana")
+        assert again["session"]["session_id"] == session_id
+        assert again["session"]["current_area"] == "insights"  # the session as it stands now
+        other = await rt.mvp.start_mvp_journey("ana")
+        assert other["session"]["session_id"] != session_id

@@ -28,7 +28,7 @@ Evaluator = Callable[[str, Mapping[str, Any]], float | Awaitable[float]]
 class EvaluatorError(JourneyError):
     """A spec names an evaluator that is not registered in ``runtime.evaluators``, or one scored outside 0..1."""
 
-    category: ClassVar[ErrorCategory] = "invalid"
+    category: ClassVar[ErrorCategory] = "conflict"  # the runtime's state, not the request, is wrong
 
 
 class RunInReviewError(JourneyError):

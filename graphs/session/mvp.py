@@ -92,10 +92,18 @@ class MVPOrchestrator:
         self.sessions = sessions
 
     async def start_mvp_journey(
-        self, user_id: str, initial_pillar: str = "content", *, run_options: RunOptions = DEFAULT_RUN
+        self,
+        user_id: str,
+        initial_pillar: str = "content",
+        *,
+        run_options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | None = None,
     ) -> dict[str, Any]:
         spec = mvp_spec(initial_pillar).model_dump()
-        session = await self.sessions.start_session(user_id, spec, run_options=run_options)
+        session = await self.sessions.start_session(
+            user_id, spec, run_options=run_options, start_key=start_key, start_key_window=start_key_window
+        )
         return {
             "session": session,
             "pillars": [p.info() for p in MVP_PILLARS],

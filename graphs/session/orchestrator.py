@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, cast
 
 import jsonschema
@@ -14,6 +15,7 @@ from checkpoints.index import Instance
 from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, UnknownAreaError
 from graphs.kernel.designs import DesignBook, PatternName, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
+from graphs.kernel.flow import ExistingStart, StartControls
 from graphs.kernel.instances import Recoverable
 from graphs.session.builder import SessionSpec, SessionState, initial_session_state, session_progress
 from nodes import schemas
@@ -38,22 +40,55 @@ class SessionOrchestrator:
         session_config: Mapping[str, Any] | SessionSpec,
         *,
         run_options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
-        """Open a session over ``session_config = {"areas": [...], "initial_area": ...}`` and enter the first area."""
+        """Open a session over ``session_config = {"areas": [...], "initial_area": ...}`` and enter the first area.
+        ``start_key``: a start with the same key within ``start_key_window`` (default 24 hours) answers the
+        session that start opened."""
         spec = parse_spec(SessionSpec, session_config, spec_name="session")
+        controls = StartControls.of(start_key, start_key_window, None, {})
+        if controls is not None and controls.start_key is not None:
+            existing = await self._instances.flow.started_with(controls.start_key)
+            if existing is not None:
+                return await self._opened(existing)
         design = await self._designs.save(self.pattern, spec, prefix="session")
         session_id = design.journey_id
         graph = self._designs.graph(self.pattern, spec)
         started = NewEvent("session.started", {"user_id": user_id, "initial_area": spec.start_area})
+        try:
+            async with self._engine.exclusive(session_id):
+                _created, outcome = await self._instances.start(
+                    graph,
+                    session_id,
+                    session_id,
+                    self.pattern,
+                    user_id,
+                    started,
+                    self._initial(spec),
+                    options=run_options,
+                    controls=controls,
+                )
+                snapshot = await self._state(graph, session_id, outcome)
+        except ExistingStart as existing_start:  # another start took the key meanwhile
+            return await self._opened(existing_start.instance_id)
+        return self._started_view(session_id, user_id, spec, snapshot)
+
+    async def _opened(self, session_id: str) -> dict[str, Any]:
+        """The start view of a session opened before (a start key named it)."""
+        spec, graph = await self._load(session_id)
+        instance = await self._index.get_instance(session_id)
+        assert instance is not None
         async with self._engine.exclusive(session_id):
-            _created, outcome = await self._instances.start(
-                graph, session_id, session_id, self.pattern, user_id, started, self._initial(spec), options=run_options
-            )
-            snapshot = await self._state(graph, session_id, outcome)
+            snapshot = await self._engine.settled_state(graph, session_id)
+        return self._started_view(session_id, instance.user_id, spec, snapshot)
+
+    @staticmethod
+    def _started_view(session_id: str, user_id: str, spec: SessionSpec, snapshot: StateSnapshot) -> dict[str, Any]:
         return {
             "session_id": session_id,
             "user_id": user_id,
-            "status": "active",
+            "status": snapshot.values.get("status") or "active",
             "current_area": snapshot.values.get("current_area"),
             "areas": [a.info() for a in spec.areas],
             "progress": session_progress(spec, snapshot.values),

@@ -13,7 +13,7 @@ from graphs.kernel.identifiers import BUSINESS_KEY
 from graphs.process.spec import ProcessSpec
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
-from server.models import MAX_INT
+from server.models import MAX_INT, StartKeyFields
 from server.services import ServerServices, services
 from server.views.processes import DeploymentOut, MessageSentOut, ProcessInstanceView, TaskOut
 
@@ -99,7 +99,7 @@ async def send_message(body: MessageIn, _c: Messenger, svc: Services) -> dict[st
 Deployer = Annotated[Principal, Depends(require("journeys"))]
 
 
-class ProcessStartIn(BaseModel):
+class ProcessStartIn(StartKeyFields):
     """A request to start a process instance: its business key, variables and optional version."""
 
     model_config = ConfigDict(extra="forbid")
@@ -107,12 +107,6 @@ class ProcessStartIn(BaseModel):
     business_key: str = Field(min_length=1, max_length=BUSINESS_KEY)
     variables: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(default=None, ge=1, le=MAX_INT)
-    start_key: str | None = Field(
-        default=None, min_length=1, max_length=200, description="a start with this key within its window answers"
-    )
-    start_key_window: str | float | None = Field(
-        default=None, description="how long the start key holds: seconds or ISO 8601 (default 24 hours)"
-    )
 
 
 @router.post("/processes", response_model=DeploymentOut, summary="Deploy a process (a new version of its name)")

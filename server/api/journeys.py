@@ -19,6 +19,7 @@ from graphs.structured.orchestrator import structured_instance_id
 from nodes.criteria_gate import METRIC_NAME
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
+from server.models import StartKeyFields
 from server.openapi import NOT_BLANK
 from server.services import ServerServices, services
 from server.views.lifecycle import LifecycleJourneyView, LifecycleTransitionOut, MetricsRecordedOut
@@ -73,17 +74,11 @@ class SagaDesignIn(DesignIn):
     compensation_handlers: dict[str, str] = Field(default_factory=dict)
 
 
-class ExecuteIn(Body):
+class ExecuteIn(Body, StartKeyFields):
     """A request to start a run of a design for a user."""
 
     user_id: UserId
     context: dict[str, Any] = Field(default_factory=dict)
-    start_key: str | None = Field(
-        default=None, min_length=1, max_length=200, description="a start with this key within its window answers"
-    )
-    start_key_window: str | float | None = Field(
-        default=None, description="how long the start key holds: seconds or ISO 8601 (default 24 hours)"
-    )
 
 
 class AdvanceIn(Body):
@@ -100,14 +95,14 @@ class SagaAdvanceIn(AdvanceIn):
     user_id: Name
 
 
-class SessionIn(Body):
+class SessionIn(Body, StartKeyFields):
     """A request to start a session for a user with the given areas."""
 
     user_id: UserId
     session_config: SessionSpec
 
 
-class MvpIn(Body):
+class MvpIn(Body, StartKeyFields):
     """A request to start the MVP journey for a user at a pillar."""
 
     user_id: UserId
@@ -297,7 +292,9 @@ async def status_saga(saga_id: str, caller: Reader, svc: Services) -> dict[str, 
 async def start_session(body: SessionIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
     with svc.acting(caller):
-        return await svc.runtime.session.start_session(body.user_id, body.session_config)
+        return await svc.runtime.session.start_session(
+            body.user_id, body.session_config, start_key=body.start_key, start_key_window=body.start_key_window
+        )
 
 
 @router.post("/sessions/{session_id}/navigate", response_model=NavigatedOut, summary="Go to an area")
@@ -328,7 +325,9 @@ async def session_progress(session_id: str, caller: Reader, svc: Services) -> di
 async def start_mvp(body: MvpIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
     with svc.acting(caller):
-        return await svc.runtime.mvp.start_mvp_journey(body.user_id, body.initial_pillar)
+        return await svc.runtime.mvp.start_mvp_journey(
+            body.user_id, body.initial_pillar, start_key=body.start_key, start_key_window=body.start_key_window
+        )
 
 
 @router.post("/mvp/{session_id}/navigate", response_model=NavigatedOut, summary="Go to a pillar")
