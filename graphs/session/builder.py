@@ -143,11 +143,16 @@ class SessionState(TypedDict, total=False):
     all_complete: bool
 
 
+def fresh_areas(spec: SessionSpec) -> dict[str, AreaProgress]:
+    """Every area, not visited yet."""
+    return {a.area_id: {"state": {}, "visited": False, "visits": 0, "complete": False} for a in spec.areas}
+
+
 def initial_session_state(spec: SessionSpec) -> SessionState:
     return {
         "status": "active",
         "current_area": None,
-        "areas": {a.area_id: {"state": {}, "visited": False, "visits": 0, "complete": False} for a in spec.areas},
+        "areas": fresh_areas(spec),
         "action": {"type": "navigate", "area_id": spec.start_area},
         "actions_applied": 0,
         "all_complete": False,
@@ -158,11 +163,15 @@ def area_node(area_id: str) -> str:
     return f"area.{area_id}"
 
 
-def _route(state: SessionState) -> str:
-    action = state.get("action") or {}
-    if action.get("type") == CLOSE:
-        return CLOSE
-    return area_node(str(action["area_id"]))
+def _router(spec: SessionSpec) -> Any:
+    def route(state: SessionState) -> str:
+        # No action: a session started with empty input (LangGraph Studio's `{}`) begins on its initial area.
+        action = state.get("action") or {"type": "navigate", "area_id": spec.start_area}
+        if action.get("type") == CLOSE:
+            return CLOSE
+        return area_node(str(action["area_id"]))
+
+    return route
 
 
 def build_session_graph(spec: SessionSpec, services: NodeServices) -> StateGraph[SessionState]:
@@ -191,17 +200,18 @@ def build_session_graph(spec: SessionSpec, services: NodeServices) -> StateGraph
     for area in spec.areas:
         builder.add_node(area_node(area.area_id), _area_handler(area, spec, services))
         builder.add_edge(area_node(area.area_id), AWAIT_ACTION)
-    builder.add_conditional_edges(START, _route, targets)
-    builder.add_conditional_edges(AWAIT_ACTION, _route, targets)
+    route = _router(spec)
+    builder.add_conditional_edges(START, route, targets)
+    builder.add_conditional_edges(AWAIT_ACTION, route, targets)
     return builder
 
 
 def _area_handler(area: Area, spec: SessionSpec, services: NodeServices) -> Any:
     async def handle(state: SessionState, config: RunnableConfig) -> SessionState:
         instance_id = thread_id(config)
-        action = state.get("action") or {}
+        action = state.get("action") or {"type": "navigate", "area_id": area.area_id}
         n = state.get("actions_applied", 0)
-        areas = dict(state.get("areas") or {})
+        areas = {**fresh_areas(spec), **(state.get("areas") or {})}
         progress: AreaProgress = dict(areas[area.area_id])  # type: ignore[assignment]
         events: list[NewEvent] = []
         update: SessionState = {}
