@@ -63,13 +63,27 @@ def new_project(template: str, directory: Path, name: str | None = None) -> list
 
 
 def _samples(spec: ProcessSpec) -> dict[str, Any]:
-    """A value for each variable a gateway tests: the first condition's, so the first conditional way is taken."""
+    """A value for each variable a gateway tests: the first condition's, so the first conditional way is taken,
+    unless that way loops back (a revision): then the sample leaves the loop."""
     found: dict[str, Any] = {}
     for flow in spec.flows:
-        if flow.when is not None:
+        if flow.when is not None and not _loops_back(spec, flow.source, flow.target):
             for condition in (*flow.when.all, *flow.when.any):
                 found.setdefault(condition.field, _satisfying(condition))
     return found
+
+
+def _loops_back(spec: ProcessSpec, source: str, target: str) -> bool:
+    """Whether ``target`` leads back to ``source`` (a flow that repeats earlier work)."""
+    seen, frontier = set(), [target]
+    while frontier:
+        current = frontier.pop()
+        if current == source:
+            return True
+        if current not in seen:
+            seen.add(current)
+            frontier += [f.target for f in spec.outgoing(current)]
+    return False
 
 
 def _satisfying(condition: Condition) -> Any:

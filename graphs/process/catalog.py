@@ -635,8 +635,10 @@ def summarization(*, version: int = 1) -> ProcessSpec:
                 "fan_in -> merge",
                 "merge -> validate",
                 "validate -> faithful_gate",
-                {"source": "faithful_gate", "target": "summarized", "when": _when("faithful", "==", True)},
-                {"source": "faithful_gate", "target": "merge", "default": True},
+                # Merged again only when the validator says it is not faithful: an agent that says nothing
+                # about it (the offline defaults) does not loop for ever.
+                {"source": "faithful_gate", "target": "merge", "when": _when("faithful", "==", False)},
+                {"source": "faithful_gate", "target": "summarized", "default": True},
             ],
         }
     )
@@ -719,8 +721,9 @@ def localization(*, version: int = 1) -> ProcessSpec:
                 "extract_strings -> translate",
                 "translate -> check_terminology",
                 "check_terminology -> terminology_gate",
-                {"source": "terminology_gate", "target": "publish", "when": _when("terminology_ok", "==", True)},
-                {"source": "terminology_gate", "target": "translate", "default": True},
+                # Translated again only on a reported violation (see summarization's gate).
+                {"source": "terminology_gate", "target": "translate", "when": _when("terminology_ok", "==", False)},
+                {"source": "terminology_gate", "target": "publish", "default": True},
                 "publish -> localized",
             ],
         }
