@@ -255,6 +255,44 @@ class NoFlowError(JourneyError):
     category = "failed"
 
 
+class ConcurrencyLimitError(JourneyError):
+    """The journey's concurrency key has no free slot, and its spec says to refuse starts above the limit."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class ExistingStart(JourneyError):
+    """A start whose start key names a journey started within the key's window: that journey answers."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"a start with this start key began journey {instance_id!r}", instance_id=instance_id)
+        self.instance_id = instance_id
+
+
+class JourneyQueuedError(InvalidMoveError):
+    """The journey is queued behind its concurrency key's limit: it cannot move until it starts."""
+
+
+class EvaluatorError(JourneyError):
+    """A spec names an evaluator that is not registered in ``runtime.evaluators``, or one scored outside 0..1."""
+
+    category: ClassVar[ErrorCategory] = "conflict"  # the runtime's state, not the request, is wrong
+
+
+class RunInReviewError(JourneyError):
+    """The run broke a threshold of its tier and waits for a person's review; nothing moves until then."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class NotInReviewError(JourneyError):
+    """The run is not waiting for a review."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
 class MapFailedError(JourneyError):
     """A map element's items failed beyond its tolerance, or its items variable is not a list."""
 

@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage
 
 from agents import AgentRequest
 from graphs import JourneyRuntime
-from graphs.kernel.evaluation import EvaluatorError, RunInReviewError
+from graphs.errors import EvaluatorError, RunInReviewError
 
 PRICES = {"fake-model": {"input_per_1k": 1.0, "output_per_1k": 2.0}}
 

@@ -16,7 +16,7 @@ import pytest
 
 from checkpoints import VirtualClock
 from graphs import JourneyFinishedError, JourneyRuntime, SpecError
-from graphs.kernel.flow import ConcurrencyLimitError, JourneyQueuedError
+from graphs.errors import ConcurrencyLimitError, JourneyQueuedError
 from nodes.errors import ConcurrencyKeyError, FlowSettingError
 from server.app import create_app
 from server.settings import Settings

@@ -12,10 +12,10 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
-from checkpoints.errors import ErrorCategory, JourneyError
 from checkpoints.events import Event
+from graphs.errors import EvaluatorError
 from nodes.evaluation import EvaluationSpec, Price, PriceTable
 
 EVALUATED = "evaluation.recorded"
@@ -23,24 +23,6 @@ REVIEWED = "evaluation.reviewed"
 IN_REVIEW = "review"  # the status of a run held for review after a breach
 # An evaluator scores one step's output from 0 (bad) to 1 (good); sync or async.
 Evaluator = Callable[[str, Mapping[str, Any]], float | Awaitable[float]]
-
-
-class EvaluatorError(JourneyError):
-    """A spec names an evaluator that is not registered in ``runtime.evaluators``, or one scored outside 0..1."""
-
-    category: ClassVar[ErrorCategory] = "conflict"  # the runtime's state, not the request, is wrong
-
-
-class RunInReviewError(JourneyError):
-    """The run broke a threshold of its tier and waits for a person's review; nothing moves until then."""
-
-    category: ClassVar[ErrorCategory] = "conflict"
-
-
-class NotInReviewError(JourneyError):
-    """The run is not waiting for a review."""
-
-    category: ClassVar[ErrorCategory] = "conflict"
 
 
 class Evaluation:

@@ -17,10 +17,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from checkpoints.errors import ErrorCategory, JourneyError
-from graphs.errors import InvalidMoveError
+from graphs.errors import ConcurrencyLimitError, ExistingStart, JourneyQueuedError
 from nodes.flow import ConcurrencySpec, DeadlineSpec, StartControls
 
 __all__ = [
@@ -36,21 +33,3 @@ QUEUED = "queued"
 DEQUEUED = "journey.dequeued"
 DEADLINE_PASSED = "journey.deadline_passed"
 DEADLINE_PURPOSE = "deadline"  # the purpose of a deadline's row among the durable timers
-
-
-class ConcurrencyLimitError(JourneyError):
-    """The journey's concurrency key has no free slot, and its spec says to refuse starts above the limit."""
-
-    category: ClassVar[ErrorCategory] = "conflict"
-
-
-class ExistingStart(Exception):  # not an error: control flow from the kernel to its patterns
-    """A start whose start key names a journey started within the key's window: answer that journey."""
-
-    def __init__(self, instance_id: str) -> None:
-        super().__init__(instance_id)
-        self.instance_id = instance_id
-
-
-class JourneyQueuedError(InvalidMoveError):
-    """The journey is queued behind its concurrency key's limit: it cannot move until it starts."""

@@ -20,18 +20,23 @@ from checkpoints.errors import JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from graphs.errors import (
+    EvaluatorError,
+    ExistingStart,
     InvalidInputError,
     JourneyFinishedError,
     JourneyNotFoundError,
     JourneyNotStartedError,
+    JourneyQueuedError,
     NothingToRetryError,
+    NotInReviewError,
+    RunInReviewError,
     StepFailedError,
     StepOrderError,
 )
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
-from graphs.kernel.evaluation import EVALUATED, IN_REVIEW, REVIEWED, EvaluatorError, NotInReviewError, RunInReviewError
-from graphs.kernel.flow import QUEUED, ExistingStart, JourneyQueuedError, StartControls
+from graphs.kernel.evaluation import EVALUATED, IN_REVIEW, REVIEWED
+from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
