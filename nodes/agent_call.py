@@ -228,10 +228,14 @@ class AgentCaller:
             except CircuitOpenError:
                 raise
             except Exception as exc:
-                failed = {"intent": intent, "attempt": number, "error": str(exc), "error_type": type(exc).__name__}
-                await self.events.append(
-                    instance_id, [NewEvent(ATTEMPT_FAILED, failed, step, f"{key}:{intent}:attempt:{number}")]
-                )
+                failed = {
+                    "intent": intent,
+                    "call": key,
+                    "attempt": number,
+                    "error": str(exc),
+                    "error_type": type(exc).__name__,
+                }
+                await self.events.append(instance_id, [NewEvent(ATTEMPT_FAILED, failed, step)])
                 raise
 
         started = time.perf_counter()
@@ -343,12 +347,8 @@ class AgentCaller:
         step or compensation starts a fresh count)."""
         count = 0
         for event in await self.events.list(instance_id, types=[ATTEMPT_FAILED, CALL_FAILED]):
-            if event.payload.get("intent") != intent:
-                continue
-            if event.type == CALL_FAILED and event.payload.get("call") == key:
-                count = 0
-            elif event.type == ATTEMPT_FAILED and (event.key or "").startswith(f"{key}:{intent}:attempt:"):
-                count += 1
+            if (event.payload.get("intent"), event.payload.get("call")) == (intent, key):
+                count = 0 if event.type == CALL_FAILED else count + 1
         return count
 
 
