@@ -279,8 +279,20 @@ class BatchRunCreate(StatelessRunCreate):
     thread_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
+# A bulk cancel names what it cancels: a thread, some runs, or a status.
+_NAMES_RUNS: JsonDict = {
+    "anyOf": [
+        {"required": ["thread_id"], "properties": {"thread_id": {"type": "string"}}},
+        {"required": ["run_ids"], "properties": {"run_ids": {"type": "array", "minItems": 1}}},
+        {"required": ["status"], "properties": {"status": {"type": "string"}}},
+    ]
+}
+
+
 class CancelMany(Open):
     """Which runs to cancel: those of a thread, listed ones, or all with a status."""
+
+    model_config = ConfigDict(json_schema_extra=_NAMES_RUNS)
 
     thread_id: str | None = None
     run_ids: list[str] | None = Field(default=None, max_length=1000)
