@@ -176,10 +176,19 @@ class ThreadPrune(Open):
     strategy: Literal["delete", "keep_latest"] = "delete"
 
 
+class CheckpointIn(Open):
+    """A checkpoint of a thread, as a client names it."""
+
+    thread_id: str | None = Field(default=None, max_length=200)
+    checkpoint_ns: str | None = Field(default=None, max_length=200)
+    checkpoint_id: str | None = Field(default=None, max_length=100)
+    checkpoint_map: dict[str, Any] | None = None
+
+
 class StateAt(Open):
     """A checkpoint to read a thread's state at."""
 
-    checkpoint: dict[str, Any]
+    checkpoint: CheckpointIn
     subgraphs: bool = False
 
 
@@ -257,7 +266,7 @@ class RunCreate(Open):
     webhook: str | None = Field(default=None, max_length=2000, pattern="^https?://")
     after_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
     checkpoint_id: str | None = Field(default=None, max_length=100)
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: CheckpointIn | None = None
     on_completion: Literal["delete", "keep"] | None = None
     durability: Literal["sync", "async", "exit"] | None = Field(
         default=None,
