@@ -238,6 +238,7 @@ def _visible(viewer: Viewer | None) -> Any:
 _SEALED = ("input", "command", "output")
 _DELETE_CHUNKS = delete(server_run_events).where(_chunks.run_id == bindparam("p_run_id"))
 _DELETE_RUN = delete(server_runs).where(_runs.run_id == bindparam("p_run_id"))
+_THREADS_OF_ASSISTANT = select(_runs.thread_id).where(_runs.assistant_id == bindparam("p_assistant_id")).distinct()
 _THREAD_RUN_IDS = select(_runs.run_id).where(_runs.thread_id == bindparam("p_thread_id"))
 _DELETE_THREAD_CHUNKS = delete(server_run_events).where(_chunks.run_id.in_(_THREAD_RUN_IDS))
 _DELETE_THREAD_RUNS = delete(server_runs).where(_runs.thread_id == bindparam("p_thread_id"))
@@ -416,6 +417,11 @@ class RunStore:
     async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
         params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset}
         return [self._run(row) for row in await self._backend.read(_LIST_RUNS, params)]
+
+    async def threads_of_assistant(self, assistant_id: str) -> list[str]:
+        """The threads with a run of the assistant."""
+        rows = await self._backend.read(_THREADS_OF_ASSISTANT, {"p_assistant_id": assistant_id})
+        return [str(row["thread_id"]) for row in rows]
 
     async def delete_run(self, run_id: str) -> None:
         """A run and its stream chunks."""

@@ -187,10 +187,19 @@ class ThreadPrune(Open):
     strategy: Literal["delete", "keep_latest"] = "delete"
 
 
+class CheckpointIn(Open):
+    """A checkpoint of a thread, as a client names it."""
+
+    thread_id: str | None = Field(default=None, max_length=200)
+    checkpoint_ns: str | None = Field(default=None, max_length=200)
+    checkpoint_id: str | None = Field(default=None, max_length=100)
+    checkpoint_map: dict[str, Any] | None = None
+
+
 class StateAt(Open):
     """A checkpoint to read a thread's state at."""
 
-    checkpoint: dict[str, Any]
+    checkpoint: CheckpointIn
     subgraphs: bool = False
 
 
@@ -268,7 +277,7 @@ class RunCreate(Open):
     webhook: str | None = Field(default=None, max_length=2000, pattern="^https?://")
     after_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
     checkpoint_id: str | None = Field(default=None, max_length=100)
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: CheckpointIn | None = None
     on_completion: Literal["delete", "keep"] | None = None
     durability: Literal["sync", "async", "exit"] | None = Field(
         default=None,
@@ -290,8 +299,20 @@ class BatchRunCreate(StatelessRunCreate):
     thread_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
+# A bulk cancel names what it cancels: a thread, some runs, or a status.
+_NAMES_RUNS: JsonDict = {
+    "anyOf": [
+        {"required": ["thread_id"], "properties": {"thread_id": {"type": "string"}}},
+        {"required": ["run_ids"], "properties": {"run_ids": {"type": "array", "minItems": 1}}},
+        {"required": ["status"], "properties": {"status": {"type": "string"}}},
+    ]
+}
+
+
 class CancelMany(Open):
     """Which runs to cancel: those of a thread, listed ones, or all with a status."""
+
+    model_config = ConfigDict(json_schema_extra=_NAMES_RUNS)
 
     thread_id: str | None = None
     run_ids: list[str] | None = Field(default=None, max_length=1000)

@@ -245,14 +245,14 @@ class ServerServices:
         return ResolvedAssistant(get_assistant(row.graph_id), row)
 
     async def update_assistant(self, assistant_id: str, **changes: Any) -> ResolvedAssistant:
-        await self._own_assistant(assistant_id)
+        await self._refuse_system(assistant_id)
         if changes.get("graph_id") is not None:
             get_assistant(changes["graph_id"])
         row = await self.assistant_rows.update(assistant_id, **changes)
         return ResolvedAssistant(get_assistant(row.graph_id), row)
 
     async def set_latest_assistant(self, assistant_id: str, version: int) -> ResolvedAssistant:
-        await self._own_assistant(assistant_id)
+        await self._refuse_system(assistant_id)
         row = await self.assistant_rows.set_latest(assistant_id, version)
         return ResolvedAssistant(get_assistant(row.graph_id), row)
 
@@ -263,11 +263,16 @@ class ServerServices:
             return [ResolvedAssistant(get_assistant(assistant_id), None)][offset : offset + limit]
         return await self.assistant_rows.versions(assistant_id, metadata=metadata, limit=limit, offset=offset)
 
-    async def delete_assistant(self, assistant_id: str) -> None:
-        await self._own_assistant(assistant_id)
+    async def delete_assistant(self, assistant_id: str, *, delete_threads: bool = False) -> None:
+        """The assistant and its versions; with ``delete_threads``, the threads its runs ran on too."""
+        await self._refuse_system(assistant_id)
+        await self.assistant_rows.require(assistant_id)
+        if delete_threads:
+            for thread_id in await self.runs.threads_of_assistant(assistant_id):
+                await self.delete_thread(thread_id)
         await self.assistant_rows.delete(assistant_id)
 
-    async def _own_assistant(self, assistant_id: str) -> None:
+    async def _refuse_system(self, assistant_id: str) -> None:
         if assistant_id in registered_patterns():
             raise SystemAssistantError(
                 f"{assistant_id!r} is a built-in (system) assistant; create an assistant on its graph instead",

@@ -57,9 +57,9 @@ def test_every_405_names_the_methods_its_resource_has(base: str) -> None:
 
 
 def test_405_on_a_path_two_routes_share_lists_both(base: str) -> None:
-    # GET /assistants/{assistant_id} and POST /assistants/search both match /assistants/search.
-    refused = httpx.delete(f"{base}/assistants/search")
-    assert refused.status_code == 405 and refused.headers["allow"] == "GET, POST"
+    # GET/PATCH/DELETE /assistants/{assistant_id} and POST /assistants/search all match /assistants/search.
+    refused = httpx.put(f"{base}/assistants/search")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, POST, PATCH, DELETE"
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "example.org"])

@@ -227,9 +227,11 @@ async def test_assistants_surface(client: LangGraphClient, bob: LangGraphClient)
 
     with pytest.raises(ConflictError):  # the built-in patterns are system assistants
         await assistants.delete("structured")
-    await assistants.delete(aid)
+    await assistants.delete(aid, delete_threads=True)
     with pytest.raises(NotFoundError):
         await assistants.get(aid)
+    with pytest.raises(NotFoundError):  # the thread its run ran on went with it
+        await client.threads.get(thread["thread_id"])
     await bob.assistants.delete(bobs["assistant_id"])
     assert await assistants.count(graph_id="structured") == 1
     assistants.assert_all_called()

@@ -245,3 +245,17 @@ async def test_on_completion_delete_removes_the_thread_once_the_run_ended(client
     kept = await client.runs.create(None, "guide", input=_guide_input(), on_completion="keep")
     await client.runs.join(kept["thread_id"], kept["run_id"])
     assert (await client.threads.get(kept["thread_id"]))["status"] == "idle"
+
+
+async def test_a_delayed_run_survives_a_restart_and_runs_when_due(durable_url: str) -> None:
+    settings = Settings(database_url=durable_url, auth=False)
+    with serving(create_app(settings)) as first:
+        async with get_client(url=first, api_key=None) as before:
+            run = await before.runs.create(
+                None, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=2
+            )
+    with serving(create_app(settings)) as second:  # a new process on the same database takes it up
+        async with get_client(url=second, api_key=None) as after:
+            assert (await after.runs.get(run["thread_id"], run["run_id"]))["status"] == "pending"
+            joined = await after.runs.join(run["thread_id"], run["run_id"])
+            assert joined["current_step"] == "upload_content"

@@ -107,7 +107,7 @@ async def update_assistant(assistant_id: str, body: AssistantUpdate, _caller: Wr
 async def delete_assistant(
     assistant_id: str, _caller: Writer, svc: Services, delete_threads: Annotated[bool, Query()] = False
 ) -> Response:
-    await svc.delete_assistant(assistant_id)
+    await svc.delete_assistant(assistant_id, delete_threads=delete_threads)
     return Response(status_code=204)
 
 

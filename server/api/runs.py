@@ -91,7 +91,7 @@ def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCrea
         config["configurable"] = configurable
     options: dict[str, Any] = {"graph_id": assistant.pattern.assistant_id}
     context = {**assistant.context, **(body.context or {})}
-    checkpoint_id = body.checkpoint_id or (body.checkpoint or {}).get("checkpoint_id")
+    checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     found = {
         "config": config,
         "context": context,

@@ -180,7 +180,7 @@ async def join_thread_stream(
 
 @router.post("/{thread_id}/state/checkpoint", response_model=ThreadStateOut, summary="The state at a checkpoint")
 async def get_state_at(thread_id: str, body: StateAt, caller: Reader, svc: Services) -> dict[str, Any]:
-    return await _state_at(svc, caller, thread_id, body.checkpoint)
+    return await _state_at(svc, caller, thread_id, body.checkpoint.model_dump())
 
 
 @router.get("/{thread_id}/state/{checkpoint_id}", response_model=ThreadStateOut, summary="The state at a checkpoint")
