@@ -263,13 +263,17 @@ class ServerServices:
             return [ResolvedAssistant(get_assistant(assistant_id), None)][offset : offset + limit]
         return await self.assistant_rows.versions(assistant_id, metadata=metadata, limit=limit, offset=offset)
 
-    async def delete_assistant(self, assistant_id: str, *, delete_threads: bool = False) -> None:
-        """The assistant and its versions; with ``delete_threads``, the threads its runs ran on too."""
+    async def delete_assistant(self, caller: Principal, assistant_id: str, *, delete_threads: bool = False) -> None:
+        """The assistant and its versions; with ``delete_threads``, the threads its runs ran on that ``caller``
+        may see too (other people's threads stay)."""
         await self._refuse_system(assistant_id)
         await self.assistant_rows.require(assistant_id)
         if delete_threads:
             for thread_id in await self.runs.threads_of_assistant(assistant_id):
-                await self.delete_thread(thread_id)
+                try:
+                    await self.delete_thread(caller, thread_id)
+                except JourneyNotFoundError:
+                    continue
         await self.assistant_rows.delete(assistant_id)
 
     async def _refuse_system(self, assistant_id: str) -> None:

@@ -105,9 +105,9 @@ async def update_assistant(assistant_id: str, body: AssistantUpdate, _caller: Wr
 
 @router.delete("/{assistant_id}", status_code=204, summary="Delete an assistant (not a system one)")
 async def delete_assistant(
-    assistant_id: str, _caller: Writer, svc: Services, delete_threads: Annotated[bool, Query()] = False
+    assistant_id: str, caller: Writer, svc: Services, delete_threads: Annotated[bool, Query()] = False
 ) -> Response:
-    await svc.delete_assistant(assistant_id, delete_threads=delete_threads)
+    await svc.delete_assistant(caller, assistant_id, delete_threads=delete_threads)
     return Response(status_code=204)
 
 
