@@ -79,7 +79,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.authenticator = resolve_authenticator(settings)  # a bad --auth stops the server before it serves
-    # Every route but /ok is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
+    # Every route but /ok and /info is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)
     for router in (

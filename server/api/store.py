@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from langgraph.store.base import Item, SearchItem
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from graphs.errors import InvalidInputError
 from server.api import errors
@@ -62,14 +62,8 @@ class PutItem(BaseModel):
     key: str = Field(min_length=1, max_length=1000)
     value: dict[str, Any]
     index: Literal[False] | list[str] | None = None  # which fields to embed (with a configured index)
-    ttl: int | None = None
-
-    @field_validator("ttl")
-    @classmethod
-    def _no_ttl(cls, ttl: int | None) -> int | None:
-        if ttl is not None:
-            raise ValueError("item TTLs are not supported by this server; leave ttl out")
-        return ttl
+    # Stated in the schema, so no client is told yes and then refused.
+    ttl: None = Field(None, description="item TTLs are not supported by this server: leave it out (or null)")
 
 
 class DeleteItem(BaseModel):
