@@ -36,6 +36,10 @@ class SlowWhenAsked(GenericFakeChatModel):
     """langchain-core's fake chat model (it streams its answer word by word), which takes its time when the
     last message asks it to be slow: a run to cancel."""
 
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        """The guide binds its tools; this model answers in text and never calls one."""
+        return self
+
     async def _wait_if_asked(self, messages: list[BaseMessage]) -> None:
         if "slow" in str(messages[-1].content):
             await asyncio.sleep(30)
@@ -121,9 +125,9 @@ async def test_custom_mode_carries_a_journeys_progress(client: LangGraphClient) 
 
 async def test_interrupt_before_stops_the_run_before_that_node(client: LangGraphClient) -> None:
     tid = (await client.threads.create())["thread_id"]
-    await client.runs.wait(tid, "guide", input=_guide_input(), interrupt_before=["respond"])
+    await client.runs.wait(tid, "guide", input=_guide_input(), interrupt_before=["agent"])
     state = await client.threads.get_state(tid)
-    assert state["next"] == ["respond"]
+    assert state["next"] == ["agent"]
 
 
 async def test_after_seconds_delays_the_run(client: LangGraphClient) -> None:
