@@ -49,12 +49,15 @@ class Event:
 
 
 def _event(row: Row, sealer: Sealer) -> Event:
+    payload = sealer.open(row["payload"])
+    if isinstance(payload, dict) and INDEX_KEYS & payload.keys():  # the index's bookkeeping: for rebuild only
+        payload = {k: v for k, v in payload.items() if k not in INDEX_KEYS}
     return Event(
         instance_id=row["instance_id"],
         seq=row["seq"],
         type=row["type"],
         step=row["step"],
-        payload=sealer.open(row["payload"]),
+        payload=payload,
         key=row["idempotency_key"],
         created_at=row["created_at"],
     )
@@ -88,6 +91,7 @@ STATUS_KEY = "instance_status"
 DESIGN_KEY = "instance_design"
 PATTERN_KEY = "instance_pattern"
 USER_KEY = "instance_user"
+INDEX_KEYS = frozenset({STATUS_KEY, DESIGN_KEY, PATTERN_KEY, USER_KEY})  # not part of what an event reads as
 
 
 def stamped(events: Sequence[NewEvent], status: str | None) -> Sequence[NewEvent]:
