@@ -103,6 +103,7 @@ def configure_logging(level: int, fmt: LogFormat | None = None) -> None:
     was logged (instance, journey, run, node, attempt, trace id)."""
     from nodes.telemetry import log_context  # loads LangChain: only for the commands that log
 
+    # Both formats redact (checkpoints.redaction) before anything is rendered.
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         log_context,
@@ -114,6 +115,7 @@ def configure_logging(level: int, fmt: LogFormat | None = None) -> None:
         processors: list[Processor] = [
             *shared,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redacted_values,
             bounded_values,
             json_traceback,  # after bounded_values: the traceback has bounds of its own
             structlog.processors.JSONRenderer(),
