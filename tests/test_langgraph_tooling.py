@@ -69,3 +69,27 @@ async def test_a_session_started_with_empty_input_begins_on_its_initial_area(
     assert out["current_area"] == "content"
     assert out["areas"]["content"]["visited"] and not out["areas"]["insights"]["visited"]
     assert out["__interrupt__"][0].value["kind"] == "session_action"
+
+
+async def test_a_lifecycle_started_with_empty_input_checks_its_sandbox_entry_criteria(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/journeys.db")
+    async with entrypoints.lifecycle({}) as graph:
+        compiled = graph.compile(checkpointer=InMemorySaver())
+        out = await compiled.ainvoke({}, {"configurable": {"thread_id": "studio-lifecycle"}})
+    # Started for a client named after the thread; no metrics recorded yet, so the sandbox's entry gate refuses.
+    assert (out["client_id"], out["status"]) == ("studio-lifecycle", "pending")
+    validation = out["outcome"]["validation"]
+    assert (validation["to_stage"], validation["passed"]) == ("sandbox", False)
+    assert "contract_signed" in {c["name"] for c in validation["checks"]}
+
+
+async def test_a_process_started_with_empty_input_enters_by_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/journeys.db")
+    async with entrypoints.process({}) as graph:
+        compiled = graph.compile(checkpointer=InMemorySaver())
+        out = await compiled.ainvoke({}, {"configurable": {"thread_id": "studio-process"}})
+    assert out["status"] == "completed" and out["visits"]["wowvision_validate"] == 1

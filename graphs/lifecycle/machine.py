@@ -51,7 +51,7 @@ from nodes.criteria_gate import (
     validation_statement,
 )
 from nodes.service_task import perform_task
-from nodes.services import NodeServices, is_replay
+from nodes.services import NodeServices, is_replay, thread_id
 from nodes.uow import UnitHooks, UnitOfWorkSpec, build_uow_graph, find_cycle, unit_request, validate_unit
 
 
@@ -531,12 +531,14 @@ def build_lifecycle_graph(
         return {"request": dict(request)}
 
     async def apply(state: LifecycleState, config: RunnableConfig) -> Command[str]:
+        seeded = _seed_empty_start(state, config)  # {} as input (Studio, langgraph dev): start the journey
+        state = {**state, **seeded}  # type: ignore[typeddict-item]
         request = dict(state.get("request") or {})
         event = str(request.get("event"))
         stage = state.get("current_stage")
         move = int(state.get("moves") or 0) + 1
         outcome: dict[str, Any] = {"move": move, "event": event, "ok": False, "units": []}
-        base: dict[str, Any] = {"moves": move, "outcome": outcome, "queue": []}
+        base: dict[str, Any] = {**seeded, "moves": move, "outcome": outcome, "queue": []}
         if event == RUN_UNIT:
             uow_id = str(request["uow_id"])
             return run_next(state, [{"uow_id": uow_id, "stage": str(stage), "purpose": "on_demand"}], base)
@@ -801,6 +803,28 @@ def build_lifecycle_graph(
     builder.add_edge("unit", "unit_done")
     builder.add_edge("validate_rollback", "notify")
     return builder
+
+
+def _seed_empty_start(state: LifecycleState, config: RunnableConfig) -> dict[str, Any]:
+    """What a journey run with ``{}`` as its input (LangGraph Studio, ``langgraph dev``) starts from: a
+    start request for a client named after the thread, in no stage yet; nothing when the state has a start
+    already (the orchestrators always give one)."""
+    if state.get("request") or state.get("moves") or state.get("current_stage") is not None:
+        return {}
+    journey_id = state.get("journey_id") or thread_id(config)
+    return {
+        "journey_id": journey_id,
+        "client_id": state.get("client_id") or journey_id,
+        "design_id": state.get("design_id") or journey_id,
+        "current_stage": None,
+        "previous_stage": None,
+        "completed_stages": [],
+        "metadata": {},
+        "status": "pending",
+        "units": {},
+        "rollback": None,
+        "request": {"event": TransitionEvent.START_JOURNEY.value},
+    }
 
 
 def _merged(state: LifecycleState, update: Mapping[str, Any]) -> LifecycleState:

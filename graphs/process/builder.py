@@ -140,9 +140,12 @@ class _Builder:
             builder.add_edge(branch_nodes, fork.join)
         if top:
             entries = {s.id: self.node_of(self.spec.outgoing(s.id)[0].target, level) for s in self.spec.starts()}
+            plain = self.spec.plain_start()
+            # {} as input (LangGraph Studio, langgraph dev) enters by the plain start, as start() does.
+            default_entry = (plain or self.spec.starts()[0]).id
 
             def route_entry(state: ProcessState) -> str:
-                return entries[state["entry"]]
+                return entries[state.get("entry") or default_entry]
 
             builder.add_conditional_edges(START, route_entry, sorted(set(entries.values())))
             if self.compensable:

@@ -152,11 +152,15 @@ class ProcessOrchestrator:
         deterministic agent for every intent it names that has none yet, so it runs offline."""
         spec = self.catalog.build(name, version=version, **options)
         if default_agents:
-            registry = self._designs.registry
-            for intent in sorted({intent for intent, _needed_by in intents(spec)}):
-                if intent not in registry:
-                    registry.register(intent, EchoAgent(intent), description="deterministic default")
+            self.register_default_agents(spec)
         return await self.deploy(spec, weight=weight)
+
+    def register_default_agents(self, spec: ProcessSpec) -> None:
+        """A deterministic agent for every intent ``spec`` names that has none yet, so it runs offline."""
+        registry = self._designs.registry
+        for intent in sorted({intent for intent, _needed_by in intents(spec)}):
+            if intent not in registry:
+                registry.register(intent, EchoAgent(intent), description="deterministic default")
 
     async def _newest_version(self, name: str) -> int:
         return max((d.version for d in await self.deployments.find(name)), default=0)

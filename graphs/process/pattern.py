@@ -65,7 +65,9 @@ async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
 
 def _entrypoint(runtime: JourneyRuntime, config: RunnableConfig) -> StateGraph[Any]:
     name = str((config.get("configurable") or {}).get("process", "pr_review"))
-    return build_process_graph(runtime.processes.catalog.build(name), runtime.engine.services)
+    spec = runtime.processes.catalog.build(name)
+    runtime.processes.register_default_agents(spec)  # the tooling runs a catalog process offline
+    return build_process_graph(spec, runtime.engine.services)
 
 
 async def _status(runtime: JourneyRuntime, instance: Instance) -> dict[str, Any]:
