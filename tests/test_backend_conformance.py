@@ -196,7 +196,7 @@ async def test_runs_are_created_claimed_and_finished_once(store_url: str) -> Non
         clock.advance(timedelta(seconds=1))  # runs of a thread are taken in the order they were created
         queued: RunRow = await new_run(runs, run.thread_id, strategy="enqueue")
         with pytest.raises(UnsupportedMultitaskStrategyError):
-            await new_run(runs, run.thread_id, strategy="interrupt")
+            await new_run(runs, run.thread_id, strategy="stampede")
         assert await runs.active_count(run.thread_id) == 2
         assert await runs.next_pending(run.thread_id) == run
 
@@ -219,11 +219,26 @@ async def test_runs_are_created_claimed_and_finished_once(store_url: str) -> Non
         assert await runs.get_run(run.run_id) == finished
         assert await runs.finish(run.run_id, "error", {"message": "late"}) is None  # finished once
         assert await runs.claim(run.run_id) is None
-        assert [r.run_id for r in await runs.unfinished()] == [queued.run_id]
+        # interrupt and rollback are accepted on a busy thread: the server cancels (or rolls back) its active
+        # runs before it creates the run, so the store queues it behind them like enqueue.
+        clock.advance(timedelta(seconds=1))
+        interrupting: RunRow = await new_run(runs, run.thread_id, strategy="interrupt")
+        clock.advance(timedelta(seconds=1))
+        rolling_back: RunRow = await new_run(runs, run.thread_id, strategy="rollback")
+        assert (interrupting.multitask_strategy, rolling_back.multitask_strategy) == ("interrupt", "rollback")
+        later = [queued.run_id, interrupting.run_id, rolling_back.run_id]
+        assert sorted(r.run_id for r in await runs.unfinished()) == sorted(later)
         assert await runs.next_pending(run.thread_id) == queued
         failed = await runs.finish(queued.run_id, "error", {"message": "boom"})
         assert failed is not None and failed.error == {"message": "boom"} and failed.output is None
-        assert {r.run_id for r in await runs.list_runs(run.thread_id)} == {run.run_id, queued.run_id}
+        assert await runs.next_pending(run.thread_id) == interrupting
+        for later_run in (interrupting, rolling_back):
+            claimed = await runs.claim(later_run.run_id)
+            assert claimed is not None and claimed[0].attempts == 1
+            assert await runs.finish(later_run.run_id, "success", None, {"status": "completed"}) is not None
+            assert await runs.claim(later_run.run_id) is None  # finished once
+        assert await runs.unfinished() == []
+        assert {r.run_id for r in await runs.list_runs(run.thread_id)} == {run.run_id, *later}
         assert await runs.active_count(run.thread_id) == 0
         assert all(utc(r.created_at) and utc(r.updated_at) for r in await runs.list_runs(run.thread_id))
 

@@ -38,16 +38,7 @@ async def test_the_entrypoints_make_no_blocking_call(
     assert (tmp_path / "new" / "journeys.db").exists()
 
 
-SCHEMA_PENDING = {"guide": "agents/guide.py's state is a typing.TypedDict: the guide branch rewrites it (issue 13)"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=SCHEMA_PENDING[n])) if n in SCHEMA_PENDING else n
-        for n in registered_patterns()
-    ],
-)
+@pytest.mark.parametrize("name", list(registered_patterns()))
 async def test_every_graph_declares_input_and_output_schemas_for_studio(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,11 +58,6 @@ def test_the_js_client_creates_a_thread_and_starts_and_resumes_a_journey(report:
     assert report["guide_events"].get("values", 0) >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the guide streams no LLM tokens yet: that is the guide branch's work (issue 13); remove this marker "
-    "when it lands (strict: this test then fails until the marker goes)",
-)
 def test_the_js_client_streams_the_guides_tokens_in_messages_tuple_mode(report: dict[str, Any]) -> None:
     assert report["guide_events"].get("messages", 0) >= 1, report["guide_events"]
     assert "".join(report["guide_tokens"]).strip()

@@ -240,9 +240,10 @@ async def test_assistants_surface(client: LangGraphClient, bob: LangGraphClient)
 # --- threads ----------------------------------------------------------------------------------------------
 
 
-async def _interrupted_journey(client: LangGraphClient, **metadata: Any) -> str:
+async def _interrupted_journey(client: LangGraphClient, user_id: str, **metadata: Any) -> str:
+    """A structured journey for ``user_id`` (the caller's own: naming another needs the impersonate scope)."""
     thread = await client.threads.create(metadata=metadata)
-    await client.runs.wait(thread["thread_id"], "structured", input={**CONTENT_MIGRATION, "user_id": "ana"})
+    await client.runs.wait(thread["thread_id"], "structured", input={**CONTENT_MIGRATION, "user_id": user_id})
     return str(thread["thread_id"])
 
 
@@ -256,12 +257,15 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     assert_shape(updated, sdk.Thread)
     assert updated["metadata"]["team"] == "a" and updated["metadata"]["stage"] == "review"
 
-    journeys = [await _interrupted_journey(client, team="b") for _ in range(3)]
-    bobs = await _interrupted_journey(bob, team="b")
+    journeys = [await _interrupted_journey(client, "ana", team="b") for _ in range(3)]
+    bobs = await _interrupted_journey(bob, "bob", team="b")
     assert_shape(await threads.search(metadata={"team": "b"}, limit=50), list[sdk.Thread])
-    assert await threads.count(metadata={"team": "b"}) == 4
-    assert await threads.count(status="interrupted") == 4
+    # Each caller searches and counts its own threads only (the security branch's ownership): not Bob's.
+    assert bobs not in {t["thread_id"] for t in await threads.search(metadata={"team": "b"}, limit=50)}
+    assert await threads.count(metadata={"team": "b"}) == 3
+    assert await threads.count(status="interrupted") == 3
     assert await threads.count(metadata={"team": "a"}) == 1
+    assert await bob.threads.count(metadata={"team": "b"}) == 1
 
     state = await threads.get_state(journeys[0])
     assert_shape(state, sdk.ThreadState)
@@ -304,7 +308,7 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     await threads.delete(tid)
     with pytest.raises(NotFoundError):
         await threads.get(tid)
-    assert await threads.count(metadata={"team": "b"}) == 2
+    assert await threads.count(metadata={"team": "b"}) == 1
     assert (await bob.threads.get(bobs))["status"] == "interrupted"
     threads.assert_all_called()
 
@@ -331,9 +335,9 @@ async def test_runs_surface(client: LangGraphClient) -> None:
     assert_shape(listed, list[sdk.Run])
     assert len(listed) == 3
 
-    # A batch of runs on new threads.
+    # A batch of runs on new threads, each a journey of the caller's own (another user_id needs impersonate).
     batch = await runs.create_batch(
-        [{"assistant_id": "structured", "input": {**CONTENT_MIGRATION, "user_id": f"u{i}"}} for i in range(3)]
+        [{"assistant_id": "structured", "input": {**CONTENT_MIGRATION, "user_id": "ana"}} for _ in range(3)]
     )
     assert_shape(batch, list[sdk.Run])
     assert len({r["thread_id"] for r in batch}) == 3

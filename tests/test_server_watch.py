@@ -104,6 +104,9 @@ class RecordingExecutor:
         self.executed: list[str] = []
         self.ran = asyncio.Event()
 
+    async def when_due(self, run: RunRow) -> None:
+        """Its runs are never delayed (no ``after_seconds``): due at once, as the real executor has it."""
+
     async def execute(self, run_id: str) -> None:
         self.executed.append(run_id)
         self.runs.queue.remove(run_id)
