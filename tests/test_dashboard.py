@@ -18,6 +18,7 @@ from langchain_core.runnables.graph import Graph as DrawableGraph
 from agents import FailingAgent, RetrySettings
 from agents.errors import AgentCallFailedError
 from checkpoints.clock import VirtualClock
+from checkpoints.ownership import Owner, acting_as
 from graphs.lifecycle.catalog import READY_TO_START
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
@@ -102,8 +103,12 @@ async def test_the_journey_list_filters_by_pattern_status_stage_user_and_time(st
 async def test_pages_need_a_login_and_actions_need_their_scope() -> None:
     async with serving("memory://", auth=True) as served:
         http = served.http
-        await served.runtime.lifecycle.start_journey("client-a", metrics=READY_TO_START)
+        # Rita's journey, shared with the finance group (Otto's); one started outside any request has no
+        # owner, so only an admin sees it on the dashboard, as on the API.
+        with acting_as(Owner("rita", shared_group="finance")):
+            await served.runtime.lifecycle.start_journey("client-a", metrics=READY_TO_START)
         [journey] = await served.runtime.store.index.list_instances()
+        unowned = (await served.runtime.lifecycle.start_journey("client-b", metrics=READY_TO_START))["journey_id"]
 
         first = await http.get("/ui/journeys")
         assert first.status_code == 303 and first.headers["location"] == "/ui/login?next=/ui/journeys"
@@ -116,6 +121,7 @@ async def test_pages_need_a_login_and_actions_need_their_scope() -> None:
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
 
         assert listed(await http.get("/ui/journeys")) == [journey.instance_id]
+        assert (await http.get(f"/ui/journeys/{unowned}")).status_code == 404
         refused = await http.post(f"/ui/journeys/{journey.instance_id}/cancel", data={"reason": "x"})
         assert refused.status_code == 403 and "lacks the &#39;journeys&#39; scope" in refused.text
         assert (await served.runtime.lifecycle.get_journey_state(journey.instance_id))["status"] == "active"
@@ -133,6 +139,9 @@ async def test_pages_need_a_login_and_actions_need_their_scope() -> None:
         )
         assert done.status_code == 303
         assert (await served.runtime.lifecycle.get_journey_state(journey.instance_id))["status"] == "cancelled"
+        hidden = await http.post(f"/ui/journeys/{unowned}/cancel", headers={"origin": "http://journeys"})
+        assert hidden.status_code == 404  # not his: as if it did not exist
+        assert (await served.runtime.lifecycle.get_journey_state(unowned))["status"] == "active"
 
 
 async def test_hostile_values_are_shown_as_text_on_every_page() -> None:

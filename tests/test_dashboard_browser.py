@@ -101,7 +101,8 @@ def rows(driver: WebDriver) -> list[str]:
 def test_the_dashboard_lists_filters_shows_and_completes_a_task_in_a_real_browser(
     tmp_path: Path, browser: WebDriver
 ) -> None:
-    keys = {KEY: ApiKey("ana", frozenset({"read", "journeys", "tasks"}), ("finance",))}
+    # 'impersonate': the structured journey is run for a (hostile) user id other than Ana's own.
+    keys = {KEY: ApiKey("ana", frozenset({"read", "journeys", "tasks", "impersonate"}), ("finance",))}
     app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'dash.db'}", api_keys=keys))
     with serving(app) as base:
         ids = seed(base)
