@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from server.app import create_app
@@ -94,6 +96,17 @@ def seed(base: str) -> dict[str, Any]:
         return {"process": started.json()["instance_id"], "structured": run.json()["instance_id"]}
 
 
+def click_and_load(driver: WebDriver, element: WebElement) -> None:
+    """Click a link or a form's button and wait for the page it leads to: a click returns before the
+    browser has the answer (a task's completion runs its process first), so the old page may still be up."""
+    driver.execute_script("window.leaving = true")  # gone once the next page is up (a new window object)
+    element.click()
+    # While the browser navigates, a script may be refused (chromedriver): polled again until the timeout.
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return window.leaving === undefined && document.readyState === 'complete'")
+    )
+
+
 def rows(driver: WebDriver) -> list[str]:
     return [row.get_attribute("data-instance") or "" for row in driver.find_elements(By.CSS_SELECTOR, "tr.journey")]
 
@@ -110,10 +123,10 @@ def test_the_dashboard_lists_filters_shows_and_completes_a_task_in_a_real_browse
         browser.get(f"{base}/ui")  # no key yet: the login form, then back where we were going
         assert "/ui/login" in browser.current_url
         browser.find_element(By.ID, "api_key").send_keys("wrong")
-        browser.find_element(By.ID, "login").click()
+        click_and_load(browser, browser.find_element(By.ID, "login"))
         assert browser.find_element(By.ID, "login-error").is_displayed()
         browser.find_element(By.ID, "api_key").send_keys(KEY)
-        browser.find_element(By.ID, "login").click()
+        click_and_load(browser, browser.find_element(By.ID, "login"))
         assert browser.current_url.endswith("/ui/journeys")
 
         # The list, with its counts; the hostile user id is shown as text, never run.
@@ -128,16 +141,16 @@ def test_the_dashboard_lists_filters_shows_and_completes_a_task_in_a_real_browse
         assert rows(browser) == [ids["process"]]
         user = browser.find_element(By.ID, "f-user")
         user.send_keys("someone-else")
-        browser.find_element(By.ID, "apply").click()
+        click_and_load(browser, browser.find_element(By.ID, "apply"))
         assert rows(browser) == []
         assert browser.find_element(By.ID, "total").text == "0"
         browser.find_element(By.ID, "f-user").clear()
         browser.find_element(By.ID, "f-user").send_keys("exp-7")
-        browser.find_element(By.ID, "apply").click()
+        click_and_load(browser, browser.find_element(By.ID, "apply"))
         assert rows(browser) == [ids["process"]]
 
         # One journey: its graph with the waiting node highlighted, its timeline, its pending SLA timer.
-        browser.find_element(By.LINK_TEXT, ids["process"]).click()
+        click_and_load(browser, browser.find_element(By.LINK_TEXT, ids["process"]))
         current = browser.find_elements(By.CSS_SELECTOR, "#graph g.node.current")
         assert [node.get_attribute("data-node") for node in current] == ["approve"]
         assert [e.get_attribute("data-type") for e in browser.find_elements(By.CSS_SELECTOR, "#timeline tr.event")] == [
@@ -151,13 +164,13 @@ def test_the_dashboard_lists_filters_shows_and_completes_a_task_in_a_real_browse
         assert '"amount": 120' in browser.find_element(By.ID, "variables").text
 
         # Complete the task from the inbox; the journey moves on to its timer.
-        browser.find_element(By.LINK_TEXT, "Inbox").click()
+        click_and_load(browser, browser.find_element(By.LINK_TEXT, "Inbox"))
         form = browser.find_element(By.CSS_SELECTOR, "#inbox form.complete")
         payload = form.find_element(By.NAME, "payload")
         assert payload.get_attribute("value") == '{"approved": false}'
         payload.clear()
         payload.send_keys('{"approved": true}')
-        form.find_element(By.TAG_NAME, "button").click()
+        click_and_load(browser, form.find_element(By.TAG_NAME, "button"))
         assert browser.current_url.endswith(f"/ui/journeys/{ids['process']}")
         current = browser.find_elements(By.CSS_SELECTOR, "#graph g.node.current")
         assert [node.get_attribute("data-node") for node in current] == ["cooling_off"]
