@@ -237,3 +237,11 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
     with pytest.raises(NotFoundError):
         await client.crons.update("no-such-cron", schedule="0 10 * * *")
     assert await client.crons.count() == 0
+
+
+async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_error(client: LangGraphClient) -> None:
+    await client.store.put_item(["docs"], "a", {"x": 1})
+    found = await client.store.search_items(["docs"], filter={"x": {"$gte": 1}})
+    assert [i["key"] for i in found["items"]] == ["a"]
+    with pytest.raises(UnprocessableEntityError, match="unknown operator"):  # was a 500 (the store's ValueError)
+        await client.store.search_items(["docs"], filter={"x": {"bad": [1]}})

@@ -128,8 +128,23 @@ async def delete_item(body: DeleteItem, caller: Writer, svc: Services) -> Respon
     return Response(status_code=204)
 
 
+# The comparison operators LangGraph's stores take in a filter ({"field": {"$gt": 3}}); a plain value is $eq.
+FILTER_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
+
+
+def _check_filter(filter: dict[str, Any] | None) -> None:
+    for field, condition in (filter or {}).items():
+        if isinstance(condition, dict) and (unknown := set(condition) - FILTER_OPERATORS):
+            raise InvalidInputError(
+                f"filter on {field!r}: unknown operator(s) {sorted(unknown)}; use {sorted(FILTER_OPERATORS)} "
+                "or a plain value (equality)",
+                field=field,
+            )
+
+
 @router.post("/items/search", response_model=SearchItemsOut, summary="Search items under a namespace prefix")
 async def search_items(body: SearchItems, caller: Reader, svc: Services) -> dict[str, Any]:
+    _check_filter(body.filter)
     found = await svc.runtime.store.graph_store.asearch(
         tuple(body.namespace_prefix), query=body.query, filter=body.filter, limit=body.limit, offset=body.offset
     )
