@@ -50,8 +50,8 @@ R = TypeVar("R")
 # --- label values ----------------------------------------------------------------------------------
 
 MAX_LABEL_CHARS = 100
-# Placeholder until the security part's redaction lands: secrets and PII that could reach a label value
-# (an intent, step or node name comes from a spec a user wrote).
+# Secrets and PII that could reach a label value (an intent, step or node name comes from a spec a user
+# wrote); unlike checkpoints.redaction.redact_text it also catches "password=…" written inside a name.
 _SECRETS = re.compile(
     r"(?i)bearer\s+\S+|\b(?:api[_-]?key|password|passwd|secret|token)\s*[=:]\s*\S+"
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\b(?:\d[ -]?){13,19}\b|\bsk-[A-Za-z0-9_-]{8,}"
@@ -166,10 +166,8 @@ def _gauges(figures: LiveFigures, circuits: Mapping[str, str]) -> list[Metric]:
 
 
 async def circuit_states(store: Any) -> dict[str, str]:
-    """Each intent's circuit state (closed, open or half_open), as the database-shared breaker records
-    it. The resilience part fills this in with its breaker's table; until then no circuit is known."""
-    del store
-    return {}
+    """Each intent's circuit state (closed, open or half_open), as the database-shared breaker records it."""
+    return {circuit.intent: circuit.state for circuit in await store.circuits()}
 
 
 # --- the instance lifecycle ------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents import FailingAgent
 from checkpoints.figures import live_figures
+from checkpoints.guards import CircuitSettings
 from graphs import JourneyRuntime
-from nodes.telemetry import METRICS, exposition, redact_label, rejected_by_bulkhead, timers_fired
+from nodes.telemetry import METRICS, circuit_states, exposition, redact_label, rejected_by_bulkhead, timers_fired
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.settings import ApiKey, Settings
@@ -182,3 +183,11 @@ async def test_the_apis_metrics_sum_what_its_worker_processes_did(
     assert found["journeys_active", (("pattern", "structured"), ("status", "in_progress"))] == 3
     assert found["journeys_queue_depth", (("queue", "runs"),)] == 0
     assert from_worker["journeys_started_total", (("pattern", "structured"),)] == 3  # the host's, summed
+
+
+async def test_the_circuit_gauge_reads_the_shared_breaker(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as runtime:
+        settings = CircuitSettings(failure_threshold=1)
+        await runtime.store.breakers.admit("crm.capture_lead", settings)
+        await runtime.store.breakers.record("crm.capture_lead", settings, succeeded=False)
+        assert await circuit_states(runtime.store) == {"crm.capture_lead": "open"}
