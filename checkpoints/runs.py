@@ -35,6 +35,7 @@ TERMINAL = ("success", "error", "interrupted", "timeout")
 # reject: refused while the thread has an active run; the others queue behind them (interrupt and rollback
 # after the server has cancelled them: see server.services.ServerServices.double_text).
 STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
+NO_STATE = ""  # a run's base checkpoint when its thread had no state yet (a rollback then clears the thread)
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
 
@@ -457,6 +458,8 @@ class RunStore:
         await self._backend.write([_REQUEST_CANCEL], {"p_run_id": run_id, "p_now": self._clock.now()})
 
     async def set_base_checkpoint(self, run_id: str, checkpoint_id: str | None) -> None:
+        """Note the checkpoint a run started from or resumes (``NO_STATE``: its thread had none); until it
+        is noted the run has changed nothing."""
         await self._backend.write([_SET_BASE_CHECKPOINT], {"p_run_id": run_id, "p_checkpoint": checkpoint_id})
 
     async def finish(

@@ -31,7 +31,7 @@ from server.crons import CronService
 from server.problems import ApiError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor, fork_back
-from server.runs.store import ACTIVE, TERMINAL, RunRow, RunStore, ThreadRow
+from server.runs.store import ACTIVE, NO_STATE, TERMINAL, RunRow, RunStore, ThreadRow
 from server.runs.watch import RunWatch, wait_for_run
 from server.settings import Settings
 
@@ -207,12 +207,13 @@ class ServerServices:
         if strategy != "rollback" or not active:
             return
         ended = [await wait_for_run(self.runs, self.watch, r.run_id, self.settings.poll_interval) for r in active]
-        started = [r for r in sorted(ended, key=lambda r: r.created_at) if r.attempts > 0]
+        # A run that never noted its base changed nothing: the first that did is where the thread goes back.
+        bases = [r.base_checkpoint for r in sorted(ended, key=lambda r: r.created_at) if r.base_checkpoint is not None]
         thread = await self.resolve_thread(thread_id, None)  # the caller's run was queued on it already
         graph = await self.thread_graph(thread)
-        if started and graph is not None and thread.instance_id is not None:
-            base = started[0].base_checkpoint
-            if base is None:  # the thread had no state before it
+        if bases and graph is not None and thread.instance_id is not None:
+            base = bases[0]
+            if base == NO_STATE:  # the thread had no state before it
                 async with self.runtime.engine.exclusive(thread.instance_id):
                     await self.runtime.store.saver.adelete_thread(thread.instance_id)
             else:

@@ -24,6 +24,7 @@ from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
 from agents import AgentRegistry, EchoAgent
 from server.app import create_app
+from server.runs.executor import RunExecutor
 from server.settings import Settings
 from tests.server_support import free_port, serving
 
@@ -224,6 +225,32 @@ async def test_double_texting_rollback_deletes_the_active_run_and_its_state(clie
         await client.runs.get(tid, slow)
     state = await client.threads.get_state(tid)
     assert _said(state) == ["hello", "quick"] and state["values"]["messages"][-1]["content"] == ANSWER
+
+
+async def test_rollback_before_the_run_noted_its_base_keeps_the_threads_state(
+    client: LangGraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback that reaches a run between its claim and the note of the checkpoint it started from:
+    the run changed nothing yet, so the thread keeps its state (it was deleted whole)."""
+    noted = asyncio.Event()
+    remember = RunExecutor._remember_base
+
+    async def late(self: RunExecutor, run: Any, assistant: Any, instance_id: str) -> None:
+        await noted.wait()  # held until the rollback has been answered
+        await remember(self, run, assistant, instance_id)
+
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
+    monkeypatch.setattr(RunExecutor, "_remember_base", late)
+    slow = await _slow_run(client, tid)
+    quick = await client.runs.create(
+        tid, "guide", input={"messages": [{"role": "user", "content": "quick"}]}, multitask_strategy="rollback"
+    )
+    noted.set()
+    await client.runs.join(tid, quick["run_id"])
+    with pytest.raises(NotFoundError):
+        await client.runs.get(tid, slow)
+    assert _said(await client.threads.get_state(tid)) == ["hello", "quick"]
 
 
 async def test_checkpoint_id_goes_on_from_an_earlier_checkpoint(client: LangGraphClient) -> None:

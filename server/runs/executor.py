@@ -28,7 +28,7 @@ from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
-from server.runs.store import RunRow, RunStore
+from server.runs.store import NO_STATE, RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
 
@@ -300,6 +300,8 @@ class RunExecutor:
                 if checkpoint_id := (run.options or {}).get("checkpoint_id"):
                     graph = await graph_of(self.runtime, assistant, instance_id)
                     await fork_back(self.runtime, graph, instance_id, checkpoint_id)
+            elif assistant.chat:
+                await self.runs.set_base_checkpoint(run.run_id, NO_STATE)
             return await assistant.start(ctx, run.input or {})
         assert instance_id is not None
         if run.kind == "start":
@@ -311,7 +313,7 @@ class RunExecutor:
         graph = await graph_of(self.runtime, assistant, instance_id)
         current = await graph.aget_state(self.runtime.engine.config(instance_id))
         checkpoint = (current.config or {}).get("configurable", {}).get("checkpoint_id")
-        await self.runs.set_base_checkpoint(run.run_id, checkpoint)
+        await self.runs.set_base_checkpoint(run.run_id, checkpoint or NO_STATE)
 
     async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
         try:
