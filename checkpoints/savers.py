@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
 import aiosqlite
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -159,3 +160,18 @@ async def copy_checkpoints(saver: BaseCheckpointSaver[str], source: str, target:
         for task_id, writes in by_task.items():
             await saver.aput_writes(written, writes, task_id)
     return len(found)
+
+
+async def copy_checkpoint(
+    saver: BaseCheckpointSaver[str], source: RunnableConfig, target: str, metadata: dict[str, Any]
+) -> RunnableConfig:
+    """Copy one checkpoint (``source``: its config) as the first checkpoint of thread ``target``, without its
+    pending writes (the target runs its next tasks afresh), with ``metadata`` added to its own; the config
+    of the copy. A fork's state, through the saver's own API."""
+    saved = await saver.aget_tuple(source)
+    if saved is None:
+        raise LookupError(f"no checkpoint at {source!r}")
+    ns = saved.config["configurable"].get("checkpoint_ns", "")
+    into: Any = {"configurable": {"thread_id": target, "checkpoint_ns": ns}}
+    merged: Any = {**saved.metadata, **metadata}
+    return await saver.aput(into, saved.checkpoint, merged, saved.checkpoint["channel_versions"])

@@ -11,6 +11,8 @@ from agents.errors import (
 from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, JourneyError
 from graphs.errors import (
     EntryCriteriaNotMetError,
+    ForkPointError,
+    ForkUnsupportedError,
     InvalidInputError,
     InvalidMetricError,
     InvalidMoveError,
@@ -67,6 +69,8 @@ __all__ = [
     "Condition",
     "Criteria",
     "DuplicateInstanceError",
+    "ForkPointError",
+    "ForkUnsupportedError",
     "InvalidInputError",
     "InvalidMoveError",
     "JourneyError",

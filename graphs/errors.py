@@ -309,3 +309,15 @@ class ImpersonationError(JourneyError):
     """A caller may act only as itself: naming another user needs the ``impersonate`` scope."""
 
     category: ClassVar[ErrorCategory] = "forbidden"
+
+
+class ForkUnsupportedError(JourneyError):
+    """This journey's pattern cannot be forked: its state is not just its checkpoints and its event log (a
+    process's timers, waits and tasks, a lifecycle journey's stage table), or it has no steps in its log."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
+class ForkPointError(InvalidMoveError):
+    """The journey cannot be forked at this step: the step has not completed in its log, or no checkpoint was
+    saved right after it. ``allowed`` lists the steps it can be forked at."""

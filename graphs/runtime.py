@@ -191,6 +191,22 @@ class JourneyRuntime:
         """Every event of one journey run, in order."""
         return await self.store.events.list(instance_id)
 
+    async def fork(self, instance_id: str, step_id: str, *, fork_id: str | None = None) -> dict[str, Any]:
+        """Fork a journey right after its last completion of ``step_id``: a new journey (``fork_id``, or a new
+        id), owned by the caller acting, with the source's history up to that step and its state there, which
+        goes on from the next step; the source is left as it is (it only logs ``journey.forked``). Journeys
+        with steps in their log fork (structured, saga); others raise :class:`ForkUnsupportedError`, and a
+        step not completed :class:`ForkPointError`. Answers the fork's status view, with ``forked_from``."""
+        made = await self.instances.fork(instance_id, step_id, fork_id=fork_id)
+        status = get_pattern(made.instance.pattern).status
+        view = await status(self, made.instance) if status is not None else {}
+        return {
+            **view,
+            "instance_id": made.instance.instance_id,
+            "pattern": made.instance.pattern,
+            "forked_from": {"instance_id": made.source_id, "step_id": made.step_id},
+        }
+
     async def recover(self) -> list[str]:
         """Finish the work that a crashed process left in flight, for every journey still running, of
         every pattern: runs cut short (also before their first checkpoint) are finished, a process's

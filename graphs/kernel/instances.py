@@ -45,6 +45,7 @@ from graphs.kernel.flow import (
     ExistingStart,
     StartControls,
 )
+from graphs.kernel.forks import Fork, Forkable, fork
 from nodes.services import FAILED, failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -82,6 +83,8 @@ class Recoverable:
     # The pattern's end of a run whose deadline passed (under ``exclusive``): it logs ``passed`` and fails
     # the instance, or compensates when ``on_expiry`` says so and the pattern can.
     expire: Callable[[Instance, Graph, str, NewEvent], Awaitable[None]] | None = None
+    # How its instances are forked at a step (:mod:`graphs.kernel.forks`); None: they cannot be.
+    fork: Forkable | None = None
 
 
 class Instances:
@@ -295,6 +298,17 @@ class Instances:
         in the same transaction."""
         event = NewEvent(cancelled, {"reason": reason}, None, f"{instance_id}:cancelled")
         await self.events.append(instance_id, [event], status="cancelled", also=list(also))
+
+    # --- fork ----------------------------------------------------------------------------------------
+
+    def kind(self, pattern: str) -> Recoverable | None:
+        """What ``pattern`` registered with the kernel (None: nothing)."""
+        return self._kinds.get(pattern)
+
+    async def fork(self, source_id: str, step_id: str, *, fork_id: str | None = None) -> Fork:
+        """A new instance that goes on from right after ``step_id`` of ``source_id`` (see
+        :mod:`graphs.kernel.forks`), owned by the caller acting; the source is left as it is."""
+        return await fork(self, source_id, step_id, fork_id=fork_id)
 
     # --- recover -------------------------------------------------------------------------------------
 

@@ -112,6 +112,25 @@ class StructuredOrchestrator:
         instance_id = structured_instance_id(journey_id, user_id)
         return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
 
+    async def advance_run(
+        self,
+        instance_id: str,
+        step_result: Mapping[str, Any],
+        *,
+        step_id: str | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """:meth:`advance_journey_step` for a run named by its instance id (a fork has an id of its own)."""
+        return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
+
+    async def run_status(self, instance_id: str) -> dict[str, Any]:
+        """:meth:`get_journey_status` for a run named by its instance id."""
+        return await self._runs.status(instance_id)
+
+    async def retry_run(self, instance_id: str) -> dict[str, Any]:
+        """:meth:`retry_journey_step` for a run named by its instance id."""
+        return await self._runs.retry(instance_id)
+
     async def review_journey_run(
         self, journey_id: str, user_id: str, *, approved: bool, by: str, note: str = ""
     ) -> dict[str, Any]:

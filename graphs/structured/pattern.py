@@ -98,8 +98,7 @@ async def _restart_steps(ctx: RunContext, instance_id: str, start: Awaitable[Any
 
 
 async def _resume_structured(ctx: RunContext, instance_id: str, value: Any) -> View:
-    journey_id, user_id = await instance_owner(ctx.runtime, instance_id)
-    view = await ctx.runtime.structured.advance_journey_step(journey_id, user_id, value, run_options=ctx.options)
+    view = await ctx.runtime.structured.advance_run(instance_id, value, run_options=ctx.options)
     view.pop("completed_step", None)  # what advance says about itself, not part of the journey's view
     return view
 
@@ -120,7 +119,7 @@ def _structured_entrypoint(runtime: JourneyRuntime, config: RunnableConfig) -> S
 
 
 async def _structured_status(runtime: JourneyRuntime, instance: Instance) -> dict[str, Any]:
-    return await runtime.structured.get_journey_status(instance.journey_id, instance.user_id)
+    return await runtime.structured.run_status(instance.instance_id)  # a fork's id is its own
 
 
 register(

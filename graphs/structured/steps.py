@@ -37,6 +37,7 @@ from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
 from graphs.kernel.evaluation import EVALUATED, IN_REVIEW, REVIEWED
 from graphs.kernel.flow import QUEUED, StartControls
+from graphs.kernel.forks import Forkable
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
@@ -58,7 +59,10 @@ class StepJourneys:
         self.events = designs.engine.store.events
         self.instances = designs.instances
         self.patterns = patterns
-        designs.instances.register(Recoverable(patterns, self._instance_graph, self._start_input, expire=self._expire))
+        forkable = Forkable(frozenset({COMPLETED_STEP}), step_superstep)
+        designs.instances.register(
+            Recoverable(patterns, self._instance_graph, self._start_input, expire=self._expire, fork=forkable)
+        )
 
     async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
         design, spec = await self.designs.load(journey_id, self.patterns)
@@ -374,6 +378,12 @@ class Standing:
         task = waiting.get("task") if waiting else None
         status = values.get("status") or ("in_progress" if interrupts else "completed")
         return cls(values, status, task if isinstance(task, str) else None, waiting, None)
+
+
+def step_superstep(event: Event) -> int | None:
+    """The superstep a step's completion event was written in: the last part of its key (``step_key``)."""
+    last = (event.key or "").rpartition(":")[2]
+    return int(last) if last.isdigit() else None
 
 
 def stuck_compensation(snapshot: StateSnapshot) -> tuple[str, dict[str, Any]] | None:

@@ -1,0 +1,150 @@
+"""Forking a journey from an earlier step: one mechanism for every pattern whose steps are in its log.
+
+A fork is a new instance (its own id and thread), owned by whoever forks it (the caller the server acts
+for), of the same design and user. Its event log is a copy of the source's up to the chosen step's
+completion, and its LangGraph state is a copy of the checkpoint LangGraph saved right after that step's
+superstep; it then runs on from there (to the next step that waits for a person, or on through steps that
+do not). Each copied event's idempotency key is re-keyed to the fork (a step's work is keyed by its instance),
+so the fork's own runs, replays and compensations look up the fork's history, never the source's. A
+``journey.forked_from`` event opens the fork's own history and a ``journey.forked`` event on the source links
+to it; nothing else of the source changes.
+
+A pattern tells the kernel how (:class:`Forkable`, in its :class:`~graphs.kernel.instances.Recoverable`);
+patterns whose state is more than checkpoints and the log (a process's timers, waits and tasks, a lifecycle
+journey's stage table), or that have no steps in their log, are refused with :class:`ForkUnsupportedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import StateSnapshot
+
+from checkpoints.errors import JourneyError
+from checkpoints.events import Event, NewEvent
+from checkpoints.forks import copied_events
+from checkpoints.index import Instance
+from checkpoints.savers import copy_checkpoint
+from graphs.errors import ForkPointError, ForkUnsupportedError, JourneyNotFoundError
+
+if TYPE_CHECKING:
+    from graphs.kernel.instances import Instances
+
+FORKED_FROM = "journey.forked_from"  # the fork's own first event after the copies
+FORKED = "journey.forked"  # on the source: a fork was made of it
+
+
+@dataclass(frozen=True, slots=True)
+class Forkable:
+    """What a pattern tells the kernel so that its instances can be forked at a step.
+
+    ``step_events``: the event types that record a step's completion (their ``step`` names it).
+    ``superstep``: the LangGraph superstep in which such an event's step ran (None: not known), which names
+    the checkpoint saved right after it.
+    """
+
+    step_events: frozenset[str]
+    superstep: Callable[[Event], int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """A fork made: the new instance, the source's id, and the step it was forked at."""
+
+    instance: Instance
+    source_id: str
+    step_id: str
+
+
+async def fork(instances: Instances, source_id: str, step_id: str, *, fork_id: str | None = None) -> Fork:
+    """Fork ``source_id`` right after its last completion of ``step_id`` (see the module's docstring)."""
+    engine, index = instances.engine, instances.index
+    source = await index.get_instance(source_id)
+    if source is None:
+        raise JourneyNotFoundError(f"no journey instance {source_id!r}", instance_id=source_id)
+    kind = instances.kind(source.pattern)
+    if kind is None or kind.fork is None:
+        raise ForkUnsupportedError(
+            f"a {source.pattern} journey cannot be forked: its state is not only its checkpoints and its "
+            "event log; only journeys with steps in their log (structured, saga) are",
+            pattern=source.pattern,
+        )
+    forkable = kind.fork
+    graph = await kind.graph(source)
+    fork_id = fork_id or f"fork_{uuid.uuid4().hex[:16]}"  # the spelling of designs.new_id
+    async with engine.exclusive(source_id):  # the source's log and checkpoints hold still while copied
+        history = await instances.events.list(source_id)
+        completed = [e for e in history if e.type in forkable.step_events and e.step]
+        allowed = list(dict.fromkeys(e.step or "" for e in completed))
+        chosen = next((e for e in reversed(completed) if e.step == step_id), None)
+        if chosen is None:
+            raise ForkPointError(
+                f"journey {source_id!r} has not completed step {step_id!r}; it can be forked at {allowed}",
+                allowed=allowed,
+                step_id=step_id,
+            )
+        superstep = forkable.superstep(chosen)
+        after = None if superstep is None else await _checkpoint_after(graph, engine.config(source_id), superstep)
+        if after is None:
+            raise ForkPointError(
+                f"no checkpoint of {source_id!r} was saved right after step {step_id!r} (its run checkpointed "
+                "only when it stopped): fork it at a step after which it waited",
+                allowed=allowed,
+                step_id=step_id,
+            )
+        link = {"instance_id": source_id, "step_id": step_id, "seq": chosen.seq}
+        await copy_checkpoint(engine.store.saver, after.config, fork_id, {"forked_from": link})
+        copies = [_rekeyed(e, source_id, fork_id) for e in history if e.seq <= chosen.seq]
+        status = "in_progress" if after.next else str(after.values.get("status") or "completed")
+        forked_from = NewEvent(FORKED_FROM, {**link, "checkpoint_id": _checkpoint_id(after)}, step_id)
+        store = engine.store
+        also = copied_events(
+            fork_id, [*copies[1:], forked_from], first_seq=2, status=status, clock=store.clock, sealer=store.sealer
+        )
+        created = await index.create_instance(
+            fork_id, source.journey_id, source.pattern, source.user_id, first_event=copies[0], status=status, also=also
+        )
+        forked = NewEvent(FORKED, {"fork_id": fork_id, "step_id": step_id, "seq": chosen.seq}, step_id)
+        await instances.events.append(source_id, [forked])
+    if after.next:  # on to where the fork waits, as its source went on after the step
+        async with engine.exclusive(fork_id):
+            with contextlib.suppress(JourneyError):  # a failure is recorded: the fork can be retried
+                await instances.advance(graph, fork_id, source.pattern, None, cause="fork")
+    return Fork(created, source_id, step_id)
+
+
+async def _checkpoint_after(graph: Any, config: RunnableConfig, superstep: int) -> StateSnapshot | None:
+    """The checkpoint LangGraph saved at the end of ``superstep`` on the branch the thread is on now (an
+    ancestor of its latest checkpoint: a thread sent back to an earlier checkpoint has other branches)."""
+    snapshots: dict[str, StateSnapshot] = {}
+    latest: str | None = None
+    async for snapshot in graph.aget_state_history(config):
+        checkpoint_id = _checkpoint_id(snapshot)
+        snapshots[checkpoint_id] = snapshot
+        latest = latest or checkpoint_id
+    current = snapshots.get(latest or "")
+    while current is not None:
+        metadata = current.metadata or {}
+        if metadata.get("step") == superstep and metadata.get("source") == "loop":
+            return current
+        parent = current.parent_config
+        current = snapshots.get(parent["configurable"]["checkpoint_id"]) if parent else None
+    return None
+
+
+def _checkpoint_id(snapshot: StateSnapshot) -> str:
+    return str(snapshot.config["configurable"]["checkpoint_id"])
+
+
+def _rekeyed(event: Event, source_id: str, fork_id: str) -> NewEvent:
+    """A copy of ``event`` for the fork: a key that names the source is re-keyed to the fork (its steps' work
+    and their undoing are then the fork's own); any other key is prefixed with the fork's id."""
+    key = event.key
+    if key is not None:
+        key = fork_id + key[len(source_id) :] if key.startswith(source_id) else f"{fork_id}:{key}"
+    return NewEvent(event.type, dict(event.payload), event.step, key)
