@@ -181,6 +181,12 @@ class TransitionIn(Body):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ForkIn(Body):
+    """Where to fork a journey: right after the last completion of this step."""
+
+    step_id: Name
+
+
 class MetricsIn(Body):
     """Metric values to record for a lifecycle journey."""
 
@@ -389,6 +395,22 @@ async def lifecycle_state(journey_id: str, caller: Reader, svc: Services) -> dic
 @router.get("/{instance_id}/status", response_model=JourneyStatusOut, summary="Any journey's status")
 async def journey_status(instance_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     return await svc.journey_status(caller, instance_id)
+
+
+@router.post(
+    "/{instance_id}/fork",
+    response_model=JourneyStatusOut,
+    status_code=201,
+    summary="Fork a journey from an earlier step",
+    description="A new journey, owned by the caller, with this one's history up to the step and its state there; "
+    "it goes on from the next step, and this one is left as it is. Journeys with steps in their log (structured, "
+    "saga) fork; others are refused (409 ForkUnsupportedError), as is a step not completed (409 ForkPointError).",
+)
+async def fork_journey(instance_id: str, body: ForkIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, instance_id)  # someone else's journey is not found
+    with svc.acting(caller):
+        fork = await svc.runtime.fork(instance_id, body.step_id)
+    return await svc.journey_status(caller, fork["instance_id"])
 
 
 @router.get("/{instance_id}/history", response_model=list[EventOut], summary="Any journey's events, in order")

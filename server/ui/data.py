@@ -12,6 +12,8 @@ from typing import Any
 from checkpoints.index import Instance, InstanceFilter
 from checkpoints.ownership import Viewer
 from graphs.errors import JourneyNotFoundError
+from graphs.kernel.forks import FORKED, FORKED_FROM
+from nodes.compensation import COMPLETED_STEP
 from server.auth import Principal
 from server.services import ServerServices
 from server.ui.graph_svg import journey_picture
@@ -20,6 +22,7 @@ LIST_LIMIT = 500
 # The actions each pattern offers (the orchestrator call behind each is in server/ui/pages.py).
 CANCELLABLE = frozenset({"process", "lifecycle", "session", "mvp"})
 RETRYABLE = frozenset({"structured", "saga", "process"})
+FORKABLE = frozenset({"structured", "saga"})  # patterns whose steps are in their log (graphs/kernel/forks.py)
 # What the status views say about failures and undoing (sagas: *_steps; processes: compensated, failed_element).
 COMPENSATION_KEYS = (
     "failure",
@@ -113,6 +116,9 @@ class JourneyPage:
     can_cancel: bool
     can_retry: bool
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    fork_points: dict[int, str] = field(default_factory=dict)  # timeline seq → the step a fork there goes on after
+    forked_from: dict[str, Any] | None = None  # the journey (and step) this one was forked from
+    forks: list[dict[str, Any]] = field(default_factory=list)  # the forks made of this one
 
 
 def _delta(seconds: float) -> str:
@@ -165,6 +171,16 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
     if variables is None:
         variables = {k: v for k, v in status.items() if k in ("last_output", "metadata", "areas", "units")}
     compensation = {k: status[k] for k in COMPENSATION_KEYS if status.get(k)}
+    fork_points: dict[int, str] = {}
+    if pattern in FORKABLE:  # a fork goes on after a step's last completion
+        for event in events:
+            if event["type"] == FORKED_FROM:  # a fork has checkpoints only from where it was forked on
+                fork_points = dict(list(fork_points.items())[-1:])
+            if event["type"] == COMPLETED_STEP and event["step"]:
+                fork_points = {seq: step for seq, step in fork_points.items() if step != event["step"]}
+                fork_points[event["seq"]] = event["step"]
+    forked_from = next((e["payload"] for e in events if e["type"] == FORKED_FROM), None)
+    forks = [e["payload"] for e in events if e["type"] == FORKED]
     return JourneyPage(
         status=status,
         events=events,
@@ -179,6 +195,9 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
         can_retry=pattern in RETRYABLE
         and bool(status.get("failed_step") or status.get("failed_element") or status.get("compensation_failure")),
         checkpoints=checkpoints,
+        fork_points=fork_points,
+        forked_from=forked_from,
+        forks=forks,
     )
 
 

@@ -3,7 +3,8 @@ JSON API, with a small local script and stylesheet (no front-end build, nothing 
 
 Pages: the journey list (filters and counts), one journey, the inbox, the lifecycle board, the processes.
 Actions are forms posting to the same orchestrator calls as the API, behind the same scopes: cancel, retry
-a failed step, complete a user task. A refused action shows its reason on an error page.
+a failed step, fork a journey from an earlier step (on its timeline), complete a user task. A refused
+action shows its reason on an error page.
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ async def retry(request: Request, instance_id: str, principal: Caller, svc: Serv
     instance = await svc.instance(principal, instance_id)  # someone else's is not found
     pattern = instance.pattern
     if pattern == "structured":
-        await svc.runtime.structured.retry_journey_step(instance.journey_id, instance.user_id)
+        await svc.runtime.structured.retry_run(instance_id)  # a fork has an id of its own
     elif pattern == "saga":
         await svc.runtime.saga.retry_saga_step(instance_id)
     elif pattern == "process":
@@ -269,6 +270,16 @@ async def retry(request: Request, instance_id: str, principal: Caller, svc: Serv
     else:
         raise ApiError(409, "NotRetryable", f"a {pattern} journey has no failed step to retry")
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
+
+
+@router.post("/journeys/{instance_id:path}/fork", response_class=HTMLResponse)
+async def fork(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
+    allow(principal, "journeys")
+    step_id = (await _form(request)).get("step_id", "").strip()
+    await svc.instance(principal, instance_id)  # someone else's is not found
+    with svc.acting(principal):  # the fork is the caller's own
+        made = await svc.runtime.fork(instance_id, step_id)
+    return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(made['instance_id'])}", status_code=303)
 
 
 # --- inbox ----------------------------------------------------------------------------------------
