@@ -6,6 +6,7 @@ the packages to install; it never skips."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from server.app import create_app
@@ -180,3 +182,100 @@ def test_the_dashboard_lists_filters_shows_and_completes_a_task_in_a_real_browse
         scheduled = browser.find_elements(By.CSS_SELECTOR, "#timers tr.timer.scheduled")
         assert [t.find_element(By.TAG_NAME, "td").text for t in scheduled] == ["cooling_off"]
         assert browser.find_elements(By.CSS_SELECTOR, "tr.task.open") == []
+
+
+MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]
+WORK = frozenset({"read", "journeys", "tasks"})
+
+
+def structured_journey(http: httpx.Client, user: str, steps: int) -> str:
+    """Through the JSON API (as ``http``'s key): a structured journey of ``user`` advanced ``steps`` steps."""
+    design = http.post("/journeys/structured/designs", json={"journey_type": "content_migration"})
+    journey = design.raise_for_status().json()["journey_id"]
+    run = http.post(f"/journeys/structured/{journey}/executions", json={"user_id": user}).raise_for_status()
+    for step in MIGRATION[:steps]:
+        advance = f"/journeys/structured/{journey}/users/{user}/advance"
+        http.post(advance, json={"step_result": {"files": [step]}}).raise_for_status()
+    return str(run.json()["instance_id"])
+
+
+def bob_works_meanwhile(base: str, stop: threading.Event, done: list[str], errors: list[BaseException]) -> None:
+    """Bob, on the dashboard from another client while Ana uses the browser: he starts journeys (JSON API) and
+    forks them from their pages (the dashboard's form, with his login cookie), until told to stop."""
+    try:
+        with (
+            httpx.Client(base_url=base, headers={"x-api-key": "bob-key"}, timeout=30) as api,
+            httpx.Client(base_url=base, timeout=30, headers={"origin": base}) as page,
+        ):
+            page.post("/ui/login", data={"api_key": "bob-key", "next": "/ui/journeys"})
+            while not stop.is_set():
+                journey = structured_journey(api, "bob", 2)
+                assert page.get(f"/ui/journeys/{journey}").status_code == 200
+                forked = page.post(f"/ui/journeys/{journey}/fork", data={"step_id": "upload_content"})
+                assert forked.status_code == 303, forked.text
+                done += [journey, forked.headers["location"].removeprefix("/ui/journeys/")]
+    except BaseException as failure:  # reported by the test, in its own thread
+        errors.append(failure)
+
+
+def test_two_users_use_the_dashboard_at_once_and_one_forks_a_journey_from_its_timeline(
+    tmp_path: Path, browser: WebDriver
+) -> None:
+    keys = {"ana-key": ApiKey("ana", WORK), "bob-key": ApiKey("bob", WORK)}
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'two.db'}", api_keys=keys))
+    with serving(app) as base:
+        with httpx.Client(base_url=base, headers={"x-api-key": "ana-key"}, timeout=30) as ana_api:
+            anas = structured_journey(ana_api, "ana", 2)
+        with httpx.Client(base_url=base, headers={"x-api-key": "bob-key"}, timeout=30) as bob_api:
+            bobs = structured_journey(bob_api, "bob", 2)
+        stop, bob_made, errors = threading.Event(), [bobs], []
+        bob = threading.Thread(target=bob_works_meanwhile, args=(base, stop, bob_made, errors), daemon=True)
+        bob.start()
+        try:
+            browser.get(f"{base}/ui/login")
+            browser.find_element(By.ID, "api_key").send_keys("ana-key")
+            click_and_load(browser, browser.find_element(By.ID, "login"))
+            assert rows(browser) == [anas]  # none of Bob's, though he is adding his meanwhile
+
+            # Ana's journey: its timeline offers a fork after each completed step; she forks after step 2.
+            click_and_load(browser, browser.find_element(By.LINK_TEXT, anas))
+            buttons = browser.find_elements(By.CSS_SELECTOR, "#timeline button.fork")
+            assert [b.get_attribute("data-step") for b in buttons] == MIGRATION[:2]
+            assert browser.find_element(By.ID, "current-step").text == "transform_data"
+            browser.execute_script("window.leaving = true")
+            buttons[1].click()
+            WebDriverWait(browser, 10).until(expected_conditions.alert_is_present()).accept()  # the confirm
+            WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,)).until(
+                lambda d: d.execute_script("return window.leaving === undefined && document.readyState === 'complete'")
+            )
+            # The new journey: forked from hers after step 2, waiting at step 3; hers is as it was.
+            fork = browser.find_element(By.ID, "instance-id").text
+            assert fork != anas and browser.current_url.endswith(f"/ui/journeys/{fork}")
+            assert browser.find_element(By.ID, "forked-from").find_element(By.TAG_NAME, "a").text == anas
+            assert "analyze_content" in browser.find_element(By.ID, "forked-from").text
+            assert browser.find_element(By.ID, "current-step").text == "transform_data"
+            events = [
+                e.get_attribute("data-type") for e in browser.find_elements(By.CSS_SELECTOR, "#timeline tr.event")
+            ]
+            assert events.count("step.completed") == 2 and events[-1] == "journey.forked_from"
+            click_and_load(browser, browser.find_element(By.LINK_TEXT, "Journeys"))
+            assert sorted(rows(browser)) == sorted([anas, fork])
+            click_and_load(browser, browser.find_element(By.LINK_TEXT, anas))
+            assert browser.find_element(By.ID, "current-step").text == "transform_data"
+            assert browser.find_element(By.ID, "forks").find_element(By.TAG_NAME, "a").text == fork
+
+            # Bob's journey, by its URL: not found for Ana, as if it did not exist.
+            browser.get(f"{base}/ui/journeys/{bobs}")
+            assert browser.find_element(By.TAG_NAME, "h1").text == "404"
+            assert bobs in browser.find_element(By.ID, "error").text
+            WebDriverWait(browser, 60).until(lambda _d: len(bob_made) >= 3 or errors)  # Bob forked one meanwhile
+        finally:
+            stop.set()
+            bob.join(timeout=60)
+        assert not errors, errors
+        assert len(bob_made) >= 3
+        with httpx.Client(base_url=base, headers={"x-api-key": "bob-key"}, timeout=30) as bob_api:
+            bob_api.post("/ui/login", data={"api_key": "bob-key", "next": "/ui/journeys"})
+            listing = bob_api.get("/ui/journeys").text
+        assert anas not in listing and fork not in listing
+        assert all(journey in listing for journey in bob_made)
