@@ -16,24 +16,20 @@ journey's stage table), or that have no steps in their log, are refused with :cl
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot
 
-from checkpoints.errors import JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.forks import copied_events
 from checkpoints.index import Instance
 from checkpoints.savers import copy_checkpoint
-from graphs.errors import ForkPointError, ForkUnsupportedError, JourneyNotFoundError
-
-if TYPE_CHECKING:
-    from graphs.kernel.instances import Instances
+from checkpoints.store import Store
+from graphs.errors import ForkPointError, ForkUnsupportedError
 
 FORKED_FROM = "journey.forked_from"  # the fork's own first event after the copies
 FORKED = "journey.forked"  # on the source: a fork was made of it
@@ -61,61 +57,76 @@ class Fork:
     step_id: str
 
 
-async def fork(instances: Instances, source_id: str, step_id: str, *, fork_id: str | None = None) -> Fork:
-    """Fork ``source_id`` right after its last completion of ``step_id`` (see the module's docstring)."""
-    engine, index = instances.engine, instances.index
-    source = await index.get_instance(source_id)
-    if source is None:
-        raise JourneyNotFoundError(f"no journey instance {source_id!r}", instance_id=source_id)
-    kind = instances.kind(source.pattern)
-    if kind is None or kind.fork is None:
-        raise ForkUnsupportedError(
-            f"a {source.pattern} journey cannot be forked: its state is not only its checkpoints and its "
-            "event log; only journeys with steps in their log (structured, saga) are",
-            pattern=source.pattern,
+@dataclass(frozen=True, slots=True)
+class ForkPoint:
+    """Where a fork goes on from: a step's completion event and the checkpoint saved right after it."""
+
+    event: Event
+    checkpoint: StateSnapshot
+
+
+def new_fork_id() -> str:
+    return f"fork_{uuid.uuid4().hex[:16]}"  # spelled as designs.new_id spells ids
+
+
+def refuse(instance: Instance) -> ForkUnsupportedError:
+    return ForkUnsupportedError(
+        f"a {instance.pattern} journey cannot be forked: its state is not only its checkpoints and its event "
+        "log; only journeys with steps in their log (structured, saga) are",
+        pattern=instance.pattern,
+    )
+
+
+async def fork_point(
+    forkable: Forkable, graph: Any, config: RunnableConfig, history: Sequence[Event], step_id: str
+) -> ForkPoint:
+    """The last completion of ``step_id`` in ``history`` and the checkpoint saved right after it (call under
+    the source's ``exclusive``); :class:`ForkPointError`, naming the steps it can fork at, when there is none."""
+    source_id = config["configurable"]["thread_id"]
+    completed = [e for e in history if e.type in forkable.step_events and e.step]
+    allowed = list(dict.fromkeys(e.step or "" for e in completed))
+    chosen = next((e for e in reversed(completed) if e.step == step_id), None)
+    if chosen is None:
+        raise ForkPointError(
+            f"journey {source_id!r} has not completed step {step_id!r}; it can be forked at {allowed}",
+            allowed=allowed,
+            step_id=step_id,
         )
-    forkable = kind.fork
-    graph = await kind.graph(source)
-    fork_id = fork_id or f"fork_{uuid.uuid4().hex[:16]}"  # the spelling of designs.new_id
-    async with engine.exclusive(source_id):  # the source's log and checkpoints hold still while copied
-        history = await instances.events.list(source_id)
-        completed = [e for e in history if e.type in forkable.step_events and e.step]
-        allowed = list(dict.fromkeys(e.step or "" for e in completed))
-        chosen = next((e for e in reversed(completed) if e.step == step_id), None)
-        if chosen is None:
-            raise ForkPointError(
-                f"journey {source_id!r} has not completed step {step_id!r}; it can be forked at {allowed}",
-                allowed=allowed,
-                step_id=step_id,
-            )
-        superstep = forkable.superstep(chosen)
-        after = None if superstep is None else await _checkpoint_after(graph, engine.config(source_id), superstep)
-        if after is None:
-            raise ForkPointError(
-                f"no checkpoint of {source_id!r} was saved right after step {step_id!r} (its run checkpointed "
-                "only when it stopped): fork it at a step after which it waited",
-                allowed=allowed,
-                step_id=step_id,
-            )
-        link = {"instance_id": source_id, "step_id": step_id, "seq": chosen.seq}
-        await copy_checkpoint(engine.store.saver, after.config, fork_id, {"forked_from": link})
-        copies = [_rekeyed(e, source_id, fork_id) for e in history if e.seq <= chosen.seq]
-        status = "in_progress" if after.next else str(after.values.get("status") or "completed")
-        forked_from = NewEvent(FORKED_FROM, {**link, "checkpoint_id": _checkpoint_id(after)}, step_id)
-        store = engine.store
-        also = copied_events(
-            fork_id, [*copies[1:], forked_from], first_seq=2, status=status, clock=store.clock, sealer=store.sealer
+    superstep = forkable.superstep(chosen)
+    after = None if superstep is None else await _checkpoint_after(graph, config, superstep)
+    if after is None:
+        raise ForkPointError(
+            f"no checkpoint of {source_id!r} was saved right after step {step_id!r} (its run checkpointed only "
+            "when it stopped): fork it at a step after which it waited",
+            allowed=allowed,
+            step_id=step_id,
         )
-        created = await index.create_instance(
-            fork_id, source.journey_id, source.pattern, source.user_id, first_event=copies[0], status=status, also=also
-        )
-        forked = NewEvent(FORKED, {"fork_id": fork_id, "step_id": step_id, "seq": chosen.seq}, step_id)
-        await instances.events.append(source_id, [forked])
-    if after.next:  # on to where the fork waits, as its source went on after the step
-        async with engine.exclusive(fork_id):
-            with contextlib.suppress(JourneyError):  # a failure is recorded: the fork can be retried
-                await instances.advance(graph, fork_id, source.pattern, None, cause="fork")
-    return Fork(created, source_id, step_id)
+    return ForkPoint(chosen, after)
+
+
+async def register_fork(
+    store: Store, source: Instance, fork_id: str, history: Sequence[Event], point: ForkPoint
+) -> Instance:
+    """Write the fork (call under the source's ``exclusive``): its checkpoint first (a thread no instance
+    names yet), then its index row with its copied events and ``journey.forked_from`` in one transaction,
+    owned by the caller acting; then the source's ``journey.forked``."""
+    source_id, step_id, seq = source.instance_id, point.event.step or "", point.event.seq
+    link = {"instance_id": source_id, "step_id": step_id, "seq": seq}
+    after = point.checkpoint
+    await copy_checkpoint(store.saver, after.config, fork_id, {"forked_from": link})
+    copies = [_rekeyed(e, source_id, fork_id) for e in history if e.seq <= seq]
+    status = "in_progress" if after.next else str(after.values.get("status") or "completed")
+    forked_from = NewEvent(FORKED_FROM, {**link, "checkpoint_id": _checkpoint_id(after)}, step_id)
+    also = copied_events(
+        fork_id, [*copies[1:], forked_from], first_seq=2, status=status, clock=store.clock, sealer=store.sealer
+    )
+    created = await store.index.create_instance(
+        fork_id, source.journey_id, source.pattern, source.user_id, first_event=copies[0], status=status, also=also
+    )
+    await store.events.append(
+        source_id, [NewEvent(FORKED, {"fork_id": fork_id, "step_id": step_id, "seq": seq}, step_id)]
+    )
+    return created
 
 
 async def _checkpoint_after(graph: Any, config: RunnableConfig, superstep: int) -> StateSnapshot | None:

@@ -33,6 +33,7 @@ from checkpoints.events import Event, NewEvent
 from checkpoints.flow import ENDED_STATUSES, FlowControl
 from checkpoints.index import Instance
 from checkpoints.process.timers import TimerStore
+from graphs.errors import JourneyNotFoundError
 from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
 from graphs.kernel.evaluation import Evaluation
 from graphs.kernel.flow import (
@@ -45,7 +46,7 @@ from graphs.kernel.flow import (
     ExistingStart,
     StartControls,
 )
-from graphs.kernel.forks import Fork, Forkable, fork
+from graphs.kernel.forks import Fork, Forkable, fork_point, new_fork_id, refuse, register_fork
 from nodes.services import FAILED, failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -308,7 +309,23 @@ class Instances:
     async def fork(self, source_id: str, step_id: str, *, fork_id: str | None = None) -> Fork:
         """A new instance that goes on from right after ``step_id`` of ``source_id`` (see
         :mod:`graphs.kernel.forks`), owned by the caller acting; the source is left as it is."""
-        return await fork(self, source_id, step_id, fork_id=fork_id)
+        source = await self.index.get_instance(source_id)
+        if source is None:
+            raise JourneyNotFoundError(f"no journey instance {source_id!r}", instance_id=source_id)
+        kind = self._kinds.get(source.pattern)
+        if kind is None or kind.fork is None:
+            raise refuse(source)
+        graph = await kind.graph(source)
+        fork_id = fork_id or new_fork_id()
+        async with self.engine.exclusive(source_id):  # its log and checkpoints hold still while copied
+            history = await self.events.list(source_id)
+            point = await fork_point(kind.fork, graph, self.engine.config(source_id), history, step_id)
+            created = await register_fork(self.engine.store, source, fork_id, history, point)
+        if point.checkpoint.next:  # on to where the fork waits, as its source went on after the step
+            async with self.engine.exclusive(fork_id):
+                with contextlib.suppress(JourneyError):  # a failure is recorded: the fork can be retried
+                    await self.advance(graph, fork_id, source.pattern, None, cause="fork")
+        return Fork(created, source_id, step_id)
 
     # --- recover -------------------------------------------------------------------------------------
 

@@ -133,9 +133,10 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
     status = await svc.journey_status(principal, instance_id)
     pattern = status["pattern"]
     now = svc.runtime.store.clock.now()
+    history = await svc.runtime.history(instance_id)
     events = [
         {"seq": e.seq, "type": e.type, "step": e.step, "payload": e.payload, "created_at": e.created_at}
-        for e in await svc.runtime.history(instance_id)
+        for e in history
     ]
     svg = mermaid = None
     current: list[str] = []
@@ -173,14 +174,14 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
     compensation = {k: status[k] for k in COMPENSATION_KEYS if status.get(k)}
     fork_points: dict[int, str] = {}
     if pattern in FORKABLE:  # a fork goes on after a step's last completion
-        for event in events:
-            if event["type"] == FORKED_FROM:  # a fork has checkpoints only from where it was forked on
+        for event in history:
+            if event.type == FORKED_FROM:  # a fork has checkpoints only from where it was forked on
                 fork_points = dict(list(fork_points.items())[-1:])
-            if event["type"] == COMPLETED_STEP and event["step"]:
-                fork_points = {seq: step for seq, step in fork_points.items() if step != event["step"]}
-                fork_points[event["seq"]] = event["step"]
-    forked_from = next((e["payload"] for e in events if e["type"] == FORKED_FROM), None)
-    forks = [e["payload"] for e in events if e["type"] == FORKED]
+            if event.type == COMPLETED_STEP and event.step:
+                fork_points = {seq: step for seq, step in fork_points.items() if step != event.step}
+                fork_points[event.seq] = event.step
+    forked_from = next((e.payload for e in history if e.type == FORKED_FROM), None)
+    forks = [e.payload for e in history if e.type == FORKED]
     return JourneyPage(
         status=status,
         events=events,
