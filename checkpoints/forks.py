@@ -11,7 +11,8 @@ from sqlalchemy import Executable, bindparam, insert
 from checkpoints.backends.base import Params
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
-from checkpoints.events import EVENT_VALUES, NewEvent, event_payload, stamped
+from checkpoints.events import EVENT_VALUES, NewEvent, stamped
+from checkpoints.events import _values as event_values  # an append's row values, one spelling
 from checkpoints.schema.tables import journey_events
 
 _INSERT_AT = insert(journey_events).values(seq=bindparam("p_seq", type_=journey_events.c.seq.type), **EVENT_VALUES)
@@ -30,17 +31,6 @@ def copied_events(
     recording ``status`` (as :meth:`EventLog.append` would), for a transaction of the caller's."""
     now = clock.now()
     return [
-        (
-            _INSERT_AT,
-            {
-                "p_seq": first_seq + offset,
-                "p_instance_id": instance_id,
-                "p_type": event.type,
-                "p_step": event.step,
-                "p_payload": event_payload(event, sealer),
-                "p_key": event.key,
-                "p_created_at": now,
-            },
-        )
+        (_INSERT_AT, {**event_values(instance_id, event, now, sealer), "p_seq": first_seq + offset})
         for offset, event in enumerate(stamped(events, status))
     ]

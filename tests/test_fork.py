@@ -12,14 +12,9 @@ from agents import AgentRequest, FailingAgent, RecordingAgent, RetrySettings
 from checkpoints.ownership import Owner, acting_as
 from graphs import ForkPointError, ForkUnsupportedError, JourneyNotFoundError, JourneyRuntime
 from graphs.lifecycle.catalog import READY_TO_START
+from tests.test_saga import HANDLERS, MIGRATION
 
 FAST = RetrySettings(max_attempts=2, initial_delay=0.001, max_delay=0.002, jitter=0.001)
-MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]
-HANDLERS = {
-    "upload_content": "delete_uploaded_content",
-    "analyze_content": "revert_analysis",
-    "transform_data": "revert_transformation",
-}
 
 
 def counting(rt: JourneyRuntime, intent: str, calls: list[AgentRequest]) -> None:
