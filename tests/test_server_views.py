@@ -34,6 +34,7 @@ SPIED = {
         "advance_journey_step",
         "retry_journey_step",
         "get_journey_status",
+        "run_status",  # any journey's status of a structured run (a fork's id is its own)
     ),
     "saga": ("design_saga_journey", "execute_saga_journey", "advance_saga_step", "retry_saga_step", "get_saga_status"),
     "session": ("start_session", "navigate_to_area", "update_area_state", "close_session", "get_session_progress"),
@@ -140,14 +141,14 @@ async def test_structured_and_saga_answers_are_their_orchestrators_views(served:
     assert (await s.http.post(f"{journey}/users/ana/advance", json={})).status_code == 424
     failed = await s.same("GET", f"{journey}/users/ana", "structured.get_journey_status")
     assert (failed["status"], failed["failed_step"], failed["current_step"]) == ("failed", "analyze_content", None)
-    assert (await s.status(started["instance_id"], "structured.get_journey_status"))["index_status"] == "failed"
+    assert (await s.status(started["instance_id"], "structured.run_status"))["index_status"] == "failed"
     agents.register("analyze_content", lambda _request: {"ok": True}, replace=True)
     retried = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_journey_step")
     assert retried["current_step"] == "transform_data" and "failed_step" not in retried
     for _ in range(2):
         done = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_journey_step", {})
     assert done["status"] == "completed"
-    assert (await s.status(started["instance_id"], "structured.get_journey_status"))["current_step"] is None
+    assert (await s.status(started["instance_id"], "structured.run_status"))["current_step"] is None
 
     handlers = {"upload_content": "delete_uploaded_content", "analyze_content": "revert_analysis"}
     body = {"journey_type": "enterprise_migration", "compensation_handlers": handlers}

@@ -400,7 +400,6 @@ async def journey_status(instance_id: str, caller: Reader, svc: Services) -> dic
 @router.post(
     "/{instance_id}/fork",
     response_model=JourneyStatusOut,
-    status_code=201,
     summary="Fork a journey from an earlier step",
     description="A new journey, owned by the caller, with this one's history up to the step and its state there; "
     "it goes on from the next step, and this one is left as it is. Journeys with steps in their log (structured, "
