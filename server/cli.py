@@ -213,6 +213,9 @@ def worker(
     metrics_host: Annotated[str, typer.Option(help="interface for --metrics-port")] = "127.0.0.1",
     retention: RetentionOption = "keep_latest",
     retention_days: RetentionDaysOption = 0.0,
+    retention_cron: Annotated[
+        str, typer.Option(envvar="JOURNEYS_RETENTION_CRON", help="when a retention pass runs (cron, seconds optional)")
+    ] = "*/10 * * * *",
 ) -> None:
     """Take runs, timers and checkpoint retention passes from PostgreSQL (procrastinate) and execute them."""
     from prometheus_client import start_http_server
@@ -236,6 +239,7 @@ def worker(
                 durability=_durability(durability),
                 guide_model=guide_model,
                 retention=_retention(retention, retention_days),
+                retention_cron=retention_cron,
             )
         )
     except GuideModelError as exc:
