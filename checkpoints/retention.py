@@ -45,6 +45,7 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, RetentionPolicyError
 from checkpoints.index import Instance
+from checkpoints.savers import put_saved
 from checkpoints.schema.tables import journey_instances, journey_retention
 
 log = structlog.get_logger("journeys.retention")
@@ -266,13 +267,6 @@ async def keep_latest(saver: BaseCheckpointSaver[str], thread_id: str) -> int:
     if len(kept) == len(found):
         return 0
     await saver.adelete_thread(thread_id)
-    for saved in kept:
-        ns = saved.config["configurable"].get("checkpoint_ns", "")
-        into: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": None}}
-        written = await saver.aput(into, saved.checkpoint, saved.metadata, saved.checkpoint["channel_versions"])
-        by_task: dict[str, list[tuple[str, Any]]] = {}
-        for task_id, channel, value in saved.pending_writes or ():
-            by_task.setdefault(task_id, []).append((channel, value))
-        for task_id, writes in by_task.items():
-            await saver.aput_writes(written, writes, task_id)
+    for saved in kept:  # as aprune leaves them: without the parents it deleted
+        await put_saved(saver, thread_id, saved, None)
     return len(found) - len(kept)
