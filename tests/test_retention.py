@@ -26,6 +26,7 @@ from server.cli import app as cli
 from server.queues.embedded import EmbeddedQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
+from tests.process_support import linear
 from tests.server_support import start_worker, stop_worker
 
 FAST = RetrySettings(max_attempts=1, initial_delay=0.001, max_delay=0.01, jitter=0.001)
@@ -61,6 +62,15 @@ async def compensated_saga(rt: JourneyRuntime) -> str:
         )
     assert status["status"] == "compensated"
     return str(started["saga_id"])
+
+
+async def completed_process(rt: JourneyRuntime) -> str:
+    rt.agents.register("score", lambda _request: {"value": 40}, replace=True)
+    task = {"type": "service_task", "id": "score", "agent": "score", "outputs": {"score": "value"}}
+    await rt.processes.deploy(linear("scoring", task))
+    view = await rt.processes.start("scoring", "lead-1", {})
+    assert view["status"] == "completed"
+    return str(view["instance_id"])
 
 
 async def closed_session(rt: JourneyRuntime) -> str:
@@ -131,16 +141,17 @@ async def test_delete_after_deletes_checkpoints_and_views_answer_from_the_log_or
         journey_id, done = await completed_structured(rt, "ann")
         saga_id = await compensated_saga(rt)
         session_id = await closed_session(rt)
+        process_id = await completed_process(rt)
         status = await rt.structured.get_journey_status(journey_id, "ann")
         saga = await rt.saga.get_saga_status(saga_id)
-        logs = {i: await rt.history(i) for i in (done, saga_id, session_id)}
+        logs = {i: await rt.history(i) for i in (done, saga_id, session_id, process_id)}
 
         clock.advance(AFTER_SETTLING)
-        assert (await rt.retention.run()).pruned == 3  # the latest is kept until the days are up
+        assert (await rt.retention.run()).pruned == 4  # the latest is kept until the days are up
         clock.advance(timedelta(days=30))
         report = await rt.retention.run()
-        assert (report.pruned, report.deleted) == (0, 3)
-        assert [await checkpoints(rt, i) for i in logs] == [0, 0, 0]
+        assert (report.pruned, report.deleted) == (0, 4)
+        assert [await checkpoints(rt, i) for i in logs] == [0, 0, 0, 0]
         assert {i: await rt.history(i) for i in logs} == logs
 
         # Structured journeys and sagas answer from the index and the log.
@@ -153,11 +164,15 @@ async def test_delete_after_deletes_checkpoints_and_views_answer_from_the_log_or
             await rt.session.get_session_progress(session_id)
         assert gone.value.details["status"] == "closed"
         assert gone.value.category == "not_found"
+        with pytest.raises(CheckpointsDeletedError):  # and changes nothing: the instance is not failed by it
+            await rt.processes.status(process_id)
+        instance = await rt.store.index.get_instance(process_id)
+        assert instance is not None and instance.status == "completed"
         # A deleted journey is not taken for a start a crash cut short: it is not run again.
         with pytest.raises(DuplicateInstanceError):
             await rt.structured.execute_journey(journey_id, "ann", {})
         assert await checkpoints(rt, done) == 0
-        assert await rt.history(done) == logs[done]
+        assert {i: await rt.history(i) for i in logs} == logs
 
 
 async def test_a_failed_journey_pruned_is_retried_and_pruned_again_when_it_finishes(store_url: str) -> None:
