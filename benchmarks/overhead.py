@@ -12,11 +12,15 @@ An 8-step Structured journey of ``auto`` steps, each calling a registered no-op 
 
 Batches of N journeys are interleaved (ours, raw, ours, raw, ...) on each backend, one journey at a
 time and with C in flight. On Postgres each form has a database of its own, and the bytes stored per
-completed journey are measured as ``pg_total_relation_size`` deltas and as row sizes.
+completed journey are measured as ``pg_total_relation_size`` deltas and as row sizes. With
+``--retention``, ours applies its default checkpoint retention (``keep_latest``: a finished journey keeps
+its event log and its latest checkpoint) before the sizes are taken, and both forms' tables are
+compacted (``VACUUM FULL``), so the relation sizes are the live data a long-running service keeps.
 
     python benchmarks/overhead.py                                   # full report; starts a Postgres
     python benchmarks/overhead.py --database-url postgresql://...   # on an existing server
     python benchmarks/overhead.py --quick --backends memory,sqlite  # smoke run (the test suite)
+    python benchmarks/overhead.py --backends postgres --retention   # bytes kept after retention
 
 The exit code is 0 whatever the figures: this is a report. Missed targets print ``TARGET MISSED``.
 """
@@ -51,6 +55,7 @@ from langgraph.types import Durability
 from psycopg import sql
 
 from agents.registry import AgentRegistry
+from checkpoints.retention import RetentionPolicy
 from checkpoints.savers import open_saver
 from checkpoints.url import parse_store_url
 from graphs.runtime import JourneyRuntime
@@ -60,6 +65,7 @@ STEPS = tuple(f"step_{i}" for i in range(1, 9))
 INTENT = "bench.noop"
 SCOPE = "bench:run"
 RATIO_TARGET = 0.8
+DBOS_BYTES = 5_584  # DBOS Transact 3.4 per completed 8-step journey (issue 15): the target with --retention
 CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 OUR_TABLES = ("journey_events", "journey_instances", "journey_designs")
 SPEC: dict[str, Any] = {
@@ -157,10 +163,12 @@ class Raw:
 
 
 @asynccontextmanager
-async def open_ours(url: str, durability: Durability) -> AsyncIterator[Ours]:
+async def open_ours(url: str, durability: Durability, retention: bool = False) -> AsyncIterator[Ours]:
     registry = AgentRegistry()
     registry.register(INTENT, noop_agent, name="noop", permissions={SCOPE})
-    async with JourneyRuntime.open(url, agents=registry, durability=durability) as runtime:
+    # The default policy, without its settling time: the batches end seconds before the sizes are taken.
+    policy = RetentionPolicy(settle=0) if retention else None
+    async with JourneyRuntime.open(url, agents=registry, durability=durability, retention=policy) as runtime:
         yield Ours(runtime)
 
 
@@ -221,6 +229,14 @@ class TableSize:
     rows: int
 
 
+async def vacuum_full(url: str, tables: Sequence[str]) -> None:
+    """Compact ``tables`` so their relation size is their live rows (space freed by deletes is otherwise
+    only reused by later rows, which a benchmark's end never sees)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for table in tables:
+            await conn.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(table)))
+
+
 async def table_sizes(url: str, tables: Sequence[str]) -> dict[str, TableSize]:
     sizes = {}
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -247,11 +263,13 @@ class Settings:
     durability: Durability
     warmup: int
     database_url: str | None
+    retention: bool = False
 
 
 @dataclass
 class StorageReport:
     journeys: dict[str, int] = field(default_factory=dict)  # form -> completed journeys measured
+    retention: bool = False  # ours pruned by its retention, both forms compacted, before "after"
     before: dict[str, dict[str, TableSize]] = field(default_factory=dict)
     after: dict[str, dict[str, TableSize]] = field(default_factory=dict)
 
@@ -293,10 +311,10 @@ async def bench_backend(backend: str, settings: Settings, report: Report, scratc
     with store_urls(backend, settings.database_url, scratch) as urls:
         async with AsyncExitStack() as stack:
             forms: list[Form] = [
-                await stack.enter_async_context(open_ours(urls["ours"], settings.durability)),
+                await stack.enter_async_context(open_ours(urls["ours"], settings.durability, settings.retention)),
                 await stack.enter_async_context(open_raw(urls["raw"], settings.durability)),
             ]
-            storage = StorageReport() if backend == "postgres" else None
+            storage = StorageReport(retention=settings.retention) if backend == "postgres" else None
             if storage is not None:
                 for form in forms:
                     storage.before[form.name] = await table_sizes(urls[form.name], tables_of(form.name))
@@ -325,6 +343,13 @@ async def bench_backend(backend: str, settings: Settings, report: Report, scratc
                             flush=True,
                         )
             if storage is not None:
+                if settings.retention:
+                    ours = forms[0]
+                    assert isinstance(ours, Ours)
+                    pruned = await ours.runtime.retention.run()
+                    print(f"  retention: {pruned.pruned} finished journeys pruned to their latest checkpoint")
+                    for form in forms:
+                        await vacuum_full(urls[form.name], tables_of(form.name))
                 for form in forms:
                     storage.after[form.name] = await table_sizes(urls[form.name], tables_of(form.name))
                     storage.journeys[form.name] = counts[form.name]
@@ -424,6 +449,10 @@ def print_storage(storage: StorageReport) -> list[str]:
     # The target is the bytes on disk (relation size). Row bytes leave indexes and page space out, and
     # count a row PostgreSQL compressed (any row over its 2 kB TOAST threshold) at its compressed size.
     print("   target: ours relation <= raw relation (bytes on disk); row bytes are shown for insight")
+    if storage.retention:
+        print(f"   with --retention: ours kept (retention, VACUUM FULL); target ours relation <= DBOS {DBOS_BYTES}")
+        if ours[0] > DBOS_BYTES:
+            return [f"TARGET MISSED: postgres storage after retention: ours {ours[0]:.0f} B/journey > {DBOS_BYTES}"]
     if ours[0] > raw[0]:
         return [f"TARGET MISSED: postgres storage (relation size): ours {ours[0]:.0f} B/journey > raw {raw[0]:.0f}"]
     return []
@@ -446,6 +475,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--durability", choices=("sync", "async", "exit"), default="async")
     parser.add_argument("--warmup", type=int, default=None, help="untimed journeys per form first (default N/10)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny batches, one round")
+    parser.add_argument(
+        "--retention", action="store_true", help="postgres bytes after ours applies its checkpoint retention"
+    )
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -458,7 +490,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if args.quick:
         journeys, rounds, concurrency = 4, 1, (1, 4)
     warmup = args.warmup if args.warmup is not None else max(2, journeys // 10)
-    return Settings(journeys, rounds, concurrency, backends, args.durability, warmup, args.database_url)
+    return Settings(journeys, rounds, concurrency, backends, args.durability, warmup, args.database_url, args.retention)
 
 
 async def main_async(settings: Settings) -> Report:

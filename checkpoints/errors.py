@@ -103,3 +103,16 @@ class EncryptionKeyError(StoreError):
     """The encryption key is missing for encrypted data, or not 16, 24 or 32 bytes long."""
 
     category = "invalid"
+
+
+class CheckpointsDeletedError(JourneyError):
+    """Retention deleted this finished journey's checkpoints: its graph state is gone; its event log
+    (``history``) and its index row (pattern, status) are kept."""
+
+    category = "not_found"
+
+
+class RetentionPolicyError(JourneyError):
+    """The checkpoint retention policy is not one of keep_latest, keep_all_for N days or delete_after N days."""
+
+    category = "invalid"

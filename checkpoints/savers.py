@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import aiosqlite
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.base import BaseStore, IndexConfig
@@ -149,16 +149,8 @@ async def copy_checkpoints(saver: BaseCheckpointSaver[str], source: str, target:
     first, through the saver's own API (the official savers do not implement ``acopy_thread``); how many."""
     found = [t async for t in saver.alist({"configurable": {"thread_id": source}})]
     for saved in reversed(found):  # alist answers newest first; each checkpoint names its parent
-        configurable = saved.config["configurable"]
         parent = (saved.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-        ns = configurable.get("checkpoint_ns", "")
-        into: Any = {"configurable": {"thread_id": target, "checkpoint_ns": ns, "checkpoint_id": parent}}
-        written = await saver.aput(into, saved.checkpoint, saved.metadata, saved.checkpoint["channel_versions"])
-        by_task: dict[str, list[tuple[str, Any]]] = {}
-        for task_id, channel, value in saved.pending_writes or ():
-            by_task.setdefault(task_id, []).append((channel, value))
-        for task_id, writes in by_task.items():
-            await saver.aput_writes(written, writes, task_id)
+        await put_saved(saver, target, saved, parent)
     return len(found)
 
 
@@ -175,3 +167,16 @@ async def copy_checkpoint(
     into: Any = {"configurable": {"thread_id": target, "checkpoint_ns": ns}}
     merged: Any = {**saved.metadata, **metadata}
     return await saver.aput(into, saved.checkpoint, merged, saved.checkpoint["channel_versions"])
+async def put_saved(
+    saver: BaseCheckpointSaver[str], thread_id: str, saved: CheckpointTuple, parent: str | None
+) -> None:
+    """Write a checkpoint read from the saver (with its pending writes) to ``thread_id``, in its namespace,
+    under ``parent`` (None: a checkpoint without a parent), through the saver's own API."""
+    ns = saved.config["configurable"].get("checkpoint_ns", "")
+    into: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
+    written = await saver.aput(into, saved.checkpoint, saved.metadata, saved.checkpoint["channel_versions"])
+    by_task: dict[str, list[tuple[str, Any]]] = {}
+    for task_id, channel, value in saved.pending_writes or ():
+        by_task.setdefault(task_id, []).append((channel, value))
+    for task_id, writes in by_task.items():
+        await saver.aput_writes(written, writes, task_id)

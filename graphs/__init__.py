@@ -8,7 +8,14 @@ from agents.errors import (
     PolicyViolationError,
     TransientAgentError,
 )
-from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, JourneyError
+from checkpoints.errors import (
+    CheckpointsDeletedError,
+    ConcurrentUpdateError,
+    DuplicateInstanceError,
+    JourneyError,
+    RetentionPolicyError,
+)
+from checkpoints.retention import RetentionPolicy
 from graphs.errors import (
     EntryCriteriaNotMetError,
     ForkPointError,
@@ -132,3 +139,5 @@ __all__ += [
     "UnknownUnitOfWorkError",
     "default_lifecycle_spec",
 ]
+# Checkpoint retention (what finished journeys keep of their checkpoints).
+__all__ += ["CheckpointsDeletedError", "RetentionPolicy", "RetentionPolicyError"]

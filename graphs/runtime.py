@@ -23,6 +23,7 @@ from checkpoints.clock import Clock
 from checkpoints.events import Event
 from checkpoints.guards import CircuitSettings
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
+from checkpoints.retention import CheckpointRetention, RetentionPolicy
 from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
 from graphs.analytics import JourneyAnalytics, MilestoneTracker
@@ -73,6 +74,7 @@ class JourneyRuntime:
         circuit: CircuitSettings | None = None,
         bulkhead_wait: float | None = None,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.store = store
         self.guide_model = guide_model  # the chat model the guide graph phrases with (None: deterministic)
@@ -91,6 +93,11 @@ class JourneyRuntime:
             max_output_bytes=max_output_bytes,
         )
         self.engine = JourneyEngine(store, NodeServices(caller, store.events, store.clock), durability=durability)
+        # What finished journeys keep of their checkpoints: ``await runtime.retention.run()`` applies it.
+        self.retention = CheckpointRetention(
+            store.saver, store.backend, store.clock, retention or RetentionPolicy(), exclusive=self.engine.exclusive
+        )
+        self.engine.retention = self.retention
         designs = DesignBook(self.engine, agents, design_kind)
         built: dict[str, Any] = {}
         deps = OrchestratorDeps(designs, templates, built)
@@ -133,6 +140,7 @@ class JourneyRuntime:
         max_output_bytes: int = MAX_OUTPUT_BYTES,
         prices: Mapping[str, Mapping[str, float]] | None = None,
         store_index: IndexConfig | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> AsyncIterator[JourneyRuntime]:
         """Open the store at ``url`` (``memory://``, ``sqlite:///path``, ``postgresql://…``) and everything on it.
 
@@ -152,6 +160,8 @@ class JourneyRuntime:
         ``max_output_bytes``: an agent output larger than this (as JSON) fails its step with
         :class:`AgentOutputTooLargeError` instead of being stored. ``store_index``: vector search
         for the graph store (``runtime.store.graph_store``, LangGraph's ``BaseStore``), off by default.
+        ``retention``: what finished journeys keep of their checkpoints when ``runtime.retention.run()``
+        runs (default: their latest one; :mod:`checkpoints.retention`).
         """
         registry = agents or AgentRegistry()
         catalog = templates or default_catalog()
@@ -183,6 +193,7 @@ class JourneyRuntime:
                 circuit=circuit,
                 bulkhead_wait=bulkhead_wait,
                 max_output_bytes=max_output_bytes,
+                retention=retention,
             )
             runtime.evaluators.set_prices(prices or {})
             yield runtime

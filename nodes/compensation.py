@@ -41,6 +41,7 @@ class CompensationState(TypedDict, total=False):
 
 COMPLETED_STEP = "step.completed"
 COMPENSATION_RETRIED = "compensation.retried"
+SAGA_COMPENSATED = "saga.compensated"  # the saga is undone: its payload lists the steps compensated
 
 
 def step_key(instance_id: str, step: str, superstep: int) -> str:
@@ -103,7 +104,7 @@ def build_compensation_graph(
         summary = {"compensated_steps": state.get("compensated_steps") or []}
         await services.events.append(
             instance_id,
-            [NewEvent("saga.compensated", summary, None, f"{instance_id}:saga-compensated")],
+            [NewEvent(SAGA_COMPENSATED, summary, None, f"{instance_id}:saga-compensated")],
             status="compensated",
         )
         return {"status": "compensated"}

@@ -49,7 +49,10 @@ def create_app(
         async with AsyncExitStack() as stack:
             runtime = await stack.enter_async_context(
                 JourneyRuntime.open(
-                    settings.database_url, clock=clock, guide_model=guide_model, **(runtime_options or {})
+                    settings.database_url,
+                    clock=clock,
+                    guide_model=guide_model,
+                    **{"retention": settings.retention, **(runtime_options or {})},
                 )
             )
             run_store = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)

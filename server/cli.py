@@ -31,6 +31,17 @@ GUIDE_MODEL_HELP = "module:factory returning a langchain-core chat model for the
 # Options `serve` and `worker` share (in distributed mode the workers execute the runs).
 DurabilityOption = Annotated[str, typer.Option(help=DURABILITY_HELP)]
 GuideModelOption = Annotated[str | None, typer.Option(envvar="JOURNEYS_GUIDE_MODEL", help=GUIDE_MODEL_HELP)]
+RetentionOption = Annotated[
+    str,
+    typer.Option(
+        "--retention",
+        envvar="JOURNEYS_RETENTION",
+        help="finished journeys' checkpoints: keep_latest, keep_all_for (--retention-days) or delete_after",
+    ),
+]
+RetentionDaysOption = Annotated[
+    float, typer.Option("--retention-days", envvar="JOURNEYS_RETENTION_DAYS", help="days for keep_all_for/delete_after")
+]
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -47,6 +58,16 @@ def _durability(value: str) -> Durability:
     if value not in DURABILITIES:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(DURABILITIES)}", param_hint="--durability")
     return cast(Durability, value)
+
+
+def _retention(mode: str, days: float) -> Any:
+    """The retention policy the options name (a RetentionPolicyError for a bad one, reported and exit 2)."""
+    from checkpoints.retention import RetentionPolicy
+
+    try:
+        return RetentionPolicy(cast(Any, mode), days)
+    except JourneyError as exc:
+        _fail(exc)
 
 
 def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
@@ -116,6 +137,8 @@ def serve(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
+    retention: RetentionOption = "keep_latest",
+    retention_days: RetentionDaysOption = 0.0,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
@@ -157,6 +180,7 @@ def serve(
             max_string_chars or defaults.max_string_chars,
         ),
         cors_origins=tuple(cors_origin or ()),
+        retention=_retention(retention, retention_days),
     )
     configure_tracing()
     try:
@@ -187,8 +211,13 @@ def worker(
         int | None, typer.Option(help="serve this host's Prometheus counters on this port (workers on other hosts)")
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="interface for --metrics-port")] = "127.0.0.1",
+    retention: RetentionOption = "keep_latest",
+    retention_days: RetentionDaysOption = 0.0,
+    retention_cron: Annotated[
+        str, typer.Option(envvar="JOURNEYS_RETENTION_CRON", help="when a retention pass runs (cron, seconds optional)")
+    ] = "*/10 * * * *",
 ) -> None:
-    """Take runs and timers from PostgreSQL (procrastinate) and execute them."""
+    """Take runs, timers and checkpoint retention passes from PostgreSQL (procrastinate) and execute them."""
     from prometheus_client import start_http_server
 
     from agents.errors import GuideModelError
@@ -209,10 +238,35 @@ def worker(
                 plugin=plugin,
                 durability=_durability(durability),
                 guide_model=guide_model,
+                retention=_retention(retention, retention_days),
+                retention_cron=retention_cron,
             )
         )
     except GuideModelError as exc:
         _fail(exc)
+
+
+@app.command("retention")
+def retention_pass(
+    database_url: Annotated[
+        str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")
+    ] = DEFAULT_STORE_URL,
+    retention: RetentionOption = "keep_latest",
+    retention_days: RetentionDaysOption = 0.0,
+) -> None:
+    """Apply the checkpoint retention policy once to the journeys finished since the last pass; prints
+    how many were pruned and deleted (their event logs are kept)."""
+    from graphs.runtime import JourneyRuntime
+
+    policy = _retention(retention, retention_days)
+
+    async def run() -> None:
+        async with JourneyRuntime.open(database_url, retention=policy) as runtime:
+            report = await runtime.retention.run()
+        typer.echo(json.dumps(report.as_dict()))
+
+    _quiet_logs(verbose=False)
+    asyncio.run(run())
 
 
 @app.command()

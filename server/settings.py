@@ -17,6 +17,7 @@ from langgraph.types import Durability
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from checkpoints.ownership import DEFAULT_TENANT
+from checkpoints.retention import RetentionPolicy
 from checkpoints.url import DEFAULT_STORE_URL
 from server.problems import ApiKeysError, InsecureServeError
 
@@ -141,6 +142,10 @@ class Settings:
     # Browser origins (``https://app.example.com``) whose pages may call the API (CORS). Empty: CORS is off,
     # and a browser lets no page of another origin read an answer. ``*`` allows every origin.
     cors_origins: tuple[str, ...] = ()
+    # What finished journeys keep of their checkpoints (checkpoints.retention), and how often (seconds) the
+    # embedded server applies it (0: never; distributed mode: the workers' periodic retention job).
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    retention_every: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))

@@ -53,6 +53,7 @@ ALTER TABLE server_threads DROP COLUMN tenant, DROP COLUMN shared_group;
 ALTER TABLE server_runs DROP COLUMN tenant, DROP COLUMN shared_group;
 DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 DROP TABLE server_crons;
+DROP TABLE journey_retention;
 """
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
 
@@ -141,6 +142,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             for table in UNDO_MIGRATION_15:
                 await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DROP TABLE server_crons"))  # migration 14
+            await conn.execute(text("DROP TABLE journey_retention"))  # migration 17
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()

@@ -1115,3 +1115,27 @@ CREATE TABLE server_crons (
         "CREATE INDEX ix_server_crons_thread ON server_crons (thread_id)",
     ),
 }
+
+# Migration 17: checkpoint retention's progress marks (how far it has pruned, how far deleted).
+V17_RETENTION: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE journey_retention (
+    mark VARCHAR(20) NOT NULL,
+    upto DATETIME,
+    PRIMARY KEY (mark)
+)
+""",
+        "INSERT INTO journey_retention (mark, upto) VALUES ('pruned', NULL), ('deleted', NULL)",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE journey_retention (
+    mark VARCHAR(20) NOT NULL,
+    upto TIMESTAMP WITH TIME ZONE,
+    PRIMARY KEY (mark)
+)
+""",
+        "INSERT INTO journey_retention (mark, upto) VALUES ('pruned', NULL), ('deleted', NULL)",
+    ),
+}

@@ -88,6 +88,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(13, "flow control: idempotent start keys, concurrency slots, queued starts", ddl.V13_FLOW_CONTROL),
     Migration(14, "server crons: runs on a schedule, fired through process timers", ddl.V14_CRONS),
     Migration(15, "server assistants with versions; run options", ddl.V15_ASSISTANTS),
+    Migration(17, "checkpoint retention marks: how far finished journeys were pruned, deleted", ddl.V17_RETENTION),
 )
 LATEST = MIGRATIONS[-1].version
 

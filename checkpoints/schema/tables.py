@@ -94,6 +94,16 @@ journey_events = Table(
     PrimaryKeyConstraint("instance_id", "seq", name=EVENTS_PRIMARY_KEY),
 )
 
+# How far checkpoint retention has gone (migration 17): one row per mark, "pruned" and "deleted", each the
+# latest ``updated_at`` of the finished instances done so far (checkpoints.retention). Two rows in all, so
+# retention costs no bytes per journey.
+journey_retention = Table(
+    "journey_retention",
+    metadata,
+    Column("mark", String(20), primary_key=True),
+    Column("upto", UTCDateTime(), nullable=True),
+)
+
 # --- processes (BPMN-style): deployments, rollouts, and the durable waits a process instance parks on.
 # Waits, timers, inbox tasks, subscriptions and buffered messages are operational rows (claimed by atomic
 # UPDATE … WHERE status=…), so that two workers never fire or complete the same thing.

@@ -17,6 +17,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.locks import busy
+from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
 from graphs.kernel.streaming import NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
@@ -62,6 +63,8 @@ class JourneyEngine:
         self._graphs: OrderedDict[str, CompiledStateGraph[Any, Any, Any, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Set by the runtime: a thread with no checkpoint may be a finished journey retention deleted.
+        self.retention: CheckpointRetention | None = None
         # Instances started and ended, by pattern, whichever orchestrator moved them (metrics).
         self.telemetry = InstanceTelemetry(store.index)
         store.index.on_created(self.telemetry.created)
@@ -124,6 +127,8 @@ class JourneyEngine:
         snapshot = await graph.aget_state(self.config(instance_id))
         if in_flight(snapshot):
             snapshot = await self.run_to_state(graph, instance_id, None, options=options)
+        elif snapshot.created_at is None and self.retention is not None:  # no checkpoint at all: deleted?
+            await self.retention.check_state(await self.store.index.get_instance(instance_id))
         return snapshot
 
     async def run(

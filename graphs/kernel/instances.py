@@ -222,6 +222,10 @@ class Instances:
             found = await self.index.get_instance(instance_id)
             if found is not None and found.status == QUEUED:
                 raise ExistingStart(instance_id) from None
+            # No checkpoint because retention deleted them: a finished journey, not a start a crash cut short.
+            retention = self.engine.retention
+            if found is not None and retention is not None and await retention.deleted_at(found) is not None:
+                raise
             if (await graph.aget_state(self.engine.config(instance_id))).values:
                 raise
             return None

@@ -27,7 +27,7 @@ import jsonschema
 from langgraph.types import Command, StateSnapshot
 
 from agents.deterministic import EchoAgent
-from checkpoints.errors import JourneyError
+from checkpoints.errors import CheckpointsDeletedError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment, DeploymentStore
@@ -392,6 +392,8 @@ class ProcessOrchestrator:
         """Under ``exclusive``: the thread's state after finishing what a crash left in flight."""
         try:
             return await self.engine.settled_state(graph, instance_id, options=run_options)
+        except CheckpointsDeletedError:  # a finished instance's state retention deleted: not a failure
+            raise
         except JourneyError as exc:
             await self._designs.instances.fail(instance_id, PATTERN, exc)
             return await graph.aget_state(self.engine.config(instance_id))

@@ -16,7 +16,7 @@ from langgraph.graph import START
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
-from checkpoints.errors import JourneyError
+from checkpoints.errors import CheckpointsDeletedError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from graphs.errors import (
@@ -40,7 +40,7 @@ from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.forks import Forkable
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
-from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
+from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -200,9 +200,21 @@ class StepJourneys:
     async def status(self, instance_id: str) -> dict[str, Any]:
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
-        async with self.engine.exclusive(instance_id):
-            snapshot = await self.engine.settled_state(graph, instance_id)
+        try:
+            async with self.engine.exclusive(instance_id):
+                snapshot = await self.engine.settled_state(graph, instance_id)
+        except CheckpointsDeletedError:
+            return await self._retained_view(found, spec)
         return await self.view(found, spec, Standing.of(snapshot))
+
+    async def _retained_view(self, found: Instance, spec: StructuredSpec) -> dict[str, Any]:
+        """The view of a finished journey whose checkpoints retention deleted: its status from the index,
+        its steps (and a saga's compensations) from the log, ``checkpoints: "deleted"``."""
+        view = await self.view(found, spec, Standing({}, found.status, None, None, None))
+        if found.pattern == "saga":
+            undone = await self.events.list(found.instance_id, types=[SAGA_COMPENSATED])
+            view["compensated_steps"] = list(undone[-1].payload.get("compensated_steps") or []) if undone else []
+        return view | {"checkpoints": "deleted"}
 
     async def describe(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
         """The view of a thread state already read (by the server, after a run), without running anything."""

@@ -20,7 +20,10 @@ async def open_queue(settings: Settings, executor: RunExecutor, watch: RunWatch)
     """The queue ``settings.execution`` chooses, open for the block."""
     if settings.execution == "embedded":
         async with EmbeddedQueue.open(
-            executor, concurrency=settings.concurrency, timers=settings.run_timers
+            executor,
+            concurrency=settings.concurrency,
+            timers=settings.run_timers,
+            retention_every=settings.retention_every,
         ) as embedded:
             yield embedded
         return

@@ -1,5 +1,6 @@
 """The embedded queue: runs execute in the API process, one driver task per thread taking its runs in
-order. Timers fire in this process too (unless turned off)."""
+order. Timers fire in this process too (unless turned off), and checkpoint retention runs here
+periodically (:mod:`checkpoints.retention`)."""
 
 from __future__ import annotations
 
@@ -90,15 +91,18 @@ class EmbeddedQueue(RunQueue):
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, executor: RunExecutor, *, concurrency: int = 8, timers: bool = True
+        cls, executor: RunExecutor, *, concurrency: int = 8, timers: bool = True, retention_every: float = 0.0
     ) -> AsyncIterator[EmbeddedQueue]:
-        """Takes up the runs a previous process left unfinished, and fires due timers while open."""
+        """Takes up the runs a previous process left unfinished, fires due timers while open, and applies
+        the runtime's checkpoint retention every ``retention_every`` seconds (0: never)."""
         runner = EmbeddedRunner(executor, concurrency=concurrency)
         try:
             await runner.resume_unfinished()
             async with contextlib.AsyncExitStack() as stack:
                 if timers:
                     await stack.enter_async_context(executor.runtime.processes.scheduler.running())
+                if retention_every > 0:
+                    await stack.enter_async_context(executor.runtime.retention.running(retention_every))
                 yield cls(runner)
         finally:
             await runner.close()

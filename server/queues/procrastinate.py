@@ -3,7 +3,8 @@
 The API process defers one ``execute_run`` job per run with ``lock=<thread id>``, so procrastinate runs
 at most one run per thread at a time, in order. ``journeys worker`` processes take the jobs; a job whose
 worker died (no heartbeat) is retried by the surviving workers' reaper, and the run executor then finishes
-the journey without re-executing completed steps. Timers fire through a periodic ``fire_timers`` job.
+the journey without re-executing completed steps. Timers fire through a periodic ``fire_timers`` job, and
+finished journeys' checkpoints are pruned by a periodic ``retention`` job (:mod:`checkpoints.retention`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from server.runs.watch import RunWatch, listening
 
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"
+RETENTION_TASK = "journeys.retention"
+RETENTION_CRON = "*/10 * * * *"  # a retention pass every ten minutes (procrastinate cron, seconds optional)
 QUEUE = "journeys"
 
 
@@ -42,8 +45,15 @@ def _pool(**options: Any) -> AsyncConnectionPool[Any]:
     return AsyncConnectionPool(**{**options, "check": probe_if_idle, "reset": note_return})
 
 
-def build_app(database_url: str, handlers: dict[str, Any] | None = None, *, pool_size: int = 10) -> procrastinate.App:
+def build_app(
+    database_url: str,
+    handlers: dict[str, Any] | None = None,
+    *,
+    pool_size: int = 10,
+    retention_cron: str | None = RETENTION_CRON,
+) -> procrastinate.App:
     """The procrastinate app. ``handlers`` (in workers) give the task bodies; the API only defers.
+    ``retention_cron``: when workers run a checkpoint retention pass (None: never).
 
     Every procrastinate query is one statement (a SQL function), so its connections are in autocommit:
     one round trip per query instead of three (BEGIN, the query, COMMIT).
@@ -68,6 +78,15 @@ def build_app(database_url: str, handlers: dict[str, Any] | None = None, *, pool
         handler = handlers.get(TIMER_TASK)
         if handler is not None:
             await handler()
+
+    if retention_cron is not None:  # one pass at a time across workers (queueing_lock), whoever defers it
+
+        @app.periodic(cron=retention_cron, periodic_id="retention")
+        @app.task(name=RETENTION_TASK, queue=QUEUE, queueing_lock="journeys-retention")
+        async def apply_retention(timestamp: int) -> None:
+            handler = handlers.get(RETENTION_TASK)
+            if handler is not None:
+                await handler()
 
     return app
 

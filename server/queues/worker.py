@@ -15,10 +15,20 @@ import structlog
 from langgraph.types import Durability
 
 from agents.guide_model import load_guide_model
+from checkpoints.retention import RetentionPolicy
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
 from server.plugins import plugin_registry
-from server.queues.procrastinate import QUEUE, RUN_TASK, TIMER_TASK, build_app, enqueuer, ensure_schema
+from server.queues.procrastinate import (
+    QUEUE,
+    RETENTION_CRON,
+    RETENTION_TASK,
+    RUN_TASK,
+    TIMER_TASK,
+    build_app,
+    enqueuer,
+    ensure_schema,
+)
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow, RunStore
 
@@ -47,13 +57,17 @@ async def run_worker(
     timers: bool = True,
     durability: Durability = "exit",
     guide_model: str | None = None,
+    retention: RetentionPolicy | None = None,
+    retention_cron: str | None = RETENTION_CRON,
 ) -> None:
+    """Take runs, timers and retention passes (``retention`` policy, on ``retention_cron``; None: no
+    passes in this worker) from the queue until cancelled."""
     # Workers execute the runs in distributed mode, guide runs included: they need the server's guide model.
     guide = load_guide_model(guide_model) if guide_model else None
     ensure_schema(database_url)
     registry = plugin_registry(plugin)
     async with JourneyRuntime.open(
-        database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide
+        database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide, retention=retention
     ) as runtime:
         executor = RunExecutor(
             runtime,
@@ -67,8 +81,11 @@ async def run_worker(
         async def fire_timers() -> None:
             await runtime.processes.scheduler.run_due()
 
-        handlers = {RUN_TASK: execute, **({TIMER_TASK: fire_timers} if timers else {})}
-        app = build_app(database_url, handlers)
+        async def apply_retention() -> None:
+            await runtime.retention.run()
+
+        handlers = {RUN_TASK: execute, RETENTION_TASK: apply_retention, **({TIMER_TASK: fire_timers} if timers else {})}
+        app = build_app(database_url, handlers, retention_cron=retention_cron)
 
         # A cron's run is deferred as a job in the transaction creating it, as the API does.
         async def deferred(run: RunRow) -> None:

@@ -1,0 +1,272 @@
+"""Checkpoint retention: a finished journey keeps its event log (the audit trail) and only the checkpoints
+needed to show its final state.
+
+A policy (:class:`RetentionPolicy`) says what happens to the checkpoints of a journey once its instance is
+finished (a status in :data:`FINISHED_STATUSES`, whatever its pattern):
+
+- ``keep_latest`` (the default): pruned to its latest checkpoint (with that checkpoint's pending writes),
+  :data:`SETTLE` seconds after it finished; its state, views and a retry of a failed journey still work;
+- ``keep_all_for`` N days: every checkpoint kept N days after it finished (time travel, forks), then pruned
+  to the latest;
+- ``delete_after`` N days: pruned to the latest at once, and every checkpoint deleted N days after it
+  finished. Its state is gone then: a view that needs it raises :class:`CheckpointsDeletedError`, and the
+  views that can answer from the log and the index do (a structured journey's or saga's status).
+
+The work is the official savers' own: ``aprune(ids, strategy="keep_latest" | "delete")`` on PostgreSQL.
+``AsyncSqliteSaver`` (SQLite and ``memory://``) implements neither ``aprune`` nor ``prune`` (the base class
+raises NotImplementedError), so there a thread is pruned through that saver's public API: the kept
+checkpoints and their writes are read (``alist``), the thread deleted (``adelete_thread``) and the kept ones
+written back (``aput``/``aput_writes``), under the instance's lock; deleting is ``adelete_thread``. No SQL
+touches LangGraph's tables here.
+
+Progress is two watermarks in ``journey_retention`` (how far pruned, how far deleted, in the instances'
+``updated_at``), so a pass looks only at journeys finished since the last one and costs no row per
+journey; a journey that finishes again later (a failed one retried) is newer than the mark and is pruned
+again. A pass runs from :meth:`CheckpointRetention.run` (``runtime.retention.run()``, ``journeys
+retention``), from the embedded server's loop (:meth:`CheckpointRetention.running`) and from a
+procrastinate periodic task in distributed mode (:mod:`server.queues.procrastinate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, get_args
+
+import structlog
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
+from sqlalchemy import bindparam, select, update
+
+from checkpoints.backends.base import Backend
+from checkpoints.clock import Clock
+from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, RetentionPolicyError
+from checkpoints.index import Instance
+from checkpoints.savers import put_saved
+from checkpoints.schema.tables import journey_instances, journey_retention
+
+log = structlog.get_logger("journeys.retention")
+
+RetentionMode = Literal["keep_latest", "keep_all_for", "delete_after"]
+# The statuses after which an instance never runs again on its own, of every pattern: a structured
+# journey, saga or process completed, compensated, failed (a retry makes it in_progress again) or
+# cancelled; a lifecycle journey completed or cancelled; a session closed; an instance terminated.
+FINISHED_STATUSES = ("completed", "compensated", "failed", "cancelled", "closed", "terminated")
+# A journey is pruned this long after it finished, not at once: the transaction that set its final status
+# may commit after a pass that read the clock before it (the watermark would pass it by).
+SETTLE = timedelta(seconds=60)
+BATCH = 200  # instances per saver call
+
+_instances, _marks = journey_instances.c, journey_retention.c
+_MARKS = select(_marks.mark, _marks.upto)
+_SET_MARK = update(journey_retention).where(_marks.mark == bindparam("p_mark")).values(upto=bindparam("p_upto"))
+_FINISHED = _instances.status.in_(FINISHED_STATUSES)
+_AT = select(_instances.instance_id).where(_FINISHED, _instances.updated_at == bindparam("p_at"))
+
+# Holds one instance's lock for the block (the kernel's JourneyEngine.exclusive).
+Exclusive = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """What to keep of a finished journey's checkpoints (its event log is always kept whole).
+
+    ``mode``: ``keep_latest`` (default: the latest checkpoint only), ``keep_all_for`` (all of them for
+    ``days`` days, then the latest) or ``delete_after`` (the latest, and none after ``days`` days).
+    ``settle``: seconds after it finished before a journey is pruned."""
+
+    mode: RetentionMode = "keep_latest"
+    days: float = 0.0
+    settle: float = SETTLE.total_seconds()
+
+    def __post_init__(self) -> None:
+        if self.mode not in get_args(RetentionMode):
+            raise RetentionPolicyError(
+                f"retention mode {self.mode!r}: choose keep_latest, keep_all_for or delete_after",
+                mode=self.mode,
+            )
+        if self.days < 0 or self.settle < 0:
+            raise RetentionPolicyError("retention days and settle seconds cannot be negative", days=self.days)
+        if self.mode != "keep_latest" and self.days <= 0:
+            raise RetentionPolicyError(f"retention mode {self.mode!r} needs days > 0", mode=self.mode)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    """What one pass did: finished journeys pruned to their latest checkpoint, journeys whose checkpoints
+    were deleted, and ``busy`` when it stopped at a journey another caller held (the next pass goes on)."""
+
+    pruned: int = 0
+    deleted: int = 0
+    busy: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pruned": self.pruned, "deleted": self.deleted, "busy": self.busy}
+
+
+class CheckpointRetention:
+    """Applies a :class:`RetentionPolicy` to the checkpoints of finished journeys (``runtime.retention``)."""
+
+    def __init__(
+        self,
+        saver: BaseCheckpointSaver[str],
+        backend: Backend,
+        clock: Clock,
+        policy: RetentionPolicy,
+        *,
+        exclusive: Exclusive,
+    ) -> None:
+        self.saver = saver
+        self.policy = policy
+        self._backend = backend
+        self._clock = clock
+        self._exclusive = exclusive
+        self._pass = asyncio.Lock()  # one pass at a time in this process
+
+    async def run(self, now: datetime | None = None) -> RetentionReport:
+        """One pass of the policy over the journeys finished since the last pass; what it did."""
+        async with self._pass:
+            now = now or self._clock.now()
+            marks = await self._marks()
+            policy = self.policy
+            prune_before = now - timedelta(seconds=policy.settle)
+            if policy.mode == "keep_all_for":
+                prune_before = min(prune_before, now - timedelta(days=policy.days))
+            pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self._prune)
+            deleted = 0
+            if policy.mode == "delete_after" and not busy:
+                delete_before = min(prune_before, now - timedelta(days=policy.days))
+                deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
+            report = RetentionReport(pruned, deleted, busy)
+            if pruned or deleted:
+                log.info("retention pass", mode=policy.mode, **report.as_dict())
+            return report
+
+    async def deleted_at(self, instance: Instance) -> datetime | None:
+        """When ``instance`` finished, if retention has deleted its checkpoints since; None otherwise."""
+        if instance.status not in FINISHED_STATUSES:
+            return None
+        upto = (await self._marks())["deleted"]
+        return instance.updated_at if upto is not None and instance.updated_at <= upto else None
+
+    async def check_state(self, instance: Instance | None) -> None:
+        """Raise :class:`CheckpointsDeletedError` if retention deleted ``instance``'s checkpoints (call when
+        its thread has no checkpoint: a view then says why, instead of showing an empty state)."""
+        if instance is None:
+            return
+        finished = await self.deleted_at(instance)
+        if finished is not None:
+            raise CheckpointsDeletedError(
+                f"journey {instance.instance_id!r} finished ({instance.status}) on {finished.isoformat()}; "
+                f"retention (delete_after) deleted its checkpoints: its event log is kept (history)",
+                instance_id=instance.instance_id,
+                pattern=instance.pattern,
+                status=instance.status,
+                finished_at=finished.isoformat(),
+            )
+
+    @asynccontextmanager
+    async def running(self, every: float) -> AsyncIterator[CheckpointRetention]:
+        """Run a pass every ``every`` seconds in the background for the block (the embedded server)."""
+        task = asyncio.create_task(self._loop(every), name="checkpoint-retention")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self, every: float) -> None:
+        while True:
+            try:
+                await self.run()
+            except Exception as exc:  # a database hiccup or a busy thread: the next pass goes on
+                log.warning("retention pass failed", error=repr(exc))
+            await asyncio.sleep(every)
+
+    # --- the sweep ----------------------------------------------------------------------------------
+
+    async def _marks(self) -> dict[str, datetime | None]:
+        return {row["mark"]: row["upto"] for row in await self._backend.read(_MARKS)}
+
+    async def _sweep(
+        self,
+        mark: str,
+        after: datetime | None,
+        before: datetime,
+        apply: Callable[[Sequence[str]], Any],
+    ) -> tuple[int, bool]:
+        """Apply ``apply`` to the instances finished in (``after``, ``before``], oldest first, a batch at a
+        time, moving ``mark`` on after each batch; (how many, whether it stopped at a busy one)."""
+        done = 0
+        while True:
+            query = select(_instances.instance_id, _instances.updated_at).where(
+                _FINISHED, _instances.updated_at <= before
+            )
+            if after is not None:
+                query = query.where(_instances.updated_at > after)
+            rows = await self._backend.query(query.order_by(_instances.updated_at, _instances.instance_id).limit(BATCH))
+            if not rows:
+                return done, False
+            last: datetime = rows[-1]["updated_at"]
+            ids = [row["instance_id"] for row in rows]
+            if len(rows) == BATCH:  # the mark moves past ``last``: take every instance finished at it
+                tied = await self._backend.read(_AT, {"p_at": last})
+                ids = list(dict.fromkeys(ids + [row["instance_id"] for row in tied]))
+            if not await apply(ids):
+                return done, True
+            await self._backend.write([_SET_MARK], {"p_mark": mark, "p_upto": last})
+            done, after = done + len(ids), last
+
+    @property
+    def _prunes(self) -> bool:
+        """Whether the saver implements ``aprune`` (AsyncPostgresSaver does; AsyncSqliteSaver does not)."""
+        return type(self.saver).aprune is not BaseCheckpointSaver.aprune
+
+    async def _prune(self, ids: Sequence[str]) -> bool:
+        if self._prunes:
+            await self.saver.aprune(ids, strategy="keep_latest")
+            return True
+        for thread_id in ids:  # by the saver's public API, one thread at a time under its lock
+            try:
+                async with self._exclusive(thread_id):
+                    await keep_latest(self.saver, thread_id)
+            except ConcurrentUpdateError:
+                return False
+        return True
+
+    async def _delete(self, ids: Sequence[str]) -> bool:
+        if self._prunes:
+            await self.saver.aprune(ids, strategy="delete")
+            return True
+        for thread_id in ids:
+            await self.saver.adelete_thread(thread_id)
+        return True
+
+
+async def keep_latest(saver: BaseCheckpointSaver[str], thread_id: str) -> int:
+    """Prune one thread to what ``aprune(strategy="keep_latest")`` keeps, through the saver's public API (for
+    a saver without ``aprune``): the latest checkpoint of the root namespace with its pending writes, and
+    the latest of each subgraph namespace that this checkpoint started (a subgraph call in flight). Answers
+    how many checkpoints it deleted. Call it under the instance's lock: it deletes the thread, then writes
+    the kept checkpoints back."""
+    found = [t async for t in saver.alist({"configurable": {"thread_id": thread_id}})]
+    heads: dict[str, CheckpointTuple] = {}
+    for saved in found:  # newest first
+        heads.setdefault(saved.config["configurable"].get("checkpoint_ns", ""), saved)
+    root = heads.get("")
+    if root is None:
+        return 0
+    root_id = root.config["configurable"]["checkpoint_id"]
+    kept = [root] + [
+        head for ns, head in heads.items() if ns and (head.metadata or {}).get("parents", {}).get("") == root_id
+    ]
+    if len(kept) == len(found):
+        return 0
+    await saver.adelete_thread(thread_id)
+    for saved in kept:  # as aprune leaves them: without the parents it deleted
+        await put_saved(saver, thread_id, saved, None)
+    return len(found) - len(kept)

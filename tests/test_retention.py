@@ -1,0 +1,274 @@
+"""Checkpoint retention: finished journeys keep their event log and only the checkpoints their final state
+needs, per policy, on a virtual clock; open journeys are untouched; the periodic jobs run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from agents import FailingAgent, RecordingAgent, RetrySettings
+from checkpoints.clock import VirtualClock
+from graphs import (
+    CheckpointsDeletedError,
+    DuplicateInstanceError,
+    JourneyRuntime,
+    RetentionPolicy,
+    RetentionPolicyError,
+)
+from server.cli import app as cli
+from server.queues.embedded import EmbeddedQueue
+from server.runs.executor import RunExecutor
+from server.runs.store import RunStore
+from tests.process_support import linear
+from tests.server_support import start_worker, stop_worker
+
+FAST = RetrySettings(max_attempts=1, initial_delay=0.001, max_delay=0.01, jitter=0.001)
+AREAS: list[dict[str, Any]] = [
+    {"area_id": "content", "area_name": "Content", "completion": {"files_uploaded": True}},
+    {"area_id": "insights", "area_name": "Insights"},
+]
+SAGA_HANDLERS = {"upload_content": "delete_uploaded_content", "analyze_content": "revert_analysis"}
+AFTER_SETTLING = timedelta(minutes=2)  # past RetentionPolicy.settle (60 s)
+
+
+async def checkpoints(rt: JourneyRuntime, thread_id: str) -> int:
+    return len([c async for c in rt.store.saver.alist({"configurable": {"thread_id": thread_id}})])
+
+
+async def completed_structured(rt: JourneyRuntime, user: str) -> tuple[str, str]:
+    """A content migration journey run to its end by ``user``: (journey id, instance id)."""
+    journey = await rt.structured.design_journey("content_migration", {"source": "legacy"})
+    view = await rt.structured.execute_journey(journey["journey_id"], user, {})
+    while view["status"] != "completed":
+        view = await rt.structured.advance_journey_step(journey["journey_id"], user, {"ok": True})
+    return journey["journey_id"], view["instance_id"]
+
+
+async def compensated_saga(rt: JourneyRuntime) -> str:
+    rt.agents.register("transform_data", FailingAgent("transform_data", permanent=True), replace=True)
+    saga = await rt.saga.design_saga_journey("enterprise_migration", {}, compensation_handlers=SAGA_HANDLERS)
+    started = await rt.saga.execute_saga_journey(saga["journey_id"], "sam", {})
+    status: dict[str, Any] = {}
+    for result in ({"files": 3}, {"entities": 2}, {"rows": 10}):
+        status = await rt.saga.advance_saga_step(
+            saga_id=started["saga_id"], journey_id=saga["journey_id"], user_id="sam", step_result=result
+        )
+    assert status["status"] == "compensated"
+    return str(started["saga_id"])
+
+
+async def completed_process(rt: JourneyRuntime) -> str:
+    rt.agents.register("score", lambda _request: {"value": 40}, replace=True)
+    task = {"type": "service_task", "id": "score", "agent": "score", "outputs": {"score": "value"}}
+    await rt.processes.deploy(linear("scoring", task))
+    view = await rt.processes.start("scoring", "lead-1", {})
+    assert view["status"] == "completed"
+    return str(view["instance_id"])
+
+
+async def closed_session(rt: JourneyRuntime) -> str:
+    session = await rt.session.start_session("sue", {"areas": AREAS, "initial_area": "content"})
+    await rt.session.navigate_to_area(session["session_id"], "insights")
+    await rt.session.close_session(session["session_id"], "done")
+    return str(session["session_id"])
+
+
+async def test_keep_latest_prunes_every_finished_pattern_to_its_latest_checkpoint(store_url: str) -> None:
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock, retry=FAST) as rt:
+        journey_id, done = await completed_structured(rt, "ann")
+        saga_id = await compensated_saga(rt)
+        session_id = await closed_session(rt)
+        still_open = (await rt.structured.execute_journey(journey_id, "bob", {}))["instance_id"]
+        finished = [done, saga_id, session_id]
+        before = {i: await checkpoints(rt, i) for i in [*finished, still_open]}
+        assert all(n > 1 for n in before.values()), before
+        views = (
+            await rt.structured.get_journey_status(journey_id, "ann"),
+            await rt.saga.get_saga_status(saga_id),
+            await rt.session.get_session_progress(session_id),
+        )
+        logs = {i: await rt.history(i) for i in [*finished, still_open]}
+
+        report = await rt.retention.run()  # just finished: left to settle first
+        assert (report.pruned, report.deleted) == (0, 0)
+        assert {i: await checkpoints(rt, i) for i in before} == before
+
+        clock.advance(AFTER_SETTLING)
+        report = await rt.retention.run()
+        assert (report.pruned, report.deleted, report.busy) == (3, 0, False)
+        assert [await checkpoints(rt, i) for i in finished] == [1, 1, 1]
+        assert await checkpoints(rt, still_open) == before[still_open]
+        # Their final state shows as before, and the log is whole.
+        assert (
+            await rt.structured.get_journey_status(journey_id, "ann"),
+            await rt.saga.get_saga_status(saga_id),
+            await rt.session.get_session_progress(session_id),
+        ) == views
+        assert {i: await rt.history(i) for i in logs} == logs
+        # A second pass has nothing left to do; the open journey still advances.
+        assert (await rt.retention.run()).pruned == 0
+        advanced = await rt.structured.advance_journey_step(journey_id, "bob", {"ok": True})
+        assert advanced["completed_steps"] == ["upload_content"]
+
+
+async def test_keep_all_for_keeps_every_checkpoint_for_n_days_then_prunes(store_url: str) -> None:
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock, retention=RetentionPolicy("keep_all_for", 7)) as rt:
+        journey_id, done = await completed_structured(rt, "ann")
+        kept = await checkpoints(rt, done)
+        clock.advance(timedelta(days=6))
+        assert (await rt.retention.run()).pruned == 0
+        assert await checkpoints(rt, done) == kept > 1
+        clock.advance(timedelta(days=1, minutes=1))
+        assert (await rt.retention.run()).pruned == 1
+        assert await checkpoints(rt, done) == 1
+        assert (await rt.structured.get_journey_status(journey_id, "ann"))["status"] == "completed"
+
+
+async def test_delete_after_deletes_checkpoints_and_views_answer_from_the_log_or_say_so(store_url: str) -> None:
+    clock = VirtualClock()
+    async with JourneyRuntime.open(
+        store_url, clock=clock, retry=FAST, retention=RetentionPolicy("delete_after", 30)
+    ) as rt:
+        journey_id, done = await completed_structured(rt, "ann")
+        saga_id = await compensated_saga(rt)
+        session_id = await closed_session(rt)
+        process_id = await completed_process(rt)
+        status = await rt.structured.get_journey_status(journey_id, "ann")
+        saga = await rt.saga.get_saga_status(saga_id)
+        logs = {i: await rt.history(i) for i in (done, saga_id, session_id, process_id)}
+
+        clock.advance(AFTER_SETTLING)
+        assert (await rt.retention.run()).pruned == 4  # the latest is kept until the days are up
+        clock.advance(timedelta(days=30))
+        report = await rt.retention.run()
+        assert (report.pruned, report.deleted) == (0, 4)
+        assert [await checkpoints(rt, i) for i in logs] == [0, 0, 0, 0]
+        assert {i: await rt.history(i) for i in logs} == logs
+
+        # Structured journeys and sagas answer from the index and the log.
+        assert await rt.structured.get_journey_status(journey_id, "ann") == status | {"checkpoints": "deleted"}
+        retained = await rt.saga.get_saga_status(saga_id)
+        assert retained["status"] == "compensated" and retained["checkpoints"] == "deleted"
+        assert retained["compensated_steps"] == saga["compensated_steps"] == ["analyze_content", "upload_content"]
+        # A view that needs the graph state says why it has none.
+        with pytest.raises(CheckpointsDeletedError) as gone:
+            await rt.session.get_session_progress(session_id)
+        assert gone.value.details["status"] == "closed"
+        assert gone.value.category == "not_found"
+        with pytest.raises(CheckpointsDeletedError):  # and changes nothing: the instance is not failed by it
+            await rt.processes.status(process_id)
+        instance = await rt.store.index.get_instance(process_id)
+        assert instance is not None and instance.status == "completed"
+        # A deleted journey is not taken for a start a crash cut short: it is not run again.
+        with pytest.raises(DuplicateInstanceError):
+            await rt.structured.execute_journey(journey_id, "ann", {})
+        assert await checkpoints(rt, done) == 0
+        assert {i: await rt.history(i) for i in logs} == logs
+
+
+async def test_a_failed_journey_pruned_is_retried_and_pruned_again_when_it_finishes(store_url: str) -> None:
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock, retry=FAST) as rt:
+        rt.agents.register("analyze_content", FailingAgent("analyze_content", permanent=True), replace=True)
+        journey = await rt.structured.design_journey("content_migration", {"source": "legacy"})
+        journey_id = journey["journey_id"]
+        instance_id = (await rt.structured.execute_journey(journey_id, "ann", {}))["instance_id"]
+        await rt.structured.advance_journey_step(journey_id, "ann", {})
+        with pytest.raises(Exception, match="analyze_content"):
+            await rt.structured.advance_journey_step(journey_id, "ann", {"depth": "full"})
+        failed = await rt.structured.get_journey_status(journey_id, "ann")
+        assert failed["status"] == "failed" and failed["failed_step"] == "analyze_content"
+
+        clock.advance(AFTER_SETTLING)
+        assert (await rt.retention.run()).pruned == 1
+        assert await checkpoints(rt, instance_id) == 1
+        assert await rt.structured.get_journey_status(journey_id, "ann") == failed
+
+        rt.agents.register("analyze_content", RecordingAgent("analyze_content"), replace=True)
+        retried = await rt.structured.retry_journey_step(journey_id, "ann")
+        assert retried["completed_steps"] == ["upload_content", "analyze_content"]
+        view = retried
+        while view["status"] != "completed":
+            view = await rt.structured.advance_journey_step(journey_id, "ann", {"ok": True})
+        assert await checkpoints(rt, instance_id) > 1
+        clock.advance(AFTER_SETTLING)
+        assert (await rt.retention.run()).pruned == 1
+        assert await checkpoints(rt, instance_id) == 1
+
+
+def test_a_policy_is_checked() -> None:
+    with pytest.raises(RetentionPolicyError, match="choose keep_latest"):
+        RetentionPolicy("forever")  # type: ignore[arg-type]
+    with pytest.raises(RetentionPolicyError, match="needs days > 0"):
+        RetentionPolicy("delete_after")
+    with pytest.raises(RetentionPolicyError, match="negative"):
+        RetentionPolicy("keep_all_for", -1)
+
+
+async def test_the_embedded_server_applies_retention_periodically(store_url: str) -> None:
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        _, done = await completed_structured(rt, "ann")
+        executor = RunExecutor(rt, RunStore(rt.store.backend, rt.store.clock, rt.store.sealer))
+        clock.advance(AFTER_SETTLING)
+        async with EmbeddedQueue.open(executor, timers=False, retention_every=0.05):
+            for _ in range(200):
+                if await checkpoints(rt, done) == 1:
+                    break
+                await asyncio.sleep(0.05)
+        assert await checkpoints(rt, done) == 1
+
+
+def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/journeys.db"
+
+    async def finish() -> str:
+        clock = VirtualClock()  # the CLI runs on the system clock: this journey finished long ago
+        async with JourneyRuntime.open(url, clock=clock) as rt:
+            return (await completed_structured(rt, "ann"))[1]
+
+    done = asyncio.run(finish())
+    answer = CliRunner().invoke(cli, ["retention", "--database-url", url])
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.output) == {"pruned": 1, "deleted": 0, "busy": False}
+
+    async def count() -> int:
+        async with JourneyRuntime.open(url) as rt:
+            return await checkpoints(rt, done)
+
+    assert asyncio.run(count()) == 1
+    refused = CliRunner().invoke(cli, ["retention", "--database-url", url, "--retention", "delete_after"])
+    assert refused.exit_code != 0 and "needs days > 0" in refused.output
+
+
+def test_a_distributed_worker_runs_the_periodic_retention_job(postgres_url: str) -> None:
+    async def finish() -> str:
+        async with JourneyRuntime.open(postgres_url, clock=VirtualClock()) as rt:  # finished long ago
+            return (await completed_structured(rt, "ann"))[1]
+
+    async def count(thread_id: str) -> int:
+        async with JourneyRuntime.open(postgres_url) as rt:
+            return await checkpoints(rt, thread_id)
+
+    done = asyncio.run(finish())
+    assert asyncio.run(count(done)) > 1
+    worker = start_worker(postgres_url, "--retention-cron", "* * * * * *", "--concurrency", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and asyncio.run(count(done)) != 1:
+            time.sleep(0.5)
+    finally:
+        stop_worker(worker)
+    assert asyncio.run(count(done)) == 1
+    with psycopg.connect(postgres_url) as conn:
+        (mark,) = conn.execute("SELECT upto FROM journey_retention WHERE mark = 'pruned'").fetchone() or (None,)
+    assert mark is not None
