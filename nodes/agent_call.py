@@ -33,14 +33,14 @@ from agents.errors import (
     PolicyViolationError,
     RateLimitedError,
 )
-from agents.policy import AgentCall, Policy
+from agents.policy import AgentCall, Policy, TaskCompletion, enforce
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, CallOptions, RetrySettings, call_with_retry, is_retryable
 from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.guards import CircuitBreakers, CircuitSettings, RateLimits
 from nodes import schemas
-from nodes.telemetry import attempt_started, observed_agent_call
+from nodes.telemetry import attempt_started, observed_agent_call, rejected_by_bulkhead, rejected_by_rate_limit
 
 log = structlog.get_logger("journeys.agents")
 MAX_OUTPUT_BYTES = 1_048_576  # an agent's output as JSON; JourneyRuntime.open(max_output_bytes=...)
@@ -171,6 +171,21 @@ class AgentCaller:
                 log.info("agent call falls back", instance_id=instance_id, step=step, **switch)
         raise AssertionError("unreachable: the chain's last intent returns or raises")
 
+    async def authorize_completion(
+        self,
+        instance_id: str,
+        step: str | None,
+        payload: Mapping[str, Any],
+        *,
+        user: str | None = None,
+        groups: Sequence[str] = (),
+    ) -> None:
+        """Run the policies on a person's answer before it completes a user task (the same policies as
+        agent calls, in the same order): a refusal is a ``policy.denied`` event with its reason, and
+        :class:`PolicyViolationError` is raised before anything is resumed."""
+        completion = TaskCompletion(instance_id, step, user, payload, tuple(groups))
+        await enforce(self.policies, completion, self.events, {"user": user})
+
     async def _call_one(
         self,
         intent: str,
@@ -192,13 +207,8 @@ class AgentCaller:
         entry = self.registry.resolve(intent)
         progress({"event": "step.started", "instance_id": instance_id, "step": step, "intent": intent})
         check = AgentCall(entry, instance_id, step, payload, granted_permissions, granted_intents)
-        try:
-            for policy in self.policies:
-                policy(check)
-        except PolicyViolationError as exc:  # refused before it ran: audited, with the reason
-            denial = {"intent": intent, "agent": entry.name, "reason": exc.message, **exc.details}
-            await self.events.append(instance_id, [NewEvent("policy.denied", denial, step)])
-            raise
+        # Refused before it runs: audited, with the reason.
+        await enforce(self.policies, check, self.events, {"intent": intent, "agent": entry.name})
         settings = retry or entry.retry or self.retry
         if options is not None and options.retry is not None:
             settings = options.retry.over(settings)
@@ -310,6 +320,7 @@ class AgentCaller:
         if entry.rate_limit is not None and self.rate_limits is not None:
             wait = await self.rate_limits.acquire(intent, entry.rate_limit)
             if wait > 0:
+                rejected_by_rate_limit(intent)
                 raise RateLimitedError(
                     f"intent {intent!r} is at its rate limit of {entry.rate_limit.per_second:g} calls a second; "
                     f"the next call is free in {wait:.3g} s",
@@ -332,6 +343,8 @@ class AgentCaller:
                             timeout_s=time_limit,
                         ) from None
         except Exception as exc:
+            if isinstance(exc, BulkheadFullError):
+                rejected_by_bulkhead(intent)
             # What the agent's service did counts for its circuit; a refusal or a bad request does not.
             if guarded and _counts_against_circuit(exc):
                 assert circuit is not None and self.breakers is not None

@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
+from agents.policy import Grants
 from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
@@ -445,7 +446,7 @@ class Flow(BaseModel):
         return f"{self.source} -> {self.target}"
 
 
-class ProcessSpec(BaseModel):
+class ProcessSpec(Grants):
     """A BPMN-style process design: its elements, the flows between them and its variables."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -458,9 +459,6 @@ class ProcessSpec(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict, description="defaults for new instances")
     variables_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema of the variables; enums here make gateway conditions exhaustive"
-    )
-    permissions: tuple[str, ...] | None = Field(
-        default=None, description="scopes granted to this process's agents; None restricts nothing"
     )
     concurrency: ConcurrencySpec | None = Field(
         default=None, description="at most `limit` running instances per value of `key` in the start variables"

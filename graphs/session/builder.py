@@ -17,6 +17,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
+from agents.policy import Grants
 from checkpoints.events import NewEvent
 from nodes import schemas
 from nodes.criteria import Criteria
@@ -76,7 +77,7 @@ class Area(BaseModel):
         }
 
 
-class SessionSpec(BaseModel):
+class SessionSpec(Grants):
     """A session design: the areas a user may visit in any order and the one to start in."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -155,6 +155,7 @@ class StepJourneys:
                     current_step=current,
                 )
             result = validate_resume_value(step_result, spec.step(current).input_schema, task=current)
+            await self.engine.services.caller.authorize_completion(instance_id, current, result, user=found.user_id)
             explicit = result.get("next_step")
             targets = [b.to for b in spec.branches(current)]
             if explicit is not None and explicit not in targets:
