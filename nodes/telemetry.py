@@ -356,10 +356,12 @@ def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitabl
         ):
             try:
                 result = await call(*args, **kwargs)
+            except GraphBubbleUp:  # an interrupt: the call waits for a person (an open circuit's human route)
+                span.set_attribute("agent.waiting", True)
+                raise
             except Exception as error:
                 AGENT_SECONDS.labels(redact_label(intent), "error").observe(time.perf_counter() - started)
-                if not isinstance(error, GraphBubbleUp):  # an interrupt: the call waits for a person
-                    record_error(span, error)
+                record_error(span, error)
                 raise
             replayed = bool(getattr(result, "replayed", False))
             span.set_attribute("agent.replayed", replayed)

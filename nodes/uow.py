@@ -22,7 +22,7 @@ import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import jsonschema
 from langchain_core.runnables import RunnableConfig
@@ -74,6 +74,7 @@ class TaskSpec(CallOptions):
     ``agent_id`` is served by the agent registered for that id as its intent."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    human_route: ClassVar[bool] = False  # a unit runs to its end or compensates: it does not wait for people
 
     task_id: str
     name: str = ""

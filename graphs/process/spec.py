@@ -155,6 +155,7 @@ class ServiceTask(_Element, CallOptions):
     ``fallbacks`` (:class:`CallOptions`)."""
 
     _agent_slots = ("agent", "compensation")
+    human_route: ClassVar[bool] = False  # people work from the inbox: a user task on the failure path
 
     type: Literal["service_task"] = "service_task"
     agent: str = Field(min_length=1, description="intent of the agent that does the work")

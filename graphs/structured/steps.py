@@ -39,6 +39,7 @@ from graphs.kernel.evaluation import EVALUATED, IN_REVIEW, REVIEWED
 from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
+from nodes.agent_call import CIRCUIT_OPEN_TASK
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP
 from nodes.user_task import validate_resume_value
 
@@ -144,7 +145,8 @@ class StepJourneys:
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.engine.settled_state(graph, instance_id, options=options)
-            current = self._current_step(instance_id, spec, Standing.of(snapshot))
+            standing = Standing.of(snapshot)
+            current = self._current_step(instance_id, spec, standing)
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
             if requested is not None and requested != current:
                 known = "" if requested in spec.step_ids else f" ({requested!r} is not a step of this journey)"
@@ -154,7 +156,10 @@ class StepJourneys:
                     allowed=[current],
                     current_step=current,
                 )
-            result = validate_resume_value(step_result, spec.step(current).input_schema, task=current)
+            schema = spec.step(current).input_schema
+            if standing.waiting is not None and standing.waiting.get("kind") == CIRCUIT_OPEN_TASK:
+                schema = spec.step(current).output_schema  # a person answers in the agent's place
+            result = validate_resume_value(step_result, schema, task=current)
             await self.engine.services.caller.authorize_completion(instance_id, current, result, user=found.user_id)
             explicit = result.get("next_step")
             targets = [b.to for b in spec.branches(current)]
