@@ -46,6 +46,7 @@ from nodes.telemetry import attempt_started, observed_agent_call, rejected_by_bu
 log = structlog.get_logger("journeys.agents")
 MAX_OUTPUT_BYTES = 1_048_576  # an agent's output as JSON; JourneyRuntime.open(max_output_bytes=...)
 
+AGENT_COMPLETED = "agent.completed"  # a call's completion event, unless its caller names its own
 ATTEMPT_FAILED = "agent.attempt_failed"  # one per failed attempt: a restart continues the count from them
 CALL_FAILED = "agent.failed"  # the call failed for good (its attempts, or the intent's circuit)
 FALLBACK = "agent.fallback"  # the call goes on with the next intent of its fallback chain
@@ -123,7 +124,7 @@ class AgentCaller:
         instance_id: str,
         step: str | None,
         key: str,
-        event_type: str = "agent.completed",
+        event_type: str = AGENT_COMPLETED,
         recorder: Recorder | None = None,
         granted_permissions: frozenset[str] | None = None,
         granted_intents: frozenset[str] | None = None,

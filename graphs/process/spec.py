@@ -39,6 +39,7 @@ from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
 from nodes.criteria import Condition, Criteria
+from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
@@ -466,6 +467,9 @@ class ProcessSpec(Grants):
     )
     deadline: DeadlineSpec | None = Field(
         default=None, description="the whole run's deadline: the instance fails when it passes before it ends"
+    )
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="the workflow tier: thresholds each completed instance's service tasks meet"
     )
 
     @field_validator("name")

@@ -21,6 +21,7 @@ from agents.policy import Grants
 from checkpoints.events import NewEvent
 from nodes import schemas
 from nodes.criteria import Criteria
+from nodes.evaluation import EvaluationSpec
 from nodes.ids import SNAKE_ID
 from nodes.services import NodeServices, thread_id
 
@@ -86,6 +87,9 @@ class SessionSpec(Grants):
     areas: tuple[Area, ...] = Field(min_length=1)
     initial_area: str | None = None
     recommended_order: tuple[str, ...] | None = None
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="the workflow tier its agent calls (the guide's tools) are judged on at close"
+    )
 
     @property
     def area_ids(self) -> list[str]:
