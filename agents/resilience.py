@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import isodate
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception, stop_after_attempt
 
 from agents.errors import BulkheadFullError, CircuitOpenError, PermanentAgentError, PolicyViolationError
@@ -236,7 +236,8 @@ class RetryPolicy(BaseModel):
 
 class CallOptions(BaseModel):
     """What a spec may say about one agent call (a step, a service task, a unit-of-work task):
-    its time limit, its retry policy, and the intents to fall back on."""
+    its time limit, its retry policy, the intents to fall back on, and whether an open circuit routes
+    the call to a person."""
 
     timeout: Duration | None = Field(
         default=None, description="seconds or ISO 8601 (PT30S) per attempt; a hang becomes AgentTimeoutError"
@@ -246,3 +247,21 @@ class CallOptions(BaseModel):
         default=(),
         description="intents tried in order when the agent fails for good or its circuit is open",
     )
+    # Whether the pattern can show a person the task an open circuit routes to (structured and saga steps,
+    # answered with advance_journey_step); a process's people work from its inbox of user tasks instead.
+    human_route: ClassVar[bool] = True
+
+    on_circuit_open: Literal["fail", "human"] = Field(
+        default="fail",
+        description="human: when the circuit is open (and no fallback served), the step waits for a person "
+        "whose answer completes it, as the agent's output",
+    )
+
+    @model_validator(mode="after")
+    def _human_route_supported(self) -> CallOptions:
+        if self.on_circuit_open == "human" and not self.human_route:
+            raise ValueError(
+                f"on_circuit_open 'human' is for structured and saga steps; a {type(self).__name__} fails "
+                "(and compensates) on an open circuit: model the person's work as a user task on that path"
+            )
+        return self

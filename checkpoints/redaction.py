@@ -8,8 +8,9 @@
 - inside every string, bearer tokens, well-known API key shapes, e-mail addresses and card numbers (13 to
   19 digits passing the Luhn check) are replaced by :data:`REDACTED`.
 
-It is applied where values leave the journey for people: the event log, logs, API responses, and (the
-observability helpers call it) span attributes and metric labels. Journey state and the inputs of runs
+It is the one redaction mechanism, applied wherever values leave the journey for people: the event log,
+logs, API responses and streams, span attributes and the exceptions spans record, and metric label values
+(:func:`redact_label`, which also cuts them short). Journey state and the inputs of runs
 are not redacted, so a value the journey needs still reaches its agents (encrypt those at rest instead:
 see :mod:`checkpoints.savers`).
 """
@@ -43,6 +44,11 @@ _PATTERNS = re.compile(
         )
     )
 )
+# ``password=…`` or ``api_key: …`` written inside free text (a message, a name): the value after the name.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b((?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key)"
+    r"\s*[=:]\s*)[^\s,;&]+"
+)
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _SENSITIVE: set[str] = set()  # field names specs mark sensitive, lower-cased
 
@@ -73,8 +79,18 @@ def _card(match: re.Match[str]) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with tokens, keys, e-mail addresses and card numbers replaced."""
-    return _CARD.sub(_card, _PATTERNS.sub(REDACTED, text))
+    """``text`` with tokens, keys, ``password=…`` values, e-mail addresses and card numbers replaced."""
+    text = _SECRET_ASSIGNMENT.sub(lambda match: match.group(1) + REDACTED, _PATTERNS.sub(REDACTED, text))
+    return _CARD.sub(_card, text)
+
+
+MAX_LABEL_CHARS = 100
+
+
+def redact_label(value: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """A metric label or span attribute value: :func:`redact_text`, cut at ``limit`` characters (a label
+    comes from a spec a user wrote: an intent, a step or node name)."""
+    return redact_text(value)[:limit]
 
 
 def redact(value: Any) -> Any:

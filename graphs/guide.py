@@ -78,13 +78,16 @@ class MVPGuideBackend:
         self, intent: str, session_id: str, pillar_id: str, updates: dict[str, Any], key: str
     ) -> dict[str, Any]:
         payload = {"session_id": session_id, "pillar_id": pillar_id, **({"updates": updates} if updates else {})}
+        spec = await self.runtime.mvp.sessions.spec_of(session_id)  # its grants: the intents it may call
+        granted = spec.granted_permissions
         outcome = await self.runtime.engine.services.caller.call(
             intent=intent,
             payload=payload,
             instance_id=session_id,
             step=pillar_id,
             key=key,
-            granted_permissions=GUIDE_GRANTS,
+            granted_permissions=GUIDE_GRANTS if granted is None else GUIDE_GRANTS & granted,
+            granted_intents=spec.granted_intents,
             replay=True,  # a retried run replays the same tool call id: applied once
         )
         return outcome.output

@@ -20,7 +20,8 @@ from typing import Any
 
 import jsonschema
 import structlog
-from langgraph.config import get_stream_writer
+from langgraph.config import get_config, get_stream_writer
+from langgraph.types import interrupt
 
 from agents.errors import (
     AgentCallFailedError,
@@ -33,21 +34,24 @@ from agents.errors import (
     PolicyViolationError,
     RateLimitedError,
 )
-from agents.policy import AgentCall, Policy
+from agents.policy import AgentCall, Policy, TaskCompletion, enforce
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, CallOptions, RetrySettings, call_with_retry, is_retryable
 from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.guards import CircuitBreakers, CircuitSettings, RateLimits
 from nodes import schemas
-from nodes.telemetry import attempt_started, observed_agent_call
+from nodes.telemetry import attempt_started, observed_agent_call, rejected_by_bulkhead, rejected_by_rate_limit
 
 log = structlog.get_logger("journeys.agents")
 MAX_OUTPUT_BYTES = 1_048_576  # an agent's output as JSON; JourneyRuntime.open(max_output_bytes=...)
 
+AGENT_COMPLETED = "agent.completed"  # a call's completion event, unless its caller names its own
 ATTEMPT_FAILED = "agent.attempt_failed"  # one per failed attempt: a restart continues the count from them
 CALL_FAILED = "agent.failed"  # the call failed for good (its attempts, or the intent's circuit)
 FALLBACK = "agent.fallback"  # the call goes on with the next intent of its fallback chain
+ROUTED_TO_HUMAN = "agent.routed_to_human"  # an open circuit handed the call to a person (on_circuit_open: human)
+CIRCUIT_OPEN_TASK = "circuit_open"  # the ``kind`` of the human task such a call waits on
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,7 @@ class AgentCaller:
         instance_id: str,
         step: str | None,
         key: str,
-        event_type: str = "agent.completed",
+        event_type: str = AGENT_COMPLETED,
         recorder: Recorder | None = None,
         granted_permissions: frozenset[str] | None = None,
         granted_intents: frozenset[str] | None = None,
@@ -139,7 +143,13 @@ class AgentCaller:
         """
         if (done := await logged(self.events, key, replay=replay)) is not None:
             return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
+        # Routed to a person when its circuit is open: only inside a graph run, where the call can wait.
+        human = options is not None and options.on_circuit_open == "human" and _in_graph()
+        if human and (routed := await self.events.find_by_key(f"{key}:human")) is not None:
+            # Routed before this run (the node runs again when the person's answer resumes it).
+            return await self._answered(dict(routed.payload), instance_id, step, key, event_type, recorder)
         chain = (intent, *(options.fallbacks if options is not None else ()))
+        circuit_open = False
         for position, current in enumerate(chain):
             try:
                 return await self._call_one(
@@ -159,8 +169,22 @@ class AgentCaller:
                     primary=intent,
                 )
             except AgentCallFailedError as exc:
+                circuit_open = circuit_open or isinstance(exc, CircuitOpenError)
                 if position + 1 == len(chain):
-                    raise
+                    if not (human and circuit_open):
+                        raise
+                    task = {
+                        "task": step,
+                        "kind": CIRCUIT_OPEN_TASK,
+                        "intent": intent,
+                        "title": f"the agent for {intent!r} is unavailable (its circuit is open): give its output",
+                        "reason": str(exc),
+                        "payload": dict(payload),
+                        "schema": dict(output_schema) if output_schema is not None else None,
+                    }
+                    await self.events.append(instance_id, [NewEvent(ROUTED_TO_HUMAN, task, step, f"{key}:human")])
+                    log.info("agent call routed to a person", instance_id=instance_id, step=step, intent=intent)
+                    return await self._answered(task, instance_id, step, key, event_type, recorder)
                 switch = {
                     "intent": current,
                     "fallback": chain[position + 1],
@@ -170,6 +194,41 @@ class AgentCaller:
                 await self.events.append(instance_id, [NewEvent(FALLBACK, switch, step)])
                 log.info("agent call falls back", instance_id=instance_id, step=step, **switch)
         raise AssertionError("unreachable: the chain's last intent returns or raises")
+
+    async def _answered(
+        self,
+        task: dict[str, Any],
+        instance_id: str,
+        step: str | None,
+        key: str,
+        event_type: str,
+        recorder: Recorder | None,
+    ) -> CallOutcome:
+        """The call as a human task: waits (``interrupt``) until a person answers, and their answer, checked
+        like an agent's output, is the call's output, logged as its completion."""
+        answer = interrupt(task)
+        intent = str(task["intent"])
+        output = _checked_output(intent, answer, task.get("schema"), self.max_output_bytes)
+        recording = recorder(output) if recorder else Recording({})
+        record = {"intent": intent, "agent": "human", "output": output, "attempts": 0, **recording.payload}
+        await self.events.append(instance_id, [NewEvent(event_type, record, step, key)], status=recording.status)
+        progress({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": 0})
+        return CallOutcome(output, 0, False)
+
+    async def authorize_completion(
+        self,
+        instance_id: str,
+        step: str | None,
+        payload: Mapping[str, Any],
+        *,
+        user: str | None = None,
+        groups: Sequence[str] = (),
+    ) -> None:
+        """Run the policies on a person's answer before it completes a user task (the same policies as
+        agent calls, in the same order): a refusal is a ``policy.denied`` event with its reason, and
+        :class:`PolicyViolationError` is raised before anything is resumed."""
+        completion = TaskCompletion(instance_id, step, user, payload, tuple(groups))
+        await enforce(self.policies, completion, self.events, {"user": user})
 
     async def _call_one(
         self,
@@ -192,13 +251,8 @@ class AgentCaller:
         entry = self.registry.resolve(intent)
         progress({"event": "step.started", "instance_id": instance_id, "step": step, "intent": intent})
         check = AgentCall(entry, instance_id, step, payload, granted_permissions, granted_intents)
-        try:
-            for policy in self.policies:
-                policy(check)
-        except PolicyViolationError as exc:  # refused before it ran: audited, with the reason
-            denial = {"intent": intent, "agent": entry.name, "reason": exc.message, **exc.details}
-            await self.events.append(instance_id, [NewEvent("policy.denied", denial, step)])
-            raise
+        # Refused before it runs: audited, with the reason.
+        await enforce(self.policies, check, self.events, {"intent": intent, "agent": entry.name})
         settings = retry or entry.retry or self.retry
         if options is not None and options.retry is not None:
             settings = options.retry.over(settings)
@@ -310,6 +364,7 @@ class AgentCaller:
         if entry.rate_limit is not None and self.rate_limits is not None:
             wait = await self.rate_limits.acquire(intent, entry.rate_limit)
             if wait > 0:
+                rejected_by_rate_limit(intent)
                 raise RateLimitedError(
                     f"intent {intent!r} is at its rate limit of {entry.rate_limit.per_second:g} calls a second; "
                     f"the next call is free in {wait:.3g} s",
@@ -332,6 +387,8 @@ class AgentCaller:
                             timeout_s=time_limit,
                         ) from None
         except Exception as exc:
+            if isinstance(exc, BulkheadFullError):
+                rejected_by_bulkhead(intent)
             # What the agent's service did counts for its circuit; a refusal or a bad request does not.
             if guarded and _counts_against_circuit(exc):
                 assert circuit is not None and self.breakers is not None
@@ -350,6 +407,15 @@ class AgentCaller:
             if (event.payload.get("intent"), event.payload.get("call")) == (intent, key):
                 count = 0 if event.type == CALL_FAILED else count + 1
         return count
+
+
+def _in_graph() -> bool:
+    """Whether this code runs in a node of a graph run (where a call can wait for a person)."""
+    try:
+        get_config()
+    except RuntimeError:
+        return False
+    return True
 
 
 def progress(event: Mapping[str, Any]) -> None:

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -42,26 +41,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from checkpoints.figures import LiveFigures
 from checkpoints.index import JourneyIndex
+from checkpoints.redaction import redact_label, redact_text
 
 log = structlog.get_logger("journeys.telemetry")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# --- label values ----------------------------------------------------------------------------------
-
-MAX_LABEL_CHARS = 100
-# Secrets and PII that could reach a label value (an intent, step or node name comes from a spec a user
-# wrote); unlike checkpoints.redaction.redact_text it also catches "password=…" written inside a name.
-_SECRETS = re.compile(
-    r"(?i)bearer\s+\S+|\b(?:api[_-]?key|password|passwd|secret|token)\s*[=:]\s*\S+"
-    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\b(?:\d[ -]?){13,19}\b|\bsk-[A-Za-z0-9_-]{8,}"
-)
-
-
-def redact_label(value: str) -> str:
-    """A label value with secrets and personal data replaced, cut at ``MAX_LABEL_CHARS``."""
-    return _SECRETS.sub("[redacted]", value)[:MAX_LABEL_CHARS]
-
 
 # --- metrics ---------------------------------------------------------------------------------------
 
@@ -290,10 +274,18 @@ class NodeSpans(BaseCallbackHandler):
         if isinstance(error, GraphBubbleUp):  # an interrupt: the node waits for a person, a message, a timer
             span.set_attribute("journey.interrupted", True)
         elif error is not None:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            record_error(span, error)
         span.end()
         STEP_SECONDS.labels(redact_label(self.pattern), redact_label(node)).observe(time.perf_counter() - started)
+
+
+def record_error(span: Span, error: BaseException) -> None:
+    """Mark ``span`` failed with ``error``, its message redacted (an agent's error can quote what it was given)."""
+    span.add_event(
+        "exception",
+        {"exception.type": type(error).__name__, "exception.message": redact_text(str(error))},
+    )
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
 
 
 @contextmanager
@@ -311,7 +303,7 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
     trace_id = trace.format_trace_id(span.get_span_context().trace_id)
     try:
         with (
-            trace.use_span(span, end_on_exit=False, record_exception=True),
+            trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False),
             structlog.contextvars.bound_contextvars(
                 instance_id=instance_id, journey_id=journey_id, pattern=pattern, trace_id=trace_id
             ),
@@ -320,7 +312,7 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
     except GraphBubbleUp:
         raise
     except BaseException as error:
-        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        record_error(span, error)
         raise
     finally:
         span.end()
@@ -353,13 +345,23 @@ def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitabl
         tracer = trace.get_tracer(TRACER)
         started = time.perf_counter()
         with (
-            tracer.start_as_current_span("agent.call", context=parent, attributes=attributes) as span,
+            tracer.start_as_current_span(
+                "agent.call",
+                context=parent,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span,
             structlog.contextvars.bound_contextvars(intent=intent, attempt=None),
         ):
             try:
                 result = await call(*args, **kwargs)
-            except Exception:
+            except GraphBubbleUp:  # an interrupt: the call waits for a person (an open circuit's human route)
+                span.set_attribute("agent.waiting", True)
+                raise
+            except Exception as error:
                 AGENT_SECONDS.labels(redact_label(intent), "error").observe(time.perf_counter() - started)
+                record_error(span, error)
                 raise
             replayed = bool(getattr(result, "replayed", False))
             span.set_attribute("agent.replayed", replayed)

@@ -47,6 +47,7 @@ async def execute_with_compensation(
     element: str,
     payload: Mapping[str, Any],
     granted_permissions: frozenset[str] | None = None,
+    granted_intents: frozenset[str] | None = None,
     undo_retry: RetrySettings = UNDO_RETRY,
 ) -> TransactionOutcome:
     """Run ``steps`` under the key prefix ``name`` (unique per run of the transaction)."""
@@ -63,6 +64,7 @@ async def execute_with_compensation(
                 event_type="transaction.step_completed",
                 recorder=_recording({"transaction": name, "index": index, "undo": undo}),
                 granted_permissions=granted_permissions,
+                granted_intents=granted_intents,
                 always_replay=True,
             )
         except AgentError as exc:

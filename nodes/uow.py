@@ -22,7 +22,7 @@ import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import jsonschema
 from langchain_core.runnables import RunnableConfig
@@ -33,6 +33,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
 from agents.errors import AgentError
+from agents.policy import Grants
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
@@ -73,6 +74,7 @@ class TaskSpec(CallOptions):
     ``agent_id`` is served by the agent registered for that id as its intent."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    human_route: ClassVar[bool] = False  # a unit runs to its end or compensates: it does not wait for people
 
     task_id: str
     name: str = ""
@@ -361,9 +363,12 @@ def unit_request(
 
 
 def build_uow_graph(
-    units: Mapping[str, UnitOfWorkSpec], services: NodeServices, hooks: UnitHooks
+    units: Mapping[str, UnitOfWorkSpec], services: NodeServices, hooks: UnitHooks, *, grants: Grants | None = None
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """The executor for any of ``units`` (chosen by ``uow_request.uow_id``), compiled to add as a node."""
+    """The executor for any of ``units`` (chosen by ``uow_request.uow_id``), compiled to add as a node.
+    ``grants``: the host spec's least privilege, applied to every task's agent call."""
+    granted_permissions = grants.granted_permissions if grants is not None else None
+    granted_intents = grants.granted_intents if grants is not None else None
 
     def unit_of(state: UowState) -> UnitOfWorkSpec:
         return units[state["uow_request"]["uow_id"]]
@@ -468,6 +473,8 @@ def build_uow_graph(
                 key=f"{request['run_id']}:{task.task_id}",
                 event_type="task.completed",
                 recorder=_recorder({"run_id": request["run_id"], "uow_id": unit.uow_id}),
+                granted_permissions=granted_permissions,
+                granted_intents=granted_intents,
                 output_schema=task.output_schema,
                 retry=dataclasses.replace(base, max_attempts=task.max_retries + 1),
                 options=task,

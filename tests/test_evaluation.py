@@ -12,7 +12,9 @@ from langchain_core.messages import AIMessage
 
 from agents import AgentRequest
 from graphs import JourneyRuntime
-from graphs.errors import EvaluatorError, RunInReviewError
+from graphs.errors import EvaluatorError, NotInReviewError, RunInReviewError
+from graphs.guide import MVPGuideBackend
+from graphs.session.mvp import mvp_spec
 
 PRICES = {"fake-model": {"input_per_1k": 1.0, "output_per_1k": 2.0}}
 
@@ -96,3 +98,79 @@ async def test_an_unregistered_evaluator_is_refused_before_the_run_starts(store_
         with pytest.raises(EvaluatorError):
             await rt.structured.execute_journey(journey["journey_id"], "ana", {})
         assert await rt.store.index.count_by_status(pattern="structured") == {}
+
+
+def summary_process(name: str, **evaluation: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "evaluation": {"tier": "gold", **evaluation},
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "service_task", "id": "summarise", "agent": "llm.summarise", "output_variables": ["summary"]},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> summarise", "summarise -> end"],
+    }
+
+
+async def test_a_process_is_judged_by_its_tier_through_the_same_kernel_hook(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, prices=PRICES) as rt:
+        rt.agents.register("llm.summarise", summarise)
+        rt.evaluators.register("has_summary", lambda step, output: 1.0 if output.get("summary") else 0.0)
+        await rt.processes.deploy(
+            summary_process("digest", thresholds={"cost_per_run": 2.5}, evaluators={"completeness": "has_summary"})
+        )
+        passed = await rt.processes.status((await rt.processes.start("digest", business_key="d-1"))["instance_id"])
+        assert passed["status"] == "completed"
+        evaluation = passed["evaluation"]
+        assert (evaluation["passed"], evaluation["figures"]["cost_per_run"], evaluation["figures"]["completeness"]) == (
+            True,
+            2.0,
+            1.0,
+        )
+
+        await rt.processes.deploy(
+            summary_process("strict-digest", thresholds={"cost_per_run": 1.0}, on_breach="review")
+        )
+        held = await rt.processes.start("strict-digest", business_key="d-2")
+        held = await rt.processes.status(held["instance_id"])
+        assert held["status"] == "review"
+        assert held["evaluation"]["breaches"] == [{"metric": "cost_per_run", "value": 2.0, "threshold": 1.0}]
+        rejected = await rt.processes.review_run(held["instance_id"], approved=False, by="qa-lead", note="too dear")
+        assert rejected["status"] == "failed" and rejected["evaluation"]["review"]["note"] == "too dear"
+        with pytest.raises(NotInReviewError):
+            await rt.processes.review_run(held["instance_id"], approved=True, by="qa-lead")
+
+        await rt.processes.deploy(summary_process("unscored", evaluators={"accuracy": "nobody"}))
+        with pytest.raises(EvaluatorError):
+            await rt.processes.start("unscored", business_key="d-3")
+
+
+async def test_a_session_is_judged_by_its_tier_when_closed(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url, prices=PRICES) as rt:
+        rt.evaluators.register("recorded", lambda step, output: 1.0 if output.get("area_complete") else 0.0)
+        tier = {"tier": "silver", "thresholds": {"completeness": 0.9}, "evaluators": {"completeness": "recorded"}}
+        guide = MVPGuideBackend(rt)
+        sessions = rt.mvp.sessions
+
+        async def session(on_breach: str, updates: dict[str, Any]) -> str:
+            spec = {**mvp_spec("content").model_dump(), "evaluation": {**tier, "on_breach": on_breach}}
+            session_id = str((await sessions.start_session("ana", spec))["session_id"])
+            await guide.record(session_id, "content", updates, key=f"{session_id}:record")  # an agent call
+            return session_id
+
+        complete = await session("fail", {"files_uploaded": True, "files_parsed": True})
+        closed = await sessions.close_session(complete)
+        assert (closed["status"], closed["evaluation"]["passed"]) == ("closed", True)
+        assert closed["evaluation"]["figures"]["completeness"] == 1.0
+
+        partial = await session("fail", {"files_uploaded": True})
+        failed = await sessions.close_session(partial)
+        assert failed["status"] == "failed"
+        assert failed["evaluation"]["breaches"] == [{"metric": "completeness", "value": 0.0, "threshold": 0.9}]
+        assert (await rt.store.index.get_instance(partial)).status == "failed"  # type: ignore[union-attr]
+
+        held = await sessions.close_session(await session("review", {"files_uploaded": True}))
+        assert held["status"] == "review"
+        approved = await sessions.review_session(held["session_id"], approved=True, by="coach")
+        assert approved["status"] == "closed" and approved["evaluation"]["review"]["by"] == "coach"

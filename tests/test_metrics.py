@@ -3,6 +3,7 @@ path, gauges read from the database, and multiprocess mode summing what `journey
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents import FailingAgent
+from agents import AgentRegistry, AgentRequest, FailingAgent, RateLimit, RetrySettings
+from checkpoints.errors import JourneyError
 from checkpoints.figures import live_figures
 from checkpoints.guards import CircuitSettings
+from checkpoints.redaction import redact_label
 from graphs import JourneyRuntime
-from nodes.telemetry import METRICS, circuit_states, exposition, redact_label, rejected_by_bulkhead, timers_fired
+from nodes.telemetry import METRICS, circuit_states, exposition, rejected_by_bulkhead, timers_fired
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.settings import ApiKey, Settings
@@ -91,7 +94,7 @@ async def test_the_exposition_has_every_gauge_and_redacted_labels() -> None:
     assert found["journeys_timer_lateness_seconds_count", ()] >= 2
     rejected = [labels for name, labels in found if name == "journeys_bulkhead_rejections_total"]
     assert rejected and all("hunter2" not in value for labels in rejected for _key, value in labels)
-    assert redact_label("card 4111 1111 1111 1111 for ana@example.com") == "card [redacted]for [redacted]"
+    assert redact_label("card 4111 1111 1111 1111 for ana@example.com") == "card [REDACTED] for [REDACTED]"
 
 
 async def test_open_user_tasks_and_sla_breaches_are_read_from_the_database() -> None:
@@ -191,3 +194,41 @@ async def test_the_circuit_gauge_reads_the_shared_breaker(store_url: str) -> Non
         await runtime.store.breakers.admit("crm.capture_lead", settings)
         await runtime.store.breakers.record("crm.capture_lead", settings, succeeded=False)
         assert await circuit_states(runtime.store) == {"crm.capture_lead": "open"}
+
+
+async def test_bulkhead_and_rate_limit_refusals_of_the_agent_call_path_are_counted(store_url: str) -> None:
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def stalled(request: AgentRequest) -> dict[str, object]:
+        entered.set()
+        await release.wait()
+        return {"done": True}
+
+    agents = AgentRegistry()
+    agents.register("metered", lambda request: {"ok": True}, rate_limit=RateLimit(per_second=0.001, burst=1))
+    agents.register("erp_stalled", stalled, pool="erp-metrics", concurrency=1)
+    agents.register("erp_other", lambda request: {"ok": True}, pool="erp-metrics")
+    once = RetrySettings(max_attempts=1)
+    before = {name: counted(f"journeys_{name}_rejections_total", intent=i) for name, i in
+              (("rate_limit", "metered"), ("bulkhead", "erp_other"))}  # fmt: skip
+
+    async def run(rt: JourneyRuntime, intent: str, user: str) -> dict[str, object]:
+        spec = {"journey_type": f"metered_{intent}", "steps": [{"step_id": "call", "agent": intent, "mode": "auto"}]}
+        design = await rt.structured.design_journey(f"metered_{intent}", spec=spec)
+        try:
+            return await rt.structured.execute_journey(design["journey_id"], user, {})
+        except JourneyError as error:
+            return {"status": "failed", "error": error.code}
+
+    async with JourneyRuntime.open(store_url, agents=agents, retry=once, bulkhead_wait=0.05) as rt:
+        assert (await run(rt, "metered", "a"))["status"] == "completed"
+        assert (await run(rt, "metered", "b"))["status"] == "failed"  # the bucket holds one call
+        held = asyncio.create_task(run(rt, "erp_stalled", "c"))
+        await asyncio.wait_for(entered.wait(), 10)
+        assert (await run(rt, "erp_other", "d"))["status"] == "failed"  # the pool's one slot is taken
+        release.set()
+        assert (await asyncio.wait_for(held, 10))["status"] == "completed"
+        figures = await live_figures(rt.store.backend, rt.store.clock.now())
+        found = samples(exposition(figures, {}).decode())
+    assert found["journeys_rate_limit_rejections_total", (("intent", "metered"),)] == before["rate_limit"] + 1
+    assert found["journeys_bulkhead_rejections_total", (("intent", "erp_other"),)] == before["bulkhead"] + 1

@@ -11,11 +11,15 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import create_engine, text
 
 from agents import AgentRegistry, AgentRequest, PermanentAgentError
-from checkpoints.redaction import REDACTED, mark_sensitive, redact
+from checkpoints.errors import JourneyError
+from checkpoints.redaction import REDACTED, mark_sensitive, redact, redact_label, redact_text
 from checkpoints.url import parse_store_url
+from graphs import JourneyRuntime
+from nodes.telemetry import METRICS
 from server.app import create_app
 from server.logs import configure_logging
 from server.settings import Settings
@@ -129,3 +133,33 @@ def test_planted_secrets_reach_the_agent_but_no_log_event_row_or_answer(
         for where, texts in (("answer", answers), ("event", rows), ("log", [log])):
             assert not [t for t in texts if secret in t], f"{name} in an {where}"
     assert any(REDACTED in answer for answer in answers)
+
+
+async def test_spans_metric_labels_and_log_text_share_the_one_redaction(
+    store_url: str, spans: InMemorySpanExporter
+) -> None:
+    def refuse(request: AgentRequest) -> dict[str, Any]:
+        raise PermanentAgentError(f"login password={PASSWORD} refused for {SECRETS['email']} ({SECRETS['bearer']})")
+
+    agents = AgentRegistry()
+    agents.register("pay password=hunter2-Xq7", refuse)
+    spec = {"journey_type": "leaky", "steps": [{"step_id": "pay", "agent": "pay password=hunter2-Xq7", "mode": "auto"}]}
+    async with JourneyRuntime.open(store_url, agents=agents) as runtime:
+        design = await runtime.structured.design_journey("leaky", spec=spec)
+        with pytest.raises(JourneyError):
+            await runtime.structured.execute_journey(design["journey_id"], "ana", {})
+    recorded = [
+        str(value)
+        for span in spans.get_finished_spans()
+        for attributes in (span.attributes or {}, *(event.attributes or {} for event in span.events))
+        for value in attributes.values()
+    ]
+    assert any("AgentCallFailedError" in value for value in recorded)  # the failure is in the trace
+    labels = [value for metric in METRICS.collect() for sample in metric.samples for value in sample.labels.values()]
+    assert "pay password=[REDACTED]" in labels
+    for name, secret in (("password", PASSWORD), ("email", SECRETS["email"]), ("bearer", SECRETS["bearer"])):
+        assert not [value for value in recorded if secret in value], f"{name} in a span"
+        assert not [value for value in labels if secret in value], f"{name} in a metric label"
+    # One mechanism: a label is the redacted text, cut short.
+    text = f"pay password={PASSWORD} for {SECRETS['email']} " + "x" * 200
+    assert redact_label(text) == redact_text(text)[:100] == f"pay password={REDACTED} for {REDACTED} " + "x" * 61

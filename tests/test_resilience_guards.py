@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from agents import AgentRegistry, AgentRequest, RetrySettings
+from agents import AgentRegistry, AgentRequest, CircuitOpenError, FailingAgent, RetrySettings
 from checkpoints.clock import VirtualClock
 from checkpoints.guards import CircuitSettings, RateLimit
 from checkpoints.store import open_store
-from graphs import JourneyRuntime
+from graphs import JourneyRuntime, SpecError
+from nodes.errors import ResumeValueError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "resilience_child.py"
@@ -197,3 +198,64 @@ async def test_a_rate_limited_call_waits_until_the_limit_lets_it_through() -> No
         refused = [e.payload["error_type"] for e in history if e.type == "agent.attempt_failed"]
         [done] = [e.payload for e in history if e.type == "step.completed"]
         assert refused[:1] == ["RateLimitedError"] and done["attempts"] == len(refused) + 1 <= 3
+
+
+async def test_an_open_circuit_routes_the_step_to_a_person_whose_answer_completes_it(store_url: str) -> None:
+    quote = FailingAgent("quote")
+    circuit = CircuitSettings(failure_threshold=1, cool_down=3600)
+    agents = AgentRegistry()
+    agents.register("quote", quote, circuit=circuit)
+    steps = [
+        {
+            "step_id": "price",
+            "agent": "quote",
+            "mode": "auto",
+            "on_circuit_open": "human",
+            "output_schema": {"type": "object", "required": ["price"]},
+        },
+        {"step_id": "confirm"},
+    ]
+    async with JourneyRuntime.open(store_url, agents=agents) as rt:
+        await rt.store.breakers.admit("quote", circuit)
+        await rt.store.breakers.record("quote", circuit, succeeded=False)  # another process opened it
+        design = await rt.structured.design_journey("pricing", spec={"journey_type": "pricing", "steps": steps})
+        status = await rt.structured.execute_journey(design["journey_id"], "ana", {"sku": "x-1"})
+        assert (status["status"], status["current_step"], status["awaiting_input"]) == ("in_progress", "price", True)
+        assert quote.attempts == 0  # failed fast: the agent was not called
+        history = await rt.history(status["instance_id"])
+        [routed] = [e.payload for e in history if e.type == "agent.routed_to_human"]
+        assert (routed["kind"], routed["intent"], routed["payload"]["context"]) == (
+            "circuit_open",
+            "quote",
+            {"sku": "x-1"},
+        )
+        state = await rt.structured.get_journey_status(design["journey_id"], "ana")
+        assert state["current_step"] == "price"  # it still waits, read back from the store
+
+        with pytest.raises(ResumeValueError, match="price"):  # the answer stands in for the agent's output
+            await rt.structured.advance_journey_step(design["journey_id"], "ana", {"cost": 1})
+        status = await rt.structured.advance_journey_step(design["journey_id"], "ana", {"price": 90})
+        assert (status["completed_steps"], status["current_step"]) == (["price"], "confirm")
+        assert status["last_output"] == {"price": 90}
+        [done] = [e.payload for e in await rt.history(status["instance_id"]) if e.type == "step.completed"]
+        assert (done["intent"], done["agent"], done["output"]) == ("quote", "human", {"price": 90})
+        assert quote.attempts == 0
+
+        # Without the option, the open circuit fails the step at once, as before.
+        plain = [{**steps[0], "on_circuit_open": "fail"}, steps[1]]
+        design = await rt.structured.design_journey("pricing", spec={"journey_type": "pricing", "steps": plain})
+        with pytest.raises(CircuitOpenError):
+            await rt.structured.execute_journey(design["journey_id"], "ben", {})
+
+        # A process's people work from its inbox: the human route is refused there, saying what to do.
+        process = {
+            "name": "priced",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "service_task", "id": "price", "agent": "quote", "on_circuit_open": "human"},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": ["start -> price", "price -> end"],
+        }
+        with pytest.raises(SpecError, match="on_circuit_open 'human' is for structured and saga steps"):
+            await rt.processes.deploy(process)

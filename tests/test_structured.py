@@ -19,6 +19,7 @@ from agents import (
     PolicyViolationError,
     RecordingAgent,
     RetrySettings,
+    TaskCompletion,
 )
 from checkpoints.errors import DuplicateInstanceError
 from checkpoints.schema.tables import journey_designs
@@ -432,7 +433,9 @@ async def test_a_failing_step_fails_the_journey_until_retried(store_url: str) ->
 async def test_a_policy_hook_sees_every_call_and_can_block_one(store_url: str) -> None:
     seen: list[tuple[str | None, str]] = []
 
-    def no_analysis_on_weekends(call: AgentCall) -> None:
+    def no_analysis_on_weekends(call: AgentCall | TaskCompletion) -> None:
+        if not isinstance(call, AgentCall):  # a person's answer: policies see those too
+            return
         seen.append((call.step, call.agent.intent))
         if call.payload["step_result"].get("weekend"):
             raise PolicyViolationError("no analysis on weekends", intent=call.agent.intent)

@@ -3,13 +3,10 @@ trace, whether a person resumes it days later or another process (a worker) runs
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from checkpoints import VirtualClock
@@ -17,20 +14,6 @@ from graphs import JourneyRuntime
 from nodes.telemetry import journey_context, trace_id_of
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
-
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """The spans finished during the test (the SDK provider is installed once per process)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
-    _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
 
 
 def of_instance(exporter: InMemorySpanExporter, instance_id: str) -> list[ReadableSpan]:

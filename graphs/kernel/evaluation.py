@@ -1,9 +1,12 @@
 """Evaluation of finished runs against their workflow tier (SPEC G7), for every pattern that declares one.
 
-When a run ends, its agent calls (``step.completed`` events with an intent: output and duration) are
-measured: p95 step latency; cost, from the token usage a langchain-core model reports (an output's
-``usage_metadata`` with ``input_tokens``/``output_tokens``, and its ``model``/``model_name``) priced by
-the runtime's price table; and each quality metric, the mean of its evaluator over the step outputs.
+The kernel hook every pattern calls when a run completes is :meth:`Evaluation.judge` (structured and saga
+runs, processes reaching an end event, sessions and the MVP when closed), and :meth:`Evaluation.review`
+for a person's decision on a run held for review. When a run ends, its agent calls (the pattern's
+completion events with an intent: output and duration) are measured: p95 step latency; cost, from the
+token usage a langchain-core model reports (an output's ``usage_metadata`` with ``input_tokens``/
+``output_tokens``, and its ``model``/``model_name``) priced by the runtime's price table; and each
+quality metric, the mean of its evaluator over the step outputs.
 The result is logged once per run (``evaluation.recorded``) and shown in the run's status.
 """
 
@@ -14,9 +17,11 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from checkpoints.events import Event
-from graphs.errors import EvaluatorError
+from checkpoints.events import Event, EventLog, NewEvent
+from checkpoints.index import Instance
+from graphs.errors import EvaluatorError, NotInReviewError
 from nodes.evaluation import EvaluationSpec, Price, PriceTable
+from nodes.services import failure
 
 EVALUATED = "evaluation.recorded"
 REVIEWED = "evaluation.reviewed"
@@ -26,11 +31,67 @@ Evaluator = Callable[[str, Mapping[str, Any]], float | Awaitable[float]]
 
 
 class Evaluation:
-    """The runtime's evaluators (by name) and price table (by model name)."""
+    """The runtime's evaluators (by name) and price table (by model name), and the hook that evaluates a
+    completed run of any pattern and records the verdict in ``events``."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: EventLog) -> None:
+        self.events = events
         self.evaluators: dict[str, Evaluator] = {}
         self.prices: dict[str, Price] = {}
+
+    async def judge(
+        self,
+        instance_id: str,
+        pattern: str,
+        tier: EvaluationSpec,
+        measured: Sequence[str],
+        *,
+        status: str = "completed",
+    ) -> str:
+        """Evaluate a run that has just completed (call under ``exclusive``) over its events of the types
+        ``measured`` (its agent calls), record the result once (``evaluation.recorded``) and answer the
+        instance's status: ``status`` when it passed, else ``failed`` or :data:`IN_REVIEW` as the tier says."""
+        key = f"{instance_id}:evaluation"
+        if (done := await self.events.find_by_key(key)) is not None:  # judged already (a repeated call)
+            passed = bool(done.payload.get("passed"))
+            return status if passed else "failed" if tier.on_breach == "fail" else IN_REVIEW
+        result = await self.evaluate(tier, await self.events.list(instance_id, types=list(measured)))
+        recorded = NewEvent(EVALUATED, result, None, key)
+        if result["passed"]:
+            await self.events.append(instance_id, [recorded])
+            return status
+        if tier.on_breach == "fail":
+            breached = [b["metric"] for b in result["breaches"]]
+            details = {"error": f"the run broke its tier's thresholds: {breached}", "error_type": "ThresholdBreached"}
+            verdict, also = "failed", [failure(pattern, "evaluation", details)]
+        else:
+            verdict, also = IN_REVIEW, []
+        await self.events.append(instance_id, [recorded, *also], status=verdict)
+        return verdict
+
+    async def review(
+        self, instance: Instance, *, approved: bool, by: str, note: str = "", status: str = "completed"
+    ) -> str:
+        """A person's decision on a run held for review (call under ``exclusive``, with the instance read
+        there): ``approved`` gives it ``status``, otherwise it fails. Answers the new status."""
+        if instance.status != IN_REVIEW:
+            raise NotInReviewError(
+                f"journey run {instance.instance_id!r} is {instance.status}, not in review", allowed=[]
+            )
+        verdict = status if approved else "failed"
+        decision = NewEvent(
+            REVIEWED, {"approved": approved, "by": by, "note": note}, None, f"{instance.instance_id}:review"
+        )
+        also = [] if approved else [failure(instance.pattern, "review", {"error": note or f"rejected by {by}"})]
+        await self.events.append(instance.instance_id, [decision, *also], status=verdict)
+        return verdict
+
+    async def verdict(self, instance_id: str) -> dict[str, Any]:
+        """What a run's status shows of its evaluation: the last result and the review, if any."""
+        found = await self.events.list(instance_id, types=[EVALUATED, REVIEWED])
+        evaluated = [e.payload for e in found if e.type == EVALUATED]
+        reviewed = [e.payload for e in found if e.type == REVIEWED]
+        return {**(evaluated[-1] if evaluated else {}), "review": reviewed[-1] if reviewed else None}
 
     def register(self, name: str, evaluator: Evaluator) -> None:
         """Register an evaluator: ``evaluator(step_id, output) -> score in [0, 1]``."""

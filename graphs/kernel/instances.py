@@ -98,7 +98,7 @@ class Instances:
         self.events = engine.store.events
         self.flow = FlowControl(engine.store.backend, engine.store.clock)
         self.timers = TimerStore(engine.store.engine, engine.store.clock)
-        self.evaluation = Evaluation()  # evaluators and prices for the runs of specs with a workflow tier
+        self.evaluation = Evaluation(self.events)  # evaluators and prices for the runs of specs with a workflow tier
         self._kinds: dict[str, Recoverable] = {}
 
     def register(self, kind: Recoverable) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.sql import Executable
 from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
 from agents.errors import AgentError
+from agents.policy import Grants
 from agents.registry import AgentRegistry
 from checkpoints.events import NewEvent
 from checkpoints.lifecycle import (
@@ -186,7 +187,7 @@ class StageSpec(BaseModel):
     )
 
 
-class LifecycleSpec(BaseModel):
+class LifecycleSpec(Grants):
     """A client lifecycle design: the sandbox, pilot and production stages and how rollbacks run."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -397,7 +398,7 @@ def build_lifecycle_graph(
 ) -> StateGraph[LifecycleState]:
     deps = deps or LifecycleDeps.on(services.events.engine)
     units = spec.units()
-    executor = build_uow_graph(units, services, deps.hooks())
+    executor = build_uow_graph(units, services, deps.hooks(), grants=spec)
     clock, events = services.clock, services.events
 
     def entry_queue(stage: str, done: Mapping[str, str]) -> list[dict[str, str]]:
@@ -775,6 +776,8 @@ def build_lifecycle_graph(
                 key=f"{journey_id}:m{move}:notify",
                 event_type="lifecycle.notified",
                 recorder=lambda _output: Recording({"notification": notification}),
+                granted_permissions=spec.granted_permissions,
+                granted_intents=spec.granted_intents,
             )
             outcome["notification"] = {"delivered": True, "intent": spec.notify_intent}
         except AgentError as exc:  # a lost notification does not undo a rollback; it is reported

@@ -99,7 +99,8 @@ class _Builder:
     def __init__(self, spec: ProcessSpec, services: ProcessServices) -> None:
         self.spec = spec
         self.services = services
-        self.granted = frozenset(spec.permissions) if spec.permissions is not None else None
+        self.granted = spec.granted_permissions
+        self.intents = spec.granted_intents
         self.compensable = any(isinstance(e, ServiceTask) and e.compensation for e in spec.elements)
 
     # --- naming ----------------------------------------------------------------------------------
@@ -274,6 +275,7 @@ class _Builder:
                     event_type="task.completed",
                     recorder=record,
                     granted_permissions=self.granted,
+                    granted_intents=self.intents,
                     output_schema=task.output_schema,
                     options=task,
                 )
@@ -324,6 +326,7 @@ class _Builder:
                             event_type="map.item_completed",
                             recorder=lambda _output: Recording({"element": task.id, "index": index}),
                             granted_permissions=self.granted,
+                            granted_intents=self.intents,
                             output_schema=task.output_schema,
                         )
                     except AgentError as exc:
@@ -392,6 +395,7 @@ class _Builder:
                 element=transaction.id,
                 payload={"element": transaction.id, "process": self.spec.name, "variables": inputs},
                 granted_permissions=self.granted,
+                granted_intents=self.intents,
             )
             cells, changes = assign(state.get("variables"), {transaction.output_variable: outcome.status})
             record = {

@@ -1,8 +1,9 @@
 """The user-task inbox (SPEC B2): list open tasks by assignee or group, claim one, complete it.
 
 Completion is checked before anything is written: the task must be open, the user must be the one
-who claimed it (or, unclaimed, the assignee or a member of a candidate group), and the payload must
-match the task's response schema. Only then is the task's wait resolved and the instance resumed.
+who claimed it (or, unclaimed, the assignee or a member of a candidate group), the payload must match
+the task's response schema, and the runtime's policies must let it through. Only then is the task's
+wait resolved and the instance resumed.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ from checkpoints.process.waits import WaitStore
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 from graphs.process.context import Resumer
+from nodes.agent_call import AgentCaller
 from nodes.user_task import validate_resume_value
 
 
 class TaskInbox:
     """``runtime.processes.inbox``: the user tasks of every process instance, for the people who work on them."""
 
-    def __init__(self, inbox: InboxStore, waits: WaitStore, clock: Clock, instances: Resumer) -> None:
+    def __init__(
+        self, inbox: InboxStore, waits: WaitStore, clock: Clock, instances: Resumer, caller: AgentCaller
+    ) -> None:
         self._inbox = inbox
+        self._caller = caller  # its policies run before a completion, as before every agent call
         self._waits = waits
         self._clock = clock
         self._instances = instances  # resumes the instance once its task is completed
@@ -92,6 +97,7 @@ class TaskInbox:
         if row.claimed_by is None and not row.may_act(user, tuple(groups)):
             raise self._forbidden(row, user)
         result = validate_resume_value(payload, row.response_schema, task=row.element)
+        await self._caller.authorize_completion(row.instance_id, row.element, result, user=user, groups=tuple(groups))
         resolution = {
             "option": row.element,
             "kind": "task",

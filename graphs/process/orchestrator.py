@@ -34,6 +34,7 @@ from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
 from graphs.errors import (
+    EvaluatorError,
     InvalidInputError,
     MigrationInProgressError,
     ProcessInstanceNotFoundError,
@@ -59,6 +60,8 @@ from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
 
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
+# The events a process's evaluation measures: its agent calls (service tasks and map items).
+MEASURED = ("task.completed", "map.item_completed")
 
 
 class ProcessOrchestrator:
@@ -75,7 +78,7 @@ class ProcessOrchestrator:
         self.deployed = DeployedVersions(designs, self.deployments)
         self.catalog = catalog or default_process_catalog()
         self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
-        self.inbox = TaskInbox(self.services.inbox, self.services.waits, self.clock, self)
+        self.inbox = TaskInbox(self.services.inbox, self.services.waits, self.clock, self, self.services.node.caller)
         self.migrations = Migrations(
             self.engine,
             self.deployed,
@@ -288,6 +291,8 @@ class ProcessOrchestrator:
                 f"process {name!r} v{version} has no start event {start_event or '(plain)'}; its starts: {triggers}",
                 allowed=triggers,
             )
+        if spec.evaluation is not None and (missing := self._designs.instances.evaluation.missing(spec.evaluation)):
+            raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         merged = {**spec.variables, **(variables or {}), "business_key": business_key}
         self._check_variables(spec, merged)
         controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged, spec.deadline)
@@ -383,10 +388,26 @@ class ProcessOrchestrator:
         """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
         ``failed`` and can be retried. Returns whether the run went through."""
         try:
-            await self._designs.instances.advance(graph, instance_id, PATTERN, value, options=run_options)
+            outcome = await self._designs.instances.advance(graph, instance_id, PATTERN, value, options=run_options)
         except JourneyError:  # recorded by the kernel
             return False
+        values = outcome.values if isinstance(outcome, StateSnapshot) else outcome
+        if values.get("status") == "completed":  # it reached an end event: its tier judges the run
+            spec = await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
+            if spec.evaluation is not None:
+                evaluation = self._designs.instances.evaluation
+                await evaluation.judge(instance_id, PATTERN, spec.evaluation, MEASURED)
         return True
+
+    async def review_run(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """A person's decision on an instance its tier's evaluation held for review: ``approved`` completes
+        it, otherwise it fails."""
+        await self.instance(instance_id)
+        async with self.engine.exclusive(instance_id):
+            await self._designs.instances.evaluation.review(
+                await self.instance(instance_id), approved=approved, by=by, note=note
+            )
+        return await self.status(instance_id)
 
     async def settled(self, graph: Graph, instance_id: str, run_options: RunOptions = DEFAULT_RUN) -> StateSnapshot:
         """Under ``exclusive``: the thread's state after finishing what a crash left in flight."""
@@ -572,7 +593,7 @@ class ProcessOrchestrator:
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
-        instance, deployment, _spec, graph = await self.loaded(instance_id)
+        instance, deployment, spec, graph = await self.loaded(instance_id)
         async with self.engine.exclusive(instance_id):
             now = await self.instance(instance_id)
             if now.journey_id != instance.journey_id:  # migrated while this call waited for the lock
@@ -580,7 +601,10 @@ class ProcessOrchestrator:
                 graph = await self.deployed.graph_of(deployment)
             snapshot = await self.settled(graph, instance_id)
         instance = await self.instance(instance_id)
-        return self.view(instance, deployment, snapshot)
+        view = self.view(instance, deployment, snapshot)
+        if spec.evaluation is not None:
+            view["evaluation"] = await self._designs.instances.evaluation.verdict(instance_id)
+        return view
 
     @staticmethod
     def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:

@@ -34,10 +34,12 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
+from agents.policy import Grants
 from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
 from nodes.criteria import Condition, Criteria
+from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
@@ -154,6 +156,7 @@ class ServiceTask(_Element, CallOptions):
     ``fallbacks`` (:class:`CallOptions`)."""
 
     _agent_slots = ("agent", "compensation")
+    human_route: ClassVar[bool] = False  # people work from the inbox: a user task on the failure path
 
     type: Literal["service_task"] = "service_task"
     agent: str = Field(min_length=1, description="intent of the agent that does the work")
@@ -445,7 +448,7 @@ class Flow(BaseModel):
         return f"{self.source} -> {self.target}"
 
 
-class ProcessSpec(BaseModel):
+class ProcessSpec(Grants):
     """A BPMN-style process design: its elements, the flows between them and its variables."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -459,14 +462,14 @@ class ProcessSpec(BaseModel):
     variables_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema of the variables; enums here make gateway conditions exhaustive"
     )
-    permissions: tuple[str, ...] | None = Field(
-        default=None, description="scopes granted to this process's agents; None restricts nothing"
-    )
     concurrency: ConcurrencySpec | None = Field(
         default=None, description="at most `limit` running instances per value of `key` in the start variables"
     )
     deadline: DeadlineSpec | None = Field(
         default=None, description="the whole run's deadline: the instance fails when it passes before it ends"
+    )
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="the workflow tier: thresholds each completed instance's service tasks meet"
     )
 
     @field_validator("name")

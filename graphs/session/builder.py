@@ -17,9 +17,11 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
+from agents.policy import Grants
 from checkpoints.events import NewEvent
 from nodes import schemas
 from nodes.criteria import Criteria
+from nodes.evaluation import EvaluationSpec
 from nodes.ids import SNAKE_ID
 from nodes.services import NodeServices, thread_id
 
@@ -76,7 +78,7 @@ class Area(BaseModel):
         }
 
 
-class SessionSpec(BaseModel):
+class SessionSpec(Grants):
     """A session design: the areas a user may visit in any order and the one to start in."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -85,6 +87,9 @@ class SessionSpec(BaseModel):
     areas: tuple[Area, ...] = Field(min_length=1)
     initial_area: str | None = None
     recommended_order: tuple[str, ...] | None = None
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="the workflow tier its agent calls (the guide's tools) are judged on at close"
+    )
 
     @property
     def area_ids(self) -> list[str]:

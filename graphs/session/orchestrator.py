@@ -12,13 +12,20 @@ from langgraph.types import Command, StateSnapshot
 
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, UnknownAreaError
+from graphs.errors import (
+    EvaluatorError,
+    InvalidInputError,
+    JourneyFinishedError,
+    JourneyNotFoundError,
+    UnknownAreaError,
+)
 from graphs.kernel.designs import DesignBook, PatternName, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
 from graphs.kernel.flow import ExistingStart, StartControls
 from graphs.kernel.instances import Recoverable
 from graphs.session.builder import SessionSpec, SessionState, initial_session_state, session_progress
 from nodes import schemas
+from nodes.agent_call import AGENT_COMPLETED
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 
@@ -47,6 +54,8 @@ class SessionOrchestrator:
         ``start_key``: a start with the same key within ``start_key_window`` (default 24 hours) answers the
         session that start opened."""
         spec = parse_spec(SessionSpec, session_config, spec_name="session")
+        if spec.evaluation is not None and (missing := self._instances.evaluation.missing(spec.evaluation)):
+            raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         controls = StartControls.of(start_key, start_key_window, None, {})
         if controls is not None and controls.start_key is not None:
             existing = await self._instances.flow.started_with(controls.start_key)
@@ -154,11 +163,42 @@ class SessionOrchestrator:
     async def close_session(
         self, session_id: str, reason: str | None = None, *, run_options: RunOptions = DEFAULT_RUN
     ) -> dict[str, Any]:
+        """Close the session; with a workflow tier, its agent calls are judged (a breach fails it, or holds
+        it in review)."""
         spec, graph = await self._load(session_id)
         async with self._engine.exclusive(session_id):
             await self._active(graph, session_id, run_options)
             snapshot = await self._act(graph, session_id, {"type": "close", "reason": reason}, run_options)
-        return {"session_id": session_id, **session_progress(spec, snapshot.values)}
+            if spec.evaluation is None:
+                return {"session_id": session_id, **session_progress(spec, snapshot.values)}
+            evaluation = self._instances.evaluation
+            status = await evaluation.judge(
+                session_id, self.pattern, spec.evaluation, [AGENT_COMPLETED], status="closed"
+            )
+            verdict = await evaluation.verdict(session_id)
+        # The session's own status (closed), or what its tier's verdict made it (failed, review).
+        return {
+            "session_id": session_id,
+            **session_progress(spec, snapshot.values),
+            "status": status,
+            "evaluation": verdict,
+        }
+
+    async def review_session(self, session_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """A person's decision on a closed session its tier's evaluation held for review: ``approved`` closes
+        it as it was, otherwise it fails."""
+        await self._load(session_id)
+        async with self._engine.exclusive(session_id):
+            found = await self._index.get_instance(session_id)
+            assert found is not None  # _load found it
+            status = await self._instances.evaluation.review(
+                found, approved=approved, by=by, note=note, status="closed"
+            )
+        return {
+            "session_id": session_id,
+            "status": status,
+            "evaluation": await self._instances.evaluation.verdict(session_id),
+        }
 
     async def _act(self, graph: Graph, session_id: str, request: dict[str, Any], options: RunOptions) -> StateSnapshot:
         """Hand the session the user's action (under ``exclusive``); the session's state after it."""

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
 from agents.errors import AgentError
+from agents.policy import Grants
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
-from checkpoints.redaction import mark_sensitive
 from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
@@ -78,7 +78,7 @@ class Step(CallOptions):
         return self.name or self.step_id.replace("_", " ").capitalize()
 
 
-class StructuredSpec(BaseModel):
+class StructuredSpec(Grants):
     """A structured journey design: steps run in order, with optional branches."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -87,15 +87,6 @@ class StructuredSpec(BaseModel):
     name: str = ""
     steps: tuple[Step, ...] = Field(min_length=1)
     requirements: dict[str, Any] = Field(default_factory=dict)
-    permissions: tuple[str, ...] | None = Field(
-        default=None, description="scopes granted to this journey's agents; None restricts nothing"
-    )
-    intents: tuple[str, ...] | None = Field(
-        default=None, description="the only intents this journey's steps may call; None restricts nothing"
-    )
-    sensitive: tuple[str, ...] = Field(
-        default=(), description="fields redacted wherever values are shown: the event log, logs, API answers"
-    )
     concurrency: ConcurrencySpec | None = Field(
         default=None, description="at most `limit` running journeys per value of `key` in the start context"
     )
@@ -246,8 +237,7 @@ def build_structured_graph(
     compensation: StateGraph[Any] | None = None,
 ) -> StateGraph[StructuredState]:
     """Compile-ready graph for ``spec``. With ``compensation`` (a saga), a failing step routes there."""
-    granted = frozenset(spec.permissions) if spec.permissions is not None else None
-    mark_sensitive(spec.sensitive)
+    granted = spec.granted_permissions
     builder: StateGraph[StructuredState] = StateGraph(StructuredState)
     for step in spec.steps:
         if step.mode == "user":
@@ -311,7 +301,7 @@ def _step_runner(
                 event_type="step.completed",
                 recorder=record,
                 granted_permissions=granted,
-                granted_intents=frozenset(spec.intents) if spec.intents is not None else None,
+                granted_intents=spec.granted_intents,
                 output_schema=step.output_schema,
                 options=step,
             )

@@ -28,18 +28,18 @@ from graphs.errors import (
     JourneyNotStartedError,
     JourneyQueuedError,
     NothingToRetryError,
-    NotInReviewError,
     RunInReviewError,
     StepFailedError,
     StepOrderError,
 )
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
-from graphs.kernel.evaluation import EVALUATED, IN_REVIEW, REVIEWED
+from graphs.kernel.evaluation import IN_REVIEW
 from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.forks import Forkable
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
+from nodes.agent_call import CIRCUIT_OPEN_TASK
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED
 from nodes.user_task import validate_resume_value
 
@@ -148,7 +148,8 @@ class StepJourneys:
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.engine.settled_state(graph, instance_id, options=options)
-            current = self._current_step(instance_id, spec, Standing.of(snapshot))
+            standing = Standing.of(snapshot)
+            current = self._current_step(instance_id, spec, standing)
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
             if requested is not None and requested != current:
                 known = "" if requested in spec.step_ids else f" ({requested!r} is not a step of this journey)"
@@ -158,7 +159,11 @@ class StepJourneys:
                     allowed=[current],
                     current_step=current,
                 )
-            result = validate_resume_value(step_result, spec.step(current).input_schema, task=current)
+            schema = spec.step(current).input_schema
+            if standing.waiting is not None and standing.waiting.get("kind") == CIRCUIT_OPEN_TASK:
+                schema = spec.step(current).output_schema  # a person answers in the agent's place
+            result = validate_resume_value(step_result, schema, task=current)
+            await self.engine.services.caller.authorize_completion(instance_id, current, result, user=found.user_id)
             explicit = result.get("next_step")
             targets = [b.to for b in spec.branches(current)]
             if explicit is not None and explicit not in targets:
@@ -241,21 +246,9 @@ class StepJourneys:
         tier = spec.evaluation
         if tier is None or standing.status != "completed":
             return standing
-        steps = await self.events.list(instance_id, types=[COMPLETED_STEP])
-        result = await self.instances.evaluation.evaluate(tier, steps)
-        recorded = NewEvent(EVALUATED, result, None, f"{instance_id}:evaluation")
-        if result["passed"]:
-            await self.events.append(instance_id, [recorded])
-            return standing
-        if tier.on_breach == "fail":
-            breached = [b["metric"] for b in result["breaches"]]
-            details = {"error": f"the run broke its tier's thresholds: {breached}", "error_type": "ThresholdBreached"}
-            status, also = "failed", [failure(pattern, "evaluation", details)]
-        else:
-            status, also = IN_REVIEW, []
-        await self.events.append(instance_id, [recorded, *also], status=status)
-        last = steps[-1].step if steps else None
-        await graph.aupdate_state(self.engine.config(instance_id), {"status": status}, as_node=last or START)
+        status = await self.instances.evaluation.judge(instance_id, pattern, tier, [COMPLETED_STEP])
+        if status != standing.status:
+            await self._set_status(graph, instance_id, status)
         return replace(standing, status=status)
 
     async def review(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
@@ -263,17 +256,17 @@ class StepJourneys:
         found = await self.instance(instance_id)
         graph = (await self._load(found.journey_id))[2]
         async with self.engine.exclusive(instance_id):
-            found = await self.instance(instance_id)
-            if found.status != IN_REVIEW:
-                raise NotInReviewError(f"journey run {instance_id!r} is {found.status}, not in review", allowed=[])
-            status = "completed" if approved else "failed"
-            decision = NewEvent(REVIEWED, {"approved": approved, "by": by, "note": note}, None, f"{instance_id}:review")
-            also = [] if approved else [failure(found.pattern, "review", {"error": note or f"rejected by {by}"})]
-            await self.events.append(instance_id, [decision, *also], status=status)
-            steps = await self.events.list(instance_id, types=[COMPLETED_STEP])
-            last = steps[-1].step if steps else None
-            await graph.aupdate_state(self.engine.config(instance_id), {"status": status}, as_node=last or START)
+            status = await self.instances.evaluation.review(
+                await self.instance(instance_id), approved=approved, by=by, note=note
+            )
+            await self._set_status(graph, instance_id, status)
         return await self.status(instance_id)
+
+    async def _set_status(self, graph: Graph, instance_id: str, status: str) -> None:
+        """The thread's status after its run was judged, at its last step (the run itself has ended)."""
+        steps = await self.events.list(instance_id, types=[COMPLETED_STEP])
+        last = steps[-1].step if steps else None
+        await graph.aupdate_state(self.engine.config(instance_id), {"status": status}, as_node=last or START)
 
     async def _expire(self, instance: Instance, graph: Graph, on_expiry: str, passed: NewEvent) -> None:
         """The deadline passed (under ``exclusive``): a saga with ``on_expiry="compensate"`` compensates its
@@ -344,10 +337,7 @@ class StepJourneys:
         if standing.failed:
             view["failed_step"] = standing.failed
         if spec.evaluation is not None:
-            found = await self.events.list(instance.instance_id, types=[EVALUATED, REVIEWED])
-            evaluated = [e.payload for e in found if e.type == EVALUATED]
-            reviewed = [e.payload for e in found if e.type == REVIEWED]
-            view["evaluation"] = {**(evaluated[-1] if evaluated else {}), "review": reviewed[-1] if reviewed else None}
+            view["evaluation"] = await self.instances.evaluation.verdict(instance.instance_id)
         if instance.pattern == "saga":
             view |= {
                 "saga_id": instance.instance_id,
