@@ -50,6 +50,7 @@ from nodes.criteria_gate import (
     evaluate_criteria,
     validation_statement,
 )
+from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, is_replay, thread_id
 from nodes.uow import UnitHooks, UnitOfWorkSpec, build_uow_graph, find_cycle, unit_request, validate_unit
@@ -200,6 +201,11 @@ class LifecycleSpec(BaseModel):
     auto_complete_rollback: bool = Field(
         default=True, description="automatic rollbacks return to their target as soon as they validate"
     )
+    # Flow control, applied by the one instance lifecycle (graphs/kernel/instances.py) as for every pattern:
+    # the concurrency key is a path into {"client_id": ..., **metadata}; a deadline that passes before the
+    # journey ends cancels it and fails the instance.
+    concurrency: ConcurrencySpec | None = None
+    deadline: DeadlineSpec | None = None
 
     def stage(self, stage: str) -> StageSpec:
         spec: StageSpec = getattr(self, JourneyStage(stage).value)
