@@ -25,6 +25,7 @@ from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.lifecycle import LifecycleStore, metric_rows
+from checkpoints.ownership import Viewer
 from graphs.errors import (
     EntryCriteriaNotMetError,
     InvalidInputError,
@@ -675,9 +676,10 @@ class LifecycleOrchestrator:
             f"{journey_id}:exit-now", journey_id, "exit_criteria", event.value, name, None, tuple(checks), now
         )
 
-    async def dashboard(self) -> dict[str, Any]:
-        """Journey visibility across all clients: every lifecycle metric with the seed's targets."""
-        return await self.metrics.summary()
+    async def dashboard(self, *, viewer: Viewer | None = None) -> dict[str, Any]:
+        """Journey visibility across all clients (or those ``viewer`` may see): every lifecycle metric with
+        the seed's targets."""
+        return await self.metrics.seen_by(viewer).summary()
 
     async def _expire(self, instance: Instance, graph: Graph, _on_expiry: str, passed: NewEvent) -> None:
         """A journey whose deadline passed (under ``exclusive``, from ``Instances.expire``): it is cancelled
