@@ -7,11 +7,15 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from graphs.errors import ConcurrencyLimitError, InvalidTransitionError
 from graphs.lifecycle.catalog import READY_TO_START, default_lifecycle_spec
+from server.app import create_app
+from server.settings import Settings
 from tests.lifecycle_support import lifecycle_runtime
+from tests.server_support import serving
 
 
 def spec_with(**flow: Any) -> dict[str, Any]:
@@ -73,3 +77,17 @@ async def test_a_lifecycle_journey_past_its_deadline_is_cancelled_and_fails(stor
         assert "journey.deadline_passed" in types and types[-1] == "instance.failed", types
         with pytest.raises(InvalidTransitionError):
             await lc.promote(journey_id)
+
+
+def test_the_http_lifecycle_start_takes_a_start_key(store_url: str) -> None:
+    with (
+        serving(create_app(Settings(database_url=store_url, auth=False))) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+        body = {"client_id": "client-7", "metrics": READY_TO_START, "start_key": "onboard-7", "start_key_window": 60}
+        first, again = (http.post("/journeys/lifecycle", json=body) for _ in range(2))
+        assert first.status_code == again.status_code == 200, again.text
+        assert again.json()["journey_id"] == first.json()["journey_id"]
+        assert again.json()["current_stage"] == "sandbox" and again.json()["validation"]["passed"]
+        other = http.post("/journeys/lifecycle", json={**body, "start_key": "onboard-8"}).json()
+        assert other["journey_id"] != first.json()["journey_id"]
