@@ -3,6 +3,10 @@
 Every create and update writes a version row; the assistant's row holds the version in use, which
 ``set_latest`` may move back to an earlier one. The built-in patterns are system assistants the server
 knows from the pattern registry: they have no rows here.
+
+An assistant records its owner, tenant and shared group (:mod:`checkpoints.ownership`); every read,
+search and change takes a ``viewer`` and filters by it in the query, so a caller finds only the
+assistants it may see (None: no filter, for the runtime's own reads).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy import Select, bindparam, delete, func, insert, select, update
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.errors import AssistantExistsError, AssistantNotFoundError
+from checkpoints.ownership import Owner, Viewer, visible_to
 from checkpoints.schema.tables import server_assistant_versions, server_assistants
 
 _a, _v = server_assistants.c, server_assistant_versions.c
@@ -38,6 +43,8 @@ class AssistantRow:
     created_at: datetime
     updated_at: datetime
     owner: str | None = None
+    tenant: str | None = None
+    shared_group: str | None = None
 
 
 _VERSION_FIELDS = ("graph_id", "name", "description", "config", "context", "metadata")
@@ -67,7 +74,16 @@ def _row(found: Row, updated_at: datetime | None = None) -> AssistantRow:
         created_at=found["created_at"],
         updated_at=updated_at or found.get("updated_at") or found["created_at"],
         owner=found.get("owner"),
+        tenant=found.get("tenant"),
+        shared_group=found.get("shared_group"),
     )
+
+
+def _visible(query: Select[Any], viewer: Viewer | None) -> Select[Any]:
+    """Only the assistants ``viewer`` may see (an unchanged query for None)."""
+    if viewer is None:
+        return query
+    return query.where(visible_to(viewer, _a.owner, _a.tenant, _a.shared_group))
 
 
 def _matching(query: Select[Any], graph_id: str | None, name: str | None) -> Select[Any]:
@@ -95,12 +111,14 @@ class AssistantStore:
         config: Mapping[str, Any],
         context: Mapping[str, Any],
         metadata: Mapping[str, Any],
-        owner: str | None,
+        owner: Owner | None,
         if_exists: str = "raise",
+        viewer: Viewer | None = None,
     ) -> AssistantRow:
-        """A new assistant at version 1; with ``if_exists="do_nothing"`` an existing one is answered as it is."""
+        """A new assistant at version 1, owned by ``owner``; with ``if_exists="do_nothing"`` an existing one
+        ``viewer`` may see is answered as it is (one it may not see is refused as existing: ids are global)."""
         if assistant_id is not None and (existing := await self.get(assistant_id)) is not None:
-            if if_exists == "do_nothing":
+            if if_exists == "do_nothing" and (viewer is None or viewer.may_see(*_owned(existing))):
                 return existing
             raise AssistantExistsError(f"assistant {assistant_id!r} exists already", assistant_id=assistant_id)
         now = self._clock.now()
@@ -115,7 +133,7 @@ class AssistantStore:
             1,
             now,
             now,
-            owner,
+            **(owner.values() if owner else {}),
         )
         async with self._backend.transaction() as tx:
             await tx.execute(_INSERT, {f: getattr(row, f) for f in AssistantRow.__slots__})
@@ -127,31 +145,41 @@ class AssistantStore:
         fields = {f: getattr(row, f) for f in _VERSION_FIELDS}
         return {"assistant_id": row.assistant_id, "version": row.version, "created_at": at, **fields}
 
-    async def get(self, assistant_id: str) -> AssistantRow | None:
-        found = await self._backend.read(_GET, {"p_id": assistant_id})
+    async def get(self, assistant_id: str, *, viewer: Viewer | None = None) -> AssistantRow | None:
+        """The assistant, or None when there is none ``viewer`` may see."""
+        params = {"p_id": assistant_id}
+        found = await (
+            self._backend.read(_GET, params) if viewer is None else self._backend.query(_visible(_GET, viewer), params)
+        )
         return _row(found[0]) if found else None
 
-    async def require(self, assistant_id: str) -> AssistantRow:
-        found = await self.get(assistant_id)
+    async def require(self, assistant_id: str, *, viewer: Viewer | None = None) -> AssistantRow:
+        """The assistant ``viewer`` may see; not found (as if there were none) otherwise."""
+        found = await self.get(assistant_id, viewer=viewer)
         if found is None:
             raise AssistantNotFoundError(f"no assistant {assistant_id!r}", assistant_id=assistant_id)
         return found
 
     async def search(
-        self, *, graph_id: str | None = None, name: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        *,
+        graph_id: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        viewer: Viewer | None = None,
     ) -> list[AssistantRow]:
-        """The assistants on ``graph_id`` whose name contains ``name`` and whose metadata holds ``metadata``,
-        newest first."""
-        query = _matching(select(server_assistants), graph_id, name).order_by(_a.created_at.desc())
+        """The assistants ``viewer`` may see on ``graph_id`` whose name contains ``name`` and whose metadata
+        holds ``metadata``, newest first."""
+        query = _matching(_visible(select(server_assistants), viewer), graph_id, name).order_by(_a.created_at.desc())
         rows = [_row(found) for found in await self._backend.query(query)]
         if metadata:  # JSON containment differs per dialect: matched here, on the few rows one graph has
             rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
         return rows
 
-    async def update(self, assistant_id: str, **changes: Any) -> AssistantRow:
+    async def update(self, assistant_id: str, *, viewer: Viewer | None = None, **changes: Any) -> AssistantRow:
         """A new version with ``changes`` (any of graph_id, name, description, config, context; metadata is
         merged into the current one), made the version in use."""
-        current = await self.require(assistant_id)
+        current = await self.require(assistant_id, viewer=viewer)
         merged = {f: getattr(current, f) for f in _VERSION_FIELDS}
         merged.update({k: v for k, v in changes.items() if k != "metadata" and v is not None})
         merged["metadata"] = {**current.metadata, **(changes.get("metadata") or {})}
@@ -165,6 +193,8 @@ class AssistantStore:
                 created_at=current.created_at,
                 updated_at=now,
                 owner=current.owner,
+                tenant=current.tenant,
+                shared_group=current.shared_group,
                 **merged,
             )
             await tx.execute(_INSERT_VERSION, self._version_params(row, now))
@@ -172,18 +202,24 @@ class AssistantStore:
         return row
 
     async def versions(
-        self, assistant_id: str, *, metadata: Mapping[str, Any] | None = None, limit: int = 10, offset: int = 0
+        self,
+        assistant_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        viewer: Viewer | None = None,
     ) -> list[AssistantRow]:
         """Every version of the assistant, newest first."""
-        await self.require(assistant_id)
+        await self.require(assistant_id, viewer=viewer)
         rows = [_row(found) for found in await self._backend.read(_VERSIONS, {"p_id": assistant_id})]
         if metadata:
             rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
         return rows[offset : offset + limit]
 
-    async def set_latest(self, assistant_id: str, version: int) -> AssistantRow:
+    async def set_latest(self, assistant_id: str, version: int, *, viewer: Viewer | None = None) -> AssistantRow:
         """Make an earlier (or later) version the one in use."""
-        current = await self.require(assistant_id)
+        current = await self.require(assistant_id, viewer=viewer)
         found = await self._backend.read(_GET_VERSION, {"p_id": assistant_id, "p_version": version})
         if not found:
             raise AssistantNotFoundError(
@@ -199,9 +235,15 @@ class AssistantStore:
             created_at=current.created_at,
             updated_at=now,
             owner=current.owner,
+            tenant=current.tenant,
+            shared_group=current.shared_group,
             **fields,
         )
 
-    async def delete(self, assistant_id: str) -> None:
-        await self.require(assistant_id)
+    async def delete(self, assistant_id: str, *, viewer: Viewer | None = None) -> None:
+        await self.require(assistant_id, viewer=viewer)
         await self._backend.write([_DELETE_VERSIONS, _DELETE], {"p_id": assistant_id})
+
+
+def _owned(row: AssistantRow) -> tuple[str | None, str | None, str | None]:
+    return row.owner, row.tenant, row.shared_group

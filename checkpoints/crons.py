@@ -5,6 +5,9 @@ purpose ``cron`` (a cron :class:`~nodes.timer.TimerDefinition` in the cron's tim
 transaction that creates, re-enables or reschedules the cron and cancelled in the one that disables or
 deletes it. So a cron fires as the process timers do: claimed by one worker, never before it is due, and
 once for the ticks missed while nothing ran.
+
+A cron records who created it (:mod:`checkpoints.ownership`: the owner the server is acting for when it
+is inserted); reads, changes and deletes take a ``viewer`` and filter by it in the query.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy import Executable, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
+from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.process.timers import TimerStore
 from checkpoints.schema.tables import process_timers, server_crons
 from nodes.timer import TimerDefinition
@@ -45,6 +49,13 @@ class CronRow:
     created_at: datetime
     updated_at: datetime
     next_run_date: datetime | None = None  # the armed timer's due time
+    owner: str | None = None  # who created it, in which tenant, shared with which group
+    tenant: str | None = None
+    shared_group: str | None = None
+
+    def owned_by(self) -> Owner | None:
+        """Who the cron's runs belong to (None: a cron created outside any caller)."""
+        return Owner(self.owner, self.tenant or DEFAULT_TENANT, self.shared_group) if self.owner else None
 
     def definition(self) -> TimerDefinition:
         return TimerDefinition(cron=self.schedule, timezone=self.timezone)
@@ -64,6 +75,11 @@ def _row(mapping: Mapping[str, Any]) -> CronRow:
     values = dict(mapping)
     values["enabled"] = bool(values["enabled"])
     return CronRow(**values)
+
+
+def _visible(viewer: Viewer | None) -> list[Any]:
+    c = server_crons.c
+    return [] if viewer is None else [visible_to(viewer, c.owner, c.tenant, c.shared_group)]
 
 
 class CronStore:
@@ -108,10 +124,11 @@ class CronStore:
         on_run_completed: str | None,
         user_id: str | None,
     ) -> CronRow:
+        """A new cron, owned by the caller the server acts for (:func:`checkpoints.ownership.current_owner`)."""
         now = self._clock.now().astimezone(UTC)
         cron = CronRow(
             str(uuid.uuid4()), assistant_id, thread_id, schedule, timezone, end_time, dict(payload), dict(metadata),
-            enabled, on_run_completed, user_id, None, now, now,
+            enabled, on_run_completed, user_id, None, now, now, **new_row_owner(),
         )  # fmt: skip
         cron, statements = self._arm(cron, now)
         async with self._engine.begin() as conn:
@@ -120,17 +137,17 @@ class CronStore:
                 await conn.execute(statement)
         return cron
 
-    async def get(self, cron_id: str) -> CronRow | None:
-        found = await self.search(CronFilter(), cron_ids=[cron_id])
+    async def get(self, cron_id: str, *, viewer: Viewer | None = None) -> CronRow | None:
+        """The cron, or None when there is none ``viewer`` may see."""
+        found = await self.search(CronFilter(), cron_ids=[cron_id], viewer=viewer)
         return found[0] if found else None
 
-    async def update(self, cron_id: str, changes: Mapping[str, Any]) -> CronRow | None:
+    async def update(self, cron_id: str, changes: Mapping[str, Any], *, viewer: Viewer | None = None) -> CronRow | None:
         """Apply ``changes`` (columns of the cron); the timer is re-armed when the schedule, timezone,
-        end time or enabled flag changed. None: no such cron."""
+        end time or enabled flag changed. None: no such cron that ``viewer`` may see."""
         async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(select(server_crons).where(server_crons.c.cron_id == cron_id).with_for_update())
-            ).first()
+            mine = select(server_crons).where(server_crons.c.cron_id == cron_id, *_visible(viewer))
+            row = (await conn.execute(mine.with_for_update())).first()
             if row is None:
                 return None
             now = self._clock.now().astimezone(UTC)
@@ -146,9 +163,11 @@ class CronStore:
                 await conn.execute(statement)
         return (await self.get(cron_id)) or cron
 
-    async def delete(self, cron_id: str) -> bool:
+    async def delete(self, cron_id: str, *, viewer: Viewer | None = None) -> bool:
+        """Delete the cron and cancel its timer; False when there is no such cron ``viewer`` may see."""
         async with self._engine.begin() as conn:
-            row = (await conn.execute(select(server_crons.c.timer_id).where(server_crons.c.cron_id == cron_id))).first()
+            mine = select(server_crons.c.timer_id).where(server_crons.c.cron_id == cron_id, *_visible(viewer))
+            row = (await conn.execute(mine)).first()
             if row is None:
                 return False
             if row.timer_id is not None:
@@ -165,13 +184,15 @@ class CronStore:
         sort_by: str = "created_at",
         descending: bool = True,
         cron_ids: Sequence[str] | None = None,
+        viewer: Viewer | None = None,
     ) -> list[CronRow]:
+        """The crons ``viewer`` may see (None: all) that ``where`` takes, in order, one page."""
         c, t = server_crons.c, process_timers.c
         armed = (t.timer_id == c.timer_id) & t.status.in_(("scheduled", "firing"))
         statement = select(*server_crons.c, t.due_at.label("next_run_date")).select_from(
             server_crons.outerjoin(process_timers, armed)
         )
-        statement = statement.where(*self._conditions(where))
+        statement = statement.where(*self._conditions(where), *_visible(viewer))
         if cron_ids is not None:
             statement = statement.where(c.cron_id.in_(cron_ids))
         order = t.due_at if sort_by == "next_run_date" else c[sort_by]
@@ -185,11 +206,12 @@ class CronStore:
             found = found[offset : offset + limit]
         return found
 
-    async def count(self, where: CronFilter) -> int:
+    async def count(self, where: CronFilter, *, viewer: Viewer | None = None) -> int:
         if where.metadata:
-            return len(await self.search(where, limit=2**31 - 1))
+            return len(await self.search(where, limit=2**31 - 1, viewer=viewer))
         async with self._engine.connect() as conn:
-            statement = select(func.count()).select_from(server_crons).where(*self._conditions(where))
+            conditions = [*self._conditions(where), *_visible(viewer)]
+            statement = select(func.count()).select_from(server_crons).where(*conditions)
             return int((await conn.execute(statement)).scalar_one())
 
     @staticmethod

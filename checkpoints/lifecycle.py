@@ -27,6 +27,47 @@ from checkpoints.schema.lifecycle_tables import (
 )
 from checkpoints.schema.tables import UTCDateTime
 
+# --- the next-state rule --------------------------------------------------------------------------
+
+# Each stage's journey status, and the order of the active stages (a rollback forgets the stages past its
+# target). The lifecycle machine (graphs.lifecycle.machine) commits with these, and the rebuild
+# (checkpoints.rebuild) replays the transitions of the event log with them.
+STAGE_STATUS = {
+    "sandbox": "active",
+    "pilot": "active",
+    "production": "active",
+    "rollback": "rollback",
+    "completed": "completed",
+    "cancelled": "cancelled",
+}
+STAGE_ORDER = {"sandbox": 0, "pilot": 1, "production": 2}
+EXITS = ("promote_to_pilot", "promote_to_production", "mark_complete")  # events that complete their stage
+
+
+def next_position(
+    position: Mapping[str, Any], event: str, target: str, at: datetime, metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The journey-state columns after ``event`` moved the journey to ``target`` at ``at``: the one rule for
+    the live transition and for rebuilding the row from the log. ``position``: the columns before it
+    (``current_stage``, ``completed_stages``, ``metadata``; empty before the start); ``metadata``: the
+    metadata the event's request added."""
+    source = position.get("current_stage")
+    completed = list(position.get("completed_stages") or [])
+    if event in EXITS and source not in completed:
+        completed.append(str(source))
+    elif event == "complete_rollback":
+        completed = [stage for stage in completed if STAGE_ORDER[stage] < STAGE_ORDER[target]]
+    return {
+        "current_stage": target,
+        "previous_stage": source,
+        "status": STAGE_STATUS[target],
+        "stage_started_at": at,
+        "completed_stages": completed,
+        "metadata": {**(position.get("metadata") or {}), **(metadata or {})},
+        "updated_at": at,
+    }
+
+
 # --- statements written with an event -------------------------------------------------------------
 
 

@@ -6,18 +6,34 @@ status on its last event (``STATUS_KEY``); a process migration records the desig
 to. An instance's row is then: registered when its first event was written, in the status its latest
 such event recorded (``in_progress``, its status when registered, if none did), on the design its latest
 migration recorded.
+
+The client lifecycle's tables are derived from the same log (:func:`rebuild_lifecycle`): the journey-state
+row by the next-state rule the live machine commits with, and transitions, validations and metric
+samples from the events they were written with. So is the user-task inbox (:func:`rebuild_inbox`), from
+the task events of each process instance.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 
 from checkpoints.backends.base import Backend, Row
-from checkpoints.events import DESIGN_KEY, PATTERN_KEY, STATUS_KEY, USER_KEY
-from checkpoints.schema.tables import journey_events, journey_instances
+from checkpoints.events import DESIGN_KEY, PATTERN_KEY, STATUS_KEY, USER_KEY, Event, EventLog
+from checkpoints.flow import ENDED_STATUSES
+from checkpoints.lifecycle import next_position
+from checkpoints.schema.lifecycle_tables import (
+    lifecycle_journey_states,
+    lifecycle_metrics,
+    lifecycle_transitions,
+    lifecycle_validation_results,
+)
+from checkpoints.schema.tables import journey_events, journey_instances, user_task_groups, user_tasks
 
 _events, _instances = journey_events.c, journey_instances.c
 _LOGGED = select(_events.instance_id).where(_events.seq == 1).order_by(_events.instance_id)
@@ -89,3 +105,240 @@ async def rebuild_instance_index(backend: Backend) -> Rebuilt:
         await backend.write([_UPDATE if found else _INSERT], params)
         corrected.append(instance_id)
     return Rebuilt(len(logged), corrected, underivable)
+
+
+# --- the lifecycle tables ---------------------------------------------------------------------------
+
+_MOVE = re.compile(r":m(\d+):[a-z_]+$")  # a transition event's key ends with its move and event
+# Each rebuilt table, and the columns a row is compared on (its autoincrement id aside).
+_LIFECYCLE_TABLES: dict[str, Table] = {
+    "lifecycle_journey_states": lifecycle_journey_states,
+    "lifecycle_transitions": lifecycle_transitions,
+    "lifecycle_validation_results": lifecycle_validation_results,
+    "lifecycle_metrics": lifecycle_metrics,
+}
+_LIFECYCLE_IDS = (
+    select(_instances.instance_id).where(_instances.pattern == "lifecycle").order_by(_instances.instance_id)
+)
+
+
+def _moment(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def lifecycle_rows(journey_id: str, events: list[Event]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of each lifecycle table for one journey, from its events in order: its state row by the
+    same next-state rule the live machine commits with (:func:`checkpoints.lifecycle.next_position`), a
+    transition row per ``lifecycle.transition``, a validation per ``lifecycle.validated`` and the samples
+    of each ``metric.recorded``."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in _LIFECYCLE_TABLES}
+    created = next((e.payload for e in events if e.type == "lifecycle.created"), None)
+    if created is None:
+        return rows
+    position: dict[str, Any] = {"metadata": dict(created.get("metadata") or {})}
+    started_at: datetime | None = None
+    for event in events:
+        data = event.payload
+        if event.type == "lifecycle.transition":
+            at, entered = _moment(data["at"]), position.get("stage_started_at")
+            found = _MOVE.search(event.key or "")
+            rows["lifecycle_transitions"].append(
+                {
+                    "journey_id": journey_id,
+                    "move": int(found.group(1)) if found else 0,
+                    "event": data["event"],
+                    "from_stage": data.get("from_stage"),
+                    "to_stage": data["to_stage"],
+                    "at": at,
+                    "from_stage_seconds": (at - entered).total_seconds() if entered else None,
+                }
+            )
+            position = next_position(position, data["event"], data["to_stage"], at, data.get("metadata"))
+            started_at = started_at or at
+        elif event.type == "lifecycle.validated":
+            rows["lifecycle_validation_results"].append(
+                {
+                    **{k: data.get(k) for k in ("validation_id", "kind", "event", "from_stage", "to_stage")},
+                    "journey_id": journey_id,
+                    "passed": bool(data["passed"]),
+                    "checks": data["checks"],
+                    "summary": data["summary"],
+                    "evaluation_ms": float(data["evaluation_ms"]),
+                    "evaluated_at": _moment(data["evaluated_at"]),
+                }
+            )
+        elif event.type == "metric.recorded":
+            at = _moment(data["at"])
+            rows["lifecycle_metrics"] += [
+                {"journey_id": journey_id, "metric": name, "value": float(value), "recorded_at": at}
+                for name, value in data["values"].items()
+            ]
+    if started_at is not None:  # a journey whose start was refused has no state row yet
+        identity = {"client_id": created["client_id"], "design_id": created["design_id"], "started_at": started_at}
+        rows["lifecycle_journey_states"].append({"journey_id": journey_id, **identity, **position})
+    return rows
+
+
+def _comparable(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """Rows as sorted JSON texts of ``columns``: moments in UTC, JSON values with sorted keys."""
+
+    def text(value: Any) -> Any:
+        return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else value
+
+    return sorted(json.dumps({c: text(r.get(c)) for c in columns}, sort_keys=True, default=str) for r in rows)
+
+
+async def lifecycle_views(backend: Backend, journey_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The live rows of each rebuilt lifecycle table for one journey (without their autoincrement ids)."""
+    found = {}
+    for name, table in _LIFECYCLE_TABLES.items():
+        rows = await backend.query(select(table).where(table.c.journey_id == journey_id))
+        found[name] = [{k: v for k, v in row.items() if k != "id"} for row in rows]
+    return found
+
+
+async def rebuild_lifecycle(backend: Backend, events: EventLog) -> Rebuilt:
+    """Write every client lifecycle journey's rows in the lifecycle tables (journey states, transitions,
+    validations, metric samples) as its events say: a journey whose rows differ from the log in a table
+    has that table's rows replaced. ``corrected`` names ``table:journey_id``. Run after the instance index
+    is rebuilt (it lists the journeys). Units of work and rollback history are not derived from the log."""
+    corrected: list[str] = []
+    journey_ids = [row["instance_id"] for row in await backend.query(_LIFECYCLE_IDS)]
+    for journey_id in journey_ids:
+        derived = lifecycle_rows(journey_id, await events.list(journey_id))
+        live = await lifecycle_views(backend, journey_id)
+        for name, table in _LIFECYCLE_TABLES.items():
+            columns = [c.name for c in table.columns if c.name != "id"]
+            if _comparable(live[name], columns) == _comparable(derived[name], columns):
+                continue
+            async with backend.transaction() as tx:
+                await tx.execute(delete(table).where(table.c.journey_id == journey_id))
+                for row in derived[name]:
+                    await tx.execute(insert(table).values(**row))
+            corrected.append(f"{name}:{journey_id}")
+    return Rebuilt(len(journey_ids), corrected, [])
+
+
+# --- the user-task inbox ----------------------------------------------------------------------------
+
+_TASK_EVENTS = ["task.created", "task.claimed", "task.released", "task.escalated", "wait.completed"]
+# The columns a task is compared on; its moments (created, escalated, completed) are written from the
+# events' times when a row is written, as the index's created_at is.
+_TASK_COMPARED = (
+    "instance_id",
+    "element",
+    "title",
+    "assignee",
+    "candidate_groups",
+    "claimed_by",
+    "status",
+    "escalation",
+    "completed_by",
+    "result",
+)
+_PROCESSES = select(_instances.instance_id, _instances.status).where(_instances.pattern == "process")
+
+
+def inbox_rows(instance_id: str, status: str, events: list[Event]) -> dict[str, dict[str, Any]]:
+    """The user tasks of one process instance, by task id, from its task events in order: opened by
+    ``task.created``, claimed and released, escalated (a reassignment moves it), closed by its wait's
+    ``wait.completed`` (completed when a person or its SLA answered it, cancelled otherwise) or cancelled
+    with the instance."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for event in events:
+        data = event.payload
+        if event.type == "task.created" and isinstance(data.get("task"), dict):
+            task = data["task"]
+            due = task.get("sla_due_at")
+            tasks[str(task["task_id"])] = {
+                "task_id": str(task["task_id"]),
+                "instance_id": instance_id,
+                "element": event.step,
+                "title": task.get("title"),
+                "assignee": task.get("assignee"),
+                "candidate_groups": list(task.get("candidate_groups") or []),
+                "claimed_by": None,
+                "status": "open",
+                "response_schema": task.get("response_schema"),
+                "sla_due_at": _moment(due) if due else None,
+                "escalated_at": None,
+                "escalation": None,
+                "created_at": event.created_at,
+                "completed_at": None,
+                "completed_by": None,
+                "result": None,
+                "_schema_logged": "response_schema" in task,
+            }
+            continue
+        task_id = str(data.get("wait_id") if event.type == "wait.completed" else data.get("task_id"))
+        row = tasks.get(task_id)
+        if row is None or row["status"] != "open":
+            continue
+        if event.type == "task.claimed":
+            row["claimed_by"] = data.get("by")
+        elif event.type == "task.released":
+            row["claimed_by"] = None
+        elif event.type == "task.escalated" and "action" in data:
+            if row["escalation"] is None:
+                row["escalation"], row["escalated_at"] = data["action"], event.created_at
+            if data["action"] == "reassign" and isinstance(data.get("to"), dict):
+                row["assignee"] = data["to"].get("assignee")
+                row["candidate_groups"] = list(data["to"].get("candidate_groups") or [])
+                row["claimed_by"] = None
+        elif event.type == "wait.completed":
+            answered = data.get("resolution_kind") in ("task", "escalation")
+            row["status"] = "completed" if answered else "cancelled"
+            if answered:
+                row["completed_by"], row["result"], row["completed_at"] = (
+                    data.get("by"),
+                    data.get("payload"),
+                    event.created_at,
+                )
+    if status in ENDED_STATUSES:
+        for row in tasks.values():
+            if row["status"] == "open":
+                row["status"] = "cancelled"
+    return tasks
+
+
+def _same(live: Row, derived: dict[str, Any]) -> bool:
+    columns = [*_TASK_COMPARED, *(["response_schema"] if derived["_schema_logged"] else [])]
+    return _comparable([dict(live)], columns) == _comparable([derived], columns)
+
+
+async def rebuild_inbox(backend: Backend, events: EventLog) -> Rebuilt:
+    """Write every process instance's user tasks (and their candidate groups) as its events say: a missing
+    task is inserted, one that differs is rewritten. ``corrected`` names the tasks written. Run after the
+    instance index is rebuilt, on a settled database (a task completed but not yet delivered to its
+    instance, which ``recover()`` delivers, is still open in the log)."""
+    corrected: list[str] = []
+    processes = await backend.query(_PROCESSES)
+    for process in processes:
+        instance_id = process["instance_id"]
+        derived = inbox_rows(instance_id, process["status"], await events.list(instance_id, types=_TASK_EVENTS))
+        live = {
+            row["task_id"]: row
+            for row in await backend.query(select(user_tasks).where(user_tasks.c.instance_id == instance_id))
+        }
+        for task_id, row in derived.items():
+            found = live.get(task_id)
+            if found is not None and _same(found, row):
+                continue
+            values = {k: v for k, v in row.items() if not k.startswith("_")}
+            if found is not None and not row["_schema_logged"]:
+                values["response_schema"] = found["response_schema"]  # logged before tasks logged theirs
+            async with backend.transaction() as tx:
+                await tx.execute(delete(user_task_groups).where(user_task_groups.c.task_id == task_id))
+                await tx.execute(delete(user_tasks).where(user_tasks.c.task_id == task_id))
+                await tx.execute(insert(user_tasks).values(**values))
+                for group in values["candidate_groups"]:
+                    await tx.execute(insert(user_task_groups).values(task_id=task_id, group_name=group))
+            corrected.append(task_id)
+    return Rebuilt(len(processes), corrected, [])
+
+
+async def rebuild_views(backend: Backend, events: EventLog) -> tuple[Rebuilt, Rebuilt, Rebuilt]:
+    """Every view derived from the event log, in order: the instance index, then the lifecycle tables and
+    the inbox (which read the index for their journeys)."""
+    index = await rebuild_instance_index(backend)
+    return index, await rebuild_lifecycle(backend, events), await rebuild_inbox(backend, events)

@@ -153,6 +153,7 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
                 "assignee": plan.task.assignee,
                 "candidate_groups": list(plan.task.candidate_groups),
                 "sla_due_at": sla_due.isoformat() if sla_due else None,
+                "response_schema": plan.task.response_schema,  # the whole row: the inbox is rebuilt from this
             }
         event_type = "task.created" if plan.task is not None else "wait.armed"
         written = await services.node.events.append(

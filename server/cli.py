@@ -275,18 +275,23 @@ def rebuild(
         str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")
     ] = DEFAULT_STORE_URL,
 ) -> None:
-    """Rebuild the views derived from the event log (the instance index's statuses); prints what it corrected."""
-    from checkpoints.rebuild import rebuild_instance_index
+    """Rebuild the views derived from the event log (the instance index, the client lifecycle tables and
+    the user-task inbox); prints what it corrected."""
+    from checkpoints.rebuild import rebuild_views
     from graphs.runtime import JourneyRuntime
 
     async def run() -> None:
         async with JourneyRuntime.open(database_url) as runtime:
-            rebuilt = await rebuild_instance_index(runtime.store.backend)
+            rebuilt, lifecycle, inbox = await rebuild_views(runtime.store.backend, runtime.store.events)
         typer.echo(f"{rebuilt.instances} instances read, {len(rebuilt.corrected)} corrected")
         for instance_id in rebuilt.corrected:
             typer.echo(f"  {instance_id}")
         if rebuilt.underivable:  # logged before first events recorded their row
             typer.echo(f"{len(rebuilt.underivable)} instances logged before this release left as they are")
+        for what, views in (("lifecycle journeys", lifecycle), ("processes' user tasks", inbox)):
+            typer.echo(f"{views.instances} {what} read, {len(views.corrected)} views corrected")
+            for name in views.corrected:
+                typer.echo(f"  {name}")
 
     _quiet_logs(verbose=False)
     asyncio.run(run())

@@ -138,7 +138,7 @@ class CronService:
                 "cron_due_at": timer.due_at.isoformat(),
                 "_groups": list(payload.get("groups", [])),
             },
-            principal=cron.user_id,
+            principal=cron.owned_by() or cron.user_id,  # its runs belong to whoever created the cron
             enqueue=enqueue,
             durability=payload.get("durability"),
         )

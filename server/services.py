@@ -229,53 +229,60 @@ class ServerServices:
 
     # --- assistants -------------------------------------------------------------------------------
 
-    async def resolve_assistant(self, assistant_id: str) -> ResolvedAssistant:
-        """A built-in pattern's assistant (its id is the pattern's), or one a caller created."""
+    async def resolve_assistant(self, assistant_id: str, caller: Principal | None = None) -> ResolvedAssistant:
+        """A built-in pattern's assistant (its id is the pattern's: every caller sees it), or one a caller
+        created that ``caller`` may see (not found otherwise; None: no owner filter)."""
         if assistant_id in registered_patterns():
             return ResolvedAssistant(get_assistant(assistant_id), None)
-        row = await self.assistant_rows.require(assistant_id)
+        viewer = self.viewer(caller) if caller is not None else None
+        row = await self.assistant_rows.require(assistant_id, viewer=viewer)
         return ResolvedAssistant(get_assistant(row.graph_id), row)
 
-    async def create_assistant(self, owner: str, if_exists: str, **fields: Any) -> ResolvedAssistant:
+    async def create_assistant(self, caller: Principal, if_exists: str, **fields: Any) -> ResolvedAssistant:
         pattern = get_assistant(fields["graph_id"])  # an unknown graph is a 404
         if fields.get("assistant_id") in registered_patterns():
             if if_exists == "do_nothing":
                 return ResolvedAssistant(pattern, None)
             raise SystemAssistantError(f"{fields['assistant_id']!r} is a system assistant's id")
-        row = await self.assistant_rows.create(owner=owner, if_exists=if_exists, **fields)
+        row = await self.assistant_rows.create(
+            owner=self.owner(caller), if_exists=if_exists, viewer=self.viewer(caller), **fields
+        )
         return ResolvedAssistant(get_assistant(row.graph_id), row)
 
-    async def update_assistant(self, assistant_id: str, **changes: Any) -> ResolvedAssistant:
+    async def update_assistant(self, caller: Principal, assistant_id: str, **changes: Any) -> ResolvedAssistant:
         await self._refuse_system(assistant_id)
         if changes.get("graph_id") is not None:
             get_assistant(changes["graph_id"])
-        row = await self.assistant_rows.update(assistant_id, **changes)
+        row = await self.assistant_rows.update(assistant_id, viewer=self.viewer(caller), **changes)
         return ResolvedAssistant(get_assistant(row.graph_id), row)
 
-    async def set_latest_assistant(self, assistant_id: str, version: int) -> ResolvedAssistant:
+    async def set_latest_assistant(self, caller: Principal, assistant_id: str, version: int) -> ResolvedAssistant:
         await self._refuse_system(assistant_id)
-        row = await self.assistant_rows.set_latest(assistant_id, version)
+        row = await self.assistant_rows.set_latest(assistant_id, version, viewer=self.viewer(caller))
         return ResolvedAssistant(get_assistant(row.graph_id), row)
 
     async def assistant_versions(
-        self, assistant_id: str, metadata: Mapping[str, Any] | None, limit: int, offset: int
+        self, caller: Principal, assistant_id: str, metadata: Mapping[str, Any] | None, limit: int, offset: int
     ) -> list[AssistantRow] | list[ResolvedAssistant]:
         if assistant_id in registered_patterns():  # a system assistant has one version
             return [ResolvedAssistant(get_assistant(assistant_id), None)][offset : offset + limit]
-        return await self.assistant_rows.versions(assistant_id, metadata=metadata, limit=limit, offset=offset)
+        return await self.assistant_rows.versions(
+            assistant_id, metadata=metadata, limit=limit, offset=offset, viewer=self.viewer(caller)
+        )
 
     async def delete_assistant(self, caller: Principal, assistant_id: str, *, delete_threads: bool = False) -> None:
         """The assistant and its versions; with ``delete_threads``, the threads its runs ran on that ``caller``
         may see too (other people's threads stay)."""
         await self._refuse_system(assistant_id)
-        await self.assistant_rows.require(assistant_id)
+        viewer = self.viewer(caller)
+        await self.assistant_rows.require(assistant_id, viewer=viewer)
         if delete_threads:
             for thread_id in await self.runs.threads_of_assistant(assistant_id):
                 try:
                     await self.delete_thread(caller, thread_id)
                 except JourneyNotFoundError:
                     continue
-        await self.assistant_rows.delete(assistant_id)
+        await self.assistant_rows.delete(assistant_id, viewer=viewer)
 
     async def _refuse_system(self, assistant_id: str) -> None:
         if assistant_id in registered_patterns():
@@ -285,9 +292,9 @@ class ServerServices:
             )
 
     async def search_assistants(
-        self, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+        self, caller: Principal, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
     ) -> list[ResolvedAssistant]:
-        """The system assistants that match, then the created ones (newest first)."""
+        """The system assistants that match, then the created ones ``caller`` may see (newest first)."""
         found = [
             ResolvedAssistant(a, None)
             for a in assistants()
@@ -295,7 +302,9 @@ class ServerServices:
             and (name is None or name in a.assistant_id)
             and _holds(system_metadata(a), metadata)
         ]
-        rows = await self.assistant_rows.search(graph_id=graph_id, name=name, metadata=metadata)
+        rows = await self.assistant_rows.search(
+            graph_id=graph_id, name=name, metadata=metadata, viewer=self.viewer(caller)
+        )
         return found + [
             ResolvedAssistant(get_assistant(r.graph_id), r) for r in rows if r.graph_id in registered_patterns()
         ]

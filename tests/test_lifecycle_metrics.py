@@ -5,6 +5,7 @@ log. Memory, SQLite and Postgres."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from agents import FailingAgent
 from checkpoints.events import NewEvent
+from checkpoints.ownership import Owner, Viewer, acting_as
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_metrics,
@@ -23,6 +25,7 @@ from checkpoints.schema.lifecycle_tables import (
 )
 from graphs import JourneyRuntime
 from graphs.lifecycle.catalog import READY_TO_START
+from server.ui.data import lifecycle_board
 from tests.lifecycle_support import (
     DAY,
     PILOT_ENTRY,
@@ -226,3 +229,42 @@ async def test_a_projection_that_cannot_be_written_takes_its_event_with_it(store
             await rt.store.events.append(journey_id, [NewEvent("lifecycle.transition", {})], also=[duplicate])
         assert len(await rt.history(journey_id)) == before
         assert (await rt.lifecycle.get_journey_state(journey_id))["current_stage"] == "sandbox"
+
+
+async def test_the_lifecycle_board_counts_only_the_journeys_its_viewer_may_see(store_url: str) -> None:
+    """The dashboard's lifecycle board (server/ui/data.py) filters its figures by viewer in the queries."""
+    async with lifecycle_runtime(store_url) as (rt, _clock):
+        lc = rt.lifecycle
+        with acting_as(Owner("ana", "acme", "finance")):
+            anas = (await lc.start_journey("client-a", metrics=READY_TO_START))["journey_id"]
+            await lc.initiate_rollback(anas, "ana's client asked", rollback_to="sandbox", complete=True)
+        with acting_as(Owner("bob", "acme")):
+            bobs = (await lc.start_journey("client-b", metrics=READY_TO_START))["journey_id"]
+            await lc.cancel(bobs, "bob's client left")
+        unowned = (await lc.start_journey("client-c", metrics=READY_TO_START))["journey_id"]
+        svc = SimpleNamespace(runtime=rt)
+        boards = {
+            who: await lifecycle_board(svc, viewer)  # type: ignore[arg-type]
+            for who, viewer in {
+                "ana": Viewer("ana", "acme"),
+                "bob": Viewer("bob", "acme"),
+                "cara": Viewer("cara", "acme", ("finance",)),
+                "ana-elsewhere": Viewer("ana", "other"),
+                "admin": Viewer("root", admin=True),
+            }.items()
+        }
+        rollbacks = {who: board["metrics"]["rollback_rate"] for who, board in boards.items()}
+        assert rollbacks["ana"] == rollbacks["cara"] == {"journeys": 1, "rolled_back": 1, "rate": 1.0}
+        assert rollbacks["bob"] == {"journeys": 1, "rolled_back": 0, "rate": 0.0}
+        assert rollbacks["ana-elsewhere"] == {"journeys": 0, "rolled_back": 0, "rate": None}
+        assert rollbacks["admin"] == {"journeys": 3, "rolled_back": 1, "rate": round(1 / 3, 4)}
+        active = {who: board["metrics"]["active_journeys_by_stage"]["sandbox"] for who, board in boards.items()}
+        assert active == {"ana": 1, "bob": 0, "cara": 1, "ana-elsewhere": 0, "admin": 2}
+        success = boards["bob"]["metrics"]["client_success_rate"]
+        assert (success["cancelled_before_production"], boards["ana"]["metrics"]["client_success_rate"]["rate"]) == (
+            1,
+            None,
+        )
+        columns = {who: sorted(i.instance_id for c in b["columns"].values() for i in c) for who, b in boards.items()}
+        assert columns["ana"] == [anas] and columns["bob"] == [bobs]
+        assert columns["admin"] == sorted([anas, bobs, unowned])

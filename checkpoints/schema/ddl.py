@@ -1139,3 +1139,15 @@ CREATE TABLE journey_retention (
         "INSERT INTO journey_retention (mark, upto) VALUES ('pruned', NULL), ('deleted', NULL)",
     ),
 }
+
+# Migration 19: owners of the assistants and crons callers create (checkpoints.ownership), filtered in SQL.
+_V19_COLUMNS = (
+    "ALTER TABLE server_assistants ADD COLUMN tenant VARCHAR(100)",
+    "ALTER TABLE server_assistants ADD COLUMN shared_group VARCHAR(200)",
+    "CREATE INDEX ix_server_assistants_owner ON server_assistants (tenant, owner)",
+    "ALTER TABLE server_crons ADD COLUMN owner VARCHAR(200)",
+    "ALTER TABLE server_crons ADD COLUMN tenant VARCHAR(100)",
+    "ALTER TABLE server_crons ADD COLUMN shared_group VARCHAR(200)",
+    "CREATE INDEX ix_server_crons_owner ON server_crons (tenant, owner)",
+)
+V19_OWNED_ASSISTANTS_CRONS: DDL = {"sqlite": _V19_COLUMNS, "postgresql": _V19_COLUMNS}

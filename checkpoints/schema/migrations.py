@@ -89,6 +89,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "server crons: runs on a schedule, fired through process timers", ddl.V14_CRONS),
     Migration(15, "server assistants with versions; run options", ddl.V15_ASSISTANTS),
     Migration(17, "checkpoint retention marks: how far finished journeys were pruned, deleted", ddl.V17_RETENTION),
+    Migration(19, "owners of server assistants and crons, in which tenant", ddl.V19_OWNED_ASSISTANTS_CRONS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -327,7 +327,10 @@ server_assistants = Table(
     Column("owner", String(200), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("tenant", String(100), nullable=True),  # with owner, who may see it (migration 19)
+    Column("shared_group", String(200), nullable=True),
     Index("ix_server_assistants_graph", "graph_id"),
+    Index("ix_server_assistants_owner", "tenant", "owner"),
 )
 
 server_assistant_versions = Table(
@@ -364,8 +367,12 @@ server_crons = Table(
     Column("timer_id", String(250), nullable=True),  # the armed timer; None while disabled
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("owner", String(200), nullable=True),  # who may see it (migration 19; checkpoints.ownership)
+    Column("tenant", String(100), nullable=True),
+    Column("shared_group", String(200), nullable=True),
     Index("ix_server_crons_assistant", "assistant_id"),
     Index("ix_server_crons_thread", "thread_id"),
+    Index("ix_server_crons_owner", "tenant", "owner"),
 )
 
 SERVER_TABLES = (

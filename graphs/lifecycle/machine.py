@@ -31,9 +31,11 @@ from agents.policy import Grants
 from agents.registry import AgentRegistry
 from checkpoints.events import NewEvent
 from checkpoints.lifecycle import (
+    STAGE_STATUS,
     LifecycleStore,
     journey_moved,
     journey_started,
+    next_position,
     rollback_changed,
     rollback_started,
     transition_row,
@@ -51,6 +53,7 @@ from nodes.criteria_gate import (
     evaluate_criteria,
     validation_statement,
 )
+from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, is_replay, thread_id
 from nodes.uow import UnitHooks, UnitOfWorkSpec, build_uow_graph, find_cycle, unit_request, validate_unit
@@ -120,14 +123,7 @@ GATED: dict[str, str] = {
     E.PROMOTE_TO_PRODUCTION: "promotion",
     E.MARK_COMPLETE: "completion",
 }
-STATUS_OF: dict[str, str] = {
-    S.SANDBOX: "active",
-    S.PILOT: "active",
-    S.PRODUCTION: "active",
-    S.ROLLBACK: "rollback",
-    S.COMPLETED: "completed",
-    S.CANCELLED: "cancelled",
-}
+STATUS_OF: dict[str, str] = STAGE_STATUS  # a stage's journey status (checkpoints.lifecycle: the rebuild's too)
 RUN_UNIT = "run_unit_of_work"  # not a stage change: runs an on-demand unit of the current stage
 AWAIT = "await_event"
 
@@ -201,6 +197,11 @@ class LifecycleSpec(Grants):
     auto_complete_rollback: bool = Field(
         default=True, description="automatic rollbacks return to their target as soon as they validate"
     )
+    # Flow control, applied by the one instance lifecycle (graphs/kernel/instances.py) as for every pattern:
+    # the concurrency key is a path into {"client_id": ..., **metadata}; a deadline that passes before the
+    # journey ends cancels it and fails the instance.
+    concurrency: ConcurrencySpec | None = None
+    deadline: DeadlineSpec | None = None
 
     def stage(self, stage: str) -> StageSpec:
         spec: StageSpec = getattr(self, JourneyStage(stage).value)
@@ -432,24 +433,11 @@ def build_lifecycle_graph(
         now = clock.now()
         source = state.get("current_stage")
         request = state.get("request") or {}
-        completed = list(state.get("completed_stages") or [])
-        if event in (E.PROMOTE_TO_PILOT, E.PROMOTE_TO_PRODUCTION, E.MARK_COMPLETE) and source not in completed:
-            completed.append(str(source))
-        elif event == E.COMPLETE_ROLLBACK:
-            completed = [s for s in completed if STAGE_ORDER[JourneyStage(s)] < STAGE_ORDER[JourneyStage(target)]]
-        metadata = {**(state.get("metadata") or {}), **(request.get("metadata") or {})}
         entered = state.get("stage_started_at")
         started_at = state.get("started_at") or now.isoformat()
-        status = STATUS_OF[target]
-        values = {
-            "current_stage": target,
-            "previous_stage": source,
-            "status": status,
-            "stage_started_at": now,
-            "completed_stages": completed,
-            "metadata": metadata,
-            "updated_at": now,
-        }
+        # The same rule rebuilds the row from the log (checkpoints.rebuild).
+        values = next_position(state, event, target, now, request.get("metadata"))
+        status, completed, metadata = values["status"], values["completed_stages"], values["metadata"]
         projection: Executable
         if event == E.START_JOURNEY:
             projection = journey_started(journey_id, state["client_id"], state["design_id"], now, **values)

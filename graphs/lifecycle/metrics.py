@@ -1,6 +1,7 @@
 """Lifecycle metrics (SPEC L5, the seed's section 7.1 and success metrics), from the reporting queries
 over the lifecycle tables (``checkpoints.reports``), with the seed's targets beside each figure. All
-figures cover every journey in the store; durations are in days of the runtime clock."""
+figures cover every journey in the store (or, :meth:`LifecycleMetrics.seen_by`, those one viewer may see);
+durations are in days of the runtime clock."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from checkpoints.ownership import Viewer
 from checkpoints.reports import LifecycleReports
 
 DAY = 86_400.0
@@ -45,8 +47,13 @@ def _rate(part: int, whole: int) -> float | None:
 class LifecycleMetrics:
     """The dashboard's figures: the reporting queries shaped into days and rates beside their targets."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._reports = LifecycleReports(engine)
+    def __init__(self, engine: AsyncEngine, viewer: Viewer | None = None) -> None:
+        self._engine = engine
+        self._reports = LifecycleReports(engine, viewer)
+
+    def seen_by(self, viewer: Viewer | None) -> LifecycleMetrics:
+        """The same figures over only the journeys ``viewer`` may see (None: every journey)."""
+        return LifecycleMetrics(self._engine, viewer)
 
     async def stage_durations(self) -> dict[str, dict[str, Any]]:
         """Time spent in each stage, over every stay that has ended (promotion, rollback, cancel, completion)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
@@ -25,6 +25,7 @@ from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.lifecycle import LifecycleStore, metric_rows
+from checkpoints.ownership import Viewer
 from graphs.errors import (
     EntryCriteriaNotMetError,
     InvalidInputError,
@@ -41,7 +42,8 @@ from graphs.errors import (
 )
 from graphs.kernel.designs import DesignBook, PatternName, new_id, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
-from graphs.kernel.instances import Recoverable
+from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable
 from graphs.lifecycle.catalog import default_lifecycle_spec
 from graphs.lifecycle.machine import (
     ACTIVE_STAGES,
@@ -67,6 +69,7 @@ from nodes.criteria_gate import (
     ValidationResult,
     evaluate_criteria,
 )
+from nodes.services import failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 PATTERN: PatternName = "lifecycle"
@@ -97,7 +100,9 @@ class LifecycleOrchestrator:
         self.metrics = LifecycleMetrics(self._store.engine)
         # Every lifecycle graph on this book runs on these deps, whoever asks for it (the server, recovery).
         designs.use_builder(PATTERN, lambda spec, services: build_lifecycle_graph(spec, services, self.deps))
-        designs.instances.register(Recoverable((PATTERN,), self._instance_graph, self._start_input))
+        designs.instances.register(
+            Recoverable((PATTERN,), self._instance_graph, self._start_input, expire=self._expire)
+        )
 
     # --- plugging in -------------------------------------------------------------------------------
 
@@ -177,11 +182,17 @@ class LifecycleOrchestrator:
         spec: LifecycleSpec | Mapping[str, Any] | None = None,
         thresholds: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
         run_options: RunOptions = DEFAULT_RUN,
+        start_key: str | None = None,
+        start_key_window: str | float | timedelta | None = None,
     ) -> dict[str, Any]:
         """Start a client's journey in SANDBOX, once the sandbox entry criteria hold.
 
         ``metrics`` are recorded first (e.g. ``contract_signed``); ``spec``/``thresholds`` customise this
         journey's criteria. A journey whose start was refused can be started again with its ``journey_id``.
+        The start goes through the one instance lifecycle (``Instances.create``), like every pattern's:
+        ``start_key`` (within ``start_key_window``, default 24 hours) answers the journey an earlier start
+        with that key began; the spec's ``concurrency`` limit (keyed on ``{"client_id": …, **metadata}``)
+        queues or refuses the start above it, and its ``deadline`` is armed.
         """
         if not isinstance(client_id, str) or not client_id.strip():
             raise InvalidInputError("client_id must be a non-empty string")
@@ -191,9 +202,29 @@ class LifecycleOrchestrator:
         if journey_id is not None:
             _check_id(journey_id, "journey_id")
         design_id, chosen = await self._design_for(spec, thresholds)
+        start_input = {"client_id": client_id, **dict(metadata or {})}
+        controls = StartControls.of(start_key, start_key_window, chosen.concurrency, start_input, chosen.deadline)
         journey_id = journey_id or new_id(PATTERN)
+        try:
+            return await self._start(journey_id, client_id, design_id, chosen, metadata, values, controls, run_options)
+        except ExistingStart as existing_start:  # another start took the key meanwhile
+            return await self._started(existing_start.instance_id)
+
+    async def _start(
+        self,
+        journey_id: str,
+        client_id: str,
+        design_id: str,
+        chosen: LifecycleSpec,
+        metadata: Mapping[str, Any] | None,
+        values: Mapping[str, float],
+        controls: StartControls | None,
+        run_options: RunOptions,
+    ) -> dict[str, Any]:
         async with self._engine.exclusive(journey_id):
             existing = await self._store.index.get_instance(journey_id)
+            if existing is not None and existing.status == QUEUED:
+                raise ExistingStart(journey_id)
             if existing is not None:
                 if existing.pattern != PATTERN or existing.user_id != client_id:
                     raise InvalidInputError(
@@ -215,8 +246,13 @@ class LifecycleOrchestrator:
                     "lifecycle.created",
                     {"client_id": client_id, "design_id": design_id, "metadata": dict(metadata or {})},
                 )
-                await self._store.index.create_instance(journey_id, design_id, PATTERN, client_id, first_event=created)
                 graph = self._graph(chosen)
+                registered = await self._designs.instances.create(
+                    journey_id, design_id, PATTERN, client_id, created, graph, controls=controls
+                )
+                if registered is not None and registered.status == QUEUED:  # it starts once a slot frees
+                    await self._record(journey_id, values)
+                    return self._queued_view(registered, chosen)
             if existing is None or not snapshot.values:  # new, or a crash cut its first run short: run it
                 await self._record(journey_id, values)
                 initial = _initial_state(journey_id, client_id, design_id, metadata)
@@ -229,6 +265,21 @@ class LifecycleOrchestrator:
             )
         _raise_for_unit(outcome, journey_id)
         return {**journey_view(snapshot.values, chosen), "validation": validation.to_dict()}
+
+    async def _started(self, journey_id: str) -> dict[str, Any]:
+        """The start view of a journey an earlier start began (its start key named it)."""
+        instance = await self._store.index.get_instance(journey_id)
+        if instance is not None and instance.status == QUEUED:
+            return self._queued_view(instance, await self._spec(instance.journey_id))
+        state = await self.get_journey_state(journey_id)
+        validation = next(reversed(await self.validation_history(journey_id)), None)
+        return {**state, "validation": validation.to_dict() if validation else None}
+
+    @staticmethod
+    def _queued_view(instance: Instance, spec: LifecycleSpec) -> dict[str, Any]:
+        """A journey queued behind its spec's concurrency limit: no stage yet."""
+        values = {"journey_id": instance.instance_id, "client_id": instance.user_id, "status": QUEUED}
+        return {**journey_view(values, spec), "allowed_events": [], "validation": None}
 
     async def promote(
         self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
@@ -625,9 +676,21 @@ class LifecycleOrchestrator:
             f"{journey_id}:exit-now", journey_id, "exit_criteria", event.value, name, None, tuple(checks), now
         )
 
-    async def dashboard(self) -> dict[str, Any]:
-        """Journey visibility across all clients: every lifecycle metric with the seed's targets."""
-        return await self.metrics.summary()
+    async def dashboard(self, *, viewer: Viewer | None = None) -> dict[str, Any]:
+        """Journey visibility across all clients (or those ``viewer`` may see): every lifecycle metric with
+        the seed's targets."""
+        return await self.metrics.seen_by(viewer).summary()
+
+    async def _expire(self, instance: Instance, graph: Graph, _on_expiry: str, passed: NewEvent) -> None:
+        """A journey whose deadline passed (under ``exclusive``, from ``Instances.expire``): it is cancelled
+        where its stage allows (so no event moves it any more), and the instance fails."""
+        journey_id = instance.instance_id
+        snapshot = await self._engine.settled_state(graph, journey_id)
+        await self._store.events.append(journey_id, [passed])
+        if TransitionEvent.CANCEL_JOURNEY.value in self._allowed(snapshot):
+            request = {"event": TransitionEvent.CANCEL_JOURNEY.value, "metadata": {"cancel_reason": "deadline"}}
+            await self._run(graph, journey_id, Command(resume=request), DEFAULT_RUN)
+        await self._store.events.append(journey_id, [failure(PATTERN, "deadline", DEADLINE_FAILURE)], status="failed")
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return self._graph(await self._spec(instance.journey_id))

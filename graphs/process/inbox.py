@@ -4,6 +4,10 @@ Completion is checked before anything is written: the task must be open, the use
 who claimed it (or, unclaimed, the assignee or a member of a candidate group), the payload must match
 the task's response schema, and the runtime's policies must let it through. Only then is the task's
 wait resolved and the instance resumed.
+
+Claims and releases are logged (``task.claimed``, ``task.released``) like every other change of a task
+(``task.created``, ``task.escalated``, ``wait.completed``), so the inbox can be rebuilt from the event log
+(``checkpoints.rebuild.rebuild_inbox``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from checkpoints.clock import Clock
+from checkpoints.events import EventLog, NewEvent
 from checkpoints.process.inbox import InboxStore, UserTaskRow
 from checkpoints.process.waits import WaitStore
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
@@ -25,8 +30,9 @@ class TaskInbox:
     """``runtime.processes.inbox``: the user tasks of every process instance, for the people who work on them."""
 
     def __init__(
-        self, inbox: InboxStore, waits: WaitStore, clock: Clock, instances: Resumer, caller: AgentCaller
+        self, inbox: InboxStore, waits: WaitStore, clock: Clock, instances: Resumer, caller: AgentCaller, events: EventLog
     ) -> None:
+        self._events = events
         self._inbox = inbox
         self._caller = caller  # its policies run before a completion, as before every agent call
         self._waits = waits
@@ -70,13 +76,21 @@ class TaskInbox:
             if current.status != "open":
                 raise TaskClosedError(f"task {task_id!r} is {current.status}", task_id=task_id)
             raise TaskForbiddenError(f"task {task_id!r} is already claimed by {current.claimed_by!r}", task_id=task_id)
+        await self._logged(row, "task.claimed", user)
         return await self.get_task(task_id)
+
+    async def _logged(self, row: UserTaskRow, event_type: str, user: str) -> None:
+        """Log a claim or release once it is made (after the conditional update that decides it; a crash
+        in between loses the line, and a rebuild shows the claim as last logged)."""
+        event = NewEvent(event_type, {"task_id": row.task_id, "by": user}, row.element)
+        await self._events.append(row.instance_id, [event])
 
     async def release(self, task_id: str, user: str) -> dict[str, Any]:
         row = await self._open_row(task_id)
         if row.claimed_by != user:
             raise TaskForbiddenError(f"task {task_id!r} is not claimed by {user!r}", task_id=task_id)
-        await self._inbox.release(task_id, user)
+        if await self._inbox.release(task_id, user):
+            await self._logged(row, "task.released", user)
         return await self.get_task(task_id)
 
     async def complete(

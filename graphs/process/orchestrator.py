@@ -78,7 +78,9 @@ class ProcessOrchestrator:
         self.deployed = DeployedVersions(designs, self.deployments)
         self.catalog = catalog or default_process_catalog()
         self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
-        self.inbox = TaskInbox(self.services.inbox, self.services.waits, self.clock, self, self.services.node.caller)
+        self.inbox = TaskInbox(
+            self.services.inbox, self.services.waits, self.clock, self, self.services.node.caller, self.store.events
+        )
         self.migrations = Migrations(
             self.engine,
             self.deployed,

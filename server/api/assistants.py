@@ -68,7 +68,7 @@ def row_view(row: AssistantRow) -> dict[str, Any]:
 @router.post("", response_model=AssistantOut, summary="Create an assistant on a graph")
 async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services) -> dict[str, Any]:
     created = await svc.create_assistant(
-        caller.name,
+        caller,
         body.if_exists,
         assistant_id=body.assistant_id,
         graph_id=body.graph_id,
@@ -82,25 +82,25 @@ async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services)
 
 
 @router.post("/search", response_model=list[AssistantOut], summary="Search assistants")
-async def search_assistants(body: AssistantSearch, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
-    found = await svc.search_assistants(body.graph_id, body.name, body.metadata)
+async def search_assistants(body: AssistantSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    found = await svc.search_assistants(caller, body.graph_id, body.name, body.metadata)
     return [assistant_view(a) for a in found[body.offset : body.offset + body.limit]]
 
 
 @router.post("/count", response_model=int, summary="Count assistants")
-async def count_assistants(body: AssistantCount, _caller: Reader, svc: Services) -> int:
-    return len(await svc.search_assistants(body.graph_id, body.name, body.metadata))
+async def count_assistants(body: AssistantCount, caller: Reader, svc: Services) -> int:
+    return len(await svc.search_assistants(caller, body.graph_id, body.name, body.metadata))
 
 
 @router.get("/{assistant_id}", response_model=AssistantOut, summary="Get an assistant")
-async def get_assistant_route(assistant_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    return assistant_view(await svc.resolve_assistant(assistant_id))
+async def get_assistant_route(assistant_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    return assistant_view(await svc.resolve_assistant(assistant_id, caller))
 
 
 @router.patch("/{assistant_id}", response_model=AssistantOut, summary="Update an assistant (a new version)")
-async def update_assistant(assistant_id: str, body: AssistantUpdate, _caller: Writer, svc: Services) -> dict[str, Any]:
+async def update_assistant(assistant_id: str, body: AssistantUpdate, caller: Writer, svc: Services) -> dict[str, Any]:
     changes = body.model_dump(include={"graph_id", "config", "context", "metadata", "name", "description"})
-    return assistant_view(await svc.update_assistant(assistant_id, **changes))
+    return assistant_view(await svc.update_assistant(caller, assistant_id, **changes))
 
 
 @router.delete("/{assistant_id}", status_code=204, summary="Delete an assistant (not a system one)")
@@ -112,8 +112,8 @@ async def delete_assistant(
 
 
 @router.post("/{assistant_id}/versions", response_model=list[AssistantVersionOut], summary="An assistant's versions")
-async def get_versions(assistant_id: str, body: VersionsQuery, _caller: Reader, svc: Services) -> list[dict[str, Any]]:
-    found = await svc.assistant_versions(assistant_id, body.metadata, body.limit, body.offset)
+async def get_versions(assistant_id: str, body: VersionsQuery, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    found = await svc.assistant_versions(caller, assistant_id, body.metadata, body.limit, body.offset)
     views = [row_view(v) if isinstance(v, AssistantRow) else assistant_view(v) for v in found]
     for view in views:
         view.pop("updated_at", None)
@@ -121,20 +121,20 @@ async def get_versions(assistant_id: str, body: VersionsQuery, _caller: Reader, 
 
 
 @router.post("/{assistant_id}/latest", response_model=AssistantOut, summary="Make a version the one in use")
-async def set_latest(assistant_id: str, body: SetLatest, _caller: Writer, svc: Services) -> dict[str, Any]:
-    return assistant_view(await svc.set_latest_assistant(assistant_id, body.version))
+async def set_latest(assistant_id: str, body: SetLatest, caller: Writer, svc: Services) -> dict[str, Any]:
+    return assistant_view(await svc.set_latest_assistant(caller, assistant_id, body.version))
 
 
 @router.get("/{assistant_id}/schemas", response_model=GraphSchemaOut, summary="The JSON schemas of its graph")
-async def get_schemas(assistant_id: str, _caller: Reader, svc: Services) -> dict[str, Any]:
-    return await svc.assistant_schemas(await svc.resolve_assistant(assistant_id))
+async def get_schemas(assistant_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    return await svc.assistant_schemas(await svc.resolve_assistant(assistant_id, caller))
 
 
 @router.get("/{assistant_id}/subgraphs", response_model=dict[str, GraphSchemaOut], summary="Its graph's subgraphs")
 async def get_subgraphs(
-    assistant_id: str, _caller: Reader, svc: Services, recurse: Annotated[bool, Query()] = False
+    assistant_id: str, caller: Reader, svc: Services, recurse: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
-    return await svc.assistant_subgraphs(await svc.resolve_assistant(assistant_id), None, recurse)
+    return await svc.assistant_subgraphs(await svc.resolve_assistant(assistant_id, caller), None, recurse)
 
 
 @router.get(
@@ -143,16 +143,16 @@ async def get_subgraphs(
     summary="Its graph's subgraphs under a namespace",
 )
 async def get_subgraphs_of(
-    assistant_id: str, namespace: str, _caller: Reader, svc: Services, recurse: Annotated[bool, Query()] = False
+    assistant_id: str, namespace: str, caller: Reader, svc: Services, recurse: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
-    return await svc.assistant_subgraphs(await svc.resolve_assistant(assistant_id), namespace, recurse)
+    return await svc.assistant_subgraphs(await svc.resolve_assistant(assistant_id, caller), namespace, recurse)
 
 
 @router.get("/{assistant_id}/graph", response_model=GraphOut, summary="The assistant's graph (nodes and edges)")
 async def get_graph(
-    assistant_id: str, _caller: Reader, svc: Services, xray: Annotated[bool | int, Query()] = False
+    assistant_id: str, caller: Reader, svc: Services, xray: Annotated[bool | int, Query()] = False
 ) -> dict[str, Any]:
-    assistant = (await svc.resolve_assistant(assistant_id)).pattern
+    assistant = (await svc.resolve_assistant(assistant_id, caller)).pattern
     if assistant.sample is None:
         return {"nodes": [], "edges": []}
     drawable = (await assistant.sample(svc.runtime)).get_graph(xray=xray)

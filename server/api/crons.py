@@ -4,6 +4,10 @@ Each firing creates a run, as ``runs.create`` would: with no thread, on a new th
 journey per firing); on a thread (chat assistants, e.g. the guide), queued behind any run active there.
 Schedules are five-field cron expressions read in ``timezone`` (UTC by default). Firings are durable
 timers: never early, and one catch-up firing for the ticks missed while no scheduler ran.
+
+A cron belongs to the caller that created it (its tenant, shared with its ``share_with`` group), and so
+do its firings' runs; every route finds only the crons the caller may see (filtered in the query), and a
+cron on a thread needs a thread the caller may see.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from graphs.errors import InvalidInputError
+from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.api import errors
 from server.auth import Principal, require
 from server.crons import CronFilter, CronRow
@@ -141,19 +145,30 @@ def cron_view(cron: CronRow) -> dict[str, Any]:
 
 async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, caller: Principal) -> dict[str, Any]:
     body.refuse_unsupported()
-    cron = await svc.crons.create(
-        assistant_id=body.assistant_id,
-        thread_id=thread_id,
-        schedule=body.schedule,
-        timezone=body.timezone or "UTC",
-        end_time=body.end_time,
-        payload=body.payload(caller),
-        metadata=body.metadata or {},
-        enabled=True if body.enabled is None else body.enabled,
-        on_run_completed=body.on_run_completed,
-        user_id=caller.name,
-    )
+    if thread_id is not None:
+        await svc.resolve_thread(thread_id, caller)
+    with svc.acting(caller):  # the cron is the caller's
+        cron = await svc.crons.create(
+            assistant_id=body.assistant_id,
+            thread_id=thread_id,
+            schedule=body.schedule,
+            timezone=body.timezone or "UTC",
+            end_time=body.end_time,
+            payload=body.payload(caller),
+            metadata=body.metadata or {},
+            enabled=True if body.enabled is None else body.enabled,
+            on_run_completed=body.on_run_completed,
+            user_id=caller.name,
+        )
     return cron_view(cron)
+
+
+async def _mine(svc: ServerServices, caller: Principal, cron_id: str) -> CronRow:
+    """A cron ``caller`` may see; not found (404, as for one that does not exist) otherwise."""
+    found = await svc.crons.store.get(cron_id, viewer=svc.viewer(caller))
+    if found is None:
+        raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
+    return found
 
 
 @router.post("/runs/crons", response_model=CronOut, summary="Create a cron: a new thread per firing")
@@ -174,6 +189,7 @@ async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[
         offset=body.offset,
         sort_by=body.sort_by,
         descending=body.sort_order == "desc",
+        viewer=svc.viewer(caller),
     )
     views = [cron_view(cron) for cron in found]
     if body.select:
@@ -183,12 +199,14 @@ async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[
 
 @router.post("/runs/crons/count", response_model=int, summary="Count crons")
 async def count_crons(body: CronCount, caller: Reader, svc: Services) -> int:
-    return await svc.crons.store.count(CronFilter(body.assistant_id, body.thread_id, None, body.metadata))
+    where = CronFilter(body.assistant_id, body.thread_id, None, body.metadata)
+    return await svc.crons.store.count(where, viewer=svc.viewer(caller))
 
 
 @router.patch("/runs/crons/{cron_id}", response_model=CronOut, summary="Change a cron")
 async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Services) -> dict[str, Any]:
     body.refuse_unsupported()
+    current = await _mine(svc, caller, cron_id)
     given = body.model_fields_set
     changes: dict[str, Any] = {
         name: getattr(body, name)
@@ -196,12 +214,12 @@ async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Ser
         if name in given and (getattr(body, name) is not None or name == "end_time")
     }
     if given & {"input", "config", "context", "durability"}:
-        current = await svc.crons.get(cron_id)
         changes["payload"] = {**current.payload, **{k: v for k, v in body.payload(caller).items() if k != "groups"}}
     return cron_view(await svc.crons.update(cron_id, changes))
 
 
 @router.delete("/runs/crons/{cron_id}", status_code=204, response_class=Response, summary="Delete a cron")
 async def delete_cron(cron_id: CronId, caller: Runner, svc: Services) -> Response:
+    await _mine(svc, caller, cron_id)
     await svc.crons.delete(cron_id)
     return Response(status_code=204)

@@ -128,7 +128,7 @@ class CloseIn(Body):
     reason: str | None = None
 
 
-class LifecycleIn(Body):
+class LifecycleIn(Body, StartKeyFields):
     """A request to start a client lifecycle journey, with initial metadata and metrics."""
 
     client_id: ClientId = Field(json_schema_extra={"pattern": NOT_BLANK})
@@ -366,7 +366,13 @@ async def completion(session_id: str, caller: Reader, svc: Services) -> dict[str
 @router.post("/lifecycle", response_model=LifecycleTransitionOut, summary="Start a client lifecycle journey")
 async def start_lifecycle(body: LifecycleIn, caller: Writer, svc: Services) -> dict[str, Any]:
     with svc.acting(caller):
-        return await svc.runtime.lifecycle.start_journey(body.client_id, metadata=body.metadata, metrics=body.metrics)
+        return await svc.runtime.lifecycle.start_journey(
+            body.client_id,
+            metadata=body.metadata,
+            metrics=body.metrics,
+            start_key=body.start_key,
+            start_key_window=body.start_key_window,
+        )
 
 
 @router.post(

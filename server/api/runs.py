@@ -41,7 +41,7 @@ RunThreadId = Annotated[str, Path(max_length=THREAD_ID)]
 async def create_run(
     svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, *, streaming: bool
 ) -> RunRow:
-    resolved = await svc.resolve_assistant(body.assistant_id)
+    resolved = await svc.resolve_assistant(body.assistant_id, caller)
     assistant = resolved.pattern
     if body.input is not None:  # checked before anything (the thread included) is stored
         assistant.check_input(body.input)

@@ -3,6 +3,9 @@
 
 Items are JSON objects under a namespace (a path of labels) and a key. Search is by namespace prefix,
 filter and (when the store was opened with an index) a natural-language query. Item TTLs are not served.
+
+Each caller works in namespaces of its own (:class:`checkpoints.owned_store.OwnedStore`): what it puts goes
+under its owner prefix, and it reads only its own space and its groups'; admins see the raw namespaces.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from langgraph.store.base import Item, SearchItem
 from pydantic import BaseModel, Field
 
+from checkpoints.owned_store import OwnedStore
 from graphs.errors import InvalidInputError
 from server.api import errors
 from server.auth import Principal, require
@@ -98,6 +102,11 @@ def _item(item: Item | SearchItem) -> dict[str, Any]:
     return item.dict()
 
 
+def _owned(svc: ServerServices, caller: Principal) -> OwnedStore:
+    """The store as ``caller`` sees it."""
+    return OwnedStore(svc.runtime.store.graph_store, svc.owner(caller), svc.viewer(caller))
+
+
 def _namespace(dotted: str) -> tuple[str, ...]:
     labels = tuple(dotted.split("."))
     if not all(labels):
@@ -107,7 +116,7 @@ def _namespace(dotted: str) -> tuple[str, ...]:
 
 @router.put("/items", status_code=204, response_class=Response, summary="Store or update an item")
 async def put_item(body: PutItem, caller: Writer, svc: Services) -> Response:
-    await svc.runtime.store.graph_store.aput(tuple(body.namespace), body.key, body.value, index=body.index)
+    await _owned(svc, caller).put(tuple(body.namespace), body.key, body.value, index=body.index)
     return Response(status_code=204)
 
 
@@ -118,13 +127,13 @@ async def get_item(
     key: Annotated[str, Query(min_length=1, max_length=1000)],
     namespace: Annotated[str, Query(min_length=1, max_length=2000, description="labels joined by '.'")],
 ) -> dict[str, Any] | None:
-    item = await svc.runtime.store.graph_store.aget(_namespace(namespace), key)
+    item = await _owned(svc, caller).get(_namespace(namespace), key)
     return None if item is None else _item(item)
 
 
 @router.delete("/items", status_code=204, response_class=Response, summary="Delete an item")
 async def delete_item(body: DeleteItem, caller: Writer, svc: Services) -> Response:
-    await svc.runtime.store.graph_store.adelete(tuple(body.namespace), body.key)
+    await _owned(svc, caller).delete(tuple(body.namespace), body.key)
     return Response(status_code=204)
 
 
@@ -145,7 +154,7 @@ def _check_filter(filter: dict[str, Any] | None) -> None:
 @router.post("/items/search", response_model=SearchItemsOut, summary="Search items under a namespace prefix")
 async def search_items(body: SearchItems, caller: Reader, svc: Services) -> dict[str, Any]:
     _check_filter(body.filter)
-    found = await svc.runtime.store.graph_store.asearch(
+    found = await _owned(svc, caller).search(
         tuple(body.namespace_prefix), query=body.query, filter=body.filter, limit=body.limit, offset=body.offset
     )
     return {"items": [_item(item) for item in found]}
@@ -153,7 +162,7 @@ async def search_items(body: SearchItems, caller: Reader, svc: Services) -> dict
 
 @router.post("/namespaces", response_model=NamespacesOut, summary="List namespaces")
 async def list_namespaces(body: ListNamespaces, caller: Reader, svc: Services) -> dict[str, Any]:
-    found = await svc.runtime.store.graph_store.alist_namespaces(
+    found = await _owned(svc, caller).list_namespaces(
         prefix=tuple(body.prefix) if body.prefix else None,
         suffix=tuple(body.suffix) if body.suffix else None,
         max_depth=body.max_depth,

@@ -235,7 +235,7 @@ async def lifecycle_board(svc: ServerServices, viewer: Viewer) -> dict[str, Any]
     columns: dict[str, list[Instance]] = {}
     for instance in instances:
         columns.setdefault(stages.get(instance.instance_id, "pending"), []).append(instance)
-    return {"columns": columns, "metrics": await lifecycle.dashboard()}
+    return {"columns": columns, "metrics": await lifecycle.dashboard(viewer=viewer)}
 
 
 async def process_overview(svc: ServerServices) -> list[dict[str, Any]]:

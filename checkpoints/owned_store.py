@@ -1,0 +1,130 @@
+"""The graph store (LangGraph's ``BaseStore``) as one caller sees it: namespaces prefixed with the owner.
+
+As LangGraph Platform's auth handlers do for ``/store`` (``namespace = (user, *namespace)``), a caller's
+items live under a prefix of its own, so the owner filter is the namespace itself and runs in the store's
+query: ``("owned", tenant, "user", principal, *namespace)`` for what a caller writes, or
+``("owned", tenant, "group", group, *namespace)`` when its objects are shared with a group. A caller reads
+its own space, the space of the group it shares with, and the spaces of its groups; it never sees the
+prefix. Admins read and write the raw namespaces (every caller's items among them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from langgraph.store.base import BaseStore, Item, SearchItem
+
+from checkpoints.ownership import Owner, Viewer
+
+Namespace = tuple[str, ...]
+Found = TypeVar("Found", Item, SearchItem)
+ROOT = "owned"
+
+
+def _label(name: str) -> str:
+    """A principal, tenant or group as a namespace label: LangGraph forbids '.' in labels."""
+    return name.replace("%", "%25").replace(".", "%2E") or "%"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedStore:
+    """The store for one caller: ``owner`` decides where it writes, ``viewer`` what it reads."""
+
+    store: BaseStore
+    owner: Owner
+    viewer: Viewer
+
+    @property
+    def raw(self) -> bool:
+        """An admin works on the raw namespaces."""
+        return self.viewer.admin
+
+    def _space(self, kind: str, name: str) -> Namespace:
+        return (ROOT, _label(self.owner.tenant), kind, _label(name))
+
+    @property
+    def write_space(self) -> Namespace:
+        """Where the caller's items go (nothing for an admin)."""
+        if self.raw:
+            return ()
+        if self.owner.shared_group is not None:
+            return self._space("group", self.owner.shared_group)
+        return self._space("user", self.owner.principal)
+
+    @property
+    def read_spaces(self) -> list[Namespace]:
+        """Every space the caller reads, its write space first (only the raw root for an admin)."""
+        if self.raw:
+            return [()]
+        spaces = [self._space("user", self.owner.principal), self.write_space]
+        spaces += [self._space("group", group) for group in self.viewer.groups]
+        return list(dict.fromkeys(spaces))
+
+    async def put(self, namespace: Namespace, key: str, value: dict[str, Any], index: Any = None) -> None:
+        await self.store.aput((*self.write_space, *namespace), key, value, index=index)
+
+    async def get(self, namespace: Namespace, key: str) -> Item | None:
+        for space in self.read_spaces:
+            item = await self.store.aget((*space, *namespace), key)
+            if item is not None:
+                return _seen(item, space)
+        return None
+
+    async def delete(self, namespace: Namespace, key: str) -> None:
+        """Delete the item where the caller reads it first (deleting one it cannot see does nothing)."""
+        for space in self.read_spaces:
+            if await self.store.aget((*space, *namespace), key) is not None:
+                await self.store.adelete((*space, *namespace), key)
+                return
+
+    async def search(
+        self, prefix: Namespace, *, query: str | None, filter: dict[str, Any] | None, limit: int, offset: int
+    ) -> list[SearchItem]:
+        """One page of the items under ``prefix`` in every space the caller reads: ranked by score with a
+        query, else newest first (as the store orders one space)."""
+        found: list[SearchItem] = []
+        for space in self.read_spaces:
+            items = await self.store.asearch(
+                (*space, *prefix), query=query, filter=filter, limit=offset + limit, offset=0
+            )
+            found += [_seen(item, space) for item in items]
+        if len(self.read_spaces) > 1:
+            found.sort(key=lambda i: (-(i.score or 0.0) if query else 0.0, -i.updated_at.timestamp()))
+        return found[offset : offset + limit]
+
+    async def list_namespaces(
+        self,
+        *,
+        prefix: Namespace | None,
+        suffix: Namespace | None,
+        max_depth: int | None,
+        limit: int,
+        offset: int,
+    ) -> list[Namespace]:
+        """The namespaces the caller sees (without their prefix), sorted, one page."""
+        found: set[Namespace] = set()
+        for space in self.read_spaces:
+            listed = await self.store.alist_namespaces(
+                prefix=(*space, *(prefix or ())) or None,
+                suffix=suffix,
+                max_depth=None if max_depth is None else max_depth + len(space),
+                limit=offset + limit,
+                offset=0,
+            )
+            found.update(namespace[len(space) :] for namespace in listed if len(namespace) > len(space))
+        return sorted(found)[offset : offset + limit]
+
+
+def _seen(item: Found, space: Sequence[str]) -> Found:
+    """The item as the caller sees it: a copy whose namespace lacks the caller's prefix (never the store's
+    own object: the in-memory store answers those)."""
+    if not space:
+        return item
+    namespace = tuple(item.namespace[len(space) :])
+    if isinstance(item, SearchItem):
+        return SearchItem(namespace, item.key, item.value, item.created_at, item.updated_at, item.score)
+    return Item(
+        namespace=namespace, key=item.key, value=item.value, created_at=item.created_at, updated_at=item.updated_at
+    )

@@ -1,0 +1,97 @@
+"""Event sourcing beyond the instance index: the client lifecycle tables and the user-task inbox are rebuilt
+from the event log (``journeys rebuild``), and after a mixed workload the rebuilt views equal the live ones,
+on every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, insert, select, update
+
+from checkpoints.rebuild import lifecycle_views, rebuild_views
+from checkpoints.schema.lifecycle_tables import (
+    lifecycle_journey_states,
+    lifecycle_metrics,
+    lifecycle_transitions,
+    lifecycle_validation_results,
+)
+from checkpoints.schema.tables import user_task_groups, user_tasks
+from graphs import JourneyRuntime
+from graphs.errors import EntryCriteriaNotMetError
+from graphs.lifecycle.catalog import READY_TO_START
+from tests.lifecycle_support import DAY, lifecycle_runtime, to_pilot
+from tests.test_rebuild import EXPENSE
+
+
+async def mixed_workload(rt: JourneyRuntime) -> None:
+    """Client journeys in every kind of state, and process tasks completed, claimed, released and cancelled."""
+    lc = rt.lifecycle
+    rolled = (await lc.start_journey("client-a", metadata={"tier": "gold"}, metrics=READY_TO_START))["journey_id"]
+    await to_pilot(lc, rolled)
+    assert (await lc.record_metric(rolled, "user_satisfaction", 3.2))["rollback"] is not None  # back to sandbox
+    cancelled = (await lc.start_journey("client-b", metrics=READY_TO_START))["journey_id"]
+    await lc.cancel(cancelled, "the client left")
+    with pytest.raises(EntryCriteriaNotMetError):
+        await lc.start_journey("client-c")  # refused: pending, its validation stored
+    waiting = (await lc.start_journey("client-d", metrics=READY_TO_START))["journey_id"]
+    await lc.initiate_rollback(waiting, "asked by the client", rollback_to="sandbox")  # waits in ROLLBACK
+
+    await rt.processes.deploy(EXPENSE)
+    started = [await rt.processes.start("expense", business_key=key) for key in ("done", "held", "let-go", "gone")]
+    inbox = rt.processes.inbox
+    task_of = {s["business_key"]: (await inbox.list_tasks(instance_id=s["instance_id"]))[0] for s in started}
+    await inbox.claim(task_of["done"]["task_id"], "ana", groups=["finance"])
+    await inbox.complete(task_of["done"]["task_id"], user="ana", payload={"approved": True})
+    await inbox.claim(task_of["held"]["task_id"], "cara", groups=["finance"])
+    await inbox.claim(task_of["let-go"]["task_id"], "ana", groups=["finance"])
+    await inbox.release(task_of["let-go"]["task_id"], "ana")
+    await rt.processes.cancel(task_of["gone"]["instance_id"], reason="withdrawn")
+
+
+async def views(rt: JourneyRuntime) -> dict[str, Any]:
+    """Every rebuilt view as it stands: the lifecycle rows of each journey and the inbox with its groups."""
+    backend = rt.store.backend
+    journeys = [i.instance_id for i in await rt.store.index.list_instances(pattern="lifecycle", limit=100)]
+    found: dict[str, Any] = {}
+    for journey_id in journeys:
+        for table, rows in (await lifecycle_views(backend, journey_id)).items():
+            found[f"{table}:{journey_id}"] = sorted(rows, key=repr)
+    found["tasks"] = sorted((dict(r) for r in await backend.query(select(user_tasks))), key=lambda r: r["task_id"])
+    found["groups"] = sorted(tuple(r.values()) for r in await backend.query(select(user_task_groups)))
+    return found
+
+
+async def test_the_lifecycle_tables_and_the_inbox_are_rebuilt_from_the_event_log(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (rt, clock):
+        await mixed_workload(rt)
+        clock.advance(DAY)  # a rebuild writes the log's times, not its own
+        live = await views(rt)
+        assert {t["status"] for t in live["tasks"]} == {"completed", "open", "cancelled"}
+        assert sorted(t["claimed_by"] or "" for t in live["tasks"]) == ["", "", "ana", "cara"]
+        states = [v[0] for k, v in live.items() if k.startswith("lifecycle_journey_states:") and v]
+        assert sorted(s["status"] for s in states) == ["active", "cancelled", "rollback"]  # the refused one has none
+
+        untouched = await rebuild_views(rt.store.backend, rt.store.events)  # the live views are the log's
+        assert (untouched[1].corrected, untouched[2].corrected) == ([], [])
+        assert (untouched[1].instances, untouched[2].instances) == (4, 4)
+
+        # What a hand-edited or half-lost set of derived tables looks like.
+        backend = rt.store.backend
+        await backend.write([delete(lifecycle_journey_states)], {})
+        await backend.write([update(lifecycle_transitions).values(to_stage="completed", from_stage_seconds=1.0)], {})
+        await backend.write([delete(lifecycle_validation_results).where(lifecycle_validation_results.c.passed)], {})
+        any_journey = states[0]["journey_id"]
+        bogus = insert(lifecycle_metrics).values(journey_id=any_journey, metric="x", value=1.0, recorded_at=clock.now())
+        await backend.write([bogus], {})
+        await backend.write([delete(user_task_groups)], {})
+        await backend.write([update(user_tasks).values(status="open", claimed_by="mallory")], {})
+        one_task = live["tasks"][0]["task_id"]
+        await backend.write([delete(user_tasks).where(user_tasks.c.task_id == one_task)], {})
+        assert await views(rt) != live
+
+        rebuilt = await rebuild_views(backend, rt.store.events)
+        assert await views(rt) == live
+        assert len(rebuilt[2].corrected) == 4 and len(rebuilt[1].corrected) >= 4
+        again = await rebuild_views(backend, rt.store.events)
+        assert (again[1].corrected, again[2].corrected) == ([], [])
