@@ -1115,3 +1115,7 @@ CREATE TABLE server_crons (
         "CREATE INDEX ix_server_crons_thread ON server_crons (thread_id)",
     ),
 }
+V16_EVENT_PAYLOAD_TEXT: DDL = {
+    "sqlite": (),  # SQLite's JSON is text already
+    "postgresql": ("ALTER TABLE journey_events ALTER COLUMN payload TYPE JSON USING payload::json",),
+}
