@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Any
 
@@ -28,11 +29,18 @@ def _set_pragmas(pragmas: tuple[str, ...], dbapi_conn: Any, _record: Any) -> Non
     cursor.close()
 
 
+def compact_json(value: Any) -> str:
+    """JSON as our tables store it: no blanks after separators (JSON text columns keep every byte given)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:
     """The engine of ``url``'s database: one connection on SQLite (a single writer), at most ``pool_size``
     on PostgreSQL (see the README's connection budget)."""
     if url.kind == "postgres":
-        return create_async_engine(url.sqlalchemy_url, pool_size=pool_size, max_overflow=0, pool_pre_ping=False)
-    engine = create_async_engine(url.sqlalchemy_url, pool_size=1, max_overflow=0)
+        return create_async_engine(
+            url.sqlalchemy_url, pool_size=pool_size, max_overflow=0, pool_pre_ping=False, json_serializer=compact_json
+        )
+    engine = create_async_engine(url.sqlalchemy_url, pool_size=1, max_overflow=0, json_serializer=compact_json)
     event.listen(engine.sync_engine, "connect", partial(_set_pragmas, sqlite_pragmas(url)))
     return engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -303,3 +304,46 @@ def test_processes_opening_a_fresh_postgres_database_together_all_start(postgres
     ]
     failures = [err for child in children if (err := child.communicate(timeout=120)[1]) and child.returncode]
     assert failures == []
+
+
+async def test_event_payloads_are_stored_as_compact_json_text_and_older_ones_read_the_same(durable_url: str) -> None:
+    """Migration 16: the event log's payloads are JSON text, written without blanks (smaller rows than
+    JSONB's); an event written before it reads as it did, and new events are stored compact."""
+    url = parse_store_url(durable_url)
+    engine = create_engine_for(url)
+    older = {"agent": "noop", "output": {"ok": True, "items": [1, 2]}, "next_step": None}
+    try:
+        assert await migrate(engine, upto=15) == list(range(1, 16))
+        async with engine.begin() as conn:
+            at = datetime(2026, 1, 1, tzinfo=UTC)
+            await conn.execute(
+                text(
+                    "INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, "
+                    "updated_at) VALUES ('old-1', 'j-1', 'structured', 'ana', 'in_progress', :at, :at)"
+                ),
+                {"at": at},
+            )
+            cast = "CAST(:payload AS JSONB)" if url.kind == "postgres" else ":payload"
+            await conn.execute(
+                text(
+                    "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
+                    f"VALUES ('old-1', 1, 'step.completed', {cast}, 'old-1:a', :at)"
+                ),
+                {"payload": json.dumps(older), "at": at},
+            )
+    finally:
+        await engine.dispose()
+
+    newer = {"intent": "bench.noop", "output": {"ok": True}, "attempts": 1, "duration_ms": 0.5}
+    async with JourneyRuntime.open(durable_url) as rt:
+        assert await rt.store.events.append("old-1", [NewEvent("step.completed", newer, "b", "old-1:b")]) == [True]
+        assert [e.payload for e in await rt.history("old-1")] == [older, newer]
+        async with rt.store.engine.connect() as conn:
+            if url.kind == "postgres":
+                kind = "SELECT data_type FROM information_schema.columns WHERE table_name = 'journey_events' "
+                kind += "AND column_name = 'payload'"
+                assert (await conn.execute(text(kind))).scalar_one() == "json"
+            stored = (
+                await conn.execute(text("SELECT CAST(payload AS TEXT) FROM journey_events WHERE seq = 2"))
+            ).scalar_one()
+        assert stored == json.dumps(newer, separators=(",", ":"))

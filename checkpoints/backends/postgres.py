@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg.errors import UniqueViolation
 from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Executable, func, select
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 
 from checkpoints.backends.base import Backend, Params, Row, Transaction
+from checkpoints.database import compact_json
 from checkpoints.url import StoreURL
 
 PROBE_AFTER_IDLE_S = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
@@ -33,6 +35,7 @@ _returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = w
 
 async def autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
+    set_json_dumps(compact_json, conn)  # JSON text columns (the event log's payloads) keep every byte given
 
 
 async def note_return(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.backends.base import Backend, Params, Row, Transaction
+from checkpoints.database import compact_json
 
 
 class SqliteBackend(Backend):
@@ -32,7 +33,7 @@ class SqliteBackend(Backend):
         super().__init__(engine)
         self._conn = conn
         self._lock = lock
-        self._raw_dialect = SQLiteDialect_aiosqlite(paramstyle="named")
+        self._raw_dialect = SQLiteDialect_aiosqlite(paramstyle="named", json_serializer=compact_json)
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._saver_transaction()

@@ -1116,6 +1116,12 @@ CREATE TABLE server_crons (
     ),
 }
 
+# Migration 16: event payloads as compact JSON text (JSONB stores each row's keys and offsets: larger rows).
+V16_EVENT_PAYLOAD_TEXT: DDL = {
+    "sqlite": (),  # SQLite's JSON is text already
+    "postgresql": ("ALTER TABLE journey_events ALTER COLUMN payload TYPE JSON USING payload::json",),
+}
+
 # Migration 17: checkpoint retention's progress marks (how far it has pruned, how far deleted).
 V17_RETENTION: DDL = {
     "sqlite": (

@@ -88,6 +88,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(13, "flow control: idempotent start keys, concurrency slots, queued starts", ddl.V13_FLOW_CONTROL),
     Migration(14, "server crons: runs on a schedule, fired through process timers", ddl.V14_CRONS),
     Migration(15, "server assistants with versions; run options", ddl.V15_ASSISTANTS),
+    Migration(16, "event payloads as compact JSON text, not JSONB: smaller rows", ddl.V16_EVENT_PAYLOAD_TEXT),
     Migration(17, "checkpoint retention marks: how far finished journeys were pruned, deleted", ddl.V17_RETENTION),
     Migration(19, "owners of server assistants and crons, in which tenant", ddl.V19_OWNED_ASSISTANTS_CRONS),
 )

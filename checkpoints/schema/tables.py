@@ -42,6 +42,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # JSONB on Postgres (compact, indexable), plain JSON text elsewhere.
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+# The event log's payloads: JSON text on both dialects (migration 16). Rows are only ever read whole, never
+# queried inside, and written once per step, so JSONB's binary form (its per-key offsets, about a third larger
+# than the compact text of a step's small payload) bought nothing but bytes.
+EventPayloadType = JSON()
 # SQLite only auto-increments INTEGER PRIMARY KEY.
 EventId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -88,7 +92,7 @@ journey_events = Table(
     Column("seq", Integer, nullable=False, autoincrement=False),
     Column("type", String(60), nullable=False),
     Column("step", String(100), nullable=True),
-    Column("payload", JsonType, nullable=False),
+    Column("payload", EventPayloadType, nullable=False),
     Column("idempotency_key", Text, nullable=True, unique=True),
     Column("created_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("instance_id", "seq", name=EVENTS_PRIMARY_KEY),
