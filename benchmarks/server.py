@@ -220,12 +220,12 @@ def cpu_seconds(process: Measured) -> float:
 
 def postmaster(url: str) -> psutil.Process | None:
     """The local PostgreSQL server's postmaster (its CPU is measured), or None when it is on another host."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:  # its backend asked while it lives
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    try:
-        parent = psutil.Process(int(row[0])).parent() if row else None
-    except psutil.Error:
-        return None
+        try:
+            parent = psutil.Process(int(row[0])).parent() if row else None
+        except psutil.Error:
+            return None
     return parent if parent is not None and parent.name().startswith("postgres") else None
 
 
