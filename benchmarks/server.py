@@ -2,6 +2,10 @@
 
 Prints, in distributed mode (API + procrastinate workers on PostgreSQL):
 - start-to-completion p50/p95 of an 8-step journey (POST /runs/wait) at 20 concurrent clients, and at one;
+- CPU per journey at 20 clients in the API process, the worker and PostgreSQL (the postmaster and all its
+  backends, exited ones included), and their total: what decides journeys/s per core;
+- what one journey step costs the database at 20 clients: transactions, rows written, WAL bytes, table
+  bytes, and the connections the API and the worker hold (figures for docs/scaling.md);
 - completed journeys/s with one worker and with two, and their ratio;
 - worker RSS with 100 journeys parked at user tasks, and with 10,000 (50 and 200 with --quick);
 and the same latency and throughput in embedded mode (runs execute in the API process; no workers).
@@ -12,7 +16,9 @@ process is only the HTTP client.
 At 20 clients that each start the next journey as soon as one completes, latency is bound by throughput:
 p50 is about 20 / (journeys/s). The one-client figure is the latency of the path itself.
 
-    python benchmarks/server.py [--quick] [--database-url postgresql://…]
+    python benchmarks/server.py [--quick] [--latency-only] [--database-url postgresql://…]
+
+``--latency-only`` measures only the distributed latency, CPU and database figures (a minute, not ten).
 
 Without --database-url (or $DATABASE_URL) a throwaway PostgreSQL is started with pgserver.
 """
@@ -30,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import httpx
 import psutil
@@ -54,8 +60,9 @@ def register(registry: AgentRegistry) -> None:
     registry.register("bench_step", EchoAgent("bench_step", {"ok": True}), replace=True)
 
 
-def journeys(*args: str) -> subprocess.Popen[bytes]:
-    """A ``journeys`` command in its own process, with this benchmark's agents."""
+def journeys(*args: str, name: str = "journeys") -> subprocess.Popen[bytes]:
+    """A ``journeys`` command in its own process, with this benchmark's agents; its database connections
+    carry ``name`` as their application_name (libpq's PGAPPNAME), so they can be counted."""
     command = [
         sys.executable,
         "-c",
@@ -64,12 +71,12 @@ def journeys(*args: str) -> subprocess.Popen[bytes]:
         "--plugin",
         "benchmarks.server:register",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PGAPPNAME": name}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
-    return journeys("worker", "--database-url", url, "--concurrency", str(concurrency))
+    return journeys("worker", "--database-url", url, "--concurrency", str(concurrency), name="bench-worker")
 
 
 @contextlib.contextmanager
@@ -78,7 +85,7 @@ def serving(url: str, *, distributed: bool) -> Iterator[tuple[str, subprocess.Po
     answers."""
     port = free_port()
     mode = ["--distributed"] if distributed else []
-    api = journeys("serve", "--database-url", url, "--no-auth", "--port", str(port), *mode)
+    api = journeys("serve", "--database-url", url, "--no-auth", "--port", str(port), *mode, name="bench-api")
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -193,23 +200,91 @@ def rss_mb(process: subprocess.Popen[bytes]) -> float:
     return float(psutil.Process(process.pid).memory_info().rss) / 2**20
 
 
-def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
-    times = psutil.Process(process.pid).cpu_times()
-    return float(times.user + times.system)
+Measured: TypeAlias = subprocess.Popen[bytes] | psutil.Process
+
+
+def cpu_seconds(process: Measured) -> float:
+    """CPU seconds of ``process``; of a PostgreSQL postmaster, with every backend's, live or exited (the
+    postmaster reaps its backends, so an exited one's time is in its children's)."""
+    proc = process if isinstance(process, psutil.Process) else psutil.Process(process.pid)
+    times = proc.cpu_times()
+    total = times.user + times.system
+    if proc.name().startswith("postgres"):
+        total += times.children_user + times.children_system
+        for child in proc.children():
+            with contextlib.suppress(psutil.Error):  # a backend that exited since it was listed
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+    return float(total)
+
+
+def postmaster(url: str) -> psutil.Process | None:
+    """The local PostgreSQL server's postmaster (its CPU is measured), or None when it is on another host."""
+    with psycopg.connect(url, autocommit=True) as conn:  # its backend asked while it lives
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        try:
+            parent = psutil.Process(int(row[0])).parent() if row else None
+        except psutil.Error:
+            return None
+    return parent if parent is not None and parent.name().startswith("postgres") else None
+
+
+DB_COUNTERS = """
+SELECT xact_commit + xact_rollback AS transactions,
+       tup_inserted + tup_updated + tup_deleted AS rows_written,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') AS wal_bytes,
+       pg_database_size(current_database()) AS database_bytes
+FROM pg_stat_database WHERE datname = current_database()
+"""
+
+
+def db_counters(url: str) -> dict[str, float]:
+    """The database's cumulative transactions, written rows, WAL and size. Statistics reach
+    pg_stat_database when a backend flushes them (at most a second after its transaction): read after a
+    pause."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        cursor = conn.execute(DB_COUNTERS)
+        row = cursor.fetchone()
+        assert row is not None and cursor.description is not None
+        return {column.name: float(value) for column, value in zip(cursor.description, row, strict=True)}
+
+
+def connections(url: str) -> dict[str, int]:
+    """How many connections to the database the API process and the workers hold."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name IN ('bench-api', 'bench-worker') GROUP BY application_name"
+        ).fetchall()
+    held = {str(name).removeprefix("bench-"): int(n) for name, n in rows}
+    return {"api": held.get("api", 0), "worker": held.get("worker", 0)}
 
 
 async def measure_latency(
     client: httpx.AsyncClient,
     journeys: int,
     results: dict[str, Any],
-    processes: dict[str, subprocess.Popen[bytes]],
+    processes: dict[str, Measured],
     prefix: str = "",
+    url: str | None = None,
 ) -> None:
-    """Latency at 20 clients and at one; and the CPU each of ``processes`` spent per journey at 20."""
+    """Latency at 20 clients and at one; and the CPU each of ``processes`` spent per journey at 20 (and
+    their total). With ``url``, also what each journey step cost the database, and the connections held."""
+    if url is not None:
+        await asyncio.sleep(1.5)  # earlier statistics flushed
+        counters = await asyncio.to_thread(db_counters, url)
     before = {name: cpu_seconds(p) for name, p in processes.items()}
     times = sorted(await latency(client, journeys, 20))
     for name, process in processes.items():
         results[f"{prefix}cpu_ms_{name}"] = 1000 * (cpu_seconds(process) - before[name]) / journeys
+    results[f"{prefix}cpu_ms_total"] = sum(results[f"{prefix}cpu_ms_{name}"] for name in processes)
+    if url is not None:
+        results["connections"] = await asyncio.to_thread(connections, url)
+        await asyncio.sleep(1.5)  # this phase's statistics flushed
+        after = await asyncio.to_thread(db_counters, url)
+        steps = journeys * len(EIGHT_STEPS["steps"])
+        results["per_step"] = {name: (after[name] - counters[name]) / steps for name in counters}
     results[f"{prefix}p50_ms"] = 1000 * statistics.median(times)
     results[f"{prefix}p95_ms"] = 1000 * times[int(0.95 * (len(times) - 1))]
     alone = await latency(client, max(5, journeys // 10), 1)
@@ -226,26 +301,32 @@ async def bench_embedded(url: str, quick: bool, pending: Pending) -> dict[str, A
     return results
 
 
-async def bench(url: str, quick: bool) -> dict[str, Any]:
+async def bench(url: str, quick: bool, *, latency_only: bool = False) -> dict[str, Any]:
     ensure_schema(url)
     pending = Pending(url)
     try:
-        results = await bench_embedded(url, quick, pending)
-        results.update(await bench_distributed(url, quick, pending))
+        results = {} if latency_only else await bench_embedded(url, quick, pending)
+        results.update(await bench_distributed(url, quick, pending, latency_only=latency_only))
     finally:
         pending.close()
     return results
 
 
-async def bench_distributed(url: str, quick: bool, pending: Pending) -> dict[str, Any]:
+async def bench_distributed(url: str, quick: bool, pending: Pending, *, latency_only: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    database = postmaster(url)
     with serving(url, distributed=True) as (base, api):
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
             workers = [start_worker(url, 8)]
             try:
                 await asyncio.to_thread(wait_for_workers, url, 1)
                 await latency(client, 5, 5)  # warm-up: imports, compiled graphs, pools
-                await measure_latency(client, 20 if quick else 200, results, {"api": api, "worker": workers[0]})
+                measured: dict[str, Measured] = {"api": api, "worker": workers[0]}
+                if database is not None:
+                    measured["postgres"] = database
+                await measure_latency(client, 20 if quick else 200, results, measured, url=url)
+                if latency_only:
+                    return results
                 n = 30 if quick else 400
                 results["one_worker_per_s"] = await throughput(client, pending, n, "one")
                 workers.append(start_worker(url, 8))
@@ -270,6 +351,7 @@ async def bench_distributed(url: str, quick: bool, pending: Pending) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few journeys")
+    parser.add_argument("--latency-only", action="store_true", help="only the distributed latency, CPU, database")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     args = parser.parse_args()
     url, server = args.database_url, None
@@ -283,7 +365,7 @@ def main() -> None:
             conn.execute("CREATE DATABASE journeys_bench")
         url = url.rsplit("/", 1)[0] + "/journeys_bench" if "?" not in url else url
     try:
-        results = asyncio.run(bench(url, args.quick))
+        results = asyncio.run(bench(url, args.quick, latency_only=args.latency_only))
     finally:
         if server is not None:
             server.cleanup()
@@ -293,7 +375,20 @@ def main() -> None:
         f"  8-step journey, HTTP start to completion at 20 clients: p50 {r['p50_ms']:.0f} ms, "
         f"p95 {r['p95_ms']:.0f} ms; at 1 client: p50 {r['one_client_p50_ms']:.0f} ms"
     )
-    print(f"  CPU per journey at 20 clients: API process {r['cpu_ms_api']:.1f} ms, worker {r['cpu_ms_worker']:.1f} ms")
+    postgres = f", PostgreSQL {r['cpu_ms_postgres']:.1f} ms" if "cpu_ms_postgres" in r else " (PostgreSQL remote)"
+    print(
+        f"  CPU per journey at 20 clients: API process {r['cpu_ms_api']:.1f} ms, worker {r['cpu_ms_worker']:.1f} ms"
+        f"{postgres}; total {r['cpu_ms_total']:.1f} ms"
+    )
+    step = r["per_step"]
+    print(
+        f"  per journey step: {step['transactions']:.2f} transactions, {step['rows_written']:.1f} rows written, "
+        f"{step['wal_bytes']:,.0f} WAL bytes, {step['database_bytes']:,.0f} bytes of database growth"
+    )
+    held = ", ".join(f"{name} {n}" for name, n in r["connections"].items())
+    print(f"  connections held: {held}")
+    if "one_worker_per_s" not in r:
+        return
     print(
         f"  completed journeys/s: one worker {r['one_worker_per_s']:.1f}, two workers "
         f"{r['two_workers_per_s']:.1f} (ratio {r['ratio']:.2f})"
