@@ -331,3 +331,21 @@ class RunOut(Open):
     metadata: dict[str, Any]
     multitask_strategy: str
     cancel_reason: str | None = None
+
+
+class ThreadCommand(BaseModel):
+    """A command of the v3 thread stream (``client.threads.stream``): ``run.start`` or ``input.respond``."""
+
+    id: int = Field(ge=0, le=MAX_INT)
+    method: str = Field(min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ThreadEventsRequest(BaseModel):
+    """What a v3 thread-stream subscriber wants: channels (``custom:<name>`` for one extension), namespace
+    prefixes and their depth, and the ``seq`` to replay after."""
+
+    channels: list[str] = Field(min_length=1, max_length=20)
+    namespaces: list[list[str]] | None = Field(default=None, max_length=100)
+    depth: int | None = Field(default=None, ge=0, le=100)
+    since: int | None = Field(default=None, ge=0, le=2**53)

@@ -192,24 +192,37 @@ class ServerServices:
     async def double_text(self, thread_id: str, assistant: Assistant, strategy: str) -> None:
         """Before a run with ``multitask_strategy`` interrupt or rollback is queued: the thread's active runs
         are cancelled; with rollback they are also deleted, and the thread's state goes back to the
-        checkpoint the first of them started from (a fork of it becomes the latest checkpoint). Rollback is
-        for chat threads: a journey's steps are in its event log and may have acted on the world, which no
-        checkpoint can take back."""
-        if strategy == "rollback" and not assistant.chat:
+        checkpoint the first of them started from (see :meth:`rollback`)."""
+        active = [r for r in await self.runs.list_runs(thread_id, limit=10_000) if r.status in ACTIVE]
+        if strategy == "rollback":
+            await self.rollback(thread_id, assistant, active)
+        else:
+            await self.cancel_many(active)
+
+    @staticmethod
+    def check_rollback(assistant: Assistant) -> None:
+        """A rollback of a journey thread is refused (422): see :meth:`rollback`."""
+        if not assistant.chat:
             raise ApiError(
                 422,
                 "RollbackUnsupported",
                 f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps a rollback of "
-                "checkpoints cannot undo; use multitask_strategy='interrupt'",
+                "checkpoints cannot undo; use multitask_strategy='interrupt' or action='interrupt'",
             )
-        active = [r for r in await self.runs.list_runs(thread_id, limit=10_000) if r.status in ACTIVE]
-        await self.cancel_many(active)
-        if strategy != "rollback" or not active:
-            return
-        ended = [await wait_for_run(self.runs, self.watch, r.run_id, self.settings.poll_interval) for r in active]
+
+    async def rollback(self, thread_id: str, assistant: Assistant, runs: Sequence[RunRow]) -> list[RunRow]:
+        """Cancel ``runs`` (active runs of the thread), delete them, and put the thread's state back at the
+        checkpoint the first of them started from (a fork of it becomes the latest checkpoint); the runs as
+        they ended. For chat threads only: a journey's steps are in its event log and may have acted on the
+        world, which no checkpoint can take back (422)."""
+        self.check_rollback(assistant)
+        await self.cancel_many(runs)
+        if not runs:
+            return []
+        ended = [await wait_for_run(self.runs, self.watch, r.run_id, self.settings.poll_interval) for r in runs]
         # A run that never noted its base changed nothing: the first that did is where the thread goes back.
         bases = [r.base_checkpoint for r in sorted(ended, key=lambda r: r.created_at) if r.base_checkpoint is not None]
-        thread = await self.resolve_thread(thread_id, None)  # the caller's run was queued on it already
+        thread = await self.resolve_thread(thread_id, None)
         graph = await self.thread_graph(thread)
         if bases and graph is not None and thread.instance_id is not None:
             base = bases[0]
@@ -220,6 +233,7 @@ class ServerServices:
                 await fork_back(self.runtime, graph, thread.instance_id, base)
         for run in ended:
             await self.runs.delete_run(run.run_id)
+        return ended
 
     async def delete_run(self, run: RunRow) -> None:
         """A finished run (and its chunks); an active one is refused: cancel it first."""

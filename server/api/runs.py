@@ -226,6 +226,16 @@ async def cancel_many(
     found = await svc.visible_runs(caller, found)  # only the caller's own (404-like: others' are not there)
     statuses = ACTIVE if body.status in (None, "all") else (body.status,)
     chosen = [r for r in found if r.status in statuses and (body.thread_id is None or r.thread_id == body.thread_id)]
+    if action == "rollback":  # per thread, as runs.cancel(action="rollback") does
+        by_thread: dict[str, list[RunRow]] = {}
+        for run in chosen:
+            if run.status in ACTIVE:
+                by_thread.setdefault(run.thread_id, []).append(run)
+        for runs in by_thread.values():  # all refused before any is touched
+            svc.check_rollback(get_assistant(runs[0].graph_id))
+        for tid, runs in by_thread.items():
+            await svc.rollback(tid, get_assistant(runs[0].graph_id), runs)
+        return Response(status_code=204)
     await svc.cancel_many(chosen)
     return Response(status_code=204)
 
@@ -305,8 +315,16 @@ async def cancel_run(
     action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
 ) -> dict[str, Any]:
     """A queued run is cancelled at once; a running one is stopped where it runs (this process, or the
-    worker executing it) and ends ``interrupted``."""
+    worker executing it) and ends ``interrupted``. ``action=rollback`` also deletes the run and puts the
+    thread back where the run found it (chat threads; a journey's is a 422, as for multitask rollback): the
+    answer is the run as it ended."""
     run = await svc.run(caller, thread_id, run_id)
+    if action == "rollback":
+        svc.check_rollback(get_assistant(run.graph_id))
+        if run.status in TERMINAL:
+            raise ApiError(409, "RunNotActive", f"run {run_id!r} is {run.status}: only an active run rolls back")
+        (ended,) = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
+        return ended.view()
     if run.status not in TERMINAL:
         await svc.cancel(run)
     if wait:

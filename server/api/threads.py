@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
+from checkpoints.errors import JourneyError
 from checkpoints.ownership import Viewer
-from graphs.errors import JourneyNotFoundError
+from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.kernel.identifiers import THREAD_ID
+from server import thread_stream
 from server.api import errors
+from server.api.runs import create_run
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
 from server.models import (
@@ -25,8 +30,11 @@ from server.models import (
     StateAt,
     StateUpdate,
     StateUpdated,
+    RunCreate,
+    ThreadCommand,
     ThreadCount,
     ThreadCreate,
+    ThreadEventsRequest,
     ThreadOut,
     ThreadPrune,
     ThreadSearch,
@@ -42,6 +50,7 @@ router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(), rout
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
+RunThreadId = Annotated[str, Path(max_length=THREAD_ID)]  # run.start may create the thread: its id is stored
 
 
 async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, Any]:
@@ -176,6 +185,94 @@ async def join_thread_stream(
         raise ApiError(404, "NoRun", f"thread {thread_id!r} has no run to stream")
     after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
     return StreamingResponse(run_events(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
+
+
+@router.post("/{thread_id}/commands", summary="A command of the v3 thread stream (run.start, input.respond)")
+async def thread_command(thread_id: RunThreadId, body: ThreadCommand, caller: Runner, svc: Services) -> dict[str, Any]:
+    """``run.start`` queues a run on the thread (created if new, behind any active run); ``input.respond``
+    resumes the thread's journey with the response to its interrupt. Refusals are protocol error envelopes."""
+    try:
+        if body.method == "run.start":
+            run = await create_run(svc, thread_id, _start_request(body.params), caller, streaming=False)
+        elif body.method == "input.respond":
+            run = await create_run(svc, thread_id, await _respond_request(svc, caller, thread_id, body.params), caller, streaming=False)
+        else:
+            return thread_stream.refused(body.id, "unknown_command", f"{body.method!r} is not served here")
+    except JourneyNotFoundError:
+        raise  # someone else's thread, or none: 404 like every route
+    except ValidationError as exc:
+        return thread_stream.refused(body.id, "invalid_argument", str(exc.errors(include_url=False)))
+    except _NoSuchInterrupt as exc:
+        return thread_stream.refused(body.id, "no_such_interrupt", str(exc))
+    except JourneyError as exc:
+        return thread_stream.refused(body.id, "invalid_argument", exc.message)
+    svc.watch.changed(thread_stream.thread_key(thread_id))
+    answer = thread_stream.ok(body.id, {"run_id": run.run_id})
+    answer["meta"] = {"applied_through_seq": await thread_stream.before_run(svc, run)}
+    return answer
+
+
+class _NoSuchInterrupt(Exception):
+    """``input.respond`` named an interrupt the thread is not waiting at."""
+
+
+def _start_request(params: Mapping[str, Any]) -> RunCreate:
+    return RunCreate.model_validate(
+        {
+            "assistant_id": params.get("assistant_id"),
+            "input": params.get("input"),
+            "config": params.get("config"),
+            "metadata": params.get("metadata") or {},
+            "if_not_exists": "create",
+            "multitask_strategy": "enqueue",
+            "stream_mode": thread_stream.RECORDED_MODES,
+        }
+    )
+
+
+async def _respond_request(
+    svc: ServerServices, caller: Principal, thread_id: str, params: Mapping[str, Any]
+) -> RunCreate:
+    """A resume of the thread's journey with ``params.response``, if it waits at ``params.interrupt_id``."""
+    thread = await svc.resolve_thread(thread_id, caller)
+    graph = await svc.thread_graph(thread)
+    waiting: list[dict[str, Any]] = []
+    if graph is not None and thread.instance_id is not None:
+        waiting = interrupts_of(await graph.aget_state(svc.runtime.engine.config(thread.instance_id)))
+    wanted = params.get("interrupt_id")
+    if wanted not in {i["id"] for i in waiting}:
+        raise _NoSuchInterrupt(f"thread {thread_id!r} is not waiting at interrupt {wanted!r}")
+    last = await svc.runs.last_run(thread_id)
+    assert last is not None  # an interrupt came from a run
+    return RunCreate.model_validate(
+        {
+            "assistant_id": last.assistant_id,
+            "command": {"resume": params.get("response")},
+            "config": params.get("config"),
+            "metadata": params.get("metadata") or {},
+            "multitask_strategy": "enqueue",
+            "stream_mode": thread_stream.RECORDED_MODES,
+        }
+    )
+
+
+@router.post(
+    "/{thread_id}/stream/events", summary="The v3 thread stream: its runs' events, filtered (SSE)", responses=SSE
+)
+async def thread_events(thread_id: str, body: ThreadEventsRequest, caller: Reader, svc: Services) -> StreamingResponse:
+    """Every event of the thread's runs that matches the filter, from ``since`` (or from its active runs),
+    as long as the client listens."""
+    await svc.resolve_thread(thread_id, caller)
+    unknown = [c for c in body.channels if c not in thread_stream.CHANNELS and not c.startswith("custom:")]
+    if unknown:
+        raise InvalidInputError(f"unknown channels {unknown}", allowed=list(thread_stream.CHANNELS))
+    wanted = thread_stream.EventFilter(
+        frozenset(body.channels),
+        tuple(tuple(n) for n in body.namespaces) if body.namespaces is not None else None,
+        body.depth,
+    )
+    events = thread_stream.ThreadEvents(svc, thread_id, wanted, body.since)
+    return StreamingResponse(events.frames(), media_type="text/event-stream")
 
 
 @router.post("/{thread_id}/state/checkpoint", response_model=ThreadStateOut, summary="The state at a checkpoint")

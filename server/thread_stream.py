@@ -1,0 +1,261 @@
+"""The v3 thread stream of the Agent Server API (``client.threads.stream`` in langgraph-sdk 0.4):
+commands posted to ``/threads/{id}/commands`` and a filtered event stream of the thread's runs on
+``/threads/{id}/stream/events``.
+
+A command is ``{"id", "method", "params"}`` and is answered ``{"type": "success", "id", "result"}`` or
+``{"type": "error", "id", "error", "message"}``. ``run.start`` queues a run on the thread (creating the
+thread, enqueued behind an active run) and ``input.respond`` answers the thread's interrupt by resuming
+its journey. Both go through the same run creation as ``POST /threads/{id}/runs``.
+
+The event stream is made from what the runs already record (their stream chunks and their status), not
+from a second recording: per run a ``lifecycle`` ``running`` event, its chunks translated to the protocol's
+channels (``values``, ``updates``, ``custom``, ``messages``, ``tasks``, ``checkpoints``), then
+``input.requested`` for each interrupt it stopped at and a terminal ``lifecycle`` (``completed``,
+``interrupted`` or ``failed``). Every event has a ``seq`` that is a pure function of its position in the
+thread (the run's place among the thread's runs, and the chunk's number in the run), so a client that
+reconnects with ``since`` gets exactly what came after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from checkpoints.redaction import redact
+from graphs.structured.steps import INTERRUPT
+from server.runs.store import ACTIVE, TERMINAL, RunRow
+
+if TYPE_CHECKING:
+    from server.services import ServerServices
+
+# The modes a run started by ``run.start`` records, so its stream can be served and replayed.
+RECORDED_MODES = ["values", "updates", "custom", "messages-tuple", "tasks", "checkpoints"]
+CHANNELS = ("values", "updates", "messages", "tools", "lifecycle", "input", "checkpoints", "tasks", "custom")
+_RUN_SPAN = 1 << 26  # seq = the run's place on its thread * _RUN_SPAN + the event's place in the run
+_PER_CHUNK = 4  # a chunk becomes at most this many events (a message's start and its first delta)
+# A stream opened without ``since`` replays the thread's active runs, and a run created this recently: the
+# SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended.
+RECENT = timedelta(seconds=5)
+
+
+def thread_key(thread_id: str) -> str:
+    """The watch key woken when a run is created on the thread (a stream then looks for it)."""
+    return f"thread:{thread_id}"
+
+
+def ok(command_id: Any, result: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "success", "id": command_id, "result": dict(result)}
+
+
+def refused(command_id: Any, error: str, message: str) -> dict[str, Any]:
+    """A command the protocol refuses; ``error`` is one of its codes (invalid_argument, no_such_interrupt,
+    unknown_command, not_supported, …)."""
+    return {"type": "error", "id": command_id, "error": error, "message": message}
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What a subscriber asked for: channels (``custom:<name>`` for one extension), namespace prefixes, depth."""
+
+    channels: frozenset[str]
+    namespaces: tuple[tuple[str, ...], ...] | None = None
+    depth: int | None = None
+
+    def admits(self, event: Mapping[str, Any]) -> bool:
+        channel = _channel(event)
+        if channel not in self.channels and not (channel.startswith("custom:") and "custom" in self.channels):
+            return False
+        namespace = tuple(event["params"]["namespace"])
+        if not self.namespaces:
+            return True
+        for prefix in self.namespaces:
+            if namespace[: len(prefix)] == prefix and (self.depth is None or len(namespace) - len(prefix) <= self.depth):
+                return True
+        return False
+
+
+def _channel(event: Mapping[str, Any]) -> str:
+    method = str(event["method"])
+    if method == "input.requested":
+        return "input"
+    if method == "custom":
+        name = event["params"]["data"].get("name")
+        return f"custom:{name}" if name else "custom"
+    return method
+
+
+@dataclass
+class _RunCursor:
+    """How far the stream has gone in one run: the last chunk read, and whether its ends were sent."""
+
+    run: RunRow
+    ordinal: int
+    chunk: int = 0
+    started: bool = False
+    ended: bool = False
+    messages: dict[str, bool] = field(default_factory=dict)  # message ids started in this run
+
+
+class ThreadEvents:
+    """The protocol events of one thread's runs, from ``since`` on (or from its active runs), as they come."""
+
+    def __init__(self, svc: ServerServices, thread_id: str, wanted: EventFilter, since: int | None) -> None:
+        self.svc = svc
+        self.thread_id = thread_id
+        self.wanted = wanted
+        self.since = since
+        self._cursors: dict[str, _RunCursor] = {}
+        self._first: int | None = None  # the first run's place this stream serves (None: not decided yet)
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Server-sent events until the client goes away: each event's ``seq`` is its ``id``."""
+        while True:
+            with self._watching() as changed:
+                for event in await self._new_events():
+                    if (self.since is None or event["seq"] > self.since) and self.wanted.admits(event):
+                        yield frame(event)
+                await _first_of(changed, self.svc.settings.poll_interval)
+
+    @contextlib.contextmanager
+    def _watching(self) -> Iterator[list[asyncio.Event]]:
+        keys = [thread_key(self.thread_id), *(c.run.run_id for c in self._cursors.values() if not c.ended)]
+        with contextlib.ExitStack() as stack:
+            yield [stack.enter_context(self.svc.watch.watching(k)) for k in keys]
+
+    async def _runs(self) -> list[RunRow]:
+        found = await self.svc.runs.list_runs(self.thread_id, limit=1_000_000)
+        return sorted(found, key=lambda r: (r.created_at, r.run_id))
+
+    async def _new_events(self) -> list[dict[str, Any]]:
+        runs = await self._runs()
+        if self._first is None:
+            self._first = self._first_served(runs)
+        events: list[dict[str, Any]] = []
+        for ordinal, run in enumerate(runs, start=1):
+            if ordinal < self._first:
+                continue
+            cursor = self._cursors.setdefault(run.run_id, _RunCursor(run, ordinal))
+            cursor.run, cursor.ordinal = run, ordinal
+            if not cursor.ended:
+                events.extend(await self._run_events(cursor))
+        return events
+
+    def _first_served(self, runs: Sequence[RunRow]) -> int:
+        """The place of the first run a stream serves: from ``since``, or its active runs and a run just
+        created; later runs are all served."""
+        if self.since is not None:
+            return max(1, self.since // _RUN_SPAN)
+        now = self.svc.runtime.store.clock.now()
+        for ordinal, run in enumerate(runs, start=1):
+            if run.status in ACTIVE or now - run.created_at < RECENT:
+                return ordinal
+        return len(runs) + 1
+
+    async def _run_events(self, cursor: _RunCursor) -> list[dict[str, Any]]:
+        run = cursor.run
+        base = cursor.ordinal * _RUN_SPAN
+        events: list[dict[str, Any]] = []
+        current = await self.svc.runs.get_run(run.run_id)
+        if current is None:  # deleted (a rollback): nothing more comes of it
+            cursor.ended = True
+            return events
+        if current.status == "pending":
+            return events
+        if not cursor.started:
+            cursor.started = True
+            events.append(event(base, "lifecycle", {"event": "running", "graph_name": run.graph_id}, run.run_id))
+        # Read after the status: a run seen finished has written all its chunks.
+        for number, mode, data in await self.svc.runs.events_after(run.run_id, cursor.chunk):
+            cursor.chunk = number
+            for i, (method, payload) in enumerate(_translate(mode, data, cursor.messages)):
+                events.append(event(base + number * _PER_CHUNK + i, method, payload, run.run_id))
+        if current.status in TERMINAL:
+            cursor.ended = True
+            end = base + (cursor.chunk + 1) * _PER_CHUNK
+            for i, (method, payload) in enumerate(_ending(current, cursor.messages)):
+                events.append(event(end + i, method, payload, run.run_id))
+        return events
+
+
+def _translate(mode: str, data: Any, messages: dict[str, bool]) -> list[tuple[str, Any]]:
+    """A recorded chunk as protocol events (method, data); ``messages`` is how the run records its
+    ``messages-tuple`` chunks (the SDK's event name for them)."""
+    if mode in ("values", "tasks", "checkpoints"):
+        return [(mode, data)]
+    if mode == "updates":
+        if isinstance(data, dict) and len(data) == 1:
+            ((node, values),) = data.items()
+            return [("updates", {"node": node, "values": values})]
+        return [("updates", {"values": data})]
+    if mode == "custom":
+        progress = isinstance(data, dict) and isinstance(data.get("event"), str)
+        return [("custom", {"name": "journeys", "payload": data} if progress else {"payload": data})]
+    if mode == "messages" and isinstance(data, list) and len(data) == 2 and isinstance(data[0], dict):
+        message, metadata = data
+        message_id = str(message.get("id") or "message")
+        out: list[tuple[str, Any]] = []
+        if message_id not in messages:
+            messages[message_id] = True
+            meta = {k: v for k, v in (metadata or {}).items() if isinstance(v, str | int | float | bool)}
+            out.append(("messages", {"event": "message-start", "role": "ai", "id": message_id, "metadata": meta}))
+        text = message.get("content")
+        if isinstance(text, str) and text:
+            delta = {"type": "text-delta", "text": text}
+            out.append(("messages", {"event": "content-block-delta", "id": message_id, "index": 0, "delta": delta}))
+        return out
+    if mode == "error":
+        return []  # said by the failed lifecycle event
+    return []
+
+
+def _ending(run: RunRow, messages: Mapping[str, bool]) -> list[tuple[str, Any]]:
+    """The events that end a run: its messages finished, its interrupts, and its terminal lifecycle."""
+    out: list[tuple[str, Any]] = [("messages", {"event": "message-finish", "id": m}) for m in messages]
+    if run.status == "success":
+        interrupts = (run.output or {}).get(INTERRUPT) or []
+        for interrupt in interrupts:
+            value = interrupt.get("value")
+            data = {"interrupt_id": interrupt.get("id"), "value": value, "payload": value}
+            out.append(("input.requested", data))
+        out.append(("lifecycle", {"event": "interrupted" if interrupts else "completed", "graph_name": run.graph_id}))
+    else:
+        error = run.error or {}
+        message = error.get("message") or ("the run was cancelled" if run.status == "interrupted" else "the run failed")
+        out.append(("lifecycle", {"event": "failed", "graph_name": run.graph_id, "error": str(message)}))
+    return out
+
+
+def event(seq: int, method: str, data: Any, run_id: str) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "event_id": f"{run_id}:{seq % _RUN_SPAN}",
+        "seq": seq,
+        "method": method,
+        "params": {"namespace": [], "data": data},
+    }
+
+
+def frame(item: Mapping[str, Any]) -> bytes:
+    """One server-sent event, redacted like every answer of the server (checkpoints.redaction)."""
+    return f"id: {item['seq']}\ndata: {json.dumps(redact(item), default=str)}\n\n".encode()
+
+
+async def _first_of(events: list[asyncio.Event], poll: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def before_run(svc: ServerServices, run: RunRow) -> int:
+    """The ``seq`` just before ``run``'s first event: a client streaming ``since`` it gets the whole run."""
+    runs = await svc.runs.list_runs(run.thread_id, limit=1_000_000)
+    ordinal = sorted((r.created_at, r.run_id) for r in runs).index((run.created_at, run.run_id)) + 1
+    return ordinal * _RUN_SPAN - 1

@@ -1,0 +1,171 @@
+"""Agent Server API parity over real HTTP through langgraph-sdk, on SQLite and PostgreSQL: cancel with
+``action="rollback"``, and the v3 thread stream (``client.threads.stream``) driving a journey."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+
+from agents import AgentRegistry, EchoAgent
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
+from tests.test_server_streaming import ANSWER, _said, _slow_run
+
+pytestmark = pytest.mark.slow
+CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    registry = AgentRegistry()
+    registry.register("auto_check", EchoAgent("auto_check", {"ok": True}))
+    settings = Settings(database_url=url, auth=False, guide_model="tests.test_server_streaming:streaming_model")
+    with serving(create_app(settings, runtime_options={"agents": registry})) as base:
+        yield base
+
+
+@pytest.fixture
+async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=server_url, api_key=None) as sdk_client:
+        yield sdk_client
+
+
+def _hello(text: str = "hello") -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+# --- cancel(action="rollback") --------------------------------------------------------------------------
+
+
+async def test_cancel_with_rollback_deletes_the_run_and_puts_the_thread_back(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input=_hello())
+    before = await client.threads.get_state(tid)
+    slow = await _slow_run(client, tid)
+    await client.runs.cancel(tid, slow, action="rollback")
+    with pytest.raises(NotFoundError):  # the run is gone, not kept as interrupted
+        await client.runs.get(tid, slow)
+    state = await client.threads.get_state(tid)
+    assert state["values"] == before["values"] and _said(state) == ["hello"]
+    # The thread goes on from there.
+    await client.runs.wait(tid, "guide", input=_hello("again"))
+    assert _said(await client.threads.get_state(tid)) == ["hello", "again"]
+
+    # cancel_many rolls back each thread's runs the same way.
+    slow = await _slow_run(client, tid)
+    await client.runs.cancel_many(thread_id=tid, action="rollback")
+    with pytest.raises(NotFoundError):
+        await client.runs.get(tid, slow)
+    assert _said(await client.threads.get_state(tid)) == ["hello", "again"]
+
+    # A finished run has nothing to roll back: a conflict, and the run stays.
+    last = (await client.runs.list(tid, limit=1))[0]
+    with pytest.raises(ConflictError):
+        await client.runs.cancel(tid, last["run_id"], action="rollback")
+    assert (await client.runs.get(tid, last["run_id"]))["status"] == "success"
+
+
+async def test_cancel_with_rollback_refuses_journey_threads(client: LangGraphClient, server_url: str) -> None:
+    """A journey's completed steps are in its event log and may have acted on the world: a typed 422, as for
+    multitask rollback; the run and the journey stay as they were."""
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "structured", input=CONTENT_MIGRATION)
+    await client.runs.join(tid, run["run_id"])
+    before = await client.threads.get_state(tid)
+    with pytest.raises(UnprocessableEntityError):
+        await client.runs.cancel(tid, run["run_id"], action="rollback")
+    async with httpx.AsyncClient(base_url=server_url) as raw:
+        answer = await raw.post(f"/threads/{tid}/runs/{run['run_id']}/cancel", params={"action": "rollback"})
+        assert answer.status_code == 422 and answer.json()["type"].endswith("/RollbackUnsupported")
+    assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
+    assert (await client.threads.get_state(tid))["checkpoint"] == before["checkpoint"]
+
+
+# --- the v3 thread stream ---------------------------------------------------------------------------------
+
+
+async def _until(predicate: Any, what: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_thread_stream_starts_a_journey_and_answers_its_interrupts(client: LangGraphClient) -> None:
+    async with client.threads.stream(assistant_id="structured") as journey:
+        started = await journey.run.start(input={**CONTENT_MIGRATION, "user_id": "ana"})
+        assert started["run_id"]
+        await _until(lambda: journey.interrupted, "the journey's first interrupt")
+        [waiting] = journey.interrupts
+        assert waiting["namespace"] == [] and waiting["value"]
+        tid = journey.thread_id
+        first = await client.threads.get_state(tid)
+        assert first["interrupts"][0]["id"] == waiting["interrupt_id"]
+        await journey.run.respond({"files": 3})
+        await _until(lambda: len(journey.interrupts) > 1, "the journey's next interrupt")
+        state = await client.threads.get_state(tid)
+        assert state["interrupts"][0]["id"] == journey.interrupts[-1]["interrupt_id"] != waiting["interrupt_id"]
+        assert [r["status"] for r in await client.runs.list(tid)] == ["success", "success"]
+
+
+async def _events(base: str, tid: str, body: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """The first ``count`` events of a raw v3 event stream (it stays open: the client leaves)."""
+    found: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=base, timeout=30) as raw:
+        async with raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer:
+            assert answer.status_code == 200
+            async for line in answer.aiter_lines():
+                if line.startswith("data: "):
+                    found.append(json.loads(line.removeprefix("data: ")))
+                    if len(found) == count:
+                        return found
+    raise AssertionError(f"the stream ended after {len(found)} events")
+
+
+async def test_thread_stream_events_replay_after_since_and_refuse_bad_commands(
+    client: LangGraphClient, server_url: str
+) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    async with client.threads.stream(tid, assistant_id="guide") as chat:
+        await chat.run.start(input=_hello())
+        values = await chat.output.with_timeout(60)
+    assert values["messages"][-1]["content"] == ANSWER
+    every = {"channels": ["lifecycle", "values", "messages", "custom", "updates"], "since": 0}
+    events = await _events(server_url, tid, every, 6)
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert events[0]["method"] == "lifecycle" and events[0]["params"]["data"]["event"] == "running"
+    # A client that saw the third event reconnects with since: it gets exactly what came after.
+    again = await _events(server_url, tid, {**every, "since": seqs[2]}, 3)
+    assert [e["seq"] for e in again] == seqs[3:6] and again == events[3:6]
+    # The chat model's tokens come as messages, the run's end as one lifecycle event.
+    everything = await _events(server_url, tid, {"channels": ["messages", "lifecycle"], "since": 0}, 2)
+    assert everything[1]["params"]["data"] == {
+        "event": "message-start",
+        "role": "ai",
+        "id": everything[1]["params"]["data"]["id"],
+        "metadata": everything[1]["params"]["data"]["metadata"],
+    }
+    async with httpx.AsyncClient(base_url=server_url) as raw:
+        unknown = await raw.post(f"/threads/{tid}/commands", json={"id": 7, "method": "agent.fly", "params": {}})
+        assert unknown.json() == {
+            "type": "error",
+            "id": 7,
+            "error": "unknown_command",
+            "message": "'agent.fly' is not served here",
+        }
+        wrong = {"id": 8, "method": "input.respond", "params": {"interrupt_id": "nope", "response": 1}}
+        assert (await raw.post(f"/threads/{tid}/commands", json=wrong)).json()["error"] == "no_such_interrupt"
+        missing = await raw.post("/threads/no-such-thread/stream/events", json={"channels": ["lifecycle"]})
+        assert missing.status_code == 404
