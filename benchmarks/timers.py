@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import shutil
 import statistics
 import sys
@@ -107,6 +109,7 @@ async def bench(
     park_concurrency: int,
     resume_concurrency: int,
     durability: Durability,
+    profile: int = 0,
 ) -> Result:
     clock = HeldClock(datetime.now(UTC).replace(microsecond=0))
     async with JourneyRuntime.open(url, clock=clock, durability=durability, pool_size=20) as runtime:
@@ -126,13 +129,24 @@ async def bench(
         print(f"  {backend:<8} parked {n} instances in {result.park_s:.1f} s; timers due in {lead_s} s", flush=True)
 
         clock.release()
+        profiler = cProfile.Profile() if profile else None
         cpu_before = time.process_time()
+        if profiler is not None:
+            profiler.enable()
         for _poll in range(1000):  # the worker waits for the due time, as TimerScheduler's loop does
             await asyncio.sleep(max(0.0, (due - clock.now()).total_seconds()))
             report = await fire_due_timers(runtime.processes, concurrency=resume_concurrency)
             if report.fired:  # an asyncio sleep may end a hair early: then nothing was due yet
                 break
         result.worker_cpu_s = time.process_time() - cpu_before
+        if profiler is not None:
+            profiler.disable()
+            print(f"\n  {backend}: where the worker's CPU went (cProfile, top {profile} by own time):")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(profile)
+            dump = Path(tempfile.gettempdir()) / f"timers-{backend}.prof"
+            profiler.dump_stats(dump)
+            print(f"  the whole profile: {dump} (python -m pstats {dump})")
         result.fired, result.resumed = report.fired, report.resumed
         result.fire_lateness, result.resume_lateness = report.lateness, report.resume_lateness
         result.errors = report.errors[:5]
@@ -170,9 +184,9 @@ def print_result(result: Result) -> list[str]:
         )
     if result.resumed:
         print(
-            f"worker  CPU {result.worker_cpu_s:.1f} s to fire and resume them "
-            f"({result.worker_cpu_s / result.resumed * 1000:.2f} ms per instance; on a shared machine the wall "
-            "times above also include waiting for a core)"
+            f"worker  CPU {result.worker_cpu_s:.1f} s to fire and resume them: "
+            f"{result.worker_cpu_s / result.resumed * 1000:.2f} ms CPU per continuation, its firing included "
+            "(on a shared machine the wall times above also include waiting for a core)"
         )
     print(
         f"db: {result.fired_in_db} timers fired, {result.early_in_db} fired before due; "
@@ -219,6 +233,7 @@ async def run(args: argparse.Namespace) -> int:
                         park_concurrency=args.park_concurrency,
                         resume_concurrency=args.resume_concurrency,
                         durability=args.durability,
+                        profile=args.profile,
                     )
                 missed += print_result(result)
     finally:
@@ -245,6 +260,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--park-concurrency", type=int, default=16)
     parser.add_argument("--resume-concurrency", type=int, default=16)
     parser.add_argument("--durability", choices=("sync", "async", "exit"), default="async")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="profile the firing and resuming; print the top N entries"
+    )
     parser.add_argument("--quick", action="store_true", help="a small smoke run: 100 instances, memory and sqlite")
     args = parser.parse_args(argv)
     if args.quick:

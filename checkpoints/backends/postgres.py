@@ -30,7 +30,7 @@ from checkpoints.database import compact_json
 from checkpoints.url import StoreURL
 
 PROBE_AFTER_IDLE_S = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
-_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
+_used_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 
 
 async def autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -39,15 +39,20 @@ async def autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def note_return(conn: psycopg.AsyncConnection[Any]) -> None:
-    _returned_at[conn] = time.monotonic()
+    """A pool ``reset`` hook noting when the connection was last used (``probe_if_idle`` notes checkouts
+    itself; a pool with any ``reset`` hands every returned connection to its worker task, which costs a
+    task switch per query: the store's own pool has none)."""
+    _used_at[conn] = time.monotonic()
 
 
 async def probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Probe a connection on checkout only if it sat idle: one used moments ago is alive, and probing
-    every checkout (procrastinate's default) costs a round trip per query."""
-    returned = _returned_at.get(conn)
-    if returned is None or time.monotonic() - returned > PROBE_AFTER_IDLE_S:
+    """Probe a connection on checkout only if it sat idle since its last checkout: one used moments ago
+    is alive, and probing every checkout (procrastinate's default) costs a round trip per query."""
+    now = time.monotonic()
+    used = _used_at.get(conn)
+    if used is None or now - used > PROBE_AFTER_IDLE_S:
         await AsyncConnectionPool.check_connection(conn)
+    _used_at[conn] = now
 
 
 @asynccontextmanager
@@ -64,8 +69,7 @@ async def open_pool(url: StoreURL, pool_size: int) -> AsyncIterator[AsyncConnect
         open=False,
         kwargs={"prepare_threshold": 0, "row_factory": dict_row},
         configure=autocommit,
-        check=probe_if_idle,
-        reset=note_return,
+        check=probe_if_idle,  # no ``reset``: returning a connection then needs no task switch
     )
     async with pool:
         yield pool
