@@ -30,7 +30,13 @@ class TaskInbox:
     """``runtime.processes.inbox``: the user tasks of every process instance, for the people who work on them."""
 
     def __init__(
-        self, inbox: InboxStore, waits: WaitStore, clock: Clock, instances: Resumer, caller: AgentCaller, events: EventLog
+        self,
+        inbox: InboxStore,
+        waits: WaitStore,
+        clock: Clock,
+        instances: Resumer,
+        caller: AgentCaller,
+        events: EventLog,
     ) -> None:
         self._events = events
         self._inbox = inbox
