@@ -163,15 +163,15 @@ async def copy_checkpoint(
     saved = await saver.aget_tuple(source)
     if saved is None:
         raise LookupError(f"no checkpoint at {source!r}")
-    ns = saved.config["configurable"].get("checkpoint_ns", "")
-    into: Any = {"configurable": {"thread_id": target, "checkpoint_ns": ns}}
     merged: Any = {**saved.metadata, **metadata}
-    return await saver.aput(into, saved.checkpoint, merged, saved.checkpoint["channel_versions"])
+    return await put_saved(saver, target, saved._replace(metadata=merged, pending_writes=None), None)
+
+
 async def put_saved(
     saver: BaseCheckpointSaver[str], thread_id: str, saved: CheckpointTuple, parent: str | None
-) -> None:
+) -> RunnableConfig:
     """Write a checkpoint read from the saver (with its pending writes) to ``thread_id``, in its namespace,
-    under ``parent`` (None: a checkpoint without a parent), through the saver's own API."""
+    under ``parent`` (None: a checkpoint without a parent), through the saver's own API; the copy's config."""
     ns = saved.config["configurable"].get("checkpoint_ns", "")
     into: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
     written = await saver.aput(into, saved.checkpoint, saved.metadata, saved.checkpoint["channel_versions"])
@@ -180,3 +180,4 @@ async def put_saved(
         by_task.setdefault(task_id, []).append((channel, value))
     for task_id, writes in by_task.items():
         await saver.aput_writes(written, writes, task_id)
+    return written
