@@ -289,11 +289,9 @@ def inbox_rows(instance_id: str, status: str, events: list[Event]) -> dict[str, 
             answered = data.get("resolution_kind") in ("task", "escalation")
             row["status"] = "completed" if answered else "cancelled"
             if answered:
-                row["completed_by"], row["result"], row["completed_at"] = (
-                    data.get("by"),
-                    data.get("payload"),
-                    event.created_at,
-                )
+                row |= {"completed_by": data.get("by"), "result": data.get("payload"), "completed_at": event.created_at}
+            if data.get("resolution_kind") == "escalation" and row["escalation"] is None:  # its SLA completed it
+                row["escalation"], row["escalated_at"] = "complete", event.created_at
     if status in ENDED_STATUSES:
         for row in tasks.values():
             if row["status"] == "open":

@@ -4,11 +4,13 @@ on every backend."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select, update
 
+from checkpoints import VirtualClock
 from checkpoints.rebuild import lifecycle_views, rebuild_views
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
@@ -21,11 +23,15 @@ from graphs import JourneyRuntime
 from graphs.errors import EntryCriteriaNotMetError
 from graphs.lifecycle.catalog import READY_TO_START
 from tests.lifecycle_support import DAY, lifecycle_runtime, to_pilot
+from tests.process_support import linear, user_task
 from tests.test_rebuild import EXPENSE
 
+HOUR = timedelta(hours=1)
 
-async def mixed_workload(rt: JourneyRuntime) -> None:
-    """Client journeys in every kind of state, and process tasks completed, claimed, released and cancelled."""
+
+async def mixed_workload(rt: JourneyRuntime, clock: VirtualClock) -> None:
+    """Client journeys in every kind of state, and process tasks completed, claimed, released, cancelled,
+    reassigned and completed by their SLA."""
     lc = rt.lifecycle
     rolled = (await lc.start_journey("client-a", metadata={"tier": "gold"}, metrics=READY_TO_START))["journey_id"]
     await to_pilot(lc, rolled)
@@ -47,6 +53,18 @@ async def mixed_workload(rt: JourneyRuntime) -> None:
     await inbox.claim(task_of["let-go"]["task_id"], "ana", groups=["finance"])
     await inbox.release(task_of["let-go"]["task_id"], "ana")
     await rt.processes.cancel(task_of["gone"]["instance_id"], reason="withdrawn")
+    reassign = {"action": "reassign", "assignee": "boss", "candidate_groups": ["directors"]}
+    await rt.processes.deploy(
+        linear("moved", user_task("approve", candidate_groups=["leads"], sla_hours=2, on_timeout=reassign))
+    )
+    moved = await rt.processes.start("moved", "m-1")
+    await inbox.claim((await inbox.list_tasks(instance_id=moved["instance_id"]))[0]["task_id"], "dan", groups=["leads"])
+    timed_out = {"action": "complete", "default": {"approved": False}}
+    await rt.processes.deploy(linear("lapsed", user_task("approve", sla="PT30M", on_timeout=timed_out)))
+    await rt.processes.start("lapsed", "l-1")
+    clock.advance(2 * HOUR)
+    for _ in range(2):
+        await rt.processes.scheduler.run_due()
 
 
 async def views(rt: JourneyRuntime) -> dict[str, Any]:
@@ -64,17 +82,23 @@ async def views(rt: JourneyRuntime) -> dict[str, Any]:
 
 async def test_the_lifecycle_tables_and_the_inbox_are_rebuilt_from_the_event_log(store_url: str) -> None:
     async with lifecycle_runtime(store_url) as (rt, clock):
-        await mixed_workload(rt)
+        await mixed_workload(rt, clock)
         clock.advance(DAY)  # a rebuild writes the log's times, not its own
         live = await views(rt)
         assert {t["status"] for t in live["tasks"]} == {"completed", "open", "cancelled"}
-        assert sorted(t["claimed_by"] or "" for t in live["tasks"]) == ["", "", "ana", "cara"]
+        assert sorted(t["claimed_by"] or "" for t in live["tasks"]) == ["", "", "", "", "ana", "cara"]
+        escalated = {t["escalation"]: t for t in live["tasks"] if t["escalation"]}
+        assert (escalated["reassign"]["assignee"], escalated["reassign"]["status"]) == ("boss", "open")
+        assert (escalated["complete"]["completed_by"], escalated["complete"]["status"]) == (
+            "sla-escalation",
+            "completed",
+        )
         states = [v[0] for k, v in live.items() if k.startswith("lifecycle_journey_states:") and v]
         assert sorted(s["status"] for s in states) == ["active", "cancelled", "rollback"]  # the refused one has none
 
         untouched = await rebuild_views(rt.store.backend, rt.store.events)  # the live views are the log's
         assert (untouched[1].corrected, untouched[2].corrected) == ([], [])
-        assert (untouched[1].instances, untouched[2].instances) == (4, 4)
+        assert (untouched[1].instances, untouched[2].instances) == (4, 6)
 
         # What a hand-edited or half-lost set of derived tables looks like.
         backend = rt.store.backend
@@ -92,6 +116,6 @@ async def test_the_lifecycle_tables_and_the_inbox_are_rebuilt_from_the_event_log
 
         rebuilt = await rebuild_views(backend, rt.store.events)
         assert await views(rt) == live
-        assert len(rebuilt[2].corrected) == 4 and len(rebuilt[1].corrected) >= 4
+        assert len(rebuilt[2].corrected) == 6 and len(rebuilt[1].corrected) >= 4
         again = await rebuild_views(backend, rt.store.events)
         assert (again[1].corrected, again[2].corrected) == ([], [])
