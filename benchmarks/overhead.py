@@ -488,6 +488,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+    journeys, rounds, concurrency, warmup = batch_sizes(parser, args)
+    return Settings(journeys, rounds, concurrency, backends, args.durability, warmup, args.database_url, args.retention)
+
+
+def batch_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, int, tuple[int, ...], int]:
+    """Journeys per batch, rounds, in-flight levels and warm-up journeys from the options every benchmark
+    of batches takes (``--journeys``, ``--rounds``, ``--concurrency``, ``--warmup``, ``--quick``)."""
     concurrency = tuple(int(c) for c in str(args.concurrency).split(",") if c.strip())
     if not concurrency or min(concurrency) < 1 or args.journeys < 1 or args.rounds < 1:
         parser.error("--journeys, --rounds and --concurrency must be positive")
@@ -495,7 +502,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if args.quick:
         journeys, rounds, concurrency = 4, 1, (1, 4)
     warmup = args.warmup if args.warmup is not None else max(2, journeys // 10)
-    return Settings(journeys, rounds, concurrency, backends, args.durability, warmup, args.database_url, args.retention)
+    return journeys, rounds, concurrency, warmup
 
 
 async def main_async(settings: Settings) -> Report:

@@ -74,6 +74,7 @@ from benchmarks.overhead import (
     STEPS,
     Ours,
     Raw,
+    batch_sizes,
     build_raw_graph,
     fresh_database,
     noop_agent,
@@ -455,13 +456,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--warmup", type=int, default=None, help="untimed journeys per form first (default N/10)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny batches, one round")
     args = parser.parse_args(argv)
-    concurrency = tuple(int(c) for c in str(args.concurrency).split(",") if c.strip())
-    if not concurrency or min(concurrency) < 1 or args.journeys < 1 or args.rounds < 1:
-        parser.error("--journeys, --rounds and --concurrency must be positive")
-    journeys, rounds = args.journeys, args.rounds
-    if args.quick:
-        journeys, rounds, concurrency = 4, 1, (1, 4)
-    warmup = args.warmup if args.warmup is not None else max(2, journeys // 10)
+    journeys, rounds, concurrency, warmup = batch_sizes(parser, args)
     return Settings(journeys, rounds, concurrency, warmup, args.database_url)
 
 

@@ -16,16 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_overhead_benchmark_quick_run_prints_the_table() -> None:
-    completed = subprocess.run(
-        [sys.executable, "benchmarks/overhead.py", "--quick", "--backends", "memory,sqlite"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = completed.stdout
-    assert completed.returncode == 0, f"stdout:\n{output}\nstderr:\n{completed.stderr}"
+    output = run_benchmark("overhead.py", "--quick", "--backends", "memory,sqlite")
     assert "journeys/s" in output
     assert "ours/raw" in output
     rows = [line.split() for line in output.splitlines() if line.startswith(("memory ", "sqlite "))]
@@ -38,7 +29,21 @@ def test_overhead_benchmark_quick_run_prints_the_table() -> None:
     ]
     for row in rows:
         float(row[-2])  # the ours/raw column, before the per-round ratios (one round in --quick)
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    """What ``benchmarks/<script>`` printed, once it ran to the end without a traceback."""
+    completed = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
     assert "Traceback" not in completed.stderr
+    return completed.stdout
 
 
 def dbos_installed() -> bool:
@@ -47,17 +52,7 @@ def dbos_installed() -> bool:
 
 @pytest.mark.slow
 def test_peers_benchmark_quick_run_prints_every_form_with_ratios(postgres_server_url: str) -> None:
-    completed = subprocess.run(
-        [sys.executable, "benchmarks/peers.py", "--quick", "--database-url", postgres_server_url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = completed.stdout
-    assert completed.returncode == 0, f"stdout:\n{output}\nstderr:\n{completed.stderr}"
-    assert "Traceback" not in completed.stderr
+    output = run_benchmark("peers.py", "--quick", "--database-url", postgres_server_url)
     forms = ["ours", "raw", "dbos"] if dbos_installed() else ["ours", "raw"]
     if not dbos_installed():
         assert "the DBOS form was left out" in output

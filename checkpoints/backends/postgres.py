@@ -30,7 +30,8 @@ from checkpoints.database import compact_json
 from checkpoints.url import StoreURL
 
 PROBE_AFTER_IDLE_S = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
-_used_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
+# When each pooled connection was last checked out (or returned, by pools that return through ``note_return``).
+_last_used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 
 
 async def autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -39,20 +40,20 @@ async def autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def note_return(conn: psycopg.AsyncConnection[Any]) -> None:
-    """A pool ``reset`` hook noting when the connection was last used (``probe_if_idle`` notes checkouts
-    itself; a pool with any ``reset`` hands every returned connection to its worker task, which costs a
-    task switch per query: the store's own pool has none)."""
-    _used_at[conn] = time.monotonic()
+    _last_used[conn] = time.monotonic()
 
 
 async def probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Probe a connection on checkout only if it sat idle since its last checkout: one used moments ago
-    is alive, and probing every checkout (procrastinate's default) costs a round trip per query."""
+    """Probe a connection on checkout only if it sat idle: one used moments ago is alive, and probing
+    every checkout (procrastinate's default) costs a round trip per query.
+
+    Idle counts from the connection's last checkout (or return, where the pool notes returns): a
+    connection held long and given back moments ago is probed once more, never one less."""
     now = time.monotonic()
-    used = _used_at.get(conn)
-    if used is None or now - used > PROBE_AFTER_IDLE_S:
+    last = _last_used.get(conn)
+    if last is None or now - last > PROBE_AFTER_IDLE_S:
         await AsyncConnectionPool.check_connection(conn)
-    _used_at[conn] = now
+    _last_used[conn] = now
 
 
 @asynccontextmanager
@@ -69,7 +70,9 @@ async def open_pool(url: StoreURL, pool_size: int) -> AsyncIterator[AsyncConnect
         open=False,
         kwargs={"prepare_threshold": 0, "row_factory": dict_row},
         configure=autocommit,
-        check=probe_if_idle,  # no ``reset``: returning a connection then needs no task switch
+        # No ``reset``: with one, psycopg_pool hands every returned connection to a worker task, so it is
+        # back in the pool only once the loop gets to that task (a wait per query for the next caller).
+        check=probe_if_idle,
     )
     async with pool:
         yield pool
