@@ -359,11 +359,13 @@ class RunStore:
         enqueue: Enqueue | None = None,
         durability: str | None = None,
         options: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> RunRow:
         """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it.
 
         ``enqueue`` (distributed mode) puts the run's job on the queue in the same transaction: the run and
-        its job are committed together or not at all, so no run is left pending without a job."""
+        its job are committed together or not at all, so no run is left pending without a job. ``run_id``:
+        the new run's id, chosen by a caller that watches for the run's end before it exists (else new)."""
         if multitask_strategy not in STRATEGIES:
             raise UnsupportedMultitaskStrategyError(
                 f"multitask_strategy {multitask_strategy!r} is not supported; use one of {', '.join(STRATEGIES)}"
@@ -372,7 +374,7 @@ class RunStore:
         new_thread = self._new_thread(str(uuid.uuid4()), {}, owner) if thread_id is None else None
         now = self._clock.now()
         run = RunRow(
-            run_id=str(uuid.uuid4()),
+            run_id=run_id or str(uuid.uuid4()),
             thread_id=new_thread.thread_id if new_thread else str(thread_id),
             assistant_id=assistant_id,
             status="pending",

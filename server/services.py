@@ -534,6 +534,7 @@ def _holds(metadata: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> boo
     return not wanted or all(metadata.get(k) == v for k, v in wanted.items())
 
 
-def services(request: Request) -> ServerServices:
+async def services(request: Request) -> ServerServices:
+    # async: FastAPI runs a plain-def dependency in its thread pool, a thread hop on every request
     found: ServerServices = request.app.state.services
     return found

@@ -107,7 +107,7 @@ class RecordingExecutor:
     async def when_due(self, run: RunRow) -> None:
         """Its runs are never delayed (no ``after_seconds``): due at once, as the real executor has it."""
 
-    async def execute(self, run_id: str) -> None:
+    async def execute(self, run_id: str, *, due: bool = False) -> None:
         self.executed.append(run_id)
         self.runs.queue.remove(run_id)
         self.ran.set()

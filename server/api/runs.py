@@ -10,6 +10,7 @@ first of them found it (chat threads only).
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -27,7 +28,7 @@ from server.problems import ApiError
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, run_events
 from server.runs.store import ACTIVE, TERMINAL, RunRow, ThreadRow
-from server.runs.watch import wait_for_run
+from server.runs.watch import until_finished, wait_for_run
 from server.services import ResolvedAssistant, ServerServices, services
 
 router = APIRouter(tags=["runs"], responses=errors(), route_class=GuardedRoute)
@@ -39,7 +40,13 @@ RunThreadId = Annotated[str, Path(max_length=THREAD_ID)]
 
 
 async def create_run(
-    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, *, streaming: bool
+    svc: ServerServices,
+    thread_id: str | None,
+    body: RunCreate,
+    caller: Principal,
+    *,
+    streaming: bool,
+    run_id: str | None = None,
 ) -> RunRow:
     resolved = await svc.resolve_assistant(body.assistant_id, caller)
     assistant = resolved.pattern
@@ -77,6 +84,7 @@ async def create_run(
         enqueue=svc.queue.enqueue,
         durability=body.durability,
         options=run_options(svc, resolved, body),
+        run_id=run_id,
     )
     svc.submit(run)
     return run
@@ -184,6 +192,15 @@ async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
     return await wait_for_run(svc.runs, svc.watch, run.run_id, svc.settings.poll_interval)
 
 
+async def _create_and_wait(svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal) -> RunRow:
+    """Create a run and wait for it to finish. Its watch is registered under its id before it exists, so
+    its end cannot slip by unseen and no read is spent finding it pending."""
+    run_id = str(uuid.uuid4())
+    with svc.watch.watching(run_id) as changed:
+        await create_run(svc, thread_id, body, caller, streaming=False, run_id=run_id)
+        return await until_finished(svc.runs, run_id, changed, svc.settings.poll_interval, fresh=True)
+
+
 @router.post("/threads/{thread_id}/runs", response_model=RunOut, summary="Create a run in the background")
 async def create_background(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     return (await create_run(svc, thread_id, body, caller, streaming=False)).view()
@@ -196,8 +213,7 @@ async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Servic
 
 @router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output")
 async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
-    run = await _wait(svc, await create_run(svc, thread_id, body, caller, streaming=False))
-    return await final_output(svc, run)
+    return await final_output(svc, await _create_and_wait(svc, thread_id, body, caller))
 
 
 @router.post("/runs/batch", response_model=list[RunOut], summary="Create runs in the background, each on its thread")
@@ -242,8 +258,7 @@ async def cancel_many(
 
 @router.post("/runs/wait", summary="Create a run on a new thread and wait for its output")
 async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
-    run = await _wait(svc, await create_run(svc, None, body, caller, streaming=False))
-    return await final_output(svc, run)
+    return await final_output(svc, await _create_and_wait(svc, None, body, caller))
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)

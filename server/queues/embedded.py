@@ -47,7 +47,7 @@ class EmbeddedRunner:
                 async with self._slots:
                     self._current[thread_id] = run.run_id
                     try:
-                        await self.executor.execute(run.run_id)
+                        await self.executor.execute(run.run_id, due=True)  # when_due above
                     finally:
                         self._current.pop(thread_id, None)
         finally:

@@ -76,7 +76,7 @@ async def run_worker(
         )
 
         async def execute(run_id: str) -> None:
-            await executor.execute(run_id)
+            await executor.execute(run_id, due=True)  # procrastinate took the job at its due time (schedule_at)
 
         async def fire_timers() -> None:
             await runtime.processes.scheduler.run_due()

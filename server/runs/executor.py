@@ -187,13 +187,14 @@ class RunExecutor:
         self._notify = notify  # an object with .changed(run_id): wakes in-process waiters
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
 
-    async def execute(self, run_id: str) -> RunRow | None:
+    async def execute(self, run_id: str, *, due: bool = False) -> RunRow | None:
+        """Claim and execute the run. ``due``: its queue held it back until its due time (``after_seconds``)
+        already, so it is not read again to check."""
         with structlog.contextvars.bound_contextvars(run_id=run_id):  # in every log line and span of the run
-            return await self._execute(run_id)
+            return await self._execute(run_id, due)
 
-    async def _execute(self, run_id: str) -> RunRow | None:
-        pending = await self.runs.get_run(run_id)
-        if pending is not None:
+    async def _execute(self, run_id: str, due: bool) -> RunRow | None:
+        if not due and (pending := await self.runs.get_run(run_id)) is not None:
             await self.when_due(pending)
         try:
             claimed = await self.runs.claim(run_id)

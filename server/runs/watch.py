@@ -66,12 +66,24 @@ async def next_change(event: asyncio.Event, poll: float) -> None:
 
 async def wait_for_run(runs: RunStore, watch: RunWatch, run_id: str, poll: float) -> RunRow:
     with watch.watching(run_id) as changed:
-        while True:
-            run = await runs.get_run(run_id)
-            if run is None or run.status in TERMINAL:
-                assert run is not None
-                return run
-            await next_change(changed, poll)
+        return await until_finished(runs, run_id, changed, poll)
+
+
+async def until_finished(
+    runs: RunStore, run_id: str, changed: asyncio.Event, poll: float, *, fresh: bool = False
+) -> RunRow:
+    """The run once it has finished, re-read each time ``changed`` (its watch) fires or ``poll`` passes.
+
+    ``fresh``: the run was created after its watch was registered, so it is pending and any change to it
+    will fire ``changed``: the first read waits for one (reading it at once would only find it pending)."""
+    if fresh:
+        await next_change(changed, poll)
+    while True:
+        run = await runs.get_run(run_id)
+        if run is None or run.status in TERMINAL:
+            assert run is not None
+            return run
+        await next_change(changed, poll)
 
 
 @contextlib.asynccontextmanager
