@@ -94,8 +94,8 @@ async def test_cancel_with_rollback_refuses_journey_threads(client: LangGraphCli
 # --- the v3 thread stream ---------------------------------------------------------------------------------
 
 
-async def _until(predicate: Any, what: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(predicate: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -122,14 +122,16 @@ async def test_thread_stream_starts_a_journey_and_answers_its_interrupts(client:
 async def _events(base: str, tid: str, body: dict[str, Any], count: int) -> list[dict[str, Any]]:
     """The first ``count`` events of a raw v3 event stream (it stays open: the client leaves)."""
     found: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(base_url=base, timeout=30) as raw:
-        async with raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer:
-            assert answer.status_code == 200
-            async for line in answer.aiter_lines():
-                if line.startswith("data: "):
-                    found.append(json.loads(line.removeprefix("data: ")))
-                    if len(found) == count:
-                        return found
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30) as raw,
+        raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                found.append(json.loads(line.removeprefix("data: ")))
+                if len(found) == count:
+                    return found
     raise AssertionError(f"the stream ended after {len(found)} events")
 
 
