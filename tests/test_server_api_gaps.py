@@ -5,39 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
-from agents import AgentRegistry, EchoAgent
-from server.app import create_app
-from server.settings import Settings
-from tests.server_support import serving
+from tests import test_server_streaming as streaming
 from tests.test_server_streaming import ANSWER, _said, _slow_run
 
 pytestmark = pytest.mark.slow
+# The streaming tests' server (a guide on langchain-core's streaming fake model, on both backends) and client.
+server_url, client = streaming.server_url, streaming.client
 CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    registry = AgentRegistry()
-    registry.register("auto_check", EchoAgent("auto_check", {"ok": True}))
-    settings = Settings(database_url=url, auth=False, guide_model="tests.test_server_streaming:streaming_model")
-    with serving(create_app(settings, runtime_options={"agents": registry})) as base:
-        yield base
-
-
-@pytest.fixture
-async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=server_url, api_key=None) as sdk_client:
-        yield sdk_client
 
 
 def _hello(text: str = "hello") -> dict[str, Any]:
