@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 RECORDED_MODES = ["values", "updates", "custom", "messages-tuple", "tasks", "checkpoints"]
 CHANNELS = ("values", "updates", "messages", "tools", "lifecycle", "input", "checkpoints", "tasks", "custom")
 _RUN_SPAN = 1 << 26  # seq = the run's place on its thread * _RUN_SPAN + the event's place in the run
-_PER_CHUNK = 4  # a chunk becomes at most this many events (a message's start and its first delta)
+_PER_CHUNK = 8  # a chunk becomes at most this many events (the last messages' ends, a start, a delta)
 # A stream opened without ``since`` replays the thread's active runs, and a run created this recently: the
 # SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended.
 RECENT = timedelta(seconds=5)
@@ -74,7 +74,8 @@ class EventFilter:
         if not self.namespaces:
             return True
         for prefix in self.namespaces:
-            if namespace[: len(prefix)] == prefix and (self.depth is None or len(namespace) - len(prefix) <= self.depth):
+            below = len(namespace) - len(prefix)
+            if namespace[: len(prefix)] == prefix and (self.depth is None or below <= self.depth):
                 return True
         return False
 
@@ -98,7 +99,7 @@ class _RunCursor:
     chunk: int = 0
     started: bool = False
     ended: bool = False
-    messages: dict[str, bool] = field(default_factory=dict)  # message ids started in this run
+    messages: dict[str, bool] = field(default_factory=dict)  # message ids started in this run: still open?
 
 
 class ThreadEvents:
@@ -197,9 +198,14 @@ def _translate(mode: str, data: Any, messages: dict[str, bool]) -> list[tuple[st
         return [("custom", {"name": "journeys", "payload": data} if progress else {"payload": data})]
     if mode == "messages" and isinstance(data, list) and len(data) == 2 and isinstance(data[0], dict):
         message, metadata = data
+        if message.get("type") not in ("ai", "AIMessageChunk"):  # a tool's answer is no model output
+            return []
         message_id = str(message.get("id") or "message")
         out: list[tuple[str, Any]] = []
         if message_id not in messages:
+            # A new message: the model finished the one before it.
+            out += [("messages", {"event": "message-finish", "id": m}) for m in messages if messages[m]]
+            messages.update(dict.fromkeys(messages, False))
             messages[message_id] = True
             meta = {k: v for k, v in (metadata or {}).items() if isinstance(v, str | int | float | bool)}
             out.append(("messages", {"event": "message-start", "role": "ai", "id": message_id, "metadata": meta}))
@@ -215,7 +221,7 @@ def _translate(mode: str, data: Any, messages: dict[str, bool]) -> list[tuple[st
 
 def _ending(run: RunRow, messages: Mapping[str, bool]) -> list[tuple[str, Any]]:
     """The events that end a run: its messages finished, its interrupts, and its terminal lifecycle."""
-    out: list[tuple[str, Any]] = [("messages", {"event": "message-finish", "id": m}) for m in messages]
+    out: list[tuple[str, Any]] = [("messages", {"event": "message-finish", "id": m}) for m in messages if messages[m]]
     if run.status == "success":
         interrupts = (run.output or {}).get(INTERRUPT) or []
         for interrupt in interrupts:

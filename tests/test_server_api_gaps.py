@@ -5,39 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
-from agents import AgentRegistry, EchoAgent
-from server.app import create_app
-from server.settings import Settings
-from tests.server_support import serving
+from tests import test_server_streaming as streaming
 from tests.test_server_streaming import ANSWER, _said, _slow_run
 
 pytestmark = pytest.mark.slow
+# The streaming tests' server (a guide on langchain-core's streaming fake model, on both backends) and client.
+server_url, client = streaming.server_url, streaming.client
 CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    registry = AgentRegistry()
-    registry.register("auto_check", EchoAgent("auto_check", {"ok": True}))
-    settings = Settings(database_url=url, auth=False, guide_model="tests.test_server_streaming:streaming_model")
-    with serving(create_app(settings, runtime_options={"agents": registry})) as base:
-        yield base
-
-
-@pytest.fixture
-async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=server_url, api_key=None) as sdk_client:
-        yield sdk_client
 
 
 def _hello(text: str = "hello") -> dict[str, Any]:
@@ -94,8 +75,8 @@ async def test_cancel_with_rollback_refuses_journey_threads(client: LangGraphCli
 # --- the v3 thread stream ---------------------------------------------------------------------------------
 
 
-async def _until(predicate: Any, what: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(predicate: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -122,14 +103,16 @@ async def test_thread_stream_starts_a_journey_and_answers_its_interrupts(client:
 async def _events(base: str, tid: str, body: dict[str, Any], count: int) -> list[dict[str, Any]]:
     """The first ``count`` events of a raw v3 event stream (it stays open: the client leaves)."""
     found: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(base_url=base, timeout=30) as raw:
-        async with raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer:
-            assert answer.status_code == 200
-            async for line in answer.aiter_lines():
-                if line.startswith("data: "):
-                    found.append(json.loads(line.removeprefix("data: ")))
-                    if len(found) == count:
-                        return found
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30) as raw,
+        raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                found.append(json.loads(line.removeprefix("data: ")))
+                if len(found) == count:
+                    return found
     raise AssertionError(f"the stream ended after {len(found)} events")
 
 

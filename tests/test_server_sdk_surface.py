@@ -11,6 +11,7 @@ To add a section (crons, store): write ``async def test_<name>_surface(client, .
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -37,9 +38,7 @@ SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {"key-ana": ApiKey("ana", SCOPES), "key-bob": ApiKey("bob", SCOPES)}
 CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
 # Public methods deliberately not served, with the reason (the README's server section says the same).
-LEFT_OUT: dict[str, dict[str, str]] = {
-    "threads": {"stream": "the experimental v3 thread-stream protocol (langchain_protocol commands over SSE)"},
-}
+LEFT_OUT: dict[str, dict[str, str]] = {}
 
 
 # --- shapes -----------------------------------------------------------------------------------------------
@@ -300,6 +299,31 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     parts = [p async for p in await threads.join_stream(journeys[1], stream_mode=["updates"])]
     assert any(p.event == "updates" for p in parts), [p.event for p in parts]
     await client.runs.join(journeys[1], run["run_id"])
+
+    # stream: the v3 thread stream. A chat run's tokens through the SDK's messages projection, its output
+    # once its lifecycle ended; then a journey started and its interrupt answered on the same protocol.
+    async with threads.stream(assistant_id="guide") as chat:
+        await chat.run.start(input={"messages": [{"role": "user", "content": "what next?"}]})
+        # Each message's events reach it as the projection is iterated: its text is read after.
+        messages = [message async for message in chat.messages]
+        output = await chat.output.with_timeout(60)
+        said = await messages[-1].text
+    assert said and output["messages"][-1]["content"] == said
+    assert (await threads.get(chat.thread_id))["status"] == "idle"
+    async with threads.stream(assistant_id="structured") as journey:
+        await journey.run.start(input={**CONTENT_MIGRATION, "user_id": "ana"})
+        for _ in range(600):
+            if journey.interrupted:
+                break
+            await asyncio.sleep(0.05)
+        [waiting] = journey.interrupts
+        await journey.run.respond({"files": 2})
+        for _ in range(600):
+            if len(journey.interrupts) > 1:
+                break
+            await asyncio.sleep(0.05)
+        assert journey.interrupts[-1]["interrupt_id"] != waiting["interrupt_id"]
+    assert [r["status"] for r in await client.runs.list(journey.thread_id)] == ["success", "success"]
 
     pruned = await threads.prune([journeys[2], journeys[1]])
     assert pruned == {"pruned_count": 2}

@@ -27,10 +27,10 @@ from server.input_guard import GuardedRoute
 from server.models import (
     MAX_INT,
     HistoryQuery,
+    RunCreate,
     StateAt,
     StateUpdate,
     StateUpdated,
-    RunCreate,
     ThreadCommand,
     ThreadCount,
     ThreadCreate,
@@ -195,7 +195,8 @@ async def thread_command(thread_id: RunThreadId, body: ThreadCommand, caller: Ru
         if body.method == "run.start":
             run = await create_run(svc, thread_id, _start_request(body.params), caller, streaming=False)
         elif body.method == "input.respond":
-            run = await create_run(svc, thread_id, await _respond_request(svc, caller, thread_id, body.params), caller, streaming=False)
+            resume = await _respond_request(svc, caller, thread_id, body.params)
+            run = await create_run(svc, thread_id, resume, caller, streaming=False)
         else:
             return thread_stream.refused(body.id, "unknown_command", f"{body.method!r} is not served here")
     except JourneyNotFoundError:

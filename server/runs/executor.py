@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import httpx
@@ -21,6 +21,7 @@ from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
+from checkpoints.process.timers import Timer
 from graphs.errors import JourneyNotFoundError
 from graphs.kernel.engine import Outcome, RunOptions, in_flight
 from graphs.kernel.patterns import Graph
@@ -28,7 +29,7 @@ from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
-from server.runs.store import NO_STATE, RunRow, RunStore
+from server.runs.store import NO_STATE, TERMINAL, RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
 
@@ -135,24 +136,71 @@ async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_
     return output
 
 
-_BACKGROUND: set[asyncio.Task[bool]] = set()  # webhook calls in flight (kept from garbage collection)
+WEBHOOK_PURPOSE = "webhook"  # the timers that deliver a finished run's webhook
 WEBHOOK_ATTEMPTS = 5
+WEBHOOK_BACKOFF = 0.5  # seconds before the second attempt; doubled after each failed one
 
 
-async def call_webhook(url: str, run: RunRow, *, attempts: int = WEBHOOK_ATTEMPTS, backoff: float = 0.5) -> bool:
-    """POST the finished run to ``url``, retried with exponential backoff on a connection error or a 5xx
-    answer; True once it was taken (any answer below 500)."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        for attempt in range(attempts):
-            try:
-                answer = await client.post(url, json=jsonable(run.view()))
-                if answer.status_code < 500:
-                    return True
-            except httpx.HTTPError as exc:
-                log.warning("webhook call failed", run_id=run.run_id, attempt=attempt + 1, error=repr(exc))
-            await asyncio.sleep(backoff * 2**attempt)
-    log.error("webhook gave up", run_id=run.run_id, url=url)
-    return False
+async def call_webhook(url: str, run: RunRow) -> bool:
+    """POST the finished run to ``url`` once; True once it was taken (any answer below 500)."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(url, json=jsonable(run.view()))
+    except httpx.HTTPError as exc:
+        log.warning("webhook call failed", run_id=run.run_id, url=url, error=repr(exc))
+        return False
+    if answer.status_code >= 500:
+        log.warning("webhook call refused", run_id=run.run_id, url=url, status=answer.status_code)
+        return False
+    return True
+
+
+class Webhooks:
+    """Durable webhook delivery: a run's webhook is a process timer (purpose ``webhook``), armed before the
+    run is marked finished and fired by whichever scheduler fires timers (the API's in embedded mode, the
+    workers' timer job in distributed mode). A failed attempt arms the next one with exponential backoff, so
+    a delivery outlives the process that ran the run. Delivery is at least once: a process killed after a
+    POST was taken but before its timer was marked fired posts again."""
+
+    def __init__(self, runtime: JourneyRuntime, runs: RunStore) -> None:
+        self.runtime = runtime
+        self.runs = runs
+        runtime.processes.scheduler.handlers[WEBHOOK_PURPOSE] = self.deliver
+
+    async def arm(self, run: RunRow, attempt: int = 0, delay: float = 0.0) -> None:
+        """Arm attempt ``attempt`` of ``run``'s webhook ``delay`` seconds from now (armed once per attempt:
+        the timer's id names it)."""
+        timers = self.runtime.processes.services.timers
+        due = self.runtime.store.clock.now() + timedelta(seconds=delay)
+        statement = timers.schedule_statement(
+            f"webhook:{run.run_id}:{attempt}",
+            element="webhook",
+            purpose=WEBHOOK_PURPOSE,
+            definition={"date": due.astimezone(UTC).isoformat()},
+            due_at=due,
+            origin=due,
+            data={"run_id": run.run_id, "attempt": attempt},
+        )
+        await timers.execute([statement])
+
+    async def deliver(self, timer: Timer) -> bool:
+        """One attempt: POST the run if it has ended (a run still running is looked at again later), and
+        arm the next attempt if it failed. False when the run is gone."""
+        run = await self.runs.get_run(str(timer.data.get("run_id")))
+        url = (run.options or {}).get("webhook") if run is not None else None
+        if run is None or not url:
+            return False
+        attempt = int(timer.data.get("attempt") or 0)
+        if run.status not in TERMINAL:  # armed just before its end, whose process died: it ends when retried
+            await self.arm(run, attempt + 1, WEBHOOK_BACKOFF * 2 ** min(attempt, 6))
+            return True
+        if await call_webhook(str(url), run):
+            return True
+        if attempt + 1 < WEBHOOK_ATTEMPTS:
+            await self.arm(run, attempt + 1, WEBHOOK_BACKOFF * 2**attempt)
+        else:
+            log.error("webhook gave up", run_id=run.run_id, url=url, attempts=attempt + 1)
+        return True
 
 
 async def fork_back(runtime: JourneyRuntime, graph: Graph, instance_id: str, checkpoint_id: str) -> None:
@@ -186,6 +234,7 @@ class RunExecutor:
         self.runs = runs
         self._notify = notify  # an object with .changed(run_id): wakes in-process waiters
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
+        self.webhooks = Webhooks(runtime, runs)
 
     async def execute(self, run_id: str, *, due: bool = False) -> RunRow | None:
         """Claim and execute the run. ``due``: its queue held it back until its due time (``after_seconds``)
@@ -250,6 +299,8 @@ class RunExecutor:
                 output = await self._output(assistant, instance_id)
         if (run.options or {}).get("on_completion") == "delete":  # gone before anyone hears the run ended
             await self._delete_thread(run)
+        if (run.options or {}).get("webhook"):  # armed before the end: a process killed after it still calls
+            await self.webhooks.arm(run)
         finished = await self.runs.finish(run_id, status, error, output)
         self._changed(run_id)
         if finished is not None:
@@ -274,12 +325,9 @@ class RunExecutor:
         await self.runs.delete_thread(run.thread_id, runs=False)
 
     def finished(self, run: RunRow) -> None:
-        """What a run asked for when it has ended: its webhook is called (retried, in the background)."""
-        webhook = (run.options or {}).get("webhook")
-        if webhook:
-            task = asyncio.create_task(call_webhook(webhook, run), name=f"webhook:{run.run_id}")
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+        """What a run asked for when it has ended: its webhook timer (armed already) is looked at now."""
+        if (run.options or {}).get("webhook"):
+            self.runtime.processes.scheduler.wake()
 
     def _durability_of(self, run: RunRow, assistant: Assistant) -> Durability | None:
         """The client's choice, else the server's; "exit" only for journeys whose steps replay from the log

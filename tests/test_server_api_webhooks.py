@@ -1,0 +1,138 @@
+"""A run's webhook is delivered durably: its attempts are process timers, so a delivery that had not got
+through when the process that ran the run was killed is made by the next process (embedded mode) or by
+another worker (distributed mode), against a real loopback receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+
+from tests.server_support import ROOT, free_port, start_worker, stop_worker
+
+pytestmark = pytest.mark.slow
+CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A loopback webhook receiver that keeps the bodies it takes."""
+
+    calls: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        type(self).calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def receiving(port: int) -> Iterator[list[dict[str, Any]]]:
+    _Receiver.calls = []
+    receiver = HTTPServer(("127.0.0.1", port), _Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield _Receiver.calls
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def serve(url: str, port: int, log: Path, *options: str) -> subprocess.Popen[bytes]:
+    """A `journeys serve --no-auth` process (killed by the test, so not a context manager)."""
+    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
+    with log.open("ab") as sink:
+        server = subprocess.Popen(
+            [*command, "--port", str(port), "--no-auth", *options],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def run_to_its_end(base: str, hook: str) -> str:
+    """A structured journey's first run, with a webhook; its id once it has ended."""
+    with httpx.Client(base_url=base, timeout=60) as api:
+        tid = api.post("/threads", json={}).json()["thread_id"]
+        body = {"assistant_id": "structured", "input": {**CONTENT_MIGRATION, "user_id": "ana"}, "webhook": hook}
+        run_id: str = api.post(f"/threads/{tid}/runs", json=body).json()["run_id"]
+        api.get(f"/threads/{tid}/runs/{run_id}/join")
+        assert api.get(f"/threads/{tid}/runs/{run_id}").json()["status"] == "success"
+    return run_id
+
+
+def delivered(calls: list[dict[str, Any]], seconds: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + seconds
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # a second call would come now
+    return list(calls)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_webhook_not_yet_delivered_when_the_server_was_killed_is_delivered_after_restart(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url: str = request.getfixturevalue(f"{backend}_url")
+    hook_port, port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    first = serve(url, port, log)
+    try:
+        # The receiver is down while the run ends: the first attempts fail, then the process is killed.
+        run_id = run_to_its_end(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hook_port}/hook")
+    finally:
+        kill(first)
+    with receiving(hook_port) as calls:
+        second = serve(url, port, log)
+        try:
+            [call] = delivered(calls)
+        finally:
+            stop_worker(second)
+    assert (call["run_id"], call["status"]) == (run_id, "success")
+
+
+def test_a_webhook_is_delivered_by_another_worker_when_its_worker_was_killed(postgres_url: str, tmp_path: Path) -> None:
+    """Distributed mode: the worker that ran the run is killed before the receiver answers; the attempts are
+    timers, which the other worker's timer job fires."""
+    hook_port, port = free_port(), free_port()
+    api = serve(postgres_url, port, tmp_path / "serve.log", "--distributed")
+    worker = start_worker(postgres_url)
+    try:
+        run_id = run_to_its_end(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hook_port}/hook")
+        kill(worker)
+        with receiving(hook_port) as calls:
+            worker = start_worker(postgres_url)
+            [call] = delivered(calls)
+        assert (call["run_id"], call["status"]) == (run_id, "success")
+    finally:
+        stop_worker(worker)
+        stop_worker(api)
