@@ -57,6 +57,11 @@ DROP TABLE server_crons;
 DROP TABLE journey_retention;
 """
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
+# A journey instance as a database made before today's migrations holds it (created and updated at :at).
+OLD_INSTANCE = text(
+    "INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, "
+    "updated_at) VALUES ('old-1', 'j-1', 'structured', 'ana', 'in_progress', :at, :at)"
+)
 
 
 async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgres_url: str) -> None:
@@ -227,13 +232,7 @@ async def test_a_database_made_by_the_oldest_migration_upgrades_to_todays_schema
             )
             assert "id" in inspector  # the log as migration 1 made it, with its surrogate id
             created = datetime(2026, 1, 1, tzinfo=UTC)
-            await conn.execute(
-                text(
-                    "INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, "
-                    "updated_at) VALUES ('old-1', 'j-1', 'structured', 'ana', 'in_progress', :at, :at)"
-                ),
-                {"at": created},
-            )
+            await conn.execute(OLD_INSTANCE, {"at": created})
             await conn.execute(
                 text(
                     "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -316,13 +315,7 @@ async def test_event_payloads_are_stored_as_compact_json_text_and_older_ones_rea
         assert await migrate(engine, upto=15) == list(range(1, 16))
         async with engine.begin() as conn:
             at = datetime(2026, 1, 1, tzinfo=UTC)
-            await conn.execute(
-                text(
-                    "INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, "
-                    "updated_at) VALUES ('old-1', 'j-1', 'structured', 'ana', 'in_progress', :at, :at)"
-                ),
-                {"at": at},
-            )
+            await conn.execute(OLD_INSTANCE, {"at": at})
             cast = "CAST(:payload AS JSONB)" if url.kind == "postgres" else ":payload"
             await conn.execute(
                 text(
