@@ -51,13 +51,13 @@ import argparse
 import asyncio
 import gc
 import importlib
-import inspect
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -170,23 +170,12 @@ async def open_raw(url: str) -> AsyncIterator[Raw]:
 
 
 async def apply_retention(form: Form) -> bool:
-    """Run the runtime's retention on ``form``'s store once; True when it ran.
-
-    The hook for checkpoint retention (issue 15): when the runtime has a retention entry point, ours
-    is also measured after it, so bytes per completed journey are printed before and after retention.
-    Wire the call here: it is looked up as ``runtime.retention`` (an awaitable callable, or an object
-    with an awaitable ``run()``). Only ours has one; the peers' figures stand as stored.
-    """
-    runtime = getattr(form, "runtime", None)
-    retention = getattr(runtime, "retention", None)
-    if retention is None:
+    """Run ours's default checkpoint retention (keep_latest) once, as its periodic job would, past the
+    settling time; True when it ran. Only ours has retention; the peers' figures stand as stored."""
+    if not isinstance(form, Ours):
         return False
-    action = retention if callable(retention) else getattr(retention, "run", None)
-    if action is None:
-        return False
-    result = action()
-    if inspect.isawaitable(result):
-        await result
+    retention = form.runtime.retention
+    await retention.run(now=datetime.now(UTC) + timedelta(seconds=retention.policy.settle + 1))
     return True
 
 
