@@ -114,7 +114,8 @@ async def measure(url: str, defer: Defer, clients: int, seconds: float) -> dict[
         # Read while the pool's backends live: an exited one is counted only once the postmaster reaps it.
         cpu_me = cpu_seconds(me) - window["cpu_me"]
         cpu_db = cpu_seconds(database) - window["cpu_db"] if database else float("nan")
-    return {"jobs_per_s": done / elapsed, "client_cpu_ms": 1000 * cpu_me / done, "db_cpu_ms": 1000 * cpu_db / done}
+    per_job = 1000 / done if done else float("nan")  # none in the window: a stalled box
+    return {"jobs_per_s": done / elapsed, "client_cpu_ms": cpu_me * per_job, "db_cpu_ms": cpu_db * per_job}
 
 
 async def bench(url: str, *, clients: int, seconds: float) -> dict[str, dict[str, float]]:

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from benchmarks import job_queue
 from benchmarks.server import bench
 
 pytestmark = pytest.mark.slow
@@ -18,3 +19,21 @@ def test_server_benchmark_quick(postgres_url: str) -> None:
     assert results["worker_rss_mb"] > 0 and results["worker_rss_small_mb"] > 0
     assert results["embedded_p50_ms"] > 0 and results["embedded_per_s"] > 0
     assert results["cpu_ms_api"] > 0 and results["cpu_ms_worker"] > 0 and results["embedded_cpu_ms_api"] > 0
+    # The local throwaway PostgreSQL's CPU is measured too, and summed with the processes'.
+    assert results["cpu_ms_postgres"] > 0
+    assert results["cpu_ms_total"] == pytest.approx(
+        results["cpu_ms_api"] + results["cpu_ms_worker"] + results["cpu_ms_postgres"]
+    )
+    step = results["per_step"]
+    assert step["transactions"] > 0 and step["rows_written"] > 0 and step["wal_bytes"] > 0
+    assert results["connections"]["api"] > 0 and results["connections"]["worker"] > 0
+
+
+def test_queue_benchmark_quick(postgres_url: str) -> None:
+    results = asyncio.run(job_queue.bench(postgres_url, clients=4, seconds=0.5))
+    forms = {
+        f"{form} trigger {state} x{n}" for form in ("api", "sql", "batch") for state in ("on", "off") for n in (1, 4)
+    }
+    assert set(results) == forms
+    assert all(r["jobs_per_s"] > 0 for r in results.values())
+    assert sum(r["client_cpu_ms"] for r in results.values()) > 0  # CPU time has 10 ms ticks: not per line
