@@ -62,6 +62,8 @@ def duration_of(value: str | float | timedelta, *, what: str) -> timedelta:
         except OverflowError:
             raise FlowSettingError(f"{what} {value!r} is longer than {LONGEST.days} days", field=what) from None
     elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if value <= 0:  # before timedelta(), which overflows on a huge negative number
+            raise FlowSettingError(f"{what} must be positive, got {value!r}", field=what)
         if value > LONGEST.total_seconds():
             raise FlowSettingError(f"{what} {value!r} is longer than {LONGEST.days} days", field=what)
         found = timedelta(seconds=value)

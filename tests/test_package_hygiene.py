@@ -25,6 +25,7 @@ STATUS_BY_CODE = {
     **dict.fromkeys(
         (
             "AssistantNotFoundError",
+            "CheckpointsDeletedError",
             "JourneyNotFoundError",
             "ProcessInstanceNotFoundError",
             "TaskNotFoundError",
@@ -48,6 +49,8 @@ STATUS_BY_CODE = {
             "EntryCriteriaNotMetError",
             "EvaluatorError",
             "ExistingStart",
+            "ForkPointError",
+            "ForkUnsupportedError",
             "InvalidMoveError",
             "InvalidTransitionError",
             "JourneyFinishedError",
@@ -85,6 +88,7 @@ STATUS_BY_CODE = {
             "InvalidRollbackTargetError",
             "MigrationRefusedError",
             "ResumeValueError",
+            "RetentionPolicyError",
             "RolloutError",
             "SpecError",
             "TimerDefinitionError",
