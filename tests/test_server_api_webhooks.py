@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from checkpoints.process.timers import DEFAULT_LEASE
 from tests.server_support import ROOT, free_port, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,9 @@ def test_a_webhook_not_yet_delivered_when_the_server_was_killed_is_delivered_aft
     with receiving(hook_port) as calls:
         second = serve(url, port, log)
         try:
-            [call] = delivered(calls)
+            # A kill that lands while an attempt is in flight leaves its timer claimed: it is retried once the
+            # claim's lease (60 s) has passed, so the delivery may take that long.
+            [call] = delivered(calls, DEFAULT_LEASE.total_seconds() + 30)
         finally:
             stop_worker(second)
     assert (call["run_id"], call["status"]) == (run_id, "success")
@@ -131,7 +134,7 @@ def test_a_webhook_is_delivered_by_another_worker_when_its_worker_was_killed(pos
         kill(worker)
         with receiving(hook_port) as calls:
             worker = start_worker(postgres_url)
-            [call] = delivered(calls)
+            [call] = delivered(calls, DEFAULT_LEASE.total_seconds() + 30)  # an attempt killed in flight: its lease
         assert (call["run_id"], call["status"]) == (run_id, "success")
     finally:
         stop_worker(worker)
