@@ -232,11 +232,11 @@ async def test_rollback_before_the_run_noted_its_base_keeps_the_threads_state(
 ) -> None:
     """A rollback that reaches a run between its claim and the note of the checkpoint it started from:
     the run changed nothing yet, so the thread keeps its state (it was deleted whole)."""
-    noted = asyncio.Event()
+    noted = threading.Event()  # set from the test's loop, waited on in the server's (another thread)
     remember = RunExecutor._remember_base
 
     async def late(self: RunExecutor, run: Any, assistant: Any, instance_id: str) -> None:
-        await noted.wait()  # held until the rollback has been answered
+        await asyncio.to_thread(noted.wait, 30)  # held until the rollback has been answered
         await remember(self, run, assistant, instance_id)
 
     tid = (await client.threads.create())["thread_id"]
