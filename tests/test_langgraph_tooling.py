@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blockbuster import blockbuster_ctx
@@ -49,14 +50,20 @@ async def test_every_graph_declares_input_and_output_schemas_for_studio(
         assert compiled.get_output_jsonschema()["properties"]
 
 
+async def started_empty(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What the ``name`` entrypoint's graph answers to ``{}``, as Studio would start it (thread ``studio-<name>``)."""
+    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/journeys.db")
+    async with getattr(entrypoints, name)({}) as graph:
+        compiled = graph.compile(checkpointer=InMemorySaver())
+        out: dict[str, Any] = await compiled.ainvoke({}, {"configurable": {"thread_id": f"studio-{name}"}})
+    return out
+
+
 @pytest.mark.parametrize("name", ["session", "mvp"])
 async def test_a_session_started_with_empty_input_begins_on_its_initial_area(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/journeys.db")
-    async with getattr(entrypoints, name)({}) as graph:
-        compiled = graph.compile(checkpointer=InMemorySaver())
-        out = await compiled.ainvoke({}, {"configurable": {"thread_id": f"studio-{name}"}})
+    out = await started_empty(name, tmp_path, monkeypatch)
     assert out["current_area"] == "content"
     assert out["areas"]["content"]["visited"] and not out["areas"]["insights"]["visited"]
     assert out["__interrupt__"][0].value["kind"] == "session_action"
@@ -65,10 +72,7 @@ async def test_a_session_started_with_empty_input_begins_on_its_initial_area(
 async def test_a_lifecycle_started_with_empty_input_checks_its_sandbox_entry_criteria(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/journeys.db")
-    async with entrypoints.lifecycle({}) as graph:
-        compiled = graph.compile(checkpointer=InMemorySaver())
-        out = await compiled.ainvoke({}, {"configurable": {"thread_id": "studio-lifecycle"}})
+    out = await started_empty("lifecycle", tmp_path, monkeypatch)
     # Started for a client named after the thread; no metrics recorded yet, so the sandbox's entry gate refuses.
     assert (out["client_id"], out["status"]) == ("studio-lifecycle", "pending")
     validation = out["outcome"]["validation"]
@@ -79,8 +83,5 @@ async def test_a_lifecycle_started_with_empty_input_checks_its_sandbox_entry_cri
 async def test_a_process_started_with_empty_input_enters_by_its_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JOURNEYS_DATABASE_URL", f"sqlite:///{tmp_path}/journeys.db")
-    async with entrypoints.process({}) as graph:
-        compiled = graph.compile(checkpointer=InMemorySaver())
-        out = await compiled.ainvoke({}, {"configurable": {"thread_id": "studio-process"}})
+    out = await started_empty("process", tmp_path, monkeypatch)
     assert out["status"] == "completed" and out["visits"]["wowvision_validate"] == 1
