@@ -49,7 +49,9 @@ _SECRET_ASSIGNMENT = re.compile(
     r"(?i)\b((?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key)"
     r"\s*[=:]\s*)[^\s,;&]+"
 )
-_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+# A card number stands alone: not a piece of a longer identifier (the digit groups of a UUID, ``run-4111…``),
+# which would otherwise pass for one whenever its digits happen to pass the Luhn check.
+_CARD = re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])")
 _SENSITIVE: set[str] = set()  # field names specs mark sensitive, lower-cased
 
 

@@ -53,6 +53,31 @@ def test_redact_replaces_sensitive_fields_and_secret_shapes_only() -> None:
     assert value["password"] == "x"  # a copy: the value itself is left as it was
 
 
+# Every leading group is digits, and those 16 digits pass the Luhn check: a card number's shape inside an id.
+CARD_SHAPED_UUID = "10000000-1234-1234-1234-123456789012"
+
+
+def test_identifiers_are_never_taken_for_card_numbers() -> None:
+    for ident in (CARD_SHAPED_UUID, "00000000-0000-0000-0000-000000000000", "run-4111111111111111"):
+        assert redact_text(ident) == ident
+        assert redact({"thread_id": ident, "note": f"see {ident}."}) == {"thread_id": ident, "note": f"see {ident}."}
+    # A card number is still one, however it is written.
+    for card in ("4111-1111-1111-1111", "4111 1111 1111 1111", "4111111111111111", "(4111111111111111)"):
+        assert redact_text(f"paid with {card}.") == f"paid with {card.replace(card.strip('()'), REDACTED)}."
+
+
+def test_a_thread_whose_id_looks_like_a_card_number_is_served_under_its_own_id(durable_url: str) -> None:
+    app = create_app(Settings(database_url=durable_url, auth=False))
+    with serving(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        created = http.post("/threads", json={"thread_id": CARD_SHAPED_UUID})
+        assert created.status_code == 200, created.text
+        assert created.json()["thread_id"] == CARD_SHAPED_UUID
+        fetched = http.get(f"/threads/{CARD_SHAPED_UUID}")
+        assert fetched.status_code == 200 and fetched.json()["thread_id"] == CARD_SHAPED_UUID
+        found = http.post("/threads/search", json={}).json()
+        assert [thread["thread_id"] for thread in found] == [CARD_SHAPED_UUID]
+
+
 @pytest.fixture
 def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
     saved = structlog.get_config()
