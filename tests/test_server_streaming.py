@@ -25,6 +25,7 @@ from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 from agents import AgentRegistry, EchoAgent
 from server.app import create_app
 from server.runs.executor import RunExecutor
+from server.runs.store import RunStore
 from server.settings import Settings
 from tests.server_support import free_port, serving
 
@@ -211,6 +212,42 @@ async def test_double_texting_interrupt_cancels_the_active_run_and_keeps_its_pro
     said = _said(await client.threads.get_state(tid))
     # What the cancelled run checkpointed stays (its input, if its checkpoint was written before the cancel).
     assert said[0] == "hello" and said[-1] == "quick" and set(said) <= {"hello", "slow please", "quick"}
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "content"),
+    [
+        (RunStore, "last_seq", "slow please"),  # just after its claim, before its work
+        (RunExecutor, "_output", "hello again"),  # its work done, its output being read
+    ],
+    ids=["after-claim", "before-finish"],
+)
+async def test_a_cancel_that_reaches_a_run_between_its_claim_and_its_end_interrupts_it(
+    client: LangGraphClient, monkeypatch: pytest.MonkeyPatch, owner: type, name: str, content: str
+) -> None:
+    """The run is held at one await outside its work (threading events: the server's loop runs in
+    another thread) and cancelled there: it ends interrupted, and is not executed again."""
+    reached, release = threading.Event(), threading.Event()
+    original = getattr(owner, name)
+
+    async def held(self: Any, *args: Any) -> Any:
+        if not reached.is_set():
+            reached.set()
+            await asyncio.to_thread(release.wait, 30)
+        return await original(self, *args)
+
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
+    monkeypatch.setattr(owner, name, held)
+    held_run = await client.runs.create(tid, "guide", input={"messages": [{"role": "user", "content": content}]})
+    assert await asyncio.to_thread(reached.wait, 30)
+    quick = await client.runs.create(
+        tid, "guide", input={"messages": [{"role": "user", "content": "quick"}]}, multitask_strategy="interrupt"
+    )
+    release.set()
+    await asyncio.wait_for(client.runs.join(tid, quick["run_id"]), 20)  # not behind a 30 s rerun of the held one
+    assert (await client.runs.get(tid, held_run["run_id"]))["status"] == "interrupted"
+    assert (await client.runs.get(tid, quick["run_id"]))["status"] == "success"
 
 
 async def test_double_texting_rollback_deletes_the_active_run_and_its_state(client: LangGraphClient) -> None:

@@ -247,12 +247,15 @@ class RunExecutor:
             await self.when_due(pending)
         try:
             claimed = await self.runs.claim(run_id)
-        except asyncio.CancelledError:  # cancelled as it was being claimed: the claim may have landed
+            return None if claimed is None else await self._execute_claimed(*claimed)
+        except asyncio.CancelledError:
+            # Wherever the cancel lands from the claim (which may have landed) to the end: the run ends
+            # interrupted, else it would stay "running" and its queue would take it up again.
             await self._interrupted(run_id)
             raise
-        if claimed is None:
-            return None
-        run, instance_id = claimed
+
+    async def _execute_claimed(self, run: RunRow, instance_id: str | None) -> RunRow | None:
+        run_id = run.run_id
         if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
             await self._interrupted(run_id)
             return await self.runs.get_run(run_id)
@@ -281,9 +284,6 @@ class RunExecutor:
         try:
             with acting_as(run.owner):  # the journey it starts is owned by whoever created the run
                 view = await self._run(run, assistant, ctx, instance_id)
-        except asyncio.CancelledError:
-            await self._interrupted(run_id)
-            raise
         except JourneyError as exc:
             status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
         except Exception as exc:
