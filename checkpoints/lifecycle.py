@@ -68,6 +68,40 @@ def next_position(
     }
 
 
+# --- a unit-of-work run's task records -----------------------------------------------------------
+
+TASK_FIELDS = ("task_id", "name", "agent_id", "intent", "input_data", "max_retries")  # fixed by the spec
+
+
+def task_row(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A task as a unit-of-work run stores it: the seed's ``Task`` fields (``name, agent_id,
+    input_data, status, output_data, retry_count, max_retries``), with its attempts and, when it
+    failed or was undone, why and by what. ``base``: the :data:`TASK_FIELDS` its spec fixes (the
+    ``uow.started`` event records them); ``entry``: where the run has it (status, attempts, the
+    input it was given, its output). The one rule for the live row and for rebuilding it from the log."""
+    attempts = int(entry.get("attempts") or 0)
+    record = {
+        **{k: base[k] for k in TASK_FIELDS},
+        "input_data": entry.get("input", base["input_data"]),
+        "status": entry["status"],
+        "output_data": entry.get("output"),
+        "retry_count": max(attempts - 1, 0),
+        "attempts": attempts,
+    }
+    record.update({k: entry[k] for k in ("error", "error_type", "compensation") if k in entry})
+    return record
+
+
+def run_totals(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """A finished run's counts from its tasks' entries: tasks that ran, failed, and their attempts."""
+    ran = [e for e in entries.values() if e["status"] != "pending"]
+    return {
+        "tasks_total": len(ran),
+        "tasks_failed": sum(1 for e in ran if e["status"] == "failed"),
+        "task_attempts": sum(int(e.get("attempts") or 0) for e in ran),
+    }
+
+
 # --- statements written with an event -------------------------------------------------------------
 
 

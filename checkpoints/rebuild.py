@@ -8,9 +8,12 @@ such event recorded (``in_progress``, its status when registered, if none did), 
 migration recorded.
 
 The client lifecycle's tables are derived from the same log (:func:`rebuild_lifecycle`): the journey-state
-row by the next-state rule the live machine commits with, and transitions, validations and metric
-samples from the events they were written with. So is the user-task inbox (:func:`rebuild_inbox`), from
-the task events of each process instance.
+row by the next-state rule the live machine commits with; transitions, validations, metric samples, unit-of-
+work runs and rollback history from the events they were written with (a run's task records by the same
+rule, :func:`checkpoints.lifecycle.task_row`, with each task's output from its own completion event).
+Values the log holds redacted come back redacted; a live row that agrees with the log up to redaction is
+left alone. So is the user-task inbox (:func:`rebuild_inbox`), from the task events of each process
+instance.
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from checkpoints.backends.base import Backend, Row
 from checkpoints.events import DESIGN_KEY, PATTERN_KEY, STATUS_KEY, USER_KEY, Event, EventLog
 from checkpoints.flow import ENDED_STATUSES
-from checkpoints.lifecycle import next_position
+from checkpoints.lifecycle import next_position, run_totals, task_row
+from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_metrics,
+    lifecycle_rollback_history,
     lifecycle_transitions,
+    lifecycle_units_of_work,
     lifecycle_validation_results,
 )
 from checkpoints.schema.tables import journey_events, journey_instances, user_task_groups, user_tasks
@@ -116,7 +122,12 @@ _LIFECYCLE_TABLES: dict[str, Table] = {
     "lifecycle_transitions": lifecycle_transitions,
     "lifecycle_validation_results": lifecycle_validation_results,
     "lifecycle_metrics": lifecycle_metrics,
+    "lifecycle_units_of_work": lifecycle_units_of_work,
+    "lifecycle_rollback_history": lifecycle_rollback_history,
 }
+# Columns that may hold an agent's or a person's values: the log has them redacted, so a live row is
+# compared with its redacted form (a row that agrees up to redaction keeps its values).
+_REDACTED_COLUMNS = ("tasks", "failure", "plan", "snapshot", "metadata")
 _LIFECYCLE_IDS = (
     select(_instances.instance_id).where(_instances.pattern == "lifecycle").order_by(_instances.instance_id)
 )
@@ -129,14 +140,18 @@ def _moment(value: str) -> datetime:
 def lifecycle_rows(journey_id: str, events: list[Event]) -> dict[str, list[dict[str, Any]]]:
     """The rows of each lifecycle table for one journey, from its events in order: its state row by the
     same next-state rule the live machine commits with (:func:`checkpoints.lifecycle.next_position`), a
-    transition row per ``lifecycle.transition``, a validation per ``lifecycle.validated`` and the samples
-    of each ``metric.recorded``."""
+    transition row per ``lifecycle.transition``, a validation per ``lifecycle.validated``, the samples
+    of each ``metric.recorded``, a unit-of-work run per ``uow.started`` (ended by its ``uow.<status>``)
+    and a rollback per ``initiate_rollback`` transition (validated, completed or cancelled by later
+    events). A table whose events predate what its rows need is left out (not derivable)."""
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in _LIFECYCLE_TABLES}
     created = next((e.payload for e in events if e.type == "lifecycle.created"), None)
     if created is None:
         return rows
     position: dict[str, Any] = {"metadata": dict(created.get("metadata") or {})}
     started_at: datetime | None = None
+    runs = _Runs(journey_id, events)
+    rollbacks = _Rollbacks(journey_id)
     for event in events:
         data = event.payload
         if event.type == "lifecycle.transition":
@@ -155,6 +170,7 @@ def lifecycle_rows(journey_id: str, events: list[Event]) -> dict[str, list[dict[
             )
             position = next_position(position, data["event"], data["to_stage"], at, data.get("metadata"))
             started_at = started_at or at
+            rollbacks.moved(data, at)
         elif event.type == "lifecycle.validated":
             rows["lifecycle_validation_results"].append(
                 {
@@ -167,16 +183,133 @@ def lifecycle_rows(journey_id: str, events: list[Event]) -> dict[str, list[dict[
                     "evaluated_at": _moment(data["evaluated_at"]),
                 }
             )
+            if data.get("kind") == "rollback":
+                rollbacks.validated(data)
+                runs.rolled_back(data.get("undone") or [])
         elif event.type == "metric.recorded":
             at = _moment(data["at"])
             rows["lifecycle_metrics"] += [
                 {"journey_id": journey_id, "metric": name, "value": float(value), "recorded_at": at}
                 for name, value in data["values"].items()
             ]
+        elif event.type.startswith("uow."):
+            runs.apply(event)
     if started_at is not None:  # a journey whose start was refused has no state row yet
         identity = {"client_id": created["client_id"], "design_id": created["design_id"], "started_at": started_at}
         rows["lifecycle_journey_states"].append({"journey_id": journey_id, **identity, **position})
+    for name, derived in (("lifecycle_units_of_work", runs), ("lifecycle_rollback_history", rollbacks)):
+        if derived.derivable:
+            rows[name] = list(derived.rows.values())
+        else:
+            del rows[name]
     return rows
+
+
+class _Runs:
+    """Unit-of-work runs as their events tell them: a row per ``uow.started``, ended by ``uow.<status>``
+    (its tasks' outputs from their keyed completion events), undone by a validated rollback."""
+
+    def __init__(self, journey_id: str, events: list[Event]) -> None:
+        self.journey_id = journey_id
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.bases: dict[str, dict[str, Any]] = {}
+        self.derivable = True
+        self.outputs = {e.key: e.payload.get("output") for e in events if e.type == "task.completed" and e.key}
+
+    def apply(self, event: Event) -> None:
+        data = event.payload
+        run_id = str(data.get("run_id"))
+        if event.type == "uow.started":
+            if "tasks" not in data:  # logged before the started event recorded its tasks
+                self.derivable = False
+                return
+            at = _moment(data["at"])
+            self.bases[run_id] = data["tasks"]
+            pending = {"status": "pending", "attempts": 0}
+            self.rows[run_id] = {
+                "run_id": run_id,
+                "journey_id": self.journey_id,
+                "uow_id": event.step,
+                "stage": data["stage"],
+                "purpose": data["purpose"],
+                "status": "running",
+                "dependencies": list(data["dependencies"]),
+                "tasks": {t: task_row(base, pending) for t, base in data["tasks"].items()},
+                **run_totals({}),
+                "failure": None,
+                "created_at": at,
+                "started_at": at,
+                "completed_at": None,
+            }
+            return
+        row = self.rows.get(run_id)
+        if row is None or "at" not in data:
+            self.derivable = self.derivable and row is not None
+            return
+        entries = {}
+        for task_id, entry in data["tasks"].items():
+            key = f"{run_id}:{task_id}"
+            entries[task_id] = {**entry, "output": self.outputs[key]} if key in self.outputs else dict(entry)
+        row |= {
+            "status": event.type.removeprefix("uow."),
+            "tasks": {t: task_row(base, entries[t]) for t, base in self.bases[run_id].items()},
+            **run_totals(entries),
+            "failure": data.get("failure"),
+            "completed_at": _moment(data["at"]),
+        }
+
+    def rolled_back(self, uow_ids: list[str]) -> None:
+        """A validated rollback undoes the completed forward runs of ``uow_ids``."""
+        for row in self.rows.values():
+            if row["uow_id"] in uow_ids and row["status"] == "completed" and row["purpose"] != "rollback":
+                row["status"] = "rolled_back"
+
+
+class _Rollbacks:
+    """Rollbacks as their events tell them: started by an ``initiate_rollback`` transition, validated (or
+    failed) by their ``lifecycle.validated``, ended by the ``complete_rollback`` or ``cancel_journey``."""
+
+    def __init__(self, journey_id: str) -> None:
+        self.journey_id = journey_id
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.open: dict[str, Any] | None = None
+        self.derivable = True
+
+    def moved(self, data: dict[str, Any], at: datetime) -> None:
+        event = data["event"]
+        if event == "initiate_rollback":
+            started = data.get("rollback")
+            if started is None:  # logged before transitions recorded their rollback
+                self.derivable = False
+                return
+            self.open = self.rows[started["rollback_id"]] = {
+                **{k: started[k] for k in ("rollback_id", "trigger", "reason", "automatic", "to_stage", "plan")},
+                "snapshot": started.get("snapshot"),
+                "journey_id": self.journey_id,
+                "from_stage": data.get("from_stage"),
+                "status": "running",
+                "run_ids": [],
+                "validation_id": None,
+                "initiated_at": at,
+                "validated_at": None,
+                "completed_at": None,
+            }
+        elif event in ("complete_rollback", "cancel_journey") and self.open is not None:
+            self.open |= {"status": "completed" if event == "complete_rollback" else "cancelled", "completed_at": at}
+            self.open = None
+
+    def validated(self, data: dict[str, Any]) -> None:
+        if self.open is None:
+            return
+        if "run_ids" not in data:  # logged before validations recorded their runs
+            self.derivable = False
+            return
+        self.open |= {
+            "status": "validated" if data["passed"] else "failed",
+            "validation_id": data["validation_id"],
+            "validated_at": _moment(data["evaluated_at"]),
+            "run_ids": list(data["run_ids"]),
+        }
 
 
 def _comparable(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
@@ -199,24 +332,30 @@ async def lifecycle_views(backend: Backend, journey_id: str) -> dict[str, list[d
 
 async def rebuild_lifecycle(backend: Backend, events: EventLog) -> Rebuilt:
     """Write every client lifecycle journey's rows in the lifecycle tables (journey states, transitions,
-    validations, metric samples) as its events say: a journey whose rows differ from the log in a table
-    has that table's rows replaced. ``corrected`` names ``table:journey_id``. Run after the instance index
-    is rebuilt (it lists the journeys). Units of work and rollback history are not derived from the log."""
+    validations, metric samples, unit-of-work runs, rollback history) as its events say: a journey whose
+    rows differ from the log in a table has that table's rows replaced. ``corrected`` names
+    ``table:journey_id``; ``underivable`` the tables of journeys logged before their events recorded what
+    the rows need (left as they are). Run after the instance index is rebuilt (it lists the journeys)."""
     corrected: list[str] = []
+    underivable: list[str] = []
     journey_ids = [row["instance_id"] for row in await backend.query(_LIFECYCLE_IDS)]
     for journey_id in journey_ids:
         derived = lifecycle_rows(journey_id, await events.list(journey_id))
         live = await lifecycle_views(backend, journey_id)
         for name, table in _LIFECYCLE_TABLES.items():
+            if name not in derived:
+                underivable.append(f"{name}:{journey_id}")
+                continue
             columns = [c.name for c in table.columns if c.name != "id"]
-            if _comparable(live[name], columns) == _comparable(derived[name], columns):
+            logged = [{k: redact(v) if k in _REDACTED_COLUMNS else v for k, v in r.items()} for r in live[name]]
+            if _comparable(logged, columns) == _comparable(derived[name], columns):
                 continue
             async with backend.transaction() as tx:
                 await tx.execute(delete(table).where(table.c.journey_id == journey_id))
                 for row in derived[name]:
                     await tx.execute(insert(table).values(**row))
             corrected.append(f"{name}:{journey_id}")
-    return Rebuilt(len(journey_ids), corrected, [])
+    return Rebuilt(len(journey_ids), corrected, underivable)
 
 
 # --- the user-task inbox ----------------------------------------------------------------------------

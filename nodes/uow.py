@@ -37,7 +37,7 @@ from agents.policy import Grants
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
-from checkpoints.lifecycle import unit_finished, unit_started
+from checkpoints.lifecycle import run_totals, task_row, unit_finished, unit_started
 from nodes import schemas
 from nodes.agent_call import Recorder, Recording
 from nodes.compensation import COMPENSATION_RETRY
@@ -174,25 +174,21 @@ class UnitOfWorkSpec(BaseModel):
         return seen
 
 
-def task_record(task: TaskSpec, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A task as a unit-of-work run stores it: the seed's ``Task`` fields (``name, agent_id,
-    input_data, status, output_data, retry_count, max_retries``), with its attempts and, when it
-    failed or was undone, why and by what."""
-    attempts = int(entry.get("attempts") or 0)
-    record = {
+def task_base(task: TaskSpec) -> dict[str, Any]:
+    """What the spec fixes of a task's record (:data:`checkpoints.lifecycle.TASK_FIELDS`)."""
+    return {
         "task_id": task.task_id,
         "name": task.title,
         "agent_id": task.agent_id or task.intent,
         "intent": task.intent,
-        "input_data": entry.get("input", dict(task.input)),
-        "status": entry["status"],
-        "output_data": entry.get("output"),
-        "retry_count": max(attempts - 1, 0),
+        "input_data": dict(task.input),
         "max_retries": task.max_retries,
-        "attempts": attempts,
     }
-    record.update({k: entry[k] for k in ("error", "error_type", "compensation") if k in entry})
-    return record
+
+
+def task_record(task: TaskSpec, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A task as a unit-of-work run stores it (:func:`checkpoints.lifecycle.task_row`)."""
+    return task_row(task_base(task), entry)
 
 
 def find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
@@ -394,12 +390,16 @@ def build_uow_graph(
             created_at=now,
             started_at=now,
         )
-        event = NewEvent(
-            "uow.started",
-            {"run_id": request["run_id"], "stage": request["stage"], "purpose": request["purpose"]},
-            unit.uow_id,
-            f"{request['run_id']}:started",
-        )
+        # With what its row needs, so the row can be rebuilt from the log (checkpoints.rebuild).
+        started = {
+            "run_id": request["run_id"],
+            "stage": request["stage"],
+            "purpose": request["purpose"],
+            "dependencies": list(unit.dependencies),
+            "tasks": {t.task_id: task_base(t) for t in unit.tasks},
+            "at": now.isoformat(),
+        }
+        event = NewEvent("uow.started", started, unit.uow_id, f"{request['run_id']}:started")
         await services.events.append(journey_id, [event], also=[row])
         needs_upstream = any(p.startswith("units.") for t in unit.tasks for p in t.input_from.values())
         upstream = await hooks.load_outputs(journey_id, unit.dependencies) if needs_upstream else {}
@@ -536,22 +536,20 @@ def build_uow_graph(
         failure = state.get("failure") or ({"aborted": state.get("aborted")} if state.get("aborted") else None)
         if state.get("compensation_failure"):
             failure = {**(failure or {}), "compensation_failure": state.get("compensation_failure")}
-        ran = [t for t in tasks.values() if t["status"] != "pending"]
+        # The outputs are in the tasks' own completion events; the summary has the rest of each entry.
         summary = {t: {k: v for k, v in tasks[t].items() if k != "output"} for t in unit.task_ids}
         now = services.clock.now()
         row = unit_finished(
             request["run_id"],
             status=status,
             tasks={t.task_id: task_record(t, tasks[t.task_id]) for t in unit.tasks},
-            tasks_total=len(ran),
-            tasks_failed=sum(1 for t in ran if t["status"] == "failed"),
-            task_attempts=sum(int(t.get("attempts") or 0) for t in ran),
+            **run_totals(tasks),
             failure=failure,
             completed_at=now,
         )
         event = NewEvent(
             f"uow.{status}",
-            {"run_id": request["run_id"], "tasks": summary, "failure": failure},
+            {"run_id": request["run_id"], "tasks": summary, "failure": failure, "at": now.isoformat()},
             unit.uow_id,
             f"{request['run_id']}:finished",
         )

@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, insert, select, update
 
+from agents import FailingAgent
 from checkpoints import VirtualClock
 from checkpoints.rebuild import lifecycle_views, rebuild_views
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_metrics,
+    lifecycle_rollback_history,
     lifecycle_transitions,
+    lifecycle_units_of_work,
     lifecycle_validation_results,
 )
 from checkpoints.schema.tables import user_task_groups, user_tasks
@@ -119,3 +122,84 @@ async def test_the_lifecycle_tables_and_the_inbox_are_rebuilt_from_the_event_log
         assert len(rebuilt[2].corrected) == 6 and len(rebuilt[1].corrected) >= 4
         again = await rebuild_views(backend, rt.store.events)
         assert (again[1].corrected, again[2].corrected) == ([], [])
+
+
+async def unit_and_rollback_workload(rt: JourneyRuntime, clock: VirtualClock) -> list[str]:
+    """Journeys whose units of work completed, failed and compensated, or were undone by a rollback, and
+    whose rollbacks completed, failed their validation, were cancelled or still wait."""
+    lc = rt.lifecycle
+    scan = rt.agents.resolve("run_security_scan").agent
+    restore = rt.agents.resolve("restore_sandbox_configuration").agent
+    failed = (await lc.start_journey("client-u", metrics=READY_TO_START))["journey_id"]
+    await lc.run_unit_of_work(failed, "connector_installation")
+    rt.agents.register("run_security_scan", FailingAgent("run_security_scan", permanent=True), replace=True)
+    assert (await lc.run_unit_of_work(failed, "test_dataset_provisioning"))["status"] == "failed"  # compensated
+    rt.agents.register("run_security_scan", scan, replace=True)
+    await to_pilot(lc, failed)
+    await lc.run_unit_of_work(failed, "limited_user_rollout")
+    rt.agents.register("restore_sandbox_configuration", FailingAgent("restore", permanent=True), replace=True)
+    refused = await lc.initiate_rollback(failed, "a bad pilot", rollback_to="sandbox", complete=True)
+    assert refused["status"] == "failed"  # its unit failed, so it did not validate
+    rt.agents.register("restore_sandbox_configuration", restore, replace=True)
+    await lc.cancel(failed, "given up")  # the failed rollback is cancelled with the journey
+
+    rolled = (await lc.start_journey("client-v", metrics=READY_TO_START))["journey_id"]
+    await to_pilot(lc, rolled)
+    await lc.run_unit_of_work(rolled, "limited_user_rollout")
+    clock.advance(HOUR)
+    assert (await lc.record_metric(rolled, "user_satisfaction", 3.2))["rollback"] is not None  # automatic
+    waiting = (await lc.start_journey("client-w", metrics=READY_TO_START))["journey_id"]
+    await lc.initiate_rollback(waiting, "asked by the client", rollback_to="sandbox")
+    completed = (await lc.start_journey("client-x", metrics=READY_TO_START))["journey_id"]
+    await to_pilot(lc, completed)
+    await lc.initiate_rollback(completed, "hold on")
+    clock.advance(HOUR)
+    await lc.complete_rollback(completed)
+    return [failed, rolled, waiting, completed]
+
+
+async def unit_views(rt: JourneyRuntime, journey_ids: list[str]) -> dict[str, Any]:
+    """The units of work and rollback history of ``journey_ids``, as they stand (ids aside)."""
+    found: dict[str, Any] = {}
+    for table in (lifecycle_units_of_work, lifecycle_rollback_history):
+        for journey_id in journey_ids:
+            rows = await rt.store.backend.query(select(table).where(table.c.journey_id == journey_id))
+            found[f"{table.name}:{journey_id}"] = sorted(
+                ({k: v for k, v in r.items() if k != "id"} for r in rows), key=repr
+            )
+    return found
+
+
+async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (rt, clock):
+        journeys = await unit_and_rollback_workload(rt, clock)
+        clock.advance(DAY)
+        live = await unit_views(rt, journeys)
+        units = [u for k, rows in live.items() if k.startswith("lifecycle_units_of_work") for u in rows]
+        assert {(u["purpose"], u["status"]) for u in units} >= {
+            ("entry", "completed"),
+            ("on_demand", "failed"),
+            ("on_demand", "rolled_back"),
+            ("rollback", "completed"),
+            ("rollback", "failed"),
+        }
+        rollbacks = [r for k, rows in live.items() if k.startswith("lifecycle_rollback_history") for r in rows]
+        assert sorted(r["status"] for r in rollbacks) == ["cancelled", "completed", "completed", "validated"]
+        assert all(r["plan"]["unwind"] for r in rollbacks) and any(r["automatic"] for r in rollbacks)
+        untouched = await rebuild_views(rt.store.backend, rt.store.events)
+        assert untouched[1].corrected == []
+
+        backend = rt.store.backend
+        await backend.write(
+            [delete(lifecycle_units_of_work).where(lifecycle_units_of_work.c.purpose == "rollback")], {}
+        )
+        await backend.write([update(lifecycle_units_of_work).values(status="running", tasks={}, failure=None)], {})
+        await backend.write([delete(lifecycle_rollback_history).where(lifecycle_rollback_history.c.automatic)], {})
+        await backend.write([update(lifecycle_rollback_history).values(status="validated", run_ids=[], plan={})], {})
+        assert await unit_views(rt, journeys) != live
+
+        rebuilt = await rebuild_views(backend, rt.store.events)
+        assert await unit_views(rt, journeys) == live
+        tables = {name.split(":")[0] for name in rebuilt[1].corrected}
+        assert tables == {"lifecycle_units_of_work", "lifecycle_rollback_history"}
+        assert (await rebuild_views(backend, rt.store.events))[1].corrected == []

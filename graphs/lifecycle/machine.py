@@ -426,11 +426,20 @@ def build_lifecycle_graph(
         return Command(goto="unit", update={**update, "runs": runs, "queue": rest, "uow_request": request})
 
     async def commit(
-        state: LifecycleState, move: int, event: str, target: str, also: Sequence[Executable] = ()
+        state: LifecycleState,
+        move: int,
+        event: str,
+        target: str,
+        also: Sequence[Executable] = (),
+        *,
+        at: datetime | None = None,
+        rollback: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Make the transition: one event, the journey-state and transition rows, in one transaction."""
+        """Make the transition: one event, the journey-state and transition rows, in one transaction.
+        ``at``: the moment ``also`` was written with (default now); ``rollback``: the history row a
+        rollback starts with, recorded on the event so the row can be rebuilt from the log."""
         journey_id = state["journey_id"]
-        now = clock.now()
+        now = at or clock.now()
         source = state.get("current_stage")
         request = state.get("request") or {}
         entered = state.get("stage_started_at")
@@ -452,9 +461,11 @@ def build_lifecycle_graph(
             at=now,
             from_stage_seconds=(now - _parse(entered)).total_seconds() if entered else None,
         )
-        payload = {"event": event, "from_stage": source, "to_stage": target, "at": now.isoformat()}
+        payload: dict[str, Any] = {"event": event, "from_stage": source, "to_stage": target, "at": now.isoformat()}
         if request.get("metadata"):
             payload["metadata"] = request["metadata"]
+        if rollback is not None:
+            payload["rollback"] = dict(rollback)
         record = NewEvent("lifecycle.transition", payload, target, f"{journey_id}:m{move}:{event}")
         await events.append(journey_id, [record], status=status, also=[projection, transition, *also])
         return {
@@ -560,9 +571,12 @@ def build_lifecycle_graph(
         # cancel_journey
         open_rollback = state.get("rollback")
         also: list[Executable] = []
+        now = clock.now()
         if open_rollback:
-            also.append(rollback_changed(open_rollback["rollback_id"], status="cancelled", completed_at=clock.now()))
-        return await finish_move(state, move, E.CANCEL_JOURNEY, S.CANCELLED.value, {**base, "rollback": None}, also)
+            also.append(rollback_changed(open_rollback["rollback_id"], status="cancelled", completed_at=now))
+        return await finish_move(
+            state, move, E.CANCEL_JOURNEY, S.CANCELLED.value, {**base, "rollback": None}, also, at=now
+        )
 
     async def finish_move(
         state: LifecycleState,
@@ -571,14 +585,17 @@ def build_lifecycle_graph(
         target: str,
         update: dict[str, Any],
         also: Sequence[Executable] = (),
+        *,
+        at: datetime | None = None,
     ) -> Command[str]:
         merged = _merged(state, update)
         also = list(also)
+        now = at or clock.now()  # the transition's moment, which ends an open rollback too
         if event == E.COMPLETE_ROLLBACK and state.get("rollback"):
             rollback_id = (state.get("rollback") or {})["rollback_id"]
-            also.append(rollback_changed(rollback_id, status="completed", completed_at=clock.now()))
+            also.append(rollback_changed(rollback_id, status="completed", completed_at=now))
             update = {**update, "rollback": None}
-        changes = await commit(merged, move, event, target, also)
+        changes = await commit(merged, move, event, target, also, at=now)
         outcome = {**(update.get("outcome") or {}), "ok": True, "from_stage": state.get("current_stage")}
         outcome["to_stage"] = target
         goto = END if JourneyStage(target) in FINAL_STAGES else AWAIT
@@ -614,21 +631,24 @@ def build_lifecycle_graph(
             "notify": spec.notify_intent,
             "then": "complete_rollback" if auto else "wait for complete_rollback",
         }
+        started = {
+            "rollback_id": rollback["rollback_id"],
+            "trigger": rollback["trigger"],
+            "reason": rollback["reason"],
+            "automatic": rollback["automatic"],
+            "to_stage": target,
+            "plan": plan,
+            "snapshot": request.get("snapshot"),
+        }
         row = rollback_started(
-            rollback_id=rollback["rollback_id"],
+            **started,
             journey_id=state["journey_id"],
-            trigger=rollback["trigger"],
-            reason=rollback["reason"],
-            automatic=rollback["automatic"],
             from_stage=source,
-            to_stage=target,
             status="running",
-            plan=plan,
-            snapshot=request.get("snapshot"),
             run_ids=[],
             initiated_at=now,
         )
-        changes = await commit(state, move, E.INITIATE_ROLLBACK, S.ROLLBACK.value, [row])
+        changes = await commit(state, move, E.INITIATE_ROLLBACK, S.ROLLBACK.value, [row], at=now, rollback=started)
         outcome = {**base["outcome"], "rollback_id": rollback["rollback_id"], "from_stage": source, "to_stage": target}
         update = {**base, **changes, "rollback": rollback, "outcome": outcome}
         return rollback_queue(_merged(state, changes), rollback, update)
@@ -711,6 +731,7 @@ def build_lifecycle_graph(
                 watch.ms,
             )
             undone = [u.uow_id for s in rollback["unwound"] for u in spec.stage(s).units]
+            run_ids = list(rollback.get("runs", {}).values())
             also: list[Executable] = [
                 validation_statement(result),
                 rollback_changed(
@@ -718,12 +739,14 @@ def build_lifecycle_graph(
                     status="validated" if result.passed else "failed",
                     validation_id=validation_id,
                     validated_at=now,
-                    run_ids=list(rollback.get("runs", {}).values()),
+                    run_ids=run_ids,
                 ),
             ]
             if result.passed and undone:
                 also.append(units_rolled_back(journey_id, undone))
-            record = NewEvent("lifecycle.validated", result.to_dict(), "rollback", validation_id)
+            # The rollback's runs and the units it undoes, so its rows can be rebuilt from the log.
+            recorded = {**result.to_dict(), "run_ids": run_ids, "undone": undone if result.passed else []}
+            record = NewEvent("lifecycle.validated", recorded, "rollback", validation_id)
             await events.append(journey_id, [record], also=also)
         rollback["status"] = "validated" if result.passed else "failed"
         rollback["validation"] = result.to_dict()
