@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
+from checkpoints import events as events_module
+from checkpoints.events import NewEvent
 from checkpoints.process.timers import Timer
+from checkpoints.rebuild import rebuild_inbox
 from graphs import ResumeValueError
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.process.timers import fire_due_timers
@@ -216,3 +219,45 @@ async def test_an_escalation_whose_worker_died_is_fired_again_but_takes_effect_o
         clock.advance(timedelta(hours=2))
         assert (await fire_due_timers(rt.processes, worker="w3")).fired == 0
         assert calls.intents() == ["notify"]
+
+
+async def test_a_claim_or_release_commits_with_its_event_or_not_at_all(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every change of the inbox has its event: when logging a claim (or a release) fails, the claim is not
+    made either, so the inbox never holds a state its log (and so ``journeys rebuild``) lacks."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(approval())
+        started = await rt.processes.start("approval", "doc-1")
+        inbox = rt.processes.inbox
+        task_id = (await inbox.list_tasks(instance_id=started["instance_id"]))[0]["task_id"]
+        stored = events_module.event_payload
+
+        def failing(event: NewEvent, sealer: Any) -> Any:
+            if event.type in ("task.claimed", "task.released"):
+                raise OSError("the log's disk is full")
+            return stored(event, sealer)
+
+        async def logged() -> list[tuple[str, Any]]:
+            history = await rt.store.events.list(started["instance_id"], types=["task.claimed", "task.released"])
+            return [(e.type, e.payload["by"]) for e in history]
+
+        monkeypatch.setattr(events_module, "event_payload", failing)
+        with pytest.raises(OSError):
+            await inbox.claim(task_id, "carol", groups=["reviewers"])
+        assert (await inbox.get_task(task_id))["claimed_by"] is None and await logged() == []
+
+        monkeypatch.setattr(events_module, "event_payload", stored)
+        await inbox.claim(task_id, "carol", groups=["reviewers"])
+        await inbox.claim(task_id, "carol", groups=["reviewers"])  # hers already: no change, no second event
+        monkeypatch.setattr(events_module, "event_payload", failing)
+        with pytest.raises(OSError):
+            await inbox.release(task_id, "carol")
+        assert (await inbox.get_task(task_id))["claimed_by"] == "carol"
+        assert await logged() == [("task.claimed", "carol")]
+
+        monkeypatch.setattr(events_module, "event_payload", stored)
+        await inbox.release(task_id, "carol")
+        assert (await inbox.get_task(task_id))["claimed_by"] is None
+        assert await logged() == [("task.claimed", "carol"), ("task.released", "carol")]
+        assert (await rebuild_inbox(rt.store.backend, rt.store.events)).corrected == []

@@ -1,22 +1,27 @@
 """The user-task inbox: one row per open human task, with its assignee, candidate groups and SLA.
 
-Rows are written with the event that opens the task (``EventLog.append(…, also=…)``); completing a
-task resolves its wait (``checkpoints.process.waits``), which closes the row in the same transaction.
+Rows are written with the event that opens the task (``EventLog.append(…, also=…)``); a claim or release
+commits with its event (``task.claimed``, ``task.released``); completing a task resolves its wait
+(``checkpoints.process.waits``), which closes the row in the same transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 from sqlalchemy import Executable, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
+from checkpoints.events import EventLog, NewEvent
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import user_task_groups, user_tasks
+from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,26 +147,45 @@ class InboxStore:
             rows = (await conn.execute(query)).all()
         return [UserTaskRow(**r._mapping) for r in rows]
 
-    async def claim(self, task_id: str, user: str) -> bool:
-        """Claim an open task for ``user``; False when someone else holds it (or it is closed)."""
+    async def claim(self, task_id: str, user: str, events: EventLog, instance_id: str, event: NewEvent) -> bool:
+        """Claim an open, unclaimed task for ``user``, with its ``event``, in one transaction; False when
+        someone holds it (or it is closed), and nothing is written."""
         t = user_tasks.c
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(user_tasks)
-                .where(t.task_id == task_id, t.status == "open", or_(t.claimed_by.is_(None), t.claimed_by == user))
-                .values(claimed_by=user)
-            )
-        return bool(result.rowcount)
+        claim = (
+            update(user_tasks)
+            .where(t.task_id == task_id, t.status == "open", t.claimed_by.is_(None))
+            .values(claimed_by=user)
+        )
+        return await self._changed(claim, events, instance_id, event)
 
-    async def release(self, task_id: str, user: str) -> bool:
+    async def release(self, task_id: str, user: str, events: EventLog, instance_id: str, event: NewEvent) -> bool:
+        """Release ``user``'s claim of an open task, with its ``event``, in one transaction; False (nothing
+        written) when they do not hold it."""
         t = user_tasks.c
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(user_tasks)
-                .where(t.task_id == task_id, t.status == "open", t.claimed_by == user)
-                .values(claimed_by=None)
-            )
-        return bool(result.rowcount)
+        release = (
+            update(user_tasks)
+            .where(t.task_id == task_id, t.status == "open", t.claimed_by == user)
+            .values(claimed_by=None)
+        )
+        return await self._changed(release, events, instance_id, event)
+
+    async def _changed(self, change: Executable, events: EventLog, instance_id: str, event: NewEvent) -> bool:
+        """``change`` (a conditional update of one row) and the event that logs it commit together or not
+        at all, so the inbox never holds a change its log lacks (``checkpoints.rebuild``)."""
+        # A unique key: append_in writes keyed events (each claim or release is its own change).
+        event = replace(event, key=f"{event.key or event.type}:{uuid4().hex}")
+        for attempt in range(SEQ_ATTEMPTS):
+            try:
+                async with self._engine.begin() as conn:
+                    if (await conn.execute(change)).rowcount != 1:
+                        return False
+                    await events.append_in(conn, [(instance_id, event)])
+                return True
+            except IntegrityError:  # a concurrent append took the event's sequence number: go again
+                if attempt == SEQ_ATTEMPTS - 1:
+                    raise
+                await after_lost_race(attempt)
+        raise AssertionError("unreachable")
 
     def completion_claim(self, task_id: str, *, by: str, result: dict[str, Any], claimed_by: str | None) -> Executable:
         """Close an open task as completed; conditional on nobody having claimed it since it was checked."""

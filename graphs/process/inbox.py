@@ -77,26 +77,25 @@ class TaskInbox:
         row = await self._open_row(task_id)
         if not row.may_act(user, tuple(groups)):
             raise self._forbidden(row, user)
-        if not await self._inbox.claim(task_id, user):
+        if row.claimed_by == user:
+            return row.view()  # claimed by them already: nothing changes, nothing to log
+        if not await self._inbox.claim(
+            task_id, user, self._events, row.instance_id, _logged(row, "task.claimed", user)
+        ):
             current = await self._row(task_id)
             if current.status != "open":
                 raise TaskClosedError(f"task {task_id!r} is {current.status}", task_id=task_id)
-            raise TaskForbiddenError(f"task {task_id!r} is already claimed by {current.claimed_by!r}", task_id=task_id)
-        await self._logged(row, "task.claimed", user)
+            if current.claimed_by != user:
+                raise TaskForbiddenError(
+                    f"task {task_id!r} is already claimed by {current.claimed_by!r}", task_id=task_id
+                )
         return await self.get_task(task_id)
-
-    async def _logged(self, row: UserTaskRow, event_type: str, user: str) -> None:
-        """Log a claim or release once it is made (after the conditional update that decides it; a crash
-        in between loses the line, and a rebuild shows the claim as last logged)."""
-        event = NewEvent(event_type, {"task_id": row.task_id, "by": user}, row.element)
-        await self._events.append(row.instance_id, [event])
 
     async def release(self, task_id: str, user: str) -> dict[str, Any]:
         row = await self._open_row(task_id)
         if row.claimed_by != user:
             raise TaskForbiddenError(f"task {task_id!r} is not claimed by {user!r}", task_id=task_id)
-        if await self._inbox.release(task_id, user):
-            await self._logged(row, "task.released", user)
+        await self._inbox.release(task_id, user, self._events, row.instance_id, _logged(row, "task.released", user))
         return await self.get_task(task_id)
 
     async def complete(
@@ -156,3 +155,8 @@ class TaskInbox:
             task_id=row.task_id,
             user=user,
         )
+
+
+def _logged(row: UserTaskRow, event_type: str, user: str) -> NewEvent:
+    """The event of a claim or release, committed with it (``InboxStore.claim``/``release``)."""
+    return NewEvent(event_type, {"task_id": row.task_id, "by": user}, row.element, f"{row.task_id}:{event_type}")
