@@ -1,4 +1,5 @@
-"""Policy checks that run before every agent call and every user-task completion. A policy is a plain
+"""Policy checks that run before every agent call, every user-task completion and every change a person
+(or the guide's tools, for them) makes to a session. A policy is a plain
 callable that raises :class:`PolicyViolationError` to refuse, with the reason; the refusal is recorded
 as a ``policy.denied`` event. Policies given to the runtime run after :data:`DEFAULT_POLICIES` (least
 privilege), never instead of them.
@@ -79,13 +80,30 @@ class TaskCompletion:
     kind: Literal["user_task"] = "user_task"
 
 
-# A policy sees an agent call or a task completion (``kind`` says which) and raises to refuse.
-Policy = Callable[[AgentCall | TaskCompletion], None]
+SessionActionKind = Literal["navigate", "update", "close"]
 
 
-async def enforce(
-    policies: Iterable[Policy], checked: AgentCall | TaskCompletion, events: EventLog, audit: Mapping[str, Any]
-) -> None:
+@dataclass(frozen=True, slots=True)
+class SessionAction:
+    """What a policy sees before a session's state changes (free navigation, the MVP and the guide's tools):
+    its user moves to an area (``navigate``), records progress in one (``update``, the fields in
+    ``payload``) or closes the session (``close``)."""
+
+    instance_id: str
+    step: str | None  # the area (None: the session as a whole)
+    action: SessionActionKind
+    user: str | None  # the session's user
+    payload: Mapping[str, Any]
+    kind: Literal["session_action"] = "session_action"
+
+
+# What a policy checks; ``kind`` says which.
+Checked = AgentCall | TaskCompletion | SessionAction
+# A policy sees an agent call, a task completion or a session action and raises to refuse.
+Policy = Callable[[Checked], None]
+
+
+async def enforce(policies: Iterable[Policy], checked: Checked, events: EventLog, audit: Mapping[str, Any]) -> None:
     """Run ``policies`` on ``checked``; a refusal is appended as a :data:`DENIED` event (``audit`` and the
     reason) before its :class:`PolicyViolationError` is raised on."""
     try:
@@ -97,7 +115,7 @@ async def enforce(
         raise
 
 
-def require_granted_permissions(call: AgentCall | TaskCompletion) -> None:
+def require_granted_permissions(call: Checked) -> None:
     """Least privilege: an agent may only run where the journey grants every scope it needs."""
     if not isinstance(call, AgentCall) or call.granted_permissions is None:
         return
@@ -111,7 +129,7 @@ def require_granted_permissions(call: AgentCall | TaskCompletion) -> None:
         )
 
 
-def require_granted_intent(call: AgentCall | TaskCompletion) -> None:
+def require_granted_intent(call: Checked) -> None:
     """Least privilege: a journey calls only the intents its spec declares."""
     if not isinstance(call, AgentCall):
         return

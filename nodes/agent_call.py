@@ -34,7 +34,7 @@ from agents.errors import (
     PolicyViolationError,
     RateLimitedError,
 )
-from agents.policy import AgentCall, Policy, TaskCompletion, enforce
+from agents.policy import AgentCall, Policy, SessionAction, TaskCompletion, enforce
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, CallOptions, RetrySettings, call_with_retry, is_retryable
@@ -229,6 +229,12 @@ class AgentCaller:
         :class:`PolicyViolationError` is raised before anything is resumed."""
         completion = TaskCompletion(instance_id, step, user, payload, tuple(groups))
         await enforce(self.policies, completion, self.events, {"user": user})
+
+    async def authorize_session_action(self, action: SessionAction) -> None:
+        """Run the policies on a change to a session (a move, recorded progress, its close) before it is
+        made: a refusal is a ``policy.denied`` event with its reason, and :class:`PolicyViolationError` is
+        raised with nothing changed."""
+        await enforce(self.policies, action, self.events, {"user": action.user, "action": action.action})
 
     async def _call_one(
         self,

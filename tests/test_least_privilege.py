@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from agents import AgentCall, PolicyViolationError, RecordingAgent, RetrySettings, TaskCompletion
+from agents import AgentCall, PolicyViolationError, RecordingAgent, RetrySettings, SessionAction, TaskCompletion
+from agents.policy import Checked
 from checkpoints.redaction import REDACTED
 from graphs import JourneyRuntime
 from graphs.errors import UnitOfWorkFailedError
@@ -26,6 +27,14 @@ SPEC: dict[str, Any] = {
         {"step_id": "write", "agent": "write_content"},
         {"step_id": "enrich", "agent": "read_profiles"},  # an intent the spec does not declare
     ],
+}
+SESSION: dict[str, Any] = {
+    "areas": [
+        {"area_id": "content", "completion": {"files_uploaded": True}},
+        {"area_id": "insights"},
+        {"area_id": "business_outcome", "completion": {"roadmap_generated": True}},
+    ],
+    "initial_area": "content",
 }
 
 
@@ -187,3 +196,47 @@ async def test_every_spec_kind_takes_intents_and_sensitive_fields(store_url: str
         assert failed["status"] == "failed" and failed["tasks"]["export"]["error_type"] == "PolicyViolationError"
         assert not export.calls
         assert [d["intent"] for d in denials(await rt.history(journey_id))] == ["crm.export"]
+
+
+def outcomes_need_content_first(check: Checked) -> None:
+    """A policy on sessions: nobody opens the business outcome, or records its roadmap, before the content
+    pillar is done; and no session records a ``discount``."""
+    if not isinstance(check, SessionAction):
+        return
+    if check.action == "update" and "discount" in check.payload:
+        raise PolicyViolationError(f"{check.user} may not record a discount", field="discount")
+    if check.step == "business_outcome" and check.action in ("navigate", "update"):
+        raise PolicyViolationError(f"{check.user} may not {check.action} business_outcome yet", area=check.step)
+
+
+async def test_session_navigation_and_progress_go_through_the_policies_and_a_denial_is_audited(
+    store_url: str,
+) -> None:
+    async with JourneyRuntime.open(store_url, policies=[outcomes_need_content_first]) as rt:
+        session_id = (await rt.session.start_session("ana", SESSION))["session_id"]
+        before = await rt.session.get_session_progress(session_id)
+        with pytest.raises(PolicyViolationError, match="ana may not navigate business_outcome yet"):
+            await rt.session.navigate_to_area(session_id, "business_outcome")
+        with pytest.raises(PolicyViolationError, match="ana may not record a discount"):
+            await rt.session.update_area_state(session_id, "content", {"files_uploaded": True, "discount": 30})
+        assert await rt.session.get_session_progress(session_id) == before  # nothing changed
+        assert [(d["kind"], d["action"], d["user"]) for d in denials(await rt.history(session_id))] == [
+            ("session_action", "navigate", "ana"),
+            ("session_action", "update", "ana"),
+        ]
+        moved = await rt.session.navigate_to_area(session_id, "insights")  # what the policy allows goes on
+        assert moved["current_area"] == "insights"
+
+        # The MVP, and the guide's tools that act on it for the user: the same policies, the same audit.
+        mvp_id = (await rt.mvp.sessions.start_session("bob", mvp_spec("content")))["session_id"]
+        with pytest.raises(PolicyViolationError, match="bob may not update business_outcome yet"):
+            await rt.mvp.update_pillar_progress(mvp_id, "business_outcome", {"roadmap_generated": True})
+        guide = MVPGuideBackend(rt)
+        with pytest.raises(PolicyViolationError, match="bob may not navigate business_outcome yet"):
+            await guide.navigate(mvp_id, "business_outcome", key="call-1")
+        progress = await rt.mvp.sessions.get_session_progress(mvp_id)
+        assert progress["current_area"] == "content" and progress["areas"]["business_outcome"]["visited"] is False
+        assert [(d["action"], d["area"]) for d in denials(await rt.history(mvp_id))] == [
+            ("update", "business_outcome"),
+            ("navigate", "business_outcome"),
+        ]

@@ -1,4 +1,9 @@
-"""The Session Journey Orchestrator: free navigation between areas (SPEC P2)."""
+"""The Session Journey Orchestrator: free navigation between areas (SPEC P2).
+
+Every change to a session (a move, recorded progress, its close) first goes through the runtime's
+policies, as every agent call and user-task completion does (``agents.policy.SessionAction``): a refusal
+is a ``policy.denied`` event and a :class:`~agents.errors.PolicyViolationError`, and nothing changes.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import jsonschema
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
+from agents.policy import SessionAction, SessionActionKind
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from graphs.errors import (
@@ -111,6 +117,7 @@ class SessionOrchestrator:
         self._known_area(spec, area_id)
         async with self._engine.exclusive(session_id):
             before = await self._active(graph, session_id, run_options)
+            await self._authorize(session_id, area_id, "navigate", {})
             request = {"type": "navigate", "area_id": area_id}
             snapshot = await self._act(graph, session_id, request, run_options)
         return {
@@ -142,6 +149,7 @@ class SessionOrchestrator:
                         f"update to area {area_id!r} breaks its state schema at {where}: {exc.message}",
                         area_id=area_id,
                     ) from exc
+            await self._authorize(session_id, area_id, "update", dict(updates))
             request = {"type": "update", "area_id": area_id, "updates": dict(updates)}
             snapshot = await self._act(graph, session_id, request, run_options)
         progress = session_progress(spec, snapshot.values)
@@ -168,6 +176,7 @@ class SessionOrchestrator:
         spec, graph = await self._load(session_id)
         async with self._engine.exclusive(session_id):
             await self._active(graph, session_id, run_options)
+            await self._authorize(session_id, None, "close", {"reason": reason} if reason else {})
             snapshot = await self._act(graph, session_id, {"type": "close", "reason": reason}, run_options)
             if spec.evaluation is None:
                 return {"session_id": session_id, **session_progress(spec, snapshot.values)}
@@ -199,6 +208,15 @@ class SessionOrchestrator:
             "status": status,
             "evaluation": await self._instances.evaluation.verdict(session_id),
         }
+
+    async def _authorize(
+        self, session_id: str, area_id: str | None, action: SessionActionKind, payload: dict[str, Any]
+    ) -> None:
+        """The policies on a change to the session (under ``exclusive``, before it is made)."""
+        instance = await self._index.get_instance(session_id)
+        user = instance.user_id if instance is not None else None
+        checked = SessionAction(session_id, area_id, action, user, payload)
+        await self._engine.services.caller.authorize_session_action(checked)
 
     async def _act(self, graph: Graph, session_id: str, request: dict[str, Any], options: RunOptions) -> StateSnapshot:
         """Hand the session the user's action (under ``exclusive``); the session's state after it."""
