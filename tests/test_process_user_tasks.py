@@ -261,3 +261,45 @@ async def test_a_claim_or_release_commits_with_its_event_or_not_at_all(
         assert (await inbox.get_task(task_id))["claimed_by"] is None
         assert await logged() == [("task.claimed", "carol"), ("task.released", "carol")]
         assert (await rebuild_inbox(rt.store.backend, rt.store.events)).corrected == []
+
+
+async def test_timer_notifications_are_held_to_the_specs_granted_intents(store_url: str) -> None:
+    """An SLA notification and a boundary reminder call agents too: an intent the spec does not grant is
+    refused before it runs, audited as ``policy.denied``, reported as a typed error, and fails safe (the
+    timer ends, the task stays open for a person); a granted one is called as before."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        for intent in ("page_lead", "remind"):
+            calls.register(rt, intent)
+        nudge = {
+            "type": "boundary_timer",
+            "id": "nudge",
+            "attached_to": "approve",
+            "timer": {"cycle": "R3/PT1H"},
+            "interrupting": False,
+            "notify": "remind",
+        }
+        spec = approval(sla="PT90M", on_timeout={"action": "notify", "notify": "page_lead"})
+        spec["elements"].insert(2, nudge)
+        await rt.processes.deploy({**spec, "intents": ["archive"]})
+        await rt.processes.deploy({**spec, "name": "granted", "intents": ["page_lead", "remind"]})
+        refused = await rt.processes.start("approval", "doc-1")
+        allowed = await rt.processes.start("granted", "doc-2")
+
+        errors: list[str] = []
+        for _ in range(4):
+            clock.advance(timedelta(hours=1))
+            errors += (await rt.processes.scheduler.run_due()).errors
+        assert sorted(intent for intent, _payload in calls.log) == ["page_lead", "remind", "remind", "remind"]
+        assert all(p["task"]["instance_id"] == allowed["instance_id"] for _i, p in calls.log)
+        denied = [e.payload for e in await rt.history(refused["instance_id"]) if e.type == "policy.denied"]
+        assert sorted((d["intent"], d["kind"], tuple(d["allowed"])) for d in denied) == [
+            ("page_lead", "agent_call", ("archive",)),
+            ("remind", "agent_call", ("archive",)),
+        ]
+        # Once each (the refused timers ended, and are not fired again), as a typed error.
+        assert len(errors) == 2 and all("PolicyViolationError" in e for e in errors)
+        [task] = await rt.processes.inbox.list_tasks(instance_id=refused["instance_id"])
+        assert (task["status"], task["escalation"]) == ("open", None)  # it waits for a person
+        assert await escalation_events(rt, refused["instance_id"]) == []

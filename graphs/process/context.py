@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
+from agents.policy import Grants
 from checkpoints.clock import Clock
 from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment, DeploymentStore
@@ -122,6 +123,10 @@ class TimerHost(Resumer, Protocol):
     def clock(self) -> Clock: ...
 
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]: ...
+
+    async def grants_of(self, instance_id: str) -> Grants:
+        """What the instance's spec grants its agent calls (least privilege), timers' calls included."""
+        ...
 
     async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
         """A journey's deadline passed: end it as its spec says; False when it had ended already."""

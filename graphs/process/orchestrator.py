@@ -381,6 +381,11 @@ class ProcessOrchestrator:
         """Start the journeys (of every pattern) queued behind a concurrency limit whose slot has freed."""
         return await self._designs.instances.dispatch_queued()
 
+    async def grants_of(self, instance_id: str) -> ProcessSpec:
+        """What the instance's spec grants its agent calls: its timers' calls (SLA notifications, reminders)
+        are held to it like its service tasks."""
+        return await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
+
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
         """Process instances by id, in one read (ids that are not process instances are left out)."""
         found = await self.store.index.get_instances(instance_ids)

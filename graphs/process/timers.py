@@ -9,6 +9,10 @@ the scheduled ones, so two workers never fire the same timer and none fires earl
 - ``sla``: the user task's escalation, exactly once: notify (an agent call keyed by the timer),
   reassign (in the transaction of its event) or complete with the default response;
 - ``reminder``: a non-interrupting boundary timer tells its ``notify`` agent, once per tick;
+
+  both calls are held to the spec's grants like every other agent call: a refused one is a
+  ``policy.denied`` event and a :class:`~agents.errors.PolicyViolationError` in the report's errors, and
+  fails safe: the timer ends, and the task stays open for a person;
 - ``start``: starts a new instance (its id is derived from the tick, so a repeated firing starts none);
 - any other purpose: the handler registered for it (``TimerScheduler.handlers``, e.g. the server's
   crons), rescheduled like a timer start, and spent past its ``data["until"]``.
@@ -33,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from agents.errors import PolicyViolationError
 from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
@@ -183,7 +188,7 @@ async def _fire_other(processes: TimerHost, timer: Timer, worker: str, handlers:
         await timers.execute([timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)])
         return True
     if timer.purpose == "reminder":
-        fired = await _remind(processes, timer, ticks, skipped)
+        fired = await _remind(processes, timer, worker, ticks, skipped)
         if not fired:  # its task is no longer open: the reminder ends
             await timers.execute([timers.dropped_statement(timer, worker)])
             return False
@@ -206,16 +211,23 @@ async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int)
     action, key = str(escalation["action"]), f"{timer.timer_id}:escalation"
     record: dict[str, Any] = {"task_id": task.task_id, "action": action, "sla_due_at": timer.due_at.isoformat()}
     if action == "notify":
-        await services.node.caller.call(
-            intent=str(escalation.get("notify") or "notify"),
-            payload={"task": task.view(), "breach": record},
-            instance_id=timer.instance_id,
-            step=task.element,
-            key=key,
-            event_type="task.escalated",
-            recorder=lambda _output: Recording(record),
-            replay=True,
-        )
+        grants = await processes.grants_of(timer.instance_id)
+        try:
+            await services.node.caller.call(
+                intent=str(escalation.get("notify") or "notify"),
+                payload={"task": task.view(), "breach": record},
+                instance_id=timer.instance_id,
+                step=task.element,
+                key=key,
+                event_type="task.escalated",
+                recorder=lambda _output: Recording(record),
+                granted_permissions=grants.granted_permissions,
+                granted_intents=grants.granted_intents,
+                replay=True,
+            )
+        except PolicyViolationError:  # audited; fail safe: the task waits for a person, the timer ends
+            await services.timers.execute([services.timers.dropped_statement(timer, worker)])
+            raise
         await services.timers.execute([services.inbox.escalated_statement(task.task_id, action), done])
         return True
     if action == "reassign":
@@ -255,7 +267,7 @@ async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int)
     return True
 
 
-async def _remind(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
+async def _remind(processes: TimerHost, timer: Timer, worker: str, ticks: int, skipped: int) -> bool:
     """A non-interrupting boundary timer: tell ``notify`` once per tick while the task stays open."""
     services = processes.services
     assert timer.instance_id is not None and timer.wait_id is not None
@@ -263,16 +275,23 @@ async def _remind(processes: TimerHost, timer: Timer, ticks: int, skipped: int) 
     if task is None or task.status != "open":
         return False
     record = {"task_id": task.task_id, "tick": ticks, "missed_ticks": skipped, "boundary": timer.element}
-    await services.node.caller.call(
-        intent=str(timer.data.get("notify") or "notify"),
-        payload={"task": task.view(), "reminder": record},
-        instance_id=timer.instance_id,
-        step=task.element,
-        key=f"{timer.timer_id}:{ticks}",
-        event_type="task.reminded",
-        recorder=lambda _output: Recording(record),
-        replay=True,
-    )
+    grants = await processes.grants_of(timer.instance_id)
+    try:
+        await services.node.caller.call(
+            intent=str(timer.data.get("notify") or "notify"),
+            payload={"task": task.view(), "reminder": record},
+            instance_id=timer.instance_id,
+            step=task.element,
+            key=f"{timer.timer_id}:{ticks}",
+            event_type="task.reminded",
+            recorder=lambda _output: Recording(record),
+            granted_permissions=grants.granted_permissions,
+            granted_intents=grants.granted_intents,
+            replay=True,
+        )
+    except PolicyViolationError:  # audited; fail safe: no more reminders, the task stays open
+        await services.timers.execute([services.timers.dropped_statement(timer, worker)])
+        raise
     return True
 
 
