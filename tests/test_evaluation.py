@@ -14,7 +14,9 @@ from agents import AgentRequest
 from graphs import JourneyRuntime
 from graphs.errors import EvaluatorError, NotInReviewError, RunInReviewError
 from graphs.guide import MVPGuideBackend
+from graphs.lifecycle.catalog import default_lifecycle_spec
 from graphs.session.mvp import mvp_spec
+from tests.lifecycle_support import journey_at, lifecycle_runtime
 
 PRICES = {"fake-model": {"input_per_1k": 1.0, "output_per_1k": 2.0}}
 
@@ -174,3 +176,45 @@ async def test_a_session_is_judged_by_its_tier_when_closed(store_url: str) -> No
         assert held["status"] == "review"
         approved = await sessions.review_session(held["session_id"], approved=True, by="coach")
         assert approved["status"] == "closed" and approved["evaluation"]["review"]["by"] == "coach"
+
+
+async def test_a_client_lifecycle_is_judged_by_its_tier_when_it_completes(store_url: str) -> None:
+    async with lifecycle_runtime(store_url, prices=PRICES) as (rt, clock):
+
+        def quality(_request: AgentRequest) -> dict[str, Any]:  # a model-backed unit task: its usage is priced
+            usage = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}
+            return {"precision": 0.91, "usage_metadata": usage, "model": "fake-model"}
+
+        rt.agents.register("validate_search_quality", quality, replace=True)
+        rt.evaluators.register("answered", lambda step, output: 1.0 if output else 0.0)
+        base = default_lifecycle_spec().model_dump()
+
+        def tier(**evaluation: Any) -> dict[str, Any]:
+            return {**base, "evaluation": {"tier": "gold", **evaluation}}
+
+        kept = tier(thresholds={"cost_per_run": 2.5, "completeness": 0.9}, evaluators={"completeness": "answered"})
+        journey_id = await journey_at(rt, clock, "completed", spec=kept)
+        state = await rt.lifecycle.get_journey_state(journey_id)
+        assert (state["current_stage"], state["run_status"]) == ("completed", "completed")
+        figures = state["evaluation"]["figures"]
+        assert (state["evaluation"]["passed"], figures["cost_per_run"], figures["completeness"]) == (True, 2.0, 1.0)
+
+        held_id = await journey_at(
+            rt, clock, "completed", spec=tier(thresholds={"cost_per_run": 1.0}, on_breach="review"), client_id="c2"
+        )
+        held = await rt.lifecycle.get_journey_state(held_id)
+        assert (held["current_stage"], held["run_status"]) == ("completed", "review")
+        assert held["evaluation"]["breaches"] == [{"metric": "cost_per_run", "value": 2.0, "threshold": 1.0}]
+        approved = await rt.lifecycle.review_journey(held_id, approved=True, by="qa-lead")
+        assert approved["run_status"] == "completed" and approved["evaluation"]["review"]["by"] == "qa-lead"
+        with pytest.raises(NotInReviewError):
+            await rt.lifecycle.review_journey(held_id, approved=False, by="qa-lead")
+
+        strict = tier(thresholds={"cost_per_run": 1.0}, on_breach="fail")
+        failed_id = await journey_at(rt, clock, "completed", spec=strict, client_id="c3")
+        assert (await rt.lifecycle.get_journey_state(failed_id))["run_status"] == "failed"
+        assert [e.payload["cause"] for e in await rt.history(failed_id) if e.type == "instance.failed"] == [
+            "evaluation"
+        ]
+        with pytest.raises(EvaluatorError):
+            await rt.lifecycle.start_journey("c4", spec=tier(evaluators={"accuracy": "nobody"}))

@@ -53,6 +53,7 @@ from nodes.criteria_gate import (
     evaluate_criteria,
     validation_statement,
 )
+from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, is_replay, thread_id
@@ -202,6 +203,11 @@ class LifecycleSpec(Grants):
     # journey ends cancels it and fails the instance.
     concurrency: ConcurrencySpec | None = None
     deadline: DeadlineSpec | None = None
+    # The workflow tier (graphs/kernel/evaluation.py), as for every pattern: judged when the journey
+    # completes, over its units' agent calls.
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="the workflow tier: thresholds a completed journey's unit tasks meet"
+    )
 
     def stage(self, stage: str) -> StageSpec:
         spec: StageSpec = getattr(self, JourneyStage(stage).value)

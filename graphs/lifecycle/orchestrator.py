@@ -28,6 +28,7 @@ from checkpoints.lifecycle import LifecycleStore, metric_rows
 from checkpoints.ownership import Viewer
 from graphs.errors import (
     EntryCriteriaNotMetError,
+    EvaluatorError,
     InvalidInputError,
     InvalidMetricError,
     InvalidRollbackTargetError,
@@ -73,6 +74,8 @@ from nodes.services import failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 PATTERN: PatternName = "lifecycle"
+# The events a completed journey's evaluation measures: its units' agent calls.
+MEASURED = ("task.completed",)
 PROMOTIONS = {"sandbox": TransitionEvent.PROMOTE_TO_PILOT, "pilot": TransitionEvent.PROMOTE_TO_PRODUCTION}
 GATED_EVENTS = (TransitionEvent.PROMOTE_TO_PILOT, TransitionEvent.PROMOTE_TO_PRODUCTION, TransitionEvent.MARK_COMPLETE)
 # The options transition() takes with each event: (required, optional). Each goes to the event's own method.
@@ -202,6 +205,9 @@ class LifecycleOrchestrator:
         if journey_id is not None:
             _check_id(journey_id, "journey_id")
         design_id, chosen = await self._design_for(spec, thresholds)
+        evaluation = self._designs.instances.evaluation
+        if chosen.evaluation is not None and (missing := evaluation.missing(chosen.evaluation)):
+            raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         start_input = {"client_id": client_id, **dict(metadata or {})}
         controls = StartControls.of(start_key, start_key_window, chosen.concurrency, start_input, chosen.deadline)
         journey_id = journey_id or new_id(PATTERN)
@@ -303,7 +309,7 @@ class LifecycleOrchestrator:
         run_options: RunOptions,
     ) -> ValidationResult:
         request_metadata = _metadata(metadata)
-        _spec, graph = await self._load(journey_id)
+        spec, graph = await self._load(journey_id)
         # A promotion promotes from the stage the journey is in when it is asked for: one that waited
         # while another call moved the journey must not go on to the next stage's gate.
         asked_in = None if event is not None else await self._stage_now(graph, journey_id)
@@ -325,6 +331,9 @@ class LifecycleOrchestrator:
             self._expect(snapshot, event)
             request = {"event": event.value, "metadata": request_metadata}
             snapshot = await self._resume(graph, journey_id, snapshot, request, run_options)
+            if snapshot.values.get("current_stage") == "completed" and spec.evaluation is not None:
+                # The journey's run has ended: its tier judges it (the instance may fail or wait for review).
+                await self._designs.instances.evaluation.judge(journey_id, PATTERN, spec.evaluation, MEASURED)
         result = _gate_result(snapshot, journey_id)
         if result.passed:
             await self._watch_entered(journey_id, run_options)
@@ -588,10 +597,27 @@ class LifecycleOrchestrator:
     # --- views --------------------------------------------------------------------------------------
 
     async def get_journey_state(self, journey_id: str) -> dict[str, Any]:
+        """The journey's state; with a workflow tier, its ``evaluation`` (once completed) and the
+        instance's ``run_status`` (``completed``, or ``failed``/``review`` after a breach)."""
         spec, graph = await self._load(journey_id)
         async with self._engine.exclusive(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id)
-        return journey_view(snapshot.values, spec)
+        view = journey_view(snapshot.values, spec)
+        if spec.evaluation is not None:
+            instance = await self._store.index.get_instance(journey_id)
+            view["run_status"] = instance.status if instance is not None else None
+            view["evaluation"] = await self._designs.instances.evaluation.verdict(journey_id)
+        return view
+
+    async def review_journey(self, journey_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """A person's decision on a completed journey its tier's evaluation held for review: ``approved``
+        completes its run, otherwise it fails."""
+        await self._load(journey_id)
+        async with self._engine.exclusive(journey_id):
+            found = await self._store.index.get_instance(journey_id)
+            assert found is not None  # _load found it
+            await self._designs.instances.evaluation.review(found, approved=approved, by=by, note=note)
+        return await self.get_journey_state(journey_id)
 
     async def stages(self, journey_ids: Sequence[str]) -> dict[str, str]:
         """Journey id → its current stage, for listings (one query; journeys not started are left out)."""
