@@ -4,13 +4,16 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from agents import AgentRequest, FailingAgent, RecordingAgent, RetrySettings
+from checkpoints import VirtualClock
 from checkpoints.ownership import Owner, acting_as
 from graphs import ForkPointError, ForkUnsupportedError, JourneyNotFoundError, JourneyRuntime
+from graphs.errors import ConcurrencyLimitError
 from graphs.lifecycle.catalog import READY_TO_START
 from tests.test_saga import HANDLERS, MIGRATION
 
@@ -133,3 +136,36 @@ async def test_a_fork_is_refused_for_a_step_not_completed_an_unknown_journey_and
         with pytest.raises(ForkUnsupportedError):
             await rt.fork(session, "content")
         assert len(await rt.store.index.list_instances()) == 3  # nothing was registered by a refusal
+
+
+async def test_a_fork_counts_against_its_sources_concurrency_limit_and_carries_its_deadline(store_url: str) -> None:
+    """A fork is no way around the source's limits: it takes a slot of the source's concurrency key (refused
+    when none is free, never queued), and it fails at the source's whole-run deadline, not a new one."""
+    clock = VirtualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    spec = {
+        "journey_type": "review",
+        "steps": [{"step_id": "draft"}, {"step_id": "approve"}],
+        "concurrency": {"key": "$.tenant", "limit": 2, "on_limit": "queue"},
+        "deadline": {"after": "PT2H"},
+    }
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
+        source = (await rt.structured.execute_journey(journey_id, "ana", {"tenant": "acme"}))["instance_id"]
+        await rt.structured.advance_journey_step(journey_id, "ana", {"text": "first draft"})
+        clock.advance(timedelta(hours=1))
+        fork = await rt.fork(source, "draft")
+        assert (fork["status"], fork["current_step"]) == ("in_progress", "approve")
+        assert await rt.instances.flow.slot_of(fork["instance_id"]) == ("$.tenant=acme", 1)
+
+        # The source and its fork hold both slots of acme: a new start queues, another fork is refused.
+        queued = await rt.structured.execute_journey(journey_id, "ben", {"tenant": "acme"})
+        assert queued["status"] == "queued"
+        with pytest.raises(ConcurrencyLimitError) as refused:
+            await rt.fork(source, "draft")
+        assert refused.value.details == {"concurrency_key": "$.tenant=acme", "limit": 2}
+
+        clock.advance(timedelta(hours=1))  # the source's two hours are up, and so are the fork's
+        await rt.processes.scheduler.run_due()
+        for instance_id in (source, fork["instance_id"]):
+            found = await rt.store.index.get_instance(instance_id)
+            assert found is not None and found.status == "failed"

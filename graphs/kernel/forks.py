@@ -7,7 +7,10 @@ superstep; it then runs on from there (to the next step that waits for a person,
 do not). Each copied event's idempotency key is re-keyed to the fork (a step's work is keyed by its instance),
 so the fork's own runs, replays and compensations look up the fork's history, never the source's. A
 ``journey.forked_from`` event opens the fork's own history and a ``journey.forked`` event on the source links
-to it; nothing else of the source changes.
+to it; nothing else of the source changes. A fork that runs on counts against its source's concurrency limit
+(it takes a slot of the same key, or is refused with :class:`ConcurrencyLimitError`: a fork is not queued)
+and carries the source's whole-run deadline (the same moment, not a new window). The source's start key
+stays the source's: a start with it answers the source, not a fork.
 
 A pattern tells the kernel how (:class:`Forkable`, in its :class:`~graphs.kernel.instances.Recoverable`);
 patterns whose state is more than checkpoints and the log (a process's timers, waits and tasks, a lifecycle
@@ -17,19 +20,22 @@ journey's stage table), or that have no steps in their log, are refused with :cl
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot
+from sqlalchemy.sql import Executable
 
+from checkpoints.backends.base import Params
 from checkpoints.events import Event, NewEvent
 from checkpoints.forks import copied_events
 from checkpoints.index import Instance
 from checkpoints.savers import copy_checkpoint
 from checkpoints.store import Store
 from graphs.errors import ForkPointError, ForkUnsupportedError
+from nodes.flow import StartControls
 
 FORKED_FROM = "journey.forked_from"  # the fork's own first event after the copies
 FORKED = "journey.forked"  # on the source: a fork was made of it
@@ -42,10 +48,13 @@ class Forkable:
     ``step_events``: the event types that record a step's completion (their ``step`` names it).
     ``superstep``: the LangGraph superstep in which such an event's step ran (None: not known), which names
     the checkpoint saved right after it.
+    ``controls``: the source's start controls (its concurrency limit and key value), from the source and the
+    state the fork goes on from; a fork that runs on takes a slot under them.
     """
 
     step_events: frozenset[str]
     superstep: Callable[[Event], int | None]
+    controls: Callable[[Instance, Mapping[str, Any]], Awaitable[StartControls | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +114,16 @@ async def fork_point(
 
 
 async def register_fork(
-    store: Store, source: Instance, fork_id: str, history: Sequence[Event], point: ForkPoint
+    store: Store,
+    source: Instance,
+    fork_id: str,
+    history: Sequence[Event],
+    point: ForkPoint,
+    also: Sequence[tuple[Executable, Params]] = (),
 ) -> Instance:
     """Write the fork (call under the source's ``exclusive``): its checkpoint first (a thread no instance
-    names yet), then its index row with its copied events and ``journey.forked_from`` in one transaction,
-    owned by the caller acting; then the source's ``journey.forked``."""
+    names yet), then its index row with its copied events, ``journey.forked_from`` and ``also`` (its
+    concurrency slot) in one transaction, owned by the caller acting; then the source's ``journey.forked``."""
     source_id, step_id, seq = source.instance_id, point.event.step or "", point.event.seq
     link = {"instance_id": source_id, "step_id": step_id, "seq": seq}
     after = point.checkpoint
@@ -117,11 +131,17 @@ async def register_fork(
     copies = [_rekeyed(e, source_id, fork_id) for e in history if e.seq <= seq]
     status = "in_progress" if after.next else str(after.values.get("status") or "completed")
     forked_from = NewEvent(FORKED_FROM, {**link, "checkpoint_id": _checkpoint_id(after)}, step_id)
-    also = copied_events(
+    copied = copied_events(
         fork_id, [*copies[1:], forked_from], first_seq=2, status=status, clock=store.clock, sealer=store.sealer
     )
     created = await store.index.create_instance(
-        fork_id, source.journey_id, source.pattern, source.user_id, first_event=copies[0], status=status, also=also
+        fork_id,
+        source.journey_id,
+        source.pattern,
+        source.user_id,
+        first_event=copies[0],
+        status=status,
+        also=[*copied, *also],
     )
     await store.events.append(
         source_id, [NewEvent(FORKED, {"fork_id": fork_id, "step_id": step_id, "seq": seq}, step_id)]

@@ -19,7 +19,7 @@ Orchestrators keep their public API and their views; the moves of an instance go
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -324,12 +324,58 @@ class Instances:
         async with self.engine.exclusive(source_id):  # its log and checkpoints hold still while copied
             history = await self.events.list(source_id)
             point = await fork_point(kind.fork, graph, self.engine.config(source_id), history, step_id)
-            created = await register_fork(self.engine.store, source, fork_id, history, point)
+            slot: list[Any] = []
+            if point.checkpoint.next:  # a fork that runs on: the source's limits hold for it too
+                slot = await self._fork_slot(kind.fork, source, point.checkpoint.values, fork_id)
+                await self._carry_deadline(source_id, fork_id)
+            try:
+                created = await register_fork(self.engine.store, source, fork_id, history, point, slot)
+            except DuplicateInstanceError:
+                if slot and await self.index.get_instance(fork_id) is None:
+                    raise ConcurrentUpdateError(f"the concurrency slot {fork_id!r} took was taken meanwhile") from None
+                raise
         if point.checkpoint.next:  # on to where the fork waits, as its source went on after the step
             async with self.engine.exclusive(fork_id):
                 with contextlib.suppress(JourneyError):  # a failure is recorded: the fork can be retried
                     await self.advance(graph, fork_id, source.pattern, None, cause="fork")
         return Fork(created, source_id, step_id)
+
+    async def _fork_slot(
+        self, forkable: Forkable, source: Instance, state: Mapping[str, Any], fork_id: str
+    ) -> list[Any]:
+        """The statement by which a fork holds a slot of its source's concurrency key (none without a limit);
+        :class:`ConcurrencyLimitError` when every slot is held (a fork is refused, never queued)."""
+        controls = None if forkable.controls is None else await forkable.controls(source, state)
+        key = None if controls is None else controls.concurrency_key
+        if controls is None or key is None or controls.concurrency is None:
+            return []
+        limit = controls.concurrency.limit
+        slot = await self.flow.free_slot(key, limit)
+        if slot is None:
+            raise ConcurrencyLimitError(
+                f"{limit} journey(s) with {key} are running already, the limit of its spec; a fork counts too",
+                concurrency_key=key,
+                limit=limit,
+            )
+        return [self.flow.take_slot(key, slot, fork_id)]
+
+    async def _carry_deadline(self, source_id: str, fork_id: str) -> None:
+        """Arm the fork's deadline at the source's moment (the whole run's, not a new window), before the fork
+        is registered as a start's is."""
+        deadline = await self.timers.get(f"deadline:{source_id}")
+        if deadline is None:
+            return
+        arm = self.timers.schedule_statement(
+            f"deadline:{fork_id}",
+            element=deadline.element,
+            purpose=DEADLINE_PURPOSE,
+            definition=dict(deadline.definition),
+            due_at=deadline.due_at,
+            origin=deadline.origin,
+            instance_id=fork_id,
+            data=dict(deadline.data),
+        )
+        await self.timers.execute([arm])
 
     # --- recover -------------------------------------------------------------------------------------
 

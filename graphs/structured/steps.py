@@ -59,10 +59,16 @@ class StepJourneys:
         self.events = designs.engine.store.events
         self.instances = designs.instances
         self.patterns = patterns
-        forkable = Forkable(frozenset({COMPLETED_STEP}), step_superstep)
+        forkable = Forkable(frozenset({COMPLETED_STEP}), step_superstep, self._fork_controls)
         designs.instances.register(
             Recoverable(patterns, self._instance_graph, self._start_input, expire=self._expire, fork=forkable)
         )
+
+    async def _fork_controls(self, source: Instance, state: Mapping[str, Any]) -> StartControls | None:
+        """The source's concurrency limit and key value (from the start context in the state the fork goes
+        on from: unredacted, unlike the log), which a fork runs under."""
+        _pattern, spec, _graph = await self._load(source.journey_id)
+        return StartControls.of(None, None, spec.concurrency, dict(state.get("context") or {}))
 
     async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
         design, spec = await self.designs.load(journey_id, self.patterns)
