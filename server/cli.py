@@ -292,6 +292,8 @@ def rebuild(
             typer.echo(f"{views.instances} {what} read, {len(views.corrected)} views corrected")
             for name in views.corrected:
                 typer.echo(f"  {name}")
+            if views.underivable:  # tables of journeys logged before their events recorded these rows
+                typer.echo(f"{len(views.underivable)} {what}' tables logged before this release left as they are")
 
     _quiet_logs(verbose=False)
     asyncio.run(run())

@@ -173,7 +173,7 @@ class InboxStore:
         """``change`` (a conditional update of one row) and the event that logs it commit together or not
         at all, so the inbox never holds a change its log lacks (``checkpoints.rebuild``)."""
         # A unique key: append_in writes keyed events (each claim or release is its own change).
-        event = replace(event, key=f"{event.key or event.type}:{uuid4().hex}")
+        event = replace(event, key=f"{event.key or event.type}:{uuid4().hex[:16]}")
         for attempt in range(SEQ_ATTEMPTS):
             try:
                 async with self._engine.begin() as conn:
