@@ -14,14 +14,13 @@ from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import Executable, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.events import EventLog, NewEvent
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import user_task_groups, user_tasks
-from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
+from checkpoints.seq_race import claimed_with_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,18 +173,7 @@ class InboxStore:
         at all, so the inbox never holds a change its log lacks (``checkpoints.rebuild``)."""
         # A unique key: append_in writes keyed events (each claim or release is its own change).
         event = replace(event, key=f"{event.key or event.type}:{uuid4().hex[:16]}")
-        for attempt in range(SEQ_ATTEMPTS):
-            try:
-                async with self._engine.begin() as conn:
-                    if (await conn.execute(change)).rowcount != 1:
-                        return False
-                    await events.append_in(conn, [(instance_id, event)])
-                return True
-            except IntegrityError:  # a concurrent append took the event's sequence number: go again
-                if attempt == SEQ_ATTEMPTS - 1:
-                    raise
-                await after_lost_race(attempt)
-        raise AssertionError("unreachable")
+        return await claimed_with_event(self._engine, events, change, (), instance_id, event)
 
     def completion_claim(self, task_id: str, *, by: str, result: dict[str, Any], claimed_by: str | None) -> Executable:
         """Close an open task as completed; conditional on nobody having claimed it since it was checked."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
@@ -25,7 +24,7 @@ from checkpoints.schema.tables import (
     process_waits,
     user_tasks,
 )
-from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
+from checkpoints.seq_race import claimed_with_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +54,6 @@ class MigrationStep:
     moves: Sequence[RowMove] = ()
 
 
-class _Lost(Exception):
-    """The instance was not in the status the step expects: roll the step's transaction back."""
-
-
 class MigrationRows:
     """The rows a process migration writes: each step's status change and its event, in one transaction."""
 
@@ -81,22 +76,7 @@ class MigrationRows:
             .values(**values)
         )
         statements = [statement for move in step.moves for statement in _move_statements(move)]
-        for attempt in range(SEQ_ATTEMPTS):
-            try:
-                async with self._engine.begin() as conn:
-                    if (await conn.execute(claim)).rowcount != 1:
-                        raise _Lost
-                    for statement in statements:
-                        await conn.execute(statement)
-                    await self._events.append_in(conn, [(instance_id, event)])
-                return True
-            except _Lost:
-                return False
-            except IntegrityError:  # a concurrent append took the event's sequence number: go again
-                if attempt == SEQ_ATTEMPTS - 1:
-                    raise
-                await after_lost_race(attempt)
-        raise AssertionError("unreachable")
+        return await claimed_with_event(self._engine, self._events, claim, statements, instance_id, event)
 
 
 def _move_statements(move: RowMove) -> list[Executable]:
