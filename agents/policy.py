@@ -94,6 +94,7 @@ class SessionAction:
     action: SessionActionKind
     user: str | None  # the session's user
     payload: Mapping[str, Any]
+    actor: str | None = None  # the principal the server acts for (None: called in-process)
     kind: Literal["session_action"] = "session_action"
 
 

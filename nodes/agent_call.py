@@ -234,7 +234,8 @@ class AgentCaller:
         """Run the policies on a change to a session (a move, recorded progress, its close) before it is
         made: a refusal is a ``policy.denied`` event with its reason, and :class:`PolicyViolationError` is
         raised with nothing changed."""
-        await enforce(self.policies, action, self.events, {"user": action.user, "action": action.action})
+        audit = {"user": action.user, "action": action.action, "actor": action.actor}
+        await enforce(self.policies, action, self.events, audit)
 
     async def _call_one(
         self,

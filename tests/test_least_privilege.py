@@ -10,6 +10,7 @@ import pytest
 
 from agents import AgentCall, PolicyViolationError, RecordingAgent, RetrySettings, SessionAction, TaskCompletion
 from agents.policy import Checked
+from checkpoints.ownership import Owner, acting_as
 from checkpoints.redaction import REDACTED
 from graphs import JourneyRuntime
 from graphs.errors import UnitOfWorkFailedError
@@ -217,12 +218,12 @@ async def test_session_navigation_and_progress_go_through_the_policies_and_a_den
         before = await rt.session.get_session_progress(session_id)
         with pytest.raises(PolicyViolationError, match="ana may not navigate business_outcome yet"):
             await rt.session.navigate_to_area(session_id, "business_outcome")
-        with pytest.raises(PolicyViolationError, match="ana may not record a discount"):
+        with acting_as(Owner("support-1")), pytest.raises(PolicyViolationError, match="ana may not record a discount"):
             await rt.session.update_area_state(session_id, "content", {"files_uploaded": True, "discount": 30})
         assert await rt.session.get_session_progress(session_id) == before  # nothing changed
-        assert [(d["kind"], d["action"], d["user"]) for d in denials(await rt.history(session_id))] == [
-            ("session_action", "navigate", "ana"),
-            ("session_action", "update", "ana"),
+        assert [(d["kind"], d["action"], d["user"], d["actor"]) for d in denials(await rt.history(session_id))] == [
+            ("session_action", "navigate", "ana", None),
+            ("session_action", "update", "ana", "support-1"),  # the principal the server acted for
         ]
         moved = await rt.session.navigate_to_area(session_id, "insights")  # what the policy allows goes on
         assert moved["current_area"] == "insights"

@@ -18,6 +18,7 @@ from langgraph.types import Command, StateSnapshot
 from agents.policy import SessionAction, SessionActionKind
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
+from checkpoints.ownership import current_owner
 from graphs.errors import (
     EvaluatorError,
     InvalidInputError,
@@ -215,7 +216,8 @@ class SessionOrchestrator:
         """The policies on a change to the session (under ``exclusive``, before it is made)."""
         instance = await self._index.get_instance(session_id)
         user = instance.user_id if instance is not None else None
-        checked = SessionAction(session_id, area_id, action, user, payload)
+        acting = current_owner()
+        checked = SessionAction(session_id, area_id, action, user, payload, acting.principal if acting else None)
         await self._engine.services.caller.authorize_session_action(checked)
 
     async def _act(self, graph: Graph, session_id: str, request: dict[str, Any], options: RunOptions) -> StateSnapshot:

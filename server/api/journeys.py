@@ -306,19 +306,22 @@ async def start_session(body: SessionIn, caller: Writer, svc: Services) -> dict[
 @router.post("/sessions/{session_id}/navigate", response_model=NavigatedOut, summary="Go to an area")
 async def navigate(session_id: str, body: NavigateIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, session_id)
-    return await svc.runtime.session.navigate_to_area(session_id, body.area_id)
+    with svc.acting(caller):  # the session's policies see who acts
+        return await svc.runtime.session.navigate_to_area(session_id, body.area_id)
 
 
 @router.post("/sessions/{session_id}/updates", response_model=AreaUpdatedOut, summary="Update an area's state")
 async def update_area(session_id: str, body: AreaUpdateIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, session_id)
-    return await svc.runtime.session.update_area_state(session_id, body.area_id, body.updates)
+    with svc.acting(caller):  # the session's policies see who acts
+        return await svc.runtime.session.update_area_state(session_id, body.area_id, body.updates)
 
 
 @router.post("/sessions/{session_id}/close", response_model=SessionProgressOut, summary="Close a session")
 async def close_session(session_id: str, body: CloseIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, session_id)
-    return await svc.runtime.session.close_session(session_id, body.reason)
+    with svc.acting(caller):  # the session's policies see who acts
+        return await svc.runtime.session.close_session(session_id, body.reason)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionProgressOut, summary="A session's progress")
@@ -339,13 +342,15 @@ async def start_mvp(body: MvpIn, caller: Writer, svc: Services) -> dict[str, Any
 @router.post("/mvp/{session_id}/navigate", response_model=NavigatedOut, summary="Go to a pillar")
 async def navigate_pillar(session_id: str, body: NavigateIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, session_id)
-    return await svc.runtime.mvp.navigate_to_pillar(session_id, body.area_id)
+    with svc.acting(caller):  # the session's policies see who acts
+        return await svc.runtime.mvp.navigate_to_pillar(session_id, body.area_id)
 
 
 @router.post("/mvp/{session_id}/progress", response_model=AreaUpdatedOut, summary="Record a pillar's progress")
 async def pillar_progress(session_id: str, body: AreaUpdateIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, session_id)
-    return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
+    with svc.acting(caller):  # the session's policies see who acts
+        return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
 
 
 @router.get("/mvp/{session_id}/recommendation", response_model=RecommendationOut, summary="The recommended next pillar")
