@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -93,9 +94,18 @@ journey_events = Table(
     Column("type", String(60), nullable=False),
     Column("step", String(100), nullable=True),
     Column("payload", EventPayloadType, nullable=False),
-    Column("idempotency_key", Text, nullable=True, unique=True),
+    # Unique per instance (migration 20), stored without the instance's id it starts with (checkpoints.events).
+    Column("idempotency_key", Text, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("instance_id", "seq", name=EVENTS_PRIMARY_KEY),
+    Index(
+        "uq_journey_events_key",
+        "instance_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 # How far checkpoint retention has gone (migration 17): one row per mark, "pruned" and "deleted", each the
