@@ -57,6 +57,7 @@ ALTER TABLE server_runs DROP COLUMN tenant, DROP COLUMN shared_group;
 DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 DROP TABLE server_crons;
 DROP TABLE journey_retention;
+DROP INDEX ix_journey_instances_updated;
 """
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
 # A journey instance as a database made before today's migrations holds it (created and updated at :at).
@@ -115,6 +116,7 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         "journey_instances_pkey",
         "ix_journey_instances_pattern_status",
         "ix_journey_instances_owner",
+        "ix_journey_instances_updated",
     }
 
 
@@ -151,7 +153,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
                 await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DROP TABLE server_crons"))  # migration 14
             await conn.execute(text("DROP TABLE journey_retention"))  # migration 17
-            if conn.dialect.name == "postgresql":  # migration 20 (SQLite's rebuilds the table whatever it was)
+            await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
+            if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))
                 await conn.execute(text("ALTER TABLE journey_events ADD UNIQUE (idempotency_key)"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))

@@ -81,6 +81,8 @@ journey_instances = Table(
     *owner_columns(),  # who started it (migration 12): see checkpoints.ownership
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
     Index("ix_journey_instances_owner", "tenant", "owner"),
+    # Checkpoint retention's pass reads the instances finished since its mark in this order (migration 20).
+    Index("ix_journey_instances_updated", "updated_at"),
 )
 
 # Keyed by (instance_id, seq), with no surrogate id: every step writes a row, and each index is paid per
