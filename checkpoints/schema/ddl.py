@@ -1168,8 +1168,9 @@ _V20_KEY_INDEX = (
     "WHERE idempotency_key IS NOT NULL"
 )
 # And checkpoint retention's pass, which reads the instances finished since its mark, oldest first, gets an index
-# (a scan of every instance per batch before: 84 ms at 200,000 instances, 0.14 ms with it).
-_V20_UPDATED_INDEX = "CREATE INDEX ix_journey_instances_updated ON journey_instances (updated_at)"
+# (a scan of every instance per batch before: 84 ms at 200,000 instances; 1.9 ms with PostgreSQL's BRIN index,
+# which costs 0.1 B per instance where a B-tree costs 20-36 B for 0.14 ms; SQLite has B-trees only).
+_V20_UPDATED_INDEX = "CREATE INDEX ix_journey_instances_updated ON journey_instances {}(updated_at)"
 V20_LEAN_EVENT_ROWS: DDL = {
     # SQLite cannot drop the table's UNIQUE (idempotency_key): the table is rebuilt and its rows copied.
     "sqlite": (
@@ -1191,7 +1192,7 @@ CREATE TABLE journey_events_v20 (
         "DROP TABLE journey_events",
         "ALTER TABLE journey_events_v20 RENAME TO journey_events",
         _V20_KEY_INDEX,
-        _V20_UPDATED_INDEX,
+        _V20_UPDATED_INDEX.format(""),
         *(
             f"UPDATE journey_events SET payload = json_remove(payload, '$.{mark}') WHERE seq = 1 AND "
             f"json_type(payload) = 'object' AND json_extract(payload, '$.{mark}') = json_extract(payload, '$.{said}')"
@@ -1204,7 +1205,7 @@ CREATE TABLE journey_events_v20 (
         "ALTER TABLE journey_events DROP CONSTRAINT journey_events_idempotency_key_key",
         f"UPDATE journey_events SET idempotency_key = {_V20_KEY_STORED} WHERE {_V20_KEY_PREFIXED}",
         _V20_KEY_INDEX,
-        _V20_UPDATED_INDEX,
+        _V20_UPDATED_INDEX.format("USING brin "),
         *(
             f"UPDATE journey_events SET payload = replace(payload::text, ',\"{mark}\":' || "
             f"to_json(payload->>'{said}')::text, '')::json WHERE seq = 1 AND json_typeof(payload) = 'object' "

@@ -81,8 +81,10 @@ journey_instances = Table(
     *owner_columns(),  # who started it (migration 12): see checkpoints.ownership
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
     Index("ix_journey_instances_owner", "tenant", "owner"),
-    # Checkpoint retention's pass reads the instances finished since its mark in this order (migration 20).
-    Index("ix_journey_instances_updated", "updated_at"),
+    # Checkpoint retention's pass reads the instances finished since its mark in this order (migration 20). On
+    # PostgreSQL a BRIN index: a fraction of a byte per journey where a B-tree costs 20-36 (rows lie roughly in
+    # the order they last changed), for a pass that reads a few more pages (2 ms, not 0.14, at 200,000 instances).
+    Index("ix_journey_instances_updated", "updated_at", postgresql_using="brin"),
 )
 
 # Keyed by (instance_id, seq), with no surrogate id: every step writes a row, and each index is paid per
