@@ -34,9 +34,12 @@ Printed per form and in-flight level (medians over the rounds):
   process under it, read with psutil (reaped backends are in the postmaster's children times), so
   background writers, the WAL writer and autovacuum count too. "n/a" when the server is not local;
 - bytes per completed journey: the growth of every table of the form's database (``pg_total_relation_size``:
-  heap, TOAST and indexes) over all the journeys run, divided by their number;
+  heap, TOAST and indexes) over all the journeys run, divided by their number, as stored and as kept: every
+  form compacted (``VACUUM FULL``), ours after its default retention (``keep_latest``) first; and the same
+  per relation: each table (heap and TOAST) and each of its indexes;
 
-then the ratios ours/dbos and ours/raw, and ``TARGET MISSED`` lines for throughput targets not met.
+then the ratios ours/dbos and ours/raw, and ``TARGET MISSED`` lines for targets not met (throughput, and
+bytes kept per journey at most DBOS's).
 
     python benchmarks/peers.py                                  # full report; starts a throwaway Postgres
     python benchmarks/peers.py --database-url postgresql://...  # on an existing server
@@ -171,7 +174,7 @@ async def open_raw(url: str) -> AsyncIterator[Raw]:
 
 async def apply_retention(form: Form) -> bool:
     """Run ours's default checkpoint retention (keep_latest) once, as its periodic job would, past the
-    settling time; True when it ran. Only ours has retention; the peers' figures stand as stored."""
+    settling time; True when it ran. Only ours has retention (the peers are compacted alone)."""
     if not isinstance(form, Ours):
         return False
     retention = form.runtime.retention
@@ -232,15 +235,24 @@ def database_bytes(url: str) -> int:
 
 
 def table_bytes(url: str) -> dict[str, int]:
-    """Bytes per table (``schema.table``) of the database at ``url``, for the breakdown."""
+    """Bytes per relation of the database at ``url``, for the breakdown: each table as ``schema.table`` (heap
+    and TOAST: ``pg_table_size``) and each of its indexes as ``schema.table/index``; they add up to
+    :func:`database_bytes`."""
     query = """
-        SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p', 'm')
+        SELECT n.nspname || '.' || t.relname, pg_table_size(t.oid), NULL
+        FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE t.relkind IN ('r', 'p', 'm')
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+        UNION ALL
+        SELECT n.nspname || '.' || t.relname, pg_relation_size(i.indexrelid), c.relname
+        FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE t.relkind IN ('r', 'p', 'm')
           AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
     """
     with psycopg.connect(url, autocommit=True) as conn:
-        return {str(name): int(size) for name, size in conn.execute(query).fetchall()}
+        rows = conn.execute(query).fetchall()
+    return {str(table) if index is None else f"{table}/{index}": int(size) for table, size, index in rows}
 
 
 def vacuum_full(url: str) -> None:
@@ -272,9 +284,12 @@ class Report:
     journeys: dict[str, int] = field(default_factory=dict)  # form -> completed journeys, warm-up included
     bytes_before: dict[str, int] = field(default_factory=dict)
     bytes_after: dict[str, int] = field(default_factory=dict)
-    bytes_retained: dict[str, int] = field(default_factory=dict)  # after retention (ours, when it exists)
+    # What each form keeps for good: ours after its retention, every form compacted (VACUUM FULL), so that the
+    # figures compare live data (as stored, a table written 16 at a time holds half-full index pages).
+    bytes_retained: dict[str, int] = field(default_factory=dict)
     tables_before: dict[str, dict[str, int]] = field(default_factory=dict)
     tables_after: dict[str, dict[str, int]] = field(default_factory=dict)
+    tables_retained: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def per_journey(self, form: str, after: dict[str, int]) -> float:
         return (after[form] - self.bytes_before[form]) / self.journeys[form]
@@ -349,9 +364,10 @@ async def bench(settings: Settings, server_url: str, report: Report) -> None:
                 report.bytes_after[form.name] = database_bytes(urls[form.name])
                 report.tables_after[form.name] = table_bytes(urls[form.name])
             for form in opened:
-                if await apply_retention(form):
-                    vacuum_full(urls[form.name])
-                    report.bytes_retained[form.name] = database_bytes(urls[form.name])
+                await apply_retention(form)
+                vacuum_full(urls[form.name])
+                report.bytes_retained[form.name] = database_bytes(urls[form.name])
+                report.tables_retained[form.name] = table_bytes(urls[form.name])
 
 
 # --- the printed report -------------------------------------------------------------------------
@@ -392,15 +408,14 @@ def print_report(report: Report) -> list[str]:
     for form in forms:
         line = f"      {form:<6}{report.per_journey(form, report.bytes_after):>12.0f}   over {report.journeys[form]}"
         if form in report.bytes_retained:
-            line += f"; after retention (and VACUUM FULL): {report.per_journey(form, report.bytes_retained):.0f}"
+            kept = "after retention and VACUUM FULL" if form == "ours" else "after VACUUM FULL (it has no retention)"
+            line += f"; {kept}: {report.per_journey(form, report.bytes_retained):.0f}"
         print(line)
+    print("   by relation (a table: heap and TOAST; table/index: one of its indexes), bytes per journey:")
     for form in forms:
-        grown = {
-            table: (size - report.tables_before[form].get(table, 0)) / report.journeys[form]
-            for table, size in report.tables_after[form].items()
-        }
-        parts = ", ".join(f"{t} {b:.0f}" for t, b in sorted(grown.items(), key=lambda kv: -kv[1]) if b > 0)
-        print(f"      {form:<6}by table: {parts}")
+        print(f"      {form:<6}as stored: {_breakdown(report, form, report.tables_after[form])}")
+        if form in report.tables_retained:
+            print(f"      {form:<6}kept: {_breakdown(report, form, report.tables_retained[form])}")
     print()
     print("== ratios (ours / peer): journeys/s, client cpu, server cpu; bytes per journey ==")
     missed: list[str] = []
@@ -419,13 +434,27 @@ def print_report(report: Report) -> list[str]:
             if target is not None and ratios[0] is not None and ratios[0] < target:
                 missed.append(f"TARGET MISSED: C={concurrency}: ours/{peer} journeys/s = {ratios[0]:.2f} < {target}")
         bytes_ratio = report.per_journey("ours", report.bytes_after) / report.per_journey(peer, report.bytes_after)
-        print(f"   ours/{peer:<5} bytes per journey {bytes_ratio:.2f}")
+        line = f"   ours/{peer:<5} bytes per journey {bytes_ratio:.2f} as stored"
+        if "ours" in report.bytes_retained and peer in report.bytes_retained:
+            kept = report.per_journey("ours", report.bytes_retained) / report.per_journey(peer, report.bytes_retained)
+            line += f", {kept:.2f} kept"
+            if peer == "dbos" and kept > 1:
+                missed.append(f"TARGET MISSED: bytes kept per journey: ours/dbos = {kept:.2f} > 1")
+        print(line)
     print()
     for line in missed:
         print(line)
     if not missed:
-        print("throughput targets met (ours >= 2x dbos at every C, ours >= 1x raw at C=1)")
+        print("targets met (ours >= 2x dbos at every C, ours >= 1x raw at C=1, bytes kept ours <= dbos)")
     return missed
+
+
+def _breakdown(report: Report, form: str, sizes: dict[str, int]) -> str:
+    """Each relation's growth per journey, largest first (those that did not grow left out)."""
+    grown = {
+        name: (size - report.tables_before[form].get(name, 0)) / report.journeys[form] for name, size in sizes.items()
+    }
+    return ", ".join(f"{name} {b:.0f}" for name, b in sorted(grown.items(), key=lambda kv: -kv[1]) if b > 0)
 
 
 def _per_round(report: Report, concurrency: int, peer: str) -> str:

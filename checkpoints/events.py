@@ -7,7 +7,7 @@ derived from them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -58,9 +58,32 @@ def _event(row: Row, sealer: Sealer) -> Event:
         type=row["type"],
         step=row["step"],
         payload=payload,
-        key=row["idempotency_key"],
+        key=full_key(row["instance_id"], row["idempotency_key"]),
         created_at=row["created_at"],
     )
+
+
+# An idempotency key is stored without its instance's id when it starts with it (most do: a step's key is
+# ``<instance>:<step>:<superstep>``): the row has the id already, and keys are unique per instance (migration 20).
+# A stored key that starts with the separator is such a key; a key given with no instance prefix is stored as is.
+KEY_SEPARATOR = ":"
+
+
+def stored_key(instance_id: str, key: str | None) -> str | None:
+    """``key`` as the row of ``instance_id`` stores it (see :func:`full_key`)."""
+    if key is None:
+        return None
+    if key.startswith(KEY_SEPARATOR):
+        raise ValueError(f"an event key cannot start with {KEY_SEPARATOR!r}: {key!r}")
+    prefix = instance_id + KEY_SEPARATOR
+    return key[len(instance_id) :] if key.startswith(prefix) else key
+
+
+def full_key(instance_id: str, stored: str | None) -> str | None:
+    """The key a row of ``instance_id`` stores as ``stored``, as it was given."""
+    if stored is None or not stored.startswith(KEY_SEPARATOR):
+        return stored
+    return instance_id + stored
 
 
 _columns = journey_events.c
@@ -92,6 +115,23 @@ DESIGN_KEY = "instance_design"
 PATTERN_KEY = "instance_pattern"
 USER_KEY = "instance_user"
 INDEX_KEYS = frozenset({STATUS_KEY, DESIGN_KEY, PATTERN_KEY, USER_KEY})  # not part of what an event reads as
+# A first event whose payload names the design and the user already (``journey_id``, ``user_id``: a structured
+# journey's start) does not record them twice (migration 20 drops the copies from older rows too).
+_SAID_AS = {DESIGN_KEY: "journey_id", USER_KEY: "user_id"}
+
+
+def first_payload(payload: Mapping[str, Any], journey_id: str, pattern: str, user_id: str) -> dict[str, Any]:
+    """An instance's first event payload as written: ``payload`` and what the instance's index row is."""
+    row = {PATTERN_KEY: pattern, DESIGN_KEY: journey_id, USER_KEY: user_id}
+    return {**payload, **{k: v for k, v in row.items() if k not in _SAID_AS or payload.get(_SAID_AS[k]) != v}}
+
+
+def first_row(payload: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(design, pattern, user) as an instance's first event payload records them; None when it predates that."""
+    if PATTERN_KEY not in payload:
+        return None
+    design, user = (payload[k] if k in payload else payload[_SAID_AS[k]] for k in (DESIGN_KEY, USER_KEY))
+    return str(design), str(payload[PATTERN_KEY]), str(user)
 
 
 def stamped(events: Sequence[NewEvent], status: str | None) -> Sequence[NewEvent]:
@@ -104,7 +144,12 @@ def stamped(events: Sequence[NewEvent], status: str | None) -> Sequence[NewEvent
 
 # Told (instance id, new status) after a status change committed with newly written events (metrics).
 StatusListener = Callable[[str, str], Awaitable[None]]
-_SELECT_BY_KEY = select(journey_events).where(_columns.idempotency_key == bindparam("p_key"))
+_SELECT_BY_KEY = select(journey_events).where(
+    _columns.instance_id == bindparam("p_instance_id"), _columns.idempotency_key == bindparam("p_key")
+)
+# Keys are unique per instance, among the events that have one (a partial index: unkeyed events pay nothing).
+KEY_INDEX = ["instance_id", "idempotency_key"]
+KEYED = _columns.idempotency_key.isnot(None)
 
 
 @cache
@@ -132,12 +177,12 @@ class EventLog:
         # Whether a row was written is read from RETURNING: with the RETURNING that SQLAlchemy adds for the
         # new id, psycopg reports a rowcount of -1, which made a skipped duplicate look written on PostgreSQL.
         self._insert_event = insert_event.returning(_columns.seq)
-        self._insert_keyed_event = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
-            _columns.seq
-        )
+        self._insert_keyed_event = insert_event.on_conflict_do_nothing(
+            index_elements=KEY_INDEX, index_where=KEYED
+        ).returning(_columns.seq)
         # Keyed events written inside someone else's transaction, many at a time (no RETURNING, so the driver
         # runs one statement per row and each row's sequence number sees the rows before it).
-        self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=KEY_INDEX, index_where=KEYED)
         self._listeners: list[StatusListener] = []
 
     def on_status(self, listener: StatusListener) -> None:
@@ -234,8 +279,11 @@ class EventLog:
         result = await conn.execute(stmt, _values(instance_id, event, self._clock.now(), self._sealer))
         return result.first() is not None
 
-    async def find_by_key(self, key: str) -> Event | None:
-        found = await self._backend.read(_SELECT_BY_KEY, {"p_key": key})
+    async def find_by_key(self, instance_id: str, key: str) -> Event | None:
+        """The event of ``instance_id`` written under ``key``, if any."""
+        found = await self._backend.read(
+            _SELECT_BY_KEY, {"p_instance_id": instance_id, "p_key": stored_key(instance_id, key)}
+        )
         return _event(found[0], self._sealer) if found else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
@@ -251,7 +299,7 @@ def _values(instance_id: str, event: NewEvent, now: datetime, sealer: Sealer) ->
         "p_type": event.type,
         "p_step": event.step,
         "p_payload": event_payload(event, sealer),
-        "p_key": event.key,
+        "p_key": stored_key(instance_id, event.key),
         "p_created_at": now,
     }
 

@@ -13,7 +13,7 @@ from checkpoints.backends.base import Backend, Params
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
-from checkpoints.events import DESIGN_KEY, EVENT_VALUES, PATTERN_KEY, USER_KEY, NewEvent, event_payload
+from checkpoints.events import EVENT_VALUES, NewEvent, event_payload, first_payload, stored_key
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
@@ -145,13 +145,13 @@ class JourneyIndex:
             "p_payload": event_payload(
                 NewEvent(
                     first_event.type,
-                    {**first_event.payload, DESIGN_KEY: journey_id, PATTERN_KEY: pattern, USER_KEY: user_id},
+                    first_payload(first_event.payload, journey_id, pattern, user_id),
                     first_event.step,
                     first_event.key,
                 ),
                 self._sealer,
             ),
-            "p_key": first_event.key,
+            "p_key": stored_key(instance_id, first_event.key),
             "p_created_at": now,
             "p_status": status,
         }

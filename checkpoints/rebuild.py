@@ -1,7 +1,8 @@
 """Rebuilding derived views from the event log (``journeys rebuild``).
 
 The instance index is derived from the log: an instance's first event records its design, pattern and
-owner (``DESIGN_KEY``, ``PATTERN_KEY``, ``USER_KEY``); every append that sets its status records the
+owner (``DESIGN_KEY``, ``PATTERN_KEY``, ``USER_KEY``, or the payload's own ``journey_id`` and ``user_id``:
+``first_row``); every append that sets its status records the
 status on its last event (``STATUS_KEY``); a process migration records the design it moves the instance
 to. An instance's row is then: registered when its first event was written, in the status its latest
 such event recorded (``in_progress``, its status when registered, if none did), on the design its latest
@@ -27,7 +28,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 
 from checkpoints.backends.base import Backend, Row
-from checkpoints.events import DESIGN_KEY, PATTERN_KEY, STATUS_KEY, USER_KEY, Event, EventLog
+from checkpoints.events import DESIGN_KEY, STATUS_KEY, Event, EventLog, first_row
 from checkpoints.flow import ENDED_STATUSES
 from checkpoints.lifecycle import next_position, run_totals, task_row
 from checkpoints.redaction import redact
@@ -73,13 +74,13 @@ class Rebuilt:
 
 def derived_row(events: list[Row]) -> dict[str, Any] | None:
     """The index row of an instance, from its events in order (None: the first event predates the keys)."""
-    first = events[0]["payload"] or {}
-    if PATTERN_KEY not in first:
+    recorded = first_row(events[0]["payload"] or {})
+    if recorded is None:
         return None
     row = {
-        "journey_id": str(first[DESIGN_KEY]),
-        "pattern": str(first[PATTERN_KEY]),
-        "user_id": str(first[USER_KEY]),
+        "journey_id": recorded[0],
+        "pattern": recorded[1],
+        "user_id": recorded[2],
         "status": "in_progress",
         "created_at": events[0]["created_at"],
         "updated_at": events[0]["created_at"],

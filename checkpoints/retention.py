@@ -59,6 +59,10 @@ FINISHED_STATUSES = ("completed", "compensated", "failed", "cancelled", "closed"
 # may commit after a pass that read the clock before it (the watermark would pass it by).
 SETTLE = timedelta(seconds=60)
 BATCH = 200  # instances per saver call
+# The name a pass holds the store's instance lock under (a PostgreSQL advisory lock, a SQLite record lock), so
+# that passes of any process (the API's loop, a worker's job, the CLI) never overlap: two ``aprune`` calls on
+# the same threads at once could fail on a conflict. No instance id is it: PostgreSQL text cannot hold a NUL.
+PASS_LOCK = "\x00journeys-retention-pass"
 
 _instances, _marks = journey_instances.c, journey_retention.c
 _MARKS = select(_marks.mark, _marks.upto)
@@ -124,26 +128,33 @@ class CheckpointRetention:
         self._backend = backend
         self._clock = clock
         self._exclusive = exclusive
-        self._pass = asyncio.Lock()  # one pass at a time in this process
 
     async def run(self, now: datetime | None = None) -> RetentionReport:
-        """One pass of the policy over the journeys finished since the last pass; what it did."""
-        async with self._pass:
-            now = now or self._clock.now()
-            marks = await self._marks()
-            policy = self.policy
-            prune_before = now - timedelta(seconds=policy.settle)
-            if policy.mode == "keep_all_for":
-                prune_before = min(prune_before, now - timedelta(days=policy.days))
-            pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self._prune)
-            deleted = 0
-            if policy.mode == "delete_after" and not busy:
-                delete_before = min(prune_before, now - timedelta(days=policy.days))
-                deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
-            report = RetentionReport(pruned, deleted, busy)
-            if pruned or deleted:
-                log.info("retention pass", mode=policy.mode, **report.as_dict())
-            return report
+        """One pass of the policy over the journeys finished since the last pass; what it did. A pass holds
+        :data:`PASS_LOCK`: one pass at a time across processes; one that waited out the store's lock timeout
+        for another does nothing (``busy``: the next pass goes on)."""
+        try:
+            async with self._exclusive(PASS_LOCK):
+                return await self._run(now)
+        except ConcurrentUpdateError:
+            return RetentionReport(busy=True)
+
+    async def _run(self, now: datetime | None) -> RetentionReport:
+        now = now or self._clock.now()
+        marks = await self._marks()
+        policy = self.policy
+        prune_before = now - timedelta(seconds=policy.settle)
+        if policy.mode == "keep_all_for":
+            prune_before = min(prune_before, now - timedelta(days=policy.days))
+        pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self._prune)
+        deleted = 0
+        if policy.mode == "delete_after" and not busy:
+            delete_before = min(prune_before, now - timedelta(days=policy.days))
+            deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
+        report = RetentionReport(pruned, deleted, busy)
+        if pruned or deleted:
+            log.info("retention pass", mode=policy.mode, **report.as_dict())
+        return report
 
     async def deleted_at(self, instance: Instance) -> datetime | None:
         """When ``instance`` finished, if retention has deleted its checkpoints since; None otherwise."""

@@ -75,11 +75,11 @@ class CallOutcome:
     replayed: bool  # True: the result came from the event log, the agent was not called again
 
 
-async def logged(events: EventLog, key: str, *, replay: bool) -> Event | None:
+async def logged(events: EventLog, instance_id: str, key: str, *, replay: bool) -> Event | None:
     """The replay lookup every keyed unit of work makes: in a run that replays (crash recovery, a retried
     run, compensation), the event that already recorded the work under ``key``, so the work is not done
     again; None when the work is to be done (not replaying, or not logged yet)."""
-    return await events.find_by_key(key) if replay else None
+    return await events.find_by_key(instance_id, key) if replay else None
 
 
 class AgentCaller:
@@ -141,11 +141,11 @@ class AgentCaller:
         instance's status in the same transaction. ``options`` are the spec's for this call (time
         limit, retry policy, fallbacks); ``retry`` is the caller's own (compensations, units of work).
         """
-        if (done := await logged(self.events, key, replay=replay)) is not None:
+        if (done := await logged(self.events, instance_id, key, replay=replay)) is not None:
             return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
         # Routed to a person when its circuit is open: only inside a graph run, where the call can wait.
         human = options is not None and options.on_circuit_open == "human" and _in_graph()
-        if human and (routed := await self.events.find_by_key(f"{key}:human")) is not None:
+        if human and (routed := await self.events.find_by_key(instance_id, f"{key}:human")) is not None:
             # Routed before this run (the node runs again when the person's answer resumes it).
             return await self._answered(dict(routed.payload), instance_id, step, key, event_type, recorder)
         chain = (intent, *(options.fallbacks if options is not None else ()))

@@ -49,7 +49,7 @@ async def perform_task(
             replay=replay,
             options=options,
         )
-    if (done := await logged(services.events, key, replay=replay)) is not None:
+    if (done := await logged(services.events, instance_id, key, replay=replay)) is not None:
         return CallOutcome(dict(done.payload.get("output", {})), 0, True)
     recording: Recording = recorder({})
     event = NewEvent(event_type, {"output": {}, **recording.payload}, step, key)

@@ -74,9 +74,9 @@ async def test_events_append_in_order_once_per_key_and_read_back_alike(store_url
         assert [e.seq for e in await log.list("i-1", types=["note", "journey.started"])] == [1, 3, 4]
         assert [e.seq for e in await log.list("i-1", types=["note"], after_seq=3)] == [4]
         assert await log.list("nobody") == []
-        found = await log.find_by_key("i-1:s1")
+        found = await log.find_by_key("i-1", "i-1:s1")
         assert found == events[1]
-        assert await log.find_by_key("missing") is None
+        assert await log.find_by_key("i-1", "missing") is None
 
 
 async def test_an_append_with_a_status_moves_the_instance_in_the_same_write(store_url: str) -> None:

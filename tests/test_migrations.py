@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -15,6 +16,7 @@ from sqlalchemy import Connection, UniqueConstraint, inspect, text
 
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
+from checkpoints.rebuild import rebuild_instance_index
 from checkpoints.schema import lifecycle_tables, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
 from checkpoints.schema.migrations import MIGRATIONS, migrate
 from checkpoints.schema.queue import migrate_queue_schema
@@ -55,6 +57,7 @@ ALTER TABLE server_runs DROP COLUMN tenant, DROP COLUMN shared_group;
 DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 DROP TABLE server_crons;
 DROP TABLE journey_retention;
+DROP INDEX ix_journey_instances_updated;
 """
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
 # A journey instance as a database made before today's migrations holds it (created and updated at :at).
@@ -107,12 +110,13 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
             "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'journey_events'::regclass AND i.indisprimary"
         ).fetchall()
     assert "id" not in columns
-    assert indexes == {"pk_journey_events", "journey_events_idempotency_key_key"}
+    assert indexes == {"pk_journey_events", "uq_journey_events_key"}
     assert {r[0] for r in primary} == {"instance_id", "seq"}
     assert instance_indexes == {
         "journey_instances_pkey",
         "ix_journey_instances_pattern_status",
         "ix_journey_instances_owner",
+        "ix_journey_instances_updated",
     }
 
 
@@ -149,6 +153,10 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
                 await conn.execute(text(f"DROP TABLE {table}"))
             await conn.execute(text("DROP TABLE server_crons"))  # migration 14
             await conn.execute(text("DROP TABLE journey_retention"))  # migration 17
+            await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
+            if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
+                await conn.execute(text("DROP INDEX uq_journey_events_key"))
+                await conn.execute(text("ALTER TABLE journey_events ADD UNIQUE (idempotency_key)"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
             now = rt.store.clock.now()
@@ -208,6 +216,7 @@ def schema_drift(conn: Connection) -> list[str]:
             frozenset(c.name for c in u.columns) for u in table.constraints if isinstance(u, UniqueConstraint)
         }
         wanted_uniques |= {frozenset([c.name]) for c in table.columns if c.unique}
+        wanted_uniques |= {frozenset(c.name for c in i.columns) for i in table.indexes if i.unique}
         if uniques != wanted_uniques:
             drift.append(f"{table.name}: unique {uniques} != {wanted_uniques}")
     return drift
@@ -340,3 +349,71 @@ async def test_event_payloads_are_stored_as_compact_json_text_and_older_ones_rea
                 await conn.execute(text("SELECT CAST(payload AS TEXT) FROM journey_events WHERE seq = 2"))
             ).scalar_one()
         assert stored == json.dumps(newer, separators=(",", ":"))
+
+
+async def test_event_rows_made_before_migration_20_are_shrunk_and_read_as_they_did(durable_url: str) -> None:
+    """Migration 20: an event key is stored without the instance id it starts with and is unique per instance,
+    and a first event drops the copies of the design and user its payload names; the log reads as before
+    (keys, payloads), the index rebuilds from it, and a logged key still makes an append a no-op."""
+    url = parse_store_url(durable_url)
+    engine = create_engine_for(url)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    first = {"journey_id": "j-1", "user_id": "ana", "context": {}}
+    marks = {"instance_design": "j-1", "instance_pattern": "structured", "instance_user": "ana"}
+    compact = partial(json.dumps, separators=(",", ":"))  # as the runtime writes payloads
+    rows = [  # (instance, seq, type, payload as stored before, key)
+        ("old-1", 1, "journey.started", {**first, **marks}, None),
+        ("old-1", 2, "step.completed", {"output": {"ok": True}}, "old-1:a:1"),
+        ("old-1", 3, "wait.completed", {}, "w-9:completed"),  # a key that does not start with its instance
+        ("old-2", 1, "session.started", {"user_id": "bo", **marks, "instance_user": "bo"}, "old-2:started"),
+    ]
+    try:
+        assert await migrate(engine, upto=19) == [m.version for m in MIGRATIONS if m.version <= 19]
+        async with engine.begin() as conn:
+            await conn.execute(OLD_INSTANCE, {"at": at})
+            for instance_id, seq, kind, payload, key in rows:
+                await conn.execute(
+                    text(
+                        "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
+                        "VALUES (:i, :seq, :kind, :payload, :key, :at)"
+                    ),
+                    {"i": instance_id, "seq": seq, "kind": kind, "payload": compact(payload), "key": key, "at": at},
+                )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+            stored = (
+                await conn.execute(
+                    text(
+                        "SELECT instance_id, idempotency_key, CAST(payload AS TEXT) FROM journey_events "
+                        "ORDER BY instance_id, seq"
+                    )
+                )
+            ).all()
+        assert [(i, k) for i, k, _ in stored] == [
+            ("old-1", None),
+            ("old-1", ":a:1"),
+            ("old-1", "w-9:completed"),
+            ("old-2", ":started"),
+        ]
+        assert json.loads(stored[0][2]) == {**first, "instance_pattern": "structured"}
+        # A payload whose user is not the instance's user keeps the mark (it says something the payload does not).
+        assert json.loads(stored[3][2]) == {"user_id": "bo", "instance_design": "j-1", "instance_pattern": "structured"}
+        events = await rt.history("old-1")
+        assert [(e.seq, e.key, e.payload) for e in events] == [
+            (1, None, first),
+            (2, "old-1:a:1", {"output": {"ok": True}}),
+            (3, "w-9:completed", {}),
+        ]
+        found = await rt.store.events.find_by_key("old-1", "old-1:a:1")
+        assert found is not None and found.seq == 2
+        assert await rt.store.events.append("old-1", [NewEvent("step.completed", {}, "a", "old-1:a:1")]) == [False]
+        # The same key on another instance is that instance's own.
+        assert await rt.store.events.append("old-2", [NewEvent("step.completed", {}, "a", "w-9:completed")]) == [True]
+        rebuilt = await rebuild_instance_index(rt.store.backend)
+        assert rebuilt.underivable == [] and "old-1" not in rebuilt.corrected  # its row agrees with its log
+        instance = await rt.store.index.get_instance("old-2")
+        assert instance is not None and (instance.journey_id, instance.user_id) == ("j-1", "bo")

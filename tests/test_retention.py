@@ -9,12 +9,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from agents import FailingAgent, RecordingAgent, RetrySettings
 from checkpoints.clock import VirtualClock
+from checkpoints.retention import PASS_LOCK, RetentionReport
 from graphs import (
     CheckpointsDeletedError,
     DuplicateInstanceError,
@@ -22,10 +24,12 @@ from graphs import (
     RetentionPolicy,
     RetentionPolicyError,
 )
+from server.app import create_app
 from server.cli import app as cli
 from server.queues.embedded import EmbeddedQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
+from server.settings import Settings
 from tests.process_support import linear
 from tests.server_support import start_worker, stop_worker
 
@@ -173,6 +177,58 @@ async def test_delete_after_deletes_checkpoints_and_views_answer_from_the_log_or
             await rt.structured.execute_journey(journey_id, "ann", {})
         assert await checkpoints(rt, done) == 0
         assert {i: await rt.history(i) for i in logs} == logs
+
+
+async def test_retention_passes_of_two_processes_never_overlap(durable_url: str) -> None:
+    """A pass holds the store's lock (PASS_LOCK), as an API's loop, a worker's job and the CLI share one store:
+    a pass that meets another one under way waits for it, and gives up (busy, nothing done) after the lock
+    timeout; passes started together run one after the other, without error, and prune each journey once."""
+    clock = VirtualClock()
+    async with (
+        JourneyRuntime.open(durable_url, clock=clock, retry=FAST, lock_timeout=3) as one,
+        JourneyRuntime.open(durable_url, clock=clock, retry=FAST, lock_timeout=3) as other,
+    ):
+        done = [(await completed_structured(one, user))[1] for user in ("ann", "bob")]
+        clock.advance(AFTER_SETTLING)
+        kept = [await checkpoints(one, i) for i in done]
+        assert min(kept) > 1
+        async with one.engine.exclusive(PASS_LOCK):  # a pass of the first process is under way
+            assert await other.retention.run() == RetentionReport(busy=True)
+            assert [await checkpoints(other, i) for i in done] == kept
+        reports = await asyncio.gather(one.retention.run(), other.retention.run())
+        assert sorted(r.pruned for r in reports) == [0, 2] and not any(r.busy for r in reports)
+        assert [await checkpoints(one, i) for i in done] == [1, 1]
+
+
+async def test_the_thread_state_of_a_journey_whose_checkpoints_were_deleted_is_a_404_saying_so(tmp_path: Any) -> None:
+    """GET /threads/{id}/state answers CheckpointsDeletedError (404) once retention deleted the checkpoints of
+    the thread's journey, as the other views do, instead of an empty state."""
+    clock = VirtualClock()
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/journeys.db", auth=False, run_timers=False)
+    options = {"retry": FAST, "retention": RetentionPolicy("delete_after", 30)}
+    app = create_app(settings, clock=clock, runtime_options=options)
+    spec = {
+        "journey_type": "retained",
+        "name": "Retained",
+        "steps": [{"step_id": "only", "agent": "noop", "mode": "auto"}],
+    }
+    async with app.router.lifespan_context(app):
+        rt: JourneyRuntime = app.state.services.runtime
+        rt.agents.register("noop", lambda _request: {"ok": True})
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://journeys") as http:
+            thread = (await http.post("/threads", json={})).json()["thread_id"]
+            start = {"journey_type": "retained", "spec": spec, "user_id": "ann"}
+            done = await http.post(f"/threads/{thread}/runs/wait", json={"assistant_id": "structured", "input": start})
+            assert done.status_code == 200 and done.json()["status"] == "completed", done.text
+            before = await http.get(f"/threads/{thread}/state")
+            assert before.status_code == 200 and before.json()["values"]["status"] == "completed"
+            clock.advance(AFTER_SETTLING + timedelta(days=30))
+            assert (await rt.retention.run()).deleted == 1
+            gone = await http.get(f"/threads/{thread}/state")
+            assert gone.status_code == 404, gone.text
+            assert gone.json()["code"] == CheckpointsDeletedError("").code
+            assert gone.json()["details"]["status"] == "completed"
 
 
 async def test_a_failed_journey_pruned_is_retried_and_pruned_again_when_it_finishes(store_url: str) -> None:

@@ -1157,3 +1157,60 @@ _V19_COLUMNS = (
     "CREATE INDEX ix_server_crons_owner ON server_crons (tenant, owner)",
 )
 V19_OWNED_ASSISTANTS_CRONS: DDL = {"sqlite": _V19_COLUMNS, "postgresql": _V19_COLUMNS}
+
+# Migration 20: smaller event rows. An idempotency key is unique per instance (a partial index: unkeyed events
+# have no entry) and stored without the instance id it starts with; an instance's first event no longer
+# repeats the design and user its payload names already (``journey_id``, ``user_id``): checkpoints.events.
+_V20_KEY_STORED = "substr(idempotency_key, length(instance_id) + 1)"
+_V20_KEY_PREFIXED = "substr(idempotency_key, 1, length(instance_id) + 1) = instance_id || ':'"
+_V20_KEY_INDEX = (
+    "CREATE UNIQUE INDEX uq_journey_events_key ON journey_events (instance_id, idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL"
+)
+# And checkpoint retention's pass, which reads the instances finished since its mark, oldest first, gets an index
+# (a scan of every instance per batch before: 84 ms at 200,000 instances; 1.9 ms with PostgreSQL's BRIN index,
+# which costs 0.1 B per instance where a B-tree costs 20-36 B for 0.14 ms; SQLite has B-trees only).
+_V20_UPDATED_INDEX = "CREATE INDEX ix_journey_instances_updated ON journey_instances {}(updated_at)"
+V20_LEAN_EVENT_ROWS: DDL = {
+    # SQLite cannot drop the table's UNIQUE (idempotency_key): the table is rebuilt and its rows copied.
+    "sqlite": (
+        """\
+CREATE TABLE journey_events_v20 (
+    instance_id VARCHAR(200) NOT NULL,
+    seq INTEGER NOT NULL,
+    type VARCHAR(60) NOT NULL,
+    step VARCHAR(100),
+    payload JSON NOT NULL,
+    idempotency_key TEXT,
+    created_at DATETIME NOT NULL,
+    CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)
+)
+""",
+        "INSERT INTO journey_events_v20 (instance_id, seq, type, step, payload, idempotency_key, created_at) "
+        f"SELECT instance_id, seq, type, step, payload, CASE WHEN {_V20_KEY_PREFIXED} THEN {_V20_KEY_STORED} "
+        "ELSE idempotency_key END, created_at FROM journey_events",
+        "DROP TABLE journey_events",
+        "ALTER TABLE journey_events_v20 RENAME TO journey_events",
+        _V20_KEY_INDEX,
+        _V20_UPDATED_INDEX.format(""),
+        *(
+            f"UPDATE journey_events SET payload = json_remove(payload, '$.{mark}') WHERE seq = 1 AND "
+            f"json_type(payload) = 'object' AND json_extract(payload, '$.{mark}') = json_extract(payload, '$.{said}')"
+            for mark, said in (("instance_design", "journey_id"), ("instance_user", "user_id"))
+        ),
+    ),
+    # The payload is JSON text: the copy is cut out of it as the runtime wrote it (compact), which leaves a row
+    # written otherwise as it is (it stays correct: the copy is only redundant).
+    "postgresql": (
+        "ALTER TABLE journey_events DROP CONSTRAINT journey_events_idempotency_key_key",
+        f"UPDATE journey_events SET idempotency_key = {_V20_KEY_STORED} WHERE {_V20_KEY_PREFIXED}",
+        _V20_KEY_INDEX,
+        _V20_UPDATED_INDEX.format("USING brin "),
+        *(
+            f"UPDATE journey_events SET payload = replace(payload::text, ',\"{mark}\":' || "
+            f"to_json(payload->>'{said}')::text, '')::json WHERE seq = 1 AND json_typeof(payload) = 'object' "
+            f"AND payload->>'{mark}' = payload->>'{said}'"
+            for mark, said in (("instance_design", "journey_id"), ("instance_user", "user_id"))
+        ),
+    ),
+}

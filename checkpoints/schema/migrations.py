@@ -91,6 +91,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(16, "event payloads as compact JSON text, not JSONB: smaller rows", ddl.V16_EVENT_PAYLOAD_TEXT),
     Migration(17, "checkpoint retention marks: how far finished journeys were pruned, deleted", ddl.V17_RETENTION),
     Migration(19, "owners of server assistants and crons, in which tenant", ddl.V19_OWNED_ASSISTANTS_CRONS),
+    Migration(20, "smaller event rows (keys per instance); an index for retention passes", ddl.V20_LEAN_EVENT_ROWS),
 )
 LATEST = MIGRATIONS[-1].version
 

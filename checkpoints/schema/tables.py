@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -80,6 +81,10 @@ journey_instances = Table(
     *owner_columns(),  # who started it (migration 12): see checkpoints.ownership
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
     Index("ix_journey_instances_owner", "tenant", "owner"),
+    # Checkpoint retention's pass reads the instances finished since its mark in this order (migration 20). On
+    # PostgreSQL a BRIN index: a fraction of a byte per journey where a B-tree costs 20-36 (rows lie roughly in
+    # the order they last changed), for a pass that reads a few more pages (2 ms, not 0.14, at 200,000 instances).
+    Index("ix_journey_instances_updated", "updated_at", postgresql_using="brin"),
 )
 
 # Keyed by (instance_id, seq), with no surrogate id: every step writes a row, and each index is paid per
@@ -93,9 +98,18 @@ journey_events = Table(
     Column("type", String(60), nullable=False),
     Column("step", String(100), nullable=True),
     Column("payload", EventPayloadType, nullable=False),
-    Column("idempotency_key", Text, nullable=True, unique=True),
+    # Unique per instance (migration 20), stored without the instance's id it starts with (checkpoints.events).
+    Column("idempotency_key", Text, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("instance_id", "seq", name=EVENTS_PRIMARY_KEY),
+    Index(
+        "uq_journey_events_key",
+        "instance_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 # How far checkpoint retention has gone (migration 17): one row per mark, "pruned" and "deleted", each the

@@ -52,7 +52,7 @@ class Evaluation:
         ``measured`` (its agent calls), record the result once (``evaluation.recorded``) and answer the
         instance's status: ``status`` when it passed, else ``failed`` or :data:`IN_REVIEW` as the tier says."""
         key = f"{instance_id}:evaluation"
-        if (done := await self.events.find_by_key(key)) is not None:  # judged already (a repeated call)
+        if (done := await self.events.find_by_key(instance_id, key)) is not None:  # judged already (a repeated call)
             passed = bool(done.payload.get("passed"))
             return status if passed else "failed" if tier.on_breach == "fail" else IN_REVIEW
         result = await self.evaluate(tier, await self.events.list(instance_id, types=list(measured)))

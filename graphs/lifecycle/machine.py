@@ -490,7 +490,7 @@ def build_lifecycle_graph(
         journey_id = state["journey_id"]
         source = state.get("current_stage")
         validation_id = f"{journey_id}:m{move}:gate"
-        if (done := await logged(events, validation_id, replay=is_replay(config))) is not None:
+        if (done := await logged(events, journey_id, validation_id, replay=is_replay(config))) is not None:
             return ValidationResult.from_dict(done.payload)  # decided before a crash: never re-decide
         watch = Stopwatch()
         now = clock.now()
@@ -707,7 +707,7 @@ def build_lifecycle_graph(
         move = int(state.get("moves") or 0)
         validation_id = f"{journey_id}:m{move}:rollback"
         request = state.get("request") or {}
-        existing = await logged(events, validation_id, replay=is_replay(config))
+        existing = await logged(events, journey_id, validation_id, replay=is_replay(config))
         if existing is not None:
             result = ValidationResult.from_dict(existing.payload)
         else:

@@ -312,7 +312,7 @@ class _Builder:
             async def one(index: int, item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
                 key = f"{name}:{index}"
                 async with gate:
-                    failed = await node.events.find_by_key(f"{key}:failed")
+                    failed = await node.events.find_by_key(instance_id, f"{key}:failed")
                     if failed is not None:  # failed for good before a crash: not called again
                         return None, dict(failed.payload)
                     try:

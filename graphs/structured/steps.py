@@ -105,7 +105,7 @@ class StepJourneys:
         started = NewEvent(
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
-        initial: StructuredState = {"context": dict(context or {}), "status": "in_progress"}
+        initial = _initial_state(context)
         try:
             async with self.engine.exclusive(instance_id):
                 created, outcome = await self.instances.start(
@@ -299,7 +299,7 @@ class StepJourneys:
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
         """The first run's input, from the ``journey.started`` event (see :meth:`start`)."""
-        return {"context": dict(started.payload.get("context") or {}), "status": "in_progress"}
+        return dict(_initial_state(started.payload.get("context")))
 
     def _current_step(self, instance_id: str, spec: StructuredSpec, standing: Standing) -> str:
         if standing.failed is not None:
@@ -414,3 +414,12 @@ def position(snapshot: StateSnapshot) -> str | None:
         if node != COMPENSATE_NODE:
             return node.removesuffix(AWAIT_SUFFIX)
     return None
+
+
+def _initial_state(context: Mapping[str, Any] | None) -> StructuredState:
+    """A journey's first state: in progress, with its start context unless that is empty (nodes read a missing
+    context as empty; an empty one would cost a checkpoint blob and its index entries in every journey)."""
+    initial: StructuredState = {"status": "in_progress"}
+    if context:
+        initial["context"] = dict(context)
+    return initial

@@ -305,7 +305,10 @@ async def get_state(thread_id: str, caller: Reader, svc: Services) -> dict[str, 
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
         return empty_state(thread_id)
-    return state_view(await graph.aget_state(svc.runtime.engine.config(thread.instance_id)), thread_id)
+    snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
+    if snapshot.created_at is None:  # no checkpoint at all: retention may have deleted them (404, saying so)
+        await svc.runtime.retention.check_state(await svc.runtime.store.index.get_instance(thread.instance_id))
+    return state_view(snapshot, thread_id)
 
 
 @router.post("/{thread_id}/state", response_model=StateUpdated, summary="Update the thread's state")
