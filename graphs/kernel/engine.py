@@ -38,16 +38,23 @@ class RunOptions:
     log already records each step, and the retried run replays those steps instead of executing them
     again. ``stream``: where the run's chunks go, for a run created for streaming. ``outcomes``: filled,
     per thread, with what the last run of that thread ended with. ``call``: the caller's config, context
-    and interrupt_before/after for the graph run.
+    and interrupt_before/after for the graph run. ``continuation``: the run continues a parked journey
+    for a fired timer (see :data:`CONTINUATION`).
     """
 
     durability: Durability | None = None
     stream: StreamSink | None = None
     outcomes: dict[str, Outcome] | None = None
     call: GraphCall = NO_CALL
+    continuation: bool = False
 
 
 DEFAULT_RUN = RunOptions()
+# A fired timer's continuation of a parked journey checkpoints when it stops (durability "exit"), unless the
+# engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
+# a crash cuts short is delivered again from the wait's stored resolution, replaying the logged steps. Its
+# intermediate checkpoints served nothing (a process cannot be forked) and were most of a continuation's cost.
+CONTINUATION = RunOptions(continuation=True)
 
 
 class JourneyEngine:
@@ -74,6 +81,10 @@ class JourneyEngine:
     def durability(self) -> Durability:
         """How runs checkpoint unless a run's options say otherwise."""
         return self._durability
+
+    def _continuing(self, options: RunOptions) -> Durability:
+        """The engine's durability, or "exit" for a continuation (:data:`CONTINUATION`) when it is "async"."""
+        return "exit" if options.continuation and self._durability == "async" else self._durability
 
     def compiled(self, cache_key: str, factory: GraphFactory) -> CompiledStateGraph[Any, Any, Any, Any]:
         """The compiled graph for a design, built once and kept in a small LRU."""
@@ -153,7 +164,7 @@ class JourneyEngine:
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]
-            durability = options.durability or self._durability
+            durability = options.durability or self._continuing(options)
             output = await run_graph(graph, value, config, durability, options.stream, options.call)
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:

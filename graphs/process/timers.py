@@ -42,6 +42,7 @@ from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.timers import DEFAULT_LEASE, Timer, TimerStore
+from graphs.kernel.engine import CONTINUATION
 from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
 from graphs.process.spec import ProcessSpec
@@ -99,7 +100,10 @@ async def fire_due_timers(
     async def resume(timer: Timer, resolution: dict[str, Any], instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
         try:
-            if await processes.deliver(timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance):
+            delivered_now = await processes.deliver(
+                timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance, run_options=CONTINUATION
+            )
+            if delivered_now:
                 report.resumed += 1
                 report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
             delivered.append(timer.wait_id)
@@ -156,7 +160,7 @@ async def fire_due_timers(
     moment = (now or processes.clock.now()).astimezone(UTC)
     await processes.settle_abandoned_migrations(moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
-        if await processes.deliver(wait.instance_id, wait.wait_id):
+        if await processes.deliver(wait.instance_id, wait.wait_id, run_options=CONTINUATION):
             report.redelivered += 1
     await processes.services.messages.expire()
     report.dequeued = len(await processes.dispatch_queued())

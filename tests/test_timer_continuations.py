@@ -1,0 +1,55 @@
+"""A fired timer's continuation of a parked process checkpoints only where it stops (durability "exit"),
+while each of its steps is logged before the next starts; a runtime opened with durability "sync" keeps
+a checkpoint per superstep. Runs on memory, SQLite and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from langgraph.types import Durability
+
+from graphs.runtime import JourneyRuntime
+from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
+
+# timer → two service tasks → a user task: the continuation runs three supersteps and stops at the task.
+SPEC = linear(
+    "remind_later",
+    {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
+    {"type": "service_task", "id": "look_up", "agent": "crm.look_up", "output_variables": ["tier"]},
+    {"type": "service_task", "id": "draft", "agent": "mail.draft", "output_variables": ["draft_id"]},
+    user_task("send"),
+)
+
+
+async def checkpoints_of(rt: JourneyRuntime, instance_id: str) -> int:
+    return len([c async for c in rt.store.saver.alist({"configurable": {"thread_id": instance_id}})])
+
+
+@pytest.mark.parametrize(("durability", "written"), [("async", 1), ("sync", 4)])
+async def test_a_timer_continuation_checkpoints_where_it_stops_unless_the_runtime_runs_sync(
+    store_url: str, durability: Durability, written: int
+) -> None:
+    clock = virtual_clock()
+    calls = Calls()
+    async with runtime(store_url, clock, durability=durability) as rt:
+        calls.register(rt, "crm.look_up", {"tier": "gold"})
+        calls.register(rt, "mail.draft", {"draft_id": "d-1"})
+        await rt.processes.deploy(SPEC)
+        view = await rt.processes.start("remind_later", "cust-1")
+        instance_id = view["instance_id"]
+        assert waiting_elements(view) == ["later"]
+        parked = await checkpoints_of(rt, instance_id)
+
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
+
+        status = await rt.processes.status(instance_id)
+        assert waiting_elements(status) == ["send"]
+        assert (status["variables"]["tier"], status["variables"]["draft_id"]) == ("gold", "d-1")
+        assert [intent for intent, _payload in calls.log] == ["crm.look_up", "mail.draft"]
+        # Each step's completion is in the log, whatever was checkpointed.
+        logged = [e.step for e in await rt.processes.history(instance_id) if e.type == "task.completed"]
+        assert logged == ["look_up", "draft"]
+        assert await checkpoints_of(rt, instance_id) - parked == written
