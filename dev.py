@@ -25,6 +25,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -190,20 +192,71 @@ def interpreter_version(python: str) -> tuple[int, int] | None:
 
 
 def ci(venv: Path) -> None:
-    """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found."""
-    test(venv, [])
-    covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
+    """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found.
+
+    The other interpreters' venvs are installed while the suite runs (one after the other, in the background):
+    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time."""
     others = other_interpreters()
     uv = ensure_uv(venv) if others else None
+    installs = BackgroundInstalls(others, uv)
+    try:
+        test(venv, [])
+    except BaseException:  # the suite failed: no install is left running behind CI
+        installs.stop()
+        raise
+    covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
     for name, python in others.items():
         log(f"Python {name}: {python}")
-        env = {**os.environ, "JOURNEYS_VENV": f".venv-{name}", **({"JOURNEYS_UV": uv} if uv else {})}
-        code = subprocess.run([python, str(ROOT / "dev.py"), "compat"], cwd=ROOT, env=env, check=False).returncode
+        installs.wait(name)
+        code = subprocess.run([python, str(ROOT / "dev.py"), "compat"], cwd=ROOT, env=compat_env(name, uv)).returncode
         if code != 0:
             log(f"Python {name} failed (exit code {code})")
             sys.exit(code)
         covered.append(f"{name} (README examples and server tests)")
+    installs.output.unlink(missing_ok=True)
     log("CI covered Python " + ", ".join(covered))
+
+
+def compat_env(name: str, uv: str | None) -> dict[str, str]:
+    """The environment of Python ``name``'s `dev.py`: its own venv, installed with ``uv`` when there is one."""
+    return {**os.environ, "JOURNEYS_VENV": f".venv-{name}", **({"JOURNEYS_UV": uv} if uv else {})}
+
+
+class BackgroundInstalls:
+    """`dev.py setup` for each other interpreter, one after the other in a background thread (two editable
+    builds at once would write the same egg-info). Their output goes to a temporary file, shown on failure."""
+
+    def __init__(self, interpreters: dict[str, str], uv: str | None) -> None:
+        self.done = {name: threading.Event() for name in interpreters}
+        self.codes: dict[str, int] = {}
+        self.output = Path(tempfile.mkstemp(prefix="journeys-venvs-", suffix=".log")[1])
+        self.current: subprocess.Popen[bytes] | None = None
+        self.stopped = False
+        if interpreters:
+            log(f"installing the venvs of Python {', '.join(interpreters)} in the background ({self.output})")
+        threading.Thread(target=self._install, args=(interpreters, uv), daemon=True).start()
+
+    def _install(self, interpreters: dict[str, str], uv: str | None) -> None:
+        with self.output.open("ab") as sink:
+            for name, python in interpreters.items():
+                if not self.stopped:
+                    setup = [python, str(ROOT / "dev.py"), "setup"]
+                    self.current = subprocess.Popen(setup, cwd=ROOT, env=compat_env(name, uv), stdout=sink, stderr=sink)
+                    self.codes[name] = self.current.wait()
+                self.done[name].set()
+
+    def wait(self, name: str) -> None:
+        """Block until Python ``name``'s venv is installed; exit with the install's output if it failed."""
+        self.done[name].wait()
+        if (code := self.codes.get(name, 1)) != 0:
+            sys.stderr.write(self.output.read_text(errors="replace"))
+            log(f"installing the Python {name} venv failed (exit code {code})")
+            sys.exit(code)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.current is not None and self.current.poll() is None:
+            self.current.terminate()
 
 
 def main(argv: Sequence[str]) -> None:
