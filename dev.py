@@ -37,6 +37,11 @@ SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-
 # What `compat` runs on the other interpreters: the README examples and everything the server serves.
 COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
 PYTEST_NO_TESTS_COLLECTED = 5
+# JOURNEYS_COMPAT_TOGETHER=1: `ci` runs the other interpreters' compatibility subsets at the same time (two runs
+# of two workers on the box). The server tests leave about a third of two cores idle at two workers, so this
+# saves about 2 of their ~11 minutes; off by default because several server tests bound their own timing
+# (a server up within 60 s, a log call under 1 s) and failed on a box this loaded (measured at load 15-24).
+COMPAT_TOGETHER = os.environ.get("JOURNEYS_COMPAT_TOGETHER") == "1"
 
 
 def log(message: str) -> None:
@@ -205,14 +210,30 @@ def ci(venv: Path) -> None:
         installs.stop()
         raise
     covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
-    for name, python in others.items():
-        log(f"Python {name}: {python}")
+    runs: dict[str, tuple[subprocess.Popen[bytes], Path | None]] = {}
+    for name, python in others.items():  # one after the other, or together: see COMPAT_TOGETHER
         installs.wait(name)
-        code = subprocess.run([python, str(ROOT / "dev.py"), "compat"], cwd=ROOT, env=compat_env(name, uv)).returncode
+        log(f"Python {name}: {python}")
+        command = [python, str(ROOT / "dev.py"), "compat"]
+        if not COMPAT_TOGETHER:  # its output as it comes
+            runs[name] = subprocess.Popen(command, cwd=ROOT, env=compat_env(name, uv)), None
+            runs[name][0].wait()
+            continue
+        output = Path(tempfile.mkstemp(prefix=f"journeys-compat-{name}-", suffix=".log")[1])
+        with output.open("wb") as sink:  # shown once it ends, not interleaved with the other run's
+            runs[name] = subprocess.Popen(command, cwd=ROOT, env=compat_env(name, uv), stdout=sink, stderr=sink), output
+    failed = []
+    for name, (process, output) in runs.items():
+        code = process.wait()
+        if output is not None:
+            sys.stderr.write(f"---- Python {name} ----\n" + output.read_text(errors="replace"))
+            output.unlink(missing_ok=True)
         if code != 0:
             log(f"Python {name} failed (exit code {code})")
-            sys.exit(code)
+            failed.append(code)
         covered.append(f"{name} (README examples and server tests)")
+    if failed:
+        sys.exit(failed[0])
     installs.output.unlink(missing_ok=True)
     log("CI covered Python " + ", ".join(covered))
 
