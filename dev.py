@@ -14,7 +14,9 @@ The venv is reinstalled only when pyproject.toml changes: the sha256 of pyprojec
 Set JOURNEYS_VENV to use another venv directory (relative paths are taken from the repository root).
 `ci` installs the other interpreters' venvs with `uv` (from PyPI, put in .venv): the same packages as pip
 would install, resolved and installed in parallel, in a fraction of pip's minutes. JOURNEYS_UV names the
-uv binary a venv is installed with; where uv fails, pip installs it instead.
+uv binary a venv is installed with; where uv fails, pip installs it instead. They are installed in the
+background while this interpreter's suite runs. JOURNEYS_COMPAT_TOGETHER=1 runs the other interpreters'
+`compat` at the same time instead of one after the other (see COMPAT_TOGETHER).
 """
 
 from __future__ import annotations
