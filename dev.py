@@ -14,7 +14,9 @@ The venv is reinstalled only when pyproject.toml changes: the sha256 of pyprojec
 Set JOURNEYS_VENV to use another venv directory (relative paths are taken from the repository root).
 `ci` installs the other interpreters' venvs with `uv` (from PyPI, put in .venv): the same packages as pip
 would install, resolved and installed in parallel, in a fraction of pip's minutes. JOURNEYS_UV names the
-uv binary a venv is installed with; where uv fails, pip installs it instead.
+uv binary a venv is installed with; where uv fails, pip installs it instead. They are installed in the
+background while this interpreter's suite runs. JOURNEYS_COMPAT_TOGETHER=1 runs the other interpreters'
+`compat` at the same time instead of one after the other (see COMPAT_TOGETHER).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +39,11 @@ SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-
 # What `compat` runs on the other interpreters: the README examples and everything the server serves.
 COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
 PYTEST_NO_TESTS_COLLECTED = 5
+# JOURNEYS_COMPAT_TOGETHER=1: `ci` runs the other interpreters' compatibility subsets at the same time (two runs
+# of two workers on the box). The server tests leave about a third of two cores idle at two workers, so this
+# saves about 2 of their ~11 minutes; off by default because several server tests bound their own timing
+# (a server up within 60 s, a log call under 1 s) and failed on a box this loaded (measured at load 15-24).
+COMPAT_TOGETHER = os.environ.get("JOURNEYS_COMPAT_TOGETHER") == "1"
 
 
 def log(message: str) -> None:
@@ -190,20 +199,87 @@ def interpreter_version(python: str) -> tuple[int, int] | None:
 
 
 def ci(venv: Path) -> None:
-    """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found."""
-    test(venv, [])
-    covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
+    """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found.
+
+    The other interpreters' venvs are installed while the suite runs (one after the other, in the background):
+    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time."""
     others = other_interpreters()
     uv = ensure_uv(venv) if others else None
-    for name, python in others.items():
+    installs = BackgroundInstalls(others, uv)
+    try:
+        test(venv, [])
+    except BaseException:  # the suite failed: no install is left running behind CI
+        installs.stop()
+        raise
+    covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
+    runs: dict[str, tuple[subprocess.Popen[bytes], Path | None]] = {}
+    for name, python in others.items():  # one after the other, or together: see COMPAT_TOGETHER
+        installs.wait(name)
         log(f"Python {name}: {python}")
-        env = {**os.environ, "JOURNEYS_VENV": f".venv-{name}", **({"JOURNEYS_UV": uv} if uv else {})}
-        code = subprocess.run([python, str(ROOT / "dev.py"), "compat"], cwd=ROOT, env=env, check=False).returncode
+        command = [python, str(ROOT / "dev.py"), "compat"]
+        if not COMPAT_TOGETHER:  # its output as it comes
+            runs[name] = subprocess.Popen(command, cwd=ROOT, env=compat_env(name, uv)), None
+            runs[name][0].wait()
+            continue
+        output = Path(tempfile.mkstemp(prefix=f"journeys-compat-{name}-", suffix=".log")[1])
+        with output.open("wb") as sink:  # shown once it ends, not interleaved with the other run's
+            runs[name] = subprocess.Popen(command, cwd=ROOT, env=compat_env(name, uv), stdout=sink, stderr=sink), output
+    failed = []
+    for name, (process, output) in runs.items():
+        code = process.wait()
+        if output is not None:
+            sys.stderr.write(f"---- Python {name} ----\n" + output.read_text(errors="replace"))
+            output.unlink(missing_ok=True)
         if code != 0:
             log(f"Python {name} failed (exit code {code})")
-            sys.exit(code)
+            failed.append(code)
         covered.append(f"{name} (README examples and server tests)")
+    if failed:
+        sys.exit(failed[0])
+    installs.output.unlink(missing_ok=True)
     log("CI covered Python " + ", ".join(covered))
+
+
+def compat_env(name: str, uv: str | None) -> dict[str, str]:
+    """The environment of Python ``name``'s `dev.py`: its own venv, installed with ``uv`` when there is one."""
+    return {**os.environ, "JOURNEYS_VENV": f".venv-{name}", **({"JOURNEYS_UV": uv} if uv else {})}
+
+
+class BackgroundInstalls:
+    """`dev.py setup` for each other interpreter, one after the other in a background thread (two editable
+    builds at once would write the same egg-info). Their output goes to a temporary file, shown on failure."""
+
+    def __init__(self, interpreters: dict[str, str], uv: str | None) -> None:
+        self.done = {name: threading.Event() for name in interpreters}
+        self.codes: dict[str, int] = {}
+        self.output = Path(tempfile.mkstemp(prefix="journeys-venvs-", suffix=".log")[1])
+        self.current: subprocess.Popen[bytes] | None = None
+        self.stopped = False
+        if interpreters:
+            log(f"installing the venvs of Python {', '.join(interpreters)} in the background ({self.output})")
+        threading.Thread(target=self._install, args=(interpreters, uv), daemon=True).start()
+
+    def _install(self, interpreters: dict[str, str], uv: str | None) -> None:
+        with self.output.open("ab") as sink:
+            for name, python in interpreters.items():
+                if not self.stopped:
+                    setup = [python, str(ROOT / "dev.py"), "setup"]
+                    self.current = subprocess.Popen(setup, cwd=ROOT, env=compat_env(name, uv), stdout=sink, stderr=sink)
+                    self.codes[name] = self.current.wait()
+                self.done[name].set()
+
+    def wait(self, name: str) -> None:
+        """Block until Python ``name``'s venv is installed; exit with the install's output if it failed."""
+        self.done[name].wait()
+        if (code := self.codes.get(name, 1)) != 0:
+            sys.stderr.write(self.output.read_text(errors="replace"))
+            log(f"installing the Python {name} venv failed (exit code {code})")
+            sys.exit(code)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.current is not None and self.current.poll() is None:
+            self.current.terminate()
 
 
 def main(argv: Sequence[str]) -> None:

@@ -60,6 +60,7 @@ def postgres_server_url() -> Iterator[str]:
             # otherwise recreate its lock file in the runtime dir after we removed it.
             server = get_server(scratch / "data", cleanup_mode="delete")
             url = server.get_uri()
+            unsynced(url)
         except Exception as exc:  # never skip: a test run without Postgres would silently prove less
             pytest.fail(
                 f"could not start a throwaway PostgreSQL with pgserver ({type(exc).__name__}: {exc}); "
@@ -74,6 +75,22 @@ def postgres_server_url() -> Iterator[str]:
         if runtime_dir is not None:
             del os.environ["XDG_RUNTIME_DIR"]
             shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+# A throwaway server's data never has to survive the machine: no fsync, commits answered before their WAL is
+# flushed. Every committed row is still visible to every connection, and a killed client process (the crash
+# tests) loses exactly what it would lose otherwise; only an OS crash would lose data. Each test creates,
+# migrates and drops a database (a CREATE/DROP DATABASE is a checkpoint), so this takes about a second of
+# waiting on the disk off every PostgreSQL test on a busy box. Only our own pgserver: never a $DATABASE_URL.
+UNSYNCED = {"fsync": "off", "synchronous_commit": "off"}
+
+
+def unsynced(url: str) -> None:
+    """Turn off the durability settings in UNSYNCED on the server at ``url`` (a reload, no restart)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, value in UNSYNCED.items():
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
-from tests.conftest import with_database
+from tests.conftest import UNSYNCED, with_database
 
 # Databases handed out so far in this module, to prove isolation across tests.
 _seen_databases: list[str] = []
@@ -24,6 +25,13 @@ def _public_tables(url: str) -> list[str]:
 def test_postgres_server_answers(postgres_server_url: str) -> None:
     with psycopg.connect(postgres_server_url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_throwaway_server_does_not_wait_on_the_disk(postgres_url: str) -> None:
+    """Our own pgserver skips fsync and synchronous commit (see conftest); a $DATABASE_URL server is left as it is."""
+    with psycopg.connect(postgres_url) as conn:
+        settings = {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in UNSYNCED}  # type: ignore[index]
+    assert settings == UNSYNCED or "DATABASE_URL" in os.environ, settings
 
 
 @pytest.mark.parametrize("run", ["first", "second"])

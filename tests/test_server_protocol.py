@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.generation import GenerationMode
 from typer.testing import CliRunner
 
@@ -24,7 +24,7 @@ from server.app import create_app
 from server.cli import app as cli
 from server.settings import Settings, is_loopback
 from tests.server_support import ROOT, free_port, serving
-from tests.test_server_fuzz import ADMIN, KEY, seed
+from tests.test_server_fuzz import KEY, SERVERS_IN_PROCESS, load_schema, run_examples, serving_both
 
 pytestmark = pytest.mark.slow
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -143,37 +143,34 @@ def refusal_beyond_the_schema(operation: str, problem: dict[str, Any]) -> bool:
     return problem.get("code") == "RequestValidationError" and all(": Value error, " in p for p in problems)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_no_operation_refuses_input_its_schema_allows(request: pytest.FixtureRequest, backend: str) -> None:
+@SERVERS_IN_PROCESS
+def test_no_operation_refuses_input_its_schema_allows(sqlite_url: str, postgres_url: str) -> None:
     """Schemathesis generates input that every operation's OpenAPI schema allows (with the ids of real
-    journeys, threads, runs, tasks... where the path has any): none may be refused as invalid (400/422)."""
+    journeys, threads, runs, tasks... where the path has any): none may be refused as invalid (400/422), on
+    SQLite or on PostgreSQL (each example is sent to both)."""
     refused: dict[str, list[str]] = {}
-    url = request.getfixturevalue(f"{backend}_url")
-    with serving(create_app(Settings(database_url=url, api_keys=ADMIN))) as base:
-        real_ids = seed(base)
-        api = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    sent: Counter[str] = Counter()
+    with serving_both(sqlite_url, postgres_url) as backends:
+        api = load_schema(backends[0].base)
         operations = [result.ok() for result in api.get_all_operations()]
         for operation in operations:
             names = [p.name for p in operation.path_parameters]
-            fixed = {k: v for k, v in real_ids(operation.path).items() if k in names} or None
+            fixed = {k: v for k, v in backends[0].real_ids(operation.path).items() if k in names} or None
 
-            @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE, path_parameters=fixed))
-            @settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-                derandomize=True,
-                database=None,
+            def send(case: schemathesis.Case, ids: frozenset[str] = frozenset(fixed or ())) -> None:
+                for backend in backends:
+                    backend.prepare(case, ids)
+                    response = case.call(backend.base, headers=KEY, timeout=30)
+                    sent[backend.name] += 1
+                    if response.status_code in (400, 422):
+                        problem = response.json()
+                        if not refusal_beyond_the_schema(case.operation.label, problem):
+                            body = json.dumps(case.body, ensure_ascii=True, default=str)[:300]
+                            label = f"{case.operation.label} on {backend.name}"
+                            refused.setdefault(label, []).append(f"{problem['detail'][:300]} <- {body}")
+
+            run_examples(
+                operation.as_strategy(generation_mode=GenerationMode.POSITIVE, path_parameters=fixed), EXAMPLES, send
             )
-            def check(case: schemathesis.Case) -> None:
-                response = case.call(headers=KEY, timeout=30)
-                if response.status_code in (400, 422):
-                    problem = response.json()
-                    if not refusal_beyond_the_schema(case.operation.label, problem):
-                        sent = json.dumps(case.body, ensure_ascii=True, default=str)[:300]
-                        refused.setdefault(case.operation.label, []).append(f"{problem['detail'][:300]} <- {sent}")
-
-            check()
-    assert len(operations) > 40
     assert not refused, "\n".join(f"{label}: {len(why)} refused, e.g. {why[0]}" for label, why in refused.items())
+    assert len(operations) > 40 and sent["sqlite"] == sent["postgres"] > 5 * len(operations), sent

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from langgraph.store.base import Item, SearchItem
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from checkpoints.owned_store import OwnedStore
 from graphs.errors import InvalidInputError
@@ -77,11 +77,34 @@ class DeleteItem(BaseModel):
     key: str = Field(min_length=1, max_length=1000)
 
 
+# The comparison operators LangGraph's stores take in a filter ({"field": {"$gt": 3}}); a plain value is $eq.
+FILTER_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
+OPERATORS = sorted(FILTER_OPERATORS)
+# What the schema states of a filter: a field's condition is a plain value or an object of operators only
+# (validated by _check_filter, which names the operators in its 422; the schema says the same to clients).
+FILTER_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": ["string", "number", "boolean", "null"]},
+                    {"type": "array"},
+                    {"type": "object", "properties": {op: {} for op in OPERATORS}, "additionalProperties": False},
+                ]
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "field: a plain value (equality) or an object of operators " + ", ".join(OPERATORS),
+}
+
+
 class SearchItems(BaseModel):
     """Which items to find: under a namespace prefix, by filter and optionally by a query."""
 
     namespace_prefix: list[Label] = Field(default_factory=list)
-    filter: dict[str, Any] | None = None
+    filter: Annotated[dict[str, Any] | None, WithJsonSchema(FILTER_SCHEMA)] = None
     limit: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=MAX_INT)
     query: str | None = None
@@ -135,10 +158,6 @@ async def get_item(
 async def delete_item(body: DeleteItem, caller: Writer, svc: Services) -> Response:
     await _owned(svc, caller).delete(tuple(body.namespace), body.key)
     return Response(status_code=204)
-
-
-# The comparison operators LangGraph's stores take in a filter ({"field": {"$gt": 3}}); a plain value is $eq.
-FILTER_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 
 
 def _check_filter(filter: dict[str, Any] | None) -> None:
