@@ -87,6 +87,9 @@ async def test_bad_store_input_is_refused_with_a_problem(client: LangGraphClient
         await client.http.put("/store/items", json={"namespace": [], "key": "k", "value": {}})
     with pytest.raises(UnprocessableEntityError):
         await client.http.get("/store/items", params={"namespace": "users..ana", "key": "k"})
+    for listing in ({"suffix": ["notes.v1"]}, {"prefix": ["users", "a.b"]}):  # a '.' cannot be in a label
+        with pytest.raises(UnprocessableEntityError):
+            await client.store.list_namespaces(**listing)
 
 
 class Remembered(TypedDict):

@@ -114,8 +114,8 @@ class SearchItems(BaseModel):
 class ListNamespaces(BaseModel):
     """Which namespaces to list: by prefix, suffix and depth."""
 
-    prefix: list[str] | None = None
-    suffix: list[str] | None = None
+    prefix: list[Label] | None = None  # labels as stored: a '.' in one is refused (422), as in an item's namespace
+    suffix: list[Label] | None = None
     max_depth: int | None = Field(None, ge=1, le=100)
     limit: int = Field(100, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=MAX_INT)
