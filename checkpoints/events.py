@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
@@ -308,3 +309,37 @@ def event_payload(event: NewEvent, sealer: Sealer) -> Any:
     """An event's payload as stored: redacted (the log is for people to read: no secrets in it), then
     sealed when the store encrypts at rest."""
     return sealer.seal(redact(event.payload))
+
+
+class _Unclaimed(Exception):
+    """The claim changed no row: roll the transaction back."""
+
+
+async def claimed_with_event(
+    engine: AsyncEngine,
+    events: EventLog,
+    claim: Executable,
+    statements: Sequence[Executable],
+    instance_id: str,
+    event: NewEvent,
+) -> bool:
+    """``claim`` (a conditional update that must change exactly one row), ``statements`` and the keyed
+    ``event`` that logs them, in one transaction: a change and its event commit together or not at all.
+    False, with nothing written, when ``claim`` changed no row; a concurrent append that took the event's
+    sequence number rolls it all back, and it goes again."""
+    for attempt in range(SEQ_ATTEMPTS):
+        try:
+            async with engine.begin() as conn:
+                if (await conn.execute(claim)).rowcount != 1:
+                    raise _Unclaimed
+                for statement in statements:
+                    await conn.execute(statement)
+                await events.append_in(conn, [(instance_id, event)])
+            return True
+        except _Unclaimed:
+            return False
+        except IntegrityError:
+            if attempt == SEQ_ATTEMPTS - 1:
+                raise
+            await after_lost_race(attempt)
+    raise AssertionError("unreachable")

@@ -7,9 +7,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, Select, bindparam, func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, select
 
-from checkpoints.backends.base import Backend, Params
+from checkpoints.backends.base import Backend, Statement
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
@@ -126,7 +126,7 @@ class JourneyIndex:
         *,
         first_event: NewEvent,
         status: str = "in_progress",
-        also: Sequence[tuple[Executable, Params]] = (),
+        also: Sequence[Statement] = (),
     ) -> Instance:
         """Register a new instance and its first event in one transaction, owned by the caller the server
         acts for (:func:`checkpoints.ownership.acting_as`), with ``also`` (prebuilt statements and their

@@ -32,6 +32,8 @@ from sqlalchemy.sql.visitors import replacement_traverse
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
+# A prebuilt statement and its values, handed to a store method to run inside its own transaction.
+Statement = tuple[Executable, Params]
 
 
 class Transaction(Protocol):

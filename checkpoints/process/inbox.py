@@ -17,10 +17,9 @@ from sqlalchemy import Executable, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
-from checkpoints.events import EventLog, NewEvent
+from checkpoints.events import EventLog, NewEvent, claimed_with_event
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import user_task_groups, user_tasks
-from checkpoints.seq_race import claimed_with_event
 
 
 @dataclass(frozen=True, slots=True)

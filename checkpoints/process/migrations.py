@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
 from checkpoints.clock import Clock
-from checkpoints.events import DESIGN_KEY, EventLog, NewEvent, stamped
+from checkpoints.events import DESIGN_KEY, EventLog, NewEvent, claimed_with_event, stamped
 from checkpoints.schema.tables import (
     journey_instances,
     process_subscriptions,
@@ -24,7 +24,6 @@ from checkpoints.schema.tables import (
     process_waits,
     user_tasks,
 )
-from checkpoints.seq_race import claimed_with_event
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,8 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import StateSnapshot
-from sqlalchemy.sql import Executable
 
-from checkpoints.backends.base import Params
+from checkpoints.backends.base import Statement
 from checkpoints.events import Event, NewEvent
 from checkpoints.forks import copied_events
 from checkpoints.index import Instance
@@ -119,7 +118,7 @@ async def register_fork(
     fork_id: str,
     history: Sequence[Event],
     point: ForkPoint,
-    also: Sequence[tuple[Executable, Params]] = (),
+    also: Sequence[Statement] = (),
 ) -> Instance:
     """Write the fork (call under the source's ``exclusive``): its checkpoint first (a thread no instance
     names yet), then its index row with its copied events, ``journey.forked_from`` and ``also`` (its
