@@ -134,8 +134,8 @@ async def test_interrupt_before_stops_the_run_before_that_node(client: LangGraph
 
 async def test_after_seconds_delays_the_run(client: LangGraphClient) -> None:
     tid = (await client.threads.create())["thread_id"]
-    run = await client.runs.create(tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=1)
-    await asyncio.sleep(0.3)
+    run = await client.runs.create(tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=3)
+    await asyncio.sleep(0.3)  # well inside its 3 s, even on a loaded box
     assert (await client.runs.get(tid, run["run_id"]))["status"] == "pending"
     joined = await client.runs.join(tid, run["run_id"])
     assert joined["current_step"] == "upload_content"
