@@ -15,8 +15,7 @@ Set JOURNEYS_VENV to use another venv directory (relative paths are taken from t
 `ci` installs the other interpreters' venvs with `uv` (from PyPI, put in .venv): the same packages as pip
 would install, resolved and installed in parallel, in a fraction of pip's minutes. JOURNEYS_UV names the
 uv binary a venv is installed with; where uv fails, pip installs it instead. They are installed in the
-background while this interpreter's suite runs. JOURNEYS_COMPAT_TOGETHER=1 runs the other interpreters'
-`compat` at the same time instead of one after the other (see COMPAT_TOGETHER).
+background while this interpreter's suite runs.
 """
 
 from __future__ import annotations
@@ -39,11 +38,6 @@ SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-
 # What `compat` runs on the other interpreters: the README examples and everything the server serves.
 COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
 PYTEST_NO_TESTS_COLLECTED = 5
-# JOURNEYS_COMPAT_TOGETHER=1: `ci` runs the other interpreters' compatibility subsets at the same time (two runs
-# of two workers on the box). The server tests leave about a third of two cores idle at two workers, so this
-# saves about 2 of their ~11 minutes; off by default because several server tests bound their own timing
-# (a server up within 60 s, a log call under 1 s) and failed on a box this loaded (measured at load 15-24).
-COMPAT_TOGETHER = os.environ.get("JOURNEYS_COMPAT_TOGETHER") == "1"
 
 
 def log(message: str) -> None:
@@ -212,30 +206,15 @@ def ci(venv: Path) -> None:
         installs.stop()
         raise
     covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
-    runs: dict[str, tuple[subprocess.Popen[bytes], Path | None]] = {}
-    for name, python in others.items():  # one after the other, or together: see COMPAT_TOGETHER
+    for name, python in others.items():
         installs.wait(name)
         log(f"Python {name}: {python}")
         command = [python, str(ROOT / "dev.py"), "compat"]
-        if not COMPAT_TOGETHER:  # its output as it comes
-            runs[name] = subprocess.Popen(command, cwd=ROOT, env=compat_env(name, uv)), None
-            runs[name][0].wait()
-            continue
-        output = Path(tempfile.mkstemp(prefix=f"journeys-compat-{name}-", suffix=".log")[1])
-        with output.open("wb") as sink:  # shown once it ends, not interleaved with the other run's
-            runs[name] = subprocess.Popen(command, cwd=ROOT, env=compat_env(name, uv), stdout=sink, stderr=sink), output
-    failed = []
-    for name, (process, output) in runs.items():
-        code = process.wait()
-        if output is not None:
-            sys.stderr.write(f"---- Python {name} ----\n" + output.read_text(errors="replace"))
-            output.unlink(missing_ok=True)
+        code = subprocess.run(command, cwd=ROOT, env=compat_env(name, uv), check=False).returncode
         if code != 0:
             log(f"Python {name} failed (exit code {code})")
-            failed.append(code)
+            sys.exit(code)
         covered.append(f"{name} (README examples and server tests)")
-    if failed:
-        sys.exit(failed[0])
     installs.output.unlink(missing_ok=True)
     log("CI covered Python " + ", ".join(covered))
 
