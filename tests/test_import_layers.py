@@ -9,6 +9,7 @@ runtime they are given, and the runtime reads the registry; no such import runs.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,31 @@ PACKAGES = ("graphs", "nodes", "checkpoints", "server", "agents")
 # Modules outside checkpoints/ that import SQLAlchemy only for the type of a handle they pass on (an
 # AsyncEngine, a statement built in checkpoints/): no query is built there.
 SQL_HANDLE_TYPES_ONLY = frozenset({"graphs.lifecycle.machine", "graphs.lifecycle.metrics", "nodes.criteria_gate"})
+
+
+# SQL statement text, as a query written by hand would hold it (keywords upper case, as we write SQL): the
+# issue's "grep finds no SQL text outside checkpoints/", over code, comments and docstrings alike. Prose that
+# names a keyword ("PostgreSQL NOTIFY from workers", "the first ``LISTEN``") is not a statement.
+SQL_TEXT = re.compile(
+    r"\bSELECT\b[^\n]*\bFROM\s+\w|\bINSERT\s+INTO\s+\w|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\s+\w"
+    r"|\b(?:CREATE|ALTER|DROP)\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|VIEW|TRIGGER|FUNCTION|SEQUENCE)\b|\bON\s+CONFLICT\b"
+    r"|\bNOTIFY\s+\w+\s*,|\b(?:UN)?LISTEN\s+\w+\s*(?:;|$|[\"'`])|\bPRAGMA\s+\w+|\bpg_(?:try_)?advisory_\w+|\bpg_notify\b"
+)
+# A string literal that is a statement in lower case (upper case is found above, in any line).
+SQL_STRING = re.compile(
+    r"^\s*(?:select\s.*\sfrom\s+\w|insert\s+into\s|update\s+\w+\s+set\s|delete\s+from\s|(?:create|alter|drop)\s+"
+    r"(?:unique\s+)?(?:table|index)\s|(?:un)?listen\s+\w+\s*;?\s*$|notify\s+\w+|pragma\s+\w+)",
+    re.S,
+)
+
+
+def sql_text(source: str) -> list[int]:
+    """The lines of ``source`` that hold SQL statement text (1-based)."""
+    found = {n for n, line in enumerate(source.splitlines(), 1) if SQL_TEXT.search(line)}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_STRING.search(node.value):
+            found.add(node.lineno)
+    return sorted(found)
 
 
 # The modules whose ``if TYPE_CHECKING:`` imports (never executed) may close a cycle.
@@ -180,3 +206,39 @@ def test_no_sql_of_our_tables_outside_checkpoints() -> None:
     )
     moved = {"graphs.process.migration", "graphs.analytics"}
     assert not building & moved
+
+
+def test_the_sql_text_finder_tells_statements_from_prose() -> None:
+    statements = [
+        'rows = conn.execute(text("SELECT count(*) FROM journey_instances"))',
+        'q = "select seq from journey_events where instance_id = :i"',
+        'q = """\n  update journey_instances\n  set status = :s"""',
+        "# runs INSERT INTO server_runs (run_id) VALUES (:run_id) ON CONFLICT DO NOTHING",
+        "'''Sends ``NOTIFY journeys_runs, '<run id>'`` when a run ends.'''",
+        'await conn.execute("LISTEN journeys_runs")',
+        'conn.execute("SELECT pg_advisory_xact_lock(:k)")',
+        'ddl = "CREATE UNIQUE INDEX ix ON t (a)"',
+        'conn.execute("PRAGMA journal_mode=WAL")',
+    ]
+    for statement in statements:
+        assert sql_text(statement), statement
+    prose = [
+        "# Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers)",
+        '"""The first ``LISTEN`` is in place when the context is entered."""',
+        'message = f"update to area {area_id!r} breaks its state schema at {where}"',
+        'ALLOWABLE = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")',
+        '"""Select the steps to run; the user may delete from the list the ones to skip."""',
+    ]
+    for line in prose:
+        assert not sql_text(line), line
+
+
+def test_grep_finds_no_sql_text_outside_checkpoints() -> None:
+    """Not only no query built (above): no statement written as text either, in code, comments or docstrings."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for module, path in sorted(_module_files().items())
+        if not module.startswith("checkpoints")
+        for line in sql_text(path.read_text())
+    ]
+    assert found == [], f"SQL text outside checkpoints/: {found}"

@@ -1,7 +1,8 @@
 """How a waiting request learns that a run changed (finished, or wrote a stream chunk), without polling.
 
 The executor that runs the run tells :class:`RunWatch` directly when it is in this process (embedded
-mode). On PostgreSQL, :class:`~server.runs.store.RunStore` also sends ``NOTIFY journeys_runs, '<run id>'`` in the
+mode). On PostgreSQL, :class:`~server.runs.store.RunStore` also notifies the channel
+:data:`~checkpoints.runs.RUN_CHANNEL` with the run's id (the statement lives in :mod:`checkpoints.runs`) in the
 transaction that finishes a run or appends a chunk, and an API process whose runs execute elsewhere
 (distributed mode) forwards those notifications to its watch with :func:`listening`. A slow fallback
 read still runs (``poll``), so a notification lost while the listening connection reconnects costs
