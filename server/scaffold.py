@@ -22,8 +22,10 @@ from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.spec import ProcessSpec, ServiceTask, StartEvent, UserTask
 from graphs.process.validation import intents
 from nodes.criteria import Condition
+from nodes.ids import SNAKE_ID
 
-PROJECT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# A project name is a package name, spelled by the id rule (lower_snake_case).
+PROJECT_NAME = SNAKE_ID
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,3 +183,30 @@ def test_every_public_class_says_what_it_is_for() -> None:
                 if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and not ast.get_docstring(node):
                     undocumented.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not undocumented, f"{len(undocumented)} public classes have no docstring:\n" + "\n".join(undocumented)
+
+
+def regular_expressions() -> dict[str, list[str]]:
+    """Each pattern written as a literal in a ``re`` call of our packages → where it is written."""
+    written: dict[str, list[str]] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "re"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
+                    written.setdefault(node.args[0].value, []).append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return written
+
+
+def test_each_regular_expression_is_written_once() -> None:
+    """A rule (the id rule above all: ``nodes.ids.SNAKE_ID``) has one definition that the others name."""
+    written = regular_expressions()
+    assert r"^[a-z][a-z0-9_]*$" in written  # the finder sees the id rule where it is defined
+    repeated = {pattern: places for pattern, places in written.items() if len(places) > 1}
+    assert not repeated, f"patterns written more than once: {repeated}"
