@@ -29,3 +29,24 @@ def test_a_router_takes_no_lock_and_writes_no_graph_state(router: Path) -> None:
         for name in ([node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
     }
     assert not imported & QUEUE_INTERNALS, f"{router.name} imports a queue implementation"
+
+
+def test_per_run_options_are_arguments_not_context_variables() -> None:
+    """Durability, outcome recording and streaming reach a run as its ``RunOptions`` argument; the one
+    context variable left says who the server acts for (the owner of what a request creates)."""
+    import dataclasses
+    import inspect
+
+    from graphs.kernel.engine import JourneyEngine, RunOptions
+
+    root = Path(__file__).resolve().parent.parent
+    made = sorted(
+        f"{path.relative_to(root)}:{node.lineno}"
+        for package in ("graphs", "nodes", "agents", "checkpoints", "server")
+        for path in (root / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ContextVar"
+    )
+    assert [place.split(":")[0] for place in made] == ["checkpoints/ownership.py"], made
+    assert {"durability", "stream", "outcomes"} <= {field.name for field in dataclasses.fields(RunOptions)}
+    assert "options" in inspect.signature(JourneyEngine.run).parameters
