@@ -141,3 +141,57 @@ async def test_a_failure_is_one_event_naming_pattern_and_cause(store_url: str) -
         assert failed[0].payload["error_type"]
         instance = await rt.store.index.get_instance(structured_instance_id(journey_id, "u-1"))
         assert instance is not None and instance.status == "failed"
+
+
+class Crash(BaseException):
+    """The process dies: not an error any layer handles, so nothing records it."""
+
+
+async def test_a_process_replays_a_service_task_logged_before_a_crash(store_url: str) -> None:
+    """A process killed after its first service task's completion event committed, before that step's
+    checkpoint: recovery replays the logged call instead of making it again, and goes on."""
+    calls: list[str] = []
+
+    def agent(name: str) -> Any:
+        async def call(_request: Any) -> dict[str, Any]:
+            calls.append(name)
+            return {name: True}
+
+        return call
+
+    spec = {
+        "name": "two_calls",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "service_task", "id": "first", "agent": "crm.first"},
+            {"type": "service_task", "id": "second", "agent": "crm.second"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> first", "first -> second", "second -> end"],
+    }
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("crm.first", agent("first"))
+        rt.agents.register("crm.second", agent("second"))
+        await rt.processes.deploy(spec)
+        log = rt.store.events
+        append = log.append
+        logged: list[str] = []
+
+        async def dying_append(instance_id: str, events: Any, **options: Any) -> list[bool]:
+            written = await append(instance_id, events, **options)
+            if not logged and any(e.step == "first" and e.type.endswith("completed") for e in events):
+                logged.append(instance_id)
+                raise Crash  # its completion is in the log; the step never returns, so it is not checkpointed
+            return written
+
+        log.append = dying_append  # type: ignore[method-assign]  # a fault injected into this runtime's log
+        with pytest.raises(Crash):
+            await rt.processes.start("two_calls", "k-1", instance_id="proc_replay")
+        log.append = append  # type: ignore[method-assign]
+        assert logged == ["proc_replay"] and calls == ["first"]
+        assert await rt.recover() == ["proc_replay"]
+        status = await rt.processes.status("proc_replay")
+        assert status["status"] == "completed"
+        assert calls == ["first", "second"]  # the first call replayed from its logged event, not made again
+        completed = [e.step for e in await rt.history("proc_replay") if e.type.endswith("completed") and e.step]
+        assert completed.count("first") == 1
