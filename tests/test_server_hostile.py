@@ -32,7 +32,7 @@ from sqlalchemy import MetaData, create_engine, select
 from agents import AgentRegistry, AgentRequest
 from server.settings import InputLimits, key_digest
 from tests.server_support import free_port
-from tests.test_server_fuzz import KEY, PROCESS, seed
+from tests.test_openapi_fuzz import KEY, PROCESS, seed
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
