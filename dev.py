@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parent
 PYPROJECT = ROOT / "pyproject.toml"
 STAMP_NAME = ".journeys-installed"
 SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-python and classifiers say
-# What `compat` runs on the other interpreters: the README examples and everything the server serves.
+# What `compat` runs on the other interpreters: the README examples and everything the server serves. The
+# schemathesis tests (tests/test_openapi_fuzz.py: the OpenAPI document against the server, mostly Hypothesis
+# drawing examples) run once, in the whole suite.
 COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
 PYTEST_NO_TESTS_COLLECTED = 5
 

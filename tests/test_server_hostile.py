@@ -4,8 +4,11 @@ SQLite and PostgreSQL, with several threads and journeys seeded first.
 Every write endpoint's valid body is mutated at each of its values in turn: nesting deeper than 200
 levels, lone surrogates (in a value and in a key), NaN, Infinity and 1e400, a 1 MB string and a 1 MB key;
 identifiers get 1000 characters; bodies go over the size limit, declared and streamed, with and without
-a key (50 MB unauthenticated). Each answer must be a 4xx, the database must hold exactly what it held
-before, and a separate process probing ``/ok`` all along must get every answer within 100 ms. Last, a
+a key (50 MB unauthenticated); a user task whose response schema has a catastrophic pattern is completed
+with the input that backtracks for seconds, and processes with patterns no linear engine runs are
+deployed. Each answer must be a 4xx, the database must hold exactly what it held before, and a separate
+process probing ``/ok`` all along must get 95 % of its answers within 100 ms and every one within 0.5 s
+(a frozen loop stalled it 30 s; a shared 2-core box delays a few probes past 100 ms). Last, a
 run that fails with an unexpected error must leave a plain traceback in the log without the secret its
 input carried.
 """
@@ -29,7 +32,7 @@ from sqlalchemy import MetaData, create_engine, select
 from agents import AgentRegistry, AgentRequest
 from server.settings import InputLimits, key_digest
 from tests.server_support import free_port
-from tests.test_server_fuzz import KEY, PROCESS, seed
+from tests.test_openapi_fuzz import KEY, PROCESS, seed
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,20 +52,29 @@ HOSTILE: dict[str, Any] = {
     "string_1mb": HUGE,
     "key_1mb": {HUGE: 1},
 }
+CATASTROPHIC = "^(a+)+$"  # 12.6 s for EVIL on a backtracking engine
+EVIL = "a" * 28 + "!"
+NO_LINEAR_ENGINE = [r"^(\w)\1$", "^(?=a)a$", "^(?<!b)a$"]  # a backreference, a lookahead, a lookbehind
 LITERALS = {"@deep": "[" * 250 + "1" + "]" * 250, "@nan": "NaN", "@inf": "-Infinity", "@big": "1e400"}
-# A probe in its own process: /ok every 10 ms until its stdin closes, then every latency (s) as JSON.
+# A probe in its own process: /ok every 10 ms until its stdin closes, then every latency (s) as JSON. A probe
+# that gets no 200 within 10 s counts as 10 s (and reconnects).
 PROBE = """
 import http.client, json, sys, threading, time
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-connection, latencies = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30), []
+connect = lambda: http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+connection, latencies = connect(), []
 while not stop.is_set():
     started = time.perf_counter()
-    connection.request("GET", "/ok")
-    answer = connection.getresponse()
-    answer.read()
-    assert answer.status == 200, answer.status
-    latencies.append(time.perf_counter() - started)
+    try:
+        connection.request("GET", "/ok")
+        answer = connection.getresponse()
+        answer.read()
+        latencies.append(time.perf_counter() - started if answer.status == 200 else 10.0)
+    except OSError:
+        connection.close()
+        connection = connect()
+        latencies.append(10.0)
     time.sleep(0.01)
 print(json.dumps(latencies))
 """
@@ -127,6 +139,31 @@ def snapshot(url: str) -> dict[str, list[str]]:
             return {name: sorted(map(repr, conn.execute(select(table)))) for name, table in tables.tables.items()}
     finally:
         engine.dispose()
+
+
+def pattern_process(name: str, pattern: str) -> dict[str, Any]:
+    """A process with one user task for the finance group whose response must match ``pattern``."""
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}, "required": ["code"]}
+    task = {"type": "user_task", "id": "enter_code", "title": "Code", "candidate_groups": ["finance"]}
+    return {
+        "name": name,
+        "elements": [
+            {"type": "start", "id": "start"},
+            {**task, "response_schema": schema},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> enter_code", "enter_code -> end"],
+    }
+
+
+def pattern_cases(task_id: str) -> Iterator[tuple[str, str, bytes, int]]:
+    """Pathological patterns: the catastrophic one judged (refused, in microseconds on a linear engine), and
+    patterns that need backtracking refused at deployment."""
+    for n in range(10):
+        body = {"payload": {"code": EVIL + "!" * n}}
+        yield f"catastrophic pattern judged ({n})", f"/tasks/{task_id}/complete", encoded(body), 422
+    for n, pattern in enumerate(NO_LINEAR_ENGINE):
+        yield f"pattern {pattern!r} deployed", "/processes", encoded(pattern_process(f"codes_{n}", pattern)), 422
 
 
 def write_requests(ids: Callable[[str], dict[str, str]], threads: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -233,7 +270,12 @@ def test_hostile_input_is_refused_without_writing_or_stalling_the_server(served:
             started = http.post(f"/threads/{thread}/runs/wait", json={"assistant_id": assistant, "input": start})
             assert started.status_code == 200 and "__error__" not in started.json(), started.text
             threads.append(thread)
-        cases = list(hostile_cases(write_requests(ids, threads)))
+        deployed = http.post("/processes", json=pattern_process("codes", CATASTROPHIC))
+        assert deployed.status_code == 200, deployed.text  # a linear engine runs it: nothing to refuse
+        started = http.post("/processes/codes/instances", json={"business_key": "code-1"})
+        assert started.status_code == 200, started.text
+        [task] = [t for t in http.get("/tasks", params={"group": "finance"}).json() if t["element"] == "enter_code"]
+        cases = [*hostile_cases(write_requests(ids, threads)), *pattern_cases(task["task_id"])]
         before = snapshot(served.url)
         probe = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(served.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -246,15 +288,17 @@ def test_hostile_input_is_refused_without_writing_or_stalling_the_server(served:
                     answers.append(f"POST {path} with {what}: {answer.status_code} {answer.text[:300]}")
             answers += refusals_before_reading(served.base)
         finally:
-            latencies: list[float] = json.loads(probe.communicate(timeout=60)[0])
+            latencies: list[float] = json.loads(probe.communicate(timeout=90)[0])
         assert not answers, "\n".join(answers)
         after = snapshot(served.url)
         changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
         assert not changed, f"refused requests wrote to {sorted(changed)}"
         assert len(cases) > 300 and len(latencies) > 50, (len(cases), len(latencies))
-        # A frozen loop stalled it 30 s; 0.5 s leaves room for a loaded CI box.
-        assert max(latencies) < 0.5, sorted(latencies)[-10:]
+        slowest = sorted(latencies)
+        assert slowest[int(0.95 * len(slowest))] < 0.1 and slowest[-1] < 0.5, slowest[-20:]
         assert http.post("/threads/search", json={"limit": 1000}).status_code == 200  # still serving
+        done = http.post(f"/tasks/{task['task_id']}/complete", json={"payload": {"code": "aaaa"}})
+        assert done.status_code == 200 and done.json()["status"] == "completed", done.text
         # Each seeded thread still answers for its own journey: the MVP thread navigates its own session.
         moved = http.post(
             f"/threads/{threads[1]}/runs/wait",

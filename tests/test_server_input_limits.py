@@ -10,6 +10,7 @@ its caller was found to have no key. Each is now a 4xx, and nothing is written.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -170,6 +171,22 @@ async def test_bodies_over_the_limit_are_refused_before_they_are_read(base: str,
         streamed_anonymous = await anonymous.post("/threads", content=chunks(), headers=JSON)
         assert streamed_anonymous.status_code == 401
     assert await thread_ids(http) == set(threads)
+
+
+def test_a_caller_without_a_key_is_answered_before_the_body_is_sent(base: str) -> None:
+    """Authorization comes before the body is read: a request without a key that declares a body under the
+    limit but sends only its first bytes is answered 401 at once; a server that read the body first would wait
+    for the rest (the client here never sends it)."""
+    host, port = base.removeprefix("http://").split(":")
+    for path in ("/threads", "/runs/wait", "/journeys/lifecycle", "/processes", "/threads/search"):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            conn.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + b'{"metadata": {')
+            try:
+                status_line = conn.recv(4096).split(b"\r\n")[0]
+            except TimeoutError:
+                status_line = b"no answer in 10 s: the server waited for the body"
+        assert status_line == b"HTTP/1.1 401 Unauthorized", (path, status_line)
 
 
 async def test_the_limits_are_settings(sqlite_url: str) -> None:

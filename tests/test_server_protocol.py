@@ -1,30 +1,24 @@
-"""HTTP protocol details over real HTTP: a 405 names the methods the resource has (RFC 9110 ``Allow``);
-``journeys serve --no-auth`` says what it means, and refuses to expose an open server beyond loopback; and
-no operation refuses input its OpenAPI schema allows."""
+"""HTTP protocol details over real HTTP: a 405 names the methods the resource has (RFC 9110 ``Allow``), and
+``journeys serve --no-auth`` says what it means, and refuses to expose an open server beyond loopback. That no
+operation refuses input its OpenAPI schema allows is checked in ``test_openapi_fuzz.py``."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import schemathesis
-from schemathesis.generation import GenerationMode
 from typer.testing import CliRunner
 
 from server.app import create_app
 from server.cli import app as cli
 from server.settings import Settings, is_loopback
 from tests.server_support import ROOT, free_port, serving
-from tests.test_server_fuzz import KEY, SERVERS_IN_PROCESS, load_schema, run_examples, serving_both
 
 pytestmark = pytest.mark.slow
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -117,60 +111,3 @@ def test_no_auth_warns_when_it_starts(tmp_path: Path, options: tuple[str, ...], 
         errors = stopped(process)
     assert "warning: --no-auth" in errors and "every request" in errors
     assert ("reachable from other machines" in errors) is exposed
-
-
-# The operations that take a spec: its design rules (steps reachable, agents registered, flows connected,
-# ...) are checked once its shape is valid, and reported as a SpecError. No JSON Schema can state those.
-SPEC_OPERATIONS = {
-    "POST /journeys/structured/designs",
-    "POST /journeys/sagas/designs",
-    "POST /journeys/sessions",
-    "POST /processes",
-}
-EXAMPLES = 10
-
-
-def refusal_beyond_the_schema(operation: str, problem: dict[str, Any]) -> bool:
-    """A 422 for a rule of a spec the schema cannot state: a design rule, or a validator's cross-field rule
-    (pydantic reports those as "Value error, ..."). Any other 422 means the schema allowed what the server
-    refuses."""
-    if operation not in SPEC_OPERATIONS:
-        return False
-    if problem.get("code") == "SpecError":
-        return True
-    # A collection pydantic finds too short "after validation" only lost an item another problem names.
-    problems = [p for p in problem.get("problems", []) if "after validation" not in p]
-    return problem.get("code") == "RequestValidationError" and all(": Value error, " in p for p in problems)
-
-
-@SERVERS_IN_PROCESS
-def test_no_operation_refuses_input_its_schema_allows(sqlite_url: str, postgres_url: str) -> None:
-    """Schemathesis generates input that every operation's OpenAPI schema allows (with the ids of real
-    journeys, threads, runs, tasks... where the path has any): none may be refused as invalid (400/422), on
-    SQLite or on PostgreSQL (each example is sent to both)."""
-    refused: dict[str, list[str]] = {}
-    sent: Counter[str] = Counter()
-    with serving_both(sqlite_url, postgres_url) as backends:
-        api = load_schema(backends[0].base)
-        operations = [result.ok() for result in api.get_all_operations()]
-        for operation in operations:
-            names = [p.name for p in operation.path_parameters]
-            fixed = {k: v for k, v in backends[0].real_ids(operation.path).items() if k in names} or None
-
-            def send(case: schemathesis.Case, ids: frozenset[str] = frozenset(fixed or ())) -> None:
-                for backend in backends:
-                    backend.prepare(case, ids)
-                    response = case.call(backend.base, headers=KEY, timeout=30)
-                    sent[backend.name] += 1
-                    if response.status_code in (400, 422):
-                        problem = response.json()
-                        if not refusal_beyond_the_schema(case.operation.label, problem):
-                            body = json.dumps(case.body, ensure_ascii=True, default=str)[:300]
-                            label = f"{case.operation.label} on {backend.name}"
-                            refused.setdefault(label, []).append(f"{problem['detail'][:300]} <- {body}")
-
-            run_examples(
-                operation.as_strategy(generation_mode=GenerationMode.POSITIVE, path_parameters=fixed), EXAMPLES, send
-            )
-    assert not refused, "\n".join(f"{label}: {len(why)} refused, e.g. {why[0]}" for label, why in refused.items())
-    assert len(operations) > 40 and sent["sqlite"] == sent["postgres"] > 5 * len(operations), sent

@@ -8,11 +8,18 @@ sessions, sagas, lifecycles, processes and tasks created first (the paths behind
 negative data (bodies, parameters and headers that break the document: 4xx, never 5xx). Bounded and
 derandomized: a few examples each, the same ones every run. Each example is generated once and sent to the
 server on SQLite and to the server on PostgreSQL (with that server's real ids): generating them is most of
-the CPU these tests take, and both backends get the same examples.
+the CPU these tests take, and both backends get the same examples. A second test sends input each schema
+allows and requires that no operation refuses it.
+
+These two tests check the OpenAPI document against what the server does, and spend most of their time in
+Hypothesis drawing examples: they run once, in the main suite. `dev.py compat` runs ``tests/test_server_*.py``
+on the other Pythons, where they would add minutes and no interpreter-specific coverage (every route is also
+served there by the other server tests).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -191,3 +198,60 @@ def test_no_server_errors_and_no_schema_violations(sqlite_url: str, postgres_url
         seen = Counter({status: n for (name, status), n in statuses.items() if name == backend.name})
         assert len(operations) > 40 and seen.total() > 8 * len(operations), (backend.name, len(operations), seen)
         assert {200, 404, 409, 422} <= set(seen), (backend.name, seen)
+
+
+# The operations that take a spec: its design rules (steps reachable, agents registered, flows connected,
+# ...) are checked once its shape is valid, and reported as a SpecError. No JSON Schema can state those.
+SPEC_OPERATIONS = {
+    "POST /journeys/structured/designs",
+    "POST /journeys/sagas/designs",
+    "POST /journeys/sessions",
+    "POST /processes",
+}
+EXAMPLES = 10
+
+
+def refusal_beyond_the_schema(operation: str, problem: dict[str, Any]) -> bool:
+    """A 422 for a rule of a spec the schema cannot state: a design rule, or a validator's cross-field rule
+    (pydantic reports those as "Value error, ..."). Any other 422 means the schema allowed what the server
+    refuses."""
+    if operation not in SPEC_OPERATIONS:
+        return False
+    if problem.get("code") == "SpecError":
+        return True
+    # A collection pydantic finds too short "after validation" only lost an item another problem names.
+    problems = [p for p in problem.get("problems", []) if "after validation" not in p]
+    return problem.get("code") == "RequestValidationError" and all(": Value error, " in p for p in problems)
+
+
+@SERVERS_IN_PROCESS
+def test_no_operation_refuses_input_its_schema_allows(sqlite_url: str, postgres_url: str) -> None:
+    """Schemathesis generates input that every operation's OpenAPI schema allows (with the ids of real
+    journeys, threads, runs, tasks... where the path has any): none may be refused as invalid (400/422), on
+    SQLite or on PostgreSQL (each example is sent to both)."""
+    refused: dict[str, list[str]] = {}
+    sent: Counter[str] = Counter()
+    with serving_both(sqlite_url, postgres_url) as backends:
+        api = load_schema(backends[0].base)
+        operations = [result.ok() for result in api.get_all_operations()]
+        for operation in operations:
+            names = [p.name for p in operation.path_parameters]
+            fixed = {k: v for k, v in backends[0].real_ids(operation.path).items() if k in names} or None
+
+            def send(case: schemathesis.Case, ids: frozenset[str] = frozenset(fixed or ())) -> None:
+                for backend in backends:
+                    backend.prepare(case, ids)
+                    response = case.call(backend.base, headers=KEY, timeout=30)
+                    sent[backend.name] += 1
+                    if response.status_code in (400, 422):
+                        problem = response.json()
+                        if not refusal_beyond_the_schema(case.operation.label, problem):
+                            body = json.dumps(case.body, ensure_ascii=True, default=str)[:300]
+                            label = f"{case.operation.label} on {backend.name}"
+                            refused.setdefault(label, []).append(f"{problem['detail'][:300]} <- {body}")
+
+            run_examples(
+                operation.as_strategy(generation_mode=GenerationMode.POSITIVE, path_parameters=fixed), EXAMPLES, send
+            )
+    assert not refused, "\n".join(f"{label}: {len(why)} refused, e.g. {why[0]}" for label, why in refused.items())
+    assert len(operations) > 40 and sent["sqlite"] == sent["postgres"] > 5 * len(operations), sent
