@@ -51,7 +51,7 @@ class InsightQueries:
         if pattern is not None:
             finished = finished.where(instances.pattern == pattern)
             step_counts = step_counts.where(
-                events.instance_id.in_(select(instances.instance_id).where(instances.pattern == pattern))
+                events.instance_no.in_(select(instances.instance_no).where(instances.pattern == pattern))
             )
         async with self._engine.connect() as conn:
             done = (await conn.execute(finished)).all()
