@@ -13,16 +13,17 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.redaction import redact
-from checkpoints.schema.tables import journey_events, journey_instances
+from checkpoints.schema.tables import INSTANCE_NO_SEQUENCE, journey_events, journey_instances
 from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
 
 
@@ -88,20 +89,43 @@ def full_key(instance_id: str, stored: str | None) -> str | None:
 
 
 _columns = journey_events.c
-# An instance's events are keyed by its number (migration 21), found from its id in each statement: callers
-# name instances by id, and an event of an unregistered instance fails (its number is NULL) instead of
-# being written where no reader finds it.
+
+
+class _NewInstanceNo(ColumnElement[int]):
+    """A number for an instance's first event that no instance has: PostgreSQL's sequence; on SQLite, whose
+    writers are serialised, one past the largest (the primary key's first column: one index probe)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_NewInstanceNo, "postgresql")
+def _new_instance_no_postgres(element: _NewInstanceNo, compiler: Any, **kw: Any) -> str:
+    return f"nextval('{INSTANCE_NO_SEQUENCE}')"
+
+
+@compiles(_NewInstanceNo)
+def _new_instance_no(element: _NewInstanceNo, compiler: Any, **kw: Any) -> str:
+    return "(SELECT coalesce(max(instance_no), 0) + 1 FROM journey_events)"
+
+
+# An instance's events are keyed by its number (migration 21), which its first event gives: callers name
+# instances by id, and the number is found from it in each statement (the first events' index on the id).
+_first = journey_events.alias("first_event")
 INSTANCE_NO = (
-    select(journey_instances.c.instance_no)
-    .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
+    select(_first.c.instance_no)
+    .where(_first.c.instance_id == bindparam("p_instance_id"), _first.c.seq == 1)
     .scalar_subquery()
 )
 OF_INSTANCE = _columns.instance_no == INSTANCE_NO
 # The next seq of the instance is taken in the insert itself; a concurrent writer of the same instance
-# makes one of the two fail on the (instance_no, seq) primary key, and that one simply goes again.
+# makes one of the two fail on the (instance_no, seq) primary key, and that one simply goes again (two
+# first events of one instance, on the first events' unique index).
 _next_seq = select(func.coalesce(func.max(_columns.seq), 0) + 1).where(OF_INSTANCE).scalar_subquery()
 EVENT_VALUES = {
-    "instance_no": INSTANCE_NO,
+    "instance_no": func.coalesce(INSTANCE_NO, _NewInstanceNo()),
+    # Only the first event names the instance by its id.
+    "instance_id": case((INSTANCE_NO.is_(None), bindparam("p_instance_id", type_=_columns.instance_id.type))),
     "type": bindparam("p_type", type_=_columns.type.type),
     "step": bindparam("p_step", type_=_columns.step.type),
     "payload": bindparam("p_payload", type_=_columns.payload.type),

@@ -73,25 +73,8 @@ _REGISTER_INSTANCE = insert(journey_instances).values(
     tenant=bindparam("p_tenant", type_=_instances.tenant.type),
     shared_group=bindparam("p_shared_group", type_=_instances.shared_group.type),
 )
-# The first event alone names the instance by its id too (the index row can be rebuilt from the log).
-_FIRST_EVENT = insert(journey_events).values(
-    seq=1, instance_id=bindparam("p_instance_id", type_=journey_events.c.instance_id.type), **EVENT_VALUES
-)
-# In one statement on PostgreSQL (the backend's write, one round trip), where the event's insert cannot see the
-# instance row a sibling statement inserts: the event takes the number the registration returns.
-_REGISTERED = _REGISTER_INSTANCE.returning(_instances.instance_no).cte("registered")
-_REGISTER_WITH_FIRST_EVENT = (
-    insert(journey_events)
-    .values(
-        seq=1,
-        instance_id=bindparam("p_instance_id", type_=journey_events.c.instance_id.type),
-        **{**EVENT_VALUES, "instance_no": select(_REGISTERED.c.instance_no).scalar_subquery()},
-    )
-    .add_cte(_REGISTERED)
-)
-# An instance as read: its number is the event log's key, not part of what an instance is.
-INSTANCE_COLUMNS = [column for column in journey_instances.c if column.name != "instance_no"]
-_GET_INSTANCE = select(*INSTANCE_COLUMNS).where(_instances.instance_id == bindparam("p_instance_id"))
+_FIRST_EVENT = insert(journey_events).values(seq=1, **EVENT_VALUES)
+_GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 
 
 # Told (instance id, journey id, pattern) of every instance registered (metrics).
@@ -179,8 +162,6 @@ class JourneyIndex:
                     await tx.execute(_FIRST_EVENT, values)
                     for statement, params in also:
                         await tx.execute(statement, params)
-            elif self._backend.postgres:
-                await self._backend.write([_REGISTER_WITH_FIRST_EVENT], values)
             else:
                 await self._backend.write([_REGISTER_INSTANCE, _FIRST_EVENT], values)
         except Exception as exc:
@@ -199,7 +180,7 @@ class JourneyIndex:
         if viewer is None:
             found = await self._backend.read(_GET_INSTANCE, {"p_instance_id": instance_id})
         else:
-            query = select(*INSTANCE_COLUMNS).where(
+            query = select(journey_instances).where(
                 _instances.instance_id == instance_id,
                 visible_to(viewer, _instances.owner, _instances.tenant, _instances.shared_group),
             )
@@ -212,7 +193,7 @@ class JourneyIndex:
         found: list[Instance] = []
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            query = select(*INSTANCE_COLUMNS).where(_instances.instance_id.in_(chunk))
+            query = select(journey_instances).where(_instances.instance_id.in_(chunk))
             found += [Instance(**row) for row in await self._backend.query(query)]
         return found
 
@@ -229,7 +210,7 @@ class JourneyIndex:
         """Instances of ``pattern`` in ``status`` and kept by ``where`` (user, stage, time), oldest first
         (or the ``limit`` newest, newest first); only those ``viewer`` may see when given."""
         order = (_instances.created_at, _instances.instance_id)
-        query = select(*INSTANCE_COLUMNS).order_by(*(c.desc() for c in order) if newest_first else order).limit(limit)
+        query = select(journey_instances).order_by(*(c.desc() for c in order) if newest_first else order).limit(limit)
         if viewer is not None:
             query = query.where(visible_to(viewer, _instances.owner, _instances.tenant, _instances.shared_group))
         where = where or InstanceFilter()

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 
 from checkpoints.backends.base import Backend, Row
-from checkpoints.events import DESIGN_KEY, STATUS_KEY, Event, EventLog, first_row
+from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row
 from checkpoints.flow import ENDED_STATUSES
 from checkpoints.lifecycle import next_position, run_totals, task_row
 from checkpoints.redaction import redact
@@ -43,13 +43,10 @@ from checkpoints.schema.lifecycle_tables import (
 from checkpoints.schema.tables import journey_events, journey_instances, user_task_groups, user_tasks
 
 _events, _instances = journey_events.c, journey_instances.c
-# Each instance in the log, by the id and number its first event records.
-_LOGGED = select(_events.instance_id, _events.instance_no).where(_events.seq == 1).order_by(_events.instance_id)
-_EVENTS_OF = (
-    select(_events.payload, _events.created_at)
-    .where(_events.instance_no == bindparam("p_instance_no"))
-    .order_by(_events.seq)
-)
+_LOGGED = select(_events.instance_id).where(
+    _events.seq == 1
+)  # the first event names its instance.order_by(_events.instance_id)
+_EVENTS_OF = select(_events.payload, _events.created_at).where(OF_INSTANCE).order_by(_events.seq)
 _ROW = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 _ROW_VALUES = {
     "journey_id": bindparam("p_journey_id", type_=_instances.journey_id.type),
@@ -59,9 +56,7 @@ _ROW_VALUES = {
     "created_at": bindparam("p_created_at", type_=_instances.created_at.type),
     "updated_at": bindparam("p_updated_at", type_=_instances.updated_at.type),
 }
-_INSERT = insert(journey_instances).values(
-    instance_id=bindparam("p_instance_id"), instance_no=bindparam("p_instance_no"), **_ROW_VALUES
-)
+_INSERT = insert(journey_instances).values(instance_id=bindparam("p_instance_id"), **_ROW_VALUES)
 _UPDATE = update(journey_instances).where(_instances.instance_id == bindparam("p_instance_id")).values(**_ROW_VALUES)
 _COMPARED = ("journey_id", "pattern", "user_id", "status")
 
@@ -102,20 +97,16 @@ async def rebuild_instance_index(backend: Backend) -> Rebuilt:
     updated, one that agrees left alone (an offline repair: a few queries per instance)."""
     corrected: list[str] = []
     underivable: list[str] = []
-    logged = [(row["instance_id"], row["instance_no"]) for row in await backend.query(_LOGGED)]
-    for instance_id, instance_no in logged:
-        derived = derived_row(await backend.query(_EVENTS_OF, {"p_instance_no": instance_no}))
+    logged = [row["instance_id"] for row in await backend.query(_LOGGED)]
+    for instance_id in logged:
+        derived = derived_row(await backend.query(_EVENTS_OF, {"p_instance_id": instance_id}))
         if derived is None:
             underivable.append(instance_id)
             continue
         found = await backend.query(_ROW, {"p_instance_id": instance_id})
         if found and all(found[0][name] == derived[name] for name in _COMPARED):
             continue
-        params = {
-            "p_instance_id": instance_id,
-            "p_instance_no": instance_no,
-            **{f"p_{name}": value for name, value in derived.items()},
-        }
+        params = {"p_instance_id": instance_id, **{f"p_{name}": value for name, value in derived.items()}}
         await backend.write([_UPDATE if found else _INSERT], params)
         corrected.append(instance_id)
     return Rebuilt(len(logged), corrected, underivable)

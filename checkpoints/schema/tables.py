@@ -11,7 +11,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    FetchedValue,
     Index,
     Integer,
     MetaData,
@@ -50,7 +49,7 @@ JsonType = JSON().with_variant(JSONB(), "postgresql")
 EventPayloadType = JSON()
 # SQLite only auto-increments INTEGER PRIMARY KEY.
 EventId = BigInteger().with_variant(Integer(), "sqlite")
-# A journey instance's number (journey_instances.instance_no), which its events are keyed by.
+# A journey instance's number in the event log (journey_events.instance_no).
 InstanceNo = BigInteger().with_variant(Integer(), "sqlite")
 
 schema_migrations = Table(
@@ -82,11 +81,7 @@ journey_instances = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     *owner_columns(),  # who started it (migration 12): see checkpoints.ownership
-    # The instance's number, which its events are keyed by (migration 21): 8 bytes in each event row and index
-    # entry where the id took 30-40. Given by the database (an identity on PostgreSQL, a trigger on SQLite).
-    Column("instance_no", InstanceNo, nullable=False, server_default=FetchedValue()),
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
-    Index("uq_journey_instances_no", "instance_no", unique=True),
     Index("ix_journey_instances_owner", "tenant", "owner"),
     # Checkpoint retention's pass reads the instances finished since its mark in this order (migration 20). On
     # PostgreSQL a BRIN index: a fraction of a byte per journey where a B-tree costs 20-36 (rows lie roughly in
@@ -94,11 +89,12 @@ journey_instances = Table(
     Index("ix_journey_instances_updated", "updated_at", postgresql_using="brin"),
 )
 
-# Keyed by (instance_no, seq), with no surrogate id: every step writes a row, and each index is paid per
-# step, so the instance is named by its number (migration 21), not its id. The fixed-width columns come first
-# (PostgreSQL pads each to its alignment). The first event (seq 1) alone holds the instance's id: with what it
-# records of the instance, the index row can be rebuilt from the log (checkpoints.rebuild).
+# Keyed by (instance_no, seq): every step writes a row, and each index is paid per step, so an instance's
+# events name it by a number (8 bytes, where its id took 30-40: migration 21). Its first event (seq 1) alone
+# holds the id, and gives the number (checkpoints.events); the log stays whole by itself. The fixed-width
+# columns come first (PostgreSQL pads each to its alignment).
 EVENTS_PRIMARY_KEY = "pk_journey_events"
+INSTANCE_NO_SEQUENCE = "journey_events_instance_no"  # PostgreSQL's source of new instance numbers
 journey_events = Table(
     "journey_events",
     metadata,
@@ -112,6 +108,14 @@ journey_events = Table(
     Column("idempotency_key", Text, nullable=True),
     Column("instance_id", String(200), nullable=True),  # on the first event only
     PrimaryKeyConstraint("instance_no", "seq", name=EVENTS_PRIMARY_KEY),
+    # An instance's number, found from its id; and one first event per instance.
+    Index(
+        "uq_journey_events_instance",
+        "instance_id",
+        unique=True,
+        postgresql_where=text("seq = 1"),
+        sqlite_where=text("seq = 1"),
+    ),
     Index(
         "uq_journey_events_key",
         "instance_no",
