@@ -58,7 +58,15 @@ DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 DROP TABLE server_crons;
 DROP TABLE journey_retention;
 DROP INDEX ix_journey_instances_updated;
+DROP SEQUENCE journey_events_instance_no;
 """
+# Migration 21 taken away again on PostgreSQL (an empty event log): keyed by (instance_id, seq) as before it.
+UNDO_MIGRATION_21 = (
+    "DROP SEQUENCE journey_events_instance_no",
+    "DROP INDEX uq_journey_events_instance",
+    "ALTER TABLE journey_events DROP COLUMN instance_no",
+    "ALTER TABLE journey_events ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)",
+)
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
 # A journey instance as a database made before today's migrations holds it (created and updated at :at).
 OLD_INSTANCE = text(
@@ -110,8 +118,8 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
             "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'journey_events'::regclass AND i.indisprimary"
         ).fetchall()
     assert "id" not in columns
-    assert indexes == {"pk_journey_events", "uq_journey_events_key"}
-    assert {r[0] for r in primary} == {"instance_id", "seq"}
+    assert indexes == {"pk_journey_events", "uq_journey_events_key", "uq_journey_events_instance"}
+    assert {r[0] for r in primary} == {"instance_no", "seq"}
     assert instance_indexes == {
         "journey_instances_pkey",
         "ix_journey_instances_pattern_status",
@@ -156,6 +164,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
             if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))
+                for statement in UNDO_MIGRATION_21:
+                    await conn.execute(text(statement))
                 await conn.execute(text("ALTER TABLE journey_events ADD UNIQUE (idempotency_key)"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
@@ -387,9 +397,10 @@ async def test_event_rows_made_before_migration_20_are_shrunk_and_read_as_they_d
             assert await conn.run_sync(schema_drift) == []
             stored = (
                 await conn.execute(
-                    text(
-                        "SELECT instance_id, idempotency_key, CAST(payload AS TEXT) FROM journey_events "
-                        "ORDER BY instance_id, seq"
+                    text(  # each event with the id its instance's first event records (migration 21)
+                        "SELECT f.instance_id, e.idempotency_key, CAST(e.payload AS TEXT) FROM journey_events e "
+                        "JOIN journey_events f ON f.instance_no = e.instance_no AND f.seq = 1 "
+                        "ORDER BY f.instance_id, e.seq"
                     )
                 )
             ).all()
