@@ -428,3 +428,65 @@ async def test_event_rows_made_before_migration_20_are_shrunk_and_read_as_they_d
         assert rebuilt.underivable == [] and "old-1" not in rebuilt.corrected  # its row agrees with its log
         instance = await rt.store.index.get_instance("old-2")
         assert instance is not None and (instance.journey_id, instance.user_id) == ("j-1", "bo")
+
+
+async def test_event_rows_made_before_migration_21_are_numbered_and_read_as_they_did(durable_url: str) -> None:
+    """Migration 21: events name their instance by a number (the first event alone keeps the id); every event
+    of a log made before it reads back as it did, appends go on after it, keys still deduplicate, a new
+    instance gets a number of its own, and the instance index rebuilds from the log."""
+    url = parse_store_url(durable_url)
+    engine = create_engine_for(url)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [  # (instance, seq, type, step, payload, stored key), two logs interleaved, one with no index row
+        ("old-1", 1, "journey.started", None, {"journey_id": "j-1", "user_id": "ana"}, None),
+        ("old-2", 1, "note", None, {"n": 1}, "k-1"),
+        ("old-1", 2, "step.completed", "a", {"output": {"ok": True}}, ":a:1"),
+        ("old-2", 2, "note", None, {"n": 2}, None),
+        ("old-1", 3, "wait.completed", None, {}, "w-9:completed"),
+    ]
+    try:
+        assert await migrate(engine, upto=20) == [m.version for m in MIGRATIONS if m.version <= 20]
+        async with engine.begin() as conn:
+            await conn.execute(OLD_INSTANCE, {"at": at})
+            for instance_id, seq, kind, step, payload, key in rows:
+                await conn.execute(
+                    text(
+                        "INSERT INTO journey_events (instance_id, seq, type, step, payload, idempotency_key, "
+                        "created_at) VALUES (:i, :seq, :kind, :step, :payload, :key, :at)"
+                    ),
+                    {"i": instance_id, "seq": seq, "kind": kind, "step": step, "payload": json.dumps(payload)}
+                    | {"key": key, "at": at},
+                )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+            stored = (
+                await conn.execute(text("SELECT instance_no, seq, instance_id FROM journey_events ORDER BY 1, 2"))
+            ).all()
+        numbers = {row[2]: row[0] for row in stored if row[1] == 1}
+        assert sorted(numbers) == ["old-1", "old-2"] and len(set(numbers.values())) == 2
+        assert [(no, seq, iid) for no, seq, iid in stored if iid is None] == [
+            (numbers["old-1"], 2, None),
+            (numbers["old-1"], 3, None),
+            (numbers["old-2"], 2, None),
+        ]
+        assert [(e.instance_id, e.seq, e.type, e.step, e.key, e.payload) for e in await rt.history("old-1")] == [
+            ("old-1", 1, "journey.started", None, None, {"journey_id": "j-1", "user_id": "ana"}),
+            ("old-1", 2, "step.completed", "a", "old-1:a:1", {"output": {"ok": True}}),
+            ("old-1", 3, "wait.completed", None, "w-9:completed", {}),
+        ]
+        assert [(e.seq, e.key) for e in await rt.history("old-2")] == [(1, "k-1"), (2, None)]
+        found = await rt.store.events.find_by_key("old-1", "old-1:a:1")
+        assert found is not None and found.seq == 2
+        assert await rt.store.events.append("old-1", [NewEvent("step.completed", {}, "a", "old-1:a:1")]) == [False]
+        assert await rt.store.events.append("old-1", [NewEvent("step.completed", {}, "b", "old-1:b:2")]) == [True]
+        assert [e.seq for e in await rt.history("old-1")] == [1, 2, 3, 4]
+        # A log begun after the migration gets a number no older log has.
+        assert await rt.store.events.append("new-1", [NewEvent("note", {}, None, "k-1")]) == [True]
+        assert [(e.seq, e.key) for e in await rt.history("new-1")] == [(1, "k-1")]
+        assert [e.seq for e in await rt.history("old-2")] == [1, 2]
+        rebuilt = await rebuild_instance_index(rt.store.backend)
+        assert rebuilt.instances == 3 and "old-1" not in rebuilt.corrected
