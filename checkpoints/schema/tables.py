@@ -108,13 +108,15 @@ journey_events = Table(
     Column("idempotency_key", Text, nullable=True),
     Column("instance_id", String(200), nullable=True),  # on the first event only
     PrimaryKeyConstraint("instance_no", "seq", name=EVENTS_PRIMARY_KEY),
-    # An instance's number, found from its id; and one first event per instance.
+    # An instance's number, found from its id; and one first event per instance. (On PostgreSQL the log's
+    # B-trees, its primary key too, are filled whole: fillfactor 100, migration 21; its rows never change.)
     Index(
         "uq_journey_events_instance",
         "instance_id",
         unique=True,
         postgresql_where=text("seq = 1"),
         sqlite_where=text("seq = 1"),
+        postgresql_with={"fillfactor": 100},
     ),
     Index(
         "uq_journey_events_key",
@@ -123,6 +125,7 @@ journey_events = Table(
         unique=True,
         postgresql_where=text("idempotency_key IS NOT NULL"),
         sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_with={"fillfactor": 100},
     ),
 )
 
