@@ -13,16 +13,17 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.redaction import redact
-from checkpoints.schema.tables import journey_events, journey_instances
+from checkpoints.schema.tables import INSTANCE_NO_SEQUENCE, journey_events, journey_instances
 from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
 
 
@@ -49,17 +50,17 @@ class Event:
     created_at: datetime
 
 
-def _event(row: Row, sealer: Sealer) -> Event:
+def _event(instance_id: str, row: Row, sealer: Sealer) -> Event:
     payload = sealer.open(row["payload"])
     if isinstance(payload, dict) and INDEX_KEYS & payload.keys():  # the index's bookkeeping: for rebuild only
         payload = {k: v for k, v in payload.items() if k not in INDEX_KEYS}
     return Event(
-        instance_id=row["instance_id"],
+        instance_id=instance_id,
         seq=row["seq"],
         type=row["type"],
         step=row["step"],
         payload=payload,
-        key=full_key(row["instance_id"], row["idempotency_key"]),
+        key=full_key(instance_id, row["idempotency_key"]),
         created_at=row["created_at"],
     )
 
@@ -88,15 +89,43 @@ def full_key(instance_id: str, stored: str | None) -> str | None:
 
 
 _columns = journey_events.c
-# The next seq of the instance is taken in the insert itself; a concurrent writer of the same instance
-# makes one of the two fail on the (instance_id, seq) primary key, and that one simply goes again.
-_next_seq = (
-    select(func.coalesce(func.max(_columns.seq), 0) + 1)
-    .where(_columns.instance_id == bindparam("p_instance_id"))
+
+
+class _NewInstanceNo(ColumnElement[int]):
+    """A number for an instance's first event that no instance has: PostgreSQL's sequence; on SQLite, whose
+    writers are serialised, one past the largest (the primary key's first column: one index probe)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_NewInstanceNo, "postgresql")
+def _new_instance_no_postgres(element: _NewInstanceNo, compiler: Any, **kw: Any) -> str:
+    return f"nextval('{INSTANCE_NO_SEQUENCE}')"
+
+
+@compiles(_NewInstanceNo)
+def _new_instance_no(element: _NewInstanceNo, compiler: Any, **kw: Any) -> str:
+    return "(SELECT coalesce(max(instance_no), 0) + 1 FROM journey_events)"
+
+
+# An instance's events are keyed by its number (migration 21), which its first event gives: callers name
+# instances by id, and the number is found from it in each statement (the first events' index on the id).
+_first = journey_events.alias("first_event")
+INSTANCE_NO = (
+    select(_first.c.instance_no)
+    .where(_first.c.instance_id == bindparam("p_instance_id"), _first.c.seq == 1)
     .scalar_subquery()
 )
+OF_INSTANCE = _columns.instance_no == INSTANCE_NO
+# The next seq of the instance is taken in the insert itself; a concurrent writer of the same instance
+# makes one of the two fail on the (instance_no, seq) primary key, and that one simply goes again (two
+# first events of one instance, on the first events' unique index).
+_next_seq = select(func.coalesce(func.max(_columns.seq), 0) + 1).where(OF_INSTANCE).scalar_subquery()
 EVENT_VALUES = {
-    "instance_id": bindparam("p_instance_id", type_=_columns.instance_id.type),
+    "instance_no": func.coalesce(INSTANCE_NO, _NewInstanceNo()),
+    # Only the first event names the instance by its id.
+    "instance_id": case((INSTANCE_NO.is_(None), bindparam("p_instance_id", type_=_columns.instance_id.type))),
     "type": bindparam("p_type", type_=_columns.type.type),
     "step": bindparam("p_step", type_=_columns.step.type),
     "payload": bindparam("p_payload", type_=_columns.payload.type),
@@ -145,20 +174,16 @@ def stamped(events: Sequence[NewEvent], status: str | None) -> Sequence[NewEvent
 
 # Told (instance id, new status) after a status change committed with newly written events (metrics).
 StatusListener = Callable[[str, str], Awaitable[None]]
-_SELECT_BY_KEY = select(journey_events).where(
-    _columns.instance_id == bindparam("p_instance_id"), _columns.idempotency_key == bindparam("p_key")
-)
+_SELECT_BY_KEY = select(journey_events).where(OF_INSTANCE, _columns.idempotency_key == bindparam("p_key"))
 # Keys are unique per instance, among the events that have one (a partial index: unkeyed events pay nothing).
-KEY_INDEX = ["instance_id", "idempotency_key"]
+KEY_INDEX = ["instance_no", "idempotency_key"]
 KEYED = _columns.idempotency_key.isnot(None)
 
 
 @cache
 def _events_of_instance(types: int) -> Select[Any]:
     """An instance's events after a seq, of any type (``types`` 0) or of one of ``types`` given types."""
-    query = select(journey_events).where(
-        _columns.instance_id == bindparam("p_instance_id"), _columns.seq > bindparam("p_after")
-    )
+    query = select(journey_events).where(OF_INSTANCE, _columns.seq > bindparam("p_after"))
     if types:
         query = query.where(_columns.type.in_([bindparam(f"p_type_{n}") for n in range(types)]))
     return query.order_by(_columns.seq)
@@ -285,13 +310,14 @@ class EventLog:
         found = await self._backend.read(
             _SELECT_BY_KEY, {"p_instance_id": instance_id, "p_key": stored_key(instance_id, key)}
         )
-        return _event(found[0], self._sealer) if found else None
+        return _event(instance_id, found[0], self._sealer) if found else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
         wanted = list(dict.fromkeys(types or ()))
         params: dict[str, Any] = {"p_instance_id": instance_id, "p_after": after_seq}
         params.update({f"p_type_{n}": type_ for n, type_ in enumerate(wanted)})
-        return [_event(row, self._sealer) for row in await self._backend.read(_events_of_instance(len(wanted)), params)]
+        rows = await self._backend.read(_events_of_instance(len(wanted)), params)
+        return [_event(instance_id, row, self._sealer) for row in rows]
 
 
 def _values(instance_id: str, event: NewEvent, now: datetime, sealer: Sealer) -> dict[str, Any]:

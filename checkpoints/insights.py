@@ -39,7 +39,7 @@ class InsightQueries:
     async def read(self, *, pattern: str | None = None) -> InsightRows:
         """Durations of the finished journeys (of ``pattern``, or all) and how often each step completed or
         failed, read on one connection."""
-        instances, events = journey_instances.c, journey_events.c
+        instances, events, first = journey_instances.c, journey_events.c, journey_events.alias("first_event").c
         finished = select(instances.created_at, instances.updated_at).where(
             instances.status.in_(list(FINISHED_STATUSES))
         )
@@ -51,7 +51,12 @@ class InsightQueries:
         if pattern is not None:
             finished = finished.where(instances.pattern == pattern)
             step_counts = step_counts.where(
-                events.instance_id.in_(select(instances.instance_id).where(instances.pattern == pattern))
+                events.instance_no.in_(
+                    select(first.instance_no).where(
+                        first.seq == 1,  # the first event names its instance
+                        first.instance_id.in_(select(instances.instance_id).where(instances.pattern == pattern)),
+                    )
+                )
             )
         async with self._engine.connect() as conn:
             done = (await conn.execute(finished)).all()

@@ -58,7 +58,15 @@ DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 DROP TABLE server_crons;
 DROP TABLE journey_retention;
 DROP INDEX ix_journey_instances_updated;
+DROP SEQUENCE journey_events_instance_no;
 """
+# Migration 21 taken away again on PostgreSQL (an empty event log): keyed by (instance_id, seq) as before it.
+UNDO_MIGRATION_21 = (
+    "DROP SEQUENCE journey_events_instance_no",
+    "DROP INDEX uq_journey_events_instance",
+    "ALTER TABLE journey_events DROP COLUMN instance_no",
+    "ALTER TABLE journey_events ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)",
+)
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
 # A journey instance as a database made before today's migrations holds it (created and updated at :at).
 OLD_INSTANCE = text(
@@ -110,8 +118,8 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
             "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'journey_events'::regclass AND i.indisprimary"
         ).fetchall()
     assert "id" not in columns
-    assert indexes == {"pk_journey_events", "uq_journey_events_key"}
-    assert {r[0] for r in primary} == {"instance_id", "seq"}
+    assert indexes == {"pk_journey_events", "uq_journey_events_key", "uq_journey_events_instance"}
+    assert {r[0] for r in primary} == {"instance_no", "seq"}
     assert instance_indexes == {
         "journey_instances_pkey",
         "ix_journey_instances_pattern_status",
@@ -156,6 +164,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
             if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))
+                for statement in UNDO_MIGRATION_21:
+                    await conn.execute(text(statement))
                 await conn.execute(text("ALTER TABLE journey_events ADD UNIQUE (idempotency_key)"))
             await conn.execute(text("DELETE FROM journeys_schema_migrations WHERE version >= 7"))
         async with rt.store.engine.begin() as conn:
@@ -387,9 +397,10 @@ async def test_event_rows_made_before_migration_20_are_shrunk_and_read_as_they_d
             assert await conn.run_sync(schema_drift) == []
             stored = (
                 await conn.execute(
-                    text(
-                        "SELECT instance_id, idempotency_key, CAST(payload AS TEXT) FROM journey_events "
-                        "ORDER BY instance_id, seq"
+                    text(  # each event with the id its instance's first event records (migration 21)
+                        "SELECT f.instance_id, e.idempotency_key, CAST(e.payload AS TEXT) FROM journey_events e "
+                        "JOIN journey_events f ON f.instance_no = e.instance_no AND f.seq = 1 "
+                        "ORDER BY f.instance_id, e.seq"
                     )
                 )
             ).all()
@@ -417,3 +428,65 @@ async def test_event_rows_made_before_migration_20_are_shrunk_and_read_as_they_d
         assert rebuilt.underivable == [] and "old-1" not in rebuilt.corrected  # its row agrees with its log
         instance = await rt.store.index.get_instance("old-2")
         assert instance is not None and (instance.journey_id, instance.user_id) == ("j-1", "bo")
+
+
+async def test_event_rows_made_before_migration_21_are_numbered_and_read_as_they_did(durable_url: str) -> None:
+    """Migration 21: events name their instance by a number (the first event alone keeps the id); every event
+    of a log made before it reads back as it did, appends go on after it, keys still deduplicate, a new
+    instance gets a number of its own, and the instance index rebuilds from the log."""
+    url = parse_store_url(durable_url)
+    engine = create_engine_for(url)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [  # (instance, seq, type, step, payload, stored key), two logs interleaved, one with no index row
+        ("old-1", 1, "journey.started", None, {"journey_id": "j-1", "user_id": "ana"}, None),
+        ("old-2", 1, "note", None, {"n": 1}, "k-1"),
+        ("old-1", 2, "step.completed", "a", {"output": {"ok": True}}, ":a:1"),
+        ("old-2", 2, "note", None, {"n": 2}, None),
+        ("old-1", 3, "wait.completed", None, {}, "w-9:completed"),
+    ]
+    try:
+        assert await migrate(engine, upto=20) == [m.version for m in MIGRATIONS if m.version <= 20]
+        async with engine.begin() as conn:
+            await conn.execute(OLD_INSTANCE, {"at": at})
+            for instance_id, seq, kind, step, payload, key in rows:
+                await conn.execute(
+                    text(
+                        "INSERT INTO journey_events (instance_id, seq, type, step, payload, idempotency_key, "
+                        "created_at) VALUES (:i, :seq, :kind, :step, :payload, :key, :at)"
+                    ),
+                    {"i": instance_id, "seq": seq, "kind": kind, "step": step, "payload": json.dumps(payload)}
+                    | {"key": key, "at": at},
+                )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+            stored = (
+                await conn.execute(text("SELECT instance_no, seq, instance_id FROM journey_events ORDER BY 1, 2"))
+            ).all()
+        numbers = {row[2]: row[0] for row in stored if row[1] == 1}
+        assert sorted(numbers) == ["old-1", "old-2"] and len(set(numbers.values())) == 2
+        assert [(no, seq, iid) for no, seq, iid in stored if iid is None] == [
+            (numbers["old-1"], 2, None),
+            (numbers["old-1"], 3, None),
+            (numbers["old-2"], 2, None),
+        ]
+        assert [(e.instance_id, e.seq, e.type, e.step, e.key, e.payload) for e in await rt.history("old-1")] == [
+            ("old-1", 1, "journey.started", None, None, {"journey_id": "j-1", "user_id": "ana"}),
+            ("old-1", 2, "step.completed", "a", "old-1:a:1", {"output": {"ok": True}}),
+            ("old-1", 3, "wait.completed", None, "w-9:completed", {}),
+        ]
+        assert [(e.seq, e.key) for e in await rt.history("old-2")] == [(1, "k-1"), (2, None)]
+        found = await rt.store.events.find_by_key("old-1", "old-1:a:1")
+        assert found is not None and found.seq == 2
+        assert await rt.store.events.append("old-1", [NewEvent("step.completed", {}, "a", "old-1:a:1")]) == [False]
+        assert await rt.store.events.append("old-1", [NewEvent("step.completed", {}, "b", "old-1:b:2")]) == [True]
+        assert [e.seq for e in await rt.history("old-1")] == [1, 2, 3, 4]
+        # A log begun after the migration gets a number no older log has.
+        assert await rt.store.events.append("new-1", [NewEvent("note", {}, None, "k-1")]) == [True]
+        assert [(e.seq, e.key) for e in await rt.history("new-1")] == [(1, "k-1")]
+        assert [e.seq for e in await rt.history("old-2")] == [1, 2]
+        rebuilt = await rebuild_instance_index(rt.store.backend)
+        assert rebuilt.instances == 3 and "old-1" not in rebuilt.corrected

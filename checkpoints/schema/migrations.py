@@ -92,6 +92,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(17, "checkpoint retention marks: how far finished journeys were pruned, deleted", ddl.V17_RETENTION),
     Migration(19, "owners of server assistants and crons, in which tenant", ddl.V19_OWNED_ASSISTANTS_CRONS),
     Migration(20, "smaller event rows (keys per instance); an index for retention passes", ddl.V20_LEAN_EVENT_ROWS),
+    Migration(
+        21, "events keyed by the instance's number, not its id: smaller rows and indexes", ddl.V21_EVENTS_BY_INSTANCE_NO
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 
