@@ -43,9 +43,8 @@ from checkpoints.schema.lifecycle_tables import (
 from checkpoints.schema.tables import journey_events, journey_instances, user_task_groups, user_tasks
 
 _events, _instances = journey_events.c, journey_instances.c
-_LOGGED = select(_events.instance_id).where(
-    _events.seq == 1
-)  # the first event names its instance.order_by(_events.instance_id)
+# The first event names its instance.
+_LOGGED = select(_events.instance_id).where(_events.seq == 1).order_by(_events.instance_id)
 _EVENTS_OF = select(_events.payload, _events.created_at).where(OF_INSTANCE).order_by(_events.seq)
 _ROW = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 _ROW_VALUES = {
