@@ -157,7 +157,11 @@ class ServerServices:
         self.queue.submit(run)
 
     async def cancel(self, run: RunRow) -> None:
-        """A queued run is cancelled at once; a running one is stopped, in this process or in a worker."""
+        """A queued run is cancelled at once; a running one is stopped, in this process or in a worker.
+
+        The cancel is recorded first: whoever claims the run from then on (its executor after a failure,
+        a fresh driver, a retried job) ends it interrupted instead of executing it."""
+        await self.runs.request_cancel(run.run_id)
         if await self.queue.withdraw(run):
             await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
             self.watch.changed(run.run_id)

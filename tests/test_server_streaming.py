@@ -10,6 +10,7 @@ import itertools
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -250,6 +251,34 @@ async def test_a_cancel_that_reaches_a_run_between_its_claim_and_its_end_interru
     assert (await client.runs.get(tid, quick["run_id"]))["status"] == "success"
 
 
+async def test_a_run_whose_interrupted_status_could_not_be_written_is_not_executed_again(
+    client: LangGraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails the executor's write of "interrupted" as the cancel reaches the run: the run stays
+    active, and the thread's next driver takes it up again. The cancel was recorded before it was acted on,
+    so that claim ends the run interrupted instead of executing it (its 30 s model call) a second time."""
+    original = RunExecutor._interrupted
+    failed = threading.Event()
+
+    async def failing_once(self: RunExecutor, run_id: str) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise ConnectionError("the database went away")
+        await original(self, run_id)
+
+    monkeypatch.setattr(RunExecutor, "_interrupted", failing_once)
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
+    slow = await _slow_run(client, tid)
+    quick = await client.runs.create(
+        tid, "guide", input={"messages": [{"role": "user", "content": "quick"}]}, multitask_strategy="interrupt"
+    )
+    await asyncio.wait_for(client.runs.join(tid, quick["run_id"]), 20)  # not behind a 30 s rerun of the slow one
+    assert failed.is_set()
+    assert (await client.runs.get(tid, slow))["status"] == "interrupted"
+    assert (await client.runs.get(tid, quick["run_id"]))["status"] == "success"
+
+
 async def test_double_texting_rollback_deletes_the_active_run_and_its_state(client: LangGraphClient) -> None:
     tid = (await client.threads.create())["thread_id"]
     await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
@@ -317,13 +346,19 @@ async def test_on_completion_delete_removes_the_thread_once_the_run_ended(client
 
 async def test_a_delayed_run_survives_a_restart_and_runs_when_due(durable_url: str) -> None:
     settings = Settings(database_url=durable_url, auth=False)
+    delay = 4
     with serving(create_app(settings)) as first:
         async with get_client(url=first, api_key=None) as before:
             run = await before.runs.create(
-                None, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=2
+                None, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=delay
             )
+    due = datetime.fromisoformat(run["created_at"]) + timedelta(seconds=delay)
     with serving(create_app(settings)) as second:  # a new process on the same database takes it up
         async with get_client(url=second, api_key=None) as after:
-            assert (await after.runs.get(run["thread_id"], run["run_id"]))["status"] == "pending"
+            seen = (await after.runs.get(run["thread_id"], run["run_id"]))["status"]
+            if datetime.now(UTC) < due - timedelta(seconds=0.5):  # a loaded box may restart past its due time
+                assert seen == "pending"
             joined = await after.runs.join(run["thread_id"], run["run_id"])
             assert joined["current_step"] == "upload_content"
+            ended = await after.runs.get(run["thread_id"], run["run_id"])
+            assert ended["status"] == "success" and datetime.fromisoformat(ended["updated_at"]) >= due

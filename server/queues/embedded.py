@@ -54,9 +54,14 @@ class EmbeddedRunner:
             if self._drivers.get(thread_id) is asyncio.current_task():
                 del self._drivers[thread_id]
 
-    def cancel(self, run: RunRow) -> bool:
+    def executing(self, run: RunRow) -> bool:
+        """Whether a driver has taken the run up (it may not have claimed it yet)."""
         driver = self._drivers.get(run.thread_id)
-        if driver is not None and self._current.get(run.thread_id) == run.run_id and not driver.done():
+        return driver is not None and self._current.get(run.thread_id) == run.run_id and not driver.done()
+
+    def cancel(self, run: RunRow) -> bool:
+        if self.executing(run):
+            driver = self._drivers[run.thread_id]
             driver.cancel()
             asyncio.create_task(self._restart(driver, run), name=f"runs-restart:{run.thread_id}")  # noqa: RUF006
             return True
@@ -111,8 +116,9 @@ class EmbeddedQueue(RunQueue):
         self.runner.submit(run)
 
     async def withdraw(self, run: RunRow) -> bool:
-        # A pending run has no driver executing it: finishing it first means no driver will claim it.
-        return run.status == "pending"
+        # ``run`` may be an older copy: a driver that took it up since is stopped instead. One that takes it
+        # up after this finds the cancel recorded (see ServerServices.cancel) and ends it interrupted.
+        return run.status == "pending" and not self.runner.executing(run)
 
     async def stop(self, run: RunRow) -> None:
         if self.runner.cancel(run):

@@ -22,7 +22,7 @@ from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
 from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.url import parse_store_url
 from server.queues.base import RunQueue
-from server.runs.store import Enqueue, RunRow, RunStore
+from server.runs.store import Enqueue, RunRow
 from server.runs.watch import RunWatch, listening
 
 RUN_TASK = "journeys.execute_run"
@@ -129,14 +129,13 @@ class ProcrastinateQueue(RunQueue):
     """The run queue of a server whose runs ``journeys worker`` processes execute: each run is deferred as
     a job in the transaction that creates it, and a worker's notifications wake this process's waiters."""
 
-    def __init__(self, app: procrastinate.App, runs: RunStore) -> None:
+    def __init__(self, app: procrastinate.App) -> None:
         self.app = app
-        self.runs = runs
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, database_url: str, runs: RunStore, watch: RunWatch, *, pool: AsyncConnectionPool[Any] | None = None
+        cls, database_url: str, watch: RunWatch, *, pool: AsyncConnectionPool[Any] | None = None
     ) -> AsyncIterator[ProcrastinateQueue]:
         """Open on ``pool`` (the store's psycopg pool: one bounded set of connections per process, see the
         README) or, without one, a pool of the queue's own."""
@@ -144,7 +143,7 @@ class ProcrastinateQueue(RunQueue):
         app = build_app(database_url)
         # Workers notify when a run finishes or streams: wake this process's waiting requests.
         async with app.open_async(pool=pool), listening(conninfo(database_url), watch):
-            yield cls(app, runs)
+            yield cls(app)
 
     @property
     def enqueue(self) -> Enqueue:
@@ -157,6 +156,5 @@ class ProcrastinateQueue(RunQueue):
         return await cancel_queued(self.app, run.job_id)
 
     async def stop(self, run: RunRow) -> None:
-        if run.job_id is not None:
-            await self.runs.request_cancel(run.run_id)  # holds even if its worker dies before stopping it
+        if run.job_id is not None:  # the cancel is recorded (see ServerServices.cancel): holds if its worker dies
             await abort_run(self.app, run.job_id)  # its executor marks the run interrupted
