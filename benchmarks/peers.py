@@ -194,16 +194,16 @@ class ServerCpu:
     @classmethod
     def find(cls, url: str) -> ServerCpu:
         """The server behind ``url``, found from a backend's parent; not measured when it is not local."""
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True) as conn:  # the backend is looked up while it is alive
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        try:
-            assert row is not None
-            postmaster = psutil.Process(int(row[0])).parent()
-            if postmaster is None or "postgres" not in postmaster.name().lower():
+            try:
+                assert row is not None
+                postmaster = psutil.Process(int(row[0])).parent()
+                if postmaster is None or "postgres" not in postmaster.name().lower():
+                    return cls(None)
+                postmaster.cpu_times()
+            except (psutil.Error, AssertionError):
                 return cls(None)
-            postmaster.cpu_times()
-        except (psutil.Error, AssertionError):
-            return cls(None)
         return cls(postmaster)
 
     def seconds(self) -> float | None:
