@@ -198,6 +198,11 @@ async def test_the_kept_checkpoint_of_a_journey_that_never_runs_again_drops_book
         assert (await rt.saga.get_saga_status(saga_id))["status"] == "compensated"
         advanced = await rt.structured.advance_journey_step(journey_id, "bob", {"ok": True})
         assert advanced["completed_steps"] == ["upload_content"]
+        # A fork at the last step of a compacted journey starts from its kept checkpoint: finished, same state.
+        last = [e.step for e in await rt.history(done) if e.step and e.type == "step.completed"][-1]
+        forked = await rt.fork(done, str(last))
+        assert forked["status"] == "completed"
+        assert (await shown(rt, forked["instance_id"]))["values"] == views[done]["values"]
 
 
 async def test_keep_all_for_keeps_every_checkpoint_for_n_days_then_prunes(store_url: str) -> None:
