@@ -12,6 +12,13 @@ finished (a status in :data:`FINISHED_STATUSES`, whatever its pattern):
   finished. Its state is gone then: a view that needs it raises :class:`CheckpointsDeletedError`, and the
   views that can answer from the log and the index do (a structured journey's or saga's status).
 
+The kept checkpoint of a journey that will never run again (:data:`COMPACTED_STATUSES`: not ``failed``,
+which a retry runs on) is then compacted (:func:`compact_latest`): LangGraph's bookkeeping for channels
+that hold no value (their versions, and what each node has seen of them) is dropped, and the checkpoint
+re-written in place through the saver's own ``aput`` (same id: the savers upsert on it). What the graph
+shows from it is unchanged (values, next tasks, interrupts, metadata); on an 8-step journey it is most of
+the checkpoint's bytes.
+
 The work is the official savers' own: ``aprune(ids, strategy="keep_latest" | "delete")`` on PostgreSQL.
 ``AsyncSqliteSaver`` (SQLite and ``memory://``) implements neither ``aprune`` nor ``prune`` (the base class
 raises NotImplementedError), so there a thread is pruned through that saver's public API: the kept
@@ -38,7 +45,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 import structlog
-from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
+from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, CheckpointTuple
 from sqlalchemy import bindparam, select, update
 
 from checkpoints.backends.base import Backend
@@ -55,6 +62,9 @@ RetentionMode = Literal["keep_latest", "keep_all_for", "delete_after"]
 # journey, saga or process completed, compensated, failed (a retry makes it in_progress again) or
 # cancelled; a lifecycle journey completed or cancelled; a session closed; an instance terminated.
 FINISHED_STATUSES = ("completed", "compensated", "failed", "cancelled", "closed", "terminated")
+# Finished statuses whose journeys never run their graph again, whose kept checkpoint is compacted: a failed
+# journey is left as it is (a retry runs it on from that checkpoint).
+COMPACTED_STATUSES = tuple(s for s in FINISHED_STATUSES if s != "failed")
 # A journey is pruned this long after it finished, not at once: the transaction that set its final status
 # may commit after a pass that read the clock before it (the watermark would pass it by).
 SETTLE = timedelta(seconds=60)
@@ -100,15 +110,17 @@ class RetentionPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RetentionReport:
-    """What one pass did: finished journeys pruned to their latest checkpoint, journeys whose checkpoints
-    were deleted, and ``busy`` when it stopped at a journey another caller held (the next pass goes on)."""
+    """What one pass did: finished journeys pruned to their latest checkpoint (``compacted``: how many of
+    those checkpoints were compacted), journeys whose checkpoints were deleted, and ``busy`` when it stopped
+    at a journey another caller held (the next pass goes on)."""
 
     pruned: int = 0
     deleted: int = 0
     busy: bool = False
+    compacted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pruned": self.pruned, "deleted": self.deleted, "busy": self.busy}
+        return {"pruned": self.pruned, "deleted": self.deleted, "busy": self.busy, "compacted": self.compacted}
 
 
 class CheckpointRetention:
@@ -128,6 +140,7 @@ class CheckpointRetention:
         self._backend = backend
         self._clock = clock
         self._exclusive = exclusive
+        self._compacted = 0  # in the pass under way
 
     async def run(self, now: datetime | None = None) -> RetentionReport:
         """One pass of the policy over the journeys finished since the last pass; what it did. A pass holds
@@ -146,12 +159,13 @@ class CheckpointRetention:
         prune_before = now - timedelta(seconds=policy.settle)
         if policy.mode == "keep_all_for":
             prune_before = min(prune_before, now - timedelta(days=policy.days))
+        self._compacted = 0
         pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self._prune)
         deleted = 0
         if policy.mode == "delete_after" and not busy:
             delete_before = min(prune_before, now - timedelta(days=policy.days))
             deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
-        report = RetentionReport(pruned, deleted, busy)
+        report = RetentionReport(pruned, deleted, busy, self._compacted)
         if pruned or deleted:
             log.info("retention pass", mode=policy.mode, **report.as_dict())
         return report
@@ -240,11 +254,22 @@ class CheckpointRetention:
     async def _prune(self, ids: Sequence[str]) -> bool:
         if self._prunes:
             await self.saver.aprune(ids, strategy="keep_latest")
-            return True
-        for thread_id in ids:  # by the saver's public API, one thread at a time under its lock
+        else:
+            for thread_id in ids:  # by the saver's public API, one thread at a time under its lock
+                try:
+                    async with self._exclusive(thread_id):
+                        await keep_latest(self.saver, thread_id)
+                except ConcurrentUpdateError:
+                    return False
+        never_again = await self._backend.query(
+            select(_instances.instance_id).where(
+                _instances.instance_id.in_(list(ids)), _instances.status.in_(COMPACTED_STATUSES)
+            )
+        )
+        for row in never_again:
             try:
-                async with self._exclusive(thread_id):
-                    await keep_latest(self.saver, thread_id)
+                async with self._exclusive(row["instance_id"]):
+                    self._compacted += await compact_latest(self.saver, row["instance_id"])
             except ConcurrentUpdateError:
                 return False
         return True
@@ -281,3 +306,51 @@ async def keep_latest(saver: BaseCheckpointSaver[str], thread_id: str) -> int:
     for saved in kept:  # as aprune leaves them: without the parents it deleted
         await put_saved(saver, thread_id, saved, None)
     return len(found) - len(kept)
+
+
+def compacted(checkpoint: Checkpoint) -> Checkpoint | None:
+    """``checkpoint`` without LangGraph's bookkeeping for the channels that hold no value (in
+    ``channel_values``): their versions, what each node has seen of them, and their names in
+    ``updated_channels``; None when there is none to drop.
+
+    LangGraph's next tasks are unchanged by it: a node is triggered only by a channel that is available
+    (holds a value) and whose version is newer than the one the node has seen (``pregel._algo._triggers``),
+    a task's id is made of node and channel names, not versions, and the kept channels keep their versions
+    (the PostgreSQL saver loads a value's blob by its channel's version). The values, the metadata and the
+    checkpoint's id are the same."""
+    values = checkpoint["channel_values"]
+    versions = {c: v for c, v in checkpoint["channel_versions"].items() if c in values}
+    seen = {
+        node: kept
+        for node, channels in checkpoint["versions_seen"].items()
+        if (kept := {c: v for c, v in channels.items() if c in values})
+    }
+    updated = checkpoint.get("updated_channels")
+    if updated is not None:
+        updated = [c for c in updated if c in values]
+    if (versions, seen, updated) == (
+        checkpoint["channel_versions"],
+        checkpoint["versions_seen"],
+        checkpoint.get("updated_channels"),
+    ):
+        return None
+    smaller = checkpoint.copy()
+    smaller["channel_versions"], smaller["versions_seen"], smaller["updated_channels"] = versions, seen, updated
+    return smaller
+
+
+async def compact_latest(saver: BaseCheckpointSaver[str], thread_id: str) -> int:
+    """Compact the latest checkpoint of ``thread_id``'s root namespace in place (:func:`compacted`), through
+    the saver's own ``aput`` under the same id (the official savers upsert on thread, namespace and id);
+    1 if it did, 0 if there was nothing to drop or the checkpoint has pending writes (a step stopped in it).
+    Only for a journey that will never run again, under its lock."""
+    latest = await saver.aget_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+    if latest is None or latest.pending_writes:
+        return 0
+    smaller = compacted(latest.checkpoint)
+    if smaller is None:
+        return 0
+    parent = (latest.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+    into: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": parent}}
+    await saver.aput(into, smaller, latest.metadata, smaller["channel_versions"])
+    return 1

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from agents import FailingAgent, RecordingAgent, RetrySettings
 from checkpoints.clock import VirtualClock
-from checkpoints.retention import PASS_LOCK, RetentionReport
+from checkpoints.retention import PASS_LOCK, RetentionReport, compact_latest
 from graphs import (
     CheckpointsDeletedError,
     DuplicateInstanceError,
@@ -30,6 +30,7 @@ from server.queues.embedded import EmbeddedQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
 from server.settings import Settings
+from tests.lifecycle_support import START, journey_at
 from tests.process_support import linear
 from tests.server_support import start_worker, stop_worker
 
@@ -121,6 +122,87 @@ async def test_keep_latest_prunes_every_finished_pattern_to_its_latest_checkpoin
         assert (await rt.retention.run()).pruned == 0
         advanced = await rt.structured.advance_journey_step(journey_id, "bob", {"ok": True})
         assert advanced["completed_steps"] == ["upload_content"]
+
+
+async def shown(rt: JourneyRuntime, instance_id: str) -> dict[str, Any]:
+    """What LangGraph shows of an instance's latest checkpoint (its graph's ``aget_state``)."""
+    instance = await rt.store.index.get_instance(instance_id)
+    assert instance is not None
+    graph = await rt.instances.graph(instance)
+    snapshot = await graph.aget_state(rt.engine.config(instance_id))
+    tasks = [(t.id, t.name, t.path, t.interrupts, t.error is None) for t in snapshot.tasks]
+    return {
+        "values": snapshot.values,
+        "next": snapshot.next,
+        "tasks": tasks,
+        "interrupts": snapshot.interrupts,
+        "metadata": snapshot.metadata,
+        "created_at": snapshot.created_at,
+        "checkpoint_id": snapshot.config["configurable"]["checkpoint_id"],
+    }
+
+
+async def latest(rt: JourneyRuntime, thread_id: str) -> dict[str, Any]:
+    saved = await rt.store.saver.aget_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+    assert saved is not None
+    return dict(saved.checkpoint)
+
+
+async def test_the_kept_checkpoint_of_a_journey_that_never_runs_again_drops_bookkeeping_and_shows_the_same(
+    store_url: str,
+) -> None:
+    """keep_latest compacts the kept checkpoint of every pattern's journey that will not run again: LangGraph's
+    versions of channels that hold no value, and what nodes saw of them, are dropped (most of its bytes), and
+    the graph shows the same state from it (values, no next task, metadata, id). Twice changes nothing; a
+    journey in flight, or failed (a retry runs it on), is left as it is."""
+    clock = VirtualClock(START)
+    async with JourneyRuntime.open(store_url, clock=clock, retry=FAST) as rt:
+        journey_id, done = await completed_structured(rt, "ann")
+        saga_id = await compensated_saga(rt)
+        session_id = await closed_session(rt)
+        process_id = await completed_process(rt)
+        lifecycle_id = await journey_at(rt, clock, "completed")
+        rt.agents.register("analyze_content", FailingAgent("analyze_content", permanent=True), replace=True)
+        failed_id = (await rt.structured.execute_journey(journey_id, "cy", {}))["instance_id"]
+        await rt.structured.advance_journey_step(journey_id, "cy", {})
+        with pytest.raises(Exception, match="analyze_content"):
+            await rt.structured.advance_journey_step(journey_id, "cy", {"depth": "full"})
+        still_open = (await rt.structured.execute_journey(journey_id, "bob", {}))["instance_id"]
+        finished = [done, saga_id, session_id, process_id, lifecycle_id]
+        left = [failed_id, still_open]
+        views = {i: await shown(rt, i) for i in [*finished, *left]}
+        assert all(views[i]["next"] == () and not views[i]["tasks"] for i in finished), views
+        raw = {i: await latest(rt, i) for i in [*finished, *left]}
+
+        clock.advance(AFTER_SETTLING)
+        report = await rt.retention.run()
+        assert (report.pruned, report.compacted, report.busy) == (6, 5, False)
+        for i in finished:
+            kept = await latest(rt, i)
+            values = set(kept["channel_values"])
+            assert set(kept["channel_versions"]) == values < set(raw[i]["channel_versions"]), i
+            assert all(set(seen) <= values for seen in kept["versions_seen"].values()), i
+            assert kept["channel_values"] == raw[i]["channel_values"]
+            assert await shown(rt, i) == views[i], i
+        assert {i: await latest(rt, i) for i in left} == {i: raw[i] for i in left}
+        assert {i: await shown(rt, i) for i in left} == {i: views[i] for i in left}
+
+        # Idempotent: nothing left to compact, nothing written.
+        compact = {i: await latest(rt, i) for i in finished}
+        assert [await compact_latest(rt.store.saver, i) for i in [*finished, *left]] == [0] * 7
+        clock.advance(AFTER_SETTLING)
+        assert await rt.retention.run() == RetentionReport()
+        assert {i: await latest(rt, i) for i in finished} == compact
+        # The views of the finished journeys, and the ones left, still answer and go on.
+        assert (await rt.structured.get_journey_status(journey_id, "ann"))["status"] == "completed"
+        assert (await rt.saga.get_saga_status(saga_id))["status"] == "compensated"
+        advanced = await rt.structured.advance_journey_step(journey_id, "bob", {"ok": True})
+        assert advanced["completed_steps"] == ["upload_content"]
+        # A fork at the last step of a compacted journey starts from its kept checkpoint: finished, same state.
+        last = [e.step for e in await rt.history(done) if e.step and e.type == "step.completed"][-1]
+        forked = await rt.fork(done, str(last))
+        assert forked["status"] == "completed"
+        assert (await shown(rt, forked["instance_id"]))["values"] == views[done]["values"]
 
 
 async def test_keep_all_for_keeps_every_checkpoint_for_n_days_then_prunes(store_url: str) -> None:
@@ -295,7 +377,7 @@ def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
     done = asyncio.run(finish())
     answer = CliRunner().invoke(cli, ["retention", "--database-url", url])
     assert answer.exit_code == 0, answer.output
-    assert json.loads(answer.output) == {"pruned": 1, "deleted": 0, "busy": False}
+    assert json.loads(answer.output) == {"pruned": 1, "deleted": 0, "busy": False, "compacted": 1}
 
     async def count() -> int:
         async with JourneyRuntime.open(url) as rt:
