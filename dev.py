@@ -39,6 +39,10 @@ SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-
 # schemathesis tests (tests/test_openapi_fuzz.py: the OpenAPI document against the server, mostly Hypothesis
 # drawing examples) run once, in the whole suite.
 COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
+# ... but not the quick benchmarks (tests/test_server_benchmark.py: a minute or two of parking journeys on a
+# server and workers to check that benchmarks/ still runs, with no bound on the figures). They run once, in the
+# whole suite: every route and process they drive is exercised by the other server tests on each interpreter.
+COMPAT_SKIPPED = ("tests/test_server_benchmark.py",)
 PYTEST_NO_TESTS_COLLECTED = 5
 
 
@@ -158,7 +162,10 @@ def test(venv: Path, pytest_args: Sequence[str]) -> None:
 
 def compat(venv: Path, pytest_args: Sequence[str]) -> None:
     """The README examples and the server tests, on this interpreter."""
-    paths = sorted({str(Path(p).relative_to(ROOT)) for pattern in COMPAT_TESTS for p in glob.glob(str(ROOT / pattern))})
+    paths = sorted(
+        {str(Path(p).relative_to(ROOT)) for pattern in COMPAT_TESTS for p in glob.glob(str(ROOT / pattern))}
+        - set(COMPAT_SKIPPED)
+    )
     log(f"pytest on Python {version_name(sys.version_info[:3])}: the README examples and the server tests")
     code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", "2", *paths, *pytest_args])
     if code != 0:

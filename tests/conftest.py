@@ -6,11 +6,12 @@ PostgreSQL backends. Postgres is only started when a test actually needs it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +22,61 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg import sql
+
+# How long each test took in a whole `dev.py test` run on two workers (setup + call + teardown, seconds), by
+# node id: the order the xdist workers take the tests in. Regenerate after adding slow tests with
+# `python tests/durations.py report.xml` from a run's `--junitxml=report.xml`.
+DURATIONS = Path(__file__).resolve().parent / "durations.json"
+UNKNOWN_DURATION = 1.0  # a test not in the file yet (about the suite's mean) ...
+UNKNOWN_SLOW_DURATION = 15.0  # ... or marked slow (a process or server of its own: their median in the file)
+WIDER_SCOPES = {"class", "module", "package"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, hand the tests out one at a time (the slowest first, see below), not in chunks of a
+    quarter of each worker's share: a chunk of slow tests would leave the other worker idle at the end."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk", None) is None:
+        config.option.maxschedchunk = 1
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker, order the tests slowest first (every worker collects, and must collect the same
+    order): the two workers then finish together, instead of one running a long test started last while the
+    other is idle. A module whose tests share a class- or module-scoped fixture stays together, as one unit."""
+    if hasattr(config, "workerinput"):
+        items[:] = slowest_first(items, known_durations())
+
+
+def known_durations() -> dict[str, float]:
+    try:
+        found: dict[str, float] = json.loads(DURATIONS.read_text())
+    except FileNotFoundError:
+        return {}
+    return found
+
+
+def slowest_first(items: Sequence[pytest.Item], durations: dict[str, float]) -> list[pytest.Item]:
+    """``items`` in units (a test, or a module sharing a wider-scoped fixture), the longest unit first;
+    the order within a unit, and between units of equal length, is kept."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(unit_of(item), []).append(item)
+    length = {key: sum(duration(i, durations) for i in unit) for key, unit in units.items()}
+    return [item for key in sorted(units, key=lambda k: -length[k]) for item in units[key]]
+
+
+def duration(item: pytest.Item, durations: dict[str, float]) -> float:
+    if (known := durations.get(item.nodeid)) is not None:
+        return known
+    return UNKNOWN_SLOW_DURATION if item.get_closest_marker("slow") else UNKNOWN_DURATION
+
+
+def unit_of(item: pytest.Item) -> str:
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the fixtures a test function uses
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    if any(d[-1].scope in WIDER_SCOPES for d in defs if d):
+        return item.nodeid.split("::")[0]
+    return item.nodeid
 
 
 def with_database(url: str, name: str) -> str:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
-from tests.conftest import UNSYNCED, with_database
+from tests.conftest import (
+    UNKNOWN_DURATION,
+    UNKNOWN_SLOW_DURATION,
+    UNSYNCED,
+    known_durations,
+    slowest_first,
+    unit_of,
+    with_database,
+)
+from tests.durations import node_id
 
 # Databases handed out so far in this module, to prove isolation across tests.
 _seen_databases: list[str] = []
@@ -87,3 +97,48 @@ def test_memory_and_sqlite_do_not_start_postgres(store_url: str, request: pytest
 )
 def test_with_database(url: str, expected: str) -> None:
     assert with_database(url, "t_x") == expected
+
+
+@pytest.fixture(scope="module")
+def shared_by_the_module() -> str:
+    return "set up once for this module's tests"
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tests_sharing_a_module_fixture_are_ordered_as_one_unit(
+    shared_by_the_module: str, n: int, request: pytest.FixtureRequest
+) -> None:
+    mine = [i for i in request.session.items if i.path == request.node.path]
+    sharing = [i for i in mine if "shared_by_the_module" in getattr(i, "fixturenames", ())]
+    alone = [i for i in mine if i not in sharing]
+    assert len(sharing) == 2 and alone
+    # Each of the sharing tests alone is shorter than the longest other test, but the two together are longer.
+    durations = {i.nodeid: 1.0 for i in alone} | {alone[-1].nodeid: 3.0} | {i.nodeid: 2.0 for i in sharing}
+    ordered = slowest_first(mine, durations)
+    assert ordered[:3] == [*sharing, alone[-1]]
+    assert sorted(ordered, key=mine.index) == mine  # nothing lost or repeated
+
+
+def test_xdist_workers_take_the_slowest_tests_first(request: pytest.FixtureRequest) -> None:
+    items = request.session.items
+    assert request.config.option.maxschedchunk == 1  # one at a time, not a quarter of a worker's share
+    # This module's tests with no module-wide fixture are units of their own, and none is marked slow.
+    mine = [i for i in items if i.path == request.node.path and unit_of(i) == i.nodeid]
+    assert slowest_first(mine, {}) == mine  # all unknown (UNKNOWN_DURATION each): the order is kept
+    last = mine[-1]
+    assert slowest_first(mine, {last.nodeid: UNKNOWN_DURATION + 1})[0] is last
+    assert slowest_first(mine, {i.nodeid: UNKNOWN_SLOW_DURATION for i in mine} | {last.nodeid: 0.5})[-1] is last
+    if hasattr(request.config, "workerinput"):  # the order this worker (and every other) collected in
+        assert known_durations()  # tests/durations.json is there
+        assert items == slowest_first(items, known_durations())
+
+
+@pytest.mark.parametrize(
+    ("classname", "name", "expected"),
+    [
+        ("tests.test_harness", "test_with_database[a]", "tests/test_harness.py::test_with_database[a]"),
+        ("tests.test_harness.TestX", "test_y", "tests/test_harness.py::TestX::test_y"),
+    ],
+)
+def test_a_junit_testcase_names_its_pytest_node(classname: str, name: str, expected: str) -> None:
+    assert node_id(ET.Element("testcase", classname=classname, name=name)) == expected
