@@ -44,6 +44,9 @@ COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
 # whole suite: every route and process they drive is exercised by the other server tests on each interpreter.
 COMPAT_SKIPPED = ("tests/test_server_benchmark.py",)
 PYTEST_NO_TESTS_COLLECTED = 5
+# Three xdist workers on two cores: the tests mostly wait on databases and child processes (two workers kept
+# the cores about 53 % busy). A later `-n` in the arguments overrides.
+XDIST_WORKERS = 3
 
 
 def log(message: str) -> None:
@@ -149,8 +152,7 @@ def test(venv: Path, pytest_args: Sequence[str]) -> None:
     log("mypy")
     check([venv_bin(venv, "mypy")], "mypy")
     log("pytest " + " ".join(pytest_args))
-    # Two workers: the suite is mostly waiting on databases and child processes. A later `-n` overrides.
-    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", "2", *pytest_args])
+    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", str(XDIST_WORKERS), *pytest_args])
     if code == PYTEST_NO_TESTS_COLLECTED:
         log("pytest collected no tests: treating that as a failure")
         sys.exit(code)
@@ -167,7 +169,7 @@ def compat(venv: Path, pytest_args: Sequence[str]) -> None:
         - set(COMPAT_SKIPPED)
     )
     log(f"pytest on Python {version_name(sys.version_info[:3])}: the README examples and the server tests")
-    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", "2", *paths, *pytest_args])
+    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", str(XDIST_WORKERS), *paths, *pytest_args])
     if code != 0:
         log(f"pytest failed on Python {version_name(sys.version_info[:2])} (exit code {code})")
         sys.exit(code)
