@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -62,7 +63,13 @@ def mark_sensitive(fields: Iterable[str]) -> None:
 
 def is_sensitive(name: str) -> bool:
     """Whether a field of this name holds a secret (by its name, or a spec marked it sensitive)."""
-    return name.lower() in _SENSITIVE or _SECRET_NAME.search(name) is not None
+    return name.lower() in _SENSITIVE or _secret_name(name)
+
+
+@lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    # Field names repeat (a payload's keys); the marked set is checked uncached, as it grows.
+    return _SECRET_NAME.search(name) is not None
 
 
 def _luhn(digits: str) -> bool:
@@ -82,16 +89,35 @@ def _card(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     """``text`` with tokens, keys, ``password=…`` values, e-mail addresses and card numbers replaced."""
-    text = _SECRET_ASSIGNMENT.sub(lambda match: match.group(1) + REDACTED, _PATTERNS.sub(REDACTED, text))
+    # Each pass runs only when its text can match (most texts are names, ids and times that cannot). Every
+    # match of ``_PATTERNS`` holds one of these literals (its alternatives' starts, case-sensitive there:
+    # ``k-``/``k_`` for the sk/pk/rk keys, ``gh``/``github_pat_`` for GitHub's, ``@`` for an e-mail address);
+    # an assignment holds ``=`` or ``:``.
+    if (
+        "@" in text
+        or "Bearer" in text
+        or "AKIA" in text
+        or "eyJ" in text
+        or "xox" in text
+        or "k-" in text
+        or "k_" in text
+        or "gh" in text
+        or "github_pat_" in text
+    ):
+        text = _PATTERNS.sub(REDACTED, text)
+    if "=" in text or ":" in text:
+        text = _SECRET_ASSIGNMENT.sub(lambda match: match.group(1) + REDACTED, text)
     return _CARD.sub(_card, text)
 
 
 MAX_LABEL_CHARS = 100
 
 
+@lru_cache(maxsize=4096)
 def redact_label(value: str, limit: int = MAX_LABEL_CHARS) -> str:
     """A metric label or span attribute value: :func:`redact_text`, cut at ``limit`` characters (a label
-    comes from a spec a user wrote: an intent, a step or node name)."""
+    comes from a spec a user wrote: an intent, a step or node name). Cached: labels are a small set, set on
+    every step, and the result depends on nothing else."""
     return redact_text(value)[:limit]
 
 

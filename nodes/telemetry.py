@@ -200,6 +200,9 @@ class InstanceTelemetry:
 # --- traces ----------------------------------------------------------------------------------------
 
 TRACER = "journeys"
+# One tracer for the process, taken once rather than per span (taking one builds it anew each time): taken
+# before a provider is set, it is OpenTelemetry's proxy, which goes to the provider set later.
+_tracer = trace.get_tracer(TRACER)
 
 
 def journey_context(instance_id: str) -> otel_context.Context:
@@ -244,7 +247,7 @@ class NodeSpans(BaseCallbackHandler):
             self._root = run_id
         elif parent_run_id == self._root and metadata and "langgraph_node" in metadata:
             node = str(metadata["langgraph_node"])
-            span = trace.get_tracer(TRACER).start_span(
+            span = _tracer.start_span(
                 "journey.node",
                 context=trace.set_span_in_context(self.run_span),
                 attributes={"journey.node": node, "journey.step": int(metadata.get("langgraph_step", 0))},
@@ -297,9 +300,7 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
     run_id = structlog.contextvars.get_contextvars().get("run_id")  # bound by the server's run executor
     if run_id is not None:
         attributes["journey.run_id"] = str(run_id)
-    span = trace.get_tracer(TRACER).start_span(
-        "journey.run", context=journey_context(instance_id), attributes=attributes
-    )
+    span = _tracer.start_span("journey.run", context=journey_context(instance_id), attributes=attributes)
     trace_id = trace.format_trace_id(span.get_span_context().trace_id)
     try:
         with (
@@ -342,10 +343,9 @@ def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitabl
         attributes = {"agent.intent": redact_label(intent), "journey.instance_id": str(kwargs["instance_id"])}
         if step is not None:
             attributes["journey.step"] = redact_label(str(step))
-        tracer = trace.get_tracer(TRACER)
         started = time.perf_counter()
         with (
-            tracer.start_as_current_span(
+            _tracer.start_as_current_span(
                 "agent.call",
                 context=parent,
                 attributes=attributes,

@@ -5,6 +5,7 @@ journey gives it."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +16,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import create_engine, text
 
 from agents import AgentRegistry, AgentRequest, PermanentAgentError
+from checkpoints import redaction
 from checkpoints.errors import JourneyError
-from checkpoints.redaction import REDACTED, mark_sensitive, redact, redact_label, redact_text
+from checkpoints.redaction import (
+    MAX_LABEL_CHARS,
+    REDACTED,
+    is_sensitive,
+    mark_sensitive,
+    redact,
+    redact_label,
+    redact_text,
+)
 from checkpoints.url import parse_store_url
 from graphs import JourneyRuntime
 from nodes.telemetry import METRICS
@@ -188,3 +198,49 @@ async def test_spans_metric_labels_and_log_text_share_the_one_redaction(
     # One mechanism: a label is the redacted text, cut short.
     text = f"pay password={PASSWORD} for {SECRETS['email']} " + "x" * 200
     assert redact_label(text) == redact_text(text)[:100] == f"pay password={REDACTED} for {REDACTED} " + "x" * 61
+
+
+def _redact_text_every_pass(text: str) -> str:
+    """The reference: every pattern pass run over the whole text, no pre-check (what redact_text does)."""
+    text = redaction._SECRET_ASSIGNMENT.sub(
+        lambda match: match.group(1) + REDACTED, redaction._PATTERNS.sub(REDACTED, text)
+    )
+    return redaction._CARD.sub(redaction._card, text)
+
+
+# Pieces of every secret shape, their near misses and the characters case-insensitive matching folds
+# (the long s, the Kelvin sign, the dotted I), other scripts' digits, separators and plain words.
+FRAGMENTS = (
+    "Bearer ", "bearer ", "Bearer\t", "sk-", "sk_", "pk-live-", "rk_test_", "sk-proj-", "ghp_", "gho_", "ghs_",
+    "github_pat_", "gh", "xoxb-", "xoxp-", "xox", "AKIA", "eyJ", "eyJhbGciOi", ".", "@", "a@b.cc",
+    "ana.x@example.com", "=", ":", " = ", "password", "PASSWORD", "pwd", "\u017fecret", "token", "api_key",
+    "API-KEY", "apikey", "a\u212acess_key", "private-key", "passphrase", "4111 1111 1111 1111", "4111111111111111",
+    "4111-1111-1111-1111", "0", "1", "9", "\u0664", "\u0967", "12345678", "-", "_", " ", "k", "K", "\u212a",
+    "\u0130", "x", "step_2", "noop", "2026-12-04T05:25:11+00:00", "ABCDEFGHIJKLMNOP", "abcdefghij0123456789", "\u00e9",
+    "\n", ",", ";", "&",
+)  # fmt: skip
+
+
+def test_the_pre_checks_of_redact_text_change_no_result() -> None:
+    # redact_text skips a pattern pass when its text holds nothing that pass could match: on texts built of
+    # every shape's pieces, near misses and case-folding characters, it returns what running every pass returns.
+    rng = random.Random(15)
+    texts = ["".join(rng.choices(FRAGMENTS, k=rng.randint(0, 12))) for _ in range(30_000)]
+    texts += ["".join(rng.choices(FRAGMENTS[:40], k=3)) + "ABCDEFGHIJKLMNOPQRST0123456789" for _ in range(3_000)]
+    changed = 0
+    for sample in texts:
+        expected = _redact_text_every_pass(sample)
+        assert redact_text(sample) == expected, sample
+        assert redact_label(sample) == expected[:MAX_LABEL_CHARS], sample
+        assert redact_label(sample) == expected[:MAX_LABEL_CHARS], sample  # the cached answer too
+        changed += expected != sample
+    assert changed > len(texts) // 4  # the texts do hold secrets: the passes ran, not only the pre-checks
+
+
+def test_is_sensitive_follows_marks_made_after_a_name_was_seen() -> None:
+    name = "favourite_planet_s6"
+    assert not is_sensitive(name)
+    assert redact({name: "mars"}) == {name: "mars"}
+    mark_sensitive([name.upper()])
+    assert is_sensitive(name)
+    assert redact({name: "mars"}) == {name: REDACTED}

@@ -35,6 +35,7 @@ from graphs import (
     StepOrderError,
     UnknownTemplateError,
 )
+from graphs.structured.builder import Branch, StructuredSpec
 
 FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0.001)
 MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]
@@ -543,3 +544,28 @@ async def test_the_checkpoint_keeps_only_small_state_and_the_log_keeps_the_histo
             e.payload["output"] for e in await rt.history(f"{journey_id}:user_123") if e.type == "step.completed"
         ]
         assert [o["report"] for o in outputs] == [s * 500 for s in MIGRATION]
+
+
+RETRY = {"all": [{"field": "retry", "value": True}]}
+
+
+def test_a_specs_branches_are_resolved_once_and_handed_out_as_new_lists() -> None:
+    spec = StructuredSpec.model_validate(
+        {
+            "journey_type": "branching",
+            "steps": [
+                {"step_id": "a", "agent": "x"},
+                {"step_id": "b", "agent": "x", "next_steps": ["c", {"to": "a", "when": RETRY}]},
+                {"step_id": "c", "agent": "x", "next_steps": []},
+            ],
+        }
+    )
+    assert spec.branches("a") == [Branch(to="b")]
+    assert spec.branches("b") == [Branch(to="c"), Branch.model_validate({"to": "a", "when": RETRY})]
+    assert spec.branches("c") == []
+    assert spec.choose_next("b", {"retry": True}) == "a" and spec.choose_next("b", {}) == "c"
+    spec.branches("a").append(Branch(to="c"))  # a caller's list is its own
+    assert spec.branches("a") == [Branch(to="b")]
+    assert spec == StructuredSpec.model_validate(spec.model_dump())  # the cache is no part of the spec
+    with pytest.raises(KeyError):
+        spec.branches("missing")

@@ -8,6 +8,7 @@ and a work node (``<step>``) that calls the step's agent through the shared call
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, Literal, cast
 
 import jsonschema
@@ -109,12 +110,21 @@ class StructuredSpec(Grants):
 
     def branches(self, step_id: str) -> list[Branch]:
         """The resolved outgoing branches of a step (the implicit "next in order" made explicit)."""
+        return list(self.outgoing[step_id])
+
+    @cached_property
+    def outgoing(self) -> dict[str, tuple[Branch, ...]]:
+        """Each step's resolved outgoing branches, built once: the spec is frozen, and a run asks at every step."""
         ids = self.step_ids
-        step = self.step(step_id)
-        if step.next_steps is None:
-            position = ids.index(step_id)
-            return [Branch(to=ids[position + 1])] if position + 1 < len(ids) else []
-        return [b if isinstance(b, Branch) else Branch(to=b) for b in step.next_steps]
+        resolved: dict[str, tuple[Branch, ...]] = {}
+        for position, step in enumerate(self.steps):
+            if step.step_id in resolved:  # a repeated id (a design validation refuses): the first one counts
+                continue
+            if step.next_steps is None:
+                resolved[step.step_id] = (Branch(to=ids[position + 1]),) if position + 1 < len(ids) else ()
+            else:
+                resolved[step.step_id] = tuple(b if isinstance(b, Branch) else Branch(to=b) for b in step.next_steps)
+        return resolved
 
     def choose_next(self, step_id: str, result: Mapping[str, Any]) -> str | None:
         """The step after ``step_id`` for this result, or None when the journey ends there."""
