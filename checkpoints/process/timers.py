@@ -8,12 +8,14 @@ never claimed before its due time. A claim is a lease: a worker that dies mid-fi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Executable, String, and_, bindparam, column, func, or_, select, update, values
+from sqlalchemy import Executable, String, Text, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,7 +23,7 @@ from checkpoints.clock import Clock
 from checkpoints.events import EventLog
 from checkpoints.process.waits import cancel_siblings, completed_event
 from checkpoints.rows import insert_ignore
-from checkpoints.schema.tables import JsonType, process_timers, process_waits
+from checkpoints.schema.tables import process_timers, process_waits
 
 DEFAULT_LEASE = timedelta(seconds=60)
 
@@ -229,8 +231,8 @@ class TimerStore:
         """Resolve each still-waiting wait of ``params`` with its resolution; when a batch holds two timers
         of one wait, the first (claim order) resolves it, as if they had been applied one after another.
 
-        PostgreSQL: one statement for the whole batch (an ``UPDATE … FROM (VALUES …)``), not one per timer;
-        SQLite: one statement per timer, sent with ``executemany`` in-process.
+        PostgreSQL: one statement for the whole batch (``UPDATE … FROM unnest(ids, resolutions)``), not one
+        per timer; SQLite: one statement per timer, sent with ``executemany`` in-process.
         """
         w = process_waits.c
         if not self._postgres:
@@ -243,15 +245,19 @@ class TimerStore:
         first: dict[str, dict[str, Any]] = {}
         for p in params:
             first.setdefault(str(p["w_id"]), p["w_resolution"])
-        fired = values(column("wait_id", String), column("resolution", JsonType), name="fired").data(
-            list(first.items())
+        # Two array parameters, whatever the batch's size: the statement's text is the same for every
+        # batch (SQLAlchemy compiles it once), and the server parses one statement.
+        fired = (
+            func.unnest(bindparam("w_ids", type_=ARRAY(String)), bindparam("w_resolutions", type_=ARRAY(Text)))
+            .table_valued("wait_id", "resolution")
+            .render_derived(name="fired")
         )
         resolve = (
             update(process_waits)
             .where(w.wait_id == fired.c.wait_id, w.status == "waiting")
-            .values(status="resolved", resolution=fired.c.resolution, resolved_at=now)
+            .values(status="resolved", resolution=cast(fired.c.resolution, JSONB), resolved_at=now)
         )
-        return (resolve,)
+        return (resolve, {"w_ids": list(first), "w_resolutions": [json.dumps(r) for r in first.values()]})
 
     async def next_due(self) -> datetime | None:
         t = process_timers.c
