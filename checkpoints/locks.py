@@ -41,7 +41,7 @@ import random
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -141,11 +141,17 @@ class PgAdvisoryLocks(_PolledLocks):
         self._generation = 0  # bumped at each reconnect: a lock taken on an earlier connection is gone
         self._connecting = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
+        # What callers asked for while the connection was busy, sent together by one flusher task.
+        self._tries: list[tuple[int, asyncio.Future[int | None]]] = []
+        self._unlocks: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._connection()
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._conn is not None:
@@ -172,24 +178,73 @@ class PgAdvisoryLocks(_PolledLocks):
 
     async def _try(self, instance_id: str) -> int | None:
         # Shielded: a caller cancelled while the query is on the wire must not leave a lock it never learns of.
-        attempt = asyncio.ensure_future(self._try_lock(lock_key(instance_id)))
+        attempt = self._queue_try(lock_key(instance_id))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
             attempt.add_done_callback(lambda done: self._undo(instance_id, done))
             raise
 
-    async def _try_lock(self, key: int) -> int | None:
+    def _queue_try(self, key: int) -> asyncio.Future[int | None]:
+        attempt: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._tries.append((key, attempt))
+        self._flush_soon()
+        return attempt
+
+    def _flush_soon(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        """Send what callers queued meanwhile: every unlock in one statement, then every try in one.
+
+        One connection carries every lock, so its statements go one after another anyway; a caller that
+        comes while one is on the wire joins the next, and a burst of journeys (a batch of fired timers)
+        costs a round trip per batch, not one per journey. Each key is still locked and unlocked on its
+        own, exactly as if sent alone.
+        """
+        while self._tries or self._unlocks:
+            unlocks, self._unlocks = self._unlocks, []
+            tries, self._tries = self._tries, []
+            if unlocks:
+                await self._settle(unlocks, self._send_unlocks(unlocks))
+            if tries:
+                await self._settle(tries, self._send_tries(tries))
+
+    @staticmethod
+    async def _settle(queued: Sequence[tuple[Any, ...]], sent: Awaitable[None]) -> None:
+        """Await ``sent``; should it fail, its error goes to every caller of ``queued`` still waiting."""
+        try:
+            await sent
+        except BaseException as exc:
+            for *_request, future in queued:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _send_tries(self, tries: Sequence[tuple[int, asyncio.Future[int | None]]]) -> None:
+        keys = [key for key, _attempt in tries]
         for _attempt in range(2):  # once more on a fresh connection if the lock connection dropped
             conn, generation = await self._connection()
             try:
-                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-                row = await cursor.fetchone()
+                cursor = await conn.execute(
+                    "SELECT t.i, pg_try_advisory_lock(t.k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i)",
+                    (keys,),
+                )
+                rows = await cursor.fetchall()
             except psycopg.OperationalError:
                 if not conn.closed:
                     raise
                 continue
-            return generation if row is not None and row[0] else None
+            taken = {int(i): bool(ok) for i, ok in rows}
+            for i, (_key, attempt) in enumerate(tries, start=1):
+                if not attempt.done():
+                    attempt.set_result(generation if taken[i] else None)
+            return
         raise StoreError("the journey lock connection keeps dropping")
 
     def _undo(self, instance_id: str, done: asyncio.Future[int | None]) -> None:
@@ -203,16 +258,36 @@ class PgAdvisoryLocks(_PolledLocks):
         await asyncio.shield(self._unlock(instance_id, int(token)))
 
     async def _unlock(self, instance_id: str, generation: int) -> None:
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unlocks.append((instance_id, generation, released))
+        self._flush_soon()
+        await released
+
+    async def _send_unlocks(self, unlocks: Sequence[tuple[str, int, asyncio.Future[None]]]) -> None:
         conn = self._conn
-        if conn is None or conn.closed or generation != self._generation:
-            log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
+        live = conn is not None and not conn.closed
+        held = [(instance_id, released) for instance_id, gen, released in unlocks if live and gen == self._generation]
+        if len(held) < len(unlocks):
+            for instance_id, gen, released in unlocks:
+                if not (live and gen == self._generation):
+                    log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
+                    released.set_result(None)
+        if not held:
             return
+        assert conn is not None
         try:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(instance_id),))
+            await conn.execute(
+                "SELECT pg_advisory_unlock(t.k) FROM unnest(%s::bigint[]) AS t(k)",
+                ([lock_key(instance_id) for instance_id, _released in held],),
+            )
         except psycopg.OperationalError:
             if not conn.closed:
                 raise
-            log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
+            for instance_id, _released in held:
+                log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
+        for _instance_id, released in held:
+            if not released.done():
+                released.set_result(None)
 
 
 # --- SQLite -------------------------------------------------------------------------------------

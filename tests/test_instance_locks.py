@@ -357,6 +357,51 @@ async def test_a_dropped_lock_connection_is_reopened(postgres_url: str) -> None:
         assert await b_enters()
 
 
+async def test_a_burst_of_postgres_locks_shares_round_trips_and_each_lock_is_held_then_released(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty journeys entered at once (a batch of fired timers) take their locks in a few statements on the
+    lock connection, not one each, and release them so; each lock is really held in PostgreSQL meanwhile."""
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        locks: Any = runtime.store.locks
+        conn = locks._conn
+        sent: list[str] = []
+        execute = conn.execute
+
+        async def counted(query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(str(query))
+            return await execute(query, *args, **kwargs)
+
+        monkeypatch.setattr(conn, "execute", counted)
+        ids = [f"journey-{i}" for i in range(20)]
+        all_in, leave = asyncio.Event(), asyncio.Event()
+        inside: list[str] = []
+
+        async def hold(instance_id: str) -> None:
+            async with runtime.engine.exclusive(instance_id):
+                inside.append(instance_id)
+                if len(inside) == len(ids):
+                    all_in.set()
+                await leave.wait()
+
+        def advisory_locks_held() -> int:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s",
+                    (conn.info.backend_pid,),
+                ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        holders = asyncio.gather(*(hold(i) for i in ids))
+        await asyncio.wait_for(all_in.wait(), timeout=10)
+        assert advisory_locks_held() == len(ids)
+        leave.set()
+        await holders
+        assert advisory_locks_held() == 0
+        assert len(sent) <= 4, sent  # one statement per journey and direction would be 40
+
+
 PROBE = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)

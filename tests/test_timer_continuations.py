@@ -53,3 +53,28 @@ async def test_a_timer_continuation_checkpoints_where_it_stops_unless_the_runtim
         logged = [e.step for e in await rt.processes.history(instance_id) if e.type == "task.completed"]
         assert logged == ["look_up", "draft"]
         assert await checkpoints_of(rt, instance_id) - parked == written
+
+
+async def test_a_timer_continuation_that_completes_the_process_reads_no_instance_row_per_thread(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler reads the index rows of a fired batch in one query; the continuation itself, through to
+    the end event, reads none again (the spec that judges a completed run is the one its graph was built from)."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(linear("wake_up", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}}))
+        ids = [(await rt.processes.start("wake_up", f"cust-{i}"))["instance_id"] for i in range(3)]
+        single_reads: list[str] = []
+        read_one = rt.store.index.get_instance
+
+        async def counted(instance_id: str, **kwargs: object) -> object:
+            single_reads.append(instance_id)
+            return await read_one(instance_id, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(rt.store.index, "get_instance", counted)
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (3, 3, 0)
+        assert single_reads == []
+        monkeypatch.undo()
+        assert [(await rt.processes.status(i))["status"] for i in ids] == ["completed"] * 3

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import event
 
 from checkpoints.schema.tables import process_timers
 from graphs.process.timers import fire_due_timers
@@ -284,3 +285,49 @@ async def test_two_workers_never_fire_the_same_timer(store_url: str) -> None:
                 await conn.execute(select(process_timers.c.status, func.count()).group_by(process_timers.c.status))
             ).all()
         assert dict((s, int(n)) for s, n in statuses) == {"fired": 12}
+
+
+async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_racing_timers_wins(
+    store_url: str,
+) -> None:
+    """Three instances race two timers that fall due together: in each, the first timer in claim order
+    (due time, then id) wins its wait and the other never fires, as if applied one after the other; on
+    PostgreSQL the whole batch's waits are resolved by one statement, not one per timer."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        elements = [
+            {"type": "start", "id": "start"},
+            {"type": "event_gateway", "id": "race"},
+            {"type": "timer", "id": "a_first", "timer": {"duration": "PT1H"}},
+            {"type": "timer", "id": "b_second", "timer": {"duration": "PT1H"}},
+            {"type": "end", "id": "end_a", "outcome": "a"},
+            {"type": "end", "id": "end_b", "outcome": "b"},
+        ]
+        flows = ["start -> race", "race -> a_first", "race -> b_second", "a_first -> end_a", "b_second -> end_b"]
+        await rt.processes.deploy({"name": "two_timers", "elements": elements, "flows": flows})
+        ids = [(await rt.processes.start("two_timers", f"k-{i}"))["instance_id"] for i in range(3)]
+        timer_ids = {t.element: t.timer_id for t in await rt.processes.services.timers.find(instance_id=ids[0])}
+        assert sorted(timer_ids) == ["a_first", "b_second"]
+        first = min(timer_ids, key=lambda element: timer_ids[element])
+
+        resolving: list[int] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
+            if statement.lstrip().upper().startswith("UPDATE PROCESS_WAITS SET STATUS"):
+                resolving.append(len(parameters) if many else 1)
+
+        sync_engine = rt.store.engine.sync_engine
+        event.listen(sync_engine, "before_cursor_execute", count)
+        try:
+            clock.advance(timedelta(hours=1))
+            report = await rt.processes.scheduler.run_due()
+        finally:
+            event.remove(sync_engine, "before_cursor_execute", count)
+        assert (report.fired, report.dropped, report.resumed, report.failed) == (3, 3, 3, 0)
+        for instance_id in ids:
+            done = await rt.processes.status(instance_id)
+            assert done["status"] == "completed" and done["outcome"] == first[0]
+            fired = {t.element: t.status for t in await rt.processes.services.timers.find(instance_id=instance_id)}
+            assert fired == {first: "fired", ({"a_first", "b_second"} - {first}).pop(): "cancelled"}
+        if rt.store.engine.dialect.name == "postgresql":
+            assert sum(resolving) == 2  # the batch's resolutions, then marking the consumed ones done

@@ -8,12 +8,14 @@ never claimed before its due time. A claim is a lease: a worker that dies mid-fi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Executable, and_, bindparam, func, or_, select, update
+from sqlalchemy import Executable, String, Text, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -186,15 +188,10 @@ class TimerStore:
             }
             for timer in claimed
         ]
-        resolve = (
-            update(process_waits)
-            .where(w.wait_id == bindparam("w_id"), w.status == "waiting")
-            .values(status="resolved", resolution=bindparam("w_resolution"), resolved_at=now)
-        )
         wait_ids = [str(t.wait_id) for t in claimed]
         t = process_timers.c
         async with self._engine.begin() as conn:
-            await conn.execute(resolve, params)
+            await conn.execute(*self._resolve_waits(params, now))
             rows = (await conn.execute(select(w.wait_id, w.element, w.resolution).where(w.wait_id.in_(wait_ids)))).all()
             winner_of = {r.wait_id: (r.resolution or {}).get("timer_id") for r in rows}
             element_of = {r.wait_id: r.element for r in rows}
@@ -216,19 +213,51 @@ class TimerStore:
                     .where(t.timer_id.in_(lost), *mine)
                     .values(status="cancelled", claimed_by=None)
                 )
-            resolution_of = {str(p["w_id"]): p["w_resolution"] for p in params}
+            # Each winner's own resolution (the one its wait now holds), not that of another timer of the
+            # same wait in this batch, which lost.
+            resolution_of = {timer.timer_id: p["w_resolution"] for timer, p in zip(claimed, params, strict=True)}
             if self._events is not None and won:
                 completions = [
                     (
                         str(timer.instance_id),
-                        completed_event(
-                            element_of[timer.wait_id], str(timer.wait_id), resolution_of[str(timer.wait_id)]
-                        ),
+                        completed_event(element_of[timer.wait_id], str(timer.wait_id), resolution_of[timer.timer_id]),
                     )
                     for timer in won
                 ]
                 await self._events.append_in(conn, completions)
-        return [(timer, resolution_of[str(timer.wait_id)]) for timer in won]
+        return [(timer, resolution_of[timer.timer_id]) for timer in won]
+
+    def _resolve_waits(self, params: Sequence[dict[str, Any]], now: datetime) -> tuple[Any, ...]:
+        """Resolve each still-waiting wait of ``params`` with its resolution; when a batch holds two timers
+        of one wait, the first (claim order) resolves it, as if they had been applied one after another.
+
+        PostgreSQL: one statement for the whole batch (``UPDATE … FROM unnest(ids, resolutions)``), not one
+        per timer; SQLite: one statement per timer, sent with ``executemany`` in-process.
+        """
+        w = process_waits.c
+        if not self._postgres:
+            resolve = (
+                update(process_waits)
+                .where(w.wait_id == bindparam("w_id"), w.status == "waiting")
+                .values(status="resolved", resolution=bindparam("w_resolution"), resolved_at=now)
+            )
+            return (resolve, list(params))
+        first: dict[str, dict[str, Any]] = {}
+        for p in params:
+            first.setdefault(str(p["w_id"]), p["w_resolution"])
+        # Two array parameters, whatever the batch's size: the statement's text is the same for every
+        # batch (SQLAlchemy compiles it once), and the server parses one statement.
+        fired = (
+            func.unnest(bindparam("w_ids", type_=ARRAY(String)), bindparam("w_resolutions", type_=ARRAY(Text)))
+            .table_valued("wait_id", "resolution")
+            .render_derived(name="fired")
+        )
+        resolve = (
+            update(process_waits)
+            .where(w.wait_id == fired.c.wait_id, w.status == "waiting")
+            .values(status="resolved", resolution=cast(fired.c.resolution, JSONB), resolved_at=now)
+        )
+        return (resolve, {"w_ids": list(first), "w_resolutions": [json.dumps(r) for r in first.values()]})
 
     async def next_due(self) -> datetime | None:
         t = process_timers.c

@@ -322,7 +322,7 @@ class ProcessOrchestrator:
                 if created is not None and created.status == QUEUED:  # it runs once a slot frees
                     return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
-                went_through = await self.run(graph, instance_id, initial, run_options)
+                went_through = await self.run(graph, instance_id, initial, run_options, spec=spec)
                 snapshot = await graph.aget_state(self.engine.config(instance_id))
         except ExistingStart as existing:
             return await self.status(existing.instance_id)
@@ -391,16 +391,26 @@ class ProcessOrchestrator:
         found = await self.store.index.get_instances(instance_ids)
         return {i.instance_id: i for i in found if i.pattern == PATTERN}
 
-    async def run(self, graph: Graph, instance_id: str, value: Any, run_options: RunOptions = DEFAULT_RUN) -> bool:
+    async def run(
+        self,
+        graph: Graph,
+        instance_id: str,
+        value: Any,
+        run_options: RunOptions = DEFAULT_RUN,
+        *,
+        spec: ProcessSpec | None = None,
+    ) -> bool:
         """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
-        ``failed`` and can be retried. Returns whether the run went through."""
+        ``failed`` and can be retried. Returns whether the run went through. ``spec``: the spec ``graph``
+        was built from, if the caller has it (else it is read from the instance should the run complete)."""
         try:
             outcome = await self._designs.instances.advance(graph, instance_id, PATTERN, value, options=run_options)
         except JourneyError:  # recorded by the kernel
             return False
         values = outcome.values if isinstance(outcome, StateSnapshot) else outcome
         if values.get("status") == "completed":  # it reached an end event: its tier judges the run
-            spec = await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
+            if spec is None:
+                spec = await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
             if spec.evaluation is not None:
                 evaluation = self._designs.instances.evaluation
                 await evaluation.judge(instance_id, PATTERN, spec.evaluation, MEASURED)
@@ -443,7 +453,7 @@ class ProcessOrchestrator:
         to the caller (the scheduler marks a whole batch at once). ``instance``: its index row, if the
         caller has read it already (the scheduler reads a batch's in one query).
         """
-        _instance, _deployment, _spec, graph = await self.loaded(instance_id, instance=instance)
+        _instance, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.settled(graph, instance_id, run_options)
             pending = next(
@@ -459,7 +469,7 @@ class ProcessOrchestrator:
                 resolution = resolution or await self.services.waits.resolution(wait_id)
                 if resolution is None:
                     return False
-                await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options)
+                await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options, spec=spec)
             if finish:
                 await self.services.waits.finish([wait_id])
         return pending is not None
@@ -481,11 +491,11 @@ class ProcessOrchestrator:
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
         """Run a failed node again (its agent may have recovered)."""
-        _instance, _deployment, _spec, graph = await self.loaded(instance_id)
+        _instance, _deployment, spec, graph = await self.loaded(instance_id)
         async with self.engine.exclusive(instance_id):
             if await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False) is None:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
-            await self.run(graph, instance_id, None)
+            await self.run(graph, instance_id, None, spec=spec)
         return await self.status(instance_id)
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
