@@ -19,6 +19,9 @@ p50 is about 20 / (journeys/s). The one-client figure is the latency of the path
     python benchmarks/server.py [--quick] [--latency-only] [--database-url postgresql://…]
 
 ``--latency-only`` measures only the distributed latency, CPU and database figures (a minute, not ten).
+``--profile N`` samples the API and the worker with py-spy (``pip install py-spy``; left out with a note when
+it is missing) during the 20-client phase and prints each one's top N entries by own time. Samples are of
+time a thread was not idle: a thread preempted right after waking PostgreSQL (a send) counts there too.
 
 Without --database-url (or $DATABASE_URL) a throwaway PostgreSQL is started with pgserver.
 """
@@ -27,8 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -229,6 +235,50 @@ def postmaster(url: str) -> psutil.Process | None:
     return parent if parent is not None and parent.name().startswith("postgres") else None
 
 
+def py_spy() -> str | None:
+    """The py-spy executable (next to this interpreter, or on PATH), or None."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+class Sampler:
+    """py-spy sampling the given processes while the context is open (raw folded stacks, one file each)."""
+
+    def __init__(self, processes: dict[str, Measured], folder: Path) -> None:
+        self.files = {name: folder / f"{name}.folded" for name in processes}
+        self._processes = processes
+        self._samplers: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Sampler:
+        executable = py_spy()
+        assert executable is not None
+        for name, process in self._processes.items():
+            command = [executable, "record", "--pid", str(process.pid), "--rate", "200", "--nonblocking"]
+            command += ["--format", "raw", "-o", str(self.files[name])]
+            self._samplers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # attached before the phase starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sampler in self._samplers:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+        for sampler in self._samplers:
+            sampler.wait(timeout=60)
+
+    def top(self, name: str, count: int) -> list[tuple[float, str]]:
+        """The ``count`` frames with the most own samples, as shares of the process's non-idle samples (the
+        event loop's own frame, where py-spy puts a loop waiting for I/O, left out)."""
+        own: collections.Counter[str] = collections.Counter()
+        path = self.files.get(name)
+        for line in path.read_text().splitlines() if path is not None and path.exists() else []:
+            stack, _, n = line.rpartition(" ")
+            frame = stack.rsplit(";", 1)[-1]
+            if not frame.startswith(("Runner.run ", "run_forever ", "_run_once ")):
+                own[frame] += int(n)
+        total = sum(own.values()) or 1
+        return [(100 * n / total, frame) for frame, n in own.most_common(count)]
+
+
 DB_COUNTERS = """
 SELECT xact_commit + xact_rollback AS transactions,
        tup_inserted + tup_updated + tup_deleted AS rows_written,
@@ -268,16 +318,25 @@ async def measure_latency(
     processes: dict[str, Measured],
     prefix: str = "",
     url: str | None = None,
+    profile: int = 0,
 ) -> None:
     """Latency at 20 clients and at one; and the CPU each of ``processes`` spent per journey at 20 (and
-    their total). With ``url``, also what each journey step cost the database, and the connections held."""
+    their total). With ``url``, also what each journey step cost the database, and the connections held.
+    ``profile``: the top entries of a py-spy profile of each Python process at 20 clients."""
     if url is not None:
         await asyncio.sleep(1.5)  # earlier statistics flushed
         counters = await asyncio.to_thread(db_counters, url)
-    before = {name: cpu_seconds(p) for name, p in processes.items()}
-    times = sorted(await latency(client, journeys, 20))
-    for name, process in processes.items():
-        results[f"{prefix}cpu_ms_{name}"] = 1000 * (cpu_seconds(process) - before[name]) / journeys
+    sampled = {name: p for name, p in processes.items() if name != "postgres"}
+    with tempfile.TemporaryDirectory() as folder:
+        sampler = Sampler(sampled, Path(folder))
+        with sampler if profile else contextlib.nullcontext(sampler):
+            before = {name: cpu_seconds(p) for name, p in processes.items()}
+            times = sorted(await latency(client, journeys, 20))
+            after_cpu = {name: cpu_seconds(p) for name, p in processes.items()}
+        if profile:
+            results[f"{prefix}profile"] = {name: sampler.top(name, profile) for name in sampled}
+    for name in processes:
+        results[f"{prefix}cpu_ms_{name}"] = 1000 * (after_cpu[name] - before[name]) / journeys
     results[f"{prefix}cpu_ms_total"] = sum(results[f"{prefix}cpu_ms_{name}"] for name in processes)
     if url is not None:
         results["connections"] = await asyncio.to_thread(connections, url)
@@ -301,18 +360,20 @@ async def bench_embedded(url: str, quick: bool, pending: Pending) -> dict[str, A
     return results
 
 
-async def bench(url: str, quick: bool, *, latency_only: bool = False) -> dict[str, Any]:
+async def bench(url: str, quick: bool, *, latency_only: bool = False, profile: int = 0) -> dict[str, Any]:
     ensure_schema(url)
     pending = Pending(url)
     try:
         results = {} if latency_only else await bench_embedded(url, quick, pending)
-        results.update(await bench_distributed(url, quick, pending, latency_only=latency_only))
+        results.update(await bench_distributed(url, quick, pending, latency_only=latency_only, profile=profile))
     finally:
         pending.close()
     return results
 
 
-async def bench_distributed(url: str, quick: bool, pending: Pending, *, latency_only: bool = False) -> dict[str, Any]:
+async def bench_distributed(
+    url: str, quick: bool, pending: Pending, *, latency_only: bool = False, profile: int = 0
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     database = postmaster(url)
     with serving(url, distributed=True) as (base, api):
@@ -324,7 +385,7 @@ async def bench_distributed(url: str, quick: bool, pending: Pending, *, latency_
                 measured: dict[str, Measured] = {"api": api, "worker": workers[0]}
                 if database is not None:
                     measured["postgres"] = database
-                await measure_latency(client, 20 if quick else 200, results, measured, url=url)
+                await measure_latency(client, 20 if quick else 200, results, measured, url=url, profile=profile)
                 if latency_only:
                     return results
                 n = 30 if quick else 400
@@ -353,7 +414,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few journeys")
     parser.add_argument("--latency-only", action="store_true", help="only the distributed latency, CPU, database")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="py-spy the API and the worker at 20 clients: top N"
+    )
     args = parser.parse_args()
+    if args.profile and py_spy() is None:
+        print("py-spy is not installed (pip install py-spy): no profile")
+        args.profile = 0
     url, server = args.database_url, None
     if url is None:
         from pgserver import get_server
@@ -365,7 +432,7 @@ def main() -> None:
             conn.execute("CREATE DATABASE journeys_bench")
         url = url.rsplit("/", 1)[0] + "/journeys_bench" if "?" not in url else url
     try:
-        results = asyncio.run(bench(url, args.quick, latency_only=args.latency_only))
+        results = asyncio.run(bench(url, args.quick, latency_only=args.latency_only, profile=args.profile))
     finally:
         if server is not None:
             server.cleanup()
@@ -387,6 +454,10 @@ def main() -> None:
     )
     held = ", ".join(f"{name} {n}" for name, n in r["connections"].items())
     print(f"  connections held: {held}")
+    for name, entries in r.get("profile", {}).items():
+        print(f"  {name} process at 20 clients, py-spy, top {len(entries)} by own samples (% of its non-idle samples):")
+        for share, frame in entries:
+            print(f"    {share:5.1f}% {frame}")
     if "one_worker_per_s" not in r:
         return
     print(

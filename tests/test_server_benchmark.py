@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from benchmarks import job_queue
-from benchmarks.server import bench
+from benchmarks.server import Sampler, bench
 
 pytestmark = pytest.mark.slow
 
@@ -37,3 +38,17 @@ def test_queue_benchmark_quick(postgres_url: str) -> None:
     assert set(results) == forms
     assert all(r["jobs_per_s"] > 0 for r in results.values())
     assert sum(r["client_cpu_ms"] for r in results.values()) > 0  # CPU time has 10 ms ticks: not per line
+
+
+def test_the_profile_shares_leave_the_idle_event_loop_out(tmp_path: Path) -> None:
+    """``--profile``: py-spy's folded stacks summed by innermost frame, as shares of the non-idle samples."""
+    sampler = Sampler({}, tmp_path)
+    sampler.files["api"] = tmp_path / "api.folded"
+    sampler.files["api"].write_text(
+        "main (a.py:1);Runner.run (asyncio/runners.py:118) 50\n"  # the loop waiting for I/O
+        "main (a.py:1);handle (b.py:2);send (c.py:3) 30\n"
+        "main (a.py:1);other (d.py:4);send (c.py:3) 30\n"
+        "main (a.py:1);handle (b.py:2) 40\n"
+    )
+    assert sampler.top("api", 5) == [(60.0, "send (c.py:3)"), (40.0, "handle (b.py:2)")]
+    assert Sampler({}, tmp_path).top("worker", 5) == []  # no file: py-spy never wrote one
