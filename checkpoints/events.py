@@ -344,20 +344,21 @@ class _Unclaimed(Exception):
 async def claimed_with_event(
     engine: AsyncEngine,
     events: EventLog,
-    claim: Executable,
+    claims: Sequence[Executable],
     statements: Sequence[Executable],
     instance_id: str,
     event: NewEvent,
 ) -> bool:
-    """``claim`` (a conditional update that must change exactly one row), ``statements`` and the keyed
+    """``claims`` (conditional updates that must each change exactly one row), ``statements`` and the keyed
     ``event`` that logs them, in one transaction: a change and its event commit together or not at all.
-    False, with nothing written, when ``claim`` changed no row; a concurrent append that took the event's
+    False, with nothing written, when a claim changed no row; a concurrent append that took the event's
     sequence number rolls it all back, and it goes again."""
     for attempt in range(SEQ_ATTEMPTS):
         try:
             async with engine.begin() as conn:
-                if (await conn.execute(claim)).rowcount != 1:
-                    raise _Unclaimed
+                for claim in claims:
+                    if (await conn.execute(claim)).rowcount != 1:
+                        raise _Unclaimed
                 for statement in statements:
                     await conn.execute(statement)
                 await events.append_in(conn, [(instance_id, event)])

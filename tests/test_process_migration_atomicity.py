@@ -44,19 +44,20 @@ def onboarding(version: int, task_id: str) -> dict[str, Any]:
 
 def fail_once(
     monkeypatch: pytest.MonkeyPatch, step: str, error: BaseException, *, after: bool = False
-) -> Callable[..., Awaitable[None]]:
+) -> Callable[..., Awaitable[Any]]:
     """Make ``process_migration.<step>`` fail the first time it runs (before or after doing its work)."""
     real = getattr(process_migration, step)
     calls = 0
 
-    async def failing(*args: Any, **kwargs: Any) -> None:
+    async def failing(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1 and not after:
             raise error
-        await real(*args, **kwargs)
+        done = await real(*args, **kwargs)
         if calls == 1:
             raise error
+        return done
 
     monkeypatch.setattr(process_migration, step, failing)
     return failing

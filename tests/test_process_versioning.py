@@ -4,6 +4,9 @@ and Postgres, on a virtual clock."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 
 from graphs.errors import (
     MigrationRefusedError,
+    ProcessStateError,
     ProcessVersionConflictError,
     RolloutError,
     UnknownProcessError,
@@ -259,3 +263,123 @@ async def test_resuming_an_instance_neither_reads_nor_hashes_its_design_again(
         [task] = await rt.processes.inbox.list_tasks(assignee="ana")
         await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
         assert (hashed, read) == ([], [])
+
+
+def _migrate_when_first_locked(
+    rt: Any, monkeypatch: pytest.MonkeyPatch, instance_id: str, mapping: dict[str, str] | None = None
+) -> list[BaseException]:
+    """Make the next call that takes ``instance_id``'s lock meet a migration to v2 by another caller first:
+    the migration runs (taking and releasing the lock itself) just before that call's own turn at the lock,
+    as when a migration in another process wins the lock while a delivery is on its way to it. Returns
+    what the migration raised (it is refused: the wait it would move has been answered)."""
+    engine = rt.processes.engine
+    real = engine.exclusive
+    refused: list[BaseException] = []
+    tried: list[bool] = []
+
+    @asynccontextmanager
+    async def exclusive(locked_id: str) -> AsyncIterator[None]:
+        if locked_id == instance_id and not tried:
+            tried.append(True)  # the migration's own calls go straight through
+            with pytest.raises(ProcessStateError) as caught:
+                await rt.processes.migrate(instance_id, to_version=2, mapping=mapping)
+            refused.append(caught.value)
+        async with real(locked_id):
+            yield
+
+    monkeypatch.setattr(engine, "exclusive", exclusive)
+    return refused
+
+
+async def test_a_timer_fired_before_a_migration_resumes_its_instance_on_its_version_and_the_migration_is_refused(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timer fired (its wait answered) before the migration took the instance's lock: the migration is
+    refused with nothing changed, and the continuation runs on v1, whose graph it loaded. Before, the migration
+    went through and the continuation ran v1's graph on the migrated instance (v2's extra step never ran)."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        calls.register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1))
+        view = await rt.processes.start("onboarding", "cust-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        await rt.processes.deploy(onboarding(2, extra_step=True))
+
+        refused = _migrate_when_first_locked(rt, monkeypatch, view["instance_id"])
+        clock.advance(timedelta(days=7))
+        assert (await rt.processes.scheduler.run_due()).resumed == 1
+        assert refused and "was answered" in str(refused[0]) and "migrate it once it waits again" in str(refused[0])
+        done = await rt.processes.status(view["instance_id"])
+        assert (done["version"], done["status"]) == (1, "completed")
+        assert calls.intents() == ["activate"]
+        history = [e.type for e in await rt.processes.history(view["instance_id"])]
+        assert not [t for t in history if t.startswith("process.migrat")]
+
+
+async def test_a_task_completed_before_a_migration_is_delivered_on_its_version_and_the_migration_is_refused(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the migration moved the answered task to ``sign_contract`` and the delivery, on v1's graph,
+    found nothing parked at ``approve``: it marked the answer consumed and the instance waited for ever."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        calls.register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1, task_id="approve"))
+        view = await rt.processes.start("onboarding", "cust-1")
+        await rt.processes.deploy(onboarding(2, extra_step=True, task_id="sign_contract"))
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+
+        refused = _migrate_when_first_locked(rt, monkeypatch, view["instance_id"], {"approve": "sign_contract"})
+        status = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        assert refused
+        assert (status["version"], waiting_elements(status)) == (1, ["trial"])
+        history = [e.type for e in await rt.processes.history(view["instance_id"])]
+        assert not [t for t in history if t.startswith("process.migrat")]
+
+
+@pytest.mark.parametrize("mapping", [None, {"approve": "sign_contract"}], ids=["same-element", "moved-element"])
+async def test_a_task_completed_while_its_instance_migrates_rolls_the_migration_back(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, mapping: dict[str, str] | None
+) -> None:
+    """The task is completed after the migration logged its intent and before it finished: the migration
+    rolls back (its rewritten checkpoint too) and is refused, and the answer is delivered on v1."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        calls.register(rt, "welcome_call")
+        await rt.processes.deploy(onboarding(1, task_id="approve"))
+        view = await rt.processes.start("onboarding", "cust-1")
+        task_id = "sign_contract" if mapping else "approve"
+        await rt.processes.deploy(onboarding(2, extra_step=True, task_id=task_id))
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+
+        rows = rt.processes.migrations.rows
+        real_apply = rows.apply
+        completing: list[asyncio.Task[dict[str, Any]]] = []
+
+        async def apply(instance_id: str, step: Any, event: Any) -> bool:
+            applied = await real_apply(instance_id, step, event)
+            if step.status == "migrating" and not completing:  # step 1 committed: now the task is answered
+                completing.append(
+                    asyncio.create_task(rt.processes.inbox.complete(task["task_id"], user="ana", payload={}))
+                )
+                for _ in range(500):  # until its answer is committed (its delivery then waits for the lock)
+                    if (await rt.processes.services.waits.resolution(task["task_id"])) is not None:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the task's answer was never committed")
+            return applied
+
+        monkeypatch.setattr(rows, "apply", apply)
+        with pytest.raises(ProcessStateError, match="was answered"):
+            await rt.processes.migrate(view["instance_id"], to_version=2, mapping=mapping)
+        status = await completing[0]
+        assert (status["version"], status["status"], waiting_elements(status)) == (1, "in_progress", ["trial"])
+        history = [e.type for e in await rt.processes.history(view["instance_id"])]
+        assert "process.migrating" in history and "process.migration_rolled_back" in history
+        assert "process.migrated" not in history

@@ -172,7 +172,7 @@ class InboxStore:
         at all, so the inbox never holds a change its log lacks (``checkpoints.rebuild``)."""
         # A unique key: append_in writes keyed events (each claim or release is its own change).
         event = replace(event, key=f"{event.key or event.type}:{uuid4().hex[:16]}")
-        return await claimed_with_event(self._engine, events, change, (), instance_id, event)
+        return await claimed_with_event(self._engine, events, [change], (), instance_id, event)
 
     def completion_claim(self, task_id: str, *, by: str, result: dict[str, Any], claimed_by: str | None) -> Executable:
         """Close an open task as completed; conditional on nobody having claimed it since it was checked."""

@@ -45,12 +45,15 @@ class RowMove:
 @dataclass(frozen=True, slots=True)
 class MigrationStep:
     """What one step writes: the instance, found in status ``expect``, gets ``status`` (and, with
-    ``to_design``, that design), and the rows of ``moves`` follow their waits."""
+    ``to_design``, that design), and the rows of ``moves`` follow their waits. ``unanswered``: waits that
+    must not have been answered (a task completed, a timer fired, a message taken) for the step to apply:
+    an answer is delivered on the version it was given on, so a wait that has one cannot be moved."""
 
     expect: str
     status: str
     to_design: str | None = None
     moves: Sequence[RowMove] = ()
+    unanswered: Sequence[str] = ()
 
 
 class MigrationRows:
@@ -63,7 +66,7 @@ class MigrationRows:
 
     async def apply(self, instance_id: str, step: MigrationStep, event: NewEvent) -> bool:
         """``step`` and its ``event`` (keyed) in one transaction. False, with nothing applied, when the
-        instance was not in status ``step.expect``."""
+        instance was not in status ``step.expect`` or one of ``step.unanswered`` has been answered."""
         values: dict[str, Any] = {"status": step.status, "updated_at": self._clock.now()}
         [event] = stamped([event], step.status)
         if step.to_design is not None:
@@ -74,8 +77,17 @@ class MigrationRows:
             .where(journey_instances.c.instance_id == instance_id, journey_instances.c.status == step.expect)
             .values(**values)
         )
+        # Each unanswered wait's row is claimed (locked on PostgreSQL) in the step's transaction: an answer
+        # racing the step either commits first and fails the step, or waits for it and sees the step's status.
+        waits = process_waits.c
+        unanswered = [
+            update(process_waits).where(waits.wait_id == wait_id, waits.status == "waiting").values(status="waiting")
+            for wait_id in step.unanswered
+        ]
         statements = [statement for move in step.moves for statement in _move_statements(move)]
-        return await claimed_with_event(self._engine, self._events, claim, statements, instance_id, event)
+        return await claimed_with_event(
+            self._engine, self._events, [claim, *unanswered], statements, instance_id, event
+        )
 
 
 def _move_statements(move: RowMove) -> list[Executable]:

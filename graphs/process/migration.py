@@ -88,6 +88,10 @@ class MigrationPlan:
     def mapping(self) -> dict[str, str]:
         return {w.element: w.to for w in self.waits}
 
+    @property
+    def wait_ids(self) -> tuple[str, ...]:
+        return tuple(w.wait_id for w in self.waits)
+
     def record(self) -> dict[str, Any]:
         return {
             "migration_id": self.migration_id,
@@ -238,20 +242,23 @@ async def migrate(
         try:
             if plan.rewrites_checkpoint:
                 await _rewrite_checkpoint(migrations, target_graph, instance_id, plan, snapshot)
-            await _finish(migrations, instance_id, plan, source, target)
+            finished = await _finish(migrations, instance_id, plan, source, target)
         except Exception as exc:
             # Settle it now if we can; if not, the instance stays "migrating" and is settled later.
             outcome = None
             try:
-                outcome = await _settle_locked(migrations, instance_id)
+                outcome = await settle_locked(migrations, instance_id)
             except Exception as again:
                 log.warning("migration left to settle later", instance_id=instance_id, error=str(again))
             if outcome != "completed":
                 raise
             log.info("migration completed after an error", instance_id=instance_id, error=str(exc))
-        else:
-            if plan.rewrites_checkpoint:
-                await threads.run(target_graph, instance_id, None)  # park at the mapped nodes
+            return
+        if not finished:  # a wait was answered while it moved: the instance goes back to where it was
+            await settle_locked(migrations, instance_id)
+            raise _answered(instance_id, plan)
+        if plan.rewrites_checkpoint:
+            await threads.run(target_graph, instance_id, None)  # park at the mapped nodes
 
 
 async def settle_migration(
@@ -266,12 +273,13 @@ async def settle_migration(
     ``force`` settles whatever is open (``recover()`` at startup, when nothing else runs).
     """
     async with migrations.engine.exclusive(instance_id):
-        return await _settle_locked(migrations, instance_id, started_before=started_before, force=force)
+        return await settle_locked(migrations, instance_id, started_before=started_before, force=force)
 
 
-async def _settle_locked(
+async def settle_locked(
     migrations: Migrations, instance_id: str, *, started_before: datetime | None = None, force: bool = False
 ) -> str | None:
+    """:func:`settle_migration` for a caller that holds the instance's lock."""
     engine, versions, threads = migrations.engine, migrations.versions, migrations.threads
     instance = await engine.store.index.get_instance(instance_id)
     if instance is None or instance.status != MIGRATING:
@@ -293,13 +301,19 @@ async def _settle_locked(
     source_deployment = await versions.of_design(instance.journey_id)
     source = await versions.spec_of(source_deployment)
     target_deployment = await versions.of_design(plan.to_design)
-    if landed or not plan.rewrites_checkpoint:
-        await _finish(migrations, instance_id, plan, source, await versions.spec_of(target_deployment))
+    finished = (landed or not plan.rewrites_checkpoint) and await _finish(
+        migrations, instance_id, plan, source, await versions.spec_of(target_deployment)
+    )
+    if finished:
         await threads.settled(await versions.graph_of(target_deployment), instance_id)  # park at `to`
         outcome = "completed"
-    else:
+    else:  # step 2 did not land, or a wait was answered after step 1: back to the source version
         source_graph = await versions.graph_of(source_deployment)
-        if latest is not None:
+        if landed:  # the thread resumes from a copy of the checkpoint the migration started from
+            config = engine.config(instance_id)
+            config["configurable"]["checkpoint_id"] = plan.source_checkpoint
+            await source_graph.aupdate_state(config, None, as_node="__copy__")
+        elif latest is not None:
             # Step 2 stores its update's writes on the source checkpoint before writing the new one, so a crash
             # between the two leaves them there. They match no task of the source graph, but rather than rely
             # on that, the thread resumes from a clean copy (its waiting node runs again up to its interrupt()).
@@ -327,10 +341,25 @@ async def _open_intent(migrations: Migrations, instance_id: str) -> tuple[Migrat
     return None
 
 
+def _answered(instance_id: str, plan: MigrationPlan) -> ProcessStateError:
+    waits = ", ".join(f"{w.wait_id} at {w.element!r}" for w in plan.waits)
+    return ProcessStateError(
+        f"process instance {instance_id!r} has a wait that was answered (a task completed, a timer fired or a "
+        f"message taken) and is being resumed on v{plan.from_version} (its waits: {waits}); nothing was "
+        "changed: migrate it once it waits again",
+        allowed=[],
+    )
+
+
 async def _log_intent(migrations: Migrations, instance_id: str, plan: MigrationPlan) -> None:
-    """Step 1: the plan in the log and the instance marked migrating, in one transaction."""
+    """Step 1: the plan in the log and the instance marked migrating, in one transaction, provided none of
+    the waits it moves has been answered (see :class:`MigrationStep`)."""
     intent = NewEvent(INTENT, plan.to_payload(), None, f"{plan.migration_id}:intent")
-    if not await _commit(migrations, instance_id, MigrationStep(expect="in_progress", status=MIGRATING), intent):
+    step = MigrationStep(expect="in_progress", status=MIGRATING, unanswered=plan.wait_ids)
+    if not await _commit(migrations, instance_id, step, intent):
+        now = await migrations.engine.store.index.get_instance(instance_id)
+        if now is not None and now.status == "in_progress":
+            raise _answered(instance_id, plan)
         raise ProcessStateError(
             f"process instance {instance_id!r} is no longer in progress; only a waiting instance can migrate",
             allowed=[],
@@ -360,15 +389,24 @@ async def _rewrite_checkpoint(
 
 async def _finish(
     migrations: Migrations, instance_id: str, plan: MigrationPlan, source: ProcessSpec, target: ProcessSpec
-) -> None:
-    """Step 3 (idempotent): re-point the instance, move its rows, log the migration, end ``migrating``."""
+) -> bool:
+    """Step 3 (idempotent): re-point the instance, move its rows, log the migration, end ``migrating``.
+
+    False, with nothing changed, when one of the waits was answered after step 1: the migration must then
+    be rolled back (:func:`settle_locked` does). Raises when someone else settled it meanwhile."""
     moves = [_row_move(source, target, wait) for wait in plan.waits]
     done = NewEvent(DONE, plan.record(), None, f"{plan.migration_id}:migrated")
-    step = MigrationStep(expect=MIGRATING, status="in_progress", to_design=plan.to_design, moves=moves)
-    if not await _commit(migrations, instance_id, step, done):
+    step = MigrationStep(
+        expect=MIGRATING, status="in_progress", to_design=plan.to_design, moves=moves, unanswered=plan.wait_ids
+    )
+    if await _commit(migrations, instance_id, step, done):
+        return True
+    now = await migrations.engine.store.index.get_instance(instance_id)
+    if now is None or now.status != MIGRATING:
         raise ProcessStateError(
             f"migration {plan.migration_id} of {instance_id!r} was settled by someone else meanwhile", allowed=[]
         )
+    return False
 
 
 async def _commit(migrations: Migrations, instance_id: str, step: MigrationStep, event: NewEvent) -> bool:

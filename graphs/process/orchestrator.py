@@ -18,8 +18,8 @@ pass) delivers resolutions that were not consumed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -50,7 +50,14 @@ from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
-from graphs.process.migration import MIGRATING, Migrations, migrate, migrating_instances, settle_migration
+from graphs.process.migration import (
+    MIGRATING,
+    Migrations,
+    migrate,
+    migrating_instances,
+    settle_locked,
+    settle_migration,
+)
 from graphs.process.spec import ProcessSpec
 from graphs.process.timers import TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process.validation import intents
@@ -352,16 +359,29 @@ class ProcessOrchestrator:
         return found
 
     async def loaded(
-        self, instance_id: str, *, instance: Instance | None = None
+        self, instance_id: str, *, instance: Instance | None = None, locked: bool = False
     ) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
-        """The instance (read now unless given, e.g. by a bulk read), its deployment, spec and graph."""
+        """The instance (read now unless given, e.g. by a bulk read), its deployment, spec and graph; a
+        migration a crash cut short is settled first. ``locked``: the caller holds the instance's lock (see
+        :meth:`locked`)."""
         if instance is None:
             instance = await self.instance(instance_id)
         if instance.status == MIGRATING:  # a migration was cut short: finish or undo it before anything else
-            await settle_migration(self.migrations, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
+            settle = settle_locked if locked else settle_migration
+            await settle(self.migrations, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
             instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
         return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
+
+    @asynccontextmanager
+    async def locked(self, instance_id: str) -> AsyncIterator[tuple[Instance, Deployment, ProcessSpec, Graph]]:
+        """The instance's lock (``exclusive``) and, read under it, the instance, its deployment, spec and graph.
+
+        Read under the lock, not before it: a migration (by another process, say) can take the lock first, and
+        a graph loaded before would then be the old version's.
+        """
+        async with self.engine.exclusive(instance_id):
+            yield await self.loaded(instance_id, locked=True)
 
     async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
         """A journey's (any pattern's) deadline passed: end it as its spec says (see ``Instances.expire``)."""
@@ -452,6 +472,10 @@ class ProcessOrchestrator:
         a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
         to the caller (the scheduler marks a whole batch at once). ``instance``: its index row, if the
         caller has read it already (the scheduler reads a batch's in one query).
+
+        The instance and its graph may be read before its lock: its wait is answered already, and a
+        migration never moves a wait whose answer is undelivered (it is refused, or rolled back), so the
+        version read is the one the answer is delivered on.
         """
         _instance, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
@@ -491,8 +515,7 @@ class ProcessOrchestrator:
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
         """Run a failed node again (its agent may have recovered)."""
-        _instance, _deployment, spec, graph = await self.loaded(instance_id)
-        async with self.engine.exclusive(instance_id):
+        async with self.locked(instance_id) as (_instance, _deployment, spec, graph):
             if await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False) is None:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
             await self.run(graph, instance_id, None, spec=spec)
@@ -500,9 +523,7 @@ class ProcessOrchestrator:
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
         """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
-        await self.loaded(instance_id)
-        async with self.engine.exclusive(instance_id):
-            instance = await self.instance(instance_id)  # read under the lock: it may have finished meanwhile
+        async with self.locked(instance_id) as (instance, _deployment, _spec, _graph):
             if instance.status in FINISHED:
                 raise ProcessStateError(
                     f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
@@ -610,12 +631,7 @@ class ProcessOrchestrator:
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
-        instance, deployment, spec, graph = await self.loaded(instance_id)
-        async with self.engine.exclusive(instance_id):
-            now = await self.instance(instance_id)
-            if now.journey_id != instance.journey_id:  # migrated while this call waited for the lock
-                deployment = await self.deployment_of(now)
-                graph = await self.deployed.graph_of(deployment)
+        async with self.locked(instance_id) as (_instance, deployment, spec, graph):
             snapshot = await self.settled(graph, instance_id)
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
