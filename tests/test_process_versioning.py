@@ -43,6 +43,23 @@ def onboarding(version: int, *, extra_step: bool = False, task_id: str = "approv
     return {"name": "onboarding", "version": version, "elements": elements, "flows": flows}
 
 
+def onboarding_agents(rt: Any) -> Calls:
+    """The agents of both versions' service tasks, recording their calls."""
+    calls = Calls()
+    calls.register(rt, "activate")
+    calls.register(rt, "welcome_call")
+    return calls
+
+
+async def waiting_at_the_trial_on_v1(rt: Any) -> dict[str, Any]:
+    """An instance of v1 whose task is done: it waits at the trial timer."""
+    await rt.processes.deploy(onboarding(1))
+    view = await rt.processes.start("onboarding", "cust-1")
+    [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+    await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+    return dict(view)
+
+
 async def test_versions_are_deployed_once_and_a_changed_definition_needs_a_new_version(store_url: str) -> None:
     async with runtime(store_url) as rt:
         Calls().register(rt, "activate")
@@ -63,9 +80,7 @@ async def test_v1_instances_waiting_at_a_user_task_and_a_timer_finish_on_v1_afte
 ) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        calls = Calls()
-        calls.register(rt, "activate")
-        calls.register(rt, "welcome_call")
+        onboarding_agents(rt)
         await rt.processes.deploy(onboarding(1))
         at_task = await rt.processes.start("onboarding", "cust-1")
         at_timer = await rt.processes.start("onboarding", "cust-2")
@@ -159,9 +174,7 @@ async def test_ab_variants_are_recorded_on_each_instance(store_url: str) -> None
 async def test_a_migration_plan_moves_a_waiting_instance_and_is_refused_without_a_mapping(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        calls = Calls()
-        calls.register(rt, "activate")
-        calls.register(rt, "welcome_call")
+        calls = onboarding_agents(rt)
         await rt.processes.deploy(onboarding(1))
         view = await rt.processes.start("onboarding", "cust-1")
         await rt.processes.deploy(onboarding(2, extra_step=True, task_id="sign_contract"))
@@ -196,13 +209,8 @@ async def test_a_migration_plan_moves_a_waiting_instance_and_is_refused_without_
 async def test_an_instance_waiting_at_a_timer_migrates_by_identity_and_keeps_its_due_time(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        calls = Calls()
-        calls.register(rt, "activate")
-        calls.register(rt, "welcome_call")
-        await rt.processes.deploy(onboarding(1))
-        view = await rt.processes.start("onboarding", "cust-1")
-        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
-        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        calls = onboarding_agents(rt)
+        view = await waiting_at_the_trial_on_v1(rt)
         clock.advance(timedelta(days=3))
         await rt.processes.deploy(onboarding(2, extra_step=True))
         moved = await rt.processes.migrate(view["instance_id"], to_version=2)
@@ -299,13 +307,8 @@ async def test_a_timer_fired_before_a_migration_resumes_its_instance_on_its_vers
     went through and the continuation ran v1's graph on the migrated instance (v2's extra step never ran)."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        calls = Calls()
-        calls.register(rt, "activate")
-        calls.register(rt, "welcome_call")
-        await rt.processes.deploy(onboarding(1))
-        view = await rt.processes.start("onboarding", "cust-1")
-        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
-        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        calls = onboarding_agents(rt)
+        view = await waiting_at_the_trial_on_v1(rt)
         await rt.processes.deploy(onboarding(2, extra_step=True))
 
         refused = _migrate_when_first_locked(rt, monkeypatch, view["instance_id"])
@@ -325,9 +328,7 @@ async def test_a_task_completed_before_a_migration_is_delivered_on_its_version_a
     """Before, the migration moved the answered task to ``sign_contract`` and the delivery, on v1's graph,
     found nothing parked at ``approve``: it marked the answer consumed and the instance waited for ever."""
     async with runtime(store_url) as rt:
-        calls = Calls()
-        calls.register(rt, "activate")
-        calls.register(rt, "welcome_call")
+        onboarding_agents(rt)
         await rt.processes.deploy(onboarding(1, task_id="approve"))
         view = await rt.processes.start("onboarding", "cust-1")
         await rt.processes.deploy(onboarding(2, extra_step=True, task_id="sign_contract"))
@@ -348,9 +349,7 @@ async def test_a_task_completed_while_its_instance_migrates_rolls_the_migration_
     """The task is completed after the migration logged its intent and before it finished: the migration
     rolls back (its rewritten checkpoint too) and is refused, and the answer is delivered on v1."""
     async with runtime(store_url) as rt:
-        calls = Calls()
-        calls.register(rt, "activate")
-        calls.register(rt, "welcome_call")
+        onboarding_agents(rt)
         await rt.processes.deploy(onboarding(1, task_id="approve"))
         view = await rt.processes.start("onboarding", "cust-1")
         task_id = "sign_contract" if mapping else "approve"
