@@ -1,5 +1,6 @@
 """The timer benchmark runs end to end and prints its report. Its targets (all fired within 10 s, none
-early) depend on the machine, so nothing here asserts the timings: only that the run is complete."""
+early, all continued at 500/s) depend on the machine, so nothing here asserts the timings: only that the run
+is complete and judged."""
 
 from __future__ import annotations
 
@@ -32,3 +33,8 @@ def test_timer_benchmark_quick_run_fires_and_resumes_every_instance() -> None:
     assert len(re.findall(r"^resumed\s+40\s+all within", output, re.MULTILINE)) == 2
     assert output.count("db: 40 timers fired, 0 fired before due; 40 instances completed") == 2
     assert "lateness p50" in output and "p99" in output
+    # The continuation target (10,000 within 20 s, pro rata) is judged and reported, met or missed.
+    judged = re.findall(
+        r"^TARGET MISSED: (\w+): 40 of 40 instances continued, the last [0-9.]+ s after due", output, re.M
+    )
+    assert sorted(judged) == ["memory", "sqlite"] or "all continued in time" in output
