@@ -31,6 +31,13 @@ class JourneyError(Exception):
         return type(self).__name__
 
 
+class InvalidInputError(JourneyError):
+    """The input is not one the runtime takes: off the schema the journey expects, or a value no store can
+    keep (see ``checkpoints.values``)."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
 class StoreError(JourneyError):
     """The journey store could not be opened or used."""
 

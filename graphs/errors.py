@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from checkpoints.errors import ErrorCategory, JourneyError
+from checkpoints.errors import InvalidInputError as InvalidInputError  # raised by every layer
 
 
 class SpecError(JourneyError):
@@ -78,12 +79,6 @@ class UnknownAreaError(JourneyError):
     def __init__(self, message: str, *, allowed: Sequence[str], **details: object) -> None:
         self.allowed = list(allowed)
         super().__init__(message, allowed=self.allowed, **details)
-
-
-class InvalidInputError(JourneyError):
-    """The value does not match the schema the journey expects here."""
-
-    category: ClassVar[ErrorCategory] = "invalid"
 
 
 # The client lifecycle (stages, criteria gates, units of work, rollbacks, metrics).

@@ -13,17 +13,20 @@ from typing import Any
 import jsonschema
 from langgraph.types import interrupt
 
+from checkpoints.values import check_value
 from nodes import schemas
 from nodes.errors import ResumeValueError
 
 
 def validate_resume_value(value: object, schema: Mapping[str, Any] | None, *, task: str) -> dict[str, Any]:
-    """Check a resume value before it is handed to a graph: a mapping, valid against ``schema``."""
+    """Check a resume value before it is handed to a graph: a mapping every store can keep, valid against
+    ``schema``."""
     if not isinstance(value, Mapping):
         raise ResumeValueError(
             f"task {task!r} expects an object (a JSON mapping) as its result, got {type(value).__name__}",
             task=task,
         )
+    check_value(dict(value), "result")
     if schema is not None:
         try:
             schemas.validate(dict(value), schema)

@@ -7,9 +7,10 @@ route, in this order,
 2. authorizes the caller (401/403), so a caller without access never has a body read or parsed;
 3. refuses NUL characters in the path or query (422);
 4. reads the body, counting it against the limit while it streams (413), and hands it to the route;
-5. checks a JSON body in full (:func:`check_json`): valid UTF-8 and JSON (400), then no nesting deeper
-   than the limit, no string or key longer than the limit, no lone surrogate and no NUL character in
-   any string or key, no NaN, Infinity or number too large for a double (422).
+5. checks a JSON body in full (:func:`check_json`): valid UTF-8 and JSON (400), then every value in it as
+   the runtime checks what it is handed in process (``checkpoints.values``), with the server's limits: no
+   nesting deeper than the limit, no string or key longer than the limit, no lone surrogate and no NUL
+   character in any string or key, no NaN, Infinity or number too large for a double (422).
 
 Why each: PostgreSQL's text and JSONB cannot hold NUL, lone surrogates cannot be encoded as UTF-8 and
 JSONB has no NaN, so such input failed deep inside a write, as a 500, after part of it was stored, and
@@ -19,7 +20,6 @@ only on one backend; a document nested some 250 levels makes LangGraph's seriali
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -27,12 +27,13 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import Message
 
+from checkpoints.values import ValueLimits, check_value
 from graphs.errors import InvalidInputError
 from server.auth import Require, authorize
 from server.problems import ApiError
 from server.settings import InputLimits
 
-_PATH_SHOWN = 6  # components of a refused value's location named in the message (first and last)
+SUBJECT = "the request body at"  # a refused value's message: "the request body at body.input.x contains …"
 
 
 class GuardedRoute(APIRoute):
@@ -143,92 +144,13 @@ def check_json(body: bytes, limits: InputLimits) -> Any:
     except _NonFinite as exc:
         raise InvalidInputError(f"the request body holds {exc}; numbers must be finite") from None
     except RecursionError:
-        raise _too_deep(limits, []) from None
+        raise InvalidInputError(
+            f"{SUBJECT} body nests deeper than {limits.max_depth} levels", location="body", limit=limits.max_depth
+        ) from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "MalformedRequest", f"the request body is not valid JSON ({exc})") from None
     except ValueError as exc:  # an integer literal of more digits than Python converts
         raise InvalidInputError(f"the request body holds a number out of range ({exc})") from None
-    try:
-        _check(document, 1, limits)
-    except _Refused as refused:
-        raise refused.error(list(reversed(refused.path))) from None
+    body_limits = ValueLimits(limits.max_depth, limits.max_string_chars, bounded_integers=False)
+    check_value(document, "body", limits=body_limits, subject=SUBJECT)
     return document
-
-
-class _Refused(Exception):
-    """A value refused by :func:`_check`; ``path`` collects its location (innermost first) on the way out."""
-
-    def __init__(self, error: Callable[[list[Any]], InvalidInputError]) -> None:
-        self.error = error
-        self.path: list[Any] = []
-
-
-def _check(value: Any, depth: int, limits: InputLimits) -> None:
-    if isinstance(value, str):
-        _check_string(value, limits)
-    elif isinstance(value, dict):
-        _check_depth(depth, limits)
-        for key, item in value.items():
-            try:
-                _check_string(key, limits)
-                _check(item, depth + 1, limits)
-            except _Refused as refused:
-                refused.path.append(key)
-                raise
-    elif isinstance(value, list):
-        _check_depth(depth, limits)
-        for index, item in enumerate(value):
-            try:
-                _check(item, depth + 1, limits)
-            except _Refused as refused:
-                refused.path.append(index)
-                raise
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise _Refused(lambda path: _invalid(path, "is a number too large for a double; numbers must be finite"))
-
-
-def _check_depth(depth: int, limits: InputLimits) -> None:
-    if depth > limits.max_depth:
-        raise _Refused(lambda path: _too_deep(limits, path))
-
-
-def _check_string(text: str, limits: InputLimits) -> None:
-    if len(text) > limits.max_string_chars:
-        size = len(text)
-        raise _Refused(
-            lambda path: _invalid(
-                path, f"is a string of {size} characters, over the limit of {limits.max_string_chars}"
-            )
-        )
-    if "\x00" in text:
-        raise _Refused(lambda path: _invalid(path, "contains a NUL character (U+0000); no store can keep it"))
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Refused(
-                lambda path: _invalid(path, "contains a lone surrogate (\\ud800-\\udfff), which is not text")
-            ) from None
-
-
-def _too_deep(limits: InputLimits, path: list[Any]) -> InvalidInputError:
-    return _invalid(path, f"nests deeper than {limits.max_depth} levels", limit=limits.max_depth)
-
-
-def _invalid(path: list[Any], problem: str, **details: Any) -> InvalidInputError:
-    where = _location(path)
-    return InvalidInputError(f"the request body at {where} {problem}", location=where, **details)
-
-
-def _location(path: list[Any]) -> str:
-    """``body.input.context[0]``, eliding the middle of a deep path; keys shown ASCII-escaped and short
-    (the key may itself be what was refused)."""
-    parts = [f"[{p}]" if isinstance(p, int) else f".{_short(p)}" for p in path]
-    if len(parts) > 2 * _PATH_SHOWN:
-        parts = [*parts[:_PATH_SHOWN], f"…{len(parts) - 2 * _PATH_SHOWN} levels…", *parts[-_PATH_SHOWN:]]
-    return "body" + "".join(parts)
-
-
-def _short(key: str) -> str:
-    shown = ascii(key[:40])[1:-1]
-    return shown + "…" if len(key) > 40 else shown

@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg import sql
 
+from checkpoints import redaction
+
 # How long each test took in a whole `dev.py test` run on two workers (setup + call + teardown, seconds), by
 # node id: the order the xdist workers take the tests in. Regenerate after adding slow tests with
 # `python tests/durations.py report.xml` from a run's `--junitxml=report.xml`.
@@ -204,3 +206,14 @@ def spans() -> Iterator[InMemorySpanExporter]:
     _SPANS.clear()
     yield _SPANS
     _SPANS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _sensitive_marks_per_test() -> Iterator[None]:
+    """Field names specs mark ``sensitive`` are kept process-wide (``checkpoints.redaction``); each test starts
+    with the marks it found and leaves none behind, so one test's specs never redact another's values (a
+    schema fuzz that marked a name, then another that recorded a metric of that name, saw it redacted)."""
+    marked = set(redaction._SENSITIVE)
+    yield
+    redaction._SENSITIVE.clear()
+    redaction._SENSITIVE.update(marked)

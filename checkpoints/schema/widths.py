@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Column, String
 
 from checkpoints.schema.lifecycle_tables import lifecycle_journey_states, lifecycle_metrics
-from checkpoints.schema.tables import journey_designs, process_deployments, server_threads
+from checkpoints.schema.tables import journey_designs, journey_instances, process_deployments, server_threads
 
 
 def width(column: Column[Any]) -> int:
@@ -22,3 +22,4 @@ JOURNEY_TYPE = width(journey_designs.c.journey_type)
 CLIENT_ID = width(lifecycle_journey_states.c.client_id)
 METRIC_NAME = width(lifecycle_metrics.c.metric)
 PROCESS_NAME = width(process_deployments.c.name)
+INSTANCE_USER = width(journey_instances.c.user_id)  # a journey's user (a process's business key)

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from checkpoints.errors import InvalidInputError
 from checkpoints.schema.widths import CLIENT_ID, JOURNEY_TYPE, METRIC_NAME, PROCESS_NAME, THREAD_ID
+from checkpoints.values import check_value
 
 __all__ = [
     "BUSINESS_KEY",
@@ -25,6 +27,7 @@ __all__ = [
     "JourneyType",
     "MetricName",
     "UserId",
+    "checked_user_id",
     "string_schema",
 ]
 
@@ -42,3 +45,15 @@ UserId = Annotated[str, Field(min_length=1, max_length=USER_ID)]
 def string_schema(max_length: int, **schema: Any) -> dict[str, Any]:
     """A JSON schema of a non-empty string of at most ``max_length`` characters (run input schemas)."""
     return {"type": "string", "minLength": 1, "maxLength": max_length, **schema}
+
+
+def checked_user_id(user_id: object) -> str:
+    """``user_id`` when it is one every store keeps as a structured journey's user, whose instance id is made
+    from it: a non-empty string of at most :data:`USER_ID` characters with no NUL or lone surrogate. Else
+    :class:`InvalidInputError`, before any id is made from it."""
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidInputError(f"the user id must be a non-empty string, got {user_id!r:.60}")
+    if len(user_id) > USER_ID:
+        raise InvalidInputError(f"the user id is {len(user_id)} characters long, over the limit of {USER_ID}")
+    check_value(user_id, "user_id")
+    return user_id

@@ -28,11 +28,13 @@ import isodate
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
-from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, JourneyError
+from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, InvalidInputError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.flow import ENDED_STATUSES, FlowControl
 from checkpoints.index import Instance
 from checkpoints.process.timers import TimerStore
+from checkpoints.schema.widths import INSTANCE_USER
+from checkpoints.values import check_value
 from graphs.errors import JourneyNotFoundError
 from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
 from graphs.kernel.evaluation import Evaluation
@@ -127,7 +129,14 @@ class Instances:
         that ``controls.start_key`` names, raises :class:`ExistingStart`: the caller answers that one.
         With a concurrency key and no free slot, the instance is registered ``queued`` (its caller does
         not run it) or refused with :class:`ConcurrencyLimitError`, as the spec says.
+
+        Its user and its first event's payload (what the caller started it with) are checked first: a value
+        no store can keep is refused (:class:`InvalidInputError`) before anything is written.
         """
+        if not isinstance(user_id, str) or len(user_id) > INSTANCE_USER:
+            raise InvalidInputError(f"the user id must be a string of at most {INSTANCE_USER} characters")
+        check_value(user_id, "user_id")
+        check_value(first_event.payload, "input")
         if controls is None:
             return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
         if controls.deadline is not None:

@@ -33,6 +33,7 @@ from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
+from checkpoints.values import check_value
 from graphs.errors import (
     EvaluatorError,
     InvalidInputError,
@@ -581,6 +582,9 @@ class ProcessOrchestrator:
             raise InvalidInputError("a message needs a correlation key (a string)")
         if payload is not None and not isinstance(payload, Mapping):
             raise InvalidInputError(f"a message payload must be a mapping, got {type(payload).__name__}")
+        check_value(name, "name")
+        check_value(correlation_key, "correlation_key")
+        check_value(dict(payload or {}), "payload")
         key, body = str(correlation_key), dict(payload or {})
         received_at = self.clock.now().isoformat()
         won, resolution_of = [], {}

@@ -19,6 +19,7 @@ from agents.policy import SessionAction, SessionActionKind
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.ownership import current_owner
+from checkpoints.values import check_value
 from graphs.errors import (
     EvaluatorError,
     InvalidInputError,
@@ -138,6 +139,7 @@ class SessionOrchestrator:
         area = self._known_area(spec, area_id)
         if not isinstance(updates, Mapping) or not updates:
             raise InvalidInputError("updates must be a non-empty mapping of field → value", area_id=area_id)
+        check_value(dict(updates), "updates")
         async with self._engine.exclusive(session_id):
             before = await self._active(graph, session_id, run_options)
             merged = {**before.values["areas"][area_id]["state"], **updates}

@@ -10,6 +10,7 @@ from langgraph.types import StateSnapshot
 
 from graphs.kernel.designs import DesignBook, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
+from graphs.kernel.identifiers import checked_user_id
 from graphs.structured.builder import StructuredSpec
 from graphs.structured.steps import StepJourneys
 from graphs.structured.templates import TemplateCatalog
@@ -38,7 +39,8 @@ def design_view(journey_id: str, pattern: str, spec: StructuredSpec) -> dict[str
 
 
 def structured_instance_id(journey_id: str, user_id: str) -> str:
-    return f"{journey_id}:{user_id}"
+    """The instance of ``journey_id`` for ``user_id`` (one per user); a user id no store keeps is refused."""
+    return f"{journey_id}:{checked_user_id(user_id)}"
 
 
 class StructuredOrchestrator:
