@@ -14,7 +14,6 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
@@ -24,7 +23,7 @@ from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.redaction import redact
 from checkpoints.schema.tables import INSTANCE_NO_SEQUENCE, journey_events, journey_instances
-from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race
+from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race, lost_race
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +258,8 @@ class EventLog:
                 await self._status_changed(instance_id, status, all(written))
                 return written
             except Exception as error:
-                # Two writers raced for the same sequence number; the loser simply goes again.
-                if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
+                # Two writers raced (for the same sequence number, or into a deadlock); the loser goes again.
+                if not lost_race(error) or attempt == SEQ_ATTEMPTS - 1:
                     raise
                 await after_lost_race(attempt)
         raise AssertionError("unreachable")
@@ -278,7 +277,7 @@ class EventLog:
                 await self._status_changed(instance_id, status, written)
                 return written
             except Exception as error:
-                if not self._backend.is_unique_violation(error) or attempt == SEQ_ATTEMPTS - 1:
+                if not lost_race(error) or attempt == SEQ_ATTEMPTS - 1:
                     raise
             await after_lost_race(attempt)
         raise AssertionError("unreachable")
@@ -365,8 +364,8 @@ async def claimed_with_event(
             return True
         except _Unclaimed:
             return False
-        except IntegrityError:
-            if attempt == SEQ_ATTEMPTS - 1:
+        except Exception as error:
+            if not lost_race(error) or attempt == SEQ_ATTEMPTS - 1:
                 raise
             await after_lost_race(attempt)
     raise AssertionError("unreachable")

@@ -1,7 +1,9 @@
 """Writers appending to one instance's log at once race for its next seq; the loser goes again.
 
 One run per journey thread makes that rare (an append racing a status or inbox write), but the log
-must stay gap-free and lose nothing however many writers there are.
+must stay gap-free and lose nothing however many writers there are. On PostgreSQL two transactions that
+take the same rows in opposite orders (a cancel writing its event and then its waits, a timer batch its waits
+and then their events) can also deadlock: the server rolls one back whole, and that one goes again too.
 """
 
 from __future__ import annotations
@@ -9,7 +11,22 @@ from __future__ import annotations
 import asyncio
 import random
 
+from sqlalchemy.exc import IntegrityError
+
 SEQ_ATTEMPTS = 30
+# PostgreSQL's verdicts on a transaction it rolled back whole for racing another: a unique key taken first,
+# a deadlock, a serialization failure.
+_RACE_STATES = frozenset({"23505", "40P01", "40001"})
+
+
+def lost_race(error: BaseException) -> bool:
+    """Whether ``error`` ended a transaction that lost a race and was rolled back whole, so going again is
+    safe: a unique key another writer took first (the log's next seq), a deadlock or a serialization failure.
+    Raised through SQLAlchemy (``IntegrityError``, or ``orig`` holding the driver's error) or by psycopg."""
+    if isinstance(error, IntegrityError):
+        return True
+    driver_error = getattr(error, "orig", None) or error
+    return getattr(driver_error, "sqlstate", None) in _RACE_STATES
 
 
 async def after_lost_race(attempt: int) -> None:

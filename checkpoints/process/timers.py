@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import Executable, String, Text, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
@@ -24,6 +23,7 @@ from checkpoints.events import EventLog
 from checkpoints.process.waits import cancel_siblings, completed_event
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import process_timers, process_waits
+from checkpoints.seq_race import lost_race
 
 DEFAULT_LEASE = timedelta(seconds=60)
 
@@ -164,10 +164,11 @@ class TimerStore:
         for attempt in range(5):
             try:
                 return await self._fire_waits(claimed, worker)
-            except IntegrityError:
-                # A concurrent append took an event sequence number of one of these instances; all of it
-                # rolled back, so going again is safe.
-                if attempt == 4:
+            except Exception as error:
+                # A concurrent append took an event sequence number of one of these instances, or a cancel
+                # writing the same rows in the other order deadlocked with it; all of it rolled back, so
+                # going again is safe.
+                if not lost_race(error) or attempt == 4:
                     raise
         raise AssertionError("unreachable")
 
