@@ -65,6 +65,7 @@ from graphs.process.versions import describe, variants_rollout, weights_rollout
 from nodes import schemas
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
+from nodes.waits import take_buffered
 
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
@@ -613,9 +614,26 @@ class ProcessOrchestrator:
                 message_name=name,
                 correlation_key=key,
             )
-        message_id = new_id("msg")
-        expires_at = await self.services.messages.buffer(message_id, name, key, body, ttl)
-        return {"correlated": [], "started": [], "buffered": message_id, "expires_at": expires_at.isoformat()}
+        buffered = await self.services.messages.buffer(new_id("msg"), name, key, body, ttl)
+        # A wait armed since the look-up above looked for a buffered message before this one was kept, so it
+        # is looked for again now that it is: of an arm and a send, the later to commit sees the other's row.
+        for subscription in await self.services.messages.waiting(name, key):
+            taken = await take_buffered(
+                self.services,
+                buffered,
+                wait_id=subscription.wait_id,
+                element=subscription.element,
+                subscription_id=subscription.subscription_id,
+            )
+            if taken is not None:
+                await self.deliver(subscription.instance_id, subscription.wait_id, taken)
+                return {"correlated": [subscription.instance_id], "started": [], "buffered": None}
+        return {
+            "correlated": [],
+            "started": [],
+            "buffered": buffered.message_id,
+            "expires_at": buffered.expires_at.isoformat(),
+        }
 
     async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
         views = []
