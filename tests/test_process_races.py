@@ -4,11 +4,14 @@ Every test runs on memory, SQLite and Postgres, on a virtual clock."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from tests.process_support import linear, runtime, waiting_elements
+from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
 
 
 def payment_spec() -> dict[str, Any]:
@@ -54,3 +57,94 @@ async def test_a_message_sent_while_its_wait_is_armed_is_taken_by_that_wait(
         assert message.status == "consumed"
         completed = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "wait.completed"]
         assert len(completed) == 1
+
+
+def _before_first_lock(
+    rt: Any, monkeypatch: pytest.MonkeyPatch, instance_id: str, first: Callable[[], Awaitable[Any]]
+) -> list[Any]:
+    """Make the next call that takes ``instance_id``'s lock meet ``first`` (another caller's operation on the
+    instance, which takes and releases the lock itself) just before its own turn at the lock: as when a
+    cancel in another process wins the lock while an answer's delivery is on its way to it. Returns what
+    ``first`` answered, once it has run."""
+    engine = rt.processes.engine
+    real = engine.exclusive
+    answered: list[Any] = []
+
+    @asynccontextmanager
+    async def exclusive(locked_id: str) -> AsyncIterator[None]:
+        if locked_id == instance_id and not answered:
+            answered.append(None)  # ``first``'s own calls go straight through
+            answered[0] = await first()
+        async with real(locked_id):
+            yield
+
+    monkeypatch.setattr(engine, "exclusive", exclusive)
+    return answered
+
+
+def approval_spec(**extra: Any) -> dict[str, Any]:
+    """approve (a user task) → activate (an agent) → end."""
+    return linear(
+        "approval", user_task("approve"), {"type": "service_task", "id": "activate", "agent": "activate"}, **extra
+    )
+
+
+def payment_then_activate() -> dict[str, Any]:
+    """paid (a message) → activate (an agent) → end."""
+    return linear(
+        "paid_activation",
+        {"type": "message", "id": "paid", "message": "payment.received", "correlation": "invoice_no"},
+        {"type": "service_task", "id": "activate", "agent": "activate"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "ending"),
+    [("task", "cancel"), ("message", "cancel"), ("task", "deadline")],
+    ids=["task-then-cancel", "message-then-cancel", "task-then-deadline"],
+)
+async def test_an_answer_accepted_just_before_its_instance_ends_never_runs_the_ended_instance_on(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, answer: str, ending: str
+) -> None:
+    """The task was completed (or the message taken) and, before its delivery took the instance's lock, the
+    instance was cancelled (or its deadline passed). Before, the delivery resumed the ended thread: the next
+    step's agent ran (an activation after a cancel) and the thread completed while the instance said
+    cancelled (or failed)."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        if answer == "task":
+            await rt.processes.deploy(approval_spec(deadline={"after": "PT4H"}))
+            view = await rt.processes.start("approval", "cust-1")
+        else:
+            await rt.processes.deploy(payment_then_activate())
+            view = await rt.processes.start("paid_activation", "cust-1", {"invoice_no": "INV-1"})
+        instance_id = view["instance_id"]
+
+        async def end() -> str:
+            if ending == "cancel":
+                return str((await rt.processes.cancel(instance_id, reason="customer left"))["status"])
+            clock.advance(timedelta(hours=5))
+            await rt.processes.scheduler.run_due()  # the deadline fires (and the pass redelivers what is due)
+            return (await rt.store.index.get_instance(instance_id)).status  # type: ignore[union-attr]
+
+        ended = _before_first_lock(rt, monkeypatch, instance_id, end)
+        if answer == "task":
+            [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        else:
+            await rt.processes.send_message("payment.received", "INV-1", {"amount": 1})
+        monkeypatch.undo()
+        expected = "cancelled" if ending == "cancel" else "failed"
+        assert ended == [expected]
+
+        assert calls.intents() == []
+        final = await rt.processes.status(instance_id)
+        assert (final["status"], final["waiting"]) == (expected, [])
+        history = [e.type for e in await rt.processes.history(instance_id)]
+        assert "process.completed" not in history and "task.completed" not in history
+        # Nothing is left to deliver later either (the scheduler's pass, recovery).
+        assert await rt.processes.services.waits.undelivered() == []
+        await rt.recover()
+        assert calls.intents() == [] and (await rt.processes.status(instance_id))["status"] == expected

@@ -135,7 +135,7 @@ class TaskInbox:
             raise TaskClosedError(
                 f"task {task_id!r} was {current.status} meanwhile (claimed by {current.claimed_by!r})", task_id=task_id
             )
-        await self._instances.deliver(row.instance_id, task_id, resolution, run_options=run_options)
+        await self._instances.deliver(row.instance_id, task_id, run_options=run_options)
         return await self._instances.status(row.instance_id)
 
     async def _open_row(self, task_id: str) -> UserTaskRow:

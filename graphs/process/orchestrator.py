@@ -461,13 +461,13 @@ class ProcessOrchestrator:
         self,
         instance_id: str,
         wait_id: str,
-        resolution: dict[str, Any] | None = None,
         *,
         finish: bool = True,
         instance: Instance | None = None,
         run_options: RunOptions = DEFAULT_RUN,
     ) -> bool:
-        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there.
+        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there, or
+        nothing to deliver (the resolution was consumed, or cancelled with its instance).
 
         The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
         a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
@@ -491,7 +491,9 @@ class ProcessOrchestrator:
                 None,
             )
             if pending is not None:
-                resolution = resolution or await self.services.waits.resolution(wait_id)
+                # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
+                # checkpoint parked there, but its undelivered answer was cancelled with it.
+                resolution = await self.services.waits.delivery(wait_id)
                 if resolution is None:
                     return False
                 await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options, spec=spec)
@@ -584,7 +586,7 @@ class ProcessOrchestrator:
             raise InvalidInputError(f"a message payload must be a mapping, got {type(payload).__name__}")
         key, body = str(correlation_key), dict(payload or {})
         received_at = self.clock.now().isoformat()
-        won, resolution_of = [], {}
+        won = []
         for subscription in await self.services.messages.waiting(name, key):
             resolution = {
                 "option": subscription.element,
@@ -601,9 +603,8 @@ class ProcessOrchestrator:
                 claims=[self.services.messages.consume_subscription_claim(subscription.subscription_id)],
             ):
                 won.append(subscription)
-                resolution_of[subscription.wait_id] = resolution
         for subscription in won:
-            await self.deliver(subscription.instance_id, subscription.wait_id, resolution_of[subscription.wait_id])
+            await self.deliver(subscription.instance_id, subscription.wait_id)
         started = [view["instance_id"] for view in await self._start_on_message(name, key, body)]
         correlated = sorted({s.instance_id for s in won})
         if correlated or started:
@@ -626,7 +627,7 @@ class ProcessOrchestrator:
                 subscription_id=subscription.subscription_id,
             )
             if taken is not None:
-                await self.deliver(subscription.instance_id, subscription.wait_id, taken)
+                await self.deliver(subscription.instance_id, subscription.wait_id)
                 return {"correlated": [subscription.instance_id], "started": [], "buffered": None}
         return {
             "correlated": [],

@@ -97,11 +97,11 @@ async def fire_due_timers(
 
     delivered: list[str] = []
 
-    async def resume(timer: Timer, resolution: dict[str, Any], instance: Instance | None) -> None:
+    async def resume(timer: Timer, instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
         try:
             delivered_now = await processes.deliver(
-                timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance, run_options=CONTINUATION
+                timer.instance_id, timer.wait_id, finish=False, instance=instance, run_options=CONTINUATION
             )
             if delivered_now:
                 report.resumed += 1
@@ -118,8 +118,8 @@ async def fire_due_timers(
         queue = iter(fired)
 
         async def worker() -> None:
-            for timer, resolution in queue:
-                await resume(timer, resolution, instances.get(str(timer.instance_id)))
+            for timer, _resolution in queue:
+                await resume(timer, instances.get(str(timer.instance_id)))
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, len(fired)))))
 
