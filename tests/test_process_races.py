@@ -148,3 +148,57 @@ async def test_an_answer_accepted_just_before_its_instance_ends_never_runs_the_e
         assert await rt.processes.services.waits.undelivered() == []
         await rt.recover()
         assert calls.intents() == [] and (await rt.processes.status(instance_id))["status"] == expected
+
+
+def limited_approval() -> dict[str, Any]:
+    """approve (a user task) → activate → end, one instance per tenant at a time (the rest queue)."""
+    return approval_spec(concurrency={"key": "$.tenant", "limit": 1})
+
+
+@pytest.mark.parametrize("when", ["while-queued", "while-dispatched"])
+async def test_a_queued_instance_cancelled_never_starts_when_its_slot_frees(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """An instance queued behind its process's concurrency limit is cancelled (before the dispatcher looks at
+    the queue, or after it has read it). Before, once the slot freed, the dispatcher started it anyway: its
+    first run opened a task in the inbox for a cancelled instance, and completing that task ran it on."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "activate")
+        await rt.processes.deploy(limited_approval())
+        first = await rt.processes.start("approval", "b-1", {"tenant": "acme"})
+        queued = await rt.processes.start("approval", "b-2", {"tenant": "acme"})
+        assert queued["status"] == "queued"
+        queued_id = queued["instance_id"]
+
+        async def cancel() -> None:
+            assert (await rt.processes.cancel(queued_id, reason="no longer needed"))["status"] == "cancelled"
+
+        if when == "while-queued":
+            await cancel()
+        else:  # the dispatcher has read the queue when the cancel commits
+            flow = rt.instances.flow
+            real_queued = flow.queued
+
+            async def queued_then_cancelled() -> list[Any]:
+                found = await real_queued()
+                if any(q.instance_id == queued_id for q in found):
+                    monkeypatch.setattr(flow, "queued", real_queued)
+                    await cancel()
+                return found
+
+            monkeypatch.setattr(flow, "queued", queued_then_cancelled)
+
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        assert task["instance_id"] == first["instance_id"]
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        await rt.processes.scheduler.run_due()  # the slot is free: the queue is dispatched
+        monkeypatch.undo()
+
+        assert (await rt.processes.status(queued_id))["status"] == "cancelled"
+        assert await rt.processes.inbox.list_tasks(instance_id=queued_id) == []
+        history = [e.type for e in await rt.processes.history(queued_id)]
+        assert "task.created" not in history and history[-1] in ("process.cancelled", "journey.dequeued")
+        # The next start of the tenant takes the slot and runs.
+        after = await rt.processes.start("approval", "b-3", {"tenant": "acme"})
+        assert waiting_elements(after) == ["approve"]
