@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from graphs.errors import TaskForbiddenError
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
 
 
@@ -202,3 +203,32 @@ async def test_a_queued_instance_cancelled_never_starts_when_its_slot_frees(
         # The next start of the tenant takes the slot and runs.
         after = await rt.processes.start("approval", "b-3", {"tenant": "acme"})
         assert waiting_elements(after) == ["approve"]
+
+
+async def test_a_completion_that_loses_its_task_to_another_users_claim_says_so(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ana, offered the task through her group, completes it while Bob claims it. Before, her completion
+    was refused with TaskClosedError ("task … was open meanwhile"), a conflict about a task that is open;
+    it is TaskForbiddenError, as when she completes a task Bob had already claimed, and nothing changes."""
+    async with runtime(store_url) as rt:
+        spec = linear("review", {"type": "user_task", "id": "review", "title": "Review", "candidate_groups": ["ops"]})
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("review", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(group="ops")
+        waits = rt.processes.services.waits
+        real_resolve = waits.resolve
+
+        async def resolve_after_bobs_claim(*args: Any, **kwargs: Any) -> bool:
+            monkeypatch.setattr(waits, "resolve", real_resolve)
+            await rt.processes.inbox.claim(task["task_id"], "bob", groups=["ops"])
+            return await real_resolve(*args, **kwargs)
+
+        monkeypatch.setattr(waits, "resolve", resolve_after_bobs_claim)
+        with pytest.raises(TaskForbiddenError) as refused:
+            await rt.processes.inbox.complete(task["task_id"], user="ana", groups=["ops"], payload={})
+        assert "claimed by 'bob'" in str(refused.value)
+        now = await rt.processes.inbox.get_task(task["task_id"])
+        assert (now["status"], now["claimed_by"]) == ("open", "bob")
+        done = await rt.processes.inbox.complete(task["task_id"], user="bob", payload={})
+        assert done["instance_id"] == view["instance_id"] and done["status"] == "completed"
