@@ -4,12 +4,14 @@ Every test runs on memory, SQLite and Postgres, on a virtual clock."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from graphs.errors import TaskForbiddenError
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
@@ -232,3 +234,46 @@ async def test_a_completion_that_loses_its_task_to_another_users_claim_says_so(
         assert (now["status"], now["claimed_by"]) == ("open", "bob")
         done = await rt.processes.inbox.complete(task["task_id"], user="bob", payload={})
         assert done["instance_id"] == view["instance_id"] and done["status"] == "completed"
+
+
+async def test_the_timer_loop_survives_a_database_error_and_fires_at_its_next_poll(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass of the background scheduler meets a database error (a deadlock PostgreSQL broke, a dropped
+    connection: SQLAlchemy's errors, which are not OSError). Before, the loop's task died with it, silently:
+    no timer of that process (no SLA, no boundary timer, no cron) fired again until a restart. Now the pass
+    is logged as failed and the next poll fires what is due."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(linear("trial", {"type": "timer", "id": "wait", "timer": {"duration": "PT1M"}}))
+        view = await rt.processes.start("trial", "cust-1")
+        clock.advance(timedelta(minutes=1))
+        timers = rt.processes.services.timers
+        real_claim = timers.claim_due
+        passes: list[str] = []
+
+        async def claim_due(*args: Any, **kwargs: Any) -> list[Any]:
+            if not passes:
+                passes.append("broken")
+                raise OperationalError("UPDATE process_timers ...", {}, RuntimeError("deadlock detected"))
+            passes.append("ok")
+            return await real_claim(*args, **kwargs)
+
+        waits = rt.processes.services.waits
+        real_finish = waits.finish
+        resumed = asyncio.Event()
+
+        async def finish(wait_ids: Any) -> None:  # the pass marks the waits it resumed once their runs are written
+            await real_finish(wait_ids)
+            if wait_ids:
+                resumed.set()
+
+        monkeypatch.setattr(timers, "claim_due", claim_due)
+        monkeypatch.setattr(waits, "finish", finish)
+        scheduler = rt.processes.scheduler
+        scheduler.poll_interval = 0.05
+        async with scheduler.running():
+            await asyncio.wait_for(resumed.wait(), timeout=10)
+        monkeypatch.undo()
+        assert passes[0] == "broken"
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
