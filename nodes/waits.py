@@ -23,6 +23,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command, interrupt
 
 from checkpoints.events import NewEvent
+from checkpoints.process.messages import BufferedMessage
 from checkpoints.process.waits import completed_event
 from nodes.criteria import lookup
 from nodes.errors import CorrelationError
@@ -183,12 +184,21 @@ async def _take_buffered(
     buffered = await services.messages.oldest_buffered(plan.message, key)
     if buffered is None:
         return None
-    subscription_id = subscription_id_for(wait_id, plan)
+    return await take_buffered(
+        services, buffered, wait_id=wait_id, element=plan.element, subscription_id=subscription_id_for(wait_id, plan)
+    )
+
+
+async def take_buffered(
+    services: ProcessServices, buffered: BufferedMessage, *, wait_id: str, element: str, subscription_id: str
+) -> dict[str, Any] | None:
+    """Resolve the wait with the buffered message, which its subscription takes (once: the message, the wait
+    and the subscription are each claimed in one transaction). The resolution, or None if one was taken."""
     resolution = {
-        "option": plan.element,
+        "option": element,
         "kind": "message",
-        "message": plan.message,
-        "correlation_key": key,
+        "message": buffered.name,
+        "correlation_key": buffered.correlation_key,
         "payload": buffered.payload,
         "message_id": buffered.message_id,
         "buffered": True,

@@ -88,8 +88,12 @@ class MessageStore:
             .values(status="consumed")
         )
 
-    async def buffer(self, message_id: str, name: str, key: str, payload: dict[str, Any], ttl: timedelta) -> datetime:
+    async def buffer(
+        self, message_id: str, name: str, key: str, payload: dict[str, Any], ttl: timedelta
+    ) -> BufferedMessage:
+        """Keep a message nobody waits for, for ``ttl``; the message as kept."""
         now = self._clock.now().astimezone(UTC)
+        message = BufferedMessage(message_id, name, key, payload, "buffered", now, now + ttl, None)
         async with self._engine.begin() as conn:
             await conn.execute(
                 insert(process_messages).values(
@@ -103,7 +107,7 @@ class MessageStore:
                     consumed_by=None,
                 )
             )
-        return now + ttl
+        return message
 
     async def oldest_buffered(self, name: str, key: str) -> BufferedMessage | None:
         m = process_messages.c

@@ -175,13 +175,22 @@ class WaitStore:
 
     async def resolution(self, wait_id: str) -> dict[str, Any] | None:
         """The resolution a wait was given, if it has been resolved (and not cancelled)."""
+        return await self._resolution(wait_id, ("resolved", "done"))
+
+    async def delivery(self, wait_id: str) -> dict[str, Any] | None:
+        """The resolution a wait was given and its thread has not consumed yet: None once it has been (the
+        wait is ``done``) or was cancelled with its instance (``cancel_statements``), which must then not be
+        resumed with it. Read under the instance's lock, which a cancel holds too."""
+        return await self._resolution(wait_id, ("resolved",))
+
+    async def _resolution(self, wait_id: str, statuses: Sequence[str]) -> dict[str, Any] | None:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
                     select(process_waits.c.status, process_waits.c.resolution).where(process_waits.c.wait_id == wait_id)
                 )
             ).first()
-        if row is None or row.status not in ("resolved", "done"):
+        if row is None or row.status not in statuses:
             return None
         return dict(row.resolution or {})
 
@@ -195,10 +204,11 @@ class WaitStore:
         return [Wait(**r._mapping) for r in rows]
 
     def cancel_statements(self, instance_id: str) -> list[Executable]:
-        """Cancel everything an instance waits on (it ended, was cancelled, or compensates)."""
+        """Cancel everything an instance waits on (it ended, was cancelled, or compensates), answers not yet
+        delivered included: an ended instance's thread must not be resumed (see ``delivery``)."""
         return [
             update(process_waits)
-            .where(process_waits.c.instance_id == instance_id, process_waits.c.status == "waiting")
+            .where(process_waits.c.instance_id == instance_id, process_waits.c.status.in_(("waiting", "resolved")))
             .values(status="cancelled"),
             update(process_timers)
             .where(process_timers.c.instance_id == instance_id, process_timers.c.status.in_(("scheduled", "firing")))

@@ -311,7 +311,9 @@ class Instances:
         ``cancelled`` (once per instance) and mark the instance ``cancelled``, with ``also`` (statements)
         in the same transaction."""
         event = NewEvent(cancelled, {"reason": reason}, None, f"{instance_id}:cancelled")
-        await self.events.append(instance_id, [event], status="cancelled", also=list(also))
+        # A queued instance leaves the queue with it: it must never start once a slot frees.
+        also = [*also, self.flow.unqueue(instance_id)]
+        await self.events.append(instance_id, [event], status="cancelled", also=also)
 
     # --- fork ----------------------------------------------------------------------------------------
 
@@ -458,6 +460,10 @@ class Instances:
         instance_id = instance.instance_id
         graph = await kind.graph(instance)
         async with self.engine.exclusive(instance_id):
+            # Read again under the lock: the instance may have ended (been cancelled, say) since it was listed.
+            current = await self.index.get_instance(instance_id)
+            if current is None or current.status in ENDED_STATUSES:
+                return False
             snapshot = await graph.aget_state(self.engine.config(instance_id))
             if in_flight(snapshot):
                 value = None

@@ -101,13 +101,12 @@ class Resumer(Protocol):
         self,
         instance_id: str,
         wait_id: str,
-        resolution: dict[str, Any] | None = ...,
         *,
         finish: bool = ...,
         instance: Instance | None = ...,
         run_options: RunOptions = ...,
     ) -> bool:
-        """Resume the thread parked on ``wait_id`` with its resolution (``finish``: mark it consumed)."""
+        """Resume the thread parked on ``wait_id`` with its stored resolution (``finish``: mark it consumed)."""
         ...
 
     async def status(self, instance_id: str) -> dict[str, Any]: ...

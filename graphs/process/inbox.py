@@ -109,12 +109,7 @@ class TaskInbox:
     ) -> dict[str, Any]:
         """Complete a task with ``payload`` (checked against its response schema) and resume the instance."""
         row = await self._open_row(task_id)
-        if row.claimed_by is not None and row.claimed_by != user:
-            raise TaskForbiddenError(
-                f"task {task_id!r} is claimed by {row.claimed_by!r}; only they can complete it", task_id=task_id
-            )
-        if row.claimed_by is None and not row.may_act(user, tuple(groups)):
-            raise self._forbidden(row, user)
+        self._check_may_complete(row, user, tuple(groups))
         result = validate_resume_value(payload, row.response_schema, task=row.element)
         await self._caller.authorize_completion(row.instance_id, row.element, result, user=user, groups=tuple(groups))
         resolution = {
@@ -130,12 +125,11 @@ class TaskInbox:
             task_status="completed",
             claims=[self._inbox.completion_claim(task_id, by=user, result=result, claimed_by=row.claimed_by)],
         )
-        if not won:
-            current = await self._row(task_id)
-            raise TaskClosedError(
-                f"task {task_id!r} was {current.status} meanwhile (claimed by {current.claimed_by!r})", task_id=task_id
-            )
-        await self._instances.deliver(row.instance_id, task_id, resolution, run_options=run_options)
+        if not won:  # it was closed, or claimed by someone else, since it was read
+            current = await self._open_row(task_id)
+            self._check_may_complete(current, user, tuple(groups))
+            raise TaskClosedError(f"task {task_id!r} changed meanwhile; try again", task_id=task_id)
+        await self._instances.deliver(row.instance_id, task_id, run_options=run_options)
         return await self._instances.status(row.instance_id)
 
     async def _open_row(self, task_id: str) -> UserTaskRow:
@@ -145,6 +139,15 @@ class TaskInbox:
                 f"task {task_id!r} is {row.status}; only open tasks can be worked on", task_id=task_id
             )
         return row
+
+    def _check_may_complete(self, row: UserTaskRow, user: str, groups: tuple[str, ...]) -> None:
+        """Whoever claimed the open task may complete it; unclaimed, its assignee or a candidate group's member."""
+        if row.claimed_by is not None and row.claimed_by != user:
+            raise TaskForbiddenError(
+                f"task {row.task_id!r} is claimed by {row.claimed_by!r}; only they can complete it", task_id=row.task_id
+            )
+        if row.claimed_by is None and not row.may_act(user, groups):
+            raise self._forbidden(row, user)
 
     @staticmethod
     def _forbidden(row: UserTaskRow, user: str) -> TaskForbiddenError:

@@ -66,6 +66,7 @@ from graphs.process.versions import describe, variants_rollout, weights_rollout
 from nodes import schemas
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
+from nodes.waits import take_buffered
 
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
@@ -461,13 +462,13 @@ class ProcessOrchestrator:
         self,
         instance_id: str,
         wait_id: str,
-        resolution: dict[str, Any] | None = None,
         *,
         finish: bool = True,
         instance: Instance | None = None,
         run_options: RunOptions = DEFAULT_RUN,
     ) -> bool:
-        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there.
+        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there, or
+        nothing to deliver (the resolution was consumed, or cancelled with its instance).
 
         The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
         a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
@@ -491,7 +492,9 @@ class ProcessOrchestrator:
                 None,
             )
             if pending is not None:
-                resolution = resolution or await self.services.waits.resolution(wait_id)
+                # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
+                # checkpoint parked there, but its undelivered answer was cancelled with it.
+                resolution = await self.services.waits.delivery(wait_id)
                 if resolution is None:
                     return False
                 await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options, spec=spec)
@@ -587,7 +590,7 @@ class ProcessOrchestrator:
         check_value(dict(payload or {}), "payload")
         key, body = str(correlation_key), dict(payload or {})
         received_at = self.clock.now().isoformat()
-        won, resolution_of = [], {}
+        won = []
         for subscription in await self.services.messages.waiting(name, key):
             resolution = {
                 "option": subscription.element,
@@ -604,9 +607,8 @@ class ProcessOrchestrator:
                 claims=[self.services.messages.consume_subscription_claim(subscription.subscription_id)],
             ):
                 won.append(subscription)
-                resolution_of[subscription.wait_id] = resolution
         for subscription in won:
-            await self.deliver(subscription.instance_id, subscription.wait_id, resolution_of[subscription.wait_id])
+            await self.deliver(subscription.instance_id, subscription.wait_id)
         started = [view["instance_id"] for view in await self._start_on_message(name, key, body)]
         correlated = sorted({s.instance_id for s in won})
         if correlated or started:
@@ -617,9 +619,26 @@ class ProcessOrchestrator:
                 message_name=name,
                 correlation_key=key,
             )
-        message_id = new_id("msg")
-        expires_at = await self.services.messages.buffer(message_id, name, key, body, ttl)
-        return {"correlated": [], "started": [], "buffered": message_id, "expires_at": expires_at.isoformat()}
+        buffered = await self.services.messages.buffer(new_id("msg"), name, key, body, ttl)
+        # A wait armed since the look-up above looked for a buffered message before this one was kept, so it
+        # is looked for again now that it is: of an arm and a send, the later to commit sees the other's row.
+        for subscription in await self.services.messages.waiting(name, key):
+            taken = await take_buffered(
+                self.services,
+                buffered,
+                wait_id=subscription.wait_id,
+                element=subscription.element,
+                subscription_id=subscription.subscription_id,
+            )
+            if taken is not None:
+                await self.deliver(subscription.instance_id, subscription.wait_id)
+                return {"correlated": [subscription.instance_id], "started": [], "buffered": None}
+        return {
+            "correlated": [],
+            "started": [],
+            "buffered": buffered.message_id,
+            "expires_at": buffered.expires_at.isoformat(),
+        }
 
     async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
         views = []

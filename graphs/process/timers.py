@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from agents.errors import PolicyViolationError
-from checkpoints.errors import DuplicateInstanceError, JourneyError
+from checkpoints.errors import DuplicateInstanceError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.timers import DEFAULT_LEASE, Timer, TimerStore
@@ -97,11 +97,11 @@ async def fire_due_timers(
 
     delivered: list[str] = []
 
-    async def resume(timer: Timer, resolution: dict[str, Any], instance: Instance | None) -> None:
+    async def resume(timer: Timer, instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
         try:
             delivered_now = await processes.deliver(
-                timer.instance_id, timer.wait_id, resolution, finish=False, instance=instance, run_options=CONTINUATION
+                timer.instance_id, timer.wait_id, finish=False, instance=instance, run_options=CONTINUATION
             )
             if delivered_now:
                 report.resumed += 1
@@ -118,8 +118,8 @@ async def fire_due_timers(
         queue = iter(fired)
 
         async def worker() -> None:
-            for timer, resolution in queue:
-                await resume(timer, resolution, instances.get(str(timer.instance_id)))
+            for timer, _resolution in queue:
+                await resume(timer, instances.get(str(timer.instance_id)))
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, len(fired)))))
 
@@ -423,15 +423,18 @@ class TimerScheduler:
 
     async def _loop(self) -> None:
         while True:
+            delay = self.poll_interval
             try:
                 await self.run_due()
-            except (JourneyError, OSError) as exc:  # a database hiccup: try again at the next poll
-                log.warning("timer pass failed", error=str(exc))
-            delay = self.poll_interval
-            next_due = await self._processes.services.timers.next_due()
-            if next_due is not None:
-                until = (next_due - self._processes.clock.now()).total_seconds()
-                delay = min(max(until, 0.01), self.poll_interval)
+                next_due = await self._processes.services.timers.next_due()
+                if next_due is not None:
+                    until = (next_due - self._processes.clock.now()).total_seconds()
+                    delay = min(max(until, 0.01), self.poll_interval)
+            except Exception as exc:
+                # A database hiccup (a deadlock, a dropped connection: the driver's errors are neither ours nor
+                # OSError) or a bug: the loop must outlive it, else no timer of this process fires again. What
+                # the pass claimed is claimed again once its lease is up; the next poll tries again.
+                log.warning("timer pass failed", error=str(exc), error_type=type(exc).__name__)
             self._wake.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
