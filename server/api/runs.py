@@ -152,21 +152,20 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
 
 async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, caller: Principal) -> ThreadRow:
     row = await svc.runs.get_thread(thread_id)
-    if row is not None:
-        if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):
-            raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
-        return row
-    instance = await svc.runtime.store.index.get_instance(thread_id)
-    if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
-        await svc.instance(caller, thread_id)  # one the caller may see; its thread is owned like it
-        await svc.runs.create_thread(thread_id, {}, instance.owned_by, if_exists="do_nothing")
-        await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
-        row = await svc.runs.get_thread(thread_id)
-    elif body.if_not_exists == "create":
-        row = await svc.runs.create_thread(thread_id, {}, svc.owner(caller))
-    else:
-        raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
+    if row is None:
+        instance = await svc.runtime.store.index.get_instance(thread_id)
+        if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
+            await svc.instance(caller, thread_id)  # one the caller may see; its thread is owned like it
+            await svc.runs.create_thread(thread_id, {}, instance.owned_by, if_exists="do_nothing")
+            await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
+            row = await svc.runs.get_thread(thread_id)
+        elif body.if_not_exists == "create":  # or the thread another request created with this id meanwhile
+            row = await svc.runs.create_thread(thread_id, {}, svc.owner(caller), if_exists="do_nothing")
+        else:
+            raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
     assert row is not None
+    if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):
+        raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
     return row
 
 

@@ -1,0 +1,96 @@
+"""Races between clients of one server over real HTTP (the official langgraph-sdk, uvicorn on loopback, on
+SQLite and PostgreSQL): requests that are each valid alone must stay valid when they arrive together."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+
+from server.app import create_app
+from server.settings import ApiKey, Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
+KEYS = {"key-ana": ApiKey("ana", SCOPES), "key-bob": ApiKey("bob", SCOPES)}
+TOGETHER = 6  # requests sent at once for one new id
+
+
+def question(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+@pytest.fixture
+def server_url(durable_url: str) -> Iterator[str]:
+    with serving(create_app(Settings(database_url=durable_url, api_keys=dict(KEYS)))) as url:
+        yield url
+
+
+@pytest.fixture
+async def clients(server_url: str) -> AsyncIterator[dict[str, LangGraphClient]]:
+    async with (
+        get_client(url=server_url, api_key="key-ana") as ana,
+        get_client(url=server_url, api_key="key-bob") as bob,
+    ):
+        yield {"ana": ana, "bob": bob}
+
+
+async def test_threads_created_at_once_with_one_id_and_do_nothing_are_all_that_thread(
+    clients: dict[str, LangGraphClient],
+) -> None:
+    """threads.create(if_exists="do_nothing") sent at once: every caller gets the one thread (a unique-key
+    violation of the losers was a 500)."""
+    ana = clients["ana"]
+    for _ in range(3):
+        tid = str(uuid.uuid4())
+        created = await asyncio.gather(
+            *[ana.threads.create(thread_id=tid, if_exists="do_nothing", metadata={"n": n}) for n in range(TOGETHER)]
+        )
+        assert {t["thread_id"] for t in created} == {tid}
+        assert len({str(t["metadata"]) for t in created}) == 1  # the winner's thread, as it was created
+
+
+async def test_runs_that_create_their_thread_at_once_all_run_on_it(clients: dict[str, LangGraphClient]) -> None:
+    """runs.create(if_not_exists="create", multitask_strategy="enqueue") sent at once on one new thread id:
+    the thread is created once and every run is queued on it and runs (the losers of the thread's creation
+    were refused with 409 ThreadExists or a 500)."""
+    ana = clients["ana"]
+    tid = str(uuid.uuid4())
+    runs = await asyncio.gather(
+        *[
+            ana.runs.create(tid, "guide", input=question(f"q{n}"), if_not_exists="create", multitask_strategy="enqueue")
+            for n in range(TOGETHER)
+        ]
+    )
+    assert {r["thread_id"] for r in runs} == {tid}
+    for run in runs:
+        await ana.runs.join(tid, run["run_id"])
+        assert (await ana.runs.get(tid, run["run_id"]))["status"] == "success"
+    asked = [m["content"] for m in (await ana.threads.get_state(tid))["values"]["messages"] if m["type"] == "human"]
+    assert sorted(asked) == [f"q{n}" for n in range(TOGETHER)]
+
+
+async def test_another_users_thread_created_at_once_stays_theirs(clients: dict[str, LangGraphClient]) -> None:
+    """Two users name one new thread id at once: one gets it, the other is refused as for a thread of someone
+    else's (404 for a run on it, 409 for threads.create), never a 500 and never the other's thread."""
+    for _ in range(3):
+        tid = str(uuid.uuid4())
+        answers = await asyncio.gather(
+            *[
+                clients[who].runs.create(tid, "guide", input=question(who), if_not_exists="create")
+                for who in ("ana", "bob") * (TOGETHER // 2)
+            ],
+            return_exceptions=True,
+        )
+        statuses = {getattr(getattr(a, "response", None), "status_code", 200) for a in answers}
+        assert statuses <= {200, 404, 409}, answers
+        owner = "ana" if any(isinstance(a, dict) and a for a in answers[0::2]) else "bob"
+        other = "bob" if owner == "ana" else "ana"
+        assert all(not isinstance(a, dict) for a in answers[("ana", "bob").index(other) :: 2])
+        await clients[owner].runs.join(tid, (await clients[owner].runs.list(tid))[-1]["run_id"])
