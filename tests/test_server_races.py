@@ -94,3 +94,42 @@ async def test_another_users_thread_created_at_once_stays_theirs(clients: dict[s
         other = "bob" if owner == "ana" else "ana"
         assert all(not isinstance(a, dict) for a in answers[("ana", "bob").index(other) :: 2])
         await clients[owner].runs.join(tid, (await clients[owner].runs.list(tid))[-1]["run_id"])
+
+
+CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+
+
+async def test_a_second_journey_queued_behind_the_first_is_refused_not_dropped(
+    clients: dict[str, LangGraphClient],
+) -> None:
+    """Two runs with input (each would start a journey) queued on one thread before the first has started:
+    the thread runs the first journey, and the second run ends in error JourneyStarted (as it is refused when
+    the thread is already bound). It used to end "success" with the first journey's output: the caller was
+    told its journey ran, and it never did."""
+    ana = clients["ana"]
+    tid = (await ana.threads.create())["thread_id"]
+    first = await ana.runs.create(tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=1)
+    other = {"journey_type": "content_migration", "requirements": {"source": "x", "target": "y"}}
+    second = await ana.runs.create(tid, "structured", input={**other, "user_id": "ana"}, multitask_strategy="enqueue")
+    await ana.runs.join(tid, first["run_id"])
+    answer = await ana.runs.join(tid, second["run_id"])
+    ended = await ana.runs.get(tid, second["run_id"])
+    assert ended["status"] == "error" and ended["error"]["error"] == "JourneyStarted", ended
+    assert answer["__error__"]["error"] == "JourneyStarted"
+    assert (await ana.runs.get(tid, first["run_id"]))["status"] == "success"
+
+
+async def test_a_resume_queued_behind_a_cancelled_start_ends_with_a_typed_error(
+    clients: dict[str, LangGraphClient],
+) -> None:
+    """A resume queued behind the thread's first run, delayed for an hour and then cancelled: the resume runs
+    at once (the thread's queue waited out the cancelled run's delay), and, nothing having been started, ends
+    in error NothingToResume (it was an AssertionError with no message)."""
+    ana = clients["ana"]
+    tid = (await ana.threads.create())["thread_id"]
+    first = await ana.runs.create(tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=3600)
+    queued = await ana.runs.create(tid, "structured", command={"resume": {"files": 1}}, multitask_strategy="enqueue")
+    await ana.runs.cancel(tid, first["run_id"], wait=True)
+    answer = await asyncio.wait_for(ana.runs.join(tid, queued["run_id"]), 30)
+    assert answer["__error__"]["error"] == "NothingToResume", answer
+    assert (await ana.runs.get(tid, queued["run_id"]))["status"] == "error"
