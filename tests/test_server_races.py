@@ -12,7 +12,11 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from graphs.errors import JourneyNotFoundError
+from graphs.runtime import JourneyRuntime
 from server.app import create_app
+from server.runs.store import RunStore
+from server.runs.watch import RunWatch, wait_for_run
 from server.settings import ApiKey, Settings
 from tests.server_support import serving
 
@@ -133,3 +137,70 @@ async def test_a_resume_queued_behind_a_cancelled_start_ends_with_a_typed_error(
     answer = await asyncio.wait_for(ana.runs.join(tid, queued["run_id"]), 30)
     assert answer["__error__"]["error"] == "NothingToResume", answer
     assert (await ana.runs.get(tid, queued["run_id"]))["status"] == "error"
+
+
+async def test_a_wait_on_a_run_another_request_rolls_back_ends(clients: dict[str, LangGraphClient]) -> None:
+    """Double texting: requests wait on a run (runs.join; runs.wait waits the same way) while the next
+    message on the thread comes with multitask_strategy="rollback", which cancels and deletes that run. Each
+    waiter ends, with the run's end or, when the run was deleted before it looked, a 404 (never a 500), and
+    the new run runs."""
+    ana = clients["ana"]
+    tid = (await ana.threads.create())["thread_id"]
+    await ana.runs.wait(tid, "guide", input=question("first"))
+    typo = await ana.runs.create(tid, "guide", input=question("typo"), after_seconds=3600)
+    waiting = asyncio.create_task(ana.runs.join(tid, typo["run_id"]))
+    joining = asyncio.create_task(ana.runs.join(tid, typo["run_id"]))
+    fixed = await ana.runs.create(tid, "guide", input=question("fixed"), multitask_strategy="rollback")
+    for waiter in (waiting, joining):
+        try:
+            await asyncio.wait_for(waiter, 30)
+        except Exception as exc:  # langgraph-sdk's join raises httpx's own error
+            assert getattr(getattr(exc, "response", None), "status_code", None) == 404, exc
+    await ana.runs.join(tid, fixed["run_id"])
+    asked = [m["content"] for m in (await ana.threads.get_state(tid))["values"]["messages"] if m["type"] == "human"]
+    assert asked == ["first", "fixed"]
+
+
+async def test_waiting_on_a_run_deleted_before_it_is_read_is_not_found(store_url: str) -> None:
+    """The order the test above cannot force: a waiter woken by a run's cancel reads it after the rollback
+    deleted it. It is told the run is not found (it failed an assertion: a 500 to runs.wait and runs.join)."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        runs = RunStore(runtime.store.backend, runtime.store.clock)
+        run = await runs.create_run(
+            thread_id=None,
+            assistant_id="guide",
+            kind="start",
+            input={},
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={},
+            principal="ana",
+        )
+        await runs.finish(run.run_id, "interrupted")
+        await runs.delete_run(run.run_id)  # before the waiter's read, as when its wake-up came late
+        with pytest.raises(JourneyNotFoundError):
+            await asyncio.wait_for(wait_for_run(runs, RunWatch(), run.run_id, poll=30), 10)
+
+
+async def test_rollbacks_at_once_all_queue_their_run(clients: dict[str, LangGraphClient]) -> None:
+    """Six messages sent at once with multitask_strategy="rollback" on a thread with a delayed run: each rolls
+    back what is active (maybe another's new run) and is queued; one that finds a run already deleted by
+    another leaves it out (its request failed: a 500 at first, then a 404 for a run it never named)."""
+    ana = clients["ana"]
+    for _ in range(3):
+        tid = (await ana.threads.create())["thread_id"]
+        await ana.runs.wait(tid, "guide", input=question("first"))
+        typo = await ana.runs.create(tid, "guide", input=question("typo"), after_seconds=3600)
+        created = await asyncio.gather(
+            *[ana.runs.create(tid, "guide", input=question(t), multitask_strategy="rollback") for t in "abcdef"]
+        )
+        kept = [r["run_id"] for r in await ana.runs.list(tid, limit=20)]
+        ran = [r for r in created if r["run_id"] in kept]  # the others were rolled back by a later message
+        assert ran
+        for run in ran:
+            await ana.runs.join(tid, run["run_id"])
+        assert typo["run_id"] not in kept
+        state = await ana.threads.get_state(tid)
+        asked = [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
+        assert asked[0] == "first" and "typo" not in asked, asked

@@ -337,8 +337,10 @@ async def cancel_run(
         svc.check_rollback(get_assistant(run.graph_id))
         if run.status in TERMINAL:
             raise ApiError(409, "RunNotActive", f"run {run_id!r} is {run.status}: only an active run rolls back")
-        (ended,) = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
-        return ended.view()
+        ended = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
+        if not ended:  # another rollback took it first
+            raise JourneyNotFoundError(f"run {run_id!r} was rolled back by another request", run_id=run_id)
+        return ended[0].view()
     if run.status not in TERMINAL:
         await svc.cancel(run)
     if wait:
