@@ -90,19 +90,25 @@ async def create_run(
     return run
 
 
+def assistant_options(
+    assistant: ResolvedAssistant, config: dict[str, Any] | None, context: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A run's graph, and the assistant's config and context under the run's own (a run's request, or a
+    cron's for each of its runs)."""
+    merged = {**assistant.config, **(config or {})}
+    configurable = {**assistant.config.get("configurable", {}), **(config or {}).get("configurable", {})}
+    if configurable:
+        merged["configurable"] = configurable
+    found = {"config": merged, "context": {**assistant.context, **(context or {})}}
+    return {"graph_id": assistant.pattern.assistant_id} | {k: v for k, v in found.items() if v}
+
+
 def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCreate) -> dict[str, Any]:
     """What the run keeps of its request beyond input and command: its graph, the assistant's config and
     context under the run's own, and the options the executor applies."""
-    config = {**assistant.config, **(body.config or {})}
-    configurable = {**assistant.config.get("configurable", {}), **(body.config or {}).get("configurable", {})}
-    if configurable:
-        config["configurable"] = configurable
-    options: dict[str, Any] = {"graph_id": assistant.pattern.assistant_id}
-    context = {**assistant.context, **(body.context or {})}
+    options = assistant_options(assistant, body.config, body.context)
     checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     found = {
-        "config": config,
-        "context": context,
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
         "webhook": body.webhook,
