@@ -124,9 +124,14 @@ Enqueue = Callable[[Any, RunRow], Awaitable[int | None]]
 _runs, _threads, _chunks = server_runs.c, server_threads.c, server_run_events.c
 
 
+def _row_values(table: Table, names: Sequence[str]) -> dict[str, Any]:
+    """A whole row's values, each column bound from ``p_<column>``."""
+    return {name: bindparam(f"p_{name}", type_=table.c[name].type) for name in names}
+
+
 def _insert_row(table: Table, names: Sequence[str]) -> Any:
     """An INSERT of a whole row, each column bound from ``p_<column>``."""
-    return insert(table).values({name: bindparam(f"p_{name}", type_=table.c[name].type) for name in names})
+    return insert(table).values(_row_values(table, names))
 
 
 def _row_params(row: ThreadRow | RunRow) -> dict[str, Any]:
@@ -261,6 +266,14 @@ class RunStore:
         # Finishing a run and appending a chunk wake waiters in every process (PostgreSQL NOTIFY).
         self._finish = backend.notifying(_FINISH, RUN_CHANNEL, "run_id")
         self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, "run_id")
+        # A thread named by its caller is created by one statement that cannot fail on a duplicate id: two
+        # requests naming one new id at once both learn which of them created it (no read-then-insert).
+        self._insert_thread_if_absent = (
+            backend.insert(server_threads)
+            .values(_row_values(server_threads, ThreadRow.__slots__))
+            .on_conflict_do_nothing(index_elements=[_threads.thread_id])
+            .returning(_threads.thread_id)
+        )
 
     def _run(self, row: Row) -> RunRow:
         values = {name: row[name] for name in RunRow.__slots__}
@@ -277,15 +290,17 @@ class RunStore:
         *,
         if_exists: str = "raise",
     ) -> ThreadRow:
-        existing = await self.get_thread(thread_id) if thread_id else None
-        thread_id = thread_id or str(uuid.uuid4())
-        if existing is not None:
-            if if_exists == "do_nothing":
+        """A new thread (``thread_id`` None: a new id). An id that is taken: ``if_exists`` "do_nothing"
+        answers the thread that has it (whoever created it, even a moment ago), "raise" refuses it."""
+        thread = self._new_thread(thread_id or str(uuid.uuid4()), metadata, owner)
+        while True:
+            if await self._backend.write([self._insert_thread_if_absent], _row_params(thread)):
+                return thread
+            if if_exists != "do_nothing":
+                raise ThreadExistsError(f"thread {thread.thread_id!r} already exists", thread_id=thread.thread_id)
+            existing = await self.get_thread(thread.thread_id)
+            if existing is not None:  # else deleted since the insert found it: insert again
                 return existing
-            raise ThreadExistsError(f"thread {thread_id!r} already exists", thread_id=thread_id)
-        thread = self._new_thread(thread_id, metadata, owner)
-        await self._backend.write([_INSERT_THREAD], _row_params(thread))
-        return thread
 
     def _new_thread(self, thread_id: str, metadata: Mapping[str, Any], owner: Owner | str | None) -> ThreadRow:
         now = self._clock.now()

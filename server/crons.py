@@ -22,6 +22,16 @@ from nodes.timer import TimerDefinition
 from server.assistants import get_assistant
 from server.runs.store import Enqueue, RunRow, RunStore
 
+# The payload key of what each firing's run is created with: its graph, and the assistant's config and
+# context under the cron's own (as a run's request would give them; see server.api.runs.assistant_options).
+RUN_OPTIONS = "run_options"
+
+
+def _graph_id(assistant_id: str, payload: Mapping[str, Any]) -> str:
+    """The graph a cron's runs execute: its created assistant's, or the built-in assistant's own."""
+    return str((payload.get(RUN_OPTIONS) or {}).get("graph_id") or assistant_id)
+
+
 __all__ = ["CRON_PURPOSE", "CronFilter", "CronRow", "CronService"]
 
 
@@ -64,8 +74,9 @@ class CronService:
         on_run_completed: str | None,
         user_id: str | None,
     ) -> CronRow:
-        """A new cron, checked before it is stored: the assistant, its input, the schedule and the thread."""
-        assistant = get_assistant(assistant_id)
+        """A new cron, checked before it is stored: the assistant, its input, the schedule and the thread.
+        ``payload[RUN_OPTIONS]`` names the graph of a created assistant (else ``assistant_id`` is one)."""
+        assistant = get_assistant(_graph_id(assistant_id, payload))
         self.check_schedule(schedule, timezone)
         if payload.get("input") is not None:
             assistant.check_input(payload["input"])
@@ -82,7 +93,7 @@ class CronService:
                     thread_id=thread_id,
                 )
         return await self.store.create(
-            assistant_id=assistant.assistant_id,
+            assistant_id=assistant_id,
             thread_id=thread_id,
             schedule=schedule,
             timezone=timezone,
@@ -100,7 +111,7 @@ class CronService:
         self.check_schedule(schedule, timezone)
         payload = changes.get("payload")
         if payload is not None and payload.get("input") is not None:
-            get_assistant(current.assistant_id).check_input(payload["input"])
+            get_assistant(_graph_id(current.assistant_id, payload)).check_input(payload["input"])
         updated = await self.store.update(cron_id, changes)
         if updated is None:
             raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
@@ -141,6 +152,7 @@ class CronService:
             principal=cron.owned_by() or cron.user_id,  # its runs belong to whoever created the cron
             enqueue=enqueue,
             durability=payload.get("durability"),
+            options=payload.get(RUN_OPTIONS),  # None for a cron stored before they were kept: its assistant's graph
         )
         await submit(run)
         return True

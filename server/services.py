@@ -218,12 +218,17 @@ class ServerServices:
         """Cancel ``runs`` (active runs of the thread), delete them, and put the thread's state back at the
         checkpoint the first of them started from (a fork of it becomes the latest checkpoint); the runs as
         they ended. For chat threads only: a journey's steps are in its event log and may have acted on the
-        world, which no checkpoint can take back (422)."""
+        world, which no checkpoint can take back (422). Runs another rollback deleted meanwhile are left out."""
         self.check_rollback(assistant)
         await self.cancel_many(runs)
         if not runs:
             return []
-        ended = [await wait_for_run(self.runs, self.watch, r.run_id, self.settings.poll_interval) for r in runs]
+        ended = []
+        for run in runs:
+            try:
+                ended.append(await wait_for_run(self.runs, self.watch, run.run_id, self.settings.poll_interval))
+            except JourneyNotFoundError:  # a rollback running at the same time deleted it (and put the thread back)
+                continue
         # A run that never noted its base changed nothing: the first that did is where the thread goes back.
         bases = [r.base_checkpoint for r in sorted(ended, key=lambda r: r.created_at) if r.base_checkpoint is not None]
         thread = await self.resolve_thread(thread_id, None)

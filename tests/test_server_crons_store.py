@@ -248,3 +248,30 @@ async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_
     assert [i["key"] for i in found["items"]] == ["a"]
     with pytest.raises(UnprocessableEntityError, match="unknown operator"):  # was a 500 (the store's ValueError)
         await client.store.search_items(["docs"], filter={"x": {"bad": [1]}})
+
+
+async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own(
+    cron_client: LangGraphClient, clock: VirtualClock
+) -> None:
+    """crons.create takes an assistant made with assistants.create (as runs do), and each firing's run gets
+    that assistant's graph, its config and the cron's own config and context, as a run created with them
+    would. The cron was refused (404 'no assistant'), and a cron's config and context were stored but never
+    given to its runs."""
+    client = cron_client
+    mine = await client.assistants.create("structured", config={"configurable": {"team": "ops", "region": "eu"}})
+    cron = await client.crons.create(
+        mine["assistant_id"],
+        schedule="0 9 * * *",
+        input=JOURNEY,
+        config={"configurable": {"region": "us"}, "tags": ["nightly"]},
+        context={"tier": "gold"},
+    )
+    assert cron["assistant_id"] == mine["assistant_id"]
+    assert [c["cron_id"] for c in await client.crons.search(assistant_id=mine["assistant_id"])] == [cron["cron_id"]]
+    clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    [fired] = await cron_threads(client)
+    [run] = await client.runs.list(fired["thread_id"])
+    assert run["assistant_id"] == mine["assistant_id"]
+    assert run["kwargs"]["config"] == {"configurable": {"team": "ops", "region": "us"}, "tags": ["nightly"]}
+    assert run["kwargs"]["context"] == {"tier": "gold"}
+    assert (await client.runs.join(fired["thread_id"], run["run_id"]))["current_step"] == "upload_content"

@@ -20,8 +20,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.api import errors
+from server.api.runs import assistant_options
 from server.auth import Principal, require
-from server.crons import CronFilter, CronRow
+from server.crons import RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
 from server.models import MAX_INT
 from server.services import ServerServices, services
@@ -124,7 +125,7 @@ def _when(moment: datetime | None) -> str | None:
 
 
 def cron_view(cron: CronRow) -> dict[str, Any]:
-    payload = {k: v for k, v in cron.payload.items() if k != "groups"}
+    payload = {k: v for k, v in cron.payload.items() if k not in ("groups", RUN_OPTIONS)}
     return {
         "cron_id": cron.cron_id,
         "assistant_id": cron.assistant_id,
@@ -147,14 +148,17 @@ async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, 
     body.refuse_unsupported()
     if thread_id is not None:
         await svc.resolve_thread(thread_id, caller)
+    assistant = await svc.resolve_assistant(body.assistant_id, caller)  # a built-in, or one the caller may see
+    payload = body.payload(caller)
     with svc.acting(caller):  # the cron is the caller's
         cron = await svc.crons.create(
-            assistant_id=body.assistant_id,
+            assistant_id=assistant.assistant_id,
             thread_id=thread_id,
             schedule=body.schedule,
             timezone=body.timezone or "UTC",
             end_time=body.end_time,
-            payload=body.payload(caller),
+            payload=payload
+            | {RUN_OPTIONS: assistant_options(assistant, payload.get("config"), payload.get("context"))},
             metadata=body.metadata or {},
             enabled=True if body.enabled is None else body.enabled,
             on_run_completed=body.on_run_completed,
@@ -214,7 +218,10 @@ async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Ser
         if name in given and (getattr(body, name) is not None or name == "end_time")
     }
     if given & {"input", "config", "context", "durability"}:
-        changes["payload"] = {**current.payload, **{k: v for k, v in body.payload(caller).items() if k != "groups"}}
+        payload = {**current.payload, **{k: v for k, v in body.payload(caller).items() if k != "groups"}}
+        assistant = await svc.resolve_assistant(current.assistant_id, caller)
+        options = assistant_options(assistant, payload.get("config"), payload.get("context"))
+        changes["payload"] = payload | {RUN_OPTIONS: options}
     return cron_view(await svc.crons.update(cron_id, changes))
 
 

@@ -90,19 +90,25 @@ async def create_run(
     return run
 
 
+def assistant_options(
+    assistant: ResolvedAssistant, config: dict[str, Any] | None, context: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A run's graph, and the assistant's config and context under the run's own (a run's request, or a
+    cron's for each of its runs)."""
+    merged = {**assistant.config, **(config or {})}
+    configurable = {**assistant.config.get("configurable", {}), **(config or {}).get("configurable", {})}
+    if configurable:
+        merged["configurable"] = configurable
+    found = {"config": merged, "context": {**assistant.context, **(context or {})}}
+    return {"graph_id": assistant.pattern.assistant_id} | {k: v for k, v in found.items() if v}
+
+
 def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCreate) -> dict[str, Any]:
     """What the run keeps of its request beyond input and command: its graph, the assistant's config and
     context under the run's own, and the options the executor applies."""
-    config = {**assistant.config, **(body.config or {})}
-    configurable = {**assistant.config.get("configurable", {}), **(body.config or {}).get("configurable", {})}
-    if configurable:
-        config["configurable"] = configurable
-    options: dict[str, Any] = {"graph_id": assistant.pattern.assistant_id}
-    context = {**assistant.context, **(body.context or {})}
+    options = assistant_options(assistant, body.config, body.context)
     checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     found = {
-        "config": config,
-        "context": context,
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
         "webhook": body.webhook,
@@ -152,21 +158,20 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
 
 async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, caller: Principal) -> ThreadRow:
     row = await svc.runs.get_thread(thread_id)
-    if row is not None:
-        if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):
-            raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
-        return row
-    instance = await svc.runtime.store.index.get_instance(thread_id)
-    if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
-        await svc.instance(caller, thread_id)  # one the caller may see; its thread is owned like it
-        await svc.runs.create_thread(thread_id, {}, instance.owned_by, if_exists="do_nothing")
-        await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
-        row = await svc.runs.get_thread(thread_id)
-    elif body.if_not_exists == "create":
-        row = await svc.runs.create_thread(thread_id, {}, svc.owner(caller))
-    else:
-        raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
+    if row is None:
+        instance = await svc.runtime.store.index.get_instance(thread_id)
+        if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
+            await svc.instance(caller, thread_id)  # one the caller may see; its thread is owned like it
+            await svc.runs.create_thread(thread_id, {}, instance.owned_by, if_exists="do_nothing")
+            await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
+            row = await svc.runs.get_thread(thread_id)
+        elif body.if_not_exists == "create":  # or the thread another request created with this id meanwhile
+            row = await svc.runs.create_thread(thread_id, {}, svc.owner(caller), if_exists="do_nothing")
+        else:
+            raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)
     assert row is not None
+    if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):
+        raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
     return row
 
 
@@ -338,8 +343,10 @@ async def cancel_run(
         svc.check_rollback(get_assistant(run.graph_id))
         if run.status in TERMINAL:
             raise ApiError(409, "RunNotActive", f"run {run_id!r} is {run.status}: only an active run rolls back")
-        (ended,) = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
-        return ended.view()
+        ended = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
+        if not ended:  # another rollback took it first
+            raise JourneyNotFoundError(f"run {run_id!r} was rolled back by another request", run_id=run_id)
+        return ended[0].view()
     if run.status not in TERMINAL:
         await svc.cancel(run)
     if wait:

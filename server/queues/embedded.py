@@ -23,6 +23,7 @@ class EmbeddedRunner:
         self._drivers: dict[str, asyncio.Task[None]] = {}  # only live drivers: a finished one removes itself
         self._queued: set[str] = set()  # threads given a run since their driver last looked
         self._current: dict[str, str] = {}  # thread id -> run id being executed
+        self._woken: dict[str, asyncio.Event] = {}  # thread id -> set when its driver's delayed run is cancelled
 
     def submit(self, run: RunRow) -> None:
         self._queued.add(run.thread_id)
@@ -38,12 +39,15 @@ class EmbeddedRunner:
         try:
             while True:
                 self._queued.discard(thread_id)
+                # Armed before the read: a cancel recorded after the read still wakes the wait below.
+                woken = self._woken[thread_id] = asyncio.Event()
                 run = await self.executor.runs.next_pending(thread_id)
                 if run is None:
                     if thread_id in self._queued:  # submitted while we looked: look again
                         continue
                     return  # and unregister at once, before any await: a later submit starts a new driver
-                await self.executor.when_due(run)  # a delayed run waits without holding a slot
+                if await self._until_due(woken, run):  # a delayed run waits without holding a slot
+                    continue  # woken by a cancel: the runs behind it need not wait out its delay
                 async with self._slots:
                     self._current[thread_id] = run.run_id
                     try:
@@ -53,6 +57,23 @@ class EmbeddedRunner:
         finally:
             if self._drivers.get(thread_id) is asyncio.current_task():
                 del self._drivers[thread_id]
+                self._woken.pop(thread_id, None)
+
+    async def _until_due(self, woken: asyncio.Event, run: RunRow) -> bool:
+        """Wait for the run's due time; True when ``woken`` before it (a cancel: the driver looks again)."""
+        delay = self.executor.delay(run)
+        if delay <= 0:
+            return False
+        try:
+            await asyncio.wait_for(woken.wait(), delay)
+        except TimeoutError:
+            return False
+        return True
+
+    def wake(self, thread_id: str) -> None:
+        """The thread's driver, if it waits for a delayed run's due time, looks at its runs again."""
+        if (woken := self._woken.get(thread_id)) is not None:
+            woken.set()
 
     def executing(self, run: RunRow) -> bool:
         """Whether a driver has taken the run up (it may not have claimed it yet)."""
@@ -117,8 +138,12 @@ class EmbeddedQueue(RunQueue):
 
     async def withdraw(self, run: RunRow) -> bool:
         # ``run`` may be an older copy: a driver that took it up since is stopped instead. One that takes it
-        # up after this finds the cancel recorded (see ServerServices.cancel) and ends it interrupted.
-        return run.status == "pending" and not self.runner.executing(run)
+        # up after this finds the cancel recorded (see ServerServices.cancel) and ends it interrupted; one
+        # waiting for its due time (after_seconds) is woken to do so, not to hold the runs behind it.
+        if run.status == "pending" and not self.runner.executing(run):
+            self.runner.wake(run.thread_id)
+            return True
+        return False
 
     async def stop(self, run: RunRow) -> None:
         if self.runner.cancel(run):

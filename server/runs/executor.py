@@ -29,6 +29,7 @@ from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
+from server.problems import ApiError
 from server.runs.store import NO_STATE, TERMINAL, RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
@@ -307,14 +308,18 @@ class RunExecutor:
             self.finished(finished)
         return finished or await self.runs.get_run(run_id)
 
-    async def when_due(self, run: RunRow) -> None:
-        """Wait until a delayed run (``after_seconds``) may start; its due time is in its row, so a restart
-        keeps it."""
+    def delay(self, run: RunRow) -> float:
+        """Seconds until a delayed run (``after_seconds``) may start; its due time is in its row, so a
+        restart keeps it. 0 for a run cancelled meanwhile: claimed at once, it ends interrupted."""
         due = (run.options or {}).get("not_before")
-        if due and run.status == "pending":
-            delay = (datetime.fromisoformat(due) - self.runtime.store.clock.now()).total_seconds()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        if not due or run.status != "pending" or run.cancel_requested_at is not None:
+            return 0.0
+        return max(0.0, (datetime.fromisoformat(due) - self.runtime.store.clock.now()).total_seconds())
+
+    async def when_due(self, run: RunRow) -> None:
+        """Wait until a delayed run may start (see :meth:`delay`)."""
+        if (delay := self.delay(run)) > 0:
+            await asyncio.sleep(delay)
 
     async def _delete_thread(self, run: RunRow) -> None:
         """``on_completion="delete"``: the run's thread goes (a chat thread's checkpoints too; a journey it
@@ -352,9 +357,17 @@ class RunExecutor:
             elif assistant.chat:
                 await self.runs.set_base_checkpoint(run.run_id, NO_STATE)
             return await assistant.start(ctx, run.input or {})
-        assert instance_id is not None
+        if instance_id is None:  # queued behind the thread's first run, which started nothing (failed, cancelled)
+            raise ApiError(409, "NothingToResume", f"thread {run.thread_id!r} has no journey; start one with input")
         if run.kind == "start":
-            await self._restart(assistant, ctx, run, instance_id)  # a retried first run
+            if run.attempts == 1:  # claimed for the first time on a bound thread: another start run bound it
+                raise ApiError(
+                    409,
+                    "JourneyStarted",
+                    f"thread {run.thread_id!r} already runs a journey (a run queued before this one started it); "
+                    "advance it with command.resume",
+                )
+            await self._restart(assistant, ctx, run, instance_id)  # a retried first run: its earlier attempt bound it
             return None
         return await self._resume(run, assistant, ctx, instance_id)
 

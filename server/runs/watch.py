@@ -19,6 +19,7 @@ import psycopg
 import structlog
 
 from checkpoints.runs import LISTEN_RUNS
+from graphs.errors import JourneyNotFoundError
 from server.runs.store import TERMINAL, RunRow, RunStore
 
 log = structlog.get_logger("journeys.watch")
@@ -73,7 +74,8 @@ async def wait_for_run(runs: RunStore, watch: RunWatch, run_id: str, poll: float
 async def until_finished(
     runs: RunStore, run_id: str, changed: asyncio.Event, poll: float, *, fresh: bool = False
 ) -> RunRow:
-    """The run once it has finished, re-read each time ``changed`` (its watch) fires or ``poll`` passes.
+    """The run once it has finished, re-read each time ``changed`` (its watch) fires or ``poll`` passes;
+    not found when it was deleted before it was seen finished (a rollback deletes the runs it cancels).
 
     ``fresh``: the run was created after its watch was registered, so it is pending and any change to it
     will fire ``changed``: the first read waits for one (reading it at once would only find it pending)."""
@@ -81,8 +83,9 @@ async def until_finished(
         await next_change(changed, poll)
     while True:
         run = await runs.get_run(run_id)
-        if run is None or run.status in TERMINAL:
-            assert run is not None
+        if run is None:
+            raise JourneyNotFoundError(f"run {run_id!r} was deleted (rolled back) before it finished", run_id=run_id)
+        if run.status in TERMINAL:
             return run
         await next_change(changed, poll)
 
