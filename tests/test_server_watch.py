@@ -104,8 +104,9 @@ class RecordingExecutor:
         self.executed: list[str] = []
         self.ran = asyncio.Event()
 
-    async def when_due(self, run: RunRow) -> None:
+    def delay(self, run: RunRow) -> float:
         """Its runs are never delayed (no ``after_seconds``): due at once, as the real executor has it."""
+        return 0.0
 
     async def execute(self, run_id: str, *, due: bool = False) -> None:
         self.executed.append(run_id)
