@@ -89,6 +89,20 @@ def linear(name: str, *middle: dict[str, Any], version: int = 1, **extra: Any) -
     return {"name": name, "version": version, "elements": elements, "flows": flows, **extra}
 
 
+def payment_spec() -> dict[str, Any]:
+    """An invoice that waits for its payment: a message correlated on ``invoice_no``."""
+    return linear(
+        "invoice",
+        {
+            "type": "message",
+            "id": "paid",
+            "message": "payment.received",
+            "correlation": "invoice_no",
+            "outputs": ["amount"],
+        },
+    )
+
+
 def user_task(id: str, **fields: Any) -> dict[str, Any]:
     return {"type": "user_task", "id": id, "title": id.replace("_", " "), "assignee": "ana", **fields}
 

@@ -14,20 +14,7 @@ from checkpoints.schema.migrations import migrate
 from checkpoints.schema.tables import process_message_starts, schema_migrations
 from graphs import InvalidInputError
 from graphs.errors import UnmatchedMessageError
-from tests.process_support import Calls, linear, runtime, table_dump, virtual_clock, waiting_elements
-
-
-def payment_spec() -> dict[str, Any]:
-    return linear(
-        "invoice",
-        {
-            "type": "message",
-            "id": "paid",
-            "message": "payment.received",
-            "correlation": "invoice_no",
-            "outputs": ["amount"],
-        },
-    )
+from tests.process_support import Calls, linear, payment_spec, runtime, table_dump, virtual_clock, waiting_elements
 
 
 async def test_a_message_resumes_every_instance_waiting_for_its_key_and_no_other(store_url: str) -> None:

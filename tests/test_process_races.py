@@ -14,20 +14,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from graphs.errors import TaskForbiddenError
-from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
-
-
-def payment_spec() -> dict[str, Any]:
-    return linear(
-        "invoice",
-        {
-            "type": "message",
-            "id": "paid",
-            "message": "payment.received",
-            "correlation": "invoice_no",
-            "outputs": ["amount"],
-        },
-    )
+from tests.process_support import Calls, linear, payment_spec, runtime, user_task, virtual_clock, waiting_elements
 
 
 async def test_a_message_sent_while_its_wait_is_armed_is_taken_by_that_wait(
