@@ -18,6 +18,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from server.runs.store import RunRow, RunStore
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,3 +90,18 @@ def journeys_serve(url: str, log: Path, *options: str, env: dict[str, str] | Non
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_worker(server)
+
+
+async def queued_run(runs: RunStore, assistant_id: str = "structured") -> RunRow:
+    """A pending start run of ``assistant_id`` on a new thread, created by ana, as the run store queues it."""
+    return await runs.create_run(
+        thread_id=None,
+        assistant_id=assistant_id,
+        kind="start",
+        input={},
+        command=None,
+        stream_modes=[],
+        multitask_strategy="reject",
+        metadata={},
+        principal="ana",
+    )

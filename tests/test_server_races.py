@@ -18,7 +18,7 @@ from server.app import create_app
 from server.runs.store import RunStore
 from server.runs.watch import RunWatch, wait_for_run
 from server.settings import ApiKey, Settings
-from tests.server_support import serving
+from tests.server_support import queued_run, serving
 
 pytestmark = pytest.mark.slow
 SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
@@ -166,17 +166,7 @@ async def test_waiting_on_a_run_deleted_before_it_is_read_is_not_found(store_url
     deleted it. It is told the run is not found (it failed an assertion: a 500 to runs.wait and runs.join)."""
     async with JourneyRuntime.open(store_url) as runtime:
         runs = RunStore(runtime.store.backend, runtime.store.clock)
-        run = await runs.create_run(
-            thread_id=None,
-            assistant_id="guide",
-            kind="start",
-            input={},
-            command=None,
-            stream_modes=[],
-            multitask_strategy="reject",
-            metadata={},
-            principal="ana",
-        )
+        run = await queued_run(runs, "guide")
         await runs.finish(run.run_id, "interrupted")
         await runs.delete_run(run.run_id)  # before the waiter's read, as when its wake-up came late
         with pytest.raises(JourneyNotFoundError):

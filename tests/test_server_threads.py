@@ -22,7 +22,7 @@ from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.runs.store import RunStore
 from server.settings import ApiKey, Settings
-from tests.server_support import serving, start_worker, stop_worker
+from tests.server_support import queued_run, serving, start_worker, stop_worker
 
 SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {"key-ana": ApiKey("ana", SCOPES, ("finance",)), "key-bob": ApiKey("bob", SCOPES, ("finance",))}
@@ -197,17 +197,7 @@ async def test_a_claim_answers_the_claimed_runs_own_thread(store_url: str) -> No
         for store in stores:
             created = []
             for n in range(4):
-                run = await store.create_run(
-                    thread_id=None,
-                    assistant_id="structured",
-                    kind="start",
-                    input={},
-                    command=None,
-                    stream_modes=[],
-                    multitask_strategy="reject",
-                    metadata={},
-                    principal="ana",
-                )
+                run = await queued_run(store)
                 if n:  # the first thread stays unbound
                     await store.bind(run.thread_id, "structured", f"instance-{n}")
                 created.append(run)

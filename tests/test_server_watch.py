@@ -14,6 +14,7 @@ from checkpoints.url import parse_store_url
 from server.queues.embedded import EmbeddedRunner
 from server.runs.store import RunRow, RunStore
 from server.runs.watch import RunWatch, listening, wait_for_run
+from tests.server_support import queued_run
 
 HOUR = 3600.0
 
@@ -22,20 +23,6 @@ HOUR = 3600.0
 async def run_store(url: str) -> AsyncIterator[RunStore]:
     async with open_store(url, clock=SystemClock()) as store:
         yield RunStore(store.backend, store.clock)
-
-
-async def queued(runs: RunStore) -> RunRow:
-    return await runs.create_run(
-        thread_id=None,
-        assistant_id="structured",
-        kind="start",
-        input={},
-        command=None,
-        stream_modes=[],
-        multitask_strategy="reject",
-        metadata={},
-        principal="ana",
-    )
 
 
 async def test_every_waiter_wakes_and_nothing_is_left_registered() -> None:
@@ -55,7 +42,7 @@ async def test_a_waiter_wakes_when_its_run_finishes_in_process(store_url: str) -
 
 async def _wakes_in_process(runs: RunStore) -> None:
     watch = RunWatch()
-    run = await queued(runs)
+    run = await queued_run(runs)
     assert (await runs.claim(run.run_id)) is not None
     waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
     await asyncio.sleep(0)  # the waiter reads the run (running) and waits
@@ -71,7 +58,7 @@ async def test_a_waiter_in_another_process_wakes_on_the_database_notice(postgres
     # Nothing calls watch.changed here: only the NOTIFY sent with the finishing write can wake the waiter.
     watch = RunWatch()
     async with run_store(postgres_url) as runs, listening(parse_store_url(postgres_url).target, watch):
-        run = await queued(runs)
+        run = await queued_run(runs)
         waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
         await runs.claim(run.run_id)
         await runs.append_event(run.run_id, 1, "values", {"step": 1})
@@ -149,7 +136,7 @@ async def test_notices_resume_after_the_listening_connection_drops(postgres_url:
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN journeys_runs%'"
             )
-        run = await queued(runs)
+        run = await queued_run(runs)
         waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, HOUR))
         await runs.claim(run.run_id)
         # Its notice may come before the listener listens again: reconnecting then wakes every waiter to re-read.
