@@ -8,7 +8,9 @@ An 8-step Structured journey of ``auto`` steps, each calling a registered no-op 
   event log on. Nothing is switched off.
 - **raw**: a hand-written ``StateGraph`` of 8 nodes, each awaiting the same agent and merging its
   output into ``results: dict[str, dict]``, compiled on the same official saver class (opened by the
-  same code, so the same pool and serializer settings) and invoked with the same ``durability``.
+  same code, so the same pool and serializer settings) and invoked with the same ``durability``
+  (under "async", the default, ours checkpoints where the journey stops, as a structured journey does:
+  its steps are in the event log; "sync" gives both a checkpoint after every step).
 
 Batches of N journeys are interleaved (ours, raw, ours, raw, ...) on each backend, one journey at a
 time and with C in flight. On Postgres each form has a database of its own, and the bytes stored per

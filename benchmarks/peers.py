@@ -5,8 +5,8 @@ The same workflow of 8 no-op steps runs in three forms, each in a database of it
 one journey at a time and 16 in flight:
 
 - **ours**: an 8-step Structured journey of ``auto`` steps, each calling a registered no-op agent, on
-  ``JourneyRuntime.open(url)`` with the runtime's default durability ("async"), its default policies and
-  its event log: nothing switched off (the form of ``benchmarks/overhead.py``).
+  ``JourneyRuntime.open(url)`` with the runtime's defaults (a structured journey checkpoints where it
+  stops, LangGraph's "exit"), its default policies and its event log: nothing switched off.
 - **raw**: hand-written LangGraph, a ``StateGraph`` of 8 nodes compiled on the same official
   ``AsyncPostgresSaver`` (opened by the same code as ours), invoked with ``durability="sync"``.
 - **dbos**: DBOS Transact (``pip install -e '.[bench]'``, pinned), an async ``@DBOS.workflow`` awaiting 8
@@ -16,9 +16,11 @@ one journey at a time and 16 in flight:
 
 - ours: each step's agent call appends its completion event (output included, keyed by the call) to
   the event log in a committed transaction before the node returns, so before the next step runs.
-  The LangGraph checkpoint is written behind the run ("async"); a run resumed after a crash replays
-  every step whose completion event is logged from that event instead of calling its agent again
-  (``JourneyEngine.run``, ``nodes.agent_call.logged``).
+  The LangGraph checkpoint is written where the run stops (here, the end); a run a crash cut short is
+  run again from its last checkpoint, or from its first event when it has none, and replays every step
+  whose completion event is logged from that event instead of calling its agent again
+  (``JourneyEngine.settled_state``, ``nodes.agent_call.logged``; killed for real in
+  ``tests/test_crash_resume.py``).
 - raw: LangGraph's ``durability="sync"`` awaits the checkpoint of each superstep (one node here) before
   the next superstep starts. Its default, "async", writes it while the next step already runs, which
   would not give the guarantee.

@@ -98,7 +98,9 @@ class JourneyRuntime:
             store.saver, store.backend, store.clock, retention or RetentionPolicy(), exclusive=self.engine.exclusive
         )
         self.engine.retention = self.retention
-        designs = DesignBook(self.engine, agents, design_kind)
+        designs = DesignBook(
+            self.engine, agents, design_kind, logged_steps=lambda name: get_pattern(name).assistant.replays_from_log
+        )
         built: dict[str, Any] = {}
         deps = OrchestratorDeps(designs, templates, built)
         for name, pattern in registered_patterns().items():

@@ -117,6 +117,49 @@ async def test_a_forked_saga_compensates_only_its_own_steps(store_url: str) -> N
         assert len(undone) == 2
 
 
+AUTO_THEN_USER: dict[str, Any] = {
+    "journey_type": "auto_then_user",
+    "steps": [
+        {"step_id": "fetch", "agent": "fetch", "mode": "auto"},
+        {"step_id": "enrich", "agent": "enrich", "mode": "auto"},
+        {"step_id": "approve", "agent": "approve", "mode": "user"},
+    ],
+}
+
+
+@pytest.mark.parametrize("durability", [None, "sync"])
+async def test_a_journey_checkpointing_where_it_stops_forks_at_the_steps_it_stopped_after(
+    store_url: str, durability: str | None
+) -> None:
+    """A structured journey's runs checkpoint where they stop by default (every step is in the log), so a step
+    that ran on to the next (here ``fetch``) has no checkpoint of its own to fork from: refused, naming the
+    steps that can be forked at and how to keep a checkpoint after every step. ``durability="sync"`` does."""
+    options: dict[str, Any] = {} if durability is None else {"durability": durability}
+    async with JourneyRuntime.open(store_url, **options) as rt:
+        calls: dict[str, list[AgentRequest]] = {"fetch": [], "enrich": [], "approve": []}
+        for intent, seen in calls.items():
+            counting(rt, intent, seen)
+        design = await rt.structured.design_journey("auto_then_user", spec=AUTO_THEN_USER)
+        source = await rt.structured.execute_journey(design["journey_id"], "ana")
+        assert (source["current_step"], source["completed_steps"]) == ("approve", ["fetch", "enrich"])
+        saved = [c async for c in rt.store.saver.alist({"configurable": {"thread_id": source["instance_id"]}})]
+        if durability is None:
+            assert len(saved) == 1  # the stop at "approve" only
+            with pytest.raises(ForkPointError, match='durability="sync"') as refused:
+                await rt.fork(source["instance_id"], "fetch")
+            assert refused.value.allowed == ["enrich"]
+            assert [i.instance_id for i in await rt.store.index.list_instances()] == [source["instance_id"]]
+        else:
+            fork = await rt.fork(source["instance_id"], "fetch")
+            # The fork runs "enrich" itself (its agent is called for the fork), then waits at "approve".
+            assert (fork["current_step"], fork["completed_steps"]) == ("approve", ["fetch", "enrich"])
+            assert [r.instance_id for r in calls["enrich"]] == [source["instance_id"], fork["instance_id"]]
+        assert len(calls["fetch"]) == 1
+        fork = await rt.fork(source["instance_id"], "enrich")  # stopped right after it: always forkable
+        assert (fork["current_step"], fork["completed_steps"]) == ("approve", ["fetch", "enrich"])
+        assert len(calls["fetch"]) == 1 and len(calls["enrich"]) == (1 if durability is None else 2)
+
+
 async def test_a_fork_is_refused_for_a_step_not_completed_an_unknown_journey_and_other_patterns(
     store_url: str,
 ) -> None:

@@ -92,6 +92,7 @@ async def test_keep_latest_prunes_every_finished_pattern_to_its_latest_checkpoin
         saga_id = await compensated_saga(rt)
         session_id = await closed_session(rt)
         still_open = (await rt.structured.execute_journey(journey_id, "bob", {}))["instance_id"]
+        await rt.structured.advance_journey_step(journey_id, "bob", {"ok": True})  # a second stop: 2 checkpoints
         finished = [done, saga_id, session_id]
         before = {i: await checkpoints(rt, i) for i in [*finished, still_open]}
         assert all(n > 1 for n in before.values()), before
@@ -121,7 +122,7 @@ async def test_keep_latest_prunes_every_finished_pattern_to_its_latest_checkpoin
         # A second pass has nothing left to do; the open journey still advances.
         assert (await rt.retention.run()).pruned == 0
         advanced = await rt.structured.advance_journey_step(journey_id, "bob", {"ok": True})
-        assert advanced["completed_steps"] == ["upload_content"]
+        assert advanced["completed_steps"] == ["upload_content", "analyze_content"]
 
 
 async def shown(rt: JourneyRuntime, instance_id: str) -> dict[str, Any]:

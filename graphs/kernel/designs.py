@@ -73,11 +73,14 @@ class DesignBook:
         registry: AgentRegistry,
         kinds: Callable[[str], DesignKind],
         *,
+        logged_steps: Callable[[str], bool] = lambda _pattern: False,
         cache_size: int = 512,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self._kinds = kinds  # a pattern's design kind (the pattern registry's, given by the runtime)
+        # Whether a pattern's graphs log every step (the pattern registry's ``replays_from_log``).
+        self._logged_steps = logged_steps
         self.instances = Instances(engine)  # the lifecycle every orchestrator's instances go through
         # Designs are insert-only (saved once under a new id, never updated), so a parsed design is kept in
         # a small LRU: starting or advancing a journey then costs no design read and no re-validation.
@@ -183,4 +186,6 @@ class DesignBook:
             if id(spec) in self._keys:  # held: remember its key
                 self._keys[id(spec)] = (pattern, key)
         build = self._builders.get(pattern, self._kinds(pattern).build)
-        return self.engine.compiled(key, lambda: build(spec, self.engine.services))
+        return self.engine.compiled(
+            key, lambda: build(spec, self.engine.services), logged_steps=self._logged_steps(pattern)
+        )

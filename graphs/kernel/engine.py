@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
+from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
@@ -54,6 +55,7 @@ DEFAULT_RUN = RunOptions()
 # engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
 # a crash cuts short is delivered again from the wait's stored resolution, replaying the logged steps. Its
 # intermediate checkpoints served nothing (a process cannot be forked) and were most of a continuation's cost.
+# The runs of a graph compiled with ``logged_steps`` (a structured journey's) checkpoint the same way.
 CONTINUATION = RunOptions(continuation=True)
 
 
@@ -68,10 +70,15 @@ class JourneyEngine:
         self.services = services
         self._durability: Durability = durability
         self._graphs: OrderedDict[str, CompiledStateGraph[Any, Any, Any, Any]] = OrderedDict()
+        # The compiled graphs whose every step is in the event log (see :meth:`compiled`).
+        self._logged_steps: weakref.WeakSet[CompiledStateGraph[Any, Any, Any, Any]] = weakref.WeakSet()
         self._cache_size = cache_size
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Set by the runtime: a thread with no checkpoint may be a finished journey retention deleted.
         self.retention: CheckpointRetention | None = None
+        # Set by the instance lifecycle: the input to run a registered instance's start again with, when a crash
+        # cut its first run short before it saved any checkpoint (None: it is not to be run again).
+        self.start_again: Callable[[Instance], Awaitable[dict[str, Any] | None]] | None = None
         # Instances started and ended, by pattern, whichever orchestrator moved them (metrics).
         self.telemetry = InstanceTelemetry(store.index)
         store.index.on_created(self.telemetry.created)
@@ -82,15 +89,28 @@ class JourneyEngine:
         """How runs checkpoint unless a run's options say otherwise."""
         return self._durability
 
-    def _continuing(self, options: RunOptions) -> Durability:
-        """The engine's durability, or "exit" for a continuation (:data:`CONTINUATION`) when it is "async"."""
-        return "exit" if options.continuation and self._durability == "async" else self._durability
+    def _durability_of(self, graph: CompiledStateGraph[Any, Any, Any, Any], options: RunOptions) -> Durability:
+        """How a run checkpoints: as its options say, else as the engine does, except that "async" becomes
+        "exit" when every step the run executes is durable in the event log before the next starts: a
+        continuation (:data:`CONTINUATION`), or any run of a graph compiled with ``logged_steps``. A run a
+        crash cuts short then replays its logged steps, so the checkpoints between its stops served only
+        history and forks, and were a third of its cost. "sync" keeps every checkpoint."""
+        if options.durability is not None:
+            return options.durability
+        logged = options.continuation or graph in self._logged_steps
+        return "exit" if logged and self._durability == "async" else self._durability
 
-    def compiled(self, cache_key: str, factory: GraphFactory) -> CompiledStateGraph[Any, Any, Any, Any]:
-        """The compiled graph for a design, built once and kept in a small LRU."""
+    def compiled(
+        self, cache_key: str, factory: GraphFactory, *, logged_steps: bool = False
+    ) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The compiled graph for a design, built once and kept in a small LRU. ``logged_steps``: every step
+        of the graph is in the event log before the next starts, and a replaying run finds it there (its
+        runs then checkpoint only where they stop unless the engine runs "sync")."""
         graph = self._graphs.get(cache_key)
         if graph is None:
             graph = factory().compile(checkpointer=self.store.saver, store=self.store.graph_store, name=cache_key)
+            if logged_steps:
+                self._logged_steps.add(graph)
             self._graphs[cache_key] = graph
             if len(self._graphs) > self._cache_size:
                 self._graphs.popitem(last=False)
@@ -134,12 +154,21 @@ class JourneyEngine:
     async def settled_state(
         self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str, *, options: RunOptions = DEFAULT_RUN
     ) -> StateSnapshot:
-        """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``)."""
+        """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``).
+
+        That includes a first run cut short before it saved any checkpoint (a run that checkpoints only
+        where it stops, killed after its last step's event said ``completed``, say): it runs again from
+        its first event, replaying the steps the log holds."""
         snapshot = await graph.aget_state(self.config(instance_id))
         if in_flight(snapshot):
             snapshot = await self.run_to_state(graph, instance_id, None, options=options)
-        elif snapshot.created_at is None and self.retention is not None:  # no checkpoint at all: deleted?
-            await self.retention.check_state(await self.store.index.get_instance(instance_id))
+        elif snapshot.created_at is None:  # no checkpoint at all: deleted by retention, or never saved?
+            instance = await self.store.index.get_instance(instance_id)
+            if self.retention is not None:
+                await self.retention.check_state(instance)
+            start = None if instance is None or self.start_again is None else await self.start_again(instance)
+            if start is not None:
+                snapshot = await self.run_to_state(graph, instance_id, start, options=options)
         return snapshot
 
     async def run(
@@ -164,8 +193,9 @@ class JourneyEngine:
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]
-            durability = options.durability or self._continuing(options)
-            output = await run_graph(graph, value, config, durability, options.stream, options.call)
+            output = await run_graph(
+                graph, value, config, self._durability_of(graph, options), options.stream, options.call
+            )
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome

@@ -89,10 +89,14 @@ async def fork_point(
     forkable: Forkable, graph: Any, config: RunnableConfig, history: Sequence[Event], step_id: str
 ) -> ForkPoint:
     """The last completion of ``step_id`` in ``history`` and the checkpoint saved right after it (call under
-    the source's ``exclusive``); :class:`ForkPointError`, naming the steps it can fork at, when there is none."""
+    the source's ``exclusive``); :class:`ForkPointError`, naming the steps it can fork at, when there is none.
+
+    A run that checkpoints only where it stops (a structured journey's, unless the runtime runs "sync") saves
+    one after a step that waited, or failed, or ended the journey: only those steps can be forked at."""
     source_id = config["configurable"]["thread_id"]
     completed = [e for e in history if e.type in forkable.step_events and e.step]
-    allowed = list(dict.fromkeys(e.step or "" for e in completed))
+    saved = await _checkpoints_after_supersteps(graph, config)
+    allowed = list(dict.fromkeys(e.step or "" for e in completed if forkable.superstep(e) in saved))
     chosen = next((e for e in reversed(completed) if e.step == step_id), None)
     if chosen is None:
         raise ForkPointError(
@@ -100,12 +104,13 @@ async def fork_point(
             allowed=allowed,
             step_id=step_id,
         )
-    superstep = forkable.superstep(chosen)
-    after = None if superstep is None else await _checkpoint_after(graph, config, superstep)
+    after = saved.get(forkable.superstep(chosen))
     if after is None:
         raise ForkPointError(
-            f"no checkpoint of {source_id!r} was saved right after step {step_id!r} (its run checkpointed only "
-            "when it stopped): fork it at a step after which it waited",
+            f"no checkpoint of {source_id!r} was saved right after step {step_id!r}: its runs checkpoint where "
+            f"they stop, so it can be forked at {allowed} (the steps after which it waited, failed or ended). "
+            'A runtime opened with durability="sync" (a server run asking for durability "async") keeps a '
+            "checkpoint after every step",
             allowed=allowed,
             step_id=step_id,
         )
@@ -148,23 +153,25 @@ async def register_fork(
     return created
 
 
-async def _checkpoint_after(graph: Any, config: RunnableConfig, superstep: int) -> StateSnapshot | None:
-    """The checkpoint LangGraph saved at the end of ``superstep`` on the branch the thread is on now (an
-    ancestor of its latest checkpoint: a thread sent back to an earlier checkpoint has other branches)."""
+async def _checkpoints_after_supersteps(graph: Any, config: RunnableConfig) -> dict[int | None, StateSnapshot]:
+    """The checkpoints LangGraph saved at the end of each superstep, by superstep, on the branch the thread
+    is on now (the ancestors of its latest checkpoint: a thread sent back to an earlier one has other
+    branches)."""
     snapshots: dict[str, StateSnapshot] = {}
     latest: str | None = None
     async for snapshot in graph.aget_state_history(config):
         checkpoint_id = _checkpoint_id(snapshot)
         snapshots[checkpoint_id] = snapshot
         latest = latest or checkpoint_id
+    saved: dict[int | None, StateSnapshot] = {}
     current = snapshots.get(latest or "")
     while current is not None:
         metadata = current.metadata or {}
-        if metadata.get("step") == superstep and metadata.get("source") == "loop":
-            return current
+        if metadata.get("source") == "loop":
+            saved.setdefault(metadata.get("step"), current)  # the latest on the branch, as it is walked back
         parent = current.parent_config
         current = snapshots.get(parent["configurable"]["checkpoint_id"]) if parent else None
-    return None
+    return saved
 
 
 def _checkpoint_id(snapshot: StateSnapshot) -> str:

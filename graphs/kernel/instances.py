@@ -102,6 +102,7 @@ class Instances:
         self.timers = TimerStore(engine.store.engine, engine.store.clock)
         self.evaluation = Evaluation(self.events)  # evaluators and prices for the runs of specs with a workflow tier
         self._kinds: dict[str, Recoverable] = {}
+        engine.start_again = self._start_again
 
     def register(self, kind: Recoverable) -> None:
         """Let :meth:`recover` finish the instances of ``kind.patterns``."""
@@ -455,6 +456,16 @@ class Instances:
     async def graph(self, instance: Instance) -> Graph:
         """The compiled graph ``instance`` runs on (its pattern must be registered)."""
         return await self._kinds[instance.pattern].graph(instance)
+
+    async def _start_again(self, instance: Instance) -> dict[str, Any] | None:
+        """The input of ``instance``'s first run, for an instance that has no checkpoint (see
+        ``JourneyEngine.settled_state``): one whose run a crash cut short, open or ended by what its log
+        says (a last step's event completes it), runs again, replaying its logged steps. Not one that never
+        started (queued), was cancelled, or failed (running it again would retry unasked)."""
+        kind = self._kinds.get(instance.pattern)
+        if kind is None or instance.status in (QUEUED, "cancelled", "terminated", "failed"):
+            return None
+        return await kind.start_input(instance, (await self.events.list(instance.instance_id))[0])
 
     async def _recover_one(self, kind: Recoverable, instance: Instance) -> bool:
         instance_id = instance.instance_id

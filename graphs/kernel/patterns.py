@@ -95,8 +95,9 @@ class Assistant:
     # What a run's output adds to the thread's values: step journeys keep their progress in the event
     # log, not in graph state, and the output shows it (status, current and completed steps).
     describe: Callable[[JourneyRuntime, str, StateSnapshot], Awaitable[dict[str, Any]]] | None = None
-    # Its runs may checkpoint only when they stop (the server's run durability): every step it executes
-    # is logged, and a retried run replays the logged steps instead of executing them again.
+    # Every step its graphs execute is logged, and a retried run replays the logged steps instead of
+    # executing them again: its runs checkpoint only when they stop (the server's "exit" durability, and
+    # the runtime's unless opened with durability="sync"; see JourneyEngine.compiled).
     replays_from_log: bool = False
 
     def check_input(self, value: Any) -> None:
