@@ -224,6 +224,11 @@ class EventLog:
         """The engine of the log's database, for read-only views over tables derived from it."""
         return self._engine
 
+    @property
+    def backend(self) -> Backend:
+        """The log's backend, whose prebuilt statements run on the driver's hot path."""
+        return self._backend
+
     async def append(
         self,
         instance_id: str,

@@ -26,7 +26,7 @@ class ProcessServices:
         engine, clock = services.events.engine, services.clock
         return cls(
             services,
-            WaitStore(engine, clock),
+            WaitStore(services.events.backend, clock),
             TimerStore(engine, clock, services.events),
             InboxStore(engine, clock),
             MessageStore(engine, clock),

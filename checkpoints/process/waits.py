@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Executable, bindparam, select, update
 
+from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.events import NewEvent
 from checkpoints.rows import insert_ignore
@@ -93,11 +93,17 @@ class _Lost(Exception):
     """A claim in a resolve transaction found nothing to claim: roll the whole transaction back."""
 
 
+_RESOLUTION = select(process_waits.c.status, process_waits.c.resolution).where(
+    process_waits.c.wait_id == bindparam("wait_id")
+)
+
+
 class WaitStore:
     """Durable waits: armed, resolved once, then finished when the thread has consumed the resolution."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
-        self._engine = engine
+    def __init__(self, backend: Backend, clock: Clock) -> None:
+        self._backend = backend
+        self._engine = backend.engine
         self._clock = clock
 
     def arm_statement(self, wait_id: str, instance_id: str, element: str, kind: str) -> Executable:
@@ -184,15 +190,11 @@ class WaitStore:
         return await self._resolution(wait_id, ("resolved",))
 
     async def _resolution(self, wait_id: str, statuses: Sequence[str]) -> dict[str, Any] | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(process_waits.c.status, process_waits.c.resolution).where(process_waits.c.wait_id == wait_id)
-                )
-            ).first()
-        if row is None or row.status not in statuses:
+        # Read once per delivery, so on the backend's hot path (prepared, no SQLAlchemy connection per call).
+        rows = await self._backend.read(_RESOLUTION, {"wait_id": wait_id})
+        if not rows or rows[0]["status"] not in statuses:
             return None
-        return dict(row.resolution or {})
+        return dict(rows[0]["resolution"] or {})
 
     async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
         """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between)."""
