@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
 SEQ_ATTEMPTS = 30
+T = TypeVar("T")
 # PostgreSQL's verdicts on a transaction it rolled back whole for racing another: a unique key taken first,
 # a deadlock, a serialization failure.
 _RACE_STATES = frozenset({"23505", "40P01", "40001"})
@@ -32,3 +35,16 @@ def lost_race(error: BaseException) -> bool:
 async def after_lost_race(attempt: int) -> None:
     """Back off a little, more each time and with jitter, so the racing writers spread out."""
     await asyncio.sleep(random.uniform(0, 0.001 * (attempt + 1)))
+
+
+async def again_if_lost(transaction: Callable[[], Awaitable[T]], attempts: int = SEQ_ATTEMPTS) -> T:
+    """``transaction()``, run again (after :func:`after_lost_race`) each time it loses a race (:func:`lost_race`):
+    it was rolled back whole, so going again is safe. Its own errors, and the last loss, reach the caller."""
+    for attempt in range(attempts):
+        try:
+            return await transaction()
+        except Exception as error:
+            if not lost_race(error) or attempt == attempts - 1:
+                raise
+            await after_lost_race(attempt)
+    raise AssertionError("unreachable")

@@ -23,7 +23,7 @@ from checkpoints.events import EventLog
 from checkpoints.process.waits import cancel_siblings, completed_event
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import process_timers, process_waits
-from checkpoints.seq_race import lost_race
+from checkpoints.seq_race import again_if_lost
 
 DEFAULT_LEASE = timedelta(seconds=60)
 
@@ -161,16 +161,9 @@ class TimerStore:
         """
         if not claimed:
             return []
-        for attempt in range(5):
-            try:
-                return await self._fire_waits(claimed, worker)
-            except Exception as error:
-                # A concurrent append took an event sequence number of one of these instances, or a cancel
-                # writing the same rows in the other order deadlocked with it; all of it rolled back, so
-                # going again is safe.
-                if not lost_race(error) or attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        # A concurrent append took an event sequence number of one of these instances, or a cancel writing the
+        # same rows in the other order deadlocked with it; all of it rolled back, so going again is safe.
+        return await again_if_lost(lambda: self._fire_waits(claimed, worker), attempts=5)
 
     async def _fire_waits(self, claimed: Sequence[Timer], worker: str) -> list[tuple[Timer, dict[str, Any]]]:
         now = self._clock.now().astimezone(UTC)

@@ -25,6 +25,7 @@ from checkpoints.clock import Clock
 from checkpoints.events import NewEvent
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import process_subscriptions, process_timers, process_waits, user_tasks
+from checkpoints.seq_race import again_if_lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,36 +138,54 @@ class WaitStore:
         inbox task (if any) is set to ``task_status``, each of ``claims`` must update exactly one row
         (else nothing is applied and False is returned), and ``also`` runs.
         """
-        now = self._clock.now().astimezone(UTC)
         try:
-            async with self._engine.begin() as conn:
-                won = await conn.execute(
-                    update(process_waits)
-                    .where(process_waits.c.wait_id == wait_id, process_waits.c.status == "waiting")
-                    .values(status="resolved", resolution=resolution, resolved_at=now)
-                )
-                if won.rowcount != 1:
-                    raise _Lost
-                for claim in claims:
-                    if (await conn.execute(claim)).rowcount != 1:
-                        raise _Lost
-                for statement in cancel_siblings(
-                    [wait_id],
-                    keep_timers=[keep_timer] if keep_timer else [],
-                    keep_subscriptions=[keep_subscription] if keep_subscription else [],
-                    task_status=task_status,
-                ):
-                    await conn.execute(statement)
-                for statement in also:
-                    await conn.execute(statement)
+            return await again_if_lost(
+                lambda: self._resolve(wait_id, resolution, keep_timer, keep_subscription, task_status, claims, also)
+            )
         except _Lost:
             return False
+
+    async def _resolve(
+        self,
+        wait_id: str,
+        resolution: dict[str, Any],
+        keep_timer: str | None,
+        keep_subscription: str | None,
+        task_status: str,
+        claims: Sequence[Executable],
+        also: Sequence[Executable],
+    ) -> bool:
+        # One transaction: a task completion, a timer batch and a cancel take the same wait, task and timer
+        # rows in different orders, and PostgreSQL may roll the loser back (a deadlock): it goes again.
+        now = self._clock.now().astimezone(UTC)
+        async with self._engine.begin() as conn:
+            won = await conn.execute(
+                update(process_waits)
+                .where(process_waits.c.wait_id == wait_id, process_waits.c.status == "waiting")
+                .values(status="resolved", resolution=resolution, resolved_at=now)
+            )
+            if won.rowcount != 1:
+                raise _Lost
+            for claim in claims:
+                if (await conn.execute(claim)).rowcount != 1:
+                    raise _Lost
+            for statement in cancel_siblings(
+                [wait_id],
+                keep_timers=[keep_timer] if keep_timer else [],
+                keep_subscriptions=[keep_subscription] if keep_subscription else [],
+                task_status=task_status,
+            ):
+                await conn.execute(statement)
+            for statement in also:
+                await conn.execute(statement)
         return True
 
     async def finish(self, wait_ids: Sequence[str]) -> None:
         """The threads have consumed these resolutions (their checkpoints are written): nothing to deliver."""
-        if not wait_ids:
-            return
+        if wait_ids:
+            await again_if_lost(lambda: self._finish(wait_ids))
+
+    async def _finish(self, wait_ids: Sequence[str]) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(process_waits)
