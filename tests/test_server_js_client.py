@@ -5,6 +5,7 @@ The npm package is installed by this test into a cache outside the repository
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -23,6 +24,15 @@ SDK = "@langchain/langgraph-sdk@1.15.0"
 SCRIPT = Path(__file__).resolve().parent / "js" / "drive_server.mjs"
 
 
+def js_client_installed(node: str, cache: Path) -> bool:
+    """Whether ``cache`` holds the pinned client, whole: its version, and Node can import it."""
+    marker = cache / "node_modules" / "@langchain" / "langgraph-sdk" / "package.json"
+    if not marker.exists() or json.loads(marker.read_text())["version"] != SDK.rsplit("@", 1)[1]:
+        return False
+    probe = [node, "--input-type=module", "-e", "await import('@langchain/langgraph-sdk')"]
+    return subprocess.run(probe, cwd=cache, capture_output=True, timeout=60, check=False).returncode == 0
+
+
 @pytest.fixture(scope="session")
 def js_client() -> Path:
     """A directory whose node_modules holds the JS client (installed once, then reused)."""
@@ -31,9 +41,14 @@ def js_client() -> Path:
         pytest.fail("the JS client test needs Node 20+ and npm on the PATH", pytrace=False)
     cache = Path(os.environ.get("JOURNEYS_JS_CACHE") or Path.home() / ".cache" / "journeys-js")
     cache.mkdir(parents=True, exist_ok=True)
-    marker = cache / "node_modules" / "@langchain" / "langgraph-sdk" / "package.json"
-    if not marker.exists() or json.loads(marker.read_text())["version"] != SDK.rsplit("@", 1)[1]:
-        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--silent", SDK], cwd=cache, check=True, timeout=300)
+    # One install at a time: xdist workers (and other checkouts' runs) share the cache, and two npm installs
+    # into one node_modules leave it half-written (a package whose dependencies are missing).
+    with (cache / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not js_client_installed(node, cache):
+            shutil.rmtree(cache / "node_modules", ignore_errors=True)
+            install = [npm, "install", "--no-audit", "--no-fund", "--silent", SDK]
+            subprocess.run(install, cwd=cache, check=True, timeout=300)
     # Node resolves packages from the script's directory upwards: the script runs from the cache.
     shutil.copy(SCRIPT, cache / SCRIPT.name)
     return cache

@@ -156,9 +156,10 @@ class JourneyEngine:
     ) -> StateSnapshot:
         """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``).
 
-        That includes a first run cut short before it saved any checkpoint (a run that checkpoints only
-        where it stops, killed after its last step's event said ``completed``, say): it runs again from
-        its first event, replaying the steps the log holds."""
+        For a graph whose steps are all logged, that includes a first run cut short before it saved any
+        checkpoint (its runs checkpoint where they stop: one killed after its last step's event said
+        ``completed``, say): it runs again from its first event, replaying the steps the log holds. Other
+        patterns start such a run again their own way (``Instances.recover``, or their start)."""
         snapshot = await graph.aget_state(self.config(instance_id))
         if in_flight(snapshot):
             snapshot = await self.run_to_state(graph, instance_id, None, options=options)
@@ -166,9 +167,10 @@ class JourneyEngine:
             instance = await self.store.index.get_instance(instance_id)
             if self.retention is not None:
                 await self.retention.check_state(instance)
-            start = None if instance is None or self.start_again is None else await self.start_again(instance)
-            if start is not None:
-                snapshot = await self.run_to_state(graph, instance_id, start, options=options)
+            if graph in self._logged_steps and instance is not None and self.start_again is not None:
+                start = await self.start_again(instance)
+                if start is not None:
+                    snapshot = await self.run_to_state(graph, instance_id, start, options=options)
         return snapshot
 
     async def run(
