@@ -24,7 +24,7 @@ from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
 from server.models import MAX_INT, BatchRunCreate, CancelMany, RunCreate, RunOut, StatelessRunCreate
-from server.problems import ApiError
+from server.problems import ApiError, JourneyValuesResponse
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, run_events
 from server.runs.store import ACTIVE, TERMINAL, RunRow, ThreadRow
@@ -216,7 +216,11 @@ async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Servic
     return (await create_run(svc, None, body, caller, streaming=False)).view()
 
 
-@router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output")
+@router.post(
+    "/threads/{thread_id}/runs/wait",
+    summary="Create a run and wait for its output",
+    response_class=JourneyValuesResponse,
+)
 async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     return await final_output(svc, await _create_and_wait(svc, thread_id, body, caller))
 
@@ -261,7 +265,9 @@ async def cancel_many(
     return Response(status_code=204)
 
 
-@router.post("/runs/wait", summary="Create a run on a new thread and wait for its output")
+@router.post(
+    "/runs/wait", summary="Create a run on a new thread and wait for its output", response_class=JourneyValuesResponse
+)
 async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     return await final_output(svc, await _create_and_wait(svc, None, body, caller))
 
@@ -313,7 +319,11 @@ async def get_run(thread_id: str, run_id: str, caller: Reader, svc: Services) ->
     return (await svc.run(caller, thread_id, run_id)).view()
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values after it")
+@router.get(
+    "/threads/{thread_id}/runs/{run_id}/join",
+    summary="Wait for a run; the thread's values after it",
+    response_class=JourneyValuesResponse,
+)
 async def join_run(thread_id: str, run_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     run = await _wait(svc, await svc.run(caller, thread_id, run_id))
     return await final_output(svc, run)
