@@ -38,6 +38,8 @@ STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 NO_STATE = ""  # a run's base checkpoint when its thread had no state yet (a rollback then clears the thread)
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
+GROUPS = "groups"  # the run option holding the groups of the caller a run acts for
+_SERVER_OPTIONS = frozenset({"graph_id", GROUPS})  # options the server keeps for itself: not in a run's kwargs
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +84,20 @@ class RunRow:
     tenant: str | None = None  # with principal: who owns it, and so the journey it starts
     shared_group: str | None = None
     # The Agent Server options it was created with (see RunOptions in server.runs.options): graph_id,
-    # config, context, interrupt_before/after, webhook, not_before, on_completion, checkpoint_id.
+    # config, context, interrupt_before/after, webhook, not_before, on_completion, checkpoint_id; and the
+    # groups of the caller it acts for (GROUPS).
     options: Any = None
 
     @property
     def owner(self) -> Owner | None:
         """Who the run acts for: the owner of what it creates."""
         return Owner(self.principal, self.tenant or DEFAULT_TENANT, self.shared_group) if self.principal else None
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The groups of the caller the run acts for (a user task offered to a group): kept with its options,
+        never in its metadata, which is the client's own."""
+        return tuple((self.options or {}).get(GROUPS, ()))
 
     @property
     def graph_id(self) -> str:
@@ -110,7 +119,7 @@ class RunRow:
                 "command": self.command,
                 "stream_mode": self.stream_modes,
                 "durability": self.durability,
-                **{k: v for k, v in (self.options or {}).items() if k != "graph_id"},
+                **{k: v for k, v in (self.options or {}).items() if k not in _SERVER_OPTIONS},
             },
             "error": self.error,
             "cancel_reason": (self.error or {}).get("cancel_reason") if self.status == "interrupted" else None,

@@ -20,7 +20,7 @@ from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.runtime import JourneyRuntime
 from nodes.timer import TimerDefinition
 from server.assistants import get_assistant
-from server.runs.store import Enqueue, RunRow, RunStore
+from server.runs.store import GROUPS, Enqueue, RunRow, RunStore
 
 # The payload key of what each firing's run is created with: its graph, and the assistant's config and
 # context under the cron's own (as a run's request would give them; see server.api.runs.assistant_options).
@@ -147,12 +147,12 @@ class CronService:
                 **payload.get("metadata", {}),
                 "cron_id": cron.cron_id,
                 "cron_due_at": timer.due_at.isoformat(),
-                "_groups": list(payload.get("groups", [])),
             },
             principal=cron.owned_by() or cron.user_id,  # its runs belong to whoever created the cron
             enqueue=enqueue,
             durability=payload.get("durability"),
-            options=payload.get(RUN_OPTIONS),  # None for a cron stored before they were kept: its assistant's graph
+            # No graph for a cron stored before run options were kept: its assistant's.
+            options={**(payload.get(RUN_OPTIONS) or {}), GROUPS: list(payload.get("groups", []))},
         )
         await submit(run)
         return True

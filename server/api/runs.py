@@ -27,7 +27,7 @@ from server.models import MAX_INT, BatchRunCreate, CancelMany, RunCreate, RunOut
 from server.problems import ApiError, JourneyValuesResponse
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, run_events
-from server.runs.store import ACTIVE, TERMINAL, RunRow, ThreadRow
+from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
 from server.runs.watch import until_finished, wait_for_run
 from server.services import ResolvedAssistant, ServerServices, services
 
@@ -79,11 +79,11 @@ async def create_run(
         command={"resume": body.command.resume} if kind == "resume" and body.command else None,
         stream_modes=modes,
         multitask_strategy=body.multitask_strategy,
-        metadata={**body.metadata, "_groups": list(caller.groups)},
+        metadata=body.metadata,
         principal=svc.owner(caller),
         enqueue=svc.queue.enqueue,
         durability=body.durability,
-        options=run_options(svc, resolved, body),
+        options=run_options(svc, resolved, body) | {GROUPS: list(caller.groups)},
         run_id=run_id,
     )
     svc.submit(run)
