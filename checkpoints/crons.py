@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, delete, func, insert, select, update
+from sqlalchemy import Executable, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
@@ -28,6 +28,19 @@ from checkpoints.schema.tables import process_timers, server_crons
 from nodes.timer import TimerDefinition
 
 CRON_PURPOSE = "cron"
+_ARMED = ("scheduled", "firing")  # a timer that may still fire
+_of_thread = server_crons.c.thread_id == bindparam("p_thread_id")
+# A thread's crons go with it (as on the Agent Server), their timers cancelled: statements of the thread's
+# delete, run in its transaction (checkpoints.runs.RunStore.delete_thread), bound from ``p_thread_id``.
+DELETE_THREAD_CRONS: tuple[Executable, ...] = (
+    update(process_timers)
+    .where(
+        process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(_of_thread)),
+        process_timers.c.status.in_(_ARMED),
+    )
+    .values(status="cancelled", claimed_by=None),
+    delete(server_crons).where(_of_thread),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +201,7 @@ class CronStore:
     ) -> list[CronRow]:
         """The crons ``viewer`` may see (None: all) that ``where`` takes, in order, one page."""
         c, t = server_crons.c, process_timers.c
-        armed = (t.timer_id == c.timer_id) & t.status.in_(("scheduled", "firing"))
+        armed = (t.timer_id == c.timer_id) & t.status.in_(_ARMED)
         statement = select(*server_crons.c, t.due_at.label("next_run_date")).select_from(
             server_crons.outerjoin(process_timers, armed)
         )

@@ -392,14 +392,12 @@ class ServerServices:
         return row
 
     async def delete_thread(self, caller: Principal, thread_id: str) -> None:
-        """The thread, its runs and its checkpoints; a thread with an active run is refused. The journey's
-        event log stays: it is the audit trail of what the journey did."""
+        """The thread, its runs, its crons and its checkpoints; a thread with an active run is refused. The
+        journey's event log stays: it is the audit trail of what the journey did."""
         thread = await self.resolve_thread(thread_id, caller)
-        if await self.runs.active_count(thread_id):
-            raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run; cancel it first")
+        await self.runs.delete_thread(thread_id)  # first: refused while a run is active, its crons with it
         if thread.instance_id is not None:
             await self.runtime.store.saver.adelete_thread(thread.instance_id)
-        await self.runs.delete_thread(thread_id)
 
     async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
         """A new thread with the thread's metadata and checkpoints. Only chat threads (and threads without

@@ -73,3 +73,7 @@ class RunStore(records.RunStore):
     async def create_run(self, **options: Any) -> RunRow:
         with _as_problem():
             return await super().create_run(**options)
+
+    async def delete_thread(self, thread_id: str, *, runs: bool = True) -> None:
+        with _as_problem():
+            await super().delete_thread(thread_id, runs=runs)
