@@ -46,6 +46,7 @@ RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run 
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
 GROUPS = "groups"  # the run option holding the groups of the caller a run acts for
 _SERVER_OPTIONS = frozenset({"graph_id", GROUPS})  # options the server keeps for itself: not in a run's kwargs
+_LEGACY_GROUPS = "_groups"  # where runs stored before GROUPS kept their caller's groups: in their metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +295,10 @@ class RunStore:
     def _run(self, row: Row) -> RunRow:
         values = {name: row[name] for name in RunRow.__slots__}
         values.update({name: self._sealer.open(values[name]) for name in _SEALED})
+        if _LEGACY_GROUPS in (values["metadata"] or {}):  # stored before its groups moved to its options
+            metadata = dict(values["metadata"])
+            values["options"] = {**(values["options"] or {}), GROUPS: metadata.pop(_LEGACY_GROUPS)}
+            values["metadata"] = metadata
         return RunRow(**values)
 
     # --- threads ------------------------------------------------------------------------------------

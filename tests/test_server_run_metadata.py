@@ -10,7 +10,9 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from graphs import JourneyRuntime
 from server.app import create_app
+from server.runs.store import RunStore
 from server.settings import ApiKey, Settings
 from tests.server_support import serving
 
@@ -73,3 +75,25 @@ async def test_runs_show_the_metadata_they_were_given_and_act_with_their_callers
         for run in runs:
             got = await client.runs.get(tid, run["run_id"])
             assert got["metadata"] == run["metadata"] and "groups" not in got["kwargs"]
+
+
+async def test_a_run_stored_with_its_groups_in_its_metadata_is_read_with_them_moved(store_url: str) -> None:
+    """Runs queued before the groups moved to the run's options (a pending one across the upgrade) still act
+    with their caller's groups, and show only the client's metadata."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
+        stored = await runs.create_run(
+            thread_id=None,
+            assistant_id="process",
+            kind="start",
+            input={},
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={"team": "ops", "_groups": ["finance"]},  # as the server stored it then
+            principal="ana",
+        )
+        found = await runs.get_run(stored.run_id)
+        assert found is not None
+        assert (found.metadata, found.groups) == ({"team": "ops"}, ("finance",))
+        assert found.view()["metadata"] == {"team": "ops"} and "groups" not in found.view()["kwargs"]
