@@ -29,18 +29,24 @@ from nodes.timer import TimerDefinition
 
 CRON_PURPOSE = "cron"
 _ARMED = ("scheduled", "firing")  # a timer that may still fire
-_of_thread = server_crons.c.thread_id == bindparam("p_thread_id")
-# A thread's crons go with it (as on the Agent Server), their timers cancelled: statements of the thread's
-# delete, run in its transaction (checkpoints.runs.RunStore.delete_thread), bound from ``p_thread_id``.
-DELETE_THREAD_CRONS: tuple[Executable, ...] = (
-    update(process_timers)
-    .where(
-        process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(_of_thread)),
-        process_timers.c.status.in_(_ARMED),
+
+
+def _delete_crons(which: Any) -> tuple[Executable, ...]:
+    """Delete the crons ``which`` takes and cancel their timers: the statements, to run in one transaction."""
+    return (
+        update(process_timers)
+        .where(
+            process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(which)),
+            process_timers.c.status.in_(_ARMED),
+        )
+        .values(status="cancelled", claimed_by=None),
+        delete(server_crons).where(which),
     )
-    .values(status="cancelled", claimed_by=None),
-    delete(server_crons).where(_of_thread),
-)
+
+
+# A thread's crons go with it (as on the Agent Server): statements of the thread's delete, run in its
+# transaction (checkpoints.runs.RunStore.delete_thread), bound from ``p_thread_id``.
+DELETE_THREAD_CRONS = _delete_crons(server_crons.c.thread_id == bindparam("p_thread_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +193,13 @@ class CronStore:
                 await conn.execute(self._timers.cancel_statement(row.timer_id))
             await conn.execute(delete(server_crons).where(server_crons.c.cron_id == cron_id))
         return True
+
+    async def delete_of_assistant(self, assistant_id: str) -> None:
+        """Delete the assistant's crons and cancel their timers (the assistant is deleted: as on the Agent
+        Server, its crons go with it)."""
+        async with self._engine.begin() as conn:
+            for statement in _delete_crons(server_crons.c.assistant_id == assistant_id):
+                await conn.execute(statement)
 
     async def search(
         self,

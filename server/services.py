@@ -304,8 +304,8 @@ class ServerServices:
         )
 
     async def delete_assistant(self, caller: Principal, assistant_id: str, *, delete_threads: bool = False) -> None:
-        """The assistant and its versions; with ``delete_threads``, the threads its runs ran on that ``caller``
-        may see too (other people's threads stay)."""
+        """The assistant, its versions and its crons; with ``delete_threads``, the threads its runs ran on that
+        ``caller`` may see too (other people's threads stay)."""
         await self._refuse_system(assistant_id)
         viewer = self.viewer(caller)
         await self.assistant_rows.require(assistant_id, viewer=viewer)
@@ -316,6 +316,7 @@ class ServerServices:
                 except JourneyNotFoundError:
                     continue
         await self.assistant_rows.delete(assistant_id, viewer=viewer)
+        await self.crons.store.delete_of_assistant(assistant_id)
 
     async def _refuse_system(self, assistant_id: str) -> None:
         if assistant_id in registered_patterns():

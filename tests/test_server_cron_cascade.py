@@ -1,5 +1,6 @@
-"""A thread's crons go with it (as on the Agent Server): threads.delete deletes them and cancels their
-timers, and a firing that races the delete makes no run and does not bring the thread back."""
+"""A thread's crons, and an assistant's, go with it (as on the Agent Server): threads.delete and
+assistants.delete delete them and cancel their timers, and a firing that races a thread's delete makes no
+run and does not bring the thread back."""
 
 from __future__ import annotations
 
@@ -72,6 +73,18 @@ async def test_deleting_a_thread_deletes_its_crons_and_their_firings(
     with pytest.raises(NotFoundError):
         await client.threads.get(doomed)
     assert [t["thread_id"] for t in await client.threads.search(limit=100)] == [kept]
+
+
+async def test_deleting_an_assistant_deletes_its_crons(client: LangGraphClient, clock: VirtualClock) -> None:
+    mine = await client.assistants.create("structured", name="nightly")
+    await client.crons.create(mine["assistant_id"], schedule="0 9 * * *", input=JOURNEY)
+    kept = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
+    await client.assistants.delete(mine["assistant_id"])
+
+    assert [c["cron_id"] for c in await client.crons.search()] == [kept["cron_id"]]
+    clock.set(NINE)  # both were due now: only the built-in assistant's cron fires
+    [run] = await fired(client, kept["cron_id"])
+    assert [t["thread_id"] for t in await client.threads.search(limit=100)] == [run["thread_id"]]
 
 
 class DeletedWhileFiring(CronStore):
