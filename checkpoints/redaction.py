@@ -127,13 +127,19 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {
-            key: REDACTED if isinstance(key, str) and is_sensitive(key) and item is not None else redact(item)
-            for key, item in value.items()
-        }
+        return {key: redact_field(key, item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     return value
+
+
+def redact_field(name: Any, value: Any, own_fields: frozenset[str] = frozenset()) -> Any:
+    """The value of the field ``name`` as it may be shown: :data:`REDACTED` if the name is sensitive, else
+    :func:`redact`; a field of ``own_fields`` (an envelope's own: see :func:`redact_envelope`) is searched as
+    the envelope."""
+    if name in own_fields:
+        return redact_envelope(value, own_fields)
+    return REDACTED if isinstance(name, str) and is_sensitive(name) and value is not None else redact(value)
 
 
 def redact_envelope(value: Any, own_fields: frozenset[str]) -> Any:
@@ -145,12 +151,7 @@ def redact_envelope(value: Any, own_fields: frozenset[str]) -> Any:
     thread's status); it is searched as an envelope in turn. Every other field holds journey values and gets
     :func:`redact`. Names that say secret and secret-looking strings are redacted everywhere."""
     if isinstance(value, Mapping):
-        return {
-            key: redact_envelope(item, own_fields)
-            if key in own_fields
-            else (REDACTED if isinstance(key, str) and is_sensitive(key) and item is not None else redact(item))
-            for key, item in value.items()
-        }
+        return {key: redact_field(key, item, own_fields) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [redact_envelope(item, own_fields) for item in value]
     return redact(value)
