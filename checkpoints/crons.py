@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, delete, func, insert, select, update
+from sqlalchemy import Executable, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
@@ -28,6 +28,25 @@ from checkpoints.schema.tables import process_timers, server_crons
 from nodes.timer import TimerDefinition
 
 CRON_PURPOSE = "cron"
+_ARMED = ("scheduled", "firing")  # a timer that may still fire
+
+
+def _delete_crons(which: Any) -> tuple[Executable, ...]:
+    """Delete the crons ``which`` takes and cancel their timers: the statements, to run in one transaction."""
+    return (
+        update(process_timers)
+        .where(
+            process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(which)),
+            process_timers.c.status.in_(_ARMED),
+        )
+        .values(status="cancelled", claimed_by=None),
+        delete(server_crons).where(which),
+    )
+
+
+# A thread's crons go with it (as on the Agent Server): statements of the thread's delete, run in its
+# transaction (checkpoints.runs.RunStore.delete_thread), bound from ``p_thread_id``.
+DELETE_THREAD_CRONS = _delete_crons(server_crons.c.thread_id == bindparam("p_thread_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +194,13 @@ class CronStore:
             await conn.execute(delete(server_crons).where(server_crons.c.cron_id == cron_id))
         return True
 
+    async def delete_of_assistant(self, assistant_id: str) -> None:
+        """Delete the assistant's crons and cancel their timers (the assistant is deleted: as on the Agent
+        Server, its crons go with it)."""
+        async with self._engine.begin() as conn:
+            for statement in _delete_crons(server_crons.c.assistant_id == assistant_id):
+                await conn.execute(statement)
+
     async def search(
         self,
         where: CronFilter,
@@ -188,7 +214,7 @@ class CronStore:
     ) -> list[CronRow]:
         """The crons ``viewer`` may see (None: all) that ``where`` takes, in order, one page."""
         c, t = server_crons.c, process_timers.c
-        armed = (t.timer_id == c.timer_id) & t.status.in_(("scheduled", "firing"))
+        armed = (t.timer_id == c.timer_id) & t.status.in_(_ARMED)
         statement = select(*server_crons.c, t.due_at.label("next_run_date")).select_from(
             server_crons.outerjoin(process_timers, armed)
         )

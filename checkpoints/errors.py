@@ -82,6 +82,12 @@ class ThreadBusyError(JourneyError):
     category = "conflict"
 
 
+class ThreadNotFoundError(JourneyError):
+    """No such thread (deleted, maybe a moment ago): a run cannot be queued on it."""
+
+    category = "not_found"
+
+
 class UnsupportedMultitaskStrategyError(JourneyError):
     """The run's multitask strategy is not one this store supports."""
 

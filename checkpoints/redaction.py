@@ -10,9 +10,10 @@
 
 It is the one redaction mechanism, applied wherever values leave the journey for people: the event log,
 logs, API responses and streams, span attributes and the exceptions spans record, and metric label values
-(:func:`redact_label`, which also cuts them short). Journey state and the inputs of runs
-are not redacted, so a value the journey needs still reaches its agents (encrypt those at rest instead:
-see :mod:`checkpoints.savers`).
+(:func:`redact_label`, which also cuts them short). An API answer goes through :func:`redact_envelope`: a
+spec's marks apply to the journey values it carries, never to the answer's own fields. Journey state and the
+inputs of runs are not redacted, so a value the journey needs still reaches its agents (encrypt those at rest
+instead: see :mod:`checkpoints.savers`).
 """
 
 from __future__ import annotations
@@ -126,10 +127,31 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {
-            key: REDACTED if isinstance(key, str) and is_sensitive(key) and item is not None else redact(item)
-            for key, item in value.items()
-        }
+        return {key: redact_field(key, item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     return value
+
+
+def redact_field(name: Any, value: Any, own_fields: frozenset[str] = frozenset()) -> Any:
+    """The value of the field ``name`` as it may be shown: :data:`REDACTED` if the name is sensitive, else
+    :func:`redact`; a field of ``own_fields`` (an envelope's own: see :func:`redact_envelope`) is searched as
+    the envelope."""
+    if name in own_fields:
+        return redact_envelope(value, own_fields)
+    return REDACTED if isinstance(name, str) and is_sensitive(name) and value is not None else redact(value)
+
+
+def redact_envelope(value: Any, own_fields: frozenset[str]) -> Any:
+    """:func:`redact` for a value that carries journey values inside an envelope of its own: an API answer
+    (ids, status, timestamps, metadata) around a journey's state or a run's input.
+
+    A field named in ``own_fields`` is the envelope's: the marks specs make do not apply to it, as a spec
+    describes journey values, not the protocol (a design marking ``status`` sensitive must not blank every
+    thread's status); it is searched as an envelope in turn. Every other field holds journey values and gets
+    :func:`redact`. Names that say secret and secret-looking strings are redacted everywhere."""
+    if isinstance(value, Mapping):
+        return {key: redact_field(key, item, own_fields) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_envelope(item, own_fields) for item in value]
+    return redact(value)

@@ -20,13 +20,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Executable, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
+from checkpoints.crons import DELETE_THREAD_CRONS
 from checkpoints.encryption import Sealer
-from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
+from checkpoints.errors import (
+    ThreadBusyError,
+    ThreadExistsError,
+    ThreadNotFoundError,
+    UnsupportedMultitaskStrategyError,
+)
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, visible_to
 from checkpoints.schema.tables import server_run_events, server_runs, server_threads
 
@@ -38,6 +44,9 @@ STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 NO_STATE = ""  # a run's base checkpoint when its thread had no state yet (a rollback then clears the thread)
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
+GROUPS = "groups"  # the run option holding the groups of the caller a run acts for
+_SERVER_OPTIONS = frozenset({"graph_id", GROUPS})  # options the server keeps for itself: not in a run's kwargs
+_LEGACY_GROUPS = "_groups"  # where runs stored before GROUPS kept their caller's groups: in their metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +91,20 @@ class RunRow:
     tenant: str | None = None  # with principal: who owns it, and so the journey it starts
     shared_group: str | None = None
     # The Agent Server options it was created with (see RunOptions in server.runs.options): graph_id,
-    # config, context, interrupt_before/after, webhook, not_before, on_completion, checkpoint_id.
+    # config, context, interrupt_before/after, webhook, not_before, on_completion, checkpoint_id; and the
+    # groups of the caller it acts for (GROUPS).
     options: Any = None
 
     @property
     def owner(self) -> Owner | None:
         """Who the run acts for: the owner of what it creates."""
         return Owner(self.principal, self.tenant or DEFAULT_TENANT, self.shared_group) if self.principal else None
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The groups of the caller the run acts for (a user task offered to a group): kept with its options,
+        never in its metadata, which is the client's own."""
+        return tuple((self.options or {}).get(GROUPS, ()))
 
     @property
     def graph_id(self) -> str:
@@ -110,7 +126,7 @@ class RunRow:
                 "command": self.command,
                 "stream_mode": self.stream_modes,
                 "durability": self.durability,
-                **{k: v for k, v in (self.options or {}).items() if k != "graph_id"},
+                **{k: v for k, v in (self.options or {}).items() if k not in _SERVER_OPTIONS},
             },
             "error": self.error,
             "cancel_reason": (self.error or {}).get("cancel_reason") if self.status == "interrupted" else None,
@@ -188,8 +204,9 @@ _active = (_runs.thread_id == bindparam("p_thread_id"), _runs.status.in_(ACTIVE)
 _NEXT_PENDING = select(server_runs).where(*_active).order_by(_runs.created_at, _runs.run_id).limit(1)
 _UNFINISHED = select(server_runs).where(_runs.status.in_(ACTIVE))
 _ACTIVE_COUNT = select(func.count().label("n")).select_from(server_runs).where(*_active)
-# The thread's active runs, its row locked (PostgreSQL) for the rest of the transaction: run creation is
-# serialised per thread, so two "reject" runs cannot both find the thread idle.
+# The thread's active runs, its row locked (PostgreSQL) for the rest of the transaction (no row: no thread):
+# run creation and thread deletion are serialised per thread, so two "reject" runs cannot both find the
+# thread idle, and a run is never queued on a thread being deleted nor left behind by its delete.
 _ACTIVE_LOCKED = (
     select(_ACTIVE_COUNT.scalar_subquery().label("n"))
     .where(_threads.thread_id == bindparam("p_thread_id"))
@@ -278,6 +295,10 @@ class RunStore:
     def _run(self, row: Row) -> RunRow:
         values = {name: row[name] for name in RunRow.__slots__}
         values.update({name: self._sealer.open(values[name]) for name in _SEALED})
+        if _LEGACY_GROUPS in (values["metadata"] or {}):  # stored before its groups moved to its options
+            metadata = dict(values["metadata"])
+            values["options"] = {**(values["options"] or {}), GROUPS: metadata.pop(_LEGACY_GROUPS)}
+            values["metadata"] = metadata
         return RunRow(**values)
 
     # --- threads ------------------------------------------------------------------------------------
@@ -343,9 +364,22 @@ class RunStore:
         await self._backend.write([_SET_THREAD_METADATA], values)
 
     async def delete_thread(self, thread_id: str, *, runs: bool = True) -> None:
-        """The thread, with its runs and their stream chunks (unless ``runs`` is False)."""
-        statements = [_DELETE_THREAD_CHUNKS, _DELETE_THREAD_RUNS, _DELETE_THREAD] if runs else [_DELETE_THREAD]
-        await self._backend.write(statements, {"p_thread_id": thread_id})
+        """The thread and its crons (their timers cancelled), with its runs and their stream chunks. A thread
+        with an active run is refused (:class:`ThreadBusyError`), checked with its row locked, so a run being
+        created at the same moment either comes first (and the delete is refused) or finds no thread.
+
+        ``runs`` False (a run's ``on_completion="delete"``, from that run itself): the runs stay, unchecked."""
+        params = {"p_thread_id": thread_id}
+        async with self._backend.transaction() as tx:
+            if runs:
+                active = await tx.execute(_ACTIVE_LOCKED, params)
+                if active and active[0]["n"]:
+                    raise ThreadBusyError(
+                        f"thread {thread_id!r} has an active run; cancel it first", thread_id=thread_id
+                    )
+            statements: list[Executable] = [_DELETE_THREAD_CHUNKS, _DELETE_THREAD_RUNS] if runs else []
+            for statement in (*statements, *DELETE_THREAD_CRONS, _DELETE_THREAD):
+                await tx.execute(statement, params)
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
         """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
@@ -413,9 +447,11 @@ class RunStore:
         async with self._backend.transaction() as tx:
             if new_thread is not None:  # nothing can be queued on it yet
                 await tx.execute(_INSERT_THREAD, _row_params(new_thread))
-            elif multitask_strategy == "reject":
+            else:
                 active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": run.thread_id})
-                if active and active[0]["n"]:
+                if not active:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
+                    raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+                if multitask_strategy == "reject" and active[0]["n"]:
                     raise ThreadBusyError(
                         f"thread {thread_id!r} already has a pending or running run; wait for it, or create the "
                         "run with multitask_strategy='enqueue'",

@@ -15,12 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from checkpoints.crons import CRON_PURPOSE, CronFilter, CronRow, CronStore
+from checkpoints.errors import ThreadNotFoundError
 from checkpoints.process.timers import Timer
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.runtime import JourneyRuntime
 from nodes.timer import TimerDefinition
 from server.assistants import get_assistant
-from server.runs.store import Enqueue, RunRow, RunStore
+from server.runs.store import GROUPS, Enqueue, RunRow, RunStore
 
 # The payload key of what each firing's run is created with: its graph, and the assistant's config and
 # context under the cron's own (as a run's request would give them; see server.api.runs.assistant_options).
@@ -134,25 +135,29 @@ class CronService:
         if cron is None or not cron.enabled or cron.timer_id != timer.timer_id:
             return False
         payload = cron.payload
-        run = await self.runs.create_run(
-            thread_id=cron.thread_id,  # None: a new thread, created with the run
-            assistant_id=cron.assistant_id,
-            kind="start",
-            input=payload.get("input") or {},
-            command=None,
-            stream_modes=[],
-            # On its thread a firing waits behind the active run instead of being lost.
-            multitask_strategy="enqueue" if cron.thread_id else "reject",
-            metadata={
-                **payload.get("metadata", {}),
-                "cron_id": cron.cron_id,
-                "cron_due_at": timer.due_at.isoformat(),
-                "_groups": list(payload.get("groups", [])),
-            },
-            principal=cron.owned_by() or cron.user_id,  # its runs belong to whoever created the cron
-            enqueue=enqueue,
-            durability=payload.get("durability"),
-            options=payload.get(RUN_OPTIONS),  # None for a cron stored before they were kept: its assistant's graph
-        )
+        try:
+            run = await self.runs.create_run(
+                thread_id=cron.thread_id,  # None: a new thread, created with the run
+                assistant_id=cron.assistant_id,
+                kind="start",
+                input=payload.get("input") or {},
+                command=None,
+                stream_modes=[],
+                # On its thread a firing waits behind the active run instead of being lost.
+                multitask_strategy="enqueue" if cron.thread_id else "reject",
+                metadata={
+                    **payload.get("metadata", {}),
+                    "cron_id": cron.cron_id,
+                    "cron_due_at": timer.due_at.isoformat(),
+                },
+                principal=cron.owned_by() or cron.user_id,  # its runs belong to whoever created the cron
+                enqueue=enqueue,
+                durability=payload.get("durability"),
+                # No graph for a cron stored before run options were kept: its assistant's.
+                options={**(payload.get(RUN_OPTIONS) or {}), GROUPS: list(payload.get("groups", []))},
+            )
+        except ThreadNotFoundError:  # deleted since the cron was read: no run, and the thread stays gone
+            await self.store.delete(cron.cron_id)  # gone with its thread already, unless stored before that was so
+            return False
         await submit(run)
         return True

@@ -20,7 +20,8 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import ExcInfo, Processor
 
-from checkpoints.redaction import REDACTED, is_sensitive, redact
+from checkpoints.redaction import redact_field
+from server.problems import PROTOCOL_FIELDS
 
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS = ("auto", "json", "console")
@@ -48,10 +49,12 @@ def _cut(text: str) -> str:
 
 
 def redacted_values(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A structlog processor: secrets and personal data redacted (:func:`checkpoints.redaction.redact`)."""
+    """A structlog processor: secrets and personal data redacted (:func:`checkpoints.redaction.redact`); a
+    line's own fields (its ids, status: the server's protocol fields) as in an API answer, whatever a spec
+    marks sensitive."""
     for key, value in event.items():
         if key != "exc_info" and not isinstance(value, _SCALARS):
-            event[key] = REDACTED if is_sensitive(key) else redact(value)
+            event[key] = redact_field(key, value, PROTOCOL_FIELDS)
     return event
 
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from checkpoints.errors import ErrorCategory, JourneyError, StoreError
-from checkpoints.redaction import redact
+from checkpoints.redaction import redact, redact_envelope
 
 log = structlog.get_logger("journeys.server")
 PROBLEM_JSON = "application/problem+json"
@@ -40,8 +40,37 @@ TITLES = {
 }
 
 
+# The fields the server's answers own (Agent Server objects, checkpoints, stream envelopes, journey views,
+# problems): a journey spec's ``sensitive`` marks never blank them, whatever names it marks. Any other field is
+# taken for journey values.
+PROTOCOL_FIELDS = frozenset(
+    {
+        *("assistant_id", "graph_id", "thread_id", "run_id", "cron_id", "instance_id", "journey_id", "task_id"),
+        *("status", "created_at", "updated_at", "metadata", "version", "name", "description", "multitask_strategy"),
+        *("cancel_reason", "schedule", "timezone", "end_time", "next_run_date", "on_run_completed", "user_id"),
+        *("checkpoint", "parent_checkpoint", "checkpoint_ns", "checkpoint_id", "next", "tasks", "id", "source"),
+        *("step", "parents", "pattern", "attempt", "type", "event_id", "seq", "method", "params", "namespace"),
+        *("title", "detail", "code", "category", "key"),
+    }
+)
+
+
+def redact_answer(content: Any) -> Any:
+    """An answer of the server (or a stream's envelope) as it may be shown: secrets redacted everywhere, spec
+    marks only in the journey values it carries (:func:`checkpoints.redaction.redact_envelope`)."""
+    return redact_envelope(content, PROTOCOL_FIELDS)
+
+
 class RedactedJSONResponse(JSONResponse):
     """Every JSON answer of the server: secrets and personal data redacted (:mod:`checkpoints.redaction`)."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(redact_answer(content))
+
+
+class JourneyValuesResponse(JSONResponse):
+    """An answer that is a journey's values and nothing else (a run's output): redacted as journey values, so
+    a field the journey's spec marks is blank even where it shares a name with a protocol field."""
 
     def render(self, content: Any) -> bytes:
         return super().render(redact(content))

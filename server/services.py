@@ -5,8 +5,8 @@ Routers call these services; they take no locks and write no graph state themsel
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +156,15 @@ class ServerServices:
         """After the run is committed: the queue takes it (unless it was enqueued in that transaction)."""
         self.queue.submit(run)
 
+    @asynccontextmanager
+    async def thread_control(self, thread_id: str) -> AsyncIterator[None]:
+        """The interrupts and rollbacks of a thread's runs (runs.cancel, and double-texting), one at a time per
+        thread across processes: each reads the thread's runs inside, once the one before it is done, so two
+        at once end as one after the other, never half of each. The store's lock (as a journey's writer
+        takes), on a key of the thread's own: its journey's lock is for its runs to take meanwhile."""
+        async with self.runtime.engine.exclusive(f"runs-of-thread:{thread_id}"):
+            yield
+
     async def cancel(self, run: RunRow) -> None:
         """A queued run is cancelled at once; a running one is stopped, in this process or in a worker.
 
@@ -194,9 +203,9 @@ class ServerServices:
         return cancelled
 
     async def double_text(self, thread_id: str, assistant: Assistant, strategy: str) -> None:
-        """Before a run with ``multitask_strategy`` interrupt or rollback is queued: the thread's active runs
-        are cancelled; with rollback they are also deleted, and the thread's state goes back to the
-        checkpoint the first of them started from (see :meth:`rollback`)."""
+        """Before a run with ``multitask_strategy`` interrupt or rollback is queued (in :meth:`thread_control`,
+        with its queuing): the thread's active runs are cancelled; with rollback they are also deleted, and the
+        thread's state goes back to the checkpoint the first of them started from (see :meth:`rollback`)."""
         active = [r for r in await self.runs.list_runs(thread_id, limit=10_000) if r.status in ACTIVE]
         if strategy == "rollback":
             await self.rollback(thread_id, assistant, active)
@@ -215,10 +224,11 @@ class ServerServices:
             )
 
     async def rollback(self, thread_id: str, assistant: Assistant, runs: Sequence[RunRow]) -> list[RunRow]:
-        """Cancel ``runs`` (active runs of the thread), delete them, and put the thread's state back at the
-        checkpoint the first of them started from (a fork of it becomes the latest checkpoint); the runs as
-        they ended. For chat threads only: a journey's steps are in its event log and may have acted on the
-        world, which no checkpoint can take back (422). Runs another rollback deleted meanwhile are left out."""
+        """Cancel ``runs`` (active runs of the thread, read in :meth:`thread_control`, which the caller holds),
+        delete them, and put the thread's state back at the checkpoint the first of them started from (a fork
+        of it becomes the latest checkpoint); the runs as they ended. For chat threads only: a journey's steps
+        are in its event log and may have acted on the world, which no checkpoint can take back (422). Runs
+        deleted meanwhile (with their thread, once ended) are left out."""
         self.check_rollback(assistant)
         await self.cancel_many(runs)
         if not runs:
@@ -227,7 +237,7 @@ class ServerServices:
         for run in runs:
             try:
                 ended.append(await wait_for_run(self.runs, self.watch, run.run_id, self.settings.poll_interval))
-            except JourneyNotFoundError:  # a rollback running at the same time deleted it (and put the thread back)
+            except JourneyNotFoundError:  # deleted once it ended (the run, or its thread)
                 continue
         # A run that never noted its base changed nothing: the first that did is where the thread goes back.
         bases = [r.base_checkpoint for r in sorted(ended, key=lambda r: r.created_at) if r.base_checkpoint is not None]
@@ -294,8 +304,8 @@ class ServerServices:
         )
 
     async def delete_assistant(self, caller: Principal, assistant_id: str, *, delete_threads: bool = False) -> None:
-        """The assistant and its versions; with ``delete_threads``, the threads its runs ran on that ``caller``
-        may see too (other people's threads stay)."""
+        """The assistant, its versions and its crons; with ``delete_threads``, the threads its runs ran on that
+        ``caller`` may see too (other people's threads stay)."""
         await self._refuse_system(assistant_id)
         viewer = self.viewer(caller)
         await self.assistant_rows.require(assistant_id, viewer=viewer)
@@ -306,6 +316,7 @@ class ServerServices:
                 except JourneyNotFoundError:
                     continue
         await self.assistant_rows.delete(assistant_id, viewer=viewer)
+        await self.crons.store.delete_of_assistant(assistant_id)
 
     async def _refuse_system(self, assistant_id: str) -> None:
         if assistant_id in registered_patterns():
@@ -392,14 +403,12 @@ class ServerServices:
         return row
 
     async def delete_thread(self, caller: Principal, thread_id: str) -> None:
-        """The thread, its runs and its checkpoints; a thread with an active run is refused. The journey's
-        event log stays: it is the audit trail of what the journey did."""
+        """The thread, its runs, its crons and its checkpoints; a thread with an active run is refused. The
+        journey's event log stays: it is the audit trail of what the journey did."""
         thread = await self.resolve_thread(thread_id, caller)
-        if await self.runs.active_count(thread_id):
-            raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run; cancel it first")
+        await self.runs.delete_thread(thread_id)  # first: refused while a run is active, its crons with it
         if thread.instance_id is not None:
             await self.runtime.store.saver.adelete_thread(thread.instance_id)
-        await self.runs.delete_thread(thread_id)
 
     async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
         """A new thread with the thread's metadata and checkpoints. Only chat threads (and threads without

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from checkpoints.redaction import redact
 from graphs.structured.steps import INTERRUPT
+from server.problems import redact_answer
 from server.runs.store import ACTIVE, TERMINAL, RunRow
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ def event(seq: int, method: str, data: Any, run_id: str) -> dict[str, Any]:
 
 def frame(item: Mapping[str, Any]) -> bytes:
     """One server-sent event, redacted like every answer of the server (checkpoints.redaction)."""
-    return f"id: {item['seq']}\ndata: {json.dumps(redact(item), default=str)}\n\n".encode()
+    return f"id: {item['seq']}\ndata: {json.dumps(redact_answer(item), default=str)}\n\n".encode()
 
 
 async def _first_of(events: list[asyncio.Event], poll: float) -> None:

@@ -29,6 +29,7 @@ STATUS_BY_CODE = {
             "JourneyNotFoundError",
             "ProcessInstanceNotFoundError",
             "TaskNotFoundError",
+            "ThreadNotFoundError",
             "UnknownAreaError",
             "UnknownProcessError",
             "UnknownTemplateError",

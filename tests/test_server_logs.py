@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from agents import AgentRequest
+from checkpoints.redaction import REDACTED, mark_sensitive
 from graphs import JourneyRuntime
 from nodes.telemetry import trace_id_of
 from server.logs import MAX_TRACEBACK_LINES, MAX_VALUE_CHARS, chosen_format, configure_logging
@@ -150,3 +151,17 @@ async def test_every_line_of_a_run_carries_its_journey_context(
         assert (line["run_id"], line["node"], line["intent"]) == (run.run_id, "upload_content", "upload_content")
         assert line["trace_id"] == trace_id_of(instance_id) and line["pattern"] == "structured"
         assert line["files"] == 2 and line["level"] == "info"
+
+
+@pytest.mark.usefixtures("json_logs")
+def test_a_specs_sensitive_marks_spare_a_log_lines_own_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """A design marking the names the server logs by (thread_id, status) blanks them inside the journey values
+    a line carries, not the line's own fields, which every operator greps for."""
+    mark_sensitive(["thread_id", "status"])
+    structlog.get_logger("journeys.runs").info(
+        "run finished", thread_id="t-1", status="success", context={"status": "vip", "token": SECRET}
+    )
+    [line] = capsys.readouterr().out.splitlines()
+    event = json.loads(line)
+    assert (event["thread_id"], event["status"]) == ("t-1", "success")
+    assert event["context"] == repr({"status": REDACTED, "token": REDACTED})  # a value is shown by its repr

@@ -11,6 +11,7 @@ first of them found it (chat threads only).
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -24,10 +25,10 @@ from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
 from server.models import MAX_INT, BatchRunCreate, CancelMany, RunCreate, RunOut, StatelessRunCreate
-from server.problems import ApiError
+from server.problems import ApiError, JourneyValuesResponse
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, run_events
-from server.runs.store import ACTIVE, TERMINAL, RunRow, ThreadRow
+from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
 from server.runs.watch import until_finished, wait_for_run
 from server.services import ResolvedAssistant, ServerServices, services
 
@@ -64,28 +65,31 @@ async def create_run(
             f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps are in their event log: "
             "a run cannot go on from an earlier checkpoint (chat threads can)",
         )
-    if row is not None and body.multitask_strategy in ("interrupt", "rollback"):
-        await svc.double_text(row.thread_id, assistant, body.multitask_strategy)
-    kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
     modes: list[str] = []
     if streaming or body.stream_mode is not None:  # a background run records its chunks for join_stream
         chosen = body.stream_mode or "values"
         modes = [chosen] if isinstance(chosen, str) else list(chosen)
-    run = await svc.runs.create_run(
-        thread_id=row.thread_id if row else None,  # None: a new thread, created with the run
-        assistant_id=resolved.assistant_id,
-        kind=kind,
-        input=body.input,
-        command={"resume": body.command.resume} if kind == "resume" and body.command else None,
-        stream_modes=modes,
-        multitask_strategy=body.multitask_strategy,
-        metadata={**body.metadata, "_groups": list(caller.groups)},
-        principal=svc.owner(caller),
-        enqueue=svc.queue.enqueue,
-        durability=body.durability,
-        options=run_options(svc, resolved, body),
-        run_id=run_id,
-    )
+    double_text = row is not None and body.multitask_strategy in ("interrupt", "rollback")
+    # Taking over a thread's runs and queuing the new one is one turn of the thread's control.
+    async with svc.thread_control(row.thread_id) if row is not None and double_text else nullcontext():
+        if row is not None and double_text:
+            await svc.double_text(row.thread_id, assistant, body.multitask_strategy)
+        kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
+        run = await svc.runs.create_run(
+            thread_id=row.thread_id if row else None,  # None: a new thread, created with the run
+            assistant_id=resolved.assistant_id,
+            kind=kind,
+            input=body.input,
+            command={"resume": body.command.resume} if kind == "resume" and body.command else None,
+            stream_modes=modes,
+            multitask_strategy=body.multitask_strategy,
+            metadata=body.metadata,
+            principal=svc.owner(caller),
+            enqueue=svc.queue.enqueue,
+            durability=body.durability,
+            options=run_options(svc, resolved, body) | {GROUPS: list(caller.groups)},
+            run_id=run_id,
+        )
     svc.submit(run)
     return run
 
@@ -216,7 +220,11 @@ async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Servic
     return (await create_run(svc, None, body, caller, streaming=False)).view()
 
 
-@router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output")
+@router.post(
+    "/threads/{thread_id}/runs/wait",
+    summary="Create a run and wait for its output",
+    response_class=JourneyValuesResponse,
+)
 async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     return await final_output(svc, await _create_and_wait(svc, thread_id, body, caller))
 
@@ -246,22 +254,28 @@ async def cancel_many(
         found = await svc.runs.unfinished()
     found = await svc.visible_runs(caller, found)  # only the caller's own (404-like: others' are not there)
     statuses = ACTIVE if body.status in (None, "all") else (body.status,)
-    chosen = [r for r in found if r.status in statuses and (body.thread_id is None or r.thread_id == body.thread_id)]
-    if action == "rollback":  # per thread, as runs.cancel(action="rollback") does
-        by_thread: dict[str, list[RunRow]] = {}
-        for run in chosen:
-            if run.status in ACTIVE:
-                by_thread.setdefault(run.thread_id, []).append(run)
-        for runs in by_thread.values():  # all refused before any is touched
+    by_thread: dict[str, list[RunRow]] = {}
+    for run in found:
+        if run.status in statuses and (body.thread_id is None or run.thread_id == body.thread_id):
+            by_thread.setdefault(run.thread_id, []).append(run)
+    if action == "rollback":  # all refused before any is touched
+        for runs in by_thread.values():
             svc.check_rollback(get_assistant(runs[0].graph_id))
-        for tid, runs in by_thread.items():
-            await svc.rollback(tid, get_assistant(runs[0].graph_id), runs)
-        return Response(status_code=204)
-    await svc.cancel_many(chosen)
+    for tid, runs in by_thread.items():  # per thread, as runs.cancel does
+        async with svc.thread_control(tid):
+            now = [
+                r for r in [await svc.runs.get_run(r.run_id) for r in runs] if r is not None and r.status in statuses
+            ]
+            if action == "rollback":
+                await svc.rollback(tid, get_assistant(runs[0].graph_id), now)
+            else:
+                await svc.cancel_many(now)
     return Response(status_code=204)
 
 
-@router.post("/runs/wait", summary="Create a run on a new thread and wait for its output")
+@router.post(
+    "/runs/wait", summary="Create a run on a new thread and wait for its output", response_class=JourneyValuesResponse
+)
 async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     return await final_output(svc, await _create_and_wait(svc, None, body, caller))
 
@@ -313,7 +327,11 @@ async def get_run(thread_id: str, run_id: str, caller: Reader, svc: Services) ->
     return (await svc.run(caller, thread_id, run_id)).view()
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run; the thread's values after it")
+@router.get(
+    "/threads/{thread_id}/runs/{run_id}/join",
+    summary="Wait for a run; the thread's values after it",
+    response_class=JourneyValuesResponse,
+)
 async def join_run(thread_id: str, run_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     run = await _wait(svc, await svc.run(caller, thread_id, run_id))
     return await final_output(svc, run)
@@ -338,19 +356,17 @@ async def cancel_run(
     worker executing it) and ends ``interrupted``. ``action=rollback`` also deletes the run and puts the
     thread back where the run found it (chat threads; a journey's is a 422, as for multitask rollback): the
     answer is the run as it ended."""
-    run = await svc.run(caller, thread_id, run_id)
-    if action == "rollback":
-        svc.check_rollback(get_assistant(run.graph_id))
-        if run.status in TERMINAL:
-            raise ApiError(409, "RunNotActive", f"run {run_id!r} is {run.status}: only an active run rolls back")
-        ended = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
-        if not ended:  # another rollback took it first
-            raise JourneyNotFoundError(f"run {run_id!r} was rolled back by another request", run_id=run_id)
-        return ended[0].view()
-    if run.status not in TERMINAL:
-        await svc.cancel(run)
-    if wait:
-        run = await _wait(svc, run)
-    current = await svc.runs.get_run(run_id)
-    assert current is not None
-    return current.view()
+    async with svc.thread_control(thread_id):  # read inside: an interrupt or rollback before may have ended it
+        run = await svc.run(caller, thread_id, run_id)
+        if action == "rollback":
+            svc.check_rollback(get_assistant(run.graph_id))
+            if run.status in TERMINAL:
+                raise ApiError(409, "RunNotActive", f"run {run_id!r} is {run.status}: only an active run rolls back")
+            ended = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
+        else:
+            if run.status not in TERMINAL:
+                await svc.cancel(run)
+            ended = [await _wait(svc, run) if wait else await svc.run(caller, thread_id, run_id)]
+    if not ended:  # deleted while it ended (the thread or the run deleted once it had)
+        raise JourneyNotFoundError(f"run {run_id!r} is gone", run_id=run_id)
+    return ended[0].view()

@@ -261,7 +261,7 @@ class RunExecutor:
             await self._interrupted(run_id)
             return await self.runs.get_run(run_id)
         principal = run.principal or "local"
-        groups = tuple(run.metadata.get("_groups", ()))
+        groups = run.groups
         assistant = get_assistant(run.graph_id)
         seq = await self.runs.last_seq(run_id) if run.stream_modes else 0  # a retried run streams on
 

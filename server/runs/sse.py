@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from checkpoints.redaction import redact
+from server.problems import redact_answer
 from server.runs.store import TERMINAL, RunRow
 from server.runs.watch import next_change
 
@@ -50,7 +51,13 @@ async def run_events(svc: ServerServices, run: RunRow, after: int | None = None)
             await next_change(changed, svc.settings.poll_interval)
 
 
+# The events whose data is the server's own (a stream's opening, its end, an error, the run's checkpoints and
+# tasks): redacted as an answer. Every other mode's chunk (values, updates, custom, messages) is journey values.
+ENVELOPE_EVENTS = frozenset({"metadata", "end", "error", "checkpoints", "tasks", "debug", "events"})
+
+
 def frame(event: str, data: Any, number: int | None = None) -> bytes:
     """One server-sent event; its data redacted like every answer of the server (checkpoints.redaction)."""
     head = f"id: {number}\n" if number is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(redact(data), default=str)}\n\n".encode()
+    shown = redact_answer(data) if event.split("|")[0] in ENVELOPE_EVENTS else redact(data)
+    return f"{head}event: {event}\ndata: {json.dumps(shown, default=str)}\n\n".encode()

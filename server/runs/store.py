@@ -14,10 +14,31 @@ from typing import Any
 from checkpoints import runs as records
 from checkpoints.errors import ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
 from checkpoints.ownership import Owner
-from checkpoints.runs import ACTIVE, NO_STATE, RUN_CHANNEL, STRATEGIES, TERMINAL, Enqueue, RunRow, ThreadRow
+from checkpoints.runs import (
+    ACTIVE,
+    GROUPS,
+    NO_STATE,
+    RUN_CHANNEL,
+    STRATEGIES,
+    TERMINAL,
+    Enqueue,
+    RunRow,
+    ThreadRow,
+)
 from server.problems import ApiError
 
-__all__ = ["ACTIVE", "NO_STATE", "RUN_CHANNEL", "STRATEGIES", "TERMINAL", "Enqueue", "RunRow", "RunStore", "ThreadRow"]
+__all__ = [
+    "ACTIVE",
+    "GROUPS",
+    "NO_STATE",
+    "RUN_CHANNEL",
+    "STRATEGIES",
+    "TERMINAL",
+    "Enqueue",
+    "RunRow",
+    "RunStore",
+    "ThreadRow",
+]
 
 _PROBLEMS: dict[type[Exception], tuple[int, str]] = {
     ThreadExistsError: (409, "ThreadExists"),
@@ -52,3 +73,7 @@ class RunStore(records.RunStore):
     async def create_run(self, **options: Any) -> RunRow:
         with _as_problem():
             return await super().create_run(**options)
+
+    async def delete_thread(self, thread_id: str, *, runs: bool = True) -> None:
+        with _as_problem():
+            await super().delete_thread(thread_id, runs=runs)
