@@ -71,6 +71,10 @@ class NothingToRetryError(InvalidMoveError):
     """No step of this journey has failed, so there is nothing to retry."""
 
 
+class DeadlineExceededError(InvalidMoveError):
+    """The journey's whole-run deadline has passed: nothing of it runs again (a retry is refused)."""
+
+
 class UnknownAreaError(JourneyError):
     """The session has no such area."""
 
