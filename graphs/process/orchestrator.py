@@ -18,13 +18,13 @@ pass) delivers resolutions that were not consumed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import jsonschema
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, Interrupt, StateSnapshot
 
 from agents.deterministic import EchoAgent
 from checkpoints.errors import CheckpointsDeletedError, JourneyError
@@ -71,6 +71,25 @@ from nodes.waits import take_buffered
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
 MEASURED = ("task.completed", "map.item_completed")
+
+
+def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
+    """The interrupts the thread is parked on, each with the id of its wait."""
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            if isinstance(pending.value, Mapping) and pending.value.get("wait_id") is not None:
+                yield pending, str(pending.value["wait_id"])
+
+
+def failed_element(snapshot: StateSnapshot) -> str | None:
+    """The element that failed. In a parallel branch (its state read with ``subgraphs=True``) that is the
+    branch's failed element, not the branch; a sibling branch the failure cancelled is not it."""
+    errored = [task for task in snapshot.tasks if task.error is not None]
+    failed = next((t for t in errored if type(t.error).__name__ != "CancelledError"), errored[0] if errored else None)
+    if failed is None:
+        return None
+    inner = failed_element(failed.state) if isinstance(failed.state, StateSnapshot) else None
+    return inner or failed.name
 
 
 class ProcessOrchestrator:
@@ -332,7 +351,7 @@ class ProcessOrchestrator:
                     return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
                 went_through = await self.run(graph, instance_id, initial, run_options, spec=spec)
-                snapshot = await graph.aget_state(self.engine.config(instance_id))
+                snapshot = await self._with_branches(graph, instance_id)
         except ExistingStart as existing:
             return await self.status(existing.instance_id)
         status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
@@ -463,17 +482,21 @@ class ProcessOrchestrator:
         instance_id: str,
         wait_id: str,
         *,
-        finish: bool = True,
+        consumed: list[str] | None = None,
         instance: Instance | None = None,
         run_options: RunOptions = DEFAULT_RUN,
     ) -> bool:
-        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there, or
-        nothing to deliver (the resolution was consumed, or cancelled with its instance).
+        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there,
+        nothing to deliver (the resolution was consumed, or cancelled with its instance), or held (below).
 
         The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
-        a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
-        to the caller (the scheduler marks a whole batch at once). ``instance``: its index row, if the
-        caller has read it already (the scheduler reads a batch's in one query).
+        a resolution stays deliverable until it has certainly been consumed. ``consumed``: a list to add the
+        wait to instead, for the caller to mark (the scheduler marks a whole batch at once). ``instance``: its
+        index row, if the caller has read it already (the scheduler reads a batch's in one query).
+
+        While another element of the instance stands failed (in a parallel branch), the resolution is held:
+        resuming the thread would run that element again (LangGraph re-runs a failed task with any resume),
+        so it stays stored, and :meth:`retry` delivers it along with the failed element's new attempt.
 
         The instance and its graph may be read before its lock: its wait is answered already, and a
         migration never moves a wait whose answer is undelivered (it is refused, or rolled back), so the
@@ -482,24 +505,20 @@ class ProcessOrchestrator:
         _instance, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.settled(graph, instance_id, run_options)
-            pending = next(
-                (
-                    i
-                    for t in snapshot.tasks
-                    for i in t.interrupts
-                    if isinstance(i.value, Mapping) and i.value.get("wait_id") == wait_id
-                ),
-                None,
-            )
+            pending = next((i for i, parked_on in parked(snapshot) if parked_on == wait_id), None)
             if pending is not None:
+                if failed_task(snapshot) is not None:
+                    return False  # held for the retry
                 # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
                 # checkpoint parked there, but its undelivered answer was cancelled with it.
                 resolution = await self.services.waits.delivery(wait_id)
                 if resolution is None:
                     return False
                 await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options, spec=spec)
-            if finish:
+            if consumed is None:
                 await self.services.waits.finish([wait_id])
+            else:
+                consumed.append(wait_id)
         return pending is not None
 
     async def migrate(
@@ -518,11 +537,17 @@ class ProcessOrchestrator:
                 await settle_migration(self.migrations, instance_id, started_before=started_before)
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
-        """Run a failed node again (its agent may have recovered)."""
+        """Run a failed node again (its agent may have recovered), delivering with it the answers that reached
+        the instance's other waits while it stood failed (see :meth:`deliver`)."""
         async with self.locked(instance_id) as (_instance, _deployment, spec, graph):
             if await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False) is None:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
-            await self.run(graph, instance_id, None, spec=spec)
+            held: dict[str, Any] = {}
+            for pending, wait_id in parked(await graph.aget_state(self.engine.config(instance_id))):
+                if (resolution := await self.services.waits.delivery(wait_id)) is not None:
+                    held[wait_id] = (pending.id, resolution)
+            await self.run(graph, instance_id, Command(resume=dict(held.values())) if held else None, spec=spec)
+            await self.services.waits.finish(list(held))
         return await self.status(instance_id)
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
@@ -655,17 +680,26 @@ class ProcessOrchestrator:
 
     async def status(self, instance_id: str) -> dict[str, Any]:
         async with self.locked(instance_id) as (_instance, deployment, spec, graph):
-            snapshot = await self.settled(graph, instance_id)
+            snapshot = await self._with_branches(graph, instance_id, await self.settled(graph, instance_id))
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
         if spec.evaluation is not None:
             view["evaluation"] = await self._designs.instances.evaluation.verdict(instance_id)
         return view
 
+    async def _with_branches(
+        self, graph: Graph, instance_id: str, snapshot: StateSnapshot | None = None
+    ) -> StateSnapshot:
+        """The thread's state (``snapshot``, if read already), read with its parallel branches when a task
+        failed, so that the view names the element that failed in a branch rather than the branch."""
+        config = self.engine.config(instance_id)
+        snapshot = snapshot or await graph.aget_state(config)
+        return snapshot if failed_task(snapshot) is None else await graph.aget_state(config, subgraphs=True)
+
     @staticmethod
     def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
         state = cast(dict[str, Any], snapshot.values)
-        failed = failed_task(snapshot)
+        failed = failed_element(snapshot)
         waiting = [dict(i.value) for t in snapshot.tasks for i in t.interrupts if isinstance(i.value, Mapping)]
         status = instance.status
         if failed and status not in FINISHED:
