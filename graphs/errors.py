@@ -234,6 +234,12 @@ class UnmatchedMessageError(JourneyError):
     category: ClassVar[ErrorCategory] = "not_found"
 
 
+class MessageIdConflictError(JourneyError):
+    """This message id was sent with another message (name, correlation key or payload) within its window."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
 class MigrationRefusedError(JourneyError):
     """The migration plan does not cover where the instance waits; nothing was changed."""
 

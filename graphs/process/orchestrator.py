@@ -18,6 +18,7 @@ pass) delivers resolutions that were not consumed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ import jsonschema
 from langgraph.types import Command, Interrupt, StateSnapshot
 
 from agents.deterministic import EchoAgent
-from checkpoints.errors import CheckpointsDeletedError, JourneyError
+from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment, DeploymentStore
@@ -37,6 +38,7 @@ from checkpoints.values import check_value
 from graphs.errors import (
     EvaluatorError,
     InvalidInputError,
+    MessageIdConflictError,
     MigrationInProgressError,
     ProcessInstanceNotFoundError,
     ProcessStateError,
@@ -69,6 +71,9 @@ from nodes.variables import assign, values
 from nodes.waits import take_buffered
 
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
+# How long a sent message's id answers a repeat (as a start key's default window does), and its longest form.
+MESSAGE_ID_WINDOW = timedelta(hours=24)
+MESSAGE_ID = 100
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
 MEASURED = ("task.completed", "map.item_completed")
 
@@ -596,6 +601,7 @@ class ProcessOrchestrator:
         payload: Mapping[str, Any] | None = None,
         *,
         ttl: timedelta | None = DEFAULT_MESSAGE_TTL,
+        message_id: str | None = None,
     ) -> dict[str, Any]:
         """Deliver a message to every instance waiting for (``name``, ``correlation_key``), and start an
         instance of every process with a message start for ``name``.
@@ -603,6 +609,12 @@ class ProcessOrchestrator:
         A message that matches neither is buffered for ``ttl`` (default one hour): a wait armed for it
         within that time takes it. With ``ttl=None`` (or zero) it is refused with
         :class:`UnmatchedMessageError` instead, and nothing is kept.
+
+        ``message_id`` (the sender's id for this message, as Camunda's ``messageId``): a send of the same
+        message with the same id within :data:`MESSAGE_ID_WINDOW` answers as the first did and changes
+        nothing, so a sender may retry safely. The same id with another message is refused with
+        :class:`MessageIdConflictError`; while the first send is still under way, a repeat gets
+        :class:`ConcurrentUpdateError` (try again shortly).
         """
         if not isinstance(name, str) or not name:
             raise InvalidInputError("a message needs a non-empty name")
@@ -610,10 +622,46 @@ class ProcessOrchestrator:
             raise InvalidInputError("a message needs a correlation key (a string)")
         if payload is not None and not isinstance(payload, Mapping):
             raise InvalidInputError(f"a message payload must be a mapping, got {type(payload).__name__}")
+        if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MESSAGE_ID):
+            raise InvalidInputError(f"a message id must be a string of 1 to {MESSAGE_ID} characters")
         check_value(name, "name")
         check_value(correlation_key, "correlation_key")
         check_value(dict(payload or {}), "payload")
-        key, body = str(correlation_key), dict(payload or {})
+        if message_id is not None:
+            check_value(message_id, "message_id")
+        key, body = str(correlation_key), json.loads(json.dumps(dict(payload or {})))  # as the database keeps it
+        if message_id is None:
+            return await self._send(name, key, body, ttl, None)
+        earlier = await self.services.messages.claim_id(message_id, name, key, body, MESSAGE_ID_WINDOW)
+        if earlier is not None:
+            if (earlier.name, earlier.correlation_key, earlier.payload) != (name, key, body):
+                raise MessageIdConflictError(
+                    f"message id {message_id!r} was sent with another message ({earlier.name!r}, "
+                    f"{earlier.correlation_key!r}); give a new message a new id",
+                    message_id=message_id,
+                )
+            if earlier.outcome is not None:
+                return earlier.outcome
+            # Its send is under way, or its sender died mid-way (its claim is older than a lease): take it over.
+            stale = earlier.claimed_at <= self.clock.now() - DEFAULT_LEASE
+            if not stale or not await self.services.messages.take_over_id(earlier):
+                raise ConcurrentUpdateError(
+                    f"message {message_id!r} is being sent right now; try again shortly", message_id=message_id
+                )
+        try:
+            outcome = await self._send(name, key, body, ttl, message_id)
+        except UnmatchedMessageError:  # refused, nothing kept: the id is free again
+            await self.services.messages.settle_id(message_id, None)
+            raise
+        await self.services.messages.settle_id(message_id, outcome)
+        return outcome
+
+    async def _send(
+        self, name: str, key: str, body: dict[str, Any], ttl: timedelta | None, message_id: str | None
+    ) -> dict[str, Any]:
+        """:meth:`send_message`, its input checked. With ``message_id`` every step is keyed by it, so a send
+        taken over after its sender died repeats none of them: a wait is resolved once, an instance it
+        starts has a start key from it, and it is buffered under that id."""
         received_at = self.clock.now().isoformat()
         won = []
         for subscription in await self.services.messages.waiting(name, key):
@@ -624,6 +672,7 @@ class ProcessOrchestrator:
                 "correlation_key": key,
                 "payload": body,
                 "received_at": received_at,
+                **({"message_id": message_id} if message_id is not None else {}),
             }
             if await self.services.waits.resolve(
                 subscription.wait_id,
@@ -634,7 +683,7 @@ class ProcessOrchestrator:
                 won.append(subscription)
         for subscription in won:
             await self.deliver(subscription.instance_id, subscription.wait_id)
-        started = [view["instance_id"] for view in await self._start_on_message(name, key, body)]
+        started = [view["instance_id"] for view in await self._start_on_message(name, key, body, message_id)]
         correlated = sorted({s.instance_id for s in won})
         if correlated or started:
             return {"correlated": correlated, "started": started, "buffered": None}
@@ -644,7 +693,7 @@ class ProcessOrchestrator:
                 message_name=name,
                 correlation_key=key,
             )
-        buffered = await self.services.messages.buffer(new_id("msg"), name, key, body, ttl)
+        buffered = await self.services.messages.buffer(message_id or new_id("msg"), name, key, body, ttl)
         # A wait armed since the look-up above looked for a buffered message before this one was kept, so it
         # is looked for again now that it is: of an arm and a send, the later to commit sees the other's row.
         for subscription in await self.services.messages.waiting(name, key):
@@ -665,7 +714,9 @@ class ProcessOrchestrator:
             "expires_at": buffered.expires_at.isoformat(),
         }
 
-    async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _start_on_message(
+        self, message: str, key: str, payload: dict[str, Any], message_id: str | None
+    ) -> list[dict[str, Any]]:
         views = []
         for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
             deployment, spec = await self.routed(name, key)
@@ -673,7 +724,12 @@ class ProcessOrchestrator:
             if start is None:  # the version the rollout picked does not start on this message
                 continue
             variables = {**payload, **({start.correlation: key} if start.correlation else {})}
-            views.append(await self.start(name, key, variables, version=deployment.version, start_event=start.id))
+            start_key = None if message_id is None else f"message:{message_id}:{name}"
+            views.append(
+                await self.start(
+                    name, key, variables, version=deployment.version, start_event=start.id, start_key=start_key
+                )
+            )
         return views
 
     # --- views -------------------------------------------------------------------------------------
