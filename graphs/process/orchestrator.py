@@ -73,7 +73,7 @@ from nodes.waits import take_buffered
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
 # How long a sent message's id answers a repeat (as a start key's default window does), and its longest form.
 MESSAGE_ID_WINDOW = timedelta(hours=24)
-MESSAGE_ID = 100
+MESSAGE_ID_CHARS = 100
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
 MEASURED = ("task.completed", "map.item_completed")
 
@@ -622,8 +622,8 @@ class ProcessOrchestrator:
             raise InvalidInputError("a message needs a correlation key (a string)")
         if payload is not None and not isinstance(payload, Mapping):
             raise InvalidInputError(f"a message payload must be a mapping, got {type(payload).__name__}")
-        if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MESSAGE_ID):
-            raise InvalidInputError(f"a message id must be a string of 1 to {MESSAGE_ID} characters")
+        if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MESSAGE_ID_CHARS):
+            raise InvalidInputError(f"a message id must be a string of 1 to {MESSAGE_ID_CHARS} characters")
         check_value(name, "name")
         check_value(correlation_key, "correlation_key")
         check_value(dict(payload or {}), "payload")
