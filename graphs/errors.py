@@ -71,6 +71,10 @@ class NothingToRetryError(InvalidMoveError):
     """No step of this journey has failed, so there is nothing to retry."""
 
 
+class DeadlineExceededError(InvalidMoveError):
+    """The journey's whole-run deadline has passed: nothing of it runs again (a retry is refused)."""
+
+
 class UnknownAreaError(JourneyError):
     """The session has no such area."""
 
@@ -228,6 +232,12 @@ class UnmatchedMessageError(JourneyError):
     """No instance waits for this message and no process starts on it (and it was not to be buffered)."""
 
     category: ClassVar[ErrorCategory] = "not_found"
+
+
+class MessageIdConflictError(JourneyError):
+    """This message id was sent with another message (name, correlation key or payload) within its window."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
 
 
 class MigrationRefusedError(JourneyError):

@@ -70,6 +70,19 @@ class Calls:
     def register(self, rt: JourneyRuntime, intent: str, output: Any = None) -> None:
         rt.agents.register(intent, self.agent(intent, output), replace=True)
 
+    def flaky(self, rt: JourneyRuntime, intent: str, output: Mapping[str, Any] | None = None) -> dict[str, bool]:
+        """Register an agent for ``intent`` that fails at once (a permanent error: no retries) while the
+        returned switch's ``"down"`` is true, and answers ``output`` once it is set false."""
+        switch = {"down": True}
+        failing, working = self.failing(intent), self.agent(intent, output)
+
+        def call(request: AgentRequest) -> Mapping[str, Any]:
+            return failing(request) if switch["down"] else working(request)
+
+        call.__name__ = intent
+        rt.agents.register(intent, call, replace=True)
+        return switch
+
 
 async def table_dump(rt: JourneyRuntime) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the tables a process operation can touch, for before/after comparisons."""

@@ -4,17 +4,24 @@ Every test runs on memory, SQLite and Postgres, on a virtual clock."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import delete
 
+from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.schema.migrations import migrate
 from checkpoints.schema.tables import process_message_starts, schema_migrations
 from graphs import InvalidInputError
-from graphs.errors import UnmatchedMessageError
+from graphs.errors import MessageIdConflictError, UnmatchedMessageError
+from graphs.process.orchestrator import MESSAGE_ID_WINDOW
+from server.app import create_app
+from server.settings import Settings
 from tests.process_support import Calls, linear, payment_spec, runtime, table_dump, virtual_clock, waiting_elements
+from tests.server_support import serving
 
 
 async def test_a_message_resumes_every_instance_waiting_for_its_key_and_no_other(store_url: str) -> None:
@@ -182,3 +189,154 @@ async def test_a_resolution_left_undelivered_is_delivered_by_the_next_scheduler_
         assert done["status"] == "completed" and done["variables"]["amount"] == 3
         assert (await rt.processes.services.waits.get(subscription.wait_id)).status == "done"  # type: ignore[union-attr]
         assert (await rt.processes.scheduler.run_due()).redelivered == 0
+
+
+# --- message ids: a sender's retry changes nothing ----------------------------------------------------
+
+
+def booked_on_payment() -> dict[str, Any]:
+    """An invoice that waits for its payment, then books it (an agent)."""
+    paid = payment_spec()["elements"][1]
+    return linear("invoice", paid, {"type": "service_task", "id": "book", "agent": "book"})
+
+
+def started_by_order() -> dict[str, Any]:
+    """A process that an ``order.placed`` message starts, and that then ships (an agent)."""
+    return {
+        "name": "fulfilment",
+        "elements": [
+            {"type": "start", "id": "placed", "message": "order.placed"},
+            {"type": "service_task", "id": "ship", "agent": "ship"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["placed -> ship", "ship -> end"],
+    }
+
+
+async def test_a_message_sent_again_with_its_id_answers_as_the_first_did_and_changes_nothing(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "book")
+        calls.register(rt, "ship")
+        await rt.processes.deploy(booked_on_payment())
+        await rt.processes.deploy(started_by_order())
+        waiting = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        sends = [
+            ("payment.received", "INV-1", {"amount": 120}, "pay-1"),  # correlated to the waiting invoice
+            ("order.placed", "ORD-1", {"items": 3}, "order-1"),  # starts a fulfilment
+            ("payment.received", "INV-2", {"amount": 7}, "pay-2"),  # nobody waits: buffered
+        ]
+        first = [await rt.processes.send_message(n, k, p, message_id=i) for n, k, p, i in sends]
+        assert first[0]["correlated"] == [waiting["instance_id"]] and len(first[1]["started"]) == 1
+        assert first[2]["buffered"] == "pay-2"
+        assert sorted(calls.intents()) == ["book", "ship"]
+
+        before = await table_dump(rt)
+        again = [await rt.processes.send_message(n, k, p, message_id=i) for n, k, p, i in sends]
+        assert again == first
+        assert await table_dump(rt) == before  # nothing resumed, started or buffered twice
+        assert sorted(calls.intents()) == ["book", "ship"]
+
+        # The buffered one is taken once, by the next wait for it.
+        taker = await rt.processes.start("invoice", "cust-2", {"invoice_no": "INV-2"})
+        assert taker["status"] == "completed" and taker["variables"]["amount"] == 7
+        assert (
+            await rt.processes.send_message("payment.received", "INV-2", {"amount": 7}, message_id="pay-2") == first[2]
+        )
+        late = await rt.processes.start("invoice", "cust-3", {"invoice_no": "INV-2"})
+        assert waiting_elements(late) == ["paid"]
+
+
+async def test_a_message_id_sent_with_another_message_is_refused_and_changes_nothing(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "book")
+        await rt.processes.deploy(booked_on_payment())
+        await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        await rt.processes.start("invoice", "cust-2", {"invoice_no": "INV-2"})
+        await rt.processes.send_message("payment.received", "INV-1", {"amount": 120}, message_id="pay-1")
+        before = await table_dump(rt)
+        for other in (
+            ("payment.received", "INV-1", {"amount": 121}),
+            ("payment.received", "INV-2", {"amount": 120}),
+            ("payment.refunded", "INV-1", {"amount": 120}),
+        ):
+            with pytest.raises(MessageIdConflictError) as refused:
+                await rt.processes.send_message(*other, message_id="pay-1")
+            assert refused.value.category == "invalid" and refused.value.details["message_id"] == "pay-1"
+        for bad in ("", "x" * 101, 7):
+            with pytest.raises(InvalidInputError):
+                await rt.processes.send_message("payment.received", "INV-2", {}, message_id=bad)  # type: ignore[arg-type]
+        assert await table_dump(rt) == before
+        assert calls.intents() == ["book"]
+
+
+async def test_concurrent_sends_of_one_message_id_deliver_it_once(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "book")
+        await rt.processes.deploy(booked_on_payment())
+        waiting = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        results = await asyncio.gather(
+            *(
+                rt.processes.send_message("payment.received", "INV-1", {"amount": 5}, message_id="pay-1")
+                for _ in range(4)
+            ),
+            return_exceptions=True,
+        )
+        answered = {"correlated": [waiting["instance_id"]], "started": [], "buffered": None}
+        assert all(r == answered or isinstance(r, ConcurrentUpdateError) for r in results), results
+        assert answered in results
+        assert calls.intents() == ["book"]  # delivered once: no second resume, nothing buffered for a later wait
+        assert await rt.processes.services.messages.find(name="payment.received") == []
+        again = await rt.processes.send_message("payment.received", "INV-1", {"amount": 5}, message_id="pay-1")
+        assert again == answered
+
+
+async def test_a_send_whose_sender_died_midway_is_taken_over_after_a_lease(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "ship")
+        await rt.processes.deploy(started_by_order())
+        messages = rt.processes.services.messages
+        # A sender claimed the id and died before its send did anything.
+        assert await messages.claim_id("order-1", "order.placed", "ORD-1", {"items": 1}, timedelta(days=1)) is None
+        with pytest.raises(ConcurrentUpdateError):
+            await rt.processes.send_message("order.placed", "ORD-1", {"items": 1}, message_id="order-1")
+        clock.advance(timedelta(minutes=2))
+        sent = await rt.processes.send_message("order.placed", "ORD-1", {"items": 1}, message_id="order-1")
+        assert len(sent["started"]) == 1 and calls.intents() == ["ship"]
+        again = await rt.processes.send_message("order.placed", "ORD-1", {"items": 1}, message_id="order-1")
+        assert again == sent and calls.intents() == ["ship"]
+
+
+async def test_a_message_id_is_remembered_for_its_window_only(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "ship")
+        await rt.processes.deploy(started_by_order())
+        first = await rt.processes.send_message("order.placed", "ORD-1", {}, message_id="order-1")
+        clock.advance(MESSAGE_ID_WINDOW)
+        second = await rt.processes.send_message("order.placed", "ORD-1", {}, message_id="order-1")
+        assert second["started"] != first["started"] and calls.intents() == ["ship", "ship"]
+
+
+async def test_the_message_route_passes_the_message_id_through(sqlite_url: str) -> None:
+    with serving(create_app(Settings(database_url=sqlite_url, auth=False, run_timers=False))) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.post("/processes", json=payment_spec())).status_code == 200
+            started = await http.post(
+                "/processes/invoice/instances", json={"business_key": "cust-1", "variables": {"invoice_no": "INV-1"}}
+            )
+            instance_id = started.json()["instance_id"]
+            message = {"name": "payment.received", "correlation_key": "INV-1", "payload": {"amount": 9}}
+            first = await http.post("/messages", json={**message, "message_id": "pay-1"})
+            again = await http.post("/messages", json={**message, "message_id": "pay-1"})
+            assert first.status_code == again.status_code == 200
+            assert first.json() == again.json() == {"correlated": [instance_id], "started": [], "buffered": None}
+            other = await http.post("/messages", json={**message, "payload": {"amount": 10}, "message_id": "pay-1"})
+            assert (other.status_code, other.json()["code"]) == (422, "MessageIdConflictError")
+            events = (await http.get(f"/journeys/{instance_id}/history")).json()
+            assert [e["type"] for e in events].count("wait.completed") == 1

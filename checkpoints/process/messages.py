@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Executable, insert, select, update
+from sqlalchemy import Executable, delete, insert, null, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.rows import insert_ignore
-from checkpoints.schema.tables import process_messages, process_subscriptions
+from checkpoints.schema.tables import process_message_ids, process_messages, process_subscriptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,19 @@ class BufferedMessage:
     received_at: datetime
     expires_at: datetime
     consumed_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """A message sent with its sender's message id, and what its send answered (None while under way)."""
+
+    message_id: str
+    name: str
+    correlation_key: str
+    payload: dict[str, Any]
+    outcome: dict[str, Any] | None
+    claimed_at: datetime
+    expires_at: datetime
 
 
 class MessageStore:
@@ -93,10 +107,11 @@ class MessageStore:
     ) -> BufferedMessage:
         """Keep a message nobody waits for, for ``ttl``; the message as kept."""
         now = self._clock.now().astimezone(UTC)
-        message = BufferedMessage(message_id, name, key, payload, "buffered", now, now + ttl, None)
         async with self._engine.begin() as conn:
             await conn.execute(
-                insert(process_messages).values(
+                insert_ignore(  # kept before under this id (a send taken over after its sender died): the same
+                    self._engine,
+                    process_messages,
                     message_id=message_id,
                     name=name,
                     correlation_key=key,
@@ -107,7 +122,62 @@ class MessageStore:
                     consumed_by=None,
                 )
             )
-        return message
+            row = (
+                await conn.execute(select(process_messages).where(process_messages.c.message_id == message_id))
+            ).one()
+        return BufferedMessage(**row._mapping)
+
+    async def claim_id(
+        self, message_id: str, name: str, key: str, payload: dict[str, Any], window: timedelta
+    ) -> SentMessage | None:
+        """Claim ``message_id`` for a send of this message for ``window``: None when claimed now, else the
+        message it was claimed for earlier (the unique id decides between concurrent senders)."""
+        m = process_message_ids.c
+        now = self._clock.now().astimezone(UTC)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(process_message_ids).where(m.message_id == message_id, m.expires_at <= now))
+                await conn.execute(
+                    insert(process_message_ids).values(
+                        message_id=message_id,
+                        name=name,
+                        correlation_key=key,
+                        payload=payload,
+                        outcome=null(),  # SQL NULL (a JSON column keeps None as JSON null): under way
+                        claimed_at=now,
+                        expires_at=now + window,
+                    )
+                )
+            return None
+        except IntegrityError:  # claimed before (and not expired): that claim is the answer
+            pass
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(process_message_ids).where(m.message_id == message_id))).one()
+        return SentMessage(**row._mapping)
+
+    async def take_over_id(self, sent: SentMessage) -> bool:
+        """Take over the unfinished send of ``sent`` (its sender died): False if another took it over first."""
+        m = process_message_ids.c
+        now = self._clock.now().astimezone(UTC)
+        async with self._engine.begin() as conn:
+            taken = await conn.execute(
+                update(process_message_ids)
+                .where(m.message_id == sent.message_id, m.outcome.is_(None), m.claimed_at == sent.claimed_at)
+                .values(claimed_at=now)
+            )
+        return int(taken.rowcount) == 1
+
+    async def settle_id(self, message_id: str, outcome: dict[str, Any] | None) -> None:
+        """The send of ``message_id`` is done: ``outcome`` is what a repeat answers. None: it did nothing (it
+        was refused), so the id is released and a repeat is a new send."""
+        m = process_message_ids.c
+        async with self._engine.begin() as conn:
+            if outcome is None:
+                await conn.execute(delete(process_message_ids).where(m.message_id == message_id))
+            else:
+                await conn.execute(
+                    update(process_message_ids).where(m.message_id == message_id).values(outcome=outcome)
+                )
 
     async def oldest_buffered(self, name: str, key: str) -> BufferedMessage | None:
         m = process_messages.c

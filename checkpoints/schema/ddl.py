@@ -1267,3 +1267,22 @@ V21_EVENTS_BY_INSTANCE_NO: DDL = {
         "SELECT setval('journey_events_instance_no', (SELECT max(instance_no) FROM journey_events))",
     ),
 }
+
+# Migration 22: the message ids of sent messages (checkpoints.process.messages), so a repeated send changes nothing.
+V22_MESSAGE_IDS: DDL = {
+    dialect: (
+        f"""\
+CREATE TABLE process_message_ids (
+    message_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    correlation_key VARCHAR(300) NOT NULL,
+    payload {json} NOT NULL,
+    outcome {json},
+    claimed_at {moment} NOT NULL,
+    expires_at {moment} NOT NULL,
+    PRIMARY KEY (message_id)
+)
+""",
+    )
+    for dialect, json, moment in (("sqlite", "JSON", "DATETIME"), ("postgresql", "JSONB", "TIMESTAMP WITH TIME ZONE"))
+}

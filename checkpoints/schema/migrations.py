@@ -95,6 +95,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         21, "events keyed by the instance's number, not its id: smaller rows and indexes", ddl.V21_EVENTS_BY_INSTANCE_NO
     ),
+    Migration(22, "process message ids: a message sent again with its id changes nothing", ddl.V22_MESSAGE_IDS),
 )
 LATEST = MIGRATIONS[-1].version
 

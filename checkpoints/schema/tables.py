@@ -259,6 +259,20 @@ process_messages = Table(
     Index("ix_process_messages_match", "name", "correlation_key", "status"),
 )
 
+# Messages sent with the sender's message id (``send_message(message_id=...)``): what each was and, once its
+# send is done, what it answered, so that a repeat within the window answers the same and changes nothing.
+process_message_ids = Table(
+    "process_message_ids",
+    metadata,
+    Column("message_id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("correlation_key", String(300), nullable=False),
+    Column("payload", JsonType, nullable=False),
+    Column("outcome", JsonType, nullable=True),  # None while its send is under way
+    Column("claimed_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
 # Message start events by message name, written with their deployment, so that send_message finds the
 # processes a message starts by index instead of reading every deployed definition.
 process_message_starts = Table(
@@ -279,6 +293,7 @@ PROCESS_TABLES = (
     user_task_groups,
     process_subscriptions,
     process_messages,
+    process_message_ids,
 )
 
 # --- the HTTP server (Agent Server API subset): threads bound to journey instances, and runs on them.

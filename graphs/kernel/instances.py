@@ -35,7 +35,7 @@ from checkpoints.index import Instance
 from checkpoints.process.timers import TimerStore
 from checkpoints.schema.widths import INSTANCE_USER
 from checkpoints.values import check_value
-from graphs.errors import JourneyNotFoundError
+from graphs.errors import DeadlineExceededError, JourneyNotFoundError
 from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
 from graphs.kernel.evaluation import Evaluation
 from graphs.kernel.flow import (
@@ -204,15 +204,15 @@ class Instances:
         (a queued instance never starts: it fails). False when there was nothing to end."""
         instance = await self.index.get_instance(instance_id)
         kind = None if instance is None else self._kinds.get(instance.pattern)
-        if instance is None or kind is None or kind.expire is None or instance.status in ENDED_STATUSES:
+        if instance is None or kind is None or kind.expire is None:
             return False
         passed = NewEvent(
-            DEADLINE_PASSED, {"deadline": due_at.isoformat(), "on_expiry": on_expiry}, None, f"{instance_id}:deadline"
+            DEADLINE_PASSED, {"deadline": due_at.isoformat(), "on_expiry": on_expiry}, None, passed_key(instance_id)
         )
         graph = await kind.graph(instance)
         async with self.engine.exclusive(instance_id):
             instance = await self.index.get_instance(instance_id)  # read under the lock: it may have ended
-            if instance is None or instance.status in ENDED_STATUSES:
+            if instance is None or not await self._may_run_on(instance, graph):
                 return False
             if instance.status == QUEUED:
                 failed = failure(instance.pattern, "deadline", DEADLINE_FAILURE)
@@ -222,6 +222,17 @@ class Instances:
             else:
                 await kind.expire(instance, graph, on_expiry, passed)
         return True
+
+    async def _may_run_on(self, instance: Instance, graph: Graph) -> bool:
+        """Whether the instance has not ended for good: it is open, or it failed at a task that a retry would run
+        again and its deadline has not expired it yet (a deadline is a fixed moment, which a failure does not
+        hold off)."""
+        instance_id = instance.instance_id
+        if instance.status not in ENDED_STATUSES:
+            return True
+        if instance.status != "failed" or await self.events.find_by_key(instance_id, passed_key(instance_id)):
+            return False
+        return failed_task(await graph.aget_state(self.engine.config(instance_id))) is not None
 
     async def _register(
         self, instance_id: str, design_id: str, pattern: str, user_id: str, first_event: NewEvent, graph: Graph
@@ -304,8 +315,21 @@ class Instances:
         snapshot = await self.engine.settled_state(graph, instance_id) if settle else await graph.aget_state(config)
         failed = failed_task(snapshot)
         if failed is not None:
+            await self._refuse_past_deadline(instance_id)
             await self.events.append(instance_id, [NewEvent(retried, {}, failed)], status="in_progress")
         return failed
+
+    async def _refuse_past_deadline(self, instance_id: str) -> None:
+        """:class:`DeadlineExceededError` once the instance's deadline is due, whether or not a scheduler has
+        fired it yet: nothing of a journey runs after its deadline (Temporal's execution timeout)."""
+        deadline = await self.timers.get(f"deadline:{instance_id}")
+        if deadline is not None and deadline.due_at <= self.engine.store.clock.now():
+            raise DeadlineExceededError(
+                f"the deadline of journey {instance_id!r} passed at {deadline.due_at.isoformat()}: it cannot run again",
+                allowed=[],
+                instance_id=instance_id,
+                deadline=deadline.due_at.isoformat(),
+            )
 
     async def cancel(self, instance_id: str, cancelled: str, reason: str, *, also: Sequence[Any] = ()) -> None:
         """Under ``exclusive``, once the caller has checked that the instance has not finished: log
@@ -485,6 +509,11 @@ class Instances:
             with contextlib.suppress(JourneyError):  # recorded: the instance can be retried
                 await self.advance(graph, instance_id, instance.pattern, value)
         return True
+
+
+def passed_key(instance_id: str) -> str:
+    """The key of the instance's :data:`DEADLINE_PASSED` event: a deadline expires an instance once."""
+    return f"{instance_id}:deadline"
 
 
 def never_checkpointed(snapshot: StateSnapshot) -> bool:

@@ -102,11 +102,12 @@ class Resumer(Protocol):
         instance_id: str,
         wait_id: str,
         *,
-        finish: bool = ...,
+        consumed: list[str] | None = ...,
         instance: Instance | None = ...,
         run_options: RunOptions = ...,
     ) -> bool:
-        """Resume the thread parked on ``wait_id`` with its stored resolution (``finish``: mark it consumed)."""
+        """Resume the thread parked on ``wait_id`` with its stored resolution; once it is consumed, mark it
+        (or add it to ``consumed``, for the caller to mark)."""
         ...
 
     async def status(self, instance_id: str) -> dict[str, Any]: ...

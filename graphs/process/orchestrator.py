@@ -18,16 +18,17 @@ pass) delivers resolutions that were not consumed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import jsonschema
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, Interrupt, StateSnapshot
 
 from agents.deterministic import EchoAgent
-from checkpoints.errors import CheckpointsDeletedError, JourneyError
+from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment, DeploymentStore
@@ -37,6 +38,7 @@ from checkpoints.values import check_value
 from graphs.errors import (
     EvaluatorError,
     InvalidInputError,
+    MessageIdConflictError,
     MigrationInProgressError,
     ProcessInstanceNotFoundError,
     ProcessStateError,
@@ -69,8 +71,30 @@ from nodes.variables import assign, values
 from nodes.waits import take_buffered
 
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
+# How long a sent message's id answers a repeat (as a start key's default window does), and its longest form.
+MESSAGE_ID_WINDOW = timedelta(hours=24)
+MESSAGE_ID_CHARS = 100
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
 MEASURED = ("task.completed", "map.item_completed")
+
+
+def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
+    """The interrupts the thread is parked on, each with the id of its wait."""
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            if isinstance(pending.value, Mapping) and pending.value.get("wait_id") is not None:
+                yield pending, str(pending.value["wait_id"])
+
+
+def failed_element(snapshot: StateSnapshot) -> str | None:
+    """The element that failed. In a parallel branch (its state read with ``subgraphs=True``) that is the
+    branch's failed element, not the branch; a sibling branch the failure cancelled is not it."""
+    errored = [task for task in snapshot.tasks if task.error is not None]
+    failed = next((t for t in errored if type(t.error).__name__ != "CancelledError"), errored[0] if errored else None)
+    if failed is None:
+        return None
+    inner = failed_element(failed.state) if isinstance(failed.state, StateSnapshot) else None
+    return inner or failed.name
 
 
 class ProcessOrchestrator:
@@ -332,7 +356,7 @@ class ProcessOrchestrator:
                     return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
                 went_through = await self.run(graph, instance_id, initial, run_options, spec=spec)
-                snapshot = await graph.aget_state(self.engine.config(instance_id))
+                snapshot = await self._with_branches(graph, instance_id)
         except ExistingStart as existing:
             return await self.status(existing.instance_id)
         status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
@@ -463,17 +487,21 @@ class ProcessOrchestrator:
         instance_id: str,
         wait_id: str,
         *,
-        finish: bool = True,
+        consumed: list[str] | None = None,
         instance: Instance | None = None,
         run_options: RunOptions = DEFAULT_RUN,
     ) -> bool:
-        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there, or
-        nothing to deliver (the resolution was consumed, or cancelled with its instance).
+        """Resume the thread parked on ``wait_id`` with its stored resolution. False: nothing parked there,
+        nothing to deliver (the resolution was consumed, or cancelled with its instance), or held (below).
 
         The wait is marked done once the run has written its checkpoints (or the thread has moved on), so
-        a resolution stays deliverable until it has certainly been consumed. ``finish=False`` leaves that
-        to the caller (the scheduler marks a whole batch at once). ``instance``: its index row, if the
-        caller has read it already (the scheduler reads a batch's in one query).
+        a resolution stays deliverable until it has certainly been consumed. ``consumed``: a list to add the
+        wait to instead, for the caller to mark (the scheduler marks a whole batch at once). ``instance``: its
+        index row, if the caller has read it already (the scheduler reads a batch's in one query).
+
+        While another element of the instance stands failed (in a parallel branch), the resolution is held:
+        resuming the thread would run that element again (LangGraph re-runs a failed task with any resume),
+        so it stays stored, and :meth:`retry` delivers it along with the failed element's new attempt.
 
         The instance and its graph may be read before its lock: its wait is answered already, and a
         migration never moves a wait whose answer is undelivered (it is refused, or rolled back), so the
@@ -482,24 +510,20 @@ class ProcessOrchestrator:
         _instance, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
             snapshot = await self.settled(graph, instance_id, run_options)
-            pending = next(
-                (
-                    i
-                    for t in snapshot.tasks
-                    for i in t.interrupts
-                    if isinstance(i.value, Mapping) and i.value.get("wait_id") == wait_id
-                ),
-                None,
-            )
+            pending = next((i for i, parked_on in parked(snapshot) if parked_on == wait_id), None)
             if pending is not None:
+                if failed_task(snapshot) is not None:
+                    return False  # held for the retry
                 # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
                 # checkpoint parked there, but its undelivered answer was cancelled with it.
                 resolution = await self.services.waits.delivery(wait_id)
                 if resolution is None:
                     return False
                 await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options, spec=spec)
-            if finish:
+            if consumed is None:
                 await self.services.waits.finish([wait_id])
+            else:
+                consumed.append(wait_id)
         return pending is not None
 
     async def migrate(
@@ -518,11 +542,17 @@ class ProcessOrchestrator:
                 await settle_migration(self.migrations, instance_id, started_before=started_before)
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
-        """Run a failed node again (its agent may have recovered)."""
+        """Run a failed node again (its agent may have recovered), delivering with it the answers that reached
+        the instance's other waits while it stood failed (see :meth:`deliver`)."""
         async with self.locked(instance_id) as (_instance, _deployment, spec, graph):
             if await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False) is None:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
-            await self.run(graph, instance_id, None, spec=spec)
+            held: dict[str, Any] = {}
+            for pending, wait_id in parked(await graph.aget_state(self.engine.config(instance_id))):
+                if (resolution := await self.services.waits.delivery(wait_id)) is not None:
+                    held[wait_id] = (pending.id, resolution)
+            await self.run(graph, instance_id, Command(resume=dict(held.values())) if held else None, spec=spec)
+            await self.services.waits.finish(list(held))
         return await self.status(instance_id)
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
@@ -571,6 +601,7 @@ class ProcessOrchestrator:
         payload: Mapping[str, Any] | None = None,
         *,
         ttl: timedelta | None = DEFAULT_MESSAGE_TTL,
+        message_id: str | None = None,
     ) -> dict[str, Any]:
         """Deliver a message to every instance waiting for (``name``, ``correlation_key``), and start an
         instance of every process with a message start for ``name``.
@@ -578,6 +609,12 @@ class ProcessOrchestrator:
         A message that matches neither is buffered for ``ttl`` (default one hour): a wait armed for it
         within that time takes it. With ``ttl=None`` (or zero) it is refused with
         :class:`UnmatchedMessageError` instead, and nothing is kept.
+
+        ``message_id`` (the sender's id for this message, as Camunda's ``messageId``): a send of the same
+        message with the same id within :data:`MESSAGE_ID_WINDOW` answers as the first did and changes
+        nothing, so a sender may retry safely. The same id with another message is refused with
+        :class:`MessageIdConflictError`; while the first send is still under way, a repeat gets
+        :class:`ConcurrentUpdateError` (try again shortly).
         """
         if not isinstance(name, str) or not name:
             raise InvalidInputError("a message needs a non-empty name")
@@ -585,10 +622,46 @@ class ProcessOrchestrator:
             raise InvalidInputError("a message needs a correlation key (a string)")
         if payload is not None and not isinstance(payload, Mapping):
             raise InvalidInputError(f"a message payload must be a mapping, got {type(payload).__name__}")
+        if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MESSAGE_ID_CHARS):
+            raise InvalidInputError(f"a message id must be a string of 1 to {MESSAGE_ID_CHARS} characters")
         check_value(name, "name")
         check_value(correlation_key, "correlation_key")
         check_value(dict(payload or {}), "payload")
-        key, body = str(correlation_key), dict(payload or {})
+        if message_id is not None:
+            check_value(message_id, "message_id")
+        key, body = str(correlation_key), json.loads(json.dumps(dict(payload or {})))  # as the database keeps it
+        if message_id is None:
+            return await self._send(name, key, body, ttl, None)
+        earlier = await self.services.messages.claim_id(message_id, name, key, body, MESSAGE_ID_WINDOW)
+        if earlier is not None:
+            if (earlier.name, earlier.correlation_key, earlier.payload) != (name, key, body):
+                raise MessageIdConflictError(
+                    f"message id {message_id!r} was sent with another message ({earlier.name!r}, "
+                    f"{earlier.correlation_key!r}); give a new message a new id",
+                    message_id=message_id,
+                )
+            if earlier.outcome is not None:
+                return earlier.outcome
+            # Its send is under way, or its sender died mid-way (its claim is older than a lease): take it over.
+            stale = earlier.claimed_at <= self.clock.now() - DEFAULT_LEASE
+            if not stale or not await self.services.messages.take_over_id(earlier):
+                raise ConcurrentUpdateError(
+                    f"message {message_id!r} is being sent right now; try again shortly", message_id=message_id
+                )
+        try:
+            outcome = await self._send(name, key, body, ttl, message_id)
+        except UnmatchedMessageError:  # refused, nothing kept: the id is free again
+            await self.services.messages.settle_id(message_id, None)
+            raise
+        await self.services.messages.settle_id(message_id, outcome)
+        return outcome
+
+    async def _send(
+        self, name: str, key: str, body: dict[str, Any], ttl: timedelta | None, message_id: str | None
+    ) -> dict[str, Any]:
+        """:meth:`send_message`, its input checked. With ``message_id`` every step is keyed by it, so a send
+        taken over after its sender died repeats none of them: a wait is resolved once, an instance it
+        starts has a start key from it, and it is buffered under that id."""
         received_at = self.clock.now().isoformat()
         won = []
         for subscription in await self.services.messages.waiting(name, key):
@@ -599,6 +672,7 @@ class ProcessOrchestrator:
                 "correlation_key": key,
                 "payload": body,
                 "received_at": received_at,
+                **({"message_id": message_id} if message_id is not None else {}),
             }
             if await self.services.waits.resolve(
                 subscription.wait_id,
@@ -609,7 +683,7 @@ class ProcessOrchestrator:
                 won.append(subscription)
         for subscription in won:
             await self.deliver(subscription.instance_id, subscription.wait_id)
-        started = [view["instance_id"] for view in await self._start_on_message(name, key, body)]
+        started = [view["instance_id"] for view in await self._start_on_message(name, key, body, message_id)]
         correlated = sorted({s.instance_id for s in won})
         if correlated or started:
             return {"correlated": correlated, "started": started, "buffered": None}
@@ -619,7 +693,7 @@ class ProcessOrchestrator:
                 message_name=name,
                 correlation_key=key,
             )
-        buffered = await self.services.messages.buffer(new_id("msg"), name, key, body, ttl)
+        buffered = await self.services.messages.buffer(message_id or new_id("msg"), name, key, body, ttl)
         # A wait armed since the look-up above looked for a buffered message before this one was kept, so it
         # is looked for again now that it is: of an arm and a send, the later to commit sees the other's row.
         for subscription in await self.services.messages.waiting(name, key):
@@ -640,7 +714,9 @@ class ProcessOrchestrator:
             "expires_at": buffered.expires_at.isoformat(),
         }
 
-    async def _start_on_message(self, message: str, key: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _start_on_message(
+        self, message: str, key: str, payload: dict[str, Any], message_id: str | None
+    ) -> list[dict[str, Any]]:
         views = []
         for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
             deployment, spec = await self.routed(name, key)
@@ -648,24 +724,38 @@ class ProcessOrchestrator:
             if start is None:  # the version the rollout picked does not start on this message
                 continue
             variables = {**payload, **({start.correlation: key} if start.correlation else {})}
-            views.append(await self.start(name, key, variables, version=deployment.version, start_event=start.id))
+            start_key = None if message_id is None else f"message:{message_id}:{name}"
+            views.append(
+                await self.start(
+                    name, key, variables, version=deployment.version, start_event=start.id, start_key=start_key
+                )
+            )
         return views
 
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
         async with self.locked(instance_id) as (_instance, deployment, spec, graph):
-            snapshot = await self.settled(graph, instance_id)
+            snapshot = await self._with_branches(graph, instance_id, await self.settled(graph, instance_id))
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
         if spec.evaluation is not None:
             view["evaluation"] = await self._designs.instances.evaluation.verdict(instance_id)
         return view
 
+    async def _with_branches(
+        self, graph: Graph, instance_id: str, snapshot: StateSnapshot | None = None
+    ) -> StateSnapshot:
+        """The thread's state (``snapshot``, if read already), read with its parallel branches when a task
+        failed, so that the view names the element that failed in a branch rather than the branch."""
+        config = self.engine.config(instance_id)
+        snapshot = snapshot or await graph.aget_state(config)
+        return snapshot if failed_task(snapshot) is None else await graph.aget_state(config, subgraphs=True)
+
     @staticmethod
     def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
         state = cast(dict[str, Any], snapshot.values)
-        failed = failed_task(snapshot)
+        failed = failed_element(snapshot)
         waiting = [dict(i.value) for t in snapshot.tasks for i in t.interrupts if isinstance(i.value, Mapping)]
         status = instance.status
         if failed and status not in FINISHED:

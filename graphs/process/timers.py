@@ -101,12 +101,11 @@ async def fire_due_timers(
         assert timer.instance_id is not None and timer.wait_id is not None
         try:
             delivered_now = await processes.deliver(
-                timer.instance_id, timer.wait_id, finish=False, instance=instance, run_options=CONTINUATION
+                timer.instance_id, timer.wait_id, consumed=delivered, instance=instance, run_options=CONTINUATION
             )
             if delivered_now:
                 report.resumed += 1
                 report.resume_lateness.append((processes.clock.now() - timer.due_at).total_seconds())
-            delivered.append(timer.wait_id)
         except Exception as exc:  # one broken instance must not stop the others; recovery redelivers
             report.failed += 1
             report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")

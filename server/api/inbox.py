@@ -48,6 +48,13 @@ class MessageIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     correlation_key: str = Field(min_length=1, max_length=300)
     payload: dict[str, Any] = Field(default_factory=dict)
+    message_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="the sender's id for this message: sent again with it, it answers as the first time and "
+        "changes nothing (another message with a used id: 422)",
+    )
 
 
 def _who(caller: Principal, actor: Actor) -> tuple[str, list[str]]:
@@ -93,7 +100,9 @@ async def complete_task(task_id: str, body: CompleteIn, caller: Worker, svc: Ser
 
 @router.post("/messages", response_model=MessageSentOut, summary="Send a message to the processes waiting for it")
 async def send_message(body: MessageIn, _c: Messenger, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.processes.send_message(body.name, body.correlation_key, body.payload)
+    return await svc.runtime.processes.send_message(
+        body.name, body.correlation_key, body.payload, message_id=body.message_id
+    )
 
 
 Deployer = Annotated[Principal, Depends(require("journeys"))]
