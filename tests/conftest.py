@@ -11,8 +11,9 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -24,6 +25,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from psycopg import sql
 
 from checkpoints import redaction
+
+if TYPE_CHECKING:
+    from langgraph_sdk.client import LangGraphClient
 
 # How long each test took in a whole `dev.py test` run on two workers (setup + call + teardown, seconds), by
 # node id: the order the xdist workers take the tests in. Regenerate after adding slow tests with
@@ -217,3 +221,33 @@ def _sensitive_marks_per_test() -> Iterator[None]:
     yield
     redaction._SENSITIVE.clear()
     redaction._SENSITIVE.update(marked)
+
+
+@pytest.fixture
+def two_users_server(request: pytest.FixtureRequest, durable_url: str) -> Iterator[str]:
+    """The server on ``durable_url`` whose API keys are the requesting module's ``KEYS`` (``key-ana`` and
+    ``key-bob`` among them), as a base URL; the ``ana`` and ``bob`` fixtures are clients of it."""
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.server_support import serving
+
+    with serving(create_app(Settings(database_url=durable_url, api_keys=dict(request.module.KEYS)))) as url:
+        yield url
+
+
+@pytest.fixture
+async def ana(two_users_server: str) -> AsyncIterator[LangGraphClient]:
+    """``langgraph_sdk`` acting as ana (``key-ana``) on :func:`two_users_server`."""
+    from langgraph_sdk import get_client
+
+    async with get_client(url=two_users_server, api_key="key-ana") as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def bob(two_users_server: str) -> AsyncIterator[LangGraphClient]:
+    """``langgraph_sdk`` acting as bob (``key-bob``) on :func:`two_users_server`."""
+    from langgraph_sdk import get_client
+
+    async with get_client(url=two_users_server, api_key="key-bob") as sdk:
+        yield sdk

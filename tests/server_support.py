@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -21,6 +22,17 @@ from fastapi import FastAPI
 from server.runs.store import RunRow, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A process whose one user task is offered to the finance group: who may complete it is a question of groups.
+APPROVAL_PROCESS: dict[str, Any] = {
+    "name": "approval",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> approve", "approve -> end"],
+}
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from server.app import create_app
 from server.auth import OwnerRules, Principal
 from server.problems import ApiError
 from server.settings import ApiKey, Settings
-from tests.server_support import serving
+from tests.server_support import APPROVAL_PROCESS, serving
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {
@@ -28,15 +28,6 @@ KEYS = {
     "key-eve": ApiKey("ana", WORK, ("finance",), tenant="other"),  # ana's name, another tenant
     "key-ops": ApiKey("ops", WORK | {"impersonate"}, ()),
     "key-root": ApiKey("root", frozenset({"admin"}), ()),
-}
-TASKS = {
-    "name": "approval",
-    "elements": [
-        {"type": "start", "id": "start"},
-        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
-        {"type": "end", "id": "end"},
-    ],
-    "flows": ["start -> approve", "approve -> end"],
 }
 
 
@@ -88,7 +79,7 @@ def anas_objects(http: httpx.Client) -> dict[str, str]:
     areas = {"areas": [{"area_id": "a"}, {"area_id": "b"}]}
     session = ok(http.post("/journeys/sessions", json={"user_id": "ana", "session_config": areas}, headers=ana))
     lifecycle = ok(http.post("/journeys/lifecycle", json={"client_id": "c1", "metrics": READY_TO_START}, headers=ana))
-    ok(http.post("/processes", json=TASKS, headers=ana))
+    ok(http.post("/processes", json=APPROVAL_PROCESS, headers=ana))
     process = ok(http.post("/processes/approval/instances", json={"business_key": "b1"}, headers=ana))
     [task] = ok(http.get("/tasks", params={"instance_id": process["instance_id"]}, headers=ana))
     return {

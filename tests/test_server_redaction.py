@@ -5,17 +5,12 @@ client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import pytest
-from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from checkpoints.redaction import REDACTED
-from server.app import create_app
-from server.settings import ApiKey, Settings
-from tests.server_support import serving
+from server.settings import ApiKey
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {"key-ana": ApiKey("ana", WORK, ()), "key-bob": ApiKey("bob", WORK, ())}
@@ -26,24 +21,6 @@ BOBS_SPEC = {
     "sensitive": list(MARKED),
     "steps": [{"step_id": "upload_content"}, {"step_id": "analyze_content"}],
 }
-
-
-@pytest.fixture
-def base(durable_url: str) -> Iterator[str]:
-    with serving(create_app(Settings(database_url=durable_url, api_keys=dict(KEYS)))) as url:
-        yield url
-
-
-@pytest.fixture
-async def ana(base: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=base, api_key="key-ana") as sdk:
-        yield sdk
-
-
-@pytest.fixture
-async def bob(base: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=base, api_key="key-bob") as sdk:
-        yield sdk
 
 
 def assert_protocol(thread: dict[str, Any], thread_id: str) -> None:

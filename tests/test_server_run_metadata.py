@@ -4,47 +4,16 @@ executor (a process user task offered to a group is completed by a run of one of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
-from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from graphs import JourneyRuntime
-from server.app import create_app
 from server.runs.store import RunStore
-from server.settings import ApiKey, Settings
-from tests.server_support import serving
+from server.settings import ApiKey
+from tests.server_support import APPROVAL_PROCESS
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {"key-ana": ApiKey("ana", WORK, ("finance",)), "key-bob": ApiKey("bob", WORK, ("sales",))}
-APPROVAL = {
-    "name": "approval",
-    "elements": [
-        {"type": "start", "id": "start"},
-        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
-        {"type": "end", "id": "end"},
-    ],
-    "flows": ["start -> approve", "approve -> end"],
-}
-
-
-@pytest.fixture
-def base(durable_url: str) -> Iterator[str]:
-    with serving(create_app(Settings(database_url=durable_url, api_keys=dict(KEYS)))) as url:
-        yield url
-
-
-@pytest.fixture
-async def ana(base: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=base, api_key="key-ana") as sdk:
-        yield sdk
-
-
-@pytest.fixture
-async def bob(base: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=base, api_key="key-bob") as sdk:
-        yield sdk
 
 
 async def approval_thread(client: LangGraphClient, key: str) -> str:
@@ -58,7 +27,7 @@ async def approval_thread(client: LangGraphClient, key: str) -> str:
 async def test_runs_show_the_metadata_they_were_given_and_act_with_their_callers_groups(
     ana: LangGraphClient, bob: LangGraphClient
 ) -> None:
-    await ana.http.post("/processes", json=APPROVAL)
+    await ana.http.post("/processes", json=APPROVAL_PROCESS)
     anas, bobs = await approval_thread(ana, "a-1"), await approval_thread(bob, "b-1")
     approve = {"resume": {"payload": {"approved": True}}}
     await ana.runs.wait(anas, "process", command=approve, metadata={"step": "approve"})
