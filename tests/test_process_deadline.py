@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from graphs.errors import DeadlineExceededError
+from graphs.kernel.instances import DEADLINE_FAILURE
 from tests.process_support import T0, Calls, linear, runtime, user_task, virtual_clock
 
 DEADLINE = timedelta(hours=4)
@@ -40,6 +41,7 @@ async def test_a_process_that_failed_before_its_deadline_expires_at_it_and_is_no
         assert (await rt.processes.scheduler.run_due()).fired == 1  # it expires while it stands failed
         expired = await rt.processes.status(instance_id)
         assert expired["status"] == "failed" and expired["waiting"] == []
+        assert expired["failure"] == {**DEADLINE_FAILURE, "deadline": (T0 + DEADLINE).isoformat()}  # says why
         events = [e.type for e in await rt.processes.history(instance_id)]
         assert events.count("journey.deadline_passed") == 1, events
 

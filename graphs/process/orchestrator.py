@@ -49,7 +49,7 @@ from graphs.errors import (
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
-from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -739,6 +739,11 @@ class ProcessOrchestrator:
             snapshot = await self._with_branches(graph, instance_id, await self.settled(graph, instance_id))
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
+        if view["failure"] is None and instance.status == "failed":
+            # Expired by its deadline: the log says so (its graph never ran again to record it in its state).
+            passed = await self.store.events.find_by_key(instance_id, passed_key(instance_id))
+            if passed is not None:
+                view["failure"] = {**DEADLINE_FAILURE, "deadline": passed.payload.get("deadline")}
         if spec.evaluation is not None:
             view["evaluation"] = await self._designs.instances.evaluation.verdict(instance_id)
         return view
