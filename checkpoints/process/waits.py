@@ -24,7 +24,13 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.events import NewEvent
 from checkpoints.rows import insert_ignore
-from checkpoints.schema.tables import process_subscriptions, process_timers, process_waits, user_tasks
+from checkpoints.schema.tables import (
+    journey_instances,
+    process_subscriptions,
+    process_timers,
+    process_waits,
+    user_tasks,
+)
 from checkpoints.seq_race import again_if_lost
 
 
@@ -216,8 +222,12 @@ class WaitStore:
         return dict(rows[0]["resolution"] or {})
 
     async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
-        """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between)."""
-        query = select(process_waits).where(process_waits.c.status == "resolved")
+        """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between), oldest
+        first. Not those of a failed instance: its answers are held for its retry, which delivers them."""
+        failed = select(journey_instances.c.instance_id).where(
+            journey_instances.c.instance_id == process_waits.c.instance_id, journey_instances.c.status == "failed"
+        )
+        query = select(process_waits).where(process_waits.c.status == "resolved", ~failed.exists())
         if resolved_before is not None:
             query = query.where(process_waits.c.resolved_at <= resolved_before.astimezone(UTC))
         async with self._engine.connect() as conn:
