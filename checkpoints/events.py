@@ -7,7 +7,10 @@ derived from them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -188,6 +191,88 @@ def _events_of_instance(types: int) -> Select[Any]:
     return query.order_by(_columns.seq)
 
 
+@dataclass(slots=True)
+class _WriteBehind:
+    make: Callable[[], Awaitable[None]]
+    task: asyncio.Future[None]
+    again: bool = False  # made once more after it failed
+
+
+class _WritesBehind:
+    """A run's writes that go on behind it: each started as its step returned, all done, in order, before
+    anything that follows them (see :func:`write_behind`)."""
+
+    def __init__(self) -> None:
+        self._pending: list[_WriteBehind] = []
+
+    def start(self, make: Callable[[], Awaitable[None]]) -> None:
+        self._pending.append(_WriteBehind(make, asyncio.ensure_future(make())))
+
+    async def settle(self) -> None:
+        """Wait until every write started before this call (but the caller's own) is durable. A write that
+        failed is made once more, now (appends are keyed: one that did land is not made twice); should that
+        fail too, its error is raised here and to every later caller."""
+        me = asyncio.current_task()
+        for write in list(self._pending):
+            if write.task is me:
+                return
+            first = write.task
+            try:
+                await asyncio.shield(first)
+            except Exception:
+                if write.task is first:  # no other caller is making it again yet
+                    if write.again:
+                        raise
+                    write.again = True
+                    write.task = asyncio.ensure_future(write.make())
+                await asyncio.shield(write.task)
+            if write in self._pending:
+                self._pending.remove(write)
+
+
+_BEHIND: ContextVar[_WritesBehind | None] = ContextVar("journeys_writes_behind", default=None)
+
+
+@asynccontextmanager
+async def writes_behind(enabled: bool = True) -> AsyncIterator[None]:
+    """Let the run inside write its steps' completions behind it (:func:`write_behind`); on the way out,
+    however the run ended, every one of them is durable (or its error raised)."""
+    if not enabled:
+        yield
+        return
+    scope = _WritesBehind()
+    reset = _BEHIND.set(scope)
+    try:
+        yield
+    finally:
+        _BEHIND.reset(reset)
+        await asyncio.shield(scope.settle())
+
+
+async def write_behind(write: Callable[[], Awaitable[None]]) -> None:
+    """Start ``write`` (a step's completion, keyed) and return at once when the run writes behind, else
+    make it now.
+
+    Only for a write that the run's next node settles before it does anything (:func:`settle_behind`): the
+    step's completion is then durable before the next step starts, as when it is written in place, while
+    LangGraph's bookkeeping between the two nodes overlaps the database's commit. The run's end settles too.
+    The run must checkpoint only where it stops ("exit"): a checkpoint taken between the nodes could
+    otherwise be durable before the completion it follows."""
+    scope = _BEHIND.get()
+    if scope is None:
+        await write()
+    else:
+        scope.start(write)
+
+
+async def settle_behind() -> None:
+    """Wait until the current run's writes behind (:func:`write_behind`) are durable: what follows them
+    (another event, the next step's work) must not overtake them."""
+    scope = _BEHIND.get()
+    if scope is not None:
+        await scope.settle()
+
+
 class EventLog:
     """The append-only log of every journey instance: appended once per key, read in order."""
 
@@ -245,6 +330,7 @@ class EventLog:
 
         Returns, per event, whether it was written (False: its key was already there).
         """
+        await settle_behind()
         events = stamped(events, status)
         if len(events) == 1 and not also:
             return [await self._append_alone(instance_id, events[0], status)]
@@ -296,6 +382,7 @@ class EventLog:
         """
         if not entries:
             return
+        await settle_behind()
         now = self._clock.now()
         params = []
         for instance_id, event in entries:
@@ -311,12 +398,14 @@ class EventLog:
 
     async def find_by_key(self, instance_id: str, key: str) -> Event | None:
         """The event of ``instance_id`` written under ``key``, if any."""
+        await settle_behind()
         found = await self._backend.read(
             _SELECT_BY_KEY, {"p_instance_id": instance_id, "p_key": stored_key(instance_id, key)}
         )
         return _event(instance_id, found[0], self._sealer) if found else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
+        await settle_behind()
         wanted = list(dict.fromkeys(types or ()))
         params: dict[str, Any] = {"p_instance_id": instance_id, "p_after": after_seq}
         params.update({f"p_type_{n}": type_ for n, type_ in enumerate(wanted)})

@@ -16,6 +16,7 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
+from checkpoints.events import writes_behind
 from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
@@ -192,12 +193,15 @@ class JourneyEngine:
         which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
         """
         config = self.config(instance_id, replay=replay)
+        durability = self._durability_of(graph, options)
+        # A graph whose steps are logged, checkpointed only where it stops, writes each step's completion
+        # behind it: the next step settles it before its work (see ``checkpoints.events.write_behind``).
+        behind = durability == "exit" and graph in self._logged_steps
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]
-            output = await run_graph(
-                graph, value, config, self._durability_of(graph, options), options.stream, options.call
-            )
+            async with writes_behind(behind):
+                output = await run_graph(graph, value, config, durability, options.stream, options.call)
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome

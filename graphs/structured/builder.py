@@ -293,7 +293,9 @@ def _step_runner(
                 recorded["step_result"] = result
             if not step.milestone:
                 recorded["milestone"] = False
-            return Recording(recorded, status="completed" if following is None else None)
+            # Written behind the run when the next node is another step's call, which settles it first.
+            behind = following is not None and spec.step(following).mode != "user"
+            return Recording(recorded, status="completed" if following is None else None, behind=behind)
 
         try:
             outcome = await perform_task(
