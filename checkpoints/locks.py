@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import random
@@ -255,13 +256,12 @@ class PgAdvisoryLocks(_PolledLocks):
         task.add_done_callback(self._background.discard)
 
     async def _release(self, instance_id: str, token: Any) -> None:
-        await asyncio.shield(self._unlock(instance_id, int(token)))
-
-    async def _unlock(self, instance_id: str, generation: int) -> None:
+        """Queue the unlock and return: the caller's next statement need not wait for its round trip, and
+        this process's next try of any lock goes out after it (:meth:`_flush` sends unlocks first)."""
         released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unlocks.append((instance_id, generation, released))
+        released.add_done_callback(functools.partial(_report_failed_unlock, instance_id))
+        self._unlocks.append((instance_id, int(token), released))
         self._flush_soon()
-        await released
 
     async def _send_unlocks(self, unlocks: Sequence[tuple[str, int, asyncio.Future[None]]]) -> None:
         conn = self._conn
@@ -288,6 +288,11 @@ class PgAdvisoryLocks(_PolledLocks):
         for _instance_id, released in held:
             if not released.done():
                 released.set_result(None)
+
+
+def _report_failed_unlock(instance_id: str, released: asyncio.Future[None]) -> None:
+    if not released.cancelled() and (error := released.exception()) is not None:
+        log.error("instance lock could not be released", instance_id=instance_id, error=str(error))
 
 
 # --- SQLite -------------------------------------------------------------------------------------
