@@ -22,6 +22,7 @@ from langchain_core.outputs import ChatResult
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
+from langgraph_sdk.schema import RunCreateMetadata
 
 from agents import AgentRegistry, EchoAgent
 from server.app import create_app
@@ -334,9 +335,14 @@ async def test_checkpoint_id_goes_on_from_an_earlier_checkpoint(client: LangGrap
 
 
 async def test_on_completion_delete_removes_the_thread_once_the_run_ended(client: LangGraphClient) -> None:
-    run = await client.runs.create(None, "guide", input=_guide_input(), on_completion="delete")
-    joined = await client.runs.join(run["thread_id"], run["run_id"])
-    assert joined["messages"][-1]["content"] == ANSWER
+    # ``wait`` answers with the output in the request that made the run: a ``join`` sent after the run ended
+    # would find its thread deleted already (404), as on the Agent Server.
+    created: list[RunCreateMetadata] = []
+    answer = await client.runs.wait(
+        None, "guide", input=_guide_input(), on_completion="delete", on_run_created=created.append
+    )
+    assert isinstance(answer, dict) and answer["messages"][-1]["content"] == ANSWER
+    (run,) = created
     with pytest.raises(NotFoundError):
         await client.threads.get(run["thread_id"])
     kept = await client.runs.create(None, "guide", input=_guide_input(), on_completion="keep")

@@ -201,12 +201,16 @@ async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
     return await wait_for_run(svc.runs, svc.watch, run.run_id, svc.settings.poll_interval)
 
 
-async def _create_and_wait(svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal) -> RunRow:
+async def _create_and_wait(
+    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, response: Response
+) -> RunRow:
     """Create a run and wait for it to finish. Its watch is registered under its id before it exists, so
-    its end cannot slip by unseen and no read is spent finding it pending."""
+    its end cannot slip by unseen and no read is spent finding it pending. The answer names the run in
+    Content-Location, as the Agent Server's does: langgraph-sdk hands it to ``on_run_created``."""
     run_id = str(uuid.uuid4())
     with svc.watch.watching(run_id) as changed:
-        await create_run(svc, thread_id, body, caller, streaming=False, run_id=run_id)
+        run = await create_run(svc, thread_id, body, caller, streaming=False, run_id=run_id)
+        response.headers["Content-Location"] = f"/threads/{run.thread_id}/runs/{run.run_id}"
         return await until_finished(svc.runs, run_id, changed, svc.settings.poll_interval, fresh=True)
 
 
@@ -225,8 +229,10 @@ async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Servic
     summary="Create a run and wait for its output",
     response_class=JourneyValuesResponse,
 )
-async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
-    return await final_output(svc, await _create_and_wait(svc, thread_id, body, caller))
+async def create_and_wait(
+    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services, response: Response
+) -> dict[str, Any]:
+    return await final_output(svc, await _create_and_wait(svc, thread_id, body, caller, response))
 
 
 @router.post("/runs/batch", response_model=list[RunOut], summary="Create runs in the background, each on its thread")
@@ -276,8 +282,10 @@ async def cancel_many(
 @router.post(
     "/runs/wait", summary="Create a run on a new thread and wait for its output", response_class=JourneyValuesResponse
 )
-async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
-    return await final_output(svc, await _create_and_wait(svc, None, body, caller))
+async def create_stateless_and_wait(
+    body: StatelessRunCreate, caller: Runner, svc: Services, response: Response
+) -> dict[str, Any]:
+    return await final_output(svc, await _create_and_wait(svc, None, body, caller, response))
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)
