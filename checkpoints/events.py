@@ -26,7 +26,7 @@ from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.redaction import redact
 from checkpoints.schema.tables import INSTANCE_NO_SEQUENCE, journey_events, journey_instances
-from checkpoints.seq_race import SEQ_ATTEMPTS, after_lost_race, lost_race
+from checkpoints.seq_race import again_if_lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,26 +334,23 @@ class EventLog:
         events = stamped(events, status)
         if len(events) == 1 and not also:
             return [await self._append_alone(instance_id, events[0], status)]
-        for attempt in range(SEQ_ATTEMPTS):
-            try:
-                async with self._engine.begin() as conn:
-                    written = [await self._append_one(conn, instance_id, e) for e in events]
-                    if also and all(written):
-                        for statement in also:
-                            await conn.execute(statement)
-                    if status is not None:
-                        await conn.execute(
-                            SET_STATUS,
-                            {"p_instance_id": instance_id, "p_status": status, "p_created_at": self._clock.now()},
-                        )
-                await self._status_changed(instance_id, status, all(written))
-                return written
-            except Exception as error:
-                # Two writers raced (for the same sequence number, or into a deadlock); the loser goes again.
-                if not lost_race(error) or attempt == SEQ_ATTEMPTS - 1:
-                    raise
-                await after_lost_race(attempt)
-        raise AssertionError("unreachable")
+
+        async def transaction() -> list[bool]:
+            async with self._engine.begin() as conn:
+                written = [await self._append_one(conn, instance_id, e) for e in events]
+                if also and all(written):
+                    for statement in also:
+                        await conn.execute(statement)
+                if status is not None:
+                    await conn.execute(
+                        SET_STATUS,
+                        {"p_instance_id": instance_id, "p_status": status, "p_created_at": self._clock.now()},
+                    )
+            return written
+
+        written = await again_if_lost(transaction)  # two writers raced for the next seq: the loser goes again
+        await self._status_changed(instance_id, status, all(written))
+        return written
 
     async def _append_alone(self, instance_id: str, event: NewEvent, status: str | None) -> bool:
         """One event (and the instance's new status) through the backend's hot path."""
@@ -362,16 +359,9 @@ class EventLog:
         if status is not None:
             statements.append(SET_STATUS)
             values["p_status"] = status
-        for attempt in range(SEQ_ATTEMPTS):
-            try:
-                written = bool(await self._backend.write(statements, values))
-                await self._status_changed(instance_id, status, written)
-                return written
-            except Exception as error:
-                if not lost_race(error) or attempt == SEQ_ATTEMPTS - 1:
-                    raise
-            await after_lost_race(attempt)
-        raise AssertionError("unreachable")
+        written = bool(await again_if_lost(lambda: self._backend.write(statements, values)))
+        await self._status_changed(instance_id, status, written)
+        return written
 
     async def append_in(self, conn: AsyncConnection, entries: Sequence[tuple[str, NewEvent]]) -> None:
         """Append keyed events (``(instance_id, event)`` each) in the caller's transaction on ``conn``.
@@ -446,20 +436,18 @@ async def claimed_with_event(
     ``event`` that logs them, in one transaction: a change and its event commit together or not at all.
     False, with nothing written, when a claim changed no row; a concurrent append that took the event's
     sequence number rolls it all back, and it goes again."""
-    for attempt in range(SEQ_ATTEMPTS):
-        try:
-            async with engine.begin() as conn:
-                for claim in claims:
-                    if (await conn.execute(claim)).rowcount != 1:
-                        raise _Unclaimed
-                for statement in statements:
-                    await conn.execute(statement)
-                await events.append_in(conn, [(instance_id, event)])
-            return True
-        except _Unclaimed:
-            return False
-        except Exception as error:
-            if not lost_race(error) or attempt == SEQ_ATTEMPTS - 1:
-                raise
-            await after_lost_race(attempt)
-    raise AssertionError("unreachable")
+
+    async def transaction() -> None:
+        async with engine.begin() as conn:
+            for claim in claims:
+                if (await conn.execute(claim)).rowcount != 1:
+                    raise _Unclaimed
+            for statement in statements:
+                await conn.execute(statement)
+            await events.append_in(conn, [(instance_id, event)])
+
+    try:
+        await again_if_lost(transaction)
+    except _Unclaimed:
+        return False
+    return True

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-
-from sqlalchemy.exc import IntegrityError
 
 SEQ_ATTEMPTS = 30
 T = TypeVar("T")
@@ -25,11 +24,14 @@ _RACE_STATES = frozenset({"23505", "40P01", "40001"})
 def lost_race(error: BaseException) -> bool:
     """Whether ``error`` ended a transaction that lost a race and was rolled back whole, so going again is
     safe: a unique key another writer took first (the log's next seq), a deadlock or a serialization failure.
-    Raised through SQLAlchemy (``IntegrityError``, or ``orig`` holding the driver's error) or by psycopg."""
-    if isinstance(error, IntegrityError):
-        return True
+    Raised through SQLAlchemy (``orig`` holding the driver's error) or by the driver. Any other integrity
+    error (a NULL, a check, a foreign key) would fail the same way again: it is the caller's at once."""
     driver_error = getattr(error, "orig", None) or error
-    return getattr(driver_error, "sqlstate", None) in _RACE_STATES
+    state = getattr(driver_error, "sqlstate", None)
+    if state is not None:
+        return state in _RACE_STATES
+    # SQLite gives no SQLSTATE; its unique and primary keys both say so in the message.
+    return isinstance(driver_error, sqlite3.IntegrityError) and str(driver_error).startswith("UNIQUE constraint")
 
 
 async def after_lost_race(attempt: int) -> None:

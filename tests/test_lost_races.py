@@ -17,9 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from checkpoints.seq_race import lost_race
+from checkpoints.seq_race import again_if_lost, lost_race
+from graphs import JourneyRuntime
 from graphs.errors import ProcessStateError, TaskClosedError
 from tests.process_support import runtime, user_task, virtual_clock
 
@@ -63,6 +64,30 @@ def test_a_deadlock_is_a_lost_race_as_psycopg_and_sqlalchemy_raise_it(postgres_u
         assert not lost_race(caught.value)  # any other failure is its caller's
     finally:
         engine.dispose()
+
+
+async def test_only_a_unique_key_taken_first_is_a_lost_race_not_another_integrity_error(durable_url: str) -> None:
+    """A NULL where none may be fails the same way every time: its caller gets it at once, not after 30
+    tries and their backoff; a unique key another writer took first goes again."""
+    async with JourneyRuntime.open(durable_url) as rt, rt.store.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE race_keys (id int PRIMARY KEY, name text NOT NULL)"))
+        await conn.execute(text("INSERT INTO race_keys VALUES (1, 'first')"))
+    async with JourneyRuntime.open(durable_url) as rt:
+        tries: Counter[str] = Counter()
+
+        async def insert(kind: str, values: str) -> None:
+            tries[kind] += 1
+            async with rt.store.engine.begin() as conn:
+                await conn.execute(text(f"INSERT INTO race_keys VALUES {values}"))
+
+        with pytest.raises(IntegrityError) as null:
+            await again_if_lost(lambda: insert("null", "(2, NULL)"))
+        assert not lost_race(null.value)
+        assert tries["null"] == 1
+        with pytest.raises(IntegrityError) as taken:
+            await again_if_lost(lambda: insert("taken", "(1, 'again')"), attempts=3)
+        assert lost_race(taken.value)
+        assert tries["taken"] == 3
 
 
 SPEC = {
