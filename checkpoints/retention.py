@@ -26,6 +26,10 @@ checkpoints and their writes are read (``alist``), the thread deleted (``adelete
 written back (``aput``/``aput_writes``), under the instance's lock; deleting is ``adelete_thread``. No SQL
 touches LangGraph's tables here.
 
+Each pass also forgets the start keys and message ids whose window has passed (``journey_start_keys``,
+``process_message_ids``), a batch at a time: they only answer a repeat within their window, and without the
+pass one was dropped only when the same key came again, so the tables grew with every keyed start or send.
+
 Progress is two watermarks in ``journey_retention`` (how far pruned, how far deleted, in the instances'
 ``updated_at``), so a pass looks only at journeys finished since the last one and costs no row per
 journey; a journey that finishes again later (a failed one retried) is newer than the mark and is pruned
@@ -46,14 +50,15 @@ from typing import Any, Literal, get_args
 
 import structlog
 from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, CheckpointTuple
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import ColumnElement, Executable, Table, bindparam, delete, select, update
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, RetentionPolicyError
 from checkpoints.index import Instance
 from checkpoints.savers import put_saved
-from checkpoints.schema.tables import journey_instances, journey_retention
+from checkpoints.schema.flow_tables import journey_start_keys
+from checkpoints.schema.tables import journey_instances, journey_retention, process_message_ids
 
 log = structlog.get_logger("journeys.retention")
 
@@ -79,6 +84,22 @@ _MARKS = select(_marks.mark, _marks.upto)
 _SET_MARK = update(journey_retention).where(_marks.mark == bindparam("p_mark")).values(upto=bindparam("p_upto"))
 _FINISHED = _instances.status.in_(FINISHED_STATUSES)
 _AT = select(_instances.instance_id).where(_FINISHED, _instances.updated_at == bindparam("p_at"))
+
+# Rows that only answer a repeat within a window, forgotten once it has passed: a start key (journey_start_keys)
+# and a message id (process_message_ids), EXPIRED_BATCH per statement.
+EXPIRED_BATCH = 1000
+
+
+def _forget_expired(table: Table, key: ColumnElement[Any]) -> Executable:
+    expires_at = table.c.expires_at
+    batch = select(key).where(expires_at <= bindparam("p_now", type_=expires_at.type)).limit(EXPIRED_BATCH)
+    return delete(table).where(key.in_(batch.scalar_subquery())).returning(key)
+
+
+_FORGET_EXPIRED = (
+    _forget_expired(journey_start_keys, journey_start_keys.c.start_key),
+    _forget_expired(process_message_ids, process_message_ids.c.message_id),
+)
 
 # Holds one instance's lock for the block (the kernel's JourneyEngine.exclusive).
 Exclusive = Callable[[str], AbstractAsyncContextManager[None]]
@@ -118,9 +139,16 @@ class RetentionReport:
     deleted: int = 0
     busy: bool = False
     compacted: int = 0
+    expired_keys: int = 0  # start keys and message ids forgotten, their window passed
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pruned": self.pruned, "deleted": self.deleted, "busy": self.busy, "compacted": self.compacted}
+        return {
+            "pruned": self.pruned,
+            "deleted": self.deleted,
+            "busy": self.busy,
+            "compacted": self.compacted,
+            "expired_keys": self.expired_keys,
+        }
 
 
 class CheckpointRetention:
@@ -165,10 +193,21 @@ class CheckpointRetention:
         if policy.mode == "delete_after" and not busy:
             delete_before = min(prune_before, now - timedelta(days=policy.days))
             deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
-        report = RetentionReport(pruned, deleted, busy, self._compacted)
-        if pruned or deleted:
+        expired = await self._forget_expired(now)
+        report = RetentionReport(pruned, deleted, busy, self._compacted, expired)
+        if pruned or deleted or expired:
             log.info("retention pass", mode=policy.mode, **report.as_dict())
         return report
+
+    async def _forget_expired(self, now: datetime) -> int:
+        """Forget the start keys and message ids whose window passed by ``now``; how many."""
+        forgotten = 0
+        for statement in _FORGET_EXPIRED:
+            while batch := len(await self._backend.write([statement], {"p_now": now})):
+                forgotten += batch
+                if batch < EXPIRED_BATCH:
+                    break
+        return forgotten
 
     async def deleted_at(self, instance: Instance) -> datetime | None:
         """When ``instance`` finished, if retention has deleted its checkpoints since; None otherwise."""

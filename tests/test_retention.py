@@ -344,6 +344,30 @@ async def test_a_failed_journey_pruned_is_retried_and_pruned_again_when_it_finis
         assert await checkpoints(rt, instance_id) == 1
 
 
+async def test_a_pass_forgets_start_keys_and_message_ids_whose_window_passed(store_url: str) -> None:
+    """Before, a start key or message id was dropped only when the same one came again: the tables grew
+    with every keyed start or send. A pass forgets those past their window, and only those."""
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        journey = await rt.structured.design_journey("content_migration", {"source": "legacy"})
+        for n in range(3):
+            await rt.structured.execute_journey(
+                journey["journey_id"], f"short-{n}", start_key=f"s{n}", start_key_window=60
+            )
+        await rt.structured.execute_journey(journey["journey_id"], "long", start_key="l", start_key_window="P2D")
+        for n in range(2):
+            await rt.processes.send_message("nobody.waits", f"k{n}", {"n": n}, message_id=f"m{n}")
+        assert await rt.retention.run() == RetentionReport()  # every window still open
+
+        clock.advance(timedelta(days=1, minutes=1))  # past the start keys' 60 s and the ids' 24 h, not 2 days
+        assert (await rt.retention.run()).expired_keys == 5
+        assert (await rt.retention.run()).expired_keys == 0
+        again = await rt.structured.execute_journey(journey["journey_id"], "short-9", start_key="s0")
+        assert again["user_id"] == "short-9"  # the key is free: a new start
+        kept = await rt.structured.execute_journey(journey["journey_id"], "other", start_key="l")
+        assert kept["user_id"] == "long"  # still in its window: answers the start it began
+
+
 def test_a_policy_is_checked() -> None:
     with pytest.raises(RetentionPolicyError, match="choose keep_latest"):
         RetentionPolicy("forever")  # type: ignore[arg-type]
@@ -378,7 +402,7 @@ def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
     done = asyncio.run(finish())
     answer = CliRunner().invoke(cli, ["retention", "--database-url", url])
     assert answer.exit_code == 0, answer.output
-    assert json.loads(answer.output) == {"pruned": 1, "deleted": 0, "busy": False, "compacted": 1}
+    assert json.loads(answer.output) == {"pruned": 1, "deleted": 0, "busy": False, "compacted": 1, "expired_keys": 0}
 
     async def count() -> int:
         async with JourneyRuntime.open(url) as rt:
