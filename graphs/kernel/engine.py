@@ -195,8 +195,9 @@ class JourneyEngine:
         config = self.config(instance_id, replay=replay)
         durability = self._durability_of(graph, options)
         # A graph whose steps are logged, checkpointed only where it stops, writes each step's completion
-        # behind it: the next step settles it before its work (see ``checkpoints.events.write_behind``).
-        behind = durability == "exit" and graph in self._logged_steps
+        # behind it: the next step settles it before its work (see ``checkpoints.events.write_behind``). Not
+        # when the caller stops it before or after a node: its checkpoint there could overtake the write.
+        behind = durability == "exit" and graph in self._logged_steps and not options.call.stops_between_nodes
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]

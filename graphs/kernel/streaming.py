@@ -60,6 +60,12 @@ class GraphCall:
     interrupt_before: Sequence[str] | str | None = None
     interrupt_after: Sequence[str] | str | None = None
 
+    @property
+    def stops_between_nodes(self) -> bool:
+        """Whether the run may stop between two nodes, where no node of it would settle what the one before
+        wrote behind it (``checkpoints.events.write_behind``)."""
+        return bool(self.interrupt_before or self.interrupt_after)
+
     def apply(self, config: RunnableConfig) -> RunnableConfig:
         configurable = {k: v for k, v in (self.config.get("configurable") or {}).items() if k not in _RESERVED}
         merged: dict[str, Any] = {k: v for k, v in self.config.items() if k != "configurable"}
