@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -200,7 +199,7 @@ class _WriteBehind:
 
 class _WritesBehind:
     """A run's writes that go on behind it: each started as its step returned, all done, in order, before
-    anything that follows them (see :func:`write_behind`)."""
+    anything that follows them (see :meth:`EventLog.write_behind`)."""
 
     def __init__(self) -> None:
         self._pending: list[_WriteBehind] = []
@@ -230,49 +229,6 @@ class _WritesBehind:
                 self._pending.remove(write)
 
 
-_BEHIND: ContextVar[_WritesBehind | None] = ContextVar("journeys_writes_behind", default=None)
-
-
-@asynccontextmanager
-async def writes_behind(enabled: bool = True) -> AsyncIterator[None]:
-    """Let the run inside write its steps' completions behind it (:func:`write_behind`); on the way out,
-    however the run ended, every one of them is durable (or its error raised)."""
-    if not enabled:
-        yield
-        return
-    scope = _WritesBehind()
-    reset = _BEHIND.set(scope)
-    try:
-        yield
-    finally:
-        _BEHIND.reset(reset)
-        await asyncio.shield(scope.settle())
-
-
-async def write_behind(write: Callable[[], Awaitable[None]]) -> None:
-    """Start ``write`` (a step's completion, keyed) and return at once when the run writes behind, else
-    make it now.
-
-    Only for a write that the run's next node settles before it does anything (:func:`settle_behind`): the
-    step's completion is then durable before the next step starts, as when it is written in place, while
-    LangGraph's bookkeeping between the two nodes overlaps the database's commit. The run's end settles too.
-    The run must checkpoint only where it stops ("exit"): a checkpoint taken between the nodes could
-    otherwise be durable before the completion it follows."""
-    scope = _BEHIND.get()
-    if scope is None:
-        await write()
-    else:
-        scope.start(write)
-
-
-async def settle_behind() -> None:
-    """Wait until the current run's writes behind (:func:`write_behind`) are durable: what follows them
-    (another event, the next step's work) must not overtake them."""
-    scope = _BEHIND.get()
-    if scope is not None:
-        await scope.settle()
-
-
 class EventLog:
     """The append-only log of every journey instance: appended once per key, read in order."""
 
@@ -294,6 +250,7 @@ class EventLog:
         # runs one statement per row and each row's sequence number sees the rows before it).
         self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=KEY_INDEX, index_where=KEYED)
         self._listeners: list[StatusListener] = []
+        self._behind: dict[str, _WritesBehind] = {}  # instance id → its run's writes behind it
 
     def on_status(self, listener: StatusListener) -> None:
         """Tell ``listener`` of every status change this log commits along with new events."""
@@ -303,6 +260,46 @@ class EventLog:
         if status is not None and written:
             for listener in self._listeners:
                 await listener(instance_id, status)
+
+    @asynccontextmanager
+    async def writing_behind(self, instance_id: str, enabled: bool = True) -> AsyncIterator[None]:
+        """Let the run of ``instance_id`` inside (under its lock) write its steps' completions behind it
+        (:meth:`write_behind`); on the way out, however the run ended, every one of them is durable (or its
+        error raised)."""
+        if not enabled:
+            yield
+            return
+        scope = self._behind[instance_id] = _WritesBehind()
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.shield(scope.settle())
+            finally:
+                del self._behind[instance_id]
+
+    async def write_behind(self, instance_id: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Start ``write`` (a step's completion, keyed) and return at once when the instance's run writes
+        behind it (:meth:`writing_behind`), else make it now.
+
+        Only for a write that the run's next node settles before it does anything (:meth:`settle`): the
+        step's completion is then durable before the next step starts, as when it is written in place, while
+        LangGraph's bookkeeping between the two nodes overlaps the database's commit. Every append and read
+        of the instance's log settles first too, and so does the run's end. The run must checkpoint only
+        where its nodes stop it ("exit"): a checkpoint taken between two nodes could otherwise be durable
+        before the completion it follows."""
+        scope = self._behind.get(instance_id)
+        if scope is None:
+            await write()
+        else:
+            scope.start(write)
+
+    async def settle(self, instance_id: str) -> None:
+        """Wait until what the instance's run wrote behind it (:meth:`write_behind`) is durable: what
+        follows (another event, a read, the next step's work) must not overtake it."""
+        scope = self._behind.get(instance_id)
+        if scope is not None:
+            await scope.settle()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -330,7 +327,7 @@ class EventLog:
 
         Returns, per event, whether it was written (False: its key was already there).
         """
-        await settle_behind()
+        await self.settle(instance_id)
         events = stamped(events, status)
         if len(events) == 1 and not also:
             return [await self._append_alone(instance_id, events[0], status)]
@@ -372,7 +369,8 @@ class EventLog:
         """
         if not entries:
             return
-        await settle_behind()
+        for instance_id in {instance_id for instance_id, _event in entries}:
+            await self.settle(instance_id)
         now = self._clock.now()
         params = []
         for instance_id, event in entries:
@@ -388,14 +386,14 @@ class EventLog:
 
     async def find_by_key(self, instance_id: str, key: str) -> Event | None:
         """The event of ``instance_id`` written under ``key``, if any."""
-        await settle_behind()
+        await self.settle(instance_id)
         found = await self._backend.read(
             _SELECT_BY_KEY, {"p_instance_id": instance_id, "p_key": stored_key(instance_id, key)}
         )
         return _event(instance_id, found[0], self._sealer) if found else None
 
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
-        await settle_behind()
+        await self.settle(instance_id)
         wanted = list(dict.fromkeys(types or ()))
         params: dict[str, Any] = {"p_instance_id": instance_id, "p_after": after_seq}
         params.update({f"p_type_{n}": type_ for n, type_ in enumerate(wanted)})

@@ -38,7 +38,7 @@ from agents.policy import AgentCall, Policy, SessionAction, TaskCompletion, enfo
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, CallOptions, RetrySettings, call_with_retry, is_retryable
-from checkpoints.events import Event, EventLog, NewEvent, settle_behind, write_behind
+from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.guards import CircuitBreakers, CircuitSettings, RateLimits
 from nodes import schemas
 from nodes.telemetry import attempt_started, observed_agent_call, rejected_by_bulkhead, rejected_by_rate_limit
@@ -57,7 +57,7 @@ CIRCUIT_OPEN_TASK = "circuit_open"  # the ``kind`` of the human task such a call
 @dataclass(frozen=True, slots=True)
 class Recording:
     """What to write with a successful call's event: extra payload, the instance's new status, and whether
-    the event may be written behind the run (:func:`write_behind`): only when the run's next node is another
+    the event may be written behind the run (``EventLog.write_behind``): only when the run's next node is another
     call, which settles it before its work."""
 
     payload: Mapping[str, Any]
@@ -144,7 +144,7 @@ class AgentCaller:
         instance's status in the same transaction. ``options`` are the spec's for this call (time
         limit, retry policy, fallbacks); ``retry`` is the caller's own (compensations, units of work).
         """
-        await settle_behind()  # the step before this call is durable before this call does anything
+        await self.events.settle(instance_id)  # the step before this call is durable before it does anything
         if (done := await logged(self.events, instance_id, key, replay=replay)) is not None:
             return CallOutcome(dict(done.payload.get("output", {})), int(done.payload.get("attempts", 0)), True)
         # Routed to a person when its circuit is open: only inside a graph run, where the call can wait.
@@ -349,7 +349,8 @@ class AgentCaller:
             await self.events.append(instance_id, [completion], status=recording.status)
             progress({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": attempts})
 
-        await (write_behind(complete) if recording.behind and recording.status is None else complete())
+        behind = recording.behind and recording.status is None
+        await (self.events.write_behind(instance_id, complete) if behind else complete())
         return CallOutcome(output, attempts, False)
 
     async def _attempt(

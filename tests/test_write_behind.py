@@ -6,7 +6,6 @@ a write that fails behind the run is made again, and the log ends whole. Memory,
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from typing import Any
 
 import pytest
@@ -23,13 +22,11 @@ SPEC: dict[str, Any] = {
 }
 
 
-async def logged_steps(events: EventLog, instance_id: str) -> list[str]:
-    """The steps whose completion is committed, read as another caller would: outside the run's context,
-    so the read does not wait for the run's writes behind it."""
-    read = asyncio.get_running_loop().create_task(
-        events.list(instance_id, types=["step.completed"]), context=contextvars.Context()
-    )
-    return [event.step or "" for event in await read]
+async def logged_steps(rt: JourneyRuntime, instance_id: str) -> list[str]:
+    """The steps whose completion is committed, read as another process would: through a log of its own,
+    which does not wait for what the run writes behind it."""
+    other = EventLog(rt.store.backend, rt.store.clock)
+    return [event.step or "" for event in await other.list(instance_id, types=["step.completed"])]
 
 
 async def test_each_step_is_in_the_log_before_the_next_steps_agent_runs(store_url: str) -> None:
@@ -38,9 +35,7 @@ async def test_each_step_is_in_the_log_before_the_next_steps_agent_runs(store_ur
 
         def agent_for(step: str) -> Any:
             async def agent(request: AgentRequest) -> dict[str, Any]:
-                seen.setdefault(request.instance_id, {})[step] = await logged_steps(
-                    rt.store.events, request.instance_id
-                )
+                seen.setdefault(request.instance_id, {})[step] = await logged_steps(rt, request.instance_id)
                 return {"done": step}
 
             return agent
@@ -54,7 +49,7 @@ async def test_each_step_is_in_the_log_before_the_next_steps_agent_runs(store_ur
             assert view["status"] == "completed"
             assert view["completed_steps"] == AUTO_STEPS
             assert seen[view["instance_id"]] == {step: AUTO_STEPS[:n] for n, step in enumerate(AUTO_STEPS)}, user
-            assert await logged_steps(rt.store.events, view["instance_id"]) == AUTO_STEPS
+            assert await logged_steps(rt, view["instance_id"]) == AUTO_STEPS
 
 
 async def test_a_completion_whose_write_fails_behind_the_run_is_made_again(

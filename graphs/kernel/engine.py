@@ -16,7 +16,6 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
-from checkpoints.events import writes_behind
 from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
@@ -195,13 +194,13 @@ class JourneyEngine:
         config = self.config(instance_id, replay=replay)
         durability = self._durability_of(graph, options)
         # A graph whose steps are logged, checkpointed only where it stops, writes each step's completion
-        # behind it: the next step settles it before its work (see ``checkpoints.events.write_behind``). Not
+        # behind it: the next step settles it before its work (see ``EventLog.write_behind``). Not
         # when the caller stops it before or after a node: its checkpoint there could overtake the write.
         behind = durability == "exit" and graph in self._logged_steps and not options.call.stops_between_nodes
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]
-            async with writes_behind(behind):
+            async with self.store.events.writing_behind(instance_id, behind):
                 output = await run_graph(graph, value, config, durability, options.stream, options.call)
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:

@@ -63,7 +63,7 @@ class GraphCall:
     @property
     def stops_between_nodes(self) -> bool:
         """Whether the run may stop between two nodes, where no node of it would settle what the one before
-        wrote behind it (``checkpoints.events.write_behind``)."""
+        wrote behind it (``EventLog.write_behind``)."""
         return bool(self.interrupt_before or self.interrupt_after)
 
     def apply(self, config: RunnableConfig) -> RunnableConfig:
