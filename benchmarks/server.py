@@ -3,7 +3,8 @@
 Prints, in distributed mode (API + procrastinate workers on PostgreSQL):
 - start-to-completion p50/p95 of an 8-step journey (POST /runs/wait) at 20 concurrent clients, and at one;
 - CPU per journey at 20 clients in the API process, the worker and PostgreSQL (the postmaster and all its
-  backends, exited ones included), and their total: what decides journeys/s per core;
+  backends, exited ones included), and their total: what decides journeys/s per core; and, apart, this
+  process's own (the HTTP client generating the load, on the same machine);
 - what one journey step costs the database at 20 clients: transactions, rows written, WAL bytes, table
   bytes, and the connections the API and the worker hold (figures for docs/scaling.md);
 - completed journeys/s with one worker and with two, and their ratio;
@@ -334,13 +335,17 @@ async def measure_latency(
         sampler = Sampler(sampled, Path(folder))
         with sampler if profile else contextlib.nullcontext(sampler):
             before = {name: cpu_seconds(p) for name, p in processes.items()}
+            client_before = time.process_time()
             times = sorted(await latency(client, journeys, 20))
+            client_cpu = time.process_time() - client_before
             after_cpu = {name: cpu_seconds(p) for name, p in processes.items()}
         if profile:
             results[f"{prefix}profile"] = {name: sampler.top(name, profile) for name in sampled}
     for name in processes:
         results[f"{prefix}cpu_ms_{name}"] = 1000 * (after_cpu[name] - before[name]) / journeys
     results[f"{prefix}cpu_ms_total"] = sum(results[f"{prefix}cpu_ms_{name}"] for name in processes)
+    # The load generator shares the machine's cores: its CPU is reported apart, outside the total.
+    results[f"{prefix}cpu_ms_client"] = 1000 * client_cpu / journeys
     if url is not None:
         results["connections"] = await asyncio.to_thread(connections, url)
         await asyncio.sleep(1.5)  # this phase's statistics flushed
@@ -460,7 +465,8 @@ def main() -> None:
     postgres = f", PostgreSQL {r['cpu_ms_postgres']:.1f} ms" if "cpu_ms_postgres" in r else " (PostgreSQL remote)"
     print(
         f"  CPU per journey at 20 clients: API process {r['cpu_ms_api']:.1f} ms, worker {r['cpu_ms_worker']:.1f} ms"
-        f"{postgres}; total {r['cpu_ms_total']:.1f} ms"
+        f"{postgres}; total {r['cpu_ms_total']:.1f} ms (and this benchmark's HTTP client, on the same cores: "
+        f"{r['cpu_ms_client']:.1f} ms)"
     )
     step = r["per_step"]
     print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import secrets
@@ -145,6 +144,7 @@ def serve(
 
     from nodes.telemetry import configure_tracing
     from server.app import create_app
+    from server.heap import freeze_startup_heap
     from server.plugins import plugin_registry
     from server.settings import InputLimits, Settings, load_api_keys, no_auth_warning
 
@@ -187,10 +187,7 @@ def serve(
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     except JourneyError as exc:
         _fail(exc)
-    # The objects of the modules loaded so far stay out of every garbage collection from now on: a request
-    # that allocates many objects (a large JSON body) no longer pays for traversing them, on the event loop.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()  # a request allocating many objects no longer pays for traversing the startup's
     typer.echo(f"dashboard: http://{host}:{port}/ui", err=True)
     uvicorn.run(served, host=host, port=port, log_level="info" if verbose else "warning")
 

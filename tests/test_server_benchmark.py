@@ -20,6 +20,8 @@ def test_server_benchmark_quick(postgres_url: str) -> None:
     assert results["worker_rss_mb"] > 0 and results["worker_rss_small_mb"] > 0
     assert results["embedded_p50_ms"] > 0 and results["embedded_per_s"] > 0
     assert results["cpu_ms_api"] > 0 and results["cpu_ms_worker"] > 0 and results["embedded_cpu_ms_api"] > 0
+    # The load generator's own CPU (it shares the cores) is reported apart, outside the total.
+    assert results["cpu_ms_client"] > 0 and results["embedded_cpu_ms_client"] > 0
     # The local throwaway PostgreSQL's CPU is measured too, and summed with the processes'.
     assert results["cpu_ms_postgres"] > 0
     assert results["cpu_ms_total"] == pytest.approx(

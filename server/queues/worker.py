@@ -18,6 +18,7 @@ from agents.guide_model import load_guide_model
 from checkpoints.retention import RetentionPolicy
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
+from server.heap import freeze_startup_heap
 from server.plugins import plugin_registry
 from server.queues.procrastinate import (
     QUEUE,
@@ -93,6 +94,7 @@ async def run_worker(
 
         CronService(runtime, executor.runs).serve_firings(lambda: enqueuer(app), deferred)
         async with app.open_async(pool=runtime.store.pg_pool):  # the store's pool: connections stay bounded
+            freeze_startup_heap()
             reaper = asyncio.create_task(reap_stalled(app, stalled_after))
             try:
                 await app.run_worker_async(
