@@ -40,7 +40,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from checkpoints.figures import LiveFigures
-from checkpoints.index import JourneyIndex
+from checkpoints.index import Instance, JourneyIndex
 from checkpoints.redaction import redact_label, redact_text
 
 log = structlog.get_logger("journeys.telemetry")
@@ -180,6 +180,12 @@ class InstanceTelemetry:
         described = (found.journey_id, found.pattern) if found is not None else None
         self._keep(instance_id, described)
         return described
+
+    def seen(self, instances: Iterable[Instance]) -> None:
+        """Instances a caller read anyway (the timer scheduler reads a fired batch's rows at once): their runs
+        then need no read of their own."""
+        for instance in instances:
+            self._keep(instance.instance_id, (instance.journey_id, instance.pattern))
 
     async def created(self, instance_id: str, journey_id: str, pattern: str) -> None:
         self._keep(instance_id, (journey_id, pattern))

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from langgraph.types import Durability
 
+from checkpoints.clock import VirtualClock
 from graphs.runtime import JourneyRuntime
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
 
@@ -55,6 +56,29 @@ async def test_a_timer_continuation_checkpoints_where_it_stops_unless_the_runtim
         assert await checkpoints_of(rt, instance_id) - parked == written
 
 
+NAP = linear("wake_up", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}})
+
+
+async def fire_counting_single_reads(
+    rt: JourneyRuntime, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Fire what is due an hour on (three naps that complete their processes), recording each instance
+    read one at a time from the index meanwhile."""
+    single_reads: list[str] = []
+    read_one = rt.store.index.get_instance
+
+    async def counted(instance_id: str, **kwargs: object) -> object:
+        single_reads.append(instance_id)
+        return await read_one(instance_id, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt.store.index, "get_instance", counted)
+    clock.advance(timedelta(hours=1))
+    report = await rt.processes.scheduler.run_due()
+    assert (report.fired, report.resumed, report.failed) == (3, 3, 0)
+    monkeypatch.undo()
+    return single_reads
+
+
 async def test_a_timer_continuation_that_completes_the_process_reads_no_instance_row_per_thread(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,19 +86,21 @@ async def test_a_timer_continuation_that_completes_the_process_reads_no_instance
     the end event, reads none again (the spec that judges a completed run is the one its graph was built from)."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        await rt.processes.deploy(linear("wake_up", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}}))
+        await rt.processes.deploy(NAP)
         ids = [(await rt.processes.start("wake_up", f"cust-{i}"))["instance_id"] for i in range(3)]
-        single_reads: list[str] = []
-        read_one = rt.store.index.get_instance
-
-        async def counted(instance_id: str, **kwargs: object) -> object:
-            single_reads.append(instance_id)
-            return await read_one(instance_id, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(rt.store.index, "get_instance", counted)
-        clock.advance(timedelta(hours=1))
-        report = await rt.processes.scheduler.run_due()
-        assert (report.fired, report.resumed, report.failed) == (3, 3, 0)
-        assert single_reads == []
-        monkeypatch.undo()
+        assert await fire_counting_single_reads(rt, clock, monkeypatch) == []
         assert [(await rt.processes.status(i))["status"] for i in ids] == ["completed"] * 3
+
+
+async def test_a_worker_that_did_not_start_the_instances_reads_no_instance_row_per_continuation(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timers usually fall due long after their instances parked, in a worker that never saw them start:
+    the batch's one read of the index rows also tells each run's telemetry its journey and pattern."""
+    clock = virtual_clock()
+    async with runtime(durable_url, clock) as rt:
+        await rt.processes.deploy(NAP)
+        ids = [(await rt.processes.start("wake_up", f"cust-{i}"))["instance_id"] for i in range(3)]
+    async with runtime(durable_url, clock) as worker:
+        assert await fire_counting_single_reads(worker, clock, monkeypatch) == []
+        assert [(await worker.processes.status(i))["status"] for i in ids] == ["completed"] * 3

@@ -435,6 +435,7 @@ class ProcessOrchestrator:
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
         """Process instances by id, in one read (ids that are not process instances are left out)."""
         found = await self.store.index.get_instances(instance_ids)
+        self.engine.telemetry.seen(found)
         return {i.instance_id: i for i in found if i.pattern == PATTERN}
 
     async def run(
