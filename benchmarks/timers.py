@@ -19,6 +19,7 @@ Targets: every timer fired within 10 s of D; none early; every instance continue
     python benchmarks/timers.py                                     # 10,000 instances on a throwaway Postgres
     python benchmarks/timers.py --database-url postgresql://...     # on an existing server
     python benchmarks/timers.py --quick --backends memory,sqlite    # smoke run (the test suite)
+    python benchmarks/timers.py --fresh-worker --database-url ...   # fired by a worker that did not park them
 
 The exit code is 0 whatever the figures: this is a report. Missed targets print ``TARGET MISSED``.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import os
 import pstats
 import shutil
@@ -112,56 +114,77 @@ async def bench(
     resume_concurrency: int,
     durability: Durability,
     profile: int = 0,
+    fresh_worker: bool = False,
 ) -> Result:
+    """Park ``n`` instances, then fire and resume them all; ``fresh_worker``: from a runtime opened anew on
+    the store after parking (a worker that never saw them start, as when timers fall due hours later)."""
     clock = HeldClock(datetime.now(UTC).replace(microsecond=0))
-    async with JourneyRuntime.open(url, clock=clock, durability=durability, pool_size=20) as runtime:
-        await runtime.processes.deploy(spec(lead_s))
-        due = clock.now() + timedelta(seconds=lead_s)
-        keys = iter(range(n))
-        started = time.perf_counter()
-
-        async def park() -> None:
-            for i in keys:  # one shared iterator: each worker takes the next key
-                view = await runtime.processes.start("timer_bench", f"key-{i}")
-                if view["status"] != "in_progress":
-                    raise RuntimeError(f"instance {i} did not park: {view}")
-
-        await asyncio.gather(*(park() for _ in range(park_concurrency)))
-        result = Result(backend, n, time.perf_counter() - started)
-        print(f"  {backend:<8} parked {n} instances in {result.park_s:.1f} s; timers due in {lead_s} s", flush=True)
-
-        clock.release()
-        profiler = cProfile.Profile() if profile else None
-        cpu_before = time.process_time()
-        if profiler is not None:
-            profiler.enable()
-        for _poll in range(1000):  # the worker waits for the due time, as TimerScheduler's loop does
-            await asyncio.sleep(max(0.0, (due - clock.now()).total_seconds()))
-            report = await fire_due_timers(runtime.processes, concurrency=resume_concurrency)
-            if report.fired:  # an asyncio sleep may end a hair early: then nothing was due yet
-                break
-        result.worker_cpu_s = time.process_time() - cpu_before
-        if profiler is not None:
-            profiler.disable()
-            print(f"\n  {backend}: where the worker's CPU went (cProfile, top {profile} by own time):")
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(profile)
-            dump = Path(tempfile.gettempdir()) / f"timers-{backend}.prof"
-            profiler.dump_stats(dump)
-            print(f"  the whole profile: {dump} (python -m pstats {dump})")
-        result.fired, result.resumed = report.fired, report.resumed
-        result.fire_lateness, result.resume_lateness = report.lateness, report.resume_lateness
-        result.errors = report.errors[:5]
-
-        t = process_timers.c
-        async with runtime.store.engine.connect() as conn:
-            result.fired_in_db = int((await conn.execute(select(func.count()).where(t.status == "fired"))).scalar_one())
-            result.early_in_db = int(
-                (await conn.execute(select(func.count()).where(t.fired_at < t.due_at))).scalar_one()
-            )
-        counts = await runtime.store.index.count_by_status(pattern="process")
-        result.completed = counts.get("completed", 0)
+    opened = functools.partial(JourneyRuntime.open, url, clock=clock, durability=durability, pool_size=20)
+    async with opened() as runtime:
+        result, due = await park_all(runtime, backend, n, lead_s=lead_s, concurrency=park_concurrency)
+        if not fresh_worker:
+            await fire_all(runtime, result, clock, due, concurrency=resume_concurrency, profile=profile)
+            return result
+    async with opened() as worker:
+        await fire_all(worker, result, clock, due, concurrency=resume_concurrency, profile=profile)
         return result
+
+
+async def park_all(
+    runtime: JourneyRuntime, backend: str, n: int, *, lead_s: int, concurrency: int
+) -> tuple[Result, datetime]:
+    """Start ``n`` instances, each parked on a timer due ``lead_s`` after the held clock; and that due time."""
+    await runtime.processes.deploy(spec(lead_s))
+    due = runtime.store.clock.now() + timedelta(seconds=lead_s)
+    keys = iter(range(n))
+    started = time.perf_counter()
+
+    async def park() -> None:
+        for i in keys:  # one shared iterator: each worker takes the next key
+            view = await runtime.processes.start("timer_bench", f"key-{i}")
+            if view["status"] != "in_progress":
+                raise RuntimeError(f"instance {i} did not park: {view}")
+
+    await asyncio.gather(*(park() for _ in range(concurrency)))
+    result = Result(backend, n, time.perf_counter() - started)
+    print(f"  {backend:<8} parked {n} instances in {result.park_s:.1f} s; timers due in {lead_s} s", flush=True)
+    return result, due
+
+
+async def fire_all(
+    runtime: JourneyRuntime, result: Result, clock: HeldClock, due: datetime, *, concurrency: int, profile: int
+) -> None:
+    """Release the clock, fire every timer when due and resume the instances; the figures into ``result``."""
+    backend = result.backend
+    clock.release()
+    profiler = cProfile.Profile() if profile else None
+    cpu_before = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    for _poll in range(1000):  # the worker waits for the due time, as TimerScheduler's loop does
+        await asyncio.sleep(max(0.0, (due - clock.now()).total_seconds()))
+        report = await fire_due_timers(runtime.processes, concurrency=concurrency)
+        if report.fired:  # an asyncio sleep may end a hair early: then nothing was due yet
+            break
+    result.worker_cpu_s = time.process_time() - cpu_before
+    if profiler is not None:
+        profiler.disable()
+        print(f"\n  {backend}: where the worker's CPU went (cProfile, top {profile} by own time):")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(profile)
+        dump = Path(tempfile.gettempdir()) / f"timers-{backend}.prof"
+        profiler.dump_stats(dump)
+        print(f"  the whole profile: {dump} (python -m pstats {dump})")
+    result.fired, result.resumed = report.fired, report.resumed
+    result.fire_lateness, result.resume_lateness = report.lateness, report.resume_lateness
+    result.errors = report.errors[:5]
+
+    t = process_timers.c
+    async with runtime.store.engine.connect() as conn:
+        result.fired_in_db = int((await conn.execute(select(func.count()).where(t.status == "fired"))).scalar_one())
+        result.early_in_db = int((await conn.execute(select(func.count()).where(t.fired_at < t.due_at))).scalar_one())
+    counts = await runtime.store.index.count_by_status(pattern="process")
+    result.completed = counts.get("completed", 0)
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -243,6 +266,7 @@ async def run(args: argparse.Namespace) -> int:
                         resume_concurrency=args.resume_concurrency,
                         durability=args.durability,
                         profile=args.profile,
+                        fresh_worker=args.fresh_worker,
                     )
                 missed += print_result(result)
     finally:
@@ -272,6 +296,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="profile the firing and resuming; print the top N entries"
     )
+    parser.add_argument(
+        "--fresh-worker",
+        action="store_true",
+        help="fire from a runtime opened anew after parking (a worker that did not start the instances); "
+        "sqlite and postgres only",
+    )
     parser.add_argument("--quick", action="store_true", help="a small smoke run: 100 instances, memory and sqlite")
     args = parser.parse_args(argv)
     if args.quick:
@@ -279,6 +309,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         if "--backends" not in (argv or sys.argv):
             args.backends = "memory,sqlite"
         args.lead = 1
+    if args.fresh_worker and "memory" in args.backends.split(","):
+        parser.error("--fresh-worker needs a store a second runtime can open: sqlite or postgres")
     return args
 
 
