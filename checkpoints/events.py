@@ -266,7 +266,7 @@ class EventLog:
         """Let the run of ``instance_id`` inside (under its lock) write its steps' completions behind it
         (:meth:`write_behind`); on the way out, however the run ended, every one of them is durable (or its
         error raised)."""
-        if not enabled:
+        if not enabled or instance_id in self._behind:  # a run inside the run: the outer one settles
             yield
             return
         scope = self._behind[instance_id] = _WritesBehind()
