@@ -29,6 +29,8 @@ touches LangGraph's tables here.
 Each pass also forgets the start keys and message ids whose window has passed (``journey_start_keys``,
 ``process_message_ids``), a batch at a time: they only answer a repeat within their window, and without the
 pass one was dropped only when the same key came again, so the tables grew with every keyed start or send.
+So too the buffered messages whose time-to-live has passed (``process_messages``), taken or not: one past its
+time is never delivered, and nothing else reads it.
 
 Progress is two watermarks in ``journey_retention`` (how far pruned, how far deleted, in the instances'
 ``updated_at``), so a pass looks only at journeys finished since the last one and costs no row per
@@ -58,7 +60,7 @@ from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, R
 from checkpoints.index import Instance
 from checkpoints.savers import put_saved
 from checkpoints.schema.flow_tables import journey_start_keys
-from checkpoints.schema.tables import journey_instances, journey_retention, process_message_ids
+from checkpoints.schema.tables import journey_instances, journey_retention, process_message_ids, process_messages
 
 log = structlog.get_logger("journeys.retention")
 
@@ -85,8 +87,9 @@ _SET_MARK = update(journey_retention).where(_marks.mark == bindparam("p_mark")).
 _FINISHED = _instances.status.in_(FINISHED_STATUSES)
 _AT = select(_instances.instance_id).where(_FINISHED, _instances.updated_at == bindparam("p_at"))
 
-# Rows that only answer a repeat within a window, forgotten once it has passed: a start key (journey_start_keys)
-# and a message id (process_message_ids), EXPIRED_BATCH per statement.
+# Rows that only count within a window, forgotten once it has passed, EXPIRED_BATCH per statement: a start key
+# (journey_start_keys) and a message id (process_message_ids) answer a repeat; a buffered message
+# (process_messages) waits to be taken.
 EXPIRED_BATCH = 1000
 
 
@@ -96,10 +99,11 @@ def _forget_expired(table: Table, key: ColumnElement[Any]) -> Executable:
     return delete(table).where(key.in_(batch.scalar_subquery())).returning(key)
 
 
-_FORGET_EXPIRED = (
+_FORGET_EXPIRED_KEYS = (
     _forget_expired(journey_start_keys, journey_start_keys.c.start_key),
     _forget_expired(process_message_ids, process_message_ids.c.message_id),
 )
+_FORGET_EXPIRED_MESSAGES = (_forget_expired(process_messages, process_messages.c.message_id),)
 
 # Holds one instance's lock for the block (the kernel's JourneyEngine.exclusive).
 Exclusive = Callable[[str], AbstractAsyncContextManager[None]]
@@ -140,6 +144,7 @@ class RetentionReport:
     busy: bool = False
     compacted: int = 0
     expired_keys: int = 0  # start keys and message ids forgotten, their window passed
+    expired_messages: int = 0  # buffered messages forgotten, their time-to-live passed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +153,7 @@ class RetentionReport:
             "busy": self.busy,
             "compacted": self.compacted,
             "expired_keys": self.expired_keys,
+            "expired_messages": self.expired_messages,
         }
 
 
@@ -169,6 +175,7 @@ class CheckpointRetention:
         self._clock = clock
         self._exclusive = exclusive
         self._compacted = 0  # in the pass under way
+        self._saver_prunes = True  # until its aprune says otherwise
 
     async def run(self, now: datetime | None = None) -> RetentionReport:
         """One pass of the policy over the journeys finished since the last pass; what it did. A pass holds
@@ -193,16 +200,17 @@ class CheckpointRetention:
         if policy.mode == "delete_after" and not busy:
             delete_before = min(prune_before, now - timedelta(days=policy.days))
             deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
-        expired = await self._forget_expired(now)
-        report = RetentionReport(pruned, deleted, busy, self._compacted, expired)
-        if pruned or deleted or expired:
+        keys = await self._forget_expired(_FORGET_EXPIRED_KEYS, now)
+        messages = await self._forget_expired(_FORGET_EXPIRED_MESSAGES, now)
+        report = RetentionReport(pruned, deleted, busy, self._compacted, keys, messages)
+        if pruned or deleted or keys or messages:
             log.info("retention pass", mode=policy.mode, **report.as_dict())
         return report
 
-    async def _forget_expired(self, now: datetime) -> int:
-        """Forget the start keys and message ids whose window passed by ``now``; how many."""
+    async def _forget_expired(self, statements: Sequence[Executable], now: datetime) -> int:
+        """Forget the rows whose window passed by ``now``, a batch per statement at a time; how many."""
         forgotten = 0
-        for statement in _FORGET_EXPIRED:
+        for statement in statements:
             while batch := len(await self._backend.write([statement], {"p_now": now})):
                 forgotten += batch
                 if batch < EXPIRED_BATCH:
@@ -285,15 +293,20 @@ class CheckpointRetention:
             await self._backend.write([_SET_MARK], {"p_mark": mark, "p_upto": last})
             done, after = done + len(ids), last
 
-    @property
-    def _prunes(self) -> bool:
-        """Whether the saver implements ``aprune`` (AsyncPostgresSaver does; AsyncSqliteSaver does not)."""
-        return type(self.saver).aprune is not BaseCheckpointSaver.aprune
+    async def _aprune(self, ids: Sequence[str], strategy: Literal["keep_latest", "delete"]) -> bool:
+        """Apply ``strategy`` through the saver's own ``aprune``; False when the saver has none (AsyncSqliteSaver:
+        the base class raises NotImplementedError). Asked, not inferred from the saver's class, so a saver
+        subclass or wrapper is taken at its word."""
+        if self._saver_prunes:
+            try:
+                await self.saver.aprune(ids, strategy=strategy)
+                return True
+            except NotImplementedError:
+                self._saver_prunes = False
+        return False
 
     async def _prune(self, ids: Sequence[str]) -> bool:
-        if self._prunes:
-            await self.saver.aprune(ids, strategy="keep_latest")
-        else:
+        if not await self._aprune(ids, "keep_latest"):
             for thread_id in ids:  # by the saver's public API, one thread at a time under its lock
                 try:
                     async with self._exclusive(thread_id):
@@ -314,11 +327,9 @@ class CheckpointRetention:
         return True
 
     async def _delete(self, ids: Sequence[str]) -> bool:
-        if self._prunes:
-            await self.saver.aprune(ids, strategy="delete")
-            return True
-        for thread_id in ids:
-            await self.saver.adelete_thread(thread_id)
+        if not await self._aprune(ids, "delete"):
+            for thread_id in ids:
+                await self.saver.adelete_thread(thread_id)
         return True
 
 

@@ -31,7 +31,7 @@ from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
 from server.settings import Settings
 from tests.lifecycle_support import START, journey_at
-from tests.process_support import linear
+from tests.process_support import linear, payment_spec
 from tests.server_support import start_worker, stop_worker
 
 FAST = RetrySettings(max_attempts=1, initial_delay=0.001, max_delay=0.01, jitter=0.001)
@@ -262,6 +262,31 @@ async def test_delete_after_deletes_checkpoints_and_views_answer_from_the_log_or
         assert {i: await rt.history(i) for i in logs} == logs
 
 
+async def test_a_saver_subclass_prunes_whether_or_not_its_class_overrides_aprune(store_url: str) -> None:
+    """Before, a pass judged from the saver's class whether it could ``aprune``: a subclass overriding it (here
+    to audit calls, delegating) on a saver without one (SQLite's) made every pass fail on NotImplementedError."""
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        asked: list[str] = []
+        saver = rt.retention.saver
+        official = type(saver)
+
+        async def audited(self: Any, thread_ids: Any, *, strategy: str = "keep_latest") -> None:
+            asked.append(strategy)
+            await official.aprune(self, thread_ids, strategy=strategy)
+
+        saver.__class__ = type("AuditedSaver", (official,), {"aprune": audited})
+        _journey_id, instance_id = await completed_structured(rt, "ann")
+        clock.advance(AFTER_SETTLING)
+        assert (await rt.retention.run()).pruned == 1
+        assert await checkpoints(rt, instance_id) == 1
+        assert asked == ["keep_latest"]
+        _journey_id, second = await completed_structured(rt, "bob")
+        clock.advance(AFTER_SETTLING)
+        assert (await rt.retention.run()).pruned == 1
+        assert await checkpoints(rt, second) == 1
+
+
 async def test_retention_passes_of_two_processes_never_overlap(durable_url: str) -> None:
     """A pass holds the store's lock (PASS_LOCK), as an API's loop, a worker's job and the CLI share one store:
     a pass that meets another one under way waits for it, and gives up (busy, nothing done) after the lock
@@ -368,6 +393,30 @@ async def test_a_pass_forgets_start_keys_and_message_ids_whose_window_passed(sto
         assert kept["user_id"] == "long"  # still in its window: answers the start it began
 
 
+async def test_a_pass_forgets_buffered_messages_whose_time_to_live_passed(store_url: str) -> None:
+    """Before, a buffered message stayed for ever, taken, expired or neither: ``process_messages`` grew with
+    every send nobody waited for. A pass forgets those past their time-to-live, and a live one is still taken."""
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        await rt.processes.deploy(payment_spec())
+        send = rt.processes.send_message
+        await send("payment.received", "INV-1", {"amount": 1}, ttl=timedelta(minutes=10))  # taken below
+        await send("payment.received", "INV-2", {"amount": 2}, ttl=timedelta(minutes=10))  # marked expired
+        await send("payment.received", "INV-3", {"amount": 3}, ttl=timedelta(minutes=30))  # never marked
+        await send("payment.received", "INV-4", {"amount": 4}, ttl=timedelta(hours=2))  # still live
+        taken = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        assert taken["status"] == "completed"
+        clock.advance(timedelta(minutes=15))
+        await rt.processes.scheduler.run_due()  # marks INV-2 expired
+        assert (await rt.retention.run()).expired_messages == 2  # INV-1 (taken) and INV-2
+        clock.advance(timedelta(minutes=30))
+        assert (await rt.retention.run()).expired_messages == 1  # INV-3, whether marked or not
+        [live] = await rt.processes.services.messages.find(name="payment.received")
+        assert (live.correlation_key, live.status) == ("INV-4", "buffered")
+        view = await rt.processes.start("invoice", "cust-4", {"invoice_no": "INV-4"})
+        assert view["status"] == "completed" and view["variables"]["amount"] == 4
+
+
 def test_a_policy_is_checked() -> None:
     with pytest.raises(RetentionPolicyError, match="choose keep_latest"):
         RetentionPolicy("forever")  # type: ignore[arg-type]
@@ -402,7 +451,14 @@ def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
     done = asyncio.run(finish())
     answer = CliRunner().invoke(cli, ["retention", "--database-url", url])
     assert answer.exit_code == 0, answer.output
-    assert json.loads(answer.output) == {"pruned": 1, "deleted": 0, "busy": False, "compacted": 1, "expired_keys": 0}
+    assert json.loads(answer.output) == {
+        "pruned": 1,
+        "deleted": 0,
+        "busy": False,
+        "compacted": 1,
+        "expired_keys": 0,
+        "expired_messages": 0,
+    }
 
     async def count() -> int:
         async with JourneyRuntime.open(url) as rt:
