@@ -23,23 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
-from checkpoints.process.timers import TimerStore
+from checkpoints.process.timers import ARMED, TimerStore, cancel_timers
 from checkpoints.schema.tables import process_timers, server_crons
 from nodes.timer import TimerDefinition
 
 CRON_PURPOSE = "cron"
-_ARMED = ("scheduled", "firing")  # a timer that may still fire
 
 
 def _delete_crons(which: Any) -> tuple[Executable, ...]:
     """Delete the crons ``which`` takes and cancel their timers: the statements, to run in one transaction."""
     return (
-        update(process_timers)
-        .where(
-            process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(which)),
-            process_timers.c.status.in_(_ARMED),
-        )
-        .values(status="cancelled", claimed_by=None),
+        cancel_timers(process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(which))),
         delete(server_crons).where(which),
     )
 
@@ -214,7 +208,7 @@ class CronStore:
     ) -> list[CronRow]:
         """The crons ``viewer`` may see (None: all) that ``where`` takes, in order, one page."""
         c, t = server_crons.c, process_timers.c
-        armed = (t.timer_id == c.timer_id) & t.status.in_(_ARMED)
+        armed = (t.timer_id == c.timer_id) & t.status.in_(ARMED)
         statement = select(*server_crons.c, t.due_at.label("next_run_date")).select_from(
             server_crons.outerjoin(process_timers, armed)
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Executable, String, Text, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy import ColumnElement, Executable, String, Text, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +26,16 @@ from checkpoints.schema.tables import process_timers, process_waits
 from checkpoints.seq_race import again_if_lost
 
 DEFAULT_LEASE = timedelta(seconds=60)
+ARMED = ("scheduled", "firing")  # a timer that may still fire
+
+
+def cancel_timers(which: ColumnElement[bool]) -> Executable:
+    """The statement that cancels the armed timers ``which`` (a condition on ``process_timers``) takes."""
+    return (
+        update(process_timers)
+        .where(which, process_timers.c.status.in_(ARMED))
+        .values(status="cancelled", claimed_by=None)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,9 +293,4 @@ class TimerStore:
         return [Timer(**r._mapping) for r in rows]
 
     def cancel_statement(self, timer_id: str) -> Executable:
-        t = process_timers.c
-        return (
-            update(process_timers)
-            .where(t.timer_id == timer_id, t.status.in_(("scheduled", "firing")))
-            .values(status="cancelled", claimed_by=None)
-        )
+        return cancel_timers(process_timers.c.timer_id == timer_id)
