@@ -5,13 +5,18 @@ Every test runs on memory, SQLite and Postgres, on a virtual clock."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import delete
 
+from checkpoints.clock import VirtualClock
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.schema.migrations import migrate
 from checkpoints.schema.tables import process_message_starts, schema_migrations
@@ -340,3 +345,68 @@ async def test_the_message_route_passes_the_message_id_through(sqlite_url: str) 
             assert (other.status_code, other.json()["code"]) == (422, "MessageIdConflictError")
             events = (await http.get(f"/journeys/{instance_id}/history")).json()
             assert [e["type"] for e in events].count("wait.completed") == 1
+
+
+# A sender in a process of its own, SIGKILLed at a point of its send (``argv``: store URL, point): ``deliver``,
+# once it resolved the waiting instance's wait (before resuming it), or ``settle_id``, once it kept the
+# message in the buffer (before recording what the send answered).
+SENDER = """
+import asyncio, sys
+sys.path.insert(0, ".")
+from checkpoints.process.messages import MessageStore
+from graphs.process.orchestrator import ProcessOrchestrator
+from graphs.runtime import JourneyRuntime
+
+url, point = sys.argv[1:3]
+async def hold(*_args, **_kwargs):
+    print("HOLD", flush=True)
+    await asyncio.sleep(3600)
+setattr(ProcessOrchestrator if point == "deliver" else MessageStore, point, hold)
+async def main():
+    async with JourneyRuntime.open(url) as rt:
+        await rt.processes.send_message("payment.received", "INV-1", {"amount": 5}, message_id="pay-1")
+asyncio.run(main())
+"""
+
+
+def killed_mid_send(url: str, point: str) -> None:
+    """Run the sender until it holds at ``point``, and SIGKILL it there."""
+    with subprocess.Popen(
+        [sys.executable, "-c", SENDER, url, point], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "HOLD", "the sender exited before its hold"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+
+
+@pytest.mark.parametrize("point", ["deliver", "settle_id"])
+async def test_a_send_taken_over_after_its_sender_was_killed_delivers_its_message_once(
+    durable_url: str, point: str
+) -> None:
+    """Before, the send taken over looked only for instances still waiting: the one its killed sender had
+    resolved (or that took it from the buffer) was not listed, and the message was buffered a second time,
+    for a later wait to take again. Now the waits a message id resolved are found by it."""
+    clock = VirtualClock(datetime.now(UTC))  # the sender runs on the system clock
+    async with runtime(durable_url, clock) as rt:
+        await rt.processes.deploy(payment_spec())
+        first = None
+        if point == "deliver":
+            first = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        await asyncio.to_thread(killed_mid_send, durable_url, point)
+        if first is None:  # the message was kept: this instance takes it from the buffer
+            first = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        clock.advance(timedelta(minutes=2))  # the killed sender's claim is older than a lease: taken over
+
+        again = await rt.processes.send_message("payment.received", "INV-1", {"amount": 5}, message_id="pay-1")
+        assert again == {"correlated": [first["instance_id"]], "started": [], "buffered": None}
+        done = await rt.processes.status(first["instance_id"])
+        assert done["status"] == "completed" and done["variables"]["amount"] == 5
+        assert [m.status for m in await rt.processes.services.messages.find(name="payment.received")] == (
+            ["consumed"] if point == "settle_id" else []
+        )
+        later = await rt.processes.start("invoice", "cust-2", {"invoice_no": "INV-1"})
+        assert waiting_elements(later) == ["paid"]  # the message was delivered once, not kept for another
+        assert await rt.processes.send_message("payment.received", "INV-1", {"amount": 5}, message_id="pay-1") == again

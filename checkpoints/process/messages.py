@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.rows import insert_ignore
-from checkpoints.schema.tables import process_message_ids, process_messages, process_subscriptions
+from checkpoints.schema.tables import process_message_ids, process_messages, process_subscriptions, process_waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,25 @@ class MessageStore:
         query = (
             select(process_subscriptions)
             .where(s.message_name == name, s.correlation_key == key, s.status == "waiting")
+            .order_by(s.created_at, s.subscription_id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Subscription(**r._mapping) for r in rows]
+
+    async def taken(self, name: str, key: str, message_id: str) -> list[Subscription]:
+        """The subscriptions to (``name``, ``key``) that message ``message_id`` resolved the wait of, directly or
+        from the buffer: what a send of it taken over (its sender died mid-way) finds done already."""
+        s, w = process_subscriptions.c, process_waits.c
+        query = (
+            select(process_subscriptions)
+            .join(process_waits, w.wait_id == s.wait_id)
+            .where(
+                s.message_name == name,
+                s.correlation_key == key,
+                s.status == "consumed",
+                w.resolution["message_id"].as_string() == message_id,
+            )
             .order_by(s.created_at, s.subscription_id)
         )
         async with self._engine.connect() as conn:

@@ -661,10 +661,12 @@ class ProcessOrchestrator:
         self, name: str, key: str, body: dict[str, Any], ttl: timedelta | None, message_id: str | None
     ) -> dict[str, Any]:
         """:meth:`send_message`, its input checked. With ``message_id`` every step is keyed by it, so a send
-        taken over after its sender died repeats none of them: a wait is resolved once, an instance it
+        taken over after its sender died repeats none of them: a wait is resolved once (the waits it resolved
+        already, directly or from the buffer, are found by the id and answered again), an instance it
         starts has a start key from it, and it is buffered under that id."""
         received_at = self.clock.now().isoformat()
-        won = []
+        messages = self.services.messages
+        won = [] if message_id is None else await messages.taken(name, key, message_id)
         for subscription in await self.services.messages.waiting(name, key):
             resolution = {
                 "option": subscription.element,
