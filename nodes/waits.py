@@ -9,7 +9,8 @@
   event) is keyed by the wait id, so re-running the node with the same resolution repeats nothing.
 
 Whoever resolves a wait (``checkpoints.process.waits.WaitStore.resolve``) stores the resolution first and
-then resumes the thread with it, addressed by the interrupt id.
+then resumes the thread with it, addressed by the interrupt id, which the wait node stores on the wait row
+when it parks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import UTC
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphInterrupt
 from langgraph.types import Command, interrupt
 
 from checkpoints.events import NewEvent
@@ -235,7 +237,13 @@ def make_wait_node(
         wait_id = str((state.get("waits") or {})[plan.element])
         resolution = (state.get("early") or {}).get(wait_id)
         if resolution is None:
-            answer = interrupt({"wait_id": wait_id, "element": plan.element, "kind": plan.kind, **describe})
+            try:
+                answer = interrupt({"wait_id": wait_id, "element": plan.element, "kind": plan.kind, **describe})
+            except GraphInterrupt as parking:
+                # Parks here: the wait row names the interrupt, so its resolution is delivered by that id
+                # without reading the thread's state first (``ProcessOrchestrator.deliver``).
+                await services.waits.parked(wait_id, parking.args[0][0].id)
+                raise
             resolution = dict(answer) if isinstance(answer, Mapping) else {"option": plan.element, "value": answer}
         target, updates = route(state, resolution)
         cells, changes = assign(cast(Mapping[str, Any], state.get("variables") or {}), updates)

@@ -46,6 +46,16 @@ class Wait:
     resolution: dict[str, Any] | None
     created_at: datetime
     resolved_at: datetime | None
+    interrupt_id: str | None = None  # the interrupt its thread parked on, once it has (see ``WaitStore.parked``)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What delivering a wait's resolution needs, read in one query under the instance's lock."""
+
+    resolution: dict[str, Any]
+    interrupt_id: str | None  # the interrupt its thread parked on, if its wait node recorded it
+    instance_failed: bool  # an element of the instance stands failed: the resolution is held for its retry
 
 
 def cancel_siblings(
@@ -102,6 +112,22 @@ class _Lost(Exception):
 
 _RESOLUTION = select(process_waits.c.status, process_waits.c.resolution).where(
     process_waits.c.wait_id == bindparam("wait_id")
+)
+_DELIVERY = (
+    select(
+        process_waits.c.resolution,
+        process_waits.c.interrupt_id,
+        (journey_instances.c.status == "failed").label("instance_failed"),
+    )
+    .select_from(
+        process_waits.outerjoin(journey_instances, journey_instances.c.instance_id == process_waits.c.instance_id)
+    )
+    .where(process_waits.c.wait_id == bindparam("wait_id"), process_waits.c.status == "resolved")
+)
+_PARKED = (
+    update(process_waits)
+    .where(process_waits.c.wait_id == bindparam("w_id"))
+    .values(interrupt_id=bindparam("w_interrupt_id"))
 )
 
 
@@ -206,20 +232,26 @@ class WaitStore:
 
     async def resolution(self, wait_id: str) -> dict[str, Any] | None:
         """The resolution a wait was given, if it has been resolved (and not cancelled)."""
-        return await self._resolution(wait_id, ("resolved", "done"))
-
-    async def delivery(self, wait_id: str) -> dict[str, Any] | None:
-        """The resolution a wait was given and its thread has not consumed yet: None once it has been (the
-        wait is ``done``) or was cancelled with its instance (``cancel_statements``), which must then not be
-        resumed with it. Read under the instance's lock, which a cancel holds too."""
-        return await self._resolution(wait_id, ("resolved",))
-
-    async def _resolution(self, wait_id: str, statuses: Sequence[str]) -> dict[str, Any] | None:
-        # Read once per delivery, so on the backend's hot path (prepared, no SQLAlchemy connection per call).
         rows = await self._backend.read(_RESOLUTION, {"wait_id": wait_id})
-        if not rows or rows[0]["status"] not in statuses:
+        if not rows or rows[0]["status"] not in ("resolved", "done"):
             return None
         return dict(rows[0]["resolution"] or {})
+
+    async def parked(self, wait_id: str, interrupt_id: str) -> None:
+        """The wait's thread parked on the interrupt ``interrupt_id``: its resolution is delivered by that id."""
+        await self._backend.write([_PARKED], {"w_id": wait_id, "w_interrupt_id": interrupt_id})
+
+    async def delivery(self, wait_id: str) -> Delivery | None:
+        """The resolution a wait was given and its thread has not consumed yet, with the interrupt it is
+        delivered to and whether its instance stands failed: None once it has been consumed (the wait is
+        ``done``) or was cancelled with its instance (``cancel_statements``), which must then not be resumed
+        with it. Read under the instance's lock, which a cancel and a failing run hold too; once per delivery,
+        so on the backend's hot path (prepared, no SQLAlchemy connection per call)."""
+        rows = await self._backend.read(_DELIVERY, {"wait_id": wait_id})
+        if not rows:
+            return None
+        row = rows[0]
+        return Delivery(dict(row["resolution"] or {}), row["interrupt_id"], bool(row["instance_failed"]))
 
     async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
         """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between), oldest

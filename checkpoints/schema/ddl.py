@@ -1286,3 +1286,9 @@ CREATE TABLE process_message_ids (
     )
     for dialect, json, moment in (("sqlite", "JSON", "DATETIME"), ("postgresql", "JSONB", "TIMESTAMP WITH TIME ZONE"))
 }
+
+# Migration 23: the interrupt a parked wait's thread waits on (``WaitStore.parked``), so a resolution is delivered by
+# that id without reading the thread's state first.
+V23_WAIT_INTERRUPTS: DDL = {
+    dialect: ("ALTER TABLE process_waits ADD COLUMN interrupt_id VARCHAR(64)",) for dialect in ("sqlite", "postgresql")
+}

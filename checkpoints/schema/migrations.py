@@ -96,6 +96,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         21, "events keyed by the instance's number, not its id: smaller rows and indexes", ddl.V21_EVENTS_BY_INSTANCE_NO
     ),
     Migration(22, "process message ids: a message sent again with its id changes nothing", ddl.V22_MESSAGE_IDS),
+    Migration(23, "process waits keep the interrupt id their thread is parked on", ddl.V23_WAIT_INTERRUPTS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -172,6 +172,8 @@ process_waits = Table(
     Column("resolution", JsonType, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("resolved_at", UTCDateTime(), nullable=True),
+    # The interrupt the thread parked on for this wait (migration 23), once its wait node has run.
+    Column("interrupt_id", String(64), nullable=True),
     Index("ix_process_waits_instance", "instance_id", "status"),
     Index("ix_process_waits_status", "status", "resolved_at"),
 )

@@ -21,10 +21,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import jsonschema
+from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME
+from langgraph.errors import UnknownInterruptError
 from langgraph.types import Command, Interrupt, StateSnapshot
 
 from agents.deterministic import EchoAgent
@@ -34,6 +37,7 @@ from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
+from checkpoints.process.waits import Delivery
 from checkpoints.values import check_value
 from graphs.errors import (
     EvaluatorError,
@@ -95,6 +99,14 @@ def failed_element(snapshot: StateSnapshot) -> str | None:
         return None
     inner = failed_element(failed.state) if isinstance(failed.state, StateSnapshot) else None
     return inner or failed.name
+
+
+def strict(options: RunOptions) -> RunOptions:
+    """``options`` for a run that resumes interrupts by id and must refuse, before it writes anything, an id
+    the thread is not parked on (``UnknownInterruptError``) rather than run on answering nothing."""
+    call = options.call
+    configurable = {**(call.config.get("configurable") or {}), CONFIG_KEY_STRICT_RESUME: True}
+    return replace(options, call=replace(call, config={**call.config, "configurable": configurable}))
 
 
 class ProcessOrchestrator:
@@ -510,22 +522,66 @@ class ProcessOrchestrator:
         """
         _instance, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
-            snapshot = await self.settled(graph, instance_id, run_options)
-            pending = next((i for i, parked_on in parked(snapshot) if parked_on == wait_id), None)
-            if pending is not None:
-                if failed_task(snapshot) is not None:
+            # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
+            # checkpoint parked there, but its undelivered answer was cancelled with it.
+            delivery = await self.services.waits.delivery(wait_id)
+            if delivery is None:
+                return False  # consumed already (by another worker, say), or cancelled: nothing to deliver
+            delivered = await self._resume_by_id(graph, instance_id, delivery, run_options, spec)
+            if delivered is None:
+                delivered = await self._resume_parked(graph, instance_id, wait_id, delivery, run_options, spec)
+                if delivered is None:
                     return False  # held for the retry
-                # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
-                # checkpoint parked there, but its undelivered answer was cancelled with it.
-                resolution = await self.services.waits.delivery(wait_id)
-                if resolution is None:
-                    return False
-                await self.run(graph, instance_id, Command(resume={pending.id: resolution}), run_options, spec=spec)
             if consumed is None:
                 await self.services.waits.finish([wait_id])
             else:
                 consumed.append(wait_id)
-        return pending is not None
+        return delivered
+
+    async def _resume_by_id(
+        self, graph: Graph, instance_id: str, delivery: Delivery, run_options: RunOptions, spec: ProcessSpec
+    ) -> bool | None:
+        """The fast way to deliver: resume the interrupt the wait row names without reading the thread's state.
+
+        LangGraph's strict resume refuses, before writing anything, an id the thread is not parked on (it
+        moved on, a crash left it in flight, it parked anew after a crash), and the caller then goes the
+        careful way (:meth:`_resume_parked`). None when this way cannot tell: no id recorded, or an element
+        of the instance stands failed (its resolution is held, which only the thread's state can tell apart).
+        """
+        if delivery.interrupt_id is None or delivery.instance_failed:
+            return None
+        try:
+            await self.run(
+                graph,
+                instance_id,
+                Command(resume={delivery.interrupt_id: delivery.resolution}),
+                strict(run_options),
+                spec=spec,
+            )
+        except UnknownInterruptError:
+            return None
+        return True
+
+    async def _resume_parked(
+        self,
+        graph: Graph,
+        instance_id: str,
+        wait_id: str,
+        delivery: Delivery,
+        run_options: RunOptions,
+        spec: ProcessSpec,
+    ) -> bool | None:
+        """The careful way to deliver: finish what a crash left in flight, then resume the interrupt the
+        thread's state shows parked on ``wait_id``. False if it is not parked there; None if held for the
+        retry of a failed element (see :meth:`deliver`)."""
+        snapshot = await self.settled(graph, instance_id, run_options)
+        pending = next((i for i, parked_on in parked(snapshot) if parked_on == wait_id), None)
+        if pending is None:
+            return False
+        if failed_task(snapshot) is not None:
+            return None
+        await self.run(graph, instance_id, Command(resume={pending.id: delivery.resolution}), run_options, spec=spec)
+        return True
 
     async def migrate(
         self, instance_id: str, *, to_version: int, mapping: Mapping[str, str] | None = None
@@ -550,8 +606,8 @@ class ProcessOrchestrator:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
             held: dict[str, Any] = {}
             for pending, wait_id in parked(await graph.aget_state(self.engine.config(instance_id))):
-                if (resolution := await self.services.waits.delivery(wait_id)) is not None:
-                    held[wait_id] = (pending.id, resolution)
+                if (delivery := await self.services.waits.delivery(wait_id)) is not None:
+                    held[wait_id] = (pending.id, delivery.resolution)
             await self.run(graph, instance_id, Command(resume=dict(held.values())) if held else None, spec=spec)
             await self.services.waits.finish(list(held))
         return await self.status(instance_id)

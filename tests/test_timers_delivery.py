@@ -1,0 +1,169 @@
+"""Delivering a wait's resolution resumes the interrupt its wait row names (recorded when the wait node
+parked), without reading the thread's state first; whatever that id cannot vouch for goes the careful way.
+Runs on memory, SQLite and Postgres, on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from langgraph.pregel import Pregel
+from langgraph.types import Command
+from sqlalchemy import update
+
+from checkpoints.schema.tables import process_waits
+from graphs.kernel.engine import RunOptions
+from graphs.kernel.streaming import GraphCall
+from graphs.runtime import JourneyRuntime
+from tests.process_support import Calls, linear, runtime, virtual_clock
+
+# A timer, then an agent: the continuation runs one step past the wait.
+NAP = linear(
+    "nap",
+    {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
+    {"type": "service_task", "id": "wake", "agent": "wake", "output_variables": ["awake"]},
+)
+STALE_ID = "0" * 32  # an interrupt id the thread is not parked on (a crash cut its park short, say)
+
+
+async def parked(rt: JourneyRuntime, calls: Calls, count: int) -> list[tuple[str, str]]:
+    """``count`` instances of NAP parked at their timer: (instance id, wait id) each."""
+    calls.register(rt, "wake", {"awake": True})
+    await rt.processes.deploy(NAP)
+    ids = [(await rt.processes.start("nap", f"cust-{i}"))["instance_id"] for i in range(count)]
+    return [(i, str(timer.wait_id)) for i in ids for timer in await rt.processes.services.timers.find(instance_id=i)]
+
+
+async def completions(rt: JourneyRuntime, instance_id: str) -> list[str]:
+    return [e.type for e in await rt.processes.history(instance_id) if e.type in ("wait.completed", "task.completed")]
+
+
+@asynccontextmanager
+async def counting_state_reads(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[str]]:
+    """Every read of a thread's state (``aget_state``) meanwhile, by thread."""
+    reads: list[str] = []
+    read = Pregel.aget_state
+
+    async def counted(self: Pregel, config: Any, **kwargs: Any) -> Any:
+        reads.append(str(config["configurable"]["thread_id"]))
+        return await read(self, config, **kwargs)
+
+    monkeypatch.setattr(Pregel, "aget_state", counted)
+    try:
+        yield reads
+    finally:
+        monkeypatch.undo()
+
+
+async def test_a_continuation_resumes_the_recorded_interrupt_without_reading_the_threads_state(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        waits = await parked(rt, calls, 3)
+        for instance_id, wait_id in waits:  # the wait row names the interrupt the thread is parked on
+            graph = (await rt.processes.loaded(instance_id))[3]
+            snapshot = await graph.aget_state(rt.engine.config(instance_id))
+            [pending] = [i for t in snapshot.tasks for i in t.interrupts]
+            wait = await rt.processes.services.waits.get(wait_id)
+            assert wait is not None and (wait.interrupt_id, pending.value["wait_id"]) == (pending.id, wait_id)
+
+        clock.advance(timedelta(hours=1))
+        async with counting_state_reads(monkeypatch) as reads:
+            report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (3, 3, 0)
+        assert reads == []
+        for instance_id, _wait_id in waits:
+            status = await rt.processes.status(instance_id)
+            assert (status["status"], status["variables"]["awake"]) == ("completed", True)
+            assert await completions(rt, instance_id) == ["wait.completed", "task.completed"]
+        assert calls.intents() == ["wake"] * 3
+
+
+async def test_a_stale_interrupt_id_is_refused_before_anything_is_written_and_the_wait_still_delivered(
+    store_url: str,
+) -> None:
+    """An id the thread is not parked on (its park was cut short after the row was written, and it parked
+    anew under another) changes nothing; the resolution is then delivered to the interrupt the state shows."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        [(instance_id, wait_id)] = await parked(rt, calls, 1)
+        async with rt.store.engine.begin() as conn:
+            await conn.execute(
+                update(process_waits).where(process_waits.c.wait_id == wait_id).values(interrupt_id=STALE_ID)
+            )
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
+        assert (await rt.processes.status(instance_id))["status"] == "completed"
+        assert await completions(rt, instance_id) == ["wait.completed", "task.completed"]
+        assert calls.intents() == ["wake"]
+
+
+async def test_a_resolution_delivered_already_answers_false_and_changes_nothing(store_url: str) -> None:
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        [(instance_id, wait_id)] = await parked(rt, calls, 1)
+        clock.advance(timedelta(hours=1))
+        assert (await rt.processes.scheduler.run_due()).resumed == 1
+        history = await rt.processes.history(instance_id)
+        assert await rt.processes.deliver(instance_id, wait_id) is False
+        assert await rt.processes.history(instance_id) == history
+        assert calls.intents() == ["wake"]
+
+
+async def test_two_workers_delivering_the_same_wait_at_once_continue_it_once(store_url: str) -> None:
+    """Two workers (two runtimes on a durable store; on memory, two callers of one runtime) deliver the same
+    resolution at the same moment: exactly one continues the thread, the other answers False."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as first:
+        waits = await parked(first, calls, 4)
+        clock.advance(timedelta(hours=1))
+        fired = await first.processes.services.timers.claim_due(clock.now(), "w", limit=10)
+        assert len(await first.processes.services.timers.fire_waits(fired, "w")) == 4
+        async with other_worker(first, store_url, clock, calls) as second:
+            outcomes = await asyncio.gather(*(rt.processes.deliver(i, w) for i, w in waits for rt in (first, second)))
+        assert [sorted(outcomes[n : n + 2]) for n in range(0, len(outcomes), 2)] == [[False, True]] * 4
+        for instance_id, _wait_id in waits:
+            assert (await first.processes.status(instance_id))["status"] == "completed"
+            assert await completions(first, instance_id) == ["wait.completed", "task.completed"]
+        assert calls.intents() == ["wake"] * 4
+
+
+@asynccontextmanager
+async def other_worker(rt: JourneyRuntime, url: str, clock: Any, calls: Calls) -> AsyncIterator[JourneyRuntime]:
+    if url.startswith("memory"):  # one process only: the same runtime stands in for the second worker
+        yield rt
+        return
+    async with runtime(url, clock) as second:
+        calls.register(second, "wake", {"awake": True})
+        yield second
+
+
+async def test_a_thread_a_crash_left_in_flight_is_finished_and_not_resumed_again(store_url: str) -> None:
+    """A continuation cut short after its wait node took the resolution (its checkpoint moved past the
+    interrupt): delivering again finds the recorded id no longer pending, finishes the run in flight, and
+    answers False."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock, durability="sync") as rt:
+        [(instance_id, wait_id)] = await parked(rt, calls, 1)
+        clock.advance(timedelta(hours=1))
+        fired = await rt.processes.services.timers.claim_due(clock.now(), "w", limit=10)
+        [(_timer, resolution)] = await rt.processes.services.timers.fire_waits(fired, "w")
+        delivery = await rt.processes.services.waits.delivery(wait_id)
+        assert delivery is not None and delivery.interrupt_id is not None
+        _instance, _deployment, _spec, graph = await rt.processes.loaded(instance_id)
+        async with rt.engine.exclusive(instance_id):  # stops after the wait node, as a kill there would
+            cut_short = RunOptions(call=GraphCall(interrupt_after=["later"]))
+            await rt.processes.run(graph, instance_id, Command(resume={delivery.interrupt_id: resolution}), cut_short)
+        assert calls.intents() == []
+
+        assert await rt.processes.deliver(instance_id, wait_id) is False
+        assert (await rt.processes.status(instance_id))["status"] == "completed"
+        assert await completions(rt, instance_id) == ["wait.completed", "task.completed"]
+        assert calls.intents() == ["wake"]
+        assert await rt.processes.services.waits.delivery(wait_id) is None  # consumed: nothing left to deliver
