@@ -43,7 +43,7 @@ async def test_the_log_finds_an_instance_by_one_index_probe_on_a_prepared_statem
     # its generic plan: one that must serve every parameter value. Each statement finds the instance's number from
     # its first event, through the index of first events (``WHERE seq = 1``); with ``seq = $n`` the generic plan
     # cannot use that index and read every instance's first event on every append instead.
-    async with JourneyRuntime.open(postgres_url) as rt:
+    async with JourneyRuntime.open(postgres_url, pool_size=1) as rt:  # one connection: it prepares every statement
         log = rt.store.events
         assert isinstance(log.backend, PostgresBackend)
         pool = log.backend.pool
