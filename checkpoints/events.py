@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
@@ -110,12 +110,19 @@ def _new_instance_no(element: _NewInstanceNo, compiler: Any, **kw: Any) -> str:
     return "(SELECT coalesce(max(instance_no), 0) + 1 FROM journey_events)"
 
 
+def is_first(seq: ColumnElement[int]) -> ColumnElement[bool]:
+    """``seq`` is an instance's first event's: ``seq = 1`` written as a literal, never a bind parameter. The
+    index of the first events (``WHERE seq = 1``) serves only a query whose plan can prove its predicate: a
+    prepared statement's generic plan with ``seq = $2`` would read every instance's first event instead."""
+    return seq == literal_column("1", Integer)
+
+
 # An instance's events are keyed by its number (migration 21), which its first event gives: callers name
 # instances by id, and the number is found from it in each statement (the first events' index on the id).
 _first = journey_events.alias("first_event")
 INSTANCE_NO = (
     select(_first.c.instance_no)
-    .where(_first.c.instance_id == bindparam("p_instance_id"), _first.c.seq == 1)
+    .where(_first.c.instance_id == bindparam("p_instance_id"), is_first(_first.c.seq))
     .scalar_subquery()
 )
 OF_INSTANCE = _columns.instance_no == INSTANCE_NO

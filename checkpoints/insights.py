@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from checkpoints.events import is_first
 from checkpoints.schema.tables import journey_events, journey_instances
 
 FINISHED_STATUSES = ("completed", "compensated")
@@ -53,7 +54,7 @@ class InsightQueries:
             step_counts = step_counts.where(
                 events.instance_no.in_(
                     select(first.instance_no).where(
-                        first.seq == 1,  # the first event names its instance
+                        is_first(first.seq),  # the first event names its instance
                         first.instance_id.in_(select(instances.instance_id).where(instances.pattern == pattern)),
                     )
                 )

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 
 from checkpoints.backends.base import Backend, Row
-from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row
+from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row, is_first
 from checkpoints.flow import ENDED_STATUSES
 from checkpoints.lifecycle import next_position, run_totals, task_row
 from checkpoints.redaction import redact
@@ -44,7 +44,7 @@ from checkpoints.schema.tables import journey_events, journey_instances, user_ta
 
 _events, _instances = journey_events.c, journey_instances.c
 # The first event names its instance.
-_LOGGED = select(_events.instance_id).where(_events.seq == 1).order_by(_events.instance_id)
+_LOGGED = select(_events.instance_id).where(is_first(_events.seq)).order_by(_events.instance_id)
 _EVENTS_OF = select(_events.payload, _events.created_at).where(OF_INSTANCE).order_by(_events.seq)
 _ROW = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 _ROW_VALUES = {
