@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import ConflictError
 from sqlalchemy import select
 
 from checkpoints.backends.base import Backend
@@ -259,3 +261,23 @@ async def test_threads_of_one_journey_are_journeys_of_their_own_on_one_shared_de
     assert sorted(pattern for pattern, _id in designs) == ["saga", "structured"], designs
     assert {(i.pattern, i.status) for i in instances} == {("structured", "completed"), ("saga", "completed")}
     assert {i.journey_id for i in instances} == {journey_id for _pattern, journey_id in designs}
+
+
+async def test_a_deleted_threads_id_still_names_its_journey(ana: LangGraphClient, bob: LangGraphClient) -> None:
+    """A thread's journey is the thread's own and outlives the thread's deletion (its event log is the
+    audit trail): re-creating the thread id with if_exists="do_nothing" gives its owner that journey's
+    thread back and anyone else a conflict; nobody starts that journey again on it, as another user."""
+    thread_id = (await ana.threads.create())["thread_id"]
+    start = {"journey_type": "content_migration", "context": {"marker": "mk001"}}
+    started = await ana.runs.wait(thread_id, "structured", input=start)
+    await ana.threads.delete(thread_id)
+    with pytest.raises(ConflictError):  # not bob's to take
+        await bob.threads.create(thread_id=thread_id, if_exists="do_nothing")
+    again = await ana.threads.create(thread_id=thread_id, if_exists="do_nothing")
+    assert again["thread_id"] == thread_id and again["metadata"]["instance_id"] == started["instance_id"]
+    with pytest.raises(httpx.HTTPStatusError, match="already runs a journey") as refused:
+        await ana.runs.wait(thread_id, "structured", input={"journey_type": "content_migration"})
+    assert refused.value.response.status_code == 409
+    resumed = await ana.runs.wait(thread_id, "structured", command={"resume": {"marker": "mk001"}})
+    assert (resumed["instance_id"], resumed["user_id"]) == (started["instance_id"], "ana")
+    assert resumed["completed_steps"] == ["upload_content"] and markers(resumed) == {"mk001"}
