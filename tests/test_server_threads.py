@@ -264,20 +264,19 @@ async def test_threads_of_one_journey_are_journeys_of_their_own_on_one_shared_de
 
 
 async def test_a_deleted_threads_id_still_names_its_journey(ana: LangGraphClient, bob: LangGraphClient) -> None:
-    """A thread's journey is the thread's own and outlives the thread's deletion (its event log is the
-    audit trail): re-creating the thread id with if_exists="do_nothing" gives its owner that journey's
-    thread back and anyone else a conflict; nobody starts that journey again on it, as another user."""
+    """A lifecycle (or process) journey's instance id is its thread's id, and the journey outlives the
+    thread's deletion (its event log is the audit trail): re-creating the thread id with
+    if_exists="do_nothing" gives its owner that journey's thread back and anyone else a conflict; nobody
+    starts that journey again on it (it was started anew, as whoever re-created the thread)."""
     thread_id = (await ana.threads.create())["thread_id"]
-    start = {"journey_type": "content_migration", "context": {"marker": "mk001"}}
-    started = await ana.runs.wait(thread_id, "structured", input=start)
+    start = {"client_id": "mk001", "metrics": LIFECYCLE_READY}
+    started = await ana.runs.wait(thread_id, "lifecycle", input=start)
+    assert started["journey_id"] == thread_id
     await ana.threads.delete(thread_id)
     with pytest.raises(ConflictError):  # not bob's to take
         await bob.threads.create(thread_id=thread_id, if_exists="do_nothing")
     again = await ana.threads.create(thread_id=thread_id, if_exists="do_nothing")
-    assert again["thread_id"] == thread_id and again["metadata"]["instance_id"] == started["instance_id"]
+    assert again["thread_id"] == thread_id and again["metadata"]["instance_id"] == thread_id
     with pytest.raises(httpx.HTTPStatusError, match="already runs a journey") as refused:
-        await ana.runs.wait(thread_id, "structured", input={"journey_type": "content_migration"})
+        await ana.runs.wait(thread_id, "lifecycle", input={"client_id": "mk002", "metrics": LIFECYCLE_READY})
     assert refused.value.response.status_code == 409
-    resumed = await ana.runs.wait(thread_id, "structured", command={"resume": {"marker": "mk001"}})
-    assert (resumed["instance_id"], resumed["user_id"]) == (started["instance_id"], "ana")
-    assert resumed["completed_steps"] == ["upload_content"] and markers(resumed) == {"mk001"}

@@ -74,7 +74,7 @@ class StructuredOrchestrator:
         content instead of under a new id: every run that starts the same journey (each thread of the
         server's ``structured`` assistant) shares one design row. Start it with :meth:`start_run`."""
         chosen = self.build_spec(journey_type, requirements, spec)
-        design, _spec = await self._designs.save_shared("structured", chosen, prefix="structured")
+        design, _spec = await self._designs.save_shared("structured", chosen, prefix="structured_design")
         return design.journey_id
 
     def build_spec(

@@ -3,8 +3,8 @@ compensates them on failure.
 
 On the Agent Server API a thread's first run starts a journey of the design ``input`` makes (a template's
 ``journey_type`` or an explicit ``spec``), stored once per content and shared by every thread that starts
-the same journey; the journey is the thread's own (its instance id is the thread id). Later runs take the
-step result as ``command.resume``.
+the same journey; the journey is the thread's own, under a new instance id. Later runs take the step
+result as ``command.resume``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from langgraph.types import StateSnapshot
 
 from checkpoints.errors import DuplicateInstanceError
 from checkpoints.index import Instance
-from graphs.kernel.designs import DesignKind
+from graphs.kernel.designs import DesignKind, new_id
 from graphs.kernel.identifiers import JOURNEY_TYPE, USER_ID, checked_user_id, string_schema
 from graphs.kernel.patterns import (
     Assistant,
@@ -72,15 +72,16 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
         mapping_input(data.get("requirements"), "requirements"),
         spec=data.get("spec"),
     )
-    await ctx.bind(ctx.thread_id)
-    return await structured.start_run(ctx.thread_id, journey_id, user_id, context, run_options=ctx.options)
+    instance_id = new_id("structured")
+    await ctx.bind(instance_id)
+    return await structured.start_run(instance_id, journey_id, user_id, context, run_options=ctx.options)
 
 
 def _start_arguments(ctx: RunContext, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The user and context a first run starts its step journey with, refused before the thread is bound to
-    anything. The journey is then the thread's own (its instance id is the thread id: one user's threads of
-    one shared design are separate journeys), bound before it runs: a retried run (its worker died) finishes
-    this journey, not a second one."""
+    anything. The journey then gets an instance id of its own (one user's threads of one shared design are
+    separate journeys; not the thread id, which a deleted thread's re-creation would reuse), bound to the
+    thread before it runs: a retried run (its worker died) finishes this journey, not a second one."""
     user_id = checked_user_id(string_input(data, "user_id", ctx.principal))
     return user_id, mapping_input(data.get("context"), "context")
 
@@ -167,8 +168,9 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
         mapping_input(data.get("compensation_handlers"), "compensation_handlers"),
         spec=data.get("spec"),
     )
-    await ctx.bind(ctx.thread_id)
-    await saga.execute_saga_journey(journey_id, user_id, context, saga_id=ctx.thread_id, run_options=ctx.options)
+    saga_id = new_id("saga")
+    await ctx.bind(saga_id)
+    await saga.execute_saga_journey(journey_id, user_id, context, saga_id=saga_id, run_options=ctx.options)
 
 
 async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:

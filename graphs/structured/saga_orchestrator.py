@@ -50,7 +50,7 @@ class SagaOrchestrator:
         """The id of the design :meth:`design_saga_journey` would make of these arguments, stored once per
         content (see :meth:`StructuredOrchestrator.shared_design`)."""
         saga = self._saga_spec(journey_type, requirements, compensation_handlers, spec)
-        design, _spec = await self._designs.save_shared("saga", saga, prefix="saga")
+        design, _spec = await self._designs.save_shared("saga", saga, prefix="saga_design")
         return design.journey_id
 
     def _saga_spec(
