@@ -388,13 +388,15 @@ class ServerServices:
 
     async def update_thread(self, caller: Principal, thread_id: str, metadata: Mapping[str, Any]) -> ResolvedThread:
         """Merge ``metadata`` into the thread's."""
-        thread = await self._thread_row(caller, thread_id)
+        thread = await self.thread_row(caller, thread_id)
         await self.runs.set_thread_metadata(thread_id, {**thread.metadata, **metadata})
         return await self.resolve_thread(thread_id, caller)
 
-    async def _thread_row(self, caller: Principal, thread_id: str) -> ThreadRow:
+    async def thread_row(self, caller: Principal, thread_id: str) -> ThreadRow:
+        """The row of a thread ``caller`` may see. A journey instance without one (started through the
+        journey endpoints, or its thread was deleted: the journey stays) gets a row now, bound to it."""
         thread = await self.resolve_thread(thread_id, caller)
-        if thread.row is None:  # a journey started through the journey endpoints: it gets a row now
+        if thread.row is None:
             await self.runs.create_thread(thread_id, {}, self.owner(caller), if_exists="do_nothing")
             if thread.instance_id and thread.assistant_id:
                 await self.runs.bind(thread_id, thread.assistant_id, thread.instance_id)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from langgraph_sdk import get_client
 
 from agents import AgentRegistry
 from server.app import create_app
@@ -212,3 +213,57 @@ async def test_resumed_runs_survive_kills_without_repeating_steps(
     assert all(n == 2 for n in redelivered.values()), redelivered
     assert len(redelivered) <= kills * 8, redelivered
     assert_only_in_flight_steps_repeated(postgres_url, calls)
+
+
+async def test_one_users_first_runs_killed_mid_journey_each_finish_their_own_journey(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One user's threads of one journey share its design but are journeys of their own (the instance is
+    the thread's): when the worker is SIGKILLed with every first run mid-journey, each retried first run
+    finishes its own thread's journey, whose every step took effect under that journey's own keys."""
+    threads = 6
+    ensure_schema(postgres_url)
+    ensure_counter(postgres_url)
+    monkeypatch.setenv("JOURNEYS_CRASH_DB", postgres_url)
+    monkeypatch.setenv("JOURNEYS_CRASH_STEP_SECONDS", "0.2")  # a first run lasts long enough to be killed mid-run
+    app = create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))
+    workers = [start_worker(postgres_url, "a")]
+    try:
+        with serving(app) as base:
+            async with get_client(url=base, api_key=None) as sdk:
+                runs = []
+                for _ in range(threads):
+                    thread_id = (await sdk.threads.create())["thread_id"]
+                    start = {"journey_type": "eight_steps", "spec": EIGHT_STEPS}  # the caller's, as user
+                    runs.append(await sdk.runs.create(thread_id, "structured", input=start))
+                deadline = time.monotonic() + 60
+                while len(await asyncio.to_thread(journeys_with_effects, postgres_url)) < threads:
+                    assert time.monotonic() < deadline, "the first runs did not all get under way"
+                    await asyncio.sleep(0.05)
+                assert run_statuses(postgres_url) == {"running": threads}  # every one killed mid-journey
+                workers[0].send_signal(signal.SIGKILL)
+                workers[0].wait()
+                workers[0] = start_worker(postgres_url, "a")
+                ends = [await sdk.runs.join(run["thread_id"], run["run_id"]) for run in runs]
+                retried = [(await sdk.runs.get(run["thread_id"], run["run_id"])) for run in runs]
+    finally:
+        stop_workers(workers)
+    assert [(end["status"], len(end["completed_steps"])) for end in ends] == [("completed", 8)] * threads
+    instance_ids = {end["instance_id"] for end in ends}
+    assert len(instance_ids) == threads and {end["user_id"] for end in ends} == {ends[0]["user_id"]}
+    assert {run["status"] for run in retried} == {"success"}
+    with psycopg.connect(postgres_url) as conn:
+        designs = conn.execute("SELECT count(*) FROM journey_designs").fetchone()
+        attempts = conn.execute("SELECT min(attempts) FROM server_runs").fetchone()
+        calls = dict(conn.execute(f"SELECT key, calls FROM {COUNTER_TABLE}").fetchall())
+    assert designs == (1,) and attempts == (2,)  # one design for all; every first run was retried
+    assert journeys_with_effects(postgres_url) == {i: 8 for i in instance_ids}  # each journey's own 8 steps
+    assert all(n in (1, 2) for n in calls.values()), calls  # only a step in flight at the kill ran twice
+    assert_only_in_flight_steps_repeated(postgres_url, calls)
+
+
+def journeys_with_effects(url: str) -> dict[str, int]:
+    """Each journey instance whose steps took effect, with the number of its steps that did."""
+    with psycopg.connect(url) as conn:
+        keys = [key for (key,) in conn.execute(f"SELECT key FROM {COUNTER_TABLE}").fetchall()]
+    return dict(Counter(key.rsplit(":", 2)[0] for key in keys))  # instance:step:superstep

@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import ConflictError
+from sqlalchemy import select
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import SystemClock
+from checkpoints.schema.tables import journey_designs
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
@@ -219,3 +223,60 @@ async def test_first_lifecycle_journeys_started_at_once_share_their_design(store
         assert {journey["current_stage"] for journey in started} == {"sandbox"}
         instances = await runtime.store.index.get_instances([journey["journey_id"] for journey in started])
         assert len(instances) == 4 and len({instance.journey_id for instance in instances}) == 1  # one design
+
+
+FOUR_STEPS = ("upload_content", "analyze_content", "transform_data", "validate_results")
+
+
+async def test_threads_of_one_journey_are_journeys_of_their_own_on_one_shared_design(
+    durable_url: str, ana: LangGraphClient, bob: LangGraphClient
+) -> None:
+    """One user's threads of one journey type, started and driven at once, with another user's beside them:
+    each thread is a journey of its own that completes with its own results, and every thread of an
+    assistant shares one stored design (issue 15: every first run stored a design of its own, for ever)."""
+
+    async def complete(client: LangGraphClient, principal: str, assistant_id: str, marker: str) -> dict[str, Any]:
+        thread_id = (await client.threads.create())["thread_id"]
+        start = {"journey_type": "content_migration", "requirements": {"source": "a"}, "context": {"marker": marker}}
+        answers = [await client.runs.wait(thread_id, assistant_id, input=start)]
+        for n in range(len(FOUR_STEPS)):
+            resume = {"marker": marker, "n": n}
+            answers.append(await client.runs.wait(thread_id, assistant_id, command={"resume": resume}))
+        state = await client.threads.get_state(thread_id)
+        where = f"{assistant_id} thread {marker} of {principal}"
+        assert answers[-1]["status"] == "completed" and tuple(answers[-1]["completed_steps"]) == FOUR_STEPS, where
+        assert len({a["instance_id"] for a in answers}) == 1 and {a["user_id"] for a in answers} == {principal}
+        assert markers(state["values"]) == {marker}, (where, state["values"])  # its results, nobody else's
+        return {"assistant_id": assistant_id, "instance_id": answers[0]["instance_id"], **state["values"]}
+
+    work = [complete(ana, "ana", "structured", f"mk{n:03d}") for n in range(6)]
+    work += [complete(bob, "bob", "structured", f"mk{n:03d}") for n in range(6, 8)]
+    work += [complete(ana, "ana", "saga", f"mk{n:03d}") for n in range(8, 11)]
+    finished = await asyncio.gather(*work)
+    assert len({journey["instance_id"] for journey in finished}) == len(finished)  # one journey per thread
+    async with JourneyRuntime.open(durable_url) as runtime:
+        async with runtime.store.engine.connect() as conn:
+            designs = (await conn.execute(select(journey_designs.c.pattern, journey_designs.c.journey_id))).all()
+        instances = await runtime.store.index.get_instances([journey["instance_id"] for journey in finished])
+    assert sorted(pattern for pattern, _id in designs) == ["saga", "structured"], designs
+    assert {(i.pattern, i.status) for i in instances} == {("structured", "completed"), ("saga", "completed")}
+    assert {i.journey_id for i in instances} == {journey_id for _pattern, journey_id in designs}
+
+
+async def test_a_deleted_threads_id_still_names_its_journey(ana: LangGraphClient, bob: LangGraphClient) -> None:
+    """A lifecycle (or process) journey's instance id is its thread's id, and the journey outlives the
+    thread's deletion (its event log is the audit trail): re-creating the thread id with
+    if_exists="do_nothing" gives its owner that journey's thread back and anyone else a conflict; nobody
+    starts that journey again on it (it was started anew, as whoever re-created the thread)."""
+    thread_id = (await ana.threads.create())["thread_id"]
+    start = {"client_id": "mk001", "metrics": LIFECYCLE_READY}
+    started = await ana.runs.wait(thread_id, "lifecycle", input=start)
+    assert started["journey_id"] == thread_id
+    await ana.threads.delete(thread_id)
+    with pytest.raises(ConflictError):  # not bob's to take
+        await bob.threads.create(thread_id=thread_id, if_exists="do_nothing")
+    again = await ana.threads.create(thread_id=thread_id, if_exists="do_nothing")
+    assert again["thread_id"] == thread_id and again["metadata"]["instance_id"] == thread_id
+    with pytest.raises(httpx.HTTPStatusError, match="already runs a journey") as refused:
+        await ana.runs.wait(thread_id, "lifecycle", input={"client_id": "mk002", "metrics": LIFECYCLE_READY})
+    assert refused.value.response.status_code == 409

@@ -63,6 +63,20 @@ class StructuredOrchestrator:
         design = await self._designs.save("structured", chosen)
         return design_view(design.journey_id, "structured", chosen)
 
+    async def shared_design(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None = None,
+        *,
+        spec: StructuredSpec | Mapping[str, Any] | None = None,
+    ) -> str:
+        """The id of the design :meth:`design_journey` would make of these arguments, stored once per
+        content instead of under a new id: every run that starts the same journey (each thread of the
+        server's ``structured`` assistant) shares one design row. Start it with :meth:`start_run`."""
+        chosen = self.build_spec(journey_type, requirements, spec)
+        design, _spec = await self._designs.save_shared("structured", chosen, prefix="structured_design")
+        return design.journey_id
+
     def build_spec(
         self,
         journey_type: str,
@@ -99,6 +113,22 @@ class StructuredOrchestrator:
             options=run_options,
             start_key=start_key,
             start_key_window=start_key_window,
+        )
+
+    async def start_run(
+        self,
+        instance_id: str,
+        journey_id: str,
+        user_id: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        run_options: RunOptions = DEFAULT_RUN,
+    ) -> dict[str, Any]:
+        """:meth:`execute_journey` for a run named by its instance id (a server thread's own), so that one
+        user's runs of a shared design are journeys of their own. Starting ``instance_id`` again only goes
+        on with a start a crash cut short before its first checkpoint; one that got further is refused."""
+        return await self._runs.start(
+            journey_id, checked_user_id(user_id), context, instance_id=instance_id, options=run_options
         )
 
     async def advance_journey_step(

@@ -1,8 +1,10 @@
 """The structured and saga patterns, as registered: steps in an enforced order, and the saga that
 compensates them on failure.
 
-On the Agent Server API the first run designs and starts a journey from ``input`` (a template's
-``journey_type`` or an explicit ``spec``); later runs take the step result as ``command.resume``.
+On the Agent Server API a thread's first run starts a journey of the design ``input`` makes (a template's
+``journey_type`` or an explicit ``spec``), stored once per content and shared by every thread that starts
+the same journey; the journey is the thread's own, under a new instance id. Later runs take the step
+result as ``command.resume``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from langgraph.types import StateSnapshot
 from checkpoints.errors import DuplicateInstanceError
 from checkpoints.index import Instance
 from graphs.kernel.designs import DesignKind, new_id
-from graphs.kernel.identifiers import JOURNEY_TYPE, USER_ID, string_schema
+from graphs.kernel.identifiers import JOURNEY_TYPE, USER_ID, checked_user_id, string_schema
 from graphs.kernel.patterns import (
     Assistant,
     Graph,
@@ -32,7 +34,7 @@ from graphs.kernel.patterns import (
     string_input,
 )
 from graphs.structured.builder import StructuredSpec, build_structured_graph, validate_structured
-from graphs.structured.orchestrator import StructuredOrchestrator, structured_instance_id
+from graphs.structured.orchestrator import StructuredOrchestrator
 from graphs.structured.saga import SagaSpec, build_saga_graph, validate_saga
 from graphs.structured.saga_orchestrator import SagaOrchestrator
 
@@ -64,16 +66,24 @@ def _journey_type(config: RunnableConfig) -> str:
 
 async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
     structured = ctx.runtime.structured
-    design = await structured.design_journey(
+    user_id, context = _start_arguments(ctx, data)
+    journey_id = await structured.shared_design(
         string_input(data, "journey_type"),
         mapping_input(data.get("requirements"), "requirements"),
         spec=data.get("spec"),
     )
-    user_id = string_input(data, "user_id", ctx.principal)
-    context = mapping_input(data.get("context"), "context")  # refused before the thread is bound to anything
-    # Bound before it runs: a retried run (its worker died) then finishes this journey, not a second one.
-    await ctx.bind(structured_instance_id(design["journey_id"], user_id))
-    return await structured.execute_journey(design["journey_id"], user_id, context, run_options=ctx.options)
+    instance_id = new_id("structured")
+    await ctx.bind(instance_id)
+    return await structured.start_run(instance_id, journey_id, user_id, context, run_options=ctx.options)
+
+
+def _start_arguments(ctx: RunContext, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The user and context a first run starts its step journey with, refused before the thread is bound to
+    anything. The journey then gets an instance id of its own (one user's threads of one shared design are
+    separate journeys; not the thread id, which a deleted thread's re-creation would reuse), bound to the
+    thread before it runs: a retried run (its worker died) finishes this journey, not a second one."""
+    user_id = checked_user_id(string_input(data, "user_id", ctx.principal))
+    return user_id, mapping_input(data.get("context"), "context")
 
 
 async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
@@ -81,7 +91,7 @@ async def _restart_structured(ctx: RunContext, instance_id: str, data: Mapping[s
     context = mapping_input(data.get("context"), "context")
     structured = ctx.runtime.structured
     await _restart_steps(
-        ctx, instance_id, structured.execute_journey(journey_id, user_id, context, run_options=ctx.options)
+        ctx, instance_id, structured.start_run(instance_id, journey_id, user_id, context, run_options=ctx.options)
     )
 
 
@@ -151,17 +161,16 @@ register(
 
 async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
     saga = ctx.runtime.saga
-    design = await saga.design_saga_journey(
+    user_id, context = _start_arguments(ctx, data)
+    journey_id = await saga.shared_saga_design(
         string_input(data, "journey_type"),
         mapping_input(data.get("requirements"), "requirements"),
         mapping_input(data.get("compensation_handlers"), "compensation_handlers"),
         spec=data.get("spec"),
     )
-    user_id = string_input(data, "user_id", ctx.principal)
-    context = mapping_input(data.get("context"), "context")  # refused before the thread is bound to anything
     saga_id = new_id("saga")
-    await ctx.bind(saga_id)  # before it runs: a retried run (its worker died) finishes this saga, not a second one
-    await saga.execute_saga_journey(design["journey_id"], user_id, context, saga_id=saga_id, run_options=ctx.options)
+    await ctx.bind(saga_id)
+    await saga.execute_saga_journey(journey_id, user_id, context, saga_id=saga_id, run_options=ctx.options)
 
 
 async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:

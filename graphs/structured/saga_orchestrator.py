@@ -34,11 +34,34 @@ class SagaOrchestrator:
         *,
         spec: StructuredSpec | Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        base = self._structured.build_spec(journey_type, requirements, spec)
-        handlers = dict(compensation_handlers or {})
-        saga = SagaSpec(**{**base.model_dump(), "compensation_handlers": handlers})
+        saga = self._saga_spec(journey_type, requirements, compensation_handlers, spec)
         design = await self._designs.save("saga", saga)
+        handlers = dict(saga.compensation_handlers)
         return {**design_view(design.journey_id, "saga", saga), "compensation_handlers": handlers}
+
+    async def shared_saga_design(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None = None,
+        compensation_handlers: Mapping[str, str] | None = None,
+        *,
+        spec: StructuredSpec | Mapping[str, Any] | None = None,
+    ) -> str:
+        """The id of the design :meth:`design_saga_journey` would make of these arguments, stored once per
+        content (see :meth:`StructuredOrchestrator.shared_design`)."""
+        saga = self._saga_spec(journey_type, requirements, compensation_handlers, spec)
+        design, _spec = await self._designs.save_shared("saga", saga, prefix="saga_design")
+        return design.journey_id
+
+    def _saga_spec(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None,
+        compensation_handlers: Mapping[str, str] | None,
+        spec: StructuredSpec | Mapping[str, Any] | None,
+    ) -> SagaSpec:
+        base = self._structured.build_spec(journey_type, requirements, spec)
+        return SagaSpec(**{**base.model_dump(), "compensation_handlers": dict(compensation_handlers or {})})
 
     async def execute_saga_journey(
         self,

@@ -118,9 +118,15 @@ async def _matching(
 
 @router.post("", response_model=ThreadOut, summary="Create a thread")
 async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> dict[str, Any]:
-    taken = body.thread_id and await svc.runtime.store.index.get_instance(body.thread_id) is not None
-    if taken and body.if_exists == "raise":
-        raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is a journey instance's id already")
+    if body.thread_id and await svc.runtime.store.index.get_instance(body.thread_id) is not None:
+        # The id names a journey (a thread's whose row was deleted, or one started through the journey
+        # endpoints): never a new thread, on which a first run would start that journey again.
+        if body.if_exists == "raise":
+            raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is a journey instance's id already")
+        try:  # do_nothing: the journey's thread, to a caller who may see the journey
+            return await thread_view(svc, ResolvedThread.of(await svc.thread_row(caller, body.thread_id)))
+        except JourneyNotFoundError:
+            raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is taken") from None
     row = await svc.runs.create_thread(body.thread_id, body.metadata, svc.owner(caller), if_exists=body.if_exists)
     if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):  # if_exists: someone else's
         raise ApiError(409, "ThreadExists", f"thread id {row.thread_id!r} is taken")
