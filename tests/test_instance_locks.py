@@ -282,6 +282,45 @@ async def test_concurrent_rollbacks_roll_back_once(store_url: str) -> None:
         assert [r["reason"] for r in await lc.rollback_history(journey_id)] == [done[0]["reason"]]
 
 
+async def test_a_rollback_asked_while_another_is_under_way_is_told_so(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a rollback asked while another one's run was mid-way (its checkpoint in stage ``rollback``,
+    its notification under way) was refused at once from that passing state: "initiate_rollback is not allowed
+    in stage 'rollback'". It now waits for the journey and answers that it moved meanwhile (a conflict: ask
+    again), as when the other rollback finishes first."""
+    async with lifecycle_runtime(store_url) as (runtime, _clock):
+        lc = runtime.lifecycle
+        journey_id = await journey_at(runtime, _clock, "pilot")
+        notifying, go_on = asyncio.Event(), asyncio.Event()
+
+        async def held_notifier(_request: AgentRequest) -> dict[str, Any]:
+            notifying.set()
+            await go_on.wait()
+            return {"delivered": True}
+
+        lc.use_notifier(held_notifier)
+        engine, waits_for_it = runtime.engine, asyncio.Event()
+        exclusive = engine.exclusive
+
+        def noted(instance_id: str, *args: Any, **kwargs: Any) -> Any:
+            waits_for_it.set()  # only the second call asks for the journey's lock while the first holds it
+            return exclusive(instance_id, *args, **kwargs)
+
+        first = asyncio.create_task(lc.initiate_rollback(journey_id, "first", complete=True))
+        await asyncio.wait_for(notifying.wait(), 30)
+        monkeypatch.setattr(engine, "exclusive", noted)
+        second = asyncio.create_task(lc.initiate_rollback(journey_id, "second", complete=True))
+        asked = asyncio.create_task(waits_for_it.wait())
+        await asyncio.wait([second, asked], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        asked.cancel()
+        go_on.set()
+        assert (await first)["journey"]["current_stage"] == "sandbox"
+        with pytest.raises(ConcurrentUpdateError, match="moved from rollback to sandbox"):
+            await second
+        assert [r["reason"] for r in await lc.rollback_history(journey_id)] == ["first"]
+
+
 async def test_concurrent_migrations_of_one_instance_migrate_it_once(store_url: str) -> None:
     async with process_runtime(store_url) as rt:
         for intent in ("activate", "welcome_call"):

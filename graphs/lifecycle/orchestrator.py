@@ -435,7 +435,16 @@ class LifecycleOrchestrator:
         spec, graph = await self._load(journey_id)
         # Checked first without the journey's lock, so a unit of work holding it can be told to stop.
         peek = await graph.aget_state(self._engine.config(journey_id))
-        target = self._rollback_target(journey_id, peek, rollback_to, running=True)
+        try:
+            target = self._rollback_target(journey_id, peek, rollback_to, running=True)
+        except InvalidTransitionError:
+            # The peek may have caught another call's run mid-way (a rollback under way): a stage that has
+            # moved once the journey is free is a conflict (ask again); one that has not is refused as peeked.
+            async with self._engine.exclusive(journey_id):
+                settled = await self._engine.settled_state(graph, journey_id, options=run_options)
+            stages = (peek.values.get("current_stage"), settled.values.get("current_stage"))
+            self._expect_stage(journey_id, *stages, "roll back")
+            raise
         # A durable request: a unit of work running now, in this process or another, stops between waves.
         await self._rows.request_rollback(journey_id, reason, self._store.clock.now())
         try:
