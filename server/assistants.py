@@ -5,7 +5,7 @@ journey endpoints make), and which compiled graph holds a thread's checkpoints. 
 journey instance its first run starts, so ``threads.get_state``/``get_history`` read the journey's own
 checkpoints. Input mapping (documented per assistant in ``input_schema``):
 
-- the **first run** on a thread takes ``input`` and designs and starts a journey;
+- the **first run** on a thread takes ``input`` and starts a journey (of a design stored once per content);
 - **later runs** take ``command: {"resume": value}`` and advance it (``value`` is the step result of a
   structured or saga journey, a session action, a lifecycle event, a process task's payload);
 - the ``guide`` is a chat graph: every run takes ``input`` (``session_id``/``progress``, ``messages``).
