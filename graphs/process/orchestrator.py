@@ -706,7 +706,7 @@ class ProcessOrchestrator:
                     f"message {message_id!r} is being sent right now; try again shortly", message_id=message_id
                 )
         try:
-            outcome = await self._send(name, key, body, ttl, message_id)
+            outcome = await self._send(name, key, body, ttl, message_id, taken_over=earlier is not None)
         except UnmatchedMessageError:  # refused, nothing kept: the id is free again
             await self.services.messages.settle_id(message_id, None)
             raise
@@ -714,15 +714,21 @@ class ProcessOrchestrator:
         return outcome
 
     async def _send(
-        self, name: str, key: str, body: dict[str, Any], ttl: timedelta | None, message_id: str | None
+        self,
+        name: str,
+        key: str,
+        body: dict[str, Any],
+        ttl: timedelta | None,
+        message_id: str | None,
+        *,
+        taken_over: bool = False,
     ) -> dict[str, Any]:
         """:meth:`send_message`, its input checked. With ``message_id`` every step is keyed by it, so a send
-        taken over after its sender died repeats none of them: a wait is resolved once (the waits it resolved
+        ``taken_over`` after its sender died repeats none of them: a wait is resolved once (the waits it resolved
         already, directly or from the buffer, are found by the id and answered again), an instance it
         starts has a start key from it, and it is buffered under that id."""
         received_at = self.clock.now().isoformat()
-        messages = self.services.messages
-        won = [] if message_id is None else await messages.taken(name, key, message_id)
+        won = await self.services.messages.taken(name, key, message_id) if taken_over and message_id else []
         for subscription in await self.services.messages.waiting(name, key):
             resolution = {
                 "option": subscription.element,
