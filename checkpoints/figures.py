@@ -16,7 +16,7 @@ from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
 from checkpoints.schema.tables import journey_instances, process_timers, server_runs, user_tasks
 
 # Statuses after which an instance does nothing more by itself.
-FINAL_STATUSES = ("completed", "failed", "compensated", "cancelled", "closed")
+FINAL_STATUSES = ("completed", "failed", "compensated", "cancelled", "closed", "terminated")
 FINAL_STAGES = ("completed", "cancelled")
 
 _instances, _tasks, _timers, _runs = journey_instances.c, user_tasks.c, process_timers.c, server_runs.c

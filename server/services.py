@@ -17,6 +17,7 @@ from pydantic.errors import PydanticUserError
 
 from checkpoints.assistants import AssistantRow, AssistantStore
 from checkpoints.errors import SystemAssistantError
+from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
 from checkpoints.index import Instance
 from checkpoints.ownership import Owner, Viewer, acting_as
@@ -36,6 +37,8 @@ from server.runs.watch import RunWatch, wait_for_run
 from server.settings import Settings
 
 log = structlog.get_logger("journeys.server")
+# What a journey logs when its thread is deleted; its key too (once per journey).
+THREAD_DELETED = "thread.deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,11 +408,17 @@ class ServerServices:
         return row
 
     async def delete_thread(self, caller: Principal, thread_id: str) -> None:
-        """The thread, its runs, its crons and its checkpoints; a thread with an active run is refused. The
-        journey's event log stays: it is the audit trail of what the journey did."""
+        """The thread, its runs, its crons and its checkpoints; a thread with an active run is refused.
+
+        Its journey is terminated if it has not ended (nothing of it may run or wait on with no thread to
+        show it: its inbox tasks and timers are cancelled), and ``thread.deleted`` is logged: the event log
+        stays, the audit trail of what the journey did, and the id never names a thread again. A crash
+        part-way leaves the thread gone and the rest done by deleting it again."""
         thread = await self.resolve_thread(thread_id, caller)
         await self.runs.delete_thread(thread_id)  # first: refused while a run is active, its crons with it
         if thread.instance_id is not None:
+            deleted = NewEvent(THREAD_DELETED, {"thread_id": thread_id, "by": caller.name}, None, THREAD_DELETED)
+            await self.runtime.instances.terminate(thread.instance_id, "its thread was deleted", then=[deleted])
             await self.runtime.store.saver.adelete_thread(thread.instance_id)
 
     async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
@@ -478,9 +487,13 @@ class ServerServices:
         if viewer is not None and await self.runs.get_thread(thread_id) is not None:
             raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         instance = await self.runtime.store.index.get_instance(thread_id, viewer=viewer)
-        if instance is None:
+        if instance is None or await self.thread_deleted(thread_id):
             raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         return ResolvedThread(thread_id, None, instance.pattern, instance.instance_id)
+
+    async def thread_deleted(self, instance_id: str) -> bool:
+        """Whether the journey ``instance_id`` was a thread that was deleted (:meth:`delete_thread`)."""
+        return await self.runtime.store.events.find_by_key(instance_id, THREAD_DELETED) is not None
 
     async def thread_graph(self, thread: ResolvedThread) -> Graph | None:
         """The compiled graph holding the thread's checkpoints; None while the thread is not bound."""

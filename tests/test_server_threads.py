@@ -15,12 +15,12 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import ConflictError
+from langgraph_sdk.errors import ConflictError, NotFoundError
 from sqlalchemy import select
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import SystemClock
-from checkpoints.schema.tables import journey_designs
+from checkpoints.schema.tables import journey_designs, process_timers
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
@@ -42,6 +42,17 @@ TWO_TASKS = {
         {"type": "end", "id": "end"},
     ],
     "flows": ["start -> approve", "approve -> pay", "pay -> end"],
+}
+WAIT_OR_TIMEOUT = {  # a user task with a boundary timer a day away
+    "name": "wait_or_timeout",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
+        {"type": "boundary_timer", "id": "late", "attached_to": "approve", "timer": {"duration": "P1D"}},
+        {"type": "end", "id": "end"},
+        {"type": "end", "id": "timed_out"},
+    ],
+    "flows": ["start -> approve", "approve -> end", "late -> timed_out"],
 }
 
 
@@ -263,20 +274,56 @@ async def test_threads_of_one_journey_are_journeys_of_their_own_on_one_shared_de
     assert {i.journey_id for i in instances} == {journey_id for _pattern, journey_id in designs}
 
 
-async def test_a_deleted_threads_id_still_names_its_journey(ana: LangGraphClient, bob: LangGraphClient) -> None:
+async def test_a_deleted_threads_id_is_gone_and_never_names_a_journey_again(
+    ana: LangGraphClient, bob: LangGraphClient
+) -> None:
     """A lifecycle (or process) journey's instance id is its thread's id, and the journey outlives the
-    thread's deletion (its event log is the audit trail): re-creating the thread id with
-    if_exists="do_nothing" gives its owner that journey's thread back and anyone else a conflict; nobody
-    starts that journey again on it (it was started anew, as whoever re-created the thread)."""
+    thread's deletion (its event log is the audit trail). Deleted, the thread is gone as on the Agent
+    Server: every read of it answers 404, for its owner too. Its id is never a thread again: re-creating it
+    is a conflict for everyone (a fresh thread on it would name the old journey), and nobody runs that
+    journey again on it."""
     thread_id = (await ana.threads.create())["thread_id"]
     start = {"client_id": "mk001", "metrics": LIFECYCLE_READY}
     started = await ana.runs.wait(thread_id, "lifecycle", input=start)
     assert started["journey_id"] == thread_id
     await ana.threads.delete(thread_id)
-    with pytest.raises(ConflictError):  # not bob's to take
-        await bob.threads.create(thread_id=thread_id, if_exists="do_nothing")
-    again = await ana.threads.create(thread_id=thread_id, if_exists="do_nothing")
-    assert again["thread_id"] == thread_id and again["metadata"]["instance_id"] == thread_id
-    with pytest.raises(httpx.HTTPStatusError, match="already runs a journey") as refused:
+    for read in (ana.threads.get, ana.threads.get_state, ana.threads.get_history):
+        with pytest.raises(httpx.HTTPStatusError) as gone:
+            await read(thread_id)
+        assert gone.value.response.status_code == 404
+    with pytest.raises(NotFoundError):  # deleting it again: it is gone
+        await ana.threads.delete(thread_id)
+    for client in (bob, ana):
+        with pytest.raises(ConflictError, match="deleted"):
+            await client.threads.create(thread_id=thread_id, if_exists="do_nothing")
+    with pytest.raises(httpx.HTTPStatusError) as refused:
         await ana.runs.wait(thread_id, "lifecycle", input={"client_id": "mk002", "metrics": LIFECYCLE_READY})
-    assert refused.value.response.status_code == 409
+    assert refused.value.response.status_code == 404
+    assert thread_id not in {t["thread_id"] for t in await ana.threads.search(limit=100)}
+
+
+async def test_deleting_a_waiting_process_thread_terminates_its_journey(ana: LangGraphClient, durable_url: str) -> None:
+    """A process parked at a user task, with a timer armed, whose thread is deleted: its journey is
+    terminated (logged, status ``terminated``), its task leaves the inbox and cannot be completed, and its
+    timer is cancelled. Before, the task stayed open and completing it answered 200 while nothing ran: an
+    acknowledged answer lost, and a journey ``in_progress`` for ever with no thread to show it."""
+    await ana.http.post("/processes", json=WAIT_OR_TIMEOUT)
+    thread_id = (await ana.threads.create())["thread_id"]
+    started = await ana.runs.wait(thread_id, "process", input={"process": "wait_or_timeout", "business_key": "mk003"})
+    assert _task(started) == ("in_progress", "approve")
+    [task] = await ana.http.get("/tasks", params={"instance_id": thread_id})
+    await ana.threads.delete(thread_id)
+    assert await ana.http.get("/tasks", params={"instance_id": thread_id}) == []
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        await ana.http.post(f"/tasks/{task['task_id']}/complete", json={"payload": {"ok": True}})
+    assert refused.value.response.status_code in (404, 409), refused.value.response.text
+    async with JourneyRuntime.open(durable_url) as runtime:
+        [instance] = await runtime.store.index.get_instances([thread_id])
+        events = [e.type for e in await runtime.store.events.list(thread_id)]
+        async with runtime.store.engine.connect() as conn:
+            timers = (
+                await conn.execute(select(process_timers.c.status).where(process_timers.c.instance_id == thread_id))
+            ).scalars()
+            assert set(timers) == {"cancelled"}
+    assert instance.status == "terminated"
+    assert events[-2:] == ["journey.terminated", "thread.deleted"], events

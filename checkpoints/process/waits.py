@@ -131,6 +131,25 @@ _PARKED = (
 )
 
 
+def cancel_pending(instance_id: str) -> list[Executable]:
+    """Cancel everything an instance waits on (it ended, was cancelled or terminated, or compensates), answers
+    not yet delivered included: an ended instance's thread must not be resumed (see ``WaitStore.delivery``)."""
+    return [
+        update(process_waits)
+        .where(process_waits.c.instance_id == instance_id, process_waits.c.status.in_(("waiting", "resolved")))
+        .values(status="cancelled"),
+        update(process_timers)
+        .where(process_timers.c.instance_id == instance_id, process_timers.c.status.in_(("scheduled", "firing")))
+        .values(status="cancelled", claimed_by=None),
+        update(process_subscriptions)
+        .where(process_subscriptions.c.instance_id == instance_id, process_subscriptions.c.status == "waiting")
+        .values(status="cancelled"),
+        update(user_tasks)
+        .where(user_tasks.c.instance_id == instance_id, user_tasks.c.status == "open")
+        .values(status="cancelled"),
+    ]
+
+
 class WaitStore:
     """Durable waits: armed, resolved once, then finished when the thread has consumed the resolution."""
 
@@ -267,19 +286,5 @@ class WaitStore:
         return [Wait(**r._mapping) for r in rows]
 
     def cancel_statements(self, instance_id: str) -> list[Executable]:
-        """Cancel everything an instance waits on (it ended, was cancelled, or compensates), answers not yet
-        delivered included: an ended instance's thread must not be resumed (see ``delivery``)."""
-        return [
-            update(process_waits)
-            .where(process_waits.c.instance_id == instance_id, process_waits.c.status.in_(("waiting", "resolved")))
-            .values(status="cancelled"),
-            update(process_timers)
-            .where(process_timers.c.instance_id == instance_id, process_timers.c.status.in_(("scheduled", "firing")))
-            .values(status="cancelled", claimed_by=None),
-            update(process_subscriptions)
-            .where(process_subscriptions.c.instance_id == instance_id, process_subscriptions.c.status == "waiting")
-            .values(status="cancelled"),
-            update(user_tasks)
-            .where(user_tasks.c.instance_id == instance_id, user_tasks.c.status == "open")
-            .values(status="cancelled"),
-        ]
+        """See :func:`cancel_pending`."""
+        return cancel_pending(instance_id)

@@ -33,6 +33,7 @@ from checkpoints.events import Event, NewEvent
 from checkpoints.flow import ENDED_STATUSES, FlowControl
 from checkpoints.index import Instance
 from checkpoints.process.timers import TimerStore
+from checkpoints.process.waits import cancel_pending
 from checkpoints.schema.widths import INSTANCE_USER
 from checkpoints.values import check_value
 from graphs.errors import DeadlineExceededError, JourneyNotFoundError
@@ -61,6 +62,8 @@ OPEN_STATUSES = ("in_progress", "compensating", "pending", "active", "rollback")
 DEADLINE_FAILURE = {"error": "the journey's deadline passed before it ended", "error_type": "DeadlineExceededError"}
 # Registering an instance with a start key or a concurrency slot retries when another start wins a race.
 _REGISTER_ATTEMPTS = 20
+# Statuses nothing can take an instance out of (a failed one may still be retried).
+FINAL_STATUSES = (*(s for s in ENDED_STATUSES if s != "failed"), "closed")
 
 
 def error_details(exc: JourneyError) -> dict[str, Any]:
@@ -339,6 +342,26 @@ class Instances:
         # A queued instance leaves the queue with it: it must never start once a slot frees.
         also = [*also, self.flow.unqueue(instance_id)]
         await self.events.append(instance_id, [event], status="cancelled", also=also)
+
+    async def terminate(self, instance_id: str, reason: str, *, then: Sequence[NewEvent] = ()) -> bool:
+        """End the instance for good where it stands, unless it has (Temporal's terminate: nothing more of it
+        runs, and nothing is compensated). In one transaction, under its lock: ``journey.terminated`` is logged,
+        the instance marked ``terminated``, and everything it waits on cancelled (waits, timers, subscriptions,
+        inbox tasks, its place in a queue). A failed instance is terminated too: its retry is given up.
+        ``then``: events logged after it, or alone when the instance had ended already. Answers whether it
+        was terminated now; False too for an unknown id."""
+        async with self.engine.exclusive(instance_id):
+            instance = await self.index.get_instance(instance_id)
+            if instance is None:
+                return False
+            if instance.status in FINAL_STATUSES:
+                if then:
+                    await self.events.append(instance_id, then)
+                return False
+            terminated = NewEvent("journey.terminated", {"reason": reason}, None, f"{instance_id}:terminated")
+            also = [*cancel_pending(instance_id), self.flow.unqueue(instance_id)]
+            await self.events.append(instance_id, [terminated, *then], status="terminated", also=also)
+            return True
 
     # --- fork ----------------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from nodes.process_services import ProcessServices
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 # Not yet a member of designs.PatternName (a shared Literal); the cast keeps this edit out of that line.
 PATTERN = cast(PatternName, "process")
-FINISHED = ("completed", "compensated", "failed", "cancelled")
+FINISHED = ("completed", "compensated", "failed", "cancelled", "terminated")
 
 
 class DeployedVersions:

@@ -164,6 +164,8 @@ async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, 
     row = await svc.runs.get_thread(thread_id)
     if row is None:
         instance = await svc.runtime.store.index.get_instance(thread_id)
+        if instance is not None and await svc.thread_deleted(thread_id):
+            raise JourneyNotFoundError(f"no thread {thread_id!r}: it was deleted", thread_id=thread_id)
         if instance is not None:  # a journey started through the journey endpoints: its id is a thread id
             await svc.instance(caller, thread_id)  # one the caller may see; its thread is owned like it
             await svc.runs.create_thread(thread_id, {}, instance.owned_by, if_exists="do_nothing")

@@ -119,8 +119,11 @@ async def _matching(
 @router.post("", response_model=ThreadOut, summary="Create a thread")
 async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> dict[str, Any]:
     if body.thread_id and await svc.runtime.store.index.get_instance(body.thread_id) is not None:
-        # The id names a journey (a thread's whose row was deleted, or one started through the journey
-        # endpoints): never a new thread, on which a first run would start that journey again.
+        # The id names a journey: never a new thread, on which a first run would start that journey again.
+        if await svc.thread_deleted(body.thread_id):
+            raise ApiError(
+                409, "ThreadExists", f"thread id {body.thread_id!r} was deleted; a deleted thread's id is not reused"
+            )
         if body.if_exists == "raise":
             raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is a journey instance's id already")
         try:  # do_nothing: the journey's thread, to a caller who may see the journey
