@@ -22,7 +22,7 @@ from checkpoints.figures import live_figures
 from checkpoints.index import Instance
 from checkpoints.ownership import Owner, Viewer, acting_as
 from checkpoints.savers import copy_checkpoints
-from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
+from graphs.errors import ImpersonationError, InvalidInputError, JourneyFinishedError, JourneyNotFoundError
 from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 from nodes.telemetry import circuit_states, exposition
@@ -122,11 +122,19 @@ class ServerServices:
             f"{caller.name!r} may not act as user {user_id!r}: that needs the 'impersonate' scope", user_id=user_id
         )
 
-    async def instance(self, caller: Principal, instance_id: str) -> Instance:
-        """A journey instance ``caller`` may see; not found (404, as for one that does not exist) otherwise."""
+    async def instance(self, caller: Principal, instance_id: str, *, to_act: bool = False) -> Instance:
+        """A journey instance ``caller`` may see; not found (404, as for one that does not exist) otherwise.
+        ``to_act``: one that may still run, too; a terminated one (its thread deleted, say) is refused with
+        :class:`JourneyFinishedError` (409): its history is kept, but nothing more of it runs."""
         found = await self.runtime.store.index.get_instance(instance_id, viewer=self.viewer(caller))
         if found is None:
             raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        if to_act and found.status == "terminated":
+            raise JourneyFinishedError(
+                f"journey {instance_id!r} was terminated: nothing more of it runs (its history is kept)",
+                allowed=[],
+                instance_id=instance_id,
+            )
         return found
 
     def check_inbox(self, caller: Principal, assignee: str | None, group: str | None) -> None:

@@ -300,6 +300,12 @@ async def test_a_deleted_threads_id_is_gone_and_never_names_a_journey_again(
         await ana.runs.wait(thread_id, "lifecycle", input={"client_id": "mk002", "metrics": LIFECYCLE_READY})
     assert refused.value.response.status_code == 404
     assert thread_id not in {t["thread_id"] for t in await ana.threads.search(limit=100)}
+    # The journey's history stays readable; nothing more of the journey runs, by any route.
+    history = await ana.http.get(f"/journeys/{thread_id}/history")
+    assert [e["type"] for e in history][-2:] == ["journey.terminated", "thread.deleted"]
+    with pytest.raises(httpx.HTTPStatusError, match="terminated") as refused:
+        await ana.http.post(f"/journeys/lifecycle/{thread_id}/metrics", json={"values": {"search_precision": 0.9}})
+    assert refused.value.response.status_code == 409
 
 
 async def test_deleting_a_waiting_process_thread_terminates_its_journey(ana: LangGraphClient, durable_url: str) -> None:

@@ -193,11 +193,13 @@ class MetricsIn(Body):
     values: Metrics = Field(min_length=1)
 
 
-async def _structured(svc: ServerServices, caller: Principal, journey_id: str, user_id: str) -> None:
+async def _structured(
+    svc: ServerServices, caller: Principal, journey_id: str, user_id: str, *, to_act: bool = False
+) -> None:
     """A structured journey named by design and user: the user is the caller (or impersonated), and the
-    instance one the caller may see."""
+    instance one the caller may see (and act on: ``ServerServices.instance``)."""
     svc.check_user(caller, user_id)
-    await svc.instance(caller, structured_instance_id(journey_id, user_id))
+    await svc.instance(caller, structured_instance_id(journey_id, user_id), to_act=to_act)
 
 
 # --- structured -----------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ async def execute_structured(journey_id: str, body: ExecuteIn, caller: Writer, s
 async def advance_structured(
     journey_id: str, user_id: str, body: AdvanceIn, caller: Writer, svc: Services
 ) -> dict[str, Any]:
-    await _structured(svc, caller, journey_id, user_id)
+    await _structured(svc, caller, journey_id, user_id, to_act=True)
     return await svc.runtime.structured.advance_journey_step(
         journey_id, user_id, body.step_result, step_id=body.step_id
     )
@@ -235,7 +237,7 @@ async def advance_structured(
     "/structured/{journey_id}/users/{user_id}/retry", response_model=StructuredRunView, summary="Retry the failed step"
 )
 async def retry_structured(journey_id: str, user_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
-    await _structured(svc, caller, journey_id, user_id)
+    await _structured(svc, caller, journey_id, user_id, to_act=True)
     return await svc.runtime.structured.retry_journey_step(journey_id, user_id)
 
 
@@ -271,7 +273,7 @@ async def execute_saga(journey_id: str, body: ExecuteIn, caller: Writer, svc: Se
 @router.post("/sagas/{saga_id}/advance", response_model=SagaAdvanceOut, summary="Advance a saga step")
 async def advance_saga(saga_id: str, body: SagaAdvanceIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
-    await svc.instance(caller, saga_id)
+    await svc.instance(caller, saga_id, to_act=True)
     return await svc.runtime.saga.advance_saga_step(
         saga_id, body.journey_id, body.user_id, body.step_result, step_id=body.step_id
     )
@@ -281,7 +283,7 @@ async def advance_saga(saga_id: str, body: SagaAdvanceIn, caller: Writer, svc: S
     "/sagas/{saga_id}/retry", response_model=SagaRunView, summary="Retry a saga's failed step or stopped compensation"
 )
 async def retry_saga(saga_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, saga_id)
+    await svc.instance(caller, saga_id, to_act=True)
     return await svc.runtime.saga.retry_saga_step(saga_id)
 
 
@@ -305,21 +307,21 @@ async def start_session(body: SessionIn, caller: Writer, svc: Services) -> dict[
 
 @router.post("/sessions/{session_id}/navigate", response_model=NavigatedOut, summary="Go to an area")
 async def navigate(session_id: str, body: NavigateIn, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, session_id)
+    await svc.instance(caller, session_id, to_act=True)
     with svc.acting(caller):  # the session's policies see who acts
         return await svc.runtime.session.navigate_to_area(session_id, body.area_id)
 
 
 @router.post("/sessions/{session_id}/updates", response_model=AreaUpdatedOut, summary="Update an area's state")
 async def update_area(session_id: str, body: AreaUpdateIn, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, session_id)
+    await svc.instance(caller, session_id, to_act=True)
     with svc.acting(caller):  # the session's policies see who acts
         return await svc.runtime.session.update_area_state(session_id, body.area_id, body.updates)
 
 
 @router.post("/sessions/{session_id}/close", response_model=SessionProgressOut, summary="Close a session")
 async def close_session(session_id: str, body: CloseIn, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, session_id)
+    await svc.instance(caller, session_id, to_act=True)
     with svc.acting(caller):  # the session's policies see who acts
         return await svc.runtime.session.close_session(session_id, body.reason)
 
@@ -341,14 +343,14 @@ async def start_mvp(body: MvpIn, caller: Writer, svc: Services) -> dict[str, Any
 
 @router.post("/mvp/{session_id}/navigate", response_model=NavigatedOut, summary="Go to a pillar")
 async def navigate_pillar(session_id: str, body: NavigateIn, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, session_id)
+    await svc.instance(caller, session_id, to_act=True)
     with svc.acting(caller):  # the session's policies see who acts
         return await svc.runtime.mvp.navigate_to_pillar(session_id, body.area_id)
 
 
 @router.post("/mvp/{session_id}/progress", response_model=AreaUpdatedOut, summary="Record a pillar's progress")
 async def pillar_progress(session_id: str, body: AreaUpdateIn, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, session_id)
+    await svc.instance(caller, session_id, to_act=True)
     with svc.acting(caller):  # the session's policies see who acts
         return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
 
@@ -384,13 +386,13 @@ async def start_lifecycle(body: LifecycleIn, caller: Writer, svc: Services) -> d
     "/lifecycle/{journey_id}/transitions", response_model=LifecycleTransitionOut, summary="Apply a lifecycle event"
 )
 async def lifecycle_transition(journey_id: str, body: TransitionIn, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, journey_id)
+    await svc.instance(caller, journey_id, to_act=True)
     return await svc.runtime.lifecycle.transition(journey_id, body.event, **body.options)
 
 
 @router.post("/lifecycle/{journey_id}/metrics", response_model=MetricsRecordedOut, summary="Record lifecycle metrics")
 async def lifecycle_metrics(journey_id: str, body: MetricsIn, caller: Writer, svc: Services) -> dict[str, Any]:
-    await svc.instance(caller, journey_id)
+    await svc.instance(caller, journey_id, to_act=True)
     return await svc.runtime.lifecycle.record_metrics(journey_id, body.values)
 
 
