@@ -349,7 +349,11 @@ class Instances:
         the instance marked ``terminated``, and everything it waits on cancelled (waits, timers, subscriptions,
         inbox tasks, its place in a queue). A failed instance is terminated too: its retry is given up.
         ``then``: events logged after it, or alone when the instance had ended already. Answers whether it
-        was terminated now; False too for an unknown id."""
+        was terminated now; False too for an unknown id.
+
+        Who refuses to run it on: processes (a finished status) and the server's routes
+        (``ServerServices.instance``). The other orchestrators' own methods do not look, so in process,
+        terminate only a journey nothing will drive again (the server terminates a deleted thread's)."""
         async with self.engine.exclusive(instance_id):
             instance = await self.index.get_instance(instance_id)
             if instance is None:
