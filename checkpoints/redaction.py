@@ -14,6 +14,10 @@ logs, API responses and streams, span attributes and the exceptions spans record
 spec's marks apply to the journey values it carries, never to the answer's own fields. Journey state and the
 inputs of runs are not redacted, so a value the journey needs still reaches its agents (encrypt those at rest
 instead: see :mod:`checkpoints.savers`).
+
+Marks are known per process, once a design is loaded there, and apply to every journey it shows. So what
+is kept only to be shown (a server run's output and stream chunks) is redacted where the journey ran, and
+the server's API learns a journey's marks before it shows its values (``ServerServices.know_marks``).
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ _SENSITIVE: set[str] = set()  # field names specs mark sensitive, lower-cased
 def mark_sensitive(fields: Iterable[str]) -> None:
     """Redact the fields named ``fields`` wherever they appear (a spec's ``sensitive`` fields)."""
     _SENSITIVE.update(name.lower() for name in fields)
+
+
+def mark_sensitive_of(spec: Any) -> None:
+    """Mark the fields a spec given as data marks ``sensitive`` (a stored design, a run's inline spec),
+    without validating the rest of it; anything that is not a list of names marks nothing."""
+    fields = spec.get("sensitive") if isinstance(spec, Mapping) else None
+    if isinstance(fields, list | tuple) and all(isinstance(name, str) for name in fields):
+        mark_sensitive(fields)
 
 
 def is_sensitive(name: str) -> bool:

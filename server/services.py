@@ -21,6 +21,7 @@ from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
 from checkpoints.index import Instance
 from checkpoints.ownership import Owner, Viewer, acting_as
+from checkpoints.redaction import mark_sensitive_of
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyFinishedError, JourneyNotFoundError
 from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
@@ -39,6 +40,7 @@ from server.settings import Settings
 log = structlog.get_logger("journeys.server")
 # What a journey logs when its thread is deleted; its key too (once per journey).
 THREAD_DELETED = "thread.deleted"
+_MARKED_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,8 @@ class ServerServices:
     crons: CronService
     authenticator: Authenticator | None = None  # None: the settings' (API keys by default)
     assistant_rows: AssistantStore = field(init=False)
+    # The journeys and designs whose sensitive marks this process knows (see know_marks), bounded.
+    _marked: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         if self.authenticator is None:
@@ -153,6 +157,7 @@ class ServerServices:
         offered = task.get("assignee") == caller.name or set(task.get("candidate_groups") or ()) & set(caller.groups)
         if not (viewer.admin or offered):
             await self.instance(caller, task["instance_id"])
+        await self.know_marks(task["instance_id"])
         return task
 
     async def run(self, caller: Principal, thread_id: str, run_id: str) -> RunRow:
@@ -491,13 +496,33 @@ class ServerServices:
         viewer = self.viewer(caller) if caller is not None else None
         row = await self.runs.get_thread(thread_id, viewer=viewer)
         if row is not None:
+            await self.know_marks(row.instance_id)
             return ResolvedThread.of(row)
         if viewer is not None and await self.runs.get_thread(thread_id) is not None:
             raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         instance = await self.runtime.store.index.get_instance(thread_id, viewer=viewer)
         if instance is None or await self.thread_deleted(thread_id):
             raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+        await self.know_marks(instance.instance_id)
         return ResolvedThread(thread_id, None, instance.pattern, instance.instance_id)
+
+    async def know_marks(self, instance_id: str | None) -> None:
+        """Learn the ``sensitive`` marks of the journey ``instance_id``'s design, so that they apply to what
+        this process shows of it. Marks are known per process (checkpoints.redaction): the worker that ran a
+        journey knows them, but the API process answering about it may never have loaded its design."""
+        if instance_id is None or instance_id in self._marked:
+            return
+        instance = await self.runtime.store.index.get_instance(instance_id)
+        if instance is not None and instance.journey_id not in self._marked:
+            design = await self.runtime.store.index.get_design(instance.journey_id)
+            mark_sensitive_of(design.spec if design is not None else None)
+            self._remember_marked(instance.journey_id)
+        self._remember_marked(instance_id)
+
+    def _remember_marked(self, key: str) -> None:
+        if len(self._marked) >= _MARKED_LIMIT:  # marks themselves are never forgotten: only whose were read
+            self._marked.clear()
+        self._marked.add(key)
 
     async def thread_deleted(self, instance_id: str) -> bool:
         """Whether the journey ``instance_id`` was a thread that was deleted (:meth:`delete_thread`)."""

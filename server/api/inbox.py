@@ -76,7 +76,10 @@ async def list_tasks(
         await svc.instance(caller, instance_id)
     else:
         svc.check_inbox(caller, assignee, group)
-    return await svc.runtime.processes.inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id)
+    tasks = await svc.runtime.processes.inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id)
+    for shown in dict.fromkeys(task["instance_id"] for task in tasks):
+        await svc.know_marks(shown)
+    return tasks
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, summary="A user task")

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
+from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
@@ -55,6 +56,8 @@ async def create_run(
         assistant.check_input(body.input)
         if isinstance(body.input, dict) and isinstance(body.input.get("user_id"), str):
             svc.check_user(caller, body.input["user_id"])
+        if isinstance(body.input, dict):  # an inline spec's marks hold in this run's answers from the first
+            mark_sensitive_of(body.input.get("spec"))
     if body.command is not None and "resume" in body.command.model_fields_set:
         assistant.check_resume(body.command.resume)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
@@ -178,6 +181,7 @@ async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, 
     assert row is not None
     if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):
         raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+    await svc.know_marks(row.instance_id)  # the run's answers show its input and output
     return row
 
 

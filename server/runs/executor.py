@@ -29,7 +29,8 @@ from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
-from server.problems import ApiError
+from server.problems import ApiError, redact_answer
+from server.runs.sse import shown
 from server.runs.store import NO_STATE, TERMINAL, RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")
@@ -268,7 +269,7 @@ class RunExecutor:
         async def emit(mode: str, chunk: Any) -> None:
             nonlocal seq
             seq += 1
-            await self.runs.append_event(run_id, seq, mode, jsonable(chunk))
+            await self.runs.append_event(run_id, seq, mode, shown(mode, jsonable(chunk)))
             self._changed(run_id)
 
         async def bind(bound: str) -> None:
@@ -302,7 +303,8 @@ class RunExecutor:
             await self._delete_thread(run)
         if (run.options or {}).get("webhook"):  # armed before the end: a process killed after it still calls
             await self.webhooks.arm(run)
-        finished = await self.runs.finish(run_id, status, error, output)
+        # Kept only to be shown (waiting clients read it): redacted here, where the design's marks are known.
+        finished = await self.runs.finish(run_id, status, error, redact_answer(output) if output else output)
         self._changed(run_id)
         if finished is not None:
             self.finished(finished)

@@ -56,8 +56,14 @@ async def run_events(svc: ServerServices, run: RunRow, after: int | None = None)
 ENVELOPE_EVENTS = frozenset({"metadata", "end", "error", "checkpoints", "tasks", "debug", "events"})
 
 
+def shown(event: str, data: Any) -> Any:
+    """An event's data as it may be shown: redacted like every answer of the server (checkpoints.redaction).
+    The run's process stores its chunks so (it knows its design's marks; the API process may not), and
+    every frame is redacted again as it is sent."""
+    return redact_answer(data) if event.split("|")[0] in ENVELOPE_EVENTS else redact(data)
+
+
 def frame(event: str, data: Any, number: int | None = None) -> bytes:
-    """One server-sent event; its data redacted like every answer of the server (checkpoints.redaction)."""
+    """One server-sent event, its data :func:`shown`."""
     head = f"id: {number}\n" if number is not None else ""
-    shown = redact_answer(data) if event.split("|")[0] in ENVELOPE_EVENTS else redact(data)
-    return f"{head}event: {event}\ndata: {json.dumps(shown, default=str)}\n\n".encode()
+    return f"{head}event: {event}\ndata: {json.dumps(shown(event, data), default=str)}\n\n".encode()
