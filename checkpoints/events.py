@@ -420,9 +420,9 @@ def _values(instance_id: str, event: NewEvent, now: datetime, sealer: Sealer) ->
 
 
 def event_payload(event: NewEvent, sealer: Sealer) -> Any:
-    """An event's payload as stored: redacted (the log is for people to read: no secrets in it), then
-    sealed when the store encrypts at rest."""
-    return sealer.seal(redact(event.payload))
+    """An event's payload as stored: redacted (the log is for people to read: no secrets in it), but for
+    the values of name/value pairs, which a process start replays; then sealed when the store encrypts at rest."""
+    return sealer.seal(redact(event.payload, pairs=False))
 
 
 class _Unclaimed(Exception):

@@ -4,7 +4,8 @@
 
 - the value of every field whose name is sensitive is replaced by :data:`REDACTED`: names that say
   secret (password, secret, token, api key, authorization, credential, private key, card number, cvv,
-  ssn) and the fields a spec marks ``sensitive`` (:func:`mark_sensitive`);
+  ssn) and the fields a spec marks ``sensitive`` (:func:`mark_sensitive`); a field given as a name and a
+  value (``{"name": "api_key", "value": …}``) too, except in the event log (:func:`_named_value`);
 - inside every string, bearer tokens, well-known API key shapes, e-mail addresses and card numbers (13 to
   19 digits passing the Luhn check) are replaced by :data:`REDACTED`.
 
@@ -134,24 +135,39 @@ def redact_label(value: str, limit: int = MAX_LABEL_CHARS) -> str:
     return redact_text(value)[:limit]
 
 
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with sensitive fields and secret-looking strings replaced (see the module)."""
+def redact(value: Any, *, pairs: bool = True) -> Any:
+    """A copy of ``value`` with sensitive fields and secret-looking strings replaced (see the module).
+    ``pairs``: a field given as a name and a value too (:func:`_named_value`)."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {key: redact_field(key, item) for key, item in value.items()}
+        hidden = _named_value(value) if pairs else None
+        return {key: REDACTED if key == hidden else redact_field(key, item, pairs=pairs) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
+        return [redact(item, pairs=pairs) for item in value]
     return value
 
 
-def redact_field(name: Any, value: Any, own_fields: frozenset[str] = frozenset()) -> Any:
+def _named_value(pair: Mapping[Any, Any]) -> str | None:
+    """``"value"`` when ``pair`` gives a field as a name and a value (``{"name": "api_key", "value": …}``: a
+    process's variable changes) and that name is sensitive; None otherwise. The event log alone keeps such
+    pairs whole (``pairs=False``): a process start a crash cut short before its first checkpoint is run
+    again from its first event's changes."""
+    name = pair.get("name")
+    if isinstance(name, str) and pair.get("value") is not None and is_sensitive(name):
+        return "value"
+    return None
+
+
+def redact_field(name: Any, value: Any, own_fields: frozenset[str] = frozenset(), *, pairs: bool = True) -> Any:
     """The value of the field ``name`` as it may be shown: :data:`REDACTED` if the name is sensitive, else
     :func:`redact`; a field of ``own_fields`` (an envelope's own: see :func:`redact_envelope`) is searched as
     the envelope."""
     if name in own_fields:
         return redact_envelope(value, own_fields)
-    return REDACTED if isinstance(name, str) and is_sensitive(name) and value is not None else redact(value)
+    if isinstance(name, str) and is_sensitive(name) and value is not None:
+        return REDACTED
+    return redact(value, pairs=pairs)
 
 
 def redact_envelope(value: Any, own_fields: frozenset[str]) -> Any:

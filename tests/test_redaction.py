@@ -24,6 +24,7 @@ from checkpoints.redaction import (
     is_sensitive,
     mark_sensitive,
     redact,
+    redact_envelope,
     redact_label,
     redact_text,
 )
@@ -244,3 +245,18 @@ def test_is_sensitive_follows_marks_made_after_a_name_was_seen() -> None:
     mark_sensitive([name.upper()])
     assert is_sensitive(name)
     assert redact({name: "mars"}) == {name: REDACTED}
+
+
+def test_a_field_given_as_a_name_and_a_value_is_redacted_by_its_name_but_in_the_event_log() -> None:
+    """A process records its variable changes as ``{"name", "value"}`` pairs; its history answer showed a
+    marked variable's value in clear. The event log keeps the pairs whole: a start a crash cut short runs
+    again from them."""
+    mark_sensitive(["vip_pin_p7"])
+    changes = {"changes": [{"name": "vip_pin_p7", "value": "1234", "version": 1}, {"name": "x", "value": "ok"}]}
+    shown = {"changes": [{"name": "vip_pin_p7", "value": REDACTED, "version": 1}, {"name": "x", "value": "ok"}]}
+    assert redact(changes) == shown
+    assert redact_envelope({"payload": changes}, frozenset({"payload"})) == {"payload": shown}
+    assert redact({"headers": [{"name": "Authorization", "value": "Basic abc"}]}) == {
+        "headers": [{"name": "Authorization", "value": REDACTED}]
+    }
+    assert redact(changes, pairs=False) == changes
