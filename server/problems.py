@@ -61,6 +61,18 @@ def redact_answer(content: Any) -> Any:
     return redact_envelope(content, PROTOCOL_FIELDS)
 
 
+# The events whose data is the server's own (a stream's opening, its end, an error, the run's checkpoints and
+# tasks): redacted as an answer. Every other mode's chunk (values, updates, custom, messages) is journey values.
+ENVELOPE_EVENTS = frozenset({"metadata", "end", "error", "checkpoints", "tasks", "debug", "events"})
+
+
+def shown(event: str, data: Any) -> Any:
+    """An event's data as it may be shown: redacted like every answer of the server (checkpoints.redaction).
+    The run's process stores its chunks so (it knows its design's marks; the API process may not), and
+    every frame is redacted again as it is sent."""
+    return redact_answer(data) if event.split("|")[0] in ENVELOPE_EVENTS else redact(data)
+
+
 class RedactedJSONResponse(JSONResponse):
     """Every JSON answer of the server: secrets and personal data redacted (:mod:`checkpoints.redaction`)."""
 

@@ -29,8 +29,7 @@ from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
-from server.problems import ApiError, redact_answer
-from server.runs.sse import shown
+from server.problems import ApiError, redact_answer, shown
 from server.runs.store import NO_STATE, TERMINAL, RunRow, RunStore
 
 log = structlog.get_logger("journeys.runs")

@@ -6,8 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from checkpoints.redaction import redact
-from server.problems import redact_answer
+from server.problems import shown
 from server.runs.store import TERMINAL, RunRow
 from server.runs.watch import next_change
 
@@ -49,18 +48,6 @@ async def run_events(svc: ServerServices, run: RunRow, after: int | None = None)
                 yield frame("end", None)
                 return
             await next_change(changed, svc.settings.poll_interval)
-
-
-# The events whose data is the server's own (a stream's opening, its end, an error, the run's checkpoints and
-# tasks): redacted as an answer. Every other mode's chunk (values, updates, custom, messages) is journey values.
-ENVELOPE_EVENTS = frozenset({"metadata", "end", "error", "checkpoints", "tasks", "debug", "events"})
-
-
-def shown(event: str, data: Any) -> Any:
-    """An event's data as it may be shown: redacted like every answer of the server (checkpoints.redaction).
-    The run's process stores its chunks so (it knows its design's marks; the API process may not), and
-    every frame is redacted again as it is sent."""
-    return redact_answer(data) if event.split("|")[0] in ENVELOPE_EVENTS else redact(data)
 
 
 def frame(event: str, data: Any, number: int | None = None) -> bytes:
