@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,12 @@ async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> Non
         runs = RunStore(runtime.store.backend, runtime.store.clock)
         enqueue = enqueuer(queue)
 
-        async def create(thread_id: str | None, run_id: str | None = None, resume: bool = False) -> RunRow:
+        async def create(
+            thread_id: str | None,
+            run_id: str | None = None,
+            resume: bool = False,
+            options: dict[str, Any] | None = None,
+        ) -> RunRow:
             return await runs.create_run(
                 thread_id=thread_id,
                 assistant_id="structured",
@@ -94,6 +100,7 @@ async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> Non
                 principal="ana",
                 enqueue=enqueue,
                 run_id=run_id,
+                options=options,
             )
 
         first = await create(None)  # a new thread with its first run and its job: one statement
@@ -108,16 +115,24 @@ async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> Non
         assert second.job_id is not None and second.job_id != first.job_id
         with pytest.raises(psycopg.errors.UniqueViolation):
             await create(first.thread_id, run_id=second.run_id, resume=True)
+        # A delayed run (after_seconds): its job waits in the queue until the run's due time.
+        due = runtime.store.clock.now() + timedelta(hours=1)
+        delayed = await create(None, options={"not_before": due.isoformat()})
     with psycopg.connect(postgres_url) as conn:
         jobs = conn.execute(
             "SELECT id, args->>'run_id', lock, queue_name FROM procrastinate_jobs ORDER BY id"
         ).fetchall()
+        scheduled = conn.execute(
+            "SELECT scheduled_at FROM procrastinate_jobs WHERE id = %s", (delayed.job_id,)
+        ).fetchone()
         runs_left = conn.execute("SELECT run_id FROM server_runs ORDER BY created_at").fetchall()
         threads = conn.execute("SELECT count(*) FROM server_threads").fetchone()
     # Nothing of the failed ones: no job, no run, no thread. The jobs are procrastinate's, as its defer writes them.
     lock = f"thread:{first.thread_id}"
-    assert jobs == [(first.job_id, first.run_id, lock, QUEUE), (second.job_id, second.run_id, lock, QUEUE)]
-    assert runs_left == [(first.run_id,), (second.run_id,)] and threads == (1,)
+    assert jobs[:2] == [(first.job_id, first.run_id, lock, QUEUE), (second.job_id, second.run_id, lock, QUEUE)]
+    assert jobs[2:] == [(delayed.job_id, delayed.run_id, f"thread:{delayed.thread_id}", QUEUE)]
+    assert scheduled == (due,)
+    assert runs_left == [(first.run_id,), (second.run_id,), (delayed.run_id,)] and threads == (2,)
 
 
 async def blocking_step(request: AgentRequest) -> dict[str, Any]:
