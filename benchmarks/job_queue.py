@@ -1,13 +1,14 @@
 """The queue's ceiling: how many jobs per second procrastinate takes in on one PostgreSQL (not named
 queue.py: run as a script, that would shadow the standard library's queue module).
 
-Every run the server starts in distributed mode is one procrastinate job, deferred in the transaction that
+Every run the server starts in distributed mode is one procrastinate job, deferred by the statement that
 creates the run (``server.queues.procrastinate.enqueuer``). procrastinate's ``AFTER INSERT`` trigger sends
 two NOTIFYs per job, and PostgreSQL serialises the commits of notifying transactions (one global lock on
 the notification queue). This measures, at 1 and at N concurrent deferrers, for a fixed time each:
 
-- ``api``: what the API does per run: a transaction deferring one job through procrastinate, with the
-  run's per-thread lock;
+- ``api``: the job part of what the API does per run: the enqueuer's statement
+  (:data:`checkpoints.schema.queue.DEFER_JOB`, which the run's INSERT takes as a CTE), one transaction per
+  job, with the job built as procrastinate's ``defer`` builds it (the run's per-thread lock);
 - ``sql``: the same insert as a bare ``procrastinate_defer_jobs_v1`` call on a prepared statement, one
   transaction per job: the database's own intake, without procrastinate's Python;
 - ``batch``: ``batch_defer_async`` of 50 jobs per transaction;
@@ -30,6 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,14 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import psutil
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from benchmarks.overhead import fresh_database, postgres_server
 from benchmarks.server import cpu_seconds, postmaster
-from server.queues.procrastinate import QUEUE, RUN_TASK, build_app, ensure_schema
+from checkpoints.backends.base import CompiledStatement
+from checkpoints.schema.queue import DEFER_JOB
+from server.queues.procrastinate import QUEUE, RUN_TASK, build_app, enqueuer, ensure_schema
+from server.runs.store import RunRow
 
 TRIGGER = "procrastinate_jobs_notify_queue_job_inserted_v1"
 BATCH = 50
@@ -62,11 +68,16 @@ def set_trigger(url: str, on: bool) -> None:
 def deferrers(url: str) -> dict[str, Defer]:
     app = build_app(url)
 
+    enqueue = enqueuer(app)
+    statement = CompiledStatement.of(DEFER_JOB, PGDialect_psycopg())
+
     async def api(conn: psycopg.AsyncConnection[Any]) -> int:
-        async with conn.transaction():
-            run_id = str(uuid.uuid4())
-            task = app.configure_task(RUN_TASK, lock=f"thread:{run_id}", queue=QUEUE, connection=conn)
-            await task.defer_async(run_id=run_id)
+        run_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        run = RunRow(
+            run_id, run_id, "structured", "pending", "start", {}, None, [], "reject", {}, None, None, 0, None, now, now
+        )
+        await conn.execute(statement.sql, statement.bind(enqueue.params(run)), prepare=True)
         return 1
 
     async def sql(conn: psycopg.AsyncConnection[Any]) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -133,9 +133,15 @@ class RunRow:
         }
 
 
-# Puts a run's job on the queue inside the transaction that creates the run (given the driver's
-# connection of that transaction); answers the job's id.
-Enqueue = Callable[[Any, RunRow], Awaitable[int | None]]
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """How a run's queue job is written by the statement that creates the run, so the two commit together
+    (or neither does): ``defer`` is a query whose one row's ``id`` is the job it deferred (taken as a CTE
+    of the run's INSERT), bound from what ``params`` gives for the run."""
+
+    defer: Executable
+    params: Callable[[RunRow], dict[str, Any]]
+
 
 _runs, _threads, _chunks = server_runs.c, server_threads.c, server_run_events.c
 
@@ -181,8 +187,21 @@ def _claim_statement() -> ReturningUpdate[Any]:
     )
 
 
+def _insert_run_with_job(defer: Executable) -> Executable:
+    """A run's INSERT whose ``job_id`` is the job ``defer`` writes in the same statement; answers it."""
+    job = defer.cte("job")  # type: ignore[attr-defined]
+    names = [name for name in RunRow.__slots__ if name != "job_id"]
+    values = _row_values(server_runs, names)
+    return (
+        insert(server_runs).from_select([*names, "job_id"], select(*values.values(), job.c.id)).returning(_runs.job_id)
+    )
+
+
 CLAIM = _claim_statement()
-_INSERT_THREAD = _insert_row(server_threads, ThreadRow.__slots__)
+# A new thread inserted by its first run's statement: bound from ``t_<column>`` (the run's are ``p_<column>``).
+_INSERT_NEW_THREAD = insert(server_threads).values(
+    {name: bindparam(f"t_{name}", type_=server_threads.c[name].type) for name in ThreadRow.__slots__}
+)
 _INSERT_RUN = _insert_row(server_runs, RunRow.__slots__)
 _GET_THREAD = select(server_threads).where(_threads.thread_id == bindparam("p_thread_id"))
 _BIND = (
@@ -283,6 +302,7 @@ class RunStore:
         # Finishing a run and appending a chunk wake waiters in every process (PostgreSQL NOTIFY).
         self._finish = backend.notifying(_FINISH, RUN_CHANNEL, "run_id")
         self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, "run_id")
+        self._with_job: dict[Executable, Executable] = {}  # a run's INSERT per queue's defer (built once)
         # A thread named by its caller is created by one statement that cannot fail on a duplicate id: two
         # requests naming one new id at once both learn which of them created it (no read-then-insert).
         self._insert_thread_if_absent = (
@@ -444,10 +464,17 @@ class RunStore:
             shared_group=owner.shared_group if owner else None,
             options=dict(options) if options else None,
         )
-        async with self._backend.transaction() as tx:
-            if new_thread is not None:  # nothing can be queued on it yet
-                await tx.execute(_INSERT_THREAD, _row_params(new_thread))
-            else:
+        params = _row_params(run)
+        params.update({f"p_{name}": self._sealer.seal(getattr(run, name)) for name in _SEALED})
+        insert_run = _INSERT_RUN
+        if enqueue is not None:  # the run's INSERT writes its job too
+            insert_run = self._insert_with_job(enqueue.defer)
+            params.update(enqueue.params(run))
+        if new_thread is not None:  # nothing can be queued on it yet: thread and run in one statement (PostgreSQL)
+            params.update({f"t_{name}": getattr(new_thread, name) for name in ThreadRow.__slots__})
+            written = await self._backend.write([insert_run, _INSERT_NEW_THREAD], params)
+        else:
+            async with self._backend.transaction() as tx:
                 active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": run.thread_id})
                 if not active:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
                     raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
@@ -457,12 +484,14 @@ class RunStore:
                         "run with multitask_strategy='enqueue'",
                         thread_id=thread_id,
                     )
-            if enqueue is not None:  # procrastinate writes the job on this very transaction
-                run = dataclasses.replace(run, job_id=await enqueue(await tx.driver_connection(), run))
-            params = _row_params(run)
-            params.update({f"p_{name}": self._sealer.seal(getattr(run, name)) for name in _SEALED})
-            await tx.execute(_INSERT_RUN, params)
-        return run
+                written = await tx.execute(insert_run, params)
+        return dataclasses.replace(run, job_id=written[0]["job_id"]) if enqueue is not None else run
+
+    def _insert_with_job(self, defer: Executable) -> Executable:
+        found = self._with_job.get(defer)
+        if found is None:
+            found = self._with_job[defer] = _insert_run_with_job(defer)
+        return found
 
     async def get_run(self, run_id: str) -> RunRow | None:
         found = await self._backend.read(_GET_RUN, {"p_run_id": run_id})

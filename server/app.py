@@ -85,10 +85,12 @@ def create_app(
     # Every route but /ok and /info is a GuardedRoute taking a require(scope) dependency: it authorizes the caller,
     # then reads and checks the body within settings.limits (server/input_guard.py), before FastAPI parses it.
     install_problem_handlers(app)
+    # A request is matched against the routes in this order (FastAPI tries each in turn, twice per request):
+    # the runs come first, as the path every journey takes; no route of the others matches a path of theirs.
     for router in (
+        runs.router,
         assistants.router,
         threads.router,
-        runs.router,
         journeys.router,
         inbox.router,
         metrics.router,

@@ -56,6 +56,26 @@ def test_405_on_a_path_two_routes_share_lists_both(base: str) -> None:
     assert refused.status_code == 405 and refused.headers["allow"] == "GET, POST, PATCH, DELETE"
 
 
+def test_no_operation_is_shadowed_by_one_matched_before_it(base: str) -> None:
+    """Routes are tried in the order the document lists their paths (the runs' first: the path every journey
+    takes, see server/app.py): an operation whose path an earlier path of the same method also matches would
+    never be reached (``/threads/{thread_id}/runs/wait`` behind a ``/threads/{thread_id}/runs/{run_id}``)."""
+    paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+    order = list(paths)
+    assert order[0].startswith("/threads/{thread_id}/runs")
+    shadowed = []
+    for i, template in enumerate(order):
+        path = re.sub(r"\{[^}]+\}", "p1", template)
+        for method in paths[template]:
+            shadowed += [
+                (method, template, earlier)
+                for earlier in order[:i]
+                if method in paths[earlier] and re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", earlier), path)
+            ]
+    assert shadowed == []
+    assert sum(len(operations) for operations in paths.values()) > 80  # every operation was looked at
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "example.org"])
 def test_no_auth_refuses_a_non_loopback_host_without_allow_insecure(tmp_path: Path, host: str) -> None:
     # In a process of its own with a deadline: a server that starts anyway must fail the test, not hang it.

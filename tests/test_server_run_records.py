@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from agents import AgentRegistry, AgentRequest, EchoAgent
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.assistants import get_assistant, instance_graph
-from server.queues.procrastinate import build_app, enqueuer, ensure_schema
+from server.queues.procrastinate import QUEUE, build_app, enqueuer, ensure_schema
 from server.runs.executor import RunExecutor, thread_output
-from server.runs.store import Enqueue, RunRow, RunStore
+from server.runs.store import RunRow, RunStore
 from server.settings import Settings
 from tests.server_support import serving
 
@@ -81,11 +82,12 @@ async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> Non
         runs = RunStore(runtime.store.backend, runtime.store.clock)
         enqueue = enqueuer(queue)
 
-        async def enqueue_then_fail(conn: psycopg.AsyncConnection[Any], row: RunRow) -> int | None:
-            await enqueue(conn, row)  # the job is written, then the transaction fails
-            raise RuntimeError("the database went away")
-
-        async def create(thread_id: str | None, how: Enqueue, resume: bool = False) -> RunRow:
+        async def create(
+            thread_id: str | None,
+            run_id: str | None = None,
+            resume: bool = False,
+            options: dict[str, Any] | None = None,
+        ) -> RunRow:
             return await runs.create_run(
                 thread_id=thread_id,
                 assistant_id="structured",
@@ -96,27 +98,41 @@ async def test_a_run_and_its_queue_job_commit_together(postgres_url: str) -> Non
                 multitask_strategy="enqueue",
                 metadata={},
                 principal="ana",
-                enqueue=how,
+                enqueue=enqueue,
+                run_id=run_id,
+                options=options,
             )
 
-        first = await create(None, enqueue)  # a new thread with its first run: one psycopg transaction
+        first = await create(None)  # a new thread with its first run and its job: one statement
         assert first.job_id is not None
         stored = await runs.get_run(first.run_id)
         assert stored is not None and stored.job_id == first.job_id
-        with pytest.raises(RuntimeError):
-            await create(None, enqueue_then_fail)
+        # The job is written, then the run's row is refused (its id is taken): nothing of it stays.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await create(None, run_id=first.run_id)
         # A run on an existing thread goes through the other path (the thread is locked first).
-        second = await create(first.thread_id, enqueue, resume=True)
+        second = await create(first.thread_id, resume=True)
         assert second.job_id is not None and second.job_id != first.job_id
-        with pytest.raises(RuntimeError):
-            await create(first.thread_id, enqueue_then_fail, resume=True)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await create(first.thread_id, run_id=second.run_id, resume=True)
+        # A delayed run (after_seconds): its job waits in the queue until the run's due time.
+        due = runtime.store.clock.now() + timedelta(hours=1)
+        delayed = await create(None, options={"not_before": due.isoformat()})
     with psycopg.connect(postgres_url) as conn:
-        jobs = conn.execute("SELECT id, args->>'run_id' FROM procrastinate_jobs ORDER BY id").fetchall()
+        jobs = conn.execute(
+            "SELECT id, args->>'run_id', lock, queue_name FROM procrastinate_jobs ORDER BY id"
+        ).fetchall()
+        scheduled = conn.execute(
+            "SELECT scheduled_at FROM procrastinate_jobs WHERE id = %s", (delayed.job_id,)
+        ).fetchone()
         runs_left = conn.execute("SELECT run_id FROM server_runs ORDER BY created_at").fetchall()
         threads = conn.execute("SELECT count(*) FROM server_threads").fetchone()
-    # Nothing of the failed ones: no job, no run, no thread.
-    assert jobs == [(first.job_id, first.run_id), (second.job_id, second.run_id)]
-    assert runs_left == [(first.run_id,), (second.run_id,)] and threads == (1,)
+    # Nothing of the failed ones: no job, no run, no thread. The jobs are procrastinate's, as its defer writes them.
+    lock = f"thread:{first.thread_id}"
+    assert jobs[:2] == [(first.job_id, first.run_id, lock, QUEUE), (second.job_id, second.run_id, lock, QUEUE)]
+    assert jobs[2:] == [(delayed.job_id, delayed.run_id, f"thread:{delayed.thread_id}", QUEUE)]
+    assert scheduled == (due,)
+    assert runs_left == [(first.run_id,), (second.run_id,), (delayed.run_id,)] and threads == (2,)
 
 
 async def blocking_step(request: AgentRequest) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psycopg
 from procrastinate.schema import SchemaManager
+from sqlalchemy import BigInteger, TextualSelect, bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
 
 FLOOR_VERSION = "03.10.00"  # pyproject: procrastinate>=3.10 since distributed mode exists
 _SCHEMA_LOCK = 7_310_512_004
@@ -24,6 +26,21 @@ CREATE TABLE IF NOT EXISTS journeys_queue_migrations (
     applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
 )
 """
+
+
+# Deferring one job through procrastinate's own SQL API (``procrastinate_defer_jobs_v1``, the versioned
+# function its ``defer`` calls, kept by its migrations), each field bound from ``job_<field>``; the one row it
+# answers is the new job's ``id``. A run's INSERT takes it as a CTE (checkpoints.runs), so the run and its job
+# are written by one statement: one round trip, where a transaction around procrastinate's ``defer`` took five.
+DEFER_JOB: TextualSelect = (
+    text(
+        "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(CAST(:job_queue AS varchar), CAST(:job_task AS varchar), "
+        "CAST(:job_priority AS integer), CAST(:job_lock AS text), CAST(:job_queueing_lock AS text), "
+        "CAST(:job_args AS jsonb), CAST(:job_scheduled_at AS timestamptz))::procrastinate_job_to_defer_v1])) AS id"
+    )
+    .bindparams(bindparam("job_args", type_=JSONB))
+    .columns(id=BigInteger)
+)
 
 
 def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> list[str]:

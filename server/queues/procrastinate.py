@@ -15,11 +15,10 @@ from datetime import datetime
 from typing import Any
 
 import procrastinate
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
-from checkpoints.schema.queue import migrate_queue_schema
+from checkpoints.schema.queue import DEFER_JOB, migrate_queue_schema
 from checkpoints.url import parse_store_url
 from server.queues.base import RunQueue
 from server.runs.store import Enqueue, RunRow
@@ -97,22 +96,29 @@ def ensure_schema(database_url: str) -> None:
 
 
 def enqueuer(app: procrastinate.App) -> Enqueue:
-    """Defers a run's job on the connection of the transaction that creates the run (procrastinate's
-    ``connection=``), so the run and its job commit together."""
+    """Defers a run's job in the statement that creates the run (:data:`~checkpoints.schema.queue.DEFER_JOB`),
+    so the run and its job commit together. The job is procrastinate's own, as ``defer`` would write it: its
+    task, queue and per-thread ``lock`` come from ``configure_task``."""
 
-    async def enqueue(conn: psycopg.AsyncConnection[Any], run: RunRow) -> int | None:
+    def params(run: RunRow) -> dict[str, Any]:
         due = (run.options or {}).get("not_before")  # a delayed run (after_seconds): no worker waits for it
-        task = app.configure_task(
+        job = app.configure_task(
             RUN_TASK,
             lock=f"thread:{run.thread_id}",
             queue=QUEUE,
-            connection=conn,
             schedule_at=datetime.fromisoformat(due) if due else None,
-        )
-        job_id: int = await task.defer_async(run_id=run.run_id)
-        return job_id
+        ).make_new_job(run_id=run.run_id)
+        return {
+            "job_queue": job.queue,
+            "job_task": job.task_name,
+            "job_priority": job.priority,
+            "job_lock": job.lock,
+            "job_queueing_lock": job.queueing_lock,
+            "job_args": job.task_kwargs,
+            "job_scheduled_at": job.scheduled_at,
+        }
 
-    return enqueue
+    return Enqueue(DEFER_JOB, params)
 
 
 async def cancel_queued(app: procrastinate.App, job_id: int) -> bool:
