@@ -5,9 +5,13 @@ Runs on memory, SQLite and Postgres, on a virtual clock."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from subprocess import PIPE
 from typing import Any
 
 import pytest
@@ -17,9 +21,10 @@ from sqlalchemy import update
 
 from checkpoints.schema.tables import process_waits
 from graphs.kernel.engine import RunOptions
+from graphs.kernel.instances import Instances
 from graphs.kernel.streaming import GraphCall
 from graphs.runtime import JourneyRuntime
-from tests.process_support import Calls, linear, runtime, virtual_clock
+from tests.process_support import Calls, linear, runtime, user_task, virtual_clock
 
 # A timer, then an agent: the continuation runs one step past the wait.
 NAP = linear(
@@ -167,3 +172,89 @@ async def test_a_thread_a_crash_left_in_flight_is_finished_and_not_resumed_again
         assert await completions(rt, instance_id) == ["wait.completed", "task.completed"]
         assert calls.intents() == ["wake"]
         assert await rt.processes.services.waits.delivery(wait_id) is None  # consumed: nothing left to deliver
+
+
+# A fork: bob's task then an agent (ship) in one branch, a one-hour timer in the other; they join before the end.
+FORKED = {
+    "name": "forked",
+    "version": 1,
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "parallel_gateway", "id": "fork"},
+        user_task("pack", assignee="bob"),
+        {"type": "service_task", "id": "ship", "agent": "ship", "outputs": ["tracking"]},
+        {"type": "timer", "id": "cool", "timer": {"duration": "PT1H"}},
+        {"type": "parallel_gateway", "id": "join"},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": [
+        "start -> fork",
+        "fork -> pack",
+        "pack -> ship",
+        "ship -> join",
+        "fork -> cool",
+        "cool -> join",
+        "join -> end",
+    ],
+}
+
+
+async def fail_and_die(url: str) -> None:
+    """The child of the test below: bob's task is completed, ship fails, and the process is SIGKILLed once
+    the failed run has saved its checkpoint, before the failure is logged (the instance's row is written)."""
+    async with runtime(url, virtual_clock()) as rt:
+        Calls().flaky(rt, "ship")
+        await rt.processes.deploy(FORKED)
+        print("STARTED", (await rt.processes.start("forked", "order-1"))["instance_id"], flush=True)
+
+        async def killed(*_args: Any, **_kwargs: Any) -> None:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        Instances.fail = killed  # type: ignore[method-assign]
+        [pack] = await rt.processes.inbox.list_tasks(assignee="bob")
+        await rt.processes.inbox.complete(pack["task_id"], user="bob", payload={})
+
+
+async def test_a_failure_a_crash_kept_from_the_log_holds_the_answer_to_a_sibling_branch(durable_url: str) -> None:
+    """A run fails in one branch of a fork, its checkpoint holds the failure, and the process is killed before
+    the failure is logged: the instance's row still says ``in_progress``. When the other branch's timer fires,
+    its answer must not resume the thread (LangGraph would run the failed element again with any resume,
+    without a retry): it is held, the failure is logged, and the retry delivers the answer."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.test_timers_delivery", durable_url, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(child.communicate(), timeout=120)
+    assert child.returncode == -signal.SIGKILL, err.decode()[-3000:]
+    [instance_id] = [line.split()[1] for line in out.decode().splitlines() if line.startswith("STARTED")]
+
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(durable_url, clock) as rt:
+        ship = calls.flaky(rt, "ship", {"tracking": "T-1"})
+        ship["down"] = False  # any call now would succeed, and show
+        graph = (await rt.processes.loaded(instance_id))[3]
+        snapshot = await graph.aget_state(rt.engine.config(instance_id))
+        assert [t.name for t in snapshot.tasks if t.error is not None] != []  # the checkpoint holds the failure
+        row = await rt.store.index.get_instance(instance_id)
+        assert row is not None and row.status == "in_progress"  # the instance's row does not
+
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert report.fired == 1
+        assert calls.intents() == []  # the failed element did not run again
+        history = [e.type for e in await rt.processes.history(instance_id)]
+        assert "process.retried" not in history
+        status = await rt.processes.status(instance_id)
+        assert (status["status"], status["failed_element"]) == ("failed", "ship")
+        row = await rt.store.index.get_instance(instance_id)
+        assert row is not None and row.status == "failed"  # logged now: recovery passes leave it to the retry
+        assert await rt.processes.services.waits.undelivered() == []
+
+        retried = await rt.processes.retry(instance_id)
+        assert (retried["status"], retried["variables"]["tracking"]) == ("completed", "T-1")
+        assert calls.intents() == ["ship"]
+        completed = [e.step for e in await rt.processes.history(instance_id) if e.type == "wait.completed"]
+        assert sorted(completed) == ["cool", "pack"]
+
+
+if __name__ == "__main__":
+    asyncio.run(fail_and_die(sys.argv[1]))

@@ -578,7 +578,10 @@ class ProcessOrchestrator:
         pending = next((i for i, parked_on in parked(snapshot) if parked_on == wait_id), None)
         if pending is None:
             return False
-        if failed_task(snapshot) is not None:
+        if (error := next((t.error for t in snapshot.tasks if t.error), None)) is not None:
+            if not delivery.instance_failed:  # a crash came between the failed run's checkpoint and its log
+                failure = error if isinstance(error, JourneyError) else JourneyError(str(error))
+                await self._designs.instances.fail(instance_id, PATTERN, failure)
             return None
         await self.run(graph, instance_id, Command(resume={pending.id: delivery.resolution}), run_options, spec=spec)
         return True
