@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from langgraph.pregel import Pregel
 from langgraph.types import Command
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from sqlalchemy import update
 
 from checkpoints.schema.tables import process_waits
@@ -107,6 +109,29 @@ async def test_a_stale_interrupt_id_is_refused_before_anything_is_written_and_th
         assert (await rt.processes.status(instance_id))["status"] == "completed"
         assert await completions(rt, instance_id) == ["wait.completed", "task.completed"]
         assert calls.intents() == ["wake"]
+
+
+async def test_a_refused_resume_is_an_expected_outcome_not_an_error_in_the_trace(
+    store_url: str, spans: InMemorySpanExporter
+) -> None:
+    """The strict resume's refusal of a stale id ends its ``journey.run`` span unmarked (status unset), with an
+    event saying it was refused; the careful delivery's run after it is a span of its own."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        [(_instance_id, wait_id)] = await parked(rt, calls, 1)
+        async with rt.store.engine.begin() as conn:
+            await conn.execute(
+                update(process_waits).where(process_waits.c.wait_id == wait_id).values(interrupt_id=STALE_ID)
+            )
+        clock.advance(timedelta(hours=1))
+        spans.clear()
+        assert (await rt.processes.scheduler.run_due()).resumed == 1
+        runs = [s for s in spans.get_finished_spans() if s.name == "journey.run"]
+        assert [s.status.status_code for s in runs] == [StatusCode.UNSET, StatusCode.UNSET]
+        refused, delivered = runs
+        assert [e.name for e in refused.events] == ["journey.resume_refused"]
+        assert (refused.attributes or {})["journey.resume_refused"] == "not_pending"
+        assert "journey.resume_refused" not in (delivered.attributes or {})
 
 
 async def test_a_resolution_delivered_already_answers_false_and_changes_nothing(store_url: str) -> None:
