@@ -164,6 +164,34 @@ async def test_two_workers_delivering_the_same_wait_at_once_continue_it_once(sto
         assert calls.intents() == ["wake"] * 4
 
 
+async def test_deliveries_asked_for_together_are_read_together(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of continuations reads their waits' deliveries in shared statements, each caller getting its own
+    wait's (or None for one that has nothing to deliver), and every instance continues once."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        waits = await parked(rt, calls, 6)
+        clock.advance(timedelta(hours=1))
+        fired = await rt.processes.services.timers.claim_due(clock.now(), "w", limit=10)
+        firing = [t for t in fired if t.wait_id != waits[-1][1]]  # the last wait stays unresolved
+        assert len(await rt.processes.services.timers.fire_waits(firing, "w")) == 5
+        store = rt.processes.services.waits
+        reads: list[object] = []
+        read = store._backend.read
+
+        async def counted(statement: Any, params: Any = None) -> Any:
+            reads.append(statement)
+            return await read(statement, params)
+
+        monkeypatch.setattr(store._backend, "read", counted)
+        deliveries = await asyncio.gather(*(store.delivery(wait_id) for _i, wait_id in waits))
+        assert len(reads) == 1
+        assert [d is not None and d.resolution["kind"] for d in deliveries] == ["timer"] * 5 + [False]
+        monkeypatch.undo()
+        outcomes = await asyncio.gather(*(rt.processes.deliver(i, w) for i, w in waits))
+        assert outcomes == [True] * 5 + [False]
+        assert calls.intents() == ["wake"] * 5
+
+
 @asynccontextmanager
 async def other_worker(rt: JourneyRuntime, url: str, clock: Any, calls: Calls) -> AsyncIterator[JourneyRuntime]:
     if url.startswith("memory"):  # one process only: the same runtime stands in for the second worker
