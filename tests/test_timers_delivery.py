@@ -192,6 +192,33 @@ async def test_deliveries_asked_for_together_are_read_together(store_url: str, m
         assert calls.intents() == ["wake"] * 5
 
 
+async def test_a_worker_new_to_a_version_reads_its_deployment_once_for_a_burst(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timers of eight instances of one version fall due on a worker that has not seen that version: their
+    continuations, run side by side, read its deployment row once between them."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(durable_url, clock) as first:
+        waits = await parked(first, calls, 8)
+    clock.advance(timedelta(hours=1))
+    async with runtime(durable_url, clock) as fresh:
+        calls.register(fresh, "wake", {"awake": True})
+        deployments = fresh.processes.deployed.store
+        reads: list[str] = []
+        by_design = deployments.by_design
+
+        async def counted(design_id: str) -> Any:
+            reads.append(design_id)
+            return await by_design(design_id)
+
+        monkeypatch.setattr(deployments, "by_design", counted)
+        report = await fresh.processes.scheduler.run_due()
+        assert (report.fired, report.resumed) == (8, 8)
+        assert len(reads) == 1
+        for instance_id, _wait_id in waits:
+            assert (await fresh.processes.status(instance_id))["status"] == "completed"
+
+
 @asynccontextmanager
 async def other_worker(rt: JourneyRuntime, url: str, clock: Any, calls: Calls) -> AsyncIterator[JourneyRuntime]:
     if url.startswith("memory"):  # one process only: the same runtime stands in for the second worker
