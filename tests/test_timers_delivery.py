@@ -45,6 +45,13 @@ async def parked(rt: JourneyRuntime, calls: Calls, count: int) -> list[tuple[str
     return [(i, str(timer.wait_id)) for i in ids for timer in await rt.processes.services.timers.find(instance_id=i)]
 
 
+async def record_stale_id(rt: JourneyRuntime, wait_id: str) -> None:
+    """The wait row names an interrupt its thread is not parked on."""
+    async with rt.store.engine.begin() as conn:
+        stale = update(process_waits).where(process_waits.c.wait_id == wait_id).values(interrupt_id=STALE_ID)
+        await conn.execute(stale)
+
+
 async def completions(rt: JourneyRuntime, instance_id: str) -> list[str]:
     return [e.type for e in await rt.processes.history(instance_id) if e.type in ("wait.completed", "task.completed")]
 
@@ -99,10 +106,7 @@ async def test_a_stale_interrupt_id_is_refused_before_anything_is_written_and_th
     clock, calls = virtual_clock(), Calls()
     async with runtime(store_url, clock) as rt:
         [(instance_id, wait_id)] = await parked(rt, calls, 1)
-        async with rt.store.engine.begin() as conn:
-            await conn.execute(
-                update(process_waits).where(process_waits.c.wait_id == wait_id).values(interrupt_id=STALE_ID)
-            )
+        await record_stale_id(rt, wait_id)
         clock.advance(timedelta(hours=1))
         report = await rt.processes.scheduler.run_due()
         assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
@@ -119,10 +123,7 @@ async def test_a_refused_resume_is_an_expected_outcome_not_an_error_in_the_trace
     clock, calls = virtual_clock(), Calls()
     async with runtime(store_url, clock) as rt:
         [(_instance_id, wait_id)] = await parked(rt, calls, 1)
-        async with rt.store.engine.begin() as conn:
-            await conn.execute(
-                update(process_waits).where(process_waits.c.wait_id == wait_id).values(interrupt_id=STALE_ID)
-            )
+        await record_stale_id(rt, wait_id)
         clock.advance(timedelta(hours=1))
         spans.clear()
         assert (await rt.processes.scheduler.run_due()).resumed == 1
