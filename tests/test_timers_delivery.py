@@ -322,8 +322,10 @@ async def test_a_failure_a_crash_kept_from_the_log_holds_the_answer_to_a_sibling
         report = await rt.processes.scheduler.run_due()
         assert report.fired == 1
         assert calls.intents() == []  # the failed element did not run again
-        history = [e.type for e in await rt.processes.history(instance_id)]
-        assert "process.retried" not in history
+        history = await rt.processes.history(instance_id)
+        assert "process.retried" not in [e.type for e in history]
+        [logged] = [e for e in history if e.type == "instance.failed"]
+        assert "failed at step 'ship'" in logged.payload["error"]  # the failure the checkpoint holds
         status = await rt.processes.status(instance_id)
         assert (status["status"], status["failed_element"]) == ("failed", "ship")
         row = await rt.store.index.get_instance(instance_id)
