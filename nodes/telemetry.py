@@ -31,7 +31,7 @@ from uuid import UUID
 import structlog
 from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
 from langchain_core.runnables.config import var_child_runnable_config
-from langgraph.errors import GraphBubbleUp
+from langgraph.errors import GraphBubbleUp, UnknownInterruptError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
@@ -317,6 +317,10 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
         ):
             yield NodeSpans(span, pattern)
     except GraphBubbleUp:
+        raise
+    except UnknownInterruptError as refused:  # a strict resume refused before it wrote anything: an outcome
+        span.set_attribute("journey.resume_refused", refused.reason)
+        span.add_event("journey.resume_refused", {"reason": refused.reason})
         raise
     except BaseException as error:
         record_error(span, error)

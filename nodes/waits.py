@@ -229,8 +229,10 @@ def make_wait_node(
     describe: Mapping[str, Any],
     route: Resolved,
     assign: Assigner,
+    by_id: bool = True,
 ) -> Callable[[Any, RunnableConfig], Awaitable[Any]]:
-    """The interrupt node. ``route`` maps a resolution to (next node, variable updates)."""
+    """The interrupt node. ``route`` maps a resolution to (next node, variable updates). ``by_id``: record the
+    interrupt it parks on, for its resolution to be delivered by that id alone (see ``ProcessOrchestrator``)."""
 
     async def wait(state: Mapping[str, Any], config: RunnableConfig) -> Command[str]:
         instance_id = thread_id(config)
@@ -242,7 +244,8 @@ def make_wait_node(
             except GraphInterrupt as parking:
                 # Parks here: the wait row names the interrupt, so its resolution is delivered by that id
                 # without reading the thread's state first (``ProcessOrchestrator.deliver``).
-                await services.waits.parked(wait_id, parking.args[0][0].id)
+                if by_id:
+                    await services.waits.parked(wait_id, parking.args[0][0].id)
                 raise
             resolution = dict(answer) if isinstance(answer, Mapping) else {"option": plan.element, "value": answer}
         target, updates = route(state, resolution)

@@ -5,21 +5,28 @@ Runs on memory, SQLite and Postgres, on a virtual clock."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from subprocess import PIPE
 from typing import Any
 
 import pytest
 from langgraph.pregel import Pregel
 from langgraph.types import Command
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from sqlalchemy import update
 
 from checkpoints.schema.tables import process_waits
 from graphs.kernel.engine import RunOptions
+from graphs.kernel.instances import Instances
 from graphs.kernel.streaming import GraphCall
 from graphs.runtime import JourneyRuntime
-from tests.process_support import Calls, linear, runtime, virtual_clock
+from tests.process_support import Calls, linear, runtime, user_task, virtual_clock
 
 # A timer, then an agent: the continuation runs one step past the wait.
 NAP = linear(
@@ -36,6 +43,13 @@ async def parked(rt: JourneyRuntime, calls: Calls, count: int) -> list[tuple[str
     await rt.processes.deploy(NAP)
     ids = [(await rt.processes.start("nap", f"cust-{i}"))["instance_id"] for i in range(count)]
     return [(i, str(timer.wait_id)) for i in ids for timer in await rt.processes.services.timers.find(instance_id=i)]
+
+
+async def record_stale_id(rt: JourneyRuntime, wait_id: str) -> None:
+    """The wait row names an interrupt its thread is not parked on."""
+    async with rt.store.engine.begin() as conn:
+        stale = update(process_waits).where(process_waits.c.wait_id == wait_id).values(interrupt_id=STALE_ID)
+        await conn.execute(stale)
 
 
 async def completions(rt: JourneyRuntime, instance_id: str) -> list[str]:
@@ -92,16 +106,33 @@ async def test_a_stale_interrupt_id_is_refused_before_anything_is_written_and_th
     clock, calls = virtual_clock(), Calls()
     async with runtime(store_url, clock) as rt:
         [(instance_id, wait_id)] = await parked(rt, calls, 1)
-        async with rt.store.engine.begin() as conn:
-            await conn.execute(
-                update(process_waits).where(process_waits.c.wait_id == wait_id).values(interrupt_id=STALE_ID)
-            )
+        await record_stale_id(rt, wait_id)
         clock.advance(timedelta(hours=1))
         report = await rt.processes.scheduler.run_due()
         assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
         assert (await rt.processes.status(instance_id))["status"] == "completed"
         assert await completions(rt, instance_id) == ["wait.completed", "task.completed"]
         assert calls.intents() == ["wake"]
+
+
+async def test_a_refused_resume_is_an_expected_outcome_not_an_error_in_the_trace(
+    store_url: str, spans: InMemorySpanExporter
+) -> None:
+    """The strict resume's refusal of a stale id ends its ``journey.run`` span unmarked (status unset), with an
+    event saying it was refused; the careful delivery's run after it is a span of its own."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        [(_instance_id, wait_id)] = await parked(rt, calls, 1)
+        await record_stale_id(rt, wait_id)
+        clock.advance(timedelta(hours=1))
+        spans.clear()
+        assert (await rt.processes.scheduler.run_due()).resumed == 1
+        runs = [s for s in spans.get_finished_spans() if s.name == "journey.run"]
+        assert [s.status.status_code for s in runs] == [StatusCode.UNSET, StatusCode.UNSET]
+        refused, delivered = runs
+        assert [e.name for e in refused.events] == ["journey.resume_refused"]
+        assert (refused.attributes or {})["journey.resume_refused"] == "not_pending"
+        assert "journey.resume_refused" not in (delivered.attributes or {})
 
 
 async def test_a_resolution_delivered_already_answers_false_and_changes_nothing(store_url: str) -> None:
@@ -132,6 +163,61 @@ async def test_two_workers_delivering_the_same_wait_at_once_continue_it_once(sto
             assert (await first.processes.status(instance_id))["status"] == "completed"
             assert await completions(first, instance_id) == ["wait.completed", "task.completed"]
         assert calls.intents() == ["wake"] * 4
+
+
+async def test_deliveries_asked_for_together_are_read_together(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of continuations reads their waits' deliveries in shared statements, each caller getting its own
+    wait's (or None for one that has nothing to deliver), and every instance continues once."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        waits = await parked(rt, calls, 6)
+        clock.advance(timedelta(hours=1))
+        fired = await rt.processes.services.timers.claim_due(clock.now(), "w", limit=10)
+        firing = [t for t in fired if t.wait_id != waits[-1][1]]  # the last wait stays unresolved
+        assert len(await rt.processes.services.timers.fire_waits(firing, "w")) == 5
+        store = rt.processes.services.waits
+        reads: list[object] = []
+        read = store._backend.read
+
+        async def counted(statement: Any, params: Any = None) -> Any:
+            reads.append(statement)
+            return await read(statement, params)
+
+        monkeypatch.setattr(store._backend, "read", counted)
+        deliveries = await asyncio.gather(*(store.delivery(wait_id) for _i, wait_id in waits))
+        assert len(reads) == 1
+        assert [d is not None and d.resolution["kind"] for d in deliveries] == ["timer"] * 5 + [False]
+        monkeypatch.undo()
+        outcomes = await asyncio.gather(*(rt.processes.deliver(i, w) for i, w in waits))
+        assert outcomes == [True] * 5 + [False]
+        assert calls.intents() == ["wake"] * 5
+
+
+async def test_a_worker_new_to_a_version_reads_its_deployment_once_for_a_burst(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timers of eight instances of one version fall due on a worker that has not seen that version: their
+    continuations, run side by side, read its deployment row once between them."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(durable_url, clock) as first:
+        waits = await parked(first, calls, 8)
+    clock.advance(timedelta(hours=1))
+    async with runtime(durable_url, clock) as fresh:
+        calls.register(fresh, "wake", {"awake": True})
+        deployments = fresh.processes.deployed.store
+        reads: list[str] = []
+        by_design = deployments.by_design
+
+        async def counted(design_id: str) -> Any:
+            reads.append(design_id)
+            return await by_design(design_id)
+
+        monkeypatch.setattr(deployments, "by_design", counted)
+        report = await fresh.processes.scheduler.run_due()
+        assert (report.fired, report.resumed) == (8, 8)
+        assert len(reads) == 1
+        for instance_id, _wait_id in waits:
+            assert (await fresh.processes.status(instance_id))["status"] == "completed"
 
 
 @asynccontextmanager
@@ -167,3 +253,91 @@ async def test_a_thread_a_crash_left_in_flight_is_finished_and_not_resumed_again
         assert await completions(rt, instance_id) == ["wait.completed", "task.completed"]
         assert calls.intents() == ["wake"]
         assert await rt.processes.services.waits.delivery(wait_id) is None  # consumed: nothing left to deliver
+
+
+# A fork: bob's task then an agent (ship) in one branch, a one-hour timer in the other; they join before the end.
+FORKED = {
+    "name": "forked",
+    "version": 1,
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "parallel_gateway", "id": "fork"},
+        user_task("pack", assignee="bob"),
+        {"type": "service_task", "id": "ship", "agent": "ship", "outputs": ["tracking"]},
+        {"type": "timer", "id": "cool", "timer": {"duration": "PT1H"}},
+        {"type": "parallel_gateway", "id": "join"},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": [
+        "start -> fork",
+        "fork -> pack",
+        "pack -> ship",
+        "ship -> join",
+        "fork -> cool",
+        "cool -> join",
+        "join -> end",
+    ],
+}
+
+
+async def fail_and_die(url: str) -> None:
+    """The child of the test below: bob's task is completed, ship fails, and the process is SIGKILLed once
+    the failed run has saved its checkpoint, before the failure is logged (the instance's row is written)."""
+    async with runtime(url, virtual_clock()) as rt:
+        Calls().flaky(rt, "ship")
+        await rt.processes.deploy(FORKED)
+        print("STARTED", (await rt.processes.start("forked", "order-1"))["instance_id"], flush=True)
+
+        async def killed(*_args: Any, **_kwargs: Any) -> None:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        Instances.fail = killed  # type: ignore[method-assign]
+        [pack] = await rt.processes.inbox.list_tasks(assignee="bob")
+        await rt.processes.inbox.complete(pack["task_id"], user="bob", payload={})
+
+
+async def test_a_failure_a_crash_kept_from_the_log_holds_the_answer_to_a_sibling_branch(durable_url: str) -> None:
+    """A run fails in one branch of a fork, its checkpoint holds the failure, and the process is killed before
+    the failure is logged: the instance's row still says ``in_progress``. When the other branch's timer fires,
+    its answer must not resume the thread (LangGraph would run the failed element again with any resume,
+    without a retry): it is held, the failure is logged, and the retry delivers the answer."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.test_timers_delivery", durable_url, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(child.communicate(), timeout=120)
+    assert child.returncode == -signal.SIGKILL, err.decode()[-3000:]
+    [instance_id] = [line.split()[1] for line in out.decode().splitlines() if line.startswith("STARTED")]
+
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(durable_url, clock) as rt:
+        ship = calls.flaky(rt, "ship", {"tracking": "T-1"})
+        ship["down"] = False  # any call now would succeed, and show
+        graph = (await rt.processes.loaded(instance_id))[3]
+        snapshot = await graph.aget_state(rt.engine.config(instance_id))
+        assert [t.name for t in snapshot.tasks if t.error is not None] != []  # the checkpoint holds the failure
+        row = await rt.store.index.get_instance(instance_id)
+        assert row is not None and row.status == "in_progress"  # the instance's row does not
+
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert report.fired == 1
+        assert calls.intents() == []  # the failed element did not run again
+        history = await rt.processes.history(instance_id)
+        assert "process.retried" not in [e.type for e in history]
+        [logged] = [e for e in history if e.type == "instance.failed"]
+        assert "failed at step 'ship'" in logged.payload["error"]  # the failure the checkpoint holds
+        status = await rt.processes.status(instance_id)
+        assert (status["status"], status["failed_element"]) == ("failed", "ship")
+        row = await rt.store.index.get_instance(instance_id)
+        assert row is not None and row.status == "failed"  # logged now: recovery passes leave it to the retry
+        assert await rt.processes.services.waits.undelivered() == []
+
+        retried = await rt.processes.retry(instance_id)
+        assert (retried["status"], retried["variables"]["tracking"]) == ("completed", "T-1")
+        assert calls.intents() == ["ship"]
+        completed = [e.step for e in await rt.processes.history(instance_id) if e.type == "wait.completed"]
+        assert sorted(completed) == ["cool", "pack"]
+
+
+if __name__ == "__main__":
+    asyncio.run(fail_and_die(sys.argv[1]))

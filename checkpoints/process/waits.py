@@ -13,6 +13,7 @@ takes a resolution for the wait it is parked on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,8 +114,12 @@ class _Lost(Exception):
 _RESOLUTION = select(process_waits.c.status, process_waits.c.resolution).where(
     process_waits.c.wait_id == bindparam("wait_id")
 )
-_DELIVERY = (
+# How many waits' deliveries one statement reads (``WaitStore.delivery``): a slot not asked for is NULL.
+DELIVERIES_READ_TOGETHER = 16
+_DELIVERY_SLOTS = [f"w{n}" for n in range(DELIVERIES_READ_TOGETHER)]
+_DELIVERIES = (
     select(
+        process_waits.c.wait_id,
         process_waits.c.resolution,
         process_waits.c.interrupt_id,
         (journey_instances.c.status == "failed").label("instance_failed"),
@@ -122,7 +127,10 @@ _DELIVERY = (
     .select_from(
         process_waits.outerjoin(journey_instances, journey_instances.c.instance_id == process_waits.c.instance_id)
     )
-    .where(process_waits.c.wait_id == bindparam("wait_id"), process_waits.c.status == "resolved")
+    .where(
+        process_waits.c.wait_id.in_([bindparam(slot) for slot in _DELIVERY_SLOTS]),
+        process_waits.c.status == "resolved",
+    )
 )
 _PARKED = (
     update(process_waits)
@@ -157,6 +165,9 @@ class WaitStore:
         self._backend = backend
         self._engine = backend.engine
         self._clock = clock
+        # Deliveries asked for while a read of others was on the wire, read together by one reader task.
+        self._asked: list[tuple[str, asyncio.Future[Delivery | None]]] = []
+        self._reader: asyncio.Task[None] | None = None
 
     def arm_statement(self, wait_id: str, instance_id: str, element: str, kind: str) -> Executable:
         return insert_ignore(
@@ -265,12 +276,45 @@ class WaitStore:
         delivered to and whether its instance stands failed: None once it has been consumed (the wait is
         ``done``) or was cancelled with its instance (``cancel_statements``), which must then not be resumed
         with it. Read under the instance's lock, which a cancel and a failing run hold too; once per delivery,
-        so on the backend's hot path (prepared, no SQLAlchemy connection per call)."""
-        rows = await self._backend.read(_DELIVERY, {"wait_id": wait_id})
-        if not rows:
-            return None
-        row = rows[0]
-        return Delivery(dict(row["resolution"] or {}), row["interrupt_id"], bool(row["instance_failed"]))
+        so on the backend's hot path (prepared, no SQLAlchemy connection per call).
+
+        Deliveries asked for at about the same time (a burst of continuations, each under its own lock)
+        are read together, up to :data:`DELIVERIES_READ_TOGETHER` per statement: each by a statement sent
+        after it was asked for, so still a read under its caller's lock."""
+        asked: asyncio.Future[Delivery | None] = asyncio.get_running_loop().create_future()
+        self._asked.append((wait_id, asked))
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read_asked())
+        return await asked
+
+    async def _read_asked(self) -> None:
+        """Read what callers asked for meanwhile, batch by batch, until nothing is left to read."""
+        while self._asked:
+            batch = self._asked[:DELIVERIES_READ_TOGETHER]
+            del self._asked[:DELIVERIES_READ_TOGETHER]
+            params = dict.fromkeys(_DELIVERY_SLOTS) | {f"w{n}": wait_id for n, (wait_id, _asked) in enumerate(batch)}
+            try:
+                rows = await self._backend.read(_DELIVERIES, params)
+            except BaseException as exc:
+                stopped = not isinstance(exc, Exception)  # the reader itself is cancelled: so is what is left
+                if stopped:
+                    batch += self._asked
+                    self._asked.clear()
+                for _wait_id, asked in batch:
+                    if not asked.done():
+                        asked.cancel() if stopped else asked.set_exception(exc)
+                if stopped:
+                    raise
+                continue
+            found = {
+                row["wait_id"]: Delivery(
+                    dict(row["resolution"] or {}), row["interrupt_id"], bool(row["instance_failed"])
+                )
+                for row in rows
+            }
+            for wait_id, asked in batch:
+                if not asked.done():  # its caller may have been cancelled meanwhile
+                    asked.set_result(found.get(wait_id))
 
     async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
         """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between), oldest

@@ -182,7 +182,13 @@ class _Builder:
             def route(_state: Mapping[str, Any], resolution: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 return self.route_wait(element, level, resolution)
 
-            wait = make_wait_node(plan, self.services, describe=self.describe(element), route=route, assign=assign)
+            # Only a top-level wait is delivered by its interrupt id alone. In a fork's branch, a sibling
+            # branch's failure can share the checkpoint the wait parked at, a crash can keep that failure
+            # from the instance's row, and any resume would run the failed element again: its delivery
+            # reads the thread's state, which shows the failure (``ProcessOrchestrator.deliver``).
+            wait = make_wait_node(
+                plan, self.services, describe=self.describe(element), route=route, assign=assign, by_id=level.key == ""
+            )
             builder.add_node(element_id, cast(Any, wait))
             builder.add_edge(arm_node(element_id), element_id)
         else:  # pragma: no cover - validation admits no other node elements

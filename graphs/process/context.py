@@ -7,6 +7,7 @@ hands each what it needs; none of them imports the orchestrator.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -45,6 +46,7 @@ class DeployedVersions:
         self.store = store
         self._rows: OrderedDict[tuple[str, ...], Deployment] = OrderedDict()
         self._cache_size = cache_size
+        self._reading: dict[tuple[str, ...], asyncio.Future[None]] = {}  # reads under way, by key
 
     async def get(self, name: str, version: int) -> Deployment | None:
         return await self._cached(("version", name, str(version)), lambda: self.store.get(name, version))
@@ -78,11 +80,22 @@ class DeployedVersions:
         if found is not None:
             self._rows.move_to_end(key)
             return found
-        found = await read()
-        if found is not None:  # not yet deployed is not remembered: it may be deployed next
-            self._rows[key] = found
-            if len(self._rows) > self._cache_size:
-                self._rows.popitem(last=False)
+        # One read per key at a time: a burst of continuations of one version (timers that fell due together,
+        # on a worker that has not seen it yet) waits for the first one's read instead of each reading it.
+        while (reading := self._reading.get(key)) is not None:
+            await asyncio.wait([reading])
+            if (found := self._rows.get(key)) is not None:
+                return found
+        done = self._reading[key] = asyncio.get_running_loop().create_future()
+        try:
+            found = await read()
+            if found is not None:  # not yet deployed is not remembered: it may be deployed next
+                self._rows[key] = found
+                if len(self._rows) > self._cache_size:
+                    self._rows.popitem(last=False)
+        finally:
+            del self._reading[key]
+            done.set_result(None)  # whatever came of it: the waiters look at the cache (or read themselves)
         return found
 
 

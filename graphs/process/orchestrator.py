@@ -28,7 +28,7 @@ from typing import Any, cast
 import jsonschema
 from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME
 from langgraph.errors import UnknownInterruptError
-from langgraph.types import Command, Interrupt, StateSnapshot
+from langgraph.types import Command, Interrupt, PregelTask, StateSnapshot
 
 from agents.deterministic import EchoAgent
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
@@ -90,11 +90,16 @@ def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
                 yield pending, str(pending.value["wait_id"])
 
 
+def failed_task_of(snapshot: StateSnapshot) -> PregelTask | None:
+    """The task that failed: not a sibling branch the failure cancelled."""
+    errored = [task for task in snapshot.tasks if task.error is not None]
+    return next((t for t in errored if type(t.error).__name__ != "CancelledError"), errored[0] if errored else None)
+
+
 def failed_element(snapshot: StateSnapshot) -> str | None:
     """The element that failed. In a parallel branch (its state read with ``subgraphs=True``) that is the
     branch's failed element, not the branch; a sibling branch the failure cancelled is not it."""
-    errored = [task for task in snapshot.tasks if task.error is not None]
-    failed = next((t for t in errored if type(t.error).__name__ != "CancelledError"), errored[0] if errored else None)
+    failed = failed_task_of(snapshot)
     if failed is None:
         return None
     inner = failed_element(failed.state) if isinstance(failed.state, StateSnapshot) else None
@@ -578,7 +583,11 @@ class ProcessOrchestrator:
         pending = next((i for i, parked_on in parked(snapshot) if parked_on == wait_id), None)
         if pending is None:
             return False
-        if failed_task(snapshot) is not None:
+        if (failed := failed_task_of(snapshot)) is not None:
+            if not delivery.instance_failed:  # a crash came between the failed run's checkpoint and its log
+                error = failed.error  # as the checkpoint kept it (a branch's: its text, not its class)
+                failure = error if isinstance(error, JourneyError) else JourneyError(str(error))
+                await self._designs.instances.fail(instance_id, PATTERN, failure)
             return None
         await self.run(graph, instance_id, Command(resume={pending.id: delivery.resolution}), run_options, spec=spec)
         return True
