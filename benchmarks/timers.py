@@ -43,16 +43,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from langgraph.types import Durability
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, Durability, interrupt
 from sqlalchemy import func, select
 
 from benchmarks.overhead import fresh_database, postgres_server
+from checkpoints.savers import open_saver
 from checkpoints.schema.tables import process_timers
+from checkpoints.url import parse_store_url
 from graphs.process.timers import fire_due_timers
 from graphs.runtime import JourneyRuntime
 
@@ -239,6 +242,44 @@ def print_result(result: Result) -> list[str]:
     return missed
 
 
+class FloorState(TypedDict, total=False):
+    answer: str
+    done: bool
+
+
+def _floor_wait(_state: FloorState) -> FloorState:
+    return {"answer": interrupt("timer")}
+
+
+def _floor_end(_state: FloorState) -> FloorState:
+    return {"done": True}
+
+
+async def raw_floor(url: str, n: int, concurrency: int, durability: Durability) -> float:
+    """LangGraph's own cost of a continuation, the floor under ours: ms of CPU per resume of ``n`` threads parked
+    at an interrupt, each then running one node more to its end (``wait → end``, as the timer instance runs), on
+    the same saver class, pool and serializer as ours (``open_saver``), at the same concurrency and durability.
+    No timer, lock, event or delivery: only the two supersteps, the checkpoint read and the writes."""
+    builder = StateGraph(FloorState)
+    builder.add_node("wait", _floor_wait)
+    builder.add_node("end", _floor_end)
+    builder.add_edge(START, "wait")
+    builder.add_edge("wait", "end")
+    builder.add_edge("end", END)
+    async with open_saver(parse_store_url(url)) as saver:
+        graph = builder.compile(checkpointer=saver)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(thread: int, value: Any) -> None:
+            async with gate:
+                await graph.ainvoke(value, {"configurable": {"thread_id": f"floor-{thread}"}}, durability=durability)
+
+        await asyncio.gather(*(one(i, {}) for i in range(n)))
+        cpu_before = time.process_time()
+        await asyncio.gather(*(one(i, Command(resume="fired")) for i in range(n)))
+        return (time.process_time() - cpu_before) / n * 1000
+
+
 @contextmanager
 def store_url(backend: str, server_url: str | None, scratch: Path) -> Iterator[str]:
     if backend == "memory":
@@ -271,6 +312,14 @@ async def run(args: argparse.Namespace) -> int:
                         fresh_worker=args.fresh_worker,
                     )
                 missed += print_result(result)
+                if args.raw and backend != "memory":
+                    with store_url(backend, server_url, scratch) as floor_url:
+                        floor = await raw_floor(floor_url, args.instances, args.resume_concurrency, args.durability)
+                    ours = result.worker_cpu_s / max(result.resumed, 1) * 1000
+                    print(
+                        f"raw LangGraph {floor:.2f} ms CPU per resume of wait → end ({args.durability}), the floor "
+                        f"under ours: ours/raw {ours / floor:.2f}"
+                    )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print()
@@ -303,6 +352,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="fire from a runtime opened anew after parking (a worker that did not start the instances); "
         "sqlite and postgres only",
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="also measure raw LangGraph's CPU per resume of the same two-node graph on the same saver (the floor)",
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run: 100 instances, memory and sqlite")
     args = parser.parse_args(argv)
