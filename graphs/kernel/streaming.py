@@ -98,12 +98,12 @@ async def run_graph(
     call: GraphCall = NO_CALL,
 ) -> dict[str, Any] | None:
     """Run the graph; returns its output (values, with ``__interrupt__`` when it stopped at one), or
-    None when the run was streamed to ``sink`` (read the thread's state then)."""
+    None when the run was streamed to ``sink`` or its output is not a dict (read the thread's state then)."""
     config = call.apply(config)
     options = call.options()
     if sink is None:
         # Version 2 streams the state alone, with the interrupts in it: version 1 (the default) streams every
-        # node's update as well, only to find the interrupts there, and that cost a twentieth of a journey's CPU.
+        # node's update as well, only to find the interrupts there: 2-6% of an 8-step journey's client CPU.
         output = await graph.ainvoke(value, config, durability=durability, version="v2", **options)
         values, interrupts = output.value, list(output.interrupts)
         if not isinstance(values, dict):  # None (nothing ran), or a state schema's object: read the state instead
