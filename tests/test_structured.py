@@ -3,6 +3,7 @@ design errors, retries, policies and the event log. Every test runs on memory, S
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -569,3 +570,45 @@ def test_a_specs_branches_are_resolved_once_and_handed_out_as_new_lists() -> Non
     assert spec == StructuredSpec.model_validate(spec.model_dump())  # the cache is no part of the spec
     with pytest.raises(KeyError):
         spec.branches("missing")
+
+
+async def test_a_run_nobody_streams_builds_no_per_node_updates_and_still_stops_at_its_user_step(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run without a stream sink asks LangGraph for its final state alone (``run_graph``): LangGraph's
+    default ``ainvoke`` also streams every node's update, only to look for interrupts in them, which was a
+    twentieth of a journey's CPU. The interrupt a run stops at must still reach the caller."""
+    import langgraph.pregel._loop as pregel_loop
+
+    built: list[object] = []
+    original = pregel_loop.map_output_updates
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pregel_loop, "map_output_updates", counted)
+    spec = {
+        "journey_type": "auto_then_review",
+        "steps": [
+            {"step_id": "gather", "mode": "auto", "agent": "gather"},
+            {"step_id": "check", "mode": "auto", "agent": "check"},
+            {"step_id": "review", "mode": "user", "input_schema": {"type": "object", "required": ["ok"]}},
+            {"step_id": "send", "mode": "auto", "agent": "send"},
+        ],
+    }
+    async with JourneyRuntime.open(store_url) as rt:
+        for intent in ("gather", "check", "send"):
+            rt.agents.register(intent, lambda request, intent=intent: {"done": intent})
+        journey_id = (await rt.structured.design_journey("auto_then_review", spec=spec))["journey_id"]
+        users = [f"user-{n}" for n in range(3)]
+        started = await asyncio.gather(*(rt.structured.execute_journey(journey_id, user) for user in users))
+        for view in started:
+            assert (view["status"], view["current_step"], view["awaiting_input"]) == ("in_progress", "review", True)
+            assert view["completed_steps"] == ["gather", "check"]
+        finished = await asyncio.gather(
+            *(rt.structured.advance_journey_step(journey_id, user, {"ok": True}) for user in users)
+        )
+        for view in finished:
+            assert (view["status"], view["completed_steps"]) == ("completed", ["gather", "check", "review", "send"])
+        assert built == []

@@ -38,14 +38,13 @@ from graphs.kernel.evaluation import IN_REVIEW
 from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.forks import Forkable
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
+from graphs.kernel.streaming import INTERRUPT as INTERRUPT  # the server reads run outputs with it
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.agent_call import CIRCUIT_OPEN_TASK
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
-# Where ainvoke puts the interrupts a run stopped at (LangGraph keeps its own constant private).
-INTERRUPT = "__interrupt__"
 FINISHED = ("completed", "compensated", "failed")
 
 
