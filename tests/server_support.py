@@ -35,11 +35,35 @@ APPROVAL_PROCESS: dict[str, Any] = {
 }
 
 
+def _ports() -> Iterator[int]:
+    """Ports for test servers, from below the kernel's ephemeral range: a port the kernel picked (bind to 0) was
+    in that range, where another test's outgoing connection (to PostgreSQL, or an HTTP client's) could take it
+    between our check and the server's bind (a CI run failed on "address already in use"). Each process starts
+    at its own offset and hands no port out twice."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32_768  # Linux's default
+    low = max(1_024, ephemeral - 12_000)
+    span = ephemeral - low
+    first = (os.getpid() * 97) % span
+    for n in range(span):
+        yield low + (first + n) % span
+
+
+_PORTS = _ports()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port no socket holds now, and that no test of this process was given before."""
+    for port in _PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left below the ephemeral range")
 
 
 @contextmanager
