@@ -116,6 +116,21 @@ def payment_spec() -> dict[str, Any]:
     )
 
 
+def boundary_spec(name: str) -> dict[str, Any]:
+    """ana signs, unless an interrupting boundary timer two days on ends it another way (``lapsed``)."""
+    return {
+        "name": name,
+        "elements": [
+            {"type": "start", "id": "start"},
+            user_task("sign"),
+            {"type": "boundary_timer", "id": "too_late", "attached_to": "sign", "timer": {"duration": "P2D"}},
+            {"type": "end", "id": "signed"},
+            {"type": "end", "id": "lapsed"},
+        ],
+        "flows": ["start -> sign", "sign -> signed", "too_late -> lapsed"],
+    }
+
+
 def user_task(id: str, **fields: Any) -> dict[str, Any]:
     return {"type": "user_task", "id": id, "title": id.replace("_", " "), "assignee": "ana", **fields}
 

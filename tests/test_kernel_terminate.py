@@ -14,19 +14,9 @@ from sqlalchemy import select
 from checkpoints.events import NewEvent
 from checkpoints.schema.tables import process_timers
 from graphs.errors import ProcessStateError, TaskClosedError
-from tests.process_support import linear, runtime, user_task, virtual_clock
+from tests.process_support import boundary_spec, linear, runtime, virtual_clock
 
-BOUNDED = {
-    "name": "bounded",
-    "elements": [
-        {"type": "start", "id": "start"},
-        user_task("sign"),
-        {"type": "boundary_timer", "id": "too_late", "attached_to": "sign", "timer": {"duration": "P2D"}},
-        {"type": "end", "id": "signed"},
-        {"type": "end", "id": "lapsed"},
-    ],
-    "flows": ["start -> sign", "sign -> signed", "too_late -> lapsed"],
-}
+BOUNDED = boundary_spec("bounded")
 
 
 async def test_a_waiting_instance_is_terminated_and_nothing_of_it_runs_after(store_url: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from agents import AgentRequest
 from checkpoints.schema.tables import process_subscriptions, process_timers
 from graphs.errors import TaskClosedError, UnmatchedMessageError
-from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
+from tests.process_support import Calls, boundary_spec, linear, runtime, user_task, virtual_clock, waiting_elements
 
 
 async def rows(rt: Any, table: Any, **where: Any) -> list[Any]:
@@ -259,18 +259,7 @@ async def test_the_timer_wins_the_race_and_the_losing_messages_are_cancelled(sto
 async def test_an_interrupting_boundary_timer_cancels_the_task_and_takes_its_own_flow(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        spec = {
-            "name": "boundary",
-            "elements": [
-                {"type": "start", "id": "start"},
-                user_task("sign"),
-                {"type": "boundary_timer", "id": "too_late", "attached_to": "sign", "timer": {"duration": "P2D"}},
-                {"type": "end", "id": "signed"},
-                {"type": "end", "id": "lapsed"},
-            ],
-            "flows": ["start -> sign", "sign -> signed", "too_late -> lapsed"],
-        }
-        await rt.processes.deploy(spec)
+        await rt.processes.deploy(boundary_spec("boundary"))
         view = await rt.processes.start("boundary", "contract-1")
         [task] = await rt.processes.inbox.list_tasks(assignee="ana")
 

@@ -274,7 +274,7 @@ class WaitStore:
     async def delivery(self, wait_id: str) -> Delivery | None:
         """The resolution a wait was given and its thread has not consumed yet, with the interrupt it is
         delivered to and whether its instance stands failed: None once it has been consumed (the wait is
-        ``done``) or was cancelled with its instance (``cancel_statements``), which must then not be resumed
+        ``done``) or was cancelled with its instance (:func:`cancel_pending`), which must then not be resumed
         with it. Read under the instance's lock, which a cancel and a failing run hold too; once per delivery,
         so on the backend's hot path (prepared, no SQLAlchemy connection per call).
 
@@ -328,7 +328,3 @@ class WaitStore:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.order_by(process_waits.c.resolved_at).limit(limit))).all()
         return [Wait(**r._mapping) for r in rows]
-
-    def cancel_statements(self, instance_id: str) -> list[Executable]:
-        """See :func:`cancel_pending`."""
-        return cancel_pending(instance_id)

@@ -30,6 +30,7 @@ from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs
 
 from agents.errors import AgentError
 from checkpoints.events import NewEvent
+from checkpoints.process.waits import cancel_pending
 from graphs.errors import MapFailedError, NoFlowError
 from graphs.process.blocks import Level, analyse, is_fork, is_join
 from graphs.process.spec import (
@@ -480,7 +481,7 @@ class _Builder:
         return finish
 
     def compensate_node(self) -> Any:
-        node, waits = self.services.node, self.services.waits
+        node = self.services.node
 
         async def compensate(state: ProcessState, config: RunnableConfig) -> ProcessState:
             instance_id = thread_id(config)
@@ -525,7 +526,7 @@ class _Builder:
                             )
                         ],
                         status="failed",
-                        also=waits.cancel_statements(instance_id),
+                        also=cancel_pending(instance_id),
                     )
                     return {"status": "failed", "compensated": undone, "compensation_failure": broken}
                 undone.append(str(event.step))
@@ -540,7 +541,7 @@ class _Builder:
                     )
                 ],
                 status="compensated",
-                also=waits.cancel_statements(instance_id),
+                also=cancel_pending(instance_id),
             )
             return {"status": "compensated", "compensated": undone}
 

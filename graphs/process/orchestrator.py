@@ -37,7 +37,7 @@ from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
-from checkpoints.process.waits import Delivery
+from checkpoints.process.waits import Delivery, cancel_pending
 from checkpoints.values import check_value
 from graphs.errors import (
     EvaluatorError,
@@ -437,7 +437,7 @@ class ProcessOrchestrator:
             instance.instance_id,
             [passed, failed],
             status="failed",
-            also=self.services.waits.cancel_statements(instance.instance_id),
+            also=cancel_pending(instance.instance_id),
         )
 
     async def dispatch_queued(self) -> list[str]:
@@ -629,7 +629,7 @@ class ProcessOrchestrator:
                     f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
                 )
             await self._designs.instances.cancel(
-                instance_id, "process.cancelled", reason, also=self.services.waits.cancel_statements(instance_id)
+                instance_id, "process.cancelled", reason, also=cancel_pending(instance_id)
             )
         return await self.status(instance_id)
 
