@@ -333,3 +333,42 @@ async def test_deleting_a_waiting_process_thread_terminates_its_journey(ana: Lan
             assert set(timers) == {"cancelled"}
     assert instance.status == "terminated"
     assert events[-2:] == ["journey.terminated", "thread.deleted"], events
+
+
+async def test_a_thread_deleted_by_several_requests_at_once_terminates_its_journey_once(
+    ana: LangGraphClient, bob: LangGraphClient, durable_url: str, two_users_server: str
+) -> None:
+    """Four deletes of one waiting process thread at once (three by its owner, one by another user, to whom it
+    is not found), beside hostile ids: the journey is terminated and its deletion logged exactly once, every
+    answer is 204 or 404, and the server keeps answering."""
+    await ana.http.post("/processes", json=WAIT_OR_TIMEOUT)
+    thread_id = (await ana.threads.create())["thread_id"]
+    await ana.runs.wait(thread_id, "process", input={"process": "wait_or_timeout", "business_key": "mk004"})
+
+    async def delete(client: LangGraphClient, target: str) -> int:
+        try:
+            await client.threads.delete(target)
+        except httpx.HTTPStatusError as refused:
+            return refused.response.status_code
+        return 204
+
+    async def delete_raw(http: httpx.AsyncClient, path: str) -> int:
+        return (await http.delete(f"/threads/{path}")).status_code
+
+    # A lone surrogate as the UTF-8 bytes no client would encode, a huge id, and odd ones.
+    hostile = ["%ED%A0%80", "x" * 60_000, "NaN", "..%2F" * 50]
+    async with httpx.AsyncClient(base_url=two_users_server, headers={"x-api-key": "key-ana"}) as http:
+        answers = await asyncio.gather(
+            *(delete(ana, thread_id) for _ in range(3)),
+            delete(bob, thread_id),
+            *(delete_raw(http, h) for h in hostile),
+        )
+    assert 204 in answers[:3] and set(answers[:4]) <= {204, 404}, answers
+    assert answers[3] == 404  # not bob's to delete
+    assert set(answers[4:]) <= {404, 414, 422}, answers
+    async with JourneyRuntime.open(durable_url) as runtime:
+        [instance] = await runtime.store.index.get_instances([thread_id])
+        events = [e.type for e in await runtime.store.events.list(thread_id)]
+    assert instance.status == "terminated"
+    assert events.count("journey.terminated") == 1 and events.count("thread.deleted") == 1, events
+    assert (await ana.http.get("/ok"))["ok"] is True
