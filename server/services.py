@@ -23,7 +23,8 @@ from checkpoints.index import Instance
 from checkpoints.ownership import Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.savers import copy_checkpoints
-from graphs.errors import ImpersonationError, InvalidInputError, JourneyFinishedError, JourneyNotFoundError
+from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
+from graphs.kernel.engine import refuse_terminated
 from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 from nodes.telemetry import circuit_states, exposition
@@ -133,12 +134,8 @@ class ServerServices:
         found = await self.runtime.store.index.get_instance(instance_id, viewer=self.viewer(caller))
         if found is None:
             raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
-        if to_act and found.status == "terminated":
-            raise JourneyFinishedError(
-                f"journey {instance_id!r} was terminated: nothing more of it runs (its history is kept)",
-                allowed=[],
-                instance_id=instance_id,
-            )
+        if to_act:
+            refuse_terminated(found)
         return found
 
     def check_inbox(self, caller: Principal, assignee: str | None, group: str | None) -> None:

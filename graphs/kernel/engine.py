@@ -20,11 +20,13 @@ from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
+from graphs.errors import JourneyFinishedError
 from graphs.kernel.streaming import NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
 
 GraphFactory = Callable[[], StateGraph[Any]]
+TERMINATED = "terminated"  # an instance ended for good where it stood (``Instances.terminate``)
 # What a run ended with: its output (values, with ``__interrupt__`` when it stopped at one) or, for a
 # streamed run, the thread's state.
 Outcome = dict[str, Any] | StateSnapshot
@@ -57,6 +59,18 @@ DEFAULT_RUN = RunOptions()
 # intermediate checkpoints served nothing (a process cannot be forked) and were most of a continuation's cost.
 # The runs of a graph compiled with ``logged_steps`` (a structured journey's) checkpoint the same way.
 CONTINUATION = RunOptions(continuation=True)
+
+
+def refuse_terminated(instance: Instance | None) -> None:
+    """:class:`JourneyFinishedError` (409) for a terminated instance: its history is kept, but nothing more
+    of it runs, whoever asks (an orchestrator's method, a server route, a run the worker picked up)."""
+    if instance is not None and instance.status == TERMINATED:
+        raise JourneyFinishedError(
+            f"journey {instance.instance_id!r} was terminated: nothing more of it runs (its history is kept)",
+            allowed=[],
+            instance_id=instance.instance_id,
+            status=TERMINATED,
+        )
 
 
 class JourneyEngine:
@@ -151,6 +165,17 @@ class JourneyEngine:
         finally:
             lock.release()
 
+    @asynccontextmanager
+    async def acting(self, instance_id: str) -> AsyncIterator[Instance | None]:
+        """:meth:`exclusive`, for a call that runs the instance on or changes it: the instance as it stands
+        once the lock is held (None: not indexed), and :class:`JourneyFinishedError` for a terminated one.
+        Read under the lock, since ``Instances.terminate`` takes it too: a check made before the lock could
+        let a call that raced a termination run the terminated journey on."""
+        async with self.exclusive(instance_id):
+            instance = await self.store.index.get_instance(instance_id)
+            refuse_terminated(instance)
+            yield instance
+
     async def settled_state(
         self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str, *, options: RunOptions = DEFAULT_RUN
     ) -> StateSnapshot:
@@ -162,6 +187,10 @@ class JourneyEngine:
         patterns start such a run again their own way (``Instances.recover``, or their start)."""
         snapshot = await graph.aget_state(self.config(instance_id))
         if in_flight(snapshot):
+            # Work left in flight is finished, unless the instance was terminated meanwhile: it stays as it stood.
+            instance = await self.store.index.get_instance(instance_id)
+            if instance is not None and instance.status == TERMINATED:
+                return snapshot
             snapshot = await self.run_to_state(graph, instance_id, None, options=options)
         elif snapshot.created_at is None:  # no checkpoint at all: deleted by retention, or never saved?
             instance = await self.store.index.get_instance(instance_id)

@@ -37,7 +37,16 @@ from checkpoints.process.waits import cancel_pending
 from checkpoints.schema.widths import INSTANCE_USER
 from checkpoints.values import check_value
 from graphs.errors import DeadlineExceededError, JourneyNotFoundError
-from graphs.kernel.engine import DEFAULT_RUN, JourneyEngine, Outcome, RunOptions, failed_task, in_flight
+from graphs.kernel.engine import (
+    DEFAULT_RUN,
+    TERMINATED,
+    JourneyEngine,
+    Outcome,
+    RunOptions,
+    failed_task,
+    in_flight,
+    refuse_terminated,
+)
 from graphs.kernel.evaluation import Evaluation
 from graphs.kernel.flow import (
     DEADLINE_PASSED,
@@ -244,6 +253,8 @@ class Instances:
             return await self.index.create_instance(instance_id, design_id, pattern, user_id, first_event=first_event)
         except DuplicateInstanceError:
             found = await self.index.get_instance(instance_id)
+            # Its thread deleted, a terminated journey has no checkpoint either: it is not a start cut short.
+            refuse_terminated(found)
             if found is not None and found.status == QUEUED:
                 raise ExistingStart(instance_id) from None
             # No checkpoint because retention deleted them: a finished journey, not a start a crash cut short.
@@ -351,9 +362,8 @@ class Instances:
         ``then``: events logged after it, or alone when the instance had ended already. Answers whether it
         was terminated now; False too for an unknown id.
 
-        Who refuses to run it on: processes (a finished status) and the server's routes
-        (``ServerServices.instance``). The other orchestrators' own methods do not look, so in process,
-        terminate only a journey nothing will drive again (the server terminates a deleted thread's)."""
+        Nothing runs it on after: every orchestrator's acting method takes its lock with
+        ``JourneyEngine.acting``, which refuses a terminated instance, and processes refuse a finished one."""
         async with self.engine.exclusive(instance_id):
             instance = await self.index.get_instance(instance_id)
             if instance is None:
@@ -364,7 +374,7 @@ class Instances:
                 return False
             terminated = NewEvent("journey.terminated", {"reason": reason}, None, f"{instance_id}:terminated")
             also = [*cancel_pending(instance_id), self.flow.unqueue(instance_id)]
-            await self.events.append(instance_id, [terminated, *then], status="terminated", also=also)
+            await self.events.append(instance_id, [terminated, *then], status=TERMINATED, also=also)
             return True
 
     # --- fork ----------------------------------------------------------------------------------------
@@ -514,7 +524,7 @@ class Instances:
         says (a last step's event completes it), runs again, replaying its logged steps. Not one that never
         started (queued), was cancelled, or failed (running it again would retry unasked)."""
         kind = self._kinds.get(instance.pattern)
-        if kind is None or instance.status in (QUEUED, "cancelled", "terminated", "failed"):
+        if kind is None or instance.status in (QUEUED, "cancelled", TERMINATED, "failed"):
             return None
         return await kind.start_input(instance, (await self.events.list(instance.instance_id))[0])
 

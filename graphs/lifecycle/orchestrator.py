@@ -42,7 +42,7 @@ from graphs.errors import (
     UnknownUnitOfWorkError,
 )
 from graphs.kernel.designs import DesignBook, PatternName, new_id, parse_spec
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, refuse_terminated
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable
 from graphs.lifecycle.catalog import default_lifecycle_spec
@@ -160,12 +160,15 @@ class LifecycleOrchestrator:
         graph: Graph = self._designs.graph(PATTERN, spec)
         return graph
 
-    async def _design_of(self, journey_id: str) -> str:
-        """The design a journey runs."""
+    async def _design_of(self, journey_id: str, *, acting: bool = False) -> str:
+        """The design a journey runs. ``acting``: for a call that changes it, which a terminated journey
+        refuses (a run's own lock checks again, with :meth:`JourneyEngine.acting`)."""
         _check_id(journey_id, "journey_id")
         instance = await self._store.index.get_instance(journey_id)
         if instance is None or instance.pattern != PATTERN:
             raise JourneyNotFoundError(f"no client lifecycle journey {journey_id!r}", journey_id=journey_id)
+        if acting:
+            refuse_terminated(instance)
         return instance.journey_id
 
     async def _load(self, journey_id: str) -> tuple[LifecycleSpec, Graph]:
@@ -227,8 +230,7 @@ class LifecycleOrchestrator:
         controls: StartControls | None,
         run_options: RunOptions,
     ) -> dict[str, Any]:
-        async with self._engine.exclusive(journey_id):
-            existing = await self._store.index.get_instance(journey_id)
+        async with self._engine.acting(journey_id) as existing:
             if existing is not None and existing.status == QUEUED:
                 raise ExistingStart(journey_id)
             if existing is not None:
@@ -313,7 +315,7 @@ class LifecycleOrchestrator:
         # A promotion promotes from the stage the journey is in when it is asked for: one that waited
         # while another call moved the journey must not go on to the next stage's gate.
         asked_in = None if event is not None else await self._stage_now(graph, journey_id)
-        async with self._engine.exclusive(journey_id):
+        async with self._engine.acting(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             stage = snapshot.values.get("current_stage")
             if event is None:  # promote: the promotion event of the current stage
@@ -393,7 +395,7 @@ class LifecycleOrchestrator:
         if reason is not None and not isinstance(reason, str):
             raise InvalidInputError("reason must be a string")
         spec, graph = await self._load(journey_id)
-        async with self._engine.exclusive(journey_id):
+        async with self._engine.acting(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             self._expect(snapshot, TransitionEvent.CANCEL_JOURNEY)
             metadata = {"cancel_reason": reason} if reason else {}
@@ -448,7 +450,7 @@ class LifecycleOrchestrator:
         # A durable request: a unit of work running now, in this process or another, stops between waves.
         await self._rows.request_rollback(journey_id, reason, self._store.clock.now())
         try:
-            async with self._engine.exclusive(journey_id):
+            async with self._engine.acting(journey_id):
                 snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
                 # Rolls back the stage it was asked in, once: not the stage another rollback returned to.
                 self._expect_stage(
@@ -474,7 +476,7 @@ class LifecycleOrchestrator:
     async def complete_rollback(self, journey_id: str, *, run_options: RunOptions = DEFAULT_RUN) -> dict[str, Any]:
         """ROLLBACK → the rollback's target stage. A rollback that failed to validate is run again first."""
         spec, graph = await self._load(journey_id)
-        async with self._engine.exclusive(journey_id):
+        async with self._engine.acting(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             self._expect(snapshot, TransitionEvent.COMPLETE_ROLLBACK)
             rollback_id = str((snapshot.values.get("rollback") or {}).get("rollback_id"))
@@ -498,7 +500,7 @@ class LifecycleOrchestrator:
         """Run an on-demand unit of work of the current stage; returns its result (status and tasks)."""
         _check_id(uow_id, "uow_id")
         spec, graph = await self._load(journey_id)
-        async with self._engine.exclusive(journey_id):
+        async with self._engine.acting(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
             values = snapshot.values
             stage = values.get("current_stage")
@@ -556,7 +558,7 @@ class LifecycleOrchestrator:
         if at is not None and (at.tzinfo is None or at > now):
             raise InvalidMetricError(f"a metric's time must be timezone-aware and not after now ({now.isoformat()})")
         when = at or now
-        design_id = await self._design_of(journey_id)
+        design_id = await self._design_of(journey_id, acting=True)
         await self._record(journey_id, checked, when)
         rollback = await self._watch(journey_id, design_id, set(checked), run_options)
         return {"journey_id": journey_id, "recorded": checked, "recorded_at": when.isoformat(), "rollback": rollback}
@@ -564,7 +566,7 @@ class LifecycleOrchestrator:
     async def check_rollback_triggers(self, journey_id: str) -> dict[str, Any] | None:
         """Evaluate every rollback threshold of the current stage now (for metric sources that are not fed
         through :meth:`record_metric`); roll back if one fires."""
-        return await self._watch(journey_id, await self._design_of(journey_id), None, DEFAULT_RUN)
+        return await self._watch(journey_id, await self._design_of(journey_id, acting=True), None, DEFAULT_RUN)
 
     async def _watch(
         self, journey_id: str, design_id: str, metrics: set[str] | None, run_options: RunOptions

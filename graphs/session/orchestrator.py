@@ -117,7 +117,7 @@ class SessionOrchestrator:
         """Jump to any area at any time; its state is as the user left it."""
         spec, graph = await self._load(session_id)
         self._known_area(spec, area_id)
-        async with self._engine.exclusive(session_id):
+        async with self._engine.acting(session_id):
             before = await self._active(graph, session_id, run_options)
             await self._authorize(session_id, area_id, "navigate", {})
             request = {"type": "navigate", "area_id": area_id}
@@ -140,7 +140,7 @@ class SessionOrchestrator:
         if not isinstance(updates, Mapping) or not updates:
             raise InvalidInputError("updates must be a non-empty mapping of field → value", area_id=area_id)
         check_value(dict(updates), "updates")
-        async with self._engine.exclusive(session_id):
+        async with self._engine.acting(session_id):
             before = await self._active(graph, session_id, run_options)
             merged = {**before.values["areas"][area_id]["state"], **updates}
             if area.state_schema is not None:
@@ -177,7 +177,7 @@ class SessionOrchestrator:
         """Close the session; with a workflow tier, its agent calls are judged (a breach fails it, or holds
         it in review)."""
         spec, graph = await self._load(session_id)
-        async with self._engine.exclusive(session_id):
+        async with self._engine.acting(session_id):
             await self._active(graph, session_id, run_options)
             await self._authorize(session_id, None, "close", {"reason": reason} if reason else {})
             snapshot = await self._act(graph, session_id, {"type": "close", "reason": reason}, run_options)

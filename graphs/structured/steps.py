@@ -33,7 +33,14 @@ from graphs.errors import (
     StepOrderError,
 )
 from graphs.kernel.designs import DesignBook, PatternName
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, resume_pending, waiting_for
+from graphs.kernel.engine import (
+    DEFAULT_RUN,
+    TERMINATED,
+    RunOptions,
+    failed_task,
+    resume_pending,
+    waiting_for,
+)
 from graphs.kernel.evaluation import IN_REVIEW
 from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.forks import Forkable
@@ -45,7 +52,7 @@ from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPEN
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
-FINISHED = ("completed", "compensated", "failed")
+FINISHED = ("completed", "compensated", "failed", TERMINATED)
 
 
 class StepJourneys:
@@ -132,26 +139,25 @@ class StepJourneys:
         step_id: str | None = None,
         options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
-        found = await self.index.get_instance(instance_id)
-        if found is None:
-            raise JourneyNotStartedError(
-                f"journey run {instance_id!r} has not been started; execute the journey first",
-                allowed=["execute_journey"],
-                instance_id=instance_id,
-            )
-        if found.status == IN_REVIEW:
-            raise RunInReviewError(
-                f"journey run {instance_id!r} broke a threshold of its tier and waits for review (review_run)",
-                instance_id=instance_id,
-            )
-        if found.status == QUEUED:
-            raise JourneyQueuedError(
-                f"journey run {instance_id!r} is queued behind its concurrency limit; it starts when a slot frees",
-                allowed=[],
-                instance_id=instance_id,
-            )
-        _, spec, graph = await self._load(found.journey_id)
-        async with self.engine.exclusive(instance_id):
+        async with self.engine.acting(instance_id) as found:
+            if found is None:
+                raise JourneyNotStartedError(
+                    f"journey run {instance_id!r} has not been started; execute the journey first",
+                    allowed=["execute_journey"],
+                    instance_id=instance_id,
+                )
+            if found.status == IN_REVIEW:
+                raise RunInReviewError(
+                    f"journey run {instance_id!r} broke a threshold of its tier and waits for review (review_run)",
+                    instance_id=instance_id,
+                )
+            if found.status == QUEUED:
+                raise JourneyQueuedError(
+                    f"journey run {instance_id!r} is queued behind its concurrency limit; it starts when a slot frees",
+                    allowed=[],
+                    instance_id=instance_id,
+                )
+            _, spec, graph = await self._load(found.journey_id)
             snapshot = await self.engine.settled_state(graph, instance_id, options=options)
             standing = Standing.of(snapshot)
             current = self._current_step(instance_id, spec, standing)
@@ -186,7 +192,7 @@ class StepJourneys:
         that stopped at a handler that failed for good: the steps it undid are not undone again."""
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
-        async with self.engine.exclusive(instance_id):
+        async with self.engine.acting(instance_id):
             retried = await self.instances.retry(graph, instance_id, "step.retried")  # a failed step runs again
             stuck = None if retried else stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))
             if stuck is not None:
@@ -321,8 +327,9 @@ class StepJourneys:
     async def view(self, instance: Instance, spec: StructuredSpec, standing: Standing) -> dict[str, Any]:
         """The journey as users see it: where it stands from the graph, what it did from the log."""
         values = standing.values
-        if instance.status == QUEUED:  # registered, not run yet: nothing stands anywhere
-            standing = Standing(values, QUEUED, None, None, None)
+        # Queued: registered, not run yet, so nothing stands anywhere. Terminated: it stopped where it stood.
+        if instance.status in (QUEUED, TERMINATED):
+            standing = Standing(values, instance.status, None, None, None)
         current = standing.position if standing.status not in FINISHED else None
         done = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
         completed = [e.step or "" for e in done]
