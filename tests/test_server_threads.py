@@ -372,3 +372,23 @@ async def test_a_thread_deleted_by_several_requests_at_once_terminates_its_journ
     assert instance.status == "terminated"
     assert events.count("journey.terminated") == 1 and events.count("thread.deleted") == 1, events
     assert (await ana.http.get("/ok"))["ok"] is True
+
+
+async def test_a_structured_journey_whose_thread_was_deleted_is_not_executed_again(ana: LangGraphClient) -> None:
+    """A structured journey started through ``/journeys`` is named by its journey and user, and its instance
+    stands in for a thread. Deleted as a thread, it was terminated and its checkpoints deleted; executing the
+    same journey for the same user then looked like a start a crash cut short, and ran the whole journey again
+    on the terminated instance. It is refused (409), and nothing more is logged."""
+    design = await ana.http.post("/journeys/structured/designs", json={"journey_type": "content_migration"})
+    executions = f"/journeys/structured/{design['journey_id']}/executions"
+    body = {"user_id": "ana", "context": {"migration_id": "m-1"}}
+    instance_id = (await ana.http.post(executions, json=body))["instance_id"]
+    await ana.threads.delete(instance_id)
+    history = [e["type"] for e in await ana.http.get(f"/journeys/{instance_id}/history")]
+
+    with pytest.raises(httpx.HTTPStatusError, match="terminated") as refused:
+        await ana.http.post(executions, json=body)
+
+    assert refused.value.response.status_code == 409
+    assert [e["type"] for e in await ana.http.get(f"/journeys/{instance_id}/history")] == history
+    assert history[-2:] == ["journey.terminated", "thread.deleted"]
