@@ -26,8 +26,9 @@ from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.retention import CheckpointRetention, RetentionPolicy
 from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
+from checkpoints.values import check_value
 from graphs.analytics import JourneyAnalytics, MilestoneTracker
-from graphs.errors import JourneyNotFoundError
+from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError
 from graphs.kernel.designs import DesignBook
 from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, registered_patterns
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from graphs.session.orchestrator import SessionOrchestrator
     from graphs.structured.orchestrator import StructuredOrchestrator
     from graphs.structured.saga_orchestrator import SagaOrchestrator
+
+
+MAX_REASON = 1_000  # characters in a termination's reason, which its event keeps
 
 
 class JourneyRuntime:
@@ -219,6 +223,34 @@ class JourneyRuntime:
             "pattern": made.instance.pattern,
             "forked_from": {"instance_id": made.source_id, "step_id": made.step_id},
         }
+
+    async def terminate(self, instance_id: str, reason: str) -> dict[str, Any]:
+        """End a journey of any pattern for good where it stands (Temporal's terminate). In one transaction
+        ``journey.terminated`` is logged with ``reason``, the instance marked ``terminated``, and everything it
+        waits on cancelled: inbox tasks, timers, waits, its place in a queue. Nothing is compensated (cancel a
+        saga's or a process's own way for that). Its history stays readable, and every later call that would
+        run it on is refused with :class:`JourneyFinishedError`. A failed journey is terminated too (its retry
+        is given up); one that has ended raises :class:`JourneyFinishedError`, an unknown one
+        :class:`JourneyNotFoundError`. Answers its status view."""
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise InvalidInputError(
+                f"a termination needs a reason: a non-empty string of at most {MAX_REASON} characters"
+            )
+        check_value(reason, "reason")
+        terminated = await self.instances.terminate(instance_id, reason)
+        instance = await self.store.index.get_instance(instance_id)
+        if instance is None:
+            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        if not terminated:
+            raise JourneyFinishedError(
+                f"journey {instance_id!r} has ended ({instance.status}): only an unfinished journey is terminated",
+                allowed=[],
+                instance_id=instance_id,
+                status=instance.status,
+            )
+        status = get_pattern(instance.pattern).status
+        view = await status(self, instance) if status is not None else {}
+        return {**view, "instance_id": instance_id, "pattern": instance.pattern, "status": instance.status}
 
     async def recover(self) -> list[str]:
         """Finish the work that a crashed process left in flight, for every journey still running, of

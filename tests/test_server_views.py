@@ -426,7 +426,14 @@ async def test_every_journey_response_is_a_named_schema_with_properties(served_i
         "title": "Failed Step",
         "description": "only while a step's work has failed: that step (retry it)",
     }
-    assert run["properties"]["status"]["enum"] == ["in_progress", "completed", "failed", "queued", "review"]
+    assert run["properties"]["status"]["enum"] == [
+        "in_progress",
+        "completed",
+        "failed",
+        "queued",
+        "review",
+        "terminated",
+    ]
     assert "expires_at" not in schemas["MessageSentOut"]["required"]
     assert schemas["TaskOut"]["properties"]["status"]["enum"] == ["open", "completed", "cancelled"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from graphs import JourneyFinishedError, JourneyRuntime
+from graphs import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, JourneyRuntime
 from graphs.lifecycle.catalog import READY_TO_START
 from tests.lifecycle_support import SANDBOX_EXIT, lifecycle_runtime
 
@@ -127,3 +127,28 @@ async def test_a_terminated_lifecycle_takes_no_transition_unit_or_metric(store_u
             lambda: lc.check_rollback_triggers(journey_id),
         )
         assert (await lc.get_journey_state(journey_id))["current_stage"] == "sandbox"
+
+
+async def test_the_runtime_terminates_any_journey_and_says_why_it_cannot(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (rt, _clock):
+        lc = rt.lifecycle
+        journey_id = (await lc.start_journey("client-a", metrics=READY_TO_START))["journey_id"]
+        assert (await lc.dashboard())["active_journeys_by_stage"]["sandbox"] == 1
+        for reason in ("", "  ", "x" * 1001, "\ud800", None):
+            with pytest.raises(InvalidInputError):
+                await rt.terminate(journey_id, reason)  # type: ignore[arg-type]
+        assert (await rt.store.index.get_instance(journey_id)).status == "active"  # type: ignore[union-attr]
+
+        view = await rt.terminate(journey_id, "the client left")
+
+        assert (view["status"], view["allowed_events"], view["current_stage"]) == ("terminated", [], "sandbox")
+        # Its own state row says it ended with it: the dashboard no longer counts it in its stage.
+        assert (await lc.dashboard())["active_journeys_by_stage"]["sandbox"] == 0
+        with pytest.raises(JourneyFinishedError, match="terminated"):
+            await rt.terminate(journey_id, "again")
+        with pytest.raises(JourneyNotFoundError):
+            await rt.terminate("no-such-journey", "gone")
+        session_id = (await rt.session.start_session("ana", {"areas": AREAS}))["session_id"]
+        await rt.session.close_session(session_id)
+        with pytest.raises(JourneyFinishedError, match="closed"):
+            await rt.terminate(session_id, "late")

@@ -27,6 +27,7 @@ from typing import Any
 import isodate
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
+from sqlalchemy.sql import Executable
 
 from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, InvalidInputError, JourneyError
 from checkpoints.events import Event, NewEvent
@@ -100,6 +101,9 @@ class Recoverable:
     expire: Callable[[Instance, Graph, str, NewEvent], Awaitable[None]] | None = None
     # How its instances are forked at a step (:mod:`graphs.kernel.forks`); None: they cannot be.
     fork: Forkable | None = None
+    # Statements the pattern adds to a termination's transaction: its own rows that say where an instance
+    # stands (a lifecycle's state row), so that they say it ended with it.
+    terminated: Callable[[str], Sequence[Executable]] | None = None
 
 
 class Instances:
@@ -373,7 +377,9 @@ class Instances:
                     await self.events.append(instance_id, then)
                 return False
             terminated = NewEvent("journey.terminated", {"reason": reason}, None, f"{instance_id}:terminated")
-            also = [*cancel_pending(instance_id), self.flow.unqueue(instance_id)]
+            kind = self._kinds.get(instance.pattern)
+            own = kind.terminated(instance_id) if kind is not None and kind.terminated is not None else ()
+            also = [*cancel_pending(instance_id), self.flow.unqueue(instance_id), *own]
             await self.events.append(instance_id, [terminated, *then], status=TERMINATED, also=also)
             return True
 

@@ -24,7 +24,7 @@ from agents.protocol import Agent
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from checkpoints.lifecycle import LifecycleStore, metric_rows
+from checkpoints.lifecycle import LifecycleStore, journey_moved, metric_rows
 from checkpoints.ownership import Viewer
 from graphs.errors import (
     EntryCriteriaNotMetError,
@@ -42,7 +42,7 @@ from graphs.errors import (
     UnknownUnitOfWorkError,
 )
 from graphs.kernel.designs import DesignBook, PatternName, new_id, parse_spec
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions, refuse_terminated
+from graphs.kernel.engine import DEFAULT_RUN, TERMINATED, RunOptions, refuse_terminated
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable
 from graphs.lifecycle.catalog import default_lifecycle_spec
@@ -104,7 +104,13 @@ class LifecycleOrchestrator:
         # Every lifecycle graph on this book runs on these deps, whoever asks for it (the server, recovery).
         designs.use_builder(PATTERN, lambda spec, services: build_lifecycle_graph(spec, services, self.deps))
         designs.instances.register(
-            Recoverable((PATTERN,), self._instance_graph, self._start_input, expire=self._expire)
+            Recoverable(
+                (PATTERN,),
+                self._instance_graph,
+                self._start_input,
+                expire=self._expire,
+                terminated=lambda journey_id: [journey_moved(journey_id, status=TERMINATED)],
+            )
         )
 
     # --- plugging in -------------------------------------------------------------------------------
@@ -613,9 +619,11 @@ class LifecycleOrchestrator:
         spec, graph = await self._load(journey_id)
         async with self._engine.exclusive(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id)
-        view = journey_view(snapshot.values, spec)
-        if spec.evaluation is not None:
             instance = await self._store.index.get_instance(journey_id)
+        view = journey_view(snapshot.values, spec)
+        if instance is not None and instance.status == TERMINATED:  # it stopped where it stood
+            view |= {"status": TERMINATED, "allowed_events": []}
+        if spec.evaluation is not None:
             view["run_status"] = instance.status if instance is not None else None
             view["evaluation"] = await self._designs.instances.evaluation.verdict(journey_id)
         return view

@@ -14,11 +14,12 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 
 from checkpoints.index import Instance
-from graphs.errors import InvalidInputError
+from graphs.errors import InvalidInputError, JourneyFinishedError
 from graphs.kernel.designs import DesignKind
 from graphs.kernel.identifiers import BUSINESS_KEY, PROCESS_NAME, string_schema
 from graphs.kernel.patterns import Assistant, Pattern, RunContext, mapping_input, register, string_input
 from graphs.process.builder import build_process_graph
+from graphs.process.context import FINISHED
 from graphs.process.orchestrator import ProcessOrchestrator
 from graphs.process.spec import ProcessSpec
 from graphs.process.validation import validate_process
@@ -48,6 +49,14 @@ async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
     task_id = request.get("task_id")
     if task_id is None:
         tasks = await inbox.list_tasks(instance_id=instance_id)
+        instance = await ctx.runtime.store.index.get_instance(instance_id) if not tasks else None
+        if instance is not None and instance.status in FINISHED:  # nothing is open because it has ended
+            raise JourneyFinishedError(
+                f"process {instance_id!r} has ended ({instance.status}): nothing more of it runs",
+                allowed=[],
+                instance_id=instance_id,
+                status=instance.status,
+            )
         if len(tasks) != 1:
             raise InvalidInputError(
                 f"process {instance_id!r} has {len(tasks)} open tasks; name one with command.resume.task_id",

@@ -28,7 +28,7 @@ from graphs.errors import (
     UnknownAreaError,
 )
 from graphs.kernel.designs import DesignBook, PatternName, parse_spec
-from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
+from graphs.kernel.engine import DEFAULT_RUN, TERMINATED, Outcome, RunOptions
 from graphs.kernel.flow import ExistingStart, StartControls
 from graphs.kernel.instances import Recoverable
 from graphs.session.builder import SessionSpec, SessionState, initial_session_state, session_progress
@@ -169,7 +169,11 @@ class SessionOrchestrator:
         spec, graph = await self._load(session_id)
         async with self._engine.exclusive(session_id):
             snapshot = await self._engine.settled_state(graph, session_id)
-        return {"session_id": session_id, **session_progress(spec, snapshot.values)}
+            instance = await self._index.get_instance(session_id)
+        progress = session_progress(spec, snapshot.values)
+        if instance is not None and instance.status == TERMINATED:  # it stopped where it stood
+            progress["status"] = TERMINATED
+        return {"session_id": session_id, **progress}
 
     async def close_session(
         self, session_id: str, reason: str | None = None, *, run_options: RunOptions = DEFAULT_RUN

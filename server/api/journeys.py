@@ -12,6 +12,7 @@ from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
 from graphs.kernel.identifiers import ClientId, JourneyType, MetricName, UserId
 from graphs.lifecycle.machine import JourneyStage, RollbackTrigger
 from graphs.lifecycle.orchestrator import EVENT_OPTIONS
+from graphs.runtime import MAX_REASON
 from graphs.session.builder import SessionSpec
 from graphs.session.mvp import MVP_PILLARS
 from graphs.structured.builder import StructuredSpec
@@ -185,6 +186,12 @@ class ForkIn(Body):
     """Where to fork a journey: right after the last completion of this step."""
 
     step_id: Name
+
+
+class TerminateIn(Body):
+    """Why a journey is terminated: its ``journey.terminated`` event keeps it."""
+
+    reason: str = Field(min_length=1, max_length=MAX_REASON, json_schema_extra={"pattern": NOT_BLANK})
 
 
 class MetricsIn(Body):
@@ -423,6 +430,22 @@ async def fork_journey(instance_id: str, body: ForkIn, caller: Writer, svc: Serv
     with svc.acting(caller):
         fork = await svc.runtime.fork(instance_id, body.step_id)
     return await svc.journey_status(caller, fork["instance_id"])
+
+
+@router.post(
+    "/{instance_id}/terminate",
+    response_model=JourneyStatusOut,
+    summary="Terminate a journey",
+    description="End a journey of any pattern for good where it stands (Temporal's terminate): nothing more of it "
+    "runs and nothing is compensated; its inbox tasks, timers and waits are cancelled, and `journey.terminated` is "
+    "logged with the reason. Its history stays readable; every later call that would run it on answers 409 "
+    "(JourneyFinishedError), as does terminating one that has ended.",
+)
+async def terminate_journey(instance_id: str, body: TerminateIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, instance_id, to_act=True)  # someone else's journey is not found
+    with svc.acting(caller):
+        await svc.runtime.terminate(instance_id, body.reason)
+    return await svc.journey_status(caller, instance_id)
 
 
 @router.get("/{instance_id}/history", response_model=list[EventOut], summary="Any journey's events, in order")

@@ -12,7 +12,15 @@ from server.views.fields import optional_key
 # The instance index's status (the graph's own at start): graphs/process/builder.py and
 # process_orchestrator.py write them; migrating: between a migration's intent and its end.
 ProcessStatus = Literal[
-    "in_progress", "completed", "failed", "compensating", "compensated", "cancelled", "migrating", "queued"
+    "in_progress",
+    "completed",
+    "failed",
+    "compensating",
+    "compensated",
+    "cancelled",
+    "migrating",
+    "queued",
+    "terminated",
 ]
 
 

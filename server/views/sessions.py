@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from server.views.fields import optional_key
 
-SessionStatus = Literal["active", "closed"]
+SessionStatus = Literal["active", "closed", "terminated"]
 
 
 class AreaInfo(BaseModel):

@@ -36,7 +36,7 @@ class SagaStatusOut(SagaRunView, IndexFields):
     index_status: SagaRunStatus
 
 
-SessionIndexStatus = Literal["in_progress", "completed", "closed"]
+SessionIndexStatus = Literal["in_progress", "completed", "closed", "terminated"]
 
 
 class SessionStatusOut(SessionProgressOut, IndexFields):
@@ -57,7 +57,7 @@ class LifecycleStatusOut(LifecycleJourneyView, IndexFields):
     """The status of a lifecycle journey."""
 
     pattern: Literal["lifecycle"]
-    index_status: Literal["in_progress", "pending", "active", "rollback", "completed", "cancelled"]
+    index_status: Literal["in_progress", "pending", "active", "rollback", "completed", "cancelled", "terminated"]
 
 
 class ProcessStatusOut(ProcessInstanceView, IndexFields):

@@ -11,9 +11,11 @@ from server.views.fields import optional_key
 
 # Where a run stands (step_journeys.Standing: a failed step's work, else the graph's own status); the
 # journey index keeps the same set.
-StructuredRunStatus = Literal["in_progress", "completed", "failed", "queued", "review"]
+StructuredRunStatus = Literal["in_progress", "completed", "failed", "queued", "review", "terminated"]
 # A saga also compensates (graphs/structured/builder.py, nodes/compensation.py); failed: a step or an undo failed.
-SagaRunStatus = Literal["in_progress", "completed", "failed", "compensating", "compensated", "queued", "review"]
+SagaRunStatus = Literal[
+    "in_progress", "completed", "failed", "compensating", "compensated", "queued", "review", "terminated"
+]
 
 
 class DesignedStep(BaseModel):
