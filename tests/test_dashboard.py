@@ -307,3 +307,29 @@ def test_the_completion_form_starts_from_the_response_schema_whatever_its_shape(
     typed = {"required": ["ok"], "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}, "x": True}}
     assert skeleton(typed) == '{"ok": false, "n": 0, "x": null}'
     assert skeleton(None) == skeleton(True) == skeleton({"properties": []}) == "{}"
+
+
+async def test_any_unfinished_journey_is_terminated_from_its_page_and_a_lifecycle_offers_cancel() -> None:
+    """A structured journey runs to its end, so it has no cancel; any journey that has not ended can be
+    terminated from its page (its reason logged), after which neither action is offered. An active lifecycle
+    journey offers cancel: its index status is its stage's ("active"), which the button was hidden for."""
+    async with serving("memory://") as served:
+        rt, http = served.runtime, served.http
+        lifecycle = await rt.lifecycle.start_journey("client-1", metrics=READY_TO_START)
+        page = (await http.get(f"/ui/journeys/{lifecycle['journey_id']}")).text
+        assert 'id="cancel"' in page and 'id="terminate"' in page
+
+        design = await rt.structured.design_journey("content_migration")
+        run = await rt.structured.execute_journey(design["journey_id"], "user-1")
+        path = f"/ui/journeys/{run['instance_id']}"
+        page = (await http.get(path)).text
+        assert 'id="cancel"' not in page and 'id="terminate"' in page
+        stopped = await http.post(f"{path}/terminate", data={"reason": "the client left"})
+        assert stopped.status_code == 303
+        assert (await rt.structured.run_status(run["instance_id"]))["status"] == "terminated"
+        assert (await rt.history(run["instance_id"]))[-1].payload == {"reason": "the client left"}
+        page = (await http.get(path)).text
+        assert 'id="cancel"' not in page and 'id="terminate"' not in page
+        again = await http.post(f"{path}/terminate")
+        assert again.status_code == 409 and "terminated" in again.text
+        assert (await http.post("/ui/journeys/nope/terminate")).status_code == 404

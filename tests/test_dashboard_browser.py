@@ -98,11 +98,15 @@ def seed(base: str) -> dict[str, Any]:
         return {"process": started.json()["instance_id"], "structured": run.json()["instance_id"]}
 
 
-def click_and_load(driver: WebDriver, element: WebElement) -> None:
+def click_and_load(driver: WebDriver, element: WebElement, *, confirm: bool = False) -> None:
     """Click a link or a form's button and wait for the page it leads to: a click returns before the
-    browser has the answer (a task's completion runs its process first), so the old page may still be up."""
+    browser has the answer (a task's completion runs its process first), so the old page may still be up.
+    ``confirm``: the form asks first (``data-confirm``), and the dialog is accepted."""
     driver.execute_script("window.leaving = true")  # gone once the next page is up (a new window object)
     element.click()
+    if confirm:
+        WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
+        driver.switch_to.alert.accept()
     # While the browser navigates, a script may be refused (chromedriver): polled again until the timeout.
     WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
         lambda d: d.execute_script("return window.leaving === undefined && document.readyState === 'complete'")
@@ -182,6 +186,16 @@ def test_the_dashboard_lists_filters_shows_and_completes_a_task_in_a_real_browse
         scheduled = browser.find_elements(By.CSS_SELECTOR, "#timers tr.timer.scheduled")
         assert [t.find_element(By.TAG_NAME, "td").text for t in scheduled] == ["cooling_off"]
         assert browser.find_elements(By.CSS_SELECTOR, "tr.task.open") == []
+
+        # Terminate it from its page, with a reason, once the browser has asked: its timer goes with it.
+        browser.find_element(By.CSS_SELECTOR, "form[action$='/terminate'] input[name=reason]").send_keys("withdrawn")
+        click_and_load(browser, browser.find_element(By.ID, "terminate"), confirm=True)
+        assert browser.current_url.endswith(f"/ui/journeys/{ids['process']}")
+        [last] = browser.find_elements(By.CSS_SELECTOR, "#timeline tr.event")[-1:]
+        assert last.get_attribute("data-type") == "journey.terminated"
+        assert "withdrawn" in (last.get_attribute("textContent") or "")  # in its payload, folded
+        assert browser.find_elements(By.CSS_SELECTOR, "#timers tr.timer.scheduled") == []
+        assert browser.find_elements(By.ID, "terminate") == browser.find_elements(By.ID, "cancel") == []
 
 
 MIGRATION = ["upload_content", "analyze_content", "transform_data", "validate_results"]

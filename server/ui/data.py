@@ -11,8 +11,10 @@ from typing import Any
 
 from checkpoints.index import Instance, InstanceFilter
 from checkpoints.ownership import Viewer
+from checkpoints.retention import FINISHED_STATUSES
 from graphs.errors import JourneyNotFoundError
 from graphs.kernel.forks import FORKED, FORKED_FROM
+from graphs.kernel.instances import FINAL_STATUSES
 from nodes.compensation import COMPLETED_STEP
 from server.auth import Principal
 from server.services import ServerServices
@@ -115,6 +117,7 @@ class JourneyPage:
     compensation: dict[str, Any]
     can_cancel: bool
     can_retry: bool
+    can_terminate: bool
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     fork_points: dict[int, str] = field(default_factory=dict)  # timeline seq → the step a fork there goes on after
     forked_from: dict[str, Any] | None = None  # the journey (and step) this one was forked from
@@ -192,7 +195,9 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
         timers=timers,
         tasks=tasks,
         compensation=compensation,
-        can_cancel=pattern in CANCELLABLE and status["index_status"] == "in_progress",
+        # Whatever a pattern calls its open statuses (a lifecycle journey's is its stage's: active, rollback).
+        can_cancel=pattern in CANCELLABLE and status["index_status"] not in FINISHED_STATUSES,
+        can_terminate=status["index_status"] not in FINAL_STATUSES,
         can_retry=pattern in RETRYABLE
         and bool(status.get("failed_step") or status.get("failed_element") or status.get("compensation_failure")),
         checkpoints=checkpoints,

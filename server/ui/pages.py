@@ -255,6 +255,17 @@ async def cancel(request: Request, instance_id: str, principal: Caller, svc: Ser
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
 
 
+@router.post("/journeys/{instance_id:path}/terminate", response_class=HTMLResponse)
+async def terminate(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
+    allow(principal, "journeys")
+    form = await _form(request)
+    reason = form.get("reason", "").strip() or f"terminated from the dashboard by {principal.name}"
+    await svc.instance(principal, instance_id, to_act=True)  # someone else's is not found
+    with svc.acting(principal):
+        await svc.runtime.terminate(instance_id, reason)
+    return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
+
+
 @router.post("/journeys/{instance_id:path}/retry", response_class=HTMLResponse)
 async def retry(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "journeys")
