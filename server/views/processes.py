@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from server.views.fields import optional_key
 
 # The instance index's status (the graph's own at start): graphs/process/builder.py and
-# process_orchestrator.py write them; migrating: between a migration's intent and its end.
+# process_orchestrator.py write them; migrating: between a migration's intent and its end; review: its
+# workflow tier holds it for a person's decision; terminated: ended for good where it stood.
 ProcessStatus = Literal[
     "in_progress",
     "completed",
@@ -20,6 +21,7 @@ ProcessStatus = Literal[
     "cancelled",
     "migrating",
     "queued",
+    "review",
     "terminated",
 ]
 

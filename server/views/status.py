@@ -36,7 +36,8 @@ class SagaStatusOut(SagaRunView, IndexFields):
     index_status: SagaRunStatus
 
 
-SessionIndexStatus = Literal["in_progress", "completed", "closed", "terminated"]
+# A session its tier judged when it closed may have failed or be held for review.
+SessionIndexStatus = Literal["in_progress", "completed", "closed", "failed", "review", "terminated"]
 
 
 class SessionStatusOut(SessionProgressOut, IndexFields):
@@ -57,7 +58,18 @@ class LifecycleStatusOut(LifecycleJourneyView, IndexFields):
     """The status of a lifecycle journey."""
 
     pattern: Literal["lifecycle"]
-    index_status: Literal["in_progress", "pending", "active", "rollback", "completed", "cancelled", "terminated"]
+    index_status: Literal[
+        "in_progress",
+        "pending",
+        "active",
+        "rollback",
+        "completed",
+        "cancelled",
+        "failed",
+        "review",
+        "queued",
+        "terminated",
+    ]
 
 
 class ProcessStatusOut(ProcessInstanceView, IndexFields):
