@@ -14,7 +14,7 @@ import httpx
 
 from checkpoints.clock import VirtualClock
 from graphs.guide import MVPGuideBackend
-from graphs.lifecycle.catalog import default_lifecycle_spec
+from graphs.lifecycle.catalog import READY_TO_START, default_lifecycle_spec
 from graphs.runtime import JourneyRuntime
 from graphs.session.mvp import mvp_spec
 from server.app import create_app
@@ -67,3 +67,17 @@ async def test_journeys_their_tier_failed_or_holds_for_review_show_their_status(
             journey_id = await journey_at(rt, clock, "completed", spec=spec, client_id=f"client-{on_breach}")
             view = await shown(http, journey_id)
             assert (view["index_status"], view["current_stage"]) == (expected, "completed")
+
+
+async def test_a_lifecycle_journey_queued_behind_its_concurrency_limit_shows_its_status(durable_url: str) -> None:
+    """Started in process on the server's database (a notebook beside the server), with a limit of one per
+    client: the second journey is queued, with no stage yet. Its status had no status at all (None), which
+    the view refused (500)."""
+    async with serving(durable_url) as (http, rt, _clock):
+        spec = {**default_lifecycle_spec().model_dump(), "concurrency": {"key": "$.client_id", "limit": 1}}
+        first = await rt.lifecycle.start_journey("client-1", spec=spec, metrics=READY_TO_START)
+        second = await rt.lifecycle.start_journey("client-1", spec=spec, metrics=READY_TO_START)
+        assert (first["status"], second["status"]) == ("active", "queued")
+        view = await shown(http, second["journey_id"])
+        assert (view["index_status"], view["status"], view["current_stage"]) == ("queued", "queued", None)
+        assert (await rt.lifecycle.get_journey_state(second["journey_id"]))["status"] == "queued"

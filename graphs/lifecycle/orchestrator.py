@@ -292,8 +292,7 @@ class LifecycleOrchestrator:
     @staticmethod
     def _queued_view(instance: Instance, spec: LifecycleSpec) -> dict[str, Any]:
         """A journey queued behind its spec's concurrency limit: no stage yet."""
-        values = {"journey_id": instance.instance_id, "client_id": instance.user_id, "status": QUEUED}
-        return {**journey_view(values, spec), "allowed_events": [], "validation": None}
+        return {**journey_view(_queued_values(instance), spec), "allowed_events": [], "validation": None}
 
     async def promote(
         self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
@@ -620,9 +619,13 @@ class LifecycleOrchestrator:
         async with self._engine.exclusive(journey_id):
             snapshot = await self._engine.settled_state(graph, journey_id)
             instance = await self._store.index.get_instance(journey_id)
-        view = journey_view(snapshot.values, spec)
-        if instance is not None and instance.status == TERMINATED:  # it stopped where it stood
-            view |= {"status": TERMINATED, "allowed_events": []}
+        values = snapshot.values
+        if instance is not None and instance.status == QUEUED:
+            values = _queued_values(instance)
+        view = journey_view(values, spec)
+        # Queued: registered behind its limit, no stage yet. Terminated: it stopped where it stood.
+        if instance is not None and instance.status in (QUEUED, TERMINATED):
+            view |= {"status": instance.status, "allowed_events": []}
         if spec.evaluation is not None:
             view["run_status"] = instance.status if instance is not None else None
             view["evaluation"] = await self._designs.instances.evaluation.verdict(journey_id)
@@ -847,6 +850,11 @@ class LifecycleOrchestrator:
                 allowed=[],
             )
         return await self._run(graph, journey_id, Command(resume=request), run_options)
+
+
+def _queued_values(instance: Instance) -> dict[str, Any]:
+    """The state a journey queued behind its spec's concurrency limit shows: who it is for, and no stage."""
+    return {"journey_id": instance.instance_id, "client_id": instance.user_id, "status": QUEUED}
 
 
 def _initial_state(

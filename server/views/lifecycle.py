@@ -11,7 +11,7 @@ from nodes.uow import UowStatus
 from server.views.fields import optional_key
 
 # graphs/lifecycle/machine.py: pending until its start passes its gate, then STATUS_OF its stage.
-LifecycleStatus = Literal["pending", "active", "rollback", "completed", "cancelled", "terminated"]
+LifecycleStatus = Literal["queued", "pending", "active", "rollback", "completed", "cancelled", "terminated"]
 
 
 class CheckOut(BaseModel):
