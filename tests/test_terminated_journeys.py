@@ -152,3 +152,26 @@ async def test_the_runtime_terminates_any_journey_and_says_why_it_cannot(store_u
         await rt.session.close_session(session_id)
         with pytest.raises(JourneyFinishedError, match="closed"):
             await rt.terminate(session_id, "late")
+
+
+async def test_terminating_frees_its_concurrency_slot_and_a_queued_one_is_terminated_out_of_the_queue(
+    store_url: str,
+) -> None:
+    async with JourneyRuntime.open(store_url) as rt:
+        spec = {
+            "journey_type": "review",
+            "steps": [{"step_id": "draft"}, {"step_id": "approve"}],
+            "concurrency": {"key": "$.tenant", "limit": 1, "on_limit": "queue"},
+        }
+        journey_id = (await rt.saga.design_saga_journey("review", spec=spec))["journey_id"]
+        first = (await rt.saga.execute_saga_journey(journey_id, "u1", {"tenant": "acme"}))["saga_id"]
+        second = (await rt.saga.execute_saga_journey(journey_id, "u2", {"tenant": "acme"}))["saga_id"]
+        third = (await rt.saga.execute_saga_journey(journey_id, "u3", {"tenant": "acme"}))["saga_id"]
+
+        assert (await rt.terminate(third, "not needed"))["status"] == "terminated"  # out of the queue
+        assert (await rt.terminate(first, "given up"))["status"] == "terminated"  # its slot frees
+
+        assert await rt.instances.dispatch_queued() == [second]
+        assert (await rt.saga.get_saga_status(second))["status"] == "in_progress"
+        assert (await rt.saga.get_saga_status(third))["status"] == "terminated"
+        assert await rt.instances.dispatch_queued() == []
