@@ -86,7 +86,22 @@ async def test_two_runtimes_advancing_one_step_lose_no_acknowledged_result(durab
     assert Counter(calls) == Counter(set(calls)), f"an agent ran twice under one idempotency key: {calls}"
 
 
-async def test_concurrent_promotes_promote_once_and_never_validate_the_next_stage(store_url: str) -> None:
+def noting(read: Any, seen: list[Any], both: asyncio.Event) -> Any:
+    """``read`` (a lifecycle's ``_stage_now``), noting each stage it reads; ``both`` is set at the second."""
+
+    async def stage_now(graph: Any, journey_id: str) -> Any:
+        stage = await read(graph, journey_id)
+        seen.append(stage)
+        if len(seen) == 2:
+            both.set()
+        return stage
+
+    return stage_now
+
+
+async def test_concurrent_promotes_promote_once_and_never_validate_the_next_stage(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with lifecycle_runtime(store_url) as (runtime, clock), lifecycle_runtime(store_url) as (other, _):
         # On a durable store the second promotion comes from a second runtime on the same database.
         second = runtime if store_url == "memory://" else other
@@ -95,10 +110,21 @@ async def test_concurrent_promotes_promote_once_and_never_validate_the_next_stag
         await lc.run_unit_of_work(journey_id, "test_dataset_provisioning")
         await lc.run_unit_of_work(journey_id, "search_quality_validation")
         await lc.record_metrics(journey_id, {**SANDBOX_EXIT, **PILOT_ENTRY})
+        # Both are asked while the journey is in the sandbox: the journey's lock is held here until each has
+        # read the stage it was asked in, so they race for the lock, not for that read (on a loaded machine,
+        # one could otherwise be asked only once the other had promoted, and rightly go on from the pilot).
+        seen: list[Any] = []
+        both_read = asyncio.Event()
+        for orchestrator in {id(o): o for o in (lc, second.lifecycle)}.values():
+            monkeypatch.setattr(orchestrator, "_stage_now", noting(orchestrator._stage_now, seen, both_read))
 
-        answers = await asyncio.gather(
-            lc.promote(journey_id), second.lifecycle.promote(journey_id), return_exceptions=True
-        )
+        async with runtime.engine.exclusive(journey_id):
+            promotes = asyncio.gather(
+                lc.promote(journey_id), second.lifecycle.promote(journey_id), return_exceptions=True
+            )
+            await asyncio.wait_for(both_read.wait(), 30)
+        answers = await promotes
+        assert seen == ["sandbox", "sandbox"]
 
         promoted = [a for a in answers if isinstance(a, ValidationResult)]
         refused = [a for a in answers if not isinstance(a, ValidationResult)]
