@@ -24,7 +24,7 @@ from checkpoints.ownership import Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
-from graphs.kernel.engine import refuse_terminated
+from graphs.kernel.engine import TERMINATED, refuse_terminated
 from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 from nodes.telemetry import circuit_states, exposition
@@ -137,6 +137,12 @@ class ServerServices:
         if to_act:
             refuse_terminated(found)
         return found
+
+    async def terminated(self, instance_id: str) -> bool:
+        """Whether the journey was terminated: its checkpoint may still hold the interrupts it stopped at,
+        which nothing will answer."""
+        instance = await self.runtime.store.index.get_instance(instance_id)
+        return instance is not None and instance.status == TERMINATED
 
     def check_inbox(self, caller: Principal, assignee: str | None, group: str | None) -> None:
         """An inbox is listed by its user (or one who may impersonate) or a member of its group."""

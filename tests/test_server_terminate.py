@@ -98,6 +98,11 @@ async def test_a_waiting_journey_of_every_pattern_is_terminated_and_runs_no_more
         with pytest.raises(Exception, match="JourneyFinishedError"):  # the run ends in that error
             await ana.runs.wait(thread_id, assistant_id, command={"resume": RESUMES[assistant_id]})
         assert await ana.http.get(f"/journeys/{instance_id}/history") == history, where
+        # Its thread stays readable, and is no longer busy or interrupted: nothing of it waits any more.
+        thread = await ana.threads.get(thread_id)
+        assert thread["status"] in ("idle", "error"), (where, thread)
+        assert (await ana.threads.get_state(thread_id))["checkpoint"]["thread_id"] == thread_id
+        assert thread_id in {t["thread_id"] for t in await ana.threads.search(limit=100)}
         if assistant_id == "process":
             assert await ana.http.get("/tasks", params={"instance_id": instance_id}) == []
 

@@ -69,7 +69,10 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
             if task.interrupts:
                 interrupts[task.id] = [{"value": jsonable(i.value), "id": i.id} for i in task.interrupts]
         if interrupts_of(snapshot):
-            status = "interrupted"
+            if await svc.terminated(thread.instance_id):  # nothing waits for an answer any more
+                interrupts = {}
+            else:
+                status = "interrupted"
         if any(t.error for t in snapshot.tasks):
             status = "error"
     if await svc.runs.active_count(thread.thread_id):
