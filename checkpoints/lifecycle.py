@@ -128,6 +128,13 @@ def rollback_started(**values: Any) -> Executable:
     return insert(lifecycle_rollback_history).values(**values)
 
 
+def rollbacks_given_up(journey_id: str, at: datetime) -> Executable:
+    """The journey's rollbacks that had not ended, cancelled (the journey was terminated while one waited)."""
+    table = lifecycle_rollback_history
+    open_ones = table.c.status.not_in(("completed", "cancelled"))
+    return update(table).where(table.c.journey_id == journey_id, open_ones).values(status="cancelled", completed_at=at)
+
+
 def rollback_changed(rollback_id: str, **values: Any) -> Executable:
     """A rollback's history row as it validates, fails, completes or is cancelled."""
     table = lifecycle_rollback_history

@@ -16,7 +16,7 @@ import pytest
 
 from graphs import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, JourneyRuntime
 from graphs.lifecycle.catalog import READY_TO_START
-from tests.lifecycle_support import SANDBOX_EXIT, lifecycle_runtime
+from tests.lifecycle_support import SANDBOX_EXIT, journey_at, lifecycle_runtime
 
 AREAS: list[dict[str, Any]] = [
     {"area_id": "content", "area_name": "Content", "completion": {"files_uploaded": True}},
@@ -175,3 +175,18 @@ async def test_terminating_frees_its_concurrency_slot_and_a_queued_one_is_termin
         assert (await rt.saga.get_saga_status(second))["status"] == "in_progress"
         assert (await rt.saga.get_saga_status(third))["status"] == "terminated"
         assert await rt.instances.dispatch_queued() == []
+
+
+async def test_a_lifecycle_terminated_in_rollback_gives_its_open_rollback_up(store_url: str) -> None:
+    async with lifecycle_runtime(store_url) as (rt, clock):
+        journey_id = await journey_at(rt, clock, "rollback_from_pilot")
+        await rt.lifecycle.initiate_rollback(journey_id, "hold for a decision")
+        [open_rollback] = await rt.lifecycle.rollback_history(journey_id)
+        assert open_rollback["status"] not in ("completed", "cancelled")
+
+        await rt.terminate(journey_id, "the client left")
+
+        [given_up] = await rt.lifecycle.rollback_history(journey_id)
+        assert (given_up["rollback_id"], given_up["status"]) == (open_rollback["rollback_id"], "cancelled")
+        assert given_up["completed_at"] is not None
+        assert (await rt.lifecycle.dashboard())["active_journeys_by_stage"]["rollback"] == 0

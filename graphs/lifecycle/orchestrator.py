@@ -19,12 +19,13 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
+from sqlalchemy.sql import Executable
 
 from agents.protocol import Agent
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from checkpoints.lifecycle import LifecycleStore, journey_moved, metric_rows
+from checkpoints.lifecycle import LifecycleStore, journey_moved, metric_rows, rollbacks_given_up
 from checkpoints.ownership import Viewer
 from graphs.errors import (
     EntryCriteriaNotMetError,
@@ -109,7 +110,7 @@ class LifecycleOrchestrator:
                 self._instance_graph,
                 self._start_input,
                 expire=self._expire,
-                terminated=lambda journey_id: [journey_moved(journey_id, status=TERMINATED)],
+                terminated=self._terminated,
             )
         )
 
@@ -739,6 +740,10 @@ class LifecycleOrchestrator:
             request = {"event": TransitionEvent.CANCEL_JOURNEY.value, "metadata": {"cancel_reason": "deadline"}}
             await self._run(graph, journey_id, Command(resume=request), DEFAULT_RUN)
         await self._store.events.append(journey_id, [failure(PATTERN, "deadline", DEADLINE_FAILURE)], status="failed")
+
+    def _terminated(self, journey_id: str) -> list[Executable]:
+        """Its own rows, ended with it: its state row, and a rollback it waited in."""
+        return [journey_moved(journey_id, status=TERMINATED), rollbacks_given_up(journey_id, self._store.clock.now())]
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return self._graph(await self._spec(instance.journey_id))
