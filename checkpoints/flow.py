@@ -19,8 +19,11 @@ from checkpoints.clock import Clock
 from checkpoints.schema.flow_tables import journey_concurrency_slots, journey_queued_starts, journey_start_keys
 from checkpoints.schema.tables import journey_instances
 
+# An instance ended for good where it stood (``Instances.terminate``), and the event that says so.
+TERMINATED = "terminated"
+TERMINATED_EVENT = "journey.terminated"
 # An instance in one of these statuses has ended: it no longer holds its concurrency slot.
-ENDED_STATUSES = ("completed", "compensated", "cancelled", "failed", "terminated")
+ENDED_STATUSES = ("completed", "compensated", "cancelled", "failed", TERMINATED)
 
 _keys, _slots, _queued, _instances = (
     journey_start_keys.c,

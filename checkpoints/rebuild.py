@@ -29,7 +29,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row, is_first
-from checkpoints.flow import ENDED_STATUSES
+from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT
 from checkpoints.lifecycle import next_position, run_totals, task_row
 from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import (
@@ -192,6 +192,10 @@ def lifecycle_rows(journey_id: str, events: list[Event]) -> dict[str, list[dict[
             ]
         elif event.type.startswith("uow."):
             runs.apply(event)
+        elif event.type == TERMINATED_EVENT:  # ended for good where it stood: a rollback it waited in too
+            at = _moment(data["at"]) if "at" in data else event.created_at
+            position = {**position, "status": TERMINATED}
+            rollbacks.given_up(at)
     if started_at is not None:  # a journey whose start was refused has no state row yet
         identity = {"client_id": created["client_id"], "design_id": created["design_id"], "started_at": started_at}
         rows["lifecycle_journey_states"].append({"journey_id": journey_id, **identity, **position})
@@ -292,8 +296,16 @@ class _Rollbacks:
                 "validated_at": None,
                 "completed_at": None,
             }
-        elif event in ("complete_rollback", "cancel_journey") and self.open is not None:
-            self.open |= {"status": "completed" if event == "complete_rollback" else "cancelled", "completed_at": at}
+        elif event == "complete_rollback" and self.open is not None:
+            self.open |= {"status": "completed", "completed_at": at}
+            self.open = None
+        elif event == "cancel_journey":
+            self.given_up(at)
+
+    def given_up(self, at: datetime) -> None:
+        """The journey was cancelled or terminated: the rollback it waited in, if any, is cancelled then."""
+        if self.open is not None:
+            self.open |= {"status": "cancelled", "completed_at": at}
             self.open = None
 
     def validated(self, data: dict[str, Any]) -> None:

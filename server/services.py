@@ -19,12 +19,13 @@ from checkpoints.assistants import AssistantRow, AssistantStore
 from checkpoints.errors import SystemAssistantError
 from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
+from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.ownership import Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
-from graphs.kernel.engine import TERMINATED, refuse_terminated
+from graphs.kernel.engine import refuse_terminated
 from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 from nodes.telemetry import circuit_states, exposition

@@ -327,7 +327,7 @@ async def test_any_unfinished_journey_is_terminated_from_its_page_and_a_lifecycl
         stopped = await http.post(f"{path}/terminate", data={"reason": "the client left"})
         assert stopped.status_code == 303
         assert (await rt.structured.run_status(run["instance_id"]))["status"] == "terminated"
-        assert (await rt.history(run["instance_id"]))[-1].payload == {"reason": "the client left"}
+        assert (await rt.history(run["instance_id"]))[-1].payload["reason"] == "the client left"
         page = (await http.get(path)).text
         assert 'id="cancel"' not in page and 'id="terminate"' not in page
         again = await http.post(f"{path}/terminate")

@@ -203,3 +203,39 @@ async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log
         tables = {name.split(":")[0] for name in rebuilt[1].corrected}
         assert tables == {"lifecycle_units_of_work", "lifecycle_rollback_history"}
         assert (await rebuild_views(backend, rt.store.events))[1].corrected == []
+
+
+async def test_a_terminated_lifecycle_journeys_rows_are_rebuilt_as_terminated(store_url: str) -> None:
+    """Terminated in its sandbox, or while it waited in a rollback: its state row says terminated and the
+    rollback is given up, live and as rebuilt from ``journey.terminated``, so a rebuild corrects nothing, and
+    rows that lost it are put back."""
+    async with lifecycle_runtime(store_url) as (rt, clock):
+        lc = rt.lifecycle
+        sandbox = (await lc.start_journey("client-a", metrics=READY_TO_START))["journey_id"]
+        waiting = (await lc.start_journey("client-b", metrics=READY_TO_START))["journey_id"]
+        await to_pilot(lc, waiting)
+        await lc.initiate_rollback(waiting, "hold for a decision")
+        clock.advance(DAY)
+        for journey_id in (sandbox, waiting):
+            await rt.terminate(journey_id, "the client left")
+        live = {j: await lifecycle_views(rt.store.backend, j) for j in (sandbox, waiting)}
+        assert [r["status"] for j in (sandbox, waiting) for r in live[j]["lifecycle_journey_states"]] == [
+            "terminated",
+            "terminated",
+        ]
+        assert [r["status"] for r in live[waiting]["lifecycle_rollback_history"]] == ["cancelled"]
+        assert (await rebuild_views(rt.store.backend, rt.store.events))[1].corrected == []
+
+        backend = rt.store.backend
+        await backend.write([update(lifecycle_journey_states).values(status="active")], {})
+        await backend.write([update(lifecycle_rollback_history).values(status="validated", completed_at=None)], {})
+        rebuilt = await rebuild_views(backend, rt.store.events)
+
+        assert {j: await lifecycle_views(backend, j) for j in (sandbox, waiting)} == live
+        assert sorted(rebuilt[1].corrected) == sorted(
+            [
+                f"lifecycle_journey_states:{sandbox}",
+                f"lifecycle_journey_states:{waiting}",
+                f"lifecycle_rollback_history:{waiting}",
+            ]
+        )

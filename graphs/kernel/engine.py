@@ -16,6 +16,7 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
+from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
@@ -26,7 +27,6 @@ from nodes.services import REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
 
 GraphFactory = Callable[[], StateGraph[Any]]
-TERMINATED = "terminated"  # an instance ended for good where it stood (``Instances.terminate``)
 # What a run ended with: its output (values, with ``__interrupt__`` when it stopped at one) or, for a
 # streamed run, the thread's state.
 Outcome = dict[str, Any] | StateSnapshot

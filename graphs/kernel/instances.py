@@ -31,7 +31,7 @@ from sqlalchemy.sql import Executable
 
 from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, InvalidInputError, JourneyError
 from checkpoints.events import Event, NewEvent
-from checkpoints.flow import ENDED_STATUSES, FlowControl
+from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT, FlowControl
 from checkpoints.index import Instance
 from checkpoints.process.timers import TimerStore
 from checkpoints.process.waits import cancel_pending
@@ -40,7 +40,6 @@ from checkpoints.values import check_value
 from graphs.errors import DeadlineExceededError, JourneyNotFoundError
 from graphs.kernel.engine import (
     DEFAULT_RUN,
-    TERMINATED,
     JourneyEngine,
     Outcome,
     RunOptions,
@@ -101,9 +100,10 @@ class Recoverable:
     expire: Callable[[Instance, Graph, str, NewEvent], Awaitable[None]] | None = None
     # How its instances are forked at a step (:mod:`graphs.kernel.forks`); None: they cannot be.
     fork: Forkable | None = None
-    # Statements the pattern adds to a termination's transaction: its own rows that say where an instance
-    # stands (a lifecycle's state row), so that they say it ended with it.
-    terminated: Callable[[str], Sequence[Executable]] | None = None
+    # Statements the pattern adds to a termination's transaction (the instance, and the moment its event
+    # records): its own rows that say where an instance stands (a lifecycle's state row), so that they say it
+    # ended with it, as a rebuild from that event says too.
+    terminated: Callable[[str, datetime], Sequence[Executable]] | None = None
 
 
 class Instances:
@@ -376,9 +376,11 @@ class Instances:
                 if then:
                     await self.events.append(instance_id, then)
                 return False
-            terminated = NewEvent("journey.terminated", {"reason": reason}, None, f"{instance_id}:terminated")
+            at = self.engine.store.clock.now()
+            payload = {"reason": reason, "at": at.isoformat()}
+            terminated = NewEvent(TERMINATED_EVENT, payload, None, f"{instance_id}:{TERMINATED}")
             kind = self._kinds.get(instance.pattern)
-            own = kind.terminated(instance_id) if kind is not None and kind.terminated is not None else ()
+            own = kind.terminated(instance_id, at) if kind is not None and kind.terminated is not None else ()
             also = [*cancel_pending(instance_id), self.flow.unqueue(instance_id), *own]
             await self.events.append(instance_id, [terminated, *then], status=TERMINATED, also=also)
             return True

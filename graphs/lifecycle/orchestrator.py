@@ -24,6 +24,7 @@ from sqlalchemy.sql import Executable
 from agents.protocol import Agent
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event, NewEvent
+from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.lifecycle import LifecycleStore, journey_moved, metric_rows, rollbacks_given_up
 from checkpoints.ownership import Viewer
@@ -43,7 +44,7 @@ from graphs.errors import (
     UnknownUnitOfWorkError,
 )
 from graphs.kernel.designs import DesignBook, PatternName, new_id, parse_spec
-from graphs.kernel.engine import DEFAULT_RUN, TERMINATED, RunOptions, refuse_terminated
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, refuse_terminated
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable
 from graphs.lifecycle.catalog import default_lifecycle_spec
@@ -741,9 +742,10 @@ class LifecycleOrchestrator:
             await self._run(graph, journey_id, Command(resume=request), DEFAULT_RUN)
         await self._store.events.append(journey_id, [failure(PATTERN, "deadline", DEADLINE_FAILURE)], status="failed")
 
-    def _terminated(self, journey_id: str) -> list[Executable]:
+    @staticmethod
+    def _terminated(journey_id: str, at: datetime) -> list[Executable]:
         """Its own rows, ended with it: its state row, and a rollback it waited in."""
-        return [journey_moved(journey_id, status=TERMINATED), rollbacks_given_up(journey_id, self._store.clock.now())]
+        return [journey_moved(journey_id, status=TERMINATED), rollbacks_given_up(journey_id, at)]
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return self._graph(await self._spec(instance.journey_id))

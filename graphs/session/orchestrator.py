@@ -17,6 +17,7 @@ from langgraph.types import Command, StateSnapshot
 
 from agents.policy import SessionAction, SessionActionKind
 from checkpoints.events import Event, NewEvent
+from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.ownership import current_owner
 from checkpoints.values import check_value
@@ -28,7 +29,7 @@ from graphs.errors import (
     UnknownAreaError,
 )
 from graphs.kernel.designs import DesignBook, PatternName, parse_spec
-from graphs.kernel.engine import DEFAULT_RUN, TERMINATED, Outcome, RunOptions
+from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
 from graphs.kernel.flow import ExistingStart, StartControls
 from graphs.kernel.instances import Recoverable
 from graphs.session.builder import SessionSpec, SessionState, initial_session_state, session_progress

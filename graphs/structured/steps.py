@@ -18,6 +18,7 @@ from langgraph.types import Command, StateSnapshot
 
 from checkpoints.errors import CheckpointsDeletedError, JourneyError
 from checkpoints.events import Event, NewEvent
+from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from graphs.errors import (
     EvaluatorError,
@@ -35,7 +36,6 @@ from graphs.errors import (
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import (
     DEFAULT_RUN,
-    TERMINATED,
     RunOptions,
     failed_task,
     resume_pending,
