@@ -218,6 +218,8 @@ class _WritesBehind:
         """Wait until every write started before this call (but the caller's own) is durable. A write that
         failed is made once more, now (appends are keyed: one that did land is not made twice); should that
         fail too, its error is raised here and to every later caller."""
+        if not self._pending:
+            return
         me = asyncio.current_task()
         for write in list(self._pending):
             if write.task is me:

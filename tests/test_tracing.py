@@ -4,13 +4,16 @@ trace, whether a person resumes it days later or another process (a worker) runs
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from checkpoints import VirtualClock
 from graphs import JourneyRuntime
+from nodes import telemetry
 from nodes.telemetry import journey_context, trace_id_of
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
@@ -91,3 +94,46 @@ async def test_a_run_handed_to_another_process_joins_the_journeys_trace(
     assert handed.attributes["journey.run_id"] == run.run_id  # type: ignore[index]
     [call] = [s for s in found if s.name == "agent.call"]
     assert {s.context.span_id: s for s in found}[parent_of(call)].attributes["journey.node"] == "upload_content"  # type: ignore[index]
+
+
+class RecordingTracer:
+    """The module's tracer, with the name of every span started through it recorded."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+        self.started: list[str] = []
+
+    def start_span(self, name: str, *args: Any, **kwargs: Any) -> trace.Span:
+        self.started.append(name)
+        return self.tracer.start_span(name, *args, **kwargs)
+
+    def start_as_current_span(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.started.append(name)
+        return self.tracer.start_as_current_span(name, *args, **kwargs)
+
+
+async def test_without_a_tracer_provider_nodes_and_calls_start_no_span_and_are_still_measured(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no provider set (tracing not configured), a run starts its own span alone (its trace id is in
+    the log lines), no span per node or agent call, while both histograms still time every step."""
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    recording = RecordingTracer(telemetry._tracer)
+    monkeypatch.setattr(telemetry, "_tracer", recording)
+
+    def count(name: str, **labels: str) -> float:
+        return telemetry.METRICS.get_sample_value(name, labels) or 0.0
+
+    steps_before = count("journeys_step_duration_seconds_count", pattern="structured", node="upload_content")
+    calls_before = count("journeys_agent_call_duration_seconds_count", intent="upload_content", outcome="ok")
+    async with JourneyRuntime.open(store_url) as runtime:
+        journey = await runtime.structured.design_journey("content_migration", {})
+        await runtime.structured.execute_journey(journey["journey_id"], "ana", {})
+        await runtime.structured.advance_journey_step(journey["journey_id"], "ana", {"files": 2})
+    assert recording.started == ["journey.run", "journey.run"]
+    assert count("journeys_step_duration_seconds_count", pattern="structured", node="upload_content") == (
+        steps_before + 1
+    )
+    assert count("journeys_agent_call_duration_seconds_count", intent="upload_content", outcome="ok") == (
+        calls_before + 1
+    )
