@@ -257,7 +257,9 @@ def make_wait_node(
             await services.node.events.append(
                 instance_id, [completed_event(plan.element, wait_id, resolution, changes)]
             )
-        update: dict[str, Any] = {"variables": cells}
+        # No variable changed (a timer's, say): no write, which would give the variables a new version, and
+        # the checkpoint a copy of them, for nothing.
+        update: dict[str, Any] = {"variables": cells} if cells else {}
         if wait_id in (state.get("early") or {}):
             update["early"] = {wait_id: None}  # consumed: drop it from the state
         return Command(goto=target, update=update)

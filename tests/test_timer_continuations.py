@@ -104,3 +104,30 @@ async def test_a_worker_that_did_not_start_the_instances_reads_no_instance_row_p
     async with runtime(durable_url, clock) as worker:
         assert await fire_counting_single_reads(worker, clock, monkeypatch) == []
         assert [(await worker.processes.status(i))["status"] for i in ids] == ["completed"] * 3
+
+
+async def variables_version(rt: JourneyRuntime, instance_id: str) -> object:
+    """The version LangGraph gave the thread's ``variables`` channel at its latest checkpoint."""
+    saved = await rt.store.saver.aget_tuple({"configurable": {"thread_id": instance_id}})
+    assert saved is not None
+    return saved.checkpoint["channel_versions"]["variables"]
+
+
+async def test_a_timer_continuation_leaves_the_variables_as_they_were_without_writing_them_again(
+    store_url: str,
+) -> None:
+    """A timer assigns no variable: its continuation gives them no new version, so its checkpoint holds no
+    new copy of them (a copy per continuation, serialised and written, of a process's whole variables)."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(NAP)
+        instance_id = (await rt.processes.start("wake_up", "cust-1", {"plan": "gold"}))["instance_id"]
+        parked = await variables_version(rt, instance_id)
+
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
+
+        status = await rt.processes.status(instance_id)
+        assert (status["status"], status["variables"]["plan"]) == ("completed", "gold")
+        assert await variables_version(rt, instance_id) == parked

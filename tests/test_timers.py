@@ -331,3 +331,43 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
             assert fired == {first: "fired", ({"a_first", "b_second"} - {first}).pop(): "cancelled"}
         if rt.store.engine.dialect.name == "postgresql":
             assert sum(resolving) == 2  # the batch's resolutions, then marking the consumed ones done
+
+
+async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(store_url: str) -> None:
+    """Continuations run in waves (``fire_due_timers``), but one that outlasts its wave (its agent answers
+    only once the others are through) keeps only its own slot: the next wave goes on without it."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        others_completed = asyncio.Event()
+        completed: list[str] = []
+
+        async def count(instance_id: str, status: str) -> None:
+            if status == "completed":
+                completed.append(instance_id)
+                if len(completed) == 2:
+                    others_completed.set()
+
+        rt.store.events.on_status(count)
+
+        async def look_up(request: Any) -> dict[str, Any]:
+            if request.payload.get("variables", {}).get("held"):
+                async with asyncio.timeout(30):  # only a guard: never reached unless the others wait for this one
+                    await others_completed.wait()
+            return {}
+
+        rt.agents.register("crm.look_up", look_up, replace=True)
+        await rt.processes.deploy(
+            linear(
+                "follow_up",
+                {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
+                {"type": "service_task", "id": "look_up", "agent": "crm.look_up", "input_variables": ["held"]},
+            )
+        )
+        held = (await rt.processes.start("follow_up", "held", {"held": True}))["instance_id"]
+        clock.advance(timedelta(minutes=1))  # the held one's timer is due first: it is in the first wave
+        others = [(await rt.processes.start("follow_up", key, {"held": False}))["instance_id"] for key in "ab"]
+
+        clock.advance(timedelta(hours=2))
+        report = await fire_due_timers(rt.processes, concurrency=2)
+        assert (report.fired, report.resumed, report.failed) == (3, 3, 0)
+        assert sorted(completed[:2]) == sorted(others) and completed[2:] == [held]

@@ -8,19 +8,18 @@ never claimed before its due time. A claim is a lease: a worker that dies mid-fi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, String, Text, and_, bindparam, cast, func, or_, select, update
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import ColumnElement, Executable, String, and_, bindparam, column, func, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.events import EventLog
-from checkpoints.process.waits import cancel_siblings, completed_event
+from checkpoints.process.waits import among, cancel_siblings, completed_event
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import process_timers, process_waits
 from checkpoints.seq_race import again_if_lost
@@ -196,7 +195,8 @@ class TimerStore:
         t = process_timers.c
         async with self._engine.begin() as conn:
             await conn.execute(*self._resolve_waits(params, now))
-            rows = (await conn.execute(select(w.wait_id, w.element, w.resolution).where(w.wait_id.in_(wait_ids)))).all()
+            claimed_waits = among(w.wait_id, wait_ids, postgres=self._postgres)
+            rows = (await conn.execute(select(w.wait_id, w.element, w.resolution).where(claimed_waits))).all()
             winner_of = {r.wait_id: (r.resolution or {}).get("timer_id") for r in rows}
             element_of = {r.wait_id: r.element for r in rows}
             won = [timer for timer in claimed if winner_of.get(timer.wait_id) == timer.timer_id]
@@ -206,15 +206,16 @@ class TimerStore:
             if won_ids:
                 await conn.execute(
                     update(process_timers)
-                    .where(t.timer_id.in_(won_ids), *mine)
+                    .where(among(t.timer_id, won_ids, postgres=self._postgres), *mine)
                     .values(status="fired", fired_at=now, ticks=t.ticks + 1, claimed_by=None)
                 )
-                for statement in cancel_siblings([str(x.wait_id) for x in won], keep_timers=won_ids):
+                siblings = cancel_siblings([str(x.wait_id) for x in won], postgres=self._postgres, keep_timers=won_ids)
+                for statement in siblings:
                     await conn.execute(statement)
             if lost:
                 await conn.execute(
                     update(process_timers)
-                    .where(t.timer_id.in_(lost), *mine)
+                    .where(among(t.timer_id, lost, postgres=self._postgres), *mine)
                     .values(status="cancelled", claimed_by=None)
                 )
             # Each winner's own resolution (the one its wait now holds), not that of another timer of the
@@ -235,7 +236,7 @@ class TimerStore:
         """Resolve each still-waiting wait of ``params`` with its resolution; when a batch holds two timers
         of one wait, the first (claim order) resolves it, as if they had been applied one after another.
 
-        PostgreSQL: one statement for the whole batch (``UPDATE … FROM unnest(ids, resolutions)``), not one
+        PostgreSQL: one statement for the whole batch (``UPDATE … FROM jsonb_to_recordset(batch)``), not one
         per timer; SQLite: one statement per timer, sent with ``executemany`` in-process.
         """
         w = process_waits.c
@@ -249,19 +250,20 @@ class TimerStore:
         first: dict[str, dict[str, Any]] = {}
         for p in params:
             first.setdefault(str(p["w_id"]), p["w_resolution"])
-        # Two array parameters, whatever the batch's size: the statement's text is the same for every
-        # batch (SQLAlchemy compiles it once), and the server parses one statement.
+        # One JSON parameter, whatever the batch's size: the statement's text is the same for every batch
+        # (SQLAlchemy compiles it once), the server parses one statement, and the driver encodes one document
+        # (an array of JSON texts would have every quote in them escaped one by one).
         fired = (
-            func.unnest(bindparam("w_ids", type_=ARRAY(String)), bindparam("w_resolutions", type_=ARRAY(Text)))
-            .table_valued("wait_id", "resolution")
-            .render_derived(name="fired")
+            func.jsonb_to_recordset(bindparam("w_fired", type_=JSONB))
+            .table_valued(column("wait_id", String), column("resolution", JSONB))
+            .render_derived(name="fired", with_types=True)
         )
         resolve = (
             update(process_waits)
             .where(w.wait_id == fired.c.wait_id, w.status == "waiting")
-            .values(status="resolved", resolution=cast(fired.c.resolution, JSONB), resolved_at=now)
+            .values(status="resolved", resolution=fired.c.resolution, resolved_at=now)
         )
-        return (resolve, {"w_ids": list(first), "w_resolutions": [json.dumps(r) for r in first.values()]})
+        return (resolve, {"w_fired": [{"wait_id": i, "resolution": r} for i, r in first.items()]})
 
     async def next_due(self) -> datetime | None:
         t = process_timers.c
