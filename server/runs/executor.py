@@ -228,9 +228,12 @@ def graph_call(run: RunRow) -> GraphCall:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Taken:
     """A run its queue took for an executor: claimed in the statement that took its job ``job_id``
-    (``claimed`` as :meth:`~checkpoints.runs.RunStore.claim` answers it; None: the run had ended), and
-    ended with the run's final status, after which ``ended`` is told the job's id (its queue then does not
-    end it again)."""
+    (``claimed`` as :meth:`~checkpoints.runs.RunStore.claim` answers it), and ended with the run's final
+    status, after which ``ended`` is told the job's id (its queue then does not end it again).
+
+    ``claimed`` None: the statement claimed nothing, because the run had ended, or because the run committed
+    after that statement's snapshot was taken while procrastinate's fetch (a function, with a snapshot of its
+    own) already saw its job. The executor then claims the run on its own, which tells the two apart."""
 
     job_id: int
     claimed: tuple[RunRow, str | None] | None
@@ -259,7 +262,8 @@ class RunExecutor:
         if not due and (pending := await self.runs.get_run(run_id)) is not None:
             await self.when_due(pending)
         try:
-            claimed = taken.claimed if taken is not None else await self.runs.claim(run_id)
+            # Not claimed with its job: claimed now (see Taken), else a run committed late would be dropped.
+            claimed = (taken.claimed if taken is not None else None) or await self.runs.claim(run_id)
             return None if claimed is None else await self._execute_claimed(*claimed, taken)
         except asyncio.CancelledError:
             # Wherever the cancel lands from the claim (which may have landed) to the end: the run ends
