@@ -18,9 +18,22 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Executable, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Select,
+    Table,
+    TextualSelect,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from checkpoints.backends.base import Backend, Row
@@ -143,6 +156,18 @@ class Enqueue:
     params: Callable[[RunRow], dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class QueueJobs:
+    """How a worker's run store takes runs with their queue's jobs, one commit each where two were:
+    ``fetch`` (a query answering the next job as one row, bound by its caller) claims the run of a ``task``
+    job in its statement, and ``end`` (a column bound from ``p_job_id``) ends a run's job in the statement
+    that finishes the run."""
+
+    fetch: TextualSelect
+    task: str
+    end: ColumnElement[Any]
+
+
 _runs, _threads, _chunks = server_runs.c, server_threads.c, server_run_events.c
 
 
@@ -160,14 +185,14 @@ def _row_params(row: ThreadRow | RunRow) -> dict[str, Any]:
     return {f"p_{name}": getattr(row, name) for name in type(row).__slots__}
 
 
-def _claim_statement() -> ReturningUpdate[Any]:
-    """Mark a run ``running`` (if it is active) and answer it with the instance its thread is bound to.
+def _claim_statement(run_id: ColumnElement[Any]) -> ReturningUpdate[Any]:
+    """Mark the run ``run_id`` ``running`` (if it is active) and answer it with the instance its thread is
+    bound to.
 
     The thread is found through the run's id, not by correlating with the updated row: SQLite renders
     RETURNING columns without their table, subqueries included, so ``threads.thread_id =
     runs.thread_id`` became ``thread_id = thread_id`` (always true) and every run got the first thread's
     journey. Each reference here resolves to its own FROM, qualified or not."""
-    run_id = bindparam("claimed_run", type_=_runs.run_id.type)
     thread_of_run = select(_runs.thread_id).where(_runs.run_id == run_id).correlate(None).scalar_subquery()
     bound = (
         select(_threads.instance_id)
@@ -197,7 +222,21 @@ def _insert_run_with_job(defer: Executable) -> Executable:
     )
 
 
-CLAIM = _claim_statement()
+_FETCHED = "fetched_"  # the prefix of a fetched job's columns beside its claimed run's
+
+
+def _claim_with_fetch(fetch: TextualSelect, task: str) -> Select[Any]:
+    """``fetch`` (a queue's next job, one row) with the claim of its run when the job is ``task``'s: one
+    statement. The job's columns are named ``fetched_<column>``; the claimed run's as :data:`CLAIM` answers
+    them (NULL when the job is another task's, or its run has ended)."""
+    job = fetch.cte("job")
+    run_of_job = select(job.c.args["run_id"].astext).where(job.c.task_name == task).scalar_subquery()
+    claimed = _claim_statement(run_of_job).cte("claimed")
+    jobs = [column.label(f"{_FETCHED}{column.name}") for column in job.c]
+    return select(*jobs, *claimed.c).select_from(job.outerjoin(claimed, true()))
+
+
+CLAIM = _claim_statement(bindparam("claimed_run", type_=_runs.run_id.type))
 # A new thread inserted by its first run's statement: bound from ``t_<column>`` (the run's are ``p_<column>``).
 _INSERT_NEW_THREAD = insert(server_threads).values(
     {name: bindparam(f"t_{name}", type_=server_threads.c[name].type) for name in ThreadRow.__slots__}
@@ -295,12 +334,20 @@ _SET_THREAD_METADATA = (
 class RunStore:
     """The threads, runs and stream chunks of the server, on the store's backend."""
 
-    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock, sealer: Sealer | None = None, *, jobs: QueueJobs | None = None
+    ) -> None:
+        """``jobs``: in a worker, how runs are taken with their queue's jobs (see :meth:`take_job`)."""
         self._backend = backend
         self._clock = clock
         self._sealer = sealer or Sealer(None)
         # Finishing a run and appending a chunk wake waiters in every process (PostgreSQL NOTIFY).
         self._finish = backend.notifying(_FINISH, RUN_CHANNEL, "run_id")
+        self._take_job: Select[Any] | None = None
+        self._finish_ending_job: Executable | None = None
+        if jobs is not None:  # a queue on PostgreSQL: the finish is a SELECT (the NOTIFY), its job's end a column
+            self._take_job = _claim_with_fetch(jobs.fetch, jobs.task)
+            self._finish_ending_job = cast(Select[Any], self._finish).add_columns(jobs.end)
         self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, "run_id")
         self._with_job: dict[Executable, Executable] = {}  # a run's INSERT per queue's defer (built once)
         # A thread named by its caller is created by one statement that cannot fail on a duplicate id: two
@@ -534,6 +581,15 @@ class RunStore:
             return None
         return self._run(found[0]), found[0]["bound_instance"]
 
+    async def take_job(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[RunRow, str | None] | None]:
+        """The queue's next job, taken by its ``fetch`` bound from ``params`` (its columns; all None when no job
+        is due) and, for a run's job, the run claimed in the same statement as :meth:`claim` claims it (None:
+        another task's job, or a run that has ended). Only with ``jobs`` (see the constructor)."""
+        assert self._take_job is not None, "a run store made without jobs takes no job"
+        row = (await self._backend.write([self._take_job], {**params, "claimed_at": self._clock.now()}))[0]
+        job = {name.removeprefix(_FETCHED): value for name, value in row.items() if name.startswith(_FETCHED)}
+        return job, ((self._run(row), row["bound_instance"]) if row["run_id"] is not None else None)
+
     async def request_cancel(self, run_id: str) -> None:
         """Remember that a cancel reached an executing run: if its job is retried (its worker died before it
         stopped the run), the retry ends it interrupted instead of running it."""
@@ -545,10 +601,17 @@ class RunStore:
         await self._backend.write([_SET_BASE_CHECKPOINT], {"p_run_id": run_id, "p_checkpoint": checkpoint_id})
 
     async def finish(
-        self, run_id: str, status: str, error: Mapping[str, Any] | None = None, output: Any = None
+        self,
+        run_id: str,
+        status: str,
+        error: Mapping[str, Any] | None = None,
+        output: Any = None,
+        *,
+        job_id: int | None = None,
     ) -> RunRow | None:
         """Give an active run its final status (and output); the finished run, or None when it had finished
-        already."""
+        already. ``job_id``: the queue job executing it (taken by :meth:`take_job`), ended as succeeded in the
+        same statement when the run is finished by it (not when it had finished already)."""
         values = {
             "p_run_id": run_id,
             "p_status": status,
@@ -556,7 +619,11 @@ class RunStore:
             "p_output": self._sealer.seal(output),
             "p_now": self._clock.now(),
         }
-        found = await self._backend.write([self._finish], values)
+        statement = self._finish
+        if job_id is not None:
+            assert self._finish_ending_job is not None, "a run store made without jobs ends no job"
+            statement, values["p_job_id"] = self._finish_ending_job, job_id
+        found = await self._backend.write([statement], values)
         return self._run(found[0]) if found else None
 
     # --- stream chunks ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 from procrastinate.schema import SchemaManager
-from sqlalchemy import BigInteger, TextualSelect, bindparam, text
+from sqlalchemy import BigInteger, DateTime, Integer, String, TextualSelect, bindparam, func, literal_column, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 
 FLOOR_VERSION = "03.10.00"  # pyproject: procrastinate>=3.10 since distributed mode exists
@@ -41,6 +41,32 @@ DEFER_JOB: TextualSelect = (
     .bindparams(bindparam("job_args", type_=JSONB))
     .columns(id=BigInteger)
 )
+
+# Taking the next job for a worker through procrastinate's own SQL API (``procrastinate_fetch_job_v2``, what its
+# ``fetch_job`` calls), bound from ``job_queues`` and ``job_worker``: one row, all NULL when no job is due. A
+# worker claims the job's run in the same statement (checkpoints.runs): one commit where fetch and claim took two.
+FETCH_JOB: TextualSelect = text(
+    "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id "
+    "FROM procrastinate_fetch_job_v2(CAST(:job_queues AS varchar[]), CAST(:job_worker AS bigint))"
+).columns(
+    id=BigInteger,
+    status=String,
+    task_name=String,
+    priority=Integer,
+    lock=String,
+    queueing_lock=String,
+    args=JSONB,
+    scheduled_at=DateTime(timezone=True),
+    queue_name=String,
+    attempts=Integer,
+    worker_id=BigInteger,
+)
+# Ending a run's job as succeeded (and deleting it, as workers delete successful jobs) through procrastinate's
+# ``procrastinate_finish_job_v1``, bound from ``p_job_id``: a column of the statement that finishes the run, so
+# the run's final status and its job's end are one commit (checkpoints.runs).
+END_JOB = func.procrastinate_finish_job_v1(
+    bindparam("p_job_id", type_=BigInteger), literal_column("'succeeded'"), true()
+).label("job_ended")
 
 
 def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> list[str]:

@@ -9,19 +9,24 @@ finished journeys' checkpoints are pruned by a periodic ``retention`` job (:mod:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import procrastinate
+from procrastinate.connector import BaseConnector
+from procrastinate.jobs import Job, Status
+from procrastinate.manager import JobManager
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
-from checkpoints.schema.queue import DEFER_JOB, migrate_queue_schema
+from checkpoints.runs import QueueJobs
+from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
 from checkpoints.url import parse_store_url
 from server.queues.base import RunQueue
-from server.runs.store import Enqueue, RunRow
+from server.runs.executor import Taken
+from server.runs.store import Enqueue, RunRow, RunStore
 from server.runs.watch import RunWatch, listening
 
 RUN_TASK = "journeys.execute_run"
@@ -29,6 +34,8 @@ TIMER_TASK = "journeys.fire_timers"
 RETENTION_TASK = "journeys.retention"
 RETENTION_CRON = "*/10 * * * *"  # a retention pass every ten minutes (procrastinate cron, seconds optional)
 QUEUE = "journeys"
+# How a worker's run store takes runs with their jobs (see RunJobs).
+RUN_JOBS = QueueJobs(FETCH_JOB, RUN_TASK, END_JOB)
 
 
 def conninfo(database_url: str) -> str:
@@ -42,6 +49,40 @@ def _pool(**options: Any) -> AsyncConnectionPool[Any]:
     # procrastinate probes every connection it checks out (an extra round trip per query); a connection
     # used moments ago is alive, so only one that sat idle is probed.
     return AsyncConnectionPool(**{**options, "check": probe_if_idle, "reset": note_return})
+
+
+class RunJobs(JobManager):
+    """procrastinate's job manager in a worker, with each run's claim and end in procrastinate's statements:
+    the fetch of a run's job claims the run (:meth:`~checkpoints.runs.RunStore.take_job`), and the run's
+    final status ends its job (:meth:`~checkpoints.runs.RunStore.finish`), one commit each where two were.
+    procrastinate's own end of a job the run ended is skipped: the job is gone."""
+
+    def __init__(self, connector: BaseConnector, runs: RunStore) -> None:
+        super().__init__(connector)
+        self._runs = runs
+        self._taken: dict[str, Taken] = {}  # by run id, until its task takes it
+        self._ended: set[int] = set()  # jobs their run ended, until procrastinate would end them
+
+    def taken(self, run_id: str) -> Taken | None:
+        """The claim made when ``run_id``'s job was fetched (None: its run was not taken so, e.g. a retry
+        handed to a task directly)."""
+        return self._taken.pop(run_id, None)
+
+    async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
+        params = {"job_queues": list(queues) if queues is not None else None, "job_worker": worker_id}
+        row, claimed = await self._runs.take_job(params)
+        if row["id"] is None:
+            return None
+        job = Job.from_row(row)
+        if job.task_name == RUN_TASK and job.id is not None:
+            self._taken[str(job.task_kwargs["run_id"])] = Taken(job.id, claimed, self._ended.add)
+        return job
+
+    async def finish_job(self, job: Job, status: Status, delete_job: bool) -> None:
+        if job.id in self._ended:
+            self._ended.discard(job.id)
+            return
+        await super().finish_job(job, status, delete_job)
 
 
 def build_app(

@@ -24,8 +24,10 @@ from server.queues.procrastinate import (
     QUEUE,
     RETENTION_CRON,
     RETENTION_TASK,
+    RUN_JOBS,
     RUN_TASK,
     TIMER_TASK,
+    RunJobs,
     build_app,
     enqueuer,
     ensure_schema,
@@ -70,14 +72,12 @@ async def run_worker(
     async with JourneyRuntime.open(
         database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide, retention=retention
     ) as runtime:
-        executor = RunExecutor(
-            runtime,
-            RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer),
-            durability=durability,
-        )
+        runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer, jobs=RUN_JOBS)
+        executor = RunExecutor(runtime, runs, durability=durability)
 
         async def execute(run_id: str) -> None:
-            await executor.execute(run_id, due=True)  # procrastinate took the job at its due time (schedule_at)
+            # procrastinate took the job at its due time (schedule_at), claiming its run as it did
+            await executor.execute(run_id, due=True, taken=jobs.taken(run_id))
 
         async def fire_timers() -> None:
             await runtime.processes.scheduler.run_due()
@@ -87,6 +87,7 @@ async def run_worker(
 
         handlers = {RUN_TASK: execute, RETENTION_TASK: apply_retention, **({TIMER_TASK: fire_timers} if timers else {})}
         app = build_app(database_url, handlers, retention_cron=retention_cron)
+        app.job_manager = jobs = RunJobs(app.connector, runs)
 
         # A cron's run is deferred as a job in the transaction creating it, as the API does.
         async def deferred(run: RunRow) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -225,6 +225,21 @@ def graph_call(run: RunRow) -> GraphCall:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Taken:
+    """A run its queue took for an executor: claimed in the statement that took its job ``job_id``
+    (``claimed`` as :meth:`~checkpoints.runs.RunStore.claim` answers it), and ended with the run's final
+    status, after which ``ended`` is told the job's id (its queue then does not end it again).
+
+    ``claimed`` None: the statement claimed nothing, because the run had ended, or because the run committed
+    after that statement's snapshot was taken while procrastinate's fetch (a function, with a snapshot of its
+    own) already saw its job. The executor then claims the run on its own, which tells the two apart."""
+
+    job_id: int
+    claimed: tuple[RunRow, str | None] | None
+    ended: Callable[[int], None]
+
+
 class RunExecutor:
     """Executes one queued run on its thread's journey and records its status and outcome."""
 
@@ -237,25 +252,26 @@ class RunExecutor:
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
         self.webhooks = Webhooks(runtime, runs)
 
-    async def execute(self, run_id: str, *, due: bool = False) -> RunRow | None:
+    async def execute(self, run_id: str, *, due: bool = False, taken: Taken | None = None) -> RunRow | None:
         """Claim and execute the run. ``due``: its queue held it back until its due time (``after_seconds``)
-        already, so it is not read again to check."""
+        already, so it is not read again to check. ``taken``: its queue claimed it already, with its job."""
         with structlog.contextvars.bound_contextvars(run_id=run_id):  # in every log line and span of the run
-            return await self._execute(run_id, due)
+            return await self._execute(run_id, due, taken)
 
-    async def _execute(self, run_id: str, due: bool) -> RunRow | None:
+    async def _execute(self, run_id: str, due: bool, taken: Taken | None) -> RunRow | None:
         if not due and (pending := await self.runs.get_run(run_id)) is not None:
             await self.when_due(pending)
         try:
-            claimed = await self.runs.claim(run_id)
-            return None if claimed is None else await self._execute_claimed(*claimed)
+            # Not claimed with its job: claimed now (see Taken), else a run committed late would be dropped.
+            claimed = (taken.claimed if taken is not None else None) or await self.runs.claim(run_id)
+            return None if claimed is None else await self._execute_claimed(*claimed, taken)
         except asyncio.CancelledError:
             # Wherever the cancel lands from the claim (which may have landed) to the end: the run ends
             # interrupted, else it would stay "running" and its queue would take it up again.
             await self._interrupted(run_id)
             raise
 
-    async def _execute_claimed(self, run: RunRow, instance_id: str | None) -> RunRow | None:
+    async def _execute_claimed(self, run: RunRow, instance_id: str | None, taken: Taken | None) -> RunRow | None:
         run_id = run.run_id
         if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
             await self._interrupted(run_id)
@@ -303,7 +319,12 @@ class RunExecutor:
         if (run.options or {}).get("webhook"):  # armed before the end: a process killed after it still calls
             await self.webhooks.arm(run)
         # Kept only to be shown (waiting clients read it): redacted here, where the design's marks are known.
-        finished = await self.runs.finish(run_id, status, error, redact_answer(output) if output else output)
+        job_id = taken.job_id if taken is not None else None  # ended with the run: one commit
+        finished = await self.runs.finish(
+            run_id, status, error, redact_answer(output) if output else output, job_id=job_id
+        )
+        if finished is not None and taken is not None:
+            taken.ended(taken.job_id)
         self._changed(run_id)
         if finished is not None:
             self.finished(finished)

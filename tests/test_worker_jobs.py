@@ -1,0 +1,131 @@
+"""A `journeys worker` takes each run with its procrastinate job in one commit, and ends the job with the
+run's final status in one commit: the claim and the fetch, and the finish and the job's end, are each one
+transaction (two statements fewer per run), seen by triggers that log the transaction of every change; and
+a run whose job's fetch could not claim it is claimed on its own, not dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from langgraph_sdk import get_client
+
+from graphs.runtime import JourneyRuntime
+from server.app import create_app
+from server.queues.procrastinate import RUN_JOBS, RUN_TASK, build_app, enqueuer, ensure_schema
+from server.runs.executor import RunExecutor, Taken
+from server.runs.store import RunStore
+from server.settings import Settings
+from tests.server_support import serving, start_worker, stop_worker
+
+pytestmark = pytest.mark.slow
+JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+USERS = 4
+RUNS_EACH = 3
+
+# Every status change of a run, and of a run's job (its delete included), with the transaction making it.
+LOG_CHANGES = """
+CREATE TABLE change_log (subject text NOT NULL, run_id text NOT NULL, change text NOT NULL, tx bigint NOT NULL);
+CREATE FUNCTION log_run_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        INSERT INTO change_log VALUES ('run', NEW.run_id, NEW.status, txid_current());
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER log_run_change AFTER UPDATE ON server_runs FOR EACH ROW EXECUTE FUNCTION log_run_change();
+CREATE FUNCTION log_job_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO change_log VALUES ('job', OLD.args ->> 'run_id', 'deleted', txid_current());
+        RETURN OLD;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        INSERT INTO change_log VALUES ('job', NEW.args ->> 'run_id', NEW.status::text, txid_current());
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER log_job_change AFTER UPDATE OR DELETE ON procrastinate_jobs FOR EACH ROW
+    WHEN (OLD.task_name = 'journeys.execute_run') EXECUTE FUNCTION log_job_change();
+"""
+
+
+@pytest.fixture
+def api(postgres_url: str) -> Iterator[str]:
+    """The API in distributed mode (its start installs the schema), with the change log in place."""
+    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(LOG_CHANGES)
+        yield base
+
+
+async def test_a_workers_run_is_claimed_with_its_job_and_ends_it_in_one_commit(api: str, postgres_url: str) -> None:
+    worker = start_worker(postgres_url, "--concurrency", "4")
+    try:
+        async with get_client(url=api, api_key=None) as client:
+
+            async def user(n: int) -> list[str]:
+                run_ids = []
+                for _ in range(RUNS_EACH):  # each on a new thread, so its first run starts a journey
+                    thread = await client.threads.create()
+                    run = await client.runs.create(
+                        thread["thread_id"], "structured", input=JOURNEY | {"user_id": f"user{n}"}
+                    )
+                    await client.runs.join(thread["thread_id"], run["run_id"])
+                    assert (await client.runs.get(thread["thread_id"], run["run_id"]))["status"] == "success"
+                    run_ids.append(run["run_id"])
+                return run_ids
+
+            run_ids = [run_id for ids in await asyncio.gather(*(user(n) for n in range(USERS))) for run_id in ids]
+    finally:
+        stop_worker(worker)
+    with psycopg.connect(postgres_url) as conn:
+        logged = conn.execute("SELECT subject, run_id, change, tx FROM change_log").fetchall()
+        left = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE task_name = %s", (RUN_TASK,)).fetchone()
+    assert left == (0,)  # every run's job ended (deleted, as successful jobs are)
+    changes: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+    for subject, run_id, change, tx in logged:
+        changes[run_id][(subject, change)] = tx
+    assert len(run_ids) == USERS * RUNS_EACH
+    for run_id in run_ids:
+        seen = changes[run_id]
+        assert set(seen) == {("job", "doing"), ("run", "running"), ("run", "success"), ("job", "deleted")}, seen
+        assert seen["run", "success"] == seen["job", "deleted"], seen  # its job ended with its final status
+    # Claimed as its job was fetched; only a run committed while a fetch was already under way is claimed
+    # on its own (see test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own): rare, never most.
+    apart = [run_id for run_id in run_ids if changes[run_id]["run", "running"] != changes[run_id]["job", "doing"]]
+    assert len(apart) <= 1, {run_id: changes[run_id] for run_id in apart}
+
+
+async def test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own(postgres_url: str) -> None:
+    """procrastinate's fetch (a function) sees jobs committed after the snapshot of the statement that calls
+    it, so that statement may take a run's job without seeing the run to claim it. The worker then claims the
+    run on its own and executes it, ending the job with it: the run is not dropped (left pending, its job
+    gone)."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        created = await runs.create_run(
+            thread_id=None,
+            assistant_id="structured",
+            kind="start",
+            input=JOURNEY | {"user_id": "ana"},
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={},
+            principal="ana",
+            enqueue=enqueuer(build_app(postgres_url)),
+        )
+        assert created.job_id is not None
+        ended: list[int] = []
+        taken = Taken(created.job_id, None, ended.append)  # its job was taken, its run not claimed with it
+        executed = await RunExecutor(runtime, runs).execute(created.run_id, due=True, taken=taken)
+    assert executed is not None and executed.status == "success", executed
+    assert ended == [created.job_id]
+    with psycopg.connect(postgres_url) as conn:
+        left = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE id = %s", (created.job_id,)).fetchone()
+    assert left == (0,)  # ended with the run
