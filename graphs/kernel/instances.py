@@ -27,7 +27,6 @@ from typing import Any
 import isodate
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
-from sqlalchemy.sql import Executable
 
 from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, InvalidInputError, JourneyError
 from checkpoints.events import Event, NewEvent
@@ -103,7 +102,7 @@ class Recoverable:
     # Statements the pattern adds to a termination's transaction (the instance, and the moment its event
     # records): its own rows that say where an instance stands (a lifecycle's state row), so that they say it
     # ended with it, as a rebuild from that event says too.
-    terminated: Callable[[str, datetime], Sequence[Executable]] | None = None
+    terminated: Callable[[str, datetime], Sequence[Any]] | None = None  # statements checkpoints/ builds
 
 
 class Instances:

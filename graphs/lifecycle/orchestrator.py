@@ -19,7 +19,6 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
-from sqlalchemy.sql import Executable
 
 from agents.protocol import Agent
 from checkpoints.errors import ConcurrentUpdateError
@@ -743,7 +742,7 @@ class LifecycleOrchestrator:
         await self._store.events.append(journey_id, [failure(PATTERN, "deadline", DEADLINE_FAILURE)], status="failed")
 
     @staticmethod
-    def _terminated(journey_id: str, at: datetime) -> list[Executable]:
+    def _terminated(journey_id: str, at: datetime) -> list[Any]:
         """Its own rows, ended with it: its state row, and a rollback it waited in."""
         return [journey_moved(journey_id, status=TERMINATED), rollbacks_given_up(journey_id, at)]
 
