@@ -16,21 +16,12 @@ import pytest
 from langgraph_sdk.client import LangGraphClient
 
 from server.settings import ApiKey
+from tests.process_support import boundary_spec
 
 SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {"key-ana": ApiKey("ana", SCOPES, ("finance",)), "key-bob": ApiKey("bob", SCOPES, ("finance",))}
 LIFECYCLE_READY = {"contract_signed": 1, "infrastructure_provisioned": 1, "data_sources_identified": 3}
-WAIT_OR_TIMEOUT = {  # a user task with a boundary timer a day away
-    "name": "wait_or_timeout",
-    "elements": [
-        {"type": "start", "id": "start"},
-        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
-        {"type": "boundary_timer", "id": "late", "attached_to": "approve", "timer": {"duration": "P1D"}},
-        {"type": "end", "id": "end"},
-        {"type": "end", "id": "timed_out"},
-    ],
-    "flows": ["start -> approve", "approve -> end", "late -> timed_out"],
-}
+WAIT_OR_TIMEOUT = boundary_spec("wait_or_timeout")  # ana signs, unless a timer two days on ends it
 STARTS: dict[str, dict[str, Any]] = {
     "structured": {"journey_type": "content_migration", "context": {"migration_id": "m-1"}},
     "saga": {"journey_type": "content_migration", "context": {"migration_id": "m-1"}},
