@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
@@ -68,3 +69,15 @@ class Sealer:
         if self._serde is None:
             raise EncryptionKeyError("this record is encrypted; configure the encryption key to read it")
         return self._serde.loads_typed((value[SEALED], base64.b64decode(value["data"])))
+
+    def seal_in(self, record: Mapping[Any, Any], field: str) -> dict[str, Any]:
+        """``record`` with its ``field`` sealed, the rest left readable by SQL (kinds, ids, correlation keys)."""
+        if self._serde is None or record.get(field) is None:
+            return dict(record)
+        return {**record, field: self.seal(record[field])}
+
+    def open_in(self, record: Mapping[Any, Any], field: str) -> dict[str, Any]:
+        """``record`` with its ``field`` opened (as :meth:`seal_in` sealed it; a value stored in clear reads as is)."""
+        if field not in record:
+            return dict(record)
+        return {**record, field: self.open(record[field])}

@@ -261,6 +261,12 @@ class EventLog:
         self._listeners: list[StatusListener] = []
         self._behind: dict[str, _WritesBehind] = {}  # instance id → its run's writes behind it
 
+    @property
+    def sealer(self) -> Sealer:
+        """What seals the JSON our tables keep for callers when the store has a key (shared by the stores
+        that write beside the log: the waits' resolutions, the inbox's results, the messages)."""
+        return self._sealer
+
     def on_status(self, listener: StatusListener) -> None:
         """Tell ``listener`` of every status change this log commits along with new events."""
         self._listeners.append(listener)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -448,7 +449,7 @@ def inbox_rows(instance_id: str, status: str, events: list[Event]) -> dict[str, 
     return tasks
 
 
-def _same(live: Row, derived: dict[str, Any]) -> bool:
+def _same(live: Mapping[str, Any], derived: dict[str, Any]) -> bool:
     columns = [*_TASK_COMPARED, *(["response_schema"] if derived["_schema_logged"] else [])]
     return _comparable([dict(live)], columns) == _comparable([derived], columns)
 
@@ -463,8 +464,8 @@ async def rebuild_inbox(backend: Backend, events: EventLog) -> Rebuilt:
     for process in processes:
         instance_id = process["instance_id"]
         derived = inbox_rows(instance_id, process["status"], await events.list(instance_id, types=_TASK_EVENTS))
-        live = {
-            row["task_id"]: row
+        live = {  # a result sealed at rest is compared, and written back, as the inbox keeps it
+            row["task_id"]: events.sealer.open_in(row, "result")
             for row in await backend.query(select(user_tasks).where(user_tasks.c.instance_id == instance_id))
         }
         for task_id, row in derived.items():
@@ -472,6 +473,7 @@ async def rebuild_inbox(backend: Backend, events: EventLog) -> Rebuilt:
             if found is not None and _same(found, row):
                 continue
             values = {k: v for k, v in row.items() if not k.startswith("_")}
+            values["result"] = events.sealer.seal(values["result"])
             if found is not None and not row["_schema_logged"]:
                 values["response_schema"] = found["response_schema"]  # logged before tasks logged theirs
             async with backend.transaction() as tx:

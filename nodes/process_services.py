@@ -23,11 +23,11 @@ class ProcessServices:
 
     @classmethod
     def of(cls, services: NodeServices) -> ProcessServices:
-        engine, clock = services.events.engine, services.clock
+        engine, clock, sealer = services.events.engine, services.clock, services.events.sealer
         return cls(
             services,
-            WaitStore(services.events.backend, clock),
+            WaitStore(services.events.backend, clock, sealer),
             TimerStore(engine, clock, services.events),
-            InboxStore(engine, clock),
-            MessageStore(engine, clock),
+            InboxStore(engine, clock, sealer),
+            MessageStore(engine, clock, sealer),
         )

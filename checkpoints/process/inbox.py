@@ -7,7 +7,7 @@ commits with its event (``task.claimed``, ``task.released``); completing a task 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import Executable, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
 from checkpoints.events import EventLog, NewEvent, claimed_with_event
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import user_task_groups, user_tasks
@@ -70,9 +71,10 @@ class UserTaskRow:
 class InboxStore:
     """The user tasks of process instances: opened, claimed, released, completed and escalated."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, sealer: Sealer | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._sealer = sealer or Sealer(None)  # seals a completed task's result when the store has a key
 
     def open_statements(
         self,
@@ -111,10 +113,13 @@ class InboxStore:
         ]
         return [row, *groups]
 
+    def _row(self, row: Mapping[Any, Any]) -> UserTaskRow:
+        return UserTaskRow(**self._sealer.open_in(row, "result"))
+
     async def get(self, task_id: str) -> UserTaskRow | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(user_tasks).where(user_tasks.c.task_id == task_id))).first()
-        return UserTaskRow(**row._mapping) if row else None
+        return self._row(row._mapping) if row else None
 
     async def find(
         self,
@@ -143,7 +148,7 @@ class InboxStore:
             query = query.where(user_tasks.c.instance_id == instance_id)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [UserTaskRow(**r._mapping) for r in rows]
+        return [self._row(r._mapping) for r in rows]
 
     async def claim(self, task_id: str, user: str, events: EventLog, instance_id: str, event: NewEvent) -> bool:
         """Claim an open, unclaimed task for ``user``, with its ``event``, in one transaction; False when
@@ -181,7 +186,12 @@ class InboxStore:
         return (
             update(user_tasks)
             .where(t.task_id == task_id, t.status == "open", still)
-            .values(status="completed", completed_by=by, result=result, completed_at=self._clock.now().astimezone(UTC))
+            .values(
+                status="completed",
+                completed_by=by,
+                result=self._sealer.seal(result),
+                completed_at=self._clock.now().astimezone(UTC),
+            )
         )
 
     def reassign_statements(self, task_id: str, *, assignee: str | None, groups: Sequence[str]) -> list[Executable]:

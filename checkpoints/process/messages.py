@@ -6,6 +6,7 @@ that time takes it (oldest first) when it arms. Expired messages are never deliv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import process_message_ids, process_messages, process_subscriptions, process_waits
 
@@ -63,9 +65,13 @@ class SentMessage:
 class MessageStore:
     """Message subscriptions and the buffer of messages not yet correlated."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, sealer: Sealer | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._sealer = sealer or Sealer(None)  # seals a message's body when the store has a key
+
+    def _buffered(self, row: Mapping[Any, Any]) -> BufferedMessage:
+        return BufferedMessage(**self._sealer.open_in(row, "payload"))
 
     def subscribe_statement(
         self, subscription_id: str, *, wait_id: str, instance_id: str, element: str, name: str, key: str
@@ -134,7 +140,7 @@ class MessageStore:
                     message_id=message_id,
                     name=name,
                     correlation_key=key,
-                    payload=payload,
+                    payload=self._sealer.seal(payload),
                     status="buffered",
                     received_at=now,
                     expires_at=now + ttl,
@@ -144,7 +150,7 @@ class MessageStore:
             row = (
                 await conn.execute(select(process_messages).where(process_messages.c.message_id == message_id))
             ).one()
-        return BufferedMessage(**row._mapping)
+        return self._buffered(row._mapping)
 
     async def claim_id(
         self, message_id: str, name: str, key: str, payload: dict[str, Any], window: timedelta
@@ -161,7 +167,7 @@ class MessageStore:
                         message_id=message_id,
                         name=name,
                         correlation_key=key,
-                        payload=payload,
+                        payload=self._sealer.seal(payload),
                         outcome=null(),  # SQL NULL (a JSON column keeps None as JSON null): under way
                         claimed_at=now,
                         expires_at=now + window,
@@ -172,7 +178,7 @@ class MessageStore:
             pass
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(process_message_ids).where(m.message_id == message_id))).one()
-        return SentMessage(**row._mapping)
+        return SentMessage(**self._sealer.open_in(row._mapping, "payload"))
 
     async def take_over_id(self, sent: SentMessage) -> bool:
         """Take over the unfinished send of ``sent`` (its sender died): False if another took it over first."""
@@ -209,7 +215,7 @@ class MessageStore:
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return BufferedMessage(**row._mapping) if row else None
+        return self._buffered(row._mapping) if row else None
 
     def take_claim(self, message_id: str, consumer: str) -> Executable:
         m = process_messages.c
@@ -237,4 +243,4 @@ class MessageStore:
             query = query.where(process_messages.c.status == status)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [BufferedMessage(**r._mapping) for r in rows]
+        return [self._buffered(r._mapping) for r in rows]

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
+from checkpoints.encryption import Sealer
 from checkpoints.events import NewEvent
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import (
@@ -177,14 +178,21 @@ def cancel_pending(instance_id: str) -> list[Executable]:
 class WaitStore:
     """Durable waits: armed, resolved once, then finished when the thread has consumed the resolution."""
 
-    def __init__(self, backend: Backend, clock: Clock) -> None:
+    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
         self._backend = backend
+        # A resolution's payload (a task's answer, a message's body) is sealed when the store has a key; its
+        # kind, option and ids stay readable, since SQL matches on them (a message's id).
+        self._sealer = sealer or Sealer(None)
         self._engine = backend.engine
         self._postgres = backend.engine.dialect.name == "postgresql"
         self._clock = clock
         # Deliveries asked for while a read of others was on the wire, read together by one reader task.
         self._asked: list[tuple[str, asyncio.Future[Delivery | None]]] = []
         self._reader: asyncio.Task[None] | None = None
+
+    def _wait(self, row: Mapping[Any, Any]) -> Wait:
+        resolution = row["resolution"]
+        return Wait(**{**row, "resolution": self._sealer.open_in(resolution, "payload") if resolution else resolution})
 
     def arm_statement(self, wait_id: str, instance_id: str, element: str, kind: str) -> Executable:
         return insert_ignore(
@@ -241,7 +249,7 @@ class WaitStore:
             won = await conn.execute(
                 update(process_waits)
                 .where(process_waits.c.wait_id == wait_id, process_waits.c.status == "waiting")
-                .values(status="resolved", resolution=resolution, resolved_at=now)
+                .values(status="resolved", resolution=self._sealer.seal_in(resolution, "payload"), resolved_at=now)
             )
             if won.rowcount != 1:
                 raise _Lost
@@ -279,14 +287,14 @@ class WaitStore:
     async def get(self, wait_id: str) -> Wait | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(process_waits).where(process_waits.c.wait_id == wait_id))).first()
-        return Wait(**row._mapping) if row else None
+        return self._wait(row._mapping) if row else None
 
     async def resolution(self, wait_id: str) -> dict[str, Any] | None:
         """The resolution a wait was given, if it has been resolved (and not cancelled)."""
         rows = await self._backend.read(_RESOLUTION, {"wait_id": wait_id})
         if not rows or rows[0]["status"] not in ("resolved", "done"):
             return None
-        return dict(rows[0]["resolution"] or {})
+        return self._sealer.open_in(rows[0]["resolution"] or {}, "payload")
 
     async def parked(self, wait_id: str, interrupt_id: str) -> None:
         """The wait's thread parked on the interrupt ``interrupt_id``: its resolution is delivered by that id."""
@@ -329,7 +337,9 @@ class WaitStore:
                 continue
             found = {
                 row["wait_id"]: Delivery(
-                    dict(row["resolution"] or {}), row["interrupt_id"], bool(row["instance_failed"])
+                    self._sealer.open_in(row["resolution"] or {}, "payload"),
+                    row["interrupt_id"],
+                    bool(row["instance_failed"]),
                 )
                 for row in rows
             }
@@ -348,4 +358,4 @@ class WaitStore:
             query = query.where(process_waits.c.resolved_at <= resolved_before.astimezone(UTC))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.order_by(process_waits.c.resolved_at).limit(limit))).all()
-        return [Wait(**r._mapping) for r in rows]
+        return [self._wait(r._mapping) for r in rows]
