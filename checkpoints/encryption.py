@@ -11,6 +11,7 @@ still reads (LangGraph's serializer tells unencrypted rows by their type).
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from checkpoints.errors import EncryptionKeyError
 
 KEY_VARIABLE = "JOURNEYS_ENCRYPTION_KEY"
 SEALED = "__sealed__"  # a sealed JSON value: {"__sealed__": "<serializer type>", "data": "<base64>"}
+_SEALED_TEXT = json.dumps({SEALED: ""})[: len(SEALED) + 3]  # how a sealed value kept in a text column begins
 
 
 def strict_serializer() -> JsonPlusSerializer:
@@ -69,6 +71,18 @@ class Sealer:
         if self._serde is None:
             raise EncryptionKeyError("this record is encrypted; configure the encryption key to read it")
         return self._serde.loads_typed((value[SEALED], base64.b64decode(value["data"])))
+
+    def seal_text(self, text: str | None) -> str | None:
+        """``text`` for a text column: the sealed value as JSON text (as is without a key)."""
+        if text is None or self._serde is None:
+            return text
+        return json.dumps(self.seal(text))
+
+    def open_text(self, text: str | None) -> str | None:
+        """A text column's value as :meth:`seal_text` stored it (text stored in clear reads as is)."""
+        if text is None or not text.startswith(_SEALED_TEXT):
+            return text
+        return str(self.open(json.loads(text)))
 
     def seal_in(self, record: Mapping[Any, Any], field: str) -> dict[str, Any]:
         """``record`` with its ``field`` sealed, the rest left readable by SQL (kinds, ids, correlation keys)."""

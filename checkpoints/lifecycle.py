@@ -11,11 +11,12 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, and_, delete, func, insert, literal, select, update
+from sqlalchemy import RowMapping, Table, Text, and_, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
+from checkpoints.encryption import Sealer
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
     lifecycle_metrics,
@@ -102,20 +103,63 @@ def run_totals(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     }
 
 
+# --- sealed columns -----------------------------------------------------------------------------
+
+# The columns that keep what callers and agents gave (a journey's metadata, a rollback's reason and
+# snapshot, a unit's task inputs and outputs, a failure's text): sealed at rest when the store has a key
+# (checkpoints.encryption). Stages, statuses, ids and moments stay readable: the views filter on them.
+SEALED_COLUMNS: dict[Table, tuple[str, ...]] = {
+    lifecycle_journey_states: ("metadata",),
+    lifecycle_units_of_work: ("tasks", "failure"),
+    lifecycle_rollback_history: ("reason", "snapshot"),
+    lifecycle_rollback_requests: ("reason",),
+}
+
+
+def sealed(table: Table, values: Mapping[str, Any], sealer: Sealer | None) -> dict[str, Any]:
+    """``values`` of a row of ``table`` with its sealed columns sealed by ``sealer``; a sealed column given
+    without a sealer is a programming error (it would be written in clear when the store has a key)."""
+    row = dict(values)
+    for name in SEALED_COLUMNS.get(table, ()):
+        if row.get(name) is None:
+            continue
+        if sealer is None:
+            raise ValueError(f"{table.name}.{name} is sealed at rest: write it with the store's sealer")
+        is_text = isinstance(table.c[name].type, Text)
+        row[name] = sealer.seal_text(row[name]) if is_text else sealer.seal(row[name])
+    return row
+
+
+def opened(table: Table, row: Mapping[Any, Any], sealer: Sealer) -> dict[str, Any]:
+    """A row of ``table`` as read, with its sealed columns opened (values kept in clear read as they are)."""
+    found = dict(row)
+    for name in SEALED_COLUMNS.get(table, ()):
+        if name in found:
+            value = found[name]
+            found[name] = sealer.open_text(value) if isinstance(table.c[name].type, Text) else sealer.open(value)
+    return found
+
+
 # --- statements written with an event -------------------------------------------------------------
 
 
-def journey_started(journey_id: str, client_id: str, design_id: str, started_at: datetime, **values: Any) -> Executable:
+def journey_started(
+    journey_id: str, client_id: str, design_id: str, started_at: datetime, *, sealer: Sealer, **values: Any
+) -> Executable:
     """The journey's state row, on its start (``values``: the columns every move sets)."""
     return insert(lifecycle_journey_states).values(
-        journey_id=journey_id, client_id=client_id, design_id=design_id, started_at=started_at, **values
+        journey_id=journey_id,
+        client_id=client_id,
+        design_id=design_id,
+        started_at=started_at,
+        **sealed(lifecycle_journey_states, values, sealer),
     )
 
 
-def journey_moved(journey_id: str, **values: Any) -> Executable:
-    """The journey's state row after a move."""
+def journey_moved(journey_id: str, *, sealer: Sealer | None = None, **values: Any) -> Executable:
+    """The journey's state row after a move (``sealer``: needed when the move writes its metadata)."""
     states = lifecycle_journey_states
-    return update(states).where(states.c.journey_id == journey_id).values(**values)
+    return update(states).where(states.c.journey_id == journey_id).values(**sealed(states, values, sealer))
 
 
 def transition_row(**values: Any) -> Executable:
@@ -123,9 +167,9 @@ def transition_row(**values: Any) -> Executable:
     return insert(lifecycle_transitions).values(**values)
 
 
-def rollback_started(**values: Any) -> Executable:
+def rollback_started(*, sealer: Sealer, **values: Any) -> Executable:
     """A rollback's history row, as it starts."""
-    return insert(lifecycle_rollback_history).values(**values)
+    return insert(lifecycle_rollback_history).values(**sealed(lifecycle_rollback_history, values, sealer))
 
 
 def rollbacks_given_up(journey_id: str, at: datetime) -> Executable:
@@ -136,9 +180,9 @@ def rollbacks_given_up(journey_id: str, at: datetime) -> Executable:
 
 
 def rollback_changed(rollback_id: str, **values: Any) -> Executable:
-    """A rollback's history row as it validates, fails, completes or is cancelled."""
+    """A rollback's history row as it validates, fails, completes or is cancelled (never its sealed columns)."""
     table = lifecycle_rollback_history
-    return update(table).where(table.c.rollback_id == rollback_id).values(**values)
+    return update(table).where(table.c.rollback_id == rollback_id).values(**sealed(table, values, None))
 
 
 def units_rolled_back(journey_id: str, uow_ids: Sequence[str]) -> Executable:
@@ -158,15 +202,15 @@ def units_rolled_back(journey_id: str, uow_ids: Sequence[str]) -> Executable:
     )
 
 
-def unit_started(**values: Any) -> Executable:
+def unit_started(*, sealer: Sealer, **values: Any) -> Executable:
     """A unit-of-work run's row, as it starts."""
-    return insert(lifecycle_units_of_work).values(**values)
+    return insert(lifecycle_units_of_work).values(**sealed(lifecycle_units_of_work, values, sealer))
 
 
-def unit_finished(run_id: str, **values: Any) -> Executable:
+def unit_finished(run_id: str, *, sealer: Sealer, **values: Any) -> Executable:
     """A unit-of-work run's row, as it ends."""
     u = lifecycle_units_of_work
-    return update(u).where(u.c.run_id == run_id).values(**values)
+    return update(u).where(u.c.run_id == run_id).values(**sealed(u, values, sealer))
 
 
 def validation_row(**values: Any) -> Executable:
@@ -187,8 +231,9 @@ def metric_rows(journey_id: str, values: Mapping[str, float], at: datetime) -> E
 class LifecycleStore:
     """Reads of the lifecycle tables for one journey at a time, and the rollback requests."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sealer: Sealer | None = None) -> None:
         self._engine = engine
+        self._sealer = sealer or Sealer(None)  # opens the sealed columns (a sealed one read without a key raises)
 
     async def position(self, journey_id: str) -> tuple[str, str] | None:
         """(current stage, status) as last committed, or None for a journey that never started."""
@@ -223,7 +268,7 @@ class LifecycleStore:
         query = select(r).where(r.c.journey_id == journey_id, r.c.rollback_id == rollback_id)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return None if row is None else _without_id(row._mapping)
+        return None if row is None else self._without_id(r, row._mapping)
 
     async def units_of_work(self, journey_id: str) -> list[dict[str, Any]]:
         """Every unit-of-work run of the journey, oldest first."""
@@ -239,8 +284,9 @@ class LifecycleStore:
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
+        tasks = [(r.uow_id, self._sealer.open(r.tasks)) for r in rows]
         # output_data: the seed's name; rows written before it carry output.
-        return {r.uow_id: {t: v.get("output_data", v.get("output")) or {} for t, v in r.tasks.items()} for r in rows}
+        return {uow: {t: v.get("output_data", v.get("output")) or {} for t, v in found.items()} for uow, found in tasks}
 
     async def latest_metrics(
         self, journey_id: str, metrics: Collection[str], at: datetime
@@ -290,7 +336,8 @@ class LifecycleStore:
     async def request_rollback(self, journey_id: str, reason: str, at: datetime) -> None:
         """Ask every forward unit-of-work run of the journey running now to stop for a rollback."""
         u, r = lifecycle_units_of_work, lifecycle_rollback_requests
-        running = select(u.c.run_id, u.c.journey_id, literal(reason), literal(at, UTCDateTime())).where(
+        sealed_reason = self._sealer.seal_text(reason)
+        running = select(u.c.run_id, u.c.journey_id, literal(sealed_reason), literal(at, UTCDateTime())).where(
             u.c.journey_id == journey_id,
             u.c.status == "running",
             u.c.purpose != "rollback",
@@ -308,14 +355,14 @@ class LifecycleStore:
         r = lifecycle_rollback_requests
         async with self._engine.connect() as conn:
             reason = (await conn.execute(select(r.c.reason).where(r.c.run_id == run_id))).scalar()
-        return None if reason is None else str(reason)
+        return None if reason is None else self._sealer.open_text(str(reason))
 
     async def rollback_requests(self, journey_id: str) -> dict[str, str]:
         """The journey's open rollback requests: reason by run id."""
         r = lifecycle_rollback_requests
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(r.c.run_id, r.c.reason).where(r.c.journey_id == journey_id))).all()
-        return {row.run_id: row.reason for row in rows}
+        return {row.run_id: str(self._sealer.open_text(row.reason)) for row in rows}
 
     async def clear_rollback_requests(self, journey_id: str) -> None:
         """Forget the journey's requests (its rollback holds the journey now: no unit of it runs)."""
@@ -327,8 +374,7 @@ class LifecycleStore:
         query = select(table).where(table.c.journey_id == journey_id).order_by(table.c.id)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_without_id(row._mapping) for row in rows]
+        return [self._without_id(table, row._mapping) for row in rows]
 
-
-def _without_id(row: RowMapping) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "id"}
+    def _without_id(self, table: Table, row: RowMapping) -> dict[str, Any]:
+        return {k: v for k, v in opened(table, row, self._sealer).items() if k != "id"}

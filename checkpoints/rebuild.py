@@ -29,9 +29,10 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 
 from checkpoints.backends.base import Backend, Row
+from checkpoints.encryption import Sealer
 from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row, is_first
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT
-from checkpoints.lifecycle import next_position, run_totals, task_row
+from checkpoints.lifecycle import next_position, opened, run_totals, sealed, task_row
 from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
@@ -332,12 +333,17 @@ def _comparable(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     return sorted(json.dumps({c: text(r.get(c)) for c in columns}, sort_keys=True, default=str) for r in rows)
 
 
-async def lifecycle_views(backend: Backend, journey_id: str) -> dict[str, list[dict[str, Any]]]:
-    """The live rows of each rebuilt lifecycle table for one journey (without their autoincrement ids)."""
+async def lifecycle_views(
+    backend: Backend, journey_id: str, sealer: Sealer | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The live rows of each rebuilt lifecycle table for one journey (without their autoincrement ids),
+    their sealed columns opened with ``sealer`` (the store's, when it has a key)."""
     found = {}
     for name, table in _LIFECYCLE_TABLES.items():
         rows = await backend.query(select(table).where(table.c.journey_id == journey_id))
-        found[name] = [{k: v for k, v in row.items() if k != "id"} for row in rows]
+        found[name] = [
+            {k: v for k, v in opened(table, row, sealer or Sealer(None)).items() if k != "id"} for row in rows
+        ]
     return found
 
 
@@ -352,7 +358,7 @@ async def rebuild_lifecycle(backend: Backend, events: EventLog) -> Rebuilt:
     journey_ids = [row["instance_id"] for row in await backend.query(_LIFECYCLE_IDS)]
     for journey_id in journey_ids:
         derived = lifecycle_rows(journey_id, await events.list(journey_id))
-        live = await lifecycle_views(backend, journey_id)
+        live = await lifecycle_views(backend, journey_id, events.sealer)
         for name, table in _LIFECYCLE_TABLES.items():
             if name not in derived:
                 underivable.append(f"{name}:{journey_id}")
@@ -364,7 +370,7 @@ async def rebuild_lifecycle(backend: Backend, events: EventLog) -> Rebuilt:
             async with backend.transaction() as tx:
                 await tx.execute(delete(table).where(table.c.journey_id == journey_id))
                 for row in derived[name]:
-                    await tx.execute(insert(table).values(**row))
+                    await tx.execute(insert(table).values(**sealed(table, row, events.sealer)))
             corrected.append(f"{name}:{journey_id}")
     return Rebuilt(len(journey_ids), corrected, underivable)
 

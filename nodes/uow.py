@@ -376,6 +376,7 @@ def build_uow_graph(
         now = services.clock.now()
         pending = {t: {"status": "pending", "attempts": 0} for t in unit.task_ids}
         row = unit_started(
+            sealer=services.events.sealer,
             run_id=request["run_id"],
             journey_id=journey_id,
             uow_id=unit.uow_id,
@@ -541,6 +542,7 @@ def build_uow_graph(
         now = services.clock.now()
         row = unit_finished(
             request["run_id"],
+            sealer=services.events.sealer,
             status=status,
             tasks={t.task_id: task_record(t, tasks[t.task_id]) for t in unit.tasks},
             **run_totals(tasks),

@@ -19,8 +19,10 @@ from graphs import JourneyRuntime
 from graphs.errors import MessageIdConflictError
 from server.app import create_app
 from server.settings import Settings
+from tests.lifecycle_support import lifecycle_runtime
 from tests.process_support import FAST, linear, payment_spec, user_task, virtual_clock
 from tests.server_support import serving
+from tests.test_rebuild_views import mixed_workload, unit_and_rollback_workload
 
 KEY = b"0123456789abcdef0123456789abcdef"
 MARKER = "confidential-plan-Zeta"
@@ -113,3 +115,22 @@ async def test_with_a_key_a_processs_answers_and_messages_are_sealed_and_read_ba
         _index, _lifecycle, inbox = await rebuild_views(rt.store.backend, rt.store.events)
         assert inbox.corrected == []
         assert not [c[:200] for c in raw_cells(durable_url) if MARKER in c]
+
+
+async def test_with_a_key_a_client_lifecycles_rows_keep_nothing_in_clear(durable_url: str) -> None:
+    """A journey's metadata, a rollback's reason and snapshot, a unit's task inputs and outputs were kept in
+    clear in the lifecycle tables while the log and checkpoints were sealed. They are sealed now; the views
+    read them back, and the rebuild from the log (which compares and writes them) corrects nothing."""
+    async with lifecycle_runtime(durable_url, encryption_key=KEY) as (rt, clock):
+        await mixed_workload(rt, clock)  # metadata {"tier": "gold"}, a rollback "asked by the client"
+        journeys = await unit_and_rollback_workload(rt, clock)  # units with the default agents' outputs
+        cleartexts = ['"tier"', "asked by the client", "a bad pilot", "dataset-healthcare-demo", "cohort-pilot"]
+        assert not [(text, c[:120]) for c in raw_cells(durable_url) for text in cleartexts if text in c]
+
+        rollbacks = await rt.lifecycle.rollback_history(journeys[2])
+        assert [r["reason"] for r in rollbacks] == ["asked by the client"]
+        units = await rt.lifecycle.units_of_work(journeys[1])
+        outputs = [t["output_data"] for u in units for t in u["tasks"].values() if t.get("output_data")]
+        assert {(o["cohort_id"], o["user_count"]) for o in outputs if "cohort_id" in o} == {("cohort-pilot", 25)}
+        _index, lifecycle, _inbox = await rebuild_views(rt.store.backend, rt.store.events)
+        assert lifecycle.corrected == []

@@ -12,6 +12,8 @@ from sqlalchemy import delete, insert, select, update
 
 from agents import FailingAgent
 from checkpoints import VirtualClock
+from checkpoints.encryption import SEALED
+from checkpoints.lifecycle import opened
 from checkpoints.rebuild import lifecycle_views, rebuild_views
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
@@ -165,13 +167,17 @@ async def unit_views(rt: JourneyRuntime, journey_ids: list[str]) -> dict[str, An
         for journey_id in journey_ids:
             rows = await rt.store.backend.query(select(table).where(table.c.journey_id == journey_id))
             found[f"{table.name}:{journey_id}"] = sorted(
-                ({k: v for k, v in r.items() if k != "id"} for r in rows), key=repr
+                ({k: v for k, v in opened(table, r, rt.store.sealer).items() if k != "id"} for r in rows), key=repr
             )
     return found
 
 
-async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log(store_url: str) -> None:
-    async with lifecycle_runtime(store_url) as (rt, clock):
+@pytest.mark.parametrize("key", [None, b"0123456789abcdef"], ids=["clear", "sealed"])
+async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log(
+    store_url: str, key: bytes | None
+) -> None:
+    """Also with an encryption key: the rows' sealed columns are compared opened, and written back sealed."""
+    async with lifecycle_runtime(store_url, encryption_key=key) as (rt, clock):
         journeys = await unit_and_rollback_workload(rt, clock)
         clock.advance(DAY)
         live = await unit_views(rt, journeys)
@@ -200,6 +206,11 @@ async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log
 
         rebuilt = await rebuild_views(backend, rt.store.events)
         assert await unit_views(rt, journeys) == live
+        if key is not None:  # written back sealed, as the live machine writes them
+            tasks = await backend.query(select(lifecycle_units_of_work.c.tasks))
+            reasons = await backend.query(select(lifecycle_rollback_history.c.reason))
+            assert tasks and all(SEALED in row["tasks"] for row in tasks)
+            assert reasons and all(row["reason"].startswith('{"__sealed__"') for row in reasons)
         tables = {name.split(":")[0] for name in rebuilt[1].corrected}
         assert tables == {"lifecycle_units_of_work", "lifecycle_rollback_history"}
         assert (await rebuild_views(backend, rt.store.events))[1].corrected == []

@@ -29,6 +29,7 @@ from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs
 from agents.errors import AgentError
 from agents.policy import Grants
 from agents.registry import AgentRegistry
+from checkpoints.encryption import Sealer
 from checkpoints.events import NewEvent
 from checkpoints.lifecycle import (
     STAGE_STATUS,
@@ -381,9 +382,9 @@ class LifecycleDeps:
     metrics: MetricSource
 
     @classmethod
-    def on(cls, engine: AsyncEngine) -> LifecycleDeps:
+    def on(cls, engine: AsyncEngine, sealer: Sealer) -> LifecycleDeps:
         """Deps on the database of ``engine``, with the default metric source (the recorded metrics)."""
-        return cls(LifecycleStore(engine), TableMetricSource(engine))
+        return cls(LifecycleStore(engine, sealer), TableMetricSource(engine))
 
     def hooks(self) -> UnitHooks:
         # Units of work load earlier units' outputs for ``units.<uow>.<task>`` input paths, and stop
@@ -403,7 +404,7 @@ def journey_document(state: Mapping[str, Any], stage: str | None = None) -> dict
 def build_lifecycle_graph(
     spec: LifecycleSpec, services: NodeServices, deps: LifecycleDeps | None = None
 ) -> StateGraph[LifecycleState]:
-    deps = deps or LifecycleDeps.on(services.events.engine)
+    deps = deps or LifecycleDeps.on(services.events.engine, services.events.sealer)
     units = spec.units()
     executor = build_uow_graph(units, services, deps.hooks(), grants=spec)
     clock, events = services.clock, services.events
@@ -455,9 +456,11 @@ def build_lifecycle_graph(
         status, completed, metadata = values["status"], values["completed_stages"], values["metadata"]
         projection: Executable
         if event == E.START_JOURNEY:
-            projection = journey_started(journey_id, state["client_id"], state["design_id"], now, **values)
+            projection = journey_started(
+                journey_id, state["client_id"], state["design_id"], now, sealer=events.sealer, **values
+            )
         else:
-            projection = journey_moved(journey_id, **values)
+            projection = journey_moved(journey_id, sealer=events.sealer, **values)
         transition = transition_row(
             journey_id=journey_id,
             move=move,
@@ -647,6 +650,7 @@ def build_lifecycle_graph(
             "snapshot": request.get("snapshot"),
         }
         row = rollback_started(
+            sealer=services.events.sealer,
             **started,
             journey_id=state["journey_id"],
             from_stage=source,

@@ -99,7 +99,7 @@ class LifecycleOrchestrator:
         self._designs = designs
         self._engine = designs.engine
         self._store = designs.engine.store
-        self._rows = LifecycleStore(self._store.engine)
+        self._rows = LifecycleStore(self._store.engine, self._store.sealer)
         self.deps = LifecycleDeps(self._rows, metrics or TableMetricSource(self._store.engine))
         self.metrics = LifecycleMetrics(self._store.engine)
         # Every lifecycle graph on this book runs on these deps, whoever asks for it (the server, recovery).
