@@ -4,8 +4,10 @@
 When a key is configured (``JourneyRuntime.open(encryption_key=...)``, or the ``JOURNEYS_ENCRYPTION_KEY``
 environment variable: 16, 24 or 32 bytes), the checkpointer writes every checkpoint and pending write
 encrypted, and the server's run records keep their inputs, resume commands, outputs and stream chunks
-sealed (:class:`Sealer`). Without a key both are stored as before; data written before a key was set
-still reads (LangGraph's serializer tells unencrypted rows by their type).
+sealed (:class:`Sealer`), as do the event log's payloads, a process's answers and messages
+(``checkpoints.process``) and a lifecycle's caller data (``checkpoints.lifecycle.SEALED_COLUMNS``).
+Without a key all are stored as before; data written before a key was set still reads (LangGraph's
+serializer tells unencrypted rows by their type, and a sealed value is a ``{"__sealed__": …}`` record).
 """
 
 from __future__ import annotations
