@@ -176,7 +176,8 @@ class DeterministicGuideModel(BaseChatModel):
     def reply(self, messages: Sequence[BaseMessage], tool_names: Sequence[str] | None) -> AIMessage:
         """The next message: the next tool call of the plan for the user's last message, or the answer."""
         turn = _current_turn(messages)
-        said = str(turn[0].content) if turn and isinstance(turn[0], HumanMessage) else ""
+        # Its text blocks' words, however the client sent them (a string, or content blocks).
+        said = str(turn[0].text) if turn and isinstance(turn[0], HumanMessage) else ""
         plan = self.plan(said)
         if isinstance(plan, str):
             return AIMessage(content=plan)

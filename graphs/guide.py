@@ -155,11 +155,30 @@ async def _run(ctx: RunContext, data: Mapping[str, Any]) -> None:
 
 
 def _as_message(message: Any) -> Any:
+    """A message as LangChain takes it: a string (the user's), or an object whose content is a string or a
+    list of content blocks (Agent Chat UI and multimodal clients send ``text`` blocks, maybe images)."""
     if isinstance(message, str):
         return {"type": "human", "content": message}
-    if isinstance(message, Mapping) and isinstance(message.get("content"), str):
+    if isinstance(message, Mapping) and _is_content(message.get("content")):
         return dict(message)
-    raise InvalidInputError("each message must be a string or an object with a string content")
+    raise InvalidInputError(
+        "each message must be a string, or an object whose content is a string or a list of content blocks "
+        "(strings, or objects with a string 'type'; a text block's 'text' a string)"
+    )
+
+
+def _is_content(content: Any) -> bool:
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and all(
+        isinstance(block, str)
+        or (
+            isinstance(block, Mapping)
+            and isinstance(block.get("type"), str)
+            and (block["type"] != "text" or isinstance(block.get("text"), str))
+        )
+        for block in content
+    )
 
 
 async def _no_resume(_ctx: RunContext, _instance_id: str, _value: Any) -> None:

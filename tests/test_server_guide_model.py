@@ -214,3 +214,35 @@ async def test_a_five_turn_conversation_through_the_sdk_moves_the_session(served
         state = await sdk.threads.get_state(guide)
         kinds = [m["type"] for m in state["values"]["messages"]]
         assert kinds == ["human", "ai", "tool", "ai"] * 5
+
+
+async def test_the_guide_takes_content_blocks_as_agent_chat_ui_sends_them(sqlite_url: str) -> None:
+    """LangGraph's Agent Chat UI (and any multimodal client) sends a message's content as a list of content
+    blocks. The guide refused them ("each message must be a string or an object with a string content");
+    now it answers them as the same words sent as a string, keeps them as sent, and refuses a malformed
+    block with a typed error."""
+    app = create_app(Settings(database_url=sqlite_url, auth=False))
+    with serving(app) as base:
+        async with get_client(url=base, api_key=None) as sdk:
+            session_id = (await sdk.http.post("/journeys/mvp", json={"user_id": "ana"}))["session"]["session_id"]
+            blocks = [
+                {"type": "text", "text": "What should I do "},
+                {"type": "text", "text": "next?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ]
+            answers = []
+            as_text = {"role": "user", "content": "What should I do next?"}
+            for message in ({"type": "human", "content": blocks}, as_text):
+                thread_id = (await sdk.threads.create())["thread_id"]
+                done = await sdk.runs.wait(thread_id, "guide", input={"messages": [message], "session_id": session_id})
+                assert isinstance(done, dict) and done["messages"][-1]["type"] == "ai", done
+                answers.append(done["messages"][-1]["content"])
+                assert done["messages"][0]["content"] == message["content"]  # kept as sent
+            assert answers[0] == answers[1] and "I suggest the Content Pillar next" in answers[0]
+
+            for bad in ([1], [{"text": "no type"}], [{"type": "text", "text": 5}], {"type": "text"}):
+                thread_id = (await sdk.threads.create())["thread_id"]
+                said = {"messages": [{"type": "human", "content": bad}]}
+                done = await sdk.runs.wait(thread_id, "guide", input=said, raise_error=False)
+                assert isinstance(done, dict) and done["__error__"]["error"] == "InvalidInputError", (bad, done)
+                assert "content blocks" in done["__error__"]["message"]
