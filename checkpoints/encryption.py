@@ -16,15 +16,21 @@ import base64
 import json
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.errors import EncryptionKeyError
+from checkpoints.rows import insert_ignore
+from checkpoints.schema.tables import encryption_canary, journey_events
 
 KEY_VARIABLE = "JOURNEYS_ENCRYPTION_KEY"
+_GIVE_THE_KEY = f"give every process the key the database was encrypted with (${KEY_VARIABLE} or encryption_key=)"
 SEALED = "__sealed__"  # a sealed JSON value: {"__sealed__": "<serializer type>", "data": "<base64>"}
 _SEALED_TEXT = json.dumps({SEALED: ""})[: len(SEALED) + 3]  # how a sealed value kept in a text column begins
 
@@ -71,8 +77,11 @@ class Sealer:
         if not (isinstance(value, dict) and SEALED in value):
             return value
         if self._serde is None:
-            raise EncryptionKeyError("this record is encrypted; configure the encryption key to read it")
-        return self._serde.loads_typed((value[SEALED], base64.b64decode(value["data"])))
+            raise EncryptionKeyError(f"this record is encrypted; {_GIVE_THE_KEY}")
+        try:
+            return self._serde.loads_typed((value[SEALED], base64.b64decode(value["data"])))
+        except (ValueError, KeyError):  # the cipher's "MAC check failed": sealed with another key
+            raise EncryptionKeyError(f"this record was encrypted with another key; {_GIVE_THE_KEY}") from None
 
     def seal_text(self, text: str | None) -> str | None:
         """``text`` for a text column: the sealed value as JSON text (as is without a key)."""
@@ -97,3 +106,35 @@ class Sealer:
         if field not in record:
             return dict(record)
         return {**record, field: self.open(record[field])}
+
+
+# What the key's proof seals (a row of ``journeys_encryption``): any value would do; it is only ever opened.
+_PROOF_NAME, _PROOF = "key", "journeys"
+
+
+async def check_key(engine: AsyncEngine, sealer: Sealer, now: datetime) -> None:
+    """Refuse, as a process opens the database, a key it was not encrypted with, or no key when it is
+    encrypted: every later read would fail. The first process given a key keeps the proof (a value sealed
+    with it); a database encrypted before the proof was kept is judged by its latest event."""
+    async with engine.connect() as conn:
+        proof = (await conn.execute(_READ_PROOF)).scalar()
+        sealed = json.loads(proof) if proof is not None else (await conn.execute(_LATEST_EVENT)).scalar()
+    if isinstance(sealed, dict) and SEALED in sealed:
+        if not sealer.enabled:
+            raise EncryptionKeyError(f"this database is encrypted; {_GIVE_THE_KEY}")
+        try:
+            sealer.open(sealed)
+        except EncryptionKeyError:
+            raise EncryptionKeyError(f"the encryption key is not this database's; {_GIVE_THE_KEY}") from None
+    if proof is None and sealer.enabled:
+        values = {"name": _PROOF_NAME, "sealed": sealer.seal_text(_PROOF), "written_at": now}
+        async with engine.begin() as conn:  # two processes opening at once: the first proof is kept
+            await conn.execute(insert_ignore(engine, encryption_canary, **values))
+
+
+_READ_PROOF = select(encryption_canary.c.sealed).where(encryption_canary.c.name == _PROOF_NAME)
+_LATEST_EVENT = (
+    select(journey_events.c.payload)
+    .order_by(journey_events.c.instance_no.desc(), journey_events.c.seq.desc())  # the primary key, backwards
+    .limit(1)
+)

@@ -19,7 +19,7 @@ from checkpoints.backends.postgres import PostgresBackend, open_pool
 from checkpoints.backends.sqlite import SqliteBackend
 from checkpoints.clock import Clock, SystemClock
 from checkpoints.database import create_engine_for
-from checkpoints.encryption import Sealer, configured_key
+from checkpoints.encryption import Sealer, check_key, configured_key
 from checkpoints.events import EventLog
 from checkpoints.guards import Circuit, CircuitBreakers, RateLimits
 from checkpoints.index import JourneyIndex
@@ -58,6 +58,27 @@ class Store:
 
 
 @asynccontextmanager
+async def _migrated(url: str, pool_size: int) -> AsyncIterator[tuple[StoreURL, AsyncEngine]]:
+    """The database ``url`` names, with its schema brought up to date, and our tables' engine on it."""
+    async with opened_target(parse_store_url(url)) as parsed:
+        # Off the event loop: SQLAlchemy resolves the SQLite path on the file system (blocking).
+        engine = await asyncio.to_thread(create_engine_for, parsed, pool_size=pool_size)
+        try:
+            await migrate(engine)
+            yield parsed, engine
+        finally:
+            await engine.dispose()
+
+
+async def check_store_key(url: str, encryption_key: bytes | str | None = None) -> None:
+    """Refuse as :func:`open_store` would (:class:`EncryptionKeyError`) a key that is not the database's, or
+    none for an encrypted one: a command checks it before it serves, to say so instead of failing at start."""
+    sealer = Sealer(configured_key(encryption_key))
+    async with _migrated(url, pool_size=1) as (_parsed, engine):
+        await check_key(engine, sealer, SystemClock().now())
+
+
+@asynccontextmanager
 async def open_store(
     url: str,
     *,
@@ -81,11 +102,9 @@ async def open_store(
     clock = clock or SystemClock()
     key = configured_key(encryption_key)
     async with AsyncExitStack() as stack:
-        parsed = await stack.enter_async_context(opened_target(parse_store_url(url)))
-        # Off the event loop: SQLAlchemy resolves the SQLite path on the file system (blocking).
-        engine = await asyncio.to_thread(create_engine_for, parsed, pool_size=pool_size)
-        stack.push_async_callback(engine.dispose)
-        await migrate(engine)
+        parsed, engine = await stack.enter_async_context(_migrated(url, pool_size))
+        sealer = Sealer(key)
+        await check_key(engine, sealer, clock.now())  # before anything reads what it could not open
         pool = await stack.enter_async_context(open_pool(parsed, pool_size)) if parsed.kind == "postgres" else None
         saver = await stack.enter_async_context(open_saver(parsed, pool=pool, encryption_key=key))
         locks = await stack.enter_async_context(open_instance_locks(parsed, wait_limit=lock_timeout))
@@ -96,7 +115,6 @@ async def open_store(
         else:
             assert isinstance(saver, AsyncSqliteSaver)
             backend = SqliteBackend(engine, saver.conn, saver.lock)
-        sealer = Sealer(key)
         events = EventLog(backend, clock, sealer)
         index = JourneyIndex(backend, clock, sealer)
         breakers, rate_limits = CircuitBreakers(backend, clock), RateLimits(backend, clock)

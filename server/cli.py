@@ -142,6 +142,7 @@ def serve(
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
 
+    from checkpoints.store import check_store_key
     from nodes.telemetry import configure_tracing
     from server.app import create_app
     from server.heap import freeze_startup_heap
@@ -184,6 +185,7 @@ def serve(
     )
     configure_tracing()
     try:
+        _run(check_store_key(database_url))  # the key is the database's: say so here, not as a startup traceback
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     except JourneyError as exc:
         _fail(exc)
@@ -218,6 +220,7 @@ def worker(
     from prometheus_client import start_http_server
 
     from agents.errors import GuideModelError
+    from checkpoints.errors import EncryptionKeyError
     from nodes.telemetry import configure_tracing, process_registry
     from server.queues.worker import run_worker
 
@@ -239,7 +242,7 @@ def worker(
                 retention_cron=retention_cron,
             )
         )
-    except GuideModelError as exc:
+    except (GuideModelError, EncryptionKeyError) as exc:
         _fail(exc)
 
 

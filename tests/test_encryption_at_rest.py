@@ -4,20 +4,25 @@ back as they were; without one they are stored as before (which is what the scan
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, delete, inspect, select
 from sqlalchemy.schema import MetaData
+from typer.testing import CliRunner
 
 from checkpoints.errors import EncryptionKeyError
 from checkpoints.rebuild import rebuild_views
+from checkpoints.schema.tables import encryption_canary
+from checkpoints.store import check_store_key
 from checkpoints.url import parse_store_url
 from graphs import JourneyRuntime
 from graphs.errors import MessageIdConflictError
 from server.app import create_app
+from server.cli import app as cli
 from server.settings import Settings
 from tests.lifecycle_support import lifecycle_runtime
 from tests.process_support import FAST, linear, payment_spec, user_task, virtual_clock
@@ -134,3 +139,44 @@ async def test_with_a_key_a_client_lifecycles_rows_keep_nothing_in_clear(durable
         assert {(o["cohort_id"], o["user_count"]) for o in outputs if "cohort_id" in o} == {("cohort-pilot", 25)}
         _index, lifecycle, _inbox = await rebuild_views(rt.store.backend, rt.store.events)
         assert lifecycle.corrected == []
+
+
+async def test_a_database_refuses_as_it_opens_another_key_or_none(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened with another key, or none, an encrypted database answered every read with a bare
+    ``ValueError: MAC check failed`` or ``NotImplementedError: Unknown serialization type`` (a 500 over
+    HTTP), and a worker given the wrong key failed each run. It is refused as it opens now, saying why."""
+    monkeypatch.delenv("JOURNEYS_ENCRYPTION_KEY", raising=False)
+    async with JourneyRuntime.open(durable_url) as rt:  # a database kept in clear first: a key may be added
+        await rt.structured.design_journey(journey_type="content_migration", requirements={})
+    async with JourneyRuntime.open(durable_url, encryption_key=KEY) as rt:
+        design = await rt.structured.design_journey(journey_type="content_migration", requirements={})
+        await rt.structured.execute_journey(journey_id=design["journey_id"], user_id="ana", context={"p": MARKER})
+    for key, refusal in ((b"another key, 16b", "not this database's"), (None, "this database is encrypted")):
+        with pytest.raises(EncryptionKeyError, match=refusal):
+            async with JourneyRuntime.open(durable_url, encryption_key=key):
+                pass
+        with pytest.raises(EncryptionKeyError, match=refusal):
+            await check_store_key(durable_url, key)
+    # A database encrypted before its key's proof was kept is judged by its latest event.
+    engine = create_engine(parse_store_url(durable_url).sqlalchemy_url.replace("+aiosqlite", ""))
+    with engine.begin() as conn:
+        assert conn.execute(delete(encryption_canary)).rowcount == 1
+    engine.dispose()
+    with pytest.raises(EncryptionKeyError, match="not this database's"):
+        await check_store_key(durable_url, b"another key, 16b")
+    async with JourneyRuntime.open(durable_url, encryption_key=KEY) as rt:  # its own key reads it all back
+        status = await rt.structured.get_journey_status(journey_id=design["journey_id"], user_id="ana")
+        assert status["current_step"] == "upload_content"  # its checkpoint opened
+        assert MARKER in json.dumps([e.payload for e in await rt.history(status["instance_id"])])
+
+
+def test_serve_and_worker_refuse_another_key_with_a_message(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(check_store_key(postgres_url, KEY))  # the first key keeps its proof
+    monkeypatch.setenv("JOURNEYS_ENCRYPTION_KEY", "another key, 16b")
+    served = CliRunner().invoke(cli, ["serve", "--no-auth", "--database-url", postgres_url])
+    worker = CliRunner().invoke(cli, ["worker", "--database-url", postgres_url])
+    for result in (served, worker):
+        assert result.exit_code == 2 and "the encryption key is not this database's" in result.output, result.output
+        assert "Traceback" not in result.output

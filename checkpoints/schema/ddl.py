@@ -1292,3 +1292,28 @@ CREATE TABLE process_message_ids (
 V23_WAIT_INTERRUPTS: DDL = {
     dialect: ("ALTER TABLE process_waits ADD COLUMN interrupt_id VARCHAR(64)",) for dialect in ("sqlite", "postgresql")
 }
+
+# Migration 24: the encryption key's proof: a value sealed with the key the database was first encrypted with
+# (``checkpoints.encryption.check_key``), so a process given another key, or none, is refused as it opens.
+V24_ENCRYPTION_CANARY: DDL = {
+    "sqlite": (
+        """\
+CREATE TABLE journeys_encryption (
+    name VARCHAR(20) NOT NULL,
+    sealed TEXT NOT NULL,
+    written_at DATETIME NOT NULL,
+    PRIMARY KEY (name)
+)
+""",
+    ),
+    "postgresql": (
+        """\
+CREATE TABLE journeys_encryption (
+    name VARCHAR(20) NOT NULL,
+    sealed TEXT NOT NULL,
+    written_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (name)
+)
+""",
+    ),
+}

@@ -139,6 +139,16 @@ journey_retention = Table(
     Column("upto", UTCDateTime(), nullable=True),
 )
 
+# The encryption key's proof (migration 24): a value sealed with the key the database was first encrypted
+# with, so a process given another key, or none, is refused as it opens (checkpoints.encryption.check_key).
+encryption_canary = Table(
+    "journeys_encryption",
+    metadata,
+    Column("name", String(20), primary_key=True),
+    Column("sealed", Text, nullable=False),
+    Column("written_at", UTCDateTime(), nullable=False),
+)
+
 # --- processes (BPMN-style): deployments, rollouts, and the durable waits a process instance parks on.
 # Waits, timers, inbox tasks, subscriptions and buffered messages are operational rows (claimed by atomic
 # UPDATE … WHERE status=…), so that two workers never fire or complete the same thing.
