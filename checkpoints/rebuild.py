@@ -93,6 +93,16 @@ def derived_row(events: list[Row]) -> dict[str, Any] | None:
     return row
 
 
+def as_live(derived: dict[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    """A row derived from the log, with each value the log kept redacted taken from the ``live`` row it
+    redacts: logs written before identities were kept whole (``IDENTITY_FIELDS``) hold a user named by an
+    e-mail address as ``[REDACTED]``, and a rebuild must not write that over the user."""
+    return {
+        key: live[key] if key in live and value != live[key] and redact(live[key]) == value else value
+        for key, value in derived.items()
+    }
+
+
 async def rebuild_instance_index(backend: Backend) -> Rebuilt:
     """Write every instance's index row as its events say: a missing row is inserted, a differing one
     updated, one that agrees left alone (an offline repair: a few queries per instance)."""
@@ -105,8 +115,10 @@ async def rebuild_instance_index(backend: Backend) -> Rebuilt:
             underivable.append(instance_id)
             continue
         found = await backend.query(_ROW, {"p_instance_id": instance_id})
-        if found and all(found[0][name] == derived[name] for name in _COMPARED):
-            continue
+        if found:
+            derived = as_live(derived, found[0])
+            if all(found[0][name] == derived[name] for name in _COMPARED):
+                continue
         params = {"p_instance_id": instance_id, **{f"p_{name}": value for name, value in derived.items()}}
         await backend.write([_UPDATE if found else _INSERT], params)
         corrected.append(instance_id)
@@ -333,6 +345,12 @@ def _comparable(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     return sorted(json.dumps({c: text(r.get(c)) for c in columns}, sort_keys=True, default=str) for r in rows)
 
 
+def _as_logged(rows: list[dict[str, Any]], identities: bool) -> list[dict[str, Any]]:
+    """Live rows as the log keeps their values: redacted, with identities kept whole, or not (``identities``
+    False: as logs written before :data:`~checkpoints.redaction.IDENTITY_FIELDS` kept them)."""
+    return [{k: redact(v, identities=identities) if k in _REDACTED_COLUMNS else v for k, v in r.items()} for r in rows]
+
+
 async def lifecycle_views(
     backend: Backend, journey_id: str, sealer: Sealer | None = None
 ) -> dict[str, list[dict[str, Any]]]:
@@ -359,13 +377,16 @@ async def rebuild_lifecycle(backend: Backend, events: EventLog) -> Rebuilt:
     for journey_id in journey_ids:
         derived = lifecycle_rows(journey_id, await events.list(journey_id))
         live = await lifecycle_views(backend, journey_id, events.sealer)
+        states = "lifecycle_journey_states"  # the one row of each journey, with its client's id
+        if derived[states] and live[states]:
+            derived[states] = [as_live(derived[states][0], live[states][0])]
         for name, table in _LIFECYCLE_TABLES.items():
             if name not in derived:
                 underivable.append(f"{name}:{journey_id}")
                 continue
             columns = [c.name for c in table.columns if c.name != "id"]
-            logged = [{k: redact(v) if k in _REDACTED_COLUMNS else v for k, v in r.items()} for r in live[name]]
-            if _comparable(logged, columns) == _comparable(derived[name], columns):
+            wanted = _comparable(derived[name], columns)
+            if any(_comparable(_as_logged(live[name], whole), columns) == wanted for whole in (True, False)):
                 continue
             async with backend.transaction() as tx:
                 await tx.execute(delete(table).where(table.c.journey_id == journey_id))
@@ -476,8 +497,10 @@ async def rebuild_inbox(backend: Backend, events: EventLog) -> Rebuilt:
         }
         for task_id, row in derived.items():
             found = live.get(task_id)
-            if found is not None and _same(found, row):
-                continue
+            if found is not None:
+                row = as_live(row, found)
+                if _same(found, row):
+                    continue
             values = {k: v for k, v in row.items() if not k.startswith("_")}
             values["result"] = events.sealer.seal(values["result"])
             if found is not None and not row["_schema_logged"]:

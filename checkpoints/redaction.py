@@ -7,7 +7,10 @@
   ssn) and the fields a spec marks ``sensitive`` (:func:`mark_sensitive`); a field given as a name and a
   value (``{"name": "api_key", "value": …}``) too, except in the event log (:func:`_named_value`);
 - inside every string, bearer tokens, well-known API key shapes, e-mail addresses and card numbers (13 to
-  19 digits passing the Luhn check) are replaced by :data:`REDACTED`.
+  19 digits passing the Luhn check) are replaced by :data:`REDACTED`, except in the fields that name who or
+  what a record belongs to (:data:`IDENTITY_FIELDS`: a user named by an e-mail address, a business key
+  holding a long number), which are kept as written unless a spec marks them sensitive: the audit trail
+  says who did what, and the views rebuilt from the log (``checkpoints.rebuild``) keep their keys.
 
 It is the one redaction mechanism, applied wherever values leave the journey for people: the event log,
 logs, API responses and streams, span attributes and the exceptions spans record, and metric label values
@@ -60,6 +63,25 @@ _SECRET_ASSIGNMENT = re.compile(
 # which would otherwise pass for one whenever its digits happen to pass the Luhn check.
 _CARD = re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])")
 _SENSITIVE: set[str] = set()  # field names specs mark sensitive, lower-cased
+# Users, groups, clients and keys that identify a record: the index row's keys (also as an instance's first
+# event records them), the inbox's people and groups, a lifecycle's client, a process's business and
+# correlation keys. Their values are not searched for secret-looking text.
+IDENTITY_FIELDS = frozenset(
+    {
+        "user_id",
+        "instance_user",
+        "journey_id",
+        "instance_design",
+        "by",
+        "assignee",
+        "claimed_by",
+        "completed_by",
+        "candidate_groups",
+        "client_id",
+        "business_key",
+        "correlation_key",
+    }
+)
 
 
 def mark_sensitive(fields: Iterable[str]) -> None:
@@ -135,16 +157,20 @@ def redact_label(value: str, limit: int = MAX_LABEL_CHARS) -> str:
     return redact_text(value)[:limit]
 
 
-def redact(value: Any, *, pairs: bool = True) -> Any:
+def redact(value: Any, *, pairs: bool = True, identities: bool = True) -> Any:
     """A copy of ``value`` with sensitive fields and secret-looking strings replaced (see the module).
-    ``pairs``: a field given as a name and a value too (:func:`_named_value`)."""
+    ``pairs``: a field given as a name and a value too (:func:`_named_value`); ``identities``: the
+    :data:`IDENTITY_FIELDS` kept as written (False: searched too, as logs written before were)."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
         hidden = _named_value(value) if pairs else None
-        return {key: REDACTED if key == hidden else redact_field(key, item, pairs=pairs) for key, item in value.items()}
+        return {
+            key: REDACTED if key == hidden else redact_field(key, item, pairs=pairs, identities=identities)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [redact(item, pairs=pairs) for item in value]
+        return [redact(item, pairs=pairs, identities=identities) for item in value]
     return value
 
 
@@ -159,7 +185,9 @@ def _named_value(pair: Mapping[Any, Any]) -> str | None:
     return None
 
 
-def redact_field(name: Any, value: Any, own_fields: frozenset[str] = frozenset(), *, pairs: bool = True) -> Any:
+def redact_field(
+    name: Any, value: Any, own_fields: frozenset[str] = frozenset(), *, pairs: bool = True, identities: bool = True
+) -> Any:
     """The value of the field ``name`` as it may be shown: :data:`REDACTED` if the name is sensitive, else
     :func:`redact`; a field of ``own_fields`` (an envelope's own: see :func:`redact_envelope`) is searched as
     the envelope."""
@@ -167,7 +195,9 @@ def redact_field(name: Any, value: Any, own_fields: frozenset[str] = frozenset()
         return redact_envelope(value, own_fields)
     if isinstance(name, str) and is_sensitive(name) and value is not None:
         return REDACTED
-    return redact(value, pairs=pairs)
+    if identities and name in IDENTITY_FIELDS and isinstance(value, str | list):
+        return value
+    return redact(value, pairs=pairs, identities=identities)
 
 
 def redact_envelope(value: Any, own_fields: frozenset[str]) -> Any:

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, text, update
 from typer.testing import CliRunner
 
 from agents import AgentCallFailedError, FailingAgent
 from checkpoints import VirtualClock
 from checkpoints.index import Instance
+from checkpoints.redaction import redact
+from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
 from checkpoints.schema.tables import journey_instances
 from graphs import READY_TO_START, JourneyRuntime
 from server.cli import app as cli
@@ -97,3 +100,73 @@ def test_journeys_rebuild_restores_the_instance_index_from_the_event_log(durable
     assert asyncio.run(corrupt_and_read(durable_url, corrupt=False)) == live
     again = CliRunner().invoke(cli, ["rebuild", "--database-url", durable_url])
     assert f"{len(live)} instances read, 0 corrected" in again.output  # the live index equals the rebuilt one
+
+
+ODD_KEYS = ("ana@example.com", "order.4111111111111111", "acme@example.com")  # e-mail addresses, a card-like key
+
+
+async def odd_identities(url: str) -> dict[str, Any]:
+    """Identities that redaction would hide: a structured journey's user and a process task's assignee
+    (who claims and completes it) named by an e-mail address, a process whose business key holds a number
+    that passes as a card's, a lifecycle journey's client named by an e-mail address. Answers the index,
+    the inbox and the lifecycle states."""
+    async with JourneyRuntime.open(url, clock=VirtualClock()) as runtime:
+        ana, order, acme = ODD_KEYS
+        journey = await runtime.structured.design_journey("content_migration", {})
+        await runtime.structured.execute_journey(journey["journey_id"], ana, {})
+        await runtime.processes.deploy(EXPENSE)
+        await runtime.processes.start("expense", business_key=order)
+        [task] = await runtime.processes.inbox.list_tasks(group="finance")
+        await runtime.processes.inbox.claim(task["task_id"], ana, groups=["finance"])
+        await runtime.processes.start("expense", business_key="second")
+        await runtime.lifecycle.start_journey(acme, metrics=READY_TO_START)
+        inbox = await runtime.processes.inbox.list_tasks(status=None)
+        states = await runtime.store.backend.query(select(lifecycle_journey_states.c.client_id))
+        return {
+            "index": row_view(await runtime.store.index.list_instances(limit=100)),
+            "inbox": sorted((t["task_id"], t["claimed_by"], t["status"]) for t in inbox),
+            "clients": [row["client_id"] for row in states],
+        }
+
+
+async def forget_identities_in_the_log(url: str) -> None:
+    """The log as a runtime before the fix wrote it: its first events recorded the identities redacted."""
+    async with JourneyRuntime.open(url) as runtime, runtime.store.engine.begin() as conn:
+        postgres = conn.dialect.name == "postgresql"
+        replaced = (
+            "CAST(REPLACE(CAST(payload AS TEXT), :key, :hidden) AS JSON)"
+            if postgres
+            else "REPLACE(payload, :key, :hidden)"
+        )
+        for key in ODD_KEYS:
+            hidden = json.dumps(redact(key))[1:-1]
+            await conn.execute(text(f"UPDATE journey_events SET payload = {replaced}"), {"key": key, "hidden": hidden})
+
+
+def test_a_rebuild_keeps_identities_that_look_like_secrets(durable_url: str) -> None:
+    """Events were redacted whole: a user, an assignee or a client named by an e-mail address was logged as
+    ``[REDACTED]`` (so the audit trail could not say who claimed a task), and ``journeys rebuild`` then
+    "corrected" the index, the inbox and the lifecycle states to it, cutting people off from their journeys
+    and tasks. Identities are logged whole now, and a log written before, with them redacted, no longer
+    overwrites the views' (their rows agree up to redaction)."""
+    live = asyncio.run(odd_identities(durable_url))
+    assert {row[2] for row in live["index"].values()} >= {ODD_KEYS[0], ODD_KEYS[1]}
+    assert ODD_KEYS[0] in {claimed for _task, claimed, _status in live["inbox"]} and live["clients"] == [ODD_KEYS[2]]
+    for forget in (False, True):
+        if forget:
+            asyncio.run(forget_identities_in_the_log(durable_url))
+        result = CliRunner().invoke(cli, ["rebuild", "--database-url", durable_url])
+        assert "0 corrected" in result.output and "0 views corrected" in result.output, result.output
+        assert result.output.count("0 views corrected") == 2, result.output
+        assert asyncio.run(read_identities(durable_url)) == live
+
+
+async def read_identities(url: str) -> dict[str, Any]:
+    async with JourneyRuntime.open(url) as runtime:
+        inbox = await runtime.processes.inbox.list_tasks(status=None)
+        states = await runtime.store.backend.query(select(lifecycle_journey_states.c.client_id))
+        return {
+            "index": row_view(await runtime.store.index.list_instances(limit=100)),
+            "inbox": sorted((t["task_id"], t["claimed_by"], t["status"]) for t in inbox),
+            "clients": [row["client_id"] for row in states],
+        }
