@@ -23,7 +23,6 @@ from sqlalchemy.sql import Executable
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
-from checkpoints.redaction import redact
 from checkpoints.schema.tables import INSTANCE_NO_SEQUENCE, journey_events, journey_instances
 from checkpoints.seq_race import again_if_lost
 
@@ -428,9 +427,11 @@ def _values(instance_id: str, event: NewEvent, now: datetime, sealer: Sealer) ->
 
 
 def event_payload(event: NewEvent, sealer: Sealer) -> Any:
-    """An event's payload as stored: redacted (the log is for people to read: no secrets in it), but for
-    the values of name/value pairs, which a process start replays; then sealed when the store encrypts at rest."""
-    return sealer.seal(redact(event.payload, pairs=False))
+    """An event's payload as stored: whole, as the journey's state is, since recovery replays from it (a
+    start's input, a logged call's output) and a redacted copy would replay ``[REDACTED]`` into the journey;
+    sealed when the store encrypts at rest. It is redacted where it is shown (every answer of the server,
+    the dashboard, logs: :mod:`checkpoints.redaction`)."""
+    return sealer.seal(event.payload)
 
 
 class _Unclaimed(Exception):

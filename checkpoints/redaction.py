@@ -5,19 +5,20 @@
 - the value of every field whose name is sensitive is replaced by :data:`REDACTED`: names that say
   secret (password, secret, token, api key, authorization, credential, private key, card number, cvv,
   ssn) and the fields a spec marks ``sensitive`` (:func:`mark_sensitive`); a field given as a name and a
-  value (``{"name": "api_key", "value": …}``) too, except in the event log (:func:`_named_value`);
+  value (``{"name": "api_key", "value": …}``) too (:func:`_named_value`);
 - inside every string, bearer tokens, well-known API key shapes, e-mail addresses and card numbers (13 to
   19 digits passing the Luhn check) are replaced by :data:`REDACTED`, except in the fields that name who or
   what a record belongs to (:data:`IDENTITY_FIELDS`: a user named by an e-mail address, a business key
-  holding a long number), which are kept as written unless a spec marks them sensitive: the audit trail
-  says who did what, and the views rebuilt from the log (``checkpoints.rebuild``) keep their keys.
+  holding a long number), which are kept as written unless a spec marks them sensitive: an answer says who
+  did what.
 
-It is the one redaction mechanism, applied wherever values leave the journey for people: the event log,
-logs, API responses and streams, span attributes and the exceptions spans record, and metric label values
-(:func:`redact_label`, which also cuts them short). An API answer goes through :func:`redact_envelope`: a
-spec's marks apply to the journey values it carries, never to the answer's own fields. Journey state and the
-inputs of runs are not redacted, so a value the journey needs still reaches its agents (encrypt those at rest
-instead: see :mod:`checkpoints.savers`).
+It is the one redaction mechanism, applied wherever values leave the journey for people: logs, API
+responses and streams (the event log's history among them), the dashboard, span attributes and the
+exceptions spans record, and metric label values (:func:`redact_label`, which also cuts them short). An
+API answer goes through :func:`redact_envelope`: a spec's marks apply to the journey values it carries,
+never to the answer's own fields. Journey state, the inputs of runs and the event log itself are not
+redacted: recovery replays a journey from its log (a start's input, a logged call's output), and a value
+the journey needs still reaches its agents. Encrypt them at rest instead (:mod:`checkpoints.encryption`).
 
 Marks are known per process, once a design is loaded there, and apply to every journey it shows. So what
 is kept only to be shown (a server run's output and stream chunks) is redacted where the journey ran, and
@@ -157,37 +158,33 @@ def redact_label(value: str, limit: int = MAX_LABEL_CHARS) -> str:
     return redact_text(value)[:limit]
 
 
-def redact(value: Any, *, pairs: bool = True, identities: bool = True) -> Any:
-    """A copy of ``value`` with sensitive fields and secret-looking strings replaced (see the module).
-    ``pairs``: a field given as a name and a value too (:func:`_named_value`); ``identities``: the
-    :data:`IDENTITY_FIELDS` kept as written (False: searched too, as logs written before were)."""
+def redact(value: Any, *, identities: bool = True) -> Any:
+    """A copy of ``value`` with sensitive fields and secret-looking strings replaced (see the module), a
+    field given as a name and a value too (:func:`_named_value`). ``identities``: the :data:`IDENTITY_FIELDS`
+    kept as written (False: searched too, as event logs written before were)."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        hidden = _named_value(value) if pairs else None
+        hidden = _named_value(value)
         return {
-            key: REDACTED if key == hidden else redact_field(key, item, pairs=pairs, identities=identities)
+            key: REDACTED if key == hidden else redact_field(key, item, identities=identities)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [redact(item, pairs=pairs, identities=identities) for item in value]
+        return [redact(item, identities=identities) for item in value]
     return value
 
 
 def _named_value(pair: Mapping[Any, Any]) -> str | None:
     """``"value"`` when ``pair`` gives a field as a name and a value (``{"name": "api_key", "value": …}``: a
-    process's variable changes) and that name is sensitive; None otherwise. The event log alone keeps such
-    pairs whole (``pairs=False``): a process start a crash cut short before its first checkpoint is run
-    again from its first event's changes."""
+    process's variable changes) and that name is sensitive; None otherwise."""
     name = pair.get("name")
     if isinstance(name, str) and pair.get("value") is not None and is_sensitive(name):
         return "value"
     return None
 
 
-def redact_field(
-    name: Any, value: Any, own_fields: frozenset[str] = frozenset(), *, pairs: bool = True, identities: bool = True
-) -> Any:
+def redact_field(name: Any, value: Any, own_fields: frozenset[str] = frozenset(), *, identities: bool = True) -> Any:
     """The value of the field ``name`` as it may be shown: :data:`REDACTED` if the name is sensitive, else
     :func:`redact`; a field of ``own_fields`` (an envelope's own: see :func:`redact_envelope`) is searched as
     the envelope."""
@@ -197,7 +194,7 @@ def redact_field(
         return REDACTED
     if identities and name in IDENTITY_FIELDS and isinstance(value, str | list):
         return value
-    return redact(value, pairs=pairs, identities=identities)
+    return redact(value, identities=identities)
 
 
 def redact_envelope(value: Any, own_fields: frozenset[str]) -> Any:

@@ -195,3 +195,64 @@ async def test_a_process_replays_a_service_task_logged_before_a_crash(store_url:
         assert calls == ["first", "second"]  # the first call replayed from its logged event, not made again
         completed = [e.step for e in await rt.history("proc_replay") if e.type.endswith("completed") and e.step]
         assert completed.count("first") == 1
+
+
+async def test_recovery_replays_a_journeys_values_whole_not_as_the_history_shows_them(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event log was stored redacted, and recovery replays from it: a start cut short before its first
+    checkpoint (with the server's exit durability, any crash before a run stops) went on with ``[REDACTED]``
+    for its context's e-mail address and password, and a process replaying a logged call set its variable
+    to ``[REDACTED]``. The log keeps the values whole now (redacted where shown: the history answer)."""
+    context = {"contact": "ana@example.com", "password": "hunter2"}
+    received: list[dict[str, Any]] = []
+
+    async def lookup(request: Any) -> dict[str, Any]:
+        if "context" in request.payload:  # a structured step's (a process's service task has none)
+            received.append(dict(request.payload["context"]))
+        return {"email": "bob@example.com", "card": "4111 1111 1111 1111"}
+
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("lookup", lookup)
+        steps = [{"step_id": "s1", "agent": "lookup", "mode": "auto"}]
+        spec = {"journey_type": "replayed", "name": "Replayed", "steps": steps}
+        journey_id = (await rt.structured.design_journey("replayed", spec=spec))["journey_id"]
+        run = JourneyEngine.run
+
+        async def killed_before_first_checkpoint(self: JourneyEngine, *_a: Any, **_k: Any) -> Any:
+            raise asyncio.CancelledError
+
+        monkeypatch.setattr(JourneyEngine, "run", killed_before_first_checkpoint)
+        with pytest.raises(asyncio.CancelledError):
+            await rt.structured.execute_journey(journey_id, "u-1", context)
+        monkeypatch.setattr(JourneyEngine, "run", run)
+        assert await rt.recover() == [structured_instance_id(journey_id, "u-1")]
+        assert received == [context]
+
+        process = {
+            "name": "replayed",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "service_task", "id": "first", "agent": "lookup", "outputs": ["email", "card"]},
+                {"type": "user_task", "id": "check", "title": "Check", "assignee": "ana"},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": ["start -> first", "first -> check", "check -> end"],
+        }
+        await rt.processes.deploy(process)
+        log = rt.store.events
+        append = log.append
+
+        async def dying_append(instance_id: str, events: Any, **options: Any) -> list[bool]:
+            written = await append(instance_id, events, **options)
+            if any(e.step == "first" and e.type.endswith("completed") for e in events):
+                raise Crash  # its output is in the log; the step never returns, so it is not checkpointed
+            return written
+
+        log.append = dying_append  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            await rt.processes.start("replayed", "k-1", instance_id="proc_whole")
+        log.append = append  # type: ignore[method-assign]
+        assert await rt.recover() == ["proc_whole"]
+        variables = (await rt.processes.status("proc_whole"))["variables"]
+        assert (variables["email"], variables["card"]) == ("bob@example.com", "4111 1111 1111 1111")

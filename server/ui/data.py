@@ -11,6 +11,7 @@ from typing import Any
 
 from checkpoints.index import Instance, InstanceFilter
 from checkpoints.ownership import Viewer
+from checkpoints.redaction import redact
 from checkpoints.retention import FINISHED_STATUSES
 from graphs.errors import JourneyNotFoundError
 from graphs.kernel.forks import FORKED, FORKED_FROM
@@ -138,7 +139,7 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
     now = svc.runtime.store.clock.now()
     history = await svc.runtime.history(instance_id)
     events = [
-        {"seq": e.seq, "type": e.type, "step": e.step, "payload": e.payload, "created_at": e.created_at}
+        {"seq": e.seq, "type": e.type, "step": e.step, "payload": redact(e.payload), "created_at": e.created_at}
         for e in history
     ]
     svg = mermaid = None
@@ -174,7 +175,8 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
     variables = status.get("variables")
     if variables is None:
         variables = {k: v for k, v in status.items() if k in ("last_output", "metadata", "areas", "units")}
-    compensation = {k: status[k] for k in COMPENSATION_KEYS if status.get(k)}
+    variables = redact(variables)  # shown to people, as every answer of the server is (checkpoints.redaction)
+    compensation = redact({k: status[k] for k in COMPENSATION_KEYS if status.get(k)})
     fork_points: dict[int, str] = {}
     if pattern in FORKABLE:  # a fork goes on after a step's last completion
         for event in history:
