@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -137,8 +137,8 @@ _LIFECYCLE_TABLES: dict[str, Table] = {
     "lifecycle_units_of_work": lifecycle_units_of_work,
     "lifecycle_rollback_history": lifecycle_rollback_history,
 }
-# Columns that may hold an agent's or a person's values: the log has them redacted, so a live row is
-# compared with its redacted form (a row that agrees up to redaction keeps its values).
+# Columns that may hold an agent's or a person's values: logs written before the log was kept whole have them
+# redacted, so a live row is also compared with its redacted form (a row that agrees up to redaction stays).
 _REDACTED_COLUMNS = ("tasks", "failure", "plan", "snapshot", "metadata")
 _LIFECYCLE_IDS = (
     select(_instances.instance_id).where(_instances.pattern == "lifecycle").order_by(_instances.instance_id)
@@ -345,10 +345,15 @@ def _comparable(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     return sorted(json.dumps({c: text(r.get(c)) for c in columns}, sort_keys=True, default=str) for r in rows)
 
 
-def _as_logged(rows: list[dict[str, Any]], identities: bool) -> list[dict[str, Any]]:
-    """Live rows as the log keeps their values: redacted, with identities kept whole, or not (``identities``
-    False: as logs written before :data:`~checkpoints.redaction.IDENTITY_FIELDS` kept them)."""
-    return [{k: redact(v, identities=identities) if k in _REDACTED_COLUMNS else v for k, v in r.items()} for r in rows]
+def _as_logged(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Live rows as the log may hold their values: whole (as it keeps them now), or redacted as logs written
+    before kept them, with identities whole or redacted too (``checkpoints.redaction.IDENTITY_FIELDS``)."""
+    yield rows
+    for identities in (True, False):
+        yield [
+            {k: redact(v, identities=identities) if k in _REDACTED_COLUMNS else v for k, v in row.items()}
+            for row in rows
+        ]
 
 
 async def lifecycle_views(
@@ -386,7 +391,7 @@ async def rebuild_lifecycle(backend: Backend, events: EventLog) -> Rebuilt:
                 continue
             columns = [c.name for c in table.columns if c.name != "id"]
             wanted = _comparable(derived[name], columns)
-            if any(_comparable(_as_logged(live[name], whole), columns) == wanted for whole in (True, False)):
+            if any(_comparable(rows, columns) == wanted for rows in _as_logged(live[name])):
                 continue
             async with backend.transaction() as tx:
                 await tx.execute(delete(table).where(table.c.journey_id == journey_id))

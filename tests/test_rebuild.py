@@ -119,7 +119,7 @@ async def odd_identities(url: str) -> dict[str, Any]:
         [task] = await runtime.processes.inbox.list_tasks(group="finance")
         await runtime.processes.inbox.claim(task["task_id"], ana, groups=["finance"])
         await runtime.processes.start("expense", business_key="second")
-        await runtime.lifecycle.start_journey(acme, metrics=READY_TO_START)
+        await runtime.lifecycle.start_journey(acme, metrics=READY_TO_START, metadata={"contact": "ops@example.com"})
         inbox = await runtime.processes.inbox.list_tasks(status=None)
         states = await runtime.store.backend.query(select(lifecycle_journey_states.c.client_id))
         return {
