@@ -393,7 +393,9 @@ class AgentCaller:
             pool = entry.pool or intent
             async with self.bulkheads.hold(pool, self.registry.pool_limit(pool)):
                 result = entry.agent(request)
-                if inspect.isawaitable(result):
+                if inspect.isawaitable(result) and time_limit is None:  # no timer to set and cancel
+                    result = await result
+                elif inspect.isawaitable(result):
                     try:
                         async with asyncio.timeout(time_limit):
                             result = await result

@@ -117,6 +117,27 @@ async def test_the_runtime_timeout_applies_to_agents_registered_without_one() ->
         assert (failed["error_type"], failed["attempts"]) == ("AgentTimeoutError", 3)
 
 
+async def test_an_agents_own_timeout_error_without_a_time_limit_is_logged_as_itself(store_url: str) -> None:
+    """No time limit anywhere (spec, registration, runtime): a TimeoutError the agent raises itself (its HTTP
+    client's, say) is an ordinary failed attempt, retried and logged as a TimeoutError. It used to be caught as
+    the time limit's and its message formatted with ``None``: a TypeError took its place in the log."""
+
+    async def client_times_out(request: AgentRequest) -> dict[str, Any]:
+        if request.attempt == 1:
+            raise TimeoutError("the upstream read timed out")
+        return {"attempt": request.attempt}
+
+    async with JourneyRuntime.open(store_url, agents=registry(fetch=client_times_out), retry=FAST) as rt:
+        status = await run_saga(rt, [{"step_id": "fetch", "agent": "fetch"}])
+        assert status["status"] == "completed"
+        failed = await events_of(rt, status["saga_id"], "agent.attempt_failed")
+        assert [(f["attempt"], f["error_type"], f["error"]) for f in failed] == [
+            (1, "TimeoutError", "the upstream read timed out")
+        ]
+        [done] = await events_of(rt, status["saga_id"], "step.completed")
+        assert (done["attempts"], done["output"]) == (2, {"attempt": 2})
+
+
 async def test_the_spec_retry_policy_sets_attempts_and_declared_error_types_are_not_retried() -> None:
     def broken(request: AgentRequest) -> dict[str, Any]:
         raise LookupError(f"no record (attempt {request.attempt})")
