@@ -32,7 +32,7 @@ class Grants(BaseModel):
         default=None, description="the only intents this journey's agent calls may use; None restricts nothing"
     )
     sensitive: tuple[str, ...] = Field(
-        default=(), description="fields redacted wherever values are shown: the event log, logs, traces, API answers"
+        default=(), description="fields redacted wherever values are shown: API answers (history too), logs, traces"
     )
 
     @model_validator(mode="after")

@@ -12,9 +12,9 @@ The client lifecycle's tables are derived from the same log (:func:`rebuild_life
 row by the next-state rule the live machine commits with; transitions, validations, metric samples, unit-of-
 work runs and rollback history from the events they were written with (a run's task records by the same
 rule, :func:`checkpoints.lifecycle.task_row`, with each task's output from its own completion event).
-Values the log holds redacted come back redacted; a live row that agrees with the log up to redaction is
-left alone. So is the user-task inbox (:func:`rebuild_inbox`), from the task events of each process
-instance.
+The log keeps values whole; a log written before it did holds them redacted, and a live row that agrees
+with it up to redaction is left alone (an identity it hid is taken from the live row: :func:`as_live`). So is
+the user-task inbox (:func:`rebuild_inbox`), from the task events of each process instance.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class StepJourneys:
 
     async def _fork_controls(self, source: Instance, state: Mapping[str, Any]) -> StartControls | None:
         """The source's concurrency limit and key value (from the start context in the state the fork goes
-        on from: unredacted, unlike the log), which a fork runs under."""
+        on from), which a fork runs under."""
         _pattern, spec, _graph = await self._load(source.journey_id)
         return StartControls.of(None, None, spec.concurrency, dict(state.get("context") or {}))
 
