@@ -23,6 +23,9 @@ Target (issue 15): p95 under 150 ms at 20 clients, distributed; a miss prints ``
 code is 0 whatever the figures: this is a report).
 
 ``--latency-only`` measures only the distributed latency, CPU and database figures (a minute, not ten).
+``--workers N`` measures that latency with N ``journeys worker`` processes (concurrency 8 each) instead of one:
+what a deployer gains from a second process on a machine with cores to spare (the worker's figure is then
+their sum). The throughput phase compares one worker with two whatever this is.
 ``--profile N`` samples the API and the worker with py-spy (``pip install py-spy``; left out with a note when
 it is missing) during the 20-client phase and prints each one's top N entries by own time. Samples are of
 time a thread was not idle: a thread preempted right after waking PostgreSQL (a send) counts there too.
@@ -368,53 +371,72 @@ async def bench_embedded(url: str, quick: bool, pending: Pending) -> dict[str, A
     return results
 
 
-async def bench(url: str, quick: bool, *, latency_only: bool = False, profile: int = 0) -> dict[str, Any]:
+async def bench(
+    url: str, quick: bool, *, latency_only: bool = False, profile: int = 0, workers: int = 1
+) -> dict[str, Any]:
     ensure_schema(url)
     pending = Pending(url)
     try:
         results = {} if latency_only else await bench_embedded(url, quick, pending)
-        results.update(await bench_distributed(url, quick, pending, latency_only=latency_only, profile=profile))
+        results.update(
+            await bench_distributed(url, quick, pending, latency_only=latency_only, profile=profile, workers=workers)
+        )
     finally:
         pending.close()
     return results
 
 
 async def bench_distributed(
-    url: str, quick: bool, pending: Pending, *, latency_only: bool = False, profile: int = 0
+    url: str, quick: bool, pending: Pending, *, latency_only: bool = False, profile: int = 0, workers: int = 1
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    """The distributed figures: the latency phase with ``workers`` worker processes, the rest with one or two."""
+    results: dict[str, Any] = {"workers": workers}
     database = postmaster(url)
     with serving(url, distributed=True) as (base, api):
         async with httpx.AsyncClient(base_url=base, timeout=300) as client:
-            workers = [start_worker(url, 8)]
+            running = [start_worker(url, 8) for _ in range(workers)]
             try:
-                await asyncio.to_thread(wait_for_workers, url, 1)
-                await latency(client, 5, 5)  # warm-up: imports, compiled graphs, pools
-                measured: dict[str, Measured] = {"api": api, "worker": workers[0]}
+                await asyncio.to_thread(wait_for_workers, url, workers)
+                await latency(client, 5 * workers, 5 * workers)  # warm-up: imports, compiled graphs, pools
+                measured: dict[str, Measured] = {"api": api, "worker": running[0]}
+                measured |= {f"worker{n}": worker for n, worker in enumerate(running[1:], start=2)}
                 if database is not None:
                     measured["postgres"] = database
                 await measure_latency(client, 20 if quick else 200, results, measured, url=url, profile=profile)
+                fold_workers(results, workers)
                 if latency_only:
                     return results
+                stop(running[1:])
+                del running[1:]
                 n = 30 if quick else 400
                 results["one_worker_per_s"] = await throughput(client, pending, n, "one")
-                workers.append(start_worker(url, 8))
+                running.append(start_worker(url, 8))
                 await asyncio.to_thread(wait_for_workers, url, 2)
                 await latency(client, 32, 16)  # warm the second worker too (both take jobs)
                 results["two_workers_per_s"] = await throughput(client, pending, n, "two")
                 results["ratio"] = results["two_workers_per_s"] / results["one_worker_per_s"]
-                stop(workers[1:])
-                workers = workers[:1]
+                stop(running[1:])
+                del running[1:]
                 small, parked = (50, 200) if quick else (100, 10_000)
                 await park(client, pending, 0, small)
                 results["small_parked"] = small
-                results["worker_rss_small_mb"] = rss_mb(workers[0])
+                results["worker_rss_small_mb"] = rss_mb(running[0])
                 await park(client, pending, small, parked)
                 results["parked"] = parked
-                results["worker_rss_mb"] = rss_mb(workers[0])
+                results["worker_rss_mb"] = rss_mb(running[0])
             finally:
-                stop(workers)
+                stop(running)
     return results
+
+
+def fold_workers(results: dict[str, Any], workers: int) -> None:
+    """The worker processes' CPU per journey as one figure, ``cpu_ms_worker`` (their sum); each process's own
+    (``cpu_ms_worker1``, ``cpu_ms_worker2``, …) kept beside it when there are several."""
+    if workers == 1:
+        return
+    each = [results.pop(f"cpu_ms_worker{n}") if n > 1 else results["cpu_ms_worker"] for n in range(1, workers + 1)]
+    results |= {f"cpu_ms_worker{n}": ms for n, ms in enumerate(each, start=1)}
+    results["cpu_ms_worker"] = sum(each)
 
 
 P95_TARGET_MS = 150.0  # start to completion at 20 clients, distributed
@@ -429,6 +451,14 @@ def missed_targets(results: dict[str, Any]) -> list[str]:
     return [f"TARGET MISSED: p95 at 20 clients {p95:.0f} ms >= {P95_TARGET_MS:.0f} ms{total}"]
 
 
+def each_worker(results: dict[str, Any]) -> str:
+    """Each worker process's share of the worker figure when there were several ("" for one)."""
+    workers = int(results["workers"])
+    if workers == 1:
+        return ""
+    return " (" + " + ".join(f"{results[f'cpu_ms_worker{n}']:.1f}" for n in range(1, workers + 1)) + ")"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few journeys")
@@ -436,6 +466,9 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="py-spy the API and the worker at 20 clients: top N"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="worker processes in the latency phase (default 1)"
     )
     args = parser.parse_args()
     if args.profile and py_spy() is None:
@@ -452,12 +485,14 @@ def main() -> None:
             conn.execute("CREATE DATABASE journeys_bench")
         url = url.rsplit("/", 1)[0] + "/journeys_bench" if "?" not in url else url
     try:
-        results = asyncio.run(bench(url, args.quick, latency_only=args.latency_only, profile=args.profile))
+        results = asyncio.run(
+            bench(url, args.quick, latency_only=args.latency_only, profile=args.profile, workers=args.workers)
+        )
     finally:
         if server is not None:
             server.cleanup()
     r = results
-    print("distributed mode (API + procrastinate workers):")
+    print(f"distributed mode (API + procrastinate workers; {r['workers']} in the latency phase):")
     print(
         f"  8-step journey, HTTP start to completion at 20 clients: p50 {r['p50_ms']:.0f} ms, "
         f"p95 {r['p95_ms']:.0f} ms; at 1 client: p50 {r['one_client_p50_ms']:.0f} ms"
@@ -465,6 +500,7 @@ def main() -> None:
     postgres = f", PostgreSQL {r['cpu_ms_postgres']:.1f} ms" if "cpu_ms_postgres" in r else " (PostgreSQL remote)"
     print(
         f"  CPU per journey at 20 clients: API process {r['cpu_ms_api']:.1f} ms, worker {r['cpu_ms_worker']:.1f} ms"
+        f"{each_worker(r)}"
         f"{postgres}; total {r['cpu_ms_total']:.1f} ms (and this benchmark's HTTP client, on the same cores: "
         f"{r['cpu_ms_client']:.1f} ms)"
     )

@@ -5,7 +5,8 @@ A run is created ``pending`` and claimed by one executor at a time (an atomic UP
 Stream chunks of runs created for streaming are rows too, so a client can read them from any API process
 while a worker in another process produces them. On PostgreSQL, finishing a run or appending a chunk also
 notifies ``RUN_CHANNEL`` with the run id, in the same transaction, so waiting requests in any process wake
-when the change is committed (see :mod:`server.runs.watch`).
+when the change is committed (see :mod:`server.runs.watch`); a finished run's notice carries its row too
+(:func:`split_notice`), so a waiter in another process has it without reading it back.
 
 Every statement is defined once here and runs through the store's :class:`~checkpoints.backends.base.Backend`
 (on PostgreSQL, the hot ones in plain psycopg).
@@ -14,19 +15,23 @@ Every statement is defined once here and runs through the store's :class:`~check
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
     Executable,
     Select,
     Table,
+    Text,
     TextualSelect,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -55,7 +60,10 @@ TERMINAL = ("success", "error", "interrupted", "timeout")
 # after the server has cancelled them: see server.services.ServerServices.double_text).
 STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 NO_STATE = ""  # a run's base checkpoint when its thread had no state yet (a rollback then clears the thread)
-RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the payload is the id of a run that finished or streamed
+RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the id of a run that finished or streamed (see split_notice)
+# PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more: a finished run's row longer than this stays out.
+NOTICE_LIMIT = 7_900
+_NOTICE_SEP = "\n"  # between a finished run's id and its row, in its notice (no run id holds a newline)
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
 GROUPS = "groups"  # the run option holding the groups of the caller a run acts for
 _SERVER_OPTIONS = frozenset({"graph_id", GROUPS})  # options the server keeps for itself: not in a run's kwargs
@@ -236,6 +244,27 @@ def _claim_with_fetch(fetch: TextualSelect, task: str) -> Select[Any]:
     return select(*jobs, *claimed.c).select_from(job.outerjoin(claimed, true()))
 
 
+def _run_id_notice(written: CTE) -> ColumnElement[str]:
+    """A changed run's notice: its id (a waiter then reads what changed)."""
+    return written.c.run_id
+
+
+def _finished_notice(written: CTE) -> ColumnElement[str]:
+    """A finished run's notice: its id, then its whole row as JSON (:func:`split_notice`), which spares each
+    waiter in another process reading the run back; the id alone when the row would not fit a notice."""
+    whole = written.c.run_id + _NOTICE_SEP + func.to_jsonb(written.table_valued()).cast(Text)
+    return case((func.octet_length(whole) < NOTICE_LIMIT, whole), else_=written.c.run_id)
+
+
+def split_notice(payload: str) -> tuple[str, str | None]:
+    """A run notice's run id, and the finished run's row it carries (None: read the run to see what changed)."""
+    run_id, _, finished = payload.partition(_NOTICE_SEP)
+    return run_id, finished or None
+
+
+_TIMES = ("created_at", "updated_at", "cancel_requested_at")  # a run row's timestamps: ISO text in its JSON
+
+
 CLAIM = _claim_statement(bindparam("claimed_run", type_=_runs.run_id.type))
 # A new thread inserted by its first run's statement: bound from ``t_<column>`` (the run's are ``p_<column>``).
 _INSERT_NEW_THREAD = insert(server_threads).values(
@@ -342,13 +371,13 @@ class RunStore:
         self._clock = clock
         self._sealer = sealer or Sealer(None)
         # Finishing a run and appending a chunk wake waiters in every process (PostgreSQL NOTIFY).
-        self._finish = backend.notifying(_FINISH, RUN_CHANNEL, "run_id")
+        self._finish = backend.notifying(_FINISH, RUN_CHANNEL, _finished_notice)
         self._take_job: Select[Any] | None = None
         self._finish_ending_job: Executable | None = None
         if jobs is not None:  # a queue on PostgreSQL: the finish is a SELECT (the NOTIFY), its job's end a column
             self._take_job = _claim_with_fetch(jobs.fetch, jobs.task)
             self._finish_ending_job = cast(Select[Any], self._finish).add_columns(jobs.end)
-        self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, "run_id")
+        self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, _run_id_notice)
         self._with_job: dict[Executable, Executable] = {}  # a run's INSERT per queue's defer (built once)
         # A thread named by its caller is created by one statement that cannot fail on a duplicate id: two
         # requests naming one new id at once both learn which of them created it (no read-then-insert).
@@ -543,6 +572,14 @@ class RunStore:
     async def get_run(self, run_id: str) -> RunRow | None:
         found = await self._backend.read(_GET_RUN, {"p_run_id": run_id})
         return self._run(found[0]) if found else None
+
+    def noticed_run(self, finished: str) -> RunRow:
+        """The finished run whose row a notice carried (see :func:`split_notice`), as :meth:`get_run` reads it."""
+        row = json.loads(finished)
+        for name in _TIMES:
+            if row[name] is not None:
+                row[name] = datetime.fromisoformat(row[name]).astimezone(UTC)
+        return self._run(row)
 
     async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
         params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import job_queue
-from benchmarks.server import Sampler, bench, missed_targets
+from benchmarks.server import Sampler, bench, each_worker, fold_workers, missed_targets
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +56,14 @@ def test_the_profile_shares_leave_the_idle_event_loop_out(tmp_path: Path) -> Non
     )
     assert sampler.top("api", 5) == [(60.0, "send (c.py:3)"), (40.0, "handle (b.py:2)")]
     assert Sampler({}, tmp_path).top("worker", 5) == []  # no file: py-spy never wrote one
+
+
+def test_several_workers_cpu_is_their_sum_with_each_shown() -> None:
+    """``--workers 2``: the worker figure (and so the total) is the two processes' sum; each is kept."""
+    results = {"workers": 2, "cpu_ms_worker": 4.0, "cpu_ms_worker2": 5.5}
+    fold_workers(results, 2)
+    assert results == {"workers": 2, "cpu_ms_worker": 9.5, "cpu_ms_worker1": 4.0, "cpu_ms_worker2": 5.5}
+    assert each_worker(results) == " (4.0 + 5.5)"
+    alone = {"workers": 1, "cpu_ms_worker": 4.0}
+    fold_workers(alone, 1)
+    assert alone == {"workers": 1, "cpu_ms_worker": 4.0} and each_worker(alone) == ""

@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import psycopg
+
 from checkpoints.clock import SystemClock
+from checkpoints.encryption import Sealer
+from checkpoints.runs import LISTEN_RUNS, split_notice
 from checkpoints.store import open_store
 from checkpoints.url import parse_store_url
 from server.queues.embedded import EmbeddedRunner
@@ -64,6 +68,27 @@ async def test_a_waiter_in_another_process_wakes_on_the_database_notice(postgres
         await runs.append_event(run.run_id, 1, "values", {"step": 1})
         await runs.finish(run.run_id, "success")
         assert (await asyncio.wait_for(waiter, 10)).status == "success"
+
+
+async def test_a_finished_runs_notice_carries_the_run_as_a_read_gets_it_sealed(postgres_url: str) -> None:
+    """The worker's notice of a run's end holds the run's row, read by the waiter's store exactly as
+    ``get_run`` reads it (times, JSON, sealed fields opened); the caller's data stays sealed in transit."""
+    sealer = Sealer(b"k" * 32)
+    async with open_store(postgres_url, clock=SystemClock()) as store:
+        runs = RunStore(store.backend, store.clock, sealer)
+        conn = await psycopg.AsyncConnection.connect(parse_store_url(postgres_url).target, autocommit=True)
+        async with conn:
+            await conn.execute(LISTEN_RUNS)
+            run = await queued_run(runs)
+            await runs.claim(run.run_id)
+            output = {"secret": "s3cr3t", "values": [1, 2.5, None, "x"]}
+            await runs.finish(run.run_id, "success", {"why": "none"}, output)
+            notice = await anext(conn.notifies(timeout=10))
+        run_id, finished = split_notice(notice.payload)
+        assert run_id == run.run_id and finished is not None and "s3cr3t" not in finished
+        noticed = runs.noticed_run(finished)
+        assert noticed == await runs.get_run(run.run_id)
+        assert noticed.output == output and noticed.status == "success"
 
 
 class GatedRuns:

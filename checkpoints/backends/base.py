@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, cast
 
-from sqlalchemy import Executable, Table
+from sqlalchemy import CTE, ColumnElement, Executable, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -142,9 +142,10 @@ class Backend:
         """An INSERT that can say ``ON CONFLICT``, in this database's dialect."""
         return postgresql.insert(table) if self.postgres else sqlite.insert(table)
 
-    def notifying(self, statement: Any, channel: str, payload_column: str) -> Executable:
-        """``statement`` (a DML statement returning ``payload_column``), which on PostgreSQL also notifies
-        ``channel`` with that column's value when it commits. Elsewhere: the statement itself."""
+    def notifying(self, statement: Any, channel: str, payload: Callable[[CTE], ColumnElement[str]]) -> Executable:
+        """``statement`` (a DML statement with RETURNING), which on PostgreSQL also notifies ``channel`` when it
+        commits, once per row written, with ``payload`` (built from the statement as a CTE: its returned
+        columns, or its whole row). Elsewhere: the statement itself."""
         return statement  # type: ignore[no-any-return]
 
     def is_unique_violation(self, error: BaseException) -> bool:

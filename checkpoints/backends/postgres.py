@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ from psycopg.errors import UniqueViolation
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Executable, func, select
+from sqlalchemy import CTE, ColumnElement, Executable, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
@@ -93,10 +93,10 @@ class PostgresBackend(Backend):
         """The process's psycopg pool, shared by the saver, these hot paths and the queue."""
         return self._pool
 
-    def notifying(self, statement: Any, channel: str, payload_column: str) -> Executable:
+    def notifying(self, statement: Any, channel: str, payload: Callable[[CTE], ColumnElement[str]]) -> Executable:
         # The notice goes out when the write commits, so a woken waiter reads the change.
         written = statement.cte("written")
-        return select(written, func.pg_notify(channel, written.c[payload_column]).label("notified"))
+        return select(written, func.pg_notify(channel, payload(written)).label("notified"))
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._pool_transaction()

@@ -248,7 +248,7 @@ class RunExecutor:
     ) -> None:
         self.runtime = runtime
         self.runs = runs
-        self._notify = notify  # an object with .changed(run_id): wakes in-process waiters
+        self._notify = notify  # an object with .changed(run_id, finished): wakes in-process waiters
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
         self.webhooks = Webhooks(runtime, runs)
 
@@ -325,7 +325,7 @@ class RunExecutor:
         )
         if finished is not None and taken is not None:
             taken.ended(taken.job_id)
-        self._changed(run_id)
+        self._changed(run_id, finished)
         if finished is not None:
             self.finished(finished)
         return finished or await self.runs.get_run(run_id)
@@ -365,8 +365,10 @@ class RunExecutor:
         return requested if run.durability or assistant.replays_from_log else None
 
     async def _interrupted(self, run_id: str) -> None:
-        await self.runs.finish(run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"})
-        self._changed(run_id)
+        finished = await self.runs.finish(
+            run_id, "interrupted", {"error": "Cancelled", "message": "the run was cancelled"}
+        )
+        self._changed(run_id, finished)
 
     async def _run(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None) -> View:
         """The run's work; the journey's view when the assistant answered with one (see ``View``)."""
@@ -436,6 +438,8 @@ class RunExecutor:
         async with self.runtime.engine.exclusive(instance_id):
             await self.runtime.engine.settled_state(graph, instance_id, options=options)
 
-    def _changed(self, run_id: str) -> None:
+    def _changed(self, run_id: str, finished: RunRow | None = None) -> None:
+        """Wake the run's waiters in this process; ``finished``: the run, which has just finished (they need not
+        read it back)."""
         if self._notify is not None:
-            self._notify.changed(run_id)
+            self._notify.changed(run_id, finished)

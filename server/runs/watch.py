@@ -4,7 +4,8 @@ The executor that runs the run tells :class:`RunWatch` directly when it is in th
 mode). On PostgreSQL, :class:`~server.runs.store.RunStore` also notifies the channel
 :data:`~checkpoints.runs.RUN_CHANNEL` with the run's id (the statement lives in :mod:`checkpoints.runs`) in the
 transaction that finishes a run or appends a chunk, and an API process whose runs execute elsewhere
-(distributed mode) forwards those notifications to its watch with :func:`listening`. A slow fallback
+(distributed mode) forwards those notifications to its watch with :func:`listening`. A finished run comes
+with the change (its row, or its notice's copy of it), so its waiters do not read it back. A slow fallback
 read still runs (``poll``), so a notification lost while the listening connection reconnects costs
 latency, never a hung request.
 """
@@ -18,11 +19,20 @@ from collections.abc import AsyncIterator, Iterator
 import psycopg
 import structlog
 
-from checkpoints.runs import LISTEN_RUNS
+from checkpoints.runs import LISTEN_RUNS, split_notice
 from graphs.errors import JourneyNotFoundError
 from server.runs.store import TERMINAL, RunRow, RunStore
 
 log = structlog.get_logger("journeys.watch")
+
+
+class Change(asyncio.Event):
+    """A waiter's wake-up: set when its run changes, holding the run once it has finished (``finished``: the
+    row its executor wrote, or its notice's JSON copy, which :meth:`RunStore.noticed_run` reads), else None."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished: RunRow | str | None = None
 
 
 class RunWatch:
@@ -30,10 +40,13 @@ class RunWatch:
     that lands between its read and its wait still wakes it."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Change]] = {}
 
-    def changed(self, run_id: str) -> None:
+    def changed(self, run_id: str, finished: RunRow | str | None = None) -> None:
+        """Wake ``run_id``'s waiters; ``finished``: the run has finished, as this row (see :class:`Change`)."""
         for event in self._waiters.get(run_id, ()):
+            if finished is not None:
+                event.finished = finished
             event.set()
 
     def changed_all(self) -> None:
@@ -43,8 +56,8 @@ class RunWatch:
                 event.set()
 
     @contextlib.contextmanager
-    def watching(self, run_id: str) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
+    def watching(self, run_id: str) -> Iterator[Change]:
+        event = Change()
         waiters = self._waiters.setdefault(run_id, set())
         waiters.add(event)
         try:
@@ -71,17 +84,19 @@ async def wait_for_run(runs: RunStore, watch: RunWatch, run_id: str, poll: float
         return await until_finished(runs, run_id, changed, poll)
 
 
-async def until_finished(
-    runs: RunStore, run_id: str, changed: asyncio.Event, poll: float, *, fresh: bool = False
-) -> RunRow:
-    """The run once it has finished, re-read each time ``changed`` (its watch) fires or ``poll`` passes;
-    not found when it was deleted before it was seen finished (a rollback deletes the runs it cancels).
+async def until_finished(runs: RunStore, run_id: str, changed: Change, poll: float, *, fresh: bool = False) -> RunRow:
+    """The run once it has finished: as its change brought it, else re-read each time ``changed`` (its watch)
+    fires or ``poll`` passes; not found when it was deleted before it was seen finished (a rollback deletes
+    the runs it cancels).
 
     ``fresh``: the run was created after its watch was registered, so it is pending and any change to it
     will fire ``changed``: the first read waits for one (reading it at once would only find it pending)."""
     if fresh:
         await next_change(changed, poll)
     while True:
+        if changed.finished is not None:
+            finished = changed.finished
+            return finished if isinstance(finished, RunRow) else runs.noticed_run(finished)
         run = await runs.get_run(run_id)
         if run is None:
             raise JourneyNotFoundError(f"run {run_id!r} was deleted (rolled back) before it finished", run_id=run_id)
@@ -127,7 +142,7 @@ async def _forward(
                 watch.changed_all()
             async with conn:
                 async for notice in conn.notifies():
-                    watch.changed(notice.payload)
+                    watch.changed(*split_notice(notice.payload))
         except Exception as exc:  # the connection dropped (or could not open): listen again on a new one
             log.warning("run notifications interrupted; reconnecting", error=repr(exc))
             await asyncio.sleep(retry)
