@@ -192,8 +192,8 @@ class ServerServices:
         a fresh driver, a retried job) ends it interrupted instead of executing it."""
         await self.runs.request_cancel(run.run_id)
         if await self.queue.withdraw(run):
-            await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
-            self.watch.changed(run.run_id)
+            finished = await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
+            self.watch.changed(run.run_id, finished)  # its waiters take the row: no read of it back
         else:
             await self.queue.stop(run)
 
