@@ -15,7 +15,22 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, literal_column, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    case,
+    column,
+    exists,
+    func,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
@@ -145,6 +160,67 @@ SET_STATUS = (
     .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
     .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
 )
+
+
+def _last_events_statement() -> Executable:
+    """PostgreSQL: the keyed last events of many instances (each with its first event logged already) and their
+    statuses, from one JSON document (``p_ends``: instance_id, type, step, payload, key, status each), in one
+    statement: the text is the same whatever the batch's size, and the driver encodes one parameter. Answers
+    per instance whether its first event was found (``known``: else nothing of it was written) and whether
+    its event was written (False: its key was logged already)."""
+    given = (
+        func.json_to_recordset(bindparam("p_ends", type_=JSON))
+        .table_valued(
+            column("instance_id", String),
+            column("type", String),
+            column("step", String),
+            column("payload", JSON),
+            column("key", String),
+            column("status", String),
+        )
+        .render_derived(name="given", with_types=True)
+    )
+    first = journey_events.alias("first_of_end")
+    instance_no = (
+        select(first.c.instance_no)
+        .where(first.c.instance_id == given.c.instance_id, is_first(first.c.seq))
+        .scalar_subquery()
+    )
+    ends = select(given, instance_no.label("instance_no")).cte("ends")
+    known = select(ends).where(ends.c.instance_no.isnot(None)).subquery("known")
+    before = journey_events.alias("before_end")
+    next_seq = select(func.coalesce(func.max(before.c.seq), 0) + 1).where(before.c.instance_no == known.c.instance_no)
+    written = (
+        postgres_insert(journey_events)
+        .from_select(
+            ["instance_no", "seq", "type", "step", "payload", "idempotency_key", "created_at"],
+            select(
+                known.c.instance_no,
+                next_seq.scalar_subquery(),
+                known.c.type,
+                known.c.step,
+                known.c.payload,
+                known.c.key,
+                bindparam("p_created_at", type_=_columns.created_at.type),
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=KEY_INDEX, index_where=KEYED)
+        .returning(_columns.instance_no)
+        .cte("written")
+    )
+    statuses = (
+        update(journey_instances)
+        .where(journey_instances.c.instance_id == ends.c.instance_id, ends.c.instance_no.isnot(None))
+        .values(status=ends.c.status, updated_at=bindparam("p_created_at"))
+        .cte("statuses")
+    )
+    return select(
+        ends.c.instance_id,
+        ends.c.instance_no.isnot(None).label("known"),
+        exists().where(written.c.instance_no == ends.c.instance_no).label("written"),
+    ).add_cte(statuses)
+
+
 # The payload keys under which an event records the status (and, for a process migration, the design)
 # its transaction gave the instance: the instance index is then derived from the log (checkpoints/rebuild.py).
 # The first event records the instance's pattern, owner and design too: the whole row can be rebuilt.
@@ -262,6 +338,7 @@ class EventLog:
         self._behind: dict[str, _WritesBehind] = {}  # instance id → its run's writes behind it
         # Last events asked for while others were being written, written together by one writer task.
         self._last: list[_LastEvent] = []
+        self._last_events = _last_events_statement() if backend.postgres else None
         self._last_writer: asyncio.Task[None] | None = None
 
     def on_status(self, listener: StatusListener) -> None:
@@ -423,13 +500,39 @@ class EventLog:
 
     async def _write_batch(self, batch: Sequence[_LastEvent]) -> list[bool | Exception]:
         """Whether each event of ``batch`` was written, or the error that kept it from being written."""
+        together: dict[str, bool] = {}
         if len(batch) > 1:
+            with suppress(Exception):  # rolled back whole: each goes on its own below, failing only itself
+                together = await again_if_lost(lambda: self._write_together(batch))
+        return [
+            together[e.instance_id]
+            if e.instance_id in together
+            else await _outcome(self._write_alone(e.instance_id, e.event, e.status))
+            for e in batch
+        ]
+
+    async def _write_together(self, batch: Sequence[_LastEvent]) -> dict[str, bool]:
+        """One transaction for ``batch``: per instance it wrote, whether its event was new. On PostgreSQL one
+        statement (an instance with no first event yet is left to go on its own); elsewhere one statement
+        per event, in the backend's one transaction."""
+        if self._last_events is None:
             appends = [self._alone(e.instance_id, e.event, e.status) for e in batch]
             statements = appends[0][0]  # the same for each: a keyed event and a status
-            with suppress(Exception):  # rolled back whole: each goes on its own below, failing only itself
-                rows = await again_if_lost(lambda: self._backend.write_each(statements, [v for _s, v in appends]))
-                return [bool(found) for found in rows]
-        return [await _outcome(self._write_alone(e.instance_id, e.event, e.status)) for e in batch]
+            rows = await self._backend.write_each(statements, [values for _statements, values in appends])
+            return {e.instance_id: bool(found) for e, found in zip(batch, rows, strict=True)}
+        ends = [
+            {
+                "instance_id": e.instance_id,
+                "type": e.event.type,
+                "step": e.event.step,
+                "payload": event_payload(e.event, self._sealer),
+                "key": stored_key(e.instance_id, e.event.key),
+                "status": e.status,
+            }
+            for e in batch
+        ]
+        found = await self._backend.write([self._last_events], {"p_ends": ends, "p_created_at": self._clock.now()})
+        return {row["instance_id"]: bool(row["written"]) for row in found if row["known"]}
 
     async def append_in(self, conn: AsyncConnection, entries: Sequence[tuple[str, NewEvent]]) -> None:
         """Append keyed events (``(instance_id, event)`` each) in the caller's transaction on ``conn``.

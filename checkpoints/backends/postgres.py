@@ -113,26 +113,12 @@ class PostgresBackend(Backend):
         return compiled.rows(await cursor.fetchall()) if cursor.description is not None else []
 
     async def write(self, statements: Sequence[Executable], params: Params) -> list[Row]:
-        statement = self._one_statement(tuple(statements))
+        statement = statements[0] if len(statements) == 1 else self._one_statement(tuple(statements))
         async with self._pool.connection() as conn:
             return await self._run(conn, statement, params)
 
-    async def write_each(self, statements: Sequence[Executable], params: Sequence[Params]) -> list[list[Row]]:
-        # One statement, its rows sent in one pipeline (psycopg's executemany): a round trip for them all.
-        compiled = self.compiled(self._one_statement(tuple(statements)), self._dialect)
-        found: list[list[Row]] = []
-        async with self._pool.connection() as conn, conn.transaction():
-            cursor = conn.cursor(row_factory=tuple_row)
-            await cursor.executemany(compiled.sql, [compiled.bind(values) for values in params], returning=True)
-            while True:
-                found.append(compiled.rows(await cursor.fetchall()) if cursor.description is not None else [])
-                if not cursor.nextset():
-                    return found
-
     def _one_statement(self, statements: tuple[Executable, ...]) -> Executable:
         """The first statement, with the others as data-modifying CTEs: one statement, so one transaction."""
-        if len(statements) == 1:
-            return statements[0]
         found = self._combined.get(statements)
         if found is None:
             first, *rest = statements
