@@ -56,7 +56,7 @@ from benchmarks.overhead import fresh_database, postgres_server
 from checkpoints.savers import open_saver
 from checkpoints.schema.tables import process_timers
 from checkpoints.url import parse_store_url
-from graphs.process.timers import fire_due_timers
+from graphs.process.timers import RESUME_CONCURRENCY, fire_due_timers
 from graphs.runtime import JourneyRuntime
 from server.heap import freeze_startup_heap
 
@@ -349,7 +349,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--lead", type=int, default=2, help="seconds between releasing the clock and due time")
     parser.add_argument("--park-concurrency", type=int, default=16)
-    parser.add_argument("--resume-concurrency", type=int, default=16)
+    parser.add_argument("--resume-concurrency", type=int, default=RESUME_CONCURRENCY)
     parser.add_argument("--durability", choices=("sync", "async", "exit"), default="async")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="profile the firing and resuming; print the top N entries"

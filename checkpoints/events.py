@@ -9,18 +9,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, literal_column, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    case,
+    column,
+    exists,
+    func,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
 
-from checkpoints.backends.base import Backend, Row
+from checkpoints.backends.base import Backend, Params, Row
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.schema.tables import INSTANCE_NO_SEQUENCE, journey_events, journey_instances
@@ -144,6 +159,67 @@ SET_STATUS = (
     .where(journey_instances.c.instance_id == bindparam("p_instance_id"))
     .values(status=bindparam("p_status"), updated_at=bindparam("p_created_at"))
 )
+
+
+def _last_events_statement() -> Executable:
+    """PostgreSQL: the keyed last events of many instances (each with its first event logged already) and their
+    statuses, from one JSON document (``p_ends``: instance_id, type, step, payload, key, status each), in one
+    statement: the text is the same whatever the batch's size, and the driver encodes one parameter. Answers
+    per instance whether its first event was found (``known``: else nothing of it was written) and whether
+    its event was written (False: its key was logged already)."""
+    given = (
+        func.json_to_recordset(bindparam("p_ends", type_=JSON))
+        .table_valued(
+            column("instance_id", String),
+            column("type", String),
+            column("step", String),
+            column("payload", JSON),
+            column("key", String),
+            column("status", String),
+        )
+        .render_derived(name="given", with_types=True)
+    )
+    first = journey_events.alias("first_of_end")
+    instance_no = (
+        select(first.c.instance_no)
+        .where(first.c.instance_id == given.c.instance_id, is_first(first.c.seq))
+        .scalar_subquery()
+    )
+    ends = select(given, instance_no.label("instance_no")).cte("ends")
+    known = select(ends).where(ends.c.instance_no.isnot(None)).subquery("known")
+    before = journey_events.alias("before_end")
+    next_seq = select(func.coalesce(func.max(before.c.seq), 0) + 1).where(before.c.instance_no == known.c.instance_no)
+    written = (
+        postgres_insert(journey_events)
+        .from_select(
+            ["instance_no", "seq", "type", "step", "payload", "idempotency_key", "created_at"],
+            select(
+                known.c.instance_no,
+                next_seq.scalar_subquery(),
+                known.c.type,
+                known.c.step,
+                known.c.payload,
+                known.c.key,
+                bindparam("p_created_at", type_=_columns.created_at.type),
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=KEY_INDEX, index_where=KEYED)
+        .returning(_columns.instance_no)
+        .cte("written")
+    )
+    statuses = (
+        update(journey_instances)
+        .where(journey_instances.c.instance_id == ends.c.instance_id, ends.c.instance_no.isnot(None))
+        .values(status=ends.c.status, updated_at=bindparam("p_created_at"))
+        .cte("statuses")
+    )
+    return select(
+        ends.c.instance_id,
+        ends.c.instance_no.isnot(None).label("known"),
+        exists().where(written.c.instance_no == ends.c.instance_no).label("written"),
+    ).add_cte(statuses)
+
+
 # The payload keys under which an event records the status (and, for a process migration, the design)
 # its transaction gave the instance: the instance index is then derived from the log (checkpoints/rebuild.py).
 # The first event records the instance's pattern, owner and design too: the whole row can be rebuilt.
@@ -259,6 +335,10 @@ class EventLog:
         self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=KEY_INDEX, index_where=KEYED)
         self._listeners: list[StatusListener] = []
         self._behind: dict[str, _WritesBehind] = {}  # instance id → its run's writes behind it
+        # Last events asked for while others were being written, written together by one writer task.
+        self._last: list[_LastEvent] = []
+        self._last_events = _last_events_statement() if backend.postgres else None
+        self._last_writer: asyncio.Task[None] | None = None
 
     @property
     def sealer(self) -> Sealer:
@@ -365,14 +445,99 @@ class EventLog:
 
     async def _append_alone(self, instance_id: str, event: NewEvent, status: str | None) -> bool:
         """One event (and the instance's new status) through the backend's hot path."""
+        written = await self._write_alone(instance_id, event, status)
+        await self._status_changed(instance_id, status, written)
+        return written
+
+    async def _write_alone(self, instance_id: str, event: NewEvent, status: str | None) -> bool:
+        statements, values = self._alone(instance_id, event, status)
+        return bool(await again_if_lost(lambda: self._backend.write(statements, values)))
+
+    def _alone(self, instance_id: str, event: NewEvent, status: str | None) -> tuple[list[Executable], Params]:
+        """The statements that append one event (and set the instance's status) as one, and their values."""
         values = _values(instance_id, event, self._clock.now(), self._sealer)
         statements: list[Executable] = [self._insert_event if event.key is None else self._insert_keyed_event]
         if status is not None:
             statements.append(SET_STATUS)
             values["p_status"] = status
-        written = bool(await again_if_lost(lambda: self._backend.write(statements, values)))
-        await self._status_changed(instance_id, status, written)
-        return written
+        return statements, values
+
+    async def append_last(self, instance_id: str, event: NewEvent, status: str) -> bool:
+        """Append an instance's keyed ``event`` that gives it its final ``status`` (an end event's), in one
+        transaction with the other last events asked for at about the same time (a wave of continuations
+        reaching their ends: one transaction and one round trip for them all, not one each).
+
+        Returns once the event and the status are durable, whether the event was written (False: its key
+        was logged already; the status is set again either way), as :meth:`append` of the one event would.
+        A batch that fails for any reason but a lost race (which goes again whole) is rolled back whole,
+        and each of its events is then appended on its own: one caller's failure is not the others'."""
+        if event.key is None:
+            raise ValueError(f"append_last takes a keyed event; {event.type!r} has no key")
+        await self.settle(instance_id)
+        [event] = stamped([event], status)
+        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._last.append(_LastEvent(instance_id, event, status, written))
+        if self._last_writer is None or self._last_writer.done():
+            self._last_writer = asyncio.ensure_future(self._write_last())
+        done = await written
+        await self._status_changed(instance_id, status, done)
+        return done
+
+    async def _write_last(self) -> None:
+        """Write what :meth:`append_last` callers asked for meanwhile, batch by batch, until none is left."""
+        while self._last:
+            batch = _one_per_instance(self._last)  # each row's next seq is read before the statement writes any
+            self._last = [entry for entry in self._last if entry not in batch]
+            try:
+                results = await self._write_batch(batch)
+            except BaseException:  # the writer itself is cancelled: so is what is left
+                for entry in [*batch, *self._last]:
+                    entry.written.cancel()
+                self._last.clear()
+                raise
+            for entry, result in zip(batch, results, strict=True):
+                if entry.written.done():  # its caller was cancelled meanwhile
+                    continue
+                if isinstance(result, Exception):
+                    entry.written.set_exception(result)
+                else:
+                    entry.written.set_result(result)
+
+    async def _write_batch(self, batch: Sequence[_LastEvent]) -> list[bool | Exception]:
+        """Whether each event of ``batch`` was written, or the error that kept it from being written."""
+        together: dict[str, bool] = {}
+        if len(batch) > 1:
+            with suppress(Exception):  # rolled back whole: each goes on its own below, failing only itself
+                together = await again_if_lost(lambda: self._write_together(batch))
+        return [
+            together[e.instance_id]
+            if e.instance_id in together
+            else await _outcome(self._write_alone(e.instance_id, e.event, e.status))
+            for e in batch
+        ]
+
+    async def _write_together(self, batch: Sequence[_LastEvent]) -> dict[str, bool]:
+        """One transaction for ``batch``: per instance it wrote, whether its event was new. On PostgreSQL one
+        statement (an instance with no first event yet is left to go on its own); elsewhere one statement
+        per event, in the backend's one transaction."""
+        if self._last_events is None:
+            appends = [self._alone(e.instance_id, e.event, e.status) for e in batch]
+            statements = appends[0][0]  # the same for each: a keyed event and a status
+            rows = await self._backend.write_each(statements, [values for _statements, values in appends])
+            return {e.instance_id: bool(found) for e, found in zip(batch, rows, strict=True)}
+        ends = [
+            {
+                "instance_id": e.instance_id,
+                "type": e.event.type,
+                "step": e.event.step,
+                "payload": event_payload(e.event, self._sealer),
+                "key": stored_key(e.instance_id, e.event.key),
+                "status": e.status,
+            }
+            for e in batch
+        ]
+        found = await self._backend.write([self._last_events], {"p_ends": ends, "p_created_at": self._clock.now()})
+        return {row["instance_id"]: bool(row["written"]) for row in found if row["known"]}
 
     async def append_in(self, conn: AsyncConnection, entries: Sequence[tuple[str, NewEvent]]) -> None:
         """Append keyed events (``(instance_id, event)`` each) in the caller's transaction on ``conn``.
@@ -413,6 +578,35 @@ class EventLog:
         params.update({f"p_type_{n}": type_ for n, type_ in enumerate(wanted)})
         rows = await self._backend.read(_events_of_instance(len(wanted)), params)
         return [_event(instance_id, row, self._sealer) for row in rows]
+
+
+@dataclass(slots=True, eq=False)
+class _LastEvent:
+    """An :meth:`EventLog.append_last` call waiting for its batch: whether its event was written goes to ``written``."""
+
+    instance_id: str
+    event: NewEvent
+    status: str
+    written: asyncio.Future[bool]
+
+
+def _one_per_instance(entries: Sequence[_LastEvent]) -> list[_LastEvent]:
+    """The first of ``entries`` for each instance: two events of one instance in a batch would take one seq."""
+    seen: set[str] = set()
+    batch = []
+    for entry in entries:
+        if entry.instance_id not in seen:
+            seen.add(entry.instance_id)
+            batch.append(entry)
+    return batch
+
+
+async def _outcome(write: Awaitable[bool]) -> bool | Exception:
+    """What ``write`` ends with: its result, or the error it raised."""
+    try:
+        return await write
+    except Exception as exc:
+        return exc
 
 
 def _values(instance_id: str, event: NewEvent, now: datetime, sealer: Sealer) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
 from checkpoints.events import EVENT_VALUES, NewEvent, event_payload, first_payload, stored_key
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
+from checkpoints.process.waits import among
 from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
 from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
 
@@ -188,12 +189,15 @@ class JourneyIndex:
         return Instance(**found[0]) if found else None
 
     async def get_instances(self, instance_ids: Sequence[str]) -> list[Instance]:
-        """The instances with these ids (missing ones are left out), in one query per thousand ids."""
+        """The instances with these ids (missing ones are left out), in one query per thousand ids (on
+        PostgreSQL one statement text whatever their number: see :func:`among`)."""
         ids = list(dict.fromkeys(instance_ids))
         found: list[Instance] = []
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            query = select(journey_instances).where(_instances.instance_id.in_(chunk))
+            query = select(journey_instances).where(
+                among(_instances.instance_id, chunk, postgres=self._backend.postgres)
+            )
             found += [Instance(**row) for row in await self._backend.query(query)]
         return found
 

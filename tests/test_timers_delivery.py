@@ -19,7 +19,7 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from checkpoints.schema.tables import process_waits
 from graphs.kernel.engine import RunOptions
@@ -341,3 +341,27 @@ async def test_a_failure_a_crash_kept_from_the_log_holds_the_answer_to_a_sibling
 
 if __name__ == "__main__":
     asyncio.run(fail_and_die(sys.argv[1]))
+
+
+async def test_the_instances_of_a_firing_are_read_by_one_statement_text_whatever_their_number(
+    postgres_url: str,
+) -> None:
+    # A firing reads the index rows of every instance it resumes at once (up to a thousand): with an IN list each
+    # number of ids was a new statement for SQLAlchemy to render and PostgreSQL to parse; one array parameter is not.
+    calls = Calls()
+    async with runtime(postgres_url, virtual_clock()) as rt:
+        ids = [instance_id for instance_id, _wait_id in await parked(rt, calls, 5)]
+        sent: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "FROM journey_instances" in statement:
+                sent.append(statement)
+
+        engine = rt.store.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            two, five = await rt.processes.instances_by_id(ids[:2]), await rt.processes.instances_by_id(ids)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert (sorted(two), sorted(five)) == (sorted(ids[:2]), sorted(ids))
+        assert len(sent) == 2 and sent[0] == sent[1], sent

@@ -178,6 +178,17 @@ class Backend:
                 await tx.execute(statement, params)
             return rows
 
+    async def write_each(self, statements: Sequence[Executable], params: Sequence[Params]) -> list[list[Row]]:
+        """:meth:`write` once per entry of ``params``, all in one transaction; the rows the first statement
+        returned for each."""
+        async with self.transaction() as tx:
+            found = []
+            for values in params:
+                found.append(await tx.execute(statements[0], values))
+                for statement in statements[1:]:
+                    await tx.execute(statement, values)
+            return found
+
     async def read(self, statement: Executable, params: Params | None = None) -> list[Row]:
         """The rows of a prebuilt query (see the module docstring)."""
         return await self.query(statement, params)

