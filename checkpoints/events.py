@@ -320,7 +320,7 @@ class EventLog:
         self._backend = backend
         self._engine = backend.engine
         self._clock = clock
-        self._sealer = sealer or Sealer(None)  # payloads redacted, then encrypted when the store has a key
+        self._sealer = sealer or Sealer(None)  # payloads encrypted when the store has a key
         # The statements of the hot path, built once with their values bound per call: an append or a
         # lookup then builds, hashes and compiles no new statement.
         insert_event = backend.insert(journey_events).values(seq=_next_seq, **EVENT_VALUES)
