@@ -11,7 +11,7 @@ import pytest
 from agents import AgentCall, PolicyViolationError, RecordingAgent, RetrySettings, SessionAction, TaskCompletion
 from agents.policy import Checked
 from checkpoints.ownership import Owner, acting_as
-from checkpoints.redaction import REDACTED
+from checkpoints.redaction import REDACTED, redact
 from graphs import JourneyRuntime
 from graphs.errors import UnitOfWorkFailedError
 from graphs.guide import NAVIGATE_INTENT, RECORD_INTENT, MVPGuideBackend
@@ -173,7 +173,8 @@ async def test_every_spec_kind_takes_intents_and_sensitive_fields(store_url: str
         events = await rt.history(instance_id)
         assert [(d["intent"], d["allowed"]) for d in denials(events)] == [("crm.export", ["crm.capture"])]
         [captured] = [e for e in events if e.type == "task.completed"]
-        assert captured.payload["output"]["nickname"] == REDACTED  # the spec marked it sensitive
+        assert captured.payload["output"]["nickname"] == "teal-fox"  # the log keeps it whole: recovery replays it
+        assert redact(captured.payload)["output"]["nickname"] == REDACTED  # the spec marked it: shown redacted
 
         # A session (the MVP's guide calls agents on it): only the declared intents.
         mvp = rt.mvp.sessions
