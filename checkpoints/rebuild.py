@@ -95,8 +95,8 @@ def derived_row(events: list[Row]) -> dict[str, Any] | None:
 
 def as_live(derived: dict[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
     """A row derived from the log, with each value the log kept redacted taken from the ``live`` row it
-    redacts: logs written before identities were kept whole (``IDENTITY_FIELDS``) hold a user named by an
-    e-mail address as ``[REDACTED]``, and a rebuild must not write that over the user."""
+    redacts: logs written before the log was kept whole hold a user named by an e-mail address as
+    ``[REDACTED]``, and a rebuild must not write that over the user."""
     return {
         key: live[key] if key in live and value != live[key] and redact(live[key]) == value else value
         for key, value in derived.items()
