@@ -59,6 +59,11 @@ class JourneyFinishedError(InvalidMoveError):
     """The journey has finished; nothing more can be advanced."""
 
 
+class InterruptNotPendingError(InvalidMoveError):
+    """The answer names an interrupt the journey no longer waits at: it was answered already (a repeated
+    answer), or the journey moved on. Nothing was applied; ``allowed`` lists the interrupts it waits at."""
+
+
 class JourneyNotStartedError(InvalidMoveError):
     """The journey has not been started for this user."""
 

@@ -4,6 +4,7 @@ serialises runs per journey thread, and finishes work a crashed process left in 
 from __future__ import annotations
 
 import asyncio
+import re
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,7 @@ from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
-from graphs.errors import JourneyFinishedError
+from graphs.errors import InterruptNotPendingError, InvalidInputError, JourneyFinishedError
 from graphs.kernel.streaming import NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
@@ -42,7 +43,8 @@ class RunOptions:
     again. ``stream``: where the run's chunks go, for a run created for streaming. ``outcomes``: filled,
     per thread, with what the last run of that thread ended with. ``call``: the caller's config, context
     and interrupt_before/after for the graph run. ``continuation``: the run continues a parked journey
-    for a fired timer (see :data:`CONTINUATION`).
+    for a fired timer (see :data:`CONTINUATION`). ``answering``: the interrupt a human's answer was given
+    to (see :func:`addressed`); a resume of any other interrupt raises :class:`InterruptNotPendingError`.
     """
 
     durability: Durability | None = None
@@ -50,6 +52,7 @@ class RunOptions:
     outcomes: dict[str, Outcome] | None = None
     call: GraphCall = NO_CALL
     continuation: bool = False
+    answering: str | None = None
 
 
 DEFAULT_RUN = RunOptions()
@@ -219,7 +222,12 @@ class JourneyEngine:
         whose completion event is already logged, and the resumed run (a repeated advance, say) would
         otherwise call that agent again. Only the first run of an instance registered in the same call,
         which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
+
+        A resume given for one interrupt (``options.answering``) is checked against the thread first: a
+        repeated answer must not be taken as the answer to whatever the journey waits at by now.
         """
+        if options.answering is not None and isinstance(value, Command):
+            check_answering(await graph.aget_state(self.config(instance_id)), instance_id, options.answering)
         config = self.config(instance_id, replay=replay)
         durability = self._durability_of(graph, options)
         # A graph whose steps are logged, checkpointed only where it stops, writes each step's completion
@@ -265,6 +273,49 @@ def failed_task(snapshot: StateSnapshot) -> str | None:
         if task.error:
             return task.name
     return None
+
+
+# LangGraph's test for a resume that maps interrupt ids to answers (``Command(resume={id: answer})``): a
+# non-empty dict whose keys are all interrupt ids, 32 hex digits (``langgraph.pregel._utils``).
+_INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def addressed(resume: Any) -> tuple[str | None, Any]:
+    """The interrupt a resume value answers, and the answer: LangGraph's addressed form
+    ``{interrupt_id: answer}`` names it; any other value answers whatever the journey waits at (None).
+    A journey waits at one interrupt at a time: a map answering several is refused."""
+    if not (
+        isinstance(resume, dict) and resume and all(isinstance(k, str) and _INTERRUPT_ID.fullmatch(k) for k in resume)
+    ):
+        return None, resume
+    if len(resume) > 1:
+        raise InvalidInputError(
+            f"command.resume answers {len(resume)} interrupts; a journey waits at one interrupt at a time: "
+            "answer one interrupt per run",
+            interrupts=sorted(resume),
+        )
+    [(interrupt_id, answer)] = resume.items()
+    return interrupt_id, answer
+
+
+def pending_interrupts(snapshot: StateSnapshot) -> list[str]:
+    """The ids of the interrupts the thread waits at."""
+    return [pending.id for task in snapshot.tasks for pending in task.interrupts]
+
+
+def check_answering(snapshot: StateSnapshot, instance_id: str, interrupt_id: str | None) -> None:
+    """:class:`InterruptNotPendingError` unless the instance's thread waits at ``interrupt_id`` (None: any
+    answer goes to whatever it waits at)."""
+    if interrupt_id is None:
+        return
+    waiting = pending_interrupts(snapshot)
+    if interrupt_id not in waiting:
+        raise InterruptNotPendingError(
+            f"journey {instance_id!r} does not wait at interrupt {interrupt_id!r}: it was answered already, or the "
+            "journey moved on; read the thread's state for the interrupt it waits at now",
+            allowed=waiting,
+            interrupt_id=interrupt_id,
+        )
 
 
 def resume_pending(snapshot: StateSnapshot, value: Any) -> Command[Any]:

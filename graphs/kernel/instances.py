@@ -36,7 +36,7 @@ from checkpoints.process.timers import TimerStore
 from checkpoints.process.waits import cancel_pending
 from checkpoints.schema.widths import INSTANCE_USER
 from checkpoints.values import check_value
-from graphs.errors import DeadlineExceededError, JourneyNotFoundError
+from graphs.errors import DeadlineExceededError, InterruptNotPendingError, JourneyNotFoundError
 from graphs.kernel.engine import (
     DEFAULT_RUN,
     JourneyEngine,
@@ -313,6 +313,8 @@ class Instances:
         from there."""
         try:
             return await self.engine.run(graph, instance_id, value, replay=replay, options=options)
+        except InterruptNotPendingError:  # a repeated answer: nothing ran, so nothing failed
+            raise
         except JourneyError as exc:
             await self.fail(instance_id, pattern, exc, cause=cause)
             raise

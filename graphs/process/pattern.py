@@ -8,6 +8,7 @@ catalog process: ``config["configurable"]["process"]`` names it (default ``pr_re
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
@@ -16,8 +17,17 @@ from langgraph.graph import StateGraph
 from checkpoints.index import Instance
 from graphs.errors import InvalidInputError, JourneyFinishedError
 from graphs.kernel.designs import DesignKind
+from graphs.kernel.engine import check_answering
 from graphs.kernel.identifiers import BUSINESS_KEY, PROCESS_NAME, string_schema
-from graphs.kernel.patterns import Assistant, Pattern, RunContext, mapping_input, register, string_input
+from graphs.kernel.patterns import (
+    Assistant,
+    Pattern,
+    RunContext,
+    instance_graph,
+    mapping_input,
+    register,
+    string_input,
+)
 from graphs.process.builder import build_process_graph
 from graphs.process.context import FINISHED
 from graphs.process.orchestrator import ProcessOrchestrator
@@ -47,6 +57,14 @@ async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
     request = mapping_input(value, "command.resume")
     inbox = ctx.runtime.processes.inbox
     task_id = request.get("task_id")
+    if ctx.options.answering is not None:  # the answer names the interrupt: the task parked there
+        answered = await _task_at(ctx, instance_id, ctx.options.answering)
+        if task_id is not None and task_id != answered:
+            raise InvalidInputError(
+                f"command.resume.task_id {task_id!r} is not the task of interrupt {ctx.options.answering!r}",
+                allowed=[answered],
+            )
+        task_id = answered
     if task_id is None:
         tasks = await inbox.list_tasks(instance_id=instance_id)
         instance = await ctx.runtime.store.index.get_instance(instance_id) if not tasks else None
@@ -68,8 +86,19 @@ async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
         user=ctx.principal,
         groups=ctx.groups,
         payload=mapping_input(request.get("payload"), "payload"),
-        run_options=ctx.options,
+        # The task is claimed once: a repeated answer finds it completed (TaskClosedError), nothing applied.
+        run_options=replace(ctx.options, answering=None),
     )
+
+
+async def _task_at(ctx: RunContext, instance_id: str, interrupt_id: str) -> str:
+    """The task of the wait that parked the process at ``interrupt_id`` (a user task's id is its wait's);
+    :class:`InterruptNotPendingError` when it does not wait there (answered already, or moved on)."""
+    graph = await instance_graph(ctx.runtime, instance_id)
+    snapshot = await graph.aget_state(ctx.runtime.engine.config(instance_id))
+    check_answering(snapshot, instance_id, interrupt_id)
+    parked = next(p.value for t in snapshot.tasks for p in t.interrupts if p.id == interrupt_id)
+    return str(parked.get("wait_id") if isinstance(parked, Mapping) else parked)
 
 
 def _entrypoint(runtime: JourneyRuntime, config: RunnableConfig) -> StateGraph[Any]:

@@ -37,6 +37,7 @@ from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import (
     DEFAULT_RUN,
     RunOptions,
+    check_answering,
     failed_task,
     resume_pending,
     waiting_for,
@@ -159,6 +160,7 @@ class StepJourneys:
                 )
             _, spec, graph = await self._load(found.journey_id)
             snapshot = await self.engine.settled_state(graph, instance_id, options=options)
+            check_answering(snapshot, instance_id, options.answering)  # before the answer is checked as this step's
             standing = Standing.of(snapshot)
             current = self._current_step(instance_id, spec, standing)
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.kernel.engine import addressed
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
 from server.assistants import Assistant, get_assistant
@@ -59,7 +60,7 @@ async def create_run(
         if isinstance(body.input, dict):  # an inline spec's marks hold in this run's answers from the first
             mark_sensitive_of(body.input.get("spec"))
     if body.command is not None and "resume" in body.command.model_fields_set:
-        assistant.check_resume(body.command.resume)
+        assistant.check_resume(addressed(body.command.resume)[1])  # the answer, whichever interrupt it names
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
     if (body.checkpoint_id or body.checkpoint) and not assistant.chat:
         raise ApiError(

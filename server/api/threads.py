@@ -260,7 +260,7 @@ async def _respond_request(
     return RunCreate.model_validate(
         {
             "assistant_id": last.assistant_id,
-            "command": {"resume": params.get("response")},
+            "command": {"resume": {wanted: params.get("response")}},  # answers that interrupt only
             "config": params.get("config"),
             "metadata": params.get("metadata") or {},
             "multitask_strategy": "enqueue",

@@ -23,7 +23,7 @@ from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
 from graphs.errors import JourneyNotFoundError
-from graphs.kernel.engine import Outcome, RunOptions, in_flight
+from graphs.kernel.engine import Outcome, RunOptions, addressed, in_flight
 from graphs.kernel.patterns import Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
@@ -419,8 +419,10 @@ class RunExecutor:
                 await self._finish_in_flight(assistant, instance_id, ctx.options)
             return None
         await self.runs.set_base_checkpoint(run.run_id, checkpoint)
-        resume = (run.command or {}).get("resume")
-        return await assistant.resume(ctx, instance_id, resume)
+        # An answer naming its interrupt answers that one only (a repeated answer fails, applying nothing).
+        answering, answer = addressed((run.command or {}).get("resume"))
+        answered = dataclasses.replace(ctx, options=dataclasses.replace(ctx.options, answering=answering))
+        return await assistant.resume(answered, instance_id, answer)
 
     async def _restart(self, assistant: Assistant, ctx: RunContext, run: RunRow, instance_id: str) -> None:
         """A first run whose executor died after binding its thread: start what never started, finish

@@ -1,0 +1,143 @@
+"""An answer to a journey's interrupt answers that interrupt only, over real HTTP with the official
+langgraph-sdk client, two users at once, on memory, SQLite and PostgreSQL.
+
+A human's answer names the interrupt it answers: ``input.respond`` of the thread stream, or LangGraph's
+addressed ``command.resume`` (``{interrupt_id: answer}``). Sent twice (a double click, a client's retry
+after a timeout), the second answer used to be applied to whatever the journey waited at by the time its
+run executed: the next step's approval, with the first step's answer. It must fail instead, with the
+next step left waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+
+from server.app import create_app
+from server.settings import ApiKey, Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+
+WORK = frozenset({"read", "runs", "journeys", "tasks"})
+KEYS = {"key-ana": ApiKey("ana", WORK, ("finance",)), "key-bob": ApiKey("bob", WORK, ("finance",))}
+TWO_APPROVALS = {
+    "journey_type": "two_approvals",
+    "steps": [{"step_id": "legal"}, {"step_id": "finance"}],
+}
+TWO_TASKS = {
+    "name": "two_signatures",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "user_task", "id": "first", "title": "First", "candidate_groups": ["finance"]},
+        {"type": "user_task", "id": "second", "title": "Second", "candidate_groups": ["finance"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> first", "first -> second", "second -> end"],
+}
+
+
+async def _interrupt(sdk: Any, thread_id: str) -> str:
+    state = await sdk.threads.get_state(thread_id)
+    interrupts = [i for task in state["tasks"] for i in task["interrupts"]]
+    assert len(interrupts) == 1, state
+    return str(interrupts[0]["id"])
+
+
+async def _settled_runs(sdk: Any, thread_id: str) -> list[dict[str, Any]]:
+    """The thread's runs once none is pending or running, oldest first."""
+    for run in await sdk.runs.list(thread_id):
+        if run["status"] in ("pending", "running"):
+            await sdk.runs.join(thread_id, run["run_id"])
+    return list(reversed(await sdk.runs.list(thread_id)))
+
+
+async def _respond_twice(base: str, key: str, thread_id: str, interrupt_id: str, response: Any) -> None:
+    """The same ``input.respond`` sent twice at once, as a double click does; both are accepted (queued)."""
+    command = {"id": 1, "method": "input.respond", "params": {"interrupt_id": interrupt_id, "response": response}}
+    async with httpx.AsyncClient(base_url=base, headers={"x-api-key": key}, timeout=60) as http:
+        answers = await asyncio.gather(*(http.post(f"/threads/{thread_id}/commands", json=command) for _ in "12"))
+    assert [a.json()["type"] for a in answers] == ["success", "success"], [a.text for a in answers]
+
+
+async def _structured_answered_once(base: str, user: str, addressed: bool) -> None:
+    key = f"key-{user}"
+    async with get_client(url=base, api_key=key) as sdk:
+        tid = str((await sdk.threads.create())["thread_id"])
+        data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": user, "context": {}}
+        await sdk.runs.wait(tid, "structured", input=data)
+        legal = await _interrupt(sdk, tid)
+        answer = {"approved_by": user}
+        if addressed:  # LangGraph's own form of an answer to one interrupt, sent twice at once
+            resume = {"resume": {legal: answer}}
+            runs = (sdk.runs.create(tid, "structured", command=resume, multitask_strategy="enqueue") for _ in "12")
+            await asyncio.gather(*runs)
+        else:
+            await _respond_twice(base, key, tid, legal, answer)
+        runs = await _settled_runs(sdk, tid)
+        assert [r["status"] for r in runs] == ["success", "success", "error"], runs
+        async with httpx.AsyncClient(base_url=base, headers={"x-api-key": key}) as http:
+            failed = (await http.get(f"/threads/{tid}/runs/{runs[2]['run_id']}")).json()
+            assert failed["error"]["error"] == "InterruptNotPendingError", failed
+            instance = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+            status = (await http.get(f"/journeys/{instance}/status")).json()
+            history = (await http.get(f"/journeys/{instance}/history")).json()
+        # The first answer completed the legal step with the answer as given (not the map addressing it);
+        # the finance step still waits for its own answer.
+        assert status["completed_steps"] == ["legal"] and status["current_step"] == "finance", status
+        completions = [e for e in history if e["type"] == "step.completed"]
+        assert [(e["step"], e["payload"]["step_result"]) for e in completions] == [("legal", answer)], history
+        assert await _interrupt(sdk, tid) != legal
+
+
+@pytest.mark.parametrize("addressed", [False, True], ids=["input.respond", "command.resume"])
+async def test_a_structured_step_answered_twice_at_once_is_answered_once(store_url: str, addressed: bool) -> None:
+    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
+        await asyncio.gather(*(_structured_answered_once(base, user, addressed) for user in ("ana", "bob")))
+
+
+async def test_a_process_task_answered_twice_at_once_is_answered_once(store_url: str) -> None:
+    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
+        async with httpx.AsyncClient(base_url=base, headers={"x-api-key": "key-ana"}) as http:
+            assert (await http.post("/processes", json=TWO_TASKS)).status_code < 300
+
+        async def one(user: str) -> None:
+            async with get_client(url=base, api_key=f"key-{user}") as sdk:
+                tid = str((await sdk.threads.create())["thread_id"])
+                await sdk.runs.wait(tid, "process", input={"process": "two_signatures", "business_key": user})
+                first = await _interrupt(sdk, tid)
+                await _respond_twice(base, f"key-{user}", tid, first, {"payload": {"signed": user}})
+                runs = await _settled_runs(sdk, tid)
+                assert [r["status"] for r in runs] == ["success", "success", "error"], runs
+                instance = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+                tasks = await sdk.http.get(f"/tasks?instance_id={instance}")
+                assert [t["element"] for t in tasks] == ["second"], tasks  # the next task waits for its answer
+                history = await sdk.http.get(f"/journeys/{instance}/history")
+                completed = [e for e in history if e["type"] == "wait.completed"]
+                assert [(e["step"], e["payload"]["payload"]) for e in completed] == [("first", {"signed": user})]
+
+        await asyncio.gather(one("ana"), one("bob"))
+
+
+async def test_an_addressed_resume_answers_one_interrupt(store_url: str) -> None:
+    """A resume addressing two interrupts at once is refused before anything is stored: a journey waits at
+    one; an unknown interrupt id fails the run and leaves the journey waiting."""
+    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
+        async with get_client(url=base, api_key="key-ana") as sdk:
+            tid = str((await sdk.threads.create())["thread_id"])
+            data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": "ana", "context": {}}
+            await sdk.runs.wait(tid, "structured", input=data)
+            legal = await _interrupt(sdk, tid)
+            two = {"resume": {legal: {}, "0" * 32: {}}}
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await sdk.runs.create(tid, "structured", command=two)
+            assert refused.value.response.status_code == 422
+            assert "one interrupt" in refused.value.response.text
+            with pytest.raises(Exception, match="InterruptNotPendingError"):
+                await sdk.runs.wait(tid, "structured", command={"resume": {"f" * 32: {}}})
+            assert await _interrupt(sdk, tid) == legal
+            await sdk.runs.wait(tid, "structured", command={"resume": {legal: {"ok": 1}}})
+            assert await _interrupt(sdk, tid) != legal
