@@ -47,12 +47,17 @@ async def _interrupt(sdk: Any, thread_id: str) -> str:
     return str(interrupts[0]["id"])
 
 
-async def _settled_runs(sdk: Any, thread_id: str) -> list[dict[str, Any]]:
-    """The thread's runs once none is pending or running, oldest first."""
+async def _one_answer_failed(sdk: Any, thread_id: str) -> None:
+    """Once the thread's runs have all ended: its start and one of the two answers succeeded, and the other
+    answer failed, saying its interrupt is no longer pending."""
     for run in await sdk.runs.list(thread_id):
         if run["status"] in ("pending", "running"):
             await sdk.runs.join(thread_id, run["run_id"])
-    return list(reversed(await sdk.runs.list(thread_id)))
+    runs = await sdk.runs.list(thread_id)
+    assert sorted(r["status"] for r in runs) == ["error", "success", "success"], runs
+    [failed] = [r for r in runs if r["status"] == "error"]
+    error = (await sdk.http.get(f"/threads/{thread_id}/runs/{failed['run_id']}"))["error"]
+    assert error["error"] == "InterruptNotPendingError", error
 
 
 async def _respond_twice(base: str, key: str, thread_id: str, interrupt_id: str, response: Any) -> None:
@@ -77,11 +82,8 @@ async def _structured_answered_once(base: str, user: str, addressed: bool) -> No
             await asyncio.gather(*runs)
         else:
             await _respond_twice(base, key, tid, legal, answer)
-        runs = await _settled_runs(sdk, tid)
-        assert [r["status"] for r in runs] == ["success", "success", "error"], runs
+        await _one_answer_failed(sdk, tid)
         async with httpx.AsyncClient(base_url=base, headers={"x-api-key": key}) as http:
-            failed = (await http.get(f"/threads/{tid}/runs/{runs[2]['run_id']}")).json()
-            assert failed["error"]["error"] == "InterruptNotPendingError", failed
             instance = (await sdk.threads.get(tid))["metadata"]["instance_id"]
             status = (await http.get(f"/journeys/{instance}/status")).json()
             history = (await http.get(f"/journeys/{instance}/history")).json()
@@ -110,8 +112,7 @@ async def test_a_process_task_answered_twice_at_once_is_answered_once(store_url:
                 await sdk.runs.wait(tid, "process", input={"process": "two_signatures", "business_key": user})
                 first = await _interrupt(sdk, tid)
                 await _respond_twice(base, f"key-{user}", tid, first, {"payload": {"signed": user}})
-                runs = await _settled_runs(sdk, tid)
-                assert [r["status"] for r in runs] == ["success", "success", "error"], runs
+                await _one_answer_failed(sdk, tid)
                 instance = (await sdk.threads.get(tid))["metadata"]["instance_id"]
                 tasks = await sdk.http.get(f"/tasks?instance_id={instance}")
                 assert [t["element"] for t in tasks] == ["second"], tasks  # the next task waits for its answer
@@ -141,3 +142,28 @@ async def test_an_addressed_resume_answers_one_interrupt(store_url: str) -> None
             assert await _interrupt(sdk, tid) == legal
             await sdk.runs.wait(tid, "structured", command={"resume": {legal: {"ok": 1}}})
             assert await _interrupt(sdk, tid) != legal
+
+
+async def test_a_run_that_cannot_move_the_journey_is_refused_when_created(store_url: str) -> None:
+    """``command.update``/``command.goto`` (which the journey would not take: its pattern moves it) and a run
+    with neither input nor ``command.resume`` on a journey's thread are refused at once, with what to send
+    instead, and queue nothing; they used to be queued and then fail, or run with the update ignored."""
+    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
+        async with get_client(url=base, api_key="key-ana") as sdk:
+            tid = str((await sdk.threads.create())["thread_id"])
+            data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": "ana", "context": {}}
+            await sdk.runs.wait(tid, "structured", input=data)
+            legal = await _interrupt(sdk, tid)
+            before = await sdk.runs.list(tid)
+            for command, status, says in (
+                ({"update": {"status": "completed"}}, 422, "command.update cannot be taken"),
+                ({"goto": "finance", "resume": {}}, 422, "command.goto cannot be taken"),
+                ({}, 409, "advance it with command.resume"),
+                (None, 409, "advance it with command.resume"),
+            ):
+                with pytest.raises(httpx.HTTPStatusError) as refused:
+                    await sdk.runs.create(tid, "structured", command=command)  # type: ignore[arg-type]
+                assert refused.value.response.status_code == status, refused.value.response.text
+                assert says in refused.value.response.text
+            assert await sdk.runs.list(tid) == before
+            assert await _interrupt(sdk, tid) == legal

@@ -141,6 +141,15 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
             f"thread {thread} runs the {row.assistant_id!r} assistant, not {assistant.assistant_id!r}",
             allowed=[row.assistant_id],
         )
+    commands = (body.command.model_extra or {}) if body.command is not None else {}
+    # LangGraph's clients send them empty when unset (RemoteGraph: ``goto: []``).
+    if ignored := [f"command.{name}" for name in ("update", "goto") if commands.get(name)]:
+        raise InvalidInputError(
+            f"{' and '.join(ignored)} cannot be taken: a journey moves only through its pattern (command.resume "
+            "answers what it waits at; the guide takes input); an operator corrects a journey's state with "
+            "threads.update_state",
+            unsupported=ignored,
+        )
     resume = body.command is not None and "resume" in body.command.model_fields_set
     if resume and body.input is not None:
         raise InvalidInputError("give either input (start a journey) or command.resume (advance it), not both")
@@ -150,7 +159,7 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
         if instance_id is None and not queued:
             raise ApiError(409, "NothingToResume", f"thread {thread} has no journey yet; start one with input")
         return "resume"
-    if instance_id is not None and body.input is not None and not assistant.chat:
+    if instance_id is not None and not assistant.chat:  # input or nothing: neither would move the journey on
         raise ApiError(409, "JourneyStarted", f"thread {thread} already runs a journey; advance it with command.resume")
     if instance_id is None and body.input is None and not queued:
         if row is None:  # a new thread: the request alone lacks what it needs
