@@ -167,3 +167,34 @@ async def test_a_run_that_cannot_move_the_journey_is_refused_when_created(store_
                 assert says in refused.value.response.text
             assert await sdk.runs.list(tid) == before
             assert await _interrupt(sdk, tid) == legal
+
+
+async def test_a_journey_is_answered_through_the_thread_stream_however_it_was_started(store_url: str) -> None:
+    """``input.respond`` on the thread of a journey started through the journey endpoints (it has no run), and
+    on one whose runs were deleted: both used to answer 500 (the server looked for the last run's assistant)."""
+    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
+        async with get_client(url=base, api_key="key-ana") as sdk:
+            design = await sdk.http.post(
+                "/journeys/structured/designs", json={"journey_type": "two_approvals", "spec": TWO_APPROVALS}
+            )
+            started = await sdk.http.post(
+                f"/journeys/structured/{design['journey_id']}/executions", json={"user_id": "ana", "context": {}}
+            )
+            by_endpoint = str(started["instance_id"])
+            tid = str((await sdk.threads.create())["thread_id"])
+            data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": "ana", "context": {}}
+            first = await sdk.runs.create(tid, "structured", input=data)
+            await sdk.runs.join(tid, first["run_id"])
+            await sdk.runs.delete(tid, first["run_id"])
+            for thread in (by_endpoint, tid):
+                command = {
+                    "id": 1,
+                    "method": "input.respond",
+                    "params": {"interrupt_id": await _interrupt(sdk, thread), "response": {"by": "ana"}},
+                }
+                answer = await sdk.http.post(f"/threads/{thread}/commands", json=command)
+                assert answer["type"] == "success", answer
+                await sdk.runs.join(thread, answer["result"]["run_id"])
+                instance = (await sdk.threads.get(thread))["metadata"]["instance_id"]
+                status = await sdk.http.get(f"/journeys/{instance}/status")
+                assert status["completed_steps"] == ["legal"], status

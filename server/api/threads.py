@@ -255,11 +255,12 @@ async def _respond_request(
     wanted = params.get("interrupt_id")
     if wanted not in {i["id"] for i in waiting}:
         raise _NoSuchInterrupt(f"thread {thread_id!r} is not waiting at interrupt {wanted!r}")
+    # The assistant of its last run (a configured one, say); a journey started through the journey endpoints,
+    # or whose runs were deleted, has none: its pattern's.
     last = await svc.runs.last_run(thread_id)
-    assert last is not None  # an interrupt came from a run
     return RunCreate.model_validate(
         {
-            "assistant_id": last.assistant_id,
+            "assistant_id": last.assistant_id if last is not None else thread.assistant_id,
             "command": {"resume": {wanted: params.get("response")}},  # answers that interrupt only
             "config": params.get("config"),
             "metadata": params.get("metadata") or {},
