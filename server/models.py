@@ -226,11 +226,20 @@ class ThreadStateOut(Open):
 
 
 class StateUpdate(Open):
-    """A request to write values to a thread's state, as if a node had."""
+    """A request to write values to a thread's state, as if a node had: on its latest checkpoint, or on an
+    earlier one (``checkpoint`` or ``checkpoint_id``: the state then forks from there; chat threads only)."""
 
     values: dict[str, Any] | None = None
     as_node: str | None = None
-    checkpoint_id: str | None = None
+    checkpoint_id: str | None = Field(default=None, max_length=100)
+    checkpoint: CheckpointIn | None = None
+
+    def from_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint the update is written on, when the client named one."""
+        named = self.checkpoint.model_dump(exclude_none=True) if self.checkpoint is not None else {}
+        if self.checkpoint_id:
+            named["checkpoint_id"] = self.checkpoint_id
+        return named if named.get("checkpoint_id") else None
 
 
 class StateUpdated(Open):

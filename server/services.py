@@ -539,14 +539,35 @@ class ServerServices:
         return await graph_of(self.runtime, get_assistant(thread.assistant_id), thread.instance_id)
 
     async def update_thread_state(
-        self, caller: Principal, thread_id: str, values: dict[str, Any] | None, as_node: str | None
+        self,
+        caller: Principal,
+        thread_id: str,
+        values: dict[str, Any] | None,
+        as_node: str | None,
+        checkpoint: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write ``values`` into the journey's state as ``as_node`` would (an operator's correction: it
-        bypasses the pattern's checks), on a thread with no active run; the config of the checkpoint written."""
+        bypasses the pattern's checks), on a thread with no active run; the config of the checkpoint written.
+        ``checkpoint``: write on that earlier checkpoint instead (the state forks from it; chat threads only,
+        as runs from a checkpoint are)."""
         thread = await self.resolve_thread(thread_id, caller)
         graph = await self.thread_graph(thread)
         if graph is None or thread.instance_id is None:
             raise ApiError(409, "NoState", f"thread {thread_id!r} has no state yet; start a run on it first")
+        if checkpoint is not None and not get_assistant(str(thread.assistant_id)).chat:
+            raise ApiError(
+                422,
+                "CheckpointUnsupported",
+                f"thread {thread_id!r} runs a journey, whose completed steps are in its event log: its state cannot "
+                "fork from an earlier checkpoint (chat threads can); update its latest state",
+            )
+        config = self.runtime.engine.config(thread.instance_id)
+        if checkpoint is not None:
+            config = self.checkpoint_config(thread, checkpoint)
+            if (await graph.aget_state(config)).created_at is None:  # LangGraph's snapshot of no checkpoint
+                raise JourneyNotFoundError(
+                    f"thread {thread_id!r} has no checkpoint {checkpoint['checkpoint_id']!r}", thread_id=thread_id
+                )
         if await self.runs.active_count(thread_id):
             raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} has an active run")
         async with self.runtime.engine.exclusive(thread.instance_id):
@@ -558,9 +579,7 @@ class ServerServices:
                     allowed=list(graph.nodes),
                 )
             try:
-                written = await graph.aupdate_state(
-                    self.runtime.engine.config(thread.instance_id), values, as_node=as_node
-                )
+                written = await graph.aupdate_state(config, values, as_node=as_node)
             except (ValueError, KeyError, TypeError) as exc:
                 raise InvalidInputError(f"cannot apply this state update: {exc}") from exc
         configurable: dict[str, Any] = written.get("configurable", {})

@@ -307,7 +307,7 @@ async def _state_at(
     if graph is None or thread.instance_id is None:
         return empty_state(thread_id)
     snapshot = await graph.aget_state(svc.checkpoint_config(thread, checkpoint))
-    if checkpoint.get("checkpoint_id") and snapshot.config is None:
+    if checkpoint.get("checkpoint_id") and snapshot.created_at is None:  # LangGraph's snapshot of no checkpoint
         raise JourneyNotFoundError(f"thread {thread_id!r} has no checkpoint {checkpoint['checkpoint_id']!r}")
     return state_view(snapshot, thread_id)
 
@@ -328,7 +328,7 @@ async def get_state(thread_id: str, caller: Reader, svc: Services) -> dict[str, 
 async def update_state(thread_id: str, body: StateUpdate, caller: Runner, svc: Services) -> dict[str, Any]:
     """Write ``values`` into the journey's state as ``as_node`` would (an operator's correction: it
     bypasses the pattern's checks, so it needs the ``runs`` scope and a thread with no active run)."""
-    configurable = await svc.update_thread_state(caller, thread_id, body.values, body.as_node)
+    configurable = await svc.update_thread_state(caller, thread_id, body.values, body.as_node, body.from_checkpoint())
     return {
         "checkpoint": {
             "thread_id": thread_id,

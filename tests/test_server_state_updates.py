@@ -1,0 +1,55 @@
+"""``threads.update_state`` from an earlier checkpoint, over real HTTP with the official langgraph-sdk client, on
+memory, SQLite and PostgreSQL: a chat thread forks from that checkpoint (as LangGraph does); a journey's thread
+refuses (its completed steps are in its event log, which a fork of its checkpoints would not carry), and so
+does a checkpoint the thread does not have (reading it too). The checkpoint used to be ignored: the update
+went on the latest state, silently; and the state "at" an unknown checkpoint read as empty."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+HI = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_a_state_update_from_an_earlier_checkpoint_forks_a_chat_thread_and_is_refused_on_a_journey(
+    store_url: str,
+) -> None:
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        async with get_client(url=base) as sdk:
+            chat = str((await sdk.threads.create())["thread_id"])
+            await sdk.runs.wait(chat, "guide", input=HI)
+            first = await sdk.threads.get_state(chat)
+            await sdk.runs.wait(chat, "guide", input={"messages": [{"role": "user", "content": "and then?"}]})
+            latest = await sdk.threads.get_state(chat)
+            assert len(latest["values"]["messages"]) > len(first["values"]["messages"])
+            at = first["checkpoint"]
+            for named in ({"checkpoint": at}, {"checkpoint_id": at["checkpoint_id"]}):
+                written = await sdk.threads.update_state(chat, {"progress": {"note": 1}}, **named)  # type: ignore[arg-type]
+                forked = await sdk.threads.get_state(chat)
+                assert forked["checkpoint"]["checkpoint_id"] == written["checkpoint"]["checkpoint_id"]
+                assert forked["parent_checkpoint"]["checkpoint_id"] == at["checkpoint_id"]
+                assert forked["values"]["messages"] == first["values"]["messages"]  # the later turn is not in it
+            with pytest.raises(httpx.HTTPStatusError) as missing:
+                await sdk.threads.update_state(chat, {}, checkpoint_id="1f0a0000-0000-6000-8000-000000000000")
+            assert missing.value.response.status_code == 404
+            with pytest.raises(httpx.HTTPStatusError) as unknown:  # reading it: 404 too (was an empty state)
+                await sdk.threads.get_state(chat, checkpoint_id="1f0a0000-0000-6000-8000-000000000000")
+            assert unknown.value.response.status_code == 404
+
+            journey = str((await sdk.threads.create())["thread_id"])
+            await sdk.runs.wait(journey, "structured", input={"journey_type": "content_migration", "context": {}})
+            before = await sdk.threads.get_state(journey)
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await sdk.threads.update_state(
+                    journey, {"context": {"note": 1}}, checkpoint_id=before["checkpoint"]["checkpoint_id"]
+                )
+            assert refused.value.response.status_code == 422
+            assert "CheckpointUnsupported" in refused.value.response.text
+            assert await sdk.threads.get_state(journey) == before
