@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from langgraph.store.base import BaseStore, Item, SearchItem
+from langgraph.store.base import BaseStore, InvalidNamespaceError, Item, SearchItem
 
+from checkpoints.errors import InvalidInputError
 from checkpoints.ownership import Owner, Viewer
 
 Namespace = tuple[str, ...]
@@ -63,7 +64,10 @@ class OwnedStore:
         return list(dict.fromkeys(spaces))
 
     async def put(self, namespace: Namespace, key: str, value: dict[str, Any], index: Any = None) -> None:
-        await self.store.aput((*self.write_space, *namespace), key, value, index=index)
+        try:
+            await self.store.aput((*self.write_space, *namespace), key, value, index=index)
+        except InvalidNamespaceError as exc:  # LangGraph's rules for a raw namespace (an admin's)
+            raise InvalidInputError(str(exc)) from exc
 
     async def get(self, namespace: Namespace, key: str) -> Item | None:
         for space in self.read_spaces:
