@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 StreamModeName = Literal[
@@ -14,6 +14,30 @@ StreamModeName = Literal[
 
 # Integers that reach the database are bounded by its integer type (a larger one would fail there: a 500).
 MAX_INT = 2**31 - 1
+
+
+def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's LangGraph config, refused when LangGraph would refuse it only once the run executes (its
+    journey registered and the run failed with a bare ValueError or TypeError): the fields it reads, typed."""
+    limit = config.get("recursion_limit")
+    if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_INT):
+        raise ValueError("config.recursion_limit must be an integer of at least 1")
+    concurrency = config.get("max_concurrency")
+    if concurrency is not None and (type(concurrency) is not int or not 1 <= concurrency <= MAX_INT):
+        raise ValueError("config.max_concurrency must be an integer of at least 1")
+    tags = config.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise ValueError("config.tags must be a list of strings")
+    for name in ("configurable", "metadata"):
+        if config.get(name) is not None and not isinstance(config[name], dict):
+            raise ValueError(f"config.{name} must be an object")
+    if config.get("run_name") is not None and not isinstance(config["run_name"], str):
+        raise ValueError("config.run_name must be a string")
+    return config
+
+
+# A LangGraph config (RunnableConfig) as a client sends it: other fields are kept as given.
+RunConfig = Annotated[dict[str, Any], AfterValidator(_checked_config)]
 
 
 class StartKeyFields(BaseModel):
@@ -83,7 +107,7 @@ class AssistantCreate(Open):
 
     graph_id: str = Field(min_length=1, max_length=100)
     assistant_id: str | None = Field(default=None, min_length=1, max_length=200)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: RunConfig = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
@@ -95,7 +119,7 @@ class AssistantUpdate(Open):
     """Changes to an assistant, which become its new version (metadata is merged)."""
 
     graph_id: str | None = Field(default=None, min_length=1, max_length=100)
-    config: dict[str, Any] | None = None
+    config: RunConfig | None = None
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     name: str | None = Field(default=None, max_length=200)
@@ -279,7 +303,7 @@ class RunCreate(Open):
     stream_mode: StreamModeName | list[StreamModeName] | None = None
     multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] = "reject"
     if_not_exists: Literal["create", "reject"] = "reject"
-    config: dict[str, Any] | None = None
+    config: RunConfig | None = None
     context: dict[str, Any] | None = None
     interrupt_before: Literal["*"] | list[str] | None = None
     interrupt_after: Literal["*"] | list[str] | None = None

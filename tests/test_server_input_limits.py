@@ -98,6 +98,31 @@ async def test_deep_nesting_is_refused_before_anything_is_written(http: httpx.As
     assert fine.status_code == 200, fine.text
 
 
+async def test_a_config_langgraph_would_refuse_mid_run_is_refused_when_sent(http: httpx.AsyncClient) -> None:
+    """A run's, an assistant's or a cron's config with a recursion limit below 1 or not a number (and the other
+    fields LangGraph reads, mistyped) is a 422: it used to be queued, register its journey and then fail the
+    run with a bare ValueError or TypeError and a traceback in the log."""
+    threads = await seeded(http)
+    for config in (
+        {"recursion_limit": -1},
+        {"recursion_limit": "x"},
+        {"recursion_limit": True},
+        {"max_concurrency": 0},
+        {"tags": "urgent"},
+        {"configurable": []},
+    ):
+        fresh = (await http.post("/threads", json={})).json()["thread_id"]
+        await assert_refused(http, 422, f"/threads/{fresh}/runs/wait", raw({**MIGRATION, "config": config}))
+        assert (await http.get(f"/threads/{fresh}/runs")).json() == []  # nothing queued, no journey started
+        assert (await http.get(f"/threads/{fresh}")).json()["metadata"].get("instance_id") is None
+        await assert_refused(http, 422, "/assistants", raw({"graph_id": "structured", "config": config}))
+        cron = {"assistant_id": "structured", "schedule": "0 9 * * *", "input": MIGRATION["input"], "config": config}
+        await assert_refused(http, 422, "/runs/crons", raw(cron))
+    fine = await http.post("/runs/wait", json={**MIGRATION, "config": {"recursion_limit": 50, "tags": ["ops"]}})
+    assert fine.status_code == 200, fine.text
+    assert len(await thread_ids(http)) == len(threads) + 6 + 1
+
+
 async def test_lone_surrogates_are_refused_anywhere_in_a_body(http: httpx.AsyncClient) -> None:
     threads = await seeded(http)
     lone = '"\\ud800"'

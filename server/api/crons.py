@@ -24,7 +24,7 @@ from server.api.runs import assistant_options
 from server.auth import Principal, require
 from server.crons import RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT
+from server.models import MAX_INT, RunConfig
 from server.services import ServerServices, services
 
 router = APIRouter(tags=["crons"], responses=errors(), route_class=GuardedRoute)
@@ -64,7 +64,7 @@ class CronRunOptions(BaseModel):
 
     input: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
-    config: dict[str, Any] | None = None
+    config: RunConfig | None = None
     context: dict[str, Any] | None = None
     durability: Literal["sync", "async", "exit"] | None = None
     end_time: AwareDatetime | None = None
