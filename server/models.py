@@ -273,10 +273,13 @@ class StateUpdated(Open):
 
 
 class HistoryQuery(Open):
-    """Paging of a thread's state history."""
+    """Paging of a thread's state history: the states whose checkpoint metadata holds ``metadata``'s
+    key-value pairs, from the thread's (or ``checkpoint``'s namespace's) latest, before ``before``."""
 
     limit: int = Field(default=10, ge=1, le=1000)
     before: str | dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    checkpoint: CheckpointIn | None = None
 
 
 class CommandIn(Open):

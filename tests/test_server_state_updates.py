@@ -53,3 +53,22 @@ async def test_a_state_update_from_an_earlier_checkpoint_forks_a_chat_thread_and
             assert refused.value.response.status_code == 422
             assert "CheckpointUnsupported" in refused.value.response.text
             assert await sdk.threads.get_state(journey) == before
+
+
+async def test_history_is_filtered_by_checkpoint_metadata(store_url: str) -> None:
+    """``threads.get_history(metadata=…)`` answers only the states whose checkpoint metadata holds those pairs,
+    as LangGraph's ``get_state_history(filter=…)`` does; the filter used to be ignored (every state came back)."""
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        async with get_client(url=base) as sdk:
+            chat = str((await sdk.threads.create())["thread_id"])
+            await sdk.runs.wait(chat, "guide", input=HI)
+            await sdk.runs.wait(chat, "guide", input={"messages": [{"role": "user", "content": "and then?"}]})
+            every = await sdk.threads.get_history(chat, limit=100)
+            sources = [state["metadata"]["source"] for state in every]
+            assert "input" in sources and "loop" in sources, sources
+            for source in ("input", "loop"):
+                found = await sdk.threads.get_history(chat, limit=100, metadata={"source": source})
+                assert [s["checkpoint"] for s in found] == [
+                    s["checkpoint"] for s in every if s["metadata"]["source"] == source
+                ]
+            assert await sdk.threads.get_history(chat, metadata={"source": "nowhere"}) == []

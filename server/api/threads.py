@@ -345,7 +345,8 @@ async def get_history(thread_id: str, body: HistoryQuery, caller: Reader, svc: S
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
         return []
-    config = svc.runtime.engine.config(thread.instance_id)
+    named = body.checkpoint.model_dump(exclude_none=True) if body.checkpoint is not None else {}
+    config = svc.checkpoint_config(thread, named) if named else svc.runtime.engine.config(thread.instance_id)
     before = body.before
     before_config = None
     if isinstance(before, str):
@@ -354,5 +355,10 @@ async def get_history(thread_id: str, body: HistoryQuery, caller: Reader, svc: S
         before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before["checkpoint_id"]}}
     return [
         state_view(snapshot, thread_id)
-        async for snapshot in graph.aget_state_history(config, limit=body.limit, before=before_config)  # type: ignore[arg-type]
+        async for snapshot in graph.aget_state_history(
+            config,
+            filter=body.metadata or None,
+            limit=body.limit,
+            before=before_config,  # type: ignore[arg-type]
+        )
     ]
