@@ -158,12 +158,21 @@ class GraphOut(Open):
     edges: list[dict[str, Any]]
 
 
+# Stated in the schemas, so that no client is told yes and then finds them ignored.
+_NO_THREAD_TTL = "thread TTLs are not supported by this server: leave it out (or null); prune or delete threads"
+
+
 class ThreadCreate(Open):
     """A request to create a thread."""
 
     thread_id: str | None = Field(default=None, min_length=1, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
+    ttl: None = Field(None, description=_NO_THREAD_TTL)
+    supersteps: None = Field(
+        None,
+        description="not supported by this server (a thread gets its state from its first run): leave it out (or null)",
+    )
 
 
 class ThreadOut(Open):
@@ -202,6 +211,7 @@ class ThreadUpdate(Open):
     """Metadata merged into a thread's."""
 
     metadata: dict[str, Any] = Field(default_factory=dict)
+    ttl: None = Field(None, description=_NO_THREAD_TTL)
 
 
 class ThreadPrune(Open):

@@ -72,3 +72,21 @@ async def test_history_is_filtered_by_checkpoint_metadata(store_url: str) -> Non
                     s["checkpoint"] for s in every if s["metadata"]["source"] == source
                 ]
             assert await sdk.threads.get_history(chat, metadata={"source": "nowhere"}) == []
+
+
+async def test_thread_options_this_server_does_not_keep_are_refused_not_ignored(store_url: str) -> None:
+    """A thread's ``ttl`` (create or update) and ``supersteps`` were accepted and ignored: a client counting on a
+    thread deleting itself kept it for ever. They are refused (422), and nothing is created."""
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        async with get_client(url=base) as sdk:
+            before = await sdk.threads.count()
+            for options in ({"ttl": 60}, {"supersteps": [{"updates": [{"values": {"a": 1}, "as_node": "x"}]}]}):
+                with pytest.raises(httpx.HTTPStatusError) as refused:
+                    await sdk.threads.create(**options)  # type: ignore[arg-type]
+                assert refused.value.response.status_code == 422
+            assert await sdk.threads.count() == before
+            thread = str((await sdk.threads.create(metadata={"k": 1}))["thread_id"])
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await sdk.threads.update(thread, metadata={"k": 2}, ttl=60)
+            assert refused.value.response.status_code == 422
+            assert (await sdk.threads.get(thread))["metadata"]["k"] == 1
