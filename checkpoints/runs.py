@@ -35,6 +35,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     true,
     update,
@@ -280,9 +281,10 @@ _BIND = (
     )
 )
 _GET_RUN = select(server_runs).where(_runs.run_id == bindparam("p_run_id"))
+_status_wanted = bindparam("p_status", type_=_runs.status.type)
 _LIST_RUNS = (
     select(server_runs)
-    .where(_runs.thread_id == bindparam("p_thread_id"))
+    .where(_runs.thread_id == bindparam("p_thread_id"), or_(_status_wanted.is_(None), _runs.status == _status_wanted))
     .order_by(_runs.created_at.desc())
     .limit(bindparam("p_limit"))
     .offset(bindparam("p_offset"))
@@ -581,8 +583,11 @@ class RunStore:
                 row[name] = datetime.fromisoformat(row[name]).astimezone(UTC)
         return self._run(row)
 
-    async def list_runs(self, thread_id: str, *, limit: int = 10, offset: int = 0) -> list[RunRow]:
-        params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset}
+    async def list_runs(
+        self, thread_id: str, *, limit: int = 10, offset: int = 0, status: str | None = None
+    ) -> list[RunRow]:
+        """The thread's runs, newest first (those with ``status`` only, when given), one page."""
+        params = {"p_thread_id": thread_id, "p_limit": limit, "p_offset": offset, "p_status": status}
         return [self._run(row) for row in await self._backend.read(_LIST_RUNS, params)]
 
     async def threads_of_assistant(self, assistant_id: str) -> list[str]:

@@ -12,6 +12,9 @@ StreamModeName = Literal[
 ]
 
 
+SortOrder = Literal["asc", "desc"]
+RunStatus = Literal["pending", "running", "error", "success", "timeout", "interrupted"]
+
 # Integers that reach the database are bounded by its integer type (a larger one would fail there: a 500).
 MAX_INT = 2**31 - 1
 
@@ -96,10 +99,20 @@ class AssistantCount(Open):
 
 
 class AssistantSearch(AssistantCount):
-    """Filters and paging of an assistant search."""
+    """Filters, order and paging of an assistant search."""
 
     limit: int = Field(default=10, ge=0, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_INT)
+    sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] = "created_at"
+    sort_order: SortOrder = "desc"
+
+
+def sorted_page(
+    views: list[dict[str, Any]], sort_by: str, sort_order: SortOrder, offset: int, limit: int
+) -> list[dict[str, Any]]:
+    """One page of ``views`` in the order a search asked for (ties keep the order they came in: newest first)."""
+    ordered = sorted(views, key=lambda view: str(view.get(sort_by) or ""), reverse=sort_order == "desc")
+    return ordered[offset : offset + limit]
 
 
 class AssistantCreate(Open):
@@ -200,11 +213,14 @@ class ThreadCount(Open):
 
 
 class ThreadSearch(ThreadCount):
-    """Filters and paging of a thread search."""
+    """Filters, order and paging of a thread search."""
 
     ids: list[str] | None = None
     limit: int = Field(default=10, ge=0, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_INT)
+    sort_by: Literal["thread_id", "status", "created_at", "updated_at"] = "created_at"
+    sort_order: SortOrder = "desc"
+    extract: None = Field(None, description="not supported by this server: leave it out (or null)")
 
 
 class ThreadUpdate(Open):
@@ -373,7 +389,7 @@ class RunOut(Open):
     assistant_id: str
     created_at: str
     updated_at: str
-    status: Literal["pending", "running", "error", "success", "timeout", "interrupted"]
+    status: RunStatus
     metadata: dict[str, Any]
     multitask_strategy: str
     cancel_reason: str | None = None

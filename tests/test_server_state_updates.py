@@ -90,3 +90,35 @@ async def test_thread_options_this_server_does_not_keep_are_refused_not_ignored(
                 await sdk.threads.update(thread, metadata={"k": 2}, ttl=60)
             assert refused.value.response.status_code == 422
             assert (await sdk.threads.get(thread))["metadata"]["k"] == 1
+
+
+async def test_searches_and_run_lists_answer_in_the_order_and_with_the_filter_asked(store_url: str) -> None:
+    """``threads.search``/``assistants.search`` with ``sort_by``/``sort_order``, and ``runs.list(status=…)``: the
+    order and the filter used to be ignored (newest first, every run). ``extract`` is refused (422)."""
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        async with get_client(url=base) as sdk:
+            made = [str((await sdk.threads.create(metadata={"batch": "s"}))["thread_id"]) for _ in range(4)]
+            for order in ("asc", "desc"):
+                found = await sdk.threads.search(metadata={"batch": "s"}, sort_by="thread_id", sort_order=order)
+                assert [t["thread_id"] for t in found] == sorted(made, reverse=order == "desc")
+            oldest = await sdk.threads.search(metadata={"batch": "s"}, sort_by="created_at", sort_order="asc", limit=2)
+            assert [t["thread_id"] for t in oldest] == made[:2]
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await sdk.threads.search(extract={"last": "values.messages[-1]"})
+            assert refused.value.response.status_code == 422
+
+            names = ["b-helper", "a-helper", "c-helper"]
+            for name in names:
+                await sdk.assistants.create("guide", name=name, metadata={"batch": "s"})
+            by_name = await sdk.assistants.search(metadata={"batch": "s"}, sort_by="name", sort_order="asc")
+            assert [a["name"] for a in by_name] == sorted(names)
+
+            thread = made[0]
+            await sdk.runs.wait(thread, "guide", input=HI)
+            later = await sdk.runs.create(thread, "guide", input=HI, after_seconds=3600)  # pending for an hour
+            every = await sdk.runs.list(thread)
+            for status in ("success", "pending", "error"):
+                listed = await sdk.runs.list(thread, status=status)  # type: ignore[arg-type]
+                assert [r["run_id"] for r in listed] == [r["run_id"] for r in every if r["status"] == status]
+            assert [r["run_id"] for r in await sdk.runs.list(thread, status="pending")] == [later["run_id"]]
+            await sdk.runs.cancel(thread, later["run_id"])

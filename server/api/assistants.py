@@ -22,6 +22,7 @@ from server.models import (
     GraphSchemaOut,
     SetLatest,
     VersionsQuery,
+    sorted_page,
 )
 from server.services import ResolvedAssistant, ServerServices, services, system_metadata
 
@@ -84,7 +85,7 @@ async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services)
 @router.post("/search", response_model=list[AssistantOut], summary="Search assistants")
 async def search_assistants(body: AssistantSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
     found = await svc.search_assistants(caller, body.graph_id, body.name, body.metadata)
-    return [assistant_view(a) for a in found[body.offset : body.offset + body.limit]]
+    return sorted_page([assistant_view(a) for a in found], body.sort_by, body.sort_order, body.offset, body.limit)
 
 
 @router.post("/count", response_model=int, summary="Count assistants")

@@ -26,7 +26,7 @@ from server.api import errors
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, BatchRunCreate, CancelMany, RunCreate, RunOut, StatelessRunCreate
+from server.models import MAX_INT, BatchRunCreate, CancelMany, RunCreate, RunOut, RunStatus, StatelessRunCreate
 from server.problems import ApiError, JourneyValuesResponse
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, run_events
@@ -341,9 +341,10 @@ async def list_runs(
     svc: Services,
     limit: Annotated[int, Query(ge=0, le=1000)] = 10,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    status: Annotated[RunStatus | None, Query()] = None,
 ) -> list[dict[str, Any]]:
     await svc.resolve_thread(thread_id, caller)
-    return [r.view() for r in await svc.runs.list_runs(thread_id, limit=limit, offset=offset)]
+    return [r.view() for r in await svc.runs.list_runs(thread_id, limit=limit, offset=offset, status=status)]
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", response_model=RunOut, summary="Get a run")

@@ -40,6 +40,7 @@ from server.models import (
     ThreadSearch,
     ThreadStateOut,
     ThreadUpdate,
+    sorted_page,
 )
 from server.problems import ApiError
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
@@ -142,10 +143,12 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
 @router.post("/search", response_model=list[ThreadOut], summary="Search threads")
 async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
     viewer = svc.viewer(caller)
-    if body.values is None and body.status is None:  # filters the rows hold: only the page is viewed
+    newest_first = body.sort_by == "created_at" and body.sort_order == "desc"  # the rows' own order
+    if body.values is None and body.status is None and newest_first:  # filters the rows hold: only the page
         rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids, viewer=viewer)
         return [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
-    return (await _matching(svc, body, viewer, body.ids))[body.offset : body.offset + body.limit]
+    matching = await _matching(svc, body, viewer, body.ids)
+    return sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit)
 
 
 @router.post("/count", response_model=int, summary="Count threads")
