@@ -204,6 +204,7 @@ register(
             graph=_guide_graph,
             sample=_sample,
             chat=True,
+            instance_inputs=("session_id",),
         ),
         _entrypoint,
     )

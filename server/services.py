@@ -139,6 +139,14 @@ class ServerServices:
             refuse_terminated(found)
         return found
 
+    async def check_input_instances(self, caller: Principal, assistant: Assistant, data: Any) -> None:
+        """The journey instances a run's input names for its assistant to act on (``Assistant.instance_inputs``)
+        are ones ``caller`` may act on: not found (404) otherwise, as for a thread of someone else's."""
+        if isinstance(data, Mapping):
+            for name in assistant.instance_inputs:
+                if isinstance(data.get(name), str):
+                    await self.instance(caller, data[name], to_act=True)
+
     async def terminated(self, instance_id: str) -> bool:
         """Whether the journey was terminated: its checkpoint may still hold the interrupts it stopped at,
         which nothing will answer."""
@@ -554,7 +562,9 @@ class ServerServices:
         graph = await self.thread_graph(thread)
         if graph is None or thread.instance_id is None:
             raise ApiError(409, "NoState", f"thread {thread_id!r} has no state yet; start a run on it first")
-        if checkpoint is not None and not get_assistant(str(thread.assistant_id)).chat:
+        assistant = get_assistant(str(thread.assistant_id))
+        await self.check_input_instances(caller, assistant, values)  # the state's next runs act on them
+        if checkpoint is not None and not assistant.chat:
             raise ApiError(
                 422,
                 "CheckpointUnsupported",

@@ -99,6 +99,9 @@ class Assistant:
     # executing them again: its runs checkpoint only when they stop (the server's "exit" durability, and
     # the runtime's unless opened with durability="sync"; see JourneyEngine.compiled).
     replays_from_log: bool = False
+    # Fields of a run's input that name a journey instance the run acts on (the guide's ``session_id``): the
+    # caller must be allowed to act on each, as on a thread it runs (checked when the run or cron is made).
+    instance_inputs: tuple[str, ...] = ()
 
     def check_input(self, value: Any) -> None:
         """Refuses (422) a first run's ``input`` off this assistant's input schema, before the run is stored."""

@@ -149,6 +149,7 @@ async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, 
     if thread_id is not None:
         await svc.resolve_thread(thread_id, caller)
     assistant = await svc.resolve_assistant(body.assistant_id, caller)  # a built-in, or one the caller may see
+    await svc.check_input_instances(caller, assistant.pattern, body.input)
     payload = body.payload(caller)
     with svc.acting(caller):  # the cron is the caller's
         cron = await svc.crons.create(
@@ -220,6 +221,7 @@ async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Ser
     if given & {"input", "config", "context", "durability"}:
         payload = {**current.payload, **{k: v for k, v in body.payload(caller).items() if k != "groups"}}
         assistant = await svc.resolve_assistant(current.assistant_id, caller)
+        await svc.check_input_instances(caller, assistant.pattern, body.input)
         options = assistant_options(assistant, payload.get("config"), payload.get("context"))
         changes["payload"] = payload | {RUN_OPTIONS: options}
     return cron_view(await svc.crons.update(cron_id, changes))

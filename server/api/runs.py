@@ -55,6 +55,7 @@ async def create_run(
     assistant = resolved.pattern
     if body.input is not None:  # checked before anything (the thread included) is stored
         assistant.check_input(body.input)
+        await svc.check_input_instances(caller, assistant, body.input)
         if isinstance(body.input, dict) and isinstance(body.input.get("user_id"), str):
             svc.check_user(caller, body.input["user_id"])
         if isinstance(body.input, dict):  # an inline spec's marks hold in this run's answers from the first
