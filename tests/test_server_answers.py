@@ -47,6 +47,14 @@ async def _interrupt(sdk: Any, thread_id: str) -> str:
     return str(interrupts[0]["id"])
 
 
+async def _two_approvals(sdk: Any, user: str) -> tuple[str, str]:
+    """A new thread of ``user`` whose journey waits for its legal approval, and that interrupt's id."""
+    tid = str((await sdk.threads.create())["thread_id"])
+    data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": user, "context": {}}
+    await sdk.runs.wait(tid, "structured", input=data)
+    return tid, await _interrupt(sdk, tid)
+
+
 async def _one_answer_failed(sdk: Any, thread_id: str) -> None:
     """Once the thread's runs have all ended: its start and one of the two answers succeeded, and the other
     answer failed, saying its interrupt is no longer pending."""
@@ -71,10 +79,7 @@ async def _respond_twice(base: str, key: str, thread_id: str, interrupt_id: str,
 async def _structured_answered_once(base: str, user: str, addressed: bool) -> None:
     key = f"key-{user}"
     async with get_client(url=base, api_key=key) as sdk:
-        tid = str((await sdk.threads.create())["thread_id"])
-        data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": user, "context": {}}
-        await sdk.runs.wait(tid, "structured", input=data)
-        legal = await _interrupt(sdk, tid)
+        tid, legal = await _two_approvals(sdk, user)
         answer = {"approved_by": user}
         if addressed:  # LangGraph's own form of an answer to one interrupt, sent twice at once
             resume = {"resume": {legal: answer}}
@@ -128,10 +133,7 @@ async def test_an_addressed_resume_answers_one_interrupt(store_url: str) -> None
     one; an unknown interrupt id fails the run and leaves the journey waiting."""
     with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
         async with get_client(url=base, api_key="key-ana") as sdk:
-            tid = str((await sdk.threads.create())["thread_id"])
-            data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": "ana", "context": {}}
-            await sdk.runs.wait(tid, "structured", input=data)
-            legal = await _interrupt(sdk, tid)
+            tid, legal = await _two_approvals(sdk, "ana")
             two = {"resume": {legal: {}, "0" * 32: {}}}
             with pytest.raises(httpx.HTTPStatusError) as refused:
                 await sdk.runs.create(tid, "structured", command=two)
@@ -150,10 +152,7 @@ async def test_a_run_that_cannot_move_the_journey_is_refused_when_created(store_
     instead, and queue nothing; they used to be queued and then fail, or run with the update ignored."""
     with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
         async with get_client(url=base, api_key="key-ana") as sdk:
-            tid = str((await sdk.threads.create())["thread_id"])
-            data = {"journey_type": "two_approvals", "spec": TWO_APPROVALS, "user_id": "ana", "context": {}}
-            await sdk.runs.wait(tid, "structured", input=data)
-            legal = await _interrupt(sdk, tid)
+            tid, legal = await _two_approvals(sdk, "ana")
             before = await sdk.runs.list(tid)
             for command, status, says in (
                 ({"update": {"status": "completed"}}, 422, "command.update cannot be taken"),
