@@ -197,3 +197,24 @@ async def test_a_journey_is_answered_through_the_thread_stream_however_it_was_st
                 instance = (await sdk.threads.get(thread))["metadata"]["instance_id"]
                 status = await sdk.http.get(f"/journeys/{instance}/status")
                 assert status["completed_steps"] == ["legal"], status
+
+
+async def test_a_process_answer_beside_its_payload_is_refused_not_dropped(store_url: str) -> None:
+    """A process task's answer goes in ``command.resume.payload``; an answer given as the resume itself
+    (``{"signed": "ana"}``, as a chat UI sends a response) completed the task with an empty payload, the
+    answer dropped. It is refused (422), and the task stays open."""
+    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
+        async with get_client(url=base, api_key="key-ana") as sdk:
+            await sdk.http.post("/processes", json=TWO_TASKS)
+            tid = str((await sdk.threads.create())["thread_id"])
+            await sdk.runs.wait(tid, "process", input={"process": "two_signatures", "business_key": "k"})
+            first = await _interrupt(sdk, tid)
+            for resume in ({"signed": "ana"}, {first: {"signed": "ana"}}):
+                with pytest.raises(httpx.HTTPStatusError) as refused:
+                    await sdk.runs.create(tid, "process", command={"resume": resume})
+                assert refused.value.response.status_code == 422
+                assert "signed" in refused.value.response.text
+            tasks = await sdk.http.get(f"/tasks?instance_id={tid}")
+            assert [t["element"] for t in tasks] == ["first"]
+            await sdk.runs.wait(tid, "process", command={"resume": {first: {"payload": {"signed": "ana"}}}})
+            assert [t["element"] for t in await sdk.http.get(f"/tasks?instance_id={tid}")] == ["second"]

@@ -130,7 +130,11 @@ register(
                     "version": {"type": "integer"},
                 },
             },
-            {"type": "object", "properties": {"task_id": {"type": "string"}, "payload": {"type": "object"}}},
+            {  # the task's answer goes in payload: a field beside it would be dropped, so it is refused
+                "type": "object",
+                "properties": {"task_id": {"type": "string"}, "payload": {"type": "object"}},
+                "additionalProperties": False,
+            },
         ),
         _entrypoint,
         design=DesignKind(ProcessSpec, validate_process, build_process_graph),
