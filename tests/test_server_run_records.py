@@ -163,7 +163,10 @@ async def test_cancelling_a_run_a_worker_is_executing_stops_it(postgres_url: str
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:
                 created = await client.post(
                     "/runs",
-                    json={"assistant_id": "structured", "input": {**BLOCKING, "spec": BLOCKING, "user_id": "ana"}},
+                    json={
+                        "assistant_id": "structured",
+                        "input": {"journey_type": "blocking", "spec": BLOCKING, "user_id": "ana"},
+                    },
                 )
                 run = created.json()
                 path = f"/threads/{run['thread_id']}/runs/{run['run_id']}"

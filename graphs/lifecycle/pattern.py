@@ -73,10 +73,12 @@ register(
                     "metadata": {"type": "object"},
                     "metrics": METRICS,
                 },
+                "additionalProperties": False,  # a misspelt field would be dropped without a word: refused
             },
             {
                 "type": "object",
                 "properties": {"event": {"type": "string"}, "options": {"type": "object"}, "metrics": METRICS},
+                "additionalProperties": False,
             },
         ),
         _entrypoint,

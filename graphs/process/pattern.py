@@ -129,6 +129,7 @@ register(
                     "variables": {"type": "object"},
                     "version": {"type": "integer"},
                 },
+                "additionalProperties": False,  # a misspelt field (vars) would be dropped without a word
             },
             {  # the task's answer goes in payload: a field beside it would be dropped, so it is refused
                 "type": "object",

@@ -43,6 +43,7 @@ ACTION_SCHEMA = {
         "updates": {"type": "object"},
         "reason": {"type": "string"},
     },
+    "additionalProperties": False,  # a misspelt field would be dropped without a word: refused instead
 }
 
 
@@ -122,6 +123,7 @@ register(
                 "type": "object",
                 "required": ["session_config"],
                 "properties": {"session_config": {"type": "object"}, "user_id": string_schema(USER_ID)},
+                "additionalProperties": False,
             },
             ACTION_SCHEMA,
             sample=_sample_mvp,
@@ -144,6 +146,7 @@ register(
             {
                 "type": "object",
                 "properties": {"initial_pillar": {"type": "string"}, "user_id": string_schema(USER_ID)},
+                "additionalProperties": False,
             },
             ACTION_SCHEMA,
             sample=_sample_mvp,

@@ -53,6 +53,7 @@ STEP_INPUT: dict[str, Any] = {
         "user_id": string_schema(USER_ID, description="defaults to the caller"),
         "context": {"type": "object"},
     },
+    "additionalProperties": False,  # a misspelt field would be dropped without a word: refused instead
 }
 STEP_RESULT = {"type": "object", "description": "the step result"}
 
