@@ -29,9 +29,12 @@ def _set_pragmas(pragmas: tuple[str, ...], dbapi_conn: Any, _record: Any) -> Non
     cursor.close()
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
 def compact_json(value: Any) -> str:
     """JSON as our tables store it: no blanks after separators (JSON text columns keep every byte given)."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:

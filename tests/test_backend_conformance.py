@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, literal_column, or_, select, update
 
 from checkpoints import DuplicateDesignError, DuplicateInstanceError, NewEvent, Store, VirtualClock, open_store
 from checkpoints.backends.postgres import PostgresBackend
@@ -167,6 +167,35 @@ async def test_prebuilt_statements_read_and_write_the_same_rows_on_every_path(st
             {"user_id": "zoe", "updated_at": START}
         ]
         assert await store.backend.write([rename], {"p_id": "missing", "p_user": "zoe"}) == []
+
+
+async def test_prebuilt_statements_bind_each_value_where_its_name_stands(store_url: str) -> None:
+    """The hot path sends a statement's text as compiled (positional placeholders on PostgreSQL): a value
+    used twice, constant lists, a literal percent sign and a write that returns no rows all run as
+    SQLAlchemy runs them."""
+    async with opened(store_url) as (store, _):
+        await started(store, "i-1")
+        await started(store, "i-2")
+        i = journey_instances.c
+        query = (
+            select(i.instance_id, (i.user_id + literal_column("'%'")).label("marked"))
+            .where(
+                i.instance_id.in_(["i-1", "i-2", "i-3"]),
+                or_(i.instance_id == bindparam("p_id"), i.journey_id == bindparam("p_id")),
+                i.pattern.like(literal_column("'struct%'")),
+                i.user_id != bindparam("p_not"),
+            )
+            .order_by(i.instance_id)
+        )
+        params = {"p_id": "j-1", "p_not": "zoe"}
+        hot = await store.backend.read(query, params)
+        assert hot == await store.backend.query(query, params)
+        assert hot == [{"instance_id": "i-1", "marked": "ana%"}, {"instance_id": "i-2", "marked": "ana%"}]
+        rename = update(journey_instances).where(i.instance_id == bindparam("p_id")).values(user_id=bindparam("p_id"))
+        assert await store.backend.write([rename], {"p_id": "i-2"}) == []
+        assert await store.backend.read(query, {"p_id": "j-1", "p_not": "i-2"}) == [
+            {"instance_id": "i-1", "marked": "ana%"}
+        ]
 
 
 def new_run(runs: RunStore, thread_id: str | None = None, strategy: str = "reject") -> Any:

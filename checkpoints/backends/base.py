@@ -50,13 +50,17 @@ class Transaction(Protocol):
 class CompiledStatement:
     """One SQLAlchemy definition compiled for a raw driver: its text, the values it binds itself (already
     converted), the converters of its per-call values, and the names and converters of its result columns.
-    Conversions are SQLAlchemy's own type processors, so rows read the same on every path."""
+    Conversions are SQLAlchemy's own type processors, so rows read the same on every path.
+
+    Compiled for a positional paramstyle (``$1``: psycopg sends the text as it is, with no per-call parsing
+    of named placeholders), ``order`` names the value of each placeholder, and :meth:`bind` gives a list."""
 
     sql: str
     constants: dict[str, Any]
     binders: tuple[tuple[str, Callable[[Any], Any]], ...]
     columns: tuple[str, ...]
     readers: tuple[Callable[[Any], Any] | None, ...]
+    order: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, statement: ClauseElement, dialect: Dialect) -> CompiledStatement:
@@ -83,16 +87,17 @@ class CompiledStatement:
             binders=tuple(processors.items()),
             columns=tuple(column.key for column in exported),
             readers=readers,
+            order=tuple(done.positiontup) if done.positional and done.positiontup is not None else None,
         )
 
-    def bind(self, params: Params | None) -> dict[str, Any]:
+    def bind(self, params: Params | None) -> dict[str, Any] | list[Any]:
         values = dict(self.constants)
         if params:
             values.update(params)
             for name, process in self.binders:
                 if name in params and params[name] is not None:
                     values[name] = process(params[name])
-        return values
+        return values if self.order is None else [values[name] for name in self.order]
 
     def rows(self, fetched: Sequence[Sequence[Any]]) -> list[Row]:
         columns, readers = self.columns, self.readers

@@ -17,10 +17,12 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg.errors import UniqueViolation
+from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import CTE, ColumnElement, Executable, func, select
+from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
@@ -86,6 +88,10 @@ class PostgresBackend(Backend):
     def __init__(self, engine: AsyncEngine, pool: AsyncConnectionPool[Any]) -> None:
         super().__init__(engine)
         self._pool = pool
+        # The hot paths' text is compiled with ``$n`` placeholders for psycopg's raw cursor (see ``_run``).
+        self._raw_dialect = PGDialectAsync_psycopg(  # type: ignore[no-untyped-call]
+            paramstyle="numeric_dollar", json_serializer=compact_json
+        )
         self._combined: dict[tuple[Executable, ...], Executable] = {}
 
     @property
@@ -107,10 +113,18 @@ class PostgresBackend(Backend):
             yield _PoolTransaction(self, conn)
 
     async def _run(self, conn: psycopg.AsyncConnection[Any], statement: Executable, params: Params | None) -> list[Row]:
-        compiled = self.compiled(statement, self._dialect)
-        cursor = conn.cursor(row_factory=tuple_row)
-        await cursor.execute(compiled.sql, compiled.bind(params), prepare=True)  # planned once per connection
-        return compiled.rows(await cursor.fetchall()) if cursor.description is not None else []
+        """Run ``statement`` on ``conn``: planned once per connection; on a raw cursor, whose ``$n`` text and
+        list of values psycopg sends as they are (a named query is parsed and its values reordered per call),
+        and rows are read when the result has some (``description`` would build its column objects first)."""
+        compiled = self.compiled(statement, self._raw_dialect)
+        cursor = psycopg.AsyncRawCursor(conn, row_factory=tuple_row)
+        await cursor.execute(compiled.sql, compiled.bind(params), prepare=True)
+        result = cursor.pgresult
+        return (
+            compiled.rows(await cursor.fetchall())
+            if result is not None and result.status == ExecStatus.TUPLES_OK
+            else []
+        )
 
     async def write(self, statements: Sequence[Executable], params: Params) -> list[Row]:
         statement = statements[0] if len(statements) == 1 else self._one_statement(tuple(statements))
