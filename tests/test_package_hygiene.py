@@ -53,6 +53,7 @@ STATUS_BY_CODE = {
             "ExistingStart",
             "ForkPointError",
             "ForkUnsupportedError",
+            "InterruptNotPendingError",
             "InvalidMoveError",
             "InvalidTransitionError",
             "JourneyFinishedError",
