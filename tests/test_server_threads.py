@@ -392,3 +392,34 @@ async def test_a_structured_journey_whose_thread_was_deleted_is_not_executed_aga
     assert refused.value.response.status_code == 409
     assert [e["type"] for e in await ana.http.get(f"/journeys/{instance_id}/history")] == history
     assert history[-2:] == ["journey.terminated", "thread.deleted"]
+
+
+async def test_a_first_run_refused_before_its_journey_registered_leaves_its_thread_free(store_url: str) -> None:
+    """A structured or saga first run that is refused after its journey got an id but before the journey was
+    registered (its spec names an evaluator nobody registered) left the thread bound to an instance that never
+    existed: the thread's next start was refused as "already runs a journey", and it could never run one. The
+    bind now commits with the registration, so the refused run binds nothing and the next start runs."""
+    unscored = {
+        "journey_type": "summary",
+        "steps": [{"step_id": "a"}, {"step_id": "b"}],
+        "evaluation": {"tier": "gold", "evaluators": {"accuracy": "nobody"}},
+    }
+
+    async def refused_then_started(client: LangGraphClient, assistant_id: str, marker: str) -> None:
+        thread_id = (await client.threads.create())["thread_id"]
+        refused = await client.runs.create(thread_id, assistant_id, input={"journey_type": "summary", "spec": unscored})
+        await client.runs.join(thread_id, refused["run_id"])
+        assert (await client.runs.get(thread_id, refused["run_id"]))["status"] == "error"
+        start = {"journey_type": "content_migration", "context": {"marker": marker}}
+        started = await client.runs.wait(thread_id, assistant_id, input=start)
+        assert started["current_step"] == "upload_content" and started["completed_steps"] == [], started
+        state = await client.threads.get_state(thread_id)
+        assert markers(state["values"]) == {marker}, state["values"]
+
+    with serving(create_app(Settings(database_url=store_url, api_keys=KEYS))) as base:
+        async with get_client(url=base, api_key="key-ana") as ana, get_client(url=base, api_key="key-bob") as bob:
+            await asyncio.gather(
+                refused_then_started(ana, "structured", "mk001"),
+                refused_then_started(bob, "structured", "mk002"),
+                refused_then_started(ana, "saga", "mk003"),
+            )

@@ -17,6 +17,7 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
+from checkpoints.backends.base import Statement
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.locks import busy
@@ -45,6 +46,8 @@ class RunOptions:
     and interrupt_before/after for the graph run. ``continuation``: the run continues a parked journey
     for a fired timer (see :data:`CONTINUATION`). ``answering``: the interrupt a human's answer was given
     to (see :func:`addressed`); a resume of any other interrupt raises :class:`InterruptNotPendingError`.
+    ``registered_with``: statements that a start's registration of its instance commits in its own
+    statement (``Instances.start``): the server's bind of the run's thread.
     """
 
     durability: Durability | None = None
@@ -53,6 +56,7 @@ class RunOptions:
     call: GraphCall = NO_CALL
     continuation: bool = False
     answering: str | None = None
+    registered_with: tuple[Statement, ...] = ()
 
 
 DEFAULT_RUN = RunOptions()
