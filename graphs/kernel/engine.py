@@ -47,7 +47,9 @@ class RunOptions:
     for a fired timer (see :data:`CONTINUATION`). ``answering``: the interrupt a human's answer was given
     to (see :func:`addressed`); a resume of any other interrupt raises :class:`InterruptNotPendingError`.
     ``registered_with``: statements that a start's registration of its instance commits in its own
-    statement (``Instances.start``): the server's bind of the run's thread.
+    statement (``Instances.start``): the server's bind of the run's thread. ``notes``: where the run's nodes
+    note what they did (by key; a step journey's completed steps), reached as ``config["configurable"]``
+    [:data:`NOTES`], for a caller that then need not read it back.
     """
 
     durability: Durability | None = None
@@ -57,9 +59,11 @@ class RunOptions:
     continuation: bool = False
     answering: str | None = None
     registered_with: tuple[Statement, ...] = ()
+    notes: dict[str, Any] | None = None
 
 
 DEFAULT_RUN = RunOptions()
+NOTES = "journeys_notes"  # the configurable key of a run's ``RunOptions.notes`` (no checkpoint metadata: not a scalar)
 # A fired timer's continuation of a parked journey checkpoints when it stops (durability "exit"), unless the
 # engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
 # a crash cuts short is delivered again from the wait's stored resolution, replaying the logged steps. Its
@@ -233,6 +237,8 @@ class JourneyEngine:
         if options.answering is not None and isinstance(value, Command):
             check_answering(await graph.aget_state(self.config(instance_id)), instance_id, options.answering)
         config = self.config(instance_id, replay=replay)
+        if options.notes is not None:
+            config["configurable"][NOTES] = options.notes
         durability = self._durability_of(graph, options)
         # A graph whose steps are logged, checkpointed only where it stops, writes each step's completion
         # behind it: the next step settles it before its work (see ``EventLog.write_behind``). Not

@@ -7,10 +7,7 @@ and a work node (``<step>``) that calls the step's agent through the shared call
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Literal, cast
 
@@ -26,6 +23,7 @@ from agents.policy import Grants
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
+from graphs.kernel.engine import NOTES
 from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
@@ -243,36 +241,13 @@ def entry_node(step: Step) -> str:
 COMPENSATE_NODE = "compensate"
 
 
-@dataclass(slots=True)
-class Completions:
-    """The steps that the runs of ``instance_id`` complete meanwhile (see :func:`noting`), in order: per step's
-    key (a step visited again has another), its id and its agent's output, as its ``step.completed`` event
-    records them."""
-
-    instance_id: str
-    steps: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-
-
-_NOTING: ContextVar[Completions | None] = ContextVar("structured_completions", default=None)
-
-
-@contextmanager
-def noting(instance_id: str) -> Iterator[Completions]:
-    """Note the steps of ``instance_id`` completed within (by graph runs started here): a caller that knows
-    its log held no completed step before (it registered the instance) then knows them all without a read."""
-    completions = Completions(instance_id)
-    token = _NOTING.set(completions)
-    try:
-        yield completions
-    finally:
-        _NOTING.reset(token)
-
-
-def _noted(instance_id: str, key: str, step_id: str, output: dict[str, Any]) -> None:
-    """A step's completion, logged already (or behind the run, settled before the run returns)."""
-    completions = _NOTING.get()
-    if completions is not None and completions.instance_id == instance_id:
-        completions.steps[key] = (step_id, output)
+def _noted(config: RunnableConfig, key: str, step_id: str, output: dict[str, Any]) -> None:
+    """A step's completion, logged already (or behind the run, settled before the run returns), noted for the
+    caller that asked for the run's notes (``RunOptions.notes``): per step's key (a step visited again has
+    another), its id and its agent's output, as its ``step.completed`` event records them."""
+    notes = (config.get("configurable") or {}).get(NOTES)
+    if notes is not None:
+        notes[key] = (step_id, output)
 
 
 def build_structured_graph(
@@ -362,7 +337,7 @@ def _step_runner(
                 status="compensating",
             )
             return Command(goto=COMPENSATE_NODE, update={"status": "compensating", "failure": failure})
-        _noted(thread_id(config), key, step.step_id, outcome.output)
+        _noted(config, key, step.step_id, outcome.output)
         following = spec.choose_next(step.step_id, {**result, "output": outcome.output})
         # No state update: the step's record is its event, and where the journey stands is the route.
         if following is None:

@@ -47,7 +47,7 @@ from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.forks import Forkable
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.kernel.streaming import INTERRUPT as INTERRUPT  # the server reads run outputs with it
-from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState, noting
+from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.agent_call import CIRCUIT_OPEN_TASK
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED
 from nodes.user_task import validate_resume_value
@@ -113,28 +113,28 @@ class StepJourneys:
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
         initial = _initial_state(context)
+        completed: dict[str, tuple[str, Any]] = {}  # the steps the run completes, noted by their nodes
         try:
             async with self.engine.exclusive(instance_id):
-                with noting(instance_id) as completions:
-                    created, outcome = await self.instances.start(
-                        graph,
-                        instance_id,
-                        journey_id,
-                        pattern,
-                        user_id,
-                        started,
-                        dict(initial),
-                        cause="step",
-                        options=options,
-                        controls=controls,
-                    )
+                created, outcome = await self.instances.start(
+                    graph,
+                    instance_id,
+                    journey_id,
+                    pattern,
+                    user_id,
+                    started,
+                    dict(initial),
+                    cause="step",
+                    options=replace(options, notes=completed),
+                    controls=controls,
+                )
                 standing = await self._evaluate(instance_id, pattern, spec, graph, Standing.of(outcome))
         except ExistingStart as existing:
             return await self.status(existing.instance_id)
         if created is None:  # a start a crash cut short, run again: its log held steps before this run
             return await self.view(await self.instance(instance_id), spec, standing)
         # Registered by this run: its log holds no completed step but those the run noted.
-        return await self.view(created, spec, standing, list(completions.steps.values()))
+        return await self.view(created, spec, standing, list(completed.values()))
 
     async def advance(
         self,
