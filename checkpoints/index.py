@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, func, insert, select
 
-from checkpoints.backends.base import Backend, Statement
+from checkpoints.backends.base import Backend, Params, Statement
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.errors import DuplicateDesignError, DuplicateInstanceError
@@ -78,6 +78,16 @@ _FIRST_EVENT = insert(journey_events).values(seq=1, **EVENT_VALUES)
 _GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 
 
+def _merged(values: Params, joined: Sequence[Statement]) -> dict[str, Any]:
+    """``values`` with those of the ``joined`` statements, which bind the names they share with them alike."""
+    merged = dict(values)
+    for _statement, params in joined:
+        for name, value in params.items():
+            if merged.setdefault(name, value) != value:
+                raise ValueError(f"a statement joined to a registration binds {name!r} to another value")
+    return merged
+
+
 # Told (instance id, journey id, pattern) of every instance registered (metrics).
 CreatedListener = Callable[[str, str, str], Awaitable[None]]
 
@@ -128,10 +138,13 @@ class JourneyIndex:
         first_event: NewEvent,
         status: str = "in_progress",
         also: Sequence[Statement] = (),
+        joined: Sequence[Statement] = (),
     ) -> Instance:
         """Register a new instance and its first event in one transaction, owned by the caller the server
         acts for (:func:`checkpoints.ownership.acting_as`), with ``also`` (prebuilt statements and their
-        values: a start key, a concurrency slot) in the same transaction."""
+        values: a start key, a concurrency slot) in the same transaction. ``joined``: statements that ride the
+        registration's own statement (one round trip; on PostgreSQL CTEs, which see none of its rows), whose
+        values are merged with its own (a name they share must have the same value: the instance's id)."""
         now = self._clock.now()
         owner = new_row_owner()
         values = {
@@ -161,10 +174,11 @@ class JourneyIndex:
                 async with self._backend.transaction() as tx:
                     await tx.execute(_REGISTER_INSTANCE, values)
                     await tx.execute(_FIRST_EVENT, values)
-                    for statement, params in also:
+                    for statement, params in (*also, *joined):
                         await tx.execute(statement, params)
             else:
-                await self._backend.write([_REGISTER_INSTANCE, _FIRST_EVENT], values)
+                statements = [_REGISTER_INSTANCE, _FIRST_EVENT, *(statement for statement, _ in joined)]
+                await self._backend.write(statements, _merged(values, joined))
         except Exception as exc:
             if not self._backend.is_unique_violation(exc):
                 raise

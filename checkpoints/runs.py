@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from checkpoints.backends.base import Backend, Row
+from checkpoints.backends.base import Backend, Row, Statement
 from checkpoints.clock import Clock
 from checkpoints.crons import DELETE_THREAD_CRONS
 from checkpoints.encryption import Sealer
@@ -481,13 +481,22 @@ class RunStore:
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
         """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
+        await self.commit(self.binding(thread_id, assistant_id, instance_id))
+
+    async def commit(self, statement: Statement) -> None:
+        """Commit a statement this store made (:meth:`binding`) on its own."""
+        await self._backend.write([statement[0]], statement[1])
+
+    def binding(self, thread_id: str, assistant_id: str, instance_id: str) -> Statement:
+        """:meth:`bind` as statements and values, for a caller that commits it with a write of its own (the
+        instance's registration: ``RunOptions.registered_with``)."""
         values = {
             "p_thread_id": thread_id,
             "p_assistant_id": assistant_id,
             "p_instance_id": instance_id,
             "p_now": self._clock.now(),
         }
-        await self._backend.write([_BIND], values)
+        return _BIND, values
 
     # --- runs ---------------------------------------------------------------------------------------
 

@@ -278,7 +278,8 @@ async def test_a_holder_killed_mid_step_releases_the_journey(durable_url: str, t
         await runtime.structured.execute_journey(journey_id, "u", {})
         holder = Child([durable_url, str(effects_db), "hold", journey_id, "u"], tmp_path / "holder")
         try:
-            holder.wait_for("HOLD")
+            # Waited for off the loop: this process's unlock of its start (queued as the start returned) goes out.
+            await asyncio.to_thread(holder.wait_for, "HOLD")
             # While the other process is mid-step, this one waits for the journey, then gives up: typed.
             with pytest.raises(ConcurrentUpdateError) as refused:
                 await runtime.structured.advance_journey_step(journey_id, "u", {"who": "here"})

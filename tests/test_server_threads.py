@@ -392,3 +392,44 @@ async def test_a_structured_journey_whose_thread_was_deleted_is_not_executed_aga
     assert refused.value.response.status_code == 409
     assert [e["type"] for e in await ana.http.get(f"/journeys/{instance_id}/history")] == history
     assert history[-2:] == ["journey.terminated", "thread.deleted"]
+
+
+async def test_a_first_run_refused_before_its_journey_registered_leaves_its_thread_free(store_url: str) -> None:
+    """A structured or saga first run that is refused after its journey got an id but before the journey was
+    registered (its spec names an evaluator nobody registered) left the thread bound to an instance that never
+    existed: the thread's next start was refused as "already runs a journey", and it could never run one. The
+    bind now commits with the registration (alone, or with a concurrency slot), so the refused run binds
+    nothing, and the next start runs and binds its thread: a resume advances it."""
+    unscored = {
+        "journey_type": "summary",
+        "steps": [{"step_id": "a"}, {"step_id": "b"}],
+        "evaluation": {"tier": "gold", "evaluators": {"accuracy": "nobody"}},
+    }
+    limited = {
+        "journey_type": "limited",
+        "steps": [{"step_id": "upload_content"}, {"step_id": "analyze_content"}],
+        "concurrency": {"key": "$.tenant", "limit": 5},
+    }
+
+    async def refused_then_started(client: LangGraphClient, assistant_id: str, marker: str, spec: Any) -> None:
+        thread_id = (await client.threads.create())["thread_id"]
+        refused = await client.runs.create(thread_id, assistant_id, input={"journey_type": "summary", "spec": unscored})
+        await client.runs.join(thread_id, refused["run_id"])
+        assert (await client.runs.get(thread_id, refused["run_id"]))["status"] == "error"
+        context = {"marker": marker, "tenant": "acme"}
+        start = {"journey_type": "limited" if spec else "content_migration", "spec": spec, "context": context}
+        started = await client.runs.wait(thread_id, assistant_id, input={k: v for k, v in start.items() if v})
+        assert started["current_step"] == "upload_content" and started["completed_steps"] == [], started
+        moved = await client.runs.wait(thread_id, assistant_id, command={"resume": {"marker": marker}})
+        assert (moved["instance_id"], moved["completed_steps"]) == (started["instance_id"], ["upload_content"])
+        state = await client.threads.get_state(thread_id)
+        assert markers(state["values"]) == {marker}, state["values"]
+
+    with serving(create_app(Settings(database_url=store_url, api_keys=KEYS))) as base:
+        async with get_client(url=base, api_key="key-ana") as ana, get_client(url=base, api_key="key-bob") as bob:
+            await asyncio.gather(
+                refused_then_started(ana, "structured", "mk001", None),
+                refused_then_started(bob, "structured", "mk002", limited),
+                refused_then_started(ana, "saga", "mk003", None),
+                refused_then_started(bob, "saga", "mk004", limited),
+            )

@@ -612,3 +612,96 @@ async def test_a_run_nobody_streams_builds_no_per_node_updates_and_still_stops_a
         for view in finished:
             assert (view["status"], view["completed_steps"]) == ("completed", ["gather", "check", "review", "send"])
         assert built == []
+
+
+async def test_a_start_answers_the_view_a_status_read_gives_without_reading_the_log_back(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start's view (completed steps in order, last output) was built from a read of the log's step
+    completions right after the run that wrote them. The run that registered the journey knows them: the
+    view is built from them, and is the one a status read (which reads the log) gives. Several users at
+    once; a step visited twice in the start, one that completes in its start, and a saga that fails and
+    compensates in its start; a start a crash cut short, run again, still reads the log."""
+    from checkpoints.events import EventLog
+    from nodes.compensation import COMPLETED_STEP
+
+    reads: list[str] = []
+    listed = EventLog.list
+
+    async def counted(self: EventLog, instance_id: str, **kwargs: Any) -> Any:
+        if kwargs.get("types") == [COMPLETED_STEP]:
+            reads.append(instance_id)
+        return await listed(self, instance_id, **kwargs)
+
+    monkeypatch.setattr(EventLog, "list", counted)
+    again = {"all": [{"field": "output.again", "value": True}]}
+    looping = {
+        "journey_type": "looping",
+        "steps": [
+            {"step_id": "draft", "mode": "auto", "agent": "draft"},
+            {
+                "step_id": "check",
+                "mode": "auto",
+                "agent": "check",
+                "next_steps": [{"to": "draft", "when": again}, "review"],
+            },
+            {"step_id": "review", "mode": "user"},
+            {"step_id": "send", "mode": "auto", "agent": "send"},
+        ],
+    }
+    auto = {
+        "journey_type": "auto",
+        "steps": [{"step_id": "a", "mode": "auto", "agent": "draft"}, {"step_id": "b", "mode": "auto"}],
+    }
+    failing = {
+        "journey_type": "failing",
+        "steps": [
+            {"step_id": "a", "mode": "auto", "agent": "draft"},
+            {"step_id": "b", "mode": "auto", "agent": "broken"},
+        ],
+    }
+    checks: dict[str, int] = {}
+
+    def check(request: AgentRequest) -> dict[str, Any]:
+        checks[request.instance_id] = checks.get(request.instance_id, 0) + 1
+        return {"again": checks[request.instance_id] == 1, "round": checks[request.instance_id]}
+
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        rt.agents.register("draft", lambda request: {"text": f"draft of {request.instance_id}"})
+        rt.agents.register("check", check)
+        rt.agents.register("send", lambda request: {"sent": True})
+        rt.agents.register("broken", FailingAgent("broken"))
+        rt.agents.register("undo", lambda request: {"undone": True})
+        loop_id = (await rt.structured.design_journey("looping", spec=looping))["journey_id"]
+        auto_id = (await rt.structured.design_journey("auto", spec=auto))["journey_id"]
+        saga = await rt.saga.design_saga_journey("failing", {}, {"a": "undo"}, spec=failing)
+        users = [f"user-{n}" for n in range(3)]
+        started = await asyncio.gather(
+            *(rt.structured.execute_journey(loop_id, user) for user in users),
+            *(rt.structured.execute_journey(auto_id, user) for user in users),
+            *(rt.saga.execute_saga_journey(saga["journey_id"], user) for user in users),
+        )
+        # No start read its completed steps back (a saga's compensation reads those it undoes).
+        assert [r for r in reads if not r.startswith("saga_")] == []
+        reads.clear()
+        for view in started[:3]:
+            assert view["completed_steps"] == ["draft", "check", "draft", "check"]
+            assert (view["current_step"], view["last_output"]) == ("review", {"again": False, "round": 2})
+        for view in started[3:6]:
+            assert (view["status"], view["completed_steps"]) == ("completed", ["a", "b"])
+        for view in started[6:]:
+            assert (view["status"], view["completed_steps"], view["compensated_steps"]) == ("compensated", ["a"], ["a"])
+            assert view["last_output"] == {"text": f"draft of {view['instance_id']}"}
+        for view in started[:6]:
+            assert await rt.structured.run_status(view["instance_id"]) == view
+        for view in started[6:]:
+            assert await rt.saga.get_saga_status(view["instance_id"]) == view
+        assert len(reads) == len(started)  # status reads do read the log
+        # A start a crash cut short before its first checkpoint (registered, one step logged) is run again.
+        instance_id = "cut-short"
+        await rt.structured.start_run(instance_id, loop_id, "user-9")
+        await rt.store.saver.adelete_thread(instance_id)
+        reads.clear()
+        rerun = await rt.structured.start_run(instance_id, loop_id, "user-9")
+        assert reads == [instance_id] and rerun == await rt.structured.run_status(instance_id)
+        assert rerun["completed_steps"] == ["draft", "check", "draft", "check"]

@@ -17,6 +17,7 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
+from checkpoints.backends.base import Statement
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.locks import busy
@@ -45,6 +46,10 @@ class RunOptions:
     and interrupt_before/after for the graph run. ``continuation``: the run continues a parked journey
     for a fired timer (see :data:`CONTINUATION`). ``answering``: the interrupt a human's answer was given
     to (see :func:`addressed`); a resume of any other interrupt raises :class:`InterruptNotPendingError`.
+    ``registered_with``: statements that a start's registration of its instance commits in its own
+    statement (``Instances.start``): the server's bind of the run's thread. ``notes``: where the run's nodes
+    note what they did (by key; a step journey's completed steps), reached as ``config["configurable"]``
+    [:data:`NOTES`], for a caller that then need not read it back.
     """
 
     durability: Durability | None = None
@@ -53,9 +58,12 @@ class RunOptions:
     call: GraphCall = NO_CALL
     continuation: bool = False
     answering: str | None = None
+    registered_with: tuple[Statement, ...] = ()
+    notes: dict[str, Any] | None = None
 
 
 DEFAULT_RUN = RunOptions()
+NOTES = "journeys_notes"  # the configurable key of a run's ``RunOptions.notes`` (no checkpoint metadata: not a scalar)
 # A fired timer's continuation of a parked journey checkpoints when it stops (durability "exit"), unless the
 # engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
 # a crash cuts short is delivered again from the wait's stored resolution, replaying the logged steps. Its
@@ -229,6 +237,8 @@ class JourneyEngine:
         if options.answering is not None and isinstance(value, Command):
             check_answering(await graph.aget_state(self.config(instance_id)), instance_id, options.answering)
         config = self.config(instance_id, replay=replay)
+        if options.notes is not None:
+            config["configurable"][NOTES] = options.notes
         durability = self._durability_of(graph, options)
         # A graph whose steps are logged, checkpointed only where it stops, writes each step's completion
         # behind it: the next step settles it before its work (see ``EventLog.write_behind``). Not

@@ -28,6 +28,7 @@ import isodate
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
+from checkpoints.backends.base import Statement
 from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, InvalidInputError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT, FlowControl
@@ -136,8 +137,10 @@ class Instances:
         graph: Graph,
         *,
         controls: StartControls | None = None,
+        joined: Sequence[Statement] = (),
     ) -> Instance | None:
-        """Register the instance with its first event, in one transaction (call under ``exclusive``).
+        """Register the instance with its first event, in one transaction (call under ``exclusive``), with
+        ``joined`` (statements of the caller's: see ``RunOptions.registered_with``).
 
         An id registered before is refused with :class:`DuplicateInstanceError`, unless a crash cut its
         start short before the first checkpoint: None then, and the caller runs the start again (with
@@ -153,8 +156,9 @@ class Instances:
             raise InvalidInputError(f"the user id must be a string of at most {INSTANCE_USER} characters")
         check_value(user_id, "user_id")
         check_value(first_event.payload, "input")
+        register = (instance_id, design_id, pattern, user_id, first_event, graph, joined)
         if controls is None:
-            return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+            return await self._register(*register)
         if controls.deadline is not None:
             await self._arm_deadline(instance_id, controls.deadline)
         for _attempt in range(_REGISTER_ATTEMPTS):
@@ -165,7 +169,7 @@ class Instances:
                     raise ExistingStart(existing)
                 if existing == instance_id:  # this very start again: go on with one a crash cut short
                     try:
-                        return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+                        return await self._register(*register)
                     except DuplicateInstanceError:
                         raise ExistingStart(instance_id) from None
                 if existing is None:
@@ -189,11 +193,18 @@ class Instances:
                     also.append(self.flow.queue(instance_id, key, limit))
             try:
                 return await self.index.create_instance(
-                    instance_id, design_id, pattern, user_id, first_event=first_event, status=status, also=also
+                    instance_id,
+                    design_id,
+                    pattern,
+                    user_id,
+                    first_event=first_event,
+                    status=status,
+                    also=also,
+                    joined=joined,
                 )
             except DuplicateInstanceError:
                 if await self.index.get_instance(instance_id) is not None:
-                    return await self._register(instance_id, design_id, pattern, user_id, first_event, graph)
+                    return await self._register(*register)
                 # Another start took the key or the slot meanwhile: look again.
         raise ConcurrentUpdateError(f"could not register {instance_id!r}: its start key or slots kept changing")
 
@@ -250,10 +261,19 @@ class Instances:
         return failed_task(await graph.aget_state(self.engine.config(instance_id))) is not None
 
     async def _register(
-        self, instance_id: str, design_id: str, pattern: str, user_id: str, first_event: NewEvent, graph: Graph
+        self,
+        instance_id: str,
+        design_id: str,
+        pattern: str,
+        user_id: str,
+        first_event: NewEvent,
+        graph: Graph,
+        joined: Sequence[Statement],
     ) -> Instance | None:
         try:
-            return await self.index.create_instance(instance_id, design_id, pattern, user_id, first_event=first_event)
+            return await self.index.create_instance(
+                instance_id, design_id, pattern, user_id, first_event=first_event, joined=joined
+            )
         except DuplicateInstanceError:
             found = await self.index.get_instance(instance_id)
             # Its thread deleted, a terminated journey has no checkpoint either: it is not a start cut short.
@@ -285,7 +305,10 @@ class Instances:
         """Register the instance (see :meth:`create`) and run its first run from ``initial`` (under
         ``exclusive``; a failure is recorded as in :meth:`advance`). Answers the instance registered
         (None: a start resumed) and the run's outcome (empty for a queued instance, which does not run)."""
-        created = await self.create(instance_id, design_id, pattern, user_id, first_event, graph, controls=controls)
+        joined = options.registered_with  # the server's bind of the run's thread, say
+        created = await self.create(
+            instance_id, design_id, pattern, user_id, first_event, graph, controls=controls, joined=joined
+        )
         if created is not None and created.status == QUEUED:
             return created, {}
         # The first run of an instance registered just now has no logged work to look up; a resumed

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
@@ -23,6 +23,7 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
+from checkpoints.backends.base import Statement
 from graphs.errors import InvalidInputError, JourneyNotFoundError, PatternRegistrationError
 from graphs.kernel.designs import DesignKind
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
@@ -58,14 +59,22 @@ class OrchestratorDeps:
 @dataclass(frozen=True, slots=True)
 class RunContext:
     """One run on a thread, as an assistant sees it: the runtime, the caller, and ``bind``, which ties
-    the thread to the journey instance the run starts."""
+    the thread to the journey instance the run starts (``binding``: the statement that does it, for
+    :meth:`registering`)."""
 
     runtime: JourneyRuntime
     thread_id: str
     principal: str
     groups: tuple[str, ...]
     bind: Callable[[str], Awaitable[None]]
+    binding: Callable[[str], Statement]
     options: RunOptions = DEFAULT_RUN  # how the run is carried out: passed to every orchestrator call it makes
+
+    def registering(self, instance_id: str) -> RunOptions:
+        """The run's options for a start that registers ``instance_id`` through ``Instances.start``, with the
+        thread's bind in the registration's own statement: the thread names its instance exactly when the
+        instance exists (a retried run finishes it), and a start refused before registering binds nothing."""
+        return replace(self.options, registered_with=(*self.options.registered_with, self.binding(instance_id)))
 
 
 # A starter or resumer may answer with the journey's view (what describe would say); it then promises

@@ -23,6 +23,7 @@ from agents.policy import Grants
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
+from graphs.kernel.engine import NOTES
 from nodes import schemas
 from nodes.agent_call import Recording
 from nodes.compensation import step_key
@@ -240,6 +241,15 @@ def entry_node(step: Step) -> str:
 COMPENSATE_NODE = "compensate"
 
 
+def _noted(config: RunnableConfig, key: str, step_id: str, output: dict[str, Any]) -> None:
+    """A step's completion, logged already (or behind the run, settled before the run returns), noted for the
+    caller that asked for the run's notes (``RunOptions.notes``): per step's key (a step visited again has
+    another), its id and its agent's output, as its ``step.completed`` event records them."""
+    notes = (config.get("configurable") or {}).get(NOTES)
+    if notes is not None:
+        notes[key] = (step_id, output)
+
+
 def build_structured_graph(
     spec: StructuredSpec,
     services: NodeServices,
@@ -327,6 +337,7 @@ def _step_runner(
                 status="compensating",
             )
             return Command(goto=COMPENSATE_NODE, update={"status": "compensating", "failure": failure})
+        _noted(config, key, step.step_id, outcome.output)
         following = spec.choose_next(step.step_id, {**result, "output": outcome.output})
         # No state update: the step's record is its event, and where the journey stands is the route.
         if following is None:

@@ -74,15 +74,16 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
         spec=data.get("spec"),
     )
     instance_id = new_id("structured")
-    await ctx.bind(instance_id)
-    return await structured.start_run(instance_id, journey_id, user_id, context, run_options=ctx.options)
+    options = ctx.registering(instance_id)
+    return await structured.start_run(instance_id, journey_id, user_id, context, run_options=options)
 
 
 def _start_arguments(ctx: RunContext, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The user and context a first run starts its step journey with, refused before the thread is bound to
     anything. The journey then gets an instance id of its own (one user's threads of one shared design are
     separate journeys; not the thread id, which a deleted thread's re-creation would reuse), bound to the
-    thread before it runs: a retried run (its worker died) finishes this journey, not a second one."""
+    thread by its registration, before it runs: a retried run (its worker died) finishes this journey, not
+    a second one."""
     user_id = checked_user_id(string_input(data, "user_id", ctx.principal))
     return user_id, mapping_input(data.get("context"), "context")
 
@@ -170,8 +171,8 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
         spec=data.get("spec"),
     )
     saga_id = new_id("saga")
-    await ctx.bind(saga_id)
-    await saga.execute_saga_journey(journey_id, user_id, context, saga_id=saga_id, run_options=ctx.options)
+    options = ctx.registering(saga_id)
+    await saga.execute_saga_journey(journey_id, user_id, context, saga_id=saga_id, run_options=options)
 
 
 async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:

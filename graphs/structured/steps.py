@@ -113,6 +113,7 @@ class StepJourneys:
             "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
         )
         initial = _initial_state(context)
+        completed: dict[str, tuple[str, Any]] = {}  # the steps the run completes, noted by their nodes
         try:
             async with self.engine.exclusive(instance_id):
                 created, outcome = await self.instances.start(
@@ -124,13 +125,16 @@ class StepJourneys:
                     started,
                     dict(initial),
                     cause="step",
-                    options=options,
+                    options=replace(options, notes=completed),
                     controls=controls,
                 )
                 standing = await self._evaluate(instance_id, pattern, spec, graph, Standing.of(outcome))
         except ExistingStart as existing:
             return await self.status(existing.instance_id)
-        return await self.view(created or await self.instance(instance_id), spec, standing)
+        if created is None:  # a start a crash cut short, run again: its log held steps before this run
+            return await self.view(await self.instance(instance_id), spec, standing)
+        # Registered by this run: its log holds no completed step but those the run noted.
+        return await self.view(created, spec, standing, list(completed.values()))
 
     async def advance(
         self,
@@ -326,15 +330,24 @@ class StepJourneys:
             raise JourneyFinishedError(f"journey run {instance_id!r} is not waiting for a step result", allowed=[])
         return current
 
-    async def view(self, instance: Instance, spec: StructuredSpec, standing: Standing) -> dict[str, Any]:
-        """The journey as users see it: where it stands from the graph, what it did from the log."""
+    async def view(
+        self,
+        instance: Instance,
+        spec: StructuredSpec,
+        standing: Standing,
+        done: list[tuple[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The journey as users see it: where it stands from the graph, what it did from the log (``done``:
+        its completed steps and their outputs, in order, from a caller that knows them all; else read)."""
         values = standing.values
         # Queued: registered, not run yet, so nothing stands anywhere. Terminated: it stopped where it stood.
         if instance.status in (QUEUED, TERMINATED):
             standing = Standing(values, instance.status, None, None, None)
         current = standing.position if standing.status not in FINISHED else None
-        done = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
-        completed = [e.step or "" for e in done]
+        if done is None:
+            logged = await self.events.list(instance.instance_id, types=[COMPLETED_STEP])
+            done = [(e.step or "", e.payload.get("output")) for e in logged]
+        completed = [step for step, _output in done]
         view: dict[str, Any] = {
             "journey_id": instance.journey_id,
             "user_id": instance.user_id,
@@ -346,7 +359,7 @@ class StepJourneys:
             "awaiting_input": standing.waiting is not None,
             "next_steps": [b.to for b in spec.branches(current)] if current else [],
             "progress": {"completed": len(completed), "total": len(spec.steps)},
-            "last_output": done[-1].payload.get("output") if done else None,
+            "last_output": done[-1][1] if done else None,
         }
         if standing.failed:
             view["failed_step"] = standing.failed

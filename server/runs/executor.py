@@ -19,6 +19,7 @@ import httpx
 import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
+from checkpoints.backends.base import Statement
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
@@ -287,15 +288,18 @@ class RunExecutor:
             await self.runs.append_event(run_id, seq, mode, shown(mode, jsonable(chunk)))
             self._changed(run_id)
 
-        async def bind(bound: str) -> None:
+        def binding(bound: str) -> Statement:  # committed by the caller (with the instance's registration)
             nonlocal instance_id
             instance_id = bound
-            await self.runs.bind(run.thread_id, run.graph_id, bound)
+            return self.runs.binding(run.thread_id, run.graph_id, bound)
+
+        async def bind(bound: str) -> None:
+            await self.runs.commit(binding(bound))
 
         outcomes: dict[str, Outcome] = {}
         sink = StreamSink.of(run.stream_modes, emit)
         options = RunOptions(self._durability_of(run, assistant), sink, outcomes, graph_call(run))
-        ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind, options)
+        ctx = RunContext(self.runtime, run.thread_id, principal, groups, bind, binding, options)
         status, error, output = "success", None, None
         view: View = None
         try:
