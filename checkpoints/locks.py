@@ -13,9 +13,7 @@ operating system releases by itself when the holding process dies:
   for the moment in between another process may enter the same instance. What still holds then is
   what held before this lock existed: keyed agent calls and keyed events are logged once. Session
   locks need a session of their own: connect directly or through a session-mode pooler, not a
-  transaction-mode one. A released lock's unlock rides with the process's next try (one statement for
-  both, as a worker's next job comes), or goes alone after ``UNLOCK_LINGER_S``: another process may
-  wait about that much longer for it.
+  transaction-mode one.
 - SQLite: POSIX record locks (``fcntl.lockf``) on one byte per instance, at an offset hashed from its
   id, of the sidecar file ``<database>.locks``. They belong to the process, so the file is opened
   once per process and shared by every store on it (closing any descriptor of the file would drop
