@@ -61,9 +61,6 @@ log = structlog.get_logger("journeys.locks")
 DEFAULT_LOCK_TIMEOUT_S = 30.0  # a step's agent may take seconds (retries, a model call); a waiter gives up after this
 FIRST_BACKOFF_S = 0.002
 MAX_BACKOFF_S = 0.05
-# How long a released PostgreSQL lock waits for this process's next try to carry its unlock: one statement
-# instead of two. No longer than a waiter's first backoff, so another process hardly notices.
-UNLOCK_LINGER_S = 0.002
 SIDECAR_SUFFIX = ".locks"
 
 
@@ -149,21 +146,15 @@ class PgAdvisoryLocks(_PolledLocks):
         self._tries: list[tuple[int, asyncio.Future[int | None]]] = []
         self._unlocks: list[tuple[str, int, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._linger: asyncio.TimerHandle | None = None  # when queued unlocks stop waiting for a try
-        self._unlocks_due = False  # they waited UNLOCK_LINGER_S: the flusher sends them alone
 
     async def open(self) -> None:
         await self._connection()
 
     async def close(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self._unlocks:
-            self._unlocks_now()  # a clean close sends its unlocks (the session's end would release them too)
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._linger is not None:
-            self._linger.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._conn is not None:
             await self._conn.close()  # what is still held is released with the session
 
@@ -205,34 +196,21 @@ class PgAdvisoryLocks(_PolledLocks):
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
 
-    def _unlocks_now(self) -> None:
-        """The queued unlocks waited long enough for a try to ride with: send them alone."""
-        self._linger = None
-        self._unlocks_due = True
-        self._flush_soon()
-
     async def _flush(self) -> None:
-        """Send what callers queued meanwhile: every unlock and every try in one statement.
+        """Send what callers queued meanwhile: every unlock in one statement, then every try in one.
 
         One connection carries every lock, so its statements go one after another anyway; a caller that
         comes while one is on the wire joins the next, and a burst of journeys (a batch of fired timers)
         costs a round trip per batch, not one per journey. Each key is still locked and unlocked on its
-        own, exactly as if sent alone. An unlock with no try to ride with waits for one, at most
-        ``UNLOCK_LINGER_S``, then goes alone.
+        own, exactly as if sent alone.
         """
-        while self._tries or (self._unlocks and self._unlocks_due):
+        while self._tries or self._unlocks:
             unlocks, self._unlocks = self._unlocks, []
             tries, self._tries = self._tries, []
-            self._unlocks_due = False
-            if tries:
-                await self._settle([*tries, *unlocks], self._send_tries(tries, unlocks))
-            else:
+            if unlocks:
                 await self._settle(unlocks, self._send_unlocks(unlocks))
-        if self._unlocks and self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(UNLOCK_LINGER_S, self._unlocks_now)
-        elif not self._unlocks and self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+            if tries:
+                await self._settle(tries, self._send_tries(tries))
 
     @staticmethod
     async def _settle(queued: Sequence[tuple[Any, ...]], sent: Awaitable[None]) -> None:
@@ -249,59 +227,26 @@ class PgAdvisoryLocks(_PolledLocks):
             if not isinstance(exc, Exception):
                 raise
 
-    async def _send_tries(
-        self,
-        tries: Sequence[tuple[int, asyncio.Future[int | None]]],
-        unlocks: Sequence[tuple[str, int, asyncio.Future[None]]],
-    ) -> None:
-        """Try ``tries`` and release ``unlocks`` in one statement.
-
-        The unlocks are an uncorrelated subquery (evaluated once, with the first row, so before or after
-        that row's try): should a key be both released and tried (its instance's next caller in this
-        process), either order leaves it held once, as a session lock counts its holds."""
+    async def _send_tries(self, tries: Sequence[tuple[int, asyncio.Future[int | None]]]) -> None:
         keys = [key for key, _attempt in tries]
         for _attempt in range(2):  # once more on a fresh connection if the lock connection dropped
             conn, generation = await self._connection()
-            held = self._held(unlocks, conn, generation)
             try:
                 cursor = await conn.execute(
-                    "SELECT (SELECT count(pg_advisory_unlock(u.k)) FROM unnest(%s::bigint[]) AS u(k)),"
-                    " t.i, pg_try_advisory_lock(t.k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i)",
-                    ([lock_key(instance_id) for instance_id, _released in held], keys),
+                    "SELECT t.i, pg_try_advisory_lock(t.k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i)",
+                    (keys,),
                 )
                 rows = await cursor.fetchall()
             except psycopg.OperationalError:
                 if not conn.closed:
                     raise
-                continue  # the unlocks went with the connection: the next round finds them lost
-            _released_all(held)
-            taken = {int(i): bool(ok) for _released, i, ok in rows}
+                continue
+            taken = {int(i): bool(ok) for i, ok in rows}
             for i, (_key, attempt) in enumerate(tries, start=1):
                 if not attempt.done():
                     attempt.set_result(generation if taken[i] else None)
             return
-        self._held(unlocks, None, self._generation)  # whatever was held went with the dropped connections
         raise StoreError("the journey lock connection keeps dropping")
-
-    def _held(
-        self,
-        unlocks: Sequence[tuple[str, int, asyncio.Future[None]]],
-        conn: psycopg.AsyncConnection[Any] | None,
-        generation: int,
-    ) -> list[tuple[str, asyncio.Future[None]]]:
-        """The unlocks whose lock is held on ``conn`` (of ``generation``); the others were lost with an
-        earlier connection: logged, and done."""
-        live = conn is not None and not conn.closed
-        held = []
-        for instance_id, gen, released in unlocks:
-            if released.done():
-                continue
-            if live and gen == generation:
-                held.append((instance_id, released))
-            else:
-                log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
-                released.set_result(None)
-        return held
 
     def _undo(self, instance_id: str, done: asyncio.Future[int | None]) -> None:
         if done.cancelled() or done.exception() is not None or done.result() is None:
@@ -311,17 +256,22 @@ class PgAdvisoryLocks(_PolledLocks):
         task.add_done_callback(self._background.discard)
 
     async def _release(self, instance_id: str, token: Any) -> None:
-        """Queue the unlock and return: it rides with this process's next try of any lock (or goes alone
-        after ``UNLOCK_LINGER_S``), and that try goes out after it."""
+        """Queue the unlock and return: the caller's next statement need not wait for its round trip, and
+        this process's next try of any lock goes out after it (:meth:`_flush` sends unlocks first)."""
         released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         released.add_done_callback(functools.partial(_report_failed_unlock, instance_id))
         self._unlocks.append((instance_id, int(token), released))
-        if (self._flusher is None or self._flusher.done()) and self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(UNLOCK_LINGER_S, self._unlocks_now)
+        self._flush_soon()
 
     async def _send_unlocks(self, unlocks: Sequence[tuple[str, int, asyncio.Future[None]]]) -> None:
         conn = self._conn
-        held = self._held(unlocks, conn, self._generation)
+        live = conn is not None and not conn.closed
+        held = [(instance_id, released) for instance_id, gen, released in unlocks if live and gen == self._generation]
+        if len(held) < len(unlocks):
+            for instance_id, gen, released in unlocks:
+                if not (live and gen == self._generation):
+                    log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
+                    released.set_result(None)
         if not held:
             return
         assert conn is not None
@@ -335,13 +285,9 @@ class PgAdvisoryLocks(_PolledLocks):
                 raise
             for instance_id, _released in held:
                 log.warning("instance lock was lost while held (its connection dropped)", instance_id=instance_id)
-        _released_all(held)
-
-
-def _released_all(held: Sequence[tuple[str, asyncio.Future[None]]]) -> None:
-    for _instance_id, released in held:
-        if not released.done():
-            released.set_result(None)
+        for _instance_id, released in held:
+            if not released.done():
+                released.set_result(None)
 
 
 def _report_failed_unlock(instance_id: str, released: asyncio.Future[None]) -> None:
