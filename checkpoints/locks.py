@@ -256,12 +256,15 @@ class PgAdvisoryLocks(_PolledLocks):
         task.add_done_callback(self._background.discard)
 
     async def _release(self, instance_id: str, token: Any) -> None:
-        """Queue the unlock and return: the caller's next statement need not wait for its round trip, and
-        this process's next try of any lock goes out after it (:meth:`_flush` sends unlocks first)."""
+        """Unlock, with every other unlock and try queued meanwhile (:meth:`_flush` sends unlocks first), and
+        return once it is done: the journey is free when the call that held it returns, whatever the caller
+        does next (a caller blocking its event loop would otherwise keep other processes out until the loop
+        ran again). A failed unlock is logged, not raised: the session's end releases the lock anyway."""
         released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         released.add_done_callback(functools.partial(_report_failed_unlock, instance_id))
         self._unlocks.append((instance_id, int(token), released))
         self._flush_soon()
+        await asyncio.wait([released])  # its outcome is reported by the callback; a cancelled caller still unlocks
 
     async def _send_unlocks(self, unlocks: Sequence[tuple[str, int, asyncio.Future[None]]]) -> None:
         conn = self._conn

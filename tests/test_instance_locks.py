@@ -423,6 +423,19 @@ async def test_a_dropped_lock_connection_is_reopened(postgres_url: str) -> None:
         assert await b_enters()
 
 
+async def test_a_journey_is_unlocked_when_the_call_that_held_it_returns(postgres_url: str) -> None:
+    """Once a call on a journey has returned, another process may take the journey at once, even if this
+    process does not give its event loop another turn (it waits on a subprocess, say): a lock released
+    later, by a task of the loop, kept the other process out until its wait limit."""
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        for _ in range(3):
+            async with runtime.engine.exclusive("journey-y"):
+                pass
+            with psycopg.connect(postgres_url, autocommit=True) as other:  # blocking: the loop does not run
+                taken = other.execute("SELECT pg_try_advisory_lock(%s)", (locks_module.lock_key("journey-y"),))
+                assert taken.fetchone() == (True,)
+
+
 async def test_a_burst_of_postgres_locks_shares_round_trips_and_each_lock_is_held_then_released(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
