@@ -264,7 +264,8 @@ class PgAdvisoryLocks(_PolledLocks):
         released.add_done_callback(functools.partial(_report_failed_unlock, instance_id))
         self._unlocks.append((instance_id, int(token), released))
         self._flush_soon()
-        await asyncio.wait([released])  # its outcome is reported by the callback; a cancelled caller still unlocks
+        with contextlib.suppress(Exception):  # a failure is logged by the callback
+            await asyncio.shield(released)  # a cancelled caller still unlocks
 
     async def _send_unlocks(self, unlocks: Sequence[tuple[str, int, asyncio.Future[None]]]) -> None:
         conn = self._conn
