@@ -218,3 +218,28 @@ async def test_a_process_answer_beside_its_payload_is_refused_not_dropped(store_
             assert [t["element"] for t in tasks] == ["first"]
             await sdk.runs.wait(tid, "process", command={"resume": {first: {"payload": {"signed": "ana"}}}})
             assert [t["element"] for t in await sdk.http.get(f"/tasks?instance_id={tid}")] == ["second"]
+
+
+async def test_a_journey_stopped_at_a_breakpoint_goes_on_with_a_run_without_input(store_url: str) -> None:
+    """LangGraph's way on from ``interrupt_before``/``interrupt_after``: a run without input, which goes to the
+    next breakpoint it names, or to where the journey stops. It was refused (409, and before that queued and
+    failed), and a resume sent instead ran the journey to its end, then failed the run: no way on."""
+    three = {"journey_type": "three", "steps": [{"step_id": f"s{i}", "mode": "auto"} for i in range(3)]}
+    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
+        async with get_client(url=base, api_key="key-ana") as sdk:
+            tid = str((await sdk.threads.create())["thread_id"])
+            data = {"journey_type": "three", "spec": three, "user_id": "ana", "context": {}}
+            await sdk.runs.wait(tid, "structured", input=data, interrupt_before="*")
+            instance = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+            stops = [(await sdk.threads.get_state(tid))["next"]]
+            for _ in range(2):
+                await sdk.runs.wait(tid, "structured", interrupt_before="*")
+                stops.append((await sdk.threads.get_state(tid))["next"])
+            assert len({tuple(s) for s in stops}) == 3 and all(stops), stops  # one node further each time
+            await sdk.runs.wait(tid, "structured")  # the last one, without a breakpoint: to the end
+            status = await sdk.http.get(f"/journeys/{instance}/status")
+            assert status["status"] == "completed" and status["completed_steps"] == ["s0", "s1", "s2"], status
+            assert all(r["status"] == "success" for r in await sdk.runs.list(tid))
+            with pytest.raises(httpx.HTTPStatusError) as refused:  # nothing left to go on with
+                await sdk.runs.wait(tid, "structured")
+            assert refused.value.response.status_code == 409

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from graphs.kernel.engine import addressed
+from graphs.kernel.engine import addressed, in_flight
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
 from server.assistants import Assistant, get_assistant
@@ -32,7 +32,7 @@ from server.runs.executor import thread_output
 from server.runs.sse import SSE, run_events
 from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
 from server.runs.watch import until_finished, wait_for_run
-from server.services import ResolvedAssistant, ServerServices, services
+from server.services import ResolvedAssistant, ResolvedThread, ServerServices, services
 
 router = APIRouter(tags=["runs"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
@@ -79,7 +79,8 @@ async def create_run(
     async with svc.thread_control(row.thread_id) if row is not None and double_text else nullcontext():
         if row is not None and double_text:
             await svc.double_text(row.thread_id, assistant, body.multitask_strategy)
-        kind = _run_kind(assistant, body, row, await svc.runs.active_count(row.thread_id) if row else 0)
+        queued = await svc.runs.active_count(row.thread_id) if row else 0
+        kind = _run_kind(assistant, body, row, queued, await _stopped_between_nodes(svc, assistant, body, row))
         run = await svc.runs.create_run(
             thread_id=row.thread_id if row else None,  # None: a new thread, created with the run
             assistant_id=resolved.assistant_id,
@@ -130,9 +131,21 @@ def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCrea
     return options
 
 
-def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queued: int) -> str:
-    """``start`` (input starts a journey) or ``resume`` (command.resume advances it); refuses what the
-    thread cannot take. ``row`` None: a new thread."""
+async def _stopped_between_nodes(
+    svc: ServerServices, assistant: Assistant, body: RunCreate, row: ThreadRow | None
+) -> bool:
+    """Whether a run with neither input nor command.resume goes on with its thread's journey: LangGraph's run
+    without input, which resumes a thread a run's interrupt_before/after stopped between two nodes."""
+    if row is None or row.instance_id is None or assistant.chat or body.input is not None or body.command is not None:
+        return False
+    graph = await svc.thread_graph(ResolvedThread.of(row))
+    return graph is not None and in_flight(await graph.aget_state(svc.runtime.engine.config(row.instance_id)))
+
+
+def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queued: int, stopped: bool) -> str:
+    """``start`` (input starts a journey), ``resume`` (command.resume advances it) or ``continue`` (no input:
+    the journey goes on from where interrupt_before/after stopped it, ``stopped``); refuses what the thread
+    cannot take. ``row`` None: a new thread."""
     thread = repr(row.thread_id) if row else "(a new thread)"
     instance_id = row.instance_id if row else None
     if row is not None and row.assistant_id is not None and row.assistant_id != assistant.assistant_id:
@@ -160,8 +173,15 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
         if instance_id is None and not queued:
             raise ApiError(409, "NothingToResume", f"thread {thread} has no journey yet; start one with input")
         return "resume"
-    if instance_id is not None and not assistant.chat:  # input or nothing: neither would move the journey on
-        raise ApiError(409, "JourneyStarted", f"thread {thread} already runs a journey; advance it with command.resume")
+    if instance_id is not None and not assistant.chat:
+        if stopped and body.input is None:
+            return "continue"
+        raise ApiError(  # input, or nothing where no breakpoint stopped it: neither would move the journey on
+            409,
+            "JourneyStarted",
+            f"thread {thread} already runs a journey; advance it with command.resume (a run without input goes "
+            "on only where interrupt_before/after stopped it)",
+        )
     if instance_id is None and body.input is None and not queued:
         if row is None:  # a new thread: the request alone lacks what it needs
             raise InvalidInputError("the first run on a thread needs input", input_schema=assistant.input_schema)

@@ -397,6 +397,9 @@ class RunExecutor:
                 )
             await self._restart(assistant, ctx, run, instance_id)  # a retried first run: its earlier attempt bound it
             return None
+        if run.kind == "continue":  # on from where interrupt_before/after stopped it, to the next stop
+            await self._finish_in_flight(assistant, instance_id, ctx.options)
+            return None
         return await self._resume(run, assistant, ctx, instance_id)
 
     async def _remember_base(self, run: RunRow, assistant: Assistant, instance_id: str) -> None:
