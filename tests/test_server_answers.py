@@ -223,7 +223,8 @@ async def test_a_process_answer_beside_its_payload_is_refused_not_dropped(store_
 async def test_a_journey_stopped_at_a_breakpoint_goes_on_with_a_run_without_input(store_url: str) -> None:
     """LangGraph's way on from ``interrupt_before``/``interrupt_after``: a run without input, which goes to the
     next breakpoint it names, or to where the journey stops. It was refused (409, and before that queued and
-    failed), and a resume sent instead ran the journey to its end, then failed the run: no way on."""
+    failed), and a resume sent instead ran the journey to its end, then failed the run: no way on. And a mere
+    read of the journey's status ran it to its end: a stop at a breakpoint was taken for a crash's leftovers."""
     three = {"journey_type": "three", "steps": [{"step_id": f"s{i}", "mode": "auto"} for i in range(3)]}
     with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
         async with get_client(url=base, api_key="key-ana") as sdk:
@@ -233,6 +234,9 @@ async def test_a_journey_stopped_at_a_breakpoint_goes_on_with_a_run_without_inpu
             instance = (await sdk.threads.get(tid))["metadata"]["instance_id"]
             stops = [(await sdk.threads.get_state(tid))["next"]]
             for _ in range(2):
+                # A read of a journey parked at a breakpoint leaves it there (it used to run the journey to its end).
+                status = await sdk.http.get(f"/journeys/{instance}/status")
+                assert len(status["completed_steps"]) == len(stops) - 1, (stops, status)
                 await sdk.runs.wait(tid, "structured", interrupt_before="*")
                 stops.append((await sdk.threads.get_state(tid))["next"])
             assert len({tuple(s) for s in stops}) == 3 and all(stops), stops  # one node further each time

@@ -22,6 +22,7 @@ from opentelemetry.trace import StatusCode
 from sqlalchemy import event, update
 
 from checkpoints.schema.tables import process_waits
+from graphs.kernel import streaming
 from graphs.kernel.engine import RunOptions
 from graphs.kernel.instances import Instances
 from graphs.kernel.streaming import GraphCall
@@ -230,10 +231,14 @@ async def other_worker(rt: JourneyRuntime, url: str, clock: Any, calls: Calls) -
         yield second
 
 
-async def test_a_thread_a_crash_left_in_flight_is_finished_and_not_resumed_again(store_url: str) -> None:
+async def test_a_thread_a_crash_left_in_flight_is_finished_and_not_resumed_again(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A continuation cut short after its wait node took the resolution (its checkpoint moved past the
     interrupt): delivering again finds the recorded id no longer pending, finishes the run in flight, and
-    answers False."""
+    answers False. The cut is an ``interrupt_after`` whose checkpoint is left unmarked, as a kill leaves it
+    (a marked stop is a breakpoint, which waits for a run without input)."""
+    monkeypatch.setattr(streaming, "BREAKPOINT", "not_a_breakpoint")
     clock, calls = virtual_clock(), Calls()
     async with runtime(store_url, clock, durability="sync") as rt:
         [(instance_id, wait_id)] = await parked(rt, calls, 1)

@@ -24,7 +24,7 @@ from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
 from graphs.errors import InterruptNotPendingError, InvalidInputError, JourneyFinishedError
-from graphs.kernel.streaming import NO_CALL, GraphCall, StreamSink, run_graph
+from graphs.kernel.streaming import BREAKPOINT, NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
 
@@ -188,16 +188,22 @@ class JourneyEngine:
             yield instance
 
     async def settled_state(
-        self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str, *, options: RunOptions = DEFAULT_RUN
+        self,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        instance_id: str,
+        *,
+        options: RunOptions = DEFAULT_RUN,
+        go_on: bool = False,
     ) -> StateSnapshot:
         """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``).
 
         For a graph whose steps are all logged, that includes a first run cut short before it saved any
         checkpoint (its runs checkpoint where they stop: one killed after its last step's event said
         ``completed``, say): it runs again from its first event, replaying the steps the log holds. Other
-        patterns start such a run again their own way (``Instances.recover``, or their start)."""
+        patterns start such a run again their own way (``Instances.recover``, or their start). A thread its
+        run's breakpoints stopped between nodes stays where it stopped unless ``go_on`` (see :func:`at_breakpoint`)."""
         snapshot = await graph.aget_state(self.config(instance_id))
-        if in_flight(snapshot):
+        if in_flight(snapshot) or (go_on and at_breakpoint(snapshot)):
             # Work left in flight is finished, unless the instance was terminated meanwhile: it stays as it stood.
             instance = await self.store.index.get_instance(instance_id)
             if instance is not None and instance.status == TERMINATED:
@@ -275,7 +281,14 @@ def in_flight(snapshot: StateSnapshot) -> bool:
     checkpoint a crash lost: LangGraph then lists the tasks but no ``next``, and resuming the thread
     applies their writes and goes on without running them again.
     """
-    return bool(snapshot.next or snapshot.tasks) and not any(t.interrupts or t.error for t in snapshot.tasks)
+    stopped = any(t.interrupts or t.error for t in snapshot.tasks) or at_breakpoint(snapshot)
+    return bool(snapshot.next or snapshot.tasks) and not stopped
+
+
+def at_breakpoint(snapshot: StateSnapshot) -> bool:
+    """Stopped between two nodes by its run's interrupt_before/after: parked (not in flight) until a run without
+    input goes on (``settled_state(go_on=True)``), as LangGraph's run without input does."""
+    return bool(snapshot.next) and bool((snapshot.metadata or {}).get(BREAKPOINT))
 
 
 def failed_task(snapshot: StateSnapshot) -> str | None:

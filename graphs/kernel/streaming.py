@@ -73,6 +73,8 @@ class GraphCall:
         merged: dict[str, Any] = {k: v for k, v in self.config.items() if k != "configurable"}
         merged.update(config)
         merged["configurable"] = {**configurable, **config.get("configurable", {})}
+        if self.stops_between_nodes:
+            merged["metadata"] = {**(merged.get("metadata") or {}), BREAKPOINT: True}
         return cast(RunnableConfig, merged)
 
     def options(self) -> dict[str, Any]:
@@ -87,6 +89,10 @@ class GraphCall:
 
 
 NO_CALL = GraphCall()
+# Checkpoint metadata of a run its caller stops between nodes (interrupt_before/after). LangGraph's savers copy a
+# run's config metadata into the checkpoints it writes, so a thread parked at such a stop is told from one a crash
+# cut short between nodes: the one waits for a run without input, the other is finished by whoever comes next.
+BREAKPOINT = "journeys_breakpoint"
 
 
 async def run_graph(

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from graphs.kernel.engine import addressed, in_flight
+from graphs.kernel.engine import addressed, at_breakpoint
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
 from server.assistants import Assistant, get_assistant
@@ -139,7 +139,7 @@ async def _stopped_between_nodes(
     if row is None or row.instance_id is None or assistant.chat or body.input is not None or body.command is not None:
         return False
     graph = await svc.thread_graph(ResolvedThread.of(row))
-    return graph is not None and in_flight(await graph.aget_state(svc.runtime.engine.config(row.instance_id)))
+    return graph is not None and at_breakpoint(await graph.aget_state(svc.runtime.engine.config(row.instance_id)))
 
 
 def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queued: int, stopped: bool) -> str:

@@ -398,7 +398,7 @@ class RunExecutor:
             await self._restart(assistant, ctx, run, instance_id)  # a retried first run: its earlier attempt bound it
             return None
         if run.kind == "continue":  # on from where interrupt_before/after stopped it, to the next stop
-            await self._finish_in_flight(assistant, instance_id, ctx.options)
+            await self._finish_in_flight(assistant, instance_id, ctx.options, go_on=True)
             return None
         return await self._resume(run, assistant, ctx, instance_id)
 
@@ -442,10 +442,13 @@ class RunExecutor:
             return
         await self._finish_in_flight(assistant, instance_id, ctx.options)
 
-    async def _finish_in_flight(self, assistant: Assistant, instance_id: str, options: RunOptions) -> None:
+    async def _finish_in_flight(
+        self, assistant: Assistant, instance_id: str, options: RunOptions, *, go_on: bool = False
+    ) -> None:
+        """Finish the work a crash left in flight (and, ``go_on``, go on from where breakpoints stopped it)."""
         graph = await graph_of(self.runtime, assistant, instance_id)
         async with self.runtime.engine.exclusive(instance_id):
-            await self.runtime.engine.settled_state(graph, instance_id, options=options)
+            await self.runtime.engine.settled_state(graph, instance_id, options=options, go_on=go_on)
 
     def _changed(self, run_id: str, finished: RunRow | None = None) -> None:
         """Wake the run's waiters in this process; ``finished``: the run, which has just finished (they need not
