@@ -44,8 +44,11 @@ async def test_a_wave_of_continuations_writes_its_ends_together_each_once(
         report = await rt.processes.scheduler.run_due()
         assert (report.fired, report.resumed, report.failed) == (WAVE, WAVE, 0)
 
-        # The ends went out together: far fewer transactions than instances (the first of a wave may go alone).
-        assert sum(transactions) == WAVE and len(transactions) <= WAVE // 3, transactions
+        # The ends went out together, each once: far fewer transactions than instances. How the wave splits
+        # depends on when each continuation reaches its end (the first may go alone; a loaded machine spreads
+        # them: [1, 5, 3, 2, 1] was seen), so the bound is half the wave, and one transaction took several.
+        assert sum(transactions) == WAVE and len(transactions) <= WAVE // 2, transactions
+        assert max(transactions) >= WAVE // 4, transactions
         for instance_id in ids:
             assert (await rt.processes.status(instance_id))["status"] == "completed"
             ends = [e for e in await rt.processes.history(instance_id) if e.type == "process.completed"]
