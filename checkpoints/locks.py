@@ -392,6 +392,29 @@ class FileRecordLocks(_PolledLocks):
                 fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
 
 
+SETUP_TURN = "journeys:setup-turn"  # the sidecar's byte for schema setups (see setup_turn)
+SETUP_WAIT_LIMIT_S = 120.0  # a setup is DDL on a local file: seconds at most, however many openers wait
+
+
+@asynccontextmanager
+async def setup_turn(url: StoreURL) -> AsyncIterator[None]:
+    """The turn of this opener, among every store opening the SQLite file ``url`` names (in this process
+    and in others), to run an official saver's or store's ``setup()``. Those read their schema version,
+    then migrate, in separate transactions, so two openers at once would both apply a migration ("duplicate
+    column name"). A record lock of the sidecar, taken and waited for as an instance's is; nothing to do
+    for ``memory://`` (a file of one process's own), PostgreSQL (see ``checkpoints.savers``) or on Windows."""
+    if url.kind != "sqlite" or sys.platform == "win32":
+        yield
+        return
+    files = await asyncio.to_thread(FileRecordLocks, url.target, SETUP_WAIT_LIMIT_S)
+    await asyncio.to_thread(files.open)
+    try:
+        async with files.hold(SETUP_TURN, asyncio.get_running_loop().time() + SETUP_WAIT_LIMIT_S):
+            yield
+    finally:
+        await asyncio.to_thread(files.close)
+
+
 @asynccontextmanager
 async def open_instance_locks(
     url: StoreURL, *, wait_limit: float = DEFAULT_LOCK_TIMEOUT_S

@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from checkpoints.backends.postgres import open_pool
 from checkpoints.database import sqlite_pragmas
 from checkpoints.encryption import checkpoint_serializer
+from checkpoints.locks import setup_turn
 from checkpoints.url import StoreURL, opened_target
 
 
@@ -50,7 +51,8 @@ async def open_saver(
             for pragma in sqlite_pragmas(url):
                 await conn.execute(pragma)
             saver = AsyncSqliteSaver(conn, serde=serde)
-            await saver.setup()
+            async with setup_turn(url):
+                await saver.setup()
             yield saver
             return
         if pool is None:
@@ -81,7 +83,8 @@ async def open_graph_store(
                 await conn.execute(pragma)
             sqlite_store = AsyncSqliteStore(conn, index=cast(Any, index))
             try:
-                await sqlite_store.setup()
+                async with setup_turn(url):
+                    await sqlite_store.setup()
                 yield sqlite_store
             finally:
                 await _stop_batching(sqlite_store)

@@ -11,14 +11,16 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
+import pytest
 from procrastinate.schema import SchemaManager
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
 from checkpoints.rebuild import rebuild_instance_index
-from checkpoints.schema import lifecycle_tables, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
-from checkpoints.schema.migrations import MIGRATIONS, migrate
+from checkpoints.schema import lifecycle_tables, migrations, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
+from checkpoints.schema.migrations import LATEST, MIGRATIONS, Migration, migrate
 from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.schema.tables import metadata
 from checkpoints.url import parse_store_url
@@ -310,24 +312,66 @@ def test_procrastinate_migrations_are_applied_on_upgrade(postgres_url: str, tmp_
     assert recorded == {path.name for path in newer.glob("*.sql")}
 
 
-def test_processes_opening_a_fresh_postgres_database_together_all_start(postgres_url: str) -> None:
-    """API processes and workers start together on a new database: each runs the checkpointer's own
-    ``setup()`` as well as ours, and a second ``CREATE TABLE IF NOT EXISTS`` racing the first one fails
-    in PostgreSQL (``type ... already exists``) unless the openers take turns."""
-    script = (
+def test_processes_opening_a_fresh_database_together_all_start(durable_url: str) -> None:
+    """API processes and workers (or two notebooks) start together on a new database: each runs the
+    checkpointer's own ``setup()`` as well as ours. A second ``CREATE TABLE IF NOT EXISTS`` racing the first
+    one fails in PostgreSQL (``type ... already exists``). On SQLite, unless openers take turns, a second
+    opener's migration creates a table the first has just made (``table ... already exists``), and two
+    official stores' ``setup()`` apply one migration twice (``duplicate column name``)."""
+    script = (  # each child imports, says so, then opens when told: the openers race from one moment
         "import asyncio, sys\n"
         "from graphs.runtime import JourneyRuntime\n"
         "async def main() -> None:\n"
         "    async with JourneyRuntime.open(sys.argv[1], pool_size=2):\n"
         "        pass\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
         "asyncio.run(main())\n"
     )
     children = [
-        subprocess.Popen([sys.executable, "-c", script, postgres_url], stderr=subprocess.PIPE, text=True)
-        for _ in range(6)
+        subprocess.Popen(
+            [sys.executable, "-c", script, durable_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
     ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
     failures = [err for child in children if (err := child.communicate(timeout=120)[1]) and child.returncode]
     assert failures == []
+
+
+async def test_a_migration_that_fails_leaves_nothing_of_itself(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration runs in one transaction with the row recording it: one that fails half-way (a crash, a
+    statement the database refuses) leaves neither its tables nor its row, so the next open applies it whole.
+    On SQLite each CREATE used to commit on its own, and the next open failed with "table ... already exists"."""
+    broken = Migration(
+        LATEST + 1, "a table, then a statement that fails", {d: _HALF_DONE for d in ("postgresql", "sqlite")}
+    )
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, broken))
+    engine = create_engine_for(parse_store_url(durable_url))
+    try:
+        with pytest.raises(DBAPIError):
+            await migrate(engine, upto=LATEST + 1)
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+        assert "half_done" not in tables and "schema_migrations" not in tables  # nothing of the first open
+        monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+        assert await migrate(engine) == [m.version for m in MIGRATIONS]  # the next open applies them all
+    finally:
+        await engine.dispose()
+
+
+_HALF_DONE = ("CREATE TABLE half_done (id integer)", "INSERT INTO no_such_table VALUES (1)")
 
 
 async def test_event_payloads_are_stored_as_compact_json_text_and_older_ones_read_the_same(durable_url: str) -> None:

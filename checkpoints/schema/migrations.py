@@ -3,8 +3,8 @@
 A tiny runner rather than Alembic: the runtime migrates itself at open on both dialects, with no
 migration scripts directory or CLI step for users to run, and each migration is DDL frozen as it was
 written (:mod:`checkpoints.schema.ddl`), so no migration probes what an earlier one happened to create.
-Each runs inside one transaction with the row that records it; PostgreSQL serialises concurrent
-openers with an advisory lock.
+All run inside one transaction with the rows that record them; concurrent openers take turns (an
+advisory lock on PostgreSQL, SQLite's write lock).
 """
 
 from __future__ import annotations
@@ -105,6 +105,12 @@ LATEST = MIGRATIONS[-1].version
 def _migrate(conn: Connection, upto: int) -> list[int]:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_ID})
+    else:
+        # Python's sqlite3 begins a transaction only before a DML statement, so each CREATE would commit on
+        # its own: another process opening the file meanwhile would create the same tables, and a failure
+        # would leave half a migration. The write lock, taken first, makes the migration one transaction and
+        # makes a second opener wait (busy_timeout), then find the versions applied.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
     for statement in ddl.SCHEMA_MIGRATIONS[conn.dialect.name]:
         conn.execute(text(statement))
     applied = set(conn.execute(select(schema_migrations.c.version)).scalars())
