@@ -21,10 +21,10 @@ from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
-from checkpoints.ownership import Owner, Viewer, acting_as
+from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.savers import copy_checkpoints
-from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError
+from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError, TaskNotFoundError
 from graphs.kernel.engine import refuse_terminated
 from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
@@ -162,15 +162,28 @@ class ServerServices:
             raise ImpersonationError(f"{caller.name!r} is not in group {group!r}", group=group)
 
     async def task(self, caller: Principal, task_id: str) -> dict[str, Any]:
-        """A user task the caller may see: its assignee's, its candidate groups' members', or its instance
-        owner's; not found otherwise."""
+        """A user task the caller may see and work on: offered to it (its assignee, a member of one of its
+        candidate groups) in the caller's tenant, or of an instance the caller may see; not found otherwise.
+        People and groups are named per tenant: another tenant's "finance" group is not offered the task."""
         task = await self.runtime.processes.inbox.get_task(task_id)
         viewer = self.viewer(caller)
         offered = task.get("assignee") == caller.name or set(task.get("candidate_groups") or ()) & set(caller.groups)
-        if not (viewer.admin or offered):
-            await self.instance(caller, task["instance_id"])
+        if not (viewer.admin or (offered and await self._of_tenant(task["instance_id"], viewer.tenant))):
+            try:
+                await self.instance(caller, task["instance_id"])
+            except JourneyNotFoundError:
+                raise TaskNotFoundError(f"no user task {task_id!r}", task_id=task_id) from None
         await self.know_marks(task["instance_id"])
         return task
+
+    def tasks_tenant(self, caller: Principal) -> str | None:
+        """The tenant whose tasks ``caller`` lists (None: an admin's, every tenant's)."""
+        viewer = self.viewer(caller)
+        return None if viewer.admin else viewer.tenant
+
+    async def _of_tenant(self, instance_id: str, tenant: str) -> bool:
+        instance = await self.runtime.store.index.get_instance(instance_id)
+        return instance is not None and (instance.tenant or DEFAULT_TENANT) == tenant
 
     async def run(self, caller: Principal, thread_id: str, run_id: str) -> RunRow:
         """A run on a thread ``caller`` may see; not found otherwise."""

@@ -6,6 +6,7 @@ shared with a group is seen by its members; admins see everything; search filter
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -244,3 +245,46 @@ def test_a_custom_authenticator_decides_who_calls_who_owns_and_who_sees(sqlite_u
         other_tenant = {"x-user": "ann", "x-tenant": "t2"}
         assert http.get(f"/threads/{private}", headers=other_tenant).status_code == 404
         assert ok(http.get(f"/threads/{private}", headers={"x-user": "ann"}))["thread_id"] == private
+
+
+def test_people_and_groups_are_named_per_tenant_in_the_inbox(base: str) -> None:
+    """Eve is "ana" of another tenant, in a group also called "finance": ana's tenant's finance task is not
+    offered to her, in the API's inbox or the dashboard's (404 as if it did not exist, its variables never
+    shown), and the finance member of ana's tenant works on it. Both tenants' people act at once."""
+    with httpx.Client(base_url=base, timeout=60) as http:
+        ana, eve, cara = as_("key-ana"), as_("key-eve"), as_("key-cara")
+        ok(http.post("/processes", json=APPROVAL_PROCESS, headers=ana))
+        variables = {"iban": "DE00-of-ana"}
+        process = ok(
+            http.post("/processes/approval/instances", json={"business_key": "b1", "variables": variables}, headers=ana)
+        )
+        [task] = ok(http.get("/tasks", params={"instance_id": process["instance_id"]}, headers=ana))
+        task_id = task["task_id"]
+
+        def eves_tries() -> list[int]:
+            return [
+                len(ok(http.get("/tasks", params={"group": "finance"}, headers=eve))),
+                len(ok(http.get("/tasks", params={"assignee": "ana"}, headers=eve))),
+                http.get(f"/tasks/{task_id}", headers=eve).status_code,
+                http.post(f"/tasks/{task_id}/claim", json={}, headers=eve).status_code,
+                http.post(f"/tasks/{task_id}/complete", json={"payload": {"approved": True}}, headers=eve).status_code,
+            ]
+
+        with ThreadPoolExecutor(4) as pool:  # eve tries while cara lists: each sees only her tenant's
+            eves = [pool.submit(eves_tries) for _ in range(3)]
+            caras = [
+                pool.submit(lambda: ok(http.get("/tasks", params={"group": "finance"}, headers=cara))) for _ in range(3)
+            ]
+            assert [f.result() for f in eves] == [[0, 0, 404, 404, 404]] * 3
+            assert all([t["task_id"] for t in f.result()] == [task_id] for f in caras)
+        # The dashboard's inbox and its completion form hold to the same rule.
+        with httpx.Client(base_url=base, timeout=60, headers={"origin": base}) as ui:
+            ok_login = ui.post("/ui/login", data={"api_key": "key-eve", "next": "/ui/inbox"}, follow_redirects=True)
+            assert ok_login.status_code == 200 and task_id not in ok_login.text
+            form = ui.post(f"/ui/tasks/{task_id}/complete", data={"payload": '{"approved": true}'})
+            assert form.status_code == 404 and "DE00" not in form.text
+        # Nothing eve tried changed the task: cara, of ana's tenant and group, claims and completes it.
+        assert ok(http.get(f"/tasks/{task_id}", headers=ana))["claimed_by"] is None
+        ok(http.post(f"/tasks/{task_id}/claim", json={}, headers=cara))
+        done = ok(http.post(f"/tasks/{task_id}/complete", json={"payload": {"approved": True}}, headers=cara))
+        assert (done["status"], done["variables"]["iban"]) == ("completed", "DE00-of-ana")

@@ -13,14 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import Executable, or_, select, update
+from sqlalchemy import Executable, Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.events import EventLog, NewEvent, claimed_with_event
+from checkpoints.ownership import DEFAULT_TENANT
 from checkpoints.rows import insert_ignore
-from checkpoints.schema.tables import user_task_groups, user_tasks
+from checkpoints.schema.tables import journey_instances, user_task_groups, user_tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +130,14 @@ class InboxStore:
         groups: Sequence[str] = (),
         status: str | None = "open",
         instance_id: str | None = None,
+        tenant: str | None = None,
         limit: int = 1000,
     ) -> list[UserTaskRow]:
-        """Tasks for ``assignee``, for a candidate ``group`` (or any of ``groups``), or both (either matches)."""
+        """Tasks for ``assignee``, for a candidate ``group`` (or any of ``groups``), or both (either matches);
+        with ``tenant``, only those of that tenant's instances (see :func:`of_tenant`)."""
         query = select(user_tasks).order_by(user_tasks.c.created_at, user_tasks.c.task_id).limit(limit)
+        if tenant is not None:
+            query = query.where(user_tasks.c.instance_id.in_(of_tenant(tenant)))
         wanted_groups = [*groups, *([group] if group else [])]
         who = []
         if assignee is not None:
@@ -212,3 +217,11 @@ class InboxStore:
             .where(t.task_id == task_id, t.escalated_at.is_(None))
             .values(escalated_at=self._clock.now().astimezone(UTC), escalation=action)
         )
+
+
+def of_tenant(tenant: str) -> Select[tuple[str]]:
+    """The ids of ``tenant``'s journey instances: a user's and a group's work is in their tenant only, whatever
+    names the people and groups of other tenants share. An instance started outside any caller (a timer's,
+    the runtime's own) belongs to the default tenant."""
+    instances = journey_instances.c
+    return select(instances.instance_id).where(func.coalesce(instances.tenant, DEFAULT_TENANT) == tenant)

@@ -53,16 +53,19 @@ class TaskInbox:
         groups: Iterable[str] = (),
         status: str | None = "open",
         instance_id: str | None = None,
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Tasks assigned to ``assignee`` or offered to ``group`` / any of ``groups`` (either matches)."""
+        """Tasks assigned to ``assignee`` or offered to ``group`` / any of ``groups`` (either matches); with
+        ``tenant``, of that tenant's instances only (a server caller's)."""
         rows = await self._inbox.find(
-            assignee=assignee, group=group, groups=tuple(groups), status=status, instance_id=instance_id
+            assignee=assignee, group=group, groups=tuple(groups), status=status, instance_id=instance_id, tenant=tenant
         )
         return [row.view() for row in rows]
 
-    async def for_user(self, user: str, groups: Iterable[str] = ()) -> list[dict[str, Any]]:
-        """What ``user`` may work on: tasks assigned to them or offered to one of their groups."""
-        return await self.list_tasks(assignee=user, groups=groups)
+    async def for_user(self, user: str, groups: Iterable[str] = (), tenant: str | None = None) -> list[dict[str, Any]]:
+        """What ``user`` may work on: tasks assigned to them or offered to one of their groups (of ``tenant``'s
+        instances, with one)."""
+        return await self.list_tasks(assignee=user, groups=groups, tenant=tenant)
 
     async def get_task(self, task_id: str) -> dict[str, Any]:
         return (await self._row(task_id)).view()

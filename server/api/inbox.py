@@ -76,7 +76,9 @@ async def list_tasks(
         await svc.instance(caller, instance_id)
     else:
         svc.check_inbox(caller, assignee, group)
-    tasks = await svc.runtime.processes.inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id)
+    tasks = await svc.runtime.processes.inbox.list_tasks(
+        assignee=assignee, group=group, instance_id=instance_id, tenant=svc.tasks_tenant(caller)
+    )
     for shown in dict.fromkeys(task["instance_id"] for task in tasks):
         await svc.know_marks(shown)
     return tasks
@@ -89,6 +91,7 @@ async def get_task(task_id: str, caller: Reader, svc: Services) -> dict[str, Any
 
 @router.post("/tasks/{task_id}/claim", response_model=TaskOut, summary="Claim a task")
 async def claim_task(task_id: str, body: Actor, caller: Worker, svc: Services) -> dict[str, Any]:
+    await svc.task(caller, task_id)  # one of another tenant's is not found
     user, groups = _who(caller, body)
     return await svc.runtime.processes.inbox.claim(task_id, user, groups=groups)
 
@@ -97,6 +100,7 @@ async def claim_task(task_id: str, body: Actor, caller: Worker, svc: Services) -
     "/tasks/{task_id}/complete", response_model=ProcessInstanceView, summary="Complete a task; the process resumes"
 )
 async def complete_task(task_id: str, body: CompleteIn, caller: Worker, svc: Services) -> dict[str, Any]:
+    await svc.task(caller, task_id)  # one of another tenant's is not found
     user, groups = _who(caller, body)
     return await svc.runtime.processes.inbox.complete(task_id, user=user, payload=body.payload, groups=groups)
 

@@ -222,14 +222,17 @@ def sla_state(task: dict[str, Any], now: datetime) -> str:
     return f"on time (due in {_delta(left)})" if left > 0 else f"breached {_delta(left)} ago"
 
 
-async def open_tasks(svc: ServerServices, user: str | None, groups: list[str] | None) -> list[TaskLine]:
-    """The inbox: every open task (``user`` None), or those assigned to ``user`` or offered to ``groups``."""
+async def open_tasks(
+    svc: ServerServices, user: str | None, groups: list[str] | None, tenant: str | None
+) -> list[TaskLine]:
+    """The inbox: every open task (``user`` None), or those assigned to ``user`` or offered to ``groups``; of
+    ``tenant``'s instances only, with one."""
     inbox = svc.runtime.processes.inbox
     now = svc.runtime.store.clock.now()
     if user is None:
-        tasks = await inbox.list_tasks()
+        tasks = await inbox.list_tasks(tenant=tenant)
     else:
-        tasks = await inbox.for_user(user, groups or ())
+        tasks = await inbox.for_user(user, groups or (), tenant)
     return [TaskLine(t, sla_state(t, now)) for t in tasks]
 
 

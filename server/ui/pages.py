@@ -300,13 +300,14 @@ async def fork(request: Request, instance_id: str, principal: Caller, svc: Servi
 async def inbox(request: Request, principal: Caller, svc: Services) -> HTMLResponse:
     allow(principal, "read")
     user = principal.name if principal.authenticated else None
-    tasks = await data.open_tasks(svc, user, list(principal.groups))
+    tasks = await data.open_tasks(svc, user, list(principal.groups), svc.tasks_tenant(principal))
     return _render(request, "inbox.html", principal=principal, tasks=tasks)
 
 
 @router.post("/tasks/{task_id:path}/complete", response_class=HTMLResponse)
 async def complete_task(request: Request, task_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "tasks")
+    await svc.task(principal, task_id)  # one of another tenant's is not found
     form = await _form(request)
     try:
         payload = json.loads(form.get("payload") or "{}")
