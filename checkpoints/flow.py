@@ -16,6 +16,7 @@ from sqlalchemy import Executable, and_, bindparam, delete, insert, select, upda
 
 from checkpoints.backends.base import Backend, Params
 from checkpoints.clock import Clock
+from checkpoints.ownership import owned_key
 from checkpoints.schema.flow_tables import journey_concurrency_slots, journey_queued_starts, journey_start_keys
 from checkpoints.schema.tables import journey_instances
 
@@ -96,18 +97,21 @@ class FlowControl:
     # --- start keys ----------------------------------------------------------------------------------
 
     async def started_with(self, start_key: str) -> str | None:
-        """The instance a start key names while its window lasts (None: unknown or expired)."""
-        found = await self._backend.read(_LIVE_KEY, {"p_start_key": start_key, "p_now": self._clock.now()})
+        """The instance a start key names while its window lasts (None: unknown or expired). Start keys are
+        their caller's own (:func:`checkpoints.ownership.owned_key`), here and in the methods below."""
+        found = await self._backend.read(_LIVE_KEY, {"p_start_key": owned_key(start_key), "p_now": self._clock.now()})
         return str(found[0]["instance_id"]) if found else None
 
     async def drop_expired(self, start_key: str) -> None:
         """Forget ``start_key`` if its window has passed, so that a new start may take it."""
-        await self._backend.write([_DROP_EXPIRED_KEY], {"p_start_key": start_key, "p_now": self._clock.now()})
+        await self._backend.write(
+            [_DROP_EXPIRED_KEY], {"p_start_key": owned_key(start_key), "p_now": self._clock.now()}
+        )
 
     def claim_key(self, start_key: str, instance_id: str, expires_at: datetime) -> tuple[Executable, Params]:
         """The statement that ties ``start_key`` to ``instance_id`` (for ``create_instance(also=...)``)."""
         params = {
-            "p_start_key": start_key,
+            "p_start_key": owned_key(start_key),
             "p_instance_id": instance_id,
             "p_expires_at": expires_at,
             "p_now": self._clock.now(),

@@ -14,6 +14,7 @@ outside any request (the scheduler, recovery, embedded use of the runtime) creat
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -98,6 +99,18 @@ def acting_as(owner: Owner | None) -> Iterator[None]:
 def current_owner() -> Owner | None:
     """The owner of an object created now: the caller the server is acting for, or None."""
     return _ACTING.get()
+
+
+def owned_key(key: str) -> str:
+    """An idempotency key as stored: a caller's own. Made while the server acts for a caller, it is a digest
+    of the caller's tenant, name and the key, so another caller's same key (another tenant's, another
+    user's) is another key, which neither answers with nor blocks what this caller started; made outside
+    any caller (the runtime used in-process), it is the key as given."""
+    owner = current_owner()
+    if owner is None:
+        return key
+    digest = hashlib.blake2b("\0".join((owner.tenant, owner.principal, key)).encode(), digest_size=20)
+    return f"owned:{digest.hexdigest()}"
 
 
 def new_row_owner() -> dict[str, Any]:

@@ -288,3 +288,40 @@ def test_people_and_groups_are_named_per_tenant_in_the_inbox(base: str) -> None:
         ok(http.post(f"/tasks/{task_id}/claim", json={}, headers=cara))
         done = ok(http.post(f"/tasks/{task_id}/complete", json={"payload": {"approved": True}}, headers=cara))
         assert (done["status"], done["variables"]["iban"]) == ("completed", "DE00-of-ana")
+
+
+def test_a_start_key_is_its_callers_own(base: str) -> None:
+    """Ana's start key, sent by bob (her tenant) and by eve (another tenant's "ana") at the same moment, starts
+    a journey of their own for each: it never answers with hers (her context, her instance id) nor stops
+    them starting; ana sending it again gets hers, as an idempotent start does."""
+    with httpx.Client(base_url=base, timeout=60) as http:
+        design = ok(
+            http.post("/journeys/sagas/designs", json={"journey_type": "enterprise_migration"}, headers=as_("key-ana"))
+        )
+        starts = f"/journeys/sagas/designs/{design['journey_id']}/executions"
+        ok(http.post("/processes", json=APPROVAL_PROCESS, headers=as_("key-ana")))
+
+        def start(key: str, user: str) -> tuple[str, str, str]:
+            body = {"user_id": user, "context": {"note": f"of-{key}"}, "start_key": "order-7"}
+            saga = ok(http.post(starts, json=body, headers=as_(key)))
+            process = ok(
+                http.post(
+                    "/processes/approval/instances",
+                    json={"business_key": f"b-{key}", "variables": {"note": f"of-{key}"}, "start_key": "order-8"},
+                    headers=as_(key),
+                )
+            )
+            return saga["instance_id"], process["instance_id"], process["variables"]["note"]
+
+        anas = start("key-ana", "ana")
+        with ThreadPoolExecutor(4) as pool:
+            others = list(pool.map(start, ["key-bob", "key-eve", "key-ana", "key-ana"], ["bob", "ana", "ana", "ana"]))
+        bobs, eves, *again = others
+        assert again == [anas, anas]  # ana's own repeats answer her journeys
+        assert bobs[2] == "of-key-bob" and eves[2] == "of-key-eve"
+        assert len({anas[0], bobs[0], eves[0]}) == 3 and len({anas[1], bobs[1], eves[1]}) == 3
+        for key, (saga, process, _) in (("key-bob", bobs), ("key-eve", eves)):
+            assert ok(http.get(f"/journeys/sagas/{saga}", headers=as_(key)))["status"] == "in_progress"
+            assert ok(http.get(f"/processes/instances/{process}", headers=as_(key)))["status"] == "in_progress"
+            assert http.get(f"/journeys/sagas/{anas[0]}", headers=as_(key)).status_code == 404
+            assert http.get(f"/processes/instances/{anas[1]}", headers=as_(key)).status_code == 404
