@@ -281,6 +281,14 @@ class ExistingStart(JourneyError):
         self.instance_id = instance_id
 
 
+class StartKeyConflictError(JourneyError):
+    """A start key, within its window, names a journey of another pattern than the one this start would begin
+    (a saga's key given to a process start, say): a start key stands for one start, as a DBOS workflow id
+    does, and a journey of another kind cannot answer this one."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
 class JourneyQueuedError(InvalidMoveError):
     """The journey is queued behind its concurrency key's limit: it cannot move until it starts."""
 

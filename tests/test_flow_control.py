@@ -16,7 +16,7 @@ import pytest
 
 from checkpoints import VirtualClock
 from graphs import JourneyFinishedError, JourneyRuntime, SpecError
-from graphs.errors import ConcurrencyLimitError, JourneyQueuedError
+from graphs.errors import ConcurrencyLimitError, JourneyQueuedError, StartKeyConflictError
 from nodes.errors import ConcurrencyKeyError, FlowSettingError
 from server.app import create_app
 from server.settings import Settings
@@ -223,6 +223,23 @@ async def test_processes_take_start_keys_and_queue_above_their_limit(store_url: 
         assert report.dequeued == 1
         status = await rt.processes.status(queued["instance_id"])
         assert status["status"] == "in_progress" and [w["element"] for w in status["waiting"]] == ["approve"]
+
+
+async def test_a_start_key_of_another_kind_of_journey_is_refused(store_url: str) -> None:
+    """A key that began a saga, given to a process start or a session's within its window, is refused with a
+    typed conflict that names the journey, not answered with a view the saga cannot give (404); nothing is
+    started. The process's own repeat still answers its instance."""
+    async with JourneyRuntime.open(store_url) as rt:
+        saga = await rt.saga.execute_saga_journey(await saga_design(rt, TWO_STEPS), "ana", {}, start_key="order-7")
+        await rt.processes.deploy(APPROVAL)
+        with pytest.raises(StartKeyConflictError) as refused:
+            await rt.processes.start("approval", "b-1", {"tenant": "acme"}, start_key="order-7")
+        assert refused.value.details == {"start_key": "order-7", "instance_id": saga["saga_id"]}
+        with pytest.raises(StartKeyConflictError):
+            await rt.mvp.start_mvp_journey("ana", start_key="order-7")
+        assert await instance_count(rt, "process") == {} and await instance_count(rt, "session") == {}
+        first = await rt.processes.start("approval", "b-1", {"tenant": "acme"}, start_key="order-8")
+        assert (await rt.processes.start("approval", "b-1", {"tenant": "acme"}, start_key="order-8")) == first
 
 
 async def test_the_http_start_routes_take_a_start_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,6 +67,7 @@ STATUS_BY_CODE = {
             "ProcessVersionConflictError",
             "RunInReviewError",
             "StepFailedError",
+            "StartKeyConflictError",
             "StepOrderError",
             "SystemAssistantError",
             "TaskClosedError",

@@ -37,7 +37,7 @@ from checkpoints.process.timers import TimerStore
 from checkpoints.process.waits import cancel_pending
 from checkpoints.schema.widths import INSTANCE_USER
 from checkpoints.values import check_value
-from graphs.errors import DeadlineExceededError, InterruptNotPendingError, JourneyNotFoundError
+from graphs.errors import DeadlineExceededError, InterruptNotPendingError, JourneyNotFoundError, StartKeyConflictError
 from graphs.kernel.engine import (
     DEFAULT_RUN,
     JourneyEngine,
@@ -164,7 +164,7 @@ class Instances:
         for _attempt in range(_REGISTER_ATTEMPTS):
             status, also = "in_progress", []
             if controls.start_key is not None:
-                existing = await self.flow.started_with(controls.start_key)
+                existing = await self.started_with(controls.start_key, pattern)
                 if existing is not None and existing != instance_id:
                     raise ExistingStart(existing)
                 if existing == instance_id:  # this very start again: go on with one a crash cut short
@@ -207,6 +207,23 @@ class Instances:
                     return await self._register(*register)
                 # Another start took the key or the slot meanwhile: look again.
         raise ConcurrentUpdateError(f"could not register {instance_id!r}: its start key or slots kept changing")
+
+    async def started_with(self, start_key: str, pattern: str) -> str | None:
+        """The journey ``start_key`` began within its window (None: none), for a start of ``pattern``. One of
+        another pattern is refused (:class:`StartKeyConflictError`): a journey answers a start of its own
+        kind only (a process's view of a saga cannot be built)."""
+        existing = await self.flow.started_with(start_key)
+        if existing is None:
+            return None
+        found = await self.index.get_instance(existing)
+        if found is not None and found.pattern != pattern:
+            raise StartKeyConflictError(
+                f"start key {start_key!r} began {found.pattern} journey {existing!r} within its window; "
+                f"give this {pattern} start another key",
+                start_key=start_key,
+                instance_id=existing,
+            )
+        return existing
 
     async def _arm_deadline(self, instance_id: str, deadline: DeadlineSpec) -> None:
         """Arm the instance's deadline before it is registered, so no registered instance lacks it (a timer

@@ -67,7 +67,7 @@ class SessionOrchestrator:
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         controls = StartControls.of(start_key, start_key_window, None, {})
         if controls is not None and controls.start_key is not None:
-            existing = await self._instances.flow.started_with(controls.start_key)
+            existing = await self._instances.started_with(controls.start_key, self.pattern)
             if existing is not None:
                 return await self._opened(existing)
         design = await self._designs.save(self.pattern, spec, prefix="session")
