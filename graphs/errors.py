@@ -281,6 +281,13 @@ class ExistingStart(JourneyError):
         self.instance_id = instance_id
 
 
+class ProcessNameTakenError(JourneyError):
+    """A process name deployed by another tenant: a name is its first deployer's tenant's, so that no tenant
+    changes what another's instances run; deploy under another name."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
 class StartKeyConflictError(JourneyError):
     """A start key, within its window, names a journey of another pattern than the one this start would begin
     (a saga's key given to a process start, say): a start key stands for one start, as a DBOS workflow id

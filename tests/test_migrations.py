@@ -90,6 +90,7 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         conn.execute("DROP TABLE process_message_ids")  # migration 22
         conn.execute("ALTER TABLE process_waits DROP COLUMN interrupt_id")  # migration 23
         conn.execute("DROP TABLE journeys_encryption")  # migration 24
+        conn.execute("ALTER TABLE process_deployments DROP COLUMN tenant")  # migration 26
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
         conn.execute(
             "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -169,6 +170,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             await conn.execute(text("DROP TABLE process_message_ids"))  # migration 22
             await conn.execute(text("ALTER TABLE process_waits DROP COLUMN interrupt_id"))  # migration 23
             await conn.execute(text("DROP TABLE journeys_encryption"))  # migration 24
+            await conn.execute(text("ALTER TABLE process_deployments DROP COLUMN tenant"))  # migration 26
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
             if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))

@@ -63,6 +63,7 @@ STATUS_BY_CODE = {
             "NotInReviewError",
             "NothingToRetryError",
             "PatternRegistrationError",
+            "ProcessNameTakenError",
             "ProcessStateError",
             "ProcessVersionConflictError",
             "RunInReviewError",

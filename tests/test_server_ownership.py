@@ -5,6 +5,7 @@ shared with a group is seen by its members; admins see everything; search filter
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from starlette.requests import Request
 
 from checkpoints.ownership import Owner, Viewer
-from graphs import READY_TO_START
+from graphs import READY_TO_START, JourneyRuntime
 from server.app import create_app
 from server.auth import OwnerRules, Principal
 from server.problems import ApiError
@@ -325,3 +326,54 @@ def test_a_start_key_is_its_callers_own(base: str) -> None:
             assert ok(http.get(f"/processes/instances/{process}", headers=as_(key)))["status"] == "in_progress"
             assert http.get(f"/journeys/sagas/{anas[0]}", headers=as_(key)).status_code == 404
             assert http.get(f"/processes/instances/{anas[1]}", headers=as_(key)).status_code == 404
+
+
+def test_a_process_name_is_its_tenants_and_a_shared_one_is_everyones_to_start(base: str, durable_url: str) -> None:
+    """Eve, of another tenant, can neither deploy a version of ana's process (409: her version would have
+    taken ana's next instances) nor start it (404); her own name is hers. A process the runtime deployed
+    itself (a plugin's, say: no caller) is shared: every tenant starts it, only the default tenant's callers
+    deploy its versions. Ana and eve act at once."""
+    one_step = {
+        **APPROVAL_PROCESS,
+        "version": 2,
+        "elements": [APPROVAL_PROCESS["elements"][0], {"type": "end", "id": "end"}],
+        "flows": ["start -> end"],
+    }
+
+    async def deploy_shared() -> None:
+        async with JourneyRuntime.open(durable_url) as rt:
+            await rt.processes.deploy({**APPROVAL_PROCESS, "name": "shared"})
+
+    asyncio.run(deploy_shared())
+    with httpx.Client(base_url=base, timeout=60) as http:
+        ana, eve = as_("key-ana"), as_("key-eve")
+        ok(http.post("/processes", json=APPROVAL_PROCESS, headers=ana))
+
+        def eves() -> list[int]:
+            return [
+                http.post(
+                    "/processes", json={**one_step, "version": 2, "flows": ["start -> end"]}, headers=eve
+                ).status_code,
+                http.post("/processes/approval/instances", json={"business_key": "e1"}, headers=eve).status_code,
+                http.post(
+                    "/processes",
+                    json={**one_step, "name": "shared", "version": 2, "flows": ["start -> end"]},
+                    headers=eve,
+                ).status_code,
+                http.post("/processes/shared/instances", json={"business_key": "e2"}, headers=eve).status_code,
+                http.post("/processes", json={**APPROVAL_PROCESS, "name": "eves"}, headers=eve).status_code,
+            ]
+
+        def anas() -> str:
+            return str(
+                ok(http.post("/processes/approval/instances", json={"business_key": "a1"}, headers=ana))["status"]
+            )
+
+        with ThreadPoolExecutor(2) as pool:
+            eve_codes, ana_status = pool.submit(eves), pool.submit(anas)
+            assert eve_codes.result() == [409, 404, 409, 200, 200]
+            assert ana_status.result() == "in_progress"  # her version 1, waiting at its task
+        assert http.post("/processes/eves/instances", json={"business_key": "a2"}, headers=ana).status_code == 404
+        started = ok(http.post("/processes/approval/instances", json={"business_key": "a3"}, headers=ana))
+        assert (started["version"], started["status"]) == (1, "in_progress")
+        assert ok(http.post("/processes", json={**one_step, "name": "shared"}, headers=ana))["version"] == 2

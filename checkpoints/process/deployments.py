@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
+from checkpoints.ownership import new_row_owner
 from checkpoints.schema.tables import journey_designs, process_deployments, process_message_starts, process_rollouts
 
 
@@ -51,7 +52,12 @@ class DeploymentStore:
             async with self._engine.begin() as conn:
                 await conn.execute(
                     insert(process_deployments).values(
-                        name=name, version=version, design_id=design_id, digest=digest, deployed_at=now
+                        name=name,
+                        version=version,
+                        design_id=design_id,
+                        digest=digest,
+                        deployed_at=now,
+                        tenant=new_row_owner()["tenant"],
                     )
                 )
                 if message_starts:
@@ -79,6 +85,15 @@ class DeploymentStore:
         )
         if not changed.rowcount:
             await conn.execute(insert(process_rollouts).values(name=name, entries=entries, updated_at=now))
+
+    async def tenant_of(self, name: str) -> tuple[bool, str | None]:
+        """Whether process ``name`` is deployed, and whose it is: the tenant of the caller that deployed its
+        first version, or None for a shared one (deployed outside any caller, or before tenants were kept)."""
+        d = process_deployments.c
+        query = select(d.tenant).where(d.name == name).order_by(d.version).limit(1)
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(query)).first()
+        return (False, None) if found is None else (True, found.tenant)
 
     async def started_by(self, message: str) -> list[str]:
         """The names of the processes with a deployed version that a message named ``message`` starts."""

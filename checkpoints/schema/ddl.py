@@ -1317,3 +1317,7 @@ CREATE TABLE journeys_encryption (
 """,
     ),
 }
+
+V26_PROCESS_TENANTS: DDL = dict.fromkeys(
+    ("sqlite", "postgresql"), ("ALTER TABLE process_deployments ADD COLUMN tenant VARCHAR(100)",)
+)

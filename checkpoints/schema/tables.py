@@ -161,6 +161,7 @@ process_deployments = Table(
     Column("design_id", String(100), nullable=False, unique=True),
     Column("digest", String(64), nullable=False),
     Column("deployed_at", UTCDateTime(), nullable=False),
+    Column("tenant", String(100), nullable=True),  # whose process name this is (migration 26; None: default)
 )
 
 process_rollouts = Table(

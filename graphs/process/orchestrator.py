@@ -34,6 +34,7 @@ from agents.deterministic import EchoAgent
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
+from checkpoints.ownership import DEFAULT_TENANT, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
@@ -45,6 +46,7 @@ from graphs.errors import (
     MessageIdConflictError,
     MigrationInProgressError,
     ProcessInstanceNotFoundError,
+    ProcessNameTakenError,
     ProcessStateError,
     ProcessVersionConflictError,
     UnknownProcessError,
@@ -163,6 +165,12 @@ class ProcessOrchestrator:
         same definition again is a no-op; a different definition under a taken version is refused.
         """
         spec = parse_spec(ProcessSpec, process, spec_name="process")
+        if not await self._callers(spec.name, to_deploy=True):
+            raise ProcessNameTakenError(
+                f"process name {spec.name!r} is another tenant's (or shared, which only the default tenant "
+                "redeploys); deploy your process under another name",
+                name=spec.name,
+            )
         self._designs.registry.bind(spec.agent_bindings())
         self._designs.check(PATTERN, spec)
         existing = await self.deployments.get(spec.name, spec.version)
@@ -275,6 +283,22 @@ class ProcessOrchestrator:
             raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
         return deployment, await self.spec_of(deployment)
 
+    async def _callers(self, name: str, *, to_deploy: bool = False) -> bool:
+        """Whether the caller the server acts for may start (or, ``to_deploy``, deploy a version of) process
+        ``name``. A name a caller deployed first is its tenant's: no other tenant starts it or changes what its
+        instances run. A shared one (deployed by the runtime's own code, a plugin say, or before tenants were
+        kept) every tenant starts, and callers of the default tenant redeploy. A name nobody deployed is free;
+        the runtime's own calls (no caller: timers, in-process use) may use every name."""
+        owner = current_owner()
+        if owner is None:
+            return True
+        deployed, tenant = await self.deployments.tenant_of(name)
+        if not deployed:
+            return True
+        if tenant is None:
+            return not to_deploy or owner.tenant == DEFAULT_TENANT
+        return tenant == owner.tenant
+
     async def _deployed(self, name: str) -> list[Deployment]:
         found = await self.deployments.find(name)
         if not found:
@@ -327,6 +351,8 @@ class ProcessOrchestrator:
             raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
         if variables is not None and not isinstance(variables, Mapping):
             raise InvalidInputError(f"variables must be a mapping, got {type(variables).__name__}")
+        if not await self._callers(name):  # another tenant's process: as if none were deployed
+            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
         if version is None:
             entry = await self.route(name, business_key)
             version, variant = int(entry["version"]), entry.get("variant")
@@ -793,6 +819,8 @@ class ProcessOrchestrator:
     ) -> list[dict[str, Any]]:
         views = []
         for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
+            if not await self._callers(name):  # another tenant's process: its messages are its own
+                continue
             deployment, spec = await self.routed(name, key)
             start = next((s for s in spec.starts() if s.message == message), None)
             if start is None:  # the version the rollout picked does not start on this message
