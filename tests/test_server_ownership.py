@@ -301,13 +301,15 @@ def test_a_start_key_is_its_callers_own(base: str) -> None:
         )
         starts = f"/journeys/sagas/designs/{design['journey_id']}/executions"
         ok(http.post("/processes", json=APPROVAL_PROCESS, headers=as_("key-ana")))
+        ok(http.post("/processes", json={**APPROVAL_PROCESS, "name": "eves"}, headers=as_("key-eve")))  # her tenant's
+        processes = {"key-ana": "approval", "key-bob": "approval", "key-eve": "eves"}
 
         def start(key: str, user: str) -> tuple[str, str, str]:
             body = {"user_id": user, "context": {"note": f"of-{key}"}, "start_key": "order-7"}
             saga = ok(http.post(starts, json=body, headers=as_(key)))
             process = ok(
                 http.post(
-                    "/processes/approval/instances",
+                    f"/processes/{processes[key]}/instances",
                     json={"business_key": f"b-{key}", "variables": {"note": f"of-{key}"}, "start_key": "order-8"},
                     headers=as_(key),
                 )
