@@ -146,6 +146,9 @@ class PgAdvisoryLocks(_PolledLocks):
         self._tries: list[tuple[int, asyncio.Future[int | None]]] = []
         self._unlocks: list[tuple[str, int, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # The lock connection's cursor per statement, used again: psycopg then keeps its adapters (a cursor
+        # built per call builds them again); one of a connection since lost is replaced on its next use.
+        self._cursors: dict[str, psycopg.AsyncRawCursor[Any]] = {}
 
     async def open(self) -> None:
         await self._connection()
@@ -232,11 +235,7 @@ class PgAdvisoryLocks(_PolledLocks):
         for _attempt in range(2):  # once more on a fresh connection if the lock connection dropped
             conn, generation = await self._connection()
             try:
-                cursor = await conn.execute(
-                    "SELECT t.i, pg_try_advisory_lock(t.k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i)",
-                    (keys,),
-                )
-                rows = await cursor.fetchall()
+                rows = await self._run(conn, TRY_LOCKS, keys)
             except psycopg.OperationalError:
                 if not conn.closed:
                     raise
@@ -247,6 +246,15 @@ class PgAdvisoryLocks(_PolledLocks):
                     attempt.set_result(generation if taken[i] else None)
             return
         raise StoreError("the journey lock connection keeps dropping")
+
+    async def _run(self, conn: psycopg.AsyncConnection[Any], sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` (one of this class's statements) for ``keys``, on the lock connection's cursor
+        for it (every row is read, so a kept cursor holds no result of more than a batch of keys)."""
+        cursor = self._cursors.get(sql)
+        if cursor is None or cursor.connection is not conn:
+            cursor = self._cursors[sql] = psycopg.AsyncRawCursor(conn)
+        await cursor.execute(sql, [keys], prepare=True)
+        return await cursor.fetchall()
 
     def _undo(self, instance_id: str, done: asyncio.Future[int | None]) -> None:
         if done.cancelled() or done.exception() is not None or done.result() is None:
@@ -280,10 +288,7 @@ class PgAdvisoryLocks(_PolledLocks):
             return
         assert conn is not None
         try:
-            await conn.execute(
-                "SELECT pg_advisory_unlock(t.k) FROM unnest(%s::bigint[]) AS t(k)",
-                ([lock_key(instance_id) for instance_id, _released in held],),
-            )
+            await self._run(conn, UNLOCKS, [lock_key(instance_id) for instance_id, _released in held])
         except psycopg.OperationalError:
             if not conn.closed:
                 raise
@@ -292,6 +297,10 @@ class PgAdvisoryLocks(_PolledLocks):
         for _instance_id, released in held:
             if not released.done():
                 released.set_result(None)
+
+
+TRY_LOCKS = "SELECT t.i, pg_try_advisory_lock(t.k) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, i)"
+UNLOCKS = "SELECT pg_advisory_unlock(t.k) FROM unnest($1::bigint[]) AS t(k)"
 
 
 def _report_failed_unlock(instance_id: str, released: asyncio.Future[None]) -> None:

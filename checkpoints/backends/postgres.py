@@ -58,6 +58,16 @@ async def probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
     _last_used[conn] = now
 
 
+class PooledConnection(psycopg.AsyncConnection[Any]):
+    """A connection of the process's pool, which keeps a cursor per hot-path statement it ran (see
+    :meth:`PostgresBackend._run`). A connection has one user at a time (whoever checked it out, or the
+    transaction on it), so its cursors have too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cursors: dict[str, psycopg.AsyncRawCursor[Any]] = {}  # by the statement's SQL text
+
+
 @asynccontextmanager
 async def open_pool(url: StoreURL, pool_size: int) -> AsyncIterator[AsyncConnectionPool[Any]]:
     """The process's psycopg pool: at most ``pool_size`` connections, shared by the LangGraph saver, the
@@ -67,6 +77,7 @@ async def open_pool(url: StoreURL, pool_size: int) -> AsyncIterator[AsyncConnect
     the pool's arguments and an ``autocommit`` of its own."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         url.target,
+        connection_class=PooledConnection,
         min_size=1,
         max_size=pool_size,
         open=False,
@@ -115,21 +126,27 @@ class PostgresBackend(Backend):
     async def _run(self, conn: psycopg.AsyncConnection[Any], statement: Executable, params: Params | None) -> list[Row]:
         """Run ``statement`` on ``conn``: planned once per connection; on a raw cursor, whose ``$n`` text and
         list of values psycopg sends as they are (a named query is parsed and its values reordered per call),
-        and rows are read when the result has some (``description`` would build its column objects first)."""
+        and rows are read when the result has some (``description`` would build its column objects first).
+
+        A pooled connection runs each statement on the cursor it ran it on before: psycopg then keeps that
+        cursor's adapters and their dumpers, which a new cursor builds again on every call (a quarter of a
+        statement's driver CPU). A cursor keeps its last result until its next call, so one whose result had
+        more than one row is not kept (at most a row per statement and connection stays in memory)."""
         compiled = self.compiled(statement, self._raw_dialect)
-        cursor = psycopg.AsyncRawCursor(conn, row_factory=tuple_row)
+        kept = conn.cursors if isinstance(conn, PooledConnection) else None
+        cursor = kept.pop(compiled.sql, None) if kept is not None else None
+        if cursor is None:
+            cursor = psycopg.AsyncRawCursor(conn, row_factory=tuple_row)
         await cursor.execute(compiled.sql, compiled.bind(params), prepare=True)
         result = cursor.pgresult
-        return (
-            compiled.rows(await cursor.fetchall())
-            if result is not None and result.status == ExecStatus.TUPLES_OK
-            else []
-        )
+        fetched = await cursor.fetchall() if result is not None and result.status == ExecStatus.TUPLES_OK else []
+        if kept is not None and len(fetched) <= 1:
+            kept[compiled.sql] = cursor  # given back only once it succeeded: a failed call's cursor is dropped
+        return compiled.rows(fetched) if fetched else []
 
     async def write(self, statements: Sequence[Executable], params: Params) -> list[Row]:
         statement = statements[0] if len(statements) == 1 else self._one_statement(tuple(statements))
-        async with self._pool.connection() as conn:
-            return await self._run(conn, statement, params)
+        return await self._pooled(statement, params)
 
     def _one_statement(self, statements: tuple[Executable, ...]) -> Executable:
         """The first statement, with the others as data-modifying CTEs: one statement, so one transaction."""
@@ -145,8 +162,20 @@ class PostgresBackend(Backend):
         return found
 
     async def read(self, statement: Executable, params: Params | None = None) -> list[Row]:
-        async with self._pool.connection() as conn:
+        return await self._pooled(statement, params)
+
+    async def _pooled(self, statement: Executable, params: Params | None) -> list[Row]:
+        """Run ``statement`` on a connection of the pool, taken with ``getconn`` and given back with ``putconn``.
+        Not the pool's ``connection()``: that also enters the connection's own context, whose commit on the
+        way out is a no-op on an autocommit connection that still costs a lock, a wait and a generator (a
+        seventh of a statement's driver CPU, on every step's event). ``putconn`` does what matters on the
+        way back: a connection given back mid-statement (a cancelled caller) or broken is closed and
+        replaced, one left in a transaction is rolled back."""
+        conn = await self._pool.getconn()
+        try:
             return await self._run(conn, statement, params)
+        finally:
+            await self._pool.putconn(conn)
 
 
 class _PoolTransaction:
