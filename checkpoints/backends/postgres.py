@@ -58,6 +58,9 @@ async def probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
     _last_used[conn] = now
 
 
+KEPT_CURSORS = 100  # per connection, as psycopg's prepared_max: statements built per call never pile up
+
+
 class PooledConnection(psycopg.AsyncConnection[Any]):
     """A connection of the process's pool, which keeps a cursor per hot-path statement it ran (see
     :meth:`PostgresBackend._run`). A connection has one user at a time (whoever checked it out, or the
@@ -140,7 +143,7 @@ class PostgresBackend(Backend):
         await cursor.execute(compiled.sql, compiled.bind(params), prepare=True)
         result = cursor.pgresult
         fetched = await cursor.fetchall() if result is not None and result.status == ExecStatus.TUPLES_OK else []
-        if kept is not None and len(fetched) <= 1:
+        if kept is not None and len(fetched) <= 1 and len(kept) < KEPT_CURSORS:
             kept[compiled.sql] = cursor  # given back only once it succeeded: a failed call's cursor is dropped
         return compiled.rows(fetched) if fetched else []
 
