@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from checkpoints.ownership import DEFAULT_TENANT, current_owner
 from nodes.errors import ConcurrencyKeyError, FlowSettingError, TimerDefinitionError
 from nodes.timer import parse_duration
 
@@ -127,7 +128,13 @@ class StartControls:
 
     @property
     def concurrency_key(self) -> str | None:
-        """The slot key: the spec's key path with the start's value (``$.tenant=acme``)."""
+        """The slot key: the spec's key path with the start's value (``$.tenant=acme``), within the tenant of
+        the caller the server acts for, so no tenant's journeys take another's slots (``globex:$.tenant=acme``).
+        The default tenant's starts and the runtime's own (timers, in-process use) share unprefixed keys."""
         if self.concurrency is None or self.concurrency_value is None:
             return None
-        return f"{self.concurrency.key}={self.concurrency_value}"[:200]
+        key = f"{self.concurrency.key}={self.concurrency_value}"
+        owner = current_owner()
+        if owner is not None and owner.tenant != DEFAULT_TENANT:
+            key = f"{owner.tenant}:{key}"
+        return key[:200]

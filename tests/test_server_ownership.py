@@ -379,3 +379,27 @@ def test_a_process_name_is_its_tenants_and_a_shared_one_is_everyones_to_start(ba
         started = ok(http.post("/processes/approval/instances", json={"business_key": "a3"}, headers=ana))
         assert (started["version"], started["status"]) == (1, "in_progress")
         assert ok(http.post("/processes", json={**one_step, "name": "shared"}, headers=ana))["version"] == 2
+
+
+def test_a_tenants_journeys_never_take_another_tenants_concurrency_slots(base: str) -> None:
+    """A design limited to one journey per ``$.customer``: ana's journey for customer c-1 holds her tenant's
+    slot; eve, of another tenant, starting her journey for a customer of the same name is not refused by
+    ana's (nor ana's second start let through by eve's)."""
+    spec = {
+        "journey_type": "review",
+        "steps": [{"step_id": "draft"}, {"step_id": "approve"}],
+        "concurrency": {"key": "$.customer", "limit": 1, "on_limit": "reject"},
+    }
+    with httpx.Client(base_url=base, timeout=60) as http:
+        starts = {}
+        for key in ("key-ana", "key-eve"):
+            design = ok(
+                http.post("/journeys/sagas/designs", json={"journey_type": "review", "spec": spec}, headers=as_(key))
+            )
+            starts[key] = f"/journeys/sagas/designs/{design['journey_id']}/executions"
+        body = {"user_id": "ana", "context": {"customer": "c-1"}}
+        with ThreadPoolExecutor(2) as pool:
+            first = [pool.submit(http.post, starts[key], json=body, headers=as_(key)) for key in ("key-ana", "key-eve")]
+            assert [f.result().status_code for f in first] == [200, 200]
+        again = http.post(starts["key-ana"], json=body, headers=as_("key-ana"))
+        assert again.status_code == 409 and again.json()["type"].endswith("ConcurrencyLimitError")
