@@ -284,6 +284,8 @@ def test_people_and_groups_are_named_per_tenant_in_the_inbox(base: str) -> None:
             assert ok_login.status_code == 200 and task_id not in ok_login.text
             form = ui.post(f"/ui/tasks/{task_id}/complete", data={"payload": '{"approved": true}'})
             assert form.status_code == 404 and "DE00" not in form.text
+            processes = ui.get("/ui/processes")  # ana's process is her tenant's: not listed, nor its instances
+            assert processes.status_code == 200 and "approval" not in processes.text
         # Nothing eve tried changed the task: cara, of ana's tenant and group, claims and completes it.
         assert ok(http.get(f"/tasks/{task_id}", headers=ana))["claimed_by"] is None
         ok(http.post(f"/tasks/{task_id}/claim", json={}, headers=cara))

@@ -34,7 +34,7 @@ from agents.deterministic import EchoAgent
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from checkpoints.ownership import DEFAULT_TENANT, current_owner
+from checkpoints.ownership import DEFAULT_TENANT, Viewer, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
@@ -298,6 +298,15 @@ class ProcessOrchestrator:
         if tenant is None:
             return not to_deploy or owner.tenant == DEFAULT_TENANT
         return tenant == owner.tenant
+
+    async def names(self, viewer: Viewer | None = None) -> list[str]:
+        """The deployed process names, sorted: with ``viewer`` (not an admin), those of its tenant and the
+        shared ones, as :meth:`_callers` lets it start them."""
+        names = sorted({d.name for d in await self.deployments.find()})
+        if viewer is None or viewer.admin:
+            return names
+        tenants = {name: (await self.deployments.tenant_of(name))[1] for name in names}
+        return [name for name in names if tenants[name] in (None, viewer.tenant)]
 
     async def _deployed(self, name: str) -> list[Deployment]:
         found = await self.deployments.find(name)
@@ -897,9 +906,12 @@ class ProcessOrchestrator:
                     changes.append({**change, "event": event.type, "element": event.step, "seq": event.seq})
         return changes
 
-    async def instances(self, name: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
-        """Instance summaries (id, process, version, business key, status), oldest first."""
-        found = await self.store.index.list_instances(pattern=PATTERN, status=status, limit=100_000)
+    async def instances(
+        self, name: str | None = None, *, status: str | None = None, viewer: Viewer | None = None
+    ) -> list[dict[str, Any]]:
+        """Instance summaries (id, process, version, business key, status), oldest first; those ``viewer`` may
+        see, with one."""
+        found = await self.store.index.list_instances(pattern=PATTERN, status=status, limit=100_000, viewer=viewer)
         by_design = {d.design_id: d for d in await self.deployments.find(name)}
         return [
             {

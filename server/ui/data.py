@@ -248,17 +248,17 @@ async def lifecycle_board(svc: ServerServices, viewer: Viewer) -> dict[str, Any]
     return {"columns": columns, "metrics": await lifecycle.dashboard(viewer=viewer)}
 
 
-async def process_overview(svc: ServerServices) -> list[dict[str, Any]]:
-    """Each deployed process: its versions with their rollout weights and instances per version and status."""
+async def process_overview(svc: ServerServices, viewer: Viewer) -> list[dict[str, Any]]:
+    """Each process ``viewer`` may start (its tenant's and the shared ones): its versions with their rollout
+    weights, and the instances it may see per version and status."""
     processes = svc.runtime.processes
-    instances = await processes.instances()
+    instances = await processes.instances(viewer=viewer)
     by_version: dict[tuple[str, int], dict[str, int]] = {}
     for found in instances:
         counts = by_version.setdefault((found["process"], found["version"]), {})
         counts[found["status"]] = counts.get(found["status"], 0) + 1
-    names = sorted({d.name for d in await processes.deployments.find()})
     overview = []
-    for name in names:
+    for name in await processes.names(viewer):
         versions = await processes.versions(name)
         overview.append(
             {

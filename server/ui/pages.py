@@ -337,4 +337,5 @@ async def lifecycle(request: Request, principal: Caller, svc: Services) -> HTMLR
 @router.get("/processes", response_class=HTMLResponse)
 async def processes(request: Request, principal: Caller, svc: Services) -> HTMLResponse:
     allow(principal, "read")
-    return _render(request, "processes.html", principal=principal, processes=await data.process_overview(svc))
+    overview = await data.process_overview(svc, svc.viewer(principal))
+    return _render(request, "processes.html", principal=principal, processes=overview)
