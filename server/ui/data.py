@@ -248,9 +248,9 @@ async def lifecycle_board(svc: ServerServices, viewer: Viewer) -> dict[str, Any]
     return {"columns": columns, "metrics": await lifecycle.dashboard(viewer=viewer)}
 
 
-async def process_overview(svc: ServerServices, viewer: Viewer) -> list[dict[str, Any]]:
-    """Each process ``viewer`` may start (its tenant's and the shared ones): its versions with their rollout
-    weights, and the instances it may see per version and status."""
+async def process_overview(svc: ServerServices, viewer: Viewer | None = None) -> list[dict[str, Any]]:
+    """Each process ``viewer`` may start (its tenant's and the shared ones; None: every process): its versions
+    with their rollout weights, and the instances it may see per version and status."""
     processes = svc.runtime.processes
     instances = await processes.instances(viewer=viewer)
     by_version: dict[tuple[str, int], dict[str, int]] = {}
