@@ -37,18 +37,19 @@ ROOT = Path(__file__).resolve().parent
 PYPROJECT = ROOT / "pyproject.toml"
 STAMP_NAME = ".journeys-installed"
 SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-python and classifiers say
-# What `compat` runs on the other interpreters: the README examples and everything the server serves. The
-# schemathesis tests (tests/test_openapi_fuzz.py: the OpenAPI document against the server, mostly Hypothesis
-# drawing examples) run once, in the whole suite.
-COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
+# What `compat` runs on the other interpreters: the README examples, the notebooks and everything the server
+# serves. The schemathesis tests (tests/test_openapi_fuzz.py: the OpenAPI document against the server, mostly
+# Hypothesis drawing examples) run once, in the whole suite.
+COMPAT_TESTS = ("tests/test_docs.py", "tests/test_notebooks.py", "tests/test_server_*.py")
 # ... but not the quick benchmarks (tests/test_server_benchmark.py: a minute or two of parking journeys on a
 # server and workers to check that benchmarks/ still runs, with no bound on the figures). They run once, in the
 # whole suite: every route and process they drive is exercised by the other server tests on each interpreter.
 COMPAT_SKIPPED = ("tests/test_server_benchmark.py",)
-# `ci` shares the server test modules out among the other interpreters (JOURNEYS_COMPAT_SHARE="i/n"), balanced
-# by their recorded durations: 3.12 and 3.13 both carry the changes since 3.11 that touch us (asyncio, typing,
-# the C extensions' builds), so every server test runs on a newer Python once and CI stays under 20 minutes.
-# Each interpreter runs every README example. `python3 dev.py compat` alone runs them all.
+# `ci` shares the server test modules and the notebooks out among the other interpreters
+# (JOURNEYS_COMPAT_SHARE="i/n"), balanced by their recorded durations: 3.12 and 3.13 both carry the changes since
+# 3.11 that touch us (asyncio, typing, the C extensions' builds), so every server test and notebook runs on a
+# newer Python once and CI stays within its budget. Each interpreter runs every example of the README and docs/
+# (tests/test_docs.py). `python3 dev.py compat` alone runs them all.
 COMPAT_SHARED = ("tests/test_docs.py",)
 DURATIONS = ROOT / "tests" / "durations.json"
 PYTEST_NO_TESTS_COLLECTED = 5
@@ -237,7 +238,9 @@ def ci(venv: Path) -> None:
     """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found.
 
     The other interpreters' venvs are installed while the suite runs (one after the other, in the background):
-    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time."""
+    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time.
+    Their compatibility runs then run at the same time, each with COMPAT_WORKERS xdist workers: one run alone
+    left the cores idle while its tests waited on servers and databases, and in its last tests."""
     others = other_interpreters()
     uv = ensure_uv(venv) if others else None
     installs = BackgroundInstalls(others, uv)
@@ -247,18 +250,57 @@ def ci(venv: Path) -> None:
         installs.stop()
         raise
     covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
-    for number, (name, python) in enumerate(others.items(), start=1):
-        installs.wait(name)
-        log(f"Python {name}: {python}")
-        command = [python, str(ROOT / "dev.py"), "compat"]
-        env = {**compat_env(name, uv), "JOURNEYS_COMPAT_SHARE": f"{number}/{len(others)}"}
-        code = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
-        if code != 0:
-            log(f"Python {name} failed (exit code {code})")
-            sys.exit(code)
-        covered.append(f"{name} (README examples and share {number}/{len(others)} of the server tests)")
+    runs: list[CompatRun] = []
+    try:
+        for number, (name, python) in enumerate(others.items(), start=1):
+            installs.wait(name)
+            runs.append(CompatRun(name, python, f"{number}/{len(others)}", uv))
+        failed = [run for run in runs if run.finish() != 0]
+    finally:
+        for run in runs:
+            run.stop()
+    if failed:
+        log(f"Python {', '.join(run.name for run in failed)} failed")
+        sys.exit(failed[0].code or 1)
+    for run in runs:
+        covered.append(f"{run.name} (README examples and share {run.share} of the server tests)")
     installs.output.unlink(missing_ok=True)
     log("CI covered Python " + ", ".join(covered))
+
+
+# xdist workers of each compatibility run in `ci`, which run at the same time: two each for the two newer
+# Pythons keep about as many tests in flight as the whole suite's XDIST_WORKERS, plus one.
+COMPAT_WORKERS = 2
+
+
+class CompatRun:
+    """`dev.py compat` on another interpreter, started now, its output kept in a temporary file (two runs at
+    once would interleave their lines) and shown when it has ended."""
+
+    def __init__(self, name: str, python: str, share: str, uv: str | None) -> None:
+        self.name, self.share = name, share
+        self.code: int | None = None
+        self.output = Path(tempfile.mkstemp(prefix=f"journeys-compat-{name}-", suffix=".log")[1])
+        log(f"Python {name}: {python}, share {share} of the server tests (its output: {self.output})")
+        command = [python, str(ROOT / "dev.py"), "compat", "-n", str(COMPAT_WORKERS)]
+        env = {**compat_env(name, uv), "JOURNEYS_COMPAT_SHARE": share}
+        with self.output.open("wb") as sink:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+    def finish(self) -> int:
+        """Wait for the run to end, show its output, and return its exit code."""
+        self.code = self.process.wait()
+        sys.stdout.write(self.output.read_text(errors="replace"))
+        sys.stdout.flush()
+        log(f"Python {self.name} {'passed' if self.code == 0 else f'failed (exit code {self.code})'}")
+        self.output.unlink(missing_ok=True)
+        return self.code
+
+    def stop(self) -> None:
+        """Stop the run if it is still going (CI was interrupted, or another run's output could not be shown)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
 
 
 def compat_env(name: str, uv: str | None) -> dict[str, str]:
