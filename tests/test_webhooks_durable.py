@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import Engine, create_engine, select
 
 from checkpoints.schema.tables import process_timers
 from checkpoints.url import parse_store_url
@@ -83,15 +83,11 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def webhook_timers(url: str, run_id: str) -> list[tuple[str, datetime]]:
+def webhook_timers(engine: Engine, run_id: str) -> list[tuple[str, datetime]]:
     """The status and due time of each armed attempt of ``run_id``'s webhook (its timers), as stored."""
-    engine = create_engine(parse_store_url(url).sqlalchemy_url.replace("+aiosqlite", ""))  # a sync driver
     t = process_timers.c
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(t.status, t.due_at).where(t.timer_id.like(f"webhook:{run_id}:%"))).all()
-    finally:
-        engine.dispose()
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.status, t.due_at).where(t.timer_id.like(f"webhook:{run_id}:%"))).all()
     return [(status, due.replace(tzinfo=due.tzinfo or UTC)) for status, due in rows]
 
 
@@ -100,17 +96,21 @@ def kill_between_attempts(process: subprocess.Popen[bytes], url: str, run_id: st
     is armed and not due for a moment (attempts back off from 0.5 s), so no claim can come before the kill.
     An attempt killed in flight would be claimed again only once its lease (a minute) is up: that is the
     timers' own path (tests/test_process_user_tasks.py, a claim is a lease), the same for every purpose."""
+    engine = create_engine(parse_store_url(url).sqlalchemy_url.replace("+aiosqlite", ""))  # a sync driver
     deadline = time.monotonic() + 30
-    while True:
-        timers = webhook_timers(url, run_id)
-        next_due = min((due for status, due in timers if status == "scheduled"), default=None)
-        in_flight = any(status == "firing" for status, _due in timers)
-        if next_due is not None and not in_flight and next_due - datetime.now(UTC) > timedelta(seconds=0.2):
-            kill(process)
-            break
-        assert time.monotonic() < deadline, f"no webhook attempt was armed and waiting: {timers}"
-        time.sleep(0.02)
-    assert "firing" not in {status for status, _due in webhook_timers(url, run_id)}
+    try:
+        while True:
+            timers = webhook_timers(engine, run_id)
+            next_due = min((due for status, due in timers if status == "scheduled"), default=None)
+            in_flight = any(status == "firing" for status, _due in timers)
+            if next_due is not None and not in_flight and next_due - datetime.now(UTC) > timedelta(seconds=0.2):
+                kill(process)
+                break
+            assert time.monotonic() < deadline, f"no webhook attempt was armed and waiting: {timers}"
+            time.sleep(0.02)
+        assert "firing" not in {status for status, _due in webhook_timers(engine, run_id)}
+    finally:
+        engine.dispose()
 
 
 def run_to_its_end(base: str, hook: str) -> str:
