@@ -253,9 +253,7 @@ def ci(venv: Path) -> None:
     """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found.
 
     The other interpreters' venvs are installed while the suite runs (one after the other, in the background):
-    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time.
-    Their compatibility runs then run at the same time, each with COMPAT_WORKERS xdist workers: one run alone
-    left the cores idle while its tests waited on servers and databases, and in its last tests."""
+    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time."""
     others = other_interpreters()
     uv = ensure_uv(venv) if others else None
     installs = BackgroundInstalls(others, uv)
@@ -265,57 +263,18 @@ def ci(venv: Path) -> None:
         installs.stop()
         raise
     covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
-    runs: list[CompatRun] = []
-    try:
-        for number, (name, python) in enumerate(others.items(), start=1):
-            installs.wait(name)
-            runs.append(CompatRun(name, python, f"{number}/{len(others)}", uv))
-        failed = [run for run in runs if run.finish() != 0]
-    finally:
-        for run in runs:
-            run.stop()
-    if failed:
-        log(f"Python {', '.join(run.name for run in failed)} failed")
-        sys.exit(failed[0].code or 1)
-    for run in runs:
-        covered.append(f"{run.name} (README examples and share {run.share} of the server tests)")
+    for number, (name, python) in enumerate(others.items(), start=1):
+        installs.wait(name)
+        log(f"Python {name}: {python}")
+        command = [python, str(ROOT / "dev.py"), "compat"]
+        env = {**compat_env(name, uv), "JOURNEYS_COMPAT_SHARE": f"{number}/{len(others)}"}
+        code = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+        if code != 0:
+            log(f"Python {name} failed (exit code {code})")
+            sys.exit(code)
+        covered.append(f"{name} (README examples and share {number}/{len(others)} of the server tests)")
     installs.output.unlink(missing_ok=True)
     log("CI covered Python " + ", ".join(covered))
-
-
-# xdist workers of each compatibility run in `ci`, which run at the same time: two each for the two newer
-# Pythons keep about as many tests in flight as the whole suite's XDIST_WORKERS, plus one.
-COMPAT_WORKERS = 2
-
-
-class CompatRun:
-    """`dev.py compat` on another interpreter, started now, its output kept in a temporary file (two runs at
-    once would interleave their lines) and shown when it has ended."""
-
-    def __init__(self, name: str, python: str, share: str, uv: str | None) -> None:
-        self.name, self.share = name, share
-        self.code: int | None = None
-        self.output = Path(tempfile.mkstemp(prefix=f"journeys-compat-{name}-", suffix=".log")[1])
-        log(f"Python {name}: {python}, share {share} of the server tests (its output: {self.output})")
-        command = [python, str(ROOT / "dev.py"), "compat", "-n", str(COMPAT_WORKERS)]
-        env = {**compat_env(name, uv), "JOURNEYS_COMPAT_SHARE": share}
-        with self.output.open("wb") as sink:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-
-    def finish(self) -> int:
-        """Wait for the run to end, show its output, and return its exit code."""
-        self.code = self.process.wait()
-        sys.stdout.write(self.output.read_text(errors="replace"))
-        sys.stdout.flush()
-        log(f"Python {self.name} {'passed' if self.code == 0 else f'failed (exit code {self.code})'}")
-        self.output.unlink(missing_ok=True)
-        return self.code
-
-    def stop(self) -> None:
-        """Stop the run if it is still going (CI was interrupted, or another run's output could not be shown)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait()
 
 
 def compat_env(name: str, uv: str | None) -> dict[str, str]:
