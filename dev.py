@@ -4,7 +4,7 @@
 Usage:
     python3 dev.py setup               create .venv and install journeys[test] into it
     python3 dev.py demo [args]         ... then run `journeys demo [args]`
-    python3 dev.py test [pytest args]  ... then run ruff, mypy and pytest, stopping at the first failure
+    python3 dev.py test [pytest args]  ... then run ruff, then pytest with mypy beside it; fails if any fails
     python3 dev.py compat [args]       ... then run only the README examples and the server tests
     python3 dev.py ci                  `test` on this interpreter, then `compat` on every other supported
                                        Python found (on PATH or under pyenv), each in its own .venv-3.X:
@@ -37,18 +37,19 @@ ROOT = Path(__file__).resolve().parent
 PYPROJECT = ROOT / "pyproject.toml"
 STAMP_NAME = ".journeys-installed"
 SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))  # as pyproject.toml's requires-python and classifiers say
-# What `compat` runs on the other interpreters: the README examples and everything the server serves. The
-# schemathesis tests (tests/test_openapi_fuzz.py: the OpenAPI document against the server, mostly Hypothesis
-# drawing examples) run once, in the whole suite.
-COMPAT_TESTS = ("tests/test_docs.py", "tests/test_server_*.py")
+# What `compat` runs on the other interpreters: the README examples, the notebooks and everything the server
+# serves. The schemathesis tests (tests/test_openapi_fuzz.py: the OpenAPI document against the server, mostly
+# Hypothesis drawing examples) run once, in the whole suite.
+COMPAT_TESTS = ("tests/test_docs.py", "tests/test_notebooks.py", "tests/test_server_*.py")
 # ... but not the quick benchmarks (tests/test_server_benchmark.py: a minute or two of parking journeys on a
 # server and workers to check that benchmarks/ still runs, with no bound on the figures). They run once, in the
 # whole suite: every route and process they drive is exercised by the other server tests on each interpreter.
 COMPAT_SKIPPED = ("tests/test_server_benchmark.py",)
-# `ci` shares the server test modules out among the other interpreters (JOURNEYS_COMPAT_SHARE="i/n"), balanced
-# by their recorded durations: 3.12 and 3.13 both carry the changes since 3.11 that touch us (asyncio, typing,
-# the C extensions' builds), so every server test runs on a newer Python once and CI stays under 20 minutes.
-# Each interpreter runs every README example. `python3 dev.py compat` alone runs them all.
+# `ci` shares the server test modules and the notebooks out among the other interpreters
+# (JOURNEYS_COMPAT_SHARE="i/n"), balanced by their recorded durations: 3.12 and 3.13 both carry the changes since
+# 3.11 that touch us (asyncio, typing, the C extensions' builds), so every server test and notebook runs on a
+# newer Python once and CI stays within its budget. Each interpreter runs every example of the README and docs/
+# (tests/test_docs.py). `python3 dev.py compat` alone runs them all.
 COMPAT_SHARED = ("tests/test_docs.py",)
 DURATIONS = ROOT / "tests" / "durations.json"
 PYTEST_NO_TESTS_COLLECTED = 5
@@ -155,12 +156,27 @@ def demo(venv: Path, args: Sequence[str]) -> None:
 
 
 def test(venv: Path, pytest_args: Sequence[str]) -> None:
+    """ruff, then pytest with mypy beside it: mypy is one core's work for most of a minute on a fresh clone
+    (no cache yet), which the tests' first minute, waiting on servers and databases, leaves room for. Its
+    output is shown, and a failure stops here, as soon as pytest has ended."""
     log("ruff check .")
     check([venv_bin(venv, "ruff"), "check", "."], "ruff")
-    log("mypy")
-    check([venv_bin(venv, "mypy")], "mypy")
-    log("pytest " + " ".join(pytest_args))
-    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", str(XDIST_WORKERS), *pytest_args])
+    log("mypy, in the background")
+    with tempfile.TemporaryFile() as mypy_output:
+        mypy = subprocess.Popen([venv_bin(venv, "mypy")], cwd=ROOT, stdout=mypy_output, stderr=subprocess.STDOUT)
+        try:
+            log("pytest " + " ".join(pytest_args))
+            code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", str(XDIST_WORKERS), *pytest_args])
+            mypy_code = mypy.wait()
+        finally:
+            if mypy.poll() is None:  # pytest was interrupted
+                mypy.terminate()
+        mypy_output.seek(0)
+        sys.stdout.buffer.write(mypy_output.read())
+        sys.stdout.flush()
+    if mypy_code != 0:
+        log(f"mypy failed (exit code {mypy_code})")
+        sys.exit(mypy_code)
     if code == PYTEST_NO_TESTS_COLLECTED:
         log("pytest collected no tests: treating that as a failure")
         sys.exit(code)

@@ -5,6 +5,7 @@
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-start async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-resume SAGA_ID async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-compensate
+    python tests/crash_child.py standby    then one of the above as a JSON list on stdin
 
 Every step's agent stands for an external service with side effects, kept in the SQLite file
 EFFECTS_DB (not the journey store): each call appends ``invocations(key, pid)`` and does
@@ -302,4 +303,6 @@ def durability(value: str) -> Durability:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # ``standby``: the command comes later, as one line of JSON on stdin. The parent starts the process that
+    # resumes a killed one while that one still runs, so that its imports are done by the kill.
+    main(json.loads(sys.stdin.readline()) if sys.argv[1:] == ["standby"] else sys.argv[1:])

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from graphs.process.timers import FiringReport, TimerScheduler
 from server.runs.store import RunRow, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +86,49 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+class SchedulerPasses:
+    """The passes of an in-process server's timer scheduler (``app`` served by :func:`serving`), counted so that
+    a test that moved the virtual clock waits for whole passes at the new time instead of sleeping past a few
+    of its one-second polls. Its loop stays the product's: each pass is the one it would make, woken early."""
+
+    def __init__(self, app: FastAPI) -> None:
+        scheduler: TimerScheduler = app.state.services.runtime.processes.scheduler
+        self._scheduler = scheduler
+        self._changed = threading.Condition()
+        self._started = self._ended = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        run_due = scheduler.run_due
+
+        async def counted(now: datetime | None = None) -> FiringReport:
+            with self._changed:
+                self._loop = asyncio.get_running_loop()
+                self._started += 1  # before the pass reads the clock
+            try:
+                return await run_due(now)
+            finally:
+                with self._changed:
+                    self._ended += 1
+                    self._changed.notify_all()
+
+        scheduler.run_due = counted  # type: ignore[method-assign]  # the loop looks it up on each pass
+
+    def _wait(self, passes: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            target = self._started + passes  # passes that begin after this call, so after the clock moved
+            while self._ended < target:
+                if self._loop is not None:  # wake the loop now rather than at its next poll
+                    self._loop.call_soon_threadsafe(self._scheduler.wake)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the timer scheduler made {self._ended} of {target} passes in {seconds} s")
+                self._changed.wait(0.05)
+
+    async def complete(self, passes: int = 2, seconds: float = 30) -> None:
+        """Return once ``passes`` whole passes have begun and ended after this call: the first fires what is due
+        at the clock's time, the second would fire anything that first one left due."""
+        await asyncio.to_thread(self._wait, passes, seconds)
 
 
 def start_worker(url: str, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

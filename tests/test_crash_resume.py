@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,14 +92,17 @@ class Deadline:
 
 
 class Child:
-    """``crash_child.py`` in a process of its own; its stdout lines are collected by a thread."""
+    """``crash_child.py`` in a process of its own; its stdout lines are collected by a thread. Without ``args``
+    it starts in standby: it imports what it runs, then waits for :meth:`go` to say what."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str] | None, log: Path) -> None:
         self.log = log
+        self.args = args or ["standby"]
         self._stderr = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), *args],
+            [sys.executable, str(CHILD), *self.args],
             cwd=ROOT,
+            stdin=subprocess.DEVNULL if args else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
@@ -107,6 +111,13 @@ class Child:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def go(self, args: list[str]) -> None:
+        """Tell a child in standby what to run."""
+        assert self.proc.stdin is not None and self.args == ["standby"]
+        self.args = args
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.close()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -170,16 +181,28 @@ class Child:
         self.close()
         output = "\n".join(self.lines[-30:])
         errors = self.log.read_text(errors="replace")[-4000:]
-        pytest.fail(f"child {self.proc.args[2:]} {why}\n--- stdout ---\n{output}\n--- stderr ---\n{errors}")
+        pytest.fail(f"child {self.args} {why}\n--- stdout ---\n{output}\n--- stderr ---\n{errors}")
 
     def close(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self._reader.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         self._stderr.close()
+
+
+@pytest.fixture
+def standby(tmp_path: Path) -> Iterator[Child]:
+    """The child that resumes what the killed one left, started with the test: its imports (most of a process's
+    start) are done while the first child runs, and it is told what to do once that one was killed."""
+    child = Child(None, tmp_path / "resume.stderr")
+    try:
+        yield child
+    finally:
+        child.close()
 
 
 def query(effects_db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -224,7 +247,7 @@ def look_at_store(url: str, journey_id: str, instance_id: str) -> StoreView:
 
 
 @pytest.mark.parametrize("crash", list(CRASHES.values()), ids=list(CRASHES))
-def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path) -> None:
+def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path, standby: Child) -> None:
     deadline = Deadline(CASE_BUDGET_S)
     effects_db = tmp_path / "external_service.db"
     start_args = [durable_url, str(effects_db), "start", crash.mode, *([crash.hold] if crash.hold else [])]
@@ -253,7 +276,8 @@ def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path
     logged_before = {e.key for e in before.events if e.type == "step.completed"}
 
     # 2. A fresh process recovers the journey and finishes it.
-    second = Child([durable_url, str(effects_db), "resume", journey_id], tmp_path / "resume.stderr")
+    second = standby
+    second.go([durable_url, str(effects_db), "resume", journey_id])
     try:
         second.finish(deadline)
     finally:
@@ -328,7 +352,9 @@ def _value(lines: list[str], prefix: str) -> Any:
 
 
 @pytest.mark.parametrize("durability", ["async", "exit"])
-def test_a_retried_compensation_survives_sigkill(durable_url: str, durability: str, tmp_path: Path) -> None:
+def test_a_retried_compensation_survives_sigkill(
+    durable_url: str, durability: str, tmp_path: Path, standby: Child
+) -> None:
     """A saga's compensation failed for good; its retry is SIGKILLed between two compensations (just after
     the second one's side effect). A fresh process finishes the compensation: every undo takes effect
     once, and only the one call the kill landed in is made twice, with the same idempotency key."""
@@ -348,7 +374,7 @@ def test_a_retried_compensation_survives_sigkill(durable_url: str, durability: s
     assert len(invoked_at_kill) == 2  # revert_transformation, then revert_analysis: held just after its effect
 
     # The retry checkpointed the compensation as pending before running it: recover() finishes it.
-    second, events, keys = _resume_compensation(durable_url, saga_id, durability, effects_db, tmp_path, deadline)
+    second, events, keys = _resume_compensation(standby, durable_url, saga_id, durability, effects_db, deadline)
     invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
     assert [key for key, _ in invocations] == [keys[0], keys[1], keys[1], keys[2]]
     assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid, second.proc.pid]
@@ -367,11 +393,12 @@ UNDONE = ["transform_data", "analyze_content", "upload_content"]  # the saga's c
 
 
 def _resume_compensation(
-    url: str, saga_id: str, durability: str, effects_db: Path, tmp_path: Path, deadline: Deadline
+    second: Child, url: str, saga_id: str, durability: str, effects_db: Path, deadline: Deadline
 ) -> tuple[Child, list[Event], list[str]]:
-    """A fresh process recovers the saga killed mid-compensation: recover() resumes it, it ends compensated,
-    and every undo took effect once. Returns the process, the saga's events and the undos' keys in order."""
-    second = Child([url, str(effects_db), "saga-resume", saga_id, durability], tmp_path / "resume.stderr")
+    """A fresh process (``second``, in standby) recovers the saga killed mid-compensation: recover() resumes
+    it, it ends compensated, and every undo took effect once. Returns the process, the saga's events and the
+    undos' keys in order."""
+    second.go([url, str(effects_db), "saga-resume", saga_id, durability])
     try:
         second.finish(deadline)
     finally:
@@ -391,7 +418,7 @@ async def _history(url: str, instance_id: str) -> list[Event]:
         return await runtime.history(instance_id)
 
 
-def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path) -> None:
+def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path, standby: Child) -> None:
     """A saga's last step fails and its compensation starts; the run is SIGKILLed just after the second
     undo's completion event commits (before its checkpoint). A fresh process's recover() finishes the
     compensation: every undo takes effect and is invoked exactly once, and the saga is compensated."""
@@ -406,7 +433,7 @@ def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path) -> No
     assert not any(line.startswith("STATUS ") for line in first.lines)
     assert len(query(effects_db, "SELECT key FROM invocations")) == 2  # transform_data's undo, analyze_content's
 
-    second, events, keys = _resume_compensation(durable_url, saga_id, "async", effects_db, tmp_path, deadline)
+    second, events, keys = _resume_compensation(standby, durable_url, saga_id, "async", effects_db, deadline)
     invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
     assert [key for key, _ in invocations] == keys  # no undo ran twice
     assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid]

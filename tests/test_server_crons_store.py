@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypedDict, get_type_hints
@@ -23,7 +22,7 @@ from checkpoints import VirtualClock
 from graphs import JourneyRuntime
 from server.app import create_app
 from server.settings import Settings
-from tests.server_support import serving
+from tests.server_support import SchedulerPasses, serving
 
 pytestmark = pytest.mark.slow
 
@@ -151,21 +150,32 @@ def clock() -> VirtualClock:
 
 
 @pytest.fixture
-async def cron_client(store_url: str, clock: VirtualClock) -> AsyncIterator[LangGraphClient]:
-    """The server on a virtual clock: its timer scheduler (which fires crons) polls every second."""
-    with serving(create_app(Settings(database_url=store_url, auth=False), clock=clock)) as base:
-        async with get_client(url=base, api_key=None) as sdk:
-            yield sdk
+def cron_server(store_url: str, clock: VirtualClock) -> Iterator[tuple[str, SchedulerPasses]]:
+    """The server on a virtual clock, and the passes of its timer scheduler (which fires crons)."""
+    app = create_app(Settings(database_url=store_url, auth=False), clock=clock)
+    with serving(app) as base:
+        yield base, SchedulerPasses(app)
 
 
-async def cron_threads(client: LangGraphClient, *, settle: float = 2.5) -> list[dict[str, Any]]:
-    """The threads the crons' firings made, once the scheduler has had ``settle`` seconds to look."""
-    await asyncio.sleep(settle)
+@pytest.fixture
+async def cron_client(cron_server: tuple[str, SchedulerPasses]) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=cron_server[0], api_key=None) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def passes(cron_server: tuple[str, SchedulerPasses]) -> SchedulerPasses:
+    return cron_server[1]
+
+
+async def cron_threads(client: LangGraphClient, passes: SchedulerPasses) -> list[dict[str, Any]]:
+    """The threads the crons' firings made, once the scheduler has made two whole passes at the clock's time."""
+    await passes.complete()
     return [t for t in await client.threads.search(limit=100) if t["metadata"].get("graph_id") == "structured"]
 
 
 async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
-    cron_client: LangGraphClient, clock: VirtualClock
+    cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:
     client = cron_client
     cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, metadata={"team": "ops"})
@@ -175,15 +185,15 @@ async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
     assert cron["payload"]["input"] == JOURNEY and cron["metadata"] == {"team": "ops"}
 
     clock.set(datetime(2026, 3, 2, 8, 59, 59, tzinfo=UTC))
-    assert await cron_threads(client) == []  # never early
+    assert await cron_threads(client, passes) == []  # never early
     clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
-    [first] = await cron_threads(client)
+    [first] = await cron_threads(client, passes)
     [run] = await client.runs.list(first["thread_id"])
     assert run["metadata"]["cron_id"] == cron["cron_id"]
     assert (await client.runs.join(first["thread_id"], run["run_id"]))["current_step"] == "upload_content"
 
     clock.set(datetime(2026, 3, 5, 12, 0, tzinfo=UTC))  # three ticks missed while nothing fired them
-    assert len(await cron_threads(client)) == 2  # caught up with one firing, not three
+    assert len(await cron_threads(client, passes)) == 2  # caught up with one firing, not three
     [found] = await client.crons.search(assistant_id="structured")
     assert_shape(found, Cron)
     assert datetime.fromisoformat(found["next_run_date"]) == datetime(2026, 3, 6, 9, 0, tzinfo=UTC)
@@ -191,7 +201,7 @@ async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
     paused = await client.crons.update(cron["cron_id"], enabled=False)
     assert paused["enabled"] is False and paused["next_run_date"] is None
     clock.set(datetime(2026, 3, 6, 9, 30, tzinfo=UTC))
-    assert len(await cron_threads(client)) == 2
+    assert len(await cron_threads(client, passes)) == 2
     assert await client.crons.count(assistant_id="structured") == 1
     assert await client.crons.search(enabled=True) == []
     resumed = await client.crons.update(cron["cron_id"], enabled=True, schedule="30 10 * * *")
@@ -202,11 +212,11 @@ async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
     with pytest.raises(NotFoundError):
         await client.crons.delete(cron["cron_id"])
     clock.set(datetime(2026, 3, 7, 12, 0, tzinfo=UTC))
-    assert len(await cron_threads(client)) == 2  # a deleted cron's timer is gone with it
+    assert len(await cron_threads(client, passes)) == 2  # a deleted cron's timer is gone with it
 
 
 async def test_a_cron_stops_at_its_end_time_and_takes_a_timezone(
-    cron_client: LangGraphClient, clock: VirtualClock
+    cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:
     client = cron_client
     cron = await client.crons.create(
@@ -218,9 +228,9 @@ async def test_a_cron_stops_at_its_end_time_and_takes_a_timezone(
     )
     assert datetime.fromisoformat(cron["next_run_date"]) == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
     clock.set(datetime(2026, 3, 3, 8, 0, tzinfo=UTC))
-    assert len(await cron_threads(client)) == 1
+    assert len(await cron_threads(client, passes)) == 1
     clock.set(datetime(2026, 3, 6, 8, 0, tzinfo=UTC))
-    assert len(await cron_threads(client)) == 1  # past its end time: no more firings
+    assert len(await cron_threads(client, passes)) == 1  # past its end time: no more firings
     [spent] = await client.crons.search()
     assert spent["next_run_date"] is None
 
@@ -256,7 +266,7 @@ async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_
 
 
 async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own(
-    cron_client: LangGraphClient, clock: VirtualClock
+    cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:
     """crons.create takes an assistant made with assistants.create (as runs do), and each firing's run gets
     that assistant's graph, its config and the cron's own config and context, as a run created with them
@@ -274,7 +284,7 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
     assert cron["assistant_id"] == mine["assistant_id"]
     assert [c["cron_id"] for c in await client.crons.search(assistant_id=mine["assistant_id"])] == [cron["cron_id"]]
     clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
-    [fired] = await cron_threads(client)
+    [fired] = await cron_threads(client, passes)
     [run] = await client.runs.list(fired["thread_id"])
     assert run["assistant_id"] == mine["assistant_id"]
     assert run["kwargs"]["config"] == {"configurable": {"team": "ops", "region": "us"}, "tags": ["nightly"]}

@@ -13,14 +13,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 import pytest
+from sqlalchemy import Engine, create_engine, select
 
-from checkpoints.process.timers import DEFAULT_LEASE
+from checkpoints.schema.tables import process_timers
+from checkpoints.url import parse_store_url
 from tests.server_support import ROOT, free_port, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -80,6 +83,36 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
+def webhook_timers(engine: Engine, run_id: str) -> list[tuple[str, datetime]]:
+    """The status and due time of each armed attempt of ``run_id``'s webhook (its timers), as stored."""
+    t = process_timers.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.status, t.due_at).where(t.timer_id.like(f"webhook:{run_id}:%"))).all()
+    return [(status, due.replace(tzinfo=due.tzinfo or UTC)) for status, due in rows]
+
+
+def kill_between_attempts(process: subprocess.Popen[bytes], url: str, run_id: str) -> None:
+    """SIGKILL ``process`` while none of ``run_id``'s webhook attempts is in flight: one failed, and the next
+    is armed and not due for a moment (attempts back off from 0.5 s), so no claim can come before the kill.
+    An attempt killed in flight would be claimed again only once its lease (a minute) is up: that is the
+    timers' own path (tests/test_process_user_tasks.py, a claim is a lease), the same for every purpose."""
+    engine = create_engine(parse_store_url(url).sqlalchemy_url.replace("+aiosqlite", ""))  # a sync driver
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            timers = webhook_timers(engine, run_id)
+            next_due = min((due for status, due in timers if status == "scheduled"), default=None)
+            in_flight = any(status == "firing" for status, _due in timers)
+            if next_due is not None and not in_flight and next_due - datetime.now(UTC) > timedelta(seconds=0.2):
+                kill(process)
+                break
+            assert time.monotonic() < deadline, f"no webhook attempt was armed and waiting: {timers}"
+            time.sleep(0.02)
+        assert "firing" not in {status for status, _due in webhook_timers(engine, run_id)}
+    finally:
+        engine.dispose()
+
+
 def run_to_its_end(base: str, hook: str) -> str:
     """A structured journey's first run, with a webhook; its id once it has ended."""
     with httpx.Client(base_url=base, timeout=60) as api:
@@ -110,14 +143,13 @@ def test_a_webhook_not_yet_delivered_when_the_server_was_killed_is_delivered_aft
     try:
         # The receiver is down while the run ends: the first attempts fail, then the process is killed.
         run_id = run_to_its_end(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hook_port}/hook")
+        kill_between_attempts(first, url, run_id)
     finally:
         kill(first)
     with receiving(hook_port) as calls:
         second = serve(url, port, log)
         try:
-            # A kill that lands while an attempt is in flight leaves its timer claimed: it is retried once the
-            # claim's lease (60 s) has passed, so the delivery may take that long.
-            [call] = delivered(calls, DEFAULT_LEASE.total_seconds() + 30)
+            [call] = delivered(calls)
         finally:
             stop_worker(second)
     assert (call["run_id"], call["status"]) == (run_id, "success")
@@ -131,10 +163,10 @@ def test_a_webhook_is_delivered_by_another_worker_when_its_worker_was_killed(pos
     worker = start_worker(postgres_url)
     try:
         run_id = run_to_its_end(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hook_port}/hook")
-        kill(worker)
+        kill_between_attempts(worker, postgres_url, run_id)
         with receiving(hook_port) as calls:
             worker = start_worker(postgres_url)
-            [call] = delivered(calls, DEFAULT_LEASE.total_seconds() + 30)  # an attempt killed in flight: its lease
+            [call] = delivered(calls)
         assert (call["run_id"], call["status"]) == (run_id, "success")
     finally:
         stop_worker(worker)
