@@ -4,7 +4,7 @@
 Usage:
     python3 dev.py setup               create .venv and install journeys[test] into it
     python3 dev.py demo [args]         ... then run `journeys demo [args]`
-    python3 dev.py test [pytest args]  ... then run ruff, then pytest with mypy beside it; fails if any fails
+    python3 dev.py test [pytest args]  ... then run ruff, mypy and pytest, stopping at the first failure
     python3 dev.py compat [args]       ... then run only the README examples and the server tests
     python3 dev.py ci                  `test` on this interpreter, then `compat` on every other supported
                                        Python found (on PATH or under pyenv), each in its own .venv-3.X:
@@ -156,27 +156,12 @@ def demo(venv: Path, args: Sequence[str]) -> None:
 
 
 def test(venv: Path, pytest_args: Sequence[str]) -> None:
-    """ruff, then pytest with mypy beside it: mypy is one core's work for most of a minute on a fresh clone
-    (no cache yet), which the tests' first minute, waiting on servers and databases, leaves room for. Its
-    output is shown, and a failure stops here, as soon as pytest has ended."""
     log("ruff check .")
     check([venv_bin(venv, "ruff"), "check", "."], "ruff")
-    log("mypy, in the background")
-    with tempfile.TemporaryFile() as mypy_output:
-        mypy = subprocess.Popen([venv_bin(venv, "mypy")], cwd=ROOT, stdout=mypy_output, stderr=subprocess.STDOUT)
-        try:
-            log("pytest " + " ".join(pytest_args))
-            code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", str(XDIST_WORKERS), *pytest_args])
-            mypy_code = mypy.wait()
-        finally:
-            if mypy.poll() is None:  # pytest was interrupted
-                mypy.terminate()
-        mypy_output.seek(0)
-        sys.stdout.buffer.write(mypy_output.read())
-        sys.stdout.flush()
-    if mypy_code != 0:
-        log(f"mypy failed (exit code {mypy_code})")
-        sys.exit(mypy_code)
+    log("mypy")
+    check([venv_bin(venv, "mypy")], "mypy")
+    log("pytest " + " ".join(pytest_args))
+    code = run([venv_bin(venv, "python"), "-m", "pytest", "-n", str(XDIST_WORKERS), *pytest_args])
     if code == PYTEST_NO_TESTS_COLLECTED:
         log("pytest collected no tests: treating that as a failure")
         sys.exit(code)
