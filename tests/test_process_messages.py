@@ -27,7 +27,7 @@ from checkpoints.schema.tables import process_message_starts, schema_migrations
 from checkpoints.url import parse_store_url
 from graphs import InvalidInputError
 from graphs.errors import MessageIdConflictError, UnmatchedMessageError
-from graphs.process.orchestrator import MESSAGE_ID_WINDOW
+from graphs.process.orchestrator import MESSAGE_ID_CHARS, MESSAGE_ID_WINDOW
 from server.app import create_app
 from server.settings import Settings
 from tests.process_support import T0, Calls, linear, payment_spec, runtime, table_dump, virtual_clock, waiting_elements
@@ -187,6 +187,17 @@ async def test_message_starts_are_looked_up_by_index_not_by_reading_every_deploy
         sent = await rt.processes.send_message("order.placed", "o-1")
         started = [await rt.processes.status(i) for i in sent["started"]]
         assert sorted((v["process"], v["version"]) for v in started) == [("audit", 1), ("orders", 2)]
+
+
+async def test_a_message_with_the_longest_id_starts_the_process_with_the_longest_name(store_url: str) -> None:
+    """Before, the start key of the instance a message starts was ``message:<id>:<process>``: with an id and a
+    name of 100 characters each it was longer than a start key may be, and the start was refused."""
+    async with runtime(store_url) as rt:
+        name, message_id = "p" * 100, "m" * MESSAGE_ID_CHARS
+        await rt.processes.deploy(message_start(name, "order.placed"))
+        sent = await rt.processes.send_message("order.placed", "o-1", message_id=message_id)
+        assert len(sent["started"]) == 1
+        assert await rt.processes.send_message("order.placed", "o-1", message_id=message_id) == sent
 
 
 async def test_the_message_start_index_is_filled_for_deployments_made_before_it(store_url: str) -> None:

@@ -85,9 +85,10 @@ MEASURED = ("task.completed", "map.item_completed")
 
 
 def message_start_key(tenant: str, message_id: str, process: str) -> str:
-    """The start key of the instance of ``process`` that message ``message_id`` of ``tenant`` starts. Start keys
-    are one namespace for every tenant, and its parts are up to 100 characters each: a digest of them fits the
-    200 a start key may have (a tenant's id answers its own start, not another tenant's)."""
+    """The start key of the instance of ``process`` that message ``message_id`` of ``tenant`` starts, so that a
+    send taken over starts nothing twice. The tenant is part of it (message ids are per tenant; outside a request
+    a start key is stored as given), and a digest fits the 200 characters a start key may have, which an id and
+    a process name of 100 each did not."""
     return "message:" + hashlib.sha256(json.dumps([tenant, message_id, process]).encode()).hexdigest()
 
 
