@@ -95,8 +95,10 @@ EXPIRED_BATCH = 1000
 
 def _forget_expired(table: Table, key: ColumnElement[Any]) -> Executable:
     expires_at = table.c.expires_at
-    batch = select(key).where(expires_at <= bindparam("p_now", type_=expires_at.type)).limit(EXPIRED_BATCH)
-    return delete(table).where(key.in_(batch.scalar_subquery())).returning(key)
+    expired = expires_at <= bindparam("p_now", type_=expires_at.type)
+    batch = select(key).where(expired).limit(EXPIRED_BATCH)
+    # Expired again in the DELETE: a message id is unique per tenant only, and another tenant's may be live.
+    return delete(table).where(key.in_(batch.scalar_subquery()), expired).returning(key)
 
 
 _FORGET_EXPIRED_KEYS = (

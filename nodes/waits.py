@@ -164,7 +164,7 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
         )
         early = None
         for subscription in plan.subscriptions:
-            early = await _take_buffered(services, wait_id, subscription, keys[subscription.element])
+            early = await _take_buffered(services, instance_id, wait_id, subscription, keys[subscription.element])
             if early is not None:
                 break
         if early is None and not all(written):
@@ -180,10 +180,11 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
 
 
 async def _take_buffered(
-    services: ProcessServices, wait_id: str, plan: SubscriptionPlan, key: str
+    services: ProcessServices, instance_id: str, wait_id: str, plan: SubscriptionPlan, key: str
 ) -> dict[str, Any] | None:
-    """A message that arrived before anyone waited for it (and has not expired) resolves the wait now."""
-    buffered = await services.messages.oldest_buffered(plan.message, key)
+    """A message that arrived before anyone waited for it (and has not expired, and was sent for the instance's
+    tenant or every tenant) resolves the wait now."""
+    buffered = await services.messages.oldest_buffered(plan.message, key, instance_id)
     if buffered is None:
         return None
     return await take_buffered(
@@ -203,6 +204,7 @@ async def take_buffered(
         "correlation_key": buffered.correlation_key,
         "payload": buffered.payload,
         "message_id": buffered.message_id,
+        "tenant": buffered.tenant,
         "buffered": True,
     }
     won = await services.waits.resolve(
@@ -210,7 +212,7 @@ async def take_buffered(
         resolution,
         keep_subscription=subscription_id,
         claims=[
-            services.messages.take_claim(buffered.message_id, subscription_id),
+            services.messages.take_claim(buffered, subscription_id),
             services.messages.consume_subscription_claim(subscription_id),
         ],
     )

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
 from checkpoints.rebuild import rebuild_instance_index
-from checkpoints.schema import lifecycle_tables, migrations, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
+from checkpoints.schema import ddl, lifecycle_tables, migrations, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
 from checkpoints.schema.migrations import LATEST, MIGRATIONS, Migration, migrate
 from checkpoints.schema.queue import migrate_queue_schema
 from checkpoints.schema.tables import metadata
@@ -70,6 +70,13 @@ UNDO_MIGRATION_21 = (
     "ALTER TABLE journey_events ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)",
 )
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
+
+
+def undo_migration_25(dialect: str) -> list[str]:
+    """process_messages as migration 3 made it (process_message_ids goes with migration 22)."""
+    return ["DROP TABLE process_messages", *(s for s in ddl.V3_PROCESS[dialect] if "process_messages (" in s)]
+
+
 # A journey instance as a database made before today's migrations holds it (created and updated at :at).
 OLD_INSTANCE = text(
     "INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, "
@@ -91,6 +98,8 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         conn.execute("ALTER TABLE process_waits DROP COLUMN interrupt_id")  # migration 23
         conn.execute("DROP TABLE journeys_encryption")  # migration 24
         conn.execute("ALTER TABLE process_deployments DROP COLUMN tenant")  # migration 26
+        for statement in undo_migration_25("postgresql"):
+            conn.execute(statement)
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
         conn.execute(
             "INSERT INTO journey_events (instance_id, seq, type, payload, idempotency_key, created_at) "
@@ -171,6 +180,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             await conn.execute(text("ALTER TABLE process_waits DROP COLUMN interrupt_id"))  # migration 23
             await conn.execute(text("DROP TABLE journeys_encryption"))  # migration 24
             await conn.execute(text("ALTER TABLE process_deployments DROP COLUMN tenant"))  # migration 26
+            for statement in undo_migration_25(conn.dialect.name):
+                await conn.execute(text(statement))
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
             if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))

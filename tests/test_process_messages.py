@@ -5,6 +5,7 @@ Every test runs on memory, SQLite and Postgres, on a virtual clock."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -14,18 +15,22 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 
 from checkpoints.clock import VirtualClock
+from checkpoints.database import create_engine_for
 from checkpoints.errors import ConcurrentUpdateError
+from checkpoints.ownership import DEFAULT_TENANT, Owner, acting_as
+from checkpoints.process.messages import EVERY_TENANT
 from checkpoints.schema.migrations import migrate
 from checkpoints.schema.tables import process_message_starts, schema_migrations
+from checkpoints.url import parse_store_url
 from graphs import InvalidInputError
 from graphs.errors import MessageIdConflictError, UnmatchedMessageError
-from graphs.process.orchestrator import MESSAGE_ID_WINDOW
+from graphs.process.orchestrator import MESSAGE_ID_CHARS, MESSAGE_ID_WINDOW
 from server.app import create_app
 from server.settings import Settings
-from tests.process_support import Calls, linear, payment_spec, runtime, table_dump, virtual_clock, waiting_elements
+from tests.process_support import T0, Calls, linear, payment_spec, runtime, table_dump, virtual_clock, waiting_elements
 from tests.server_support import serving
 
 
@@ -46,6 +51,80 @@ async def test_a_message_resumes_every_instance_waiting_for_its_key_and_no_other
             done = await rt.processes.status(view["instance_id"])
             assert done["status"] == "completed" and done["variables"]["amount"] == 120
         assert waiting_elements(await rt.processes.status(other["instance_id"])) == ["paid"]
+
+
+async def test_a_tenants_message_reaches_and_is_kept_for_that_tenants_instances_only(store_url: str) -> None:
+    """A message sent for a tenant resolves only the waits of that tenant's instances (one started outside any
+    caller is the default tenant's), is buffered for them only, and its id is that tenant's; one sent with no
+    tenant (the runtime's own) reaches and is kept for every tenant."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(payment_spec())
+
+        async def invoice(customer: str, tenant: str | None) -> str:
+            with acting_as(Owner(customer, tenant) if tenant else None):
+                return str((await rt.processes.start("invoice", customer, {"invoice_no": "INV-1"}))["instance_id"])
+
+        acme, plain = await invoice("ana", "acme"), await invoice("dan", None)
+        sent = await rt.processes.send_message(
+            "payment.received", "INV-1", {"amount": 1}, tenant="globex", message_id="m"
+        )
+        assert sent["correlated"] == [] and sent["buffered"] == "m"
+        # acme's message with globex's id: its own message, neither a conflict nor globex's answer again.
+        sent = await rt.processes.send_message(
+            "payment.received", "INV-1", {"amount": 2}, tenant="acme", message_id="m"
+        )
+        assert sent == {"correlated": [acme], "started": [], "buffered": None}
+        sent = await rt.processes.send_message("payment.received", "INV-1", {"amount": 3}, tenant=DEFAULT_TENANT)
+        assert sent == {"correlated": [plain], "started": [], "buffered": None}
+        late = await invoice("eve", "acme")  # globex's buffered message is not acme's to take
+        assert waiting_elements(await rt.processes.status(late)) == ["paid"]
+        globex = await invoice("bob", "globex")  # but globex's wait takes it
+        assert (await rt.processes.status(globex))["variables"]["amount"] == 1
+
+        kept = await rt.processes.send_message("payment.received", "INV-2", {"amount": 4})  # every tenant's
+        assert kept["buffered"] is not None
+        with acting_as(Owner("cara", "initech")):
+            taker = await rt.processes.start("invoice", "cara", {"invoice_no": "INV-2"})
+        assert taker["variables"]["amount"] == 4
+        sent = await rt.processes.send_message("payment.received", "INV-1", {"amount": 5})
+        assert sent["correlated"] == [late]
+        for bad in ("", EVERY_TENANT, 7):
+            with pytest.raises(InvalidInputError):
+                await rt.processes.send_message("payment.received", "INV-1", {}, tenant=bad)  # type: ignore[arg-type]
+
+
+async def test_messages_and_ids_kept_before_tenants_had_messages_are_every_tenants(durable_url: str) -> None:
+    """Migration 25: a message buffered, and a message id claimed, before it keep their rows: a wait of any
+    tenant's instance takes the message, and the id's repeat answers as its send did."""
+    engine = create_engine_for(parse_store_url(durable_url))
+    answered = {"correlated": ["proc-old"], "started": [], "buffered": None}
+    try:
+        assert await migrate(engine, upto=24) == list(range(1, 18)) + list(range(19, 25))
+        async with engine.begin() as conn:
+            at = {"at": T0, "until": T0 + timedelta(hours=1), "answered": json.dumps(answered)}
+            await conn.execute(
+                text(
+                    "INSERT INTO process_messages (message_id, name, correlation_key, payload, status, received_at, "
+                    "expires_at) VALUES ('kept', 'payment.received', 'INV-1', '{\"amount\": 9}', 'buffered', :at, "
+                    ":until)"
+                ),
+                at,
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO process_message_ids (message_id, name, correlation_key, payload, outcome, claimed_at, "
+                    "expires_at) VALUES ('sent', 'payment.received', 'INV-0', '{}', :answered, :at, :until)"
+                ),
+                at,
+            )
+    finally:
+        await engine.dispose()
+    async with runtime(durable_url) as rt:
+        await rt.processes.deploy(payment_spec())
+        with acting_as(Owner("ana", "acme")):
+            taker = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        assert taker["status"] == "completed" and taker["variables"]["amount"] == 9
+        assert await rt.processes.send_message("payment.received", "INV-0", {}, message_id="sent") == answered
 
 
 async def test_a_message_starts_new_instances_of_processes_that_start_on_it(store_url: str) -> None:
@@ -108,6 +187,17 @@ async def test_message_starts_are_looked_up_by_index_not_by_reading_every_deploy
         sent = await rt.processes.send_message("order.placed", "o-1")
         started = [await rt.processes.status(i) for i in sent["started"]]
         assert sorted((v["process"], v["version"]) for v in started) == [("audit", 1), ("orders", 2)]
+
+
+async def test_a_message_with_the_longest_id_starts_the_process_with_the_longest_name(store_url: str) -> None:
+    """Before, the start key of the instance a message starts was ``message:<id>:<process>``: with an id and a
+    name of 100 characters each it was longer than a start key may be, and the start was refused."""
+    async with runtime(store_url) as rt:
+        name, message_id = "p" * 100, "m" * MESSAGE_ID_CHARS
+        await rt.processes.deploy(message_start(name, "order.placed"))
+        sent = await rt.processes.send_message("order.placed", "o-1", message_id=message_id)
+        assert len(sent["started"]) == 1
+        assert await rt.processes.send_message("order.placed", "o-1", message_id=message_id) == sent
 
 
 async def test_the_message_start_index_is_filled_for_deployments_made_before_it(store_url: str) -> None:
@@ -180,7 +270,7 @@ async def test_a_resolution_left_undelivered_is_delivered_by_the_next_scheduler_
     async with runtime(store_url, clock) as rt:
         await rt.processes.deploy(payment_spec())
         view = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
-        [subscription] = await rt.processes.services.messages.waiting("payment.received", "INV-1")
+        [subscription] = await rt.processes.services.messages.waiting("payment.received", "INV-1", EVERY_TENANT)
         # A sender resolved the wait and died before resuming the thread.
         assert await rt.processes.services.waits.resolve(
             subscription.wait_id,
@@ -306,7 +396,10 @@ async def test_a_send_whose_sender_died_midway_is_taken_over_after_a_lease(store
         await rt.processes.deploy(started_by_order())
         messages = rt.processes.services.messages
         # A sender claimed the id and died before its send did anything.
-        assert await messages.claim_id("order-1", "order.placed", "ORD-1", {"items": 1}, timedelta(days=1)) is None
+        assert (
+            await messages.claim_id(EVERY_TENANT, "order-1", "order.placed", "ORD-1", {"items": 1}, timedelta(days=1))
+            is None
+        )
         with pytest.raises(ConcurrentUpdateError):
             await rt.processes.send_message("order.placed", "ORD-1", {"items": 1}, message_id="order-1")
         clock.advance(timedelta(minutes=2))

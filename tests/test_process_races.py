@@ -29,8 +29,8 @@ async def test_a_message_sent_while_its_wait_is_armed_is_taken_by_that_wait(
         real_waiting = messages.waiting
         started: list[dict[str, Any]] = []
 
-        async def waiting(name: str, key: str) -> list[Any]:
-            found = await real_waiting(name, key)
+        async def waiting(name: str, key: str, tenant: str) -> list[Any]:
+            found = await real_waiting(name, key, tenant)
             if not started:  # the wait is armed between the sender's look-up and its buffering
                 started.append(await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"}))
                 assert waiting_elements(started[0]) == ["paid"]

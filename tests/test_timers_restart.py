@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from checkpoints.clock import VirtualClock
+from checkpoints.process.messages import EVERY_TENANT
 from tests.process_support import T0, linear, runtime, user_task, waiting_elements
 
 CHILD = Path(__file__).with_name("timer_child.py")
@@ -110,7 +111,9 @@ async def test_a_resolution_a_crash_kept_from_its_thread_is_delivered_on_recover
         views = [await rt.processes.start("payment", f"inv-{i}") for i in range(2)]
         for view in views:
             # What send_message does first; the "crash" comes before it resumes the thread.
-            [subscription] = await rt.processes.services.messages.waiting("invoice.paid", view["business_key"])
+            [subscription] = await rt.processes.services.messages.waiting(
+                "invoice.paid", view["business_key"], EVERY_TENANT
+            )
             resolution = {"option": "paid", "kind": "message", "payload": {"amount": 7}}
             messages = rt.processes.services.messages
             won = await rt.processes.services.waits.resolve(

@@ -2,6 +2,11 @@
 
 A message that matches no waiting subscription is kept for a time-to-live; a wait armed for it within
 that time takes it (oldest first) when it arms. Expired messages are never delivered.
+
+A message is sent for a tenant (as Camunda 8's are): it correlates only to the waits of that tenant's
+instances (an instance with no tenant, started outside any request, is :data:`DEFAULT_TENANT`'s), its
+buffered copy is taken only by them, and its sender's message id is unique within that tenant. A message
+sent for :data:`EVERY_TENANT` (the runtime's own sends, an admin's) reaches any tenant's instances.
 """
 
 from __future__ import annotations
@@ -11,14 +16,36 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Executable, delete, insert, null, select, update
+from sqlalchemy import ColumnElement, Executable, delete, func, insert, literal, null, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
+from checkpoints.ownership import DEFAULT_TENANT
 from checkpoints.rows import insert_ignore
-from checkpoints.schema.tables import process_message_ids, process_messages, process_subscriptions, process_waits
+from checkpoints.schema.tables import (
+    journey_instances,
+    process_message_ids,
+    process_messages,
+    process_subscriptions,
+    process_waits,
+)
+
+# The tenant of a message sent for every tenant: no tenant's name (a tenant comes from an API key's entry).
+EVERY_TENANT = "*"
+
+
+def _instance_tenant(instance_id: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The tenant of the instance ``instance_id``: DEFAULT_TENANT for one with none (started outside a request)."""
+    i = journey_instances.c
+    owned = select(i.tenant).where(i.instance_id == instance_id).scalar_subquery()
+    return func.coalesce(owned, DEFAULT_TENANT)
+
+
+def _reaches(tenant: str, instance_id: ColumnElement[Any]) -> ColumnElement[bool]:
+    """A message sent for ``tenant`` may resolve a wait of the instance ``instance_id``."""
+    return _instance_tenant(instance_id) == tenant if tenant != EVERY_TENANT else true()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +74,7 @@ class BufferedMessage:
     received_at: datetime
     expires_at: datetime
     consumed_by: str | None
+    tenant: str  # only this tenant's waits take it (EVERY_TENANT: any tenant's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +88,7 @@ class SentMessage:
     outcome: dict[str, Any] | None
     claimed_at: datetime
     expires_at: datetime
+    tenant: str  # the id is unique within this tenant
 
 
 class MessageStore:
@@ -89,20 +118,23 @@ class MessageStore:
             created_at=self._clock.now().astimezone(UTC),
         )
 
-    async def waiting(self, name: str, key: str) -> list[Subscription]:
+    async def waiting(self, name: str, key: str, tenant: str) -> list[Subscription]:
+        """The waiting subscriptions to (``name``, ``key``) that a message sent for ``tenant`` reaches."""
         s = process_subscriptions.c
         query = (
             select(process_subscriptions)
-            .where(s.message_name == name, s.correlation_key == key, s.status == "waiting")
+            .where(
+                s.message_name == name, s.correlation_key == key, s.status == "waiting", _reaches(tenant, s.instance_id)
+            )
             .order_by(s.created_at, s.subscription_id)
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [Subscription(**r._mapping) for r in rows]
 
-    async def taken(self, name: str, key: str, message_id: str) -> list[Subscription]:
-        """The subscriptions to (``name``, ``key``) that message ``message_id`` resolved the wait of, directly or
-        from the buffer: what a send of it taken over (its sender died mid-way) finds done already."""
+    async def taken(self, name: str, key: str, message_id: str, tenant: str) -> list[Subscription]:
+        """The subscriptions to (``name``, ``key``) that message ``message_id`` of ``tenant`` resolved the wait of,
+        directly or from the buffer: what a send of it taken over (its sender died mid-way) finds done already."""
         s, w = process_subscriptions.c, process_waits.c
         query = (
             select(process_subscriptions)
@@ -112,6 +144,8 @@ class MessageStore:
                 s.correlation_key == key,
                 s.status == "consumed",
                 w.resolution["message_id"].as_string() == message_id,
+                # A resolution written before migration 25 names no tenant: its message was for every tenant.
+                func.coalesce(w.resolution["tenant"].as_string(), EVERY_TENANT) == tenant,
             )
             .order_by(s.created_at, s.subscription_id)
         )
@@ -128,9 +162,10 @@ class MessageStore:
         )
 
     async def buffer(
-        self, message_id: str, name: str, key: str, payload: dict[str, Any], ttl: timedelta
+        self, tenant: str, message_id: str, name: str, key: str, payload: dict[str, Any], ttl: timedelta
     ) -> BufferedMessage:
-        """Keep a message nobody waits for, for ``ttl``; the message as kept."""
+        """Keep a message of ``tenant`` nobody waits for, for ``ttl``; the message as kept."""
+        m = process_messages.c
         now = self._clock.now().astimezone(UTC)
         async with self._engine.begin() as conn:
             await conn.execute(
@@ -145,23 +180,25 @@ class MessageStore:
                     received_at=now,
                     expires_at=now + ttl,
                     consumed_by=None,
+                    tenant=tenant,
                 )
             )
             row = (
-                await conn.execute(select(process_messages).where(process_messages.c.message_id == message_id))
+                await conn.execute(select(process_messages).where(m.message_id == message_id, m.tenant == tenant))
             ).one()
         return self._buffered(row._mapping)
 
     async def claim_id(
-        self, message_id: str, name: str, key: str, payload: dict[str, Any], window: timedelta
+        self, tenant: str, message_id: str, name: str, key: str, payload: dict[str, Any], window: timedelta
     ) -> SentMessage | None:
-        """Claim ``message_id`` for a send of this message for ``window``: None when claimed now, else the
-        message it was claimed for earlier (the unique id decides between concurrent senders)."""
+        """Claim ``message_id`` of ``tenant`` for a send of this message for ``window``: None when claimed now,
+        else the message it was claimed for earlier (the unique id decides between concurrent senders)."""
         m = process_message_ids.c
         now = self._clock.now().astimezone(UTC)
+        this = (m.message_id == message_id, m.tenant == tenant)
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(delete(process_message_ids).where(m.message_id == message_id, m.expires_at <= now))
+                await conn.execute(delete(process_message_ids).where(*this, m.expires_at <= now))
                 await conn.execute(
                     insert(process_message_ids).values(
                         message_id=message_id,
@@ -171,13 +208,14 @@ class MessageStore:
                         outcome=null(),  # SQL NULL (a JSON column keeps None as JSON null): under way
                         claimed_at=now,
                         expires_at=now + window,
+                        tenant=tenant,
                     )
                 )
             return None
         except IntegrityError:  # claimed before (and not expired): that claim is the answer
             pass
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(process_message_ids).where(m.message_id == message_id))).one()
+            row = (await conn.execute(select(process_message_ids).where(*this))).one()
         return SentMessage(**self._sealer.open_in(row._mapping, "payload"))
 
     async def take_over_id(self, sent: SentMessage) -> bool:
@@ -187,29 +225,42 @@ class MessageStore:
         async with self._engine.begin() as conn:
             taken = await conn.execute(
                 update(process_message_ids)
-                .where(m.message_id == sent.message_id, m.outcome.is_(None), m.claimed_at == sent.claimed_at)
+                .where(
+                    m.message_id == sent.message_id,
+                    m.tenant == sent.tenant,
+                    m.outcome.is_(None),
+                    m.claimed_at == sent.claimed_at,
+                )
                 .values(claimed_at=now)
             )
         return int(taken.rowcount) == 1
 
-    async def settle_id(self, message_id: str, outcome: dict[str, Any] | None) -> None:
-        """The send of ``message_id`` is done: ``outcome`` is what a repeat answers. None: it did nothing (it
-        was refused), so the id is released and a repeat is a new send."""
+    async def settle_id(self, tenant: str, message_id: str, outcome: dict[str, Any] | None) -> None:
+        """The send of ``message_id`` of ``tenant`` is done: ``outcome`` is what a repeat answers. None: it did
+        nothing (it was refused), so the id is released and a repeat is a new send."""
         m = process_message_ids.c
+        this = (m.message_id == message_id, m.tenant == tenant)
         async with self._engine.begin() as conn:
             if outcome is None:
-                await conn.execute(delete(process_message_ids).where(m.message_id == message_id))
+                await conn.execute(delete(process_message_ids).where(*this))
             else:
-                await conn.execute(
-                    update(process_message_ids).where(m.message_id == message_id).values(outcome=outcome)
-                )
+                await conn.execute(update(process_message_ids).where(*this).values(outcome=outcome))
 
-    async def oldest_buffered(self, name: str, key: str) -> BufferedMessage | None:
+    async def oldest_buffered(self, name: str, key: str, instance_id: str) -> BufferedMessage | None:
+        """The oldest unexpired buffered (``name``, ``key``) message that a wait of ``instance_id`` may take: one
+        sent for its tenant or for every tenant."""
         m = process_messages.c
         now = self._clock.now().astimezone(UTC)
+        tenants = (EVERY_TENANT, _instance_tenant(literal(instance_id)))
         query = (
             select(process_messages)
-            .where(m.name == name, m.correlation_key == key, m.status == "buffered", m.expires_at > now)
+            .where(
+                m.name == name,
+                m.correlation_key == key,
+                m.status == "buffered",
+                m.expires_at > now,
+                m.tenant.in_(tenants),
+            )
             .order_by(m.received_at, m.message_id)
             .limit(1)
         )
@@ -217,12 +268,17 @@ class MessageStore:
             row = (await conn.execute(query)).first()
         return self._buffered(row._mapping) if row else None
 
-    def take_claim(self, message_id: str, consumer: str) -> Executable:
+    def take_claim(self, buffered: BufferedMessage, consumer: str) -> Executable:
         m = process_messages.c
         now = self._clock.now().astimezone(UTC)
         return (
             update(process_messages)
-            .where(m.message_id == message_id, m.status == "buffered", m.expires_at > now)
+            .where(
+                m.message_id == buffered.message_id,
+                m.tenant == buffered.tenant,
+                m.status == "buffered",
+                m.expires_at > now,
+            )
             .values(status="consumed", consumed_by=consumer)
         )
 

@@ -1318,6 +1318,66 @@ CREATE TABLE journeys_encryption (
     ),
 }
 
+# Migration 25: a message is sent for a tenant (checkpoints.process.messages): its buffered copy is taken by that
+# tenant's waits only, and its id is unique within that tenant. Messages and ids kept before it were sent for every
+# tenant ('*', EVERY_TENANT). SQLite cannot change a primary key in place: its two tables are rebuilt.
+_V25_MESSAGES = """\
+CREATE TABLE process_messages_v25 (
+    message_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    correlation_key VARCHAR(300) NOT NULL,
+    payload JSON NOT NULL,
+    status VARCHAR(20) NOT NULL,
+    received_at DATETIME NOT NULL,
+    expires_at DATETIME NOT NULL,
+    consumed_by VARCHAR(300),
+    tenant VARCHAR(100) NOT NULL,
+    PRIMARY KEY (message_id, tenant)
+)
+"""
+_V25_IDS = """\
+CREATE TABLE process_message_ids_v25 (
+    message_id VARCHAR(100) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    correlation_key VARCHAR(300) NOT NULL,
+    payload JSON NOT NULL,
+    outcome JSON,
+    claimed_at DATETIME NOT NULL,
+    expires_at DATETIME NOT NULL,
+    tenant VARCHAR(100) NOT NULL,
+    PRIMARY KEY (message_id, tenant)
+)
+"""
+_V25_COLUMNS = {
+    "process_messages": "message_id, name, correlation_key, payload, status, received_at, expires_at, consumed_by",
+    "process_message_ids": "message_id, name, correlation_key, payload, outcome, claimed_at, expires_at",
+}
+V25_MESSAGE_TENANTS: DDL = {
+    "sqlite": (
+        _V25_MESSAGES,
+        _V25_IDS,
+        *(
+            statement
+            for table, columns in _V25_COLUMNS.items()
+            for statement in (
+                f"INSERT INTO {table}_v25 ({columns}, tenant) SELECT {columns}, '*' FROM {table}",
+                f"DROP TABLE {table}",
+                f"ALTER TABLE {table}_v25 RENAME TO {table}",
+            )
+        ),
+        "CREATE INDEX ix_process_messages_match ON process_messages (name, correlation_key, status)",
+    ),
+    "postgresql": tuple(
+        statement
+        for table in _V25_COLUMNS
+        for statement in (
+            f"ALTER TABLE {table} ADD COLUMN tenant VARCHAR(100) NOT NULL DEFAULT '*'",
+            f"ALTER TABLE {table} ALTER COLUMN tenant DROP DEFAULT",
+            f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, ADD PRIMARY KEY (message_id, tenant)",
+        )
+    ),
+}
+
 V26_PROCESS_TENANTS: DDL = dict.fromkeys(
     ("sqlite", "postgresql"), ("ALTER TABLE process_deployments ADD COLUMN tenant VARCHAR(100)",)
 )

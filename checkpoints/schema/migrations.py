@@ -98,6 +98,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(22, "process message ids: a message sent again with its id changes nothing", ddl.V22_MESSAGE_IDS),
     Migration(23, "process waits keep the interrupt id their thread is parked on", ddl.V23_WAIT_INTERRUPTS),
     Migration(24, "the encryption key's proof: another key, or none, is refused on open", ddl.V24_ENCRYPTION_CANARY),
+    Migration(25, "process messages are sent for a tenant: buffered and with ids per tenant", ddl.V25_MESSAGE_TENANTS),
     Migration(26, "process names belong to the tenant that deployed them", ddl.V26_PROCESS_TENANTS),
 )
 LATEST = MIGRATIONS[-1].version

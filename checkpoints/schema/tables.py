@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
-from checkpoints.ownership import owner_columns
+from checkpoints.ownership import TENANT_WIDTH, owner_columns
 
 metadata = MetaData()
 
@@ -269,6 +269,8 @@ process_messages = Table(
     Column("received_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("consumed_by", String(300), nullable=True),
+    # The tenant it was sent for (migration 25): only that tenant's waits take it (EVERY_TENANT: any tenant's).
+    Column("tenant", String(TENANT_WIDTH), primary_key=True),
     Index("ix_process_messages_match", "name", "correlation_key", "status"),
 )
 
@@ -284,6 +286,7 @@ process_message_ids = Table(
     Column("outcome", JsonType, nullable=True),  # None while its send is under way
     Column("claimed_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+    Column("tenant", String(TENANT_WIDTH), primary_key=True),  # ids are unique per tenant (migration 25)
 )
 
 # Message start events by message name, written with their deployment, so that send_message finds the

@@ -18,6 +18,7 @@ pass) delivers resolutions that were not consumed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -36,6 +37,7 @@ from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.ownership import DEFAULT_TENANT, Viewer, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
+from checkpoints.process.messages import EVERY_TENANT
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
 from checkpoints.process.waits import Delivery, cancel_pending
@@ -82,6 +84,14 @@ MESSAGE_ID_WINDOW = timedelta(hours=24)
 MESSAGE_ID_CHARS = 100
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
 MEASURED = ("task.completed", "map.item_completed")
+
+
+def message_start_key(tenant: str, message_id: str, process: str) -> str:
+    """The start key of the instance of ``process`` that message ``message_id`` of ``tenant`` starts, so that a
+    send taken over starts nothing twice. The tenant is part of it (message ids are per tenant; outside a request
+    a start key is stored as given), and a digest fits the 200 characters a start key may have, which an id and
+    a process name of 100 each did not."""
+    return "message:" + hashlib.sha256(json.dumps([tenant, message_id, process]).encode()).hexdigest()
 
 
 def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
@@ -703,9 +713,15 @@ class ProcessOrchestrator:
         *,
         ttl: timedelta | None = DEFAULT_MESSAGE_TTL,
         message_id: str | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         """Deliver a message to every instance waiting for (``name``, ``correlation_key``), and start an
         instance of every process with a message start for ``name``.
+
+        ``tenant``: the tenant the message is sent for (the server passes its caller's). It reaches only that
+        tenant's instances (one with no tenant counts as ``DEFAULT_TENANT``'s), is buffered for them only, and its
+        ``message_id`` is unique within that tenant. None (the default): every tenant, as for the runtime's own
+        sends. An instance it starts belongs to whoever the caller acts as (``checkpoints.ownership.acting_as``).
 
         A message that matches neither is buffered for ``ttl`` (default one hour): a wait armed for it
         within that time takes it. With ``ttl=None`` (or zero) it is refused with
@@ -730,10 +746,13 @@ class ProcessOrchestrator:
         check_value(dict(payload or {}), "payload")
         if message_id is not None:
             check_value(message_id, "message_id")
+        if tenant is not None and (not isinstance(tenant, str) or not tenant or tenant == EVERY_TENANT):
+            raise InvalidInputError("a message's tenant must be a tenant's name", tenant=tenant)
+        scope = EVERY_TENANT if tenant is None else tenant
         key, body = str(correlation_key), json.loads(json.dumps(dict(payload or {})))  # as the database keeps it
         if message_id is None:
-            return await self._send(name, key, body, ttl, None)
-        earlier = await self.services.messages.claim_id(message_id, name, key, body, MESSAGE_ID_WINDOW)
+            return await self._send(name, key, body, ttl, scope, None)
+        earlier = await self.services.messages.claim_id(scope, message_id, name, key, body, MESSAGE_ID_WINDOW)
         if earlier is not None:
             if (earlier.name, earlier.correlation_key, earlier.payload) != (name, key, body):
                 raise MessageIdConflictError(
@@ -750,11 +769,11 @@ class ProcessOrchestrator:
                     f"message {message_id!r} is being sent right now; try again shortly", message_id=message_id
                 )
         try:
-            outcome = await self._send(name, key, body, ttl, message_id, taken_over=earlier is not None)
+            outcome = await self._send(name, key, body, ttl, scope, message_id, taken_over=earlier is not None)
         except UnmatchedMessageError:  # refused, nothing kept: the id is free again
-            await self.services.messages.settle_id(message_id, None)
+            await self.services.messages.settle_id(scope, message_id, None)
             raise
-        await self.services.messages.settle_id(message_id, outcome)
+        await self.services.messages.settle_id(scope, message_id, outcome)
         return outcome
 
     async def _send(
@@ -763,17 +782,20 @@ class ProcessOrchestrator:
         key: str,
         body: dict[str, Any],
         ttl: timedelta | None,
+        tenant: str,
         message_id: str | None,
         *,
         taken_over: bool = False,
     ) -> dict[str, Any]:
-        """:meth:`send_message`, its input checked. With ``message_id`` every step is keyed by it, so a send
+        """:meth:`send_message`, its input checked, for ``tenant`` (or EVERY_TENANT). With ``message_id`` every
+        step is keyed by it, so a send
         ``taken_over`` after its sender died repeats none of them: a wait is resolved once (the waits it resolved
         already, directly or from the buffer, are found by the id and answered again), an instance it
         starts has a start key from it, and it is buffered under that id."""
         received_at = self.clock.now().isoformat()
-        won = await self.services.messages.taken(name, key, message_id) if taken_over and message_id else []
-        for subscription in await self.services.messages.waiting(name, key):
+        messages = self.services.messages
+        won = await messages.taken(name, key, message_id, tenant) if taken_over and message_id else []
+        for subscription in await messages.waiting(name, key, tenant):
             resolution = {
                 "option": subscription.element,
                 "kind": "message",
@@ -781,18 +803,18 @@ class ProcessOrchestrator:
                 "correlation_key": key,
                 "payload": body,
                 "received_at": received_at,
-                **({"message_id": message_id} if message_id is not None else {}),
+                **({"message_id": message_id, "tenant": tenant} if message_id is not None else {}),
             }
             if await self.services.waits.resolve(
                 subscription.wait_id,
                 resolution,
                 keep_subscription=subscription.subscription_id,
-                claims=[self.services.messages.consume_subscription_claim(subscription.subscription_id)],
+                claims=[messages.consume_subscription_claim(subscription.subscription_id)],
             ):
                 won.append(subscription)
         for subscription in won:
             await self.deliver(subscription.instance_id, subscription.wait_id)
-        started = [view["instance_id"] for view in await self._start_on_message(name, key, body, message_id)]
+        started = [view["instance_id"] for view in await self._start_on_message(name, key, body, tenant, message_id)]
         correlated = sorted({s.instance_id for s in won})
         if correlated or started:
             return {"correlated": correlated, "started": started, "buffered": None}
@@ -802,10 +824,10 @@ class ProcessOrchestrator:
                 message_name=name,
                 correlation_key=key,
             )
-        buffered = await self.services.messages.buffer(message_id or new_id("msg"), name, key, body, ttl)
+        buffered = await messages.buffer(tenant, message_id or new_id("msg"), name, key, body, ttl)
         # A wait armed since the look-up above looked for a buffered message before this one was kept, so it
         # is looked for again now that it is: of an arm and a send, the later to commit sees the other's row.
-        for subscription in await self.services.messages.waiting(name, key):
+        for subscription in await messages.waiting(name, key, tenant):
             taken = await take_buffered(
                 self.services,
                 buffered,
@@ -824,7 +846,7 @@ class ProcessOrchestrator:
         }
 
     async def _start_on_message(
-        self, message: str, key: str, payload: dict[str, Any], message_id: str | None
+        self, message: str, key: str, payload: dict[str, Any], tenant: str, message_id: str | None
     ) -> list[dict[str, Any]]:
         views = []
         for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
@@ -835,7 +857,7 @@ class ProcessOrchestrator:
             if start is None:  # the version the rollout picked does not start on this message
                 continue
             variables = {**payload, **({start.correlation: key} if start.correlation else {})}
-            start_key = None if message_id is None else f"message:{message_id}:{name}"
+            start_key = None if message_id is None else message_start_key(tenant, message_id, name)
             views.append(
                 await self.start(
                     name, key, variables, version=deployment.version, start_event=start.id, start_key=start_key

@@ -106,10 +106,17 @@ async def complete_task(task_id: str, body: CompleteIn, caller: Worker, svc: Ser
 
 
 @router.post("/messages", response_model=MessageSentOut, summary="Send a message to the processes waiting for it")
-async def send_message(body: MessageIn, _c: Messenger, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.processes.send_message(
-        body.name, body.correlation_key, body.payload, message_id=body.message_id
-    )
+async def send_message(body: MessageIn, caller: Messenger, svc: Services) -> dict[str, Any]:
+    """The message is the caller's tenant's: it reaches that tenant's instances only (an admin's: every tenant's),
+    is buffered for them, and its id is unique within the tenant; an instance it starts is the caller's."""
+    with svc.acting(caller):
+        return await svc.runtime.processes.send_message(
+            body.name,
+            body.correlation_key,
+            body.payload,
+            message_id=body.message_id,
+            tenant=svc.tasks_tenant(caller),  # the tenant the caller works in, as with its tasks (admin: None)
+        )
 
 
 Deployer = Annotated[Principal, Depends(require("journeys"))]
