@@ -12,7 +12,7 @@ assistants it may see (None: no filter, for the runtime's own reads).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.errors import AssistantExistsError, AssistantNotFoundError
 from checkpoints.ownership import Owner, Viewer, visible_to
+from checkpoints.rows import JsonHolds
 from checkpoints.schema.tables import server_assistant_versions, server_assistants
 
 _a, _v = server_assistants.c, server_assistant_versions.c
@@ -47,6 +48,7 @@ class AssistantRow:
     shared_group: str | None = None
 
 
+_TEXT_ORDER = frozenset({"assistant_id", "graph_id", "name"})  # sorted by code point (collation "C") on PostgreSQL
 _VERSION_FIELDS = ("graph_id", "name", "description", "config", "context", "metadata")
 _GET = select(server_assistants).where(_a.assistant_id == bindparam("p_id"))
 _GET_VERSION = select(server_assistant_versions).where(
@@ -167,14 +169,53 @@ class AssistantStore:
         name: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         viewer: Viewer | None = None,
+        graphs: Collection[str] | None = None,
+        sort_by: str = "created_at",
+        descending: bool = True,
+        limit: int | None = None,
     ) -> list[AssistantRow]:
-        """The assistants ``viewer`` may see on ``graph_id`` whose name contains ``name`` and whose metadata
-        holds ``metadata``, newest first."""
-        query = _matching(_visible(select(server_assistants), viewer), graph_id, name).order_by(_a.created_at.desc())
+        """The first ``limit`` (None: all) assistants ``viewer`` may see on ``graph_id`` (one of ``graphs``)
+        whose name contains ``name`` and whose metadata holds ``metadata``, in ``sort_by`` order (ties by id),
+        filtered and limited in the query (strings in Python's order of code points, on both dialects)."""
+        holds, query = self._where(graph_id, name, metadata, viewer, graphs)
+        order, key = self._order(sort_by), self._order("assistant_id")
+        query = query.order_by(order.desc() if descending else order.asc(), key.desc() if descending else key)
+        if holds.exact:
+            return [_row(found) for found in await self._backend.query(query.limit(limit))]
         rows = [_row(found) for found in await self._backend.query(query)]
-        if metadata:  # JSON containment differs per dialect: matched here, on the few rows one graph has
-            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
-        return rows
+        return holds.page(rows, lambda r: r.metadata, limit, 0)
+
+    async def count(
+        self,
+        *,
+        graph_id: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        viewer: Viewer | None = None,
+        graphs: Collection[str] | None = None,
+    ) -> int:
+        """How many assistants :meth:`search` would find, counted in the query."""
+        holds, query = self._where(graph_id, name, metadata, viewer, graphs)
+        if not holds.exact:
+            return sum(holds.holds(found["metadata"]) for found in await self._backend.query(query))
+        found = await self._backend.query(select(func.count().label("n")).select_from(query.subquery()))
+        return int(found[0]["n"])
+
+    def _where(
+        self,
+        graph_id: str | None,
+        name: str | None,
+        metadata: Mapping[str, Any] | None,
+        viewer: Viewer | None,
+        graphs: Collection[str] | None,
+    ) -> tuple[JsonHolds, Select[Any]]:
+        holds = JsonHolds.of(_a.metadata, metadata, postgres=self._backend.postgres)
+        query = _matching(_visible(select(server_assistants), viewer), graph_id, name).where(*holds.conditions)
+        return holds, query if graphs is None else query.where(_a.graph_id.in_(list(graphs)))
+
+    def _order(self, sort_by: str) -> Any:
+        column = _a[sort_by]
+        return column.collate("C") if self._backend.postgres and sort_by in _TEXT_ORDER else column
 
     async def update(self, assistant_id: str, *, viewer: Viewer | None = None, **changes: Any) -> AssistantRow:
         """A new version with ``changes`` (any of graph_id, name, description, config, context; metadata is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
@@ -41,6 +42,29 @@ def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
 
 # A LangGraph config (RunnableConfig) as a client sends it: other fields are kept as given.
 RunConfig = Annotated[dict[str, Any], AfterValidator(_checked_config)]
+
+
+def select_of(view: type[BaseModel]) -> Any:
+    """The type of a search's ``select``: names of ``view``'s fields, the only ones its answers keep (see
+    :func:`kept`). A name the view does not have is refused (422, naming the ones it has), as the Agent
+    Server does, rather than answered with nothing for it."""
+    allowed = list(view.model_fields)
+
+    def known(names: list[str] | None) -> list[str] | None:
+        unknown = [name for name in names or () if name not in allowed]
+        if unknown:
+            raise ValueError(f"select names fields {unknown} this view does not have; it has {allowed}")
+        return names
+
+    return Annotated[list[str] | None, Field(default=None, max_length=len(allowed)), AfterValidator(known)]
+
+
+def kept(views: list[dict[str, Any]], select: list[str] | None) -> list[dict[str, Any]] | JSONResponse:
+    """``views``, or with ``select`` only the fields it names, as they are (no longer whole views: answered
+    as they are, not checked against the route's response model)."""
+    if not select:
+        return views
+    return JSONResponse([{name: view[name] for name in select if name in view} for view in views])
 
 
 class StartKeyFields(BaseModel):
@@ -105,6 +129,7 @@ class AssistantSearch(AssistantCount):
     offset: int = Field(default=0, ge=0, le=MAX_INT)
     sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] = "created_at"
     sort_order: SortOrder = "desc"
+    select: select_of(AssistantOut) = None  # type: ignore[valid-type]
 
 
 def sorted_page(
@@ -215,12 +240,13 @@ class ThreadCount(Open):
 class ThreadSearch(ThreadCount):
     """Filters, order and paging of a thread search."""
 
-    ids: list[str] | None = None
+    ids: list[str] | None = Field(default=None, max_length=1000)
     limit: int = Field(default=10, ge=0, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_INT)
     sort_by: Literal["thread_id", "status", "created_at", "updated_at"] = "created_at"
     sort_order: SortOrder = "desc"
     extract: None = Field(None, description="not supported by this server: leave it out (or null)")
+    select: select_of(ThreadOut) = None  # type: ignore[valid-type]
 
 
 class ThreadUpdate(Open):

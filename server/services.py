@@ -354,21 +354,51 @@ class ServerServices:
             )
 
     async def search_assistants(
-        self, caller: Principal, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+        self,
+        caller: Principal,
+        graph_id: str | None,
+        name: str | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        sort_by: str = "created_at",
+        descending: bool = True,
+        limit: int | None = None,
     ) -> list[ResolvedAssistant]:
-        """The system assistants that match, then the created ones ``caller`` may see (newest first)."""
-        found = [
+        """The system assistants that match, then the first ``limit`` (None: all) created ones ``caller`` may
+        see, in ``sort_by`` order (newest first by default)."""
+        rows = await self.assistant_rows.search(
+            graph_id=graph_id,
+            name=name,
+            metadata=metadata,
+            viewer=self.viewer(caller),
+            graphs=registered_patterns(),
+            sort_by=sort_by,
+            descending=descending,
+            limit=limit,
+        )
+        found = self._system_assistants(graph_id, name, metadata)
+        return found + [ResolvedAssistant(get_assistant(r.graph_id), r) for r in rows]
+
+    async def count_assistants(
+        self, caller: Principal, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+    ) -> int:
+        """How many assistants :meth:`search_assistants` finds (the created ones counted in the query)."""
+        viewer = self.viewer(caller)
+        created = await self.assistant_rows.count(
+            graph_id=graph_id, name=name, metadata=metadata, viewer=viewer, graphs=registered_patterns()
+        )
+        return len(self._system_assistants(graph_id, name, metadata)) + created
+
+    @staticmethod
+    def _system_assistants(
+        graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+    ) -> list[ResolvedAssistant]:
+        return [
             ResolvedAssistant(a, None)
             for a in assistants()
             if (graph_id is None or a.assistant_id == graph_id)
             and (name is None or name in a.assistant_id)
             and _holds(system_metadata(a), metadata)
-        ]
-        rows = await self.assistant_rows.search(
-            graph_id=graph_id, name=name, metadata=metadata, viewer=self.viewer(caller)
-        )
-        return found + [
-            ResolvedAssistant(get_assistant(r.graph_id), r) for r in rows if r.graph_id in registered_patterns()
         ]
 
     async def assistant_schemas(self, assistant: ResolvedAssistant) -> dict[str, Any]:

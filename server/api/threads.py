@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from checkpoints.errors import JourneyError
@@ -40,6 +40,7 @@ from server.models import (
     ThreadSearch,
     ThreadStateOut,
     ThreadUpdate,
+    kept,
     sorted_page,
 )
 from server.problems import ApiError
@@ -104,16 +105,35 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
     }
 
 
+# A search or count whose filters (values, status) or order (status) are in each thread's view, which reads its
+# checkpoint and runs, reads the views of at most this many threads: those its metadata and ids narrow it to.
+VIEW_LIMIT = 1_000
+
+
 def _holds(found: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
     return not wanted or all(found.get(k) == v for k, v in wanted.items())
+
+
+def _by_view(body: ThreadCount) -> bool:
+    """Whether the search needs the threads' views to filter or order them (their rows do not hold it)."""
+    return bool(body.values) or body.status is not None or getattr(body, "sort_by", None) == "status"
 
 
 async def _matching(
     svc: ServerServices, body: ThreadCount, viewer: Viewer, ids: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """The views of the threads ``viewer`` may see whose metadata and values hold the filters' and whose status
-    is the one asked."""
-    rows = await svc.runs.search_threads(body.metadata, MAX_INT, 0, ids, viewer=viewer)
+    is the one asked; refused (422 ``SearchTooBroad``) when more than :data:`VIEW_LIMIT` threads hold the
+    metadata (and ids): each would be read, so narrow the search instead."""
+    rows = await svc.runs.search_threads(body.metadata, VIEW_LIMIT + 1, 0, ids, viewer=viewer)
+    if len(rows) > VIEW_LIMIT:
+        raise ApiError(
+            422,
+            "SearchTooBroad",
+            f"filtering threads by values or status (or sorting them by status) reads each thread's state: more "
+            f"than {VIEW_LIMIT} threads hold this metadata; narrow the search with metadata or ids",
+            limit=VIEW_LIMIT,
+        )
     views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
     return [
         v for v in views if _holds(v["values"], body.values) and (body.status is None or v["status"] == body.status)
@@ -141,22 +161,31 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
 
 
 @router.post("/search", response_model=list[ThreadOut], summary="Search threads")
-async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]] | JSONResponse:
+    """One page of the caller's threads that match. Filters and orders the rows hold are applied and paged
+    in the query; the others read the views of the threads the rows' own filters leave (see :func:`_matching`)."""
     viewer = svc.viewer(caller)
-    newest_first = body.sort_by == "created_at" and body.sort_order == "desc"  # the rows' own order
-    if body.values is None and body.status is None and newest_first:  # filters the rows hold: only the page
-        rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids, viewer=viewer)
-        return [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
-    matching = await _matching(svc, body, viewer, body.ids)
-    return sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit)
+    if _by_view(body):
+        matching = await _matching(svc, body, viewer, body.ids)
+        return kept(sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit), body.select)
+    rows = await svc.runs.search_threads(
+        body.metadata,
+        body.limit,
+        body.offset,
+        body.ids,
+        viewer=viewer,
+        sort_by=body.sort_by,
+        descending=body.sort_order == "desc",
+    )
+    return kept([await thread_view(svc, ResolvedThread.of(r)) for r in rows], body.select)
 
 
 @router.post("/count", response_model=int, summary="Count threads")
 async def count_threads(body: ThreadCount, caller: Reader, svc: Services) -> int:
     viewer = svc.viewer(caller)
-    if body.values is None and body.status is None:
-        return len(await svc.runs.search_threads(body.metadata, MAX_INT, 0, viewer=viewer))
-    return len(await _matching(svc, body, viewer))
+    if _by_view(body):
+        return len(await _matching(svc, body, viewer))
+    return await svc.runs.count_threads(body.metadata, viewer=viewer)
 
 
 @router.post("/prune", summary="Prune threads: delete them, or keep only their latest checkpoint")

@@ -1,0 +1,167 @@
+"""Searches and counts of threads, assistants and crons over real HTTP with the official langgraph-sdk client,
+two users, on SQLite and PostgreSQL.
+
+A thread count took ``len()`` of a search that read every one of the caller's threads, and a search by values
+or status built every thread's view (a checkpoint read each): at 20,000 threads a count took about half a
+second and a status count ten seconds or more, holding the server. Filters and orders the rows hold are now
+applied and paged in the query (metadata compared in SQL, as Python compares it); a search whose filters are
+in the threads' views reads at most ``VIEW_LIMIT`` of them and refuses more (422 ``SearchTooBroad``).
+
+``select`` was accepted and ignored by thread and assistant searches (and a cron search answered 500 for
+it): each now answers only the named fields, and refuses a name its view does not have (422)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import UnprocessableEntityError
+
+from checkpoints import open_store
+from checkpoints.clock import SystemClock
+from server.api.threads import VIEW_LIMIT
+from server.runs.store import RunStore
+from server.settings import ApiKey
+
+pytestmark = pytest.mark.slow
+WORK = frozenset({"read", "runs", "journeys", "tasks"})
+KEYS = {"key-ana": ApiKey("ana", WORK, ()), "key-bob": ApiKey("bob", WORK, ())}
+# Metadata of every JSON kind: a search compares each top-level key's value as Python does (objects without
+# regard to key order, 1 == 1.0, a missing key equals null).
+METADATA: list[dict[str, Any]] = [
+    {"team": "ops", "n": 1, "tags": ["a", "b"], "owner": {"name": "ana", "desk": 3}, "gone": None},
+    {"team": "ops", "n": 2.0, "tags": ["b", "a"], "owner": {"desk": 3, "name": "ana"}},
+    {"team": "dev", "n": 2, "tags": [], "owner": {"name": "bo"}, "gone": "here"},
+    {"team": "1", "n": "1", "flag": True},
+    {},
+]
+JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}, "user_id": "ana"}
+
+
+async def _ids(client: LangGraphClient, **search: Any) -> list[str]:
+    return [t["thread_id"] for t in await client.threads.search(limit=100, **search)]
+
+
+async def test_thread_searches_and_counts_filter_page_and_sort_in_the_query(
+    ana: LangGraphClient, bob: LangGraphClient
+) -> None:
+    mine = [(await ana.threads.create(metadata=m))["thread_id"] for m in METADATA]
+    for m in METADATA:  # the same metadata on bob's threads: never found by ana
+        await bob.threads.create(metadata=m)
+    cases: list[tuple[dict[str, Any], list[int]]] = [
+        ({}, [0, 1, 2, 3, 4]),
+        ({"team": "ops"}, [0, 1]),
+        ({"n": 1}, [0]),
+        ({"n": 2}, [1, 2]),
+        ({"n": "1"}, [3]),
+        ({"team": 1}, []),
+        ({"tags": ["a", "b"]}, [0]),
+        ({"tags": []}, [2]),
+        ({"owner": {"name": "ana", "desk": 3}}, [0, 1]),
+        ({"owner": {"name": "ana"}}, []),
+        ({"gone": None}, [0, 1, 3, 4]),
+        ({"gone": "here", "team": "dev"}, [2]),
+        ({"flag": True}, [3]),
+        ({"team": "ops", "n": 2}, [1]),
+    ]
+    for metadata, expected in cases:
+        assert sorted(await _ids(ana, metadata=metadata)) == sorted(mine[i] for i in expected), metadata
+        assert await ana.threads.count(metadata=metadata) == len(expected), metadata
+    assert await _ids(ana) == mine[::-1]  # newest first
+    assert await bob.threads.count() == len(METADATA)
+
+    # Pages of every order the rows hold cover each thread once, in Python's order of the field.
+    for sort_by in ("thread_id", "created_at", "updated_at"):
+        for order in ("asc", "desc"):
+            pages = [
+                t["thread_id"]
+                for offset in range(0, len(mine), 2)
+                for t in await ana.threads.search(limit=2, offset=offset, sort_by=sort_by, sort_order=order)
+            ]
+            views = {t["thread_id"]: t for t in await ana.threads.search(limit=100)}
+            assert pages == sorted(mine, key=lambda i: views[i][sort_by], reverse=order == "desc"), (sort_by, order)
+    assert await _ids(ana, ids=[mine[1], mine[3], "no-such-thread"]) == [mine[3], mine[1]]
+
+    # Filters in the threads' views read the views of the threads the metadata leaves.
+    assert await ana.threads.count(status="idle") == len(METADATA)
+    assert await ana.threads.count(status="busy") == 0
+    assert sorted(await _ids(ana, metadata={"team": "ops"}, status="idle")) == sorted(mine[:2])
+    by_status = await ana.threads.search(sort_by="status", sort_order="asc", limit=2, offset=3)
+    assert len(by_status) == 2 and all(t["status"] == "idle" for t in by_status)
+
+
+async def test_a_search_by_values_or_status_over_too_many_threads_is_refused_not_read(
+    ana: LangGraphClient, durable_url: str
+) -> None:
+    async with open_store(durable_url, clock=SystemClock()) as store:
+        runs = RunStore(store.backend, store.clock)
+        for n in range(VIEW_LIMIT + 1):
+            await runs.create_thread(None, {"n": n, "few": n < 3}, "ana")
+    assert await ana.threads.count() == VIEW_LIMIT + 1
+    assert await ana.threads.count(metadata={"few": True}) == 3
+    for call in (
+        lambda: ana.threads.count(status="idle"),
+        lambda: ana.threads.search(values={"x": 1}),
+        lambda: ana.threads.search(sort_by="status"),
+    ):
+        with pytest.raises(UnprocessableEntityError) as refused:
+            await call()
+        problem = refused.value.response.json()
+        assert problem["code"] == "SearchTooBroad" and problem["details"]["limit"] == VIEW_LIMIT, problem
+    # Narrowed by metadata, the same filters are served.
+    assert await ana.threads.count(metadata={"few": True}, status="idle") == 3
+    assert await ana.threads.search(metadata={"few": True}, values={"x": 1}) == []
+    assert len(await ana.threads.search(limit=5, offset=VIEW_LIMIT - 2)) == 3
+
+
+async def test_assistant_searches_and_counts_page_in_the_query(ana: LangGraphClient, bob: LangGraphClient) -> None:
+    system = await ana.assistants.count()
+    made = [
+        (await ana.assistants.create("structured", name=f"a{n:02}", metadata={"n": n, "odd": n % 2 == 1}))[
+            "assistant_id"
+        ]
+        for n in range(7)
+    ]
+    await bob.assistants.create("structured", name="bobs", metadata={"n": 1})
+    assert await ana.assistants.count() == system + len(made)
+    assert await ana.assistants.count(metadata={"odd": True}) == 3
+    assert await ana.assistants.count(graph_id="structured", metadata={"n": 1}) == 1
+    everything = await ana.assistants.search(limit=100)
+    for sort_by in ("name", "assistant_id", "created_at"):
+        for order in ("asc", "desc"):
+            pages = [
+                a["assistant_id"]
+                for offset in range(0, len(everything), 3)
+                for a in await ana.assistants.search(limit=3, offset=offset, sort_by=sort_by, sort_order=order)
+            ]
+            ordered = sorted(everything, key=lambda a: str(a[sort_by]), reverse=order == "desc")
+            assert sorted(pages) == sorted(a["assistant_id"] for a in everything), (sort_by, order)
+            assert [str(a[sort_by]) for a in ordered] == [
+                str(next(x for x in everything if x["assistant_id"] == i)[sort_by]) for i in pages
+            ], (sort_by, order)
+    found = await ana.assistants.search(metadata={"odd": False}, sort_by="name", sort_order="asc", offset=1, limit=2)
+    assert [a["name"] for a in found] == ["a02", "a04"]
+
+
+async def test_select_answers_only_the_named_fields_and_refuses_unknown_ones(ana: LangGraphClient) -> None:
+    thread = await ana.threads.create(metadata={"team": "ops"})
+    assert await ana.threads.search(select=["thread_id", "metadata"]) == [
+        {"thread_id": thread["thread_id"], "metadata": {"team": "ops"}}
+    ]
+    assert await ana.threads.search(metadata={"team": "ops"}, status="idle", select=["status"]) == [{"status": "idle"}]
+    made = await ana.assistants.create("structured", name="mine")
+    found = await ana.assistants.search(graph_id="structured", name="mine", select=["assistant_id", "name"])
+    assert found == [{"assistant_id": made["assistant_id"], "name": "mine"}]
+    cron = await ana.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
+    assert await ana.crons.search(select=["cron_id", "schedule"]) == [
+        {"cron_id": cron["cron_id"], "schedule": "0 9 * * *"}
+    ]
+    for call in (
+        lambda: ana.threads.search(select=["thread_id", "config"]),  # type: ignore[list-item]
+        lambda: ana.assistants.search(select=["nope"]),  # type: ignore[list-item]
+        lambda: ana.crons.search(select=["now"]),  # type: ignore[list-item]
+    ):
+        with pytest.raises(UnprocessableEntityError) as refused:
+            await call()
+        assert "this view does not have" in refused.value.response.text
