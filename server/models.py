@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.config import JsonDict
 
 StreamModeName = Literal[
@@ -44,27 +45,43 @@ def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
 RunConfig = Annotated[dict[str, Any], AfterValidator(_checked_config)]
 
 
-def select_of(view: type[BaseModel]) -> Any:
-    """The type of a search's ``select``: names of ``view``'s fields, the only ones its answers keep (see
-    :func:`kept`). A name the view does not have is refused (422, naming the ones it has), as the Agent
-    Server does, rather than answered with nothing for it."""
-    allowed = list(view.model_fields)
+_SELECT_LIMIT = 100
 
-    def known(names: list[str] | None) -> list[str] | None:
-        unknown = [name for name in names or () if name not in allowed]
-        if unknown:
-            raise ValueError(f"select names fields {unknown} this view does not have; it has {allowed}")
-        return names
 
-    return Annotated[list[str] | None, Field(default=None, max_length=len(allowed)), AfterValidator(known)]
+def select_of(view: type[BaseModel], *, keyed: str | None = None) -> Any:
+    """The type of a ``select``: names of ``view``'s fields, the only ones its answers keep (see :func:`kept`),
+    and with ``keyed`` also ``<keyed>.<key>``: one key of that field (a state's ``values.messages``). A name
+    the view does not have is refused (422, naming the ones it has), as the Agent Server does, rather than
+    answered with nothing for it; the schema states the names."""
+    name: Any = Literal.__getitem__(tuple(view.model_fields))
+    if keyed is not None:
+        name = name | Annotated[str, StringConstraints(pattern=rf"^{re.escape(keyed)}\..+")]
+    return Annotated[list[name] | None, Field(max_length=_SELECT_LIMIT)]
+
+
+def picked(view: dict[str, Any], select: list[str]) -> dict[str, Any]:
+    """The fields of ``view`` that ``select`` names; ``field.key`` names one key of an object field."""
+    found = {name: view[name] for name in select if name in view}
+    for name in select:
+        field, dot, key = name.partition(".")
+        if dot and field not in select and isinstance(view.get(field), dict):
+            part = found.setdefault(field, {})
+            if key in view[field]:
+                part[key] = view[field][key]
+    return found
 
 
 def kept(views: list[dict[str, Any]], select: list[str] | None) -> list[dict[str, Any]] | JSONResponse:
-    """``views``, or with ``select`` only the fields it names, as they are (no longer whole views: answered
-    as they are, not checked against the route's response model)."""
+    """``views``, or with ``select`` only the fields it names (:func:`picked`), as they are: no longer whole
+    views, so answered directly, not checked against the route's response model."""
     if not select:
         return views
-    return JSONResponse([{name: view[name] for name in select if name in view} for view in views])
+    return JSONResponse([picked(view, select) for view in views])
+
+
+def kept_one(view: dict[str, Any], select: list[str] | None) -> dict[str, Any] | JSONResponse:
+    """:func:`kept` of one view."""
+    return JSONResponse(picked(view, select)) if select else view
 
 
 class StartKeyFields(BaseModel):
@@ -272,13 +289,6 @@ class CheckpointIn(Open):
     checkpoint_map: dict[str, Any] | None = None
 
 
-class StateAt(Open):
-    """A checkpoint to read a thread's state at."""
-
-    checkpoint: CheckpointIn
-    subgraphs: bool = False
-
-
 class CheckpointOut(Open):
     """Which checkpoint of a thread a state belongs to."""
 
@@ -299,6 +309,18 @@ class ThreadStateOut(Open):
     created_at: str | None
     parent_checkpoint: CheckpointOut | None
     interrupts: list[dict[str, Any]]
+
+
+# A state read's ``select``: its fields, or one key of its values (``values.messages``).
+StateSelect = select_of(ThreadStateOut, keyed="values")
+
+
+class StateAt(Open):
+    """A checkpoint to read a thread's state at."""
+
+    checkpoint: CheckpointIn
+    subgraphs: bool = False
+    select: StateSelect = None  # type: ignore[valid-type]
 
 
 class StateUpdate(Open):
@@ -332,6 +354,7 @@ class HistoryQuery(Open):
     before: str | dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     checkpoint: CheckpointIn | None = None
+    select: StateSelect = None  # type: ignore[valid-type]
 
 
 class CommandIn(Open):

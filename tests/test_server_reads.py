@@ -164,4 +164,33 @@ async def test_select_answers_only_the_named_fields_and_refuses_unknown_ones(ana
     ):
         with pytest.raises(UnprocessableEntityError) as refused:
             await call()
-        assert "this view does not have" in refused.value.response.text
+        assert "Input should be '" in refused.value.response.text, refused.value.response.text
+
+
+async def test_a_state_read_answers_only_the_selected_fields_or_values(ana: LangGraphClient) -> None:
+    thread = (await ana.threads.create())["thread_id"]
+    await ana.runs.wait(thread, "structured", input=JOURNEY)
+    await ana.threads.update_state(thread, {"context": {"note": "ops"}})
+    state = await ana.threads.get_state(thread)
+    assert set(state["values"]) > {"status"}, state["values"]
+    status = state["values"]["status"]
+    checkpoint = state["checkpoint"]
+    assert await ana.threads.get_state(thread, select=["values.status", "next"]) == {
+        "values": {"status": status},
+        "next": state["next"],
+    }
+    at = await ana.threads.get_state(thread, checkpoint=checkpoint, select=["checkpoint", "values.nothing"])
+    assert at == {"checkpoint": checkpoint, "values": {}}
+    by_id = await ana.threads.get_state(thread, checkpoint_id=checkpoint["checkpoint_id"], select=["values"])
+    assert by_id == {"values": state["values"]}
+    history = await ana.threads.get_history(thread, limit=2, select=["created_at"])
+    assert len(history) == 2 and all(set(h) == {"created_at"} for h in history)
+    for call in (
+        lambda: ana.threads.get_state(thread, select=["tasks", "config"]),
+        lambda: ana.threads.get_state(thread, checkpoint_id=checkpoint["checkpoint_id"], select=["values."]),
+        lambda: ana.threads.get_state(thread, checkpoint=checkpoint, select=["nope.x"]),
+        lambda: ana.threads.get_history(thread, select=["next", "parent"]),
+    ):
+        with pytest.raises(UnprocessableEntityError) as refused:
+            await call()
+        assert "Input should be '" in refused.value.response.text, refused.value.response.text

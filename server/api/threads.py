@@ -29,6 +29,7 @@ from server.models import (
     HistoryQuery,
     RunCreate,
     StateAt,
+    StateSelect,
     StateUpdate,
     StateUpdated,
     ThreadCommand,
@@ -41,6 +42,7 @@ from server.models import (
     ThreadStateOut,
     ThreadUpdate,
     kept,
+    kept_one,
     sorted_page,
 )
 from server.problems import ApiError
@@ -321,14 +323,20 @@ async def thread_events(thread_id: str, body: ThreadEventsRequest, caller: Reade
     return StreamingResponse(events.frames(), media_type="text/event-stream")
 
 
+# A state read's ``select`` in its query (GET): ``?select=values&select=next``.
+SelectQuery = Annotated[StateSelect, Query()]
+
+
 @router.post("/{thread_id}/state/checkpoint", response_model=ThreadStateOut, summary="The state at a checkpoint")
-async def get_state_at(thread_id: str, body: StateAt, caller: Reader, svc: Services) -> dict[str, Any]:
-    return await _state_at(svc, caller, thread_id, body.checkpoint.model_dump())
+async def get_state_at(thread_id: str, body: StateAt, caller: Reader, svc: Services) -> dict[str, Any] | JSONResponse:
+    return kept_one(await _state_at(svc, caller, thread_id, body.checkpoint.model_dump()), body.select)
 
 
 @router.get("/{thread_id}/state/{checkpoint_id}", response_model=ThreadStateOut, summary="The state at a checkpoint")
-async def get_state_by_id(thread_id: str, checkpoint_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
-    return await _state_at(svc, caller, thread_id, {"checkpoint_id": checkpoint_id})
+async def get_state_by_id(
+    thread_id: str, checkpoint_id: str, caller: Reader, svc: Services, select: SelectQuery = None
+) -> dict[str, Any] | JSONResponse:
+    return kept_one(await _state_at(svc, caller, thread_id, {"checkpoint_id": checkpoint_id}), select)
 
 
 async def _state_at(
@@ -345,15 +353,17 @@ async def _state_at(
 
 
 @router.get("/{thread_id}/state", response_model=ThreadStateOut, summary="The thread's current state")
-async def get_state(thread_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+async def get_state(
+    thread_id: str, caller: Reader, svc: Services, select: SelectQuery = None
+) -> dict[str, Any] | JSONResponse:
     thread = await svc.resolve_thread(thread_id, caller)
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
-        return empty_state(thread_id)
+        return kept_one(empty_state(thread_id), select)
     snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
     if snapshot.created_at is None:  # no checkpoint at all: retention may have deleted them (404, saying so)
         await svc.runtime.retention.check_state(await svc.runtime.store.index.get_instance(thread.instance_id))
-    return state_view(snapshot, thread_id)
+    return kept_one(state_view(snapshot, thread_id), select)
 
 
 @router.post("/{thread_id}/state", response_model=StateUpdated, summary="Update the thread's state")
@@ -372,7 +382,9 @@ async def update_state(thread_id: str, body: StateUpdate, caller: Runner, svc: S
 
 
 @router.post("/{thread_id}/history", response_model=list[ThreadStateOut], summary="The thread's past states")
-async def get_history(thread_id: str, body: HistoryQuery, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+async def get_history(
+    thread_id: str, body: HistoryQuery, caller: Reader, svc: Services
+) -> list[dict[str, Any]] | JSONResponse:
     thread = await svc.resolve_thread(thread_id, caller)
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
@@ -385,7 +397,7 @@ async def get_history(thread_id: str, body: HistoryQuery, caller: Reader, svc: S
         before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before}}
     elif isinstance(before, dict) and before.get("checkpoint_id"):
         before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before["checkpoint_id"]}}
-    return [
+    states = [
         state_view(snapshot, thread_id)
         async for snapshot in graph.aget_state_history(
             config,
@@ -394,3 +406,4 @@ async def get_history(thread_id: str, body: HistoryQuery, caller: Reader, svc: S
             before=before_config,  # type: ignore[arg-type]
         )
     ]
+    return kept(states, body.select)
