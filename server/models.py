@@ -351,10 +351,15 @@ class HistoryQuery(Open):
     key-value pairs, from the thread's (or ``checkpoint``'s namespace's) latest, before ``before``."""
 
     limit: int = Field(default=10, ge=1, le=1000)
-    before: str | dict[str, Any] | None = None
+    before: Annotated[str, Field(max_length=100)] | CheckpointIn | None = None
     metadata: dict[str, Any] | None = None
     checkpoint: CheckpointIn | None = None
     select: StateSelect = None  # type: ignore[valid-type]
+
+    @property
+    def before_id(self) -> str | None:
+        """The id of the checkpoint the history is read before, however the client named it."""
+        return self.before if isinstance(self.before, str) else self.before.checkpoint_id if self.before else None
 
 
 class CommandIn(Open):

@@ -12,8 +12,11 @@ it): each now answers only the named fields, and refuses a name its view does no
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote_from_bytes
 
+import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import UnprocessableEntityError
@@ -194,3 +197,46 @@ async def test_a_state_read_answers_only_the_selected_fields_or_values(ana: Lang
         with pytest.raises(UnprocessableEntityError) as refused:
             await call()
         assert "Input should be '" in refused.value.response.text, refused.value.response.text
+
+
+async def _post(client: LangGraphClient, path: str, body: Any) -> httpx.Response:
+    """``body`` sent as it is: the SDK's encoder refuses what a hostile client sends (integers beyond 64 bits)."""
+    content = json.dumps(body).encode("utf-8", "surrogatepass")
+    return await client.http.client.post(path, content=content, headers={"content-type": "application/json"})
+
+
+async def _get(client: LangGraphClient, path: str, name: str, value: Any) -> httpx.Response:
+    """``path?name=value``, the value's UTF-8 bytes (lone surrogates too) percent-encoded as they are."""
+    query = quote_from_bytes(str(value).encode("utf-8", "surrogatepass"))
+    return await client.http.client.get(f"{path}?{name}={query}")
+
+
+async def test_hostile_values_on_read_routes_answer_a_4xx_or_their_result(ana: LangGraphClient) -> None:
+    thread = (await ana.threads.create())["thread_id"]
+    await ana.runs.wait(thread, "guide", input={"messages": [{"role": "user", "content": "hi"}]})
+    history = f"/threads/{thread}/history"
+    # A checkpoint named by something other than a string id was passed to the checkpointer: 500 on PostgreSQL
+    # (and on SQLite for an integer beyond 64 bits), or ignored.
+    for before in ({"checkpoint_id": -1}, {"checkpoint_id": 2**63}, {"checkpoint_id": 1.5}, {"checkpoint_id": True}):
+        assert (await _post(ana, history, {"before": before})).status_code == 422, before
+    assert (await _post(ana, history, {"before": "x" * 101})).status_code == 422
+    # A metadata value beyond 64 bits failed SQLite's query (500): no state holds it.
+    for metadata in ({"step": 2**63}, {"step": -(2**70), "source": "loop"}):
+        answered = await _post(ana, history, {"metadata": metadata})
+        assert answered.status_code == 200 and answered.json() == [], answered.text
+    steps = [s["metadata"]["step"] for s in await ana.http.post(history, json={"limit": 100})]
+    found = await ana.http.post(history, json={"metadata": {"step": steps[-1]}})
+    assert [s["metadata"]["step"] for s in found] == [steps[-1]]
+    for hostile in (-1, 2**63, "NaN", "\ud800"):
+        for path, body in (
+            (history, {"limit": hostile}),
+            ("/store/items/search", {"namespace_prefix": ["a"], "offset": hostile}),
+            ("/store/items/search", {"namespace_prefix": ["a"], "query": hostile}),
+            ("/store/items/search", {"namespace_prefix": ["a"], "filter": {"k": hostile}}),
+        ):
+            assert (await _post(ana, path, body)).status_code in (200, 400, 422), (path, body)
+        runs = await _get(ana, f"/threads/{thread}/runs", "offset", hostile)
+        assert runs.status_code in (200, 422), (hostile, runs.text)
+        for assistant in ("guide", "structured"):
+            graph = await _get(ana, f"/assistants/{assistant}/graph", "xray", hostile)
+            assert graph.status_code in (200, 422), (assistant, hostile, graph.text)

@@ -110,6 +110,7 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
 # A search or count whose filters (values, status) or order (status) are in each thread's view, which reads its
 # checkpoint and runs, reads the views of at most this many threads: those its metadata and ids narrow it to.
 VIEW_LIMIT = 1_000
+_INT64 = range(-(2**63), 2**63)
 
 
 def _holds(found: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
@@ -391,19 +392,20 @@ async def get_history(
         return []
     named = body.checkpoint.model_dump(exclude_none=True) if body.checkpoint is not None else {}
     config = svc.checkpoint_config(thread, named) if named else svc.runtime.engine.config(thread.instance_id)
-    before = body.before
-    before_config = None
-    if isinstance(before, str):
-        before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before}}
-    elif isinstance(before, dict) and before.get("checkpoint_id"):
-        before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before["checkpoint_id"]}}
+    before = body.before_id
+    before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before}} if before else None
+    # An integer beyond 64 bits cannot be bound on SQLite (the checkpointer's query failed: a 500): such keys
+    # are compared here, on the states the others select, before the page is cut.
+    wanted = body.metadata or {}
+    here = {k: v for k, v in wanted.items() if type(v) is int and v not in _INT64}
     states = [
         state_view(snapshot, thread_id)
         async for snapshot in graph.aget_state_history(
             config,
-            filter=body.metadata or None,
-            limit=body.limit,
+            filter={k: v for k, v in wanted.items() if k not in here} or None,
+            limit=None if here else body.limit,
             before=before_config,  # type: ignore[arg-type]
         )
+        if all(snapshot.metadata is not None and snapshot.metadata.get(k) == v for k, v in here.items())
     ]
-    return kept(states, body.select)
+    return kept(states[: body.limit], body.select)
