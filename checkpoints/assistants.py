@@ -23,7 +23,7 @@ from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.errors import AssistantExistsError, AssistantNotFoundError
 from checkpoints.ownership import Owner, Viewer, visible_to
-from checkpoints.rows import JsonHolds
+from checkpoints.rows import JsonHolds, count_holding
 from checkpoints.schema.tables import server_assistant_versions, server_assistants
 
 _a, _v = server_assistants.c, server_assistant_versions.c
@@ -96,6 +96,17 @@ def _matching(query: Select[Any], graph_id: str | None, name: str | None) -> Sel
     return query
 
 
+@dataclass(frozen=True, slots=True)
+class AssistantFilter:
+    """Which assistants a search or count takes: on ``graph_id`` (and one of ``graphs``, None: any), whose name
+    contains ``name`` and whose metadata holds ``metadata``."""
+
+    graph_id: str | None = None
+    name: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    graphs: Collection[str] | None = None
+
+
 class AssistantStore:
     """The assistants callers created, with every version of each."""
 
@@ -164,20 +175,17 @@ class AssistantStore:
 
     async def search(
         self,
+        where: AssistantFilter,
         *,
-        graph_id: str | None = None,
-        name: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
         viewer: Viewer | None = None,
-        graphs: Collection[str] | None = None,
         sort_by: str = "created_at",
         descending: bool = True,
         limit: int | None = None,
     ) -> list[AssistantRow]:
-        """The first ``limit`` (None: all) assistants ``viewer`` may see on ``graph_id`` (one of ``graphs``)
-        whose name contains ``name`` and whose metadata holds ``metadata``, in ``sort_by`` order (ties by id),
-        filtered and limited in the query (strings in Python's order of code points, on both dialects)."""
-        holds, query = self._where(graph_id, name, metadata, viewer, graphs)
+        """The first ``limit`` (None: all) assistants ``viewer`` may see that ``where`` takes, in ``sort_by``
+        order (ties by id), filtered and limited in the query (strings in Python's order of code points, on
+        both dialects)."""
+        holds, query = self._where(where, viewer)
         order, key = self._order(sort_by), self._order("assistant_id")
         query = query.order_by(order.desc() if descending else order.asc(), key.desc() if descending else key)
         if holds.exact:
@@ -185,33 +193,15 @@ class AssistantStore:
         rows = [_row(found) for found in await self._backend.query(query)]
         return holds.page(rows, lambda r: r.metadata, limit, 0)
 
-    async def count(
-        self,
-        *,
-        graph_id: str | None = None,
-        name: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        viewer: Viewer | None = None,
-        graphs: Collection[str] | None = None,
-    ) -> int:
+    async def count(self, where: AssistantFilter, *, viewer: Viewer | None = None) -> int:
         """How many assistants :meth:`search` would find, counted in the query."""
-        holds, query = self._where(graph_id, name, metadata, viewer, graphs)
-        if not holds.exact:
-            return sum(holds.holds(found["metadata"]) for found in await self._backend.query(query))
-        found = await self._backend.query(select(func.count().label("n")).select_from(query.subquery()))
-        return int(found[0]["n"])
+        return await count_holding(self._backend, *self._where(where, viewer))
 
-    def _where(
-        self,
-        graph_id: str | None,
-        name: str | None,
-        metadata: Mapping[str, Any] | None,
-        viewer: Viewer | None,
-        graphs: Collection[str] | None,
-    ) -> tuple[JsonHolds, Select[Any]]:
-        holds = JsonHolds.of(_a.metadata, metadata, postgres=self._backend.postgres)
-        query = _matching(_visible(select(server_assistants), viewer), graph_id, name).where(*holds.conditions)
-        return holds, query if graphs is None else query.where(_a.graph_id.in_(list(graphs)))
+    def _where(self, where: AssistantFilter, viewer: Viewer | None) -> tuple[JsonHolds, Select[Any]]:
+        holds = JsonHolds.of(_a.metadata, where.metadata, postgres=self._backend.postgres)
+        query = _matching(_visible(select(server_assistants), viewer), where.graph_id, where.name)
+        query = query.where(*holds.conditions)
+        return holds, query if where.graphs is None else query.where(_a.graph_id.in_(list(where.graphs)))
 
     def _order(self, sort_by: str) -> Any:
         column = _a[sort_by]

@@ -53,7 +53,7 @@ from checkpoints.errors import (
     UnsupportedMultitaskStrategyError,
 )
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, visible_to
-from checkpoints.rows import JsonHolds
+from checkpoints.rows import JsonHolds, count_holding
 from checkpoints.schema.tables import server_run_events, server_runs, server_threads
 
 ACTIVE = ("pending", "running")
@@ -467,11 +467,7 @@ class RunStore:
         self, metadata: Mapping[str, Any] | None, ids: Sequence[str] | None = None, *, viewer: Viewer | None = None
     ) -> int:
         """How many threads :meth:`search_threads` would find, counted in the query."""
-        holds, query = self._threads_where(metadata, ids, viewer)
-        if not holds.exact:
-            return sum(holds.holds(row["metadata"]) for row in await self._backend.query(query))
-        found = await self._backend.query(select(func.count().label("n")).select_from(query.subquery()))
-        return int(found[0]["n"])
+        return await count_holding(self._backend, *self._threads_where(metadata, ids, viewer))
 
     def _threads_where(
         self, metadata: Mapping[str, Any] | None, ids: Sequence[str] | None, viewer: Viewer | None

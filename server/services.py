@@ -15,7 +15,7 @@ from fastapi import Request
 from langchain_core.runnables import RunnableConfig
 from pydantic.errors import PydanticUserError
 
-from checkpoints.assistants import AssistantRow, AssistantStore
+from checkpoints.assistants import AssistantFilter, AssistantRow, AssistantStore
 from checkpoints.errors import SystemAssistantError
 from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
@@ -368,15 +368,9 @@ class ServerServices:
     ) -> list[ResolvedAssistant]:
         """The system assistants that match, then the first ``limit`` (None: all) created ones ``caller`` may
         see, in ``sort_by`` order (newest first by default)."""
+        where = AssistantFilter(graph_id, name, metadata, registered_patterns())
         rows = await self.assistant_rows.search(
-            graph_id=graph_id,
-            name=name,
-            metadata=metadata,
-            viewer=self.viewer(caller),
-            graphs=registered_patterns(),
-            sort_by=sort_by,
-            descending=descending,
-            limit=limit,
+            where, viewer=self.viewer(caller), sort_by=sort_by, descending=descending, limit=limit
         )
         found = self._system_assistants(graph_id, name, metadata)
         return found + [ResolvedAssistant(get_assistant(r.graph_id), r) for r in rows]
@@ -385,10 +379,8 @@ class ServerServices:
         self, caller: Principal, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
     ) -> int:
         """How many assistants :meth:`search_assistants` finds (the created ones counted in the query)."""
-        viewer = self.viewer(caller)
-        created = await self.assistant_rows.count(
-            graph_id=graph_id, name=name, metadata=metadata, viewer=viewer, graphs=registered_patterns()
-        )
+        where = AssistantFilter(graph_id, name, metadata, registered_patterns())
+        created = await self.assistant_rows.count(where, viewer=self.viewer(caller))
         return len(self._system_assistants(graph_id, name, metadata)) + created
 
     @staticmethod

@@ -13,6 +13,7 @@ it): each now answers only the named fields, and refuses a name its view does no
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote_from_bytes
 
@@ -40,6 +41,11 @@ METADATA: list[dict[str, Any]] = [
     {},
 ]
 JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}, "user_id": "ana"}
+
+
+async def _pages(search: Callable[..., Awaitable[Any]], total: int, size: int, **order: str) -> list[dict[str, Any]]:
+    """The pages of ``search`` in ``order``, ``size`` at a time until ``total``, joined."""
+    return [found for offset in range(0, total, size) for found in await search(limit=size, offset=offset, **order)]
 
 
 async def _ids(client: LangGraphClient, **search: Any) -> list[str]:
@@ -75,15 +81,12 @@ async def test_thread_searches_and_counts_filter_page_and_sort_in_the_query(
     assert await bob.threads.count() == len(METADATA)
 
     # Pages of every order the rows hold cover each thread once, in Python's order of the field.
+    views = {t["thread_id"]: t for t in await ana.threads.search(limit=100)}
     for sort_by in ("thread_id", "created_at", "updated_at"):
         for order in ("asc", "desc"):
-            pages = [
-                t["thread_id"]
-                for offset in range(0, len(mine), 2)
-                for t in await ana.threads.search(limit=2, offset=offset, sort_by=sort_by, sort_order=order)
-            ]
-            views = {t["thread_id"]: t for t in await ana.threads.search(limit=100)}
-            assert pages == sorted(mine, key=lambda i: views[i][sort_by], reverse=order == "desc"), (sort_by, order)
+            pages = await _pages(ana.threads.search, len(mine), 2, sort_by=sort_by, sort_order=order)
+            expected = sorted(mine, key=lambda i: views[i][sort_by], reverse=order == "desc")
+            assert [t["thread_id"] for t in pages] == expected, (sort_by, order)
     assert await _ids(ana, ids=[mine[1], mine[3], "no-such-thread"]) == [mine[3], mine[1]]
 
     # Filters in the threads' views read the views of the threads the metadata leaves.
@@ -133,16 +136,10 @@ async def test_assistant_searches_and_counts_page_in_the_query(ana: LangGraphCli
     everything = await ana.assistants.search(limit=100)
     for sort_by in ("name", "assistant_id", "created_at"):
         for order in ("asc", "desc"):
-            pages = [
-                a["assistant_id"]
-                for offset in range(0, len(everything), 3)
-                for a in await ana.assistants.search(limit=3, offset=offset, sort_by=sort_by, sort_order=order)
-            ]
-            ordered = sorted(everything, key=lambda a: str(a[sort_by]), reverse=order == "desc")
-            assert sorted(pages) == sorted(a["assistant_id"] for a in everything), (sort_by, order)
-            assert [str(a[sort_by]) for a in ordered] == [
-                str(next(x for x in everything if x["assistant_id"] == i)[sort_by]) for i in pages
-            ], (sort_by, order)
+            pages = await _pages(ana.assistants.search, len(everything), 3, sort_by=sort_by, sort_order=order)
+            assert sorted(a["assistant_id"] for a in pages) == sorted(a["assistant_id"] for a in everything)
+            ordered = sorted((str(a[sort_by]) for a in everything), reverse=order == "desc")
+            assert [str(a[sort_by]) for a in pages] == ordered, (sort_by, order)
     found = await ana.assistants.search(metadata={"odd": False}, sort_by="name", sort_order="asc", offset=1, limit=2)
     assert [a["name"] for a in found] == ["a02", "a04"]
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import Viewer
+from checkpoints.rows import INT64
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server import thread_stream
@@ -110,7 +111,6 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
 # A search or count whose filters (values, status) or order (status) are in each thread's view, which reads its
 # checkpoint and runs, reads the views of at most this many threads: those its metadata and ids narrow it to.
 VIEW_LIMIT = 1_000
-_INT64 = range(-(2**63), 2**63)
 
 
 def _holds(found: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
@@ -397,7 +397,7 @@ async def get_history(
     # An integer beyond 64 bits cannot be bound on SQLite (the checkpointer's query failed: a 500): such keys
     # are compared here, on the states the others select, before the page is cut.
     wanted = body.metadata or {}
-    here = {k: v for k, v in wanted.items() if type(v) is int and v not in _INT64}
+    here = {k: v for k, v in wanted.items() if type(v) is int and v not in INT64}
     states = [
         state_view(snapshot, thread_id)
         async for snapshot in graph.aget_state_history(
