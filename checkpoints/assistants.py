@@ -12,7 +12,7 @@ assistants it may see (None: no filter, for the runtime's own reads).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.errors import AssistantExistsError, AssistantNotFoundError
 from checkpoints.ownership import Owner, Viewer, visible_to
+from checkpoints.rows import JsonHolds, count_holding
 from checkpoints.schema.tables import server_assistant_versions, server_assistants
 
 _a, _v = server_assistants.c, server_assistant_versions.c
@@ -47,6 +48,7 @@ class AssistantRow:
     shared_group: str | None = None
 
 
+_TEXT_ORDER = frozenset({"assistant_id", "graph_id", "name"})  # sorted by code point (collation "C") on PostgreSQL
 _VERSION_FIELDS = ("graph_id", "name", "description", "config", "context", "metadata")
 _GET = select(server_assistants).where(_a.assistant_id == bindparam("p_id"))
 _GET_VERSION = select(server_assistant_versions).where(
@@ -92,6 +94,17 @@ def _matching(query: Select[Any], graph_id: str | None, name: str | None) -> Sel
     if name is not None:
         query = query.where(_a.name.contains(name, autoescape=True))
     return query
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantFilter:
+    """Which assistants a search or count takes: on ``graph_id`` (and one of ``graphs``, None: any), whose name
+    contains ``name`` and whose metadata holds ``metadata``."""
+
+    graph_id: str | None = None
+    name: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    graphs: Collection[str] | None = None
 
 
 class AssistantStore:
@@ -162,19 +175,37 @@ class AssistantStore:
 
     async def search(
         self,
+        where: AssistantFilter,
         *,
-        graph_id: str | None = None,
-        name: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
         viewer: Viewer | None = None,
+        sort_by: str = "created_at",
+        descending: bool = True,
+        limit: int | None = None,
     ) -> list[AssistantRow]:
-        """The assistants ``viewer`` may see on ``graph_id`` whose name contains ``name`` and whose metadata
-        holds ``metadata``, newest first."""
-        query = _matching(_visible(select(server_assistants), viewer), graph_id, name).order_by(_a.created_at.desc())
+        """The first ``limit`` (None: all) assistants ``viewer`` may see that ``where`` takes, in ``sort_by``
+        order (ties by id), filtered and limited in the query (strings in Python's order of code points, on
+        both dialects)."""
+        holds, query = self._where(where, viewer)
+        order, key = self._order(sort_by), self._order("assistant_id")
+        query = query.order_by(order.desc() if descending else order.asc(), key.desc() if descending else key)
+        if holds.exact:
+            return [_row(found) for found in await self._backend.query(query.limit(limit))]
         rows = [_row(found) for found in await self._backend.query(query)]
-        if metadata:  # JSON containment differs per dialect: matched here, on the few rows one graph has
-            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
-        return rows
+        return holds.page(rows, lambda r: r.metadata, limit, 0)
+
+    async def count(self, where: AssistantFilter, *, viewer: Viewer | None = None) -> int:
+        """How many assistants :meth:`search` would find, counted in the query."""
+        return await count_holding(self._backend, *self._where(where, viewer))
+
+    def _where(self, where: AssistantFilter, viewer: Viewer | None) -> tuple[JsonHolds, Select[Any]]:
+        holds = JsonHolds.of(_a.metadata, where.metadata, postgres=self._backend.postgres)
+        query = _matching(_visible(select(server_assistants), viewer), where.graph_id, where.name)
+        query = query.where(*holds.conditions)
+        return holds, query if where.graphs is None else query.where(_a.graph_id.in_(list(where.graphs)))
+
+    def _order(self, sort_by: str) -> Any:
+        column = _a[sort_by]
+        return column.collate("C") if self._backend.postgres and sort_by in _TEXT_ORDER else column
 
     async def update(self, assistant_id: str, *, viewer: Viewer | None = None, **changes: Any) -> AssistantRow:
         """A new version with ``changes`` (any of graph_id, name, description, config, context; metadata is

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from checkpoints.clock import Clock
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.process.timers import ARMED, TimerStore, cancel_timers
+from checkpoints.rows import JsonHolds
 from checkpoints.schema.tables import process_timers, server_crons
 from nodes.timer import TimerDefinition
 
@@ -212,27 +213,31 @@ class CronStore:
         statement = select(*server_crons.c, t.due_at.label("next_run_date")).select_from(
             server_crons.outerjoin(process_timers, armed)
         )
-        statement = statement.where(*self._conditions(where), *_visible(viewer))
+        holds = self._holds(where)
+        statement = statement.where(*self._conditions(where), *holds.conditions, *_visible(viewer))
         if cron_ids is not None:
             statement = statement.where(c.cron_id.in_(cron_ids))
         order = t.due_at if sort_by == "next_run_date" else c[sort_by]
         statement = statement.order_by(order.desc() if descending else order.asc(), c.cron_id)
-        if not where.metadata:
+        if holds.exact:
             statement = statement.limit(limit).offset(offset)
         async with self._engine.connect() as conn:
             found = [_row(dict(r._mapping)) for r in (await conn.execute(statement)).all()]
-        if where.metadata:  # JSON containment, the same on both dialects: checked here, then the page
-            found = [r for r in found if all(r.metadata.get(k) == v for k, v in where.metadata.items())]
-            found = found[offset : offset + limit]
-        return found
+        return found if holds.exact else holds.page(found, lambda r: r.metadata, limit, offset)
 
     async def count(self, where: CronFilter, *, viewer: Viewer | None = None) -> int:
-        if where.metadata:
-            return len(await self.search(where, limit=2**31 - 1, viewer=viewer))
+        """How many crons :meth:`search` would find, counted in the query."""
+        holds = self._holds(where)
+        conditions = [*self._conditions(where), *holds.conditions, *_visible(viewer)]
         async with self._engine.connect() as conn:
-            conditions = [*self._conditions(where), *_visible(viewer)]
+            if not holds.exact:
+                found = await conn.execute(select(server_crons.c.metadata).where(*conditions))
+                return sum(holds.holds(metadata) for (metadata,) in found.all())
             statement = select(func.count()).select_from(server_crons).where(*conditions)
             return int((await conn.execute(statement)).scalar_one())
+
+    def _holds(self, where: CronFilter) -> JsonHolds:
+        return JsonHolds.of(server_crons.c.metadata, where.metadata, postgres=self._engine.dialect.name == "postgresql")
 
     @staticmethod
     def _conditions(where: CronFilter) -> list[Any]:

@@ -2,14 +2,93 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import Executable, Table
+from sqlalchemy import ColumnElement, Executable, Select, Table, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkpoints.backends.base import Backend
+
+T = TypeVar("T")
 
 
 def insert_ignore(engine: AsyncEngine, table: Table, **values: Any) -> Executable:
     """``INSERT … ON CONFLICT DO NOTHING``: writing a row twice (a replayed node) changes nothing."""
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     return insert(table).values(**values).on_conflict_do_nothing()
+
+
+# The integers SQLite binds (64-bit): a wanted number outside is compared in Python (it could match a real).
+INT64 = range(-(2**63), 2**63)
+_NUMBER_TYPES = ("integer", "real", "true", "false")  # json_each's types of what Python compares as numbers
+
+
+@dataclass(frozen=True, slots=True)
+class JsonHolds:
+    """Rows whose JSON object column holds each of ``wanted``'s top-level keys with an equal value (a missing
+    key equals None), as the searches of threads, assistants and crons filter by metadata.
+
+    ``conditions`` select them in SQL: JSON's equality on PostgreSQL (objects without regard to key order,
+    1 = 1.0, but true is not 1), Python's on SQLite. They are ``exact`` except on SQLite for a wanted object
+    or array (it has no order-free comparison of JSON objects) or a number beyond 64 bits: there they only
+    narrow the rows, and :meth:`holds` decides, so a caller then pages in Python (:meth:`page`)."""
+
+    wanted: Mapping[str, Any]
+    conditions: tuple[ColumnElement[bool], ...]
+    exact: bool
+    name: str  # the column's, in a row read
+
+    @classmethod
+    def of(cls, column: ColumnElement[Any], wanted: Mapping[str, Any] | None, *, postgres: bool) -> JsonHolds:
+        wanted = dict(wanted or {})
+        if postgres:  # JSONB equality: objects compare without order, 1 = 1.0
+            null = cast(literal("null"), JSONB)
+            found = [
+                func.coalesce(column.op("->")(literal(key)), null) == cast(literal(json.dumps(value)), JSONB)
+                for key, value in wanted.items()
+            ]
+            return cls(wanted, tuple(found), True, column.key or "")
+        conditions, exact = [], True
+        for key, value in wanted.items():
+            each = func.json_each(column).table_valued("key", "value", "type").alias()
+            entry = select(literal(1)).select_from(each).where(each.c.key == key)
+            if value is None:  # missing, or null
+                conditions.append(~entry.where(each.c.type != "null").exists())
+            elif isinstance(value, str):
+                conditions.append(entry.where(each.c.type == "text", each.c.value == value).exists())
+            elif isinstance(value, bool | float) or (isinstance(value, int) and value in INT64):
+                conditions.append(entry.where(each.c.type.in_(_NUMBER_TYPES), each.c.value == value).exists())
+            else:
+                kind = (
+                    ("object",) if isinstance(value, dict) else ("array",) if isinstance(value, list) else _NUMBER_TYPES
+                )
+                conditions.append(entry.where(each.c.type.in_(kind)).exists())
+                exact = False
+        return cls(wanted, tuple(conditions), exact, column.key or "")
+
+    def holds(self, found: Mapping[str, Any] | None) -> bool:
+        """Whether a row's JSON object holds the wanted values (Python's equality)."""
+        found = found or {}
+        return all(found.get(key) == value for key, value in self.wanted.items())
+
+    def page(
+        self, rows: Sequence[T], metadata: Callable[[T], Mapping[str, Any] | None], limit: int | None, offset: int
+    ) -> list[T]:
+        """One page (``limit`` None: all from ``offset``) of the rows, read with :attr:`conditions` but not paged
+        in SQL, that hold the wanted values."""
+        found = [row for row in rows if self.holds(metadata(row))]
+        return found[offset:] if limit is None else found[offset : offset + limit]
+
+
+async def count_holding(backend: Backend, holds: JsonHolds, query: Select[Any]) -> int:
+    """How many rows of ``query`` (filtered with ``holds``'s conditions) hold its wanted values: one COUNT, or
+    where the conditions are not exact, the rows they leave, decided in Python."""
+    if not holds.exact:
+        return sum(holds.holds(row[holds.name]) for row in await backend.query(query))
+    found = await backend.query(select(func.count().label("n")).select_from(query.subquery()))
+    return int(found[0]["n"])

@@ -53,6 +53,7 @@ from checkpoints.errors import (
     UnsupportedMultitaskStrategyError,
 )
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, visible_to
+from checkpoints.rows import JsonHolds, count_holding
 from checkpoints.schema.tables import server_run_events, server_runs, server_threads
 
 ACTIVE = ("pending", "running")
@@ -447,15 +448,35 @@ class RunStore:
         ids: Sequence[str] | None = None,
         *,
         viewer: Viewer | None = None,
+        sort_by: str = "created_at",
+        descending: bool = True,
     ) -> list[ThreadRow]:
-        """Threads newest first, only those ``viewer`` may see (filtered in the query)."""
-        query = select(server_threads).where(_visible(viewer)).order_by(_threads.created_at.desc())
+        """One page of the threads ``viewer`` may see whose metadata holds ``metadata`` (and among ``ids``),
+        in ``sort_by`` order (thread_id, created_at or updated_at; ties by thread id), filtered and paged in
+        the query."""
+        holds, query = self._threads_where(metadata, ids, viewer)
+        key = _threads.thread_id.collate("C") if self._backend.postgres else _threads.thread_id  # Python's order
+        order = key if sort_by == "thread_id" else _threads[sort_by]
+        query = query.order_by(order.desc() if descending else order.asc(), key.desc() if descending else key)
+        if holds.exact:
+            return [ThreadRow(**row) for row in await self._backend.query(query.limit(limit).offset(offset))]
+        rows = [ThreadRow(**row) for row in await self._backend.query(query)]
+        return holds.page(rows, lambda r: r.metadata, limit, offset)
+
+    async def count_threads(
+        self, metadata: Mapping[str, Any] | None, ids: Sequence[str] | None = None, *, viewer: Viewer | None = None
+    ) -> int:
+        """How many threads :meth:`search_threads` would find, counted in the query."""
+        return await count_holding(self._backend, *self._threads_where(metadata, ids, viewer))
+
+    def _threads_where(
+        self, metadata: Mapping[str, Any] | None, ids: Sequence[str] | None, viewer: Viewer | None
+    ) -> tuple[JsonHolds, Select[Any]]:
+        holds = JsonHolds.of(_threads.metadata, metadata, postgres=self._backend.postgres)
+        query = select(server_threads).where(_visible(viewer), *holds.conditions)
         if ids:
             query = query.where(_threads.thread_id.in_(list(ids)))
-        rows = [ThreadRow(**row) for row in await self._backend.query(query)]
-        if metadata:
-            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
-        return rows[offset : offset + limit]
+        return holds, query
 
     async def set_thread_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> None:
         values = {"p_thread_id": thread_id, "p_metadata": dict(metadata), "p_now": self._clock.now()}

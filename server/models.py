@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.config import JsonDict
 
 StreamModeName = Literal[
@@ -41,6 +43,45 @@ def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
 
 # A LangGraph config (RunnableConfig) as a client sends it: other fields are kept as given.
 RunConfig = Annotated[dict[str, Any], AfterValidator(_checked_config)]
+
+
+_SELECT_LIMIT = 100
+
+
+def select_of(view: type[BaseModel], *, keyed: str | None = None) -> Any:
+    """The type of a ``select``: names of ``view``'s fields, the only ones its answers keep (see :func:`kept`),
+    and with ``keyed`` also ``<keyed>.<key>``: one key of that field (a state's ``values.messages``). A name
+    the view does not have is refused (422, naming the ones it has), as the Agent Server does, rather than
+    answered with nothing for it; the schema states the names."""
+    name: Any = Literal.__getitem__(tuple(view.model_fields))
+    if keyed is not None:
+        name = name | Annotated[str, StringConstraints(pattern=rf"^{re.escape(keyed)}\..+")]
+    return Annotated[list[name] | None, Field(max_length=_SELECT_LIMIT)]
+
+
+def picked(view: dict[str, Any], select: list[str]) -> dict[str, Any]:
+    """The fields of ``view`` that ``select`` names; ``field.key`` names one key of an object field."""
+    found = {name: view[name] for name in select if name in view}
+    for name in select:
+        field, dot, key = name.partition(".")
+        if dot and field not in select and isinstance(view.get(field), dict):
+            part = found.setdefault(field, {})
+            if key in view[field]:
+                part[key] = view[field][key]
+    return found
+
+
+def kept(views: list[dict[str, Any]], select: list[str] | None) -> list[dict[str, Any]] | JSONResponse:
+    """``views``, or with ``select`` only the fields it names (:func:`picked`), as they are: no longer whole
+    views, so answered directly, not checked against the route's response model."""
+    if not select:
+        return views
+    return JSONResponse([picked(view, select) for view in views])
+
+
+def kept_one(view: dict[str, Any], select: list[str] | None) -> dict[str, Any] | JSONResponse:
+    """:func:`kept` of one view."""
+    return JSONResponse(picked(view, select)) if select else view
 
 
 class StartKeyFields(BaseModel):
@@ -105,6 +146,7 @@ class AssistantSearch(AssistantCount):
     offset: int = Field(default=0, ge=0, le=MAX_INT)
     sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] = "created_at"
     sort_order: SortOrder = "desc"
+    select: select_of(AssistantOut) = None  # type: ignore[valid-type]
 
 
 def sorted_page(
@@ -215,12 +257,13 @@ class ThreadCount(Open):
 class ThreadSearch(ThreadCount):
     """Filters, order and paging of a thread search."""
 
-    ids: list[str] | None = None
+    ids: list[str] | None = Field(default=None, max_length=1000)
     limit: int = Field(default=10, ge=0, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_INT)
     sort_by: Literal["thread_id", "status", "created_at", "updated_at"] = "created_at"
     sort_order: SortOrder = "desc"
     extract: None = Field(None, description="not supported by this server: leave it out (or null)")
+    select: select_of(ThreadOut) = None  # type: ignore[valid-type]
 
 
 class ThreadUpdate(Open):
@@ -246,13 +289,6 @@ class CheckpointIn(Open):
     checkpoint_map: dict[str, Any] | None = None
 
 
-class StateAt(Open):
-    """A checkpoint to read a thread's state at."""
-
-    checkpoint: CheckpointIn
-    subgraphs: bool = False
-
-
 class CheckpointOut(Open):
     """Which checkpoint of a thread a state belongs to."""
 
@@ -273,6 +309,18 @@ class ThreadStateOut(Open):
     created_at: str | None
     parent_checkpoint: CheckpointOut | None
     interrupts: list[dict[str, Any]]
+
+
+# A state read's ``select``: its fields, or one key of its values (``values.messages``).
+StateSelect = select_of(ThreadStateOut, keyed="values")
+
+
+class StateAt(Open):
+    """A checkpoint to read a thread's state at."""
+
+    checkpoint: CheckpointIn
+    subgraphs: bool = False
+    select: StateSelect = None  # type: ignore[valid-type]
 
 
 class StateUpdate(Open):
@@ -303,9 +351,15 @@ class HistoryQuery(Open):
     key-value pairs, from the thread's (or ``checkpoint``'s namespace's) latest, before ``before``."""
 
     limit: int = Field(default=10, ge=1, le=1000)
-    before: str | dict[str, Any] | None = None
+    before: Annotated[str, Field(max_length=100)] | CheckpointIn | None = None
     metadata: dict[str, Any] | None = None
     checkpoint: CheckpointIn | None = None
+    select: StateSelect = None  # type: ignore[valid-type]
+
+    @property
+    def before_id(self) -> str | None:
+        """The id of the checkpoint the history is read before, however the client named it."""
+        return self.before if isinstance(self.before, str) else self.before.checkpoint_id if self.before else None
 
 
 class CommandIn(Open):

@@ -15,7 +15,7 @@ from fastapi import Request
 from langchain_core.runnables import RunnableConfig
 from pydantic.errors import PydanticUserError
 
-from checkpoints.assistants import AssistantRow, AssistantStore
+from checkpoints.assistants import AssistantFilter, AssistantRow, AssistantStore
 from checkpoints.errors import SystemAssistantError
 from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
@@ -201,8 +201,10 @@ class ServerServices:
     async def thread_control(self, thread_id: str) -> AsyncIterator[None]:
         """The interrupts and rollbacks of a thread's runs (runs.cancel, and double-texting), one at a time per
         thread across processes: each reads the thread's runs inside, once the one before it is done, so two
-        at once end as one after the other, never half of each. The store's lock (as a journey's writer
-        takes), on a key of the thread's own: its journey's lock is for its runs to take meanwhile."""
+        at once end as one after the other, never half of each. A thread's delete, copy and the row a journey
+        is given (:meth:`thread_row`) take it too: none of them sees the thread half deleted. The store's lock
+        (as a journey's writer takes), on a key of the thread's own: its journey's lock is for its runs to take
+        meanwhile."""
         async with self.runtime.engine.exclusive(f"runs-of-thread:{thread_id}"):
             yield
 
@@ -367,21 +369,43 @@ class ServerServices:
             )
 
     async def search_assistants(
-        self, caller: Principal, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+        self,
+        caller: Principal,
+        graph_id: str | None,
+        name: str | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        sort_by: str = "created_at",
+        descending: bool = True,
+        limit: int | None = None,
     ) -> list[ResolvedAssistant]:
-        """The system assistants that match, then the created ones ``caller`` may see (newest first)."""
-        found = [
+        """The system assistants that match, then the first ``limit`` (None: all) created ones ``caller`` may
+        see, in ``sort_by`` order (newest first by default)."""
+        where = AssistantFilter(graph_id, name, metadata, registered_patterns())
+        rows = await self.assistant_rows.search(
+            where, viewer=self.viewer(caller), sort_by=sort_by, descending=descending, limit=limit
+        )
+        found = self._system_assistants(graph_id, name, metadata)
+        return found + [ResolvedAssistant(get_assistant(r.graph_id), r) for r in rows]
+
+    async def count_assistants(
+        self, caller: Principal, graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+    ) -> int:
+        """How many assistants :meth:`search_assistants` finds (the created ones counted in the query)."""
+        where = AssistantFilter(graph_id, name, metadata, registered_patterns())
+        created = await self.assistant_rows.count(where, viewer=self.viewer(caller))
+        return len(self._system_assistants(graph_id, name, metadata)) + created
+
+    @staticmethod
+    def _system_assistants(
+        graph_id: str | None, name: str | None, metadata: Mapping[str, Any] | None
+    ) -> list[ResolvedAssistant]:
+        return [
             ResolvedAssistant(a, None)
             for a in assistants()
             if (graph_id is None or a.assistant_id == graph_id)
             and (name is None or name in a.assistant_id)
             and _holds(system_metadata(a), metadata)
-        ]
-        rows = await self.assistant_rows.search(
-            graph_id=graph_id, name=name, metadata=metadata, viewer=self.viewer(caller)
-        )
-        return found + [
-            ResolvedAssistant(get_assistant(r.graph_id), r) for r in rows if r.graph_id in registered_patterns()
         ]
 
     async def assistant_schemas(self, assistant: ResolvedAssistant) -> dict[str, Any]:
@@ -435,14 +459,24 @@ class ServerServices:
 
     async def thread_row(self, caller: Principal, thread_id: str) -> ThreadRow:
         """The row of a thread ``caller`` may see. A journey instance without one (started through the
-        journey endpoints, or its thread was deleted: the journey stays) gets a row now, bound to it."""
+        journey endpoints, or its thread was deleted: the journey stays) gets a row now, bound to it: in
+        :meth:`thread_control`, as a delete, so that a thread deleted meanwhile is not given one back.
+        Not found (404) when the thread is deleted before or meanwhile."""
         thread = await self.resolve_thread(thread_id, caller)
         if thread.row is None:
-            await self.runs.create_thread(thread_id, {}, self.owner(caller), if_exists="do_nothing")
-            if thread.instance_id and thread.assistant_id:
-                await self.runs.bind(thread_id, thread.assistant_id, thread.instance_id)
+            async with self.thread_control(thread_id):
+                thread = await self.resolve_thread(thread_id, caller)  # deleted while this waited: not found
+                if thread.row is None:
+                    await self.runs.create_thread(thread_id, {}, self.owner(caller), if_exists="do_nothing")
+                    if thread.instance_id and thread.assistant_id:
+                        await self.runs.bind(thread_id, thread.assistant_id, thread.instance_id)
+        return await self._thread_row_now(thread_id)
+
+    async def _thread_row_now(self, thread_id: str) -> ThreadRow:
+        """The thread's row as it is now: not found when it was deleted since the caller found it."""
         row = await self.runs.get_thread(thread_id)
-        assert row is not None
+        if row is None:
+            raise JourneyNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         return row
 
     async def delete_thread(self, caller: Principal, thread_id: str) -> None:
@@ -452,34 +486,34 @@ class ServerServices:
         show it: its inbox tasks and timers are cancelled), and ``thread.deleted`` is logged: the event log
         stays, the audit trail of what the journey did, and the id never names a thread again. A crash
         part-way leaves the thread gone and the rest done by deleting it again."""
-        thread = await self.resolve_thread(thread_id, caller)
-        await self.runs.delete_thread(thread_id)  # first: refused while a run is active, its crons with it
-        if thread.instance_id is not None:
-            deleted = NewEvent(THREAD_DELETED, {"thread_id": thread_id, "by": caller.name}, None, THREAD_DELETED)
-            await self.runtime.instances.terminate(thread.instance_id, "its thread was deleted", then=[deleted])
-            await self.runtime.store.saver.adelete_thread(thread.instance_id)
+        async with self.thread_control(thread_id):  # not while it is copied, or given a row (thread_row)
+            thread = await self.resolve_thread(thread_id, caller)  # deleted while this waited: not found
+            await self.runs.delete_thread(thread_id)  # first: refused while a run is active, its crons with it
+            if thread.instance_id is not None:
+                deleted = NewEvent(THREAD_DELETED, {"thread_id": thread_id, "by": caller.name}, None, THREAD_DELETED)
+                await self.runtime.instances.terminate(thread.instance_id, "its thread was deleted", then=[deleted])
+                await self.runtime.store.saver.adelete_thread(thread.instance_id)
 
     async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
         """A new thread with the thread's metadata and checkpoints. Only chat threads (and threads without
         state) copy: a journey's progress also lives in its instance's event log and index, which a copy of
         checkpoints would not carry, so the copy would be a journey that never happened."""
-        thread = await self.resolve_thread(thread_id, caller)
-        pattern = get_assistant(thread.assistant_id) if thread.assistant_id else None
-        if pattern is not None and not pattern.chat:
-            raise ApiError(
-                409,
-                "CopyUnsupported",
-                f"thread {thread_id!r} runs a {pattern.assistant_id!r} journey, whose progress is in its event log "
-                "too; only chat threads are copied",
-            )
-        metadata = dict(thread.row.metadata) if thread.row else {}
-        copy = await self.runs.create_thread(None, metadata, self.owner(caller))
-        if pattern is not None and thread.instance_id is not None:
-            await copy_checkpoints(self.runtime.store.saver, thread.instance_id, copy.thread_id)
-            await self.runs.bind(copy.thread_id, pattern.assistant_id, copy.thread_id)
-        found = await self.runs.get_thread(copy.thread_id)
-        assert found is not None
-        return found
+        async with self.thread_control(thread_id):  # the thread is not deleted while it is copied
+            thread = await self.resolve_thread(thread_id, caller)
+            pattern = get_assistant(thread.assistant_id) if thread.assistant_id else None
+            if pattern is not None and not pattern.chat:
+                raise ApiError(
+                    409,
+                    "CopyUnsupported",
+                    f"thread {thread_id!r} runs a {pattern.assistant_id!r} journey, whose progress is in its event "
+                    "log too; only chat threads are copied",
+                )
+            metadata = dict(thread.row.metadata) if thread.row else {}
+            copy = await self.runs.create_thread(None, metadata, self.owner(caller))
+            if pattern is not None and thread.instance_id is not None:
+                await copy_checkpoints(self.runtime.store.saver, thread.instance_id, copy.thread_id)
+                await self.runs.bind(copy.thread_id, pattern.assistant_id, copy.thread_id)
+        return await self._thread_row_now(copy.thread_id)  # its caller may have deleted it already
 
     async def prune_threads(self, caller: Principal, thread_ids: Sequence[str], strategy: str) -> int:
         """``delete``: the threads go (as :meth:`delete_thread`); ``keep_latest``: only their latest

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
 
 from checkpoints.assistants import AssistantRow
 from server.api import errors
@@ -22,6 +23,7 @@ from server.models import (
     GraphSchemaOut,
     SetLatest,
     VersionsQuery,
+    kept,
     sorted_page,
 )
 from server.services import ResolvedAssistant, ServerServices, services, system_metadata
@@ -83,14 +85,27 @@ async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services)
 
 
 @router.post("/search", response_model=list[AssistantOut], summary="Search assistants")
-async def search_assistants(body: AssistantSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
-    found = await svc.search_assistants(caller, body.graph_id, body.name, body.metadata)
-    return sorted_page([assistant_view(a) for a in found], body.sort_by, body.sort_order, body.offset, body.limit)
+async def search_assistants(
+    body: AssistantSearch, caller: Reader, svc: Services
+) -> list[dict[str, Any]] | JSONResponse:
+    """One page of the assistants that match: the created ones read in the query's order, no more of them
+    than the page needs (with the few system assistants merged in, in the same order)."""
+    found = await svc.search_assistants(
+        caller,
+        body.graph_id,
+        body.name,
+        body.metadata,
+        sort_by=body.sort_by,
+        descending=body.sort_order == "desc",
+        limit=body.offset + body.limit,
+    )
+    views = [assistant_view(a) for a in found]
+    return kept(sorted_page(views, body.sort_by, body.sort_order, body.offset, body.limit), body.select)
 
 
 @router.post("/count", response_model=int, summary="Count assistants")
 async def count_assistants(body: AssistantCount, caller: Reader, svc: Services) -> int:
-    return len(await svc.search_assistants(caller, body.graph_id, body.name, body.metadata))
+    return await svc.count_assistants(caller, body.graph_id, body.name, body.metadata)
 
 
 @router.get("/{assistant_id}", response_model=AssistantOut, summary="Get an assistant")

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Response
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
@@ -24,7 +25,7 @@ from server.api.runs import assistant_options
 from server.auth import Principal, require
 from server.crons import RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, RunConfig
+from server.models import MAX_INT, RunConfig, kept, select_of
 from server.services import ServerServices, services
 
 router = APIRouter(tags=["crons"], responses=errors(), route_class=GuardedRoute)
@@ -109,7 +110,7 @@ class CronSearch(BaseModel):
     offset: int = Field(0, ge=0, le=MAX_INT)
     sort_by: CronSortBy = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
-    select: list[str] | None = None
+    select: select_of(CronOut) = None  # type: ignore[valid-type]
 
 
 class CronCount(BaseModel):
@@ -187,7 +188,7 @@ async def create_thread_cron(thread_id: ThreadId, body: CronCreate, caller: Runn
 
 
 @router.post("/runs/crons/search", response_model=list[CronOut], summary="Search crons")
-async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[dict[str, Any]] | JSONResponse:
     found = await svc.crons.store.search(
         CronFilter(body.assistant_id, body.thread_id, body.enabled, body.metadata),
         limit=body.limit,
@@ -196,10 +197,7 @@ async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[
         descending=body.sort_order == "desc",
         viewer=svc.viewer(caller),
     )
-    views = [cron_view(cron) for cron in found]
-    if body.select:
-        views = [{k: v for k, v in view.items() if k in body.select} for view in views]
-    return views
+    return kept([cron_view(cron) for cron in found], body.select)
 
 
 @router.post("/runs/crons/count", response_model=int, summary="Count crons")

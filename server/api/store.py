@@ -148,7 +148,9 @@ async def get_item(
     caller: Reader,
     svc: Services,
     key: Annotated[str, Query(min_length=1, max_length=1000)],
-    namespace: Annotated[str, Query(min_length=1, max_length=2000, description="labels joined by '.'")],
+    namespace: Annotated[
+        str, Query(min_length=1, max_length=2000, pattern=r"^[^.]+(\.[^.]+)*$", description="labels joined by '.'")
+    ],
 ) -> dict[str, Any] | None:
     item = await _owned(svc, caller).get(_namespace(namespace), key)
     return None if item is None else _item(item)

@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import Viewer
+from checkpoints.rows import INT64
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server import thread_stream
@@ -29,6 +30,7 @@ from server.models import (
     HistoryQuery,
     RunCreate,
     StateAt,
+    StateSelect,
     StateUpdate,
     StateUpdated,
     ThreadCommand,
@@ -40,6 +42,8 @@ from server.models import (
     ThreadSearch,
     ThreadStateOut,
     ThreadUpdate,
+    kept,
+    kept_one,
     sorted_page,
 )
 from server.problems import ApiError
@@ -104,16 +108,35 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
     }
 
 
+# A search or count whose filters (values, status) or order (status) are in each thread's view, which reads its
+# checkpoint and runs, reads the views of at most this many threads: those its metadata and ids narrow it to.
+VIEW_LIMIT = 1_000
+
+
 def _holds(found: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
     return not wanted or all(found.get(k) == v for k, v in wanted.items())
+
+
+def _by_view(body: ThreadCount) -> bool:
+    """Whether the search needs the threads' views to filter or order them (their rows do not hold it)."""
+    return bool(body.values) or body.status is not None or getattr(body, "sort_by", None) == "status"
 
 
 async def _matching(
     svc: ServerServices, body: ThreadCount, viewer: Viewer, ids: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """The views of the threads ``viewer`` may see whose metadata and values hold the filters' and whose status
-    is the one asked."""
-    rows = await svc.runs.search_threads(body.metadata, MAX_INT, 0, ids, viewer=viewer)
+    is the one asked; refused (422 ``SearchTooBroad``) when more than :data:`VIEW_LIMIT` threads hold the
+    metadata (and ids): each would be read, so narrow the search instead."""
+    rows = await svc.runs.search_threads(body.metadata, VIEW_LIMIT + 1, 0, ids, viewer=viewer)
+    if len(rows) > VIEW_LIMIT:
+        raise ApiError(
+            422,
+            "SearchTooBroad",
+            f"filtering threads by values or status (or sorting them by status) reads each thread's state: more "
+            f"than {VIEW_LIMIT} threads hold this metadata; narrow the search with metadata or ids",
+            limit=VIEW_LIMIT,
+        )
     views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
     return [
         v for v in views if _holds(v["values"], body.values) and (body.status is None or v["status"] == body.status)
@@ -141,22 +164,31 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
 
 
 @router.post("/search", response_model=list[ThreadOut], summary="Search threads")
-async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]] | JSONResponse:
+    """One page of the caller's threads that match. Filters and orders the rows hold are applied and paged
+    in the query; the others read the views of the threads the rows' own filters leave (see :func:`_matching`)."""
     viewer = svc.viewer(caller)
-    newest_first = body.sort_by == "created_at" and body.sort_order == "desc"  # the rows' own order
-    if body.values is None and body.status is None and newest_first:  # filters the rows hold: only the page
-        rows = await svc.runs.search_threads(body.metadata, body.limit, body.offset, body.ids, viewer=viewer)
-        return [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
-    matching = await _matching(svc, body, viewer, body.ids)
-    return sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit)
+    if _by_view(body):
+        matching = await _matching(svc, body, viewer, body.ids)
+        return kept(sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit), body.select)
+    rows = await svc.runs.search_threads(
+        body.metadata,
+        body.limit,
+        body.offset,
+        body.ids,
+        viewer=viewer,
+        sort_by=body.sort_by,
+        descending=body.sort_order == "desc",
+    )
+    return kept([await thread_view(svc, ResolvedThread.of(r)) for r in rows], body.select)
 
 
 @router.post("/count", response_model=int, summary="Count threads")
 async def count_threads(body: ThreadCount, caller: Reader, svc: Services) -> int:
     viewer = svc.viewer(caller)
-    if body.values is None and body.status is None:
-        return len(await svc.runs.search_threads(body.metadata, MAX_INT, 0, viewer=viewer))
-    return len(await _matching(svc, body, viewer))
+    if _by_view(body):
+        return len(await _matching(svc, body, viewer))
+    return await svc.runs.count_threads(body.metadata, viewer=viewer)
 
 
 @router.post("/prune", summary="Prune threads: delete them, or keep only their latest checkpoint")
@@ -292,14 +324,20 @@ async def thread_events(thread_id: str, body: ThreadEventsRequest, caller: Reade
     return StreamingResponse(events.frames(), media_type="text/event-stream")
 
 
+# A state read's ``select`` in its query (GET): ``?select=values&select=next``.
+SelectQuery = Annotated[StateSelect, Query()]
+
+
 @router.post("/{thread_id}/state/checkpoint", response_model=ThreadStateOut, summary="The state at a checkpoint")
-async def get_state_at(thread_id: str, body: StateAt, caller: Reader, svc: Services) -> dict[str, Any]:
-    return await _state_at(svc, caller, thread_id, body.checkpoint.model_dump())
+async def get_state_at(thread_id: str, body: StateAt, caller: Reader, svc: Services) -> dict[str, Any] | JSONResponse:
+    return kept_one(await _state_at(svc, caller, thread_id, body.checkpoint.model_dump()), body.select)
 
 
 @router.get("/{thread_id}/state/{checkpoint_id}", response_model=ThreadStateOut, summary="The state at a checkpoint")
-async def get_state_by_id(thread_id: str, checkpoint_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
-    return await _state_at(svc, caller, thread_id, {"checkpoint_id": checkpoint_id})
+async def get_state_by_id(
+    thread_id: str, checkpoint_id: str, caller: Reader, svc: Services, select: SelectQuery = None
+) -> dict[str, Any] | JSONResponse:
+    return kept_one(await _state_at(svc, caller, thread_id, {"checkpoint_id": checkpoint_id}), select)
 
 
 async def _state_at(
@@ -316,15 +354,17 @@ async def _state_at(
 
 
 @router.get("/{thread_id}/state", response_model=ThreadStateOut, summary="The thread's current state")
-async def get_state(thread_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+async def get_state(
+    thread_id: str, caller: Reader, svc: Services, select: SelectQuery = None
+) -> dict[str, Any] | JSONResponse:
     thread = await svc.resolve_thread(thread_id, caller)
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
-        return empty_state(thread_id)
+        return kept_one(empty_state(thread_id), select)
     snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
     if snapshot.created_at is None:  # no checkpoint at all: retention may have deleted them (404, saying so)
         await svc.runtime.retention.check_state(await svc.runtime.store.index.get_instance(thread.instance_id))
-    return state_view(snapshot, thread_id)
+    return kept_one(state_view(snapshot, thread_id), select)
 
 
 @router.post("/{thread_id}/state", response_model=StateUpdated, summary="Update the thread's state")
@@ -343,25 +383,29 @@ async def update_state(thread_id: str, body: StateUpdate, caller: Runner, svc: S
 
 
 @router.post("/{thread_id}/history", response_model=list[ThreadStateOut], summary="The thread's past states")
-async def get_history(thread_id: str, body: HistoryQuery, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+async def get_history(
+    thread_id: str, body: HistoryQuery, caller: Reader, svc: Services
+) -> list[dict[str, Any]] | JSONResponse:
     thread = await svc.resolve_thread(thread_id, caller)
     graph = await svc.thread_graph(thread)
     if graph is None or thread.instance_id is None:
         return []
     named = body.checkpoint.model_dump(exclude_none=True) if body.checkpoint is not None else {}
     config = svc.checkpoint_config(thread, named) if named else svc.runtime.engine.config(thread.instance_id)
-    before = body.before
-    before_config = None
-    if isinstance(before, str):
-        before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before}}
-    elif isinstance(before, dict) and before.get("checkpoint_id"):
-        before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before["checkpoint_id"]}}
-    return [
+    before = body.before_id
+    before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before}} if before else None
+    # An integer beyond 64 bits cannot be bound on SQLite (the checkpointer's query failed: a 500): such keys
+    # are compared here, on the states the others select, before the page is cut.
+    wanted = body.metadata or {}
+    here = {k: v for k, v in wanted.items() if type(v) is int and v not in INT64}
+    states = [
         state_view(snapshot, thread_id)
         async for snapshot in graph.aget_state_history(
             config,
-            filter=body.metadata or None,
-            limit=body.limit,
+            filter={k: v for k, v in wanted.items() if k not in here} or None,
+            limit=None if here else body.limit,
             before=before_config,  # type: ignore[arg-type]
         )
+        if all(snapshot.metadata is not None and snapshot.metadata.get(k) == v for k, v in here.items())
     ]
+    return kept(states[: body.limit], body.select)
