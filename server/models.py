@@ -449,6 +449,9 @@ class RunOut(Open):
     cancel_reason: str | None = None
 
 
+RunSelect = select_of(RunOut)
+
+
 class ThreadCommand(BaseModel):
     """A command of the v3 thread stream (``client.threads.stream``): ``run.start`` or ``input.respond``."""
 

@@ -185,11 +185,14 @@ async def test_a_state_read_answers_only_the_selected_fields_or_values(ana: Lang
     assert by_id == {"values": state["values"]}
     history = await ana.threads.get_history(thread, limit=2, select=["created_at"])
     assert len(history) == 2 and all(set(h) == {"created_at"} for h in history)
+    [run] = await ana.runs.list(thread)
+    assert await ana.runs.list(thread, select=["run_id", "status"]) == [{"run_id": run["run_id"], "status": "success"}]
     for call in (
         lambda: ana.threads.get_state(thread, select=["tasks", "config"]),
         lambda: ana.threads.get_state(thread, checkpoint_id=checkpoint["checkpoint_id"], select=["values."]),
         lambda: ana.threads.get_state(thread, checkpoint=checkpoint, select=["nope.x"]),
         lambda: ana.threads.get_history(thread, select=["next", "parent"]),
+        lambda: ana.runs.list(thread, select=["run_id", "nope"]),  # type: ignore[list-item]
     ):
         with pytest.raises(UnprocessableEntityError) as refused:
             await call()

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
@@ -26,7 +26,17 @@ from server.api import errors
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, BatchRunCreate, CancelMany, RunCreate, RunOut, RunStatus, StatelessRunCreate
+from server.models import (
+    MAX_INT,
+    BatchRunCreate,
+    CancelMany,
+    RunCreate,
+    RunOut,
+    RunSelect,
+    RunStatus,
+    StatelessRunCreate,
+    kept,
+)
 from server.problems import ApiError, JourneyValuesResponse
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, run_events
@@ -363,9 +373,11 @@ async def list_runs(
     limit: Annotated[int, Query(ge=0, le=1000)] = 10,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     status: Annotated[RunStatus | None, Query()] = None,
-) -> list[dict[str, Any]]:
+    select: Annotated[RunSelect, Query()] = None,
+) -> list[dict[str, Any]] | JSONResponse:
     await svc.resolve_thread(thread_id, caller)
-    return [r.view() for r in await svc.runs.list_runs(thread_id, limit=limit, offset=offset, status=status)]
+    runs = await svc.runs.list_runs(thread_id, limit=limit, offset=offset, status=status)
+    return kept([r.view() for r in runs], select)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}", response_model=RunOut, summary="Get a run")
