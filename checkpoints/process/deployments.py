@@ -26,6 +26,7 @@ class Deployment:
     digest: str
     deployed_at: datetime
     spec: dict[str, Any]
+    tenant: str | None = None  # whose process name this is (see tenant_of)
 
 
 class DeploymentStore:
@@ -112,7 +113,7 @@ class DeploymentStore:
     async def find(self, name: str | None = None) -> list[Deployment]:
         d, j = process_deployments.c, journey_designs.c
         query = (
-            select(d.name, d.version, d.design_id, d.digest, d.deployed_at, j.spec)
+            select(d.name, d.version, d.design_id, d.digest, d.deployed_at, j.spec, d.tenant)
             .join(journey_designs, j.journey_id == d.design_id)
             .order_by(d.name, d.version)
         )
@@ -129,7 +130,7 @@ class DeploymentStore:
     async def by_design(self, design_id: str) -> Deployment | None:
         d, j = process_deployments.c, journey_designs.c
         query = (
-            select(d.name, d.version, d.design_id, d.digest, d.deployed_at, j.spec)
+            select(d.name, d.version, d.design_id, d.digest, d.deployed_at, j.spec, d.tenant)
             .join(journey_designs, j.journey_id == d.design_id)
             .where(d.design_id == design_id)
         )

@@ -312,11 +312,12 @@ class ProcessOrchestrator:
     async def names(self, viewer: Viewer | None = None) -> list[str]:
         """The deployed process names, sorted: with ``viewer`` (not an admin), those of its tenant and the
         shared ones, as :meth:`_callers` lets it start them."""
-        names = sorted({d.name for d in await self.deployments.find()})
+        first: dict[str, Deployment] = {}
+        for deployment in await self.deployments.find():  # by name and version: a name's first version first
+            first.setdefault(deployment.name, deployment)
         if viewer is None or viewer.admin:
-            return names
-        tenants = {name: (await self.deployments.tenant_of(name))[1] for name in names}
-        return [name for name in names if tenants[name] in (None, viewer.tenant)]
+            return sorted(first)
+        return sorted(name for name, d in first.items() if d.tenant in (None, viewer.tenant))
 
     async def _deployed(self, name: str) -> list[Deployment]:
         found = await self.deployments.find(name)
