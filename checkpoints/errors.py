@@ -48,6 +48,11 @@ class UnsupportedStoreURLError(StoreError):
     category: ClassVar[ErrorCategory] = "invalid"
 
 
+class DatabaseUnavailableError(StoreError):
+    """The database the store URL names could not be reached: not running there, refusing the login, or no
+    such database or file."""
+
+
 class MigrationError(StoreError):
     """The database schema is newer than this version of the runtime understands."""
 

@@ -12,6 +12,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.base import BaseStore, IndexConfig
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.backends.base import Backend
@@ -26,7 +27,7 @@ from checkpoints.index import JourneyIndex
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, InstanceLocks, open_instance_locks
 from checkpoints.savers import open_graph_store, open_saver
 from checkpoints.schema.migrations import migrate
-from checkpoints.url import StoreURL, opened_target, parse_store_url
+from checkpoints.url import StoreURL, opened_target, parse_store_url, unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,11 @@ async def _migrated(url: str, pool_size: int) -> AsyncIterator[tuple[StoreURL, A
         # Off the event loop: SQLAlchemy resolves the SQLite path on the file system (blocking).
         engine = await asyncio.to_thread(create_engine_for, parsed, pool_size=pool_size)
         try:
+            try:  # the first connection (kept in the pool for the migration): a database not there says so
+                async with engine.connect():
+                    pass
+            except (OperationalError, InterfaceError, DatabaseError) as exc:  # DatabaseError: a file not SQLite's
+                raise unavailable(parsed.raw, exc) from exc
             await migrate(engine)
             yield parsed, engine
         finally:

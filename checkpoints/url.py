@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from checkpoints.errors import UnsupportedStoreURLError
+from checkpoints.errors import DatabaseUnavailableError, UnsupportedStoreURLError
 
 StoreKind = Literal["memory", "sqlite", "postgres"]
 
@@ -61,6 +61,43 @@ def parse_store_url(url: str) -> StoreURL:
     )
 
 
+def distributed_target(url: str) -> str:
+    """The libpq URL of the PostgreSQL database ``url`` names, for distributed execution (the API and its
+    workers share it through the queue); any other store URL is refused (:class:`UnsupportedStoreURLError`)."""
+    parsed = parse_store_url(url)
+    if parsed.kind != "postgres":
+        raise UnsupportedStoreURLError(
+            "distributed execution (journeys worker, journeys serve --distributed) needs a postgresql:// "
+            f"database URL shared by the API and its workers, not {shown(url)!r}",
+            url=shown(url),
+        )
+    return parsed.target
+
+
+def shown(url: str) -> str:
+    """``url`` as a message may show it: its password, if it has one, left out."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def unavailable(url: str, error: BaseException) -> DatabaseUnavailableError:
+    """The typed error for a database ``url`` names that could not be reached; ``error`` is the driver's
+    (SQLAlchemy's wraps it as ``orig``), whose reason the message gives on one line."""
+    reason = " ".join(line.strip() for line in str(getattr(error, "orig", None) or error).splitlines() if line.strip())
+    ask = (
+        "does it name a SQLite database file, in a directory this process may write?"
+        if urlsplit(url).scheme.lower() == "sqlite"
+        else "is the database server running there, and does it accept this user and database?"
+    )
+    return DatabaseUnavailableError(
+        f"cannot reach the database {shown(url)} ({reason}); check the URL (--database-url, $DATABASE_URL): {ask}",
+        url=shown(url),
+    )
+
+
 @asynccontextmanager
 async def opened_target(url: StoreURL) -> AsyncIterator[StoreURL]:
     """``url`` with a database to open: for ``sqlite://``, its file's directory made if missing; for
@@ -69,7 +106,10 @@ async def opened_target(url: StoreURL) -> AsyncIterator[StoreURL]:
 
     The file system work runs off the event loop: LangGraph's dev server refuses blocking calls on it."""
     if url.kind == "sqlite":
-        await asyncio.to_thread(Path(url.target).parent.mkdir, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(Path(url.target).parent.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, or not ours to write
+            raise unavailable(url.raw, exc) from exc
     if url.kind != "memory" or url.target:
         yield url
         return

@@ -43,14 +43,19 @@ RetentionDaysOption = Annotated[
 ]
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop where it is installed (less CPU per query and per request than asyncio's loop)."""
+def _run(main: Coroutine[Any, Any, object]) -> None:
+    """Run ``main`` on uvloop where it is installed (less CPU per query and per request than asyncio's loop);
+    a :class:`JourneyError` it raises (a database not there, a bad setting) is reported as one line."""
     try:
         import uvloop
     except ImportError:  # Windows: uvloop does not build there
-        asyncio.run(main)
+        run: Any = asyncio.run
     else:
-        uvloop.run(main)
+        run = uvloop.run
+    try:
+        run(main)
+    except JourneyError as exc:
+        _fail(exc)
 
 
 def _durability(value: str) -> Durability:
@@ -74,9 +79,10 @@ def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
 
 
 def _fail(error: JourneyError) -> NoReturn:
-    """A bad setting: its message, not a traceback."""
+    """Its message, not a traceback. Exit status 1 when something failed (a database not there), 2 when what
+    was asked for is refused (a bad setting or name, as for a bad option)."""
     typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(1 if error.category == "failed" else 2)
 
 
 @app.command()
@@ -90,7 +96,7 @@ def demo(
     from server.demo import run_demo
 
     _quiet_logs(verbose)
-    asyncio.run(run_demo(database_url, Console()))
+    _run(run_demo(database_url, Console()))
 
 
 @app.command()
@@ -99,7 +105,7 @@ def serve(
         str, typer.Option("--database-url", help="sqlite:///file.db (default, embedded) or postgresql://…")
     ] = DEFAULT_STORE_URL,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8123,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8123,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="switch API keys off (local development only; loopback hosts only)")
     ] = False,
@@ -167,24 +173,24 @@ def serve(
             "(pass --api-keys, set JOURNEYS_API_KEYS, or --no-auth for local development)",
             err=True,
         )
-    defaults = InputLimits()
-    settings = Settings(
-        database_url=database_url,
-        auth=not no_auth,
-        api_keys=api_keys_by_digest,
-        execution="distributed" if distributed else "embedded",
-        durability=_durability(durability),
-        guide_model=guide_model,
-        limits=InputLimits(  # min=1: an unset option (None) takes the default
-            max_body_bytes or defaults.max_body_bytes,
-            max_json_depth or defaults.max_depth,
-            max_string_chars or defaults.max_string_chars,
-        ),
-        cors_origins=tuple(cors_origin or ()),
-        retention=_retention(retention, retention_days),
-    )
     configure_tracing()
     try:
+        defaults = InputLimits()
+        settings = Settings(
+            database_url=database_url,
+            auth=not no_auth,
+            api_keys=api_keys_by_digest,
+            execution="distributed" if distributed else "embedded",
+            durability=_durability(durability),
+            guide_model=guide_model,
+            limits=InputLimits(  # min=1: an unset option (None) takes the default
+                max_body_bytes or defaults.max_body_bytes,
+                max_json_depth or defaults.max_depth,
+                max_string_chars or defaults.max_string_chars,
+            ),
+            cors_origins=tuple(cors_origin or ()),
+            retention=_retention(retention, retention_days),
+        )
         _run(check_store_key(database_url))  # the key is the database's: say so here, not as a startup traceback
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     except JourneyError as exc:
@@ -207,7 +213,10 @@ def worker(
     guide_model: GuideModelOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
     metrics_port: Annotated[
-        int | None, typer.Option(help="serve this host's Prometheus counters on this port (workers on other hosts)")
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="serve this host's Prometheus counters on this port (workers on other hosts)"
+        ),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="interface for --metrics-port")] = "127.0.0.1",
     retention: RetentionOption = "keep_latest",
@@ -219,8 +228,6 @@ def worker(
     """Take runs, timers and checkpoint retention passes from PostgreSQL (procrastinate) and execute them."""
     from prometheus_client import start_http_server
 
-    from agents.errors import GuideModelError
-    from checkpoints.errors import EncryptionKeyError
     from nodes.telemetry import configure_tracing, process_registry
     from server.queues.worker import run_worker
 
@@ -228,22 +235,19 @@ def worker(
     configure_tracing()
     if metrics_port is not None:
         start_http_server(metrics_port, metrics_host, registry=process_registry())
-    try:
-        _run(
-            run_worker(
-                database_url,
-                concurrency=concurrency,
-                heartbeat=heartbeat,
-                stalled_after=stalled_after,
-                plugin=plugin,
-                durability=_durability(durability),
-                guide_model=guide_model,
-                retention=_retention(retention, retention_days),
-                retention_cron=retention_cron,
-            )
+    _run(
+        run_worker(
+            database_url,
+            concurrency=concurrency,
+            heartbeat=heartbeat,
+            stalled_after=stalled_after,
+            plugin=plugin,
+            durability=_durability(durability),
+            guide_model=guide_model,
+            retention=_retention(retention, retention_days),
+            retention_cron=retention_cron,
         )
-    except (GuideModelError, EncryptionKeyError) as exc:
-        _fail(exc)
+    )
 
 
 @app.command("retention")
@@ -266,7 +270,7 @@ def retention_pass(
         typer.echo(json.dumps(report.as_dict()))
 
     _quiet_logs(verbose=False)
-    asyncio.run(run())
+    _run(run())
 
 
 @app.command()
@@ -296,7 +300,7 @@ def rebuild(
                 typer.echo(f"{len(views.underivable)} {what}' tables logged before this release left as they are")
 
     _quiet_logs(verbose=False)
-    asyncio.run(run())
+    _run(run())
 
 
 @keys.command("new")

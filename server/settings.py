@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from checkpoints.ownership import DEFAULT_TENANT
 from checkpoints.retention import RetentionPolicy
-from checkpoints.url import DEFAULT_STORE_URL
+from checkpoints.url import DEFAULT_STORE_URL, distributed_target
 from server.problems import ApiKeysError, InsecureServeError
 
 log = structlog.get_logger("journeys.server")
@@ -149,6 +149,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))
+        if self.execution == "distributed":
+            distributed_target(self.database_url)  # refused here, not at startup: workers share PostgreSQL
 
 
 class _KeyEntry(BaseModel):

@@ -18,6 +18,8 @@ from procrastinate.schema import SchemaManager
 from sqlalchemy import BigInteger, DateTime, Integer, String, TextualSelect, bindparam, func, literal_column, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 
+from checkpoints.url import unavailable
+
 FLOOR_VERSION = "03.10.00"  # pyproject: procrastinate>=3.10 since distributed mode exists
 _SCHEMA_LOCK = 7_310_512_004
 _RECORD = """
@@ -75,7 +77,11 @@ def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> li
     Concurrent callers (API processes and workers starting together) wait on an advisory lock."""
     folder = migrations or Path(SchemaManager.get_migrations_path())
     available = sorted(path.name for path in folder.glob("*.sql"))
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    try:
+        connection = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise unavailable(conninfo, exc) from exc
+    with connection as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
         try:
             conn.execute(_RECORD)

@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
-from checkpoints.url import parse_store_url
+from checkpoints.url import distributed_target
 from server.queues.base import RunQueue
 from server.runs.executor import Taken
 from server.runs.store import Enqueue, RunRow, RunStore
@@ -39,10 +39,7 @@ RUN_JOBS = QueueJobs(FETCH_JOB, RUN_TASK, END_JOB)
 
 
 def conninfo(database_url: str) -> str:
-    url = parse_store_url(database_url)
-    if url.kind != "postgres":
-        raise ValueError("distributed execution needs a postgresql:// database URL")
-    return url.target
+    return distributed_target(database_url)
 
 
 def _pool(**options: Any) -> AsyncConnectionPool[Any]:

@@ -1,0 +1,118 @@
+"""A database that is not there, or a URL a command cannot use, is one line saying what to check: from the
+``journeys`` commands as a user types them (real processes, exit status 1 or 2, no traceback, no password),
+and as a typed error from ``JourneyRuntime.open`` in a notebook."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from checkpoints.errors import DatabaseUnavailableError, UnsupportedStoreURLError
+from graphs import JourneyRuntime
+from tests.server_support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def journeys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from server.cli import app; app()", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+CASES = ("nothing listens there", "no such database", "a SQLite file under a file", "a file that is not SQLite's")
+
+
+def refused_databases(postgres_url: str, tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """URLs that name no usable database, each with what its message must say."""
+    server = urlsplit(postgres_url)
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "notes.txt").write_text("not a database, and it must stay as it is\n" * 10)
+    return {
+        "nothing listens there": (
+            f"postgresql://journeys:s3cret-pw@127.0.0.1:{free_port()}/app",
+            "Connection refused",
+        ),
+        "no such database": (
+            server._replace(path="/no_such_database_here").geturl(),
+            'database "no_such_database_here" does not exist',
+        ),
+        "a SQLite file under a file": (f"sqlite:///{tmp_path / 'a-file' / 'journeys.db'}", "a-file"),
+        "a file that is not SQLite's": (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
+    }
+
+
+# serve meets every case; the other commands open the store the same way (JourneyRuntime.open), one case each.
+COMMANDS = [
+    *(("serve --no-auth", case) for case in CASES),
+    ("retention", "no such database"),
+    ("rebuild", "a file that is not SQLite's"),
+    ("demo", "nothing listens there"),
+]
+
+
+@pytest.mark.parametrize(("command", "case"), COMMANDS)
+def test_a_command_on_a_database_it_cannot_reach_says_so_in_one_line(
+    command: str, case: str, postgres_url: str, tmp_path: Path
+) -> None:
+    url, reason = refused_databases(postgres_url, tmp_path)[case]
+    done = journeys(*command.split(), "--database-url", url, cwd=tmp_path)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "╭" not in done.stderr, done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: cannot reach the database ") and reason in error, error
+    assert "--database-url" in error, error
+    assert "s3cret-pw" not in done.stderr + done.stdout, done.stderr
+    assert (tmp_path / "notes.txt").read_text().startswith("not a database, and it must stay as it is")
+
+
+def test_a_worker_on_a_database_it_cannot_reach_says_so_in_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://journeys:s3cret-pw@127.0.0.1:{free_port()}/app"
+    done = journeys("worker", "--database-url", url, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: cannot reach the database postgresql://journeys:***@127.0.0.1:"), done.stderr
+    assert "s3cret-pw" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["worker", "serve --no-auth --distributed"])
+def test_distributed_execution_on_sqlite_is_refused_before_it_starts(command: str, tmp_path: Path) -> None:
+    done = journeys(*command.split(), "--database-url", f"sqlite:///{tmp_path / 'j.db'}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "needs a postgresql:// database URL" in error, error
+    assert not (tmp_path / "j.db").exists()
+
+
+@pytest.mark.parametrize("option", [["serve", "--no-auth", "--port", "99999"], ["worker", "--metrics-port", "0"]])
+def test_a_port_out_of_range_is_a_usage_error(option: list[str], tmp_path: Path) -> None:
+    done = journeys(*option, "--database-url", "postgresql://nobody@127.0.0.1:1/x", cwd=tmp_path)
+    assert done.returncode == 2 and "port" in done.stderr, done.stderr
+
+
+async def test_a_runtime_opened_on_a_database_it_cannot_reach_raises_a_typed_error(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    for case, (url, reason) in refused_databases(postgres_url, tmp_path).items():
+        with pytest.raises(DatabaseUnavailableError, match="cannot reach the database") as raised:
+            async with JourneyRuntime.open(url):
+                pass
+        assert reason in str(raised.value) and "s3cret-pw" not in str(raised.value), case
+        assert raised.value.category == "failed"
+
+
+def test_distributed_settings_refuse_a_store_workers_cannot_share() -> None:
+    from server.settings import Settings
+
+    with pytest.raises(UnsupportedStoreURLError, match="needs a postgresql://"):
+        Settings(database_url="sqlite:///journeys.db", execution="distributed")
