@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from typing import Any
 
+import psycopg
+from psycopg_pool import PoolTimeout
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from checkpoints.errors import DatabaseUnavailableError
 from checkpoints.url import StoreURL
 
 
@@ -47,3 +52,36 @@ def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:
     engine = create_async_engine(url.sqlalchemy_url, pool_size=1, max_overflow=0, json_serializer=compact_json)
     event.listen(engine.sync_engine, "connect", partial(_set_pragmas, sqlite_pragmas(url)))
     return engine
+
+
+# What a call raises when the database went away under it (see lost_database): the driver's error, the pool's,
+# or SQLAlchemy's wrapping the driver's.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout, OperationalError)
+
+
+class OutageMark:
+    """When this process last saw the database go away: a pooled connection last used before then may be one
+    the outage ended, so it is probed on its next checkout (``checkpoints.backends.postgres.probe_if_idle``)
+    instead of failing the call that takes it."""
+
+    at: float = float("-inf")
+
+
+OUTAGE = OutageMark()
+
+
+def lost_database(error: BaseException) -> DatabaseUnavailableError | None:
+    """The typed error for ``error`` when it, or what it was raised from, says PostgreSQL is not reachable now
+    (a connection refused or dropped, no pooled connection in time: psycopg's ``OperationalError``, the pool's
+    ``PoolTimeout``), whichever layer raised it (ours, SQLAlchemy's, the official saver's); None otherwise.
+    Seeing one marks the outage (:data:`OUTAGE`), so the pool's connections from before it are probed."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, psycopg.OperationalError | PoolTimeout):
+            reason = " ".join(str(cause).split())
+            OUTAGE.at = time.monotonic()
+            return DatabaseUnavailableError(f"the database is not reachable now ({reason}); try again shortly")
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy import literal, select
 
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
@@ -110,8 +111,10 @@ def create_app(
         )
     install_ui(app)  # the dashboard at /ui (HTML; not in the OpenAPI document)
 
-    @app.get("/ok", tags=["health"], summary="Liveness")
-    async def ok() -> dict[str, bool]:
+    @app.get("/ok", tags=["health"], summary="Liveness; with check_db=1, also whether the database answers")
+    async def ok(check_db: Annotated[int, Query(ge=0, le=1)] = 0) -> dict[str, bool]:
+        if check_db:  # as the Agent Server's: a readiness probe that fails (503) while the database is away
+            await app.state.services.runtime.store.backend.query(select(literal(1)))
         return {"ok": True}
 
     # Public like /ok: clients (agent-chat-ui, the JS SDK) probe it before sending any key.

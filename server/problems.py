@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from checkpoints.database import DATABASE_ERRORS, lost_database
 from checkpoints.errors import ErrorCategory, JourneyError, StoreError
 from checkpoints.redaction import redact, redact_envelope
 
 log = structlog.get_logger("journeys.server")
+RETRY_LATER = {"Retry-After": "5"}  # seconds a client waits before retrying while the database is away
 PROBLEM_JSON = "application/problem+json"
 ALLOWABLE = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STATUS_BY_CATEGORY = {"invalid": 422, "not_found": 404, "conflict": 409, "forbidden": 403, "failed": 424}
@@ -180,7 +182,8 @@ def journey_error_response(exc: JourneyError) -> JSONResponse:
     if isinstance(exc, ApiError):
         return problem(exc.status, exc.code, exc.message, details=exc.details or None)
     status = 503 if isinstance(exc, StoreError) and exc.category == "failed" else STATUS_BY_CATEGORY[exc.category]
-    return problem(status, exc.code, exc.message, category=exc.category, details=exc.details or None)
+    headers = RETRY_LATER if status == 503 else None
+    return problem(status, exc.code, exc.message, category=exc.category, headers=headers, details=exc.details or None)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -207,8 +210,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        lost = lost_database(exc)  # raised from a database error by a layer that did not say so itself
+        if lost is not None:  # not this request's fault, nor the server's: 503, to be retried
+            log.warning("database unavailable", error=lost.message)
+            return journey_error_response(lost)
         log.error("unhandled error", error=repr(exc))
         return problem(500, "InternalError", "the server failed to handle the request")
+
+    # Handled as errors of their own (not by the catch-all, which ends the connection): the client retries.
+    for database_error in DATABASE_ERRORS:
+        app.add_exception_handler(database_error, on_unexpected)
 
     app.add_exception_handler(JourneyError, on_journey_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 
 from checkpoints.backends.base import Backend, Params, Row, Transaction
-from checkpoints.database import compact_json
+from checkpoints.database import OUTAGE, compact_json
 from checkpoints.url import StoreURL
 
 PROBE_AFTER_IDLE_S = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
@@ -50,10 +50,11 @@ async def probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
     every checkout (procrastinate's default) costs a round trip per query.
 
     Idle counts from the connection's last checkout (or return, where the pool notes returns): a
-    connection held long and given back moments ago is probed once more, never one less."""
+    connection held long and given back moments ago is probed once more, never one less. One last used
+    before the database was last seen away (``OUTAGE``) is probed too: the outage may have ended it."""
     now = time.monotonic()
     last = _last_used.get(conn)
-    if last is None or now - last > PROBE_AFTER_IDLE_S:
+    if last is None or now - last > PROBE_AFTER_IDLE_S or last <= OUTAGE.at:
         await AsyncConnectionPool.check_connection(conn)
     _last_used[conn] = now
 

@@ -8,6 +8,8 @@ retries its jobs, and the executor finishes those journeys without re-executing 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 import procrastinate
@@ -15,6 +17,7 @@ import structlog
 from langgraph.types import Durability
 
 from agents.guide_model import load_guide_model
+from checkpoints.database import lost_database
 from checkpoints.retention import RetentionPolicy
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
@@ -36,6 +39,29 @@ from server.runs.executor import RunExecutor
 from server.runs.store import RunRow, RunStore
 
 log = structlog.get_logger("journeys.worker")
+
+
+async def outlasting_the_database(work: Callable[[], Awaitable[None]], *, longest_wait: float = 30.0) -> None:
+    """Run ``work`` (procrastinate's worker loop) until it ends, and again each time it fails because the
+    database went away (a restart, a failover): after 1 s, then twice as long each time up to
+    ``longest_wait``, and 1 s again once it has run a minute. procrastinate's worker stops at the first
+    database error; a ``journeys worker`` keeps its process, its store and its pools, and takes jobs
+    again once PostgreSQL answers (the jobs it was running are retried as stalled ones)."""
+    wait = 1.0
+    while True:
+        began = time.monotonic()
+        try:
+            await work()
+            return  # stopped (a signal, or cancelled)
+        except Exception as exc:
+            lost = lost_database(exc)
+            if lost is None:
+                raise
+            if time.monotonic() - began > 60:
+                wait = 1.0
+            log.warning("database unavailable: jobs are taken again once it answers", error=lost.message, retry_in=wait)
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, longest_wait)
 
 
 async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
@@ -98,13 +124,15 @@ async def run_worker(
             freeze_startup_heap()
             reaper = asyncio.create_task(reap_stalled(app, stalled_after))
             try:
-                await app.run_worker_async(
-                    queues=[QUEUE],
-                    concurrency=concurrency,
-                    update_heartbeat_interval=heartbeat,
-                    stalled_worker_timeout=stalled_after,
-                    delete_jobs="successful",
-                    fetch_job_polling_interval=0.5,
+                await outlasting_the_database(
+                    lambda: app.run_worker_async(
+                        queues=[QUEUE],
+                        concurrency=concurrency,
+                        update_heartbeat_interval=heartbeat,
+                        stalled_worker_timeout=stalled_after,
+                        delete_jobs="successful",
+                        fetch_job_polling_interval=0.5,
+                    )
                 )
             finally:
                 reaper.cancel()

@@ -1,0 +1,88 @@
+"""PostgreSQL going away under a running server (a restart, a failover): every request meanwhile is a 503
+DatabaseUnavailableError with Retry-After, never a 500 or a dropped connection; ``/ok?check_db=1`` says so,
+as the Agent Server's does; and once the database answers again the same API and worker processes carry on,
+with no restart. Real processes; the outage is the test database refusing connections, its backends ended."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.server_support import journeys_serve, start_worker, stop_worker
+
+PLUGIN = ("--plugin", "benchmarks.server:register")  # the benchmark's no-op agent, bench_step
+EIGHT_STEPS = {
+    "journey_type": "outage8",
+    "steps": [{"step_id": f"s{i}", "mode": "auto", "agent": "bench_step"} for i in range(8)],
+}
+
+
+def journey(client: httpx.Client, user: str) -> httpx.Response:
+    return client.post(
+        "/runs/wait",
+        json={"assistant_id": "structured", "input": {"journey_type": "outage8", "spec": EIGHT_STEPS, "user_id": user}},
+    )
+
+
+@contextmanager
+def outage(url: str) -> Iterator[None]:
+    """The database ``url`` names refuses new connections and its open ones are ended, until the block ends."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            yield
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize("mode", ["embedded", "distributed"])
+def test_a_database_outage_is_503_to_retry_and_the_processes_carry_on_after_it(
+    mode: str, postgres_url: str, tmp_path: Path
+) -> None:
+    distributed = ["--distributed"] if mode == "distributed" else []
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", *distributed, *PLUGIN) as base:
+        worker = start_worker(postgres_url, *PLUGIN) if distributed else None
+        try:
+            client = httpx.Client(base_url=base, timeout=120)
+            assert journey(client, "before").json()["status"] == "completed"
+
+            with outage(postgres_url), ThreadPoolExecutor(4) as pool:
+                calls = [
+                    pool.submit(journey, client, "during"),
+                    pool.submit(client.get, "/threads/00000000-0000-4000-8000-000000000000"),
+                    pool.submit(client.post, "/threads/search", json={"limit": 5}),
+                    pool.submit(client.get, "/ok", params={"check_db": 1}),
+                ]
+                answers = [call.result() for call in calls]
+                for answer in answers:
+                    assert answer.status_code == 503, answer.text
+                    assert answer.json()["code"] == "DatabaseUnavailableError", answer.text
+                    assert answer.headers["retry-after"] == "5"
+                assert client.get("/ok").json() == {"ok": True}  # alive, and says so without the database
+
+            deadline = time.monotonic() + 90
+            while client.get("/ok", params={"check_db": 1}).status_code != 200:
+                assert time.monotonic() < deadline, "the server never saw the database again"
+                time.sleep(0.2)
+            if worker is not None:
+                assert worker.poll() is None, "the worker exited when the database went away"
+            with ThreadPoolExecutor(4) as pool:
+                after = list(pool.map(lambda i: journey(client, f"after{i}"), range(4)))
+            assert [a.json()["status"] for a in after] == ["completed"] * 4, [a.text for a in after]
+        finally:
+            if worker is not None:
+                stop_worker(worker)
+    log = (tmp_path / "api.log").read_text()
+    assert "Exception in ASGI application" not in log, log
