@@ -395,6 +395,11 @@ class RunCreate(Open):
     checkpoint_id: str | None = Field(default=None, max_length=100)
     checkpoint: CheckpointIn | None = None
     on_completion: Literal["delete", "keep"] | None = None
+    on_disconnect: Literal["cancel", "continue"] | None = Field(
+        default=None,
+        description="cancel: the run is cancelled when the client of its stream or wait goes away before it ended; "
+        "continue (the default): it runs on",
+    )
     durability: Literal["sync", "async", "exit"] | None = Field(
         default=None,
         description="how the run checkpoints: sync/async after every step, exit only where it stops (honoured "
