@@ -412,7 +412,7 @@ class ServerServices:
             ResolvedAssistant(a, None)
             for a in assistants()
             if (graph_id is None or a.assistant_id == graph_id)
-            and (name is None or name in a.assistant_id)
+            and (name is None or name.lower() in a.assistant_id.lower())  # as the query matches created ones
             and _holds(system_metadata(a), metadata)
         ]
 
