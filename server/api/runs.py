@@ -89,6 +89,8 @@ async def create_run(
             f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps are in their event log: "
             "a run cannot go on from an earlier checkpoint (chat threads can)",
         )
+    if checkpoint_id := _checkpoint_id(body):  # one the thread has: a fork of none would drop its state
+        await _check_checkpoint(svc, row, checkpoint_id, thread_id)
     modes: list[str] = []
     if streaming or body.stream_mode is not None:  # a background run records its chunks for join_stream
         chosen = body.stream_mode or "values"
@@ -136,7 +138,7 @@ def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCrea
     """What the run keeps of its request beyond input and command: its graph, the assistant's config and
     context under the run's own, and the options the executor applies."""
     options = assistant_options(assistant, body.config, body.context)
-    checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+    checkpoint_id = _checkpoint_id(body)
     found = {
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
@@ -148,6 +150,27 @@ def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCrea
     if body.after_seconds:
         options["not_before"] = (svc.runtime.store.clock.now() + timedelta(seconds=body.after_seconds)).isoformat()
     return options
+
+
+def _checkpoint_id(body: RunCreate) -> str | None:
+    """The checkpoint a run goes on from, however the client named it."""
+    return body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+
+
+async def _check_checkpoint(
+    svc: ServerServices, row: ThreadRow | None, checkpoint_id: str, thread_id: str | None
+) -> None:
+    """Not found (404) unless the thread has the checkpoint ``checkpoint_id``."""
+    thread = ResolvedThread.of(row) if row is not None else None
+    graph = await svc.thread_graph(thread) if thread is not None else None
+    if thread is None or graph is None or thread.instance_id is None:
+        has = False
+    else:
+        config = svc.checkpoint_config(thread, {"checkpoint_id": checkpoint_id})
+        has = (await graph.aget_state(config)).created_at is not None  # LangGraph's snapshot of no checkpoint
+    if not has:
+        name = repr(thread_id) if thread_id else "(a new thread)"
+        raise JourneyNotFoundError(f"thread {name} has no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id)
 
 
 async def _stopped_between_nodes(
