@@ -92,14 +92,15 @@ def _matching(query: Select[Any], graph_id: str | None, name: str | None) -> Sel
     if graph_id is not None:
         query = query.where(_a.graph_id == graph_id)
     if name is not None:
-        query = query.where(_a.name.contains(name, autoescape=True))
+        # Whatever its case, on every backend (LIKE ignores case on SQLite only); '%' and '_' match themselves.
+        query = query.where(_a.name.icontains(name, autoescape=True))
     return query
 
 
 @dataclass(frozen=True, slots=True)
 class AssistantFilter:
     """Which assistants a search or count takes: on ``graph_id`` (and one of ``graphs``, None: any), whose name
-    contains ``name`` and whose metadata holds ``metadata``."""
+    contains ``name`` (whatever its case) and whose metadata holds ``metadata``."""
 
     graph_id: str | None = None
     name: str | None = None

@@ -157,11 +157,23 @@ def sorted_page(
     return ordered[offset : offset + limit]
 
 
+def _addressable(value: str) -> str:
+    if "/" in value:
+        raise ValueError("an id is addressed in URL paths afterwards, so it cannot contain '/'; choose one without")
+    return value
+
+
+# An id a client chooses for what it creates: addressed in URL paths afterwards (/threads/{thread_id}).
+ChosenId = Annotated[
+    str, Field(min_length=1, max_length=200, json_schema_extra={"pattern": "^[^/]+$"}), AfterValidator(_addressable)
+]
+
+
 class AssistantCreate(Open):
     """A new assistant: a graph (a pattern) with its own config, context and metadata."""
 
     graph_id: str = Field(min_length=1, max_length=100)
-    assistant_id: str | None = Field(default=None, min_length=1, max_length=200)
+    assistant_id: ChosenId | None = None
     config: RunConfig = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -220,7 +232,7 @@ _NO_THREAD_TTL = "thread TTLs are not supported by this server: leave it out (or
 class ThreadCreate(Open):
     """A request to create a thread."""
 
-    thread_id: str | None = Field(default=None, min_length=1, max_length=200)
+    thread_id: ChosenId | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
     ttl: None = Field(None, description=_NO_THREAD_TTL)
@@ -395,6 +407,11 @@ class RunCreate(Open):
     checkpoint_id: str | None = Field(default=None, max_length=100)
     checkpoint: CheckpointIn | None = None
     on_completion: Literal["delete", "keep"] | None = None
+    on_disconnect: Literal["cancel", "continue"] | None = Field(
+        default=None,
+        description="cancel: the run is cancelled when the client of its stream or wait goes away before it ended; "
+        "continue (the default): it runs on",
+    )
     durability: Literal["sync", "async", "exit"] | None = Field(
         default=None,
         description="how the run checkpoints: sync/async after every step, exit only where it stops (honoured "
@@ -412,7 +429,7 @@ class StatelessRunCreate(RunCreate):
 class BatchRunCreate(StatelessRunCreate):
     """One run of a batch: on ``thread_id``, or on a new thread."""
 
-    thread_id: str | None = Field(default=None, min_length=1, max_length=200)
+    thread_id: ChosenId | None = None
 
 
 # A bulk cancel names what it cancels: a thread, some runs, or a status.

@@ -220,6 +220,14 @@ class ServerServices:
         else:
             await self.queue.stop(run)
 
+    async def cancel_if_active(self, thread_id: str, run_id: str) -> None:
+        """Cancel the run unless it has ended: its client went away (``on_disconnect="cancel"``). Read in
+        :meth:`thread_control`, as runs.cancel reads it: an interrupt or rollback before may have ended it."""
+        async with self.thread_control(thread_id):
+            run = await self.runs.get_run(run_id)
+            if run is not None and run.status not in TERMINAL:
+                await self.cancel(run)
+
     async def metrics(self) -> bytes:
         """The Prometheus exposition: what the processes counted, and the live figures of the database."""
         store = self.runtime.store
@@ -404,7 +412,7 @@ class ServerServices:
             ResolvedAssistant(a, None)
             for a in assistants()
             if (graph_id is None or a.assistant_id == graph_id)
-            and (name is None or name in a.assistant_id)
+            and (name is None or name.lower() in a.assistant_id.lower())  # as the query matches created ones
             and _holds(system_metadata(a), metadata)
         ]
 

@@ -10,12 +10,14 @@ first of them found it (chat threads only).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable
 from contextlib import nullcontext
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from checkpoints.redaction import mark_sensitive_of
@@ -35,11 +37,12 @@ from server.models import (
     RunSelect,
     RunStatus,
     StatelessRunCreate,
+    StreamModeName,
     kept,
 )
 from server.problems import ApiError, JourneyValuesResponse
 from server.runs.executor import thread_output
-from server.runs.sse import SSE, run_events
+from server.runs.sse import SSE, cancelled_when_gone, run_events
 from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
 from server.runs.watch import until_finished, wait_for_run
 from server.services import ResolvedAssistant, ResolvedThread, ServerServices, services
@@ -50,6 +53,12 @@ Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
 # A run may create its thread (if_not_exists=create): its id is then stored.
 RunThreadId = Annotated[str, Path(max_length=THREAD_ID)]
+# on_disconnect in a stream's query (the Agent Server's curl form) as well as in its body (langgraph-sdk's).
+OnDisconnect = Annotated[Literal["cancel", "continue"] | None, Query()]
+# A join's cancel_on_disconnect: langgraph-sdk sends true/false; the Agent Server's docs also write "cancel".
+CancelOnDisconnect = Annotated[bool | Literal["cancel", "continue"], Query()]
+# A join's stream_mode: langgraph-sdk sends an empty one when none is given (all modes then).
+JoinModes = Annotated[list[StreamModeName | Literal[""]] | None, Query(max_length=20)]
 
 
 async def create_run(
@@ -80,6 +89,8 @@ async def create_run(
             f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps are in their event log: "
             "a run cannot go on from an earlier checkpoint (chat threads can)",
         )
+    if checkpoint_id := _checkpoint_id(body):  # one the thread has: a fork of none would drop its state
+        await _check_checkpoint(svc, row, checkpoint_id, thread_id)
     modes: list[str] = []
     if streaming or body.stream_mode is not None:  # a background run records its chunks for join_stream
         chosen = body.stream_mode or "values"
@@ -127,7 +138,7 @@ def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCrea
     """What the run keeps of its request beyond input and command: its graph, the assistant's config and
     context under the run's own, and the options the executor applies."""
     options = assistant_options(assistant, body.config, body.context)
-    checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+    checkpoint_id = _checkpoint_id(body)
     found = {
         "interrupt_before": body.interrupt_before,
         "interrupt_after": body.interrupt_after,
@@ -139,6 +150,27 @@ def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCrea
     if body.after_seconds:
         options["not_before"] = (svc.runtime.store.clock.now() + timedelta(seconds=body.after_seconds)).isoformat()
     return options
+
+
+def _checkpoint_id(body: RunCreate) -> str | None:
+    """The checkpoint a run goes on from, however the client named it."""
+    return body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+
+
+async def _check_checkpoint(
+    svc: ServerServices, row: ThreadRow | None, checkpoint_id: str, thread_id: str | None
+) -> None:
+    """Not found (404) unless the thread has the checkpoint ``checkpoint_id``."""
+    thread = ResolvedThread.of(row) if row is not None else None
+    graph = await svc.thread_graph(thread) if thread is not None else None
+    if thread is None or graph is None or thread.instance_id is None:
+        has = False
+    else:
+        config = svc.checkpoint_config(thread, {"checkpoint_id": checkpoint_id})
+        has = (await graph.aget_state(config)).created_at is not None  # LangGraph's snapshot of no checkpoint
+    if not has:
+        name = repr(thread_id) if thread_id else "(a new thread)"
+        raise JourneyNotFoundError(f"thread {name} has no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id)
 
 
 async def _stopped_between_nodes(
@@ -249,16 +281,54 @@ async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
 
 
 async def _create_and_wait(
-    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, response: Response
-) -> RunRow:
+    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, response: Response, request: Request
+) -> RunRow | None:
     """Create a run and wait for it to finish. Its watch is registered under its id before it exists, so
     its end cannot slip by unseen and no read is spent finding it pending. The answer names the run in
-    Content-Location, as the Agent Server's does: langgraph-sdk hands it to ``on_run_created``."""
+    Content-Location, as the Agent Server's does: langgraph-sdk hands it to ``on_run_created``. With
+    ``on_disconnect="cancel"`` the run is cancelled if the client goes away first (None then)."""
     run_id = str(uuid.uuid4())
     with svc.watch.watching(run_id) as changed:
         run = await create_run(svc, thread_id, body, caller, streaming=False, run_id=run_id)
         response.headers["Content-Location"] = f"/threads/{run.thread_id}/runs/{run.run_id}"
-        return await until_finished(svc.runs, run_id, changed, svc.settings.poll_interval, fresh=True)
+        finished = until_finished(svc.runs, run_id, changed, svc.settings.poll_interval, fresh=True)
+        if body.on_disconnect != "cancel":
+            return await finished
+        return await _unless_gone(svc, run, finished, request)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client of ``request`` (whose body was read: only its disconnect is left) goes away."""
+    while (await request.receive())["type"] != "http.disconnect":
+        continue
+
+
+async def _unless_gone(svc: ServerServices, run: RunRow, waiting: Awaitable[RunRow], request: Request) -> RunRow | None:
+    """What ``waiting`` answers, unless the client goes away first: the run is then cancelled (None)."""
+    answer = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()
+    if answer.done() and not answer.cancelled():
+        return answer.result()
+    await svc.cancel_if_active(run.thread_id, run.run_id)
+    return None
+
+
+async def _answer(svc: ServerServices, run: RunRow | None) -> dict[str, Any]:
+    """A waiting caller's answer; nothing for one that went away (None: nobody reads it)."""
+    return {} if run is None else await final_output(svc, run)
+
+
+def _stream(svc: ServerServices, run: RunRow, on_disconnect: str | None) -> StreamingResponse:
+    events = run_events(svc, run)
+    if on_disconnect == "cancel":
+        events = cancelled_when_gone(svc, run, events)
+    return StreamingResponse(events, media_type="text/event-stream", headers=_stream_headers(run))
 
 
 @router.post("/threads/{thread_id}/runs", response_model=RunOut, summary="Create a run in the background")
@@ -277,9 +347,9 @@ async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Servic
     response_class=JourneyValuesResponse,
 )
 async def create_and_wait(
-    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services, response: Response
+    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services, response: Response, request: Request
 ) -> dict[str, Any]:
-    return await final_output(svc, await _create_and_wait(svc, thread_id, body, caller, response))
+    return await _answer(svc, await _create_and_wait(svc, thread_id, body, caller, response, request))
 
 
 @router.post("/runs/batch", response_model=list[RunOut], summary="Create runs in the background, each on its thread")
@@ -330,23 +400,25 @@ async def cancel_many(
     "/runs/wait", summary="Create a run on a new thread and wait for its output", response_class=JourneyValuesResponse
 )
 async def create_stateless_and_wait(
-    body: StatelessRunCreate, caller: Runner, svc: Services, response: Response
+    body: StatelessRunCreate, caller: Runner, svc: Services, response: Response, request: Request
 ) -> dict[str, Any]:
-    return await final_output(svc, await _create_and_wait(svc, None, body, caller, response))
+    return await _answer(svc, await _create_and_wait(svc, None, body, caller, response, request))
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)
 async def create_and_stream(
-    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services
+    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services, on_disconnect: OnDisconnect = None
 ) -> StreamingResponse:
     run = await create_run(svc, thread_id, body, caller, streaming=True)
-    return StreamingResponse(run_events(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
+    return _stream(svc, run, on_disconnect or body.on_disconnect)
 
 
 @router.post("/runs/stream", summary="Create a run on a new thread and stream it (SSE)", responses=SSE)
-async def create_stateless_stream(body: StatelessRunCreate, caller: Runner, svc: Services) -> StreamingResponse:
+async def create_stateless_stream(
+    body: StatelessRunCreate, caller: Runner, svc: Services, on_disconnect: OnDisconnect = None
+) -> StreamingResponse:
     run = await create_run(svc, None, body, caller, streaming=True)
-    return StreamingResponse(run_events(svc, run), media_type="text/event-stream", headers=_stream_headers(run))
+    return _stream(svc, run, on_disconnect or body.on_disconnect)
 
 
 @router.get(
@@ -358,11 +430,17 @@ async def join_stream(
     caller: Reader,
     svc: Services,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    stream_mode: JoinModes = None,
+    cancel_on_disconnect: CancelOnDisconnect = False,
 ) -> StreamingResponse:
-    """The chunks of a run created for streaming: all of them, or those after ``Last-Event-ID``."""
+    """The chunks of a run created for streaming: all of them, or those after ``Last-Event-ID``; only those of
+    ``stream_mode`` when given. ``cancel_on_disconnect``: the run is cancelled if the client leaves first."""
     run = await svc.run(caller, thread_id, run_id)
     after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
-    return StreamingResponse(run_events(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
+    events = run_events(svc, run, min(after, MAX_INT), {mode for mode in stream_mode or () if mode})
+    if cancel_on_disconnect in (True, "cancel"):
+        events = cancelled_when_gone(svc, run, events)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 @router.get("/threads/{thread_id}/runs", response_model=list[RunOut], summary="List a thread's runs")
@@ -390,9 +468,18 @@ async def get_run(thread_id: str, run_id: str, caller: Reader, svc: Services) ->
     summary="Wait for a run; the thread's values after it",
     response_class=JourneyValuesResponse,
 )
-async def join_run(thread_id: str, run_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
-    run = await _wait(svc, await svc.run(caller, thread_id, run_id))
-    return await final_output(svc, run)
+async def join_run(
+    thread_id: str,
+    run_id: str,
+    caller: Reader,
+    svc: Services,
+    request: Request,
+    cancel_on_disconnect: CancelOnDisconnect = False,
+) -> dict[str, Any]:
+    run = await svc.run(caller, thread_id, run_id)
+    if cancel_on_disconnect not in (True, "cancel"):
+        return await final_output(svc, await _wait(svc, run))
+    return await _answer(svc, await _unless_gone(svc, run, _wait(svc, run), request))
 
 
 @router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, summary="Delete a finished run")

@@ -210,7 +210,7 @@ async def fork_back(runtime: JourneyRuntime, graph: Graph, instance_id: str, che
     so the next run goes on from there; the checkpoints after it stay in the history."""
     config: Any = {"configurable": {"thread_id": instance_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
     async with runtime.engine.exclusive(instance_id):
-        if (await graph.aget_state(config)).config is None:
+        if (await graph.aget_state(config)).created_at is None:  # LangGraph's snapshot of no checkpoint
             raise JourneyNotFoundError(f"no checkpoint {checkpoint_id!r} on this thread", checkpoint_id=checkpoint_id)
         await graph.aupdate_state(config, None)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
 
 from server.problems import shown
 from server.runs.store import TERMINAL, RunRow
@@ -12,6 +15,16 @@ from server.runs.watch import next_change
 
 if TYPE_CHECKING:
     from server.services import ServerServices
+
+log = structlog.get_logger("journeys.runs")
+# The stream mode a recorded chunk's event belongs to, where its name is not the mode's own.
+_MODE_OF_EVENT = {
+    "messages": "messages-tuple",
+    "messages/metadata": "messages",
+    "messages/partial": "messages",
+    "messages/complete": "messages",
+}
+_ALWAYS = frozenset({"metadata", "error", "end"})  # sent whatever modes a joining client asked for
 
 # Each server-sent event, described as OpenAPI 3.1 describes a stream's items (3.2 would say itemSchema).
 SSE_EVENT = {
@@ -28,11 +41,14 @@ SSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def run_events(svc: ServerServices, run: RunRow, after: int | None = None) -> AsyncIterator[bytes]:
+async def run_events(
+    svc: ServerServices, run: RunRow, after: int | None = None, modes: Collection[str] | None = None
+) -> AsyncIterator[bytes]:
     """The run's chunks as server-sent events, each with its sequence number as ``id``, then ``end``.
 
     ``after`` (a reconnect's Last-Event-ID) resumes after that chunk; None is a new stream, which opens
-    with the run's ``metadata``."""
+    with the run's ``metadata``. ``modes``: only the chunks of these stream modes (a join's ``stream_mode``;
+    None or empty: all), with the run's errors."""
     if after is None:
         yield frame("metadata", {"run_id": run.run_id, "attempt": 1})
     seen = after or 0
@@ -43,7 +59,8 @@ async def run_events(svc: ServerServices, run: RunRow, after: int | None = None)
             # Read after the status: a run seen finished has written all its chunks.
             for number, event, data in await svc.runs.events_after(run.run_id, seen):
                 seen = number
-                yield frame(event, data, number)
+                if not modes or event in _ALWAYS or _MODE_OF_EVENT.get(event, event) in modes:
+                    yield frame(event, data, number)
             if finished:
                 yield frame("end", None)
                 return
@@ -54,3 +71,21 @@ def frame(event: str, data: Any, number: int | None = None) -> bytes:
     """One server-sent event, its data :func:`shown`."""
     head = f"id: {number}\n" if number is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(shown(event, data), default=str)}\n\n".encode()
+
+
+async def cancelled_when_gone(svc: ServerServices, run: RunRow, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``events`` (the run's stream), and the run cancelled if the client goes away before the stream ended:
+    ``on_disconnect="cancel"`` (``cancel_on_disconnect`` on a join), as the Agent Server does."""
+    ended = False
+    try:
+        async for chunk in events:
+            yield chunk
+        ended = True
+    finally:
+        if not ended:
+            # Shielded: the request's scope was cancelled when its client went away.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await svc.cancel_if_active(run.thread_id, run.run_id)
+                except Exception:  # nobody is left to answer; the run's own client may cancel it still
+                    log.exception("could not cancel a run whose client went away", run_id=run.run_id)

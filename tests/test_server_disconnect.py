@@ -1,0 +1,103 @@
+"""A client that goes away, and a client that joins a run's stream for some of its modes, over real HTTP through
+langgraph-sdk, as the Agent Server documents them: ``on_disconnect="cancel"`` (``runs.stream``, ``runs.wait``)
+and ``cancel_on_disconnect`` (``runs.join_stream``) cancel the run when its client leaves before it ended (the
+default, ``continue``, keeps it running); ``stream_mode`` on ``runs.join_stream`` sends only
+those modes' chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.schema import RunCreateMetadata
+
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+SLOW = {"messages": [{"role": "user", "content": "be slow"}]}  # the model then takes 30 s to answer
+QUICK = {"messages": [{"role": "user", "content": "what next?"}]}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    settings = Settings(database_url=url, auth=False, guide_model="tests.test_server_streaming:streaming_model")
+    with serving(create_app(settings)) as base:
+        yield base
+
+
+@pytest.fixture
+async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=server_url, api_key=None) as sdk_client:
+        yield sdk_client
+
+
+async def _status_once(client: LangGraphClient, thread_id: str, run_id: str, wanted: str, seconds: float = 15) -> str:
+    """The run's status once it is ``wanted``, or as it is after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = str((await client.runs.get(thread_id, run_id))["status"])
+        if status == wanted or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.1)
+
+
+async def test_a_stream_whose_client_leaves_cancels_its_run_with_on_disconnect_cancel(client: LangGraphClient) -> None:
+    created: list[RunCreateMetadata] = []
+    kept: list[RunCreateMetadata] = []
+    for mode, runs in (("cancel", created), ("continue", kept)):
+        tid = (await client.threads.create())["thread_id"]
+        stream = client.runs.stream(tid, "guide", input=SLOW, on_disconnect=mode, on_run_created=runs.append)
+        async for part in stream:
+            assert part.event == "metadata"
+            break  # the user closed the page
+        await stream.aclose()
+    gone = created[0]
+    assert await _status_once(client, gone["thread_id"], gone["run_id"], "interrupted") == "interrupted"
+    left = kept[0]  # the default: the run goes on without its client
+    assert (await client.runs.get(left["thread_id"], left["run_id"]))["status"] == "running"
+    await client.runs.cancel(left["thread_id"], left["run_id"], wait=True)
+
+
+async def test_a_wait_whose_client_leaves_cancels_its_run_with_on_disconnect_cancel(
+    server_url: str, client: LangGraphClient
+) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    body = {"assistant_id": "guide", "input": SLOW, "on_disconnect": "cancel"}
+    async with httpx.AsyncClient(base_url=server_url, timeout=1) as http:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting and closes its connection
+            await http.post(f"/threads/{tid}/runs/wait", json=body)
+    (run,) = await client.runs.list(tid)
+    assert await _status_once(client, tid, run["run_id"], "interrupted") == "interrupted"
+
+
+async def test_a_joined_stream_whose_client_leaves_cancels_the_run_with_cancel_on_disconnect(
+    server_url: str, client: LangGraphClient
+) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "guide", input=SLOW)
+    async with httpx.AsyncClient(base_url=server_url, timeout=5) as http:
+        params = {"cancel_on_disconnect": "true"}  # what langgraph-sdk's join_stream sends
+        async with http.stream("GET", f"/threads/{tid}/runs/{run['run_id']}/stream", params=params) as answer:
+            assert answer.status_code == 200
+            await asyncio.sleep(0.5)
+    assert await _status_once(client, tid, run["run_id"], "interrupted") == "interrupted"
+
+
+async def test_join_stream_with_stream_mode_sends_only_those_modes(client: LangGraphClient) -> None:
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "guide", input=QUICK, stream_mode=["values", "updates", "messages-tuple"])
+    await client.runs.join(tid, run["run_id"])
+    updates = [p.event async for p in client.runs.join_stream(tid, run["run_id"], stream_mode="updates")]
+    assert set(updates) == {"updates", "end"} and updates[-1] == "end"
+    two = [p.event async for p in client.runs.join_stream(tid, run["run_id"], stream_mode=["messages-tuple", "values"])]
+    assert set(two) == {"messages", "values", "end"}
+    every = [p.event async for p in client.runs.join_stream(tid, run["run_id"])]
+    assert set(every) == {"values", "updates", "messages", "end"}
