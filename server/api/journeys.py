@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
 from graphs.kernel.identifiers import ClientId, JourneyType, MetricName, UserId
-from graphs.lifecycle.machine import JourneyStage, RollbackTrigger
-from graphs.lifecycle.orchestrator import EVENT_OPTIONS
+from graphs.lifecycle.machine import RUN_UNIT, JourneyStage, RollbackTrigger
+from graphs.lifecycle.orchestrator import EVENT_OPTIONS, UNIT_OPTIONS
 from graphs.runtime import MAX_REASON
 from graphs.session.builder import SessionSpec
 from graphs.session.mvp import MVP_PILLARS
@@ -138,7 +138,8 @@ class LifecycleIn(Body, StartKeyFields):
 
 
 def _transition_schema(schema: dict[str, Any]) -> None:
-    """One branch per event, with the options that event takes (``EVENT_OPTIONS``) and their types."""
+    """One branch per event, with the options that event takes (``EVENT_OPTIONS``, and ``run_unit_of_work``'s
+    ``UNIT_OPTIONS``) and their types."""
     metrics = {
         "type": "object",
         "propertyNames": {"pattern": METRIC_NAME.pattern, "maxLength": METRIC_NAME_WIDTH},
@@ -151,16 +152,18 @@ def _transition_schema(schema: dict[str, Any]) -> None:
         "trigger": {"enum": [t.value for t in RollbackTrigger]},
         "rollback_to": {"enum": [s.value for s in (JourneyStage.SANDBOX, JourneyStage.PILOT)]},
         "complete": {"type": "boolean"},
+        "uow_id": {"type": "string", "minLength": 1},
     }
     branches = []
-    for event, (required, optional) in EVENT_OPTIONS.items():
+    events = [(event.value, takes) for event, takes in EVENT_OPTIONS.items()] + [(RUN_UNIT, UNIT_OPTIONS)]
+    for event, (required, optional) in events:
         options = {
             "type": "object",
             "properties": {name: option_types[name] for name in (*required, *optional)},
             "required": list(required),
             "additionalProperties": False,
         }
-        body: dict[str, Any] = {"event": {"const": event.value}, "options": options}
+        body: dict[str, Any] = {"event": {"const": event}, "options": options}
         branches.append(
             {
                 "type": "object",
@@ -390,7 +393,12 @@ async def start_lifecycle(body: LifecycleIn, caller: Writer, svc: Services) -> d
 
 
 @router.post(
-    "/lifecycle/{journey_id}/transitions", response_model=LifecycleTransitionOut, summary="Apply a lifecycle event"
+    "/lifecycle/{journey_id}/transitions",
+    response_model=LifecycleTransitionOut,
+    summary="Apply a lifecycle event",
+    description="One of the seven events with its options, or `run_unit_of_work` with `uow_id`: a unit of work of "
+    "the current stage run now (a stage's `required_units` must have completed before it can be left); the answer "
+    "then holds the run as `unit`.",
 )
 async def lifecycle_transition(journey_id: str, body: TransitionIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, journey_id, to_act=True)
