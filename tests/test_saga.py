@@ -222,8 +222,13 @@ async def test_a_compensation_that_fails_for_good_leaves_the_saga_failed(store_u
         assert types[-1] == "instance.failed"
         assert (history[-1].payload["pattern"], history[-1].payload["cause"]) == ("saga", "compensation")
         assert "saga.compensated" not in types
-        with pytest.raises(JourneyFinishedError):
+        # Nothing is left to advance, and the refusal says what is: retrying the compensation (it said
+        # "finished with status 'failed'; nothing is left", allowed nothing, as if the saga were over).
+        with pytest.raises(JourneyFinishedError) as refused:
             await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        assert refused.value.allowed == ["retry_saga_step"]
+        assert "compensation stopped at step 'analyze_content'" in str(refused.value)
+        assert "revert_analysis" in str(refused.value) and "retry_saga_step" in str(refused.value)
 
 
 async def test_saga_design_errors(store_url: str) -> None:

@@ -319,6 +319,15 @@ class StepJourneys:
                 allowed=["retry_journey_step"],
                 failed_step=standing.failed,
             )
+        stopped = standing.values.get("compensation_failure")
+        if standing.status == "failed" and isinstance(stopped, Mapping):  # a saga whose undo failed for good
+            raise JourneyFinishedError(
+                f"saga {instance_id!r} has no step left to advance: its compensation stopped at step "
+                f"{stopped.get('step')!r}, whose handler {stopped.get('handler')!r} failed ({stopped.get('error')}); "
+                "retry the compensation (retry_saga_step) once the handler can succeed",
+                allowed=["retry_saga_step"],
+                status=standing.status,
+            )
         if standing.status in FINISHED or standing.position is None:
             raise JourneyFinishedError(
                 f"journey run {instance_id!r} has finished with status {standing.status!r}; nothing is left to advance",
