@@ -8,11 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from graphs.kernel.identifiers import MAX_REASON, ClientId, JourneyType, MetricName, UserId
 from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
-from graphs.kernel.identifiers import ClientId, JourneyType, MetricName, UserId
 from graphs.lifecycle.machine import RUN_UNIT, JourneyStage, RollbackTrigger
 from graphs.lifecycle.orchestrator import EVENT_OPTIONS, UNIT_OPTIONS
-from graphs.runtime import MAX_REASON
 from graphs.session.builder import SessionSpec
 from graphs.session.mvp import MVP_PILLARS
 from graphs.structured.builder import StructuredSpec
@@ -197,6 +196,12 @@ class TerminateIn(Body):
     reason: str = Field(min_length=1, max_length=MAX_REASON, json_schema_extra={"pattern": NOT_BLANK})
 
 
+class CancelIn(Body):
+    """Why a saga is cancelled: its ``saga.cancelled`` event and its failure keep it."""
+
+    reason: str = Field(min_length=1, max_length=MAX_REASON, json_schema_extra={"pattern": NOT_BLANK})
+
+
 class MetricsIn(Body):
     """Metric values to record for a lifecycle journey."""
 
@@ -295,6 +300,20 @@ async def advance_saga(saga_id: str, body: SagaAdvanceIn, caller: Writer, svc: S
 async def retry_saga(saga_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, saga_id, to_act=True)
     return await svc.runtime.saga.retry_saga_step(saga_id)
+
+
+@router.post(
+    "/sagas/{saga_id}/cancel",
+    response_model=SagaRunView,
+    summary="Cancel a saga",
+    description="Abandon a saga that has not ended: its completed steps are compensated, last first, as when a "
+    "step fails, and it ends compensated (failed at a handler that fails for good: retry resumes it). One that has "
+    "ended answers 409 (JourneyFinishedError). Terminate, by contrast, compensates nothing.",
+)
+async def cancel_saga(saga_id: str, body: CancelIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, saga_id, to_act=True)
+    with svc.acting(caller):
+        return await svc.runtime.saga.cancel_saga(saga_id, body.reason)
 
 
 @router.get("/sagas/{saga_id}", response_model=SagaRunView, summary="A saga's status")
