@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AnyMessage, SystemMessage
+from langchain_core.messages import AIMessage, AnyMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, InjectedToolCallId, tool
 from langgraph.graph import START, StateGraph
@@ -224,6 +224,27 @@ def _tool_error(error: Exception) -> str:
     raise error
 
 
+NOT_RUN = "Error: this tool call was not run (its turn was interrupted); nothing was done"
+
+
+def answered(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
+    """The chat as the model is handed it: a tool call no tool message answers (its run was stopped between the
+    model and the tools: a double-texting interrupt, ``interrupt_before``) answered as not run, right after
+    its AI message. Chat model providers refuse a chat with an unanswered tool call, so every later turn of
+    the thread would fail; the thread's own messages are left as they are."""
+    results = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    chat: list[AnyMessage] = []
+    for message in messages:
+        chat.append(message)
+        if isinstance(message, AIMessage):
+            chat += [
+                ToolMessage(NOT_RUN, tool_call_id=call["id"], name=call["name"], status="error")
+                for call in message.tool_calls
+                if call["id"] is not None and call["id"] not in results
+            ]
+    return chat
+
+
 def build_guide_graph(backend: GuideBackend, model: BaseChatModel) -> StateGraph[GuideState]:
     """The guide graph: ``agent`` (the model with the tools bound) ⇄ ``tools`` (a ``ToolNode``) until the
     model answers without calling a tool."""
@@ -231,7 +252,7 @@ def build_guide_graph(backend: GuideBackend, model: BaseChatModel) -> StateGraph
     bound = model.bind_tools(tools)
 
     async def agent(state: GuideState, config: RunnableConfig) -> dict[str, Any]:
-        prompt = [system_prompt(backend, state), *state.get("messages", [])]
+        prompt = [system_prompt(backend, state), *answered(state.get("messages", []))]
         return {"messages": [await bound.ainvoke(prompt, config)]}
 
     builder: StateGraph[GuideState] = StateGraph(GuideState)

@@ -31,6 +31,7 @@ from graphs.analytics import JourneyAnalytics, MilestoneTracker
 from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError
 from graphs.kernel.designs import DesignBook
 from graphs.kernel.engine import JourneyEngine
+from graphs.kernel.identifiers import MAX_REASON
 from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, registered_patterns
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS
 from graphs.process.transactions import Transactions
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
     from graphs.session.orchestrator import SessionOrchestrator
     from graphs.structured.orchestrator import StructuredOrchestrator
     from graphs.structured.saga_orchestrator import SagaOrchestrator
-
-
-MAX_REASON = 1_000  # characters in a termination's reason, which its event keeps
 
 
 class JourneyRuntime:

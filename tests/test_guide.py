@@ -4,14 +4,17 @@ understanding of what users say."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 
 from agents import AgentRequest
+from agents.guide_model import DeterministicGuideModel
 from graphs import JourneyRuntime
-from graphs.guide import default_guide_model, guide_graph
+from graphs.guide import default_guide_model, guide_graph, mvp_pillars
+from graphs.session.mvp import RECOMMENDED_FLOW
 
 RULES = default_guide_model()
 
@@ -165,3 +168,40 @@ async def test_a_replayed_tool_call_is_applied_once() -> None:
         assert calls == 1
         events = [e for e in await runtime.history(session_id) if e.type == "agent.completed"]
         assert len(events) == 1
+
+
+class ProviderLikeModel(DeterministicGuideModel):
+    """The rules, refusing a chat as chat model providers do (OpenAI, Anthropic): every tool call of an AI
+    message must be answered by a tool message before the chat goes on."""
+
+    def reply(self, messages: Sequence[BaseMessage], tool_names: Sequence[str] | None) -> AIMessage:
+        open_calls: set[str] = set()
+        for message in messages:
+            if isinstance(message, ToolMessage):
+                open_calls.discard(message.tool_call_id)
+            elif open_calls:
+                raise ValueError(f"tool calls {sorted(open_calls)} must be followed by tool messages")
+            if isinstance(message, AIMessage):
+                open_calls = {str(call["id"]) for call in message.tool_calls}
+        return super().reply(messages, tool_names)
+
+
+async def test_a_turn_cut_short_between_the_tool_call_and_the_tool_does_not_break_the_chat(store_url: str) -> None:
+    """A run stopped after the model asked for a tool but before the tool ran (a double-texting interrupt,
+    an ``interrupt_before``) leaves a tool call with no answer in the chat. The next turn handed the model
+    that chat as it was, which a provider's model refuses: every later turn of the thread failed. The model
+    now sees the unanswered call answered as not run, and the chat goes on."""
+    model = ProviderLikeModel(pillars=mvp_pillars(), flow=list(RECOMMENDED_FLOW))
+    async with JourneyRuntime.open(store_url, guide_model=lambda: model) as runtime:
+        session_id = (await runtime.mvp.start_mvp_journey("ana"))["session"]["session_id"]
+        graph = guide_graph(runtime)
+        config: Any = {"configurable": {"thread_id": "chat-5"}}
+        first = {"messages": [("user", "take me to operations")], "session_id": session_id}
+        await graph.ainvoke(first, config, interrupt_before=["tools"])  # stopped before the tool ran
+        assert (await graph.aget_state(config)).values["messages"][-1].tool_calls
+
+        answered = await graph.ainvoke({"messages": [("user", "I uploaded and parsed the files")]}, config)
+        assert answered["messages"][-1].content.startswith("Recorded in the Content Pillar")
+        progress = await runtime.mvp.sessions.get_session_progress(session_id)
+        assert progress["current_area"] == "content"  # the call that never ran moved nothing
+        assert progress["areas"]["content"]["complete"]

@@ -11,6 +11,7 @@ import pytest
 
 from agents import AgentRequest, FailingAgent, RecordingAgent, RetrySettings, TransientAgentError
 from graphs import (
+    InvalidInputError,
     JourneyFinishedError,
     JourneyNotFoundError,
     JourneyRuntime,
@@ -222,8 +223,13 @@ async def test_a_compensation_that_fails_for_good_leaves_the_saga_failed(store_u
         assert types[-1] == "instance.failed"
         assert (history[-1].payload["pattern"], history[-1].payload["cause"]) == ("saga", "compensation")
         assert "saga.compensated" not in types
-        with pytest.raises(JourneyFinishedError):
+        # Nothing is left to advance, and the refusal says what is: retrying the compensation (it said
+        # "finished with status 'failed'; nothing is left", allowed nothing, as if the saga were over).
+        with pytest.raises(JourneyFinishedError) as refused:
             await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        assert refused.value.allowed == ["retry_saga_step"]
+        assert "compensation stopped at step 'analyze_content'" in str(refused.value)
+        assert "revert_analysis" in str(refused.value) and "retry_saga_step" in str(refused.value)
 
 
 async def test_saga_design_errors(store_url: str) -> None:
@@ -335,3 +341,45 @@ async def test_a_compensation_that_failed_for_good_is_retried_from_where_it_stop
         with pytest.raises(NothingToRetryError):
             await rt.saga.retry_saga_step(saga_id)
         assert len(await rt.history(saga_id)) == len(events)
+
+
+async def test_a_saga_cancelled_where_it_waits_undoes_its_completed_steps_in_reverse(store_url: str) -> None:
+    """A saga abandoned half-way (the customer cancelled) is cancelled its own way: its completed steps are
+    compensated, last first, as when a step fails, and it ends compensated. There was no way to: terminate
+    compensates nothing, and the dashboard answered that a saga cannot be cancelled."""
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        order: list[str] = []
+        handlers = recorders(rt, order)
+        journey_id, saga_id = await start_saga(rt)
+        for _ in MIGRATION[:2]:
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+
+        cancelled = await rt.saga.cancel_saga(saga_id, "the customer cancelled the migration")
+        assert (cancelled["status"], cancelled["current_step"]) == ("compensated", None)
+        assert cancelled["compensated_steps"] == ["analyze_content", "upload_content"]
+        assert cancelled["failure"] == {
+            "step": "transform_data",
+            "error": "the customer cancelled the migration",
+            "error_type": "SagaCancelled",
+        }
+        assert order == ["revert_analysis", "delete_uploaded_content"]
+        assert not handlers["revert_transformation"].calls  # the step it waited at was never done
+        types = [e.type for e in await rt.history(saga_id) if not e.type.startswith("agent.")]
+        assert types[-5:] == [
+            "saga.cancelled",
+            "saga.compensating",
+            "compensation.completed",
+            "compensation.completed",
+            "saga.compensated",
+        ]
+        instance = await rt.store.index.get_instance(saga_id)
+        assert instance is not None and instance.status == "compensated"
+
+        # Once ended, it is not cancelled again, nor advanced; nothing is undone twice.
+        with pytest.raises(JourneyFinishedError):
+            await rt.saga.cancel_saga(saga_id, "again")
+        with pytest.raises(JourneyFinishedError):
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
+        assert len(order) == 2
+        with pytest.raises(InvalidInputError):
+            await rt.saga.cancel_saga((await start_saga(rt, "user_9"))[1], "  ")

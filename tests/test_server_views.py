@@ -196,10 +196,11 @@ async def test_session_and_mvp_answers_are_their_orchestrators_views(served: Ser
     await s.same("POST", f"{path}/navigate", "session.navigate_to_area", {"area_id": "b"})
     await s.same("POST", f"{path}/updates", "session.update_area_state", {"area_id": "a", "updates": {"done": True}})
     await s.same("GET", path, "session.get_session_progress")
-    assert (await s.status(session["session_id"], "session.get_session_progress"))["index_status"] == "completed"
+    # Every area complete, still open: in progress; closed so, the session completed.
+    assert (await s.status(session["session_id"], "session.get_session_progress"))["index_status"] == "in_progress"
     closed = await s.same("POST", f"{path}/close", "session.close_session", {"reason": "done"})
     assert closed["status"] == "closed"
-    assert (await s.status(session["session_id"], "session.get_session_progress"))["index_status"] == "closed"
+    assert (await s.status(session["session_id"], "session.get_session_progress"))["index_status"] == "completed"
 
     mvp = await s.same("POST", "/journeys/mvp", "mvp.start_mvp_journey", {"user_id": "ana"})
     path = f"/journeys/mvp/{mvp['session']['session_id']}"

@@ -3,15 +3,19 @@ criteria, area state kept while the user is elsewhere. Every test runs on memory
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from checkpoints.clock import VirtualClock
+from checkpoints.retention import RetentionReport
 from graphs import (
     InvalidInputError,
     JourneyFinishedError,
     JourneyNotFoundError,
     JourneyRuntime,
+    RetentionPolicy,
     SpecError,
     UnknownAreaError,
 )
@@ -119,13 +123,12 @@ async def test_the_seed_50_2_3_progress(store_url: str) -> None:
         assert headline(done["progress"]) == {"completion_percent": 100, "completed_areas": 4, "visited_areas": 3}
         types = [e.type for e in await rt.history(session_id)]
         assert types.count("session.completed") == 1
-        instance = await rt.store.index.get_instance(session_id)
-        assert instance is not None and instance.status == "completed"
+        instance = await rt.store.index.get_instance(session_id)  # a milestone: the session is still open
+        assert instance is not None and instance.status == "in_progress"
 
         # Undoing an area's work reopens it, and the session with it.
-        await rt.session.update_area_state(session_id, "insights", {"analysis_complete": False})
-        instance = await rt.store.index.get_instance(session_id)
-        assert instance is not None and instance.status == "in_progress"
+        undone = await rt.session.update_area_state(session_id, "insights", {"analysis_complete": False})
+        assert undone["progress"]["completion_percent"] == 75
         assert [e.type for e in await rt.history(session_id)][-1] == "area.reopened"
 
 
@@ -214,3 +217,46 @@ async def test_a_closed_session_cannot_be_navigated(store_url: str) -> None:
         with pytest.raises(JourneyFinishedError):
             await rt.session.close_session(session_id)
         assert await snapshot(rt, session_id) == before
+
+
+async def test_a_session_with_every_area_complete_stays_open_until_it_is_closed(store_url: str) -> None:
+    """Every area complete is a milestone (``session.completed``), not the session's end: its user may still
+    move about, reopen an area and close it. The instance was marked ``completed`` then, a status that
+    says a journey has ended, so a retention pass pruned and compacted the open session's checkpoints
+    (``delete_after`` deleted them: the session was lost, every later move refused with
+    CheckpointsDeletedError) and a termination was refused as if it had ended. It now stays ``in_progress``
+    until closed; closed with every area complete, it has ``completed``."""
+    clock = VirtualClock()
+    async with JourneyRuntime.open(store_url, clock=clock, retention=RetentionPolicy("delete_after", 1)) as rt:
+
+        async def all_complete() -> str:
+            session_id = str((await rt.session.start_session("user_123", CONFIG))["session_id"])
+            await rt.session.update_area_state(session_id, "content", {"files_uploaded": True, "files_parsed": True})
+            await rt.session.update_area_state(session_id, "insights", {"analysis_complete": True})
+            await rt.session.navigate_to_area(session_id, "operations")
+            done = await rt.session.update_area_state(session_id, "business_outcome", {"roadmap_generated": True})
+            assert (done["progress"]["completion_percent"], done["progress"]["status"]) == (100, "active")
+            return session_id
+
+        kept, dropped = await all_complete(), await all_complete()
+        clock.advance(timedelta(days=2))
+        await rt.retention.run()
+        moved = await rt.session.navigate_to_area(kept, "insights")
+        assert moved["area_state"] == {"analysis_complete": True} and moved["progress"]["completion_percent"] == 100
+        terminated = await rt.terminate(dropped, "the user left")
+        assert terminated["status"] == "terminated"
+        assert [e.type for e in await rt.history(kept)].count("session.completed") == 1
+        instance = await rt.store.index.get_instance(kept)
+        assert instance is not None and instance.status == "in_progress"
+        clock.advance(timedelta(days=2))
+        assert await rt.retention.run() == RetentionReport(pruned=1, deleted=1)  # the terminated one only
+
+        closed = await rt.session.close_session(kept, "all done")
+        assert (closed["status"], closed["completion_percent"]) == ("closed", 100)
+        instance = await rt.store.index.get_instance(kept)
+        assert instance is not None and instance.status == "completed"
+        # A session closed with an area incomplete is closed, not completed.
+        partial = str((await rt.session.start_session("user_123", CONFIG))["session_id"])
+        await rt.session.close_session(partial)
+        instance = await rt.store.index.get_instance(partial)
+        assert instance is not None and instance.status == "closed"

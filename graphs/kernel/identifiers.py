@@ -19,6 +19,7 @@ __all__ = [
     "BUSINESS_KEY",
     "CLIENT_ID",
     "JOURNEY_TYPE",
+    "MAX_REASON",
     "METRIC_NAME",
     "PROCESS_NAME",
     "THREAD_ID",
@@ -30,6 +31,8 @@ __all__ = [
     "checked_user_id",
     "string_schema",
 ]
+
+MAX_REASON = 1_000  # characters in a termination's or cancellation's reason, which its event keeps
 
 BUSINESS_KEY = 300
 # journey_instances.user_id is wider, but a structured journey's instance id is "<journey id>:<user id>"

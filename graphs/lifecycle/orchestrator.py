@@ -89,6 +89,9 @@ EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = 
     TransitionEvent.COMPLETE_ROLLBACK: ((), ()),
     TransitionEvent.CANCEL_JOURNEY: ((), ("reason",)),
 }
+# transition() also runs an on-demand unit of work of the current stage (not a stage change): over HTTP and
+# the Agent Server API it is the only way to run the units a stage requires before it can be left.
+UNIT_OPTIONS: tuple[tuple[str, ...], tuple[str, ...]] = (("uow_id",), ())
 
 
 class LifecycleOrchestrator:
@@ -355,7 +358,9 @@ class LifecycleOrchestrator:
     async def transition(
         self, journey_id: str, event: str, *, run_options: RunOptions = DEFAULT_RUN, **options: Any
     ) -> dict[str, Any]:
-        """Apply any of the seven events by name, as the seed's ``JourneyStateMachine.transition`` does.
+        """Apply any of the seven events by name, as the seed's ``JourneyStateMachine.transition`` does, or
+        ``run_unit_of_work`` (option ``uow_id``): :meth:`run_unit_of_work`, answered with the journey and the
+        run as ``unit``.
 
         ``options`` go to the event's own method (``reason``, ``trigger``, ``rollback_to``, ``complete``
         for a rollback; ``reason`` for a cancellation; ``metadata`` for a promotion or completion;
@@ -364,19 +369,24 @@ class LifecycleOrchestrator:
         an event the current stage does not allow :class:`InvalidTransitionError`; none changes anything.
         """
         _spec, graph = await self._load(journey_id)
+        if event == RUN_UNIT:
+            _check_options(RUN_UNIT, options, UNIT_OPTIONS)
+            unit = await self.run_unit_of_work(journey_id, options["uow_id"], run_options=run_options)
+            return {**await self.get_journey_state(journey_id), "unit": unit}
         snapshot = await graph.aget_state(self._engine.config(journey_id))
         try:
             chosen = TransitionEvent(event)
         except ValueError:
             stage = snapshot.values.get("current_stage")
             raise UnknownTransitionEventError(
-                f"unknown event {event!r}; the events are {', '.join(e.value for e in TransitionEvent)}; "
+                f"unknown event {event!r}; the events are {', '.join(e.value for e in TransitionEvent)} "
+                f"(and {RUN_UNIT} with the option uow_id, to run a unit of work of the current stage); "
                 f"in stage {stage!r} these are allowed: {', '.join(self._allowed(snapshot)) or 'none'}",
                 current_stage=stage,
                 event=str(event),
                 allowed=self._allowed(snapshot),
             ) from None
-        _check_options(chosen, options)
+        _check_options(chosen.value, options, EVENT_OPTIONS[chosen])
         self._expect(snapshot, chosen)
         if chosen == TransitionEvent.START_JOURNEY:
             instance = await self._store.index.get_instance(journey_id)
@@ -893,19 +903,19 @@ def _check_id(value: object, name: str) -> None:
         raise InvalidInputError(f"{name} must be a non-empty string, got {value!r}", argument=name)
 
 
-def _check_options(event: TransitionEvent, options: Mapping[str, Any]) -> None:
-    required, optional = EVENT_OPTIONS[event]
+def _check_options(event: str, options: Mapping[str, Any], takes: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+    required, optional = takes
     accepted = [*required, *optional]
     missing = [name for name in required if name not in options]
     unknown = sorted(name for name in options if name not in accepted)
     if not (missing or unknown):
         return
-    problems = [f"{event.value} needs the option {name!r}" for name in missing]
+    problems = [f"{event} needs the option {name!r}" for name in missing]
     if unknown:
-        problems.append(f"{event.value} does not take {', '.join(map(repr, unknown))}")
-    takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
+        problems.append(f"{event} does not take {', '.join(map(repr, unknown))}")
+    offered = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
     raise TransitionOptionsError(
-        f"{'; '.join(problems)} ({takes})", event=event.value, missing=missing, unknown=unknown, accepted=accepted
+        f"{'; '.join(problems)} ({offered})", event=event, missing=missing, unknown=unknown, accepted=accepted
     )
 
 

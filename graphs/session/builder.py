@@ -164,6 +164,11 @@ def initial_session_state(spec: SessionSpec) -> SessionState:
     }
 
 
+def closed_status(values: Mapping[str, Any]) -> str:
+    """The instance's status once the session is closed: ``completed`` with every area complete, else ``closed``."""
+    return "completed" if values.get("all_complete") else "closed"
+
+
 def area_node(area_id: str) -> str:
     return f"area.{area_id}"
 
@@ -196,7 +201,7 @@ def build_session_graph(spec: SessionSpec, services: NodeServices) -> StateGraph
             None,
             f"{instance_id}:action:{n}",
         )
-        await services.events.append(instance_id, [event], status="closed")
+        await services.events.append(instance_id, [event], status=closed_status(state))
         return {"status": "closed", "action": None, "actions_applied": n + 1}
 
     builder.add_node(AWAIT_ACTION, await_action)
@@ -235,17 +240,14 @@ def _area_handler(area: Area, spec: SessionSpec, services: NodeServices) -> Any:
         progress["complete"] = complete
         areas[area.area_id] = progress
         all_complete = all(p["complete"] for p in areas.values())
-        status: str | None = None
         if all_complete and not state.get("all_complete"):
+            # A milestone, not the session's end: the instance stays in progress (an ended status would have
+            # retention prune its checkpoints and terminate refuse it) until it is closed.
             events.append(NewEvent("session.completed", {"areas": spec.area_ids}))
-            status = "completed"
-        elif state.get("all_complete") and not all_complete:
-            status = "in_progress"  # an area reopened: the session is no longer complete
-        # One transaction, every event keyed by the action: a replayed action writes nothing twice, and
-        # the instance index moves with the log.
+        # One transaction, every event keyed by the action: a replayed action writes nothing twice.
         key = f"{instance_id}:action:{n}"
         keyed = [NewEvent(e.type, e.payload, e.step, key if i == 0 else f"{key}:{i}") for i, e in enumerate(events)]
-        await services.events.append(instance_id, keyed, status=status)
+        await services.events.append(instance_id, keyed)
         return {
             **update,
             "areas": areas,

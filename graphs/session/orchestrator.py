@@ -32,7 +32,13 @@ from graphs.kernel.designs import DesignBook, PatternName, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
 from graphs.kernel.flow import ExistingStart, StartControls
 from graphs.kernel.instances import Recoverable
-from graphs.session.builder import SessionSpec, SessionState, initial_session_state, session_progress
+from graphs.session.builder import (
+    SessionSpec,
+    SessionState,
+    closed_status,
+    initial_session_state,
+    session_progress,
+)
 from nodes import schemas
 from nodes.agent_call import AGENT_COMPLETED
 
@@ -190,10 +196,11 @@ class SessionOrchestrator:
                 return {"session_id": session_id, **session_progress(spec, snapshot.values)}
             evaluation = self._instances.evaluation
             status = await evaluation.judge(
-                session_id, self.pattern, spec.evaluation, [AGENT_COMPLETED], status="closed"
+                session_id, self.pattern, spec.evaluation, [AGENT_COMPLETED], status=closed_status(snapshot.values)
             )
             verdict = await evaluation.verdict(session_id)
-        # The session's own status (closed), or what its tier's verdict made it (failed, review).
+        # The status closing gave it (closed, or completed with every area complete), or what its tier's
+        # verdict made it (failed, review).
         return {
             "session_id": session_id,
             **session_progress(spec, snapshot.values),
@@ -204,13 +211,12 @@ class SessionOrchestrator:
     async def review_session(self, session_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
         """A person's decision on a closed session its tier's evaluation held for review: ``approved`` closes
         it as it was, otherwise it fails."""
-        await self._load(session_id)
+        _spec, graph = await self._load(session_id)
         async with self._engine.exclusive(session_id):
             found = await self._index.get_instance(session_id)
             assert found is not None  # _load found it
-            status = await self._instances.evaluation.review(
-                found, approved=approved, by=by, note=note, status="closed"
-            )
+            closed = closed_status((await graph.aget_state(self._engine.config(session_id))).values)
+            status = await self._instances.evaluation.review(found, approved=approved, by=by, note=note, status=closed)
         return {
             "session_id": session_id,
             "status": status,

@@ -8,9 +8,11 @@ from typing import Any
 
 from langgraph.types import StateSnapshot
 
-from graphs.errors import JourneyNotFoundError
+from checkpoints.values import check_value
+from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.designs import DesignBook, new_id
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
+from graphs.kernel.identifiers import MAX_REASON
 from graphs.structured.builder import StructuredSpec
 from graphs.structured.orchestrator import StructuredOrchestrator, design_view
 from graphs.structured.saga import SagaSpec
@@ -112,6 +114,17 @@ class SagaOrchestrator:
         """Run the failed step again, or, when a compensation failed for good, resume the compensation
         at that handler (the steps already undone are not undone again)."""
         return await self._runs.retry(saga_id)
+
+    async def cancel_saga(self, saga_id: str, reason: str) -> dict[str, Any]:
+        """Abandon a saga that has not ended: its completed steps are compensated in reverse, as when a step
+        fails (the step it stands at was never done), and it ends compensated. ``reason`` is kept in its
+        ``saga.cancelled`` event and its ``failure``."""
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise InvalidInputError(
+                f"a cancellation needs a reason: a non-empty string of at most {MAX_REASON} characters"
+            )
+        check_value(reason, "reason")
+        return await self._runs.cancel(saga_id, reason)
 
     async def review_saga_run(self, saga_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
         """Decide on a saga run its tier's evaluation held for review: ``approved`` completes it, else it fails."""

@@ -295,17 +295,51 @@ class StepJourneys:
         step = standing.position
         reason = {**DEADLINE_FAILURE, "step": step}
         if on_expiry == "compensate" and instance.pattern == "saga" and step is not None:
-            compensating = NewEvent("saga.compensating", reason, step, f"{instance_id}:deadline:compensating")
-            await self.events.append(instance_id, [passed, compensating], status="compensating")
-            update = {"status": "compensating", "failure": reason}
-            await graph.aupdate_state(config, Command(goto=COMPENSATE_NODE, update=update), as_node=step)
-            with contextlib.suppress(JourneyError):  # a failing undo is recorded and can be retried
-                await self.instances.advance(graph, instance_id, instance.pattern, None, cause="step")
+            await self._compensate(instance, graph, step, reason, passed, f"{instance_id}:deadline")
             return
         failed = failure(instance.pattern, "deadline", DEADLINE_FAILURE, step)
         await self.events.append(instance_id, [passed, failed], status="failed")
         # The thread ends where it stood (no step runs after it), so no later advance moves it.
         await graph.aupdate_state(config, {"status": "failed", "failure": reason}, as_node=step or START)
+
+    async def _compensate(
+        self, instance: Instance, graph: Graph, step: str, reason: dict[str, Any], cause: NewEvent, key: str
+    ) -> None:
+        """Turn a saga that stands at ``step`` to its compensation (under ``exclusive``), as a failing step does:
+        ``cause`` and ``saga.compensating`` logged, then the undo of its completed steps, last first, run now."""
+        instance_id = instance.instance_id
+        compensating = NewEvent("saga.compensating", reason, step, f"{key}:compensating")
+        await self.events.append(instance_id, [cause, compensating], status="compensating")
+        update = {"status": "compensating", "failure": reason}
+        await graph.aupdate_state(
+            self.engine.config(instance_id), Command(goto=COMPENSATE_NODE, update=update), as_node=step
+        )
+        with contextlib.suppress(JourneyError):  # a failing undo is recorded and can be retried
+            await self.instances.advance(graph, instance_id, instance.pattern, None, cause="step")
+
+    async def cancel(self, instance_id: str, reason: str) -> dict[str, Any]:
+        """Cancel a saga that has not ended where it stands: its completed steps are compensated, last first,
+        and it ends ``compensated`` (or ``failed`` at a handler that fails for good, which a retry resumes). A
+        step whose run was cut short is not run again first: only what the log says was done is undone."""
+        found = await self.instance(instance_id)
+        _, spec, graph = await self._load(found.journey_id)
+        async with self.engine.acting(instance_id):
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+            if snapshot.created_at is None:  # no checkpoint yet: a start a crash cut short is finished first
+                snapshot = await self.engine.settled_state(graph, instance_id)
+            standing = Standing.of(snapshot)
+            if standing.status in (*FINISHED, "compensating") or standing.position is None:
+                raise JourneyFinishedError(
+                    f"saga {instance_id!r} cannot be cancelled: it is {standing.status}",
+                    allowed=["retry_saga_step"] if standing.values.get("compensation_failure") else [],
+                    status=standing.status,
+                )
+            step = standing.position
+            failure = {"step": step, "error": reason, "error_type": "SagaCancelled"}
+            cancelled = NewEvent("saga.cancelled", {"reason": reason}, step, f"{instance_id}:cancelled")
+            await self._compensate(found, graph, step, failure, cancelled, f"{instance_id}:cancelled")
+            standing = Standing.of(await graph.aget_state(self.engine.config(instance_id)))
+        return await self.view(await self.instance(instance_id), spec, standing)
 
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
@@ -318,6 +352,15 @@ class StepJourneys:
                 f"step {standing.failed!r} failed; retry it (retry_journey_step) before advancing",
                 allowed=["retry_journey_step"],
                 failed_step=standing.failed,
+            )
+        stopped = standing.values.get("compensation_failure")
+        if standing.status == "failed" and isinstance(stopped, Mapping):  # a saga whose undo failed for good
+            raise JourneyFinishedError(
+                f"saga {instance_id!r} has no step left to advance: its compensation stopped at step "
+                f"{stopped.get('step')!r}, whose handler {stopped.get('handler')!r} failed ({stopped.get('error')}); "
+                "retry the compensation (retry_saga_step) once the handler can succeed",
+                allowed=["retry_saga_step"],
+                status=standing.status,
             )
         if standing.status in FINISHED or standing.position is None:
             raise JourneyFinishedError(

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from graphs.kernel.identifiers import MAX_REASON, ClientId, JourneyType, MetricName, UserId
 from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
-from graphs.kernel.identifiers import ClientId, JourneyType, MetricName, UserId
-from graphs.lifecycle.machine import JourneyStage, RollbackTrigger
-from graphs.lifecycle.orchestrator import EVENT_OPTIONS
-from graphs.runtime import MAX_REASON
+from graphs.lifecycle.machine import RUN_UNIT, JourneyStage, RollbackTrigger
+from graphs.lifecycle.orchestrator import EVENT_OPTIONS, UNIT_OPTIONS
 from graphs.session.builder import SessionSpec
 from graphs.session.mvp import MVP_PILLARS
 from graphs.structured.builder import StructuredSpec
@@ -138,7 +137,8 @@ class LifecycleIn(Body, StartKeyFields):
 
 
 def _transition_schema(schema: dict[str, Any]) -> None:
-    """One branch per event, with the options that event takes (``EVENT_OPTIONS``) and their types."""
+    """One branch per event, with the options that event takes (``EVENT_OPTIONS``, and ``run_unit_of_work``'s
+    ``UNIT_OPTIONS``) and their types."""
     metrics = {
         "type": "object",
         "propertyNames": {"pattern": METRIC_NAME.pattern, "maxLength": METRIC_NAME_WIDTH},
@@ -151,16 +151,18 @@ def _transition_schema(schema: dict[str, Any]) -> None:
         "trigger": {"enum": [t.value for t in RollbackTrigger]},
         "rollback_to": {"enum": [s.value for s in (JourneyStage.SANDBOX, JourneyStage.PILOT)]},
         "complete": {"type": "boolean"},
+        "uow_id": {"type": "string", "minLength": 1},
     }
     branches = []
-    for event, (required, optional) in EVENT_OPTIONS.items():
+    events = [(event.value, takes) for event, takes in EVENT_OPTIONS.items()] + [(RUN_UNIT, UNIT_OPTIONS)]
+    for event, (required, optional) in events:
         options = {
             "type": "object",
             "properties": {name: option_types[name] for name in (*required, *optional)},
             "required": list(required),
             "additionalProperties": False,
         }
-        body: dict[str, Any] = {"event": {"const": event.value}, "options": options}
+        body: dict[str, Any] = {"event": {"const": event}, "options": options}
         branches.append(
             {
                 "type": "object",
@@ -190,6 +192,12 @@ class ForkIn(Body):
 
 class TerminateIn(Body):
     """Why a journey is terminated: its ``journey.terminated`` event keeps it."""
+
+    reason: str = Field(min_length=1, max_length=MAX_REASON, json_schema_extra={"pattern": NOT_BLANK})
+
+
+class CancelIn(Body):
+    """Why a saga is cancelled: its ``saga.cancelled`` event and its failure keep it."""
 
     reason: str = Field(min_length=1, max_length=MAX_REASON, json_schema_extra={"pattern": NOT_BLANK})
 
@@ -294,6 +302,20 @@ async def retry_saga(saga_id: str, caller: Writer, svc: Services) -> dict[str, A
     return await svc.runtime.saga.retry_saga_step(saga_id)
 
 
+@router.post(
+    "/sagas/{saga_id}/cancel",
+    response_model=SagaRunView,
+    summary="Cancel a saga",
+    description="Abandon a saga that has not ended: its completed steps are compensated, last first, as when a "
+    "step fails, and it ends compensated (failed at a handler that fails for good: retry resumes it). One that has "
+    "ended answers 409 (JourneyFinishedError). Terminate, by contrast, compensates nothing.",
+)
+async def cancel_saga(saga_id: str, body: CancelIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, saga_id, to_act=True)
+    with svc.acting(caller):
+        return await svc.runtime.saga.cancel_saga(saga_id, body.reason)
+
+
 @router.get("/sagas/{saga_id}", response_model=SagaRunView, summary="A saga's status")
 async def status_saga(saga_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, saga_id)
@@ -390,7 +412,12 @@ async def start_lifecycle(body: LifecycleIn, caller: Writer, svc: Services) -> d
 
 
 @router.post(
-    "/lifecycle/{journey_id}/transitions", response_model=LifecycleTransitionOut, summary="Apply a lifecycle event"
+    "/lifecycle/{journey_id}/transitions",
+    response_model=LifecycleTransitionOut,
+    summary="Apply a lifecycle event",
+    description="One of the seven events with its options, or `run_unit_of_work` with `uow_id`: a unit of work of "
+    "the current stage run now (a stage's `required_units` must have completed before it can be left); the answer "
+    "then holds the run as `unit`.",
 )
 async def lifecycle_transition(journey_id: str, body: TransitionIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, journey_id, to_act=True)

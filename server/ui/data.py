@@ -23,7 +23,7 @@ from server.ui.graph_svg import journey_picture
 
 LIST_LIMIT = 500
 # The actions each pattern offers (the orchestrator call behind each is in server/ui/pages.py).
-CANCELLABLE = frozenset({"process", "lifecycle", "session", "mvp"})
+CANCELLABLE = frozenset({"process", "lifecycle", "session", "mvp", "saga"})
 RETRYABLE = frozenset({"structured", "saga", "process"})
 FORKABLE = frozenset({"structured", "saga"})  # patterns whose steps are in their log (graphs/kernel/forks.py)
 # What the status views say about failures and undoing (sagas: *_steps; processes: compensated, failed_element).

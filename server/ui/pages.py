@@ -247,6 +247,8 @@ async def cancel(request: Request, instance_id: str, principal: Caller, svc: Ser
         await svc.runtime.processes.cancel(instance_id, reason)
     elif pattern == "lifecycle":
         await svc.runtime.lifecycle.cancel(instance_id, reason)
+    elif pattern == "saga":  # its completed steps are compensated
+        await svc.runtime.saga.cancel_saga(instance_id, reason)
     elif pattern in ("session", "mvp"):
         sessions = svc.runtime.mvp.sessions if pattern == "mvp" else svc.runtime.session
         await sessions.close_session(instance_id, reason)

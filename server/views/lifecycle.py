@@ -135,6 +135,19 @@ class TransitionRollback(RollbackRecord):
     notification: RollbackNotification | None = optional_key("only when the transition started the rollback")
 
 
+class UnitRunOut(BaseModel):
+    """One run of a unit of work (nodes/uow.py): its tasks' entries without their outputs, which their
+    completion events keep."""
+
+    run_id: str
+    uow_id: str
+    stage: JourneyStage
+    purpose: Literal["entry", "on_demand", "rollback"]
+    status: UowStatus
+    tasks: dict[str, dict[str, Any]] = Field(description="task id → its status, attempts and input")
+    failure: dict[str, Any] | None
+
+
 class LifecycleTransitionOut(LifecycleStateFields):
     """The journey after the event, with the gate's validation or the rollback the event started or ended."""
 
@@ -142,6 +155,7 @@ class LifecycleTransitionOut(LifecycleStateFields):
         description="the rollback record after initiate_rollback and complete_rollback; otherwise the open one"
     )
     validation: ValidationOut = optional_key("only for the gated events (start and promotions, mark_complete)")
+    unit: UnitRunOut = optional_key("only for run_unit_of_work: the unit's run")
 
 
 class AutomaticRollback(RollbackRecord):
