@@ -153,6 +153,7 @@ def serve(
     from server.app import create_app
     from server.heap import freeze_startup_heap
     from server.plugins import plugin_registry
+    from server.queues.embedded import check_sole_executor
     from server.settings import InputLimits, Settings, load_api_keys, no_auth_warning
 
     try:
@@ -192,6 +193,8 @@ def serve(
             retention=_retention(retention, retention_days),
         )
         _run(check_store_key(database_url))  # the key is the database's: say so here, not as a startup traceback
+        if not distributed:  # and no other server executes its runs: likewise
+            _run(check_sole_executor(database_url))
         served = create_app(settings, runtime_options={"agents": plugin_registry(plugin)})
     except JourneyError as exc:
         _fail(exc)

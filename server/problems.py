@@ -127,6 +127,12 @@ class InsecureServeError(JourneyError):
     category: ClassVar[ErrorCategory] = "invalid"
 
 
+class EmbeddedServerRunningError(JourneyError):
+    """Another server executes this database's runs in embedded mode: a second would execute them too."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
 class ApiError(JourneyError):
     """The request cannot be served."""
 

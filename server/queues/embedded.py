@@ -8,6 +8,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from checkpoints.errors import ConcurrentUpdateError
+from checkpoints.locks import InstanceLocks, open_instance_locks
+from checkpoints.url import opened_target, parse_store_url
+from server.problems import EmbeddedServerRunningError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow
@@ -108,6 +112,40 @@ class EmbeddedRunner:
         return len(self._drivers)
 
 
+# The lock an embedded server holds while it serves: the runs of a database are executed by one process, which
+# takes up at startup every run left pending or running, as only the last executor's crash could have left them.
+EXECUTOR_LOCK = "journeys:embedded-executor"
+HANDOVER_S = 15.0  # seconds a starting server waits for one stopping (a restart) to let the database go
+
+
+@contextlib.asynccontextmanager
+async def sole_executor(locks: InstanceLocks, *, wait: float = HANDOVER_S) -> AsyncIterator[None]:
+    """Hold the database's embedded-executor lock for the block; :class:`EmbeddedServerRunningError` if another
+    process holds it past ``wait`` seconds. A second embedded server would execute the runs the first is
+    executing (it takes up every unfinished run), each agent call twice."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(locks.hold(EXECUTOR_LOCK, asyncio.get_running_loop().time() + wait))
+        except ConcurrentUpdateError:
+            raise EmbeddedServerRunningError(
+                "another journeys serve executes this database's runs in embedded mode, and a second would "
+                "execute them too: serve it from one process, or with --distributed and journeys worker processes "
+                "(PostgreSQL), which share its runs"
+            ) from None
+        yield
+
+
+async def check_sole_executor(database_url: str) -> None:
+    """Refuse (:class:`EmbeddedServerRunningError`) as an embedded server's startup would, before it starts:
+    ``journeys serve`` says so in one line rather than as a failed startup."""
+    async with (
+        opened_target(parse_store_url(database_url)) as url,
+        open_instance_locks(url, wait_limit=HANDOVER_S) as locks,
+        sole_executor(locks),
+    ):
+        pass
+
+
 class EmbeddedQueue(RunQueue):
     """The run queue of a server that executes its runs itself."""
 
@@ -123,8 +161,9 @@ class EmbeddedQueue(RunQueue):
         the runtime's checkpoint retention every ``retention_every`` seconds (0: never)."""
         runner = EmbeddedRunner(executor, concurrency=concurrency)
         try:
-            await runner.resume_unfinished()
             async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(sole_executor(executor.runtime.store.locks))
+                await runner.resume_unfinished()
                 if timers:
                     await stack.enter_async_context(executor.runtime.processes.scheduler.running())
                 if retention_every > 0:
