@@ -424,6 +424,12 @@ def test_a_policy_is_checked() -> None:
         RetentionPolicy("delete_after")
     with pytest.raises(RetentionPolicyError, match="negative"):
         RetentionPolicy("keep_all_for", -1)
+    # Accepted, these made every pass fail (a period no date arithmetic holds): refused with the bound instead.
+    for days in (float("nan"), float("inf"), 1e300):
+        with pytest.raises(RetentionPolicyError, match="at most 36525 days"):
+            RetentionPolicy("delete_after", days)
+    with pytest.raises(RetentionPolicyError, match="at most 36525 days"):
+        RetentionPolicy(settle=float("nan"))
 
 
 async def test_the_embedded_server_applies_retention_periodically(store_url: str) -> None:
