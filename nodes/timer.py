@@ -126,7 +126,8 @@ def _cron_ticks(expression: str, timezone: str, after: datetime) -> Iterator[dat
     When the clocks go back, a schedule at fixed hours ticks once, at the first of the two moments a wall
     clock time then names (cron's own rule): "daily at 02:30" ran twice that night. One whose hour field is
     ``*`` keeps ticking in real time through the repeated hour."""
-    schedule = croniter(expression, after.astimezone(ZoneInfo(timezone)))
+    # A century ahead, as far as a duration may reach (croniter's default, 50 years, missed a year field of 2099).
+    schedule = croniter(expression, after.astimezone(ZoneInfo(timezone)), max_years_between_matches=100)
     fixed_hours = schedule.expanded[1] != ["*"]
     while True:
         try:
@@ -176,8 +177,8 @@ class TimerDefinition(BaseModel):
                     )
                 if next(_cron_ticks(self.cron, self.timezone, _REFERENCE), None) is None:
                     raise TimerDefinitionError(
-                        f"{self.cron!r} never falls due (a day no month has, such as 30 February, or only years "
-                        "already past); write a schedule with a next tick"
+                        f"{self.cron!r} never falls due within a century (a day no month has, such as 30 February, "
+                        "or only years already past); write a schedule with a next tick"
                     )
         except TimerDefinitionError as exc:
             raise ValueError(str(exc)) from None

@@ -259,6 +259,9 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
         with pytest.raises(UnprocessableEntityError, match="never falls due"):
             await client.crons.create("structured", schedule=never, input=JOURNEY)
     assert await client.crons.count() == 0
+    far = await client.crons.create("structured", schedule="0 0 1 1 * 0 2099", input=JOURNEY)  # 73 years on
+    assert datetime.fromisoformat(far["next_run_date"]) == datetime(2099, 1, 1, tzinfo=UTC)
+    await client.crons.delete(far["cron_id"])
     cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
     with pytest.raises(UnprocessableEntityError, match="never falls due"):
         await client.crons.update(cron["cron_id"], schedule="0 0 31 4 *")
