@@ -14,8 +14,9 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import event
 
+from checkpoints.process.timers import Timer
 from checkpoints.schema.tables import process_timers
-from graphs.process.timers import fire_due_timers
+from graphs.process.timers import MAX_ROUNDS, fire_due_timers
 from nodes.timer import COUNTED_MISSED, TimerDefinition
 from tests.process_support import T0, linear, runtime, virtual_clock, waiting_elements
 from tests.test_process_validation import refused
@@ -159,6 +160,35 @@ async def test_a_cycle_start_timer_down_for_a_year_fires_once_and_moves_past_now
         assert status["variables"]["timer"]["missed_ticks"] == 365 * 86_400 - 1
         [timer] = await rt.processes.services.timers.find(purpose="start")
         assert timer.status == "scheduled" and timer.due_at == clock.now() + timedelta(seconds=1)
+
+
+async def test_a_repeating_timer_catching_up_tick_by_tick_does_not_hold_up_the_rest_of_the_pass(store_url: str) -> None:
+    """A fire_all cycle two hours behind stays due after each firing: the pass claimed it again and again, and
+    only after all 7,200 ticks resumed the thread whose timer fell due beside it. A pass takes MAX_ROUNDS
+    batches, then does the rest; the next pass goes on with the backlog."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(waiting_timer("trial", {"duration": "PT1H"}))
+        view = await rt.processes.start("trial", "cust-1")
+        pings: list[int] = []
+
+        async def ping(timer: Timer) -> bool:
+            pings.append(timer.ticks + 1)
+            return True
+
+        rt.processes.scheduler.handlers["ping"] = ping
+        timers = rt.processes.services.timers
+        behind = TimerDefinition(cycle="R/PT1S", missed="fire_all")
+        await timers.execute(
+            [timers.schedule_statement("ping", element="ping", purpose="ping", definition=behind.to_row(),
+                                       due_at=behind.first_due(T0), origin=T0)]
+        )  # fmt: skip
+        clock.advance(timedelta(hours=2))
+        report = await rt.processes.scheduler.run_due()
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+        assert report.resumed == 1 and pings == list(range(1, MAX_ROUNDS + 1))
+        await rt.processes.scheduler.run_due()
+        assert pings == list(range(1, 2 * MAX_ROUNDS + 1))  # back to back, in order, pass after pass
 
 
 async def test_a_cron_whose_years_end_fires_its_last_tick_and_is_spent(store_url: str) -> None:
