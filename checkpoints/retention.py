@@ -76,6 +76,7 @@ COMPACTED_STATUSES = tuple(s for s in FINISHED_STATUSES if s != "failed")
 # may commit after a pass that read the clock before it (the watermark would pass it by).
 SETTLE = timedelta(seconds=60)
 BATCH = 200  # instances per saver call
+LONGEST_DAYS = 36_525  # a century: past it a pass could not subtract the period from now
 # The name a pass holds the store's instance lock under (a PostgreSQL advisory lock, a SQLite record lock), so
 # that passes of any process (the API's loop, a worker's job, the CLI) never overlap: two ``aprune`` calls on
 # the same threads at once could fail on a conflict. No instance id is it: PostgreSQL text cannot hold a NUL.
@@ -131,6 +132,12 @@ class RetentionPolicy:
             )
         if self.days < 0 or self.settle < 0:
             raise RetentionPolicyError("retention days and settle seconds cannot be negative", days=self.days)
+        if not (self.days <= LONGEST_DAYS and self.settle <= LONGEST_DAYS * 86_400):  # NaN is refused too
+            raise RetentionPolicyError(
+                f"retention days and settle seconds must be numbers of at most {LONGEST_DAYS} days (a century); "
+                f"got days={self.days!r}, settle={self.settle!r}",
+                days=self.days,
+            )
         if self.mode != "keep_latest" and self.days <= 0:
             raise RetentionPolicyError(f"retention mode {self.mode!r} needs days > 0", mode=self.mode)
 

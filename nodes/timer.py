@@ -12,18 +12,25 @@ interval: from ``origin`` (the explicit start, or the moment the timer was armed
 Missed ticks (the scheduler was down across several of them) follow ``missed``:
 
 - ``coalesce`` (the default): fire once for all the ticks missed, then continue from the first tick
-  after now. The missed ticks count against the repetitions.
+  after now. The missed ticks count against the repetitions. A cycle finds that tick by arithmetic, so a
+  long downtime costs nothing; a cron counts its missed ticks up to :data:`COUNTED_MISSED`, then jumps.
 - ``fire_all``: fire once per missed tick, back to back, in order.
+
+Every definition is bounded so that its arithmetic stays within dates and its scheduler's work stays
+finite: a duration or interval is positive and at most a century (:data:`LONGEST`), a cycle ticks at most
+once a second (:data:`SHORTEST_CYCLE`), and a cron must fall due at least once (``0 0 30 2 *`` never does).
+A cron whose ticks end (a year field) is spent after its last one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import isodate
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from nodes.errors import TimerDefinitionError
@@ -33,18 +40,45 @@ MissedTicks = Literal["coalesce", "fire_all"]
 
 # A reference instant for checks that need one (is this duration positive?).
 _REFERENCE = datetime(2026, 1, 1, tzinfo=UTC)
+LONGEST = timedelta(days=36_525)  # a century: a duration or interval past it cannot be meant as a wait
+SHORTEST_CYCLE = timedelta(seconds=1)  # schedulers look once a second: a shorter cycle could only spin
+# Missed cron ticks a coalescing catch-up counts one by one; past it, it jumps to the first tick after now (a
+# cron has no repetition limit: the count is for the record), so a cron every second down for a month costs
+# no more than this.
+COUNTED_MISSED = 1_000
+
+
+def _too_long(text: str) -> TimerDefinitionError:
+    return TimerDefinitionError(f"duration {text!r} is longer than {LONGEST.days} days (a century); shorten it")
+
+
+def _span(value: timedelta | isodate.Duration) -> timedelta:
+    """How long ``value`` is from the reference instant (months and years have no fixed length)."""
+    return (_REFERENCE + value) - _REFERENCE
 
 
 def parse_duration(text: str) -> timedelta | isodate.Duration:
-    """An ISO 8601 duration (``P7D``, ``PT4H``, ``P1M``), refused when not positive."""
+    """An ISO 8601 duration (``P7D``, ``PT4H``, ``P1M``), refused unless positive and at most a century."""
     try:
         value = isodate.parse_duration(text)
     except (isodate.ISO8601Error, ValueError) as exc:
         raise TimerDefinitionError(
             f"{text!r} is not an ISO 8601 duration; write e.g. 'P7D' (7 days), 'PT4H' (4 hours), 'PT10S'"
         ) from exc
-    if _REFERENCE + value <= _REFERENCE:
+    except OverflowError:  # more days than a timedelta holds
+        raise _too_long(text) from None
+    if isinstance(value, isodate.Duration) and not (
+        float(value.years).is_integer() and float(value.months).is_integer()
+    ):
+        raise TimerDefinitionError(f"duration {text!r}: write whole years and months, e.g. 'P1Y6M' rather than 'P1.5Y'")
+    try:
+        span = _span(value)
+    except (OverflowError, ValueError):  # past the last date there is
+        raise _too_long(text) from None
+    if span <= timedelta(0):
         raise TimerDefinitionError(f"duration {text!r} must be positive")
+    if span > LONGEST:
+        raise _too_long(text)
     return value
 
 
@@ -56,7 +90,10 @@ def parse_instant(text: str) -> datetime:
         raise TimerDefinitionError(f"{text!r} is not an ISO 8601 date-time; write e.g. '2026-03-01T09:00:00Z'") from exc
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise TimerDefinitionError(f"date-time {text!r} has no offset; add 'Z' or an offset such as '+01:00'")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # the first or last day there is, shifted past it by its offset
+        raise TimerDefinitionError(f"date-time {text!r} is out of range; write a year from 1 to 9999") from None
 
 
 def parse_cycle(text: str) -> tuple[int | None, datetime | None, timedelta | isodate.Duration]:
@@ -68,13 +105,38 @@ def parse_cycle(text: str) -> tuple[int | None, datetime | None, timedelta | iso
             "'R/P1D' (every day, no limit) or 'R3/2026-01-01T09:00:00Z/PT1H'"
         )
     count = parts[0][1:]
-    if count and not count.isdigit():
+    if count and not (count.isascii() and count.isdigit()):
         raise TimerDefinitionError(f"{text!r}: the repetition count after 'R' must be a whole number")
     repetitions = int(count) if count else None
     if repetitions == 0:
         raise TimerDefinitionError(f"{text!r} repeats zero times; use R1 or more, or R for no limit")
     start = parse_instant(parts[1]) if len(parts) == 3 else None
-    return repetitions, start, parse_duration(parts[-1])
+    interval = parse_duration(parts[-1])
+    if _span(interval) < SHORTEST_CYCLE:
+        raise TimerDefinitionError(
+            f"{text!r} repeats every {parts[-1]}; a cycle may repeat at most once a second (e.g. 'R/PT1S')"
+        )
+    return repetitions, start, interval
+
+
+def _cron_ticks(expression: str, timezone: str, after: datetime) -> Iterator[datetime]:
+    """The cron's ticks after ``after``, in UTC, read in ``timezone``; they end when it has no more (a year
+    field past).
+
+    When the clocks go back, a schedule at fixed hours ticks once, at the first of the two moments a wall
+    clock time then names (cron's own rule): "daily at 02:30" ran twice that night. One whose hour field is
+    ``*`` keeps ticking in real time through the repeated hour."""
+    # A century ahead, as far as a duration may reach (croniter's default, 50 years, missed a year field of 2099).
+    schedule = croniter(expression, after.astimezone(ZoneInfo(timezone)), max_years_between_matches=100)
+    fixed_hours = schedule.expanded[1] != ["*"]
+    while True:
+        try:
+            tick: datetime = schedule.get_next(datetime)
+        except CroniterBadDateError:
+            return
+        if fixed_hours and tick.fold and tick.utcoffset() != tick.replace(fold=0).utcoffset():
+            continue  # the second time this wall clock time comes round tonight: ticked at the first
+        yield tick.astimezone(UTC)
 
 
 class TimerDefinition(BaseModel):
@@ -108,10 +170,16 @@ class TimerDefinition(BaseModel):
                 parse_instant(self.date)
             elif self.cycle is not None:
                 parse_cycle(self.cycle)
-            elif self.cron is not None and not croniter.is_valid(self.cron):
-                raise TimerDefinitionError(
-                    f"{self.cron!r} is not a cron expression; write five fields, e.g. '0 9 * * *' (daily at 9:00)"
-                )
+            elif self.cron is not None:
+                if not croniter.is_valid(self.cron):
+                    raise TimerDefinitionError(
+                        f"{self.cron!r} is not a cron expression; write five fields, e.g. '0 9 * * *' (daily at 9:00)"
+                    )
+                if next(_cron_ticks(self.cron, self.timezone, _REFERENCE), None) is None:
+                    raise TimerDefinitionError(
+                        f"{self.cron!r} never falls due within a century (a day no month has, such as 30 February, "
+                        "or only years already past); write a schedule with a next tick"
+                    )
         except TimerDefinitionError as exc:
             raise ValueError(str(exc)) from None
         return self
@@ -152,16 +220,22 @@ class TimerDefinition(BaseModel):
             return (origin + parse_duration(self.duration)).astimezone(UTC)
         if self.date is not None:
             return parse_instant(self.date)
-        return self._next_tick(origin, 1, origin)
-
-    def _next_tick(self, origin: datetime, number: int, previous: datetime) -> datetime:
-        """Tick ``number`` (1-based) of a repeating timer; ``previous`` is the tick before it (or the origin)."""
         if self.cycle is not None:
-            # Counted from the origin, not from the previous tick, so ticks never drift.
-            return (origin + parse_cycle(self.cycle)[2] * number).astimezone(UTC)
+            return self._cycle_tick(origin, 1)
         assert self.cron is not None
-        schedule = croniter(self.cron, previous.astimezone(ZoneInfo(self.timezone)))
-        return schedule.get_next(datetime).astimezone(UTC)  # type: ignore[no-any-return]
+        due = next(_cron_ticks(self.cron, self.timezone, origin), None)
+        if due is None:
+            raise TimerDefinitionError(
+                f"cron {self.cron!r} has no tick after {origin.isoformat()}: its last year is past; write a schedule "
+                "with a next tick"
+            )
+        return due
+
+    def _cycle_tick(self, origin: datetime, number: int) -> datetime:
+        """Tick ``number`` (1-based) of a cycle: counted from the origin, not from the tick before, so ticks
+        never drift."""
+        assert self.cycle is not None
+        return (origin + parse_cycle(self.cycle)[2] * number).astimezone(UTC)
 
     def after_firing(
         self, origin: datetime, ticks_fired: int, fired_due: datetime, now: datetime
@@ -170,16 +244,35 @@ class TimerDefinition(BaseModel):
         (None: the timer is spent) and how many ticks were skipped under the ``missed`` policy."""
         if not self.repeats:
             return None, 0
-        limit = self.repetitions
-        number, due, skipped = ticks_fired + 1, fired_due, 0
-        while True:
-            if limit is not None and number > limit:
-                return None, skipped
-            due = self._next_tick(origin, number, due)
-            if self.missed == "fire_all" or due > now:
-                return due, skipped
+        if self.cron is not None:
+            return self._cron_after(fired_due, now)
+        assert self.cycle is not None
+        limit, _start, interval = parse_cycle(self.cycle)
+        number = ticks_fired + 1
+        if self.missed == "coalesce":
+            if isinstance(interval, timedelta):  # the first tick after now, by arithmetic: no loop per tick
+                number = max(number, (now - origin) // interval + 1)
+            else:  # months or years: twelve ticks a year at most
+                while self._cycle_tick(origin, number) <= now and (limit is None or number <= limit):
+                    number += 1
+        skipped = number - (ticks_fired + 1)
+        if limit is not None and number > limit:
+            return None, max(0, limit - ticks_fired)
+        return self._cycle_tick(origin, number), skipped
+
+    def _cron_after(self, fired_due: datetime, now: datetime) -> tuple[datetime | None, int]:
+        assert self.cron is not None
+        ticks = _cron_ticks(self.cron, self.timezone, fired_due)
+        if self.missed == "fire_all":
+            return next(ticks, None), 0
+        skipped = 0
+        for tick in ticks:
+            if tick > now:
+                return tick, skipped
             skipped += 1
-            number += 1
+            if skipped == COUNTED_MISSED:  # enough counted: straight to the first tick after now
+                return next(_cron_ticks(self.cron, self.timezone, now), None), skipped
+        return None, skipped  # its ticks ended (a year field): spent
 
     def to_row(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=True)

@@ -64,6 +64,20 @@ def _durability(value: str) -> Durability:
     return cast(Durability, value)
 
 
+def _retention_cron(value: str) -> str:
+    """A retention schedule that falls due (a bad one crashed the worker's periodic jobs, timers' too)."""
+    from pydantic import ValidationError
+
+    from nodes.timer import TimerDefinition
+
+    try:
+        TimerDefinition(cron=value)
+    except ValidationError as exc:
+        problem = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise typer.BadParameter(problem, param_hint="--retention-cron") from None
+    return value
+
+
 def _retention(mode: str, days: float) -> Any:
     """The retention policy the options name (a RetentionPolicyError for a bad one, reported and exit 2)."""
     from checkpoints.retention import RetentionPolicy
@@ -248,7 +262,7 @@ def worker(
             durability=_durability(durability),
             guide_model=guide_model,
             retention=_retention(retention, retention_days),
-            retention_cron=retention_cron,
+            retention_cron=_retention_cron(retention_cron),
         )
     )
 

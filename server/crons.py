@@ -8,6 +8,7 @@ mode in the workers' periodic timer job, which defers each run's job in the tran
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,8 @@ from nodes.timer import TimerDefinition
 from server.assistants import get_assistant
 from server.runs.store import GROUPS, Enqueue, RunRow, RunStore
 
+# Where a firing's run id is derived from its timer's tick (uuid5): one run per tick, however often it is tried.
+_FIRINGS = uuid.UUID("6f0d7a52-3c1e-4b8e-9a57-2f3c8d9e1b40")
 # The payload key of what each firing's run is created with: its graph, and the assistant's config and
 # context under the cron's own (as a run's request would give them; see server.api.runs.assistant_options).
 RUN_OPTIONS = "run_options"
@@ -130,13 +133,22 @@ class CronService:
 
     async def fire(self, timer: Timer, enqueue: Enqueue | None, submit: Callable[[RunRow], Awaitable[None]]) -> bool:
         """One firing: the cron's run. False when the cron is gone, disabled or re-armed since (then this
-        timer ends without a run)."""
+        timer ends without a run).
+
+        The run's id is the tick's (:func:`firing_run_id`): a firing that made its run but was cut short
+        before its timer moved on (a crash, a failed update) is claimed again once its lease is up, and
+        that retry finds the run instead of making a second one; the run was handed to its queue with its
+        commit (distributed) or is taken up by the server's restart (embedded)."""
         cron = await self.store.get(str(timer.data.get("cron_id")))
         if cron is None or not cron.enabled or cron.timer_id != timer.timer_id:
             return False
+        run_id = firing_run_id(timer)
+        if await self.runs.get_run(run_id) is not None:
+            return True
         payload = cron.payload
         try:
             run = await self.runs.create_run(
+                run_id=run_id,
                 thread_id=cron.thread_id,  # None: a new thread, created with the run
                 assistant_id=cron.assistant_id,
                 kind="start",
@@ -159,5 +171,14 @@ class CronService:
         except ThreadNotFoundError:  # deleted since the cron was read: no run, and the thread stays gone
             await self.store.delete(cron.cron_id)  # gone with its thread already, unless stored before that was so
             return False
+        except Exception as exc:
+            if not self.runtime.store.backend.is_unique_violation(exc):
+                raise
+            return True  # a retry of this tick running at once made it first
         await submit(run)
         return True
+
+
+def firing_run_id(timer: Timer) -> str:
+    """The id of the run a cron's tick makes: the same for every attempt at that tick, unique to it."""
+    return str(uuid.uuid5(_FIRINGS, f"{timer.timer_id}@{timer.due_at.isoformat()}"))

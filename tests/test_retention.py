@@ -424,6 +424,24 @@ def test_a_policy_is_checked() -> None:
         RetentionPolicy("delete_after")
     with pytest.raises(RetentionPolicyError, match="negative"):
         RetentionPolicy("keep_all_for", -1)
+    # Accepted, these made every pass fail (a period no date arithmetic holds): refused with the bound instead.
+    for days in (float("nan"), float("inf"), 1e300):
+        with pytest.raises(RetentionPolicyError, match="at most 36525 days"):
+            RetentionPolicy("delete_after", days)
+    with pytest.raises(RetentionPolicyError, match="at most 36525 days"):
+        RetentionPolicy(settle=float("nan"))
+
+
+def test_the_cli_refuses_a_retention_period_or_schedule_it_could_never_apply() -> None:
+    """``--retention-days nan`` made every pass fail; ``--retention-cron '*/0 * * * *'`` started a worker whose
+    periodic jobs (the timers' every-second job with them) died with a traceback."""
+    refused = CliRunner().invoke(cli, ["retention", "--retention", "delete_after", "--retention-days", "nan"])
+    assert refused.exit_code == 2 and "at most 36525 days" in refused.output
+    for schedule, problem in [("*/0 * * * *", "not a cron expression"), ("0 0 30 2 *", "never falls due")]:
+        worker = CliRunner().invoke(
+            cli, ["worker", "--database-url", "postgresql://x@nowhere/db", "--retention-cron", schedule]
+        )
+        assert worker.exit_code == 2 and problem in worker.output, worker.output
 
 
 async def test_the_embedded_server_applies_retention_periodically(store_url: str) -> None:

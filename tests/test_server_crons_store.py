@@ -19,6 +19,7 @@ from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 from langgraph_sdk.schema import Cron, Item, ListNamespaceResponse, SearchItem, SearchItemsResponse
 
 from checkpoints import VirtualClock
+from checkpoints.process.timers import Timer, TimerStore
 from graphs import JourneyRuntime
 from server.app import create_app
 from server.settings import Settings
@@ -254,7 +255,65 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
         await client.crons.create_for_thread(thread["thread_id"], "structured", schedule="0 9 * * *", input=JOURNEY)
     with pytest.raises(NotFoundError):
         await client.crons.update("no-such-cron", schedule="0 10 * * *")
+    for never in ("0 0 30 2 *", "0 0 1 1 * 0 2025"):  # 30 February; a year gone: a 500 when first armed
+        with pytest.raises(UnprocessableEntityError, match="never falls due"):
+            await client.crons.create("structured", schedule=never, input=JOURNEY)
     assert await client.crons.count() == 0
+    far = await client.crons.create("structured", schedule="0 0 1 1 * 0 2099", input=JOURNEY)  # 73 years on
+    assert datetime.fromisoformat(far["next_run_date"]) == datetime(2099, 1, 1, tzinfo=UTC)
+    await client.crons.delete(far["cron_id"])
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
+    with pytest.raises(UnprocessableEntityError, match="never falls due"):
+        await client.crons.update(cron["cron_id"], schedule="0 0 31 4 *")
+    [kept] = await client.crons.search()
+    assert kept["schedule"] == "0 9 * * *" and kept["next_run_date"] == cron["next_run_date"]
+
+
+async def test_a_cron_whose_years_end_fires_its_last_tick_and_is_spent(
+    cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
+) -> None:
+    """A seven-field schedule with a year fires its ticks, then stops: its last firing made no run, and its
+    timer failed at every pass for ever (the next tick after the last one was an error, not the end)."""
+    client = cron_client
+    cron = await client.crons.create("structured", schedule="0 9 3 3 * 0 2026", input=JOURNEY)  # once
+    assert datetime.fromisoformat(cron["next_run_date"]) == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    clock.set(datetime(2026, 3, 3, 9, 0, tzinfo=UTC))
+    assert len(await cron_threads(client, passes)) == 1
+    [spent] = await client.crons.search()
+    assert spent["next_run_date"] is None
+    clock.set(datetime(2027, 3, 3, 9, 0, tzinfo=UTC))
+    assert len(await cron_threads(client, passes)) == 1
+
+
+async def test_a_firing_retried_after_its_run_was_written_makes_no_second_run(
+    cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The firing's run commits, then the timer's own update fails (the database went away, or the process
+    died there): the timer stays claimed, and once its lease is up the next pass fires it again. That retry
+    made a second run of the same tick; it finds the first."""
+    client = cron_client
+    failed: list[str] = []
+    fired_statement = TimerStore.fired_statement
+
+    def failing_once(self: TimerStore, timer: Timer, worker: str, **options: Any) -> Any:
+        if timer.purpose == "cron" and not failed:
+            failed.append(timer.timer_id)
+            raise ConnectionResetError("the database went away after the firing's run was committed")
+        return fired_statement(self, timer, worker, **options)
+
+    monkeypatch.setattr(TimerStore, "fired_statement", failing_once)
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
+    clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    [first] = await cron_threads(client, passes)
+    assert failed  # the firing made its run, then failed
+    clock.set(datetime(2026, 3, 2, 9, 1, 1, tzinfo=UTC))  # the claim's lease (60 s) is up: fired again
+    assert [t["thread_id"] for t in await cron_threads(client, passes)] == [first["thread_id"]]
+    [run] = await client.runs.list(first["thread_id"])
+    assert run["metadata"]["cron_due_at"] == datetime(2026, 3, 2, 9, 0, tzinfo=UTC).isoformat()
+    assert (await client.runs.join(first["thread_id"], run["run_id"]))["current_step"] == "upload_content"
+    [moved_on] = await client.crons.search()
+    assert moved_on["cron_id"] == cron["cron_id"]
+    assert datetime.fromisoformat(moved_on["next_run_date"]) == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
 
 
 async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_error(client: LangGraphClient) -> None:

@@ -5,17 +5,21 @@ never fire the same timer. Process tests run on memory, SQLite and Postgres, on 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import event
 
+from checkpoints.process.timers import Timer
 from checkpoints.schema.tables import process_timers
-from graphs.process.timers import fire_due_timers
-from nodes.timer import TimerDefinition
+from graphs.process.timers import MAX_ROUNDS, fire_due_timers
+from nodes.timer import COUNTED_MISSED, TimerDefinition
 from tests.process_support import T0, linear, runtime, virtual_clock, waiting_elements
+from tests.test_process_validation import refused
 
 # --- definitions ------------------------------------------------------------------------------------
 
@@ -68,6 +72,151 @@ def test_unreadable_definitions_are_refused_with_a_fix(fields: dict[str, Any], m
     with pytest.raises(ValidationError) as caught:
         TimerDefinition(**fields)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"duration": "P1000000Y"}, "longer than 36525 days"),  # was a bare ValueError: year out of range
+        ({"duration": "PT100000000000000000000S"}, "longer than 36525 days"),  # was an OverflowError: a 500
+        ({"duration": "P200Y"}, "longer than 36525 days"),
+        ({"duration": "P1.5Y"}, "whole years and months"),
+        ({"cycle": "R/PT0S"}, "must be positive"),
+        ({"cycle": "R/PT0.001S"}, "at most once a second"),  # fired a thousand times a second
+        ({"cycle": "R/P1000000D"}, "longer than 36525 days"),
+        ({"cycle": "R\u00b2/PT1H"}, "must be a whole number"),  # '²' is a digit to str.isdigit, not to int()
+        ({"date": "9999-12-31T23:00:00-05:00"}, "out of range"),  # was an OverflowError
+        ({"cron": "0 0 30 2 *"}, "never falls due"),  # armed, it raised CroniterBadDateError
+        ({"cron": "0 0 1 1 * 0 2020"}, "never falls due"),  # a year field already past
+    ],
+)
+def test_definitions_that_could_never_fire_or_only_spin_are_refused_with_a_fix(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        TimerDefinition(**fields)
+    assert message in str(caught.value)
+
+
+def test_a_long_downtime_is_caught_up_in_one_step_not_one_per_missed_tick() -> None:
+    """Down a year under a cycle of a second, or a month under a cron of a minute: the next tick is found at
+    once (it was a loop per missed tick: 31 million parses of the cycle, a scheduler frozen for minutes)."""
+    year_later = T0 + timedelta(days=365)
+    every_second = TimerDefinition(cycle="R/PT1S")
+    started = time.perf_counter()
+    assert every_second.after_firing(T0, 1, T0 + timedelta(seconds=1), year_later) == (
+        year_later + timedelta(seconds=1),
+        365 * 86_400 - 1,
+    )
+    capped = TimerDefinition(cycle="R100/PT1S")
+    assert capped.after_firing(T0, 1, T0 + timedelta(seconds=1), year_later) == (None, 99)
+    every_minute = TimerDefinition(cron="* * * * *")
+    month_later = T0 + timedelta(days=30, seconds=30)
+    due, skipped = every_minute.after_firing(T0, 1, T0 + timedelta(minutes=1), month_later)
+    assert due == T0 + timedelta(days=30, minutes=1) and skipped == COUNTED_MISSED
+    assert time.perf_counter() - started < 2
+
+
+def test_a_fixed_time_cron_ticks_once_when_the_clocks_go_back_and_a_wildcard_hour_keeps_real_time() -> None:
+    """Paris, 25 October 2026: 02:00-02:59 comes round twice. "Daily at 02:30" fired at both (00:30 and 01:30
+    UTC): a daily job run twice. It ticks at the first, as cron does; a half-hourly one ticks at all of them."""
+    paris = ZoneInfo("Europe/Paris")
+
+    def ticks(definition: TimerDefinition, armed: datetime, count: int) -> list[str]:
+        due, found = definition.first_due(armed), []
+        for number in range(1, count + 1):
+            found.append(due.astimezone(paris).strftime("%d %H:%M%z"))
+            next_due, _skipped = definition.after_firing(armed, number, due, due)
+            assert next_due is not None
+            due = next_due
+        return found
+
+    eve = datetime(2026, 10, 24, 22, tzinfo=UTC)
+    daily = TimerDefinition(cron="30 2 * * *", timezone="Europe/Paris")
+    assert ticks(daily, eve, 3) == ["25 02:30+0200", "26 02:30+0100", "27 02:30+0100"]
+    midnight = TimerDefinition(cron="@daily", timezone="Europe/Paris")
+    assert ticks(midnight, eve - timedelta(hours=1), 2) == ["25 00:00+0200", "26 00:00+0100"]
+    half_hourly = TimerDefinition(cron="*/30 * * * *", timezone="Europe/Paris")
+    assert ticks(half_hourly, datetime(2026, 10, 24, 23, 45, tzinfo=UTC), 5) == [
+        "25 02:00+0200",
+        "25 02:30+0200",
+        "25 02:00+0100",
+        "25 02:30+0100",
+        "25 03:00+0100",
+    ]
+    # Spring forward: 02:30 does not exist that night; it ticks at 03:00, not a day late.
+    assert ticks(daily, datetime(2026, 3, 28, 22, tzinfo=UTC), 2) == ["29 03:00+0200", "30 02:30+0200"]
+
+
+async def test_a_cycle_start_timer_down_for_a_year_fires_once_and_moves_past_now(store_url: str) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(timer_start("pulse", {"cycle": "R/PT1S"}))
+        clock.advance(timedelta(days=365))
+        report = await asyncio.wait_for(rt.processes.scheduler.run_due(), 30)
+        assert (report.fired, report.failed) == (1, 0)
+        [instance] = await started(rt, "pulse")
+        status = await rt.processes.status(instance["instance_id"])
+        assert status["variables"]["timer"]["missed_ticks"] == 365 * 86_400 - 1
+        [timer] = await rt.processes.services.timers.find(purpose="start")
+        assert timer.status == "scheduled" and timer.due_at == clock.now() + timedelta(seconds=1)
+
+
+async def test_a_repeating_timer_catching_up_tick_by_tick_does_not_hold_up_the_rest_of_the_pass(store_url: str) -> None:
+    """A fire_all cycle two hours behind stays due after each firing: the pass claimed it again and again, and
+    only after all 7,200 ticks resumed the thread whose timer fell due beside it. A pass takes MAX_ROUNDS
+    batches, then does the rest; the next pass goes on with the backlog."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(waiting_timer("trial", {"duration": "PT1H"}))
+        view = await rt.processes.start("trial", "cust-1")
+        pings: list[int] = []
+
+        async def ping(timer: Timer) -> bool:
+            pings.append(timer.ticks + 1)
+            return True
+
+        rt.processes.scheduler.handlers["ping"] = ping
+        timers = rt.processes.services.timers
+        behind = TimerDefinition(cycle="R/PT1S", missed="fire_all")
+        await timers.execute(
+            [timers.schedule_statement("ping", element="ping", purpose="ping", definition=behind.to_row(),
+                                       due_at=behind.first_due(T0), origin=T0)]
+        )  # fmt: skip
+        clock.advance(timedelta(hours=2))
+        report = await rt.processes.scheduler.run_due()
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+        assert report.resumed == 1 and pings == list(range(1, MAX_ROUNDS + 1))
+        await rt.processes.scheduler.run_due()
+        assert pings == list(range(1, 2 * MAX_ROUNDS + 1))  # back to back, in order, pass after pass
+
+
+async def test_a_cron_whose_years_end_fires_its_last_tick_and_is_spent(store_url: str) -> None:
+    clock = virtual_clock()  # 2026-01-05
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(timer_start("new_year", {"cron": "0 9 1 1 * 0 2027"}))  # once: 2027-01-01 09:00
+        clock.set(datetime(2027, 1, 1, 9, tzinfo=UTC))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.failed) == (1, 0)  # it failed, and was retried every minute for ever
+        assert len(await started(rt, "new_year")) == 1
+        [timer] = await rt.processes.services.timers.find(purpose="start")
+        assert (timer.status, timer.ticks) == ("fired", 1)
+        clock.advance(timedelta(days=400))
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+
+
+async def test_hostile_timers_in_a_spec_are_refused_at_deploy(store_url: str) -> None:
+    for timer, message in [
+        ({"duration": "PT100000000000000000000S"}, "longer than 36525 days"),
+        ({"cycle": "R/PT0.01S"}, "at most once a second"),
+        ({"cron": "0 0 30 2 *"}, "never falls due"),
+    ]:
+        problems = await refused(store_url, timer_start("hostile", timer))
+        assert any(message in p for p in problems), problems
+    sla = {"type": "user_task", "id": "approve", "assignee": "ana", "on_timeout": "notify"}
+    for hours, message in [(0.0001, "under a second"), (1e300, "longer than 36525 days"), ("inf", "finite")]:
+        problems = await refused(store_url, linear("sla", {**sla, "sla_hours": hours}))
+        assert any(message in p for p in problems), problems
 
 
 # --- durable timers in processes -------------------------------------------------------------------

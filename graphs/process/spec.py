@@ -212,7 +212,7 @@ class UserTask(_Element):
     response_schema: dict[str, Any] | None = None
     outputs: VariableMap | None = Field(default=None, description="variable → response field; None: every field")
     sla: str | None = Field(default=None, description="ISO 8601 duration, e.g. PT4H")
-    sla_hours: float | None = Field(default=None, gt=0, description="the seed's spelling of sla")
+    sla_hours: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="the seed's spelling of sla")
     on_timeout: Escalation | None = None
 
     @field_validator("outputs", mode="before")
@@ -224,8 +224,12 @@ class UserTask(_Element):
     def _sla_once(self) -> UserTask:
         if self.sla is not None and self.sla_hours is not None:
             raise ValueError(f"user task {self.id!r} gives both sla and sla_hours; keep one")
-        if self.sla is not None:
-            TimerDefinition(duration=self.sla)  # raises with a fix when unreadable
+        if self.sla_hours is not None and round(self.sla_hours * 3600) < 1:
+            raise ValueError(
+                f"user task {self.id!r}: sla_hours {self.sla_hours} is under a second; give at least 0.0003, "
+                "or an sla such as 'PT30S'"
+            )
+        _ = self.sla_timer  # raises with a fix when unreadable or out of range
         return self
 
     @classmethod
