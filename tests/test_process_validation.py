@@ -3,6 +3,8 @@ nothing is written. Every test runs on memory, SQLite and Postgres."""
 
 from __future__ import annotations
 
+import itertools
+import time
 from typing import Any
 
 import pytest
@@ -191,3 +193,25 @@ async def test_timer_expressions_are_read_at_design_time(store_url: str) -> None
     spec = linear("bad_cron", {"type": "timer", "id": "wait", "timer": {"cron": "61 * * * *"}})
     problems = await refused(store_url, spec)
     assert any("is not a cron expression" in p for p in problems)
+
+
+async def test_a_process_as_large_as_a_request_may_carry_is_checked_in_time_linear_in_its_size(store_url: str) -> None:
+    """Checking a process looked elements and flows up by scanning them, once per element: a deploy of the 1 MiB a
+    request may carry held the event loop for minutes, and the server answered nobody meanwhile."""
+    services = [service(f"s{n}") for n in range(4000)]
+    tasks = [user_task(f"u{n}") for n in range(1000)]
+    boundaries = [
+        {"type": "boundary_timer", "id": f"b{n}", "attached_to": f"u{n}", "timer": {"duration": "P1D"}}
+        for n in range(1000)
+    ]
+    chain = ["start", *(e["id"] for e in services), *(t["id"] for t in tasks), "end"]
+    flows = [f"{a} -> {b}" for a, b in itertools.pairwise(chain)]
+    flows += [f"b{n} -> {f'u{n + 1}' if n < 999 else 'end'}" for n in range(1000)]
+    elements = [{"type": "start", "id": "start"}, *services, *tasks, *boundaries, {"type": "end", "id": "end"}]
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "work")
+        began = time.perf_counter()
+        deployed = await rt.processes.deploy({"name": "large", "elements": elements, "flows": flows})
+        took = time.perf_counter() - began
+    assert deployed["version"] == 1
+    assert took < 10, f"deploying 7,000 elements took {took:.1f} s"  # about 1 s; checked by scanning, over a minute

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,8 +31,7 @@ from nodes.timer import TimerDefinition
 
 
 def validate_process(spec: ProcessSpec, registry: AgentRegistry | None = None) -> list[str]:
-    ids = spec.ids()
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(spec.ids()).items() if n > 1)
     if duplicates:
         return [f"element ids must be unique; rename the repeated {duplicates}"]
     problems = _flow_references(spec)
@@ -171,13 +170,14 @@ def _once(timer: TimerDefinition, what: str) -> list[str]:
 
 def _events(spec: ProcessSpec) -> list[str]:
     problems = []
+    known = set(spec.ids())
     for element in spec.elements:
         if isinstance(element, TimerEvent):
             problems += _once(element.timer, f"timer event {element.id!r}")
         if isinstance(element, StartEvent) and element.timer is not None and element.timer.duration is not None:
             problems.append(f"timer start {element.id!r} has a duration; a timer start needs a date, a cycle or cron")
         if isinstance(element, BoundaryTimer):
-            host = spec.ids() and element.attached_to in spec.ids() and spec.element(element.attached_to)
+            host = spec.element(element.attached_to) if element.attached_to in known else None
             if not isinstance(host, UserTask):
                 problems.append(
                     f"boundary timer {element.id!r} is attached to {element.attached_to!r}, which is not a user "
