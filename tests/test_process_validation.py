@@ -215,3 +215,18 @@ async def test_a_process_as_large_as_a_request_may_carry_is_checked_in_time_line
         took = time.perf_counter() - began
     assert deployed["version"] == 1
     assert took < 10, f"deploying 7,000 elements took {took:.1f} s"  # about 1 s; checked by scanning, over a minute
+
+
+async def test_an_element_named_as_the_compensation_step_is_refused_when_deployed(store_url: str) -> None:
+    """An element ``compensate`` in a process with compensations was deployed, and then every start failed with
+    LangGraph's "Node `compensate` already present." (a 500 over HTTP)."""
+    undoable = {**service("compensate"), "compensation": "undo"}
+    problems = await refused(store_url, linear("reserved", undoable))
+    assert problems == [
+        "element id 'compensate' is the name of the step that runs the process's compensations (its service tasks "
+        "declare some); rename the element"
+    ]
+    async with runtime(store_url) as rt:  # without compensations the name is free
+        Calls().register(rt, "work")
+        await rt.processes.deploy(linear("free", service("compensate")))
+        assert (await rt.processes.start("free", "k-1"))["status"] == "completed"

@@ -102,7 +102,7 @@ class _Builder:
         self.services = services
         self.granted = spec.granted_permissions
         self.intents = spec.granted_intents
-        self.compensable = any(isinstance(e, ServiceTask) and e.compensation for e in spec.elements)
+        self.compensable = spec.compensable
 
     # --- naming ----------------------------------------------------------------------------------
 

@@ -544,6 +544,11 @@ class ProcessSpec(Grants):
     def boundaries(self, task_id: str) -> list[BoundaryTimer]:
         return list(self._indexed().boundaries.get(task_id, ()))
 
+    @property
+    def compensable(self) -> bool:
+        """Whether a service task declares a compensation: a failure then compensates the completed ones."""
+        return any(isinstance(e, ServiceTask) and e.compensation for e in self.elements)
+
     def starts(self) -> list[StartEvent]:
         return [e for e in self.elements if isinstance(e, StartEvent)]
 

@@ -10,6 +10,7 @@ import jsonschema
 
 from agents.registry import AgentRegistry
 from graphs.process.blocks import analyse, is_option
+from graphs.process.builder import COMPENSATE
 from graphs.process.spec import (
     BoundaryTimer,
     EndEvent,
@@ -37,6 +38,7 @@ def validate_process(spec: ProcessSpec, registry: AgentRegistry | None = None) -
     problems = _flow_references(spec)
     if problems:
         return problems
+    problems += _reserved(spec)
     problems += _degrees(spec)
     problems += _gateways(spec)
     problems += _events(spec)
@@ -64,6 +66,17 @@ def _flow_references(spec: ProcessSpec) -> list[str]:
             problems.append(f"flow {flow.describe()!r} is listed twice; keep one")
         seen.add((flow.source, flow.target))
     return problems
+
+
+def _reserved(spec: ProcessSpec) -> list[str]:
+    """An element may not take the name of a node the builder adds: the graph could not be built, and every start
+    of the deployed process would fail."""
+    if spec.compensable and COMPENSATE in spec.ids():
+        return [
+            f"element id {COMPENSATE!r} is the name of the step that runs the process's compensations (its service "
+            "tasks declare some); rename the element"
+        ]
+    return []
 
 
 def _degrees(spec: ProcessSpec) -> list[str]:
