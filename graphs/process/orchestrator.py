@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -92,6 +92,16 @@ def message_start_key(tenant: str, message_id: str, process: str) -> str:
     a start key is stored as given), and a digest fits the 200 characters a start key may have, which an id and
     a process name of 100 each did not."""
     return "message:" + hashlib.sha256(json.dumps([tenant, message_id, process]).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStart:
+    """An instance a message starts: the process, the version its rollout picks, its start event and variables."""
+
+    process: str
+    version: int
+    start_event: str
+    variables: dict[str, Any]
 
 
 def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
@@ -391,8 +401,7 @@ class ProcessOrchestrator:
             )
         if spec.evaluation is not None and (missing := self._designs.instances.evaluation.missing(spec.evaluation)):
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
-        merged = {**spec.variables, **(variables or {}), "business_key": business_key}
-        self._check_variables(spec, merged)
+        merged = self._start_variables(spec, variables, business_key)
         controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged, spec.deadline)
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)
@@ -427,6 +436,16 @@ class ProcessOrchestrator:
             instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
         )
         return self.view(instance, deployment, snapshot)
+
+    @classmethod
+    def _start_variables(
+        cls, spec: ProcessSpec, variables: Mapping[str, Any] | None, business_key: str
+    ) -> dict[str, Any]:
+        """A new instance's variables: the spec's defaults, then those given, then its business key; checked
+        against the spec's ``variables_schema``."""
+        merged = {**spec.variables, **(variables or {}), "business_key": business_key}
+        cls._check_variables(spec, merged)
+        return merged
 
     @staticmethod
     def _check_variables(spec: ProcessSpec, variables: Mapping[str, Any]) -> None:
@@ -771,7 +790,7 @@ class ProcessOrchestrator:
                 )
         try:
             outcome = await self._send(name, key, body, ttl, scope, message_id, taken_over=earlier is not None)
-        except UnmatchedMessageError:  # refused, nothing kept: the id is free again
+        except (UnmatchedMessageError, InvalidInputError):  # refused, nothing kept: the id is free again
             await self.services.messages.settle_id(scope, message_id, None)
             raise
         await self.services.messages.settle_id(scope, message_id, outcome)
@@ -795,6 +814,9 @@ class ProcessOrchestrator:
         starts has a start key from it, and it is buffered under that id."""
         received_at = self.clock.now().isoformat()
         messages = self.services.messages
+        # Before anything changes: a start the message would be refused (its payload breaks the process's
+        # variables_schema) refuses the message, which must not have resumed waiting instances by then.
+        starts = await self._message_starts(name, key, body)
         won = await messages.taken(name, key, message_id, tenant) if taken_over and message_id else []
         for subscription in await messages.waiting(name, key, tenant):
             resolution = {
@@ -815,7 +837,7 @@ class ProcessOrchestrator:
                 won.append(subscription)
         for subscription in won:
             await self.deliver(subscription.instance_id, subscription.wait_id)
-        started = [view["instance_id"] for view in await self._start_on_message(name, key, body, tenant, message_id)]
+        started = [view["instance_id"] for view in await self._start_on_message(starts, key, tenant, message_id)]
         correlated = sorted({s.instance_id for s in won})
         if correlated or started:
             return {"correlated": correlated, "started": started, "buffered": None}
@@ -846,10 +868,11 @@ class ProcessOrchestrator:
             "expires_at": buffered.expires_at.isoformat(),
         }
 
-    async def _start_on_message(
-        self, message: str, key: str, payload: dict[str, Any], tenant: str, message_id: str | None
-    ) -> list[dict[str, Any]]:
-        views = []
+    async def _message_starts(self, message: str, key: str, payload: dict[str, Any]) -> list[MessageStart]:
+        """The instances message (``message``, ``key``) with ``payload`` starts, their variables checked: a
+        payload that breaks a process's ``variables_schema`` is :class:`InvalidInputError`, before the message
+        has changed anything."""
+        starts = []
         for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
             if not await self._callers(name):  # another tenant's process: its messages are its own
                 continue
@@ -858,10 +881,24 @@ class ProcessOrchestrator:
             if start is None:  # the version the rollout picked does not start on this message
                 continue
             variables = {**payload, **({start.correlation: key} if start.correlation else {})}
-            start_key = None if message_id is None else message_start_key(tenant, message_id, name)
+            self._start_variables(spec, variables, key)
+            starts.append(MessageStart(name, deployment.version, start.id, variables))
+        return starts
+
+    async def _start_on_message(
+        self, starts: Sequence[MessageStart], key: str, tenant: str, message_id: str | None
+    ) -> list[dict[str, Any]]:
+        views = []
+        for start in starts:
+            start_key = None if message_id is None else message_start_key(tenant, message_id, start.process)
             views.append(
                 await self.start(
-                    name, key, variables, version=deployment.version, start_event=start.id, start_key=start_key
+                    start.process,
+                    key,
+                    start.variables,
+                    version=start.version,
+                    start_event=start.start_event,
+                    start_key=start_key,
                 )
             )
         return views
