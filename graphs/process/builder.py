@@ -45,6 +45,7 @@ from graphs.process.spec import (
     TimerEvent,
     Transaction,
     UserTask,
+    checked_against,
 )
 from nodes.agent_call import Recording
 from nodes.compensation import COMPENSATION_RETRY
@@ -257,6 +258,9 @@ class _Builder:
 
     def service_node(self, task: ServiceTask, level: Level) -> Any:
         node, spec = self.services.node, self.spec
+        # An output that would give a variable a value variables_schema refuses fails the call, before it is
+        # logged: a retry calls the agent again (a gateway that relied on the schema could never decide).
+        output_schema = checked_against(task.output_schema, spec.assignment_schema(task.outputs))
 
         async def run(state: ProcessState, config: RunnableConfig) -> Command[str]:
             instance_id = thread_id(config)
@@ -283,7 +287,7 @@ class _Builder:
                     recorder=record,
                     granted_permissions=self.granted,
                     granted_intents=self.intents,
-                    output_schema=task.output_schema,
+                    output_schema=output_schema,
                     options=task,
                 )
             except AgentError as exc:

@@ -512,6 +512,10 @@ class ProcessOrchestrator:
     async def grants_of(self, instance_id: str) -> ProcessSpec:
         """What the instance's spec grants its agent calls: its timers' calls (SLA notifications, reminders)
         are held to it like its service tasks."""
+        return await self.instance_spec(instance_id)
+
+    async def instance_spec(self, instance_id: str) -> ProcessSpec:
+        """The spec of the version the instance runs on."""
         return await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
 
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:

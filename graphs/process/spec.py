@@ -450,6 +450,31 @@ class Flow(BaseModel):
 
 
 _INDEX = "_process_index"
+VARIABLES_SCHEMA_ID = "urn:journeys:process-variables"
+DECLARED_SCHEMA_ID = "urn:journeys:declared"
+
+
+def _at(path: str, schema: Any) -> dict[str, Any]:
+    """A schema that applies ``schema`` to the field at dotted ``path`` of a document, when it is there."""
+    found: dict[str, Any] = {}
+    for part in reversed(path.split(".")):
+        found = {"properties": {part: schema}}
+        schema = found
+    return found
+
+
+def checked_against(own: Mapping[str, Any] | None, variables: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """One schema for both an element's own schema (``output_schema``, ``response_schema``) and what its
+    assignments owe ``variables_schema`` (:meth:`ProcessSpec.assignment_schema`). Each keeps its own ``$id``, so
+    each one's ``$ref``s resolve in it; the dialect (``$schema``) is declared once, at the root."""
+    if variables is None:
+        return dict(own) if own is not None else None
+    if own is None:
+        return dict(variables)
+    dialect = own.get("$schema", variables.get("$schema"))
+    declared = {"$id": DECLARED_SCHEMA_ID, **{k: v for k, v in own.items() if k != "$schema"}}
+    rest = {k: v for k, v in variables.items() if k != "$schema"}
+    return {**({"$schema": dialect} if dialect is not None else {}), "allOf": [declared, rest]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,6 +568,23 @@ class ProcessSpec(Grants):
 
     def boundaries(self, task_id: str) -> list[BoundaryTimer]:
         return list(self._indexed().boundaries.get(task_id, ()))
+
+    def assignment_schema(self, mapping: Mapping[str, str] | None) -> dict[str, Any] | None:
+        """The JSON Schema a document (an agent's output, a person's answer) must match for the variables
+        ``mapping`` takes from it (variable → field; None: every field, as the variable of its name) to match
+        ``variables_schema``, which an exclusive gateway's conditions may rely on to cover every case; None
+        when it declares none of them. Self-contained: its ``$id`` keeps the variables' ``$ref``s to their
+        ``$defs`` apart from those of a schema it is combined with (:func:`checked_against`)."""
+        schema = self.variables_schema or {}
+        declared = schema.get("properties")
+        if not isinstance(declared, Mapping):
+            return None
+        pairs = [(name, name) for name in declared] if mapping is None else list(mapping.items())
+        parts = [_at(field, declared[variable]) for variable, field in pairs if variable in declared]
+        if not parts:
+            return None
+        kept: dict[str, Any] = {key: schema[key] for key in ("$schema", "$defs", "definitions") if key in schema}
+        return {"$id": VARIABLES_SCHEMA_ID, **kept, "allOf": parts}
 
     @property
     def compensable(self) -> bool:

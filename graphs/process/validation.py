@@ -25,6 +25,7 @@ from graphs.process.spec import (
     TimerEvent,
     Transaction,
     UserTask,
+    checked_against,
 )
 from nodes import schemas
 from nodes.gateways import exhaustive
@@ -225,9 +226,10 @@ def _user_tasks(spec: ProcessSpec) -> list[str]:
         if task.on_timeout is not None and task.sla_timer is None:
             problems.append(f"user task {task.id!r} has on_timeout but no sla; add sla (e.g. 'PT4H') or sla_hours")
         escalation = task.on_timeout
-        if escalation is not None and escalation.action == "complete" and task.response_schema is not None:
+        answered = checked_against(task.response_schema, spec.assignment_schema(task.outputs))
+        if escalation is not None and escalation.action == "complete" and answered is not None:
             try:
-                schemas.validate(escalation.default, task.response_schema)
+                schemas.validate(escalation.default, answered)
             except (jsonschema.ValidationError, jsonschema.SchemaError) as exc:
                 problems.append(
                     f"user task {task.id!r}: the on_timeout default does not match its response_schema: "
