@@ -33,6 +33,7 @@ MissedTicks = Literal["coalesce", "fire_all"]
 
 # A reference instant for checks that need one (is this duration positive?).
 _REFERENCE = datetime(2026, 1, 1, tzinfo=UTC)
+_TOO_FAR = "{text!r} reaches past the year 9999, the last a date-time can hold; use a shorter time"
 
 
 def parse_duration(text: str) -> timedelta | isodate.Duration:
@@ -43,7 +44,13 @@ def parse_duration(text: str) -> timedelta | isodate.Duration:
         raise TimerDefinitionError(
             f"{text!r} is not an ISO 8601 duration; write e.g. 'P7D' (7 days), 'PT4H' (4 hours), 'PT10S'"
         ) from exc
-    if _REFERENCE + value <= _REFERENCE:
+    except OverflowError as exc:  # more days than a timedelta holds
+        raise TimerDefinitionError(_TOO_FAR.format(text=text)) from exc
+    try:
+        reached = _REFERENCE + value
+    except (OverflowError, ValueError) as exc:  # past the year 9999, the last a datetime holds
+        raise TimerDefinitionError(_TOO_FAR.format(text=text)) from exc
+    if reached <= _REFERENCE:
         raise TimerDefinitionError(f"duration {text!r} must be positive")
     return value
 
@@ -56,7 +63,10 @@ def parse_instant(text: str) -> datetime:
         raise TimerDefinitionError(f"{text!r} is not an ISO 8601 date-time; write e.g. '2026-03-01T09:00:00Z'") from exc
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise TimerDefinitionError(f"date-time {text!r} has no offset; add 'Z' or an offset such as '+01:00'")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # in UTC it falls past the year 9999
+        raise TimerDefinitionError(_TOO_FAR.format(text=text)) from exc
 
 
 def parse_cycle(text: str) -> tuple[int | None, datetime | None, timedelta | isodate.Duration]:

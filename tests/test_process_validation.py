@@ -230,3 +230,18 @@ async def test_an_element_named_as_the_compensation_step_is_refused_when_deploye
         Calls().register(rt, "work")
         await rt.processes.deploy(linear("free", service("compensate")))
         assert (await rt.processes.start("free", "k-1"))["status"] == "completed"
+
+
+async def test_a_timer_reaching_past_the_year_9999_is_refused_with_a_fix(store_url: str) -> None:
+    """Such timers escaped the checks as a bare OverflowError (a 500 over HTTP), or were accepted and broke
+    the instance when armed (an SLA of 10**300 hours)."""
+    for timer in ({"duration": "PT99999999999999S"}, {"duration": "P9000Y"}, {"date": "9999-12-31T23:59:59-01:00"}):
+        problems = await refused(store_url, linear("far", {"type": "timer", "id": "wait", "timer": timer}))
+        [expression] = timer.values()
+        assert problems == [
+            f"elements.1.timer.timer: Value error, {expression!r} reaches past the year 9999, the last a date-time "
+            "can hold; use a shorter time"
+        ]
+    for hours in (1e300, float("inf")):
+        problems = await refused(store_url, linear("late", user_task("sign", sla_hours=hours)))
+        assert problems == ["elements.1.user_task.sla_hours: Input should be less than or equal to 876000"]

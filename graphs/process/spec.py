@@ -213,7 +213,9 @@ class UserTask(_Element):
     response_schema: dict[str, Any] | None = None
     outputs: VariableMap | None = Field(default=None, description="variable → response field; None: every field")
     sla: str | None = Field(default=None, description="ISO 8601 duration, e.g. PT4H")
-    sla_hours: float | None = Field(default=None, gt=0, description="the seed's spelling of sla")
+    sla_hours: float | None = Field(
+        default=None, gt=0, le=876_000, description="the seed's spelling of sla (at most a hundred years)"
+    )
     on_timeout: Escalation | None = None
 
     @field_validator("outputs", mode="before")
@@ -225,8 +227,8 @@ class UserTask(_Element):
     def _sla_once(self) -> UserTask:
         if self.sla is not None and self.sla_hours is not None:
             raise ValueError(f"user task {self.id!r} gives both sla and sla_hours; keep one")
-        if self.sla is not None:
-            TimerDefinition(duration=self.sla)  # raises with a fix when unreadable
+        if self.sla is not None or self.sla_hours is not None:
+            self.sla_timer  # noqa: B018 - raises with a fix when unreadable or out of reach
         return self
 
     @classmethod
