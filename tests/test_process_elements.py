@@ -5,7 +5,7 @@ runs on memory, SQLite and Postgres, on a virtual clock."""
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -177,6 +177,25 @@ async def test_an_output_or_answer_outside_a_declared_enum_fails_its_own_task_no
         assert await table_dump(rt) == before
         done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"decision": "yes"})
         assert (done["status"], done["outcome"]) == ("completed", "won")
+
+
+async def test_an_agent_output_no_store_can_keep_fails_its_task_alike_on_every_store(store_url: str) -> None:
+    """An agent answering NaN completed its task on SQLite (the variable was NaN, which JSON answers cannot carry)
+    but raised PostgreSQL's 'Token "NaN" is invalid' out of start() there; a datetime raised a bare TypeError."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for bad in (float("nan"), datetime(2026, 1, 5, tzinfo=UTC)):
+            calls.register(rt, "score", {"score": bad})
+            await rt.processes.deploy(
+                linear("scoring", {"type": "service_task", "id": "rate", "agent": "score", "outputs": ["score"]})
+            )
+            view = await rt.processes.start("scoring", f"lead-{bad}")
+            assert (view["status"], view["failed_element"]) == ("failed", "rate")
+            assert "score" not in view["variables"]
+            [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "instance.failed"]
+            assert "returned what no store can keep: output.score is" in str(failed.payload)
+        calls.register(rt, "score", {"score": 0.5})
+        assert (await rt.processes.retry(view["instance_id"]))["variables"]["score"] == 0.5
 
 
 # --- parallel gateways -------------------------------------------------------------------------------
