@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import jsonschema
@@ -35,7 +36,7 @@ from agents.deterministic import EchoAgent
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from checkpoints.ownership import DEFAULT_TENANT, Viewer, current_owner
+from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.messages import EVERY_TENANT
 from checkpoints.process.migrations import MigrationRows
@@ -92,6 +93,17 @@ def message_start_key(tenant: str, message_id: str, process: str) -> str:
     a start key is stored as given), and a digest fits the 200 characters a start key may have, which an id and
     a process name of 100 each did not."""
     return "message:" + hashlib.sha256(json.dumps([tenant, message_id, process]).encode()).hexdigest()
+
+
+def may_use(owner: Owner | None, deployed: bool, tenant: str | None, *, to_deploy: bool = False) -> bool:
+    """Whether ``owner`` (None: the runtime itself) may start, or ``to_deploy`` deploy a version of, a process name
+    that is ``deployed`` or not, the first version of which ``tenant`` deployed (None: shared); see
+    ``ProcessOrchestrator._callers``."""
+    if owner is None or not deployed:
+        return True
+    if tenant is None:
+        return not to_deploy or owner.tenant == DEFAULT_TENANT
+    return tenant == owner.tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +198,7 @@ class ProcessOrchestrator:
         """
         spec = parse_spec(ProcessSpec, process, spec_name="process")
         if not await self._callers(spec.name, to_deploy=True):
-            raise ProcessNameTakenError(
-                f"process name {spec.name!r} is another tenant's (or shared, which only the default tenant "
-                "redeploys); deploy your process under another name",
-                name=spec.name,
-            )
+            raise self._name_taken(spec.name)
         self._designs.registry.bind(spec.agent_bindings())
         self._designs.check(PATTERN, spec)
         existing = await self.deployments.get(spec.name, spec.version)
@@ -214,8 +222,11 @@ class ProcessOrchestrator:
             spec_digest(spec),
             rollout=rollout,
             message_starts=message_starts,
+            may_deploy=partial(may_use, current_owner(), to_deploy=True),
         )
-        if not added:  # a concurrent deploy of the same version won
+        if added == "name taken":  # another tenant's first deploy of the name committed meanwhile
+            raise self._name_taken(spec.name)
+        if added == "version taken":  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight)
         await self._arm_start_timers(spec)
         deployment = await self.deployments.get(spec.name, spec.version)
@@ -313,11 +324,15 @@ class ProcessOrchestrator:
         if owner is None:
             return True
         deployed, tenant = await self.deployments.tenant_of(name)
-        if not deployed:
-            return True
-        if tenant is None:
-            return not to_deploy or owner.tenant == DEFAULT_TENANT
-        return tenant == owner.tenant
+        return may_use(owner, deployed, tenant, to_deploy=to_deploy)
+
+    @staticmethod
+    def _name_taken(name: str) -> ProcessNameTakenError:
+        return ProcessNameTakenError(
+            f"process name {name!r} is another tenant's (or shared, which only the default tenant "
+            "redeploys); deploy your process under another name",
+            name=name,
+        )
 
     async def names(self, viewer: Viewer | None = None) -> list[str]:
         """The deployed process names, sorted: with ``viewer`` (not an admin), those of its tenant and the
