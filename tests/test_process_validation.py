@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -245,3 +246,17 @@ async def test_a_timer_reaching_past_the_year_9999_is_refused_with_a_fix(store_u
     for hours in (1e300, float("inf")):
         problems = await refused(store_url, linear("late", user_task("sign", sla_hours=hours)))
         assert problems == ["elements.1.user_task.sla_hours: Input should be less than or equal to 876000"]
+
+
+async def test_a_default_no_store_can_keep_is_refused_when_deployed(store_url: str) -> None:
+    """A NaN among a process's variable defaults was deployed, and each instance then started with None in its
+    place; with a datetime default every start was refused."""
+    spec = linear("defaults", user_task("sign", sla="PT1H", on_timeout={"action": "complete", "default": {"at": {}}}))
+    spec["variables"] = {"limits": {"ratio": float("nan")}}
+    spec["elements"][1]["on_timeout"]["default"]["at"] = datetime(2026, 1, 5, tzinfo=UTC)
+    problems = await refused(store_url, spec)
+    assert problems == [
+        "variables.limits.ratio is a number too large for a double, or NaN; numbers must be finite",
+        "user task 'sign' on_timeout.default.at is of type datetime, which has no JSON form; use a string, number, "
+        "boolean, null, list or object (a date as its ISO text, say)",
+    ]

@@ -9,6 +9,8 @@ from typing import Any
 import jsonschema
 
 from agents.registry import AgentRegistry
+from checkpoints.errors import InvalidInputError
+from checkpoints.values import check_value
 from graphs.process.blocks import analyse, is_option
 from graphs.process.builder import COMPENSATE
 from graphs.process.spec import (
@@ -45,6 +47,7 @@ def validate_process(spec: ProcessSpec, registry: AgentRegistry | None = None) -
     problems += _events(spec)
     problems += _user_tasks(spec)
     problems += _schemas(spec)
+    problems += _values(spec)
     if registry is not None:
         problems += _agents(spec, registry)
     structure = analyse(spec)
@@ -235,6 +238,22 @@ def _user_tasks(spec: ProcessSpec) -> list[str]:
                     f"user task {task.id!r}: the on_timeout default does not match its response_schema: "
                     f"{exc.message}; fix the default"
                 )
+    return problems
+
+
+def _values(spec: ProcessSpec) -> list[str]:
+    """The values the design hands instances (variable defaults, an escalation's default answer) must be ones
+    every store keeps: a NaN default became None on one store and failed on another."""
+    found: list[tuple[str, Any]] = [("variables", spec.variables)]
+    for task in (e for e in spec.elements if isinstance(e, UserTask)):
+        if task.on_timeout is not None and task.on_timeout.default is not None:
+            found.append((f"user task {task.id!r} on_timeout.default", task.on_timeout.default))
+    problems = []
+    for where, value in found:
+        try:
+            check_value(value, where)
+        except InvalidInputError as exc:
+            problems.append(str(exc))
     return problems
 
 
