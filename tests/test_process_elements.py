@@ -520,6 +520,38 @@ async def test_a_failure_without_compensation_leaves_the_instance_failed_and_ret
         assert calls.intents() == ["prepare"]  # the completed task was not repeated
 
 
+async def test_a_failed_branch_compensates_at_once_abandoning_the_siblings_that_wait(store_url: str) -> None:
+    """A branch failed in a process that compensates while a sibling branch waited for ana: the instance said
+    in_progress and stayed so, compensating nothing, until ana completed a task that no longer mattered, and then
+    the rest of her branch ran (its agent called after the failure) before the compensation. Now the waiting
+    branches end at once, their task leaves the inbox, and the completed tasks are undone."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release", "file"):
+            calls.register(rt, intent)
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        spec = fork_join(
+            [user_task("approve"), {"type": "service_task", "id": "file", "agent": "file"}],
+            [{"type": "service_task", "id": "ship", "agent": "ship"}],
+        )
+        spec["elements"].insert(
+            1, {"type": "service_task", "id": "reserve", "agent": "reserve", "compensation": "release"}
+        )
+        spec["flows"] = ["start -> reserve", "reserve -> fork", *spec["flows"][1:]]
+        calls.register(rt, "after")
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("parallel", "order-1")
+        assert (view["status"], view["compensated"], view["waiting"]) == ("compensated", ["reserve"], [])
+        assert calls.intents() == ["reserve", "ship", "release"]
+        assert await rt.processes.inbox.list_tasks(assignee="ana") == []
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana", status=None)
+        assert task["status"] == "cancelled"
+        with pytest.raises(TaskClosedError):
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        status = await rt.processes.status(view["instance_id"])
+        assert (status["status"], status["compensated"]) == ("compensated", ["reserve"])
+
+
 async def test_a_failure_inside_a_parallel_branch_compensates_once_the_branches_meet(store_url: str) -> None:
     async with runtime(store_url) as rt:
         calls = Calls()

@@ -59,6 +59,9 @@ from nodes.variables import Cell, assign, pick, values
 from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
 
 COMPENSATE = "compensate"
+# The resolution of a wait in a parallel branch whose sibling failed in a process that compensates: the branch
+# ends at once, so that its join can run the compensation (``ProcessOrchestrator.run``).
+ABANDONED = "abandoned"
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 
@@ -242,6 +245,8 @@ class _Builder:
         return {}
 
     def route_wait(self, element: Any, level: Level, resolution: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if resolution.get("kind") == ABANDONED:  # a sibling branch failed: this branch ends, its join compensates
+            return END, {}
         option = str(resolution.get("option") or element.id)
         payload = resolution.get("payload") or {}
         if isinstance(element, EventGateway):

@@ -59,6 +59,7 @@ from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
+from graphs.process.builder import ABANDONED
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -556,6 +557,8 @@ class ProcessOrchestrator:
         except JourneyError:  # recorded by the kernel
             return False
         values = outcome.values if isinstance(outcome, StateSnapshot) else outcome
+        if values.get("failure") and values.get("status") not in FINISHED:
+            return await self._abandon_branches(graph, instance_id, run_options, spec=spec)
         if values.get("status") == "completed":  # it reached an end event: its tier judges the run
             if spec is None:
                 spec = await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
@@ -563,6 +566,27 @@ class ProcessOrchestrator:
                 evaluation = self._designs.instances.evaluation
                 await evaluation.judge(instance_id, PATTERN, spec.evaluation, MEASURED)
         return True
+
+    async def _abandon_branches(
+        self, graph: Graph, instance_id: str, run_options: RunOptions, *, spec: ProcessSpec | None
+    ) -> bool:
+        """Under ``exclusive``, after a run that left a failure to compensate: a parallel branch failed while its
+        siblings wait (for a person, a message, a timer), and the join that compensates waits for them. Their
+        waits are cancelled (their tasks leave the inbox) and each branch is resumed to its end at once, so the
+        join runs the compensation now rather than once everything else has been answered."""
+        parked_on = list(parked(await graph.aget_state(self.engine.config(instance_id))))
+        if not parked_on:
+            return True
+        abandoned = {"kind": ABANDONED, "logged": True}
+        await self.store.events.append(
+            instance_id,
+            [NewEvent("process.branches_abandoned", {"waits": [wait_id for _i, wait_id in parked_on]})],
+            also=cancel_pending(instance_id),
+        )
+        resume: Command[Any] = Command(
+            resume={pending.id: {**abandoned, "wait_id": wait_id} for pending, wait_id in parked_on}
+        )
+        return await self.run(graph, instance_id, resume, run_options, spec=spec)
 
     async def review_run(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
         """A person's decision on an instance its tier's evaluation held for review: ``approved`` completes
