@@ -38,8 +38,10 @@ from agents.policy import AgentCall, Policy, SessionAction, TaskCompletion, enfo
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, CallOptions, RetrySettings, call_with_retry, is_retryable
+from checkpoints.errors import InvalidInputError
 from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.guards import CircuitBreakers, CircuitSettings, RateLimits
+from checkpoints.values import check_value
 from nodes import schemas
 from nodes.telemetry import attempt_started, observed_agent_call, rejected_by_bulkhead, rejected_by_rate_limit
 
@@ -461,6 +463,12 @@ def _checked_output(
             intent=intent,
         )
     output = dict(result)
+    try:  # kept in the event log and the checkpoint: what no store can keep (NaN, a datetime) is refused
+        check_value(output, "output")
+    except InvalidInputError as exc:
+        raise AgentOutputError(
+            f"agent for intent {intent!r} returned what no store can keep: {exc}", intent=intent
+        ) from None
     size = len(json.dumps(output, default=str).encode())
     if size > max_bytes:  # kept in the event log and the checkpoint: refused, not stored
         raise AgentOutputTooLargeError(

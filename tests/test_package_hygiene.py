@@ -48,6 +48,7 @@ STATUS_BY_CODE = {
             "DuplicateAgentError",
             "DuplicateDesignError",
             "DuplicateInstanceError",
+            "EmbeddedServerRunningError",
             "EntryCriteriaNotMetError",
             "EvaluatorError",
             "ExistingStart",
@@ -67,8 +68,8 @@ STATUS_BY_CODE = {
             "ProcessStateError",
             "ProcessVersionConflictError",
             "RunInReviewError",
-            "StepFailedError",
             "StartKeyConflictError",
+            "StepFailedError",
             "StepOrderError",
             "SystemAssistantError",
             "TaskClosedError",
@@ -125,7 +126,7 @@ STATUS_BY_CODE = {
         ),
         424,
     ),
-    **dict.fromkeys(("MigrationError", "StoreError"), 503),
+    **dict.fromkeys(("DatabaseUnavailableError", "MigrationError", "StoreError"), 503),
 }
 
 

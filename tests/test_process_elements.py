@@ -5,7 +5,7 @@ runs on memory, SQLite and Postgres, on a virtual clock."""
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +13,17 @@ import pytest
 from agents import AgentRequest
 from checkpoints.schema.tables import process_subscriptions, process_timers
 from graphs.errors import TaskClosedError, UnmatchedMessageError
-from tests.process_support import Calls, boundary_spec, linear, runtime, user_task, virtual_clock, waiting_elements
+from nodes.errors import ResumeValueError
+from tests.process_support import (
+    Calls,
+    boundary_spec,
+    linear,
+    runtime,
+    table_dump,
+    user_task,
+    virtual_clock,
+    waiting_elements,
+)
 
 
 async def rows(rt: Any, table: Any, **where: Any) -> list[Any]:
@@ -106,6 +116,86 @@ async def test_exclusive_gateway_takes_the_first_holding_flow_else_the_default(s
             decided = [e for e in events if e.type == "gateway.decided"]
             taken[spend] = (decided[0].payload["target"], [e.step for e in events if e.type == "task.completed"])
         assert taken == {5000: ("gold", ["gold"]), 150: ("silver", ["silver"]), 3: ("other", ["other"])}
+
+
+def when(field: str, value: Any) -> dict[str, Any]:
+    return {"field": field, "op": "==", "value": value}
+
+
+async def test_an_output_or_answer_outside_a_declared_enum_fails_its_own_task_not_the_gateway_relying_on_it(
+    store_url: str,
+) -> None:
+    """Gateways without a default are accepted when their conditions cover the enum variables_schema declares,
+    but only the start variables were checked against it: an agent answering "Converted" left the instance failed
+    at the gateway for good (a retry decided on the same variables again), and so did a person's answer."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "classify", {"conversion": "Converted"})
+        spec = {
+            "name": "conversion",
+            "variables_schema": {
+                "properties": {"conversion": {"enum": ["converted", "engaged"]}, "decision": {"enum": ["yes", "no"]}}
+            },
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "service_task", "id": "classify", "agent": "classify", "outputs": ["conversion"]},
+                {"type": "exclusive_gateway", "id": "by_conversion"},
+                user_task("approve", outputs=["decision"]),
+                {"type": "exclusive_gateway", "id": "by_decision"},
+                {"type": "end", "id": "won"},
+                {"type": "end", "id": "lost"},
+                {"type": "end", "id": "nurtured"},
+            ],
+            "flows": [
+                "start -> classify",
+                "classify -> by_conversion",
+                {"source": "by_conversion", "target": "approve", "when": when("conversion", "converted")},
+                {"source": "by_conversion", "target": "nurtured", "when": when("conversion", "engaged")},
+                "approve -> by_decision",
+                {"source": "by_decision", "target": "won", "when": when("decision", "yes")},
+                {"source": "by_decision", "target": "lost", "when": when("decision", "no")},
+            ],
+        }
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("conversion", "lead-1")
+        assert (view["status"], view["failed_element"]) == ("failed", "classify")
+        [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "instance.failed"]
+        assert "'Converted' is not one of ['converted', 'engaged']" in str(failed.payload)
+        assert "conversion" not in view["variables"]
+
+        calls.register(rt, "classify", {"conversion": "converted"})
+        view = await rt.processes.retry(view["instance_id"])
+        assert waiting_elements(view) == ["approve"]
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        before = await table_dump(rt)
+        with pytest.raises(ResumeValueError) as refused:
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"decision": "maybe"})
+        assert refused.value.category == "invalid"
+        assert "variables_schema of process 'conversion' at decision: 'maybe' is not one of ['yes', 'no']" in str(
+            refused.value
+        )
+        assert await table_dump(rt) == before
+        done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"decision": "yes"})
+        assert (done["status"], done["outcome"]) == ("completed", "won")
+
+
+async def test_an_agent_output_no_store_can_keep_fails_its_task_alike_on_every_store(store_url: str) -> None:
+    """An agent answering NaN completed its task on SQLite (the variable was NaN, which JSON answers cannot carry)
+    but raised PostgreSQL's 'Token "NaN" is invalid' out of start() there; a datetime raised a bare TypeError."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for bad in (float("nan"), datetime(2026, 1, 5, tzinfo=UTC)):
+            calls.register(rt, "score", {"score": bad})
+            await rt.processes.deploy(
+                linear("scoring", {"type": "service_task", "id": "rate", "agent": "score", "outputs": ["score"]})
+            )
+            view = await rt.processes.start("scoring", f"lead-{bad}")
+            assert (view["status"], view["failed_element"]) == ("failed", "rate")
+            assert "score" not in view["variables"]
+            [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "instance.failed"]
+            assert "returned what no store can keep: output.score is" in str(failed.payload)
+        calls.register(rt, "score", {"score": 0.5})
+        assert (await rt.processes.retry(view["instance_id"]))["variables"]["score"] == 0.5
 
 
 # --- parallel gateways -------------------------------------------------------------------------------
@@ -428,6 +518,38 @@ async def test_a_failure_without_compensation_leaves_the_instance_failed_and_ret
         retried = await rt.processes.retry(view["instance_id"])
         assert retried["status"] == "completed" and retried["variables"]["tracking"] == "T-1"
         assert calls.intents() == ["prepare"]  # the completed task was not repeated
+
+
+async def test_a_failed_branch_compensates_at_once_abandoning_the_siblings_that_wait(store_url: str) -> None:
+    """A branch failed in a process that compensates while a sibling branch waited for ana: the instance said
+    in_progress and stayed so, compensating nothing, until ana completed a task that no longer mattered, and then
+    the rest of her branch ran (its agent called after the failure) before the compensation. Now the waiting
+    branches end at once, their task leaves the inbox, and the completed tasks are undone."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release", "file"):
+            calls.register(rt, intent)
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        spec = fork_join(
+            [user_task("approve"), {"type": "service_task", "id": "file", "agent": "file"}],
+            [{"type": "service_task", "id": "ship", "agent": "ship"}],
+        )
+        spec["elements"].insert(
+            1, {"type": "service_task", "id": "reserve", "agent": "reserve", "compensation": "release"}
+        )
+        spec["flows"] = ["start -> reserve", "reserve -> fork", *spec["flows"][1:]]
+        calls.register(rt, "after")
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("parallel", "order-1")
+        assert (view["status"], view["compensated"], view["waiting"]) == ("compensated", ["reserve"], [])
+        assert calls.intents() == ["reserve", "ship", "release"]
+        assert await rt.processes.inbox.list_tasks(assignee="ana") == []
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana", status=None)
+        assert task["status"] == "cancelled"
+        with pytest.raises(TaskClosedError):
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        status = await rt.processes.status(view["instance_id"])
+        assert (status["status"], status["compensated"]) == ("compensated", ["reserve"])
 
 
 async def test_a_failure_inside_a_parallel_branch_compensates_once_the_branches_meet(store_url: str) -> None:

@@ -165,6 +165,29 @@ def message_start(name: str, message: str, *, version: int = 1, start: str = "re
     }
 
 
+async def test_a_message_a_process_would_refuse_to_start_on_changes_nothing_and_its_id_stays_free(
+    store_url: str,
+) -> None:
+    """A message whose payload broke the variables_schema of a process it starts was refused (422) only after it
+    had resumed the instances waiting for it, and its id stayed claimed: a corrected resend was "being sent right
+    now" (409) until the lease ran out. Now it is refused before it changes anything."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(payment_spec())
+        waiting = await rt.processes.start("invoice", "inv-1", {"invoice_no": "INV-1"})
+        strict = {**message_start("receipt", "payment.received"), "variables_schema": {"required": ["amount"]}}
+        await rt.processes.deploy(strict)
+        before = await table_dump(rt)
+        with pytest.raises(InvalidInputError) as caught:
+            await rt.processes.send_message("payment.received", "INV-1", {"amout": 10}, message_id="pay-1")
+        assert "'receipt'" in str(caught.value) and "'amount' is a required property" in str(caught.value)
+        assert await table_dump(rt) == before
+        assert waiting_elements(await rt.processes.status(waiting["instance_id"])) == ["paid"]
+
+        sent = await rt.processes.send_message("payment.received", "INV-1", {"amount": 10}, message_id="pay-1")
+        assert sent["correlated"] == [waiting["instance_id"]] and len(sent["started"]) == 1
+        assert (await rt.processes.status(waiting["instance_id"]))["status"] == "completed"
+
+
 async def test_message_starts_are_looked_up_by_index_not_by_reading_every_deployment(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,9 @@ nothing is written. Every test runs on memory, SQLite and Postgres."""
 
 from __future__ import annotations
 
+import itertools
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -191,3 +194,72 @@ async def test_timer_expressions_are_read_at_design_time(store_url: str) -> None
     spec = linear("bad_cron", {"type": "timer", "id": "wait", "timer": {"cron": "61 * * * *"}})
     problems = await refused(store_url, spec)
     assert any("is not a cron expression" in p for p in problems)
+
+
+async def test_a_process_as_large_as_a_request_may_carry_is_checked_in_time_linear_in_its_size(store_url: str) -> None:
+    """Checking a process looked elements and flows up by scanning them, once per element: a deploy of the 1 MiB a
+    request may carry held the event loop for minutes, and the server answered nobody meanwhile."""
+    services = [service(f"s{n}") for n in range(4000)]
+    tasks = [user_task(f"u{n}") for n in range(1000)]
+    boundaries = [
+        {"type": "boundary_timer", "id": f"b{n}", "attached_to": f"u{n}", "timer": {"duration": "P1D"}}
+        for n in range(1000)
+    ]
+    chain = ["start", *(e["id"] for e in services), *(t["id"] for t in tasks), "end"]
+    flows = [f"{a} -> {b}" for a, b in itertools.pairwise(chain)]
+    flows += [f"b{n} -> {f'u{n + 1}' if n < 999 else 'end'}" for n in range(1000)]
+    elements = [{"type": "start", "id": "start"}, *services, *tasks, *boundaries, {"type": "end", "id": "end"}]
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "work")
+        began = time.perf_counter()
+        deployed = await rt.processes.deploy({"name": "large", "elements": elements, "flows": flows})
+        took = time.perf_counter() - began
+    assert deployed["version"] == 1
+    assert took < 10, f"deploying 7,000 elements took {took:.1f} s"  # about 1 s; checked by scanning, over a minute
+
+
+async def test_an_element_named_as_the_compensation_step_is_refused_when_deployed(store_url: str) -> None:
+    """An element ``compensate`` in a process with compensations was deployed, and then every start failed with
+    LangGraph's "Node `compensate` already present." (a 500 over HTTP)."""
+    undoable = {**service("compensate"), "compensation": "undo"}
+    problems = await refused(store_url, linear("reserved", undoable))
+    assert problems == [
+        "element id 'compensate' is the name of the step that runs the process's compensations (its service tasks "
+        "declare some); rename the element"
+    ]
+    async with runtime(store_url) as rt:  # without compensations the name is free
+        Calls().register(rt, "work")
+        await rt.processes.deploy(linear("free", service("compensate")))
+        assert (await rt.processes.start("free", "k-1"))["status"] == "completed"
+
+
+async def test_a_timer_reaching_past_the_year_9999_is_refused_with_a_fix(store_url: str) -> None:
+    """Such timers escaped the checks as a bare OverflowError (a 500 over HTTP), or were accepted and broke
+    the instance when armed (an SLA of 10**300 hours)."""
+    fixes = {
+        "PT99999999999999S": "is longer than 36525 days (a century); shorten it",
+        "P9000Y": "is longer than 36525 days (a century); shorten it",
+        "9999-12-31T23:59:59-01:00": "is out of range; write a year from 1 to 9999",
+    }
+    for timer in ({"duration": "PT99999999999999S"}, {"duration": "P9000Y"}, {"date": "9999-12-31T23:59:59-01:00"}):
+        problems = await refused(store_url, linear("far", {"type": "timer", "id": "wait", "timer": timer}))
+        [(kind, expression)] = timer.items()
+        noun = "duration" if kind == "duration" else "date-time"
+        assert problems == [f"elements.1.timer.timer: Value error, {noun} {expression!r} {fixes[expression]}"]
+    for hours, problem in ((1e300, "longer than 36525 days (a century)"), (float("inf"), "be a finite number")):
+        problems = await refused(store_url, linear("late", user_task("sign", sla_hours=hours)))
+        assert len(problems) == 1 and problem in problems[0], problems
+
+
+async def test_a_default_no_store_can_keep_is_refused_when_deployed(store_url: str) -> None:
+    """A NaN among a process's variable defaults was deployed, and each instance then started with None in its
+    place; with a datetime default every start was refused."""
+    spec = linear("defaults", user_task("sign", sla="PT1H", on_timeout={"action": "complete", "default": {"at": {}}}))
+    spec["variables"] = {"limits": {"ratio": float("nan")}}
+    spec["elements"][1]["on_timeout"]["default"]["at"] = datetime(2026, 1, 5, tzinfo=UTC)
+    problems = await refused(store_url, spec)
+    assert problems == [
+        "variables.limits.ratio is a number too large for a double, or NaN; numbers must be finite",
+        "user task 'sign' on_timeout.default.at is of type datetime, which has no JSON form; use a string, number, "
+        "boolean, null, list or object (a date as its ISO text, say)",
+    ]

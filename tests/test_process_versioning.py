@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from checkpoints.ownership import Owner, acting_as
 from graphs.errors import (
     MigrationRefusedError,
+    ProcessNameTakenError,
     ProcessStateError,
     ProcessVersionConflictError,
     RolloutError,
@@ -22,7 +24,7 @@ from graphs.errors import (
 from graphs.kernel import designs as designs_module
 from graphs.process.context import DeployedVersions
 from graphs.process.versions import choose
-from tests.process_support import Calls, runtime, table_dump, user_task, virtual_clock, waiting_elements
+from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock, waiting_elements
 
 
 def onboarding(version: int, *, extra_step: bool = False, task_id: str = "approve") -> dict[str, Any]:
@@ -382,3 +384,35 @@ async def test_a_task_completed_while_its_instance_migrates_rolls_the_migration_
         history = [e.type for e in await rt.processes.history(view["instance_id"])]
         assert "process.migrating" in history and "process.migration_rolled_back" in history
         assert "process.migrated" not in history
+
+
+async def test_two_tenants_deploying_one_new_name_at_once_on_two_processes_never_both_own_it(durable_url: str) -> None:
+    """The name's owner was checked before the deploy's transaction: ana (acme) deploying v1 of a new name while eve
+    (initech) deployed v2 of it, through two processes on one database, often both succeeded, and ana's next
+    instances then ran eve's definition (v2 took the rollout). The owner is now read in the transaction that adds
+    the version, after it has written the name's rollout row, which a concurrent first deploy writes too."""
+
+    def spec(name: str, version: int, who: str) -> dict[str, Any]:
+        return {**linear(name, version=version), "description": who}
+
+    async def deploy(rt: Any, owner: Owner, body: dict[str, Any]) -> str:
+        with acting_as(owner):
+            try:
+                await rt.processes.deploy(body)
+            except ProcessNameTakenError:
+                return "refused"
+            return "deployed"
+
+    async with runtime(durable_url) as one, runtime(durable_url) as two:
+        ana, eve = Owner("ana", "acme"), Owner("eve", "initech")
+        for n in range(12):
+            name = f"claims_{n}"
+            outcomes = await asyncio.gather(
+                deploy(one, ana, spec(name, 1, "ana")), deploy(two, eve, spec(name, 2, "eve"))
+            )
+            assert sorted(outcomes) == ["deployed", "refused"], (name, outcomes)
+            owner = ana if outcomes[0] == "deployed" else eve
+            with acting_as(owner):
+                view = await one.processes.start(name, "k")
+            assert view["version"] == (1 if owner is ana else 2)
+            assert [v["version"] for v in await one.processes.versions(name)] == [view["version"]]

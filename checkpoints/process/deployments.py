@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +29,15 @@ class Deployment:
     tenant: str | None = None  # whose process name this is (see tenant_of)
 
 
+# Whether the caller may deploy a version of a name: (deployed already, tenant of its first version) → allowed.
+NameOwnership = Callable[[bool, str | None], bool]
+Added = Literal["added", "version taken", "name taken"]
+
+
+class _NameTaken(Exception):
+    """Leaves :meth:`DeploymentStore.add`'s transaction: the name is another's."""
+
+
 class DeploymentStore:
     """Process deployments and their rollouts (which versions new instances start on)."""
 
@@ -45,12 +54,26 @@ class DeploymentStore:
         *,
         rollout: list[dict[str, Any]] | None,
         message_starts: Sequence[tuple[str, str]] = (),
-    ) -> bool:
+        may_deploy: NameOwnership | None = None,
+    ) -> Added:
         """Register a deployment, its message starts (``(message, start id)`` pairs, indexed for
-        :meth:`started_by`) and, when given, the new rollout, in one transaction. False if taken."""
+        :meth:`started_by`) and, when given, the new rollout, in one transaction: ``"version taken"`` if the
+        version is, ``"name taken"`` if ``may_deploy`` refuses the name's owner as the transaction finds it.
+
+        The rollout row is written first: it is the name's one row, so a concurrent first deploy of the name (of
+        another version, by another tenant) either has committed by then, and its owner is read, or waits for
+        this one and then finds this one's."""
         now = self._clock.now().astimezone(UTC)
+        d = process_deployments.c
+        first = select(d.tenant).where(d.name == name).order_by(d.version).limit(1)
         try:
             async with self._engine.begin() as conn:
+                if rollout is not None:
+                    await self._put_rollout(conn, name, rollout, now)
+                if may_deploy is not None:
+                    found = (await conn.execute(first)).first()
+                    if not may_deploy(found is not None, found.tenant if found is not None else None):
+                        raise _NameTaken  # rolls the rollout back
                 await conn.execute(
                     insert(process_deployments).values(
                         name=name,
@@ -69,11 +92,11 @@ class DeploymentStore:
                             for message, start_id in message_starts
                         ],
                     )
-                if rollout is not None:
-                    await self._put_rollout(conn, name, rollout, now)
         except IntegrityError:
-            return False
-        return True
+            return "version taken"
+        except _NameTaken:
+            return "name taken"
+        return "added"
 
     async def set_rollout(self, name: str, entries: list[dict[str, Any]]) -> None:
         async with self._engine.begin() as conn:

@@ -155,8 +155,8 @@ def _fork(spec: ProcessSpec, level: Level, fork_id: str, level_of: dict[str, str
     join = exits.pop()
     assert join is not None
     for branch in branches:
-        owned = set(branch.members) | {k for k, v in level_of.items() if v == branch.key}
-        into = [f for f in spec.incoming(join) if f.source in owned]
+        # The branch's own elements (its members, options and boundaries) are those at its level.
+        into = [f for f in spec.incoming(join) if level_of.get(f.source) == branch.key]
         if len(into) != 1:
             problems.append(
                 f"the branch of fork {fork_id!r} via {branch.entries[0]!r} enters join {join!r} through "

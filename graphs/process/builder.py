@@ -45,6 +45,7 @@ from graphs.process.spec import (
     TimerEvent,
     Transaction,
     UserTask,
+    checked_against,
 )
 from nodes.agent_call import Recording
 from nodes.compensation import COMPENSATION_RETRY
@@ -58,6 +59,9 @@ from nodes.variables import Cell, assign, pick, values
 from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
 
 COMPENSATE = "compensate"
+# The resolution of a wait in a parallel branch whose sibling failed in a process that compensates: the branch
+# ends at once, so that its join can run the compensation (``ProcessOrchestrator.run``).
+ABANDONED = "abandoned"
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 
@@ -102,7 +106,7 @@ class _Builder:
         self.services = services
         self.granted = spec.granted_permissions
         self.intents = spec.granted_intents
-        self.compensable = any(isinstance(e, ServiceTask) and e.compensation for e in spec.elements)
+        self.compensable = spec.compensable
 
     # --- naming ----------------------------------------------------------------------------------
 
@@ -241,6 +245,8 @@ class _Builder:
         return {}
 
     def route_wait(self, element: Any, level: Level, resolution: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if resolution.get("kind") == ABANDONED:  # a sibling branch failed: this branch ends, its join compensates
+            return END, {}
         option = str(resolution.get("option") or element.id)
         payload = resolution.get("payload") or {}
         if isinstance(element, EventGateway):
@@ -257,6 +263,9 @@ class _Builder:
 
     def service_node(self, task: ServiceTask, level: Level) -> Any:
         node, spec = self.services.node, self.spec
+        # An output that would give a variable a value variables_schema refuses fails the call, before it is
+        # logged: a retry calls the agent again (a gateway that relied on the schema could never decide).
+        output_schema = checked_against(task.output_schema, spec.assignment_schema(task.outputs))
 
         async def run(state: ProcessState, config: RunnableConfig) -> Command[str]:
             instance_id = thread_id(config)
@@ -283,7 +292,7 @@ class _Builder:
                     recorder=record,
                     granted_permissions=self.granted,
                     granted_intents=self.intents,
-                    output_schema=task.output_schema,
+                    output_schema=output_schema,
                     options=task,
                 )
             except AgentError as exc:

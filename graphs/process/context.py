@@ -125,6 +125,10 @@ class Resumer(Protocol):
 
     async def status(self, instance_id: str) -> dict[str, Any]: ...
 
+    async def instance_spec(self, instance_id: str) -> ProcessSpec:
+        """The spec of the version the instance runs on."""
+        ...
+
 
 class TimerHost(Resumer, Protocol):
     """What firing timers needs beyond resuming threads: the stores, the clock, timer starts."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jsonschema
+
 from checkpoints.clock import Clock
 from checkpoints.events import EventLog, NewEvent
 from checkpoints.process.inbox import InboxStore, UserTaskRow
@@ -22,7 +24,10 @@ from checkpoints.process.waits import WaitStore
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 from graphs.process.context import Resumer
+from graphs.process.spec import UserTask
+from nodes import schemas
 from nodes.agent_call import AgentCaller
+from nodes.errors import ResumeValueError
 from nodes.user_task import validate_resume_value
 
 
@@ -114,6 +119,7 @@ class TaskInbox:
         row = await self._open_row(task_id)
         self._check_may_complete(row, user, tuple(groups))
         result = validate_resume_value(payload, row.response_schema, task=row.element)
+        await self._check_assignments(row, result)
         await self._caller.authorize_completion(row.instance_id, row.element, result, user=user, groups=tuple(groups))
         resolution = {
             "option": row.element,
@@ -134,6 +140,25 @@ class TaskInbox:
             raise TaskClosedError(f"task {task_id!r} changed meanwhile; try again", task_id=task_id)
         await self._instances.deliver(row.instance_id, task_id, run_options=run_options)
         return await self._instances.status(row.instance_id)
+
+    async def _check_assignments(self, row: UserTaskRow, result: dict[str, Any]) -> None:
+        """Refuse (422, nothing changed) an answer that would give a variable a value the process's
+        ``variables_schema`` refuses: an exclusive gateway relying on the schema could then never decide."""
+        spec = await self._instances.instance_spec(row.instance_id)
+        task = spec.element(row.element)
+        schema = spec.assignment_schema(task.outputs if isinstance(task, UserTask) else None)
+        if schema is None:
+            return
+        try:
+            schemas.validate(result, schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise ResumeValueError(
+                f"the result for task {row.element!r} does not fit the variables_schema of process {spec.name!r} "
+                f"at {where}: {exc.message}",
+                task=row.element,
+                path=where,
+            ) from exc
 
     async def _open_row(self, task_id: str) -> UserTaskRow:
         row = await self._row(task_id)

@@ -22,8 +22,9 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import jsonschema
@@ -35,7 +36,7 @@ from agents.deterministic import EchoAgent
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
-from checkpoints.ownership import DEFAULT_TENANT, Viewer, current_owner
+from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.messages import EVERY_TENANT
 from checkpoints.process.migrations import MigrationRows
@@ -58,6 +59,7 @@ from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
+from graphs.process.builder import ABANDONED
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -92,6 +94,27 @@ def message_start_key(tenant: str, message_id: str, process: str) -> str:
     a start key is stored as given), and a digest fits the 200 characters a start key may have, which an id and
     a process name of 100 each did not."""
     return "message:" + hashlib.sha256(json.dumps([tenant, message_id, process]).encode()).hexdigest()
+
+
+def may_use(owner: Owner | None, deployed: bool, tenant: str | None, *, to_deploy: bool = False) -> bool:
+    """Whether ``owner`` (None: the runtime itself) may start, or ``to_deploy`` deploy a version of, a process name
+    that is ``deployed`` or not, the first version of which ``tenant`` deployed (None: shared); see
+    ``ProcessOrchestrator._callers``."""
+    if owner is None or not deployed:
+        return True
+    if tenant is None:
+        return not to_deploy or owner.tenant == DEFAULT_TENANT
+    return tenant == owner.tenant
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStart:
+    """An instance a message starts: the process, the version its rollout picks, its start event and variables."""
+
+    process: str
+    version: int
+    start_event: str
+    variables: dict[str, Any]
 
 
 def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
@@ -176,11 +199,7 @@ class ProcessOrchestrator:
         """
         spec = parse_spec(ProcessSpec, process, spec_name="process")
         if not await self._callers(spec.name, to_deploy=True):
-            raise ProcessNameTakenError(
-                f"process name {spec.name!r} is another tenant's (or shared, which only the default tenant "
-                "redeploys); deploy your process under another name",
-                name=spec.name,
-            )
+            raise self._name_taken(spec.name)
         self._designs.registry.bind(spec.agent_bindings())
         self._designs.check(PATTERN, spec)
         existing = await self.deployments.get(spec.name, spec.version)
@@ -204,8 +223,11 @@ class ProcessOrchestrator:
             spec_digest(spec),
             rollout=rollout,
             message_starts=message_starts,
+            may_deploy=partial(may_use, current_owner(), to_deploy=True),
         )
-        if not added:  # a concurrent deploy of the same version won
+        if added == "name taken":  # another tenant's first deploy of the name committed meanwhile
+            raise self._name_taken(spec.name)
+        if added == "version taken":  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight)
         await self._arm_start_timers(spec)
         deployment = await self.deployments.get(spec.name, spec.version)
@@ -303,11 +325,15 @@ class ProcessOrchestrator:
         if owner is None:
             return True
         deployed, tenant = await self.deployments.tenant_of(name)
-        if not deployed:
-            return True
-        if tenant is None:
-            return not to_deploy or owner.tenant == DEFAULT_TENANT
-        return tenant == owner.tenant
+        return may_use(owner, deployed, tenant, to_deploy=to_deploy)
+
+    @staticmethod
+    def _name_taken(name: str) -> ProcessNameTakenError:
+        return ProcessNameTakenError(
+            f"process name {name!r} is another tenant's (or shared, which only the default tenant "
+            "redeploys); deploy your process under another name",
+            name=name,
+        )
 
     async def names(self, viewer: Viewer | None = None) -> list[str]:
         """The deployed process names, sorted: with ``viewer`` (not an admin), those of its tenant and the
@@ -391,8 +417,7 @@ class ProcessOrchestrator:
             )
         if spec.evaluation is not None and (missing := self._designs.instances.evaluation.missing(spec.evaluation)):
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
-        merged = {**spec.variables, **(variables or {}), "business_key": business_key}
-        self._check_variables(spec, merged)
+        merged = self._start_variables(spec, variables, business_key)
         controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged, spec.deadline)
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)
@@ -427,6 +452,16 @@ class ProcessOrchestrator:
             instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
         )
         return self.view(instance, deployment, snapshot)
+
+    @classmethod
+    def _start_variables(
+        cls, spec: ProcessSpec, variables: Mapping[str, Any] | None, business_key: str
+    ) -> dict[str, Any]:
+        """A new instance's variables: the spec's defaults, then those given, then its business key; checked
+        against the spec's ``variables_schema``."""
+        merged = {**spec.variables, **(variables or {}), "business_key": business_key}
+        cls._check_variables(spec, merged)
+        return merged
 
     @staticmethod
     def _check_variables(spec: ProcessSpec, variables: Mapping[str, Any]) -> None:
@@ -493,6 +528,10 @@ class ProcessOrchestrator:
     async def grants_of(self, instance_id: str) -> ProcessSpec:
         """What the instance's spec grants its agent calls: its timers' calls (SLA notifications, reminders)
         are held to it like its service tasks."""
+        return await self.instance_spec(instance_id)
+
+    async def instance_spec(self, instance_id: str) -> ProcessSpec:
+        """The spec of the version the instance runs on."""
         return await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
 
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]:
@@ -518,6 +557,8 @@ class ProcessOrchestrator:
         except JourneyError:  # recorded by the kernel
             return False
         values = outcome.values if isinstance(outcome, StateSnapshot) else outcome
+        if values.get("failure") and values.get("status") not in FINISHED:
+            return await self._abandon_branches(graph, instance_id, run_options, spec=spec)
         if values.get("status") == "completed":  # it reached an end event: its tier judges the run
             if spec is None:
                 spec = await self.spec_of(await self.deployment_of(await self.instance(instance_id)))
@@ -525,6 +566,27 @@ class ProcessOrchestrator:
                 evaluation = self._designs.instances.evaluation
                 await evaluation.judge(instance_id, PATTERN, spec.evaluation, MEASURED)
         return True
+
+    async def _abandon_branches(
+        self, graph: Graph, instance_id: str, run_options: RunOptions, *, spec: ProcessSpec | None
+    ) -> bool:
+        """Under ``exclusive``, after a run that left a failure to compensate: a parallel branch failed while its
+        siblings wait (for a person, a message, a timer), and the join that compensates waits for them. Their
+        waits are cancelled (their tasks leave the inbox) and each branch is resumed to its end at once, so the
+        join runs the compensation now rather than once everything else has been answered."""
+        parked_on = list(parked(await graph.aget_state(self.engine.config(instance_id))))
+        if not parked_on:
+            return True
+        abandoned = {"kind": ABANDONED, "logged": True}
+        await self.store.events.append(
+            instance_id,
+            [NewEvent("process.branches_abandoned", {"waits": [wait_id for _i, wait_id in parked_on]})],
+            also=cancel_pending(instance_id),
+        )
+        resume: Command[Any] = Command(
+            resume={pending.id: {**abandoned, "wait_id": wait_id} for pending, wait_id in parked_on}
+        )
+        return await self.run(graph, instance_id, resume, run_options, spec=spec)
 
     async def review_run(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
         """A person's decision on an instance its tier's evaluation held for review: ``approved`` completes
@@ -771,7 +833,7 @@ class ProcessOrchestrator:
                 )
         try:
             outcome = await self._send(name, key, body, ttl, scope, message_id, taken_over=earlier is not None)
-        except UnmatchedMessageError:  # refused, nothing kept: the id is free again
+        except (UnmatchedMessageError, InvalidInputError):  # refused, nothing kept: the id is free again
             await self.services.messages.settle_id(scope, message_id, None)
             raise
         await self.services.messages.settle_id(scope, message_id, outcome)
@@ -795,6 +857,9 @@ class ProcessOrchestrator:
         starts has a start key from it, and it is buffered under that id."""
         received_at = self.clock.now().isoformat()
         messages = self.services.messages
+        # Before anything changes: a start the message would be refused (its payload breaks the process's
+        # variables_schema) refuses the message, which must not have resumed waiting instances by then.
+        starts = await self._message_starts(name, key, body)
         won = await messages.taken(name, key, message_id, tenant) if taken_over and message_id else []
         for subscription in await messages.waiting(name, key, tenant):
             resolution = {
@@ -815,7 +880,7 @@ class ProcessOrchestrator:
                 won.append(subscription)
         for subscription in won:
             await self.deliver(subscription.instance_id, subscription.wait_id)
-        started = [view["instance_id"] for view in await self._start_on_message(name, key, body, tenant, message_id)]
+        started = [view["instance_id"] for view in await self._start_on_message(starts, key, tenant, message_id)]
         correlated = sorted({s.instance_id for s in won})
         if correlated or started:
             return {"correlated": correlated, "started": started, "buffered": None}
@@ -846,10 +911,11 @@ class ProcessOrchestrator:
             "expires_at": buffered.expires_at.isoformat(),
         }
 
-    async def _start_on_message(
-        self, message: str, key: str, payload: dict[str, Any], tenant: str, message_id: str | None
-    ) -> list[dict[str, Any]]:
-        views = []
+    async def _message_starts(self, message: str, key: str, payload: dict[str, Any]) -> list[MessageStart]:
+        """The instances message (``message``, ``key``) with ``payload`` starts, their variables checked: a
+        payload that breaks a process's ``variables_schema`` is :class:`InvalidInputError`, before the message
+        has changed anything."""
+        starts = []
         for name in await self.deployments.started_by(message):  # indexed: no scan of every deployment
             if not await self._callers(name):  # another tenant's process: its messages are its own
                 continue
@@ -858,10 +924,24 @@ class ProcessOrchestrator:
             if start is None:  # the version the rollout picked does not start on this message
                 continue
             variables = {**payload, **({start.correlation: key} if start.correlation else {})}
-            start_key = None if message_id is None else message_start_key(tenant, message_id, name)
+            self._start_variables(spec, variables, key)
+            starts.append(MessageStart(name, deployment.version, start.id, variables))
+        return starts
+
+    async def _start_on_message(
+        self, starts: Sequence[MessageStart], key: str, tenant: str, message_id: str | None
+    ) -> list[dict[str, Any]]:
+        views = []
+        for start in starts:
+            start_key = None if message_id is None else message_start_key(tenant, message_id, start.process)
             views.append(
                 await self.start(
-                    name, key, variables, version=deployment.version, start_event=start.id, start_key=start_key
+                    start.process,
+                    key,
+                    start.variables,
+                    version=start.version,
+                    start_event=start.start_event,
+                    start_key=start_key,
                 )
             )
         return views

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -452,6 +453,62 @@ class Flow(BaseModel):
         return f"{self.source} -> {self.target}"
 
 
+_INDEX = "_process_index"
+VARIABLES_SCHEMA_ID = "urn:journeys:process-variables"
+DECLARED_SCHEMA_ID = "urn:journeys:declared"
+
+
+def _at(path: str, schema: Any) -> dict[str, Any]:
+    """A schema that applies ``schema`` to the field at dotted ``path`` of a document, when it is there."""
+    found: dict[str, Any] = {}
+    for part in reversed(path.split(".")):
+        found = {"properties": {part: schema}}
+        schema = found
+    return found
+
+
+def checked_against(own: Mapping[str, Any] | None, variables: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """One schema for both an element's own schema (``output_schema``, ``response_schema``) and what its
+    assignments owe ``variables_schema`` (:meth:`ProcessSpec.assignment_schema`). Each keeps its own ``$id``, so
+    each one's ``$ref``s resolve in it; the dialect (``$schema``) is declared once, at the root."""
+    if variables is None:
+        return dict(own) if own is not None else None
+    if own is None:
+        return dict(variables)
+    dialect = own.get("$schema", variables.get("$schema"))
+    declared = {"$id": DECLARED_SCHEMA_ID, **{k: v for k, v in own.items() if k != "$schema"}}
+    rest = {k: v for k, v in variables.items() if k != "$schema"}
+    return {**({"$schema": dialect} if dialect is not None else {}), "allOf": [declared, rest]}
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """A process's elements by id, and its flows and boundary timers by element, in the order the spec lists them
+    (an id given twice, which validation refuses, is found as its first element)."""
+
+    elements: tuple[Any, ...]
+    flows: tuple[Flow, ...]
+    by_id: dict[str, Any]
+    outgoing: dict[str, list[Flow]]
+    incoming: dict[str, list[Flow]]
+    boundaries: dict[str, list[BoundaryTimer]]
+
+    @classmethod
+    def of(cls, elements: tuple[Any, ...], flows: tuple[Flow, ...]) -> _Index:
+        by_id: dict[str, Any] = {}
+        outgoing: dict[str, list[Flow]] = {}
+        incoming: dict[str, list[Flow]] = {}
+        boundaries: dict[str, list[BoundaryTimer]] = {}
+        for element in elements:
+            by_id.setdefault(element.id, element)
+            if isinstance(element, BoundaryTimer):
+                boundaries.setdefault(element.attached_to, []).append(element)
+        for flow in flows:
+            outgoing.setdefault(flow.source, []).append(flow)
+            incoming.setdefault(flow.target, []).append(flow)
+        return cls(elements, flows, by_id, outgoing, incoming, boundaries)
+
+
 class ProcessSpec(Grants):
     """A BPMN-style process design: its elements, the flows between them and its variables."""
 
@@ -491,23 +548,52 @@ class ProcessSpec(Grants):
         """The agents its elements name by object, by the intent each was given (see ``_Element``)."""
         return {intent: agent for element in self.elements for intent, agent in element._bindings.items()}
 
+    def _indexed(self) -> _Index:
+        # Built once per elements and flows (a copy with other ones builds its own): checks, the block analysis
+        # and the builder look elements and flows up per element, which scanning made quadratic in the size.
+        # Kept in the instance's __dict__ beside the fields, which equality and dumps leave out (a private
+        # attribute would make a spec that was looked into unequal to its copy that was not).
+        index = self.__dict__.get(_INDEX)
+        if not isinstance(index, _Index) or index.elements is not self.elements or index.flows is not self.flows:
+            index = self.__dict__[_INDEX] = _Index.of(self.elements, self.flows)
+        return index
+
     def element(self, element_id: str) -> Any:
-        for element in self.elements:
-            if element.id == element_id:
-                return element
-        raise KeyError(element_id)
+        return self._indexed().by_id[element_id]
 
     def ids(self) -> list[str]:
         return [e.id for e in self.elements]
 
     def outgoing(self, element_id: str) -> list[Flow]:
-        return [f for f in self.flows if f.source == element_id]
+        return list(self._indexed().outgoing.get(element_id, ()))
 
     def incoming(self, element_id: str) -> list[Flow]:
-        return [f for f in self.flows if f.target == element_id]
+        return list(self._indexed().incoming.get(element_id, ()))
 
     def boundaries(self, task_id: str) -> list[BoundaryTimer]:
-        return [e for e in self.elements if isinstance(e, BoundaryTimer) and e.attached_to == task_id]
+        return list(self._indexed().boundaries.get(task_id, ()))
+
+    def assignment_schema(self, mapping: Mapping[str, str] | None) -> dict[str, Any] | None:
+        """The JSON Schema a document (an agent's output, a person's answer) must match for the variables
+        ``mapping`` takes from it (variable → field; None: every field, as the variable of its name) to match
+        ``variables_schema``, which an exclusive gateway's conditions may rely on to cover every case; None
+        when it declares none of them. Self-contained: its ``$id`` keeps the variables' ``$ref``s to their
+        ``$defs`` apart from those of a schema it is combined with (:func:`checked_against`)."""
+        schema = self.variables_schema or {}
+        declared = schema.get("properties")
+        if not isinstance(declared, Mapping):
+            return None
+        pairs = [(name, name) for name in declared] if mapping is None else list(mapping.items())
+        parts = [_at(field, declared[variable]) for variable, field in pairs if variable in declared]
+        if not parts:
+            return None
+        kept: dict[str, Any] = {key: schema[key] for key in ("$schema", "$defs", "definitions") if key in schema}
+        return {"$id": VARIABLES_SCHEMA_ID, **kept, "allOf": parts}
+
+    @property
+    def compensable(self) -> bool:
+        """Whether a service task declares a compensation: a failure then compensates the completed ones."""
+        return any(isinstance(e, ServiceTask) and e.compensation for e in self.elements)
 
     def starts(self) -> list[StartEvent]:
         return [e for e in self.elements if isinstance(e, StartEvent)]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
 
 from agents.registry import AgentRegistry
+from checkpoints.errors import InvalidInputError
+from checkpoints.values import check_value
 from graphs.process.blocks import analyse, is_option
+from graphs.process.builder import COMPENSATE
 from graphs.process.spec import (
     BoundaryTimer,
     EndEvent,
@@ -24,6 +27,7 @@ from graphs.process.spec import (
     TimerEvent,
     Transaction,
     UserTask,
+    checked_against,
 )
 from nodes import schemas
 from nodes.gateways import exhaustive
@@ -31,18 +35,19 @@ from nodes.timer import TimerDefinition
 
 
 def validate_process(spec: ProcessSpec, registry: AgentRegistry | None = None) -> list[str]:
-    ids = spec.ids()
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(spec.ids()).items() if n > 1)
     if duplicates:
         return [f"element ids must be unique; rename the repeated {duplicates}"]
     problems = _flow_references(spec)
     if problems:
         return problems
+    problems += _reserved(spec)
     problems += _degrees(spec)
     problems += _gateways(spec)
     problems += _events(spec)
     problems += _user_tasks(spec)
     problems += _schemas(spec)
+    problems += _values(spec)
     if registry is not None:
         problems += _agents(spec, registry)
     structure = analyse(spec)
@@ -65,6 +70,17 @@ def _flow_references(spec: ProcessSpec) -> list[str]:
             problems.append(f"flow {flow.describe()!r} is listed twice; keep one")
         seen.add((flow.source, flow.target))
     return problems
+
+
+def _reserved(spec: ProcessSpec) -> list[str]:
+    """An element may not take the name of a node the builder adds: the graph could not be built, and every start
+    of the deployed process would fail."""
+    if spec.compensable and COMPENSATE in spec.ids():
+        return [
+            f"element id {COMPENSATE!r} is the name of the step that runs the process's compensations (its service "
+            "tasks declare some); rename the element"
+        ]
+    return []
 
 
 def _degrees(spec: ProcessSpec) -> list[str]:
@@ -171,13 +187,14 @@ def _once(timer: TimerDefinition, what: str) -> list[str]:
 
 def _events(spec: ProcessSpec) -> list[str]:
     problems = []
+    known = set(spec.ids())
     for element in spec.elements:
         if isinstance(element, TimerEvent):
             problems += _once(element.timer, f"timer event {element.id!r}")
         if isinstance(element, StartEvent) and element.timer is not None and element.timer.duration is not None:
             problems.append(f"timer start {element.id!r} has a duration; a timer start needs a date, a cycle or cron")
         if isinstance(element, BoundaryTimer):
-            host = spec.ids() and element.attached_to in spec.ids() and spec.element(element.attached_to)
+            host = spec.element(element.attached_to) if element.attached_to in known else None
             if not isinstance(host, UserTask):
                 problems.append(
                     f"boundary timer {element.id!r} is attached to {element.attached_to!r}, which is not a user "
@@ -212,14 +229,31 @@ def _user_tasks(spec: ProcessSpec) -> list[str]:
         if task.on_timeout is not None and task.sla_timer is None:
             problems.append(f"user task {task.id!r} has on_timeout but no sla; add sla (e.g. 'PT4H') or sla_hours")
         escalation = task.on_timeout
-        if escalation is not None and escalation.action == "complete" and task.response_schema is not None:
+        answered = checked_against(task.response_schema, spec.assignment_schema(task.outputs))
+        if escalation is not None and escalation.action == "complete" and answered is not None:
             try:
-                schemas.validate(escalation.default, task.response_schema)
+                schemas.validate(escalation.default, answered)
             except (jsonschema.ValidationError, jsonschema.SchemaError) as exc:
                 problems.append(
                     f"user task {task.id!r}: the on_timeout default does not match its response_schema: "
                     f"{exc.message}; fix the default"
                 )
+    return problems
+
+
+def _values(spec: ProcessSpec) -> list[str]:
+    """The values the design hands instances (variable defaults, an escalation's default answer) must be ones
+    every store keeps: a NaN default became None on one store and failed on another."""
+    found: list[tuple[str, Any]] = [("variables", spec.variables)]
+    for task in (e for e in spec.elements if isinstance(e, UserTask)):
+        if task.on_timeout is not None and task.on_timeout.default is not None:
+            found.append((f"user task {task.id!r} on_timeout.default", task.on_timeout.default))
+    problems = []
+    for where, value in found:
+        try:
+            check_value(value, where)
+        except InvalidInputError as exc:
+            problems.append(str(exc))
     return problems
 
 
