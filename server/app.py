@@ -16,12 +16,11 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from fastapi.middleware.cors import CORSMiddleware
-from sqlalchemy import literal, select
 
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
 from graphs.runtime import JourneyRuntime
-from server.api import assistants, inbox, journeys, metrics, runs, threads
+from server.api import assistants, errors, inbox, journeys, metrics, runs, threads
 from server.api import crons as crons_api
 from server.api import store as store_api
 from server.auth import resolve_authenticator
@@ -111,10 +110,15 @@ def create_app(
         )
     install_ui(app)  # the dashboard at /ui (HTML; not in the OpenAPI document)
 
-    @app.get("/ok", tags=["health"], summary="Liveness; with check_db=1, also whether the database answers")
+    @app.get(
+        "/ok",
+        tags=["health"],
+        summary="Liveness; with check_db=1, also whether the database answers",
+        responses=errors(422, 503),
+    )
     async def ok(check_db: Annotated[int, Query(ge=0, le=1)] = 0) -> dict[str, bool]:
         if check_db:  # as the Agent Server's: a readiness probe that fails (503) while the database is away
-            await app.state.services.runtime.store.backend.query(select(literal(1)))
+            await app.state.services.runtime.store.backend.ping()
         return {"ok": True}
 
     # Public like /ok: clients (agent-chat-ui, the JS SDK) probe it before sending any key.

@@ -138,6 +138,8 @@ def test_serve_stops_on_a_bad_keys_file_before_serving(tmp_path: Path) -> None:
 
 
 PUBLIC = {"/ok", "/info"}  # the health check, and what clients probe before sending a key
+# What a public route may be asked: the health check whether the database answers (as the Agent Server's).
+PUBLIC_PARAMETERS = {"/ok": {"check_db"}}
 
 
 def test_every_route_but_the_health_check_authorizes_and_guards_its_input() -> None:
@@ -159,6 +161,7 @@ def test_every_route_but_the_health_check_authorizes_and_guards_its_input() -> N
             assert isinstance(route, GuardedRoute), route.path
         if isinstance(route, APIRoute) and not any(isinstance(d.call, Require) for d in route.dependant.dependencies):
             public.add(route.path)
-            assert route.body_field is None and not route.dependant.query_params and not route.dependant.path_params
+            assert route.body_field is None and not route.dependant.path_params
+            assert {p.name for p in route.dependant.query_params} <= PUBLIC_PARAMETERS.get(route.path, set())
     assert public == PUBLIC
     assert ui_public == {"/ui", "/ui/login", "/ui/logout"}

@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, cast
 
-from sqlalchemy import CTE, ColumnElement, Executable, Table
+from sqlalchemy import CTE, ColumnElement, Executable, Table, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +34,9 @@ Row = dict[str, Any]
 Params = Mapping[str, Any]
 # A prebuilt statement and its values, handed to a store method to run inside its own transaction.
 Statement = tuple[Executable, Params]
+
+
+_PING = select(literal(1).label("answered"))  # Backend.ping
 
 
 class Transaction(Protocol):
@@ -193,6 +196,11 @@ class Backend:
                 for statement in statements[1:]:
                     await tx.execute(statement, values)
             return found
+
+    async def ping(self) -> None:
+        """One round trip to the database, on the connections the hot paths use: raises if it does not answer
+        (a readiness probe: the server's ``/ok?check_db=1``)."""
+        await self.read(_PING)
 
     async def read(self, statement: Executable, params: Params | None = None) -> list[Row]:
         """The rows of a prebuilt query (see the module docstring)."""

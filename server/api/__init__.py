@@ -22,8 +22,9 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body over the size limit",
         422: "Invalid input",
         424: "An agent or step the operation depended on failed",
+        503: "The database is not reachable now: retry after the Retry-After seconds",
     }
-    chosen = statuses or (400, 401, 403, 404, 409, 413, 422, 424)
+    chosen = statuses or (400, 401, 403, 404, 409, 413, 422, 424, 503)
     return {s: {"model": Problem, "description": described[s], "content": _PROBLEM} for s in chosen}
 
 
