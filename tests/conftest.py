@@ -251,3 +251,17 @@ async def bob(two_users_server: str) -> AsyncIterator[LangGraphClient]:
 
     async with get_client(url=two_users_server, api_key="key-bob") as sdk:
         yield sdk
+
+
+@pytest.fixture
+async def sdk_client(store_url: str) -> AsyncIterator[LangGraphClient]:
+    """langgraph-sdk's client of a server on ``store_url`` (in this process, on a real port; auth off)."""
+    from langgraph_sdk import get_client
+
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.server_support import serving
+
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        async with get_client(url=base, api_key=None) as client:
+            yield client

@@ -5,16 +5,9 @@ and succeeded: the conversation so far was silently dropped from the thread's st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
-from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import NotFoundError
-
-from server.app import create_app
-from server.settings import Settings
-from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
 MISSING = "1f1f0a4f-0000-6e5d-8002-36dc8d034058"  # shaped like a checkpoint id; no thread has it
@@ -24,32 +17,20 @@ def _said(text: str) -> dict[str, list[dict[str, str]]]:
     return {"messages": [{"role": "user", "content": text}]}
 
 
-@pytest.fixture
-def server_url(store_url: str) -> Iterator[str]:
-    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
-        yield base
-
-
-@pytest.fixture
-async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=server_url, api_key=None) as sdk_client:
-        yield sdk_client
-
-
 async def test_a_run_from_a_checkpoint_the_thread_lacks_is_not_found_and_changes_nothing(
-    client: LangGraphClient,
+    sdk_client: LangGraphClient,
 ) -> None:
-    tid = (await client.threads.create())["thread_id"]
-    await client.runs.wait(tid, "guide", input=_said("hi"))
-    before = await client.threads.get_state(tid)
+    tid = (await sdk_client.threads.create())["thread_id"]
+    await sdk_client.runs.wait(tid, "guide", input=_said("hi"))
+    before = await sdk_client.threads.get_state(tid)
     with pytest.raises(NotFoundError, match=MISSING):
-        await client.runs.create(tid, "guide", input=_said("again"), checkpoint_id=MISSING)
+        await sdk_client.runs.create(tid, "guide", input=_said("again"), checkpoint_id=MISSING)
     with pytest.raises(NotFoundError, match=MISSING):
-        await client.runs.create(tid, "guide", input=_said("again"), checkpoint={"checkpoint_id": MISSING})
-    assert len(await client.runs.list(tid)) == 1  # nothing was queued
-    after = await client.threads.get_state(tid)
+        await sdk_client.runs.create(tid, "guide", input=_said("again"), checkpoint={"checkpoint_id": MISSING})
+    assert len(await sdk_client.runs.list(tid)) == 1  # nothing was queued
+    after = await sdk_client.threads.get_state(tid)
     assert after["checkpoint"] == before["checkpoint"] and after["values"] == before["values"]
     # A checkpoint it has still works: the thread goes on from there.
-    first = (await client.threads.get_history(tid, limit=10))[-2]["checkpoint"]["checkpoint_id"]
-    out = await client.runs.wait(tid, "guide", input=_said("again"), checkpoint_id=first)
+    first = (await sdk_client.threads.get_history(tid, limit=10))[-2]["checkpoint"]["checkpoint_id"]
+    out = await sdk_client.runs.wait(tid, "guide", input=_said("again"), checkpoint_id=first)
     assert [m["content"] for m in out["messages"] if m["type"] == "human"] == ["hi", "again"]

@@ -36,65 +36,53 @@ def assert_shape(value: Any, shape: type[Any]) -> None:
     assert required <= value.keys() <= hints.keys(), (shape.__name__, sorted(value))
 
 
-@pytest.fixture
-def server_url(store_url: str) -> Iterator[str]:
-    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
-        yield base
+async def test_the_store_endpoints_answer_in_the_sdk_shapes(sdk_client: LangGraphClient) -> None:
+    assert await sdk_client.store.get_item(["users", "ana"], key="prefs") is None
+    await sdk_client.store.put_item(["users", "ana"], key="prefs", value={"theme": "dark", "lang": "en"})
+    await sdk_client.store.put_item(["users", "ana", "notes"], key="n1", value={"text": "call bob"})
+    await sdk_client.store.put_item(["users", "bob"], key="prefs", value={"theme": "light"})
 
-
-@pytest.fixture
-async def client(server_url: str) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=server_url, api_key=None) as sdk:
-        yield sdk
-
-
-async def test_the_store_endpoints_answer_in_the_sdk_shapes(client: LangGraphClient) -> None:
-    assert await client.store.get_item(["users", "ana"], key="prefs") is None
-    await client.store.put_item(["users", "ana"], key="prefs", value={"theme": "dark", "lang": "en"})
-    await client.store.put_item(["users", "ana", "notes"], key="n1", value={"text": "call bob"})
-    await client.store.put_item(["users", "bob"], key="prefs", value={"theme": "light"})
-
-    item = await client.store.get_item(["users", "ana"], key="prefs")
+    item = await sdk_client.store.get_item(["users", "ana"], key="prefs")
     assert_shape(item, Item)
     assert (item["namespace"], item["key"]) == (["users", "ana"], "prefs")
     assert item["value"] == {"theme": "dark", "lang": "en"}
 
-    found = await client.store.search_items(["users"], filter={"theme": "dark"})
+    found = await sdk_client.store.search_items(["users"], filter={"theme": "dark"})
     assert_shape(found, SearchItemsResponse)
     for hit in found["items"]:
         assert_shape(hit, SearchItem)
     assert [(h["namespace"], h["key"]) for h in found["items"]] == [(["users", "ana"], "prefs")]
-    page = await client.store.search_items(["users"], limit=2, offset=0)
+    page = await sdk_client.store.search_items(["users"], limit=2, offset=0)
     assert len(page["items"]) == 2
 
-    namespaces = await client.store.list_namespaces(prefix=["users"])
+    namespaces = await sdk_client.store.list_namespaces(prefix=["users"])
     assert_shape(namespaces, ListNamespaceResponse)
     assert sorted(namespaces["namespaces"]) == [["users", "ana"], ["users", "ana", "notes"], ["users", "bob"]]
-    shallow = await client.store.list_namespaces(prefix=["users"], max_depth=2)
+    shallow = await sdk_client.store.list_namespaces(prefix=["users"], max_depth=2)
     assert sorted(shallow["namespaces"]) == [["users", "ana"], ["users", "bob"]]
 
-    await client.store.put_item(["users", "ana"], key="prefs", value={"theme": "light"})
-    updated = await client.store.get_item(["users", "ana"], key="prefs")
+    await sdk_client.store.put_item(["users", "ana"], key="prefs", value={"theme": "light"})
+    updated = await sdk_client.store.get_item(["users", "ana"], key="prefs")
     assert updated is not None and updated["value"] == {"theme": "light"}
-    await client.store.delete_item(["users", "ana"], key="prefs")
-    assert await client.store.get_item(["users", "ana"], key="prefs") is None
+    await sdk_client.store.delete_item(["users", "ana"], key="prefs")
+    assert await sdk_client.store.get_item(["users", "ana"], key="prefs") is None
 
 
-async def test_bad_store_input_is_refused_with_a_problem(client: LangGraphClient) -> None:
+async def test_bad_store_input_is_refused_with_a_problem(sdk_client: LangGraphClient) -> None:
     with pytest.raises(UnprocessableEntityError):
-        await client.store.put_item(["users"], key="k", value={"a": 1}, ttl=5)  # no TTLs: said, not ignored
+        await sdk_client.store.put_item(["users"], key="k", value={"a": 1}, ttl=5)  # no TTLs: said, not ignored
     with pytest.raises(UnprocessableEntityError):
-        await client.http.put("/store/items", json={"namespace": [], "key": "k", "value": {}})
+        await sdk_client.http.put("/store/items", json={"namespace": [], "key": "k", "value": {}})
     with pytest.raises(UnprocessableEntityError):
-        await client.http.get("/store/items", params={"namespace": "users..ana", "key": "k"})
+        await sdk_client.http.get("/store/items", params={"namespace": "users..ana", "key": "k"})
     for listing in ({"suffix": ["notes.v1"]}, {"prefix": ["users", "a.b"]}):  # a '.' cannot be in a label
         with pytest.raises(UnprocessableEntityError):
-            await client.store.list_namespaces(**listing)
+            await sdk_client.store.list_namespaces(**listing)
     # LangGraph keeps the root label "langgraph" for itself: an admin (here, --no-auth) writing the raw
     # namespaces is told so (it was a 500); the next request on the same connection is answered.
     with pytest.raises(UnprocessableEntityError, match="langgraph"):
-        await client.store.put_item(["langgraph", "x"], key="k", value={"a": 1})
-    await client.store.put_item(["users"], key="k", value={"a": 1})
+        await sdk_client.store.put_item(["langgraph", "x"], key="k", value={"a": 1})
+    await sdk_client.store.put_item(["users"], key="k", value={"a": 1})
 
 
 class Remembered(TypedDict):
@@ -169,10 +157,10 @@ def passes(cron_server: tuple[str, SchedulerPasses]) -> SchedulerPasses:
     return cron_server[1]
 
 
-async def cron_threads(client: LangGraphClient, passes: SchedulerPasses) -> list[dict[str, Any]]:
+async def cron_threads(sdk_client: LangGraphClient, passes: SchedulerPasses) -> list[dict[str, Any]]:
     """The threads the crons' firings made, once the scheduler has made two whole passes at the clock's time."""
     await passes.complete()
-    return [t for t in await client.threads.search(limit=100) if t["metadata"].get("graph_id") == "structured"]
+    return [t for t in await sdk_client.threads.search(limit=100) if t["metadata"].get("graph_id") == "structured"]
 
 
 async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
@@ -316,12 +304,14 @@ async def test_a_firing_retried_after_its_run_was_written_makes_no_second_run(
     assert datetime.fromisoformat(moved_on["next_run_date"]) == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
 
 
-async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_error(client: LangGraphClient) -> None:
-    await client.store.put_item(["docs"], "a", {"x": 1})
-    found = await client.store.search_items(["docs"], filter={"x": {"$gte": 1}})
+async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_error(
+    sdk_client: LangGraphClient,
+) -> None:
+    await sdk_client.store.put_item(["docs"], "a", {"x": 1})
+    found = await sdk_client.store.search_items(["docs"], filter={"x": {"$gte": 1}})
     assert [i["key"] for i in found["items"]] == ["a"]
     with pytest.raises(UnprocessableEntityError, match="unknown operator"):  # was a 500 (the store's ValueError)
-        await client.store.search_items(["docs"], filter={"x": {"bad": [1]}})
+        await sdk_client.store.search_items(["docs"], filter={"x": {"bad": [1]}})
 
 
 async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own(
