@@ -54,8 +54,8 @@ def test_a_database_outage_is_503_to_retry_and_the_processes_carry_on_after_it(
     distributed = ["--distributed"] if mode == "distributed" else []
     with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", *distributed, *PLUGIN) as base:
         worker = start_worker(postgres_url, *PLUGIN) if distributed else None
+        client = httpx.Client(base_url=base, timeout=120)
         try:
-            client = httpx.Client(base_url=base, timeout=120)
             assert journey(client, "before").json()["status"] == "completed"
 
             with outage(postgres_url), ThreadPoolExecutor(4) as pool:
@@ -82,6 +82,7 @@ def test_a_database_outage_is_503_to_retry_and_the_processes_carry_on_after_it(
                 after = list(pool.map(lambda i: journey(client, f"after{i}"), range(4)))
             assert [a.json()["status"] for a in after] == ["completed"] * 4, [a.text for a in after]
         finally:
+            client.close()
             if worker is not None:
                 stop_worker(worker)
     log = (tmp_path / "api.log").read_text()

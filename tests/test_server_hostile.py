@@ -80,11 +80,26 @@ print(json.dumps(latencies))
 """
 
 
+class _Unwritable(dict[str, Any]):
+    """A mapping that passes the output checks (its first two reads: the value check, the size check), then
+    cannot be written: a store's encoder meets a TypeError nothing expects."""
+
+    def __init__(self) -> None:
+        super().__init__(a=1)
+        self.reads = 0
+
+    def items(self) -> Any:
+        self.reads += 1
+        if self.reads > 2:
+            raise TypeError("this output cannot be written")
+        return super().items()
+
+
 def exploding_upload(request: AgentRequest) -> dict[str, Any]:
     """An agent whose output cannot be stored: the run fails with an unexpected TypeError while the
     request's input (and its secret) is held in local variables."""
     received = dict(request.payload)
-    return {"unstorable": object(), "received": received}
+    return {"unstorable": _Unwritable(), "received": received}
 
 
 def register(registry: AgentRegistry) -> None:
