@@ -44,8 +44,9 @@ COMPENSATION_RETRIED = "compensation.retried"
 SAGA_COMPENSATED = "saga.compensated"  # the saga is undone: its payload lists the steps compensated
 
 
-def step_key(instance_id: str, step: str, superstep: int) -> str:
-    """The idempotency key of a step's work in the superstep it ran (shared with the step runner)."""
+def step_key(instance_id: str, step: str, superstep: int | str) -> str:
+    """The idempotency key of a step's work in the superstep it ran (shared with the step runner): ``S``, or
+    ``S.N`` for the Nth step a node ran after its own in superstep S (``nodes.services.CHAIN_FLAG``)."""
     return f"{instance_id}:{step}:{superstep}"
 
 

@@ -15,6 +15,11 @@ from nodes.agent_call import AgentCaller
 # Set in a run's config when it resumes work that a crashed process left in flight: nodes then look
 # an agent call up in the event log before repeating it.
 REPLAY_FLAG = "journeys_replay"
+# Set in a run's config when a node may go on to the next step's work itself, in its own superstep: every
+# step is durable in the event log before the next starts (a crash replays the chain from it), the run
+# checkpoints only where it stops, and nobody watches it node by node (no stream, no breakpoints). Each
+# superstep saved is LangGraph's work (tasks, channels, callbacks) for nothing but the route.
+CHAIN_FLAG = "journeys_chain"
 
 # The one event an instance's failure writes, whatever its pattern (written by the kernel's fail, and
 # by the nodes whose failure moves the instance on); its data names the ``pattern`` and the ``cause``:
@@ -41,6 +46,12 @@ class NodeServices:
 def is_replay(config: RunnableConfig) -> bool:
     configurable: dict[str, Any] = config.get("configurable") or {}
     return bool(configurable.get(REPLAY_FLAG, False))
+
+
+def steps_chained(config: RunnableConfig) -> bool:
+    """Whether a step's node may run the steps after it itself (see :data:`CHAIN_FLAG`)."""
+    configurable: dict[str, Any] = config.get("configurable") or {}
+    return bool(configurable.get(CHAIN_FLAG, False))
 
 
 def thread_id(config: RunnableConfig) -> str:

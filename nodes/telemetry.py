@@ -31,6 +31,7 @@ from uuid import UUID
 
 import structlog
 from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.errors import GraphBubbleUp, UnknownInterruptError
 from opentelemetry import context as otel_context
@@ -260,7 +261,7 @@ class NodeSpans(BaseCallbackHandler):
         self.run_span = run_span
         self.pattern = pattern
         self._root: UUID | None = None
-        self._spans: dict[UUID, tuple[Span, float, str]] = {}
+        self._spans: dict[UUID, tuple[Span, float, str, int]] = {}  # a node's span, start, name and superstep
         self._owner: dict[UUID, UUID] = {}  # a run nested in a node → the node's run
         self._tracing = tracing()
 
@@ -277,19 +278,30 @@ class NodeSpans(BaseCallbackHandler):
         if parent_run_id is None:
             self._root = run_id
         elif parent_run_id == self._root and metadata and "langgraph_node" in metadata:
-            node = str(metadata["langgraph_node"])
-            span = (
-                _tracer.start_span(
-                    "journey.node",
-                    context=trace.set_span_in_context(self.run_span),
-                    attributes={"journey.node": node, "journey.step": int(metadata.get("langgraph_step", 0))},
-                )
-                if self._tracing
-                else trace.INVALID_SPAN  # timed for the histogram all the same
-            )
-            self._spans[run_id] = (span, time.perf_counter(), node)
+            self._start(run_id, str(metadata["langgraph_node"]), int(metadata.get("langgraph_step", 0)))
         elif parent_run_id in self._spans or parent_run_id in self._owner:
             self._owner[run_id] = self._owner.get(parent_run_id, parent_run_id)
+
+    def _start(self, run_id: UUID, node: str, step: int) -> None:
+        span = (
+            _tracer.start_span(
+                "journey.node",
+                context=trace.set_span_in_context(self.run_span),
+                attributes={"journey.node": node, "journey.step": step},
+            )
+            if self._tracing
+            else trace.INVALID_SPAN  # timed for the histogram all the same
+        )
+        self._spans[run_id] = (span, time.perf_counter(), node, step)
+
+    def next_node(self, run_id: UUID | None, node: str) -> None:
+        """The node ``run_id`` went on to ``node``'s work itself: the span of what it ran so far ends, and
+        ``node``'s begins, in the same superstep."""
+        found = self._spans.get(run_id) if run_id is not None else None
+        if run_id is None or found is None:
+            return
+        self._end(run_id, None)
+        self._start(run_id, node, found[3])
 
     def node_span(self, run_id: UUID | None) -> Span | None:
         if run_id is None:
@@ -308,7 +320,7 @@ class NodeSpans(BaseCallbackHandler):
         found = self._spans.pop(run_id, None)
         if found is None:
             return
-        span, started, node = found
+        span, started, node, _step = found
         if isinstance(error, GraphBubbleUp):  # an interrupt: the node waits for a person, a message, a timer
             span.set_attribute("journey.interrupted", True)
         elif error is not None:
@@ -354,6 +366,16 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
         raise
     finally:
         span.end()
+
+
+def chained_node(config: RunnableConfig, node: str) -> None:
+    """In a node that goes on to another step's work itself (``nodes.services.CHAIN_FLAG``): that step gets its
+    span and its duration in the step histogram, as a node of its own does."""
+    manager = config.get("callbacks")
+    if isinstance(manager, BaseCallbackManager):
+        for handler in manager.handlers:
+            if isinstance(handler, NodeSpans):
+                handler.next_node(manager.parent_run_id, node)
 
 
 def _node_span_here() -> Span | None:

@@ -25,7 +25,7 @@ from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
 from graphs.errors import InterruptNotPendingError, InvalidInputError, JourneyFinishedError
 from graphs.kernel.streaming import BREAKPOINT, NO_CALL, GraphCall, StreamSink, run_graph
-from nodes.services import REPLAY_FLAG, NodeServices
+from nodes.services import CHAIN_FLAG, REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
 
 GraphFactory = Callable[[], StateGraph[Any]]
@@ -250,6 +250,8 @@ class JourneyEngine:
         # behind it: the next step settles it before its work (see ``EventLog.write_behind``). Not
         # when the caller stops it before or after a node: its checkpoint there could overtake the write.
         behind = durability == "exit" and graph in self._logged_steps and not options.call.stops_between_nodes
+        if behind and options.stream is None:  # nobody watches it node by node: a node runs on to the next step
+            config["configurable"][CHAIN_FLAG] = True
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]

@@ -96,7 +96,11 @@ async def fork_point(
     source_id = config["configurable"]["thread_id"]
     completed = [e for e in history if e.type in forkable.step_events and e.step]
     saved = await _checkpoints_after_supersteps(graph, config)
-    allowed = list(dict.fromkeys(e.step or "" for e in completed if forkable.superstep(e) in saved))
+    # Steps a node ran one after another share its superstep (``nodes.services.CHAIN_FLAG``): the checkpoint
+    # saved after it follows the last of them only.
+    last_in = {forkable.superstep(e): e for e in completed}
+    forkable_at = [e for e in completed if forkable.superstep(e) in saved and last_in[forkable.superstep(e)] is e]
+    allowed = list(dict.fromkeys(e.step or "" for e in forkable_at))
     chosen = next((e for e in reversed(completed) if e.step == step_id), None)
     if chosen is None:
         raise ForkPointError(
@@ -104,7 +108,7 @@ async def fork_point(
             allowed=allowed,
             step_id=step_id,
         )
-    after = saved.get(forkable.superstep(chosen))
+    after = saved.get(forkable.superstep(chosen)) if chosen in forkable_at else None
     if after is None:
         raise ForkPointError(
             f"no checkpoint of {source_id!r} was saved right after step {step_id!r}: its runs checkpoint where "

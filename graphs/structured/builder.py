@@ -8,11 +8,14 @@ and a work node (``<step>``) that calls the step's agent through the shared call
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, cast
 
 import jsonschema
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._config import DEFAULT_RECURSION_LIMIT  # what LangGraph bounds a run with unless told
+from langgraph.errors import GraphRecursionError
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,14 +28,15 @@ from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
 from graphs.kernel.engine import NOTES
 from nodes import schemas
-from nodes.agent_call import Recording
+from nodes.agent_call import Recording, logged
 from nodes.compensation import step_key
 from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
-from nodes.services import NodeServices, superstep, thread_id
+from nodes.services import NodeServices, is_replay, steps_chained, superstep, thread_id
+from nodes.telemetry import chained_node
 from nodes.user_task import make_user_task_node
 
 STEP_ID = SNAKE_ID
@@ -257,7 +261,7 @@ def build_structured_graph(
     compensation: StateGraph[Any] | None = None,
 ) -> StateGraph[StructuredState]:
     """Compile-ready graph for ``spec``. With ``compensation`` (a saga), a failing step routes there."""
-    granted = spec.granted_permissions
+    work = _StepWork(spec, services, spec.granted_permissions, compensating=compensation is not None)
     builder: StateGraph[StructuredState] = StateGraph(StructuredState)
     for step in spec.steps:
         if step.mode == "user":
@@ -271,7 +275,7 @@ def build_structured_graph(
             targets.add(COMPENSATE_NODE)
         builder.add_node(
             step.step_id,
-            _step_runner(spec, step, services, granted, compensating=compensation is not None),
+            _step_runner(step, work),
             destinations=tuple(sorted(targets)),
         )
     if compensation is not None:
@@ -281,19 +285,69 @@ def build_structured_graph(
     return builder
 
 
-def _step_runner(
-    spec: StructuredSpec,
-    step: Step,
-    services: NodeServices,
-    granted: frozenset[str] | None,
-    *,
-    compensating: bool,
-) -> Any:
+def _step_runner(step: Step, work: _StepWork) -> Any:
     async def run_step(state: StructuredState, config: RunnableConfig) -> Command[str]:
         # A user step's result was written by its own await node just before; an auto step has none.
-        result = (state.get("step_input") or {}) if step.mode == "user" else {}
-        # The superstep tells visits of a looping step apart and is the same when a crash replays it.
-        key = step_key(thread_id(config), step.step_id, superstep(config))
+        current, result = step, (state.get("step_input") or {}) if step.mode == "user" else {}
+        at, chained = superstep(config), steps_chained(config)
+        visits = _chain_limit(config)
+        for visit in range(visits):
+            if visit:
+                chained_node(config, current.step_id)  # its own span and duration, as a node of its own has
+            # The superstep (and, for a step chained after others in it, its place in the chain) tells visits
+            # of a looping step apart, and is the same when a crash replays them.
+            key = step_key(thread_id(config), current.step_id, f"{at}.{visit}" if visit else at)
+            if visit and is_replay(config):
+                key = await work.logged_apart(current, at + visit, config) or key
+            done = await work.perform(current, result, state, key, config)
+            if isinstance(done, Command):
+                return done
+            if done is None:
+                return Command(goto=END, update={"status": "completed"})
+            following = work.spec.step(done)
+            if not chained or following.mode == "user":
+                return Command(goto=entry_node(following))
+            current, result = following, {}
+        raise GraphRecursionError(
+            f"journey {thread_id(config)!r} ran {visits} auto steps in a row without reaching a user step or its "
+            "end; give the loop of auto steps an exit (a branch to a user step or an end), or raise the run's "
+            "recursion_limit"
+        )
+
+    run_step.__name__ = f"run_{step.step_id}"
+    return run_step
+
+
+def _chain_limit(config: RunnableConfig) -> int:
+    """How many steps one node may run in a row: the run's recursion limit (LangGraph's default unless the run
+    sets one), as LangGraph bounds the run's supersteps."""
+    limit = config.get("recursion_limit")
+    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_RECURSION_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class _StepWork:
+    """How any step of one design does its work: shared by its step nodes, since a node may go on to the next
+    auto step itself (``steps_chained``)."""
+
+    spec: StructuredSpec
+    services: NodeServices
+    granted: frozenset[str] | None
+    compensating: bool  # a saga: a failing step sends the journey to its compensation
+
+    async def logged_apart(self, step: Step, at: int, config: RunnableConfig) -> str | None:
+        """The key under which a run that ran each step in a superstep of its own (before nodes went on to
+        the next step themselves) logged ``step`` in superstep ``at``; None when it did not. Such a run, cut
+        short by a crash and replayed by this version, finds its steps there and does not repeat them."""
+        key = step_key(thread_id(config), step.step_id, at)
+        return key if await logged(self.services.events, thread_id(config), key, replay=True) is not None else None
+
+    async def perform(
+        self, step: Step, result: dict[str, Any], state: StructuredState, key: str, config: RunnableConfig
+    ) -> str | Command[str] | None:
+        """``step``'s work, logged under ``key``: the id of the step it leads to (None: the journey ends there),
+        or, in a saga whose step failed, the command that sends the journey to its compensation."""
+        spec = self.spec
 
         def record(output: dict[str, Any]) -> Recording:
             following = spec.choose_next(step.step_id, {**result, "output": output})
@@ -303,13 +357,14 @@ def _step_runner(
                 recorded["step_result"] = result
             if not step.milestone:
                 recorded["milestone"] = False
-            # Written behind the run when the next node is another step's call, which settles it first.
+            # Written behind the run when the next step's work comes next (in this node or the next), which
+            # settles it first.
             behind = following is not None and spec.step(following).mode != "user"
             return Recording(recorded, status="completed" if following is None else None, behind=behind)
 
         try:
             outcome = await perform_task(
-                services,
+                self.services,
                 config,
                 intent=step.agent,
                 payload={
@@ -322,27 +377,21 @@ def _step_runner(
                 key=key,
                 event_type="step.completed",
                 recorder=record,
-                granted_permissions=granted,
+                granted_permissions=self.granted,
                 granted_intents=spec.granted_intents,
                 output_schema=step.output_schema,
                 options=step,
             )
         except AgentError as exc:
-            if not compensating:
+            if not self.compensating:
                 raise
             failure = {"step": step.step_id, "error": str(exc), "error_type": exc.code}
-            await services.events.append(
+            await self.services.events.append(
                 thread_id(config),
                 [NewEvent("saga.compensating", failure, step.step_id, f"{key}:failed")],
                 status="compensating",
             )
             return Command(goto=COMPENSATE_NODE, update={"status": "compensating", "failure": failure})
         _noted(config, key, step.step_id, outcome.output)
-        following = spec.choose_next(step.step_id, {**result, "output": outcome.output})
         # No state update: the step's record is its event, and where the journey stands is the route.
-        if following is None:
-            return Command(goto=END, update={"status": "completed"})
-        return Command(goto=entry_node(spec.step(following)))
-
-    run_step.__name__ = f"run_{step.step_id}"
-    return run_step
+        return spec.choose_next(step.step_id, {**result, "output": outcome.output})

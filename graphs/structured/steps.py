@@ -453,8 +453,9 @@ class Standing:
 
 
 def step_superstep(event: Event) -> int | None:
-    """The superstep a step's completion event was written in: the last part of its key (``step_key``)."""
-    last = (event.key or "").rpartition(":")[2]
+    """The superstep a step's completion event was written in: the last part of its key (``step_key``), up to
+    the place in the chain of a step its node ran after its own."""
+    last = (event.key or "").rpartition(":")[2].partition(".")[0]
     return int(last) if last.isdigit() else None
 
 
