@@ -99,3 +99,8 @@ def merge_present(left: dict[str, Any] | None, right: dict[str, Any] | None) -> 
 def first_failure(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any] | None:
     """Reducer for the failure that starts compensation: the first one recorded stays."""
     return left or right
+
+
+def either(left: bool | None, right: bool | None) -> bool:
+    """Reducer for a flag any branch may raise: once raised it stays."""
+    return bool(left) or bool(right)

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphInterrupt
+from langgraph.graph import END
 from langgraph.types import Command, interrupt
 
 from checkpoints.events import NewEvent
@@ -219,6 +220,10 @@ async def take_buffered(
     return resolution if won else None
 
 
+# The resolution of a wait in a parallel branch whose sibling failed in a process that compensates: the branch
+# ends at once, so that its join can run the compensation (``ProcessOrchestrator.run``).
+ABANDONED = "abandoned"
+
 # Given the state and the resolution: where to go, the variables to assign, and extra event payload.
 Resolved = Callable[[Mapping[str, Any], dict[str, Any]], tuple[str, dict[str, Any]]]
 Assigner = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[dict[str, Any], list[dict[str, Any]]]]
@@ -250,6 +255,10 @@ def make_wait_node(
                     await services.waits.parked(wait_id, parking.args[0][0].id)
                 raise
             resolution = dict(answer) if isinstance(answer, Mapping) else {"option": plan.element, "value": answer}
+        if resolution.get("kind") == ABANDONED:
+            # The branch ends here, and says so: a join in a fork nested in the branch sees only its own
+            # branch's state, not the sibling's failure, and would otherwise go on past it.
+            return Command(goto=END, update={"abandoned": True})
         target, updates = route(state, resolution)
         cells, changes = assign(cast(Mapping[str, Any], state.get("variables") or {}), updates)
         # The wait row is marked done by whoever delivered the resolution, once this run's checkpoint is

@@ -552,6 +552,57 @@ async def test_a_failed_branch_compensates_at_once_abandoning_the_siblings_that_
         assert (status["status"], status["compensated"]) == ("compensated", ["reserve"])
 
 
+async def test_a_wait_abandoned_in_a_nested_fork_does_not_let_the_nested_join_go_on(store_url: str) -> None:
+    """A branch failed while a sibling branch waited for ana inside a fork of its own: the abandoned wait ended
+    its inner branch, the inner join (which sees only its own branch's state) went on, and the element after it
+    called its agent after the failure. Now the inner join ends its branch too, and only the compensation runs."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release", "prepare", "file", "after"):
+            calls.register(rt, intent)
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        spec = {
+            "name": "nested",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "service_task", "id": "reserve", "agent": "reserve", "compensation": "release"},
+                {"type": "parallel_gateway", "id": "fork"},
+                {"type": "parallel_gateway", "id": "inner_fork"},
+                user_task("approve"),
+                {"type": "service_task", "id": "prepare", "agent": "prepare"},
+                {"type": "parallel_gateway", "id": "inner_join"},
+                {"type": "service_task", "id": "file", "agent": "file"},
+                {"type": "service_task", "id": "ship", "agent": "ship"},
+                {"type": "parallel_gateway", "id": "join"},
+                {"type": "service_task", "id": "after", "agent": "after"},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": [
+                "start -> reserve",
+                "reserve -> fork",
+                "fork -> inner_fork",
+                "inner_fork -> approve",
+                "inner_fork -> prepare",
+                "approve -> inner_join",
+                "prepare -> inner_join",
+                "inner_join -> file",
+                "file -> join",
+                "fork -> ship",
+                "ship -> join",
+                "join -> after",
+                "after -> end",
+            ],
+        }
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("nested", "order-1")
+        assert (view["status"], view["compensated"], view["waiting"]) == ("compensated", ["reserve"], [])
+        assert "file" not in calls.intents() and "after" not in calls.intents()
+        assert calls.intents()[-1] == "release"
+        assert await rt.processes.inbox.list_tasks(assignee="ana") == []
+        status = await rt.processes.status(view["instance_id"])
+        assert (status["status"], status["compensated"]) == ("compensated", ["reserve"])
+
+
 async def test_a_failure_inside_a_parallel_branch_compensates_once_the_branches_meet(store_url: str) -> None:
     async with runtime(store_url) as rt:
         calls = Calls()

@@ -49,7 +49,7 @@ from graphs.process.spec import (
 )
 from nodes.agent_call import Recording
 from nodes.compensation import COMPENSATION_RETRY
-from nodes.gateways import choose, first_failure, merge_latest, merge_max, merge_present, merge_variables
+from nodes.gateways import choose, either, first_failure, merge_latest, merge_max, merge_present, merge_variables
 from nodes.process_services import ProcessServices
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, thread_id
@@ -59,9 +59,6 @@ from nodes.variables import Cell, assign, pick, values
 from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
 
 COMPENSATE = "compensate"
-# The resolution of a wait in a parallel branch whose sibling failed in a process that compensates: the branch
-# ends at once, so that its join can run the compensation (``ProcessOrchestrator.run``).
-ABANDONED = "abandoned"
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 
@@ -73,6 +70,7 @@ class ProcessState(TypedDict, total=False):
     waits: Annotated[dict[str, str], merge_latest]  # element → the wait id it is parked on
     early: Annotated[dict[str, Any], merge_present]  # wait id → a resolution that came before the interrupt
     failure: Annotated[dict[str, Any] | None, first_failure]
+    abandoned: Annotated[bool, either]  # a wait of this level (or a branch of it) was abandoned: see ``join_node``
     entry: str
     variant: str | None
     status: str
@@ -89,6 +87,7 @@ class BranchOutput(TypedDict, total=False):
     waits: Annotated[dict[str, str], merge_latest]
     early: Annotated[dict[str, Any], merge_present]
     failure: Annotated[dict[str, Any] | None, first_failure]
+    abandoned: Annotated[bool, either]
 
 
 def arm_node(element_id: str) -> str:
@@ -245,8 +244,6 @@ class _Builder:
         return {}
 
     def route_wait(self, element: Any, level: Level, resolution: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        if resolution.get("kind") == ABANDONED:  # a sibling branch failed: this branch ends, its join compensates
-            return END, {}
         option = str(resolution.get("option") or element.id)
         payload = resolution.get("payload") or {}
         if isinstance(element, EventGateway):
@@ -465,7 +462,9 @@ class _Builder:
 
     def join_node(self, join: ParallelGateway, level: Level) -> Any:
         def joined(state: ProcessState) -> Command[str]:
-            if state.get("failure"):
+            # A wait abandoned in a branch: a branch of an enclosing fork failed, and this join's level ends so
+            # that the join that sees the failure compensates.
+            if state.get("failure") or state.get("abandoned"):
                 return Command(goto=self.fail_target(level))
             return Command(goto=self.after(join.id, level))
 

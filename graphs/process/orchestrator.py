@@ -59,7 +59,6 @@ from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
-from graphs.process.builder import ABANDONED
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -78,7 +77,7 @@ from graphs.process.versions import describe, variants_rollout, weights_rollout
 from nodes import schemas
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, values
-from nodes.waits import take_buffered
+from nodes.waits import ABANDONED, take_buffered
 
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
 # How long a sent message's id answers a repeat (as a start key's default window does), and its longest form.
