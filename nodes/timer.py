@@ -116,7 +116,23 @@ def parse_cycle(text: str) -> tuple[int | None, datetime | None, timedelta | iso
         raise TimerDefinitionError(
             f"{text!r} repeats every {parts[-1]}; a cycle may repeat at most once a second (e.g. 'R/PT1S')"
         )
+    if start is not None:  # its ticks are known now: each one it promises must fall on a date there is
+        last = 1 if repetitions is None else repetitions
+        if _tick(start, interval, last) is None:
+            which = "first tick" if last == 1 else f"tick {last} (its last)"
+            raise TimerDefinitionError(
+                f"{text!r}: its {which} falls after the year 9999; start it earlier or repeat it fewer times"
+            )
     return repetitions, start, interval
+
+
+def _tick(origin: datetime, interval: timedelta | isodate.Duration, number: int) -> datetime | None:
+    """Tick ``number`` of a cycle from ``origin``, in UTC; None past the last date there is (a cycle without a
+    limit runs out there)."""
+    try:
+        return (origin + interval * number).astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
 
 
 def _cron_ticks(expression: str, timezone: str, after: datetime) -> Iterator[datetime]:
@@ -221,7 +237,12 @@ class TimerDefinition(BaseModel):
         if self.date is not None:
             return parse_instant(self.date)
         if self.cycle is not None:
-            return self._cycle_tick(origin, 1)
+            due = self._cycle_tick(origin, 1)
+            if due is None:
+                raise TimerDefinitionError(
+                    f"cycle {self.cycle!r} armed at {origin.isoformat()} has no tick before the year 9999 ends"
+                )
+            return due
         assert self.cron is not None
         due = next(_cron_ticks(self.cron, self.timezone, origin), None)
         if due is None:
@@ -231,11 +252,11 @@ class TimerDefinition(BaseModel):
             )
         return due
 
-    def _cycle_tick(self, origin: datetime, number: int) -> datetime:
+    def _cycle_tick(self, origin: datetime, number: int) -> datetime | None:
         """Tick ``number`` (1-based) of a cycle: counted from the origin, not from the tick before, so ticks
-        never drift."""
+        never drift. None: it would fall after the year 9999, and the cycle is spent."""
         assert self.cycle is not None
-        return (origin + parse_cycle(self.cycle)[2] * number).astimezone(UTC)
+        return _tick(origin, parse_cycle(self.cycle)[2], number)
 
     def after_firing(
         self, origin: datetime, ticks_fired: int, fired_due: datetime, now: datetime
@@ -253,7 +274,9 @@ class TimerDefinition(BaseModel):
             if isinstance(interval, timedelta):  # the first tick after now, by arithmetic: no loop per tick
                 number = max(number, (now - origin) // interval + 1)
             else:  # months or years: twelve ticks a year at most
-                while self._cycle_tick(origin, number) <= now and (limit is None or number <= limit):
+                while (limit is None or number <= limit) and (tick := self._cycle_tick(origin, number)) is not None:
+                    if tick > now:
+                        break
                     number += 1
         skipped = number - (ticks_fired + 1)
         if limit is not None and number > limit:
