@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from graphs import SpecError
-from tests.process_support import Calls, linear, runtime, table_dump, user_task
+from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock
 
 
 async def refused(store_url: str, spec: dict[str, Any]) -> list[str]:
@@ -263,3 +263,61 @@ async def test_a_default_no_store_can_keep_is_refused_when_deployed(store_url: s
         "user task 'sign' on_timeout.default.at is of type datetime, which has no JSON form; use a string, number, "
         "boolean, null, list or object (a date as its ISO text, say)",
     ]
+
+
+async def test_a_cycle_ticking_past_the_year_9999_is_refused_or_ends_there(store_url: str) -> None:
+    """A cycle from an explicit start was checked on its interval only: one whose first tick fell after 9999 was
+    deployed and broke the deploy when armed, and one whose later tick did broke the scheduler at that tick
+    (year 10000 is out of range). Now a cycle whose promised ticks cannot all fall is refused with a fix, and an
+    unbounded one that runs out of dates is spent at its last possible tick."""
+    fixes = {
+        "R/9999-06-01T00:00:00Z/P1Y": "its first tick falls after the year 9999",
+        "R3/9990-01-01T00:00:00Z/P5Y": "its tick 3 (its last) falls after the year 9999",
+    }
+    for cycle, fix in fixes.items():
+        problems = await refused(store_url, timer_start("far", {"cycle": cycle}))
+        assert problems == [
+            f"elements.0.start.timer: Value error, {cycle!r}: {fix}; start it earlier or repeat it fewer times"
+        ]
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(timer_start("far", {"cycle": "R/9990-01-01T00:00:00Z/P5Y"}))
+        clock.set(datetime(9995, 1, 1, 0, 1, tzinfo=UTC))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        [timer] = await rt.processes.services.timers.find(purpose="start")
+        assert (timer.status, timer.ticks) == ("fired", 1)
+        clock.set(datetime(9999, 12, 31, tzinfo=UTC))
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        assert len(await rt.processes.instances("far")) == 1
+
+
+def timer_start(name: str, timer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "elements": [{"type": "start", "id": "tick", "timer": timer}, {"type": "end", "id": "end"}],
+        "flows": ["tick -> end"],
+    }
+
+
+async def test_an_exclusive_gateway_with_one_conditional_flow_and_no_default_is_refused(store_url: str) -> None:
+    """It was deployed, and every instance whose variables did not meet the condition failed at the gateway
+    with NoFlowError, which no retry could fix."""
+    spec = linear("one_way", service("check"), {"type": "exclusive_gateway", "id": "route"}, service("ship"))
+    spec["flows"][2] = {"source": "route", "target": "ship", "when": {"field": "paid", "op": "==", "value": True}}
+    problems = await refused(store_url, spec)
+    assert problems == [
+        "exclusive gateway 'route' has one flow, 'route -> ship', with a condition and no default flow: an instance "
+        "for which the condition does not hold could go nowhere; add a flow marked `default: true` for that case, "
+        "or drop the condition"
+    ]
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "work")
+        spec["flows"][2] = {"source": "route", "target": "ship", "default": True}  # the fix it names
+        await rt.processes.deploy(spec)
+        assert (await rt.processes.start("one_way", "k-1"))["status"] == "completed"
+        # A condition that holds for every value variables_schema allows needs no default.
+        covered = linear("covered", service("check"), {"type": "exclusive_gateway", "id": "route"}, service("ship"))
+        when = {"field": "paid", "op": "in", "value": [True, False]}
+        covered["flows"][2] = {"source": "route", "target": "ship", "when": when}
+        covered["variables_schema"] = {"type": "object", "properties": {"paid": {"type": "boolean"}}}
+        await rt.processes.deploy(covered)

@@ -152,7 +152,7 @@ def _gateways(spec: ProcessSpec) -> list[str]:
 
 def _exclusive(spec: ProcessSpec, gateway: ExclusiveGateway) -> list[str]:
     outs = spec.outgoing(gateway.id)
-    if len(outs) < 2:
+    if not outs:
         return []
     problems = []
     defaults = [f for f in outs if f.default]
@@ -161,13 +161,21 @@ def _exclusive(spec: ProcessSpec, gateway: ExclusiveGateway) -> list[str]:
     for flow in outs:
         if flow.default and flow.when is not None:
             problems.append(f"flow {flow.describe()!r} is the default and has a condition; drop one of the two")
-        if not flow.default and flow.when is None:
+        if not flow.default and flow.when is None and len(outs) > 1:
             problems.append(
                 f"flow {flow.describe()!r} leaves exclusive gateway {gateway.id!r} without a condition; add "
                 "`when` or mark it `default: true`"
             )
     conditions = [f.when for f in outs if f.when is not None]
-    if not defaults and len(conditions) == len(outs) and not exhaustive(conditions, spec.variables_schema):
+    covered = exhaustive(conditions, spec.variables_schema)
+    if not defaults and len(outs) == 1 and outs[0].when is not None and not covered:
+        # Accepted, it failed every instance whose variables did not meet the condition (NoFlowError).
+        problems.append(
+            f"exclusive gateway {gateway.id!r} has one flow, {outs[0].describe()!r}, with a condition and no "
+            "default flow: an instance for which the condition does not hold could go nowhere; add a flow marked "
+            "`default: true` for that case, or drop the condition"
+        )
+    elif not defaults and len(conditions) == len(outs) and not covered:
         problems.append(
             f"exclusive gateway {gateway.id!r} has no default flow and its conditions do not cover every case; "
             "mark one flow `default: true`, or declare the variable's enum (or boolean type) in variables_schema "
