@@ -28,6 +28,7 @@ from langgraph.types import Command, interrupt
 from checkpoints.events import NewEvent
 from checkpoints.process.messages import BufferedMessage
 from checkpoints.process.waits import completed_event
+from nodes import schemas
 from nodes.criteria import lookup
 from nodes.errors import CorrelationError
 from nodes.process_services import ProcessServices
@@ -55,6 +56,8 @@ class SubscriptionPlan:
     element: str  # the message event
     message: str
     correlation: str  # the variable whose value is the correlation key
+    # What a payload must match for the variables it assigns to fit the process's variables_schema (None: anything).
+    schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +191,8 @@ async def _take_buffered(
     buffered = await services.messages.oldest_buffered(plan.message, key, instance_id)
     if buffered is None:
         return None
+    if plan.schema is not None and not schemas.checker(plan.schema).is_valid(buffered.payload):
+        return None  # it would break variables_schema: left to expire (a send to the waiting instance is refused)
     return await take_buffered(
         services, buffered, wait_id=wait_id, element=plan.element, subscription_id=subscription_id_for(wait_id, plan)
     )

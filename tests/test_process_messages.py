@@ -188,6 +188,43 @@ async def test_a_message_a_process_would_refuse_to_start_on_changes_nothing_and_
         assert (await rt.processes.status(waiting["instance_id"]))["status"] == "completed"
 
 
+async def test_a_message_that_would_break_a_waiting_instances_variables_schema_is_refused(store_url: str) -> None:
+    """A message put a wrongly typed variable into the instance waiting for it (a task's answer or an agent's
+    output would have been refused), and the gateway relying on the schema then failed. Now the message is
+    refused, naming the process, the instance and the path; nothing is delivered and its id stays free."""
+    async with runtime(store_url) as rt:
+        spec = payment_spec()
+        spec["variables_schema"] = {"type": "object", "properties": {"amount": {"type": "integer", "minimum": 0}}}
+        await rt.processes.deploy(spec)
+        lenient = payment_spec()
+        lenient["name"] = "ledger"
+        await rt.processes.deploy(lenient)
+        strict = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-1"})
+        other = await rt.processes.start("ledger", "cust-2", {"invoice_no": "INV-1"})
+        before = await table_dump(rt)
+        with pytest.raises(InvalidInputError) as caught:
+            await rt.processes.send_message("payment.received", "INV-1", {"amount": "lots"}, message_id="pay-1")
+        message = str(caught.value)
+        assert "'invoice'" in message and strict["instance_id"] in message and "at amount" in message
+        assert "'lots' is not of type 'integer'" in message
+        assert await table_dump(rt) == before
+        for view in (strict, other):
+            assert waiting_elements(await rt.processes.status(view["instance_id"])) == ["paid"]
+
+        sent = await rt.processes.send_message("payment.received", "INV-1", {"amount": 10}, message_id="pay-1")
+        assert sorted(sent["correlated"]) == sorted([strict["instance_id"], other["instance_id"]])
+        assert (await rt.processes.status(strict["instance_id"]))["variables"]["amount"] == 10
+
+        # Sent before anyone waits, it is buffered; the instance that then waits does not take it.
+        early = await rt.processes.send_message("payment.received", "INV-2", {"amount": -5})
+        assert early["buffered"] is not None
+        later = await rt.processes.start("invoice", "cust-3", {"invoice_no": "INV-2"})
+        assert waiting_elements(later) == ["paid"]
+        await rt.processes.send_message("payment.received", "INV-2", {"amount": 5})
+        done = await rt.processes.status(later["instance_id"])
+        assert (done["status"], done["variables"]["amount"]) == ("completed", 5)
+
+
 async def test_message_starts_are_looked_up_by_index_not_by_reading_every_deployment(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

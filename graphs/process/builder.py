@@ -215,9 +215,7 @@ class _Builder:
         if isinstance(element, TimerEvent):
             return WaitPlan(element.id, "timer", (TimerPlan(element.id, "catch", element.timer),))
         if isinstance(element, MessageEvent):
-            return WaitPlan(
-                element.id, "message", (), (SubscriptionPlan(element.id, element.message, element.correlation),)
-            )
+            return WaitPlan(element.id, "message", (), (self.subscription_plan(element),))
         assert isinstance(element, EventGateway)
         timers, subscriptions = [], []
         for flow in self.spec.outgoing(element.id):
@@ -225,8 +223,12 @@ class _Builder:
             if isinstance(option, TimerEvent):
                 timers.append(TimerPlan(option.id, "catch", option.timer))
             else:
-                subscriptions.append(SubscriptionPlan(option.id, option.message, option.correlation))
+                subscriptions.append(self.subscription_plan(option))
         return WaitPlan(element.id, "race", tuple(timers), tuple(subscriptions))
+
+    def subscription_plan(self, event: MessageEvent) -> SubscriptionPlan:
+        schema = self.spec.assignment_schema(event.outputs)
+        return SubscriptionPlan(event.id, event.message, event.correlation, schema)
 
     def describe(self, element: Any) -> dict[str, Any]:
         if isinstance(element, UserTask):

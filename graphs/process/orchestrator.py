@@ -38,7 +38,7 @@ from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
-from checkpoints.process.messages import EVERY_TENANT
+from checkpoints.process.messages import EVERY_TENANT, Subscription
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE
 from checkpoints.process.waits import Delivery, cancel_pending
@@ -70,7 +70,7 @@ from graphs.process.migration import (
     settle_locked,
     settle_migration,
 )
-from graphs.process.spec import ProcessSpec
+from graphs.process.spec import MessageEvent, ProcessSpec
 from graphs.process.timers import TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process.validation import intents
 from graphs.process.versions import describe, variants_rollout, weights_rollout
@@ -860,7 +860,10 @@ class ProcessOrchestrator:
         # variables_schema) refuses the message, which must not have resumed waiting instances by then.
         starts = await self._message_starts(name, key, body)
         won = await messages.taken(name, key, message_id, tenant) if taken_over and message_id else []
-        for subscription in await messages.waiting(name, key, tenant):
+        waiting = await messages.waiting(name, key, tenant)
+        if (misfit := await self._misfit(name, body, waiting)) is not None:
+            raise misfit
+        for subscription in waiting:
             resolution = {
                 "option": subscription.element,
                 "kind": "message",
@@ -893,6 +896,8 @@ class ProcessOrchestrator:
         # A wait armed since the look-up above looked for a buffered message before this one was kept, so it
         # is looked for again now that it is: of an arm and a send, the later to commit sees the other's row.
         for subscription in await messages.waiting(name, key, tenant):
+            if await self._misfit(name, body, [subscription]) is not None:
+                continue  # it would break that instance's variables: it stays buffered (see ``_take_buffered``)
             taken = await take_buffered(
                 self.services,
                 buffered,
@@ -909,6 +914,35 @@ class ProcessOrchestrator:
             "buffered": buffered.message_id,
             "expires_at": buffered.expires_at.isoformat(),
         }
+
+    async def _misfit(
+        self, message: str, payload: dict[str, Any], waiting: Sequence[Subscription]
+    ) -> InvalidInputError | None:
+        """Why the message cannot be delivered, if its payload would give one of the ``waiting`` instances a
+        variable its process's ``variables_schema`` refuses (as a task's answer would be refused): an exclusive
+        gateway relying on the schema could then never decide. Checked before any wait is resolved."""
+        instances = await self.instances_by_id(sorted({s.instance_id for s in waiting}))
+        for subscription in waiting:
+            instance = instances.get(subscription.instance_id)
+            if instance is None:
+                continue
+            spec = await self.spec_of(await self.deployment_of(instance))
+            element = spec.element(subscription.element)
+            schema = spec.assignment_schema(element.outputs if isinstance(element, MessageEvent) else None)
+            if schema is None:
+                continue
+            try:
+                schemas.validate(payload, schema)
+            except jsonschema.ValidationError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+                return InvalidInputError(
+                    f"the payload of message {message!r} does not fit the variables_schema of process {spec.name!r} "
+                    f"(instance {instance.instance_id!r} waits for it at {element.id!r}) at {where}: {exc.message}; "
+                    "nothing was delivered",
+                    path=where,
+                    instance_id=instance.instance_id,
+                )
+        return None
 
     async def _message_starts(self, message: str, key: str, payload: dict[str, Any]) -> list[MessageStart]:
         """The instances message (``message``, ``key``) with ``payload`` starts, their variables checked: a
