@@ -59,6 +59,7 @@ from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
+from graphs.process.blocks import analyse
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -714,19 +715,100 @@ class ProcessOrchestrator:
             with suppress(MigrationInProgressError):
                 await settle_migration(self.migrations, instance_id, started_before=started_before)
 
-    async def retry(self, instance_id: str) -> dict[str, Any]:
+    async def retry(
+        self, instance_id: str, variables: Mapping[str, Any] | None = None, *, by: str | None = None
+    ) -> dict[str, Any]:
         """Run a failed node again (its agent may have recovered), delivering with it the answers that reached
-        the instance's other waits while it stood failed (see :meth:`deliver`)."""
+        the instance's other waits while it stood failed (see :meth:`deliver`).
+
+        ``variables``: set first, as :meth:`set_variables` does (Camunda's ``setVariables`` and then resolving
+        the incident): a gateway that found no flow, say, decides again on them. Refused, with nothing changed,
+        when they break ``variables_schema``."""
         async with self.locked(instance_id) as (_instance, _deployment, spec, graph):
-            if await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False) is None:
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+            failed = failed_task(snapshot)
+            if failed is None:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
+            update: dict[str, Any] = {}
+            if variables is not None:
+                update = await self._set(instance_id, spec, snapshot, variables, by=by, at=failed)
+            await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False)
             held: dict[str, Any] = {}
-            for pending, wait_id in parked(await graph.aget_state(self.engine.config(instance_id))):
+            for pending, wait_id in parked(snapshot):
                 if (delivery := await self.services.waits.delivery(wait_id)) is not None:
                     held[wait_id] = (pending.id, delivery.resolution)
-            await self.run(graph, instance_id, Command(resume=dict(held.values())) if held else None, spec=spec)
+            resume = dict(held.values()) if held else None
+            command: Command[Any] | None = (
+                Command(resume=resume, update=update or None) if resume is not None or update else None
+            )
+            await self.run(graph, instance_id, command, spec=spec)
             await self.services.waits.finish(list(held))
         return await self.status(instance_id)
+
+    async def set_variables(
+        self, instance_id: str, variables: Mapping[str, Any], *, retry: bool = False, by: str | None = None
+    ) -> dict[str, Any]:
+        """Set variables of a running instance (Camunda's ``setVariables``): each is checked as a start's are
+        (``variables_schema``, values every store keeps), logged with its new version (``variables.set``, with
+        ``by``), and seen by every element that runs after. ``retry``: the instance stands failed, and its failed
+        element runs again on them (:meth:`retry`); without it a failed instance is refused, as its element would
+        not see them until retried.
+
+        Only variables of the process's top level are set: while parallel branches are under way (or one
+        failed), their elements would keep the values they started with, so that is refused with
+        :class:`ProcessStateError` (set them once the branches have joined)."""
+        if retry:
+            return await self.retry(instance_id, variables, by=by)
+        async with self.locked(instance_id) as (instance, _deployment, spec, graph):
+            snapshot = await self.settled(graph, instance_id)
+            if (failed := failed_task(snapshot)) is not None:
+                raise ProcessStateError(
+                    f"process instance {instance_id!r} stands failed at {failed!r}; set its variables with the retry "
+                    "(retry=True) so that the failed element runs again on them",
+                    allowed=["retry"],
+                )
+            if instance.status != "in_progress":
+                raise ProcessStateError(
+                    f"process instance {instance_id!r} is {instance.status}; variables are set while it runs or "
+                    "stands failed",
+                    allowed=[],
+                )
+            update = await self._set(instance_id, spec, snapshot, variables, by=by, at=None)
+            await self.run(graph, instance_id, Command(update=update), spec=spec)
+        return await self.status(instance_id)
+
+    async def _set(
+        self,
+        instance_id: str,
+        spec: ProcessSpec,
+        snapshot: StateSnapshot,
+        variables: Mapping[str, Any],
+        *,
+        by: str | None,
+        at: str | None,
+    ) -> dict[str, Any]:
+        """Check ``variables`` against the instance's state and log them: the graph update that sets them."""
+        if not isinstance(variables, Mapping) or not variables:
+            raise InvalidInputError("variables must be a non-empty mapping of variable name to value")
+        if any(not isinstance(name, str) or not name for name in variables):
+            raise InvalidInputError("variable names must be non-empty strings")
+        if "business_key" in variables:
+            raise InvalidInputError("business_key is the instance's own and cannot be set; start a new instance")
+        check_value(dict(variables), "variables")
+        branches = {
+            fork.branch_node(index) for fork in analyse(spec).top.forks.values() for index in range(len(fork.branches))
+        }
+        if under_way := sorted({task.name for task in snapshot.tasks} & branches):
+            raise ProcessStateError(
+                f"process instance {instance_id!r} is inside parallel branches ({', '.join(under_way)}), whose "
+                "elements would not see variables set now; set them once the branches have joined",
+                allowed=[],
+            )
+        state = cast(dict[str, Any], snapshot.values)
+        self._check_variables(spec, {**values(state.get("variables")), **variables})
+        cells, changes = assign(state.get("variables"), dict(variables))
+        await self.store.events.append(instance_id, [NewEvent("variables.set", {"changes": changes, "by": by}, at)])
+        return {"variables": cells}
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
         """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""

@@ -157,3 +157,48 @@ async def start_process(name: str, body: ProcessStartIn, caller: Deployer, svc: 
 async def process_status(instance_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, instance_id)
     return await svc.runtime.processes.status(instance_id)
+
+
+class VariablesIn(BaseModel):
+    """Variables to set on a running process instance (checked against its process's ``variables_schema``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variables: dict[str, Any] = Field(min_length=1, description="variable name → its new value")
+    retry: bool = Field(
+        default=False, description="the instance stands failed: run its failed element again on these variables"
+    )
+
+
+class RetryIn(BaseModel):
+    """A retry of a failed process instance, optionally with variables set first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variables: dict[str, Any] | None = Field(default=None, description="variables to set before the element runs")
+
+
+@router.post(
+    "/processes/instances/{instance_id}/variables",
+    response_model=ProcessInstanceView,
+    summary="Set a process instance's variables (and, with retry, run its failed element again)",
+)
+async def set_process_variables(instance_id: str, body: VariablesIn, caller: Deployer, svc: Services) -> dict[str, Any]:
+    """Camunda's ``setVariables``: a value ``variables_schema`` refuses is 422, nothing set; a failed instance needs
+    ``retry: true``, and one inside parallel branches or finished is 409."""
+    await svc.instance(caller, instance_id, to_act=True)  # someone else's is not found
+    with svc.acting(caller):
+        return await svc.runtime.processes.set_variables(instance_id, body.variables, retry=body.retry, by=caller.name)
+
+
+@router.post(
+    "/processes/instances/{instance_id}/retry",
+    response_model=ProcessInstanceView,
+    summary="Run a failed process instance's failed element again",
+)
+async def retry_process(
+    instance_id: str, caller: Deployer, svc: Services, body: RetryIn | None = None
+) -> dict[str, Any]:
+    await svc.instance(caller, instance_id, to_act=True)  # someone else's is not found
+    with svc.acting(caller):
+        return await svc.runtime.processes.retry(instance_id, body.variables if body else None, by=caller.name)
