@@ -9,6 +9,9 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
+from graphs.errors import ProcessStateError
 from tests.process_support import Calls, runtime, user_task, virtual_clock
 
 
@@ -72,3 +75,51 @@ async def test_answers_to_other_branches_wait_for_the_retry_of_a_failed_one(stor
         assert Counter(calls.intents()) == {"ship": 2, "file": 1}
         completed = [e.step for e in await rt.processes.history(instance_id) if e.type == "wait.completed"]
         assert sorted(completed) == ["approve", "cool", "pack", "paid"]
+
+
+async def test_a_branch_failing_as_its_sibling_starts_is_named_not_the_sibling(store_url: str) -> None:
+    """A gateway failed in one branch in the same step as its sibling's user task was being armed: the view
+    named the sibling branch (``fork.branch0``, cancelled by the failure) as the failed element, since an error
+    read back from a checkpoint is its text, not the exception. Now it names the gateway; and variables set to
+    retry it are refused saying why (the branch would not see them), with nothing changed."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "work")
+        spec = {
+            "name": "split",
+            "variables_schema": {"type": "object", "properties": {"tier": {"enum": ["gold", "silver"]}}},
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "parallel_gateway", "id": "fork"},
+                user_task("sign"),
+                {"type": "exclusive_gateway", "id": "route"},
+                {"type": "service_task", "id": "gold", "agent": "work"},
+                {"type": "service_task", "id": "silver", "agent": "work"},
+                {"type": "exclusive_gateway", "id": "merge"},
+                {"type": "parallel_gateway", "id": "join"},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": [
+                "start -> fork",
+                "fork -> sign",
+                "sign -> join",
+                "fork -> route",
+                *(
+                    {"source": "route", "target": tier, "when": {"field": "tier", "op": "==", "value": tier}}
+                    for tier in ("gold", "silver")
+                ),
+                "gold -> merge",
+                "silver -> merge",
+                "merge -> join",
+                "join -> end",
+            ],
+        }
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("split", "k-1")
+        assert (view["status"], view["failed_element"]) == ("failed", "route")
+        status = await rt.processes.status(view["instance_id"])
+        assert (status["status"], status["failed_element"]) == ("failed", "route")
+        with pytest.raises(ProcessStateError) as caught:
+            await rt.processes.set_variables(view["instance_id"], {"tier": "gold"}, retry=True)
+        assert "parallel branches" in str(caught.value)
+        assert "process.retried" not in [e.type for e in await rt.processes.history(view["instance_id"])]

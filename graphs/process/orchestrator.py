@@ -128,7 +128,14 @@ def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
 def failed_task_of(snapshot: StateSnapshot) -> PregelTask | None:
     """The task that failed: not a sibling branch the failure cancelled."""
     errored = [task for task in snapshot.tasks if task.error is not None]
-    return next((t for t in errored if type(t.error).__name__ != "CancelledError"), errored[0] if errored else None)
+    return next((t for t in errored if not _cancelled(t.error)), errored[0] if errored else None)
+
+
+def _cancelled(error: object) -> bool:
+    """Whether a task's error is the cancellation of a sibling's failure. Read back from a checkpoint, an error is
+    its text (``"CancelledError()"``), not the exception: the branch it cancelled was named as the one that
+    failed."""
+    return type(error).__name__ == "CancelledError" or (isinstance(error, str) and error.startswith("CancelledError"))
 
 
 def failed_element(snapshot: StateSnapshot) -> str | None:
