@@ -13,7 +13,7 @@ import pytest
 from graphs import InvalidInputError
 from graphs.errors import ProcessStateError
 from server.settings import ApiKey
-from tests.process_support import Calls, runtime, user_task, waiting_elements
+from tests.process_support import Calls, linear, runtime, user_task, waiting_elements
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {
@@ -80,6 +80,22 @@ async def test_a_gateway_missing_its_variable_is_retried_once_the_variable_is_se
         )
         with pytest.raises(ProcessStateError):  # finished: nothing to set
             await rt.processes.set_variables(instance_id, {"tier": "gold"})
+
+
+async def test_a_message_event_missing_its_correlation_variable_waits_once_it_is_set(store_url: str) -> None:
+    """The instance failed when it reached the event, and its status named the graph node ``wait.arm`` rather
+    than the element; the variable could not be given. Now the view names ``wait``, and the variable set with
+    the retry arms the event, which the message then resolves."""
+    async with runtime(store_url) as rt:
+        spec = linear("orders", {"type": "message", "id": "wait", "message": "paid", "correlation": "order_id"})
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("orders", "cust-1")
+        assert (view["status"], view["failed_element"]) == ("failed", "wait")
+        retried = await rt.processes.set_variables(view["instance_id"], {"order_id": "o-1"}, retry=True)
+        assert (retried["status"], waiting_elements(retried)) == ("in_progress", ["wait"])
+        sent = await rt.processes.send_message("paid", "o-1", {})
+        assert sent["correlated"] == [view["instance_id"]]
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
 
 
 async def test_variables_set_on_a_waiting_instance_are_seen_after_the_wait(store_url: str) -> None:

@@ -94,6 +94,11 @@ def arm_node(element_id: str) -> str:
     return f"{element_id}.arm"
 
 
+def element_of(node: str) -> str:
+    """The element a graph node belongs to (``<id>.arm`` arms ``<id>``; element ids have no dots)."""
+    return node.removesuffix(".arm")
+
+
 def build_process_graph(spec: ProcessSpec, services: NodeServices) -> StateGraph[Any]:
     builder = _Builder(spec, ProcessServices.of(services))
     return builder.level(analyse(spec).top)

@@ -60,6 +60,7 @@ from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
 from graphs.process.blocks import analyse
+from graphs.process.builder import element_of
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -145,7 +146,7 @@ def failed_element(snapshot: StateSnapshot) -> str | None:
     if failed is None:
         return None
     inner = failed_element(failed.state) if isinstance(failed.state, StateSnapshot) else None
-    return inner or failed.name
+    return inner or element_of(failed.name)
 
 
 def strict(options: RunOptions) -> RunOptions:
