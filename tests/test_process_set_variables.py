@@ -96,6 +96,8 @@ async def test_a_message_event_missing_its_correlation_variable_waits_once_it_is
         sent = await rt.processes.send_message("paid", "o-1", {})
         assert sent["correlated"] == [view["instance_id"]]
         assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+        [change] = await rt.processes.variable_history(view["instance_id"], "order_id")
+        assert (change["event"], change["element"]) == ("variables.set", "wait")
 
 
 async def test_variables_set_on_a_waiting_instance_are_seen_after_the_wait(store_url: str) -> None:

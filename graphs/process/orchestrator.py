@@ -739,7 +739,7 @@ class ProcessOrchestrator:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
             update: dict[str, Any] = {}
             if variables is not None:
-                update = await self._set(instance_id, spec, snapshot, variables, by=by, at=failed)
+                update = await self._set(instance_id, spec, snapshot, variables, by=by, at=element_of(failed))
             await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False)
             held: dict[str, Any] = {}
             for pending, wait_id in parked(snapshot):
