@@ -12,6 +12,10 @@ applied here (:func:`validate`).
   replace: ``unevaluatedProperties`` beside ``patternProperties``, and subschemas that switch to a
   validator of their own with ``$schema``. Both are refused too; a ``$schema`` at the root picks the
   dialect.
+- A ``$ref`` (or ``$dynamicRef``) is followed only within the schema (its ``$defs``, an anchor, a subschema
+  with an ``$id``): jsonschema would otherwise fetch any other address with urllib when it validates (a
+  host the server can reach, a local file). :func:`check_schema` refuses one that resolves to nothing
+  there, naming it, and validators never retrieve anything.
 - Validators are built once per schema: ``jsonschema.validate`` checks the schema against its
   meta-schema on every call, which costs more than validating a small document. :func:`validate`
   raises exactly what ``jsonschema.validate`` raises.
@@ -23,9 +27,13 @@ import functools
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
+from urllib.parse import urljoin
 
 import jsonschema
 import re2
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
 
@@ -39,6 +47,15 @@ _NAMED = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependentRequired", "dependencies"}
 )
 _DATA = frozenset({"enum", "const", "default", "examples"})
+_REFERENCES = ("$ref", "$dynamicRef")
+
+
+def _retrieve_nothing(uri: str) -> referencing.jsonschema.SchemaResource:
+    raise LookupError(f"{uri} is outside the schema")  # referencing reports it as Unretrievable
+
+
+# The documents a schema's references may reach: none besides the schema itself (and the meta-schemas).
+_LOCAL_ONLY: referencing.jsonschema.SchemaRegistry = cast(Any, referencing.Registry)(retrieve=_retrieve_nothing)
 
 
 def check_schema(schema: Mapping[str, Any]) -> None:
@@ -57,6 +74,7 @@ def check_schema(schema: Mapping[str, Any]) -> None:
             f"pattern {exc.instance!r} at {exc.json_path} is not supported ({reason}): patterns run on RE2, "
             "which matches in linear time but has no backreferences and lookaround; rewrite it without them"
         ) from exc
+    _check_references(schema, base)
     used = set(_keywords(_body(schema)))
     if "$schema" in used:
         raise jsonschema.SchemaError(
@@ -78,7 +96,8 @@ def checker(schema: Mapping[str, Any]) -> Validator:
         if len(_VALIDATORS) >= _LIMIT:
             _VALIDATORS.clear()
         # The root's $schema chose the class; left in, a $ref to the root would switch back to jsonschema's own.
-        found = _VALIDATORS[key] = _linear(_dialect(schema))(_body(schema))
+        build: Any = _linear(_dialect(schema))  # the Validator protocol leaves out the registry argument
+        found = _VALIDATORS[key] = build(_body(schema), registry=_LOCAL_ONLY)
     return found
 
 
@@ -87,6 +106,42 @@ def validate(instance: Any, schema: Mapping[str, Any]) -> None:
     error = best_match(checker(schema).iter_errors(instance))
     if error is not None:
         raise error
+
+
+def _check_references(schema: Mapping[str, Any], base: type[Validator]) -> None:
+    """``jsonschema.SchemaError`` naming the first reference that resolves to nothing within ``schema``."""
+    specification = referencing.jsonschema.specification_with(
+        str(getattr(base, "META_SCHEMA", {}).get("$id", "")), default=referencing.jsonschema.DRAFT202012
+    )
+    body = _body(schema)
+    registry = _LOCAL_ONLY.with_resource("", specification.create_resource(body)).crawl()
+    for uri, ref in _references(body, ""):
+        try:
+            registry.resolver(base_uri=uri).lookup(ref)
+        except referencing.exceptions.Unresolvable:
+            what = "nothing in the schema" if ref.startswith("#") else "an address outside the schema"
+            raise jsonschema.SchemaError(
+                f"$ref {ref!r} refers to {what}; a reference may only point within the schema (to its $defs, "
+                "say): copy what it refers to there"
+            ) from None
+
+
+def _references(schema: object, uri: str) -> Iterator[tuple[str, str]]:
+    """(base URI, reference) for every ``$ref`` and ``$dynamicRef`` in ``schema``, at any depth."""
+    if isinstance(schema, Mapping):
+        if isinstance(schema.get("$id"), str):
+            uri = urljoin(uri, schema["$id"])
+        for key, value in schema.items():
+            if key in _REFERENCES and isinstance(value, str):
+                yield uri, value
+            elif key in _NAMED and isinstance(value, Mapping):
+                for subschema in value.values():
+                    yield from _references(subschema, uri)
+            elif key not in _DATA:
+                yield from _references(value, uri)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _references(item, uri)
 
 
 def _dialect(schema: Mapping[str, Any]) -> type[Validator]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from graphs import SpecError
+from graphs import InvalidInputError, SpecError
 from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock
 
 
@@ -321,3 +321,38 @@ async def test_an_exclusive_gateway_with_one_conditional_flow_and_no_default_is_
         covered["flows"][2] = {"source": "route", "target": "ship", "when": when}
         covered["variables_schema"] = {"type": "object", "properties": {"paid": {"type": "boolean"}}}
         await rt.processes.deploy(covered)
+
+
+async def test_a_schema_referring_outside_itself_is_refused_and_nothing_is_fetched(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A variables_schema whose $ref pointed at a URL or a file was deployed, and each start then had the server
+    fetch it (urllib: any host the server can reach, or a local file) and fail with a bare referencing error (a
+    500 over HTTP); a $ref to a $defs entry that does not exist failed the same way. Now each is refused at
+    deploy, naming the reference, and a schema never fetches anything."""
+    import urllib.request
+
+    def no_network(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a schema's $ref was fetched")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    for ref, where in (
+        ("http://10.255.255.1/x.json", "an address outside the schema"),
+        ("file:///etc/passwd", "an address outside the schema"),
+        ("#/$defs/nope", "nothing in the schema"),
+    ):
+        schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+        problems = await refused(store_url, linear("refs", user_task("t", outputs=["a"]), variables_schema=schema))
+        assert len(problems) == 1 and f"$ref {ref!r}" in problems[0] and where in problems[0], problems
+    # References within the schema still work, to $defs and to an anchor.
+    schema = {
+        "type": "object",
+        "$defs": {"tier": {"enum": ["gold", "silver"]}, "amount": {"$anchor": "amount", "type": "integer"}},
+        "properties": {"tier": {"$ref": "#/$defs/tier"}, "amount": {"$ref": "#amount"}},
+    }
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(linear("local_refs", user_task("t", outputs=["tier"]), variables_schema=schema))
+        view = await rt.processes.start("local_refs", "k-1", {"tier": "gold", "amount": 3})
+        assert view["status"] == "in_progress"
+        with pytest.raises(InvalidInputError):
+            await rt.processes.start("local_refs", "k-2", {"tier": "bronze"})
