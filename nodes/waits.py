@@ -124,7 +124,17 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
             if key is _MISSING or key is None:
                 raise CorrelationError(
                     f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
-                    "which is not set; set it before the process reaches the event",
+                    "which is not set; set it before the process reaches the event (or with the retry: "
+                    "set_variables(..., retry=True))",
+                    element=subscription.element,
+                )
+            # A sender names the key as a string (or an integer): the text of a list or a mapping is no key one
+            # could send (it waited for "{'a': 1}").
+            if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
+                raise CorrelationError(
+                    f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
+                    f"whose value {key!r} is not a correlation key; give it a non-empty string or an integer "
+                    "(set_variables(..., retry=True))",
                     element=subscription.element,
                 )
             keys[subscription.element] = str(key)

@@ -99,6 +99,14 @@ async def test_a_message_event_missing_its_correlation_variable_waits_once_it_is
         [change] = await rt.processes.variable_history(view["instance_id"], "order_id")
         assert (change["event"], change["element"]) == ("variables.set", "wait")
 
+        # A value no sender could name as its key (it waited for "{'id': 7}") fails the event the same way.
+        shaped = await rt.processes.start("orders", "cust-2", {"order_id": {"id": 7}})
+        assert (shaped["status"], shaped["failed_element"]) == ("failed", "wait")
+        history = await rt.processes.history(shaped["instance_id"])
+        assert "is not a correlation key" in history[-1].payload["error"]
+        await rt.processes.set_variables(shaped["instance_id"], {"order_id": 7}, retry=True)
+        assert (await rt.processes.send_message("paid", "7", {}))["correlated"] == [shaped["instance_id"]]
+
 
 async def test_variables_set_on_a_waiting_instance_are_seen_after_the_wait(store_url: str) -> None:
     async with runtime(store_url) as rt:
