@@ -259,6 +259,13 @@ class MigrationInProgressError(ProcessStateError):
     """Another process is migrating this instance right now; try again shortly."""
 
 
+class RecursionLimitError(JourneyError):
+    """A run went through more steps than its recursion limit without stopping (a loop with no way out): the
+    instance fails at the step that reached the limit, as LangGraph's ``GraphRecursionError`` says."""
+
+    category = "failed"
+
+
 class NoFlowError(JourneyError):
     """No flow out of an exclusive gateway holds for the current variables."""
 

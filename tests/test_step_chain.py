@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from langgraph.errors import GraphRecursionError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import func, update
 
 from agents import AgentRequest, RecordingAgent
 from checkpoints.schema.tables import journey_events
 from graphs import JourneyRuntime
+from graphs.errors import RecursionLimitError
 from graphs.kernel.engine import RunOptions
 from graphs.kernel.streaming import GraphCall
 from tests.test_tracing import of_instance
@@ -87,9 +87,13 @@ async def test_a_loop_of_auto_steps_with_no_way_out_stops_at_the_recursion_limit
         rt.agents.register("work", work, replace=True)
         design = await rt.structured.design_journey("endless", spec=ENDLESS)
         bounded = RunOptions(call=GraphCall(config={"recursion_limit": 30}))
-        with pytest.raises(GraphRecursionError, match="recursion_limit"):
+        with pytest.raises(RecursionLimitError, match="recursion_limit"):
             await rt.structured.execute_journey(design["journey_id"], "ana", run_options=bounded)
         assert 20 < len(calls) <= 30 and "done" not in calls  # as LangGraph bounds supersteps
+        [instance] = await rt.store.index.list_instances()
+        assert instance.status == "failed"  # recorded as the instance's failure, and a read does not run it on
+        assert (await rt.structured.run_status(instance.instance_id))["status"] == "failed"
+        assert len(calls) <= 30
 
         forty = {
             "journey_type": "forty",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphRecursionError
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
@@ -23,7 +24,7 @@ from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
-from graphs.errors import InterruptNotPendingError, InvalidInputError, JourneyFinishedError
+from graphs.errors import InterruptNotPendingError, InvalidInputError, JourneyFinishedError, RecursionLimitError
 from graphs.kernel.streaming import BREAKPOINT, NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import CHAIN_FLAG, REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
@@ -256,7 +257,10 @@ class JourneyEngine:
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
             config["callbacks"] = [nodes]
             async with self.store.events.writing_behind(instance_id, behind):
-                output = await run_graph(graph, value, config, durability, options.stream, options.call)
+                try:
+                    output = await run_graph(graph, value, config, durability, options.stream, options.call)
+                except GraphRecursionError as exc:  # a loop with no way out: the instance's failure, typed
+                    raise RecursionLimitError(f"journey {instance_id!r} did not stop: {exc}") from exc
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome
