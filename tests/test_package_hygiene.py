@@ -120,6 +120,7 @@ STATUS_BY_CODE = {
             "NoFlowError",
             "PermanentAgentError",
             "RateLimitedError",
+            "RecursionLimitError",
             "RollbackFailedError",
             "TransientAgentError",
             "UnitOfWorkFailedError",
