@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jsonschema
-
 from checkpoints.clock import Clock
 from checkpoints.events import EventLog, NewEvent
 from checkpoints.process.inbox import InboxStore, UserTaskRow
@@ -25,7 +23,6 @@ from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 from graphs.process.context import Resumer
 from graphs.process.spec import UserTask
-from nodes import schemas
 from nodes.agent_call import AgentCaller
 from nodes.errors import ResumeValueError
 from nodes.user_task import validate_resume_value
@@ -146,19 +143,15 @@ class TaskInbox:
         ``variables_schema`` refuses: an exclusive gateway relying on the schema could then never decide."""
         spec = await self._instances.instance_spec(row.instance_id)
         task = spec.element(row.element)
-        schema = spec.assignment_schema(task.outputs if isinstance(task, UserTask) else None)
-        if schema is None:
-            return
-        try:
-            schemas.validate(result, schema)
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        misfit = spec.misfit(task.outputs if isinstance(task, UserTask) else None, result)
+        if misfit is not None:
+            where, why = misfit
             raise ResumeValueError(
                 f"the result for task {row.element!r} does not fit the variables_schema of process {spec.name!r} "
-                f"at {where}: {exc.message}",
+                f"at {where}: {why}",
                 task=row.element,
                 path=where,
-            ) from exc
+            )
 
     async def _open_row(self, task_id: str) -> UserTaskRow:
         row = await self._row(task_id)

@@ -1018,16 +1018,12 @@ class ProcessOrchestrator:
                 continue
             spec = await self.spec_of(await self.deployment_of(instance))
             element = spec.element(subscription.element)
-            schema = spec.assignment_schema(element.outputs if isinstance(element, MessageEvent) else None)
-            if schema is None:
-                continue
-            try:
-                schemas.validate(payload, schema)
-            except jsonschema.ValidationError as exc:
-                where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            misfit = spec.misfit(element.outputs if isinstance(element, MessageEvent) else None, payload)
+            if misfit is not None:
+                where, why = misfit
                 return InvalidInputError(
                     f"the payload of message {message!r} does not fit the variables_schema of process {spec.name!r} "
-                    f"(instance {instance.instance_id!r} waits for it at {element.id!r}) at {where}: {exc.message}; "
+                    f"(instance {instance.instance_id!r} waits for it at {element.id!r}) at {where}: {why}; "
                     "nothing was delivered",
                     path=where,
                     instance_id=instance.instance_id,

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
+import jsonschema
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -39,6 +40,7 @@ from agents.policy import Grants
 from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
+from nodes import schemas
 from nodes.criteria import Condition, Criteria
 from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
@@ -589,6 +591,19 @@ class ProcessSpec(Grants):
             return None
         kept: dict[str, Any] = {key: schema[key] for key in ("$schema", "$defs", "definitions") if key in schema}
         return {"$id": VARIABLES_SCHEMA_ID, **kept, "allOf": parts}
+
+    def misfit(self, mapping: Mapping[str, str] | None, document: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Where (a JSON pointer's parts joined by "/", or "(root)") and why ``document`` breaks the
+        :meth:`assignment_schema` of ``mapping``; None when it fits, or when the schema declares none of its
+        variables."""
+        schema = self.assignment_schema(mapping)
+        if schema is None:
+            return None
+        try:
+            schemas.validate(dict(document), schema)
+        except jsonschema.ValidationError as exc:
+            return "/".join(str(p) for p in exc.absolute_path) or "(root)", exc.message
+        return None
 
     @property
     def compensable(self) -> bool:
