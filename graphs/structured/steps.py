@@ -31,6 +31,8 @@ from graphs.errors import (
     NothingToRetryError,
     RunInReviewError,
     StepFailedError,
+    StepHaltedError,
+    StepMovedOnError,
     StepOrderError,
 )
 from graphs.kernel.designs import DesignBook, PatternName
@@ -144,6 +146,9 @@ class StepJourneys:
         step_id: str | None = None,
         options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
+        # The step the journey stood at when this advance was asked: one that names no step is for that one. Two
+        # at once (a double click, two tabs) then do not complete two steps, the second with the first's result.
+        arrived = None if step_id or _names_step(step_result) else await self._standing_step(instance_id)
         async with self.engine.acting(instance_id) as found:
             if found is None:
                 raise JourneyNotStartedError(
@@ -168,6 +173,15 @@ class StepJourneys:
             standing = Standing.of(snapshot)
             current = self._current_step(instance_id, spec, standing)
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
+            if requested is None and arrived is not None and arrived != current:
+                raise StepMovedOnError(
+                    f"step {arrived!r} was completed while this advance waited (another advance of it ran first); "
+                    f"nothing was applied: the current step is {current!r}. Name the step an advance is for "
+                    "(step_id) to make a repeated one fail instead of completing the next step",
+                    allowed=[current],
+                    current_step=current,
+                    completed_step=arrived,
+                )
             if requested is not None and requested != current:
                 known = "" if requested in spec.step_ids else f" ({requested!r} is not a step of this journey)"
                 raise StepOrderError(
@@ -192,6 +206,14 @@ class StepJourneys:
             standing = await self._evaluate(instance_id, found.pattern, spec, graph, standing)
         view = await self.view(await self.instance(instance_id), spec, standing)
         return {**view, "completed_step": current}
+
+    async def _standing_step(self, instance_id: str) -> str | None:
+        """The step the journey stands at now, read without its lock (None: not started, or not a step)."""
+        found = await self.index.get_instance(instance_id)
+        if found is None or found.pattern not in self.patterns:
+            return None
+        _, _spec, graph = await self._load(found.journey_id)
+        return position(await graph.aget_state(self.engine.config(instance_id)))
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
         """Run the failed step again (its agent may have recovered), or resume a saga's compensation
@@ -369,6 +391,14 @@ class StepJourneys:
                 status=standing.status,
             )
         current = standing.position
+        if standing.waiting is None and current in spec.step_ids and standing.status == "in_progress":
+            # In flight after a settle: a run cancelled on purpose stopped the step's work (JourneyEngine.halt).
+            raise StepHaltedError(
+                f"step {current!r} of journey run {instance_id!r} was stopped while its work ran (its run was "
+                "cancelled); run it on with retry_journey_step / retry_saga_step (POST .../retry) first",
+                allowed=["retry_journey_step"],
+                current_step=current,
+            )
         if standing.waiting is None or current not in spec.step_ids:
             raise JourneyFinishedError(f"journey run {instance_id!r} is not waiting for a step result", allowed=[])
         return current
@@ -479,6 +509,10 @@ def position(snapshot: StateSnapshot) -> str | None:
         if node != COMPENSATE_NODE:
             return node.removesuffix(AWAIT_SUFFIX)
     return None
+
+
+def _names_step(step_result: Any) -> bool:
+    return isinstance(step_result, Mapping) and step_result.get("step_id") is not None
 
 
 def _initial_state(context: Mapping[str, Any] | None) -> StructuredState:

@@ -1,0 +1,121 @@
+"""A run cancelled on purpose (``runs.cancel(..., action="interrupt")``, langgraph-sdk over real HTTP) while a
+saga's or a structured journey's auto step works: the journey stays where the run stopped, as the Agent Server
+leaves a cancelled run's thread at its last checkpoint. Reads (the journey's status, the thread's state) never
+call the step's agent again; a new run (a retry, or a run without input) does. Memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+
+from agents import AgentRequest
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "journey_type": "slow_order",
+    "steps": [
+        {"step_id": "ask", "mode": "user"},
+        {"step_id": "ship", "mode": "auto", "agent": "slow_ship"},
+        {"step_id": "confirm", "mode": "user"},
+    ],
+}
+
+
+class SlowShip:
+    """An agent whose first call takes long (the run is cancelled meanwhile); it counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = asyncio.Event()
+
+    async def __call__(self, request: AgentRequest) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            self.started.set()
+            await asyncio.sleep(30)
+        return {"shipped": True}
+
+
+@pytest.fixture
+def app(store_url: str) -> Iterator[tuple[FastAPI, str]]:
+    app = create_app(Settings(database_url=store_url, auth=False))
+    with serving(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+async def sdk(app: tuple[FastAPI, str]) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=app[1], api_key=None) as client:
+        yield client
+
+
+async def _cancelled_in_ship(app: FastAPI, sdk: LangGraphClient, assistant: str) -> tuple[str, str, SlowShip]:
+    """A journey of ``assistant`` whose advance to its auto step ``ship`` was cancelled while ``ship`` worked:
+    its thread and instance ids, and the agent."""
+    ship = SlowShip()
+    app.state.services.runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    start: dict[str, Any] = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"}
+    if assistant == "saga":
+        start["compensation_handlers"] = {}
+    await sdk.runs.wait(tid, assistant, input=start)
+    run = await sdk.runs.create(tid, assistant, command={"resume": {}})
+    for _ in range(300):  # the agent started on the server's loop
+        if ship.calls:
+            break
+        await asyncio.sleep(0.02)
+    assert ship.calls == 1
+    cancelled = await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True)
+    assert cancelled["status"] == "interrupted", cancelled
+    thread = await sdk.threads.get(tid)
+    instance_id = (await sdk.threads.get_state(tid))["values"].get("instance_id") or thread["metadata"].get(
+        "instance_id"
+    )
+    return tid, str(instance_id), ship
+
+
+@pytest.mark.parametrize("assistant", ["saga", "structured"])
+async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_again(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
+) -> None:
+    tid, _instance_id, ship = await _cancelled_in_ship(app[0], sdk, assistant)
+    runtime = app[0].state.services.runtime
+    [instance] = await runtime.store.index.list_instances(limit=10)
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        for _ in range(2):
+            status = (await http.get(f"/journeys/{instance.instance_id}/status")).json()
+            state = await sdk.threads.get_state(tid)
+    assert ship.calls == 1  # no read called the agent again
+    assert status["current_step"] == "ship" and status["completed_steps"] == ["ask"], status
+    assert state["next"] == ["ship"]
+    # A new run goes on from where it stopped: the step runs (once more), and the journey waits at the next.
+    await sdk.runs.wait(tid, assistant)
+    assert ship.calls == 2
+    state = await sdk.threads.get_state(tid)
+    assert state["next"] == ["confirm.await"], state["next"]
+
+
+async def test_a_saga_step_whose_run_was_cancelled_takes_no_result_until_it_is_retried(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    _tid, _instance_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
+    [saga] = await app[0].state.services.runtime.store.index.list_instances(limit=10)
+    who = {"journey_id": saga.journey_id, "user_id": saga.user_id}
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        refused = await http.post(f"/journeys/sagas/{saga.instance_id}/advance", json={**who, "step_result": {}})
+        assert refused.status_code == 409 and refused.json()["code"] == "StepHaltedError", refused.json()
+        assert "retry" in refused.json()["detail"]
+        retried = (await http.post(f"/journeys/sagas/{saga.instance_id}/retry")).json()
+    assert ship.calls == 2
+    assert retried["current_step"] == "confirm" and retried["completed_steps"] == ["ask", "ship"], retried
