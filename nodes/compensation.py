@@ -5,6 +5,8 @@ agent path with an idempotency key (so it runs once per key even across crashes)
 when it fails transiently. A handler that fails for good stops the traversal with status ``failed``
 naming it: nothing is skipped silently. Retrying such a saga (``compensation.retried``) enters the
 traversal again; it resumes at the handler that failed, since the steps undone are in the state.
+A fork of a saga undoes only the steps it completed itself after its fork point: the steps it copied
+from its source are the source's real-world effects, which the source compensates if it ever does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs
 from agents.errors import AgentError
 from agents.resilience import RetrySettings
 from checkpoints.events import NewEvent
+from checkpoints.forks import FORKED_FROM
 from nodes.agent_call import Recording
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, thread_id
@@ -55,8 +58,11 @@ def build_compensation_graph(
 ) -> StateGraph[CompensationState]:
     async def undo(state: CompensationState, config: RunnableConfig) -> Command[str]:
         instance_id = thread_id(config)
-        # What was done is the log's completed steps, in order; undo the last one not undone yet.
-        completed = await services.events.list(instance_id, types=[COMPLETED_STEP])
+        # What was done is the log's completed steps, in order; undo the last one not undone yet. A fork's log
+        # starts with copies of its source's steps: their effects are the source's to undo, not the fork's.
+        logged = await services.events.list(instance_id, types=[COMPLETED_STEP, FORKED_FROM])
+        forked_at = max((n for n, e in enumerate(logged) if e.type == FORKED_FROM), default=-1)
+        completed = [e for e in logged[forked_at + 1 :] if e.type == COMPLETED_STEP]
         done = list(state.get("compensated_steps") or [])
         if len(done) >= len(completed):
             return Command(goto="finish")
