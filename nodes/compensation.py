@@ -7,11 +7,16 @@ naming it: nothing is skipped silently. Retrying such a saga (``compensation.ret
 traversal again; it resumes at the handler that failed, since the steps undone are in the state.
 A fork of a saga undoes only the steps it completed itself after its fork point: the steps it copied
 from its source are the source's real-world effects, which the source compensates if it ever does.
+
+As Temporal registers a compensation before its activity runs, a step whose agent was called and then
+failed or timed out (no completion logged; it may have acted, in part or not at all) is undone too, first,
+its handler told ``completed: False``: handlers must be idempotent and accept an effect that never happened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -19,7 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
-from agents.errors import AgentError
+from agents.errors import AgentError, AgentNotFoundError, CircuitOpenError, PolicyViolationError
 from agents.resilience import RetrySettings
 from checkpoints.events import NewEvent
 from checkpoints.forks import FORKED_FROM
@@ -53,6 +58,39 @@ def step_key(instance_id: str, step: str, superstep: int | str) -> str:
     return f"{instance_id}:{step}:{superstep}"
 
 
+def called(exc: AgentError) -> bool:
+    """Whether a step's failed call may have reached its agent, which may then have acted before it failed or
+    timed out: every failure but a refusal before any attempt (no agent, a policy, a circuit open at once)."""
+    if isinstance(exc, AgentNotFoundError | PolicyViolationError):
+        return False
+    return not (isinstance(exc, CircuitOpenError) and int(exc.details.get("attempts") or 1) <= 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """A step to undo: its name, its idempotency key, what it was given and answered, and whether its
+    completion is logged (False: its agent was called and failed or timed out, so it may have acted)."""
+
+    step: str
+    key: str
+    output: Any
+    step_result: Any
+    completed: bool
+
+
+def _to_undo(completed: list[Any], failure: Mapping[str, Any] | None, handlers: Mapping[str, str]) -> list[_Undo]:
+    """The steps a saga's compensation undoes, in the order they were done: its completed steps, then the
+    step whose call failed after it may have reached its agent (its failure names the ``call``), when it
+    has a handler (without one, nothing of it was done that could be undone)."""
+    undo = [
+        _Undo(e.step or "", str(e.key), e.payload.get("output"), e.payload.get("step_result", {}), True)
+        for e in completed
+    ]
+    if failure is not None and failure.get("call") and failure.get("step") in handlers:
+        undo.append(_Undo(str(failure["step"]), str(failure["call"]), None, {}, False))
+    return undo
+
+
 def build_compensation_graph(
     handlers: Mapping[str, str], services: NodeServices, *, retry: RetrySettings
 ) -> StateGraph[CompensationState]:
@@ -63,11 +101,12 @@ def build_compensation_graph(
         logged = await services.events.list(instance_id, types=[COMPLETED_STEP, FORKED_FROM])
         forked_at = max((n for n, e in enumerate(logged) if e.type == FORKED_FROM), default=-1)
         completed = [e for e in logged[forked_at + 1 :] if e.type == COMPLETED_STEP]
+        steps = _to_undo(completed, state.get("failure"), handlers)
         done = list(state.get("compensated_steps") or [])
-        if len(done) >= len(completed):
+        if len(done) >= len(steps):
             return Command(goto="finish")
-        original = completed[len(completed) - 1 - len(done)]
-        step = original.step or ""
+        original = steps[len(steps) - 1 - len(done)]
+        step = original.step
         handler = handlers.get(step)
         key = f"{original.key}:compensate"
         if handler is None:
@@ -83,10 +122,11 @@ def build_compensation_graph(
                 intent=handler,
                 payload={
                     "step_id": step,
-                    "original_output": original.payload.get("output"),
-                    "step_result": original.payload.get("step_result", {}),
+                    "original_output": original.output,
+                    "step_result": original.step_result,
                     "context": state.get("context") or {},
                     "failure": state.get("failure"),
+                    "completed": original.completed,
                 },
                 step=step,
                 key=key,

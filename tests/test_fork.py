@@ -101,12 +101,13 @@ async def test_a_forked_saga_compensates_only_the_steps_it_completed_after_the_f
         fork_id = fork["instance_id"]
         assert (fork["current_step"], fork["completed_steps"]) == ("analyze_content", MIGRATION[:1])
         await rt.saga.advance_saga_step(fork_id, journey_id, "ana", {"step": "analyze_content"})
-        # In the fork, step 3 fails for good: the fork undoes step 2, which it did; step 1 is the source's.
+        # In the fork, step 3 fails for good: the fork undoes step 3 (its agent was called) and step 2, which
+        # it did; step 1 is the source's.
         rt.agents.register("transform_data", FailingAgent("transform_data", permanent=True), replace=True)
         failed = await rt.saga.advance_saga_step(fork_id, journey_id, "ana", {"step": "transform_data"})
         assert failed["status"] == "compensated"
-        assert failed["compensated_steps"] == ["analyze_content"]
-        assert [r.intent for r in undone] == ["revert_analysis"]
+        assert failed["compensated_steps"] == ["transform_data", "analyze_content"]
+        assert [r.intent for r in undone] == ["revert_transformation", "revert_analysis"]
         assert {r.instance_id for r in undone} == {fork_id}
 
         source_view = await rt.saga.get_saga_status(source)
@@ -117,7 +118,7 @@ async def test_a_forked_saga_compensates_only_the_steps_it_completed_after_the_f
         assert not [t for t in types if t.startswith(("compensation.", "saga.compensat"))]
         done = await rt.saga.advance_saga_step(source, journey_id, "ana", {"step": "validate_results"})
         assert done["status"] == "completed"
-        assert len(undone) == 1
+        assert len(undone) == 2
 
 
 AUTO_THEN_USER: dict[str, Any] = {

@@ -29,7 +29,7 @@ from checkpoints.events import NewEvent
 from graphs.kernel.engine import NOTES
 from nodes import schemas
 from nodes.agent_call import Recording, logged
-from nodes.compensation import step_key
+from nodes.compensation import called, step_key
 from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
