@@ -44,6 +44,7 @@ class CompensationState(TypedDict, total=False):
     status: str
     compensated_steps: list[str]
     failure: dict[str, Any] | None
+    failed_call: str | None  # the key of the failed step's call, when its agent may have acted (see ``called``)
     compensation_failure: dict[str, Any] | None
 
 
@@ -78,16 +79,17 @@ class _Undo:
     completed: bool
 
 
-def _to_undo(completed: list[Any], failure: Mapping[str, Any] | None, handlers: Mapping[str, str]) -> list[_Undo]:
+def _to_undo(completed: list[Any], state: CompensationState, handlers: Mapping[str, str]) -> list[_Undo]:
     """The steps a saga's compensation undoes, in the order they were done: its completed steps, then the
-    step whose call failed after it may have reached its agent (its failure names the ``call``), when it
-    has a handler (without one, nothing of it was done that could be undone)."""
+    step whose call failed after it may have reached its agent (``failed_call``), when it has a handler
+    (without one, nothing of it was done that could be undone)."""
     undo = [
         _Undo(e.step or "", str(e.key), e.payload.get("output"), e.payload.get("step_result", {}), True)
         for e in completed
     ]
-    if failure is not None and failure.get("call") and failure.get("step") in handlers:
-        undo.append(_Undo(str(failure["step"]), str(failure["call"]), None, {}, False))
+    failure, call = state.get("failure"), state.get("failed_call")
+    if failure is not None and call and failure.get("step") in handlers:
+        undo.append(_Undo(str(failure["step"]), call, None, {}, False))
     return undo
 
 
@@ -101,7 +103,7 @@ def build_compensation_graph(
         logged = await services.events.list(instance_id, types=[COMPLETED_STEP, FORKED_FROM])
         forked_at = max((n for n, e in enumerate(logged) if e.type == FORKED_FROM), default=-1)
         completed = [e for e in logged[forked_at + 1 :] if e.type == COMPLETED_STEP]
-        steps = _to_undo(completed, state.get("failure"), handlers)
+        steps = _to_undo(completed, state, handlers)
         done = list(state.get("compensated_steps") or [])
         if len(done) >= len(steps):
             return Command(goto="finish")

@@ -154,6 +154,7 @@ class StructuredState(TypedDict, total=False):
     status: str  # in_progress from the start; completed by the last step; a saga's compensating/compensated/failed
     step_input: dict[str, Any] | None  # the answer of the last user step, read by that step's work node
     failure: dict[str, Any] | None
+    failed_call: str | None  # a saga: the key of the failed step's call, when its agent may have acted
     compensated_steps: list[str]
     compensation_failure: dict[str, Any] | None
 
@@ -391,7 +392,10 @@ class _StepWork:
                 [NewEvent("saga.compensating", failure, step.step_id, f"{key}:failed")],
                 status="compensating",
             )
-            return Command(goto=COMPENSATE_NODE, update={"status": "compensating", "failure": failure})
+            update: dict[str, Any] = {"status": "compensating", "failure": failure}
+            if called(exc):  # its agent may have acted: the compensation undoes it too (see nodes.compensation)
+                update["failed_call"] = key
+            return Command(goto=COMPENSATE_NODE, update=update)
         _noted(config, key, step.step_id, outcome.output)
         # No state update: the step's record is its event, and where the journey stands is the route.
         return spec.choose_next(step.step_id, {**result, "output": outcome.output})
