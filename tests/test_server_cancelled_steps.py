@@ -119,3 +119,41 @@ async def test_a_saga_step_whose_run_was_cancelled_takes_no_result_until_it_is_r
         retried = (await http.post(f"/journeys/sagas/{saga.instance_id}/retry")).json()
     assert ship.calls == 2
     assert retried["current_step"] == "confirm" and retried["completed_steps"] == ["ask", "ship"], retried
+
+
+async def test_reads_of_a_process_whose_run_was_cancelled_in_a_service_task_do_not_run_it_again(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    ship = SlowShip()
+    app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
+    spec = {
+        "name": "shipping",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "user_task", "id": "ask", "title": "Ask", "assignee": "local"},
+            {"type": "service_task", "id": "ship", "agent": "slow_ship"},
+            {"type": "user_task", "id": "confirm", "title": "Confirm", "assignee": "local"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> ask", "ask -> ship", "ship -> confirm", "confirm -> end"],
+    }
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        deployed = await http.post("/processes", json=spec)
+        assert deployed.status_code == 200, deployed.text
+        tid = (await sdk.threads.create())["thread_id"]
+        await sdk.runs.wait(tid, "process", input={"process": "shipping", "business_key": "order-1"})
+        run = await sdk.runs.create(tid, "process", command={"resume": {"payload": {}}})
+        for _ in range(300):
+            if ship.calls:
+                break
+            await asyncio.sleep(0.02)
+        assert ship.calls == 1
+        assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+        for _ in range(2):
+            assert (await http.get(f"/journeys/{tid}/status")).status_code == 200
+            await sdk.threads.get_state(tid)
+        assert ship.calls == 1  # no read called the service task's agent again
+        await sdk.runs.wait(tid, "process")  # a new run without input goes on from where it stopped
+        assert ship.calls == 2
+        tasks = (await http.get("/tasks", params={"instance_id": tid})).json()
+    assert [t["element"] for t in tasks] == ["confirm"], tasks
