@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from agents import AgentRequest
 from graphs import JourneyRuntime, StepMovedOnError
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
 
 SPEC = {
     "journey_type": "double_click",
@@ -23,7 +27,7 @@ SPEC = {
 
 
 async def slow_ship(_request: AgentRequest) -> dict[str, Any]:
-    await asyncio.sleep(0.3)  # the second click arrives while the first advance runs
+    await asyncio.sleep(0.5)  # the second click arrives while the first advance runs
     return {"shipped": True}
 
 
@@ -74,3 +78,25 @@ async def test_advances_one_after_another_without_step_id_go_on_step_by_step(sto
         await rt.structured.advance_journey_step(design["journey_id"], "ana", {})
         done = await rt.structured.advance_journey_step(design["journey_id"], "ana", {})
     assert done["status"] == "completed" and done["completed_steps"] == ["ask", "ship", "confirm"]
+
+
+async def test_a_double_click_over_http_is_refused_with_a_409_naming_the_step(store_url: str) -> None:
+    """The same over the JSON API: two POSTs of one saga step's advance at once, from two clients."""
+    app = create_app(Settings(database_url=store_url, auth=False))
+    with serving(app) as url:
+        app.state.services.runtime.agents.register("slow_ship", slow_ship, replace=True)
+        async with httpx.AsyncClient(base_url=url) as one, httpx.AsyncClient(base_url=url) as two:
+            body = {"journey_type": "double_click", "spec": SPEC, "compensation_handlers": {}}
+            design = (await one.post("/journeys/sagas/designs", json=body)).json()
+            start = f"/journeys/sagas/designs/{design['journey_id']}/executions"
+            saga_id = (await one.post(start, json={"user_id": "ana"})).json()["saga_id"]
+            move = {"journey_id": design["journey_id"], "user_id": "ana", "step_result": {}}
+            first = asyncio.create_task(one.post(f"/journeys/sagas/{saga_id}/advance", json=move))
+            await asyncio.sleep(0.1)
+            second = await two.post(f"/journeys/sagas/{saga_id}/advance", json=move)
+            done = await first
+            status = (await one.get(f"/journeys/sagas/{saga_id}")).json()
+    assert done.status_code == 200 and done.json()["completed_step"] == "ask", done.text
+    assert second.status_code == 409 and second.json()["code"] == "StepMovedOnError", second.text
+    assert "step_id" in second.json()["detail"]
+    assert (status["current_step"], status["completed_steps"]) == ("confirm", ["ask", "ship"])
