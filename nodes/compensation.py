@@ -44,7 +44,7 @@ class CompensationState(TypedDict, total=False):
     status: str
     compensated_steps: list[str]
     failure: dict[str, Any] | None
-    failed_call: str | None  # the key of the failed step's call, when its agent may have acted (see ``called``)
+    failed_call: dict[str, str] | None  # the step and key of a call that may have acted and not completed
     compensation_failure: dict[str, Any] | None
 
 
@@ -87,9 +87,9 @@ def _to_undo(completed: list[Any], state: CompensationState, handlers: Mapping[s
         _Undo(e.step or "", str(e.key), e.payload.get("output"), e.payload.get("step_result", {}), True)
         for e in completed
     ]
-    failure, call = state.get("failure"), state.get("failed_call")
-    if failure is not None and call and failure.get("step") in handlers:
-        undo.append(_Undo(str(failure["step"]), call, None, {}, False))
+    call = state.get("failed_call")
+    if call is not None and call["step"] in handlers:
+        undo.append(_Undo(call["step"], call["call"], None, {}, False))
     return undo
 
 

@@ -157,3 +157,35 @@ async def test_reads_of_a_process_whose_run_was_cancelled_in_a_service_task_do_n
         assert ship.calls == 2
         tasks = (await http.get("/tasks", params={"instance_id": tid})).json()
     assert [t["element"] for t in tasks] == ["confirm"], tasks
+
+
+async def test_a_saga_cancelled_after_its_run_was_cancelled_in_a_step_undoes_that_step_first(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """The cancelled run's step may have acted before it was stopped: cancelling the saga then undoes it
+    first (its handler told ``completed: False``), then the steps it completed."""
+    undone: list[dict[str, Any]] = []
+    runtime = app[0].state.services.runtime
+    for handler in ("unask", "unship"):
+        runtime.agents.register(handler, lambda request: undone.append(dict(request.payload)) or {}, replace=True)
+    ship = SlowShip()
+    runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    start = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"}
+    start["compensation_handlers"] = {"ask": "unask", "ship": "unship"}
+    await sdk.runs.wait(tid, "saga", input=start)
+    run = await sdk.runs.create(tid, "saga", command={"resume": {}})
+    await asyncio.wait_for(_started(ship), 10)
+    assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+    [saga] = await runtime.store.index.list_instances(limit=10)
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        cancelled = (await http.post(f"/journeys/sagas/{saga.instance_id}/cancel", json={"reason": "no"})).json()
+    assert cancelled["status"] == "compensated", cancelled
+    assert cancelled["compensated_steps"] == ["ship", "ask"]
+    assert [(u["step_id"], u["completed"]) for u in undone] == [("ship", False), ("ask", True)]
+    assert ship.calls == 1
+
+
+async def _started(ship: SlowShip) -> None:
+    while not ship.calls:  # noqa: ASYNC110 (the agent runs on the server's loop: no event of this loop tells)
+        await asyncio.sleep(0.02)

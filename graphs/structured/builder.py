@@ -154,7 +154,7 @@ class StructuredState(TypedDict, total=False):
     status: str  # in_progress from the start; completed by the last step; a saga's compensating/compensated/failed
     step_input: dict[str, Any] | None  # the answer of the last user step, read by that step's work node
     failure: dict[str, Any] | None
-    failed_call: str | None  # a saga: the key of the failed step's call, when its agent may have acted
+    failed_call: dict[str, str] | None  # a saga: the step and key of a call that may have acted and not completed
     compensated_steps: list[str]
     compensation_failure: dict[str, Any] | None
 
@@ -394,7 +394,7 @@ class _StepWork:
             )
             update: dict[str, Any] = {"status": "compensating", "failure": failure}
             if called(exc):  # its agent may have acted: the compensation undoes it too (see nodes.compensation)
-                update["failed_call"] = key
+                update["failed_call"] = {"step": step.step_id, "call": key}
             return Command(goto=COMPENSATE_NODE, update=update)
         _noted(config, key, step.step_id, outcome.output)
         # No state update: the step's record is its event, and where the journey stands is the route.

@@ -41,6 +41,7 @@ from graphs.kernel.engine import (
     RunOptions,
     check_answering,
     failed_task,
+    in_flight,
     resume_pending,
     waiting_for,
 )
@@ -51,7 +52,7 @@ from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.kernel.streaming import INTERRUPT as INTERRUPT  # the server reads run outputs with it
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.agent_call import CIRCUIT_OPEN_TASK
-from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED
+from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED, step_key
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -325,14 +326,24 @@ class StepJourneys:
         await graph.aupdate_state(config, {"status": "failed", "failure": reason}, as_node=step or START)
 
     async def _compensate(
-        self, instance: Instance, graph: Graph, step: str, reason: dict[str, Any], cause: NewEvent, key: str
+        self,
+        instance: Instance,
+        graph: Graph,
+        step: str,
+        reason: dict[str, Any],
+        cause: NewEvent,
+        key: str,
+        cut_short: dict[str, str] | None = None,
     ) -> None:
         """Turn a saga that stands at ``step`` to its compensation (under ``exclusive``), as a failing step does:
-        ``cause`` and ``saga.compensating`` logged, then the undo of its completed steps, last first, run now."""
+        ``cause`` and ``saga.compensating`` logged, then the undo of its completed steps, last first, run now
+        (first the step whose work was ``cut_short``, see :meth:`_cut_short`)."""
         instance_id = instance.instance_id
         compensating = NewEvent("saga.compensating", reason, step, f"{key}:compensating")
         await self.events.append(instance_id, [cause, compensating], status="compensating")
-        update = {"status": "compensating", "failure": reason}
+        update: dict[str, Any] = {"status": "compensating", "failure": reason}
+        if cut_short is not None:
+            update["failed_call"] = cut_short
         await graph.aupdate_state(
             self.engine.config(instance_id), Command(goto=COMPENSATE_NODE, update=update), as_node=step
         )
@@ -342,7 +353,8 @@ class StepJourneys:
     async def cancel(self, instance_id: str, reason: str) -> dict[str, Any]:
         """Cancel a saga that has not ended where it stands: its completed steps are compensated, last first,
         and it ends ``compensated`` (or ``failed`` at a handler that fails for good, which a retry resumes). A
-        step whose run was cut short is not run again first: only what the log says was done is undone."""
+        step whose run was cut short (cancelled, or a crash) is not run again first: what the log says was done
+        is undone, and the step whose work was under way, whose agent may have acted, is undone first."""
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.acting(instance_id):
@@ -359,9 +371,36 @@ class StepJourneys:
             step = standing.position
             failure = {"step": step, "error": reason, "error_type": "SagaCancelled"}
             cancelled = NewEvent("saga.cancelled", {"reason": reason}, step, f"{instance_id}:cancelled")
-            await self._compensate(found, graph, step, failure, cancelled, f"{instance_id}:cancelled")
+            cut_short = await self._cut_short(instance_id, spec, snapshot)
+            await self._compensate(found, graph, step, failure, cancelled, f"{instance_id}:cancelled", cut_short)
             standing = Standing.of(await graph.aget_state(self.engine.config(instance_id)))
         return await self.view(await self.instance(instance_id), spec, standing)
+
+    async def _cut_short(
+        self, instance_id: str, spec: StructuredSpec, snapshot: StateSnapshot
+    ) -> dict[str, str] | None:
+        """The step whose work a run cut short (cancelled, or a crash) and its call's key (``failed_call``): its
+        agent may have acted. A node may have run steps after its own (``steps_chained``): those whose
+        completion is logged under their place in the chain are passed over. None: no step's work was under way."""
+        if not in_flight(snapshot):
+            return None
+        node = next((t.name for t in snapshot.tasks if t.name in spec.step_ids), None)
+        if node is None:
+            return None
+        at = int((snapshot.metadata or {}).get("step", -1)) + 1  # the superstep its tasks run in
+        logged = {e.key: e for e in await self.events.list(instance_id, types=[COMPLETED_STEP])}
+        step: str | None = node
+        visit = 0
+        while step is not None and step in spec.step_ids:
+            key = step_key(instance_id, step, f"{at}.{visit}" if visit else at)
+            done = logged.get(key)
+            if done is None:
+                return {"step": step, "call": key}
+            following = done.payload.get("next_step")
+            step, visit = (following if isinstance(following, str) else None), visit + 1
+            if step is not None and step in spec.step_ids and spec.step(step).mode == "user":
+                return None  # a node goes on to an auto step only: a user step waits for its input first
+        return None
 
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
