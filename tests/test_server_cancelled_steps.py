@@ -37,12 +37,10 @@ class SlowShip:
 
     def __init__(self) -> None:
         self.calls = 0
-        self.started = asyncio.Event()
 
     async def __call__(self, request: AgentRequest) -> dict[str, Any]:
         self.calls += 1
         if self.calls == 1:
-            self.started.set()
             await asyncio.sleep(30)
         return {"shipped": True}
 
@@ -71,17 +69,10 @@ async def _cancelled_in_ship(app: FastAPI, sdk: LangGraphClient, assistant: str)
         start["compensation_handlers"] = {}
     await sdk.runs.wait(tid, assistant, input=start)
     run = await sdk.runs.create(tid, assistant, command={"resume": {}})
-    for _ in range(300):  # the agent started on the server's loop
-        if ship.calls:
-            break
-        await asyncio.sleep(0.02)
-    assert ship.calls == 1
+    await asyncio.wait_for(_started(ship), 10)
     cancelled = await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True)
     assert cancelled["status"] == "interrupted", cancelled
-    thread = await sdk.threads.get(tid)
-    instance_id = (await sdk.threads.get_state(tid))["values"].get("instance_id") or thread["metadata"].get(
-        "instance_id"
-    )
+    instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]  # the thread's journey
     return tid, str(instance_id), ship
 
 
@@ -89,12 +80,10 @@ async def _cancelled_in_ship(app: FastAPI, sdk: LangGraphClient, assistant: str)
 async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_again(
     app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
 ) -> None:
-    tid, _instance_id, ship = await _cancelled_in_ship(app[0], sdk, assistant)
-    runtime = app[0].state.services.runtime
-    [instance] = await runtime.store.index.list_instances(limit=10)
+    tid, instance_id, ship = await _cancelled_in_ship(app[0], sdk, assistant)
     async with httpx.AsyncClient(base_url=app[1]) as http:
         for _ in range(2):
-            status = (await http.get(f"/journeys/{instance.instance_id}/status")).json()
+            status = (await http.get(f"/journeys/{instance_id}/status")).json()
             state = await sdk.threads.get_state(tid)
     assert ship.calls == 1  # no read called the agent again
     assert status["current_step"] == "ship" and status["completed_steps"] == ["ask"], status
@@ -109,14 +98,15 @@ async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_ag
 async def test_a_saga_step_whose_run_was_cancelled_takes_no_result_until_it_is_retried(
     app: tuple[FastAPI, str], sdk: LangGraphClient
 ) -> None:
-    _tid, _instance_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
-    [saga] = await app[0].state.services.runtime.store.index.list_instances(limit=10)
-    who = {"journey_id": saga.journey_id, "user_id": saga.user_id}
+    _tid, saga_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
     async with httpx.AsyncClient(base_url=app[1]) as http:
-        refused = await http.post(f"/journeys/sagas/{saga.instance_id}/advance", json={**who, "step_result": {}})
+        journey_id = (await http.get(f"/journeys/sagas/{saga_id}")).json()["journey_id"]
+    who = {"journey_id": journey_id, "user_id": "ana"}
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        refused = await http.post(f"/journeys/sagas/{saga_id}/advance", json={**who, "step_result": {}})
         assert refused.status_code == 409 and refused.json()["code"] == "StepHaltedError", refused.json()
         assert "retry" in refused.json()["detail"]
-        retried = (await http.post(f"/journeys/sagas/{saga.instance_id}/retry")).json()
+        retried = (await http.post(f"/journeys/sagas/{saga_id}/retry")).json()
     assert ship.calls == 2
     assert retried["current_step"] == "confirm" and retried["completed_steps"] == ["ask", "ship"], retried
 
@@ -143,11 +133,7 @@ async def test_reads_of_a_process_whose_run_was_cancelled_in_a_service_task_do_n
         tid = (await sdk.threads.create())["thread_id"]
         await sdk.runs.wait(tid, "process", input={"process": "shipping", "business_key": "order-1"})
         run = await sdk.runs.create(tid, "process", command={"resume": {"payload": {}}})
-        for _ in range(300):
-            if ship.calls:
-                break
-            await asyncio.sleep(0.02)
-        assert ship.calls == 1
+        await asyncio.wait_for(_started(ship), 10)
         assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
         for _ in range(2):
             assert (await http.get(f"/journeys/{tid}/status")).status_code == 200
@@ -177,9 +163,9 @@ async def test_a_saga_cancelled_after_its_run_was_cancelled_in_a_step_undoes_tha
     run = await sdk.runs.create(tid, "saga", command={"resume": {}})
     await asyncio.wait_for(_started(ship), 10)
     assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
-    [saga] = await runtime.store.index.list_instances(limit=10)
+    saga_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
     async with httpx.AsyncClient(base_url=app[1]) as http:
-        cancelled = (await http.post(f"/journeys/sagas/{saga.instance_id}/cancel", json={"reason": "no"})).json()
+        cancelled = (await http.post(f"/journeys/sagas/{saga_id}/cancel", json={"reason": "no"})).json()
     assert cancelled["status"] == "compensated", cancelled
     assert cancelled["compensated_steps"] == ["ship", "ask"]
     assert [(u["step_id"], u["completed"]) for u in undone] == [("ship", False), ("ask", True)]
