@@ -15,6 +15,8 @@ from checkpoints.events import EVENT_VALUES, NewEvent, stamped
 from checkpoints.events import _values as event_values  # an append's row values, one spelling
 from checkpoints.schema.tables import journey_events
 
+FORKED_FROM = "journey.forked_from"  # a fork's own first event, after the copies of its source's
+
 _INSERT_AT = insert(journey_events).values(seq=bindparam("p_seq", type_=journey_events.c.seq.type), **EVENT_VALUES)
 
 

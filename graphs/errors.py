@@ -72,6 +72,16 @@ class StepFailedError(InvalidMoveError):
     """The current step failed; retry it before advancing."""
 
 
+class StepHaltedError(InvalidMoveError):
+    """The current step's run was cancelled on purpose while its work ran (``runs.cancel``): it stands where
+    it stopped until it is run on (a retry, or a run without input); no result can be given to it meanwhile."""
+
+
+class StepMovedOnError(StepOrderError):
+    """An advance that named no step found the journey at another step than when it was asked (two at once:
+    a double click, two tabs): the step it was meant for was completed meanwhile. Nothing was applied."""
+
+
 class NothingToRetryError(InvalidMoveError):
     """No step of this journey has failed, so there is nothing to retry."""
 

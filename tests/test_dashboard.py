@@ -207,7 +207,9 @@ async def test_the_journey_page_shows_compensation_and_retry_completes_a_failed_
         page = await served.http.get(f"/ui/journeys/{execution['saga_id']}")
         assert page.status_code == 200
         compensation = unescape(re.search(r'<pre id="compensation">(.*?)</pre>', page.text, re.S)[1])  # type: ignore[index]
-        assert '"compensated_steps": [\n    "analyze_content",\n    "upload_content"\n  ]' in compensation
+        assert '"compensated_steps": [\n    "transform_data",\n    "analyze_content",\n    "upload_content"\n  ]' in (
+            compensation
+        )
         assert 'id="retry"' not in page.text  # compensated: nothing left to retry
         events = re.findall(r'<tr class="event" data-type="([^"]+)"', page.text)
         assert events.index("saga.compensating") < events.index("saga.compensated")

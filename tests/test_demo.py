@@ -31,7 +31,7 @@ def test_the_demo_shows_every_family_and_points_at_the_dashboard(tmp_path: Path)
     # Two turns of the guide, with the tools it called.
     assert "guide (recommend_next_pillar) I suggest the Content Pillar next" in out
     assert "guide (record_progress) Recorded in the Content Pillar" in out
-    assert "saga status: compensated  compensated: ['analyze_content', 'upload_content']" in out
+    assert "saga status: compensated  compensated: ['transform_data', 'analyze_content', 'upload_content']" in out
     assert "promote: passed → stage pilot" in out and "rollback user_satisfaction_low → stage sandbox" in out
     assert "reassigned to sales-directors" in out and "outcomes ['sent', 'sent', 'sent', 'sent', 'sent']" in out
     assert "━━ 5/5" in out  # the progress bar of the long part

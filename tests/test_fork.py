@@ -84,7 +84,9 @@ async def test_a_structured_journey_forked_after_step_two_goes_on_from_step_thre
         assert finished["status"] == "completed"
 
 
-async def test_a_forked_saga_compensates_only_its_own_steps(store_url: str) -> None:
+async def test_a_forked_saga_compensates_only_the_steps_it_completed_after_the_fork_point(store_url: str) -> None:
+    """The steps a fork copied from its source are the source's real-world effects: the fork's compensation
+    undoes only what it did itself after the fork point (and nothing of the source changes)."""
     async with JourneyRuntime.open(store_url, retry=FAST) as rt:
         undone: list[AgentRequest] = []
         for handler in HANDLERS.values():
@@ -95,15 +97,17 @@ async def test_a_forked_saga_compensates_only_its_own_steps(store_url: str) -> N
         for step in MIGRATION[:3]:
             await rt.saga.advance_saga_step(source, journey_id, "ana", {"step": step})
 
-        fork = await rt.fork(source, "analyze_content")
+        fork = await rt.fork(source, "upload_content")
         fork_id = fork["instance_id"]
-        assert (fork["current_step"], fork["completed_steps"]) == ("transform_data", MIGRATION[:2])
-        # In the fork, step 3 fails for good: the fork undoes its steps (2, then 1), nothing of the source's.
+        assert (fork["current_step"], fork["completed_steps"]) == ("analyze_content", MIGRATION[:1])
+        await rt.saga.advance_saga_step(fork_id, journey_id, "ana", {"step": "analyze_content"})
+        # In the fork, step 3 fails for good: the fork undoes step 3 (its agent was called) and step 2, which
+        # it did; step 1 is the source's.
         rt.agents.register("transform_data", FailingAgent("transform_data", permanent=True), replace=True)
         failed = await rt.saga.advance_saga_step(fork_id, journey_id, "ana", {"step": "transform_data"})
         assert failed["status"] == "compensated"
-        assert failed["compensated_steps"] == ["analyze_content", "upload_content"]
-        assert [r.intent for r in undone] == ["revert_analysis", "delete_uploaded_content"]
+        assert failed["compensated_steps"] == ["transform_data", "analyze_content"]
+        assert [r.intent for r in undone] == ["revert_transformation", "revert_analysis"]
         assert {r.instance_id for r in undone} == {fork_id}
 
         source_view = await rt.saga.get_saga_status(source)

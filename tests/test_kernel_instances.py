@@ -256,3 +256,38 @@ async def test_recovery_replays_a_journeys_values_whole_not_as_the_history_shows
         assert await rt.recover() == ["proc_whole"]
         variables = (await rt.processes.status("proc_whole"))["variables"]
         assert (variables["email"], variables["card"]) == ("bob@example.com", "4111 1111 1111 1111")
+
+
+@pytest.mark.parametrize("halted", [True, False], ids=["cancelled", "crashed"])
+async def test_recovery_leaves_a_run_cancelled_on_purpose_and_finishes_a_crashed_one(
+    store_url: str, halted: bool
+) -> None:
+    """A run stopped mid-step: one cancelled on purpose (the server's runs.cancel records it with
+    ``JourneyEngine.halt``) stays where it stopped on restart; one a crash cut short is finished there."""
+    calls: list[int] = []
+    working = asyncio.Event()
+
+    async def slow(_request: Any) -> dict[str, Any]:
+        calls.append(1)
+        working.set()
+        await asyncio.sleep(30 if len(calls) == 1 else 0)
+        return {"ok": True}
+
+    spec = {"journey_type": "t", "steps": [{"step_id": "ask"}, {"step_id": "work", "agent": "w", "mode": "auto"}]}
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("w", slow, replace=True)
+        design = await rt.saga.design_saga_journey("t", {}, {}, spec=spec)
+        saga_id = (await rt.saga.execute_saga_journey(design["journey_id"], "ana", {}))["saga_id"]
+        advance = asyncio.create_task(rt.saga.advance_saga_step(saga_id, design["journey_id"], "ana", {}))
+        await working.wait()
+        advance.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await advance
+        if halted:
+            graph = await rt.instances.graph(await rt.store.index.get_instance(saga_id))  # type: ignore[arg-type]
+            async with rt.engine.exclusive(saga_id):
+                assert await rt.engine.halt(graph, saga_id)
+        assert await rt.recover() == ([] if halted else [saga_id])
+        status = await rt.saga.get_saga_status(saga_id)
+    assert len(calls) == (1 if halted else 2)
+    assert status["status"] == ("in_progress" if halted else "completed"), status

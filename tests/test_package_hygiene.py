@@ -70,6 +70,8 @@ STATUS_BY_CODE = {
             "RunInReviewError",
             "StartKeyConflictError",
             "StepFailedError",
+            "StepHaltedError",
+            "StepMovedOnError",
             "StepOrderError",
             "SystemAssistantError",
             "TaskClosedError",

@@ -3,6 +3,7 @@ step in reverse order. Every test runs on memory, SQLite and Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -168,26 +169,28 @@ async def test_a_transiently_failing_compensation_is_retried_and_applied_once(st
         journey_id, saga_id = await start_saga(rt)
         for step in MIGRATION[:2]:
             await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"step": step})
-        # The seed's scenario: step 3 fails after its retries; steps 2 and 1 are compensated.
+        # The seed's scenario: step 3 fails after its retries; its agent may have acted, so it is undone first
+        # (told it did not complete), then steps 2 and 1.
         result = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"step": "transform_data"})
         assert result["status"] == "compensated"
-        assert result["compensated_steps"] == ["analyze_content", "upload_content"]
+        assert result["compensated_steps"] == ["transform_data", "analyze_content", "upload_content"]
         assert flaky.attempts == 3
         (analyzed,) = [
             e for e in await rt.history(saga_id) if e.type == "step.completed" and e.step == "analyze_content"
         ]
         assert dict(flaky.applied) == {f"{analyzed.key}:compensate": 1}
-        assert order == ["delete_uploaded_content"]  # revert_transformation: step 3 never completed
+        assert order == ["revert_transformation", "delete_uploaded_content"]
 
         events = await rt.history(saga_id)
         failed = [e for e in events if e.type == "agent.failed"]
         assert [(e.step, e.payload["attempts"]) for e in failed] == [("transform_data", 3)]
         undo = [e for e in events if e.type == "compensation.completed"]
         assert [(e.step, e.payload["handler"], e.payload["attempts"]) for e in undo] == [
+            ("transform_data", "revert_transformation", 1),
             ("analyze_content", "revert_analysis", 3),
             ("upload_content", "delete_uploaded_content", 1),
         ]
-        assert undo[0].payload["output"] == {"reverted": "analyze_content"}
+        assert undo[1].payload["output"] == {"reverted": "analyze_content"}
         # Reading the status later does not undo anything again.
         await rt.saga.get_saga_status(saga_id)
         assert flaky.attempts == 3
@@ -383,3 +386,41 @@ async def test_a_saga_cancelled_where_it_waits_undoes_its_completed_steps_in_rev
         assert len(order) == 2
         with pytest.raises(InvalidInputError):
             await rt.saga.cancel_saga((await start_saga(rt, "user_9"))[1], "  ")
+
+
+async def test_a_step_whose_agent_timed_out_is_compensated_first_told_it_did_not_complete(store_url: str) -> None:
+    """A step whose agent was called and then timed out (or failed) may have acted, in part: as Temporal
+    registers a compensation before its activity, its handler runs first, with ``completed: False``."""
+    async with JourneyRuntime.open(store_url, retry=FAST) as rt:
+        order: list[str] = []
+        handlers = recorders(rt, order)
+        acted: list[str] = []
+
+        async def transform_data(request: AgentRequest) -> Any:
+            acted.append(request.payload["step_id"])  # it acted on the world, then hung
+            await asyncio.sleep(5)
+            return {}
+
+        rt.agents.register("transform_data", transform_data, replace=True)
+        spec = rt.templates.get("enterprise_migration").build({"source": "legacy"}).model_dump()
+        spec["steps"] = [
+            {**step, "timeout": 0.05, "retry": {"max_attempts": 1}} if step["step_id"] == "transform_data" else step
+            for step in spec["steps"]
+        ]
+        saga = await rt.saga.design_saga_journey("enterprise_migration", {}, HANDLERS, spec=spec)
+        saga_id = (await rt.saga.execute_saga_journey(saga["journey_id"], "ana", {}))["saga_id"]
+        for step in MIGRATION[:2]:
+            await rt.saga.advance_saga_step(saga_id, saga["journey_id"], "ana", {"step": step})
+        result = await rt.saga.advance_saga_step(saga_id, saga["journey_id"], "ana", {"step": "transform_data"})
+        assert acted == ["transform_data"]
+        assert result["status"] == "compensated", result
+        assert result["compensated_steps"] == ["transform_data", "analyze_content", "upload_content"]
+        assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]
+        [(_key, payload)] = handlers["revert_transformation"].effects.items()
+        assert payload["step_id"] == "transform_data" and payload["completed"] is False
+        assert payload["original_output"] is None and payload["failure"]["step"] == "transform_data"
+        [(_key, payload)] = handlers["revert_analysis"].effects.items()
+        assert payload["completed"] is True
+        # Reading it again undoes nothing again.
+        await rt.saga.get_saga_status(saga_id)
+        assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]

@@ -19,6 +19,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.backends.base import Statement
+from checkpoints.events import NewEvent
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.locks import busy
@@ -64,6 +65,9 @@ class RunOptions:
 
 
 DEFAULT_RUN = RunOptions()
+# The event that a run of the instance was cancelled on purpose (``runs.cancel``) where its payload's
+# ``checkpoint_id`` stands (see :meth:`JourneyEngine.halt`).
+HALTED = "run.halted"
 NOTES = "journeys_notes"  # the configurable key of a run's ``RunOptions.notes`` (no checkpoint metadata: not a scalar)
 # A fired timer's continuation of a parked journey checkpoints when it stops (durability "exit"), unless the
 # engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
@@ -202,8 +206,12 @@ class JourneyEngine:
         checkpoint (its runs checkpoint where they stop: one killed after its last step's event said
         ``completed``, say): it runs again from its first event, replaying the steps the log holds. Other
         patterns start such a run again their own way (``Instances.recover``, or their start). A thread its
-        run's breakpoints stopped between nodes stays where it stopped unless ``go_on`` (see :func:`at_breakpoint`)."""
+        run's breakpoints stopped between nodes, or whose run was cancelled on purpose (:meth:`halt`), stays
+        where it stopped unless ``go_on`` (see :func:`at_breakpoint`): a read never executes a cancelled step."""
         snapshot = await graph.aget_state(self.config(instance_id))
+        unsettled = in_flight(snapshot) or snapshot.created_at is None
+        if unsettled and not go_on and await self.halted(instance_id, snapshot):
+            return snapshot  # a run cancelled on purpose left it there: only a new run goes on
         if in_flight(snapshot) or (go_on and at_breakpoint(snapshot)):
             # Work left in flight is finished, unless the instance was terminated meanwhile: it stays as it stood.
             instance = await self.store.index.get_instance(instance_id)
@@ -219,6 +227,30 @@ class JourneyEngine:
                 if start is not None:
                     snapshot = await self.run_to_state(graph, instance_id, start, options=options)
         return snapshot
+
+    async def halt(self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str) -> bool:
+        """Record that a run of the instance was cancelled on purpose (``runs.cancel``; call under ``exclusive``
+        once the run has stopped): the work it left in flight, or a first run it cut short before any
+        checkpoint, stays where it stopped, as the Agent Server leaves a cancelled run's thread at its last
+        checkpoint. Reads and recovery then leave it there (:meth:`settled_state`); a new run goes on from it
+        (a run without input, or a retry). A crash leaves no such record: its work is still finished. Whether
+        anything was left to halt."""
+        snapshot = await graph.aget_state(self.config(instance_id))
+        if not (in_flight(snapshot) or snapshot.created_at is None):
+            return False
+        if await self.store.index.get_instance(instance_id) is None:  # no journey (a chat thread): no log
+            return False
+        checkpoint = checkpoint_of(snapshot)
+        step = next((t.name for t in snapshot.tasks), None)
+        halted = NewEvent(HALTED, {"checkpoint_id": checkpoint}, step, f"{instance_id}:halted:{checkpoint}")
+        await self.store.events.append(instance_id, [halted])
+        return True
+
+    async def halted(self, instance_id: str, snapshot: StateSnapshot) -> bool:
+        """Whether the thread stands where a run cancelled on purpose left it (see :meth:`halt`): a later run
+        that moved it on makes the record stale."""
+        events = await self.store.events.list(instance_id, types=[HALTED])
+        return bool(events) and events[-1].payload.get("checkpoint_id") == checkpoint_of(snapshot)
 
     async def run(
         self,
@@ -289,6 +321,12 @@ def in_flight(snapshot: StateSnapshot) -> bool:
     """
     stopped = any(t.interrupts or t.error for t in snapshot.tasks) or at_breakpoint(snapshot)
     return bool(snapshot.next or snapshot.tasks) and not stopped
+
+
+def checkpoint_of(snapshot: StateSnapshot) -> str | None:
+    """The id of the checkpoint ``snapshot`` was read from (None: the thread has none)."""
+    checkpoint = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
+    return str(checkpoint) if checkpoint else None
 
 
 def at_breakpoint(snapshot: StateSnapshot) -> bool:

@@ -29,6 +29,7 @@ from langgraph.types import StateSnapshot
 
 from checkpoints.backends.base import Statement
 from checkpoints.events import Event, NewEvent
+from checkpoints.forks import FORKED_FROM as FORKED_FROM  # the fork's own first event after the copies
 from checkpoints.forks import copied_events
 from checkpoints.index import Instance
 from checkpoints.savers import copy_checkpoint
@@ -36,7 +37,6 @@ from checkpoints.store import Store
 from graphs.errors import ForkPointError, ForkUnsupportedError
 from nodes.flow import StartControls
 
-FORKED_FROM = "journey.forked_from"  # the fork's own first event after the copies
 FORKED = "journey.forked"  # on the source: a fork was made of it
 
 

@@ -367,12 +367,15 @@ class Instances:
         await self.events.append(instance_id, [failure(pattern, cause, error_details(exc), step)], status="failed")
 
     async def retry(self, graph: Graph, instance_id: str, retried: str, *, settle: bool = True) -> str | None:
-        """Under ``exclusive``: when the thread stopped at a failed task, log ``retried`` for it (the
-        instance is ``in_progress`` again) and answer the task's name; None when nothing failed. The
+        """Under ``exclusive``: when the thread stopped at a failed task, or at one a run cancelled on purpose
+        left in flight (``JourneyEngine.halt``), log ``retried`` for it (the instance is ``in_progress``
+        again) and answer the task's name; None when there is none. The
         caller then runs the thread on. ``settle``: finish work a crash left in flight first."""
         config = self.engine.config(instance_id)
         snapshot = await self.engine.settled_state(graph, instance_id) if settle else await graph.aget_state(config)
         failed = failed_task(snapshot)
+        if failed is None and in_flight(snapshot) and await self.engine.halted(instance_id, snapshot):
+            failed = next((t.name for t in snapshot.tasks), None)  # a run cancelled on purpose: its step runs on now
         if failed is not None:
             await self._refuse_past_deadline(instance_id)
             await self.events.append(instance_id, [NewEvent(retried, {}, failed)], status="in_progress")
@@ -586,6 +589,8 @@ class Instances:
             if current is None or current.status in ENDED_STATUSES:
                 return False
             snapshot = await graph.aget_state(self.engine.config(instance_id))
+            if await self.engine.halted(instance_id, snapshot):  # cancelled on purpose: a new run goes on
+                return False
             if in_flight(snapshot):
                 value = None
             elif never_checkpointed(snapshot):

@@ -29,7 +29,7 @@ from checkpoints.events import NewEvent
 from graphs.kernel.engine import NOTES
 from nodes import schemas
 from nodes.agent_call import Recording, logged
-from nodes.compensation import step_key
+from nodes.compensation import called, step_key
 from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
@@ -154,6 +154,7 @@ class StructuredState(TypedDict, total=False):
     status: str  # in_progress from the start; completed by the last step; a saga's compensating/compensated/failed
     step_input: dict[str, Any] | None  # the answer of the last user step, read by that step's work node
     failure: dict[str, Any] | None
+    failed_call: dict[str, str] | None  # a saga: the step and key of a call that may have acted and not completed
     compensated_steps: list[str]
     compensation_failure: dict[str, Any] | None
 
@@ -391,7 +392,10 @@ class _StepWork:
                 [NewEvent("saga.compensating", failure, step.step_id, f"{key}:failed")],
                 status="compensating",
             )
-            return Command(goto=COMPENSATE_NODE, update={"status": "compensating", "failure": failure})
+            update: dict[str, Any] = {"status": "compensating", "failure": failure}
+            if called(exc):  # its agent may have acted: the compensation undoes it too (see nodes.compensation)
+                update["failed_call"] = {"step": step.step_id, "call": key}
+            return Command(goto=COMPENSATE_NODE, update=update)
         _noted(config, key, step.step_id, outcome.output)
         # No state update: the step's record is its event, and where the journey stands is the route.
         return spec.choose_next(step.step_id, {**result, "output": outcome.output})

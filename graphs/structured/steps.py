@@ -31,6 +31,8 @@ from graphs.errors import (
     NothingToRetryError,
     RunInReviewError,
     StepFailedError,
+    StepHaltedError,
+    StepMovedOnError,
     StepOrderError,
 )
 from graphs.kernel.designs import DesignBook, PatternName
@@ -39,6 +41,7 @@ from graphs.kernel.engine import (
     RunOptions,
     check_answering,
     failed_task,
+    in_flight,
     resume_pending,
     waiting_for,
 )
@@ -49,7 +52,7 @@ from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.kernel.streaming import INTERRUPT as INTERRUPT  # the server reads run outputs with it
 from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
 from nodes.agent_call import CIRCUIT_OPEN_TASK
-from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED
+from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED, step_key
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
@@ -144,6 +147,9 @@ class StepJourneys:
         step_id: str | None = None,
         options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
+        # The step the journey stood at when this advance was asked: one that names no step is for that one. Two
+        # at once (a double click, two tabs) then do not complete two steps, the second with the first's result.
+        arrived = None if step_id or _names_step(step_result) else await self._standing_step(instance_id)
         async with self.engine.acting(instance_id) as found:
             if found is None:
                 raise JourneyNotStartedError(
@@ -168,6 +174,15 @@ class StepJourneys:
             standing = Standing.of(snapshot)
             current = self._current_step(instance_id, spec, standing)
             requested = step_id or (step_result.get("step_id") if isinstance(step_result, Mapping) else None)
+            if requested is None and arrived is not None and arrived != current:
+                raise StepMovedOnError(
+                    f"step {arrived!r} was completed while this advance waited (another advance of it ran first); "
+                    f"nothing was applied: the current step is {current!r}. Name the step an advance is for "
+                    "(step_id) to make a repeated one fail instead of completing the next step",
+                    allowed=[current],
+                    current_step=current,
+                    completed_step=arrived,
+                )
             if requested is not None and requested != current:
                 known = "" if requested in spec.step_ids else f" ({requested!r} is not a step of this journey)"
                 raise StepOrderError(
@@ -192,6 +207,14 @@ class StepJourneys:
             standing = await self._evaluate(instance_id, found.pattern, spec, graph, standing)
         view = await self.view(await self.instance(instance_id), spec, standing)
         return {**view, "completed_step": current}
+
+    async def _standing_step(self, instance_id: str) -> str | None:
+        """The step the journey stands at now, read without its lock (None: not started, or not a step)."""
+        found = await self.index.get_instance(instance_id)
+        if found is None or found.pattern not in self.patterns:
+            return None
+        _, _spec, graph = await self._load(found.journey_id)
+        return position(await graph.aget_state(self.engine.config(instance_id)))
 
     async def retry(self, instance_id: str) -> dict[str, Any]:
         """Run the failed step again (its agent may have recovered), or resume a saga's compensation
@@ -303,14 +326,24 @@ class StepJourneys:
         await graph.aupdate_state(config, {"status": "failed", "failure": reason}, as_node=step or START)
 
     async def _compensate(
-        self, instance: Instance, graph: Graph, step: str, reason: dict[str, Any], cause: NewEvent, key: str
+        self,
+        instance: Instance,
+        graph: Graph,
+        step: str,
+        reason: dict[str, Any],
+        cause: NewEvent,
+        key: str,
+        cut_short: dict[str, str] | None = None,
     ) -> None:
         """Turn a saga that stands at ``step`` to its compensation (under ``exclusive``), as a failing step does:
-        ``cause`` and ``saga.compensating`` logged, then the undo of its completed steps, last first, run now."""
+        ``cause`` and ``saga.compensating`` logged, then the undo of its completed steps, last first, run now
+        (first the step whose work was ``cut_short``, see :meth:`_cut_short`)."""
         instance_id = instance.instance_id
         compensating = NewEvent("saga.compensating", reason, step, f"{key}:compensating")
         await self.events.append(instance_id, [cause, compensating], status="compensating")
-        update = {"status": "compensating", "failure": reason}
+        update: dict[str, Any] = {"status": "compensating", "failure": reason}
+        if cut_short is not None:
+            update["failed_call"] = cut_short
         await graph.aupdate_state(
             self.engine.config(instance_id), Command(goto=COMPENSATE_NODE, update=update), as_node=step
         )
@@ -320,7 +353,8 @@ class StepJourneys:
     async def cancel(self, instance_id: str, reason: str) -> dict[str, Any]:
         """Cancel a saga that has not ended where it stands: its completed steps are compensated, last first,
         and it ends ``compensated`` (or ``failed`` at a handler that fails for good, which a retry resumes). A
-        step whose run was cut short is not run again first: only what the log says was done is undone."""
+        step whose run was cut short (cancelled, or a crash) is not run again first: what the log says was done
+        is undone, and the step whose work was under way, whose agent may have acted, is undone first."""
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.acting(instance_id):
@@ -337,9 +371,36 @@ class StepJourneys:
             step = standing.position
             failure = {"step": step, "error": reason, "error_type": "SagaCancelled"}
             cancelled = NewEvent("saga.cancelled", {"reason": reason}, step, f"{instance_id}:cancelled")
-            await self._compensate(found, graph, step, failure, cancelled, f"{instance_id}:cancelled")
+            cut_short = await self._cut_short(instance_id, spec, snapshot)
+            await self._compensate(found, graph, step, failure, cancelled, f"{instance_id}:cancelled", cut_short)
             standing = Standing.of(await graph.aget_state(self.engine.config(instance_id)))
         return await self.view(await self.instance(instance_id), spec, standing)
+
+    async def _cut_short(
+        self, instance_id: str, spec: StructuredSpec, snapshot: StateSnapshot
+    ) -> dict[str, str] | None:
+        """The step whose work a run cut short (cancelled, or a crash) and its call's key (``failed_call``): its
+        agent may have acted. A node may have run steps after its own (``steps_chained``): those whose
+        completion is logged under their place in the chain are passed over. None: no step's work was under way."""
+        if not in_flight(snapshot):
+            return None
+        node = next((t.name for t in snapshot.tasks if t.name in spec.step_ids), None)
+        if node is None:
+            return None
+        at = int((snapshot.metadata or {}).get("step", -1)) + 1  # the superstep its tasks run in
+        logged = {e.key: e for e in await self.events.list(instance_id, types=[COMPLETED_STEP])}
+        step: str | None = node
+        visit = 0
+        while step is not None and step in spec.step_ids:
+            key = step_key(instance_id, step, f"{at}.{visit}" if visit else at)
+            done = logged.get(key)
+            if done is None:
+                return {"step": step, "call": key}
+            following = done.payload.get("next_step")
+            step, visit = (following if isinstance(following, str) else None), visit + 1
+            if step is not None and step in spec.step_ids and spec.step(step).mode == "user":
+                return None  # a node goes on to an auto step only: a user step waits for its input first
+        return None
 
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:
@@ -369,6 +430,14 @@ class StepJourneys:
                 status=standing.status,
             )
         current = standing.position
+        if standing.waiting is None and current in spec.step_ids and standing.status == "in_progress":
+            # In flight after a settle: a run cancelled on purpose stopped the step's work (JourneyEngine.halt).
+            raise StepHaltedError(
+                f"step {current!r} of journey run {instance_id!r} was stopped while its work ran (its run was "
+                "cancelled); run it on with retry_journey_step / retry_saga_step (POST .../retry) first",
+                allowed=["retry_journey_step"],
+                current_step=current,
+            )
         if standing.waiting is None or current not in spec.step_ids:
             raise JourneyFinishedError(f"journey run {instance_id!r} is not waiting for a step result", allowed=[])
         return current
@@ -479,6 +548,10 @@ def position(snapshot: StateSnapshot) -> str | None:
         if node != COMPENSATE_NODE:
             return node.removesuffix(AWAIT_SUFFIX)
     return None
+
+
+def _names_step(step_result: Any) -> bool:
+    return isinstance(step_result, Mapping) and step_result.get("step_id") is not None
 
 
 def _initial_state(context: Mapping[str, Any] | None) -> StructuredState:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from graphs.kernel.engine import addressed, at_breakpoint
+from graphs.kernel.engine import addressed, at_breakpoint, in_flight
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
 from server.assistants import Assistant, get_assistant
@@ -177,11 +177,16 @@ async def _stopped_between_nodes(
     svc: ServerServices, assistant: Assistant, body: RunCreate, row: ThreadRow | None
 ) -> bool:
     """Whether a run with neither input nor command.resume goes on with its thread's journey: LangGraph's run
-    without input, which resumes a thread a run's interrupt_before/after stopped between two nodes."""
+    without input, which resumes a thread a run's interrupt_before/after stopped between two nodes, or where
+    a run cancelled on purpose stopped it (``JourneyEngine.halt``)."""
     if row is None or row.instance_id is None or assistant.chat or body.input is not None or body.command is not None:
         return False
     graph = await svc.thread_graph(ResolvedThread.of(row))
-    return graph is not None and at_breakpoint(await graph.aget_state(svc.runtime.engine.config(row.instance_id)))
+    if graph is None:
+        return False
+    engine = svc.runtime.engine
+    snapshot = await graph.aget_state(engine.config(row.instance_id))
+    return at_breakpoint(snapshot) or (in_flight(snapshot) and await engine.halted(row.instance_id, snapshot))
 
 
 def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queued: int, stopped: bool) -> str:
@@ -222,7 +227,7 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
             409,
             "JourneyStarted",
             f"thread {thread} already runs a journey; advance it with command.resume (a run without input goes "
-            "on only where interrupt_before/after stopped it)",
+            "on only where interrupt_before/after, or a cancelled run, stopped it)",
         )
     if instance_id is None and body.input is None and not queued:
         if row is None:  # a new thread: the request alone lacks what it needs

@@ -269,8 +269,26 @@ class RunExecutor:
         except asyncio.CancelledError:
             # Wherever the cancel lands from the claim (which may have landed) to the end: the run ends
             # interrupted, else it would stay "running" and its queue would take it up again.
+            try:
+                await self._halt_if_asked(run_id)
+            except Exception:  # the run still ends interrupted; its step is then finished as a crash's would be
+                log.exception("could not record a cancelled run's halt", run_id=run_id)
             await self._interrupted(run_id)
             raise
+
+    async def _halt_if_asked(self, run_id: str) -> None:
+        """A run cancelled on purpose (runs.cancel, recorded before it was stopped) leaves its journey where it
+        stopped (``JourneyEngine.halt``): no read or recovery runs the cancelled step on; a new run does. A run
+        stopped by its process's shutdown was not asked to stop: its work is finished on restart, as a crash's."""
+        run = await self.runs.get_run(run_id)
+        if run is None or run.cancel_requested_at is None:
+            return
+        thread = await self.runs.get_thread(run.thread_id)
+        if thread is None or thread.instance_id is None:
+            return
+        graph = await graph_of(self.runtime, get_assistant(run.graph_id), thread.instance_id)
+        async with self.runtime.engine.exclusive(thread.instance_id):
+            await self.runtime.engine.halt(graph, thread.instance_id)
 
     async def _execute_claimed(self, run: RunRow, instance_id: str | None, taken: Taken | None) -> RunRow | None:
         run_id = run.run_id

@@ -1,0 +1,177 @@
+"""A run cancelled on purpose (``runs.cancel(..., action="interrupt")``, langgraph-sdk over real HTTP) while a
+saga's or a structured journey's auto step works: the journey stays where the run stopped, as the Agent Server
+leaves a cancelled run's thread at its last checkpoint. Reads (the journey's status, the thread's state) never
+call the step's agent again; a new run (a retry, or a run without input) does. Memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+
+from agents import AgentRequest
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "journey_type": "slow_order",
+    "steps": [
+        {"step_id": "ask", "mode": "user"},
+        {"step_id": "ship", "mode": "auto", "agent": "slow_ship"},
+        {"step_id": "confirm", "mode": "user"},
+    ],
+}
+
+
+class SlowShip:
+    """An agent whose first call takes long (the run is cancelled meanwhile); it counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, request: AgentRequest) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(30)
+        return {"shipped": True}
+
+
+@pytest.fixture
+def app(store_url: str) -> Iterator[tuple[FastAPI, str]]:
+    app = create_app(Settings(database_url=store_url, auth=False))
+    with serving(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+async def sdk(app: tuple[FastAPI, str]) -> AsyncIterator[LangGraphClient]:
+    async with get_client(url=app[1], api_key=None) as client:
+        yield client
+
+
+async def _cancelled_in_ship(app: FastAPI, sdk: LangGraphClient, assistant: str) -> tuple[str, str, SlowShip]:
+    """A journey of ``assistant`` whose advance to its auto step ``ship`` was cancelled while ``ship`` worked:
+    its thread and instance ids, and the agent."""
+    ship = SlowShip()
+    app.state.services.runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    start: dict[str, Any] = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"}
+    if assistant == "saga":
+        start["compensation_handlers"] = {}
+    await sdk.runs.wait(tid, assistant, input=start)
+    run = await sdk.runs.create(tid, assistant, command={"resume": {}})
+    await asyncio.wait_for(_started(ship), 10)
+    cancelled = await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True)
+    assert cancelled["status"] == "interrupted", cancelled
+    instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]  # the thread's journey
+    return tid, str(instance_id), ship
+
+
+@pytest.mark.parametrize("assistant", ["saga", "structured"])
+async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_again(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
+) -> None:
+    tid, instance_id, ship = await _cancelled_in_ship(app[0], sdk, assistant)
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        for _ in range(2):
+            status = (await http.get(f"/journeys/{instance_id}/status")).json()
+            state = await sdk.threads.get_state(tid)
+    assert ship.calls == 1  # no read called the agent again
+    assert status["current_step"] == "ship" and status["completed_steps"] == ["ask"], status
+    assert state["next"] == ["ship"]
+    # A new run goes on from where it stopped: the step runs (once more), and the journey waits at the next.
+    await sdk.runs.wait(tid, assistant)
+    assert ship.calls == 2
+    state = await sdk.threads.get_state(tid)
+    assert state["next"] == ["confirm.await"], state["next"]
+
+
+async def test_a_saga_step_whose_run_was_cancelled_takes_no_result_until_it_is_retried(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    _tid, saga_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        journey_id = (await http.get(f"/journeys/sagas/{saga_id}")).json()["journey_id"]
+    who = {"journey_id": journey_id, "user_id": "ana"}
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        refused = await http.post(f"/journeys/sagas/{saga_id}/advance", json={**who, "step_result": {}})
+        assert refused.status_code == 409 and refused.json()["code"] == "StepHaltedError", refused.json()
+        assert "retry" in refused.json()["detail"]
+        retried = (await http.post(f"/journeys/sagas/{saga_id}/retry")).json()
+    assert ship.calls == 2
+    assert retried["current_step"] == "confirm" and retried["completed_steps"] == ["ask", "ship"], retried
+
+
+async def test_reads_of_a_process_whose_run_was_cancelled_in_a_service_task_do_not_run_it_again(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    ship = SlowShip()
+    app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
+    spec = {
+        "name": "shipping",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "user_task", "id": "ask", "title": "Ask", "assignee": "local"},
+            {"type": "service_task", "id": "ship", "agent": "slow_ship"},
+            {"type": "user_task", "id": "confirm", "title": "Confirm", "assignee": "local"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> ask", "ask -> ship", "ship -> confirm", "confirm -> end"],
+    }
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        deployed = await http.post("/processes", json=spec)
+        assert deployed.status_code == 200, deployed.text
+        tid = (await sdk.threads.create())["thread_id"]
+        await sdk.runs.wait(tid, "process", input={"process": "shipping", "business_key": "order-1"})
+        run = await sdk.runs.create(tid, "process", command={"resume": {"payload": {}}})
+        await asyncio.wait_for(_started(ship), 10)
+        assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+        for _ in range(2):
+            assert (await http.get(f"/journeys/{tid}/status")).status_code == 200
+            await sdk.threads.get_state(tid)
+        assert ship.calls == 1  # no read called the service task's agent again
+        await sdk.runs.wait(tid, "process")  # a new run without input goes on from where it stopped
+        assert ship.calls == 2
+        tasks = (await http.get("/tasks", params={"instance_id": tid})).json()
+    assert [t["element"] for t in tasks] == ["confirm"], tasks
+
+
+async def test_a_saga_cancelled_after_its_run_was_cancelled_in_a_step_undoes_that_step_first(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """The cancelled run's step may have acted before it was stopped: cancelling the saga then undoes it
+    first (its handler told ``completed: False``), then the steps it completed."""
+    undone: list[dict[str, Any]] = []
+    runtime = app[0].state.services.runtime
+    for handler in ("unask", "unship"):
+        runtime.agents.register(handler, lambda request: undone.append(dict(request.payload)) or {}, replace=True)
+    ship = SlowShip()
+    runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    start = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"}
+    start["compensation_handlers"] = {"ask": "unask", "ship": "unship"}
+    await sdk.runs.wait(tid, "saga", input=start)
+    run = await sdk.runs.create(tid, "saga", command={"resume": {}})
+    await asyncio.wait_for(_started(ship), 10)
+    assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+    saga_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        cancelled = (await http.post(f"/journeys/sagas/{saga_id}/cancel", json={"reason": "no"})).json()
+    assert cancelled["status"] == "compensated", cancelled
+    assert cancelled["compensated_steps"] == ["ship", "ask"]
+    assert [(u["step_id"], u["completed"]) for u in undone] == [("ship", False), ("ask", True)]
+    assert ship.calls == 1
+
+
+async def _started(ship: SlowShip) -> None:
+    while not ship.calls:  # noqa: ASYNC110 (the agent runs on the server's loop: no event of this loop tells)
+        await asyncio.sleep(0.02)
