@@ -309,6 +309,10 @@ def rebuild(
             typer.echo(f"  {instance_id}")
         if rebuilt.underivable:  # logged before first events recorded their row
             typer.echo(f"{len(rebuilt.underivable)} instances logged before this release left as they are")
+        if rebuilt.busy:  # appended to at every read: a later rebuild gets them
+            typer.echo(f"{len(rebuilt.busy)} instances changing throughout left as they are; rebuild again later:")
+            for instance_id in rebuilt.busy:
+                typer.echo(f"  {instance_id}")
         for what, views in (("lifecycle journeys", lifecycle), ("processes' user tasks", inbox)):
             typer.echo(f"{views.instances} {what} read, {len(views.corrected)} views corrected")
             for name in views.corrected:
