@@ -248,7 +248,7 @@ def worker(
     from nodes.telemetry import configure_tracing, process_registry
     from server.queues.worker import run_worker
 
-    _quiet_logs(verbose)
+    _quiet_logs(verbose, quiet=logging.WARNING)  # warnings show: the database going away and coming back
     configure_tracing()
     if metrics_port is not None:
         start_http_server(metrics_port, metrics_host, registry=process_registry())

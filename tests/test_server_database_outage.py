@@ -119,3 +119,34 @@ def test_requests_during_an_outage_are_answered_503_in_seconds_not_at_the_pools_
             assert journey(client, "after").json()["status"] == "completed"
         finally:
             client.close()
+
+
+def test_a_worker_says_at_its_default_log_level_that_the_database_went_away_and_came_back(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """`journeys worker` logged its "database unavailable" warning only with -v (its default level was
+    ERROR): an operator saw nothing while it waited out an outage. It says so, and when it takes jobs again."""
+    worker_log = tmp_path / "worker.log"
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", "--distributed", *PLUGIN) as base:
+        worker = start_worker(postgres_url, *PLUGIN, log=worker_log)
+        client = httpx.Client(base_url=base, timeout=120)
+        try:
+            assert journey(client, "before").json()["status"] == "completed"
+            with outage(postgres_url):
+                deadline = time.monotonic() + 30
+                while "database unavailable" not in worker_log.read_text():
+                    assert time.monotonic() < deadline, worker_log.read_text()
+                    time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while "database available again" not in worker_log.read_text():
+                assert time.monotonic() < deadline, worker_log.read_text()
+                time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while client.get("/ok", params={"check_db": 1}).status_code != 200:
+                assert time.monotonic() < deadline, "the server never saw the database again"
+                time.sleep(0.2)
+            assert journey(client, "after").json()["status"] == "completed"
+            assert worker.poll() is None
+        finally:
+            client.close()
+            stop_worker(worker)
