@@ -315,6 +315,17 @@ async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_
         await sdk_client.store.search_items(["docs"], filter={"x": {"bad": [1]}})
 
 
+@pytest.mark.parametrize("field", ["(a+)+$", "$where", "a b", "x') OR 1=1 --"])
+async def test_a_search_filter_on_a_field_name_no_store_takes_is_refused_not_a_server_error(
+    sdk_client: LangGraphClient, field: str
+) -> None:
+    """The SQLite store refuses a filter field outside [A-Za-z0-9_.-] with a ValueError: a 500 on SQLite, an
+    answer on PostgreSQL. Every store now answers 422, naming the field and what a field may hold."""
+    await sdk_client.store.put_item(["docs"], "a", {"x": 1})
+    with pytest.raises(UnprocessableEntityError, match="letters, digits"):
+        await sdk_client.store.search_items(["docs"], filter={field: 1})
+
+
 async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own(
     cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:
