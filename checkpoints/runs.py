@@ -588,12 +588,12 @@ class RunStore:
             written = await self._backend.write([insert_run, _INSERT_NEW_THREAD], params)
         else:
             async with self._backend.transaction() as tx:
-                if guard is not None and not await tx.execute(*guard):
-                    raise RunWithdrawnError(run_id=run.run_id)
                 if new_thread is not None:
                     await tx.execute(_INSERT_NEW_THREAD, params)
-                else:
+                else:  # the thread's row is locked before the guard's: a thread's delete locks them in that order
                     await self._check_queueable(tx, str(thread_id), multitask_strategy)
+                if guard is not None and not await tx.execute(*guard):
+                    raise RunWithdrawnError(run_id=run.run_id)
                 written = await tx.execute(insert_run, params)
         return dataclasses.replace(run, job_id=written[0]["job_id"]) if enqueue is not None else run
 

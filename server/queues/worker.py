@@ -83,7 +83,8 @@ async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
                 log.warning("retrying a stalled job", job_id=job.id, task=job.task_name)
                 await app.job_manager.retry_job(job)
         except Exception as exc:  # a database hiccup: try again next round
-            log.warning("stalled-job check failed", error=repr(exc))
+            if lost_database(exc) is None:  # an outage is logged once, by outlasting_the_database
+                log.warning("stalled-job check failed", error=repr(exc))
 
 
 async def run_worker(
