@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Executable, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from checkpoints.backends.base import Statement
 from checkpoints.clock import Clock
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.process.timers import ARMED, TimerStore, cancel_timers
@@ -37,6 +38,27 @@ def _delete_crons(which: Any) -> tuple[Executable, ...]:
         cancel_timers(process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(which))),
         delete(server_crons).where(which),
     )
+
+
+# A firing's run is created only while its cron is enabled on the timer that fired: run first in the run's
+# transaction (checkpoints.runs.RunStore.create_run's guard), this write answers the cron and holds it until the
+# run commits (its row locked; on SQLite the database's write lock), so a disable, reschedule or delete either
+# waits for the run or is seen by it, never one without the other.
+_FIRING = (
+    update(server_crons)
+    .where(
+        server_crons.c.cron_id == bindparam("p_cron_id"),
+        server_crons.c.enabled == 1,
+        server_crons.c.timer_id == bindparam("p_timer_id"),
+    )
+    .values(cron_id=server_crons.c.cron_id)
+    .returning(server_crons.c.cron_id)
+)
+
+
+def firing_guard(cron_id: str, timer_id: str) -> Statement:
+    """The guard of a firing's run: the cron still enabled on ``timer_id`` when the run is written."""
+    return _FIRING, {"p_cron_id": cron_id, "p_timer_id": timer_id}
 
 
 # A thread's crons go with it (as on the Agent Server): statements of the thread's delete, run in its

@@ -62,9 +62,19 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTi
 class OutageMark:
     """When this process last saw the database go away: a pooled connection last used before then may be one
     the outage ended, so it is probed on its next checkout (``checkpoints.backends.postgres.probe_if_idle``)
-    instead of failing the call that takes it."""
+    instead of failing the call that takes it.
+
+    ``refused`` and ``answered``: when a new connection to it last failed and last succeeded. While the last
+    attempt failed the database is known to be away (:meth:`away`), and a caller waiting for a pooled
+    connection is answered at once instead of at the pool's timeout."""
 
     at: float = float("-inf")
+    refused: float = float("-inf")
+    answered: float = float("-inf")
+
+    def away(self) -> bool:
+        """Whether the last new connection to the database failed (and none succeeded since)."""
+        return self.refused > self.answered
 
 
 OUTAGE = OutageMark()

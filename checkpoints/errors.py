@@ -93,6 +93,13 @@ class ThreadNotFoundError(JourneyError):
     category = "not_found"
 
 
+class RunWithdrawnError(JourneyError):
+    """The run was not created: what asked for it was withdrawn as it was created (a cron disabled, deleted or
+    rescheduled while it fired)."""
+
+    category = "conflict"
+
+
 class UnsupportedMultitaskStrategyError(JourneyError):
     """The run's multitask strategy is not one this store supports."""
 

@@ -42,7 +42,7 @@ import random
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -88,6 +88,18 @@ class InstanceLocks(Protocol):
         """Hold the instance's lock for the block; wait for it until ``deadline`` (the loop's clock)."""
         ...
 
+    def watched(self, name: str, deadline: float) -> AbstractAsyncContextManager[Kept]:
+        """Hold the lock ``name`` as :meth:`hold` does, for a long block: yields a check of whether it is held
+        still (a PostgreSQL lock ends with its connection, which an outage or a terminated backend ends)."""
+        ...
+
+
+Kept = Callable[[], Awaitable[bool]]  # whether a watched lock is held still
+
+
+async def _always_kept() -> bool:
+    return True  # the operating system's and the process's locks end only with the process
+
 
 class InProcessLocks:
     """``memory://``: the engine's in-process lock is the whole guarantee."""
@@ -98,6 +110,10 @@ class InProcessLocks:
     @asynccontextmanager
     async def hold(self, instance_id: str, deadline: float) -> AsyncIterator[None]:
         yield
+
+    @asynccontextmanager
+    async def watched(self, name: str, deadline: float) -> AsyncIterator[Kept]:
+        yield _always_kept
 
 
 class _PolledLocks(ABC):
@@ -113,8 +129,11 @@ class _PolledLocks(ABC):
     @abstractmethod
     async def _release(self, instance_id: str, token: Any) -> None: ...
 
-    @asynccontextmanager
-    async def hold(self, instance_id: str, deadline: float) -> AsyncIterator[None]:
+    async def _kept(self, name: str, token: Any) -> bool:
+        """Whether the lock ``name`` taken with ``token`` is held still (see :meth:`watched`)."""
+        return True
+
+    async def _acquire(self, instance_id: str, deadline: float) -> Any:
         loop = asyncio.get_running_loop()
         delay = FIRST_BACKOFF_S
         while (token := await self._try(instance_id)) is None:
@@ -123,10 +142,23 @@ class _PolledLocks(ABC):
                 raise busy(instance_id, self.timeout)
             await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), left))
             delay = min(delay * 2, MAX_BACKOFF_S)
+        return token
+
+    @asynccontextmanager
+    async def hold(self, instance_id: str, deadline: float) -> AsyncIterator[None]:
+        token = await self._acquire(instance_id, deadline)
         try:
             yield
         finally:
             await self._release(instance_id, token)
+
+    @asynccontextmanager
+    async def watched(self, name: str, deadline: float) -> AsyncIterator[Kept]:
+        token = await self._acquire(name, deadline)
+        try:
+            yield functools.partial(self._kept, name, token)
+        finally:
+            await self._release(name, token)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -140,6 +172,7 @@ class PgAdvisoryLocks(_PolledLocks):
         self._conninfo = conninfo
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._generation = 0  # bumped at each reconnect: a lock taken on an earlier connection is gone
+        self._pids: dict[int, int] = {}  # each generation's backend (see _kept)
         self._connecting = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         # What callers asked for while the connection was busy, sent together by one flusher task.
@@ -178,7 +211,27 @@ class PgAdvisoryLocks(_PolledLocks):
                 with contextlib.suppress(psycopg.errors.UndefinedObject):  # before PostgreSQL 14
                     await conn.execute("SET idle_session_timeout = 0")
                 self._conn = conn
+                self._pids[self._generation] = conn.info.backend_pid
             return self._conn, self._generation
+
+    async def _kept(self, name: str, token: Any) -> bool:
+        # PostgreSQL releases a session's locks when the session ends: held still while the connection the
+        # lock was taken on is the lock connection still, and answers.
+        conn = self._conn
+        if conn is not None and not conn.closed and token == self._generation:
+            try:
+                await conn.execute("SELECT 1")
+                return True
+            except psycopg.OperationalError:
+                if not conn.closed:
+                    raise
+        # That connection is gone here; its session may live on in PostgreSQL (a network break it has not
+        # noticed yet), and holds the lock as long as it does: no other process can take it meanwhile.
+        conn, _generation = await self._connection()
+        key = lock_key(name) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned halves
+        found = await conn.execute(HOLDER, (key >> 32, key & 0xFFFFFFFF))
+        holder = await found.fetchone()
+        return holder is not None and holder[0] == self._pids.get(int(token))
 
     async def _try(self, instance_id: str) -> int | None:
         # Shielded: a caller cancelled while the query is on the wire must not leave a lock it never learns of.
@@ -301,6 +354,10 @@ class PgAdvisoryLocks(_PolledLocks):
 
 TRY_LOCKS = "SELECT t.i, pg_try_advisory_lock(t.k) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, i)"
 UNLOCKS = "SELECT pg_advisory_unlock(t.k) FROM unnest($1::bigint[]) AS t(k)"
+HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s::bigint::oid "
+    "AND objid = %s::bigint::oid AND objsubid = 1"
+)
 
 
 def _report_failed_unlock(instance_id: str, released: asyncio.Future[None]) -> None:

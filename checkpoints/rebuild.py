@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, delete, exists, insert, select, update
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.encryption import Sealer
@@ -47,7 +47,7 @@ from checkpoints.schema.tables import journey_events, journey_instances, user_ta
 _events, _instances = journey_events.c, journey_instances.c
 # The first event names its instance.
 _LOGGED = select(_events.instance_id).where(is_first(_events.seq)).order_by(_events.instance_id)
-_EVENTS_OF = select(_events.payload, _events.created_at).where(OF_INSTANCE).order_by(_events.seq)
+_EVENTS_OF = select(_events.seq, _events.payload, _events.created_at).where(OF_INSTANCE).order_by(_events.seq)
 _ROW = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
 _ROW_VALUES = {
     "journey_id": bindparam("p_journey_id", type_=_instances.journey_id.type),
@@ -57,8 +57,29 @@ _ROW_VALUES = {
     "created_at": bindparam("p_created_at", type_=_instances.created_at.type),
     "updated_at": bindparam("p_updated_at", type_=_instances.updated_at.type),
 }
-_INSERT = insert(journey_instances).values(instance_id=bindparam("p_instance_id"), **_ROW_VALUES)
-_UPDATE = update(journey_instances).where(_instances.instance_id == bindparam("p_instance_id")).values(**_ROW_VALUES)
+# A row is written only while the log holds nothing after the events it was derived from: an append that
+# commits in between (its status written with it) is not overwritten with the older status.
+_UNCHANGED = ~exists().where(OF_INSTANCE, _events.seq > bindparam("p_last_seq", type_=Integer))
+# On PostgreSQL the row is locked first: an append that has written it commits before the check is made (the
+# check then sees its event), one that writes it after waits for the rebuild's write and writes over it.
+_LOCK = _ROW.with_for_update()  # SQLite has no row locks: there the conditional write is one statement, atomic
+_INSERT = (
+    insert(journey_instances)
+    .from_select(
+        ["instance_id", *_ROW_VALUES],
+        select(bindparam("p_instance_id", type_=_instances.instance_id.type), *_ROW_VALUES.values()).where(
+            _UNCHANGED, ~exists().where(_instances.instance_id == bindparam("p_instance_id"))
+        ),
+    )
+    .returning(_instances.instance_id)
+)
+_UPDATE = (
+    update(journey_instances)
+    .where(_instances.instance_id == bindparam("p_instance_id"), _UNCHANGED)
+    .values(**_ROW_VALUES)
+    .returning(_instances.instance_id)
+)
+WRITE_ATTEMPTS = 20  # reads of an instance's log a rebuild makes while appends keep changing it
 _COMPARED = ("journey_id", "pattern", "user_id", "status")
 
 
@@ -69,6 +90,7 @@ class Rebuilt:
     instances: int
     corrected: list[str]
     underivable: list[str]  # logged before their first event recorded their row: left as they are
+    busy: list[str] = field(default_factory=list)  # appended to at every read: left as they are, rebuild again
 
 
 def derived_row(events: list[Row]) -> dict[str, Any] | None:
@@ -105,24 +127,42 @@ def as_live(derived: dict[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
 
 async def rebuild_instance_index(backend: Backend) -> Rebuilt:
     """Write every instance's index row as its events say: a missing row is inserted, a differing one
-    updated, one that agrees left alone (an offline repair: a few queries per instance)."""
-    corrected: list[str] = []
-    underivable: list[str] = []
+    updated, one that agrees left alone (a few queries per instance). Safe on a live database: a row is
+    written only if no event was appended since its events were read, else they are read again."""
+    outcomes: dict[str, list[str]] = {"corrected": [], "agrees": [], "underivable": [], "busy": []}
     logged = [row["instance_id"] for row in await backend.query(_LOGGED)]
     for instance_id in logged:
-        derived = derived_row(await backend.query(_EVENTS_OF, {"p_instance_id": instance_id}))
+        outcomes[await _rebuild_row(backend, instance_id)].append(instance_id)
+    return Rebuilt(len(logged), outcomes["corrected"], outcomes["underivable"], outcomes["busy"])
+
+
+async def _rebuild_row(backend: Backend, instance_id: str) -> str:
+    """Bring one instance's row in line with its log: ``corrected``, ``agrees``, ``underivable``, or ``busy``
+    (its log grew between each read and the write that followed, :data:`WRITE_ATTEMPTS` times)."""
+    for _attempt in range(WRITE_ATTEMPTS):
+        events = await backend.query(_EVENTS_OF, {"p_instance_id": instance_id})
+        derived = derived_row(events)
         if derived is None:
-            underivable.append(instance_id)
-            continue
+            return "underivable"
         found = await backend.query(_ROW, {"p_instance_id": instance_id})
         if found:
             derived = as_live(derived, found[0])
             if all(found[0][name] == derived[name] for name in _COMPARED):
-                continue
-        params = {"p_instance_id": instance_id, **{f"p_{name}": value for name, value in derived.items()}}
-        await backend.write([_UPDATE if found else _INSERT], params)
-        corrected.append(instance_id)
-    return Rebuilt(len(logged), corrected, underivable)
+                return "agrees"
+        params = {
+            "p_instance_id": instance_id,
+            "p_last_seq": events[-1]["seq"],
+            **{f"p_{name}": value for name, value in derived.items()},
+        }
+        try:
+            async with backend.transaction() as tx:
+                await tx.execute(_LOCK, {"p_instance_id": instance_id})
+                if await tx.execute(_UPDATE if found else _INSERT, params):
+                    return "corrected"
+        except Exception as exc:
+            if not backend.is_unique_violation(exc):  # the row was inserted meanwhile: read again
+                raise
+    return "busy"
 
 
 # --- the lifecycle tables ---------------------------------------------------------------------------

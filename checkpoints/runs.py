@@ -42,11 +42,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from checkpoints.backends.base import Backend, Row, Statement
+from checkpoints.backends.base import Backend, Row, Statement, Transaction
 from checkpoints.clock import Clock
 from checkpoints.crons import DELETE_THREAD_CRONS
 from checkpoints.encryption import Sealer
 from checkpoints.errors import (
+    RunWithdrawnError,
     ThreadBusyError,
     ThreadExistsError,
     ThreadNotFoundError,
@@ -537,12 +538,15 @@ class RunStore:
         durability: str | None = None,
         options: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        guard: Statement | None = None,
     ) -> RunRow:
         """Queue a run on ``thread_id``, or (None) on a new thread owned by ``principal``, created with it.
 
         ``enqueue`` (distributed mode) puts the run's job on the queue in the same transaction: the run and
         its job are committed together or not at all, so no run is left pending without a job. ``run_id``:
-        the new run's id, chosen by a caller that watches for the run's end before it exists (else new)."""
+        the new run's id, chosen by a caller that watches for the run's end before it exists (else new).
+        ``guard``: a write (and its values) run first in the run's transaction, which holds what asked for the
+        run until it commits; answering no row, nothing is created (:class:`RunWithdrawnError`)."""
         if multitask_strategy not in STRATEGIES:
             raise UnsupportedMultitaskStrategyError(
                 f"multitask_strategy {multitask_strategy!r} is not supported; use one of {', '.join(STRATEGIES)}"
@@ -578,22 +582,33 @@ class RunStore:
         if enqueue is not None:  # the run's INSERT writes its job too
             insert_run = self._insert_with_job(enqueue.defer)
             params.update(enqueue.params(run))
-        if new_thread is not None:  # nothing can be queued on it yet: thread and run in one statement (PostgreSQL)
+        if new_thread is not None:
             params.update({f"t_{name}": getattr(new_thread, name) for name in ThreadRow.__slots__})
+        if new_thread is not None and guard is None:  # nothing can be queued on it yet: one statement (PostgreSQL)
             written = await self._backend.write([insert_run, _INSERT_NEW_THREAD], params)
         else:
             async with self._backend.transaction() as tx:
-                active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": run.thread_id})
-                if not active:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
-                    raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
-                if multitask_strategy == "reject" and active[0]["n"]:
-                    raise ThreadBusyError(
-                        f"thread {thread_id!r} already has a pending or running run; wait for it, or create the "
-                        "run with multitask_strategy='enqueue'",
-                        thread_id=thread_id,
-                    )
+                if new_thread is not None:
+                    await tx.execute(_INSERT_NEW_THREAD, params)
+                else:  # the thread's row is locked before the guard's: a thread's delete locks them in that order
+                    await self._check_queueable(tx, str(thread_id), multitask_strategy)
+                if guard is not None and not await tx.execute(*guard):
+                    raise RunWithdrawnError(run_id=run.run_id)
                 written = await tx.execute(insert_run, params)
         return dataclasses.replace(run, job_id=written[0]["job_id"]) if enqueue is not None else run
+
+    @staticmethod
+    async def _check_queueable(tx: Transaction, thread_id: str, multitask_strategy: str) -> None:
+        """In the run's transaction: the thread exists (locked until the run commits) and may take the run."""
+        active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": thread_id})
+        if not active:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
+            raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+        if multitask_strategy == "reject" and active[0]["n"]:
+            raise ThreadBusyError(
+                f"thread {thread_id!r} already has a pending or running run; wait for it, or create the "
+                "run with multitask_strategy='enqueue'",
+                thread_id=thread_id,
+            )
 
     def _insert_with_job(self, defer: Executable) -> Executable:
         found = self._with_job.get(defer)

@@ -248,7 +248,7 @@ def worker(
     from nodes.telemetry import configure_tracing, process_registry
     from server.queues.worker import run_worker
 
-    _quiet_logs(verbose)
+    _quiet_logs(verbose, quiet=logging.WARNING)  # warnings show: the database going away and coming back
     configure_tracing()
     if metrics_port is not None:
         start_http_server(metrics_port, metrics_host, registry=process_registry())
@@ -309,6 +309,10 @@ def rebuild(
             typer.echo(f"  {instance_id}")
         if rebuilt.underivable:  # logged before first events recorded their row
             typer.echo(f"{len(rebuilt.underivable)} instances logged before this release left as they are")
+        if rebuilt.busy:  # appended to at every read: a later rebuild gets them
+            typer.echo(f"{len(rebuilt.busy)} instances changing throughout left as they are; rebuild again later:")
+            for instance_id in rebuilt.busy:
+                typer.echo(f"  {instance_id}")
         for what, views in (("lifecycle journeys", lifecycle), ("processes' user tasks", inbox)):
             typer.echo(f"{views.instances} {what} read, {len(views.corrected)} views corrected")
             for name in views.corrected:

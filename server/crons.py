@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from checkpoints.crons import CRON_PURPOSE, CronFilter, CronRow, CronStore
-from checkpoints.errors import ThreadNotFoundError
+from checkpoints.crons import CRON_PURPOSE, CronFilter, CronRow, CronStore, firing_guard
+from checkpoints.errors import RunWithdrawnError, ThreadNotFoundError
 from checkpoints.process.timers import Timer
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.runtime import JourneyRuntime
@@ -167,7 +167,10 @@ class CronService:
                 durability=payload.get("durability"),
                 # No graph for a cron stored before run options were kept: its assistant's.
                 options={**(payload.get(RUN_OPTIONS) or {}), GROUPS: list(payload.get("groups", []))},
+                guard=firing_guard(cron.cron_id, timer.timer_id),
             )
+        except RunWithdrawnError:  # disabled, rescheduled or deleted since it was read: this timer ends runless
+            return False
         except ThreadNotFoundError:  # deleted since the cron was read: no run, and the thread stays gone
             await self.store.delete(cron.cron_id)  # gone with its thread already, unless stored before that was so
             return False

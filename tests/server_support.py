@@ -131,11 +131,19 @@ class SchedulerPasses:
         await asyncio.to_thread(self._wait, passes, seconds)
 
 
-def start_worker(url: str, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A `journeys worker` process on the database ``url`` (distributed mode), with extra CLI ``options``."""
+def start_worker(
+    url: str, *options: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A `journeys worker` process on the database ``url`` (distributed mode), with extra CLI ``options``; its
+    output in ``log`` (else dropped)."""
     command = [sys.executable, "-c", "from server.cli import app; app()", "worker", "--database-url", url, *options]
     environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if log is None:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    with log.open("wb") as sink:  # the child keeps its own descriptor
+        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT)
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:

@@ -68,6 +68,7 @@ STATUS_BY_CODE = {
             "ProcessStateError",
             "ProcessVersionConflictError",
             "RunInReviewError",
+            "RunWithdrawnError",
             "StartKeyConflictError",
             "StepFailedError",
             "StepHaltedError",

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from agents import AgentCallFailedError, FailingAgent
 from checkpoints import VirtualClock
+from checkpoints import rebuild as rebuild_module
 from checkpoints.index import Instance
 from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
@@ -169,3 +170,31 @@ def test_a_rebuild_keeps_identities_that_look_like_secrets(durable_url: str) -> 
 async def read_identities(url: str) -> dict[str, Any]:
     async with JourneyRuntime.open(url) as runtime:
         return await identities_of(runtime)
+
+
+async def test_a_rebuild_on_a_live_database_keeps_a_status_appended_while_it_reads(store_url: str) -> None:
+    """A process cancelled between the rebuild's read of its log and its write of the row: the row ends up
+    cancelled (the rebuild reads the log again), not in the status the older events gave it."""
+    async with JourneyRuntime.open(store_url, clock=VirtualClock()) as runtime:
+        await runtime.processes.deploy(EXPENSE)
+        started = await runtime.processes.start("expense", business_key="live")
+        instance_id = started["instance_id"]
+        backend = runtime.store.backend
+        lost = update(journey_instances).values(status="lost").where(journey_instances.c.instance_id == instance_id)
+        await backend.write([lost], {})
+        query, cancelled = backend.query, []
+
+        async def query_then_cancel(statement: Any, params: Any = None) -> Any:
+            rows = await query(statement, params)
+            if statement is rebuild_module._EVENTS_OF and not cancelled:  # the events are read: a live append
+                cancelled.append(await runtime.processes.cancel(instance_id, reason="withdrawn"))
+            return rows
+
+        backend.query = query_then_cancel  # type: ignore[method-assign]
+        try:
+            rebuilt = await rebuild_module.rebuild_instance_index(backend)
+        finally:
+            del backend.query
+        [row] = await backend.query(select(journey_instances).where(journey_instances.c.instance_id == instance_id))
+        assert cancelled and row["status"] == "cancelled"
+        assert rebuilt.corrected == [] and rebuilt.busy == []  # the cancel wrote the row itself, as the log says

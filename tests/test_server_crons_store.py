@@ -19,6 +19,7 @@ from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 from langgraph_sdk.schema import Cron, Item, ListNamespaceResponse, SearchItem, SearchItemsResponse
 
 from checkpoints import VirtualClock
+from checkpoints.crons import CronStore
 from checkpoints.process.timers import Timer, TimerStore
 from graphs import JourneyRuntime
 from server.app import create_app
@@ -314,6 +315,17 @@ async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_
         await sdk_client.store.search_items(["docs"], filter={"x": {"bad": [1]}})
 
 
+@pytest.mark.parametrize("field", ["(a+)+$", "$where", "a b", "x') OR 1=1 --"])
+async def test_a_search_filter_on_a_field_name_no_store_takes_is_refused_not_a_server_error(
+    sdk_client: LangGraphClient, field: str
+) -> None:
+    """The SQLite store refuses a filter field outside [A-Za-z0-9_.-] with a ValueError: a 500 on SQLite, an
+    answer on PostgreSQL. Every store now answers 422, naming the field and what a field may hold."""
+    await sdk_client.store.put_item(["docs"], "a", {"x": 1})
+    with pytest.raises(UnprocessableEntityError, match="letters, digits"):
+        await sdk_client.store.search_items(["docs"], filter={field: 1})
+
+
 async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own(
     cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:
@@ -339,3 +351,39 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
     assert run["kwargs"]["config"] == {"configurable": {"team": "ops", "region": "us"}, "tags": ["nightly"]}
     assert run["kwargs"]["context"] == {"tier": "gold"}
     assert (await client.runs.join(fired["thread_id"], run["run_id"]))["current_step"] == "upload_content"
+
+
+@pytest.mark.parametrize("withdrawal", ["disabled", "deleted"])
+async def test_a_cron_disabled_or_deleted_as_it_fires_makes_no_run(
+    cron_client: LangGraphClient,
+    clock: VirtualClock,
+    passes: SchedulerPasses,
+    monkeypatch: pytest.MonkeyPatch,
+    withdrawal: str,
+) -> None:
+    """The operator disables (or deletes) the cron just after its firing read it: the firing made that run
+    anyway, on a new thread, after the disable had answered."""
+    client = cron_client
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
+    get, withdrawn = CronStore.get, []
+
+    async def read_then_withdraw(self: CronStore, cron_id: str, **options: Any) -> Any:
+        found = await get(self, cron_id, **options)
+        if found is not None and not withdrawn:  # the firing has read the cron enabled: withdraw it now
+            withdrawn.append(cron_id)  # first: the update reads the cron again
+            if withdrawal == "disabled":
+                await self.update(cron_id, {"enabled": False})
+            else:
+                await self.delete(cron_id)
+        return found
+
+    monkeypatch.setattr(CronStore, "get", read_then_withdraw)
+    clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    assert await cron_threads(client, passes) == []
+    assert withdrawn
+    monkeypatch.undo()
+    if withdrawal == "disabled":
+        [paused] = await client.crons.search()
+        assert paused["cron_id"] == cron["cron_id"] and paused["enabled"] is False and paused["next_run_date"] is None
+    else:
+        assert await client.crons.count() == 0

@@ -87,3 +87,66 @@ def test_a_database_outage_is_503_to_retry_and_the_processes_carry_on_after_it(
                 stop_worker(worker)
     log = (tmp_path / "api.log").read_text()
     assert "Exception in ASGI application" not in log, log
+
+
+def test_requests_during_an_outage_are_answered_503_in_seconds_not_at_the_pools_timeout(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Once the database has gone away, no connection is pooled: every request waited for the pool's 30 s
+    timeout before its 503. The pool's last new connection failed, so each is answered at once."""
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", *PLUGIN) as base:
+        client = httpx.Client(base_url=base, timeout=120)
+        try:
+            assert journey(client, "before").json()["status"] == "completed"
+            with outage(postgres_url):
+                for call in (
+                    lambda: client.get("/threads/00000000-0000-4000-8000-000000000000"),
+                    lambda: client.post("/threads/search", json={"limit": 5}),
+                    lambda: journey(client, "during"),
+                    lambda: client.get("/ok", params={"check_db": 1}),
+                    lambda: client.post("/threads/search", json={"limit": 5}),
+                ):
+                    began = time.monotonic()
+                    answer = call()
+                    took = time.monotonic() - began
+                    assert answer.status_code == 503, answer.text
+                    assert answer.json()["code"] == "DatabaseUnavailableError", answer.text
+                    assert took < 5, f"{answer.request.url} took {took:.1f} s to say the database is away"
+            deadline = time.monotonic() + 60
+            while client.get("/ok", params={"check_db": 1}).status_code != 200:
+                assert time.monotonic() < deadline, "the server never saw the database again"
+                time.sleep(0.2)
+            assert journey(client, "after").json()["status"] == "completed"
+        finally:
+            client.close()
+
+
+def test_a_worker_says_at_its_default_log_level_that_the_database_went_away_and_came_back(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """`journeys worker` logged its "database unavailable" warning only with -v (its default level was
+    ERROR): an operator saw nothing while it waited out an outage. It says so, and when it takes jobs again."""
+    worker_log = tmp_path / "worker.log"
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", "--distributed", *PLUGIN) as base:
+        worker = start_worker(postgres_url, *PLUGIN, log=worker_log)
+        client = httpx.Client(base_url=base, timeout=120)
+        try:
+            assert journey(client, "before").json()["status"] == "completed"
+            with outage(postgres_url):
+                deadline = time.monotonic() + 30
+                while "database unavailable" not in worker_log.read_text():
+                    assert time.monotonic() < deadline, worker_log.read_text()
+                    time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while "database available again" not in worker_log.read_text():
+                assert time.monotonic() < deadline, worker_log.read_text()
+                time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while client.get("/ok", params={"check_db": 1}).status_code != 200:
+                assert time.monotonic() < deadline, "the server never saw the database again"
+                time.sleep(0.2)
+            assert journey(client, "after").json()["status"] == "completed"
+            assert worker.poll() is None
+        finally:
+            client.close()
+            stop_worker(worker)

@@ -7,10 +7,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 
+from checkpoints.locks import lock_key
+from server.queues.embedded import EXECUTOR_LOCK
 from tests.server_support import ROOT, free_port, journeys_serve
 
 EIGHT_STEPS = {
@@ -51,3 +57,74 @@ def test_a_second_embedded_server_on_a_database_is_refused_and_takes_over_once_t
         assert completed(first, "b")  # the first serves on
     with journeys_serve(durable_url, tmp_path / "next.log", "--no-auth", *PLUGIN) as following:
         assert completed(following, "c")
+
+
+def executor_lock_holder(admin: psycopg.Connection[Any]) -> int | None:
+    """The backend holding the embedded-executor lock (a session-level advisory lock on its 64-bit key)."""
+    key = lock_key(EXECUTOR_LOCK) & 0xFFFFFFFFFFFFFFFF
+    found = admin.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s::bigint::oid "
+        "AND objid = %s::bigint::oid AND objsubid = 1",
+        (key >> 32, key & 0xFFFFFFFF),
+    ).fetchone()
+    return None if found is None else int(found[0])
+
+
+def taken_here(admin: psycopg.Connection[Any]) -> bool:
+    """Whether ``admin`` took the embedded-executor lock (it was free: a second server could have started)."""
+    row = admin.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(EXECUTOR_LOCK),)).fetchone()
+    return row is not None and bool(row[0])
+
+
+def until(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_an_embedded_server_whose_lock_connection_dropped_takes_the_lock_again(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL releases the embedded-executor lock when its connection drops (an outage, a terminated
+    backend): a second embedded server could then start and execute the same runs. The first takes it again
+    within seconds, and says so; the lock is not free for a second server."""
+    log = tmp_path / "first.log"
+    with (
+        journeys_serve(postgres_url, log, "--no-auth", *PLUGIN) as first,
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+    ):
+        assert completed(first, "a")
+        holder = executor_lock_holder(admin)
+        assert holder is not None
+        admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
+        until(lambda: executor_lock_holder(admin) not in (None, holder), "the lock was not taken again", 15)
+        assert not taken_here(admin)
+        assert completed(first, "b")  # and it executes runs on
+    assert "the embedded-executor lock was lost with its database connection, and taken again" in log.read_text()
+
+
+def test_an_embedded_server_whose_lock_another_took_meanwhile_stops_and_says_so(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The lock connection dropped and another process took the lock before the first could take it again
+    (a second server starting then): the first went on executing beside it. It stops, saying why."""
+    log = tmp_path / "first.log"
+    with (
+        journeys_serve(postgres_url, log, "--no-auth", *PLUGIN) as first,
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+    ):
+        assert completed(first, "a")
+        holder = executor_lock_holder(admin)
+        admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
+        until(lambda: taken_here(admin), "the lock was never free", 5)
+
+        def stopped() -> bool:
+            try:
+                httpx.get(f"{first}/ok", timeout=5)
+            except httpx.TransportError:
+                return True
+            return False
+
+        until(stopped, f"the first server serves on beside the lock's new holder:\n{log.read_text()}", 30)
+    assert "another journeys serve took this database's runs while this one's lock was lost" in log.read_text()

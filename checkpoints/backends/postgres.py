@@ -13,14 +13,14 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import psycopg
 from psycopg.errors import UniqueViolation
 from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import CTE, ColumnElement, Executable, func, select
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
 from sqlalchemy.exc import IntegrityError
@@ -65,11 +65,43 @@ KEPT_CURSORS = 100  # per connection, as psycopg's prepared_max: statements buil
 class PooledConnection(psycopg.AsyncConnection[Any]):
     """A connection of the process's pool, which keeps a cursor per hot-path statement it ran (see
     :meth:`PostgresBackend._run`). A connection has one user at a time (whoever checked it out, or the
-    transaction on it), so its cursors have too."""
+    transaction on it), so its cursors have too. Each new one notes whether the database answered (``OUTAGE``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cursors: dict[str, psycopg.AsyncRawCursor[Any]] = {}  # by the statement's SQL text
+
+    @classmethod
+    async def connect(cls, *args: Any, **kwargs: Any) -> Self:
+        try:
+            conn = await super().connect(*args, **kwargs)
+        except psycopg.OperationalError:
+            OUTAGE.refused = time.monotonic()
+            raise
+        OUTAGE.answered = time.monotonic()
+        return conn
+
+
+AWAY_WAIT_S = 1.0  # how often a caller waiting for a pooled connection looks whether the database is away
+
+
+class OutagePool(AsyncConnectionPool[Any]):
+    """The pool, answering a caller that waits for a connection with :class:`PoolTimeout` within about
+    ``AWAY_WAIT_S`` once the pool's last new connection failed (``OUTAGE.away()``): with the database away
+    there is nothing to wait for, and its 503 comes then, not at the pool's timeout (30 s)."""
+
+    async def getconn(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the pool's own signature)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await super().getconn(max(min(left, AWAY_WAIT_S), 0.0))
+            except PoolTimeout:
+                if OUTAGE.away():
+                    raise PoolTimeout("no connection to the database: its last new connection failed") from None
+                if left <= AWAY_WAIT_S:
+                    raise PoolTimeout(f"couldn't get a connection after {wait:.2f} sec") from None
 
 
 @asynccontextmanager
@@ -79,7 +111,7 @@ async def open_pool(url: StoreURL, pool_size: int) -> AsyncIterator[AsyncConnect
     rows (our statements and procrastinate ask for their own row shape per cursor). Autocommit is set by
     ``configure``, not passed as a connection argument: procrastinate opens its listening connection with
     the pool's arguments and an ``autocommit`` of its own."""
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+    pool: AsyncConnectionPool[Any] = OutagePool(
         url.target,
         connection_class=PooledConnection,
         min_size=1,

@@ -10,6 +10,7 @@ under its owner prefix, and it reads only its own space and its groups'; admins 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -80,12 +81,16 @@ class DeleteItem(BaseModel):
 # The comparison operators LangGraph's stores take in a filter ({"field": {"$gt": 3}}); a plain value is $eq.
 FILTER_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 OPERATORS = sorted(FILTER_OPERATORS)
+# The field names every store takes (the SQLite store refuses others with a ValueError): one rule on every store.
+FILTER_FIELD_PATTERN = r"^[A-Za-z0-9_.-]+$"
+FILTER_FIELD = re.compile(FILTER_FIELD_PATTERN)
 # What the schema states of a filter: a field's condition is a plain value or an object of operators only
 # (validated by _check_filter, which names the operators in its 422; the schema says the same to clients).
 FILTER_SCHEMA = {
     "anyOf": [
         {
             "type": "object",
+            "propertyNames": {"pattern": FILTER_FIELD_PATTERN},
             "additionalProperties": {
                 "anyOf": [
                     {"type": ["string", "number", "boolean", "null"]},
@@ -164,6 +169,12 @@ async def delete_item(body: DeleteItem, caller: Writer, svc: Services) -> Respon
 
 def _check_filter(filter: dict[str, Any] | None) -> None:
     for field, condition in (filter or {}).items():
+        if not FILTER_FIELD.fullmatch(field):
+            raise InvalidInputError(
+                f"filter on {field!r}: a field name holds letters, digits, '_', '-' and '.' (a nested field's "
+                "path) only",
+                field=field,
+            )
         if isinstance(condition, dict) and (unknown := set(condition) - FILTER_OPERATORS):
             raise InvalidInputError(
                 f"filter on {field!r}: unknown operator(s) {sorted(unknown)}; use {sorted(FILTER_OPERATORS)} "

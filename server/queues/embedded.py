@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 
-from checkpoints.errors import ConcurrentUpdateError
-from checkpoints.locks import InstanceLocks, open_instance_locks
+import psycopg
+import structlog
+
+from checkpoints.errors import ConcurrentUpdateError, StoreError
+from checkpoints.locks import InstanceLocks, Kept, open_instance_locks
 from checkpoints.url import opened_target, parse_store_url
 from server.problems import EmbeddedServerRunningError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow
+
+log = structlog.get_logger("journeys.embedded")
 
 
 class EmbeddedRunner:
@@ -116,23 +122,85 @@ class EmbeddedRunner:
 # takes up at startup every run left pending or running, as only the last executor's crash could have left them.
 EXECUTOR_LOCK = "journeys:embedded-executor"
 HANDOVER_S = 15.0  # seconds a starting server waits for one stopping (a restart) to let the database go
+KEPT_CHECK_S = 2.0  # seconds between checks that the lock is held still (PostgreSQL ends it with its connection)
+
+
+def stop_serving() -> None:
+    """End this process as a signal from its operator would (``journeys serve`` shuts down gracefully)."""
+    signal.raise_signal(signal.SIGTERM)
 
 
 @contextlib.asynccontextmanager
-async def sole_executor(locks: InstanceLocks, *, wait: float = HANDOVER_S) -> AsyncIterator[None]:
+async def sole_executor(
+    locks: InstanceLocks, *, wait: float = HANDOVER_S, on_lost: Callable[[], None] = stop_serving
+) -> AsyncIterator[None]:
     """Hold the database's embedded-executor lock for the block; :class:`EmbeddedServerRunningError` if another
     process holds it past ``wait`` seconds. A second embedded server would execute the runs the first is
-    executing (it takes up every unfinished run), each agent call twice."""
+    executing (it takes up every unfinished run), each agent call twice.
+
+    PostgreSQL releases the lock when its connection drops (an outage, a terminated backend), and a second
+    server could then start: the lock is checked every ``KEPT_CHECK_S`` seconds and taken again once lost;
+    should another process have taken it meanwhile, this one stops executing (``on_lost``: the process ends),
+    and says so."""
     async with contextlib.AsyncExitStack() as stack:
         try:
-            await stack.enter_async_context(locks.hold(EXECUTOR_LOCK, asyncio.get_running_loop().time() + wait))
+            kept = await stack.enter_async_context(
+                locks.watched(EXECUTOR_LOCK, asyncio.get_running_loop().time() + wait)
+            )
         except ConcurrentUpdateError:
             raise EmbeddedServerRunningError(
                 "another journeys serve executes this database's runs in embedded mode, and a second would "
                 "execute them too: serve it from one process, or with --distributed and journeys worker processes "
                 "(PostgreSQL), which share its runs"
             ) from None
+        keeper = asyncio.create_task(_keep(locks, kept, on_lost), name="embedded-executor-lock")
+        stack.push_async_callback(_stopped, keeper)
         yield
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _keep(locks: InstanceLocks, kept: Kept, on_lost: Callable[[], None]) -> None:
+    """Check the executor lock every ``KEPT_CHECK_S`` seconds; take it again once lost (holding it until
+    cancelled), or call ``on_lost`` when another process holds it now."""
+    async with contextlib.AsyncExitStack() as stack:
+        while True:
+            await asyncio.sleep(KEPT_CHECK_S)
+            try:
+                if await kept():
+                    continue
+            except (StoreError, psycopg.OperationalError):  # no answer, the connection still open: check again
+                continue
+            lost_at = asyncio.get_running_loop().time()
+            log.warning("the embedded-executor lock was lost with its database connection; taking it again")
+            while True:
+                try:
+                    await stack.aclose()  # the lost hold (its unlock is skipped: its connection is gone)
+                    deadline = asyncio.get_running_loop().time() + 2 * KEPT_CHECK_S
+                    kept = await stack.enter_async_context(locks.watched(EXECUTOR_LOCK, deadline))
+                except ConcurrentUpdateError:
+                    log.error(
+                        "another journeys serve took this database's runs while this one's lock was lost: this "
+                        "server stops, so that one process executes them (restart it once the other stops, or "
+                        "serve with --distributed and journeys worker processes)"
+                    )
+                    on_lost()
+                    return
+                except (StoreError, psycopg.OperationalError) as exc:  # still away: try again
+                    log.warning("the embedded-executor lock could not be taken again yet", error=str(exc))
+                    await asyncio.sleep(KEPT_CHECK_S)
+                    continue
+                # An error, as the loss was (`journeys serve` shows errors only): for that while, another server
+                # could have started executing this database's runs.
+                log.error(
+                    "the embedded-executor lock was lost with its database connection, and taken again",
+                    lost_for_s=round(asyncio.get_running_loop().time() - lost_at, 1),
+                )
+                break
 
 
 async def check_sole_executor(database_url: str) -> None:

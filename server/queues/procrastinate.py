@@ -20,7 +20,7 @@ from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
 from psycopg_pool import AsyncConnectionPool
 
-from checkpoints.backends.postgres import autocommit, note_return, probe_if_idle
+from checkpoints.backends.postgres import OutagePool, autocommit, note_return, probe_if_idle
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
 from checkpoints.url import distributed_target
@@ -45,7 +45,7 @@ def conninfo(database_url: str) -> str:
 def _pool(**options: Any) -> AsyncConnectionPool[Any]:
     # procrastinate probes every connection it checks out (an extra round trip per query); a connection
     # used moments ago is alive, so only one that sat idle is probed.
-    return AsyncConnectionPool(**{**options, "check": probe_if_idle, "reset": note_return})
+    return OutagePool(**{**options, "check": probe_if_idle, "reset": note_return})
 
 
 class RunJobs(JobManager):

@@ -41,15 +41,16 @@ from server.runs.store import RunRow, RunStore
 log = structlog.get_logger("journeys.worker")
 
 
-async def outlasting_the_database(work: Callable[[], Awaitable[None]], *, longest_wait: float = 30.0) -> None:
-    """Run ``work`` (procrastinate's worker loop) until it ends, and again each time it fails because the
-    database went away (a restart, a failover): after 1 s, then twice as long each time up to
-    ``longest_wait``, and 1 s again once it has run a minute. procrastinate's worker stops at the first
+async def outlasting_the_database(
+    work: Callable[[], Awaitable[None]], ping: Callable[[], Awaitable[None]], *, longest_wait: float = 30.0
+) -> None:
+    """Run ``work`` (procrastinate's worker loop) until it ends, and again once the database answers
+    ``ping`` each time it fails because the database went away (a restart, a failover): pinged after 1 s,
+    then twice as long each time up to ``longest_wait``. procrastinate's worker stops at the first
     database error; a ``journeys worker`` keeps its process, its store and its pools, and takes jobs
-    again once PostgreSQL answers (the jobs it was running are retried as stalled ones)."""
-    wait = 1.0
+    again once PostgreSQL answers (the jobs it was running are retried as stalled ones). The outage and
+    its end are logged as warnings: an operator sees both at the worker's default log level."""
     while True:
-        began = time.monotonic()
         try:
             await work()
             return  # stopped (a signal, or cancelled)
@@ -57,11 +58,20 @@ async def outlasting_the_database(work: Callable[[], Awaitable[None]], *, longes
             lost = lost_database(exc)
             if lost is None:
                 raise
-            if time.monotonic() - began > 60:
-                wait = 1.0
-            log.warning("database unavailable: jobs are taken again once it answers", error=lost.message, retry_in=wait)
-        await asyncio.sleep(wait)
-        wait = min(wait * 2, longest_wait)
+        away_since, wait = time.monotonic(), 1.0
+        log.warning("database unavailable: jobs are taken again once it answers", error=lost.message, retry_in=wait)
+        while True:
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, longest_wait)
+            try:
+                await ping()
+                break
+            except Exception as exc:
+                lost = lost_database(exc)
+                if lost is None:
+                    raise
+                log.warning("database still unavailable", error=lost.message, retry_in=wait)
+        log.warning("database available again: taking jobs", away_s=round(time.monotonic() - away_since, 1))
 
 
 async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
@@ -73,7 +83,8 @@ async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
                 log.warning("retrying a stalled job", job_id=job.id, task=job.task_name)
                 await app.job_manager.retry_job(job)
         except Exception as exc:  # a database hiccup: try again next round
-            log.warning("stalled-job check failed", error=repr(exc))
+            if lost_database(exc) is None:  # an outage is logged once, by outlasting_the_database
+                log.warning("stalled-job check failed", error=repr(exc))
 
 
 async def run_worker(
@@ -132,7 +143,8 @@ async def run_worker(
                         stalled_worker_timeout=stalled_after,
                         delete_jobs="successful",
                         fetch_job_polling_interval=0.5,
-                    )
+                    ),
+                    runtime.store.backend.ping,
                 )
             finally:
                 reaper.cancel()
