@@ -85,6 +85,7 @@ class ThreadRow:
     updated_at: datetime
     tenant: str | None = None  # with owner: who may see it (checkpoints.ownership)
     shared_group: str | None = None
+    runs_created: int = 0  # how many runs were ever created on it (the last one's ordinal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,8 @@ class RunRow:
     # config, context, interrupt_before/after, webhook, not_before, on_completion, checkpoint_id; and the
     # groups of the caller it acts for (GROUPS).
     options: Any = None
+    # Its place among the runs ever created on its thread (1, 2, …): fixed, never reused after a delete.
+    ordinal: int = 0
 
     @property
     def owner(self) -> Owner | None:
@@ -301,6 +304,14 @@ _ACTIVE_LOCKED = (
     select(_ACTIVE_COUNT.scalar_subquery().label("n"))
     .where(_threads.thread_id == bindparam("p_thread_id"))
     .with_for_update(of=server_threads)
+)
+# The next run's ordinal on a thread (no row: no thread); on PostgreSQL it also locks the thread's row, and on
+# SQLite, taken first, the write lock: creations on one thread are serialised before they count its runs.
+_COUNT_RUN = (
+    update(server_threads)
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .values(runs_created=_threads.runs_created + 1)
+    .returning(_threads.runs_created)
 )
 _REQUEST_CANCEL = (
     update(server_runs)
@@ -571,6 +582,7 @@ class RunStore:
             tenant=owner.tenant if owner else None,
             shared_group=owner.shared_group if owner else None,
             options=dict(options) if options else None,
+            ordinal=1,
         )
         params = _row_params(run)
         params.update({f"p_{name}": self._sealer.seal(getattr(run, name)) for name in _SEALED})
@@ -579,13 +591,17 @@ class RunStore:
             insert_run = self._insert_with_job(enqueue.defer)
             params.update(enqueue.params(run))
         if new_thread is not None:  # nothing can be queued on it yet: thread and run in one statement (PostgreSQL)
+            new_thread = dataclasses.replace(new_thread, runs_created=1)
             params.update({f"t_{name}": getattr(new_thread, name) for name in ThreadRow.__slots__})
             written = await self._backend.write([insert_run, _INSERT_NEW_THREAD], params)
         else:
             async with self._backend.transaction() as tx:
-                active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": run.thread_id})
-                if not active:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
+                counted = await tx.execute(_COUNT_RUN, {"p_thread_id": run.thread_id})
+                if not counted:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
                     raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+                run = dataclasses.replace(run, ordinal=int(counted[0]["runs_created"]))
+                params["p_ordinal"] = run.ordinal
+                active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": run.thread_id})
                 if multitask_strategy == "reject" and active[0]["n"]:
                     raise ThreadBusyError(
                         f"thread {thread_id!r} already has a pending or running run; wait for it, or create the "

@@ -100,6 +100,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(24, "the encryption key's proof: another key, or none, is refused on open", ddl.V24_ENCRYPTION_CANARY),
     Migration(25, "process messages are sent for a tenant: buffered and with ids per tenant", ddl.V25_MESSAGE_TENANTS),
     Migration(26, "process names belong to the tenant that deployed them", ddl.V26_PROCESS_TENANTS),
+    Migration(27, "server runs keep their place on their thread: the thread stream's numbers", ddl.V27_RUN_ORDINALS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -256,7 +256,7 @@ async def thread_command(thread_id: RunThreadId, body: ThreadCommand, caller: Ru
         return thread_stream.refused(body.id, "invalid_argument", exc.message)
     svc.watch.changed(thread_stream.thread_key(thread_id))
     answer = thread_stream.ok(body.id, {"run_id": run.run_id})
-    answer["meta"] = {"applied_through_seq": await thread_stream.before_run(svc, run)}
+    answer["meta"] = {"applied_through_seq": thread_stream.before_run(run)}
     return answer
 
 

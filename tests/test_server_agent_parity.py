@@ -1,0 +1,67 @@
+"""Agent Server semantics a langgraph-sdk user relies on, over real HTTP on every backend: the v3 thread
+stream's numbers after a run is deleted, stateless runs' threads, thread search by values, name search."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk.client import LangGraphClient
+
+pytestmark = pytest.mark.slow
+
+
+def _hello(text: str = "hello") -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def _base(client: LangGraphClient) -> str:
+    return str(client.http.client.base_url)
+
+
+async def _events(base: str, tid: str, since: int, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` lifecycle events of the thread's v3 event stream after ``since`` (it stays open)."""
+    found: list[dict[str, Any]] = []
+    body = {"channels": ["lifecycle"], "since": since}
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30) as raw,
+        raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                found.append(json.loads(line.removeprefix("data: ")))
+                if len(found) == count:
+                    return found
+    raise AssertionError(f"the stream ended after {len(found)} events")
+
+
+def _run_of(event: dict[str, Any]) -> str:
+    return str(event["event_id"]).rpartition(":")[0]
+
+
+async def test_thread_stream_since_survives_a_deleted_run(sdk_client: LangGraphClient) -> None:
+    """A client that saw the second run end reconnects with ``since`` after the first run was deleted: it gets
+    the third run's events, none of the second's again (each run's numbers were fixed when it was created)."""
+    client, base = sdk_client, _base(sdk_client)
+    tid = (await client.threads.create())["thread_id"]
+    first = await client.runs.create(tid, "guide", input=_hello("one"))
+    await client.runs.join(tid, first["run_id"])
+    second = await client.runs.create(tid, "guide", input=_hello("two"))
+    await client.runs.join(tid, second["run_id"])
+    seen = await _events(base, tid, 0, 4)  # each run: running, then its end
+    assert [_run_of(e) for e in seen] == [first["run_id"]] * 2 + [second["run_id"]] * 2
+    last_seen = seen[-1]["seq"]
+
+    await client.runs.delete(tid, first["run_id"])
+    third = await client.runs.create(tid, "guide", input=_hello("three"))
+    await client.runs.join(tid, third["run_id"])
+    after = await _events(base, tid, last_seen, 2)
+    assert [_run_of(e) for e in after] == [third["run_id"]] * 2
+    assert [e["params"]["data"]["event"] for e in after] == ["running", "completed"]
+    assert all(e["seq"] > last_seen for e in after)
+    # What was seen before keeps its numbers.
+    again = await _events(base, tid, 0, 2)
+    assert [e["seq"] for e in again] == [e["seq"] for e in seen[2:]]
