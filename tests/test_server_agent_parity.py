@@ -3,6 +3,7 @@ stream's numbers after a run is deleted, stateless runs' threads, thread search 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -65,3 +66,32 @@ async def test_thread_stream_since_survives_a_deleted_run(sdk_client: LangGraphC
     # What was seen before keeps its numbers.
     again = await _events(base, tid, 0, 2)
     assert [e["seq"] for e in again] == [e["seq"] for e in seen[2:]]
+
+
+async def test_stateless_runs_delete_their_thread_unless_asked_to_keep_it(sdk_client: LangGraphClient) -> None:
+    """``/runs``, ``/runs/wait`` and ``/runs/stream`` without a thread: the thread made for the run is deleted
+    when it ends (the Agent Server's default ``on_completion="delete"``); ``on_completion="keep"`` keeps it."""
+    client = sdk_client
+    answer = await client.runs.wait(None, "guide", input=_hello())
+    assert isinstance(answer, dict) and answer["messages"][-1]["type"] == "ai"  # the output is still answered
+    assert await client.threads.count() == 0
+    streamed = [part.event async for part in client.runs.stream(None, "guide", input=_hello())]
+    assert streamed[-1] == "end" and "values" in streamed
+    assert await client.threads.count() == 0
+    await client.runs.create(None, "guide", input=_hello())  # in the background: its thread goes when it ends
+    for _ in range(200):
+        if await client.threads.count() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await client.threads.count() == 0
+
+    kept = await client.runs.create(None, "guide", input=_hello(), on_completion="keep")
+    await client.runs.join(kept["thread_id"], kept["run_id"])
+    await client.runs.wait(None, "guide", input=_hello(), on_completion="keep")
+    threads = await client.threads.search()
+    assert len(threads) == 2 and kept["thread_id"] in [t["thread_id"] for t in threads]
+    # A run on a thread keeps it, as before.
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input=_hello())
+    assert (await client.threads.get(tid))["thread_id"] == tid
+
