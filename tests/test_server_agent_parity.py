@@ -95,3 +95,27 @@ async def test_stateless_runs_delete_their_thread_unless_asked_to_keep_it(sdk_cl
     await client.runs.wait(tid, "guide", input=_hello())
     assert (await client.threads.get(tid))["thread_id"] == tid
 
+
+async def test_a_wanted_null_matches_only_an_explicit_null(sdk_client: LangGraphClient) -> None:
+    """Searches by values or metadata as the Agent Server's JSONB containment does: ``{"k": None}`` finds what
+    holds ``k`` with null, never what has no ``k`` at all (threads' values and metadata, assistants' metadata)."""
+    client = sdk_client
+    with_null = (await client.threads.create(metadata={"k": None}))["thread_id"]
+    await client.runs.wait(with_null, "guide", input=_hello())
+    await client.threads.update_state(with_null, {"progress": None})
+    without = (await client.threads.create(metadata={"other": 1}))["thread_id"]
+    await client.runs.wait(without, "guide", input=_hello())
+    await client.threads.create()  # no values at all
+
+    found = await client.threads.search(values={"progress": None})
+    assert [t["thread_id"] for t in found] == [with_null]
+    assert await client.threads.count(values={"progress": None}) == 1
+    assert [t["thread_id"] for t in await client.threads.search(metadata={"k": None})] == [with_null]
+    assert await client.threads.count(metadata={"k": None}) == 1
+    assert await client.threads.count(metadata={"other": None}) == 0
+
+    named = await client.assistants.create("guide", metadata={"k": None}, name="with a null")
+    await client.assistants.create("guide", metadata={"k": 1}, name="with a one")
+    found_assistants = await client.assistants.search(metadata={"k": None})
+    assert [a["assistant_id"] for a in found_assistants] == [named["assistant_id"]]  # no system assistant
+    assert await client.assistants.count(metadata={"k": None}) == 1

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import Viewer
-from checkpoints.rows import INT64
+from checkpoints.rows import INT64, holds_json
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server import thread_stream
@@ -113,10 +113,6 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
 VIEW_LIMIT = 1_000
 
 
-def _holds(found: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
-    return not wanted or all(found.get(k) == v for k, v in wanted.items())
-
-
 def _by_view(body: ThreadCount) -> bool:
     """Whether the search needs the threads' views to filter or order them (their rows do not hold it)."""
     return bool(body.values) or body.status is not None or getattr(body, "sort_by", None) == "status"
@@ -139,7 +135,7 @@ async def _matching(
         )
     views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
     return [
-        v for v in views if _holds(v["values"], body.values) and (body.status is None or v["status"] == body.status)
+        v for v in views if holds_json(v["values"], body.values) and (body.status is None or v["status"] == body.status)
     ]
 
 
