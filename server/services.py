@@ -413,7 +413,7 @@ class ServerServices:
             ResolvedAssistant(a, None)
             for a in assistants()
             if (graph_id is None or a.assistant_id == graph_id)
-            and (name is None or name.lower() in a.assistant_id.lower())  # as the query matches created ones
+            and (name is None or name.casefold() in a.assistant_id.casefold())  # as the query matches created ones
             and holds_json(system_metadata(a), metadata)
         ]
 

@@ -16,6 +16,7 @@ from procrastinate.schema import SchemaManager
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from checkpoints.assistants import AssistantFilter, AssistantStore
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
 from checkpoints.rebuild import rebuild_instance_index
@@ -608,3 +609,28 @@ async def test_runs_made_before_migration_27_get_their_places_on_their_threads(d
             principal=None,
         )
         assert new.ordinal == 5 and (await runs.get_run(new.run_id)) == new
+
+
+async def test_assistants_made_before_migration_28_are_found_by_name_whatever_the_case(durable_url: str) -> None:
+    """Migration 28: the names of assistants made before it are case-folded, so a search by name finds them."""
+    engine = create_engine_for(parse_store_url(durable_url))
+    made = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        assert await migrate(engine, upto=27) == [m.version for m in MIGRATIONS if m.version <= 27]
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO server_assistants (assistant_id, graph_id, name, config, context, metadata, version, "
+                    "created_at, updated_at) VALUES ('a-1', 'guide', 'ÉCOLE Straße', '{}', '{}', '{}', 1, :at, :at)"
+                ),
+                {"at": made},
+            )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+        store = AssistantStore(rt.store.backend, rt.store.clock)
+        for name in ("école", "STRASSE", "ole st"):
+            assert [a.assistant_id for a in await store.search(AssistantFilter(name=name))] == ["a-1"], name

@@ -119,3 +119,24 @@ async def test_a_wanted_null_matches_only_an_explicit_null(sdk_client: LangGraph
     found_assistants = await client.assistants.search(metadata={"k": None})
     assert [a["assistant_id"] for a in found_assistants] == [named["assistant_id"]]  # no system assistant
     assert await client.assistants.count(metadata={"k": None}) == 1
+
+
+async def test_assistant_name_search_ignores_case_in_every_script(sdk_client: LangGraphClient) -> None:
+    """``assistants.search(name=…)`` and ``count`` find a name whatever its case, for non-ASCII letters too, the
+    same on every backend (SQLite's lower() folds only ASCII)."""
+    client = sdk_client
+    ecole = await client.assistants.create("guide", name="ÉCOLE Ärger")
+    moscow = await client.assistants.create("guide", name="Москва desk")
+    await client.assistants.create("guide", name="plain")
+    for query, wanted in (("école", ecole), ("ärger", ecole), ("москва".upper(), moscow), ("москва DESK", moscow)):
+        found = await client.assistants.search(name=query)
+        assert [a["assistant_id"] for a in found] == [wanted["assistant_id"]], query
+        assert await client.assistants.count(name=query) == 1
+    # A renamed assistant is found by its new name, and by the old one again once it goes back to it.
+    await client.assistants.update(ecole["assistant_id"], name="Über")
+    assert [a["assistant_id"] for a in await client.assistants.search(name="üBER")] == [ecole["assistant_id"]]
+    assert await client.assistants.search(name="école") == []
+    await client.assistants.set_latest(ecole["assistant_id"], 1)
+    assert [a["assistant_id"] for a in await client.assistants.search(name="ÉcOlE")] == [ecole["assistant_id"]]
+    # '%' and '_' match themselves.
+    assert await client.assistants.search(name="%") == []

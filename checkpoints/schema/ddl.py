@@ -1397,3 +1397,11 @@ V27_RUN_ORDINALS: DDL = dict.fromkeys(
 )""",
     ),
 )
+
+# Each assistant's name case-folded, for searches by name; filled for the assistants made before it by the
+# migration's data step (str.casefold, which neither dialect has).
+V28_ASSISTANT_NAME_KEYS: DDL = dict.fromkeys(
+    ("sqlite", "postgresql"), ("ALTER TABLE server_assistants ADD COLUMN name_key TEXT NOT NULL DEFAULT ''",)
+)
+V28_ASSISTANT_NAMES = "SELECT assistant_id, name FROM server_assistants"
+V28_SET_NAME_KEY = "UPDATE server_assistants SET name_key = :name_key WHERE assistant_id = :assistant_id"

@@ -400,6 +400,9 @@ server_assistants = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("tenant", String(100), nullable=True),  # with owner, who may see it (migration 19)
     Column("shared_group", String(200), nullable=True),
+    # The name case-folded (str.casefold): what a search by name compares, so it ignores case for every
+    # script on every backend (SQLite's lower() folds ASCII only, PostgreSQL's follows the database's locale).
+    Column("name_key", Text, nullable=False, server_default=""),  # migration 28
     Index("ix_server_assistants_graph", "graph_id"),
     Index("ix_server_assistants_owner", "tenant", "owner"),
 )
