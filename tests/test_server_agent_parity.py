@@ -140,3 +140,17 @@ async def test_assistant_name_search_ignores_case_in_every_script(sdk_client: La
     assert [a["assistant_id"] for a in await client.assistants.search(name="ÉcOlE")] == [ecole["assistant_id"]]
     # '%' and '_' match themselves.
     assert await client.assistants.search(name="%") == []
+
+
+async def test_a_thread_stopped_at_a_breakpoint_is_interrupted(sdk_client: LangGraphClient) -> None:
+    """A run stopped by ``interrupt_before`` leaves its thread ``interrupted`` (its checkpoint has a next node),
+    as the Agent Server reports it, found by a search on that status; going on from there makes it idle."""
+    client = sdk_client
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input=_hello(), interrupt_before=["agent"])
+    assert (await client.threads.get_state(tid))["next"] == ["agent"]
+    assert (await client.threads.get(tid))["status"] == "interrupted"
+    assert [t["thread_id"] for t in await client.threads.search(status="interrupted")] == [tid]
+    await client.runs.wait(tid, "guide", input=None)  # on from the breakpoint
+    assert (await client.threads.get_state(tid))["next"] == []
+    assert (await client.threads.get(tid))["status"] == "idle"

@@ -73,7 +73,9 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         for task in snapshot.tasks:
             if task.interrupts:
                 interrupts[task.id] = [{"value": jsonable(i.value), "id": i.id} for i in task.interrupts]
-        if interrupts_of(snapshot):
+        # Waiting for an answer, or stopped before a node (interrupt_before/after): "interrupted", as the Agent
+        # Server says of a thread whose checkpoint has a next node.
+        if interrupts_of(snapshot) or snapshot.next:
             if await svc.terminated(thread.instance_id):  # nothing waits for an answer any more
                 interrupts = {}
             else:
