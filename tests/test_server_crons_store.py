@@ -339,3 +339,23 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
     assert run["kwargs"]["config"] == {"configurable": {"team": "ops", "region": "us"}, "tags": ["nightly"]}
     assert run["kwargs"]["context"] == {"tier": "gold"}
     assert (await client.runs.join(fired["thread_id"], run["run_id"]))["current_step"] == "upload_content"
+
+
+async def test_a_cron_asked_to_delete_its_firings_threads_leaves_none(
+    cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
+) -> None:
+    """``on_run_completed="delete"`` (the Agent Server's option, accepted now): each firing's new thread is deleted
+    when its run ends; its runs' journeys stay."""
+    client = cron_client
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, on_run_completed="delete")
+    assert cron["on_run_completed"] == "delete"
+    clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    for _ in range(100):
+        await passes.complete()
+        if not await client.threads.search():
+            break
+    assert await client.threads.search() == []
+    found = await client.crons.search()
+    assert len(found) == 1 and datetime.fromisoformat(found[0]["next_run_date"]) == datetime(
+        2026, 3, 3, 9, 0, tzinfo=UTC
+    )
