@@ -173,6 +173,7 @@ async def latency(client: Client, journeys: int, concurrency: int) -> list[float
             body = {
                 "assistant_id": "structured",
                 "input": {"journey_type": "bench8", "spec": EIGHT_STEPS, "user_id": f"lat{i}"},
+                "on_completion": "keep",  # as measured before stateless runs deleted their threads
             }
             async with client.post("/runs/wait", json=body) as response:
                 answer = await response.json()
@@ -185,7 +186,8 @@ async def latency(client: Client, journeys: int, concurrency: int) -> list[float
 
 async def queue_run(client: Client, journey: dict[str, Any]) -> None:
     """POST /runs (a background run) and check it was taken."""
-    async with client.post("/runs", json={"assistant_id": "structured", "input": journey}) as response:
+    body = {"assistant_id": "structured", "input": journey, "on_completion": "keep"}  # kept, as measured before
+    async with client.post("/runs", json=body) as response:
         assert response.status == 200, await response.text()
 
 

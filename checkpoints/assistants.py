@@ -23,7 +23,7 @@ from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
 from checkpoints.errors import AssistantExistsError, AssistantNotFoundError
 from checkpoints.ownership import Owner, Viewer, visible_to
-from checkpoints.rows import JsonHolds, count_holding
+from checkpoints.rows import JsonHolds, count_holding, holds_json
 from checkpoints.schema.tables import server_assistant_versions, server_assistants
 
 _a, _v = server_assistants.c, server_assistant_versions.c
@@ -92,8 +92,8 @@ def _matching(query: Select[Any], graph_id: str | None, name: str | None) -> Sel
     if graph_id is not None:
         query = query.where(_a.graph_id == graph_id)
     if name is not None:
-        # Whatever its case, on every backend (LIKE ignores case on SQLite only); '%' and '_' match themselves.
-        query = query.where(_a.name.icontains(name, autoescape=True))
+        # Whatever its case, in every script and on every backend: folded names; '%' and '_' match themselves.
+        query = query.where(_a.name_key.contains(name.casefold(), autoescape=True))
     return query
 
 
@@ -150,7 +150,8 @@ class AssistantStore:
             **(owner.values() if owner else {}),
         )
         async with self._backend.transaction() as tx:
-            await tx.execute(_INSERT, {f: getattr(row, f) for f in AssistantRow.__slots__})
+            values = {f: getattr(row, f) for f in AssistantRow.__slots__}
+            await tx.execute(_INSERT, {**values, "name_key": row.name.casefold()})
             await tx.execute(_INSERT_VERSION, self._version_params(row, now))
         return row
 
@@ -230,7 +231,7 @@ class AssistantStore:
                 **merged,
             )
             await tx.execute(_INSERT_VERSION, self._version_params(row, now))
-            await tx.execute(_SET.values(version=version, updated_at=now, **merged), {"p_id": assistant_id})
+            await tx.execute(_SET.values(version=version, updated_at=now, **_named(merged)), {"p_id": assistant_id})
         return row
 
     async def versions(
@@ -246,7 +247,7 @@ class AssistantStore:
         await self.require(assistant_id, viewer=viewer)
         rows = [_row(found) for found in await self._backend.read(_VERSIONS, {"p_id": assistant_id})]
         if metadata:
-            rows = [r for r in rows if all(r.metadata.get(k) == v for k, v in metadata.items())]
+            rows = [r for r in rows if holds_json(r.metadata, metadata)]
         return rows[offset : offset + limit]
 
     async def set_latest(self, assistant_id: str, version: int, *, viewer: Viewer | None = None) -> AssistantRow:
@@ -260,7 +261,9 @@ class AssistantStore:
         chosen = _row(found[0])
         now = self._clock.now()
         fields = {f: getattr(chosen, f) for f in _VERSION_FIELDS}
-        await self._backend.execute(_SET.values(version=version, updated_at=now, **fields), {"p_id": assistant_id})
+        await self._backend.execute(
+            _SET.values(version=version, updated_at=now, **_named(fields)), {"p_id": assistant_id}
+        )
         return AssistantRow(
             assistant_id,
             version=version,
@@ -275,6 +278,11 @@ class AssistantStore:
     async def delete(self, assistant_id: str, *, viewer: Viewer | None = None) -> None:
         await self.require(assistant_id, viewer=viewer)
         await self._backend.write([_DELETE_VERSIONS, _DELETE], {"p_id": assistant_id})
+
+
+def _named(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An assistant's version fields, with its name's folded key for the assistant's row."""
+    return {**fields, "name_key": str(fields["name"]).casefold()}
 
 
 def _owned(row: AssistantRow) -> tuple[str | None, str | None, str | None]:

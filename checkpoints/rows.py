@@ -28,10 +28,19 @@ INT64 = range(-(2**63), 2**63)
 _NUMBER_TYPES = ("integer", "real", "true", "false")  # json_each's types of what Python compares as numbers
 
 
+def holds_json(found: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None) -> bool:
+    """Whether the JSON object ``found`` holds each of ``wanted``'s top-level keys with an equal value
+    (Python's equality). A wanted None matches only a key that is there with null, as the Agent Server's JSONB
+    containment does (``{"k": null}`` finds no object without ``k``)."""
+    found = found or {}
+    return all(key in found and found[key] == value for key, value in (wanted or {}).items())
+
+
 @dataclass(frozen=True, slots=True)
 class JsonHolds:
-    """Rows whose JSON object column holds each of ``wanted``'s top-level keys with an equal value (a missing
-    key equals None), as the searches of threads, assistants and crons filter by metadata.
+    """Rows whose JSON object column holds each of ``wanted``'s top-level keys with an equal value (a wanted
+    None: the key is there, with null; see :func:`holds_json`), as the searches of threads, assistants and
+    crons filter by metadata.
 
     ``conditions`` select them in SQL: JSON's equality on PostgreSQL (objects without regard to key order,
     1 = 1.0, but true is not 1), Python's on SQLite. They are ``exact`` except on SQLite for a wanted object
@@ -46,19 +55,16 @@ class JsonHolds:
     @classmethod
     def of(cls, column: ColumnElement[Any], wanted: Mapping[str, Any] | None, *, postgres: bool) -> JsonHolds:
         wanted = dict(wanted or {})
-        if postgres:  # JSONB equality: objects compare without order, 1 = 1.0
-            null = cast(literal("null"), JSONB)
-            found = [
-                func.coalesce(column.op("->")(literal(key)), null) == cast(literal(json.dumps(value)), JSONB)
-                for key, value in wanted.items()
-            ]
+        if postgres:  # JSONB equality: objects compare without order, 1 = 1.0; a missing key is SQL NULL
+            field = column.op("->")
+            found = [field(literal(key)) == cast(literal(json.dumps(value)), JSONB) for key, value in wanted.items()]
             return cls(wanted, tuple(found), True, column.key or "")
         conditions, exact = [], True
         for key, value in wanted.items():
             each = func.json_each(column).table_valued("key", "value", "type").alias()
             entry = select(literal(1)).select_from(each).where(each.c.key == key)
-            if value is None:  # missing, or null
-                conditions.append(~entry.where(each.c.type != "null").exists())
+            if value is None:  # there, with null
+                conditions.append(entry.where(each.c.type == "null").exists())
             elif isinstance(value, str):
                 conditions.append(entry.where(each.c.type == "text", each.c.value == value).exists())
             elif isinstance(value, bool | float) or (isinstance(value, int) and value in INT64):
@@ -72,9 +78,8 @@ class JsonHolds:
         return cls(wanted, tuple(conditions), exact, column.key or "")
 
     def holds(self, found: Mapping[str, Any] | None) -> bool:
-        """Whether a row's JSON object holds the wanted values (Python's equality)."""
-        found = found or {}
-        return all(found.get(key) == value for key, value in self.wanted.items())
+        """Whether a row's JSON object holds the wanted values (:func:`holds_json`)."""
+        return holds_json(found, self.wanted)
 
     def page(
         self, rows: Sequence[T], metadata: Callable[[T], Mapping[str, Any] | None], limit: int | None, offset: int

@@ -86,6 +86,7 @@ class ThreadRow:
     updated_at: datetime
     tenant: str | None = None  # with owner: who may see it (checkpoints.ownership)
     shared_group: str | None = None
+    runs_created: int = 0  # how many runs were ever created on it (the last one's ordinal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,8 @@ class RunRow:
     # config, context, interrupt_before/after, webhook, not_before, on_completion, checkpoint_id; and the
     # groups of the caller it acts for (GROUPS).
     options: Any = None
+    # Its place among the runs ever created on its thread (1, 2, …): fixed, never reused after a delete.
+    ordinal: int = 0
 
     @property
     def owner(self) -> Owner | None:
@@ -302,6 +305,14 @@ _ACTIVE_LOCKED = (
     select(_ACTIVE_COUNT.scalar_subquery().label("n"))
     .where(_threads.thread_id == bindparam("p_thread_id"))
     .with_for_update(of=server_threads)
+)
+# The next run's ordinal on a thread (no row: no thread); on PostgreSQL it also locks the thread's row, and on
+# SQLite, taken first, the write lock: creations on one thread are serialised before they count its runs.
+_COUNT_RUN = (
+    update(server_threads)
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .values(runs_created=_threads.runs_created + 1)
+    .returning(_threads.runs_created)
 )
 _REQUEST_CANCEL = (
     update(server_runs)
@@ -575,6 +586,7 @@ class RunStore:
             tenant=owner.tenant if owner else None,
             shared_group=owner.shared_group if owner else None,
             options=dict(options) if options else None,
+            ordinal=1,
         )
         params = _row_params(run)
         params.update({f"p_{name}": self._sealer.seal(getattr(run, name)) for name in _SEALED})
@@ -583,6 +595,7 @@ class RunStore:
             insert_run = self._insert_with_job(enqueue.defer)
             params.update(enqueue.params(run))
         if new_thread is not None:
+            new_thread = dataclasses.replace(new_thread, runs_created=1)
             params.update({f"t_{name}": getattr(new_thread, name) for name in ThreadRow.__slots__})
         if new_thread is not None and guard is None:  # nothing can be queued on it yet: one statement (PostgreSQL)
             written = await self._backend.write([insert_run, _INSERT_NEW_THREAD], params)
@@ -591,24 +604,29 @@ class RunStore:
                 if new_thread is not None:
                     await tx.execute(_INSERT_NEW_THREAD, params)
                 else:  # the thread's row is locked before the guard's: a thread's delete locks them in that order
-                    await self._check_queueable(tx, str(thread_id), multitask_strategy)
+                    ordinal = await self._queueable(tx, str(thread_id), multitask_strategy)
+                    run = dataclasses.replace(run, ordinal=ordinal)
+                    params["p_ordinal"] = ordinal
                 if guard is not None and not await tx.execute(*guard):
                     raise RunWithdrawnError(run_id=run.run_id)
                 written = await tx.execute(insert_run, params)
         return dataclasses.replace(run, job_id=written[0]["job_id"]) if enqueue is not None else run
 
     @staticmethod
-    async def _check_queueable(tx: Transaction, thread_id: str, multitask_strategy: str) -> None:
-        """In the run's transaction: the thread exists (locked until the run commits) and may take the run."""
-        active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": thread_id})
-        if not active:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
+    async def _queueable(tx: Transaction, thread_id: str, multitask_strategy: str) -> int:
+        """In the run's transaction: the thread exists (locked until the run commits) and may take the run; the
+        run's ordinal among the runs ever created on it."""
+        counted = await tx.execute(_COUNT_RUN, {"p_thread_id": thread_id})
+        if not counted:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
             raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
+        active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": thread_id})
         if multitask_strategy == "reject" and active[0]["n"]:
             raise ThreadBusyError(
                 f"thread {thread_id!r} already has a pending or running run; wait for it, or create the "
                 "run with multitask_strategy='enqueue'",
                 thread_id=thread_id,
             )
+        return int(counted[0]["runs_created"])
 
     def _insert_with_job(self, defer: Executable) -> Executable:
         found = self._with_job.get(defer)

@@ -166,7 +166,12 @@ class CronService:
                 enqueue=enqueue,
                 durability=payload.get("durability"),
                 # No graph for a cron stored before run options were kept: its assistant's.
-                options={**(payload.get(RUN_OPTIONS) or {}), GROUPS: list(payload.get("groups", []))},
+                options={
+                    **(payload.get(RUN_OPTIONS) or {}),
+                    GROUPS: list(payload.get("groups", [])),
+                    # A firing's new thread goes when its run ends, if the cron asked (never the cron's own thread).
+                    **({"on_completion": "delete"} if cron.on_run_completed == "delete" and not cron.thread_id else {}),
+                },
                 guard=firing_guard(cron.cron_id, timer.timer_id),
             )
         except RunWithdrawnError:  # disabled, rescheduled or deleted since it was read: this timer ends runless

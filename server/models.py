@@ -406,7 +406,12 @@ class RunCreate(Open):
     after_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
     checkpoint_id: str | None = Field(default=None, max_length=100)
     checkpoint: CheckpointIn | None = None
-    on_completion: Literal["delete", "keep"] | None = None
+    on_completion: Literal["delete", "keep"] | None = Field(
+        default=None,
+        description="delete: the run's thread is deleted when the run ends (a journey it started stays reachable "
+        "by its instance id); keep: it stays. Default: delete for a run on a new thread (/runs, /runs/wait, "
+        "/runs/stream, as the Agent Server), keep for a run on a thread",
+    )
     on_disconnect: Literal["cancel", "continue"] | None = Field(
         default=None,
         description="cancel: the run is cancelled when the client of its stream or wait goes away before it ended; "

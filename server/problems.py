@@ -8,6 +8,7 @@ forbidden → 403, failed → 424 (an agent or step the operation depended on fa
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import structlog
@@ -192,6 +193,16 @@ def journey_error_response(exc: JourneyError) -> JSONResponse:
     return problem(status, exc.code, exc.message, category=exc.category, headers=headers, details=exc.details or None)
 
 
+# A field typed None is one the Agent Server API has and this server does not serve (a thread's or an item's ttl,
+# supersteps): pydantic's "Input should be None" would not tell the client that, nor what to do.
+_UNSERVED = "not supported by this server: leave it out (or null); see the field's description in /openapi.json"
+
+
+def _said(error: Mapping[str, Any]) -> str:
+    """What a request validation error tells the client."""
+    return _UNSERVED if error.get("type") == "none_required" else str(error.get("msg", "invalid"))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_journey_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, JourneyError)
@@ -202,9 +213,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return problem(400, "MalformedRequest", "the request body is not valid JSON")
-        problems = [
-            f"{'.'.join(str(p) for p in e.get('loc', ())) or '(root)'}: {e.get('msg', 'invalid')}" for e in errors
-        ]
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ())) or '(root)'}: {_said(e)}" for e in errors]
         return problem(422, "RequestValidationError", "; ".join(problems), category="invalid", problems=problems)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -23,6 +23,7 @@ from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
+from checkpoints.rows import holds_json
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError, TaskNotFoundError
 from graphs.kernel.engine import refuse_terminated
@@ -412,8 +413,8 @@ class ServerServices:
             ResolvedAssistant(a, None)
             for a in assistants()
             if (graph_id is None or a.assistant_id == graph_id)
-            and (name is None or name.lower() in a.assistant_id.lower())  # as the query matches created ones
-            and _holds(system_metadata(a), metadata)
+            and (name is None or name.casefold() in a.assistant_id.casefold())  # as the query matches created ones
+            and holds_json(system_metadata(a), metadata)
         ]
 
     async def assistant_schemas(self, assistant: ResolvedAssistant) -> dict[str, Any]:
@@ -682,10 +683,6 @@ def system_metadata(assistant: Assistant) -> dict[str, Any]:
         "input_schema": assistant.input_schema,
         "resume_schema": assistant.resume_schema,
     }
-
-
-def _holds(metadata: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
-    return not wanted or all(metadata.get(k) == v for k, v in wanted.items())
 
 
 async def services(request: Request) -> ServerServices:

@@ -12,8 +12,9 @@ from a second recording: per run a ``lifecycle`` ``running`` event, its chunks t
 channels (``values``, ``updates``, ``custom``, ``messages``, ``tasks``, ``checkpoints``), then
 ``input.requested`` for each interrupt it stopped at and a terminal ``lifecycle`` (``completed``,
 ``interrupted`` or ``failed``). Every event has a ``seq`` that is a pure function of its position in the
-thread (the run's place among the thread's runs, and the chunk's number in the run), so a client that
-reconnects with ``since`` gets exactly what came after.
+thread (the run's ordinal, its place among the runs ever created on the thread, fixed when it was created, and
+the chunk's number in the run), so a client that reconnects with ``since`` gets exactly what came after, even
+when runs were deleted meanwhile (a rollback, ``runs.delete``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 # The modes a run started by ``run.start`` records, so its stream can be served and replayed.
 RECORDED_MODES = ["values", "updates", "custom", "messages-tuple", "tasks", "checkpoints"]
 CHANNELS = ("values", "updates", "messages", "tools", "lifecycle", "input", "checkpoints", "tasks", "custom")
-_RUN_SPAN = 1 << 26  # seq = the run's place on its thread * _RUN_SPAN + the event's place in the run
+_RUN_SPAN = 1 << 26  # seq = the run's ordinal on its thread * _RUN_SPAN + the event's place in the run
 _PER_CHUNK = 8  # a chunk becomes at most this many events (the last messages' ends, a start, a delta)
 # A stream opened without ``since`` replays the thread's active runs, and a run created this recently: the
 # SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended.
@@ -130,18 +131,18 @@ class ThreadEvents:
 
     async def _runs(self) -> list[RunRow]:
         found = await self.svc.runs.list_runs(self.thread_id, limit=1_000_000)
-        return sorted(found, key=lambda r: (r.created_at, r.run_id))
+        return sorted(found, key=lambda r: r.ordinal)
 
     async def _new_events(self) -> list[dict[str, Any]]:
         runs = await self._runs()
         if self._first is None:
             self._first = self._first_served(runs)
         events: list[dict[str, Any]] = []
-        for ordinal, run in enumerate(runs, start=1):
-            if ordinal < self._first:
+        for run in runs:
+            if run.ordinal < self._first:
                 continue
-            cursor = self._cursors.setdefault(run.run_id, _RunCursor(run, ordinal))
-            cursor.run, cursor.ordinal = run, ordinal
+            cursor = self._cursors.setdefault(run.run_id, _RunCursor(run, run.ordinal))
+            cursor.run = run
             if not cursor.ended:
                 events.extend(await self._run_events(cursor))
         return events
@@ -152,10 +153,10 @@ class ThreadEvents:
         if self.since is not None:
             return max(1, self.since // _RUN_SPAN)
         now = self.svc.runtime.store.clock.now()
-        for ordinal, run in enumerate(runs, start=1):
+        for run in runs:
             if run.status in ACTIVE or now - run.created_at < RECENT:
-                return ordinal
-        return len(runs) + 1
+                return run.ordinal
+        return runs[-1].ordinal + 1 if runs else 1
 
     async def _run_events(self, cursor: _RunCursor) -> list[dict[str, Any]]:
         run = cursor.run
@@ -260,8 +261,6 @@ async def _first_of(events: list[asyncio.Event], poll: float) -> None:
             waiter.cancel()
 
 
-async def before_run(svc: ServerServices, run: RunRow) -> int:
+def before_run(run: RunRow) -> int:
     """The ``seq`` just before ``run``'s first event: a client streaming ``since`` it gets the whole run."""
-    runs = await svc.runs.list_runs(run.thread_id, limit=1_000_000)
-    ordinal = sorted((r.created_at, r.run_id) for r in runs).index((run.created_at, run.run_id)) + 1
-    return ordinal * _RUN_SPAN - 1
+    return run.ordinal * _RUN_SPAN - 1

@@ -58,7 +58,8 @@ def drive(url: str, key: bytes | None) -> dict[str, Any]:
     app = create_app(Settings(database_url=url, auth=False), runtime_options={"encryption_key": key})
     with serving(app) as base, httpx.Client(base_url=base, timeout=60) as http:
         start = {"journey_type": "content_migration", "context": {"plan": MARKER}}
-        assert http.post("/runs/wait", json={"assistant_id": "structured", "input": start}).status_code == 200
+        first = {"assistant_id": "structured", "input": start, "on_completion": "keep"}  # resumed on its thread
+        assert http.post("/runs/wait", json=first).status_code == 200
         [thread] = http.post("/threads/search", json={}).json()
         resume = {"assistant_id": "structured", "command": {"resume": {"note": MARKER}}}
         path = f"/threads/{thread['thread_id']}/runs"

@@ -16,6 +16,7 @@ from procrastinate.schema import SchemaManager
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from checkpoints.assistants import AssistantFilter, AssistantStore
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
 from checkpoints.rebuild import rebuild_instance_index
@@ -56,6 +57,8 @@ ALTER TABLE journey_instances DROP COLUMN owner, DROP COLUMN tenant, DROP COLUMN
 DROP INDEX ix_server_threads_owner;
 ALTER TABLE server_threads DROP COLUMN tenant, DROP COLUMN shared_group;
 ALTER TABLE server_runs DROP COLUMN tenant, DROP COLUMN shared_group;
+ALTER TABLE server_threads DROP COLUMN runs_created;
+ALTER TABLE server_runs DROP COLUMN ordinal;
 DROP TABLE journey_start_keys, journey_concurrency_slots, journey_queued_starts;
 DROP TABLE server_crons;
 DROP TABLE journey_retention;
@@ -180,6 +183,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             await conn.execute(text("ALTER TABLE process_waits DROP COLUMN interrupt_id"))  # migration 23
             await conn.execute(text("DROP TABLE journeys_encryption"))  # migration 24
             await conn.execute(text("ALTER TABLE process_deployments DROP COLUMN tenant"))  # migration 26
+            await conn.execute(text("ALTER TABLE server_runs DROP COLUMN ordinal"))  # migration 27
+            await conn.execute(text("ALTER TABLE server_threads DROP COLUMN runs_created"))
             for statement in undo_migration_25(conn.dialect.name):
                 await conn.execute(text(statement))
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
@@ -553,3 +558,79 @@ async def test_event_rows_made_before_migration_21_are_numbered_and_read_as_they
         assert [e.seq for e in await rt.history("old-2")] == [1, 2]
         rebuilt = await rebuild_instance_index(rt.store.backend)
         assert rebuilt.instances == 3 and "old-1" not in rebuilt.corrected
+
+
+async def test_runs_made_before_migration_27_get_their_places_on_their_threads(durable_url: str) -> None:
+    """Migration 27: each run keeps its place among its thread's runs (the v3 thread stream's numbers), those
+    made before it numbered in creation order; the next run on an old thread comes after them."""
+    engine = create_engine_for(parse_store_url(durable_url))
+    made = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        assert await migrate(engine, upto=26) == [m.version for m in MIGRATIONS if m.version <= 26]
+        async with engine.begin() as conn:
+            for thread_id in ("t-1", "t-2"):
+                await conn.execute(
+                    text(
+                        "INSERT INTO server_threads (thread_id, metadata, created_at, updated_at) "
+                        "VALUES (:t, '{}', :at, :at)"
+                    ),
+                    {"t": thread_id, "at": made},
+                )
+            # t-1's runs inserted out of order; two made at one instant are told apart by their ids.
+            old_runs = [("r-b2", "t-1", 2), ("r-a", "t-1", 1), ("r-c", "t-1", 3), ("r-b1", "t-1", 2), ("r-x", "t-2", 5)]
+            for run_id, thread_id, minute in old_runs:
+                await conn.execute(
+                    text(
+                        "INSERT INTO server_runs (run_id, thread_id, assistant_id, status, kind, stream_modes, "
+                        "multitask_strategy, metadata, attempts, created_at, updated_at) VALUES (:r, :t, 'guide', "
+                        "'success', 'start', '[]', 'reject', '{}', 1, :at, :at)"
+                    ),
+                    {"r": run_id, "t": thread_id, "at": made.replace(minute=minute)},
+                )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+        runs = RunStore(rt.store.backend, rt.store.clock)
+        places = {r.run_id: r.ordinal for t in ("t-1", "t-2") for r in await runs.list_runs(t)}
+        assert places == {"r-a": 1, "r-b1": 2, "r-b2": 3, "r-c": 4, "r-x": 1}
+        await runs.delete_run("r-c")  # the last one gone: its place is not given again
+        new = await runs.create_run(
+            thread_id="t-1",
+            assistant_id="guide",
+            kind="start",
+            input=None,
+            command=None,
+            stream_modes=[],
+            multitask_strategy="enqueue",
+            metadata={},
+            principal=None,
+        )
+        assert new.ordinal == 5 and (await runs.get_run(new.run_id)) == new
+
+
+async def test_assistants_made_before_migration_28_are_found_by_name_whatever_the_case(durable_url: str) -> None:
+    """Migration 28: the names of assistants made before it are case-folded, so a search by name finds them."""
+    engine = create_engine_for(parse_store_url(durable_url))
+    made = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        assert await migrate(engine, upto=27) == [m.version for m in MIGRATIONS if m.version <= 27]
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO server_assistants (assistant_id, graph_id, name, config, context, metadata, version, "
+                    "created_at, updated_at) VALUES ('a-1', 'guide', 'ÉCOLE Straße', '{}', '{}', '{}', 1, :at, :at)"
+                ),
+                {"at": made},
+            )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+        store = AssistantStore(rt.store.backend, rt.store.clock)
+        for name in ("école", "STRASSE", "ole st"):
+            assert [a.assistant_id for a in await store.search(AssistantFilter(name=name))] == ["a-1"], name

@@ -135,6 +135,7 @@ def test_planted_secrets_reach_the_agent_and_the_log_but_no_log_line_or_answer(
         run = {
             "assistant_id": "structured",
             "input": {"journey_type": "secret_migration", "spec": spec, "context": context},
+            "on_completion": "keep",  # resumed on its thread
         }
         started = call("POST", "/runs/wait", run)
         assert started.status_code == 200, started.text

@@ -88,6 +88,7 @@ async def test_two_workers_one_killed_repeatedly(postgres_url: str) -> None:
                         json={
                             "assistant_id": "structured",
                             "input": {"journey_type": "eight_steps", "spec": EIGHT_STEPS, "user_id": f"u{i}"},
+                            "on_completion": "keep",  # its thread tells which journey each retry was for
                         },
                     )
                     assert response.status_code == 200, response.text

@@ -387,3 +387,23 @@ async def test_a_cron_disabled_or_deleted_as_it_fires_makes_no_run(
         assert paused["cron_id"] == cron["cron_id"] and paused["enabled"] is False and paused["next_run_date"] is None
     else:
         assert await client.crons.count() == 0
+
+
+async def test_a_cron_asked_to_delete_its_firings_threads_leaves_none(
+    cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
+) -> None:
+    """``on_run_completed="delete"`` (the Agent Server's option, accepted now): each firing's new thread is deleted
+    when its run ends; its runs' journeys stay."""
+    client = cron_client
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, on_run_completed="delete")
+    assert cron["on_run_completed"] == "delete"
+    clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    for _ in range(100):
+        await passes.complete()
+        if not await client.threads.search():
+            break
+    assert await client.threads.search() == []
+    found = await client.crons.search()
+    assert len(found) == 1 and datetime.fromisoformat(found[0]["next_run_date"]) == datetime(
+        2026, 3, 3, 9, 0, tzinfo=UTC
+    )

@@ -118,7 +118,8 @@ async def test_a_config_langgraph_would_refuse_mid_run_is_refused_when_sent(http
         await assert_refused(http, 422, "/assistants", raw({"graph_id": "structured", "config": config}))
         cron = {"assistant_id": "structured", "schedule": "0 9 * * *", "input": MIGRATION["input"], "config": config}
         await assert_refused(http, 422, "/runs/crons", raw(cron))
-    fine = await http.post("/runs/wait", json={**MIGRATION, "config": {"recursion_limit": 50, "tags": ["ops"]}})
+    fine_config = {"recursion_limit": 50, "tags": ["ops"]}
+    fine = await http.post("/runs/wait", json={**MIGRATION, "config": fine_config, "on_completion": "keep"})
     assert fine.status_code == 200, fine.text
     assert len(await thread_ids(http)) == len(threads) + 6 + 1
 

@@ -245,6 +245,32 @@ async def test_a_cancel_that_reached_a_run_whose_worker_died_holds_on_retry(runt
     assert await runtime.store.index.list_instances(limit=10) == []
 
 
+async def test_a_retry_after_the_run_deleted_its_thread_does_not_start_again(store_url: str) -> None:
+    """A stateless run deletes its thread as it ends (``on_completion="delete"``); when its worker died after
+    that and before recording the end, the queue's retry finds no thread: the run ends as done, and its journey
+    is not started a second time."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        runs = RunStore(runtime.store.backend, runtime.store.clock)
+        run = await runs.create_run(
+            thread_id=None,
+            assistant_id="structured",
+            kind="start",
+            input=MIGRATION,
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={},
+            principal="ana",
+            options={"on_completion": "delete"},
+        )
+        assert await runs.claim(run.run_id) is not None  # a worker took it ...
+        await runs.delete_thread(run.thread_id, runs=False)  # ... did its work, deleted its thread, and died
+        retried = await RunExecutor(runtime, runs, durability="exit").execute(run.run_id)  # the queue's retry
+        assert retried is not None and retried.status == "success"
+        assert await runtime.store.index.list_instances(limit=10) == []
+        assert await runs.get_thread(run.thread_id) is None
+
+
 THREE_AUTO = {
     "journey_type": "three",
     "steps": [{"step_id": f"s{i}", "mode": "auto", "agent": "echo"} for i in range(3)],

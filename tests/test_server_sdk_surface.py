@@ -359,10 +359,10 @@ async def test_runs_surface(client: LangGraphClient) -> None:
     assert_shape(listed, list[sdk.Run])
     assert len(listed) == 3
 
-    # A batch of runs on new threads, each a journey of the caller's own (another user_id needs impersonate).
-    batch = await runs.create_batch(
-        [{"assistant_id": "structured", "input": {**CONTENT_MIGRATION, "user_id": "ana"}} for _ in range(3)]
-    )
+    # A batch of runs on new threads, each a journey of the caller's own (another user_id needs impersonate),
+    # kept when they end (a run on a new thread deletes it by default, as on the Agent Server).
+    journey = {"assistant_id": "structured", "input": {**CONTENT_MIGRATION, "user_id": "ana"}, "on_completion": "keep"}
+    batch = await runs.create_batch([journey for _ in range(3)])
     assert_shape(batch, list[sdk.Run])
     assert len({r["thread_id"] for r in batch}) == 3
     for run in batch:

@@ -356,7 +356,11 @@ async def test_a_delayed_run_survives_a_restart_and_runs_when_due(durable_url: s
     with serving(create_app(settings)) as first:
         async with get_client(url=first, api_key=None) as before:
             run = await before.runs.create(
-                None, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, after_seconds=delay
+                None,
+                "structured",
+                input={**CONTENT_MIGRATION, "user_id": "ana"},
+                after_seconds=delay,
+                on_completion="keep",  # its thread is read when it ended
             )
     due = datetime.fromisoformat(run["created_at"]) + timedelta(seconds=delay)
     with serving(create_app(settings)) as second:  # a new process on the same database takes it up

@@ -1381,3 +1381,27 @@ V25_MESSAGE_TENANTS: DDL = {
 V26_PROCESS_TENANTS: DDL = dict.fromkeys(
     ("sqlite", "postgresql"), ("ALTER TABLE process_deployments ADD COLUMN tenant VARCHAR(100)",)
 )
+
+# Each run's fixed place on its thread, and each thread's count of runs created: the runs made before are
+# numbered in creation order (ties by id), as the thread stream numbered them until then.
+V27_RUN_ORDINALS: DDL = dict.fromkeys(
+    ("sqlite", "postgresql"),
+    (
+        "ALTER TABLE server_threads ADD COLUMN runs_created INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE server_runs ADD COLUMN ordinal INTEGER NOT NULL DEFAULT 0",
+        """UPDATE server_runs SET ordinal = numbered.n FROM (
+    SELECT run_id, row_number() OVER (PARTITION BY thread_id ORDER BY created_at, run_id) AS n FROM server_runs
+) AS numbered WHERE numbered.run_id = server_runs.run_id""",
+        """UPDATE server_threads SET runs_created = (
+    SELECT coalesce(max(ordinal), 0) FROM server_runs WHERE server_runs.thread_id = server_threads.thread_id
+)""",
+    ),
+)
+
+# Each assistant's name case-folded, for searches by name; filled for the assistants made before it by the
+# migration's data step (str.casefold, which neither dialect has).
+V28_ASSISTANT_NAME_KEYS: DDL = dict.fromkeys(
+    ("sqlite", "postgresql"), ("ALTER TABLE server_assistants ADD COLUMN name_key TEXT NOT NULL DEFAULT ''",)
+)
+V28_ASSISTANT_NAMES = "SELECT assistant_id, name FROM server_assistants"
+V28_SET_NAME_KEY = "UPDATE server_assistants SET name_key = :name_key WHERE assistant_id = :assistant_id"

@@ -59,6 +59,16 @@ def _fill_message_starts(conn: Connection) -> None:
         conn.execute(text(ddl.V6_INSERT_START), entries)
 
 
+def _fill_assistant_name_keys(conn: Connection) -> None:
+    """Case-fold the names of the assistants made before the column held them."""
+    keys = [
+        {"assistant_id": assistant_id, "name_key": name.casefold()}
+        for assistant_id, name in conn.execute(text(ddl.V28_ASSISTANT_NAMES)).all()
+    ]
+    if keys:
+        conn.execute(text(ddl.V28_SET_NAME_KEY), keys)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables: designs, instances, events", ddl.V1_CORE),
     Migration(
@@ -100,6 +110,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(24, "the encryption key's proof: another key, or none, is refused on open", ddl.V24_ENCRYPTION_CANARY),
     Migration(25, "process messages are sent for a tenant: buffered and with ids per tenant", ddl.V25_MESSAGE_TENANTS),
     Migration(26, "process names belong to the tenant that deployed them", ddl.V26_PROCESS_TENANTS),
+    Migration(27, "server runs keep their place on their thread: the thread stream's numbers", ddl.V27_RUN_ORDINALS),
+    Migration(
+        28,
+        "server assistants keep their name case-folded: searched by name whatever the script",
+        ddl.V28_ASSISTANT_NAME_KEYS,
+        _fill_assistant_name_keys,
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -328,6 +328,8 @@ server_threads = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("tenant", String(100), nullable=True),  # with owner, who may see it (migration 12)
     Column("shared_group", String(200), nullable=True),
+    # How many runs were ever created on it: the next run's ordinal (migration 27).
+    Column("runs_created", Integer, nullable=False, server_default="0"),
     Index("ix_server_threads_instance", "instance_id"),
     Index("ix_server_threads_owner", "tenant", "owner"),
 )
@@ -365,6 +367,9 @@ server_runs = Table(
     # The run's Agent Server options (migration 15): the graph its assistant runs, config, context,
     # interrupt_before/after, webhook, checkpoint_id, on_completion, when it may start.
     Column("options", JsonType, nullable=True),
+    # The run's place among all the runs ever created on its thread (1, 2, …), fixed at creation and never
+    # reused: the v3 thread stream numbers its events from it, so a deleted run shifts no other's (migration 27).
+    Column("ordinal", Integer, nullable=False, server_default="0"),
     Index("ix_server_runs_thread_status", "thread_id", "status"),
 )
 
@@ -395,6 +400,9 @@ server_assistants = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("tenant", String(100), nullable=True),  # with owner, who may see it (migration 19)
     Column("shared_group", String(200), nullable=True),
+    # The name case-folded (str.casefold): what a search by name compares, so it ignores case for every
+    # script on every backend (SQLite's lower() folds ASCII only, PostgreSQL's follows the database's locale).
+    Column("name_key", Text, nullable=False, server_default=""),  # migration 28
     Index("ix_server_assistants_graph", "graph_id"),
     Index("ix_server_assistants_owner", "tenant", "owner"),
 )

@@ -71,8 +71,10 @@ class CronRunOptions(BaseModel):
     end_time: AwareDatetime | None = None
     enabled: bool | None = None
     timezone: str | None = Field(None, min_length=1, max_length=64)
-    on_run_completed: Literal["keep"] | None = Field(
-        None, description="'keep' (the default here): a firing's new thread stays; deleting it is not supported"
+    on_run_completed: Literal["delete", "keep"] | None = Field(
+        None,
+        description="a cron without a thread: 'delete' deletes each firing's new thread when its run ends (its "
+        "journey stays reachable by its instance id); 'keep' (the default here) keeps it",
     )
 
     def refuse_unsupported(self) -> None:

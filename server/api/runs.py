@@ -114,7 +114,7 @@ async def create_run(
             principal=svc.owner(caller),
             enqueue=svc.queue.enqueue,
             durability=body.durability,
-            options=run_options(svc, resolved, body) | {GROUPS: list(caller.groups)},
+            options=run_options(svc, resolved, body, stateless=thread_id is None) | {GROUPS: list(caller.groups)},
             run_id=run_id,
         )
     svc.submit(run)
@@ -134,9 +134,13 @@ def assistant_options(
     return {"graph_id": assistant.pattern.assistant_id} | {k: v for k, v in found.items() if v}
 
 
-def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCreate) -> dict[str, Any]:
+def run_options(
+    svc: ServerServices, assistant: ResolvedAssistant, body: RunCreate, *, stateless: bool = False
+) -> dict[str, Any]:
     """What the run keeps of its request beyond input and command: its graph, the assistant's config and
-    context under the run's own, and the options the executor applies."""
+    context under the run's own, and the options the executor applies. A ``stateless`` run (no thread named:
+    ``/runs``, ``/runs/wait``, ``/runs/stream``) deletes the thread made for it when it ends unless it asked
+    ``on_completion="keep"``, as the Agent Server does."""
     options = assistant_options(assistant, body.config, body.context)
     checkpoint_id = _checkpoint_id(body)
     found = {
@@ -144,7 +148,7 @@ def run_options(svc: ServerServices, assistant: ResolvedAssistant, body: RunCrea
         "interrupt_after": body.interrupt_after,
         "webhook": body.webhook,
         "checkpoint_id": checkpoint_id,
-        "on_completion": body.on_completion,
+        "on_completion": body.on_completion or ("delete" if stateless else None),
     }
     options |= {k: v for k, v in found.items() if v}
     if body.after_seconds:

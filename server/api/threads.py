@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import Viewer
-from checkpoints.rows import INT64
+from checkpoints.rows import INT64, holds_json
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server import thread_stream
@@ -73,7 +73,9 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         for task in snapshot.tasks:
             if task.interrupts:
                 interrupts[task.id] = [{"value": jsonable(i.value), "id": i.id} for i in task.interrupts]
-        if interrupts_of(snapshot):
+        # Waiting for an answer, or stopped before a node (interrupt_before/after): "interrupted", as the Agent
+        # Server says of a thread whose checkpoint has a next node.
+        if interrupts_of(snapshot) or snapshot.next:
             if await svc.terminated(thread.instance_id):  # nothing waits for an answer any more
                 interrupts = {}
             else:
@@ -113,10 +115,6 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
 VIEW_LIMIT = 1_000
 
 
-def _holds(found: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
-    return not wanted or all(found.get(k) == v for k, v in wanted.items())
-
-
 def _by_view(body: ThreadCount) -> bool:
     """Whether the search needs the threads' views to filter or order them (their rows do not hold it)."""
     return bool(body.values) or body.status is not None or getattr(body, "sort_by", None) == "status"
@@ -139,7 +137,7 @@ async def _matching(
         )
     views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
     return [
-        v for v in views if _holds(v["values"], body.values) and (body.status is None or v["status"] == body.status)
+        v for v in views if holds_json(v["values"], body.values) and (body.status is None or v["status"] == body.status)
     ]
 
 
@@ -256,7 +254,7 @@ async def thread_command(thread_id: RunThreadId, body: ThreadCommand, caller: Ru
         return thread_stream.refused(body.id, "invalid_argument", exc.message)
     svc.watch.changed(thread_stream.thread_key(thread_id))
     answer = thread_stream.ok(body.id, {"run_id": run.run_id})
-    answer["meta"] = {"applied_through_seq": await thread_stream.before_run(svc, run)}
+    answer["meta"] = {"applied_through_seq": thread_stream.before_run(run)}
     return answer
 
 

@@ -295,6 +295,15 @@ class RunExecutor:
         if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
             await self._interrupted(run_id)
             return await self.runs.get_run(run_id)
+        if instance_id is None and run.attempts > 1 and await self.runs.get_thread(run.thread_id) is None:
+            # A retry whose thread went as the run ended (on_completion="delete"; a thread deleted otherwise takes
+            # its runs along) before its worker died: its work is done, and run again it would start anew.
+            job_id = taken.job_id if taken is not None else None
+            finished = await self.runs.finish(run_id, "success", job_id=job_id)
+            if finished is not None and taken is not None:
+                taken.ended(taken.job_id)
+            self._changed(run_id, finished)
+            return finished or await self.runs.get_run(run_id)
         principal = run.principal or "local"
         groups = run.groups
         assistant = get_assistant(run.graph_id)

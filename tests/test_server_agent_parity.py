@@ -1,0 +1,172 @@
+"""Agent Server semantics a langgraph-sdk user relies on, over real HTTP on every backend: the v3 thread
+stream's numbers after a run is deleted, stateless runs' threads, thread search by values, name search."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import UnprocessableEntityError
+
+pytestmark = pytest.mark.slow
+
+
+def _hello(text: str = "hello") -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def _base(client: LangGraphClient) -> str:
+    return str(client.http.client.base_url)
+
+
+async def _events(base: str, tid: str, since: int, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` lifecycle events of the thread's v3 event stream after ``since`` (it stays open)."""
+    found: list[dict[str, Any]] = []
+    body = {"channels": ["lifecycle"], "since": since}
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30) as raw,
+        raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                found.append(json.loads(line.removeprefix("data: ")))
+                if len(found) == count:
+                    return found
+    raise AssertionError(f"the stream ended after {len(found)} events")
+
+
+def _run_of(event: dict[str, Any]) -> str:
+    return str(event["event_id"]).rpartition(":")[0]
+
+
+async def test_thread_stream_since_survives_a_deleted_run(sdk_client: LangGraphClient) -> None:
+    """A client that saw the second run end reconnects with ``since`` after the first run was deleted: it gets
+    the third run's events, none of the second's again (each run's numbers were fixed when it was created)."""
+    client, base = sdk_client, _base(sdk_client)
+    tid = (await client.threads.create())["thread_id"]
+    first = await client.runs.create(tid, "guide", input=_hello("one"))
+    await client.runs.join(tid, first["run_id"])
+    second = await client.runs.create(tid, "guide", input=_hello("two"))
+    await client.runs.join(tid, second["run_id"])
+    seen = await _events(base, tid, 0, 4)  # each run: running, then its end
+    assert [_run_of(e) for e in seen] == [first["run_id"]] * 2 + [second["run_id"]] * 2
+    last_seen = seen[-1]["seq"]
+
+    await client.runs.delete(tid, first["run_id"])
+    third = await client.runs.create(tid, "guide", input=_hello("three"))
+    await client.runs.join(tid, third["run_id"])
+    after = await _events(base, tid, last_seen, 2)
+    assert [_run_of(e) for e in after] == [third["run_id"]] * 2
+    assert [e["params"]["data"]["event"] for e in after] == ["running", "completed"]
+    assert all(e["seq"] > last_seen for e in after)
+    # What was seen before keeps its numbers.
+    again = await _events(base, tid, 0, 2)
+    assert [e["seq"] for e in again] == [e["seq"] for e in seen[2:]]
+
+
+async def test_stateless_runs_delete_their_thread_unless_asked_to_keep_it(sdk_client: LangGraphClient) -> None:
+    """``/runs``, ``/runs/wait`` and ``/runs/stream`` without a thread: the thread made for the run is deleted
+    when it ends (the Agent Server's default ``on_completion="delete"``); ``on_completion="keep"`` keeps it."""
+    client = sdk_client
+    answer = await client.runs.wait(None, "guide", input=_hello())
+    assert isinstance(answer, dict) and answer["messages"][-1]["type"] == "ai"  # the output is still answered
+    assert await client.threads.count() == 0
+    streamed = [part.event async for part in client.runs.stream(None, "guide", input=_hello())]
+    assert streamed[-1] == "end" and "values" in streamed
+    assert await client.threads.count() == 0
+    await client.runs.create(None, "guide", input=_hello())  # in the background: its thread goes when it ends
+    for _ in range(200):
+        if await client.threads.count() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await client.threads.count() == 0
+
+    kept = await client.runs.create(None, "guide", input=_hello(), on_completion="keep")
+    await client.runs.join(kept["thread_id"], kept["run_id"])
+    await client.runs.wait(None, "guide", input=_hello(), on_completion="keep")
+    threads = await client.threads.search()
+    assert len(threads) == 2 and kept["thread_id"] in [t["thread_id"] for t in threads]
+    # A run on a thread keeps it, as before.
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input=_hello())
+    assert (await client.threads.get(tid))["thread_id"] == tid
+
+
+async def test_a_wanted_null_matches_only_an_explicit_null(sdk_client: LangGraphClient) -> None:
+    """Searches by values or metadata as the Agent Server's JSONB containment does: ``{"k": None}`` finds what
+    holds ``k`` with null, never what has no ``k`` at all (threads' values and metadata, assistants' metadata)."""
+    client = sdk_client
+    with_null = (await client.threads.create(metadata={"k": None}))["thread_id"]
+    await client.runs.wait(with_null, "guide", input=_hello())
+    await client.threads.update_state(with_null, {"progress": None})
+    without = (await client.threads.create(metadata={"other": 1}))["thread_id"]
+    await client.runs.wait(without, "guide", input=_hello())
+    await client.threads.create()  # no values at all
+
+    found = await client.threads.search(values={"progress": None})
+    assert [t["thread_id"] for t in found] == [with_null]
+    assert await client.threads.count(values={"progress": None}) == 1
+    assert [t["thread_id"] for t in await client.threads.search(metadata={"k": None})] == [with_null]
+    assert await client.threads.count(metadata={"k": None}) == 1
+    assert await client.threads.count(metadata={"other": None}) == 0
+
+    named = await client.assistants.create("guide", metadata={"k": None}, name="with a null")
+    await client.assistants.create("guide", metadata={"k": 1}, name="with a one")
+    found_assistants = await client.assistants.search(metadata={"k": None})
+    assert [a["assistant_id"] for a in found_assistants] == [named["assistant_id"]]  # no system assistant
+    assert await client.assistants.count(metadata={"k": None}) == 1
+
+
+async def test_assistant_name_search_ignores_case_in_every_script(sdk_client: LangGraphClient) -> None:
+    """``assistants.search(name=…)`` and ``count`` find a name whatever its case, for non-ASCII letters too, the
+    same on every backend (SQLite's lower() folds only ASCII)."""
+    client = sdk_client
+    ecole = await client.assistants.create("guide", name="ÉCOLE Ärger")
+    moscow = await client.assistants.create("guide", name="Москва desk")
+    await client.assistants.create("guide", name="plain")
+    for query, wanted in (("école", ecole), ("ärger", ecole), ("москва".upper(), moscow), ("москва DESK", moscow)):
+        found = await client.assistants.search(name=query)
+        assert [a["assistant_id"] for a in found] == [wanted["assistant_id"]], query
+        assert await client.assistants.count(name=query) == 1
+    # A renamed assistant is found by its new name, and by the old one again once it goes back to it.
+    await client.assistants.update(ecole["assistant_id"], name="Über")
+    assert [a["assistant_id"] for a in await client.assistants.search(name="üBER")] == [ecole["assistant_id"]]
+    assert await client.assistants.search(name="école") == []
+    await client.assistants.set_latest(ecole["assistant_id"], 1)
+    assert [a["assistant_id"] for a in await client.assistants.search(name="ÉcOlE")] == [ecole["assistant_id"]]
+    # '%' and '_' match themselves.
+    assert await client.assistants.search(name="%") == []
+
+
+async def test_a_thread_stopped_at_a_breakpoint_is_interrupted(sdk_client: LangGraphClient) -> None:
+    """A run stopped by ``interrupt_before`` leaves its thread ``interrupted`` (its checkpoint has a next node),
+    as the Agent Server reports it, found by a search on that status; going on from there makes it idle."""
+    client = sdk_client
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "guide", input=_hello(), interrupt_before=["agent"])
+    assert (await client.threads.get_state(tid))["next"] == ["agent"]
+    assert (await client.threads.get(tid))["status"] == "interrupted"
+    assert [t["thread_id"] for t in await client.threads.search(status="interrupted")] == [tid]
+    await client.runs.wait(tid, "guide", input=None)  # on from the breakpoint
+    assert (await client.threads.get_state(tid))["next"] == []
+    assert (await client.threads.get(tid))["status"] == "idle"
+
+
+async def test_an_option_this_server_does_not_serve_is_refused_saying_so(sdk_client: LangGraphClient) -> None:
+    """An item's or a thread's ``ttl`` (the Agent Server has them, this server does not) is refused with a 422
+    that says it is not supported and to leave it out, not pydantic's "Input should be None"."""
+    client = sdk_client
+    with pytest.raises(UnprocessableEntityError) as item:
+        await client.store.put_item(["notes"], "k", {"x": 1}, ttl=5)
+    with pytest.raises(UnprocessableEntityError) as thread:
+        await client.threads.create(ttl=5)
+    for refused in (item.value, thread.value):
+        [said] = refused.response.json()["problems"]
+        assert said.startswith("body.ttl: not supported by this server: leave it out"), said
+    assert await client.store.search_items(["notes"]) == {"items": []}
+    assert await client.threads.count() == 0
