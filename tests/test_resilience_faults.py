@@ -105,13 +105,16 @@ def check_consistent(scenario: Scenario, status: dict[str, Any], history: list[E
     assert status["failure"]["step"] == failed_step
     last_failure = [e for e in history if e.type == "agent.failed" and e.step == failed_step][-1]
     assert last_failure.payload["error_type"] == FORWARD_ERRORS[scenario.steps[failed_step]]
+    # Each of these faults reached the failed step's agent, which may have acted: it is undone first (told it did
+    # not complete), then the completed steps in reverse order.
+    to_undo = [failed_step, *reversed(completed)]
     if outcome == "compensated":
-        assert undone == list(reversed(completed)) == status["compensated_steps"]
+        assert undone == to_undo == status["compensated_steps"]
         assert status["compensation_failure"] is None
         return
-    # Failed: compensation ran in reverse order up to the handler that failed for good, which is named.
+    # Failed: compensation ran in that order up to the handler that failed for good, which is named.
     [broken] = scenario.undo
-    assert undone == list(reversed(completed))[: list(reversed(completed)).index(broken)]
+    assert undone == to_undo[: to_undo.index(broken)]
     assert status["compensation_failure"]["step"] == broken
     assert any(e.type == "instance.failed" and e.payload.get("cause") == "compensation" for e in history)
 
