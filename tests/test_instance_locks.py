@@ -28,7 +28,7 @@ from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
 from checkpoints import locks as locks_module
 from checkpoints.errors import ConcurrentUpdateError, JourneyError
-from graphs import JourneyRuntime
+from graphs import JourneyRuntime, StepMovedOnError
 from nodes.compensation import COMPLETED_STEP
 from nodes.criteria_gate import ValidationResult
 from server.app import create_app
@@ -79,7 +79,8 @@ async def test_two_runtimes_advancing_one_step_lose_no_acknowledged_result(durab
 
     acknowledged = {who: answer for who, answer in zip("AB", answers, strict=True) if isinstance(answer, dict)}
     refused = [answer for answer in answers if not isinstance(answer, dict)]
-    assert all(isinstance(answer, ConcurrentUpdateError) for answer in refused), refused
+    # The one that waits is refused: it gave up waiting, or it found the step it was for completed meanwhile.
+    assert all(isinstance(answer, ConcurrentUpdateError | StepMovedOnError) for answer in refused), refused
     assert acknowledged, "one of the two advances must go through"
     # Each acknowledged result is logged exactly once, for the step its answer names; nothing else is.
     assert sorted(logged) == sorted((who, view["completed_step"]) for who, view in acknowledged.items())
