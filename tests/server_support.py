@@ -4,6 +4,7 @@ processes, and `journeys worker` processes for distributed mode."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -194,3 +195,20 @@ async def queued_run(runs: RunStore, assistant_id: str = "structured") -> RunRow
         metadata={},
         principal="ana",
     )
+
+
+async def v3_events(base: str, thread_id: str, body: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """The first ``count`` events of a thread's raw v3 event stream, asked with ``body`` (it stays open: the
+    client leaves)."""
+    found: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30) as raw,
+        raw.stream("POST", f"/threads/{thread_id}/stream/events", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                found.append(json.loads(line.removeprefix("data: ")))
+                if len(found) == count:
+                    return found
+    raise AssertionError(f"the stream ended after {len(found)} events")

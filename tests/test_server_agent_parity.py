@@ -4,13 +4,13 @@ stream's numbers after a run is deleted, stateless runs' threads, thread search 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
-import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import UnprocessableEntityError
+
+from tests.server_support import v3_events
 
 pytestmark = pytest.mark.slow
 
@@ -21,23 +21,6 @@ def _hello(text: str = "hello") -> dict[str, Any]:
 
 def _base(client: LangGraphClient) -> str:
     return str(client.http.client.base_url)
-
-
-async def _events(base: str, tid: str, since: int, count: int) -> list[dict[str, Any]]:
-    """The first ``count`` lifecycle events of the thread's v3 event stream after ``since`` (it stays open)."""
-    found: list[dict[str, Any]] = []
-    body = {"channels": ["lifecycle"], "since": since}
-    async with (
-        httpx.AsyncClient(base_url=base, timeout=30) as raw,
-        raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer,
-    ):
-        assert answer.status_code == 200
-        async for line in answer.aiter_lines():
-            if line.startswith("data: "):
-                found.append(json.loads(line.removeprefix("data: ")))
-                if len(found) == count:
-                    return found
-    raise AssertionError(f"the stream ended after {len(found)} events")
 
 
 def _run_of(event: dict[str, Any]) -> str:
@@ -53,19 +36,19 @@ async def test_thread_stream_since_survives_a_deleted_run(sdk_client: LangGraphC
     await client.runs.join(tid, first["run_id"])
     second = await client.runs.create(tid, "guide", input=_hello("two"))
     await client.runs.join(tid, second["run_id"])
-    seen = await _events(base, tid, 0, 4)  # each run: running, then its end
+    seen = await v3_events(base, tid, {"channels": ["lifecycle"], "since": 0}, 4)  # each run: running, then its end
     assert [_run_of(e) for e in seen] == [first["run_id"]] * 2 + [second["run_id"]] * 2
     last_seen = seen[-1]["seq"]
 
     await client.runs.delete(tid, first["run_id"])
     third = await client.runs.create(tid, "guide", input=_hello("three"))
     await client.runs.join(tid, third["run_id"])
-    after = await _events(base, tid, last_seen, 2)
+    after = await v3_events(base, tid, {"channels": ["lifecycle"], "since": last_seen}, 2)
     assert [_run_of(e) for e in after] == [third["run_id"]] * 2
     assert [e["params"]["data"]["event"] for e in after] == ["running", "completed"]
     assert all(e["seq"] > last_seen for e in after)
     # What was seen before keeps its numbers.
-    again = await _events(base, tid, 0, 2)
+    again = await v3_events(base, tid, {"channels": ["lifecycle"], "since": 0}, 2)
     assert [e["seq"] for e in again] == [e["seq"] for e in seen[2:]]
 
 

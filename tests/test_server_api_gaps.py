@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import httpx
@@ -13,6 +12,7 @@ from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
 from tests import test_server_streaming as streaming
+from tests.server_support import v3_events
 from tests.test_server_streaming import ANSWER, _said, _slow_run
 
 pytestmark = pytest.mark.slow
@@ -100,22 +100,6 @@ async def test_thread_stream_starts_a_journey_and_answers_its_interrupts(client:
         assert [r["status"] for r in await client.runs.list(tid)] == ["success", "success"]
 
 
-async def _events(base: str, tid: str, body: dict[str, Any], count: int) -> list[dict[str, Any]]:
-    """The first ``count`` events of a raw v3 event stream (it stays open: the client leaves)."""
-    found: list[dict[str, Any]] = []
-    async with (
-        httpx.AsyncClient(base_url=base, timeout=30) as raw,
-        raw.stream("POST", f"/threads/{tid}/stream/events", json=body) as answer,
-    ):
-        assert answer.status_code == 200
-        async for line in answer.aiter_lines():
-            if line.startswith("data: "):
-                found.append(json.loads(line.removeprefix("data: ")))
-                if len(found) == count:
-                    return found
-    raise AssertionError(f"the stream ended after {len(found)} events")
-
-
 async def test_thread_stream_events_replay_after_since_and_refuse_bad_commands(
     client: LangGraphClient, server_url: str
 ) -> None:
@@ -125,15 +109,15 @@ async def test_thread_stream_events_replay_after_since_and_refuse_bad_commands(
         values = await chat.output.with_timeout(60)
     assert values["messages"][-1]["content"] == ANSWER
     every = {"channels": ["lifecycle", "values", "messages", "custom", "updates"], "since": 0}
-    events = await _events(server_url, tid, every, 6)
+    events = await v3_events(server_url, tid, every, 6)
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert events[0]["method"] == "lifecycle" and events[0]["params"]["data"]["event"] == "running"
     # A client that saw the third event reconnects with since: it gets exactly what came after.
-    again = await _events(server_url, tid, {**every, "since": seqs[2]}, 3)
+    again = await v3_events(server_url, tid, {**every, "since": seqs[2]}, 3)
     assert [e["seq"] for e in again] == seqs[3:6] and again == events[3:6]
     # The chat model's tokens come as messages, the run's end as one lifecycle event.
-    everything = await _events(server_url, tid, {"channels": ["messages", "lifecycle"], "since": 0}, 2)
+    everything = await v3_events(server_url, tid, {"channels": ["messages", "lifecycle"], "since": 0}, 2)
     assert everything[1]["params"]["data"] == {
         "event": "message-start",
         "role": "ai",
