@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 
@@ -46,6 +46,12 @@ class NodeServices:
 def is_replay(config: RunnableConfig) -> bool:
     configurable: dict[str, Any] = config.get("configurable") or {}
     return bool(configurable.get(REPLAY_FLAG, False))
+
+
+def not_replaying(config: RunnableConfig) -> RunnableConfig:
+    """``config`` for work after a unit the run has just done itself (not found logged): nothing after it can
+    be logged yet, so its units need no look-up (see :data:`REPLAY_FLAG`)."""
+    return cast(RunnableConfig, {**config, "configurable": {**(config.get("configurable") or {}), REPLAY_FLAG: False}})
 
 
 def steps_chained(config: RunnableConfig) -> bool:

@@ -154,3 +154,32 @@ async def test_a_run_cut_short_by_a_crash_under_the_one_superstep_per_step_versi
         assert counted == ["s3", "s4", "s5", "s6", "s7"]
         events = await rt.store.events.list(instance.instance_id, types=["step.completed"])
         assert [e.step for e in events] == [f"s{i}" for i in range(8)]
+
+
+async def test_a_resumed_run_looks_up_only_until_it_does_a_step_itself(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that resumes a journey (a person's answer here) looks each step up in the log before doing it, in
+    case a crash left it done; once it has done one itself, nothing after it can be logged: no more look-ups."""
+    spec = {
+        "journey_type": "approve_then_four",
+        "steps": [
+            {"step_id": "approve", "agent": "work"},
+            *({"step_id": f"s{i}", "mode": "auto", "agent": "work"} for i in range(4)),
+        ],
+    }
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("work", RecordingAgent("work"), replace=True)
+        design = await rt.structured.design_journey("approve_then_four", spec=spec)
+        await rt.structured.execute_journey(design["journey_id"], "ana")
+        looked_up: list[str] = []
+        find = type(rt.store.events).find_by_key
+
+        async def counted(self: Any, instance_id: str, key: str) -> Any:
+            looked_up.append(key.rpartition(":")[0].rpartition(":")[2])
+            return await find(self, instance_id, key)
+
+        monkeypatch.setattr(type(rt.store.events), "find_by_key", counted)
+        done = await rt.structured.advance_journey_step(design["journey_id"], "ana", {"ok": True})
+        assert done["status"] == "completed" and done["completed_steps"] == ["approve", "s0", "s1", "s2", "s3"]
+        assert looked_up == ["approve"]

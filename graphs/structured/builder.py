@@ -35,7 +35,7 @@ from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
 from nodes.service_task import perform_task
-from nodes.services import NodeServices, is_replay, steps_chained, superstep, thread_id
+from nodes.services import NodeServices, is_replay, not_replaying, steps_chained, superstep, thread_id
 from nodes.telemetry import chained_node
 from nodes.user_task import make_user_task_node
 
@@ -303,12 +303,15 @@ def _step_runner(step: Step, work: _StepWork) -> Any:
             done = await work.perform(current, result, state, key, config)
             if isinstance(done, Command):
                 return done
-            if done is None:
+            following_id, replayed = done
+            if following_id is None:
                 return Command(goto=END, update={"status": "completed"})
-            following = work.spec.step(done)
+            following = work.spec.step(following_id)
             if not chained or following.mode == "user":
                 return Command(goto=entry_node(following))
             current, result = following, {}
+            if not replayed and is_replay(config):  # done now, so nothing after it is logged: no more look-ups
+                config = not_replaying(config)
         raise GraphRecursionError(
             f"journey {thread_id(config)!r} ran {visits} auto steps in a row without reaching a user step or its "
             "end; give the loop of auto steps an exit (a branch to a user step or an end), or raise the run's "
@@ -345,9 +348,10 @@ class _StepWork:
 
     async def perform(
         self, step: Step, result: dict[str, Any], state: StructuredState, key: str, config: RunnableConfig
-    ) -> str | Command[str] | None:
-        """``step``'s work, logged under ``key``: the id of the step it leads to (None: the journey ends there),
-        or, in a saga whose step failed, the command that sends the journey to its compensation."""
+    ) -> tuple[str | None, bool] | Command[str]:
+        """``step``'s work, logged under ``key``: the id of the step it leads to (None: the journey ends there)
+        and whether the work was found logged (replayed) rather than done; or, in a saga whose step failed, the
+        command that sends the journey to its compensation."""
         spec = self.spec
 
         def record(output: dict[str, Any]) -> Recording:
@@ -398,4 +402,4 @@ class _StepWork:
             return Command(goto=COMPENSATE_NODE, update=update)
         _noted(config, key, step.step_id, outcome.output)
         # No state update: the step's record is its event, and where the journey stands is the route.
-        return spec.choose_next(step.step_id, {**result, "output": outcome.output})
+        return spec.choose_next(step.step_id, {**result, "output": outcome.output}), outcome.replayed
