@@ -21,7 +21,7 @@ PREFLIGHT = {"access-control-request-method": "POST", "access-control-request-he
 
 def test_info_says_what_the_server_is_without_a_key(sqlite_url: str) -> None:
     with serving(create_app(Settings(database_url=sqlite_url, api_keys=KEYS))) as base:
-        answer = httpx.get(f"{base}/info")
+        answer = httpx.get(f"{base}/info", timeout=30)  # the first request of a server just started, on a busy box
     assert answer.status_code == 200
     body = answer.json()
     assert body["version"] == version("journeys")
