@@ -5,15 +5,18 @@ tenants."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from checkpoints.clock import VirtualClock
 from graphs import InvalidInputError
 from graphs.errors import ProcessStateError
+from graphs.runtime import JourneyRuntime
 from server.settings import ApiKey
-from tests.process_support import Calls, linear, runtime, user_task, waiting_elements
+from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {
@@ -157,3 +160,86 @@ async def test_variables_are_set_and_retried_over_http_within_the_callers_tenant
         assert (retried.json()["status"], retried.json()["outcome"]) == ("completed", "gold")
         finished = await ana.post(f"{path}/variables", json={"variables": {"tier": "silver"}})
         assert finished.status_code == 409
+
+
+class Crash(BaseException):
+    """Stands for the process dying at this point: nothing in the runtime catches it."""
+
+
+def crash_on_run(monkeypatch: pytest.MonkeyPatch, rt: JourneyRuntime) -> None:
+    """The process dies as it is about to apply a set to the thread: after ``variables.set`` is logged."""
+
+    async def dying(*_args: Any, **_kwargs: Any) -> bool:
+        raise Crash
+
+    monkeypatch.setattr(rt.processes, "run", dying)
+
+
+async def after_crash(store_url: str, rt: JourneyRuntime, clock: VirtualClock) -> AsyncIterator[JourneyRuntime]:
+    """The runtime to go on with after a crash: a new one on the durable stores (nothing of the dead process is
+    left but the database), the same one in memory (whose store dies with it)."""
+    if store_url == "memory://":
+        yield rt
+        return
+    async with runtime(store_url, clock) as restarted:
+        yield restarted
+
+
+async def test_a_set_logged_before_a_crash_is_applied_not_left_false(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``variables.set`` was logged, then the process died before the thread took the values: the audit named a
+    value the instance never had, and a later set reused its version. Now the instance takes the logged set at
+    its next touch (here a status read, after a restart on the durable stores), and its history and its
+    variables agree."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as first:
+        for intent in ("gold", "silver"):
+            Calls().register(first, intent)
+        await first.processes.deploy(routing(user_task("review")))
+        instance_id = (await first.processes.start("routing", "cust-1", {"tier": "gold"}))["instance_id"]
+        with monkeypatch.context() as patched:
+            crash_on_run(patched, first)
+            with pytest.raises(Crash):
+                await first.processes.set_variables(instance_id, {"tier": "silver"}, by="ops")
+        async for rt in after_crash(store_url, first, clock):
+            calls = Calls()
+            for intent in ("gold", "silver"):
+                calls.register(rt, intent)
+            status = await rt.processes.status(instance_id)
+            history = await rt.processes.variable_history(instance_id, "tier")
+            assert [(c["value"], c["version"]) for c in history] == [("gold", 1), ("silver", 2)]
+            assert status["variables"]["tier"] == "silver"
+            again = await rt.processes.set_variables(instance_id, {"tier": "gold", "note": "back"})
+            assert again["variables"]["tier"] == "gold"
+            history = await rt.processes.variable_history(instance_id, "tier")
+            assert [(c["value"], c["version"]) for c in history] == [("gold", 1), ("silver", 2), ("gold", 3)]
+            [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+            done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+            assert (done["status"], calls.intents()) == ("completed", ["gold"])
+
+
+async def test_a_set_logged_before_a_crash_in_a_retry_is_applied_by_the_next_retry(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry logged its variables and died before the failed gateway ran on them: a plain retry now runs it
+    on the logged values, and the history names them once."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as first:
+        for intent in ("gold", "silver"):
+            Calls().register(first, intent)
+        await first.processes.deploy(routing())
+        instance_id = (await first.processes.start("routing", "cust-1"))["instance_id"]
+        with monkeypatch.context() as patched:
+            crash_on_run(patched, first)
+            with pytest.raises(Crash):
+                await first.processes.set_variables(instance_id, {"tier": "silver"}, retry=True)
+        async for rt in after_crash(store_url, first, clock):
+            calls = Calls()
+            for intent in ("gold", "silver"):
+                calls.register(rt, intent)
+            done = await rt.processes.retry(instance_id)
+            assert (done["status"], done["variables"]["tier"]) == ("completed", "silver")
+            assert calls.intents() == ["silver"]
+            history = await rt.processes.variable_history(instance_id, "tier")
+            assert [(c["value"], c["version"]) for c in history] == [("silver", 1)]

@@ -87,6 +87,14 @@ MESSAGE_ID_WINDOW = timedelta(hours=24)
 MESSAGE_ID_CHARS = 100
 # The events a process's evaluation measures: its agent calls (service tasks and map items).
 MEASURED = ("task.completed", "map.item_completed")
+# How many ``variables.set`` the thread has applied, kept in its ``visits`` under a name no element id can have.
+SETS = "(variables.set)"
+
+
+def set_key(instance_id: str, number: int) -> str:
+    """The key of the instance's ``number``-th ``variables.set``: logged before its graph update, found again
+    after a crash between the two (see ``ProcessOrchestrator._lost_set``)."""
+    return f"{instance_id}:variables.set:{number}"
 
 
 def message_start_key(tenant: str, message_id: str, process: str) -> str:
@@ -737,9 +745,10 @@ class ProcessOrchestrator:
             failed = failed_task(snapshot)
             if failed is None:
                 raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
-            update: dict[str, Any] = {}
             if variables is not None:
                 update = await self._set(instance_id, spec, snapshot, variables, by=by, at=element_of(failed))
+            else:
+                update = await self._lost_set(instance_id, snapshot)
             await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False)
             held: dict[str, Any] = {}
             for pending, wait_id in parked(snapshot):
@@ -812,11 +821,30 @@ class ProcessOrchestrator:
                 "elements would not see variables set now; set them once the branches have joined",
                 allowed=[],
             )
-        state = cast(dict[str, Any], snapshot.values)
-        self._check_variables(spec, {**values(state.get("variables")), **variables})
-        cells, changes = assign(state.get("variables"), dict(variables))
-        await self.store.events.append(instance_id, [NewEvent("variables.set", {"changes": changes, "by": by}, at)])
-        return {"variables": cells}
+        # A set logged before a crash kept it from the thread is applied with this one (its versions come first).
+        lost = await self._lost_set(instance_id, snapshot)
+        current = {**(snapshot.values.get("variables") or {}), **lost.get("variables", {})}
+        self._check_variables(spec, {**values(current), **variables})
+        cells, changes = assign(current, dict(variables))
+        number = int((snapshot.values.get("visits") or {}).get(SETS, 0)) + (2 if lost else 1)
+        logged = NewEvent("variables.set", {"changes": changes, "by": by}, at, set_key(instance_id, number))
+        await self.store.events.append(instance_id, [logged])
+        return {"variables": {**lost.get("variables", {}), **cells}, "visits": {SETS: number}}
+
+    async def _lost_set(self, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
+        """The graph update of a ``variables.set`` the log has but the thread does not ({} if none).
+
+        A set is logged first and then applied to the thread, which no transaction spans: a crash between the
+        two leaves the log naming values the thread never took. The log is the record of what was decided (the
+        caller may have seen it), so the update is applied at the instance's next set, retry or status read,
+        with the versions the log gave it. The thread counts the sets it applied (:data:`SETS`), so the one it
+        lacks is found by its key, in one read."""
+        number = int((snapshot.values.get("visits") or {}).get(SETS, 0)) + 1
+        event = await self.store.events.find_by_key(instance_id, set_key(instance_id, number))
+        if event is None:
+            return {}
+        cells = {c["name"]: {"value": c["value"], "version": c["version"]} for c in event.payload.get("changes") or []}
+        return {"variables": cells, "visits": {SETS: number}}
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
         """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
@@ -1068,8 +1096,13 @@ class ProcessOrchestrator:
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
-        async with self.locked(instance_id) as (_instance, deployment, spec, graph):
-            snapshot = await self._with_branches(graph, instance_id, await self.settled(graph, instance_id))
+        async with self.locked(instance_id) as (instance, deployment, spec, graph):
+            snapshot = await self.settled(graph, instance_id)
+            running = instance.status == "in_progress" and failed_task(snapshot) is None  # else its retry applies it
+            if running and (lost := await self._lost_set(instance_id, snapshot)):
+                await self.run(graph, instance_id, Command(update=lost), spec=spec)
+                snapshot = await graph.aget_state(self.engine.config(instance_id))
+            snapshot = await self._with_branches(graph, instance_id, snapshot)
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
         if view["failure"] is None and instance.status == "failed":
