@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, cast
 
+from jsonschema.exceptions import best_match
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphInterrupt
 from langgraph.graph import END
@@ -196,16 +197,39 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
 async def _take_buffered(
     services: ProcessServices, instance_id: str, wait_id: str, plan: SubscriptionPlan, key: str
 ) -> dict[str, Any] | None:
-    """A message that arrived before anyone waited for it (and has not expired, and was sent for the instance's
-    tenant or every tenant) resolves the wait now."""
-    buffered = await services.messages.oldest_buffered(plan.message, key, instance_id)
-    if buffered is None:
+    """The oldest message that arrived before anyone waited for it (and has not expired, and was sent for the
+    instance's tenant or every tenant) and fits the process's variables_schema resolves the wait now.
+
+    One that does not fit is passed over, not taken (a send to the waiting instance is refused likewise): it
+    must not stand in the way of a later one that fits, as it did while only the oldest was looked at. It
+    stays buffered for a wait it fits (another process's), until its time-to-live ends; this instance's log
+    says why it was passed over (``message.passed_over``, once per wait)."""
+    subscription_id = subscription_id_for(wait_id, plan)
+    taken, passed_over = None, []
+    for buffered in await services.messages.buffered(plan.message, key, instance_id):
+        misfit = _misfit(plan.schema, buffered.payload)
+        if misfit is None:
+            taken = await take_buffered(
+                services, buffered, wait_id=wait_id, element=plan.element, subscription_id=subscription_id
+            )
+            if taken is not None:
+                break
+            continue
+        about = {"wait_id": wait_id, "message": buffered.name, "message_id": buffered.message_id, "reason": misfit}
+        key_of = f"{wait_id}:passed_over:{buffered.message_id}"
+        passed_over.append(NewEvent("message.passed_over", about, plan.element, key_of))
+    for event in passed_over:  # keyed: a replayed arm logs none twice
+        await services.node.events.append(instance_id, [event])
+    return taken
+
+
+def _misfit(schema: Mapping[str, Any] | None, payload: Mapping[str, Any]) -> str | None:
+    """Why ``payload`` does not fit ``schema`` (what a message's payload must match), None if it does."""
+    error = None if schema is None else best_match(schemas.checker(schema).iter_errors(payload))
+    if error is None:
         return None
-    if plan.schema is not None and not schemas.checker(plan.schema).is_valid(buffered.payload):
-        return None  # it would break variables_schema: left to expire (a send to the waiting instance is refused)
-    return await take_buffered(
-        services, buffered, wait_id=wait_id, element=plan.element, subscription_id=subscription_id_for(wait_id, plan)
-    )
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"its payload does not fit the process's variables_schema at {where}: {error.message}"
 
 
 async def take_buffered(

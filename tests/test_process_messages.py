@@ -563,3 +563,29 @@ async def test_a_send_taken_over_after_its_sender_was_killed_delivers_its_messag
         later = await rt.processes.start("invoice", "cust-2", {"invoice_no": "INV-1"})
         assert waiting_elements(later) == ["paid"]  # the message was delivered once, not kept for another
         assert await rt.processes.send_message("payment.received", "INV-1", {"amount": 5}, message_id="pay-1") == again
+
+
+async def test_a_buffered_message_that_does_not_fit_does_not_hold_back_a_later_one_that_does(store_url: str) -> None:
+    """Two messages for one key wait in the buffer, the older breaking the process's variables_schema. The wait
+    looked at the oldest only, passed it over, and so sat waiting while the one that fits lay in the buffer, until
+    the misfit expired. Now it takes the one that fits; its log says why it passed the other over, which stays
+    buffered for a wait it fits (another process's)."""
+    async with runtime(store_url) as rt:
+        spec = payment_spec()
+        spec["variables_schema"] = {"type": "object", "properties": {"amount": {"type": "integer", "minimum": 0}}}
+        await rt.processes.deploy(spec)
+        lenient = payment_spec()
+        lenient["name"] = "ledger"
+        await rt.processes.deploy(lenient)
+        bad = await rt.processes.send_message("payment.received", "INV-9", {"amount": -5}, message_id="pay-bad")
+        good = await rt.processes.send_message("payment.received", "INV-9", {"amount": 5}, message_id="pay-good")
+        assert (bad["buffered"], good["buffered"]) == ("pay-bad", "pay-good")
+
+        strict = await rt.processes.start("invoice", "cust-1", {"invoice_no": "INV-9"})
+        assert (strict["status"], strict["variables"]["amount"]) == ("completed", 5)
+        [passed] = [e for e in await rt.processes.history(strict["instance_id"]) if e.type == "message.passed_over"]
+        assert passed.payload["message_id"] == "pay-bad" and "variables_schema at amount" in passed.payload["reason"]
+        assert [m.message_id for m in await rt.processes.services.messages.find(status="buffered")] == ["pay-bad"]
+
+        other = await rt.processes.start("ledger", "cust-2", {"invoice_no": "INV-9"})  # it fits there
+        assert (other["status"], other["variables"]["amount"]) == ("completed", -5)

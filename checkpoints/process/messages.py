@@ -246,9 +246,9 @@ class MessageStore:
             else:
                 await conn.execute(update(process_message_ids).where(*this).values(outcome=outcome))
 
-    async def oldest_buffered(self, name: str, key: str, instance_id: str) -> BufferedMessage | None:
-        """The oldest unexpired buffered (``name``, ``key``) message that a wait of ``instance_id`` may take: one
-        sent for its tenant or for every tenant."""
+    async def buffered(self, name: str, key: str, instance_id: str) -> list[BufferedMessage]:
+        """The unexpired buffered (``name``, ``key``) messages that a wait of ``instance_id`` may take, oldest
+        first: those sent for its tenant or for every tenant."""
         m = process_messages.c
         now = self._clock.now().astimezone(UTC)
         tenants = (EVERY_TENANT, _instance_tenant(literal(instance_id)))
@@ -262,11 +262,10 @@ class MessageStore:
                 m.tenant.in_(tenants),
             )
             .order_by(m.received_at, m.message_id)
-            .limit(1)
         )
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return self._buffered(row._mapping) if row else None
+            rows = (await conn.execute(query)).all()
+        return [self._buffered(row._mapping) for row in rows]
 
     def take_claim(self, buffered: BufferedMessage, consumer: str) -> Executable:
         m = process_messages.c
