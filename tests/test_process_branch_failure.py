@@ -37,6 +37,40 @@ def four_branches() -> dict[str, Any]:
     return {"name": "order", "version": 1, "elements": elements, "flows": flows}
 
 
+def split() -> dict[str, Any]:
+    """A fork into ana's task (sign) and an exclusive gateway over ``tier``, which fails while ``tier`` is unset
+    in the step that arms the task."""
+    return {
+        "name": "split",
+        "variables_schema": {"type": "object", "properties": {"tier": {"enum": ["gold", "silver"]}}},
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "parallel_gateway", "id": "fork"},
+            user_task("sign"),
+            {"type": "exclusive_gateway", "id": "route"},
+            {"type": "service_task", "id": "gold", "agent": "work"},
+            {"type": "service_task", "id": "silver", "agent": "work"},
+            {"type": "exclusive_gateway", "id": "merge"},
+            {"type": "parallel_gateway", "id": "join"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": [
+            "start -> fork",
+            "fork -> sign",
+            "sign -> join",
+            "fork -> route",
+            *(
+                {"source": "route", "target": tier, "when": {"field": "tier", "op": "==", "value": tier}}
+                for tier in ("gold", "silver")
+            ),
+            "gold -> merge",
+            "silver -> merge",
+            "merge -> join",
+            "join -> end",
+        ],
+    }
+
+
 async def test_answers_to_other_branches_wait_for_the_retry_of_a_failed_one(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
@@ -85,35 +119,7 @@ async def test_a_branch_failing_as_its_sibling_starts_is_named_not_the_sibling(s
     async with runtime(store_url) as rt:
         calls = Calls()
         calls.register(rt, "work")
-        spec = {
-            "name": "split",
-            "variables_schema": {"type": "object", "properties": {"tier": {"enum": ["gold", "silver"]}}},
-            "elements": [
-                {"type": "start", "id": "start"},
-                {"type": "parallel_gateway", "id": "fork"},
-                user_task("sign"),
-                {"type": "exclusive_gateway", "id": "route"},
-                {"type": "service_task", "id": "gold", "agent": "work"},
-                {"type": "service_task", "id": "silver", "agent": "work"},
-                {"type": "exclusive_gateway", "id": "merge"},
-                {"type": "parallel_gateway", "id": "join"},
-                {"type": "end", "id": "end"},
-            ],
-            "flows": [
-                "start -> fork",
-                "fork -> sign",
-                "sign -> join",
-                "fork -> route",
-                *(
-                    {"source": "route", "target": tier, "when": {"field": "tier", "op": "==", "value": tier}}
-                    for tier in ("gold", "silver")
-                ),
-                "gold -> merge",
-                "silver -> merge",
-                "merge -> join",
-                "join -> end",
-            ],
-        }
+        spec = split()
         await rt.processes.deploy(spec)
         view = await rt.processes.start("split", "k-1")
         assert (view["status"], view["failed_element"]) == ("failed", "route")
@@ -123,3 +129,21 @@ async def test_a_branch_failing_as_its_sibling_starts_is_named_not_the_sibling(s
             await rt.processes.set_variables(view["instance_id"], {"tier": "gold"}, retry=True)
         assert "parallel branches" in str(caught.value)
         assert "process.retried" not in [e.type for e in await rt.processes.history(view["instance_id"])]
+
+
+async def test_a_task_armed_as_its_sibling_branch_failed_is_listed_as_waiting(store_url: str) -> None:
+    """The gateway of one branch failed in the step that armed the sibling's user task: the task was open in the
+    inbox (and could be completed, its answer held for the retry), yet the status said ``waiting: []``, for a
+    failed instance listed no waits, and that branch's interrupt is in its own state only (the thread records the
+    branch as cancelled). Now the status lists the task until it is answered."""
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "work")
+        await rt.processes.deploy(split())
+        view = await rt.processes.start("split", "k-1")
+        instance_id = view["instance_id"]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=instance_id)
+        for shown in (view, await rt.processes.status(instance_id)):
+            assert (shown["status"], shown["failed_element"]) == ("failed", "route")
+            assert [(w["element"], w["wait_id"]) for w in shown["waiting"]] == [("sign", task["task_id"])]
+        answered = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        assert (answered["status"], answered["failed_element"], answered["waiting"]) == ("failed", "route", [])

@@ -134,6 +134,20 @@ def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
                 yield pending, str(pending.value["wait_id"])
 
 
+def interrupts_of(snapshot: StateSnapshot) -> list[Interrupt]:
+    """Every interrupt the thread waits on, once each, those of parallel branches (their states read with
+    ``subgraphs=True``) included: a branch that parked in the step its sibling failed in is recorded in the
+    thread as cancelled, with no interrupt, and its wait (an open user task, say) is in its own state only."""
+    found: dict[str, Interrupt] = {}
+    for task in snapshot.tasks:
+        for pending in task.interrupts:
+            found.setdefault(pending.id, pending)
+        if isinstance(task.state, StateSnapshot):
+            for pending in interrupts_of(task.state):
+                found.setdefault(pending.id, pending)
+    return list(found.values())
+
+
 def failed_task_of(snapshot: StateSnapshot) -> PregelTask | None:
     """The task that failed: not a sibling branch the failure cancelled."""
     errored = [task for task in snapshot.tasks if task.error is not None]
@@ -1105,6 +1119,10 @@ class ProcessOrchestrator:
             snapshot = await self._with_branches(graph, instance_id, snapshot)
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
+        if view["status"] == "failed" and view["waiting"]:  # those answered meanwhile are held, not waited on
+            rows = [await self.services.waits.get(str(w["wait_id"])) for w in view["waiting"]]
+            open_ = [w for w, row in zip(view["waiting"], rows, strict=True) if row and row.status == "waiting"]
+            view["waiting"] = open_
         if view["failure"] is None and instance.status == "failed":
             # Expired by its deadline: the log says so (its graph never ran again to record it in its state).
             passed = await self.store.events.find_by_key(instance_id, passed_key(instance_id))
@@ -1127,7 +1145,7 @@ class ProcessOrchestrator:
     def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
         state = cast(dict[str, Any], snapshot.values)
         failed = failed_element(snapshot)
-        waiting = [dict(i.value) for t in snapshot.tasks for i in t.interrupts if isinstance(i.value, Mapping)]
+        waiting = [dict(i.value) for i in interrupts_of(snapshot) if isinstance(i.value, Mapping)]
         status = instance.status
         if failed and status not in FINISHED:
             status = "failed"
@@ -1140,7 +1158,9 @@ class ProcessOrchestrator:
             "status": status,
             "outcome": state.get("outcome"),
             "variables": values(state.get("variables")),
-            "waiting": sorted(waiting, key=lambda w: str(w.get("element"))) if status not in FINISHED else [],
+            # A failed element is retried with the instance's other waits still open (their answers are held
+            # for the retry): the instance still waits on them, as its inbox shows.
+            "waiting": sorted(waiting, key=lambda w: str(w.get("element"))) if status not in FINISHED or failed else [],
             "failure": state.get("failure"),
             "compensated": list(state.get("compensated") or []),
         }
