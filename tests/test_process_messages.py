@@ -589,3 +589,66 @@ async def test_a_buffered_message_that_does_not_fit_does_not_hold_back_a_later_o
 
         other = await rt.processes.start("ledger", "cust-2", {"invoice_no": "INV-9"})  # it fits there
         assert (other["status"], other["variables"]["amount"]) == ("completed", -5)
+
+
+def reviewed_on(message: str) -> dict[str, Any]:
+    """A process a message starts, which then waits for ana's review: it stays active until she answers."""
+    return {
+        "name": "pr_review",
+        "elements": [
+            {"type": "start", "id": "opened", "message": message, "correlation": "pr_number"},
+            {"type": "user_task", "id": "review", "title": "review", "assignee": "ana"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["opened -> review", "review -> end"],
+    }
+
+
+async def test_a_message_start_starts_no_second_active_instance_for_its_correlation_key(store_url: str) -> None:
+    """A message sent again (a sender retrying without a message id) started a second instance for the same
+    correlation key while the first was still running, where Camunda's message start events start none. Now
+    the answer names the active one (``active``) and starts nothing, on any version; once it has finished, the
+    message starts a new one."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(reviewed_on("pr.opened"))
+        first = await rt.processes.send_message("pr.opened", "42", {"title": "Fix"})
+        [instance_id] = first["started"]
+        again = await rt.processes.send_message("pr.opened", "42", {"title": "Fix"})
+        assert again == {"correlated": [], "started": [], "buffered": None, "active": [instance_id]}
+        await rt.processes.deploy({**reviewed_on("pr.opened"), "version": 2})
+        assert (await rt.processes.send_message("pr.opened", "42", {}, ttl=None))["active"] == [instance_id]
+        other = await rt.processes.send_message("pr.opened", "43", {})  # another key: its own instance
+        assert len(other["started"]) == 1 and "active" not in other
+        assert len(await rt.processes.inbox.list_tasks(assignee="ana")) == 2
+
+        task = next(t for t in await rt.processes.inbox.list_tasks(assignee="ana") if t["instance_id"] == instance_id)
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        after = await rt.processes.send_message("pr.opened", "42", {"title": "Fix, again"})
+        assert len(after["started"]) == 1 and after["started"] != [instance_id] and "active" not in after
+
+
+async def test_concurrent_message_starts_for_one_key_start_one_instance(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(reviewed_on("pr.opened"))
+        sent = await asyncio.gather(*(rt.processes.send_message("pr.opened", "7", {"n": n}) for n in range(4)))
+        started = [i for answer in sent for i in answer["started"]]
+        assert len(started) == 1
+        assert all(answer.get("active") == started for answer in sent if not answer["started"])
+        assert [i["instance_id"] for i in await rt.processes.instances("pr_review")] == started
+
+
+async def test_the_message_route_names_the_active_instance_a_message_start_did_not_repeat(sqlite_url: str) -> None:
+    with serving(create_app(Settings(database_url=sqlite_url, auth=False, run_timers=False))) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.post("/processes", json=reviewed_on("pr.opened"))).status_code == 200
+            message = {"name": "pr.opened", "correlation_key": "42", "payload": {}}
+            first = await http.post("/messages", json=message)
+            again = await http.post("/messages", json=message)
+            assert again.status_code == 200, again.text
+            assert again.json() == {
+                "correlated": [],
+                "started": [],
+                "buffered": None,
+                "active": first.json()["started"],
+            }
+            assert "active" not in first.json()

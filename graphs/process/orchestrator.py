@@ -35,7 +35,7 @@ from langgraph.types import Command, Interrupt, PregelTask, StateSnapshot
 from agents.deterministic import EchoAgent
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
-from checkpoints.index import Instance
+from checkpoints.index import Instance, InstanceFilter
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.messages import EVERY_TENANT, Subscription
@@ -921,6 +921,10 @@ class ProcessOrchestrator:
         within that time takes it. With ``ttl=None`` (or zero) it is refused with
         :class:`UnmatchedMessageError` instead, and nothing is kept.
 
+        A message starts no instance of a process that has one active which a message with the same correlation
+        key started (Camunda's message start events do the same): the answer names that one under ``active``
+        instead, and the message is not buffered for a later start.
+
         ``message_id`` (the sender's id for this message, as Camunda's ``messageId``): a send of the same
         message with the same id within :data:`MESSAGE_ID_WINDOW` answers as the first did and changes
         nothing, so a sender may retry safely. The same id with another message is refused with
@@ -1014,10 +1018,15 @@ class ProcessOrchestrator:
                 won.append(subscription)
         for subscription in won:
             await self.deliver(subscription.instance_id, subscription.wait_id)
-        started = [view["instance_id"] for view in await self._start_on_message(starts, key, tenant, message_id)]
+        started, active = await self._start_on_message(starts, key, tenant, message_id)
         correlated = sorted({s.instance_id for s in won})
-        if correlated or started:
-            return {"correlated": correlated, "started": started, "buffered": None}
+        if correlated or started or active:
+            return {
+                "correlated": correlated,
+                "started": started,
+                "buffered": None,
+                **({"active": active} if active else {}),
+            }
         if ttl is None or ttl <= timedelta(0):
             raise UnmatchedMessageError(
                 f"no instance waits for message {name!r} with correlation key {key!r}, and no process starts on it",
@@ -1091,12 +1100,27 @@ class ProcessOrchestrator:
 
     async def _start_on_message(
         self, starts: Sequence[MessageStart], key: str, tenant: str, message_id: str | None
-    ) -> list[dict[str, Any]]:
-        views = []
+    ) -> tuple[list[str], list[str]]:
+        """Start the ``starts`` of message (…, ``key``) of ``tenant``: the instances started, and those of the
+        processes it started none of, as one of them that a message with ``key`` started is still active.
+
+        As Camunda's message start events do, a process has at most one active instance per correlation key
+        among those messages started (of any version; active: neither completed, failed, cancelled nor
+        terminated), so a message sent again (by a sender retrying without a message id, say) starts no second
+        one. The look-up and the start hold a lock named by the process and the key, so two senders on two
+        processes cannot both start one."""
+        started, active = [], []
         for start in starts:
             start_key = None if message_id is None else message_start_key(tenant, message_id, start.process)
-            views.append(
-                await self.start(
+            async with self.engine.exclusive(f"message-start:{tenant}:{start.process}:{key}"):
+                existing = await self._active_message_start(start.process, key, tenant)
+                # The instance this very message started (a send taken over after its sender died) is its own.
+                if existing is not None and (
+                    start_key is None or await self._designs.instances.started_with(start_key, PATTERN) != existing
+                ):
+                    active.append(existing)
+                    continue
+                view = await self.start(
                     start.process,
                     key,
                     start.variables,
@@ -1104,8 +1128,27 @@ class ProcessOrchestrator:
                     start_event=start.start_event,
                     start_key=start_key,
                 )
-            )
-        return views
+            started.append(str(view["instance_id"]))
+        return started, active
+
+    async def _active_message_start(self, process: str, key: str, tenant: str) -> str | None:
+        """The active instance of ``process`` (any version) that a message with correlation key ``key`` started
+        (or a start at a message start event with business key ``key``, which stands for one), among those a
+        message of ``tenant`` reaches; None if there is none."""
+        where = InstanceFilter(user_id=key)  # a message start's business key is its correlation key
+        designs = {d.design_id: d for d in await self.deployments.find(process)}
+        for instance in await self.store.index.list_instances(pattern=PATTERN, where=where, limit=100_000):
+            deployment = designs.get(instance.journey_id)
+            if deployment is None or instance.status in FINISHED:
+                continue
+            if tenant != EVERY_TENANT and (instance.tenant or DEFAULT_TENANT) != tenant:
+                continue
+            started = await self.store.events.find_by_key(instance.instance_id, f"{instance.instance_id}:started")
+            spec = await self.spec_of(deployment)
+            entry = started.payload.get("start_event") if started is not None else None
+            if any(s.id == entry and s.message is not None for s in spec.starts()):
+                return instance.instance_id
+        return None
 
     # --- views -------------------------------------------------------------------------------------
 

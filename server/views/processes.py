@@ -130,4 +130,8 @@ class MessageSentOut(BaseModel):
     correlated: list[str] = Field(description="the waiting instances it resumed")
     started: list[str] = Field(description="the instances it started (processes with a message start)")
     buffered: str | None = Field(description="the buffered message's id, when nobody took it yet")
+    active: list[str] = optional_key(
+        "only when some: the active instances, started by a message with this correlation key, of the processes "
+        "it started none of (one active instance per process and key, as Camunda's message starts)"
+    )
     expires_at: str = optional_key("only when buffered: until when a new wait can still take it")
