@@ -263,8 +263,12 @@ class InstanceFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     viewer: Viewer | None = None  # only the instances it may see (None: no owner filter)
+    # Only the instances of these designs (with ``user_id``, indexed: a process's instances for a business key).
+    journey_ids: tuple[str, ...] | None = None
 
     def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.journey_ids is not None:
+            query = query.where(_instances.journey_id.in_(self.journey_ids))
         if self.viewer is not None:
             query = query.where(visible_to(self.viewer, _instances.owner, _instances.tenant, _instances.shared_group))
         if self.pattern is not None:

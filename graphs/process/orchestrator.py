@@ -1135,8 +1135,9 @@ class ProcessOrchestrator:
         """The active instance of ``process`` (any version) that a message with correlation key ``key`` started
         (or a start at a message start event with business key ``key``, which stands for one), among those a
         message of ``tenant`` reaches; None if there is none."""
-        where = InstanceFilter(user_id=key)  # a message start's business key is its correlation key
         designs = {d.design_id: d for d in await self.deployments.find(process)}
+        # A message start's business key is its correlation key.
+        where = InstanceFilter(user_id=key, journey_ids=tuple(designs))
         for instance in await self.store.index.list_instances(pattern=PATTERN, where=where, limit=100_000):
             deployment = designs.get(instance.journey_id)
             if deployment is None or instance.status in FINISHED:
