@@ -15,6 +15,7 @@ when it parks.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -224,12 +225,14 @@ async def _take_buffered(
 
 
 def _misfit(schema: Mapping[str, Any] | None, payload: Mapping[str, Any]) -> str | None:
-    """Why ``payload`` does not fit ``schema`` (what a message's payload must match), None if it does."""
+    """Why ``payload`` does not fit ``schema`` (what a message's payload must match), None if it does. It names
+    the path and the rule broken, not the value (the log keeps it, and a value is redacted by its field's name)."""
     error = None if schema is None else best_match(schemas.checker(schema).iter_errors(payload))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"its payload does not fit the process's variables_schema at {where}: {error.message}"
+    rule = json.dumps(error.validator_value)[:200]
+    return f"its payload does not fit the process's variables_schema at {where}: it breaks {error.validator} {rule}"
 
 
 async def take_buffered(
