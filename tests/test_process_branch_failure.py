@@ -5,13 +5,15 @@ SQLite and Postgres, on a virtual clock."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from graphs.errors import ProcessStateError
+from agents import AgentRequest, PermanentAgentError
+from graphs.errors import JourneyFinishedError, ProcessStateError
 from tests.process_support import Calls, runtime, user_task, virtual_clock
 
 
@@ -68,6 +70,28 @@ def split() -> dict[str, Any]:
             "merge -> join",
             "join -> end",
         ],
+    }
+
+
+async def ship_down(_request: AgentRequest) -> dict[str, Any]:
+    """The carrier is down: the agent fails for good, once its sibling branch's task has opened."""
+    await asyncio.sleep(0.5)
+    raise PermanentAgentError("the carrier is down", intent="ship")
+
+
+def dispatch() -> dict[str, Any]:
+    """A fork into ana's task (sign) and a shipment (``ship``'s agent)."""
+    return {
+        "name": "dispatch",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "parallel_gateway", "id": "fork"},
+            user_task("sign"),
+            {"type": "service_task", "id": "ship", "agent": "ship"},
+            {"type": "parallel_gateway", "id": "join"},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> fork", "fork -> sign", "fork -> ship", "sign -> join", "ship -> join", "join -> end"],
     }
 
 
@@ -131,19 +155,84 @@ async def test_a_branch_failing_as_its_sibling_starts_is_named_not_the_sibling(s
         assert "process.retried" not in [e.type for e in await rt.processes.history(view["instance_id"])]
 
 
-async def test_a_task_armed_as_its_sibling_branch_failed_is_listed_as_waiting(store_url: str) -> None:
-    """The gateway of one branch failed in the step that armed the sibling's user task: the task was open in the
-    inbox (and could be completed, its answer held for the retry), yet the status said ``waiting: []``, for a
-    failed instance listed no waits, and that branch's interrupt is in its own state only (the thread records the
-    branch as cancelled). Now the status lists the task until it is answered."""
+async def test_the_open_task_of_a_branch_beside_a_failed_one_is_listed_as_waiting(store_url: str) -> None:
+    """One branch's agent failed after its sibling's user task had opened: the task was open in the inbox (and
+    could be completed, its answer held for the retry), yet the status said ``waiting: []``, as a failed instance
+    listed no waits (and a branch its sibling's failure cancelled has no interrupt in the thread to list). Now
+    the status lists the instance's open waits, from their rows, until they are answered."""
+
+    async with runtime(store_url) as rt:
+        rt.agents.register("ship", ship_down)
+        await rt.processes.deploy(dispatch())
+        view = await rt.processes.start("dispatch", "k-1")
+        instance_id = view["instance_id"]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=instance_id)
+        for shown in (view, await rt.processes.status(instance_id)):
+            assert (shown["status"], shown["failed_element"]) == ("failed", "ship")
+            assert shown["waiting"] == [
+                {
+                    "wait_id": task["task_id"],
+                    "element": "sign",
+                    "kind": "user_task",
+                    "title": "sign",
+                    "assignee": "ana",
+                    "candidate_groups": [],
+                    "response_schema": None,
+                }
+            ]
+        answered = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        assert (answered["status"], answered["failed_element"], answered["waiting"]) == ("failed", "ship", [])
+
+
+async def test_a_task_armed_as_its_sibling_branch_failed_is_listed_while_open(store_url: str) -> None:
+    """A gateway failed in the step that armed its sibling's task: whether the task opened first or not, the
+    status lists what the inbox holds open for the instance."""
     async with runtime(store_url) as rt:
         Calls().register(rt, "work")
         await rt.processes.deploy(split())
         view = await rt.processes.start("split", "k-1")
-        instance_id = view["instance_id"]
-        [task] = await rt.processes.inbox.list_tasks(instance_id=instance_id)
-        for shown in (view, await rt.processes.status(instance_id)):
-            assert (shown["status"], shown["failed_element"]) == ("failed", "route")
-            assert [(w["element"], w["wait_id"]) for w in shown["waiting"]] == [("sign", task["task_id"])]
-        answered = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
-        assert (answered["status"], answered["failed_element"], answered["waiting"]) == ("failed", "route", [])
+        tasks = await rt.processes.inbox.list_tasks(instance_id=view["instance_id"])
+        status = await rt.processes.status(view["instance_id"])
+        assert (status["status"], status["failed_element"]) == ("failed", "route")
+        assert [w["wait_id"] for w in status["waiting"]] == [t["task_id"] for t in tasks]
+
+
+async def test_a_terminated_process_is_not_run_again_by_a_retry(store_url: str) -> None:
+    """Terminated while it stood failed, the instance was run on by a retry: ``process.retried`` was logged, its
+    gateway ran again, and its status went from ``terminated`` back to ``failed`` (its view still listed the
+    cancelled task as waiting). Now the retry is refused (JourneyFinishedError, 409) and nothing is logged."""
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "work")
+        await rt.processes.deploy(split())
+        instance_id = (await rt.processes.start("split", "k-1"))["instance_id"]
+        terminated = await rt.terminate(instance_id, "given up")
+        assert (terminated["status"], terminated["waiting"]) == ("terminated", [])
+        history = [e.type for e in await rt.processes.history(instance_id)]
+        for attempt in (
+            rt.processes.retry(instance_id),
+            rt.processes.set_variables(instance_id, {"tier": "gold"}, retry=True),
+        ):
+            with pytest.raises(JourneyFinishedError):
+                await attempt
+        assert [e.type for e in await rt.processes.history(instance_id)] == history
+        assert (await rt.processes.status(instance_id))["status"] == "terminated"
+
+
+async def test_a_failed_process_is_cancelled_giving_its_retry_up(store_url: str) -> None:
+    """A failed instance (which a retry would run on, its tasks open in the inbox) could not be cancelled: it
+    "has already finished (failed)". Now, as Camunda cancels an instance with an incident, it is cancelled with
+    its tasks, and then nothing runs it again."""
+    async with runtime(store_url) as rt:
+        rt.agents.register("ship", ship_down)
+        await rt.processes.deploy(dispatch())
+        instance_id = (await rt.processes.start("dispatch", "k-1"))["instance_id"]
+        cancelled = await rt.processes.cancel(instance_id, "wrong customer")
+        assert (cancelled["status"], cancelled["waiting"]) == ("cancelled", [])
+        [task] = await rt.processes.inbox.list_tasks(instance_id=instance_id, status=None)
+        assert task["status"] == "cancelled"
+        with pytest.raises(ProcessStateError) as refused:
+            await rt.processes.retry(instance_id)
+        assert "has ended (cancelled)" in str(refused.value)
+        with pytest.raises(ProcessStateError):
+            await rt.processes.cancel(instance_id)
+        assert (await rt.processes.status(instance_id))["status"] == "cancelled"

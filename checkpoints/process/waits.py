@@ -347,6 +347,14 @@ class WaitStore:
                 if not asked.done():  # its caller may have been cancelled meanwhile
                     asked.set_result(found.get(wait_id))
 
+    async def open_waits(self, instance_id: str) -> list[Wait]:
+        """The instance's waits still waiting for an answer, oldest first."""
+        w = process_waits.c
+        query = select(process_waits).where(w.instance_id == instance_id, w.status == "waiting")
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(w.created_at, w.wait_id))).all()
+        return [self._wait(r._mapping) for r in rows]
+
     async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
         """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between), oldest
         first. Not those of a failed instance: its answers are held for its retry, which delivers them."""

@@ -99,6 +99,23 @@ def element_of(node: str) -> str:
     return node.removesuffix(".arm")
 
 
+def describe_wait(spec: ProcessSpec, element: Any) -> dict[str, Any]:
+    """What a wait at ``element`` shows besides its id, element and kind: the interrupt's value, and the entry
+    of the instance's ``waiting`` list (``ProcessOrchestrator.view``)."""
+    if isinstance(element, UserTask):
+        return {
+            "title": element.label,
+            "assignee": element.assignee,
+            "candidate_groups": list(element.candidate_groups),
+            "response_schema": element.response_schema,
+        }
+    if isinstance(element, MessageEvent):
+        return {"messages": [element.message]}
+    if isinstance(element, EventGateway):
+        return {"options": [flow.target for flow in spec.outgoing(element.id)]}
+    return {}
+
+
 def build_process_graph(spec: ProcessSpec, services: NodeServices) -> StateGraph[Any]:
     builder = _Builder(spec, ProcessServices.of(services))
     return builder.level(analyse(spec).top)
@@ -236,19 +253,7 @@ class _Builder:
         return SubscriptionPlan(event.id, event.message, event.correlation, schema)
 
     def describe(self, element: Any) -> dict[str, Any]:
-        if isinstance(element, UserTask):
-            return {
-                "title": element.label,
-                "assignee": element.assignee,
-                "candidate_groups": list(element.candidate_groups),
-                "response_schema": element.response_schema,
-            }
-        if isinstance(element, MessageEvent):
-            return {"messages": [element.message]}
-        if isinstance(element, EventGateway):
-            options = [self.spec.element(f.target) for f in self.spec.outgoing(element.id)]
-            return {"options": [o.id for o in options]}
-        return {}
+        return describe_wait(self.spec, element)
 
     def route_wait(self, element: Any, level: Level, resolution: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         option = str(resolution.get("option") or element.id)

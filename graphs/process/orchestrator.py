@@ -56,11 +56,11 @@ from graphs.errors import (
     UnmatchedMessageError,
 )
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, refuse_terminated
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
 from graphs.process.blocks import analyse
-from graphs.process.builder import element_of
+from graphs.process.builder import describe_wait, element_of
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -132,20 +132,6 @@ def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
         for pending in task.interrupts:
             if isinstance(pending.value, Mapping) and pending.value.get("wait_id") is not None:
                 yield pending, str(pending.value["wait_id"])
-
-
-def interrupts_of(snapshot: StateSnapshot) -> list[Interrupt]:
-    """Every interrupt the thread waits on, once each, those of parallel branches (their states read with
-    ``subgraphs=True``) included: a branch that parked in the step its sibling failed in is recorded in the
-    thread as cancelled, with no interrupt, and its wait (an open user task, say) is in its own state only."""
-    found: dict[str, Interrupt] = {}
-    for task in snapshot.tasks:
-        for pending in task.interrupts:
-            found.setdefault(pending.id, pending)
-        if isinstance(task.state, StateSnapshot):
-            for pending in interrupts_of(task.state):
-                found.setdefault(pending.id, pending)
-    return list(found.values())
 
 
 def failed_task_of(snapshot: StateSnapshot) -> PregelTask | None:
@@ -481,7 +467,21 @@ class ProcessOrchestrator:
         instance = Instance(
             instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
         )
-        return self.view(instance, deployment, snapshot)
+        view = self.view(instance, deployment, snapshot)
+        if view["status"] == "failed" and "failed_element" in view:
+            view["waiting"] = await self._open_waits(instance_id, spec)
+        return view
+
+    async def _open_waits(self, instance_id: str, spec: ProcessSpec) -> list[dict[str, Any]]:
+        """Where a failed instance still waits, from its wait rows. A retry runs its failed element again with its
+        other waits open (their answers are held for it), so they are listed, as its inbox lists their tasks. Not
+        from the thread: a branch that parked (or was only armed) in the step its sibling failed in is recorded
+        there as cancelled, with no interrupt."""
+        waiting = [
+            {"wait_id": w.wait_id, "element": w.element, "kind": w.kind, **describe_wait(spec, spec.element(w.element))}
+            for w in await self.services.waits.open_waits(instance_id)
+        ]
+        return sorted(waiting, key=lambda w: str(w["element"]))
 
     @classmethod
     def _start_variables(
@@ -754,7 +754,14 @@ class ProcessOrchestrator:
         ``variables``: set first, as :meth:`set_variables` does (Camunda's ``setVariables`` and then resolving
         the incident): a gateway that found no flow, say, decides again on them. Refused, with nothing changed,
         when they break ``variables_schema``."""
-        async with self.locked(instance_id) as (_instance, _deployment, spec, graph):
+        async with self.locked(instance_id) as (instance, _deployment, spec, graph):
+            if instance.status in FINISHED and instance.status != "failed":
+                # Its failed element stays in the thread, but it ended (cancelled, terminated): nothing of it runs.
+                refuse_terminated(instance)
+                raise ProcessStateError(
+                    f"process instance {instance_id!r} has ended ({instance.status}); nothing of it runs again",
+                    allowed=[],
+                )
             snapshot = await graph.aget_state(self.engine.config(instance_id))
             failed = failed_task(snapshot)
             if failed is None:
@@ -861,9 +868,10 @@ class ProcessOrchestrator:
         return {"variables": cells, "visits": {SETS: number}}
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
-        """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled."""
-        async with self.locked(instance_id) as (instance, _deployment, _spec, _graph):
-            if instance.status in FINISHED:
+        """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled. A failed one that
+        could be retried is cancelled too (Camunda cancels an instance with an incident): it gives the retry up."""
+        async with self.locked(instance_id) as (instance, _deployment, _spec, graph):
+            if instance.status in FINISHED and not await self._retryable(instance, graph):
                 raise ProcessStateError(
                     f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
                 )
@@ -871,6 +879,15 @@ class ProcessOrchestrator:
                 instance_id, "process.cancelled", reason, also=cancel_pending(instance_id)
             )
         return await self.status(instance_id)
+
+    async def _retryable(self, instance: Instance, graph: Graph) -> bool:
+        """Whether ``instance`` (read under its lock) stands failed at an element a retry runs again: not one
+        whose deadline passed, nor one that ended otherwise."""
+        if instance.status != "failed":
+            return False
+        if failed_task(await graph.aget_state(self.engine.config(instance.instance_id))) is None:
+            return False
+        return await self.store.events.find_by_key(instance.instance_id, passed_key(instance.instance_id)) is None
 
     async def _settle_migrations(self) -> list[str]:
         """Recovery, first: settle every migration a crash cut short (at startup, no other process migrates)."""
@@ -1163,10 +1180,8 @@ class ProcessOrchestrator:
             snapshot = await self._with_branches(graph, instance_id, snapshot)
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
-        if view["status"] == "failed" and view["waiting"]:  # those answered meanwhile are held, not waited on
-            rows = [await self.services.waits.get(str(w["wait_id"])) for w in view["waiting"]]
-            open_ = [w for w, row in zip(view["waiting"], rows, strict=True) if row and row.status == "waiting"]
-            view["waiting"] = open_
+        if view["status"] == "failed" and "failed_element" in view:
+            view["waiting"] = await self._open_waits(instance_id, spec)
         if view["failure"] is None and instance.status == "failed":
             # Expired by its deadline: the log says so (its graph never ran again to record it in its state).
             passed = await self.store.events.find_by_key(instance_id, passed_key(instance_id))
@@ -1189,7 +1204,7 @@ class ProcessOrchestrator:
     def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
         state = cast(dict[str, Any], snapshot.values)
         failed = failed_element(snapshot)
-        waiting = [dict(i.value) for i in interrupts_of(snapshot) if isinstance(i.value, Mapping)]
+        waiting = [dict(i.value) for t in snapshot.tasks for i in t.interrupts if isinstance(i.value, Mapping)]
         status = instance.status
         if failed and status not in FINISHED:
             status = "failed"
@@ -1202,9 +1217,8 @@ class ProcessOrchestrator:
             "status": status,
             "outcome": state.get("outcome"),
             "variables": values(state.get("variables")),
-            # A failed element is retried with the instance's other waits still open (their answers are held
-            # for the retry): the instance still waits on them, as its inbox shows.
-            "waiting": sorted(waiting, key=lambda w: str(w.get("element"))) if status not in FINISHED or failed else [],
+            # A failed instance's open waits are read from their rows (``open_waits``): see ``status``.
+            "waiting": sorted(waiting, key=lambda w: str(w.get("element"))) if status not in FINISHED else [],
             "failure": state.get("failure"),
             "compensated": list(state.get("compensated") or []),
         }
