@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Executable, Select, Table, cast, func, literal, select
+from sqlalchemy import Boolean, ColumnElement, Executable, Select, Table, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,27 +25,41 @@ def insert_ignore(engine: AsyncEngine, table: Table, **values: Any) -> Executabl
 
 # The integers SQLite binds (64-bit): a wanted number outside is compared in Python (it could match a real).
 INT64 = range(-(2**63), 2**63)
-_NUMBER_TYPES = ("integer", "real", "true", "false")  # json_each's types of what Python compares as numbers
+_NUMBER_TYPES = ("integer", "real")  # json_each's types of JSON numbers (true and false are not)
+
+
+def contains_json(found: Any, wanted: Any) -> bool:
+    """Whether the JSON value ``found`` contains ``wanted``, as PostgreSQL's JSONB ``@>`` (the Agent Server's
+    filters) decides: an object contains an object each of whose keys it has, with a value containing the wanted
+    one (so a nested object matches in part); an array contains an array each of whose elements one of its own
+    contains (in any order); any other value only an equal value of its JSON type (1 = 1.0, but true is not 1,
+    and a wanted null is only null)."""
+    if isinstance(wanted, dict):
+        return isinstance(found, dict) and all(k in found and contains_json(found[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(found, list) and all(any(contains_json(f, w) for f in found) for w in wanted)
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+        return isinstance(found, int | float) and not isinstance(found, bool) and found == wanted
+    return type(found) is type(wanted) and found == wanted  # str, bool, None
 
 
 def holds_json(found: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None) -> bool:
-    """Whether the JSON object ``found`` holds each of ``wanted``'s top-level keys with an equal value
-    (Python's equality). A wanted None matches only a key that is there with null, as the Agent Server's JSONB
-    containment does (``{"k": null}`` finds no object without ``k``)."""
-    found = found or {}
-    return all(key in found and found[key] == value for key, value in (wanted or {}).items())
+    """Whether the JSON object ``found`` (None: empty) contains ``wanted`` (:func:`contains_json`): each of its
+    keys is there with a value containing the wanted one. A wanted None matches only a key that is there with
+    null (``{"k": null}`` finds no object without ``k``)."""
+    return contains_json(found or {}, wanted or {})
 
 
 @dataclass(frozen=True, slots=True)
 class JsonHolds:
-    """Rows whose JSON object column holds each of ``wanted``'s top-level keys with an equal value (a wanted
-    None: the key is there, with null; see :func:`holds_json`), as the searches of threads, assistants and
-    crons filter by metadata.
+    """Rows whose JSON object column contains ``wanted`` (:func:`holds_json`: nested objects match in part,
+    arrays by containment, a wanted None only null), as the searches of threads, assistants and crons filter
+    by metadata.
 
-    ``conditions`` select them in SQL: JSON's equality on PostgreSQL (objects without regard to key order,
-    1 = 1.0, but true is not 1), Python's on SQLite. They are ``exact`` except on SQLite for a wanted object
-    or array (it has no order-free comparison of JSON objects) or a number beyond 64 bits: there they only
-    narrow the rows, and :meth:`holds` decides, so a caller then pages in Python (:meth:`page`)."""
+    ``conditions`` select them in SQL: JSONB's ``@>`` on PostgreSQL; on SQLite, which has no containment of
+    JSON, each wanted top-level key compared with ``json_each`` (a value of its JSON type). They are ``exact`` except
+    on SQLite for a wanted object or array or a number beyond 64 bits: there they only narrow the rows (the key
+    is there, of that type), and :meth:`holds` decides, so a caller then pages in Python (:meth:`page`)."""
 
     wanted: Mapping[str, Any]
     conditions: tuple[ColumnElement[bool], ...]
@@ -55,10 +69,9 @@ class JsonHolds:
     @classmethod
     def of(cls, column: ColumnElement[Any], wanted: Mapping[str, Any] | None, *, postgres: bool) -> JsonHolds:
         wanted = dict(wanted or {})
-        if postgres:  # JSONB equality: objects compare without order, 1 = 1.0; a missing key is SQL NULL
-            field = column.op("->")
-            found = [field(literal(key)) == cast(literal(json.dumps(value)), JSONB) for key, value in wanted.items()]
-            return cls(wanted, tuple(found), True, column.key or "")
+        if postgres:
+            contains = column.op("@>", return_type=Boolean)(cast(literal(json.dumps(wanted)), JSONB))
+            return cls(wanted, (contains,) if wanted else (), True, column.key or "")
         conditions, exact = [], True
         for key, value in wanted.items():
             each = func.json_each(column).table_valued("key", "value", "type").alias()
@@ -67,7 +80,9 @@ class JsonHolds:
                 conditions.append(entry.where(each.c.type == "null").exists())
             elif isinstance(value, str):
                 conditions.append(entry.where(each.c.type == "text", each.c.value == value).exists())
-            elif isinstance(value, bool | float) or (isinstance(value, int) and value in INT64):
+            elif isinstance(value, bool):
+                conditions.append(entry.where(each.c.type == ("true" if value else "false")).exists())
+            elif isinstance(value, float) or (isinstance(value, int) and value in INT64):
                 conditions.append(entry.where(each.c.type.in_(_NUMBER_TYPES), each.c.value == value).exists())
             else:
                 kind = (

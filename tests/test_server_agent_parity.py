@@ -153,3 +153,56 @@ async def test_an_option_this_server_does_not_serve_is_refused_saying_so(sdk_cli
         assert said.startswith("body.ttl: not supported by this server: leave it out"), said
     assert await client.store.search_items(["notes"]) == {"items": []}
     assert await client.threads.count() == 0
+
+
+# What the Agent Server's JSONB ``@>`` finds for each filter among CONTAINED's objects: a nested object matches
+# in part, an array by containment (any order), a scalar only an equal one of its JSON type.
+CONTAINED: list[dict[str, Any]] = [
+    {"owner": {"name": "ana", "desk": 3, "site": {"city": "Oslo", "floor": 2}}, "tags": ["a", "b"], "n": 1},
+    {"owner": {"name": "ana"}, "tags": ["b", "c", ["x", "y"]], "n": 1.0},
+    {"owner": {"name": "bo", "desk": 3}, "tags": [], "n": True},
+]
+CONTAINMENT: list[tuple[dict[str, Any], list[int]]] = [
+    ({"owner": {"name": "ana"}}, [0, 1]),
+    ({"owner": {"desk": 3}}, [0, 2]),
+    ({"owner": {"site": {"city": "Oslo"}}}, [0]),
+    ({"owner": {}}, [0, 1, 2]),
+    ({"owner": {"name": "ana", "desk": 4}}, []),
+    ({"tags": ["b"]}, [0, 1]),
+    ({"tags": ["b", "a"]}, [0]),
+    ({"tags": []}, [0, 1, 2]),
+    ({"tags": [["y"]]}, [1]),
+    ({"tags": "b"}, []),  # a scalar is not contained by an array below the top
+    ({"n": 1}, [0, 1]),  # 1 = 1.0, but true is not 1
+    ({"owner": {"name": None}}, []),
+]
+
+
+async def test_metadata_and_values_filters_contain_as_jsonb_does(sdk_client: LangGraphClient) -> None:
+    """Thread (metadata and values), assistant and cron searches and counts find what contains the filter, as
+    the Agent Server's ``metadata @> filter``: they compared each top-level key by equality, so
+    ``{"owner": {"name": "ana"}}`` found no thread whose owner also had a desk."""
+    client = sdk_client
+    threads, assistants, crons = [], [], []
+    for n, metadata in enumerate(CONTAINED):
+        thread = (await client.threads.create(metadata=metadata))["thread_id"]
+        await client.runs.wait(thread, "guide", input=_hello())
+        await client.threads.update_state(thread, {"progress": metadata})
+        threads.append(thread)
+        assistant = await client.assistants.create("guide", metadata=metadata, name=f"contained {n}")
+        assistants.append(assistant["assistant_id"])
+        cron = await client.crons.create_for_thread(thread, "guide", schedule="0 9 * * *", metadata=metadata)
+        crons.append(cron["cron_id"])
+    for wanted, expected in CONTAINMENT:
+        found = await client.threads.search(metadata=wanted, limit=10)
+        assert sorted(t["thread_id"] for t in found) == sorted(threads[i] for i in expected), wanted
+        assert await client.threads.count(metadata=wanted) == len(expected), wanted
+        found = await client.threads.search(values={"progress": wanted}, limit=10)
+        assert sorted(t["thread_id"] for t in found) == sorted(threads[i] for i in expected), wanted
+        assert await client.threads.count(values={"progress": wanted}) == len(expected), wanted
+        found = await client.assistants.search(metadata=wanted, graph_id="guide", limit=10)
+        created = [a["assistant_id"] for a in found if a["assistant_id"] in assistants]
+        assert sorted(created) == sorted(assistants[i] for i in expected), wanted
+        found = await client.crons.search(metadata=wanted, limit=10)
+        assert sorted(c["cron_id"] for c in found) == sorted(crons[i] for i in expected), wanted
+        assert await client.crons.count(metadata=wanted) == len(expected), wanted
