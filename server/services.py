@@ -5,6 +5,7 @@ Routers call these services; they take no locks and write no graph state themsel
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -504,9 +505,10 @@ class ServerServices:
                 await self.runtime.store.saver.adelete_thread(thread.instance_id)
 
     async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
-        """A new thread with the thread's metadata and checkpoints. Only chat threads (and threads without
-        state) copy: a journey's progress also lives in its instance's event log and index, which a copy of
-        checkpoints would not carry, so the copy would be a journey that never happened."""
+        """A new thread with the thread's metadata (its ``thread_id`` the copy's) and checkpoints. Only chat
+        threads (and threads without state) copy: a journey's progress also lives in its instance's event log
+        and index, which a copy of checkpoints would not carry, so the copy would be a journey that never
+        happened."""
         async with self.thread_control(thread_id):  # the thread is not deleted while it is copied
             thread = await self.resolve_thread(thread_id, caller)
             pattern = get_assistant(thread.assistant_id) if thread.assistant_id else None
@@ -517,8 +519,10 @@ class ServerServices:
                     f"thread {thread_id!r} runs a {pattern.assistant_id!r} journey, whose progress is in its event "
                     "log too; only chat threads are copied",
                 )
-            metadata = dict(thread.row.metadata) if thread.row else {}
-            copy = await self.runs.create_thread(None, metadata, self.owner(caller))
+            copy_id = str(uuid.uuid4())
+            # The source's metadata, naming the copy as its thread (as the Agent Server's copy does).
+            metadata = {**(thread.row.metadata if thread.row else {}), "thread_id": copy_id}
+            copy = await self.runs.create_thread(copy_id, metadata, self.owner(caller))
             if pattern is not None and thread.instance_id is not None:
                 await copy_checkpoints(self.runtime.store.saver, thread.instance_id, copy.thread_id)
                 await self.runs.bind(copy.thread_id, pattern.assistant_id, copy.thread_id)

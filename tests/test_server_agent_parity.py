@@ -206,3 +206,19 @@ async def test_metadata_and_values_filters_contain_as_jsonb_does(sdk_client: Lan
         found = await client.crons.search(metadata=wanted, limit=10)
         assert sorted(c["cron_id"] for c in found) == sorted(crons[i] for i in expected), wanted
         assert await client.crons.count(metadata=wanted) == len(expected), wanted
+
+
+async def test_a_copy_names_itself_in_its_metadata(sdk_client: LangGraphClient) -> None:
+    """As the Agent Server's copy, the copy's ``metadata.thread_id`` is its own id (the rest is the source's):
+    it kept the source's, so a search by ``thread_id`` found the copy as the source."""
+    client = sdk_client
+    source = (await client.threads.create(metadata={"team": "ops"}))["thread_id"]
+    await client.runs.wait(source, "guide", input=_hello())
+    await client.threads.update(source, metadata={"thread_id": source})
+    copy = await client.threads.copy(source)
+    assert copy["metadata"]["thread_id"] == copy["thread_id"] != source
+    assert copy["metadata"]["team"] == "ops"
+    assert (await client.threads.get(copy["thread_id"]))["metadata"]["thread_id"] == copy["thread_id"]
+    found = await client.threads.search(metadata={"thread_id": source})
+    assert [t["thread_id"] for t in found] == [source]
+    assert (await client.threads.get(source))["metadata"]["thread_id"] == source
