@@ -63,15 +63,27 @@ class OwnedStore:
         spaces += [self._space("group", group) for group in self.viewer.groups]
         return list(dict.fromkeys(spaces))
 
-    async def put(self, namespace: Namespace, key: str, value: dict[str, Any], index: Any = None) -> None:
+    async def put(
+        self, namespace: Namespace, key: str, value: dict[str, Any], index: Any = None, ttl: int | None = None
+    ) -> None:
+        """Store the item; ``ttl``: minutes until it expires (refused where the store has no TTLs)."""
+        # Opened with a TTL config where it keeps TTLs (checkpoints.savers); its supports_ttl is no sign: the
+        # async SQLite store's is False (its batching base class comes first), though it keeps them.
+        if ttl is not None and self.store.ttl_config is None:
+            raise InvalidInputError(
+                f"ttl: this server's {type(self.store).__name__} keeps items until they are deleted (it has no item "
+                "TTLs); leave ttl out, or serve a SQLite or PostgreSQL store (sqlite:///… or postgresql://…)",
+                field="ttl",
+            )
         try:
-            await self.store.aput((*self.write_space, *namespace), key, value, index=index)
+            await self.store.aput((*self.write_space, *namespace), key, value, index=index, ttl=ttl)
         except InvalidNamespaceError as exc:  # LangGraph's rules for a raw namespace (an admin's)
             raise InvalidInputError(str(exc)) from exc
 
-    async def get(self, namespace: Namespace, key: str) -> Item | None:
+    async def get(self, namespace: Namespace, key: str, *, refresh_ttl: bool | None = None) -> Item | None:
+        """The item where the caller reads it first; ``refresh_ttl`` None: a read restarts its TTL."""
         for space in self.read_spaces:
-            item = await self.store.aget((*space, *namespace), key)
+            item = await self.store.aget((*space, *namespace), key, refresh_ttl=refresh_ttl)
             if item is not None:
                 return _seen(item, space)
         return None
@@ -79,19 +91,26 @@ class OwnedStore:
     async def delete(self, namespace: Namespace, key: str) -> None:
         """Delete the item where the caller reads it first (deleting one it cannot see does nothing)."""
         for space in self.read_spaces:
-            if await self.store.aget((*space, *namespace), key) is not None:
+            if await self.store.aget((*space, *namespace), key, refresh_ttl=False) is not None:
                 await self.store.adelete((*space, *namespace), key)
                 return
 
     async def search(
-        self, prefix: Namespace, *, query: str | None, filter: dict[str, Any] | None, limit: int, offset: int
+        self,
+        prefix: Namespace,
+        *,
+        query: str | None,
+        filter: dict[str, Any] | None,
+        limit: int,
+        offset: int,
+        refresh_ttl: bool | None = None,
     ) -> list[SearchItem]:
         """One page of the items under ``prefix`` in every space the caller reads: ranked by score with a
-        query, else newest first (as the store orders one space)."""
+        query, else newest first (as the store orders one space). ``refresh_ttl`` as :meth:`get`'s."""
         found: list[SearchItem] = []
         for space in self.read_spaces:
             items = await self.store.asearch(
-                (*space, *prefix), query=query, filter=filter, limit=offset + limit, offset=0
+                (*space, *prefix), query=query, filter=filter, limit=offset + limit, offset=0, refresh_ttl=refresh_ttl
             )
             found += [_seen(item, space) for item in items]
         if len(self.read_spaces) > 1:

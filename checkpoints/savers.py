@@ -14,7 +14,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from langgraph.store.base import BaseStore, IndexConfig
+from langgraph.store.base import BaseStore, IndexConfig, TTLConfig
 from langgraph.store.base.batch import AsyncBatchedBaseStore
 from langgraph.store.memory import InMemoryStore
 from langgraph.store.postgres.aio import AsyncPostgresStore
@@ -73,20 +73,23 @@ async def open_graph_store(
     ``AsyncPostgresStore`` on ``pool`` (the store's shared psycopg pool) for PostgreSQL.
 
     ``index`` turns on vector search (an embeddings model and its dimensions); without it the store
-    searches by namespace, filter and key only."""
+    searches by namespace, filter and key only. The SQLite and PostgreSQL stores take item TTLs
+    (:func:`ttl_config`) and sweep expired items while open."""
     if url.kind == "memory":
-        yield InMemoryStore(index=index)
+        yield InMemoryStore(index=index)  # it has no item TTLs (supports_ttl is False): a ttl is refused
         return
     if url.kind == "sqlite":
         async with aiosqlite.connect(url.target, isolation_level=None) as conn:
             for pragma in sqlite_pragmas(url):
                 await conn.execute(pragma)
-            sqlite_store = AsyncSqliteStore(conn, index=cast(Any, index))
+            sqlite_store = AsyncSqliteStore(conn, index=cast(Any, index), ttl=ttl_config())
             try:
                 async with setup_turn(url):
                     await sqlite_store.setup()
+                await sqlite_store.start_ttl_sweeper()
                 yield sqlite_store
             finally:
+                await sqlite_store.stop_ttl_sweeper()
                 await _stop_batching(sqlite_store)
         return
     assert pool is not None, "PostgreSQL: the store runs on the process's shared pool"
@@ -96,11 +99,24 @@ async def open_graph_store(
             await _set_up_in_turn(conn, setting_up.setup)
         finally:
             await _stop_batching(setting_up)
-    pg_store = AsyncPostgresStore(pool, index=cast(Any, index))
+    pg_store = AsyncPostgresStore(pool, index=cast(Any, index), ttl=ttl_config())
     try:
+        await pg_store.start_ttl_sweeper()
         yield pg_store
     finally:
+        await pg_store.stop_ttl_sweeper()
         await _stop_batching(pg_store)
+
+
+# How often (minutes) each process deletes the store items whose TTL has passed (a DELETE on an index).
+TTL_SWEEP_MINUTES = 1
+
+
+def ttl_config() -> TTLConfig:
+    """Item TTLs as the Agent Server serves them: an item put with a ``ttl`` (minutes) expires that long after
+    it was last written or read (a read refreshes it unless ``refresh_ttl`` is false), and the sweeper deletes
+    it. PostgreSQL's store omits an expired item from reads at once; SQLite's at the next sweep."""
+    return {"refresh_on_read": True, "omit_expired": True, "sweep_interval_minutes": TTL_SWEEP_MINUTES}
 
 
 async def _stop_batching(store: AsyncBatchedBaseStore) -> None:

@@ -71,7 +71,7 @@ async def test_the_store_endpoints_answer_in_the_sdk_shapes(sdk_client: LangGrap
 
 async def test_bad_store_input_is_refused_with_a_problem(sdk_client: LangGraphClient) -> None:
     with pytest.raises(UnprocessableEntityError):
-        await sdk_client.store.put_item(["users"], key="k", value={"a": 1}, ttl=5)  # no TTLs: said, not ignored
+        await sdk_client.store.put_item(["users"], key="k", value={"a": 1}, ttl=0)  # a TTL is a positive minutes
     with pytest.raises(UnprocessableEntityError):
         await sdk_client.http.put("/store/items", json={"namespace": [], "key": "k", "value": {}})
     with pytest.raises(UnprocessableEntityError):

@@ -2,7 +2,9 @@
 ``get_store()``), served on the Agent Server's ``/store`` endpoints in the shapes ``langgraph-sdk`` reads.
 
 Items are JSON objects under a namespace (a path of labels) and a key. Search is by namespace prefix,
-filter and (when the store was opened with an index) a natural-language query. Item TTLs are not served.
+filter and (when the store was opened with an index) a natural-language query. On SQLite and PostgreSQL
+stores an item put with a ``ttl`` (whole minutes, as PostgreSQL's store keeps them) expires that long after
+it was last written or read (``checkpoints.savers.ttl_config``); ``memory://``'s has no TTLs and refuses one.
 
 Each caller works in namespaces of its own (:class:`checkpoints.owned_store.OwnedStore`): what it puts goes
 under its owner prefix, and it reads only its own space and its groups'; admins see the raw namespaces.
@@ -60,6 +62,10 @@ class NamespacesOut(BaseModel):
     namespaces: list[list[str]]
 
 
+# The longest item TTL in minutes (about 1,000 years): beyond, an expiry time overflows the store's dates.
+TTL_LIMIT = 525_600_000
+
+
 class PutItem(BaseModel):
     """An item to store or replace."""
 
@@ -67,8 +73,13 @@ class PutItem(BaseModel):
     key: str = Field(min_length=1, max_length=1000)
     value: dict[str, Any]
     index: Literal[False] | list[str] | None = None  # which fields to embed (with a configured index)
-    # Stated in the schema, so no client is told yes and then refused.
-    ttl: None = Field(None, description="item TTLs are not supported by this server: leave it out (or null)")
+    ttl: int | None = Field(
+        None,
+        gt=0,
+        le=TTL_LIMIT,
+        description="whole minutes until the item expires, restarted when it is read (unless refresh_ttl is "
+        "false); a memory:// store has no TTLs and refuses one",
+    )
 
 
 class DeleteItem(BaseModel):
@@ -144,7 +155,7 @@ def _namespace(dotted: str) -> tuple[str, ...]:
 
 @router.put("/items", status_code=204, response_class=Response, summary="Store or update an item")
 async def put_item(body: PutItem, caller: Writer, svc: Services) -> Response:
-    await _owned(svc, caller).put(tuple(body.namespace), body.key, body.value, index=body.index)
+    await _owned(svc, caller).put(tuple(body.namespace), body.key, body.value, index=body.index, ttl=body.ttl)
     return Response(status_code=204)
 
 
@@ -156,8 +167,9 @@ async def get_item(
     namespace: Annotated[
         str, Query(min_length=1, max_length=2000, pattern=r"^[^.]+(\.[^.]+)*$", description="labels joined by '.'")
     ],
+    refresh_ttl: Annotated[bool | None, Query(description="false: this read does not restart the item's TTL")] = None,
 ) -> dict[str, Any] | None:
-    item = await _owned(svc, caller).get(_namespace(namespace), key)
+    item = await _owned(svc, caller).get(_namespace(namespace), key, refresh_ttl=refresh_ttl)
     return None if item is None else _item(item)
 
 
@@ -187,7 +199,12 @@ def _check_filter(filter: dict[str, Any] | None) -> None:
 async def search_items(body: SearchItems, caller: Reader, svc: Services) -> dict[str, Any]:
     _check_filter(body.filter)
     found = await _owned(svc, caller).search(
-        tuple(body.namespace_prefix), query=body.query, filter=body.filter, limit=body.limit, offset=body.offset
+        tuple(body.namespace_prefix),
+        query=body.query,
+        filter=body.filter,
+        limit=body.limit,
+        offset=body.offset,
+        refresh_ttl=body.refresh_ttl,
     )
     return {"items": [_item(item) for item in found]}
 
