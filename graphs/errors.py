@@ -5,7 +5,7 @@ All derive from :class:`JourneyError`; each leaves the journey exactly as it was
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from checkpoints.errors import ErrorCategory, JourneyError
@@ -144,6 +144,17 @@ class EntryCriteriaNotMetError(JourneyError):
     def __init__(self, message: str, *, validation: Any) -> None:
         self.validation = validation
         super().__init__(message, validation=validation.to_dict())
+
+
+class GateRefusedError(JourneyError):
+    """The stage did not change: its gate's criteria (exit, entry, required units) are not met. ``validation``
+    says which, as the journey's validation history keeps it; meet them and send the event again."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+    def __init__(self, message: str, *, validation: Mapping[str, Any], current_stage: str | None) -> None:
+        self.validation = dict(validation)
+        super().__init__(message, validation=self.validation, current_stage=current_stage)
 
 
 class UnitOfWorkFailedError(JourneyError):

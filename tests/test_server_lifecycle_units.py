@@ -41,9 +41,16 @@ async def test_a_journey_started_over_http_runs_its_units_and_is_promoted(
     started = await ana.http.post("/journeys/lifecycle", json={"client_id": "medtronic", "metrics": READY_TO_START})
     path = f"/journeys/lifecycle/{started['journey_id']}"
     await ana.http.post(f"{path}/metrics", json={"values": {**SANDBOX_EXIT, **PILOT_ENTRY}})
-    early = await ana.http.post(f"{path}/transitions", json={"event": "promote_to_pilot"})
-    unmet = [c["name"] for c in early["validation"]["checks"] if not c["passed"]]
-    assert (early["current_stage"], unmet) == ("sandbox", [f"unit:{u}" for u in ON_DEMAND])
+    # A promotion its gate refuses is a 409 whose details hold the validation (it was a 200 a client checking
+    # the status took for a promotion); the stage stays, and the validation is in the journey's history.
+    early = await refused(ana.http.post(f"{path}/transitions", json={"event": "promote_to_pilot"}))
+    problem = early.json()
+    assert early.status_code == 409 and problem["code"] == "GateRefusedError", problem
+    assert "stays in stage 'sandbox'" in problem["detail"] and "must complete first" in problem["detail"], problem
+    validation = problem["details"]["validation"]
+    unmet = [c["name"] for c in validation["checks"] if not c["passed"]]
+    assert (validation["passed"], unmet) == (False, [f"unit:{u}" for u in ON_DEMAND])
+    assert (await ana.http.get(path))["current_stage"] == "sandbox"
 
     # Another user's journey is not found to him; an unknown unit is refused naming the stage's units.
     assert (await refused(bob.http.post(f"{path}/transitions", json=run_unit(ON_DEMAND[0])))).status_code == 404

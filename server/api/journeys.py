@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from graphs.errors import GateRefusedError
 from graphs.kernel.identifiers import MAX_REASON, ClientId, JourneyType, MetricName, UserId
 from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
 from graphs.lifecycle.machine import RUN_UNIT, JourneyStage, RollbackTrigger
@@ -417,11 +418,22 @@ async def start_lifecycle(body: LifecycleIn, caller: Writer, svc: Services) -> d
     summary="Apply a lifecycle event",
     description="One of the seven events with its options, or `run_unit_of_work` with `uow_id`: a unit of work of "
     "the current stage run now (a stage's `required_units` must have completed before it can be left); the answer "
-    "then holds the run as `unit`.",
+    "then holds the run as `unit`. A gated event (a promotion, `mark_complete`) whose criteria are not met is "
+    "refused with 409 `GateRefusedError`, its details holding the `validation` (also in the validation history).",
 )
 async def lifecycle_transition(journey_id: str, body: TransitionIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, journey_id, to_act=True)
-    return await svc.runtime.lifecycle.transition(journey_id, body.event, **body.options)
+    answer = await svc.runtime.lifecycle.transition(journey_id, body.event, **body.options)
+    validation = answer.get("validation")
+    if validation is not None and not validation["passed"]:  # not a 200 a client would take for the move
+        stage = answer.get("current_stage")
+        unmet = "; ".join(str(check.get("message")) for check in validation.get("checks", []) if not check["passed"])
+        raise GateRefusedError(
+            f"journey {journey_id!r} stays in stage {stage!r}: {validation['summary']} ({unmet})",
+            validation=validation,
+            current_stage=stage,
+        )
+    return answer
 
 
 @router.post("/lifecycle/{journey_id}/metrics", response_model=MetricsRecordedOut, summary="Record lifecycle metrics")
