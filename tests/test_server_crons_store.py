@@ -407,3 +407,18 @@ async def test_a_cron_asked_to_delete_its_firings_threads_leaves_none(
     assert len(found) == 1 and datetime.fromisoformat(found[0]["next_run_date"]) == datetime(
         2026, 3, 3, 9, 0, tzinfo=UTC
     )
+
+
+async def test_store_items_say_when_in_utc_on_every_backend(sdk_client: LangGraphClient) -> None:
+    """An item's ``created_at`` and ``updated_at`` carry their UTC offset, as the Agent Server's do: the SQLite
+    store's were naive ("2026-12-05T17:36:44"), which JavaScript's ``Date`` reads as local time."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    await sdk_client.store.put_item(["notes"], key="k", value={"a": 1})
+    item = await sdk_client.store.get_item(["notes"], key="k")
+    [found] = (await sdk_client.store.search_items(["notes"]))["items"]
+    assert item is not None
+    for answer in (item, found):
+        for name in ("created_at", "updated_at"):
+            when = datetime.fromisoformat(answer[name])
+            assert when.utcoffset() is not None, answer
+            assert abs((when - before).total_seconds()) < 120, answer

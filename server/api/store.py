@@ -13,6 +13,7 @@ under its owner prefix, and it reads only its own space and its groups'; admins 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -138,7 +139,14 @@ class ListNamespaces(BaseModel):
 
 
 def _item(item: Item | SearchItem) -> dict[str, Any]:
-    return item.dict()
+    """The item as the SDK reads it, its times with their UTC offset (the SQLite store's are naive UTC, from
+    ``CURRENT_TIMESTAMP``, which a JavaScript client would read as local time)."""
+    answer = item.dict()
+    for name in ("created_at", "updated_at"):
+        when: datetime = getattr(item, name)
+        if when.tzinfo is None:
+            answer[name] = when.replace(tzinfo=UTC).isoformat()
+    return answer
 
 
 def _owned(svc: ServerServices, caller: Principal) -> OwnedStore:
