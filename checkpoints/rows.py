@@ -105,10 +105,16 @@ class JsonHolds:
         return found[offset:] if limit is None else found[offset : offset + limit]
 
 
-async def count_holding(backend: Backend, holds: JsonHolds, query: Select[Any]) -> int:
+async def count_holding(
+    backend: Backend,
+    holds: JsonHolds,
+    query: Select[Any],
+    shown: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None = None,
+) -> int:
     """How many rows of ``query`` (filtered with ``holds``'s conditions) hold its wanted values: one COUNT, or
-    where the conditions are not exact, the rows they leave, decided in Python."""
+    where the conditions are not exact, the rows they leave, decided in Python on each row's JSON object
+    (``shown``: the object a row shows, else its column's)."""
     if not holds.exact:
-        return sum(holds.holds(row[holds.name]) for row in await backend.query(query))
+        return sum(holds.holds(shown(row) if shown else row[holds.name]) for row in await backend.query(query))
     found = await backend.query(select(func.count().label("n")).select_from(query.subquery()))
     return int(found[0]["n"])

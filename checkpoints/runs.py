@@ -30,11 +30,14 @@ from sqlalchemy import (
     Table,
     Text,
     TextualSelect,
+    and_,
     bindparam,
     case,
     delete,
+    false,
     func,
     insert,
+    not_,
     or_,
     select,
     true,
@@ -87,6 +90,18 @@ class ThreadRow:
     tenant: str | None = None  # with owner: who may see it (checkpoints.ownership)
     shared_group: str | None = None
     runs_created: int = 0  # how many runs were ever created on it (the last one's ordinal)
+
+
+# The keys a thread's metadata shows from its binding where it has none of its own (the Agent Server writes
+# graph_id and assistant_id into a thread's metadata when a run is created on it): key → ThreadRow field.
+BOUND_METADATA = {"graph_id": "assistant_id", "assistant_id": "assistant_id", "instance_id": "instance_id"}
+
+
+def shown_metadata(metadata: Mapping[str, Any], assistant_id: str | None, instance_id: str | None) -> dict[str, Any]:
+    """A thread's metadata as it is shown and searched: its own, with the keys of its binding
+    (:data:`BOUND_METADATA`) it lacks."""
+    bound = {"assistant_id": assistant_id, "instance_id": instance_id}
+    return {**{key: bound[field] for key, field in BOUND_METADATA.items() if bound[field]}, **metadata}
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,18 +488,37 @@ class RunStore:
         if holds.exact:
             return [ThreadRow(**row) for row in await self._backend.query(query.limit(limit).offset(offset))]
         rows = [ThreadRow(**row) for row in await self._backend.query(query)]
-        return holds.page(rows, lambda r: r.metadata, limit, offset)
+        return holds.page(rows, lambda r: shown_metadata(r.metadata, r.assistant_id, r.instance_id), limit, offset)
 
     async def count_threads(
         self, metadata: Mapping[str, Any] | None, ids: Sequence[str] | None = None, *, viewer: Viewer | None = None
     ) -> int:
         """How many threads :meth:`search_threads` would find, counted in the query."""
-        return await count_holding(self._backend, *self._threads_where(metadata, ids, viewer))
+        holds, query = self._threads_where(metadata, ids, viewer)
+        return await count_holding(
+            self._backend, holds, query, lambda r: shown_metadata(r["metadata"], r["assistant_id"], r["instance_id"])
+        )
 
     def _threads_where(
         self, metadata: Mapping[str, Any] | None, ids: Sequence[str] | None, viewer: Viewer | None
     ) -> tuple[JsonHolds, Select[Any]]:
-        holds = JsonHolds.of(_threads.metadata, metadata, postgres=self._backend.postgres)
+        """The threads whose metadata as shown (:func:`shown_metadata`) holds ``metadata``."""
+        postgres = self._backend.postgres
+        wanted = dict(metadata or {})
+        bound = {key: wanted.pop(key) for key in list(wanted) if key in BOUND_METADATA}
+        holds = JsonHolds.of(_threads.metadata, wanted, postgres=postgres)
+        conditions, exact = list(holds.conditions), holds.exact
+        for key, value in bound.items():  # the thread's own key, else its binding's
+            own = JsonHolds.of(_threads.metadata, {key: value}, postgres=postgres)
+            has = (
+                func.jsonb_exists(_threads.metadata, key)
+                if postgres
+                else func.json_type(_threads.metadata, f'$."{key}"').is_not(None)
+            )
+            binding = _threads[BOUND_METADATA[key]] == value if isinstance(value, str) else false()
+            conditions.append(or_(and_(has, *own.conditions), and_(not_(has), binding)))
+            exact = exact and own.exact
+        holds = JsonHolds(dict(metadata or {}), tuple(conditions), exact, holds.name)
         query = select(server_threads).where(_visible(viewer), *holds.conditions)
         if ids:
             query = query.where(_threads.thread_id.in_(list(ids)))

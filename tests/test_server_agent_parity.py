@@ -218,3 +218,32 @@ async def test_a_copy_names_itself_in_its_metadata(sdk_client: LangGraphClient) 
     found = await client.threads.search(metadata={"thread_id": source})
     assert [t["thread_id"] for t in found] == [source]
     assert (await client.threads.get(source))["metadata"]["thread_id"] == source
+
+
+async def test_threads_are_found_by_the_metadata_their_runs_gave_them(sdk_client: LangGraphClient) -> None:
+    """A thread's metadata shows the ``graph_id``, ``assistant_id`` and ``instance_id`` its first run bound it
+    to, and a search by them finds it, as agent-chat-ui lists a graph's threads (``metadata={"graph_id": …}``):
+    they were shown but not searched, so its thread list stayed empty. The thread's own metadata wins."""
+    client = sdk_client
+    chat = (await client.threads.create(metadata={"team": "ops"}))["thread_id"]
+    await client.runs.wait(chat, "guide", input=_hello())
+    own = (await client.threads.create(metadata={"graph_id": "mine"}))["thread_id"]
+    await client.runs.wait(own, "guide", input=_hello())
+    idle = (await client.threads.create(metadata={"team": "ops"}))["thread_id"]
+    shown = (await client.threads.get(chat))["metadata"]
+    assert (shown["graph_id"], shown["assistant_id"], shown["team"]) == ("guide", "guide", "ops")
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"graph_id": "guide"}, [chat]),
+        ({"assistant_id": "guide"}, [chat, own]),
+        ({"graph_id": "mine"}, [own]),
+        ({"graph_id": "guide", "team": "ops"}, [chat]),
+        ({"instance_id": shown["instance_id"]}, [chat]),
+        ({"graph_id": {"x": 1}}, []),
+        ({"team": "ops"}, [chat, idle]),
+    ]
+    for wanted, expected in cases:
+        found = await client.threads.search(metadata=wanted, limit=10)
+        assert sorted(t["thread_id"] for t in found) == sorted(expected), wanted
+        assert await client.threads.count(metadata=wanted) == len(expected), wanted
+        for thread in found:
+            assert all(thread["metadata"].get(k) == v for k, v in wanted.items()), (wanted, thread)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import Viewer
 from checkpoints.rows import INT64, holds_json
+from checkpoints.runs import shown_metadata
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.identifiers import THREAD_ID
 from server import thread_stream
@@ -92,12 +93,7 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         instance = await svc.runtime.store.index.get_instance(thread.instance_id)
         if instance is not None:
             created, updated = instance.created_at, instance.updated_at
-    metadata = dict(thread.row.metadata) if thread.row else {}
-    if thread.assistant_id:
-        metadata.setdefault("graph_id", thread.assistant_id)
-        metadata.setdefault("assistant_id", thread.assistant_id)
-    if thread.instance_id:
-        metadata.setdefault("instance_id", thread.instance_id)
+    metadata = shown_metadata(thread.row.metadata if thread.row else {}, thread.assistant_id, thread.instance_id)
     return {
         "thread_id": thread.thread_id,
         "created_at": created.isoformat() if created else "",
