@@ -247,3 +247,24 @@ async def test_threads_are_found_by_the_metadata_their_runs_gave_them(sdk_client
         assert await client.threads.count(metadata=wanted) == len(expected), wanted
         for thread in found:
             assert all(thread["metadata"].get(k) == v for k, v in wanted.items()), (wanted, thread)
+
+
+async def test_a_history_filter_contains_as_on_postgresql(sdk_client: LangGraphClient) -> None:
+    """A thread's history filtered by checkpoint metadata finds the same states on every backend, as the Agent
+    Server's ``metadata @> filter``: on SQLite ``{"k": None}`` found every state without ``k`` (the saver's
+    JSON path of a missing key is SQL NULL)."""
+    client = sdk_client
+    thread = (await client.threads.create())["thread_id"]
+    await client.runs.wait(thread, "guide", input=_hello())
+    states = await client.threads.get_history(thread, limit=100)
+    assert len(states) > 1 and all(s["metadata"]["parents"] == {} for s in states)
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({"nothing": None}, 0),
+        ({"source": "loop", "nothing": None}, 0),
+        ({"parents": {}}, len(states)),
+        ({"step": 1}, 1),
+        ({"step": 1, "parents": {}}, 1),
+    ]
+    for wanted, expected in cases:
+        assert len(await client.threads.get_history(thread, limit=100, metadata=wanted)) == expected, wanted
+    assert len(await client.threads.get_history(thread, limit=1, metadata={"parents": {}})) == 1

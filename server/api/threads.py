@@ -388,10 +388,12 @@ async def get_history(
     config = svc.checkpoint_config(thread, named) if named else svc.runtime.engine.config(thread.instance_id)
     before = body.before_id
     before_config = {"configurable": {"thread_id": thread.instance_id, "checkpoint_id": before}} if before else None
-    # An integer beyond 64 bits cannot be bound on SQLite (the checkpointer's query failed: a 500): such keys
-    # are compared here, on the states the others select, before the page is cut.
+    # The savers' filters differ where SQLite's compares JSON paths: a missing key matches a wanted null, true
+    # matches 1, objects and arrays compare as text, an integer beyond 64 bits cannot be bound (a 500). Only
+    # strings and numbers it binds go to the saver; the rest are compared here as JSONB's @> does, on the states
+    # the others select, before the page is cut.
     wanted = body.metadata or {}
-    here = {k: v for k, v in wanted.items() if type(v) is int and v not in INT64}
+    here = {k: v for k, v in wanted.items() if not (type(v) in (str, float) or (type(v) is int and v in INT64))}
     states = [
         state_view(snapshot, thread_id)
         async for snapshot in graph.aget_state_history(
@@ -400,6 +402,6 @@ async def get_history(
             limit=None if here else body.limit,
             before=before_config,  # type: ignore[arg-type]
         )
-        if all(snapshot.metadata is not None and snapshot.metadata.get(k) == v for k, v in here.items())
+        if holds_json(snapshot.metadata, here)
     ]
     return kept(states[: body.limit], body.select)
