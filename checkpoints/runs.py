@@ -92,16 +92,31 @@ class ThreadRow:
     runs_created: int = 0  # how many runs were ever created on it (the last one's ordinal)
 
 
-# The keys a thread's metadata shows from its binding where it has none of its own (the Agent Server writes
-# graph_id and assistant_id into a thread's metadata when a run is created on it): key → ThreadRow field.
-BOUND_METADATA = {"graph_id": "assistant_id", "assistant_id": "assistant_id", "instance_id": "instance_id"}
+# The keys a thread's metadata shows from its runs where it has none of its own, as the Agent Server writes
+# them into a thread's metadata on each run: the graph its first run bound it to (graph_id), the assistant its
+# latest run ran, else that graph (assistant_id), and the journey instance (instance_id).
+BOUND_METADATA = ("graph_id", "assistant_id", "instance_id")
+BOUND_METADATA_FIELDS = {"graph_id": "assistant_id", "instance_id": "instance_id"}  # the thread row's
 
 
-def shown_metadata(metadata: Mapping[str, Any], assistant_id: str | None, instance_id: str | None) -> dict[str, Any]:
-    """A thread's metadata as it is shown and searched: its own, with the keys of its binding
-    (:data:`BOUND_METADATA`) it lacks."""
-    bound = {"assistant_id": assistant_id, "instance_id": instance_id}
-    return {**{key: bound[field] for key, field in BOUND_METADATA.items() if bound[field]}, **metadata}
+def shown_metadata(
+    metadata: Mapping[str, Any], graph_id: str | None, instance_id: str | None, ran: str | None = None
+) -> dict[str, Any]:
+    """A thread's metadata as it is shown and searched: its own, with the keys of :data:`BOUND_METADATA` it
+    lacks (``ran``: the assistant its latest run ran)."""
+    bound = {"graph_id": graph_id, "assistant_id": ran or graph_id, "instance_id": instance_id}
+    return {**{key: value for key, value in bound.items() if value}, **metadata}
+
+
+def _bound_metadata(key: str, value: Any) -> ColumnElement[bool]:
+    """Whether a thread's runs give its metadata ``key`` with ``value`` (:func:`shown_metadata`)."""
+    if not isinstance(value, str):
+        return false()
+    if key == "assistant_id":
+        ran = select(_runs.assistant_id).where(_runs.thread_id == _threads.thread_id)
+        latest = ran.order_by(_runs.created_at.desc()).limit(1).scalar_subquery()
+        return func.coalesce(latest, _threads.assistant_id) == value
+    return _threads[BOUND_METADATA_FIELDS[key]] == value
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,18 +522,18 @@ class RunStore:
         wanted = dict(metadata or {})
         bound = {key: wanted.pop(key) for key in list(wanted) if key in BOUND_METADATA}
         holds = JsonHolds.of(_threads.metadata, wanted, postgres=postgres)
-        conditions, exact = list(holds.conditions), holds.exact
-        for key, value in bound.items():  # the thread's own key, else its binding's
+        conditions = list(holds.conditions)
+        for key, value in bound.items():  # the thread's own key, else its runs'
             own = JsonHolds.of(_threads.metadata, {key: value}, postgres=postgres)
+            if not own.exact:  # an object or array on SQLite: Python decides (no binding's value is one)
+                wanted[key] = value
             has = (
                 func.jsonb_exists(_threads.metadata, key)
                 if postgres
                 else func.json_type(_threads.metadata, f'$."{key}"').is_not(None)
             )
-            binding = _threads[BOUND_METADATA[key]] == value if isinstance(value, str) else false()
-            conditions.append(or_(and_(has, *own.conditions), and_(not_(has), binding)))
-            exact = exact and own.exact
-        holds = JsonHolds(dict(metadata or {}), tuple(conditions), exact, holds.name)
+            conditions.append(or_(and_(has, *own.conditions), and_(not_(has), _bound_metadata(key, value))))
+        holds = JsonHolds(wanted, tuple(conditions), holds.exact and all(k not in wanted for k in bound), holds.name)
         query = select(server_threads).where(_visible(viewer), *holds.conditions)
         if ids:
             query = query.where(_threads.thread_id.in_(list(ids)))

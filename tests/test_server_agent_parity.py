@@ -249,6 +249,26 @@ async def test_threads_are_found_by_the_metadata_their_runs_gave_them(sdk_client
             assert all(thread["metadata"].get(k) == v for k, v in wanted.items()), (wanted, thread)
 
 
+async def test_a_thread_names_the_assistant_its_last_run_ran(sdk_client: LangGraphClient) -> None:
+    """As the Agent Server writes on each run, a thread's ``metadata.assistant_id`` is the assistant its latest
+    run ran (``graph_id`` its graph), and a search by it finds the thread, as agent-chat-ui configured with an
+    assistant's id lists its threads: it showed the graph's id instead, so that list stayed empty."""
+    client = sdk_client
+    mine = (await client.assistants.create("guide", name="my guide"))["assistant_id"]
+    thread = (await client.threads.create())["thread_id"]
+    await client.runs.wait(thread, mine, input=_hello())
+    shown = (await client.threads.get(thread))["metadata"]
+    assert (shown["assistant_id"], shown["graph_id"]) == (mine, "guide")
+    for wanted in ({"assistant_id": mine}, {"graph_id": "guide", "assistant_id": mine}, {"graph_id": "guide"}):
+        assert [t["thread_id"] for t in await client.threads.search(metadata=wanted)] == [thread], wanted
+        assert await client.threads.count(metadata=wanted) == 1, wanted
+    assert await client.threads.count(metadata={"assistant_id": "guide"}) == 0
+    await client.runs.wait(thread, "guide", input=_hello())  # the latest run's assistant, as each run rewrites it
+    assert (await client.threads.get(thread))["metadata"]["assistant_id"] == "guide"
+    assert await client.threads.count(metadata={"assistant_id": "guide"}) == 1
+    assert await client.threads.count(metadata={"assistant_id": mine}) == 0
+
+
 async def test_a_history_filter_contains_as_on_postgresql(sdk_client: LangGraphClient) -> None:
     """A thread's history filtered by checkpoint metadata finds the same states on every backend, as the Agent
     Server's ``metadata @> filter``: on SQLite ``{"k": None}`` found every state without ``k`` (the saver's

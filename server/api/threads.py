@@ -83,9 +83,11 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
                 status = "interrupted"
         if any(t.error for t in snapshot.tasks):
             status = "error"
-    if await svc.runs.active_count(thread.thread_id):
+    busy = await svc.runs.active_count(thread.thread_id)
+    last = await svc.runs.last_run(thread.thread_id)  # after the count: a run that ended between is the last
+    if busy:
         status = "busy"
-    elif status == "idle" and (last := await svc.runs.last_run(thread.thread_id)) and last.status == "error":
+    elif status == "idle" and last is not None and last.status == "error":
         status = "error"
     created = thread.row.created_at if thread.row else None
     updated = thread.row.updated_at if thread.row else None
@@ -93,7 +95,12 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         instance = await svc.runtime.store.index.get_instance(thread.instance_id)
         if instance is not None:
             created, updated = instance.created_at, instance.updated_at
-    metadata = shown_metadata(thread.row.metadata if thread.row else {}, thread.assistant_id, thread.instance_id)
+    metadata = shown_metadata(
+        thread.row.metadata if thread.row else {},
+        thread.assistant_id,
+        thread.instance_id,
+        last.assistant_id if last else None,
+    )
     return {
         "thread_id": thread.thread_id,
         "created_at": created.isoformat() if created else "",
