@@ -199,6 +199,7 @@ class JourneyEngine:
         *,
         options: RunOptions = DEFAULT_RUN,
         go_on: bool = False,
+        resume_halted: bool = False,
     ) -> StateSnapshot:
         """The thread's state once any work a crash left in flight has been finished (call under ``exclusive``).
 
@@ -207,10 +208,13 @@ class JourneyEngine:
         ``completed``, say): it runs again from its first event, replaying the steps the log holds. Other
         patterns start such a run again their own way (``Instances.recover``, or their start). A thread its
         run's breakpoints stopped between nodes, or whose run was cancelled on purpose (:meth:`halt`), stays
-        where it stopped unless ``go_on`` (see :func:`at_breakpoint`): a read never executes a cancelled step."""
+        where it stopped unless ``go_on`` (see :func:`at_breakpoint`): a read never executes a cancelled step.
+        ``resume_halted``: the caller moves the instance on now (a lifecycle event, a session action), so work a
+        cancelled run stopped goes on first, as a run without input would (LangGraph runs a thread's pending
+        tasks before it takes a new ``Command(resume=...)``), and a first run it cut short starts again."""
         snapshot = await graph.aget_state(self.config(instance_id))
         unsettled = in_flight(snapshot) or snapshot.created_at is None
-        if unsettled and not go_on and await self.halted(instance_id, snapshot):
+        if unsettled and not (go_on or resume_halted) and await self.halted(instance_id, snapshot):
             return snapshot  # a run cancelled on purpose left it there: only a new run goes on
         if in_flight(snapshot) or (go_on and at_breakpoint(snapshot)):
             # Work left in flight is finished, unless the instance was terminated meanwhile: it stays as it stood.
@@ -222,7 +226,8 @@ class JourneyEngine:
             instance = await self.store.index.get_instance(instance_id)
             if self.retention is not None:
                 await self.retention.check_state(instance)
-            if graph in self._logged_steps and instance is not None and self.start_again is not None:
+            again = graph in self._logged_steps or resume_halted  # others: recovery starts a crashed one again
+            if again and instance is not None and self.start_again is not None:
                 start = await self.start_again(instance)
                 if start is not None:
                     snapshot = await self.run_to_state(graph, instance_id, start, options=options)

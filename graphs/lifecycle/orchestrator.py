@@ -43,7 +43,7 @@ from graphs.errors import (
     UnknownUnitOfWorkError,
 )
 from graphs.kernel.designs import DesignBook, PatternName, new_id, parse_spec
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions, refuse_terminated
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, in_flight, refuse_terminated
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable
 from graphs.lifecycle.catalog import default_lifecycle_spec
@@ -252,7 +252,7 @@ class LifecycleOrchestrator:
                 design_id = existing.journey_id
                 chosen = await self._spec(design_id)
                 graph = self._graph(chosen)
-                snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+                snapshot = await self._before_move(graph, journey_id, run_options)
                 if snapshot.values:  # its start was refused before: try again
                     self._expect(snapshot, TransitionEvent.START_JOURNEY)
                     await self._record(journey_id, values)
@@ -325,7 +325,7 @@ class LifecycleOrchestrator:
         # while another call moved the journey must not go on to the next stage's gate.
         asked_in = None if event is not None else await self._stage_now(graph, journey_id)
         async with self._engine.acting(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            snapshot = await self._before_move(graph, journey_id, run_options)
             stage = snapshot.values.get("current_stage")
             if event is None:  # promote: the promotion event of the current stage
                 self._expect_stage(journey_id, asked_in, stage, "promote")
@@ -387,7 +387,8 @@ class LifecycleOrchestrator:
                 allowed=self._allowed(snapshot),
             ) from None
         _check_options(chosen.value, options, EVENT_OPTIONS[chosen])
-        self._expect(snapshot, chosen)
+        if not in_flight(snapshot):  # mid-run (another call's, or a cancelled one): judged under the lock
+            self._expect(snapshot, chosen)
         if chosen == TransitionEvent.START_JOURNEY:
             instance = await self._store.index.get_instance(journey_id)
             assert instance is not None
@@ -412,7 +413,7 @@ class LifecycleOrchestrator:
             raise InvalidInputError("reason must be a string")
         spec, graph = await self._load(journey_id)
         async with self._engine.acting(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            snapshot = await self._before_move(graph, journey_id, run_options)
             self._expect(snapshot, TransitionEvent.CANCEL_JOURNEY)
             metadata = {"cancel_reason": reason} if reason else {}
             request = {"event": TransitionEvent.CANCEL_JOURNEY.value, "metadata": metadata}
@@ -467,7 +468,7 @@ class LifecycleOrchestrator:
         await self._rows.request_rollback(journey_id, reason, self._store.clock.now())
         try:
             async with self._engine.acting(journey_id):
-                snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+                snapshot = await self._before_move(graph, journey_id, run_options)
                 # Rolls back the stage it was asked in, once: not the stage another rollback returned to.
                 self._expect_stage(
                     journey_id, peek.values.get("current_stage"), snapshot.values.get("current_stage"), "roll back"
@@ -493,7 +494,7 @@ class LifecycleOrchestrator:
         """ROLLBACK → the rollback's target stage. A rollback that failed to validate is run again first."""
         spec, graph = await self._load(journey_id)
         async with self._engine.acting(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            snapshot = await self._before_move(graph, journey_id, run_options)
             self._expect(snapshot, TransitionEvent.COMPLETE_ROLLBACK)
             rollback_id = str((snapshot.values.get("rollback") or {}).get("rollback_id"))
             snapshot = await self._resume(
@@ -517,7 +518,7 @@ class LifecycleOrchestrator:
         _check_id(uow_id, "uow_id")
         spec, graph = await self._load(journey_id)
         async with self._engine.acting(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+            snapshot = await self._before_move(graph, journey_id, run_options)
             values = snapshot.values
             stage = values.get("current_stage")
             if stage not in [s.value for s in ACTIVE_STAGES] or not _waiting(snapshot):
@@ -768,6 +769,12 @@ class LifecycleOrchestrator:
         )
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    async def _before_move(self, graph: Graph, journey_id: str, run_options: RunOptions) -> StateSnapshot:
+        """The journey's state under its lock, for a call that moves it on (an event, a unit of work): work a
+        run cancelled on purpose stopped (``JourneyEngine.halt``) goes on first, as a run without input would,
+        so the event is judged where that work leaves the journey, not refused mid-unit."""
+        return await self._engine.settled_state(graph, journey_id, options=run_options, resume_halted=True)
 
     async def _stage_now(self, graph: Graph, journey_id: str) -> str | None:
         """The journey's stage as last checkpointed, read without its lock (a move in flight has not left it)."""

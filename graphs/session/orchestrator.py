@@ -267,7 +267,10 @@ class SessionOrchestrator:
         return spec, self._designs.graph(design.pattern, spec)
 
     async def _active(self, graph: Graph, session_id: str, options: RunOptions) -> StateSnapshot:
-        snapshot = await self._engine.settled_state(graph, session_id, options=options)
+        """The open session's state under its lock, before an action. An action a run cancelled on purpose
+        stopped is applied first, as a run without input would: else the new action's resume would run the
+        stopped one and be lost, the session waiting for an action again."""
+        snapshot = await self._engine.settled_state(graph, session_id, options=options, resume_halted=True)
         values = cast(SessionState, snapshot.values)
         if values.get("status") == "closed" or not snapshot.next:
             raise JourneyFinishedError(f"session {session_id!r} is closed", allowed=[], session_id=session_id)
