@@ -175,3 +175,72 @@ async def test_a_saga_cancelled_after_its_run_was_cancelled_in_a_step_undoes_tha
 async def _started(ship: SlowShip) -> None:
     while not ship.calls:  # noqa: ASYNC110 (the agent runs on the server's loop: no event of this loop tells)
         await asyncio.sleep(0.02)
+
+
+FIRST_AUTO = {
+    "journey_type": "slow_first",
+    "steps": [{"step_id": "reserve", "mode": "auto", "agent": "reserve"}, {"step_id": "confirm", "mode": "user"}],
+}
+
+
+def _first_run_held(app: FastAPI) -> list[int]:
+    """Hold the server's first graph run before it starts (a run cancelled meanwhile stops before its journey's
+    first checkpoint: registered, nothing run); the list counts the runs."""
+    engine = app.state.services.runtime.engine
+    run, runs = engine.run, []
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        if len(runs) == 1:
+            await asyncio.sleep(30)
+        return await run(*args, **kwargs)
+
+    engine.run = held
+    return runs
+
+
+async def _saga_cancelled_before_its_first_checkpoint(
+    app: FastAPI, sdk: LangGraphClient, undone: list[dict[str, Any]]
+) -> tuple[str, str, list[int]]:
+    """A saga whose first run was cancelled before its journey's first checkpoint: its thread and saga ids,
+    and the calls of its first step's agent."""
+    runtime = app.state.services.runtime
+    runtime.agents.register("unreserve", lambda request: undone.append(dict(request.payload)) or {}, replace=True)
+    calls: list[int] = []
+    runtime.agents.register("reserve", lambda _request: calls.append(1) or {"reserved": True}, replace=True)
+    runs = _first_run_held(app)
+    tid = (await sdk.threads.create())["thread_id"]
+    start = {"journey_type": "slow_first", "spec": FIRST_AUTO, "user_id": "ana"}
+    run = await sdk.runs.create(tid, "saga", input={**start, "compensation_handlers": {"reserve": "unreserve"}})
+    while not runs:  # noqa: ASYNC110 (the run waits on the server's loop: no event of this loop tells)
+        await asyncio.sleep(0.02)
+    assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+    saga_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+    return tid, str(saga_id), calls
+
+
+async def test_a_saga_whose_first_run_was_cancelled_before_any_checkpoint_stands_at_its_first_step(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """It reads as in progress at its first step (not "completed"), and cancelling it compensates it: the
+    step whose run was cut short is told ``completed: False``; its agent is not called."""
+    undone: list[dict[str, Any]] = []
+    _tid, saga_id, calls = await _saga_cancelled_before_its_first_checkpoint(app[0], sdk, undone)
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        status = (await http.get(f"/journeys/sagas/{saga_id}")).json()
+        assert (status["status"], status["current_step"]) == ("in_progress", "reserve"), status
+        cancelled = await http.post(f"/journeys/sagas/{saga_id}/cancel", json={"reason": "no"})
+    assert cancelled.status_code == 200, cancelled.json()
+    assert cancelled.json()["status"] == "compensated", cancelled.json()
+    assert [(u["step_id"], u["completed"]) for u in undone] == [("reserve", False)]
+    assert not calls
+
+
+async def test_a_saga_whose_first_run_was_cancelled_before_any_checkpoint_goes_on_with_a_run_without_input(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    tid, _saga_id, calls = await _saga_cancelled_before_its_first_checkpoint(app[0], sdk, [])
+    assert (await sdk.threads.get_state(tid))["next"] == ["reserve"]
+    await sdk.runs.wait(tid, "saga")
+    assert len(calls) == 1
+    assert (await sdk.threads.get_state(tid))["next"] == ["confirm.await"]

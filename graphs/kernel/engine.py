@@ -14,7 +14,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
-from langgraph.graph import StateGraph
+from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, StateSnapshot
 
@@ -239,12 +239,22 @@ class JourneyEngine:
         checkpoint, stays where it stopped, as the Agent Server leaves a cancelled run's thread at its last
         checkpoint. Reads and recovery then leave it there (:meth:`settled_state`); a new run goes on from it
         (a run without input, or a retry). A crash leaves no such record: its work is still finished. Whether
-        anything was left to halt."""
+        anything was left to halt.
+
+        A first run stopped before the thread's first checkpoint leaves the thread the state that run started
+        from, its first step pending, as LangGraph's input checkpoint would have: else reads would take the
+        empty thread for a finished journey, and neither a cancellation nor a run without input found a step."""
         snapshot = await graph.aget_state(self.config(instance_id))
         if not (in_flight(snapshot) or snapshot.created_at is None):
             return False
-        if await self.store.index.get_instance(instance_id) is None:  # no journey (a chat thread): no log
+        instance = await self.store.index.get_instance(instance_id)
+        if instance is None:  # no journey (a chat thread): no log
             return False
+        if snapshot.created_at is None and self.start_again is not None:
+            start = await self.start_again(instance)
+            if start is not None:
+                await graph.aupdate_state(self.config(instance_id), start, as_node=START)
+                snapshot = await graph.aget_state(self.config(instance_id))
         checkpoint = checkpoint_of(snapshot)
         step = next((t.name for t in snapshot.tasks), None)
         halted = NewEvent(HALTED, {"checkpoint_id": checkpoint}, step, f"{instance_id}:halted:{checkpoint}")
