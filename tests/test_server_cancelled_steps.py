@@ -6,6 +6,7 @@ call the step's agent again; a new run (a retry, or a run without input) does. M
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -244,3 +245,32 @@ async def test_a_saga_whose_first_run_was_cancelled_before_any_checkpoint_goes_o
     await sdk.runs.wait(tid, "saga")
     assert len(calls) == 1
     assert (await sdk.threads.get_state(tid))["next"] == ["confirm.await"]
+
+
+async def test_a_read_that_takes_the_journey_as_its_cancelled_run_lets_it_go_does_not_run_the_step_on(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """The moment a cancelled run lets its journey's lock go, a direct call may take it (here a status read,
+    made right then): the halt is recorded already, so the read leaves the journey where the run stopped."""
+    engine = app[0].state.services.runtime.engine
+    exclusive, reads = engine.exclusive, []
+
+    @contextlib.asynccontextmanager
+    async def read_as_released(instance_id: str) -> AsyncIterator[None]:
+        try:
+            async with exclusive(instance_id):
+                yield
+        except asyncio.CancelledError:  # the cancelled run has let the lock go: a read takes the journey now
+            if not reads:
+                async with httpx.AsyncClient(base_url=app[1]) as http:
+                    reads.append((await http.get(f"/journeys/{instance_id}/status")).json())
+            raise
+
+    engine.exclusive = read_as_released
+    _tid, instance_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
+    assert reads and reads[0]["current_step"] == "ship", reads
+    assert ship.calls == 1  # the read did not run the cancelled step on
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        status = (await http.get(f"/journeys/{instance_id}/status")).json()
+    assert (status["current_step"], status["completed_steps"]) == ("ship", ["ask"]), status
+    assert ship.calls == 1

@@ -9,6 +9,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,10 @@ DEFAULT_RUN = RunOptions()
 # The event that a run of the instance was cancelled on purpose (``runs.cancel``) where its payload's
 # ``checkpoint_id`` stands (see :meth:`JourneyEngine.halt`).
 HALTED = "run.halted"
+# What the current run does when it is cancelled inside an instance's lock, before the lock goes (given the
+# instance): the server's run executor records a cancel asked for (:meth:`JourneyEngine.halt`) there, so no other
+# caller, which would take the unrecorded halt for a crash's work and run it on, gets the journey first.
+ON_CANCEL: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar("journeys_on_cancel", default=None)
 NOTES = "journeys_notes"  # the configurable key of a run's ``RunOptions.notes`` (no checkpoint metadata: not a scalar)
 # A fired timer's continuation of a parked journey checkpoints when it stops (durability "exit"), unless the
 # engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
@@ -177,7 +182,12 @@ class JourneyEngine:
             raise busy(instance_id, locks.timeout) from None
         try:
             async with locks.hold(instance_id, deadline):
-                yield
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    if (on_cancel := ON_CANCEL.get()) is not None:
+                        await on_cancel(instance_id)
+                    raise
         finally:
             lock.release()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -24,7 +25,7 @@ from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
 from graphs.errors import JourneyNotFoundError
-from graphs.kernel.engine import Outcome, RunOptions, addressed, in_flight
+from graphs.kernel.engine import ON_CANCEL, Outcome, RunOptions, addressed, in_flight
 from graphs.kernel.patterns import Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
@@ -256,8 +257,13 @@ class RunExecutor:
     async def execute(self, run_id: str, *, due: bool = False, taken: Taken | None = None) -> RunRow | None:
         """Claim and execute the run. ``due``: its queue held it back until its due time (``after_seconds``)
         already, so it is not read again to check. ``taken``: its queue claimed it already, with its job."""
-        with structlog.contextvars.bound_contextvars(run_id=run_id):  # in every log line and span of the run
-            return await self._execute(run_id, due, taken)
+        # A cancel asked for is recorded under the journey's lock, where the cancel lands (see ON_CANCEL).
+        token = ON_CANCEL.set(functools.partial(self._halt_if_asked, run_id))
+        try:
+            with structlog.contextvars.bound_contextvars(run_id=run_id):  # in every log line and span of the run
+                return await self._execute(run_id, due, taken)
+        finally:
+            ON_CANCEL.reset(token)
 
     async def _execute(self, run_id: str, due: bool, taken: Taken | None) -> RunRow | None:
         if not due and (pending := await self.runs.get_run(run_id)) is not None:
@@ -269,26 +275,25 @@ class RunExecutor:
         except asyncio.CancelledError:
             # Wherever the cancel lands from the claim (which may have landed) to the end: the run ends
             # interrupted, else it would stay "running" and its queue would take it up again.
-            try:
-                await self._halt_if_asked(run_id)
-            except Exception:  # the run still ends interrupted; its step is then finished as a crash's would be
-                log.exception("could not record a cancelled run's halt", run_id=run_id)
             await self._interrupted(run_id)
             raise
 
-    async def _halt_if_asked(self, run_id: str) -> None:
+    async def _halt_if_asked(self, run_id: str, instance_id: str) -> None:
         """A run cancelled on purpose (runs.cancel, recorded before it was stopped) leaves its journey where it
         stopped (``JourneyEngine.halt``): no read or recovery runs the cancelled step on; a new run does. A run
-        stopped by its process's shutdown was not asked to stop: its work is finished on restart, as a crash's."""
-        run = await self.runs.get_run(run_id)
-        if run is None or run.cancel_requested_at is None:
-            return
-        thread = await self.runs.get_thread(run.thread_id)
-        if thread is None or thread.instance_id is None:
-            return
-        graph = await graph_of(self.runtime, get_assistant(run.graph_id), thread.instance_id)
-        async with self.runtime.engine.exclusive(thread.instance_id):
-            await self.runtime.engine.halt(graph, thread.instance_id)
+        stopped by its process's shutdown was not asked to stop: its work is finished on restart, as a crash's.
+        Called as the run is cancelled in ``instance_id``'s lock (``ON_CANCEL``), before it lets the lock go."""
+        try:
+            run = await self.runs.get_run(run_id)
+            if run is None or run.cancel_requested_at is None:
+                return
+            thread = await self.runs.get_thread(run.thread_id)
+            if thread is None or thread.instance_id != instance_id:  # another journey's lock: not this run's
+                return
+            graph = await graph_of(self.runtime, get_assistant(run.graph_id), instance_id)
+            await self.runtime.engine.halt(graph, instance_id)
+        except Exception:  # the run still ends interrupted; its step is then finished as a crash's would be
+            log.exception("could not record a cancelled run's halt", run_id=run_id)
 
     async def _execute_claimed(self, run: RunRow, instance_id: str | None, taken: Taken | None) -> RunRow | None:
         run_id = run.run_id
