@@ -151,3 +151,18 @@ async def test_a_session_action_after_a_cancelled_run_goes_on_with_the_stopped_a
     assert len(writes) == 2
     if action == "close":
         assert values["status"] == "closed", values
+
+
+async def test_a_lifecycle_rolled_back_after_a_cancelled_run_compensates_the_stopped_unit(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """A rollback asked for after a unit's run was cancelled stops that unit between its waves (as it would
+    stop one running) and compensates what it did; the journey waits in ROLLBACK."""
+    tid, slow = await _cancelled_in_unit(app[0], sdk)
+    rollback = _event("initiate_rollback", reason="bad data")
+    result = await sdk.runs.wait(tid, "lifecycle", command=rollback)
+    assert "__error__" not in result, result
+    values = (await sdk.threads.get_state(tid))["values"]
+    assert values["current_stage"] == "rollback", values
+    assert values["units"]["test_dataset_provisioning"] == "rolled_back", values["units"]
+    assert slow.calls == 1  # stopped before its next wave: its agent is not called again
