@@ -258,6 +258,44 @@ async def test_recovery_replays_a_journeys_values_whole_not_as_the_history_shows
         assert (variables["email"], variables["card"]) == ("bob@example.com", "4111 1111 1111 1111")
 
 
+@pytest.mark.parametrize("pattern", list(STARTS))
+async def test_a_start_cancelled_on_purpose_before_its_first_checkpoint_stands_at_its_start_until_run_on(
+    store_url: str, pattern: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run cancelled on purpose before its first checkpoint (``JourneyEngine.halt``) leaves the thread the
+    state it started from, its first node pending: reads and recovery leave it there, and a run without input
+    (``settled_state(go_on=True)``) reaches what the same start not cut short reaches."""
+    async with JourneyRuntime.open(store_url) as rt:
+        expected = await STARTS[pattern](rt, "whole")
+        run = JourneyEngine.run
+        registered: list[str] = []
+
+        async def cancelled_before_first_checkpoint(
+            self: JourneyEngine, graph: Any, instance_id: str, *a: Any, **k: Any
+        ):
+            registered.append(instance_id)
+            raise asyncio.CancelledError
+
+        monkeypatch.setattr(JourneyEngine, "run", cancelled_before_first_checkpoint)
+        with pytest.raises(asyncio.CancelledError):
+            await STARTS[pattern](rt, "cut")
+        monkeypatch.setattr(JourneyEngine, "run", run)
+        [instance_id] = registered
+        graph = await rt.instances.graph(await rt.store.index.get_instance(instance_id))  # type: ignore[arg-type]
+        async with rt.engine.exclusive(instance_id):
+            assert await rt.engine.halt(graph, instance_id)
+        standing = await graph.aget_state(rt.engine.config(instance_id))
+        assert standing.next and standing.metadata is not None and standing.metadata["step"] == 0  # its start, pending
+        await view_of(rt, pattern, instance_id)  # a read leaves it there
+        assert await rt.recover() == []
+        assert (await graph.aget_state(rt.engine.config(instance_id))).config == standing.config
+        async with rt.engine.exclusive(instance_id):
+            await rt.engine.settled_state(graph, instance_id, go_on=True)
+        went_on = await view_of(rt, pattern, instance_id)
+        whole = instance_id_of(pattern, expected)
+        assert comparable(went_on, instance_id) == comparable(await view_of(rt, pattern, whole), whole)
+
+
 @pytest.mark.parametrize("halted", [True, False], ids=["cancelled", "crashed"])
 async def test_recovery_leaves_a_run_cancelled_on_purpose_and_finishes_a_crashed_one(
     store_url: str, halted: bool
