@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from agents.deterministic import FailingAgent
 from agents.errors import AgentCallFailedError
+from checkpoints import VirtualClock
 from graphs.kernel.engine import JourneyEngine
 from graphs.lifecycle.catalog import READY_TO_START
 from graphs.runtime import JourneyRuntime
@@ -329,3 +331,46 @@ async def test_recovery_leaves_a_run_cancelled_on_purpose_and_finishes_a_crashed
         status = await rt.saga.get_saga_status(saga_id)
     assert len(calls) == (1 if halted else 2)
     assert status["status"] == ("in_progress" if halted else "completed"), status
+
+
+async def test_a_saga_past_its_deadline_after_a_run_cancelled_in_a_step_undoes_that_step_first(
+    store_url: str,
+) -> None:
+    """A saga whose run was cancelled on purpose while a step worked, then whose deadline passes with
+    ``on_expiry="compensate"``: the step whose agent may have acted is undone first (told ``completed:
+    False``), as ``cancel_saga`` does, then the steps it completed."""
+    clock = VirtualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    calls: list[int] = []
+    undone: list[tuple[str, bool]] = []
+    working = asyncio.Event()
+
+    async def slow(_request: Any) -> dict[str, Any]:
+        calls.append(1)
+        working.set()
+        await asyncio.sleep(30)
+        return {"ok": True}
+
+    spec = {
+        "journey_type": "t",
+        "steps": [{"step_id": "ask"}, {"step_id": "work", "agent": "w", "mode": "auto"}, {"step_id": "end"}],
+        "deadline": {"after": "P1D", "on_expiry": "compensate"},
+    }
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        rt.agents.register("w", slow, replace=True)
+        rt.agents.register("undo", lambda r: undone.append((r.payload["step_id"], r.payload["completed"])) or {})
+        design = await rt.saga.design_saga_journey("t", {}, {"ask": "undo", "work": "undo"}, spec=spec)
+        saga_id = (await rt.saga.execute_saga_journey(design["journey_id"], "ana", {}))["saga_id"]
+        advance = asyncio.create_task(rt.saga.advance_saga_step(saga_id, design["journey_id"], "ana", {}))
+        await working.wait()
+        advance.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await advance
+        graph = await rt.instances.graph(await rt.store.index.get_instance(saga_id))  # type: ignore[arg-type]
+        async with rt.engine.exclusive(saga_id):
+            assert await rt.engine.halt(graph, saga_id)
+        clock.advance(timedelta(days=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        status = await rt.saga.get_saga_status(saga_id)
+    assert status["status"] == "compensated", status
+    assert undone == [("work", False), ("ask", True)]
+    assert len(calls) == 1

@@ -312,13 +312,16 @@ class StepJourneys:
         """The deadline passed (under ``exclusive``): a saga with ``on_expiry="compensate"`` compensates its
         completed steps, last first; otherwise the journey fails where it stands and moves no further."""
         instance_id, config = instance.instance_id, self.engine.config(instance.instance_id)
-        standing = Standing.of(await self.engine.settled_state(graph, instance_id))
+        snapshot = await self.engine.settled_state(graph, instance_id)
+        standing = Standing.of(snapshot)
         if standing.status in FINISHED or standing.status == "compensating":
             return
         step = standing.position
         reason = {**DEADLINE_FAILURE, "step": step}
         if on_expiry == "compensate" and instance.pattern == "saga" and step is not None:
-            await self._compensate(instance, graph, step, reason, passed, f"{instance_id}:deadline")
+            # A step a cancelled run stopped mid-work (left in flight) may have acted: undone first, as on cancel.
+            cut_short = await self._cut_short(instance_id, (await self._load(instance.journey_id))[1], snapshot)
+            await self._compensate(instance, graph, step, reason, passed, f"{instance_id}:deadline", cut_short)
             return
         failed = failure(instance.pattern, "deadline", DEADLINE_FAILURE, step)
         await self.events.append(instance_id, [passed, failed], status="failed")
