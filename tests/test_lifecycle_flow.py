@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from graphs.errors import ConcurrencyLimitError, InvalidTransitionError
+from graphs.errors import ConcurrencyLimitError, DeadlineExceededError, InvalidTransitionError
 from graphs.lifecycle.catalog import READY_TO_START, default_lifecycle_spec
 from server.app import create_app
 from server.settings import Settings
@@ -91,3 +91,40 @@ def test_the_http_lifecycle_start_takes_a_start_key(store_url: str) -> None:
         assert again.json()["current_stage"] == "sandbox" and again.json()["validation"]["passed"]
         other = http.post("/journeys/lifecycle", json={**body, "start_key": "onboard-8"}).json()
         assert other["journey_id"] != first.json()["journey_id"]
+
+
+async def test_a_lifecycle_past_its_deadline_after_a_run_cancelled_in_a_unit_runs_no_more(store_url: str) -> None:
+    """A unit of work's run cancelled on purpose (``JourneyEngine.halt``), then the deadline passes: the
+    journey, which its stage could not cancel mid-unit, has failed; no later event runs the stopped unit on
+    (nothing of a journey runs after its deadline): each is refused with DeadlineExceededError."""
+    calls: list[int] = []
+    working = asyncio.Event()
+
+    async def slow(_request: Any) -> dict[str, Any]:
+        calls.append(1)
+        working.set()
+        await asyncio.sleep(30)
+        return {"dataset_id": "d-1", "record_count": 1}
+
+    async with lifecycle_runtime(store_url) as (rt, clock):
+        lc = rt.lifecycle
+        rt.agents.register("provision_test_dataset", slow, replace=True)
+        timed = spec_with(deadline={"after": "P30D"})
+        journey_id = (await lc.start_journey("client-9", metrics=READY_TO_START, spec=timed))["journey_id"]
+        unit = asyncio.create_task(lc.run_unit_of_work(journey_id, "test_dataset_provisioning"))
+        await working.wait()
+        unit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await unit
+        graph = await rt.instances.graph(await rt.store.index.get_instance(journey_id))  # type: ignore[arg-type]
+        async with rt.engine.exclusive(journey_id):
+            assert await rt.engine.halt(graph, journey_id)
+        clock.advance(timedelta(days=30))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        instance = await rt.store.index.get_instance(journey_id)
+        assert instance is not None and instance.status == "failed"
+        with pytest.raises(DeadlineExceededError):
+            await lc.cancel(journey_id, "too late")
+        with pytest.raises(DeadlineExceededError):
+            await lc.transition(journey_id, "run_unit_of_work", uow_id="search_quality_validation")
+    assert len(calls) == 1

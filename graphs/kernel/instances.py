@@ -377,11 +377,11 @@ class Instances:
         if failed is None and in_flight(snapshot) and await self.engine.halted(instance_id, snapshot):
             failed = next((t.name for t in snapshot.tasks), None)  # a run cancelled on purpose: its step runs on now
         if failed is not None:
-            await self._refuse_past_deadline(instance_id)
+            await self.refuse_past_deadline(instance_id)
             await self.events.append(instance_id, [NewEvent(retried, {}, failed)], status="in_progress")
         return failed
 
-    async def _refuse_past_deadline(self, instance_id: str) -> None:
+    async def refuse_past_deadline(self, instance_id: str) -> None:
         """:class:`DeadlineExceededError` once the instance's deadline is due, whether or not a scheduler has
         fired it yet: nothing of a journey runs after its deadline (Temporal's execution timeout)."""
         deadline = await self.timers.get(f"deadline:{instance_id}")

@@ -773,7 +773,12 @@ class LifecycleOrchestrator:
     async def _before_move(self, graph: Graph, journey_id: str, run_options: RunOptions) -> StateSnapshot:
         """The journey's state under its lock, for a call that moves it on (an event, a unit of work): work a
         run cancelled on purpose stopped (``JourneyEngine.halt``) goes on first, as a run without input would,
-        so the event is judged where that work leaves the journey, not refused mid-unit."""
+        so the event is judged where that work leaves the journey, not refused mid-unit. Not past the journey's
+        deadline (:class:`DeadlineExceededError`): its stage could not cancel it mid-unit, and nothing runs after."""
+        snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
+        if not in_flight(snapshot):
+            return snapshot
+        await self._designs.instances.refuse_past_deadline(journey_id)
         return await self._engine.settled_state(graph, journey_id, options=run_options, resume_halted=True)
 
     async def _stage_now(self, graph: Graph, journey_id: str) -> str | None:
