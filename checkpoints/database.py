@@ -10,8 +10,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import PoolTimeout
 from sqlalchemy import event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from checkpoints.errors import DatabaseUnavailableError
 from checkpoints.url import StoreURL
@@ -46,9 +48,12 @@ def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:
     """The engine of ``url``'s database: one connection on SQLite (a single writer), at most ``pool_size``
     on PostgreSQL (see the README's connection budget)."""
     if url.kind == "postgres":
-        return create_async_engine(
+        engine = create_async_engine(
             url.sqlalchemy_url, pool_size=pool_size, max_overflow=0, pool_pre_ping=False, json_serializer=compact_json
         )
+        event.listen(engine.sync_engine, "checkin", _note_checkin)
+        event.listen(engine.sync_engine, "checkout", partial(_probe_after_outage, engine.sync_engine.dialect))
+        return engine
     engine = create_async_engine(url.sqlalchemy_url, pool_size=1, max_overflow=0, json_serializer=compact_json)
     event.listen(engine.sync_engine, "connect", partial(_set_pragmas, sqlite_pragmas(url)))
     return engine
@@ -78,6 +83,23 @@ class OutageMark:
 
 
 OUTAGE = OutageMark()
+
+
+def _note_checkin(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _probe_after_outage(dialect: Dialect, dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    """Probe a pooled connection of the engine last used before the process last saw the database away
+    (:data:`OUTAGE`, noted by any of its pools): the outage may have ended it, and the call taking it would
+    fail with it. A dead one makes the pool replace it (``DisconnectionError``). Connections used since are
+    not probed: a ping per checkout (``pool_pre_ping``) is a round trip per query."""
+    if record.info.get("checked_in", float("inf")) > max(OUTAGE.at, OUTAGE.refused):
+        return
+    try:
+        dialect.do_ping(dbapi_conn)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DisconnectionError("a connection the database outage ended") from exc
 
 
 def lost_database(error: BaseException) -> DatabaseUnavailableError | None:

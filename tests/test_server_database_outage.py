@@ -16,7 +16,10 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import text
 
+from checkpoints.database import create_engine_for, lost_database
+from checkpoints.url import parse_store_url
 from tests.server_support import journeys_serve, start_worker, stop_worker
 
 PLUGIN = ("--plugin", "benchmarks.server:register")  # the benchmark's no-op agent, bench_step
@@ -150,3 +153,26 @@ def test_a_worker_says_at_its_default_log_level_that_the_database_went_away_and_
         finally:
             client.close()
             stop_worker(worker)
+    # The worker's first timer pass after the outage took an SQLAlchemy connection the outage had ended
+    # and failed with its traceback: connections from before an outage are probed first.
+    log = worker_log.read_text()
+    assert "AdminShutdown" not in log, log
+    assert "ended with status: Error" not in log, log
+
+
+async def test_an_engine_connection_the_outage_ended_is_replaced_not_handed_out(postgres_url: str) -> None:
+    """Our SQLAlchemy engine does not probe its connections on every checkout (a round trip per query). When
+    another part of the process saw the outage (procrastinate's pool, in a worker), a connection pooled
+    before it was handed out dead afterwards, and the first call to take it (the worker's first timer pass)
+    failed with AdminShutdown. A connection last used before the outage is now probed and replaced first."""
+    engine = create_engine_for(parse_store_url(postgres_url), pool_size=2)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        with outage(postgres_url), pytest.raises(psycopg.OperationalError) as refused:
+            await psycopg.AsyncConnection.connect(postgres_url)
+        assert lost_database(refused.value) is not None  # as the worker's procrastinate pool reports it
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
