@@ -107,13 +107,22 @@ def lost_database(error: BaseException) -> DatabaseUnavailableError | None:
     (a connection refused or dropped, no pooled connection in time: psycopg's ``OperationalError``, the pool's
     ``PoolTimeout``), whichever layer raised it (ours, SQLAlchemy's, the official saver's); None otherwise.
     Seeing one marks the outage (:data:`OUTAGE`), so the pool's connections from before it are probed."""
+    cause = unreachable(error)
+    if cause is None:
+        return None
+    OUTAGE.at = time.monotonic()
+    reason = " ".join(str(cause).split())
+    return DatabaseUnavailableError(f"the database is not reachable now ({reason}); try again shortly")
+
+
+def unreachable(error: BaseException) -> BaseException | None:
+    """The error in ``error``'s chain (itself, or what it was raised from) saying PostgreSQL is not reachable
+    now (see :func:`lost_database`), or None. Marks nothing: for callers that only look, as log filters do."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, psycopg.OperationalError | PoolTimeout):
-            reason = " ".join(str(cause).split())
-            OUTAGE.at = time.monotonic()
-            return DatabaseUnavailableError(f"the database is not reachable now ({reason}); try again shortly")
+            return cause
         cause = cause.__cause__ or cause.__context__
     return None

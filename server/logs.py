@@ -10,9 +10,11 @@ every value of an event: rendering an event costs the same whatever a request ca
 from __future__ import annotations
 
 import io
+import logging
 import os
 import reprlib
 import sys
+import time
 import traceback
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
@@ -20,6 +22,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import ExcInfo, Processor
 
+from checkpoints.database import OUTAGE, unreachable
 from checkpoints.redaction import redact_field
 from server.problems import PROTOCOL_FIELDS
 
@@ -92,6 +95,47 @@ def json_traceback(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class OutageNoise(logging.Filter):
+    """Keeps the libraries' lines about the database being away to what an operator needs: the outage is
+    ours to say (the worker's "database unavailable", then "database available again"). procrastinate logs a
+    traceback for each of its worker's side tasks that the outage ended (the worker then stops, and ours
+    starts it again once the database answers); psycopg's pool logs "error connecting" at every attempt.
+    Dropped: those side-task lines, and every "error connecting" but the first since the database last
+    answered (its reason, such as a refused password, is kept). Any other line, and every line about an
+    error other than the database being unreachable, passes: a job that fails after recovery still shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._refusal_shown: float | None = None  # when the last "error connecting" shown was logged
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        error = error or next((a for a in (record.args or ()) if isinstance(a, BaseException)), None)
+        if error is None or unreachable(error) is None:
+            return True
+        if record.name.startswith("procrastinate."):
+            return getattr(record, "action", None) not in _SIDE_TASK_ACTIONS
+        if record.name == "psycopg.pool":
+            if self._refusal_shown is not None and OUTAGE.answered < self._refusal_shown:
+                return False  # the database has not answered since the last one shown
+            self._refusal_shown = time.monotonic()
+        return True
+
+
+# procrastinate's worker's lines about its side tasks (heartbeat, deferrer, abort poller, listener) failing.
+_SIDE_TASK_ACTIONS = frozenset(
+    {
+        "side_task_failed",
+        "side_task_monitor_failed",
+        *(f"{task}_error" for task in ("update_heartbeats", "deferrer", "poll_jobs_to_abort", "listener")),
+    }
+)
+_OUTAGE_NOISE = OutageNoise()
+# The libraries' loggers (a filter of a logger sees the lines logged on it, not on its children): a
+# procrastinate worker logs on a child named after it ("worker", procrastinate's default we keep).
+_NOISY_LOGGERS = ("psycopg.pool", "procrastinate.worker", "procrastinate.worker.worker", "procrastinate.utils")
+
+
 def chosen_format(fmt: LogFormat | None = None) -> Literal["json", "console"]:
     """``fmt``, else ``$JOURNEYS_LOG_FORMAT``, else auto: console in a terminal, JSON lines otherwise."""
     fmt = fmt or os.environ.get("JOURNEYS_LOG_FORMAT", "auto")  # type: ignore[assignment]
@@ -132,3 +176,5 @@ def configure_logging(level: int, fmt: LogFormat | None = None) -> None:
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_bounded_traceback),
         ]
     structlog.configure(processors=processors, wrapper_class=structlog.make_filtering_bound_logger(level))
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).addFilter(_OUTAGE_NOISE)  # once however often called: filters are a set

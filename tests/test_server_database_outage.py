@@ -140,6 +140,7 @@ def test_a_worker_says_at_its_default_log_level_that_the_database_went_away_and_
                 while "database unavailable" not in worker_log.read_text():
                     assert time.monotonic() < deadline, worker_log.read_text()
                     time.sleep(0.2)
+                time.sleep(8)  # the worker retries meanwhile (after 1, 2, 4 s): each try is no line of its own
             deadline = time.monotonic() + 60
             while "database available again" not in worker_log.read_text():
                 assert time.monotonic() < deadline, worker_log.read_text()
@@ -158,6 +159,14 @@ def test_a_worker_says_at_its_default_log_level_that_the_database_went_away_and_
     log = worker_log.read_text()
     assert "AdminShutdown" not in log, log
     assert "ended with status: Error" not in log, log
+    # An outage was a flood: procrastinate's side tasks' tracebacks as its worker stopped, psycopg's pool's
+    # "error connecting" per attempt, ours per retry. Now: the outage, one reason, its end; no traceback.
+    assert "Traceback" not in log, log
+    assert "Side task" not in log, log
+    assert log.count("error connecting") <= 1, log
+    assert log.count("database unavailable") == 1, log
+    assert "database still unavailable" not in log, log
+    assert log.count("database available again") == 1, log
 
 
 async def test_an_engine_connection_the_outage_ended_is_replaced_not_handed_out(postgres_url: str) -> None:

@@ -49,7 +49,8 @@ async def outlasting_the_database(
     then twice as long each time up to ``longest_wait``. procrastinate's worker stops at the first
     database error; a ``journeys worker`` keeps its process, its store and its pools, and takes jobs
     again once PostgreSQL answers (the jobs it was running are retried as stalled ones). The outage and
-    its end are logged as warnings: an operator sees both at the worker's default log level."""
+    its end are logged as warnings: an operator sees both at the worker's default log level (each try
+    between them only with -v)."""
     while True:
         try:
             await work()
@@ -70,7 +71,7 @@ async def outlasting_the_database(
                 lost = lost_database(exc)
                 if lost is None:
                     raise
-                log.warning("database still unavailable", error=lost.message, retry_in=wait)
+                log.info("database still unavailable", error=lost.message, retry_in=wait)  # -v: one line per try
         log.warning("database available again: taking jobs", away_s=round(time.monotonic() - away_since, 1))
 
 
