@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import Integer, Table, bindparam, delete, exists, insert, select, update
 
-from checkpoints.backends.base import Backend, Row
+from checkpoints.backends.base import Backend, Row, Transaction
 from checkpoints.encryption import Sealer
 from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row, is_first
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT
@@ -528,18 +528,57 @@ def _same(live: Mapping[str, Any], derived: dict[str, Any]) -> bool:
 
 async def rebuild_inbox(backend: Backend, events: EventLog) -> Rebuilt:
     """Write every process instance's user tasks (and their candidate groups) as its events say: a missing
-    task is inserted, one that differs is rewritten. ``corrected`` names the tasks written. Run after the
-    instance index is rebuilt, on a settled database (a task completed but not yet delivered to its
-    instance, which ``recover()`` delivers, is still open in the log)."""
+    task is inserted, one that differs is rewritten. ``corrected`` names the tasks written; ``busy`` the
+    instances whose log grew between each read and the write that followed (left as they are). Run after the
+    instance index is rebuilt. Safe on a live database: an instance's tasks are written only if its log did
+    not grow since it was read (:func:`_unless_moved`), else it is read again; a task that is rewritten is
+    updated in place, so a claim or completion waiting on its row applies to the row written."""
     corrected: list[str] = []
+    busy: list[str] = []
     processes = await backend.query(_PROCESSES)
     for process in processes:
-        instance_id = process["instance_id"]
-        derived = inbox_rows(instance_id, process["status"], await events.list(instance_id, types=_TASK_EVENTS))
+        written = await _rebuild_tasks(backend, events, process["instance_id"])
+        if written is None:
+            busy.append(process["instance_id"])
+        else:
+            corrected += written
+    return Rebuilt(len(processes), corrected, [], busy)
+
+
+_STATUS_OF = select(_instances.status).where(_instances.instance_id == bindparam("p_instance_id"))
+# Whether the instance's log grew past the events a write was derived from (see _unless_moved).
+_MOVED = select(exists().where(OF_INSTANCE, _events.seq > bindparam("p_last_seq", type_=Integer)))
+
+
+class _Moved(Exception):
+    """The log grew while the rows derived from it were written: the transaction is rolled back."""
+
+
+async def _unless_moved(tx: Transaction, instance_id: str, last_seq: int) -> None:
+    """Last in a rebuild's write transaction: roll it back (:class:`_Moved`) if an event was appended to
+    ``instance_id`` after ``last_seq``, the last event the written rows were derived from. The transaction
+    has written (and so locked) the rows first: a live writer of them that committed before is seen here,
+    one that writes them after waits for the rebuild's commit and writes over what it wrote."""
+    [row] = await tx.execute(_MOVED, {"p_instance_id": instance_id, "p_last_seq": last_seq})
+    if next(iter(row.values())):
+        raise _Moved
+
+
+async def _rebuild_tasks(backend: Backend, events: EventLog, instance_id: str) -> list[str] | None:
+    """Bring one process instance's tasks in line with its log: the ids of those written, or None when its
+    log grew between each read and the write that followed (:data:`WRITE_ATTEMPTS` times)."""
+    for _attempt in range(WRITE_ATTEMPTS):
+        logged = await events.list(instance_id)
+        status = await backend.query(_STATUS_OF, {"p_instance_id": instance_id})
+        if not logged or not status:
+            return []
+        task_events = [e for e in logged if e.type in _TASK_EVENTS]
+        derived = inbox_rows(instance_id, status[0]["status"], task_events)
         live = {  # a result sealed at rest is compared, and written back, as the inbox keeps it
             row["task_id"]: events.sealer.open_in(row, "result")
             for row in await backend.query(select(user_tasks).where(user_tasks.c.instance_id == instance_id))
         }
+        writes: dict[str, tuple[dict[str, Any], bool]] = {}
         for task_id, row in derived.items():
             found = live.get(task_id)
             if found is not None:
@@ -550,14 +589,37 @@ async def rebuild_inbox(backend: Backend, events: EventLog) -> Rebuilt:
             values["result"] = events.sealer.seal(values["result"])
             if found is not None and not row["_schema_logged"]:
                 values["response_schema"] = found["response_schema"]  # logged before tasks logged theirs
+            writes[task_id] = (values, found is not None)
+        if not writes:
+            return []
+        try:
             async with backend.transaction() as tx:
-                await tx.execute(delete(user_task_groups).where(user_task_groups.c.task_id == task_id))
-                await tx.execute(delete(user_tasks).where(user_tasks.c.task_id == task_id))
-                await tx.execute(insert(user_tasks).values(**values))
-                for group in values["candidate_groups"]:
-                    await tx.execute(insert(user_task_groups).values(task_id=task_id, group_name=group))
-            corrected.append(task_id)
-    return Rebuilt(len(processes), corrected, [])
+                for task_id, (values, exists_now) in writes.items():
+                    await _write_task(tx, task_id, values, exists_now)
+                await _unless_moved(tx, instance_id, logged[-1].seq)
+        except _Moved:
+            continue
+        except Exception as exc:
+            if not backend.is_unique_violation(exc):  # a task inserted meanwhile: read again
+                raise
+            continue
+        return list(writes)
+    return None
+
+
+async def _write_task(tx: Transaction, task_id: str, values: dict[str, Any], exists_now: bool) -> None:
+    """One task as derived, with its candidate groups: updated in place when it has a row (its row lock is
+    what a live claim or completion of it waits on), else inserted."""
+    t = user_tasks.c
+    if exists_now:
+        changes = {k: v for k, v in values.items() if k != "task_id"}
+        if not await tx.execute(update(user_tasks).where(t.task_id == task_id).values(**changes).returning(t.task_id)):
+            raise _Moved  # its row was deleted meanwhile
+    else:
+        await tx.execute(insert(user_tasks).values(**values))
+    await tx.execute(delete(user_task_groups).where(user_task_groups.c.task_id == task_id))
+    for group in values["candidate_groups"]:
+        await tx.execute(insert(user_task_groups).values(task_id=task_id, group_name=group))
 
 
 async def rebuild_views(backend: Backend, events: EventLog) -> tuple[Rebuilt, Rebuilt, Rebuilt]:

@@ -250,3 +250,33 @@ async def test_a_terminated_lifecycle_journeys_rows_are_rebuilt_as_terminated(st
                 f"lifecycle_rollback_history:{waiting}",
             ]
         )
+
+
+async def test_a_claim_made_while_the_inbox_is_rebuilt_is_kept(store_url: str) -> None:
+    """`journeys rebuild` on a live database: a person claimed a task between the rebuild's read of its
+    instance's log and its write of the task. The rebuild wrote the task as the older log said, unclaimed:
+    the claim (committed, logged, answered 200) was gone from the inbox. Now a task is written only if its
+    instance's log did not grow since it was read, else the log is read again."""
+    async with JourneyRuntime.open(store_url, clock=VirtualClock()) as rt:
+        await rt.processes.deploy(EXPENSE)
+        started = await rt.processes.start("expense", business_key="live")
+        [task] = await rt.processes.inbox.list_tasks(instance_id=started["instance_id"])
+        backend, events = rt.store.backend, rt.store.events
+        await backend.write([update(user_tasks).values(title="hand-edited")], {})  # a task the rebuild rewrites
+        listed, claims = events.list, []
+
+        async def list_then_claim(instance_id: str, **options: Any) -> Any:
+            found = await listed(instance_id, **options)
+            if instance_id == started["instance_id"] and not claims:  # read by the rebuild: a person claims now
+                claims.append(await rt.processes.inbox.claim(task["task_id"], "ana", groups=["finance"]))
+            return found
+
+        events.list = list_then_claim  # type: ignore[method-assign]
+        try:
+            rebuilt = await rebuild_views(backend, events)
+        finally:
+            del events.list
+        assert claims
+        [row] = await backend.query(select(user_tasks).where(user_tasks.c.task_id == task["task_id"]))
+        assert (row["claimed_by"], row["title"], row["status"]) == ("ana", "Approve", "open")
+        assert rebuilt[2].corrected == [task["task_id"]] and rebuilt[2].busy == []
