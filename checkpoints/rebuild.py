@@ -19,9 +19,11 @@ the user-task inbox (:func:`rebuild_inbox`), from the task events of each proces
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,9 +32,11 @@ from sqlalchemy import Integer, Table, bindparam, delete, exists, insert, select
 
 from checkpoints.backends.base import Backend, Row, Transaction
 from checkpoints.encryption import Sealer
+from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row, is_first
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT
 from checkpoints.lifecycle import next_position, opened, run_totals, sealed, task_row
+from checkpoints.locks import InstanceLocks
 from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
@@ -410,35 +414,80 @@ async def lifecycle_views(
     return found
 
 
-async def rebuild_lifecycle(backend: Backend, events: EventLog) -> Rebuilt:
+async def rebuild_lifecycle(backend: Backend, events: EventLog, locks: InstanceLocks | None = None) -> Rebuilt:
     """Write every client lifecycle journey's rows in the lifecycle tables (journey states, transitions,
     validations, metric samples, unit-of-work runs, rollback history) as its events say: a journey whose
     rows differ from the log in a table has that table's rows replaced. ``corrected`` names
     ``table:journey_id``; ``underivable`` the tables of journeys logged before their events recorded what
-    the rows need (left as they are). Run after the instance index is rebuilt (it lists the journeys)."""
+    the rows need (left as they are); ``busy`` the journeys whose log grew between each read and the write
+    that followed. Run after the instance index is rebuilt (it lists the journeys).
+
+    Safe on a live database: a journey's tables are written only if its log did not grow since it was read
+    (:func:`_unless_moved`), else it is read again; with the store's ``locks``, each journey is rebuilt
+    holding its instance lock, as the stage machine writes it (a transition waiting on a row the rebuild
+    replaces would find it gone)."""
     corrected: list[str] = []
     underivable: list[str] = []
+    busy: list[str] = []
     journey_ids = [row["instance_id"] for row in await backend.query(_LIFECYCLE_IDS)]
     for journey_id in journey_ids:
-        derived = lifecycle_rows(journey_id, await events.list(journey_id))
+        try:
+            async with _held(locks, journey_id):
+                outcome = await _rebuild_journey(backend, events, journey_id)
+        except ConcurrentUpdateError:  # held by a writer throughout the wait
+            outcome = None
+        if outcome is None:
+            busy.append(journey_id)
+            continue
+        corrected += outcome[0]
+        underivable += outcome[1]
+    return Rebuilt(len(journey_ids), corrected, underivable, busy)
+
+
+@asynccontextmanager
+async def _held(locks: InstanceLocks | None, instance_id: str) -> AsyncIterator[None]:
+    """``instance_id``'s instance lock, held until the block ends, within the locks' wait limit (none
+    without ``locks``)."""
+    if locks is None:
+        yield
+        return
+    async with locks.hold(instance_id, asyncio.get_running_loop().time() + locks.timeout):
+        yield
+
+
+async def _rebuild_journey(backend: Backend, events: EventLog, journey_id: str) -> tuple[list[str], list[str]] | None:
+    """One journey's lifecycle tables as its log says: the tables written and those not derivable, or None
+    when its log grew between each read and the write that followed (:data:`WRITE_ATTEMPTS` times)."""
+    for _attempt in range(WRITE_ATTEMPTS):
+        logged = await events.list(journey_id)
+        derived = lifecycle_rows(journey_id, logged)
         live = await lifecycle_views(backend, journey_id, events.sealer)
         states = "lifecycle_journey_states"  # the one row of each journey, with its client's id
         if derived[states] and live[states]:
             derived[states] = [as_live(derived[states][0], live[states][0])]
+        underivable = [f"{name}:{journey_id}" for name in _LIFECYCLE_TABLES if name not in derived]
+        differing = []
         for name, table in _LIFECYCLE_TABLES.items():
             if name not in derived:
-                underivable.append(f"{name}:{journey_id}")
                 continue
             columns = [c.name for c in table.columns if c.name != "id"]
             wanted = _comparable(derived[name], columns)
-            if any(_comparable(rows, columns) == wanted for rows in _as_logged(live[name])):
-                continue
+            if not any(_comparable(rows, columns) == wanted for rows in _as_logged(live[name])):
+                differing.append(name)
+        if not differing:
+            return [], underivable
+        try:
             async with backend.transaction() as tx:
-                await tx.execute(delete(table).where(table.c.journey_id == journey_id))
-                for row in derived[name]:
-                    await tx.execute(insert(table).values(**sealed(table, row, events.sealer)))
-            corrected.append(f"{name}:{journey_id}")
-    return Rebuilt(len(journey_ids), corrected, underivable)
+                for name in differing:
+                    table = _LIFECYCLE_TABLES[name]
+                    await tx.execute(delete(table).where(table.c.journey_id == journey_id))
+                    for row in derived[name]:
+                        await tx.execute(insert(table).values(**sealed(table, row, events.sealer)))
+                await _unless_moved(tx, journey_id, logged[-1].seq)
+        except _Moved:
+            continue
+        return [f"{name}:{journey_id}" for name in differing], underivable
+    return None
 
 
 # --- the user-task inbox ----------------------------------------------------------------------------
@@ -622,8 +671,11 @@ async def _write_task(tx: Transaction, task_id: str, values: dict[str, Any], exi
         await tx.execute(insert(user_task_groups).values(task_id=task_id, group_name=group))
 
 
-async def rebuild_views(backend: Backend, events: EventLog) -> tuple[Rebuilt, Rebuilt, Rebuilt]:
+async def rebuild_views(
+    backend: Backend, events: EventLog, locks: InstanceLocks | None = None
+) -> tuple[Rebuilt, Rebuilt, Rebuilt]:
     """Every view derived from the event log, in order: the instance index, then the lifecycle tables and
-    the inbox (which read the index for their journeys)."""
+    the inbox (which read the index for their journeys). ``locks``: the store's instance locks, which a
+    rebuild on a live database holds per lifecycle journey (:func:`rebuild_lifecycle`)."""
     index = await rebuild_instance_index(backend)
-    return index, await rebuild_lifecycle(backend, events), await rebuild_inbox(backend, events)
+    return index, await rebuild_lifecycle(backend, events, locks), await rebuild_inbox(backend, events)

@@ -303,7 +303,8 @@ def rebuild(
 
     async def run() -> None:
         async with JourneyRuntime.open(database_url) as runtime:
-            rebuilt, lifecycle, inbox = await rebuild_views(runtime.store.backend, runtime.store.events)
+            store = runtime.store
+            rebuilt, lifecycle, inbox = await rebuild_views(store.backend, store.events, store.locks)
         typer.echo(f"{rebuilt.instances} instances read, {len(rebuilt.corrected)} corrected")
         for instance_id in rebuilt.corrected:
             typer.echo(f"  {instance_id}")

@@ -280,3 +280,33 @@ async def test_a_claim_made_while_the_inbox_is_rebuilt_is_kept(store_url: str) -
         [row] = await backend.query(select(user_tasks).where(user_tasks.c.task_id == task["task_id"]))
         assert (row["claimed_by"], row["title"], row["status"]) == ("ana", "Approve", "open")
         assert rebuilt[2].corrected == [task["task_id"]] and rebuilt[2].busy == []
+
+
+async def test_a_metric_recorded_while_the_lifecycle_tables_are_rebuilt_is_kept(store_url: str) -> None:
+    """`journeys rebuild` on a live database: a metric recorded between the rebuild's read of a journey's
+    log and its rewrite of the journey's metric samples was deleted with them (the rebuild wrote the older
+    log's samples). Now a journey's tables are written only if its log did not grow since it was read."""
+    async with lifecycle_runtime(store_url) as (rt, clock):
+        lc = rt.lifecycle
+        journey_id = (await lc.start_journey("client-a", metrics=READY_TO_START))["journey_id"]
+        backend, events = rt.store.backend, rt.store.events
+        bogus = insert(lifecycle_metrics).values(journey_id=journey_id, metric="x", value=1.0, recorded_at=clock.now())
+        await backend.write([bogus], {})  # a table the rebuild rewrites
+        listed, recorded = events.list, []
+
+        async def list_then_record(instance_id: str, **options: Any) -> Any:
+            found = await listed(instance_id, **options)
+            if instance_id == journey_id and not recorded:  # read by the rebuild: a sample comes in now
+                recorded.append(await lc.record_metric(journey_id, "user_satisfaction", 4.5))
+            return found
+
+        events.list = list_then_record  # type: ignore[method-assign]
+        try:
+            rebuilt = await rebuild_views(backend, events)
+        finally:
+            del events.list
+        assert recorded
+        samples = await backend.query(select(lifecycle_metrics).where(lifecycle_metrics.c.journey_id == journey_id))
+        assert ("user_satisfaction", 4.5) in {(s["metric"], s["value"]) for s in samples}
+        assert "x" not in {s["metric"] for s in samples}
+        assert rebuilt[1].corrected == [f"lifecycle_metrics:{journey_id}"] and rebuilt[1].busy == []
