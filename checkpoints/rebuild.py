@@ -46,7 +46,13 @@ from checkpoints.schema.lifecycle_tables import (
     lifecycle_units_of_work,
     lifecycle_validation_results,
 )
-from checkpoints.schema.tables import journey_events, journey_instances, user_task_groups, user_tasks
+from checkpoints.schema.tables import (
+    journey_events,
+    journey_instances,
+    process_waits,
+    user_task_groups,
+    user_tasks,
+)
 
 _events, _instances = journey_events.c, journey_instances.c
 # The first event names its instance.
@@ -594,6 +600,9 @@ async def rebuild_inbox(backend: Backend, events: EventLog) -> Rebuilt:
     return Rebuilt(len(processes), corrected, [], busy)
 
 
+_RESOLVED_WAITS = select(process_waits.c.wait_id).where(
+    process_waits.c.instance_id == bindparam("p_instance_id"), process_waits.c.status == "resolved"
+)
 _STATUS_OF = select(_instances.status).where(_instances.instance_id == bindparam("p_instance_id"))
 # Whether the instance's log grew past the events a write was derived from (see _unless_moved).
 _MOVED = select(exists().where(OF_INSTANCE, _events.seq > bindparam("p_last_seq", type_=Integer)))
@@ -623,28 +632,31 @@ async def _rebuild_tasks(backend: Backend, events: EventLog, instance_id: str) -
             return []
         task_events = [e for e in logged if e.type in _TASK_EVENTS]
         derived = inbox_rows(instance_id, status[0]["status"], task_events)
+        # A task closed with its wait's resolution, which its instance has not taken yet (it logs it then):
+        # open in the log, rightly closed in the inbox.
+        pending = {row["wait_id"] for row in await backend.query(_RESOLVED_WAITS, {"p_instance_id": instance_id})}
         live = {  # a result sealed at rest is compared, and written back, as the inbox keeps it
             row["task_id"]: events.sealer.open_in(row, "result")
             for row in await backend.query(select(user_tasks).where(user_tasks.c.instance_id == instance_id))
         }
-        writes: dict[str, tuple[dict[str, Any], bool]] = {}
+        writes: dict[str, tuple[dict[str, Any], Mapping[str, Any] | None]] = {}
         for task_id, row in derived.items():
             found = live.get(task_id)
             if found is not None:
                 row = as_live(row, found)
-                if _same(found, row):
+                if _same(found, row) or (row["status"] == "open" and task_id in pending):
                     continue
             values = {k: v for k, v in row.items() if not k.startswith("_")}
             values["result"] = events.sealer.seal(values["result"])
             if found is not None and not row["_schema_logged"]:
                 values["response_schema"] = found["response_schema"]  # logged before tasks logged theirs
-            writes[task_id] = (values, found is not None)
+            writes[task_id] = (values, found)
         if not writes:
             return []
         try:
             async with backend.transaction() as tx:
-                for task_id, (values, exists_now) in writes.items():
-                    await _write_task(tx, task_id, values, exists_now)
+                for task_id, (values, as_read) in writes.items():
+                    await _write_task(tx, task_id, values, as_read)
                 await _unless_moved(tx, instance_id, logged[-1].seq)
         except _Moved:
             continue
@@ -656,19 +668,26 @@ async def _rebuild_tasks(backend: Backend, events: EventLog, instance_id: str) -
     return None
 
 
-async def _write_task(tx: Transaction, task_id: str, values: dict[str, Any], exists_now: bool) -> None:
-    """One task as derived, with its candidate groups: updated in place when it has a row (its row lock is
-    what a live claim or completion of it waits on), else inserted."""
+async def _write_task(tx: Transaction, task_id: str, values: dict[str, Any], found: Mapping[str, Any] | None) -> None:
+    """One task as derived, with its candidate groups: inserted when it had no row, else updated in place
+    (its row lock is what a live claim or completion of it waits on) if it is still as ``found``, in what
+    people change (a completion changes it without an event: it is logged when its instance takes it)."""
     t = user_tasks.c
-    if exists_now:
-        changes = {k: v for k, v in values.items() if k != "task_id"}
-        if not await tx.execute(update(user_tasks).where(t.task_id == task_id).values(**changes).returning(t.task_id)):
-            raise _Moved  # its row was deleted meanwhile
-    else:
+    if found is None:
         await tx.execute(insert(user_tasks).values(**values))
+    else:
+        unchanged = [getattr(t, name).is_not_distinct_from(found[name]) for name in _LIVE_CHANGES]
+        changes = {k: v for k, v in values.items() if k != "task_id"}
+        update_it = update(user_tasks).where(t.task_id == task_id, *unchanged).values(**changes)
+        if not await tx.execute(update_it.returning(t.task_id)):
+            raise _Moved  # claimed, completed, escalated or deleted since it was read
     await tx.execute(delete(user_task_groups).where(user_task_groups.c.task_id == task_id))
     for group in values["candidate_groups"]:
         await tx.execute(insert(user_task_groups).values(task_id=task_id, group_name=group))
+
+
+# A task's columns that people and timers change (claims, completions, reassignments, escalations).
+_LIVE_CHANGES = ("status", "claimed_by", "assignee", "escalation")
 
 
 async def rebuild_views(

@@ -310,3 +310,32 @@ async def test_a_metric_recorded_while_the_lifecycle_tables_are_rebuilt_is_kept(
         assert ("user_satisfaction", 4.5) in {(s["metric"], s["value"]) for s in samples}
         assert "x" not in {s["metric"] for s in samples}
         assert rebuilt[1].corrected == [f"lifecycle_metrics:{journey_id}"] and rebuilt[1].busy == []
+
+
+async def test_a_task_completed_but_not_yet_delivered_is_not_reopened_by_a_rebuild(store_url: str) -> None:
+    """A completed task's row closes with its wait's resolution; its ``wait.completed`` is logged when the
+    instance takes it (at once, or by ``recover()`` after a crash in between). A rebuild in between read the
+    task open in the log and reopened it: the person's completion vanished from the inbox and the task could
+    be taken again. A task whose wait is resolved, its delivery pending, is left as it is."""
+    async with JourneyRuntime.open(store_url, clock=VirtualClock()) as rt:
+        await rt.processes.deploy(EXPENSE)
+        started = await rt.processes.start("expense", business_key="crash")
+        [task] = await rt.processes.inbox.list_tasks(instance_id=started["instance_id"])
+        instances = rt.processes.inbox._instances
+
+        async def crash(*_args: Any, **_options: Any) -> None:
+            raise RuntimeError("the process died before it delivered the completion")
+
+        instances.deliver = crash  # type: ignore[method-assign]
+        try:
+            with pytest.raises(RuntimeError):
+                await rt.processes.inbox.complete(task["task_id"], user="ana", groups=["finance"], payload={"ok": 1})
+        finally:
+            del instances.deliver
+        rebuilt = await rebuild_views(rt.store.backend, rt.store.events)
+        [row] = await rt.store.backend.query(select(user_tasks).where(user_tasks.c.task_id == task["task_id"]))
+        assert (row["status"], row["completed_by"]) == ("completed", "ana") and rebuilt[2].corrected == []
+        await rt.recover()  # delivered now: the log says so too, and a rebuild agrees with the inbox
+        assert (await rebuild_views(rt.store.backend, rt.store.events))[2].corrected == []
+        [row] = await rt.store.backend.query(select(user_tasks).where(user_tasks.c.task_id == task["task_id"]))
+        assert (row["status"], row["completed_by"]) == ("completed", "ana")
