@@ -45,17 +45,25 @@ RetentionDaysOption = Annotated[
 
 def _run(main: Coroutine[Any, Any, object]) -> None:
     """Run ``main`` on uvloop where it is installed (less CPU per query and per request than asyncio's loop);
-    a :class:`JourneyError` it raises (a database not there, a bad setting) is reported as one line."""
+    a :class:`JourneyError` it raises (a database not there, a bad setting) is reported as one line, and so is
+    the database going away under it (a restart, a failover: the driver's error, not ours)."""
     try:
         import uvloop
     except ImportError:  # Windows: uvloop does not build there
         run: Any = asyncio.run
     else:
         run = uvloop.run
+    from checkpoints.database import DATABASE_ERRORS, lost_database
+
     try:
         run(main)
     except JourneyError as exc:
         _fail(exc)
+    except DATABASE_ERRORS as exc:
+        lost = lost_database(exc)
+        if lost is None:
+            raise
+        _fail(lost)
 
 
 def _durability(value: str) -> Durability:

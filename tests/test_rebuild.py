@@ -20,6 +20,7 @@ from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
 from checkpoints.schema.tables import journey_instances
 from graphs import READY_TO_START, JourneyRuntime
 from server.cli import app as cli
+from tests.test_server_database_outage import outage
 
 pytestmark = pytest.mark.slow
 SAGA_HANDLERS = {
@@ -198,3 +199,23 @@ async def test_a_rebuild_on_a_live_database_keeps_a_status_appended_while_it_rea
         [row] = await backend.query(select(journey_instances).where(journey_instances.c.instance_id == instance_id))
         assert cancelled and row["status"] == "cancelled"
         assert rebuilt.corrected == [] and rebuilt.busy == []  # the cancel wrote the row itself, as the log says
+
+
+def test_journeys_rebuild_says_in_one_line_that_the_database_went_away_under_it(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL going away while `journeys rebuild` ran (a restart, a failover) ended it with a rich
+    traceback of a page or more, SQLAlchemy's and psycopg's frames, instead of saying what happened. It now
+    exits 1 with one line: the database is not reachable, try again (a rebuild may be run again safely)."""
+    asyncio.run(mixed_workload(postgres_url))
+    lifecycle = rebuild_module.rebuild_lifecycle
+
+    async def lose_the_database(*args: Any) -> Any:
+        with outage(postgres_url):  # after the index was rebuilt: the lifecycle tables' reads fail
+            return await lifecycle(*args)
+
+    monkeypatch.setattr(rebuild_module, "rebuild_lifecycle", lose_the_database)
+    result = CliRunner().invoke(cli, ["rebuild", "--database-url", postgres_url])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith("error: the database is not reachable now ("), result.output
+    assert "Traceback" not in result.output and len(result.output.splitlines()) == 1, result.output
