@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from checkpoints.database import create_engine_for, lost_database
 from checkpoints.url import parse_store_url
+from graphs.lifecycle.catalog import READY_TO_START
 from tests.server_support import journeys_serve, start_worker, stop_worker
 
 PLUGIN = ("--plugin", "benchmarks.server:register")  # the benchmark's no-op agent, bench_step
@@ -185,3 +186,57 @@ async def test_an_engine_connection_the_outage_ended_is_replaced_not_handed_out(
             assert (await conn.execute(text("SELECT 1"))).scalar() == 1
     finally:
         await engine.dispose()
+
+
+def test_the_first_request_after_a_restart_nobody_saw_is_answered(postgres_url: str, tmp_path: Path) -> None:
+    """A server idle through a fast database restart had no reason to think its pooled connections dead (used
+    moments before, nothing sent on them since): the first request after it took one the restart had ended,
+    and was answered 503 (AdminShutdown). A pooled connection the server ended has its end to read, so it
+    is probed before it is handed out, in each of the process's pools, and replaced."""
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", *PLUGIN) as base:
+        client = httpx.Client(base_url=base, timeout=120)
+        try:
+            for attempt in range(3):
+                assert journey(client, f"before{attempt}").json()["status"] == "completed"
+                lifecycle = {"client_id": f"c{attempt}", "metrics": READY_TO_START}
+                assert client.post("/journeys/lifecycle", json=lifecycle).status_code == 200
+                with outage(postgres_url):
+                    time.sleep(0.5)  # no request meanwhile: the server never sees the outage
+                answer = journey(client, f"after{attempt}")
+                assert answer.status_code == 200 and answer.json()["status"] == "completed", answer.text
+                answer = client.post("/journeys/lifecycle", json={**lifecycle, "client_id": f"d{attempt}"})
+                assert answer.status_code == 200, answer.text
+        finally:
+            client.close()
+
+
+def test_a_worker_whose_listening_connection_is_ended_carries_on(postgres_url: str, tmp_path: Path) -> None:
+    """A short outage, a failover or an administrator may end only the connection procrastinate's worker
+    listens for new jobs on. Its side task failed, procrastinate stopped the worker as if asked to, and
+    `journeys worker` exited 0, silently: jobs waited for a worker that was gone. It takes jobs again."""
+    worker_log = tmp_path / "worker.log"
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", "--distributed", *PLUGIN) as base:
+        worker = start_worker(postgres_url, *PLUGIN, log=worker_log)
+        client = httpx.Client(base_url=base, timeout=120)
+        try:
+            assert journey(client, "before").json()["status"] == "completed"
+            parts = urlsplit(postgres_url)
+            name = sql.Identifier(parts.path.lstrip("/"))
+            with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as admin:
+                # New connections refused for a moment, the listening one ended: the others carry on.
+                admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
+                try:
+                    listening = "datname = %s AND query ILIKE 'LISTEN%%procrastinate%%'"
+                    ended = admin.execute(
+                        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {listening}", (parts.path.lstrip("/"),)
+                    ).fetchall()
+                    assert ended, "the worker listens for jobs"
+                    time.sleep(2)
+                finally:
+                    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
+            time.sleep(3)
+            assert worker.poll() is None, worker_log.read_text()
+            assert journey(client, "after").json()["status"] == "completed"
+        finally:
+            client.close()
+            stop_worker(worker)

@@ -15,9 +15,11 @@ from contextlib import suppress
 import procrastinate
 import structlog
 from langgraph.types import Durability
+from procrastinate.signals import on_stop
 
 from agents.guide_model import load_guide_model
 from checkpoints.database import lost_database
+from checkpoints.errors import DatabaseUnavailableError
 from checkpoints.retention import RetentionPolicy
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
@@ -44,21 +46,23 @@ log = structlog.get_logger("journeys.worker")
 async def outlasting_the_database(
     work: Callable[[], Awaitable[None]], ping: Callable[[], Awaitable[None]], *, longest_wait: float = 30.0
 ) -> None:
-    """Run ``work`` (procrastinate's worker loop) until it ends, and again once the database answers
-    ``ping`` each time it fails because the database went away (a restart, a failover): pinged after 1 s,
-    then twice as long each time up to ``longest_wait``. procrastinate's worker stops at the first
-    database error; a ``journeys worker`` keeps its process, its store and its pools, and takes jobs
-    again once PostgreSQL answers (the jobs it was running are retried as stalled ones). The outage and
-    its end are logged as warnings: an operator sees both at the worker's default log level (each try
-    between them only with -v)."""
+    """Run ``work`` (procrastinate's worker loop, its signal handlers off) until cancelled (a stop signal), and
+    again once the database answers ``ping`` each time it fails because the database went away (a restart,
+    a failover): pinged after 1 s, then twice as long each time up to ``longest_wait``. procrastinate's
+    worker stops at the first database error, and returns as if asked to stop when one of its side tasks
+    fails (its listening connection ended, and no new one to be had); a ``journeys worker`` keeps its
+    process, its store and its pools, and takes jobs again once PostgreSQL answers (the jobs it was running
+    are retried as stalled ones). The outage and its end are logged as warnings: an operator sees both at
+    the worker's default log level (each try between them only with -v)."""
     while True:
         try:
             await work()
-            return  # stopped (a signal, or cancelled)
+            lost = DatabaseUnavailableError("the worker lost a connection to the database it could not renew")
         except Exception as exc:
-            lost = lost_database(exc)
-            if lost is None:
+            found = lost_database(exc)
+            if found is None:
                 raise
+            lost = found
         away_since, wait = time.monotonic(), 1.0
         log.warning("database unavailable: jobs are taken again once it answers", error=lost.message, retry_in=wait)
         while True:
@@ -68,10 +72,10 @@ async def outlasting_the_database(
                 await ping()
                 break
             except Exception as exc:
-                lost = lost_database(exc)
-                if lost is None:
+                still = lost_database(exc)
+                if still is None:
                     raise
-                log.info("database still unavailable", error=lost.message, retry_in=wait)  # -v: one line per try
+                log.info("database still unavailable", error=still.message, retry_in=wait)  # -v: one line per try
         log.warning("database available again: taking jobs", away_s=round(time.monotonic() - away_since, 1))
 
 
@@ -135,8 +139,8 @@ async def run_worker(
         async with app.open_async(pool=runtime.store.pg_pool):  # the store's pool: connections stay bounded
             freeze_startup_heap()
             reaper = asyncio.create_task(reap_stalled(app, stalled_after))
-            try:
-                await outlasting_the_database(
+            work = asyncio.create_task(
+                outlasting_the_database(
                     lambda: app.run_worker_async(
                         queues=[QUEUE],
                         concurrency=concurrency,
@@ -144,9 +148,23 @@ async def run_worker(
                         stalled_worker_timeout=stalled_after,
                         delete_jobs="successful",
                         fetch_job_polling_interval=0.5,
+                        install_signal_handlers=False,  # ours: procrastinate's stop looks like a side task's failure
                     ),
                     runtime.store.backend.ping,
                 )
+            )
+
+            def stop() -> None:
+                work.cancel()
+
+            try:
+                # A stop signal cancels the work: procrastinate's worker then stops as on its own signal handlers
+                # (its running jobs finish first).
+                with on_stop(stop), suppress(asyncio.CancelledError):
+                    await work
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise asyncio.CancelledError  # cancelled from outside, not stopped by a signal
             finally:
                 reaper.cancel()
                 with suppress(asyncio.CancelledError):
