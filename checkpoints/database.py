@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import time
 from functools import partial
 from typing import Any
@@ -89,12 +90,28 @@ def _note_checkin(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
     record.info["checked_in"] = time.monotonic()
 
 
+def ended_by_server(conn: psycopg.BaseConnection[Any]) -> bool:
+    """Whether an idle connection has something to read: the server ended it (a restart, a failover, an
+    administrator: its FATAL message, then the end of the stream), or, rarely, sent a notice. Nothing is
+    read: the socket is polled, no round trip. An idle pooled connection ended while this process sent
+    nothing on it (a restart it never saw) is told apart from a live one this way, at checkout."""
+    if conn.closed:
+        return True
+    fd = conn.pgconn.socket
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows: no poll
+
+
 def _probe_after_outage(dialect: Dialect, dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
     """Probe a pooled connection of the engine last used before the process last saw the database away
-    (:data:`OUTAGE`, noted by any of its pools): the outage may have ended it, and the call taking it would
-    fail with it. A dead one makes the pool replace it (``DisconnectionError``). Connections used since are
-    not probed: a ping per checkout (``pool_pre_ping``) is a round trip per query."""
-    if record.info.get("checked_in", float("inf")) > max(OUTAGE.at, OUTAGE.refused):
+    (:data:`OUTAGE`, noted by any of its pools), or one the server has ended (:func:`ended_by_server`): the
+    call taking it would fail with it. A dead one makes the pool replace it (``DisconnectionError``). Others
+    are not probed: a ping per checkout (``pool_pre_ping``) is a round trip per query."""
+    before_outage = record.info.get("checked_in", float("inf")) <= max(OUTAGE.at, OUTAGE.refused)
+    if not before_outage and not ended_by_server(dbapi_conn.driver_connection):
         return
     try:
         dialect.do_ping(dbapi_conn)

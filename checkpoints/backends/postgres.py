@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 
 from checkpoints.backends.base import Backend, Params, Row, Transaction
-from checkpoints.database import OUTAGE, compact_json
+from checkpoints.database import OUTAGE, compact_json, ended_by_server
 from checkpoints.url import StoreURL
 
 PROBE_AFTER_IDLE_S = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
@@ -51,10 +51,11 @@ async def probe_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
 
     Idle counts from the connection's last checkout (or return, where the pool notes returns): a
     connection held long and given back moments ago is probed once more, never one less. One last used
-    before the database was last seen away (``OUTAGE``) is probed too: the outage may have ended it."""
+    before the database was last seen away (``OUTAGE``) is probed too: the outage may have ended it; and so
+    is one the server has ended, though this process saw nothing of it (a fast restart: ``ended_by_server``)."""
     now = time.monotonic()
     last = _last_used.get(conn)
-    if last is None or now - last > PROBE_AFTER_IDLE_S or last <= OUTAGE.at:
+    if last is None or now - last > PROBE_AFTER_IDLE_S or last <= OUTAGE.at or ended_by_server(conn):
         await AsyncConnectionPool.check_connection(conn)
     _last_used[conn] = now
 
