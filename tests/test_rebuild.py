@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from agents import AgentCallFailedError, FailingAgent
 from checkpoints import VirtualClock
 from checkpoints import rebuild as rebuild_module
+from checkpoints.database import OUTAGE
 from checkpoints.index import Instance
 from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
@@ -209,6 +210,8 @@ def test_journeys_rebuild_says_in_one_line_that_the_database_went_away_under_it(
     exits 1 with one line: the database is not reachable, try again (a rebuild may be run again safely)."""
     asyncio.run(mixed_workload(postgres_url))
     lifecycle = rebuild_module.rebuild_lifecycle
+    for mark in ("at", "refused", "answered"):  # the process's outage marks, as they were, after the test
+        monkeypatch.setattr(OUTAGE, mark, getattr(OUTAGE, mark))
 
     async def lose_the_database(*args: Any) -> Any:
         with outage(postgres_url):  # after the index was rebuilt: the lifecycle tables' reads fail
