@@ -101,8 +101,9 @@ class OutageNoise(logging.Filter):
     traceback for each of its worker's side tasks that the outage ended (the worker then stops, and ours
     starts it again once the database answers); psycopg's pool logs "error connecting" at every attempt.
     Dropped: those side-task lines, and every "error connecting" but the first since the database last
-    answered (its reason, such as a refused password, is kept). Any other line, and every line about an
-    error other than the database being unreachable, passes: a job that fails after recovery still shows."""
+    answered (its reason, such as a refused password, is kept); a job the outage cut short keeps its line
+    and its reason, without its traceback. Any other line, and every line about an error other than the
+    database being unreachable, passes: a job that fails after recovery still shows."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,7 +115,11 @@ class OutageNoise(logging.Filter):
         if error is None or unreachable(error) is None:
             return True
         if record.name.startswith("procrastinate."):
-            return getattr(record, "action", None) not in _SIDE_TASK_ACTIONS
+            action = getattr(record, "action", None)
+            if action in _JOB_ERROR_ACTIONS:  # a job the outage cut short: its line and the reason, no traceback
+                record.msg, record.args = f"{record.getMessage()} (the database went away: {unreachable(error)})", None
+                record.exc_info = record.exc_text = None
+            return action not in _SIDE_TASK_ACTIONS
         if record.name == "psycopg.pool":
             if self._refusal_shown is not None and OUTAGE.answered < self._refusal_shown:
                 return False  # the database has not answered since the last one shown
@@ -130,6 +135,7 @@ _SIDE_TASK_ACTIONS = frozenset(
         *(f"{task}_error" for task in ("update_heartbeats", "deferrer", "poll_jobs_to_abort", "listener")),
     }
 )
+_JOB_ERROR_ACTIONS = frozenset({"job_error", "job_error_retry"})  # procrastinate's worker's failed job lines
 _OUTAGE_NOISE = OutageNoise()
 # The libraries' loggers (a filter of a logger sees the lines logged on it, not on its children): a
 # procrastinate worker logs on a child named after it ("worker", procrastinate's default we keep).

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import structlog
 
@@ -165,3 +166,24 @@ def test_a_specs_sensitive_marks_spare_a_log_lines_own_fields(capsys: pytest.Cap
     event = json.loads(line)
     assert (event["thread_id"], event["status"]) == ("t-1", "success")
     assert event["context"] == repr({"status": REDACTED, "token": REDACTED})  # a value is shown by its repr
+
+
+def test_a_job_the_database_outage_cut_short_is_one_line_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """procrastinate logs a failed job with its traceback: a job running when PostgreSQL went away (a timer
+    pass, a run) printed a page of driver frames. Such a job keeps its line and the reason; a job failing
+    for any other reason keeps its traceback."""
+    configure_logging(logging.WARNING)
+    worker = logging.getLogger("procrastinate.worker")
+    for error in (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), KeyError("x")):
+        try:
+            raise RuntimeError("the job failed") from error
+        except RuntimeError as exc:
+            worker.error(
+                "Job journeys.fire_timers[4]() ended with status: Error", exc_info=exc, extra={"action": "job_error"}
+            )
+    lost, failed = caplog.records[-2:]
+    assert lost.exc_info is None and lost.getMessage() == (
+        "Job journeys.fire_timers[4]() ended with status: Error "
+        "(the database went away: terminating connection due to administrator command)"
+    )
+    assert failed.exc_info is not None and failed.getMessage().endswith("status: Error")
