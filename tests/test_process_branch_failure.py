@@ -230,7 +230,7 @@ async def test_a_failed_process_is_cancelled_giving_its_retry_up(store_url: str)
         assert (cancelled["status"], cancelled["waiting"]) == ("cancelled", [])
         [task] = await rt.processes.inbox.list_tasks(instance_id=instance_id, status=None)
         assert task["status"] == "cancelled"
-        with pytest.raises(ProcessStateError) as refused:
+        with pytest.raises(JourneyFinishedError) as refused:  # as every pattern's retry of an ended instance
             await rt.processes.retry(instance_id)
         assert "has ended (cancelled)" in str(refused.value)
         with pytest.raises(ProcessStateError):

@@ -37,7 +37,13 @@ from checkpoints.process.timers import TimerStore
 from checkpoints.process.waits import cancel_pending
 from checkpoints.schema.widths import INSTANCE_USER
 from checkpoints.values import check_value
-from graphs.errors import DeadlineExceededError, InterruptNotPendingError, JourneyNotFoundError, StartKeyConflictError
+from graphs.errors import (
+    DeadlineExceededError,
+    InterruptNotPendingError,
+    JourneyFinishedError,
+    JourneyNotFoundError,
+    StartKeyConflictError,
+)
 from graphs.kernel.engine import (
     DEFAULT_RUN,
     JourneyEngine,
@@ -62,7 +68,7 @@ from graphs.kernel.forks import Fork, Forkable, fork_point, new_fork_id, refuse,
 from nodes.services import FAILED, failure
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
-__all__ = ["FAILED", "OPEN_STATUSES", "Instances", "Recoverable", "failure", "never_checkpointed"]
+__all__ = ["FAILED", "OPEN_STATUSES", "Instances", "Recoverable", "failure", "never_checkpointed", "refuse_ended"]
 
 # Statuses of an instance that may still have work to finish (the others are final, or wait for a person
 # in a way recovery cannot change): a saga compensating, a lifecycle journey pending/active/rolling back.
@@ -73,6 +79,20 @@ DEADLINE_FAILURE = {"error": "the journey's deadline passed before it ended", "e
 _REGISTER_ATTEMPTS = 20
 # Statuses nothing can take an instance out of (a failed one may still be retried).
 FINAL_STATUSES = (*(s for s in ENDED_STATUSES if s != "failed"), "closed")
+
+
+def refuse_ended(instance: Instance | None) -> None:
+    """:class:`JourneyFinishedError` (409) for an instance that has ended otherwise than failed (completed,
+    compensated, cancelled, terminated, closed): its failed task may still stand in its thread, but a retry
+    must not run it on. Read the instance under its lock (``exclusive``), as every retry does."""
+    refuse_terminated(instance)
+    if instance is not None and instance.status in FINAL_STATUSES:
+        raise JourneyFinishedError(
+            f"journey {instance.instance_id!r} has ended ({instance.status}): nothing of it runs again",
+            allowed=[],
+            instance_id=instance.instance_id,
+            status=instance.status,
+        )
 
 
 def error_details(exc: JourneyError) -> dict[str, Any]:
@@ -370,7 +390,9 @@ class Instances:
         """Under ``exclusive``: when the thread stopped at a failed task, or at one a run cancelled on purpose
         left in flight (``JourneyEngine.halt``), log ``retried`` for it (the instance is ``in_progress``
         again) and answer the task's name; None when there is none. The
-        caller then runs the thread on. ``settle``: finish work a crash left in flight first."""
+        caller then runs the thread on. ``settle``: finish work a crash left in flight first. An instance that
+        has ended otherwise than failed is refused (:func:`refuse_ended`), with nothing logged."""
+        refuse_ended(await self.index.get_instance(instance_id))
         config = self.engine.config(instance_id)
         snapshot = await self.engine.settled_state(graph, instance_id) if settle else await graph.aget_state(config)
         failed = failed_task(snapshot)

@@ -56,9 +56,9 @@ from graphs.errors import (
     UnmatchedMessageError,
 )
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, refuse_terminated
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
-from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key, refuse_ended
 from graphs.process.blocks import analyse
 from graphs.process.builder import describe_wait, element_of
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
@@ -755,13 +755,7 @@ class ProcessOrchestrator:
         the incident): a gateway that found no flow, say, decides again on them. Refused, with nothing changed,
         when they break ``variables_schema``."""
         async with self.locked(instance_id) as (instance, _deployment, spec, graph):
-            if instance.status in FINISHED and instance.status != "failed":
-                # Its failed element stays in the thread, but it ended (cancelled, terminated): nothing of it runs.
-                refuse_terminated(instance)
-                raise ProcessStateError(
-                    f"process instance {instance_id!r} has ended ({instance.status}); nothing of it runs again",
-                    allowed=[],
-                )
+            refuse_ended(instance)  # before its variables are logged: the kernel's retry refuses it too
             snapshot = await graph.aget_state(self.engine.config(instance_id))
             failed = failed_task(snapshot)
             if failed is None:
