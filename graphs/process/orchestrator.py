@@ -58,6 +58,7 @@ from graphs.errors import (
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
+from graphs.kernel.identifiers import MAX_REASON
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key, refuse_ended
 from graphs.process.blocks import analyse
 from graphs.process.builder import describe_wait, element_of
@@ -863,7 +864,11 @@ class ProcessOrchestrator:
 
     async def cancel(self, instance_id: str, reason: str = "") -> dict[str, Any]:
         """Stop an instance: every wait, timer, subscription and inbox task it has is cancelled. A failed one that
-        could be retried is cancelled too (Camunda cancels an instance with an incident): it gives the retry up."""
+        could be retried is cancelled too (Camunda cancels an instance with an incident): it gives the retry up.
+        ``reason`` (at most ``MAX_REASON`` characters, may be empty) is kept in its ``process.cancelled`` event."""
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise InvalidInputError(f"a cancellation's reason is a string of at most {MAX_REASON} characters")
+        check_value(reason, "reason")
         async with self.locked(instance_id) as (instance, _deployment, _spec, graph):
             if instance.status in FINISHED and not await self._retryable(instance, graph):
                 raise ProcessStateError(

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from graphs.kernel.identifiers import BUSINESS_KEY
+from graphs.kernel.identifiers import BUSINESS_KEY, MAX_REASON
 from graphs.process.spec import ProcessSpec
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
@@ -202,3 +202,28 @@ async def retry_process(
     await svc.instance(caller, instance_id, to_act=True)  # someone else's is not found
     with svc.acting(caller):
         return await svc.runtime.processes.retry(instance_id, body.variables if body else None, by=caller.name)
+
+
+class ProcessCancelIn(BaseModel):
+    """Why a process instance is cancelled: its ``process.cancelled`` event keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, min_length=1, max_length=MAX_REASON)
+
+
+@router.post(
+    "/processes/instances/{instance_id}/cancel",
+    response_model=ProcessInstanceView,
+    summary="Cancel a process instance",
+    description="Stop a process instance where it stands (Camunda's cancel): its inbox tasks, timers, waits and "
+    "message subscriptions are cancelled and `process.cancelled` is logged with the reason; nothing is compensated. "
+    "A failed one is cancelled too, giving its retry up. One that has ended already answers 409, as does a later "
+    "retry; someone else's (another tenant's) is 404.",
+)
+async def cancel_process(
+    instance_id: str, caller: Deployer, svc: Services, body: ProcessCancelIn | None = None
+) -> dict[str, Any]:
+    await svc.instance(caller, instance_id, to_act=True)  # someone else's is not found
+    with svc.acting(caller):
+        return await svc.runtime.processes.cancel(instance_id, (body.reason if body else None) or "")
