@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +16,8 @@ import pytest
 
 from agents import AgentRequest, PermanentAgentError
 from graphs.errors import JourneyFinishedError, ProcessStateError
-from tests.process_support import Calls, runtime, user_task, virtual_clock
+from graphs.kernel.engine import JourneyEngine
+from tests.process_support import Calls, linear, runtime, user_task, virtual_clock
 
 
 def four_branches() -> dict[str, Any]:
@@ -236,3 +239,34 @@ async def test_a_failed_process_is_cancelled_giving_its_retry_up(store_url: str)
         with pytest.raises(ProcessStateError):
             await rt.processes.cancel(instance_id)
         assert (await rt.processes.status(instance_id))["status"] == "cancelled"
+
+
+async def test_a_retry_answers_the_state_it_left_not_a_racing_cancel(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry's answer was read after it released the instance's lock: a cancel by another client that took
+    the lock in between made the retry answer ``cancelled`` (the other call's outcome, not its own). The view
+    is now built under the lock, so each call answers the state it left."""
+    exclusive = JourneyEngine.exclusive
+    racing: dict[str, Callable[[], Awaitable[Any]]] = {}
+
+    @asynccontextmanager
+    async def then_the_other_client(self: JourneyEngine, instance_id: str) -> AsyncIterator[None]:
+        async with exclusive(self, instance_id):
+            yield
+        if (other := racing.pop(instance_id, None)) is not None:  # it gets the lock as soon as it is released
+            await other()
+
+    monkeypatch.setattr(JourneyEngine, "exclusive", then_the_other_client)
+    async with runtime(store_url) as rt:
+        ship = Calls().flaky(rt, "ship", {"tracking": "T-1"})
+        await rt.processes.deploy(
+            linear("post", {"type": "service_task", "id": "ship", "agent": "ship"}, user_task("sign"))
+        )
+        instance_id = (await rt.processes.start("post", "k-1"))["instance_id"]
+        ship["down"] = False
+        racing[instance_id] = lambda: rt.processes.cancel(instance_id, "the other client")
+        retried = await rt.processes.retry(instance_id, {"tier": "gold"})
+        assert (retried["status"], retried["variables"]["tier"]) == ("in_progress", "gold"), retried
+        assert [w["element"] for w in retried["waiting"]] == ["sign"]
+        assert (await rt.processes.status(instance_id))["status"] == "cancelled"  # the other call came after

@@ -755,7 +755,7 @@ class ProcessOrchestrator:
         ``variables``: set first, as :meth:`set_variables` does (Camunda's ``setVariables`` and then resolving
         the incident): a gateway that found no flow, say, decides again on them. Refused, with nothing changed,
         when they break ``variables_schema``."""
-        async with self.locked(instance_id) as (instance, _deployment, spec, graph):
+        async with self.locked(instance_id) as (instance, deployment, spec, graph):
             refuse_ended(instance)  # before its variables are logged: the kernel's retry refuses it too
             snapshot = await graph.aget_state(self.engine.config(instance_id))
             failed = failed_task(snapshot)
@@ -776,7 +776,7 @@ class ProcessOrchestrator:
             )
             await self.run(graph, instance_id, command, spec=spec)
             await self.services.waits.finish(list(held))
-        return await self.status(instance_id)
+            return await self._status(instance_id, deployment, spec, graph)
 
     async def set_variables(
         self, instance_id: str, variables: Mapping[str, Any], *, retry: bool = False, by: str | None = None
@@ -792,7 +792,7 @@ class ProcessOrchestrator:
         :class:`ProcessStateError` (set them once the branches have joined)."""
         if retry:
             return await self.retry(instance_id, variables, by=by)
-        async with self.locked(instance_id) as (instance, _deployment, spec, graph):
+        async with self.locked(instance_id) as (instance, deployment, spec, graph):
             snapshot = await self.settled(graph, instance_id)
             if (failed := failed_task(snapshot)) is not None:
                 raise ProcessStateError(
@@ -808,7 +808,7 @@ class ProcessOrchestrator:
                 )
             update = await self._set(instance_id, spec, snapshot, variables, by=by, at=None)
             await self.run(graph, instance_id, Command(update=update), spec=spec)
-        return await self.status(instance_id)
+            return await self._status(instance_id, deployment, spec, graph)
 
     async def _set(
         self,
@@ -869,7 +869,7 @@ class ProcessOrchestrator:
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise InvalidInputError(f"a cancellation's reason is a string of at most {MAX_REASON} characters")
         check_value(reason, "reason")
-        async with self.locked(instance_id) as (instance, _deployment, _spec, graph):
+        async with self.locked(instance_id) as (instance, deployment, spec, graph):
             if instance.status in FINISHED and not await self._retryable(instance, graph):
                 raise ProcessStateError(
                     f"process instance {instance_id!r} has already finished ({instance.status})", allowed=[]
@@ -877,7 +877,7 @@ class ProcessOrchestrator:
             await self._designs.instances.cancel(
                 instance_id, "process.cancelled", reason, also=cancel_pending(instance_id)
             )
-        return await self.status(instance_id)
+            return await self._status(instance_id, deployment, spec, graph)
 
     async def _retryable(self, instance: Instance, graph: Graph) -> bool:
         """Whether ``instance`` (read under its lock) stands failed at an element a retry runs again: not one
@@ -1170,13 +1170,21 @@ class ProcessOrchestrator:
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
-        async with self.locked(instance_id) as (instance, deployment, spec, graph):
-            snapshot = await self.settled(graph, instance_id)
-            running = instance.status == "in_progress" and failed_task(snapshot) is None  # else its retry applies it
-            if running and (lost := await self._lost_set(instance_id, snapshot)):
-                await self.run(graph, instance_id, Command(update=lost), spec=spec)
-                snapshot = await graph.aget_state(self.engine.config(instance_id))
-            snapshot = await self._with_branches(graph, instance_id, snapshot)
+        async with self.locked(instance_id) as (_instance, deployment, spec, graph):
+            return await self._status(instance_id, deployment, spec, graph)
+
+    async def _status(
+        self, instance_id: str, deployment: Deployment, spec: ProcessSpec, graph: Graph
+    ) -> dict[str, Any]:
+        """The instance's view, built under its lock: a call that changed it answers the state it left, not
+        what another client's call did after it."""
+        instance = await self.instance(instance_id)
+        snapshot = await self.settled(graph, instance_id)
+        running = instance.status == "in_progress" and failed_task(snapshot) is None  # else its retry applies it
+        if running and (lost := await self._lost_set(instance_id, snapshot)):
+            await self.run(graph, instance_id, Command(update=lost), spec=spec)
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+        snapshot = await self._with_branches(graph, instance_id, snapshot)
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
         if view["status"] == "failed" and "failed_element" in view:
