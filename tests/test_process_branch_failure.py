@@ -241,23 +241,31 @@ async def test_a_failed_process_is_cancelled_giving_its_retry_up(store_url: str)
         assert (await rt.processes.status(instance_id))["status"] == "cancelled"
 
 
-async def test_a_retry_answers_the_state_it_left_not_a_racing_cancel(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A retry's answer was read after it released the instance's lock: a cancel by another client that took
-    the lock in between made the retry answer ``cancelled`` (the other call's outcome, not its own). The view
-    is now built under the lock, so each call answers the state it left."""
+Racing = dict[str, Callable[[], Awaitable[Any]]]
+
+
+@pytest.fixture
+def racing(monkeypatch: pytest.MonkeyPatch) -> Racing:
+    """Calls by another client, by instance id: each takes the instance's lock as soon as the next holder
+    releases it."""
     exclusive = JourneyEngine.exclusive
-    racing: dict[str, Callable[[], Awaitable[Any]]] = {}
+    others: Racing = {}
 
     @asynccontextmanager
     async def then_the_other_client(self: JourneyEngine, instance_id: str) -> AsyncIterator[None]:
         async with exclusive(self, instance_id):
             yield
-        if (other := racing.pop(instance_id, None)) is not None:  # it gets the lock as soon as it is released
+        if (other := others.pop(instance_id, None)) is not None:
             await other()
 
     monkeypatch.setattr(JourneyEngine, "exclusive", then_the_other_client)
+    return others
+
+
+async def test_a_retry_answers_the_state_it_left_not_a_racing_cancel(store_url: str, racing: Racing) -> None:
+    """A retry's answer was read after it released the instance's lock: a cancel by another client that took
+    the lock in between made the retry answer ``cancelled`` (the other call's outcome, not its own). The view
+    is now built under the lock, so each call answers the state it left."""
     async with runtime(store_url) as rt:
         ship = Calls().flaky(rt, "ship", {"tracking": "T-1"})
         await rt.processes.deploy(
@@ -269,4 +277,16 @@ async def test_a_retry_answers_the_state_it_left_not_a_racing_cancel(
         retried = await rt.processes.retry(instance_id, {"tier": "gold"})
         assert (retried["status"], retried["variables"]["tier"]) == ("in_progress", "gold"), retried
         assert [w["element"] for w in retried["waiting"]] == ["sign"]
+        assert (await rt.processes.status(instance_id))["status"] == "cancelled"  # the other call came after
+
+
+async def test_a_task_completion_answers_the_state_it_left_not_a_racing_cancel(store_url: str, racing: Racing) -> None:
+    """As a retry's: a completed task's answer showed a cancel that another client made right after it."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(linear("two_signs", user_task("first"), user_task("second")))
+        instance_id = (await rt.processes.start("two_signs", "k-1"))["instance_id"]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=instance_id)
+        racing[instance_id] = lambda: rt.processes.cancel(instance_id, "the other client")
+        done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        assert (done["status"], [w["element"] for w in done["waiting"]]) == ("in_progress", ["second"]), done
         assert (await rt.processes.status(instance_id))["status"] == "cancelled"  # the other call came after

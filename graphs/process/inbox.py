@@ -135,8 +135,7 @@ class TaskInbox:
             current = await self._open_row(task_id)
             self._check_may_complete(current, user, tuple(groups))
             raise TaskClosedError(f"task {task_id!r} changed meanwhile; try again", task_id=task_id)
-        await self._instances.deliver(row.instance_id, task_id, run_options=run_options)
-        return await self._instances.status(row.instance_id)
+        return await self._instances.deliver_answering(row.instance_id, task_id, run_options=run_options)
 
     async def _check_assignments(self, row: UserTaskRow, result: dict[str, Any]) -> None:
         """Refuse (422, nothing changed) an answer that would give a variable a value the process's

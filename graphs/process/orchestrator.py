@@ -666,20 +666,42 @@ class ProcessOrchestrator:
         """
         _instance, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
-            # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
-            # checkpoint parked there, but its undelivered answer was cancelled with it.
-            delivery = await self.services.waits.delivery(wait_id)
-            if delivery is None:
-                return False  # consumed already (by another worker, say), or cancelled: nothing to deliver
-            delivered = await self._resume_by_id(graph, instance_id, delivery, run_options, spec)
+            return await self._deliver(graph, spec, instance_id, wait_id, consumed, run_options)
+
+    async def deliver_answering(
+        self, instance_id: str, wait_id: str, *, run_options: RunOptions = DEFAULT_RUN
+    ) -> dict[str, Any]:
+        """:meth:`deliver`, answering the instance's view as the delivery left it (built under the same lock: a
+        call by another client right after it does not show in the answer)."""
+        _instance, deployment, spec, graph = await self.loaded(instance_id)
+        async with self.engine.exclusive(instance_id):
+            await self._deliver(graph, spec, instance_id, wait_id, None, run_options)
+            return await self._status(instance_id, deployment, spec, graph)
+
+    async def _deliver(
+        self,
+        graph: Graph,
+        spec: ProcessSpec,
+        instance_id: str,
+        wait_id: str,
+        consumed: list[str] | None,
+        run_options: RunOptions,
+    ) -> bool:
+        """:meth:`deliver`'s work, under the instance's lock."""
+        # Read under the lock: an instance cancelled (or expired) since the wait was answered keeps its
+        # checkpoint parked there, but its undelivered answer was cancelled with it.
+        delivery = await self.services.waits.delivery(wait_id)
+        if delivery is None:
+            return False  # consumed already (by another worker, say), or cancelled: nothing to deliver
+        delivered = await self._resume_by_id(graph, instance_id, delivery, run_options, spec)
+        if delivered is None:
+            delivered = await self._resume_parked(graph, instance_id, wait_id, delivery, run_options, spec)
             if delivered is None:
-                delivered = await self._resume_parked(graph, instance_id, wait_id, delivery, run_options, spec)
-                if delivered is None:
-                    return False  # held for the retry
-            if consumed is None:
-                await self.services.waits.finish([wait_id])
-            else:
-                consumed.append(wait_id)
+                return False  # held for the retry
+        if consumed is None:
+            await self.services.waits.finish([wait_id])
+        else:
+            consumed.append(wait_id)
         return delivered
 
     async def _resume_by_id(
