@@ -1192,15 +1192,20 @@ class ProcessOrchestrator:
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
-        async with self.locked(instance_id) as (_instance, deployment, spec, graph):
-            return await self._status(instance_id, deployment, spec, graph)
+        async with self.locked(instance_id) as (instance, deployment, spec, graph):
+            return await self._status(instance_id, deployment, spec, graph, instance)
 
     async def _status(
-        self, instance_id: str, deployment: Deployment, spec: ProcessSpec, graph: Graph
+        self,
+        instance_id: str,
+        deployment: Deployment,
+        spec: ProcessSpec,
+        graph: Graph,
+        instance: Instance | None = None,
     ) -> dict[str, Any]:
         """The instance's view, built under its lock: a call that changed it answers the state it left, not
-        what another client's call did after it."""
-        instance = await self.instance(instance_id)
+        what another client's call did after it. ``instance``: as read under the lock, if nothing changed it."""
+        instance = instance or await self.instance(instance_id)
         snapshot = await self.settled(graph, instance_id)
         running = instance.status == "in_progress" and failed_task(snapshot) is None  # else its retry applies it
         if running and (lost := await self._lost_set(instance_id, snapshot)):
