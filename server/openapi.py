@@ -90,7 +90,11 @@ def _complete(schema: Schema, component: Callable[[str], None]) -> None:
         elif schema["pattern"] != NO_NUL:  # a pattern of its own: both hold
             schema.setdefault("allOf", []).append({"pattern": NO_NUL})
     if "object" in kinds:
-        schema.setdefault("propertyNames", {"pattern": NO_NUL})
+        names = schema.setdefault("propertyNames", {})  # rules of its own for its keys (not empty, say) hold too
+        if "pattern" not in names:
+            names["pattern"] = NO_NUL
+        elif names["pattern"] != NO_NUL:
+            names.setdefault("allOf", []).append({"pattern": NO_NUL})
         for value in schema.get("properties", {}).values():
             _complete(value, component)
         extra = schema.get("additionalProperties", True)

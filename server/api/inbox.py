@@ -159,12 +159,16 @@ async def process_status(instance_id: str, caller: Reader, svc: Services) -> dic
     return await svc.runtime.processes.status(instance_id)
 
 
+# A variable a set may name: not empty, and not the instance's business key (set at its start only).
+VariableName = Annotated[str, Field(min_length=1, json_schema_extra={"not": {"const": "business_key"}})]
+
+
 class VariablesIn(BaseModel):
     """Variables to set on a running process instance (checked against its process's ``variables_schema``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    variables: dict[str, Any] = Field(min_length=1, description="variable name → its new value")
+    variables: dict[VariableName, Any] = Field(min_length=1, description="variable name → its new value")
     retry: bool = Field(
         default=False, description="the instance stands failed: run its failed element again on these variables"
     )
@@ -175,7 +179,9 @@ class RetryIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    variables: dict[str, Any] | None = Field(default=None, description="variables to set before the element runs")
+    variables: dict[VariableName, Any] | None = Field(
+        default=None, min_length=1, description="variables to set before the element runs"
+    )
 
 
 @router.post(
