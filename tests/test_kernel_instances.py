@@ -377,38 +377,6 @@ async def test_a_saga_past_its_deadline_after_a_run_cancelled_in_a_step_undoes_t
     assert len(calls) == 1
 
 
-async def test_a_retry_of_a_cancelled_saga_says_it_has_ended(store_url: str) -> None:
-    """A saga cancelled while its step's run stood halted (its step left in flight) ends compensated: a retry
-    answered "has no failed step or compensation to retry", as if it could still run. Every retry of an
-    ended instance now goes through the kernel's refusal: JourneyFinishedError naming its status, nothing logged."""
-    working = asyncio.Event()
-
-    async def slow(_request: Any) -> dict[str, Any]:
-        working.set()
-        await asyncio.sleep(30)
-        return {"ok": True}
-
-    spec = {"journey_type": "t", "steps": [{"step_id": "ask"}, {"step_id": "work", "agent": "w", "mode": "auto"}]}
-    async with JourneyRuntime.open(store_url) as rt:
-        rt.agents.register("w", slow, replace=True)
-        design = await rt.saga.design_saga_journey("t", {}, {}, spec=spec)
-        saga_id = (await rt.saga.execute_saga_journey(design["journey_id"], "ana", {}))["saga_id"]
-        advance = asyncio.create_task(rt.saga.advance_saga_step(saga_id, design["journey_id"], "ana", {}))
-        await working.wait()
-        advance.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await advance
-        graph = await rt.instances.graph(await rt.store.index.get_instance(saga_id))  # type: ignore[arg-type]
-        async with rt.engine.exclusive(saga_id):
-            assert await rt.engine.halt(graph, saga_id)
-        assert (await rt.saga.cancel_saga(saga_id, "not wanted"))["status"] == "compensated"
-        history = [e.type for e in await rt.history(saga_id)]
-        with pytest.raises(JourneyFinishedError) as refused:
-            await rt.saga.retry_saga_step(saga_id)
-        assert "has ended (compensated)" in str(refused.value)
-        assert [e.type for e in await rt.history(saga_id)] == history
-
-
 async def test_the_kernel_never_retries_an_instance_that_ended(store_url: str) -> None:
     """``Instances.retry`` checked no status: an instance cancelled while it stood failed (as a process is) was
     run again by its pattern's retry, its status back to ``in_progress``. The kernel refuses it now."""

@@ -391,9 +391,14 @@ class Instances:
         left in flight (``JourneyEngine.halt``), log ``retried`` for it (the instance is ``in_progress``
         again) and answer the task's name; None when there is none. The
         caller then runs the thread on. ``settle``: finish work a crash left in flight first. An instance that
-        has ended otherwise than failed is refused (:func:`refuse_ended`), with nothing logged."""
-        refuse_ended(await self.index.get_instance(instance_id))
+        ended otherwise than failed is refused (:func:`refuse_ended`, nothing logged or settled) while its thread
+        still stands at a task; with none, there is nothing to retry (None), as for any instance."""
         config = self.engine.config(instance_id)
+        instance = await self.index.get_instance(instance_id)
+        if instance is not None and instance.status in FINAL_STATUSES:
+            if (await graph.aget_state(config)).next:  # a failed or cut-short task stands, but nothing of it runs
+                refuse_ended(instance)
+            return None
         snapshot = await self.engine.settled_state(graph, instance_id) if settle else await graph.aget_state(config)
         failed = failed_task(snapshot)
         if failed is None and in_flight(snapshot) and await self.engine.halted(instance_id, snapshot):
