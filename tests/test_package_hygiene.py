@@ -54,6 +54,7 @@ STATUS_BY_CODE = {
             "ExistingStart",
             "ForkPointError",
             "ForkUnsupportedError",
+            "GateRefusedError",
             "InterruptNotPendingError",
             "InvalidMoveError",
             "InvalidTransitionError",

@@ -205,9 +205,9 @@ async def test_a_terminated_process_is_not_run_again_by_a_retry(store_url: str) 
     gateway ran again, and its status went from ``terminated`` back to ``failed`` (its view still listed the
     cancelled task as waiting). Now the retry is refused (JourneyFinishedError, 409) and nothing is logged."""
     async with runtime(store_url) as rt:
-        Calls().register(rt, "work")
-        await rt.processes.deploy(split())
-        instance_id = (await rt.processes.start("split", "k-1"))["instance_id"]
+        rt.agents.register("ship", ship_down)
+        await rt.processes.deploy(dispatch())
+        instance_id = (await rt.processes.start("dispatch", "k-1"))["instance_id"]
         terminated = await rt.terminate(instance_id, "given up")
         assert (terminated["status"], terminated["waiting"]) == ("terminated", [])
         history = [e.type for e in await rt.processes.history(instance_id)]

@@ -326,12 +326,12 @@ async def test_a_task_completed_but_not_yet_delivered_is_not_reopened_by_a_rebui
         async def crash(*_args: Any, **_options: Any) -> None:
             raise RuntimeError("the process died before it delivered the completion")
 
-        instances.deliver = crash  # type: ignore[method-assign]
+        instances.deliver_answering = crash  # type: ignore[method-assign]
         try:
             with pytest.raises(RuntimeError):
                 await rt.processes.inbox.complete(task["task_id"], user="ana", groups=["finance"], payload={"ok": 1})
         finally:
-            del instances.deliver
+            del instances.deliver_answering
         rebuilt = await rebuild_views(rt.store.backend, rt.store.events)
         [row] = await rt.store.backend.query(select(user_tasks).where(user_tasks.c.task_id == task["task_id"]))
         assert (row["status"], row["completed_by"]) == ("completed", "ana") and rebuilt[2].corrected == []
