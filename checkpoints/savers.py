@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
@@ -110,6 +112,10 @@ async def open_graph_store(
 
 # How often (minutes) each process deletes the store items whose TTL has passed (a DELETE on an index).
 TTL_SWEEP_MINUTES = 1
+# LangGraph's SQLite store binds its TTL expiry times as datetimes. Python 3.12 deprecated sqlite3's default
+# adapter for them (a DeprecationWarning on each put with a TTL); this is that adapter's own text, registered
+# explicitly as the sqlite3 documentation recommends, so what is stored does not change.
+sqlite3.register_adapter(datetime.datetime, lambda value: value.isoformat(" "))
 
 
 def ttl_config() -> TTLConfig:
