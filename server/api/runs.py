@@ -42,10 +42,11 @@ from server.models import (
 )
 from server.problems import ApiError, JourneyValuesResponse
 from server.runs.executor import thread_output
-from server.runs.sse import SSE, cancelled_when_gone, run_events
+from server.runs.sse import SSE, cancelled_when_gone, resumed_after, run_events
 from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
 from server.runs.watch import until_finished, wait_for_run
 from server.services import ResolvedAssistant, ResolvedThread, ServerServices, services
+from server.thread_stream import thread_key
 
 router = APIRouter(tags=["runs"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
@@ -118,6 +119,7 @@ async def create_run(
             run_id=run_id,
         )
     svc.submit(run)
+    svc.watch.changed(thread_key(run.thread_id))  # a thread's stream waiting for its next run
     return run
 
 
@@ -445,8 +447,7 @@ async def join_stream(
     """The chunks of a run created for streaming: all of them, or those after ``Last-Event-ID``; only those of
     ``stream_mode`` when given. ``cancel_on_disconnect``: the run is cancelled if the client leaves first."""
     run = await svc.run(caller, thread_id, run_id)
-    after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
-    events = run_events(svc, run, min(after, MAX_INT), {mode for mode in stream_mode or () if mode})
+    events = run_events(svc, run, resumed_after(last_event_id), {mode for mode in stream_mode or () if mode})
     if cancel_on_disconnect in (True, "cancel"):
         events = cancelled_when_gone(svc, run, events)
     return StreamingResponse(events, media_type="text/event-stream")

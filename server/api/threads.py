@@ -8,7 +8,7 @@ thread id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
@@ -27,7 +27,6 @@ from server.api.runs import create_run
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
 from server.models import (
-    MAX_INT,
     HistoryQuery,
     RunCreate,
     StateAt,
@@ -49,7 +48,8 @@ from server.models import (
 )
 from server.problems import ApiError
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
-from server.runs.sse import SSE, run_events
+from server.runs.sse import SSE, resumed_after, run_events
+from server.runs.watch import next_change
 from server.services import ResolvedThread, ServerServices, services
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
@@ -226,13 +226,21 @@ async def join_thread_stream(
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
     stream_mode: Annotated[list[str] | None, Query()] = None,
 ) -> StreamingResponse:
-    """The chunks of the thread's active run, or of its last run when none is active, then ``end``."""
+    """The chunks of the thread's active run, or of its last run when none is active, then ``end``. On a
+    thread without a run yet the stream stays open for its first, as the Agent Server's does (a UI may
+    join a thread before it starts a run on it)."""
     await svc.resolve_thread(thread_id, caller)
-    run = await svc.runs.next_pending(thread_id) or await svc.runs.last_run(thread_id)
-    if run is None:
-        raise ApiError(404, "NoRun", f"thread {thread_id!r} has no run to stream")
-    after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
-    return StreamingResponse(run_events(svc, run, min(after, MAX_INT)), media_type="text/event-stream")
+    return StreamingResponse(
+        _thread_run_events(svc, thread_id, resumed_after(last_event_id)), media_type="text/event-stream"
+    )
+
+
+async def _thread_run_events(svc: ServerServices, thread_id: str, after: int) -> AsyncIterator[bytes]:
+    with svc.watch.watching(thread_stream.thread_key(thread_id)) as created:
+        while (run := await svc.runs.next_pending(thread_id) or await svc.runs.last_run(thread_id)) is None:
+            await next_change(created, svc.settings.poll_interval)  # woken by a run created here; else polled
+    async for event in run_events(svc, run, after):
+        yield event
 
 
 @router.post("/{thread_id}/commands", summary="A command of the v3 thread stream (run.start, input.respond)")
@@ -255,7 +263,6 @@ async def thread_command(thread_id: RunThreadId, body: ThreadCommand, caller: Ru
         return thread_stream.refused(body.id, "no_such_interrupt", str(exc))
     except JourneyError as exc:
         return thread_stream.refused(body.id, "invalid_argument", exc.message)
-    svc.watch.changed(thread_stream.thread_key(thread_id))
     answer = thread_stream.ok(body.id, {"run_id": run.run_id})
     answer["meta"] = {"applied_through_seq": thread_stream.before_run(run)}
     return answer

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from server.models import MAX_INT
 from server.problems import shown
 from server.runs.store import TERMINAL, RunRow
 from server.runs.watch import next_change
@@ -46,12 +47,13 @@ async def run_events(
 ) -> AsyncIterator[bytes]:
     """The run's chunks as server-sent events, each with its sequence number as ``id``, then ``end``.
 
-    ``after`` (a reconnect's Last-Event-ID) resumes after that chunk; None is a new stream, which opens
-    with the run's ``metadata``. ``modes``: only the chunks of these stream modes (a join's ``stream_mode``;
-    None or empty: all), with the run's errors."""
-    if after is None:
-        yield frame("metadata", {"run_id": run.run_id, "attempt": 1})
-    seen = after or 0
+    The run's ``metadata`` is event 0 and its chunks are numbered from 1; ``end`` has the number after the
+    last. ``after`` (a reconnect's Last-Event-ID, see :func:`resumed_after`) resumes after that event; None
+    or -1 is the whole stream, ``metadata`` first. ``modes``: only the chunks of these stream modes (a
+    join's ``stream_mode``; None or empty: all), with the run's errors."""
+    if after is None or after < 0:
+        yield frame("metadata", {"run_id": run.run_id, "attempt": 1}, 0)
+    seen = max(after or 0, 0)
     with svc.watch.watching(run.run_id) as changed:
         while True:
             current = await svc.runs.get_run(run.run_id)
@@ -62,9 +64,21 @@ async def run_events(
                 if not modes or event in _ALWAYS or _MODE_OF_EVENT.get(event, event) in modes:
                     yield frame(event, data, number)
             if finished:
-                yield frame("end", None)
+                # Its own id: without one, a client's SSE decoder gives it the last chunk's.
+                yield frame("end", None, seen + 1)
                 return
             await next_change(changed, svc.settings.poll_interval)
+
+
+def resumed_after(last_event_id: str | None) -> int:
+    """Where a join resumes from its ``Last-Event-ID``: after that event, or from the very start (the run's
+    ``metadata`` included) for ``-1``, as the Agent Server's resumable streams do; without one (or one that is
+    no event's), after the metadata."""
+    if last_event_id is None or not last_event_id.isascii():
+        return 0
+    if last_event_id.strip() == "-1":
+        return -1
+    return min(int(last_event_id), MAX_INT) if last_event_id.isdigit() else 0
 
 
 def frame(event: str, data: Any, number: int | None = None) -> bytes:

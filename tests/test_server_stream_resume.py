@@ -1,0 +1,55 @@
+"""Joining streams as the Agent Server's resumable streams are joined, through langgraph-sdk over real HTTP:
+a thread's stream opened before its first run, a run's stream replayed from the start (``Last-Event-ID: -1``),
+and the ids a client resumes from."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.schema import StreamPart
+
+pytestmark = pytest.mark.slow
+
+CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+
+
+async def test_a_threads_stream_joined_before_its_first_run_serves_that_run(sdk_client: LangGraphClient) -> None:
+    tid = (await sdk_client.threads.create())["thread_id"]
+
+    async def joined() -> list[StreamPart]:
+        return [p async for p in await sdk_client.threads.join_stream(tid)]
+
+    joining = asyncio.ensure_future(joined())
+    await asyncio.sleep(0.5)  # the stream is open (it was a 404 before the thread had a run)
+    assert not joining.done()
+    run = await sdk_client.runs.create(
+        tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, stream_mode="values"
+    )
+    parts = await asyncio.wait_for(joining, 60)
+    events = [p.event for p in parts]
+    assert "values" in events and events[-1] == "end", events
+    assert (await sdk_client.runs.join(tid, run["run_id"]))["current_step"] == "upload_content"
+
+
+async def test_a_runs_stream_replayed_from_minus_one_starts_with_its_metadata(sdk_client: LangGraphClient) -> None:
+    tid = (await sdk_client.threads.create())["thread_id"]
+    live = [
+        p
+        async for p in sdk_client.runs.stream(
+            tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, stream_mode=["values", "updates"]
+        )
+    ]
+    assert live[0].event == "metadata" and live[-1].event == "end"
+    ids = [p.id for p in live]
+    assert None not in ids and len(set(ids)) == len(ids), ids  # the end has its own id, not the last chunk's
+    run_id = live[0].data["run_id"]
+
+    replayed = [p async for p in sdk_client.runs.join_stream(tid, run_id, last_event_id="-1")]
+    assert [(p.event, p.id, p.data) for p in replayed] == [(p.event, p.id, p.data) for p in live]
+    # Resuming after the metadata (its id) gives the chunks; after the end, only the end.
+    after_metadata = [p async for p in sdk_client.runs.join_stream(tid, run_id, last_event_id=live[0].id)]
+    assert [p.data for p in after_metadata] == [p.data for p in live[1:]]
+    after_end = [p.event async for p in sdk_client.runs.join_stream(tid, run_id, last_event_id=live[-1].id)]
+    assert after_end == ["end"]
