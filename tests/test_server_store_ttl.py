@@ -84,7 +84,7 @@ async def test_an_item_put_with_a_ttl_expires_unless_it_is_read(sdk_client: Lang
         assert "has no item TTLs" in said and "leave ttl out" in said and "sqlite" in said, said
         assert await store.search_items(["notes"]) == {"items": []}
         return
-    for refused_ttl in (0, -1, 0.5, 10**12):
+    for refused_ttl in (0, -1, 0.5, 10**12, True, "5"):  # a bool or a string is no number of minutes
         with pytest.raises(UnprocessableEntityError):
             await store.put_item(["notes"], "bad", {"x": 1}, ttl=refused_ttl)  # type: ignore[arg-type]
     await store.put_item(["notes"], "lapses", {"x": 1}, ttl=1)

@@ -76,6 +76,7 @@ class PutItem(BaseModel):
     index: Literal[False] | list[str] | None = None  # which fields to embed (with a configured index)
     ttl: int | None = Field(
         None,
+        strict=True,  # true is no TTL (lax validation took it for 1 minute); the Agent Server's schema refuses it
         gt=0,
         le=TTL_LIMIT,
         description="whole minutes until the item expires, restarted when it is read (unless refresh_ttl is "
