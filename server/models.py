@@ -396,7 +396,8 @@ class RunCreate(Open):
     command: CommandIn | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     stream_mode: StreamModeName | list[StreamModeName] | None = None
-    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] = "reject"
+    # enqueue by default, as on the Agent Server: a second message sent while a run is active waits its turn
+    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
     config: RunConfig | None = None
     context: dict[str, Any] | None = None

@@ -111,9 +111,11 @@ async def test_multitask_reject_and_enqueue(client: LangGraphClient) -> None:
     tid = (await client.threads.create())["thread_id"]
     GATE.clear()
     first = await client.runs.create(tid, "structured", input={"journey_type": "gated", "spec": spec})
-    with pytest.raises(ConflictError):  # reject (the default): the thread is busy
-        await client.runs.create(tid, "structured", command={"resume": {}})
-    queued = await client.runs.create(tid, "structured", command={"resume": {"ok": True}}, multitask_strategy="enqueue")
+    with pytest.raises(ConflictError):  # reject: the thread is busy
+        await client.runs.create(tid, "structured", command={"resume": {}}, multitask_strategy="reject")
+    # Without a strategy the run is queued behind the active one: enqueue is the Agent Server's default.
+    queued = await client.runs.create(tid, "structured", command={"resume": {"ok": True}})
+    assert queued["multitask_strategy"] == "enqueue"
     assert (await client.threads.get(tid))["status"] == "busy"
     GATE.set()
     await client.runs.join(tid, first["run_id"])
