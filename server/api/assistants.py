@@ -173,6 +173,18 @@ async def get_graph(
         return {"nodes": [], "edges": []}
     drawable = (await assistant.sample(svc.runtime)).get_graph(xray=xray)
     data = drawable.to_json()
-    nodes = [{"id": n["id"], "type": n.get("type"), "data": str(n.get("data", ""))} for n in data["nodes"]]
+    nodes = [_drawn_node(n) for n in data["nodes"]]
     edges = [{k: v for k, v in e.items() if k in ("source", "target", "conditional", "data")} for e in data["edges"]]
     return {"nodes": nodes, "edges": edges}
+
+
+def _drawn_node(node: dict[str, Any]) -> dict[str, Any]:
+    """A node as LangGraph's ``to_json`` draws it, as the Agent Server answers it: its ``data`` an object (its
+    ``name``), without the class path (``id``) LangGraph puts in; anything not JSON already is shown as text."""
+    drawn = {k: v for k, v in node.items() if k in ("id", "type", "data", "metadata")}
+    data = drawn.get("data")
+    if isinstance(data, dict):
+        drawn["data"] = {k: v for k, v in data.items() if k != "id"}
+    elif data is not None and not isinstance(data, str | int | float | bool | list):
+        drawn["data"] = str(data)
+    return drawn
