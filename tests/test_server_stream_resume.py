@@ -33,6 +33,18 @@ async def test_a_threads_stream_joined_before_its_first_run_serves_that_run(sdk_
     assert (await sdk_client.runs.join(tid, run["run_id"]))["current_step"] == "upload_content"
 
 
+async def test_a_threads_stream_waiting_for_a_run_ends_when_the_thread_is_deleted(sdk_client: LangGraphClient) -> None:
+    tid = (await sdk_client.threads.create())["thread_id"]
+    joining = asyncio.ensure_future(_events(sdk_client, tid))
+    await asyncio.sleep(0.5)
+    await sdk_client.threads.delete(tid)
+    assert await asyncio.wait_for(joining, 30) == ["end"]
+
+
+async def _events(client: LangGraphClient, thread_id: str) -> list[str]:
+    return [p.event async for p in await client.threads.join_stream(thread_id)]
+
+
 async def test_a_runs_stream_replayed_from_minus_one_starts_with_its_metadata(sdk_client: LangGraphClient) -> None:
     tid = (await sdk_client.threads.create())["thread_id"]
     live = [

@@ -48,7 +48,7 @@ from server.models import (
 )
 from server.problems import ApiError
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
-from server.runs.sse import SSE, resumed_after, run_events
+from server.runs.sse import SSE, frame, resumed_after, run_events
 from server.runs.watch import next_change
 from server.services import ResolvedThread, ServerServices, services
 
@@ -239,6 +239,9 @@ async def _thread_run_events(svc: ServerServices, thread_id: str, after: int) ->
     with svc.watch.watching(thread_stream.thread_key(thread_id)) as created:
         while (run := await svc.runs.next_pending(thread_id) or await svc.runs.last_run(thread_id)) is None:
             await next_change(created, svc.settings.poll_interval)  # woken by a run created here; else polled
+            if await svc.runs.get_thread(thread_id) is None:  # deleted meanwhile: no run will come
+                yield frame("end", None)
+                return
     async for event in run_events(svc, run, after):
         yield event
 
