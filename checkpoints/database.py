@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import PoolTimeout
 from sqlalchemy import event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -57,7 +58,22 @@ def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:
         return engine
     engine = create_async_engine(url.sqlalchemy_url, pool_size=1, max_overflow=0, json_serializer=compact_json)
     event.listen(engine.sync_engine, "connect", partial(_set_pragmas, sqlite_pragmas(url)))
+    event.listen(engine.sync_engine, "handle_error", _cancelled_rolls_back)
     return engine
+
+
+def _cancelled_rolls_back(context: ExceptionContext) -> None:
+    """A statement on SQLite whose caller was cancelled (LangGraph cancels a step's other tasks when one fails)
+    leaves its connection to be rolled back and pooled again, not invalidated.
+
+    SQLAlchemy treats a cancellation as a disconnect and closes the connection without a rollback. An
+    ``INSERT ... RETURNING`` cancelled before its rows were fetched is still active then, and SQLite keeps a
+    connection closed with an active statement open (a "zombie") until that statement is collected: its write
+    lock with it, so every other writer of the file waited out the busy timeout and failed with "database is
+    locked". aiosqlite runs the statement to its end in its own thread whatever the caller does, so the
+    connection is sound: the transaction's rollback aborts the statement and frees the lock at once."""
+    if isinstance(context.original_exception, asyncio.CancelledError):
+        context.is_disconnect = False
 
 
 # What a call raises when the database went away under it (see lost_database): the driver's error, the pool's,
