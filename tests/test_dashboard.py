@@ -335,3 +335,38 @@ async def test_any_unfinished_journey_is_terminated_from_its_page_and_a_lifecycl
         again = await http.post(f"{path}/terminate")
         assert again.status_code == 409 and "terminated" in again.text
         assert (await http.post("/ui/journeys/nope/terminate")).status_code == 404
+
+
+async def test_a_process_retried_from_the_dashboard_says_who_retried_it() -> None:
+    """The dashboard's retry of a failed process logged ``process.retried`` with no one in it (nor did the API's
+    without variables): the audit could not tell who ran it again. Now it names the operator, as the API's does."""
+    async with serving("memory://", auth=True) as served:
+        rt, http = served.runtime, served.http
+        switch = {"down": True}
+
+        def ship(_request: object) -> dict[str, str]:
+            if switch["down"]:
+                raise AgentCallFailedError("the carrier is down", intent="ship")
+            return {"tracking": "T-1"}
+
+        rt.agents.register("ship", ship, replace=True)
+        spec = {
+            "name": "parcel",
+            "elements": [
+                {"type": "start", "id": "start"},
+                {"type": "service_task", "id": "ship", "agent": "ship"},
+                {"type": "end", "id": "end"},
+            ],
+            "flows": ["start -> ship", "ship -> end"],
+        }
+        with acting_as(Owner("otto")):
+            await rt.processes.deploy(spec)
+            view = await rt.processes.start("parcel", "p-1")
+        assert view["status"] == "failed"
+        await http.post("/ui/login", data={"api_key": "operator-key", "next": "/ui/journeys"})
+        switch["down"] = False
+        retried = await http.post(f"/ui/journeys/{view['instance_id']}/retry", headers={"origin": "http://journeys"})
+        assert retried.status_code == 303, retried.text
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
+        [logged] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "process.retried"]
+        assert logged.payload["by"] == "otto"

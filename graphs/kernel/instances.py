@@ -386,13 +386,16 @@ class Instances:
         ``failed`` until it is retried."""
         await self.events.append(instance_id, [failure(pattern, cause, error_details(exc), step)], status="failed")
 
-    async def retry(self, graph: Graph, instance_id: str, retried: str, *, settle: bool = True) -> str | None:
+    async def retry(
+        self, graph: Graph, instance_id: str, retried: str, *, settle: bool = True, by: str | None = None
+    ) -> str | None:
         """Under ``exclusive``: when the thread stopped at a failed task, or at one a run cancelled on purpose
         left in flight (``JourneyEngine.halt``), log ``retried`` for it (the instance is ``in_progress``
         again) and answer the task's name; None when there is none. The
         caller then runs the thread on. ``settle``: finish work a crash left in flight first. An instance that
         ended otherwise than failed is refused (:func:`refuse_ended`, nothing logged or settled) while its thread
-        still stands at a task; with none, there is nothing to retry (None), as for any instance."""
+        still stands at a task; with none, there is nothing to retry (None), as for any instance. ``by``: who
+        retried it (the event names them, for the audit)."""
         config = self.engine.config(instance_id)
         instance = await self.index.get_instance(instance_id)
         if instance is not None and instance.status in FINAL_STATUSES:
@@ -405,7 +408,8 @@ class Instances:
             failed = next((t.name for t in snapshot.tasks), None)  # a run cancelled on purpose: its step runs on now
         if failed is not None:
             await self.refuse_past_deadline(instance_id)
-            await self.events.append(instance_id, [NewEvent(retried, {}, failed)], status="in_progress")
+            payload = {} if by is None else {"by": by}
+            await self.events.append(instance_id, [NewEvent(retried, payload, failed)], status="in_progress")
         return failed
 
     async def refuse_past_deadline(self, instance_id: str) -> None:

@@ -776,7 +776,8 @@ class ProcessOrchestrator:
 
         ``variables``: set first, as :meth:`set_variables` does (Camunda's ``setVariables`` and then resolving
         the incident): a gateway that found no flow, say, decides again on them. Refused, with nothing changed,
-        when they break ``variables_schema``."""
+        when they break ``variables_schema``. ``by``: who retries it (its ``process.retried`` and ``variables.set``
+        events name them)."""
         async with self.locked(instance_id) as (instance, deployment, spec, graph):
             refuse_ended(instance)  # before its variables are logged: the kernel's retry refuses it too
             snapshot = await graph.aget_state(self.engine.config(instance_id))
@@ -787,7 +788,7 @@ class ProcessOrchestrator:
                 update = await self._set(instance_id, spec, snapshot, variables, by=by, at=element_of(failed))
             else:
                 update = await self._lost_set(instance_id, snapshot)
-            await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False)
+            await self._designs.instances.retry(graph, instance_id, "process.retried", settle=False, by=by)
             held: dict[str, Any] = {}
             for pending, wait_id in parked(snapshot):
                 if (delivery := await self.services.waits.delivery(wait_id)) is not None:

@@ -279,7 +279,8 @@ async def retry(request: Request, instance_id: str, principal: Caller, svc: Serv
     elif pattern == "saga":
         await svc.runtime.saga.retry_saga_step(instance_id)
     elif pattern == "process":
-        await svc.runtime.processes.retry(instance_id)
+        with svc.acting(principal):  # as the API's retry: its events say who retried
+            await svc.runtime.processes.retry(instance_id, by=principal.name)
     else:
         raise ApiError(409, "NotRetryable", f"a {pattern} journey has no failed step to retry")
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
