@@ -79,7 +79,7 @@ from graphs.process.validation import intents
 from graphs.process.versions import describe, variants_rollout, weights_rollout
 from nodes import schemas
 from nodes.process_services import ProcessServices
-from nodes.variables import assign, values
+from nodes.variables import assign, check_names, values
 from nodes.waits import ABANDONED, take_buffered
 
 DEFAULT_MESSAGE_TTL = timedelta(hours=1)
@@ -414,6 +414,7 @@ class ProcessOrchestrator:
             raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
         if variables is not None and not isinstance(variables, Mapping):
             raise InvalidInputError(f"variables must be a mapping, got {type(variables).__name__}")
+        check_names(variables or {})
         if not await self._callers(name):  # another tenant's process: as if none were deployed
             raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
         if version is None:
@@ -846,10 +847,7 @@ class ProcessOrchestrator:
         """Check ``variables`` against the instance's state and log them: the graph update that sets them."""
         if not isinstance(variables, Mapping) or not variables:
             raise InvalidInputError("variables must be a non-empty mapping of variable name to value")
-        if any(not isinstance(name, str) or not name for name in variables):
-            raise InvalidInputError("variable names must be non-empty strings")
-        if "business_key" in variables:
-            raise InvalidInputError("business_key is the instance's own and cannot be set; start a new instance")
+        check_names(variables, set_later=True)
         check_value(dict(variables), "variables")
         branches = {
             fork.branch_node(index) for fork in analyse(spec).top.forks.values() for index in range(len(fork.branches))

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.kernel.identifiers import BUSINESS_KEY, MAX_REASON
 from graphs.process.spec import ProcessSpec
+from nodes.variables import BUSINESS_KEY as BUSINESS_KEY_VARIABLE
+from nodes.variables import MAX_NAME
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
 from server.models import MAX_INT, StartKeyFields
@@ -122,13 +124,20 @@ async def send_message(body: MessageIn, caller: Messenger, svc: Services) -> dic
 Deployer = Annotated[Principal, Depends(require("journeys"))]
 
 
+# A variable a start or a set may name (nodes.variables.check_names): not empty, at most MAX_NAME characters, and
+# not the instance's business key (given as the start's own field).
+VariableName = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME, json_schema_extra={"not": {"const": BUSINESS_KEY_VARIABLE}})
+]
+
+
 class ProcessStartIn(StartKeyFields):
     """A request to start a process instance: its business key, variables and optional version."""
 
     model_config = ConfigDict(extra="forbid")
 
     business_key: str = Field(min_length=1, max_length=BUSINESS_KEY)
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[VariableName, Any] = Field(default_factory=dict, description="variable name → its value")
     version: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
@@ -157,10 +166,6 @@ async def start_process(name: str, body: ProcessStartIn, caller: Deployer, svc: 
 async def process_status(instance_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, instance_id)
     return await svc.runtime.processes.status(instance_id)
-
-
-# A variable a set may name: not empty, and not the instance's business key (set at its start only).
-VariableName = Annotated[str, Field(min_length=1, json_schema_extra={"not": {"const": "business_key"}})]
 
 
 class VariablesIn(BaseModel):
