@@ -653,3 +653,19 @@ async def test_the_message_route_names_the_active_instance_a_message_start_did_n
                 "active": first.json()["started"],
             }
             assert "active" not in first.json()
+
+
+async def test_an_instance_started_through_the_api_at_a_message_start_does_not_hold_off_the_message(
+    store_url: str,
+) -> None:
+    """An instance started by hand at the message start event, with the correlation key as its business key,
+    counted as message-started: the message then started nothing and answered it as ``active``. As Camunda 8's
+    message start events (one active instance per key among those a message triggered), it no longer counts:
+    the message starts its own instance, which a second send of it then does not repeat."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(reviewed_on("pr.opened"))
+        by_hand = await rt.processes.start("pr_review", "42", {"pr_number": "42"}, start_event="opened")
+        sent = await rt.processes.send_message("pr.opened", "42", {"title": "Fix"})
+        assert len(sent["started"]) == 1 and sent["started"] != [by_hand["instance_id"]] and "active" not in sent
+        again = await rt.processes.send_message("pr.opened", "42", {"title": "Fix"})
+        assert again["active"] == sent["started"]

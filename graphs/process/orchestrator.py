@@ -119,12 +119,14 @@ def may_use(owner: Owner | None, deployed: bool, tenant: str | None, *, to_deplo
 
 @dataclass(frozen=True, slots=True)
 class MessageStart:
-    """An instance a message starts: the process, the version its rollout picks, its start event and variables."""
+    """An instance a message starts: the process, the version its rollout picks, its start event and variables, and
+    the message's name."""
 
     process: str
     version: int
     start_event: str
     variables: dict[str, Any]
+    message: str
 
 
 def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
@@ -404,8 +406,12 @@ class ProcessOrchestrator:
         run_options: RunOptions = DEFAULT_RUN,
         start_key: str | None = None,
         start_key_window: str | float | timedelta | None = None,
+        message: str | None = None,
     ) -> dict[str, Any]:
         """Start an instance of ``name`` for ``business_key``, on ``version`` or the one the rollout picks.
+
+        ``message``: the message that starts it (:meth:`send_message`'s starts), logged with its start; only such
+        an instance counts for a message start's one active instance per correlation key.
 
         ``start_key``: a start with the same key within ``start_key_window`` (seconds or ISO 8601, default
         24 hours) answers the instance that start began. The spec's ``concurrency`` limit is keyed on the
@@ -447,6 +453,7 @@ class ProcessOrchestrator:
                 "variant": variant,
                 "business_key": business_key,
                 "start_event": entry_id,
+                "message": message,
                 "changes": changes,
             },
             entry_id,
@@ -1132,7 +1139,7 @@ class ProcessOrchestrator:
                 continue
             variables = {**payload, **({start.correlation: key} if start.correlation else {})}
             self._start_variables(spec, variables, key)
-            starts.append(MessageStart(name, deployment.version, start.id, variables))
+            starts.append(MessageStart(name, deployment.version, start.id, variables, message))
         return starts
 
     async def _start_on_message(
@@ -1164,14 +1171,15 @@ class ProcessOrchestrator:
                     version=start.version,
                     start_event=start.start_event,
                     start_key=start_key,
+                    message=start.message,
                 )
             started.append(str(view["instance_id"]))
         return started, active
 
     async def _active_message_start(self, process: str, key: str, tenant: str) -> str | None:
-        """The active instance of ``process`` (any version) that a message with correlation key ``key`` started
-        (or a start at a message start event with business key ``key``, which stands for one), among those a
-        message of ``tenant`` reaches; None if there is none."""
+        """The active instance of ``process`` (any version) that a message with correlation key ``key`` started,
+        among those a message of ``tenant`` reaches; None if there is none. As Camunda 8's, an instance started
+        otherwise (through the API, even at the message start event, with business key ``key``) does not count."""
         designs = {d.design_id: d for d in await self.deployments.find(process)}
         # A message start's business key is its correlation key.
         where = InstanceFilter(user_id=key, journey_ids=tuple(designs))
@@ -1182,9 +1190,14 @@ class ProcessOrchestrator:
             if tenant != EVERY_TENANT and (instance.tenant or DEFAULT_TENANT) != tenant:
                 continue
             started = await self.store.events.find_by_key(instance.instance_id, f"{instance.instance_id}:started")
+            payload = started.payload if started is not None else {}
+            if "message" in payload:
+                if payload["message"] is not None:
+                    return instance.instance_id
+                continue
+            # Logged before a start named its message: a start at a message start event stands for one.
             spec = await self.spec_of(deployment)
-            entry = started.payload.get("start_event") if started is not None else None
-            if any(s.id == entry and s.message is not None for s in spec.starts()):
+            if any(s.id == payload.get("start_event") and s.message is not None for s in spec.starts()):
                 return instance.instance_id
         return None
 
