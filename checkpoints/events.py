@@ -571,6 +571,23 @@ class EventLog:
         )
         return _event(instance_id, found[0], self._sealer) if found else None
 
+    async def instances_with(self, event_type: str, *, pattern: str, status: str) -> list[str]:
+        """The ids of the ``pattern`` instances in ``status`` whose log has an event of ``event_type`` (each
+        instance's events looked at through its number: no scan of the whole log)."""
+        first, logged = journey_events.alias("first_event"), journey_events.alias("logged")
+        number = (
+            select(first.c.instance_no)
+            .where(first.c.instance_id == journey_instances.c.instance_id, is_first(first.c.seq))
+            .correlate(journey_instances)
+            .scalar_subquery()
+        )
+        query = select(journey_instances.c.instance_id).where(
+            journey_instances.c.pattern == pattern,
+            journey_instances.c.status == status,
+            exists().where(logged.c.instance_no == number, logged.c.type == event_type),
+        )
+        return [row["instance_id"] for row in await self._backend.query(query)]
+
     async def list(self, instance_id: str, *, types: Sequence[str] | None = None, after_seq: int = 0) -> list[Event]:
         await self.settle(instance_id)
         wanted = list(dict.fromkeys(types or ()))

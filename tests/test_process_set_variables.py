@@ -243,3 +243,57 @@ async def test_a_set_logged_before_a_crash_in_a_retry_is_applied_by_the_next_ret
             assert calls.intents() == ["silver"]
             history = await rt.processes.variable_history(instance_id, "tier")
             assert [(c["value"], c["version"]) for c in history] == [("silver", 1)]
+
+
+async def test_a_set_logged_before_a_crash_is_applied_before_the_next_delivery_moves_the_instance(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``variables.set`` was logged and the process died before the thread took it; the next thing to touch the
+    instance was the completion of its task (no status read, set or retry first). The gateway after the task
+    then decided on the old value (gold) and the instance completed with the logged set never applied. Now the
+    delivery applies it first: the gateway decides on silver, and the variables and their history agree."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as first:
+        for intent in ("gold", "silver"):
+            Calls().register(first, intent)
+        await first.processes.deploy(routing(user_task("review")))
+        instance_id = (await first.processes.start("routing", "cust-1", {"tier": "gold"}))["instance_id"]
+        [task] = await first.processes.inbox.list_tasks(assignee="ana")
+        with monkeypatch.context() as patched:
+            crash_on_run(patched, first)
+            with pytest.raises(Crash):
+                await first.processes.set_variables(instance_id, {"tier": "silver"}, by="ops")
+        async for rt in after_crash(store_url, first, clock):
+            calls = Calls()
+            for intent in ("gold", "silver"):
+                calls.register(rt, intent)
+            done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+            assert (done["status"], done["variables"]["tier"], calls.intents()) == ("completed", "silver", ["silver"])
+            history = await rt.processes.variable_history(instance_id, "tier")
+            assert [(c["value"], c["version"]) for c in history] == [("gold", 1), ("silver", 2)]
+
+
+async def test_recovery_applies_a_set_a_crash_kept_from_the_thread(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart, recovery (``recover``, run by every worker and server at startup) applies a set whose
+    process died before its thread took it, before it delivers anything: the thread holds the logged values
+    without waiting for a status read, a set, a retry or a delivery."""
+    clock = virtual_clock()
+    async with runtime(durable_url, clock) as first:
+        for intent in ("gold", "silver"):
+            Calls().register(first, intent)
+        await first.processes.deploy(routing(user_task("review")))
+        instance_id = (await first.processes.start("routing", "cust-1", {"tier": "gold"}))["instance_id"]
+        with monkeypatch.context() as patched:
+            crash_on_run(patched, first)
+            with pytest.raises(Crash):
+                await first.processes.set_variables(instance_id, {"tier": "silver"}, by="ops")
+    async with runtime(durable_url, clock) as rt:
+        for intent in ("gold", "silver"):
+            Calls().register(rt, intent)
+        assert instance_id in await rt.recover()
+        _instance, _deployment, _spec, graph = await rt.processes.loaded(instance_id)
+        thread = await graph.aget_state(rt.engine.config(instance_id))
+        assert thread.values["variables"]["tier"] == {"value": "silver", "version": 2}
+        assert await rt.recover() == []  # applied once

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, String, any_, bindparam, select, update
+from sqlalchemy import ColumnElement, Executable, String, any_, bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
-from checkpoints.events import NewEvent
+from checkpoints.events import NewEvent, is_first
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import (
+    journey_events,
     journey_instances,
     process_subscriptions,
     process_timers,
@@ -59,6 +60,8 @@ class Delivery:
     resolution: dict[str, Any]
     interrupt_id: str | None  # the interrupt its thread parked on, if its wait node recorded it
     instance_failed: bool  # an element of the instance stands failed: the resolution is held for its retry
+    # The instance's log has a ``variables.set``: the delivery first applies one a crash kept from its thread.
+    variables_set: bool = False
 
 
 def among(column: ColumnElement[Any], values: Sequence[str], *, postgres: bool) -> ColumnElement[bool]:
@@ -134,12 +137,29 @@ _RESOLUTION = select(process_waits.c.status, process_waits.c.resolution).where(
 # How many waits' deliveries one statement reads (``WaitStore.delivery``): a slot not asked for is NULL.
 DELIVERIES_READ_TOGETHER = 16
 _DELIVERY_SLOTS = [f"w{n}" for n in range(DELIVERIES_READ_TOGETHER)]
+_first_event = journey_events.alias("first_event")
+_set_event = journey_events.alias("set_event")
+# Whether the wait's instance has set variables (graphs.process: SETS): read with its deliveries, one range of
+# the log's primary key, so that an instance that never did costs no second read.
+_VARIABLES_SET = (
+    exists()
+    .where(
+        _set_event.c.instance_no
+        == select(_first_event.c.instance_no)
+        .where(_first_event.c.instance_id == process_waits.c.instance_id, is_first(_first_event.c.seq))
+        .correlate(process_waits)
+        .scalar_subquery(),
+        _set_event.c.type == "variables.set",
+    )
+    .label("variables_set")
+)
 _DELIVERIES = (
     select(
         process_waits.c.wait_id,
         process_waits.c.resolution,
         process_waits.c.interrupt_id,
         (journey_instances.c.status == "failed").label("instance_failed"),
+        _VARIABLES_SET,
     )
     .select_from(
         process_waits.outerjoin(journey_instances, journey_instances.c.instance_id == process_waits.c.instance_id)
@@ -340,6 +360,7 @@ class WaitStore:
                     self._sealer.open_in(row["resolution"] or {}, "payload"),
                     row["interrupt_id"],
                     bool(row["instance_failed"]),
+                    bool(row["variables_set"]),
                 )
                 for row in rows
             }

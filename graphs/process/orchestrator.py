@@ -701,9 +701,13 @@ class ProcessOrchestrator:
         delivery = await self.services.waits.delivery(wait_id)
         if delivery is None:
             return False  # consumed already (by another worker, say), or cancelled: nothing to deliver
-        delivered = await self._resume_by_id(graph, instance_id, delivery, run_options, spec)
+        lost: dict[str, Any] | None = None
+        if delivery.variables_set and not delivery.instance_failed:  # a failed one's retry applies it
+            # A set a crash kept from the thread is applied with the answer: nothing runs on the old values.
+            lost = await self._lost_set(instance_id, await graph.aget_state(self.engine.config(instance_id))) or None
+        delivered = await self._resume_by_id(graph, instance_id, delivery, run_options, spec, lost)
         if delivered is None:
-            delivered = await self._resume_parked(graph, instance_id, wait_id, delivery, run_options, spec)
+            delivered = await self._resume_parked(graph, instance_id, wait_id, delivery, run_options, spec, lost)
             if delivered is None:
                 return False  # held for the retry
         if consumed is None:
@@ -713,7 +717,13 @@ class ProcessOrchestrator:
         return delivered
 
     async def _resume_by_id(
-        self, graph: Graph, instance_id: str, delivery: Delivery, run_options: RunOptions, spec: ProcessSpec
+        self,
+        graph: Graph,
+        instance_id: str,
+        delivery: Delivery,
+        run_options: RunOptions,
+        spec: ProcessSpec,
+        update: dict[str, Any] | None = None,
     ) -> bool | None:
         """The fast way to deliver: resume the interrupt the wait row names without reading the thread's state.
 
@@ -728,7 +738,7 @@ class ProcessOrchestrator:
             await self.run(
                 graph,
                 instance_id,
-                Command(resume={delivery.interrupt_id: delivery.resolution}),
+                Command(resume={delivery.interrupt_id: delivery.resolution}, update=update),
                 strict(run_options),
                 spec=spec,
             )
@@ -744,6 +754,7 @@ class ProcessOrchestrator:
         delivery: Delivery,
         run_options: RunOptions,
         spec: ProcessSpec,
+        update: dict[str, Any] | None = None,
     ) -> bool | None:
         """The careful way to deliver: finish what a crash left in flight, then resume the interrupt the
         thread's state shows parked on ``wait_id``. False if it is not parked there; None if held for the
@@ -758,7 +769,8 @@ class ProcessOrchestrator:
                 failure = error if isinstance(error, JourneyError) else JourneyError(str(error))
                 await self._designs.instances.fail(instance_id, PATTERN, failure)
             return None
-        await self.run(graph, instance_id, Command(resume={pending.id: delivery.resolution}), run_options, spec=spec)
+        resume: Command[Any] = Command(resume={pending.id: delivery.resolution}, update=update)
+        await self.run(graph, instance_id, resume, run_options, spec=spec)
         return True
 
     async def migrate(
@@ -880,9 +892,9 @@ class ProcessOrchestrator:
 
         A set is logged first and then applied to the thread, which no transaction spans: a crash between the
         two leaves the log naming values the thread never took. The log is the record of what was decided (the
-        caller may have seen it), so the update is applied at the instance's next set, retry or status read,
-        with the versions the log gave it. The thread counts the sets it applied (:data:`SETS`), so the one it
-        lacks is found by its key, in one read."""
+        caller may have seen it), so the update is applied by recovery, and at the instance's next delivery, set,
+        retry or status read (before anything moves it on), with the versions the log gave it. The thread counts
+        the sets it applied (:data:`SETS`), so the one it lacks is found by its key, in one read."""
         number = int((snapshot.values.get("visits") or {}).get(SETS, 0)) + 1
         event = await self.store.events.find_by_key(instance_id, set_key(instance_id, number))
         if event is None:
@@ -924,12 +936,29 @@ class ProcessOrchestrator:
         return resumed
 
     async def _deliver_undelivered(self) -> list[str]:
-        """Recovery, last: deliver every resolution that a crash kept from its thread."""
+        """Recovery, last: apply every ``variables.set`` and deliver every resolution that a crash kept from its
+        thread (the sets first: an answer delivered moves the instance on, which must see them)."""
         resumed: list[str] = []
+        with_sets = await self.store.events.instances_with("variables.set", pattern=PATTERN, status="in_progress")
+        for instance_id in with_sets:
+            if await self._apply_lost_set(instance_id):
+                resumed.append(instance_id)
         for wait in await self.services.waits.undelivered():
             if await self.deliver(wait.instance_id, wait.wait_id) and wait.instance_id not in resumed:
                 resumed.append(wait.instance_id)
         return resumed
+
+    async def _apply_lost_set(self, instance_id: str) -> bool:
+        """Under the instance's lock, apply a ``variables.set`` its log has and its thread lacks (see
+        :meth:`_lost_set`) to a running instance (a failed one's retry applies it). Whether there was one."""
+        async with self.locked(instance_id) as (instance, _deployment, spec, graph):
+            snapshot = await self.settled(graph, instance_id)
+            if instance.status != "in_progress" or failed_task(snapshot) is not None:
+                return False
+            lost = await self._lost_set(instance_id, snapshot)
+            if lost:
+                await self.run(graph, instance_id, Command(update=lost), spec=spec)
+            return bool(lost)
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return await self.deployed.graph_of(await self.deployment_of(instance))
