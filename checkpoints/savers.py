@@ -53,6 +53,7 @@ async def open_saver(
             for pragma in sqlite_pragmas(url):
                 await conn.execute(pragma)
             saver = AsyncSqliteSaver(conn, serde=serde)
+            whole_writes(saver)
             async with setup_turn(url):
                 await saver.setup()
             yield saver
@@ -167,6 +168,25 @@ def unlock_pooled(saver: AsyncPostgresSaver, pool_size: int) -> None:
     the size of the pool; the saver's code is unchanged.
     """
     saver.lock = cast(asyncio.Lock, asyncio.Semaphore(pool_size))
+
+
+def whole_writes(saver: AsyncSqliteSaver) -> None:
+    """Let every write of the SQLite saver end its transaction, whatever happens to its caller.
+
+    Its writes run on one shared connection: the statements, then a commit, under its lock. LangGraph cancels a
+    step's other tasks when one fails (and a run cancelled is cancelled mid-write): cancelled between the two,
+    a write left the connection in its transaction, the file's write lock held with the saver's lock released,
+    so every other writer of the file waited out the busy timeout and failed with "database is locked" until
+    something else committed on that connection. Each write now runs to its commit (or its own failure) as a
+    unit, its caller cancelled at once all the same; the saver's code is unchanged.
+    """
+    for name in ("aput", "aput_writes", "adelete_thread"):
+        write = getattr(saver, name)
+
+        async def whole(*args: Any, _write: Callable[..., Awaitable[Any]] = write, **kwargs: Any) -> Any:
+            return await asyncio.shield(asyncio.ensure_future(_write(*args, **kwargs)))
+
+        setattr(saver, name, whole)
 
 
 async def copy_checkpoints(saver: BaseCheckpointSaver[str], source: str, target: str) -> int:

@@ -9,8 +9,10 @@ and the start failed with "database is locked". Every test runs on memory, SQLit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import event
 
@@ -72,3 +74,31 @@ async def test_a_terminated_process_whose_branch_failed_as_its_sibling_armed_a_t
         with pytest.raises(JourneyFinishedError):
             await rt.processes.retry(instance_id)
         assert (await rt.processes.status(instance_id))["status"] == "terminated"
+
+
+async def test_a_checkpoint_write_cancelled_before_its_commit_leaves_the_store_writable(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The official SQLite saver writes a task's writes, then commits, on its one connection: cancelled between
+    the two (a step's sibling failed, a run was cancelled), it left that connection in its transaction, and the
+    next write of the file on another connection waited out the busy timeout and failed. Now the write ends
+    whole (here: it is kept), and the store's other writers go on at once."""
+    async with runtime(store_url) as rt:
+        saver, events = rt.store.saver, rt.store.events
+        config = {"configurable": {"thread_id": "t-1", "checkpoint_ns": "", "checkpoint_id": "c-1"}}
+        writer: list[asyncio.Task[Any]] = []
+        if store_url.startswith(("memory", "sqlite")):
+            original = aiosqlite.Cursor.executemany
+
+            async def cancelled_as_it_writes(cursor: aiosqlite.Cursor, *args: Any) -> aiosqlite.Cursor:
+                writer[0].cancel()  # the caller is cancelled as its statement goes to the database
+                return await original(cursor, *args)
+
+            monkeypatch.setattr(aiosqlite.Cursor, "executemany", cancelled_as_it_writes)
+        writer.append(asyncio.create_task(saver.aput_writes(config, [("channel", "value")], "task-1")))  # type: ignore[arg-type]
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer[0]
+        monkeypatch.undo()
+        both = [NewEvent("x", {}, None, "both:x"), NewEvent("y", {}, None, "both:y")]  # on the engine's connection
+        await asyncio.wait_for(events.append("both", both), PROMPT)
+        assert [e.type for e in await events.list("both")] == ["x", "y"]
