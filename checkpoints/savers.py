@@ -184,9 +184,17 @@ def whole_writes(saver: AsyncSqliteSaver) -> None:
         write = getattr(saver, name)
 
         async def whole(*args: Any, _write: Callable[..., Awaitable[Any]] = write, **kwargs: Any) -> Any:
-            return await asyncio.shield(asyncio.ensure_future(_write(*args, **kwargs)))
+            task = asyncio.ensure_future(_write(*args, **kwargs))
+            task.add_done_callback(_retrieved)  # a caller cancelled meanwhile does not see its error
+            return await asyncio.shield(task)
 
         setattr(saver, name, whole)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark ``task``'s error as seen: a write whose caller was cancelled logs no "exception never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def copy_checkpoints(saver: BaseCheckpointSaver[str], source: str, target: str) -> int:
