@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from agents import AgentRequest
+from checkpoints.clock import VirtualClock
 from server.app import create_app
 from server.settings import Settings
 from tests.server_support import serving
@@ -96,20 +98,77 @@ async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_ag
     assert state["next"] == ["confirm.await"], state["next"]
 
 
-async def test_a_saga_step_whose_run_was_cancelled_takes_no_result_until_it_is_retried(
+@pytest.mark.parametrize("assistant", ["saga", "structured"])
+async def test_a_resume_with_multitask_interrupt_while_an_auto_step_works_takes_the_run_over(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
+) -> None:
+    """Before, the new run halted the old one and then failed with 409 StepHaltedError ("retry first"): the
+    answer was lost. The stopped step now goes on first (its agent called once more), as LangGraph runs a
+    thread's pending tasks before a new ``command.resume``, and the answer is the step's it then waits at."""
+    ship = SlowShip()
+    app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    start: dict[str, Any] = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"}
+    await sdk.runs.wait(tid, assistant, input=start | ({"compensation_handlers": {}} if assistant == "saga" else {}))
+    first = await sdk.runs.create(tid, assistant, command={"resume": {}})
+    await asyncio.wait_for(_started(ship), 10)
+    result = await sdk.runs.wait(
+        tid, assistant, command={"resume": {"confirmed": True}}, multitask_strategy="interrupt"
+    )
+    assert "__error__" not in result, result
+    assert (await sdk.runs.get(tid, first["run_id"]))["status"] == "interrupted"
+    assert ship.calls == 2
+    state = await sdk.threads.get_state(tid)
+    assert not state["next"] and state["values"]["status"] == "completed", state
+    instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        status = (await http.get(f"/journeys/{instance_id}/status")).json()
+    assert status["completed_steps"] == ["ask", "ship", "confirm"], status
+
+
+async def test_a_saga_step_whose_run_was_cancelled_goes_on_before_the_next_result(
     app: tuple[FastAPI, str], sdk: LangGraphClient
 ) -> None:
+    """An advance (the saga endpoint) after the run was cancelled in ``ship`` runs ``ship`` on first and gives
+    its result to ``confirm``; the same advance sent again (a double submit) does not complete a further step."""
     _tid, saga_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
     async with httpx.AsyncClient(base_url=app[1]) as http:
         journey_id = (await http.get(f"/journeys/sagas/{saga_id}")).json()["journey_id"]
-    who = {"journey_id": journey_id, "user_id": "ana"}
-    async with httpx.AsyncClient(base_url=app[1]) as http:
-        refused = await http.post(f"/journeys/sagas/{saga_id}/advance", json={**who, "step_result": {}})
-        assert refused.status_code == 409 and refused.json()["code"] == "StepHaltedError", refused.json()
-        assert "retry" in refused.json()["detail"]
-        retried = (await http.post(f"/journeys/sagas/{saga_id}/retry")).json()
+        who = {"journey_id": journey_id, "user_id": "ana"}
+        advanced = await http.post(f"/journeys/sagas/{saga_id}/advance", json={**who, "step_result": {}})
+        assert advanced.status_code == 200, advanced.json()
+        assert advanced.json()["completed_steps"] == ["ask", "ship", "confirm"], advanced.json()
+        again = await http.post(f"/journeys/sagas/{saga_id}/advance", json={**who, "step_result": {}})
+        assert again.status_code == 409, again.json()
     assert ship.calls == 2
-    assert retried["current_step"] == "confirm" and retried["completed_steps"] == ["ask", "ship"], retried
+
+
+DEADLINED = {**SPEC, "journey_type": "slow_order_deadline", "deadline": {"after": "PT1H"}}
+
+
+@pytest.mark.parametrize("how", ["resume", "without_input"])
+async def test_a_step_stopped_by_a_cancelled_run_does_not_go_on_past_the_deadline(store_url: str, how: str) -> None:
+    """The deadline passed after the run was cancelled in ``ship``, before the scheduler fired it (not running
+    here): a new run is refused with DeadlineExceededError and the step's agent is not called again. Before,
+    a run without input ran the stopped step on past the deadline."""
+    clock = VirtualClock()
+    app = create_app(Settings(database_url=store_url, auth=False, run_timers=False), clock=clock)
+    ship = SlowShip()
+    with serving(app) as url:
+        app.state.services.runtime.agents.register("slow_ship", ship, replace=True)
+        async with get_client(url=url, api_key=None) as sdk:
+            tid = (await sdk.threads.create())["thread_id"]
+            start = {"journey_type": "slow_order_deadline", "spec": DEADLINED, "user_id": "ana"}
+            await sdk.runs.wait(tid, "structured", input=start)
+            run = await sdk.runs.create(tid, "structured", command={"resume": {}})
+            await asyncio.wait_for(_started(ship), 10)
+            assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+            clock.advance(timedelta(hours=2))
+            command = {"resume": {}} if how == "resume" else None
+            with pytest.raises(Exception, match="DeadlineExceededError"):  # langgraph-sdk raises the run's error
+                await sdk.runs.wait(tid, "structured", command=command)
+            assert (await sdk.threads.get_state(tid))["next"] == ["ship"]
+    assert ship.calls == 1
 
 
 async def test_reads_of_a_process_whose_run_was_cancelled_in_a_service_task_do_not_run_it_again(

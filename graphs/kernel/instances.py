@@ -49,6 +49,7 @@ from graphs.kernel.engine import (
     JourneyEngine,
     Outcome,
     RunOptions,
+    at_breakpoint,
     failed_task,
     in_flight,
     refuse_terminated,
@@ -411,6 +412,21 @@ class Instances:
             payload = {} if by is None else {"by": by}
             await self.events.append(instance_id, [NewEvent(retried, payload, failed)], status="in_progress")
         return failed
+
+    async def before_move(
+        self, graph: Graph, instance_id: str, options: RunOptions = DEFAULT_RUN, *, go_on: bool = False
+    ) -> StateSnapshot:
+        """The instance's state under its lock, for a call that moves it on now (an advance, a lifecycle event,
+        a run without input): work a run cancelled on purpose stopped (``JourneyEngine.halt``) goes on first, as
+        a run without input would (LangGraph runs a thread's pending tasks before it takes a new
+        ``Command(resume=...)``), so the move applies where that work leaves the instance. ``go_on``: a run
+        without input, which also goes on from where breakpoints stopped it. Nothing stopped goes on past the
+        instance's deadline (:class:`DeadlineExceededError`), whether or not the scheduler has fired it yet."""
+        snapshot = await self.engine.settled_state(graph, instance_id, options=options)
+        if not (in_flight(snapshot) or (go_on and at_breakpoint(snapshot))):
+            return snapshot
+        await self.refuse_past_deadline(instance_id)
+        return await self.engine.settled_state(graph, instance_id, options=options, go_on=go_on, resume_halted=True)
 
     async def refuse_past_deadline(self, instance_id: str) -> None:
         """:class:`DeadlineExceededError` once the instance's deadline is due, whether or not a scheduler has

@@ -775,11 +775,7 @@ class LifecycleOrchestrator:
         run cancelled on purpose stopped (``JourneyEngine.halt``) goes on first, as a run without input would,
         so the event is judged where that work leaves the journey, not refused mid-unit. Not past the journey's
         deadline (:class:`DeadlineExceededError`): its stage could not cancel it mid-unit, and nothing runs after."""
-        snapshot = await self._engine.settled_state(graph, journey_id, options=run_options)
-        if not in_flight(snapshot):
-            return snapshot
-        await self._designs.instances.refuse_past_deadline(journey_id)
-        return await self._engine.settled_state(graph, journey_id, options=run_options, resume_halted=True)
+        return await self._designs.instances.before_move(graph, journey_id, run_options)
 
     async def _stage_now(self, graph: Graph, journey_id: str) -> str | None:
         """The journey's stage as last checkpointed, read without its lock (a move in flight has not left it)."""

@@ -170,6 +170,12 @@ class StepJourneys:
                 )
             _, spec, graph = await self._load(found.journey_id)
             snapshot = await self.engine.settled_state(graph, instance_id, options=options)
+            if in_flight(snapshot):  # a cancelled run stopped a step (an Agent Server user's multitask "interrupt")
+                # It goes on first; the result is for the step the journey then waits at, as an advance that
+                # names no step and found it stopped there means.
+                stopped = position(snapshot)
+                snapshot = await self.instances.before_move(graph, instance_id, options)
+                arrived = position(snapshot) if arrived == stopped else arrived
             check_answering(snapshot, instance_id, options.answering)  # before the answer is checked as this step's
             standing = Standing.of(snapshot)
             current = self._current_step(instance_id, spec, standing)

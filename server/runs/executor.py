@@ -477,10 +477,14 @@ class RunExecutor:
     async def _finish_in_flight(
         self, assistant: Assistant, instance_id: str, options: RunOptions, *, go_on: bool = False
     ) -> None:
-        """Finish the work a crash left in flight (and, ``go_on``, go on from where breakpoints stopped it)."""
+        """Finish the work a crash left in flight (and, ``go_on``, go on from where breakpoints or a cancelled
+        run stopped it, not past the journey's deadline)."""
         graph = await graph_of(self.runtime, assistant, instance_id)
         async with self.runtime.engine.exclusive(instance_id):
-            await self.runtime.engine.settled_state(graph, instance_id, options=options, go_on=go_on)
+            if go_on:
+                await self.runtime.instances.before_move(graph, instance_id, options, go_on=True)
+            else:
+                await self.runtime.engine.settled_state(graph, instance_id, options=options)
 
     def _changed(self, run_id: str, finished: RunRow | None = None) -> None:
         """Wake the run's waiters in this process; ``finished``: the run, which has just finished (they need not
