@@ -28,7 +28,7 @@ from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
 from checkpoints import locks as locks_module
 from checkpoints.errors import ConcurrentUpdateError, JourneyError
-from graphs import JourneyRuntime, StepMovedOnError
+from graphs import JourneyFinishedError, JourneyRuntime, StepMovedOnError
 from nodes.compensation import COMPLETED_STEP
 from nodes.criteria_gate import ValidationResult
 from server.app import create_app
@@ -349,6 +349,44 @@ async def test_a_rollback_asked_while_another_is_under_way_is_told_so(
         with pytest.raises(ConcurrentUpdateError, match="moved from rollback to sandbox"):
             await second
         assert [r["reason"] for r in await lc.rollback_history(journey_id)] == ["first"]
+
+
+async def test_a_rollback_that_waited_while_the_journey_was_cancelled_says_it_cannot_roll_back(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a rollback that peeked at ``pilot`` and then waited for the journey while ``cancel_journey``
+    cancelled it answered "moved from pilot to cancelled ...; nothing was done (ask again to roll back from
+    cancelled)", which a cancelled journey cannot do. It now says the journey finished (nothing to ask again)."""
+    async with lifecycle_runtime(store_url) as (runtime, clock):
+        lc, engine = runtime.lifecycle, runtime.engine
+        journey_id = await journey_at(runtime, clock, "pilot")
+        exclusive, waiting = engine.exclusive, asyncio.Semaphore(0)
+
+        def noted(instance_id: str, *args: Any, **kwargs: Any) -> Any:
+            waiting.release()  # a call now queues for the journey's lock, which the test holds
+            return exclusive(instance_id, *args, **kwargs)
+
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with exclusive(journey_id):
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        monkeypatch.setattr(engine, "exclusive", noted)
+        cancel = asyncio.create_task(lc.cancel(journey_id, "client left"))
+        await asyncio.wait_for(waiting.acquire(), 30)
+        rollback = asyncio.create_task(lc.initiate_rollback(journey_id, "bad data", complete=True))
+        await asyncio.wait_for(waiting.acquire(), 30)
+        release.set()  # the lock goes first come first served: the cancel, then the rollback
+        await holder
+        assert (await cancel)["current_stage"] == "cancelled"
+        with pytest.raises(JourneyFinishedError) as refused:
+            await rollback
+        assert "ask again" not in refused.value.message and "cancelled" in refused.value.message, refused.value
+        assert refused.value.details.get("allowed") == [], refused.value.details
+        assert await lc.rollback_history(journey_id) == []
 
 
 async def test_concurrent_migrations_of_one_instance_migrate_it_once(store_url: str) -> None:

@@ -34,6 +34,7 @@ from graphs.errors import (
     InvalidMetricError,
     InvalidRollbackTargetError,
     InvalidTransitionError,
+    JourneyFinishedError,
     JourneyNotFoundError,
     RollbackFailedError,
     TransitionOptionsError,
@@ -50,6 +51,7 @@ from graphs.lifecycle.catalog import default_lifecycle_spec
 from graphs.lifecycle.machine import (
     ACTIVE_STAGES,
     AWAIT,
+    FINAL_STAGES,
     RUN_UNIT,
     LifecycleDeps,
     LifecycleSpec,
@@ -785,6 +787,16 @@ class LifecycleOrchestrator:
 
     @staticmethod
     def _expect_stage(journey_id: str, asked_in: str | None, stage: str | None, move: str) -> None:
+        """A move asked in ``asked_in`` finds the journey in ``stage`` once it may act: another call moved it
+        meanwhile. It may be asked again from where the journey is, unless the journey has ended there."""
+        if stage != asked_in and stage in FINAL_STAGES:
+            raise JourneyFinishedError(
+                f"journey {journey_id!r} was {stage} while this call to {move} (asked in {asked_in}) waited for "
+                f"it; nothing was done, and a {stage} journey moves no further",
+                allowed=[],
+                asked_in_stage=asked_in,
+                current_stage=stage,
+            )
         if stage != asked_in:
             raise ConcurrentUpdateError(
                 f"journey {journey_id!r} moved from {asked_in} to {stage} while this call to {move} waited for "
