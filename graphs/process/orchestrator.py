@@ -138,9 +138,10 @@ def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
 
 
 def failed_task_of(snapshot: StateSnapshot) -> PregelTask | None:
-    """The task that failed: not a sibling branch the failure cancelled."""
-    errored = [task for task in snapshot.tasks if task.error is not None]
-    return next((t for t in errored if not _cancelled(t.error)), errored[0] if errored else None)
+    """The task that failed: not a sibling branch the failure cancelled. None when every error is a
+    cancellation: the run was cancelled (``runs.cancel`` while a branch worked and another waited, which
+    LangGraph records as the working branch's error), which failed nothing; the next resume runs it on."""
+    return next((t for t in snapshot.tasks if t.error is not None and not _cancelled(t.error)), None)
 
 
 def _cancelled(error: object) -> bool:
