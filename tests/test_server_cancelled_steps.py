@@ -79,6 +79,19 @@ async def _cancelled_in_ship(app: FastAPI, sdk: LangGraphClient, assistant: str)
     return tid, str(instance_id), ship
 
 
+PROCESS = {
+    "name": "shipping",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "user_task", "id": "ask", "title": "Ask", "assignee": "local"},
+        {"type": "service_task", "id": "ship", "agent": "slow_ship"},
+        {"type": "user_task", "id": "confirm", "title": "Confirm", "assignee": "local", "outputs": ["confirmed"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> ask", "ask -> ship", "ship -> confirm", "confirm -> end"],
+}
+
+
 @pytest.mark.parametrize("assistant", ["saga", "structured"])
 async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_again(
     app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
@@ -176,19 +189,8 @@ async def test_reads_of_a_process_whose_run_was_cancelled_in_a_service_task_do_n
 ) -> None:
     ship = SlowShip()
     app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
-    spec = {
-        "name": "shipping",
-        "elements": [
-            {"type": "start", "id": "start"},
-            {"type": "user_task", "id": "ask", "title": "Ask", "assignee": "local"},
-            {"type": "service_task", "id": "ship", "agent": "slow_ship"},
-            {"type": "user_task", "id": "confirm", "title": "Confirm", "assignee": "local"},
-            {"type": "end", "id": "end"},
-        ],
-        "flows": ["start -> ask", "ask -> ship", "ship -> confirm", "confirm -> end"],
-    }
     async with httpx.AsyncClient(base_url=app[1]) as http:
-        deployed = await http.post("/processes", json=spec)
+        deployed = await http.post("/processes", json=PROCESS)
         assert deployed.status_code == 200, deployed.text
         tid = (await sdk.threads.create())["thread_id"]
         await sdk.runs.wait(tid, "process", input={"process": "shipping", "business_key": "order-1"})
@@ -333,3 +335,26 @@ async def test_a_read_that_takes_the_journey_as_its_cancelled_run_lets_it_go_doe
         status = (await http.get(f"/journeys/{instance_id}/status")).json()
     assert (status["current_step"], status["completed_steps"]) == ("ship", ["ask"]), status
     assert ship.calls == 1
+
+
+async def test_a_process_task_answered_with_multitask_interrupt_while_a_service_task_works_is_not_lost(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """Before, the new run halted the old one in ``ship`` and failed: "process ... has 0 open tasks; name one
+    with command.resume.task_id" (none could be named: ``confirm`` was not open yet). The stopped service task
+    now goes on first, and the answer completes the task the process then waits at."""
+    ship = SlowShip()
+    app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        assert (await http.post("/processes", json=PROCESS)).status_code == 200
+        tid = (await sdk.threads.create())["thread_id"]
+        await sdk.runs.wait(tid, "process", input={"process": "shipping", "business_key": "order-1"})
+        first = await sdk.runs.create(tid, "process", command={"resume": {"payload": {}}})
+        await asyncio.wait_for(_started(ship), 10)
+        answer = {"resume": {"payload": {"confirmed": True}}}
+        result = await sdk.runs.wait(tid, "process", command=answer, multitask_strategy="interrupt")
+        assert "__error__" not in result, result
+        assert (await sdk.runs.get(tid, first["run_id"]))["status"] == "interrupted"
+        status = (await http.get(f"/journeys/{tid}/status")).json()
+    assert ship.calls == 2
+    assert status["status"] == "completed" and status["variables"]["confirmed"] is True, status

@@ -55,6 +55,9 @@ async def _start(ctx: RunContext, data: Mapping[str, Any]) -> None:
 
 async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
     request = mapping_input(value, "command.resume")
+    # A service task a cancelled run stopped (multitask_strategy="interrupt") goes on first: the answer is
+    # for the task the process then waits at, as for the other patterns' resumes.
+    await ctx.runtime.processes.go_on(instance_id, ctx.options)
     inbox = ctx.runtime.processes.inbox
     task_id = request.get("task_id")
     if ctx.options.answering is not None:  # the answer names the interrupt: the task parked there
