@@ -358,3 +358,33 @@ async def test_a_process_task_answered_with_multitask_interrupt_while_a_service_
         status = (await http.get(f"/journeys/{tid}/status")).json()
     assert ship.calls == 2
     assert status["status"] == "completed" and status["variables"]["confirmed"] is True, status
+
+
+async def test_a_stopped_step_that_fails_as_a_new_run_takes_over_leaves_the_journey_failed(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """The stopped step goes on first and fails: the run ends with the agent's error, and the journey is
+    ``failed`` in its index as in its state (before, the index said ``in_progress``: lists and metrics by
+    status missed it)."""
+    calls: list[int] = []
+
+    async def reserve(_request: AgentRequest) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            await asyncio.sleep(30)
+        raise RuntimeError("reserve broke")
+
+    app[0].state.services.runtime.agents.register("reserve", reserve, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    first = await sdk.runs.create(
+        tid, "structured", input={"journey_type": "slow_first", "spec": FIRST_AUTO, "user_id": "ana"}
+    )
+    while not calls:  # noqa: ASYNC110 (the agent runs on the server's loop: no event of this loop tells)
+        await asyncio.sleep(0.02)
+    with pytest.raises(Exception, match="AgentCallFailedError"):  # langgraph-sdk raises the run's error
+        await sdk.runs.wait(tid, "structured", command={"resume": {}}, multitask_strategy="interrupt")
+    assert (await sdk.runs.get(tid, first["run_id"]))["status"] == "interrupted"
+    instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        status = (await http.get(f"/journeys/{instance_id}/status")).json()
+        assert (status["index_status"], status["status"], status["failed_step"]) == ("failed", "failed", "reserve")

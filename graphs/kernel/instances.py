@@ -421,12 +421,18 @@ class Instances:
         a run without input would (LangGraph runs a thread's pending tasks before it takes a new
         ``Command(resume=...)``), so the move applies where that work leaves the instance. ``go_on``: a run
         without input, which also goes on from where breakpoints stopped it. Nothing stopped goes on past the
-        instance's deadline (:class:`DeadlineExceededError`), whether or not the scheduler has fired it yet."""
+        instance's deadline (:class:`DeadlineExceededError`), whether or not the scheduler has fired it yet. Work
+        that fails as it goes on is recorded as :meth:`advance` records a run's failure, and its error raised."""
         snapshot = await self.engine.settled_state(graph, instance_id, options=options)
         if not (in_flight(snapshot) or (go_on and at_breakpoint(snapshot))):
             return snapshot
         await self.refuse_past_deadline(instance_id)
-        return await self.engine.settled_state(graph, instance_id, options=options, go_on=go_on, resume_halted=True)
+        try:
+            return await self.engine.settled_state(graph, instance_id, options=options, go_on=go_on, resume_halted=True)
+        except JourneyError as exc:
+            if (instance := await self.index.get_instance(instance_id)) is not None:
+                await self.fail(instance_id, instance.pattern, exc)
+            raise
 
     async def refuse_past_deadline(self, instance_id: str) -> None:
         """:class:`DeadlineExceededError` once the instance's deadline is due, whether or not a scheduler has

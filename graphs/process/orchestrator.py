@@ -44,7 +44,6 @@ from checkpoints.process.timers import DEFAULT_LEASE
 from checkpoints.process.waits import Delivery, cancel_pending
 from checkpoints.values import check_value
 from graphs.errors import (
-    DeadlineExceededError,
     EvaluatorError,
     InvalidInputError,
     MessageIdConflictError,
@@ -652,17 +651,12 @@ class ProcessOrchestrator:
     async def go_on(self, instance_id: str, run_options: RunOptions = DEFAULT_RUN) -> None:
         """For a caller about to answer what the process waits at (a run's ``command.resume``): work a run
         cancelled on purpose stopped (a service task) goes on first, so the answer is for the task the process
-        then waits at (see ``Instances.before_move``). A failure there is recorded, as :meth:`settled` does."""
+        then waits at (see ``Instances.before_move``, which records a failure there)."""
         _instance, _deployment, _spec, graph = await self.loaded(instance_id)
         if not in_flight(await graph.aget_state(self.engine.config(instance_id))):
             return  # nothing stopped (a hint read without the lock; checked again under it)
         async with self.engine.acting(instance_id):
-            try:
-                await self._designs.instances.before_move(graph, instance_id, run_options)
-            except (CheckpointsDeletedError, DeadlineExceededError):
-                raise
-            except JourneyError as exc:
-                await self._designs.instances.fail(instance_id, PATTERN, exc)
+            await self._designs.instances.before_move(graph, instance_id, run_options)
 
     async def deliver(
         self,
