@@ -388,3 +388,44 @@ async def test_a_stopped_step_that_fails_as_a_new_run_takes_over_leaves_the_jour
     async with httpx.AsyncClient(base_url=app[1]) as http:
         status = (await http.get(f"/journeys/{instance_id}/status")).json()
         assert (status["index_status"], status["status"], status["failed_step"]) == ("failed", "failed", "reserve")
+
+
+@pytest.mark.parametrize("assistant", ["structured", "process"])
+async def test_a_run_without_input_retries_a_failed_step(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
+) -> None:
+    """LangGraph's run without input re-runs a thread's failed task. Before, it was refused (409 JourneyStarted)
+    and a structured journey started through the SDK had no HTTP retry at all (its retry endpoint is keyed by
+    journey and user): the failed step now runs again, and the journey goes on to its next user step."""
+    calls: list[int] = []
+
+    async def ship(_request: AgentRequest) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) <= 3:  # the first run's attempts fail; the retry's first attempt succeeds
+            raise RuntimeError("carrier down")
+        return {"shipped": True}
+
+    runtime = app[0].state.services.runtime
+    runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    async with httpx.AsyncClient(base_url=app[1]) as http:
+        if assistant == "process":
+            assert (await http.post("/processes", json=PROCESS)).status_code == 200
+            await sdk.runs.wait(tid, assistant, input={"process": "shipping", "business_key": "order-1"})
+            answer: dict[str, Any] = {"resume": {"payload": {}}}
+        else:
+            await sdk.runs.wait(tid, assistant, input={"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"})
+            answer = {"resume": {}}
+        # A process records its failed node (the run ends); a structured journey's run fails with the error.
+        with pytest.raises(Exception, match="carrier down") if assistant == "structured" else contextlib.nullcontext():
+            await sdk.runs.wait(tid, assistant, command=answer)
+        instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+        assert (await http.get(f"/journeys/{instance_id}/status")).json()["index_status"] == "failed"
+        await sdk.runs.wait(tid, assistant)  # no input: the failed step runs again
+        status = (await http.get(f"/journeys/{instance_id}/status")).json()
+    assert len(calls) == 4
+    assert status["index_status"] == "in_progress", status
+    if assistant == "process":
+        assert [w["element"] for w in status["waiting"]] == ["confirm"], status
+    else:
+        assert (status["current_step"], status["completed_steps"]) == ("confirm", ["ask", "ship"]), status

@@ -101,6 +101,9 @@ class Assistant:
     chat: bool = False  # every run takes input (no resume)
     # A retried first run (its executor died) on a registered instance; None: finish its in-flight work.
     restart: Callable[[RunContext, str, Mapping[str, Any]], Awaitable[None]] | None = None
+    # A run without input on a thread whose journey stands at a failed step: the step runs again, as
+    # LangGraph's run without input re-runs a thread's failed task. None: such a run is refused.
+    retry: Callable[[RunContext, str], Awaitable[None]] | None = None
     # What a run's output adds to the thread's values: step journeys keep their progress in the event
     # log, not in graph state, and the output shows it (status, current and completed steps).
     describe: Callable[[JourneyRuntime, str, StateSnapshot], Awaitable[dict[str, Any]]] | None = None

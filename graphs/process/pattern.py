@@ -94,6 +94,11 @@ async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
     )
 
 
+async def _retry(ctx: RunContext, instance_id: str) -> None:
+    """A run without input on a process standing at a failed node: the node runs again (``processes.retry``)."""
+    await ctx.runtime.processes.retry(instance_id, by=ctx.principal)
+
+
 async def _task_at(ctx: RunContext, instance_id: str, interrupt_id: str) -> str:
     """The task of the wait that parked the process at ``interrupt_id`` (a user task's id is its wait's);
     :class:`InterruptNotPendingError` when it does not wait there (answered already, or moved on)."""
@@ -139,6 +144,7 @@ register(
                 "properties": {"task_id": {"type": "string"}, "payload": {"type": "object"}},
                 "additionalProperties": False,
             },
+            retry=_retry,
         ),
         _entrypoint,
         design=DesignKind(ProcessSpec, validate_process, build_process_graph),

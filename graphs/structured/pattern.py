@@ -115,6 +115,11 @@ async def _resume_structured(ctx: RunContext, instance_id: str, value: Any) -> V
     return view
 
 
+async def _retry(ctx: RunContext, instance_id: str) -> None:
+    """A run without input on a journey standing at a failed step: the step runs again."""
+    await ctx.runtime.structured.retry_run(instance_id)
+
+
 async def _describe_structured(runtime: JourneyRuntime, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
     return await runtime.structured.describe(instance_id, snapshot)
 
@@ -146,6 +151,7 @@ register(
             STEP_RESULT,
             sample=_sample_structured,
             restart=_restart_structured,
+            retry=_retry,
             describe=_describe_structured,
             replays_from_log=True,
         ),
@@ -192,6 +198,11 @@ async def _resume_saga(ctx: RunContext, instance_id: str, value: Any) -> None:
     await ctx.runtime.saga.advance_saga_step(instance_id, journey_id, user_id, value, run_options=ctx.options)
 
 
+async def _retry_saga(ctx: RunContext, instance_id: str) -> None:
+    """A run without input on a saga standing at a failed step or stopped compensation: it runs again."""
+    await ctx.runtime.saga.retry_saga_step(instance_id)
+
+
 async def _describe_saga(runtime: JourneyRuntime, instance_id: str, snapshot: StateSnapshot) -> dict[str, Any]:
     return await runtime.saga.describe(instance_id, snapshot)
 
@@ -221,6 +232,7 @@ register(
             STEP_RESULT,
             sample=_sample_structured,
             restart=_restart_saga,
+            retry=_retry_saga,
             describe=_describe_saga,
         ),
         _saga_entrypoint,

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from graphs.kernel.engine import addressed, at_breakpoint, in_flight
+from graphs.kernel.engine import addressed, at_breakpoint, failed_task, in_flight
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors
 from server.assistants import Assistant, get_assistant
@@ -184,7 +184,7 @@ async def _stopped_between_nodes(
 ) -> bool:
     """Whether a run with neither input nor command.resume goes on with its thread's journey: LangGraph's run
     without input, which resumes a thread a run's interrupt_before/after stopped between two nodes, or where
-    a run cancelled on purpose stopped it (``JourneyEngine.halt``)."""
+    a run cancelled on purpose stopped it (``JourneyEngine.halt``), and re-runs a failed step."""
     if row is None or row.instance_id is None or assistant.chat or body.input is not None or body.command is not None:
         return False
     graph = await svc.thread_graph(ResolvedThread.of(row))
@@ -192,6 +192,8 @@ async def _stopped_between_nodes(
         return False
     engine = svc.runtime.engine
     snapshot = await graph.aget_state(engine.config(row.instance_id))
+    if assistant.retry is not None and failed_task(snapshot) is not None:
+        return True  # LangGraph's run without input re-runs a failed task: the assistant retries it
     return at_breakpoint(snapshot) or (in_flight(snapshot) and await engine.halted(row.instance_id, snapshot))
 
 
@@ -233,7 +235,7 @@ def _run_kind(assistant: Assistant, body: RunCreate, row: ThreadRow | None, queu
             409,
             "JourneyStarted",
             f"thread {thread} already runs a journey; advance it with command.resume (a run without input goes "
-            "on only where interrupt_before/after, or a cancelled run, stopped it)",
+            "on only where interrupt_before/after, or a cancelled run, stopped it, or retries a failed step)",
         )
     if instance_id is None and body.input is None and not queued:
         if row is None:  # a new thread: the request alone lacks what it needs

@@ -25,7 +25,7 @@ from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
 from graphs.errors import JourneyNotFoundError
-from graphs.kernel.engine import ON_CANCEL, Outcome, RunOptions, addressed, in_flight
+from graphs.kernel.engine import ON_CANCEL, Outcome, RunOptions, addressed, failed_task, in_flight
 from graphs.kernel.patterns import Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
@@ -430,7 +430,10 @@ class RunExecutor:
             await self._restart(assistant, ctx, run, instance_id)  # a retried first run: its earlier attempt bound it
             return None
         if run.kind == "continue":  # on from where interrupt_before/after stopped it, to the next stop
-            await self._finish_in_flight(assistant, instance_id, ctx.options, go_on=True)
+            if assistant.retry is not None and await self._failed(assistant, instance_id):
+                await assistant.retry(ctx, instance_id)  # a failed step runs again (the retry checks it locked)
+            else:
+                await self._finish_in_flight(assistant, instance_id, ctx.options, go_on=True)
             return None
         return await self._resume(run, assistant, ctx, instance_id)
 
@@ -473,6 +476,11 @@ class RunExecutor:
             await assistant.restart(ctx, instance_id, run.input or {})
             return
         await self._finish_in_flight(assistant, instance_id, ctx.options)
+
+    async def _failed(self, assistant: Assistant, instance_id: str) -> bool:
+        """Whether the journey's thread stands at a failed step (read without its lock: a hint)."""
+        graph = await graph_of(self.runtime, assistant, instance_id)
+        return failed_task(await graph.aget_state(self.runtime.engine.config(instance_id))) is not None
 
     async def _finish_in_flight(
         self, assistant: Assistant, instance_id: str, options: RunOptions, *, go_on: bool = False
