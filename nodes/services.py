@@ -15,10 +15,12 @@ from nodes.agent_call import AgentCaller
 # Set in a run's config when it resumes work that a crashed process left in flight: nodes then look
 # an agent call up in the event log before repeating it.
 REPLAY_FLAG = "journeys_replay"
-# Set in a run's config when a node may go on to the next step's work itself, in its own superstep: every
-# step is durable in the event log before the next starts (a crash replays the chain from it), the run
-# checkpoints only where it stops, and nobody watches it node by node (no stream, no breakpoints). Each
-# superstep saved is LangGraph's work (tasks, channels, callbacks) for nothing but the route.
+# Set in a run's config when a node may go on to the next node's work itself, in its own superstep: the run
+# checkpoints only where it stops, and nobody watches it node by node (no stream, no breakpoints). A node
+# that runs on must make what it ran durable as the next node would have (a structured journey's steps are
+# each in the event log before the next starts, and a crash replays the chain from it; a saga's are not
+# replayed, so it does not chain). Each superstep saved is LangGraph's work (tasks, channels, callbacks)
+# for nothing but the route.
 CHAIN_FLAG = "journeys_chain"
 
 # The one event an instance's failure writes, whatever its pattern (written by the kernel's fail, and

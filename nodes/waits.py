@@ -33,8 +33,10 @@ from checkpoints.process.waits import completed_event
 from nodes import schemas
 from nodes.criteria import lookup
 from nodes.errors import CorrelationError
+from nodes.gateways import merge_variables
 from nodes.process_services import ProcessServices
-from nodes.services import thread_id
+from nodes.services import steps_chained, thread_id
+from nodes.telemetry import chained_node
 from nodes.timer import TimerDefinition
 from nodes.variables import values
 
@@ -269,6 +271,8 @@ ABANDONED = "abandoned"
 # Given the state and the resolution: where to go, the variables to assign, and extra event payload.
 Resolved = Callable[[Mapping[str, Any], dict[str, Any]], tuple[str, dict[str, Any]]]
 Assigner = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[dict[str, Any], list[dict[str, Any]]]]
+# An end event's node: the state it is reached with → its update.
+Ending = Callable[[Mapping[str, Any], RunnableConfig], Awaitable[Mapping[str, Any]]]
 
 
 def make_wait_node(
@@ -279,9 +283,13 @@ def make_wait_node(
     route: Resolved,
     assign: Assigner,
     by_id: bool = True,
+    ending: Mapping[str, Ending] | None = None,
 ) -> Callable[[Any, RunnableConfig], Awaitable[Any]]:
     """The interrupt node. ``route`` maps a resolution to (next node, variable updates). ``by_id``: record the
-    interrupt it parks on, for its resolution to be delivered by that id alone (see ``ProcessOrchestrator``)."""
+    interrupt it parks on, for its resolution to be delivered by that id alone (see ``ProcessOrchestrator``).
+    ``ending``: the end events' nodes it may lead to, by name, which it runs itself when the run lets a node
+    run on (``nodes.services.CHAIN_FLAG``; a fired timer's continuation, say): an end's work is one keyed
+    event, and its superstep of LangGraph's was most of the continuation's cost but the saver's."""
 
     async def wait(state: Mapping[str, Any], config: RunnableConfig) -> Command[str]:
         instance_id = thread_id(config)
@@ -315,7 +323,12 @@ def make_wait_node(
         update: dict[str, Any] = {"variables": cells} if cells else {}
         if wait_id in (state.get("early") or {}):
             update["early"] = {wait_id: None}  # consumed: drop it from the state
-        return Command(goto=target, update=update)
+        end = (ending or {}).get(target)
+        if end is None or not steps_chained(config):
+            return Command(goto=target, update=update)
+        chained_node(config, target)  # its own span and duration, as a node of its own has
+        reached = {**state, "variables": merge_variables(state.get("variables"), cells)}
+        return Command(goto=END, update={**update, **await end(reached, config)})
 
     wait.__name__ = f"wait_{plan.element}"
     return wait

@@ -11,6 +11,7 @@ from langgraph.types import Durability
 
 from checkpoints.clock import VirtualClock
 from graphs.runtime import JourneyRuntime
+from nodes.telemetry import METRICS
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
 
 # timer → two service tasks → a user task: the continuation runs three supersteps and stops at the task.
@@ -131,3 +132,41 @@ async def test_a_timer_continuation_leaves_the_variables_as_they_were_without_wr
         status = await rt.processes.status(instance_id)
         assert (status["status"], status["variables"]["plan"]) == ("completed", "gold")
         assert await variables_version(rt, instance_id) == parked
+
+
+async def latest_step(rt: JourneyRuntime, instance_id: str) -> int:
+    """The superstep of the thread's latest checkpoint."""
+    saved = await rt.store.saver.aget_tuple({"configurable": {"thread_id": instance_id}})
+    assert saved is not None
+    return int(saved.metadata["step"])
+
+
+def end_runs_timed() -> float:
+    """How many runs of the end node the step histogram has counted (``journeys_step_duration_seconds``)."""
+    return METRICS.get_sample_value("journeys_step_duration_seconds_count", {"pattern": "process", "node": "end"}) or 0
+
+
+@pytest.mark.parametrize(("durability", "supersteps"), [("async", 1), ("sync", 2)])
+async def test_a_timer_continuation_runs_the_end_it_leads_to_in_its_own_superstep_unless_the_runtime_runs_sync(
+    store_url: str, durability: Durability, supersteps: int
+) -> None:
+    """A fired timer whose flow leads to an end event: the wait's node runs the end's work itself (nobody
+    watches the continuation node by node, and it checkpoints only where it stops), which saves a superstep of
+    LangGraph's. The end is logged, timed and shown as when it runs as a node of its own."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock, durability=durability) as rt:
+        await rt.processes.deploy(NAP)
+        instance_id = (await rt.processes.start("wake_up", "cust-1", {"plan": "gold"}))["instance_id"]
+        parked, timed = await latest_step(rt, instance_id), end_runs_timed()
+
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
+
+        assert await latest_step(rt, instance_id) - parked == supersteps
+        status = await rt.processes.status(instance_id)
+        assert (status["status"], status["outcome"], status["variables"]["plan"]) == ("completed", "end", "gold")
+        ended = [e for e in await rt.processes.history(instance_id) if e.type == "process.completed"]
+        recorded = {"plan": "gold", "business_key": "cust-1"}
+        assert [(e.step, e.payload["outcome"], e.payload["variables"]) for e in ended] == [("end", "end", recorded)]
+        assert end_runs_timed() == timed + 1

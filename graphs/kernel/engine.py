@@ -307,8 +307,9 @@ class JourneyEngine:
         # A graph whose steps are logged, checkpointed only where it stops, writes each step's completion
         # behind it: the next step settles it before its work (see ``EventLog.write_behind``). Not
         # when the caller stops it before or after a node: its checkpoint there could overtake the write.
-        behind = durability == "exit" and graph in self._logged_steps and not options.call.stops_between_nodes
-        if behind and options.stream is None:  # nobody watches it node by node: a node runs on to the next step
+        between = durability == "exit" and not options.call.stops_between_nodes  # nothing stops between nodes
+        behind = between and graph in self._logged_steps
+        if between and options.stream is None:  # nobody watches it node by node: a node may run on (CHAIN_FLAG)
             config["configurable"][CHAIN_FLAG] = True
         # One span per run in the journey's trace, with the instance in every log line of the run.
         with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:

@@ -213,7 +213,13 @@ class _Builder:
             # from the instance's row, and any resume would run the failed element again: its delivery
             # reads the thread's state, which shows the failure (``ProcessOrchestrator.deliver``).
             wait = make_wait_node(
-                plan, self.services, describe=self.describe(element), route=route, assign=assign, by_id=level.key == ""
+                plan,
+                self.services,
+                describe=self.describe(element),
+                route=route,
+                assign=assign,
+                by_id=level.key == "",
+                ending=self.ends(level),
             )
             builder.add_node(element_id, cast(Any, wait))
             builder.add_edge(arm_node(element_id), element_id)
@@ -482,6 +488,14 @@ class _Builder:
 
         joined.__name__ = f"join_{join.id}"
         return joined
+
+    def ends(self, level: Level) -> dict[str, Any]:
+        """The nodes of the end events ``level`` holds, by name, for a wait to run itself (``make_wait_node``):
+        only at the top level, whose end is the run's."""
+        if level.key != "":
+            return {}
+        members = (self.spec.element(m) for m in level.members)
+        return {end.id: self.end_node(end) for end in members if isinstance(end, EndEvent)}
 
     def end_node(self, end: EndEvent) -> Any:
         events = self.services.node.events

@@ -290,7 +290,8 @@ def _step_runner(step: Step, work: _StepWork) -> Any:
     async def run_step(state: StructuredState, config: RunnableConfig) -> Command[str]:
         # A user step's result was written by its own await node just before; an auto step has none.
         current, result = step, (state.get("step_input") or {}) if step.mode == "user" else {}
-        at, chained = superstep(config), steps_chained(config)
+        # A saga's steps are not replayed from the log after a crash (see CHAIN_FLAG): one node each.
+        at, chained = superstep(config), steps_chained(config) and not work.compensating
         visits = _chain_limit(config)
         for visit in range(visits):
             if visit:
