@@ -58,6 +58,7 @@ from checkpoints.schema.tables import process_timers
 from checkpoints.url import parse_store_url
 from graphs.process.timers import RESUME_CONCURRENCY, fire_due_timers
 from graphs.runtime import JourneyRuntime
+from server.cli import event_loop_runner
 from server.heap import freeze_startup_heap
 
 FIRE_TARGET_S = 10.0
@@ -378,7 +379,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(run(parse(argv)))
+    # On the loop a worker runs (``journeys worker``: uvloop where it is installed), as it is deployed.
+    return event_loop_runner()(run(parse(argv)))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast
+from typing import Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 from langgraph.types import Durability
@@ -17,6 +17,8 @@ from rich.console import Console
 from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
 from server.logs import configure_logging
+
+T = TypeVar("T")
 
 DURABILITIES = ("exit", "async", "sync")
 DURABILITY_HELP = (
@@ -43,20 +45,24 @@ RetentionDaysOption = Annotated[
 ]
 
 
-def _run(main: Coroutine[Any, Any, object]) -> None:
-    """Run ``main`` on uvloop where it is installed (less CPU per query and per request than asyncio's loop);
-    a :class:`JourneyError` it raises (a database not there, a bad setting) is reported as one line, and so is
-    the database going away under it (a restart, a failover: the driver's error, not ours)."""
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, T]], T]:
+    """What runs the event loop of journeys' commands (a worker's, the demo's): uvloop where it is installed
+    (less CPU per query and per request than asyncio's loop), else asyncio's. The benchmarks measure on it."""
     try:
         import uvloop
     except ImportError:  # Windows: uvloop does not build there
-        run: Any = asyncio.run
-    else:
-        run = uvloop.run
+        return asyncio.run
+    return uvloop.run
+
+
+def _run(main: Coroutine[Any, Any, object]) -> None:
+    """Run ``main`` on :func:`event_loop_runner`'s loop; a :class:`JourneyError` it raises (a database not
+    there, a bad setting) is reported as one line, and so is the database going away under it (a restart, a
+    failover: the driver's error, not ours)."""
     from checkpoints.database import DATABASE_ERRORS, lost_database
 
     try:
-        run(main)
+        event_loop_runner()(main)
     except JourneyError as exc:
         _fail(exc)
     except DATABASE_ERRORS as exc:
