@@ -58,6 +58,20 @@ _NEXT = ("next", "recommend", "suggest", "should i", "what now", "where to start
 _PROGRESS = ("progress", "status", "how far", "percent", "where am i", "how am i doing", "overview", "so far")
 _GREETING = ("hello", "hi", "hey", "help", "what can you do", "who are you")
 _QUESTION = ("what", "how", "where", "which", "why", "when", "can", "could", "should", "do", "does", "is", "are")
+# Words that make a clause deny what it names ("I did not upload", "don't take me there"), and words that
+# leave a reported action undone ("I tried to upload", "we need to parse"). A clause with either reports
+# nothing done; only a denial cancels a request. Contractions are matched by their "n't" too.
+_NEGATION = frozenset(
+    {"not", "no", "never", "nothing", "none", "neither", "nor", "cannot", "without"}
+    | {"dont", "didnt", "doesnt", "havent", "hasnt", "hadnt", "cant", "couldnt", "wont", "isnt", "arent", "wasnt"}
+)
+_UNDONE = _NEGATION | frozenset(
+    {"forgot", "failed", "fail", "fails", "tried", "try", "trying", "unable", "need", "needs", "must", "will"}
+    | {"going", "want", "wants", "plan", "planning"}
+)
+# Where one clause of a report ends and the next begins ("I uploaded the files but haven't parsed them").
+_CLAUSE_BREAK = re.compile(r"[,;.!?]|\b(?:but|though|although|however|except|whereas)\b")
+NOTHING_RECORDED = "I have recorded nothing: you said it is not done."
 
 
 def load_guide_model(path: str) -> ModelFactory:
@@ -105,7 +119,19 @@ def _stem(word: str) -> str:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    return re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'"))
+
+
+def _clauses(said: str, markers: frozenset[str]) -> tuple[str, str]:
+    """The words of ``said``'s clauses without any of ``markers``, and of those with one, each as one text
+    (clauses apart by a comma, so a phrase never spans two)."""
+    plain: list[str] = []
+    marked: list[str] = []
+    for clause in _CLAUSE_BREAK.split(said.lower().replace("\u2019", "'")):
+        words = _words(clause)
+        has_marker = any(w in markers or w.endswith("n't") for w in words)
+        (marked if has_marker else plain).append(" ".join(words))
+    return " , ".join(plain), " , ".join(marked)
 
 
 def _has(text: str, phrases: Sequence[str]) -> bool:
@@ -178,7 +204,7 @@ class DeterministicGuideModel(BaseChatModel):
         turn = _current_turn(messages)
         # Its text blocks' words, however the client sent them (a string, or content blocks).
         said = str(turn[0].text) if turn and isinstance(turn[0], HumanMessage) else ""
-        plan = self.plan(said)
+        plan, denied = self._understand(said)
         if isinstance(plan, str):
             return AIMessage(content=plan)
         calls_made = sum(1 for m in turn if isinstance(m, AIMessage) and m.tool_calls)
@@ -189,31 +215,51 @@ class DeterministicGuideModel(BaseChatModel):
             call_id = f"call_{uuid.uuid4().hex[:20]}"
             return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": call_id, "type": "tool_call"}])
         results = [m for m in turn if isinstance(m, ToolMessage)]
-        return AIMessage(content=" ".join(self._phrase(m) for m in results))
+        preface = [NOTHING_RECORDED] if denied else []
+        return AIMessage(content=" ".join([*preface, *(self._phrase(m) for m in results)]))
 
     # -- understanding --------------------------------------------------------------------------------
 
     def plan(self, said: str) -> list[Call] | str:
         """The tool calls that answer ``said``, or a direct answer when no tool is needed."""
+        return self._understand(said)[0]
+
+    def _understand(self, said: str) -> tuple[list[Call] | str, bool]:
+        """The plan for ``said``, and whether it is a report of something not done (nothing is recorded then;
+        what is left in the pillar it names is explained instead)."""
         text = " ".join(_words(said))
         if not text or (_has(text, _GREETING) and len(_words(said)) <= 6):
-            return self._capabilities("Hello!")
+            return self._capabilities("Hello!"), False
         question = said.strip().endswith("?") or text.split()[0] in _QUESTION
         pillar = self._mentioned_pillar(text)
+        done, denied = _clauses(said, _UNDONE)
         if _has(text, _NAVIGATE):
+            if not _has(_clauses(said, _NEGATION)[0], _NAVIGATE):  # "don't take me to insights"
+                return "All right: I have not moved you.", False
             if pillar is None:
-                return f"Which pillar shall I take you to? {self._pillar_names()}."
-            return [("navigate_to_pillar", {"pillar_id": pillar})]
-        flagged_pillar, flags = self._reported_flags(text, pillar)
-        completes = _has(text, _COMPLETION)
+                return f"Which pillar shall I take you to? {self._pillar_names()}.", False
+            return [("navigate_to_pillar", {"pillar_id": pillar})], False
+        flagged_pillar, flags = self._reported_flags(done, pillar)
+        completes = _has(done, _COMPLETION)
         first_person = _has(text, ("i", "we", "i've", "we've"))
         if not question and (first_person or completes):
             if flags and flagged_pillar is not None:
-                return [("record_progress", {"pillar_id": flagged_pillar, "updates": dict.fromkeys(flags, True)})]
+                updates = dict.fromkeys(flags, True)
+                return [("record_progress", {"pillar_id": flagged_pillar, "updates": updates})], False
             if completes and pillar is not None:
-                return [("record_progress", {"pillar_id": pillar, "pillar_complete": True})]
+                return [("record_progress", {"pillar_id": pillar, "pillar_complete": True})], False
             if completes:
-                return f"Which pillar did you finish? {self._pillar_names()}."
+                return f"Which pillar did you finish? {self._pillar_names()}.", False
+        denied_pillar, denied_flags = self._reported_flags(denied, pillar)
+        if not question and (denied_flags or _has(denied, _COMPLETION)):
+            target = pillar or denied_pillar
+            return [("explain_pillar", {"pillar_id": target} if target else {})], True
+        return self._answer(text, question, pillar, *self._reported_flags(text, pillar)), False
+
+    def _answer(
+        self, text: str, question: bool, pillar: str | None, flagged_pillar: str | None, flags: list[str]
+    ) -> list[Call] | str:
+        """The plan for a question or request that reports nothing: explain, recommend, progress."""
         if _has(text, _LEFT) or (question and (pillar is not None or flags)):
             target = pillar or flagged_pillar
             return [("explain_pillar", {"pillar_id": target} if target else {})]

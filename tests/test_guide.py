@@ -78,6 +78,57 @@ def test_the_rules_answer_without_tools_when_no_tool_helps(said: str, starts: st
     assert isinstance(answer, str) and answer.startswith(starts)
 
 
+@pytest.mark.parametrize(
+    ("said", "planned"),
+    [
+        # Only what the user says is done is recorded: a clause that denies it records nothing.
+        (
+            "I uploaded the files but haven't parsed them",
+            [("record_progress", {"pillar_id": "content", "updates": {"files_uploaded": True}})],
+        ),
+        (
+            "I uploaded the files, the parsing failed",
+            [("record_progress", {"pillar_id": "content", "updates": {"files_uploaded": True}})],
+        ),
+        ("I did not upload the files", [("explain_pillar", {"pillar_id": "content"})]),
+        ("I haven\u2019t parsed the files yet", [("explain_pillar", {"pillar_id": "content"})]),
+        ("we still need to parse the files", [("explain_pillar", {"pillar_id": "content"})]),
+        ("I tried to upload the files but it failed", [("explain_pillar", {"pillar_id": "content"})]),
+        ("I never selected a file", [("explain_pillar", {"pillar_id": "insights"})]),
+        ("the roadmap is not generated", [("explain_pillar", {"pillar_id": "business_outcome"})]),
+        ("I have not finished insights", [("explain_pillar", {"pillar_id": "insights"})]),
+        ("I'm not done with operations", [("explain_pillar", {"pillar_id": "operations"})]),
+    ],
+)
+def test_a_denied_report_records_nothing(said: str, planned: list[tuple[str, dict[str, Any]]]) -> None:
+    """The rules read a report's words, not its sense: "I did not upload the files" recorded the files
+    as uploaded, and "I have not finished insights" completed the pillar. A clause that denies (not,
+    never, n't) or leaves undone (tried, failed, need to, will) now records nothing of what it names."""
+    assert RULES.plan(said) == planned
+
+
+def test_asked_not_to_move_the_guide_does_not_move() -> None:
+    answer = RULES.plan("don't take me to insights")
+    assert answer == "All right: I have not moved you."
+
+
+async def test_a_denied_report_leaves_the_session_as_it_was_and_says_so(store_url: str) -> None:
+    async with JourneyRuntime.open(store_url) as runtime:
+        session_id = (await runtime.mvp.start_mvp_journey("ana"))["session"]["session_id"]
+        graph = guide_graph(runtime)
+        _turn, answer, _tokens = await _say(graph, "chat-n", "I did not upload the files", session_id=session_id)
+        assert answer == (
+            "I have recorded nothing: you said it is not done. In the Content Pillar, still to do: files uploaded "
+            "and files parsed. Its actions: upload file, parse file, preview data and chat with content liaison."
+        )
+        _turn, answer, _tokens = await _say(graph, "chat-n", "I have not finished insights")
+        assert answer.startswith("I have recorded nothing: you said it is not done. In the Insights Pillar")
+        completion = await runtime.mvp.check_mvp_completion(session_id)
+        assert completion["pillar_status"]["content"]["progress"] == {}
+        assert not completion["pillar_status"]["insights"]["complete"]
+        assert not [e for e in await runtime.history(session_id) if e.type == "agent.completed"]
+
+
 async def _say(graph: Any, thread: str, text: str, **extra: Any) -> tuple[list[Any], str, list[str]]:
     """One turn, streamed in ``messages`` mode: the turn's messages, the answer, and the streamed tokens."""
     config = {"configurable": {"thread_id": thread}}
