@@ -73,12 +73,21 @@ class Condition(BaseModel):
 
 
 class Criteria(BaseModel):
-    """``all`` must hold and, when given, at least one of ``any``. Empty criteria always hold."""
+    """``all`` must hold and, when given, at least one of ``any``. Empty criteria always hold. A single
+    condition may be given as the criteria (``{"field": "priority", "value": "high"}``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     all: tuple[Condition, ...] = ()
     any: tuple[Condition, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_condition(cls, value: Any) -> Any:
+        # One condition, written as such ({"field", "op", "value"}), is criteria of that one condition.
+        if isinstance(value, Mapping) and "field" in value:
+            return {"all": [value]}
+        return value
 
     @classmethod
     def equals(cls, expected: Mapping[str, Any]) -> Criteria:

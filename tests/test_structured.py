@@ -374,6 +374,65 @@ async def test_design_errors_are_reported_with_fixes(store_url: str) -> None:
         assert moved["current_step"] == "done"
 
 
+async def test_a_branch_takes_one_condition_as_a_process_flow_does(store_url: str) -> None:
+    """A process flow's ``when`` may be one condition (``{"field", "op", "value"}``); a structured branch's
+    was refused with four unrelated pydantic lines. Criteria now take a bare condition everywhere."""
+    async with JourneyRuntime.open(store_url) as rt:
+        spec = _steps(
+            {
+                "step_id": "review",
+                "next_steps": [{"to": "fast", "when": {"field": "priority", "value": "high"}}, "slow"],
+            },
+            {"step_id": "fast"},
+            {"step_id": "slow"},
+        )
+        journey = await rt.structured.design_journey("custom", {}, spec=spec)
+        await rt.structured.execute_journey(journey["journey_id"], "u", {})
+        moved = await rt.structured.advance_journey_step(journey["journey_id"], "u", {"priority": "high"})
+        assert moved["current_step"] == "fast"
+
+
+async def test_a_design_error_names_only_what_is_wrong() -> None:
+    """One bad step was also reported as "steps: Tuple should have at least 1 item after validation, not 0"
+    (the count of the steps that validated), and a bad branch as "Input should be a valid string" (the
+    other side of ``str | Branch``): problems that are not the user's. Only the real ones are listed."""
+    async with JourneyRuntime.open("memory://") as rt:
+        cases = {
+            "typo field": (
+                _steps({"step_id": "a", "nxt_steps": []}),
+                ["steps.0.nxt_steps: Extra inputs are not permitted"],
+            ),
+            "bad op": (
+                _steps(
+                    {"step_id": "a", "next_steps": [{"to": "b", "when": {"field": "x", "op": "="}}, "b"]},
+                    {"step_id": "b"},
+                ),
+                [
+                    "steps.0.next_steps.0.Branch.when.all.0.op: Input should be "
+                    "'==', '!=', '>', '>=', '<', '<=', 'in', 'not_in', 'exists' or 'truthy'"
+                ],
+            ),
+        }
+        for case, (spec, problems) in cases.items():
+            with pytest.raises(SpecError) as caught:
+                await rt.structured.design_journey("custom", {}, spec=spec)
+            assert caught.value.problems == problems, case
+
+
+@pytest.mark.parametrize("requirements", [{...}, ["source"], "legacy"])
+async def test_requirements_that_are_not_a_mapping_are_refused_with_a_typed_error(requirements: Any) -> None:
+    """The seed writes ``requirements={...}``; copied as is, that is a set, and the design failed with a bare
+    TypeError. It is now an InvalidInputError that says what requirements must be, as ``context`` is."""
+    async with JourneyRuntime.open("memory://") as rt:
+        for design in (
+            lambda: rt.structured.design_journey(journey_type="content_migration", requirements=requirements),
+            lambda: rt.structured.design_journey("x", requirements, spec=_steps({"step_id": "a"})),
+            lambda: rt.saga.design_saga_journey("enterprise_migration", requirements, compensation_handlers={}),
+        ):
+            with pytest.raises(InvalidInputError, match="requirements must be a mapping"):
+                await design()
+
+
 # --- retries and failures ----------------------------------------------------------------------
 
 

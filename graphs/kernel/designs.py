@@ -42,8 +42,25 @@ def parse_spec(spec_type: type[SpecT], data: Mapping[str, Any] | SpecT, *, spec_
     try:
         return spec_type.model_validate(dict(data))
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
-        raise SpecError(problems, spec_name=spec_name) from None
+        raise SpecError(validation_problems(exc), spec_name=spec_name) from None
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """pydantic's errors as problems (``path: message``), without those that follow from another: the
+    length of a list whose items failed (it counts only the valid ones), and the ``str`` side of a
+    ``str | Model`` given a mapping (the model's errors say what is wrong with it)."""
+    errors = exc.errors()
+
+    def below(loc: tuple[Any, ...], depth: int) -> bool:  # another error lies deeper under loc[:depth]
+        return any(len(e["loc"]) > depth and e["loc"][:depth] == loc[:depth] and e["loc"] != loc for e in errors)
+
+    kept = [
+        e
+        for e in errors
+        if not (e["type"] == "too_short" and below(e["loc"], len(e["loc"])))
+        and not (e["type"] == "string_type" and e["loc"][-1:] == ("str",) and below(e["loc"], len(e["loc"]) - 1))
+    ]
+    return [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in kept or errors]
 
 
 def new_id(prefix: str) -> str:

@@ -41,7 +41,7 @@ from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
 from nodes import schemas
-from nodes.criteria import Condition, Criteria
+from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
@@ -447,8 +447,6 @@ class Flow(BaseModel):
             if not arrow:
                 raise ValueError(f"flow {value!r} must read 'source -> target'")
             return {"source": source.strip(), "target": target.strip()}
-        if isinstance(value, Mapping) and isinstance(value.get("when"), Mapping) and "field" in value["when"]:
-            return {**value, "when": Criteria(all=(Condition.model_validate(value["when"]),))}
         return value
 
     def describe(self) -> str:

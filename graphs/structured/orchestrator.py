@@ -8,6 +8,7 @@ from typing import Any
 
 from langgraph.types import StateSnapshot
 
+from graphs.errors import InvalidInputError
 from graphs.kernel.designs import DesignBook, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 from graphs.kernel.identifiers import checked_user_id
@@ -83,6 +84,8 @@ class StructuredOrchestrator:
         requirements: Mapping[str, Any] | None,
         spec: StructuredSpec | Mapping[str, Any] | None,
     ) -> StructuredSpec:
+        if requirements is not None and not isinstance(requirements, Mapping):
+            raise InvalidInputError(f"requirements must be a mapping, got {type(requirements).__name__}")
         if spec is not None:
             parsed = parse_spec(StructuredSpec, spec, spec_name="structured journey")
             # The journey_type argument names the design, whatever the spec called itself.
