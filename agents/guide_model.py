@@ -58,6 +58,23 @@ _NEXT = ("next", "recommend", "suggest", "should i", "what now", "where to start
 _PROGRESS = ("progress", "status", "how far", "percent", "where am i", "how am i doing", "overview", "so far")
 _GREETING = ("hello", "hi", "hey", "help", "what can you do", "who are you")
 _QUESTION = ("what", "how", "where", "which", "why", "when", "can", "could", "should", "do", "does", "is", "are")
+_START = ("start", "begin", "get started", "kick off")
+# What users ask of a guide that it cannot do, and the answer that says so and what to do instead.
+_CANNOT = (
+    (
+        ("roll back", "rollback", "undo", "revert", "reset", "unrecord"),
+        "I cannot roll back or undo what is recorded. The pillars are free to visit in any order, so nothing "
+        "needs undoing to go back to one: say, for example, 'take me to content'.",
+    ),
+    (
+        ("approve", "approval", "reject", "sign off"),
+        "I cannot approve or reject anything: a reviewer decides on a closed MVP session held for review.",
+    ),
+    (
+        ("cancel", "close my", "close the", "delete", "abandon", "quit", "stop my"),
+        "I cannot cancel or close your MVP journey: whoever runs your MVP closes the session.",
+    ),
+)
 # Words that make a clause deny what it names ("I did not upload", "don't take me there"), and words that
 # leave a reported action undone ("I tried to upload", "we need to parse"). A clause with either reports
 # nothing done; only a denial cancels a request. Contractions are matched by their "n't" too.
@@ -239,6 +256,9 @@ class DeterministicGuideModel(BaseChatModel):
             if pillar is None:
                 return f"Which pillar shall I take you to? {self._pillar_names()}.", False
             return [("navigate_to_pillar", {"pillar_id": pillar})], False
+        for phrases, answer in _CANNOT:
+            if _has(text, phrases):
+                return self._capabilities(answer), False
         flagged_pillar, flags = self._reported_flags(done, pillar)
         completes = _has(done, _COMPLETION)
         first_person = _has(text, ("i", "we", "i've", "we've"))
@@ -263,7 +283,7 @@ class DeterministicGuideModel(BaseChatModel):
         if _has(text, _LEFT) or (question and (pillar is not None or flags)):
             target = pillar or flagged_pillar
             return [("explain_pillar", {"pillar_id": target} if target else {})]
-        if _has(text, _NEXT):
+        if _has(text, _NEXT) or _has(text, _START):  # a journey to start is under way: where to start in it
             return [("recommend_next_pillar", {})]
         if _has(text, _PROGRESS):
             return [("get_session_progress", {})]

@@ -56,6 +56,8 @@ RULES = default_guide_model()
                 )
             ],
         ),
+        ("start my MVP journey", [("recommend_next_pillar", {})]),
+        ("let me begin", [("recommend_next_pillar", {})]),
         ("how far am I?", [("get_session_progress", {})]),
         ("show me my progress", [("get_session_progress", {})]),
     ],
@@ -71,6 +73,11 @@ def test_the_rules_map_what_users_say_to_tool_calls(said: str, planned: list[tup
         ("What is the capital of France?", "I can't answer that: I only know your MVP journey."),
         ("take me somewhere nice", "Which pillar shall I take you to? The pillars are Content Pillar, Insights"),
         ("I'm done!", "Which pillar did you finish?"),
+        # What the guide cannot do is named, with what to do instead, not "I only know your MVP journey".
+        ("roll back the content pillar", "I cannot roll back or undo what is recorded. The pillars are free"),
+        ("undo that", "I cannot roll back or undo what is recorded."),
+        ("approve my MVP journey", "I cannot approve or reject anything: a reviewer decides"),
+        ("cancel my journey", "I cannot cancel or close your MVP journey: whoever runs your MVP closes"),
     ],
 )
 def test_the_rules_answer_without_tools_when_no_tool_helps(said: str, starts: str) -> None:
