@@ -74,6 +74,13 @@ async def test_each_sandbox_entry_criterion_refuses_the_start_on_its_own(store_u
 
         with pytest.raises(EntryCriteriaNotMetError) as nothing:
             await lc.start_journey("client-empty")
+        # The refusal says how to start: what to record, and the journey to start again.
+        assert str(nothing.value) == (
+            f"journey {nothing.value.validation.journey_id!r} cannot start: 3 of 3 checks failed: contract_signed, "
+            "infrastructure_provisioned, data_sources_identified; record contract_signed == 1, "
+            "infrastructure_provisioned == 1, data_sources_identified >= 1 in the start's metrics, and start it "
+            f"again with journey_id {nothing.value.validation.journey_id!r}"
+        )
         assert {c.message for c in nothing.value.validation.checks} == {
             "no value of contract_signed was recorded; needs == 1",
             "no value of infrastructure_provisioned was recorded; needs == 1",

@@ -280,8 +280,13 @@ class LifecycleOrchestrator:
         outcome = _outcome(snapshot)
         validation = ValidationResult.from_dict(outcome["validation"])
         if not validation.passed:
+            failed = {c.name for c in validation.failed_checks}
+            needed = [f"{c.metric} {c.expected}" for c in chosen.stage("sandbox").entry_criteria if c.label in failed]
+            fix = f"; record {', '.join(needed)} in the start's metrics" if needed else ""
             raise EntryCriteriaNotMetError(
-                f"journey {journey_id!r} cannot start: {validation.summary}", validation=validation
+                f"journey {journey_id!r} cannot start: {validation.summary}{fix}, and start it again with "
+                f"journey_id {journey_id!r}",
+                validation=validation,
             )
         _raise_for_unit(outcome, journey_id)
         return {**journey_view(snapshot.values, chosen), "validation": validation.to_dict()}
