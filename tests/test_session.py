@@ -185,6 +185,12 @@ BAD_CONFIGS: dict[str, tuple[Any, str]] = {
         {"areas": [{"area_id": "a", "completion": {"all": [{"field": "x", "op": "~"}]}}]},
         "areas.0.completion.all.0.op",
     ),
+    # As a session's areas show it ("files_uploaded == True"): refused with the two forms it takes.
+    "completion as shown": (
+        {"areas": [{"area_id": "a", "completion": ["files_uploaded == True"]}]},
+        "areas.0.completion: Value error, write completion as field → value ({'files_uploaded': True}) or as "
+        "criteria ({'all': [{'field': 'files_uploaded', 'op': '==', 'value': True}]}), not ['files_uploaded == True']",
+    ),
 }
 
 

@@ -61,6 +61,11 @@ class Area(BaseModel):
         # {"files_uploaded": True, ...} is shorthand for "every field equals its value".
         if isinstance(value, Mapping) and not ({"all", "any"} & set(value)):
             return Criteria.equals(value)
+        if not isinstance(value, Mapping | Criteria):  # e.g. the "field == value" texts an area's info shows
+            raise ValueError(
+                "write completion as field → value ({'files_uploaded': True}) or as criteria ({'all': [{'field': "
+                f"'files_uploaded', 'op': '==', 'value': True}}]}}), not {value!r:.80}"
+            )
         return value
 
     @property
