@@ -18,6 +18,7 @@ from graphs import (
     RetentionPolicy,
     SpecError,
     UnknownAreaError,
+    WrongPatternError,
 )
 
 # The seed's four areas, each with its own completion criteria; operations has none, so visiting completes it.
@@ -171,6 +172,17 @@ async def test_an_unknown_area_is_refused_untouched(store_url: str) -> None:
         assert await snapshot(rt, session_id) == before
         with pytest.raises(JourneyNotFoundError):
             await rt.session.navigate_to_area("session_nope", "content")
+
+
+async def test_an_mvp_session_named_to_the_session_orchestrator_says_which_to_use(store_url: str) -> None:
+    """The MVP composes Session, so its sessions look like sessions; ``runtime.session`` given one answered
+    "no session session 'session_…'" for a session that exists. It names the MVP orchestrator instead."""
+    async with JourneyRuntime.open(store_url) as rt:
+        mvp = (await rt.mvp.start_mvp_journey("u"))["session"]["session_id"]
+        with pytest.raises(WrongPatternError, match="belongs to the mvp pattern, not session; use the mvp"):
+            await rt.session.navigate_to_area(mvp, "insights")
+        with pytest.raises(JourneyNotFoundError, match=r"^no session 'session_nope'$"):
+            await rt.session.get_session_progress("session_nope")
 
 
 BAD_CONFIGS: dict[str, tuple[Any, str]] = {

@@ -35,6 +35,7 @@ from graphs import (
     StepFailedError,
     StepOrderError,
     UnknownTemplateError,
+    WrongPatternError,
 )
 from graphs.structured.builder import Branch, StructuredSpec
 
@@ -431,6 +432,23 @@ async def test_requirements_that_are_not_a_mapping_are_refused_with_a_typed_erro
         ):
             with pytest.raises(InvalidInputError, match="requirements must be a mapping"):
                 await design()
+
+
+async def test_an_advance_of_another_patterns_journey_names_its_orchestrator(store_url: str) -> None:
+    """``advance_journey_step`` given a saga's or a session's id said the run "has not been started; execute
+    the journey first", and executing it was then refused as another pattern's. It says so at once."""
+    async with JourneyRuntime.open(store_url) as rt:
+        saga = await rt.saga.design_saga_journey("enterprise_migration", {}, compensation_handlers={})
+        await rt.saga.execute_saga_journey(saga["journey_id"], "u", {})
+        session = await rt.session.start_session("u", {"areas": [{"area_id": "a"}]})
+        for journey_id, pattern in ((saga["journey_id"], "saga"), (session["session_id"], "session")):
+            with pytest.raises(WrongPatternError, match=f"is a {pattern} journey, not structured; use the {pattern}"):
+                await rt.structured.advance_journey_step(journey_id, "u", {})
+        with pytest.raises(JourneyNotFoundError):
+            await rt.structured.advance_journey_step("journey_nope", "u", {})
+        design = await rt.structured.design_journey("content_migration")
+        with pytest.raises(JourneyNotStartedError, match="execute the journey first"):
+            await rt.structured.advance_journey_step(design["journey_id"], "u", {})
 
 
 # --- retries and failures ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from graphs.errors import (
     JourneyFinishedError,
     JourneyNotFoundError,
     UnknownAreaError,
+    WrongPatternError,
 )
 from graphs.kernel.designs import DesignBook, PatternName, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
@@ -261,8 +262,16 @@ class SessionOrchestrator:
 
     async def _load(self, session_id: str) -> tuple[SessionSpec, Graph]:
         instance = await self._index.get_instance(session_id)
-        if instance is None or instance.pattern != self.pattern:
-            raise JourneyNotFoundError(f"no {self.pattern} session {session_id!r}", session_id=session_id)
+        if instance is None:
+            name = "session" if self.pattern == "session" else f"{self.pattern} session"
+            raise JourneyNotFoundError(f"no {name} {session_id!r}", session_id=session_id)
+        if instance.pattern != self.pattern:  # an MVP session given to runtime.session, or the other way
+            raise WrongPatternError(
+                f"journey {session_id!r} belongs to the {instance.pattern} pattern, not {self.pattern}; "
+                f"use the {instance.pattern} orchestrator",
+                journey_id=session_id,
+                pattern=instance.pattern,
+            )
         design, spec = await self._designs.load(session_id, (self.pattern,))
         return spec, self._designs.graph(design.pattern, spec)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.types import StateSnapshot
 
-from graphs.errors import InvalidInputError
+from graphs.errors import InvalidInputError, JourneyNotStartedError
 from graphs.kernel.designs import DesignBook, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 from graphs.kernel.identifiers import checked_user_id
@@ -145,7 +145,12 @@ class StructuredOrchestrator:
     ) -> dict[str, Any]:
         """Complete the current step with ``step_result`` and move on. Only the current step can advance."""
         instance_id = structured_instance_id(journey_id, user_id)
-        return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
+        try:
+            return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
+        except JourneyNotStartedError:
+            # A saga's or a session's id: executing it would be refused too, so say whose it is instead.
+            await self._designs.load(journey_id, ("structured",))
+            raise
 
     async def advance_run(
         self,
