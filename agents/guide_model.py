@@ -79,7 +79,7 @@ _CANNOT = (
 # leave a reported action undone ("I tried to upload", "we need to parse"). A clause with either reports
 # nothing done; only a denial cancels a request. Contractions are matched by their "n't" too.
 _NEGATION = frozenset(
-    {"not", "no", "never", "nothing", "none", "neither", "nor", "cannot", "without"}
+    {"not", "never", "nothing", "none", "neither", "nor", "cannot"}
     | {"dont", "didnt", "doesnt", "havent", "hasnt", "hadnt", "cant", "couldnt", "wont", "isnt", "arent", "wasnt"}
 )
 _UNDONE = _NEGATION | frozenset(

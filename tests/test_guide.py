@@ -105,6 +105,11 @@ def test_the_rules_answer_without_tools_when_no_tool_helps(said: str, starts: st
         ("the roadmap is not generated", [("explain_pillar", {"pillar_id": "business_outcome"})]),
         ("I have not finished insights", [("explain_pillar", {"pillar_id": "insights"})]),
         ("I'm not done with operations", [("explain_pillar", {"pillar_id": "operations"})]),
+        # "no" and "without" say how it went, not that it did not happen.
+        (
+            "I uploaded the files with no errors",
+            [("record_progress", {"pillar_id": "content", "updates": {"files_uploaded": True}})],
+        ),
     ],
 )
 def test_a_denied_report_records_nothing(said: str, planned: list[tuple[str, dict[str, Any]]]) -> None:
