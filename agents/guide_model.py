@@ -38,7 +38,17 @@ Call = tuple[str, dict[str, Any]]  # a tool call the rules chose: (tool name, ar
 
 # Words of a completion flag that say nothing about which flag it is.
 _GENERIC = frozenset({"file", "files", "generated", "complete", "created", "pillar"})
-_COMPLETION = ("finished", "completed", "complete", "done with", "i'm done", "i am done", "wrapped up")
+_COMPLETION = (
+    "finished",
+    "completed",
+    "complete",
+    "done with",
+    "i'm done",
+    "i am done",
+    "is done",
+    "are done",
+    "wrapped up",
+)
 _NAVIGATE = ("take me", "go to", "navigate", "switch to", "move to", "bring me", "jump to", "open the", "let's go")
 _LEFT = (
     "left",
@@ -262,7 +272,9 @@ class DeterministicGuideModel(BaseChatModel):
         flagged_pillar, flags = self._reported_flags(done, pillar)
         completes = _has(done, _COMPLETION)
         first_person = _has(text, ("i", "we", "i've", "we've"))
-        if not question and (first_person or completes):
+        # "the files are uploaded", "files uploaded": a report without a person, told by its participle.
+        participle = any(w.endswith("ed") for w in done.split())
+        if not question and (first_person or completes or (participle and flags)):
             if flags and flagged_pillar is not None:
                 updates = dict.fromkeys(flags, True)
                 return [("record_progress", {"pillar_id": flagged_pillar, "updates": updates})], False

@@ -58,6 +58,13 @@ RULES = default_guide_model()
         ),
         ("start my MVP journey", [("recommend_next_pillar", {})]),
         ("let me begin", [("recommend_next_pillar", {})]),
+        # A report without a person is a report too.
+        ("files uploaded", [("record_progress", {"pillar_id": "content", "updates": {"files_uploaded": True}})]),
+        (
+            "the insights summary is generated",
+            [("record_progress", {"pillar_id": "insights", "updates": {"insights_summary_generated": True}})],
+        ),
+        ("content is done", [("record_progress", {"pillar_id": "content", "pillar_complete": True})]),
         ("how far am I?", [("get_session_progress", {})]),
         ("show me my progress", [("get_session_progress", {})]),
     ],
