@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server.input_guard import GuardedRoute
-from server.problems import Problem
+from server.problems import ApiError, Problem
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
@@ -34,3 +34,15 @@ class ViewRoute(GuardedRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
         super().__init__(path, endpoint, **{**options, "response_model_exclude_unset": True})
+
+
+def one_of_configurable_and_context(config: dict[str, Any] | None, context: dict[str, Any] | None) -> None:
+    """Refuse (400) a request giving both ``config.configurable`` and ``context``, as the Agent Server does:
+    context (LangGraph 0.6) replaces configurable, and which of the two a graph reads is otherwise left to chance."""
+    if (config or {}).get("configurable") and context:
+        raise ApiError(
+            400,
+            "ConfigurableAndContext",
+            "give either config.configurable or context, not both: prefer context alone (it replaces configurable "
+            "since LangGraph 0.6)",
+        )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from checkpoints.assistants import AssistantRow
-from server.api import errors
+from server.api import errors, one_of_configurable_and_context
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
 from server.models import (
@@ -70,6 +70,7 @@ def row_view(row: AssistantRow) -> dict[str, Any]:
 
 @router.post("", response_model=AssistantOut, summary="Create an assistant on a graph")
 async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services) -> dict[str, Any]:
+    one_of_configurable_and_context(body.config, body.context)
     created = await svc.create_assistant(
         caller,
         body.if_exists,
@@ -115,6 +116,7 @@ async def get_assistant_route(assistant_id: str, caller: Reader, svc: Services) 
 
 @router.patch("/{assistant_id}", response_model=AssistantOut, summary="Update an assistant (a new version)")
 async def update_assistant(assistant_id: str, body: AssistantUpdate, caller: Writer, svc: Services) -> dict[str, Any]:
+    one_of_configurable_and_context(body.config, body.context)
     changes = body.model_dump(include={"graph_id", "config", "context", "metadata", "name", "description"})
     return assistant_view(await svc.update_assistant(caller, assistant_id, **changes))
 

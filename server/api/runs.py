@@ -24,7 +24,7 @@ from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.engine import addressed, at_breakpoint, failed_task, in_flight
 from graphs.kernel.identifiers import THREAD_ID
-from server.api import errors
+from server.api import errors, one_of_configurable_and_context
 from server.assistants import Assistant, get_assistant
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
@@ -71,6 +71,7 @@ async def create_run(
     streaming: bool,
     run_id: str | None = None,
 ) -> RunRow:
+    one_of_configurable_and_context(body.config, body.context)
     resolved = await svc.resolve_assistant(body.assistant_id, caller)
     assistant = resolved.pattern
     if body.input is not None:  # checked before anything (the thread included) is stored
@@ -128,6 +129,7 @@ def assistant_options(
 ) -> dict[str, Any]:
     """A run's graph, and the assistant's config and context under the run's own (a run's request, or a
     cron's for each of its runs)."""
+    one_of_configurable_and_context(config, context)
     merged = {**assistant.config, **(config or {})}
     configurable = {**assistant.config.get("configurable", {}), **(config or {}).get("configurable", {})}
     if configurable:

@@ -1,0 +1,44 @@
+"""Requests the Agent Server refuses, refused the same way here (langgraph-sdk over real HTTP, every backend):
+``config.configurable`` together with ``context`` (a 400: which one a graph reads would be left to chance),
+and a get_graph ``xray`` depth that is not positive (a 422, not the graph drawn without subgraphs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import BadRequestError, NotFoundError
+
+pytestmark = pytest.mark.slow
+
+BOTH: dict[str, Any] = {"config": {"configurable": {"model": "a"}}, "context": {"model": "b"}}
+
+
+def _said(error: BadRequestError) -> str:
+    return str(error.response.json()["detail"])
+
+
+async def test_configurable_and_context_together_are_refused_with_a_400(sdk_client: LangGraphClient) -> None:
+    client = sdk_client
+    with pytest.raises(BadRequestError) as created:
+        await client.assistants.create("guide", **BOTH)
+    assert "not both" in _said(created.value), created.value.response.json()
+    assert [a["assistant_id"] for a in await client.assistants.search(graph_id="guide")] == ["guide"]
+    alone = await client.assistants.create("guide", context={"model": "b"})  # either one alone is taken
+    with pytest.raises(BadRequestError):
+        await client.assistants.update(alone["assistant_id"], **BOTH)
+    assert (await client.assistants.get(alone["assistant_id"]))["version"] == 1
+
+    # A run refused so leaves nothing behind: not the thread it would have created.
+    with pytest.raises(BadRequestError):
+        await client.runs.create("t-both", "guide", input={}, if_not_exists="create", **BOTH)
+    with pytest.raises(NotFoundError):
+        await client.threads.get("t-both")
+    with pytest.raises(httpx.HTTPStatusError) as waited:  # runs.wait raises httpx's own error
+        await client.runs.wait(None, "guide", input={}, **BOTH)
+    assert waited.value.response.status_code == 400
+    with pytest.raises(BadRequestError):
+        await client.crons.create("guide", schedule="0 * * * *", input={}, **BOTH)
+    assert await client.crons.count() == 0
