@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import BadRequestError, NotFoundError
+from langgraph_sdk.errors import BadRequestError, NotFoundError, UnprocessableEntityError
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +42,12 @@ async def test_configurable_and_context_together_are_refused_with_a_400(sdk_clie
     with pytest.raises(BadRequestError):
         await client.crons.create("guide", schedule="0 * * * *", input={}, **BOTH)
     assert await client.crons.count() == 0
+
+
+@pytest.mark.parametrize("xray", [0, -1])
+async def test_get_graph_refuses_an_xray_depth_that_is_not_positive(sdk_client: LangGraphClient, xray: int) -> None:
+    with pytest.raises(UnprocessableEntityError) as refused:
+        await sdk_client.assistants.get_graph("guide", xray=xray)
+    assert "positive depth" in str(refused.value.response.json()["detail"]), refused.value.response.json()
+    for fine in (True, False, 1, 2):
+        assert (await sdk_client.assistants.get_graph("guide", xray=fine))["nodes"]

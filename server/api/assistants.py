@@ -26,6 +26,7 @@ from server.models import (
     kept,
     sorted_page,
 )
+from server.problems import ApiError
 from server.services import ResolvedAssistant, ServerServices, services, system_metadata
 
 router = APIRouter(prefix="/assistants", tags=["assistants"], responses=errors(), route_class=GuardedRoute)
@@ -168,16 +169,38 @@ async def get_subgraphs_of(
 
 @router.get("/{assistant_id}/graph", response_model=GraphOut, summary="The assistant's graph (nodes and edges)")
 async def get_graph(
-    assistant_id: str, caller: Reader, svc: Services, xray: Annotated[bool | int, Query()] = False
+    assistant_id: str,
+    caller: Reader,
+    svc: Services,
+    xray: Annotated[
+        str | None, Query(description="Expand subgraphs: true (all levels), false, or a depth (a positive integer)")
+    ] = None,
 ) -> dict[str, Any]:
+    depth = _xray_depth(xray)
     assistant = (await svc.resolve_assistant(assistant_id, caller)).pattern
     if assistant.sample is None:
         return {"nodes": [], "edges": []}
-    drawable = (await assistant.sample(svc.runtime)).get_graph(xray=xray)
+    drawable = (await assistant.sample(svc.runtime)).get_graph(xray=depth)
     data = drawable.to_json()
     nodes = [_drawn_node(n) for n in data["nodes"]]
     edges = [{k: v for k, v in e.items() if k in ("source", "target", "conditional", "data")} for e in data["edges"]]
     return {"nodes": nodes, "edges": edges}
+
+
+def _xray_depth(xray: str | None) -> bool | int:
+    """How deep get_graph draws subgraphs, read as the Agent Server reads ``xray``: true, false, or a positive
+    depth; anything else (0, a negative depth, a word) is refused (422) rather than drawn as no depth at all."""
+    if not xray or xray in ("false", "False"):
+        return False
+    if xray in ("true", "True"):
+        return True
+    try:
+        depth = int(xray)
+    except ValueError:
+        depth = 0
+    if depth <= 0:
+        raise ApiError(422, "InvalidXray", f"xray={xray!r}: give true, false or a positive depth (1 draws one level)")
+    return depth
 
 
 def _drawn_node(node: dict[str, Any]) -> dict[str, Any]:
