@@ -169,8 +169,26 @@ ChosenId = Annotated[
 ]
 
 
+# config.configurable and context, both given: refused (a 400, as the Agent Server does; see
+# server.api.one_of_configurable_and_context). The schemas of the bodies that take both say so.
+_CONFIGURABLE: JsonDict = {
+    "required": ["config"],
+    "properties": {
+        "config": {
+            "type": "object",
+            "required": ["configurable"],
+            "properties": {"configurable": {"type": "object", "minProperties": 1}},
+        }
+    },
+}
+_CONTEXT: JsonDict = {"required": ["context"], "properties": {"context": {"type": "object", "minProperties": 1}}}
+NOT_CONFIGURABLE_AND_CONTEXT: JsonDict = {"not": {"allOf": [_CONFIGURABLE, _CONTEXT]}}
+
+
 class AssistantCreate(Open):
     """A new assistant: a graph (a pattern) with its own config, context and metadata."""
+
+    model_config = ConfigDict(json_schema_extra=NOT_CONFIGURABLE_AND_CONTEXT)
 
     graph_id: str = Field(min_length=1, max_length=100)
     assistant_id: ChosenId | None = None
@@ -184,6 +202,8 @@ class AssistantCreate(Open):
 
 class AssistantUpdate(Open):
     """Changes to an assistant, which become its new version (metadata is merged)."""
+
+    model_config = ConfigDict(json_schema_extra=NOT_CONFIGURABLE_AND_CONTEXT)
 
     graph_id: str | None = Field(default=None, min_length=1, max_length=100)
     config: RunConfig | None = None
@@ -389,7 +409,7 @@ _NOT_BOTH: JsonDict = {"not": {"allOf": [_STARTS, _RESUMES]}}
 class RunCreate(Open):
     """A run on a thread: its first run takes input, later ones command.resume."""
 
-    model_config = ConfigDict(json_schema_extra=_NOT_BOTH)
+    model_config = ConfigDict(json_schema_extra={**_NOT_BOTH, "allOf": [NOT_CONFIGURABLE_AND_CONTEXT]})
 
     assistant_id: str = Field(min_length=1)
     input: dict[str, Any] | None = None
@@ -429,7 +449,9 @@ class RunCreate(Open):
 class StatelessRunCreate(RunCreate):
     """A run on a new thread: input starts its journey (command.resume finds nothing to resume: 409)."""
 
-    model_config = ConfigDict(json_schema_extra={**_NOT_BOTH, "anyOf": [_STARTS, _RESUMES]})
+    model_config = ConfigDict(
+        json_schema_extra={**_NOT_BOTH, "anyOf": [_STARTS, _RESUMES], "allOf": [NOT_CONFIGURABLE_AND_CONTEXT]}
+    )
 
 
 class BatchRunCreate(StatelessRunCreate):

@@ -3,10 +3,11 @@ versions, config and context of their own."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from checkpoints.assistants import AssistantRow
 from server.api import errors, one_of_configurable_and_context
@@ -26,7 +27,6 @@ from server.models import (
     kept,
     sorted_page,
 )
-from server.problems import ApiError
 from server.services import ResolvedAssistant, ServerServices, services, system_metadata
 
 router = APIRouter(prefix="/assistants", tags=["assistants"], responses=errors(), route_class=GuardedRoute)
@@ -173,10 +173,12 @@ async def get_graph(
     caller: Reader,
     svc: Services,
     xray: Annotated[
-        str | None, Query(description="Expand subgraphs: true (all levels), false, or a depth (a positive integer)")
-    ] = None,
+        Literal["true", "false", "True", "False"] | Annotated[int, Field(gt=0)],
+        Query(description="Expand subgraphs: true (all levels), false, or a depth (a positive integer)"),
+    ] = "false",
 ) -> dict[str, Any]:
-    depth = _xray_depth(xray)
+    # Read as the Agent Server reads it: 0 or a negative depth is refused (422), not drawn as false.
+    depth = xray if isinstance(xray, int) else xray.lower() == "true"
     assistant = (await svc.resolve_assistant(assistant_id, caller)).pattern
     if assistant.sample is None:
         return {"nodes": [], "edges": []}
@@ -185,22 +187,6 @@ async def get_graph(
     nodes = [_drawn_node(n) for n in data["nodes"]]
     edges = [{k: v for k, v in e.items() if k in ("source", "target", "conditional", "data")} for e in data["edges"]]
     return {"nodes": nodes, "edges": edges}
-
-
-def _xray_depth(xray: str | None) -> bool | int:
-    """How deep get_graph draws subgraphs, read as the Agent Server reads ``xray``: true, false, or a positive
-    depth; anything else (0, a negative depth, a word) is refused (422) rather than drawn as no depth at all."""
-    if not xray or xray in ("false", "False"):
-        return False
-    if xray in ("true", "True"):
-        return True
-    try:
-        depth = int(xray)
-    except ValueError:
-        depth = 0
-    if depth <= 0:
-        raise ApiError(422, "InvalidXray", f"xray={xray!r}: give true, false or a positive depth (1 draws one level)")
-    return depth
 
 
 def _drawn_node(node: dict[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,12 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from server.api import errors
+from server.api import errors, one_of_configurable_and_context
 from server.api.runs import assistant_options
 from server.auth import Principal, require
 from server.crons import RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, RunConfig, kept, select_of
+from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, kept, select_of
 from server.services import ServerServices, services
 
 router = APIRouter(tags=["crons"], responses=errors(), route_class=GuardedRoute)
@@ -61,7 +61,8 @@ class CronOut(BaseModel):
 class CronRunOptions(BaseModel):
     """What each firing's run gets, and the cron's schedule."""
 
-    model_config = ConfigDict(extra="allow")  # the SDK sends more (stream_mode, checkpoint_during…)
+    # The SDK sends more (stream_mode, checkpoint_during…).
+    model_config = ConfigDict(extra="allow", json_schema_extra=NOT_CONFIGURABLE_AND_CONTEXT)
 
     input: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
@@ -149,6 +150,7 @@ def cron_view(cron: CronRow) -> dict[str, Any]:
 
 async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, caller: Principal) -> dict[str, Any]:
     body.refuse_unsupported()
+    one_of_configurable_and_context(body.config, body.context)
     if thread_id is not None:
         await svc.resolve_thread(thread_id, caller)
     assistant = await svc.resolve_assistant(body.assistant_id, caller)  # a built-in, or one the caller may see
@@ -211,6 +213,7 @@ async def count_crons(body: CronCount, caller: Reader, svc: Services) -> int:
 @router.patch("/runs/crons/{cron_id}", response_model=CronOut, summary="Change a cron")
 async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Services) -> dict[str, Any]:
     body.refuse_unsupported()
+    one_of_configurable_and_context(body.config, body.context)
     current = await _mine(svc, caller, cron_id)
     given = body.model_fields_set
     changes: dict[str, Any] = {

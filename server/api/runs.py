@@ -129,7 +129,6 @@ def assistant_options(
 ) -> dict[str, Any]:
     """A run's graph, and the assistant's config and context under the run's own (a run's request, or a
     cron's for each of its runs)."""
-    one_of_configurable_and_context(config, context)
     merged = {**assistant.config, **(config or {})}
     configurable = {**assistant.config.get("configurable", {}), **(config or {}).get("configurable", {})}
     if configurable:
