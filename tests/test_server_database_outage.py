@@ -245,3 +245,40 @@ def test_a_worker_whose_listening_connection_is_ended_carries_on(postgres_url: s
         finally:
             client.close()
             stop_worker(worker)
+
+
+BLIP = ("--plugin", "tests.blip_agents")  # blip: the run's next index write has its connection ended
+
+
+@pytest.mark.parametrize("mode", ["embedded", "distributed"])
+def test_a_run_the_database_blipped_under_finishes_its_journey(mode: str, postgres_url: str, tmp_path: Path) -> None:
+    """A fast restart or a failover ended a connection while a run's step was writing on it, the database
+    answering again at once. LangGraph recorded the driver's error (AdminShutdown) as the step's failure,
+    and the run ended "error" with it: the user's journey stood failed at a step whose work was done. A worker
+    whose job failed so while the database answered its end left the run "running" for good (procrastinate
+    marked the job failed). Now the step runs again in the same run, and a run the database cut short is not
+    finished as an error but executed again by its queue: the journey completes, each step once."""
+    distributed = ["--distributed"] if mode == "distributed" else []
+    mark = tmp_path / "blipped"
+    env = {"JOURNEYS_BLIP_DB": postgres_url, "JOURNEYS_BLIP_MARK": str(mark)}
+    steps = [{"step_id": f"s{i}", "mode": "auto", "agent": "blip"} for i in range(4)]
+    spec = {"journey_type": "blip4", "steps": steps}
+    worker_log = tmp_path / "worker.log"
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", *distributed, *BLIP, env=env) as base:
+        worker = start_worker(postgres_url, *BLIP, env=env, log=worker_log) if distributed else None
+        try:
+            with httpx.Client(base_url=base, timeout=120) as client:
+                started = {"journey_type": "blip4", "spec": spec, "user_id": "u"}
+                run = client.post("/runs/wait", json={"assistant_id": "structured", "input": started})
+        finally:
+            if worker is not None:
+                stop_worker(worker)
+    assert mark.exists()  # the blip happened
+    answer = run.json()
+    assert run.status_code == 200 and answer.get("status") == "completed", answer
+    assert answer["completed_steps"] == ["s0", "s1", "s2", "s3"], answer
+    with psycopg.connect(postgres_url) as conn:
+        done = conn.execute("SELECT step FROM journey_events WHERE type = 'step.completed' ORDER BY seq").fetchall()
+    assert [step for (step,) in done] == ["s0", "s1", "s2", "s3"]
+    for log in (tmp_path / "api.log", worker_log):
+        assert "Traceback" not in (log.read_text() if log.exists() else ""), log.read_text()

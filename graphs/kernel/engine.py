@@ -17,9 +17,10 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command, Durability, StateSnapshot
+from langgraph.types import Command, Durability, RetryPolicy, StateSnapshot
 
 from checkpoints.backends.base import Statement
+from checkpoints.database import unreachable
 from checkpoints.events import NewEvent
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
@@ -144,6 +145,7 @@ class JourneyEngine:
         graph = self._graphs.get(cache_key)
         if graph is None:
             graph = factory().compile(checkpointer=self.store.saver, store=self.store.graph_store, name=cache_key)
+            graph.retry_policy = (LOST_DATABASE_RETRY,)  # every node without a policy of its own
             if logged_steps:
                 self._logged_steps.add(graph)
             self._graphs[cache_key] = graph
@@ -336,6 +338,16 @@ class JourneyEngine:
         """:meth:`run`, answering with the thread's state after the run."""
         outcome = await self.run(graph, instance_id, value, replay=replay, options=options)
         return outcome if isinstance(outcome, StateSnapshot) else await graph.aget_state(self.config(instance_id))
+
+
+def _database_went_away(error: Exception) -> bool:
+    return unreachable(error) is not None
+
+
+# A step the database went away under (a restart, a failover: a write's connection ended) runs again in the
+# same run, as a crash's recovery would run it (its logged agent calls replay): without this, LangGraph recorded
+# the driver's error as the step's failure, and once the database answered the journey stood "failed" there.
+LOST_DATABASE_RETRY = RetryPolicy(initial_interval=0.5, max_attempts=5, retry_on=_database_went_away)
 
 
 def in_flight(snapshot: StateSnapshot) -> bool:

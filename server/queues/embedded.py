@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import psycopg
 import structlog
 
+from checkpoints.database import lost_database
 from checkpoints.errors import ConcurrentUpdateError, StoreError
 from checkpoints.locks import InstanceLocks, Kept, open_instance_locks
 from checkpoints.url import opened_target, parse_store_url
@@ -61,13 +62,34 @@ class EmbeddedRunner:
                 async with self._slots:
                     self._current[thread_id] = run.run_id
                     try:
-                        await self.executor.execute(run.run_id, due=True)  # when_due above
+                        await self._outlasting_the_database(run.run_id)
                     finally:
                         self._current.pop(thread_id, None)
         finally:
             if self._drivers.get(thread_id) is asyncio.current_task():
                 del self._drivers[thread_id]
                 self._woken.pop(thread_id, None)
+
+    async def _outlasting_the_database(self, run_id: str) -> None:
+        """Execute the run (its due time waited for above); again when the database went away under it (a
+        restart, a failover), after 1 s, then twice as long each time up to ``LONGEST_WAIT_S``: the run did
+        not fail, and without this its driver ended with it left "running" until the server restarted."""
+        wait = 1.0
+        while True:
+            try:
+                await self.executor.execute(run_id, due=True)
+                return
+            except Exception as exc:
+                if (lost := lost_database(exc)) is None:
+                    raise
+                log.warning(
+                    "a run was cut short by the database going away; it is executed again once it answers",
+                    run_id=run_id,
+                    error=lost.message,
+                    retry_in=wait,
+                )
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, LONGEST_WAIT_S)
 
     async def _until_due(self, woken: asyncio.Event, run: RunRow) -> bool:
         """Wait for the run's due time; True when ``woken`` before it (a cancel: the driver looks again)."""
@@ -122,6 +144,7 @@ class EmbeddedRunner:
 # takes up at startup every run left pending or running, as only the last executor's crash could have left them.
 EXECUTOR_LOCK = "journeys:embedded-executor"
 HANDOVER_S = 15.0  # seconds a starting server waits for one stopping (a restart) to let the database go
+LONGEST_WAIT_S = 30.0  # longest wait between a run's executions the database cut short
 KEPT_CHECK_S = 2.0  # seconds between checks that the lock is held still (PostgreSQL ends it with its connection)
 
 

@@ -18,9 +18,11 @@ import procrastinate
 from procrastinate.connector import BaseConnector
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import OutagePool, autocommit, note_return, probe_if_idle
+from checkpoints.database import unreachable
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
 from checkpoints.url import distributed_target
@@ -82,6 +84,21 @@ class RunJobs(JobManager):
         await super().finish_job(job, status, delete_job)
 
 
+class OutageRetry(BaseRetryStrategy):
+    """A run's job that failed because the database went away (a restart, a failover, a blip) is taken again
+    once it answers, after 1 s, then twice as long each time up to ``LONGEST_WAIT_S``: the run did not fail
+    (its executor finishes it as an error only for its own failures), and procrastinate would otherwise
+    mark the job failed with its run left "running" for good when the database answered that job's end.
+    Any other error is the run's, finished by the executor with the job: never retried here."""
+
+    LONGEST_WAIT_S = 30
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if unreachable(exception) is None:
+            return None
+        return RetryDecision(retry_in={"seconds": min(2**job.attempts, self.LONGEST_WAIT_S)})
+
+
 def build_app(
     database_url: str,
     handlers: dict[str, Any] | None = None,
@@ -105,7 +122,7 @@ def build_app(
     app = procrastinate.App(connector=connector)
     handlers = handlers or {}
 
-    @app.task(name=RUN_TASK, queue=QUEUE, pass_context=False)
+    @app.task(name=RUN_TASK, queue=QUEUE, pass_context=False, retry=OutageRetry())
     async def execute_run(run_id: str) -> None:
         await handlers[RUN_TASK](run_id)
 

@@ -21,6 +21,7 @@ import structlog
 from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.backends.base import Statement
+from checkpoints.database import lost_database
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
@@ -337,11 +338,14 @@ class RunExecutor:
         try:
             with acting_as(run.owner):  # the journey it starts is owned by whoever created the run
                 view = await self._run(run, assistant, ctx, instance_id)
-        except JourneyError as exc:
-            status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
         except Exception as exc:
-            log.exception("run failed", run_id=run_id)
-            status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
+            if lost_database(exc) is not None:  # the database went away, the run did not fail: its queue runs it again
+                raise
+            if not isinstance(exc, JourneyError):
+                log.exception("run failed", run_id=run_id)
+                status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
+            else:
+                status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
         if error is not None:
             await emit("error", error) if run.stream_modes else None
         elif instance_id is not None:
