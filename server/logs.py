@@ -101,15 +101,25 @@ class OutageNoise(logging.Filter):
     traceback for each of its worker's side tasks that the outage ended (the worker then stops, and ours
     starts it again once the database answers); psycopg's pool logs "error connecting" at every attempt.
     Dropped: those side-task lines, and every "error connecting" but the first since the database last
-    answered (its reason, such as a refused password, is kept); a job the outage cut short keeps its line
-    and its reason, without its traceback. Any other line, and every line about an error other than the
-    database being unreachable, passes: a job that fails after recovery still shows."""
+    answered (its reason, such as a refused password, is kept); the pool's "discarding closed connection"
+    but the first of a burst (an outage ends every pooled connection at once); asyncio's "Task exception was
+    never retrieved" for a procrastinate job task that could not save the job's end (the job is retried as
+    stalled). A job the outage cut short keeps its line and its reason, without its traceback. Any other
+    line, and every line about an error other than the database being unreachable, passes: a job that fails
+    after recovery still shows."""
 
     def __init__(self) -> None:
         super().__init__()
         self._refusal_shown: float | None = None  # when the last "error connecting" shown was logged
+        self._discard_shown = float("-inf")  # when the last "discarding ... connection" shown was logged
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "psycopg.pool" and record.msg in _DISCARDED:  # a connection the outage ended
+            now = time.monotonic()
+            if now - self._discard_shown < DISCARD_BURST_S:
+                return False  # its first is shown: the rest of the pool went with it
+            self._discard_shown = now
+            return True
         error = record.exc_info[1] if record.exc_info else None
         error = error or next((a for a in (record.args or ()) if isinstance(a, BaseException)), None)
         if error is None or unreachable(error) is None:
@@ -120,6 +130,8 @@ class OutageNoise(logging.Filter):
                 record.msg, record.args = f"{record.getMessage()} (the database went away: {unreachable(error)})", None
                 record.exc_info = record.exc_text = None
             return action not in _SIDE_TASK_ACTIONS
+        if record.name == "asyncio":  # procrastinate's job task whose end could not be saved: retried as stalled
+            return False
         if record.name == "psycopg.pool":
             if self._refusal_shown is not None and OUTAGE.answered < self._refusal_shown:
                 return False  # the database has not answered since the last one shown
@@ -135,11 +147,20 @@ _SIDE_TASK_ACTIONS = frozenset(
         *(f"{task}_error" for task in ("update_heartbeats", "deferrer", "poll_jobs_to_abort", "listener")),
     }
 )
+# psycopg's pool's line per pooled connection found ended (each one an outage ended, returned or checked).
+_DISCARDED = frozenset({"discarding closed connection: %s", "discarding broken connection: %s"})
+DISCARD_BURST_S = 60.0  # one such line shown per minute: an outage ends every connection at once
 _JOB_ERROR_ACTIONS = frozenset({"job_error", "job_error_retry"})  # procrastinate's worker's failed job lines
 _OUTAGE_NOISE = OutageNoise()
 # The libraries' loggers (a filter of a logger sees the lines logged on it, not on its children): a
 # procrastinate worker logs on a child named after it ("worker", procrastinate's default we keep).
-_NOISY_LOGGERS = ("psycopg.pool", "procrastinate.worker", "procrastinate.worker.worker", "procrastinate.utils")
+_NOISY_LOGGERS = (
+    "psycopg.pool",
+    "procrastinate.worker",
+    "procrastinate.worker.worker",
+    "procrastinate.utils",
+    "asyncio",  # "Task exception was never retrieved": a procrastinate job task that could not save its end
+)
 
 
 def chosen_format(fmt: LogFormat | None = None) -> Literal["json", "console"]:

@@ -5,6 +5,7 @@ with no restart. Real processes; the outage is the test database refusing connec
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -282,3 +283,57 @@ def test_a_run_the_database_blipped_under_finishes_its_journey(mode: str, postgr
     assert [step for (step,) in done] == ["s0", "s1", "s2", "s3"]
     for log in (tmp_path / "api.log", worker_log):
         assert "Traceback" not in (log.read_text() if log.exists() else ""), log.read_text()
+
+
+def run_statuses(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("SELECT status, count(*) FROM server_runs GROUP BY status").fetchall())
+
+
+def test_an_outage_under_load_is_a_few_lines_in_the_worker_and_server_logs(postgres_url: str, tmp_path: Path) -> None:
+    """PostgreSQL going away while a server and a worker were busy: psycopg's pool logged "discarding closed
+    connection" for each pooled connection the outage ended, asyncio "Task exception was never retrieved" with
+    a page of traceback for each procrastinate job whose end could not be saved (retried as stalled), and each
+    run it cut short was logged "run failed" with its traceback. Now: one "discarding" line, the outage and its
+    end, a cut-short job's line without traceback; every journey completes."""
+    worker_log, api_log = tmp_path / "worker.log", tmp_path / "api.log"
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def load(client: httpx.Client) -> None:
+        while not stop.is_set():
+            try:
+                answers.append(journey(client, "load").status_code)
+            except httpx.HTTPError:
+                answers.append(0)
+
+    with journeys_serve(postgres_url, api_log, "--no-auth", "--distributed", *PLUGIN) as base:
+        worker = start_worker(postgres_url, *PLUGIN, log=worker_log)
+        client = httpx.Client(base_url=base, timeout=120)
+        try:
+            assert journey(client, "before").json()["status"] == "completed"
+            with ThreadPoolExecutor(6) as pool:
+                for _ in range(6):
+                    pool.submit(load, client)
+                time.sleep(2)
+                with outage(postgres_url):
+                    time.sleep(4)
+                time.sleep(4)
+                stop.set()
+            deadline = time.monotonic() + 60
+            while client.get("/ok", params={"check_db": 1}).status_code != 200:
+                assert time.monotonic() < deadline, "the server never saw the database again"
+                time.sleep(0.2)
+            assert journey(client, "after").json()["status"] == "completed"
+            deadline = time.monotonic() + 60  # the runs the outage cut short are executed again
+            while set(statuses := run_statuses(postgres_url)) != {"success"}:
+                assert time.monotonic() < deadline, statuses
+                time.sleep(0.5)
+        finally:
+            client.close()
+            stop_worker(worker)
+    assert 200 in answers and set(answers) <= {200, 503}, answers
+    for log in (worker_log.read_text(), api_log.read_text()):
+        assert "Traceback" not in log, log
+        assert "never retrieved" not in log, log
+        assert log.count("discarding closed connection") <= 1, log

@@ -88,7 +88,8 @@ def test_an_embedded_server_whose_lock_connection_dropped_takes_the_lock_again(
 ) -> None:
     """PostgreSQL releases the embedded-executor lock when its connection drops (an outage, a terminated
     backend): a second embedded server could then start and execute the same runs. The first takes it again
-    within seconds, and says so; the lock is not free for a second server."""
+    within seconds; the lock is not free for a second server. That is an ordinary outage's doing, and no other
+    server took the lock: it was logged as an error, which `journeys serve` shows, and is now a warning (-v)."""
     log = tmp_path / "first.log"
     with (
         journeys_serve(postgres_url, log, "--no-auth", *PLUGIN) as first,
@@ -101,7 +102,7 @@ def test_an_embedded_server_whose_lock_connection_dropped_takes_the_lock_again(
         until(lambda: executor_lock_holder(admin) not in (None, holder), "the lock was not taken again", 15)
         assert not taken_here(admin)
         assert completed(first, "b")  # and it executes runs on
-    assert "the embedded-executor lock was lost with its database connection, and taken again" in log.read_text()
+    assert "taken again" not in log.read_text(), log.read_text()
 
 
 def test_an_embedded_server_whose_lock_another_took_meanwhile_stops_and_says_so(

@@ -187,3 +187,58 @@ def test_a_job_the_database_outage_cut_short_is_one_line_with_its_reason(caplog:
         "(the database went away: terminating connection due to administrator command)"
     )
     assert failed.exc_info is not None and failed.getMessage().endswith("status: Error")
+
+
+async def test_the_connections_an_outage_ended_are_one_line_not_one_each(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage ends every pooled connection at once, and psycopg's pool logged "discarding closed
+    connection" for each one in use as it went back (a busy server: a page of them). The first is shown,
+    the rest of that burst not."""
+    from checkpoints.backends.postgres import open_pool
+    from checkpoints.url import parse_store_url
+
+    configure_logging(logging.WARNING)
+    async with open_pool(parse_store_url(postgres_url), 4) as pool:
+        taken = [await pool.getconn() for _ in range(4)]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            pids = [conn.info.backend_pid for conn in taken]
+            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        for conn in taken:
+            with pytest.raises(psycopg.OperationalError):
+                await conn.execute("SELECT 1")
+            await pool.putconn(conn)
+    discarded = [r for r in caplog.records if r.getMessage().startswith("discarding closed connection")]
+    assert len(discarded) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_job_task_whose_end_the_outage_kept_from_being_saved_is_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """procrastinate saves a job's end in a task of its own: when the database was away then, asyncio logged
+    "Task exception was never retrieved" with a page of traceback per job (which is retried as stalled once
+    the worker's heartbeat stops). That line is dropped when the error is the database being unreachable; any
+    other task's lost exception still shows."""
+    import asyncio
+
+    from psycopg_pool import PoolTimeout
+
+    configure_logging(logging.WARNING)
+
+    async def lose(error: Exception) -> None:
+        async def fail() -> None:
+            raise error
+
+        task = asyncio.get_running_loop().create_task(fail())
+        await asyncio.sleep(0)
+        del task  # never awaited: asyncio reports its exception as the task goes
+
+    for error in (PoolTimeout("no connection to the database"), KeyError("x")):
+        try:
+            raise RuntimeError("Database error.") from error
+        except RuntimeError as exc:
+            asyncio.run(lose(exc))
+    lost = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert len(lost) == 1, [r.getMessage() for r in caplog.records]
+    shown = lost[0].exc_info[1] if lost[0].exc_info else None
+    assert shown is not None and isinstance(shown.__cause__, KeyError)

@@ -217,9 +217,8 @@ async def _keep(locks: InstanceLocks, kept: Kept, on_lost: Callable[[], None]) -
                     log.warning("the embedded-executor lock could not be taken again yet", error=str(exc))
                     await asyncio.sleep(KEPT_CHECK_S)
                     continue
-                # An error, as the loss was (`journeys serve` shows errors only): for that while, another server
-                # could have started executing this database's runs.
-                log.error(
+                # A warning (-v): an ordinary outage does it, and no other server took the lock meanwhile.
+                log.warning(
                     "the embedded-executor lock was lost with its database connection, and taken again",
                     lost_for_s=round(asyncio.get_running_loop().time() - lost_at, 1),
                 )
