@@ -134,6 +134,12 @@ class EmbeddedServerRunningError(JourneyError):
     category: ClassVar[ErrorCategory] = "conflict"
 
 
+class PluginNotFoundError(JourneyError):
+    """``--plugin`` names a module that cannot be imported, or a function the module does not have."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
 class ApiError(JourneyError):
     """The request cannot be served."""
 

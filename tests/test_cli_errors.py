@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from checkpoints.errors import DatabaseUnavailableError, UnsupportedStoreURLError
@@ -116,3 +118,50 @@ def test_distributed_settings_refuse_a_store_workers_cannot_share() -> None:
 
     with pytest.raises(UnsupportedStoreURLError, match="needs a postgresql://"):
         Settings(database_url="sqlite:///journeys.db", execution="distributed")
+
+
+JOURNEYS = Path(sys.executable).with_name("journeys")  # the console script, as a user runs it
+
+
+def test_a_plugin_in_the_current_directory_is_found_and_a_missing_one_is_one_line(tmp_path: Path) -> None:
+    """`journeys serve --plugin my_agents:register`, run from the directory holding my_agents.py, failed with
+    a page of rich traceback ending in ModuleNotFoundError: the console script does not put the current
+    directory on the path (python -m and uvicorn do). A module there is now found; a module found nowhere,
+    or a function it lacks, is one line saying where it looked and what to do (exit status 2)."""
+    (tmp_path / "my_agents.py").write_text(
+        "def register(registry):\n    registry.register('mine', lambda request: {'ok': True})\n"
+    )
+    database = f"sqlite:///{tmp_path}/journeys.db"
+    port = free_port()
+    serve = [str(JOURNEYS), "serve", "--no-auth", "--database-url", database, "--port", str(port)]
+    for plugin, says in (
+        ("not_there_agents:register", "no module named 'not_there_agents'"),
+        ("my_agents:missing", "has no function 'missing'"),
+    ):
+        refused = subprocess.run(
+            [*serve, "--plugin", plugin], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr and says in refused.stderr, refused.stderr
+        assert refused.stderr.splitlines()[-1].startswith("error: --plugin"), refused.stderr
+    server = subprocess.Popen(
+        [*serve, "--plugin", "my_agents:register"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.communicate()[1]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ok", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server with the plugin never answered"
+            time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)

@@ -98,6 +98,7 @@ STATUS_BY_CODE = {
             "InvalidRollbackTargetError",
             "MessageIdConflictError",
             "MigrationRefusedError",
+            "PluginNotFoundError",
             "ResumeValueError",
             "RetentionPolicyError",
             "RolloutError",
