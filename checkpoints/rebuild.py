@@ -19,11 +19,10 @@ the user-task inbox (:func:`rebuild_inbox`), from the task events of each proces
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +35,6 @@ from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row, is_first
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT
 from checkpoints.lifecycle import next_position, opened, run_totals, sealed, task_row
-from checkpoints.locks import InstanceLocks
 from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
@@ -420,7 +418,11 @@ async def lifecycle_views(
     return found
 
 
-async def rebuild_lifecycle(backend: Backend, events: EventLog, locks: InstanceLocks | None = None) -> Rebuilt:
+# One writer per journey instance while the block runs (the runtime's ``engine.exclusive``).
+Exclusive = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+async def rebuild_lifecycle(backend: Backend, events: EventLog, exclusive: Exclusive) -> Rebuilt:
     """Write every client lifecycle journey's rows in the lifecycle tables (journey states, transitions,
     validations, metric samples, unit-of-work runs, rollback history) as its events say: a journey whose
     rows differ from the log in a table has that table's rows replaced. ``corrected`` names
@@ -429,16 +431,16 @@ async def rebuild_lifecycle(backend: Backend, events: EventLog, locks: InstanceL
     that followed. Run after the instance index is rebuilt (it lists the journeys).
 
     Safe on a live database: a journey's tables are written only if its log did not grow since it was read
-    (:func:`_unless_moved`), else it is read again; with the store's ``locks``, each journey is rebuilt
-    holding its instance lock, as the stage machine writes it (a transition waiting on a row the rebuild
-    replaces would find it gone)."""
+    (:func:`_unless_moved`), else it is read again; and each journey is rebuilt inside ``exclusive`` (the
+    runtime's ``engine.exclusive``: one writer per journey, in this process and across processes), as the
+    stage machine writes it (a transition waiting on a row the rebuild replaces would find it gone)."""
     corrected: list[str] = []
     underivable: list[str] = []
     busy: list[str] = []
     journey_ids = [row["instance_id"] for row in await backend.query(_LIFECYCLE_IDS)]
     for journey_id in journey_ids:
         try:
-            async with _held(locks, journey_id):
+            async with exclusive(journey_id):
                 outcome = await _rebuild_journey(backend, events, journey_id)
         except ConcurrentUpdateError:  # held by a writer throughout the wait
             outcome = None
@@ -448,17 +450,6 @@ async def rebuild_lifecycle(backend: Backend, events: EventLog, locks: InstanceL
         corrected += outcome[0]
         underivable += outcome[1]
     return Rebuilt(len(journey_ids), corrected, underivable, busy)
-
-
-@asynccontextmanager
-async def _held(locks: InstanceLocks | None, instance_id: str) -> AsyncIterator[None]:
-    """``instance_id``'s instance lock, held until the block ends, within the locks' wait limit (none
-    without ``locks``)."""
-    if locks is None:
-        yield
-        return
-    async with locks.hold(instance_id, asyncio.get_running_loop().time() + locks.timeout):
-        yield
 
 
 async def _rebuild_journey(backend: Backend, events: EventLog, journey_id: str) -> tuple[list[str], list[str]] | None:
@@ -690,11 +681,9 @@ async def _write_task(tx: Transaction, task_id: str, values: dict[str, Any], fou
 _LIVE_CHANGES = ("status", "claimed_by", "assignee", "escalation")
 
 
-async def rebuild_views(
-    backend: Backend, events: EventLog, locks: InstanceLocks | None = None
-) -> tuple[Rebuilt, Rebuilt, Rebuilt]:
+async def rebuild_views(backend: Backend, events: EventLog, exclusive: Exclusive) -> tuple[Rebuilt, Rebuilt, Rebuilt]:
     """Every view derived from the event log, in order: the instance index, then the lifecycle tables and
-    the inbox (which read the index for their journeys). ``locks``: the store's instance locks, which a
-    rebuild on a live database holds per lifecycle journey (:func:`rebuild_lifecycle`)."""
+    the inbox (which read the index for their journeys). ``exclusive``: the runtime's ``engine.exclusive``,
+    which the rebuild holds per lifecycle journey (:func:`rebuild_lifecycle`)."""
     index = await rebuild_instance_index(backend)
-    return index, await rebuild_lifecycle(backend, events, locks), await rebuild_inbox(backend, events)
+    return index, await rebuild_lifecycle(backend, events, exclusive), await rebuild_inbox(backend, events)

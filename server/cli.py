@@ -318,7 +318,7 @@ def rebuild(
     async def run() -> None:
         async with JourneyRuntime.open(database_url) as runtime:
             store = runtime.store
-            rebuilt, lifecycle, inbox = await rebuild_views(store.backend, store.events, store.locks)
+            rebuilt, lifecycle, inbox = await rebuild_views(store.backend, store.events, runtime.engine.exclusive)
         typer.echo(f"{rebuilt.instances} instances read, {len(rebuilt.corrected)} corrected")
         for instance_id in rebuilt.corrected:
             typer.echo(f"  {instance_id}")

@@ -118,7 +118,7 @@ async def test_with_a_key_a_processs_answers_and_messages_are_sealed_and_read_ba
         assert (await processes.status(late["instance_id"]))["variables"]["amount"] == f"{MARKER}-early"
         assert (await processes.status(sent["correlated"][0]))["variables"]["amount"] == f"{MARKER}-paid"
         # The inbox as the log derives it is the one kept: the rebuild corrects nothing, and writes no clear text.
-        _index, _lifecycle, inbox = await rebuild_views(rt.store.backend, rt.store.events)
+        _index, _lifecycle, inbox = await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive)
         assert inbox.corrected == []
         assert not [c[:200] for c in raw_cells(durable_url) if MARKER in c]
 
@@ -138,7 +138,7 @@ async def test_with_a_key_a_client_lifecycles_rows_keep_nothing_in_clear(durable
         units = await rt.lifecycle.units_of_work(journeys[1])
         outputs = [t["output_data"] for u in units for t in u["tasks"].values() if t.get("output_data")]
         assert {(o["cohort_id"], o["user_count"]) for o in outputs if "cohort_id" in o} == {("cohort-pilot", 25)}
-        _index, lifecycle, _inbox = await rebuild_views(rt.store.backend, rt.store.events)
+        _index, lifecycle, _inbox = await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive)
         assert lifecycle.corrected == []
 
 

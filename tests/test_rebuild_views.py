@@ -4,6 +4,7 @@ on every backend."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -101,7 +102,9 @@ async def test_the_lifecycle_tables_and_the_inbox_are_rebuilt_from_the_event_log
         states = [v[0] for k, v in live.items() if k.startswith("lifecycle_journey_states:") and v]
         assert sorted(s["status"] for s in states) == ["active", "cancelled", "rollback"]  # the refused one has none
 
-        untouched = await rebuild_views(rt.store.backend, rt.store.events)  # the live views are the log's
+        untouched = await rebuild_views(
+            rt.store.backend, rt.store.events, rt.engine.exclusive
+        )  # the live views are the log's
         assert (untouched[1].corrected, untouched[2].corrected) == ([], [])
         assert (untouched[1].instances, untouched[2].instances) == (4, 6)
 
@@ -119,10 +122,10 @@ async def test_the_lifecycle_tables_and_the_inbox_are_rebuilt_from_the_event_log
         await backend.write([delete(user_tasks).where(user_tasks.c.task_id == one_task)], {})
         assert await views(rt) != live
 
-        rebuilt = await rebuild_views(backend, rt.store.events)
+        rebuilt = await rebuild_views(backend, rt.store.events, rt.engine.exclusive)
         assert await views(rt) == live
         assert len(rebuilt[2].corrected) == 6 and len(rebuilt[1].corrected) >= 4
-        again = await rebuild_views(backend, rt.store.events)
+        again = await rebuild_views(backend, rt.store.events, rt.engine.exclusive)
         assert (again[1].corrected, again[2].corrected) == ([], [])
 
 
@@ -192,7 +195,7 @@ async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log
         rollbacks = [r for k, rows in live.items() if k.startswith("lifecycle_rollback_history") for r in rows]
         assert sorted(r["status"] for r in rollbacks) == ["cancelled", "completed", "completed", "validated"]
         assert all(r["plan"]["unwind"] for r in rollbacks) and any(r["automatic"] for r in rollbacks)
-        untouched = await rebuild_views(rt.store.backend, rt.store.events)
+        untouched = await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive)
         assert untouched[1].corrected == []
 
         backend = rt.store.backend
@@ -204,7 +207,7 @@ async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log
         await backend.write([update(lifecycle_rollback_history).values(status="validated", run_ids=[], plan={})], {})
         assert await unit_views(rt, journeys) != live
 
-        rebuilt = await rebuild_views(backend, rt.store.events)
+        rebuilt = await rebuild_views(backend, rt.store.events, rt.engine.exclusive)
         assert await unit_views(rt, journeys) == live
         if key is not None:  # written back sealed, as the live machine writes them
             tasks = await backend.query(select(lifecycle_units_of_work.c.tasks))
@@ -213,7 +216,7 @@ async def test_units_of_work_and_rollback_history_are_rebuilt_from_the_event_log
             assert reasons and all(row["reason"].startswith('{"__sealed__"') for row in reasons)
         tables = {name.split(":")[0] for name in rebuilt[1].corrected}
         assert tables == {"lifecycle_units_of_work", "lifecycle_rollback_history"}
-        assert (await rebuild_views(backend, rt.store.events))[1].corrected == []
+        assert (await rebuild_views(backend, rt.store.events, rt.engine.exclusive))[1].corrected == []
 
 
 async def test_a_terminated_lifecycle_journeys_rows_are_rebuilt_as_terminated(store_url: str) -> None:
@@ -235,12 +238,12 @@ async def test_a_terminated_lifecycle_journeys_rows_are_rebuilt_as_terminated(st
             "terminated",
         ]
         assert [r["status"] for r in live[waiting]["lifecycle_rollback_history"]] == ["cancelled"]
-        assert (await rebuild_views(rt.store.backend, rt.store.events))[1].corrected == []
+        assert (await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive))[1].corrected == []
 
         backend = rt.store.backend
         await backend.write([update(lifecycle_journey_states).values(status="active")], {})
         await backend.write([update(lifecycle_rollback_history).values(status="validated", completed_at=None)], {})
-        rebuilt = await rebuild_views(backend, rt.store.events)
+        rebuilt = await rebuild_views(backend, rt.store.events, rt.engine.exclusive)
 
         assert {j: await lifecycle_views(backend, j) for j in (sandbox, waiting)} == live
         assert sorted(rebuilt[1].corrected) == sorted(
@@ -273,7 +276,7 @@ async def test_a_claim_made_while_the_inbox_is_rebuilt_is_kept(store_url: str) -
 
         events.list = list_then_claim  # type: ignore[method-assign]
         try:
-            rebuilt = await rebuild_views(backend, events)
+            rebuilt = await rebuild_views(backend, events, rt.engine.exclusive)
         finally:
             del events.list
         assert claims
@@ -302,7 +305,7 @@ async def test_a_metric_recorded_while_the_lifecycle_tables_are_rebuilt_is_kept(
 
         events.list = list_then_record  # type: ignore[method-assign]
         try:
-            rebuilt = await rebuild_views(backend, events)
+            rebuilt = await rebuild_views(backend, events, rt.engine.exclusive)
         finally:
             del events.list
         assert recorded
@@ -332,10 +335,41 @@ async def test_a_task_completed_but_not_yet_delivered_is_not_reopened_by_a_rebui
                 await rt.processes.inbox.complete(task["task_id"], user="ana", groups=["finance"], payload={"ok": 1})
         finally:
             del instances.deliver_answering
-        rebuilt = await rebuild_views(rt.store.backend, rt.store.events)
+        rebuilt = await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive)
         [row] = await rt.store.backend.query(select(user_tasks).where(user_tasks.c.task_id == task["task_id"]))
         assert (row["status"], row["completed_by"]) == ("completed", "ana") and rebuilt[2].corrected == []
         await rt.recover()  # delivered now: the log says so too, and a rebuild agrees with the inbox
-        assert (await rebuild_views(rt.store.backend, rt.store.events))[2].corrected == []
+        assert (await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive))[2].corrected == []
         [row] = await rt.store.backend.query(select(user_tasks).where(user_tasks.c.task_id == task["task_id"]))
         assert (row["status"], row["completed_by"]) == ("completed", "ana")
+
+
+async def test_a_library_rebuild_holds_each_lifecycle_journeys_lock(store_url: str) -> None:
+    """`rebuild_views` and `rebuild_lifecycle` took the store's instance locks as an optional last argument: a
+    library caller who left them out rebuilt a live database's lifecycle tables without them, and a
+    transition waiting on a row the rebuild replaced would find it gone (only the log check guarded it); and
+    given, they kept out other processes only (memory:// has none; PostgreSQL's advisory locks are one
+    session's per process). The rebuild now requires the runtime's ``engine.exclusive`` (a call without it
+    is refused at once, naming it), and waits for a journey a transition in this process holds."""
+    async with lifecycle_runtime(store_url) as (rt, _clock):
+        journey_id = (await rt.lifecycle.start_journey("client-a", metrics=READY_TO_START))["journey_id"]
+        backend, events, exclusive = rt.store.backend, rt.store.events, rt.engine.exclusive
+        with pytest.raises(TypeError, match="exclusive"):
+            await rebuild_views(backend, events)  # type: ignore[call-arg]
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def transition() -> None:
+            async with exclusive(journey_id):
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(transition())
+        await held.wait()
+        rebuilding = asyncio.create_task(rebuild_views(backend, events, exclusive))
+        for _ in range(100):  # the index is rebuilt, then the rebuild waits at the journey's lock
+            await asyncio.sleep(0.02)
+        assert not rebuilding.done()
+        release.set()
+        await holder
+        _index, lifecycle, _inbox = await rebuilding
+        assert lifecycle.instances == 1 and lifecycle.busy == []
