@@ -113,6 +113,25 @@ def _fail(error: JourneyError) -> NoReturn:
     raise typer.Exit(1 if error.category == "failed" else 2)
 
 
+def _existing(database_url: str, command: str) -> None:
+    """Refuse a SQLite database file that does not exist: a maintenance command on a mistyped path created
+    it empty (its directories too) and reported on it, "0 instances read", as if it were the operator's."""
+    from checkpoints.errors import DatabaseUnavailableError
+    from checkpoints.url import parse_store_url
+
+    try:
+        url = parse_store_url(database_url)
+    except JourneyError as exc:
+        _fail(exc)
+    if url.kind == "sqlite" and not Path(url.target).exists():
+        _fail(
+            DatabaseUnavailableError(
+                f"no SQLite database at {url.target}: check the path (--database-url); journeys {command} works "
+                "on an existing database (journeys serve and journeys demo create one)"
+            )
+        )
+
+
 @app.command()
 def demo(
     database_url: Annotated[
@@ -294,6 +313,7 @@ def retention_pass(
     from graphs.runtime import JourneyRuntime
 
     policy = _retention(retention, retention_days)
+    _existing(database_url, "retention")
 
     async def run() -> None:
         async with JourneyRuntime.open(database_url, retention=policy) as runtime:
@@ -314,6 +334,8 @@ def rebuild(
     the user-task inbox); prints what it corrected."""
     from checkpoints.rebuild import rebuild_views
     from graphs.runtime import JourneyRuntime
+
+    _existing(database_url, "rebuild")
 
     async def run() -> None:
         async with JourneyRuntime.open(database_url) as runtime:

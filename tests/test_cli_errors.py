@@ -165,3 +165,21 @@ def test_a_plugin_in_the_current_directory_is_found_and_a_missing_one_is_one_lin
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("command", ["rebuild", "retention"])
+def test_a_maintenance_command_on_a_mistyped_sqlite_path_creates_nothing(command: str, tmp_path: Path) -> None:
+    """`journeys rebuild --database-url sqlite:///jorneys.db` (a typo), or in a directory without the
+    database, created an empty database there (and the directories of its path) and printed "0 instances
+    read", as if it had rebuilt the operator's. It now says there is no database at that path (exit 1)."""
+    typo = tmp_path / "no-such-dir" / "jorneys.db"
+    ran = journeys(command, "--database-url", f"sqlite:///{typo}", cwd=tmp_path)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert ran.stderr.strip() == (
+        f"error: no SQLite database at {typo}: check the path (--database-url); journeys {command} works on an "
+        "existing database (journeys serve and journeys demo create one)"
+    )
+    assert not (tmp_path / "no-such-dir").exists()
+    default = journeys(command, cwd=tmp_path)  # the default, sqlite:///journeys.db, where there is none
+    assert default.returncode == 1 and "no SQLite database at journeys.db" in default.stderr, default.stderr
+    assert not (tmp_path / "journeys.db").exists()
