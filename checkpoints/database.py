@@ -155,6 +155,8 @@ def unreachable(error: BaseException) -> BaseException | None:
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, psycopg.errors.QueryCanceled):  # it answered: a statement timeout, a cancel
+            return None
         if isinstance(cause, psycopg.OperationalError | PoolTimeout):
             return cause
         cause = cause.__cause__ or cause.__context__

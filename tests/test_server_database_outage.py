@@ -21,7 +21,9 @@ from sqlalchemy import text
 
 from checkpoints.database import OUTAGE, create_engine_for, lost_database
 from checkpoints.url import parse_store_url
+from graphs.kernel.engine import LOST_DATABASE_RETRY
 from graphs.lifecycle.catalog import READY_TO_START
+from server.queues.procrastinate import OutageRetry
 from tests.server_support import journeys_serve, start_worker, stop_worker
 
 PLUGIN = ("--plugin", "benchmarks.server:register")  # the benchmark's no-op agent, bench_step
@@ -337,3 +339,18 @@ def test_an_outage_under_load_is_a_few_lines_in_the_worker_and_server_logs(postg
         assert "Traceback" not in log, log
         assert "never retrieved" not in log, log
         assert log.count("discarding closed connection") <= 1, log
+
+
+async def test_a_statement_timeout_is_the_runs_own_failure_not_an_outage_retried_for_ever(postgres_url: str) -> None:
+    """PostgreSQL cancelling a statement (``statement_timeout``, ``pg_cancel_backend``) raises an
+    ``OperationalError`` too, but the database answered: it is the run's failure, typed and ended, where a
+    lost connection is an outage the run and its job wait out (their retries would repeat a timeout for ever)."""
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("SET statement_timeout = 10")
+        with pytest.raises(psycopg.errors.QueryCanceled) as cancelled:
+            await conn.execute("SELECT pg_sleep(1)")
+    before = OUTAGE.at
+    assert lost_database(cancelled.value) is None
+    assert OUTAGE.at == before  # no outage marked: the pool's connections are not probed for it
+    assert not LOST_DATABASE_RETRY.retry_on(cancelled.value)  # type: ignore[operator]
+    assert OutageRetry().get_retry_decision(exception=cancelled.value, job=None) is None  # type: ignore[arg-type]
