@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
@@ -21,7 +22,6 @@ from tests.server_support import serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
-EVERY_MINUTE = "* * * * *"
 
 
 @pytest.fixture
@@ -66,14 +66,31 @@ async def settled(client: LangGraphClient, cron_id: str, count: int) -> list[dic
     return await firings(client, cron_id)
 
 
+async def workers_up(postgres_url: str, count: int) -> None:
+    """Return once ``count`` workers are registered in procrastinate's table (their jobs are running)."""
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        for _ in range(600):
+            found = await (await conn.execute("select count(*) from procrastinate_workers")).fetchone()
+            if found is not None and found[0] >= count:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{count} workers did not start within 60 s")
+
+
 async def test_a_cron_fires_on_schedule_once_with_two_workers_and_catches_up_after_downtime(
     client: LangGraphClient, postgres_url: str
 ) -> None:
     workers = [start_worker(postgres_url), start_worker(postgres_url)]
     try:
-        cron = await client.crons.create("structured", schedule=EVERY_MINUTE, input=JOURNEY)
+        await workers_up(postgres_url, 2)
+        # A cron on the seconds field (croniter's sixth): two ticks a minute, 12 s apart, the first 8 s from now.
+        # The second is missed while no worker runs; the next one is 48 s later, past the catch-up.
+        now = datetime.now(UTC).replace(microsecond=0)
+        due = now + timedelta(seconds=8)
+        schedule = f"* * * * * {due.second},{(due.second + 12) % 60}"
+        cron = await client.crons.create("structured", schedule=schedule, input=JOURNEY)
         first = datetime.fromisoformat(cron["next_run_date"])
-        assert first.second == 0 and first > datetime.now(UTC)
+        assert first == due
         await until(first - timedelta(seconds=1.5))
         assert await firings(client, cron["cron_id"]) == []  # never early, though two workers look every second
 
@@ -84,7 +101,7 @@ async def test_a_cron_fires_on_schedule_once_with_two_workers_and_catches_up_aft
         # Both workers die; the next tick passes while none runs.
         for worker in workers:
             kill(worker)
-        missed = first + timedelta(minutes=1)
+        missed = first + timedelta(seconds=12)
         await until(missed + timedelta(seconds=3))
         assert len(await firings(client, cron["cron_id"])) == 1
         workers = [start_worker(postgres_url), start_worker(postgres_url)]
