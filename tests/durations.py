@@ -1,6 +1,9 @@
-"""Write tests/durations.json (the order xdist workers take the tests in; see conftest.py) from a junit report.
+"""Write tests/durations.json (the order xdist workers take the tests in; see conftest.py) from junit reports.
 
-Usage: `.venv/bin/python -m pytest -n 2 --junitxml=report.xml`, then `python tests/durations.py report.xml`.
+Usage: `.venv/bin/python -m pytest -n 3 --junitxml=report.xml`, then `python tests/durations.py report.xml`.
+Several reports (of some test files each, e.g. the slow ones run one at a time) may be given: the files they
+ran take their new figures (tests no longer there are dropped), the other files keep theirs, and tests of
+files that no longer exist are dropped.
 """
 
 from __future__ import annotations
@@ -23,12 +26,26 @@ def node_id(case: ET.Element) -> str:
     raise ValueError(f"no test file for {case.attrib['classname']}")
 
 
-def main(report: str) -> None:
-    cases = ET.parse(report).getroot().iter("testcase")
-    durations = {node_id(case): round(float(case.attrib["time"]), 1) for case in cases}
+def main(reports: list[str]) -> None:
+    fresh = {
+        node_id(case): round(float(case.attrib["time"]), 1)
+        for report in reports
+        for case in ET.parse(report).getroot().iter("testcase")
+    }
+    ran = {test.split("::")[0] for test in fresh}
+    kept = json.loads(OUT.read_text()) if OUT.exists() else {}
+    durations = {
+        test: seconds
+        for test, seconds in kept.items()
+        if test.split("::")[0] not in ran and (OUT.parent.parent / test.split("::")[0]).exists()
+    }
+    durations.update(fresh)
     OUT.write_text(json.dumps(dict(sorted(durations.items())), indent=0) + "\n")
-    print(f"{len(durations)} tests, {sum(durations.values()):.0f} s in all -> {OUT}")
+    print(
+        f"{len(fresh)} tests of {len(ran)} files refreshed; {len(durations)} tests, "
+        f"{sum(durations.values()):.0f} s in all -> {OUT}"
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

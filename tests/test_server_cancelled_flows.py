@@ -6,19 +6,15 @@ thread's pending tasks before it takes a new ``command.resume``). Memory, SQLite
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from agents import AgentRequest
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS, READY_TO_START
-from server.app import create_app
-from server.settings import Settings
-from tests.server_support import serving
+from tests.server_support import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 
 pytestmark = pytest.mark.slow
 
@@ -35,19 +31,6 @@ class Slow:
         if self.calls == 1:
             await asyncio.sleep(30)
         return self.output
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[tuple[FastAPI, str]]:
-    app = create_app(Settings(database_url=store_url, auth=False))
-    with serving(app) as url:
-        yield app, url
-
-
-@pytest.fixture
-async def sdk(app: tuple[FastAPI, str]) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=app[1], api_key=None) as client:
-        yield client
 
 
 def _event(event: str, **options: Any) -> dict[str, Any]:

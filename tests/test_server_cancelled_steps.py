@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from agents import AgentRequest
 from checkpoints.clock import VirtualClock
 from server.app import create_app
 from server.settings import Settings
-from tests.server_support import serving
+from tests.server_support import served_app, served_sdk, serving  # noqa: F401  (the fixtures app and sdk)
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +46,6 @@ class SlowShip:
         if self.calls == 1:
             await asyncio.sleep(30)
         return {"shipped": True}
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[tuple[FastAPI, str]]:
-    app = create_app(Settings(database_url=store_url, auth=False))
-    with serving(app) as url:
-        yield app, url
-
-
-@pytest.fixture
-async def sdk(app: tuple[FastAPI, str]) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=app[1], api_key=None) as client:
-        yield client
 
 
 async def _cancelled_in_ship(app: FastAPI, sdk: LangGraphClient, assistant: str) -> tuple[str, str, SlowShip]:
@@ -97,7 +84,7 @@ async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_ag
     app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
 ) -> None:
     tid, instance_id, ship = await _cancelled_in_ship(app[0], sdk, assistant)
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         for _ in range(2):
             status = (await http.get(f"/journeys/{instance_id}/status")).json()
             state = await sdk.threads.get_state(tid)
@@ -134,7 +121,7 @@ async def test_a_resume_with_multitask_interrupt_while_an_auto_step_works_takes_
     state = await sdk.threads.get_state(tid)
     assert not state["next"] and state["values"]["status"] == "completed", state
     instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         status = (await http.get(f"/journeys/{instance_id}/status")).json()
     assert status["completed_steps"] == ["ask", "ship", "confirm"], status
 
@@ -145,7 +132,7 @@ async def test_a_saga_step_whose_run_was_cancelled_goes_on_before_the_next_resul
     """An advance (the saga endpoint) after the run was cancelled in ``ship`` runs ``ship`` on first and gives
     its result to ``confirm``; the same advance sent again (a double submit) does not complete a further step."""
     _tid, saga_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         journey_id = (await http.get(f"/journeys/sagas/{saga_id}")).json()["journey_id"]
         who = {"journey_id": journey_id, "user_id": "ana"}
         advanced = await http.post(f"/journeys/sagas/{saga_id}/advance", json={**who, "step_result": {}})
@@ -189,7 +176,7 @@ async def test_reads_of_a_process_whose_run_was_cancelled_in_a_service_task_do_n
 ) -> None:
     ship = SlowShip()
     app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         deployed = await http.post("/processes", json=PROCESS)
         assert deployed.status_code == 200, deployed.text
         tid = (await sdk.threads.create())["thread_id"]
@@ -226,7 +213,7 @@ async def test_a_saga_cancelled_after_its_run_was_cancelled_in_a_step_undoes_tha
     await asyncio.wait_for(_started(ship), 10)
     assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
     saga_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         cancelled = (await http.post(f"/journeys/sagas/{saga_id}/cancel", json={"reason": "no"})).json()
     assert cancelled["status"] == "compensated", cancelled
     assert cancelled["compensated_steps"] == ["ship", "ask"]
@@ -288,7 +275,7 @@ async def test_a_saga_whose_first_run_was_cancelled_before_any_checkpoint_stands
     step whose run was cut short is told ``completed: False``; its agent is not called."""
     undone: list[dict[str, Any]] = []
     _tid, saga_id, calls = await _saga_cancelled_before_its_first_checkpoint(app[0], sdk, undone)
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         status = (await http.get(f"/journeys/sagas/{saga_id}")).json()
         assert (status["status"], status["current_step"]) == ("in_progress", "reserve"), status
         cancelled = await http.post(f"/journeys/sagas/{saga_id}/cancel", json={"reason": "no"})
@@ -323,7 +310,7 @@ async def test_a_read_that_takes_the_journey_as_its_cancelled_run_lets_it_go_doe
                 yield
         except asyncio.CancelledError:  # the cancelled run has let the lock go: a read takes the journey now
             if not reads:
-                async with httpx.AsyncClient(base_url=app[1]) as http:
+                async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
                     reads.append((await http.get(f"/journeys/{instance_id}/status")).json())
             raise
 
@@ -331,7 +318,7 @@ async def test_a_read_that_takes_the_journey_as_its_cancelled_run_lets_it_go_doe
     _tid, instance_id, ship = await _cancelled_in_ship(app[0], sdk, "saga")
     assert reads and reads[0]["current_step"] == "ship", reads
     assert ship.calls == 1  # the read did not run the cancelled step on
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         status = (await http.get(f"/journeys/{instance_id}/status")).json()
     assert (status["current_step"], status["completed_steps"]) == ("ship", ["ask"]), status
     assert ship.calls == 1
@@ -345,7 +332,7 @@ async def test_a_process_task_answered_with_multitask_interrupt_while_a_service_
     now goes on first, and the answer completes the task the process then waits at."""
     ship = SlowShip()
     app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         assert (await http.post("/processes", json=PROCESS)).status_code == 200
         tid = (await sdk.threads.create())["thread_id"]
         await sdk.runs.wait(tid, "process", input={"process": "shipping", "business_key": "order-1"})
@@ -385,7 +372,7 @@ async def test_a_stopped_step_that_fails_as_a_new_run_takes_over_leaves_the_jour
         await sdk.runs.wait(tid, "structured", command={"resume": {}}, multitask_strategy="interrupt")
     assert (await sdk.runs.get(tid, first["run_id"]))["status"] == "interrupted"
     instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         status = (await http.get(f"/journeys/{instance_id}/status")).json()
         assert (status["index_status"], status["status"], status["failed_step"]) == ("failed", "failed", "reserve")
 
@@ -408,7 +395,7 @@ async def test_a_run_without_input_retries_a_failed_step(
     runtime = app[0].state.services.runtime
     runtime.agents.register("slow_ship", ship, replace=True)
     tid = (await sdk.threads.create())["thread_id"]
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         if assistant == "process":
             assert (await http.post("/processes", json=PROCESS)).status_code == 200
             await sdk.runs.wait(tid, assistant, input={"process": "shipping", "business_key": "order-1"})
