@@ -29,9 +29,9 @@ from checkpoints import redaction
 if TYPE_CHECKING:
     from langgraph_sdk.client import LangGraphClient
 
-# How long each test took in a whole `dev.py test` run on two workers (setup + call + teardown, seconds), by
-# node id: the order the xdist workers take the tests in. Regenerate after adding slow tests with
-# `python tests/durations.py report.xml` from a run's `--junitxml=report.xml`.
+# How long each test took in a whole `dev.py test` run (setup + call + teardown, seconds), by node id: the
+# order the xdist workers take the tests in. Refresh after adding slow tests with
+# `python tests/durations.py report.xml` from a run's `--junitxml=report.xml` (of the whole suite or some files).
 DURATIONS = Path(__file__).resolve().parent / "durations.json"
 UNKNOWN_DURATION = 1.0  # a test not in the file yet (about the suite's mean) ...
 UNKNOWN_SLOW_DURATION = 15.0  # ... or marked slow (a process or server of its own: their median in the file)
