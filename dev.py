@@ -197,6 +197,11 @@ def compat_shares(paths: Sequence[str], count: int) -> list[list[str]]:
     except (OSError, ValueError):
         recorded = {}
     length = {p: sum(t for test, t in recorded.items() if test.split("::")[0] == p) for p in paths}
+    # A module not recorded yet counts as an average one: at no length, every such module went to the same
+    # share (the lightest stayed the lightest), which then ran twice as long as the other.
+    known = [seconds for seconds in length.values() if seconds > 0]
+    average = sum(known) / len(known) if known else 1.0
+    length = {p: seconds or average for p, seconds in length.items()}
     shares: list[list[str]] = [[] for _ in range(count)]
     totals = [0.0] * count
     for path in sorted(paths, key=lambda p: (-length[p], p)):
