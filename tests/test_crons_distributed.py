@@ -21,6 +21,7 @@ from server.settings import Settings
 from tests.server_support import serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
+GAP = 20  # seconds between the cron's two ticks: the first one's firing is seen and both workers are killed within it
 JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
 
 
@@ -83,11 +84,11 @@ async def test_a_cron_fires_on_schedule_once_with_two_workers_and_catches_up_aft
     workers = [start_worker(postgres_url), start_worker(postgres_url)]
     try:
         await workers_up(postgres_url, 2)
-        # A cron on the seconds field (croniter's sixth): two ticks a minute, 12 s apart, the first 8 s from now.
-        # The second is missed while no worker runs; the next one is 48 s later, past the catch-up.
+        # A cron on the seconds field (croniter's sixth): two ticks a minute, 20 s apart, the first 8 s from now.
+        # The second is missed while no worker runs; the next one is 40 s later, past the catch-up.
         now = datetime.now(UTC).replace(microsecond=0)
         due = now + timedelta(seconds=8)
-        schedule = f"* * * * * {due.second},{(due.second + 12) % 60}"
+        schedule = f"* * * * * {due.second},{(due.second + GAP) % 60}"
         cron = await client.crons.create("structured", schedule=schedule, input=JOURNEY)
         first = datetime.fromisoformat(cron["next_run_date"])
         assert first == due
@@ -101,7 +102,7 @@ async def test_a_cron_fires_on_schedule_once_with_two_workers_and_catches_up_aft
         # Both workers die; the next tick passes while none runs.
         for worker in workers:
             kill(worker)
-        missed = first + timedelta(seconds=12)
+        missed = first + timedelta(seconds=GAP)
         await until(missed + timedelta(seconds=3))
         assert len(await firings(client, cron["cron_id"])) == 1
         workers = [start_worker(postgres_url), start_worker(postgres_url)]
