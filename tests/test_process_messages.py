@@ -483,7 +483,7 @@ async def test_a_message_id_is_remembered_for_its_window_only(store_url: str) ->
 
 async def test_the_message_route_passes_the_message_id_through(sqlite_url: str) -> None:
     with serving(create_app(Settings(database_url=sqlite_url, auth=False, run_timers=False))) as base:
-        async with httpx.AsyncClient(base_url=base) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             assert (await http.post("/processes", json=payment_spec())).status_code == 200
             started = await http.post(
                 "/processes/invoice/instances", json={"business_key": "cust-1", "variables": {"invoice_no": "INV-1"}}
@@ -640,7 +640,7 @@ async def test_concurrent_message_starts_for_one_key_start_one_instance(store_ur
 
 async def test_the_message_route_names_the_active_instance_a_message_start_did_not_repeat(sqlite_url: str) -> None:
     with serving(create_app(Settings(database_url=sqlite_url, auth=False, run_timers=False))) as base:
-        async with httpx.AsyncClient(base_url=base) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             assert (await http.post("/processes", json=reviewed_on("pr.opened"))).status_code == 200
             message = {"name": "pr.opened", "correlation_key": "42", "payload": {}}
             first = await http.post("/messages", json=message)
