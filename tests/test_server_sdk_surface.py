@@ -180,10 +180,11 @@ async def test_assistants_surface(client: LangGraphClient, bob: LangGraphClient)
     subgraphs = await assistants.get_subgraphs("structured")
     assert_shape(subgraphs, dict[str, sdk.GraphSchema])
 
-    # Ana's own assistant on the structured graph, with config and context of its own.
+    # Ana's own assistant on the structured graph, with config and context of its own (context, not
+    # config.configurable as well: the Agent Server refuses both at once).
     created = await assistants.create(
         "structured",
-        config={"configurable": {"team": "migrations"}, "tags": ["ops"]},
+        config={"tags": ["ops"]},
         context={"region": "eu"},
         metadata={"owner_team": "migrations"},
         name="Migrations",
@@ -192,7 +193,7 @@ async def test_assistants_surface(client: LangGraphClient, bob: LangGraphClient)
     assert_shape(created, sdk.Assistant)
     aid = created["assistant_id"]
     assert (created["graph_id"], created["version"], created["name"]) == ("structured", 1, "Migrations")
-    assert created["config"]["configurable"] == {"team": "migrations"} and created["context"] == {"region": "eu"}
+    assert created["config"]["tags"] == ["ops"] and created["context"] == {"region": "eu"}
     again = await assistants.create("structured", assistant_id=aid, if_exists="do_nothing", name="ignored")
     assert (again["assistant_id"], again["name"]) == (aid, "Migrations")
     with pytest.raises(ConflictError):
