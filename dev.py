@@ -243,9 +243,7 @@ def ci(venv: Path) -> None:
     """What `.ci/run` runs: the whole suite here, and the compatibility subset on every other Python found.
 
     The other interpreters' venvs are installed while the suite runs (one after the other, in the background):
-    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time.
-    Their shares of the server tests then run at the same time, each on its part of the suite's workers; each
-    one's output is shown when all have ended."""
+    installing is network- and disk-bound, the suite CPU-bound, so the installs cost next to no wall time."""
     others = other_interpreters()
     uv = ensure_uv(venv) if others else None
     installs = BackgroundInstalls(others, uv)
@@ -255,39 +253,16 @@ def ci(venv: Path) -> None:
         installs.stop()
         raise
     covered = [f"{version_name(sys.version_info[:2])} (the whole suite)"]
-    # The shares run at once (each started once its venv is ready), the suite's workers shared out among them
-    # (rounded up: two each for two shares): one after the other, each run's start (PostgreSQL, collection) and
-    # its tail (its last long tests, its other workers idle) left the cores idle in turn.
-    workers = -(-XDIST_WORKERS // max(len(others), 1))
-    runs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     for number, (name, python) in enumerate(others.items(), start=1):
-        try:
-            installs.wait(name)
-        except SystemExit:  # its venv could not be installed: no share is left running behind CI
-            for _name, running, _output in runs:
-                running.terminate()
-            raise
-        share = f"{number}/{len(others)}"
-        output = Path(tempfile.mkstemp(prefix=f"journeys-{name}-", suffix=".log")[1])
-        log(f"Python {name}: {python}, share {share} of the server tests on {workers} workers ({output})")
-        command = [python, str(ROOT / "dev.py"), "compat", "-n", str(workers)]
-        env = {**compat_env(name, uv), "JOURNEYS_COMPAT_SHARE": share}
-        with output.open("wb") as sink:  # the child keeps its own descriptor
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        runs.append((name, process, output))
-        covered.append(f"{name} (README examples and share {share} of the server tests)")
-    failed = 0
-    for name, process, output in runs:
-        code = process.wait()
-        log(f"Python {name}'s output:")
-        sys.stdout.write(output.read_text(errors="replace"))
-        sys.stdout.flush()
-        output.unlink(missing_ok=True)
+        installs.wait(name)
+        log(f"Python {name}: {python}")
+        command = [python, str(ROOT / "dev.py"), "compat"]
+        env = {**compat_env(name, uv), "JOURNEYS_COMPAT_SHARE": f"{number}/{len(others)}"}
+        code = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
         if code != 0:
             log(f"Python {name} failed (exit code {code})")
-            failed = failed or code
-    if failed:
-        sys.exit(failed)
+            sys.exit(code)
+        covered.append(f"{name} (README examples and share {number}/{len(others)} of the server tests)")
     installs.output.unlink(missing_ok=True)
     log("CI covered Python " + ", ".join(covered))
 
