@@ -70,7 +70,7 @@ async def _started(ship: SlowShip) -> None:
 async def _cancelled_in_ship(app: FastAPI, url: str, sdk: LangGraphClient) -> tuple[str, SlowShip]:
     ship = SlowShip()
     app.state.services.runtime.agents.register("slow_ship", ship, replace=True)
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         assert (await http.post("/processes", json=SPEC)).status_code == 200
     tid = (await sdk.threads.create())["thread_id"]
     run = await sdk.runs.create(tid, "process", input={"process": "forked", "business_key": "order-1"})
@@ -88,7 +88,7 @@ async def test_a_task_answered_after_a_run_cancelled_in_a_parallel_branch_is_not
     ``fork.branch1``, no failure), the answer held for a retry. The stopped branch now runs on with the
     answer, and the process completes."""
     tid, ship = await _cancelled_in_ship(app[0], app[1], sdk)
-    async with httpx.AsyncClient(base_url=app[1]) as http:
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         status = (await http.get(f"/journeys/{tid}/status")).json()
         assert status["status"] == "in_progress" and status.get("failed_element") is None, status
         assert ship.calls == 1  # the read ran nothing

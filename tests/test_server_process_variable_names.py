@@ -31,7 +31,7 @@ def allowed(document: dict[str, Any], path: str, body: Any) -> bool:
 def test_a_variable_name_the_server_refuses_is_one_the_document_refuses(durable_url: str, body: dict[str, Any]) -> None:
     with (
         serving(create_app(Settings(database_url=durable_url, auth=False))) as base,
-        httpx.Client(base_url=base) as http,
+        httpx.Client(base_url=base, timeout=30) as http,
     ):
         assert http.post("/processes", json=linear("sign", user_task("signature"))).status_code == 200
         instance_id = http.post("/processes/sign/instances", json={"business_key": "k-1"}).json()["instance_id"]
@@ -57,7 +57,7 @@ def test_a_start_refuses_the_variable_names_a_set_refuses(durable_url: str, vari
     the start, the set and the retry alike, in process as over HTTP."""
     with (
         serving(create_app(Settings(database_url=durable_url, auth=False))) as base,
-        httpx.Client(base_url=base) as http,
+        httpx.Client(base_url=base, timeout=30) as http,
     ):
         assert http.post("/processes", json=linear("sign", user_task("signature"))).status_code == 200
         document = http.get("/openapi.json").json()
