@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from agents import AgentRequest
 from graphs.process.timers import FiringReport, TimerScheduler
 from server.app import create_app
 from server.runs.store import RunRow, RunStore
@@ -109,6 +110,19 @@ async def served_sdk(app: tuple[FastAPI, str]) -> AsyncIterator[LangGraphClient]
     """Fixture ``sdk``: the official async langgraph-sdk client of the ``app`` fixture's server."""
     async with get_client(url=app[1], api_key=None) as client:
         yield client
+
+
+class SlowShip:
+    """An agent whose first call takes long (a test cancels the run meanwhile); it counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, request: AgentRequest) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(30)
+        return {"shipped": True}
 
 
 class SchedulerPasses:

@@ -6,19 +6,13 @@ and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
-from agents import AgentRequest
-from server.app import create_app
-from server.settings import Settings
-from tests.server_support import serving
+from tests.server_support import SlowShip, served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 
 pytestmark = pytest.mark.slow
 
@@ -34,32 +28,6 @@ SPEC = {
     ],
     "flows": ["start -> fork", "fork -> review", "fork -> ship", "review -> join", "ship -> join", "join -> end"],
 }
-
-
-class SlowShip:
-    """An agent whose first call takes long (the run is cancelled meanwhile); it counts its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, request: AgentRequest) -> dict[str, Any]:
-        self.calls += 1
-        if self.calls == 1:
-            await asyncio.sleep(30)
-        return {"shipped": True}
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[tuple[FastAPI, str]]:
-    app = create_app(Settings(database_url=store_url, auth=False))
-    with serving(app) as url:
-        yield app, url
-
-
-@pytest.fixture
-async def sdk(app: tuple[FastAPI, str]) -> AsyncIterator[LangGraphClient]:
-    async with get_client(url=app[1], api_key=None) as client:
-        yield client
 
 
 async def _started(ship: SlowShip) -> None:

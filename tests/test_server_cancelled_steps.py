@@ -21,7 +21,7 @@ from agents import AgentRequest
 from checkpoints.clock import VirtualClock
 from server.app import create_app
 from server.settings import Settings
-from tests.server_support import served_app, served_sdk, serving  # noqa: F401  (the fixtures app and sdk)
+from tests.server_support import SlowShip, served_app, served_sdk, serving  # noqa: F401  (the fixtures app and sdk)
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +33,6 @@ SPEC = {
         {"step_id": "confirm", "mode": "user"},
     ],
 }
-
-
-class SlowShip:
-    """An agent whose first call takes long (the run is cancelled meanwhile); it counts its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, request: AgentRequest) -> dict[str, Any]:
-        self.calls += 1
-        if self.calls == 1:
-            await asyncio.sleep(30)
-        return {"shipped": True}
 
 
 async def _cancelled_in_ship(app: FastAPI, sdk: LangGraphClient, assistant: str) -> tuple[str, str, SlowShip]:
