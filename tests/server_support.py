@@ -11,24 +11,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 from fastapi import FastAPI
-from langgraph_sdk import get_client
-from langgraph_sdk.client import LangGraphClient
 
 from agents import AgentRequest
 from graphs.process.timers import FiringReport, TimerScheduler
-from server.app import create_app
 from server.runs.store import RunRow, RunStore
-from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,23 +88,6 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-@pytest.fixture(name="app")
-def served_app(store_url: str) -> Iterator[tuple[FastAPI, str]]:
-    """Fixture ``app``: a server without auth on the test's database (memory, SQLite or PostgreSQL) and its base
-    URL, for a test that reaches into the app (its runtime, its agents) while it is served. A module takes it
-    (and ``sdk``) with ``from tests.server_support import served_app, served_sdk``."""
-    served = create_app(Settings(database_url=store_url, auth=False))
-    with serving(served) as url:
-        yield served, url
-
-
-@pytest.fixture(name="sdk")
-async def served_sdk(app: tuple[FastAPI, str]) -> AsyncIterator[LangGraphClient]:
-    """Fixture ``sdk``: the official async langgraph-sdk client of the ``app`` fixture's server."""
-    async with get_client(url=app[1], api_key=None) as client:
-        yield client
 
 
 class SlowShip:

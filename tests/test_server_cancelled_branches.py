@@ -12,7 +12,8 @@ import pytest
 from fastapi import FastAPI
 from langgraph_sdk.client import LangGraphClient
 
-from tests.server_support import SlowShip, served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
+from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
+from tests.server_support import SlowShip
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from langgraph_sdk.client import LangGraphClient
 
 from agents import AgentRequest
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS, READY_TO_START
-from tests.server_support import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
+from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 
 pytestmark = pytest.mark.slow
 

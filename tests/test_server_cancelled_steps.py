@@ -21,7 +21,8 @@ from agents import AgentRequest
 from checkpoints.clock import VirtualClock
 from server.app import create_app
 from server.settings import Settings
-from tests.server_support import SlowShip, served_app, served_sdk, serving  # noqa: F401  (the fixtures app and sdk)
+from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
+from tests.server_support import SlowShip, serving
 
 pytestmark = pytest.mark.slow
 
