@@ -111,6 +111,9 @@ class _NewInstanceNo(ColumnElement[int]):
     writers are serialised, one past the largest (the primary key's first column: one index probe)."""
 
     type = Integer()
+    # It holds nothing, so its cache key is its class. ``inherit_cache`` alone gave none (ColumnElement has no
+    # traversal to inherit), and a statement with an element that has no key is compiled on every execution.
+    _traverse_internals = []  # noqa: RUF012 (declared by SQLAlchemy as an instance attribute)
     inherit_cache = True
 
 
