@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from agents import AgentRequest
+from agents.errors import TransientAgentError
 from checkpoints import events as events_module
 from checkpoints.events import NewEvent
 from checkpoints.process.timers import Timer
@@ -303,3 +305,59 @@ async def test_timer_notifications_are_held_to_the_specs_granted_intents(store_u
         [task] = await rt.processes.inbox.list_tasks(instance_id=refused["instance_id"])
         assert (task["status"], task["escalation"]) == ("open", None)  # it waits for a person
         assert await escalation_events(rt, refused["instance_id"]) == []
+
+
+async def test_a_timer_notification_whose_agent_fails_for_good_ends_and_a_transient_failure_is_tried_again(
+    store_url: str,
+) -> None:
+    """An SLA's notify agent (and a reminder's) that fails with a permanent error was called again at every lease,
+    every minute for ever, each time logging its failure; now the timer ends, the task stays open for a person and
+    the failure is reported once. A transient failure is still tried again at the lease, and escalates once."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        rt.agents.register("page_lead", calls.failing("page_lead"))
+        rt.agents.register("remind", calls.failing("remind"))
+        nudge = {
+            "type": "boundary_timer",
+            "id": "nudge",
+            "attached_to": "approve",
+            "timer": {"cycle": "R/PT1H"},
+            "interrupting": False,
+            "notify": "remind",
+        }
+        spec = approval(sla="PT90M", on_timeout={"action": "notify", "notify": "page_lead"})
+        spec["elements"].insert(2, nudge)
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("approval", "doc-1")
+        errors: list[str] = []
+        for _ in range(6):
+            clock.advance(timedelta(hours=1))
+            errors += (await rt.processes.scheduler.run_due()).errors
+        assert sorted(calls.intents()) == ["page_lead", "remind"]
+        assert len(errors) == 2 and all("AgentCallFailedError" in e for e in errors)
+        timers = await rt.processes.services.timers.find(instance_id=view["instance_id"])
+        assert sorted((t.purpose, t.status) for t in timers) == [("reminder", "cancelled"), ("sla", "cancelled")]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=view["instance_id"])
+        assert (task["status"], task["escalation"]) == ("open", None)
+
+        down = {"page_lead": True}
+
+        def paged(request: AgentRequest) -> dict[str, Any]:
+            calls.log.append(("page_lead", dict(request.payload)))
+            if down["page_lead"]:
+                raise TransientAgentError("pager unreachable")
+            return {}
+
+        rt.agents.register("page_lead", paged, replace=True)
+        without_nudge = [e for e in spec["elements"] if e["id"] != "nudge"]
+        await rt.processes.deploy({**spec, "name": "paged", "elements": without_nudge})
+        paged_view = await rt.processes.start("paged", "doc-2")
+        calls.log.clear()
+        clock.advance(timedelta(minutes=90))
+        assert "AgentCallFailedError" in (await rt.processes.scheduler.run_due()).errors[0]
+        down["page_lead"] = False
+        clock.advance(timedelta(minutes=2))  # the firing's lease is up: it is tried again
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        [escalated] = await rt.processes.inbox.list_tasks(instance_id=paged_view["instance_id"])
+        assert escalated["escalation"] == "notify" and len(await escalation_events(rt, paged_view["instance_id"])) == 1

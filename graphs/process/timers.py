@@ -12,7 +12,9 @@ the scheduled ones, so two workers never fire the same timer and none fires earl
 
   both calls are held to the spec's grants like every other agent call: a refused one is a
   ``policy.denied`` event and a :class:`~agents.errors.PolicyViolationError` in the report's errors, and
-  fails safe: the timer ends, and the task stays open for a person;
+  fails safe: the timer ends, and the task stays open for a person. So does a call whose agent failed
+  for good (a :class:`~agents.errors.PermanentAgentError`, logged as ``agent.failed``); one that failed
+  after its retries for a passing reason is tried again when its lease is up;
 - ``start``: starts a new instance (its id is derived from the tick, so a repeated firing starts none);
 - any other purpose: the handler registered for it (``TimerScheduler.handlers``, e.g. the server's
   crons), rescheduled like a timer start, and spent past its ``data["until"]``.
@@ -38,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from agents.errors import PolicyViolationError
+from agents.errors import AgentCallFailedError, PermanentAgentError, PolicyViolationError
 from checkpoints.errors import DuplicateInstanceError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
@@ -252,8 +254,8 @@ async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int)
                 granted_intents=grants.granted_intents,
                 replay=True,
             )
-        except PolicyViolationError:  # audited; fail safe: the task waits for a person, the timer ends
-            await services.timers.execute([services.timers.dropped_statement(timer, worker)])
+        except (PolicyViolationError, AgentCallFailedError) as exc:
+            await _end_if_given_up(processes, timer, worker, exc)
             raise
         await services.timers.execute([services.inbox.escalated_statement(task.task_id, action), done])
         return True
@@ -316,10 +318,19 @@ async def _remind(processes: TimerHost, timer: Timer, worker: str, ticks: int, s
             granted_intents=grants.granted_intents,
             replay=True,
         )
-    except PolicyViolationError:  # audited; fail safe: no more reminders, the task stays open
-        await services.timers.execute([services.timers.dropped_statement(timer, worker)])
+    except (PolicyViolationError, AgentCallFailedError) as exc:
+        await _end_if_given_up(processes, timer, worker, exc)
         raise
     return True
+
+
+async def _end_if_given_up(processes: TimerHost, timer: Timer, worker: str, exc: Exception) -> None:
+    """A timer's notification failed: end the timer (fail safe: the task stays open for a person) when calling
+    again cannot help, a refusal (audited as ``policy.denied``) or a permanent failure (``agent.failed``). A
+    failure for a passing reason leaves the firing to be tried again once its lease is up."""
+    if isinstance(exc, PolicyViolationError) or isinstance(exc.__cause__, PermanentAgentError):
+        timers = processes.services.timers
+        await timers.execute([timers.dropped_statement(timer, worker)])
 
 
 async def _start(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:
