@@ -361,3 +361,26 @@ async def test_a_timer_notification_whose_agent_fails_for_good_ends_and_a_transi
         assert (await rt.processes.scheduler.run_due()).fired == 1
         [escalated] = await rt.processes.inbox.list_tasks(instance_id=paged_view["instance_id"])
         assert escalated["escalation"] == "notify" and len(await escalation_events(rt, paged_view["instance_id"])) == 1
+
+
+async def test_an_instances_status_names_whom_its_task_was_reassigned_to_by_its_sla(store_url: str) -> None:
+    """The instance's ``waiting`` list said the task was still the first assignee's after its SLA reassigned it
+    (it showed the spec's description, not the inbox): whoever read the status took it for theirs."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(
+            approval(assignee="dan", sla="PT1H", on_timeout={"action": "reassign", "candidate_groups": ["directors"]})
+        )
+        view = await rt.processes.start("approval", "doc-1")
+        [waiting] = view["waiting"]
+        assert (waiting["assignee"], waiting["candidate_groups"]) == ("dan", ["reviewers", "leads"])
+        clock.advance(timedelta(hours=1))
+        await rt.processes.scheduler.run_due()
+        [waiting] = (await rt.processes.status(view["instance_id"]))["waiting"]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=view["instance_id"])
+        assert (task["assignee"], task["candidate_groups"]) == (None, ["directors"])
+        assert (waiting["wait_id"], waiting["assignee"], waiting["candidate_groups"]) == (
+            task["task_id"],
+            None,
+            ["directors"],
+        )

@@ -1268,6 +1268,7 @@ class ProcessOrchestrator:
         view = self.view(instance, deployment, snapshot)
         if view["status"] == "failed" and "failed_element" in view:
             view["waiting"] = await self._open_waits(instance_id, spec)
+        view["waiting"] = await self._as_assigned(instance_id, view["waiting"])
         if view["failure"] is None and instance.status == "failed":
             # Expired by its deadline: the log says so (its graph never ran again to record it in its state).
             passed = await self.store.events.find_by_key(instance_id, passed_key(instance_id))
@@ -1276,6 +1277,19 @@ class ProcessOrchestrator:
         if spec.evaluation is not None:
             view["evaluation"] = await self._designs.instances.evaluation.verdict(instance_id)
         return view
+
+    async def _as_assigned(self, instance_id: str, waiting: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``waiting`` with each open user task's assignee and candidate groups as its inbox row has them: the wait
+        describes them as the spec gave them, and an SLA's reassign changes them afterwards."""
+        if not any(w.get("kind") == "user_task" for w in waiting):
+            return waiting  # no read for an instance that waits at no task
+        rows = {row.task_id: row for row in await self.services.inbox.find(instance_id=instance_id)}
+        return [
+            {**w, "assignee": row.assignee, "candidate_groups": list(row.candidate_groups)}
+            if (row := rows.get(str(w.get("wait_id")))) is not None
+            else w
+            for w in waiting
+        ]
 
     async def _with_branches(
         self, graph: Graph, instance_id: str, snapshot: StateSnapshot | None = None
