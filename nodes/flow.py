@@ -97,6 +97,13 @@ class DeadlineSpec(BaseModel):
     def duration(self) -> timedelta:
         return duration_of(self.after, what="deadline")
 
+    def due(self, start: datetime) -> datetime:
+        """When the deadline of a journey started at ``start`` passes: ISO 8601 months and years are calendar ones
+        (``P1M`` from 15 February is 15 March), as a timer's duration's are; seconds are seconds."""
+        if isinstance(self.after, str):
+            return (start + parse_duration(self.after)).astimezone(UTC)
+        return start + self.duration
+
 
 @dataclass(frozen=True, slots=True)
 class StartControls:

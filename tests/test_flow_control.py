@@ -339,6 +339,22 @@ async def test_a_process_past_its_deadline_fails_and_its_tasks_are_cancelled(sto
         assert await rt.processes.inbox.list_tasks(group="ops") == []
 
 
+async def test_a_deadline_in_months_passes_on_the_same_day_of_the_month_as_a_timer_does(store_url: str) -> None:
+    """``P1M`` from 15 February passed on 18 March (31 days: a month counted from January, as the design's check
+    measures it), three days after a "P1M" timer started beside it; it passes on 15 March now."""
+    clock = VirtualClock(datetime(2026, 2, 15, 12, tzinfo=UTC))
+    async with JourneyRuntime.open(store_url, clock=clock) as rt:
+        spec = {**APPROVAL, "name": "monthly", "deadline": {"after": "P1M"}}
+        del spec["concurrency"]
+        await rt.processes.deploy(spec)
+        started = await rt.processes.start("monthly", "b-1")
+        clock.set(datetime(2026, 3, 15, 12, tzinfo=UTC) - timedelta(microseconds=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 0  # never early
+        clock.advance(timedelta(microseconds=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        assert (await rt.processes.status(started["instance_id"]))["status"] == "failed"
+
+
 async def test_a_deadline_that_cannot_be_read_is_refused_at_design(store_url: str) -> None:
     async with JourneyRuntime.open(store_url) as rt:
         for after in ("P2X", 0, "PT0S", 1e300, "P99999999999D"):

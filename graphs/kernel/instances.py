@@ -250,13 +250,13 @@ class Instances:
         """Arm the instance's deadline before it is registered, so no registered instance lacks it (a timer
         of a start refused or cut short finds no instance when it fires, and is dropped)."""
         now = self.engine.store.clock.now()
-        duration = deadline.duration
+        after = deadline.after
         arm = self.timers.schedule_statement(
             f"deadline:{instance_id}",
             element="(deadline)",
             purpose=DEADLINE_PURPOSE,
-            definition={"duration": isodate.duration_isoformat(duration)},
-            due_at=now + duration,
+            definition={"duration": after if isinstance(after, str) else isodate.duration_isoformat(deadline.duration)},
+            due_at=deadline.due(now),
             origin=now,
             instance_id=instance_id,
             data={"on_expiry": deadline.on_expiry},
