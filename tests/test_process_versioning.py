@@ -225,6 +225,46 @@ async def test_an_instance_waiting_at_a_timer_migrates_by_identity_and_keeps_its
         assert calls.intents() == ["activate", "welcome_call"]
 
 
+async def test_a_task_migrated_while_waiting_escalates_and_reminds_as_its_new_version_says(store_url: str) -> None:
+    """v2 changes what the task's SLA does (reassign to the CFO's office, not page the lead) and whom its reminder
+    tells. Migrated, the instance's timers kept their due times, as they should, but fired v1's escalation and
+    reminder: the migration made to fix them changed nothing of what the timers did."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        for intent in ("page_lead", "remind_v1", "remind_v2"):
+            calls.register(rt, intent)
+
+        def version(number: int, on_timeout: dict[str, Any], notify: str) -> dict[str, Any]:
+            task = user_task("approve", sla="PT2H", on_timeout=on_timeout)
+            nudge = {
+                "type": "boundary_timer",
+                "id": "nudge",
+                "attached_to": "approve",
+                "timer": {"cycle": "R/PT1H"},
+                "interrupting": False,
+                "notify": notify,
+            }
+            spec = linear("expense", task, version=number)
+            spec["elements"].append(nudge)  # a boundary event: no flows in or out
+            return spec
+
+        await rt.processes.deploy(version(1, {"action": "notify", "notify": "page_lead"}, "remind_v1"))
+        view = await rt.processes.start("expense", "exp-1")
+        await rt.processes.deploy(version(2, {"action": "reassign", "candidate_groups": ["cfo"]}, "remind_v2"))
+        moved = await rt.processes.migrate(view["instance_id"], to_version=2)
+        assert moved["version"] == 2
+        due = {t.purpose: t.due_at for t in await rt.processes.services.timers.find(instance_id=view["instance_id"])}
+        assert due == {"sla": clock.now() + timedelta(hours=2), "reminder": clock.now() + timedelta(hours=1)}
+
+        for _ in range(2):
+            clock.advance(timedelta(hours=1))
+            await rt.processes.scheduler.run_due()
+        assert calls.intents() == ["remind_v2", "remind_v2"]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=view["instance_id"])
+        assert (task["escalation"], task["assignee"], task["candidate_groups"]) == ("reassign", None, ["cfo"])
+
+
 async def test_deployment_rows_are_kept_in_a_bounded_cache_and_read_again_once_evicted(store_url: str) -> None:
     """The orchestrator's caches were plain dicts that grew with every version ever used; now the rows sit in
     one LRU of a fixed size, and specs and graphs come from the DesignBook (bounded too)."""

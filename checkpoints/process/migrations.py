@@ -33,6 +33,8 @@ class RowMove:
     ``boundaries``: when a user task moves to a user task, the boundary timers the target task has
     (the wait's other boundary and reminder timers are cancelled); None for any other move.
     ``keeps_sla``: whether the target task has an SLA timer (if not, the wait's SLA timer is cancelled).
+    ``timer_data``: (element, data) of the target task's timers: a kept timer fires as the target says (its
+    escalation, whom it notifies), not as the source did.
     """
 
     wait_id: str
@@ -40,6 +42,7 @@ class RowMove:
     to: str
     boundaries: tuple[str, ...] | None = None
     keeps_sla: bool = True
+    timer_data: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,4 +123,10 @@ def _move_statements(move: RowMove) -> list[Executable]:
                 .where(timers.wait_id == wait_id, timers.purpose == "sla", timers.status == "scheduled")
                 .values(status="cancelled")
             )
+    statements += [
+        update(process_timers)
+        .where(timers.wait_id == wait_id, timers.element == element_of_timer, timers.status == "scheduled")
+        .values(data=data)
+        for element_of_timer, data in move.timer_data
+    ]
     return statements

@@ -116,6 +116,20 @@ def describe_wait(spec: ProcessSpec, element: Any) -> dict[str, Any]:
     return {}
 
 
+def task_timers(spec: ProcessSpec, task: UserTask) -> list[TimerPlan]:
+    """The timers a wait at ``task`` arms: its SLA, with its escalation, and its boundary timers, with whom they
+    notify. A migration gives a moved task's timers the target task's (``graphs.process.migration``)."""
+    timers = []
+    sla = task.sla_timer
+    if sla is not None:
+        escalation = task.on_timeout.model_dump(mode="json") if task.on_timeout else None
+        timers.append(TimerPlan(task.id, "sla", sla, {"escalation": escalation}))
+    for boundary in spec.boundaries(task.id):
+        purpose = "boundary" if boundary.interrupting else "reminder"
+        timers.append(TimerPlan(boundary.id, purpose, boundary.timer, {"notify": boundary.notify}))
+    return timers
+
+
 def build_process_graph(spec: ProcessSpec, services: NodeServices) -> StateGraph[Any]:
     builder = _Builder(spec, ProcessServices.of(services))
     return builder.level(analyse(spec).top)
@@ -230,14 +244,7 @@ class _Builder:
 
     def wait_plan(self, element: Any) -> WaitPlan:
         if isinstance(element, UserTask):
-            timers = []
-            sla = element.sla_timer
-            if sla is not None:
-                escalation = element.on_timeout.model_dump(mode="json") if element.on_timeout else None
-                timers.append(TimerPlan(element.id, "sla", sla, {"escalation": escalation}))
-            for boundary in self.spec.boundaries(element.id):
-                purpose = "boundary" if boundary.interrupting else "reminder"
-                timers.append(TimerPlan(boundary.id, purpose, boundary.timer, {"notify": boundary.notify}))
+            timers = task_timers(self.spec, element)
             task = TaskPlan(element.label, element.assignee, element.candidate_groups, element.response_schema)
             return WaitPlan(element.id, "user_task", tuple(timers), (), task)
         if isinstance(element, TimerEvent):

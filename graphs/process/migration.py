@@ -5,7 +5,8 @@ with the same id maps to itself unless told otherwise). It is checked whole befo
 written, and refused, listing every problem, when a waiting element has no mapping, maps to an
 element of another kind, or waits inside a parallel branch (migrate after the join). Applied, it
 keeps what the instance waits on: the same wait, task, timers (with their due times) and
-subscriptions, now under the target element; boundary timers the target task lacks are cancelled.
+subscriptions, now under the target element; boundary timers the target task lacks are cancelled, and
+those it keeps fire as it says (its SLA's escalation, whom its reminders notify).
 
 A migration touches two stores, the thread's checkpoint and our rows, which no transaction spans.
 So it goes in three steps, each atomic, and is never left half-applied:
@@ -51,7 +52,7 @@ from graphs.errors import (
 from graphs.kernel.designs import new_id
 from graphs.kernel.engine import JourneyEngine, failed_task
 from graphs.process.blocks import TOP, analyse
-from graphs.process.builder import arm_node
+from graphs.process.builder import arm_node, task_timers
 from graphs.process.context import PATTERN, DeployedVersions, Graph, ThreadRunner
 from graphs.process.spec import EventGateway, ProcessSpec, UserTask
 
@@ -419,7 +420,13 @@ def _row_move(source: ProcessSpec, target: ProcessSpec, wait: MovedWait) -> RowM
     before, after = source.element(wait.element), target.element(wait.to)
     if isinstance(before, UserTask) and isinstance(after, UserTask):
         boundaries = tuple(b.id for b in target.boundaries(wait.to))
+        timer_data = tuple((plan.element, plan.data) for plan in task_timers(target, after))
         return RowMove(
-            wait.wait_id, wait.element, wait.to, boundaries=boundaries, keeps_sla=after.sla_timer is not None
+            wait.wait_id,
+            wait.element,
+            wait.to,
+            boundaries=boundaries,
+            keeps_sla=after.sla_timer is not None,
+            timer_data=timer_data,
         )
     return RowMove(wait.wait_id, wait.element, wait.to)
