@@ -384,3 +384,40 @@ async def test_an_instances_status_names_whom_its_task_was_reassigned_to_by_its_
             None,
             ["directors"],
         )
+
+
+async def test_a_completion_checked_before_its_sla_reassigned_the_task_is_refused_after_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dan's completion was checked while the task was his; its SLA reassigned it to the directors before his answer
+    was written, and the answer was written anyway: the log said the task went to the directors, then that dan
+    completed it. As if one came after the other, he is refused now, and a director completes it."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(
+            approval(assignee="dan", sla="PT1H", on_timeout={"action": "reassign", "candidate_groups": ["directors"]})
+        )
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="dan")
+        clock.advance(timedelta(hours=1))
+        caller = rt.processes.inbox._caller
+        checked = caller.authorize_completion
+
+        async def breached_meanwhile(*args: Any, **kwargs: Any) -> None:
+            await checked(*args, **kwargs)
+            await rt.processes.scheduler.run_due()  # the SLA fires between dan's checks and his write
+
+        monkeypatch.setattr(caller, "authorize_completion", breached_meanwhile)
+        with pytest.raises(TaskForbiddenError):
+            await rt.processes.inbox.complete(task["task_id"], user="dan", payload={"approved": True})
+        monkeypatch.undo()
+        [moved] = await rt.processes.inbox.list_tasks(group="directors")
+        assert (moved["status"], moved["completed_by"]) == ("open", None)
+        done = await rt.processes.inbox.complete(
+            task["task_id"], user="eve", groups=["directors"], payload={"approved": False}
+        )
+        assert done["status"] == "completed" and done["variables"]["approved"] is False
+        types = [
+            e.type for e in await rt.processes.history(view["instance_id"]) if e.type.startswith(("task.", "wait."))
+        ]
+        assert types == ["task.created", "task.escalated", "wait.completed"]

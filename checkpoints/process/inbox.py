@@ -184,13 +184,18 @@ class InboxStore:
         event = replace(event, key=f"{event.key or event.type}:{uuid4().hex[:16]}")
         return await claimed_with_event(self._engine, events, [change], (), instance_id, event)
 
-    def completion_claim(self, task_id: str, *, by: str, result: dict[str, Any], claimed_by: str | None) -> Executable:
-        """Close an open task as completed; conditional on nobody having claimed it since it was checked."""
+    def completion_claim(
+        self, task_id: str, *, by: str, result: dict[str, Any], claimed_by: str | None, reassigned: bool = False
+    ) -> Executable:
+        """Close an open task as completed; conditional on nobody having claimed it, nor its SLA having reassigned
+        it, since it was checked (``claimed_by``, ``reassigned``: as it was then)."""
         t = user_tasks.c
-        still = t.claimed_by.is_(None) if claimed_by is None else t.claimed_by == claimed_by
+        still = [t.claimed_by.is_(None) if claimed_by is None else t.claimed_by == claimed_by]
+        if not reassigned:  # a reassign happens once (its SLA's): the one checked against is the one there now
+            still.append(or_(t.escalation.is_(None), t.escalation != "reassign"))
         return (
             update(user_tasks)
-            .where(t.task_id == task_id, t.status == "open", still)
+            .where(t.task_id == task_id, t.status == "open", *still)
             .values(
                 status="completed",
                 completed_by=by,

@@ -129,9 +129,13 @@ class TaskInbox:
             task_id,
             resolution,
             task_status="completed",
-            claims=[self._inbox.completion_claim(task_id, by=user, result=result, claimed_by=row.claimed_by)],
+            claims=[
+                self._inbox.completion_claim(
+                    task_id, by=user, result=result, claimed_by=row.claimed_by, reassigned=row.escalation == "reassign"
+                )
+            ],
         )
-        if not won:  # it was closed, or claimed by someone else, since it was read
+        if not won:  # it was closed, claimed by someone else or reassigned by its SLA, since it was read
             current = await self._open_row(task_id)
             self._check_may_complete(current, user, tuple(groups))
             raise TaskClosedError(f"task {task_id!r} changed meanwhile; try again", task_id=task_id)
