@@ -4,6 +4,7 @@ on memory, SQLite and Postgres, on a virtual clock."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -421,3 +422,42 @@ async def test_a_completion_checked_before_its_sla_reassigned_the_task_is_refuse
             e.type for e in await rt.processes.history(view["instance_id"]) if e.type.startswith(("task.", "wait."))
         ]
         assert types == ["task.created", "task.escalated", "wait.completed"]
+
+
+async def test_an_sla_reassign_that_read_the_task_before_its_completion_reassigns_nothing_after_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SLA read the task open, dan's completion was written, then the reassign was: the log said dan completed
+    the task, then that it went to the directors, and the completed task was listed under the directors' group.
+    The reassign now holds only while the task is open: it did not happen, and nothing says it did."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(
+            approval(assignee="dan", sla="PT1H", on_timeout={"action": "reassign", "candidate_groups": ["directors"]})
+        )
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="dan")
+        clock.advance(timedelta(hours=1))
+        store = rt.processes.services.inbox
+        read = store.get
+        completed: list[dict[str, Any]] = []
+        sla_read = asyncio.Event()
+
+        async def completed_after_read(task_id: str) -> Any:
+            row = await read(task_id)
+            if not sla_read.is_set():  # the SLA's read: dan's completion lands right after it
+                sla_read.set()
+                completed.append(await rt.processes.inbox.complete(task_id, user="dan", payload={"approved": True}))
+            return row
+
+        monkeypatch.setattr(store, "get", completed_after_read)
+        await rt.processes.scheduler.run_due()
+        monkeypatch.undo()
+        assert completed[0]["status"] == "completed"
+        types = [
+            e.type for e in await rt.processes.history(view["instance_id"]) if e.type.startswith(("task.", "wait."))
+        ]
+        assert types == ["task.created", "wait.completed"]
+        closed = await rt.processes.inbox.get_task(task["task_id"])
+        assert (closed["status"], closed["assignee"], closed["escalation"]) == ("completed", "dan", None)
+        assert await rt.processes.inbox.list_tasks(group="directors", status=None) == []

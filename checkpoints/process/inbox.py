@@ -204,16 +204,28 @@ class InboxStore:
             )
         )
 
-    def reassign_statements(self, task_id: str, *, assignee: str | None, groups: Sequence[str]) -> list[Executable]:
+    async def reassign(
+        self,
+        task_id: str,
+        *,
+        assignee: str | None,
+        groups: Sequence[str],
+        events: EventLog,
+        event: NewEvent,
+        instance_id: str,
+        also: Sequence[Executable] = (),
+    ) -> bool:
+        """Give an open task to ``assignee`` and ``groups`` (an SLA's escalation), unclaimed, with its ``event``
+        and ``also`` in one transaction; False, with nothing written, when the task is no longer open."""
         t = user_tasks.c
-        statements: list[Executable] = [
+        moved = (
             update(user_tasks)
             .where(t.task_id == task_id, t.status == "open")
-            .values(assignee=assignee, candidate_groups=list(groups), claimed_by=None),
-            user_task_groups.delete().where(user_task_groups.c.task_id == task_id),
-        ]
+            .values(assignee=assignee, candidate_groups=list(groups), claimed_by=None)
+        )
+        statements: list[Executable] = [user_task_groups.delete().where(user_task_groups.c.task_id == task_id)]
         statements += [insert_ignore(self._engine, user_task_groups, task_id=task_id, group_name=g) for g in groups]
-        return statements
+        return await claimed_with_event(self._engine, events, [moved], [*statements, *also], instance_id, event)
 
     def escalated_statement(self, task_id: str, action: str) -> Executable:
         t = user_tasks.c

@@ -263,17 +263,20 @@ async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int)
         groups = list(escalation.get("candidate_groups") or [])
         record |= {"from": {"assignee": task.assignee, "candidate_groups": task.candidate_groups}}
         record |= {"to": {"assignee": escalation.get("assignee"), "candidate_groups": groups}}
-        statements = services.inbox.reassign_statements(
-            task.task_id, assignee=escalation.get("assignee"), groups=groups
+        # Only while the task is open: one completed since it was read above keeps its people, and nothing logs
+        # a reassign that did not happen.
+        reassigned = await services.inbox.reassign(
+            task.task_id,
+            assignee=escalation.get("assignee"),
+            groups=groups,
+            events=services.node.events,
+            event=NewEvent("task.escalated", record, task.element, key),
+            instance_id=timer.instance_id,
+            also=[services.inbox.escalated_statement(task.task_id, action), done],
         )
-        written = await services.node.events.append(
-            timer.instance_id,
-            [NewEvent("task.escalated", record, task.element, key)],
-            also=[*statements, services.inbox.escalated_statement(task.task_id, action), done],
-        )
-        if not all(written):  # an earlier firing reassigned it already; only finish the timer
-            await services.timers.execute([done])
-        return True
+        if not reassigned:
+            await services.timers.execute([services.timers.dropped_statement(timer, worker)])
+        return reassigned
     # complete: resolve the task with the default response, as the SLA's own decision.
     default = dict(escalation.get("default") or {})
     resolution = {"option": task.element, "kind": "escalation", "payload": default, "by": "sla-escalation"}
