@@ -180,6 +180,18 @@ def serve(
         int | None,
         typer.Option(min=1, envvar="JOURNEYS_MAX_STRING_CHARS", help="longest JSON string or key (422 past it)"),
     ] = None,
+    max_header_bytes: Annotated[
+        int | None,
+        typer.Option(min=1, envvar="JOURNEYS_MAX_HEADER_BYTES", help="longest request line and headers (431 past it)"),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            envvar="JOURNEYS_REQUEST_TIMEOUT",
+            help="seconds a client has to send a whole request, from its connection or first byte (408 past it)",
+        ),
+    ] = None,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -198,6 +210,7 @@ def serve(
     from checkpoints.store import check_store_key
     from nodes.telemetry import configure_tracing
     from server.app import create_app
+    from server.connections import guarded_protocol
     from server.heap import freeze_startup_heap
     from server.plugins import plugin_registry
     from server.queues.embedded import check_sole_executor
@@ -235,6 +248,8 @@ def serve(
                 max_body_bytes or defaults.max_body_bytes,
                 max_json_depth or defaults.max_depth,
                 max_string_chars or defaults.max_string_chars,
+                max_header_bytes or defaults.max_head_bytes,
+                request_timeout or defaults.read_seconds,
             ),
             cors_origins=tuple(cors_origin or ()),
             retention=_retention(retention, retention_days),
@@ -247,7 +262,14 @@ def serve(
         _fail(exc)
     freeze_startup_heap()  # a request allocating many objects no longer pays for traversing the startup's
     typer.echo(f"dashboard: http://{host}:{port}/ui", err=True)
-    uvicorn.run(served, host=host, port=port, log_level="info" if verbose else "warning")
+    # Bounded connections (server/connections.py): uvicorn's own keep any header and wait for ever for a request.
+    uvicorn.run(
+        served,
+        host=host,
+        port=port,
+        log_level="info" if verbose else "warning",
+        http=guarded_protocol(settings.limits),
+    )
 
 
 @app.command()

@@ -105,11 +105,15 @@ def by_digest(api_keys: Mapping[str, ApiKey], source: str = "api_keys") -> dict[
 class InputLimits:
     """What one request may carry. A body over ``max_body_bytes`` is refused (413) before it is read; a
     JSON body nested deeper than ``max_depth`` (the document itself is level 1) or holding a string or key
-    longer than ``max_string_chars`` is refused (422) before it is parsed for its route."""
+    longer than ``max_string_chars`` is refused (422) before it is parsed for its route. A request line and
+    headers over ``max_head_bytes`` (431), and a request not read in full within ``read_seconds`` (408), are
+    refused by the connection (server/connections.py)."""
 
     max_body_bytes: int = 2**20
     max_depth: int = 64
     max_string_chars: int = 65_536
+    max_head_bytes: int = 32_768
+    read_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
