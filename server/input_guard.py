@@ -25,6 +25,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from checkpoints.values import ValueLimits, check_value
@@ -71,14 +72,19 @@ def refuse_declared_oversize(request: Request, limits: InputLimits) -> None:
 
 
 async def read_body(request: Request, limits: InputLimits) -> bytes:
-    """The body, counted while it streams in (chunked, or longer than it said): 413 past the limit."""
+    """The body, counted while it streams in (chunked, or longer than it said): 413 past the limit; a client
+    gone before its last byte (or cut off for sending too slowly: server/connections.py) is a 400 nobody reads,
+    not a server error with a traceback."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            raise content_too_large(limits)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise content_too_large(limits)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "ClientDisconnected", f"the client went away after {size} bytes of its body") from None
     return b"".join(chunks)
 
 
