@@ -192,6 +192,12 @@ def serve(
             help="seconds a client has to send a whole request, from its connection or first byte (408 past it)",
         ),
     ] = None,
+    max_streams: Annotated[
+        int,
+        typer.Option(
+            min=1, envvar="JOURNEYS_MAX_STREAMS", help="event streams one caller may hold open at once (429 past it)"
+        ),
+    ] = 100,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -252,6 +258,7 @@ def serve(
                 request_timeout or defaults.read_seconds,
             ),
             cors_origins=tuple(cors_origin or ()),
+            max_streams_per_caller=max_streams,
             retention=_retention(retention, retention_days),
         )
         _run(check_store_key(database_url))  # the key is the database's: say so here, not as a startup traceback

@@ -40,6 +40,7 @@ from server.runs.executor import RunExecutor, fork_back
 from server.runs.store import ACTIVE, NO_STATE, TERMINAL, RunRow, RunStore, ThreadRow
 from server.runs.watch import RunWatch, wait_for_run
 from server.settings import Settings
+from server.stream_slots import StreamSlots
 
 log = structlog.get_logger("journeys.server")
 # What a journey logs when its thread is deleted; its key too (once per journey).
@@ -95,6 +96,7 @@ class ServerServices:
     crons: CronService
     authenticator: Authenticator | None = None  # None: the settings' (API keys by default)
     assistant_rows: AssistantStore = field(init=False)
+    streams: StreamSlots = field(init=False)  # the event streams each caller holds open (server/stream_slots.py)
     # The journeys and designs whose sensitive marks this process knows (see know_marks), bounded.
     _marked: set[str] = field(init=False, default_factory=set)
 
@@ -102,6 +104,7 @@ class ServerServices:
         if self.authenticator is None:
             self.authenticator = resolve_authenticator(self.settings)
         self.assistant_rows = AssistantStore(self.runtime.store.backend, self.runtime.store.clock)
+        self.streams = StreamSlots(self.settings.max_streams_per_caller)
 
     # --- ownership: every route that creates or reads a caller's objects goes through these -------------
 

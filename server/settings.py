@@ -132,6 +132,9 @@ class Settings:
     # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
     # only the fallback re-read, for a notice lost while the listening connection reconnects.
     poll_interval: float = 1.0
+    # Event streams (SSE) one caller may hold open in this process at once: each re-reads its run or thread
+    # every poll_interval (server/stream_slots.py); one more is refused, 429.
+    max_streams_per_caller: int = 100
     # How runs of journeys whose steps are logged (structured) checkpoint. "exit": when the run stops (at a
     # human task, a failure or the end); a run retried after a crash replays its logged steps instead of
     # executing them again. "async"/"sync": after every step too, so thread state shows progress mid-run.

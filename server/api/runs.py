@@ -338,11 +338,18 @@ async def _answer(svc: ServerServices, run: RunRow | None) -> dict[str, Any]:
     return {} if run is None else await final_output(svc, run)
 
 
-def _stream(svc: ServerServices, run: RunRow, on_disconnect: str | None) -> StreamingResponse:
-    events = run_events(svc, run)
-    if on_disconnect == "cancel":
-        events = cancelled_when_gone(svc, run, events)
-    return StreamingResponse(events, media_type="text/event-stream", headers=_stream_headers(run))
+async def _create_and_stream(
+    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, on_disconnect: str | None
+) -> StreamingResponse:
+    """A run created and streamed; its stream's slot is taken first, so a caller with too many streams open is
+    refused (429) before the run exists."""
+    slot = svc.streams.take(caller)
+    with slot.released_on_error():
+        run = await create_run(svc, thread_id, body, caller, streaming=True)
+        events = run_events(svc, run)
+        if (on_disconnect or body.on_disconnect) == "cancel":
+            events = cancelled_when_gone(svc, run, events)
+        return slot.response(events, headers=_stream_headers(run))
 
 
 @router.post("/threads/{thread_id}/runs", response_model=RunOut, summary="Create a run in the background")
@@ -423,16 +430,14 @@ async def create_stateless_and_wait(
 async def create_and_stream(
     thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services, on_disconnect: OnDisconnect = None
 ) -> StreamingResponse:
-    run = await create_run(svc, thread_id, body, caller, streaming=True)
-    return _stream(svc, run, on_disconnect or body.on_disconnect)
+    return await _create_and_stream(svc, thread_id, body, caller, on_disconnect)
 
 
 @router.post("/runs/stream", summary="Create a run on a new thread and stream it (SSE)", responses=SSE)
 async def create_stateless_stream(
     body: StatelessRunCreate, caller: Runner, svc: Services, on_disconnect: OnDisconnect = None
 ) -> StreamingResponse:
-    run = await create_run(svc, None, body, caller, streaming=True)
-    return _stream(svc, run, on_disconnect or body.on_disconnect)
+    return await _create_and_stream(svc, None, body, caller, on_disconnect)
 
 
 @router.get(
@@ -453,7 +458,7 @@ async def join_stream(
     events = run_events(svc, run, resumed_after(last_event_id), {mode for mode in stream_mode or () if mode})
     if cancel_on_disconnect in (True, "cancel"):
         events = cancelled_when_gone(svc, run, events)
-    return StreamingResponse(events, media_type="text/event-stream")
+    return svc.streams.take(caller).response(events)
 
 
 @router.get("/threads/{thread_id}/runs", response_model=list[RunOut], summary="List a thread's runs")

@@ -230,9 +230,7 @@ async def join_thread_stream(
     thread without a run yet the stream stays open for its first, as the Agent Server's does (a UI may
     join a thread before it starts a run on it)."""
     await svc.resolve_thread(thread_id, caller)
-    return StreamingResponse(
-        _thread_run_events(svc, thread_id, resumed_after(last_event_id)), media_type="text/event-stream"
-    )
+    return svc.streams.take(caller).response(_thread_run_events(svc, thread_id, resumed_after(last_event_id)))
 
 
 async def _thread_run_events(svc: ServerServices, thread_id: str, after: int) -> AsyncIterator[bytes]:
@@ -332,7 +330,7 @@ async def thread_events(thread_id: str, body: ThreadEventsRequest, caller: Reade
         body.depth,
     )
     events = thread_stream.ThreadEvents(svc, thread_id, wanted, body.since)
-    return StreamingResponse(events.frames(), media_type="text/event-stream")
+    return svc.streams.take(caller).response(events.frames())
 
 
 # A state read's ``select`` in its query (GET): ``?select=values&select=next``.
