@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 
 from agents.deterministic import FailingAgent
-from agents.errors import AgentCallFailedError
+from agents.errors import AgentCallFailedError, PermanentAgentError
 from checkpoints import VirtualClock
 from graphs.errors import JourneyFinishedError
 from graphs.kernel.engine import JourneyEngine
 from graphs.lifecycle.catalog import READY_TO_START
 from graphs.runtime import JourneyRuntime
 from graphs.structured.orchestrator import structured_instance_id
+from nodes.services import FAILED
 from tests.test_session import AREAS
 
 Start = Callable[[JourneyRuntime, str], Awaitable[Any]]  # (runtime, a suffix for the ids it chooses)
@@ -332,6 +333,45 @@ async def test_recovery_leaves_a_run_cancelled_on_purpose_and_finishes_a_crashed
         status = await rt.saga.get_saga_status(saga_id)
     assert len(calls) == (1 if halted else 2)
     assert status["status"] == ("in_progress" if halted else "completed"), status
+
+
+async def test_a_status_read_that_finishes_a_crashed_step_which_then_fails_records_the_failure(store_url: str) -> None:
+    """A crash cut an advance short while its auto step worked; the step's agent fails when a status read finishes
+    that work. Before, the read raised the agent's error and the index kept the journey ``in_progress`` while its
+    thread stood failed (only processes recorded it). Now the read answers it failed, recorded as a run's failure
+    is, and a retry runs the step again."""
+    calls: list[int] = []
+    working = asyncio.Event()
+
+    async def down_after_the_crash(_request: Any) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            working.set()
+            await asyncio.sleep(30)
+        if len(calls) == 2:
+            raise PermanentAgentError("the warehouse is closed", intent="w")
+        return {"ok": True}
+
+    spec = {"journey_type": "t", "steps": [{"step_id": "ask"}, {"step_id": "work", "agent": "w", "mode": "auto"}]}
+    # "sync": the step's checkpoint is written before it works, so the crash leaves it in flight there.
+    async with JourneyRuntime.open(store_url, durability="sync") as rt:
+        rt.agents.register("w", down_after_the_crash, replace=True)
+        journey_id = (await rt.structured.design_journey("t", spec=spec))["journey_id"]
+        await rt.structured.execute_journey(journey_id, "ana", {})
+        instance_id = structured_instance_id(journey_id, "ana")
+        advance = asyncio.create_task(rt.structured.advance_journey_step(journey_id, "ana", {}))
+        await working.wait()
+        advance.cancel()  # no halt recorded: a crash's work, which the next read finishes
+        with pytest.raises(asyncio.CancelledError):
+            await advance
+        status = await rt.structured.run_status(instance_id)
+        assert status["status"] == "failed", status
+        instance = await rt.store.index.get_instance(instance_id)
+        assert instance is not None and instance.status == "failed"
+        assert FAILED in [e.type for e in await rt.history(instance_id)]
+        retried = await rt.structured.retry_journey_step(journey_id, "ana")
+    assert retried["status"] == "completed", retried
+    assert len(calls) == 3
 
 
 async def test_a_saga_past_its_deadline_after_a_run_cancelled_in_a_step_undoes_that_step_first(

@@ -6,12 +6,15 @@ and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from langgraph_sdk.client import LangGraphClient
 
+from checkpoints.events import EventLog, NewEvent
 from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 from tests.server_support import SlowShip
 
@@ -31,32 +34,61 @@ SPEC = {
 }
 
 
-async def _started(ship: SlowShip) -> None:
-    while not ship.calls:  # noqa: ASYNC110 (the agent runs on the server's loop: no event of this loop tells)
+def noted_arming(armed: list[str], *, hold: bool) -> Callable[..., Awaitable[list[bool]]]:
+    """``EventLog.append`` noting in ``armed`` the user tasks armed (their ``task.created`` written); ``hold``: the
+    first is held once written (its task in the inbox, its wait not parked yet), where a cancel landing under load
+    found it."""
+    append = EventLog.append
+
+    async def noted(log: EventLog, instance_id: str, events: Sequence[NewEvent], **kwargs: Any) -> list[bool]:
+        written = await append(log, instance_id, events, **kwargs)
+        if any(e.type == "task.created" for e in events):
+            armed.append(instance_id)
+            if hold and len(armed) == 1:
+                await asyncio.sleep(30)
+        return written
+
+    return noted
+
+
+async def _started(ship: SlowShip, armed: list[str]) -> None:
+    # The agent and the wait run on the server's loop: no event of this loop tells.
+    while not (ship.calls and armed):  # noqa: ASYNC110
         await asyncio.sleep(0.02)
 
 
-async def _cancelled_in_ship(app: FastAPI, url: str, sdk: LangGraphClient) -> tuple[str, SlowShip]:
+async def _cancelled_in_ship(
+    app: FastAPI, url: str, sdk: LangGraphClient, monkeypatch: pytest.MonkeyPatch, *, hold: bool
+) -> tuple[str, SlowShip]:
+    """A process whose first run was cancelled while ``ship`` worked and ``review`` waited (``hold``: as its task
+    was armed, before it parked)."""
+    armed: list[str] = []
+    monkeypatch.setattr(EventLog, "append", noted_arming(armed, hold=hold))
     ship = SlowShip()
     app.state.services.runtime.agents.register("slow_ship", ship, replace=True)
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         assert (await http.post("/processes", json=SPEC)).status_code == 200
     tid = (await sdk.threads.create())["thread_id"]
     run = await sdk.runs.create(tid, "process", input={"process": "forked", "business_key": "order-1"})
-    await asyncio.wait_for(_started(ship), 10)
+    await asyncio.wait_for(_started(ship, armed), 10)
     assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
     return tid, ship
 
 
+@pytest.mark.parametrize("parking", ["parked", "arming"])
 @pytest.mark.parametrize("how", ["inbox", "resume"])
 async def test_a_task_answered_after_a_run_cancelled_in_a_parallel_branch_is_not_lost(
-    app: tuple[FastAPI, str], sdk: LangGraphClient, how: str
+    app: tuple[FastAPI, str], sdk: LangGraphClient, how: str, parking: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before, the cancelled branch's error (LangGraph records a cancelled task's ``CancelledError``) was
     taken for a failure: completing the task answered 200 with the process ``failed`` (``failed_element``
     ``fork.branch1``, no failure), the answer held for a retry. The stopped branch now runs on with the
-    answer, and the process completes."""
-    tid, ship = await _cancelled_in_ship(app[0], app[1], sdk)
+    answer, and the process completes.
+
+    ``arming``: the cancel lands as the task's wait parks (its task in the inbox, no interrupt recorded), as it
+    did once under load. Completing the task answered 200 and the process stayed ``in_progress``: the delivery
+    found no interrupt parked and did not run the stopped branches on, the answer marked delivered."""
+    tid, ship = await _cancelled_in_ship(app[0], app[1], sdk, monkeypatch, hold=parking == "arming")
     async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
         status = (await http.get(f"/journeys/{tid}/status")).json()
         assert status["status"] == "in_progress" and status.get("failed_element") is None, status

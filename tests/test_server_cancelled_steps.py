@@ -114,6 +114,41 @@ async def test_a_resume_with_multitask_interrupt_while_an_auto_step_works_takes_
     assert status["completed_steps"] == ["ask", "ship", "confirm"], status
 
 
+@pytest.mark.parametrize("assistant", ["saga", "structured", "process"])
+async def test_an_answer_sent_again_after_its_run_was_cancelled_runs_nothing(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, assistant: str
+) -> None:
+    """The answer to ``ask``, addressed to its interrupt, moved the journey to ``ship``, whose run was cancelled
+    there; the client sent the same answer again (a double submit). Before, the stopped step ran (its agent called
+    again) and the answer was then refused (409 InterruptNotPendingError): the step ran for a refused answer. Now
+    it is refused before anything runs, and the step stays stopped until a run without input goes on."""
+    ship = SlowShip()
+    app[0].state.services.runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    if assistant == "process":
+        async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
+            assert (await http.post("/processes", json=PROCESS)).status_code == 200
+        start: dict[str, Any] = {"process": "shipping", "business_key": "order-1"}
+    else:
+        start = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"}
+        start |= {"compensation_handlers": {}} if assistant == "saga" else {}
+    await sdk.runs.wait(tid, assistant, input=start)
+    [interrupt] = (await sdk.threads.get_state(tid))["interrupts"]
+    answer = {"resume": {interrupt["id"]: {"payload": {}} if assistant == "process" else {}}}
+    run = await sdk.runs.create(tid, assistant, command=answer)
+    await asyncio.wait_for(_started(ship), 10)
+    assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+    with pytest.raises(Exception, match="InterruptNotPendingError"):  # langgraph-sdk raises the run's error
+        await sdk.runs.wait(tid, assistant, command=answer)
+    assert ship.calls == 1  # the stopped step did not run for the refused answer
+    state = await sdk.threads.get_state(tid)
+    assert [t["name"] for t in state["tasks"]] == ["ship"] and not state["interrupts"], state
+    await sdk.runs.wait(tid, assistant)  # a run without input goes on: the step runs, the journey waits at confirm
+    assert ship.calls == 2
+    [waiting] = (await sdk.threads.get_state(tid))["interrupts"]
+    assert waiting["id"] != interrupt["id"]
+
+
 async def test_a_saga_step_whose_run_was_cancelled_goes_on_before_the_next_result(
     app: tuple[FastAPI, str], sdk: LangGraphClient
 ) -> None:

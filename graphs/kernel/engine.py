@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command, Durability, RetryPolicy, StateSnapshot
+from langgraph.types import Command, Durability, PregelTask, RetryPolicy, StateSnapshot
 
 from checkpoints.backends.base import Statement
 from checkpoints.database import unreachable
@@ -268,7 +268,7 @@ class JourneyEngine:
                 await graph.aupdate_state(self.config(instance_id), start, as_node=START)
                 snapshot = await graph.aget_state(self.config(instance_id))
         checkpoint = checkpoint_of(snapshot)
-        step = next((t.name for t in snapshot.tasks), None)
+        step = next((t.name for t in snapshot.tasks if not t.interrupts), None)  # not a sibling that waits
         halted = NewEvent(HALTED, {"checkpoint_id": checkpoint}, step, f"{instance_id}:halted:{checkpoint}")
         await self.store.events.append(instance_id, [halted])
         return True
@@ -351,14 +351,28 @@ LOST_DATABASE_RETRY = RetryPolicy(initial_interval=0.5, max_attempts=5, retry_on
 
 
 def in_flight(snapshot: StateSnapshot) -> bool:
-    """Pending work that is neither waiting for a human nor a recorded failure: a crash interrupted it.
+    """Pending work that is neither waiting for a human nor a recorded failure: a crash interrupted it, or a
+    cancellation (a run cancelled on purpose, see :meth:`JourneyEngine.halt`; a shutdown).
 
     That includes a superstep whose tasks all finished (their writes are saved) but whose next
     checkpoint a crash lost: LangGraph then lists the tasks but no ``next``, and resuming the thread
-    applies their writes and goes on without running them again.
+    applies their writes and goes on without running them again. A task cancelled mid-work is in flight even
+    beside a sibling branch that waits for a human: its work stands undone (see :func:`cancelled`).
     """
-    stopped = any(t.interrupts or t.error for t in snapshot.tasks) or at_breakpoint(snapshot)
-    return bool(snapshot.next or snapshot.tasks) and not stopped
+    if failed_task_of(snapshot) is not None or at_breakpoint(snapshot):
+        return False
+    cut = any(t.error is not None for t in snapshot.tasks)  # every error a cancellation (no failure, above)
+    waits = any(t.interrupts for t in snapshot.tasks)
+    return bool(snapshot.next or snapshot.tasks) and (cut or not waits)
+
+
+def cancelled(error: object) -> bool:
+    """Whether a task's recorded error is a cancellation, which failed nothing. LangGraph records a cancelled
+    task's ``CancelledError`` as its error (whoever cancelled it: ``runs.cancel``, a shutdown, a sibling's
+    failure); read back from a checkpoint, an error is its text (``"CancelledError()"``), not the exception."""
+    if isinstance(error, str):
+        return error.startswith("CancelledError")
+    return isinstance(error, asyncio.CancelledError) or type(error).__name__ == "CancelledError"
 
 
 def checkpoint_of(snapshot: StateSnapshot) -> str | None:
@@ -373,11 +387,16 @@ def at_breakpoint(snapshot: StateSnapshot) -> bool:
     return bool(snapshot.next) and bool((snapshot.metadata or {}).get(BREAKPOINT))
 
 
+def failed_task_of(snapshot: StateSnapshot) -> PregelTask | None:
+    """The task that failed, with its error: not one a cancellation stopped (:func:`cancelled`), whose work is
+    in flight, nor a sibling branch a failure cancelled. None: nothing failed."""
+    return next((t for t in snapshot.tasks if t.error and not cancelled(t.error)), None)
+
+
 def failed_task(snapshot: StateSnapshot) -> str | None:
-    for task in snapshot.tasks:
-        if task.error:
-            return task.name
-    return None
+    """The name of the task that failed (see :func:`failed_task_of`)."""
+    failed = failed_task_of(snapshot)
+    return None if failed is None else failed.name
 
 
 # LangGraph's test for a resume that maps interrupt ids to answers (``Command(resume={id: answer})``): a

@@ -29,7 +29,13 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from checkpoints.backends.base import Statement
-from checkpoints.errors import ConcurrentUpdateError, DuplicateInstanceError, InvalidInputError, JourneyError
+from checkpoints.errors import (
+    CheckpointsDeletedError,
+    ConcurrentUpdateError,
+    DuplicateInstanceError,
+    InvalidInputError,
+    JourneyError,
+)
 from checkpoints.events import Event, NewEvent
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT, FlowControl
 from checkpoints.index import Instance
@@ -52,6 +58,7 @@ from graphs.kernel.engine import (
     at_breakpoint,
     failed_task,
     in_flight,
+    pending_interrupts,
     refuse_terminated,
 )
 from graphs.kernel.evaluation import Evaluation
@@ -406,7 +413,8 @@ class Instances:
         snapshot = await self.engine.settled_state(graph, instance_id) if settle else await graph.aget_state(config)
         failed = failed_task(snapshot)
         if failed is None and in_flight(snapshot) and await self.engine.halted(instance_id, snapshot):
-            failed = next((t.name for t in snapshot.tasks), None)  # a run cancelled on purpose: its step runs on now
+            # A run cancelled on purpose: its step runs on now (not a sibling branch that waits).
+            failed = next((t.name for t in snapshot.tasks if not t.interrupts), None)
         if failed is not None:
             await self.refuse_past_deadline(instance_id)
             payload = {} if by is None else {"by": by}
@@ -422,10 +430,25 @@ class Instances:
         ``Command(resume=...)``), so the move applies where that work leaves the instance. ``go_on``: a run
         without input, which also goes on from where breakpoints stopped it. Nothing stopped goes on past the
         instance's deadline (:class:`DeadlineExceededError`), whether or not the scheduler has fired it yet. Work
-        that fails as it goes on is recorded as :meth:`advance` records a run's failure, and its error raised."""
+        that fails as it goes on is recorded as :meth:`advance` records a run's failure, and its error raised.
+
+        An answer addressed to an interrupt (``options.answering``) the instance does not wait at now is refused
+        (:class:`InterruptNotPendingError`) before anything goes on: the interrupt the stopped work will reach
+        does not exist yet, so the answer cannot be for it (a repeated answer, say), and the work must not run
+        for an answer that is then refused."""
         snapshot = await self.engine.settled_state(graph, instance_id, options=options)
         if not (in_flight(snapshot) or (go_on and at_breakpoint(snapshot))):
             return snapshot
+        if options.answering is not None and options.answering not in pending_interrupts(snapshot):
+            stopped = [t.name for t in snapshot.tasks if not t.interrupts]
+            raise InterruptNotPendingError(
+                f"journey {instance_id!r} does not wait at interrupt {options.answering!r}: its work stands "
+                f"stopped at {', '.join(stopped) or 'its next node'} (by a cancelled run, or a breakpoint), and "
+                "nothing was run for this answer; go on with a run without input, then answer the interrupt it waits "
+                "at then",
+                allowed=pending_interrupts(snapshot),
+                interrupt_id=options.answering,
+            )
         await self.refuse_past_deadline(instance_id)
         try:
             return await self.engine.settled_state(graph, instance_id, options=options, go_on=go_on, resume_halted=True)
@@ -433,6 +456,19 @@ class Instances:
             if (instance := await self.index.get_instance(instance_id)) is not None:
                 await self.fail(instance_id, instance.pattern, exc)
             raise
+
+    async def settled(self, graph: Graph, instance_id: str, options: RunOptions = DEFAULT_RUN) -> StateSnapshot:
+        """``JourneyEngine.settled_state`` for a read (under ``exclusive``): work a crash left in flight that fails
+        as it is finished is recorded as :meth:`advance` records a run's failure (the instance is ``failed``, and
+        can be retried), and the read answers the state it failed in rather than the step's error."""
+        try:
+            return await self.engine.settled_state(graph, instance_id, options=options)
+        except CheckpointsDeletedError:  # a finished instance's state retention deleted: not a failure
+            raise
+        except JourneyError as exc:
+            if (instance := await self.index.get_instance(instance_id)) is not None:
+                await self.fail(instance_id, instance.pattern, exc)
+            return await graph.aget_state(self.engine.config(instance_id))
 
     async def refuse_past_deadline(self, instance_id: str) -> None:
         """:class:`DeadlineExceededError` once the instance's deadline is due, whether or not a scheduler has

@@ -30,10 +30,10 @@ from typing import Any, cast
 import jsonschema
 from langgraph._internal._constants import CONFIG_KEY_STRICT_RESUME
 from langgraph.errors import UnknownInterruptError
-from langgraph.types import Command, Interrupt, PregelTask, StateSnapshot
+from langgraph.types import Command, Interrupt, StateSnapshot
 
 from agents.deterministic import EchoAgent
-from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, JourneyError
+from checkpoints.errors import ConcurrentUpdateError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.index import Instance, InstanceFilter
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, current_owner
@@ -44,6 +44,7 @@ from checkpoints.process.timers import DEFAULT_LEASE
 from checkpoints.process.waits import Delivery, cancel_pending
 from checkpoints.values import check_value
 from graphs.errors import (
+    DeadlineExceededError,
     EvaluatorError,
     InvalidInputError,
     MessageIdConflictError,
@@ -56,7 +57,7 @@ from graphs.errors import (
     UnmatchedMessageError,
 )
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, in_flight
+from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, failed_task_of, in_flight
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key, refuse_ended
@@ -135,20 +136,6 @@ def parked(snapshot: StateSnapshot) -> Iterator[tuple[Interrupt, str]]:
         for pending in task.interrupts:
             if isinstance(pending.value, Mapping) and pending.value.get("wait_id") is not None:
                 yield pending, str(pending.value["wait_id"])
-
-
-def failed_task_of(snapshot: StateSnapshot) -> PregelTask | None:
-    """The task that failed: not a sibling branch the failure cancelled. None when every error is a
-    cancellation: the run was cancelled (``runs.cancel`` while a branch worked and another waited, which
-    LangGraph records as the working branch's error), which failed nothing; the next resume runs it on."""
-    return next((t for t in snapshot.tasks if t.error is not None and not _cancelled(t.error)), None)
-
-
-def _cancelled(error: object) -> bool:
-    """Whether a task's error is the cancellation of a sibling's failure. Read back from a checkpoint, an error is
-    its text (``"CancelledError()"``), not the exception: the branch it cancelled was named as the one that
-    failed."""
-    return type(error).__name__ == "CancelledError" or (isinstance(error, str) and error.startswith("CancelledError"))
 
 
 def failed_element(snapshot: StateSnapshot) -> str | None:
@@ -639,14 +626,9 @@ class ProcessOrchestrator:
         return await self.status(instance_id)
 
     async def settled(self, graph: Graph, instance_id: str, run_options: RunOptions = DEFAULT_RUN) -> StateSnapshot:
-        """Under ``exclusive``: the thread's state after finishing what a crash left in flight."""
-        try:
-            return await self.engine.settled_state(graph, instance_id, options=run_options)
-        except CheckpointsDeletedError:  # a finished instance's state retention deleted: not a failure
-            raise
-        except JourneyError as exc:
-            await self._designs.instances.fail(instance_id, PATTERN, exc)
-            return await graph.aget_state(self.engine.config(instance_id))
+        """Under ``exclusive``: the thread's state after finishing what a crash left in flight (a failure of that
+        work recorded: ``Instances.settled``)."""
+        return await self._designs.instances.settled(graph, instance_id, run_options)
 
     async def go_on(self, instance_id: str, run_options: RunOptions = DEFAULT_RUN) -> None:
         """For a caller about to answer what the process waits at (a run's ``command.resume``): work a run
@@ -769,8 +751,19 @@ class ProcessOrchestrator:
     ) -> bool | None:
         """The careful way to deliver: finish what a crash left in flight, then resume the interrupt the
         thread's state shows parked on ``wait_id``. False if it is not parked there; None if held for the
-        retry of a failed element (see :meth:`deliver`)."""
+        retry of a failed element (see :meth:`deliver`).
+
+        Work a run cancelled on purpose stopped (``settled`` leaves it) goes on first, as a resume by the
+        interrupt's id runs it on with the answer: a cancel can land as the wait parks (its task armed, its
+        interrupt not yet recorded), and the answer then waits at the interrupt that work reaches."""
         snapshot = await self.settled(graph, instance_id, run_options)
+        if in_flight(snapshot):
+            try:
+                snapshot = await self._designs.instances.before_move(graph, instance_id, run_options)
+            except DeadlineExceededError:
+                raise
+            except JourneyError:  # recorded by before_move: the answer is held for the retry (below)
+                snapshot = await graph.aget_state(self.engine.config(instance_id))
         pending = next((i for i, parked_on in parked(snapshot) if parked_on == wait_id), None)
         if pending is None:
             return False

@@ -253,10 +253,13 @@ class StepJourneys:
         _, spec, graph = await self._load(found.journey_id)
         try:
             async with self.engine.exclusive(instance_id):
-                snapshot = await self.engine.settled_state(graph, instance_id)
+                snapshot = await self.instances.settled(graph, instance_id)  # a failure of a crash's work recorded
         except CheckpointsDeletedError:
             return await self._retained_view(found, spec)
-        return await self.view(found, spec, Standing.of(snapshot))
+        standing = Standing.of(snapshot)
+        if standing.failed is not None and found.status != "failed":  # failed as the read finished it: recorded
+            found = await self.instance(instance_id)
+        return await self.view(found, spec, standing)
 
     async def _retained_view(self, found: Instance, spec: StructuredSpec) -> dict[str, Any]:
         """The view of a finished journey whose checkpoints retention deleted: its status from the index,

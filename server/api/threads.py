@@ -20,6 +20,7 @@ from checkpoints.ownership import Viewer
 from checkpoints.rows import INT64, holds_json
 from checkpoints.runs import shown_metadata
 from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.kernel.engine import failed_task
 from graphs.kernel.identifiers import THREAD_ID
 from server import thread_stream
 from server.api import errors
@@ -81,7 +82,7 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
                 interrupts = {}
             else:
                 status = "interrupted"
-        if any(t.error for t in snapshot.tasks):
+        if failed_task(snapshot) is not None:  # not a task a cancelled run stopped: that work is in flight
             status = "error"
     busy = await svc.runs.active_count(thread.thread_id)
     last = await svc.runs.last_run(thread.thread_id)  # after the count: a run that ended between is the last
