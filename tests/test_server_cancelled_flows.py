@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from langgraph_sdk.client import LangGraphClient
 
 from agents import AgentRequest
+from checkpoints.errors import ConcurrentUpdateError
+from graphs.lifecycle import machine
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS, READY_TO_START
 from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 
@@ -149,3 +151,30 @@ async def test_a_lifecycle_rolled_back_after_a_cancelled_run_compensates_the_sto
     assert values["current_stage"] == "rollback", values
     assert values["units"]["test_dataset_provisioning"] == "rolled_back", values["units"]
     assert slow.calls == 1  # stopped before its next wave: its agent is not called again
+
+
+async def test_a_lifecycle_whose_event_failed_is_retried_by_a_run_without_input(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move of ``cancel_journey`` failed (its transition could not be written, once). Before, a run without
+    input was refused 409 JourneyStarted: lifecycles and sessions had no retry. As for structured journeys, sagas
+    and processes, a run without input now runs the failed task again."""
+    tid = (await sdk.threads.create())["thread_id"]
+    await sdk.runs.wait(tid, "lifecycle", input={"client_id": "client-1", "metrics": READY_TO_START})
+    position = machine.next_position
+    failures: list[str] = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not failures:
+            failures.append("written")
+            raise ConcurrentUpdateError("the journey's row could not be written")
+        return position(*args, **kwargs)
+
+    monkeypatch.setattr(machine, "next_position", fails_once)
+    with pytest.raises(Exception, match="ConcurrentUpdateError"):  # langgraph-sdk raises the run's error
+        await sdk.runs.wait(tid, "lifecycle", command=_event("cancel_journey", reason="client left"))
+    retried = await sdk.runs.wait(tid, "lifecycle")
+    assert "__error__" not in retried, retried
+    state = await sdk.threads.get_state(tid)
+    assert state["values"]["current_stage"] == "cancelled", state["values"]
+    assert (await app[0].state.services.runtime.lifecycle.get_journey_state(tid))["current_stage"] == "cancelled"

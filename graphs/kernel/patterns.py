@@ -24,7 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 
 from checkpoints.backends.base import Statement
-from graphs.errors import InvalidInputError, JourneyNotFoundError, PatternRegistrationError
+from graphs.errors import InvalidInputError, JourneyNotFoundError, NothingToRetryError, PatternRegistrationError
 from graphs.kernel.designs import DesignKind
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 
@@ -239,3 +239,19 @@ async def instance_graph(runtime: JourneyRuntime, instance_id: str) -> Graph:
     spec = design_kind(design.pattern).spec_type.model_validate(design.spec)
     graph: Graph = runtime.graph_for(design.pattern, spec)
     return graph
+
+
+# What a retry by :func:`retry_failed` logs, naming the task run again and who asked.
+RETRIED = "journey.retried"
+
+
+async def retry_failed(ctx: RunContext, instance_id: str) -> None:
+    """``Assistant.retry`` for a pattern with no retry of its own (a lifecycle, a session): the task it failed at
+    runs again from where it failed (``Instances.retry``, then a run without input), as LangGraph's run without
+    input re-runs a thread's failed task. :class:`NothingToRetryError` when nothing failed."""
+    runtime = ctx.runtime
+    graph = await instance_graph(runtime, instance_id)
+    async with runtime.engine.acting(instance_id) as instance:
+        if instance is None or await runtime.instances.retry(graph, instance_id, RETRIED, by=ctx.principal) is None:
+            raise NothingToRetryError(f"journey {instance_id!r} has no failed step to retry", allowed=[])
+        await runtime.instances.advance(graph, instance_id, instance.pattern, None, options=ctx.options)

@@ -16,7 +16,15 @@ from langgraph.graph import StateGraph
 from checkpoints.index import Instance
 from graphs.kernel.designs import DesignKind
 from graphs.kernel.identifiers import CLIENT_ID, METRIC_NAME, string_schema
-from graphs.kernel.patterns import Assistant, Pattern, RunContext, mapping_input, register, string_input
+from graphs.kernel.patterns import (
+    Assistant,
+    Pattern,
+    RunContext,
+    mapping_input,
+    register,
+    retry_failed,
+    string_input,
+)
 from graphs.lifecycle.catalog import default_lifecycle_spec
 from graphs.lifecycle.machine import LifecycleSpec, build_lifecycle_graph, validate_lifecycle
 from graphs.lifecycle.orchestrator import LifecycleOrchestrator
@@ -80,6 +88,7 @@ register(
                 "properties": {"event": {"type": "string"}, "options": {"type": "object"}, "metrics": METRICS},
                 "additionalProperties": False,
             },
+            retry=retry_failed,
         ),
         _entrypoint,
         design=DesignKind(LifecycleSpec, validate_lifecycle, build_lifecycle_graph),

@@ -24,6 +24,7 @@ from graphs.kernel.patterns import (
     RunContext,
     mapping_input,
     register,
+    retry_failed,
     string_input,
 )
 from graphs.session.builder import SessionSpec, build_session_graph, validate_session
@@ -127,6 +128,7 @@ register(
             },
             ACTION_SCHEMA,
             sample=_sample_mvp,
+            retry=retry_failed,
         ),
         _entrypoint,
         design=SESSION_DESIGNS,
@@ -150,6 +152,7 @@ register(
             },
             ACTION_SCHEMA,
             sample=_sample_mvp,
+            retry=retry_failed,
         ),
         _entrypoint,
         design=SESSION_DESIGNS,
