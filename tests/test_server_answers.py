@@ -88,7 +88,7 @@ async def _structured_answered_once(base: str, user: str, addressed: bool) -> No
         else:
             await _respond_twice(base, key, tid, legal, answer)
         await _one_answer_failed(sdk, tid)
-        async with httpx.AsyncClient(base_url=base, headers={"x-api-key": key}) as http:
+        async with httpx.AsyncClient(base_url=base, headers={"x-api-key": key}, timeout=30) as http:
             instance = (await sdk.threads.get(tid))["metadata"]["instance_id"]
             status = (await http.get(f"/journeys/{instance}/status")).json()
             history = (await http.get(f"/journeys/{instance}/history")).json()
@@ -108,7 +108,7 @@ async def test_a_structured_step_answered_twice_at_once_is_answered_once(store_u
 
 async def test_a_process_task_answered_twice_at_once_is_answered_once(store_url: str) -> None:
     with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as base:
-        async with httpx.AsyncClient(base_url=base, headers={"x-api-key": "key-ana"}) as http:
+        async with httpx.AsyncClient(base_url=base, headers={"x-api-key": "key-ana"}, timeout=30) as http:
             assert (await http.post("/processes", json=TWO_TASKS)).status_code < 300
 
         async def one(user: str) -> None:
