@@ -104,3 +104,18 @@ async def test_a_task_answered_after_a_run_cancelled_in_a_parallel_branch_is_not
     assert status["status"] == "completed", status
     assert status["variables"] == {"business_key": "order-1", "ok": True, "shipped": True}, status
     assert ship.calls == 2
+
+
+async def test_an_answer_addressed_to_a_task_parked_beside_a_cancelled_branch_goes_on_with_it(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run was cancelled while ``ship`` worked and ``review`` waited; the answer names ``review``'s interrupt.
+    The stopped branch runs on first (``review`` parks again at the same interrupt), then the answer completes it."""
+    tid, ship = await _cancelled_in_ship(app[0], app[1], sdk, monkeypatch, hold=False)
+    [interrupt] = (await sdk.threads.get_state(tid))["interrupts"]
+    result = await sdk.runs.wait(tid, "process", command={"resume": {interrupt["id"]: {"payload": {"ok": True}}}})
+    assert "__error__" not in result, result
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
+        status = (await http.get(f"/journeys/{tid}/status")).json()
+    assert status["status"] == "completed", status
+    assert ship.calls == 2
