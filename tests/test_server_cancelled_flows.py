@@ -178,3 +178,31 @@ async def test_a_lifecycle_whose_event_failed_is_retried_by_a_run_without_input(
     state = await sdk.threads.get_state(tid)
     assert state["values"]["current_stage"] == "cancelled", state["values"]
     assert (await app[0].state.services.runtime.lifecycle.get_journey_state(tid))["current_stage"] == "cancelled"
+
+
+async def test_a_session_whose_action_failed_is_retried_by_a_run_without_input(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """An area update whose events could not be written (once) leaves the session standing at a failed task.
+    Before, a run without input was refused 409 JourneyStarted; now it applies the update, once."""
+    log = app[0].state.services.runtime.store.events
+    append, tries = log.append, []
+
+    async def fails_once(instance_id: str, events: Any, **kwargs: Any) -> Any:
+        if any(e.type == "area.updated" for e in events):
+            tries.append(1)
+            if len(tries) == 1:
+                raise ConcurrentUpdateError("the session's events could not be written")
+        return await append(instance_id, events, **kwargs)
+
+    log.append = fails_once
+    tid = (await sdk.threads.create())["thread_id"]
+    await sdk.runs.wait(tid, "session", input={"user_id": "ana", "session_config": {"areas": AREAS}})
+    update = {"type": "update", "area_id": "content", "updates": {"files_uploaded": True}}
+    with pytest.raises(Exception, match="ConcurrentUpdateError"):  # langgraph-sdk raises the run's error
+        await sdk.runs.wait(tid, "session", command={"resume": update})
+    retried = await sdk.runs.wait(tid, "session")
+    assert "__error__" not in retried, retried
+    values = (await sdk.threads.get_state(tid))["values"]
+    assert values["areas"]["content"]["complete"] is True, values
+    assert values["actions_applied"] == 2 and len(tries) == 2, values
