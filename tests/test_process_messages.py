@@ -346,6 +346,40 @@ async def test_a_resolution_left_undelivered_is_delivered_by_the_next_scheduler_
         assert (await rt.processes.scheduler.run_due()).redelivered == 0
 
 
+async def test_a_redelivery_that_fails_neither_ends_the_pass_nor_keeps_the_others_from_theirs(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(payment_spec())
+        views = [await rt.processes.start("invoice", f"cust-{n}", {"invoice_no": f"INV-{n}"}) for n in (1, 2)]
+        for n in (1, 2):  # each sender resolved its wait and died before resuming the thread
+            [subscription] = await rt.processes.services.messages.waiting("payment.received", f"INV-{n}", EVERY_TENANT)
+            assert await rt.processes.services.waits.resolve(
+                subscription.wait_id,
+                {"option": "paid", "kind": "message", "payload": {"amount": n}},
+                keep_subscription=subscription.subscription_id,
+            )
+        broken = views[0]["instance_id"]
+        deliver = rt.processes.deliver
+
+        async def deliver_but_one(instance_id: str, *args: Any, **kwargs: Any) -> bool:
+            if instance_id == broken:
+                raise RuntimeError("this instance's delivery is broken")
+            return await deliver(instance_id, *args, **kwargs)
+
+        monkeypatch.setattr(rt.processes, "deliver", deliver_but_one)
+        clock.advance(timedelta(minutes=2))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.redelivered, report.failed) == (1, 1)
+        assert "this instance's delivery is broken" in report.errors[0]
+        assert (await rt.processes.status(views[1]["instance_id"]))["status"] == "completed"
+        monkeypatch.undo()
+        clock.advance(timedelta(minutes=2))
+        assert (await rt.processes.scheduler.run_due()).redelivered == 1  # the broken one, once it works again
+        assert (await rt.processes.status(broken))["status"] == "completed"
+
+
 # --- message ids: a sender's retry changes nothing ----------------------------------------------------
 
 

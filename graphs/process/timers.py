@@ -185,8 +185,13 @@ async def fire_due_timers(
     moment = (now or processes.clock.now()).astimezone(UTC)
     await processes.settle_abandoned_migrations(moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
-        if await processes.deliver(wait.instance_id, wait.wait_id, run_options=CONTINUATION):
-            report.redelivered += 1
+        try:
+            if await processes.deliver(wait.instance_id, wait.wait_id, run_options=CONTINUATION):
+                report.redelivered += 1
+        except Exception as exc:  # one broken instance must not keep the others, nor the rest of the pass
+            report.failed += 1
+            report.errors.append(f"{wait.wait_id}: {type(exc).__name__}: {exc}")
+            log.warning("redelivery failed", wait_id=wait.wait_id, error=str(exc))
     await processes.services.messages.expire()
     report.dequeued = len(await processes.dispatch_queued())
     return report
