@@ -644,7 +644,9 @@ class RunStore:
             insert_run = self._insert_with_job(enqueue.defer)
             params.update(enqueue.params(run))
         if new_thread is not None:
-            new_thread = dataclasses.replace(new_thread, runs_created=1)
+            # Made for this run, the thread is its graph's from the start (its metadata's graph_id, as the Agent
+            # Server writes it): not only once the run starts, which a delayed or queued run may not for long.
+            new_thread = dataclasses.replace(new_thread, assistant_id=run.graph_id, runs_created=1)
             params.update({f"t_{name}": getattr(new_thread, name) for name in ThreadRow.__slots__})
         if new_thread is not None and guard is None:  # nothing can be queued on it yet: one statement (PostgreSQL)
             written = await self._backend.write([insert_run, _INSERT_NEW_THREAD], params)

@@ -249,6 +249,22 @@ async def test_threads_are_found_by_the_metadata_their_runs_gave_them(sdk_client
             assert all(thread["metadata"].get(k) == v for k, v in wanted.items()), (wanted, thread)
 
 
+async def test_a_thread_made_with_its_run_shows_its_graph_while_the_run_waits(sdk_client: LangGraphClient) -> None:
+    """A run without a thread (and a cron's firing) makes its thread, into whose metadata the Agent Server writes
+    the run's ``graph_id`` and ``assistant_id`` as it creates them. Such a thread showed no ``graph_id``, and a
+    search by it missed the thread, until the run started: as long as the run waited for its time or for a free
+    worker (a cron test found no thread of its firing under load)."""
+    client = sdk_client
+    mine = (await client.assistants.create("guide", name="later"))["assistant_id"]
+    run = await client.runs.create(None, mine, input=_hello(), after_seconds=3600)
+    assert (await client.runs.get(run["thread_id"], run["run_id"]))["status"] == "pending"
+    shown = (await client.threads.get(run["thread_id"]))["metadata"]
+    assert (shown.get("graph_id"), shown.get("assistant_id")) == ("guide", mine)
+    for wanted in ({"graph_id": "guide"}, {"assistant_id": mine}, {"graph_id": "guide", "assistant_id": mine}):
+        assert [t["thread_id"] for t in await client.threads.search(metadata=wanted)] == [run["thread_id"]], wanted
+        assert await client.threads.count(metadata=wanted) == 1, wanted
+
+
 async def test_a_thread_names_the_assistant_its_last_run_ran(sdk_client: LangGraphClient) -> None:
     """As the Agent Server writes on each run, a thread's ``metadata.assistant_id`` is the assistant its latest
     run ran (``graph_id`` its graph), and a search by it finds the thread, as agent-chat-ui configured with an
