@@ -1,17 +1,20 @@
-"""Shared fixtures: one throwaway PostgreSQL per test session, one fresh database per test.
+"""Shared fixtures: one throwaway PostgreSQL per test session, one new database per test.
 
 `store_url` is the fixture pattern tests should take: it runs each test on the in-memory, SQLite and
-PostgreSQL backends. Postgres is only started when a test actually needs it.
+PostgreSQL backends. Postgres is only started when a test actually needs it. Each PostgreSQL test database is a
+copy of one migrated once per session (`fresh_database` marks a test that needs it empty).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -36,11 +39,15 @@ DURATIONS = Path(__file__).resolve().parent / "durations.json"
 UNKNOWN_DURATION = 1.0  # a test not in the file yet (about the suite's mean) ...
 UNKNOWN_SLOW_DURATION = 15.0  # ... or marked slow (a process or server of its own: their median in the file)
 WIDER_SCOPES = {"class", "module", "package"}
+# The marker of a test about what opening an empty PostgreSQL database does (migrations, first openers racing):
+# its `postgres_url` (and so its `store_url`, `durable_url`) is empty rather than a copy of the migrated template.
+FRESH_DATABASE = "fresh_database"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under xdist, hand the tests out one at a time (the slowest first, see below), not in chunks of a
     quarter of each worker's share: a chunk of slow tests would leave the other worker idle at the end."""
+    config.addinivalue_line("markers", f"{FRESH_DATABASE}: its PostgreSQL database is empty, not migrated")
     if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk", None) is None:
         config.option.maxschedchunk = 1
 
@@ -141,9 +148,9 @@ def postgres_server_url() -> Iterator[str]:
 
 # A throwaway server's data never has to survive the machine: no fsync, commits answered before their WAL is
 # flushed. Every committed row is still visible to every connection, and a killed client process (the crash
-# tests) loses exactly what it would lose otherwise; only an OS crash would lose data. Each test creates,
-# migrates and drops a database (a CREATE/DROP DATABASE is a checkpoint), so this takes about a second of
-# waiting on the disk off every PostgreSQL test on a busy box. Only our own pgserver: never a $DATABASE_URL.
+# tests) loses exactly what it would lose otherwise; only an OS crash would lose data. Each test creates and
+# drops a database (a DROP DATABASE is a checkpoint) and writes to it, so this takes waiting on the disk off
+# every PostgreSQL test on a busy box. Only our own pgserver: never a $DATABASE_URL.
 UNSYNCED = {"fsync": "off", "synchronous_commit": "off"}
 
 
@@ -155,13 +162,46 @@ def unsynced(url: str) -> None:
         conn.execute("SELECT pg_reload_conf()")
 
 
-@pytest.fixture
-def postgres_url(postgres_server_url: str) -> Iterator[str]:
-    """URL of a brand-new, empty database on the session's server; dropped after the test."""
-    name = f"t_{uuid.uuid4().hex}"
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server_url: str) -> Iterator[str]:
+    """The name of a database on the session's server that a runtime opened once, so that it holds today's
+    schema (our migrations, LangGraph's saver and store tables) and the rows migrations write, nothing else:
+    the test databases are copies of it (migrating each took a PostgreSQL test one to two seconds more on a
+    loaded box). No connection is allowed to it: a connected session would make copying it fail."""
+    from graphs.runtime import JourneyRuntime
+
+    async def migrated(url: str) -> None:
+        async with JourneyRuntime.open(url):
+            pass
+
+    name = f"template_{uuid.uuid4().hex}"  # one per xdist worker (on a shared $DATABASE_URL server too)
     ident = sql.Identifier(name)
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    try:
+        # In a thread of its own: the fixture may be set up while a test's event loop runs in this one.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, migrated(with_database(postgres_server_url, name))).result()
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident))
+        yield name
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest, postgres_server_url: str) -> Iterator[str]:
+    """URL of a new database of the test's own on the session's server, dropped after the test: a copy of
+    :func:`postgres_template` (today's schema), or empty for a test marked ``fresh_database``."""
+    name = f"t_{uuid.uuid4().hex}"
+    ident = sql.Identifier(name)
+    create = sql.SQL("CREATE DATABASE {}").format(ident)
+    if request.node.get_closest_marker(FRESH_DATABASE) is None:
+        template: str = request.getfixturevalue("postgres_template")
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(ident, sql.Identifier(template))
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(create)
     try:
         yield with_database(postgres_server_url, name)
     finally:

@@ -44,6 +44,7 @@ def test_the_throwaway_server_does_not_wait_on_the_disk(postgres_url: str) -> No
     assert settings == UNSYNCED or "DATABASE_URL" in os.environ, settings
 
 
+@pytest.mark.fresh_database
 @pytest.mark.parametrize("run", ["first", "second"])
 def test_each_postgres_url_is_a_fresh_isolated_database(postgres_url: str, postgres_server_url: str, run: str) -> None:
     name = urlsplit(postgres_url).path.lstrip("/")
@@ -63,6 +64,47 @@ def test_each_postgres_url_is_a_fresh_isolated_database(postgres_url: str, postg
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'").fetchall()
     assert [row[0] for row in rows] == [name]
     _seen_databases.append(name)
+
+
+def _contents(url: str) -> dict[str, object]:
+    """What a database holds that a runtime's open could have made: its tables and columns, indexes, functions
+    and types (public schema), and how many rows each table has."""
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name, data_type, column_default, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY 1, 2"
+        ).fetchall()
+        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1").fetchall()
+        routines = conn.execute(
+            "SELECT p.proname, t.typname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "JOIN pg_type t ON t.oid = p.prorettype WHERE n.nspname = 'public' ORDER BY 1, 2"
+        ).fetchall()
+        rows = {table: conn.execute(f'SELECT count(*) FROM "{table}"').fetchone() for table in _public_tables(url)}
+    return {"columns": columns, "indexes": indexes, "routines": routines, "rows": rows}
+
+
+def test_a_postgres_url_holds_what_opening_an_empty_database_makes(postgres_url: str, postgres_server_url: str) -> None:
+    """The test databases are copies of a template a runtime opened once: each holds exactly what a runtime
+    opening an empty database makes (today's schema, the rows the migrations write), so no test starts from more."""
+    import asyncio
+
+    from graphs.runtime import JourneyRuntime
+
+    async def opened(url: str) -> None:
+        async with JourneyRuntime.open(url):
+            pass
+
+    name = f"t_empty_{os.getpid()}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        fresh = with_database(postgres_server_url, name)
+        asyncio.run(opened(fresh))
+        assert _contents(postgres_url) == _contents(fresh)
+        assert "journeys_schema_migrations" in _public_tables(postgres_url)
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_store_url_shapes(store_url: str, request: pytest.FixtureRequest) -> None:

@@ -29,6 +29,8 @@ from graphs.runtime import JourneyRuntime
 from server.queues.procrastinate import conninfo, ensure_schema
 from server.runs.store import RunStore
 
+pytestmark = pytest.mark.fresh_database  # every test here is about what opening an empty database does
+
 # journey_events as migration 1 created it before migration 6, with one event already in it.
 OLD_EVENTS_TABLE = """
 CREATE TABLE journey_events (

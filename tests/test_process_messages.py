@@ -93,6 +93,7 @@ async def test_a_tenants_message_reaches_and_is_kept_for_that_tenants_instances_
                 await rt.processes.send_message("payment.received", "INV-1", {}, tenant=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.fresh_database
 async def test_messages_and_ids_kept_before_tenants_had_messages_are_every_tenants(durable_url: str) -> None:
     """Migration 25: a message buffered, and a message id claimed, before it keep their rows: a wait of any
     tenant's instance takes the message, and the id's repeat answers as its send did."""
