@@ -5,7 +5,7 @@ tenants."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -46,13 +46,19 @@ def routing(*before: dict[str, Any]) -> dict[str, Any]:
     return {"name": "routing", "elements": elements, "flows": flows, "variables_schema": TIERS}
 
 
+def tiers(rt: JourneyRuntime) -> Calls:
+    """The agents of :func:`routing`'s ``gold`` and ``silver`` service tasks on ``rt``; their calls."""
+    calls = Calls()
+    for intent in ("gold", "silver"):
+        calls.register(rt, intent)
+    return calls
+
+
 async def test_a_gateway_missing_its_variable_is_retried_once_the_variable_is_set(store_url: str) -> None:
     """The enum variable was never set: the gateway failed for good, and nothing could give the instance the
     variable. Now set_variables with retry sets it (checked against variables_schema) and the gateway decides."""
     async with runtime(store_url) as rt:
-        calls = Calls()
-        for intent in ("gold", "silver"):
-            calls.register(rt, intent)
+        calls = tiers(rt)
         await rt.processes.deploy(routing())
         view = await rt.processes.start("routing", "cust-1")
         instance_id = view["instance_id"]
@@ -113,9 +119,7 @@ async def test_a_message_event_missing_its_correlation_variable_waits_once_it_is
 
 async def test_variables_set_on_a_waiting_instance_are_seen_after_the_wait(store_url: str) -> None:
     async with runtime(store_url) as rt:
-        calls = Calls()
-        for intent in ("gold", "silver"):
-            calls.register(rt, intent)
+        calls = tiers(rt)
         await rt.processes.deploy(routing(user_task("review")))
         view = await rt.processes.start("routing", "cust-2", {"tier": "gold"})
         instance_id = view["instance_id"]
@@ -166,13 +170,32 @@ class Crash(BaseException):
     """Stands for the process dying at this point: nothing in the runtime catches it."""
 
 
-def crash_on_run(monkeypatch: pytest.MonkeyPatch, rt: JourneyRuntime) -> None:
-    """The process dies as it is about to apply a set to the thread: after ``variables.set`` is logged."""
+SetThenCrash = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def set_then_crash(monkeypatch: pytest.MonkeyPatch) -> SetThenCrash:
+    """``set_then_crash(rt, instance_id, variables, retry=False)``: ``rt.processes.set_variables``, the process
+    dying as it is about to apply the set to the thread, after ``variables.set`` is logged."""
 
     async def dying(*_args: Any, **_kwargs: Any) -> bool:
         raise Crash
 
-    monkeypatch.setattr(rt.processes, "run", dying)
+    async def crash(rt: JourneyRuntime, instance_id: str, variables: dict[str, Any], *, retry: bool = False) -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr(rt.processes, "run", dying)
+            with pytest.raises(Crash):
+                await rt.processes.set_variables(instance_id, variables, retry=retry, by="ops")
+
+    return crash
+
+
+async def reviewed_gold(rt: JourneyRuntime) -> str:
+    """:func:`routing` with a ``review`` user task before its gateway, deployed on ``rt`` with both tiers' agents,
+    and an instance of it started as gold, waiting for the review: its id."""
+    tiers(rt)
+    await rt.processes.deploy(routing(user_task("review")))
+    return str((await rt.processes.start("routing", "cust-1", {"tier": "gold"}))["instance_id"])
 
 
 async def after_crash(store_url: str, rt: JourneyRuntime, clock: VirtualClock) -> AsyncIterator[JourneyRuntime]:
@@ -186,7 +209,7 @@ async def after_crash(store_url: str, rt: JourneyRuntime, clock: VirtualClock) -
 
 
 async def test_a_set_logged_before_a_crash_is_applied_not_left_false(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store_url: str, set_then_crash: SetThenCrash
 ) -> None:
     """``variables.set`` was logged, then the process died before the thread took the values: the audit named a
     value the instance never had, and a later set reused its version. Now the instance takes the logged set at
@@ -194,18 +217,10 @@ async def test_a_set_logged_before_a_crash_is_applied_not_left_false(
     variables agree."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as first:
-        for intent in ("gold", "silver"):
-            Calls().register(first, intent)
-        await first.processes.deploy(routing(user_task("review")))
-        instance_id = (await first.processes.start("routing", "cust-1", {"tier": "gold"}))["instance_id"]
-        with monkeypatch.context() as patched:
-            crash_on_run(patched, first)
-            with pytest.raises(Crash):
-                await first.processes.set_variables(instance_id, {"tier": "silver"}, by="ops")
+        instance_id = await reviewed_gold(first)
+        await set_then_crash(first, instance_id, {"tier": "silver"})
         async for rt in after_crash(store_url, first, clock):
-            calls = Calls()
-            for intent in ("gold", "silver"):
-                calls.register(rt, intent)
+            calls = tiers(rt)
             status = await rt.processes.status(instance_id)
             history = await rt.processes.variable_history(instance_id, "tier")
             assert [(c["value"], c["version"]) for c in history] == [("gold", 1), ("silver", 2)]
@@ -220,24 +235,18 @@ async def test_a_set_logged_before_a_crash_is_applied_not_left_false(
 
 
 async def test_a_set_logged_before_a_crash_in_a_retry_is_applied_by_the_next_retry(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store_url: str, set_then_crash: SetThenCrash
 ) -> None:
     """The retry logged its variables and died before the failed gateway ran on them: a plain retry now runs it
     on the logged values, and the history names them once."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as first:
-        for intent in ("gold", "silver"):
-            Calls().register(first, intent)
+        tiers(first)
         await first.processes.deploy(routing())
         instance_id = (await first.processes.start("routing", "cust-1"))["instance_id"]
-        with monkeypatch.context() as patched:
-            crash_on_run(patched, first)
-            with pytest.raises(Crash):
-                await first.processes.set_variables(instance_id, {"tier": "silver"}, retry=True)
+        await set_then_crash(first, instance_id, {"tier": "silver"}, retry=True)
         async for rt in after_crash(store_url, first, clock):
-            calls = Calls()
-            for intent in ("gold", "silver"):
-                calls.register(rt, intent)
+            calls = tiers(rt)
             done = await rt.processes.retry(instance_id)
             assert (done["status"], done["variables"]["tier"]) == ("completed", "silver")
             assert calls.intents() == ["silver"]
@@ -246,7 +255,7 @@ async def test_a_set_logged_before_a_crash_in_a_retry_is_applied_by_the_next_ret
 
 
 async def test_a_set_logged_before_a_crash_is_applied_before_the_next_delivery_moves_the_instance(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store_url: str, set_then_crash: SetThenCrash
 ) -> None:
     """``variables.set`` was logged and the process died before the thread took it; the next thing to touch the
     instance was the completion of its task (no status read, set or retry first). The gateway after the task
@@ -254,19 +263,11 @@ async def test_a_set_logged_before_a_crash_is_applied_before_the_next_delivery_m
     delivery applies it first: the gateway decides on silver, and the variables and their history agree."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as first:
-        for intent in ("gold", "silver"):
-            Calls().register(first, intent)
-        await first.processes.deploy(routing(user_task("review")))
-        instance_id = (await first.processes.start("routing", "cust-1", {"tier": "gold"}))["instance_id"]
+        instance_id = await reviewed_gold(first)
         [task] = await first.processes.inbox.list_tasks(assignee="ana")
-        with monkeypatch.context() as patched:
-            crash_on_run(patched, first)
-            with pytest.raises(Crash):
-                await first.processes.set_variables(instance_id, {"tier": "silver"}, by="ops")
+        await set_then_crash(first, instance_id, {"tier": "silver"})
         async for rt in after_crash(store_url, first, clock):
-            calls = Calls()
-            for intent in ("gold", "silver"):
-                calls.register(rt, intent)
+            calls = tiers(rt)
             done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
             assert (done["status"], done["variables"]["tier"], calls.intents()) == ("completed", "silver", ["silver"])
             history = await rt.processes.variable_history(instance_id, "tier")
@@ -274,24 +275,17 @@ async def test_a_set_logged_before_a_crash_is_applied_before_the_next_delivery_m
 
 
 async def test_recovery_applies_a_set_a_crash_kept_from_the_thread(
-    durable_url: str, monkeypatch: pytest.MonkeyPatch
+    durable_url: str, set_then_crash: SetThenCrash
 ) -> None:
     """After a restart, recovery (``recover``, run by every worker and server at startup) applies a set whose
     process died before its thread took it, before it delivers anything: the thread holds the logged values
     without waiting for a status read, a set, a retry or a delivery."""
     clock = virtual_clock()
     async with runtime(durable_url, clock) as first:
-        for intent in ("gold", "silver"):
-            Calls().register(first, intent)
-        await first.processes.deploy(routing(user_task("review")))
-        instance_id = (await first.processes.start("routing", "cust-1", {"tier": "gold"}))["instance_id"]
-        with monkeypatch.context() as patched:
-            crash_on_run(patched, first)
-            with pytest.raises(Crash):
-                await first.processes.set_variables(instance_id, {"tier": "silver"}, by="ops")
+        instance_id = await reviewed_gold(first)
+        await set_then_crash(first, instance_id, {"tier": "silver"})
     async with runtime(durable_url, clock) as rt:
-        for intent in ("gold", "silver"):
-            Calls().register(rt, intent)
+        tiers(rt)
         assert instance_id in await rt.recover()
         _instance, _deployment, _spec, graph = await rt.processes.loaded(instance_id)
         thread = await graph.aget_state(rt.engine.config(instance_id))
