@@ -303,6 +303,16 @@ class AgentCaller:
                     "error_type": type(exc).__name__,
                 }
                 await self.events.append(instance_id, [NewEvent(ATTEMPT_FAILED, failed, step)])
+                # Logged as Temporal's workers log a failed activity attempt: a retry that later succeeds
+                # still says an agent is failing, which the journey's answer no longer shows.
+                log.warning(
+                    "agent attempt failed",
+                    intent=intent,
+                    instance_id=instance_id,
+                    step=step,
+                    attempt=number,
+                    error=str(exc),
+                )
                 raise
 
         started = time.perf_counter()
