@@ -8,6 +8,7 @@ backends and a virtual clock, written as the seed writes it: agents and callable
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -15,11 +16,13 @@ import pytest
 
 from agents import AgentRequest, PermanentAgentError
 from agents.registry import RegisteredAgent
+from checkpoints.errors import JourneyError
 from graphs import SpecError
 from graphs.process import (
     EndEvent,
     EventGateway,
     ExclusiveGateway,
+    Flow,
     MessageEvent,
     ParallelGateway,
     ProcessSpec,
@@ -106,7 +109,7 @@ def test_service_task_takes_the_seeds_arguments() -> None:
     registered = RegisteredAgent("wowvision.validate", WowVisionPrime(), "WowVisionPrime")
     by_entry = ServiceTask(id="by_entry", agent=registered)
     assert (by_entry.agent, by_entry._bindings["wowvision.validate"]) == ("wowvision.validate", registered.agent)
-    with pytest.raises(ValueError, match="not an agent"):  # pydantic's ValidationError is a ValueError
+    with pytest.raises(SpecError, match="not an agent"):
         ServiceTask(id="broken", agent=42)
 
 
@@ -316,9 +319,68 @@ async def test_workflows_trigger_on_bus_events(store_url: str) -> None:
 
 
 def test_a_design_with_a_dangling_flow_is_refused_with_the_seeds_names() -> None:
-    with pytest.raises((SpecError, ValueError)):
+    with pytest.raises(SpecError):
         ProcessSpec(
             name="broken",
             elements=[StartEvent(id="start"), TimerEvent(id="wait")],
             flows=["start -> wait"],
         )
+
+
+def test_a_mistake_in_a_process_built_from_objects_is_a_spec_error_that_says_how_to_fix_it() -> None:
+    """Built as the seed builds it, a process with a mistake raised pydantic's ``ValidationError`` (a dozen
+    lines of pydantic's own, outside the runtime's one error root), where the same spec given as a dict to
+    ``processes.deploy`` raises :class:`SpecError`. It raises SpecError too, each problem on a line."""
+    with pytest.raises(SpecError) as caught:
+        ServiceTask(id="Validate PR", agent=WowVisionPrime, input_variables="pr_number")
+    assert isinstance(caught.value, JourneyError) and caught.value.code == "SpecError"
+    assert str(caught.value).startswith("invalid ServiceTask 'Validate PR' design:\n  - id: ")
+    assert "must be lower_snake_case" in caught.value.problems[0] and len(caught.value.problems) == 2
+    with pytest.raises(SpecError, match=r"(?s)invalid ProcessSpec design:.*elements: "):
+        ProcessSpec(name="pr_review", elements=[])
+    with pytest.raises(SpecError, match="a reassign escalation needs an assignee"):
+        UserTask(id="approval", assignee="engineering-lead", sla_hours=4, on_timeout={"action": "reassign"})
+    with pytest.raises(SpecError, match="target: Field required"):
+        Flow(source="start")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("written", "spelled"),
+    [
+        ("startEvent", "start"),
+        ("serviceTask", "service_task"),
+        ("userTask", "user_task"),
+        ("exclusiveGateway", "exclusive_gateway"),
+        ("eventBasedGateway", "event_gateway"),
+        ("EndEvent", "end"),
+        ("boundary-timer", "boundary_timer"),
+    ],
+)
+def test_bpmn_element_names_are_refused_naming_this_spelling(written: str, spelled: str) -> None:
+    """A jBPM or Camunda user writes BPMN's names (``serviceTask``); pydantic answered that the tag matches none
+    of twelve. The refusal names the one to write, as the specs' other errors say how to fix them."""
+    element = {"type": written, "id": "x", "agent": "a", "title": "t", "timer": {"duration": "P1D"}}
+    with pytest.raises(SpecError, match=rf"element 1 has type '{written}': write '{spelled}', its name here"):
+        ProcessSpec(name="p", elements=[{"type": "start", "id": "s"}, element])
+
+
+def test_bpmn_names_standing_for_two_types_here_say_which_to_choose() -> None:
+    for written, choice in (("intermediateCatchEvent", "'timer' or 'message'"), ("boundaryEvent", "'boundary_timer'")):
+        with pytest.raises(SpecError, match=f"element 0 has type '{written}': write {choice}"):
+            ProcessSpec(name="p", elements=[{"type": written, "id": "wait"}])
+
+
+async def test_execute_with_compensation_given_a_bad_pair_raises_a_spec_error(store_url: str) -> None:
+    """The seed's ``transaction.execute_with_compensation([(do, undo), ...])`` given a step that is not a pair
+    ran a triple's first two and dropped the third without a word, failed with IndexError on a 1-tuple, and
+    raised pydantic's ValidationError on a step that is no agent. Each is a SpecError now, and nothing runs."""
+    told.clear()
+    async with runtime(store_url) as rt:
+        for steps, problem in (
+            ([(create_issue, rollback_function, deploy)], "step 0 has 3 items: a step is a pair (do, undo)"),
+            ([(deploy, rollback_function), (create_issue,)], "step 1 has 1 items: a step is a pair (do, undo)"),
+            ([42], "steps.0: Input should be a valid dictionary"),
+        ):
+            with pytest.raises(SpecError, match=re.escape(problem)):
+                await rt.transaction.execute_with_compensation(steps)
+        assert told == [] and await rt.store.index.list_instances() == []

@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -40,6 +41,8 @@ from agents.policy import Grants
 from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
+from graphs.errors import SpecError
+from graphs.kernel.designs import validation_problems
 from nodes import schemas
 from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
@@ -76,7 +79,26 @@ def _bind(agent: Any, bindings: dict[str, Agent]) -> str:
     return intent
 
 
-class _Element(BaseModel):
+class _BuiltInCode(BaseModel):
+    """A model a user builds in code, as the design review writes a process (``ServiceTask(...)``,
+    ``ProcessSpec(...)``): a mistake is the :class:`SpecError` that deploying the same spec as a dict raises,
+    each problem on a line of its own, not pydantic's ``ValidationError``. (Validating data, as the server
+    and ``processes.deploy`` do, goes through ``model_validate`` and is unchanged.)"""
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            named = f" {data['id']!r}" if isinstance(data.get("id"), str) else ""
+            raise SpecError(validation_problems(exc), spec_name=f"{type(self).__name__}{named}") from None
+
+    # pydantic calls a model's own __init__ when it validates the model nested in another, which would turn an
+    # element's errors into a SpecError without their place in the spec; marked as its base __init__ is (as
+    # RootModel's is), this one runs only when the model is built in code.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+class _Element(_BuiltInCode):
     """What every element shares. An agent slot (``agent``, ``compensation``, ``on_timeout``,
     ``notify``) takes an intent name or, as the seed writes it, the agent itself (a callable, or a
     class made with no arguments): the element keeps the intent and remembers the object, which
@@ -182,7 +204,7 @@ class ServiceTask(_Element, CallOptions):
         return _as_mapping(value)
 
 
-class Escalation(BaseModel):
+class Escalation(_BuiltInCode):
     """What happens when a user task's SLA is breached (exactly once per task)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -366,9 +388,14 @@ class Transaction(_Element):
     @classmethod
     def _pairs(cls, value: Any) -> Any:
         # [("publish", "unpublish"), …] is shorthand for [{"do": "publish", "undo": "unpublish"}, …].
-        if isinstance(value, list | tuple):
-            return [{"do": v[0], "undo": v[1]} if isinstance(v, list | tuple) else v for v in value]
-        return value
+        if not isinstance(value, list | tuple):
+            return value
+        for position, step in enumerate(value):
+            if isinstance(step, list | tuple) and len(step) != 2:
+                raise ValueError(
+                    f"step {position} has {len(step)} items: a step is a pair (do, undo), undo None if none"
+                )
+        return [{"do": v[0], "undo": v[1]} if isinstance(v, list | tuple) else v for v in value]
 
     @property
     def output_variable(self) -> str:
@@ -427,9 +454,46 @@ Element = Annotated[
     Field(discriminator="type"),
 ]
 WAIT_TYPES = ("user_task", "timer", "message", "event_gateway")
+ELEMENT_TYPES: dict[str, type[_Element]] = {
+    model.model_fields["type"].default: model
+    for model in (
+        StartEvent,
+        EndEvent,
+        ServiceTask,
+        UserTask,
+        ExclusiveGateway,
+        ParallelGateway,
+        EventGateway,
+        TimerEvent,
+        MessageEvent,
+        BoundaryTimer,
+        Transaction,
+        MapTask,
+    )
+}
 
 
-class Flow(BaseModel):
+def _spelling(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+# BPMN's element names (as jBPM and Camunda users write them: startEvent, serviceTask, eventBasedGateway) and
+# the classes' names, in any case and with or without underscores, each to the one type it stands for here.
+_TYPE_SPELLINGS = {
+    **{_spelling(model.__name__): element_type for element_type, model in ELEMENT_TYPES.items()},
+    **{_spelling(f"{element_type}_event"): element_type for element_type in ("start", "end", "timer", "message")},
+    "eventbasedgateway": "event_gateway",
+    "boundarytimerevent": "boundary_timer",
+}
+# BPMN's names that stand for more than one type here: what to write instead.
+_TYPE_HINTS = {
+    "intermediatecatchevent": "'timer' or 'message' (an intermediate catch event waits for one of them)",
+    "boundaryevent": "'boundary_timer' (a boundary event here is a timer on a user task)",
+    "subprocess": "'transaction' (execute_with_compensation), or a process of its own",
+}
+
+
+class Flow(_BuiltInCode):
     """A directed connection between two elements, with an optional condition."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -509,7 +573,7 @@ class _Index:
         return cls(elements, flows, by_id, outgoing, incoming, boundaries)
 
 
-class ProcessSpec(Grants):
+class ProcessSpec(_BuiltInCode, Grants):
     """A BPMN-style process design: its elements, the flows between them and its variables."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -532,6 +596,24 @@ class ProcessSpec(Grants):
     evaluation: EvaluationSpec | None = Field(
         default=None, description="the workflow tier: thresholds each completed instance's service tasks meet"
     )
+
+    @field_validator("elements", mode="before")
+    @classmethod
+    def _type_spelling(cls, value: Any) -> Any:
+        """An element type spelled another way (BPMN's ``serviceTask``) is refused naming this spelling, before
+        pydantic reports that it matches no type."""
+        if not isinstance(value, list | tuple):
+            return value
+        for position, element in enumerate(value):
+            named = element.get("type") if isinstance(element, Mapping) else None
+            if not isinstance(named, str) or named in ELEMENT_TYPES:
+                continue
+            spelled = _spelling(named)
+            if (instead := _TYPE_SPELLINGS.get(spelled)) is not None:
+                raise ValueError(f"element {position} has type {named!r}: write {instead!r}, its name here")
+            if (hint := _TYPE_HINTS.get(spelled)) is not None:
+                raise ValueError(f"element {position} has type {named!r}: write {hint}")
+        return value
 
     @field_validator("name")
     @classmethod
