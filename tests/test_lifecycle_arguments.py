@@ -15,6 +15,7 @@ from graphs import (
     InvalidInputError,
     InvalidMetricError,
     InvalidTransitionError,
+    JourneyFinishedError,
     JourneyNotFoundError,
     SpecError,
     TransitionOptionsError,
@@ -213,3 +214,20 @@ async def test_bad_transition_calls_are_4xx_problems_over_http(store_url: str) -
             assert (unknown.status_code, unknown.json()["code"]) == (404, "JourneyNotFoundError")
             state = (await http.get(f"/journeys/lifecycle/{started.json()['journey_id']}")).json()
             assert (state["current_stage"], state["status"]) == ("sandbox", "active")
+
+
+@pytest.mark.parametrize("stage", ["cancelled", "completed"])
+async def test_a_metric_for_an_ended_journey_is_refused_and_nothing_is_recorded(store_url: str, stage: str) -> None:
+    """``record_metric`` on a cancelled (or completed) journey stored the value and answered as if it counted,
+    though no gate or rollback threshold reads an ended journey's metrics: the caller's feed was wrong, and
+    nothing said so. It is refused with JourneyFinishedError (409), naming the stage."""
+    async with lifecycle_runtime(store_url) as (rt, clock):
+        journey_id = await journey_at(rt, clock, stage)
+        before = await fingerprint(rt, journey_id)
+        for record in (
+            lambda: rt.lifecycle.record_metric(journey_id, "user_satisfaction", 3.2),
+            lambda: rt.lifecycle.record_metrics(journey_id, {"unwatched_metric": 1.0}),
+        ):
+            with pytest.raises(JourneyFinishedError, match=f"is {stage}: no metric is recorded for an ended journey"):
+                await record()
+        assert await fingerprint(rt, journey_id) == before

@@ -583,8 +583,16 @@ class LifecycleOrchestrator:
             raise InvalidMetricError(f"a metric's time must be timezone-aware and not after now ({now.isoformat()})")
         when = at or now
         design_id = await self._design_of(journey_id, acting=True)
+        position = await self._rows.position(journey_id)
+        if position is not None and position[0] in FINAL_STAGES:
+            raise JourneyFinishedError(
+                f"journey {journey_id!r} is {position[0]}: no metric is recorded for an ended journey (no gate or "
+                "rollback threshold reads it any more)",
+                allowed=[],
+                current_stage=position[0],
+            )
         await self._record(journey_id, checked, when)
-        rollback = await self._watch(journey_id, design_id, set(checked), run_options)
+        rollback = await self._watch(journey_id, design_id, set(checked), run_options, position)
         return {"journey_id": journey_id, "recorded": checked, "recorded_at": when.isoformat(), "rollback": rollback}
 
     async def check_rollback_triggers(self, journey_id: str) -> dict[str, Any] | None:
@@ -593,13 +601,20 @@ class LifecycleOrchestrator:
         return await self._watch(journey_id, await self._design_of(journey_id, acting=True), None, DEFAULT_RUN)
 
     async def _watch(
-        self, journey_id: str, design_id: str, metrics: set[str] | None, run_options: RunOptions
+        self,
+        journey_id: str,
+        design_id: str,
+        metrics: set[str] | None,
+        run_options: RunOptions,
+        position: tuple[str, str] | None = None,
     ) -> dict[str, Any] | None:
+        """Roll back if a rollback threshold of the current stage holds. ``position``: the journey's (stage,
+        status) when the caller has just read it."""
         spec = await self._spec(design_id)
         watched = {t.metric for stage in ACTIVE_STAGES for t in spec.stage(stage).rollback_thresholds}
         if metrics is not None and not metrics & watched:
             return None  # no threshold watches these metrics: no need to look at the journey
-        position = await self._rows.position(journey_id)
+        position = position or await self._rows.position(journey_id)
         if position is None or position[1] != "active":
             return None
         thresholds = [t for t in spec.stage(position[0]).rollback_thresholds if metrics is None or t.metric in metrics]
