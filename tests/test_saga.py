@@ -276,7 +276,7 @@ async def test_advance_checks_the_saga_belongs_to_the_journey_and_user(store_url
                 await call()
         with pytest.raises(JourneyNotFoundError):
             await rt.saga.advance_saga_step("saga_unknown", journey_id, "user_123", {})
-        with pytest.raises(JourneyNotFoundError):
+        with pytest.raises(JourneyNotFoundError, match=r"^no saga journey run 'saga_unknown'$"):
             await rt.saga.get_saga_status("saga_unknown")
         assert await state() == before
         moved = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {})
@@ -424,3 +424,15 @@ async def test_a_step_whose_agent_timed_out_is_compensated_first_told_it_did_not
         # Reading it again undoes nothing again.
         await rt.saga.get_saga_status(saga_id)
         assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]
+
+
+async def test_a_saga_design_id_given_for_its_run_says_which_id_to_pass(store_url: str) -> None:
+    """``get_saga_status(journey_id)`` (the id ``design_saga_journey`` answers, which every other saga call
+    takes beside the saga's) answered "no saga journey run", as for an id that names nothing. It says which
+    id is wanted instead, on each call that takes the saga's id alone."""
+    async with JourneyRuntime.open(store_url) as rt:
+        journey_id, _saga_id = await start_saga(rt)
+        wanted = f"{journey_id!r} is the id of a saga design, not of a run of it: pass the saga_id execute_saga_journey"
+        for call in (rt.saga.get_saga_status, rt.saga.retry_saga_step, lambda j: rt.saga.cancel_saga(j, "x")):
+            with pytest.raises(JourneyNotFoundError, match=wanted):
+                await call(journey_id)

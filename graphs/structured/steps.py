@@ -87,9 +87,17 @@ class StepJourneys:
     async def instance(self, instance_id: str) -> Instance:
         found = await self.index.get_instance(instance_id)
         if found is None or found.pattern not in self.patterns:
-            raise JourneyNotFoundError(
-                f"no {' or '.join(self.patterns)} journey run {instance_id!r}", instance_id=instance_id
-            )
+            runs = " or ".join(self.patterns)
+            design = await self.index.get_design(instance_id) if found is None else None
+            if design is not None and design.pattern in self.patterns:
+                # The id design_saga_journey answers, given where the run's is wanted: say which one that is.
+                raise JourneyNotFoundError(
+                    f"{instance_id!r} is the id of a {design.pattern} design, not of a run of it: pass the "
+                    f"{'saga_id execute_saga_journey' if design.pattern == 'saga' else 'instance_id its start'} "
+                    "answered",
+                    instance_id=instance_id,
+                )
+            raise JourneyNotFoundError(f"no {runs} journey run {instance_id!r}", instance_id=instance_id)
         return found
 
     async def start(
