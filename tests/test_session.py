@@ -215,6 +215,18 @@ async def test_bad_session_configs_are_spec_errors(store_url: str) -> None:
         assert await rt.store.index.list_instances(pattern="session") == []
 
 
+async def test_a_session_for_an_empty_or_overlong_user_id_is_refused_as_a_journey_is(store_url: str) -> None:
+    """``start_session(user_id="")`` opened a session for nobody, which ``execute_journey`` refuses; both
+    check the user id the same way now, and nothing is registered."""
+    async with JourneyRuntime.open(store_url) as rt:
+        for user_id in ("", "u" * 101, None):
+            with pytest.raises(InvalidInputError, match="user id"):
+                await rt.session.start_session(user_id, CONFIG)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInputError, match="user id"):
+                await rt.mvp.start_mvp_journey(user_id)  # type: ignore[arg-type]
+        assert await rt.store.index.list_instances() == []
+
+
 async def test_a_closed_session_cannot_be_navigated(store_url: str) -> None:
     async with JourneyRuntime.open(store_url) as rt:
         session_id = (await rt.session.start_session("u", CONFIG))["session_id"]

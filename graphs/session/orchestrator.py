@@ -32,6 +32,7 @@ from graphs.errors import (
 from graphs.kernel.designs import DesignBook, PatternName, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, Outcome, RunOptions
 from graphs.kernel.flow import ExistingStart, StartControls
+from graphs.kernel.identifiers import checked_user_id
 from graphs.kernel.instances import Recoverable
 from graphs.session.builder import (
     SessionSpec,
@@ -69,6 +70,7 @@ class SessionOrchestrator:
         """Open a session over ``session_config = {"areas": [...], "initial_area": ...}`` and enter the first area.
         ``start_key``: a start with the same key within ``start_key_window`` (default 24 hours) answers the
         session that start opened."""
+        user_id = checked_user_id(user_id)  # as execute_journey checks it: the session is kept under it
         spec = parse_spec(SessionSpec, session_config, spec_name="session")
         if spec.evaluation is not None and (missing := self._instances.evaluation.missing(spec.evaluation)):
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
