@@ -457,6 +457,8 @@ def new(
     for path in written:
         typer.echo(f"wrote {path}")
     typer.echo(f"run it: cd {directory} && python {written[1].name}")
+    serve = f"journeys serve --no-auth --plugin {written[1].stem}"
+    typer.echo(f"serve it: cd {directory} && {serve}, then POST {written[0].name} to /processes")
 
 
 @app.command()

@@ -164,6 +164,12 @@ offline, answering user tasks from ANSWERS and firing timers on a virtual clock.
 
     python {name}_agents.py            # in memory
     python {name}_agents.py sqlite:///{name}.db
+
+To serve the process over HTTP with these agents, from this directory (register() is the plugin hook;
+in distributed mode give `journeys worker` the same --plugin), then deploy the spec:
+
+    journeys serve --no-auth --plugin {name}_agents
+    curl -X POST http://127.0.0.1:8123/processes -H 'content-type: application/json' -d @{name}.json
 """
 
 from __future__ import annotations
@@ -175,7 +181,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from agents import AgentRequest
+from agents import AgentRegistry, AgentRequest
 from checkpoints import VirtualClock
 from graphs import JourneyRuntime
 
@@ -191,6 +197,13 @@ AGENTS = {{
 {registry},
 }}
 
+
+def register(registry: AgentRegistry) -> None:
+    """Register the agents above: the hook `journeys serve --plugin {name}_agents` calls."""
+    for intent, agent in AGENTS.items():
+        registry.register(intent, agent, replace=True)
+
+
 # What run() answers each user task with (the humans' part).
 ANSWERS: dict[str, dict[str, Any]] = {answers}
 
@@ -199,8 +212,7 @@ async def run(url: str = "memory://", business_key: str = "example-1") -> dict[s
     """Deploy the spec, start one instance and drive it to its end; the instance's final status."""
     clock = VirtualClock()
     async with JourneyRuntime.open(url, clock=clock) as runtime:
-        for intent, agent in AGENTS.items():
-            runtime.agents.register(intent, agent, replace=True)
+        register(runtime.agents)
         spec = json.loads(SPEC.read_text())
         await runtime.processes.deploy(spec)
         variables = {{CORRELATION: business_key}} if CORRELATION else {{}}

@@ -172,15 +172,18 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def journeys_serve(url: str, log: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def journeys_serve(
+    url: str, log: Path, *options: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[str]:
     """A real `journeys serve` process on the database ``url`` with extra CLI ``options``, its output in
-    ``log``; yields its base URL once it answers ``/ok``, and stops it after."""
+    ``log``, run from ``cwd`` (where a ``--plugin`` module is found); yields its base URL once it answers
+    ``/ok``, and stops it after."""
     port = free_port()
     command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
     environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     with log.open("wb") as sink:
         server = subprocess.Popen(
-            [*command, "--port", str(port), *options], cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT
+            [*command, "--port", str(port), *options], cwd=cwd, env=environment, stdout=sink, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 60

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from graphs.process.catalog import default_process_catalog
 from server.cli import app as cli
+from tests.server_support import journeys_serve
 
 TEMPLATES = default_process_catalog().names()
 ORCHESTRATION_GUIDE = {
@@ -86,3 +88,29 @@ def test_new_refuses_an_unknown_template_a_bad_name_and_existing_files(tmp_path:
     again = CliRunner().invoke(cli, ["new", "pr_review", "--dir", str(tmp_path)])
     assert again.exit_code == 2 and "not overwriting" in again.output
     assert "Traceback" not in unknown.output + bad.output + again.output
+
+
+@pytest.mark.slow
+def test_a_new_project_is_served_with_its_agents_by_plugin(tmp_path: Path) -> None:
+    """The agents module `journeys new` writes had no ``register`` for ``journeys serve --plugin``, and the
+    README did not say how to serve it: `--plugin reporting_analytics_agents` stopped the server ("has no
+    function 'register'"). As the command's output says now, it serves the process with those agents."""
+    made = CliRunner().invoke(cli, ["new", "reporting_analytics", "--dir", str(tmp_path)])
+    assert made.exit_code == 0 and "journeys serve --no-auth --plugin reporting_analytics_agents" in made.output
+    spec = json.loads((tmp_path / "reporting_analytics.json").read_text())
+    url = f"sqlite:///{tmp_path / 'served.db'}"
+    options = ("--no-auth", "--plugin", "reporting_analytics_agents")
+    with (
+        journeys_serve(url, tmp_path / "serve.log", *options, cwd=tmp_path) as base,
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
+        deployed = client.post("/processes", json=spec)
+        assert deployed.status_code == 200, deployed.text
+        started = client.post("/processes/reporting_analytics/instances", json={"business_key": "r-1"})
+        assert started.status_code == 200, started.text
+        view = started.json()
+        for _ in range(100):
+            if view["status"] != "running":
+                break
+            view = client.get(f"/processes/instances/{view['instance_id']}").json()
+    assert view["status"] == "completed", view
