@@ -218,3 +218,26 @@ async def test_a_client_lifecycle_is_judged_by_its_tier_when_it_completes(store_
         ]
         with pytest.raises(EvaluatorError):
             await rt.lifecycle.start_journey("c4", spec=tier(evaluators={"accuracy": "nobody"}))
+
+
+async def test_an_evaluator_that_fails_is_a_breach_and_the_run_is_judged_all_the_same(store_url: str) -> None:
+    """An evaluator that raised (or scored outside 0..1, or gave no number) made the run's last advance raise
+    it, ZeroDivisionError and all, after the run had completed: no verdict was recorded and the run stood
+    ``completed``, never judged, whatever its tier said. The metric is now unmeasured, a breach naming the
+    error, and the tier decides (here: held for review, which a person can pass)."""
+    async with JourneyRuntime.open(store_url, prices=PRICES) as rt:
+        rt.agents.register("llm.summarise", summarise)
+        for name, evaluator, error in (
+            ("divides", lambda step, output: 1 / 0, "ZeroDivisionError: division by zero"),
+            ("generous", lambda step, output: 7, "EvaluatorError: an evaluator scored step 'summarise' 7.0, outside"),
+            ("wordy", lambda step, output: "good", "ValueError: could not convert string to float"),
+        ):
+            rt.evaluators.register(name, evaluator)
+            spec = tiered(thresholds={"accuracy": 0.9}, evaluators={"accuracy": name}, on_breach="review")
+            journey_id, held = await run_once(rt, spec, name)
+            assert held["status"] == "review", held
+            [breach] = held["evaluation"]["breaches"]
+            assert (breach["metric"], breach["value"]) == ("accuracy", None) and breach["error"].startswith(error)
+            assert held["evaluation"]["errors"]["accuracy"] == breach["error"]
+            approved = await rt.structured.review_journey_run(journey_id, name, approved=True, by="qa-lead")
+            assert approved["status"] == "completed"

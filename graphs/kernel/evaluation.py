@@ -17,6 +17,8 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import structlog
+
 from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.index import Instance
 from graphs.errors import EvaluatorError, NotInReviewError
@@ -25,6 +27,7 @@ from nodes.services import failure
 
 EVALUATED = "evaluation.recorded"
 REVIEWED = "evaluation.reviewed"
+log = structlog.get_logger("journeys.evaluation")
 IN_REVIEW = "review"  # the status of a run held for review after a breach
 # An evaluator scores one step's output from 0 (bad) to 1 (good); sync or async.
 Evaluator = Callable[[str, Mapping[str, Any]], float | Awaitable[float]]
@@ -113,19 +116,30 @@ class Evaluation:
             "p95_latency_s": _p95(durations),
             "cost_per_run": round(sum(self._cost(output) for _step, output in outputs), 6),
         }
+        errors: dict[str, str] = {}
         for metric, name in spec.evaluators.items():
-            evaluator = self.evaluators.get(name)
-            if evaluator is None:
-                raise EvaluatorError(f"no evaluator {name!r} is registered for {metric}", evaluator=name)
-            scores = [await _score(evaluator, step, output) for step, output in outputs]
+            try:
+                evaluator = self.evaluators.get(name)
+                if evaluator is None:
+                    raise EvaluatorError(f"no evaluator {name!r} is registered for {metric}", evaluator=name)
+                scores = [await _score(evaluator, step, output) for step, output in outputs]
+            except Exception as exc:  # the user's evaluator may raise anything: the run is still judged
+                # The run has completed: raised here, its verdict was never recorded and it stood completed,
+                # unjudged. An unmeasured metric is a breach, with the reason, and the tier decides.
+                errors[metric] = f"{type(exc).__name__}: {exc}"
+                figures[metric] = None
+                log.warning("evaluator failed", evaluator=name, metric=metric, error=errors[metric])
+                continue
             figures[metric] = round(sum(scores) / len(scores), 6) if scores else None
         breaches = []
         for limited, limit in spec.thresholds.model_dump(exclude_none=True).items():
             value = figures.get(limited)
             upper = limited in ("p95_latency_s", "cost_per_run")
             if value is None or (value > limit if upper else value < limit):
-                breaches.append({"metric": limited, "value": value, "threshold": limit})
-        return {"tier": spec.tier, "figures": figures, "breaches": breaches, "passed": not breaches}
+                breach = {"metric": limited, "value": value, "threshold": limit}
+                breaches.append(breach | ({"error": errors[limited]} if limited in errors else {}))
+        result = {"tier": spec.tier, "figures": figures, "breaches": breaches, "passed": not breaches}
+        return result | ({"errors": errors} if errors else {})
 
     def _cost(self, output: Mapping[str, Any]) -> float:
         usage = output.get("usage_metadata")
