@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage
 
 from agents import AgentRequest
 from graphs import JourneyRuntime
-from graphs.errors import EvaluatorError, NotInReviewError, RunInReviewError
+from graphs.errors import EvaluatorError, InvalidInputError, NotInReviewError, RunInReviewError
 from graphs.guide import MVPGuideBackend
 from graphs.lifecycle.catalog import default_lifecycle_spec
 from graphs.session.mvp import mvp_spec
@@ -86,6 +86,10 @@ async def test_a_breach_fails_the_run_or_holds_it_for_review(store_url: str) -> 
         assert held["status"] == "review" and held["evaluation"]["figures"]["accuracy"] == 0.5
         with pytest.raises(RunInReviewError):
             await rt.structured.advance_journey_step(journey_id, "ben", {})
+        for nobody in ("", "  ", None):  # a decision nobody made was recorded as approved by ''
+            with pytest.raises(InvalidInputError, match="a review names its reviewer"):
+                await rt.structured.review_journey_run(journey_id, "ben", approved=True, by=nobody)  # type: ignore[arg-type]
+        assert (await rt.structured.get_journey_status(journey_id, "ben"))["status"] == "review"
         approved = await rt.structured.review_journey_run(journey_id, "ben", approved=True, by="qa-lead")
         assert approved["status"] == "completed"
         assert approved["evaluation"]["review"] == {"approved": True, "by": "qa-lead", "note": ""}

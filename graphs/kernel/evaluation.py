@@ -19,8 +19,10 @@ from typing import Any
 
 import structlog
 
+from checkpoints.errors import InvalidInputError
 from checkpoints.events import Event, EventLog, NewEvent
 from checkpoints.index import Instance
+from checkpoints.values import check_value
 from graphs.errors import EvaluatorError, NotInReviewError
 from nodes.evaluation import EvaluationSpec, Price, PriceTable
 from nodes.services import failure
@@ -77,6 +79,10 @@ class Evaluation:
     ) -> str:
         """A person's decision on a run held for review (call under ``exclusive``, with the instance read
         there): ``approved`` gives it ``status``, otherwise it fails. Answers the new status."""
+        if not isinstance(by, str) or not by.strip() or not isinstance(note, str):
+            # The decision's audit record names who made it, as a completed user task names its user.
+            raise InvalidInputError(f"a review names its reviewer: by must be a non-empty string, got {by!r:.60}")
+        check_value({"by": by, "note": note}, "review")
         if instance.status != IN_REVIEW:
             raise NotInReviewError(
                 f"journey run {instance.instance_id!r} is {instance.status}, not in review", allowed=[]
