@@ -461,3 +461,42 @@ async def test_an_sla_reassign_that_read_the_task_before_its_completion_reassign
         closed = await rt.processes.inbox.get_task(task["task_id"])
         assert (closed["status"], closed["assignee"], closed["escalation"]) == ("completed", "dan", None)
         assert await rt.processes.inbox.list_tasks(group="directors", status=None) == []
+
+
+async def test_an_sla_notify_that_read_the_task_before_its_completion_does_not_mark_the_completed_task_escalated(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SLA read the task open, dan's completion was written, then the lead was paged: the completed task was
+    then stamped escalated ("escalation": "notify", an escalated_at after its completion), and listed as such. The
+    page went out (it was decided while the task was open, and the log says so), but only an open task is marked."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "page_lead")
+        await rt.processes.deploy(
+            approval(assignee="dan", sla="PT1H", on_timeout={"action": "notify", "notify": "page_lead"})
+        )
+        view = await rt.processes.start("approval", "doc-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="dan")
+        clock.advance(timedelta(hours=1))
+        store = rt.processes.services.inbox
+        read = store.get
+        sla_read = asyncio.Event()
+
+        async def completed_after_read(task_id: str) -> Any:
+            row = await read(task_id)
+            if not sla_read.is_set():  # the SLA's read: dan's completion lands right after it
+                sla_read.set()
+                await rt.processes.inbox.complete(task_id, user="dan", payload={"approved": True})
+            return row
+
+        monkeypatch.setattr(store, "get", completed_after_read)
+        await rt.processes.scheduler.run_due()
+        monkeypatch.undo()
+        assert calls.intents() == ["page_lead"]
+        closed = await rt.processes.inbox.get_task(task["task_id"])
+        assert (closed["status"], closed["escalation"], closed["escalated_at"]) == ("completed", None, None)
+        timers = await rt.processes.services.timers.find(instance_id=view["instance_id"])
+        assert [t.status for t in timers if t.purpose == "sla"] == ["cancelled"]  # by the completion
+        assert (await rebuild_inbox(rt.store.backend, rt.store.events)).corrected == []  # the log agrees
+

@@ -228,10 +228,14 @@ class InboxStore:
         return await claimed_with_event(self._engine, events, [moved], [*statements, *also], instance_id, event)
 
     def escalated_statement(self, task_id: str, action: str) -> Executable:
+        """Mark a task as escalated by its SLA (``action``), once: an open task only (a notify that lost the race
+        to a completion leaves the completed task as it was), or, for ``complete``, the task it just closed."""
         t = user_tasks.c
+        # The SLA's completion runs in the same transaction, before this statement.
+        still = t.completed_by == "sla-escalation" if action == "complete" else t.status == "open"
         return (
             update(user_tasks)
-            .where(t.task_id == task_id, t.escalated_at.is_(None))
+            .where(t.task_id == task_id, t.escalated_at.is_(None), still)
             .values(escalated_at=self._clock.now().astimezone(UTC), escalation=action)
         )
 
