@@ -500,3 +500,26 @@ async def test_an_sla_notify_that_read_the_task_before_its_completion_does_not_m
         assert [t.status for t in timers if t.purpose == "sla"] == ["cancelled"]  # by the completion
         assert (await rebuild_inbox(rt.store.backend, rt.store.events)).corrected == []  # the log agrees
 
+
+async def test_an_sla_whose_notify_agent_is_not_registered_fails_once_visibly_and_ends(store_url: str) -> None:
+    """An SLA without on_timeout notifies the "notify" agent; with none registered, the firing raised
+    AgentNotFoundError and was tried again every minute for ever, logging a warning each time and nothing in the
+    journey's log. Calling again cannot help: the timer ends after one failure, reported once, logged in the
+    journey as agent.failed (what to register), and the task stays open for a person."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(approval(sla="PT1H"))
+        view = await rt.processes.start("approval", "doc-1")
+        clock.advance(timedelta(hours=1))
+        errors: list[str] = []
+        for _ in range(5):
+            errors += (await rt.processes.scheduler.run_due()).errors
+            clock.advance(timedelta(minutes=2))
+        assert len(errors) == 1 and "AgentNotFoundError" in errors[0]
+        timers = await rt.processes.services.timers.find(instance_id=view["instance_id"])
+        assert [(t.purpose, t.status) for t in timers] == [("sla", "cancelled")]
+        failed = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "agent.failed"]
+        assert [(e.payload["intent"], e.payload["error_type"]) for e in failed] == [("notify", "AgentNotFoundError")]
+        assert "notify" in failed[0].payload["error"]
+        [open_task] = await rt.processes.inbox.list_tasks(instance_id=view["instance_id"])
+        assert (open_task["status"], open_task["escalation"]) == ("open", None)

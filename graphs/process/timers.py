@@ -40,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from agents.errors import AgentCallFailedError, PermanentAgentError, PolicyViolationError
+from agents.errors import AgentCallFailedError, AgentNotFoundError, PermanentAgentError, PolicyViolationError
 from checkpoints.errors import DuplicateInstanceError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
@@ -49,7 +49,7 @@ from graphs.kernel.engine import CONTINUATION
 from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
 from graphs.process.spec import ProcessSpec
-from nodes.agent_call import Recording
+from nodes.agent_call import CALL_FAILED, Recording
 from nodes.telemetry import timers_fired
 from nodes.timer import TimerDefinition
 
@@ -259,7 +259,7 @@ async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int)
                 granted_intents=grants.granted_intents,
                 replay=True,
             )
-        except (PolicyViolationError, AgentCallFailedError) as exc:
+        except (PolicyViolationError, AgentCallFailedError, AgentNotFoundError) as exc:
             await _end_if_given_up(processes, timer, worker, exc)
             raise
         await services.timers.execute([services.inbox.escalated_statement(task.task_id, action), done])
@@ -326,7 +326,7 @@ async def _remind(processes: TimerHost, timer: Timer, worker: str, ticks: int, s
             granted_intents=grants.granted_intents,
             replay=True,
         )
-    except (PolicyViolationError, AgentCallFailedError) as exc:
+    except (PolicyViolationError, AgentCallFailedError, AgentNotFoundError) as exc:
         await _end_if_given_up(processes, timer, worker, exc)
         raise
     return True
@@ -335,8 +335,17 @@ async def _remind(processes: TimerHost, timer: Timer, worker: str, ticks: int, s
 async def _end_if_given_up(processes: TimerHost, timer: Timer, worker: str, exc: Exception) -> None:
     """A timer's notification failed: end the timer (fail safe: the task stays open for a person) when calling
     again cannot help, a refusal (audited as ``policy.denied``) or a permanent failure (``agent.failed``). A
-    failure for a passing reason leaves the firing to be tried again once its lease is up."""
-    if isinstance(exc, PolicyViolationError) or isinstance(exc.__cause__, PermanentAgentError):
+    failure for a passing reason leaves the firing to be tried again once its lease is up. No agent registered
+    for the intent is a deployment's mistake, not a passing one: the timer ends, and, as the caller logs nothing
+    for it, the journey's log gets one ``agent.failed`` saying what to register."""
+    if isinstance(exc, AgentNotFoundError):
+        assert timer.instance_id is not None
+        intent = str(exc.details.get("intent"))
+        error = f"no agent is registered for intent {intent!r}: register one, or give the task's timer another agent"
+        failure = {"intent": intent, "call": timer.timer_id, "error": error, "error_type": type(exc).__name__}
+        event = NewEvent(CALL_FAILED, failure, timer.element, f"{timer.timer_id}:{intent}:not-found")
+        await processes.services.node.events.append(timer.instance_id, [event])
+    if isinstance(exc, PolicyViolationError | AgentNotFoundError) or isinstance(exc.__cause__, PermanentAgentError):
         timers = processes.services.timers
         await timers.execute([timers.dropped_statement(timer, worker)])
 
