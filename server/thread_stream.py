@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # The modes a run started by ``run.start`` records, so its stream can be served and replayed.
 RECORDED_MODES = ["values", "updates", "custom", "messages-tuple", "tasks", "checkpoints"]
 CHANNELS = ("values", "updates", "messages", "tools", "lifecycle", "input", "checkpoints", "tasks", "custom")
-_RUN_SPAN = 1 << 26  # seq = the run's ordinal on its thread * _RUN_SPAN + the event's place in the run
+RUN_SPAN = 1 << 26  # seq = the run's ordinal on its thread * RUN_SPAN + the event's place in the run
 _PER_CHUNK = 8  # a chunk becomes at most this many events (the last messages' ends, a start, a delta)
 # A stream opened without ``since`` replays the thread's active runs, and a run created this recently: the
 # SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended.
@@ -121,7 +121,7 @@ class ThreadEvents:
                 for event in await self._new_events():
                     if (self.since is None or event["seq"] > self.since) and self.wanted.admits(event):
                         yield frame(event)
-                await _first_of(changed, self.svc.settings.poll_interval)
+                await first_of(changed, self.svc.settings.poll_interval)
 
     @contextlib.contextmanager
     def _watching(self) -> Iterator[list[asyncio.Event]]:
@@ -151,7 +151,7 @@ class ThreadEvents:
         """The place of the first run a stream serves: from ``since``, or its active runs and a run just
         created; later runs are all served."""
         if self.since is not None:
-            return max(1, self.since // _RUN_SPAN)
+            return max(1, self.since // RUN_SPAN)
         now = self.svc.runtime.store.clock.now()
         for run in runs:
             if run.status in ACTIVE or now - run.created_at < RECENT:
@@ -160,7 +160,7 @@ class ThreadEvents:
 
     async def _run_events(self, cursor: _RunCursor) -> list[dict[str, Any]]:
         run = cursor.run
-        base = cursor.ordinal * _RUN_SPAN
+        base = cursor.ordinal * RUN_SPAN
         events: list[dict[str, Any]] = []
         current = await self.svc.runs.get_run(run.run_id)
         if current is None:  # deleted (a rollback): nothing more comes of it
@@ -240,7 +240,7 @@ def _ending(run: RunRow, messages: Mapping[str, bool]) -> list[tuple[str, Any]]:
 def event(seq: int, method: str, data: Any, run_id: str) -> dict[str, Any]:
     return {
         "type": "event",
-        "event_id": f"{run_id}:{seq % _RUN_SPAN}",
+        "event_id": f"{run_id}:{seq % RUN_SPAN}",
         "seq": seq,
         "method": method,
         "params": {"namespace": [], "data": data},
@@ -252,7 +252,8 @@ def frame(item: Mapping[str, Any]) -> bytes:
     return f"id: {item['seq']}\ndata: {json.dumps(redact_answer(item), default=str)}\n\n".encode()
 
 
-async def _first_of(events: list[asyncio.Event], poll: float) -> None:
+async def first_of(events: list[asyncio.Event], poll: float) -> None:
+    """Returns when one of ``events`` is set, or after ``poll`` seconds."""
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
         await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
@@ -263,4 +264,4 @@ async def _first_of(events: list[asyncio.Event], poll: float) -> None:
 
 def before_run(run: RunRow) -> int:
     """The ``seq`` just before ``run``'s first event: a client streaming ``since`` it gets the whole run."""
-    return run.ordinal * _RUN_SPAN - 1
+    return run.ordinal * RUN_SPAN - 1

@@ -295,9 +295,13 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     with pytest.raises(ConflictError):
         await threads.copy(journeys[1])
 
-    # join_stream: the chunks of the thread's runs as they come.
+    # join_stream: the chunks of the thread's runs as they come (from its first, -1), run after run.
     run = await client.runs.create(journeys[1], "structured", command={"resume": {"files": 1}}, stream_mode="updates")
-    parts = [p async for p in await threads.join_stream(journeys[1], stream_mode=["updates"])]
+    parts = []
+    async for part in await threads.join_stream(journeys[1], last_event_id="-1"):
+        parts.append(part)
+        if part.event == "metadata" and part.data.get("run_id") == run["run_id"] and "status" in part.data:
+            break
     assert any(p.event == "updates" for p in parts), [p.event for p in parts]
     await client.runs.join(journeys[1], run["run_id"])
 

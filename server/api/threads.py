@@ -8,7 +8,7 @@ thread id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
@@ -48,9 +48,9 @@ from server.models import (
     sorted_page,
 )
 from server.problems import ApiError
+from server.runs import thread_sse
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
-from server.runs.sse import SSE, frame, resumed_after, run_events
-from server.runs.watch import next_change
+from server.runs.sse import SSE
 from server.services import ResolvedThread, ServerServices, services
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
@@ -219,30 +219,24 @@ async def copy_thread(thread_id: str, caller: Runner, svc: Services) -> dict[str
     return await thread_view(svc, ResolvedThread.of(await svc.copy_thread(caller, thread_id)))
 
 
-@router.get("/{thread_id}/stream", summary="The stream of the thread's current (or last) run (SSE)", responses=SSE)
+@router.get("/{thread_id}/stream", summary="The stream of the thread's runs, one after the other (SSE)", responses=SSE)
 async def join_thread_stream(
     thread_id: str,
     caller: Reader,
     svc: Services,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
-    stream_mode: Annotated[list[str] | None, Query()] = None,
+    stream_mode: Annotated[list[thread_sse.ThreadStreamMode] | None, Query(max_length=10)] = None,
+    stream_modes: Annotated[str | None, Query(max_length=100, pattern=thread_sse.MODES_LIST)] = None,
 ) -> StreamingResponse:
-    """The chunks of the thread's active run, or of its last run when none is active, then ``end``. On a
-    thread without a run yet the stream stays open for its first, as the Agent Server's does (a UI may
-    join a thread before it starts a run on it)."""
+    """The events of the thread's runs as they come, run after run, with ``metadata`` ``{"status": "run_done"}``
+    after each; it ends only when the thread is deleted. Without ``Last-Event-ID`` only what comes from now
+    on (live); with it, what came after that event. ``stream_mode`` (langgraph-sdk's name; ``stream_modes``,
+    comma-separated, the Agent Server's): ``run_modes`` (the default) or ``lifecycle`` (the runs' metadata
+    only): a run's own stream modes are the ones it was created with. See :mod:`server.runs.thread_sse`."""
+    modes = [*(stream_mode or ()), *(m.strip() for m in (stream_modes or "").split(",") if m.strip())]
     await svc.resolve_thread(thread_id, caller)
-    return svc.streams.take(caller).response(_thread_run_events(svc, thread_id, resumed_after(last_event_id)))
-
-
-async def _thread_run_events(svc: ServerServices, thread_id: str, after: int) -> AsyncIterator[bytes]:
-    with svc.watch.watching(thread_stream.thread_key(thread_id)) as created:
-        while (run := await svc.runs.next_pending(thread_id) or await svc.runs.last_run(thread_id)) is None:
-            await next_change(created, svc.settings.poll_interval)  # woken by a run created here; else polled
-            if await svc.runs.get_thread(thread_id) is None:  # deleted meanwhile: no run will come
-                yield frame("end", None)
-                return
-    async for event in run_events(svc, run, after):
-        yield event
+    events = thread_sse.thread_events(svc, thread_id, thread_sse.after_event(last_event_id), modes or ["run_modes"])
+    return svc.streams.take(caller).response(events)
 
 
 @router.post("/{thread_id}/commands", summary="A command of the v3 thread stream (run.start, input.respond)")

@@ -1,0 +1,134 @@
+"""A thread's stream (``threads.join_stream``: ``GET /threads/{thread_id}/stream``), as the Agent Server serves it:
+the events of the thread's runs, run after run, for as long as the client listens (or until the thread is
+deleted: then ``end``).
+
+Each run gives its ``metadata`` (``{"run_id", "attempt"}``) once it has started, the chunks it records (those of
+the stream modes it was created with, and its ``error``), then ``metadata`` ``{"status": "run_done", "run_id"}``
+once it has ended. ``stream_mode`` ``run_modes`` (the default) is all of that; ``lifecycle`` only the two
+``metadata`` events.
+
+Every event's id is unique in the thread: the run's ordinal (its place among the runs ever created on the
+thread) times :data:`~server.thread_stream.RUN_SPAN`, plus the event's number in its run (0 the metadata, then
+the chunks' own numbers, then ``run_done``), so a client that reconnects with ``Last-Event-ID`` gets exactly
+what came after, across runs. Without ``Last-Event-ID`` the stream is live, as the Agent Server's is: what the
+thread's active runs record from now on, and every later run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Collection, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from server.runs.sse import frame
+from server.runs.store import ACTIVE, TERMINAL, RunRow
+from server.thread_stream import RUN_SPAN, first_of, thread_key
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from server.services import ServerServices
+
+ThreadStreamMode = Literal["run_modes", "lifecycle"]
+# The Agent Server's own ``stream_modes``: the same, comma-separated.
+MODES_LIST = r"^\s*(run_modes|lifecycle)\s*(,\s*(run_modes|lifecycle)\s*)*$"
+_PAGE = 100  # runs read at a time, newest first, to find those a stream still serves
+
+
+@dataclass
+class _Run:
+    """How far the stream has gone in one run: whether its metadata was sent, its last chunk, its end."""
+
+    ordinal: int
+    chunk: int = 0
+    started: bool = False
+    ended: bool = False
+
+
+def after_event(last_event_id: str | None) -> int | None:
+    """Where a thread stream resumes: after this event id (``-1``: from the thread's first run on); None (no
+    ``Last-Event-ID``, or one that is no event's) for a live stream."""
+    text = (last_event_id or "").strip()
+    if text == "-1":
+        return -1
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+async def thread_events(
+    svc: ServerServices, thread_id: str, after: int | None, modes: Collection[str]
+) -> AsyncIterator[bytes]:
+    """The thread's stream as server-sent events, from ``after`` (see :func:`after_event`) on."""
+    runs: dict[str, _Run] = {}
+    first = await _live_start(svc, thread_id, runs) if after is None else max(1, after // RUN_SPAN)
+    lifecycle_only = "run_modes" not in modes
+    while True:
+        with _watching(svc, thread_id, runs) as changed:
+            found = await _runs_from(svc, thread_id, first)
+            if not any(r.status in ACTIVE for r in found) and await svc.runs.get_thread(thread_id) is None:
+                yield frame("end", None)  # deleted: no run will come
+                return
+            for run in found:
+                cursor = runs.setdefault(run.run_id, _Run(run.ordinal))
+                if cursor.ended:
+                    continue
+                for number, event, data in await _run_events(svc, run, cursor):
+                    seq = run.ordinal * RUN_SPAN + number
+                    if (after is None or seq > after) and (event == "metadata" or not lifecycle_only):
+                        yield frame(event, data, seq)
+            # The runs before the oldest one still going are done with: not read again.
+            going = [c.ordinal for c in runs.values() if not c.ended]
+            first = max(first, min(going, default=max((r.ordinal for r in found), default=first - 1) + 1))
+            runs = {run_id: c for run_id, c in runs.items() if c.ordinal >= first}
+            await first_of(changed, svc.settings.poll_interval)
+
+
+async def _live_start(svc: ServerServices, thread_id: str, runs: dict[str, _Run]) -> int:
+    """A live stream's first run: the oldest active one, picked up after the chunks it has recorded (its
+    metadata counted as sent once it has started), or the next run created; the runs ended by now are skipped."""
+    last = await svc.runs.last_run(thread_id)  # read first: a run created after it is served whole
+    newest = last.ordinal if last else 0
+    active = [r for status in ACTIVE for r in await svc.runs.list_runs(thread_id, limit=_PAGE, status=status)]
+    for run in active:
+        runs[run.run_id] = _Run(run.ordinal, await svc.runs.last_seq(run.run_id), started=run.status != "pending")
+    first = min((r.ordinal for r in active), default=newest + 1)
+    for run in await _runs_from(svc, thread_id, first):
+        runs.setdefault(run.run_id, _Run(run.ordinal, ended=run.ordinal <= newest))
+    return first
+
+
+async def _runs_from(svc: ServerServices, thread_id: str, first: int) -> list[RunRow]:
+    """The thread's runs from its ``first``-th on, oldest first: read newest first, a page at a time, until a
+    page reaches a run before it."""
+    found: list[RunRow] = []
+    while True:
+        page = await svc.runs.list_runs(thread_id, limit=_PAGE, offset=len(found))
+        found += page
+        if len(page) < _PAGE or page[-1].ordinal < first:
+            return sorted((r for r in found if r.ordinal >= first), key=lambda r: r.ordinal)
+
+
+async def _run_events(svc: ServerServices, run: RunRow, cursor: _Run) -> list[tuple[int, str, Any]]:
+    """The events of ``run`` the stream has not given yet: (number in the run, event, data)."""
+    events: list[tuple[int, str, Any]] = []
+    if run.status == "pending":
+        return events
+    if not cursor.started:
+        cursor.started = True
+        events.append((0, "metadata", {"run_id": run.run_id, "attempt": 1}))
+    # The status was read first: a run seen finished has written all its chunks.
+    for number, event, data in await svc.runs.events_after(run.run_id, cursor.chunk):
+        cursor.chunk = number
+        events.append((number, event, data))
+    if run.status in TERMINAL:
+        cursor.ended = True
+        events.append((cursor.chunk + 1, "metadata", {"status": "run_done", "run_id": run.run_id}))
+    return events
+
+
+@contextlib.contextmanager
+def _watching(svc: ServerServices, thread_id: str, runs: dict[str, _Run]) -> Iterator[list[asyncio.Event]]:
+    """Woken by a run created on the thread, or a change (a chunk, its end) to one of its runs still going."""
+    keys = [thread_key(thread_id), *(run_id for run_id, cursor in runs.items() if not cursor.ended)]
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(svc.watch.watching(key)) for key in keys]

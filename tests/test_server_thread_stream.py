@@ -1,0 +1,105 @@
+"""A thread's stream (``threads.join_stream``) as the Agent Server serves it, through langgraph-sdk over real HTTP:
+it goes on from run to run (``metadata`` ``{"status": "run_done"}`` between them) instead of ending with the
+first, is live without ``Last-Event-ID``, and resumes after any event with it, across runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import UnprocessableEntityError
+from langgraph_sdk.schema import StreamPart
+
+pytestmark = pytest.mark.slow
+
+HELLO = {"messages": [{"role": "user", "content": "what next?"}]}
+
+
+def run_done(part: StreamPart) -> bool:
+    return part.event == "metadata" and isinstance(part.data, dict) and part.data.get("status") == "run_done"
+
+
+async def until_runs_done(client: LangGraphClient, thread_id: str, runs: int, **options: Any) -> list[StreamPart]:
+    """The thread's stream until ``runs`` runs have ended on it (the stream itself never ends)."""
+    parts: list[StreamPart] = []
+    async for part in await client.threads.join_stream(thread_id, **options):
+        parts.append(part)
+        assert part.event != "end", parts  # the thread's stream goes on after a run
+        if sum(map(run_done, parts)) == runs:
+            return parts
+    raise AssertionError(f"the thread's stream ended: {parts}")
+
+
+async def chat_run(client: LangGraphClient, thread_id: str) -> str:
+    """One message to the guide on the thread, its values recorded; its run's id once it has ended."""
+    run = await client.runs.create(thread_id, "guide", input=HELLO, stream_mode="values")
+    await client.runs.join(thread_id, run["run_id"])
+    return str(run["run_id"])
+
+
+def per_run(parts: Sequence[StreamPart]) -> list[tuple[str, list[str]]]:
+    """The stream as (run id, its events in order), checking each run opens with its metadata and ends with
+    run_done."""
+    found: list[tuple[str, list[str]]] = []
+    for part in parts:
+        if part.event == "metadata" and "attempt" in part.data:
+            found.append((part.data["run_id"], ["metadata"]))
+        else:
+            found[-1][1].append("run_done" if run_done(part) else part.event)
+            if run_done(part):
+                assert part.data["run_id"] == found[-1][0]
+    return found
+
+
+async def test_a_threads_stream_goes_on_from_run_to_run_and_resumes_after_any_event(
+    sdk_client: LangGraphClient,
+) -> None:
+    """The stream served one run, then ``end``: a UI following a thread missed every later message."""
+    tid = (await sdk_client.threads.create())["thread_id"]
+    following = asyncio.ensure_future(until_runs_done(sdk_client, tid, 2))
+    await asyncio.sleep(1)  # the stream is open: it serves what comes from now on
+    first, second = [await chat_run(sdk_client, tid) for _ in range(2)]
+    live = await asyncio.wait_for(following, 60)
+    assert [(run_id, events[0], events[-1]) for run_id, events in per_run(live)] == [
+        (first, "metadata", "run_done"),
+        (second, "metadata", "run_done"),
+    ]
+    assert all(set(events[1:-1]) == {"values"} for _, events in per_run(live)), per_run(live)
+    ids = [int(p.id) for p in live if p.id is not None]
+    assert len(ids) == len(live) and ids == sorted(set(ids)), ids  # unique in the thread, in order
+
+    # Replayed from the start, the thread's stream is the same; resumed after any event, what came after it.
+    assert [(p.event, p.id, p.data) for p in await until_runs_done(sdk_client, tid, 2, last_event_id="-1")] == [
+        (p.event, p.id, p.data) for p in live
+    ]
+    for i in (0, 1, len(live) // 2, [run_done(p) for p in live].index(True)):
+        after = await until_runs_done(sdk_client, tid, sum(map(run_done, live[i + 1 :])), last_event_id=live[i].id)
+        assert [(p.event, p.id) for p in after] == [(p.event, p.id) for p in live[i + 1 :]]
+
+
+async def test_a_threads_stream_is_live_without_last_event_id(sdk_client: LangGraphClient) -> None:
+    """Joined after a run ended, the stream does not replay it (the Agent Server's is live too): it serves the
+    next run, and with ``stream_mode="lifecycle"`` only the runs' metadata."""
+    tid = (await sdk_client.threads.create())["thread_id"]
+    earlier = await chat_run(sdk_client, tid)
+    following = asyncio.ensure_future(until_runs_done(sdk_client, tid, 1))
+    lifecycle = asyncio.ensure_future(until_runs_done(sdk_client, tid, 1, stream_mode="lifecycle"))
+    await asyncio.sleep(1)
+    later = await chat_run(sdk_client, tid)
+    parts, ends = await asyncio.wait_for(asyncio.gather(following, lifecycle), 60)
+    assert [run_id for run_id, _ in per_run(parts)] == [later] != [earlier]
+    assert [(p.event, p.data) for p in ends] == [
+        ("metadata", {"run_id": later, "attempt": 1}),
+        ("metadata", {"status": "run_done", "run_id": later}),
+    ]
+
+
+async def test_a_threads_stream_mode_that_is_no_threads_is_refused(sdk_client: LangGraphClient) -> None:
+    """A run's stream mode given to a thread's stream is refused, naming the thread's (it was ignored)."""
+    tid = (await sdk_client.threads.create())["thread_id"]
+    with pytest.raises(UnprocessableEntityError, match="run_modes"):
+        async for _ in await sdk_client.threads.join_stream(tid, stream_mode="values"):  # type: ignore[arg-type]
+            pass
