@@ -168,7 +168,9 @@ async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
     cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:
     client = cron_client
-    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, metadata={"team": "ops"})
+    cron = await client.crons.create(
+        "structured", schedule="0 9 * * *", input=JOURNEY, metadata={"team": "ops"}, on_run_completed="keep"
+    )
     assert_shape(cron, Cron)
     assert cron["schedule"] == "0 9 * * *" and cron["timezone"] == "UTC" and cron["enabled"] is True
     assert datetime.fromisoformat(cron["next_run_date"]) == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -215,6 +217,7 @@ async def test_a_cron_stops_at_its_end_time_and_takes_a_timezone(
         timezone="Europe/Paris",  # 9:00 in Paris is 8:00 UTC in March
         input=JOURNEY,
         end_time=datetime(2026, 3, 3, 12, 0, tzinfo=UTC),
+        on_run_completed="keep",
     )
     assert datetime.fromisoformat(cron["next_run_date"]) == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
     clock.set(datetime(2026, 3, 3, 8, 0, tzinfo=UTC))
@@ -264,7 +267,7 @@ async def test_a_cron_whose_years_end_fires_its_last_tick_and_is_spent(
     """A seven-field schedule with a year fires its ticks, then stops: its last firing made no run, and its
     timer failed at every pass for ever (the next tick after the last one was an error, not the end)."""
     client = cron_client
-    cron = await client.crons.create("structured", schedule="0 9 3 3 * 0 2026", input=JOURNEY)  # once
+    cron = await client.crons.create("structured", schedule="0 9 3 3 * 0 2026", input=JOURNEY, on_run_completed="keep")
     assert datetime.fromisoformat(cron["next_run_date"]) == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
     clock.set(datetime(2026, 3, 3, 9, 0, tzinfo=UTC))
     assert len(await cron_threads(client, passes)) == 1
@@ -291,7 +294,7 @@ async def test_a_firing_retried_after_its_run_was_written_makes_no_second_run(
         return fired_statement(self, timer, worker, **options)
 
     monkeypatch.setattr(TimerStore, "fired_statement", failing_once)
-    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, on_run_completed="keep")
     clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
     [first] = await cron_threads(client, passes)
     assert failed  # the firing made its run, then failed
@@ -341,6 +344,7 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
         input=JOURNEY,
         config={"tags": ["nightly"]},  # with context, not configurable: the two together are refused (400)
         context={"tier": "gold"},
+        on_run_completed="keep",
     )
     assert cron["assistant_id"] == mine["assistant_id"]
     assert [c["cron_id"] for c in await client.crons.search(assistant_id=mine["assistant_id"])] == [cron["cron_id"]]
@@ -348,8 +352,10 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
     [fired] = await cron_threads(client, passes)
     [run] = await client.runs.list(fired["thread_id"])
     assert run["assistant_id"] == mine["assistant_id"]
-    assert run["kwargs"]["config"] == {"configurable": {"team": "ops", "region": "eu"}, "tags": ["nightly"]}
-    assert run["kwargs"]["context"] == {"tier": "gold"}
+    # Each given alone is the other too (as on the Agent Server): the assistant's under the cron's.
+    both = {"team": "ops", "region": "eu", "tier": "gold"}
+    assert run["kwargs"]["config"] == {"configurable": both, "tags": ["nightly"]}
+    assert run["kwargs"]["context"] == both
     assert (await client.runs.join(fired["thread_id"], run["run_id"]))["current_step"] == "upload_content"
 
 
@@ -389,13 +395,13 @@ async def test_a_cron_disabled_or_deleted_as_it_fires_makes_no_run(
         assert await client.crons.count() == 0
 
 
-async def test_a_cron_asked_to_delete_its_firings_threads_leaves_none(
+async def test_a_cron_without_a_thread_deletes_its_firings_threads_by_default(
     cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:
-    """``on_run_completed="delete"`` (the Agent Server's option, accepted now): each firing's new thread is deleted
-    when its run ends; its runs' journeys stay."""
+    """``on_run_completed="delete"``, the default as on the Agent Server (it was "keep"): each firing's new thread
+    is deleted when its run ends; its runs' journeys stay."""
     client = cron_client
-    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, on_run_completed="delete")
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
     assert cron["on_run_completed"] == "delete"
     clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
     for _ in range(100):

@@ -13,6 +13,7 @@ from langgraph_sdk.errors import BadRequestError, NotFoundError, UnprocessableEn
 
 pytestmark = pytest.mark.slow
 
+JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
 BOTH: dict[str, Any] = {"config": {"configurable": {"model": "a"}}, "context": {"model": "b"}}
 
 
@@ -51,3 +52,27 @@ async def test_get_graph_refuses_an_xray_depth_that_is_not_positive(sdk_client: 
     assert "xray" in str(refused.value.response.json()["detail"]), refused.value.response.json()
     for fine in (True, False, 1, 2):
         assert (await sdk_client.assistants.get_graph("guide", xray=fine))["nodes"]
+
+
+async def test_configurable_or_context_alone_is_copied_into_the_other(sdk_client: LangGraphClient) -> None:
+    """As the Agent Server does, ``config.configurable`` given alone is the context too, and ``context`` alone
+    the configurable: a graph reading either finds what the client gave. Neither was copied, and a cron holding
+    context that was then given config.configurable held both, which its runs were refused for."""
+    client = sdk_client
+    by_configurable = await client.assistants.create("guide", config={"configurable": {"model": "a"}})
+    assert (by_configurable["config"]["configurable"], by_configurable["context"]) == ({"model": "a"}, {"model": "a"})
+    by_context = await client.assistants.create("guide", config={"tags": ["x"]}, context={"model": "b"})
+    assert by_context["config"] == {"tags": ["x"], "configurable": {"model": "b"}}
+    changed = await client.assistants.update(by_context["assistant_id"], context={"model": "c"})
+    assert (changed["config"]["configurable"], changed["context"]) == ({"model": "c"}, {"model": "c"})
+
+    run = await client.runs.create(None, "guide", input={}, context={"tone": "dry"})
+    assert run["kwargs"]["config"]["configurable"] == {"tone": "dry"} == run["kwargs"]["context"]
+
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, context={"tier": "gold"})
+    assert cron["payload"]["config"] == {"configurable": {"tier": "gold"}}
+    updated = await client.crons.update(cron["cron_id"], config={"configurable": {"tier": "silver"}})
+    assert (updated["payload"]["config"], updated["payload"]["context"]) == (
+        {"configurable": {"tier": "silver"}},
+        {"tier": "silver"},
+    )

@@ -36,13 +36,23 @@ class ViewRoute(GuardedRoute):
         super().__init__(path, endpoint, **{**options, "response_model_exclude_unset": True})
 
 
-def one_of_configurable_and_context(config: dict[str, Any] | None, context: dict[str, Any] | None) -> None:
-    """Refuse (400) a request giving both ``config.configurable`` and ``context``, as the Agent Server does:
-    context (LangGraph 0.6) replaces configurable, and which of the two a graph reads is otherwise left to chance."""
-    if (config or {}).get("configurable") and context:
+def one_of_configurable_and_context(
+    config: dict[str, Any] | None, context: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``config`` and ``context`` as the Agent Server takes them: refused (400) when both ``config.configurable``
+    and ``context`` are given (context, LangGraph 0.6's, replaces configurable, and which of the two a graph reads
+    would be left to chance); when only one is, the other is made a copy of it, so a graph reading either finds
+    what the client gave."""
+    configurable = (config or {}).get("configurable")
+    if configurable and context:
         raise ApiError(
             400,
             "ConfigurableAndContext",
             "give either config.configurable or context, not both: prefer context alone (it replaces configurable "
             "since LangGraph 0.6)",
         )
+    if configurable:
+        return config, dict(configurable)
+    if context:
+        return {**(config or {}), "configurable": dict(context)}, context
+    return config, context

@@ -71,7 +71,7 @@ def row_view(row: AssistantRow) -> dict[str, Any]:
 
 @router.post("", response_model=AssistantOut, summary="Create an assistant on a graph")
 async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services) -> dict[str, Any]:
-    one_of_configurable_and_context(body.config, body.context)
+    config, context = one_of_configurable_and_context(body.config, body.context)
     created = await svc.create_assistant(
         caller,
         body.if_exists,
@@ -79,8 +79,8 @@ async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services)
         graph_id=body.graph_id,
         name=body.name,
         description=body.description,
-        config=body.config,
-        context=body.context,
+        config=config or {},
+        context=context or {},
         metadata=body.metadata,
     )
     return assistant_view(created)
@@ -117,8 +117,9 @@ async def get_assistant_route(assistant_id: str, caller: Reader, svc: Services) 
 
 @router.patch("/{assistant_id}", response_model=AssistantOut, summary="Update an assistant (a new version)")
 async def update_assistant(assistant_id: str, body: AssistantUpdate, caller: Writer, svc: Services) -> dict[str, Any]:
-    one_of_configurable_and_context(body.config, body.context)
-    changes = body.model_dump(include={"graph_id", "config", "context", "metadata", "name", "description"})
+    config, context = one_of_configurable_and_context(body.config, body.context)
+    changes = body.model_dump(include={"graph_id", "metadata", "name", "description"})
+    changes |= {"config": config, "context": context}
     return assistant_view(await svc.update_assistant(caller, assistant_id, **changes))
 
 

@@ -13,7 +13,7 @@ cron on a thread needs a thread the caller may see.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import JSONResponse
@@ -89,6 +89,9 @@ class CronRunOptions(BaseModel):
         return {**chosen, "groups": list(caller.groups)}
 
 
+Options = TypeVar("Options", bound=CronRunOptions)
+
+
 class CronCreate(CronRunOptions):
     """A new cron: the assistant its firings run and their schedule."""
 
@@ -148,9 +151,15 @@ def cron_view(cron: CronRow) -> dict[str, Any]:
     }
 
 
+def _consolidated(body: Options) -> Options:
+    """The cron's run options with config.configurable and context made one (see one_of_configurable_and_context)."""
+    config, context = one_of_configurable_and_context(body.config, body.context)
+    return body.model_copy(update={"config": config, "context": context})
+
+
 async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, caller: Principal) -> dict[str, Any]:
     body.refuse_unsupported()
-    one_of_configurable_and_context(body.config, body.context)
+    body = _consolidated(body)
     if thread_id is not None:
         await svc.resolve_thread(thread_id, caller)
     assistant = await svc.resolve_assistant(body.assistant_id, caller)  # a built-in, or one the caller may see
@@ -213,9 +222,9 @@ async def count_crons(body: CronCount, caller: Reader, svc: Services) -> int:
 @router.patch("/runs/crons/{cron_id}", response_model=CronOut, summary="Change a cron")
 async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Services) -> dict[str, Any]:
     body.refuse_unsupported()
-    one_of_configurable_and_context(body.config, body.context)
-    current = await _mine(svc, caller, cron_id)
     given = body.model_fields_set
+    body = _consolidated(body)  # a new context replaces the cron's configurable too (and the reverse)
+    current = await _mine(svc, caller, cron_id)
     changes: dict[str, Any] = {
         name: getattr(body, name)
         for name in ("schedule", "timezone", "end_time", "enabled", "on_run_completed", "metadata")

@@ -71,7 +71,8 @@ async def create_run(
     streaming: bool,
     run_id: str | None = None,
 ) -> RunRow:
-    one_of_configurable_and_context(body.config, body.context)
+    config, context = one_of_configurable_and_context(body.config, body.context)
+    body = body.model_copy(update={"config": config, "context": context})
     resolved = await svc.resolve_assistant(body.assistant_id, caller)
     assistant = resolved.pattern
     if body.input is not None:  # checked before anything (the thread included) is stored
