@@ -89,7 +89,7 @@ async def test_a_cron_fires_on_schedule_once_with_two_workers_and_catches_up_aft
         now = datetime.now(UTC).replace(microsecond=0)
         due = now + timedelta(seconds=8)
         schedule = f"* * * * * {due.second},{(due.second + GAP) % 60}"
-        cron = await client.crons.create("structured", schedule=schedule, input=JOURNEY)
+        cron = await client.crons.create("structured", schedule=schedule, input=JOURNEY, on_run_completed="keep")
         first = datetime.fromisoformat(cron["next_run_date"])
         assert first == due
         await until(first - timedelta(seconds=1.5))

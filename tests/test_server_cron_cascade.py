@@ -77,8 +77,8 @@ async def test_deleting_a_thread_deletes_its_crons_and_their_firings(
 
 async def test_deleting_an_assistant_deletes_its_crons(client: LangGraphClient, clock: VirtualClock) -> None:
     mine = await client.assistants.create("structured", name="nightly")
-    await client.crons.create(mine["assistant_id"], schedule="0 9 * * *", input=JOURNEY)
-    kept = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY)
+    await client.crons.create(mine["assistant_id"], schedule="0 9 * * *", input=JOURNEY, on_run_completed="keep")
+    kept = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, on_run_completed="keep")
     await client.assistants.delete(mine["assistant_id"])
 
     assert [c["cron_id"] for c in await client.crons.search()] == [kept["cron_id"]]

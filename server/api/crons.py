@@ -74,8 +74,8 @@ class CronRunOptions(BaseModel):
     timezone: str | None = Field(None, min_length=1, max_length=64)
     on_run_completed: Literal["delete", "keep"] | None = Field(
         None,
-        description="a cron without a thread: 'delete' deletes each firing's new thread when its run ends (its "
-        "journey stays reachable by its instance id); 'keep' (the default here) keeps it",
+        description="a cron without a thread: 'delete' (the default, as the Agent Server's) deletes each firing's "
+        "new thread when its run ends (its journey stays reachable by its instance id); 'keep' keeps it",
     )
 
     def refuse_unsupported(self) -> None:
@@ -176,7 +176,8 @@ async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, 
             | {RUN_OPTIONS: assistant_options(assistant, payload.get("config"), payload.get("context"))},
             metadata=body.metadata or {},
             enabled=True if body.enabled is None else body.enabled,
-            on_run_completed=body.on_run_completed,
+            # A firing's thread goes with its run unless kept, as the Agent Server's stateless crons do.
+            on_run_completed=body.on_run_completed or ("delete" if thread_id is None else None),
             user_id=caller.name,
         )
     return cron_view(cron)
