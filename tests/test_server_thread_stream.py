@@ -9,9 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import UnprocessableEntityError
 from langgraph_sdk.schema import StreamPart
+
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +108,17 @@ async def test_a_threads_stream_mode_that_is_no_threads_is_refused(sdk_client: L
     with pytest.raises(UnprocessableEntityError, match="run_modes"):
         async for _ in await sdk_client.threads.join_stream(tid, stream_mode="values"):  # type: ignore[arg-type]
             pass
+
+
+async def test_a_threads_stream_hears_each_run_without_polling(store_url: str) -> None:
+    """With the fallback re-read an hour away, every run's events still come as they happen: the stream watches
+    a run it has just found before it reads it again (a run that ran between the two was heard only at the
+    next poll, a second later by default)."""
+    app = create_app(Settings(database_url=store_url, auth=False, poll_interval=3600))
+    with serving(app) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            following = asyncio.ensure_future(until_runs_done(client, tid, 3))
+            await asyncio.sleep(1)
+            ran = [await chat_run(client, tid) for _ in range(3)]
+            assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 60))] == ran

@@ -68,6 +68,7 @@ async def thread_events(
             if not any(r.status in ACTIVE for r in found) and await svc.runs.get_thread(thread_id) is None:
                 yield frame("end", None)  # deleted: no run will come
                 return
+            unwatched = [run for run in found if run.run_id not in runs]
             for run in found:
                 cursor = runs.setdefault(run.run_id, _Run(run.ordinal))
                 if cursor.ended:
@@ -80,6 +81,8 @@ async def thread_events(
             going = [c.ordinal for c in runs.values() if not c.ended]
             first = max(first, min(going, default=max((r.ordinal for r in found), default=first - 1) + 1))
             runs = {run_id: c for run_id, c in runs.items() if c.ordinal >= first}
+            if any(run.run_id in runs and not runs[run.run_id].ended for run in unwatched):
+                continue  # read again at once, now watching the runs just found: a change since is not missed
             await first_of(changed, svc.settings.poll_interval)
 
 
