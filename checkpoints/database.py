@@ -6,6 +6,7 @@ import asyncio
 import json
 import select
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from checkpoints.errors import DatabaseUnavailableError
+from checkpoints.errors import ConcurrentUpdateError, DatabaseUnavailableError, InstanceLockLostError
 from checkpoints.url import StoreURL
 
 
@@ -137,27 +138,75 @@ def _probe_after_outage(dialect: Dialect, dbapi_conn: Any, record: ConnectionPoo
 
 def lost_database(error: BaseException) -> DatabaseUnavailableError | None:
     """The typed error for ``error`` when it, or what it was raised from, says PostgreSQL is not reachable now
-    (a connection refused or dropped, no pooled connection in time: psycopg's ``OperationalError``, the pool's
-    ``PoolTimeout``), whichever layer raised it (ours, SQLAlchemy's, the official saver's); None otherwise.
-    Seeing one marks the outage (:data:`OUTAGE`), so the pool's connections from before it are probed."""
+    or cannot take work now (a connection refused or dropped, a shutdown, too many connections, a full disk:
+    see :func:`unreachable`), whichever layer raised it (ours, SQLAlchemy's, the official saver's); None
+    otherwise. Seeing one marks the outage (:data:`OUTAGE`), so the pool's connections from before it are
+    probed."""
     cause = unreachable(error)
     if cause is None:
         return None
     OUTAGE.at = time.monotonic()
+    if isinstance(cause, InstanceLockLostError):
+        return cause
     reason = " ".join(str(cause).split())
     return DatabaseUnavailableError(f"the database is not reachable now ({reason}); try again shortly")
 
 
-def unreachable(error: BaseException) -> BaseException | None:
-    """The error in ``error``'s chain (itself, or what it was raised from) saying PostgreSQL is not reachable
-    now (see :func:`lost_database`), or None. Marks nothing: for callers that only look, as log filters do."""
+# SQLSTATEs saying the database is away or cannot take work now, whatever the statement: class 08 (connection
+# exception), class 53 (insufficient resources: a full disk, no memory, too many connections: an operator's to
+# fix, after which the same work succeeds) and the server ending sessions (57P01 admin shutdown, 57P02 crash
+# shutdown, 57P03 cannot connect now, 57P05 idle session timeout). A driver error with no SQLSTATE is the
+# connection's own failure (refused, dropped, timed out). Any other SQLSTATE is an answer about the statement.
+_AWAY_CLASSES = ("08", "53")
+_AWAY_STATES = frozenset({"57P01", "57P02", "57P03", "57P05"})
+# The database rolled the transaction back for racing another (a deadlock, a serialization failure) or would
+# not wait for another's lock (lock_timeout, NOWAIT): the same work may succeed when tried again, a few times.
+_CONFLICT_STATES = frozenset({"40P01", "40001", "55P03"})
+
+
+def _driver_errors(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it was raised from, each once."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, psycopg.errors.QueryCanceled):  # it answered: a statement timeout, a cancel
-            return None
-        if isinstance(cause, psycopg.OperationalError | PoolTimeout):
-            return cause
+        yield cause
         cause = cause.__cause__ or cause.__context__
+
+
+def unreachable(error: BaseException) -> BaseException | None:
+    """The error in ``error``'s chain (itself, or what it was raised from) saying PostgreSQL is not reachable
+    now (see :func:`lost_database`): the pool's ``PoolTimeout``, or psycopg's ``OperationalError`` for a lost
+    connection or with an outage's SQLSTATE; None otherwise. A cancelled statement, a deadlock, a lock timeout
+    are the database's answers, not an outage (retried for ever as one, they would be repeated for ever).
+    Marks nothing: for callers that only look, as log filters do."""
+    for cause in _driver_errors(error):
+        if isinstance(cause, PoolTimeout | InstanceLockLostError):  # the latter: its lock's connection was lost
+            return cause
+        if isinstance(cause, psycopg.OperationalError):
+            state = cause.sqlstate
+            if state is None or state[:2] in _AWAY_CLASSES or state in _AWAY_STATES:
+                return cause
+            return None  # the database answered: the statement's error, not an outage
     return None
+
+
+def conflicted(error: BaseException) -> BaseException | None:
+    """The driver error in ``error``'s chain saying PostgreSQL rolled the transaction back for a conflict with
+    another (a deadlock, a serialization failure, a lock it would not wait for), or None: work that may succeed
+    when run again, but a bounded number of times (two callers that keep deadlocking would do so for ever)."""
+    for cause in _driver_errors(error):
+        if isinstance(cause, psycopg.Error) and cause.sqlstate is not None:
+            return cause if cause.sqlstate in _CONFLICT_STATES else None
+    return None
+
+
+def database_conflict(error: BaseException) -> ConcurrentUpdateError | None:
+    """The typed error for ``error`` when it is a conflict (:func:`conflicted`), else None."""
+    cause = conflicted(error)
+    if cause is None:
+        return None
+    reason = " ".join(str(cause).split())
+    return ConcurrentUpdateError(
+        f"the database rolled this call back for a conflict with another one at the same time ({reason}); try again"
+    )

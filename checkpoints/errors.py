@@ -53,6 +53,12 @@ class DatabaseUnavailableError(StoreError):
     such database or file."""
 
 
+class InstanceLockLostError(DatabaseUnavailableError):
+    """This process lost a journey's lock while it was working on the journey (the database ended the
+    connection holding it: a restart, a failover, a terminated backend), so another process may be working on
+    it now; the work stopped where it was and is taken again once the lock can be had."""
+
+
 class MigrationError(StoreError):
     """The database schema is newer than this version of the runtime understands."""
 

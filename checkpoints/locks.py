@@ -8,10 +8,13 @@ operating system releases by itself when the holding process dies:
   instance id), all held on one connection of the store's own. A process needs no pooled connection
   per journey in flight, so the lock cannot starve the saver's or the event log's pool, and a killed
   process's locks vanish with its connection. Should that connection drop while the process lives
-  (a restarted server, a terminated backend), PostgreSQL releases every lock held on it: the next
-  acquisition reconnects, holders that lost their lock finish their step and are logged as such, and
-  for the moment in between another process may enter the same instance. What still holds then is
-  what held before this lock existed: keyed agent calls and keyed events are logged once. Session
+  (a restarted server, a terminated backend), PostgreSQL releases every lock held on it, and another
+  process may enter the same instances at once: each holder of a lock taken on that connection is
+  stopped (its task cancelled, :class:`InstanceLockLostError` raised from its block) as soon as the drop
+  is seen, which a watch of the idle connection's socket sees within ``FENCE_CHECK_S``, so that it
+  writes no more under a lock it no longer has; its work is taken again, under a new lock, as after an
+  outage. What holds for a write already on the wire then is what holds for a crash: keyed agent calls
+  and keyed events are logged once. Session
   locks need a session of their own: connect directly or through a session-mode pooler, not a
   transaction-mode one.
 - SQLite: POSIX record locks (``fcntl.lockf``) on one byte per instance, at an offset hashed from its
@@ -50,7 +53,8 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 
-from checkpoints.errors import ConcurrentUpdateError, StoreError
+from checkpoints.database import ended_by_server
+from checkpoints.errors import ConcurrentUpdateError, InstanceLockLostError, StoreError
 from checkpoints.url import StoreURL
 
 if sys.platform != "win32":
@@ -62,6 +66,7 @@ DEFAULT_LOCK_TIMEOUT_S = 30.0  # a step's agent may take seconds (retries, a mod
 FIRST_BACKOFF_S = 0.002
 MAX_BACKOFF_S = 0.05
 SIDECAR_SUFFIX = ".locks"
+FENCE_CHECK_S = 0.2  # how often the PostgreSQL lock connection is looked at (a poll, no round trip) while held
 
 
 def lock_key(instance_id: str) -> int:
@@ -182,11 +187,19 @@ class PgAdvisoryLocks(_PolledLocks):
         # The lock connection's cursor per statement, used again: psycopg then keeps its adapters (a cursor
         # built per call builds them again); one of a connection since lost is replaced on its next use.
         self._cursors: dict[str, psycopg.AsyncRawCursor[Any]] = {}
+        # The tasks in a hold, by the generation of the connection their lock was taken on (a task may hold
+        # several: a count each), those stopped because that connection was lost, and the watch of it.
+        self._holders: dict[int, dict[asyncio.Task[Any], int]] = {}
+        self._fenced: set[asyncio.Task[Any]] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._connection()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._background:
@@ -201,6 +214,7 @@ class PgAdvisoryLocks(_PolledLocks):
         async with self._connecting:
             if self._conn is None or self._conn.closed:
                 if self._conn is not None:
+                    self._fence(self._generation)  # before connecting: the database may be away for a while
                     self._generation += 1
                     log.warning("instance lock connection lost; reconnecting (its locks were released)")
                 try:
@@ -213,6 +227,76 @@ class PgAdvisoryLocks(_PolledLocks):
                 self._conn = conn
                 self._pids[self._generation] = conn.info.backend_pid
             return self._conn, self._generation
+
+    @asynccontextmanager
+    async def hold(self, instance_id: str, deadline: float) -> AsyncIterator[None]:
+        """:meth:`_PolledLocks.hold`, stopping the block with :class:`InstanceLockLostError` should the
+        connection the lock was taken on be lost meanwhile (see the module doc)."""
+        token = await self._acquire(instance_id, deadline)
+        task = asyncio.current_task()
+        assert task is not None
+        holding = self._holders.setdefault(int(token), {})
+        holding[task] = holding.get(task, 0) + 1
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.ensure_future(self._watch_connection())
+        try:
+            try:
+                yield
+            except asyncio.CancelledError:
+                if task in self._fenced and task.uncancel() == 0:  # cancelled by the fence alone
+                    raise self._lost(instance_id) from None
+                raise
+            if task in self._fenced:  # the cancel was swallowed inside: the block still ran on without its lock
+                task.uncancel()
+                raise self._lost(instance_id)
+        finally:
+            if (count := holding.get(task, 0)) > 1:
+                holding[task] = count - 1
+            else:
+                holding.pop(task, None)
+                self._fenced.discard(task)
+                if not holding and self._holders.get(int(token)) is holding:
+                    del self._holders[int(token)]
+            await self._release(instance_id, token)
+
+    def _lost(self, instance_id: str) -> InstanceLockLostError:
+        return InstanceLockLostError(
+            f"the lock of journey {instance_id!r} was lost with its database connection while this process worked "
+            "on it, so another process may be working on it now: this work stopped, and is taken again once the "
+            "database answers",
+            instance_id=instance_id,
+        )
+
+    def _fence(self, generation: int) -> None:
+        """Stop every holder of a lock taken on the connection of ``generation``, which is lost: PostgreSQL
+        released those locks with the connection's session, and other processes may take them now."""
+        holding = self._holders.pop(generation, {})
+        stopped = [task for task in holding if task not in self._fenced and not task.done()]
+        for task in stopped:
+            self._fenced.add(task)
+            task.cancel("the journey's lock was lost with its database connection")
+        if stopped:
+            log.warning(
+                "instance locks were lost with their database connection: the work under them stopped, to be "
+                "taken again under new locks",
+                stopped=len(stopped),
+            )
+
+    async def _watch_connection(self) -> None:
+        """While locks are held, look at the lock connection every ``FENCE_CHECK_S`` seconds: one the server
+        ended (a restart, a terminated backend: its message and end of stream wait on the idle socket) is
+        found then, not at its next statement, and its locks' holders are stopped (:meth:`_fence`)."""
+        while self._holders:
+            await asyncio.sleep(FENCE_CHECK_S)
+            conn = self._conn
+            if conn is None or (not conn.closed and (conn.lock.locked() or not ended_by_server(conn))):
+                continue  # a statement on the wire reads the socket itself, and sees a drop
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):  # a notice (rare) is read, and the connection is fine
+                    await conn.execute("SELECT 1")
+                    continue
+            with contextlib.suppress(StoreError, psycopg.Error):  # fences the lost locks first; away: next round
+                await self._connection()
 
     async def _kept(self, name: str, token: Any) -> bool:
         # PostgreSQL releases a session's locks when the session ends: held still while the connection the

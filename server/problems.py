@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from checkpoints.database import DATABASE_ERRORS, lost_database
+from checkpoints.database import DATABASE_ERRORS, database_conflict, lost_database
 from checkpoints.errors import ErrorCategory, JourneyError, StoreError
 from checkpoints.redaction import redact, redact_envelope
 
@@ -235,6 +235,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         if lost is not None:  # not this request's fault, nor the server's: 503, to be retried
             log.warning("database unavailable", error=lost.message)
             return journey_error_response(lost)
+        if (conflict := database_conflict(exc)) is not None:  # rolled back for racing another call: 409, to retry
+            return journey_error_response(conflict)
         log.error("unhandled error", error=repr(exc))
         return problem(500, "InternalError", "the server failed to handle the request")
 

@@ -27,7 +27,8 @@ import pytest
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
 from checkpoints import locks as locks_module
-from checkpoints.errors import ConcurrentUpdateError, JourneyError
+from checkpoints.database import lost_database
+from checkpoints.errors import ConcurrentUpdateError, InstanceLockLostError, JourneyError
 from graphs import JourneyFinishedError, JourneyRuntime, StepMovedOnError
 from nodes.compensation import COMPLETED_STEP
 from nodes.criteria_gate import ValidationResult
@@ -441,10 +442,18 @@ async def test_an_advance_that_waited_too_long_is_a_409_over_http(sqlite_url: st
 # --- the lock seam itself -------------------------------------------------------------------------
 
 
-async def test_a_dropped_lock_connection_is_reopened(postgres_url: str) -> None:
-    """What the PostgreSQL lock promises when its connection drops: the locks held on it are gone (another
-    process may enter), their holders finish without error, and the next acquisition reconnects."""
+async def test_a_holder_whose_lock_connection_drops_is_stopped_and_the_next_acquisition_reconnects(
+    postgres_url: str,
+) -> None:
+    """The PostgreSQL lock's connection dropped (a restart, a failover, a terminated backend) while a call held a
+    journey: PostgreSQL released the lock, another process entered the journey at once, and the holder only
+    logged "instance lock was lost while held" and carried on writing (seen with two workers: each ran the
+    journey's next steps, each step's agent twice). Now the holder is stopped as soon as the drop is seen, with
+    InstanceLockLostError (an outage to its callers: its work is taken again), and the next acquisition
+    reconnects."""
     async with JourneyRuntime.open(postgres_url) as a, JourneyRuntime.open(postgres_url, lock_timeout=0.2) as b:
+        loop = asyncio.get_running_loop()
+        writes: list[float] = []
 
         async def b_enters() -> bool:
             try:
@@ -453,12 +462,25 @@ async def test_a_dropped_lock_connection_is_reopened(postgres_url: str) -> None:
             except ConcurrentUpdateError:
                 return False
 
-        async with a.engine.exclusive("journey-x"):
-            assert not await b_enters()
-            locks: Any = a.store.locks
-            with psycopg.connect(postgres_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (locks._conn.info.backend_pid,))
-            assert await b_enters()
+        async def holder() -> None:
+            async with a.engine.exclusive("journey-x"):
+                while True:  # a long step, writing as it goes
+                    writes.append(loop.time())
+                    await asyncio.sleep(0.01)
+
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0.1)
+        assert not await b_enters()
+        locks: Any = a.store.locks
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (locks._conn.info.backend_pid,))
+        dropped = loop.time()
+        with pytest.raises(InstanceLockLostError) as lost:
+            await asyncio.wait_for(held, 5)
+        assert writes[-1] - dropped < 1.0  # stopped within a watch or two of the drop
+        assert lost_database(lost.value) is lost.value  # the run's queue takes its work again, as after an outage
+        assert "another process may be working on it now" in str(lost.value)
+        assert await b_enters()
         async with a.engine.exclusive("journey-x"):
             assert not await b_enters()
         assert await b_enters()

@@ -5,21 +5,26 @@ with no restart. Real processes; the outage is the test database refusing connec
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import pytest
+from procrastinate.jobs import Job
 from psycopg import sql
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
-from checkpoints.database import OUTAGE, create_engine_for, lost_database
+from checkpoints.database import OUTAGE, create_engine_for, database_conflict, lost_database
 from checkpoints.url import parse_store_url
 from graphs.kernel.engine import LOST_DATABASE_RETRY
 from graphs.lifecycle.catalog import READY_TO_START
@@ -250,6 +255,7 @@ def test_a_worker_whose_listening_connection_is_ended_carries_on(postgres_url: s
             stop_worker(worker)
 
 
+JOB: dict[str, Any] = {"id": 1, "queue": "journeys", "lock": None, "queueing_lock": None, "task_name": "t"}
 BLIP = ("--plugin", "tests.blip_agents")  # blip: the run's next index write has its connection ended
 
 
@@ -354,3 +360,76 @@ async def test_a_statement_timeout_is_the_runs_own_failure_not_an_outage_retried
     assert OUTAGE.at == before  # no outage marked: the pool's connections are not probed for it
     assert not LOST_DATABASE_RETRY.retry_on(cancelled.value)  # type: ignore[operator]
     assert OutageRetry().get_retry_decision(exception=cancelled.value, job=None) is None  # type: ignore[arg-type]
+
+
+async def test_deadlocks_and_lock_timeouts_are_conflicts_retried_a_few_times_not_outages_waited_out(
+    postgres_url: str,
+) -> None:
+    """Every ``OperationalError`` counted as the database going away: a deadlock (40P01) or a lock timeout
+    (55P03) was answered 503 "not reachable", and its run's job was retried with backoff for ever. They are the
+    database's answers: conflicts, which a step retries a few times (``LOST_DATABASE_RETRY``'s attempts), a run's
+    job three times at most, and HTTP answers 409 to try again. A connection ended (57P01) or refused for too many
+    connections (53300) is still an outage."""
+    conflicts: list[BaseException] = []
+    async with (
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as one,
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as two,
+    ):
+        await one.execute("CREATE TABLE pair (id int PRIMARY KEY, n int)")
+        await one.execute("INSERT INTO pair VALUES (1, 0), (2, 0)")
+
+        async def cross(conn: psycopg.AsyncConnection[Any], first: int, second: int) -> None:
+            async with conn.transaction():
+                await conn.execute("UPDATE pair SET n = n + 1 WHERE id = %s", (first,))
+                await asyncio.sleep(0.3)
+                await conn.execute("UPDATE pair SET n = n + 1 WHERE id = %s", (second,))
+
+        outcomes = await asyncio.gather(cross(one, 1, 2), cross(two, 2, 1), return_exceptions=True)
+        [deadlock] = [o for o in outcomes if isinstance(o, BaseException)]
+        assert isinstance(deadlock, psycopg.errors.DeadlockDetected)
+        conflicts.append(deadlock)
+        async with one.transaction():
+            await one.execute("SELECT * FROM pair WHERE id = 1 FOR UPDATE")
+            await two.execute("SET lock_timeout = 50")
+            with pytest.raises(psycopg.errors.LockNotAvailable) as timed_out:
+                await two.execute("UPDATE pair SET n = 0 WHERE id = 1")
+        conflicts.append(timed_out.value)
+    wrapped = create_engine_for(parse_store_url(postgres_url))
+    try:
+        async with wrapped.begin() as conn:  # through SQLAlchemy, as our tables' writes raise it
+            await conn.execute(text("SET LOCAL lock_timeout = 50"))
+            async with await psycopg.AsyncConnection.connect(postgres_url) as holder:
+                await holder.execute("LOCK TABLE pair IN EXCLUSIVE MODE")
+                with pytest.raises(SQLAlchemyOperationalError) as through_sqlalchemy:
+                    await conn.execute(text("UPDATE pair SET n = 0"))
+        conflicts.append(through_sqlalchemy.value)
+    finally:
+        await wrapped.dispose()
+    before = OUTAGE.at
+    for conflict in conflicts:
+        assert lost_database(conflict) is None, conflict
+        typed = database_conflict(conflict)
+        assert typed is not None and typed.category == "conflict" and "try again" in typed.message
+        assert LOST_DATABASE_RETRY.retry_on(conflict)  # type: ignore[operator]
+        retries = [OutageRetry().get_retry_decision(exception=conflict, job=Job(attempts=n, **JOB)) for n in range(5)]
+        assert [r is not None for r in retries] == [True, True, True, False, False]
+    assert OUTAGE.at == before
+
+    role = f"r_{uuid.uuid4().hex[:12]}"  # a superuser ignores connection limits: a role of its own has one
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 0").format(sql.Identifier(role)))
+        try:
+            with pytest.raises(psycopg.OperationalError) as too_many:
+                psycopg.connect(urlsplit(postgres_url)._replace(netloc=f"{role}@").geturl())
+        finally:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert too_many.value.sqlstate == "53300" or "too many connections" in str(too_many.value)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as ended:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (ended.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError) as shut_down:
+            await ended.execute("SELECT 1")
+    for outage_error in (too_many.value, shut_down.value):
+        assert lost_database(outage_error) is not None, outage_error
+        assert database_conflict(outage_error) is None
+        assert OutageRetry().get_retry_decision(exception=outage_error, job=Job(attempts=9, **JOB)) is not None

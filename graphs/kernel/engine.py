@@ -20,7 +20,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, PregelTask, RetryPolicy, StateSnapshot
 
 from checkpoints.backends.base import Statement
-from checkpoints.database import unreachable
+from checkpoints.database import conflicted, unreachable
 from checkpoints.events import NewEvent
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
@@ -341,12 +341,14 @@ class JourneyEngine:
 
 
 def _database_went_away(error: Exception) -> bool:
-    return unreachable(error) is not None
+    return unreachable(error) is not None or conflicted(error) is not None
 
 
 # A step the database went away under (a restart, a failover: a write's connection ended) runs again in the
 # same run, as a crash's recovery would run it (its logged agent calls replay): without this, LangGraph recorded
 # the driver's error as the step's failure, and once the database answered the journey stood "failed" there.
+# So does a step whose write the database rolled back for a conflict (a deadlock, a lock timeout), up to the
+# policy's attempts: a conflict that persists is the step's failure, where an outage is waited out by the run.
 LOST_DATABASE_RETRY = RetryPolicy(initial_interval=0.5, max_attempts=5, retry_on=_database_went_away)
 
 

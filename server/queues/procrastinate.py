@@ -22,7 +22,7 @@ from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import OutagePool, autocommit, note_return, probe_if_idle
-from checkpoints.database import unreachable
+from checkpoints.database import conflicted, unreachable
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
 from checkpoints.url import distributed_target
@@ -89,14 +89,20 @@ class OutageRetry(BaseRetryStrategy):
     once it answers, after 1 s, then twice as long each time up to ``LONGEST_WAIT_S``: the run did not fail
     (its executor finishes it as an error only for its own failures), and procrastinate would otherwise
     mark the job failed with its run left "running" for good when the database answered that job's end.
-    Any other error is the run's, finished by the executor with the job: never retried here."""
+    A job the database rolled back for a conflict with another transaction (a deadlock, a lock timeout) outside
+    the run's steps (those retry themselves) is taken again too, but ``CONFLICT_ATTEMPTS`` times at most: a
+    conflict that persists is not waited out. Any other error is the run's, finished by the executor with the
+    job: never retried here."""
 
     LONGEST_WAIT_S = 30
+    CONFLICT_ATTEMPTS = 3
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        if unreachable(exception) is None:
-            return None
-        return RetryDecision(retry_in={"seconds": min(2**job.attempts, self.LONGEST_WAIT_S)})
+        if unreachable(exception) is not None:
+            return RetryDecision(retry_in={"seconds": min(2**job.attempts, self.LONGEST_WAIT_S)})
+        if conflicted(exception) is not None and job.attempts < self.CONFLICT_ATTEMPTS:
+            return RetryDecision(retry_in={"seconds": 1})
+        return None
 
 
 def build_app(
