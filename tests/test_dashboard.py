@@ -370,3 +370,25 @@ async def test_a_process_retried_from_the_dashboard_says_who_retried_it() -> Non
         assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
         [logged] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "process.retried"]
         assert logged.payload["by"] == "otto"
+
+
+async def test_a_structured_journey_or_saga_retried_from_the_dashboard_says_who_retried_it() -> None:
+    """The dashboard's retry of a failed structured journey or saga logged ``step.retried`` with no one in it,
+    and ran outside the operator's identity (the API's did the same): the audit could not tell who ran the step
+    again. Now it names the operator, as a process's retry does."""
+    async with serving("memory://", auth=True) as served:
+        rt, http = served.runtime, served.http
+        rt.agents.register("transform_data", FailingAgent("transform_data", permanent=True), replace=True)
+        with acting_as(Owner("otto")):
+            design = await rt.structured.design_journey("content_migration")
+            run = await rt.structured.execute_journey(design["journey_id"], "otto")
+            for result in ({"files": 3}, {"entities": 2}):
+                await rt.structured.advance_journey_step(design["journey_id"], "otto", result)
+            with pytest.raises(AgentCallFailedError):
+                await rt.structured.advance_journey_step(design["journey_id"], "otto", {"rows": 1})
+        await http.post("/ui/login", data={"api_key": "operator-key", "next": "/ui/journeys"})
+        rt.agents.register("transform_data", lambda request: {"rows": 1}, replace=True)
+        retried = await http.post(f"/ui/journeys/{run['instance_id']}/retry", headers={"origin": "http://journeys"})
+        assert retried.status_code == 303, retried.text
+        [logged] = await rt.store.events.list(run["instance_id"], types=["step.retried"])
+        assert logged.payload["by"] == "otto"

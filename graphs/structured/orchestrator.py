@@ -167,9 +167,9 @@ class StructuredOrchestrator:
         """:meth:`get_journey_status` for a run named by its instance id."""
         return await self._runs.status(instance_id)
 
-    async def retry_run(self, instance_id: str) -> dict[str, Any]:
+    async def retry_run(self, instance_id: str, *, by: str | None = None) -> dict[str, Any]:
         """:meth:`retry_journey_step` for a run named by its instance id."""
-        return await self._runs.retry(instance_id)
+        return await self._runs.retry(instance_id, by=by)
 
     async def review_journey_run(
         self, journey_id: str, user_id: str, *, approved: bool, by: str, note: str = ""
@@ -178,8 +178,9 @@ class StructuredOrchestrator:
         instance_id = structured_instance_id(journey_id, user_id)
         return await self._runs.review(instance_id, approved=approved, by=by, note=note)
 
-    async def retry_journey_step(self, journey_id: str, user_id: str) -> dict[str, Any]:
-        return await self._runs.retry(structured_instance_id(journey_id, user_id))
+    async def retry_journey_step(self, journey_id: str, user_id: str, *, by: str | None = None) -> dict[str, Any]:
+        """Run the journey's failed step again; ``by``: who retried it (its ``step.retried`` event names them)."""
+        return await self._runs.retry(structured_instance_id(journey_id, user_id), by=by)
 
     async def get_journey_status(self, journey_id: str, user_id: str) -> dict[str, Any]:
         return await self._runs.status(structured_instance_id(journey_id, user_id))

@@ -110,10 +110,11 @@ class SagaOrchestrator:
             )
         return await self._runs.advance(saga_id, step_result, step_id=step_id, options=run_options)
 
-    async def retry_saga_step(self, saga_id: str) -> dict[str, Any]:
+    async def retry_saga_step(self, saga_id: str, *, by: str | None = None) -> dict[str, Any]:
         """Run the failed step again, or, when a compensation failed for good, resume the compensation
-        at that handler (the steps already undone are not undone again)."""
-        return await self._runs.retry(saga_id)
+        at that handler (the steps already undone are not undone again). ``by``: who retried it (the
+        retry's event names them, for the audit)."""
+        return await self._runs.retry(saga_id, by=by)
 
     async def cancel_saga(self, saga_id: str, reason: str) -> dict[str, Any]:
         """Abandon a saga that has not ended: its completed steps are compensated in reverse, as when a step

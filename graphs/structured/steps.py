@@ -230,17 +230,18 @@ class StepJourneys:
         _, _spec, graph = await self._load(found.journey_id)
         return position(await graph.aget_state(self.engine.config(instance_id)))
 
-    async def retry(self, instance_id: str) -> dict[str, Any]:
+    async def retry(self, instance_id: str, *, by: str | None = None) -> dict[str, Any]:
         """Run the failed step again (its agent may have recovered), or resume a saga's compensation
-        that stopped at a handler that failed for good: the steps it undid are not undone again."""
+        that stopped at a handler that failed for good: the steps it undid are not undone again. ``by``: who
+        retried it (its ``step.retried`` or ``compensation.retried`` event names them, for the audit)."""
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         async with self.engine.acting(instance_id):
-            retried = await self.instances.retry(graph, instance_id, "step.retried")  # a failed step runs again
+            retried = await self.instances.retry(graph, instance_id, "step.retried", by=by)  # a failed step runs again
             stuck = None if retried else stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))
             if stuck is not None:
                 failed_step, stopped = stuck
-                payload = {"handler": stopped.get("handler"), "previous_failure": stopped}
+                payload = {"handler": stopped.get("handler"), "previous_failure": stopped, **({"by": by} if by else {})}
                 await self.events.append(
                     instance_id, [NewEvent(COMPENSATION_RETRIED, payload, stopped.get("step"))], status="compensating"
                 )

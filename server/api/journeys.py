@@ -254,7 +254,8 @@ async def advance_structured(
 )
 async def retry_structured(journey_id: str, user_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
     await _structured(svc, caller, journey_id, user_id, to_act=True)
-    return await svc.runtime.structured.retry_journey_step(journey_id, user_id)
+    with svc.acting(caller):  # its step.retried event says who retried
+        return await svc.runtime.structured.retry_journey_step(journey_id, user_id, by=caller.name)
 
 
 @router.get(
@@ -300,7 +301,8 @@ async def advance_saga(saga_id: str, body: SagaAdvanceIn, caller: Writer, svc: S
 )
 async def retry_saga(saga_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, saga_id, to_act=True)
-    return await svc.runtime.saga.retry_saga_step(saga_id)
+    with svc.acting(caller):  # its retry event says who retried
+        return await svc.runtime.saga.retry_saga_step(saga_id, by=caller.name)
 
 
 @router.post(

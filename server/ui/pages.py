@@ -243,17 +243,18 @@ async def cancel(request: Request, instance_id: str, principal: Caller, svc: Ser
     allow(principal, "journeys")
     reason = (await _form(request)).get("reason", "").strip() or f"cancelled from the dashboard by {principal.name}"
     pattern = (await svc.instance(principal, instance_id)).pattern  # someone else's is not found
-    if pattern == "process":
-        await svc.runtime.processes.cancel(instance_id, reason)
-    elif pattern == "lifecycle":
-        await svc.runtime.lifecycle.cancel(instance_id, reason)
-    elif pattern == "saga":  # its completed steps are compensated
-        await svc.runtime.saga.cancel_saga(instance_id, reason)
-    elif pattern in ("session", "mvp"):
-        sessions = svc.runtime.mvp.sessions if pattern == "mvp" else svc.runtime.session
-        await sessions.close_session(instance_id, reason)
-    else:
-        raise ApiError(409, "NotCancellable", f"a {pattern} journey cannot be cancelled; it runs to its end")
+    with svc.acting(principal):  # as the API's cancels: what they start (compensations) is the caller's
+        if pattern == "process":
+            await svc.runtime.processes.cancel(instance_id, reason)
+        elif pattern == "lifecycle":
+            await svc.runtime.lifecycle.cancel(instance_id, reason)
+        elif pattern == "saga":  # its completed steps are compensated
+            await svc.runtime.saga.cancel_saga(instance_id, reason)
+        elif pattern in ("session", "mvp"):
+            sessions = svc.runtime.mvp.sessions if pattern == "mvp" else svc.runtime.session
+            await sessions.close_session(instance_id, reason)
+        else:
+            raise ApiError(409, "NotCancellable", f"a {pattern} journey cannot be cancelled; it runs to its end")
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
 
 
@@ -274,15 +275,15 @@ async def retry(request: Request, instance_id: str, principal: Caller, svc: Serv
     await _form(request)
     instance = await svc.instance(principal, instance_id)  # someone else's is not found
     pattern = instance.pattern
-    if pattern == "structured":
-        await svc.runtime.structured.retry_run(instance_id)  # a fork has an id of its own
-    elif pattern == "saga":
-        await svc.runtime.saga.retry_saga_step(instance_id)
-    elif pattern == "process":
-        with svc.acting(principal):  # as the API's retry: its events say who retried
+    with svc.acting(principal):  # as the API's retry: its events say who retried
+        if pattern == "structured":
+            await svc.runtime.structured.retry_run(instance_id, by=principal.name)  # a fork has an id of its own
+        elif pattern == "saga":
+            await svc.runtime.saga.retry_saga_step(instance_id, by=principal.name)
+        elif pattern == "process":
             await svc.runtime.processes.retry(instance_id, by=principal.name)
-    else:
-        raise ApiError(409, "NotRetryable", f"a {pattern} journey has no failed step to retry")
+        else:
+            raise ApiError(409, "NotRetryable", f"a {pattern} journey has no failed step to retry")
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
 
 
