@@ -209,6 +209,15 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the runtime's logs")] = False,
     retention: RetentionOption = "keep_latest",
     retention_days: RetentionDaysOption = 0.0,
+    shutdown_grace: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="JOURNEYS_SHUTDOWN_GRACE_S",
+            help="seconds requests still under way may take after a stop signal (a client waiting on a run that "
+            "does not end now, say) before they are cut off and the server stops",
+        ),
+    ] = 10,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
@@ -270,12 +279,15 @@ def serve(
     freeze_startup_heap()  # a request allocating many objects no longer pays for traversing the startup's
     typer.echo(f"dashboard: http://{host}:{port}/ui", err=True)
     # Bounded connections (server/connections.py): uvicorn's own keep any header and wait for ever for a request.
+    # A bounded shutdown: uvicorn otherwise waits for every request under way for ever after a stop signal (its port
+    # closed), and a client waiting on a run that cannot end now (no worker, an outage) kept it alive until kill -9.
     uvicorn.run(
         served,
         host=host,
         port=port,
         log_level="info" if verbose else "warning",
         http=guarded_protocol(settings.limits),
+        timeout_graceful_shutdown=shutdown_grace,
     )
 
 

@@ -1,0 +1,66 @@
+"""``journeys serve`` stopped by its operator (SIGTERM) while a client waits on a run that cannot finish now
+(no worker takes it, or the database went away under it): the server ends, in seconds. Real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_support import ROOT, free_port
+
+SLOW = ("--plugin", "tests.slow_agents:register")
+SPEC = {"journey_type": "wait1", "steps": [{"step_id": "s0", "mode": "auto", "agent": "slow"}]}
+
+
+@pytest.mark.parametrize("mode", ["embedded", "distributed"])
+def test_a_server_stops_on_sigterm_while_a_client_waits_on_a_run_that_cannot_finish(
+    mode: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """A server with a client on ``/runs/wait`` for a run that does not end (one no worker took, as after an
+    outage with the workers gone; a step stuck in its agent) closed its port on SIGTERM and then waited for that
+    request for ever: the process never ended (a kill -9 did). It now gives in-flight requests a bounded grace
+    (``--shutdown-grace``), then ends."""
+    port, log = free_port(), tmp_path / "serve.log"
+    distributed = ["--distributed"] if mode == "distributed" else []
+    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", postgres_url]
+    command += ["--port", str(port), "--no-auth", *distributed, *SLOW]
+    calls = {"JOURNEYS_CALLS": str(tmp_path / "calls"), "JOURNEYS_SLOW_S": "600"}  # a step stuck in its agent
+    env = {**os.environ, **calls, "PYTHONPATH": str(ROOT), "JOURNEYS_SHUTDOWN_GRACE_S": "2"}
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        body = {"assistant_id": "structured", "input": {"journey_type": "wait1", "spec": SPEC, "user_id": "u"}}
+
+        def wait_for_the_run() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the server ending under it
+                httpx.post(f"http://127.0.0.1:{port}/runs/wait", json=body, timeout=120)
+
+        waiting = threading.Thread(target=wait_for_the_run, daemon=True)
+        waiting.start()
+        time.sleep(2)
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("journeys serve did not end within 20 s of SIGTERM:\n" + log.read_text())
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
