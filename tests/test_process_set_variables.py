@@ -291,3 +291,28 @@ async def test_recovery_applies_a_set_a_crash_kept_from_the_thread(
         thread = await graph.aget_state(rt.engine.config(instance_id))
         assert thread.values["variables"]["tier"] == {"value": "silver", "version": 2}
         assert await rt.recover() == []  # applied once
+
+
+async def test_a_set_logged_before_a_crash_is_applied_before_the_instance_migrates(
+    store_url: str, set_then_crash: SetThenCrash
+) -> None:
+    """``variables.set`` was logged and the process died before the thread took it; the next thing to touch the
+    instance was its migration to a new version (renaming the task it waits at). The migrated instance holds
+    the logged values, decides on them, and its variables and their history agree."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as first:
+        instance_id = await reviewed_gold(first)
+        await set_then_crash(first, instance_id, {"tier": "silver"})
+        async for rt in after_crash(store_url, first, clock):
+            calls = tiers(rt)
+            await rt.processes.deploy({**routing(user_task("check")), "version": 2})
+            migrated = await rt.processes.migrate(instance_id, to_version=2, mapping={"review": "check"})
+            assert (migrated["version"], migrated["variables"]["tier"]) == (2, "silver")
+            _instance, _deployment, _spec, graph = await rt.processes.loaded(instance_id)
+            thread = await graph.aget_state(rt.engine.config(instance_id))
+            assert thread.values["variables"]["tier"] == {"value": "silver", "version": 2}
+            [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+            done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+            assert (done["status"], done["variables"]["tier"], calls.intents()) == ("completed", "silver", ["silver"])
+            history = await rt.processes.variable_history(instance_id, "tier")
+            assert [(c["value"], c["version"]) for c in history] == [("gold", 1), ("silver", 2)]
