@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.config import JsonDict
 
 StreamModeName = Literal[
@@ -41,8 +41,28 @@ def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _or_null(schema: JsonDict) -> JsonDict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_POSITIVE_INT: JsonDict = {"type": "integer", "minimum": 1, "maximum": MAX_INT}
+# What :func:`_checked_config` refuses, stated in the OpenAPI document: a client (and a schema-driven fuzzer)
+# sees that ``configurable`` is an object, not only the server when it refuses one that is not.
+_RUN_CONFIG_SCHEMA: JsonDict = {
+    "type": "object",
+    "properties": {
+        "recursion_limit": _or_null(_POSITIVE_INT),
+        "max_concurrency": _or_null(_POSITIVE_INT),
+        "tags": _or_null({"type": "array", "items": {"type": "string"}}),
+        "configurable": _or_null({"type": "object", "additionalProperties": True}),
+        "metadata": _or_null({"type": "object", "additionalProperties": True}),
+        "run_name": _or_null({"type": "string"}),
+    },
+    "additionalProperties": True,
+}
+
 # A LangGraph config (RunnableConfig) as a client sends it: other fields are kept as given.
-RunConfig = Annotated[dict[str, Any], AfterValidator(_checked_config)]
+RunConfig = Annotated[dict[str, Any], AfterValidator(_checked_config), WithJsonSchema(_RUN_CONFIG_SCHEMA)]
 
 
 _SELECT_LIMIT = 100

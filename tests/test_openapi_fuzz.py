@@ -262,3 +262,39 @@ def test_no_operation_refuses_input_its_schema_allows(sqlite_url: str, postgres_
             )
     assert not refused, "\n".join(f"{label}: {len(why)} refused, e.g. {why[0]}" for label, why in refused.items())
     assert len(operations) > 40 and sent["sqlite"] == sent["postgres"] > 5 * len(operations), sent
+
+
+def _config_schemas(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every ``config`` property of a request body's model in the OpenAPI document, by model name."""
+    for name, model in document["components"]["schemas"].items():
+        config = model.get("properties", {}).get("config")
+        if config is not None and "configurable" in json.dumps(config):  # a run's config, not a view's
+            yield name, config
+
+
+def test_the_schema_states_what_a_runs_config_must_be() -> None:
+    # The server refuses a config whose fields LangGraph would refuse only when the run executes; the schema must
+    # say so, or a client (and the fuzzer above, now and then) sends what it allows and gets a 422.
+    import jsonschema
+
+    document = create_app(Settings(database_url="memory://", auth=False)).openapi()
+    found = dict(_config_schemas(document))
+    assert {"RunCreate", "BatchRunCreate", "CronCreate"} <= set(found)
+    refused = [
+        {"configurable": []},
+        {"metadata": "x"},
+        {"tags": [1]},
+        {"recursion_limit": 0},
+        {"max_concurrency": "2"},
+        {"run_name": 3},
+    ]
+    allowed = [{}, {"configurable": None}, {"configurable": {"a": 1}, "tags": ["t"], "recursion_limit": 5, "x": 1}]
+    for name, config_schema in found.items():
+        # The document's components beside it: its references (#/components/...) resolve within it.
+        schema = {**config_schema, "components": document["components"]}
+        for config in refused:
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(config, schema)
+            assert name and config  # named in the failure
+        for config in allowed:
+            jsonschema.validate(config, schema)
