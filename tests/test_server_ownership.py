@@ -405,3 +405,42 @@ def test_a_tenants_journeys_never_take_another_tenants_concurrency_slots(base: s
             assert [f.result().status_code for f in first] == [200, 200]
         again = http.post(starts["key-ana"], json=body, headers=as_("key-ana"))
         assert again.status_code == 409 and again.json()["type"].endswith("ConcurrencyLimitError")
+
+
+class BearerAuth(OwnerRules):
+    """A custom authenticator as a JWT or OIDC check is: a bearer token in ``Authorization`` names the
+    caller (no API keys involved)."""
+
+    async def authenticate(self, request: Request) -> Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        tokens = {"token-ann": "ann", "token-ben": "ben"}
+        if scheme.lower() != "bearer" or token not in tokens:
+            raise ApiError(401, "Unauthenticated", "send a valid bearer token")
+        return Principal(tokens[token], frozenset({"read", "runs", "journeys"}))
+
+
+@pytest.mark.parametrize("with_keys", [False, True], ids=["no-keys", "with-keys"])
+def test_the_dashboard_logs_in_through_the_apis_custom_authenticator(durable_url: str, with_keys: bool) -> None:
+    """With a custom authenticator the dashboard's login takes what the API takes (a bearer token here)
+    and refuses what it refuses (an API key of the settings, which the API ignores too); each user's
+    dashboard shows their own journeys."""
+    keys = dict(KEYS) if with_keys else {}
+    settings = Settings(database_url=durable_url, api_keys=keys, authenticator=BearerAuth())
+    with serving(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        bearer = {"authorization": "Bearer token-ann"}
+        anns = ok(http.post("/journeys/mvp", json={"user_id": "ann"}, headers=bearer))["session"]["session_id"]
+        assert http.post("/threads/search", json={}, headers=as_("key-ana")).status_code == 401  # keys ignored
+        with (
+            httpx.Client(base_url=url, timeout=60, headers={"origin": url}) as ann,
+            httpx.Client(base_url=url, timeout=60, headers={"origin": url}) as ben,
+            httpx.Client(base_url=url, timeout=60, headers={"origin": url}) as ana,
+        ):
+            page = ann.post("/ui/login", data={"api_key": "token-ann", "next": "/ui/journeys"}, follow_redirects=True)
+            assert page.status_code == 200 and "ann" in page.text and anns in page.text, page.text
+            assert ann.get(f"/ui/journeys/{anns}").status_code == 200
+            page = ben.post("/ui/login", data={"api_key": "token-ben", "next": "/ui/journeys"}, follow_redirects=True)
+            assert page.status_code == 200 and "ben" in page.text and anns not in page.text, page.text
+            assert ben.get(f"/ui/journeys/{anns}").status_code == 404
+            refused = ana.post("/ui/login", data={"api_key": "key-ana", "next": "/ui/journeys"})
+            assert refused.status_code == 401 and "send a valid bearer token" in refused.text, refused.text
+            assert ana.get("/ui/journeys").status_code == 303  # not logged in: to the login form

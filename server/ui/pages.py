@@ -27,13 +27,13 @@ from checkpoints.index import InstanceFilter
 from graphs.errors import InvalidInputError
 from graphs.kernel.patterns import registered_patterns
 from graphs.lifecycle.machine import JourneyStage
-from server.auth import Principal, authenticate
+from server.auth import Principal
 from server.input_guard import read_body, refuse_declared_oversize, refuse_nul_in_url
 from server.problems import STATUS_BY_CATEGORY, ApiError, LoginRequired
 from server.services import ServerServices, services
 from server.settings import InputLimits
 from server.ui import data
-from server.ui.session import COOKIE, COOKIE_PATH, allow, caller, refuse_cross_site, safe_next
+from server.ui.session import COOKIE, COOKIE_PATH, allow, authenticated, caller, refuse_cross_site, safe_next
 from server.views.lifecycle import LifecycleStatus
 from server.views.processes import ProcessStatus
 from server.views.status import SessionIndexStatus
@@ -167,15 +167,17 @@ async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
 async def login(request: Request) -> Response:
     form = await _form(request)
     target = safe_next(form.get("next"))
-    settings = request.app.state.settings
+    credential = form.get("api_key", "").strip()
     try:
-        authenticate(settings, form.get("api_key", "").strip())  # with --no-auth there is nothing to check
-    except ApiError:
-        return _render(request, "login.html", status_code=401, next=target, failed=True)
+        await authenticated(request, credential)  # as every page will: by the API's authenticator
+    except ApiError as refused:
+        if refused.status != 401:
+            raise
+        return _render(request, "login.html", status_code=401, next=target, failed=str(refused))
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
-        form.get("api_key", "").strip(),
+        credential,
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",

@@ -1,6 +1,7 @@
 """Who is using the dashboard: a browser cannot send the ``x-api-key`` header, so the login form takes the
-API key once and keeps it in an HttpOnly, SameSite=Strict cookie; every page then authorizes that key with
-the same scopes as the JSON API. With auth off (``--no-auth``) there is no login: the local developer."""
+API key (or a custom authenticator's token) once and keeps it in an HttpOnly, SameSite=Strict cookie;
+every page then authenticates it with the API's own authenticator and authorizes it with the same scopes as
+the JSON API. With auth off (``--no-auth``) and API keys there is no login: the local developer."""
 
 from __future__ import annotations
 
@@ -8,24 +9,38 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from server.auth import LOCAL_DEVELOPER, Principal, authenticate
+from server.auth import Principal, authenticator
 from server.problems import ApiError, LoginRequired
 
 COOKIE = "journeys_ui_key"
 COOKIE_PATH = "/ui"
+_CREDENTIAL_HEADERS = (b"x-api-key", b"authorization")
 
 
-def caller(request: Request) -> Principal:
-    """The dashboard's user: from the cookie's API key (LoginRequired without a valid one)."""
-    settings = request.app.state.settings
-    if not settings.auth:
-        return LOCAL_DEVELOPER
-    key = request.cookies.get(COOKIE)
-    if not key:
-        raise LoginRequired(request.url.path)
+async def authenticated(request: Request, credential: str | None) -> Principal:
+    """Who holds ``credential`` (what the login form took), by the API's authenticator (one mechanism for
+    both, API keys or a custom one): the request is shown to it as an API client would send it, the
+    credential in ``x-api-key`` and as an ``Authorization: Bearer`` token. Without a credential the request
+    is authenticated as it came (an authenticator reading a proxy's headers needs no login). An ApiError
+    (401) refuses it."""
+    headers = list(request.scope["headers"])
+    if credential:
+        try:
+            sent = credential.encode("latin-1")
+        except UnicodeEncodeError:  # no HTTP client could send it in a header either
+            raise ApiError(401, "Unauthenticated", "unknown API key or token") from None
+        headers = [(name, value) for name, value in headers if name not in _CREDENTIAL_HEADERS]
+        headers += [(b"x-api-key", sent), (b"authorization", b"Bearer " + sent)]
+    return await authenticator(request).authenticate(Request({**request.scope, "headers": headers}))
+
+
+async def caller(request: Request) -> Principal:
+    """The dashboard's user: from the cookie's credential (LoginRequired when the authenticator refuses it)."""
     try:
-        return authenticate(settings, key)
-    except ApiError:
+        return await authenticated(request, request.cookies.get(COOKIE))
+    except ApiError as refused:
+        if refused.status != 401:
+            raise
         raise LoginRequired(request.url.path) from None
 
 
