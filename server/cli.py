@@ -410,7 +410,10 @@ def rebuild(
 def new_key(
     principal: Annotated[str, typer.Option(help="who calls with the key (the user tasks are completed by)")],
     scope: Annotated[
-        list[str], typer.Option(help="a scope to grant, repeatable: read, runs, journeys, tasks, messages, admin")
+        list[str],
+        typer.Option(
+            help="a scope to grant, repeatable: read, runs, journeys, tasks, messages, impersonate, metrics, admin"
+        ),
     ],
     group: Annotated[list[str] | None, typer.Option(help="a group of the caller, repeatable")] = None,
 ) -> None:

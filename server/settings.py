@@ -26,7 +26,8 @@ ExecutionMode = Literal["embedded", "distributed"]
 # read (assistants, threads, runs, journeys, tasks), runs (create/cancel runs, update thread state),
 # journeys (journey operations), tasks (claim/complete user tasks), messages (send messages), admin (all).
 # impersonate: act for another user_id than the caller's own (a user_id in a path or body).
-Scope = Literal["read", "runs", "journeys", "tasks", "messages", "impersonate", "admin"]
+# metrics: read /metrics, an operator's view counting every tenant's journeys (a scraper's key).
+Scope = Literal["read", "runs", "journeys", "tasks", "messages", "impersonate", "metrics", "admin"]
 SCOPES: tuple[str, ...] = get_args(Scope)
 DIGEST_PREFIX = "sha256:"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")

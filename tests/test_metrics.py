@@ -129,21 +129,37 @@ async def test_open_user_tasks_and_sla_breaches_are_read_from_the_database() -> 
     assert (figures.open_user_tasks, figures.sla_breached_user_tasks) == (2, 2)
 
 
+KEYS = {
+    "reader": ApiKey("rita", frozenset({"read", "journeys"})),
+    "other-reader": ApiKey("olga", frozenset({"read", "journeys"}), tenant="other"),
+    "scraper": ApiKey("prometheus", frozenset({"metrics"})),
+    "root": ApiKey("root", frozenset({"admin"})),
+}
+
+
 @pytest.fixture
-def keyed_server(sqlite_url: str) -> Iterator[str]:
-    keys = {"reader": ApiKey("rita", frozenset({"read"})), "tasks": ApiKey("tom", frozenset({"tasks"}))}
-    with serving(create_app(Settings(database_url=sqlite_url, api_keys=keys))) as base:
+def keyed_server(durable_url: str) -> Iterator[str]:
+    with serving(create_app(Settings(database_url=durable_url, api_keys=dict(KEYS)))) as base:
         yield base
 
 
 @pytest.mark.slow
-async def test_metrics_answer_to_a_key_with_the_read_scope(keyed_server: str) -> None:
-    async with httpx.AsyncClient(base_url=keyed_server) as http:
+async def test_metrics_answer_to_the_operators_metrics_scope_only(keyed_server: str) -> None:
+    """Metrics count every tenant's journeys (open ones by pattern, open user tasks, node and intent labels):
+    an operator's view. A tenant's reader, of this tenant or another, is refused (403 naming the scope);
+    a key with the ``metrics`` scope, or an admin, reads them."""
+    async with httpx.AsyncClient(base_url=keyed_server, timeout=60) as http:
+        started = await http.post("/journeys/mvp", json={"user_id": "rita"}, headers={"x-api-key": "reader"})
+        assert started.status_code < 300, started.text
         assert (await http.get("/metrics")).status_code == 401
-        assert (await http.get("/metrics", headers={"x-api-key": "tasks"})).status_code == 403
-        answer = await http.get("/metrics", headers={"x-api-key": "reader"})
-    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
-    assert "journeys_queue_depth" in answer.text
+        for reader in ("reader", "other-reader"):
+            refused = await http.get("/metrics", headers={"x-api-key": reader})
+            assert refused.status_code == 403 and "'metrics'" in refused.json()["detail"], refused.text
+            assert "journeys_active" not in refused.text
+        for operator in ("scraper", "root"):
+            answer = await http.get("/metrics", headers={"x-api-key": operator})
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+            assert "journeys_queue_depth" in answer.text and 'journeys_active{pattern="mvp"' in answer.text
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """``/metrics``: Prometheus metrics of the server, its workers and the database's live figures.
 
-It answers to an API key with the ``read`` scope, like the other read routes (Prometheus sends the key
-with ``http_headers``), or to anyone with ``--no-auth``: label values name intents, steps and patterns.
+The figures count every tenant's journeys (open instances, open user tasks, node and intent labels): an
+operator's view, not a tenant's. So it answers to a caller with the ``metrics`` scope (or ``admin``) only,
+not to a tenant's ``read`` (Prometheus sends the key with ``http_headers``), or to anyone with ``--no-auth``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from server.input_guard import GuardedRoute
 from server.services import ServerServices, services
 
 router = APIRouter(tags=["observability"], responses=errors(), route_class=GuardedRoute)
-Reader = Annotated[Principal, Depends(require("read"))]
+Operator = Annotated[Principal, Depends(require("metrics"))]
 Services = Annotated[ServerServices, Depends(services)]
 
 
@@ -28,5 +29,5 @@ Services = Annotated[ServerServices, Depends(services)]
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-async def metrics(_caller: Reader, served: Services) -> Response:
+async def metrics(_caller: Operator, served: Services) -> Response:
     return Response(await served.metrics(), media_type=CONTENT_TYPE_LATEST)
