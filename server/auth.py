@@ -20,6 +20,8 @@ caller without access never has a body read, parsed or reported on.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -27,7 +29,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer
-from server.problems import ApiError
+from server.problems import ApiError, AuthenticatorError
 from server.settings import SCOPES, Settings, key_digest
 
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="an API key with scopes")
@@ -108,12 +110,29 @@ def authenticate(settings: Settings, key: str | None) -> Principal:
 
 
 def load_authenticator(spec: str, settings: Settings) -> Authenticator:
-    """``module:factory``: a factory taking the settings and returning an :class:`Authenticator`."""
+    """``module:factory``: a factory taking the settings and returning an :class:`Authenticator`. The module
+    is looked for as ``--plugin``'s is: installed packages, then the current directory."""
     module, _, name = spec.partition(":")
-    factory = getattr(importlib.import_module(module), name)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # last: a file here never shadows an installed package
+    try:
+        factory = getattr(importlib.import_module(module), name) if name else None
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(f"{exc.name}.")):
+            raise  # the module imports something missing: its own traceback says what
+        factory = None
+    except AttributeError:
+        factory = None
+    if not callable(factory):
+        raise AuthenticatorError(
+            f"--auth {spec!r}: no factory {name!r} in module {module!r} (installed, or in {os.getcwd()}); "
+            "name a function taking the settings and returning an Authenticator as module:factory"
+        )
     found = factory(settings)
     if not isinstance(found, Authenticator):
-        raise TypeError(f"{spec} did not return an Authenticator (authenticate, on_create, read_filter)")
+        raise AuthenticatorError(
+            f"--auth {spec!r} did not return an Authenticator (authenticate, on_create, read_filter)"
+        )
     return found
 
 
@@ -125,7 +144,7 @@ def resolve_authenticator(settings: Settings) -> Authenticator:
     if isinstance(chosen, str):
         return load_authenticator(chosen, settings)
     if not isinstance(chosen, Authenticator):
-        raise TypeError(f"{chosen!r} is not an Authenticator (authenticate, on_create, read_filter)")
+        raise AuthenticatorError(f"{chosen!r} is not an Authenticator (authenticate, on_create, read_filter)")
     return chosen
 
 

@@ -162,6 +162,14 @@ def serve(
     api_keys: Annotated[
         str | None, typer.Option("--api-keys", help="JSON file of API keys (default: $JOURNEYS_API_KEYS)")
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="module:factory of your own authenticator (server.auth.Authenticator: a JWT or OIDC check), "
+            "a factory taking the settings; the API and the dashboard authenticate through it",
+        ),
+    ] = None,
     distributed: Annotated[
         bool, typer.Option("--distributed", help="queue runs and timers for `journeys worker` (PostgreSQL only)")
     ] = False,
@@ -243,7 +251,7 @@ def serve(
     except JourneyError as exc:
         _fail(exc)
     _quiet_logs(verbose)
-    if not no_auth and not api_keys_by_digest:
+    if not no_auth and not api_keys_by_digest and auth is None:
         typer.echo(
             "auth is on but no API keys are configured: every request will get 401 "
             "(pass --api-keys, set JOURNEYS_API_KEYS, or --no-auth for local development)",
@@ -256,6 +264,7 @@ def serve(
             database_url=database_url,
             auth=not no_auth,
             api_keys=api_keys_by_digest,
+            authenticator=auth,
             execution="distributed" if distributed else "embedded",
             durability=_durability(durability),
             guide_model=guide_model,

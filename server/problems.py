@@ -134,6 +134,13 @@ class EmbeddedServerRunningError(JourneyError):
     category: ClassVar[ErrorCategory] = "conflict"
 
 
+class AuthenticatorError(JourneyError):
+    """``--auth`` (or ``Settings.authenticator``) names no factory of an Authenticator, or gives no
+    Authenticator."""
+
+    category: ClassVar[ErrorCategory] = "invalid"
+
+
 class PluginNotFoundError(JourneyError):
     """``--plugin`` names a module that cannot be imported, or a function the module does not have."""
 

@@ -6,8 +6,12 @@ shared with a group is seen by its members; admins see everything; search filter
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +24,7 @@ from server.app import create_app
 from server.auth import OwnerRules, Principal
 from server.problems import ApiError
 from server.settings import ApiKey, Settings
-from tests.server_support import APPROVAL_PROCESS, serving
+from tests.server_support import APPROVAL_PROCESS, ROOT, journeys_serve, serving
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {
@@ -444,3 +448,35 @@ def test_the_dashboard_logs_in_through_the_apis_custom_authenticator(durable_url
             refused = ana.post("/ui/login", data={"api_key": "key-ana", "next": "/ui/journeys"})
             assert refused.status_code == 401 and "send a valid bearer token" in refused.text, refused.text
             assert ana.get("/ui/journeys").status_code == 303  # not logged in: to the login form
+
+
+def bearer_auth(settings: Settings) -> BearerAuth:
+    """``journeys serve --auth tests.test_server_ownership:bearer_auth``: a factory taking the settings."""
+    return BearerAuth()
+
+
+@pytest.mark.slow
+def test_journeys_serve_takes_a_custom_authenticator_by_module_and_factory(durable_url: str, tmp_path: Path) -> None:
+    """``journeys serve --auth module:factory`` (as server/auth.py documents) serves the API and the dashboard
+    through it, without API keys; a factory that is not there stops the server with a message saying so."""
+    spec = "tests.test_server_ownership:bearer_auth"
+    with (
+        journeys_serve(durable_url, tmp_path / "serve.log", "--auth", spec) as url,
+        httpx.Client(base_url=url, timeout=60, headers={"origin": url}) as http,
+    ):
+        assert http.post("/threads/search", json={}).status_code == 401
+        ok(http.post("/threads/search", json={}, headers={"authorization": "Bearer token-ann"}))
+        page = http.post("/ui/login", data={"api_key": "token-ann", "next": "/ui/journeys"}, follow_redirects=True)
+        assert page.status_code == 200 and "ann" in page.text, page.text
+    assert "no API keys are configured" not in (tmp_path / "serve.log").read_text()
+    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", durable_url]
+    missing = subprocess.run(
+        [*command, "--auth", "tests.test_server_ownership:no_such_factory"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2, missing.stderr
+    assert "error: --auth 'tests.test_server_ownership:no_such_factory'" in missing.stderr, missing.stderr
