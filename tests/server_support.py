@@ -171,6 +171,19 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
+def wait_until_serving(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Wait until the server ``process`` started answers ``/ok`` on ``port`` (60 s at most); fails with its
+    output in ``log`` if it ends first."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
 @contextmanager
 def journeys_serve(
     url: str, log: Path, *options: str, env: dict[str, str] | None = None, cwd: Path = ROOT
@@ -186,14 +199,7 @@ def journeys_serve(
             [*command, "--port", str(port), *options], cwd=cwd, env=environment, stdout=sink, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_serving(server, port, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_worker(server)

@@ -20,7 +20,7 @@ import pytest
 
 from server.queues.procrastinate import ensure_schema
 from tests.conftest import with_database
-from tests.server_support import ROOT, free_port, start_worker, stop_worker
+from tests.server_support import ROOT, free_port, start_worker, stop_worker, wait_until_serving
 
 POOL_SIZE = 10  # `journeys serve`: JourneyRuntime.open's default pool size
 WORKER_CONCURRENCY = 8  # `journeys worker`'s default: its pool size is max(4, concurrency)
@@ -61,17 +61,6 @@ def start_api(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=sink, stderr=subprocess.STDOUT
         )
-
-
-def wait_until_serving(api: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert api.poll() is None and time.monotonic() < deadline, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
 
 
 def connections(url: str) -> int:

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from sqlalchemy import MetaData, create_engine, select
 
 from agents import AgentRegistry, AgentRequest
 from server.settings import InputLimits, key_digest
-from tests.server_support import free_port
+from tests.server_support import free_port, wait_until_serving
 from tests.test_openapi_fuzz import KEY, PROCESS, seed
 
 pytestmark = pytest.mark.slow
@@ -126,14 +125,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     with log.open("wb") as sink:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_serving(server, port, log)
         yield Served(f"http://127.0.0.1:{port}", port, url, log)
     finally:
         server.terminate()

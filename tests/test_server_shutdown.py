@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_support import ROOT, free_port
+from tests.server_support import ROOT, free_port, wait_until_serving
 
 SLOW = ("--plugin", "tests.slow_agents:register")
 SPEC = {"journey_type": "wait1", "steps": [{"step_id": "s0", "mode": "auto", "agent": "slow"}]}
@@ -38,14 +38,7 @@ def test_a_server_stops_on_sigterm_while_a_client_waits_on_a_run_that_cannot_fin
     with log.open("wb") as sink:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_serving(server, port, log)
         body = {"assistant_id": "structured", "input": {"journey_type": "wait1", "spec": SPEC, "user_id": "u"}}
 
         def wait_for_the_run() -> None:

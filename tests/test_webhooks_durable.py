@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, select
 
 from checkpoints.schema.tables import process_timers
 from checkpoints.url import parse_store_url
-from tests.server_support import ROOT, free_port, start_worker, stop_worker
+from tests.server_support import ROOT, free_port, start_worker, stop_worker, wait_until_serving
 
 pytestmark = pytest.mark.slow
 CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
@@ -68,14 +68,8 @@ def serve(url: str, port: int, log: Path, *options: str) -> subprocess.Popen[byt
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_until_serving(server, port, log)
+    return server
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
