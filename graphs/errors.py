@@ -287,6 +287,18 @@ class RecursionLimitError(JourneyError):
     category = "failed"
 
 
+class StepCrashedError(JourneyError):
+    """A step raised an error that is none of the runtime's (a bug in the step's code, a database refusing a
+    write): the run failed at that step, as for an agent's failure, and it can be retried there once the cause
+    is fixed. ``error_type`` names the error raised (its instance's ``instance.failed`` event records it)."""
+
+    category = "failed"
+
+    def __init__(self, message: str, *, error_type: str, **details: Any) -> None:
+        super().__init__(message, error_type=error_type, **details)
+        self.error_type = error_type
+
+
 class NoFlowError(JourneyError):
     """No flow out of an exclusive gateway holds for the current variables."""
 

@@ -21,13 +21,20 @@ from langgraph.types import Command, Durability, PregelTask, RetryPolicy, StateS
 
 from checkpoints.backends.base import Statement
 from checkpoints.database import conflicted, unreachable
+from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
 from checkpoints.store import Store
-from graphs.errors import InterruptNotPendingError, InvalidInputError, JourneyFinishedError, RecursionLimitError
+from graphs.errors import (
+    InterruptNotPendingError,
+    InvalidInputError,
+    JourneyFinishedError,
+    RecursionLimitError,
+    StepCrashedError,
+)
 from graphs.kernel.streaming import BREAKPOINT, NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import CHAIN_FLAG, REPLAY_FLAG, NodeServices
 from nodes.telemetry import InstanceTelemetry, run_observed
@@ -321,6 +328,17 @@ class JourneyEngine:
                     output = await run_graph(graph, value, config, durability, options.stream, options.call)
                 except GraphRecursionError as exc:  # a loop with no way out: the instance's failure, typed
                     raise RecursionLimitError(f"journey {instance_id!r} did not stop: {exc}") from exc
+                except JourneyError:
+                    raise
+                except Exception as exc:
+                    if _database_went_away(exc):  # an outage or a conflict: the caller's to run again, as raised
+                        raise
+                    # Typed, so that it is recorded as the instance's failure (Instances.advance) and retried.
+                    raise StepCrashedError(
+                        f"journey {instance_id!r} failed: a step raised {type(exc).__name__}: {exc}; "
+                        "retry it once the cause is fixed",
+                        error_type=type(exc).__name__,
+                    ) from exc
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome

@@ -49,6 +49,7 @@ from graphs.errors import (
     JourneyFinishedError,
     JourneyNotFoundError,
     StartKeyConflictError,
+    StepCrashedError,
 )
 from graphs.kernel.engine import (
     DEFAULT_RUN,
@@ -104,7 +105,9 @@ def refuse_ended(instance: Instance | None) -> None:
 
 
 def error_details(exc: JourneyError) -> dict[str, Any]:
-    return {"error": str(exc), "error_type": exc.code}
+    """What a failure event records of ``exc``: its message and type (for a step that raised an error none of
+    the runtime's, the type of that error)."""
+    return {"error": str(exc), "error_type": exc.error_type if isinstance(exc, StepCrashedError) else exc.code}
 
 
 @dataclass(frozen=True, slots=True)
