@@ -28,7 +28,7 @@ from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
 from checkpoints.values import check_value
 from graphs.analytics import JourneyAnalytics, MilestoneTracker
-from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError
+from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, NotInReviewError
 from graphs.kernel.designs import DesignBook
 from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.identifiers import MAX_REASON
@@ -246,6 +246,37 @@ class JourneyRuntime:
                 instance_id=instance_id,
                 status=instance.status,
             )
+        status = get_pattern(instance.pattern).status
+        view = await status(self, instance) if status is not None else {}
+        return {**view, "instance_id": instance_id, "pattern": instance.pattern, "status": instance.status}
+
+    async def review(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """A person's decision (``by``) on a run of any pattern its tier's evaluation held for review (G7's
+        ``on_breach: "review"``): ``approved`` completes it (a session closes as it was), otherwise it fails,
+        by its pattern's own review. One not in review raises :class:`NotInReviewError`, an unknown one
+        :class:`JourneyNotFoundError`. Answers its status view, as :meth:`terminate` does."""
+        instance = await self.store.index.get_instance(instance_id)
+        if instance is None:
+            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        match instance.pattern:
+            case "structured":
+                await self.structured.review_run(instance_id, approved=approved, by=by, note=note)
+            case "saga":
+                await self.saga.review_saga_run(instance_id, approved=approved, by=by, note=note)
+            case "session":
+                await self.session.review_session(instance_id, approved=approved, by=by, note=note)
+            case "mvp":
+                await self.mvp.sessions.review_session(instance_id, approved=approved, by=by, note=note)
+            case "lifecycle":
+                await self.lifecycle.review_journey(instance_id, approved=approved, by=by, note=note)
+            case "process":
+                await self.processes.review_run(instance_id, approved=approved, by=by, note=note)
+            case _:  # a pattern with no evaluation: none of its runs is ever held for review
+                raise NotInReviewError(
+                    f"journey run {instance_id!r} ({instance.pattern}) is {instance.status}, not in review", allowed=[]
+                )
+        instance = await self.store.index.get_instance(instance_id)
+        assert instance is not None  # a review deletes nothing
         status = get_pattern(instance.pattern).status
         view = await status(self, instance) if status is not None else {}
         return {**view, "instance_id": instance_id, "pattern": instance.pattern, "status": instance.status}

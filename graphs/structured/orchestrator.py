@@ -178,6 +178,10 @@ class StructuredOrchestrator:
         instance_id = structured_instance_id(journey_id, user_id)
         return await self._runs.review(instance_id, approved=approved, by=by, note=note)
 
+    async def review_run(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
+        """:meth:`review_journey_run` for a run named by its instance id (a fork's, say)."""
+        return await self._runs.review(instance_id, approved=approved, by=by, note=note)
+
     async def retry_journey_step(self, journey_id: str, user_id: str, *, by: str | None = None) -> dict[str, Any]:
         """Run the journey's failed step again; ``by``: who retried it (its ``step.retried`` event names them)."""
         return await self._runs.retry(structured_instance_id(journey_id, user_id), by=by)

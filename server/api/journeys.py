@@ -197,6 +197,13 @@ class TerminateIn(Body):
     reason: str = Field(min_length=1, max_length=MAX_REASON, json_schema_extra={"pattern": NOT_BLANK})
 
 
+class ReviewIn(Body):
+    """A person's decision on a run its tier's evaluation held for review; who decides is the caller."""
+
+    approved: bool = Field(description="true completes the run (a session closes as it was); false fails it")
+    note: str = Field(default="", max_length=MAX_REASON, description="why: the review's event keeps it")
+
+
 class CancelIn(Body):
     """Why a saga is cancelled: its ``saga.cancelled`` event and its failure keep it."""
 
@@ -486,6 +493,22 @@ async def terminate_journey(instance_id: str, body: TerminateIn, caller: Writer,
     await svc.instance(caller, instance_id, to_act=True)  # someone else's journey is not found
     with svc.acting(caller):
         await svc.runtime.terminate(instance_id, body.reason)
+    return await svc.journey_status(caller, instance_id)
+
+
+@router.post(
+    "/{instance_id}/review",
+    response_model=JourneyStatusOut,
+    summary="Review a journey run held for review",
+    description="Pass or fail a run of any pattern that its tier's evaluation held for review (`on_breach: "
+    '"review"`, status `review`): `approved` completes it, otherwise it fails with the note as its error. The '
+    "decision is logged as `evaluation.reviewed`, naming the caller as the reviewer. A run not in review answers "
+    "409 (NotInReviewError).",
+)
+async def review_journey(instance_id: str, body: ReviewIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, instance_id, to_act=True)  # someone else's journey is not found
+    with svc.acting(caller):
+        await svc.runtime.review(instance_id, approved=body.approved, by=caller.name, note=body.note)
     return await svc.journey_status(caller, instance_id)
 
 
