@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import unescape
+from typing import Any
 
 import httpx
 import pytest
@@ -392,3 +393,41 @@ async def test_a_structured_journey_or_saga_retried_from_the_dashboard_says_who_
         assert retried.status_code == 303, retried.text
         [logged] = await rt.store.events.list(run["instance_id"], types=["step.retried"])
         assert logged.payload["by"] == "otto"
+
+
+async def test_a_session_standing_at_a_failed_action_is_retried_from_the_dashboard_by_its_operator() -> None:
+    """A session's area update whose events could not be written (once) leaves it standing at a failed task. The API
+    retries it (a run without input); the dashboard offered no retry for sessions and lifecycles (409 NotRetryable).
+    Now its page offers one, which applies the update once and logs ``journey.retried`` naming the operator."""
+    from checkpoints.errors import ConcurrentUpdateError
+    from tests.test_session import AREAS
+
+    async with serving("memory://", auth=True) as served:
+        rt, http = served.runtime, served.http
+        log = rt.store.events
+        append, tries = log.append, []
+
+        async def fails_once(instance_id: str, events: Any, **options: Any) -> Any:
+            if any(e.type == "area.updated" for e in events):
+                tries.append(1)
+                if len(tries) == 1:
+                    raise ConcurrentUpdateError("the session's events could not be written")
+            return await append(instance_id, events, **options)
+
+        log.append = fails_once  # type: ignore[method-assign]  # a fault injected into this runtime's log
+        with acting_as(Owner("otto")):
+            session_id = str((await rt.session.start_session("ana", {"areas": AREAS}))["session_id"])
+            with pytest.raises(ConcurrentUpdateError):
+                await rt.session.update_area_state(session_id, "content", {"files_uploaded": True})
+        await http.post("/ui/login", data={"api_key": "operator-key", "next": "/ui/journeys"})
+        page = await http.get(f"/ui/journeys/{session_id}")
+        assert 'id="retry"' in page.text, page.text
+        retried = await http.post(f"/ui/journeys/{session_id}/retry", headers={"origin": "http://journeys"})
+        assert retried.status_code == 303, retried.text
+        progress = await rt.session.get_session_progress(session_id)
+        assert progress["areas"]["content"]["state"]["files_uploaded"] is True, progress
+        assert len(tries) == 2
+        [logged] = [e for e in await rt.history(session_id) if e.type == "journey.retried"]
+        assert logged.payload["by"] == "otto"
+        page = await http.get(f"/ui/journeys/{session_id}")
+        assert 'id="retry"' not in page.text  # nothing failed any more

@@ -246,12 +246,19 @@ RETRIED = "journey.retried"
 
 
 async def retry_failed(ctx: RunContext, instance_id: str) -> None:
-    """``Assistant.retry`` for a pattern with no retry of its own (a lifecycle, a session): the task it failed at
-    runs again from where it failed (``Instances.retry``, then a run without input), as LangGraph's run without
-    input re-runs a thread's failed task. :class:`NothingToRetryError` when nothing failed."""
-    runtime = ctx.runtime
+    """``Assistant.retry`` for a pattern with no retry of its own (a lifecycle, a session): see
+    :func:`retry_failed_task`, as the run's caller."""
+    await retry_failed_task(ctx.runtime, instance_id, by=ctx.principal, options=ctx.options)
+
+
+async def retry_failed_task(
+    runtime: JourneyRuntime, instance_id: str, *, by: str, options: RunOptions = DEFAULT_RUN
+) -> None:
+    """Run the task a journey of a pattern with no retry of its own (a lifecycle, a session) failed at again, from
+    where it failed (``Instances.retry``, then a run without input), as LangGraph's run without input re-runs a
+    thread's failed task; ``journey.retried`` names ``by``. :class:`NothingToRetryError` when nothing failed."""
     graph = await instance_graph(runtime, instance_id)
     async with runtime.engine.acting(instance_id) as instance:
-        if instance is None or await runtime.instances.retry(graph, instance_id, RETRIED, by=ctx.principal) is None:
+        if instance is None or await runtime.instances.retry(graph, instance_id, RETRIED, by=by) is None:
             raise NothingToRetryError(f"journey {instance_id!r} has no failed step to retry", allowed=[])
-        await runtime.instances.advance(graph, instance_id, instance.pattern, None, options=ctx.options)
+        await runtime.instances.advance(graph, instance_id, instance.pattern, None, options=options)

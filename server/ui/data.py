@@ -14,6 +14,7 @@ from checkpoints.ownership import Viewer
 from checkpoints.redaction import redact
 from checkpoints.retention import FINISHED_STATUSES
 from graphs.errors import JourneyNotFoundError
+from graphs.kernel.engine import failed_task
 from graphs.kernel.forks import FORKED, FORKED_FROM
 from graphs.kernel.instances import FINAL_STATUSES
 from nodes.compensation import COMPLETED_STEP
@@ -24,7 +25,10 @@ from server.ui.graph_svg import journey_picture
 LIST_LIMIT = 500
 # The actions each pattern offers (the orchestrator call behind each is in server/ui/pages.py).
 CANCELLABLE = frozenset({"process", "lifecycle", "session", "mvp", "saga"})
-RETRYABLE = frozenset({"structured", "saga", "process"})
+# Lifecycles and sessions have no retry of their own: the task a journey stands failed at runs again
+# (graphs.kernel.patterns.retry_failed_task, as the API's run without input).
+RETRIED_AT_THEIR_TASK = frozenset({"lifecycle", "session", "mvp"})
+RETRYABLE = frozenset({"structured", "saga", "process"}) | RETRIED_AT_THEIR_TASK
 FORKABLE = frozenset({"structured", "saga"})  # patterns whose steps are in their log (graphs/kernel/forks.py)
 # What the status views say about failures and undoing (sagas: *_steps; processes: compensated, failed_element).
 COMPENSATION_KEYS = (
@@ -149,8 +153,12 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
         picture = await journey_picture(svc.runtime, instance_id)
     except JourneyNotFoundError:  # a journey whose graph this server cannot build
         picture = None
+    stands_failed = False  # at a failed task (a lifecycle's and a session's views do not say so)
     if picture is not None:
         svg, mermaid, current = picture.svg, picture.mermaid, picture.current
+        if pattern in RETRIED_AT_THEIR_TASK and status["index_status"] == "failed":
+            config = svc.runtime.engine.config(instance_id)
+            stands_failed = failed_task(await picture.graph.aget_state(config)) is not None
         async for past in picture.graph.aget_state_history(svc.runtime.engine.config(instance_id), limit=50):
             checkpoints.append(
                 {
@@ -201,7 +209,12 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
         can_cancel=pattern in CANCELLABLE and status["index_status"] not in FINISHED_STATUSES,
         can_terminate=status["index_status"] not in FINAL_STATUSES,
         can_retry=pattern in RETRYABLE
-        and bool(status.get("failed_step") or status.get("failed_element") or status.get("compensation_failure")),
+        and bool(
+            status.get("failed_step")
+            or status.get("failed_element")
+            or status.get("compensation_failure")
+            or stands_failed
+        ),
         checkpoints=checkpoints,
         fork_points=fork_points,
         forked_from=forked_from,

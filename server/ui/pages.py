@@ -25,7 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from checkpoints.errors import JourneyError
 from checkpoints.index import InstanceFilter
 from graphs.errors import InvalidInputError
-from graphs.kernel.patterns import registered_patterns
+from graphs.kernel.patterns import registered_patterns, retry_failed_task
 from graphs.lifecycle.machine import JourneyStage
 from server.auth import Principal
 from server.input_guard import read_body, refuse_declared_oversize, refuse_nul_in_url
@@ -284,6 +284,8 @@ async def retry(request: Request, instance_id: str, principal: Caller, svc: Serv
             await svc.runtime.saga.retry_saga_step(instance_id, by=principal.name)
         elif pattern == "process":
             await svc.runtime.processes.retry(instance_id, by=principal.name)
+        elif pattern in data.RETRIED_AT_THEIR_TASK:  # as the API's retry of theirs, a run without input
+            await retry_failed_task(svc.runtime, instance_id, by=principal.name)
         else:
             raise ApiError(409, "NotRetryable", f"a {pattern} journey has no failed step to retry")
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
