@@ -24,12 +24,12 @@ MAX_INT = 2**31 - 1
 def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's LangGraph config, refused when LangGraph would refuse it only once the run executes (its
     journey registered and the run failed with a bare ValueError or TypeError): the fields it reads, typed."""
-    limit = config.get("recursion_limit")
-    if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_INT):
-        raise ValueError("config.recursion_limit must be an integer of at least 1")
-    concurrency = config.get("max_concurrency")
-    if concurrency is not None and (type(concurrency) is not int or not 1 <= concurrency <= MAX_INT):
-        raise ValueError("config.max_concurrency must be an integer of at least 1")
+    for name in ("recursion_limit", "max_concurrency"):
+        number = config.get(name)
+        if isinstance(number, float) and number.is_integer():  # 5.0 is an integer to JSON Schema (and the document)
+            number = config[name] = int(number)
+        if number is not None and (type(number) is not int or not 1 <= number <= MAX_INT):
+            raise ValueError(f"config.{name} must be an integer of at least 1")
     tags = config.get("tags")
     if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
         raise ValueError("config.tags must be a list of strings")

@@ -31,6 +31,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from pydantic import TypeAdapter, ValidationError
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -40,6 +41,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from server.app import create_app
+from server.models import RunConfig
 from server.settings import ApiKey, Settings
 from tests.server_support import serving
 
@@ -288,7 +290,19 @@ def test_the_schema_states_what_a_runs_config_must_be() -> None:
         {"max_concurrency": "2"},
         {"run_name": 3},
     ]
-    allowed = [{}, {"configurable": None}, {"configurable": {"a": 1}, "tags": ["t"], "recursion_limit": 5, "x": 1}]
+    allowed = [
+        {},
+        {"configurable": None},
+        {"configurable": {"a": 1}, "tags": ["t"], "recursion_limit": 5, "x": 1},
+        {"recursion_limit": 5.0, "max_concurrency": 2.0},  # integers to JSON Schema
+    ]
+    server = TypeAdapter(RunConfig)  # and the server agrees with the document on each
+    for config in refused:
+        with pytest.raises(ValidationError):
+            server.validate_python(config)
+    assert server.validate_python({"recursion_limit": 5.0}) == {"recursion_limit": 5}
+    for config in allowed:
+        server.validate_python(config)
     for name, config_schema in found.items():
         # The document's components beside it: its references (#/components/...) resolve within it.
         schema = {**config_schema, "components": document["components"]}

@@ -87,6 +87,7 @@ STATUS_BY_CODE = {
         (
             "AgentNotFoundError",
             "ApiKeysError",
+            "AuthenticatorError",
             "CorrelationError",
             "EncryptionKeyError",
             "FlowSettingError",
@@ -127,12 +128,13 @@ STATUS_BY_CODE = {
             "RateLimitedError",
             "RecursionLimitError",
             "RollbackFailedError",
+            "StepCrashedError",
             "TransientAgentError",
             "UnitOfWorkFailedError",
         ),
         424,
     ),
-    **dict.fromkeys(("DatabaseUnavailableError", "MigrationError", "StoreError"), 503),
+    **dict.fromkeys(("DatabaseUnavailableError", "InstanceLockLostError", "MigrationError", "StoreError"), 503),
 }
 
 

@@ -333,6 +333,8 @@ class JourneyEngine:
                 except Exception as exc:
                     if _database_went_away(exc):  # an outage or a conflict: the caller's to run again, as raised
                         raise
+                    if type(exc).__module__.startswith("langgraph."):  # the run's own refusal (a resume to an
+                        raise  # interrupt it is not parked on, an empty input): the caller's, nothing failed
                     # Typed, so that it is recorded as the instance's failure (Instances.advance) and retried.
                     raise StepCrashedError(
                         f"journey {instance_id!r} failed: a step raised {type(exc).__name__}: {exc}; "

@@ -25,7 +25,7 @@ from checkpoints.database import lost_database
 from checkpoints.errors import JourneyError
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
-from graphs.errors import JourneyNotFoundError
+from graphs.errors import JourneyNotFoundError, StepCrashedError
 from graphs.kernel.engine import ON_CANCEL, Outcome, RunOptions, addressed, failed_task, in_flight
 from graphs.kernel.patterns import Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
@@ -344,6 +344,9 @@ class RunExecutor:
             if not isinstance(exc, JourneyError):
                 log.exception("run failed", run_id=run_id)
                 status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
+            elif isinstance(exc, StepCrashedError):  # a bug in a step: its traceback, and its type as LangGraph's
+                log.exception("run failed", run_id=run_id)
+                status, error = "error", {"error": exc.error_type, "message": exc.message, "category": exc.category}
             else:
                 status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
         if error is not None:
