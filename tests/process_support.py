@@ -131,6 +131,18 @@ def boundary_spec(name: str) -> dict[str, Any]:
     }
 
 
+def reminder(notify: str, cycle: str = "R/PT1H", attached_to: str = "approve") -> dict[str, Any]:
+    """A non-interrupting boundary timer on ``attached_to`` whose every tick calls the agent ``notify``."""
+    return {
+        "type": "boundary_timer",
+        "id": "nudge",
+        "attached_to": attached_to,
+        "timer": {"cycle": cycle},
+        "interrupting": False,
+        "notify": notify,
+    }
+
+
 def user_task(id: str, **fields: Any) -> dict[str, Any]:
     return {"type": "user_task", "id": id, "title": id.replace("_", " "), "assignee": "ana", **fields}
 

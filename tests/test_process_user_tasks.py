@@ -19,7 +19,7 @@ from checkpoints.rebuild import rebuild_inbox
 from graphs import ResumeValueError
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.process.timers import fire_due_timers
-from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock
+from tests.process_support import Calls, linear, reminder, runtime, table_dump, user_task, virtual_clock
 
 SCHEMA = {
     "type": "object",
@@ -275,14 +275,7 @@ async def test_timer_notifications_are_held_to_the_specs_granted_intents(store_u
         calls = Calls()
         for intent in ("page_lead", "remind"):
             calls.register(rt, intent)
-        nudge = {
-            "type": "boundary_timer",
-            "id": "nudge",
-            "attached_to": "approve",
-            "timer": {"cycle": "R3/PT1H"},
-            "interrupting": False,
-            "notify": "remind",
-        }
+        nudge = reminder("remind", "R3/PT1H")
         spec = approval(sla="PT90M", on_timeout={"action": "notify", "notify": "page_lead"})
         spec["elements"].insert(2, nudge)
         await rt.processes.deploy({**spec, "intents": ["archive"]})
@@ -319,14 +312,7 @@ async def test_a_timer_notification_whose_agent_fails_for_good_ends_and_a_transi
         calls = Calls()
         rt.agents.register("page_lead", calls.failing("page_lead"))
         rt.agents.register("remind", calls.failing("remind"))
-        nudge = {
-            "type": "boundary_timer",
-            "id": "nudge",
-            "attached_to": "approve",
-            "timer": {"cycle": "R/PT1H"},
-            "interrupting": False,
-            "notify": "remind",
-        }
+        nudge = reminder("remind")
         spec = approval(sla="PT90M", on_timeout={"action": "notify", "notify": "page_lead"})
         spec["elements"].insert(2, nudge)
         await rt.processes.deploy(spec)

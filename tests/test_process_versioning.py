@@ -24,7 +24,16 @@ from graphs.errors import (
 from graphs.kernel import designs as designs_module
 from graphs.process.context import DeployedVersions
 from graphs.process.versions import choose
-from tests.process_support import Calls, linear, runtime, table_dump, user_task, virtual_clock, waiting_elements
+from tests.process_support import (
+    Calls,
+    linear,
+    reminder,
+    runtime,
+    table_dump,
+    user_task,
+    virtual_clock,
+    waiting_elements,
+)
 
 
 def onboarding(version: int, *, extra_step: bool = False, task_id: str = "approve") -> dict[str, Any]:
@@ -237,14 +246,7 @@ async def test_a_task_migrated_while_waiting_escalates_and_reminds_as_its_new_ve
 
         def version(number: int, on_timeout: dict[str, Any], notify: str) -> dict[str, Any]:
             task = user_task("approve", sla="PT2H", on_timeout=on_timeout)
-            nudge = {
-                "type": "boundary_timer",
-                "id": "nudge",
-                "attached_to": "approve",
-                "timer": {"cycle": "R/PT1H"},
-                "interrupting": False,
-                "notify": notify,
-            }
+            nudge = reminder(notify)
             spec = linear("expense", task, version=number)
             spec["elements"].append(nudge)  # a boundary event: no flows in or out
             return spec
