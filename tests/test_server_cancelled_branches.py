@@ -12,9 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from langgraph.errors import GraphInterrupt
+from langgraph.types import interrupt
 from langgraph_sdk.client import LangGraphClient
 
 from checkpoints.events import EventLog, NewEvent
+from nodes import waits as waits_module
 from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 from tests.server_support import SlowShip
 
@@ -51,6 +54,26 @@ def noted_arming(armed: list[str], *, hold: bool) -> Callable[..., Awaitable[lis
     return noted
 
 
+def noted_parking(parked: list[str]) -> Callable[..., Any]:
+    """LangGraph's ``interrupt`` as the wait nodes call it, noting in ``parked`` each interrupt raised (a node
+    parking its thread)."""
+
+    def noted(value: Any) -> Any:
+        try:
+            return interrupt(value)
+        except GraphInterrupt:
+            parked.append(str(value))
+            raise
+
+    return noted
+
+
+async def _noted(seen: list[str]) -> None:
+    # Noted on the server's loop: no event of this loop tells.
+    while not seen:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
 async def _started(ship: SlowShip, armed: list[str]) -> None:
     # The agent and the wait run on the server's loop: no event of this loop tells.
     while not (ship.calls and armed):  # noqa: ASYNC110
@@ -64,6 +87,8 @@ async def _cancelled_in_ship(
     was armed, before it parked)."""
     armed: list[str] = []
     monkeypatch.setattr(EventLog, "append", noted_arming(armed, hold=hold))
+    parked: list[str] = []
+    monkeypatch.setattr(waits_module, "interrupt", noted_parking(parked))
     ship = SlowShip()
     app.state.services.runtime.agents.register("slow_ship", ship, replace=True)
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -71,6 +96,8 @@ async def _cancelled_in_ship(
     tid = (await sdk.threads.create())["thread_id"]
     run = await sdk.runs.create(tid, "process", input={"process": "forked", "business_key": "order-1"})
     await asyncio.wait_for(_started(ship, armed), 10)
+    if not hold:  # the task armed is not yet the wait parked: under load the cancel could land in between
+        await asyncio.wait_for(_noted(parked), 10)
     assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
     return tid, ship
 
