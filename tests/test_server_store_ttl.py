@@ -13,6 +13,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from typing import Any
 
 import psycopg
@@ -58,7 +59,7 @@ def _sql(store_url: str, statement: str, key: str) -> list[tuple[Any, ...]]:
         with psycopg.connect(store_url, autocommit=True) as conn:
             cursor = conn.execute(statement.replace("?", "%s"), (key,))  # type: ignore[arg-type]  # a test's SQL
             return list(cursor.fetchall()) if cursor.description else []
-    with sqlite3.connect(url.target) as conn:
+    with closing(sqlite3.connect(url.target)) as conn, conn:  # closed (sqlite3's own block only commits)
         return list(conn.execute(statement, (key,)).fetchall())
 
 
