@@ -293,7 +293,10 @@ class RunExecutor:
                 return
             graph = await graph_of(self.runtime, get_assistant(run.graph_id), instance_id)
             await self.runtime.engine.halt(graph, instance_id)
-        except Exception:  # the run still ends interrupted; its step is then finished as a crash's would be
+        except Exception as exc:  # the run still ends interrupted; its step is then finished as a crash's would be
+            if lost_database(exc) is not None:  # the outage that stopped it (its lock lost): no fault of the run
+                log.info("a cancelled run's halt is not recorded: the database is away", run_id=run_id)
+                return
             log.exception("could not record a cancelled run's halt", run_id=run_id)
 
     async def _execute_claimed(self, run: RunRow, instance_id: str | None, taken: Taken | None) -> RunRow | None:
