@@ -13,12 +13,14 @@ import pytest
 from agents import AgentRequest
 from agents.errors import TransientAgentError
 from checkpoints import events as events_module
+from checkpoints.clock import VirtualClock
 from checkpoints.events import NewEvent
 from checkpoints.process.timers import Timer
 from checkpoints.rebuild import rebuild_inbox
 from graphs import ResumeValueError
 from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.process.timers import fire_due_timers
+from graphs.runtime import JourneyRuntime
 from tests.process_support import Calls, linear, reminder, runtime, table_dump, user_task, virtual_clock
 
 SCHEMA = {
@@ -373,6 +375,17 @@ async def test_an_instances_status_names_whom_its_task_was_reassigned_to_by_its_
         )
 
 
+async def dans_task_past_its_sla(rt: JourneyRuntime, clock: VirtualClock) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An approval assigned to dan whose SLA (reassign to the directors) is due now: the instance and dan's task."""
+    await rt.processes.deploy(
+        approval(assignee="dan", sla="PT1H", on_timeout={"action": "reassign", "candidate_groups": ["directors"]})
+    )
+    view = await rt.processes.start("approval", "doc-1")
+    [task] = await rt.processes.inbox.list_tasks(assignee="dan")
+    clock.advance(timedelta(hours=1))
+    return view, task
+
+
 async def test_a_completion_checked_before_its_sla_reassigned_the_task_is_refused_after_it(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,12 +394,7 @@ async def test_a_completion_checked_before_its_sla_reassigned_the_task_is_refuse
     completed it. As if one came after the other, he is refused now, and a director completes it."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        await rt.processes.deploy(
-            approval(assignee="dan", sla="PT1H", on_timeout={"action": "reassign", "candidate_groups": ["directors"]})
-        )
-        view = await rt.processes.start("approval", "doc-1")
-        [task] = await rt.processes.inbox.list_tasks(assignee="dan")
-        clock.advance(timedelta(hours=1))
+        view, task = await dans_task_past_its_sla(rt, clock)
         caller = rt.processes.inbox._caller
         checked = caller.authorize_completion
 
@@ -418,12 +426,7 @@ async def test_an_sla_reassign_that_read_the_task_before_its_completion_reassign
     The reassign now holds only while the task is open: it did not happen, and nothing says it did."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        await rt.processes.deploy(
-            approval(assignee="dan", sla="PT1H", on_timeout={"action": "reassign", "candidate_groups": ["directors"]})
-        )
-        view = await rt.processes.start("approval", "doc-1")
-        [task] = await rt.processes.inbox.list_tasks(assignee="dan")
-        clock.advance(timedelta(hours=1))
+        view, task = await dans_task_past_its_sla(rt, clock)
         store = rt.processes.services.inbox
         read = store.get
         completed: list[dict[str, Any]] = []
