@@ -31,6 +31,7 @@ from agents.policy import (
 from agents.protocol import Agent, AgentOutput, AgentRequest
 from agents.registry import AgentRegistry, RegisteredAgent
 from agents.resilience import Bulkheads, CallOptions, RetryPolicy, RetrySettings, call_with_retry
+from checkpoints.errors import ResilienceSettingError
 from checkpoints.guards import CircuitSettings, RateLimit
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "RateLimitedError",
     "RecordingAgent",
     "RegisteredAgent",
+    "ResilienceSettingError",
     "RetryPolicy",
     "RetrySettings",
     "SessionAction",

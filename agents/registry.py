@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from agents.errors import AgentNotFoundError, DuplicateAgentError
 from agents.protocol import Agent
 from agents.resilience import RetrySettings, seconds
+from checkpoints.errors import ResilienceSettingError
 from checkpoints.guards import CircuitSettings, RateLimit
 
 
@@ -59,7 +60,10 @@ class AgentRegistry:
         ``rate_limit`` (calls per second, or a :class:`RateLimit`), ``pool`` and ``concurrency`` (its
         bulkhead) set how its calls are guarded; see the README's "Resilience"."""
         if concurrency is not None and concurrency < 1:
-            raise ValueError("an agent's concurrency must be at least 1")
+            raise ResilienceSettingError(
+                f"an agent's concurrency is how many of its calls may run at once, at least 1; got {concurrency!r} "
+                "(None: no limit)"
+            )
         if not intent or not intent.strip():
             raise ValueError("an agent's intent must be a non-empty string")
         if intent in self._agents and not replace:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception, stop_after_attempt
 
 from agents.errors import BulkheadFullError, CircuitOpenError, PermanentAgentError, PolicyViolationError
+from checkpoints.errors import ResilienceSettingError
 
 T = TypeVar("T")
 Jitter = float | Literal["full", "equal"]
@@ -82,11 +83,21 @@ class RetrySettings:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if min(self.initial_delay, self.max_delay) < 0 or (isinstance(self.jitter, float | int) and self.jitter < 0):
-            raise ValueError("delays and jitter must not be negative")
+            raise ResilienceSettingError(
+                f"max_attempts must be at least 1 (the first attempt), got {self.max_attempts!r}"
+            )
+        if not min(self.initial_delay, self.max_delay) >= 0 or (
+            isinstance(self.jitter, float | int) and not self.jitter >= 0
+        ):
+            raise ResilienceSettingError("delays and jitter are seconds, and must not be negative")
+        if self.max_delay < self.initial_delay:
+            # The cap would cut every wait, the first included, to max_delay: initial_delay would mean nothing.
+            raise ResilienceSettingError(
+                f"max_delay ({self.max_delay:g} s) is the longest wait between attempts and must be at least "
+                f"initial_delay ({self.initial_delay:g} s), the first wait: raise max_delay or lower initial_delay"
+            )
         if self.jitter not in ("full", "equal") and not isinstance(self.jitter, float | int):
-            raise ValueError("jitter is 'full', 'equal' or a number of seconds")
+            raise ResilienceSettingError("jitter is 'full', 'equal' or a number of seconds")
 
     def delay(self, failed_attempt: int) -> float:
         """The wait after attempt ``failed_attempt`` (1-based) failed."""
@@ -227,10 +238,25 @@ class RetryPolicy(BaseModel):
         default=None, description="error type names that fail the call at once (their subclasses too)"
     )
 
+    @model_validator(mode="after")
+    def _delays_in_order(self) -> RetryPolicy:
+        if self.initial_delay is not None and self.max_delay is not None and self.max_delay < self.initial_delay:
+            raise ValueError(
+                f"max_delay ({self.max_delay:g} s) is the longest wait between attempts and must be at least "
+                f"initial_delay ({self.initial_delay:g} s), the first wait: raise max_delay or lower initial_delay"
+            )
+        return self
+
     def over(self, base: RetrySettings) -> RetrySettings:
         changes: dict[str, Any] = self.model_dump(exclude_none=True)
         if "non_retryable" in changes:
             changes["non_retryable"] = tuple(changes["non_retryable"])
+        # A delay the spec sets wins over the other's default (a first wait of 10 s over a runtime's cap of 5 s).
+        initial, longest = changes.get("initial_delay", base.initial_delay), changes.get("max_delay", base.max_delay)
+        if longest < initial and "initial_delay" in changes:
+            changes["max_delay"] = initial
+        elif longest < initial:
+            changes["initial_delay"] = longest
         return dataclasses.replace(base, **changes)
 
 

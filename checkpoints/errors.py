@@ -38,6 +38,13 @@ class InvalidInputError(JourneyError):
     category: ClassVar[ErrorCategory] = "invalid"
 
 
+class ResilienceSettingError(InvalidInputError, ValueError):
+    """A resilience setting (a retry policy, a rate limit, a circuit breaker, a bulkhead) that cannot be used; the
+    message says how to set it."""
+
+    # Still a ValueError: pydantic validators and callers that catch ValueError keep working.
+
+
 class StoreError(JourneyError):
     """The journey store could not be opened or used."""
 

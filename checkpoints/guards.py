@@ -25,7 +25,7 @@ from sqlalchemy import Executable, Table, bindparam, select, update
 
 from checkpoints.backends.base import Backend, Row
 from checkpoints.clock import Clock
-from checkpoints.errors import StoreError
+from checkpoints.errors import ResilienceSettingError, StoreError
 from checkpoints.schema.resilience_tables import agent_circuits, agent_rate_limits
 
 T = TypeVar("T")
@@ -106,15 +106,15 @@ class CircuitSettings:
 
     def __post_init__(self) -> None:
         if self.failure_threshold is None and self.failure_rate is None:
-            raise ValueError("a circuit needs a failure_threshold, a failure_rate, or both")
+            raise ResilienceSettingError("a circuit needs a failure_threshold, a failure_rate, or both")
         if self.failure_threshold is not None and self.failure_threshold < 1:
-            raise ValueError("failure_threshold must be at least 1")
+            raise ResilienceSettingError(f"failure_threshold must be at least 1, got {self.failure_threshold!r}")
         if self.failure_rate is not None and not 0 < self.failure_rate <= 1:
-            raise ValueError("failure_rate must be in (0, 1]")
+            raise ResilienceSettingError(f"failure_rate must be in (0, 1], got {self.failure_rate!r}")
         if self.minimum_calls < 1 or self.half_open_trials < 1:
-            raise ValueError("minimum_calls and half_open_trials must be at least 1")
+            raise ResilienceSettingError("minimum_calls and half_open_trials must be at least 1")
         if self.window <= 0 or self.cool_down < 0:
-            raise ValueError("window must be positive and cool_down not negative")
+            raise ResilienceSettingError("window must be positive and cool_down not negative (seconds)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +264,16 @@ class RateLimit:
     burst: float | None = None
 
     def __post_init__(self) -> None:
-        if self.per_second <= 0 or (self.burst is not None and self.burst < 1):
-            raise ValueError("per_second must be positive and burst at least 1")
+        if not self.per_second > 0:  # also NaN
+            raise ResilienceSettingError(
+                f"a rate limit of {self.per_second!r} calls a second lets no call through: give a positive number "
+                "(0.5 is one call every 2 s), or no rate limit (None) for an intent that is not limited"
+            )
+        if self.burst is not None and not self.burst >= 1:
+            raise ResilienceSettingError(
+                f"a rate limit's burst of {self.burst!r} lets no call through: give at least 1 (calls at once), or "
+                "None for one second's worth"
+            )
 
     @property
     def capacity(self) -> float:

@@ -100,6 +100,7 @@ STATUS_BY_CODE = {
             "MessageIdConflictError",
             "MigrationRefusedError",
             "PluginNotFoundError",
+            "ResilienceSettingError",
             "ResumeValueError",
             "RetentionPolicyError",
             "RolloutError",

@@ -11,13 +11,18 @@ from typing import Any
 import pytest
 
 from agents import (
+    AgentNotFoundError,
     AgentRegistry,
     AgentRequest,
     FailingAgent,
     FlakyAgent,
+    RateLimit,
+    ResilienceSettingError,
+    RetryPolicy,
     RetrySettings,
 )
 from agents.resilience import seconds
+from checkpoints.errors import InvalidInputError
 from graphs import JourneyRuntime, SpecError
 
 FAST = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.005, jitter=0.0)
@@ -75,6 +80,32 @@ def test_backoff_is_exponential_or_linear_with_full_or_equal_jitter_and_a_cap() 
     assert all(2 <= w <= 4 for w in equal_waits)  # half fixed, half random
     with pytest.raises(ValueError):
         RetrySettings(jitter="half")  # type: ignore[arg-type]
+
+
+async def test_a_resilience_setting_that_cannot_work_is_refused_with_a_typed_error_saying_what_to_give() -> None:
+    """``register(..., rate_limit=0)`` raised a plain ValueError ("per_second must be positive and burst at least
+    1"), outside the runtime's error root, and a retry policy took a ``max_delay`` below its ``initial_delay`` (every
+    wait silently cut to ``max_delay``). Both are :class:`ResilienceSettingError` now (invalid input, still a
+    ValueError), saying what to give instead; nothing is registered. A spec's policy is checked at design time,
+    and a spec's first wait longer than the runtime's cap raises the cap for its calls, as it asked."""
+    agents = AgentRegistry()
+    with pytest.raises(ResilienceSettingError, match="positive number") as refused:
+        agents.register("quote", lambda request: {}, rate_limit=0)
+    assert isinstance(refused.value, InvalidInputError) and refused.value.category == "invalid"
+    with pytest.raises(AgentNotFoundError):
+        agents.resolve("quote")
+    with pytest.raises(ResilienceSettingError, match="burst"):
+        RateLimit(per_second=5, burst=0)
+    with pytest.raises(ResilienceSettingError, match="raise max_delay or lower initial_delay"):
+        RetrySettings(initial_delay=10.0, max_delay=5.0)
+    with pytest.raises(ResilienceSettingError, match="at least 1"):
+        agents.register("quote", lambda request: {}, concurrency=0)
+    assert RetryPolicy.model_validate({"initial_delay": "PT10S"}).over(RetrySettings(max_delay=5.0)).max_delay == 10.0
+    assert RetryPolicy(max_delay=0.01).over(RetrySettings(initial_delay=0.05)).initial_delay == 0.01
+    agents = registry(quote=lambda request: {"price": 1})
+    with pytest.raises(SpecError, match="raise max_delay or lower initial_delay"):
+        async with JourneyRuntime.open("memory://", agents=agents) as rt:
+            await run_saga(rt, [{"step_id": "quote", "agent": "quote", "retry": {"initial_delay": 2, "max_delay": 1}}])
 
 
 async def test_a_hanging_agent_times_out_as_a_retryable_error_and_the_next_attempt_completes() -> None:
