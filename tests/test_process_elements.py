@@ -8,11 +8,13 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from agents import AgentRequest
 from checkpoints.schema.tables import process_subscriptions, process_timers
 from graphs.errors import TaskClosedError, UnmatchedMessageError
+from graphs.kernel import engine as engine_module
 from nodes.errors import ResumeValueError
 from tests.process_support import (
     Calls,
@@ -635,3 +637,44 @@ async def test_a_failure_inside_a_parallel_branch_compensates_once_the_branches_
         assert view["status"] == "compensated" and view["failure"]["element"] == "ship"
         assert view["compensated"] == ["charge", "reserve"]
         assert calls.intents()[-2:] == ["refund", "release"]
+
+
+async def test_a_step_whose_database_write_keeps_conflicting_fails_the_instance_on_record_and_is_retried(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step whose write the database kept rolling back for a conflict with other work (a deadlock every time)
+    stood failed in its thread once its retries were through, but the start raised the driver's
+    ``DeadlockDetected`` and the instance's row stayed ``in_progress`` with no ``instance.failed`` event: lists,
+    filters and metrics showed it running. Now it is recorded failed as any step's failure is (its error type names
+    the conflict), and its retry completes it once the conflict has passed."""
+    monkeypatch.setattr(  # the step's retries of a conflict, without their half-second waits
+        engine_module,
+        "LOST_DATABASE_RETRY",
+        engine_module.LOST_DATABASE_RETRY._replace(initial_interval=0.001, max_attempts=2),
+    )
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        calls.register(rt, "charge", {"charged": True})
+        await rt.processes.deploy(
+            linear("billing", {"type": "service_task", "id": "charge", "agent": "charge", "outputs": ["charged"]})
+        )
+        log = type(rt.store.events)
+        append = log.append
+        conflicting = {"on": True}
+
+        async def deadlocked(self: Any, instance_id: str, events: Any, **options: Any) -> list[bool]:
+            if conflicting["on"] and any(e.type == "task.completed" for e in events):
+                raise psycopg.errors.DeadlockDetected("deadlock detected: process 1 waits for ShareLock on process 2")
+            return await append(self, instance_id, events, **options)
+
+        monkeypatch.setattr(log, "append", deadlocked)
+        view = await rt.processes.start("billing", "invoice-1")
+        assert (view["status"], view["failed_element"]) == ("failed", "charge")
+        row = await rt.store.index.get_instance(view["instance_id"])
+        assert row is not None and row.status == "failed"
+        [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "instance.failed"]
+        assert failed.payload["error_type"] == "DeadlockDetected" and "retry it" in failed.payload["error"]
+
+        conflicting["on"] = False
+        retried = await rt.processes.retry(view["instance_id"])
+        assert (retried["status"], retried["variables"]["charged"]) == ("completed", True)

@@ -331,6 +331,8 @@ class JourneyEngine:
                 except JourneyError:
                     raise
                 except Exception as exc:
+                    if (conflict := conflicted(exc)) is not None and unreachable(exc) is None:
+                        await self._failed_by_conflict(graph, instance_id, conflict)
                     if _database_went_away(exc):  # an outage or a conflict: the caller's to run again, as raised
                         raise
                     if type(exc).__module__.startswith("langgraph."):  # the run's own refusal (a resume to an
@@ -345,6 +347,23 @@ class JourneyEngine:
         if options.outcomes is not None:
             options.outcomes[instance_id] = outcome
         return outcome
+
+    async def _failed_by_conflict(
+        self, graph: CompiledStateGraph[Any, Any, Any, Any], instance_id: str, conflict: BaseException
+    ) -> None:
+        """A run the database rolled back for a conflict: when a step's conflict outlasted its retries
+        (:data:`LOST_DATABASE_RETRY`), LangGraph recorded it as the step's failure, and the thread stands failed
+        there; raised typed, so that the instance is recorded ``failed`` as for any step's failure (its row stayed
+        ``in_progress`` beside a failed thread) and retried there. A conflict outside the steps failed none: the
+        caller runs it again, as raised."""
+        if failed_task_of(await graph.aget_state(self.config(instance_id))) is None:
+            return
+        reason = " ".join(str(conflict).split())
+        raise StepCrashedError(
+            f"journey {instance_id!r} failed: a step's database write kept conflicting with other work on the "
+            f"database ({type(conflict).__name__}: {reason}) through its retries; retry it",
+            error_type=type(conflict).__name__,
+        ) from conflict
 
     async def run_to_state(
         self,
