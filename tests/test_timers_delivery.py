@@ -305,7 +305,8 @@ async def test_a_failure_a_crash_kept_from_the_log_holds_the_answer_to_a_sibling
     """A run fails in one branch of a fork, its checkpoint holds the failure, and the process is killed before
     the failure is logged: the instance's row still says ``in_progress``. When the other branch's timer fires,
     its answer must not resume the thread (LangGraph would run the failed element again with any resume,
-    without a retry): it is held, the failure is logged, and the retry delivers the answer."""
+    without a retry): it is held, the failure is logged with the error's own type, and the retry delivers the
+    answer."""
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.test_timers_delivery", durable_url, stdout=PIPE, stderr=PIPE
     )
@@ -331,6 +332,10 @@ async def test_a_failure_a_crash_kept_from_the_log_holds_the_answer_to_a_sibling
         assert "process.retried" not in [e.type for e in history]
         [logged] = [e for e in history if e.type == "instance.failed"]
         assert "failed at step 'ship'" in logged.payload["error"]  # the failure the checkpoint holds
+        # With the type the run raised, as a failure logged at once records it (it said JourneyError), and its
+        # message, not the checkpoint's text of the error.
+        assert logged.payload["error_type"] == "AgentCallFailedError"
+        assert logged.payload["error"].startswith("agent for intent 'ship'")
         status = await rt.processes.status(instance_id)
         assert (status["status"], status["failed_element"]) == ("failed", "ship")
         row = await rt.store.index.get_instance(instance_id)

@@ -18,7 +18,9 @@ Orchestrators keep their public API and their views; the moves of an instance go
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -102,6 +104,28 @@ def refuse_ended(instance: Instance | None) -> None:
             instance_id=instance.instance_id,
             status=instance.status,
         )
+
+
+# An error as a checkpoint keeps it: LangGraph's serializer stores an exception as its ``repr``.
+_KEPT_ERROR = re.compile(r"([A-Za-z_]\w*)\((.*)\)", re.DOTALL)
+
+
+def kept_failure(error: object) -> JourneyError:
+    """The failure to record for a task's error as its checkpoint kept it (for a failure a crash kept from the log):
+    the error itself, or, for its text (``ClassName('message')``), its message with its type, so that the log
+    names the error the run raised, as :meth:`Instances.fail` records it when the run raises it."""
+    if isinstance(error, JourneyError):
+        return error
+    if isinstance(error, BaseException):
+        return StepCrashedError(str(error), error_type=type(error).__name__)
+    text = str(error)
+    if (found := _KEPT_ERROR.fullmatch(text)) is None:
+        return StepCrashedError(text, error_type=JourneyError.__name__)
+    try:
+        message = ast.literal_eval(found[2]) if found[2] else ""
+    except (ValueError, SyntaxError, MemoryError, RecursionError):  # not one literal: keep the text as it is
+        message = found[2]
+    return StepCrashedError(message if isinstance(message, str) else text, error_type=found[1])
 
 
 def error_details(exc: JourneyError) -> dict[str, Any]:

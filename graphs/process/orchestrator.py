@@ -60,7 +60,7 @@ from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, failed_task_of, in_flight
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
-from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, passed_key, refuse_ended
+from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, kept_failure, passed_key, refuse_ended
 from graphs.process.blocks import analyse
 from graphs.process.builder import describe_wait, element_of
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
@@ -769,9 +769,8 @@ class ProcessOrchestrator:
             return False
         if (failed := failed_task_of(snapshot)) is not None:
             if not delivery.instance_failed:  # a crash came between the failed run's checkpoint and its log
-                error = failed.error  # as the checkpoint kept it (a branch's: its text, not its class)
-                failure = error if isinstance(error, JourneyError) else JourneyError(str(error))
-                await self._designs.instances.fail(instance_id, PATTERN, failure)
+                # As the checkpoint kept it (its text, not its class): recorded with the type the run raised.
+                await self._designs.instances.fail(instance_id, PATTERN, kept_failure(failed.error))
             return None
         resume: Command[Any] = Command(resume={pending.id: delivery.resolution}, update=update)
         await self.run(graph, instance_id, resume, run_options, spec=spec)
