@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agents import AgentRequest
+from agents import AgentRequest, RetrySettings
 from agents.errors import TransientAgentError
 from checkpoints import events as events_module
 from checkpoints.clock import VirtualClock
@@ -18,7 +18,7 @@ from checkpoints.events import NewEvent
 from checkpoints.process.timers import Timer
 from checkpoints.rebuild import rebuild_inbox
 from graphs import ResumeValueError
-from graphs.errors import TaskClosedError, TaskForbiddenError, TaskNotFoundError
+from graphs.errors import ProcessStateError, TaskClosedError, TaskForbiddenError, TaskNotFoundError
 from graphs.process.timers import fire_due_timers
 from graphs.runtime import JourneyRuntime
 from tests.process_support import Calls, linear, reminder, runtime, table_dump, user_task, virtual_clock
@@ -303,12 +303,12 @@ async def test_timer_notifications_are_held_to_the_specs_granted_intents(store_u
         assert await escalation_events(rt, refused["instance_id"]) == []
 
 
-async def test_a_timer_notification_whose_agent_fails_for_good_ends_and_a_transient_failure_is_tried_again(
+async def test_a_timer_notification_whose_agent_fails_for_good_is_one_incident_not_a_call_every_lease(
     store_url: str,
 ) -> None:
     """An SLA's notify agent (and a reminder's) that fails with a permanent error was called again at every lease,
-    every minute for ever, each time logging its failure; now the timer ends, the task stays open for a person and
-    the failure is reported once. A transient failure is still tried again at the lease, and escalates once."""
+    every minute for ever, each time logging its failure; now the timer stands failed (an incident), the task stays
+    open for a person and the failure is reported once."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
         calls = Calls()
@@ -326,30 +326,86 @@ async def test_a_timer_notification_whose_agent_fails_for_good_ends_and_a_transi
         assert sorted(calls.intents()) == ["page_lead", "remind"]
         assert len(errors) == 2 and all("AgentCallFailedError" in e for e in errors)
         timers = await rt.processes.services.timers.find(instance_id=view["instance_id"])
-        assert sorted((t.purpose, t.status) for t in timers) == [("reminder", "cancelled"), ("sla", "cancelled")]
+        assert sorted((t.purpose, t.status) for t in timers) == [("reminder", "failed"), ("sla", "failed")]
         [task] = await rt.processes.inbox.list_tasks(instance_id=view["instance_id"])
         assert (task["status"], task["escalation"]) == ("open", None)
 
-        down = {"page_lead": True}
 
-        def paged(request: AgentRequest) -> dict[str, Any]:
-            calls.log.append(("page_lead", dict(request.payload)))
-            if down["page_lead"]:
-                raise TransientAgentError("pager unreachable")
-            return {}
+async def test_a_timer_notification_that_outlasts_its_agents_retry_policy_is_an_incident_the_operator_retries(
+    store_url: str,
+) -> None:
+    """A notify agent that failed for a passing reason and never recovered was called again at every lease (each
+    time with a fresh count of attempts), every minute for ever, and nobody was told. Now the agent's retry policy
+    applies once (its attempts, with its backoff); then the timer stands failed, ``timer.failed`` says why, the
+    instance's status lists the incident, nothing calls the agent again, and an operator's retry re-arms the timer:
+    the SLA escalates once, the reminder goes on ticking. An incident whose task is completed meanwhile ends with
+    it."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        down = {"page_lead": True, "remind": True}
 
-        rt.agents.register("page_lead", paged, replace=True)
-        without_nudge = [e for e in spec["elements"] if e["id"] != "nudge"]
-        await rt.processes.deploy({**spec, "name": "paged", "elements": without_nudge})
-        paged_view = await rt.processes.start("paged", "doc-2")
-        calls.log.clear()
+        def agent(intent: str) -> Any:
+            def call(request: AgentRequest) -> dict[str, Any]:
+                calls.log.append((intent, dict(request.payload)))
+                if down[intent]:
+                    raise TransientAgentError(f"{intent}: pager unreachable")
+                return {}
+
+            return call
+
+        policy = RetrySettings(max_attempts=3, initial_delay=0.001, max_delay=0.002, jitter=0)
+        rt.agents.register("page_lead", agent("page_lead"), retry=policy)
+        rt.agents.register("remind", agent("remind"), retry=policy)
+        spec = approval(sla="PT90M", on_timeout={"action": "notify", "notify": "page_lead"})
+        spec["elements"].insert(2, reminder("remind", "R3/PT1H"))
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("approval", "doc-1")
+        instance_id = view["instance_id"]
+
         clock.advance(timedelta(minutes=90))
-        assert "AgentCallFailedError" in (await rt.processes.scheduler.run_due()).errors[0]
-        down["page_lead"] = False
-        clock.advance(timedelta(minutes=2))  # the firing's lease is up: it is tried again
-        assert (await rt.processes.scheduler.run_due()).fired == 1
-        [escalated] = await rt.processes.inbox.list_tasks(instance_id=paged_view["instance_id"])
-        assert escalated["escalation"] == "notify" and len(await escalation_events(rt, paged_view["instance_id"])) == 1
+        assert len((await rt.processes.scheduler.run_due()).errors) == 2
+        for _ in range(10):  # ten leases later: not one more call
+            clock.advance(timedelta(minutes=2))
+            await rt.processes.scheduler.run_due()
+        assert sorted(calls.intents()) == ["page_lead"] * 3 + ["remind"] * 3
+        status = await rt.processes.status(instance_id)
+        incidents = sorted(status["incidents"], key=lambda i: i["purpose"])
+        assert [(i["purpose"], i["intent"], i["error_type"], i["attempts"]) for i in incidents] == [
+            ("reminder", "remind", "TransientAgentError", 3),
+            ("sla", "page_lead", "TransientAgentError", 3),
+        ]
+        assert all("retry the instance" in i["error"] and "pager unreachable" in i["error"] for i in incidents)
+        assert status["status"] == "in_progress" and [w["element"] for w in status["waiting"]] == ["approve"]
+        logged = [e for e in await rt.processes.history(instance_id) if e.type == "timer.failed"]
+        assert sorted(e.payload["purpose"] for e in logged) == ["reminder", "sla"]
+
+        down.update(page_lead=False, remind=False)
+        retried = await rt.processes.retry(instance_id, by="ops")
+        assert "incidents" not in retried and "incidents" not in await rt.processes.status(instance_id)
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.errors) == (2, [])
+        [task] = await rt.processes.inbox.list_tasks(instance_id=instance_id)
+        assert (task["status"], task["escalation"]) == ("open", "notify")
+        assert len(await escalation_events(rt, instance_id)) == 1
+        clock.advance(timedelta(hours=1))
+        assert (await rt.processes.scheduler.run_due()).fired == 1  # the reminder ticks on
+        history = await rt.processes.history(instance_id)
+        assert [e.payload["by"] for e in history if e.type == "timer.retried"] == ["ops", "ops"]
+        assert len([e for e in history if e.type == "task.reminded"]) == 2
+        with pytest.raises(ProcessStateError, match="no failed node nor failed timer"):
+            await rt.processes.retry(instance_id)
+
+        down["page_lead"] = True
+        other = await rt.processes.start("approval", "doc-2")
+        clock.advance(timedelta(minutes=90))
+        await rt.processes.scheduler.run_due()
+        assert [i["purpose"] for i in (await rt.processes.status(other["instance_id"]))["incidents"]] == ["sla"]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=other["instance_id"])
+        await rt.processes.inbox.complete(task["task_id"], user="dan", groups=["leads"], payload={"approved": True})
+        assert "incidents" not in await rt.processes.status(other["instance_id"])
+        timers = await rt.processes.services.timers.find(instance_id=other["instance_id"], purpose="sla")
+        assert [t.status for t in timers] == ["cancelled"]
 
 
 async def test_an_instances_status_names_whom_its_task_was_reassigned_to_by_its_sla(store_url: str) -> None:
@@ -490,11 +546,12 @@ async def test_an_sla_notify_that_read_the_task_before_its_completion_does_not_m
         assert (await rebuild_inbox(rt.store.backend, rt.store.events)).corrected == []  # the log agrees
 
 
-async def test_an_sla_whose_notify_agent_is_not_registered_fails_once_visibly_and_ends(store_url: str) -> None:
+async def test_an_sla_whose_notify_agent_is_not_registered_fails_once_visibly(store_url: str) -> None:
     """An SLA without on_timeout notifies the "notify" agent; with none registered, the firing raised
     AgentNotFoundError and was tried again every minute for ever, logging a warning each time and nothing in the
-    journey's log. Calling again cannot help: the timer ends after one failure, reported once, logged in the
-    journey as agent.failed (what to register), and the task stays open for a person."""
+    journey's log. Calling again cannot help: the timer stands failed (an incident, retried once the agent is
+    registered) after one failure, reported once, logged in the journey as agent.failed (what to register), and
+    the task stays open for a person."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
         await rt.processes.deploy(approval(sla="PT1H"))
@@ -506,7 +563,7 @@ async def test_an_sla_whose_notify_agent_is_not_registered_fails_once_visibly_an
             clock.advance(timedelta(minutes=2))
         assert len(errors) == 1 and "AgentNotFoundError" in errors[0]
         timers = await rt.processes.services.timers.find(instance_id=view["instance_id"])
-        assert [(t.purpose, t.status) for t in timers] == [("sla", "cancelled")]
+        assert [(t.purpose, t.status) for t in timers] == [("sla", "failed")]  # an incident, until retried
         failed = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "agent.failed"]
         assert [(e.payload["intent"], e.payload["error_type"]) for e in failed] == [("notify", "AgentNotFoundError")]
         assert "notify" in failed[0].payload["error"]

@@ -397,6 +397,18 @@ async def test_process_task_and_message_answers_are_the_orchestrators_views(serv
     await s.same("GET", f"/processes/instances/{fragile['instance_id']}", "processes.status")
     await s.status(fragile["instance_id"], "processes.status")
 
+    # An SLA whose "notify" has no agent: an incident, which the status lists and the retry re-arms.
+    breached = await s.same("POST", "/processes/expense/instances", "processes.start", {"business_key": "e-2"})
+    s.clock.advance(timedelta(hours=2))
+    await rt.processes.scheduler.run_due()
+    late = await s.same("GET", f"/processes/instances/{breached['instance_id']}", "processes.status")
+    [incident] = late["incidents"]
+    assert (incident["purpose"], incident["intent"], incident["error_type"]) == ("sla", "notify", "AgentNotFoundError")
+    await s.status(breached["instance_id"], "processes.status")
+    rt.agents.register("notify", lambda _request: {}, replace=True)
+    retried = await s.http.post(f"/processes/instances/{breached['instance_id']}/retry")
+    assert retried.status_code == 200 and "incidents" not in retried.json(), retried.text
+
 
 def operations(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The journey, inbox, message and process operations of the document."""

@@ -4,6 +4,8 @@ Claiming is ``UPDATE … SET status = 'firing' WHERE status = 'scheduled' AND du
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so two workers never fire the same timer, and a timer is
 never claimed before its due time. A claim is a lease: a worker that dies mid-firing leaves the row
 ``firing``, and once ``lease`` has passed another worker claims it again (firing is idempotent).
+A firing whose agent call failed after its retries leaves the timer ``failed``: an incident that no worker
+claims until an operator retries it (``rearm_statement``).
 """
 
 from __future__ import annotations
@@ -19,20 +21,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock
 from checkpoints.events import EventLog
-from checkpoints.process.waits import among, cancel_siblings, completed_event
+from checkpoints.process.waits import LIVE_TIMERS, among, cancel_siblings, completed_event
 from checkpoints.rows import insert_ignore
 from checkpoints.schema.tables import process_timers, process_waits
 from checkpoints.seq_race import again_if_lost
 
 DEFAULT_LEASE = timedelta(seconds=60)
 ARMED = ("scheduled", "firing")  # a timer that may still fire
+FAILED = "failed"  # an incident: its firing failed after its agent's retries; an operator's retry re-arms it
 
 
 def cancel_timers(which: ColumnElement[bool]) -> Executable:
-    """The statement that cancels the armed timers ``which`` (a condition on ``process_timers``) takes."""
+    """The statement that cancels the armed (or failed) timers ``which`` (a condition on ``process_timers``) takes."""
     return (
         update(process_timers)
-        .where(which, process_timers.c.status.in_(ARMED))
+        .where(which, process_timers.c.status.in_(LIVE_TIMERS))
         .values(status="cancelled", claimed_by=None)
     )
 
@@ -157,6 +160,27 @@ class TimerStore:
             update(process_timers)
             .where(t.timer_id == timer.timer_id, t.status == "firing", t.claimed_by == worker)
             .values(status="cancelled", claimed_by=None)
+        )
+
+    def failed_statement(self, timer: Timer, worker: str, incident: dict[str, Any]) -> Executable:
+        """A claimed firing that failed after its retries: the timer stands ``failed`` (an incident), with
+        ``incident`` (what failed) in its data, and no worker claims it again until :meth:`rearm_statement`."""
+        t = process_timers.c
+        return (
+            update(process_timers)
+            .where(t.timer_id == timer.timer_id, t.status == "firing", t.claimed_by == worker)
+            .values(status=FAILED, claimed_by=None, data={**timer.data, "incident": incident})
+        )
+
+    def rearm_statement(self, timer: Timer) -> Executable:
+        """An operator's retry of a failed timer: scheduled again at its own due time (past, so the next pass
+        fires it), its incident cleared."""
+        t = process_timers.c
+        data = {k: v for k, v in timer.data.items() if k != "incident"}
+        return (
+            update(process_timers)
+            .where(t.timer_id == timer.timer_id, t.status == FAILED)
+            .values(status="scheduled", claimed_by=None, data=data)
         )
 
     async def fire_waits(self, claimed: Sequence[Timer], worker: str) -> list[tuple[Timer, dict[str, Any]]]:

@@ -37,6 +37,10 @@ from checkpoints.schema.tables import (
 )
 from checkpoints.seq_race import again_if_lost
 
+# The timers a wait's end (or its instance's) cancels: those that may still fire, and a failed one (an incident an
+# operator would retry), which must not outlive what it was for.
+LIVE_TIMERS = ("scheduled", "firing", "failed")
+
 
 @dataclass(frozen=True, slots=True)
 class Wait:
@@ -90,7 +94,7 @@ def cancel_siblings(
         update(process_timers)
         .where(
             among(timers.wait_id, wait_ids, postgres=postgres),
-            timers.status.in_(("scheduled", "firing")),
+            timers.status.in_(LIVE_TIMERS),
             ~among(timers.timer_id, keep_timers, postgres=postgres),
         )
         .values(status="cancelled", claimed_by=None),
@@ -184,7 +188,7 @@ def cancel_pending(instance_id: str) -> list[Executable]:
         .where(process_waits.c.instance_id == instance_id, process_waits.c.status.in_(("waiting", "resolved")))
         .values(status="cancelled"),
         update(process_timers)
-        .where(process_timers.c.instance_id == instance_id, process_timers.c.status.in_(("scheduled", "firing")))
+        .where(process_timers.c.instance_id == instance_id, process_timers.c.status.in_(LIVE_TIMERS))
         .values(status="cancelled", claimed_by=None),
         update(process_subscriptions)
         .where(process_subscriptions.c.instance_id == instance_id, process_subscriptions.c.status == "waiting")

@@ -40,7 +40,7 @@ from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, current_owner
 from checkpoints.process.deployments import Deployment, DeploymentStore
 from checkpoints.process.messages import EVERY_TENANT, Subscription
 from checkpoints.process.migrations import MigrationRows
-from checkpoints.process.timers import DEFAULT_LEASE
+from checkpoints.process.timers import DEFAULT_LEASE, FAILED, Timer
 from checkpoints.process.waits import Delivery, cancel_pending
 from checkpoints.values import check_value
 from graphs.errors import (
@@ -75,7 +75,7 @@ from graphs.process.migration import (
     settle_migration,
 )
 from graphs.process.spec import MessageEvent, ProcessSpec
-from graphs.process.timers import TimerScheduler, default_worker_id, schedule_start_timers
+from graphs.process.timers import TIMER_RETRIED, TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process.validation import intents
 from graphs.process.versions import describe, variants_rollout, weights_rollout
 from nodes import schemas
@@ -795,18 +795,39 @@ class ProcessOrchestrator:
         self, instance_id: str, variables: Mapping[str, Any] | None = None, *, by: str | None = None
     ) -> dict[str, Any]:
         """Run a failed node again (its agent may have recovered), delivering with it the answers that reached
-        the instance's other waits while it stood failed (see :meth:`deliver`).
+        the instance's other waits while it stood failed (see :meth:`deliver`), and re-arm its failed timers
+        (its ``incidents``: an SLA notification or a reminder whose agent failed after its retries), which the
+        next pass fires again (``timer.retried`` each).
 
         ``variables``: set first, as :meth:`set_variables` does (Camunda's ``setVariables`` and then resolving
         the incident): a gateway that found no flow, say, decides again on them. Refused, with nothing changed,
-        when they break ``variables_schema``. ``by``: who retries it (its ``process.retried`` and ``variables.set``
-        events name them)."""
+        when they break ``variables_schema``, or when no node failed (only timers: set them with
+        :meth:`set_variables`). ``by``: who retries it (its ``process.retried``, ``timer.retried`` and
+        ``variables.set`` events name them)."""
         async with self.locked(instance_id) as (instance, deployment, spec, graph):
             refuse_ended(instance)  # before its variables are logged: the kernel's retry refuses it too
             snapshot = await graph.aget_state(self.engine.config(instance_id))
             failed = failed_task(snapshot)
+            incidents = await self._failed_timers(instance_id)
+            if failed is None and not incidents:
+                raise ProcessStateError(
+                    f"process instance {instance_id!r} has no failed node nor failed timer to retry", allowed=[]
+                )
+            if failed is None and variables is not None:
+                raise ProcessStateError(
+                    f"process instance {instance_id!r} has no failed node to run again on variables, only failed "
+                    "timers: retry it without variables, and set them with set_variables",
+                    allowed=["retry", "set_variables"],
+                )
+            if incidents:
+                retried = [NewEvent(TIMER_RETRIED, {"timer_id": t.timer_id, "by": by}, t.element) for t in incidents]
+                timers = self.services.timers
+                await self.store.events.append(
+                    instance_id, retried, also=[timers.rearm_statement(t) for t in incidents]
+                )
+                self.scheduler.wake()
             if failed is None:
-                raise ProcessStateError(f"process instance {instance_id!r} has no failed node to retry", allowed=[])
+                return await self._status(instance_id, deployment, spec, graph)
             if variables is not None:
                 update = await self._set(instance_id, spec, snapshot, variables, by=by, at=element_of(failed))
             else:
@@ -1236,8 +1257,16 @@ class ProcessOrchestrator:
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
+        """The instance's view, with its ``incidents`` (failed timers, see :meth:`retry`) when it has some."""
         async with self.locked(instance_id) as (instance, deployment, spec, graph):
-            return await self._status(instance_id, deployment, spec, graph, instance)
+            view = await self._status(instance_id, deployment, spec, graph, instance)
+            if incidents := await self._failed_timers(instance_id):
+                view["incidents"] = [{**(t.data.get("incident") or {}), "element": t.element} for t in incidents]
+            return view
+
+    async def _failed_timers(self, instance_id: str) -> list[Timer]:
+        """The instance's timers that stand failed (incidents an operator retries)."""
+        return [t for t in await self.services.timers.find(instance_id=instance_id) if t.status == FAILED]
 
     async def _status(
         self,

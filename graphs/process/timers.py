@@ -12,9 +12,11 @@ the scheduled ones, so two workers never fire the same timer and none fires earl
 
   both calls are held to the spec's grants like every other agent call: a refused one is a
   ``policy.denied`` event and a :class:`~agents.errors.PolicyViolationError` in the report's errors, and
-  fails safe: the timer ends, and the task stays open for a person. So does a call whose agent failed
-  for good (a :class:`~agents.errors.PermanentAgentError`, logged as ``agent.failed``); one that failed
-  after its retries for a passing reason is tried again when its lease is up;
+  fails safe: the timer ends, and the task stays open for a person. A call whose agent failed after the
+  agent's retry policy (or for good, or whose intent has no agent) is an incident, as Camunda's failed job
+  with no retries left: the timer stands ``failed``, ``timer.failed`` is logged, the instance's status lists
+  it, the task stays open for a person, and nothing calls the agent again until an operator retries the
+  instance (``ProcessOrchestrator.retry``), which re-arms the timer;
 - ``start``: starts a new instance (its id is derived from the tick, so a repeated firing starts none);
 - any other purpose: the handler registered for it (``TimerScheduler.handlers``, e.g. the server's
   crons), rescheduled like a timer start, and spent past its ``data["until"]``.
@@ -40,8 +42,8 @@ from typing import Any
 
 import structlog
 
-from agents.errors import AgentCallFailedError, AgentNotFoundError, PermanentAgentError, PolicyViolationError
-from checkpoints.errors import DuplicateInstanceError
+from agents.errors import AgentCallFailedError, AgentNotFoundError, PolicyViolationError
+from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.timers import DEFAULT_LEASE, Timer, TimerStore
@@ -63,6 +65,8 @@ RESUME_CONCURRENCY = 16
 MAX_ROUNDS = 100
 # How long a wave of continuations (``fire_due_timers``) keeps its finished threads' slots from the next one.
 STRAGGLER_S = 0.2
+TIMER_FAILED = "timer.failed"  # an incident: a timer's agent call failed after its retries (see _end_if_given_up)
+TIMER_RETRIED = "timer.retried"  # an operator's retry re-armed a failed timer
 # Fires a timer of a purpose the process engine does not know (the server's crons); True if it took effect.
 TimerHandler = Callable[[Timer], Awaitable[bool]]
 
@@ -152,7 +156,7 @@ async def fire_due_timers(
         async with gate:
             try:
                 fired = await _fire_other(processes, timer, worker, handlers or {})
-            except Exception as exc:  # left "firing": another pass retries it once its lease is up
+            except Exception as exc:  # left "firing" (or "failed": an incident): see _end_if_given_up
                 report.failed += 1
                 report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
                 log.warning("timer failed to fire", timer_id=timer.timer_id, error=str(exc))
@@ -332,22 +336,39 @@ async def _remind(processes: TimerHost, timer: Timer, worker: str, ticks: int, s
     return True
 
 
-async def _end_if_given_up(processes: TimerHost, timer: Timer, worker: str, exc: Exception) -> None:
-    """A timer's notification failed: end the timer (fail safe: the task stays open for a person) when calling
-    again cannot help, a refusal (audited as ``policy.denied``) or a permanent failure (``agent.failed``). A
-    failure for a passing reason leaves the firing to be tried again once its lease is up. No agent registered
-    for the intent is a deployment's mistake, not a passing one: the timer ends, and, as the caller logs nothing
-    for it, the journey's log gets one ``agent.failed`` saying what to register."""
+async def _end_if_given_up(processes: TimerHost, timer: Timer, worker: str, exc: JourneyError) -> None:
+    """A timer's notification failed. A refusal (audited as ``policy.denied``) ends the timer: fail safe, the task
+    stays open for a person. An agent that failed after its retry policy (for a passing reason or for good), or
+    no agent registered for the intent (a deployment's mistake), is an incident: the timer stands ``failed`` and
+    ``timer.failed`` says what failed and how to go on, in one transaction, so that no lease brings the firing
+    back every minute for ever; an operator's retry of the instance re-arms it. For no agent, which the caller
+    logs nothing for, the journey's log also gets one ``agent.failed`` saying what to register."""
+    timers = processes.services.timers
+    if isinstance(exc, PolicyViolationError):
+        await timers.execute([timers.dropped_statement(timer, worker)])
+        return
+    assert timer.instance_id is not None
+    intent = str(exc.details.get("intent"))
+    logged: list[NewEvent] = []
     if isinstance(exc, AgentNotFoundError):
-        assert timer.instance_id is not None
-        intent = str(exc.details.get("intent"))
         error = f"no agent is registered for intent {intent!r}: register one, or give the task's timer another agent"
         failure = {"intent": intent, "call": timer.timer_id, "error": error, "error_type": type(exc).__name__}
-        event = NewEvent(CALL_FAILED, failure, timer.element, f"{timer.timer_id}:{intent}:not-found")
-        await processes.services.node.events.append(timer.instance_id, [event])
-    if isinstance(exc, PolicyViolationError | AgentNotFoundError) or isinstance(exc.__cause__, PermanentAgentError):
-        timers = processes.services.timers
-        await timers.execute([timers.dropped_statement(timer, worker)])
+        logged.append(NewEvent(CALL_FAILED, failure, timer.element))
+    else:
+        error = str(exc)
+    incident = {
+        "timer_id": timer.timer_id,
+        "purpose": timer.purpose,
+        "task_id": timer.wait_id,
+        "intent": intent,
+        "error": f"{error}; fix the cause, then retry the instance to fire this {timer.purpose} timer again",
+        "error_type": str(exc.details.get("error_type") or type(exc).__name__),
+        "attempts": int(exc.details.get("attempts") or 0),
+        "failed_at": processes.clock.now().astimezone(UTC).isoformat(),
+    }
+    logged.append(NewEvent(TIMER_FAILED, incident, timer.element))
+    also = [timers.failed_statement(timer, worker, incident)]
+    await processes.services.node.events.append(timer.instance_id, logged, also=also)
 
 
 async def _start(processes: TimerHost, timer: Timer, ticks: int, skipped: int) -> bool:

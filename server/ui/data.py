@@ -213,6 +213,7 @@ async def journey_page(svc: ServerServices, principal: Principal, instance_id: s
             status.get("failed_step")
             or status.get("failed_element")
             or status.get("compensation_failure")
+            or status.get("incidents")  # a process's failed timers: its retry re-arms them
             or stands_failed
         ),
         checkpoints=checkpoints,

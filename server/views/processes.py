@@ -85,6 +85,21 @@ class ProcessFailure(BaseModel):
     error_type: str
 
 
+class TimerIncident(BaseModel):
+    """A timer whose agent call (an SLA's notification, a reminder) failed after its retries: it fires no more
+    until the instance is retried (``POST /processes/instances/{id}/retry``), which re-arms it."""
+
+    timer_id: str
+    element: str = Field(description="the timer's element (the user task of an SLA, the boundary of a reminder)")
+    purpose: str = Field(description="sla or reminder")
+    task_id: str | None = Field(description="the user task it was for")
+    intent: str = Field(description="the agent intent that failed")
+    error: str
+    error_type: str
+    attempts: int = Field(description="the attempts the agent's retry policy made")
+    failed_at: str
+
+
 class ProcessInstanceView(BaseModel):
     """A process instance: its version, status, variables and where it waits."""
 
@@ -100,6 +115,9 @@ class ProcessInstanceView(BaseModel):
     failure: ProcessFailure | None = Field(description="the failure that started compensation")
     compensated: list[str] = Field(description="the elements undone, last completed first")
     failed_element: str = optional_key("only while an element has failed: that element (retry it)")
+    incidents: list[TimerIncident] = optional_key(
+        "only in a status read, and only when some: timers whose agent failed after its retries (retry the instance)"
+    )
 
 
 class TaskOut(BaseModel):
