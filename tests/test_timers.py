@@ -14,9 +14,11 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import event
 
+from checkpoints.clock import SystemClock
 from checkpoints.process.timers import Timer
 from checkpoints.schema.tables import process_timers
 from graphs.process.timers import MAX_ROUNDS, fire_due_timers
+from graphs.runtime import JourneyRuntime
 from nodes.timer import COUNTED_MISSED, TimerDefinition
 from tests.process_support import T0, linear, runtime, virtual_clock, waiting_elements
 from tests.test_process_validation import refused
@@ -246,6 +248,33 @@ async def test_a_timer_never_fires_early_and_fires_once_late_after_downtime(stor
         assert (await rt.processes.scheduler.run_due()).fired == 0
         fired = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "wait.completed"]
         assert len(fired) == 1 and fired[0].payload["resolution_kind"] == "timer"
+
+
+class AheadClock(SystemClock):
+    """The wall clock of a worker whose machine runs two hours ahead."""
+
+    def now(self) -> datetime:
+        return super().now() + timedelta(hours=2)
+
+
+async def test_a_worker_whose_clock_runs_ahead_fires_no_timer_early(postgres_url: str) -> None:
+    """Workers on several machines share PostgreSQL. A claim compared due times with the claiming worker's own
+    clock, so a worker two hours ahead fired a one-hour timer another process had armed an hour early (a trial
+    ended, an SLA escalated, before its time). The database's clock bounds a claim now: that timer waits, and one
+    that is due fires."""
+    async with (
+        JourneyRuntime.open(postgres_url) as armed,
+        JourneyRuntime.open(postgres_url, clock=AheadClock()) as ahead,
+    ):
+        await armed.processes.deploy(waiting_timer("trial", {"duration": "PT1H"}))
+        await armed.processes.deploy(waiting_timer("blink", {"duration": "PT1S"}))
+        later = await armed.processes.start("trial", "cust-1")
+        soon = await armed.processes.start("blink", "cust-2")
+        await asyncio.sleep(1.2)
+        report = await ahead.processes.scheduler.run_due()
+        assert (report.fired, report.resumed) == (1, 1)
+        assert (await ahead.processes.status(soon["instance_id"]))["status"] == "completed"
+        assert waiting_elements(await ahead.processes.status(later["instance_id"])) == ["wait"]
 
 
 async def test_timers_of_one_instance_firing_in_one_batch_log_each_completion_once(store_url: str) -> None:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, String, and_, bindparam, column, func, or_, select, update
+from sqlalchemy import ColumnElement, Executable, String, and_, bindparam, column, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from checkpoints.clock import Clock
+from checkpoints.clock import Clock, SystemClock
 from checkpoints.events import EventLog
 from checkpoints.process.waits import LIVE_TIMERS, among, cancel_siblings, completed_event
 from checkpoints.rows import insert_ignore
@@ -76,6 +76,10 @@ class TimerStore:
         self._clock = clock
         self._events = events
         self._postgres = engine.dialect.name == "postgresql"
+        # Workers on many machines share PostgreSQL: a worker whose clock runs ahead must not fire a timer early,
+        # so a claim also waits for the database's clock. Not on a virtual clock (tests, simulations), whose time
+        # is the one that counts; SQLite's processes share one machine, and so its clock.
+        self._database_clock = self._postgres and isinstance(clock, SystemClock)
 
     def schedule_statement(
         self,
@@ -121,9 +125,10 @@ class TimerStore:
         """Claim up to ``limit`` timers due at ``now`` (and expired leases), earliest first."""
         now = _utc(now)
         t = process_timers.c
+        due = func.least(literal(now, t.due_at.type), func.now()) if self._database_clock else now
         claimable = or_(
-            and_(t.status == "scheduled", t.due_at <= now),
-            and_(t.status == "firing", t.claimed_at <= now - lease, t.due_at <= now),
+            and_(t.status == "scheduled", t.due_at <= due),
+            and_(t.status == "firing", t.claimed_at <= now - lease, t.due_at <= due),
         )
         candidates = select(t.timer_id).where(claimable).order_by(t.due_at).limit(limit)
         if self._postgres:
