@@ -133,6 +133,9 @@ class Settings:
     # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
     # only the fallback re-read, for a notice lost while the listening connection reconnects.
     poll_interval: float = 1.0
+    # A request waiting for a run (runs.wait, runs.join) sends a newline this often (seconds) until its answer,
+    # as the Agent Server does: a proxy's idle timeout (nginx's is 60 s) does not cut a long wait.
+    wait_keepalive: float = 5.0
     # Event streams (SSE) one caller may hold open in this process at once: each re-reads its run or thread
     # every poll_interval (server/stream_slots.py); one more is refused, 429.
     max_streams_per_caller: int = 100

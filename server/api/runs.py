@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack, nullcontext
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from checkpoints.errors import JourneyError
 from checkpoints.redaction import mark_sensitive_of
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.engine import addressed, at_breakpoint, failed_task, in_flight
@@ -296,47 +298,60 @@ async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
 
 
 async def _create_and_wait(
-    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal, response: Response, request: Request
-) -> RunRow | None:
-    """Create a run and wait for it to finish. Its watch is registered under its id before it exists, so
-    its end cannot slip by unseen and no read is spent finding it pending. The answer names the run in
-    Content-Location, as the Agent Server's does: langgraph-sdk hands it to ``on_run_created``. With
-    ``on_disconnect="cancel"`` the run is cancelled if the client goes away first (None then)."""
+    svc: ServerServices, thread_id: str | None, body: RunCreate, caller: Principal
+) -> StreamingResponse:
+    """Create a run and answer with its output once it has finished (see :func:`_waited`). Its watch is
+    registered under its id before it exists, so its end cannot slip by unseen and no read is spent finding it
+    pending. With ``on_disconnect="cancel"`` the run is cancelled if the client goes away first."""
     run_id = str(uuid.uuid4())
-    with svc.watch.watching(run_id) as changed:
+    with ExitStack() as stack:
+        changed = stack.enter_context(svc.watch.watching(run_id))
         run = await create_run(svc, thread_id, body, caller, streaming=False, run_id=run_id)
-        response.headers["Content-Location"] = f"/threads/{run.thread_id}/runs/{run.run_id}"
-        finished = until_finished(svc.runs, run_id, changed, svc.settings.poll_interval, fresh=True)
-        if body.on_disconnect != "cancel":
-            return await finished
-        return await _unless_gone(svc, run, finished, request)
+        watched = stack.pop_all()  # closed by the answer, once sent (or its client gone)
+    finished = partial(until_finished, svc.runs, run_id, changed, svc.settings.poll_interval, fresh=True)
+    return _waited(svc, run, finished, cancel_if_gone=body.on_disconnect == "cancel", closing=watched)
 
 
-async def _client_gone(request: Request) -> None:
-    """Returns when the client of ``request`` (whose body was read: only its disconnect is left) goes away."""
-    while (await request.receive())["type"] != "http.disconnect":
-        continue
+def _waited(
+    svc: ServerServices,
+    run: RunRow,
+    finished: Callable[[], Awaitable[RunRow]],
+    *,
+    cancel_if_gone: bool,
+    closing: ExitStack | None = None,
+) -> StreamingResponse:
+    """The answer of a request waiting for ``run`` (``runs.wait``, ``runs.join``), as the Agent Server sends
+    it: the headers at once, naming the run in Content-Location (langgraph-sdk hands it to ``on_run_created``)
+    and its join in Location (where langgraph-sdk reconnects when the answer is cut off); a newline every
+    ``Settings.wait_keepalive`` seconds while the run goes on, so that a proxy's idle timeout does not cut a
+    long wait; then the thread's values after the run as JSON (``{"__error__": …}`` for a failed run, or a
+    failure met after the headers went out). ``cancel_if_gone``: the run is cancelled if the client goes away
+    before the answer is sent. ``closing``: what the waiting holds, closed when the answer is done with."""
+    join = f"/threads/{run.thread_id}/runs/{run.run_id}"
+    answer = _answer_when(svc, finished, svc.settings.wait_keepalive, closing or ExitStack())
+    if cancel_if_gone:
+        answer = cancelled_when_gone(svc, run, answer)
+    headers = {"Content-Location": join, "Location": f"{join}/join"}
+    return StreamingResponse(answer, media_type="application/json", headers=headers)
 
 
-async def _unless_gone(svc: ServerServices, run: RunRow, waiting: Awaitable[RunRow], request: Request) -> RunRow | None:
-    """What ``waiting`` answers, unless the client goes away first: the run is then cancelled (None)."""
-    answer = asyncio.ensure_future(waiting)
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not answer.done():
-            answer.cancel()
-    if answer.done() and not answer.cancelled():
-        return answer.result()
-    await svc.cancel_if_active(run.thread_id, run.run_id)
-    return None
-
-
-async def _answer(svc: ServerServices, run: RunRow | None) -> dict[str, Any]:
-    """A waiting caller's answer; nothing for one that went away (None: nobody reads it)."""
-    return {} if run is None else await final_output(svc, run)
+async def _answer_when(
+    svc: ServerServices, finished: Callable[[], Awaitable[RunRow]], keepalive: float, closing: ExitStack
+) -> AsyncIterator[bytes]:
+    """Newlines (JSON's whitespace, which every client's parser skips) until ``finished`` gives the run, then
+    the waiting caller's answer (:func:`final_output`)."""
+    with closing:
+        waiting = asyncio.ensure_future(finished())
+        try:
+            while not (await asyncio.wait((waiting,), timeout=keepalive))[0]:
+                yield b"\n"
+            try:
+                answer = await final_output(svc, waiting.result())
+            except JourneyError as exc:  # the status is sent: the failure is said as a failed run's is
+                answer = {"__error__": {"error": exc.code, "message": exc.message}}
+            yield bytes(JourneyValuesResponse(answer).body)
+        finally:
+            waiting.cancel()
 
 
 async def _create_and_stream(
@@ -368,10 +383,8 @@ async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Servic
     summary="Create a run and wait for its output",
     response_class=JourneyValuesResponse,
 )
-async def create_and_wait(
-    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services, response: Response, request: Request
-) -> dict[str, Any]:
-    return await _answer(svc, await _create_and_wait(svc, thread_id, body, caller, response, request))
+async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
+    return await _create_and_wait(svc, thread_id, body, caller)
 
 
 @router.post("/runs/batch", response_model=list[RunOut], summary="Create runs in the background, each on its thread")
@@ -421,10 +434,8 @@ async def cancel_many(
 @router.post(
     "/runs/wait", summary="Create a run on a new thread and wait for its output", response_class=JourneyValuesResponse
 )
-async def create_stateless_and_wait(
-    body: StatelessRunCreate, caller: Runner, svc: Services, response: Response, request: Request
-) -> dict[str, Any]:
-    return await _answer(svc, await _create_and_wait(svc, None, body, caller, response, request))
+async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> StreamingResponse:
+    return await _create_and_wait(svc, None, body, caller)
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", responses=SSE)
@@ -492,13 +503,10 @@ async def join_run(
     run_id: str,
     caller: Reader,
     svc: Services,
-    request: Request,
     cancel_on_disconnect: CancelOnDisconnect = False,
-) -> dict[str, Any]:
+) -> StreamingResponse:
     run = await svc.run(caller, thread_id, run_id)
-    if cancel_on_disconnect not in (True, "cancel"):
-        return await final_output(svc, await _wait(svc, run))
-    return await _answer(svc, await _unless_gone(svc, run, _wait(svc, run), request))
+    return _waited(svc, run, lambda: _wait(svc, run), cancel_if_gone=cancel_on_disconnect in (True, "cancel"))
 
 
 @router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, summary="Delete a finished run")
