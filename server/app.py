@@ -105,8 +105,8 @@ def create_app(
             allow_origins=list(settings.cors_origins),
             allow_methods=["*"],
             allow_headers=["*"],
-            # The JS client reads a new run's id from Content-Location.
-            expose_headers=["Content-Location", "Location"],
+            # The JS client reads a new run's id from Content-Location, and an assistant search's next page.
+            expose_headers=["Content-Location", "Location", "X-Pagination-Next", "X-Pagination-Total"],
         )
     install_ui(app)  # the dashboard at /ui (HTML; not in the OpenAPI document)
 

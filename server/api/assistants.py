@@ -88,10 +88,14 @@ async def create_assistant(body: AssistantCreate, caller: Writer, svc: Services)
 
 @router.post("/search", response_model=list[AssistantOut], summary="Search assistants")
 async def search_assistants(
-    body: AssistantSearch, caller: Reader, svc: Services
+    body: AssistantSearch, caller: Reader, svc: Services, response: Response
 ) -> list[dict[str, Any]] | JSONResponse:
     """One page of the assistants that match: the created ones read in the query's order, no more of them
-    than the page needs (with the few system assistants merged in, in the same order)."""
+    than the page needs and one (with the few system assistants merged in, in the same order). As the Agent
+    Server's, the answer says in ``X-Pagination-Next`` where the next page starts (langgraph-sdk's
+    ``response_format="object"`` gives it as ``next``), or in ``X-Pagination-Total`` how many there are once
+    this page is the last."""
+    end = body.offset + body.limit
     found = await svc.search_assistants(
         caller,
         body.graph_id,
@@ -99,10 +103,13 @@ async def search_assistants(
         body.metadata,
         sort_by=body.sort_by,
         descending=body.sort_order == "desc",
-        limit=body.offset + body.limit,
+        limit=end + 1,  # the one past the page: whether another page follows
     )
     views = [assistant_view(a) for a in found]
-    return kept(sorted_page(views, body.sort_by, body.sort_order, body.offset, body.limit), body.select)
+    page = kept(sorted_page(views, body.sort_by, body.sort_order, body.offset, body.limit), body.select)
+    headers = {"X-Pagination-Next": str(end)} if len(views) > end else {"X-Pagination-Total": str(len(views))}
+    (page if isinstance(page, JSONResponse) else response).headers.update(headers)
+    return page
 
 
 @router.post("/count", response_model=int, summary="Count assistants")

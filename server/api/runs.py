@@ -369,13 +369,24 @@ async def _create_and_stream(
 
 
 @router.post("/threads/{thread_id}/runs", response_model=RunOut, summary="Create a run in the background")
-async def create_background(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
-    return (await create_run(svc, thread_id, body, caller, streaming=False)).view()
+async def create_background(
+    thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services, response: Response
+) -> dict[str, Any]:
+    return _created(await create_run(svc, thread_id, body, caller, streaming=False), response)
 
 
 @router.post("/runs", response_model=RunOut, summary="Create a run on a new thread")
-async def create_stateless(body: StatelessRunCreate, caller: Runner, svc: Services) -> dict[str, Any]:
-    return (await create_run(svc, None, body, caller, streaming=False)).view()
+async def create_stateless(
+    body: StatelessRunCreate, caller: Runner, svc: Services, response: Response
+) -> dict[str, Any]:
+    return _created(await create_run(svc, None, body, caller, streaming=False), response)
+
+
+def _created(run: RunRow, response: Response) -> dict[str, Any]:
+    """A background run's answer, naming the run in Content-Location as the Agent Server's does: langgraph-sdk
+    hands it to ``on_run_created``."""
+    response.headers["Content-Location"] = f"/threads/{run.thread_id}/runs/{run.run_id}"
+    return run.view()
 
 
 @router.post(
