@@ -37,6 +37,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     not_,
     or_,
     select,
@@ -67,6 +68,7 @@ TERMINAL = ("success", "error", "interrupted", "timeout")
 STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 NO_STATE = ""  # a run's base checkpoint when its thread had no state yet (a rollback then clears the thread)
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the id of a run that finished or streamed (see split_notice)
+_THREAD_KEY = "thread:"  # before a thread's id, the notice of a run created on it (no run id starts so)
 # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more: a finished run's row longer than this stays out.
 NOTICE_LIMIT = 7_900
 _NOTICE_SEP = "\n"  # between a finished run's id and its row, in its notice (no run id holds a newline)
@@ -292,6 +294,17 @@ def _finished_notice(written: CTE) -> ColumnElement[str]:
     return case((func.octet_length(whole) < NOTICE_LIMIT, whole), else_=written.c.run_id)
 
 
+def thread_key(thread_id: str) -> str:
+    """What a run created on the thread is noticed as (and its waiters watch): a stream of the thread's runs,
+    in any process, wakes to serve it (see :func:`split_notice`)."""
+    return _THREAD_KEY + thread_id
+
+
+def _thread_notice(written: CTE) -> ColumnElement[str]:
+    """The notice of a run created on an existing thread: the thread's :func:`thread_key`."""
+    return literal(_THREAD_KEY) + written.c.thread_id
+
+
 def split_notice(payload: str) -> tuple[str, str | None]:
     """A run notice's run id, and the finished run's row it carries (None: read the run to see what changed)."""
     run_id, _, finished = payload.partition(_NOTICE_SEP)
@@ -342,7 +355,7 @@ _COUNT_RUN = (
     update(server_threads)
     .where(_threads.thread_id == bindparam("p_thread_id"))
     .values(runs_created=_threads.runs_created + 1)
-    .returning(_threads.runs_created)
+    .returning(_threads.runs_created, _threads.thread_id)
 )
 _REQUEST_CANCEL = (
     update(server_runs)
@@ -423,6 +436,8 @@ class RunStore:
             self._take_job = _claim_with_fetch(jobs.fetch, jobs.task)
             self._finish_ending_job = cast(Select[Any], self._finish).add_columns(jobs.end)
         self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, _run_id_notice)
+        # So does a run created on an existing thread: a stream of the thread in another process serves it at once.
+        self._count_run = backend.notifying(_COUNT_RUN, RUN_CHANNEL, _thread_notice)
         self._with_job: dict[Executable, Executable] = {}  # a run's INSERT per queue's defer (built once)
         # A thread named by its caller is created by one statement that cannot fail on a duplicate id: two
         # requests naming one new id at once both learn which of them created it (no read-then-insert).
@@ -663,11 +678,10 @@ class RunStore:
                 written = await tx.execute(insert_run, params)
         return dataclasses.replace(run, job_id=written[0]["job_id"]) if enqueue is not None else run
 
-    @staticmethod
-    async def _queueable(tx: Transaction, thread_id: str, multitask_strategy: str) -> int:
+    async def _queueable(self, tx: Transaction, thread_id: str, multitask_strategy: str) -> int:
         """In the run's transaction: the thread exists (locked until the run commits) and may take the run; the
         run's ordinal among the runs ever created on it."""
-        counted = await tx.execute(_COUNT_RUN, {"p_thread_id": thread_id})
+        counted = await tx.execute(self._count_run, {"p_thread_id": thread_id})
         if not counted:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
             raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": thread_id})

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from checkpoints.runs import thread_key
 from graphs.structured.steps import INTERRUPT
 from server.problems import redact_answer
 from server.runs.store import ACTIVE, TERMINAL, RunRow
@@ -42,11 +43,6 @@ _PER_CHUNK = 8  # a chunk becomes at most this many events (the last messages' e
 # A stream opened without ``since`` replays the thread's active runs, and a run created this recently: the
 # SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended.
 RECENT = timedelta(seconds=5)
-
-
-def thread_key(thread_id: str) -> str:
-    """The watch key woken when a run is created on the thread (a stream then looks for it)."""
-    return f"thread:{thread_id}"
 
 
 def ok(command_id: Any, result: Mapping[str, Any]) -> dict[str, Any]:

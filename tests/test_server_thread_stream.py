@@ -15,8 +15,9 @@ from langgraph_sdk.errors import UnprocessableEntityError
 from langgraph_sdk.schema import StreamPart
 
 from server.app import create_app
+from server.queues.procrastinate import ensure_schema
 from server.settings import Settings
-from tests.server_support import serving
+from tests.server_support import serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -122,3 +123,22 @@ async def test_a_threads_stream_hears_each_run_without_polling(store_url: str) -
             await asyncio.sleep(1)
             ran = [await chat_run(client, tid) for _ in range(3)]
             assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 60))] == ran
+
+
+async def test_a_threads_stream_hears_a_run_created_through_another_api_process(postgres_url: str) -> None:
+    """Two API processes on one PostgreSQL and a worker (distributed mode), each process's fallback re-read an
+    hour away: the runs created through one reach a stream of their thread opened on the other as they happen
+    (the run's creation is noticed like its chunks and its end; it was heard only at the next poll)."""
+    ensure_schema(postgres_url)
+    worker = start_worker(postgres_url)
+    try:
+        settings = Settings(database_url=postgres_url, auth=False, execution="distributed", poll_interval=3600)
+        with serving(create_app(settings)) as first, serving(create_app(settings)) as second:
+            async with get_client(url=first, api_key=None) as one, get_client(url=second, api_key=None) as other:
+                tid = (await one.threads.create())["thread_id"]
+                following = asyncio.ensure_future(until_runs_done(other, tid, 2))
+                await asyncio.sleep(1)
+                ran = [await chat_run(one, tid) for _ in range(2)]
+                assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 30))] == ran
+    finally:
+        stop_worker(worker)

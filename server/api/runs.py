@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from checkpoints.errors import JourneyError
 from checkpoints.redaction import mark_sensitive_of
+from checkpoints.runs import thread_key
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from graphs.kernel.engine import addressed, at_breakpoint, failed_task, in_flight
 from graphs.kernel.identifiers import THREAD_ID
@@ -48,7 +49,6 @@ from server.runs.sse import SSE, cancelled_when_gone, resumed_after, run_events
 from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
 from server.runs.watch import until_finished, wait_for_run
 from server.services import ResolvedAssistant, ResolvedThread, ServerServices, services
-from server.thread_stream import thread_key
 
 router = APIRouter(tags=["runs"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]

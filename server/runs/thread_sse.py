@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from checkpoints.runs import thread_key
 from server.runs.sse import frame
 from server.runs.store import ACTIVE, TERMINAL, RunRow
-from server.thread_stream import RUN_SPAN, first_of, thread_key
+from server.thread_stream import RUN_SPAN, first_of
 
 if TYPE_CHECKING:
     import asyncio
