@@ -6,7 +6,8 @@ Stream chunks of runs created for streaming are rows too, so a client can read t
 while a worker in another process produces them. On PostgreSQL, finishing a run or appending a chunk also
 notifies ``RUN_CHANNEL`` with the run id, in the same transaction, so waiting requests in any process wake
 when the change is committed (see :mod:`server.runs.watch`); a finished run's notice carries its row too
-(:func:`split_notice`), so a waiter in another process has it without reading it back.
+(:func:`split_notice`), so a waiter in another process has it without reading it back. Creating a run on an
+existing thread notifies the thread's :func:`thread_key`, which the thread's streams watch.
 
 Every statement is defined once here and runs through the store's :class:`~checkpoints.backends.base.Backend`
 (on PostgreSQL, the hot ones in plain psycopg).

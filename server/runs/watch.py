@@ -3,7 +3,8 @@
 The executor that runs the run tells :class:`RunWatch` directly when it is in this process (embedded
 mode). On PostgreSQL, :class:`~server.runs.store.RunStore` also notifies the channel
 :data:`~checkpoints.runs.RUN_CHANNEL` with the run's id (the statement lives in :mod:`checkpoints.runs`) in the
-transaction that finishes a run or appends a chunk, and an API process whose runs execute elsewhere
+transaction that finishes a run or appends a chunk (and with its thread's key when a run is created on an
+existing thread), and an API process whose runs execute elsewhere
 (distributed mode) forwards those notifications to its watch with :func:`listening`. A finished run comes
 with the change (its row, or its notice's copy of it), so its waiters do not read it back. A slow fallback
 read still runs (``poll``), so a notification lost while the listening connection reconnects costs
