@@ -393,6 +393,7 @@ def _created(run: RunRow, response: Response) -> dict[str, Any]:
     "/threads/{thread_id}/runs/wait",
     summary="Create a run and wait for its output",
     response_class=JourneyValuesResponse,
+    response_model=dict[str, Any],  # the answer's schema: its body is streamed (see _waited)
 )
 async def create_and_wait(thread_id: RunThreadId, body: RunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     return await _create_and_wait(svc, thread_id, body, caller)
@@ -443,7 +444,10 @@ async def cancel_many(
 
 
 @router.post(
-    "/runs/wait", summary="Create a run on a new thread and wait for its output", response_class=JourneyValuesResponse
+    "/runs/wait",
+    summary="Create a run on a new thread and wait for its output",
+    response_class=JourneyValuesResponse,
+    response_model=dict[str, Any],
 )
 async def create_stateless_and_wait(body: StatelessRunCreate, caller: Runner, svc: Services) -> StreamingResponse:
     return await _create_and_wait(svc, None, body, caller)
@@ -508,6 +512,7 @@ async def get_run(thread_id: str, run_id: str, caller: Reader, svc: Services) ->
     "/threads/{thread_id}/runs/{run_id}/join",
     summary="Wait for a run; the thread's values after it",
     response_class=JourneyValuesResponse,
+    response_model=dict[str, Any],
 )
 async def join_run(
     thread_id: str,
