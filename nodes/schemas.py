@@ -16,6 +16,12 @@ applied here (:func:`validate`).
   with an ``$id``): jsonschema would otherwise fetch any other address with urllib when it validates (a
   host the server can reach, a local file). :func:`check_schema` refuses one that resolves to nothing
   there, naming it, and validators never retrieve anything.
+- A validation is bounded: it may evaluate each keyword of the schema a few times per value of the
+  instance (past a floor), no more. A ``$ref`` used twice at every level of a chain of ``$defs`` makes a
+  few hundred bytes of schema take 2**30 evaluations (the "billion laughs" of JSON Schema), and one that
+  refers back to itself without moving into the instance never ends; either held the event loop. Past the
+  bound the instance is judged not to fit, saying why (:data:`TOO_COSTLY`), and :func:`check_schema`
+  refuses a schema past it on any instance at all (a loop, a chain at its root).
 - Validators are built once per schema: ``jsonschema.validate`` checks the schema against its
   meta-schema on every call, which costs more than validating a small document. :func:`validate`
   raises exactly what ``jsonschema.validate`` raises.
@@ -25,7 +31,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import urljoin
 
@@ -37,7 +44,7 @@ import referencing.jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
 
-_VALIDATORS: dict[str, Validator] = {}
+_VALIDATORS: dict[str, tuple[Validator, int]] = {}  # by the schema's JSON: its validator, its keyword count
 _LIMIT = 4096  # distinct schemas kept; designs rarely have more, and beyond it the cache is just dropped
 _RE2 = re2.Options()
 _RE2.log_errors = False  # a refused pattern is reported by check_schema, not printed to stderr by RE2
@@ -48,6 +55,19 @@ _NAMED = frozenset(
 )
 _DATA = frozenset({"enum", "const", "default", "examples"})
 _REFERENCES = ("$ref", "$dynamicRef")
+# Keyword evaluations one validation may make: a floor, then this many per keyword of the schema and value
+# (or key) of the instance. A schema that reuses nothing evaluates each keyword at most once per value.
+_FLOOR = 10_000
+_PER_KEYWORD_AND_VALUE = 4
+_BUDGET: ContextVar[list[int] | None] = ContextVar("journeys_schema_budget", default=None)
+TOO_COSTLY = (
+    "the schema takes too many evaluations to judge this value (a $ref that refers back to itself without "
+    "moving into the value, or one subschema referred to several times at every level); simplify the schema"
+)
+
+
+class _TooCostly(Exception):
+    """A validation spent its budget of keyword evaluations (caught where it started)."""
 
 
 def _retrieve_nothing(uri: str) -> referencing.jsonschema.SchemaResource:
@@ -85,27 +105,71 @@ def check_schema(schema: Mapping[str, Any]) -> None:
             "unevaluatedProperties cannot be combined with patternProperties in one schema (its evaluation "
             "would run the patterns on a backtracking engine); use additionalProperties beside them instead"
         )
+    if _judge(None, _build(schema), len(list(_keywords(schema)))) is _COSTLY:
+        raise jsonschema.SchemaError(f"{TOO_COSTLY} (it does so whatever the value)")
 
 
-def checker(schema: Mapping[str, Any]) -> Validator:
-    """The validator for ``schema``, checked when first built (``SchemaError`` if the schema is invalid)."""
+def first_error(instance: Any, schema: Mapping[str, Any]) -> ValidationError | None:
+    """The error ``jsonschema.validate`` would raise for ``instance`` (None if it fits ``schema``), with
+    patterns on RE2 and the evaluation bounded: past the bound, an error saying so (:data:`TOO_COSTLY`)."""
+    validator, keywords = _checked(schema)
+    error = _judge(instance, validator, keywords)
+    return ValidationError(TOO_COSTLY) if error is _COSTLY else error
+
+
+def validate(instance: Any, schema: Mapping[str, Any]) -> None:
+    """``jsonschema.validate(instance, schema)``, with patterns on RE2, the evaluation bounded (see the
+    module) and without re-checking a schema seen before."""
+    error = first_error(instance, schema)
+    if error is not None:
+        raise error
+
+
+_COSTLY = ValidationError(TOO_COSTLY)  # what _judge answers past the bound
+
+
+def _checked(schema: Mapping[str, Any]) -> tuple[Validator, int]:
     key = json.dumps(schema, sort_keys=True, default=str)
     found = _VALIDATORS.get(key)
     if found is None:
         check_schema(schema)
         if len(_VALIDATORS) >= _LIMIT:
             _VALIDATORS.clear()
-        # The root's $schema chose the class; left in, a $ref to the root would switch back to jsonschema's own.
-        build: Any = _linear(_dialect(schema))  # the Validator protocol leaves out the registry argument
-        found = _VALIDATORS[key] = build(_body(schema), registry=_LOCAL_ONLY)
+        found = _VALIDATORS[key] = (_build(schema), len(list(_keywords(schema))))
     return found
 
 
-def validate(instance: Any, schema: Mapping[str, Any]) -> None:
-    """``jsonschema.validate(instance, schema)``, with patterns on RE2 and without re-checking a schema seen before."""
-    error = best_match(checker(schema).iter_errors(instance))
-    if error is not None:
-        raise error
+def _build(schema: Mapping[str, Any]) -> Validator:
+    # The root's $schema chose the class; left in, a $ref to the root would switch back to jsonschema's own.
+    build: Any = _linear(_dialect(schema))  # the Validator protocol leaves out the registry argument
+    found: Validator = build(_body(schema), registry=_LOCAL_ONLY)
+    return found
+
+
+def _judge(instance: Any, validator: Validator, keywords: int) -> ValidationError | None:
+    """The best error of ``instance`` against ``validator`` within the budget; :data:`_COSTLY` past it."""
+    token = _BUDGET.set([_FLOOR + _PER_KEYWORD_AND_VALUE * keywords * _values(instance)])
+    try:
+        found: ValidationError | None = best_match(validator.iter_errors(instance))
+        return found
+    except (_TooCostly, RecursionError):  # a loop through $ref recurses until Python stops it
+        return _COSTLY
+    finally:
+        _BUDGET.reset(token)
+
+
+def _values(instance: Any) -> int:
+    """How many values (and object keys, which patterns and propertyNames judge) ``instance`` holds."""
+    count, pending = 0, [instance]
+    while pending:
+        value = pending.pop()
+        count += 1
+        if isinstance(value, Mapping):
+            count += len(value)
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple):
+            pending.extend(value)
+    return count
 
 
 def _check_references(schema: Mapping[str, Any], base: type[Validator]) -> None:
@@ -192,15 +256,31 @@ def _schema_formats(base: type[Validator]) -> jsonschema.FormatChecker:
 
 @functools.cache
 def _linear(base: type[Validator]) -> type[Validator]:
-    """``base`` with every keyword that matches regexes matching them on RE2."""
+    """``base`` with every keyword that matches regexes matching them on RE2, and every keyword counted
+    against the budget of the validation under way."""
     keywords = {
         "pattern": _pattern,
         "patternProperties": _pattern_properties,
         "additionalProperties": _additional_properties,
     }
+    chosen = {**base.VALIDATORS, **{k: v for k, v in keywords.items() if k in base.VALIDATORS}}
     extend: Any = jsonschema.validators.extend  # untyped in jsonschema's stubs
-    cls: type[Validator] = extend(base, {k: v for k, v in keywords.items() if k in base.VALIDATORS})
+    cls: type[Validator] = extend(base, {k: _counted(v) for k, v in chosen.items()})
     return cls
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    """``keyword``'s function, spending one evaluation of the budget :func:`_judge` set (if any) per call."""
+
+    def counted(validator: Any, value: Any, instance: Any, schema: Mapping[str, Any]) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _TooCostly
+        return keyword(validator, value, instance, schema)
+
+    return counted
 
 
 # The keywords, as jsonschema's own (same errors, same messages), with RE2 in place of re.

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, cast
 
-from jsonschema.exceptions import best_match
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphInterrupt
 from langgraph.graph import END
@@ -229,7 +228,7 @@ async def _take_buffered(
 def _misfit(schema: Mapping[str, Any] | None, payload: Mapping[str, Any]) -> str | None:
     """Why ``payload`` does not fit ``schema`` (what a message's payload must match), None if it does. It names
     the path and the rule broken, not the value (the log keeps it, and a value is redacted by its field's name)."""
-    error = None if schema is None else best_match(schemas.checker(schema).iter_errors(payload))
+    error = None if schema is None else schemas.first_error(payload, schema)
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"

@@ -173,3 +173,68 @@ async def test_the_server_answers_while_a_catastrophic_pattern_is_judged(sqlite_
             assert time.perf_counter() - started < BOUND_S
             done = await http.post(complete, json={"user": "ana", "payload": {"code": "aaaa"}})
             assert done.status_code == 200 and done.json()["status"] == "completed"
+
+
+def doubling(levels: int) -> dict[str, Any]:
+    """A chain of ``levels`` $defs, each referring to the next twice: a few hundred bytes of schema that take
+    2**levels evaluations (JSON Schema's "billion laughs"; 20 levels took 90 s of the event loop)."""
+    defs: dict[str, Any] = {
+        f"l{n}": {"allOf": [{"$ref": f"#/$defs/l{n + 1}"}, {"$ref": f"#/$defs/l{n + 1}"}]} for n in range(levels)
+    }
+    return {**defs, f"l{levels}": {"type": "string"}}
+
+
+LOOPS = {
+    "itself": {"$ref": "#"},
+    "each other": {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+    "doubling at the root": {"$defs": doubling(30), "$ref": "#/$defs/l0"},
+}
+# Doubling only under a property: judged within the bound when the value has it.
+UNDER_A_PROPERTY = {"type": "object", "$defs": doubling(30), "properties": {"code": {"$ref": "#/$defs/l0"}}}
+
+
+@pytest.mark.parametrize("schema", LOOPS.values(), ids=LOOPS.keys())
+def test_a_schema_that_loops_or_doubles_whatever_the_value_is_refused_when_designed(schema: dict[str, Any]) -> None:
+    """A $ref back to itself crashed every validation with a RecursionError (a 500); doubling $defs held the
+    event loop for minutes. Both are refused when the schema is checked, saying why."""
+    started = time.perf_counter()
+    with pytest.raises(jsonschema.SchemaError, match=r"too many evaluations .* whatever the value"):
+        schemas.check_schema(schema)
+    assert time.perf_counter() - started < BOUND_S
+
+
+def test_a_schema_whose_cost_depends_on_the_value_is_judged_within_a_bound() -> None:
+    schemas.check_schema(UNDER_A_PROPERTY)  # cheap on a value without the property
+    assert judged({"other": 1}, UNDER_A_PROPERTY) is None
+    assert judged({"code": "x"}, UNDER_A_PROPERTY) == schemas.TOO_COSTLY
+    # Recursive schemas that move into the value at each level are judged as before, however deep the value.
+    children = {"type": "array", "items": {"$ref": "#/$defs/node"}}
+    tree = {"$defs": {"node": {"type": "object", "properties": {"children": children}}}, "$ref": "#/$defs/node"}
+    deep: dict[str, Any] = {}
+    for _ in range(60):
+        deep = {"children": [deep, {}]}
+    assert judged(deep, tree) is None
+    assert judged({"children": [{"children": 3}]}, tree) == "3 is not of type 'array'"
+    assert judged(list(range(20_000)), {"type": "array", "items": {"type": "integer"}}) is None
+
+
+async def test_a_process_whose_schema_loops_is_refused_and_a_costly_answer_is_refused_at_once(store_url: str) -> None:
+    async with runtime(store_url) as rt:
+        before = await table_dump(rt)
+        with pytest.raises(SpecError) as refused:
+            await rt.processes.deploy(linear("loops", user_task("enter_code", response_schema=LOOPS["itself"])))
+        assert any("enter_code" in p and "too many evaluations" in p for p in refused.value.problems)
+        assert await table_dump(rt) == before
+
+        await rt.processes.deploy(linear("codes", user_task("enter_code", response_schema=UNDER_A_PROPERTY)))
+        view = await rt.processes.start("codes", "c-1")
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        before = await table_dump(rt)
+        started = time.perf_counter()
+        with pytest.raises(ResumeValueError, match="too many evaluations"):
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"code": "x"})
+        assert time.perf_counter() - started < BOUND_S
+        assert await table_dump(rt) == before
+        done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"other": 1})
+        assert done["status"] == "completed"
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
