@@ -356,3 +356,48 @@ async def test_a_schema_referring_outside_itself_is_refused_and_nothing_is_fetch
         assert view["status"] == "in_progress"
         with pytest.raises(InvalidInputError):
             await rt.processes.start("local_refs", "k-2", {"tier": "bronze"})
+
+
+# A definition's names that its tables keep, one over its column's width at a time (the widths: 100 for an
+# element id, 300 for a user task's title or, without one, its name, 200 for an assignee, a group, a message).
+TOO_LONG = {
+    "element id": ({"id": "a" * 101}, "id"),
+    "title": ({"title": "t" * 301}, "title"),
+    "name without a title": ({"title": "", "name": "n" * 301}, "name"),
+    "assignee": ({"assignee": "u" * 201}, "assignee"),
+    "candidate group": ({"assignee": None, "candidate_groups": ["finance", "g" * 201]}, "candidate_groups"),
+    "escalation assignee": ({"sla": "PT1H", "on_timeout": {"action": "reassign", "assignee": "u" * 201}}, "assignee"),
+}
+
+
+async def test_names_longer_than_their_columns_are_refused_at_deploy_and_the_longest_allowed_run(
+    store_url: str,
+) -> None:
+    """A user task titled with 400 characters (or an element id of 150, an assignee or a group of 250) was
+    deployed, and every instance then failed on PostgreSQL when it reached the task, with no failure given
+    (its column refused the value), while SQLite kept it. Such a definition is refused at deploy, naming
+    the field; the longest names allowed run on every store."""
+    async with runtime(store_url) as rt:
+        before = await table_dump(rt)
+        for case, (fields, field) in TOO_LONG.items():
+            with pytest.raises(SpecError) as refused:
+                await rt.processes.deploy(linear("long_names", {**user_task("approve"), **fields}))
+            assert any(field in p and "at most" in p for p in refused.value.problems), (case, refused.value.problems)
+        waits = {"type": "message", "id": "paid", "message": "m" * 201}
+        with pytest.raises(SpecError, match="at most 200"):
+            await rt.processes.deploy(linear("long_names", waits))
+        assert await table_dump(rt) == before
+
+        longest = user_task(
+            "a" * 100, title="", name="n" * 300, assignee="u" * 200, candidate_groups=["g" * 200], sla="PT1H"
+        )
+        paid = {"type": "message", "id": "paid", "message": "m" * 200}
+        await rt.processes.deploy(linear("long_names", longest, paid))
+        view = await rt.processes.start("long_names", "k-1")
+        assert (view["status"], [w["element"] for w in view["waiting"]]) == ("in_progress", ["a" * 100])
+        [task] = await rt.processes.inbox.list_tasks(group="g" * 200)
+        assert (task["title"], task["assignee"]) == ("n" * 300, "u" * 200)
+        done = await rt.processes.inbox.complete(task["task_id"], user="u" * 200, payload={})
+        assert [w["element"] for w in done["waiting"]] == ["paid"]
+        await rt.processes.send_message("m" * 200, "k-1", {})
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"

@@ -41,6 +41,7 @@ from agents.policy import Grants
 from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
 from agents.resilience import CallOptions
+from checkpoints.schema import widths
 from graphs.errors import SpecError
 from graphs.kernel.designs import validation_problems
 from nodes import schemas
@@ -51,6 +52,11 @@ from nodes.ids import SNAKE_ID
 from nodes.timer import TimerDefinition
 
 ELEMENT_ID = SNAKE_ID
+# Names a definition gives that its tables keep, as long as their columns (PostgreSQL refused longer ones
+# when an instance reached the element, failing it; SQLite kept them).
+Group = Annotated[str, Field(max_length=widths.GROUP)]
+Assignee = Annotated[str, Field(max_length=widths.ASSIGNEE)]
+MessageName = Annotated[str, Field(min_length=1, max_length=widths.MESSAGE_NAME)]
 PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 VariableMap = dict[str, str]  # variable name → field of the agent output / response / message payload
 
@@ -107,8 +113,8 @@ class _Element(_BuiltInCode):
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_kind_required, populate_by_name=True)
     _agent_slots: ClassVar[tuple[str, ...]] = ()
 
-    id: str = Field(json_schema_extra={"pattern": ELEMENT_ID.pattern})  # checked below, with a fix
-    name: str = ""
+    id: str = Field(max_length=widths.ELEMENT_ID, json_schema_extra={"pattern": ELEMENT_ID.pattern})  # checked below
+    name: str = Field(default="", max_length=widths.TASK_TITLE)  # a user task's title when it has none
     _bindings: dict[str, Agent] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="wrap")
@@ -148,7 +154,7 @@ class StartEvent(_Element):
     """Where instances begin: a plain start (``start()``), a message start, or a timer start."""
 
     type: Literal["start"] = "start"
-    message: str | None = Field(default=None, description="a message name that starts new instances")
+    message: MessageName | None = Field(default=None, description="a message name that starts new instances")
     correlation: str | None = Field(
         default=None, description="message start: the variable that receives the message's correlation key"
     )
@@ -211,8 +217,8 @@ class Escalation(_BuiltInCode):
 
     action: Literal["notify", "reassign", "complete"]
     notify: str = Field(default="notify", description="intent of the agent told about the breach")
-    assignee: str | None = Field(default=None, description="reassign: the new assignee")
-    candidate_groups: tuple[str, ...] = Field(default=(), description="reassign: the new candidate groups")
+    assignee: Assignee | None = Field(default=None, description="reassign: the new assignee")
+    candidate_groups: tuple[Group, ...] = Field(default=(), description="reassign: the new candidate groups")
     default: dict[str, Any] | None = Field(default=None, description="complete: the response to complete it with")
 
     @model_validator(mode="after")
@@ -230,10 +236,10 @@ class UserTask(_Element):
     _agent_slots = ("on_timeout",)
 
     type: Literal["user_task"] = "user_task"
-    title: str = ""
+    title: str = Field(default="", max_length=widths.TASK_TITLE)
     description: str = ""
-    assignee: str | None = None
-    candidate_groups: tuple[str, ...] = ()
+    assignee: Assignee | None = None
+    candidate_groups: tuple[Group, ...] = ()
     response_schema: dict[str, Any] | None = None
     outputs: VariableMap | None = Field(default=None, description="variable → response field; None: every field")
     sla: str | None = Field(default=None, description="ISO 8601 duration, e.g. PT4H")
@@ -325,7 +331,7 @@ class MessageEvent(_Element):
     """Waits for a message correlated to this instance."""
 
     type: Literal["message"] = "message"
-    message: str = Field(min_length=1)
+    message: MessageName
     correlation: str = Field(default="business_key", description="the variable whose value is the correlation key")
     outputs: VariableMap | None = Field(default=None, description="variable → payload field; None: every field")
 
