@@ -431,3 +431,40 @@ async def test_a_session_standing_at_a_failed_action_is_retried_from_the_dashboa
         assert logged.payload["by"] == "otto"
         page = await http.get(f"/ui/journeys/{session_id}")
         assert 'id="retry"' not in page.text  # nothing failed any more
+
+
+async def test_a_task_completed_from_the_dashboard_gets_the_api_s_checks_of_its_payload(store_url: str) -> None:
+    """The completion form's payload was read with json.loads alone: an integer of 5,000 digits was a 500 (an
+    error page saying only "Internal Server Error"). It is checked as a JSON body of the API is: each hostile
+    payload gets an error page saying what is wrong, the task stays open, and a good payload completes it."""
+    async with serving(store_url) as served:
+        rt = served.runtime
+        await rt.processes.deploy(
+            {
+                "name": "expense",
+                "elements": [
+                    {"type": "start", "id": "start"},
+                    {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
+                    {"type": "end", "id": "end"},
+                ],
+                "flows": ["start -> approve", "approve -> end"],
+            }
+        )
+        view = await rt.processes.start("expense", "exp-1")
+        [task] = await rt.processes.inbox.list_tasks(group="finance")
+        complete = f"/ui/tasks/{task['task_id']}/complete"
+        for payload, status, says in (
+            ('{"amount": ' + "9" * 5000 + "}", 422, "number out of range"),
+            ('{"amount": NaN}', 422, "numbers must be finite"),
+            ('{"note": "\\ud800"}', 422, "lone surrogate"),
+            ("[" * 70 + "]" * 70, 422, "deeper than 64 levels"),
+            ('{"amount": ', 400, "not valid JSON"),
+        ):
+            form = {"payload": payload, "user": "ana", "groups": "finance"}
+            page = await served.http.post(complete, data=form)
+            assert page.status_code == status and says in unescape(page.text), (payload[:20], page.text[-600:])
+        assert [t["task_id"] for t in await rt.processes.inbox.list_tasks(group="finance")] == [task["task_id"]]
+        form = {"payload": '{"approved": true}', "user": "ana", "groups": "finance"}
+        done = await served.http.post(complete, data=form)
+        assert done.status_code == 303
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
