@@ -19,9 +19,6 @@ caller without access never has a body read, parsed or reported on.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +26,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer
+from server.plugins import import_callable
 from server.problems import ApiError, AuthenticatorError
 from server.settings import SCOPES, Settings, key_digest
 
@@ -112,22 +110,8 @@ def authenticate(settings: Settings, key: str | None) -> Principal:
 def load_authenticator(spec: str, settings: Settings) -> Authenticator:
     """``module:factory``: a factory taking the settings and returning an :class:`Authenticator`. The module
     is looked for as ``--plugin``'s is: installed packages, then the current directory."""
-    module, _, name = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())  # last: a file here never shadows an installed package
-    try:
-        factory = getattr(importlib.import_module(module), name) if name else None
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not (module == exc.name or module.startswith(f"{exc.name}.")):
-            raise  # the module imports something missing: its own traceback says what
-        factory = None
-    except AttributeError:
-        factory = None
-    if not callable(factory):
-        raise AuthenticatorError(
-            f"--auth {spec!r}: no factory {name!r} in module {module!r} (installed, or in {os.getcwd()}); "
-            "name a function taking the settings and returning an Authenticator as module:factory"
-        )
+    wanted = "a function taking the settings and returning an Authenticator"
+    factory = import_callable(spec, option="--auth", default="", wanted=wanted, error=AuthenticatorError)
     found = factory(settings)
     if not isinstance(found, Authenticator):
         raise AuthenticatorError(

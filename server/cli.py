@@ -425,11 +425,18 @@ def new_key(
         ),
     ],
     group: Annotated[list[str] | None, typer.Option(help="a group of the caller, repeatable")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="the tenant whose objects the caller sees and creates (default: the default)")
+    ] = None,
+    share_with: Annotated[
+        str | None, typer.Option(help="a group what the caller creates is shared with (default: none)")
+    ] = None,
 ) -> None:
     """Generate an API key: print it once, and the keys file entry, which holds only its digest."""
     from server.settings import api_key, key_digest
 
-    entry = {"principal": principal, "scopes": scope, "groups": group or []}
+    entry: dict[str, object] = {"principal": principal, "scopes": scope, "groups": group or []}
+    entry |= {name: value for name, value in (("tenant", tenant), ("share_with", share_with)) if value is not None}
     try:
         api_key(entry, "the new key")
     except JourneyError as exc:

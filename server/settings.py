@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from checkpoints.ownership import DEFAULT_TENANT
 from checkpoints.retention import RetentionPolicy
 from checkpoints.url import DEFAULT_STORE_URL, distributed_target
-from server.problems import ApiKeysError, InsecureServeError
+from server.problems import ApiKeysError, AuthenticatorError, InsecureServeError
 
 log = structlog.get_logger("journeys.server")
 ExecutionMode = Literal["embedded", "distributed"]
@@ -159,6 +159,13 @@ class Settings:
     retention_every: float = 600.0
 
     def __post_init__(self) -> None:
+        if not self.auth and self.authenticator is not None:
+            # Half of each: the API authenticated through the hook while the dashboard and the CLI said every
+            # caller was the local developer with every scope.
+            raise AuthenticatorError(
+                "--no-auth (auth=False) serves every caller as the local developer, while --auth (an "
+                "authenticator) authenticates them: give one or the other"
+            )
         object.__setattr__(self, "api_keys", by_digest(self.api_keys))
         if self.execution == "distributed":
             distributed_target(self.database_url)  # refused here, not at startup: workers share PostgreSQL

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import structlog
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -13,13 +15,15 @@ from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from server.app import create_app
-from server.auth import Require, authenticate
+from server.auth import Require, authenticate, load_authenticator
 from server.cli import app as cli
 from server.input_guard import GuardedRoute
-from server.problems import ApiError, ApiKeysError
+from server.plugins import load_plugin
+from server.problems import ApiError, ApiKeysError, AuthenticatorError, PluginNotFoundError
 from server.settings import ApiKey, Settings, key_digest, load_api_keys
 from server.ui.pages import UiRoute
 from server.ui.session import caller
+from tests.server_support import serving
 
 ANA = {"principal": "ana", "scopes": ["read", "tasks"], "groups": ["finance"]}
 
@@ -121,6 +125,62 @@ def test_keys_new_prints_the_key_once_and_a_digest_entry(tmp_path: Path) -> None
     assert (caller.name, caller.scopes, caller.groups) == ("alice", frozenset({"read", "runs"}), ("ops",))
     other = CliRunner().invoke(cli, ["keys", "new", "--principal", "alice", "--scope", "read"])
     assert other.output.splitlines()[1] != key
+
+
+def test_keys_new_makes_keys_of_a_tenant_that_see_only_its_objects(tmp_path: Path, durable_url: str) -> None:
+    """`journeys keys new` had no --tenant (nor --share-with): a second tenant's key had to be written by hand
+    into the keys file. Keys made with them carry both, and a tenant's key does not see another's thread."""
+    entries: dict[str, object] = {}
+    keys = {}
+    for principal, tenant in (("ana", "acme"), ("bob", "globex")):
+        args = ["keys", "new", "--principal", principal, "--scope", "read", "--scope", "runs", "--tenant", tenant]
+        done = CliRunner().invoke(cli, [*args, "--share-with", f"{tenant}-ops"])
+        assert done.exit_code == 0, done.output
+        lines = done.output.splitlines()
+        keys[principal], entry = lines[1], json.loads(lines[3])
+        assert entry[key_digest(keys[principal])]["tenant"] == tenant
+        assert entry[key_digest(keys[principal])]["share_with"] == f"{tenant}-ops"
+        entries |= entry
+    settings = Settings(database_url=durable_url, api_keys=load_api_keys(keys_file(tmp_path, entries)))
+    ana = authenticate(settings, keys["ana"])
+    assert (ana.name, ana.tenant, ana.share_with) == ("ana", "acme", "acme-ops")
+    with serving(create_app(settings)) as base:
+        thread = httpx.post(f"{base}/threads", json={}, headers={"x-api-key": keys["ana"]}, timeout=30).json()
+        path = f"{base}/threads/{thread['thread_id']}"
+        assert httpx.get(path, headers={"x-api-key": keys["ana"]}, timeout=30).status_code == 200
+        assert httpx.get(path, headers={"x-api-key": keys["bob"]}, timeout=30).status_code == 404
+
+
+def test_no_auth_with_an_authenticator_is_refused_naming_both() -> None:
+    """`journeys serve --no-auth --auth module:factory` served the API through the authenticator while the
+    dashboard showed "local developer (no auth)" and asked nobody for a login. The two are refused together."""
+    with pytest.raises(AuthenticatorError, match="give one or the other"):
+        Settings(auth=False, authenticator=object())
+    done = CliRunner().invoke(cli, ["serve", "--no-auth", "--auth", "my_auth:factory"])
+    assert done.exit_code == 2 and "--no-auth" in done.output and "--auth" in done.output, done.output
+    assert "Traceback" not in done.output
+
+
+def test_auth_and_plugin_options_find_their_function_one_way_and_say_what_is_missing() -> None:
+    """--auth and --plugin look their module up the same way (installed, then the current directory), and a
+    module, a function or a name missing is one line naming the option; ':factory' alone was a ValueError."""
+    settings = Settings()
+    for spec, says in (
+        ("not_there_auth:factory", "no module named 'not_there_auth'"),
+        ("server.auth:nothing", "module 'server.auth' ("),
+        ("server.auth", "is named without a function"),
+        (":factory", "names no module"),
+    ):
+        with pytest.raises(AuthenticatorError, match=re.escape(says)) as refused:
+            load_authenticator(spec, settings)
+        assert str(refused.value).startswith(f"--auth {spec!r}")
+    with pytest.raises(PluginNotFoundError, match="names no module"):
+        load_plugin(":register")
+    assert load_plugin("tests.test_server_auth:register_nothing") is register_nothing
+
+
+def register_nothing(registry: object) -> None:
+    """A plugin that registers nothing."""
 
 
 def test_keys_new_refuses_an_unknown_scope_and_digest_hashes_a_key() -> None:
