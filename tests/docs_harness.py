@@ -22,7 +22,10 @@ import structlog
 NOTICED = ("warning", "warn", "error", "exception", "critical", "fatal")
 
 
-def main(block: str, report: str) -> None:
+def noticing() -> list[dict[str, str]]:
+    """From now on, note in the list returned every warning or error logged (structlog's and the standard
+    library's), every unraisable exception and every Python warning of this process. tests/test_notebooks.py
+    calls it in a notebook's kernel, as :func:`main` does around a docs block."""
     seen: list[dict[str, str]] = []
 
     def noticed(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -48,6 +51,11 @@ def main(block: str, report: str) -> None:
     sys.unraisablehook = unraisable
     warnings.simplefilter("default")
     warnings.showwarning = warned
+    return seen
+
+
+def main(block: str, report: str) -> None:
+    seen = noticing()
     try:
         runpy.run_path(block, run_name="__main__")
     finally:
