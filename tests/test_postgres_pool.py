@@ -3,7 +3,6 @@ sat idle is probed before it is handed out again."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +13,7 @@ from sqlalchemy import JSON, Integer, String, bindparam, cast, func, select
 
 from checkpoints.backends import postgres
 from checkpoints.backends.postgres import open_pool
-from checkpoints.database import OUTAGE
+from checkpoints.database import OutageMark
 from checkpoints.store import open_store
 from checkpoints.url import parse_store_url
 
@@ -43,11 +42,13 @@ async def test_a_connection_is_probed_on_checkout_only_after_sitting_idle(
         await real_check(conn)
 
     monkeypatch.setattr(AsyncConnectionPool, "check_connection", counted)
-    # The pool's own clock (and the event loop's) keep running; only the probe's idea of "now" moves. It starts
-    # after the last outage this process saw (another test's, in the same worker), which makes every
-    # connection used before it one to probe.
-    now = [max(time.monotonic(), OUTAGE.at) + 1.0]
+    # The pool's own clock (and the event loop's) keep running; only the probe's idea of "now" moves. The probe
+    # reads an outage mark of its own: the process's is marked by other tests' servers in this worker, even
+    # while this test runs (a leftover thread finding its database dropped), which makes every connection used
+    # before that moment one to probe.
+    now = [1000.0]
     monkeypatch.setattr("checkpoints.backends.postgres.time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr("checkpoints.backends.postgres.OUTAGE", OutageMark())
     async with open_pool(parse_store_url(postgres_url), 1) as pool:
         await pool.wait()
         async with pool.connection() as conn:  # never handed out before: probed
