@@ -14,7 +14,7 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.schema import RunCreateMetadata
+from langgraph_sdk.schema import Run, RunCreateMetadata
 
 from server.app import create_app
 from server.settings import Settings
@@ -49,6 +49,15 @@ async def _status_once(client: LangGraphClient, thread_id: str, run_id: str, wan
         await asyncio.sleep(0.1)
 
 
+async def _first_run(client: LangGraphClient, thread_id: str, seconds: float = 15) -> Run:
+    """The thread's first run, once there is one (at most ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not (runs := await client.runs.list(thread_id)):
+        assert time.monotonic() < deadline, f"no run on thread {thread_id} after {seconds} s"
+        await asyncio.sleep(0.05)
+    return runs[-1]
+
+
 async def test_a_stream_whose_client_leaves_cancels_its_run_with_on_disconnect_cancel(client: LangGraphClient) -> None:
     created: list[RunCreateMetadata] = []
     kept: list[RunCreateMetadata] = []
@@ -71,10 +80,15 @@ async def test_a_wait_whose_client_leaves_cancels_its_run_with_on_disconnect_can
 ) -> None:
     tid = (await client.threads.create())["thread_id"]
     body = {"assistant_id": "guide", "input": SLOW, "on_disconnect": "cancel"}
-    async with httpx.AsyncClient(base_url=server_url, timeout=1) as http:
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting and closes its connection
-            await http.post(f"/threads/{tid}/runs/wait", json=body)
-    (run,) = await client.runs.list(tid)
+    async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
+        waiting = asyncio.ensure_future(http.post(f"/threads/{tid}/runs/wait", json=body))
+        # The client leaves once its run is under way; leaving on a timer (a 1 s read timeout) left under load
+        # before the server had read the request, or before it had created the run.
+        run = await _first_run(client, tid)
+        assert await _status_once(client, tid, run["run_id"], "running") == "running"
+        waiting.cancel()  # the client gives up waiting and closes its connection
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
     assert await _status_once(client, tid, run["run_id"], "interrupted") == "interrupted"
 
 
