@@ -114,16 +114,25 @@ class SchedulerPasses:
         self._changed = threading.Condition()
         self._started = self._ended = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # What each pass did (its report, or what it raised), for a failing test to show: a firing a test
+        # expected and did not see is then told apart from a pass that failed or claimed nothing.
+        self.outcomes: list[FiringReport | BaseException] = []
         run_due = scheduler.run_due
 
         async def counted(now: datetime | None = None) -> FiringReport:
             with self._changed:
                 self._loop = asyncio.get_running_loop()
                 self._started += 1  # before the pass reads the clock
+            outcome: FiringReport | BaseException | None = None
             try:
-                return await run_due(now)
+                outcome = await run_due(now)
+                return outcome
+            except BaseException as exc:
+                outcome = exc
+                raise
             finally:
                 with self._changed:
+                    self.outcomes.append(outcome if outcome is not None else RuntimeError("no outcome"))
                     self._ended += 1
                     self._changed.notify_all()
 

@@ -161,6 +161,7 @@ def passes(cron_server: tuple[str, SchedulerPasses]) -> SchedulerPasses:
 async def cron_threads(sdk_client: LangGraphClient, passes: SchedulerPasses) -> list[dict[str, Any]]:
     """The threads the crons' firings made, once the scheduler has made two whole passes at the clock's time."""
     await passes.complete()
+    print("the scheduler's last passes:", passes.outcomes[-3:])  # shown when the test fails
     return [t for t in await sdk_client.threads.search(limit=100) if t["metadata"].get("graph_id") == "structured"]
 
 
