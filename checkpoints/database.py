@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import select
+import sqlite3
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -198,6 +199,16 @@ def conflicted(error: BaseException) -> BaseException | None:
     for cause in _driver_errors(error):
         if isinstance(cause, psycopg.Error) and cause.sqlstate is not None:
             return cause if cause.sqlstate in _CONFLICT_STATES else None
+    return None
+
+
+def refusal(error: BaseException) -> BaseException | None:
+    """The driver's error in ``error``'s chain (psycopg's or sqlite3's): what the database itself answered, without
+    the statement and parameters SQLAlchemy adds to its message (a failure's text is shown to users and kept in
+    the log, and the parameters may be large or private); None for an error that did not come from the driver."""
+    for cause in _driver_errors(error):
+        if isinstance(cause, psycopg.Error | sqlite3.Error):
+            return cause
     return None
 
 

@@ -326,6 +326,22 @@ async def test_a_wait_without_its_correlation_variable_fails_clearly(store_url: 
         assert "correlates on variable 'invoice_no', which is not set" in failed.payload["error"]
 
 
+async def test_a_wait_the_database_refuses_fails_saying_what_the_database_said(postgres_url: str) -> None:
+    """A correlation value longer than its column: PostgreSQL refuses to arm the wait. The instance's view said
+    ``failure: None`` and its log kept SQLAlchemy's whole statement and parameters as the error; both now say
+    what the database answered."""
+    async with runtime(postgres_url) as rt:
+        await rt.processes.deploy(payment_spec())
+        view = await rt.processes.start("invoice", "cust-1", {"invoice_no": "x" * 400})
+        assert view["status"] == "failed"
+        [failed] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "instance.failed"]
+        for said in (view["failure"], failed.payload):
+            assert said["error_type"] == "StringDataRightTruncation", said
+            assert "value too long for type character varying" in said["error"]
+            assert "[SQL:" not in said["error"] and "x" * 300 not in said["error"]
+        assert view["failure"]["element"] == "paid"
+
+
 async def test_a_resolution_left_undelivered_is_delivered_by_the_next_scheduler_pass(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:

@@ -95,5 +95,9 @@ async def test_a_process_node_raising_a_raw_error_stands_failed_and_retries(stor
         started = await rt.processes.start("one_call", "k-1", instance_id="proc_raw")
         assert started["status"] == "failed", started
         await assert_failed_with_type(rt, "proc_raw")
+        # The view says why, as for an agent's failure (it said ``failure: None``: the reason was only in the log).
+        for view in (started, await rt.processes.status("proc_raw")):
+            assert view["failure"]["element"] == "call" and view["failure"]["error_type"] == "IntegrityError", view
+            assert "duplicate key value violates unique constraint" in view["failure"]["error"]
         retried = await rt.processes.retry("proc_raw")
         assert retried["status"] == "completed", retried

@@ -20,7 +20,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability, PregelTask, RetryPolicy, StateSnapshot
 
 from checkpoints.backends.base import Statement
-from checkpoints.database import conflicted, unreachable
+from checkpoints.database import conflicted, refusal, unreachable
 from checkpoints.errors import JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.flow import TERMINATED
@@ -338,10 +338,13 @@ class JourneyEngine:
                     if type(exc).__module__.startswith("langgraph."):  # the run's own refusal (a resume to an
                         raise  # interrupt it is not parked on, an empty input): the caller's, nothing failed
                     # Typed, so that it is recorded as the instance's failure (Instances.advance) and retried.
+                    # A database's refusal is named as the database gave it (not SQLAlchemy's statement dump).
+                    raised = refusal(exc) or exc
+                    reason = " ".join(str(raised).split())
                     raise StepCrashedError(
-                        f"journey {instance_id!r} failed: a step raised {type(exc).__name__}: {exc}; "
+                        f"journey {instance_id!r} failed: a step raised {type(raised).__name__}: {reason}; "
                         "retry it once the cause is fixed",
-                        error_type=type(exc).__name__,
+                        error_type=type(raised).__name__,
                     ) from exc
         outcome = output if output is not None else await graph.aget_state(self.config(instance_id))
         if options.outcomes is not None:

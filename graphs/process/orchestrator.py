@@ -61,6 +61,7 @@ from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, failed_ta
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, kept_failure, passed_key, refuse_ended
+from graphs.kernel.instances import FAILED as INSTANCE_FAILED
 from graphs.process.blocks import analyse
 from graphs.process.builder import describe_wait, element_of
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
@@ -465,8 +466,7 @@ class ProcessOrchestrator:
             instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
         )
         view = self.view(instance, deployment, snapshot)
-        if view["status"] == "failed" and "failed_element" in view:
-            view["waiting"] = await self._open_waits(instance_id, spec)
+        await self._explain_failed(instance_id, spec, view)
         return view
 
     async def _open_waits(self, instance_id: str, spec: ProcessSpec) -> list[dict[str, Any]]:
@@ -1287,17 +1287,34 @@ class ProcessOrchestrator:
         snapshot = await self._with_branches(graph, instance_id, snapshot)
         instance = await self.instance(instance_id)
         view = self.view(instance, deployment, snapshot)
-        if view["status"] == "failed" and "failed_element" in view:
-            view["waiting"] = await self._open_waits(instance_id, spec)
+        await self._explain_failed(instance_id, spec, view)
         view["waiting"] = await self._as_assigned(instance_id, view["waiting"])
-        if view["failure"] is None and instance.status == "failed":
-            # Expired by its deadline: the log says so (its graph never ran again to record it in its state).
-            passed = await self.store.events.find_by_key(instance_id, passed_key(instance_id))
-            if passed is not None:
-                view["failure"] = {**DEADLINE_FAILURE, "deadline": passed.payload.get("deadline")}
         if spec.evaluation is not None:
             view["evaluation"] = await self._designs.instances.evaluation.verdict(instance_id)
         return view
+
+    async def _explain_failed(self, instance_id: str, spec: ProcessSpec, view: dict[str, Any]) -> None:
+        """A failed instance's ``view`` completed from its rows and log: where it still waits (see
+        :meth:`_open_waits`) and why it failed when its state does not say (see :meth:`_logged_failure`)."""
+        if view["status"] != "failed":
+            return
+        if "failed_element" in view:
+            view["waiting"] = await self._open_waits(instance_id, spec)
+        if view["failure"] is None:
+            view["failure"] = await self._logged_failure(instance_id, view.get("failed_element"))
+
+    async def _logged_failure(self, instance_id: str, element: str | None) -> dict[str, Any] | None:
+        """Why a failed instance whose state holds no ``failure`` failed, from its log: a deadline that expired it
+        (its graph never ran again to record it), or the error of its last failed run (a step that crashed, a
+        database that refused a write), for the element that failed."""
+        passed = await self.store.events.find_by_key(instance_id, passed_key(instance_id))
+        if passed is not None:
+            return {**DEADLINE_FAILURE, "deadline": passed.payload.get("deadline")}
+        failed = await self.store.events.list(instance_id, types=[INSTANCE_FAILED])
+        if not failed:
+            return None
+        payload = failed[-1].payload
+        return {"element": element, "error": payload.get("error"), "error_type": payload.get("error_type")}
 
     async def _as_assigned(self, instance_id: str, waiting: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``waiting`` with each open user task's assignee and candidate groups as its inbox row has them: the wait
