@@ -324,6 +324,15 @@ def worker(
     retention_cron: Annotated[
         str, typer.Option(envvar="JOURNEYS_RETENTION_CRON", help="when a retention pass runs (cron, seconds optional)")
     ] = "*/10 * * * *",
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="JOURNEYS_SHUTDOWN_GRACE_S",
+            help="seconds the runs under way may take to end after a stop signal; those still under way then "
+            "are handed to another worker, which finishes them as after a crash",
+        ),
+    ] = 10.0,
 ) -> None:
     """Take runs, timers and checkpoint retention passes from PostgreSQL (procrastinate) and execute them."""
     from prometheus_client import start_http_server
@@ -346,6 +355,7 @@ def worker(
             guide_model=guide_model,
             retention=_retention(retention, retention_days),
             retention_cron=_retention_cron(retention_cron),
+            shutdown_grace=shutdown_grace,
         )
     )
 

@@ -134,6 +134,11 @@ class EmbeddedServerRunningError(JourneyError):
     category: ClassVar[ErrorCategory] = "conflict"
 
 
+class WorkerStoppedError(JourneyError):
+    """The worker executing this run was stopped (a stop signal) before the run ended, and its grace period
+    is over: the run is handed to another worker, which finishes it as after a crash."""
+
+
 class AuthenticatorError(JourneyError):
     """``--auth`` (or ``Settings.authenticator``) names no factory of an Authenticator, or gives no
     Authenticator."""

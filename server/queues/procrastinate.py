@@ -9,16 +9,21 @@ finished journeys' checkpoints are pruned by a periodic ``retention`` job (:mod:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import procrastinate
+import structlog
 from procrastinate.connector import BaseConnector
+from procrastinate.job_context import AbortReason, JobContext
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
+from procrastinate.middleware import AsyncCallNext
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import OutagePool, autocommit, note_return, probe_if_idle
@@ -26,6 +31,7 @@ from checkpoints.database import conflicted, unreachable
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
 from checkpoints.url import distributed_target
+from server.problems import WorkerStoppedError
 from server.queues.base import RunQueue
 from server.runs.executor import Taken
 from server.runs.store import Enqueue, RunRow, RunStore
@@ -36,6 +42,7 @@ TIMER_TASK = "journeys.fire_timers"
 RETENTION_TASK = "journeys.retention"
 RETENTION_CRON = "*/10 * * * *"  # a retention pass every ten minutes (procrastinate cron, seconds optional)
 QUEUE = "journeys"
+log = structlog.get_logger("journeys.worker")
 # How a worker's run store takes runs with their jobs (see RunJobs).
 RUN_JOBS = QueueJobs(FETCH_JOB, RUN_TASK, END_JOB)
 
@@ -61,6 +68,7 @@ class RunJobs(JobManager):
         self._runs = runs
         self._taken: dict[str, Taken] = {}  # by run id, until its task takes it
         self._ended: set[int] = set()  # jobs their run ended, until procrastinate would end them
+        self.worker_id: int | None = None  # this process's worker, while registered (see heartbeat_while_stopping)
 
     def taken(self, run_id: str) -> Taken | None:
         """The claim made when ``run_id``'s job was fetched (None: its run was not taken so, e.g. a retry
@@ -76,6 +84,15 @@ class RunJobs(JobManager):
         if job.task_name == RUN_TASK and job.id is not None:
             self._taken[str(job.task_kwargs["run_id"])] = Taken(job.id, claimed, self._ended.add)
         return job
+
+    async def register_worker(self) -> int:
+        self.worker_id = await super().register_worker()
+        return self.worker_id
+
+    async def unregister_worker(self, worker_id: int) -> None:
+        await super().unregister_worker(worker_id)
+        if self.worker_id == worker_id:
+            self.worker_id = None
 
     async def finish_job(self, job: Job, status: Status, delete_job: bool) -> None:
         if job.id in self._ended:
@@ -98,11 +115,30 @@ class OutageRetry(BaseRetryStrategy):
     CONFLICT_ATTEMPTS = 3
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, WorkerStoppedError):  # see handed_over: another worker takes it at once
+            return RetryDecision(retry_in={"seconds": 0})
         if unreachable(exception) is not None:
             return RetryDecision(retry_in={"seconds": min(2**job.attempts, self.LONGEST_WAIT_S)})
         if conflicted(exception) is not None and job.attempts < self.CONFLICT_ATTEMPTS:
             return RetryDecision(retry_in={"seconds": 1})
         return None
+
+
+async def handed_over(call_next: AsyncCallNext, context: JobContext, worker: Worker) -> Any:
+    """A procrastinate worker middleware: a run's job still under way when its stopping worker's grace period
+    ended (procrastinate then cancels it) fails with :class:`WorkerStoppedError`, which :class:`OutageRetry`
+    retries at once, so another worker takes the run up; procrastinate would mark it aborted, never to be
+    taken again, its run left "running". The run's executor left the run unfinished (nobody cancelled it)."""
+    try:
+        return await call_next()
+    except asyncio.CancelledError:
+        if context.job.task_name != RUN_TASK or context.abort_reason() is not AbortReason.SHUTDOWN:
+            raise
+        if (task := asyncio.current_task()) is not None:
+            task.uncancel()  # the cancel is answered by the error: the job's end is recorded as usual
+        run_id = context.job.task_kwargs.get("run_id")
+        log.warning("a run still under way when this worker stopped is handed to another worker", run_id=run_id)
+        raise WorkerStoppedError(f"run {run_id!r} was under way when its worker stopped", run_id=run_id) from None
 
 
 def build_app(

@@ -36,6 +36,7 @@ from server.queues.procrastinate import (
     build_app,
     enqueuer,
     ensure_schema,
+    handed_over,
 )
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow, RunStore
@@ -92,6 +93,19 @@ async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
                 log.warning("stalled-job check failed", error=repr(exc))
 
 
+async def heartbeat_while_stopping(jobs: RunJobs, interval: float) -> None:
+    """Heart-beat for this worker every ``interval`` seconds until cancelled, from its stop signal on:
+    procrastinate stops its own heartbeat as the worker stops, then waits for the runs under way (the grace
+    period), and other workers' reapers would take those for a dead worker's and run them again meanwhile."""
+    while True:
+        if (worker_id := jobs.worker_id) is not None:
+            try:
+                await jobs.update_heartbeat(worker_id)
+            except Exception as exc:  # the database away: its reapers see a late heartbeat, as for a dead worker
+                log.info("heartbeat failed while stopping", error=repr(exc))
+        await asyncio.sleep(interval)
+
+
 async def run_worker(
     database_url: str,
     *,
@@ -104,9 +118,11 @@ async def run_worker(
     guide_model: str | None = None,
     retention: RetentionPolicy | None = None,
     retention_cron: str | None = RETENTION_CRON,
+    shutdown_grace: float = 10.0,
 ) -> None:
     """Take runs, timers and retention passes (``retention`` policy, on ``retention_cron``; None: no
-    passes in this worker) from the queue until cancelled."""
+    passes in this worker) from the queue until cancelled. On a stop signal, take no more and give the runs
+    under way ``shutdown_grace`` seconds to end; those still under way then are handed to other workers."""
     # Workers execute the runs in distributed mode, guide runs included: they need the server's guide model.
     guide = load_guide_model(guide_model) if guide_model else None
     ensure_schema(database_url)
@@ -149,23 +165,29 @@ async def run_worker(
                         delete_jobs="successful",
                         fetch_job_polling_interval=0.5,
                         install_signal_handlers=False,  # ours: procrastinate's stop looks like a side task's failure
+                        shutdown_graceful_timeout=shutdown_grace,
+                        worker_middleware=[handed_over],
                     ),
                     runtime.store.backend.ping,
                 )
             )
 
+            beating: list[asyncio.Task[None]] = []
+
             def stop() -> None:
                 work.cancel()
+                beating.append(asyncio.create_task(heartbeat_while_stopping(jobs, heartbeat)))
 
             try:
                 # A stop signal cancels the work: procrastinate's worker then stops as on its own signal handlers
-                # (its running jobs finish first).
+                # (its running jobs get the grace period, then are handed over: see handed_over).
                 with on_stop(stop), suppress(asyncio.CancelledError):
                     await work
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise asyncio.CancelledError  # cancelled from outside, not stopped by a signal
             finally:
-                reaper.cancel()
-                with suppress(asyncio.CancelledError):
-                    await reaper
+                for task in [reaper, *beating]:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task

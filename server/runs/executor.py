@@ -274,10 +274,17 @@ class RunExecutor:
             claimed = (taken.claimed if taken is not None else None) or await self.runs.claim(run_id)
             return None if claimed is None else await self._execute_claimed(*claimed, taken)
         except asyncio.CancelledError:
-            # Wherever the cancel lands from the claim (which may have landed) to the end: the run ends
-            # interrupted, else it would stay "running" and its queue would take it up again.
-            await self._interrupted(run_id)
+            # A cancel asked for (recorded before the run is stopped, see ServerServices.cancel) ends the run
+            # interrupted wherever it lands, else its queue would take it up again. One nobody asked for is its
+            # process stopping: the run is left unfinished for its queue, which finishes it as after a crash.
+            if await self._cancel_asked(run_id):
+                await self._interrupted(run_id)
             raise
+
+    async def _cancel_asked(self, run_id: str) -> bool:
+        """Whether a cancel of the run was asked for (not its process's shutdown: see :meth:`_execute`)."""
+        run = await self.runs.get_run(run_id)
+        return run is not None and run.cancel_requested_at is not None
 
     async def _halt_if_asked(self, run_id: str, instance_id: str) -> None:
         """A run cancelled on purpose (runs.cancel, recorded before it was stopped) leaves its journey where it

@@ -1,0 +1,143 @@
+"""Stopping the processes that execute runs (a deploy, a scale-down: SIGTERM), as Temporal's and Hatchet's
+workers are stopped: the process stops taking work, gives the runs under way a grace period, and a run still
+under way then is left for another worker (or the restarted server), which finishes it as after a crash: not
+ended "interrupted" as if a user had cancelled it, not taken by a second worker while the first still runs it,
+and the process ends. Real processes, killed for real."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from langgraph_sdk import get_client
+
+from server.app import create_app
+from server.settings import Settings
+from tests.server_support import journeys_serve, serving, start_worker, stop_worker
+
+pytestmark = pytest.mark.slow
+SLOW = ("--plugin", "tests.slow_agents:register")
+SPEC = {"journey_type": "slow1", "steps": [{"step_id": "s0", "mode": "auto", "agent": "slow"}]}
+START = {"journey_type": "slow1", "spec": SPEC, "user_id": "ana"}
+
+
+def calls_of(path: Path) -> list[tuple[str, str, int]]:
+    """The slow agent's notes: (start|done, step, pid) in order."""
+    if not path.exists():
+        return []
+    return [(what, step, int(pid)) for what, step, pid in (line.split() for line in path.read_text().splitlines())]
+
+
+def wait_for_call(path: Path, note: tuple[str, str, int], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while note not in calls_of(path):
+        assert time.monotonic() < deadline, f"no {note} in {calls_of(path)}"
+        time.sleep(0.05)
+
+
+def stopped_within(process: subprocess.Popen[bytes], seconds: float, log: Path) -> int:
+    """SIGTERM ``process``; its exit status once it has ended, within ``seconds`` (else the test fails)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the process did not end within {seconds} s of SIGTERM:\n{log.read_text()[-4000:]}")
+
+
+def run_row(url: str, run_id: str) -> tuple[str, int]:
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT status, attempts FROM server_runs WHERE run_id = %s", (run_id,)).fetchone()
+    assert found is not None
+    return str(found[0]), int(found[1])
+
+
+async def test_a_worker_stopped_with_a_step_stuck_ends_after_its_grace_and_another_worker_finishes_the_run(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A worker was sent SIGTERM while a run's step was stuck in its agent: it waited for that run for ever
+    (procrastinate's worker waits for its jobs with no limit), so a deploy hung until someone killed it -9.
+    It now waits ``--shutdown-grace`` seconds, then stops the run and hands its job to another worker at once,
+    which finishes the journey; the run is not ended "interrupted" (nobody cancelled it)."""
+    calls = tmp_path / "calls"
+    stuck = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "600", "JOURNEYS_SHUTDOWN_GRACE_S": "2"}
+    quick = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "0.2"}
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
+        first = start_worker(postgres_url, *SLOW, env=stuck, log=log_a)
+        second = None
+        try:
+            async with get_client(url=base, api_key=None) as client:
+                thread = await client.threads.create()
+                run = await client.runs.create(thread["thread_id"], "structured", input=START)
+                wait_for_call(calls, ("start", "s0", first.pid))
+                second = start_worker(postgres_url, *SLOW, env=quick, log=log_b)
+                assert stopped_within(first, 30, log_a) == 0
+                ended = await client.runs.join(thread["thread_id"], run["run_id"])
+        finally:
+            for worker in (first, second):
+                if worker is not None:
+                    stop_worker(worker)
+    assert run_row(postgres_url, run["run_id"]) == ("success", 2)  # taken again once, by the second worker
+    assert ended["status"] == "completed", ended
+    assert calls_of(calls) == [("start", "s0", first.pid), ("start", "s0", second.pid), ("done", "s0", second.pid)]
+    assert "Traceback" not in log_a.read_text(), log_a.read_text()
+
+
+async def test_a_worker_stopped_mid_step_finishes_the_run_within_its_grace_and_no_other_worker_takes_it(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A worker stopped while a run's step took longer than ``--stalled-after`` stopped heart-beating as it
+    waited for the run to end, so another worker's reaper took the run as a dead worker's while the first
+    still executed it: the run ran twice at once, the second waiting on the journey's lock. A stopping worker
+    now heart-beats until it has ended: the run it finishes within its grace is its alone."""
+    calls = tmp_path / "calls"
+    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "5", "JOURNEYS_SHUTDOWN_GRACE_S": "30"}
+    beats = ("--heartbeat", "0.5", "--stalled-after", "2")
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
+        first = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_a)
+        second = None
+        try:
+            async with get_client(url=base, api_key=None) as client:
+                thread = await client.threads.create()
+                run = await client.runs.create(thread["thread_id"], "structured", input=START)
+                wait_for_call(calls, ("start", "s0", first.pid))
+                second = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_b)
+                assert stopped_within(first, 30, log_a) == 0
+                await client.runs.join(thread["thread_id"], run["run_id"])
+        finally:
+            for worker in (first, second):
+                if worker is not None:
+                    stop_worker(worker)
+    assert run_row(postgres_url, run["run_id"]) == ("success", 1)  # its first worker's, once
+    assert calls_of(calls) == [("start", "s0", first.pid), ("done", "s0", first.pid)]
+
+
+async def test_a_server_stopped_mid_run_finishes_the_run_when_it_starts_again(durable_url: str, tmp_path: Path) -> None:
+    """``journeys serve`` (embedded) stopped by its operator while a run's step was under way ended the run
+    "interrupted" ("the run was cancelled") though nobody cancelled it, and the restarted server left the
+    journey standing mid-step: the user's run was lost to a deploy. A stop now leaves the run unfinished, and
+    the restarted server takes it up and finishes the journey, as after a crash."""
+    calls = tmp_path / "calls"
+    stuck = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "600", "JOURNEYS_SHUTDOWN_GRACE_S": "1"}
+    quick = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "0.2"}
+    with journeys_serve(durable_url, tmp_path / "first.log", "--no-auth", *SLOW, env=stuck) as base:
+        async with get_client(url=base, api_key=None) as client:
+            thread = await client.threads.create()
+            run = await client.runs.create(thread["thread_id"], "structured", input=START)
+            began = time.monotonic()
+            while not calls_of(calls):
+                assert time.monotonic() - began < 60, "the run's step did not start"
+                await asyncio.sleep(0.05)
+    with journeys_serve(durable_url, tmp_path / "second.log", "--no-auth", *SLOW, env=quick) as base:
+        async with get_client(url=base, api_key=None) as client:
+            ended = await client.runs.join(thread["thread_id"], run["run_id"])
+            finished = await client.runs.get(thread["thread_id"], run["run_id"])
+    assert finished["status"] == "success", finished
+    assert ended["status"] == "completed", ended
+    assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "s0"), ("start", "s0"), ("done", "s0")]
