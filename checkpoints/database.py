@@ -192,6 +192,14 @@ def unreachable(error: BaseException) -> BaseException | None:
     return None
 
 
+def violated(error: BaseException, constraint: str) -> bool:
+    """Whether ``error``, or what it was raised from, is PostgreSQL refusing a write that breaks ``constraint``."""
+    return any(
+        isinstance(cause, psycopg.errors.IntegrityError) and cause.diag.constraint_name == constraint
+        for cause in _driver_errors(error)
+    )
+
+
 def conflicted(error: BaseException) -> BaseException | None:
     """The driver error in ``error``'s chain saying PostgreSQL rolled the transaction back for a conflict with
     another (a deadlock, a serialization failure, a lock it would not wait for), or None: work that may succeed

@@ -141,3 +141,52 @@ async def test_a_server_stopped_mid_run_finishes_the_run_when_it_starts_again(du
     assert finished["status"] == "success", finished
     assert ended["status"] == "completed", ended
     assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "s0"), ("start", "s0"), ("done", "s0")]
+
+
+def registered_workers(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+    return int(found[0]) if found else 0
+
+
+async def test_a_worker_another_pruned_as_stalled_registers_again_and_takes_runs(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A live worker whose heartbeat was late past ``--stalled-after`` (a paused VM, a blocked loop) was pruned by
+    a worker starting meanwhile (procrastinate deletes stalled workers' rows at a worker's start). Its next fetch
+    of a job then failed on ``procrastinate_jobs_worker_id_fkey`` and the process died with a traceback: one
+    worker fewer, silently. It now registers again and goes on taking runs."""
+    calls = tmp_path / "calls"
+    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "0.1"}
+    beats = ("--heartbeat", "0.5", "--stalled-after", "2")
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
+        paused = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_a)
+        pruner = None
+        try:
+            deadline = time.monotonic() + 60
+            while registered_workers(postgres_url) < 1:
+                assert time.monotonic() < deadline and paused.poll() is None, log_a.read_text()
+                await asyncio.sleep(0.1)
+            paused.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(3)  # its heartbeat is late now
+            pruner = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_b)
+            with psycopg.connect(postgres_url) as conn:  # the pruner's row replaces the paused one's
+                while conn.execute("SELECT count(*) FROM procrastinate_workers WHERE id > 1").fetchone() != (1,):
+                    assert time.monotonic() < deadline + 60, log_b.read_text()
+                    await asyncio.sleep(0.1)
+            assert registered_workers(postgres_url) == 1
+            paused.send_signal(signal.SIGCONT)
+            await asyncio.sleep(3)  # it fetches every half second meanwhile
+            assert paused.poll() is None, log_a.read_text()[-4000:]
+            assert stopped_within(pruner, 30, log_b) == 0  # the paused worker alone takes the run now
+            async with get_client(url=base, api_key=None) as client:
+                thread = await client.threads.create()
+                ended = await client.runs.wait(thread["thread_id"], "structured", input=START)
+        finally:
+            paused.send_signal(signal.SIGCONT)
+            for worker in (paused, pruner):
+                if worker is not None:
+                    stop_worker(worker)
+    assert ended["status"] == "completed", ended
+    assert calls_of(calls) == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]

@@ -27,7 +27,7 @@ from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import OutagePool, autocommit, note_return, probe_if_idle
-from checkpoints.database import conflicted, unreachable
+from checkpoints.database import conflicted, unreachable, violated
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
 from checkpoints.url import distributed_target
@@ -43,6 +43,8 @@ RETENTION_TASK = "journeys.retention"
 RETENTION_CRON = "*/10 * * * *"  # a retention pass every ten minutes (procrastinate cron, seconds optional)
 QUEUE = "journeys"
 log = structlog.get_logger("journeys.worker")
+# A job's worker must be registered: a live worker another pruned as stalled (its heartbeat late) breaks it.
+WORKER_REGISTERED = "procrastinate_jobs_worker_id_fkey"
 # How a worker's run store takes runs with their jobs (see RunJobs).
 RUN_JOBS = QueueJobs(FETCH_JOB, RUN_TASK, END_JOB)
 
@@ -69,6 +71,11 @@ class RunJobs(JobManager):
         self._taken: dict[str, Taken] = {}  # by run id, until its task takes it
         self._ended: set[int] = set()  # jobs their run ended, until procrastinate would end them
         self.worker_id: int | None = None  # this process's worker, while registered (see heartbeat_while_stopping)
+        self._again: dict[int, int] = {}  # procrastinate's id of this worker -> the id it registered again under
+
+    def _registered(self, worker_id: int) -> int:
+        """The id the worker procrastinate knows as ``worker_id`` is registered under now."""
+        return self._again.get(worker_id, worker_id)
 
     def taken(self, run_id: str) -> Taken | None:
         """The claim made when ``run_id``'s job was fetched (None: its run was not taken so, e.g. a retry
@@ -76,8 +83,17 @@ class RunJobs(JobManager):
         return self._taken.pop(run_id, None)
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
-        params = {"job_queues": list(queues) if queues is not None else None, "job_worker": worker_id}
-        row, claimed = await self._runs.take_job(params)
+        params = {"job_queues": list(queues) if queues is not None else None, "job_worker": self._registered(worker_id)}
+        try:
+            row, claimed = await self._runs.take_job(params)
+        except Exception as exc:
+            if not violated(exc, WORKER_REGISTERED):
+                raise
+            # Another worker pruned this one as stalled (its heartbeat was late: a pause, a blocked loop); its
+            # jobs under way were handed to others already. It registers again and goes on taking jobs.
+            self._again[worker_id] = params["job_worker"] = await self.register_worker()
+            log.warning("this worker was pruned as stalled by another; registered again", worker_id=self.worker_id)
+            row, claimed = await self._runs.take_job(params)
         if row["id"] is None:
             return None
         job = Job.from_row(row)
@@ -90,9 +106,13 @@ class RunJobs(JobManager):
         return self.worker_id
 
     async def unregister_worker(self, worker_id: int) -> None:
-        await super().unregister_worker(worker_id)
-        if self.worker_id == worker_id:
+        registered = self._again.pop(worker_id, worker_id)
+        await super().unregister_worker(registered)
+        if self.worker_id == registered:
             self.worker_id = None
+
+    async def update_heartbeat(self, worker_id: int) -> None:
+        await super().update_heartbeat(self._registered(worker_id))
 
     async def finish_job(self, job: Job, status: Status, delete_job: bool) -> None:
         if job.id in self._ended:
