@@ -75,6 +75,11 @@ def lock_key(instance_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def held_elsewhere(error: BaseException) -> bool:
+    """Whether ``error`` is a caller giving up its wait for a journey another holder kept (see :func:`busy`)."""
+    return isinstance(error, ConcurrentUpdateError) and "waited_s" in error.details
+
+
 def busy(instance_id: str, timeout: float) -> ConcurrentUpdateError:
     return ConcurrentUpdateError(
         f"journey run {instance_id!r} is busy: another call is changing it, and this one gave up after waiting "

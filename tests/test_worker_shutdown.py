@@ -190,3 +190,43 @@ async def test_a_worker_another_pruned_as_stalled_registers_again_and_takes_runs
                     stop_worker(worker)
     assert ended["status"] == "completed", ended
     assert calls_of(calls) == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
+
+
+async def test_a_run_taken_from_a_paused_worker_that_still_holds_its_journey_is_not_failed(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A worker paused mid-step (a paused VM, a blocked loop) past ``--stalled-after`` has its run taken by
+    another worker, which waited 30 s for the journey the paused one still held and then ended the run
+    "error" (ConcurrentUpdateError), while the paused worker, resumed, completed the journey: the user was told
+    of a failure that did not happen. The second worker now gives the run back to its queue for later; the
+    first worker's end of the run ends it, a success."""
+    calls = tmp_path / "calls"
+    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "2"}
+    beats = ("--heartbeat", "0.5", "--stalled-after", "2")
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
+        paused = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_a)
+        taker = None
+        try:
+            async with get_client(url=base, api_key=None) as client:
+                thread = await client.threads.create()
+                run = await client.runs.create(thread["thread_id"], "structured", input=START)
+                wait_for_call(calls, ("start", "s0", paused.pid))
+                paused.send_signal(signal.SIGSTOP)
+                taker = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_b)
+                deadline = time.monotonic() + 60
+                while run_row(postgres_url, run["run_id"]) != ("running", 2):  # taken as a dead worker's
+                    assert time.monotonic() < deadline, run_row(postgres_url, run["run_id"])
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(33)  # past the taker's 30 s wait for the journey
+                paused.send_signal(signal.SIGCONT)
+                ended = await client.runs.join(thread["thread_id"], run["run_id"])
+                finished = await client.runs.get(thread["thread_id"], run["run_id"])
+        finally:
+            paused.send_signal(signal.SIGCONT)
+            for worker in (paused, taker):
+                if worker is not None:
+                    stop_worker(worker)
+    assert finished["status"] == "success", finished
+    assert ended["status"] == "completed", ended
+    assert calls_of(calls)[:2] == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]

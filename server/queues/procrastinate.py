@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import OutagePool, autocommit, note_return, probe_if_idle
 from checkpoints.database import conflicted, unreachable, violated
+from checkpoints.locks import held_elsewhere
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
 from checkpoints.url import distributed_target
@@ -128,8 +129,9 @@ class OutageRetry(BaseRetryStrategy):
     mark the job failed with its run left "running" for good when the database answered that job's end.
     A job the database rolled back for a conflict with another transaction (a deadlock, a lock timeout) outside
     the run's steps (those retry themselves) is taken again too, but ``CONFLICT_ATTEMPTS`` times at most: a
-    conflict that persists is not waited out. Any other error is the run's, finished by the executor with the
-    job: never retried here."""
+    conflict that persists is not waited out. A run stopped by its worker's shutdown (:class:`WorkerStoppedError`)
+    is taken again at once, and a retried run whose journey a live worker still holds (its heartbeat was late)
+    as for an outage. Any other error is the run's, finished by the executor with the job: never retried here."""
 
     LONGEST_WAIT_S = 30
     CONFLICT_ATTEMPTS = 3
@@ -137,6 +139,8 @@ class OutageRetry(BaseRetryStrategy):
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, WorkerStoppedError):  # see handed_over: another worker takes it at once
             return RetryDecision(retry_in={"seconds": 0})
+        if held_elsewhere(exception):  # a retry whose journey a live worker still holds (see RunExecutor)
+            return RetryDecision(retry_in={"seconds": min(2**job.attempts, self.LONGEST_WAIT_S)})
         if unreachable(exception) is not None:
             return RetryDecision(retry_in={"seconds": min(2**job.attempts, self.LONGEST_WAIT_S)})
         if conflicted(exception) is not None and job.attempts < self.CONFLICT_ATTEMPTS:

@@ -23,6 +23,7 @@ from langgraph.types import Command, Durability, StateSnapshot
 from checkpoints.backends.base import Statement
 from checkpoints.database import lost_database
 from checkpoints.errors import JourneyError
+from checkpoints.locks import held_elsewhere
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
 from graphs.errors import JourneyNotFoundError, StepCrashedError
@@ -350,6 +351,11 @@ class RunExecutor:
                 view = await self._run(run, assistant, ctx, instance_id)
         except Exception as exc:
             if lost_database(exc) is not None:  # the database went away, the run did not fail: its queue runs it again
+                raise
+            if taken is not None and run.attempts > 1 and held_elsewhere(exc):
+                # A run its queue took again for a dead worker's while that worker lives on (its heartbeat was late:
+                # a pause, a blocked loop) and still holds the journey: not failed, its queue takes it again later
+                # (the first worker's end of the run ends the job).
                 raise
             if not isinstance(exc, JourneyError):
                 log.exception("run failed", run_id=run_id)
