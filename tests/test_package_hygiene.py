@@ -132,6 +132,7 @@ STATUS_BY_CODE = {
             "StepCrashedError",
             "TransientAgentError",
             "UnitOfWorkFailedError",
+            "WorkerStoppedError",
         ),
         424,
     ),
