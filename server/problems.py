@@ -221,6 +221,24 @@ def _said(error: Mapping[str, Any]) -> str:
     return _UNSERVED if error.get("type") == "none_required" else str(error.get("msg", "invalid"))
 
 
+INTERNAL_ERROR = "InternalError"
+INTERNAL_MESSAGE = "the server failed to handle the request"
+
+
+def unexpected_error(exc: Exception) -> JourneyError | None:
+    """The typed error to answer for ``exc``, an error no layer typed, logged: a database error raised by a
+    layer that did not say so itself is an outage (503, to be retried: not this request's fault, nor the
+    server's) or a conflict (409, to retry); None for anything else, the server's fault (logged as such)."""
+    lost = lost_database(exc)
+    if lost is not None:
+        log.warning("database unavailable", error=lost.message)
+        return lost
+    if (conflict := database_conflict(exc)) is not None:
+        return conflict
+    log.error("unhandled error", error=repr(exc))
+    return None
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_journey_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, JourneyError)
@@ -243,14 +261,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        lost = lost_database(exc)  # raised from a database error by a layer that did not say so itself
-        if lost is not None:  # not this request's fault, nor the server's: 503, to be retried
-            log.warning("database unavailable", error=lost.message)
-            return journey_error_response(lost)
-        if (conflict := database_conflict(exc)) is not None:  # rolled back for racing another call: 409, to retry
-            return journey_error_response(conflict)
-        log.error("unhandled error", error=repr(exc))
-        return problem(500, "InternalError", "the server failed to handle the request")
+        said = unexpected_error(exc)
+        return journey_error_response(said) if said is not None else problem(500, INTERNAL_ERROR, INTERNAL_MESSAGE)
 
     # Handled as errors of their own (not by the catch-all, which ends the connection): the client retries.
     for database_error in DATABASE_ERRORS:

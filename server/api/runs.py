@@ -43,7 +43,7 @@ from server.models import (
     StreamModeName,
     kept,
 )
-from server.problems import ApiError, JourneyValuesResponse
+from server.problems import INTERNAL_ERROR, INTERNAL_MESSAGE, ApiError, JourneyValuesResponse, unexpected_error
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, cancelled_when_gone, resumed_after, run_events
 from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
@@ -347,8 +347,10 @@ async def _answer_when(
                 yield b"\n"
             try:
                 answer = await final_output(svc, waiting.result())
-            except JourneyError as exc:  # the status is sent: the failure is said as a failed run's is
-                answer = {"__error__": {"error": exc.code, "message": exc.message}}
+            except Exception as exc:  # the status is sent: the failure is said as a failed run's is
+                said = exc if isinstance(exc, JourneyError) else unexpected_error(exc)  # an outage, say
+                error = (said.code, said.message) if said is not None else (INTERNAL_ERROR, INTERNAL_MESSAGE)
+                answer = {"__error__": dict(zip(("error", "message"), error, strict=True))}
             yield bytes(JourneyValuesResponse(answer).body)
         finally:
             waiting.cancel()
