@@ -47,6 +47,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,6 +68,28 @@ FIRST_BACKOFF_S = 0.002
 MAX_BACKOFF_S = 0.05
 SIDECAR_SUFFIX = ".locks"
 FENCE_CHECK_S = 0.2  # how often the PostgreSQL lock connection is looked at (a poll, no round trip) while held
+
+
+@dataclass(slots=True)
+class Lease:
+    """A holder's claim on the journeys it locked, seen by every task its work starts (LangGraph writes a
+    checkpoint from a task of its own): ``lost`` once the connection its locks were taken on is lost, after which
+    its writes are refused (:func:`refuse_if_lost`), since another process may hold the journey now."""
+
+    instance_id: str
+    lost: bool = False
+
+
+# The lease of the hold the current task works under (copied into the tasks it starts, as context is).
+_LEASE: ContextVar[Lease | None] = ContextVar("journeys_lock_lease", default=None)
+
+
+def refuse_if_lost() -> None:
+    """Refuse a write made under a lock this process has lost (:class:`InstanceLockLostError`): the fencing of
+    the checkpoint writes, which LangGraph makes even as a cancelled run unwinds."""
+    lease = _LEASE.get()
+    if lease is not None and lease.lost:
+        raise PgAdvisoryLocks.lost(lease.instance_id)
 
 
 def lock_key(instance_id: str) -> int:
@@ -196,6 +219,7 @@ class PgAdvisoryLocks(_PolledLocks):
         # several: a count each), those stopped because that connection was lost, and the watch of it.
         self._holders: dict[int, dict[asyncio.Task[Any], int]] = {}
         self._fenced: set[asyncio.Task[Any]] = set()
+        self._leases: dict[asyncio.Task[Any], Lease] = {}  # each holding task's (see Lease)
         self._watch: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -242,6 +266,8 @@ class PgAdvisoryLocks(_PolledLocks):
         assert task is not None
         holding = self._holders.setdefault(int(token), {})
         holding[task] = holding.get(task, 0) + 1
+        lease = self._leases.setdefault(task, Lease(instance_id))
+        leased = _LEASE.set(lease)
         if self._watch is None or self._watch.done():
             self._watch = asyncio.ensure_future(self._watch_connection())
         try:
@@ -249,22 +275,30 @@ class PgAdvisoryLocks(_PolledLocks):
                 yield
             except asyncio.CancelledError:
                 if task in self._fenced and task.uncancel() == 0:  # cancelled by the fence alone
-                    raise self._lost(instance_id) from None
+                    raise self.lost(instance_id) from None
+                raise
+            except InstanceLockLostError:  # a write on the way out was refused (refuse_if_lost)
+                if task in self._fenced:
+                    task.uncancel()
                 raise
             if task in self._fenced:  # the cancel was swallowed inside: the block still ran on without its lock
                 task.uncancel()
-                raise self._lost(instance_id)
+                raise self.lost(instance_id)
         finally:
+            _LEASE.reset(leased)
             if (count := holding.get(task, 0)) > 1:
                 holding[task] = count - 1
             else:
                 holding.pop(task, None)
                 self._fenced.discard(task)
+                if not any(task in held for held in self._holders.values()):
+                    self._leases.pop(task, None)
                 if not holding and self._holders.get(int(token)) is holding:
                     del self._holders[int(token)]
             await self._release(instance_id, token)
 
-    def _lost(self, instance_id: str) -> InstanceLockLostError:
+    @staticmethod
+    def lost(instance_id: str) -> InstanceLockLostError:
         return InstanceLockLostError(
             f"the lock of journey {instance_id!r} was lost with its database connection while this process worked "
             "on it, so another process may be working on it now: this work stopped, and is taken again once the "
@@ -279,6 +313,8 @@ class PgAdvisoryLocks(_PolledLocks):
         stopped = [task for task in holding if task not in self._fenced and not task.done()]
         for task in stopped:
             self._fenced.add(task)
+            if (lease := self._leases.get(task)) is not None:
+                lease.lost = True
             task.cancel("the journey's lock was lost with its database connection")
         if stopped:
             log.warning(

@@ -27,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from checkpoints.backends.postgres import open_pool
 from checkpoints.database import sqlite_pragmas
 from checkpoints.encryption import checkpoint_serializer
-from checkpoints.locks import setup_turn
+from checkpoints.locks import refuse_if_lost, setup_turn
 from checkpoints.url import StoreURL, opened_target
 
 
@@ -64,6 +64,7 @@ async def open_saver(
             await _set_up_in_turn(conn, AsyncPostgresSaver(conn, serde=serde).setup)
         pg_saver = AsyncPostgresSaver(pool, serde=serde)
         unlock_pooled(pg_saver, pool.max_size)
+        fenced_writes(pg_saver)
         yield pg_saver
 
 
@@ -168,6 +169,23 @@ def unlock_pooled(saver: AsyncPostgresSaver, pool_size: int) -> None:
     the size of the pool; the saver's code is unchanged.
     """
     saver.lock = cast(asyncio.Lock, asyncio.Semaphore(pool_size))
+
+
+def fenced_writes(saver: AsyncPostgresSaver) -> None:
+    """Refuse the saver's writes made under a journey lock this process has lost (see :class:`checkpoints.locks.Lease`).
+
+    A run stopped because its lock's connection was lost (another process may hold the journey now) still
+    writes: LangGraph saves the checkpoint of a cancelled run as its loop unwinds, which could fork the thread
+    another process runs on. Such a write raises :class:`InstanceLockLostError` before any statement; the
+    saver's code is unchanged."""
+    for name in ("aput", "aput_writes"):
+        write = getattr(saver, name)
+
+        async def fenced(*args: Any, _write: Callable[..., Awaitable[Any]] = write, **kwargs: Any) -> Any:
+            refuse_if_lost()
+            return await _write(*args, **kwargs)
+
+        setattr(saver, name, fenced)
 
 
 def whole_writes(saver: AsyncSqliteSaver) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
 
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
@@ -484,6 +485,49 @@ async def test_a_holder_whose_lock_connection_drops_is_stopped_and_the_next_acqu
         async with a.engine.exclusive("journey-x"):
             assert not await b_enters()
         assert await b_enters()
+
+
+async def test_a_holder_stopped_by_its_lock_loss_writes_no_checkpoint_on_its_way_out(postgres_url: str) -> None:
+    """LangGraph saves a run's checkpoint as its loop unwinds, even when the run was cancelled (durability
+    "exit"; from a task of its own): a holder the lock loss had stopped still wrote one, milliseconds after
+    another process could have entered the journey, which could fork its thread. Writes of a holder whose lock
+    was lost are now refused (InstanceLockLostError) and nothing reaches the saver's tables."""
+    async with JourneyRuntime.open(postgres_url) as a:
+        saver = a.store.saver
+        refused: list[BaseException] = []
+
+        def config(thread: str) -> Any:
+            return {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+
+        async def save(thread: str) -> None:
+            checkpoint = empty_checkpoint()
+            await saver.aput(config(thread), checkpoint, {"source": "loop", "step": 1}, {})
+
+        async def holder() -> None:
+            async with a.engine.exclusive("journey-z"):
+                await save("before")  # while the lock is held, writes go through
+                try:
+                    await asyncio.sleep(30)  # a long step
+                except asyncio.CancelledError:
+                    for write in (save("on-the-way-out"), asyncio.create_task(save("from-its-own-task"))):
+                        try:
+                            await write
+                        except InstanceLockLostError as exc:
+                            refused.append(exc)
+                    raise
+
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0.2)
+        locks: Any = a.store.locks
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (locks._conn.info.backend_pid,))
+        with pytest.raises(InstanceLockLostError):
+            await asyncio.wait_for(held, 5)
+        assert len(refused) == 2, refused
+        assert await saver.aget_tuple(config("before")) is not None
+        for thread in ("on-the-way-out", "from-its-own-task"):
+            assert await saver.aget_tuple(config(thread)) is None, thread
+        await save("after")  # a write outside any hold is not fenced
 
 
 async def test_a_journey_is_unlocked_when_the_call_that_held_it_returns(postgres_url: str) -> None:
