@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -207,6 +208,28 @@ def whole_writes(saver: AsyncSqliteSaver) -> None:
             return await asyncio.shield(task)
 
         setattr(saver, name, whole)
+
+
+def fresh_thread(saver: BaseCheckpointSaver[str], thread_id: str) -> BaseCheckpointSaver[str]:
+    """``saver`` for the first run of ``thread_id`` when nothing can have been saved on that thread yet (a journey
+    its caller registered a moment ago, under its lock): the run's first read of the thread's latest
+    checkpoint answers None, as the saver would, without a round trip to the database; every other call,
+    and any later read, is the saver's own. Lent to one run (LangGraph takes it from the run's config)."""
+    view = copy.copy(saver)  # shares the saver's connections, lock and serializer
+    read = saver.aget_tuple
+    first = True
+
+    async def aget_tuple(config: RunnableConfig) -> CheckpointTuple | None:
+        nonlocal first
+        asked = config.get("configurable") or {}
+        if first and asked.get("thread_id") == thread_id and not asked.get("checkpoint_ns"):
+            first = False
+            if not asked.get("checkpoint_id"):
+                return None
+        return await read(config)
+
+    setattr(view, "aget_tuple", aget_tuple)  # noqa: B010 (an instance's method, as unlock_pooled swaps its lock)
+    return view
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER  # the saver a run uses, lent by its config
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -27,6 +28,7 @@ from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.locks import busy
 from checkpoints.retention import CheckpointRetention
+from checkpoints.savers import fresh_thread
 from checkpoints.store import Store
 from graphs.errors import (
     InterruptNotPendingError,
@@ -293,6 +295,7 @@ class JourneyEngine:
         value: dict[str, Any] | Command[Any] | None,
         *,
         replay: bool = True,
+        fresh: bool = False,
         options: RunOptions = DEFAULT_RUN,
     ) -> Outcome:
         """Run the instance's thread (under ``exclusive``) and answer with the run's output when it has one,
@@ -302,7 +305,9 @@ class JourneyEngine:
         "async" a checkpoint is written behind the run, so a crash can lose the checkpoint of a step
         whose completion event is already logged, and the resumed run (a repeated advance, say) would
         otherwise call that agent again. Only the first run of an instance registered in the same call,
-        which cannot have logged any call yet, passes ``replay=False`` to skip the lookups.
+        which cannot have logged any call yet, passes ``replay=False`` to skip the lookups; and ``fresh``, since
+        nothing can have been saved on its thread either: LangGraph's read of the thread's latest checkpoint
+        is answered without a round trip (:func:`~checkpoints.savers.fresh_thread`).
 
         A resume given for one interrupt (``options.answering``) is checked against the thread first: a
         repeated answer must not be taken as the answer to whatever the journey waits at by now.
@@ -310,6 +315,8 @@ class JourneyEngine:
         if options.answering is not None and isinstance(value, Command):
             check_answering(await graph.aget_state(self.config(instance_id)), instance_id, options.answering)
         config = self.config(instance_id, replay=replay)
+        if fresh:
+            config["configurable"][CONFIG_KEY_CHECKPOINTER] = fresh_thread(self.store.saver, instance_id)
         if options.notes is not None:
             config["configurable"][NOTES] = options.notes
         durability = self._durability_of(graph, options)

@@ -386,7 +386,14 @@ class Instances:
         # The first run of an instance registered just now has no logged work to look up; a resumed
         # start (one a crash cut short) looks each keyed unit of work up before doing it.
         outcome = await self.advance(
-            graph, instance_id, pattern, initial, replay=created is None, cause=cause, options=options
+            graph,
+            instance_id,
+            pattern,
+            initial,
+            replay=created is None,
+            fresh=created is not None,
+            cause=cause,
+            options=options,
         )
         return created, outcome
 
@@ -400,14 +407,15 @@ class Instances:
         value: dict[str, Any] | Command[Any] | None,
         *,
         replay: bool = True,
+        fresh: bool = False,
         cause: str = "run",
         options: RunOptions = DEFAULT_RUN,
     ) -> Outcome:
         """Run the instance's thread on (under ``exclusive``). A run that fails is recorded (see :meth:`fail`,
         with ``cause``) and its error raised: the failure is in the checkpoint, and the run can be retried
-        from there."""
+        from there. ``replay`` and ``fresh``: see :meth:`JourneyEngine.run`."""
         try:
-            return await self.engine.run(graph, instance_id, value, replay=replay, options=options)
+            return await self.engine.run(graph, instance_id, value, replay=replay, fresh=fresh, options=options)
         except InterruptNotPendingError:  # a repeated answer: nothing ran, so nothing failed
             raise
         except JourneyError as exc:
