@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from checkpoints.ownership import Owner, acting_as
 from graphs.errors import (
@@ -164,6 +165,26 @@ async def test_rollout_weights_route_new_instances_sticky_by_business_key(store_
         with pytest.raises(RolloutError):
             await rt.processes.set_rollout("onboarding", {1: 50, 3: 50})
         assert await table_dump(rt) == before
+
+
+async def test_a_start_reads_its_rollout_in_one_statement_off_sqlalchemy_on_postgres(store_url: str) -> None:
+    # Every start reads its process's rollout: on PostgreSQL one prepared statement on the pool, not a SQLAlchemy
+    # connection's BEGIN, SELECT and ROLLBACK (three round trips per start).
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(linear("plain", {"type": "timer", "id": "wait", "timer": {"duration": "PT1H"}}))
+        through_sqlalchemy: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            through_sqlalchemy.append(statement)
+
+        event.listen(rt.store.engine.sync_engine, "after_cursor_execute", seen)
+        try:
+            assert await rt.processes.rollout("plain") == [{"version": 1, "weight": 100.0, "variant": None}]
+            assert await rt.processes.deployments.rollout("nothing deployed") == []
+        finally:
+            event.remove(rt.store.engine.sync_engine, "after_cursor_execute", seen)
+        if store_url.startswith("postgresql"):
+            assert not [s for s in through_sqlalchemy if "process_rollouts" in s]
 
 
 async def test_ab_variants_are_recorded_on_each_instance(store_url: str) -> None:

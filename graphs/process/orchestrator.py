@@ -167,7 +167,7 @@ class ProcessOrchestrator:
         self.store = designs.engine.store
         self.clock = self.store.clock
         self.services = ProcessServices.of(self.engine.services)
-        self.deployments = DeploymentStore(self.store.engine, self.clock)
+        self.deployments = DeploymentStore(self.store.backend, self.clock)
         self.deployed = DeployedVersions(designs, self.deployments)
         self.catalog = catalog or default_process_catalog()
         self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
