@@ -62,6 +62,7 @@ from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, kept_failure, passed_key, refuse_ended
 from graphs.kernel.instances import FAILED as INSTANCE_FAILED
+from graphs.kernel.streaming import INTERRUPT
 from graphs.process.blocks import analyse
 from graphs.process.builder import describe_wait, element_of
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
@@ -457,15 +458,26 @@ class ProcessOrchestrator:
                 if created is not None and created.status == QUEUED:  # it runs once a slot frees
                     return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
-                went_through = await self.run(graph, instance_id, initial, run_options, spec=spec)
-                snapshot = await self._with_branches(graph, instance_id)
+                outcomes = run_options.outcomes if run_options.outcomes is not None else {}
+                options = run_options if run_options.outcomes is not None else replace(run_options, outcomes=outcomes)
+                went_through = await self.run(graph, instance_id, initial, options, spec=spec)
+                outcome = outcomes.get(instance_id)
+                # A run that went through without a failure answered with its values and interrupts: the view is
+                # built from them, without reading the thread's state back (a checkpoint read per start).
+                if not (went_through and isinstance(outcome, dict) and not outcome.get("failure")):
+                    outcome = await self._with_branches(graph, instance_id)
         except ExistingStart as existing:
             return await self.status(existing.instance_id)
-        status = str(snapshot.values.get("status") or "in_progress") if went_through else "failed"
+        values = outcome.values if isinstance(outcome, StateSnapshot) else outcome
+        status = str(values.get("status") or "in_progress") if went_through else "failed"
         instance = Instance(
             instance_id, deployment.design_id, PATTERN, business_key, status, self.clock.now(), self.clock.now()
         )
-        view = self.view(instance, deployment, snapshot)
+        if isinstance(outcome, StateSnapshot):
+            view = self.view(instance, deployment, outcome)
+        else:
+            state = {k: v for k, v in outcome.items() if k != INTERRUPT}
+            view = self.view_of(instance, deployment, state, outcome.get(INTERRUPT) or [], None)
         await self._explain_failed(instance_id, spec, view)
         return view
 
@@ -1338,11 +1350,23 @@ class ProcessOrchestrator:
         snapshot = snapshot or await graph.aget_state(config)
         return snapshot if failed_task(snapshot) is None else await graph.aget_state(config, subgraphs=True)
 
+    @classmethod
+    def view(cls, instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
+        interrupts = [i for t in snapshot.tasks for i in t.interrupts]
+        return cls.view_of(
+            instance, deployment, cast(dict[str, Any], snapshot.values), interrupts, failed_element(snapshot)
+        )
+
     @staticmethod
-    def view(instance: Instance, deployment: Deployment, snapshot: StateSnapshot) -> dict[str, Any]:
-        state = cast(dict[str, Any], snapshot.values)
-        failed = failed_element(snapshot)
-        waiting = [dict(i.value) for t in snapshot.tasks for i in t.interrupts if isinstance(i.value, Mapping)]
+    def view_of(
+        instance: Instance,
+        deployment: Deployment,
+        state: Mapping[str, Any],
+        interrupts: Sequence[Interrupt],
+        failed: str | None,
+    ) -> dict[str, Any]:
+        """An instance's view from its thread's values, the interrupts it waits at and the element that failed."""
+        waiting = [dict(i.value) for i in interrupts if isinstance(i.value, Mapping)]
         status = instance.status
         if failed and status not in FINISHED:
             status = "failed"
