@@ -164,12 +164,12 @@ SET_STATUS = (
 )
 
 
-def _last_events_statement() -> Executable:
-    """PostgreSQL: the keyed last events of many instances (each with its first event logged already) and their
-    statuses, from one JSON document (``p_ends``: instance_id, type, step, payload, key, status each), in one
-    statement: the text is the same whatever the batch's size, and the driver encodes one parameter. Answers
-    per instance whether its first event was found (``known``: else nothing of it was written) and whether
-    its event was written (False: its key was logged already)."""
+def _together_statement() -> Executable:
+    """PostgreSQL: keyed events of many instances (each with its first event logged already) and their new
+    statuses (none for a row whose status is null), from one JSON document (``p_ends``: instance_id, type,
+    step, payload, key, status each), in one statement: the text is the same whatever the batch's size, and
+    the driver encodes one parameter. Answers per instance whether its first event was found (``known``: else
+    nothing of it was written) and whether its event was written (False: its key was logged already)."""
     given = (
         func.json_to_recordset(bindparam("p_ends", type_=JSON))
         .table_valued(
@@ -212,7 +212,11 @@ def _last_events_statement() -> Executable:
     )
     statuses = (
         update(journey_instances)
-        .where(journey_instances.c.instance_id == ends.c.instance_id, ends.c.instance_no.isnot(None))
+        .where(
+            journey_instances.c.instance_id == ends.c.instance_id,
+            ends.c.instance_no.isnot(None),
+            ends.c.status.isnot(None),
+        )
         .values(status=ends.c.status, updated_at=bindparam("p_created_at"))
         .cte("statuses")
     )
@@ -338,10 +342,10 @@ class EventLog:
         self._insert_keyed_quietly = insert_event.on_conflict_do_nothing(index_elements=KEY_INDEX, index_where=KEYED)
         self._listeners: list[StatusListener] = []
         self._behind: dict[str, _WritesBehind] = {}  # instance id → its run's writes behind it
-        # Last events asked for while others were being written, written together by one writer task.
-        self._last: list[_LastEvent] = []
-        self._last_events = _last_events_statement() if backend.postgres else None
-        self._last_writer: asyncio.Task[None] | None = None
+        # Events asked for while others were being written, written together by one writer task.
+        self._together: list[_Together] = []
+        self._together_events = _together_statement() if backend.postgres else None
+        self._together_writer: asyncio.Task[None] | None = None
 
     @property
     def sealer(self) -> Sealer:
@@ -465,38 +469,38 @@ class EventLog:
             values["p_status"] = status
         return statements, values
 
-    async def append_last(self, instance_id: str, event: NewEvent, status: str) -> bool:
-        """Append an instance's keyed ``event`` that gives it its final ``status`` (an end event's), in one
-        transaction with the other last events asked for at about the same time (a wave of continuations
-        reaching their ends: one transaction and one round trip for them all, not one each).
+    async def append_together(self, instance_id: str, event: NewEvent, status: str | None = None) -> bool:
+        """Append an instance's keyed ``event`` (and give it ``status``, if given) in one transaction with the
+        others asked for at about the same time: a wave of continuations reaching their ends, the steps of
+        many runs completing at once (one transaction and one round trip for them all, not one each).
 
-        Returns once the event and the status are durable, whether the event was written (False: its key
-        was logged already; the status is set again either way), as :meth:`append` of the one event would.
+        Returns once the event (and the status) is durable, whether the event was written (False: its key
+        was logged already; a status is set again either way), as :meth:`append` of the one event would.
         A batch that fails for any reason but a lost race (which goes again whole) is rolled back whole,
         and each of its events is then appended on its own: one caller's failure is not the others'."""
         if event.key is None:
-            raise ValueError(f"append_last takes a keyed event; {event.type!r} has no key")
+            raise ValueError(f"append_together takes a keyed event; {event.type!r} has no key")
         await self.settle(instance_id)
         [event] = stamped([event], status)
         written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._last.append(_LastEvent(instance_id, event, status, written))
-        if self._last_writer is None or self._last_writer.done():
-            self._last_writer = asyncio.ensure_future(self._write_last())
+        self._together.append(_Together(instance_id, event, status, written))
+        if self._together_writer is None or self._together_writer.done():
+            self._together_writer = asyncio.ensure_future(self._write_together_asked())
         done = await written
         await self._status_changed(instance_id, status, done)
         return done
 
-    async def _write_last(self) -> None:
-        """Write what :meth:`append_last` callers asked for meanwhile, batch by batch, until none is left."""
-        while self._last:
-            batch = _one_per_instance(self._last)  # each row's next seq is read before the statement writes any
-            self._last = [entry for entry in self._last if entry not in batch]
+    async def _write_together_asked(self) -> None:
+        """Write what :meth:`append_together` callers asked for meanwhile, batch by batch, until none is left."""
+        while self._together:
+            batch = _one_per_instance(self._together)  # each row's next seq is read before the statement writes any
+            self._together = [entry for entry in self._together if entry not in batch]
             try:
                 results = await self._write_batch(batch)
             except BaseException:  # the writer itself is cancelled: so is what is left
-                for entry in [*batch, *self._last]:
+                for entry in [*batch, *self._together]:
                     entry.written.cancel()
-                self._last.clear()
+                self._together.clear()
                 raise
             for entry, result in zip(batch, results, strict=True):
                 if entry.written.done():  # its caller was cancelled meanwhile
@@ -506,7 +510,7 @@ class EventLog:
                 else:
                     entry.written.set_result(result)
 
-    async def _write_batch(self, batch: Sequence[_LastEvent]) -> list[bool | Exception]:
+    async def _write_batch(self, batch: Sequence[_Together]) -> list[bool | Exception]:
         """Whether each event of ``batch`` was written, or the error that kept it from being written."""
         together: dict[str, bool] = {}
         if len(batch) > 1:
@@ -519,15 +523,19 @@ class EventLog:
             for e in batch
         ]
 
-    async def _write_together(self, batch: Sequence[_LastEvent]) -> dict[str, bool]:
+    async def _write_together(self, batch: Sequence[_Together]) -> dict[str, bool]:
         """One transaction for ``batch``: per instance it wrote, whether its event was new. On PostgreSQL one
         statement (an instance with no first event yet is left to go on its own); elsewhere one statement
-        per event, in the backend's one transaction."""
-        if self._last_events is None:
-            appends = [self._alone(e.instance_id, e.event, e.status) for e in batch]
-            statements = appends[0][0]  # the same for each: a keyed event and a status
-            rows = await self._backend.write_each(statements, [values for _statements, values in appends])
-            return {e.instance_id: bool(found) for e, found in zip(batch, rows, strict=True)}
+        per event, in one transaction for the events with a status and one for those without."""
+        if self._together_events is None:
+            found: dict[str, bool] = {}
+            for shape in (True, False):  # the statements are the same for each: a keyed event, and a status or not
+                alike = [e for e in batch if (e.status is not None) is shape]
+                if alike:
+                    appends = [self._alone(e.instance_id, e.event, e.status) for e in alike]
+                    rows = await self._backend.write_each(appends[0][0], [values for _statements, values in appends])
+                    found.update({e.instance_id: bool(row) for e, row in zip(alike, rows, strict=True)})
+            return found
         ends = [
             {
                 "instance_id": e.instance_id,
@@ -539,8 +547,8 @@ class EventLog:
             }
             for e in batch
         ]
-        found = await self._backend.write([self._last_events], {"p_ends": ends, "p_created_at": self._clock.now()})
-        return {row["instance_id"]: bool(row["written"]) for row in found if row["known"]}
+        said = await self._backend.write([self._together_events], {"p_ends": ends, "p_created_at": self._clock.now()})
+        return {row["instance_id"]: bool(row["written"]) for row in said if row["known"]}
 
     async def append_in(self, conn: AsyncConnection, entries: Sequence[tuple[str, NewEvent]]) -> None:
         """Append keyed events (``(instance_id, event)`` each) in the caller's transaction on ``conn``.
@@ -601,16 +609,17 @@ class EventLog:
 
 
 @dataclass(slots=True, eq=False)
-class _LastEvent:
-    """An :meth:`EventLog.append_last` call waiting for its batch: whether its event was written goes to ``written``."""
+class _Together:
+    """An :meth:`EventLog.append_together` call waiting for its batch: whether its event was written goes to
+    ``written``."""
 
     instance_id: str
     event: NewEvent
-    status: str
+    status: str | None
     written: asyncio.Future[bool]
 
 
-def _one_per_instance(entries: Sequence[_LastEvent]) -> list[_LastEvent]:
+def _one_per_instance(entries: Sequence[_Together]) -> list[_Together]:
     """The first of ``entries`` for each instance: two events of one instance in a batch would take one seq."""
     seen: set[str] = set()
     batch = []

@@ -357,11 +357,15 @@ class AgentCaller:
         }
         completion = NewEvent(event_type, record, step, key)
 
+        behind = recording.behind and recording.status is None and key is not None
+
         async def complete() -> None:
-            await self.events.append(instance_id, [completion], status=recording.status)
+            if behind:  # with the steps other runs complete meanwhile: one transaction for them
+                await self.events.append_together(instance_id, completion)
+            else:
+                await self.events.append(instance_id, [completion], status=recording.status)
             progress({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": attempts})
 
-        behind = recording.behind and recording.status is None
         await (self.events.write_behind(instance_id, complete) if behind else complete())
         return CallOutcome(output, attempts, False)
 

@@ -143,7 +143,7 @@ def register_agents(registry: AgentRegistry, effects_db: str, hold: Hold) -> Non
 def install_event_hold(runtime: JourneyRuntime, hold: Hold) -> None:
     """Freeze right after a step's completion event commits (before the node returns, so before its checkpoint)."""
     events = runtime.store.events
-    append = events.append
+    append, append_together = events.append, events.append_together
 
     async def append_then_hold(instance_id: str, new: Any, **options: Any) -> list[bool]:
         written = await append(instance_id, new, **options)
@@ -152,7 +152,14 @@ def install_event_hold(runtime: JourneyRuntime, hold: Hold) -> None:
                 await hold.reached("event", event.step)
         return written
 
+    async def together_then_hold(instance_id: str, event: Any, status: str | None = None) -> bool:
+        written = await append_together(instance_id, event, status)  # a completion written behind its run
+        if event.type == hold.event:
+            await hold.reached("event", event.step)
+        return written
+
     events.append = append_then_hold  # type: ignore[method-assign]
+    events.append_together = together_then_hold  # type: ignore[method-assign]
 
 
 def install_slow_store(runtime: JourneyRuntime, hold: Hold) -> None:

@@ -60,16 +60,16 @@ async def test_a_completion_whose_write_fails_behind_the_run_is_made_again(
             rt.agents.register(f"do_{step}", lambda request, step=step: {"done": step})
         journey_id = (await rt.structured.design_journey("auto_pipeline", spec=SPEC))["journey_id"]
         events = rt.store.events
-        real_append = events.append
+        real_append = events.append_together  # a completion behind its run goes with others asked meanwhile
         failed: list[str] = []
 
-        async def append_failing_once(instance_id: str, new: Any, **kwargs: Any) -> list[bool]:
-            if new[0].type == "step.completed" and new[0].step == "check" and not failed:
-                failed.append(new[0].step)
+        async def append_failing_once(instance_id: str, event: Any, status: str | None = None) -> bool:
+            if event.type == "step.completed" and event.step == "check" and not failed:
+                failed.append(event.step)
                 raise ConnectionResetError("the database went away mid-write")
-            return await real_append(instance_id, new, **kwargs)
+            return await real_append(instance_id, event, status)
 
-        monkeypatch.setattr(events, "append", append_failing_once)
+        monkeypatch.setattr(events, "append_together", append_failing_once)
         view = await rt.structured.execute_journey(journey_id, "u")
         assert failed == ["check"]
         assert view["status"] == "completed"

@@ -513,7 +513,7 @@ class _Builder:
             record = {"outcome": outcome, "variables": values(state.get("variables"))}
             # Written with the other ends reached meanwhile (a wave of continuations): one transaction for them.
             event = NewEvent("process.completed", record, end.id, f"{instance_id}:completed")
-            await events.append_last(instance_id, event, "completed")
+            await events.append_together(instance_id, event, "completed")
             return {"status": "completed", "outcome": outcome}
 
         finish.__name__ = f"end_{end.id}"
