@@ -44,6 +44,19 @@ class Served:
     clock: VirtualClock
 
 
+def expense(title: str = "Approve") -> dict[str, Any]:
+    """An expense process: one user task of the finance group, titled ``title``."""
+    return {
+        "name": "expense",
+        "elements": [
+            {"type": "start", "id": "start"},
+            {"type": "user_task", "id": "approve", "title": title, "candidate_groups": ["finance"]},
+            {"type": "end", "id": "end"},
+        ],
+        "flows": ["start -> approve", "approve -> end"],
+    }
+
+
 @asynccontextmanager
 async def serving(url: str, *, auth: bool = False) -> AsyncIterator[Served]:
     clock = VirtualClock(T0)
@@ -151,17 +164,7 @@ async def test_hostile_values_are_shown_as_text_on_every_page() -> None:
         design = await rt.structured.design_journey("content_migration")
         run = await rt.structured.execute_journey(design["journey_id"], HOSTILE, {"note": HOSTILE})
         await rt.structured.advance_journey_step(design["journey_id"], HOSTILE, {HOSTILE: HOSTILE})
-        await rt.processes.deploy(
-            {
-                "name": "expense",
-                "elements": [
-                    {"type": "start", "id": "start"},
-                    {"type": "user_task", "id": "approve", "title": HOSTILE, "candidate_groups": ["finance"]},
-                    {"type": "end", "id": "end"},
-                ],
-                "flows": ["start -> approve", "approve -> end"],
-            }
-        )
+        await rt.processes.deploy(expense(HOSTILE))
         await rt.processes.start("expense", HOSTILE[:60], {"comment": HOSTILE})
         pages = ["/ui/journeys", f"/ui/journeys/{run['instance_id']}", "/ui/inbox", "/ui/processes", "/ui/lifecycle"]
         [process] = await rt.store.index.list_instances(pattern="process")
@@ -237,15 +240,7 @@ async def test_the_journey_page_shows_compensation_and_retry_completes_a_failed_
 async def test_the_processes_page_shows_versions_weights_and_instances_per_version() -> None:
     async with serving("memory://") as served:
         rt = served.runtime
-        spec = {
-            "name": "expense",
-            "elements": [
-                {"type": "start", "id": "start"},
-                {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
-                {"type": "end", "id": "end"},
-            ],
-            "flows": ["start -> approve", "approve -> end"],
-        }
+        spec = expense()
         await rt.processes.deploy(spec)
         await rt.processes.start("expense", "exp-1")
         await rt.processes.deploy({**spec, "version": 2})
@@ -439,17 +434,7 @@ async def test_a_task_completed_from_the_dashboard_gets_the_api_s_checks_of_its_
     payload gets an error page saying what is wrong, the task stays open, and a good payload completes it."""
     async with serving(store_url) as served:
         rt = served.runtime
-        await rt.processes.deploy(
-            {
-                "name": "expense",
-                "elements": [
-                    {"type": "start", "id": "start"},
-                    {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["finance"]},
-                    {"type": "end", "id": "end"},
-                ],
-                "flows": ["start -> approve", "approve -> end"],
-            }
-        )
+        await rt.processes.deploy(expense())
         view = await rt.processes.start("expense", "exp-1")
         [task] = await rt.processes.inbox.list_tasks(group="finance")
         complete = f"/ui/tasks/{task['task_id']}/complete"
