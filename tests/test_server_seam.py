@@ -32,10 +32,12 @@ def test_a_router_takes_no_lock_and_writes_no_graph_state(router: Path) -> None:
 
 
 def test_per_run_options_are_arguments_not_context_variables() -> None:
-    """Durability, outcome recording and streaming reach a run as its ``RunOptions`` argument. Two context
-    variables are left, neither an option of the run: who the server acts for (the owner of what a request
-    creates), and what a server run does when it is cancelled inside a journey's lock (``engine.ON_CANCEL``: the
-    cancel may land in any pattern's code under the lock, which no argument reaches)."""
+    """Durability, outcome recording and streaming reach a run as its ``RunOptions`` argument. The context
+    variables left are none an option of the run, each reaching code no argument reaches: who the server acts
+    for (the owner of what a request creates); what a server run does when it is cancelled inside a journey's
+    lock (``engine.ON_CANCEL``: the cancel may land in any pattern's code under the lock); the lease of a
+    journey's lock (``locks.Lease``: its loss must refuse the checkpoint writes LangGraph makes from its own
+    tasks); and a schema validation's budget (``schemas``: spent in jsonschema's keyword callbacks)."""
     import dataclasses
     import inspect
 
@@ -49,6 +51,7 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ContextVar"
     )
-    assert [place.split(":")[0] for place in made] == ["checkpoints/ownership.py", "graphs/kernel/engine.py"], made
+    expected = ["checkpoints/locks.py", "checkpoints/ownership.py", "graphs/kernel/engine.py", "nodes/schemas.py"]
+    assert [place.split(":")[0] for place in made] == expected, made
     assert {"durability", "stream", "outcomes"} <= {field.name for field in dataclasses.fields(RunOptions)}
     assert "options" in inspect.signature(JourneyEngine.run).parameters
