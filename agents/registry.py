@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from agents.errors import AgentNotFoundError, DuplicateAgentError
 from agents.protocol import Agent
 from agents.resilience import RetrySettings, seconds
-from checkpoints.errors import ResilienceSettingError
+from checkpoints.errors import InvalidInputError, ResilienceSettingError
 from checkpoints.guards import CircuitSettings, RateLimit
 
 
@@ -64,8 +64,12 @@ class AgentRegistry:
                 f"an agent's concurrency is how many of its calls may run at once, at least 1; got {concurrency!r} "
                 "(None: no limit)"
             )
-        if not intent or not intent.strip():
-            raise ValueError("an agent's intent must be a non-empty string")
+        if not isinstance(intent, str) or not intent.strip():
+            raise InvalidInputError(
+                f"an agent's intent is the capability it serves, a non-empty string (e.g. 'billing.charge'); "
+                f"got {intent!r}",
+                intent=repr(intent),
+            )
         if intent in self._agents and not replace:
             raise DuplicateAgentError(
                 f"an agent is already registered for intent {intent!r} "

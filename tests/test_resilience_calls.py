@@ -108,6 +108,16 @@ async def test_a_resilience_setting_that_cannot_work_is_refused_with_a_typed_err
             await run_saga(rt, [{"step_id": "quote", "agent": "quote", "retry": {"initial_delay": 2, "max_delay": 1}}])
 
 
+@pytest.mark.parametrize("intent", ["", "   ", None])
+def test_an_agent_registered_without_an_intent_is_refused_with_a_typed_error(intent: Any) -> None:
+    """``register("")`` raised a plain ValueError, outside the runtime's error root (and ``register(None)`` an
+    AttributeError); it is :class:`InvalidInputError` now, saying what an intent is, and nothing is registered."""
+    agents = AgentRegistry()
+    with pytest.raises(InvalidInputError, match="a non-empty string") as refused:
+        agents.register(intent, lambda request: {})
+    assert refused.value.category == "invalid" and agents.intents() == []
+
+
 async def test_a_hanging_agent_times_out_as_a_retryable_error_and_the_next_attempt_completes() -> None:
     agents = registry()
     agents.register("slow", hangs_until(2), timeout=0.05)
