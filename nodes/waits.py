@@ -29,6 +29,7 @@ from langgraph.types import Command, interrupt
 from checkpoints.events import NewEvent
 from checkpoints.process.messages import BufferedMessage
 from checkpoints.process.waits import completed_event
+from checkpoints.schema.widths import CORRELATION_KEY
 from nodes import schemas
 from nodes.criteria import lookup
 from nodes.errors import CorrelationError
@@ -138,6 +139,13 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
                     f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
                     f"whose value {key!r} is not a correlation key; give it a non-empty string or an integer "
                     "(set_variables(..., retry=True))",
+                    element=subscription.element,
+                )
+            if len(str(key)) > CORRELATION_KEY:  # the subscription's column would refuse it (PostgreSQL)
+                raise CorrelationError(
+                    f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
+                    f"whose value is {len(str(key))} characters long; a correlation key has at most "
+                    f"{CORRELATION_KEY}: give it a shorter one (set_variables(..., retry=True))",
                     element=subscription.element,
                 )
             keys[subscription.element] = str(key)

@@ -326,10 +326,53 @@ async def test_a_wait_without_its_correlation_variable_fails_clearly(store_url: 
         assert "correlates on variable 'invoice_no', which is not set" in failed.payload["error"]
 
 
-async def test_a_wait_the_database_refuses_fails_saying_what_the_database_said(postgres_url: str) -> None:
-    """A correlation value longer than its column: PostgreSQL refuses to arm the wait. The instance's view said
-    ``failure: None`` and its log kept SQLAlchemy's whole statement and parameters as the error; both now say
-    what the database answered."""
+async def test_a_correlation_key_longer_than_the_stores_keep_is_refused_alike_on_every_backend(
+    store_url: str,
+) -> None:
+    """A correlation value over 300 characters failed its instance on PostgreSQL when the wait was armed (the
+    column refused it: StringDataRightTruncation) and was kept on SQLite and in memory. It is now refused where it
+    is given (a start's or set_variables' variables, a message sent), naming the variable and the limit, with
+    nothing written; one that a service task's output sets fails the instance at the event saying so, and a
+    shorter one set with the retry makes it wait."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(payment_spec())
+        before = await table_dump(rt)
+        with pytest.raises(InvalidInputError, match="'invoice_no' is the correlation key of message event 'paid'"):
+            await rt.processes.start("invoice", "cust-1", {"invoice_no": "x" * 301})
+        with pytest.raises(InvalidInputError, match="at most 300 characters, not 301"):
+            await rt.processes.send_message("payment.received", "x" * 301, {})
+        assert await table_dump(rt) == before
+        longest = await rt.processes.start("invoice", "cust-1", {"invoice_no": "x" * 300})
+        assert waiting_elements(longest) == ["paid"]
+        with pytest.raises(InvalidInputError, match="is 301 characters long; a correlation key has at most 300"):
+            await rt.processes.set_variables(longest["instance_id"], {"invoice_no": "y" * 301})
+        sent = await rt.processes.send_message("payment.received", "x" * 300, {"amount": 5})
+        assert sent["correlated"] == [longest["instance_id"]]
+
+        rt.agents.register("numbering", lambda _request: {"no": "z" * 301})
+        numbered = linear(
+            "numbered",
+            {"type": "service_task", "id": "number", "agent": "numbering", "outputs": {"invoice_no": "no"}},
+            {"type": "message", "id": "paid", "message": "payment.received", "correlation": "invoice_no"},
+        )
+        await rt.processes.deploy(numbered)
+        view = await rt.processes.start("numbered", "cust-2")
+        assert (view["status"], view["failure"]["element"]) == ("failed", "paid")
+        assert view["failure"]["error_type"] == "CorrelationError"
+        assert "is 301 characters long; a correlation key has at most 300" in view["failure"]["error"]
+        retried = await rt.processes.set_variables(view["instance_id"], {"invoice_no": "INV-2"}, retry=True)
+        assert waiting_elements(retried) == ["paid"]
+
+
+async def test_a_wait_the_database_refuses_fails_saying_what_the_database_said(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value longer than its column: PostgreSQL refuses to arm the wait. The instance's view said ``failure:
+    None`` and its log kept SQLAlchemy's whole statement and parameters as the error; both now say what the
+    database answered. (A long correlation key is refused before it reaches the database now: the checks of its
+    length are lifted here to have the database refuse one.)"""
+    for checked_in in ("nodes.waits", "graphs.process.orchestrator"):
+        monkeypatch.setattr(f"{checked_in}.CORRELATION_KEY", 10_000)
     async with runtime(postgres_url) as rt:
         await rt.processes.deploy(payment_spec())
         view = await rt.processes.start("invoice", "cust-1", {"invoice_no": "x" * 400})

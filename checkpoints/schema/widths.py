@@ -39,3 +39,5 @@ TASK_TITLE = width(user_tasks.c.title)
 ASSIGNEE = width(user_tasks.c.assignee)
 GROUP = width(user_task_groups.c.group_name)
 MESSAGE_NAME = width(process_subscriptions.c.message_name)
+# A message's correlation key, as a waiting instance's subscription and a buffered message keep it.
+CORRELATION_KEY = width(process_subscriptions.c.correlation_key)

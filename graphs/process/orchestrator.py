@@ -42,6 +42,7 @@ from checkpoints.process.messages import EVERY_TENANT, Subscription
 from checkpoints.process.migrations import MigrationRows
 from checkpoints.process.timers import DEFAULT_LEASE, FAILED, Timer
 from checkpoints.process.waits import Delivery, cancel_pending
+from checkpoints.schema.widths import CORRELATION_KEY
 from checkpoints.values import check_value
 from graphs.errors import (
     DeadlineExceededError,
@@ -81,6 +82,7 @@ from graphs.process.timers import TIMER_RETRIED, TimerScheduler, default_worker_
 from graphs.process.validation import intents
 from graphs.process.versions import describe, variants_rollout, weights_rollout
 from nodes import schemas
+from nodes.criteria import lookup
 from nodes.process_services import ProcessServices
 from nodes.variables import assign, check_names, values
 from nodes.waits import ABANDONED, take_buffered
@@ -504,6 +506,19 @@ class ProcessOrchestrator:
 
     @staticmethod
     def _check_variables(spec: ProcessSpec, variables: Mapping[str, Any]) -> None:
+        """Refuse variables that break the spec's ``variables_schema``, or give a message event a correlation key
+        longer than the stores keep (refused now, not when the instance reaches the event)."""
+        for event in spec.elements:
+            if not isinstance(event, MessageEvent):
+                continue
+            key = lookup(variables, event.correlation)
+            if isinstance(key, str | int) and not isinstance(key, bool) and len(str(key)) > CORRELATION_KEY:
+                raise InvalidInputError(
+                    f"variable {event.correlation!r} is the correlation key of message event {event.id!r}, and its "
+                    f"value is {len(str(key))} characters long; a correlation key has at most {CORRELATION_KEY}",
+                    variable=event.correlation,
+                    element=event.id,
+                )
         if spec.variables_schema is None:
             return
         try:
@@ -1050,6 +1065,10 @@ class ProcessOrchestrator:
             raise InvalidInputError(f"a message id must be a string of 1 to {MESSAGE_ID_CHARS} characters")
         check_value(name, "name")
         check_value(correlation_key, "correlation_key")
+        if len(str(correlation_key)) > CORRELATION_KEY:  # no waiting instance can have a longer one
+            raise InvalidInputError(
+                f"a message's correlation key has at most {CORRELATION_KEY} characters, not {len(str(correlation_key))}"
+            )
         check_value(dict(payload or {}), "payload")
         if message_id is not None:
             check_value(message_id, "message_id")
