@@ -26,6 +26,10 @@ _ACTIVE = (
     .where(_instances.status.not_in(FINAL_STATUSES))
     .group_by(_instances.pattern, _instances.status)
 )
+# Incidents: timers whose firing failed after its retries (an SLA's or reminder's agent, a cron's run), by purpose.
+_INCIDENTS = (
+    select(_timers.purpose, func.count().label("n")).where(_timers.status == "failed").group_by(_timers.purpose)
+)
 _STAGES = (
     select(_states.current_stage, func.count().label("n"))
     .where(_states.current_stage.not_in(FINAL_STAGES))
@@ -36,13 +40,15 @@ _STAGES = (
 @dataclass(frozen=True, slots=True)
 class LiveFigures:
     """Open instances by (pattern, status), lifecycle journeys by stage, open user tasks, those past their
-    SLA, and work waiting to be picked up (``queue_depth``: pending runs, timers due and not yet fired)."""
+    SLA, work waiting to be picked up (``queue_depth``: pending runs, timers due and not yet fired), and the
+    incidents waiting for an operator's retry (failed timers, by purpose)."""
 
     active: dict[tuple[str, str], int] = field(default_factory=dict)
     lifecycle_stages: dict[str, int] = field(default_factory=dict)
     open_user_tasks: int = 0
     sla_breached_user_tasks: int = 0
     queue_depth: dict[str, int] = field(default_factory=dict)
+    incidents: dict[str, int] = field(default_factory=dict)
 
 
 async def live_figures(backend: Backend, now: datetime) -> LiveFigures:
@@ -59,4 +65,5 @@ async def live_figures(backend: Backend, now: datetime) -> LiveFigures:
         .where(_timers.status == "scheduled", _timers.due_at <= now)
     )
     counts = [int((await backend.query(query))[0]["n"]) for query in (open_tasks, breached, pending_runs, due_timers)]
-    return LiveFigures(active, stages, counts[0], counts[1], {"runs": counts[2], "timers": counts[3]})
+    incidents = {row["purpose"]: int(row["n"]) for row in await backend.query(_INCIDENTS)}
+    return LiveFigures(active, stages, counts[0], counts[1], {"runs": counts[2], "timers": counts[3]}, incidents)

@@ -17,7 +17,7 @@ from checkpoints.events import EVENT_VALUES, NewEvent, event_payload, first_payl
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
 from checkpoints.process.waits import among
 from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
-from checkpoints.schema.tables import journey_designs, journey_events, journey_instances
+from checkpoints.schema.tables import journey_designs, journey_events, journey_instances, process_timers
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +236,18 @@ class JourneyIndex:
         query = where.apply(query)
         return [Instance(**row) for row in await self._backend.query(query)]
 
+    async def incidents(self, instance_ids: Sequence[str]) -> dict[str, int]:
+        """How many incidents (failed timers) each of these instances has; those with none are left out."""
+        if not instance_ids:
+            return {}
+        t = process_timers.c
+        query = (
+            select(t.instance_id, func.count().label("n"))
+            .where(t.status == "failed", among(t.instance_id, list(instance_ids), postgres=self._backend.postgres))
+            .group_by(t.instance_id)
+        )
+        return {row["instance_id"]: int(row["n"]) for row in await self._backend.query(query)}
+
     async def count_by_status(self, *, pattern: str | None = None) -> dict[str, int]:
         query = select(_instances.status, func.count().label("n")).group_by(_instances.status)
         if pattern is not None:
@@ -265,6 +277,7 @@ class InstanceFilter:
     viewer: Viewer | None = None  # only the instances it may see (None: no owner filter)
     # Only the instances of these designs (with ``user_id``, indexed: a process's instances for a business key).
     journey_ids: tuple[str, ...] | None = None
+    incidents: bool = False  # only the instances with an incident (a failed timer an operator's retry re-arms)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         if self.journey_ids is not None:
@@ -285,4 +298,10 @@ class InstanceFilter:
             query = query.where(_instances.created_at >= self.created_after)
         if self.created_before is not None:
             query = query.where(_instances.created_at < self.created_before)
+        if self.incidents:
+            query = query.where(_instances.instance_id.in_(_WITH_INCIDENTS))
         return query
+
+
+# The instances with an incident: a timer of theirs stands failed (found through the timers' status index).
+_WITH_INCIDENTS = select(process_timers.c.instance_id).where(process_timers.c.status == "failed")

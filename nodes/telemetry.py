@@ -133,6 +133,10 @@ class _Collected:
         self.collect = collect
 
 
+# The purposes of timers that can stand failed (an incident): an SLA's or a reminder's notification, a cron's tick.
+INCIDENT_PURPOSES = frozenset({"sla", "reminder", "cron"})
+
+
 def exposition(figures: LiveFigures, circuits: Mapping[str, str]) -> bytes:
     """The text ``/metrics`` answers: the counters and histograms of :func:`process_registry`, and the
     gauges of ``figures`` and ``circuits`` (intent → state) read from the database just before."""
@@ -158,13 +162,21 @@ def _gauges(figures: LiveFigures, circuits: Mapping[str, str]) -> list[Metric]:
     queue = GaugeMetricFamily("journeys_queue_depth", "Work waiting: pending runs, timers due", labels=["queue"])
     for name, depth in sorted(figures.queue_depth.items()):
         queue.add_metric([name], depth)
+    incidents = GaugeMetricFamily(
+        "journeys_incidents",
+        "Incidents waiting for an operator's retry: timers whose firing failed after its retries, by purpose "
+        "(sla, reminder: a process instance's; cron: a cron's tick)",
+        labels=["purpose"],
+    )
+    for purpose in sorted(INCIDENT_PURPOSES | figures.incidents.keys()):  # 0 too: an alert's rule needs a series
+        incidents.add_metric([purpose], figures.incidents.get(purpose, 0))
     circuit = GaugeMetricFamily(
         "journeys_circuit_state", "Circuit of an intent: 1 for its current state", labels=["intent", "state"]
     )
     for intent, current in sorted(circuits.items()):
         for state in CIRCUIT_STATES:
             circuit.add_metric([redact_label(intent), state], 1.0 if state == current else 0.0)
-    return [active, stages, tasks, breached, queue, circuit]
+    return [active, stages, tasks, breached, queue, incidents, circuit]
 
 
 async def circuit_states(store: Any) -> dict[str, str]:

@@ -114,6 +114,38 @@ async def test_the_journey_list_filters_by_pattern_status_stage_user_and_time(st
         assert "rollback_rate" in board.text and "exit_criteria_first_pass_rate" in board.text
 
 
+async def test_the_journey_list_shows_and_filters_the_instances_with_incidents_and_metrics_count_them(
+    store_url: str,
+) -> None:
+    """An instance whose SLA notification failed for good (an incident: its timer stands failed) looked like any
+    other in progress in the journey list, which could not filter on it, and /metrics counted no incident: an
+    operator opened every instance to find them. The list now marks them and filters to them, and /metrics has
+    journeys_incidents by purpose; a retry clears all three."""
+    async with serving(store_url) as served:
+        rt, http, clock = served.runtime, served.http, served.clock
+        spec = expense()
+        spec["elements"][1] |= {"sla_hours": 1}  # breached: its escalation's default 'notify' agent is missing
+        await rt.processes.deploy(spec)
+        late = (await rt.processes.start("expense", "e-1"))["instance_id"]
+        clock.advance(timedelta(minutes=30))
+        on_time = (await rt.processes.start("expense", "e-2"))["instance_id"]
+        clock.advance(timedelta(minutes=45))
+        await rt.processes.scheduler.run_due()
+
+        everything = await http.get("/ui/journeys")
+        assert listed(everything) == [on_time, late]
+        assert re.findall(r'data-instance="([^"]+)">(?:(?!</tr>).)*1 incident<', everything.text, re.S) == [late]
+        assert listed(await http.get("/ui/journeys", params={"incidents": "1"})) == [late]
+        assert 'journeys_incidents{purpose="sla"} 1.0' in (await http.get("/metrics")).text
+
+        rt.agents.register("notify", lambda _request: {}, replace=True)
+        await rt.processes.retry(late)
+        await rt.processes.scheduler.run_due()
+        assert listed(await http.get("/ui/journeys", params={"incidents": "1"})) == []
+        assert "badge failed incidents" not in (await http.get("/ui/journeys")).text
+        assert 'journeys_incidents{purpose="sla"} 0.0' in (await http.get("/metrics")).text
+
+
 async def test_pages_need_a_login_and_actions_need_their_scope() -> None:
     async with serving("memory://", auth=True) as served:
         http = served.http

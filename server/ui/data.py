@@ -47,6 +47,7 @@ class JourneyRow:
 
     instance: Instance
     stage: str | None
+    incidents: int = 0  # failed timers its retry re-arms (a process instance's SLA or reminder notification)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,8 @@ async def journey_list(svc: ServerServices, where: InstanceFilter) -> JourneyLis
     counts = await index.count_by_pattern_and_status(where)
     instances = await index.list_instances(where=where, limit=LIST_LIMIT, newest_first=True)
     stages = await _stages(svc, [i.instance_id for i in instances if i.pattern == "lifecycle"])
-    rows = [JourneyRow(i, stages.get(i.instance_id)) for i in instances]
+    incidents = await index.incidents([i.instance_id for i in instances if i.pattern == "process"])
+    rows = [JourneyRow(i, stages.get(i.instance_id), incidents.get(i.instance_id, 0)) for i in instances]
     return JourneyList(rows, dict(sorted(counts.items())), sum(counts.values()))
 
 

@@ -207,6 +207,7 @@ async def journeys(
     user: str = "",
     since: str = "",
     until: str = "",
+    incidents: str = "",
 ) -> HTMLResponse:
     allow(principal, "read")
     where = InstanceFilter(
@@ -217,9 +218,11 @@ async def journeys(
         created_after=_moment(since, "since"),
         created_before=_moment(until, "until", end_of_day=True),
         viewer=svc.viewer(principal),  # only the caller's own journeys, as on the API
+        incidents=bool(incidents),
     )
     listing = await data.journey_list(svc, where)
     filters = {"pattern": pattern, "status": status, "stage": stage, "user": user, "since": since, "until": until}
+    filters["incidents"] = "1" if incidents else ""
     return _render(
         request,
         "journeys.html",
