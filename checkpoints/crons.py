@@ -18,13 +18,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Executable, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.backends.base import Statement
 from checkpoints.clock import Clock
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, new_row_owner, visible_to
-from checkpoints.process.timers import ARMED, TimerStore, cancel_timers
+from checkpoints.process.timers import ARMED, FAILED, Timer, TimerStore, cancel_timers
 from checkpoints.rows import JsonHolds
 from checkpoints.schema.tables import process_timers, server_crons
 from nodes.timer import TimerDefinition
@@ -32,10 +32,19 @@ from nodes.timer import TimerDefinition
 CRON_PURPOSE = "cron"
 
 
+def _failed_ticks(cron_ids: Any) -> ColumnElement[bool]:
+    """The failed ticks (incidents) of the crons ``cron_ids`` (a column or subquery): kept as timers of their
+    own, apart from each cron's timer (``TimerStore.incident_statement``); found through the status index."""
+    t = process_timers.c
+    return and_(t.status == FAILED, t.purpose == CRON_PURPOSE, t.element.in_(cron_ids))
+
+
 def _delete_crons(which: Any) -> tuple[Executable, ...]:
-    """Delete the crons ``which`` takes and cancel their timers: the statements, to run in one transaction."""
+    """Delete the crons ``which`` takes and cancel their timers and failed ticks: the statements, to run in one
+    transaction."""
+    armed = process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(which))
     return (
-        cancel_timers(process_timers.c.timer_id.in_(select(server_crons.c.timer_id).where(which))),
+        cancel_timers(or_(armed, _failed_ticks(select(server_crons.c.cron_id).where(which)))),
         delete(server_crons).where(which),
     )
 
@@ -206,10 +215,20 @@ class CronStore:
             row = (await conn.execute(mine)).first()
             if row is None:
                 return False
-            if row.timer_id is not None:
-                await conn.execute(self._timers.cancel_statement(row.timer_id))
-            await conn.execute(delete(server_crons).where(server_crons.c.cron_id == cron_id))
+            for statement in _delete_crons(server_crons.c.cron_id == cron_id):
+                await conn.execute(statement)
         return True
+
+    async def failed_ticks(self, cron_id: str) -> list[Timer]:
+        """The cron's ticks that failed for good (incidents), oldest first: each a failed timer whose data holds
+        its ``incident``; :meth:`retry_statements` fires them again."""
+        query = select(process_timers).where(_failed_ticks([cron_id])).order_by(process_timers.c.due_at)
+        async with self._engine.connect() as conn:
+            return [Timer(**row._mapping) for row in (await conn.execute(query)).all()]
+
+    async def retry(self, ticks: Sequence[Timer]) -> None:
+        """Fire these failed ticks again, each once (at the next pass: their due time is past)."""
+        await self._timers.execute([self._timers.rearm_statement(tick) for tick in ticks])
 
     async def delete_of_assistant(self, assistant_id: str) -> None:
         """Delete the assistant's crons and cancel their timers (the assistant is deleted: as on the Agent

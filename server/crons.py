@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from checkpoints.crons import CRON_PURPOSE, CronFilter, CronRow, CronStore, firing_guard
 from checkpoints.errors import RunWithdrawnError, ThreadNotFoundError
-from checkpoints.process.timers import Timer
-from graphs.errors import InvalidInputError, JourneyNotFoundError
+from checkpoints.process.timers import TICK_OF, Timer
+from graphs.errors import InvalidInputError, InvalidMoveError, JourneyNotFoundError
 from graphs.runtime import JourneyRuntime
 from nodes.timer import TimerDefinition
 from server.assistants import get_assistant
@@ -127,6 +127,31 @@ class CronService:
             raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
         return found
 
+    async def incidents(self, cron_id: str) -> list[dict[str, Any]]:
+        """The cron's ticks that failed for good (after their retries), oldest first: when each was due and
+        what failed."""
+        ticks = await self.store.failed_ticks(cron_id)
+        return [{**tick.data.get("incident", {}), "due_at": tick.due_at.isoformat()} for tick in ticks]
+
+    async def retry(self, cron_id: str) -> list[dict[str, Any]]:
+        """Fire the cron's failed ticks again (each once, at the scheduler's next pass); the incidents retried.
+        Refused while the cron is disabled or spent (its ticks would not fire), or when none failed."""
+        cron = await self.get(cron_id)
+        ticks = await self.store.failed_ticks(cron_id)
+        if not ticks:
+            raise InvalidMoveError(f"cron {cron_id!r} has no failed tick to retry", allowed=[], cron_id=cron_id)
+        if not cron.enabled or cron.timer_id is None:
+            raise InvalidMoveError(
+                f"cron {cron_id!r} is {'disabled' if not cron.enabled else 'past its end time'}: its failed ticks "
+                "fire only while it is armed; enable it (or give it a later end_time) first",
+                allowed=["update"],
+                cron_id=cron_id,
+            )
+        retried = await self.incidents(cron_id)
+        await self.store.retry(ticks)
+        self.runtime.processes.scheduler.wake()
+        return retried
+
     async def delete(self, cron_id: str) -> None:
         if not await self.store.delete(cron_id):
             raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)
@@ -140,7 +165,9 @@ class CronService:
         that retry finds the run instead of making a second one; the run was handed to its queue with its
         commit (distributed) or is taken up by the server's restart (embedded)."""
         cron = await self.store.get(str(timer.data.get("cron_id")))
-        if cron is None or not cron.enabled or cron.timer_id != timer.timer_id:
+        # A failed tick an operator retried (kept apart from the cron's timer) fires while the cron is armed.
+        armed_on = cron.timer_id if cron is not None and TICK_OF in timer.data else timer.timer_id
+        if cron is None or not cron.enabled or armed_on is None or cron.timer_id != armed_on:
             return False
         run_id = firing_run_id(timer)
         if await self.runs.get_run(run_id) is not None:
@@ -172,7 +199,7 @@ class CronService:
                     # A firing's new thread goes when its run ends, if the cron asked (never the cron's own thread).
                     **({"on_completion": "delete"} if cron.on_run_completed == "delete" and not cron.thread_id else {}),
                 },
-                guard=firing_guard(cron.cron_id, timer.timer_id),
+                guard=firing_guard(cron.cron_id, armed_on),
             )
         except RunWithdrawnError:  # disabled, rescheduled or deleted since it was read: this timer ends runless
             return False
@@ -188,5 +215,6 @@ class CronService:
 
 
 def firing_run_id(timer: Timer) -> str:
-    """The id of the run a cron's tick makes: the same for every attempt at that tick, unique to it."""
-    return str(uuid.uuid5(_FIRINGS, f"{timer.timer_id}@{timer.due_at.isoformat()}"))
+    """The id of the run a cron's tick makes: the same for every attempt at that tick (its operator's retry
+    too), unique to it."""
+    return str(uuid.uuid5(_FIRINGS, f"{timer.data.get(TICK_OF) or timer.timer_id}@{timer.due_at.isoformat()}"))

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, get_type_hints
 
+import httpx
 import pytest
 from langgraph.config import get_store
 from langgraph.graph import END, START, StateGraph
@@ -15,7 +16,7 @@ from langgraph.store.postgres.aio import AsyncPostgresStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
+from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 from langgraph_sdk.schema import Cron, Item, ListNamespaceResponse, SearchItem, SearchItemsResponse
 
 from checkpoints import VirtualClock
@@ -23,6 +24,7 @@ from checkpoints.crons import CronStore
 from checkpoints.process.timers import Timer, TimerStore
 from graphs import JourneyRuntime
 from server.app import create_app
+from server.runs.store import RunStore
 from server.settings import Settings
 from tests.server_support import SchedulerPasses, serving
 
@@ -307,6 +309,60 @@ async def test_a_firing_retried_after_its_run_was_written_makes_no_second_run(
     [moved_on] = await client.crons.search()
     assert moved_on["cron_id"] == cron["cron_id"]
     assert datetime.fromisoformat(moved_on["next_run_date"]) == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+
+
+async def test_a_cron_whose_firing_keeps_failing_is_retried_with_backoff_then_an_incident_and_goes_on_ticking(
+    cron_client: LangGraphClient,
+    cron_server: tuple[str, SchedulerPasses],
+    clock: VirtualClock,
+    passes: SchedulerPasses,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A firing whose run could not be created was claimed again at every lease (each minute) for ever, said
+    nowhere but a warning, and the cron never reached its next tick. Now it is tried again with a doubling
+    backoff (15 s, 30 s, 1 min, 2 min); after five attempts the tick is an incident (its own failed timer, listed
+    by GET /runs/crons/{id}/incidents and counted by /metrics) while the cron goes on to its next tick; POST
+    /runs/crons/{id}/retry fires the failed tick once, making its run (once), and the incident is gone."""
+    client = cron_client
+    tried: list[datetime] = []
+    create_run = RunStore.create_run
+
+    async def refusing(self: RunStore, **options: Any) -> Any:
+        if "cron_id" in options["metadata"] and down:
+            tried.append(clock.now())
+            raise RuntimeError("the run queue refused the run")
+        return await create_run(self, **options)
+
+    down = True
+    monkeypatch.setattr(RunStore, "create_run", refusing)
+    cron = await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, on_run_completed="keep")
+    nine = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    for moment in (0, 14, 15, 44, 45, 104, 105, 224, 225, 600):  # seconds after nine
+        clock.set(nine + timedelta(seconds=moment))
+        assert await cron_threads(client, passes) == []
+    assert [(t - nine).total_seconds() for t in tried] == [0, 15, 45, 105, 225]  # then no more
+    [moved_on] = await client.crons.search()
+    assert datetime.fromisoformat(moved_on["next_run_date"]) == datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    [incident] = await client.http.get(f"/runs/crons/{cron['cron_id']}/incidents")
+    assert datetime.fromisoformat(incident["due_at"]) == nine and incident["attempts"] == 5
+    assert incident["error_type"] == "RuntimeError" and "the run queue refused the run" in incident["error"]
+    async with httpx.AsyncClient(base_url=cron_server[0]) as http:
+        assert 'journeys_incidents{purpose="cron"} 1.0' in (await http.get("/metrics")).text
+
+    down = False
+    retried = await client.http.post(f"/runs/crons/{cron['cron_id']}/retry", json={})
+    assert [i["due_at"] for i in retried] == [incident["due_at"]]
+    [made] = await cron_threads(client, passes)
+    [run] = await client.runs.list(made["thread_id"])
+    assert run["metadata"]["cron_due_at"] == nine.isoformat()
+    assert (await client.runs.join(made["thread_id"], run["run_id"]))["current_step"] == "upload_content"
+    assert await client.http.get(f"/runs/crons/{cron['cron_id']}/incidents") == []
+    async with httpx.AsyncClient(base_url=cron_server[0]) as http:
+        assert 'journeys_incidents{purpose="cron"} 0.0' in (await http.get("/metrics")).text
+    with pytest.raises(ConflictError, match="no failed tick"):
+        await client.http.post(f"/runs/crons/{cron['cron_id']}/retry", json={})
+    clock.set(datetime(2026, 3, 3, 9, 0, tzinfo=UTC))  # the next tick fires as ever
+    assert len(await cron_threads(client, passes)) == 2
 
 
 async def test_a_search_filter_with_an_unknown_operator_is_refused_not_a_server_error(

@@ -29,6 +29,10 @@ from checkpoints.seq_race import again_if_lost
 DEFAULT_LEASE = timedelta(seconds=60)
 ARMED = ("scheduled", "firing")  # a timer that may still fire
 FAILED = "failed"  # an incident: its firing failed after its agent's retries; an operator's retry re-arms it
+# A timer's data about the failed attempts at its current tick (graphs.process.timers' handler retries).
+RETRY_KEYS = ("attempts", "last_error")
+# The data key of a failed tick kept apart from its repeating timer (TimerStore.incident_statement): that timer's id.
+TICK_OF = "tick_of"
 
 
 def cancel_timers(which: ColumnElement[bool]) -> Executable:
@@ -59,6 +63,11 @@ class Timer:
     claimed_at: datetime | None
     fired_at: datetime | None
     created_at: datetime
+
+
+def tick_id(timer: Timer) -> str:
+    """The id of the timer that keeps ``timer``'s current tick apart (its incident): the same for every try."""
+    return f"{timer.timer_id}@{_utc(timer.due_at).isoformat()}"
 
 
 def _utc(moment: datetime) -> datetime:
@@ -144,10 +153,15 @@ class TimerStore:
         timers = [Timer(**r._mapping) for r in rows]
         return sorted(timers, key=lambda timer: (timer.due_at, timer.timer_id))
 
-    def fired_statement(self, timer: Timer, worker: str, *, next_due: datetime | None, ticks: int) -> Executable:
-        """Finish a claimed firing: reschedule a repeating timer at ``next_due``, else mark it fired."""
+    def fired_statement(
+        self, timer: Timer, worker: str, *, next_due: datetime | None, ticks: int, data: dict[str, Any] | None = None
+    ) -> Executable:
+        """Finish a claimed firing: reschedule a repeating timer at ``next_due``, else mark it fired. ``data``:
+        the timer's data from now on (None: unchanged)."""
         t = process_timers.c
         values: dict[str, Any] = {"ticks": ticks, "fired_at": self._clock.now().astimezone(UTC), "claimed_by": None}
+        if data is not None:
+            values["data"] = data
         if next_due is not None:
             values |= {"status": "scheduled", "due_at": _utc(next_due)}
         else:
@@ -177,11 +191,49 @@ class TimerStore:
             .values(status=FAILED, claimed_by=None, data={**timer.data, "incident": incident})
         )
 
+    def retry_statement(
+        self, timer: Timer, worker: str, *, at: datetime, lease: timedelta, data: dict[str, Any]
+    ) -> Executable:
+        """A claimed firing that failed and is to be tried again at ``at``: its claim is given up as if it had
+        been taken ``lease`` before ``at``, so :meth:`claim_due` (on that lease) takes it again then and not
+        before, at the same due time (its tick is the same tick); ``data`` says how many attempts failed."""
+        t = process_timers.c
+        return (
+            update(process_timers)
+            .where(t.timer_id == timer.timer_id, t.status == "firing", t.claimed_by == worker)
+            .values(claimed_by=None, claimed_at=_utc(at) - lease, data=data)
+        )
+
+    def incident_statement(self, timer: Timer, incident: dict[str, Any]) -> Executable:
+        """Keep one tick of a repeating timer that failed for good as a timer of its own, standing ``failed`` (an
+        incident, ``incident`` in its data, ``tick_of`` naming ``timer``), while ``timer`` goes on to its next
+        tick; :meth:`rearm_statement` fires that tick once more (see :func:`tick_id`)."""
+        data = {k: v for k, v in timer.data.items() if k not in RETRY_KEYS}
+        return insert_ignore(
+            self._engine,
+            process_timers,
+            timer_id=tick_id(timer),
+            instance_id=timer.instance_id,
+            wait_id=timer.wait_id,
+            element=timer.element,
+            purpose=timer.purpose,
+            definition=timer.definition,
+            due_at=_utc(timer.due_at),
+            origin=_utc(timer.origin),
+            ticks=0,
+            status=FAILED,
+            data={**data, TICK_OF: timer.timer_id, "incident": incident},
+            claimed_by=None,
+            claimed_at=None,
+            fired_at=None,
+            created_at=self._clock.now().astimezone(UTC),
+        )
+
     def rearm_statement(self, timer: Timer) -> Executable:
         """An operator's retry of a failed timer: scheduled again at its own due time (past, so the next pass
-        fires it), its incident cleared."""
+        fires it), its incident and its count of failed attempts cleared."""
         t = process_timers.c
-        data = {k: v for k, v in timer.data.items() if k != "incident"}
+        data = {k: v for k, v in timer.data.items() if k not in ("incident", *RETRY_KEYS)}
         return (
             update(process_timers)
             .where(t.timer_id == timer.timer_id, t.status == FAILED)

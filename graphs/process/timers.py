@@ -19,7 +19,9 @@ the scheduled ones, so two workers never fire the same timer and none fires earl
   instance (``ProcessOrchestrator.retry``), which re-arms the timer;
 - ``start``: starts a new instance (its id is derived from the tick, so a repeated firing starts none);
 - any other purpose: the handler registered for it (``TimerScheduler.handlers``, e.g. the server's
-  crons), rescheduled like a timer start, and spent past its ``data["until"]``.
+  crons), rescheduled like a timer start, and spent past its ``data["until"]``. A handler that raises is
+  tried again with a doubling backoff; a tick that failed every attempt is an incident (kept as a failed
+  timer of its own, which an operator re-arms) and the timer goes on to its next tick (``_handler_failed``).
 
 Repeating timers are rescheduled from their own schedule, not from when they fired; ticks missed
 while nothing ran follow the timer's ``missed`` policy (``nodes.timer``). Embedded mode runs
@@ -46,7 +48,7 @@ from agents.errors import AgentCallFailedError, AgentNotFoundError, PolicyViolat
 from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
-from checkpoints.process.timers import DEFAULT_LEASE, Timer, TimerStore
+from checkpoints.process.timers import DEFAULT_LEASE, RETRY_KEYS, TICK_OF, Timer, TimerStore
 from graphs.kernel.engine import CONTINUATION
 from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
@@ -67,6 +69,11 @@ MAX_ROUNDS = 100
 STRAGGLER_S = 0.2
 TIMER_FAILED = "timer.failed"  # an incident: a timer's agent call failed after its retries (see _end_if_given_up)
 TIMER_RETRIED = "timer.retried"  # an operator's retry re-armed a failed timer
+# A registered handler that raises is tried again this many times in all, HANDLER_BACKOFF after its first
+# failure, then twice as long after each next one (15 s, 30 s, 1 min, 2 min: about 4 min for a tick), before the
+# tick is an incident (_handler_failed).
+HANDLER_ATTEMPTS = 5
+HANDLER_BACKOFF = timedelta(seconds=15)
 # Fires a timer of a purpose the process engine does not know (the server's crons); True if it took effect.
 TimerHandler = Callable[[Timer], Awaitable[bool]]
 
@@ -155,7 +162,7 @@ async def fire_due_timers(
     async def fire_one(timer: Timer) -> None:
         async with gate:
             try:
-                fired = await _fire_other(processes, timer, worker, handlers or {})
+                fired = await _fire_other(processes, timer, worker, handlers or {}, lease)
             except Exception as exc:  # left "firing" (or "failed": an incident): see _end_if_given_up
                 report.failed += 1
                 report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
@@ -201,7 +208,9 @@ async def fire_due_timers(
     return report
 
 
-async def _fire_other(processes: TimerHost, timer: Timer, worker: str, handlers: Mapping[str, TimerHandler]) -> bool:
+async def _fire_other(
+    processes: TimerHost, timer: Timer, worker: str, handlers: Mapping[str, TimerHandler], lease: timedelta
+) -> bool:
     """Timers that do not end a wait: SLA escalations, reminders, timer starts, deadlines, registered purposes."""
     timers = processes.services.timers
     if timer.purpose == DEADLINE_PURPOSE:  # a journey's whole-run deadline, for any pattern
@@ -220,10 +229,20 @@ async def _fire_other(processes: TimerHost, timer: Timer, worker: str, handlers:
         until = timer.data.get("until")
         if next_due is not None and until is not None and next_due > datetime.fromisoformat(until):
             next_due = None
-        if not await handler(timer):  # what it fired for is gone: the timer ends
+        if TICK_OF in timer.data:  # a failed tick an operator retried: it fires once
+            next_due = None
+        try:
+            took = await handler(timer)
+        except Exception as exc:
+            await _handler_failed(processes, timer, worker, exc, lease, next_due=next_due, ticks=ticks + skipped)
+            raise
+        if not took:  # what it fired for is gone: the timer ends
             await timers.execute([timers.dropped_statement(timer, worker)])
             return False
-        await timers.execute([timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)])
+        done = timers.fired_statement(
+            timer, worker, next_due=next_due, ticks=ticks + skipped, data=_without_retries(timer.data)
+        )
+        await timers.execute([done])
         return True
     if timer.purpose == "reminder":
         fired = await _remind(processes, timer, worker, ticks, skipped)
@@ -234,6 +253,68 @@ async def _fire_other(processes: TimerHost, timer: Timer, worker: str, handlers:
         fired = await _start(processes, timer, ticks, skipped)
     await timers.execute([timers.fired_statement(timer, worker, next_due=next_due, ticks=ticks + skipped)])
     return fired
+
+
+def _without_retries(data: dict[str, Any]) -> dict[str, Any] | None:
+    """``data`` without the failed attempts of a tick that is now through (None: it had none)."""
+    return {k: v for k, v in data.items() if k not in RETRY_KEYS} if RETRY_KEYS[0] in data else None
+
+
+async def _handler_failed(
+    processes: TimerHost,
+    timer: Timer,
+    worker: str,
+    exc: Exception,
+    lease: timedelta,
+    *,
+    next_due: datetime | None,
+    ticks: int,
+) -> None:
+    """A registered handler (a cron's firing) raised at ``timer``'s tick. It is tried again after a backoff
+    (:data:`HANDLER_BACKOFF`, doubling), the failed attempts counted in the timer's data; after
+    :data:`HANDLER_ATTEMPTS` the tick is an incident, as Temporal's activity past its retry policy and Camunda's
+    job with no retries left: kept as a failed timer of its own (``TimerStore.incident_statement``) that an
+    operator retries, while the timer goes on to its next tick, so a schedule keeps firing. Not recorded when
+    the database is what failed (the write fails too): the claim's lease brings the tick back, as after a
+    crash."""
+    timers = processes.services.timers
+    now = processes.clock.now().astimezone(UTC)
+    attempts = int(timer.data.get("attempts") or 0) + 1
+    error = f"{type(exc).__name__}: {exc}"
+    try:
+        if attempts < HANDLER_ATTEMPTS:
+            retry_at = now + HANDLER_BACKOFF * 2 ** (attempts - 1)
+            data = {**timer.data, "attempts": attempts, "last_error": error}
+            await timers.execute([timers.retry_statement(timer, worker, at=retry_at, lease=lease, data=data)])
+            log.warning(
+                "timer handler failed; tried again later",
+                timer_id=timer.timer_id,
+                purpose=timer.purpose,
+                attempts=attempts,
+                retry_at=retry_at.isoformat(),
+                error=error,
+            )
+            return
+        incident = {
+            "timer_id": timer.timer_id,
+            "purpose": timer.purpose,
+            "due_at": timer.due_at.isoformat(),
+            "error": f"{error}; fix the cause, then retry it to fire this tick again",
+            "error_type": type(exc).__name__,
+            "attempts": attempts,
+            "failed_at": now.isoformat(),
+        }
+        if TICK_OF in timer.data:  # a retried tick failed again: it stands failed once more
+            statements = [timers.failed_statement(timer, worker, incident)]
+        else:
+            done = timers.fired_statement(
+                timer, worker, next_due=next_due, ticks=ticks, data=_without_retries(timer.data)
+            )
+            statements = [timers.incident_statement(timer, incident), done]
+        await timers.execute(statements)
+        log.error("timer handler failed for good: an incident", **incident)
+    except Exception as recording:  # the database is away: the lease brings the tick back
+        log.warning("could not record a timer handler's failure", timer_id=timer.timer_id, error=str(recording))
 
 
 async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int) -> bool:

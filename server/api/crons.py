@@ -3,7 +3,10 @@
 Each firing creates a run, as ``runs.create`` would: with no thread, on a new thread each time (a fresh
 journey per firing); on a thread (chat assistants, e.g. the guide), queued behind any run active there.
 Schedules are five-field cron expressions read in ``timezone`` (UTC by default). Firings are durable
-timers: never early, and one catch-up firing for the ticks missed while no scheduler ran.
+timers: never early, and one catch-up firing for the ticks missed while no scheduler ran. A firing that
+fails (its run could not be created) is tried again with a backoff; a tick that failed every try is an
+incident (``GET /runs/crons/{cron_id}/incidents``, retried with ``POST /runs/crons/{cron_id}/retry``) while
+the cron goes on to its next tick.
 
 A cron belongs to the caller that created it (its tenant, shared with its ``share_with`` group), and so
 do its firings' runs; every route finds only the crons the caller may see (filtered in the query), and a
@@ -245,3 +248,37 @@ async def delete_cron(cron_id: CronId, caller: Runner, svc: Services) -> Respons
     await _mine(svc, caller, cron_id)
     await svc.crons.delete(cron_id)
     return Response(status_code=204)
+
+
+class CronIncidentOut(BaseModel):
+    """A tick of a cron whose firing failed after its retries: when it was due and what failed."""
+
+    timer_id: str
+    due_at: str = Field(description="the tick that failed (its run's cron_due_at, once retried)")
+    error: str
+    error_type: str
+    attempts: int
+    failed_at: str
+
+
+@router.get(
+    "/runs/crons/{cron_id}/incidents",
+    response_model=list[CronIncidentOut],
+    summary="A cron's failed ticks (incidents), oldest first",
+)
+async def cron_incidents(cron_id: CronId, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    await _mine(svc, caller, cron_id)
+    return await svc.crons.incidents(cron_id)
+
+
+@router.post(
+    "/runs/crons/{cron_id}/retry",
+    response_model=list[CronIncidentOut],
+    summary="Fire a cron's failed ticks again",
+    description="Each failed tick fires once more at the scheduler's next pass, making the run it failed to make "
+    "(once: a tick whose run was made after all makes none). Answers the incidents retried; 409 when there is "
+    "none, or while the cron is disabled or past its end time.",
+)
+async def retry_cron(cron_id: CronId, caller: Runner, svc: Services) -> list[dict[str, Any]]:
+    await _mine(svc, caller, cron_id)
+    return await svc.crons.retry(cron_id)
