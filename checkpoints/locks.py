@@ -42,10 +42,11 @@ import functools
 import hashlib
 import os
 import random
+import socket
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -68,6 +69,20 @@ FIRST_BACKOFF_S = 0.002
 MAX_BACKOFF_S = 0.05
 SIDECAR_SUFFIX = ".locks"
 FENCE_CHECK_S = 0.2  # how often the PostgreSQL lock connection is looked at (a poll, no round trip) while held
+# A path to the server can die without a word (a failover, a NAT's dropped mapping): nothing arrives, and a poll sees
+# nothing. While locks are held, a lock connection that answered nothing for PROOF_AFTER_S is asked SELECT 1, and one
+# that leaves any statement unanswered for ANSWER_LIMIT_S (nothing to read) is given up as lost (its holders stopped).
+PROOF_AFTER_S = 1.0
+ANSWER_LIMIT_S = 5.0
+# The server's side of the lock session: a client gone silent is noticed by the server's TCP keepalives after about
+# 25 s (10 + 3 x 5; tcp_user_timeout for an answer never acknowledged), which ends the session and releases its
+# locks, well after the holder gave them up (PROOF_AFTER_S + ANSWER_LIMIT_S), not hours later (the kernel's default).
+SERVER_KEEPALIVES = (
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "25000"),
+)
 
 
 @dataclass(slots=True)
@@ -221,18 +236,27 @@ class PgAdvisoryLocks(_PolledLocks):
         self._fenced: set[asyncio.Task[Any]] = set()
         self._leases: dict[asyncio.Task[Any], Lease] = {}  # each holding task's (see Lease)
         self._watch: asyncio.Task[None] | None = None
+        # Statements asked of the lock connection and not answered yet, since when, and its last answer (the loop's
+        # clock): what tells a connection gone silent (see _silent), and the watch's SELECT 1 asking it (_proof).
+        self._asked = 0
+        self._asked_at = 0.0
+        self._answered_at = 0.0
+        self._proof: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._connection()
 
     async def close(self) -> None:
+        # The watch goes on meanwhile: it gives up a connection gone silent, on which these would wait for ever.
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._proof is not None:
+            await asyncio.gather(self._proof, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         if self._conn is not None:
             await self._conn.close()  # what is still held is released with the session
 
@@ -253,6 +277,10 @@ class PgAdvisoryLocks(_PolledLocks):
                 # It sits idle while a step runs under its locks; a server-wide idle limit must not end it.
                 with contextlib.suppress(psycopg.errors.UndefinedObject):  # before PostgreSQL 14
                     await conn.execute("SET idle_session_timeout = 0")
+                await conn.execute(
+                    SET_KEEPALIVES, [[name for name, _ in SERVER_KEEPALIVES], [v for _, v in SERVER_KEEPALIVES]]
+                )
+                self._answered_at = asyncio.get_running_loop().time()
                 self._conn = conn
                 self._pids[self._generation] = conn.info.backend_pid
             return self._conn, self._generation
@@ -268,8 +296,7 @@ class PgAdvisoryLocks(_PolledLocks):
         holding[task] = holding.get(task, 0) + 1
         lease = self._leases.setdefault(task, Lease(instance_id))
         leased = _LEASE.set(lease)
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.ensure_future(self._watch_connection())
+        self._watching()
         try:
             try:
                 yield
@@ -323,21 +350,65 @@ class PgAdvisoryLocks(_PolledLocks):
                 stopped=len(stopped),
             )
 
+    def _watching(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.ensure_future(self._watch_connection())
+
     async def _watch_connection(self) -> None:
-        """While locks are held, look at the lock connection every ``FENCE_CHECK_S`` seconds: one the server
-        ended (a restart, a terminated backend: its message and end of stream wait on the idle socket) is
-        found then, not at its next statement, and its locks' holders are stopped (:meth:`_fence`)."""
-        while self._holders:
+        """While locks are held or a statement waits for its answer, look at the lock connection every
+        ``FENCE_CHECK_S`` seconds: one the server ended (a restart, a terminated backend: its message and end of
+        stream wait on the idle socket) is found then, not at its next statement; one gone silent (a failover or
+        a dropped NAT mapping: no end of stream ever comes) is found by its unanswered statements, a SELECT 1 when
+        it answered nothing for ``PROOF_AFTER_S``, and is given up. Either way its locks' holders are stopped
+        (:meth:`_fence`), and the next statement reconnects."""
+        loop = asyncio.get_running_loop()
+        while self._holders or self._asked:
             await asyncio.sleep(FENCE_CHECK_S)
             conn = self._conn
-            if conn is None or (not conn.closed and (conn.lock.locked() or not ended_by_server(conn))):
-                continue  # a statement on the wire reads the socket itself, and sees a drop
-            if not conn.closed:
-                with contextlib.suppress(psycopg.Error):  # a notice (rare) is read, and the connection is fine
-                    await conn.execute("SELECT 1")
+            if conn is not None and not conn.closed:
+                if self._silent(conn):
+                    _give_up(conn)  # the statement waiting on it fails now, as on a connection the server ended
                     continue
-            with contextlib.suppress(StoreError, psycopg.Error):  # fences the lost locks first; away: next round
-                await self._connection()
+                if conn.lock.locked():
+                    continue  # a statement on the wire reads the socket itself, and sees a drop (timed by _silent)
+                if ended_by_server(conn) or (self._holders and loop.time() - self._answered_at >= PROOF_AFTER_S):
+                    self._prove(conn)  # a notice (rare) is read, and the connection is fine; else it is closed now
+                continue
+            if conn is not None:
+                with contextlib.suppress(StoreError, psycopg.Error):  # fences the lost locks first; away: next round
+                    await self._connection()
+
+    def _silent(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Whether the lock connection has left a statement unanswered for ``ANSWER_LIMIT_S``, with nothing to
+        read (not an event loop that was kept from reading it): the path to the server is gone."""
+        if not self._asked:
+            return False
+        waited = asyncio.get_running_loop().time() - max(self._asked_at, self._answered_at)
+        return waited > ANSWER_LIMIT_S and not ended_by_server(conn)
+
+    def _prove(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Ask the lock connection a SELECT 1 (from a task: the watch times it, see :meth:`_silent`)."""
+        if self._proof is None or self._proof.done():
+            self._proof = asyncio.ensure_future(self._select_one(conn))
+
+    async def _select_one(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        with contextlib.suppress(psycopg.Error), self._asking():  # one that fails is closed: the watch sees it
+            await conn.execute("SELECT 1")
+
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        """Count a statement on the lock connection for the block (sent, or waiting for its turn to be) until
+        its answer, and watch the connection meanwhile: see :meth:`_silent`."""
+        loop = asyncio.get_running_loop()
+        if not self._asked:
+            self._asked_at = loop.time()
+        self._asked += 1
+        self._watching()
+        try:
+            yield
+        finally:
+            self._asked -= 1
+            self._answered_at = loop.time()
 
     async def _kept(self, name: str, token: Any) -> bool:
         # PostgreSQL releases a session's locks when the session ends: held still while the connection the
@@ -345,7 +416,8 @@ class PgAdvisoryLocks(_PolledLocks):
         conn = self._conn
         if conn is not None and not conn.closed and token == self._generation:
             try:
-                await conn.execute("SELECT 1")
+                with self._asking():
+                    await conn.execute("SELECT 1")
                 return True
             except psycopg.OperationalError:
                 if not conn.closed:
@@ -354,8 +426,9 @@ class PgAdvisoryLocks(_PolledLocks):
         # noticed yet), and holds the lock as long as it does: no other process can take it meanwhile.
         conn, _generation = await self._connection()
         key = lock_key(name) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned halves
-        found = await conn.execute(HOLDER, (key >> 32, key & 0xFFFFFFFF))
-        holder = await found.fetchone()
+        with self._asking():
+            found = await conn.execute(HOLDER, (key >> 32, key & 0xFFFFFFFF))
+            holder = await found.fetchone()
         return holder is not None and holder[0] == self._pids.get(int(token))
 
     async def _try(self, instance_id: str) -> int | None:
@@ -431,8 +504,9 @@ class PgAdvisoryLocks(_PolledLocks):
         cursor = self._cursors.get(sql)
         if cursor is None or cursor.connection is not conn:
             cursor = self._cursors[sql] = psycopg.AsyncRawCursor(conn)
-        await cursor.execute(sql, [keys], prepare=True)
-        return await cursor.fetchall()
+        with self._asking():
+            await cursor.execute(sql, [keys], prepare=True)
+            return await cursor.fetchall()
 
     def _undo(self, instance_id: str, done: asyncio.Future[int | None]) -> None:
         if done.cancelled() or done.exception() is not None or done.result() is None:
@@ -479,10 +553,22 @@ class PgAdvisoryLocks(_PolledLocks):
 
 TRY_LOCKS = "SELECT t.i, pg_try_advisory_lock(t.k) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, i)"
 UNLOCKS = "SELECT pg_advisory_unlock(t.k) FROM unnest($1::bigint[]) AS t(k)"
+SET_KEEPALIVES = "SELECT set_config(s.name, s.setting, false) FROM unnest(%s::text[], %s::text[]) AS s(name, setting)"
 HOLDER = (
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s::bigint::oid "
     "AND objid = %s::bigint::oid AND objsubid = 1"
 )
+
+
+def _give_up(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Shut the socket of a lock connection gone silent: the statement waiting on it reads the end of the stream at
+    once, and psycopg closes the connection as one the server ended (a cancel would wait for the server, seconds)."""
+    log.warning(
+        "the instance lock connection went silent: taken as lost (a failover, a dropped network path)",
+        unanswered_s=ANSWER_LIMIT_S,
+    )
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _report_failed_unlock(instance_id: str, released: asyncio.Future[None]) -> None:

@@ -9,6 +9,7 @@ promotions promote once and never validate the next stage's gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import httpx
 import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
+from psycopg.conninfo import conninfo_to_dict
 
 from agents.protocol import AgentRequest
 from agents.registry import AgentRegistry
@@ -483,6 +485,103 @@ async def test_a_holder_whose_lock_connection_drops_is_stopped_and_the_next_acqu
         assert "another process may be working on it now" in str(lost.value)
         assert await b_enters()
         async with a.engine.exclusive("journey-x"):
+            assert not await b_enters()
+        assert await b_enters()
+
+
+@contextlib.asynccontextmanager
+async def silencing_proxy(postgres_url: str) -> AsyncIterator[tuple[str, Callable[[], None]]]:
+    """A TCP proxy in front of the PostgreSQL server at ``postgres_url``: yields its URL and a call that makes the
+    path of every connection open now go silent, as a failover or a NAT's dropped mapping does: the server's end is
+    closed (PostgreSQL ends those sessions, releasing their locks), while the client's gets nothing, not even an end
+    of stream. Connections made afterwards go through (the database is reachable again, as after a failover)."""
+    params = conninfo_to_dict(postgres_url)
+    host, port = str(params.get("host") or "localhost"), int(params.get("port") or 5432)
+    sessions: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter, list[asyncio.Future[Any]]]] = []
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65_536):
+            sink.write(data)
+            await sink.drain()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        if host.startswith("/"):
+            up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        else:
+            up_reader, up_writer = await asyncio.open_connection(host, port)
+        pumps = [asyncio.ensure_future(pump(reader, up_writer)), asyncio.ensure_future(pump(up_reader, writer))]
+        sessions.append((writer, up_writer, pumps))
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+    def go_silent() -> None:
+        for _client, upstream, pumps in sessions:
+            for pumping in pumps:
+                pumping.cancel()
+            upstream.close()  # the client's end is left open, and is sent nothing more
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    listening = server.sockets[0].getsockname()[1]
+    user, password, dbname = params.get("user", ""), params.get("password", ""), params.get("dbname", "")
+    credentials = f"{user}:{password}@" if password else f"{user}@"
+    try:
+        yield f"postgresql://{credentials}127.0.0.1:{listening}/{dbname}", go_silent
+    finally:
+        server.close()
+        go_silent()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        for client, upstream, _pumps in sessions:
+            for stream in (client, upstream):
+                stream.close()
+                await asyncio.gather(stream.wait_closed(), return_exceptions=True)
+        await server.wait_closed()
+
+
+async def test_a_holder_whose_lock_connection_goes_silent_is_stopped(postgres_url: str) -> None:
+    """A failover, or a NAT that dropped the lock connection's mapping, ends the lock's session on the server (its
+    locks released: another process may take the journey at once) without a word to the holder: no end of stream
+    reaches its socket, and a poll of it sees nothing. The holder worked on for good (another process then
+    worked on the same journey: two runs of its steps). Now a lock connection that leaves its SELECT 1 unanswered
+    stops its holders within seconds (InstanceLockLostError), and the next acquisition reconnects; the lock's
+    session asks the server to end it once its client goes silent (TCP keepalives), not hours later."""
+    async with (
+        silencing_proxy(postgres_url) as (behind, go_silent),
+        JourneyRuntime.open(behind) as a,
+        JourneyRuntime.open(postgres_url, lock_timeout=0.2) as b,
+    ):
+        loop = asyncio.get_running_loop()
+        writes: list[float] = []
+
+        async def b_enters() -> bool:
+            try:
+                async with b.engine.exclusive("journey-s"):
+                    return True
+            except ConcurrentUpdateError:
+                return False
+
+        async def holder() -> None:
+            async with a.engine.exclusive("journey-s"):
+                while True:  # a long step, working as it goes
+                    writes.append(loop.time())
+                    await asyncio.sleep(0.01)
+
+        locks: Any = a.store.locks
+        asked = await locks._conn.execute("SELECT name FROM pg_settings WHERE name LIKE 'tcp_%' AND source = 'session'")
+        assert sorted(name for (name,) in await asked.fetchall()) == sorted(dict(locks_module.SERVER_KEEPALIVES))
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0.1)
+        assert not await b_enters()
+        go_silent()
+        silent = loop.time()
+        while not await b_enters():  # the server ended the holder's session: the journey is free
+            assert loop.time() - silent < 5
+        with pytest.raises(InstanceLockLostError):
+            await asyncio.wait_for(held, 15)
+        assert writes[-1] - silent < locks_module.PROOF_AFTER_S + locks_module.ANSWER_LIMIT_S + 1.5
+        async with a.engine.exclusive("journey-s"):  # a new lock connection
             assert not await b_enters()
         assert await b_enters()
 
