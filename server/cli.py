@@ -333,6 +333,15 @@ def worker(
             "are handed to another worker, which finishes them as after a crash",
         ),
     ] = 10.0,
+    lock_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            envvar="JOURNEYS_LOCK_TIMEOUT_S",
+            help="seconds a run waits for its journey while another process works on it (a run taken from a worker "
+            "whose heartbeat was late is then given back to the queue, and taken again later)",
+        ),
+    ] = 30.0,
 ) -> None:
     """Take runs, timers and checkpoint retention passes from PostgreSQL (procrastinate) and execute them."""
     from prometheus_client import start_http_server
@@ -356,6 +365,7 @@ def worker(
             retention=_retention(retention, retention_days),
             retention_cron=_retention_cron(retention_cron),
             shutdown_grace=shutdown_grace,
+            lock_timeout=lock_timeout,
         )
     )
 

@@ -16,8 +16,10 @@ from datetime import datetime
 from typing import Any
 
 import procrastinate
+import psycopg
 import structlog
 from procrastinate.connector import BaseConnector
+from procrastinate.exceptions import ConnectorException
 from procrastinate.job_context import AbortReason, JobContext
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
@@ -48,6 +50,16 @@ log = structlog.get_logger("journeys.worker")
 WORKER_REGISTERED = "procrastinate_jobs_worker_id_fkey"
 # How a worker's run store takes runs with their jobs (see RunJobs).
 RUN_JOBS = QueueJobs(FETCH_JOB, RUN_TASK, END_JOB)
+# How procrastinate refuses to end or retry a job that is no longer under way (its functions' RAISE).
+JOB_GONE = "Job was not found"
+
+
+def ended_elsewhere(error: BaseException) -> bool:
+    """Whether ``error`` is procrastinate refusing to end or retry a job no longer under way: another worker
+    ended it (a run taken again from a worker whose heartbeat was late is ended by whichever of the two ends it
+    first), or a reaper retried it already. A race that ends well, not a fault."""
+    cause = error.__cause__ if isinstance(error, ConnectorException) else None
+    return isinstance(cause, psycopg.errors.RaiseException) and str(cause).startswith(JOB_GONE)
 
 
 def conninfo(database_url: str) -> str:
@@ -119,7 +131,27 @@ class RunJobs(JobManager):
         if job.id in self._ended:
             self._ended.discard(job.id)
             return
-        await super().finish_job(job, status, delete_job)
+        try:
+            await super().finish_job(job, status, delete_job)
+        except ConnectorException as exc:
+            if not ended_elsewhere(exc):
+                raise
+            log.info("a job another worker ended already", job_id=job.id, status=status.value)
+
+    async def retry_job(
+        self,
+        job: Job,
+        retry_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        lock: str | None = None,
+    ) -> None:
+        try:
+            await super().retry_job(job, retry_at, priority, queue, lock)
+        except ConnectorException as exc:
+            if not ended_elsewhere(exc):
+                raise
+            log.info("a job another worker ended or retried already", job_id=job.id)
 
 
 class OutageRetry(BaseRetryStrategy):

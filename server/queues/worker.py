@@ -20,6 +20,7 @@ from procrastinate.signals import on_stop
 from agents.guide_model import load_guide_model
 from checkpoints.database import lost_database
 from checkpoints.errors import DatabaseUnavailableError
+from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.retention import RetentionPolicy
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
@@ -119,16 +120,23 @@ async def run_worker(
     retention: RetentionPolicy | None = None,
     retention_cron: str | None = RETENTION_CRON,
     shutdown_grace: float = 10.0,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> None:
     """Take runs, timers and retention passes (``retention`` policy, on ``retention_cron``; None: no
     passes in this worker) from the queue until cancelled. On a stop signal, take no more and give the runs
-    under way ``shutdown_grace`` seconds to end; those still under way then are handed to other workers."""
+    under way ``shutdown_grace`` seconds to end; those still under way then are handed to other workers.
+    ``lock_timeout``: seconds a run waits for its journey while another process works on it."""
     # Workers execute the runs in distributed mode, guide runs included: they need the server's guide model.
     guide = load_guide_model(guide_model) if guide_model else None
     ensure_schema(database_url)
     registry = plugin_registry(plugin)
     async with JourneyRuntime.open(
-        database_url, agents=registry, pool_size=max(4, concurrency), guide_model=guide, retention=retention
+        database_url,
+        agents=registry,
+        pool_size=max(4, concurrency),
+        guide_model=guide,
+        retention=retention,
+        lock_timeout=lock_timeout,
     ) as runtime:
         runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer, jobs=RUN_JOBS)
         executor = RunExecutor(runtime, runs, durability=durability)
