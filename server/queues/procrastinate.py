@@ -76,7 +76,8 @@ class RunJobs(JobManager):
     """procrastinate's job manager in a worker, with each run's claim and end in procrastinate's statements:
     the fetch of a run's job claims the run (:meth:`~checkpoints.runs.RunStore.take_job`), and the run's
     final status ends its job (:meth:`~checkpoints.runs.RunStore.finish`), one commit each where two were.
-    procrastinate's own end of a job the run ended is skipped: the job is gone."""
+    procrastinate's own end of a job the run ended is skipped: the job is gone. An end or retry of a job another
+    worker ended already (see :func:`ended_elsewhere`) is a race that ended well: one info line, not an error."""
 
     def __init__(self, connector: BaseConnector, runs: RunStore) -> None:
         super().__init__(connector)
