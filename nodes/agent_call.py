@@ -360,10 +360,9 @@ class AgentCaller:
         behind = recording.behind and recording.status is None and key is not None
 
         async def complete() -> None:
-            if behind:  # with the steps other runs complete meanwhile: one transaction for them
-                await self.events.append_together(instance_id, completion)
-            else:
-                await self.events.append(instance_id, [completion], status=recording.status)
+            # With the steps other runs complete meanwhile, written behind or not (a journey's last step, its
+            # status with it): one transaction for them all, not one each.
+            await self.events.append_together(instance_id, completion, recording.status)
             progress({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": attempts})
 
         await (self.events.write_behind(instance_id, complete) if behind else complete())

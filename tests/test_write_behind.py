@@ -76,3 +76,49 @@ async def test_a_completion_whose_write_fails_behind_the_run_is_made_again(
         assert view["completed_steps"] == AUTO_STEPS
         history = [(e.type, e.step) for e in await rt.history(f"{journey_id}:u") if e.type == "step.completed"]
         assert history == [("step.completed", step) for step in AUTO_STEPS]
+
+
+async def test_last_steps_of_journeys_ending_at_once_are_written_together_with_their_status(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journey's last step is not written behind (its status goes with it, and the run waits for it), but it
+    goes with the completions other runs ask for at the same time: one transaction for many, not one each."""
+    journeys = 8
+    async with JourneyRuntime.open(store_url) as rt:
+        arrived = 0
+        everyone = asyncio.Event()
+
+        async def last_step(request: AgentRequest) -> dict[str, Any]:
+            nonlocal arrived
+            arrived += 1
+            if arrived == journeys:
+                everyone.set()
+            await everyone.wait()  # every journey's last step completes at about the same moment
+            return {"done": True}
+
+        rt.agents.register("do_last", last_step)
+        spec = {**SPEC, "steps": [{"step_id": "last", "mode": "auto", "agent": "do_last"}]}
+        journey_id = (await rt.structured.design_journey("auto_pipeline", spec=spec))["journey_id"]
+        log = rt.store.events
+        transactions: list[int] = []  # per transaction that wrote completions: how many
+        together, alone = log._write_together, log._write_alone
+
+        async def counted_together(batch: Any) -> dict[str, bool]:
+            written = await together(batch)
+            transactions.append(len(written))
+            return written
+
+        async def counted_alone(*args: Any) -> bool:
+            transactions.append(1)
+            return await alone(*args)
+
+        monkeypatch.setattr(log, "_write_together", counted_together)
+        monkeypatch.setattr(log, "_write_alone", counted_alone)
+        users = [f"user-{n}" for n in range(journeys)]
+        views = await asyncio.gather(*(rt.structured.execute_journey(journey_id, user) for user in users))
+        assert sum(transactions) == journeys and len(transactions) <= journeys // 2, transactions
+        for view in views:
+            assert (view["status"], view["completed_steps"]) == ("completed", ["last"])
+            assert await logged_steps(rt, view["instance_id"]) == ["last"]
+            instance = await rt.store.index.get_instance(view["instance_id"])
+            assert instance is not None and instance.status == "completed"
