@@ -21,6 +21,7 @@ from sqlalchemy import select
 from checkpoints.backends.base import Backend
 from checkpoints.clock import SystemClock
 from checkpoints.schema.tables import journey_designs, process_timers
+from graphs.errors import SpecError
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
@@ -234,6 +235,36 @@ async def test_first_lifecycle_journeys_started_at_once_share_their_design(store
         assert {journey["current_stage"] for journey in started} == {"sandbox"}
         instances = await runtime.store.index.get_instances([journey["journey_id"] for journey in started])
         assert len(instances) == 4 and len({instance.journey_id for instance in instances}) == 1  # one design
+
+
+async def test_an_inline_spec_asked_for_again_is_its_shared_design_without_parsing_it_again(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every first run of a client that sends its spec asks for the shared design of the same content: it is
+    parsed, checked and hashed once per process, not on every run; other content is another design."""
+    spec = {"journey_type": "mine", "steps": [{"step_id": "a", "mode": "auto"}, {"step_id": "b"}]}
+    async with JourneyRuntime.open(store_url) as runtime:
+        structured = runtime.structured
+        built: list[str] = []
+        build = structured.build_spec
+
+        def counted(journey_type: str, requirements: Any, given: Any) -> Any:
+            built.append(journey_type)
+            return build(journey_type, requirements, given)
+
+        monkeypatch.setattr(structured, "build_spec", counted)
+        first = await structured.shared_design("mine", {"r": 1}, spec=spec)
+        again = await structured.shared_design("mine", {"r": 1}, spec=json.loads(json.dumps(spec)))
+        assert again == first and built == ["mine"]
+        other = await structured.shared_design("mine", {"r": 2}, spec=spec)
+        renamed = await structured.shared_design("yours", {"r": 1}, spec=spec)
+        assert len({first, other, renamed}) == 3 and built == ["mine", "mine", "yours"]
+        with pytest.raises(SpecError):  # a refused spec is refused each time it is asked for
+            await structured.shared_design("mine", None, spec={"steps": []})
+        with pytest.raises(SpecError):
+            await structured.shared_design("mine", None, spec={"steps": []})
+        started = await structured.start_run("structured_x1", again, "u1")
+        assert started["journey_id"] == first and started["current_step"] == "b"
 
 
 FOUR_STEPS = ("upload_content", "analyze_content", "transform_data", "validate_results")

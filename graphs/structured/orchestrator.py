@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -39,6 +41,18 @@ def design_view(journey_id: str, pattern: str, spec: StructuredSpec) -> dict[str
     }
 
 
+SHARED_DESIGNS_KEPT = 512  # inline specs whose shared design is remembered (see StructuredOrchestrator.shared_design)
+
+
+def _content(journey_type: str, requirements: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> str | None:
+    """What :meth:`StructuredOrchestrator.shared_design` is asked, as canonical JSON (None: not JSON, e.g. a
+    mapping that is no dict, or a key that is no string: such a call is not remembered)."""
+    try:
+        return json.dumps([journey_type, requirements, spec], sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+
+
 def structured_instance_id(journey_id: str, user_id: str) -> str:
     """The instance of ``journey_id`` for ``user_id`` (one per user); a user id no store keeps is refused."""
     return f"{journey_id}:{checked_user_id(user_id)}"
@@ -51,6 +65,8 @@ class StructuredOrchestrator:
         self.templates = templates
         self._designs = designs
         self._runs = StepJourneys(designs, ("structured",))
+        # The shared design made of an inline spec, by the content it was asked with (see :meth:`shared_design`).
+        self._shared: OrderedDict[str, str] = OrderedDict()
 
     async def design_journey(
         self,
@@ -74,8 +90,18 @@ class StructuredOrchestrator:
         """The id of the design :meth:`design_journey` would make of these arguments, stored once per
         content instead of under a new id: every run that starts the same journey (each thread of the
         server's ``structured`` assistant) shares one design row. Start it with :meth:`start_run`."""
+        # An inline spec asked for again (every first run of a client that sends its spec) is not parsed,
+        # merged and hashed again: a design's content decides its id, and designs are never changed nor deleted.
+        asked = _content(journey_type, requirements, spec) if isinstance(spec, Mapping) else None
+        if asked is not None and (known := self._shared.get(asked)) is not None:
+            self._shared.move_to_end(asked)
+            return known
         chosen = self.build_spec(journey_type, requirements, spec)
         design, _spec = await self._designs.save_shared("structured", chosen, prefix="structured_design")
+        if asked is not None:
+            self._shared[asked] = design.journey_id
+            if len(self._shared) > SHARED_DESIGNS_KEPT:
+                self._shared.popitem(last=False)
         return design.journey_id
 
     def build_spec(
