@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import UnprocessableEntityError
+from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
 from tests.server_support import v3_events
 
@@ -304,3 +305,34 @@ async def test_a_history_filter_contains_as_on_postgresql(sdk_client: LangGraphC
     for wanted, expected in cases:
         assert len(await client.threads.get_history(thread, limit=100, metadata=wanted)) == expected, wanted
     assert len(await client.threads.get_history(thread, limit=1, metadata={"parents": {}})) == 1
+
+
+async def test_a_start_that_could_not_run_is_refused_when_its_run_or_cron_is_created(
+    sdk_client: LangGraphClient,
+) -> None:
+    """A structured or saga spec naming an agent no one registered (or a step that is not there), a saga's
+    compensation handler no one registered, a template that does not exist: the run was queued, and failed
+    when a worker ran it. As the Agent Server refuses at once what it cannot run, the run (and a cron) is now
+    refused when it is created, saying what to fix, and nothing is stored."""
+    client = sdk_client
+    unregistered = {"journey_type": "x", "steps": [{"step_id": "a", "mode": "auto", "agent": "no_such_agent"}]}
+    tid = (await client.threads.create())["thread_id"]
+    with pytest.raises(UnprocessableEntityError, match="no_such_agent"):
+        await client.runs.create(tid, "structured", input={"journey_type": "x", "spec": unregistered})
+    with pytest.raises(httpx.HTTPStatusError, match="422(.|\n)*no_such_agent"):  # the SDK's wait raises httpx's
+        await client.runs.wait(None, "saga", input={"journey_type": "x", "spec": unregistered})
+    dangling = {"journey_type": "x", "steps": [{"step_id": "a", "next_steps": ["zz"]}]}
+    with pytest.raises(UnprocessableEntityError, match="unknown next step 'zz'"):
+        await client.runs.create(tid, "structured", input={"journey_type": "x", "spec": dangling})
+    handler = {"journey_type": "content_migration", "compensation_handlers": {"upload_content": "no_such_undo"}}
+    with pytest.raises(UnprocessableEntityError, match="no_such_undo"):
+        await client.runs.create(tid, "saga", input=handler)
+    with pytest.raises(NotFoundError, match="no_such_template"):
+        await client.runs.create(tid, "structured", input={"journey_type": "no_such_template"})
+    with pytest.raises(UnprocessableEntityError, match="no_such_agent"):
+        await client.crons.create("structured", schedule="0 0 1 1 *", input={"journey_type": "x", "spec": unregistered})
+    assert await client.runs.list(tid) == [] and await client.crons.count() == 0
+    # A sound spec still starts.
+    sound = {"journey_type": "x", "steps": [{"step_id": "a", "mode": "user"}]}
+    started = await client.runs.wait(tid, "structured", input={"journey_type": "x", "spec": sound})
+    assert started["current_step"] == "a"

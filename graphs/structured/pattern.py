@@ -78,6 +78,14 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
     return await structured.start_run(instance_id, journey_id, user_id, context, run_options=options)
 
 
+def _check_structured(runtime: JourneyRuntime, data: Mapping[str, Any]) -> None:
+    runtime.structured.check_design(
+        string_input(data, "journey_type"),
+        mapping_input(data.get("requirements"), "requirements"),
+        spec=data.get("spec"),
+    )
+
+
 def _start_arguments(ctx: RunContext, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The user and context a first run starts its step journey with, refused before the thread is bound to
     anything. The journey then gets an instance id of its own (one user's threads of one shared design are
@@ -154,6 +162,7 @@ register(
             retry=_retry,
             describe=_describe_structured,
             replays_from_log=True,
+            check_start=_check_structured,
         ),
         _structured_entrypoint,
         design=DesignKind(StructuredSpec, validate_structured, build_structured_graph),
@@ -179,6 +188,15 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
     saga_id = new_id("saga")
     options = ctx.registering(saga_id)
     await saga.execute_saga_journey(journey_id, user_id, context, saga_id=saga_id, run_options=options)
+
+
+def _check_saga(runtime: JourneyRuntime, data: Mapping[str, Any]) -> None:
+    runtime.saga.check_saga_design(
+        string_input(data, "journey_type"),
+        mapping_input(data.get("requirements"), "requirements"),
+        mapping_input(data.get("compensation_handlers"), "compensation_handlers"),
+        spec=data.get("spec"),
+    )
 
 
 async def _restart_saga(ctx: RunContext, instance_id: str, data: Mapping[str, Any]) -> None:
@@ -234,6 +252,7 @@ register(
             restart=_restart_saga,
             retry=_retry_saga,
             describe=_describe_saga,
+            check_start=_check_saga,
         ),
         _saga_entrypoint,
         design=DesignKind(SagaSpec, validate_saga, build_saga_graph),

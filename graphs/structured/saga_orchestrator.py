@@ -55,6 +55,21 @@ class SagaOrchestrator:
         design, _spec = await self._designs.save_shared("saga", saga, prefix="saga_design")
         return design.journey_id
 
+    def check_saga_design(
+        self,
+        journey_type: str,
+        requirements: Mapping[str, Any] | None = None,
+        compensation_handlers: Mapping[str, str] | None = None,
+        *,
+        spec: StructuredSpec | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Refuses what :meth:`shared_saga_design` would refuse of these arguments, storing nothing (see
+        :meth:`StructuredOrchestrator.check_design`)."""
+        if spec is None and not compensation_handlers:
+            self._structured.templates.get(journey_type)
+        else:
+            self._designs.check("saga", self._saga_spec(journey_type, requirements, compensation_handlers, spec))
+
     def _saga_spec(
         self,
         journey_type: str,
