@@ -70,6 +70,7 @@ STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 NO_STATE = ""  # a run's base checkpoint when its thread had no state yet (a rollback then clears the thread)
 RUN_CHANNEL = "journeys_runs"  # NOTIFY channel: the id of a run that finished or streamed (see split_notice)
 _THREAD_KEY = "thread:"  # before a thread's id, the notice of a run created on it (no run id starts so)
+_STATE_KEY = "state:"  # before a thread's id, the notice of an update of its state (threads.update_state)
 # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more: a finished run's row longer than this stays out.
 NOTICE_LIMIT = 7_900
 _NOTICE_SEP = "\n"  # between a finished run's id and its row, in its notice (no run id holds a newline)
@@ -301,6 +302,16 @@ def thread_key(thread_id: str) -> str:
     return _THREAD_KEY + thread_id
 
 
+def state_key(thread_id: str) -> str:
+    """What an update of the thread's state (``threads.update_state``) is noticed as: the thread's streams
+    in ``state_update`` mode watch it, in any process."""
+    return _STATE_KEY + thread_id
+
+
+def _state_notice(written: CTE) -> ColumnElement[str]:
+    return literal(_STATE_KEY) + written.c.thread_id
+
+
 def _thread_notice(written: CTE) -> ColumnElement[str]:
     """The notice of a run created on an existing thread: the thread's :func:`thread_key`."""
     return literal(_THREAD_KEY) + written.c.thread_id
@@ -411,7 +422,15 @@ _THREADS_OF_ASSISTANT = select(_runs.thread_id).where(_runs.assistant_id == bind
 _THREAD_RUN_IDS = select(_runs.run_id).where(_runs.thread_id == bindparam("p_thread_id"))
 _DELETE_THREAD_CHUNKS = delete(server_run_events).where(_chunks.run_id.in_(_THREAD_RUN_IDS))
 _DELETE_THREAD_RUNS = delete(server_runs).where(_runs.thread_id == bindparam("p_thread_id"))
-_DELETE_THREAD = delete(server_threads).where(_threads.thread_id == bindparam("p_thread_id"))
+_DELETE_THREAD = (
+    delete(server_threads).where(_threads.thread_id == bindparam("p_thread_id")).returning(_threads.thread_id)
+)
+_STATE_UPDATED = (
+    update(server_threads)
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .values(updated_at=bindparam("p_now"))
+    .returning(_threads.thread_id)
+)
 _SET_THREAD_METADATA = (
     update(server_threads)
     .where(_threads.thread_id == bindparam("p_thread_id"))
@@ -439,6 +458,9 @@ class RunStore:
         self._append_chunk = backend.notifying(_APPEND_CHUNK, RUN_CHANNEL, _run_id_notice)
         # So does a run created on an existing thread: a stream of the thread in another process serves it at once.
         self._count_run = backend.notifying(_COUNT_RUN, RUN_CHANNEL, _thread_notice)
+        # And a thread's delete: a stream of it in another process ends at once; and an update of its state.
+        self._delete_thread = backend.notifying(_DELETE_THREAD, RUN_CHANNEL, _thread_notice)
+        self._state_updated = backend.notifying(_STATE_UPDATED, RUN_CHANNEL, _state_notice)
         self._with_job: dict[Executable, Executable] = {}  # a run's INSERT per queue's defer (built once)
         # A thread named by its caller is created by one statement that cannot fail on a duplicate id: two
         # requests naming one new id at once both learn which of them created it (no read-then-insert).
@@ -574,8 +596,13 @@ class RunStore:
                         f"thread {thread_id!r} has an active run; cancel it first", thread_id=thread_id
                     )
             statements: list[Executable] = [_DELETE_THREAD_CHUNKS, _DELETE_THREAD_RUNS] if runs else []
-            for statement in (*statements, *DELETE_THREAD_CRONS, _DELETE_THREAD):
+            for statement in (*statements, *DELETE_THREAD_CRONS, self._delete_thread):
                 await tx.execute(statement, params)
+
+    async def state_updated(self, thread_id: str) -> None:
+        """Note that the thread's state was just updated (``threads.update_state``): its ``updated_at`` is now,
+        and its streams watching :func:`state_key` in any process are woken."""
+        await self._backend.write([self._state_updated], {"p_thread_id": thread_id, "p_now": self._clock.now()})
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
         """Bind a thread to the journey instance its first run started (once; later binds must agree)."""

@@ -65,8 +65,9 @@ def redact_answer(content: Any) -> Any:
 
 
 # The events whose data is the server's own (a stream's opening, its end, an error, the run's checkpoints and
-# tasks): redacted as an answer. Every other mode's chunk (values, updates, custom, messages) is journey values.
-ENVELOPE_EVENTS = frozenset({"metadata", "end", "error", "checkpoints", "tasks", "debug", "events"})
+# tasks, a thread's state): redacted as an answer. Every other mode's chunk (values, updates, custom, messages)
+# is journey values.
+ENVELOPE_EVENTS = frozenset({"metadata", "end", "error", "checkpoints", "tasks", "debug", "events", "state_update"})
 
 
 def shown(event: str, data: Any) -> Any:

@@ -25,6 +25,7 @@ from checkpoints.index import Instance
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.rows import holds_json
+from checkpoints.runs import state_key, thread_key
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError, TaskNotFoundError
 from graphs.kernel.engine import refuse_terminated
@@ -502,6 +503,7 @@ class ServerServices:
         async with self.thread_control(thread_id):  # not while it is copied, or given a row (thread_row)
             thread = await self.resolve_thread(thread_id, caller)  # deleted while this waited: not found
             await self.runs.delete_thread(thread_id)  # first: refused while a run is active, its crons with it
+            self.watch.changed(thread_key(thread_id))  # its streams here end now (elsewhere: the delete's notice)
             if thread.instance_id is not None:
                 deleted = NewEvent(THREAD_DELETED, {"thread_id": thread_id, "by": caller.name}, None, THREAD_DELETED)
                 await self.runtime.instances.terminate(thread.instance_id, "its thread was deleted", then=[deleted])
@@ -655,6 +657,9 @@ class ServerServices:
                 written = await graph.aupdate_state(config, values, as_node=as_node)
             except (ValueError, KeyError, TypeError) as exc:
                 raise InvalidInputError(f"cannot apply this state update: {exc}") from exc
+        # Its streams in state_update mode send the state now: here at once, elsewhere on the update's notice.
+        await self.runs.state_updated(thread_id)
+        self.watch.changed(state_key(thread_id))
         configurable: dict[str, Any] = written.get("configurable", {})
         return configurable
 

@@ -114,10 +114,14 @@ class ThreadEvents:
         """Server-sent events until the client goes away: each event's ``seq`` is its ``id``."""
         while True:
             with self._watching() as changed:
+                watched = {run_id for run_id, c in self._cursors.items() if not c.ended}
                 for event in await self._new_events():
                     if (self.since is None or event["seq"] > self.since) and self.wanted.admits(event):
                         yield frame(event)
-                await first_of(changed, self.svc.settings.poll_interval)
+                if any(run_id not in watched for run_id, c in self._cursors.items() if not c.ended):
+                    continue  # read again at once, now watching the runs just found: a change since is not missed
+                starting = any(c.run.status == "pending" for c in self._cursors.values() if not c.ended)
+                await first_of(changed, fallback_poll(self.svc.settings.poll_interval, starting=starting))
 
     @contextlib.contextmanager
     def _watching(self) -> Iterator[list[asyncio.Event]]:
@@ -246,6 +250,19 @@ def event(seq: int, method: str, data: Any, run_id: str) -> dict[str, Any]:
 def frame(item: Mapping[str, Any]) -> bytes:
     """One server-sent event, redacted like every answer of the server (checkpoints.redaction)."""
     return f"id: {item['seq']}\ndata: {json.dumps(redact_answer(item), default=str)}\n\n".encode()
+
+
+# How many fallback polls an idle thread stream lets pass between its re-reads (see fallback_poll).
+IDLE_POLLS = 30
+
+
+def fallback_poll(poll: float, *, starting: bool) -> float:
+    """How long a thread's stream waits for a notice before it reads the thread again. Every change it waits
+    for is noticed (a run created on the thread, a run's chunks and its end, the thread's delete; with
+    PostgreSQL's NOTIFY across processes), except a queued run's start in a worker: while the stream waits for
+    one (``starting``) it re-reads every ``poll``; else only :data:`IDLE_POLLS` times as seldom, a last
+    resort, so that a thousand idle streams do not read their threads every second."""
+    return poll if starting else poll * IDLE_POLLS
 
 
 async def first_of(events: list[asyncio.Event], poll: float) -> None:

@@ -70,3 +70,39 @@ async def test_a_runs_stream_replayed_from_minus_one_starts_with_its_metadata(sd
     assert [p.data for p in after_metadata] == [p.data for p in live[1:]]
     after_end = [p.event async for p in sdk_client.runs.join_stream(tid, run_id, last_event_id=live[-1].id)]
     assert after_end == ["end"]
+
+
+async def test_a_run_created_without_stream_mode_tells_a_joining_stream_how_it_ended(
+    sdk_client: LangGraphClient,
+) -> None:
+    """A run created over plain HTTP without ``stream_mode`` (the Agent Server streams ``values`` then) records
+    no chunks as it goes; its run stream and its thread's stream gave only its metadata and end, not its values,
+    not even its error. They now end with its output as ``values`` (or its ``error``), from its row: numbered
+    as a chunk would be, so a client resuming after it does not get it twice."""
+    client, http = sdk_client, sdk_client.http.client
+    tid = (await client.threads.create())["thread_id"]
+    start = {"assistant_id": "structured", "input": {**CONTENT_MIGRATION, "user_id": "ana"}}
+    run = (await http.post(f"/threads/{tid}/runs", json=start)).json()
+    output = await client.runs.join(tid, run["run_id"])
+    assert output["current_step"] == "upload_content"
+
+    joined = [p async for p in client.runs.join_stream(tid, run["run_id"], last_event_id="-1")]
+    assert [(p.event, p.id) for p in joined] == [("metadata", "0"), ("values", "1"), ("end", "2")]
+    assert joined[1].data == output
+    again = [p.event async for p in client.runs.join_stream(tid, run["run_id"], last_event_id="1")]
+    assert again == ["end"]
+    thread = []
+    async for part in await client.threads.join_stream(tid, last_event_id="-1"):
+        thread.append((part.event, part.data))
+        if part.event == "metadata" and part.data.get("status") == "run_done":
+            break
+    assert [event for event, _data in thread] == ["metadata", "values", "metadata"]
+    assert thread[1][1] == output
+
+    failing = {"assistant_id": "process", "input": {"process": "no_such_process", "business_key": "k1"}}
+    failed = (await http.post(f"/threads/{(await client.threads.create())['thread_id']}/runs", json=failing)).json()
+    answer = await client.runs.join(failed["thread_id"], failed["run_id"])
+    assert "__error__" in answer, answer
+    parts = [p async for p in client.runs.join_stream(failed["thread_id"], failed["run_id"])]
+    assert [p.event for p in parts] == ["error", "end"]
+    assert parts[0].data == answer["__error__"]

@@ -142,3 +142,99 @@ async def test_a_threads_stream_hears_a_run_created_through_another_api_process(
                 assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 30))] == ran
     finally:
         stop_worker(worker)
+
+
+async def _thread_events(client: LangGraphClient, thread_id: str) -> list[str]:
+    return [p.event async for p in await client.threads.join_stream(thread_id)]
+
+
+async def test_a_threads_stream_ends_as_its_thread_is_deleted_without_polling(store_url: str) -> None:
+    """The fallback re-read an hour away: a stream waiting on a thread ends as soon as the thread is deleted (the
+    delete was noticed by nobody: the stream ended only at its next re-read, a second later by default)."""
+    with serving(create_app(Settings(database_url=store_url, auth=False, poll_interval=3600))) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            following = asyncio.ensure_future(_thread_events(client, tid))
+            await asyncio.sleep(1)
+            await client.threads.delete(tid)
+            assert await asyncio.wait_for(following, 10) == ["end"]
+
+
+async def test_a_threads_stream_ends_as_its_thread_is_deleted_through_another_api_process(postgres_url: str) -> None:
+    """Two API processes on one PostgreSQL, each one's fallback re-read an hour away: a stream of a thread opened
+    on one ends as soon as the thread is deleted through the other (the delete notifies, as a run's creation
+    does)."""
+    ensure_schema(postgres_url)
+    settings = Settings(database_url=postgres_url, auth=False, execution="distributed", poll_interval=3600)
+    with serving(create_app(settings)) as first, serving(create_app(settings)) as second:
+        async with get_client(url=first, api_key=None) as one, get_client(url=second, api_key=None) as other:
+            tid = (await one.threads.create())["thread_id"]
+            following = asyncio.ensure_future(_thread_events(other, tid))
+            await asyncio.sleep(1)
+            await one.threads.delete(tid)
+            assert await asyncio.wait_for(following, 10) == ["end"]
+
+
+async def test_an_idle_threads_stream_does_not_read_its_thread_at_every_poll(store_url: str) -> None:
+    """A stream of a thread with no run under way waits for notices (every change it waits for is noticed): it
+    re-read the thread's runs at every fallback poll (every second by default, for each of up to a hundred
+    streams per caller), and now does so thirty times as seldom; a run still starts it at once."""
+    app = create_app(Settings(database_url=store_url, auth=False, poll_interval=0.05))
+    with serving(app) as base:
+        runs = app.state.services.runs
+        reads = 0
+        list_runs = runs.list_runs
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await list_runs(*args, **kwargs)
+
+        runs.list_runs = counted
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            following = asyncio.ensure_future(until_runs_done(client, tid, 1))
+            await asyncio.sleep(0.5)
+            before = reads
+            await asyncio.sleep(1)
+            assert reads - before <= 2, reads - before  # twenty polls: one at most
+            ran = await chat_run(client, tid)
+            assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 30))] == [ran]
+
+
+async def test_a_threads_stream_in_state_update_mode_sends_each_update_of_its_state(store_url: str) -> None:
+    """``stream_mode="state_update"`` (langgraph-sdk's third thread stream mode) was refused (422). As on the
+    Agent Server, it now sends ``state_update`` (the thread's state after the update, and its id) each time
+    ``threads.update_state`` writes the thread's state, and none of its runs' events; ``run_modes`` sends no
+    state update. Noticed, not polled: the fallback re-read is an hour away."""
+    with serving(create_app(Settings(database_url=store_url, auth=False, poll_interval=3600))) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            await chat_run(client, tid)
+
+            async def two_updates(mode: Any) -> list[StreamPart]:
+                parts: list[StreamPart] = []
+                async for part in await client.threads.join_stream(tid, stream_mode=mode):
+                    parts.append(part)
+                    if [p.event for p in parts].count("state_update") == 2:
+                        break
+                return parts
+
+            updates = asyncio.ensure_future(two_updates("state_update"))
+            both = asyncio.ensure_future(two_updates(["run_modes", "state_update"]))
+            runs_only = asyncio.ensure_future(until_runs_done(client, tid, 1))
+            await asyncio.sleep(1)
+            before = await client.threads.get(tid)
+            await client.threads.update_state(tid, {"progress": {"note": 1}})
+            state = await client.threads.get_state(tid)
+            await asyncio.sleep(0.5)  # the streams have read the state it sends before a run moves it on
+            run_id = await chat_run(client, tid)
+            await client.threads.update_state(tid, {"progress": {"note": 2}})
+            first, second = await asyncio.wait_for(updates, 30)
+            assert (first.event, first.data) == ("state_update", {"state": state, "thread_id": tid})
+            assert second.data["state"]["values"]["progress"] == {"note": 2}
+            events = [p.event for p in await asyncio.wait_for(both, 30)]
+            assert events[0] == events[-1] == "state_update" and events[1] == "metadata" and "values" in events
+            served = await asyncio.wait_for(runs_only, 30)
+            assert [r for r, _ in per_run(served)] == [run_id] and "state_update" not in [p.event for p in served]
+            assert (await client.threads.get(tid))["updated_at"] > before["updated_at"]

@@ -231,8 +231,9 @@ async def join_thread_stream(
     """The events of the thread's runs as they come, run after run, with ``metadata`` ``{"status": "run_done"}``
     after each; it ends only when the thread is deleted. Without ``Last-Event-ID`` only what comes from now
     on (live); with it, what came after that event. ``stream_mode`` (langgraph-sdk's name; ``stream_modes``,
-    comma-separated, the Agent Server's): ``run_modes`` (the default) or ``lifecycle`` (the runs' metadata
-    only): a run's own stream modes are the ones it was created with. See :mod:`server.runs.thread_sse`."""
+    comma-separated, the Agent Server's): ``run_modes`` (the default), ``lifecycle`` (the runs' metadata
+    only) or ``state_update`` (the thread's state as ``threads.update_state`` writes it): a run's own stream
+    modes are the ones it was created with. See :mod:`server.runs.thread_sse`."""
     modes = [*(stream_mode or ()), *(m.strip() for m in (stream_modes or "").split(",") if m.strip())]
     await svc.resolve_thread(thread_id, caller)
     events = thread_sse.thread_events(svc, thread_id, thread_sse.after_event(last_event_id), modes or ["run_modes"])

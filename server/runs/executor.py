@@ -273,7 +273,10 @@ class RunExecutor:
         try:
             # Not claimed with its job: claimed now (see Taken), else a run committed late would be dropped.
             claimed = (taken.claimed if taken is not None else None) or await self.runs.claim(run_id)
-            return None if claimed is None else await self._execute_claimed(*claimed, taken)
+            if claimed is None:
+                return None
+            self._changed(run_id)  # running now: a stream of its thread here says so (its metadata) at once
+            return await self._execute_claimed(*claimed, taken)
         except asyncio.CancelledError:
             # A cancel asked for (recorded before the run is stopped, see ServerServices.cancel) ends the run
             # interrupted wherever it lands, else its queue would take it up again. One nobody asked for is its

@@ -64,10 +64,30 @@ async def run_events(
                 if not modes or event in _ALWAYS or _MODE_OF_EVENT.get(event, event) in modes:
                     yield frame(event, data, number)
             if finished:
+                ending = ending_of_unrecorded(current)  # numbered as chunks would be: from 1
+                for number, (event, data) in enumerate(ending, start=1):
+                    if number > seen and (not modes or event in _ALWAYS or event in modes):
+                        yield frame(event, data, number)
+                seen = max(seen, len(ending))
                 # Its own id: without one, a client's SSE decoder gives it the last chunk's.
                 yield frame("end", None, seen + 1)
                 return
             await next_change(changed, svc.settings.poll_interval)
+
+
+def ending_of_unrecorded(run: RunRow | None) -> list[tuple[str, Any]]:
+    """What the stream of a finished run that recorded no chunks says of its end, from its row: its output as
+    ``values`` (the Agent Server's default stream mode, which a run created without ``stream_mode`` streams
+    there), or its ``error``. Such a run (raw HTTP, a cron's) records nothing as it goes, which keeps a run no
+    one streams cheap; a client joining it still hears how it ended. Empty for a run that recorded its chunks
+    (its own tell it), and for one cancelled (``interrupted``): no output is kept for it."""
+    if run is None or run.stream_modes:
+        return []
+    if run.status == "error":
+        return [("error", run.error or {"error": "Error", "message": "the run failed"})]
+    if run.status == "success" and run.output is not None:
+        return [("values", run.output)]
+    return []
 
 
 def resumed_after(last_event_id: str | None) -> int:

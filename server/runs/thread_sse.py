@@ -4,8 +4,11 @@ deleted: then ``end``).
 
 Each run gives its ``metadata`` (``{"run_id", "attempt"}``) once it has started, the chunks it records (those of
 the stream modes it was created with, and its ``error``), then ``metadata`` ``{"status": "run_done", "run_id"}``
-once it has ended. ``stream_mode`` ``run_modes`` (the default) is all of that; ``lifecycle`` only the two
-``metadata`` events.
+once it has ended (a run created without ``stream_mode`` records no chunks: its output, as ``values``, or its
+error comes before that). ``stream_mode`` ``run_modes`` (the default) is all of that; ``lifecycle`` only the
+two ``metadata`` events; ``state_update`` a ``state_update`` event (``{"state", "thread_id"}``) each time
+``threads.update_state`` writes the thread's state, live only (without an id: not replayed after
+``Last-Event-ID``).
 
 Every event's id is unique in the thread: the run's ordinal (its place among the runs ever created on the
 thread) times :data:`~server.thread_stream.RUN_SPAN`, plus the event's number in its run (0 the metadata, then
@@ -21,19 +24,21 @@ from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from checkpoints.runs import thread_key
-from server.runs.sse import frame
+from checkpoints.runs import state_key, thread_key
+from graphs.errors import JourneyNotFoundError
+from server.runs.executor import empty_state, state_view
+from server.runs.sse import ending_of_unrecorded, frame
 from server.runs.store import ACTIVE, TERMINAL, RunRow
-from server.thread_stream import RUN_SPAN, first_of
+from server.thread_stream import RUN_SPAN, fallback_poll, first_of
 
 if TYPE_CHECKING:
     import asyncio
 
     from server.services import ServerServices
 
-ThreadStreamMode = Literal["run_modes", "lifecycle"]
+ThreadStreamMode = Literal["run_modes", "lifecycle", "state_update"]
 # The Agent Server's own ``stream_modes``: the same, comma-separated.
-MODES_LIST = r"^\s*(run_modes|lifecycle)\s*(,\s*(run_modes|lifecycle)\s*)*$"
+MODES_LIST = r"^\s*(run_modes|lifecycle|state_update)\s*(,\s*(run_modes|lifecycle|state_update)\s*)*$"
 _PAGE = 100  # runs read at a time, newest first, to find those a stream still serves
 
 
@@ -62,9 +67,9 @@ async def thread_events(
     """The thread's stream as server-sent events, from ``after`` (see :func:`after_event`) on."""
     runs: dict[str, _Run] = {}
     first = await _live_start(svc, thread_id, runs) if after is None else max(1, after // RUN_SPAN)
-    lifecycle_only = "run_modes" not in modes
+    sent_state: Any = None  # the checkpoint of the last state_update sent: one update may wake it twice
     while True:
-        with _watching(svc, thread_id, runs) as changed:
+        with _watching(svc, thread_id, runs, states="state_update" in modes) as (changed, state_changed):
             found = await _runs_from(svc, thread_id, first)
             if not any(r.status in ACTIVE for r in found) and await svc.runs.get_thread(thread_id) is None:
                 yield frame("end", None)  # deleted: no run will come
@@ -76,15 +81,42 @@ async def thread_events(
                     continue
                 for number, event, data in await _run_events(svc, run, cursor):
                     seq = run.ordinal * RUN_SPAN + number
-                    if (after is None or seq > after) and (event == "metadata" or not lifecycle_only):
+                    if (after is None or seq > after) and _shown(event, modes):
                         yield frame(event, data, seq)
             # The runs before the oldest one still going are done with: not read again.
             going = [c.ordinal for c in runs.values() if not c.ended]
             first = max(first, min(going, default=max((r.ordinal for r in found), default=first - 1) + 1))
             runs = {run_id: c for run_id, c in runs.items() if c.ordinal >= first}
-            if any(run.run_id in runs and not runs[run.run_id].ended for run in unwatched):
-                continue  # read again at once, now watching the runs just found: a change since is not missed
-            await first_of(changed, svc.settings.poll_interval)
+            # Else read again at once, now watching the runs just found: a change since is not missed.
+            if not any(run.run_id in runs and not runs[run.run_id].ended for run in unwatched):
+                starting = any(r.status == "pending" for r in found if r.run_id in runs and not runs[r.run_id].ended)
+                await first_of(changed, fallback_poll(svc.settings.poll_interval, starting=starting))
+            if state_changed is not None and state_changed.is_set():
+                # Woken here at once and again by its notice, in a process that listens: sent once.
+                update = await _state_update(svc, thread_id)
+                if update is not None and update["state"]["checkpoint"] != sent_state:
+                    sent_state = update["state"]["checkpoint"]
+                    yield frame("state_update", update)
+
+
+def _shown(event: str, modes: Collection[str]) -> bool:
+    """Whether a run's event goes out in these thread stream modes: all of them in ``run_modes``, its two
+    ``metadata`` (started, ``run_done``) in ``lifecycle``; none in ``state_update`` alone."""
+    return "run_modes" in modes or ("lifecycle" in modes and event == "metadata")
+
+
+async def _state_update(svc: ServerServices, thread_id: str) -> dict[str, Any] | None:
+    """The ``state_update`` event of a thread whose state was updated (``threads.update_state``), as the Agent
+    Server sends it: the thread's state now, and its id; None once the thread is gone."""
+    try:
+        thread = await svc.resolve_thread(thread_id, None)
+    except JourneyNotFoundError:
+        return None
+    graph = await svc.thread_graph(thread)
+    if graph is None or thread.instance_id is None:
+        return {"state": empty_state(thread_id), "thread_id": thread_id}
+    snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
+    return {"state": state_view(snapshot, thread_id), "thread_id": thread_id}
 
 
 async def _live_start(svc: ServerServices, thread_id: str, runs: dict[str, _Run]) -> int:
@@ -126,13 +158,21 @@ async def _run_events(svc: ServerServices, run: RunRow, cursor: _Run) -> list[tu
         events.append((number, event, data))
     if run.status in TERMINAL:
         cursor.ended = True
+        ending = ending_of_unrecorded(run)  # a run that recorded no chunks: its output (or error), numbered from 1
+        events += [(number, e, data) for number, (e, data) in enumerate(ending, start=1) if number > cursor.chunk]
+        cursor.chunk = max(cursor.chunk, len(ending))
         events.append((cursor.chunk + 1, "metadata", {"status": "run_done", "run_id": run.run_id}))
     return events
 
 
 @contextlib.contextmanager
-def _watching(svc: ServerServices, thread_id: str, runs: dict[str, _Run]) -> Iterator[list[asyncio.Event]]:
-    """Woken by a run created on the thread, or a change (a chunk, its end) to one of its runs still going."""
+def _watching(
+    svc: ServerServices, thread_id: str, runs: dict[str, _Run], *, states: bool
+) -> Iterator[tuple[list[asyncio.Event], asyncio.Event | None]]:
+    """Woken by a run created on the thread (or its delete), or a change (a chunk, its end) to one of its runs
+    still going; and, with ``states``, by an update of its state, whose own event is the second."""
     keys = [thread_key(thread_id), *(run_id for run_id, cursor in runs.items() if not cursor.ended)]
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(svc.watch.watching(key)) for key in keys]
+        changed: list[asyncio.Event] = [stack.enter_context(svc.watch.watching(key)) for key in keys]
+        state_changed = stack.enter_context(svc.watch.watching(state_key(thread_id))) if states else None
+        yield [*changed, *([state_changed] if state_changed is not None else [])], state_changed
