@@ -223,7 +223,7 @@ async def test_a_threads_stream_in_state_update_mode_sends_each_update_of_its_st
             updates = asyncio.ensure_future(two_updates("state_update"))
             both = asyncio.ensure_future(two_updates(["run_modes", "state_update"]))
             runs_only = asyncio.ensure_future(until_runs_done(client, tid, 1))
-            await asyncio.sleep(1)
+            await asyncio.sleep(2)  # the streams are open (live: an update before would not be theirs)
             before = await client.threads.get(tid)
             await client.threads.update_state(tid, {"progress": {"note": 1}})
             state = await client.threads.get_state(tid)
