@@ -319,7 +319,7 @@ async def test_a_start_that_could_not_run_is_refused_when_its_run_or_cron_is_cre
     tid = (await client.threads.create())["thread_id"]
     with pytest.raises(UnprocessableEntityError, match="no_such_agent"):
         await client.runs.create(tid, "structured", input={"journey_type": "x", "spec": unregistered})
-    with pytest.raises(httpx.HTTPStatusError, match="422(.|\n)*no_such_agent"):  # the SDK's wait raises httpx's
+    with pytest.raises(httpx.HTTPStatusError, match=r"422(.|\n)*no_such_agent"):  # the SDK's wait raises httpx's
         await client.runs.wait(None, "saga", input={"journey_type": "x", "spec": unregistered})
     dangling = {"journey_type": "x", "steps": [{"step_id": "a", "next_steps": ["zz"]}]}
     with pytest.raises(UnprocessableEntityError, match="unknown next step 'zz'"):
