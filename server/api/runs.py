@@ -2,10 +2,10 @@
 many), delete.
 
 The first run on a thread takes ``input`` and starts a journey; later runs take ``command.resume`` and
-advance it (see :mod:`server.assistants`). ``multitask_strategy``: ``reject`` (default) refuses a run
-while the thread has an active one (409), ``enqueue`` queues it behind them, ``interrupt`` cancels them
-first (their progress stays), ``rollback`` cancels and deletes them and puts the thread back where the
-first of them found it (chat threads only).
+advance it (see :mod:`server.assistants`). ``multitask_strategy``: ``enqueue`` (the default, as the Agent
+Server's) queues it behind the thread's active runs, ``reject`` refuses it while there is one (409),
+``interrupt`` cancels them first (their progress stays), ``rollback`` cancels and deletes them and puts the
+thread back where the first of them found it (chat threads only).
 """
 
 from __future__ import annotations
