@@ -24,7 +24,7 @@ from typing import Annotated, Any, Protocol
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool, InjectedToolCallId, tool
+from langchain_core.tools import BaseTool, InjectedToolCallId, ToolException, tool
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import InjectedState, ToolNode, tools_condition
@@ -218,8 +218,11 @@ def _key(config: RunnableConfig, tool_call_id: str) -> str:
 
 
 def _tool_error(error: Exception) -> str:
-    """What the model is told when a tool fails for a reason the user can act on; anything else propagates."""
-    if isinstance(error, JourneyError):
+    """What the model is told when a tool fails for a reason it or the user can act on: the runtime's own errors,
+    and a tool error (``ToolException``: among them LangGraph's ``ToolInvocationError``, a call whose arguments do
+    not fit the tool, which an LLM then calls again correctly, as with ToolNode's default handler); anything
+    else propagates."""
+    if isinstance(error, JourneyError | ToolException):
         return f"Error: {error}"
     raise error
 

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from pydantic import Field
 
 from agents import AgentRequest
 from agents.guide_model import DeterministicGuideModel
@@ -275,3 +277,47 @@ async def test_a_turn_cut_short_between_the_tool_call_and_the_tool_does_not_brea
         progress = await runtime.mvp.sessions.get_session_progress(session_id)
         assert progress["current_area"] == "content"  # the call that never ran moved nothing
         assert progress["areas"]["content"]["complete"]
+
+
+class ScriptedToolModel(FakeMessagesListChatModel):
+    """A tool-calling chat model as an LLM behaves: its first tool call has an argument of the wrong type; told
+    so, it calls again correctly, then answers. It keeps what it is handed each time."""
+
+    seen: list[list[BaseMessage]] = Field(default_factory=list)
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        return self
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        self.seen.append(list(messages))
+        return super()._generate(messages, *args, **kwargs)
+
+
+async def test_a_tool_call_with_bad_arguments_is_told_to_the_model_which_calls_again(store_url: str) -> None:
+    """An LLM's tool call whose arguments do not fit the tool (a flag 'definitely' for a boolean, a missing
+    pillar) failed the whole turn with ToolInvocationError (the run 'error', logged with a traceback): the
+    guide's tool-error handler passed only the runtime's own errors to the model. As LangGraph's ToolNode does
+    by default, the model is now told what was wrong with its call, and can call again."""
+    bad = {"pillar_id": "content", "updates": {"files_uploaded": "definitely"}}
+    good = {"pillar_id": "content", "updates": {"files_uploaded": True, "files_parsed": True}}
+    model = ScriptedToolModel(
+        responses=[
+            AIMessage("", tool_calls=[{"name": "record_progress", "args": bad, "id": "c1"}]),
+            AIMessage("", tool_calls=[{"name": "navigate_to_pillar", "args": {"pillar": "insights"}, "id": "c2"}]),
+            AIMessage("", tool_calls=[{"name": "record_progress", "args": good, "id": "c3"}]),
+            AIMessage("Recorded: the content pillar is complete."),
+        ]
+    )
+    async with JourneyRuntime.open(store_url, guide_model=lambda: model) as runtime:
+        session_id = (await runtime.mvp.start_mvp_journey("ana"))["session"]["session_id"]
+        config: Any = {"configurable": {"thread_id": "chat-6"}}
+        turn = {"messages": [("user", "I uploaded and parsed the files")], "session_id": session_id}
+        answered = await guide_graph(runtime).ainvoke(turn, config)
+        assert answered["messages"][-1].content == "Recorded: the content pillar is complete."
+        told = [m for m in answered["messages"] if isinstance(m, ToolMessage)]
+        assert [(m.tool_call_id, m.status) for m in told] == [("c1", "error"), ("c2", "error"), ("c3", "success")]
+        assert "updates.files_uploaded: Input should be a valid boolean" in str(told[0].content)
+        assert "pillar_id: Field required" in str(told[1].content)
+        assert any(isinstance(m, ToolMessage) and m.tool_call_id == "c1" for m in model.seen[1])
+        progress = await runtime.mvp.sessions.get_session_progress(session_id)
+        assert progress["areas"]["content"]["complete"] and progress["current_area"] == "content"
