@@ -79,3 +79,22 @@ async def test_a_lifecycle_thread_runs_a_unit_as_a_resume(ana: LangGraphClient) 
     await ana.runs.wait(thread_id, "lifecycle", command={"resume": {"event": "promote_to_pilot"}})
     journey = await ana.http.get(f"/journeys/lifecycle/{thread_id}")
     assert (journey["current_stage"], journey["units"]["search_quality_validation"]) == ("pilot", "completed")
+
+
+async def test_a_resume_with_metrics_and_an_event_records_the_metrics_then_applies_the_event(
+    ana: LangGraphClient,
+) -> None:
+    """``{"event": "promote_to_pilot", "metrics": {...}}`` was accepted (the resume schema allows both) and its
+    metrics were dropped without a word: the gate then refused the promotion for the very metrics sent with it
+    ("no value of search_precision was recorded"), and the run said 'success'. The metrics are now recorded
+    first, then the event is applied to the journey as they left it."""
+    thread_id = str((await ana.threads.create())["thread_id"])
+    await ana.runs.wait(thread_id, "lifecycle", input={"client_id": "acme", "metrics": READY_TO_START})
+    for uow_id in ON_DEMAND:
+        await ana.runs.wait(thread_id, "lifecycle", command={"resume": run_unit(uow_id)})
+    resume = {"event": "promote_to_pilot", "metrics": {**SANDBOX_EXIT, **PILOT_ENTRY}}
+    promoted = await ana.runs.wait(thread_id, "lifecycle", command={"resume": resume})
+    assert promoted["outcome"]["validation"]["passed"], promoted["outcome"]["validation"]["summary"]
+    assert (await ana.http.get(f"/journeys/lifecycle/{thread_id}"))["current_stage"] == "pilot"
+    history = [event["type"] for event in await ana.http.get(f"/journeys/{thread_id}/history")]
+    assert history.count("metric.recorded") == 2  # the start's and the resume's

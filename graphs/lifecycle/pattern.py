@@ -2,7 +2,8 @@
 of work and rollbacks.
 
 On the Agent Server API the first run starts a client's journey (the thread id is the journey id);
-later runs take a lifecycle event with its options, or metrics, as ``command.resume``.
+later runs take a lifecycle event with its options, metrics, or both (the metrics recorded first), as
+``command.resume``.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ async def _start(ctx: RunContext, data: Mapping[str, Any]) -> None:
 
 
 async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
+    """An event (with its options), metrics, or both: the metrics are recorded first, so that an event sent with
+    them (a promotion) is judged on them, as after a run of their own (which may have rolled the journey back)."""
     request = mapping_input(value, "command.resume")
-    if "metrics" in request and "event" not in request:
+    if "metrics" in request:
         metrics = mapping_input(request["metrics"], "metrics")
         await ctx.runtime.lifecycle.record_metrics(instance_id, metrics, run_options=ctx.options)
-        return
+        if "event" not in request:
+            return
     options = mapping_input(request.get("options"), "options")
     event = string_input(request, "event")
     await ctx.runtime.lifecycle.transition(instance_id, event, run_options=ctx.options, **options)
