@@ -8,7 +8,7 @@ import re
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +22,11 @@ from langgraph.types import Command, Durability, PregelTask, RetryPolicy, StateS
 
 from checkpoints.backends.base import Statement
 from checkpoints.database import conflicted, refusal, unreachable
-from checkpoints.errors import JourneyError
+from checkpoints.errors import ConcurrentUpdateError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
-from checkpoints.locks import busy
+from checkpoints.locks import busy, held_elsewhere
 from checkpoints.retention import CheckpointRetention
 from checkpoints.savers import fresh_thread
 from checkpoints.store import Store
@@ -76,6 +76,9 @@ class RunOptions:
 
 
 DEFAULT_RUN = RunOptions()
+# How long a read of a journey's state waits for its lock before it answers the state as last committed (see
+# JourneyEngine.reading): long enough for a quick call in flight to finish, short for a client polling progress.
+READ_PATIENCE_S = 2.0
 # The event that a run of the instance was cancelled on purpose (``runs.cancel``) where its payload's
 # ``checkpoint_id`` stands (see :meth:`JourneyEngine.halt`).
 HALTED = "run.halted"
@@ -172,16 +175,18 @@ class JourneyEngine:
         return {"configurable": configurable}
 
     @asynccontextmanager
-    async def exclusive(self, instance_id: str) -> AsyncIterator[None]:
+    async def exclusive(self, instance_id: str, *, wait: float | None = None) -> AsyncIterator[None]:
         """At most one writer per journey instance at a time, across processes.
 
         This process's callers queue on an in-process lock first (cheap, and first come first served);
         its holder then takes the store's lock for the instance (see ``checkpoints.locks``), which keeps
-        other processes out. A caller that cannot have both within the store's wait limit gets
-        :class:`ConcurrentUpdateError`. Read the instance's state inside the block, not before it.
+        other processes out. A caller that cannot have both within the store's wait limit (or ``wait``
+        seconds, if shorter) gets :class:`ConcurrentUpdateError`. Read the instance's state inside the
+        block, not before it.
         """
         locks = self.store.locks
-        deadline = asyncio.get_running_loop().time() + locks.timeout
+        waited = locks.timeout if wait is None else min(wait, locks.timeout)
+        deadline = asyncio.get_running_loop().time() + waited
         lock = self._locks.get(instance_id)
         if lock is None:
             lock = asyncio.Lock()
@@ -190,7 +195,7 @@ class JourneyEngine:
             async with asyncio.timeout_at(deadline):
                 await lock.acquire()
         except TimeoutError:
-            raise busy(instance_id, locks.timeout) from None
+            raise busy(instance_id, waited) from None
         try:
             async with locks.hold(instance_id, deadline):
                 try:
@@ -201,6 +206,25 @@ class JourneyEngine:
                     raise
         finally:
             lock.release()
+
+    @asynccontextmanager
+    async def reading(self, instance_id: str) -> AsyncIterator[bool]:
+        """For a read of a journey's state (its status view): True when the read holds the journey, taken within
+        :data:`READ_PATIENCE_S`, so that it may finish work a crash left in flight as under :meth:`exclusive`;
+        False when another call holds it (an agent call of a minute, a compensation): the read then answers the
+        state as last committed and finishes nothing, since that call is alive (a dead holder's lock is released
+        with it) and moves the journey on itself. A read waiting out the whole lock timeout answered 409 instead,
+        so a client polling a journey's progress never saw it move."""
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.exclusive(instance_id, wait=READ_PATIENCE_S))
+            except ConcurrentUpdateError as exc:
+                if not held_elsewhere(exc):
+                    raise
+                held = False
+            else:
+                held = True
+            yield held
 
     @asynccontextmanager
     async def acting(self, instance_id: str) -> AsyncIterator[Instance | None]:

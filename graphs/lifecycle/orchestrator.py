@@ -650,8 +650,11 @@ class LifecycleOrchestrator:
         """The journey's state; with a workflow tier, its ``evaluation`` (once completed) and the
         instance's ``run_status`` (``completed``, or ``failed``/``review`` after a breach)."""
         spec, graph = await self._load(journey_id)
-        async with self._engine.exclusive(journey_id):
-            snapshot = await self._engine.settled_state(graph, journey_id)
+        async with self._engine.reading(journey_id) as held:
+            if held:
+                snapshot = await self._engine.settled_state(graph, journey_id)
+            else:  # another call is moving it (a unit of work's agents): as last committed
+                snapshot = await graph.aget_state(self._engine.config(journey_id))
             instance = await self._store.index.get_instance(journey_id)
         values = snapshot.values
         if instance is not None and instance.status == QUEUED:

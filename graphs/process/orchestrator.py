@@ -537,16 +537,17 @@ class ProcessOrchestrator:
         return found
 
     async def loaded(
-        self, instance_id: str, *, instance: Instance | None = None, locked: bool = False
+        self, instance_id: str, *, instance: Instance | None = None, locked: bool = False, settle: bool = True
     ) -> tuple[Instance, Deployment, ProcessSpec, Graph]:
         """The instance (read now unless given, e.g. by a bulk read), its deployment, spec and graph; a
-        migration a crash cut short is settled first. ``locked``: the caller holds the instance's lock (see
+        migration a crash cut short is settled first, unless not ``settle`` (a read while another call holds
+        the instance: that call may be the migration). ``locked``: the caller holds the instance's lock (see
         :meth:`locked`)."""
         if instance is None:
             instance = await self.instance(instance_id)
-        if instance.status == MIGRATING:  # a migration was cut short: finish or undo it before anything else
-            settle = settle_locked if locked else settle_migration
-            await settle(self.migrations, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
+        if settle and instance.status == MIGRATING:  # a migration was cut short: finish or undo it first
+            settling = settle_locked if locked else settle_migration
+            await settling(self.migrations, instance_id, started_before=self.clock.now() - DEFAULT_LEASE)
             instance = await self.instance(instance_id)
         deployment = await self.deployment_of(instance)
         return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
@@ -1289,8 +1290,9 @@ class ProcessOrchestrator:
 
     async def status(self, instance_id: str) -> dict[str, Any]:
         """The instance's view, with its ``incidents`` (failed timers, see :meth:`retry`) when it has some."""
-        async with self.locked(instance_id) as (instance, deployment, spec, graph):
-            view = await self._status(instance_id, deployment, spec, graph, instance)
+        async with self.engine.reading(instance_id) as held:
+            instance, deployment, spec, graph = await self.loaded(instance_id, locked=held, settle=held)
+            view = await self._status(instance_id, deployment, spec, graph, instance, settle=held)
             if incidents := await self._failed_timers(instance_id):
                 view["incidents"] = [{**(t.data.get("incident") or {}), "element": t.element} for t in incidents]
             return view
@@ -1306,14 +1308,21 @@ class ProcessOrchestrator:
         spec: ProcessSpec,
         graph: Graph,
         instance: Instance | None = None,
+        *,
+        settle: bool = True,
     ) -> dict[str, Any]:
         """The instance's view, built under its lock: a call that changed it answers the state it left, not
-        what another client's call did after it. ``instance``: as read under the lock, if nothing changed it."""
+        what another client's call did after it. ``instance``: as read under the lock, if nothing changed it.
+        Not ``settle``: another call holds the instance (see ``JourneyEngine.reading``), so its state as last
+        committed, nothing finished or applied."""
         instance = instance or await self.instance(instance_id)
-        snapshot = await self.settled(graph, instance_id)
-        running = instance.status == "in_progress" and failed_task(snapshot) is None  # else its retry applies it
-        if running and (lost := await self._lost_set(instance_id, snapshot)):
-            await self.run(graph, instance_id, Command(update=lost), spec=spec)
+        if settle:
+            snapshot = await self.settled(graph, instance_id)
+            running = instance.status == "in_progress" and failed_task(snapshot) is None  # else its retry applies
+            if running and (lost := await self._lost_set(instance_id, snapshot)):
+                await self.run(graph, instance_id, Command(update=lost), spec=spec)
+                snapshot = await graph.aget_state(self.engine.config(instance_id))
+        else:
             snapshot = await graph.aget_state(self.engine.config(instance_id))
         snapshot = await self._with_branches(graph, instance_id, snapshot)
         instance = await self.instance(instance_id)

@@ -177,8 +177,11 @@ class SessionOrchestrator:
     async def get_session_progress(self, session_id: str) -> dict[str, Any]:
         """``completion_percent``, ``completed_areas``, ``visited_areas`` and each area's detail."""
         spec, graph = await self._load(session_id)
-        async with self._engine.exclusive(session_id):
-            snapshot = await self._engine.settled_state(graph, session_id)
+        async with self._engine.reading(session_id) as held:
+            if held:
+                snapshot = await self._engine.settled_state(graph, session_id)
+            else:  # another call is moving it (a guide's tool call): as last committed
+                snapshot = await graph.aget_state(self._engine.config(session_id))
             instance = await self._index.get_instance(session_id)
         progress = session_progress(spec, snapshot.values)
         if instance is not None and instance.status == TERMINATED:  # it stopped where it stood

@@ -261,8 +261,11 @@ class StepJourneys:
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
         try:
-            async with self.engine.exclusive(instance_id):
-                snapshot = await self.instances.settled(graph, instance_id)  # a failure of a crash's work recorded
+            async with self.engine.reading(instance_id) as held:
+                if held:  # a failure of a crash's work recorded
+                    snapshot = await self.instances.settled(graph, instance_id)
+                else:  # another call is moving it: as last committed
+                    snapshot = await graph.aget_state(self.engine.config(instance_id))
         except CheckpointsDeletedError:
             return await self._retained_view(found, spec)
         standing = Standing.of(snapshot)
