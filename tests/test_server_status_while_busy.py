@@ -16,12 +16,14 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from agents import AgentRequest, PermanentAgentError
 from graphs.kernel.engine import READ_PATIENCE_S
 from tests.server_fixtures import served_app  # noqa: F401 - the app fixture
 
+pytestmark = pytest.mark.slow
 HANDLERS = {"upload_content": "undo_upload", "analyze_content": "undo_analysis", "transform_data": "undo_transform"}
 
 
