@@ -340,9 +340,10 @@ async def test_a_compensation_that_failed_for_good_is_retried_from_where_it_stop
         assert instance is not None and instance.status == "compensated"
         assert (await rt.saga.get_saga_status(saga_id))["status"] == "compensated"
 
-        # A compensated saga has nothing left to retry.
-        with pytest.raises(NothingToRetryError):
+        # A compensated saga has nothing left to retry, and nothing else to do: the refusal named advancing it.
+        with pytest.raises(NothingToRetryError) as refused:
             await rt.saga.retry_saga_step(saga_id)
+        assert refused.value.allowed == [] and "it is compensated" in str(refused.value)
         assert len(await rt.history(saga_id)) == len(events)
 
 

@@ -18,7 +18,7 @@ from langgraph.types import Command, StateSnapshot
 
 from checkpoints.errors import CheckpointsDeletedError, JourneyError
 from checkpoints.events import Event, NewEvent
-from checkpoints.flow import TERMINATED
+from checkpoints.flow import ENDED_STATUSES, TERMINATED
 from checkpoints.index import Instance
 from graphs.errors import (
     EvaluatorError,
@@ -236,7 +236,7 @@ class StepJourneys:
         retried it (its ``step.retried`` or ``compensation.retried`` event names them, for the audit)."""
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
-        async with self.engine.acting(instance_id):
+        async with self.engine.acting(instance_id) as current:
             retried = await self.instances.retry(graph, instance_id, "step.retried", by=by)  # a failed step runs again
             stuck = None if retried else stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))
             if stuck is not None:
@@ -250,9 +250,11 @@ class StepJourneys:
                 reentry = Command(goto=COMPENSATE_NODE, update={"status": "compensating", "compensation_failure": None})
                 await graph.aupdate_state(self.engine.config(instance_id), reentry, as_node=failed_step)
             elif retried is None:
+                ended = current is not None and current.status in ENDED_STATUSES  # nothing to advance either
                 raise NothingToRetryError(
-                    f"journey run {instance_id!r} has no failed step or compensation to retry",
-                    allowed=["advance_journey_step"],
+                    f"journey run {instance_id!r} has no failed step or compensation to retry"
+                    + (f": it is {current.status}" if ended and current is not None else ""),
+                    allowed=[] if ended else ["advance_journey_step"],
                 )
             standing = await self._run(graph, found, None, DEFAULT_RUN)
         return await self.view(await self.instance(instance_id), spec, standing)
