@@ -252,8 +252,8 @@ def racing(monkeypatch: pytest.MonkeyPatch) -> Racing:
     others: Racing = {}
 
     @asynccontextmanager
-    async def then_the_other_client(self: JourneyEngine, instance_id: str) -> AsyncIterator[None]:
-        async with exclusive(self, instance_id):
+    async def then_the_other_client(self: JourneyEngine, instance_id: str, **options: Any) -> AsyncIterator[None]:
+        async with exclusive(self, instance_id, **options):
             yield
         if (other := others.pop(instance_id, None)) is not None:
             await other()

@@ -61,11 +61,11 @@ def _before_first_lock(
     answered: list[Any] = []
 
     @asynccontextmanager
-    async def exclusive(locked_id: str) -> AsyncIterator[None]:
+    async def exclusive(locked_id: str, **options: Any) -> AsyncIterator[None]:
         if locked_id == instance_id and not answered:
             answered.append(None)  # ``first``'s own calls go straight through
             answered[0] = await first()
-        async with real(locked_id):
+        async with real(locked_id, **options):
             yield
 
     monkeypatch.setattr(engine, "exclusive", exclusive)

@@ -351,13 +351,13 @@ def _migrate_when_first_locked(
     tried: list[bool] = []
 
     @asynccontextmanager
-    async def exclusive(locked_id: str) -> AsyncIterator[None]:
+    async def exclusive(locked_id: str, **options: Any) -> AsyncIterator[None]:
         if locked_id == instance_id and not tried:
             tried.append(True)  # the migration's own calls go straight through
             with pytest.raises(ProcessStateError) as caught:
                 await rt.processes.migrate(instance_id, to_version=2, mapping=mapping)
             refused.append(caught.value)
-        async with real(locked_id):
+        async with real(locked_id, **options):
             yield
 
     monkeypatch.setattr(engine, "exclusive", exclusive)

@@ -327,9 +327,9 @@ async def test_a_read_that_takes_the_journey_as_its_cancelled_run_lets_it_go_doe
     exclusive, reads = engine.exclusive, []
 
     @contextlib.asynccontextmanager
-    async def read_as_released(instance_id: str) -> AsyncIterator[None]:
+    async def read_as_released(instance_id: str, **options: Any) -> AsyncIterator[None]:
         try:
-            async with exclusive(instance_id):
+            async with exclusive(instance_id, **options):
                 yield
         except asyncio.CancelledError:  # the cancelled run has let the lock go: a read takes the journey now
             if not reads:
