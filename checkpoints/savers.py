@@ -66,6 +66,7 @@ async def open_saver(
         pg_saver = AsyncPostgresSaver(pool, serde=serde)
         unlock_pooled(pg_saver, pool.max_size)
         fenced_writes(pg_saver)
+        read_together(pg_saver)
         yield pg_saver
 
 
@@ -187,6 +188,83 @@ def fenced_writes(saver: AsyncPostgresSaver) -> None:
             return await _write(*args, **kwargs)
 
         setattr(saver, name, fenced)
+
+
+# At most this many threads' latest checkpoints are read by one statement (see read_together).
+READS_TOGETHER = 64
+# The saver's own statement, for the latest root checkpoint of each thread of a list at once.
+_LATEST_OF_THREADS = (
+    "WHERE thread_id = ANY(%s) AND checkpoint_ns = '' AND checkpoint_id = (SELECT max(latest.checkpoint_id) "
+    "FROM checkpoints latest WHERE latest.thread_id = checkpoints.thread_id AND latest.checkpoint_ns = '')"
+)
+
+
+def read_together(saver: AsyncPostgresSaver) -> None:
+    """Read the latest checkpoints that runs ask for at about the same time in one statement, not one each.
+
+    A run's first call reads its thread's latest checkpoint; a wave of fired timers' continuations (or of the
+    server's runs) asks for a dozen at once, each a pooled connection, a round trip and a statement of
+    PostgreSQL's. Those asked for while a read is on the wire go together in the next, as the saver's own
+    query for a list of threads (its rows are decoded by the saver, each in its caller), so each is still read
+    after its caller asked (under the journey's lock, where the caller holds it). A read of a given checkpoint,
+    a subgraph's, or a checkpoint older than the saver's format 4 (whose sends it migrates) is the saver's own.
+    """
+    reads = _LatestReads(saver)
+    read = saver.aget_tuple
+
+    async def aget_tuple(config: RunnableConfig) -> CheckpointTuple | None:
+        asked = config["configurable"]
+        if asked.get("checkpoint_id") or asked.get("checkpoint_ns"):
+            return await read(config)
+        row = await reads.latest(str(asked["thread_id"]))
+        if row is None:
+            return None
+        if row["checkpoint"]["v"] < 4 and row["parent_checkpoint_id"]:
+            return await read(config)
+        return await saver._load_checkpoint_tuple(row)
+
+    setattr(saver, "aget_tuple", aget_tuple)  # noqa: B010 (an instance's method, as unlock_pooled swaps its lock)
+
+
+class _LatestReads:
+    """The latest root checkpoint rows of the threads asked for meanwhile, read batch by batch (read_together)."""
+
+    def __init__(self, saver: AsyncPostgresSaver) -> None:
+        self._saver = saver
+        self._asked: list[tuple[str, asyncio.Future[Any]]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def latest(self, thread_id: str) -> Any:
+        """The saver's row of ``thread_id``'s latest root checkpoint, read after this call; None: it has none."""
+        asked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._asked.append((thread_id, asked))
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read_asked())
+        return await asked
+
+    async def _read_asked(self) -> None:
+        while self._asked:
+            batch = self._asked[:READS_TOGETHER]
+            del self._asked[:READS_TOGETHER]
+            threads = list(dict.fromkeys(thread_id for thread_id, _asked in batch))
+            try:
+                async with self._saver._cursor() as cur:
+                    await cur.execute(self._saver.SELECT_SQL + _LATEST_OF_THREADS, (threads,), binary=True)
+                    found = {row["thread_id"]: row for row in await cur.fetchall()}
+            except BaseException as exc:
+                stopped = not isinstance(exc, Exception)  # the reader itself is cancelled: so is what is left
+                if stopped:
+                    batch += self._asked
+                    self._asked.clear()
+                for _thread_id, asked in batch:
+                    if not asked.done():
+                        asked.cancel() if stopped else asked.set_exception(exc)
+                if stopped:
+                    raise
+                continue
+            for thread_id, asked in batch:
+                if not asked.done():  # its caller may have been cancelled meanwhile
+                    asked.set_result(found.get(thread_id))
 
 
 def whole_writes(saver: AsyncSqliteSaver) -> None:

@@ -36,7 +36,7 @@ def latest_reads(rt: JourneyRuntime) -> Iterator[list[str]]:
     try:
         yield threads
     finally:
-        del saver.aget_tuple  # the saver's own method again
+        saver.aget_tuple = read  # the saver's read again (its own, or read_together's on PostgreSQL)
 
 
 async def test_a_journeys_first_run_reads_no_checkpoint_and_its_later_runs_read_theirs(store_url: str) -> None:

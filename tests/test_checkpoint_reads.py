@@ -1,0 +1,83 @@
+"""Runs that read their threads' latest checkpoints at about the same time (a wave of fired timers' continuations)
+read them together on PostgreSQL: one statement for the wave, not one per thread. Each run still gets its own
+thread's checkpoint, read after it asked; a thread with none gets none."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from graphs.runtime import JourneyRuntime
+from tests.process_support import linear, runtime, virtual_clock
+
+NAP = linear("nap_together", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}})
+INSTANCES = 20  # more than a wave of continuations (RESUME_CONCURRENCY)
+
+
+@contextmanager
+def checkpoint_reads(rt: JourneyRuntime, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """The parameters of every statement that read the checkpoints table meanwhile (PostgreSQL)."""
+    select = str(getattr(rt.store.saver, "SELECT_SQL", "")).strip()
+    reads: list[Any] = []
+    execute = psycopg.AsyncCursor.execute
+
+    async def counted(cursor: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        if isinstance(query, str) and query.strip().startswith(select):
+            reads.append(params)
+        return await execute(cursor, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+    yield reads
+    monkeypatch.undo()
+
+
+async def test_continuations_at_once_each_resume_their_own_thread_read_together(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(NAP)
+        started = [await rt.processes.start("nap_together", f"cust-{n}", {"n": n}) for n in range(INSTANCES)]
+        ids = [view["instance_id"] for view in started]
+
+        clock.advance(timedelta(hours=1))
+        with checkpoint_reads(rt, monkeypatch) as reads:
+            report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (INSTANCES, INSTANCES, 0)
+
+        # Each ran on from its own checkpoint: its end recorded its own variables.
+        for n, instance_id in enumerate(ids):
+            status = await rt.processes.status(instance_id)
+            assert (status["status"], status["variables"]["n"]) == ("completed", n)
+            [ended] = [e for e in await rt.processes.history(instance_id) if e.type == "process.completed"]
+            assert ended.payload["variables"]["n"] == n
+        if store_url.startswith("postgresql"):
+            assert 1 <= len(reads) <= INSTANCES // 4  # about one per wave (16 at a time), not one per thread
+            assert sorted(t for (threads,) in reads for t in threads) == sorted(ids)
+
+
+async def test_reads_asked_at_once_answer_each_its_own_thread_and_none_for_a_thread_without_one(
+    store_url: str,
+) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(NAP)
+        ids = [(await rt.processes.start("nap_together", f"cust-{n}", {"n": n}))["instance_id"] for n in range(3)]
+        saver = rt.store.saver
+        alone = [await saver.aget_tuple({"configurable": {"thread_id": thread}}) for thread in [*ids, "no-such"]]
+        together = await asyncio.gather(
+            *(saver.aget_tuple({"configurable": {"thread_id": thread}}) for thread in [*ids, "no-such", ids[0]])
+        )
+        assert alone[-1] is None and together[3] is None
+        for read_alone, read_together in zip(alone[:3] + alone[:1], together[:3] + together[4:], strict=True):
+            assert read_alone is not None and read_together is not None
+            assert read_together.config == read_alone.config
+            assert read_together.checkpoint == read_alone.checkpoint
+            assert read_together.pending_writes == read_alone.pending_writes
+            assert read_together.parent_config == read_alone.parent_config
