@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import copy
 import datetime
+import functools
+import inspect
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -187,7 +189,7 @@ def fenced_writes(saver: AsyncPostgresSaver) -> None:
             refuse_if_lost()
             return await _write(*args, **kwargs)
 
-        setattr(saver, name, fenced)
+        setattr(saver, name, standing_for(write, fenced))
 
 
 # At most this many threads' latest checkpoints are read by one statement (see read_together).
@@ -267,6 +269,16 @@ class _LatestReads:
                     asked.set_result(found.get(thread_id))
 
 
+def standing_for(method: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """``wrapper`` of a saver's ``method``, with the method's name and signature. LangGraph reads a saver's
+    signature to learn what to pass it (``aput_writes`` is given the writing task's path only if it names
+    ``task_path``): a wrapper taking ``*args`` got none, and each write was stored without it. The signature is
+    set, not found through ``__wrapped__``: LangGraph reads it again at every run."""
+    wrapped = functools.wraps(method)(wrapper)
+    wrapped.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    return wrapped
+
+
 def whole_writes(saver: AsyncSqliteSaver) -> None:
     """Let every write of the SQLite saver end its transaction, whatever happens to its caller.
 
@@ -285,7 +297,7 @@ def whole_writes(saver: AsyncSqliteSaver) -> None:
             task.add_done_callback(_retrieved)  # a caller cancelled meanwhile does not see its error
             return await asyncio.shield(task)
 
-        setattr(saver, name, whole)
+        setattr(saver, name, standing_for(write, whole))
 
 
 def fresh_thread(saver: BaseCheckpointSaver[str], thread_id: str) -> BaseCheckpointSaver[str]:

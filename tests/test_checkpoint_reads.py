@@ -1,6 +1,7 @@
 """Runs that read their threads' latest checkpoints at about the same time (a wave of fired timers' continuations)
 read them together on PostgreSQL: one statement for the wave, not one per thread. Each run still gets its own
-thread's checkpoint, read after it asked; a thread with none gets none."""
+thread's checkpoint, read after it asked; a thread with none gets none. And the saver our wrappers of its
+writes stand for is given what LangGraph gives the saver itself (the writing task's path)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from langgraph.pregel._checkpoint import put_writes_accepts_task_path
 
 from graphs.runtime import JourneyRuntime
 from tests.process_support import linear, runtime, virtual_clock
@@ -81,3 +83,26 @@ async def test_reads_asked_at_once_answer_each_its_own_thread_and_none_for_a_thr
             assert read_together.checkpoint == read_alone.checkpoint
             assert read_together.pending_writes == read_alone.pending_writes
             assert read_together.parent_config == read_alone.parent_config
+
+
+async def stored_task_paths(rt: JourneyRuntime, thread_id: str) -> list[str]:
+    """The task paths of the pending writes stored for ``thread_id``, in the saver's own table."""
+    saver: Any = rt.store.saver
+    if rt.store.url.kind == "postgres":
+        async with saver.conn.connection() as conn:
+            found = await conn.execute("SELECT task_path FROM checkpoint_writes WHERE thread_id = %s", (thread_id,))
+            return [row["task_path"] for row in await found.fetchall()]
+    async with saver.conn.execute("SELECT task_path FROM writes WHERE thread_id = ?", (thread_id,)) as found:
+        return [row[0] for row in await found.fetchall()]
+
+
+async def test_the_savers_writes_are_given_the_writing_tasks_path_as_the_savers_own_are(store_url: str) -> None:
+    """LangGraph passes a task's path to a saver's ``aput_writes`` only if its signature names it; our wrappers of
+    the writes (fenced on PostgreSQL, whole on SQLite) hid it, so every pending write was stored without its path
+    (which orders the writes of a superstep's tasks when they are read back)."""
+    async with runtime(store_url, virtual_clock()) as rt:
+        assert put_writes_accepts_task_path(rt.store.saver.aput_writes)
+        await rt.processes.deploy(NAP)
+        instance_id = (await rt.processes.start("nap_together", "cust-1"))["instance_id"]
+        paths = await stored_task_paths(rt, instance_id)
+        assert paths and all(paths), paths  # the parked task's interrupt, at least
