@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.docs_harness import BROKEN_NOTICES, broken_in_the_background, check_noticed
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- docs-test expects: (.*?) -->\n)?```python\n(.*?)```", re.S)
@@ -51,72 +53,16 @@ def test_the_docs_have_examples() -> None:
 def test_docs_block_runs(block: str, expects: list[str], tmp_path: Path) -> None:
     done, noticed = run_block(block, tmp_path)
     assert done.returncode == 0, done.stderr
-    seen = [f"{line['event']}: {line['intent']}" if "intent" in line else line["event"] for line in noticed]
-    unexpected = [line for line, named in zip(noticed, seen, strict=True) if named not in expects]
-    assert not unexpected, "the block logged what it does not expect:\n" + "\n".join(map(str, unexpected))
-    missing = set(expects) - set(seen)
-    assert not missing, f"the block expects log lines that did not appear: {sorted(missing)}"
-
-
-# docs/seed-examples.md's escalation as it was (its on_timeout agent read a key it is not given), with a
-# step whose agent fails once before it works: the block exits 0 all the same.
-BROKEN_IN_THE_BACKGROUND = """
-import asyncio
-from datetime import timedelta
-
-from agents import AgentRequest, TransientAgentError
-from checkpoints import VirtualClock
-from graphs import JourneyRuntime
-
-calls = []
-
-
-def flaky(request: AgentRequest) -> dict:
-    calls.append(1)
-    if len(calls) == 1:
-        raise TransientAgentError("not yet")
-    return {"done": True}
-
-
-def escalate_to_cto(request: AgentRequest) -> dict:
-    print("escalated:", request.payload["task_id"])
-    return {}
-
-
-async def main() -> None:
-    clock = VirtualClock()
-    async with JourneyRuntime.open("memory://", clock=clock) as runtime:
-        runtime.agents.register("flaky", flaky)
-        runtime.agents.register("escalate_to_cto", escalate_to_cto)
-        spec = {"journey_type": "j", "steps": [{"step_id": "a", "agent": "flaky", "mode": "auto",
-                "retry": {"initial_delay": 0.001}}]}
-        journey = await runtime.structured.design_journey("j", spec=spec)
-        await runtime.structured.execute_journey(journey["journey_id"], "u")
-        await runtime.processes.deploy({
-            "name": "review",
-            "elements": [
-                {"type": "start", "id": "start"},
-                {"type": "user_task", "id": "approval", "assignee": "lead", "sla": "PT4H",
-                 "on_timeout": {"action": "notify", "notify": "escalate_to_cto"}},
-                {"type": "end", "id": "end"},
-            ],
-            "flows": ["start -> approval", "approval -> end"],
-        })
-        await runtime.processes.start("review", "r-1")
-        clock.advance(timedelta(hours=4))
-        await runtime.processes.scheduler.run_due()
-
-
-asyncio.run(main())
-"""
+    check_noticed(noticed, expects, "the block")
 
 
 @pytest.mark.slow
 def test_a_block_whose_agents_fail_in_the_background_is_caught(tmp_path: Path) -> None:
     """How docs/seed-examples.md's broken escalation passed: the block exited 0. Its failures are noticed now."""
-    done, noticed = run_block(BROKEN_IN_THE_BACKGROUND, tmp_path)
+    done, noticed = run_block(broken_in_the_background(cell=False), tmp_path)
     assert done.returncode == 0, done.stderr
-    events = {line["event"] for line in noticed}
-    assert events == {"agent attempt failed", "agent call failed", "timer failed to fire"}, noticed
+    with pytest.raises(AssertionError, match="timer failed to fire"):
+        check_noticed(noticed, [], "the block")
+    check_noticed(noticed, BROKEN_NOTICES, "the block")
     failed = next(line for line in noticed if line["event"] == "timer failed to fire")
     assert "task_id" in failed["error"]

@@ -19,6 +19,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.docs_harness import BROKEN_NOTICES, broken_in_the_background, check_noticed
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # What a person would rather look at than read: the picture each notebook shows (committed with its outputs,
@@ -69,12 +71,7 @@ def executed(notebook: nbformat.NotebookNode, where: Path, expects: list[str]) -
         notebook.cells = cells
     errors = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    noticed = json.loads(report.read_text())
-    seen = [f"{line['event']}: {line['intent']}" if "intent" in line else line["event"] for line in noticed]
-    unexpected = [line for line, named in zip(noticed, seen, strict=True) if named not in expects]
-    assert not unexpected, "the notebook logged what it does not expect:\n" + "\n".join(map(str, unexpected))
-    missing = set(expects) - set(seen)
-    assert not missing, f"the notebook expects log lines that did not appear: {sorted(missing)}"
+    check_noticed(json.loads(report.read_text()), expects, "the notebook")
 
 
 @pytest.mark.slow
@@ -88,45 +85,11 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert took < NOTEBOOK_SECONDS, f"{path.name} took {took:.0f} s"
 
 
-# A cell whose SLA escalation's agent reads a key it is not given (docs/seed-examples.md's escalation as it was):
-# the timer fails in the background, and the cell ends without an error all the same.
-BROKEN_IN_THE_BACKGROUND = """
-from datetime import timedelta
-
-from agents import AgentRequest
-from checkpoints import VirtualClock
-from graphs import JourneyRuntime
-
-
-def escalate_to_cto(request: AgentRequest) -> dict:
-    print("escalated:", request.payload["task_id"])
-    return {}
-
-
-clock = VirtualClock()
-async with JourneyRuntime.open("memory://", clock=clock) as runtime:
-    runtime.agents.register("escalate_to_cto", escalate_to_cto)
-    await runtime.processes.deploy({
-        "name": "review",
-        "elements": [
-            {"type": "start", "id": "start"},
-            {"type": "user_task", "id": "approval", "assignee": "lead", "sla": "PT4H",
-             "on_timeout": {"action": "notify", "notify": "escalate_to_cto"}},
-            {"type": "end", "id": "end"},
-        ],
-        "flows": ["start -> approval", "approval -> end"],
-    })
-    await runtime.processes.start("review", "r-1")
-    clock.advance(timedelta(hours=4))
-    await runtime.processes.scheduler.run_due()
-"""
-
-
 @pytest.mark.slow
 def test_a_notebook_whose_agent_fails_in_the_background_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(BROKEN_IN_THE_BACKGROUND)])
+    cell = nbformat.v4.new_code_cell(broken_in_the_background(cell=True))
+    notebook = nbformat.v4.new_notebook(cells=[cell])
     with pytest.raises(AssertionError, match="timer failed to fire"):
         executed(notebook, tmp_path, [])
-    expected = ["agent attempt failed: escalate_to_cto", "agent call failed: escalate_to_cto", "timer failed to fire"]
-    executed(notebook, tmp_path, expected)  # a notebook that expects them passes
+    executed(notebook, tmp_path, BROKEN_NOTICES)  # a notebook that expects them passes
