@@ -10,6 +10,8 @@ import asyncio
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.slow
 SLOW = ("--plugin", "tests.slow_agents:register")
 SPEC = {"journey_type": "slow1", "steps": [{"step_id": "s0", "mode": "auto", "agent": "slow"}]}
 START = {"journey_type": "slow1", "spec": SPEC, "user_id": "ana"}
+BEATS = ("--heartbeat", "0.5", "--stalled-after", "2")  # a worker whose heartbeat is 2 s late is taken as dead
 
 
 def calls_of(path: Path) -> list[tuple[str, str, int]]:
@@ -49,6 +52,41 @@ def stopped_within(process: subprocess.Popen[bytes], seconds: float, log: Path) 
         pytest.fail(f"the process did not end within {seconds} s of SIGTERM:\n{log.read_text()[-4000:]}")
 
 
+class Workers:
+    """``journeys worker`` processes on one PostgreSQL database, with the slow agent (its notes in ``calls``),
+    each logging to a file of the test's own: see :func:`distributed`."""
+
+    def __init__(self, url: str, where: Path) -> None:
+        self.url = url
+        self.where = where
+        self.calls = where / "calls"
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *options: str, **env: str) -> subprocess.Popen[bytes]:
+        """A worker with ``options`` and ``env`` (besides the slow agent's notes), its output in ``name``.log."""
+        notes = {"JOURNEYS_CALLS": str(self.calls), **env}
+        worker = start_worker(self.url, *SLOW, *options, env=notes, log=self.log(name))
+        self.started.append(worker)
+        return worker
+
+    def log(self, name: str) -> Path:
+        return self.where / f"{name}.log"
+
+
+@contextmanager
+def distributed(url: str, where: Path) -> Iterator[tuple[str, Workers]]:
+    """An API server on ``url`` in distributed mode (its base URL) and the workers a test starts, each stopped
+    (resumed first, if the test paused it) when the block ends."""
+    workers = Workers(url, where)
+    with serving(create_app(Settings(database_url=url, auth=False, execution="distributed"))) as base:
+        try:
+            yield base, workers
+        finally:
+            for worker in workers.started:
+                worker.send_signal(signal.SIGCONT)  # a paused process would not take its SIGTERM
+                stop_worker(worker)
+
+
 def run_row(url: str, run_id: str) -> tuple[str, int]:
     with psycopg.connect(url) as conn:
         found = conn.execute("SELECT status, attempts FROM server_runs WHERE run_id = %s", (run_id,)).fetchone()
@@ -63,29 +101,20 @@ async def test_a_worker_stopped_with_a_step_stuck_ends_after_its_grace_and_anoth
     (procrastinate's worker waits for its jobs with no limit), so a deploy hung until someone killed it -9.
     It now waits ``--shutdown-grace`` seconds, then stops the run and hands its job to another worker at once,
     which finishes the journey; the run is not ended "interrupted" (nobody cancelled it)."""
-    calls = tmp_path / "calls"
-    stuck = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "600", "JOURNEYS_SHUTDOWN_GRACE_S": "2"}
-    quick = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "0.2"}
-    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
-        first = start_worker(postgres_url, *SLOW, env=stuck, log=log_a)
-        second = None
-        try:
-            async with get_client(url=base, api_key=None) as client:
-                thread = await client.threads.create()
-                run = await client.runs.create(thread["thread_id"], "structured", input=START)
-                wait_for_call(calls, ("start", "s0", first.pid))
-                second = start_worker(postgres_url, *SLOW, env=quick, log=log_b)
-                assert stopped_within(first, 30, log_a) == 0
-                ended = await client.runs.join(thread["thread_id"], run["run_id"])
-        finally:
-            for worker in (first, second):
-                if worker is not None:
-                    stop_worker(worker)
+    with distributed(postgres_url, tmp_path) as (base, workers):
+        first = workers.start("a", JOURNEYS_SLOW_S="600", JOURNEYS_SHUTDOWN_GRACE_S="2")
+        async with get_client(url=base, api_key=None) as client:
+            thread = await client.threads.create()
+            run = await client.runs.create(thread["thread_id"], "structured", input=START)
+            wait_for_call(workers.calls, ("start", "s0", first.pid))
+            second = workers.start("b", JOURNEYS_SLOW_S="0.2")
+            assert stopped_within(first, 30, workers.log("a")) == 0
+            ended = await client.runs.join(thread["thread_id"], run["run_id"])
     assert run_row(postgres_url, run["run_id"]) == ("success", 2)  # taken again once, by the second worker
     assert ended["status"] == "completed", ended
-    assert calls_of(calls) == [("start", "s0", first.pid), ("start", "s0", second.pid), ("done", "s0", second.pid)]
-    assert "Traceback" not in log_a.read_text(), log_a.read_text()
+    notes = calls_of(workers.calls)
+    assert notes == [("start", "s0", first.pid), ("start", "s0", second.pid), ("done", "s0", second.pid)]
+    assert "Traceback" not in workers.log("a").read_text(), workers.log("a").read_text()
 
 
 async def test_a_worker_stopped_mid_step_finishes_the_run_within_its_grace_and_no_other_worker_takes_it(
@@ -95,27 +124,18 @@ async def test_a_worker_stopped_mid_step_finishes_the_run_within_its_grace_and_n
     waited for the run to end, so another worker's reaper took the run as a dead worker's while the first
     still executed it: the run ran twice at once, the second waiting on the journey's lock. A stopping worker
     now heart-beats until it has ended: the run it finishes within its grace is its alone."""
-    calls = tmp_path / "calls"
-    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "5", "JOURNEYS_SHUTDOWN_GRACE_S": "30"}
-    beats = ("--heartbeat", "0.5", "--stalled-after", "2")
-    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
-        first = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_a)
-        second = None
-        try:
-            async with get_client(url=base, api_key=None) as client:
-                thread = await client.threads.create()
-                run = await client.runs.create(thread["thread_id"], "structured", input=START)
-                wait_for_call(calls, ("start", "s0", first.pid))
-                second = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_b)
-                assert stopped_within(first, 30, log_a) == 0
-                await client.runs.join(thread["thread_id"], run["run_id"])
-        finally:
-            for worker in (first, second):
-                if worker is not None:
-                    stop_worker(worker)
+    env = {"JOURNEYS_SLOW_S": "5", "JOURNEYS_SHUTDOWN_GRACE_S": "30"}
+    with distributed(postgres_url, tmp_path) as (base, workers):
+        first = workers.start("a", *BEATS, **env)
+        async with get_client(url=base, api_key=None) as client:
+            thread = await client.threads.create()
+            run = await client.runs.create(thread["thread_id"], "structured", input=START)
+            wait_for_call(workers.calls, ("start", "s0", first.pid))
+            workers.start("b", *BEATS, **env)
+            assert stopped_within(first, 30, workers.log("a")) == 0
+            await client.runs.join(thread["thread_id"], run["run_id"])
     assert run_row(postgres_url, run["run_id"]) == ("success", 1)  # its first worker's, once
-    assert calls_of(calls) == [("start", "s0", first.pid), ("done", "s0", first.pid)]
+    assert calls_of(workers.calls) == [("start", "s0", first.pid), ("done", "s0", first.pid)]
 
 
 async def test_a_server_stopped_mid_run_finishes_the_run_when_it_starts_again(durable_url: str, tmp_path: Path) -> None:
@@ -156,40 +176,29 @@ async def test_a_worker_another_pruned_as_stalled_registers_again_and_takes_runs
     a worker starting meanwhile (procrastinate deletes stalled workers' rows at a worker's start). Its next fetch
     of a job then failed on ``procrastinate_jobs_worker_id_fkey`` and the process died with a traceback: one
     worker fewer, silently. It now registers again and goes on taking runs."""
-    calls = tmp_path / "calls"
-    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "0.1"}
-    beats = ("--heartbeat", "0.5", "--stalled-after", "2")
-    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
-        paused = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_a)
-        pruner = None
-        try:
-            deadline = time.monotonic() + 60
-            while registered_workers(postgres_url) < 1:
-                assert time.monotonic() < deadline and paused.poll() is None, log_a.read_text()
+    with distributed(postgres_url, tmp_path) as (base, workers):
+        paused = workers.start("a", *BEATS, JOURNEYS_SLOW_S="0.1")
+        deadline = time.monotonic() + 60
+        while registered_workers(postgres_url) < 1:
+            assert time.monotonic() < deadline and paused.poll() is None, workers.log("a").read_text()
+            await asyncio.sleep(0.1)
+        paused.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(3)  # its heartbeat is late now
+        pruner = workers.start("b", *BEATS, JOURNEYS_SLOW_S="0.1")
+        with psycopg.connect(postgres_url) as conn:  # the pruner's row replaces the paused one's
+            while conn.execute("SELECT count(*) FROM procrastinate_workers WHERE id > 1").fetchone() != (1,):
+                assert time.monotonic() < deadline + 60, workers.log("b").read_text()
                 await asyncio.sleep(0.1)
-            paused.send_signal(signal.SIGSTOP)
-            await asyncio.sleep(3)  # its heartbeat is late now
-            pruner = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_b)
-            with psycopg.connect(postgres_url) as conn:  # the pruner's row replaces the paused one's
-                while conn.execute("SELECT count(*) FROM procrastinate_workers WHERE id > 1").fetchone() != (1,):
-                    assert time.monotonic() < deadline + 60, log_b.read_text()
-                    await asyncio.sleep(0.1)
-            assert registered_workers(postgres_url) == 1
-            paused.send_signal(signal.SIGCONT)
-            await asyncio.sleep(3)  # it fetches every half second meanwhile
-            assert paused.poll() is None, log_a.read_text()[-4000:]
-            assert stopped_within(pruner, 30, log_b) == 0  # the paused worker alone takes the run now
-            async with get_client(url=base, api_key=None) as client:
-                thread = await client.threads.create()
-                ended = await client.runs.wait(thread["thread_id"], "structured", input=START)
-        finally:
-            paused.send_signal(signal.SIGCONT)
-            for worker in (paused, pruner):
-                if worker is not None:
-                    stop_worker(worker)
+        assert registered_workers(postgres_url) == 1
+        paused.send_signal(signal.SIGCONT)
+        await asyncio.sleep(3)  # it fetches every half second meanwhile
+        assert paused.poll() is None, workers.log("a").read_text()[-4000:]
+        assert stopped_within(pruner, 30, workers.log("b")) == 0  # the paused worker alone takes the run now
+        async with get_client(url=base, api_key=None) as client:
+            thread = await client.threads.create()
+            ended = await client.runs.wait(thread["thread_id"], "structured", input=START)
     assert ended["status"] == "completed", ended
-    assert calls_of(calls) == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
+    assert calls_of(workers.calls) == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
 
 
 async def test_a_run_taken_from_a_paused_worker_that_still_holds_its_journey_is_not_failed(
@@ -201,36 +210,25 @@ async def test_a_run_taken_from_a_paused_worker_that_still_holds_its_journey_is_
     of a failure that did not happen. The second worker now gives the run back to its queue for later; the
     first worker's end of the run ends it, a success. (The taker waits ``--lock-timeout`` seconds, 30 unless
     given: the worker had no such option, and this test took 90 s.)"""
-    calls = tmp_path / "calls"
-    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "2"}
-    beats = ("--heartbeat", "0.5", "--stalled-after", "2", "--lock-timeout", "3")
-    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
-        paused = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_a)
-        taker = None
-        try:
-            async with get_client(url=base, api_key=None) as client:
-                thread = await client.threads.create()
-                run = await client.runs.create(thread["thread_id"], "structured", input=START)
-                wait_for_call(calls, ("start", "s0", paused.pid))
-                paused.send_signal(signal.SIGSTOP)
-                taker = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_b)
-                deadline = time.monotonic() + 60
-                while run_row(postgres_url, run["run_id"]) != ("running", 2):  # taken as a dead worker's
-                    assert time.monotonic() < deadline, run_row(postgres_url, run["run_id"])
-                    await asyncio.sleep(0.2)
-                await asyncio.sleep(5)  # past the taker's 3 s wait for the journey
-                paused.send_signal(signal.SIGCONT)
-                ended = await client.runs.join(thread["thread_id"], run["run_id"])
-                finished = await client.runs.get(thread["thread_id"], run["run_id"])
-        finally:
+    with distributed(postgres_url, tmp_path) as (base, workers):
+        paused = workers.start("a", *BEATS, "--lock-timeout", "3", JOURNEYS_SLOW_S="2")
+        async with get_client(url=base, api_key=None) as client:
+            thread = await client.threads.create()
+            run = await client.runs.create(thread["thread_id"], "structured", input=START)
+            wait_for_call(workers.calls, ("start", "s0", paused.pid))
+            paused.send_signal(signal.SIGSTOP)
+            workers.start("b", *BEATS, "--lock-timeout", "3", JOURNEYS_SLOW_S="2")
+            deadline = time.monotonic() + 60
+            while run_row(postgres_url, run["run_id"]) != ("running", 2):  # taken as a dead worker's
+                assert time.monotonic() < deadline, run_row(postgres_url, run["run_id"])
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(5)  # past the taker's 3 s wait for the journey
             paused.send_signal(signal.SIGCONT)
-            for worker in (paused, taker):
-                if worker is not None:
-                    stop_worker(worker)
+            ended = await client.runs.join(thread["thread_id"], run["run_id"])
+            finished = await client.runs.get(thread["thread_id"], run["run_id"])
     assert finished["status"] == "success", finished
     assert ended["status"] == "completed", ended
-    assert calls_of(calls)[:2] == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
+    assert calls_of(workers.calls)[:2] == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
 
 
 async def test_a_worker_resumed_while_another_waits_for_its_journey_ends_the_run_once_and_logs_no_error(
@@ -241,42 +239,31 @@ async def test_a_worker_resumed_while_another_waits_for_its_journey_ends_the_run
     ended already, and procrastinate's end of it failed with 'Job was not found or not in "doing" or "todo"
     status', logged as an error with a traceback ("Task exception was never retrieved"). Whichever worker ends a
     job first ends it; the other's end of it is a normal race, said at info level."""
-    calls = tmp_path / "calls"
-    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "2"}
-    beats = ("--heartbeat", "0.5", "--stalled-after", "2", "--lock-timeout", "10")
-    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    with serving(create_app(Settings(database_url=postgres_url, auth=False, execution="distributed"))) as base:
-        paused = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_a)
-        taker = None
-        try:
-            async with get_client(url=base, api_key=None) as client:
-                thread = await client.threads.create()
-                run = await client.runs.create(thread["thread_id"], "structured", input=START)
-                wait_for_call(calls, ("start", "s0", paused.pid))
-                paused.send_signal(signal.SIGSTOP)
-                taker = start_worker(postgres_url, *SLOW, *beats, env=env, log=log_b)
-                deadline = time.monotonic() + 60
-                while run_row(postgres_url, run["run_id"]) != ("running", 2):  # taken as a dead worker's
-                    assert time.monotonic() < deadline, run_row(postgres_url, run["run_id"])
-                    await asyncio.sleep(0.2)
-                await asyncio.sleep(1)  # the taker waits for the journey (10 s at most)
-                paused.send_signal(signal.SIGCONT)
-                ended = await client.runs.join(thread["thread_id"], run["run_id"])
-                await asyncio.sleep(3)  # both workers have ended the job their way
-                with psycopg.connect(postgres_url) as conn:
-                    jobs = conn.execute(
-                        "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded' "
-                        "AND task_name = 'journeys.execute_run'"
-                    ).fetchone()
-        finally:
+    with distributed(postgres_url, tmp_path) as (base, workers):
+        paused = workers.start("a", *BEATS, "--lock-timeout", "10", JOURNEYS_SLOW_S="2")
+        async with get_client(url=base, api_key=None) as client:
+            thread = await client.threads.create()
+            run = await client.runs.create(thread["thread_id"], "structured", input=START)
+            wait_for_call(workers.calls, ("start", "s0", paused.pid))
+            paused.send_signal(signal.SIGSTOP)
+            workers.start("b", *BEATS, "--lock-timeout", "10", JOURNEYS_SLOW_S="2")
+            deadline = time.monotonic() + 60
+            while run_row(postgres_url, run["run_id"]) != ("running", 2):  # taken as a dead worker's
+                assert time.monotonic() < deadline, run_row(postgres_url, run["run_id"])
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1)  # the taker waits for the journey (10 s at most)
             paused.send_signal(signal.SIGCONT)
-            for worker in (paused, taker):
-                if worker is not None:
-                    stop_worker(worker)
+            ended = await client.runs.join(thread["thread_id"], run["run_id"])
+            await asyncio.sleep(3)  # both workers have ended the job their way
+            with psycopg.connect(postgres_url) as conn:
+                jobs = conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded' "
+                    "AND task_name = 'journeys.execute_run'"
+                ).fetchone()
     assert ended["status"] == "completed", ended
     assert run_row(postgres_url, run["run_id"])[0] == "success"
-    assert calls_of(calls) == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
+    assert calls_of(workers.calls) == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
     assert jobs == (0,)
-    for log in (log_a, log_b):
-        text = log.read_text()
+    for name in ("a", "b"):
+        text = workers.log(name).read_text()
         assert "Job was not found" not in text and "Traceback" not in text, text[-4000:]
