@@ -5,6 +5,10 @@ parameters) is refused with a NUL character (U+0000) in it: no store can keep on
 :mod:`server.input_guard`). The models cannot say so for JSON they leave free-form, so the document is
 completed once, when it is first built: string schemas get :data:`NO_NUL` as their pattern, and free-form
 values become :data:`JSON_VALUE`, a JSON value whose strings hold no NUL.
+
+An operation that takes a ``select`` answers only the fields it names (see :func:`server.models.kept`): its
+answer's schema says so, a view with every field or one with the selected fields only (see
+:func:`with_selected_answers`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def install_openapi(app: FastAPI) -> None:
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_request_rules(build())
+            app.openapi_schema = with_selected_answers(with_request_rules(build()))
         return app.openapi_schema
 
     app.openapi = document  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
@@ -69,6 +73,49 @@ def with_request_rules(document: dict[str, Any]) -> dict[str, Any]:
                 _complete(media.setdefault("schema", {}), component)
     components.setdefault(JSON_VALUE, copy.deepcopy(_JSON_VALUE_SCHEMA))  # each document owns its own
     return document
+
+
+SELECTED = "Selected"  # the suffix of a view's component with the fields a select named only
+
+
+def with_selected_answers(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` where each operation taking a ``select`` (a query parameter or a body field) answers a view
+    (or a list of views) as a whole or as its ``<View>Selected``: the same fields, none of them required."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            if not _takes_select(operation, components):
+                continue
+            media = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {})
+            answer = media.get("schema", {})
+            if answer.get("type") == "array" and "$ref" in answer.get("items", {}):
+                answer["items"] = _whole_or_selected(answer["items"]["$ref"], components)
+            elif "$ref" in answer:
+                media["schema"] = _whole_or_selected(answer["$ref"], components)
+    return document
+
+
+def _takes_select(operation: dict[str, Any], components: dict[str, Schema]) -> bool:
+    if any(parameter.get("name") == "select" for parameter in operation.get("parameters", [])):
+        return True
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if "$ref" in body:
+        body = components.get(body["$ref"].rsplit("/", 1)[-1], {})
+    return "select" in body.get("properties", {})
+
+
+def _whole_or_selected(ref: str, components: dict[str, Schema]) -> Schema:
+    name = ref.rsplit("/", 1)[-1]
+    view = components[name]
+    selected = f"{name}{SELECTED}"
+    if selected not in components:
+        components[selected] = {
+            "title": selected,
+            "type": "object",
+            "description": f"{name} with only the fields the request's select named",
+            "properties": copy.deepcopy(view.get("properties", {})),
+        }
+    return {"anyOf": [{"$ref": ref}, {"$ref": f"#/components/schemas/{selected}"}]}
 
 
 def _complete(schema: Schema, component: Callable[[str], None]) -> None:
