@@ -88,6 +88,9 @@ async def test_an_item_put_with_a_ttl_expires_unless_it_is_read(sdk_client: Lang
     for refused_ttl in (0, -1, 0.5, 10**12, True, "5"):  # a bool or a string is no number of minutes
         with pytest.raises(UnprocessableEntityError):
             await store.put_item(["notes"], "bad", {"x": 1}, ttl=refused_ttl)  # type: ignore[arg-type]
+    # 2.0 is an integer to JSON Schema, as the document states ttl: taken as 2 minutes (it was refused).
+    await store.put_item(["whole"], "two", {"x": 0}, ttl=2.0)  # type: ignore[arg-type]
+    assert (await store.get_item(["whole"], "two") or {}).get("value") == {"x": 0}
     await store.put_item(["notes"], "lapses", {"x": 1}, ttl=1)
     await store.put_item(["notes"], "read", {"x": 2}, ttl=1)
     await store.put_item(["notes"], "kept", {"x": 3})

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from langgraph.store.base import Item, SearchItem
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from checkpoints.owned_store import OwnedStore
 from graphs.errors import InvalidInputError
@@ -67,6 +67,12 @@ class NamespacesOut(BaseModel):
 TTL_LIMIT = 525_600_000
 
 
+def _whole_minutes(value: Any) -> Any:
+    """5.0 is the integer 5 to JSON Schema (the document says ``integer``), so it is taken as 5; anything else
+    goes to the strict check as it came (true, "5" and 0.5 are refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class PutItem(BaseModel):
     """An item to store or replace."""
 
@@ -74,7 +80,7 @@ class PutItem(BaseModel):
     key: str = Field(min_length=1, max_length=1000)
     value: dict[str, Any]
     index: Literal[False] | list[str] | None = None  # which fields to embed (with a configured index)
-    ttl: int | None = Field(
+    ttl: Annotated[int | None, BeforeValidator(_whole_minutes)] = Field(
         None,
         strict=True,  # true is no TTL (lax validation took it for 1 minute); the Agent Server's schema refuses it
         gt=0,
