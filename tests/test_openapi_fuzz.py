@@ -314,6 +314,30 @@ def test_the_schema_states_what_a_runs_config_must_be() -> None:
             jsonschema.validate(config, schema)
 
 
+def test_the_document_refuses_nul_in_every_request_string_and_nothing_else() -> None:
+    # What the server refuses (server.input_guard), the document says: a NUL in a body's string, in a free-form
+    # value's key or string at any depth, or in a path parameter; the same text without it passes.
+    import jsonschema
+
+    document = create_app(Settings(database_url="memory://", auth=False)).openapi()
+    operation = document["paths"]["/threads/{thread_id}/runs"]["post"]
+    body = {**operation["requestBody"]["content"]["application/json"]["schema"], "components": document["components"]}
+    (thread_id,) = [p["schema"] for p in operation["parameters"] if p["name"] == "thread_id"]
+    fine = {"assistant_id": "agent", "input": {"note": ["a\\u0000b", {"k": "v"}]}, "metadata": {"who": "ana"}}
+    jsonschema.validate(fine, body)
+    jsonschema.validate("a-thread", thread_id)
+    for hostile in (
+        {**fine, "assistant_id": "age\x00nt"},
+        {**fine, "input": {"note": ["a\x00b"]}},
+        {**fine, "input": {"no\x00te": 1}},
+        {**fine, "metadata": {"who": {"deep": ["ana\x00"]}}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(hostile, body)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate("a\x00thread", thread_id)
+
+
 def test_an_answer_to_a_select_matches_the_document() -> None:
     # A search (or read) with select answers only the fields named: the document said every field of the view
     # was there (schemathesis found assistants/search so). The answer is the same on every store (picked).
