@@ -4,6 +4,10 @@ Usage: `.venv/bin/python -m pytest -n 3 --junitxml=report.xml`, then `python tes
 Several reports (of some test files each, e.g. the slow ones run one at a time) may be given: the files they
 ran take their new figures (tests no longer there are dropped), the other files keep theirs, and tests of
 files that no longer exist are dropped.
+
+`python tests/durations.py --new report.xml` only adds the tests the file does not know yet (a report of just
+those, e.g. `pytest $(cat unknown.txt)`), keeping every figure it has: a report of some tests of a file would
+otherwise drop the file's others.
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ def node_id(case: ET.Element) -> str:
     raise ValueError(f"no test file for {case.attrib['classname']}")
 
 
-def main(reports: list[str]) -> None:
+def main(reports: list[str], *, new_only: bool = False) -> None:
     fresh = {
         node_id(case): round(float(case.attrib["time"]), 1)
         for report in reports
         for case in ET.parse(report).getroot().iter("testcase")
     }
-    ran = {test.split("::")[0] for test in fresh}
     kept = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if new_only:
+        fresh = {test: seconds for test, seconds in fresh.items() if test not in kept}
+    ran = set() if new_only else {test.split("::")[0] for test in fresh}
     durations = {
         test: seconds
         for test, seconds in kept.items()
@@ -48,4 +54,5 @@ def main(reports: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    arguments = sys.argv[1:]
+    main([a for a in arguments if a != "--new"], new_only="--new" in arguments)
