@@ -347,7 +347,8 @@ def test_an_answer_to_a_select_matches_the_document() -> None:
     document = app.openapi()
     with serving(app) as base, httpx.Client(base_url=base, timeout=30) as http:
         thread = http.post("/threads", json={"metadata": {"who": "ana"}}).json()["thread_id"]
-        http.post(f"/threads/{thread}/runs/wait", json={"assistant_id": "structured", "input": {"journey_type": "x"}})
+        started = {"assistant_id": "structured", "input": {"journey_type": "content_migration"}}
+        assert http.post(f"/threads/{thread}/runs/wait", json=started).status_code == 200
         asked = [
             ("post", "/assistants/search", "/assistants/search", {"select": ["name", "graph_id"]}, None),
             ("post", "/threads/search", "/threads/search", {"select": ["thread_id"]}, None),
