@@ -19,6 +19,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from server.app import create_app
+from server.plugins import plugin_registry
 from server.settings import Settings
 from tests.server_support import journeys_serve, serving, start_worker, stop_worker
 
@@ -78,7 +79,11 @@ def distributed(url: str, where: Path) -> Iterator[tuple[str, Workers]]:
     """An API server on ``url`` in distributed mode (its base URL) and the workers a test starts, each stopped
     (resumed first, if the test paused it) when the block ends."""
     workers = Workers(url, where)
-    with serving(create_app(Settings(database_url=url, auth=False, execution="distributed"))) as base:
+    # The API has the workers' agents too, as `journeys serve --distributed --plugin ...`: it refuses a start
+    # naming an agent it does not know.
+    agents = {"agents": plugin_registry(SLOW[1])}
+    settings = Settings(database_url=url, auth=False, execution="distributed")
+    with serving(create_app(settings, runtime_options=agents)) as base:
         try:
             yield base, workers
         finally:
