@@ -48,7 +48,8 @@ def main(reports: list[str], *, new_only: bool = False) -> None:
     durations.update(fresh)
     OUT.write_text(json.dumps(dict(sorted(durations.items())), indent=0) + "\n")
     print(
-        f"{len(fresh)} tests of {len(ran)} files refreshed; {len(durations)} tests, "
+        (f"{len(fresh)} tests added" if new_only else f"{len(fresh)} tests of {len(ran)} files refreshed")
+        + f"; {len(durations)} tests, "
         f"{sum(durations.values()):.0f} s in all -> {OUT}"
     )
 
