@@ -17,6 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.schema import Run, Thread
 
 from server.app import create_app
 from server.plugins import plugin_registry
@@ -206,6 +208,24 @@ async def test_a_worker_another_pruned_as_stalled_registers_again_and_takes_runs
     assert calls_of(workers.calls) == [("start", "s0", paused.pid), ("done", "s0", paused.pid)]
 
 
+async def taken_from_a_paused_worker(
+    client: LangGraphClient, workers: Workers, *, lock_timeout: str
+) -> tuple[Thread, Run, subprocess.Popen[bytes]]:
+    """A run whose worker ("a", returned) was paused mid-step and which another worker ("b", waiting
+    ``lock_timeout`` seconds for a journey held elsewhere) has taken as a dead worker's since: its thread, itself."""
+    paused = workers.start("a", *BEATS, "--lock-timeout", lock_timeout, JOURNEYS_SLOW_S="2")
+    thread = await client.threads.create()
+    run = await client.runs.create(thread["thread_id"], "structured", input=START)
+    wait_for_call(workers.calls, ("start", "s0", paused.pid))
+    paused.send_signal(signal.SIGSTOP)
+    workers.start("b", *BEATS, "--lock-timeout", lock_timeout, JOURNEYS_SLOW_S="2")
+    deadline = time.monotonic() + 60
+    while run_row(workers.url, run["run_id"]) != ("running", 2):
+        assert time.monotonic() < deadline, run_row(workers.url, run["run_id"])
+        await asyncio.sleep(0.2)
+    return thread, run, paused
+
+
 async def test_a_run_taken_from_a_paused_worker_that_still_holds_its_journey_is_not_failed(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -216,17 +236,8 @@ async def test_a_run_taken_from_a_paused_worker_that_still_holds_its_journey_is_
     first worker's end of the run ends it, a success. (The taker waits ``--lock-timeout`` seconds, 30 unless
     given: the worker had no such option, and this test took 90 s.)"""
     with distributed(postgres_url, tmp_path) as (base, workers):
-        paused = workers.start("a", *BEATS, "--lock-timeout", "3", JOURNEYS_SLOW_S="2")
         async with get_client(url=base, api_key=None) as client:
-            thread = await client.threads.create()
-            run = await client.runs.create(thread["thread_id"], "structured", input=START)
-            wait_for_call(workers.calls, ("start", "s0", paused.pid))
-            paused.send_signal(signal.SIGSTOP)
-            workers.start("b", *BEATS, "--lock-timeout", "3", JOURNEYS_SLOW_S="2")
-            deadline = time.monotonic() + 60
-            while run_row(postgres_url, run["run_id"]) != ("running", 2):  # taken as a dead worker's
-                assert time.monotonic() < deadline, run_row(postgres_url, run["run_id"])
-                await asyncio.sleep(0.2)
+            thread, run, paused = await taken_from_a_paused_worker(client, workers, lock_timeout="3")
             await asyncio.sleep(5)  # past the taker's 3 s wait for the journey
             paused.send_signal(signal.SIGCONT)
             ended = await client.runs.join(thread["thread_id"], run["run_id"])
@@ -245,17 +256,8 @@ async def test_a_worker_resumed_while_another_waits_for_its_journey_ends_the_run
     status', logged as an error with a traceback ("Task exception was never retrieved"). Whichever worker ends a
     job first ends it; the other's end of it is a normal race, said at info level."""
     with distributed(postgres_url, tmp_path) as (base, workers):
-        paused = workers.start("a", *BEATS, "--lock-timeout", "10", JOURNEYS_SLOW_S="2")
         async with get_client(url=base, api_key=None) as client:
-            thread = await client.threads.create()
-            run = await client.runs.create(thread["thread_id"], "structured", input=START)
-            wait_for_call(workers.calls, ("start", "s0", paused.pid))
-            paused.send_signal(signal.SIGSTOP)
-            workers.start("b", *BEATS, "--lock-timeout", "10", JOURNEYS_SLOW_S="2")
-            deadline = time.monotonic() + 60
-            while run_row(postgres_url, run["run_id"]) != ("running", 2):  # taken as a dead worker's
-                assert time.monotonic() < deadline, run_row(postgres_url, run["run_id"])
-                await asyncio.sleep(0.2)
+            thread, run, paused = await taken_from_a_paused_worker(client, workers, lock_timeout="10")
             await asyncio.sleep(1)  # the taker waits for the journey (10 s at most)
             paused.send_signal(signal.SIGCONT)
             ended = await client.runs.join(thread["thread_id"], run["run_id"])
