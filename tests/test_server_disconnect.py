@@ -7,11 +7,16 @@ those modes' chunks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.schema import Run, RunCreateMetadata
@@ -19,6 +24,7 @@ from langgraph_sdk.schema import Run, RunCreateMetadata
 from server.app import create_app
 from server.settings import Settings
 from tests.server_support import serving
+from tests.test_server_streaming import SlowWhenAsked
 
 pytestmark = pytest.mark.slow
 SLOW = {"messages": [{"role": "user", "content": "be slow"}]}  # the model then takes 30 s to answer
@@ -115,3 +121,44 @@ async def test_join_stream_with_stream_mode_sends_only_those_modes(client: LangG
     assert set(two) == {"messages", "values", "end"}
     every = [p.event async for p in client.runs.join_stream(tid, run["run_id"])]
     assert set(every) == {"values", "updates", "messages", "end"}
+
+
+class DropsOneCancel(SlowWhenAsked):
+    """The slow model, whose first wait loses the cancel that lands on it, as Python 3.11's ``asyncio.wait_for``
+    does when its inner wait completed as the cancel came (psycopg_pool's wait for a pooled connection uses it):
+    the run's task goes on as if nobody had cancelled it."""
+
+    async def _wait_if_asked(self, messages: list[BaseMessage]) -> None:
+        if "slow" not in str(messages[-1].content):
+            return
+        MODEL_WAITS.set()
+        with contextlib.suppress(asyncio.CancelledError):  # dropped, as wait_for drops it
+            await asyncio.sleep(30)
+        await asyncio.sleep(30)
+
+
+MODEL_WAITS = threading.Event()  # the model is in its first wait (the server runs in another thread)
+
+
+def dropping_model() -> BaseChatModel:
+    return DropsOneCancel(messages=itertools.repeat("done"))
+
+
+@pytest.fixture
+def dropping_client(store_url: str) -> Iterator[str]:
+    settings = Settings(database_url=store_url, auth=False, guide_model=f"{__name__}:dropping_model")
+    with serving(create_app(settings)) as base:
+        yield base
+
+
+async def test_a_cancelled_run_stops_though_its_task_lost_the_first_cancel(dropping_client: str) -> None:
+    MODEL_WAITS.clear()
+    async with get_client(url=dropping_client, api_key=None) as client:
+        tid = (await client.threads.create())["thread_id"]
+        run = await client.runs.create(tid, "guide", input=SLOW)
+        assert await asyncio.to_thread(MODEL_WAITS.wait, 15)
+        await client.runs.cancel(tid, run["run_id"])
+        assert await _status_once(client, tid, run["run_id"], "interrupted") == "interrupted"
+        # What it was cancelled in is left where it stopped: the thread takes a new run at once.
+        again = await client.runs.wait(tid, "guide", input=QUICK)
+        assert again is not None

@@ -255,6 +255,9 @@ class RunExecutor:
         self._notify = notify  # an object with .changed(run_id, finished): wakes in-process waiters
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
         self.webhooks = Webhooks(runtime, runs)
+        # Runs being executed whose cancel has reached them (their lock's handler or their own): a queue that
+        # cancelled one and sees it missing here cancels again, since a cancel can be lost on its way.
+        self.stopping: set[str] = set()
 
     async def execute(self, run_id: str, *, due: bool = False, taken: Taken | None = None) -> RunRow | None:
         """Claim and execute the run. ``due``: its queue held it back until its due time (``after_seconds``)
@@ -266,6 +269,7 @@ class RunExecutor:
                 return await self._execute(run_id, due, taken)
         finally:
             ON_CANCEL.reset(token)
+            self.stopping.discard(run_id)
 
     async def _execute(self, run_id: str, due: bool, taken: Taken | None) -> RunRow | None:
         if not due and (pending := await self.runs.get_run(run_id)) is not None:
@@ -278,6 +282,7 @@ class RunExecutor:
             self._changed(run_id)  # running now: a stream of its thread here says so (its metadata) at once
             return await self._execute_claimed(*claimed, taken)
         except asyncio.CancelledError:
+            self.stopping.add(run_id)
             # A cancel asked for (recorded before the run is stopped, see ServerServices.cancel) ends the run
             # interrupted wherever it lands, else its queue would take it up again. One nobody asked for is its
             # process stopping: the run is left unfinished for its queue, which finishes it as after a crash.
@@ -295,6 +300,7 @@ class RunExecutor:
         stopped (``JourneyEngine.halt``): no read or recovery runs the cancelled step on; a new run does. A run
         stopped by its process's shutdown was not asked to stop: its work is finished on restart, as a crash's.
         Called as the run is cancelled in ``instance_id``'s lock (``ON_CANCEL``), before it lets the lock go."""
+        self.stopping.add(run_id)
         try:
             run = await self.runs.get_run(run_id)
             if run is None or run.cancel_requested_at is None:
