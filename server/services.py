@@ -46,6 +46,10 @@ from server.stream_slots import StreamSlots
 log = structlog.get_logger("journeys.server")
 # What a journey logs when its thread is deleted; its key too (once per journey).
 THREAD_DELETED = "thread.deleted"
+# What a journey logs when an operator writes its state (threads.update_state); its checkpoint's metadata names
+# the writer under STATE_UPDATED_BY.
+STATE_UPDATED = "state.updated"
+STATE_UPDATED_BY = "updated_by"
 _MARKED_LIMIT = 100_000
 
 
@@ -653,10 +657,21 @@ class ServerServices:
                     f"as_node {as_node!r} is not a node of this thread's graph",
                     allowed=list(graph.nodes),
                 )
+            # Who wrote it is on the checkpoint too (its metadata): the log's event comes after, in a
+            # transaction of its own, as no transaction spans the saver and the log.
+            config = {**config, "metadata": {**config.get("metadata", {}), STATE_UPDATED_BY: caller.name}}
             try:
                 written = await graph.aupdate_state(config, values, as_node=as_node)
             except (ValueError, KeyError, TypeError) as exc:
                 raise InvalidInputError(f"cannot apply this state update: {exc}") from exc
+            checkpoint_id = written.get("configurable", {}).get("checkpoint_id")
+            updated = NewEvent(
+                STATE_UPDATED,
+                {"by": caller.name, "fields": sorted(values or {}), "as_node": as_node, "checkpoint_id": checkpoint_id},
+                as_node,
+                f"{STATE_UPDATED}:{checkpoint_id}",  # once per checkpoint written
+            )
+            await self.runtime.store.events.append(thread.instance_id, [updated])
         # Its streams in state_update mode send the state now: here at once, elsewhere on the update's notice.
         await self.runs.state_updated(thread_id)
         self.watch.changed(state_key(thread_id))

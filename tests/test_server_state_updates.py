@@ -11,11 +11,12 @@ import pytest
 from langgraph_sdk import get_client
 
 from server.app import create_app
-from server.settings import Settings
+from server.settings import ApiKey, Settings
 from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
 HI = {"messages": [{"role": "user", "content": "hi"}]}
+KEYS = {"ops-key": ApiKey("ana", frozenset({"admin"}))}
 
 
 async def test_a_state_update_from_an_earlier_checkpoint_forks_a_chat_thread_and_is_refused_on_a_journey(
@@ -53,6 +54,35 @@ async def test_a_state_update_from_an_earlier_checkpoint_forks_a_chat_thread_and
             assert refused.value.response.status_code == 422
             assert "CheckpointUnsupported" in refused.value.response.text
             assert await sdk.threads.get_state(journey) == before
+
+
+async def test_a_state_update_is_in_the_journeys_event_log_with_who_made_it_and_the_checkpoint(
+    store_url: str,
+) -> None:
+    """An operator's ``threads.update_state`` is an event of the journey's log (``state.updated``: who, which
+    fields, as which node, the checkpoint written), as every other operator action is; the update used to
+    change the state and log nothing, so the audit trail (``/journeys/{id}/history``) did not show it."""
+    with serving(create_app(Settings(database_url=store_url, api_keys=KEYS))) as base:
+        async with get_client(url=base, api_key="ops-key") as sdk:
+            journey = str((await sdk.threads.create())["thread_id"])
+            await sdk.runs.wait(journey, "structured", input={"journey_type": "content_migration", "context": {}})
+            written = await sdk.threads.update_state(journey, {"context": {"note": 1}})
+            again = await sdk.threads.update_state(journey, {"context": {"note": 2}}, as_node="__start__")
+            instance_id = (await sdk.threads.get(journey))["metadata"]["instance_id"]
+            history = await sdk.http.get(f"/journeys/{instance_id}/history")
+            updates = [e for e in history if e["type"] == "state.updated"]
+            assert [e["payload"] for e in updates] == [
+                {
+                    "by": "ana",
+                    "fields": ["context"],
+                    "as_node": node,
+                    "checkpoint_id": state["checkpoint"]["checkpoint_id"],
+                }
+                for node, state in ((None, written), ("__start__", again))
+            ]
+            assert [e["step"] for e in updates] == [None, "__start__"]
+            latest = await sdk.threads.get_state(journey)  # the checkpoint names its writer too
+            assert latest["metadata"]["updated_by"] == "ana"
 
 
 async def test_history_is_filtered_by_checkpoint_metadata(store_url: str) -> None:
