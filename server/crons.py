@@ -42,9 +42,11 @@ __all__ = ["CRON_PURPOSE", "CronFilter", "CronRow", "CronService"]
 class CronService:
     """Create, change, find and fire crons."""
 
-    def __init__(self, runtime: JourneyRuntime, runs: RunStore) -> None:
+    def __init__(self, runtime: JourneyRuntime, runs: RunStore, *, agents: bool = True) -> None:
         self.runtime = runtime
         self.runs = runs
+        # Whether a cron's input is checked against this process's agents: not where the workers hold them.
+        self.agents = agents
         self.store = CronStore(runtime.store.engine, runtime.store.clock, runtime.processes.services.timers)
 
     def serve_firings(self, enqueue: Callable[[], Enqueue | None], submit: Callable[[RunRow], Awaitable[None]]) -> None:
@@ -83,7 +85,7 @@ class CronService:
         assistant = get_assistant(_graph_id(assistant_id, payload))
         self.check_schedule(schedule, timezone)
         if payload.get("input") is not None:
-            assistant.check_input(payload["input"], self.runtime)
+            assistant.check_input(payload["input"], self.runtime, agents=self.agents)
         elif thread_id is None or not assistant.chat:
             raise InvalidInputError("a cron's runs start journeys: give input", input_schema=assistant.input_schema)
         if thread_id is not None:
@@ -115,7 +117,8 @@ class CronService:
         self.check_schedule(schedule, timezone)
         payload = changes.get("payload")
         if payload is not None and payload.get("input") is not None:
-            get_assistant(_graph_id(current.assistant_id, payload)).check_input(payload["input"], self.runtime)
+            assistant = get_assistant(_graph_id(current.assistant_id, payload))
+            assistant.check_input(payload["input"], self.runtime, agents=self.agents)
         updated = await self.store.update(cron_id, changes)
         if updated is None:
             raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)

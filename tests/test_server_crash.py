@@ -183,6 +183,15 @@ async def test_resumed_runs_survive_kills_without_repeating_steps(
         with serving(app) as base:
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:
                 threads = [(await client.post("/threads", json={})).json()["thread_id"] for _ in range(journeys)]
+                # This API process holds none of the workers' agents: it takes their word for those (the specs
+                # below name `side_effect`), while a design's own errors are refused before a run is queued.
+                broken = {"journey_type": "broken", "steps": [{**APPROVED_SEVEN["steps"][1], "next_steps": ["gone"]}]}
+                refused = await client.post(
+                    f"/threads/{threads[0]}/runs",
+                    json={"assistant_id": "structured", "input": {"journey_type": "broken", "spec": broken}},
+                )
+                assert refused.status_code == 422, refused.text
+                assert "gone" in refused.text and "needs an agent" not in refused.text, refused.text
                 started = await asyncio.gather(
                     *(
                         client.post(

@@ -77,7 +77,7 @@ class DesignKind:
     """How a pattern's designs are parsed, checked and compiled into a LangGraph graph."""
 
     spec_type: type[BaseModel]
-    validate: Callable[[Any, AgentRegistry], list[str]]
+    validate: Callable[[Any, AgentRegistry | None], list[str]]  # None: agents are not checked
     build: Callable[[Any, NodeServices], StateGraph[Any]]
 
 
@@ -114,8 +114,10 @@ class DesignBook:
         every caller, the orchestrator, the server and recovery alike, then gets the one graph."""
         self._builders[pattern] = build
 
-    def check(self, pattern: PatternName, spec: BaseModel) -> None:
-        problems = self._kinds(pattern).validate(spec, self.registry)
+    def check(self, pattern: PatternName, spec: BaseModel, *, agents: bool = True) -> None:
+        """Refuse ``spec``'s design errors (:class:`SpecError`, every one at once); ``agents``: also an agent
+        or handler this process has not registered (left out where the agents live in other processes)."""
+        problems = self._kinds(pattern).validate(spec, self.registry if agents else None)
         if problems:
             raise SpecError(problems, spec_name=pattern)
 

@@ -48,7 +48,7 @@ ACTION_SCHEMA = {
 }
 
 
-def _validate(spec: SessionSpec, _registry: AgentRegistry) -> list[str]:
+def _validate(spec: SessionSpec, _registry: AgentRegistry | None) -> list[str]:
     return validate_session(spec)
 
 

@@ -110,15 +110,17 @@ class StructuredOrchestrator:
         requirements: Mapping[str, Any] | None = None,
         *,
         spec: StructuredSpec | Mapping[str, Any] | None = None,
+        agents: bool = True,
     ) -> None:
         """Refuses what :meth:`shared_design` would refuse of these arguments (an unknown template, a spec's
-        design errors, an agent no one registered), storing nothing: the server checks a run's input so
-        before the run is queued. Of a template only its existence is checked (the catalog's designs are
-        checked when they are used, as before: building and checking one on every start would cost each run)."""
+        design errors, an agent no one registered; ``agents=False``: not that one), storing nothing: the
+        server checks a run's input so before the run is queued. Of a template only its existence is checked
+        (the catalog's designs are checked when they are used, as before: building and checking one on every
+        start would cost each run)."""
         if spec is None:
             self.templates.get(journey_type)
         else:
-            self._designs.check("structured", self.build_spec(journey_type, requirements, spec))
+            self._designs.check("structured", self.build_spec(journey_type, requirements, spec), agents=agents)
 
     def build_spec(
         self,

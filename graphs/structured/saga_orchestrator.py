@@ -62,13 +62,15 @@ class SagaOrchestrator:
         compensation_handlers: Mapping[str, str] | None = None,
         *,
         spec: StructuredSpec | Mapping[str, Any] | None = None,
+        agents: bool = True,
     ) -> None:
         """Refuses what :meth:`shared_saga_design` would refuse of these arguments, storing nothing (see
         :meth:`StructuredOrchestrator.check_design`)."""
         if spec is None and not compensation_handlers:
             self._structured.templates.get(journey_type)
         else:
-            self._designs.check("saga", self._saga_spec(journey_type, requirements, compensation_handlers, spec))
+            saga = self._saga_spec(journey_type, requirements, compensation_handlers, spec)
+            self._designs.check("saga", saga, agents=agents)
 
     def _saga_spec(
         self,
