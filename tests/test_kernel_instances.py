@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -147,6 +147,38 @@ async def test_a_failure_is_one_event_naming_pattern_and_cause(store_url: str) -
         assert instance is not None and instance.status == "failed"
 
 
+def die_once_logged(rt: JourneyRuntime, step: str, logged: list[str]) -> Callable[[], None]:
+    """The first completion of ``step`` raises :class:`Crash` once it is in the log (the step never returns, so
+    it is not checkpointed: a process killed there), whether written alone or with the completions of other runs
+    (``append_together``); ``logged`` gets its instance. Returns what puts the log back."""
+    log = rt.store.events
+    append, append_together = log.append, log.append_together
+
+    def crash_if_first(instance_id: str, events: Sequence[Any]) -> None:
+        if not logged and any(e.step == step and e.type.endswith("completed") for e in events):
+            logged.append(instance_id)
+            raise Crash
+
+    async def dying_append(instance_id: str, events: Sequence[Any], **options: Any) -> list[bool]:
+        written = await append(instance_id, events, **options)
+        crash_if_first(instance_id, events)
+        return written
+
+    async def dying_together(instance_id: str, event: Any, status: str | None = None) -> bool:
+        written = await append_together(instance_id, event, status)
+        crash_if_first(instance_id, [event])
+        return written
+
+    log.append = dying_append  # type: ignore[method-assign]  # a fault injected into this runtime's log
+    log.append_together = dying_together  # type: ignore[method-assign]
+
+    def restore() -> None:
+        log.append = append  # type: ignore[method-assign]
+        log.append_together = append_together  # type: ignore[method-assign]
+
+    return restore
+
+
 class Crash(BaseException):
     """The process dies: not an error any layer handles, so nothing records it."""
 
@@ -177,21 +209,11 @@ async def test_a_process_replays_a_service_task_logged_before_a_crash(store_url:
         rt.agents.register("crm.first", agent("first"))
         rt.agents.register("crm.second", agent("second"))
         await rt.processes.deploy(spec)
-        log = rt.store.events
-        append = log.append
         logged: list[str] = []
-
-        async def dying_append(instance_id: str, events: Any, **options: Any) -> list[bool]:
-            written = await append(instance_id, events, **options)
-            if not logged and any(e.step == "first" and e.type.endswith("completed") for e in events):
-                logged.append(instance_id)
-                raise Crash  # its completion is in the log; the step never returns, so it is not checkpointed
-            return written
-
-        log.append = dying_append  # type: ignore[method-assign]  # a fault injected into this runtime's log
+        restore = die_once_logged(rt, "first", logged)
         with pytest.raises(Crash):
             await rt.processes.start("two_calls", "k-1", instance_id="proc_replay")
-        log.append = append  # type: ignore[method-assign]
+        restore()
         assert logged == ["proc_replay"] and calls == ["first"]
         assert await rt.recover() == ["proc_replay"]
         status = await rt.processes.status("proc_replay")
@@ -244,19 +266,10 @@ async def test_recovery_replays_a_journeys_values_whole_not_as_the_history_shows
             "flows": ["start -> first", "first -> check", "check -> end"],
         }
         await rt.processes.deploy(process)
-        log = rt.store.events
-        append = log.append
-
-        async def dying_append(instance_id: str, events: Any, **options: Any) -> list[bool]:
-            written = await append(instance_id, events, **options)
-            if any(e.step == "first" and e.type.endswith("completed") for e in events):
-                raise Crash  # its output is in the log; the step never returns, so it is not checkpointed
-            return written
-
-        log.append = dying_append  # type: ignore[method-assign]
+        restore = die_once_logged(rt, "first", [])
         with pytest.raises(Crash):
             await rt.processes.start("replayed", "k-1", instance_id="proc_whole")
-        log.append = append  # type: ignore[method-assign]
+        restore()
         assert await rt.recover() == ["proc_whole"]
         variables = (await rt.processes.status("proc_whole"))["variables"]
         assert (variables["email"], variables["card"]) == ("bob@example.com", "4111 1111 1111 1111")

@@ -659,15 +659,23 @@ async def test_a_step_whose_database_write_keeps_conflicting_fails_the_instance_
             linear("billing", {"type": "service_task", "id": "charge", "agent": "charge", "outputs": ["charged"]})
         )
         log = type(rt.store.events)
-        append = log.append
+        append, append_together = log.append, log.append_together
         conflicting = {"on": True}
 
-        async def deadlocked(self: Any, instance_id: str, events: Any, **options: Any) -> list[bool]:
+        def deadlocks(events: Any) -> None:
             if conflicting["on"] and any(e.type == "task.completed" for e in events):
                 raise psycopg.errors.DeadlockDetected("deadlock detected: process 1 waits for ShareLock on process 2")
+
+        async def deadlocked(self: Any, instance_id: str, events: Any, **options: Any) -> list[bool]:
+            deadlocks(events)
             return await append(self, instance_id, events, **options)
 
+        async def deadlocked_together(self: Any, instance_id: str, event: Any, status: str | None = None) -> bool:
+            deadlocks([event])  # a step's completion goes with the others' at about the same time
+            return await append_together(self, instance_id, event, status)
+
         monkeypatch.setattr(log, "append", deadlocked)
+        monkeypatch.setattr(log, "append_together", deadlocked_together)
         view = await rt.processes.start("billing", "invoice-1")
         assert (view["status"], view["failed_element"]) == ("failed", "charge")
         row = await rt.store.index.get_instance(view["instance_id"])

@@ -191,7 +191,9 @@ async def test_cancelling_a_queued_run_cancels_its_job(postgres_url: str) -> Non
     with serving(app) as base:  # no worker: the run stays queued
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             run = (
-                await client.post("/runs", json={"assistant_id": "structured", "input": {"journey_type": "x"}})
+                await client.post(
+                    "/runs", json={"assistant_id": "structured", "input": {"journey_type": "content_migration"}}
+                )
             ).json()
             path = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
             cancelled = await client.post(f"{path}/cancel")

@@ -25,16 +25,24 @@ class IntegrityError(Exception):
 def break_once(rt: JourneyRuntime, step: str) -> list[str]:
     """The first log write of ``step``'s completion raises a raw driver error (inside the step's node)."""
     log = rt.store.events
-    append = log.append
+    append, append_together = log.append, log.append_together
     broken: list[str] = []
 
-    async def append_or_break(instance_id: str, events: Sequence[Any], **options: Any) -> list[bool]:
+    def breaks(instance_id: str, events: Sequence[Any]) -> None:
         if not broken and any(e.step == step and e.type.endswith("completed") for e in events):
             broken.append(instance_id)
             raise IntegrityError("duplicate key value violates unique constraint")
+
+    async def append_or_break(instance_id: str, events: Sequence[Any], **options: Any) -> list[bool]:
+        breaks(instance_id, events)
         return await append(instance_id, events, **options)
 
+    async def together_or_break(instance_id: str, event: Any, status: str | None = None) -> bool:
+        breaks(instance_id, [event])  # a step's completion goes with the others' at about the same time
+        return await append_together(instance_id, event, status)
+
     log.append = append_or_break  # type: ignore[method-assign]  # a fault injected into this runtime's log
+    log.append_together = together_or_break  # type: ignore[method-assign]
     return broken
 
 

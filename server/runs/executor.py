@@ -26,6 +26,7 @@ from checkpoints.errors import JourneyError
 from checkpoints.locks import held_elsewhere
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
+from checkpoints.runs import thread_key
 from graphs.errors import JourneyNotFoundError, StepCrashedError
 from graphs.kernel.engine import ON_CANCEL, Outcome, RunOptions, addressed, failed_task, in_flight
 from graphs.kernel.patterns import Graph
@@ -279,7 +280,9 @@ class RunExecutor:
             claimed = (taken.claimed if taken is not None else None) or await self.runs.claim(run_id)
             if claimed is None:
                 return None
-            self._changed(run_id)  # running now: a stream of its thread here says so (its metadata) at once
+            # Running now: a stream of its thread here says so (its metadata) at once. Its thread's key, not the
+            # run's: a waiter on the run (runs.wait) would only read it back, still running.
+            self._changed(thread_key(claimed[0].thread_id))
             return await self._execute_claimed(*claimed, taken)
         except asyncio.CancelledError:
             self.stopping.add(run_id)
