@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from agents import AgentRequest, RetrySettings
 from checkpoints.clock import VirtualClock
+from checkpoints.events import EventLog
 from checkpoints.schema.tables import (
     PROCESS_TABLES,
     journey_designs,
@@ -149,3 +151,23 @@ def user_task(id: str, **fields: Any) -> dict[str, Any]:
 
 def waiting_elements(view: Mapping[str, Any]) -> list[str]:
     return [str(w["element"]) for w in view["waiting"]]
+
+
+def counted_write_transactions(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the transactions ``log`` writes grouped events in (``append_together``): one entry per transaction,
+    how many events it wrote (a batch's, or 1 for an event written alone after its batch failed)."""
+    transactions: list[int] = []
+    together, alone = log._write_together, log._write_alone
+
+    async def counted_together(batch: Any) -> dict[str, bool]:
+        written = await together(batch)
+        transactions.append(len(written))
+        return written
+
+    async def counted_alone(*args: Any) -> bool:
+        transactions.append(1)
+        return await alone(*args)
+
+    monkeypatch.setattr(log, "_write_together", counted_together)
+    monkeypatch.setattr(log, "_write_alone", counted_alone)
+    return transactions

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from checkpoints.events import NewEvent
-from tests.process_support import linear, runtime, virtual_clock
+from tests.process_support import counted_write_transactions, linear, runtime, virtual_clock
 
 NAP = linear("nap_then_end", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}})
 WAVE = 12
@@ -25,21 +25,7 @@ async def test_a_wave_of_continuations_writes_its_ends_together_each_once(
     async with runtime(store_url, clock) as rt:
         await rt.processes.deploy(NAP)
         ids = [(await rt.processes.start("nap_then_end", f"cust-{n}"))["instance_id"] for n in range(WAVE)]
-        log = rt.store.events
-        transactions: list[int] = []  # per transaction that wrote ends: how many
-        together, alone = log._write_together, log._write_alone
-
-        async def counted_together(batch: Sequence[Any]) -> dict[str, bool]:
-            written = await together(batch)
-            transactions.append(len(written))
-            return written
-
-        async def counted_alone(*args: Any) -> bool:
-            transactions.append(1)
-            return await alone(*args)
-
-        monkeypatch.setattr(log, "_write_together", counted_together)
-        monkeypatch.setattr(log, "_write_alone", counted_alone)
+        transactions = counted_write_transactions(rt.store.events, monkeypatch)  # ends per transaction
         clock.advance(timedelta(hours=1))
         report = await rt.processes.scheduler.run_due()
         assert (report.fired, report.resumed, report.failed) == (WAVE, WAVE, 0)

@@ -13,6 +13,7 @@ import pytest
 from agents import AgentRequest
 from checkpoints.events import EventLog
 from graphs import JourneyRuntime
+from tests.process_support import counted_write_transactions
 
 AUTO_STEPS = ["gather", "check", "draft", "send"]
 SPEC: dict[str, Any] = {
@@ -99,21 +100,7 @@ async def test_last_steps_of_journeys_ending_at_once_are_written_together_with_t
         rt.agents.register("do_last", last_step)
         spec = {**SPEC, "steps": [{"step_id": "last", "mode": "auto", "agent": "do_last"}]}
         journey_id = (await rt.structured.design_journey("auto_pipeline", spec=spec))["journey_id"]
-        log = rt.store.events
-        transactions: list[int] = []  # per transaction that wrote completions: how many
-        together, alone = log._write_together, log._write_alone
-
-        async def counted_together(batch: Any) -> dict[str, bool]:
-            written = await together(batch)
-            transactions.append(len(written))
-            return written
-
-        async def counted_alone(*args: Any) -> bool:
-            transactions.append(1)
-            return await alone(*args)
-
-        monkeypatch.setattr(log, "_write_together", counted_together)
-        monkeypatch.setattr(log, "_write_alone", counted_alone)
+        transactions = counted_write_transactions(rt.store.events, monkeypatch)  # completions per transaction
         users = [f"user-{n}" for n in range(journeys)]
         views = await asyncio.gather(*(rt.structured.execute_journey(journey_id, user) for user in users))
         assert sum(transactions) == journeys and len(transactions) <= journeys // 2, transactions
