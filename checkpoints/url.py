@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from checkpoints.errors import DatabaseUnavailableError, UnsupportedStoreURLError
 
@@ -54,11 +54,34 @@ def parse_store_url(url: str) -> StoreURL:
         return StoreURL("sqlite", url, str(Path(path).expanduser()))
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         rest = url.split("://", 1)[1]
-        return StoreURL("postgres", url, "postgresql://" + rest)
+        return StoreURL("postgres", url, with_keepalives("postgresql://" + rest))
     raise UnsupportedStoreURLError(
         f"unsupported store URL {url!r}: use memory://, sqlite:///path/to/file.db or postgresql://user@host/db",
         url=url,
     )
+
+
+# Every connection to PostgreSQL (the pools, the lock and listening sessions, the engine's) notices a path that died
+# without a word (a failover, a NAT's dropped mapping: no FIN, nothing to read) after about 25 s: TCP keepalives
+# after 10 s of silence, 3 probes 5 s apart, and an answer never acknowledged for 25 s (tcp_user_timeout, in ms).
+# Without them a statement waited for its answer for the kernel's retransmissions (about 15 minutes) or for ever.
+# A URL that sets one of them keeps its own.
+CLIENT_KEEPALIVES = (
+    ("keepalives", "1"),
+    ("keepalives_idle", "10"),
+    ("keepalives_interval", "5"),
+    ("keepalives_count", "3"),
+    ("tcp_user_timeout", "25000"),
+)
+
+
+def with_keepalives(target: str) -> str:
+    """The libpq URL ``target`` with :data:`CLIENT_KEEPALIVES` added to its query, each one it does not set."""
+    given = {name for name, _ in parse_qsl(urlsplit(target).query, keep_blank_values=True)}
+    missing = urlencode([(name, value) for name, value in CLIENT_KEEPALIVES if name not in given])
+    if not missing:
+        return target
+    return f"{target}{'&' if '?' in target else '?'}{missing}"
 
 
 def distributed_target(url: str) -> str:
@@ -75,7 +98,12 @@ def distributed_target(url: str) -> str:
 
 
 def shown(url: str) -> str:
-    """``url`` as a message may show it: its password, if it has one, left out."""
+    """``url`` as a message may show it: its password, if it has one, left out, and so are the keepalives this
+    process adds (:func:`with_keepalives`)."""
+    head, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if (kept := [pair for pair in pairs if pair not in CLIENT_KEEPALIVES]) != pairs:
+        url = f"{head}?{urlencode(kept)}" if kept else head
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -3,6 +3,8 @@ sat idle is probed before it is handed out again."""
 
 from __future__ import annotations
 
+import os
+import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +17,10 @@ from checkpoints.backends import postgres
 from checkpoints.backends.postgres import open_pool
 from checkpoints.database import OutageMark
 from checkpoints.store import open_store
-from checkpoints.url import parse_store_url
+from checkpoints.url import distributed_target, parse_store_url
+from graphs.runtime import JourneyRuntime
+from server.runs.watch import _listen
+from tests.test_instance_locks import silencing_proxy
 
 
 async def test_a_connection_given_back_is_in_the_pool_without_a_task_switch(postgres_url: str) -> None:
@@ -85,3 +90,46 @@ async def test_a_statement_run_again_on_its_connection_reads_its_own_values_and_
             assert isinstance(conn, postgres.PooledConnection)
             kept = {sql: cursor.pgresult.ntuples if cursor.pgresult else 0 for sql, cursor in conn.cursors.items()}
         assert sorted(kept.values()) == [1]  # the echo's, with its one row; not the series' three
+
+
+def tcp_settings(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    """The TCP keepalive settings of ``conn``'s socket, as the kernel holds them."""
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        return {
+            "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "user_timeout_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+
+
+NOTICED = {"keepalive": 1, "idle": 10, "interval": 5, "count": 3, "user_timeout_ms": 25_000}
+
+
+async def test_every_connection_to_postgresql_notices_a_path_gone_silent(postgres_url: str) -> None:
+    """A path to the server that dies without a word (a failover, a NAT's dropped mapping) left a pooled
+    connection's statement waiting for its answer for the kernel's retransmissions (about 15 minutes: a request
+    or a run stuck that long) or, with nothing sent, for ever: the pools' connections, the engine's and the run
+    notifications' set no TCP keepalives (the kernel's 2 hours) and no ``tcp_user_timeout``. Each connection
+    now gives up a silent path after about 25 s, as the lock session's server does; a URL that sets its own
+    keepalives keeps them."""
+    async with silencing_proxy(postgres_url) as (behind, _go_silent):
+        async with JourneyRuntime.open(behind) as runtime:
+            assert runtime.store.pg_pool is not None
+            async with runtime.store.pg_pool.connection() as pooled:
+                assert tcp_settings(pooled) == NOTICED
+            async with runtime.store.backend.engine.connect() as engine_conn:
+                raw = (await engine_conn.get_raw_connection()).driver_connection
+                assert raw is not None and tcp_settings(raw) == NOTICED
+            async with runtime.engine.exclusive("journey-k"):
+                locks: Any = runtime.store.locks
+                assert tcp_settings(locks._conn) == NOTICED
+        notified = await _listen(distributed_target(behind))
+        try:
+            assert tcp_settings(notified) == NOTICED
+        finally:
+            await notified.close()
+        own = parse_store_url(f"{behind}?keepalives_idle=60")
+        async with await psycopg.AsyncConnection.connect(own.target) as conn:
+            assert tcp_settings(conn) == {**NOTICED, "idle": 60}
