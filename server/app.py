@@ -52,7 +52,11 @@ def create_app(
                     settings.database_url,
                     clock=clock,
                     guide_model=guide_model,
-                    **{"retention": settings.retention, **(runtime_options or {})},
+                    **{
+                        "retention": settings.retention,
+                        "lock_timeout": settings.lock_timeout,
+                        **(runtime_options or {}),
+                    },
                 )
             )
             run_store = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)

@@ -40,6 +40,17 @@ RetentionOption = Annotated[
         help="finished journeys' checkpoints: keep_latest, keep_all_for (--retention-days) or delete_after",
     ),
 ]
+LOCK_TIMEOUT_S = 30.0  # checkpoints.locks.DEFAULT_LOCK_TIMEOUT_S, not imported: --help stays quick
+LockTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        min=0.1,
+        envvar="JOURNEYS_LOCK_TIMEOUT_S",
+        help="seconds a call waits for a journey another call (of this process or another) works on: a request then "
+        "answers 409 ConcurrentUpdateError, and a worker gives a run taken from a worker whose heartbeat was late "
+        "back to the queue, to be taken again later",
+    ),
+]
 RetentionDaysOption = Annotated[
     float, typer.Option("--retention-days", envvar="JOURNEYS_RETENTION_DAYS", help="days for keep_all_for/delete_after")
 ]
@@ -226,6 +237,7 @@ def serve(
             "does not end now, say) before they are cut off and the server stops",
         ),
     ] = 10,
+    lock_timeout: LockTimeoutOption = LOCK_TIMEOUT_S,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
@@ -278,6 +290,7 @@ def serve(
             cors_origins=tuple(cors_origin or ()),
             max_streams_per_caller=max_streams,
             retention=_retention(retention, retention_days),
+            lock_timeout=lock_timeout,
         )
         _run(check_store_key(database_url))  # the key is the database's: say so here, not as a startup traceback
         if not distributed:  # and no other server executes its runs: likewise
@@ -333,15 +346,7 @@ def worker(
             "are handed to another worker, which finishes them as after a crash",
         ),
     ] = 10.0,
-    lock_timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            envvar="JOURNEYS_LOCK_TIMEOUT_S",
-            help="seconds a run waits for its journey while another process works on it (a run taken from a worker "
-            "whose heartbeat was late is then given back to the queue, and taken again later)",
-        ),
-    ] = 30.0,
+    lock_timeout: LockTimeoutOption = LOCK_TIMEOUT_S,
 ) -> None:
     """Take runs, timers and checkpoint retention passes from PostgreSQL (procrastinate) and execute them."""
     from prometheus_client import start_http_server

@@ -16,6 +16,7 @@ import structlog
 from langgraph.types import Durability
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.ownership import DEFAULT_TENANT
 from checkpoints.retention import RetentionPolicy
 from checkpoints.url import DEFAULT_STORE_URL, distributed_target
@@ -157,6 +158,9 @@ class Settings:
     # embedded server applies it (0: never; distributed mode: the workers' periodic retention job).
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     retention_every: float = 600.0
+    # Seconds a call waits for a journey another call (of this process or another) works on, before it answers
+    # 409 ConcurrentUpdateError (embedded mode: a run then waits as long; distributed: the workers' own setting).
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not self.auth and self.authenticator is not None:
