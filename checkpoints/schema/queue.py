@@ -70,6 +70,28 @@ END_JOB = func.procrastinate_finish_job_v1(
     bindparam("p_job_id", type_=BigInteger), literal_column("'succeeded'"), true()
 ).label("job_ended")
 
+# Retrying the jobs of workers whose heartbeat stopped (they died mid-run), each as procrastinate's
+# ``procrastinate_retry_job_v2`` retries a job, in one statement whose rows are the jobs retried (``id``,
+# ``task_name``), bound from ``seconds`` (since the last heartbeat). A job is retried only if it is still under way
+# under a stalled worker (or none) when its row is locked: a list read first and retried job by job reset a job that
+# another reaper had retried and a live worker had taken meanwhile, which then ran twice at once. A job another
+# reaper holds is left to it (SKIP LOCKED). The worker's test is a subplan (OFFSET 0), evaluated again on the row as
+# locked, not joined with the rows read before.
+RETRY_STALLED = """
+WITH stalled AS (
+    SELECT job.id, job.task_name
+      FROM procrastinate_jobs job
+     WHERE job.status = 'doing'
+       AND (job.worker_id IS NULL OR EXISTS (
+            SELECT 1 FROM procrastinate_workers worker
+             WHERE worker.id = job.worker_id
+               AND worker.last_heartbeat < now() - make_interval(secs => %(seconds)s)
+            OFFSET 0))
+       FOR UPDATE OF job SKIP LOCKED
+)
+SELECT id, task_name, procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)::text AS retried FROM stalled
+"""
+
 
 def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> list[str]:
     """Install procrastinate's schema, or bring it up to date; the migration files applied now.

@@ -22,6 +22,7 @@ from checkpoints.database import lost_database
 from checkpoints.errors import DatabaseUnavailableError
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.retention import RetentionPolicy
+from checkpoints.schema.queue import RETRY_STALLED
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
 from server.heap import freeze_startup_heap
@@ -82,13 +83,13 @@ async def outlasting_the_database(
 
 
 async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
-    """Retry the jobs of workers whose heartbeat stopped (they died mid-run)."""
+    """Retry the jobs of workers whose heartbeat stopped (they died mid-run), each only if it is still theirs
+    (:data:`~checkpoints.schema.queue.RETRY_STALLED`)."""
     while True:
         await asyncio.sleep(stalled_after / 2)
         try:
-            for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after):
-                log.warning("retrying a stalled job", job_id=job.id, task=job.task_name)
-                await app.job_manager.retry_job(job)
+            for job in await app.connector.execute_query_all_async(RETRY_STALLED, seconds=stalled_after):
+                log.warning("retrying a stalled job", job_id=job["id"], task=job["task_name"])
         except Exception as exc:  # a database hiccup: try again next round
             if lost_database(exc) is None:  # an outage is logged once, by outlasting_the_database
                 log.warning("stalled-job check failed", error=repr(exc))
