@@ -6,6 +6,7 @@ and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -143,6 +144,66 @@ async def test_an_answer_addressed_to_a_task_parked_beside_a_cancelled_branch_go
     result = await sdk.runs.wait(tid, "process", command={"resume": {interrupt["id"]: {"payload": {"ok": True}}}})
     assert "__error__" not in result, result
     async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
+        status = (await http.get(f"/journeys/{tid}/status")).json()
+    assert status["status"] == "completed", status
+    assert ship.calls == 2
+
+
+def writes_slowed_after(saver: Any, slow: threading.Event, seconds: float) -> None:
+    """The saver's writes made once ``slow`` is set take ``seconds`` longer (a loaded database)."""
+    for name in ("aput", "aput_writes"):
+        write = getattr(saver, name)
+
+        async def slowed(*args: Any, _write: Callable[..., Awaitable[Any]] = write, **kwargs: Any) -> Any:
+            if slow.is_set():
+                await asyncio.sleep(seconds)
+            return await _write(*args, **kwargs)
+
+        setattr(saver, name, slowed)
+
+
+async def _cut_recorded(sdk: LangGraphClient, tid: str) -> None:
+    # The cancelled branch's error, written behind the run: a state read runs nothing.
+    while not any(t["error"] for t in (await sdk.threads.get_state(tid))["tasks"]):  # noqa: ASYNC110 (over HTTP)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_branch_cancelled_while_the_database_is_slow_is_not_run_again_by_a_read(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled while ``ship`` worked and ``review`` waited, on a loaded database: LangGraph writes the
+    cancelled branch's error once the run has unwound, in a write nothing waits for, so the run's halt (recorded
+    under the journey's lock as the cancel lands) read the thread before that write: a branch that waits and
+    nothing cut, nothing to halt, no halt recorded. Once the write landed, the next status read took the cut
+    branch for a crash's and ran ``ship`` again (seen once in CI, at load: the ship step ran twice). The halt is
+    now recorded whenever the thread has pending work."""
+    served, url = app
+    armed: list[str] = []
+    monkeypatch.setattr(EventLog, "append", noted_arming(armed, hold=False))
+    parked: list[str] = []
+    monkeypatch.setattr(waits_module, "interrupt", noted_parking(parked))
+    ship = SlowShip()
+    runtime = served.state.services.runtime
+    runtime.agents.register("slow_ship", ship, replace=True)
+    slow = threading.Event()  # read on the server's loop
+    writes_slowed_after(runtime.store.saver, slow, 1.5)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        assert (await http.post("/processes", json=SPEC)).status_code == 200
+    tid = (await sdk.threads.create())["thread_id"]
+    run = await sdk.runs.create(tid, "process", input={"process": "forked", "business_key": "order-1"})
+    await asyncio.wait_for(_started(ship, armed), 10)
+    await asyncio.wait_for(_noted(parked), 10)
+    slow.set()
+    assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
+    await asyncio.wait_for(_cut_recorded(sdk, tid), 15)
+    slow.clear()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        status = (await http.get(f"/journeys/{tid}/status")).json()
+        assert status["status"] == "in_progress", status
+        assert ship.calls == 1  # the read ran nothing
+        [task] = (await http.get("/tasks", params={"instance_id": tid})).json()
+        done = await http.post(f"/tasks/{task['task_id']}/complete", json={"payload": {"ok": True}})
+        assert done.status_code == 200, done.json()
         status = (await http.get(f"/journeys/{tid}/status")).json()
     assert status["status"] == "completed", status
     assert ship.calls == 2

@@ -290,7 +290,10 @@ class JourneyEngine:
         from, its first step pending, as LangGraph's input checkpoint would have: else reads would take the
         empty thread for a finished journey, and neither a cancellation nor a run without input found a step."""
         snapshot = await graph.aget_state(self.config(instance_id))
-        if not (in_flight(snapshot) or snapshot.created_at is None):
+        # Any pending task, not only work in flight as it reads now: LangGraph writes a cancelled task's error once
+        # the run has unwound, in a write nothing waits for, so a task cut beside a sibling that waits can still
+        # read as a plain wait here, and then as work a crash left (a read would run it again) once its write lands.
+        if not (snapshot.tasks or snapshot.next or snapshot.created_at is None):
             return False
         instance = await self.store.index.get_instance(instance_id)
         if instance is None:  # no journey (a chat thread): no log
