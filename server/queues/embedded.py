@@ -121,15 +121,11 @@ class EmbeddedRunner:
         return False
 
     async def _restart(self, cancelled: asyncio.Task[None], run: RunRow) -> None:
-        # A cancel can be lost on its way (Python 3.11's asyncio.wait_for, as psycopg_pool's wait for a connection
-        # uses it, drops one that lands as its wait completes) and the run would go on to its end: the driver is
-        # cancelled again while it executes the run and the cancel has not reached the run's execution.
-        while not cancelled.done():
-            await asyncio.wait({cancelled}, timeout=RECANCEL_S)
-            executing = self._current.get(run.thread_id) == run.run_id
-            if executing and not cancelled.done() and run.run_id not in self.executor.stopping:
-                log.warning("a run's cancel was lost on its way; it is cancelled again", run_id=run.run_id)
-                cancelled.cancel()
+        # A cancel can be lost on its way: the driver is cancelled again while it executes the run and has not taken
+        # the cancel.
+        await self.executor.cancel_again_while_lost(
+            cancelled, run.run_id, lambda: self._current.get(run.thread_id) == run.run_id
+        )
         # The cancelled driver may leave runs queued behind the cancelled one: a fresh driver takes them.
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await cancelled
@@ -153,7 +149,6 @@ class EmbeddedRunner:
 # takes up at startup every run left pending or running, as only the last executor's crash could have left them.
 EXECUTOR_LOCK = "journeys:embedded-executor"
 HANDOVER_S = 15.0  # seconds a starting server waits for one stopping (a restart) to let the database go
-RECANCEL_S = 1.0  # seconds a cancelled driver has to take its run's cancel before it is cancelled again
 LONGEST_WAIT_S = 30.0  # longest wait between a run's executions the database cut short
 KEPT_CHECK_S = 2.0  # seconds between checks that the lock is held still (PostgreSQL ends it with its connection)
 

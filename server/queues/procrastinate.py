@@ -10,7 +10,7 @@ finished journeys' checkpoints are pruned by a periodic ``retention`` job (:mod:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queu
 from checkpoints.url import distributed_target
 from server.problems import WorkerStoppedError
 from server.queues.base import RunQueue
-from server.runs.executor import Taken
+from server.runs.executor import RunExecutor, Taken
 from server.runs.store import Enqueue, RunRow, RunStore
 from server.runs.watch import RunWatch, listening
 
@@ -52,6 +52,7 @@ WORKER_REGISTERED = "procrastinate_jobs_worker_id_fkey"
 RUN_JOBS = QueueJobs(FETCH_JOB, RUN_TASK, END_JOB)
 # How procrastinate refuses to end or retry a job that is no longer under way (its functions' RAISE).
 JOB_GONE = "Job was not found"
+ABORT_POLL_S = 1.0  # how often a run's job is looked at for procrastinate's abort of it (see cancelled_again)
 
 
 def ended_elsewhere(error: BaseException) -> bool:
@@ -196,6 +197,32 @@ async def handed_over(call_next: AsyncCallNext, context: JobContext, worker: Wor
         run_id = context.job.task_kwargs.get("run_id")
         log.warning("a run still under way when this worker stopped is handed to another worker", run_id=run_id)
         raise WorkerStoppedError(f"run {run_id!r} was under way when its worker stopped", run_id=run_id) from None
+
+
+def cancelled_again(executor: RunExecutor) -> Callable[[AsyncCallNext, JobContext, Worker], Awaitable[Any]]:
+    """A procrastinate worker middleware: a run's job whose abort was asked for (a user's cancel, the worker's
+    shutdown) is cancelled again while its run has not taken the cancel
+    (:meth:`~server.runs.executor.RunExecutor.cancel_again_while_lost`). procrastinate cancels the job's task once,
+    and a cancel lost on its way left the run going on to its end, its next steps run, its cancel never taken.
+    Innermost of the middlewares: its watch ends before any other's handling of the run's end."""
+
+    async def middleware(call_next: AsyncCallNext, context: JobContext, worker: Worker) -> Any:
+        task = asyncio.current_task()
+        if context.job.task_name != RUN_TASK or task is None:
+            return await call_next()
+        watch = asyncio.create_task(_once_aborted(executor, task, context), name=f"recancel:{context.job.id}")
+        try:
+            return await call_next()
+        finally:
+            watch.cancel()
+
+    return middleware
+
+
+async def _once_aborted(executor: RunExecutor, task: asyncio.Task[Any], context: JobContext) -> None:
+    while context.abort_reason() is None:  # noqa: ASYNC110 (procrastinate tells its abort no other way)
+        await asyncio.sleep(ABORT_POLL_S)
+    await executor.cancel_again_while_lost(task, str(context.job.task_kwargs["run_id"]))
 
 
 def build_app(

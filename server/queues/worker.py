@@ -36,6 +36,7 @@ from server.queues.procrastinate import (
     TIMER_TASK,
     RunJobs,
     build_app,
+    cancelled_again,
     enqueuer,
     ensure_schema,
     handed_over,
@@ -175,7 +176,7 @@ async def run_worker(
                         fetch_job_polling_interval=0.5,
                         install_signal_handlers=False,  # ours: procrastinate's stop looks like a side task's failure
                         shutdown_graceful_timeout=shutdown_grace,
-                        worker_middleware=[handed_over],
+                        worker_middleware=[handed_over, cancelled_again(executor)],
                     ),
                     runtime.store.backend.ping,
                 )

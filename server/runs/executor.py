@@ -142,6 +142,10 @@ async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_
     return output
 
 
+# Seconds a cancelled run's task has to take the cancel before it is cancelled again. Not less: a cancel that did land
+# unwinds the run first (LangGraph waits for its last writes, seconds on a loaded database), and a cancel landing in
+# that wait would leave those writes to land after the run's halt is recorded.
+RECANCEL_S = 5.0
 WEBHOOK_PURPOSE = "webhook"  # the timers that deliver a finished run's webhook
 WEBHOOK_ATTEMPTS = 5
 WEBHOOK_BACKOFF = 0.5  # seconds before the second attempt; doubled after each failed one
@@ -259,6 +263,22 @@ class RunExecutor:
         # Runs being executed whose cancel has reached them (their lock's handler or their own): a queue that
         # cancelled one and sees it missing here cancels again, since a cancel can be lost on its way.
         self.stopping: set[str] = set()
+
+    async def cancel_again_while_lost(
+        self, task: asyncio.Task[Any], run_id: str, executing: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Until ``task`` (cancelled to stop the run ``run_id``) is done, cancel it again every :data:`RECANCEL_S`
+        seconds while it executes the run (``executing``) and the cancel has not reached the run (:attr:`stopping`).
+
+        A cancel can be lost on its way (Python 3.11's ``asyncio.wait_for``, as psycopg_pool's wait for a pooled
+        connection uses it, drops one that lands as its wait completes), and the run would go on to its end, its
+        cancel asked for and never taken. Its queue cancels once (procrastinate's abort of a job, the embedded
+        runner's cancel of a driver): the queue calls this once it has."""
+        while not task.done():
+            await asyncio.wait({task}, timeout=RECANCEL_S)
+            if not task.done() and executing() and run_id not in self.stopping:
+                log.warning("a run's cancel was lost on its way; it is cancelled again", run_id=run_id)
+                task.cancel()
 
     async def execute(self, run_id: str, *, due: bool = False, taken: Taken | None = None) -> RunRow | None:
         """Claim and execute the run. ``due``: its queue held it back until its due time (``after_seconds``)
