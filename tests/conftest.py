@@ -52,12 +52,37 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.maxschedchunk = 1
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stores",
+        default=",".join(STORES),
+        help="the backends a store_url test runs on, comma-separated (default: all three); `dev.py compat` "
+        "leaves memory out (see COMPAT_STORES there)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On an xdist worker, order the tests slowest first (every worker collects, and must collect the same
-    order): the two workers then finish together, instead of one running a long test started last while the
-    other is idle. A module whose tests share a class- or module-scoped fixture stays together, as one unit."""
+    """Leave out the store_url tests of the backends ``--stores`` does not name. On an xdist worker, order the
+    tests slowest first (every worker collects, and must collect the same order): the two workers then finish
+    together, instead of one running a long test started last while the other is idle. A module whose tests
+    share a class- or module-scoped fixture stays together, as one unit."""
+    stores = set(str(config.getoption("stores")).split(","))
+    if unknown := stores - set(STORES):
+        raise pytest.UsageError(f"--stores: no backend {', '.join(sorted(unknown))} (there are {', '.join(STORES)})")
+    left_out = [item for item in items if store_of(item) not in stores | {None}]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        kept = set(map(id, items)) - set(map(id, left_out))
+        items[:] = [item for item in items if id(item) in kept]
     if hasattr(config, "workerinput"):
         items[:] = slowest_first(items, known_durations())
+
+
+def store_of(item: pytest.Item) -> str | None:
+    """The backend a store_url test runs on (None for a test without the fixture)."""
+    callspec = getattr(item, "callspec", None)
+    store: str | None = callspec.params.get("store_url") if callspec is not None else None
+    return store
 
 
 def known_durations() -> dict[str, float]:

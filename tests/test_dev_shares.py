@@ -1,9 +1,12 @@
 """`dev.py ci` shares the server test modules out among the other interpreters by their recorded durations
-(tests/durations.json): the shares must come out about equal, or CI waits on the longer one."""
+(tests/durations.json): the shares must come out about equal, or CI waits on the longer one. `dev.py compat`
+runs the store tests there on SQLite and PostgreSQL only."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,3 +26,30 @@ def test_modules_not_recorded_yet_are_spread_over_the_shares(tmp_path: Path, mon
     shares = dev.compat_shares(sorted({test.split("::")[0] for test in recorded} | set(new)), 2)
     assert sorted(path for share in shares for path in share) == sorted({t.split("::")[0] for t in recorded} | set(new))
     assert [len([p for p in share if p in new]) for share in shares] == [3, 3]
+
+
+def collected(*options: str) -> list[str]:
+    """The node ids pytest collects from tests/test_server_watch.py (store_url tests and others) with ``options``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", *options, WATCHED],
+        cwd=dev.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line for line in done.stdout.splitlines() if line.startswith(WATCHED)]
+
+
+WATCHED = "tests/test_server_watch.py"
+
+
+def test_compat_runs_the_store_tests_on_the_stores_it_names_and_every_other_test() -> None:
+    """`dev.py compat` passes --stores=sqlite,postgres: a store_url test's memory case is left out, its SQLite
+    and PostgreSQL cases and every test without the fixture are kept."""
+    everything = collected()
+    compat = collected(f"--stores={dev.COMPAT_STORES}")
+    memory = [test for test in everything if test.endswith("[memory]")]
+    assert memory and all(test.replace("[memory]", "[sqlite]") in everything for test in memory)
+    assert compat == [test for test in everything if test not in memory]
