@@ -456,12 +456,14 @@ def bearer_auth(settings: Settings) -> BearerAuth:
 
 
 @pytest.mark.slow
-def test_journeys_serve_takes_a_custom_authenticator_by_module_and_factory(durable_url: str, tmp_path: Path) -> None:
+def test_journeys_serve_takes_a_custom_authenticator_by_module_and_factory(sqlite_url: str, tmp_path: Path) -> None:
     """``journeys serve --auth module:factory`` (as server/auth.py documents) serves the API and the dashboard
-    through it, without API keys; a factory that is not there stops the server with a message saying so."""
+    through it, without API keys; a factory that is not there stops the server with a message saying so.
+    On SQLite only: the authenticator is loaded and asked before any store is (it ran on PostgreSQL too, two
+    servers started for the same proof; the stores' side of who may see what is in the tests above)."""
     spec = "tests.test_server_ownership:bearer_auth"
     with (
-        journeys_serve(durable_url, tmp_path / "serve.log", "--auth", spec) as url,
+        journeys_serve(sqlite_url, tmp_path / "serve.log", "--auth", spec) as url,
         httpx.Client(base_url=url, timeout=60, headers={"origin": url}) as http,
     ):
         assert http.post("/threads/search", json={}).status_code == 401
@@ -469,7 +471,7 @@ def test_journeys_serve_takes_a_custom_authenticator_by_module_and_factory(durab
         page = http.post("/ui/login", data={"api_key": "token-ann", "next": "/ui/journeys"}, follow_redirects=True)
         assert page.status_code == 200 and "ann" in page.text, page.text
     assert "no API keys are configured" not in (tmp_path / "serve.log").read_text()
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", durable_url]
+    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", sqlite_url]
     missing = subprocess.run(
         [*command, "--auth", "tests.test_server_ownership:no_such_factory"],
         capture_output=True,
