@@ -8,10 +8,11 @@ sessions, sagas, lifecycles, processes and tasks created first (the paths behind
 negative data (bodies, parameters and headers that break the document: 4xx, never 5xx). Bounded and
 derandomized: a few examples each, the same ones every run. Each example is generated once and sent to the
 server on SQLite and to the server on PostgreSQL (with that server's real ids): generating them is most of
-the CPU these tests take, and both backends get the same examples. A second test sends input each schema
-allows and requires that no operation refuses it.
+the CPU these tests take, and both backends get the same examples. Input an operation's schema allows must
+also not be refused (400/422). That was a second test, whose examples (the same strategies, derandomized: the
+same draws) were drawn and sent a second time to two more servers; one pass now checks both.
 
-These two tests check the OpenAPI document against what the server does, and spend most of their time in
+These tests check the OpenAPI document against what the server does, and spend most of their time in
 Hypothesis drawing examples: they run once, in the main suite. `dev.py compat` runs ``tests/test_server_*.py``
 on the other Pythons, where they would add minutes and no interpreter-specific coverage (every route is also
 served there by the other server tests).
@@ -49,8 +50,9 @@ pytestmark = pytest.mark.slow
 KEY = {"x-api-key": "fuzz-key"}
 ADMIN = {"fuzz-key": ApiKey("fuzzer", frozenset({"admin"}), ("finance",))}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-# (generation mode, use real ids, examples per operation)
-PASSES = ((GenerationMode.POSITIVE, False, 4), (GenerationMode.POSITIVE, True, 6), (GenerationMode.NEGATIVE, False, 3))
+# Examples per operation: of input its schema allows (with real ids where its path takes any), of that with
+# generated ids where the path takes some (mostly the not-found paths), and of input that breaks its schema.
+POSITIVE_EXAMPLES, GENERATED_IDS_EXAMPLES, NEGATIVE_EXAMPLES = 10, 4, 3
 PROCESS = {
     "name": "expense",
     "elements": [
@@ -171,42 +173,6 @@ SERVERS_IN_PROCESS = pytest.mark.filterwarnings(
 )
 
 
-@SERVERS_IN_PROCESS
-def test_no_server_errors_and_no_schema_violations(sqlite_url: str, postgres_url: str) -> None:
-    failures: list[str] = []
-    statuses: Counter[tuple[str, int]] = Counter()
-    with serving_both(sqlite_url, postgres_url) as backends:
-        api = load_schema(backends[0].base)
-        operations = [result.ok() for result in api.get_all_operations()]
-        for operation in operations:
-            for mode, real, examples in PASSES:
-                names = [p.name for p in operation.path_parameters]
-                if real and (not names or operation.label in ENDLESS):
-                    continue
-                fixed = {k: v for k, v in backends[0].real_ids(operation.path).items() if k in names} if real else None
-                on = [backends[0].name]  # the backend the latest call went to, named with a failure
-                ids = frozenset(fixed or ())
-
-                def send(case: schemathesis.Case, on: list[str] = on, ids: frozenset[str] = ids) -> None:
-                    for backend in backends:
-                        on[0] = backend.name
-                        backend.prepare(case, ids)
-                        response = case.call_and_validate(backend.base, headers=KEY, timeout=30, checks=CHECKS)
-                        statuses[backend.name, response.status_code] += 1
-
-                try:
-                    run_examples(operation.as_strategy(generation_mode=mode, path_parameters=fixed), examples, send)
-                except Unsatisfiable:  # nothing to break in this operation (no parameters, no body)
-                    assert mode is GenerationMode.NEGATIVE, operation.label
-                except (Exception, BaseExceptionGroup) as exc:  # every failure, reported together below
-                    failures.append(f"{operation.label} on {on[0]} ({mode.value}, real ids: {real}): {exc}"[:2000])
-    assert not failures, "\n\n".join(failures)
-    for backend in backends:  # each backend got every example, and the fuzz reached past the lookups
-        seen = Counter({status: n for (name, status), n in statuses.items() if name == backend.name})
-        assert len(operations) > 40 and seen.total() > 8 * len(operations), (backend.name, len(operations), seen)
-        assert {200, 404, 409, 422} <= set(seen), (backend.name, seen)
-
-
 # The operations that take a spec: its design rules (steps reachable, agents registered, flows connected,
 # ...) are checked once its shape is valid, and reported as a SpecError. No JSON Schema can state those.
 SPEC_OPERATIONS = {
@@ -215,7 +181,6 @@ SPEC_OPERATIONS = {
     "POST /journeys/sessions",
     "POST /processes",
 }
-EXAMPLES = 10
 
 
 def refusal_beyond_the_schema(operation: str, problem: dict[str, Any]) -> bool:
@@ -232,38 +197,63 @@ def refusal_beyond_the_schema(operation: str, problem: dict[str, Any]) -> bool:
 
 
 @SERVERS_IN_PROCESS
-def test_no_operation_refuses_input_its_schema_allows(sqlite_url: str, postgres_url: str) -> None:
-    """Schemathesis generates input that every operation's OpenAPI schema allows (with the ids of real
-    journeys, threads, runs, tasks... where the path has any): none may be refused as invalid (400/422), on
-    SQLite or on PostgreSQL (each example is sent to both)."""
+def test_no_server_errors_no_schema_violations_and_nothing_allowed_refused(sqlite_url: str, postgres_url: str) -> None:
+    """Every example of every pass: no 5xx, and the answer matches the document. Every example of an operation's
+    allowed-input pass (input its schema allows, with the ids of real journeys, threads, runs, tasks... where
+    the path has any) is also not refused as invalid (400/422), on SQLite or on PostgreSQL (each example is
+    sent to both)."""
+    failures: list[str] = []
     refused: dict[str, list[str]] = {}
-    sent: Counter[str] = Counter()
+    statuses: Counter[tuple[str, int]] = Counter()
     with serving_both(sqlite_url, postgres_url) as backends:
         api = load_schema(backends[0].base)
         operations = [result.ok() for result in api.get_all_operations()]
         for operation in operations:
-            names = [p.name for p in operation.path_parameters]
-            fixed = {k: v for k, v in backends[0].real_ids(operation.path).items() if k in names} or None
-            if operation.label in ENDLESS:
-                fixed = None
+            for mode, real, examples, allowed in passes(operation):
+                names = [p.name for p in operation.path_parameters]
+                fixed = {k: v for k, v in backends[0].real_ids(operation.path).items() if k in names} if real else None
+                on = [backends[0].name]  # the backend the latest call went to, named with a failure
+                ids = frozenset(fixed or ())
 
-            def send(case: schemathesis.Case, ids: frozenset[str] = frozenset(fixed or ())) -> None:
-                for backend in backends:
-                    backend.prepare(case, ids)
-                    response = case.call(backend.base, headers=KEY, timeout=30)
-                    sent[backend.name] += 1
-                    if response.status_code in (400, 422):
-                        problem = response.json()
-                        if not refusal_beyond_the_schema(case.operation.label, problem):
-                            body = json.dumps(case.body, ensure_ascii=True, default=str)[:300]
-                            label = f"{case.operation.label} on {backend.name}"
-                            refused.setdefault(label, []).append(f"{problem['detail'][:300]} <- {body}")
+                def send(
+                    case: schemathesis.Case, on: list[str] = on, ids: frozenset[str] = ids, allowed: bool = allowed
+                ) -> None:
+                    for backend in backends:
+                        on[0] = backend.name
+                        backend.prepare(case, ids)
+                        response = case.call_and_validate(backend.base, headers=KEY, timeout=30, checks=CHECKS)
+                        statuses[backend.name, response.status_code] += 1
+                        if allowed and response.status_code in (400, 422):
+                            problem = response.json()
+                            if not refusal_beyond_the_schema(case.operation.label, problem):
+                                body = json.dumps(case.body, ensure_ascii=True, default=str)[:300]
+                                label = f"{case.operation.label} on {backend.name}"
+                                refused.setdefault(label, []).append(f"{problem['detail'][:300]} <- {body}")
 
-            run_examples(
-                operation.as_strategy(generation_mode=GenerationMode.POSITIVE, path_parameters=fixed), EXAMPLES, send
-            )
+                try:
+                    run_examples(operation.as_strategy(generation_mode=mode, path_parameters=fixed), examples, send)
+                except Unsatisfiable:  # nothing to break in this operation (no parameters, no body)
+                    assert mode is GenerationMode.NEGATIVE, operation.label
+                except (Exception, BaseExceptionGroup) as exc:  # every failure, reported together below
+                    failures.append(f"{operation.label} on {on[0]} ({mode.value}, real ids: {real}): {exc}"[:2000])
+    assert not failures, "\n\n".join(failures)
     assert not refused, "\n".join(f"{label}: {len(why)} refused, e.g. {why[0]}" for label, why in refused.items())
-    assert len(operations) > 40 and sent["sqlite"] == sent["postgres"] > 5 * len(operations), sent
+    for backend in backends:  # each backend got every example, and the fuzz reached past the lookups
+        seen = Counter({status: n for (name, status), n in statuses.items() if name == backend.name})
+        assert len(operations) > 40 and seen.total() > 8 * len(operations), (backend.name, len(operations), seen)
+        assert {200, 404, 409, 422} <= set(seen), (backend.name, seen)
+
+
+def passes(operation: Any) -> Iterator[tuple[GenerationMode, bool, int, bool]]:
+    """(generation mode, with real ids, examples, whether a refusal of them is a failure) for ``operation``:
+    positive with generated ids (mostly the not-found paths), positive with real ids where its path takes any
+    (never on a stream that does not end), and negative. The operation's last positive pass is its allowed-input
+    one."""
+    real = bool(operation.path_parameters) and operation.label not in ENDLESS
+    if real:
+        yield GenerationMode.POSITIVE, False, GENERATED_IDS_EXAMPLES, False
+    yield GenerationMode.POSITIVE, real, POSITIVE_EXAMPLES, True
+    yield GenerationMode.NEGATIVE, False, NEGATIVE_EXAMPLES, False
 
 
 def _config_schemas(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
