@@ -99,6 +99,11 @@ class Lease:
 _LEASE: ContextVar[Lease | None] = ContextVar("journeys_lock_lease", default=None)
 
 
+def current_lease() -> Lease | None:
+    """The lease of the hold the current task works under (None: it holds no journey's lock)."""
+    return _LEASE.get()
+
+
 def refuse_if_lost() -> None:
     """Refuse a write made under a lock this process has lost (:class:`InstanceLockLostError`): the fencing of
     the checkpoint writes, which LangGraph makes even as a cancelled run unwinds."""

@@ -10,8 +10,9 @@ import datetime
 import functools
 import inspect
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 import aiosqlite
@@ -30,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from checkpoints.backends.postgres import open_pool
 from checkpoints.database import sqlite_pragmas
 from checkpoints.encryption import checkpoint_serializer
-from checkpoints.locks import refuse_if_lost, setup_turn
+from checkpoints.locks import Lease, PgAdvisoryLocks, current_lease, refuse_if_lost, setup_turn
 from checkpoints.url import StoreURL, opened_target
 
 
@@ -67,6 +68,7 @@ async def open_saver(
             await _set_up_in_turn(conn, AsyncPostgresSaver(conn, serde=serde).setup)
         pg_saver = AsyncPostgresSaver(pool, serde=serde)
         unlock_pooled(pg_saver, pool.max_size)
+        write_together(pg_saver)
         fenced_writes(pg_saver)
         read_together(pg_saver)
         yield pg_saver
@@ -267,6 +269,135 @@ class _LatestReads:
             for thread_id, asked in batch:
                 if not asked.done():  # its caller may have been cancelled meanwhile
                     asked.set_result(found.get(thread_id))
+
+
+# At most this many writes of the saver (each a checkpoint, or a task's pending writes) go in one transaction.
+WRITES_TOGETHER = 64
+# Set while the saver's aput or aput_writes runs (write_together): its cursor records what it would send.
+_WRITING: ContextVar[bool] = ContextVar("journeys_saver_writing", default=False)
+# A statement a saver's write recorded: its SQL, its parameters, and whether they are a list for executemany.
+_Recorded = tuple[str, Any, bool]
+
+
+def write_together(saver: AsyncPostgresSaver) -> None:
+    """Send the checkpoint writes runs make at about the same time in one transaction, not one each.
+
+    A wave of fired timers' continuations (or of the server's runs) ends together: each run's ``aput`` took a
+    pooled connection, a pipeline, a round trip and a commit of its own. The saver's ``aput`` and ``aput_writes``
+    still run as they are, building their own statements and parameters; the cursor they write through records
+    them, and the writes asked for while a transaction is on the wire go together in the next one, in the order
+    asked, each sent after its caller asked and returning once committed. A write whose lock this process lost
+    meanwhile (:class:`checkpoints.locks.Lease`) is refused as :func:`fenced_writes` refuses it, unsent. Should
+    a transaction of several fail, each of its writes is sent again alone, so that one write's failure is its
+    own. Every other use of the saver's cursor (its reads, deletes, prunes) is the saver's own."""
+    writes = _TogetherWrites(saver._cursor)
+    cursor = saver._cursor
+
+    def _cursor(*, pipeline: bool = False) -> AbstractAsyncContextManager[Any]:
+        return writes.recorded() if pipeline and _WRITING.get() else cursor(pipeline=pipeline)
+
+    setattr(saver, "_cursor", _cursor)  # noqa: B010 (an instance's method, as unlock_pooled swaps its lock)
+    for name in ("aput", "aput_writes"):
+        write = getattr(saver, name)
+
+        async def together(*args: Any, _write: Callable[..., Awaitable[Any]] = write, **kwargs: Any) -> Any:
+            writing = _WRITING.set(True)
+            try:
+                return await _write(*args, **kwargs)
+            finally:
+                _WRITING.reset(writing)
+
+        setattr(saver, name, standing_for(write, together))
+
+
+class _Recorder:
+    """Stands for the saver's cursor in a write: keeps the statements the write sends (it reads no result)."""
+
+    def __init__(self) -> None:
+        self.statements: list[_Recorded] = []
+
+    async def execute(self, query: str, params: Any = None, **_kwargs: Any) -> None:
+        self.statements.append((query, params, False))
+
+    async def executemany(self, query: str, params_seq: Any, **_kwargs: Any) -> None:
+        self.statements.append((query, list(params_seq), True))
+
+
+class _TogetherWrites:
+    """The saver's writes asked for meanwhile, sent transaction by transaction (write_together)."""
+
+    def __init__(self, cursor: Callable[..., AbstractAsyncContextManager[Any]]) -> None:
+        self._cursor = cursor  # the saver's own: its pooled connection, in a pipeline (one transaction)
+        self._asked: list[tuple[list[_Recorded], Lease | None, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def recorded(self) -> AsyncIterator[_Recorder]:
+        """A cursor for one write of the saver; the write is sent when its block ends, and committed on return."""
+        recorder = _Recorder()
+        yield recorder
+        if not recorder.statements:
+            return
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._asked.append((recorder.statements, current_lease(), sent))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_asked())
+        await sent
+
+    async def _write_asked(self) -> None:
+        while self._asked:
+            batch = self._asked[:WRITES_TOGETHER]
+            del self._asked[:WRITES_TOGETHER]
+            live = []
+            for statements, lease, sent in batch:
+                if sent.done():  # its caller was cancelled before it was sent: it is not written
+                    continue
+                if lease is not None and lease.lost:
+                    sent.set_exception(PgAdvisoryLocks.lost(lease.instance_id))
+                    continue
+                live.append((statements, sent))
+            try:
+                if live:
+                    await self._send([statements for statements, _sent in live])
+            except Exception as exc:
+                if len(live) == 1:
+                    _settle(live[0][1], exc)
+                    continue
+                for statements, sent in live:  # each alone: one write's failure is its own
+                    try:
+                        await self._send([statements])
+                    except Exception as alone:
+                        _settle(sent, alone)
+                    else:
+                        _settle(sent, None)
+                continue
+            except BaseException:  # the writer itself is cancelled: so is every write not committed
+                for _statements, _lease, sent in batch + self._asked:
+                    if not sent.done():
+                        sent.cancel()
+                self._asked.clear()
+                raise
+            for _statements, sent in live:
+                _settle(sent, None)
+
+    async def _send(self, writes: Sequence[list[_Recorded]]) -> None:
+        """Send ``writes`` through one pipeline of the saver's cursor: one transaction, committed at its end."""
+        async with self._cursor(pipeline=True) as cur:
+            for statements in writes:
+                for query, params, many in statements:
+                    if many:
+                        await cur.executemany(query, params)
+                    else:
+                        await cur.execute(query, params)
+
+
+def _settle(sent: asyncio.Future[None], error: BaseException | None) -> None:
+    if sent.done():  # its caller was cancelled meanwhile
+        return
+    if error is None:
+        sent.set_result(None)
+    else:
+        sent.set_exception(error)
 
 
 def standing_for(method: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
