@@ -277,6 +277,8 @@ WRITES_TOGETHER = 64
 _WRITING: ContextVar[bool] = ContextVar("journeys_saver_writing", default=False)
 # A statement a saver's write recorded: its SQL, its parameters, and whether they are a list for executemany.
 _Recorded = tuple[str, Any, bool]
+# A write asked for: its statements, the lease of the lock its caller holds (if any), and its caller's future.
+_Asked = tuple[list[_Recorded], Lease | None, asyncio.Future[None]]
 
 
 def write_together(saver: AsyncPostgresSaver) -> None:
@@ -328,7 +330,7 @@ class _TogetherWrites:
 
     def __init__(self, cursor: Callable[..., AbstractAsyncContextManager[Any]]) -> None:
         self._cursor = cursor  # the saver's own: its pooled connection, in a pipeline (one transaction)
-        self._asked: list[tuple[list[_Recorded], Lease | None, asyncio.Future[None]]] = []
+        self._asked: list[_Asked] = []
         self._writer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
@@ -348,47 +350,48 @@ class _TogetherWrites:
         while self._asked:
             batch = self._asked[:WRITES_TOGETHER]
             del self._asked[:WRITES_TOGETHER]
-            live = []
-            for statements, lease, sent in batch:
-                if sent.done():  # its caller was cancelled before it was sent: it is not written
-                    continue
-                if lease is not None and lease.lost:
-                    sent.set_exception(PgAdvisoryLocks.lost(lease.instance_id))
-                    continue
-                live.append((statements, sent))
             try:
-                if live:
-                    await self._send([statements for statements, _sent in live])
+                sent = await self._send(batch)
             except Exception as exc:
-                if len(live) == 1:
-                    _settle(live[0][1], exc)
+                if len(batch) == 1:
+                    _settle(batch[0][2], exc)
                     continue
-                for statements, sent in live:  # each alone: one write's failure is its own
+                for write in batch:  # each alone: one write's failure is its own
                     try:
-                        await self._send([statements])
+                        await self._send([write])
                     except Exception as alone:
-                        _settle(sent, alone)
+                        _settle(write[2], alone)
                     else:
-                        _settle(sent, None)
+                        _settle(write[2], None)
                 continue
             except BaseException:  # the writer itself is cancelled: so is every write not committed
-                for _statements, _lease, sent in batch + self._asked:
-                    if not sent.done():
-                        sent.cancel()
+                for _statements, _lease, asked in batch + self._asked:
+                    if not asked.done():
+                        asked.cancel()
                 self._asked.clear()
                 raise
-            for _statements, sent in live:
-                _settle(sent, None)
+            for asked in sent:
+                _settle(asked, None)
 
-    async def _send(self, writes: Sequence[list[_Recorded]]) -> None:
-        """Send ``writes`` through one pipeline of the saver's cursor: one transaction, committed at its end."""
+    async def _send(self, writes: Sequence[_Asked]) -> list[asyncio.Future[None]]:
+        """Send ``writes`` through one pipeline of the saver's cursor (one transaction, committed at its end),
+        but those whose callers were cancelled meanwhile, and refuse those whose journey lock was lost by the
+        time the connection is taken (as :func:`fenced_writes` refuses a write); the callers of those sent."""
+        sent = []
         async with self._cursor(pipeline=True) as cur:
-            for statements in writes:
+            for statements, lease, asked in writes:
+                if asked.done():  # its caller was cancelled before it was sent: it is not written
+                    continue
+                if lease is not None and lease.lost:
+                    asked.set_exception(PgAdvisoryLocks.lost(lease.instance_id))
+                    continue
                 for query, params, many in statements:
                     if many:
                         await cur.executemany(query, params)
                     else:
                         await cur.execute(query, params)
+                sent.append(asked)
+        return sent
 
 
 def _settle(sent: asyncio.Future[None], error: BaseException | None) -> None:
