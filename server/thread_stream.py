@@ -11,10 +11,12 @@ The event stream is made from what the runs already record (their stream chunks 
 from a second recording: per run a ``lifecycle`` ``running`` event, its chunks translated to the protocol's
 channels (``values``, ``updates``, ``custom``, ``messages``, ``tasks``, ``checkpoints``), then
 ``input.requested`` for each interrupt it stopped at and a terminal ``lifecycle`` (``completed``,
-``interrupted`` or ``failed``). Every event has a ``seq`` that is a pure function of its position in the
-thread (the run's ordinal, its place among the runs ever created on the thread, fixed when it was created, and
-the chunk's number in the run), so a client that reconnects with ``since`` gets exactly what came after, even
-when runs were deleted meanwhile (a rollback, ``runs.delete``).
+``interrupted`` or ``failed``); a run that recorded no chunks (created without ``stream_mode``) tells its
+output as ``values`` before its end, as on the v2 thread stream. The stream reads only the runs it still
+serves, and ends once its thread is deleted, as the Agent Server's does. Every event has a ``seq`` that is a
+pure function of its position in the thread (the run's ordinal, its place among the runs ever created on the
+thread, fixed when it was created, and the chunk's number in the run), so a client that reconnects with
+``since`` gets exactly what came after, even when runs were deleted meanwhile (a rollback, ``runs.delete``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from checkpoints.runs import thread_key
 from graphs.structured.steps import INTERRUPT
 from server.problems import redact_answer
+from server.runs.sse import ending_of_unrecorded
 from server.runs.store import ACTIVE, TERMINAL, RunRow
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ _PER_CHUNK = 8  # a chunk becomes at most this many events (the last messages' e
 # A stream opened without ``since`` replays the thread's active runs, and a run created this recently: the
 # SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended.
 RECENT = timedelta(seconds=5)
+RUNS_PAGE = 100  # runs read at a time, newest first, to find those a stream still serves
 
 
 def ok(command_id: Any, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,13 +115,17 @@ class ThreadEvents:
         self._first: int | None = None  # the first run's place this stream serves (None: not decided yet)
 
     async def frames(self) -> AsyncIterator[bytes]:
-        """Server-sent events until the client goes away: each event's ``seq`` is its ``id``."""
+        """Server-sent events until the client goes away, or the thread is deleted (then the stream ends, as
+        the Agent Server's does): each event's ``seq`` is its ``id``."""
         while True:
             with self._watching() as changed:
                 watched = {run_id for run_id, c in self._cursors.items() if not c.ended}
-                for event in await self._new_events():
+                events = await self._new_events()
+                for event in events or ():
                     if (self.since is None or event["seq"] > self.since) and self.wanted.admits(event):
                         yield frame(event)
+                if events is None:
+                    return
                 if any(run_id not in watched for run_id, c in self._cursors.items() if not c.ended):
                     continue  # read again at once, now watching the runs just found: a change since is not missed
                 starting = any(c.run.status == "pending" for c in self._cursors.values() if not c.ended)
@@ -129,59 +137,94 @@ class ThreadEvents:
         with contextlib.ExitStack() as stack:
             yield [stack.enter_context(self.svc.watch.watching(k)) for k in keys]
 
-    async def _runs(self) -> list[RunRow]:
-        found = await self.svc.runs.list_runs(self.thread_id, limit=1_000_000)
-        return sorted(found, key=lambda r: r.ordinal)
-
-    async def _new_events(self) -> list[dict[str, Any]]:
-        runs = await self._runs()
+    async def _new_events(self) -> list[dict[str, Any]] | None:
+        """The events of the runs the stream serves that it has not given yet; None once the thread is deleted
+        (no run will come)."""
         if self._first is None:
-            self._first = self._first_served(runs)
+            self._first = await self._first_served()
+        runs = await runs_from(self.svc, self.thread_id, self._first)
+        if await deleted(self.svc, self.thread_id, runs):
+            return None
+        listed = {run.run_id for run in runs}
         events: list[dict[str, Any]] = []
+        for cursor in self._cursors.values():
+            cursor.ended = cursor.ended or cursor.run.run_id not in listed  # deleted (a rollback): nothing comes
         for run in runs:
-            if run.ordinal < self._first:
-                continue
             cursor = self._cursors.setdefault(run.run_id, _RunCursor(run, run.ordinal))
             cursor.run = run
             if not cursor.ended:
                 events.extend(await self._run_events(cursor))
+        # The runs before the oldest one still going are done with: not read again.
+        going = [c.ordinal for c in self._cursors.values() if not c.ended]
+        newest = max((run.ordinal for run in runs), default=self._first - 1)
+        self._first = max(self._first, min(going, default=newest + 1))
+        self._cursors = {run_id: c for run_id, c in self._cursors.items() if c.ordinal >= self._first}
         return events
 
-    def _first_served(self, runs: Sequence[RunRow]) -> int:
+    async def _first_served(self) -> int:
         """The place of the first run a stream serves: from ``since``, or its active runs and a run just
         created; later runs are all served."""
         if self.since is not None:
             return max(1, self.since // RUN_SPAN)
+        newest = await self.svc.runs.list_runs(self.thread_id, limit=RUNS_PAGE)  # read first: a later run is served
         now = self.svc.runtime.store.clock.now()
-        for run in runs:
-            if run.status in ACTIVE or now - run.created_at < RECENT:
-                return run.ordinal
-        return runs[-1].ordinal + 1 if runs else 1
+        active = [
+            r
+            for status in ACTIVE
+            for r in await self.svc.runs.list_runs(self.thread_id, limit=RUNS_PAGE, status=status)
+        ]
+        served = [*active, *(r for r in newest if now - r.created_at < RECENT)]
+        return min((r.ordinal for r in served), default=(newest[0].ordinal if newest else 0) + 1)
 
     async def _run_events(self, cursor: _RunCursor) -> list[dict[str, Any]]:
         run = cursor.run
         base = cursor.ordinal * RUN_SPAN
         events: list[dict[str, Any]] = []
-        current = await self.svc.runs.get_run(run.run_id)
-        if current is None:  # deleted (a rollback): nothing more comes of it
-            cursor.ended = True
-            return events
-        if current.status == "pending":
+        if run.status == "pending":
             return events
         if not cursor.started:
             cursor.started = True
             events.append(event(base, "lifecycle", {"event": "running", "graph_name": run.graph_id}, run.run_id))
-        # Read after the status: a run seen finished has written all its chunks.
+        # The status was read first: a run seen finished has written all its chunks.
         for number, mode, data in await self.svc.runs.events_after(run.run_id, cursor.chunk):
             cursor.chunk = number
-            for i, (method, payload) in enumerate(_translate(mode, data, cursor.messages)):
-                events.append(event(base + number * _PER_CHUNK + i, method, payload, run.run_id))
-        if current.status in TERMINAL:
+            events += _chunk_events(base, number, _translate(mode, data, cursor.messages), run.run_id)
+        if run.status in TERMINAL:
             cursor.ended = True
+            # A run that recorded no chunks (created without stream_mode: a cron's, a background run's) still
+            # tells its output as values, numbered as the thread's v2 stream numbers it.
+            ending = ending_of_unrecorded(run)
+            for number, (mode, data) in enumerate(ending, start=1):
+                if number > cursor.chunk:
+                    events += _chunk_events(base, number, _translate(mode, data, cursor.messages), run.run_id)
+            cursor.chunk = max(cursor.chunk, len(ending))
             end = base + (cursor.chunk + 1) * _PER_CHUNK
-            for i, (method, payload) in enumerate(_ending(current, cursor.messages)):
+            for i, (method, payload) in enumerate(_ending(run, cursor.messages)):
                 events.append(event(end + i, method, payload, run.run_id))
         return events
+
+
+def _chunk_events(base: int, number: int, translated: list[tuple[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    return [
+        event(base + number * _PER_CHUNK + i, method, payload, run_id) for i, (method, payload) in enumerate(translated)
+    ]
+
+
+async def runs_from(svc: ServerServices, thread_id: str, first: int) -> list[RunRow]:
+    """The thread's runs from its ``first``-th on, oldest first: read newest first, a page at a time, until a
+    page reaches a run before it (a thread stream reads only the runs it still serves, not all of them)."""
+    found: list[RunRow] = []
+    while True:
+        page = await svc.runs.list_runs(thread_id, limit=RUNS_PAGE, offset=len(found))
+        found += page
+        if len(page) < RUNS_PAGE or page[-1].ordinal < first:
+            return sorted((r for r in found if r.ordinal >= first), key=lambda r: r.ordinal)
+
+
+async def deleted(svc: ServerServices, thread_id: str, runs: Sequence[RunRow]) -> bool:
+    """Whether a thread stream's thread is gone, so no run will come: none of ``runs`` (just read) is going and
+    the thread is not there."""
+    return not any(r.status in ACTIVE for r in runs) and await svc.runs.get_thread(thread_id) is None
 
 
 def _translate(mode: str, data: Any, messages: dict[str, bool]) -> list[tuple[str, Any]]:

@@ -5,19 +5,23 @@ first, is live without ``Last-Event-ID``, and resumes after any event with it, a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import UnprocessableEntityError
 from langgraph_sdk.schema import StreamPart
 
+from server import thread_stream
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.settings import Settings
-from tests.server_support import serving, start_worker, stop_worker
+from tests.server_support import serving, start_worker, stop_worker, v3_events
 
 pytestmark = pytest.mark.slow
 
@@ -238,3 +242,91 @@ async def test_a_threads_stream_in_state_update_mode_sends_each_update_of_its_st
             served = await asyncio.wait_for(runs_only, 30)
             assert [r for r, _ in per_run(served)] == [run_id] and "state_update" not in [p.event for p in served]
             assert (await client.threads.get(tid))["updated_at"] > before["updated_at"]
+
+
+# --- the v3 thread stream (client.threads.stream: POST /threads/{id}/stream/events) --------------------------
+
+JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}, "user_id": "ana"}
+
+
+async def _v3_until_end(base: str, thread_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every event of a raw v3 thread stream, until the server ends it."""
+    found: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=None) as raw,
+        raw.stream("POST", f"/threads/{thread_id}/stream/events", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                found.append(json.loads(line.removeprefix("data: ")))
+    return found
+
+
+async def test_a_v3_thread_stream_ends_as_its_thread_is_deleted(store_url: str) -> None:
+    """The fallback re-read an hour away: the v3 stream of a thread (client.threads.stream) never ended when its
+    thread was deleted, holding the client (and one of its stream slots) for good; it now ends at once, as the
+    Agent Server's does (its v3 stream ends with the thread's stream), having told the run it served."""
+    with serving(create_app(Settings(database_url=store_url, auth=False, poll_interval=3600))) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            await chat_run(client, tid)
+            body = {"channels": ["lifecycle"], "since": 0}
+            following = asyncio.ensure_future(_v3_until_end(base, tid, body))
+            await asyncio.sleep(1)
+            await client.threads.delete(tid)
+            events = await asyncio.wait_for(following, 10)
+            assert [e["params"]["data"]["event"] for e in events] == ["running", "completed"]
+
+
+async def test_a_v3_thread_stream_tells_the_values_of_a_run_that_recorded_no_chunks(store_url: str) -> None:
+    """A run created without stream_mode (a cron's, one created over plain HTTP) records no chunks: on the v3
+    stream it had no values at all (the SDK's values and output projections stayed empty), while the v2 thread
+    stream and a join tell its output as values. The v3 stream now tells it too, before the run's end."""
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            run = await client.http.post(f"/threads/{tid}/runs", json={"assistant_id": "structured", "input": JOURNEY})
+            output = await client.runs.join(tid, run["run_id"])
+            events = await v3_events(base, tid, {"channels": ["values", "lifecycle", "input"], "since": 0}, 4)
+            assert [e["method"] for e in events] == ["lifecycle", "values", "input.requested", "lifecycle"]
+            assert events[1]["params"]["data"] == output and output["current_step"] == "upload_content", events[1]
+            assert events[3]["params"]["data"]["event"] == "interrupted"
+            seqs = [e["seq"] for e in events]
+            assert seqs == sorted(set(seqs)), seqs
+
+
+async def test_a_v3_thread_stream_reads_only_the_runs_it_still_serves(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At each wake (each chunk of a run it follows) the v3 stream read every run its thread ever had: a thread
+    of a thousand turns, a thousand rows per chunk. It now reads them newest first, a page at a time, down to
+    the oldest run it still serves, as the v2 thread stream does (pages of 2 here, runs of earlier turns
+    finished long ago)."""
+    monkeypatch.setattr(thread_stream, "RUNS_PAGE", 2, raising=False)
+    monkeypatch.setattr(thread_stream, "RECENT", timedelta(0))  # the earlier turns are not replayed
+    app = create_app(Settings(database_url=store_url, auth=False))
+    with serving(app) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            for _ in range(4):
+                await chat_run(client, tid)
+            runs = app.state.services.runs
+            read: list[int] = []
+            list_runs = runs.list_runs
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                found = await list_runs(*args, **kwargs)
+                read.append(len(found))
+                return found
+
+            runs.list_runs = counted
+            following = asyncio.ensure_future(v3_events(base, tid, {"channels": ["lifecycle"]}, 2))
+            await asyncio.sleep(1)
+            ran = await chat_run(client, tid)
+            events = await asyncio.wait_for(following, 30)
+    assert [(e["event_id"].split(":")[0], e["params"]["data"]["event"]) for e in events] == [
+        (ran, "running"),
+        (ran, "completed"),
+    ]
+    assert read and max(read) <= 2, read

@@ -29,7 +29,7 @@ from graphs.errors import JourneyNotFoundError
 from server.runs.executor import empty_state, state_view
 from server.runs.sse import ending_of_unrecorded, frame
 from server.runs.store import ACTIVE, TERMINAL, RunRow
-from server.thread_stream import RUN_SPAN, fallback_poll, first_of
+from server.thread_stream import RUN_SPAN, RUNS_PAGE, deleted, fallback_poll, first_of, runs_from
 
 if TYPE_CHECKING:
     import asyncio
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 ThreadStreamMode = Literal["run_modes", "lifecycle", "state_update"]
 # The Agent Server's own ``stream_modes``: the same, comma-separated.
 MODES_LIST = r"^\s*(run_modes|lifecycle|state_update)\s*(,\s*(run_modes|lifecycle|state_update)\s*)*$"
-_PAGE = 100  # runs read at a time, newest first, to find those a stream still serves
 
 
 @dataclass
@@ -70,9 +69,9 @@ async def thread_events(
     sent_state: Any = None  # the checkpoint of the last state_update sent: one update may wake it twice
     while True:
         with _watching(svc, thread_id, runs, states="state_update" in modes) as (changed, state_changed):
-            found = await _runs_from(svc, thread_id, first)
-            if not any(r.status in ACTIVE for r in found) and await svc.runs.get_thread(thread_id) is None:
-                yield frame("end", None)  # deleted: no run will come
+            found = await runs_from(svc, thread_id, first)
+            if await deleted(svc, thread_id, found):
+                yield frame("end", None)  # no run will come
                 return
             unwatched = [run for run in found if run.run_id not in runs]
             for run in found:
@@ -124,24 +123,13 @@ async def _live_start(svc: ServerServices, thread_id: str, runs: dict[str, _Run]
     metadata counted as sent once it has started), or the next run created; the runs ended by now are skipped."""
     last = await svc.runs.last_run(thread_id)  # read first: a run created after it is served whole
     newest = last.ordinal if last else 0
-    active = [r for status in ACTIVE for r in await svc.runs.list_runs(thread_id, limit=_PAGE, status=status)]
+    active = [r for status in ACTIVE for r in await svc.runs.list_runs(thread_id, limit=RUNS_PAGE, status=status)]
     for run in active:
         runs[run.run_id] = _Run(run.ordinal, await svc.runs.last_seq(run.run_id), started=run.status != "pending")
     first = min((r.ordinal for r in active), default=newest + 1)
-    for run in await _runs_from(svc, thread_id, first):
+    for run in await runs_from(svc, thread_id, first):
         runs.setdefault(run.run_id, _Run(run.ordinal, ended=run.ordinal <= newest))
     return first
-
-
-async def _runs_from(svc: ServerServices, thread_id: str, first: int) -> list[RunRow]:
-    """The thread's runs from its ``first``-th on, oldest first: read newest first, a page at a time, until a
-    page reaches a run before it."""
-    found: list[RunRow] = []
-    while True:
-        page = await svc.runs.list_runs(thread_id, limit=_PAGE, offset=len(found))
-        found += page
-        if len(page) < _PAGE or page[-1].ordinal < first:
-            return sorted((r for r in found if r.ordinal >= first), key=lambda r: r.ordinal)
 
 
 async def _run_events(svc: ServerServices, run: RunRow, cursor: _Run) -> list[tuple[int, str, Any]]:
