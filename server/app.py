@@ -62,7 +62,7 @@ def create_app(
             run_store = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
             watch = RunWatch()
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
-            crons = CronService(runtime, run_store, agents=settings.execution == "embedded")
+            crons = CronService(runtime, run_store, agents=settings.holds_agents)
             serving = asyncio.Event()  # the scheduler may fire a cron before the queue is handed over
 
             async def submit(run: RunRow) -> None:

@@ -85,7 +85,7 @@ class CronService:
         assistant = get_assistant(_graph_id(assistant_id, payload))
         self.check_schedule(schedule, timezone)
         if payload.get("input") is not None:
-            assistant.check_input(payload["input"], self.runtime, agents=self.agents)
+            await assistant.check_input(payload["input"], self.runtime, agents=self.agents)
         elif thread_id is None or not assistant.chat:
             raise InvalidInputError("a cron's runs start journeys: give input", input_schema=assistant.input_schema)
         if thread_id is not None:
@@ -118,7 +118,7 @@ class CronService:
         payload = changes.get("payload")
         if payload is not None and payload.get("input") is not None:
             assistant = get_assistant(_graph_id(current.assistant_id, payload))
-            assistant.check_input(payload["input"], self.runtime, agents=self.agents)
+            await assistant.check_input(payload["input"], self.runtime, agents=self.agents)
         updated = await self.store.update(cron_id, changes)
         if updated is None:
             raise JourneyNotFoundError(f"no cron {cron_id!r}", cron_id=cron_id)

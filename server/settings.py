@@ -162,6 +162,14 @@ class Settings:
     # 409 ConcurrentUpdateError (embedded mode: a run then waits as long; distributed: the workers' own setting).
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
 
+    @property
+    def holds_agents(self) -> bool:
+        """Whether this process's agents are the ones its runs call, so that what it is asked to create (a run,
+        a batch, a cron, a process deployment) is refused at once for an agent it has not registered: embedded
+        mode. In distributed mode the workers hold the agents (an API process may import none of them) and
+        check them as they run; the design's own errors are refused either way."""
+        return self.execution == "embedded"
+
     def __post_init__(self) -> None:
         if not self.auth and self.authenticator is not None:
             # Half of each: the API authenticated through the hook while the dashboard and the CLI said every

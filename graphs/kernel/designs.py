@@ -121,9 +121,12 @@ class DesignBook:
         if problems:
             raise SpecError(problems, spec_name=pattern)
 
-    async def save(self, pattern: PatternName, spec: BaseModel, *, prefix: str = "journey") -> Design:
-        """Check ``spec`` (every design error at once, with fixes) and store it under a new id."""
-        self.check(pattern, spec)
+    async def save(
+        self, pattern: PatternName, spec: BaseModel, *, prefix: str = "journey", agents: bool = True
+    ) -> Design:
+        """Check ``spec`` (every design error at once, with fixes; ``agents``: see :meth:`check`) and store it
+        under a new id."""
+        self.check(pattern, spec, agents=agents)
         journey_type = str(getattr(spec, "journey_type", pattern))
         design = await self.engine.store.index.save_design(
             new_id(prefix), pattern, journey_type, spec.model_dump(mode="json")

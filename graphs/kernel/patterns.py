@@ -114,19 +114,20 @@ class Assistant:
     # Fields of a run's input that name a journey instance the run acts on (the guide's ``session_id``): the
     # caller must be allowed to act on each, as on a thread it runs (checked when the run or cron is made).
     instance_inputs: tuple[str, ...] = ()
-    # What the start would refuse of a first run's input that its schema cannot say (a template that does not
-    # exist, a spec's design errors, an agent no one registered: its last argument says whether the agents
-    # are this process's to check), checked before the run is stored, storing nothing. None: the schema says it.
-    check_start: Callable[[JourneyRuntime, Mapping[str, Any], bool], None] | None = None
+    # What the start would refuse of a first run's input that its schema cannot say (a template or a process
+    # that does not exist, a spec's design errors, an agent no one registered: its last argument says whether
+    # the agents are this process's to check), checked before the run is stored, storing nothing. None: the
+    # schema says it.
+    check_start: Callable[[JourneyRuntime, Mapping[str, Any], bool], Awaitable[None]] | None = None
 
-    def check_input(self, value: Any, runtime: JourneyRuntime | None = None, *, agents: bool = True) -> None:
+    async def check_input(self, value: Any, runtime: JourneyRuntime | None = None, *, agents: bool = True) -> None:
         """Refuses a first run's ``input`` off this assistant's input schema (422), then, given the ``runtime``
         the run would start on, what its start would refuse (:attr:`check_start`): before the run is stored, so
         the caller hears of it instead of a run that fails in a worker. ``agents=False`` where the runs execute
         in other processes (distributed mode: the workers hold the agents, and check them as the run starts)."""
         _conform(self.input_schema, value, "input")
         if runtime is not None and self.check_start is not None and isinstance(value, Mapping):
-            self.check_start(runtime, value, agents)
+            await self.check_start(runtime, value, agents)
 
     def check_resume(self, value: Any) -> None:
         """Refuses (422) a ``command.resume`` off this assistant's resume schema, before the run is stored."""

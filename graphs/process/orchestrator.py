@@ -198,8 +198,11 @@ class ProcessOrchestrator:
 
     # --- deployment and versions -------------------------------------------------------------------
 
-    async def deploy(self, process: ProcessSpec | Mapping[str, Any], *, weight: float | None = None) -> dict[str, Any]:
-        """Validate and register ``process`` as (name, version).
+    async def deploy(
+        self, process: ProcessSpec | Mapping[str, Any], *, weight: float | None = None, agents: bool = True
+    ) -> dict[str, Any]:
+        """Validate and register ``process`` as (name, version). ``agents=False``: an intent no agent of this
+        process serves is not refused (the server's API in distributed mode: its workers hold the agents).
 
         Agents the spec names by object (``ServiceTask(agent=MyAgent, compensation=undo_it)``) are
         registered first, under the intents the spec records for them.
@@ -212,7 +215,7 @@ class ProcessOrchestrator:
         if not await self._callers(spec.name, to_deploy=True):
             raise self._name_taken(spec.name)
         self._designs.registry.bind(spec.agent_bindings())
-        self._designs.check(PATTERN, spec)
+        self._designs.check(PATTERN, spec, agents=agents)
         existing = await self.deployments.get(spec.name, spec.version)
         if existing is not None:
             if existing.digest != spec_digest(spec):
@@ -225,7 +228,7 @@ class ProcessOrchestrator:
             await self._arm_start_timers(spec)  # idempotent: arms what a crash after the deploy left out
             return self._deployment_view(existing, await self.deployments.rollout(spec.name))
         rollout = await self._rollout_after_deploy(spec, weight)
-        design = await self._designs.save(PATTERN, spec, prefix="process")
+        design = await self._designs.save(PATTERN, spec, prefix="process", agents=agents)
         message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
         added = await self.deployments.add(
             spec.name,
@@ -239,7 +242,7 @@ class ProcessOrchestrator:
         if added == "name taken":  # another tenant's first deploy of the name committed meanwhile
             raise self._name_taken(spec.name)
         if added == "version taken":  # a concurrent deploy of the same version won
-            return await self.deploy(spec, weight=weight)
+            return await self.deploy(spec, weight=weight, agents=agents)
         await self._arm_start_timers(spec)
         deployment = await self.deployments.get(spec.name, spec.version)
         assert deployment is not None
@@ -325,6 +328,26 @@ class ProcessOrchestrator:
         if deployment is None:  # pragma: no cover - a rollout names deployed versions only
             raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
         return deployment, await self.spec_of(deployment)
+
+    async def check_start(self, name: str, business_key: str, *, version: int | None = None) -> None:
+        """Refuses what :meth:`start` would refuse of the process it is asked to start (none deployed that the
+        caller may start, no such version), storing nothing: the server checks a process run's input so when
+        the run is created, instead of queuing a run that fails in a worker."""
+        await self._chosen(name, business_key, version)
+
+    async def _chosen(self, name: str, business_key: str, version: int | None) -> tuple[Deployment, str | None]:
+        """The deployment a start of ``name`` for ``business_key`` goes to (``version``, or the one its rollout
+        picks) and its rollout variant; :class:`UnknownProcessError` when there is none the caller may start."""
+        if not await self._callers(name):  # another tenant's process: as if none were deployed
+            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
+        variant = None
+        if version is None:
+            entry = await self.route(name, business_key)
+            version, variant = int(entry["version"]), entry.get("variant")
+        deployment = await self.deployment(name, version)
+        if deployment is None:
+            raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
+        return deployment, variant
 
     async def _callers(self, name: str, *, to_deploy: bool = False) -> bool:
         """Whether the caller the server acts for may start (or, ``to_deploy``, deploy a version of) process
@@ -413,16 +436,8 @@ class ProcessOrchestrator:
         if variables is not None and not isinstance(variables, Mapping):
             raise InvalidInputError(f"variables must be a mapping, got {type(variables).__name__}")
         check_names(variables or {})
-        if not await self._callers(name):  # another tenant's process: as if none were deployed
-            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
-        if version is None:
-            entry = await self.route(name, business_key)
-            version, variant = int(entry["version"]), entry.get("variant")
-        else:
-            variant = None
-        deployment = await self.deployment(name, version)
-        if deployment is None:
-            raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
+        deployment, variant = await self._chosen(name, business_key, version)
+        version = deployment.version
         spec = await self.spec_of(deployment)
         entry_id = start_event or (spec.plain_start().id if spec.plain_start() else None)  # type: ignore[union-attr]
         if entry_id is None or entry_id not in {s.id for s in spec.starts()}:

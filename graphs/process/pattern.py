@@ -53,6 +53,15 @@ async def _start(ctx: RunContext, data: Mapping[str, Any]) -> None:
     )
 
 
+async def _check_start(runtime: JourneyRuntime, data: Mapping[str, Any], _agents: bool) -> None:
+    version = data.get("version")
+    await runtime.processes.check_start(
+        string_input(data, "process"),
+        string_input(data, "business_key"),
+        version=version if isinstance(version, int) else None,
+    )
+
+
 async def _resume(ctx: RunContext, instance_id: str, value: Any) -> None:
     request = mapping_input(value, "command.resume")
     # A service task a cancelled run stopped (multitask_strategy="interrupt") goes on first: the answer is
@@ -145,6 +154,7 @@ register(
                 "additionalProperties": False,
             },
             retry=_retry,
+            check_start=_check_start,
         ),
         _entrypoint,
         design=DesignKind(ProcessSpec, validate_process, build_process_graph),

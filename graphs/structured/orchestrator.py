@@ -112,15 +112,11 @@ class StructuredOrchestrator:
         spec: StructuredSpec | Mapping[str, Any] | None = None,
         agents: bool = True,
     ) -> None:
-        """Refuses what :meth:`shared_design` would refuse of these arguments (an unknown template, a spec's
-        design errors, an agent no one registered; ``agents=False``: not that one), storing nothing: the
-        server checks a run's input so before the run is queued. Of a template only its existence is checked
-        (the catalog's designs are checked when they are used, as before: building and checking one on every
-        start would cost each run)."""
-        if spec is None:
-            self.templates.get(journey_type)
-        else:
-            self._designs.check("structured", self.build_spec(journey_type, requirements, spec), agents=agents)
+        """Refuses what :meth:`shared_design` would refuse of these arguments (an unknown template, the design's
+        errors, an agent no one registered; ``agents=False``: not that one), storing nothing: the server checks
+        a run's input so before the run is queued. A template's design is built and checked as an inline
+        spec's is: a template naming an agent this runtime lacks is refused here, not in the run."""
+        self._designs.check("structured", self.build_spec(journey_type, requirements, spec), agents=agents)
 
     def build_spec(
         self,

@@ -78,7 +78,7 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
     return await structured.start_run(instance_id, journey_id, user_id, context, run_options=options)
 
 
-def _check_structured(runtime: JourneyRuntime, data: Mapping[str, Any], agents: bool) -> None:
+async def _check_structured(runtime: JourneyRuntime, data: Mapping[str, Any], agents: bool) -> None:
     runtime.structured.check_design(
         string_input(data, "journey_type"),
         mapping_input(data.get("requirements"), "requirements"),
@@ -191,7 +191,7 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
     await saga.execute_saga_journey(journey_id, user_id, context, saga_id=saga_id, run_options=options)
 
 
-def _check_saga(runtime: JourneyRuntime, data: Mapping[str, Any], agents: bool) -> None:
+async def _check_saga(runtime: JourneyRuntime, data: Mapping[str, Any], agents: bool) -> None:
     runtime.saga.check_saga_design(
         string_input(data, "journey_type"),
         mapping_input(data.get("requirements"), "requirements"),

@@ -66,11 +66,8 @@ class SagaOrchestrator:
     ) -> None:
         """Refuses what :meth:`shared_saga_design` would refuse of these arguments, storing nothing (see
         :meth:`StructuredOrchestrator.check_design`)."""
-        if spec is None and not compensation_handlers:
-            self._structured.templates.get(journey_type)
-        else:
-            saga = self._saga_spec(journey_type, requirements, compensation_handlers, spec)
-            self._designs.check("saga", saga, agents=agents)
+        saga = self._saga_spec(journey_type, requirements, compensation_handlers, spec)
+        self._designs.check("saga", saga, agents=agents)
 
     def _saga_spec(
         self,

@@ -144,7 +144,7 @@ class ProcessStartIn(StartKeyFields):
 @router.post("/processes", response_model=DeploymentOut, summary="Deploy a process (a new version of its name)")
 async def deploy_process(body: ProcessSpec, caller: Deployer, svc: Services) -> dict[str, Any]:
     with svc.acting(caller):  # the name is the caller's tenant's from its first deployment on
-        return await svc.runtime.processes.deploy(body)
+        return await svc.runtime.processes.deploy(body, agents=svc.settings.holds_agents)
 
 
 @router.post("/processes/{name}/instances", response_model=ProcessInstanceView, summary="Start a process instance")

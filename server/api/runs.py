@@ -78,7 +78,8 @@ async def create_run(
     resolved = await svc.resolve_assistant(body.assistant_id, caller)
     assistant = resolved.pattern
     if body.input is not None:  # checked before anything (the thread included) is stored
-        assistant.check_input(body.input, svc.runtime, agents=svc.settings.execution == "embedded")
+        with svc.acting(caller):  # as the caller: another tenant's process is none it may start
+            await assistant.check_input(body.input, svc.runtime, agents=svc.settings.holds_agents)
         await svc.check_input_instances(caller, assistant, body.input)
         if isinstance(body.input, dict) and isinstance(body.input.get("user_id"), str):
             svc.check_user(caller, body.input["user_id"])
