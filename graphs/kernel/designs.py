@@ -108,6 +108,10 @@ class DesignBook:
         # compiled-graph key once asked for (None until then): hashed once per design, not per run (a
         # lifecycle spec takes about 1.5 ms to hash).
         self._keys: dict[int, tuple[str, str] | None] = {}
+        # The specs found sound, by pattern, content and whether agents were checked: a design's errors follow
+        # from its content and agents are only ever added, so a start asked again (every run of a template, a
+        # client sending its spec each time; ~0.6-1.2 ms of schema checks each) is not checked again.
+        self._sound: OrderedDict[tuple[str, str, bool], None] = OrderedDict()
 
     def use_builder(self, pattern: str, build: Builder) -> None:
         """Build ``pattern``'s graphs with ``build`` (a pattern whose nodes need more than NodeServices):
@@ -117,9 +121,16 @@ class DesignBook:
     def check(self, pattern: PatternName, spec: BaseModel, *, agents: bool = True) -> None:
         """Refuse ``spec``'s design errors (:class:`SpecError`, every one at once); ``agents``: also an agent
         or handler this process has not registered (left out where the agents live in other processes)."""
+        key = (pattern, spec_digest(spec), agents)
+        if key in self._sound:
+            self._sound.move_to_end(key)
+            return
         problems = self._kinds(pattern).validate(spec, self.registry if agents else None)
         if problems:
             raise SpecError(problems, spec_name=pattern)
+        self._sound[key] = None
+        if len(self._sound) > self._cache_size:
+            self._sound.popitem(last=False)
 
     async def save(
         self, pattern: PatternName, spec: BaseModel, *, prefix: str = "journey", agents: bool = True
