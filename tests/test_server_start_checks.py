@@ -51,7 +51,8 @@ async def test_a_template_or_process_start_that_could_not_run_is_refused_when_it
     one forgotten): a run or cron of a catalog template whose agents it lacks, and a process run naming a
     process that is not deployed or a version it does not have, were each queued and failed as they ran
     ('error' runs, a cron failing every tick); each is now refused when created (422 naming the agent, 404
-    naming the process) and nothing is stored. A deployed process still starts."""
+    naming the process; 422 for variables its schema refuses) and nothing is stored. A deployed process still
+    starts."""
     app = create_app(Settings(database_url=store_url, auth=False), runtime_options={"default_agents": False})
     with serving(app) as base:
         async with get_client(url=base, api_key=None) as client:
@@ -73,6 +74,11 @@ async def test_a_template_or_process_start_that_could_not_run_is_refused_when_it
                 assert (await raw.post("/processes", json=APPROVAL_PROCESS)).status_code == 200
             with pytest.raises(NotFoundError, match="has no version 9"):
                 await client.runs.create(tid, "process", input=_process("approval", version=9))
+            strict = {**APPROVAL_PROCESS, "name": "strict", "variables_schema": {"required": ["amount"]}}
+            async with httpx.AsyncClient(base_url=base) as raw:
+                assert (await raw.post("/processes", json=strict)).status_code == 200
+            with pytest.raises(UnprocessableEntityError, match="variables_schema"):
+                await client.runs.create(tid, "process", input=_process("strict"))
             assert await client.runs.list(tid) == [] and await client.crons.count() == 0
             started = await client.runs.wait(tid, "process", input=_process("approval"))
             assert started["status"] == "in_progress", started

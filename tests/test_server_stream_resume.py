@@ -5,10 +5,15 @@ and the ids a client resumes from."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.schema import StreamPart
+
+from graphs.errors import UnknownProcessError
+from graphs.process.orchestrator import ProcessOrchestrator
+from tests.server_support import APPROVAL_PROCESS
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +78,7 @@ async def test_a_runs_stream_replayed_from_minus_one_starts_with_its_metadata(sd
 
 
 async def test_a_run_created_without_stream_mode_tells_a_joining_stream_how_it_ended(
-    sdk_client: LangGraphClient,
+    sdk_client: LangGraphClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run created over plain HTTP without ``stream_mode`` (the Agent Server streams ``values`` then) records
     no chunks as it goes; its run stream and its thread's stream gave only its metadata and end, not its values,
@@ -99,7 +104,13 @@ async def test_a_run_created_without_stream_mode_tells_a_joining_stream_how_it_e
     assert [event for event, _data in thread] == ["metadata", "values", "metadata"]
     assert thread[1][1] == output
 
-    failing = {"assistant_id": "process", "input": {"process": "no_such_process", "business_key": "k1"}}
+    # A start that fails as it runs (one the API cannot foresee: a process start it checked, failing in the run).
+    async def failing_start(*_args: Any, **_kwargs: Any) -> Any:
+        raise UnknownProcessError("no process named 'approval' is deployed", name="approval")
+
+    assert (await http.post("/processes", json=APPROVAL_PROCESS)).status_code == 200
+    monkeypatch.setattr(ProcessOrchestrator, "start", failing_start)
+    failing = {"assistant_id": "process", "input": {"process": "approval", "business_key": "k1"}}
     failed = (await http.post(f"/threads/{(await client.threads.create())['thread_id']}/runs", json=failing)).json()
     answer = await client.runs.join(failed["thread_id"], failed["run_id"])
     assert "__error__" in answer, answer

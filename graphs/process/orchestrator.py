@@ -329,15 +329,36 @@ class ProcessOrchestrator:
             raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
         return deployment, await self.spec_of(deployment)
 
-    async def check_start(self, name: str, business_key: str, *, version: int | None = None) -> None:
-        """Refuses what :meth:`start` would refuse of the process it is asked to start (none deployed that the
-        caller may start, no such version), storing nothing: the server checks a process run's input so when
-        the run is created, instead of queuing a run that fails in a worker."""
-        await self._chosen(name, business_key, version)
+    async def check_start(
+        self,
+        name: str,
+        business_key: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+    ) -> None:
+        """Refuses what :meth:`start` would refuse of these arguments before it writes anything (no process
+        deployed that the caller may start, no such version, no plain start event, variables its schema
+        refuses...), storing nothing: the server checks a process run's input so when the run is created,
+        instead of queuing a run that fails in a worker."""
+        await self._planned(name, business_key, variables, version, None)
 
-    async def _chosen(self, name: str, business_key: str, version: int | None) -> tuple[Deployment, str | None]:
-        """The deployment a start of ``name`` for ``business_key`` goes to (``version``, or the one its rollout
-        picks) and its rollout variant; :class:`UnknownProcessError` when there is none the caller may start."""
+    async def _planned(
+        self,
+        name: str,
+        business_key: str,
+        variables: Mapping[str, Any] | None,
+        version: int | None,
+        start_event: str | None,
+    ) -> tuple[Deployment, str | None, ProcessSpec, str, dict[str, Any]]:
+        """What a start of ``name`` for ``business_key`` would be, each refusal before anything is written: the
+        deployment it goes to (``version``, or the one its rollout picks), its rollout variant, its spec, the
+        start event it enters at and its variables."""
+        if not isinstance(business_key, str) or not business_key:
+            raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
+        if variables is not None and not isinstance(variables, Mapping):
+            raise InvalidInputError(f"variables must be a mapping, got {type(variables).__name__}")
+        check_names(variables or {})
         if not await self._callers(name):  # another tenant's process: as if none were deployed
             raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
         variant = None
@@ -347,7 +368,17 @@ class ProcessOrchestrator:
         deployment = await self.deployment(name, version)
         if deployment is None:
             raise UnknownProcessError(f"process {name!r} has no version {version}", name=name, version=version)
-        return deployment, variant
+        spec = await self.spec_of(deployment)
+        entry_id = start_event or (spec.plain_start().id if spec.plain_start() else None)  # type: ignore[union-attr]
+        if entry_id is None or entry_id not in {s.id for s in spec.starts()}:
+            triggers = [f"{s.id} ({s.trigger})" for s in spec.starts()]
+            raise ProcessStateError(
+                f"process {name!r} v{version} has no start event {start_event or '(plain)'}; its starts: {triggers}",
+                allowed=triggers,
+            )
+        if spec.evaluation is not None and (missing := self._designs.instances.evaluation.missing(spec.evaluation)):
+            raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
+        return deployment, variant, spec, entry_id, self._start_variables(spec, variables, business_key)
 
     async def _callers(self, name: str, *, to_deploy: bool = False) -> bool:
         """Whether the caller the server acts for may start (or, ``to_deploy``, deploy a version of) process
@@ -431,24 +462,10 @@ class ProcessOrchestrator:
         ``start_key``: a start with the same key within ``start_key_window`` (seconds or ISO 8601, default
         24 hours) answers the instance that start began. The spec's ``concurrency`` limit is keyed on the
         start variables: above it the instance is ``queued`` or refused (:mod:`graphs.kernel.flow`)."""
-        if not isinstance(business_key, str) or not business_key:
-            raise InvalidInputError("business_key must be a non-empty string", business_key=business_key)
-        if variables is not None and not isinstance(variables, Mapping):
-            raise InvalidInputError(f"variables must be a mapping, got {type(variables).__name__}")
-        check_names(variables or {})
-        deployment, variant = await self._chosen(name, business_key, version)
+        deployment, variant, spec, entry_id, merged = await self._planned(
+            name, business_key, variables, version, start_event
+        )
         version = deployment.version
-        spec = await self.spec_of(deployment)
-        entry_id = start_event or (spec.plain_start().id if spec.plain_start() else None)  # type: ignore[union-attr]
-        if entry_id is None or entry_id not in {s.id for s in spec.starts()}:
-            triggers = [f"{s.id} ({s.trigger})" for s in spec.starts()]
-            raise ProcessStateError(
-                f"process {name!r} v{version} has no start event {start_event or '(plain)'}; its starts: {triggers}",
-                allowed=triggers,
-            )
-        if spec.evaluation is not None and (missing := self._designs.instances.evaluation.missing(spec.evaluation)):
-            raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
-        merged = self._start_variables(spec, variables, business_key)
         controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged, spec.deadline)
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)

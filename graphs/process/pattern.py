@@ -58,6 +58,7 @@ async def _check_start(runtime: JourneyRuntime, data: Mapping[str, Any], _agents
     await runtime.processes.check_start(
         string_input(data, "process"),
         string_input(data, "business_key"),
+        mapping_input(data.get("variables"), "variables"),
         version=version if isinstance(version, int) else None,
     )
 
