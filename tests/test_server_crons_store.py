@@ -264,6 +264,40 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
     assert kept["schedule"] == "0 9 * * *" and kept["next_run_date"] == cron["next_run_date"]
 
 
+async def test_a_crons_end_time_is_the_moment_it_names_and_one_past_the_calendar_is_refused(
+    cron_client: LangGraphClient,
+) -> None:
+    """An end time given with an offset was kept on SQLite as its wall clock, read back as UTC (5 hours late at
+    +05:00); one whose UTC moment is past the calendar (9999-12-31T23:59:59-14:00, 0001-01-01T00:00:00+14:00)
+    was stored, then answered 500, and on PostgreSQL every later read of it (a search's page, its get, its
+    delete) was a 500 too. It is now kept as its UTC moment, and one outside the calendar refused (422)."""
+    http = cron_client.http
+    created = await http.post(
+        "/runs/crons",
+        json={
+            "assistant_id": "structured",
+            "schedule": "0 9 * * *",
+            "input": JOURNEY,
+            "end_time": "2030-01-01T00:00:00+05:00",
+        },
+    )
+    moment = datetime(2029, 12, 31, 19, 0, tzinfo=UTC)
+    assert datetime.fromisoformat(created["end_time"]) == moment
+    [found] = await cron_client.crons.search()
+    assert datetime.fromisoformat(found["end_time"]) == moment
+    for end_time in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
+        with pytest.raises(UnprocessableEntityError, match="outside the years"):
+            await http.post(
+                "/runs/crons",
+                json={"assistant_id": "structured", "schedule": "0 9 * * *", "input": JOURNEY, "end_time": end_time},
+            )
+        with pytest.raises(UnprocessableEntityError, match="outside the years"):
+            await http.patch(f"/runs/crons/{created['cron_id']}", json={"end_time": end_time})
+    [kept] = await cron_client.crons.search(limit=100)
+    assert kept["cron_id"] == created["cron_id"] and datetime.fromisoformat(kept["end_time"]) == moment
+    await cron_client.crons.delete(created["cron_id"])
+
+
 async def test_a_cron_whose_years_end_fires_its_last_tick_and_is_spent(
     cron_client: LangGraphClient, clock: VirtualClock, passes: SchedulerPasses
 ) -> None:

@@ -35,6 +35,11 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        # SQLite's DATETIME keeps the wall clock and drops the offset: a moment given at +05:00 came back
+        # 5 hours late as UTC. Stored as UTC, it comes back the same moment.
+        return value.astimezone(UTC) if value is not None and value.tzinfo is not None else value
+
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from graphs.errors import InvalidInputError, JourneyNotFoundError
 from server.api import errors, one_of_configurable_and_context
@@ -80,6 +80,19 @@ class CronRunOptions(BaseModel):
         description="a cron without a thread: 'delete' (the default, as the Agent Server's) deletes each firing's "
         "new thread when its run ends (its journey stays reachable by its instance id); 'keep' keeps it",
     )
+
+    @field_validator("end_time")
+    @classmethod
+    def _end_time_in_utc(cls, end_time: datetime | None) -> datetime | None:
+        """The end time as the moment in UTC it names, which is how it is stored and answered: one whose UTC
+        moment falls outside the calendar (9999-12-31T23:59-14:00 is in the year 10000) is refused here, as no
+        store can keep or read it back."""
+        if end_time is None:
+            return None
+        try:
+            return end_time.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("end_time falls outside the years 1 to 9999 once in UTC") from None
 
     def refuse_unsupported(self) -> None:
         given = [name for name in UNSUPPORTED if (self.model_extra or {}).get(name) is not None]
