@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, get_type_hints
@@ -418,6 +419,32 @@ async def test_a_search_filter_on_a_field_name_no_store_takes_is_refused_not_a_s
     await sdk_client.store.put_item(["docs"], "a", {"x": 1})
     with pytest.raises(UnprocessableEntityError, match="letters, digits"):
         await sdk_client.store.search_items(["docs"], filter={field: 1})
+
+
+async def test_a_store_value_or_filter_no_store_can_encode_is_refused_not_a_server_error(
+    sdk_client: LangGraphClient,
+) -> None:
+    """The SQLite and PostgreSQL stores encode values and filters with orjson, which takes no integer past 64 bits,
+    and the SQLite store's JSON path of a filter on '.' is no path: each was a 500 (an item put with 10**20, a
+    search for [10**20] or 10**400, on either store). Every store now answers 422 naming where, and serves on.
+    (Sent as JSON text: the SDK's own encoder, orjson too, cannot send such an integer.)"""
+    raw = sdk_client.http.client
+
+    async def sent(method: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await raw.request(method, path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+    big = 10**20
+    refused = await sent("PUT", "/store/items", {"namespace": ["docs"], "key": "a", "value": {"n": big}})
+    assert refused.status_code == 422 and "body.value.n is an integer out of range" in refused.text, refused.text
+    await sdk_client.store.put_item(["docs"], "a", {"n": 1, "nested": {"x": 2}})
+    for condition in ([big], 10**400, {"$gt": big}, {"$eq": [big]}):
+        refused = await sent("POST", "/store/items/search", {"namespace_prefix": ["docs"], "filter": {"n": condition}})
+        assert refused.status_code == 422 and "integer out of range" in refused.text, refused.text
+    for field in (".", "a.", ".a", "a..b"):
+        with pytest.raises(UnprocessableEntityError, match="nested field's path"):
+            await sdk_client.store.search_items(["docs"], filter={field: 1})
+    found = await sdk_client.store.search_items(["docs"], filter={"n": 1})
+    assert [item["key"] for item in found["items"]] == ["a"]
 
 
 async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own(

@@ -21,6 +21,7 @@ from langgraph.store.base import Item, SearchItem
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from checkpoints.owned_store import OwnedStore
+from checkpoints.values import ValueLimits, check_value
 from graphs.errors import InvalidInputError
 from server.api import errors
 from server.auth import Principal, require
@@ -100,8 +101,9 @@ class DeleteItem(BaseModel):
 # The comparison operators LangGraph's stores take in a filter ({"field": {"$gt": 3}}); a plain value is $eq.
 FILTER_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 OPERATORS = sorted(FILTER_OPERATORS)
-# The field names every store takes (the SQLite store refuses others with a ValueError): one rule on every store.
-FILTER_FIELD_PATTERN = r"^[A-Za-z0-9_.-]+$"
+# The field names every store takes (the SQLite store refuses others with a ValueError), a nested field's path
+# joined by '.' with no empty step (the SQLite store's JSON path '$..' failed as a 500): one rule on every store.
+FILTER_FIELD_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 FILTER_FIELD = re.compile(FILTER_FIELD_PATTERN)
 # What the schema states of a filter: a field's condition is a plain value or an object of operators only
 # (validated by _check_filter, which names the operators in its 422; the schema says the same to clients).
@@ -168,8 +170,15 @@ def _namespace(dotted: str) -> tuple[str, ...]:
     return labels
 
 
+def _storable(svc: ServerServices, value: Any, where: str) -> None:
+    """Refuse (422) a value the stores cannot encode: the SQLite and PostgreSQL stores write JSON with orjson,
+    which takes no integer beyond 64 bits (a TypeError, a 500, after the request was taken)."""
+    check_value(value, where, limits=ValueLimits(svc.settings.limits.max_depth), subject="the request body at")
+
+
 @router.put("/items", status_code=204, response_class=Response, summary="Store or update an item")
 async def put_item(body: PutItem, caller: Writer, svc: Services) -> Response:
+    _storable(svc, body.value, "body.value")
     await _owned(svc, caller).put(tuple(body.namespace), body.key, body.value, index=body.index, ttl=body.ttl)
     return Response(status_code=204)
 
@@ -194,12 +203,13 @@ async def delete_item(body: DeleteItem, caller: Writer, svc: Services) -> Respon
     return Response(status_code=204)
 
 
-def _check_filter(filter: dict[str, Any] | None) -> None:
+def _check_filter(svc: ServerServices, filter: dict[str, Any] | None) -> None:
+    _storable(svc, filter, "body.filter")  # compared as the stores encode them
     for field, condition in (filter or {}).items():
         if not FILTER_FIELD.fullmatch(field):
             raise InvalidInputError(
-                f"filter on {field!r}: a field name holds letters, digits, '_', '-' and '.' (a nested field's "
-                "path) only",
+                f"filter on {field!r}: a field name holds letters, digits, '_' and '-', and '.' between the names "
+                "of a nested field's path only",
                 field=field,
             )
         if isinstance(condition, dict) and (unknown := set(condition) - FILTER_OPERATORS):
@@ -212,7 +222,7 @@ def _check_filter(filter: dict[str, Any] | None) -> None:
 
 @router.post("/items/search", response_model=SearchItemsOut, summary="Search items under a namespace prefix")
 async def search_items(body: SearchItems, caller: Reader, svc: Services) -> dict[str, Any]:
-    _check_filter(body.filter)
+    _check_filter(svc, body.filter)
     found = await _owned(svc, caller).search(
         tuple(body.namespace_prefix),
         query=body.query,
