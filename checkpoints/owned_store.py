@@ -20,6 +20,10 @@ from checkpoints.errors import InvalidInputError
 from checkpoints.ownership import Owner, Viewer
 
 Namespace = tuple[str, ...]
+# The most UTF-8 bytes an item's stored namespace (labels joined by '.', the caller's space included) and key may
+# take together: PostgreSQL's store indexes them in a B-tree, whose entries hold at most 2704 bytes, so a longer
+# path (15 labels of 200 random characters, a key of 1000 emoji) failed in its write, a 500 on that backend only.
+MAX_PATH_BYTES = 2000
 Found = TypeVar("Found", Item, SearchItem)
 ROOT = "owned"
 
@@ -75,8 +79,17 @@ class OwnedStore:
                 "TTLs); leave ttl out, or serve a SQLite or PostgreSQL store (sqlite:///… or postgresql://…)",
                 field="ttl",
             )
+        stored = (*self.write_space, *namespace)
+        size = len(".".join(stored).encode("utf-8", "surrogatepass")) + len(key.encode("utf-8", "surrogatepass"))
+        if size > MAX_PATH_BYTES:
+            raise InvalidInputError(
+                f"the item's namespace and key take {size} bytes as stored (in UTF-8, with the caller's own space "
+                f"of {len('.'.join(self.write_space).encode())} bytes); at most {MAX_PATH_BYTES}: use shorter labels "
+                "or key",
+                limit=MAX_PATH_BYTES,
+            )
         try:
-            await self.store.aput((*self.write_space, *namespace), key, value, index=index, ttl=ttl)
+            await self.store.aput(stored, key, value, index=index, ttl=ttl)
         except InvalidNamespaceError as exc:  # LangGraph's rules for a raw namespace (an admin's)
             raise InvalidInputError(str(exc)) from exc
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import random
+import string
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, get_type_hints
@@ -445,6 +447,23 @@ async def test_a_store_value_or_filter_no_store_can_encode_is_refused_not_a_serv
             await sdk_client.store.search_items(["docs"], filter={field: 1})
     found = await sdk_client.store.search_items(["docs"], filter={"n": 1})
     assert [item["key"] for item in found["items"]] == ["a"]
+
+
+async def test_an_item_whose_namespace_and_key_no_store_can_index_is_refused_on_every_store(
+    sdk_client: LangGraphClient,
+) -> None:
+    """PostgreSQL's store indexes an item's namespace and key in a B-tree (entries of at most 2704 bytes): an item
+    under 15 labels of 200 random characters, or with a key of 1000 emoji (4000 bytes), was a 500 there and kept
+    on SQLite and memory. Every store now refuses one past 2000 bytes (422, saying how many it took); one
+    within is kept."""
+    labels = ["".join(random.choices(string.ascii_letters, k=200)) for _ in range(15)]
+    emoji = "".join(chr(random.randrange(0x1F300, 0x1F5FF)) for _ in range(1000))
+    for namespace, key in ((labels, "k"), (["docs"], emoji)):
+        with pytest.raises(UnprocessableEntityError, match="bytes as stored"):
+            await sdk_client.store.put_item(namespace, key, {"a": 1})
+    await sdk_client.store.put_item(labels[:5], emoji[:200], {"a": 1})  # 1005 + 800 bytes
+    found = await sdk_client.store.get_item(labels[:5], emoji[:200])
+    assert found is not None and found["value"] == {"a": 1}
 
 
 async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own(
