@@ -106,6 +106,10 @@ async def test_the_journey_list_filters_by_pattern_status_stage_user_and_time(st
         refused = await served.http.get("/ui/journeys", params={"pattern": "nope"})
         assert refused.status_code == 422 and "pattern must be one of" in refused.text
         assert (await served.http.get("/ui/journeys", params={"since": "yesterday"})).status_code == 422
+        # Past the calendar: the day after 9999-12-31 (until a date includes it) was a 500.
+        for name, value in (("until", "9999-12-31"), ("since", "9999-12-31T23:59:59-14:00")):
+            refused = await served.http.get("/ui/journeys", params={name: value})
+            assert refused.status_code == 422 and "within the years 1 to 9999" in refused.text, refused.text
 
         board = await served.http.get("/ui/lifecycle")
         assert board.status_code == 200

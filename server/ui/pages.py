@@ -137,9 +137,12 @@ def _moment(value: str, name: str, *, end_of_day: bool = False) -> datetime | No
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInputError(f"{name} must be a date or date and time (ISO 8601), not {value[:40]!r}") from None
-    if end_of_day and len(value) == len("2026-01-31"):
-        moment += timedelta(days=1)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        if end_of_day and len(value) == len("2026-01-31"):
+            moment += timedelta(days=1)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # the day after 9999-12-31, or a time whose offset takes it out of the calendar
+        raise InvalidInputError(f"{name} must fall within the years 1 to 9999, not {value[:40]!r}") from None
 
 
 def _choice(value: str | None, allowed: tuple[str, ...], name: str) -> str | None:
