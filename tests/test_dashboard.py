@@ -228,6 +228,33 @@ def test_the_graph_picture_escapes_node_names_and_highlights_the_current_node() 
     assert svg.count('class="edge') == 3 and 'class="edge conditional"' in svg
 
 
+@pytest.mark.slow
+async def test_the_page_of_a_process_as_long_as_a_thousand_tasks_draws_each_in_its_own_row() -> None:
+    """The graph's layers were found by a recursive walk and relaxed edge by edge until nothing changed: the page of
+    an instance of a process of 1,100 tasks in a row was a 500 (RecursionError). Each task now has its own row, in
+    order, and the page is drawn in one pass."""
+    n = 1100  # past Python's 1,000 frames
+    tasks = [{"type": "user_task", "id": f"t{i}", "title": "T", "candidate_groups": ["finance"]} for i in range(n)]
+    chain = {
+        "name": "long_chain",
+        "elements": [{"type": "start", "id": "start"}, *tasks, {"type": "end", "id": "end"}],
+        "flows": ["start -> t0", *(f"t{i} -> t{i + 1}" for i in range(n - 1)), f"t{n - 1} -> end"],
+    }
+    async with serving("memory://") as served:
+        await served.runtime.processes.deploy(chain)
+        started = await served.runtime.processes.start("long_chain", "k-1", {})
+        page = await served.http.get(f"/ui/journeys/{started['instance_id']}")
+        assert page.status_code == 200, page.text[-500:]
+        rows = {
+            node: float(y)
+            for node, y in re.findall(
+                r'<g class="node[^"]*" data-node="([^"]+)"><rect x="[^"]+" y="([^"]+)"', page.text
+            )
+        }
+        ordered = [rows[f"t{i}"] for i in range(n)]
+        assert len(rows) >= n and ordered == sorted(set(ordered)), ordered[:5]
+
+
 async def test_the_journey_page_shows_compensation_and_retry_completes_a_failed_step() -> None:
     async with serving("memory://") as served:
         rt = served.runtime

@@ -39,32 +39,34 @@ def _layers(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
     targets: dict[str, list[str]] = {n: [] for n in nodes}
     for source, target in edges:
         targets[source].append(target)
-    forward: set[tuple[str, str]] = set()
+    # A depth-first walk kept on a stack of its own (a process's chain of a thousand elements overflowed
+    # Python's recursion, a 500 for its page): the edges back to a node on the path close loops and are left
+    # out; the finishing order, reversed, orders the rest so that one pass finds each longest path.
+    forward: dict[str, list[str]] = {n: [] for n in nodes}
     state: dict[str, int] = {}  # 1: on the DFS path, 2: done
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        for target in targets[node]:
-            if state.get(target) == 1:
-                continue  # a loop back: drawn, but not layered
-            forward.add((node, target))
-            if target not in state:
-                visit(target)
-        state[node] = 2
-
+    finished: list[str] = []
     roots = [n for n in nodes if n == "__start__"] + [n for n in nodes if n != "__start__"]
     for root in roots:
-        if root not in state:
-            visit(root)
+        if root in state:
+            continue
+        state[root] = 1
+        path = [(root, iter(targets[root]))]
+        while path:
+            node, pending = path[-1]
+            following = next(pending, None)
+            if following is None:
+                state[node] = 2
+                finished.append(node)
+                path.pop()
+            elif state.get(following) != 1:  # not a loop back: drawn and layered
+                forward[node].append(following)
+                if following not in state:
+                    state[following] = 1
+                    path.append((following, iter(targets[following])))
     layer = dict.fromkeys(nodes, 0)
-    for _ in nodes:  # longest path over a DAG: at most len(nodes) relaxations
-        changed = False
-        for source, target in forward:
-            if layer[target] < layer[source] + 1:
-                layer[target] = layer[source] + 1
-                changed = True
-        if not changed:
-            break
+    for node in reversed(finished):
+        for target in forward[node]:
+            layer[target] = max(layer[target], layer[node] + 1)
     # Nodes a graph reaches only by Command(goto=…) have no drawn edge from __start__: they go below the
     # reachable ones rather than beside __start__, and __end__ stays last.
     reached = {"__start__"} if "__start__" in targets else set()
