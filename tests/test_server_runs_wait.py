@@ -6,6 +6,7 @@ hour, so every read counted is one made after the run's end was heard."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,3 +83,47 @@ async def test_distributed_waiters_get_the_finished_run_from_the_workers_notice(
             assert len(run_reads) == 4  # one each, after its notice
     finally:
         stop_worker(worker)
+
+
+async def test_a_waits_answer_ends_its_body_in_the_message_that_carries_it(store_url: str) -> None:
+    """The answer goes out with the end of the body (one write, one wake-up of the client): no empty last
+    chunk after it. Driven through the whole ASGI app, as uvicorn drives it (ASGI spec 2.3)."""
+    app = create_app(Settings(database_url=store_url, auth=False, poll_interval=HOUR))
+    body = json.dumps({"assistant_id": "structured", "input": {"journey_type": "waited", "spec": SPEC}}).encode()
+    sent: list[dict[str, Any]] = []
+    done = asyncio.Event()
+    requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await done.wait()  # the client stays until the answer is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/runs/wait",
+        "raw_path": b"/runs/wait",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "app": app,
+    }
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+    bodies = [m for m in sent if m["type"] == "http.response.body" and m.get("body") != b"\n"]  # keep-alives aside
+    assert [m["type"] for m in sent][0] == "http.response.start"
+    assert len(bodies) == 1, bodies
+    assert bodies[0]["more_body"] is False
+    assert json.loads(bodies[0]["body"])["status"] == "completed"

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from checkpoints.errors import JourneyError
 from checkpoints.redaction import mark_sensitive_of
@@ -333,7 +334,43 @@ def _waited(
     if cancel_if_gone:
         answer = cancelled_when_gone(svc, run, answer)
     headers = {"Content-Location": join, "Location": f"{join}/join"}
-    return StreamingResponse(answer, media_type="application/json", headers=headers)
+    return AnswerStream(answer, media_type="application/json", headers=headers)
+
+
+class Answer(bytes):
+    """The last chunk of an :class:`AnswerStream`'s body: the answer itself, which ends the body."""
+
+
+class AnswerStream(StreamingResponse):
+    """A waiting request's streamed answer (see :func:`_waited`): newlines while the run goes on, then the
+    answer (an :class:`Answer`), sent with the end of the body in one write where Starlette's StreamingResponse
+    made two (the chunk, then the empty last one) and woke the client for each. The client going away cancels
+    the stream as with Starlette's, watched by a plain task beside it instead of an anyio task group made per
+    request."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.ensure_future(self._stream(send))
+        watching = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((streaming, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, watching):
+                task.cancel()
+            await asyncio.wait((streaming, watching))  # the body's own cleanup (a cancel of its run) ends first
+        if not streaming.cancelled() and (error := streaming.exception()) is not None:
+            raise error
+        if self.background is not None:
+            await self.background()
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        ended = False
+        async for chunk in self.body_iterator:
+            ended = isinstance(chunk, Answer)
+            body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+            await send({"type": "http.response.body", "body": body, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _answer_when(
@@ -352,7 +389,7 @@ async def _answer_when(
                 said = exc if isinstance(exc, JourneyError) else unexpected_error(exc)  # an outage, say
                 error = (said.code, said.message) if said is not None else (INTERNAL_ERROR, INTERNAL_MESSAGE)
                 answer = {"__error__": dict(zip(("error", "message"), error, strict=True))}
-            yield bytes(JourneyValuesResponse(answer).body)
+            yield Answer(JourneyValuesResponse(answer).body)
         finally:
             waiting.cancel()
 
