@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -90,7 +90,7 @@ async def test_a_waits_answer_ends_its_body_in_the_message_that_carries_it(store
     chunk after it. Driven through the whole ASGI app, as uvicorn drives it (ASGI spec 2.3)."""
     app = create_app(Settings(database_url=store_url, auth=False, poll_interval=HOUR))
     body = json.dumps({"assistant_id": "structured", "input": {"journey_type": "waited", "spec": SPEC}}).encode()
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     done = asyncio.Event()
     requests = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -100,7 +100,7 @@ async def test_a_waits_answer_ends_its_body_in_the_message_that_carries_it(store
         await done.wait()  # the client stays until the answer is complete
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()
@@ -123,7 +123,7 @@ async def test_a_waits_answer_ends_its_body_in_the_message_that_carries_it(store
     async with app.router.lifespan_context(app):
         await app(scope, receive, send)
     bodies = [m for m in sent if m["type"] == "http.response.body" and m.get("body") != b"\n"]  # keep-alives aside
-    assert [m["type"] for m in sent][0] == "http.response.start"
+    assert sent[0]["type"] == "http.response.start"
     assert len(bodies) == 1, bodies
     assert bodies[0]["more_body"] is False
     assert json.loads(bodies[0]["body"])["status"] == "completed"
