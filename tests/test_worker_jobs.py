@@ -12,10 +12,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from langgraph_sdk import get_client
+from procrastinate.jobs import Job
+from procrastinate.types import JSONDict
 
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
-from server.queues.procrastinate import RUN_JOBS, RUN_TASK, build_app, enqueuer, ensure_schema
+from server.queues.procrastinate import RUN_JOBS, RUN_TASK, FetchedJob, build_app, enqueuer, ensure_schema
 from server.runs.executor import RunExecutor, Taken
 from server.runs.store import RunStore
 from server.settings import Settings
@@ -129,3 +131,34 @@ async def test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own(postgr
     with psycopg.connect(postgres_url) as conn:
         left = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE id = %s", (created.job_id,)).fetchone()
     assert left == (0,)  # ended with the run
+
+
+def test_a_fetched_jobs_log_context_is_made_once_as_procrastinate_makes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """procrastinate's worker puts a job's log context in each of the job's log lines (three or more a job,
+    logged or not): a job this worker fetched makes it once, the same as procrastinate's, a copy each time."""
+    row = {
+        "id": 7,
+        "status": "doing",
+        "priority": 0,
+        "lock": "thread:t1",
+        "queueing_lock": None,
+        "task_name": RUN_TASK,
+        "args": {"run_id": "r1"},
+        "scheduled_at": None,
+        "queue_name": "journeys",
+        "attempts": 0,
+        "worker_id": 3,
+    }
+    made: list[int | None] = []
+    make = Job.log_context
+
+    def counted(job: Job) -> JSONDict:
+        made.append(job.id)
+        return make(job)
+
+    monkeypatch.setattr(Job, "log_context", counted)
+    fetched = FetchedJob.from_row(row)
+    contexts = [fetched.log_context() for _ in range(3)]
+    assert made == [7]
+    assert all(context == make(Job.from_row(row)) for context in contexts)
+    assert contexts[0] is not contexts[1]  # a caller may add to its own

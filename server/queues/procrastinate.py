@@ -10,6 +10,7 @@ finished journeys' checkpoints are pruned by a periodic ``retention`` job (:mod:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -25,6 +26,7 @@ from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
 from procrastinate.middleware import AsyncCallNext
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from procrastinate.types import JSONDict
 from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
@@ -73,6 +75,19 @@ def _pool(**options: Any) -> AsyncConnectionPool[Any]:
     return OutagePool(**{**options, "check": probe_if_idle, "reset": note_return})
 
 
+class FetchedJob(Job):
+    """A job as this worker fetched it, its log context made once: procrastinate's worker builds it (attrs'
+    ``asdict`` of every field) into the ``extra`` of each of a job's log lines, three or more per job, whether
+    or not the line is logged. A job does not change once fetched (a retry is fetched anew)."""
+
+    @functools.cached_property
+    def _log_context(self) -> JSONDict:
+        return super().log_context()
+
+    def log_context(self) -> JSONDict:
+        return dict(self._log_context)
+
+
 class RunJobs(JobManager):
     """procrastinate's job manager in a worker, with each run's claim and end in procrastinate's statements:
     the fetch of a run's job claims the run (:meth:`~checkpoints.runs.RunStore.take_job`), and the run's
@@ -111,7 +126,7 @@ class RunJobs(JobManager):
             row, claimed = await self._runs.take_job(params)
         if row["id"] is None:
             return None
-        job = Job.from_row(row)
+        job = FetchedJob.from_row(row)
         if job.task_name == RUN_TASK and job.id is not None:
             self._taken[str(job.task_kwargs["run_id"])] = Taken(job.id, claimed, self._ended.add)
         return job
