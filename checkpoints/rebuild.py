@@ -489,7 +489,7 @@ async def _rebuild_journey(backend: Backend, events: EventLog, journey_id: str) 
 
 # --- the user-task inbox ----------------------------------------------------------------------------
 
-_TASK_EVENTS = ["task.created", "task.claimed", "task.released", "task.escalated", "wait.completed"]
+_TASK_EVENTS = ["task.created", "task.claimed", "task.released", "task.escalated", "wait.completed", "process.migrated"]
 # The columns a task is compared on; its moments (created, escalated, completed) are written from the
 # events' times when a row is written, as the index's created_at is.
 _TASK_COMPARED = (
@@ -511,10 +511,14 @@ def inbox_rows(instance_id: str, status: str, events: list[Event]) -> dict[str, 
     """The user tasks of one process instance, by task id, from its task events in order: opened by
     ``task.created``, claimed and released, escalated (a reassignment moves it), closed by its wait's
     ``wait.completed`` (completed when a person or its SLA answered it, cancelled otherwise) or cancelled
-    with the instance."""
+    with the instance; a migration (``process.migrated``) moves its open tasks to their new elements, with the
+    target version's titles and response schemas."""
     tasks: dict[str, dict[str, Any]] = {}
     for event in events:
         data = event.payload
+        if event.type == "process.migrated":
+            _migrated(tasks, data)
+            continue
         if event.type == "task.created" and isinstance(data.get("task"), dict):
             task = data["task"]
             due = task.get("sla_due_at")
@@ -565,6 +569,23 @@ def inbox_rows(instance_id: str, status: str, events: list[Event]) -> dict[str, 
             if row["status"] == "open":
                 row["status"] = "cancelled"
     return tasks
+
+
+def _migrated(tasks: dict[str, dict[str, Any]], data: Mapping[str, Any]) -> None:
+    """The open tasks a logged migration moved, as it moved them (logged before it logged their fields: element
+    only)."""
+    mapping = data.get("mapping") or {}
+    fields = data.get("tasks") or {}
+    for wait_id in data.get("waits") or []:
+        row = tasks.get(str(wait_id))
+        if row is None or row["status"] != "open":
+            continue
+        row["element"] = mapping.get(row["element"], row["element"])
+        if isinstance(moved := fields.get(str(wait_id)), Mapping):
+            row["title"] = moved.get("title", row["title"])
+            if "response_schema" in moved:
+                row["response_schema"] = moved["response_schema"]
+                row["_schema_logged"] = True
 
 
 def _same(live: Mapping[str, Any], derived: dict[str, Any]) -> bool:

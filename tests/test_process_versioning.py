@@ -11,9 +11,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import delete, event
 
+from agents.deterministic import FailingAgent
 from checkpoints.ownership import Owner, acting_as
+from checkpoints.rebuild import rebuild_inbox
+from checkpoints.schema.tables import user_tasks
 from graphs.errors import (
     MigrationRefusedError,
     ProcessNameTakenError,
@@ -25,6 +28,7 @@ from graphs.errors import (
 from graphs.kernel import designs as designs_module
 from graphs.process.context import DeployedVersions
 from graphs.process.versions import choose
+from nodes.errors import ResumeValueError
 from tests.process_support import (
     Calls,
     linear,
@@ -479,3 +483,99 @@ async def test_two_tenants_deploying_one_new_name_at_once_on_two_processes_never
                 view = await one.processes.start(name, "k")
             assert view["version"] == (1 if owner is ana else 2)
             assert [v["version"] for v in await one.processes.versions(name)] == [view["version"]]
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["same-element", "moved-element"])
+async def test_a_migrated_task_takes_its_new_versions_title_and_response_schema(store_url: str, renamed: bool) -> None:
+    """v2 asks more of the task's answer (an amount, which its flows read). Migrated, the task kept v1's title and
+    schema in the inbox and in the instance's view, and an answer without the amount was taken on v2."""
+    strict = {"type": "object", "required": ["amount"], "properties": {"amount": {"type": "number"}}}
+    v2_task = "check_amount" if renamed else "approve"
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(linear("expense", user_task("approve")))
+        view = await rt.processes.start("expense", "exp-1")
+        await rt.processes.deploy(
+            linear("expense", user_task(v2_task, title="Check the amount", response_schema=strict), version=2)
+        )
+        moved = await rt.processes.migrate(
+            view["instance_id"], to_version=2, mapping={"approve": v2_task} if renamed else None
+        )
+        [wait] = moved["waiting"]
+        assert (wait["element"], wait["title"], wait["response_schema"]) == (v2_task, "Check the amount", strict)
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        assert (task["element"], task["title"], task["response_schema"]) == (v2_task, "Check the amount", strict)
+        assert (await rt.processes.status(view["instance_id"]))["waiting"] == [wait]
+
+        with pytest.raises(ResumeValueError, match="amount"):
+            await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        done = await rt.processes.inbox.complete(task["task_id"], user="ana", payload={"amount": 12})
+        assert (done["version"], done["status"], done["variables"]["amount"]) == (2, "completed", 12)
+
+
+async def test_the_inbox_rebuilt_from_the_log_keeps_a_migrated_task_where_the_migration_moved_it(
+    store_url: str,
+) -> None:
+    """The inbox is derived from the log (``journeys rebuild``), which did not read migrations: it 'corrected' a
+    migrated task back to v1's element, where no node of v2 waits, and to v1's schema."""
+    strict = {"type": "object", "required": ["amount"]}
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(linear("expense", user_task("approve")))
+        view = await rt.processes.start("expense", "exp-1")
+        await rt.processes.deploy(linear("expense", user_task("check", response_schema=strict), version=2))
+        await rt.processes.migrate(view["instance_id"], to_version=2, mapping={"approve": "check"})
+        [before] = await rt.processes.inbox.list_tasks(assignee="ana")
+
+        rebuilt = await rebuild_inbox(rt.store.backend, rt.store.events)
+        assert rebuilt.corrected == []
+        await rt.store.backend.write([delete(user_tasks)], {})  # lost: the log has it whole
+        rebuilt = await rebuild_inbox(rt.store.backend, rt.store.events)
+        assert rebuilt.corrected == [before["task_id"]]
+        [after] = await rt.processes.inbox.list_tasks(assignee="ana")
+        assert (after["element"], after["title"], after["response_schema"]) == ("check", "check", strict)
+        done = await rt.processes.inbox.complete(after["task_id"], user="ana", payload={"amount": 1})
+        assert (done["version"], done["status"]) == (2, "completed")
+
+
+async def test_a_failed_sla_migrated_escalates_as_its_new_version_says_once_retried_or_goes_with_its_sla(
+    store_url: str,
+) -> None:
+    """v1's SLA pages a lead whose pager is down: an incident. Migrated to v2 (which pages the CFO), the retry
+    re-armed the failed timer with v1's escalation and paged the broken pager again; migrated to v3 (no SLA), the
+    incident stayed and its retry escalated as v1 said, though the instance no longer had an SLA."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        calls = Calls()
+        calls.register(rt, "page_cfo")
+        rt.agents.register("page_lead", FailingAgent("page_lead", permanent=True))
+
+        def version(number: int, notify: str | None) -> dict[str, Any]:
+            if notify is None:
+                return linear("expense", user_task("approve"), version=number)
+            escalate = {"action": "notify", "notify": notify}
+            return linear("expense", user_task("approve", sla="PT2H", on_timeout=escalate), version=number)
+
+        await rt.processes.deploy(version(1, "page_lead"))
+        first = await rt.processes.start("expense", "exp-1")
+        second = await rt.processes.start("expense", "exp-2")
+        clock.advance(timedelta(hours=2))
+        await rt.processes.scheduler.run_due()
+        for view in (first, second):
+            [incident] = (await rt.processes.status(view["instance_id"]))["incidents"]
+            assert (incident["purpose"], incident["intent"]) == ("sla", "page_lead")
+
+        await rt.processes.deploy(version(2, "page_cfo"))
+        await rt.processes.deploy(version(3, None))
+        moved = await rt.processes.migrate(first["instance_id"], to_version=2)
+        [incident] = moved["incidents"]  # still an incident: it failed, and nothing retried it yet
+        await rt.processes.retry(first["instance_id"])
+        await rt.processes.scheduler.run_due()
+        assert calls.intents() == ["page_cfo"]
+        assert "incidents" not in await rt.processes.status(first["instance_id"])
+
+        without_sla = await rt.processes.migrate(second["instance_id"], to_version=3)
+        assert "incidents" not in without_sla
+        with pytest.raises(ProcessStateError, match="no failed node nor failed timer"):
+            await rt.processes.retry(second["instance_id"])
+        assert calls.intents() == ["page_cfo"]
+        [task] = await rt.processes.inbox.list_tasks(instance_id=second["instance_id"])
+        assert task["status"] == "open"

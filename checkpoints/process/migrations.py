@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
 from checkpoints.clock import Clock
 from checkpoints.events import DESIGN_KEY, EventLog, NewEvent, claimed_with_event, stamped
+from checkpoints.process.timers import FAILED, RETRY_KEYS, TICK_OF
 from checkpoints.schema.tables import (
     journey_instances,
     process_subscriptions,
@@ -24,6 +25,8 @@ from checkpoints.schema.tables import (
     process_waits,
     user_tasks,
 )
+
+SCHEDULED = "scheduled"  # a timer waiting for its due time
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,9 @@ class RowMove:
     (the wait's other boundary and reminder timers are cancelled); None for any other move.
     ``keeps_sla``: whether the target task has an SLA timer (if not, the wait's SLA timer is cancelled).
     ``timer_data``: (element, data) of the target task's timers: a kept timer fires as the target says (its
-    escalation, whom it notifies), not as the source did.
+    escalation, whom it notifies), not as the source did; a failed one (an incident) too, once retried.
+    ``task``: the target task's title and response schema, which its inbox row takes (its answer is checked
+    against the target's schema: the target's flows read it); who it is assigned to and who claimed it stay.
     """
 
     wait_id: str
@@ -43,6 +48,18 @@ class RowMove:
     boundaries: tuple[str, ...] | None = None
     keeps_sla: bool = True
     timer_data: tuple[tuple[str, dict[str, Any]], ...] = ()
+    task: TaskFields | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFields:
+    """What a migrated user task takes from the target version's task."""
+
+    title: str
+    response_schema: dict[str, Any] | None
+
+    def as_row(self) -> dict[str, Any]:
+        return {"title": self.title, "response_schema": self.response_schema}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +105,38 @@ class MigrationRows:
             for wait_id in step.unanswered
         ]
         statements = [statement for move in step.moves for statement in _move_statements(move)]
+        statements += await self._failed_timers_statements(step.moves)
         return await claimed_with_event(
             self._engine, self._events, [claim, *unanswered], statements, instance_id, event
         )
+
+    async def _failed_timers_statements(self, moves: Sequence[RowMove]) -> list[Executable]:
+        """The target's data for the failed timers (incidents) of the moved tasks that the target keeps: their
+        retry fires them as the target says. Their data is kept whole but for it (what failed, a repeating
+        timer's tick), so it is read first; the instance's lock, which a migration holds, keeps them as read
+        (a retry, which re-arms them, takes it too). Run after :func:`_move_statements`, which cancels those the
+        target lacks."""
+        by_wait = {move.wait_id: move for move in moves if move.timer_data}
+        if not by_wait:
+            return []
+        t = process_timers.c
+        query = select(t.timer_id, t.wait_id, t.element, t.data).where(t.wait_id.in_(list(by_wait)), t.status == FAILED)
+        async with self._engine.connect() as conn:
+            failed = (await conn.execute(query)).all()
+        statements: list[Executable] = []
+        for timer in failed:
+            move = by_wait[timer.wait_id]
+            element = move.to if timer.element == move.element else timer.element
+            target = dict(move.timer_data).get(element)
+            if target is None:
+                continue  # the target has no such timer: cancelled by the move's statements
+            kept = {k: v for k, v in (timer.data or {}).items() if k in ("incident", TICK_OF, *RETRY_KEYS)}
+            statements.append(
+                update(process_timers)
+                .where(t.timer_id == timer.timer_id, t.status == FAILED)
+                .values(data={**target, **kept})
+            )
+        return statements
 
 
 def _move_statements(move: RowMove) -> list[Executable]:
@@ -106,26 +152,30 @@ def _move_statements(move: RowMove) -> list[Executable]:
             .values(element=to),
             update(process_timers).where(timers.wait_id == wait_id, timers.element == element).values(element=to),
         ]
+    if move.task is not None:
+        statements.append(update(user_tasks).where(user_tasks.c.task_id == wait_id).values(**move.task.as_row()))
     if move.boundaries is not None:
+        # Failed ones too: an incident of a timer the target lacks is nothing to retry.
+        dropped = (SCHEDULED, FAILED)
         statements.append(
             update(process_timers)
             .where(
                 timers.wait_id == wait_id,
                 timers.purpose.in_(("boundary", "reminder")),
                 timers.element.not_in(list(move.boundaries)),
-                timers.status == "scheduled",
+                timers.status.in_(dropped),
             )
             .values(status="cancelled")
         )
         if not move.keeps_sla:
             statements.append(
                 update(process_timers)
-                .where(timers.wait_id == wait_id, timers.purpose == "sla", timers.status == "scheduled")
+                .where(timers.wait_id == wait_id, timers.purpose == "sla", timers.status.in_(dropped))
                 .values(status="cancelled")
             )
     statements += [
         update(process_timers)
-        .where(timers.wait_id == wait_id, timers.element == element_of_timer, timers.status == "scheduled")
+        .where(timers.wait_id == wait_id, timers.element == element_of_timer, timers.status == SCHEDULED)
         .values(data=data)
         for element_of_timer, data in move.timer_data
     ]

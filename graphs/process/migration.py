@@ -42,7 +42,7 @@ from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.deployments import Deployment
-from checkpoints.process.migrations import MigrationRows, MigrationStep, RowMove
+from checkpoints.process.migrations import MigrationRows, MigrationStep, RowMove, TaskFields
 from graphs.errors import (
     MigrationInProgressError,
     MigrationRefusedError,
@@ -396,7 +396,9 @@ async def _finish(
     False, with nothing changed, when one of the waits was answered after step 1: the migration must then
     be rolled back (:func:`settle_locked` does). Raises when someone else settled it meanwhile."""
     moves = [_row_move(source, target, wait) for wait in plan.waits]
-    done = NewEvent(DONE, plan.record(), None, f"{plan.migration_id}:migrated")
+    # The tasks' new fields are logged with the move, so the inbox rebuilt from the log has them too.
+    tasks = {move.wait_id: move.task.as_row() for move in moves if move.task is not None}
+    done = NewEvent(DONE, {**plan.record(), "tasks": tasks}, None, f"{plan.migration_id}:migrated")
     step = MigrationStep(
         expect=MIGRATING, status="in_progress", to_design=plan.to_design, moves=moves, unanswered=plan.wait_ids
     )
@@ -428,5 +430,6 @@ def _row_move(source: ProcessSpec, target: ProcessSpec, wait: MovedWait) -> RowM
             boundaries=boundaries,
             keeps_sla=after.sla_timer is not None,
             timer_data=timer_data,
+            task=TaskFields(after.label, after.response_schema),
         )
     return RowMove(wait.wait_id, wait.element, wait.to)

@@ -1389,13 +1389,20 @@ class ProcessOrchestrator:
         return {"element": element, "error": payload.get("error"), "error_type": payload.get("error_type")}
 
     async def _as_assigned(self, instance_id: str, waiting: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``waiting`` with each open user task's assignee and candidate groups as its inbox row has them: the wait
-        describes them as the spec gave them, and an SLA's reassign changes them afterwards."""
+        """``waiting`` with each open user task's assignee, candidate groups, title and response schema as its inbox
+        row has them: the wait describes them as the spec gave them when it was armed, and an SLA's reassign (the
+        assignment) or a migration (the title and schema: the target version's) changes them afterwards."""
         if not any(w.get("kind") == "user_task" for w in waiting):
             return waiting  # no read for an instance that waits at no task
         rows = {row.task_id: row for row in await self.services.inbox.find(instance_id=instance_id)}
         return [
-            {**w, "assignee": row.assignee, "candidate_groups": list(row.candidate_groups)}
+            {
+                **w,
+                "assignee": row.assignee,
+                "candidate_groups": list(row.candidate_groups),
+                "title": row.title,
+                "response_schema": row.response_schema,
+            }
             if (row := rows.get(str(w.get("wait_id")))) is not None
             else w
             for w in waiting
