@@ -181,12 +181,20 @@ SPEC_OPERATIONS = {
     "POST /journeys/sessions",
     "POST /processes",
 }
+# The operations that take a plan against what is deployed, and the error of its rules no JSON Schema can state:
+# a rollout's weights sum to 100 over deployed versions; a migration maps the elements an instance waits at.
+PLAN_OPERATIONS = {
+    "PUT /processes/{name}/rollout": "RolloutError",
+    "POST /processes/instances/{instance_id}/migrate": "MigrationRefusedError",
+}
 
 
 def refusal_beyond_the_schema(operation: str, problem: dict[str, Any]) -> bool:
-    """A 422 for a rule of a spec the schema cannot state: a design rule, or a validator's cross-field rule
-    (pydantic reports those as "Value error, ..."). Any other 422 means the schema allowed what the server
-    refuses."""
+    """A 422 for a rule of a spec or a plan the schema cannot state: a design rule, a plan's rule, or a
+    validator's cross-field rule (pydantic reports those as "Value error, ..."). Any other 422 means the schema
+    allowed what the server refuses."""
+    if operation in PLAN_OPERATIONS:
+        return problem.get("code") == PLAN_OPERATIONS[operation]
     if operation not in SPEC_OPERATIONS:
         return False
     if problem.get("code") == "SpecError":

@@ -44,10 +44,21 @@ SPIED = {
         "update_pillar_progress",
         "get_recommended_next_pillar",
         "check_mvp_completion",
+        "get_mvp_progress",
     ),
     "mvp.sessions": ("get_session_progress",),
     "lifecycle": ("start_journey", "transition", "record_metrics", "get_journey_state"),
-    "processes": ("deploy", "start", "status", "send_message"),
+    "processes": (
+        "deploy",
+        "start",
+        "status",
+        "send_message",
+        "versions",
+        "rollout",
+        "set_rollout",
+        "ab_test",
+        "migrate",
+    ),
     "processes.inbox": ("list_tasks", "get_task", "claim", "complete"),
 }
 
@@ -212,6 +223,7 @@ async def test_session_and_mvp_answers_are_their_orchestrators_views(served: Ser
         "recommended_pillar"
     ] == "insights"
     await s.same("GET", f"{path}/completion", "mvp.check_mvp_completion")
+    assert (await s.same("GET", path, "mvp.get_mvp_progress"))["current_area"] == "insights"
     await s.status(mvp["session"]["session_id"], "mvp.sessions.get_session_progress")
     for pillar in mvp["pillars"]:
         updates = {c.split(" ")[0]: True for c in pillar["completion"]}
@@ -351,6 +363,21 @@ async def test_process_task_and_message_answers_are_the_orchestrators_views(serv
         "approved": True
     }
     await s.status(expense["instance_id"], "processes.status")
+
+    # Versions: a second one at a quarter of new instances, a rollout, an A/B test, a migration.
+    waiting = await s.same("POST", "/processes/expense/instances", "processes.start", {"business_key": "e-v"})
+    await s.http.post("/processes", json={**EXPENSE, "version": 2, "description": "v2"}, params={"weight": 25})
+    await s.same("GET", "/processes/expense/versions", "processes.versions")
+    await s.same("GET", "/processes/expense/rollout", "processes.rollout")
+    half = [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]
+    await s.same("PUT", "/processes/expense/rollout", "processes.set_rollout", {"entries": half})
+    ab = [{**share, "variant": name} for share, name in zip(half, "AB", strict=True)]
+    await s.same("PUT", "/processes/expense/rollout", "processes.ab_test", {"entries": ab})
+    moved = await s.same(
+        "POST", f"/processes/instances/{waiting['instance_id']}/migrate", "processes.migrate", {"to_version": 2}
+    )
+    assert moved["version"] == 2
+    await rt.processes.cancel(waiting["instance_id"])
 
     await s.same("POST", "/processes", "processes.deploy", RACE)
     race = await s.same("POST", "/processes/race/instances", "processes.start", {"business_key": "deal-1"})

@@ -297,25 +297,36 @@ class ProcessOrchestrator:
 
     async def set_rollout(self, name: str, weights: Mapping[int, float]) -> list[dict[str, Any]]:
         """Route new instances of ``name`` by percentage per version, e.g. ``{2: 50, 1: 50}``."""
-        deployed = [d.version for d in await self._deployed(name)]
+        deployed = [d.version for d in await self._visible(name, to_change=True)]
         entries = weights_rollout(weights, deployed)
         await self.deployments.set_rollout(name, entries)
         return describe(entries)
 
     async def ab_test(self, name: str, variants: Mapping[str, tuple[int, float]]) -> list[dict[str, Any]]:
         """A/B variants: ``{"A": (1, 50), "B": (2, 50)}``; each instance records the variant it got."""
-        deployed = [d.version for d in await self._deployed(name)]
+        deployed = [d.version for d in await self._visible(name, to_change=True)]
         entries = variants_rollout(variants, deployed)
         await self.deployments.set_rollout(name, entries)
         return describe(entries)
 
     async def rollout(self, name: str) -> list[dict[str, Any]]:
-        await self._deployed(name)
+        await self._visible(name)
         return describe(await self.deployments.rollout(name))
 
     async def versions(self, name: str) -> list[dict[str, Any]]:
+        deployed = await self._visible(name)
         rollout = await self.deployments.rollout(name)
-        return [self._deployment_view(d, rollout) for d in await self._deployed(name)]
+        return [self._deployment_view(d, rollout) for d in deployed]
+
+    async def _visible(self, name: str, *, to_change: bool = False) -> list[Deployment]:
+        """The deployed versions of ``name``, for a caller that may start it (another tenant's process is
+        :class:`UnknownProcessError`, as if none were deployed) and, ``to_change`` its rollout, deploy it
+        (:class:`ProcessNameTakenError` otherwise: a shared process's rollout is the default tenant's)."""
+        if not await self._callers(name):
+            raise UnknownProcessError(f"no process named {name!r} is deployed", name=name)
+        if to_change and not await self._callers(name, to_deploy=True):
+            raise self._name_taken(name)
+        return await self._deployed(name)
 
     async def route(self, name: str, business_key: str) -> dict[str, Any]:
         """The rollout entry a new instance with ``business_key`` would get (sticky by key)."""

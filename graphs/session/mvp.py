@@ -118,6 +118,11 @@ class MVPOrchestrator:
     ) -> dict[str, Any]:
         return await self.sessions.update_area_state(session_id, pillar_id, progress_updates)
 
+    async def get_mvp_progress(self, session_id: str) -> dict[str, Any]:
+        """The MVP session's progress, as a session's (``get_session_progress``): its status, current pillar,
+        ``completion_percent``, ``completed_areas``, ``visited_areas`` and each pillar's detail."""
+        return await self.sessions.get_session_progress(session_id)
+
     async def get_recommended_next_pillar(self, session_id: str) -> dict[str, Any]:
         """The first incomplete pillar in the recommended flow (None when all are complete)."""
         progress = await self.sessions.get_session_progress(session_id)

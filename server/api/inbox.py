@@ -9,15 +9,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from checkpoints.schema import widths
+from graphs.errors import RolloutError
 from graphs.kernel.identifiers import BUSINESS_KEY, MAX_REASON
-from graphs.process.spec import ProcessSpec
+from graphs.process.spec import ELEMENT_ID, ProcessSpec
 from nodes.variables import BUSINESS_KEY as BUSINESS_KEY_VARIABLE
 from nodes.variables import MAX_NAME
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
 from server.models import MAX_INT, StartKeyFields
 from server.services import ServerServices, services
-from server.views.processes import DeploymentOut, MessageSentOut, ProcessInstanceView, TaskOut
+from server.views.processes import DeploymentOut, MessageSentOut, ProcessInstanceView, RolloutEntryOut, TaskOut
 
 router = APIRouter(tags=["inbox"], responses=errors(), route_class=ViewRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
@@ -142,9 +144,105 @@ class ProcessStartIn(StartKeyFields):
 
 
 @router.post("/processes", response_model=DeploymentOut, summary="Deploy a process (a new version of its name)")
-async def deploy_process(body: ProcessSpec, caller: Deployer, svc: Services) -> dict[str, Any]:
+async def deploy_process(
+    body: ProcessSpec,
+    caller: Deployer,
+    svc: Services,
+    weight: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=100,
+            description="the percentage of new instances the new version takes at once, the previous default "
+            "keeping the rest (a gradual rollout; `PUT /processes/{name}/rollout` moves it on); without it, all",
+        ),
+    ] = None,
+) -> dict[str, Any]:
     with svc.acting(caller):  # the name is the caller's tenant's from its first deployment on
-        return await svc.runtime.processes.deploy(body, agents=svc.settings.holds_agents)
+        return await svc.runtime.processes.deploy(body, weight=weight, agents=svc.settings.holds_agents)
+
+
+@router.get(
+    "/processes/{name}/versions",
+    response_model=list[DeploymentOut],
+    summary="A process's deployed versions, each with its share of new instances",
+)
+async def process_versions(name: str, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    """Oldest first. Another tenant's process is 404, as if none were deployed."""
+    with svc.acting(caller):
+        return await svc.runtime.processes.versions(name)
+
+
+@router.get(
+    "/processes/{name}/rollout", response_model=list[RolloutEntryOut], summary="Which versions new instances start on"
+)
+async def process_rollout(name: str, caller: Reader, svc: Services) -> list[dict[str, Any]]:
+    with svc.acting(caller):
+        return await svc.runtime.processes.rollout(name)
+
+
+class RolloutShareIn(BaseModel):
+    """One share of a rollout: a deployed version, the percentage of new instances it takes, and for an A/B test
+    the variant's name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=MAX_INT)
+    weight: float = Field(ge=0, le=100, description="percent; the shares' weights sum to 100")
+    variant: str | None = Field(
+        default=None, min_length=1, max_length=100, description="an A/B variant's name: give one to every share or none"
+    )
+
+
+class RolloutIn(BaseModel):
+    """A process's new rollout: gradual (``[{version: 2, weight: 10}, {version: 1, weight: 90}]``) or an A/B test
+    (each share names its ``variant``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entries: list[RolloutShareIn] = Field(min_length=1, max_length=100)
+
+
+def _weights_and_variants(
+    entries: list[RolloutShareIn],
+) -> tuple[dict[int, float], None] | tuple[None, dict[str, tuple[int, float]]]:
+    """The rollout as ``set_rollout`` (weights by version) or ``ab_test`` (version and weight by variant) take it;
+    :class:`RolloutError` for shares a mapping would silently merge (a version or a variant twice) or mix."""
+    named = [e.variant for e in entries if e.variant is not None]
+    if named and len(named) != len(entries):
+        raise RolloutError(
+            "invalid rollout: name a variant for every share (an A/B test) or for none (a gradual rollout)",
+            problems=["some shares name a variant and some do not"],
+        )
+    keys: list[str | int] = list(named) if named else [e.version for e in entries]
+    twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if twice:
+        what = "variant" if named else "version"
+        problem = f"{what} {', '.join(twice)} is given more than once; give each {what} one share"
+        raise RolloutError(f"invalid rollout: {problem}", problems=[problem])
+    if named:
+        return None, {str(e.variant): (e.version, e.weight) for e in entries}
+    return {e.version: e.weight for e in entries}, None
+
+
+@router.put(
+    "/processes/{name}/rollout",
+    response_model=list[RolloutEntryOut],
+    summary="Set which versions new instances start on (a gradual rollout or an A/B test)",
+    description="New instances are routed by business key to the shares' versions, sticky: raising the newest "
+    "version's weight 10 → 50 → 100 only moves keys onto it. Instances already started stay on their version "
+    "(migrate them with `POST /processes/instances/{id}/migrate`). Weights that do not sum to 100, a version not "
+    "deployed, or a version or variant given twice are 422 and change nothing. Only the tenant whose process it is "
+    "(the default tenant for a shared one) changes it: 409 `ProcessNameTakenError` for another that may start it, "
+    "404 for one that may not.",
+)
+async def set_process_rollout(name: str, body: RolloutIn, caller: Deployer, svc: Services) -> list[dict[str, Any]]:
+    weights, variants = _weights_and_variants(body.entries)
+    with svc.acting(caller):
+        if variants is not None:
+            return await svc.runtime.processes.ab_test(name, variants)
+        assert weights is not None
+        return await svc.runtime.processes.set_rollout(name, weights)
 
 
 @router.post("/processes/{name}/instances", response_model=ProcessInstanceView, summary="Start a process instance")
@@ -213,6 +311,41 @@ async def retry_process(
     await svc.instance(caller, instance_id, to_act=True)  # someone else's is not found
     with svc.acting(caller):
         return await svc.runtime.processes.retry(instance_id, body.variables if body else None, by=caller.name)
+
+
+ElementId = Annotated[str, Field(min_length=1, max_length=widths.ELEMENT_ID, pattern=ELEMENT_ID.pattern)]
+
+
+class MigrateIn(BaseModel):
+    """A migration plan: the version to move to, and where each element the instance waits at goes in it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_version: int = Field(ge=1, le=MAX_INT, description="a deployed version of the instance's process")
+    mapping: dict[ElementId, ElementId] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="element the instance waits at → element of the target version (an element the target has "
+        "under the same id maps to itself unless given)",
+    )
+
+
+@router.post(
+    "/processes/instances/{instance_id}/migrate",
+    response_model=ProcessInstanceView,
+    summary="Move a waiting process instance to another version of its process",
+    description="Camunda's process instance migration: the instance keeps what it waits on (the same user task, "
+    "claimed or not, timers with their due times, message subscriptions), now at the mapped elements of "
+    "`to_version`, whose definition it follows from then on (a task's title and response schema, its SLA's "
+    "escalation, its reminders). The plan is checked whole first: a waiting element with no mapping, one mapped "
+    "to an element of another kind or inside a parallel branch is 422 `MigrationRefusedError` listing every "
+    "problem, nothing changed. An instance that is not waiting (finished, failed, inside parallel branches) or "
+    "whose wait was answered meanwhile is 409; an unknown version 404; someone else's instance 404.",
+)
+async def migrate_process(instance_id: str, body: MigrateIn, caller: Deployer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, instance_id, to_act=True)  # someone else's is not found
+    with svc.acting(caller):
+        return await svc.runtime.processes.migrate(instance_id, to_version=body.to_version, mapping=body.mapping)
 
 
 class ProcessCancelIn(BaseModel):

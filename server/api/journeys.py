@@ -394,6 +394,13 @@ async def pillar_progress(session_id: str, body: AreaUpdateIn, caller: Writer, s
         return await svc.runtime.mvp.update_pillar_progress(session_id, body.area_id, body.updates)
 
 
+@router.get("/mvp/{session_id}", response_model=SessionProgressOut, summary="An MVP journey's progress")
+async def mvp_progress(session_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
+    """As ``GET /journeys/sessions/{id}`` for a session, which refuses an MVP journey (another pattern)."""
+    await svc.instance(caller, session_id)
+    return await svc.runtime.mvp.get_mvp_progress(session_id)
+
+
 @router.get("/mvp/{session_id}/recommendation", response_model=RecommendationOut, summary="The recommended next pillar")
 async def recommendation(session_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, session_id)

@@ -36,6 +36,14 @@ class DeploymentOut(BaseModel):
     weight: float = Field(description="the percentage of new instances this version takes")
 
 
+class RolloutEntryOut(BaseModel):
+    """One share of a process's rollout: the version new instances it takes start on, and its A/B variant."""
+
+    version: int
+    weight: float = Field(description="the percentage of new instances it takes (sticky by business key)")
+    variant: str | None = Field(description="the A/B variant's name (recorded on each instance), if an A/B test")
+
+
 class WaitFields(BaseModel):
     """Where a process instance waits."""
 
