@@ -579,3 +579,31 @@ async def test_a_failed_sla_migrated_escalates_as_its_new_version_says_once_retr
         assert calls.intents() == ["page_cfo"]
         [task] = await rt.processes.inbox.list_tasks(instance_id=second["instance_id"])
         assert task["status"] == "open"
+
+
+async def test_an_answer_read_before_a_migration_renamed_its_task_is_taken_by_the_renamed_task(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task was completed as the instance migrated: the completion read the task at v1's ``review``, the
+    migration (its wait still unanswered) moved it to v2's ``check``, then the answer resolved the wait. Its
+    option still named ``review``, which v2's ``check`` took for a boundary timer's way on and looked up in v2:
+    the instance failed with IndexError (seen with two servers on PostgreSQL: 1 instance in 80)."""
+    async with runtime(store_url) as rt:
+        await rt.processes.deploy(linear("expense", user_task("review")))
+        view = await rt.processes.start("expense", "exp-1")
+        await rt.processes.deploy(linear("expense", user_task("check"), version=2))
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        inbox = rt.processes.inbox
+        checked = inbox._check_assignments
+
+        async def migrated_meanwhile(row: Any, result: Any) -> None:
+            await checked(row, result)
+            await rt.processes.migrate(view["instance_id"], to_version=2, mapping={"review": "check"})
+
+        monkeypatch.setattr(inbox, "_check_assignments", migrated_meanwhile)
+        done = await inbox.complete(task["task_id"], user="ana", payload={})
+        assert (done["version"], done["status"], done["failure"]) == (2, "completed", None)
+        assert [e.type for e in await rt.processes.history(view["instance_id"])][-2:] == [
+            "wait.completed",
+            "process.completed",
+        ]

@@ -219,8 +219,8 @@ class _Builder:
             plan = self.wait_plan(element)
             builder.add_node(arm_node(element_id), cast(Any, make_arm_node(plan, self.services)))
 
-            def route(_state: Mapping[str, Any], resolution: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-                return self.route_wait(element, level, resolution)
+            def route(state: Mapping[str, Any], resolution: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+                return self.route_wait(element, level, resolution, state.get("waits") or {})
 
             # Only a top-level wait is delivered by its interrupt id alone. In a fork's branch, a sibling
             # branch's failure can share the checkpoint the wait parked at, a crash can keep that failure
@@ -268,8 +268,16 @@ class _Builder:
     def describe(self, element: Any) -> dict[str, Any]:
         return describe_wait(self.spec, element)
 
-    def route_wait(self, element: Any, level: Level, resolution: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    def route_wait(
+        self, element: Any, level: Level, resolution: Mapping[str, Any], waits: Mapping[str, str]
+    ) -> tuple[str, dict[str, Any]]:
+        """Where an answer to the wait at ``element`` leads, and the variables it assigns. ``waits``: the state's
+        element → wait id."""
         option = str(resolution.get("option") or element.id)
+        if option != element.id and option in waits and waits[option] == waits.get(element.id):
+            # The wait's name before a migration renamed it (the state keeps both): an answer read before the
+            # move (a task completed, a message or a timer taken as it migrated) is the element's own.
+            option = element.id
         payload = resolution.get("payload") or {}
         if isinstance(element, EventGateway):
             chosen = self.spec.element(option)
