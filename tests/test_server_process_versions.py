@@ -7,6 +7,7 @@ Python against the runtime."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,3 +189,17 @@ async def test_the_version_routes_are_in_the_openapi_document(base: str) -> None
     assert {"get", "put"} <= set(paths["/processes/{name}/rollout"])
     assert {"post"} <= set(paths["/processes/instances/{instance_id}/migrate"])
     assert "weight" in {p["name"] for p in paths["/processes"]["post"]["parameters"]}
+
+
+async def test_a_user_task_sla_beyond_a_century_is_refused_not_a_server_error(base: str) -> None:
+    """``sla_hours`` was bounded below only: 1e307 hours overflowed to infinity seconds, and the deploy answered
+    500 (found by the schema fuzz). It is at most a century, as every duration, and the document says so."""
+    async with client(base, "key-ana") as ana:
+        for hours, status in ((9.58e307, 422), (876_601, 422), (876_600, 200)):
+            task = {"type": "user_task", "id": "review", "candidate_groups": ["finance"], "sla_hours": hours}
+            spec = {**expense(1), "name": f"sla-{status}-{int(min(hours, 1e9))}"}
+            spec["elements"] = [spec["elements"][0], task, spec["elements"][2]]
+            answer = await ana.post("/processes", json=spec)
+            assert answer.status_code == status, answer.text
+        schema = ok(await ana.get("/openapi.json"))["components"]["schemas"]
+        assert "876600" in json.dumps(schema)

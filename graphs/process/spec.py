@@ -49,9 +49,10 @@ from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
-from nodes.timer import TimerDefinition
+from nodes.timer import LONGEST, TimerDefinition
 
 ELEMENT_ID = SNAKE_ID
+LONGEST_HOURS = LONGEST.total_seconds() / 3600
 # Names a definition gives that its tables keep, as long as their columns (PostgreSQL refused longer ones
 # when an instance reached the element, failing it; SQLite kept them).
 Group = Annotated[str, Field(max_length=widths.GROUP)]
@@ -243,7 +244,10 @@ class UserTask(_Element):
     response_schema: dict[str, Any] | None = None
     outputs: VariableMap | None = Field(default=None, description="variable → response field; None: every field")
     sla: str | None = Field(default=None, description="ISO 8601 duration, e.g. PT4H")
-    sla_hours: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="the seed's spelling of sla")
+    # At most a century, as any duration (nodes.timer.LONGEST): a larger one overflowed to infinity in seconds (500).
+    sla_hours: float | None = Field(
+        default=None, gt=0, le=LONGEST_HOURS, allow_inf_nan=False, description="the seed's spelling of sla"
+    )
     on_timeout: Escalation | None = None
 
     @field_validator("outputs", mode="before")
