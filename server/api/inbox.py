@@ -314,6 +314,9 @@ async def retry_process(
 
 
 ElementId = Annotated[str, Field(min_length=1, max_length=widths.ELEMENT_ID, pattern=ELEMENT_ID.pattern)]
+# A mapping's keys are stated without the pattern (pydantic writes a keyed pattern as patternProperties, beside
+# which the document's objects allow any other key): a key that names no element is the plan's problem (422).
+ElementKey = Annotated[str, Field(min_length=1, max_length=widths.ELEMENT_ID)]
 
 
 class MigrateIn(BaseModel):
@@ -322,7 +325,7 @@ class MigrateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to_version: int = Field(ge=1, le=MAX_INT, description="a deployed version of the instance's process")
-    mapping: dict[ElementId, ElementId] = Field(
+    mapping: dict[ElementKey, ElementId] = Field(
         default_factory=dict,
         max_length=1000,
         description="element the instance waits at → element of the target version (an element the target has "
