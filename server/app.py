@@ -29,6 +29,7 @@ from server.info import ServerInfo, server_info
 from server.openapi import install_openapi
 from server.problems import RedactedJSONResponse, install_problem_handlers
 from server.queues import open_queue
+from server.routing import JourneysApp
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow, RunStore
 from server.runs.watch import RunWatch
@@ -76,7 +77,7 @@ def create_app(
             serving.set()
             yield
 
-    app = FastAPI(
+    app = JourneysApp(
         title="journeys",
         version="0.1.0",
         description="Durable journey orchestration on LangGraph: the Agent Server API subset langgraph-sdk uses, "
@@ -91,6 +92,7 @@ def create_app(
     install_problem_handlers(app)
     # A request is matched against the routes in this order (FastAPI tries each in turn, twice per request):
     # the runs come first, as the path every journey takes; no route of the others matches a path of theirs.
+    # Served as built at import (server/routing.py): include_router would build each again on the first request.
     for router in (
         runs.router,
         assistants.router,
@@ -101,7 +103,7 @@ def create_app(
         store_api.router,
         crons_api.router,
     ):
-        app.include_router(router)
+        app.serve_routes(router)
     install_openapi(app)  # the document states the input guard's rules too
     if settings.cors_origins:  # off by default: only the listed origins' pages may read answers
         app.add_middleware(

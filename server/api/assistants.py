@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import Depends, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
@@ -27,9 +27,10 @@ from server.models import (
     kept,
     sorted_page,
 )
+from server.routing import api_router
 from server.services import ResolvedAssistant, ServerServices, services, system_metadata
 
-router = APIRouter(prefix="/assistants", tags=["assistants"], responses=errors(), route_class=GuardedRoute)
+router = api_router(prefix="/assistants", tags=["assistants"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import Depends, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -29,9 +29,10 @@ from server.auth import Principal, require
 from server.crons import RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
 from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, kept, select_of
+from server.routing import api_router
 from server.services import ServerServices, services
 
-router = APIRouter(tags=["crons"], responses=errors(), route_class=GuardedRoute)
+router = api_router(tags=["crons"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]

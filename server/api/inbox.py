@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from checkpoints.schema import widths
@@ -18,10 +18,11 @@ from nodes.variables import MAX_NAME
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
 from server.models import MAX_INT, StartKeyFields
+from server.routing import api_router
 from server.services import ServerServices, services
 from server.views.processes import DeploymentOut, MessageSentOut, ProcessInstanceView, RolloutEntryOut, TaskOut
 
-router = APIRouter(tags=["inbox"], responses=errors(), route_class=ViewRoute)
+router = api_router(tags=["inbox"], responses=errors(), route_class=ViewRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Worker = Annotated[Principal, Depends(require("tasks"))]
 Messenger = Annotated[Principal, Depends(require("messages"))]

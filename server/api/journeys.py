@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.errors import GateRefusedError
@@ -22,6 +22,7 @@ from server.api import ViewRoute, errors
 from server.auth import Principal, require
 from server.models import StartKeyFields
 from server.openapi import NOT_BLANK
+from server.routing import api_router
 from server.services import ServerServices, services
 from server.views.lifecycle import LifecycleJourneyView, LifecycleTransitionOut, MetricsRecordedOut
 from server.views.sessions import (
@@ -43,7 +44,7 @@ from server.views.steps import (
     StructuredRunView,
 )
 
-router = APIRouter(prefix="/journeys", tags=["journeys"], responses=errors(), route_class=ViewRoute)
+router = api_router(prefix="/journeys", tags=["journeys"], responses=errors(), route_class=ViewRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("journeys"))]
 Services = Annotated[ServerServices, Depends(services)]

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.api import errors
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
+from server.routing import api_router
 from server.services import ServerServices, services
 
-router = APIRouter(tags=["observability"], responses=errors(), route_class=GuardedRoute)
+router = api_router(tags=["observability"], responses=errors(), route_class=GuardedRoute)
 Operator = Annotated[Principal, Depends(require("metrics"))]
 Services = Annotated[ServerServices, Depends(services)]
 

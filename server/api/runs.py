@@ -18,7 +18,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import Body, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -45,13 +45,14 @@ from server.models import (
     kept,
 )
 from server.problems import INTERNAL_ERROR, INTERNAL_MESSAGE, ApiError, JourneyValuesResponse, unexpected_error
+from server.routing import api_router
 from server.runs.executor import thread_output
 from server.runs.sse import SSE, cancelled_when_gone, resumed_after, run_events
 from server.runs.store import ACTIVE, GROUPS, TERMINAL, RunRow, ThreadRow
 from server.runs.watch import until_finished, wait_for_run
 from server.services import ResolvedAssistant, ResolvedThread, ServerServices, services
 
-router = APIRouter(tags=["runs"], responses=errors(), route_class=GuardedRoute)
+router = api_router(tags=["runs"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]

@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import Depends, Query, Response
 from langgraph.store.base import Item, SearchItem
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
@@ -27,9 +27,10 @@ from server.api import errors
 from server.auth import Principal, require
 from server.input_guard import GuardedRoute
 from server.models import MAX_INT
+from server.routing import api_router
 from server.services import ServerServices, services
 
-router = APIRouter(prefix="/store", tags=["store"], responses=errors(), route_class=GuardedRoute)
+router = api_router(prefix="/store", tags=["store"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
@@ -48,12 +48,13 @@ from server.models import (
     sorted_page,
 )
 from server.problems import ApiError
+from server.routing import api_router
 from server.runs import thread_sse
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
 from server.runs.sse import SSE
 from server.services import ResolvedThread, ServerServices, services
 
-router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
+router = api_router(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
 Reader = Annotated[Principal, Depends(require("read"))]
 Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]

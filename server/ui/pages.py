@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, get_args
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -30,6 +30,7 @@ from graphs.lifecycle.machine import JourneyStage
 from server.auth import Principal
 from server.input_guard import check_json, read_body, refuse_declared_oversize, refuse_nul_in_url
 from server.problems import STATUS_BY_CATEGORY, ApiError, LoginRequired
+from server.routing import JourneysApp, api_router
 from server.services import ServerServices, services
 from server.settings import InputLimits
 from server.ui import data
@@ -85,14 +86,14 @@ class UiRoute(APIRoute):
         return guarded
 
 
-router = APIRouter(prefix=COOKIE_PATH, route_class=UiRoute, include_in_schema=False)
+router = api_router(prefix=COOKIE_PATH, route_class=UiRoute, include_in_schema=False)
 Caller = Annotated[Principal, Depends(caller)]
 Services = Annotated[ServerServices, Depends(services)]
 
 
-def install_ui(app: Any) -> None:
+def install_ui(app: JourneysApp) -> None:
     """The dashboard's routes and its local static files (script, stylesheet)."""
-    app.include_router(router)
+    app.serve_routes(router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
 
