@@ -8,15 +8,18 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
-from langgraph.types import Durability
 from rich.console import Console
 
 from checkpoints.errors import JourneyError
 from checkpoints.url import DEFAULT_STORE_URL
-from server.logs import configure_logging
+
+# A command imports what it runs when it runs (its function's imports): `journeys --help`, `keys new` or a bad
+# option does not pay for LangGraph, SQLAlchemy and the server.
+if TYPE_CHECKING:
+    from langgraph.types import Durability
 
 T = TypeVar("T")
 
@@ -86,7 +89,7 @@ def _run(main: Coroutine[Any, Any, object]) -> None:
 def _durability(value: str) -> Durability:
     if value not in DURABILITIES:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(DURABILITIES)}", param_hint="--durability")
-    return cast(Durability, value)
+    return cast("Durability", value)
 
 
 def _retention_cron(value: str) -> str:
@@ -114,6 +117,8 @@ def _retention(mode: str, days: float) -> Any:
 
 
 def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
+    from server.logs import configure_logging
+
     configure_logging(logging.INFO if verbose else quiet)  # plain tracebacks, bounded values: server/logs.py
 
 

@@ -1,13 +1,19 @@
-"""What an app costs to start: the routes are built once per process, not again by each app's first request.
+"""What a process pays to start.
 
-FastAPI 0.165 includes a router lazily and builds each of its routes again (dependants, ~2,300 pydantic
-TypeAdapters over our 111 routes) the first time an app matches a request: a quarter to most of a CPU-second
-that every in-process server of the suite and each production process's first request paid.
+The routes are built once per process, not again by each app's first request: FastAPI 0.165 includes a router
+lazily and builds each of its routes again (dependants, ~1,100 pydantic TypeAdapters over our 111 routes) the
+first time an app matches a request, a quarter to most of a CPU-second that every in-process server of the suite
+and each production process's first request paid.
+
+A ``journeys`` command imports what it runs: ``--help`` (or a refused option) imported LangGraph, SQLAlchemy and
+the checkpoints package's store, about 1.9 CPU-seconds, before it said anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from unittest import mock
 
 import fastapi.routing
@@ -60,3 +66,22 @@ def test_each_app_answers_with_its_own_dependency_overrides() -> None:
     second.dependency_overrides.clear()
     with pytest.raises(AttributeError):  # the second app's own dependency again: it was never started
         asyncio.run(_get(second, "/threads/x"))
+
+
+# What `journeys --help` needs no part of: the server, the store, LangGraph and the database drivers.
+HEAVY = ("langgraph", "langchain_core", "sqlalchemy", "psycopg", "fastapi", "checkpoints.store", "server.app")
+
+
+def test_journeys_help_imports_neither_langgraph_nor_the_store() -> None:
+    probe = (
+        "import sys\n"
+        "from server.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit as done:\n"
+        "    assert done.code == 0, done.code\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert "Durable journey orchestration" in done.stdout
+    assert done.stdout.splitlines()[-1] == "[]"
