@@ -4,11 +4,12 @@ calls, and a dump of every table a process move could write (to prove a refused 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -171,3 +172,32 @@ def counted_write_transactions(log: EventLog, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(log, "_write_together", counted_together)
     monkeypatch.setattr(log, "_write_alone", counted_alone)
     return transactions
+
+
+@contextmanager
+def statements_sent(
+    monkeypatch: pytest.MonkeyPatch, starting: str
+) -> Iterator[list[tuple[psycopg.AsyncCursor[Any], Any]]]:
+    """Each statement sent meanwhile through an async psycopg cursor whose SQL starts with ``starting`` (one of the
+    saver's, say): its cursor and its parameters, in the order sent (PostgreSQL)."""
+    sent: list[tuple[psycopg.AsyncCursor[Any], Any]] = []
+    execute = psycopg.AsyncCursor.execute
+    starting = starting.strip()
+
+    async def watched(cursor: psycopg.AsyncCursor[Any], query: Any, params: Any = None, **kwargs: Any) -> Any:
+        if isinstance(query, str) and query.strip().startswith(starting):
+            sent.append((cursor, params))
+        return await execute(cursor, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", watched)
+    yield sent
+    monkeypatch.undo()
+
+
+async def napping(rt: JourneyRuntime, clock: VirtualClock, name: str, count: int) -> list[str]:
+    """Start ``count`` instances of process ``name``, which naps an hour, then move ``clock`` past their timers'
+    due time (not yet fired): their instance ids, in start order (each started with variables ``{"n": n}``)."""
+    await rt.processes.deploy(linear(name, {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}}))
+    started = [await rt.processes.start(name, f"cust-{n}", {"n": n}) for n in range(count)]
+    clock.advance(timedelta(hours=1))
+    return [view["instance_id"] for view in started]

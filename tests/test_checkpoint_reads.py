@@ -6,37 +6,16 @@ writes stand for is given what LangGraph gives the saver itself (the writing tas
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from langgraph.pregel._checkpoint import put_writes_accepts_task_path
 
 from graphs.runtime import JourneyRuntime
-from tests.process_support import linear, runtime, virtual_clock
+from tests.process_support import linear, napping, runtime, statements_sent, virtual_clock
 
 NAP = linear("nap_together", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}})
 INSTANCES = 20  # more than a wave of continuations (RESUME_CONCURRENCY)
-
-
-@contextmanager
-def checkpoint_reads(rt: JourneyRuntime, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    """The parameters of every statement that read the checkpoints table meanwhile (PostgreSQL)."""
-    select = str(getattr(rt.store.saver, "SELECT_SQL", "")).strip()
-    reads: list[Any] = []
-    execute = psycopg.AsyncCursor.execute
-
-    async def counted(cursor: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        if isinstance(query, str) and query.strip().startswith(select):
-            reads.append(params)
-        return await execute(cursor, query, params, **kwargs)
-
-    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
-    yield reads
-    monkeypatch.undo()
 
 
 async def test_continuations_at_once_each_resume_their_own_thread_read_together(
@@ -44,12 +23,8 @@ async def test_continuations_at_once_each_resume_their_own_thread_read_together(
 ) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        await rt.processes.deploy(NAP)
-        started = [await rt.processes.start("nap_together", f"cust-{n}", {"n": n}) for n in range(INSTANCES)]
-        ids = [view["instance_id"] for view in started]
-
-        clock.advance(timedelta(hours=1))
-        with checkpoint_reads(rt, monkeypatch) as reads:
+        ids = await napping(rt, clock, "nap_together", INSTANCES)
+        with statements_sent(monkeypatch, str(getattr(rt.store.saver, "SELECT_SQL", ""))) as sent:
             report = await rt.processes.scheduler.run_due()
         assert (report.fired, report.resumed, report.failed) == (INSTANCES, INSTANCES, 0)
 
@@ -60,6 +35,7 @@ async def test_continuations_at_once_each_resume_their_own_thread_read_together(
             [ended] = [e for e in await rt.processes.history(instance_id) if e.type == "process.completed"]
             assert ended.payload["variables"]["n"] == n
         if store_url.startswith("postgresql"):
+            reads = [params for _cursor, params in sent]
             assert 1 <= len(reads) <= INSTANCES // 4  # about one per wave (16 at a time), not one per thread
             assert sorted(t for (threads,) in reads for t in threads) == sorted(ids)
 

@@ -6,9 +6,6 @@ and one write's failure is its own."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -18,28 +15,9 @@ from langgraph.checkpoint.base import empty_checkpoint
 from checkpoints.errors import InstanceLockLostError
 from checkpoints.locks import _LEASE, Lease
 from graphs.runtime import JourneyRuntime
-from tests.process_support import linear, runtime, virtual_clock
+from tests.process_support import napping, runtime, statements_sent, virtual_clock
 
-NAP = linear("nap_written", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}})
 INSTANCES = 20  # more than a wave of continuations (RESUME_CONCURRENCY)
-
-
-@contextmanager
-def checkpoint_writes(rt: JourneyRuntime, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    """The cursor of every statement that wrote a checkpoint meanwhile (PostgreSQL): one per transaction, since
-    the saver writes through a cursor of its own per pipeline (and a pipeline is one transaction)."""
-    upsert = str(getattr(rt.store.saver, "UPSERT_CHECKPOINTS_SQL", "")).strip()
-    cursors: list[Any] = []
-    execute = psycopg.AsyncCursor.execute
-
-    async def counted(cursor: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        if isinstance(query, str) and query.strip() == upsert and not any(c is cursor for c in cursors):
-            cursors.append(cursor)
-        return await execute(cursor, query, params, **kwargs)
-
-    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
-    yield cursors
-    monkeypatch.undo()
 
 
 async def test_continuations_at_once_write_their_checkpoints_together_each_its_own(
@@ -47,12 +25,9 @@ async def test_continuations_at_once_write_their_checkpoints_together_each_its_o
 ) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        await rt.processes.deploy(NAP)
-        started = [await rt.processes.start("nap_written", f"cust-{n}", {"n": n}) for n in range(INSTANCES)]
-        ids = [view["instance_id"] for view in started]
-
-        clock.advance(timedelta(hours=1))
-        with checkpoint_writes(rt, monkeypatch) as transactions:
+        ids = await napping(rt, clock, "nap_written", INSTANCES)
+        upsert = str(getattr(rt.store.saver, "UPSERT_CHECKPOINTS_SQL", ""))
+        with statements_sent(monkeypatch, upsert) as upserts:
             report = await rt.processes.scheduler.run_due()
         assert (report.fired, report.resumed, report.failed) == (INSTANCES, INSTANCES, 0)
 
@@ -63,6 +38,8 @@ async def test_continuations_at_once_write_their_checkpoints_together_each_its_o
             saved = await rt.store.saver.aget_tuple({"configurable": {"thread_id": instance_id}})
             assert saved is not None and saved.checkpoint["channel_values"]["status"] == "completed"
         if store_url.startswith("postgresql"):
+            # The saver writes through a cursor of its own per pipeline, and a pipeline is one transaction.
+            transactions = {id(cursor) for cursor, _params in upserts}
             assert 1 <= len(transactions) <= INSTANCES // 4  # about one per wave (16 at a time), not one per run
 
 
