@@ -37,7 +37,10 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
     for (the owner of what a request creates); what a server run does when it is cancelled inside a journey's
     lock (``engine.ON_CANCEL``: the cancel may land in any pattern's code under the lock); the lease of a
     journey's lock (``locks.Lease``: its loss must refuse the checkpoint writes LangGraph makes from its own
-    tasks); and a schema validation's budget (``schemas``: spent in jsonschema's keyword callbacks)."""
+    tasks); a schema validation's budget (``schemas``: spent in jsonschema's keyword callbacks); whether the
+    saver's own write is running (``savers``: its cursor, which LangGraph's saver code asks for, then records
+    what ``write_together`` sends); and the app serving a request (``routing``: routes built once per process read
+    that app's ``dependency_overrides`` through it, as FastAPI calls them)."""
     import dataclasses
     import inspect
 
@@ -51,7 +54,14 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ContextVar"
     )
-    expected = ["checkpoints/locks.py", "checkpoints/ownership.py", "graphs/kernel/engine.py", "nodes/schemas.py"]
+    expected = [
+        "checkpoints/locks.py",
+        "checkpoints/ownership.py",
+        "checkpoints/savers.py",
+        "graphs/kernel/engine.py",
+        "nodes/schemas.py",
+        "server/routing.py",
+    ]
     assert [place.split(":")[0] for place in made] == expected, made
     assert {"durability", "stream", "outcomes"} <= {field.name for field in dataclasses.fields(RunOptions)}
     assert "options" in inspect.signature(JourneyEngine.run).parameters

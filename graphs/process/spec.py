@@ -18,6 +18,7 @@ the process variables, or one condition as a shorthand) or ``default: true``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -254,6 +255,14 @@ class UserTask(_Element):
     @classmethod
     def _outputs_shorthand(cls, value: Any) -> Any:
         return _as_mapping(value)
+
+    @field_validator("sla_hours", mode="before")
+    @classmethod
+    def _sla_within_a_century(cls, value: Any) -> Any:
+        # Before the field's own bound (``le``, which the document states), to say what any too long duration says.
+        if isinstance(value, int | float) and math.isfinite(value) and value > LONGEST_HOURS:
+            raise ValueError(f"sla_hours {value:g} is longer than {LONGEST.days} days (a century); shorten it")
+        return value
 
     @model_validator(mode="after")
     def _sla_once(self) -> UserTask:
