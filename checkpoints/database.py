@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
+import aiosqlite
 import psycopg
 from psycopg_pool import PoolTimeout
 from sqlalchemy import event
@@ -31,6 +32,41 @@ def sqlite_pragmas(url: StoreURL) -> tuple[str, ...]:
     that need not survive a crash of the machine, so it never waits for the disk."""
     synchronous = "OFF" if url.kind == "memory" else "NORMAL"
     return ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=30000", f"PRAGMA synchronous={synchronous}")
+
+
+_CLOSING: set[asyncio.Task[None]] = set()  # closes of connections whose opener was cancelled, held until done
+
+
+async def connect_sqlite(target: str, **kwargs: Any) -> aiosqlite.Connection:
+    """``aiosqlite.connect(target, **kwargs)``, every connection of ours to a SQLite file (the saver's, the
+    store's, the engine's), closed again if the caller is cancelled while it opens.
+
+    aiosqlite opens the file in its own thread whatever the caller does, and a cancelled opener dropped the
+    opened ``sqlite3.Connection`` unclosed: the file stayed open until the garbage collector found it, and Python
+    3.13 warns of it there (a ResourceWarning in whichever test was running). Its thread is a daemon, as
+    SQLAlchemy makes it, so that a connection left open never keeps the interpreter from exiting."""
+    pending = aiosqlite.connect(target, **kwargs)
+    pending._thread.daemon = True
+    opening = asyncio.ensure_future(_opened(pending))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        closing = asyncio.ensure_future(_close_once_open(opening))
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
+        raise
+
+
+async def _opened(pending: aiosqlite.Connection) -> aiosqlite.Connection:
+    return await pending
+
+
+async def _close_once_open(opening: asyncio.Future[aiosqlite.Connection]) -> None:
+    try:
+        conn = await asyncio.shield(opening)
+    except Exception:  # it never opened: nothing to close
+        return
+    await conn.close()
 
 
 def _set_pragmas(pragmas: tuple[str, ...], dbapi_conn: Any, _record: Any) -> None:
@@ -58,7 +94,14 @@ def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:
         event.listen(engine.sync_engine, "checkin", _note_checkin)
         event.listen(engine.sync_engine, "checkout", partial(_probe_after_outage, engine.sync_engine.dialect))
         return engine
-    engine = create_async_engine(url.sqlalchemy_url, pool_size=1, max_overflow=0, json_serializer=compact_json)
+    engine = create_async_engine(
+        url.sqlalchemy_url,
+        pool_size=1,
+        max_overflow=0,
+        json_serializer=compact_json,
+        # SQLAlchemy's own arguments for the file (its dialect's create_connect_args), opened cancel-safely
+        async_creator=partial(connect_sqlite, url.target, check_same_thread=False),
+    )
     event.listen(engine.sync_engine, "connect", partial(_set_pragmas, sqlite_pragmas(url)))
     event.listen(engine.sync_engine, "handle_error", _cancelled_rolls_back)
     return engine

@@ -15,7 +15,6 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from contextvars import ContextVar
 from typing import Any, cast
 
-import aiosqlite
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -29,7 +28,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import open_pool
-from checkpoints.database import sqlite_pragmas
+from checkpoints.database import connect_sqlite, sqlite_pragmas
 from checkpoints.encryption import checkpoint_serializer
 from checkpoints.locks import Lease, PgAdvisoryLocks, current_lease, refuse_if_lost, setup_turn
 from checkpoints.url import StoreURL, opened_target
@@ -52,7 +51,7 @@ async def open_saver(
     async with AsyncExitStack() as stack:
         if url.kind != "postgres":
             target = (await stack.enter_async_context(opened_target(url))).target
-            conn = await aiosqlite.connect(target)
+            conn = await connect_sqlite(target)
             stack.push_async_callback(conn.close)
             for pragma in sqlite_pragmas(url):
                 await conn.execute(pragma)
@@ -89,7 +88,8 @@ async def open_graph_store(
         yield InMemoryStore(index=index)  # it has no item TTLs (supports_ttl is False): a ttl is refused
         return
     if url.kind == "sqlite":
-        async with aiosqlite.connect(url.target, isolation_level=None) as conn:
+        conn = await connect_sqlite(url.target, isolation_level=None)
+        try:
             for pragma in sqlite_pragmas(url):
                 await conn.execute(pragma)
             sqlite_store = AsyncSqliteStore(conn, index=cast(Any, index), ttl=ttl_config())
@@ -101,6 +101,8 @@ async def open_graph_store(
             finally:
                 await sqlite_store.stop_ttl_sweeper()
                 await _stop_batching(sqlite_store)
+        finally:
+            await conn.close()
         return
     assert pool is not None, "PostgreSQL: the store runs on the process's shared pool"
     async with pool.connection() as conn:

@@ -4,18 +4,22 @@ LangGraph cancels a step's other tasks when one fails, wherever they stand: a br
 cancelled inside its append's ``INSERT ... RETURNING`` as its sibling failed. On SQLite (``memory://`` too) the
 cancelled connection was closed with the statement still active, which SQLite keeps open with the write lock
 until the statement is collected: the failure's own event then waited out the busy timeout (30 s, three times)
-and the start failed with "database is locked". Every test runs on memory, SQLite and PostgreSQL."""
+and the start failed with "database is locked". Every test runs on memory, SQLite and PostgreSQL but the
+last, which is SQLite's own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import threading
 from typing import Any
 
 import aiosqlite
 import pytest
 from sqlalchemy import event
 
+from checkpoints.database import connect_sqlite
 from checkpoints.events import NewEvent
 from graphs.errors import JourneyFinishedError
 from tests.process_support import Calls, runtime
@@ -102,3 +106,34 @@ async def test_a_checkpoint_write_cancelled_before_its_commit_leaves_the_store_w
         both = [NewEvent("x", {}, None, "both:x"), NewEvent("y", {}, None, "both:y")]  # on the engine's connection
         await asyncio.wait_for(events.append("both", both), PROMPT)
         assert [e.type for e in await events.list("both")] == ["x", "y"]
+
+
+async def test_a_sqlite_connection_whose_opener_is_cancelled_is_closed(tmp_path: Any) -> None:
+    """aiosqlite opens the file in its own thread whatever its caller does: an opener cancelled meanwhile (a
+    request cut off as the engine reconnected, a server stopped as it started) dropped the opened connection
+    unclosed, and Python 3.13's ResourceWarning surfaced in whatever test ran when the garbage collector found
+    it. Every connection of ours to a SQLite file is opened by ``connect_sqlite``, which closes such a one. (The
+    file's own: no other backend opens connections in a thread of their own.)"""
+    opened: list[sqlite3.Connection] = []
+    closed: list[sqlite3.Connection] = []
+    all_closed = threading.Event()  # set in aiosqlite's threads
+
+    class Recorded(sqlite3.Connection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+            if len(closed) == 5:
+                all_closed.set()
+
+    for _ in range(5):
+        opener = asyncio.ensure_future(connect_sqlite(str(tmp_path / "file.db"), factory=Recorded))
+        await asyncio.sleep(0)  # its thread is opening the file
+        opener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opener
+    assert await asyncio.to_thread(all_closed.wait, PROMPT), f"{len(opened) - len(closed)} of 5 left open"
+    assert len(opened) == 5 and set(map(id, closed)) == set(map(id, opened))
