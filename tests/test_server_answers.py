@@ -213,7 +213,9 @@ async def test_a_process_answer_beside_its_payload_is_refused_not_dropped(store_
                 with pytest.raises(httpx.HTTPStatusError) as refused:
                     await sdk.runs.create(tid, "process", command={"resume": resume})
                 assert refused.value.response.status_code == 422
-                assert "signed" in refused.value.response.text
+                # It says where the answer goes, not only that 'signed' was unexpected.
+                detail = refused.value.response.json()["detail"]
+                assert "'signed' was unexpected" in detail and "it takes payload, task_id" in detail, detail
             tasks = await sdk.http.get(f"/tasks?instance_id={tid}")
             assert [t["element"] for t in tasks] == ["first"]
             await sdk.runs.wait(tid, "process", command={"resume": {first: {"payload": {"signed": "ana"}}}})

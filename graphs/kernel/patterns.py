@@ -144,7 +144,10 @@ def _conform(schema: Mapping[str, Any], value: Any, what: str) -> None:
 def _short_message(error: Any) -> str:
     # jsonschema's messages quote the value, which may be a megabyte long: then only the rule is named.
     message: str = error.message
-    return message if len(message) <= 200 else f"fails {error.validator} {error.validator_value!r}"
+    short = message if len(message) <= 200 else f"fails {error.validator} {error.validator_value!r}"
+    takes = error.schema.get("properties") if error.validator == "additionalProperties" else None
+    # An unexpected field is mostly a misplaced or misspelt one: say which fields the object takes.
+    return f"{short}; it takes {', '.join(sorted(takes))}" if takes else short
 
 
 # The uncompiled graph LangGraph's tooling runs for a pattern; the config is the run's (``configurable``
