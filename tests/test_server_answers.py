@@ -215,11 +215,14 @@ async def test_a_process_answer_beside_its_payload_is_refused_not_dropped(store_
                 assert refused.value.response.status_code == 422
                 # It says where the answer goes, not only that 'signed' was unexpected.
                 detail = refused.value.response.json()["detail"]
-                assert "'signed' was unexpected" in detail and "it takes payload, task_id" in detail, detail
+                assert "('signed' was unexpected); it takes groups, payload, task_id, user" in detail, detail
             tasks = await sdk.http.get(f"/tasks?instance_id={tid}")
             assert [t["element"] for t in tasks] == ["first"]
-            await sdk.runs.wait(tid, "process", command={"resume": {first: {"payload": {"signed": "ana"}}}})
+            # Who answers is the key's caller: the user an answer names is read with auth off only.
+            answer = {"payload": {"signed": "ana"}, "user": "bob", "groups": ["audit"]}
+            await sdk.runs.wait(tid, "process", command={"resume": {first: answer}})
             assert [t["element"] for t in await sdk.http.get(f"/tasks?instance_id={tid}")] == ["second"]
+            assert (await sdk.http.get(f"/tasks/{tid}:first:1"))["completed_by"] == "ana"
 
 
 async def test_a_journey_stopped_at_a_breakpoint_goes_on_with_a_run_without_input(store_url: str) -> None:

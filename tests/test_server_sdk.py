@@ -185,3 +185,10 @@ async def test_process_runs_stream_and_streams_end_and_can_be_joined(client: Lan
     assert first_id is not None
     rest = [p async for p in client.runs.join_stream(tid, run_id, last_event_id=first_id)]
     assert [p.data for p in rest if p.event == "updates"] == [p.data for p in updates[1:]]
+    # With auth off no API key names the caller's groups: the answer names who gives it, as the inbox's body
+    # does (it could not be answered over the Agent Server API at all: TaskForbiddenError for 'local').
+    answer = {"payload": {"approved": True}, "user": "ana", "groups": ["finance"]}
+    done = await client.runs.wait(tid, "process", command={"resume": answer})
+    assert done["status"] == "completed", done
+    task = await client.http.get(f"/tasks/{tid}:approve:1")
+    assert (task["status"], task["completed_by"], task["result"]) == ("completed", "ana", {"approved": True})

@@ -85,6 +85,15 @@ Starter = Callable[[RunContext, Mapping[str, Any]], Awaitable[View]]
 Resumer = Callable[[RunContext, str, Any], Awaitable[View]]
 
 
+# The fields of an answer (``command.resume``) that say who gives it, as the inbox's body does: read only where
+# no API key says so (a server with auth off), for an assistant whose resume schema takes them (a process's user
+# tasks are offered to an assignee or to groups).
+ANSWERED_BY: dict[str, Any] = {
+    "user": {"type": "string", "minLength": 1, "maxLength": 200},
+    "groups": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "maxItems": 100},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Assistant:
     """A pattern as the Agent Server API sees it: how a run's input starts it and ``command.resume``
@@ -132,6 +141,14 @@ class Assistant:
     def check_resume(self, value: Any) -> None:
         """Refuses (422) a ``command.resume`` off this assistant's resume schema, before the run is stored."""
         _conform(self.resume_schema, value, "command.resume")
+
+    def answered_by(self, value: Any) -> tuple[str | None, tuple[str, ...]] | None:
+        """Who the answer ``value`` says gives it (user, groups: :data:`ANSWERED_BY`), where this assistant's
+        answers may say it; None where they may not."""
+        takes = self.resume_schema.get("properties", {})
+        if not isinstance(value, Mapping) or any(name not in takes for name in ANSWERED_BY):
+            return None
+        return value.get("user"), tuple(value.get("groups") or ())
 
 
 def _conform(schema: Mapping[str, Any], value: Any, what: str) -> None:

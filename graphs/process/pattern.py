@@ -20,6 +20,7 @@ from graphs.kernel.designs import DesignKind
 from graphs.kernel.engine import check_answering
 from graphs.kernel.identifiers import BUSINESS_KEY, PROCESS_NAME, string_schema
 from graphs.kernel.patterns import (
+    ANSWERED_BY,
     Assistant,
     Pattern,
     RunContext,
@@ -151,7 +152,7 @@ register(
             },
             {  # the task's answer goes in payload: a field beside it would be dropped, so it is refused
                 "type": "object",
-                "properties": {"task_id": {"type": "string"}, "payload": {"type": "object"}},
+                "properties": {"task_id": {"type": "string"}, "payload": {"type": "object"}, **ANSWERED_BY},
                 "additionalProperties": False,
             },
             retry=_retry,

@@ -14,6 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack, nullcontext
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -88,7 +89,9 @@ async def create_run(
         if isinstance(body.input, dict):  # an inline spec's marks hold in this run's answers from the first
             mark_sensitive_of(body.input.get("spec"))
     if body.command is not None and "resume" in body.command.model_fields_set:
-        assistant.check_resume(addressed(body.command.resume)[1])  # the answer, whichever interrupt it names
+        answer = addressed(body.command.resume)[1]  # the answer, whichever interrupt it names
+        assistant.check_resume(answer)
+        caller = _answering_as(caller, assistant, answer)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
     if (body.checkpoint_id or body.checkpoint) and not assistant.chat:
         raise ApiError(
@@ -128,6 +131,17 @@ async def create_run(
     svc.submit(run)
     svc.watch.changed(thread_key(run.thread_id))  # a thread's stream waiting for its next run
     return run
+
+
+def _answering_as(caller: Principal, assistant: Assistant, answer: Any) -> Principal:
+    """Whom a run giving ``answer`` acts for: the caller, whose API key says who it is and its groups; with auth
+    off, no key says it, so the answer names them (a process task's ``user`` and ``groups``, as the inbox's body
+    and the dashboard's form do): the tasks offered to groups could not be answered over runs at all."""
+    named = None if caller.authenticated else assistant.answered_by(answer)
+    if named is None:
+        return caller
+    user, groups = named
+    return replace(caller, name=user or caller.name, groups=groups)
 
 
 def assistant_options(
