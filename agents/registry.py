@@ -124,8 +124,13 @@ class AgentRegistry:
             return self._agents[intent]
         except KeyError:
             known = ", ".join(sorted(self._agents)) or "none"
+            # Every process serving a database runs its journeys' work (a timer fires wherever a scheduler finds
+            # it due): a notebook's agent the server lacks fails there, so say where to register it.
             raise AgentNotFoundError(
-                f"no agent is registered for intent {intent!r}; registered intents: {known}",
+                f"no agent is registered for intent {intent!r} in this process; every process serving the journey's "
+                "database may run its work (a timer fires in whichever finds it due), so register the agent in each: "
+                "JourneyRuntime.open(agents=...) or runtime.agents.register, and --plugin on journeys serve and "
+                f"journeys worker; registered intents: {known}",
                 intent=intent,
                 registered=sorted(self._agents),
             ) from None

@@ -204,7 +204,7 @@ async def test_an_intent_with_no_agent_fails_its_task_clearly_at_run_time(store_
         failed = result["tasks"]["vanishing"]
         assert failed["status"] == "failed" and failed["attempts"] == 0
         assert failed["error_type"] == "AgentNotFoundError"
-        assert "no agent is registered for intent 'vanishing'; registered intents:" in failed["error"]
+        assert "no agent is registered for intent 'vanishing' in this process;" in failed["error"]
         assert result["tasks"]["first"]["status"] == "rolled_back"
         assert len(agents["first"].requests) == 1
 

@@ -375,3 +375,22 @@ async def test_the_instances_of_a_firing_are_read_by_one_statement_text_whatever
             event.remove(engine, "before_cursor_execute", record)
         assert (sorted(two), sorted(five)) == (sorted(ids[:2]), sorted(ids))
         assert len(sent) == 2 and sent[0] == sent[1], sent
+
+
+async def test_a_timer_fired_where_its_agent_is_missing_says_where_to_register_it(durable_url: str) -> None:
+    """A notebook's runtime beside a server on one database: whichever scheduler finds a timer due fires it, so
+    the server fired the timer of a process the notebook started with an agent of its own, and the instance
+    failed saying only that no agent was registered for the intent (and listing the server's). The failure says
+    that every process serving the database must have it; once it does, a retry runs the instance on."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(durable_url, clock) as notebook, runtime(durable_url, clock) as server:
+        [(instance_id, _wait)] = await parked(notebook, calls, 1)
+        clock.advance(timedelta(hours=1))
+        assert (await server.processes.scheduler.run_due()).fired == 1
+        failure = (await notebook.processes.status(instance_id))["failure"]
+        assert failure["error_type"] == "AgentNotFoundError"
+        assert "no agent is registered for intent 'wake' in this process; every process" in failure["error"]
+        assert "--plugin on journeys serve and journeys worker" in failure["error"], failure
+        calls.register(server, "wake", {"awake": True})
+        await server.processes.retry(instance_id)
+        assert (await notebook.processes.status(instance_id))["status"] == "completed"
