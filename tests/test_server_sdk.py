@@ -187,6 +187,11 @@ async def test_process_runs_stream_and_streams_end_and_can_be_joined(client: Lan
     assert [p.data for p in rest if p.event == "updates"] == [p.data for p in updates[1:]]
     # With auth off no API key names the caller's groups: the answer names who gives it, as the inbox's body
     # does (it could not be answered over the Agent Server API at all: TaskForbiddenError for 'local').
+    unnamed = await client.runs.create(tid, "process", command={"resume": {"payload": {"approved": True}}})
+    await client.runs.join(tid, unnamed["run_id"])
+    refused = (await client.http.get(f"/threads/{tid}/runs/{unnamed['run_id']}"))["error"]
+    assert refused["error"] == "TaskForbiddenError"
+    assert '--no-auth the request names them: "user", "groups"' in refused["message"], refused
     answer = {"payload": {"approved": True}, "user": "ana", "groups": ["finance"]}
     done = await client.runs.wait(tid, "process", command={"resume": answer})
     assert done["status"] == "completed", done

@@ -178,7 +178,8 @@ class TaskInbox:
         offered = [f"assignee {row.assignee!r}"] if row.assignee else []
         offered += [f"groups {row.candidate_groups}"] if row.candidate_groups else []
         return TaskForbiddenError(
-            f"{user!r} may not work on task {row.task_id!r}; it is for {' or '.join(offered)}",
+            f"{user!r} may not work on task {row.task_id!r}; it is for {' or '.join(offered)} (on journeys serve, the "
+            'API key says who calls and its groups; with --no-auth the request names them: "user", "groups")',
             task_id=row.task_id,
             user=user,
         )
