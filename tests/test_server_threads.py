@@ -18,11 +18,14 @@ from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError
 from sqlalchemy import select
 
+from agents import EchoAgent
 from checkpoints.backends.base import Backend
 from checkpoints.clock import SystemClock
 from checkpoints.schema.tables import journey_designs, process_timers
 from graphs.errors import SpecError
 from graphs.runtime import JourneyRuntime
+from graphs.structured.builder import StructuredSpec
+from graphs.structured.orchestrator import StructuredOrchestrator
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.runs.store import RunStore
@@ -237,6 +240,19 @@ async def test_first_lifecycle_journeys_started_at_once_share_their_design(store
         assert len(instances) == 4 and len({instance.journey_id for instance in instances}) == 1  # one design
 
 
+def specs_built(structured: StructuredOrchestrator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The journey types ``structured`` builds a spec for from now on (parsed and merged: ``build_spec``), in order."""
+    built: list[str] = []
+    build = structured.build_spec
+
+    def counted(journey_type: str, requirements: Any, given: Any) -> StructuredSpec:
+        built.append(journey_type)
+        return build(journey_type, requirements, given)
+
+    monkeypatch.setattr(structured, "build_spec", counted)
+    return built
+
+
 async def test_an_inline_spec_asked_for_again_is_its_shared_design_without_parsing_it_again(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,14 +261,7 @@ async def test_an_inline_spec_asked_for_again_is_its_shared_design_without_parsi
     spec = {"journey_type": "mine", "steps": [{"step_id": "a", "mode": "auto"}, {"step_id": "b"}]}
     async with JourneyRuntime.open(store_url) as runtime:
         structured = runtime.structured
-        built: list[str] = []
-        build = structured.build_spec
-
-        def counted(journey_type: str, requirements: Any, given: Any) -> Any:
-            built.append(journey_type)
-            return build(journey_type, requirements, given)
-
-        monkeypatch.setattr(structured, "build_spec", counted)
+        built = specs_built(structured, monkeypatch)
         first = await structured.shared_design("mine", {"r": 1}, spec=spec)
         again = await structured.shared_design("mine", {"r": 1}, spec=json.loads(json.dumps(spec)))
         assert again == first and built == ["mine"]
@@ -265,6 +274,30 @@ async def test_an_inline_spec_asked_for_again_is_its_shared_design_without_parsi
             await structured.shared_design("mine", None, spec={"steps": []})
         started = await structured.start_run("structured_x1", again, "u1")
         assert started["journey_id"] == first and started["current_step"] == "b"
+
+
+async def test_an_inline_spec_checked_again_is_not_parsed_again_and_a_refusal_is_not_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API checks every run's input before it queues the run (check_design): a spec found sound is not
+    parsed, merged and hashed again when the same content comes again; a refused one is checked each time (an
+    agent registered meanwhile makes it pass), and a spec checked without agents is checked again with them."""
+    spec = {"journey_type": "mine", "steps": [{"step_id": "a", "mode": "auto", "agent": "later"}, {"step_id": "b"}]}
+    async with JourneyRuntime.open("memory://") as runtime:
+        structured = runtime.structured
+        built = specs_built(structured, monkeypatch)
+        structured.check_design("mine", {"r": 1}, spec=spec, agents=False)
+        structured.check_design("mine", {"r": 1}, spec=json.loads(json.dumps(spec)), agents=False)
+        assert built == ["mine"]
+        structured.check_design("mine", {"r": 2}, spec=spec, agents=False)  # other content: checked
+        assert built == ["mine", "mine"]
+        for _ in range(2):  # refused each time: 'later' is no agent yet
+            with pytest.raises(SpecError, match="later"):
+                structured.check_design("mine", {"r": 1}, spec=spec)
+        runtime.agents.register("later", EchoAgent("later"))
+        structured.check_design("mine", {"r": 1}, spec=spec)
+        structured.check_design("mine", {"r": 1}, spec=spec)
+        assert built == ["mine"] * 5
 
 
 FOUR_STEPS = ("upload_content", "analyze_content", "transform_data", "validate_results")

@@ -6,7 +6,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.types import StateSnapshot
 
@@ -41,7 +41,9 @@ def design_view(journey_id: str, pattern: str, spec: StructuredSpec) -> dict[str
     }
 
 
-SHARED_DESIGNS_KEPT = 512  # inline specs whose shared design is remembered (see StructuredOrchestrator.shared_design)
+SHARED_DESIGNS_KEPT = 512  # inline specs whose shared design (or soundness) is remembered (see StructuredOrchestrator)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def _content(journey_type: str, requirements: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> str | None:
@@ -51,6 +53,14 @@ def _content(journey_type: str, requirements: Mapping[str, Any] | None, spec: Ma
         return json.dumps([journey_type, requirements, spec], sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError):
         return None
+
+
+def _remember(memo: OrderedDict[K, V], key: K, value: V) -> None:
+    """Keep ``value`` under ``key`` in ``memo``, the least recently used of more than
+    :data:`SHARED_DESIGNS_KEPT` keys dropped."""
+    memo[key] = value
+    if len(memo) > SHARED_DESIGNS_KEPT:
+        memo.popitem(last=False)
 
 
 def structured_instance_id(journey_id: str, user_id: str) -> str:
@@ -67,6 +77,8 @@ class StructuredOrchestrator:
         self._runs = StepJourneys(designs, ("structured",))
         # The shared design made of an inline spec, by the content it was asked with (see :meth:`shared_design`).
         self._shared: OrderedDict[str, str] = OrderedDict()
+        # The inline specs :meth:`check_design` found sound, by content and whether agents were checked.
+        self._sound: OrderedDict[tuple[str, bool], None] = OrderedDict()
 
     async def design_journey(
         self,
@@ -99,9 +111,7 @@ class StructuredOrchestrator:
         chosen = self.build_spec(journey_type, requirements, spec)
         design, _spec = await self._designs.save_shared("structured", chosen, prefix="structured_design")
         if asked is not None:
-            self._shared[asked] = design.journey_id
-            if len(self._shared) > SHARED_DESIGNS_KEPT:
-                self._shared.popitem(last=False)
+            _remember(self._shared, asked, design.journey_id)
         return design.journey_id
 
     def check_design(
@@ -116,7 +126,15 @@ class StructuredOrchestrator:
         errors, an agent no one registered; ``agents=False``: not that one), storing nothing: the server checks
         a run's input so before the run is queued. A template's design is built and checked as an inline
         spec's is: a template naming an agent this runtime lacks is refused here, not in the run."""
+        # An inline spec found sound before (every run of a client that sends its spec: the API checks each) is
+        # not parsed, merged and hashed again: its errors follow from its content, and agents are only ever added.
+        asked = _content(journey_type, requirements, spec) if isinstance(spec, Mapping) else None
+        if asked is not None and (asked, agents) in self._sound:
+            self._sound.move_to_end((asked, agents))
+            return
         self._designs.check("structured", self.build_spec(journey_type, requirements, spec), agents=agents)
+        if asked is not None:
+            _remember(self._sound, (asked, agents), None)
 
     def build_spec(
         self,
