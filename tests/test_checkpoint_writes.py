@@ -17,7 +17,7 @@ from checkpoints.locks import _LEASE, Lease
 from graphs.runtime import JourneyRuntime
 from tests.process_support import napping, runtime, statements_sent, virtual_clock
 
-INSTANCES = 20  # more than a wave of continuations (RESUME_CONCURRENCY)
+INSTANCES = 20  # a wave of continuations (at most RESUME_CONCURRENCY)
 
 
 async def test_continuations_at_once_write_their_checkpoints_together_each_its_own(
@@ -40,7 +40,7 @@ async def test_continuations_at_once_write_their_checkpoints_together_each_its_o
         if store_url.startswith("postgresql"):
             # The saver writes through a cursor of its own per pipeline, and a pipeline is one transaction.
             transactions = {id(cursor) for cursor, _params in upserts}
-            assert 1 <= len(transactions) <= INSTANCES // 4  # about one per wave (16 at a time), not one per run
+            assert 1 <= len(transactions) <= INSTANCES // 4  # a few for the wave, not one per run
 
 
 def _put(rt: JourneyRuntime, thread_id: str) -> Any:
