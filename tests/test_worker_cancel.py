@@ -1,18 +1,29 @@
 """Cancelling a run a ``journeys worker`` process executes (langgraph-sdk over real HTTP, real worker processes on
-PostgreSQL), when the cancel is lost on its way to the run's task."""
+PostgreSQL), when the cancel is lost on its way to the run's task, or lands before that task has started."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable, Coroutine, Mapping
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from langgraph_sdk import get_client
 
-from tests.test_worker_shutdown import calls_of, distributed, run_row, wait_for_call
+from graphs.runtime import JourneyRuntime
+from server.plugins import plugin_registry
+from server.queues.procrastinate import QUEUE, RUN_JOBS, RUN_TASK, RunJobs, build_app, cancelled_again, handed_over
+from server.runs.executor import RunExecutor
+from server.runs.store import RunStore
+from tests.test_worker_shutdown import SLOW, calls_of, distributed, run_row, wait_for_call
 
 pytestmark = pytest.mark.slow
+Notify = Callable[[str, str], Coroutine[Any, Any, None]]  # how a listening connection hands on a NOTIFY
 TWO_STEPS = {
     "journey_type": "slow2",
     "steps": [
@@ -43,3 +54,87 @@ async def test_a_cancelled_run_stops_though_its_job_lost_the_first_cancel(postgr
             await asyncio.sleep(6)  # past the end of the step's second wait (10 s), had it gone on
     assert status == "interrupted", workers.log("a").read_text()[-4000:]
     assert calls_of(workers.calls) == [("start", "s0", worker.pid)]  # s0 stopped, s1 never started
+
+
+async def test_a_run_whose_abort_lands_before_its_jobs_task_starts_ends_interrupted(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """procrastinate cancels an aborted job's asyncio task, and a task cancelled before its first step never runs
+    its body: neither the run's executor, which ends a cancelled run interrupted, nor procrastinate's end of the
+    job. An abort whose notification was handled in the loop pass that took the job (its fetch's answer and the
+    NOTIFY read together) left the job "doing" and the run "running" for good, and every later run of its thread
+    queued behind the job's per-thread lock. A real worker's procrastinate loop on a real API, the abort's NOTIFY
+    held by the test until that pass: the run now ends interrupted, its step not run, its thread idle."""
+    monkeypatch.setenv("JOURNEYS_CALLS", str(tmp_path / "calls"))
+    monkeypatch.setenv("JOURNEYS_SLOW_S", "30")
+    with distributed(postgres_url, tmp_path) as (base, _workers):
+        async with (
+            get_client(url=base, api_key=None) as client,
+            JourneyRuntime.open(postgres_url, agents=plugin_registry(SLOW[1])) as runtime,
+        ):
+            runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer, jobs=RUN_JOBS)
+            executor = RunExecutor(runtime, runs)
+
+            async def execute(run_id: str) -> None:
+                await executor.execute(run_id, due=True, taken=jobs.taken(run_id))
+
+            app = build_app(postgres_url, {RUN_TASK: execute}, retention_cron=None)
+            app.job_manager = jobs = RunJobs(app.connector, runs)
+            held: asyncio.Queue[tuple[Notify, str, str]] = asyncio.Queue()
+            listen = app.connector.listen_notify
+
+            async def listen_holding_aborts(on_notification: Notify, channels: Any) -> None:
+                async def holding(channel: str, payload: str) -> None:
+                    if json.loads(payload)["type"] == "abort_job_requested":
+                        held.put_nowait((on_notification, channel, payload))
+                    else:
+                        await on_notification(channel, payload)
+
+                await listen(on_notification=holding, channels=channels)
+
+            take = runs.take_job
+
+            async def take_then_cancel(params: Mapping[str, Any]) -> Any:
+                job, claimed = await take(params)
+                if claimed is not None:  # the user cancels the run as the worker takes it
+                    await client.runs.cancel(claimed[0].thread_id, claimed[0].run_id)
+                    on_notification, channel, payload = await held.get()
+                    # The abort's NOTIFY, read in the pass that goes on to start the job's task.
+                    asyncio.create_task(on_notification(channel, payload))  # noqa: RUF006 (awaited by the loop)
+                return job, claimed
+
+            monkeypatch.setattr(app.connector, "listen_notify", listen_holding_aborts)
+            monkeypatch.setattr(runs, "take_job", take_then_cancel)
+            async with app.open_async():
+                worker = asyncio.create_task(
+                    app.run_worker_async(
+                        queues=[QUEUE],
+                        concurrency=2,
+                        install_signal_handlers=False,
+                        fetch_job_polling_interval=0.5,
+                        delete_jobs="successful",
+                        worker_middleware=[handed_over, cancelled_again(executor)],
+                    )
+                )
+                try:
+                    thread = await client.threads.create()
+                    start = {"journey_type": "slow2", "spec": TWO_STEPS, "user_id": "ana"}
+                    run = await client.runs.create(thread["thread_id"], "structured", input=start)
+                    with suppress(TimeoutError):  # it stays running, before
+                        async with asyncio.timeout(20):
+                            await client.runs.join(thread["thread_id"], run["run_id"])
+                    status = run_row(postgres_url, run["run_id"])[0]
+                    idle = (await client.threads.get(thread["thread_id"]))["status"]
+                finally:
+                    worker.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await worker
+    with psycopg.connect(postgres_url) as conn:
+        jobs_left = conn.execute(
+            "SELECT status FROM procrastinate_jobs WHERE args ->> 'run_id' = %s", (run["run_id"],)
+        ).fetchall()
+    assert status == "interrupted", (status, jobs_left)
+    assert [job_status for (job_status,) in jobs_left] in ([], ["aborted"])
+    assert idle == "idle"
+    # Its task takes the cancel at its first await (its claim's reads), well before its step ends (30 s).
+    assert [what for what, _step, _pid in calls_of(tmp_path / "calls")] in ([], ["start"])

@@ -22,8 +22,8 @@ import structlog
 from procrastinate.connector import BaseConnector
 from procrastinate.exceptions import ConnectorException
 from procrastinate.job_context import AbortReason, JobContext
-from procrastinate.jobs import Job, Status
-from procrastinate.manager import JobManager
+from procrastinate.jobs import Job, Notification, Status
+from procrastinate.manager import JobManager, NotificationCallback
 from procrastinate.middleware import AsyncCallNext
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.types import JSONDict
@@ -55,6 +55,7 @@ RUN_JOBS = QueueJobs(FETCH_JOB, RUN_TASK, END_JOB)
 # How procrastinate refuses to end or retry a job that is no longer under way (its functions' RAISE).
 JOB_GONE = "Job was not found"
 ABORT_POLL_S = 1.0  # how often a run's job is looked at for procrastinate's abort of it (see cancelled_again)
+STARTED_PASSES = 100  # loop passes an abort waits for its job's task to start (one or two do: see RunJobs._started)
 
 
 def ended_elsewhere(error: BaseException) -> bool:
@@ -99,6 +100,7 @@ class RunJobs(JobManager):
         super().__init__(connector)
         self._runs = runs
         self._taken: dict[str, Taken] = {}  # by run id, until its task takes it
+        self._unstarted: set[int] = set()  # the jobs of those runs (see _started)
         self._ended: set[int] = set()  # jobs their run ended, until procrastinate would end them
         self.worker_id: int | None = None  # this process's worker, while registered (see heartbeat_while_stopping)
         self._again: dict[int, int] = {}  # procrastinate's id of this worker -> the id it registered again under
@@ -109,8 +111,40 @@ class RunJobs(JobManager):
 
     def taken(self, run_id: str) -> Taken | None:
         """The claim made when ``run_id``'s job was fetched (None: its run was not taken so, e.g. a retry
-        handed to a task directly)."""
-        return self._taken.pop(run_id, None)
+        handed to a task directly). Its task calls this in its first step: from then on it has started."""
+        taken = self._taken.pop(run_id, None)
+        if taken is not None:
+            self._unstarted.discard(taken.job_id)
+        return taken
+
+    async def _started(self, job_ids: Iterable[int]) -> None:
+        """Return once the tasks of ``job_ids`` this worker fetched have started (their first step is queued as
+        the job is fetched: a pass or two of the loop). procrastinate aborts a job by cancelling its task, and a
+        task cancelled before its first step never runs its body: neither the run's executor, which ends a
+        cancelled run interrupted, nor procrastinate's end of the job (left "doing", its run "running" for good,
+        its thread's later runs behind its lock). An abort asked for a job whose task has not started is
+        therefore handed on once it has (both ways procrastinate learns of one come through here)."""
+        waiting = self._unstarted.intersection(job_ids)
+        for _ in range(STARTED_PASSES):
+            if not waiting & self._unstarted:
+                return
+            await asyncio.sleep(0)
+        log.warning("aborted jobs whose tasks did not start", job_ids=sorted(waiting & self._unstarted))
+
+    async def list_jobs_to_abort_async(self, queue: str | None = None) -> Iterable[int]:
+        job_ids = list(await super().list_jobs_to_abort_async(queue))
+        await self._started(job_ids)
+        return job_ids
+
+    async def listen_for_jobs(
+        self, *, on_notification: NotificationCallback, queues: Iterable[str] | None = None
+    ) -> None:
+        async def once_started(*, channel: str, notification: Notification) -> None:
+            if notification["type"] == "abort_job_requested":
+                await self._started([notification["job_id"]])
+            await on_notification(channel=channel, notification=notification)
+
+        await super().listen_for_jobs(on_notification=once_started, queues=queues)
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
         params = {"job_queues": list(queues) if queues is not None else None, "job_worker": self._registered(worker_id)}
@@ -129,6 +163,7 @@ class RunJobs(JobManager):
         job = FetchedJob.from_row(row)
         if job.task_name == RUN_TASK and job.id is not None:
             self._taken[str(job.task_kwargs["run_id"])] = Taken(job.id, claimed, self._ended.add)
+            self._unstarted.add(job.id)  # its task is created (its first step queued) as this returns
         return job
 
     async def register_worker(self) -> int:
