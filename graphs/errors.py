@@ -224,6 +224,14 @@ class RolloutError(JourneyError):
     category: ClassVar[ErrorCategory] = "invalid"
 
 
+class RolloutConflictError(JourneyError):
+    """A weighted deploy cannot take its share of the process's current rollout (``rollout``): it runs an A/B
+    test, or its default version holds less than the share. Change the rollout itself (``PUT
+    /processes/{name}/rollout``, ``set_rollout``, ``ab_test``), or deploy without a weight."""
+
+    category: ClassVar[ErrorCategory] = "conflict"
+
+
 class ProcessInstanceNotFoundError(JourneyError):
     """No process instance has this id."""
 

@@ -7,6 +7,7 @@ Python against the runtime."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -130,6 +131,31 @@ async def test_a_rollout_and_an_ab_test_are_set_over_http_by_the_process_tenant_
             ok(await ana.post("/processes/expense/instances", json={"business_key": f"ab-{n}"})) for n in range(16)
         ]
         assert {(v["variant"], v["version"]) for v in variants} == {("A", 1), ("B", 2)}
+
+        # A weighted deploy over the A/B test silently replaced it (its variants gone): now a 409 naming the
+        # rollout, nothing deployed.
+        problem = refused(await ana.post("/processes", json={**expense(2), "version": 3}, params={"weight": 10}), 409)
+        assert "RolloutConflictError" in str(problem) and "A/B test" in str(problem), problem
+        assert ok(await ana.get(path)) == [{**e, "weight": 50.0} for e in ab]
+        assert [v["version"] for v in ok(await ana.get("/processes/expense/versions"))] == [1, 2]
+
+        # Weighted deploys made at once were last-writer-wins (each computed from the rollout it read), and each
+        # replaced every share but its own and the default's: each now takes its share from the default.
+        ok(await ana.put(path, json={"entries": [{"version": 2, "weight": 100}, {"version": 1, "weight": 0}]}))
+        shares = {3: 10, 4: 20, 5: 30}
+        deploys = (
+            ana.post("/processes", json={**expense(2), "version": v}, params={"weight": w}) for v, w in shares.items()
+        )
+        for answer in await asyncio.gather(*deploys):
+            ok(answer)
+        assert {e["version"]: e["weight"] for e in ok(await ana.get(path)) if e["weight"]} == {
+            5: 30.0,
+            4: 20.0,
+            3: 10.0,
+            2: 40.0,
+        }
+        problem = refused(await ana.post("/processes", json={**expense(2), "version": 6}, params={"weight": 50}), 409)
+        assert "holds less" in str(problem), problem  # v2, the default, has 40 %
 
 
 async def test_a_waiting_instance_is_migrated_over_http_and_its_task_takes_the_new_versions_schema(base: str) -> None:

@@ -40,6 +40,9 @@ class _NameTaken(Exception):
 
 # The rollout a new instance is routed by, read at every start: prebuilt, on the backend's hot path.
 _ROLLOUT = select(process_rollouts.c.entries).where(process_rollouts.c.name == bindparam("r_name"))
+_ROLLOUT_LOCKED = _ROLLOUT.with_for_update()  # SQLite has no row locks: its one writer serialises the change
+# A new rollout made from the current one (its entries; empty when there is none), inside the transaction.
+RolloutChange = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 class DeploymentStore:
@@ -57,24 +60,26 @@ class DeploymentStore:
         design_id: str,
         digest: str,
         *,
-        rollout: list[dict[str, Any]] | None,
+        rollout: RolloutChange | None,
         message_starts: Sequence[tuple[str, str]] = (),
         may_deploy: NameOwnership | None = None,
     ) -> Added:
         """Register a deployment, its message starts (``(message, start id)`` pairs, indexed for
-        :meth:`started_by`) and, when given, the new rollout, in one transaction: ``"version taken"`` if the
-        version is, ``"name taken"`` if ``may_deploy`` refuses the name's owner as the transaction finds it.
+        :meth:`started_by`) and, when given, the new rollout (``rollout`` of the current one, read locked), in one
+        transaction: ``"version taken"`` if the version is, ``"name taken"`` if ``may_deploy`` refuses the name's
+        owner as the transaction finds it. An error ``rollout`` raises leaves nothing written.
 
-        The rollout row is written first: it is the name's one row, so a concurrent first deploy of the name (of
-        another version, by another tenant) either has committed by then, and its owner is read, or waits for
-        this one and then finds this one's."""
+        The rollout row is written first: it is the name's one row, so a concurrent deploy of the name (of
+        another version, by another tenant) either has committed by then, and its rollout and owner are read, or
+        waits for this one (PostgreSQL's row lock; SQLite's one writer) and then finds this one's."""
         now = self._clock.now().astimezone(UTC)
         d = process_deployments.c
         first = select(d.tenant).where(d.name == name).order_by(d.version).limit(1)
         try:
             async with self._engine.begin() as conn:
                 if rollout is not None:
-                    await self._put_rollout(conn, name, rollout, now)
+                    locked = (await conn.execute(_ROLLOUT_LOCKED, {"r_name": name})).first()
+                    await self._put_rollout(conn, name, rollout(list(locked.entries or []) if locked else []), now)
                 if may_deploy is not None:
                     found = (await conn.execute(first)).first()
                     if not may_deploy(found is not None, found.tenant if found is not None else None):

@@ -80,7 +80,7 @@ from graphs.process.migration import (
 from graphs.process.spec import MessageEvent, ProcessSpec
 from graphs.process.timers import TIMER_RETRIED, TimerScheduler, default_worker_id, schedule_start_timers
 from graphs.process.validation import intents
-from graphs.process.versions import describe, variants_rollout, weights_rollout
+from graphs.process.versions import describe, rollout_after_deploy, variants_rollout, weights_rollout
 from nodes import schemas
 from nodes.criteria import lookup
 from nodes.process_services import ProcessServices
@@ -208,8 +208,11 @@ class ProcessOrchestrator:
         registered first, under the intents the spec records for them.
 
         Without ``weight`` the new version takes every new instance; with ``weight`` (a percentage) it
-        takes that share and the previous default keeps the rest (a gradual rollout). Deploying the very
-        same definition again is a no-op; a different definition under a taken version is refused.
+        takes that share from the current default version (the largest share), the other versions keeping
+        theirs (a gradual rollout), read and written in one transaction: weighted deploys made at once each
+        take their share. :class:`RolloutConflictError` (nothing deployed) when the rollout runs an A/B test, or
+        its default holds less than ``weight``. Deploying the very same definition again is a no-op; a
+        different definition under a taken version is refused.
         """
         spec = parse_spec(ProcessSpec, process, spec_name="process")
         if not await self._callers(spec.name, to_deploy=True):
@@ -227,7 +230,8 @@ class ProcessOrchestrator:
                 )
             await self._arm_start_timers(spec)  # idempotent: arms what a crash after the deploy left out
             return self._deployment_view(existing, await self.deployments.rollout(spec.name))
-        rollout = await self._rollout_after_deploy(spec, weight)
+        if weight is not None and not 0 <= weight <= 100:
+            raise InvalidInputError(f"weight must be a percentage between 0 and 100, got {weight}")
         design = await self._designs.save(PATTERN, spec, prefix="process", agents=agents)
         message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
         added = await self.deployments.add(
@@ -235,7 +239,7 @@ class ProcessOrchestrator:
             spec.version,
             design.journey_id,
             spec_digest(spec),
-            rollout=rollout,
+            rollout=partial(rollout_after_deploy, spec.name, spec.version, weight),
             message_starts=message_starts,
             may_deploy=partial(may_use, current_owner(), to_deploy=True),
         )
@@ -246,7 +250,7 @@ class ProcessOrchestrator:
         await self._arm_start_timers(spec)
         deployment = await self.deployments.get(spec.name, spec.version)
         assert deployment is not None
-        return self._deployment_view(deployment, rollout)
+        return self._deployment_view(deployment, await self.deployments.rollout(spec.name))
 
     async def deploy_template(
         self,
@@ -282,18 +286,6 @@ class ProcessOrchestrator:
         late changes nothing."""
         if spec.version == await self._newest_version(spec.name):
             await schedule_start_timers(self.services.timers, self.clock.now(), spec)
-
-    async def _rollout_after_deploy(self, spec: ProcessSpec, weight: float | None) -> list[dict[str, Any]]:
-        current = await self.deployments.rollout(spec.name)
-        if weight is None or not current:
-            return [{"version": spec.version, "weight": 100.0, "variant": None}]
-        if not 0 <= weight <= 100:
-            raise InvalidInputError(f"weight must be a percentage between 0 and 100, got {weight}")
-        previous = max(current, key=lambda e: (float(e["weight"]), int(e["version"])))
-        entries = [{"version": spec.version, "weight": float(weight), "variant": None}]
-        if weight < 100:
-            entries.append({"version": int(previous["version"]), "weight": 100.0 - weight, "variant": None})
-        return entries
 
     async def set_rollout(self, name: str, weights: Mapping[int, float]) -> list[dict[str, Any]]:
         """Route new instances of ``name`` by percentage per version, e.g. ``{2: 50, 1: 50}``."""

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from graphs.errors import RolloutError
+from graphs.errors import RolloutConflictError, RolloutError
 
 BUCKETS = 10_000
 
@@ -71,3 +71,31 @@ def check(entries: Sequence[Mapping[str, Any]], deployed: Sequence[int]) -> None
 
 def describe(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"version": int(e["version"]), "weight": float(e["weight"]), "variant": e.get("variant")} for e in entries]
+
+
+def rollout_after_deploy(
+    name: str, version: int, weight: float | None, current: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The rollout once ``version`` of ``name`` is deployed over ``current``: all new instances without ``weight``
+    (or a first version), else ``weight`` percent taken from the default version (the largest share, the newest of
+    equals), the others keeping theirs. :class:`RolloutConflictError` when ``current`` is an A/B test (its variants
+    would be lost) or its default holds less than ``weight``."""
+    if weight is None or not current:
+        return [{"version": version, "weight": 100.0, "variant": None}]
+    default = max(current, key=lambda e: (float(e["weight"]), int(e["version"])))
+    ab_test = any(e.get("variant") for e in current)
+    if ab_test or float(default["weight"]) < weight:
+        why = "it runs an A/B test" if ab_test else f"its default, version {default['version']}, holds less"
+        raise RolloutConflictError(
+            f"version {version} of process {name!r} cannot take {weight:g} % of the current rollout ({why}): "
+            f"change the rollout (PUT /processes/{name}/rollout) or deploy without a weight",
+            name=name,
+            version=version,
+            rollout=describe(current),
+        )
+    entries = [{"version": version, "weight": float(weight), "variant": None}]
+    for entry in current:
+        share = float(entry["weight"]) - (weight if entry is default else 0.0)
+        if share > 0:
+            entries.append({"version": int(entry["version"]), "weight": share, "variant": None})
+    return entries

@@ -154,8 +154,9 @@ async def deploy_process(
         Query(
             ge=0,
             le=100,
-            description="the percentage of new instances the new version takes at once, the previous default "
-            "keeping the rest (a gradual rollout; `PUT /processes/{name}/rollout` moves it on); without it, all",
+            description="the percentage of new instances the new version takes at once, from the default version's "
+            "share, the other versions keeping theirs (a gradual rollout; `PUT /processes/{name}/rollout` moves it "
+            "on); 409 RolloutConflictError over an A/B test or a default holding less; without it, all",
         ),
     ] = None,
 ) -> dict[str, Any]:
