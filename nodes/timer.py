@@ -24,6 +24,8 @@ A cron whose ticks end (a year field) is spent after its last one.
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -40,6 +42,44 @@ MissedTicks = Literal["coalesce", "fire_all"]
 
 # A reference instant for checks that need one (is this duration positive?).
 _REFERENCE = datetime(2026, 1, 1, tzinfo=UTC)
+# Zone names found on every host with the IANA database, but whose rules are the host's own choice.
+HOST_ZONES = frozenset({"localtime", "Factory"})
+
+
+@functools.cache
+def iana_zones() -> frozenset[str]:
+    """The IANA zone names (``posix/`` and ``right/`` copies left out); read from disk once."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_cron(cron: str, timezone: str = "UTC") -> None:
+    """:class:`TimerDefinitionError` unless croniter reads ``cron`` and it falls due within a century."""
+    if not croniter.is_valid(cron):
+        raise TimerDefinitionError(
+            f"{cron!r} is not a cron expression; write five fields, e.g. '0 9 * * *' (daily at 9:00)"
+        )
+    if next(_cron_ticks(cron, timezone, _REFERENCE), None) is None:
+        raise TimerDefinitionError(
+            f"{cron!r} never falls due within a century (a day no month has, such as 30 February, "
+            "or only years already past); write a schedule with a next tick"
+        )
+
+
+def check_cron_fields(cron: str) -> None:
+    """Refuse a cron schedule whose fields are not five (minute hour day month weekday), or seven naming a year
+    with croniter's sixth field, seconds, at 0 (``0 9 1 1 * 0 2027``: once, in 2027): croniter reads six fields
+    as seconds, so ``* * * * * *`` fired every second, where the Agent Server's crons run at most once a minute.
+    ``@daily`` and croniter's other names are taken."""
+    fields = cron.split()
+    if cron.startswith("@") or len(fields) == 5 or (len(fields) == 7 and fields[5] == "0"):
+        return
+    raise TimerDefinitionError(
+        f"{cron!r} has {len(fields)} fields: write five (minute hour day month weekday), e.g. '0 9 * * *' (daily at "
+        "9:00), or seven to name a year, the sixth (seconds) 0: '0 9 1 1 * 0 2027' (9:00 on 1 January 2027); a "
+        "schedule runs at most once a minute"
+    )
+
+
 LONGEST = timedelta(days=36_525)  # a century: a duration or interval past it cannot be meant as a wait
 SHORTEST_CYCLE = timedelta(seconds=1)  # schedulers look once a second: a shorter cycle could only spin
 # Missed cron ticks a coalescing catch-up counts one by one; past it, it jumps to the first tick after now (a
@@ -177,8 +217,14 @@ class TimerDefinition(BaseModel):
             )
         try:
             ZoneInfo(self.timezone)
+            host_dependent = self.timezone in HOST_ZONES or self.timezone not in iana_zones()
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {self.timezone!r}; use an IANA name such as 'Europe/Paris'") from exc
+        if host_dependent:  # 'localtime', 'posix/...', 'right/...': each host's own files, so hosts disagree
+            raise ValueError(
+                f"timezone {self.timezone!r} depends on the host's files, so processes on different hosts would "
+                "fire it at different times; use an IANA name such as 'Europe/Paris' or 'UTC'"
+            )
         try:
             if self.duration is not None:
                 parse_duration(self.duration)
@@ -187,15 +233,8 @@ class TimerDefinition(BaseModel):
             elif self.cycle is not None:
                 parse_cycle(self.cycle)
             elif self.cron is not None:
-                if not croniter.is_valid(self.cron):
-                    raise TimerDefinitionError(
-                        f"{self.cron!r} is not a cron expression; write five fields, e.g. '0 9 * * *' (daily at 9:00)"
-                    )
-                if next(_cron_ticks(self.cron, self.timezone, _REFERENCE), None) is None:
-                    raise TimerDefinitionError(
-                        f"{self.cron!r} never falls due within a century (a day no month has, such as 30 February, "
-                        "or only years already past); write a schedule with a next tick"
-                    )
+                check_cron_fields(self.cron)
+                check_cron(self.cron, self.timezone)
         except TimerDefinitionError as exc:
             raise ValueError(str(exc)) from None
         return self

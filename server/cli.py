@@ -93,16 +93,15 @@ def _durability(value: str) -> Durability:
 
 
 def _retention_cron(value: str) -> str:
-    """A retention schedule that falls due (a bad one crashed the worker's periodic jobs, timers' too)."""
-    from pydantic import ValidationError
-
-    from nodes.timer import TimerDefinition
+    """A retention schedule that falls due (a bad one crashed the worker's periodic jobs, timers' too). It is
+    procrastinate's, whose sixth field (seconds) is taken: not a journey timer's (see ``check_cron_fields``)."""
+    from nodes.errors import TimerDefinitionError
+    from nodes.timer import check_cron
 
     try:
-        TimerDefinition(cron=value)
-    except ValidationError as exc:
-        problem = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise typer.BadParameter(problem, param_hint="--retention-cron") from None
+        check_cron(value)
+    except TimerDefinitionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--retention-cron") from None
     return value
 
 

@@ -253,6 +253,15 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
         await client.crons.create_for_thread(thread["thread_id"], "structured", schedule="0 9 * * *", input=JOURNEY)
     with pytest.raises(NotFoundError):
         await client.crons.update("no-such-cron", schedule="0 10 * * *")
+    # croniter reads a sixth field as seconds: '* * * * * *' made a thread and a journey every second, though the
+    # refusal of a bad schedule said to write five fields; a host's own zone ('localtime', 'posix/...') was taken,
+    # so API and workers on different hosts disagreed on when it fires. Both refused now, saying what to write.
+    for schedule in ("* * * * * *", "0 9 * * * 30", "0 9 1 1 * 30 2099", "0 9 * *"):
+        with pytest.raises(UnprocessableEntityError, match="write five"):
+            await client.crons.create("structured", schedule=schedule, input=JOURNEY)
+    for zone in ("localtime", "posix/Europe/Paris", "right/UTC"):
+        with pytest.raises(UnprocessableEntityError, match="depends on the host"):
+            await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, timezone=zone)
     for never in ("0 0 30 2 *", "0 0 1 1 * 0 2025"):  # 30 February; a year gone: a 500 when first armed
         with pytest.raises(UnprocessableEntityError, match="never falls due"):
             await client.crons.create("structured", schedule=never, input=JOURNEY)
