@@ -9,6 +9,7 @@ import copy
 import datetime
 import functools
 import inspect
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -112,12 +113,43 @@ async def open_graph_store(
         finally:
             await _stop_batching(setting_up)
     pg_store = AsyncPostgresStore(pool, index=cast(Any, index), ttl=ttl_config())
+    sqlite_filters(pg_store)
     try:
         await pg_store.start_ttl_sweeper()
         yield pg_store
     finally:
         await pg_store.stop_ttl_sweeper()
         await _stop_batching(pg_store)
+
+
+# A store filter's comparison operators, as SQL on jsonb (which orders numbers by value, and never fails).
+_OPERATORS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def sqlite_filters(store: AsyncPostgresStore) -> None:
+    """Make a search filter's conditions ({"field": {"$op": value}}) select on PostgreSQL what they select on
+    SQLite. PostgreSQL's store takes a field by its top-level name (value->'a.b' is no field of {"a": {"b": 1}})
+    and compares a range as text (value->>'n' > '10': 9 > 10 and 100 < 9, langgraph#7684). Here a dotted field
+    is a path into nested objects (value #> '{a,b}'), as the SQLite store's JSON path is, and a range on a
+    number compares numbers where the field is one (an item whose field is missing or no number does not
+    match); the rest is the store's own, its code unchanged. A plain value's equality the store writes itself
+    (value->'field'): server.api.store gives a dotted field's as $eq."""
+    condition = store._get_filter_condition
+
+    def on_path(key: str, op: str, value: Any) -> tuple[str, list[Any]]:
+        if op not in _OPERATORS:
+            return condition(key, op, value)  # the store's refusal
+        path, sql = key.split("."), _OPERATORS[op]
+        if op in ("$eq", "$ne"):
+            return f"value #> %s::text[] {sql} %s::jsonb", [path, json.dumps(value)]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (
+                f"(jsonb_typeof(value #> %s::text[]) = 'number' AND value #> %s::text[] {sql} %s::jsonb)",
+                [path, path, json.dumps(value)],
+            )
+        return f"value #>> %s::text[] {sql} %s", [path, str(value)]
+
+    store._get_filter_condition = on_path  # type: ignore[method-assign]
 
 
 # How often (minutes) each process deletes the store items whose TTL has passed (a DELETE on an index).

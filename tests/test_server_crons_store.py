@@ -458,6 +458,46 @@ async def test_a_store_value_or_filter_no_store_can_encode_is_refused_not_a_serv
     assert [item["key"] for item in found["items"]] == ["a"]
 
 
+async def test_a_search_filter_on_a_nested_field_or_a_range_finds_the_same_items_on_every_store(
+    sdk_client: LangGraphClient, store_url: str
+) -> None:
+    """A nested field named by its path ('nested.x') was a JSON path to the SQLite store and a top-level field
+    'nested.x' to the memory and PostgreSQL stores (no items, silently; a 500 on memory for a range); and
+    PostgreSQL's compared a range as text (9 > 10). Both now find on every store what they find on SQLite. The
+    object form ({"nested": {"x": 2}}), which LangGraph's stores differ on, is refused naming the path."""
+    await sdk_client.store.put_item(["docs"], "a", {"nested": {"x": 2, "tag": "red"}})
+    await sdk_client.store.put_item(["docs"], "b", {"nested": {"x": 3}, "n": 1})
+    await sdk_client.store.put_item(["docs"], "c", {"nested.x": 2})  # a top-level field with a '.' in its name
+
+    async def keys(namespace: str, filter: dict[str, Any]) -> list[str]:
+        return sorted(i["key"] for i in (await sdk_client.store.search_items([namespace], filter=filter))["items"])
+
+    paths: list[dict[str, Any]] = [
+        {"nested.x": 2},
+        {"nested.x": {"$gt": 2}},
+        {"nested.tag": "red", "nested.x": {"$eq": 2}},
+        {"nested.x": {"$ne": 2}},
+    ]
+    assert [await keys("docs", filter) for filter in paths] == [["a"], ["b"], ["a"], ["b"]]
+    with pytest.raises(UnprocessableEntityError, match=r"named by its path, as 'nested\.x'"):
+        await keys("docs", {"nested": {"x": 2}})
+    both = {"nested": {"$ne": None}, "nested.x": 2}  # a field and one inside it: the memory store cannot merge them
+    if store_url == "memory://":
+        with pytest.raises(UnprocessableEntityError, match="a memory store cannot filter on a field and on a field"):
+            await keys("docs", both)
+    else:
+        assert await keys("docs", both) == ["a"]
+    assert await keys("docs", {"n": 1}) == ["b"]
+    for n in (9, 10, 100):
+        await sdk_client.store.put_item(["scores"], str(n), {"n": n, "at": {"n": n}})
+    for field in ("n", "at.n"):
+        found = [
+            await keys("scores", {field: c})
+            for c in ({"$gt": 10}, {"$gte": 10}, {"$lt": 10}, {"$lte": 9.5}, {"$gt": 9, "$lt": 100})
+        ]
+        assert found == [["100"], ["10", "100"], ["9"], ["9"], ["10"]], field
+
+
 async def test_an_item_whose_namespace_and_key_no_store_can_index_is_refused_on_every_store(
     sdk_client: LangGraphClient,
 ) -> None:

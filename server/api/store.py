@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Response
 from langgraph.store.base import Item, SearchItem
+from langgraph.store.memory import InMemoryStore
+from langgraph.store.postgres.aio import AsyncPostgresStore
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from checkpoints.owned_store import OwnedStore
@@ -123,7 +125,8 @@ FILTER_SCHEMA = {
         },
         {"type": "null"},
     ],
-    "description": "field: a plain value (equality) or an object of operators " + ", ".join(OPERATORS),
+    "description": "field: a plain value (equality) or an object of operators " + ", ".join(OPERATORS) + "; a "
+    "nested field is named by its path ('a.b')",
 }
 
 
@@ -204,8 +207,7 @@ async def delete_item(body: DeleteItem, caller: Writer, svc: Services) -> Respon
     return Response(status_code=204)
 
 
-def _check_filter(svc: ServerServices, filter: dict[str, Any] | None) -> None:
-    _storable(svc, filter, "body.filter")  # compared as the stores encode them
+def _check_filter(filter: dict[str, Any] | None) -> None:
     for field, condition in (filter or {}).items():
         if not FILTER_FIELD.fullmatch(field):
             raise InvalidInputError(
@@ -214,20 +216,50 @@ def _check_filter(svc: ServerServices, filter: dict[str, Any] | None) -> None:
                 field=field,
             )
         if isinstance(condition, dict) and (unknown := set(condition) - FILTER_OPERATORS):
+            # LangGraph's memory store alone takes a nested object; the others read its keys as operators.
+            path = "" if any(name.startswith("$") for name in unknown) else f"{field}.{next(iter(condition))}"
             raise InvalidInputError(
                 f"filter on {field!r}: unknown operator(s) {sorted(unknown)}; use {sorted(FILTER_OPERATORS)} "
-                "or a plain value (equality)",
+                "or a plain value (equality)" + (f"; a nested field is named by its path, as {path!r}" if path else ""),
                 field=field,
             )
 
 
+def _store_filter(svc: ServerServices, filter: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The filter as the store takes it, a nested field named by its path ('a.b') on every store: the SQLite
+    store reads it as a JSON path, PostgreSQL's conditions as one too (checkpoints.savers.sqlite_filters) but
+    not its plain values (given as $eq), and LangGraph's memory store matches nested objects ({"a": {"b": ...}})."""
+    if not filter or not any("." in field for field in filter):
+        return filter
+    store = svc.runtime.store.graph_store
+    if isinstance(store, AsyncPostgresStore):
+        return {f: c if "." not in f or isinstance(c, dict) else {"$eq": c} for f, c in filter.items()}
+    if not isinstance(store, InMemoryStore):
+        return filter
+    nested: dict[str, Any] = {}
+    for field, condition in sorted(filter.items()):  # a field before the fields inside it
+        *parents, leaf = field.split(".")
+        level = nested
+        for name in parents:
+            level = level.setdefault(name, {})
+            if not isinstance(level, dict) or set(level) & FILTER_OPERATORS:
+                raise InvalidInputError(
+                    f"filter on {field!r}: a memory store cannot filter on a field and on a field inside it at "
+                    "once; filter on one of them",
+                    field=field,
+                )
+        level[leaf] = condition
+    return nested
+
+
 @router.post("/items/search", response_model=SearchItemsOut, summary="Search items under a namespace prefix")
 async def search_items(body: SearchItems, caller: Reader, svc: Services) -> dict[str, Any]:
-    _check_filter(svc, body.filter)
+    _storable(svc, body.filter, "body.filter")  # compared as the stores encode them
+    _check_filter(body.filter)
     found = await _owned(svc, caller).search(
         tuple(body.namespace_prefix),
         query=body.query,
-        filter=body.filter,
+        filter=_store_filter(svc, body.filter),
         limit=body.limit,
         offset=body.offset,
         refresh_ttl=body.refresh_ttl,
