@@ -56,28 +56,14 @@ def check_cron(cron: str, timezone: str = "UTC") -> None:
     """:class:`TimerDefinitionError` unless croniter reads ``cron`` and it falls due within a century."""
     if not croniter.is_valid(cron):
         raise TimerDefinitionError(
-            f"{cron!r} is not a cron expression; write five fields, e.g. '0 9 * * *' (daily at 9:00)"
+            f"{cron!r} is not a cron expression; write five fields (minute hour day month weekday), e.g. "
+            "'0 9 * * *' (daily at 9:00); a sixth field is seconds, a seventh the year"
         )
     if next(_cron_ticks(cron, timezone, _REFERENCE), None) is None:
         raise TimerDefinitionError(
             f"{cron!r} never falls due within a century (a day no month has, such as 30 February, "
             "or only years already past); write a schedule with a next tick"
         )
-
-
-def check_cron_fields(cron: str) -> None:
-    """Refuse a cron schedule whose fields are not five (minute hour day month weekday), or seven naming a year
-    with croniter's sixth field, seconds, at 0 (``0 9 1 1 * 0 2027``: once, in 2027): croniter reads six fields
-    as seconds, so ``* * * * * *`` fired every second, where the Agent Server's crons run at most once a minute.
-    ``@daily`` and croniter's other names are taken."""
-    fields = cron.split()
-    if cron.startswith("@") or len(fields) == 5 or (len(fields) == 7 and fields[5] == "0"):
-        return
-    raise TimerDefinitionError(
-        f"{cron!r} has {len(fields)} fields: write five (minute hour day month weekday), e.g. '0 9 * * *' (daily at "
-        "9:00), or seven to name a year, the sixth (seconds) 0: '0 9 1 1 * 0 2027' (9:00 on 1 January 2027); a "
-        "schedule runs at most once a minute"
-    )
 
 
 LONGEST = timedelta(days=36_525)  # a century: a duration or interval past it cannot be meant as a wait
@@ -233,7 +219,6 @@ class TimerDefinition(BaseModel):
             elif self.cycle is not None:
                 parse_cycle(self.cycle)
             elif self.cron is not None:
-                check_cron_fields(self.cron)
                 check_cron(self.cron, self.timezone)
         except TimerDefinitionError as exc:
             raise ValueError(str(exc)) from None

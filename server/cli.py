@@ -93,8 +93,8 @@ def _durability(value: str) -> Durability:
 
 
 def _retention_cron(value: str) -> str:
-    """A retention schedule that falls due (a bad one crashed the worker's periodic jobs, timers' too). It is
-    procrastinate's, whose sixth field (seconds) is taken: not a journey timer's (see ``check_cron_fields``)."""
+    """A retention schedule that falls due (a bad one crashed the worker's periodic jobs, timers' too), by the
+    journey timers' check."""
     from nodes.errors import TimerDefinitionError
     from nodes.timer import check_cron
 

@@ -68,6 +68,7 @@ STATUS_BY_CODE = {
             "ProcessNameTakenError",
             "ProcessStateError",
             "ProcessVersionConflictError",
+            "RolloutConflictError",
             "RunInReviewError",
             "RunWithdrawnError",
             "StartKeyConflictError",
