@@ -315,6 +315,10 @@ class NodeSpans(BaseCallbackHandler):
         self._end(run_id, None)
         self._start(run_id, node, found[3])
 
+    def working(self) -> bool:
+        """Whether a node of the run is at work (started, neither ended nor failed)."""
+        return bool(self._spans)
+
     def node_span(self, run_id: UUID | None) -> Span | None:
         if run_id is None:
             return None

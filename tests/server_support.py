@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import uvicorn
 from fastapi import FastAPI
 
@@ -244,3 +245,40 @@ async def v3_events(base: str, thread_id: str, body: dict[str, Any], count: int)
                 if len(found) == count:
                     return found
     raise AssertionError(f"the stream ended after {len(found)} events")
+
+
+@asynccontextmanager
+async def slow_checkpoint_writes(store_url: str, saver: Any, seconds: float) -> AsyncIterator[None]:
+    """For ``seconds`` from the block's start, the checkpoint writes of ``saver`` (an in-process server's, on
+    ``store_url``) wait in the database, as on a loaded one: PostgreSQL's checkpoint tables are locked against
+    writes (reads go on), SQLite's commits are held back. The block's end waits for the load to end, then as long
+    again: a write a run left behind it has no event to await, and lands by then."""
+    if store_url.startswith("postgresql"):
+        async with await psycopg.AsyncConnection.connect(store_url) as conn:
+            await conn.execute("LOCK TABLE checkpoints, checkpoint_blobs, checkpoint_writes IN SHARE MODE")
+
+            async def lifted() -> None:
+                await asyncio.sleep(seconds)
+                await conn.commit()
+
+            lifting = asyncio.ensure_future(lifted())  # while the block waits on what the load holds up
+            try:
+                yield
+                await lifting
+            finally:
+                lifting.cancel()
+        await asyncio.sleep(seconds)
+        return
+    until = time.monotonic() + seconds
+    commit: Callable[[], Awaitable[None]] = saver.conn.commit
+
+    async def held() -> None:  # on the server's loop
+        await asyncio.sleep(max(0.0, until - time.monotonic()))
+        await commit()
+
+    saver.conn.commit = held
+    try:
+        yield
+        await asyncio.sleep(max(0.0, until - time.monotonic()) + seconds)
+    finally:
+        saver.conn.commit = commit

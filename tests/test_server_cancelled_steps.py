@@ -20,9 +20,11 @@ from langgraph_sdk.client import LangGraphClient
 from agents import AgentRequest
 from checkpoints.clock import VirtualClock
 from server.app import create_app
+from server.runs import executor as executor_module
+from server.runs.executor import RunExecutor
 from server.settings import Settings
 from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
-from tests.server_support import SlowShip, serving
+from tests.server_support import SlowShip, serving, slow_checkpoint_writes
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +86,44 @@ async def test_reads_of_a_journey_whose_run_was_cancelled_do_not_run_its_step_ag
     assert ship.calls == 2
     state = await sdk.threads.get_state(tid)
     assert state["next"] == ["confirm.await"], state["next"]
+
+
+async def test_a_run_cancelled_again_while_it_unwinds_on_a_slow_database_stays_where_it_stopped(
+    app: tuple[FastAPI, str], sdk: LangGraphClient, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled while its step works unwinds first: LangGraph writes its last checkpoint on the way out
+    (a structured run checkpoints when it stops) and waits for it, seconds on a loaded database. A cancel taken so
+    slowly looked lost, and was made again (``RECANCEL_S``), as a second ``runs.cancel`` is, which cut that wait
+    short: the run was marked interrupted, its halt recorded and its lock let go while the write was in flight, and
+    once it landed the next read took the cancelled step for a crash's work and ran it (PostgreSQL: ``ship`` called
+    twice, the journey at ``confirm``). The run's graph call now takes one cancel and ends, its writes landed,
+    before the run does; the cancels after it wait for that."""
+    monkeypatch.setattr(executor_module, "RECANCEL_S", 0.5)  # the load (2 s) outlasts it, as 5 s would be outlasted
+    served, url = app
+    ship = SlowShip()
+    services = served.state.services
+    services.runtime.agents.register("slow_ship", ship, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    await sdk.runs.wait(tid, "structured", input={"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"})
+    run = await sdk.runs.create(tid, "structured", command={"resume": {}})
+    await asyncio.wait_for(_started(ship), 10)
+    async with slow_checkpoint_writes(store_url, services.runtime.store.saver, 2.0):
+        await sdk.runs.cancel(tid, run["run_id"], action="interrupt")
+        await asyncio.wait_for(_stopping(services.executor, run["run_id"]), 10)  # taken: it writes its way out
+        cancelled = await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True)  # lands in that way
+    assert cancelled["status"] == "interrupted", cancelled
+    instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        status = (await http.get(f"/journeys/{instance_id}/status")).json()
+    state = await sdk.threads.get_state(tid)
+    assert ship.calls == 1  # no read called the agent again
+    assert status["current_step"] == "ship" and status["completed_steps"] == ["ask"], status
+    assert state["next"] == ["ship"]  # where it stopped: its last checkpoint landed before it was let go
+
+
+async def _stopping(executor: RunExecutor, run_id: str) -> None:
+    while run_id not in executor.stopping:  # noqa: ASYNC110 (the run stops on the server's loop: no event of this loop tells)
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("assistant", ["saga", "structured"])

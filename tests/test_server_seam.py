@@ -34,13 +34,13 @@ def test_a_router_takes_no_lock_and_writes_no_graph_state(router: Path) -> None:
 def test_per_run_options_are_arguments_not_context_variables() -> None:
     """Durability, outcome recording and streaming reach a run as its ``RunOptions`` argument. The context
     variables left are none an option of the run, each reaching code no argument reaches: who the server acts
-    for (the owner of what a request creates); what a server run does when it is cancelled inside a journey's
-    lock (``engine.ON_CANCEL``: the cancel may land in any pattern's code under the lock); the lease of a
-    journey's lock (``locks.Lease``: its loss must refuse the checkpoint writes LangGraph makes from its own
-    tasks); a schema validation's budget (``schemas``: spent in jsonschema's keyword callbacks); whether the
-    saver's own write is running (``savers``: its cursor, which LangGraph's saver code asks for, then records
-    what ``write_together`` sends); and the app serving a request (``routing``: routes built once per process read
-    that app's ``dependency_overrides`` through it, as FastAPI calls them)."""
+    for (the owner of what a request creates); what a server run does once its graph call took a cancel and when
+    it is cancelled inside a journey's lock (``engine.ON_CANCEL``: the cancel may land in any pattern's code under
+    the lock); the lease of a journey's lock (``locks.Lease``: its loss must refuse the checkpoint writes LangGraph
+    makes from its own tasks); a schema validation's budget (``schemas``: spent in jsonschema's keyword
+    callbacks); whether the saver's own write is running (``savers``: its cursor, which LangGraph's saver code
+    asks for, then records what ``write_together`` sends); and the app serving a request (``routing``: routes
+    built once per process read that app's ``dependency_overrides`` through it, as FastAPI calls them)."""
     import dataclasses
     import inspect
 

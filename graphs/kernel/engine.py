@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import structlog
 from langchain_core.runnables import RunnableConfig
 from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER  # the saver a run uses, lent by its config
 from langgraph.errors import GraphRecursionError
@@ -82,10 +83,30 @@ READ_PATIENCE_S = 2.0
 # The event that a run of the instance was cancelled on purpose (``runs.cancel``) where its payload's
 # ``checkpoint_id`` stands (see :meth:`JourneyEngine.halt`).
 HALTED = "run.halted"
-# What the current run does when it is cancelled inside an instance's lock, before the lock goes (given the
-# instance): the server's run executor records a cancel asked for (:meth:`JourneyEngine.halt`) there, so no other
-# caller, which would take the unrecorded halt for a crash's work and run it on, gets the journey first.
-ON_CANCEL: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar("journeys_on_cancel", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class OnCancel:
+    """What the current run does when it is cancelled (:data:`ON_CANCEL`).
+
+    ``taken``: once its graph call has taken the cancel and writes its way out (see :func:`_to_its_end`): the
+    server's run executor stops cancelling it again. ``halt``: inside the instance's lock (given the instance),
+    before the lock goes: the server's run executor records a cancel asked for (:meth:`JourneyEngine.halt`) there,
+    so no other caller, which would take the unrecorded halt for a crash's work and run it on, gets the journey
+    first."""
+
+    taken: Callable[[], None]
+    halt: Callable[[str], Awaitable[None]]
+
+
+ON_CANCEL: ContextVar[OnCancel | None] = ContextVar("journeys_on_cancel", default=None)
+# Seconds a cancelled run's graph call has to end the work of its nodes before it is cancelled again: a cancel can be
+# lost in a node's wait (Python 3.11's asyncio.wait_for, as psycopg_pool's wait for a connection uses it, drops one
+# landing as its wait completes), and the run would go on to its next steps.
+LOST_CANCEL_S = 5.0
+# Seconds a cancelled run's graph call may take to write its way out, its nodes stopped, before it is cancelled
+# again, loudly: LangGraph then stops waiting for those writes, which may land after the journey is let go.
+UNWIND_S = 60.0
 NOTES = "journeys_notes"  # the configurable key of a run's ``RunOptions.notes`` (no checkpoint metadata: not a scalar)
 # A fired timer's continuation of a parked journey checkpoints when it stops (durability "exit"), unless the
 # engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
@@ -93,6 +114,8 @@ NOTES = "journeys_notes"  # the configurable key of a run's ``RunOptions.notes``
 # intermediate checkpoints served nothing (a process cannot be forked) and were most of a continuation's cost.
 # The runs of a graph compiled with ``logged_steps`` (a structured journey's) checkpoint the same way.
 CONTINUATION = RunOptions(continuation=True)
+log = structlog.get_logger("journeys.engine")
+T = TypeVar("T")
 
 
 def refuse_terminated(instance: Instance | None) -> None:
@@ -201,8 +224,8 @@ class JourneyEngine:
                 try:
                     yield
                 except asyncio.CancelledError:
-                    if (on_cancel := ON_CANCEL.get()) is not None:
-                        await on_cancel(instance_id)
+                    if (on_cancel := ON_CANCEL.get()) is not None:  # not cut by a cancel after this one
+                        await _ended_regardless(asyncio.ensure_future(on_cancel.halt(instance_id)))
                     raise
         finally:
             lock.release()
@@ -359,7 +382,9 @@ class JourneyEngine:
             config["callbacks"] = [nodes]
             async with self.store.events.writing_behind(instance_id, behind):
                 try:
-                    output = await run_graph(graph, value, config, durability, options.stream, options.call)
+                    output = await _to_its_end(
+                        run_graph(graph, value, config, durability, options.stream, options.call), nodes.working
+                    )
                 except GraphRecursionError as exc:  # a loop with no way out: the instance's failure, typed
                     raise RecursionLimitError(f"journey {instance_id!r} did not stop: {exc}") from exc
                 except JourneyError:
@@ -418,6 +443,62 @@ class JourneyEngine:
 
 def _database_went_away(error: Exception) -> bool:
     return unreachable(error) is not None or conflicted(error) is not None
+
+
+async def _to_its_end(call: Awaitable[T], working: Callable[[], bool]) -> T:
+    """A run's graph call, made in a task of its own that a cancel of the caller reaches once: LangGraph then writes
+    the run's last checkpoint and pending writes on its way out and waits for them (its loop's exit), and a second
+    cancel landing in that wait (a re-cancel of a cancel that looked lost, a second ``runs.cancel``, a shutdown)
+    would cut it short, so that they landed after the run's halt was recorded and its journey let go. The caller
+    returns, or raises, once the call has ended, its writes landed; further cancels of the caller are answered then.
+
+    ``working``: whether a node of the run is at work. A cancel lost in a node's wait leaves it at work, and the
+    call is cancelled again every :data:`LOST_CANCEL_S`; once its nodes have stopped it is only writing, and is
+    cancelled again, with an error logged, only past :data:`UNWIND_S`."""
+    running = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        if running.done():  # ended as the cancel came: what it ended with stands
+            raise
+        if (on_cancel := ON_CANCEL.get()) is not None:
+            on_cancel.taken()
+        running.cancel()
+        clock = asyncio.get_running_loop()
+        since = clock.time()
+
+        def looked() -> None:
+            nonlocal since
+            if working():
+                log.warning("a run's cancel was lost in a node's work; it is cancelled again")
+                running.cancel()
+            elif clock.time() - since >= UNWIND_S:
+                log.error(
+                    "a cancelled run did not write its way out in time; LangGraph stops waiting for its last writes, "
+                    "which may land after its journey is let go",
+                    waited_s=round(clock.time() - since, 1),
+                )
+                running.cancel()
+                since = clock.time()
+
+        await _ended_regardless(running, LOST_CANCEL_S, looked)
+        if running.cancelled() or running.exception() is None:
+            raise  # the caller's cancel, also when the call ran to its end regardless
+        return running.result()  # raises what the call raised on its way out
+
+
+async def _ended_regardless(
+    task: asyncio.Future[Any], every: float | None = None, looked: Callable[[], None] = lambda: None
+) -> None:
+    """Return once ``task`` has ended, part of a cancelled caller's way out: cancels of the caller meanwhile are
+    answered by the cancel it is leaving on already. ``looked`` is called every ``every`` seconds until then."""
+    while not task.done():
+        try:
+            await asyncio.wait({task}, timeout=every)
+        except asyncio.CancelledError:
+            continue
+        if not task.done():
+            looked()
 
 
 # A step the database went away under (a restart, a failover: a write's connection ended) runs again in the

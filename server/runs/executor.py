@@ -28,7 +28,7 @@ from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
 from checkpoints.runs import thread_key
 from graphs.errors import JourneyNotFoundError, StepCrashedError
-from graphs.kernel.engine import ON_CANCEL, Outcome, RunOptions, addressed, failed_task, in_flight
+from graphs.kernel.engine import ON_CANCEL, OnCancel, Outcome, RunOptions, addressed, failed_task, in_flight
 from graphs.kernel.patterns import Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
@@ -142,9 +142,9 @@ async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_
     return output
 
 
-# Seconds a cancelled run's task has to take the cancel before it is cancelled again. Not less: a cancel that did land
-# unwinds the run first (LangGraph waits for its last writes, seconds on a loaded database), and a cancel landing in
-# that wait would leave those writes to land after the run's halt is recorded.
+# Seconds a cancelled run's task has to take the cancel before it is cancelled again. One its graph call took is not
+# made again (OnCancel.taken), nor does a further cancel cut that call's writes on its way out (the engine's
+# _to_its_end), so this guards the run's other awaits (its claim, its reads of its row).
 RECANCEL_S = 5.0
 WEBHOOK_PURPOSE = "webhook"  # the timers that deliver a finished run's webhook
 WEBHOOK_ATTEMPTS = 5
@@ -260,8 +260,8 @@ class RunExecutor:
         self._notify = notify  # an object with .changed(run_id, finished): wakes in-process waiters
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
         self.webhooks = Webhooks(runtime, runs)
-        # Runs being executed whose cancel has reached them (their lock's handler or their own): a queue that
-        # cancelled one and sees it missing here cancels again, since a cancel can be lost on its way.
+        # Runs being executed whose cancel has reached them (their lock's handler, their graph call or their own): a
+        # queue that cancelled one and sees it missing here cancels again, since a cancel can be lost on its way.
         self.stopping: set[str] = set()
 
     async def cancel_again_while_lost(
@@ -284,7 +284,9 @@ class RunExecutor:
         """Claim and execute the run. ``due``: its queue held it back until its due time (``after_seconds``)
         already, so it is not read again to check. ``taken``: its queue claimed it already, with its job."""
         # A cancel asked for is recorded under the journey's lock, where the cancel lands (see ON_CANCEL).
-        token = ON_CANCEL.set(functools.partial(self._halt_if_asked, run_id))
+        # One its graph call took is not made again: the call writes its way out (OnCancel.taken).
+        halt = functools.partial(self._halt_if_asked, run_id)
+        token = ON_CANCEL.set(OnCancel(taken=functools.partial(self.stopping.add, run_id), halt=halt))
         try:
             with structlog.contextvars.bound_contextvars(run_id=run_id):  # in every log line and span of the run
                 return await self._execute(run_id, due, taken)
