@@ -8,12 +8,16 @@ Python against the runtime."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from fastapi import FastAPI
 
 from server.app import create_app
 from server.settings import ApiKey, Settings
@@ -61,16 +65,38 @@ def refused(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def base(store_url: str) -> Iterator[str]:
-    with serving(create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))) as url:
-        yield url
+def served(store_url: str) -> Iterator[tuple[str, FastAPI]]:
+    app = create_app(Settings(database_url=store_url, api_keys=dict(KEYS)))
+    with serving(app) as url:
+        yield url, app
+
+
+@pytest.fixture
+def base(served: tuple[str, FastAPI]) -> str:
+    return served[0]
+
+
+def designs_stored(app: FastAPI, store_url: str) -> int:
+    """How many journey designs the served app's database holds, read beside the server."""
+    url = app.state.services.runtime.store.backend.engine.url
+    query = "SELECT count(*) FROM journey_designs"
+    if url.get_backend_name() == "sqlite":  # memory:// is a throwaway SQLite file
+        with contextlib.closing(sqlite3.connect(str(url.database))) as conn:
+            return int(conn.execute(query).fetchone()[0])
+    with psycopg.connect(store_url) as pg:
+        found = pg.execute(query).fetchone()
+        assert found is not None
+        return int(found[0])
 
 
 def client(base: str, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base, headers={"x-api-key": key}, timeout=60)
 
 
-async def test_a_rollout_and_an_ab_test_are_set_over_http_by_the_process_tenant_only(base: str) -> None:
+async def test_a_rollout_and_an_ab_test_are_set_over_http_by_the_process_tenant_only(
+    served: tuple[str, FastAPI], store_url: str
+) -> None:
+    base, app = served
     async with client(base, "key-ana") as ana, client(base, "key-bob") as bob, client(base, "key-vic") as vic:
         ok(await ana.post("/processes", json=expense(1)))
         # v2 takes a quarter of new instances from its deploy on, not all of them for a moment.
@@ -133,9 +159,11 @@ async def test_a_rollout_and_an_ab_test_are_set_over_http_by_the_process_tenant_
         assert {(v["variant"], v["version"]) for v in variants} == {("A", 1), ("B", 2)}
 
         # A weighted deploy over the A/B test silently replaced it (its variants gone): now a 409 naming the
-        # rollout, nothing deployed.
+        # rollout, nothing deployed: not its design either, which was stored before the refusal, once per attempt.
+        designs = designs_stored(app, store_url)
         problem = refused(await ana.post("/processes", json={**expense(2), "version": 3}, params={"weight": 10}), 409)
         assert "RolloutConflictError" in str(problem) and "A/B test" in str(problem), problem
+        assert designs_stored(app, store_url) == designs
         assert ok(await ana.get(path)) == [{**e, "weight": 50.0} for e in ab]
         assert [v["version"] for v in ok(await ana.get("/processes/expense/versions"))] == [1, 2]
 

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
+from checkpoints.index import Design
 from checkpoints.ownership import new_row_owner
 from checkpoints.schema.tables import journey_designs, process_deployments, process_message_starts, process_rollouts
 
@@ -57,17 +58,18 @@ class DeploymentStore:
         self,
         name: str,
         version: int,
-        design_id: str,
+        design: Design,
         digest: str,
         *,
         rollout: RolloutChange | None,
         message_starts: Sequence[tuple[str, str]] = (),
         may_deploy: NameOwnership | None = None,
     ) -> Added:
-        """Register a deployment, its message starts (``(message, start id)`` pairs, indexed for
-        :meth:`started_by`) and, when given, the new rollout (``rollout`` of the current one, read locked), in one
-        transaction: ``"version taken"`` if the version is, ``"name taken"`` if ``may_deploy`` refuses the name's
-        owner as the transaction finds it. An error ``rollout`` raises leaves nothing written.
+        """Register a deployment, its design (stored with it: a refused deploy leaves none), its message starts
+        (``(message, start id)`` pairs, indexed for :meth:`started_by`) and, when given, the new rollout
+        (``rollout`` of the current one, read locked), in one transaction: ``"version taken"`` if the version is,
+        ``"name taken"`` if ``may_deploy`` refuses the name's owner as the transaction finds it. An error
+        ``rollout`` raises leaves nothing written.
 
         The rollout row is written first: it is the name's one row, so a concurrent deploy of the name (of
         another version, by another tenant) either has committed by then, and its rollout and owner are read, or
@@ -85,10 +87,19 @@ class DeploymentStore:
                     if not may_deploy(found is not None, found.tenant if found is not None else None):
                         raise _NameTaken  # rolls the rollout back
                 await conn.execute(
+                    insert(journey_designs).values(
+                        journey_id=design.journey_id,
+                        pattern=design.pattern,
+                        journey_type=design.journey_type,
+                        spec=design.spec,
+                        created_at=design.created_at,
+                    )
+                )
+                await conn.execute(
                     insert(process_deployments).values(
                         name=name,
                         version=version,
-                        design_id=design_id,
+                        design_id=design.journey_id,
                         digest=digest,
                         deployed_at=now,
                         tenant=new_row_owner()["tenant"],

@@ -137,14 +137,25 @@ class DesignBook:
     ) -> Design:
         """Check ``spec`` (every design error at once, with fixes; ``agents``: see :meth:`check`) and store it
         under a new id."""
+        drafted = self.drafted(pattern, spec, agents=agents)
+        design = await self.engine.store.index.save_design(
+            drafted.journey_id, pattern, drafted.journey_type, drafted.spec
+        )
+        self.saved(design)
+        return design
+
+    def drafted(self, pattern: PatternName, spec: BaseModel, *, prefix: str = "journey", agents: bool = True) -> Design:
+        """``spec`` checked (as :meth:`save` checks it) under a new id, not stored: for a caller that stores it
+        with what it belongs to, in one transaction (a process version's deploy), then tells :meth:`saved`."""
         self.check(pattern, spec, agents=agents)
         journey_type = str(getattr(spec, "journey_type", pattern))
-        design = await self.engine.store.index.save_design(
-            new_id(prefix), pattern, journey_type, spec.model_dump(mode="json")
-        )
-        # A design is usually started right after it is saved: keep it, as load() would parse it back.
-        self._remember(design, self._kinds(pattern).spec_type.model_validate(design.spec))
-        return design
+        spec_json = spec.model_dump(mode="json")
+        return Design(new_id(prefix), pattern, journey_type, spec_json, self.engine.store.clock.now())
+
+    def saved(self, design: Design) -> None:
+        """``design`` is stored: it is kept, as load() would parse it back (a design is usually started right
+        after it is saved)."""
+        self._remember(design, self._kinds(design.pattern).spec_type.model_validate(design.spec))
 
     async def save_shared(self, pattern: PatternName, spec: SpecT, *, prefix: str) -> tuple[Design, SpecT]:
         """Check and store ``spec`` under an id made of its content, once: every call (in any process)

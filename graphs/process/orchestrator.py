@@ -232,12 +232,12 @@ class ProcessOrchestrator:
             return self._deployment_view(existing, await self.deployments.rollout(spec.name))
         if weight is not None and not 0 <= weight <= 100:
             raise InvalidInputError(f"weight must be a percentage between 0 and 100, got {weight}")
-        design = await self._designs.save(PATTERN, spec, prefix="process", agents=agents)
+        design = self._designs.drafted(PATTERN, spec, prefix="process", agents=agents)  # stored with the deployment
         message_starts = [(start.message, start.id) for start in spec.starts() if start.message is not None]
         added = await self.deployments.add(
             spec.name,
             spec.version,
-            design.journey_id,
+            design,
             spec_digest(spec),
             rollout=partial(rollout_after_deploy, spec.name, spec.version, weight),
             message_starts=message_starts,
@@ -247,6 +247,7 @@ class ProcessOrchestrator:
             raise self._name_taken(spec.name)
         if added == "version taken":  # a concurrent deploy of the same version won
             return await self.deploy(spec, weight=weight, agents=agents)
+        self._designs.saved(design)
         await self._arm_start_timers(spec)
         deployment = await self.deployments.get(spec.name, spec.version)
         assert deployment is not None
