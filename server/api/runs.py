@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import Body, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -304,10 +305,15 @@ async def final_output(svc: ServerServices, run: RunRow) -> dict[str, Any]:
     return await thread_output(svc.runtime, get_assistant(thread.assistant_id), thread.instance_id)
 
 
+def _run_path(run: RunRow) -> str:
+    """The run's URL path, for the headers that name it: the thread id quoted, since a header holds Latin-1
+    only and a client may choose any id but '/' (a raw '%2F' or '?' in it would lead elsewhere)."""
+    return f"/threads/{quote(run.thread_id, safe='')}/runs/{quote(run.run_id, safe='')}"
+
+
 def _stream_headers(run: RunRow) -> dict[str, str]:
     # Location: where langgraph-sdk reconnects (with Last-Event-ID) when the stream drops mid-run.
-    stream = f"/threads/{run.thread_id}/runs/{run.run_id}/stream"
-    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}", "Location": stream}
+    return {"Content-Location": _run_path(run), "Location": f"{_run_path(run)}/stream"}
 
 
 async def _wait(svc: ServerServices, run: RunRow) -> RunRow:
@@ -344,7 +350,7 @@ def _waited(
     long wait; then the thread's values after the run as JSON (``{"__error__": …}`` for a failed run, or a
     failure met after the headers went out). ``cancel_if_gone``: the run is cancelled if the client goes away
     before the answer is sent. ``closing``: what the waiting holds, closed when the answer is done with."""
-    join = f"/threads/{run.thread_id}/runs/{run.run_id}"
+    join = _run_path(run)
     answer = _answer_when(svc, finished, svc.settings.wait_keepalive, closing or ExitStack())
     if cancel_if_gone:
         answer = cancelled_when_gone(svc, run, answer)
@@ -440,7 +446,7 @@ async def create_stateless(
 def _created(run: RunRow, response: Response) -> dict[str, Any]:
     """A background run's answer, naming the run in Content-Location as the Agent Server's does: langgraph-sdk
     hands it to ``on_run_created``."""
-    response.headers["Content-Location"] = f"/threads/{run.thread_id}/runs/{run.run_id}"
+    response.headers["Content-Location"] = _run_path(run)
     return run.view()
 
 
