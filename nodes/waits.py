@@ -97,6 +97,36 @@ def subscription_id_for(wait_id: str, plan: SubscriptionPlan) -> str:
     return f"{wait_id}:{plan.element}"
 
 
+def correlation_key(variables: Mapping[str, Any], subscription: SubscriptionPlan) -> str:
+    """The key ``subscription`` waits under: its correlation variable's value, as a sender names it. Raises
+    :class:`CorrelationError`, saying how to fix it, when the variable holds no key."""
+    key = lookup(variables, subscription.correlation)
+    if key is _MISSING or key is None:
+        raise CorrelationError(
+            f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
+            "which is not set; set it before the process reaches the event (or with the retry: "
+            "set_variables(..., retry=True))",
+            element=subscription.element,
+        )
+    # A sender names the key as a string (or an integer): the text of a list or a mapping is no key one
+    # could send (it waited for "{'a': 1}").
+    if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
+        raise CorrelationError(
+            f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
+            f"whose value {key!r} is not a correlation key; give it a non-empty string or an integer "
+            "(set_variables(..., retry=True))",
+            element=subscription.element,
+        )
+    if len(str(key)) > CORRELATION_KEY:  # the subscription's column would refuse it (PostgreSQL)
+        raise CorrelationError(
+            f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
+            f"whose value is {len(str(key))} characters long; a correlation key has at most "
+            f"{CORRELATION_KEY}: give it a shorter one (set_variables(..., retry=True))",
+            element=subscription.element,
+        )
+    return str(key)
+
+
 def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, RunnableConfig], Awaitable[Any]]:
     async def arm(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
         instance_id = thread_id(config)
@@ -124,31 +154,8 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
             described["timers"].append({"element": timer.element, "purpose": timer.purpose, "due_at": due.isoformat()})
         keys = {}
         for subscription in plan.subscriptions:
-            key = lookup(variables, subscription.correlation)
-            if key is _MISSING or key is None:
-                raise CorrelationError(
-                    f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
-                    "which is not set; set it before the process reaches the event (or with the retry: "
-                    "set_variables(..., retry=True))",
-                    element=subscription.element,
-                )
-            # A sender names the key as a string (or an integer): the text of a list or a mapping is no key one
-            # could send (it waited for "{'a': 1}").
-            if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
-                raise CorrelationError(
-                    f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
-                    f"whose value {key!r} is not a correlation key; give it a non-empty string or an integer "
-                    "(set_variables(..., retry=True))",
-                    element=subscription.element,
-                )
-            if len(str(key)) > CORRELATION_KEY:  # the subscription's column would refuse it (PostgreSQL)
-                raise CorrelationError(
-                    f"message event {subscription.element!r} correlates on variable {subscription.correlation!r}, "
-                    f"whose value is {len(str(key))} characters long; a correlation key has at most "
-                    f"{CORRELATION_KEY}: give it a shorter one (set_variables(..., retry=True))",
-                    element=subscription.element,
-                )
-            keys[subscription.element] = str(key)
+            key = correlation_key(variables, subscription)
+            keys[subscription.element] = key
             statements.append(
                 services.messages.subscribe_statement(
                     subscription_id_for(wait_id, subscription),
@@ -156,11 +163,11 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
                     instance_id=instance_id,
                     element=subscription.element,
                     name=subscription.message,
-                    key=str(key),
+                    key=key,
                 )
             )
             described["messages"].append(
-                {"element": subscription.element, "message": subscription.message, "correlation_key": str(key)}
+                {"element": subscription.element, "message": subscription.message, "correlation_key": key}
             )
         if plan.task is not None:
             sla = next((t for t in plan.timers if t.purpose == "sla"), None)

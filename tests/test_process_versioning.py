@@ -607,3 +607,52 @@ async def test_an_answer_read_before_a_migration_renamed_its_task_is_taken_by_th
             "wait.completed",
             "process.completed",
         ]
+
+
+def payment(version: int, message: str, correlation: str, element: str, *, raced: bool) -> dict[str, Any]:
+    """An order waiting at message event ``element``: alone, or (``raced``) after an event gateway against a timer."""
+    name, waits = ("payment_race", "race") if raced else ("payment", element)
+    elements: list[dict[str, Any]] = [
+        {"type": "start", "id": "start"},
+        {"type": "message", "id": element, "message": message, "correlation": correlation},
+        {"type": "end", "id": "paid"},
+    ]
+    flows = [f"start -> {waits}", f"{element} -> paid"]
+    if raced:
+        elements += [
+            {"type": "event_gateway", "id": "race"},
+            {"type": "timer", "id": "too_late", "timer": {"duration": "P30D"}},
+            {"type": "end", "id": "expired"},
+        ]
+        flows += [f"race -> {element}", "race -> too_late", "too_late -> expired"]
+    return {"name": name, "version": version, "elements": elements, "flows": flows}
+
+
+@pytest.mark.parametrize("raced", [False, True], ids=["message_event", "event_gateway"])
+async def test_a_migrated_message_wait_takes_its_new_versions_message_name_and_correlation_key(
+    store_url: str, raced: bool
+) -> None:
+    """v2 renames the message an instance waits for and correlates it on another variable: once migrated, the
+    instance waits for v2's message under v2's key, and v1's message reaches it no more. Before, its
+    subscription kept v1's name and key: v2's message was buffered and the instance waited for good, while v1's
+    message still moved it on. A version whose correlation variable the instance lacks refuses the plan, saying so."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(payment(1, "payment_received", "order_id", "pay", raced=raced))
+        variables = {"order_id": "o-1", "invoice": "inv-9"}
+        view = await rt.processes.start("payment_race" if raced else "payment", "bk-1", variables=variables)
+        target = "pay" if raced else "confirm"
+        mapping = {} if raced else {"pay": "confirm"}
+        await rt.processes.deploy(payment(2, "payment_confirmed", "customer_ref", target, raced=raced))
+        before = await table_dump(rt)
+        with pytest.raises(MigrationRefusedError, match="correlates on variable 'customer_ref', which is not set"):
+            await rt.processes.migrate(view["instance_id"], to_version=2, mapping=mapping)
+        assert await table_dump(rt) == before
+        await rt.processes.deploy(payment(3, "payment_confirmed", "invoice", target, raced=raced))
+        await rt.processes.migrate(view["instance_id"], to_version=3, mapping=mapping)
+        old = await rt.processes.send_message("payment_received", "o-1", {"paid": True})
+        assert old["correlated"] == [], old
+        new = await rt.processes.send_message("payment_confirmed", "inv-9", {"paid": True})
+        assert new["correlated"] == [view["instance_id"]], new
+        done = await rt.processes.status(view["instance_id"])
+        assert (done["status"], done["outcome"]) == ("completed", "paid")

@@ -40,6 +40,8 @@ class RowMove:
     escalation, whom it notifies), not as the source did; a failed one (an incident) too, once retried.
     ``task``: the target task's title and response schema, which its inbox row takes (its answer is checked
     against the target's schema: the target's flows read it); who it is assigned to and who claimed it stay.
+    ``messages``: (source message event, target message event, message name, correlation key) of each of the
+    wait's subscriptions: it waits for the target's message under the target's key.
     """
 
     wait_id: str
@@ -49,6 +51,7 @@ class RowMove:
     keeps_sla: bool = True
     timer_data: tuple[tuple[str, dict[str, Any]], ...] = ()
     task: TaskFields | None = None
+    messages: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +145,14 @@ class MigrationRows:
 def _move_statements(move: RowMove) -> list[Executable]:
     statements: list[Executable] = []
     wait_id, element, to = move.wait_id, move.element, move.to
-    timers = process_timers.c
+    timers, subscriptions = process_timers.c, process_subscriptions.c
+    # Before the element's rename below, which would move a message event's subscription without its message.
+    statements += [
+        update(process_subscriptions)
+        .where(subscriptions.wait_id == wait_id, subscriptions.element == was, subscriptions.status == "waiting")
+        .values(element=event, message_name=name, correlation_key=key)
+        for was, event, name, key in move.messages
+    ]
     if to != element:
         statements += [
             update(process_waits).where(process_waits.c.wait_id == wait_id).values(element=to),

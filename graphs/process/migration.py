@@ -6,7 +6,8 @@ written, and refused, listing every problem, when a waiting element has no mappi
 element of another kind, or waits inside a parallel branch (migrate after the join). Applied, it
 keeps what the instance waits on: the same wait, task, timers (with their due times) and
 subscriptions, now under the target element; boundary timers the target task lacks are cancelled, and
-those it keeps fire as it says (its SLA's escalation, whom its reminders notify).
+those it keeps fire as it says (its SLA's escalation, whom its reminders notify); a subscription waits for
+the target's message under the key its correlation variable holds (refused when it holds none).
 
 A migration touches two stores, the thread's checkpoint and our rows, which no transaction spans.
 So it goes in three steps, each atomic, and is never left half-applied:
@@ -54,7 +55,10 @@ from graphs.kernel.engine import JourneyEngine, failed_task
 from graphs.process.blocks import TOP, analyse
 from graphs.process.builder import arm_node, task_timers
 from graphs.process.context import PATTERN, DeployedVersions, Graph, ThreadRunner
-from graphs.process.spec import EventGateway, ProcessSpec, UserTask
+from graphs.process.spec import EventGateway, MessageEvent, ProcessSpec, UserTask
+from nodes.errors import CorrelationError
+from nodes.variables import values
+from nodes.waits import SubscriptionPlan, correlation_key
 
 log = structlog.get_logger("journeys.processes")
 
@@ -70,6 +74,9 @@ class MovedWait:
     wait_id: str
     element: str  # where the instance waits in the source version
     to: str  # the element of the target version it waits at afterwards
+    # (source message event, target message event, the target's message name, its correlation key) of each
+    # subscription of the wait: it waits for the target's message afterwards, not the source's
+    messages: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +114,9 @@ class MigrationPlan:
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> MigrationPlan:
-        waits = tuple(MovedWait(**w) for w in payload["waits"])
+        waits = tuple(
+            MovedWait(**{**w, "messages": tuple(tuple(m) for m in w.get("messages", ()))}) for w in payload["waits"]
+        )
         return cls(waits=waits, **{f.name: payload[f.name] for f in fields(cls) if f.name != "waits"})
 
 
@@ -184,6 +193,32 @@ def check_plan(
     return problems, resolved
 
 
+def _moved(
+    target: ProcessSpec, waiting: Mapping[str, Any], to: str, variables: Mapping[str, Any]
+) -> tuple[MovedWait, list[str]]:
+    """The wait ``waiting`` moving to ``to``, with the target's message name and correlation key for each of its
+    subscriptions (an event gateway's options keep their ids: see :func:`check_plan`); and the problems of the
+    plan with it: a target message correlating on a variable that holds no key."""
+    element = str(waiting["element"])
+    after = target.element(to)
+    if isinstance(after, MessageEvent):
+        events = [(element, after)]
+    elif isinstance(after, EventGateway):
+        options = [target.element(flow.target) for flow in target.outgoing(to)]
+        events = [(option.id, option) for option in options if isinstance(option, MessageEvent)]
+    else:
+        events = []
+    messages, problems = [], []
+    for was, event in events:
+        try:
+            key = correlation_key(variables, SubscriptionPlan(event.id, event.message, event.correlation))
+        except CorrelationError as error:
+            problems.append(f"v{target.version}'s {error}")
+            continue
+        messages.append((was, event.id, event.message, key))
+    return MovedWait(str(waiting["wait_id"]), element, to, tuple(messages)), problems
+
+
 async def migrate(
     migrations: Migrations,
     loaded: tuple[Instance, Deployment, ProcessSpec, Graph],
@@ -223,12 +258,17 @@ async def migrate(
                 allowed=[],
             )
         problems, moves = check_plan(source, target, waiting, dict(mapping or {}))
+        variables = values(snapshot.values.get("variables"))
+        moved = [
+            _moved(target, p, moves[str(p["element"])], variables) for _n, p in waiting if str(p["element"]) in moves
+        ]
+        problems += [problem for _wait, found in moved for problem in found]
         if problems:
             raise MigrationRefusedError(
                 f"cannot migrate {instance_id!r} from v{deployment.version} to v{to_version}: " + "; ".join(problems),
                 problems=problems,
             )
-        waits = tuple(MovedWait(str(p["wait_id"]), str(p["element"]), moves[str(p["element"])]) for _node, p in waiting)
+        waits = tuple(wait for wait, _found in moved)
         plan = MigrationPlan(
             migration_id=new_id("mig"),
             from_version=deployment.version,
@@ -420,6 +460,8 @@ async def _commit(migrations: Migrations, instance_id: str, step: MigrationStep,
 def _row_move(source: ProcessSpec, target: ProcessSpec, wait: MovedWait) -> RowMove:
     """How the rows of ``wait`` follow it: its element, and for a user task the timers the target task keeps."""
     before, after = source.element(wait.element), target.element(wait.to)
+    if wait.messages:
+        return RowMove(wait.wait_id, wait.element, wait.to, messages=wait.messages)
     if isinstance(before, UserTask) and isinstance(after, UserTask):
         boundaries = tuple(b.id for b in target.boundaries(wait.to))
         timer_data = tuple((plan.element, plan.data) for plan in task_timers(target, after))
