@@ -4,11 +4,15 @@ a checkpoint per superstep. Runs on memory, SQLite and Postgres, on a virtual cl
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import suppress
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from langgraph.types import Durability
 
+from agents import AgentRequest
 from checkpoints.clock import VirtualClock
 from graphs.runtime import JourneyRuntime
 from nodes.telemetry import METRICS
@@ -56,6 +60,9 @@ async def test_a_timer_continuation_checkpoints_where_it_stops_unless_the_runtim
         assert logged == ["look_up", "draft"]
         assert await checkpoints_of(rt, instance_id) - parked == written
 
+
+# How long the slow pager of the escalation test takes to answer when nothing else happens meanwhile.
+PAGER_ANSWERS_S = 5.0
 
 NAP = linear("wake_up", {"type": "timer", "id": "nap", "timer": {"duration": "PT1H"}})
 
@@ -170,3 +177,42 @@ async def test_a_timer_continuation_runs_the_end_it_leads_to_in_its_own_superste
         recorded = {"plan": "gold", "business_key": "cust-1"}
         assert [(e.step, e.payload["outcome"], e.payload["variables"]) for e in ended] == [("end", "end", recorded)]
         assert end_runs_timed() == timed + 1
+
+
+async def test_a_slow_escalation_does_not_hold_back_the_continuations_of_timers_fired_with_it(store_url: str) -> None:
+    """An SLA's notify agent (a pager slow to answer) fired in the same pass as a parked journey's timer: the
+    journey continues while the agent call is under way, not once every timer of the pass has taken effect."""
+    clock = virtual_clock()
+    continued = asyncio.Event()
+    seen: list[bool] = []
+
+    async def note(_request: AgentRequest) -> dict[str, Any]:
+        continued.set()
+        return {}
+
+    async def page_lead(_request: AgentRequest) -> dict[str, Any]:
+        with suppress(TimeoutError):  # the pager answers at last either way
+            await asyncio.wait_for(continued.wait(), timeout=PAGER_ANSWERS_S)
+        seen.append(continued.is_set())
+        return {}
+
+    async with runtime(store_url, clock) as rt:
+        rt.agents.register("note", note)
+        rt.agents.register("page_lead", page_lead)
+        await rt.processes.deploy(
+            linear(
+                "remind",
+                {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
+                {"type": "service_task", "id": "noted", "agent": "note"},
+            )
+        )
+        sla = {"sla": "PT1H", "on_timeout": {"action": "notify", "notify": "page_lead"}}
+        await rt.processes.deploy(linear("approval", user_task("approve", candidate_groups=["leads"], **sla)))
+        parked = (await rt.processes.start("remind", "cust-1"))["instance_id"]
+        await rt.processes.start("approval", "doc-1")
+
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (2, 1, 0)
+        assert seen == [True]  # the journey had continued while the pager was being called
+        assert (await rt.processes.status(parked))["status"] == "completed"

@@ -116,7 +116,8 @@ async def fire_due_timers(
 
     Timers that end a wait (catch, boundary) fire as a set: one transaction per batch resolves their
     waits, and from then on the outcome is durable. Their threads are resumed once everything due has
-    fired (firing first keeps a backlog's lateness down), up to ``concurrency`` at a time.
+    fired (firing first keeps a backlog's lateness down), up to ``concurrency`` at a time; or, in a pass that
+    waits for other timers to take effect (an SLA's agent call, a cron's handler), meanwhile.
     """
     worker = worker or default_worker_id()
     report = FiringReport()
@@ -163,6 +164,11 @@ async def fire_due_timers(
                 if not wave or len(running) >= concurrency:  # nothing left to start, or no slot freed meanwhile
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
 
+    async def resume_fired(fired: list[tuple[Timer, dict[str, Any]]]) -> None:
+        # One read for the index rows of every thread to resume, not one per thread.
+        instances = await processes.instances_by_id([str(t.instance_id) for t, _resolution in fired])
+        await resume_all(fired, instances)
+
     async def fire_one(timer: Timer) -> None:
         async with gate:
             try:
@@ -191,10 +197,11 @@ async def fire_due_timers(
         report.dropped += len(ending_waits) - len(won)
         report.lateness += [(fired_at - t.due_at).total_seconds() for t, _resolution in won]
         to_resume += won
-        await asyncio.gather(*(fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")))
-    # One read for the index rows of every thread to resume, not one per thread.
-    instances = await processes.instances_by_id([str(t.instance_id) for t, _resolution in to_resume])
-    await resume_all(to_resume, instances)
+        others = [fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")]
+        if others:  # the threads fired so far resume while these take effect: a slow pager held them all back
+            await asyncio.gather(resume_fired(to_resume), *others)
+            to_resume = []
+    await resume_fired(to_resume)
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
