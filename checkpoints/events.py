@@ -493,9 +493,13 @@ class EventLog:
     async def _write_together_asked(self) -> None:
         """Write what :meth:`append_together` callers asked for meanwhile, batch by batch, until none is left."""
         while self._together:
-            batch = _one_per_instance(self._together)  # each row's next seq is read before the statement writes any
-            self._together = [entry for entry in self._together if entry not in batch]
+            batch: list[_Together] = []
             try:
+                # One more pass of the event loop first: the completions of other runs' steps that became ready in it
+                # join this batch (a busy worker's steps return a pass or so apart), for a pass's latency.
+                await asyncio.sleep(0)
+                batch = _one_per_instance(self._together)  # each row's next seq is read before the statement writes any
+                self._together = [entry for entry in self._together if entry not in batch]
                 results = await self._write_batch(batch)
             except BaseException:  # the writer itself is cancelled: so is what is left
                 for entry in [*batch, *self._together]:

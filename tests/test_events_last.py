@@ -121,3 +121,14 @@ async def test_steps_of_many_runs_completed_at_once_are_written_together_and_cha
             assert [e.type for e in await log.list(instance_id)] == ["started", "step.completed"]
             instance = await rt.store.index.get_instance(instance_id)
             assert instance is None or instance.status == "in_progress"
+
+        # Completions asked for a pass of the event loop apart (steps of runs that returned in consecutive passes, as
+        # a busy worker's do) go together too: the writer lets one pass go by before it takes its batch.
+        async def next_step(instance_id: str, passes: int) -> bool:
+            for _ in range(passes):
+                await asyncio.sleep(0)
+            return await log.append_together(instance_id, NewEvent("step.completed", {}, "s2", f"{instance_id}:s2"))
+
+        batches.clear()
+        assert list(await asyncio.gather(next_step(ids[0], 0), next_step(ids[1], 1))) == [True, True]
+        assert batches == [2]
