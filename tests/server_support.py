@@ -181,10 +181,10 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Wait until the server ``process`` started answers ``/ok`` on ``port`` (60 s at most); fails with its
-    output in ``log`` if it ends first."""
-    deadline = time.monotonic() + 60
+def wait_until_serving(process: subprocess.Popen[bytes], port: int, log: Path, seconds: float = 60) -> None:
+    """Wait until the server ``process`` started answers ``/ok`` on ``port`` (``seconds`` at most); fails with
+    its output in ``log`` if it ends first."""
+    deadline = time.monotonic() + seconds
     while True:
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()
         try:
@@ -202,6 +202,26 @@ def journeys_serve(
     ``log``, run from ``cwd`` (where a ``--plugin`` module is found); yields its base URL once it answers
     ``/ok``, and stops it after."""
     port = free_port()
+    server = start_serving(url, port, log, *options, env=env, cwd=cwd)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_worker(server)
+
+
+def start_serving(
+    url: str,
+    port: int,
+    log: Path,
+    *options: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    seconds: float = 60,
+) -> subprocess.Popen[bytes]:
+    """A real `journeys serve` process on the database ``url`` and ``port`` with extra CLI ``options``, its
+    output in ``log``, once it answers ``/ok`` (within ``seconds``). One that does not is killed before the
+    failure is raised: left running, it held its port, its database and a share of the cores for the rest of
+    the session (a loaded CI box took over 60 s to start one)."""
     command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
     environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     with log.open("wb") as sink:
@@ -209,10 +229,12 @@ def journeys_serve(
             [*command, "--port", str(port), *options], cwd=cwd, env=environment, stdout=sink, stderr=subprocess.STDOUT
         )
     try:
-        wait_until_serving(server, port, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_worker(server)
+        wait_until_serving(server, port, log, seconds)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    return server
 
 
 async def queued_run(runs: RunStore, assistant_id: str = "structured") -> RunRow:

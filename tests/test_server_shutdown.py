@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
-from tests.server_support import ROOT, free_port, wait_until_serving
+from tests.server_support import ROOT, free_port, start_serving, wait_until_serving
 
 SLOW = ("--plugin", "tests.slow_agents:register")
 SPEC = {"journey_type": "wait1", "steps": [{"step_id": "s0", "mode": "auto", "agent": "slow"}]}
@@ -57,3 +58,12 @@ def test_a_server_stops_on_sigterm_while_a_client_waits_on_a_run_that_cannot_fin
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_a_server_that_does_not_answer_in_time_is_not_left_running(sqlite_url: str, tmp_path: Path) -> None:
+    """The suite's `journeys serve` that does not answer /ok within its time fails the test and is gone: the
+    webhook tests' server, started on a loaded box, was left serving for the rest of the session after it."""
+    before = {child.pid for child in psutil.Process().children()}
+    with pytest.raises(AssertionError):
+        start_serving(sqlite_url, free_port(), tmp_path / "serve.log", seconds=0)
+    assert [child.cmdline() for child in psutil.Process().children() if child.pid not in before] == []

@@ -5,10 +5,8 @@ another worker (distributed mode), against a real loopback receiver."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from sqlalchemy import Engine, create_engine, select
 
 from checkpoints.schema.tables import process_timers
 from checkpoints.url import parse_store_url
-from tests.server_support import ROOT, free_port, start_worker, stop_worker, wait_until_serving
+from tests.server_support import free_port, start_serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
@@ -59,17 +57,7 @@ def receiving(port: int) -> Iterator[list[dict[str, Any]]]:
 
 def serve(url: str, port: int, log: Path, *options: str) -> subprocess.Popen[bytes]:
     """A `journeys serve --no-auth` process (killed by the test, so not a context manager)."""
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
-    with log.open("ab") as sink:
-        server = subprocess.Popen(
-            [*command, "--port", str(port), "--no-auth", *options],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    wait_until_serving(server, port, log)
-    return server
+    return start_serving(url, port, log, "--no-auth", *options)
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
@@ -132,8 +120,7 @@ def test_a_webhook_not_yet_delivered_when_the_server_was_killed_is_delivered_aft
 ) -> None:
     url: str = request.getfixturevalue(f"{backend}_url")
     hook_port, port = free_port(), free_port()
-    log = tmp_path / "serve.log"
-    first = serve(url, port, log)
+    first = serve(url, port, tmp_path / "first.log")
     try:
         # The receiver is down while the run ends: the first attempts fail, then the process is killed.
         run_id = run_to_its_end(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hook_port}/hook")
@@ -141,7 +128,7 @@ def test_a_webhook_not_yet_delivered_when_the_server_was_killed_is_delivered_aft
     finally:
         kill(first)
     with receiving(hook_port) as calls:
-        second = serve(url, port, log)
+        second = serve(url, port, tmp_path / "second.log")
         try:
             [call] = delivered(calls)
         finally:
