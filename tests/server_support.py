@@ -185,13 +185,16 @@ def wait_until_serving(process: subprocess.Popen[bytes], port: int, log: Path, s
     """Wait until the server ``process`` started answers ``/ok`` on ``port`` (``seconds`` at most); fails with
     its output in ``log`` if it ends first."""
     deadline = time.monotonic() + seconds
-    while True:
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
+    # One client for every poll: each httpx client builds a TLS context (tens of ms of CPU, for plain HTTP too),
+    # and a client per poll cost the waiting test ~0.1 CPU-s per second a loaded box took to start the server.
+    with httpx.Client() as http:
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if http.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
 
 
 @contextmanager
