@@ -98,13 +98,26 @@ def run(args: Sequence[str | Path], env: dict[str, str] | None = None) -> int:
     return subprocess.run([str(arg) for arg in args], cwd=ROOT, env=env, check=False).returncode
 
 
+SYSTEM_CERTIFICATES = "/etc/ssl/certs"  # Debian's (ca-certificates): one file per authority, hashed
+
+
 def pytest_environment() -> dict[str, str]:
     """This environment, less PYTHONDONTWRITEBYTECODE: the suite starts hundreds of Python processes (xdist
     workers, `journeys serve` and `worker` children, CLI commands), each importing the project and its
     dependencies. With the variable set (this machine's shells set it) none of them could cache bytecode, so each
     compiled every module it imported again: the project's own cost a child 0.6 CPU-s of its ~4, and a venv uv
-    installed (uv compiles nothing at install, pip does) 5 more, on the 3.12 and 3.13 shares."""
-    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    installed (uv compiles nothing at install, pip does) 5 more, on the 3.12 and 3.13 shares.
+
+    And the system's certificate authorities as a directory (SSL_CERT_DIR), not a bundle file (SSL_CERT_FILE, or
+    certifi's when unset), where the system has one: every HTTP client the suite makes (thousands: each test's
+    langgraph-sdk client, each poll of a starting server) builds a TLS context, and a bundle is parsed whole each
+    time (30-40 ms of CPU), a directory read only for a certificate asked for (~5 ms); the suite makes no TLS
+    connection (it runs offline), and trusts the same authorities."""
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    if Path(SYSTEM_CERTIFICATES).is_dir():
+        environment.pop("SSL_CERT_FILE", None)
+        environment["SSL_CERT_DIR"] = SYSTEM_CERTIFICATES
+    return environment
 
 
 def check(args: Sequence[str | Path], what: str) -> None:

@@ -67,3 +67,18 @@ def test_the_suites_processes_cache_their_bytecode_though_the_shell_says_not_to(
     done = subprocess.run(command, cwd=tmp_path, env=dev.pytest_environment(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert [p.name.split(".")[0] for p in (tmp_path / "__pycache__").glob("*.pyc")] == ["imported"]
+
+
+def test_the_suites_http_clients_read_the_certificate_authorities_from_a_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every HTTP client the suite makes builds a TLS context, and one from a bundle file (SSL_CERT_FILE, set by
+    this machine's shell, or certifi's) parses it whole: 30-40 ms of CPU, ~10 % of the in-process server tests'
+    samples (py-spy). Where the system has a directory of authorities, the suite's processes read that."""
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    environment = dev.pytest_environment()
+    if not Path(dev.SYSTEM_CERTIFICATES).is_dir():  # a system without one keeps what its shell says
+        assert environment["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
+        return
+    assert "SSL_CERT_FILE" not in environment and environment["SSL_CERT_DIR"] == dev.SYSTEM_CERTIFICATES
