@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from agents import AgentRequest
 from graphs.process.timers import FiringReport, TimerScheduler
-from server.runs.store import RunRow, RunStore
+from server.runs.store import Enqueue, RunRow, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,8 +240,9 @@ def start_serving(
     return server
 
 
-async def queued_run(runs: RunStore, assistant_id: str = "structured") -> RunRow:
-    """A pending start run of ``assistant_id`` on a new thread, created by ana, as the run store queues it."""
+async def queued_run(runs: RunStore, assistant_id: str = "structured", enqueue: Enqueue | None = None) -> RunRow:
+    """A pending start run of ``assistant_id`` on a new thread, created by ana, as the run store queues it
+    (``enqueue``: its job deferred with it, as in distributed mode)."""
     return await runs.create_run(
         thread_id=None,
         assistant_id=assistant_id,
@@ -252,6 +253,7 @@ async def queued_run(runs: RunStore, assistant_id: str = "structured") -> RunRow
         multitask_strategy="reject",
         metadata={},
         principal="ana",
+        enqueue=enqueue,
     )
 
 

@@ -17,11 +17,20 @@ from procrastinate.types import JSONDict
 
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
-from server.queues.procrastinate import RUN_JOBS, RUN_TASK, FetchedJob, build_app, enqueuer, ensure_schema
+from server.queues.procrastinate import (
+    QUEUE,
+    RUN_JOBS,
+    RUN_TASK,
+    FetchedJob,
+    RunJobs,
+    build_app,
+    enqueuer,
+    ensure_schema,
+)
 from server.runs.executor import RunExecutor, Taken
 from server.runs.store import RunStore
 from server.settings import Settings
-from tests.server_support import serving, start_worker, stop_worker
+from tests.server_support import queued_run, serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
@@ -131,6 +140,27 @@ async def test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own(postgr
     with psycopg.connect(postgres_url) as conn:
         left = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE id = %s", (created.job_id,)).fetchone()
     assert left == (0,)  # ended with the run
+
+
+async def test_an_aborted_job_whose_task_never_started_is_forgotten(postgres_url: str) -> None:
+    """An abort waits a few loop passes for its job's task to start (see RunJobs._started); a task that did not
+    start gave up with a warning but left the job's claim kept for its task, which never came: one per such
+    abort, for the worker's life. A real job fetched, its abort asked for, no task started for it."""
+    ensure_schema(postgres_url)
+    app = build_app(postgres_url, retention_cron=None)
+    async with JourneyRuntime.open(postgres_url) as runtime, app.open_async():
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        created = await queued_run(runs, enqueue=enqueuer(app))
+        jobs = RunJobs(app.connector, runs)
+        worker_id = await jobs.register_worker()
+        try:
+            job = await jobs.fetch_job([QUEUE], worker_id)
+            assert job is not None and created.job_id is not None and job.id == created.job_id
+            assert await jobs.cancel_job_by_id_async(created.job_id, abort=True)
+            assert created.job_id in await jobs.list_jobs_to_abort_async(QUEUE)  # handed on after its wait
+            assert jobs.taken(created.run_id) is None  # forgotten, not kept for a task that will not come
+        finally:
+            await jobs.unregister_worker(worker_id)
 
 
 def test_a_fetched_jobs_log_context_is_made_once_as_procrastinate_makes_it(monkeypatch: pytest.MonkeyPatch) -> None:

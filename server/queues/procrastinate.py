@@ -129,7 +129,11 @@ class RunJobs(JobManager):
             if not waiting & self._unstarted:
                 return
             await asyncio.sleep(0)
-        log.warning("aborted jobs whose tasks did not start", job_ids=sorted(waiting & self._unstarted))
+        unstarted = waiting & self._unstarted
+        log.warning("aborted jobs whose tasks did not start", job_ids=sorted(unstarted))
+        # procrastinate cancels their tasks as this returns: a task cancelled unstarted never takes its claim.
+        self._unstarted -= unstarted
+        self._taken = {run_id: taken for run_id, taken in self._taken.items() if taken.job_id not in unstarted}
 
     async def list_jobs_to_abort_async(self, queue: str | None = None) -> Iterable[int]:
         job_ids = list(await super().list_jobs_to_abort_async(queue))
