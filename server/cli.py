@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import secrets
+import socket
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
@@ -303,11 +306,12 @@ def serve(
     except JourneyError as exc:
         _fail(exc)
     freeze_startup_heap()  # a request allocating many objects no longer pays for traversing the startup's
+    listening = _listening(host, port)  # before the address is shown: a port taken is said so, not shown then lost
     typer.echo(f"dashboard: http://{host}:{port}/ui", err=True)
     # Bounded connections (server/connections.py): uvicorn's own keep any header and wait for ever for a request.
     # A bounded shutdown: uvicorn otherwise waits for every request under way for ever after a stop signal (its port
     # closed), and a client waiting on a run that cannot end now (no worker, an outage) kept it alive until kill -9.
-    uvicorn.run(
+    config = uvicorn.Config(
         served,
         host=host,
         port=port,
@@ -315,6 +319,38 @@ def serve(
         http=guarded_protocol(settings.limits),
         timeout_graceful_shutdown=shutdown_grace,
     )
+    server = uvicorn.Server(config)
+    try:
+        with suppress(KeyboardInterrupt):  # as uvicorn.run: the Ctrl+C it raises again once it has shut down
+            server.run(sockets=listening)
+    finally:
+        for sock in listening:
+            sock.close()
+    if not server.started:  # its app's startup failed
+        raise typer.Exit(3)  # uvicorn.run's status then (its STARTUP_FAILURE)
+
+
+def _listening(host: str, port: int) -> list[socket.socket]:
+    """The sockets ``journeys serve`` listens on, one per address of ``host``, bound as uvicorn (asyncio) binds
+    its own; handed to it as sockets, not descriptors: asyncio sets TCP_NODELAY on the connections of internet
+    sockets only. A port taken, or an address not this host's, is one line naming it and the option to change."""
+    bound: list[socket.socket] = []
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, address in dict.fromkeys(found):  # as asyncio: each address once
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart binds while old ones linger
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 address is its own socket
+            sock.bind(address)
+    except OSError as exc:
+        for sock in bound:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            _fail(JourneyError(f"port {port} on {host} is in use (another server?); choose another with --port"))
+        _fail(JourneyError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another with --host"))
+    return bound
 
 
 @app.command()

@@ -163,6 +163,16 @@ def test_a_plugin_in_the_current_directory_is_found_and_a_missing_one_is_one_lin
                     pass
                 assert time.monotonic() < deadline, "the server with the plugin never answered"
                 time.sleep(0.2)
+            # A second server on its port (its own database) printed the dashboard's address, then uvicorn's
+            # "[Errno 98] ... address already in use": it now binds first, and says which port and what to do.
+            other = [*serve[:4], f"sqlite:///{tmp_path}/other.db", *serve[5:]]
+            taken = subprocess.run(other, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+            assert taken.returncode == 1, taken.stderr
+            assert taken.stderr.splitlines()[-1] == (
+                f"error: port {port} on 127.0.0.1 is in use (another server?); choose another with --port"
+            ), taken.stderr
+            assert "dashboard" not in taken.stderr and "Traceback" not in taken.stderr, taken.stderr
+            assert http.get(f"http://127.0.0.1:{port}/ok").status_code == 200  # the first one serves on
     finally:
         server.terminate()
         server.communicate(timeout=30)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from server.app import create_app
 from server.settings import ApiKey, Settings
-from tests.server_support import serving
+from tests.server_support import free_port, serving
 
 pytestmark = pytest.mark.slow
 ALLOWED = "http://localhost:3000"  # where agent-chat-ui runs
@@ -60,12 +60,13 @@ def test_serve_takes_the_allowed_origins_from_options_or_the_environment(monkeyp
 
     seen: list[Settings] = []
     monkeypatch.setattr("server.app.create_app", lambda settings, **_: seen.append(settings) or object())
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
+    monkeypatch.setattr("uvicorn.Server.run", lambda server, sockets: setattr(server, "started", True))
     runner = CliRunner()
-    done = runner.invoke(cli.app, ["serve", "--no-auth", "--cors-origin", ALLOWED, "--cors-origin", "http://b.test"])
+    serve = ["serve", "--no-auth", "--port", str(free_port())]  # it binds the port before it serves
+    done = runner.invoke(cli.app, [*serve, "--cors-origin", ALLOWED, "--cors-origin", "http://b.test"])
     assert done.exit_code == 0, done.output
-    from_env = runner.invoke(cli.app, ["serve", "--no-auth"], env={"JOURNEYS_CORS_ORIGINS": f"{ALLOWED} http://b.test"})
+    from_env = runner.invoke(cli.app, serve, env={"JOURNEYS_CORS_ORIGINS": f"{ALLOWED} http://b.test"})
     assert from_env.exit_code == 0, from_env.output
-    plain = runner.invoke(cli.app, ["serve", "--no-auth"], env={"JOURNEYS_CORS_ORIGINS": None})
+    plain = runner.invoke(cli.app, serve, env={"JOURNEYS_CORS_ORIGINS": None})
     assert plain.exit_code == 0, plain.output
     assert [s.cors_origins for s in seen] == [(ALLOWED, "http://b.test"), (ALLOWED, "http://b.test"), ()]

@@ -19,7 +19,7 @@ import pytest
 
 from server.app import create_app
 from server.settings import ApiKey, InputLimits, Settings
-from tests.server_support import serving
+from tests.server_support import free_port, serving
 
 pytestmark = pytest.mark.slow
 KEY = {"x-api-key": "ops-key"}
@@ -235,13 +235,19 @@ def test_serve_takes_the_limits_from_options_or_the_environment(monkeypatch: pyt
     from server.cli import app as cli
 
     served: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_options: served.append(app))
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        served.append(server.config.app)
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setenv("JOURNEYS_MAX_STRING_CHARS", "500")
-    done = CliRunner().invoke(cli, ["serve", "--no-auth", "--max-body-bytes", "4096", "--max-json-depth", "8"])
+    serve = ["serve", "--no-auth", "--port", str(free_port())]  # it binds the port before it serves
+    done = CliRunner().invoke(cli, [*serve, "--max-body-bytes", "4096", "--max-json-depth", "8"])
     assert done.exit_code == 0, done.output
     assert served[0].state.settings.limits == InputLimits(max_body_bytes=4096, max_depth=8, max_string_chars=500)
     monkeypatch.delenv("JOURNEYS_MAX_STRING_CHARS")
-    assert CliRunner().invoke(cli, ["serve", "--no-auth"]).exit_code == 0
+    assert CliRunner().invoke(cli, serve).exit_code == 0
     assert served[1].state.settings.limits == InputLimits()
     refused = CliRunner().invoke(cli, ["serve", "--no-auth", "--max-json-depth", "0"])
     assert refused.exit_code == 2 and "max-json-depth" in refused.output
