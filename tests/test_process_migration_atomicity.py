@@ -77,6 +77,9 @@ async def row_status(rt: JourneyRuntime, instance_id: str) -> str:
     return instance.status
 
 
+MIGRATION = ("process.migrating", "process.migrated", "process.migration_rolled_back")
+
+
 async def event_types(rt: JourneyRuntime, instance_id: str) -> list[str]:
     return [e.type for e in await rt.processes.history(instance_id) if e.type.startswith("process.migrat")]
 
@@ -98,12 +101,17 @@ async def test_a_crash_before_the_checkpoint_moves_is_rolled_back_by_the_next_ca
         before = await table_dump(rt)
         fail_once(monkeypatch, "_rewrite_checkpoint", Crash())
         with pytest.raises(Crash):
-            await rt.processes.migrate(instance_id, to_version=2, mapping={"approve": "sign_contract"})
+            await rt.processes.migrate(instance_id, to_version=2, mapping={"approve": "sign_contract"}, by="otto")
         assert await row_status(rt, instance_id) == "migrating"  # the intent is logged; nothing else moved
 
         view = await rt.processes.status(instance_id)  # the next call settles it first
         assert (view["version"], view["status"], waiting_elements(view)) == (1, "in_progress", ["approve"])
         assert await event_types(rt, instance_id) == ["process.migrating", "process.migration_rolled_back"]
+        # Who migrated it, the rollback another call settled included.
+        assert [e.payload["by"] for e in await rt.processes.history(instance_id) if e.type in MIGRATION] == [
+            "otto",
+            "otto",
+        ]
         after = await table_dump(rt)
         for table in before:  # every row as it was, but for the two logged events and the instance's timestamp
             if table not in ("journey_events", "journey_instances", "process_waits"):

@@ -230,9 +230,9 @@ async def test_a_waiting_instance_is_migrated_over_http_and_its_task_takes_the_n
         finished = ok(await ana.post(f"/tasks/{left['task_id']}/complete", json={"payload": {}}))
         assert (finished["status"], finished["version"]) == ("completed", 1)
         history = ok(await ana.get(f"/journeys/{moving['instance_id']}/history"))
-        assert [e["type"] for e in history if e["type"].startswith("process.migrat")] == [
-            "process.migrating",
-            "process.migrated",
+        assert [(e["type"], e["payload"]["by"]) for e in history if e["type"].startswith("process.migrat")] == [
+            ("process.migrating", "ana"),  # who migrated it, as its other events name their actor
+            ("process.migrated", "ana"),
         ]
 
 

@@ -91,6 +91,7 @@ class MigrationPlan:
     source_checkpoint: str | None  # the checkpoint the thread's move starts from (for the record)
     rewrites_checkpoint: bool  # False when every wait keeps its element: only rows change
     owner: str  # the orchestrator that runs it (see settle_migration)
+    by: str | None = None  # who migrated it (its three events name them); None in intents logged before it was
 
     @property
     def mapping(self) -> dict[str, str]:
@@ -107,6 +108,7 @@ class MigrationPlan:
             "to_version": self.to_version,
             "mapping": self.mapping,
             "waits": [w.wait_id for w in self.waits],
+            "by": self.by,
         }
 
     def to_payload(self) -> dict[str, Any]:
@@ -117,7 +119,8 @@ class MigrationPlan:
         waits = tuple(
             MovedWait(**{**w, "messages": tuple(tuple(m) for m in w.get("messages", ()))}) for w in payload["waits"]
         )
-        return cls(waits=waits, **{f.name: payload[f.name] for f in fields(cls) if f.name != "waits"})
+        given = payload.keys() - {"waits"}  # an intent logged before a field was added lacks it: its default
+        return cls(waits=waits, **{f.name: payload[f.name] for f in fields(cls) if f.name in given})
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +227,10 @@ async def migrate(
     loaded: tuple[Instance, Deployment, ProcessSpec, Graph],
     to_version: int,
     mapping: Mapping[str, str] | None,
+    by: str | None = None,
 ) -> None:
-    """Move the instance ``loaded`` (as the orchestrator read it, settled) to ``to_version``."""
+    """Move the instance ``loaded`` (as the orchestrator read it, settled) to ``to_version``; ``by``: who
+    migrates it."""
     instance, deployment, source, graph = loaded
     instance_id = instance.instance_id
     target_deployment = await migrations.versions.get(deployment.name, to_version)
@@ -278,6 +283,7 @@ async def migrate(
             source_checkpoint=snapshot.config["configurable"].get("checkpoint_id"),
             rewrites_checkpoint=any(w.to != w.element for w in waits),
             owner=migrations.owner,
+            by=by,
         )
         await _log_intent(migrations, instance_id, plan)
         try:

@@ -841,12 +841,13 @@ class ProcessOrchestrator:
         return True
 
     async def migrate(
-        self, instance_id: str, *, to_version: int, mapping: Mapping[str, str] | None = None
+        self, instance_id: str, *, to_version: int, mapping: Mapping[str, str] | None = None, by: str | None = None
     ) -> dict[str, Any]:
         """Move a waiting instance to ``to_version``; ``mapping`` maps the elements it waits at to elements
         of that version (same id: itself). Refused, with nothing changed, when a waiting element has no
-        mapping (see ``graphs.process.migration``)."""
-        await migrate(self.migrations, await self.loaded(instance_id), to_version, mapping)
+        mapping (see ``graphs.process.migration``). ``by``: who migrates it (its ``process.migrating``,
+        ``process.migrated`` or ``process.migration_rolled_back`` events name them)."""
+        await migrate(self.migrations, await self.loaded(instance_id), to_version, mapping, by)
         return await self.status(instance_id)
 
     async def settle_abandoned_migrations(self, started_before: datetime) -> None:

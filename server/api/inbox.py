@@ -350,7 +350,9 @@ class MigrateIn(BaseModel):
 async def migrate_process(instance_id: str, body: MigrateIn, caller: Deployer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, instance_id, to_act=True)  # someone else's is not found
     with svc.acting(caller):
-        return await svc.runtime.processes.migrate(instance_id, to_version=body.to_version, mapping=body.mapping)
+        return await svc.runtime.processes.migrate(
+            instance_id, to_version=body.to_version, mapping=body.mapping, by=caller.name
+        )
 
 
 class ProcessCancelIn(BaseModel):
