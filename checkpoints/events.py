@@ -563,15 +563,36 @@ class EventLog:
         """
         if not entries:
             return
+        for _instance_id, event in entries:
+            if event.key is None:
+                raise ValueError(f"append_in takes keyed events only; {event.type!r} has no key")
         for instance_id in {instance_id for instance_id, _event in entries}:
             await self.settle(instance_id)
         now = self._clock.now()
-        params = []
-        for instance_id, event in entries:
-            if event.key is None:
-                raise ValueError(f"append_in takes keyed events only; {event.type!r} has no key")
-            params.append(_values(instance_id, event, now, self._sealer))
-        await conn.execute(self._insert_keyed_quietly, params)
+        rest = list(entries)
+        if self._together_events is not None and len(entries) > 1:
+            # PostgreSQL: the first event of each instance in one statement (a firing's batch of hundreds of
+            # timers was hundreds of statements); an instance with no event yet, and a second event of one,
+            # go one statement each after it, in order.
+            firsts: dict[str, int] = {}  # instance id → the index of its first entry
+            for n, (instance_id, _event) in enumerate(entries):
+                firsts.setdefault(instance_id, n)
+            ends = [
+                {
+                    "instance_id": instance_id,
+                    "type": event.type,
+                    "step": event.step,
+                    "payload": event_payload(event, self._sealer),
+                    "key": stored_key(instance_id, event.key),
+                    "status": None,
+                }
+                for instance_id, event in (entries[n] for n in firsts.values())
+            ]
+            said = await conn.execute(self._together_events, {"p_ends": ends, "p_created_at": now})
+            written = {row.instance_id for row in said if row.known}
+            rest = [(i, event) for n, (i, event) in enumerate(entries) if not (i in written and firsts[i] == n)]
+        if rest:
+            await conn.execute(self._insert_keyed_quietly, [_values(i, event, now, self._sealer) for i, event in rest])
 
     async def _append_one(self, conn: AsyncConnection, instance_id: str, event: NewEvent) -> bool:
         stmt = self._insert_event if event.key is None else self._insert_keyed_event

@@ -470,7 +470,8 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
 ) -> None:
     """Three instances race two timers that fall due together: in each, the first timer in claim order
     (due time, then id) wins its wait and the other never fires, as if applied one after the other; on
-    PostgreSQL the whole batch's waits are resolved by one statement, not one per timer."""
+    PostgreSQL the whole batch's waits are resolved, and their completions logged, by one statement each, not
+    one per timer."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
         elements = [
@@ -489,10 +490,13 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
         first = min(timer_ids, key=lambda element: timer_ids[element])
 
         resolving: list[int] = []
+        logging: list[int] = []  # event statements through the engine (the firing's): one per executemany row
 
         def count(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
             if statement.lstrip().upper().startswith("UPDATE PROCESS_WAITS SET STATUS"):
                 resolving.append(len(parameters) if many else 1)
+            if "INSERT INTO journey_events" in statement:
+                logging.append(len(parameters) if many else 1)
 
         sync_engine = rt.store.engine.sync_engine
         event.listen(sync_engine, "before_cursor_execute", count)
@@ -509,6 +513,7 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
             assert fired == {first: "fired", ({"a_first", "b_second"} - {first}).pop(): "cancelled"}
         if rt.store.engine.dialect.name == "postgresql":
             assert sum(resolving) == 2  # the batch's resolutions, then marking the consumed ones done
+            assert sum(logging) == 1  # the batch's wait completions, not one statement per timer
 
 
 async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(store_url: str) -> None:
