@@ -381,10 +381,16 @@ async def test_a_timer_fired_where_its_agent_is_missing_says_where_to_register_i
     """A notebook's runtime beside a server on one database: whichever scheduler finds a timer due fires it, so
     the server fired the timer of a process the notebook started with an agent of its own, and the instance
     failed saying only that no agent was registered for the intent (and listing the server's). The failure says
-    that every process serving the database must have it; once it does, a retry runs the instance on."""
+    that every process serving the database must have it; once it does, a retry runs the instance on.
+
+    The server holds none of the notebook's designs, as a fresh worker's first wave of continuations (64 at once)
+    does not: the callers that ask for one together share one read of it and one parsed spec."""
     clock, calls = virtual_clock(), Calls()
     async with runtime(durable_url, clock) as notebook, runtime(durable_url, clock) as server:
         [(instance_id, _wait)] = await parked(notebook, calls, 1)
+        deployment = await server.processes.deployment_of(await server.processes.instance(instance_id))
+        specs = await asyncio.gather(*(server.processes.spec_of(deployment) for _ in range(8)))
+        assert len({id(spec) for spec in specs}) == 1  # one parsed spec, not one per caller
         clock.advance(timedelta(hours=1))
         assert (await server.processes.scheduler.run_due()).fired == 1
         failure = (await notebook.processes.status(instance_id))["failure"]

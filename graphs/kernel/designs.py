@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -108,6 +109,9 @@ class DesignBook:
         # compiled-graph key once asked for (None until then): hashed once per design, not per run (a
         # lifecycle spec takes about 1.5 ms to hash).
         self._keys: dict[int, tuple[str, str] | None] = {}
+        # The reads of designs not held yet, one per design however many callers want it at once: a cold worker's
+        # first wave of continuations (64 at a time) read, parsed and hashed the same design once each.
+        self._reading: dict[str, asyncio.Future[Design]] = {}
         # The specs found sound, by pattern, content and whether agents were checked: a design's errors follow
         # from its content and agents are only ever added, so a start asked again (every run of a template, a
         # client sending its spec each time; ~0.6-1.2 ms of schema checks each) is not checked again.
@@ -187,10 +191,10 @@ class DesignBook:
             self._loaded.move_to_end(journey_id)
             design, spec = cached
         else:
-            found = await self.engine.store.index.get_design(journey_id)
-            if found is None:
-                raise JourneyNotFoundError(f"no journey design with id {journey_id!r}", journey_id=journey_id)
-            design = found
+            design = await self._read(journey_id)
+            cached = self._loaded.get(journey_id)
+            if cached is not None:  # parsed meanwhile by a caller that shared the read
+                design, spec = cached
         if design.pattern not in patterns:
             raise WrongPatternError(
                 f"journey {journey_id!r} is a {design.pattern} journey, not {' or '.join(patterns)}; "
@@ -202,6 +206,25 @@ class DesignBook:
             spec = self._kinds(design.pattern).spec_type.model_validate(design.spec)
             self._remember(design, spec)
         return design, spec
+
+    async def _read(self, journey_id: str) -> Design:
+        """The stored design ``journey_id``, read once for all the callers that ask for it meanwhile."""
+        reading = self._reading.get(journey_id)
+        if reading is None:
+            reading = self._reading[journey_id] = asyncio.ensure_future(self._read_stored(journey_id))
+            reading.add_done_callback(lambda read: self._read_done(journey_id, read))
+        return await asyncio.shield(reading)  # a caller cancelled does not cancel the others' read
+
+    def _read_done(self, journey_id: str, read: asyncio.Future[Design]) -> None:
+        self._reading.pop(journey_id, None)
+        if not read.cancelled():
+            read.exception()  # retrieved: its callers may all have been cancelled
+
+    async def _read_stored(self, journey_id: str) -> Design:
+        found = await self.engine.store.index.get_design(journey_id)
+        if found is None:
+            raise JourneyNotFoundError(f"no journey design with id {journey_id!r}", journey_id=journey_id)
+        return found
 
     async def load_graph(
         self, journey_id: str, patterns: tuple[PatternName, ...]
