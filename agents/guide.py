@@ -9,7 +9,7 @@ The tools act on one MVP session through a :class:`GuideBackend` (the MVP orches
 ``graphs.guide`` wires it): read its progress, recommend the next pillar, explain what is left in a
 pillar, navigate to a pillar and record progress the user reports. The backend runs the two that change
 the session through the agent-call path (policies, retries, one audit event per call), keyed by the tool
-call's id so a retried run does not apply them twice.
+call (the id of the message that made it and the call's own id) so a retried run does not apply them twice.
 
 The default model is :class:`agents.guide_model.DeterministicGuideModel` (offline, rule-based); any
 chat model that supports tool calling can take its place.
@@ -178,7 +178,7 @@ def guide_tools(backend: GuideBackend) -> list[BaseTool]:
     ) -> str:
         """Take the user to a pillar of the MVP session (content, insights, operations or business_outcome)."""
         session_id = session_of(state, "navigate")
-        result = await backend.navigate(session_id, known_pillar(pillar_id), key=_key(config, tool_call_id))
+        result = await backend.navigate(session_id, known_pillar(pillar_id), key=_key(config, state, tool_call_id))
         return _dump(result)
 
     @tool
@@ -199,7 +199,7 @@ def guide_tools(backend: GuideBackend) -> list[BaseTool]:
             flags = {**dict(backend.pillars()[pillar].get("completion") or {}), **flags}
         if not flags:
             raise GuideToolError("nothing to record: name the flags done (updates) or pass pillar_complete")
-        result = await backend.record(session_id, pillar, flags, key=_key(config, tool_call_id))
+        result = await backend.record(session_id, pillar, flags, key=_key(config, state, tool_call_id))
         return _dump({**result, "recorded": flags, "next": await backend.recommend(session_id)})
 
     return [get_session_progress, recommend_next_pillar, explain_pillar, navigate_to_pillar, record_progress]
@@ -211,10 +211,21 @@ def _given_area(detail: Any) -> dict[str, Any]:
     return {"complete": bool(detail), "missing": []}
 
 
-def _key(config: RunnableConfig, tool_call_id: str) -> str:
-    """The idempotency key of one state-changing tool call: a retried run replays the same call id."""
+def _key(config: RunnableConfig, state: Mapping[str, Any], tool_call_id: str) -> str:
+    """The idempotency key of one state-changing tool call: its id within the id of the AI message that made it.
+    A retried run replays that message, so the call is applied once; a model's call ids need only be unique
+    within a message (many number them from ``call_0`` in each), so the id alone would take a later turn's
+    call for the first's and skip it."""
     thread = (config.get("configurable") or {}).get("thread_id", "")
-    return f"guide:{thread}:{tool_call_id}"
+    made_by = next(
+        (
+            message.id
+            for message in reversed(state.get("messages") or [])
+            if isinstance(message, AIMessage) and any(call["id"] == tool_call_id for call in message.tool_calls)
+        ),
+        None,
+    )
+    return f"guide:{thread}:{made_by}:{tool_call_id}"
 
 
 def _tool_error(error: Exception) -> str:

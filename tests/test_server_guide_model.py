@@ -3,6 +3,7 @@ with the default rule-based model through langgraph-sdk against a real `journeys
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -69,6 +70,33 @@ def recording_model() -> BaseChatModel:
     return RecordingChatModel()
 
 
+class SameCallIdChatModel(RecordingChatModel):
+    """A deterministic tool-calling model as a user writes one: "go to <pillar>" and "done <pillar>: <flags>" are
+    tool calls, each numbered from ``call_0`` within its message, so every turn's call has the same id."""
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        said = str(messages[-1].content)
+        if isinstance(messages[-1], ToolMessage):
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(content=f"tool: {said}"))])
+        if said.startswith("go to "):
+            call = {"name": "navigate_to_pillar", "args": {"pillar_id": said.removeprefix("go to ")}, "id": "call_0"}
+        else:
+            pillar, flags = said.removeprefix("done ").split(": ")
+            updates = dict.fromkeys(flags.split(", "), True)
+            call = {"name": "record_progress", "args": {"pillar_id": pillar, "updates": updates}, "id": "call_0"}
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="", tool_calls=[call]))])
+
+
+def same_call_id_model() -> BaseChatModel:
+    return SameCallIdChatModel()
+
+
 def no_tools_model() -> BaseChatModel:
     return NoToolsChatModel()
 
@@ -105,6 +133,35 @@ async def test_the_guide_answers_with_the_configured_model(sqlite_url: str) -> N
     assert BOUND[-1:] == [  # after the startup check that the model binds tools at all
         ["get_session_progress", "recommend_next_pillar", "explain_pillar", "navigate_to_pillar", "record_progress"]
     ]
+
+
+async def test_a_models_tool_calls_that_reuse_an_id_each_turn_are_each_applied(store_url: str) -> None:
+    """A tool call id is unique only within its message for many models (a user's deterministic model, local
+    model servers): every turn's call was keyed by it alone, so from the second turn on each navigation or
+    recorded progress answered the first turn's result and changed nothing."""
+    settings = Settings(database_url=store_url, auth=False, guide_model=f"{__name__}:same_call_id_model")
+    with serving(create_app(settings)) as base:
+        async with get_client(url=base, api_key=None) as sdk:
+            session_id = (await sdk.http.post("/journeys/mvp", json={"user_id": "ana"}))["session"]["session_id"]
+            thread_id = (await sdk.threads.create())["thread_id"]
+            first = {"session_id": session_id}
+            for said in ("go to insights", "go to operations", "done content: files_uploaded, files_parsed"):
+                turn = {"messages": [{"role": "user", "content": said}], **first}
+                done = await sdk.runs.wait(thread_id, "guide", input=turn)
+                assert isinstance(done, dict) and done["messages"][-1]["type"] == "ai", done
+                first = {}
+            told = [json.loads(m["content"]) for m in done["messages"] if m["type"] == "tool"]
+            assert [t["area"]["area_id"] for t in told[:2]] == ["insights", "operations"]
+            assert told[2]["recorded"] == {"files_uploaded": True, "files_parsed": True}
+            session = await sdk.http.get(f"/journeys/{session_id}/status")
+            assert session["current_area"] == "operations" and session["areas"]["content"]["complete"]
+            events = await sdk.http.get(f"/journeys/{session_id}/history")
+            audited = [(e["payload"]["intent"], e["step"]) for e in events if e["type"] == "agent.completed"]
+            assert audited == [
+                ("guide.navigate_to_pillar", "insights"),
+                ("guide.navigate_to_pillar", "operations"),
+                ("guide.record_progress", "content"),
+            ]
 
 
 @pytest.mark.parametrize(
