@@ -51,6 +51,9 @@ class AssistantRow:
 _TEXT_ORDER = frozenset({"assistant_id", "graph_id", "name"})  # sorted by code point (collation "C") on PostgreSQL
 _VERSION_FIELDS = ("graph_id", "name", "description", "config", "context", "metadata")
 _GET = select(server_assistants).where(_a.assistant_id == bindparam("p_id"))
+# An update reads the assistant it changes under this lock, so updates made at once take turns (SQLite has no row
+# locks: there its transactions take turns on the saver's connection).
+_LOCKED = _GET.with_for_update()
 _GET_VERSION = select(server_assistant_versions).where(
     _v.assistant_id == bindparam("p_id"), _v.version == bindparam("p_version")
 )
@@ -212,12 +215,18 @@ class AssistantStore:
     async def update(self, assistant_id: str, *, viewer: Viewer | None = None, **changes: Any) -> AssistantRow:
         """A new version with ``changes`` (any of graph_id, name, description, config, context; metadata is
         merged into the current one), made the version in use."""
-        current = await self.require(assistant_id, viewer=viewer)
-        merged = {f: getattr(current, f) for f in _VERSION_FIELDS}
-        merged.update({k: v for k, v in changes.items() if k != "metadata" and v is not None})
-        merged["metadata"] = {**current.metadata, **(changes.get("metadata") or {})}
+        await self.require(assistant_id, viewer=viewer)
         now = self._clock.now()
         async with self._backend.transaction() as tx:
+            # Read again under the lock: an update made meanwhile is merged into, not overwritten, and the next
+            # version number is not taken twice.
+            locked = await tx.execute(_LOCKED, {"p_id": assistant_id})
+            if not locked:  # deleted since
+                raise AssistantNotFoundError(f"no assistant {assistant_id!r}", assistant_id=assistant_id)
+            current = _row(locked[0])
+            merged = {f: getattr(current, f) for f in _VERSION_FIELDS}
+            merged.update({k: v for k, v in changes.items() if k != "metadata" and v is not None})
+            merged["metadata"] = {**current.metadata, **(changes.get("metadata") or {})}
             top = await tx.execute(_MAX_VERSION, {"p_id": assistant_id})
             version = int(top[0]["v"] or 0) + 1
             row = AssistantRow(

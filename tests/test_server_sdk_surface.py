@@ -213,6 +213,14 @@ async def test_assistants_surface(client: LangGraphClient, bob: LangGraphClient)
     assert_shape(latest, sdk.Assistant)
     assert latest["version"] == 1 and latest["context"] == {"region": "eu"}
     assert (await assistants.get(aid))["context"] == {"region": "eu"}
+    # Updates made at once each make a version of their own and merge their metadata into the others': on
+    # PostgreSQL two took one version number (500, a unique violation), and on every backend an update read the
+    # version in use before the others wrote theirs and dropped their metadata.
+    await asyncio.gather(*(assistants.update(aid, metadata={f"tag{n}": n}) for n in range(8)))
+    assert [v["version"] for v in await assistants.get_versions(aid, limit=20)] == list(range(10, 0, -1))
+    merged = await assistants.get(aid)
+    assert merged["metadata"] == {"owner_team": "migrations", **{f"tag{n}": n for n in range(8)}}
+    assert merged["version"] == 10 and merged["context"] == {"region": "eu"}
 
     assert await assistants.count(graph_id="structured") == 2
     assert await assistants.count(metadata={"owner_team": "migrations"}) == 1
