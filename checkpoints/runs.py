@@ -337,6 +337,11 @@ _INSERT_NEW_THREAD = insert(server_threads).values(
 )
 _INSERT_RUN = _insert_row(server_runs, RunRow.__slots__)
 _GET_THREAD = select(server_threads).where(_threads.thread_id == bindparam("p_thread_id"))
+# A thread's metadata read under its row's lock (PostgreSQL; SQLite's transactions take turns on the saver's
+# connection), so merges made at once each merge into the others'.
+_THREAD_METADATA_LOCKED = (
+    select(_threads.metadata).where(_threads.thread_id == bindparam("p_thread_id")).with_for_update()
+)
 _BIND = (
     update(server_threads)
     .where(_threads.thread_id == bindparam("p_thread_id"))
@@ -581,9 +586,15 @@ class RunStore:
             query = query.where(_threads.thread_id.in_(list(ids)))
         return holds, query
 
-    async def set_thread_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> None:
-        values = {"p_thread_id": thread_id, "p_metadata": dict(metadata), "p_now": self._clock.now()}
-        await self._backend.write([_SET_THREAD_METADATA], values)
+    async def merge_thread_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> None:
+        """Merge ``metadata`` into the thread's own, read in the same transaction (nothing for a deleted thread)."""
+        async with self._backend.transaction() as tx:
+            found = await tx.execute(_THREAD_METADATA_LOCKED, {"p_thread_id": thread_id})
+            if not found:
+                return
+            merged = {**(found[0]["metadata"] or {}), **metadata}
+            values = {"p_thread_id": thread_id, "p_metadata": merged, "p_now": self._clock.now()}
+            await tx.execute(_SET_THREAD_METADATA, values)
 
     async def delete_thread(self, thread_id: str, *, runs: bool = True) -> None:
         """The thread and its crons (their timers cancelled), with its runs and their stream chunks. A thread

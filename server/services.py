@@ -471,8 +471,8 @@ class ServerServices:
 
     async def update_thread(self, caller: Principal, thread_id: str, metadata: Mapping[str, Any]) -> ResolvedThread:
         """Merge ``metadata`` into the thread's."""
-        thread = await self.thread_row(caller, thread_id)
-        await self.runs.set_thread_metadata(thread_id, {**thread.metadata, **metadata})
+        await self.thread_row(caller, thread_id)
+        await self.runs.merge_thread_metadata(thread_id, metadata)
         return await self.resolve_thread(thread_id, caller)
 
     async def thread_row(self, caller: Principal, thread_id: str) -> ThreadRow:

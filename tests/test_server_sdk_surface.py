@@ -264,6 +264,11 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     updated = await threads.update(tid, metadata={"stage": "review"})
     assert_shape(updated, sdk.Thread)
     assert updated["metadata"]["team"] == "a" and updated["metadata"]["stage"] == "review"
+    # Merges made at once each merge into the others' (each read the metadata before the others wrote theirs, and
+    # dropped them).
+    await asyncio.gather(*(threads.update(tid, metadata={f"tag{n}": n}) for n in range(8)))
+    tagged = (await threads.get(tid))["metadata"]
+    assert tagged == {"team": "a", "stage": "review", **{f"tag{n}": n for n in range(8)}}
 
     journeys = [await _interrupted_journey(client, "ana", team="b") for _ in range(3)]
     bobs = await _interrupted_journey(bob, "bob", team="b")
