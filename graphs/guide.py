@@ -20,6 +20,7 @@ from agents.guide import build_guide_graph
 from agents.guide_model import DeterministicGuideModel
 from agents.protocol import AgentRequest
 from graphs.errors import InvalidInputError
+from graphs.kernel.engine import at_breakpoint
 from graphs.kernel.patterns import Assistant, Graph, Pattern, RunContext, register
 from graphs.session.mvp import MVP_PILLARS, RECOMMENDED_FLOW
 
@@ -150,8 +151,15 @@ async def _run(ctx: RunContext, data: Mapping[str, Any]) -> None:
         if key in data:
             update[key] = data[key]
     graph = guide_graph(ctx.runtime)
-    async with ctx.runtime.engine.exclusive(ctx.thread_id):
-        await ctx.runtime.engine.run(graph, ctx.thread_id, update, replay=False, options=ctx.options)
+    engine = ctx.runtime.engine
+    async with engine.exclusive(ctx.thread_id):
+        no_input = update == {"messages": []}
+        if no_input and at_breakpoint(await graph.aget_state(engine.config(ctx.thread_id))):
+            # A run without input goes on from where interrupt_before/after stopped the thread (a tool call held
+            # for review runs once approved), as LangGraph's does; with input it is a new turn.
+            await engine.run(graph, ctx.thread_id, None, replay=False, options=ctx.options)
+        else:
+            await engine.run(graph, ctx.thread_id, update, replay=False, options=ctx.options)
 
 
 def _as_message(message: Any) -> Any:

@@ -135,7 +135,9 @@ async def test_the_guide_answers_with_the_configured_model(sqlite_url: str) -> N
     ]
 
 
-async def test_a_models_tool_calls_that_reuse_an_id_each_turn_are_each_applied(store_url: str) -> None:
+async def test_a_models_tool_calls_that_reuse_an_id_each_turn_are_each_applied_and_a_reviewed_one_runs(
+    store_url: str,
+) -> None:
     """A tool call id is unique only within its message for many models (a user's deterministic model, local
     model servers): every turn's call was keyed by it alone, so from the second turn on each navigation or
     recorded progress answered the first turn's result and changed nothing."""
@@ -155,12 +157,25 @@ async def test_a_models_tool_calls_that_reuse_an_id_each_turn_are_each_applied(s
             assert told[2]["recorded"] == {"files_uploaded": True, "files_parsed": True}
             session = await sdk.http.get(f"/journeys/{session_id}/status")
             assert session["current_area"] == "operations" and session["areas"]["content"]["complete"]
+
+            # A tool call reviewed before it runs (LangGraph's interrupt_before the tools): the run without input
+            # that approves it runs the call, as LangGraph's run without input goes on from a breakpoint. It ran
+            # a new turn instead, which told the model the call was never run.
+            turn = {"messages": [{"role": "user", "content": "go to business_outcome"}]}
+            await sdk.runs.wait(thread_id, "guide", input=turn, interrupt_before=["tools"])
+            assert (await sdk.threads.get_state(thread_id))["next"] == ["tools"]
+            done = await sdk.runs.wait(thread_id, "guide", input=None)
+            assert isinstance(done, dict) and [m["type"] for m in done["messages"][-3:]] == ["ai", "tool", "ai"], done
+            assert json.loads(done["messages"][-2]["content"])["area"]["area_id"] == "business_outcome"
+            session = await sdk.http.get(f"/journeys/{session_id}/status")
+            assert session["current_area"] == "business_outcome"
             events = await sdk.http.get(f"/journeys/{session_id}/history")
             audited = [(e["payload"]["intent"], e["step"]) for e in events if e["type"] == "agent.completed"]
             assert audited == [
                 ("guide.navigate_to_pillar", "insights"),
                 ("guide.navigate_to_pillar", "operations"),
                 ("guide.record_progress", "content"),
+                ("guide.navigate_to_pillar", "business_outcome"),
             ]
 
 
