@@ -348,7 +348,12 @@ class DeterministicGuideModel(BaseChatModel):
         text = str(result.content)
         if result.status == "error" or text.startswith("Error"):
             return f"I could not do that: {text.removeprefix('Error: ')}"
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, Mapping):  # not a tool's answer: a person's, put in its place (update_state)
+            return text
         phrase = {
             "get_session_progress": self._progress,
             "recommend_next_pillar": self._recommendation,

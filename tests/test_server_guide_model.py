@@ -282,10 +282,22 @@ async def test_a_five_turn_conversation_through_the_sdk_moves_the_session(served
             ("guide.navigate_to_pillar", "operations"),
             ("guide.record_progress", "insights"),
         ]
-        # The thread keeps the whole chat: five user messages, each with its tool call and answer.
+        # A call held for review that a person answers in its place (update_state as the tools node, LangGraph's
+        # way to edit a tool's result): the guide says what they answered, and nothing moves. The default model
+        # read every tool result as JSON and failed the run (JSONDecodeError).
+        said = {"messages": [{"role": "user", "content": "take me to business outcome"}]}
+        await sdk.runs.wait(guide, "guide", input=said, interrupt_before=["tools"])
+        [call] = (await sdk.threads.get_state(guide))["values"]["messages"][-1]["tool_calls"]
+        refusal = {"type": "tool", "content": "Not yet: finish operations first.", "tool_call_id": call["id"]}
+        await sdk.threads.update_state(guide, {"messages": [{**refusal, "name": call["name"]}]}, as_node="tools")
+        done = await sdk.runs.wait(guide, "guide", input=None)
+        assert isinstance(done, dict) and done["messages"][-1]["content"] == "Not yet: finish operations first."
+        assert (await sdk.http.get(f"/journeys/{session_id}/status"))["current_area"] == "operations"
+
+        # The thread keeps the whole chat: six user messages, each with its tool call and answer.
         state = await sdk.threads.get_state(guide)
         kinds = [m["type"] for m in state["values"]["messages"]]
-        assert kinds == ["human", "ai", "tool", "ai"] * 5
+        assert kinds == ["human", "ai", "tool", "ai"] * 6
 
 
 async def test_the_guide_takes_content_blocks_as_agent_chat_ui_sends_them(sqlite_url: str) -> None:
