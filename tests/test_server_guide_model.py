@@ -18,6 +18,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
 from typer.testing import CliRunner
 
 from agents.errors import GuideModelError
@@ -44,7 +45,11 @@ class NoToolsChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="hi"))])
+        return ChatResult(generations=[ChatGeneration(message=self.reply(messages))])
+
+    def reply(self, messages: list[BaseMessage]) -> AIMessage:
+        """The model's next message (what each test model says its own way)."""
+        return AIMessage(content="hi")
 
 
 class RecordingChatModel(NoToolsChatModel):
@@ -54,16 +59,9 @@ class RecordingChatModel(NoToolsChatModel):
         BOUND.append([convert_to_openai_tool(t)["function"]["name"] for t in tools])
         return self
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    def reply(self, messages: list[BaseMessage]) -> AIMessage:
         PROMPTS.append(messages)
-        answer = f"(llm) you asked {messages[-1].content!r}"
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=answer))])
+        return AIMessage(content=f"(llm) you asked {messages[-1].content!r}")
 
 
 def recording_model() -> BaseChatModel:
@@ -74,23 +72,17 @@ class SameCallIdChatModel(RecordingChatModel):
     """A deterministic tool-calling model as a user writes one: "go to <pillar>" and "done <pillar>: <flags>" are
     tool calls, each numbered from ``call_0`` within its message, so every turn's call has the same id."""
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    def reply(self, messages: list[BaseMessage]) -> AIMessage:
         said = str(messages[-1].content)
         if isinstance(messages[-1], ToolMessage):
-            return ChatResult(generations=[ChatGeneration(message=AIMessage(content=f"tool: {said}"))])
+            return AIMessage(content=f"tool: {said}")
         if said.startswith("go to "):
             call = {"name": "navigate_to_pillar", "args": {"pillar_id": said.removeprefix("go to ")}, "id": "call_0"}
         else:
             pillar, flags = said.removeprefix("done ").split(": ")
             updates = dict.fromkeys(flags.split(", "), True)
             call = {"name": "record_progress", "args": {"pillar_id": pillar, "updates": updates}, "id": "call_0"}
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="", tool_calls=[call]))])
+        return AIMessage(content="", tool_calls=[call])
 
 
 def same_call_id_model() -> BaseChatModel:
@@ -169,9 +161,7 @@ async def test_a_models_tool_calls_that_reuse_an_id_each_turn_are_each_applied_a
             assert json.loads(done["messages"][-2]["content"])["area"]["area_id"] == "business_outcome"
             session = await sdk.http.get(f"/journeys/{session_id}/status")
             assert session["current_area"] == "business_outcome"
-            events = await sdk.http.get(f"/journeys/{session_id}/history")
-            audited = [(e["payload"]["intent"], e["step"]) for e in events if e["type"] == "agent.completed"]
-            assert audited == [
+            assert await _audited(sdk, session_id) == [
                 ("guide.navigate_to_pillar", "insights"),
                 ("guide.navigate_to_pillar", "operations"),
                 ("guide.record_progress", "content"),
@@ -216,6 +206,12 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if k != "JOURNEYS_GUIDE_MODEL"}
     with journeys_serve(url, tmp_path / "serve.log", "--no-auth", env=env) as base:
         yield base
+
+
+async def _audited(sdk: LangGraphClient, session_id: str) -> list[tuple[str, str]]:
+    """The guide's changes to the session, as its event log audits them: (intent, pillar), in order."""
+    events = await sdk.http.get(f"/journeys/{session_id}/history")
+    return [(e["payload"]["intent"], e["step"]) for e in events if e["type"] == "agent.completed"]
 
 
 def _turn_calls(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -275,9 +271,7 @@ async def test_a_five_turn_conversation_through_the_sdk_moves_the_session(served
         assert session["areas"]["insights"]["complete"] and session["completion_percent"] == 50
 
         # Every change went through the agent-call path: one audit event per tool call, on the session.
-        events = await sdk.http.get(f"/journeys/{session_id}/history")
-        audited = [(e["payload"]["intent"], e["step"]) for e in events if e["type"] == "agent.completed"]
-        assert audited == [
+        assert await _audited(sdk, session_id) == [
             ("guide.record_progress", "content"),
             ("guide.navigate_to_pillar", "operations"),
             ("guide.record_progress", "insights"),
