@@ -286,7 +286,12 @@ class AssistantStore:
 
     async def delete(self, assistant_id: str, *, viewer: Viewer | None = None) -> None:
         await self.require(assistant_id, viewer=viewer)
-        await self._backend.write([_DELETE_VERSIONS, _DELETE], {"p_id": assistant_id})
+        async with self._backend.transaction() as tx:
+            # Two statements, the assistant's first: it waits for an update under way (which holds its row), and
+            # the versions' own snapshot, taken after, sees the version that update added (one statement's
+            # snapshot, taken before the wait, left it behind).
+            await tx.execute(_DELETE, {"p_id": assistant_id})
+            await tx.execute(_DELETE_VERSIONS, {"p_id": assistant_id})
 
 
 def _named(fields: Mapping[str, Any]) -> dict[str, Any]:
