@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -205,7 +206,8 @@ async def test_spans_metric_labels_and_log_text_share_the_one_redaction(
 
 
 def _redact_text_every_pass(text: str) -> str:
-    """The reference: every pattern pass run over the whole text, no pre-check (what redact_text does)."""
+    """The reference: every pattern pass run over the whole text, no pre-check (what redact_text does up to
+    ONE_PASS_CHARS)."""
     text = redaction._SECRET_ASSIGNMENT.sub(
         lambda match: match.group(1) + REDACTED, redaction._PATTERNS.sub(REDACTED, text)
     )
@@ -239,6 +241,40 @@ def test_the_pre_checks_of_redact_text_change_no_result() -> None:
         assert redact_label(sample) == expected[:MAX_LABEL_CHARS], sample  # the cached answer too
         changed += expected != sample
     assert changed > len(texts) // 4  # the texts do hold secrets: the passes ran, not only the pre-checks
+
+
+# Texts built to make a pattern backtrack or rescan: runs of one piece, JWT-like runs with many ``-eyJ``, keys
+# inside other shapes' runs, addresses whose domain never ends, digits in groups, lone surrogates.
+CRAFTED = (
+    "eyJ-", "-eyJ" + "a" * 12, "eyJ" + "a" * 13 + ".", "sk-eyJ" + "a" * 16 + "-", "1 ", "1", "@", "a@", "a@b-", "a.",
+    "x@y.zz ", "Bearer ", "Bearer" + " " * 40, "sk-", "sk-live-", "ghp_", "xoxb-", "AKIA", "token ", "password=",
+    "pwd:", "4111 1111 1111 1111 ", "4111-", "\ud800", "\u0664", "a" * 30 + "@b.cc-",
+)  # fmt: skip
+
+
+def test_crafted_text_is_redacted_as_before_in_time_linear_in_its_length() -> None:
+    """One regex of every shape, tried at every position, rescanned a JWT-like run from each ``-eyJ`` in it:
+    64 KiB of ``eyJ-`` took 1.4 CPU-s and 1 MiB would take minutes, all of it on the server's event loop (an
+    answer, a log line). Each shape is now searched for from its literal start, and a run scanned once."""
+    rng = random.Random(26)
+    units = CRAFTED + tuple("".join(rng.choices(CRAFTED + FRAGMENTS, k=3)) for _ in range(40))
+    for unit in units:
+        small = unit * (4_096 // len(unit) + 1)
+        assert redact_text(small) == _redact_text_every_pass(small), unit
+        large = unit * (65_536 // len(unit) + 1)
+        began = time.process_time()
+        redact_text(large)
+        took = time.process_time() - began
+        assert took < 0.5, f"{unit!r} * {len(large) // len(unit)}: {took:.2f} CPU-s"  # ~10 ms now, 1.4 s before
+    # Long texts mixing every shape and near miss: the shapes' matches taken in the one regex's order.
+    for _ in range(2_000):
+        sample = "".join(rng.choices(CRAFTED + FRAGMENTS, k=rng.randint(130, 200)))
+        assert len(sample) > redaction.ONE_PASS_CHARS
+        assert redact_text(sample) == _redact_text_every_pass(sample), sample
+    assert redact({"n": float("inf"), "s": ["\ud800ana@x.io", 4111111111111111]}) == {
+        "n": float("inf"),
+        "s": [f"\ud800{REDACTED}", 4111111111111111],  # a number is not searched: it is no text
+    }
 
 
 def test_is_sensitive_follows_marks_made_after_a_name_was_seen() -> None:
