@@ -20,6 +20,7 @@ from langgraph.types import Command
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from sqlalchemy import event, update
+from structlog.testing import capture_logs
 
 from checkpoints.schema.tables import process_waits
 from graphs.kernel import streaming
@@ -377,11 +378,11 @@ async def test_the_instances_of_a_firing_are_read_by_one_statement_text_whatever
         assert len(sent) == 2 and sent[0] == sent[1], sent
 
 
-async def test_a_timer_fired_where_its_agent_is_missing_says_where_to_register_it(durable_url: str) -> None:
+async def test_a_timer_fired_where_its_agent_is_missing_is_left_for_a_process_that_has_it(durable_url: str) -> None:
     """A notebook's runtime beside a server on one database: whichever scheduler finds a timer due fires it, so
     the server fired the timer of a process the notebook started with an agent of its own, and the instance
-    failed saying only that no agent was registered for the intent (and listing the server's). The failure says
-    that every process serving the database must have it; once it does, a retry runs the instance on.
+    failed (AgentNotFoundError) for a deployment's mistake. The server now leaves the fired timer's resolution
+    stored, warning which agents it lacks and where to register them; the notebook's pass delivers it.
 
     The server holds none of the notebook's designs, as a fresh worker's first wave of continuations (64 at once)
     does not: the callers that ask for one together share one read of it and one parsed spec."""
@@ -392,11 +393,34 @@ async def test_a_timer_fired_where_its_agent_is_missing_says_where_to_register_i
         specs = await asyncio.gather(*(server.processes.spec_of(deployment) for _ in range(8)))
         assert len({id(spec) for spec in specs}) == 1  # one parsed spec, not one per caller
         clock.advance(timedelta(hours=1))
-        assert (await server.processes.scheduler.run_due()).fired == 1
-        failure = (await notebook.processes.status(instance_id))["failure"]
-        assert failure["error_type"] == "AgentNotFoundError"
-        assert "no agent is registered for intent 'wake' in this process; every process" in failure["error"]
-        assert "--plugin on journeys serve and journeys worker" in failure["error"], failure
-        calls.register(server, "wake", {"awake": True})
-        await server.processes.retry(instance_id)
+        with capture_logs() as logs:
+            report = await server.processes.scheduler.run_due()
+        status = await notebook.processes.status(instance_id)
+        assert status["status"] == "in_progress" and status.get("failure") is None, status
+        assert (report.fired, report.held, report.failed) == (1, 1, 0), report
+        [warning] = [entry for entry in logs if entry["event"] == "fired timer left for a process with its agents"]
+        assert warning["missing_intents"] == ["wake"] and "--plugin on journeys serve" in warning["hint"]
+        # Within the lease, no process takes it again; past it, the notebook's pass delivers it.
+        assert (await notebook.processes.scheduler.run_due()).redelivered == 0
+        clock.advance(timedelta(minutes=2))
+        assert (await server.processes.scheduler.run_due()).held == 1
+        assert (await notebook.processes.scheduler.run_due()).redelivered == 1
         assert (await notebook.processes.status(instance_id))["status"] == "completed"
+        assert calls.intents() == ["wake"]
+
+
+async def test_a_timer_held_for_a_missing_agent_runs_once_the_agent_is_registered(store_url: str) -> None:
+    """A worker started without the plugin that registers its agents (the only process serving the
+    database): the fired timer stays stored, and the first pass after the agent is registered delivers it."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(NAP, agents=False)
+        instance_id = (await rt.processes.start("nap", "cust-0"))["instance_id"]
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (await rt.processes.status(instance_id))["status"] == "in_progress"
+        assert report.held == 1
+        calls.register(rt, "wake", {"awake": True})
+        clock.advance(timedelta(minutes=2))
+        assert (await rt.processes.scheduler.run_due()).redelivered == 1
+        assert (await rt.processes.status(instance_id))["status"] == "completed"

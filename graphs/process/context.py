@@ -147,6 +147,10 @@ class TimerHost(Resumer, Protocol):
 
     async def instances_by_id(self, instance_ids: Sequence[str]) -> dict[str, Instance]: ...
 
+    async def agents_missing(self, instance_id: str, *, instance: Instance | None = None) -> list[str]:
+        """The intents the instance's process calls that no agent serves in this process."""
+        ...
+
     async def grants_of(self, instance_id: str) -> Grants:
         """What the instance's spec grants its agent calls (least privilege), timers' calls included."""
         ...

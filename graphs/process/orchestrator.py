@@ -442,6 +442,19 @@ class ProcessOrchestrator:
     async def deployment_of(self, instance: Instance) -> Deployment:
         return await self.deployed.of_design(instance.journey_id)
 
+    async def agents_missing(self, instance_id: str, *, instance: Instance | None = None) -> list[str]:
+        """The intents the instance's process calls that no agent serves in this process (a notebook's own
+        agent, a worker started without its plugin): its fired timers are left to a process that has them."""
+        instance = instance or await self.instance(instance_id)
+        registry = self._designs.registry
+        return sorted(
+            {
+                intent
+                for intent, _needed_by in intents(await self.spec_of(await self.deployment_of(instance)))
+                if intent not in registry
+            }
+        )
+
     # --- instances ---------------------------------------------------------------------------------
 
     async def start(

@@ -91,6 +91,7 @@ class FiringReport:
     failed: int = 0
     resumed: int = 0  # threads resumed with a fired timer's resolution
     redelivered: int = 0  # resolutions a crash had kept from their thread, delivered now
+    held: int = 0  # resolutions left for a process with the agents their instance's process calls (see _held)
     dequeued: int = 0  # journeys queued behind a concurrency limit, started now that a slot freed
     lateness: list[float] = field(default_factory=list)  # per fired timer: seconds from due to fired
     resume_lateness: list[float] = field(default_factory=list)  # per resumed thread: seconds from due to resumed
@@ -129,6 +130,8 @@ async def fire_due_timers(
     async def resume(timer: Timer, instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
         try:
+            if await _held(processes, timer.instance_id, timer.wait_id, instance, report):
+                return
             delivered_now = await processes.deliver(
                 timer.instance_id, timer.wait_id, consumed=delivered, instance=instance, run_options=CONTINUATION
             )
@@ -208,6 +211,8 @@ async def fire_due_timers(
     await processes.settle_abandoned_migrations(moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
         try:
+            if await _held(processes, wait.instance_id, wait.wait_id, None, report):
+                continue
             if await processes.deliver(wait.instance_id, wait.wait_id, run_options=CONTINUATION):
                 report.redelivered += 1
         except Exception as exc:  # one broken instance must not keep the others, nor the rest of the pass
@@ -217,6 +222,29 @@ async def fire_due_timers(
     await processes.services.messages.expire()
     report.dequeued = len(await processes.dispatch_queued())
     return report
+
+
+async def _held(
+    processes: TimerHost, instance_id: str, wait_id: str, instance: Instance | None, report: FiringReport
+) -> bool:
+    """Whether a fired timer's resolution is left stored, undelivered, because this process lacks an agent its
+    instance's process calls: every process serving the database fires timers, and the continuation would
+    fail the instance here for a deployment's mistake (a notebook's own agent, a worker without its plugin).
+    A process that has them delivers it (its pass redelivers a resolution left a lease), this one too once
+    the agent is registered; meanwhile each pass warns, naming the agents and where to register them."""
+    missing = await processes.agents_missing(instance_id, instance=instance)
+    if not missing:
+        return False
+    report.held += 1
+    log.warning(
+        "fired timer left for a process with its agents",
+        instance_id=instance_id,
+        wait_id=wait_id,
+        missing_intents=missing,
+        hint="register them in every process serving this database: JourneyRuntime.open(agents=...) or "
+        "runtime.agents.register, --plugin on journeys serve and journeys worker",
+    )
+    return True
 
 
 async def _fire_other(
