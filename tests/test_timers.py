@@ -105,7 +105,7 @@ def test_a_long_downtime_is_caught_up_in_one_step_not_one_per_missed_tick() -> N
     once (it was a loop per missed tick: 31 million parses of the cycle, a scheduler frozen for minutes)."""
     year_later = T0 + timedelta(days=365)
     every_second = TimerDefinition(cycle="R/PT1S")
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU: what a loop per missed tick costs (minutes), not a loaded box's wall clock
     assert every_second.after_firing(T0, 1, T0 + timedelta(seconds=1), year_later) == (
         year_later + timedelta(seconds=1),
         365 * 86_400 - 1,
@@ -116,7 +116,7 @@ def test_a_long_downtime_is_caught_up_in_one_step_not_one_per_missed_tick() -> N
     month_later = T0 + timedelta(days=30, seconds=30)
     due, skipped = every_minute.after_firing(T0, 1, T0 + timedelta(minutes=1), month_later)
     assert due == T0 + timedelta(days=30, minutes=1) and skipped == COUNTED_MISSED
-    assert time.perf_counter() - started < 2
+    assert time.thread_time() - started < 5
 
 
 def test_a_fixed_time_cron_ticks_once_when_the_clocks_go_back_and_a_wildcard_hour_keeps_real_time() -> None:
