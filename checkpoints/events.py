@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    any_,
     bindparam,
     case,
     column,
@@ -210,9 +211,15 @@ def _together_statement() -> Executable:
         .returning(_columns.instance_no)
         .cte("written")
     )
+    # The instances whose status changes, found by their key: joined with ``ends`` alone, the planner weighed
+    # json_to_recordset's default estimate (100 rows) against the index and hashed the whole index, every row of
+    # every instance ever started read by each batch that sets a status (each journey's last step).
+    changing = ends.alias("changing")
+    changed = select(changing.c.instance_id).where(changing.c.instance_no.isnot(None), changing.c.status.isnot(None))
     statuses = (
         update(journey_instances)
         .where(
+            journey_instances.c.instance_id == any_(func.array(changed.scalar_subquery())),
             journey_instances.c.instance_id == ends.c.instance_id,
             ends.c.instance_no.isnot(None),
             ends.c.status.isnot(None),

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import Integer, text
 
 from checkpoints.events import NewEvent
 from tests.process_support import counted_write_transactions, linear, runtime, virtual_clock
@@ -132,3 +133,52 @@ async def test_steps_of_many_runs_completed_at_once_are_written_together_and_cha
         batches.clear()
         assert list(await asyncio.gather(next_step(ids[0], 0), next_step(ids[1], 1))) == [True, True]
         assert batches == [2]
+
+
+async def test_ends_written_together_set_their_statuses_by_key_however_many_instances_the_index_holds(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ends' statement set its instances' statuses through a hash join that read the whole instance index (the
+    planner weighed json_to_recordset's default of 100 rows against the index): every journey's last step read
+    every instance ever started, 3,110 rows for a batch of 3 at 3,110 instances. It reads the ones it sets only."""
+    async with runtime(postgres_url) as rt:
+        log, backend = rt.store.events, rt.store.events.backend
+        await backend.write([FINISHED_LONG_AGO], {"p_count": 3_000})  # a service's index after a while
+        await backend.write([text("ANALYZE journey_instances")], {})  # as autovacuum keeps its statistics
+        ids = [f"live-{n}" for n in range(3)]
+        for instance_id in ids:
+            first = NewEvent("journey.started", {}, None, f"{instance_id}:started")
+            await rt.store.index.create_instance(instance_id, "design", "structured", "u", first_event=first)
+        read: list[int] = []
+        write = backend.write
+
+        async def counting_reads(statements: Sequence[Any], params: Any) -> list[Any]:
+            if "p_ends" not in params:
+                return await write(statements, params)
+            async with backend.transaction() as tx:  # the batch, then what it read of the index, in its transaction
+                rows = await tx.execute(statements[0], params)
+                [found] = await tx.execute(INDEX_ROWS_READ)
+            read.append(int(found["n"]))
+            return rows
+
+        monkeypatch.setattr(backend, "write", counting_reads)
+        written = await asyncio.gather(
+            *(log.append_together(i, NewEvent("done", {}, "end", f"{i}:done"), "completed") for i in ids)
+        )
+        assert written == [True] * len(ids)
+        assert len(read) == 1 and read[0] <= len(ids), read  # 3,003 before
+        for instance_id in ids:
+            instance = await rt.store.index.get_instance(instance_id)
+            assert instance is not None and instance.status == "completed"
+
+
+FINISHED_LONG_AGO = text(
+    "INSERT INTO journey_instances (instance_id, journey_id, pattern, user_id, status, created_at, updated_at) "
+    "SELECT 'old-' || n, 'design', 'structured', 'u', 'completed', now(), now() "
+    "FROM generate_series(1, :p_count) AS n"
+)
+# The index rows this transaction's statements have read so far, by sequential and by index scans.
+INDEX_ROWS_READ = text(
+    "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) AS n FROM pg_stat_xact_user_tables "
+    "WHERE relname = 'journey_instances'"
+).columns(n=Integer)
