@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 from procrastinate.schema import SchemaManager
+from psycopg import sql
 from sqlalchemy import BigInteger, DateTime, Integer, String, TextualSelect, bindparam, func, literal_column, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -113,6 +114,7 @@ def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> li
                 with conn.transaction():
                     conn.execute(SchemaManager.get_schema())
                     _record(conn, available)
+                _unread_events_off(conn)
                 return []
             if not applied:  # installed before this record existed
                 known = [name for name in available if name[: len(FLOOR_VERSION)] <= FLOOR_VERSION]
@@ -125,9 +127,34 @@ def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> li
                         conn.execute((folder / name).read_text(encoding="utf-8"))
                         _record(conn, [name])
                     done.append(name)
+            _unread_events_off(conn)  # a migration may have made them again
             return done
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+# procrastinate's triggers that log each job's status changes as rows of procrastinate_events (deferred, started,
+# succeeded, ...): rows only its remove_old_jobs task and its Django admin read, neither of which journeys uses (a
+# run's own row says when it was created, claimed and finished). For every run they inserted two rows, each with a
+# foreign-key check, and deleted both again with its job: kept off. Abort requests and schedules still log theirs.
+UNREAD_EVENT_TRIGGERS = (
+    "procrastinate_trigger_status_events_insert_v1",
+    "procrastinate_trigger_status_events_update_v1",
+)
+_ENABLED_TRIGGERS = (
+    "SELECT tgname FROM pg_trigger WHERE tgrelid = 'procrastinate_jobs'::regclass AND tgenabled <> 'D' "
+    "AND tgname = ANY(%s)"
+)
+
+
+def _unread_events_off(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Disable :data:`UNREAD_EVENT_TRIGGERS` where they are on (a fresh install, a migration that made them again).
+    A database user that does not own procrastinate's tables leaves them on: they cost time, not correctness."""
+    for (name,) in conn.execute(_ENABLED_TRIGGERS, (list(UNREAD_EVENT_TRIGGERS),)).fetchall():
+        try:
+            conn.execute(sql.SQL("ALTER TABLE procrastinate_jobs DISABLE TRIGGER {}").format(sql.Identifier(str(name))))
+        except psycopg.errors.InsufficientPrivilege:
+            return
 
 
 def _record(conn: psycopg.Connection[tuple[object, ...]], names: list[str]) -> None:
