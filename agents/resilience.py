@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -181,6 +181,9 @@ def _sleep_first(delay: float) -> Callable[[RetryCallState], Awaitable[None]]:
     return before
 
 
+_NOTHING_HELD: AbstractAsyncContextManager[None] = nullcontext()  # a pool without a limit: no slot to hold
+
+
 class Bulkheads:
     """One semaphore per agent pool (an agent's ``pool``, else its intent), so a slow or stuck agent
     cannot take every worker with it: other pools' calls, and so other journeys, keep moving.
@@ -203,13 +206,14 @@ class Bulkheads:
             self._semaphores[pool] = asyncio.Semaphore(limit)
         return self._semaphores[pool]
 
-    @asynccontextmanager
-    async def hold(self, pool: str, limit: int | None = None) -> AsyncIterator[None]:
-        """Hold a slot of ``pool`` for the block (nothing to hold when the pool has no limit)."""
+    def hold(self, pool: str, limit: int | None = None) -> AbstractAsyncContextManager[None]:
+        """Hold a slot of ``pool`` for the block (nothing to hold when the pool has no limit: no generator-based
+        context manager is made for that, the common case, entered at every agent call)."""
         semaphore = self.slot(pool, limit)
-        if semaphore is None:
-            yield
-            return
+        return _NOTHING_HELD if semaphore is None else self._held(pool, semaphore)
+
+    @asynccontextmanager
+    async def _held(self, pool: str, semaphore: asyncio.Semaphore) -> AsyncIterator[None]:
         try:
             await asyncio.wait_for(semaphore.acquire(), self._wait)
         except TimeoutError:

@@ -262,7 +262,8 @@ class AgentCaller:
         primary: str,
     ) -> CallOutcome:
         entry = self.registry.resolve(intent)
-        progress({"event": "step.started", "instance_id": instance_id, "step": step, "intent": intent})
+        tell = progress_writer()  # taken once for the call's events, not per event
+        tell({"event": "step.started", "instance_id": instance_id, "step": step, "intent": intent})
         check = AgentCall(entry, instance_id, step, payload, granted_permissions, granted_intents)
         # Refused before it runs: audited, with the reason.
         await enforce(self.policies, check, self.events, {"intent": intent, "agent": entry.name})
@@ -280,7 +281,7 @@ class AgentCaller:
             nonlocal tried
             tried = number
             attempt_started(number)
-            progress(
+            tell(
                 {
                     "event": "agent.called",
                     "instance_id": instance_id,
@@ -333,7 +334,7 @@ class AgentCaller:
                 "attempts": tried,
             }
             await self.events.append(instance_id, [NewEvent(CALL_FAILED, failure, step)])
-            progress({"event": "step.failed", "instance_id": instance_id, "step": step, "error": str(exc)})
+            tell({"event": "step.failed", "instance_id": instance_id, "step": step, "error": str(exc)})
             log.warning("agent call failed", intent=intent, instance_id=instance_id, step=step, error=str(exc))
             failed = CircuitOpenError if isinstance(exc, CircuitOpenError) else AgentCallFailedError
             raise failed(
@@ -363,7 +364,7 @@ class AgentCaller:
             # With the steps other runs complete meanwhile, written behind or not (a journey's last step, its
             # status with it): one transaction for them all, not one each.
             await self.events.append_together(instance_id, completion, recording.status)
-            progress({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": attempts})
+            tell({"event": "step.done", "instance_id": instance_id, "step": step, "attempts": attempts})
 
         await (self.events.write_behind(instance_id, complete) if behind else complete())
         return CallOutcome(output, attempts, False)
@@ -455,11 +456,20 @@ def _in_graph() -> bool:
 def progress(event: Mapping[str, Any]) -> None:
     """Tell a run streamed with the ``custom`` mode how far it got (nothing when it is not streamed, or
     when the call runs outside a graph, e.g. an orchestrator's compensation)."""
+    progress_writer()(dict(event))
+
+
+def progress_writer() -> Callable[[dict[str, Any]], None]:
+    """What tells the run this code runs in how far it got (see :func:`progress`), for a caller with several
+    events to tell: each is handed on as given (a dict of its own, not copied)."""
     try:
-        writer = get_stream_writer()
+        return get_stream_writer()
     except RuntimeError:
-        return
-    writer(dict(event))
+        return _untold
+
+
+def _untold(_event: dict[str, Any]) -> None:
+    """Outside a graph run: nobody to tell."""
 
 
 def _counts_against_circuit(exc: BaseException) -> bool:

@@ -406,6 +406,9 @@ def _node_span_here() -> Span | None:
     return None
 
 
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)  # an agent call's span when spans are not recorded (shared: reentrant)
+
+
 def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Wraps the agent-call path: a span (a child of its node's), the duration histogram, and the intent
     and attempt in the log context. The wrapped call takes ``intent``, ``instance_id`` and ``step`` by name."""
@@ -415,9 +418,7 @@ def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitabl
         intent, step = str(kwargs["intent"]), kwargs.get("step")
         started = time.perf_counter()
         with (
-            (
-                _agent_span(intent, step, str(kwargs["instance_id"])) if tracing() else nullcontext(trace.INVALID_SPAN)
-            ) as span,
+            _agent_span(intent, step, str(kwargs["instance_id"])) if tracing() else _NO_SPAN as span,
             log_bound(intent=intent, attempt=None),
         ):
             try:

@@ -4,6 +4,7 @@ On memory, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from graphs import JourneyRuntime
 from graphs.errors import RecursionLimitError
 from graphs.kernel.engine import RunOptions
 from graphs.kernel.streaming import GraphCall
+from nodes.criteria import Criteria
 from tests.test_tracing import of_instance
 
 EIGHT = {
@@ -73,9 +75,20 @@ async def test_auto_steps_run_in_one_superstep_each_logged_before_the_next_start
     assert [s.attributes["journey.node"] for s in nodes if s.attributes] == [f"s{i}" for i in range(8)]
 
 
-async def test_a_loop_of_auto_steps_with_no_way_out_stops_at_the_recursion_limit(store_url: str) -> None:
+async def test_a_loop_of_auto_steps_with_no_way_out_stops_at_the_recursion_limit(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Steps one node runs in a row count against the run's recursion limit, as LangGraph's supersteps do; a
-    long line of auto steps does not (LangGraph's default limit, 10,007)."""
+    long line of auto steps does not (LangGraph's default limit, 10,007). A step's branches are judged once
+    per visit: the route its completion event records is the route the run takes."""
+    judged: list[dict[str, Any]] = []
+    holds = Criteria.holds
+
+    def counted(criteria: Criteria, document: Mapping[str, Any]) -> bool:
+        judged.append(dict(document))
+        return holds(criteria, document)
+
+    monkeypatch.setattr(Criteria, "holds", counted)
     async with JourneyRuntime.open(store_url) as rt:
         calls: list[str] = []
         agent = RecordingAgent("work")
@@ -90,6 +103,7 @@ async def test_a_loop_of_auto_steps_with_no_way_out_stops_at_the_recursion_limit
         with pytest.raises(RecursionLimitError, match="recursion_limit"):
             await rt.structured.execute_journey(design["journey_id"], "ana", run_options=bounded)
         assert 20 < len(calls) <= 30 and "done" not in calls  # as LangGraph bounds supersteps
+        assert len(judged) == calls.count("s1")  # s1's branch to "done", once per visit
         [instance] = await rt.store.index.list_instances()
         assert instance.status == "failed"  # recorded as the instance's failure, and a read does not run it on
         assert (await rt.structured.run_status(instance.instance_id))["status"] == "failed"

@@ -108,10 +108,16 @@ class StructuredSpec(Grants):
         return [s.step_id for s in self.steps]
 
     def step(self, step_id: str) -> Step:
+        return self.steps_by_id[step_id]  # KeyError for an unknown id
+
+    @cached_property
+    def steps_by_id(self) -> dict[str, Step]:
+        """Each step by its id, built once: a run looks steps up at every step (a scan made a long journey's run
+        quadratic in its steps). A repeated id (a design validation refuses) names its first step."""
+        found: dict[str, Step] = {}
         for step in self.steps:
-            if step.step_id == step_id:
-                return step
-        raise KeyError(step_id)
+            found.setdefault(step.step_id, step)
+        return found
 
     def branches(self, step_id: str) -> list[Branch]:
         """The resolved outgoing branches of a step (the implicit "next in order" made explicit)."""
@@ -133,7 +139,7 @@ class StructuredSpec(Grants):
 
     def choose_next(self, step_id: str, result: Mapping[str, Any]) -> str | None:
         """The step after ``step_id`` for this result, or None when the journey ends there."""
-        branches = self.branches(step_id)
+        branches = self.outgoing[step_id]
         if not branches:
             return None
         explicit = result.get("next_step")
@@ -354,9 +360,12 @@ class _StepWork:
         and whether the work was found logged (replayed) rather than done; or, in a saga whose step failed, the
         command that sends the journey to its compensation."""
         spec = self.spec
+        chosen: tuple[dict[str, Any], str | None] | None = None  # the output recorded, and the step it chose
 
         def record(output: dict[str, Any]) -> Recording:
+            nonlocal chosen
             following = spec.choose_next(step.step_id, {**result, "output": output})
+            chosen = (output, following)
             # Every step writes one of these: defaults (no result, a milestone) are left out.
             recorded: dict[str, Any] = {"next_step": following}
             if result:
@@ -402,5 +411,8 @@ class _StepWork:
                 update["failed_call"] = {"step": step.step_id, "call": key}
             return Command(goto=COMPENSATE_NODE, update=update)
         _noted(config, key, step.step_id, outcome.output)
-        # No state update: the step's record is its event, and where the journey stands is the route.
+        # No state update: the step's record is its event, and where the journey stands is the route: the one
+        # its record chose (its branches judged once), else (replayed from the log) chosen from the output logged.
+        if chosen is not None and chosen[0] is outcome.output:
+            return chosen[1], outcome.replayed
         return spec.choose_next(step.step_id, {**result, "output": outcome.output}), outcome.replayed
