@@ -47,6 +47,7 @@ from nodes.telemetry import attempt_started, observed_agent_call, rejected_by_bu
 
 log = structlog.get_logger("journeys.agents")
 MAX_OUTPUT_BYTES = 1_048_576  # an agent's output as JSON; JourneyRuntime.open(max_output_bytes=...)
+_SIZED = json.JSONEncoder(default=str)  # what json.dumps(output, default=str) builds per call, built once
 
 AGENT_COMPLETED = "agent.completed"  # a call's completion event, unless its caller names its own
 ATTEMPT_FAILED = "agent.attempt_failed"  # one per failed attempt: a restart continues the count from them
@@ -409,18 +410,20 @@ class AgentCaller:
             pool = entry.pool or intent
             async with self.bulkheads.hold(pool, self.registry.pool_limit(pool)):
                 result = entry.agent(request)
-                if inspect.isawaitable(result) and time_limit is None:  # no timer to set and cancel
-                    result = await result
-                elif inspect.isawaitable(result):
-                    try:
-                        async with asyncio.timeout(time_limit):
-                            result = await result
-                    except TimeoutError:
-                        raise AgentTimeoutError(
-                            f"agent for intent {intent!r} did not answer within {time_limit:g} s",
-                            intent=intent,
-                            timeout_s=time_limit,
-                        ) from None
+                # A synchronous agent's answer (a dict, most often) is not awaited, and is looked at once.
+                if type(result) is not dict and inspect.isawaitable(result):
+                    if time_limit is None:  # no timer to set and cancel
+                        result = await result
+                    else:
+                        try:
+                            async with asyncio.timeout(time_limit):
+                                result = await result
+                        except TimeoutError:
+                            raise AgentTimeoutError(
+                                f"agent for intent {intent!r} did not answer within {time_limit:g} s",
+                                intent=intent,
+                                timeout_s=time_limit,
+                            ) from None
         except Exception as exc:
             if isinstance(exc, BulkheadFullError):
                 rejected_by_bulkhead(intent)
@@ -480,7 +483,7 @@ def _counts_against_circuit(exc: BaseException) -> bool:
 def _checked_output(
     intent: str, result: object, schema: Mapping[str, Any] | None, max_bytes: int = MAX_OUTPUT_BYTES
 ) -> dict[str, Any]:
-    if not isinstance(result, Mapping):
+    if type(result) is not dict and not isinstance(result, Mapping):
         raise AgentOutputError(
             f"agent for intent {intent!r} returned {type(result).__name__}; agents must return a mapping",
             intent=intent,
@@ -492,7 +495,7 @@ def _checked_output(
         raise AgentOutputError(
             f"agent for intent {intent!r} returned what no store can keep: {exc}", intent=intent
         ) from None
-    size = len(json.dumps(output, default=str).encode())
+    size = len(_SIZED.encode(output).encode())
     if size > max_bytes:  # kept in the event log and the checkpoint: refused, not stored
         raise AgentOutputTooLargeError(
             f"agent for intent {intent!r} returned {size} bytes of output; a step keeps at most {max_bytes}",
