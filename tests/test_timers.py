@@ -16,7 +16,7 @@ from sqlalchemy import event
 
 from checkpoints.clock import SystemClock
 from checkpoints.process.timers import Timer
-from checkpoints.schema.tables import process_timers
+from checkpoints.schema.tables import process_timers, process_waits
 from graphs.process.timers import MAX_ROUNDS, fire_due_timers
 from graphs.runtime import JourneyRuntime
 from nodes.timer import COUNTED_MISSED, TimerDefinition
@@ -471,7 +471,8 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
     """Three instances race two timers that fall due together: in each, the first timer in claim order
     (due time, then id) wins its wait and the other never fires, as if applied one after the other; on
     PostgreSQL the whole batch's waits are resolved, and their completions logged, by one statement each, not
-    one per timer."""
+    one per timer; the batch's ids go in JSON documents, not in arrays psycopg dumps element by element in Python,
+    and the firing reads each wait's winning timer, not its whole resolution (a JSON document decoded per timer)."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
         elements = [
@@ -492,19 +493,31 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
         resolving: list[int] = []
         logging: list[int] = []  # event statements through the engine (the firing's): one per executemany row
 
+        arrays: list[str] = []  # statements the firing sent with a list parameter (an array of ids)
+        read_back: list[str] = []  # the columns of its reads of some of a wait's columns (a whole row: redelivery's)
+
         def count(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool) -> None:
             if statement.lstrip().upper().startswith("UPDATE PROCESS_WAITS SET STATUS"):
                 resolving.append(len(parameters) if many else 1)
             if "INSERT INTO journey_events" in statement:
                 logging.append(len(parameters) if many else 1)
+            values = parameters.values() if isinstance(parameters, dict) else parameters if not many else []
+            if any(isinstance(value, list | tuple) for value in values):
+                arrays.append(statement)
+
+        def read(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+            if "FROM process_waits" in statement and len(cursor.description or process_waits.c) < len(process_waits.c):
+                read_back.extend(column[0] for column in cursor.description)
 
         sync_engine = rt.store.engine.sync_engine
         event.listen(sync_engine, "before_cursor_execute", count)
+        event.listen(sync_engine, "after_cursor_execute", read)
         try:
             clock.advance(timedelta(hours=1))
             report = await rt.processes.scheduler.run_due()
         finally:
             event.remove(sync_engine, "before_cursor_execute", count)
+            event.remove(sync_engine, "after_cursor_execute", read)
         assert (report.fired, report.dropped, report.resumed, report.failed) == (3, 3, 3, 0)
         for instance_id in ids:
             done = await rt.processes.status(instance_id)
@@ -514,6 +527,8 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
         if rt.store.engine.dialect.name == "postgresql":
             assert sum(resolving) == 2  # the batch's resolutions, then marking the consumed ones done
             assert sum(logging) == 1  # the batch's wait completions, not one statement per timer
+            assert arrays == []
+            assert "resolution" not in read_back
 
 
 async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(store_url: str) -> None:

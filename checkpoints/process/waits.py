@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, String, any_, bindparam, exists, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, Executable, String, any_, bindparam, exists, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
@@ -71,11 +71,15 @@ class Delivery:
 def among(column: ColumnElement[Any], values: Sequence[str], *, postgres: bool) -> ColumnElement[bool]:
     """``column IN values``, for an id list of any length (a batch of fired timers: hundreds).
 
-    PostgreSQL: ``column = ANY(array)``, one parameter, so the statement's text is the same whatever the
-    list's length. An IN list has a placeholder per value: SQLAlchemy renders, and the driver parses, a new
-    statement for every batch (a third of the CPU of firing a batch of 500 timers)."""
+    PostgreSQL: ``column = ANY(ARRAY(SELECT jsonb_array_elements_text(ids)))``, one parameter, so the statement's
+    text is the same whatever the list's length. An IN list has a placeholder per value: SQLAlchemy renders, and the
+    driver parses, a new statement for every batch (a third of the CPU of firing a batch of 500 timers). The ids go
+    as one JSON document: psycopg dumps a list of str as a text array in Python, escaping each element (~2.1 us an
+    id, 6 arrays of 500 in each batch of fired timers), the JSON encoder in C (~0.2 us). ``ARRAY(SELECT ...)``, not
+    ``IN (SELECT ...)``: an array the planner matches on the column's index, as it did the array parameter."""
     if postgres:
-        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+        ids = select(func.jsonb_array_elements_text(bindparam(None, list(values), type_=JSONB))).scalar_subquery()
+        return column == any_(func.ARRAY(ids, type_=ARRAY(String)))
     return column.in_(list(values))
 
 
