@@ -15,8 +15,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, String, and_, bindparam, column, func, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    String,
+    and_,
+    any_,
+    bindparam,
+    column,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkpoints.clock import Clock, SystemClock
@@ -131,20 +145,32 @@ class TimerStore:
     async def claim_due(
         self, now: datetime, worker: str, *, limit: int = 500, lease: timedelta = DEFAULT_LEASE
     ) -> list[Timer]:
-        """Claim up to ``limit`` timers due at ``now`` (and expired leases), earliest first."""
+        """Claim up to ``limit`` timers due at ``now`` (and expired leases), earliest first.
+
+        The earliest ``limit`` of each kind (scheduled and due; firing on an expired lease) are read in due order
+        from the ``(status, due_at)`` index, then the earliest ``limit`` of both are claimed: one condition with
+        an OR of the two could not be read in due order from the index, so each claim read and sorted every
+        timer due (a backlog of 10,000 due together: 20 batches, each scanning and sorting all that were left).
+        On PostgreSQL the candidates are locked as they are read, skipping those another worker holds; the
+        claim's own transaction ends at once, so a candidate of one kind beyond the ``limit`` taken is let go."""
         now = _utc(now)
         t = process_timers.c
         due = func.least(literal(now, t.due_at.type), func.now()) if self._database_clock else now
-        claimable = or_(
-            and_(t.status == "scheduled", t.due_at <= due),
-            and_(t.status == "firing", t.claimed_at <= now - lease, t.due_at <= due),
-        )
-        candidates = select(t.timer_id).where(claimable).order_by(t.due_at).limit(limit)
-        if self._postgres:
-            candidates = candidates.with_for_update(skip_locked=True)
+        scheduled = and_(t.status == "scheduled", t.due_at <= due)
+        expired = and_(t.status == "firing", t.due_at <= due, t.claimed_at <= now - lease)
+        kinds = []
+        for claimable_kind in (scheduled, expired):
+            earliest = select(t.timer_id, t.due_at).where(claimable_kind).order_by(t.due_at).limit(limit)
+            if self._postgres:
+                earliest = earliest.with_for_update(skip_locked=True)
+            kinds.append(earliest.subquery())
+        both = union_all(*(select(kind.c.timer_id, kind.c.due_at) for kind in kinds)).subquery()
+        candidates = select(both.c.timer_id).order_by(both.c.due_at).limit(limit).scalar_subquery()
+        # An array the planner matches on the primary key, as among() does; IN (SELECT ...) hash-joined a scan.
+        chosen = t.timer_id == any_(func.ARRAY(candidates, type_=ARRAY(String))) if self._postgres else None
         statement = (
             update(process_timers)
-            .where(t.timer_id.in_(candidates.scalar_subquery()), claimable)
+            .where(chosen if chosen is not None else t.timer_id.in_(candidates), or_(scheduled, expired))
             .values(status="firing", claimed_by=worker, claimed_at=now)
             .returning(*process_timers.c)
         )
