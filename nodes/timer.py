@@ -53,7 +53,8 @@ def iana_zones() -> frozenset[str]:
 
 
 def check_cron(cron: str, timezone: str = "UTC") -> None:
-    """:class:`TimerDefinitionError` unless croniter reads ``cron`` and it falls due within a century."""
+    """:class:`TimerDefinitionError` unless croniter reads ``cron`` as meant and it falls due within a century."""
+    check_seconds_field(cron)
     if not croniter.is_valid(cron):
         raise TimerDefinitionError(
             f"{cron!r} is not a cron expression; write five fields (minute hour day month weekday), e.g. "
@@ -64,6 +65,25 @@ def check_cron(cron: str, timezone: str = "UTC") -> None:
             f"{cron!r} never falls due within a century (a day no month has, such as 30 February, "
             "or only years already past); write a schedule with a next tick"
         )
+
+
+def check_seconds_field(cron: str) -> None:
+    """Refuse a six- or seven-field schedule whose sixth field, croniter's seconds (put last, after the weekday),
+    is ``*`` or ``?``: every second of each minute it names. That is how croniter reads a Quartz or Spring
+    schedule, which puts seconds first (``0 */5 * * * *``, every five minutes, fired every second of every
+    fifth hour), and ``* * * * * *`` made a journey a second. Named seconds (``0 9 * * * 30``) stay taken."""
+    fields = cron.split()
+    if len(fields) not in (6, 7) or fields[5] not in ("*", "?"):
+        return
+    quartz = ""
+    if fields[0] not in ("*", "?"):  # read seconds first, it names its seconds: say how to write it here
+        seconds_last = " ".join([*(f.replace("?", "*") for f in fields[1:6]), fields[0], *fields[6:]])
+        quartz = f"; a Quartz or Spring schedule (seconds first) is written {seconds_last!r} here"
+    raise TimerDefinitionError(
+        f"{cron!r} would fire every second: a sixth field is seconds, after the weekday (minute hour day month "
+        f"weekday second), and it is {fields[5]!r}{quartz}; for at most once a minute write five fields, e.g. "
+        "'0 9 * * *'"
+    )
 
 
 LONGEST = timedelta(days=36_525)  # a century: a duration or interval past it cannot be meant as a wait

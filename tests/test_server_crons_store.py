@@ -257,6 +257,9 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
     # and workers on different hosts disagreed on when it fires: refused now, saying what to write.
     with pytest.raises(UnprocessableEntityError, match=r"write five fields .* a sixth field is seconds"):
         await client.crons.create("structured", schedule="0 9 * *", input=JOURNEY)
+    # croniter's sixth field is seconds: a Quartz 'every five minutes' fired every second of every fifth hour.
+    with pytest.raises(UnprocessableEntityError, match=r"is written '\*/5 \* \* \* \* 0' here"):
+        await client.crons.create("structured", schedule="0 */5 * * * *", input=JOURNEY)
     for zone in ("localtime", "posix/Europe/Paris", "right/UTC"):
         with pytest.raises(UnprocessableEntityError, match="depends on the host"):
             await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, timezone=zone)

@@ -66,6 +66,10 @@ def test_missed_ticks_are_coalesced_or_fired_one_by_one_as_stated() -> None:
         ({"cycle": "R0/PT1S"}, "repeats zero times"),
         ({"cycle": "every 5s"}, "not an ISO 8601 repeating interval"),
         ({"cron": "0 25 * * *"}, "not a cron expression"),
+        # croniter reads a sixth field as seconds: these fired every second (a Quartz 'every five minutes' too)
+        ({"cron": "* * * * * *"}, "would fire every second"),
+        ({"cron": "0 */5 * * * *"}, "Quartz or Spring schedule (seconds first) is written '*/5 * * * * 0'"),
+        ({"cron": "0 0 12 ? * ? 2027"}, "is written '0 12 * * * 0 2027'"),
         ({"cron": "0 9 * * *", "timezone": "Mars/Olympus"}, "unknown timezone"),
         ({}, "exactly one of duration, date, cycle or cron"),
     ],
