@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from agents import AgentRequest, RetrySettings
 from agents.errors import TransientAgentError
@@ -134,6 +135,37 @@ async def test_an_sla_breach_notifies_exactly_once(store_url: str) -> None:
         assert len(await escalation_events(rt, view["instance_id"])) == 1
         still = await rt.processes.inbox.get_task(task["task_id"])
         assert (still["status"], still["escalation"]) == ("open", "notify")
+
+
+async def test_an_sla_breach_whose_agent_this_process_lacks_is_left_for_one_that_has_it(store_url: str) -> None:
+    """Every process serving the database fires timers: one without the escalation's agent (a worker without its
+    plugin, a notebook beside the server) stood the SLA timer failed, an incident, for a deployment's mistake. It
+    is held as a fired catch timer is: left claimed, a warning naming the agent, fired past its lease by a pass
+    that has the agent, once."""
+    clock, calls = virtual_clock(), Calls()
+    async with runtime(store_url, clock) as rt:
+        on_timeout = {"action": "notify", "notify": "page_lead"}
+        await rt.processes.deploy(approval(sla="PT4H", on_timeout=on_timeout), agents=False)
+        view = await rt.processes.start("approval", "doc-1")
+        clock.advance(timedelta(hours=4))
+        with capture_logs() as logs:
+            report = await rt.processes.scheduler.run_due()
+        assert (report.held, report.fired, report.failed) == (1, 0, 0), report
+        [warning] = [entry for entry in logs if entry["event"] == "fired timer left for a process with its agents"]
+        assert warning["missing_intents"] == ["page_lead"]
+        status = await rt.processes.status(view["instance_id"])
+        assert status["status"] == "in_progress" and status.get("failure") is None, status
+        [timer] = await rt.processes.services.timers.find(instance_id=view["instance_id"], purpose="sla")
+        assert timer.status == "firing", timer  # not failed: held for its lease
+        calls.register(rt, "page_lead")
+        assert (await rt.processes.scheduler.run_due()).fired == 0  # within the lease no pass takes it again
+        clock.advance(timedelta(minutes=2))
+        assert (await rt.processes.scheduler.run_due()).fired == 1
+        assert (await rt.processes.scheduler.run_due()).fired == 0
+        assert calls.intents() == ["page_lead"]
+        assert len(await escalation_events(rt, view["instance_id"])) == 1
+        [task] = await rt.processes.inbox.list_tasks(group="leads")
+        assert (task["status"], task["escalation"]) == ("open", "notify")
 
 
 async def test_an_sla_breach_reassigns_exactly_once(store_url: str) -> None:

@@ -49,6 +49,7 @@ from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.timers import DEFAULT_LEASE, RETRY_KEYS, TICK_OF, Timer, TimerStore
+from checkpoints.process.waits import Wait
 from graphs.kernel.engine import CONTINUATION
 from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
@@ -130,7 +131,7 @@ async def fire_due_timers(
     async def resume(timer: Timer, instance: Instance | None) -> None:
         assert timer.instance_id is not None and timer.wait_id is not None
         try:
-            if await _held(processes, timer.instance_id, timer.wait_id, instance, report):
+            if await _held(processes, timer, instance, report):
                 return
             delivered_now = await processes.deliver(
                 timer.instance_id, timer.wait_id, consumed=delivered, instance=instance, run_options=CONTINUATION
@@ -175,6 +176,9 @@ async def fire_due_timers(
     async def fire_one(timer: Timer) -> None:
         async with gate:
             try:
+                intent = _notifies(timer)
+                if intent is not None and await _held(processes, timer, None, report, intent=intent):
+                    return  # left claimed: past its lease, a pass in a process that has the agent fires it
                 fired = await _fire_other(processes, timer, worker, handlers or {}, lease)
             except Exception as exc:  # left "firing" (or "failed": an incident): see _end_if_given_up
                 report.failed += 1
@@ -211,7 +215,7 @@ async def fire_due_timers(
     await processes.settle_abandoned_migrations(moment - lease)
     for wait in await processes.services.waits.undelivered(resolved_before=moment - lease):
         try:
-            if await _held(processes, wait.instance_id, wait.wait_id, None, report):
+            if await _held(processes, wait, None, report):
                 continue
             if await processes.deliver(wait.instance_id, wait.wait_id, run_options=CONTINUATION):
                 report.redelivered += 1
@@ -225,21 +229,31 @@ async def fire_due_timers(
 
 
 async def _held(
-    processes: TimerHost, instance_id: str, wait_id: str, instance: Instance | None, report: FiringReport
+    processes: TimerHost,
+    held: Timer | Wait,
+    instance: Instance | None,
+    report: FiringReport,
+    *,
+    intent: str | None = None,
 ) -> bool:
     """Whether a fired timer's resolution is left stored, undelivered, because this process lacks an agent its
     instance's process calls: every process serving the database fires timers, and the continuation would
     fail the instance here for a deployment's mistake (a notebook's own agent, a worker without its plugin).
     A process that has them delivers it (its pass redelivers a resolution left a lease), this one too once
-    the agent is registered; meanwhile each pass warns, naming the agents and where to register them."""
-    missing = await processes.agents_missing(instance_id, instance=instance)
+    the agent is registered; meanwhile each pass warns, naming the agents and where to register them.
+    ``intent``: a timer that calls that one agent itself (an SLA's or a reminder's notify), held unfired, claimed,
+    until its lease hands it to a pass that has the agent."""
+    assert held.instance_id is not None
+    missing = await processes.agents_missing(held.instance_id, instance=instance)
+    if intent is not None:
+        missing = [intent] if intent in missing else []
     if not missing:
         return False
     report.held += 1
     log.warning(
         "fired timer left for a process with its agents",
-        instance_id=instance_id,
-        wait_id=wait_id,
+        instance_id=held.instance_id,
+        wait_id=held.wait_id,
         missing_intents=missing,
         hint="register them in every process serving this database: JourneyRuntime.open(agents=...) or "
         "runtime.agents.register, --plugin on journeys serve and journeys worker",
@@ -356,6 +370,20 @@ async def _handler_failed(
         log.warning("could not record a timer handler's failure", timer_id=timer.timer_id, error=str(recording))
 
 
+def _escalation(timer: Timer) -> dict[str, Any]:
+    """An SLA timer's escalation (notify, reassign or complete)."""
+    return dict(timer.data.get("escalation") or {"action": "notify", "notify": "notify"})
+
+
+def _notifies(timer: Timer) -> str | None:
+    """The intent a timer calls when it fires (an SLA's notify escalation, a reminder), if it calls one."""
+    if timer.purpose == "reminder":
+        return str(timer.data.get("notify") or "notify")
+    if timer.purpose == "sla" and (escalation := _escalation(timer))["action"] == "notify":
+        return str(escalation.get("notify") or "notify")
+    return None
+
+
 async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int) -> bool:
     """The SLA of a user task was breached: its escalation, once (keyed by the timer)."""
     services = processes.services
@@ -365,14 +393,14 @@ async def _escalate(processes: TimerHost, timer: Timer, worker: str, ticks: int)
     if task is None or task.status != "open":
         await services.timers.execute([services.timers.dropped_statement(timer, worker)])
         return False
-    escalation: dict[str, Any] = dict(timer.data.get("escalation") or {"action": "notify", "notify": "notify"})
+    escalation = _escalation(timer)
     action, key = str(escalation["action"]), f"{timer.timer_id}:escalation"
     record: dict[str, Any] = {"task_id": task.task_id, "action": action, "sla_due_at": timer.due_at.isoformat()}
     if action == "notify":
         grants = await processes.grants_of(timer.instance_id)
         try:
             await services.node.caller.call(
-                intent=str(escalation.get("notify") or "notify"),
+                intent=str(_notifies(timer)),
                 payload={"task": task.view(), "breach": record},
                 instance_id=timer.instance_id,
                 step=task.element,
@@ -439,7 +467,7 @@ async def _remind(processes: TimerHost, timer: Timer, worker: str, ticks: int, s
     grants = await processes.grants_of(timer.instance_id)
     try:
         await services.node.caller.call(
-            intent=str(timer.data.get("notify") or "notify"),
+            intent=str(_notifies(timer)),
             payload={"task": task.view(), "reminder": record},
             instance_id=timer.instance_id,
             step=task.element,
