@@ -169,6 +169,7 @@ def test_two_principals_never_see_or_touch_each_others_objects(base: str) -> Non
         assert http.get(f"/tasks/{objects['task']}", headers=bob).status_code == 404
         assert http.get("/tasks", params={"group": "finance"}, headers=bob).status_code == 403
         assert http.get("/tasks", params={"assignee": "ana"}, headers=bob).status_code == 403
+        assert ok(http.get("/tasks", headers=bob)) == []  # his own inbox, none of ana's
         # Nothing bob tried changed ana's objects: her thread still waits at its first step, her runs are hers.
         ana = as_("key-ana")
         assert ok(http.get(f"/threads/{objects['thread']}", headers=ana))["status"] == "interrupted"
@@ -270,6 +271,7 @@ def test_people_and_groups_are_named_per_tenant_in_the_inbox(base: str) -> None:
             return [
                 len(ok(http.get("/tasks", params={"group": "finance"}, headers=eve))),
                 len(ok(http.get("/tasks", params={"assignee": "ana"}, headers=eve))),
+                len(ok(http.get("/tasks", headers=eve))),  # her own inbox: her tenant's tasks only
                 http.get(f"/tasks/{task_id}", headers=eve).status_code,
                 http.post(f"/tasks/{task_id}/claim", json={}, headers=eve).status_code,
                 http.post(f"/tasks/{task_id}/complete", json={"payload": {"approved": True}}, headers=eve).status_code,
@@ -280,8 +282,10 @@ def test_people_and_groups_are_named_per_tenant_in_the_inbox(base: str) -> None:
             caras = [
                 pool.submit(lambda: ok(http.get("/tasks", params={"group": "finance"}, headers=cara))) for _ in range(3)
             ]
-            assert [f.result() for f in eves] == [[0, 0, 404, 404, 404]] * 3
+            assert [f.result() for f in eves] == [[0, 0, 0, 404, 404, 404]] * 3
             assert all([t["task_id"] for t in f.result()] == [task_id] for f in caras)
+        # Without a filter, a user's inbox: offered to one of her groups (it answered 403, "name the assignee").
+        assert [t["task_id"] for t in ok(http.get("/tasks", headers=cara))] == [task_id]
         # The dashboard's inbox and its completion form hold to the same rule.
         with httpx.Client(base_url=base, timeout=60, headers={"origin": base}) as ui:
             ok_login = ui.post("/ui/login", data={"api_key": "key-eve", "next": "/ui/inbox"}, follow_redirects=True)

@@ -68,7 +68,9 @@ def _who(caller: Principal, actor: Actor) -> tuple[str, list[str]]:
     return actor.user or caller.name, list(actor.groups)
 
 
-@router.get("/tasks", response_model=list[TaskOut], summary="Open user tasks for an assignee or group")
+@router.get(
+    "/tasks", response_model=list[TaskOut], summary="Open user tasks for an assignee or group (none: the caller's own)"
+)
 async def list_tasks(
     caller: Reader,
     svc: Services,
@@ -76,14 +78,17 @@ async def list_tasks(
     group: Annotated[str | None, Query(max_length=200)] = None,
     instance_id: Annotated[str | None, Query(max_length=200)] = None,
 ) -> list[dict[str, Any]]:
-    """Tasks for the caller (``assignee``: itself, ``group``: one of its groups), or of an instance it may see."""
-    if instance_id is not None:
-        await svc.instance(caller, instance_id)
+    """Tasks for the caller (``assignee``: itself, ``group``: one of its groups), or of an instance it may see;
+    with neither, the caller's own inbox (assigned to it or offered to one of its groups; an admin's: all)."""
+    inbox, tenant = svc.runtime.processes.inbox, svc.tasks_tenant(caller)
+    if instance_id is None and assignee is None and group is None and not svc.viewer(caller).admin:
+        tasks = await inbox.for_user(caller.name, caller.groups, tenant=tenant)
     else:
-        svc.check_inbox(caller, assignee, group)
-    tasks = await svc.runtime.processes.inbox.list_tasks(
-        assignee=assignee, group=group, instance_id=instance_id, tenant=svc.tasks_tenant(caller)
-    )
+        if instance_id is not None:
+            await svc.instance(caller, instance_id)
+        else:
+            svc.check_inbox(caller, assignee, group)
+        tasks = await inbox.list_tasks(assignee=assignee, group=group, instance_id=instance_id, tenant=tenant)
     for shown in dict.fromkeys(task["instance_id"] for task in tasks):
         await svc.know_marks(shown)
     return tasks
