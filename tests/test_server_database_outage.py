@@ -31,6 +31,7 @@ from graphs.lifecycle.catalog import READY_TO_START
 from server.queues.procrastinate import OutageRetry
 from tests.server_support import journeys_serve, start_worker, stop_worker
 
+POOL_TIMEOUT_S = 30  # how long SQLAlchemy's pool and psycopg_pool's wait for a connection, by default
 PLUGIN = ("--plugin", "benchmarks.server:register")  # the benchmark's no-op agent, bench_step
 EIGHT_STEPS = {
     "journey_type": "outage8",
@@ -123,7 +124,10 @@ def test_requests_during_an_outage_are_answered_503_in_seconds_not_at_the_pools_
                     took = time.monotonic() - began
                     assert answer.status_code == 503, answer.text
                     assert answer.json()["code"] == "DatabaseUnavailableError", answer.text
-                    assert took < 5, f"{answer.request.url} took {took:.1f} s to say the database is away"
+                    # Half the pool's timeout: a loaded machine's seconds pass, a wait for the pool does not.
+                    assert took < POOL_TIMEOUT_S / 2, (
+                        f"{answer.request.url} took {took:.1f} s to say the database is away"
+                    )
             deadline = time.monotonic() + 60
             while client.get("/ok", params={"check_db": 1}).status_code != 200:
                 assert time.monotonic() < deadline, "the server never saw the database again"
