@@ -56,20 +56,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--stores",
         default=",".join(STORES),
-        help="the backends a store_url test runs on, comma-separated (default: all three); `dev.py compat` "
-        "leaves memory out (see COMPAT_STORES there)",
+        help="the backends a store test (store_url, durable_url or a module's own fixture of backends) runs on, "
+        "comma-separated (default: all); `dev.py compat` names SQLite only (see COMPAT_STORES there)",
+    )
+    parser.addoption(
+        "--stores-in",
+        action="append",
+        default=[],
+        metavar="MODULE=STORES",
+        help="the backends the store tests of one module (tests/test_x.py) run on, instead of --stores; may be "
+        "repeated. `dev.py compat` runs PostgreSQL where psycopg and asyncio's cancels meet (COMPAT_POSTGRES)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out the store_url tests of the backends ``--stores`` does not name. On an xdist worker, order the
-    tests slowest first (every worker collects, and must collect the same order): the two workers then finish
-    together, instead of one running a long test started last while the other is idle. A module whose tests
-    share a class- or module-scoped fixture stays together, as one unit."""
-    stores = set(str(config.getoption("stores")).split(","))
-    if unknown := stores - set(STORES):
-        raise pytest.UsageError(f"--stores: no backend {', '.join(sorted(unknown))} (there are {', '.join(STORES)})")
-    left_out = [item for item in items if store_of(item) not in stores | {None}]
+    """Leave out the store tests of the backends ``--stores`` (or, for their module, ``--stores-in``) does not
+    name. On an xdist worker, order the tests slowest first (every worker collects, and must collect the same
+    order): the two workers then finish together, instead of one running a long test started last while the
+    other is idle. A module whose tests share a class- or module-scoped fixture stays together, as one unit."""
+    stores = backends("--stores", str(config.getoption("stores")))
+    by_module: dict[str, set[str]] = {}
+    for given in config.getoption("stores_in"):
+        module, _, named = str(given).partition("=")
+        by_module[module] = backends(f"--stores-in {module}", named)
+    left_out = [
+        item for item in items if store_of(item) not in by_module.get(item.nodeid.split("::")[0], stores) | {None}
+    ]
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         kept = set(map(id, items)) - set(map(id, left_out))
@@ -78,11 +90,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = slowest_first(items, known_durations())
 
 
+def backends(option: str, named: str) -> set[str]:
+    """The backends a comma-separated ``named`` of ``option`` names; a usage error for one that is none."""
+    stores = set(named.split(","))
+    if unknown := stores - set(STORES):
+        raise pytest.UsageError(f"{option}: no backend {', '.join(sorted(unknown))} (there are {', '.join(STORES)})")
+    return stores
+
+
 def store_of(item: pytest.Item) -> str | None:
-    """The backend a store_url test runs on (None for a test without the fixture)."""
+    """The backend a store test runs on: the parameter of its store_url or durable_url, or of a module's own
+    fixture made the same way (``request.getfixturevalue(f"{request.param}_url")``, a parameter such as
+    ``postgres`` or ``postgres-distributed``); None for a test on no parametrised backend."""
     callspec = getattr(item, "callspec", None)
-    store: str | None = callspec.params.get("store_url") if callspec is not None else None
-    return store
+    for param in callspec.params.values() if callspec is not None else ():
+        if isinstance(param, str) and (store := param.split("-")[0]) in STORES:
+            return store
+    return None
 
 
 def known_durations() -> dict[str, float]:

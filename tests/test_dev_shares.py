@@ -1,12 +1,14 @@
 """`dev.py ci` shares the server test modules out among the other interpreters by their recorded durations
 (tests/durations.json): the shares must come out about equal, or CI waits on the longer one. `dev.py compat`
-runs the store tests there on SQLite and PostgreSQL only. The suite's processes cache the bytecode they compile."""
+runs the store tests there on SQLite, and on PostgreSQL where cancels meet psycopg. The suite's processes cache
+the bytecode they compile."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -28,10 +30,10 @@ def test_modules_not_recorded_yet_are_spread_over_the_shares(tmp_path: Path, mon
     assert [len([p for p in share if p in new]) for share in shares] == [3, 3]
 
 
-def collected(*options: str) -> list[str]:
-    """The node ids pytest collects from tests/test_server_watch.py (store_url tests and others) with ``options``."""
+def collected(*options: str, modules: Sequence[str] = ("tests/test_server_watch.py",)) -> list[str]:
+    """The node ids pytest collects from ``modules`` with ``options``."""
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", *options, WATCHED],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", *options, *modules],
         cwd=dev.ROOT,
         capture_output=True,
         text=True,
@@ -39,20 +41,24 @@ def collected(*options: str) -> list[str]:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return [line for line in done.stdout.splitlines() if line.startswith(WATCHED)]
+    return [line for line in done.stdout.splitlines() if line.startswith(tuple(modules))]
 
 
-WATCHED = "tests/test_server_watch.py"
+# store_url tests and others, durable_url tests, and durable_url tests of a module where cancels meet psycopg
+WATCHED = ("tests/test_server_watch.py", "tests/test_server_races.py", "tests/test_server_process_cancel.py")
 
 
-def test_compat_runs_the_store_tests_on_the_stores_it_names_and_every_other_test() -> None:
-    """`dev.py compat` passes --stores=sqlite,postgres: a store_url test's memory case is left out, its SQLite
-    and PostgreSQL cases and every test without the fixture are kept."""
-    everything = collected()
-    compat = collected(f"--stores={dev.COMPAT_STORES}")
-    memory = [test for test in everything if test.endswith("[memory]")]
-    assert memory and all(test.replace("[memory]", "[sqlite]") in everything for test in memory)
-    assert compat == [test for test in everything if test not in memory]
+def test_compat_runs_the_store_tests_on_sqlite_and_on_postgres_where_cancels_meet_psycopg() -> None:
+    """`dev.py compat` runs a store_url or durable_url test on SQLite, and on PostgreSQL too in the modules of
+    COMPAT_POSTGRES (a cancel landing in psycopg's waits), and every test without either fixture."""
+    everything = collected(modules=WATCHED)
+    compat = collected(*dev.compat_stores(WATCHED), modules=WATCHED)
+    on = {store: [test for test in everything if test.endswith(f"[{store}]")] for store in ("memory", "postgres")}
+    assert on["memory"] and all(test.replace("[memory]", "[sqlite]") in everything for test in on["memory"])
+    where_cancels_meet = [test for test in on["postgres"] if test.startswith(dev.COMPAT_POSTGRES)]
+    assert where_cancels_meet and len(where_cancels_meet) < len(on["postgres"])
+    left_out = set(on["memory"]) | set(on["postgres"]) - set(where_cancels_meet)
+    assert compat == [test for test in everything if test not in left_out]
 
 
 def test_the_suites_processes_cache_their_bytecode_though_the_shell_says_not_to(
