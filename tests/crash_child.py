@@ -5,7 +5,9 @@
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-start async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-resume SAGA_ID async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-compensate
-    python tests/crash_child.py standby    then one of the above as a JSON list on stdin
+
+``test_crash_resume.py`` forks these from multiprocessing's forkserver, which imported this module once
+(:func:`run`): each is a process of its own, started without a process's seconds of imports.
 
 Every step's agent stands for an external service with side effects, kept in the SQLite file
 EFFECTS_DB (not the journey store): each call appends ``invocations(key, pid)`` and does
@@ -51,6 +53,7 @@ import json
 import os
 import sqlite3
 import sys
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
@@ -303,6 +306,16 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown command {command!r}; use start, resume, saga-start, saga-compensate or saga-resume")
 
 
+def run(argv: list[str], stdout: Connection, stderr: str) -> None:
+    """:func:`main` in a process forked from the forkserver: what it prints goes to ``stdout`` (the parent's
+    pipe), what it logs to the file ``stderr``."""
+    os.dup2(stdout.fileno(), 1)
+    stdout.close()
+    with open(stderr, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    main(argv)
+
+
 def durability(value: str) -> Durability:
     if value not in ("async", "exit"):
         raise SystemExit(f"unknown durability {value!r}; use async or exit")
@@ -310,6 +323,4 @@ def durability(value: str) -> Durability:
 
 
 if __name__ == "__main__":
-    # ``standby``: the command comes later, as one line of JSON on stdin. The parent starts the process that
-    # resumes a killed one while that one still runs, so that its imports are done by the kill.
-    main(json.loads(sys.stdin.readline()) if sys.argv[1:] == ["standby"] else sys.argv[1:])
+    main(sys.argv[1:])

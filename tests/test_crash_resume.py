@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import multiprocessing
 import os
 import queue
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +31,10 @@ from checkpoints.events import Event
 from graphs.runtime import JourneyRuntime
 from graphs.structured.builder import StructuredSpec
 from graphs.structured.steps import position
+from tests import crash_child
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-CHILD = ROOT / "tests" / "crash_child.py"
 STEPS = [f"s{n}" for n in range(1, 9)]
 CASE_BUDGET_S = 55.0  # everything in one case, both children included; a hang fails instead of waiting
 
@@ -91,37 +88,34 @@ class Deadline:
         return self.end - time.monotonic()
 
 
-class Child:
-    """``crash_child.py`` in a process of its own; its stdout lines are collected by a thread. Without ``args``
-    it starts in standby: it imports what it runs, then waits for :meth:`go` to say what."""
+# The children are forked from multiprocessing's forkserver, started once per test process with crash_child
+# imported (2.4-2.7 CPU-s of a child's start, ~5 of a case's ~6.5): each child is still a process of its own,
+# started fresh from those imports and SIGKILLed for real, and the fresh process that resumes is another.
+WARM = multiprocessing.get_context("forkserver")
+WARM.set_forkserver_preload(["tests.crash_child"])
 
-    def __init__(self, args: list[str] | None, log: Path) -> None:
+
+class Child:
+    """``crash_child.main(args)`` in a process of its own, forked from the forkserver; its stdout lines are
+    collected by a thread, its stderr goes to ``log``."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
         self.log = log
-        self.args = args or ["standby"]
-        self._stderr = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), *self.args],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL if args else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
+        self.args = args
+        reader, writer = WARM.Pipe(duplex=False)
+        self.proc = WARM.Process(target=crash_child.run, args=(args, writer, str(log)), daemon=True)
+        self.proc.start()
+        writer.close()  # the child's copy is its stdout: the pipe ends when it does
+        self._stdout = open(os.dup(reader.fileno()), encoding="utf-8")  # noqa: SIM115 (closed by close())
+        reader.close()
+        self.pid = self.proc.pid
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
-    def go(self, args: list[str]) -> None:
-        """Tell a child in standby what to run."""
-        assert self.proc.stdin is not None and self.args == ["standby"]
-        self.args = args
-        self.proc.stdin.write(json.dumps(args) + "\n")
-        self.proc.stdin.close()
-
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for line in self._stdout:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
@@ -152,7 +146,7 @@ class Child:
 
     def wait_for_effects(self, effects_db: Path, count: int, deadline: Deadline) -> None:
         while count_effects(effects_db) < count:
-            if self.proc.poll() is not None:
+            if not self.proc.is_alive():
                 self.fail(f"exited before {count} side effects were done")
             if deadline.left() <= 0:
                 self.fail(f"ran out of the case's time budget waiting for {count} side effects")
@@ -165,17 +159,17 @@ class Child:
         self.drain(deadline)
 
     def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        assert self.proc.wait(timeout=10) == -signal.SIGKILL
+        os.kill(self.pid, signal.SIGKILL)
+        self.proc.join(timeout=10)
+        assert self.proc.exitcode == -signal.SIGKILL
 
     def finish(self, deadline: Deadline) -> None:
         self.drain(deadline)
-        try:
-            code = self.proc.wait(timeout=max(deadline.left(), 0.1))
-        except subprocess.TimeoutExpired:
+        self.proc.join(timeout=max(deadline.left(), 0.1))
+        if self.proc.exitcode is None:
             self.fail("did not exit within the case's time budget")
-        if code != 0:
-            self.fail(f"exited with {code}")
+        if self.proc.exitcode != 0:
+            self.fail(f"exited with {self.proc.exitcode}")
 
     def fail(self, why: str) -> None:
         self.close()
@@ -184,25 +178,12 @@ class Child:
         pytest.fail(f"child {self.args} {why}\n--- stdout ---\n{output}\n--- stderr ---\n{errors}")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc.exitcode is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.join(timeout=10)
         self._reader.join(timeout=10)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        self._stderr.close()
-
-
-@pytest.fixture
-def standby(tmp_path: Path) -> Iterator[Child]:
-    """The child that resumes what the killed one left, started with the test: its imports (most of a process's
-    start) are done while the first child runs, and it is told what to do once that one was killed."""
-    child = Child(None, tmp_path / "resume.stderr")
-    try:
-        yield child
-    finally:
-        child.close()
+        self._stdout.close()
+        self.proc.close()
 
 
 def query(effects_db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -247,7 +228,7 @@ def look_at_store(url: str, journey_id: str, instance_id: str) -> StoreView:
 
 
 @pytest.mark.parametrize("crash", list(CRASHES.values()), ids=list(CRASHES))
-def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path, standby: Child) -> None:
+def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path) -> None:
     deadline = Deadline(CASE_BUDGET_S)
     effects_db = tmp_path / "external_service.db"
     start_args = [durable_url, str(effects_db), "start", crash.mode, *([crash.hold] if crash.hold else [])]
@@ -276,8 +257,7 @@ def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path
     logged_before = {e.key for e in before.events if e.type == "step.completed"}
 
     # 2. A fresh process recovers the journey and finishes it.
-    second = standby
-    second.go([durable_url, str(effects_db), "resume", journey_id])
+    second = Child([durable_url, str(effects_db), "resume", journey_id], tmp_path / "resume.stderr")
     try:
         second.finish(deadline)
     finally:
@@ -323,11 +303,11 @@ def test_journey_survives_sigkill(durable_url: str, crash: Crash, tmp_path: Path
         assert key == invoked_at_kill[-1], f"{key} was not the call in flight at the kill ({invoked_at_kill[-1]})"
         assert key not in logged_before
         pids = [pid for k, pid in invocations if k == key]
-        assert pids == [first.proc.pid, second.proc.pid]
+        assert pids == [first.pid, second.pid]
     if crash.repeated is not None:
         assert repeated == {keys[STEPS.index(step)] for step in crash.repeated}
     # Nothing acknowledged before the kill was done again by the fresh process.
-    assert all(pid == first.proc.pid for key, pid in invocations if key in logged_before)
+    assert all(pid == first.pid for key, pid in invocations if key in logged_before)
 
     # 5. The event log: one step.completed per step, in order, seq strictly increasing, and the
     #    events written before the kill untouched.
@@ -352,9 +332,7 @@ def _value(lines: list[str], prefix: str) -> Any:
 
 
 @pytest.mark.parametrize("durability", ["async", "exit"])
-def test_a_retried_compensation_survives_sigkill(
-    durable_url: str, durability: str, tmp_path: Path, standby: Child
-) -> None:
+def test_a_retried_compensation_survives_sigkill(durable_url: str, durability: str, tmp_path: Path) -> None:
     """A saga's compensation failed for good; its retry is SIGKILLed between two compensations (just after
     the second one's side effect). A fresh process finishes the compensation: every undo takes effect
     once, and only the one call the kill landed in is made twice, with the same idempotency key."""
@@ -374,10 +352,10 @@ def test_a_retried_compensation_survives_sigkill(
     assert len(invoked_at_kill) == 2  # revert_transformation, then revert_analysis: held just after its effect
 
     # The retry checkpointed the compensation as pending before running it: recover() finishes it.
-    second, events, keys = _resume_compensation(standby, durable_url, saga_id, durability, effects_db, deadline)
+    second, events, keys = _resume_compensation(durable_url, saga_id, durability, effects_db, deadline)
     invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
     assert [key for key, _ in invocations] == [keys[0], keys[1], keys[1], keys[2]]
-    assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid, second.proc.pid]
+    assert [pid for _, pid in invocations] == [first.pid, first.pid, second.pid, second.pid]
     undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga.", "instance."))]
     assert undos == [
         ("saga.compensating", "validate_results"),
@@ -393,12 +371,11 @@ UNDONE = ["transform_data", "analyze_content", "upload_content"]  # the saga's c
 
 
 def _resume_compensation(
-    second: Child, url: str, saga_id: str, durability: str, effects_db: Path, deadline: Deadline
+    url: str, saga_id: str, durability: str, effects_db: Path, deadline: Deadline
 ) -> tuple[Child, list[Event], list[str]]:
-    """A fresh process (``second``, in standby) recovers the saga killed mid-compensation: recover() resumes
-    it, it ends compensated, and every undo took effect once. Returns the process, the saga's events and the
-    undos' keys in order."""
-    second.go([url, str(effects_db), "saga-resume", saga_id, durability])
+    """A fresh process recovers the saga killed mid-compensation: recover() resumes it, it ends compensated,
+    and every undo took effect once. Returns the process, the saga's events and the undos' keys in order."""
+    second = Child([url, str(effects_db), "saga-resume", saga_id, durability], effects_db.with_name("resume.stderr"))
     try:
         second.finish(deadline)
     finally:
@@ -418,7 +395,7 @@ async def _history(url: str, instance_id: str) -> list[Event]:
         return await runtime.history(instance_id)
 
 
-def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path, standby: Child) -> None:
+def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path) -> None:
     """A saga's last step fails and its compensation starts; the run is SIGKILLed just after the second
     undo's completion event commits (before its checkpoint). A fresh process's recover() finishes the
     compensation: every undo takes effect and is invoked exactly once, and the saga is compensated."""
@@ -433,10 +410,10 @@ def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path, stand
     assert not any(line.startswith("STATUS ") for line in first.lines)
     assert len(query(effects_db, "SELECT key FROM invocations")) == 2  # transform_data's undo, analyze_content's
 
-    second, events, keys = _resume_compensation(standby, durable_url, saga_id, "async", effects_db, deadline)
+    second, events, keys = _resume_compensation(durable_url, saga_id, "async", effects_db, deadline)
     invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
     assert [key for key, _ in invocations] == keys  # no undo ran twice
-    assert [pid for _, pid in invocations] == [first.proc.pid, first.proc.pid, second.proc.pid]
+    assert [pid for _, pid in invocations] == [first.pid, first.pid, second.pid]
     undos = [(e.type, e.step) for e in events if e.type.startswith(("compensation.", "saga."))]
     assert undos == [
         ("saga.compensating", "validate_results"),
