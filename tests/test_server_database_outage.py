@@ -28,7 +28,7 @@ from checkpoints.database import OUTAGE, create_engine_for, database_conflict, l
 from checkpoints.url import parse_store_url
 from graphs.kernel.engine import LOST_DATABASE_RETRY
 from graphs.lifecycle.catalog import READY_TO_START
-from server.queues.procrastinate import OutageRetry
+from server.queues.procrastinate import RETENTION_TASK, TIMER_TASK, OutageRetry, build_app
 from tests.server_support import journeys_serve, start_worker, stop_worker
 
 POOL_TIMEOUT_S = 30  # how long SQLAlchemy's pool and psycopg_pool's wait for a connection, by default
@@ -424,7 +424,8 @@ async def test_deadlocks_and_lock_timeouts_are_conflicts_retried_a_few_times_not
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 0").format(sql.Identifier(role)))
         try:
             with pytest.raises(psycopg.OperationalError) as too_many:
-                psycopg.connect(urlsplit(postgres_url)._replace(netloc=f"{role}@").geturl())
+                parts = urlsplit(postgres_url)  # the same server (host and port, or a socket in the query), as the role
+                psycopg.connect(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}").geturl())
         finally:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
     assert too_many.value.sqlstate == "53300" or "too many connections" in str(too_many.value)
@@ -437,3 +438,30 @@ async def test_deadlocks_and_lock_timeouts_are_conflicts_retried_a_few_times_not
         assert lost_database(outage_error) is not None, outage_error
         assert database_conflict(outage_error) is None
         assert OutageRetry().get_retry_decision(exception=outage_error, job=Job(attempts=9, **JOB)) is not None
+
+
+async def test_a_periodic_pass_the_outage_cuts_ends_quietly_and_other_errors_still_fail_it(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's timer pass (every second) or retention pass that met the outage ended its procrastinate job in
+    error, with a traceback, in the worker's log beside its one "database unavailable" line (at load, on the
+    worker test above: "ended with status: Error"). Its work is the next pass's: an outage ends it quietly. A
+    pass that fails for another reason still fails, as it did."""
+    for mark in ("at", "refused", "answered"):  # the process's outage marks, as they were, after the test
+        monkeypatch.setattr(OUTAGE, mark, getattr(OUTAGE, mark))
+    broken = False
+
+    async def database_work() -> None:  # what a pass does first: take a connection
+        if broken:
+            raise ValueError("a bug in the pass")
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            await conn.execute("SELECT 1")
+
+    app = build_app(postgres_url, {TIMER_TASK: database_work, RETENTION_TASK: database_work})
+    for task in (TIMER_TASK, RETENTION_TASK):
+        await app.tasks[task].func(timestamp=0)
+        with outage(postgres_url):
+            await app.tasks[task].func(timestamp=0)  # raised OperationalError before
+    broken = True
+    with pytest.raises(ValueError, match="a bug in the pass"):
+        await app.tasks[TIMER_TASK].func(timestamp=0)

@@ -31,7 +31,7 @@ from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import OutagePool, autocommit, note_return, probe_if_idle
-from checkpoints.database import conflicted, unreachable, violated
+from checkpoints.database import conflicted, lost_database, unreachable, violated
 from checkpoints.locks import held_elsewhere
 from checkpoints.runs import QueueJobs
 from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
@@ -309,20 +309,30 @@ def build_app(
     @app.periodic(cron="* * * * * *", periodic_id="timers")
     @app.task(name=TIMER_TASK, queue=QUEUE, queueing_lock="journeys-timers")
     async def fire_timers(timestamp: int) -> None:
-        handler = handlers.get(TIMER_TASK)
-        if handler is not None:
-            await handler()
+        await _periodic_pass(handlers.get(TIMER_TASK))
 
     if retention_cron is not None:  # one pass at a time across workers (queueing_lock), whoever defers it
 
         @app.periodic(cron=retention_cron, periodic_id="retention")
         @app.task(name=RETENTION_TASK, queue=QUEUE, queueing_lock="journeys-retention")
         async def apply_retention(timestamp: int) -> None:
-            handler = handlers.get(RETENTION_TASK)
-            if handler is not None:
-                await handler()
+            await _periodic_pass(handlers.get(RETENTION_TASK))
 
     return app
+
+
+async def _periodic_pass(handler: Callable[[], Awaitable[None]] | None) -> None:
+    """A periodic pass (timers, retention), in a worker that has it. One the database's outage cuts ends quietly:
+    its work is the next pass's, and the worker says once that the database went away (outlasting_the_database),
+    not with a failed job's traceback each pass. Any other failure fails the job, as before."""
+    if handler is None:
+        return
+    try:
+        await handler()
+    except Exception as exc:
+        if lost_database(exc) is None:
+            raise
+        log.debug("periodic pass cut by the database's outage", error=str(exc))
 
 
 def ensure_schema(database_url: str) -> None:
