@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -300,6 +301,16 @@ def spans() -> Iterator[InMemorySpanExporter]:
     _SPANS.clear()
     yield _SPANS
     _SPANS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _logging_config_per_test() -> Iterator[None]:
+    """structlog's configuration as the test found it, after it: a command run in-process (``CliRunner``) configures
+    the process's logging as a command does (``configure_logging``: its level, its renderer), and a later test on
+    that xdist worker then captured nothing below that level (``capture_logs`` keeps the level's filter)."""
+    found = structlog.get_config()
+    yield
+    structlog.configure(**found)
 
 
 @pytest.fixture(autouse=True)
