@@ -155,13 +155,14 @@ class FlowControl:
             .where(and_(_instances.instance_id == queued.instance_id, _instances.status == "queued"))
             .values(status=instance_status, updated_at=now),
             delete(journey_queued_starts).where(_queued.instance_id == queued.instance_id),
-            insert(journey_concurrency_slots).values(
-                concurrency_key=queued.concurrency_key,
-                slot=slot,
-                instance_id=queued.instance_id,
-                taken_at=now,
-            ),
+            self.held_slot(queued.concurrency_key, slot, queued.instance_id),
         ]
+
+    def held_slot(self, key: str, slot: int, instance_id: str) -> Executable:
+        """A bound statement (for ``EventLog.append(also=...)``) by which ``instance_id`` holds ``slot`` of ``key``."""
+        return insert(journey_concurrency_slots).values(
+            concurrency_key=key, slot=slot, instance_id=instance_id, taken_at=self._clock.now()
+        )
 
     def unqueue(self, instance_id: str) -> Executable:
         """A bound statement that takes ``instance_id`` off the queue (it ended before it started)."""

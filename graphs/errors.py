@@ -314,7 +314,8 @@ class NoFlowError(JourneyError):
 
 
 class ConcurrencyLimitError(JourneyError):
-    """The journey's concurrency key has no free slot, and its spec says to refuse starts above the limit."""
+    """The journey's concurrency key has no free slot, for a start its spec says to refuse above the limit, for a
+    fork, or for a failed journey's retry (neither of which is queued)."""
 
     category: ClassVar[ErrorCategory] = "conflict"
 

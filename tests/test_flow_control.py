@@ -14,12 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
+from agents import PermanentAgentError
+from agents.errors import AgentCallFailedError
 from checkpoints import VirtualClock
 from graphs import JourneyFinishedError, JourneyRuntime, SpecError
 from graphs.errors import ConcurrencyLimitError, JourneyQueuedError, StartKeyConflictError
 from nodes.errors import ConcurrencyKeyError, FlowSettingError
 from server.app import create_app
 from server.settings import Settings
+from tests.process_support import linear, user_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "flow_child.py"
@@ -192,6 +195,60 @@ async def test_processes_starting_at_once_honour_start_keys_and_limits(durable_u
     ], answers
     async with JourneyRuntime.open(durable_url) as rt:
         assert await instance_count(rt, "saga") == {"in_progress": 2}
+
+
+async def test_a_failed_journey_retried_takes_a_slot_again_or_is_refused_when_its_key_is_full(store_url: str) -> None:
+    """A failed journey frees its slot (a failure must not hold a tenant's queue), so a retry of it starts it again
+    and must take a slot as a start does: the retry of a tenant's failed journey while another runs under a limit
+    of 1 made two run at once ({'in_progress': 2}). It is refused while every slot is held (a retry is an
+    operator's call, not queued), and once it runs it holds its slot against new starts."""
+    agent_down = {"down": True}
+
+    def flaky(request: Any) -> dict[str, Any]:
+        if agent_down["down"]:
+            raise PermanentAgentError("the service is down")
+        return {"drafted": True}
+
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("flaky", flaky)
+        spec = {**limited("queue", limit=1), "steps": [{"step_id": "draft", "agent": "flaky"}, {"step_id": "approve"}]}
+        journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
+        await rt.structured.execute_journey(journey_id, "ana", {"tenant": "acme"})
+        with pytest.raises(AgentCallFailedError):
+            await rt.structured.advance_journey_step(journey_id, "ana", {})
+        ben = await rt.structured.execute_journey(journey_id, "ben", {"tenant": "acme"})  # ana's slot is free
+        assert ben["status"] == "in_progress"
+
+        agent_down["down"] = False
+        with pytest.raises(ConcurrencyLimitError) as refused:
+            await rt.structured.retry_journey_step(journey_id, "ana", by="ops")
+        assert refused.value.details == {"concurrency_key": "$.tenant=acme", "limit": 1}
+        assert (await rt.structured.get_journey_status(journey_id, "ana"))["status"] == "failed"
+        assert await instance_count(rt, "structured") == {"failed": 1, "in_progress": 1}
+
+        for step in ("draft", "approve"):
+            await rt.structured.advance_journey_step(journey_id, "ben", {"step": step})
+        retried = await rt.structured.retry_journey_step(journey_id, "ana", by="ops")
+        assert (retried["status"], retried["current_step"]) == ("in_progress", "approve")
+        queued = await rt.structured.execute_journey(journey_id, "cy", {"tenant": "acme"})
+        assert queued["status"] == "queued"  # ana holds the one slot again
+
+        agent_down["down"] = True  # the same for a process instance retried
+        process = linear(
+            "billing",
+            {"type": "service_task", "id": "charge", "agent": "flaky"},
+            user_task("confirm"),
+            concurrency={"key": "$.account", "limit": 1, "on_limit": "reject"},
+        )
+        await rt.processes.deploy(process)
+        failed = await rt.processes.start("billing", "b-1", {"account": "acme"})
+        assert failed["status"] == "failed"
+        agent_down["down"] = False
+        running = await rt.processes.start("billing", "b-2", {"account": "acme"})
+        assert running["status"] == "in_progress"
+        with pytest.raises(ConcurrencyLimitError):
+            await rt.processes.retry(failed["instance_id"], by="ops")
+        assert (await rt.processes.status(failed["instance_id"]))["status"] == "failed"
 
 
 # --- processes, and over HTTP -----------------------------------------------------------------------

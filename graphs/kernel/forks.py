@@ -20,7 +20,7 @@ journey's stage table), or that have no steps in their log, are refused with :cl
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,6 @@ from checkpoints.index import Instance
 from checkpoints.savers import copy_checkpoint
 from checkpoints.store import Store
 from graphs.errors import ForkPointError, ForkUnsupportedError
-from nodes.flow import StartControls
 
 FORKED = "journey.forked"  # on the source: a fork was made of it
 
@@ -46,14 +45,12 @@ class Forkable:
 
     ``step_events``: the event types that record a step's completion (their ``step`` names it).
     ``superstep``: the LangGraph superstep in which such an event's step ran (None: not known), which names
-    the checkpoint saved right after it.
-    ``controls``: the source's start controls (its concurrency limit and key value), from the source and the
-    state the fork goes on from; a fork that runs on takes a slot under them.
+    the checkpoint saved right after it. A fork that runs on takes a slot under its source's start controls
+    (``Recoverable.controls``).
     """
 
     step_events: frozenset[str]
     superstep: Callable[[Event], int | None]
-    controls: Callable[[Instance, Mapping[str, Any]], Awaitable[StartControls | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -155,6 +155,9 @@ class Recoverable:
     expire: Callable[[Instance, Graph, str, NewEvent], Awaitable[None]] | None = None
     # How its instances are forked at a step (:mod:`graphs.kernel.forks`); None: they cannot be.
     fork: Forkable | None = None
+    # An instance's start controls (its spec's concurrency limit and the key's value its start took), which a
+    # fork of it and a retry of it once it failed run under as its start did; None: its pattern has none.
+    controls: Callable[[Instance], Awaitable[StartControls | None]] | None = None
     # Statements the pattern adds to a termination's transaction (the instance, and the moment its event
     # records): its own rows that say where an instance stands (a lifecycle's state row), so that they say it
     # ended with it, as a rebuild from that event says too.
@@ -453,8 +456,27 @@ class Instances:
         if failed is not None:
             await self.refuse_past_deadline(instance_id)
             payload = {} if by is None else {"by": by}
-            await self.events.append(instance_id, [NewEvent(retried, payload, failed)], status="in_progress")
+            await self._run_again(instance_id, instance, NewEvent(retried, payload, failed))
         return failed
+
+    async def _run_again(self, instance_id: str, instance: Instance | None, retried: NewEvent) -> None:
+        """Log ``retried`` and make the instance ``in_progress`` again. A failed one freed its concurrency slot
+        (a failure must not hold its key's other journeys back), so it takes one again in the same transaction,
+        as its start did, or is refused (:class:`ConcurrencyLimitError`) while its key's slots are all held."""
+        kind = None if instance is None or instance.status not in ENDED_STATUSES else self._kinds.get(instance.pattern)
+        for _attempt in range(_REGISTER_ATTEMPTS):
+            free = None
+            if kind is not None and instance is not None:
+                free = await self._slot_under(kind, instance, "a retry counts too")
+            also = [] if free is None else [self.flow.held_slot(*free, instance_id)]
+            try:
+                await self.events.append(instance_id, [retried], status="in_progress", also=also)
+                return
+            except Exception as exc:
+                if not (also and self.engine.store.backend.is_unique_violation(exc)):
+                    raise
+                # Another start or retry took that slot meanwhile: look again.
+        raise ConcurrentUpdateError(f"could not retry {instance_id!r}: its key's slots kept changing")
 
     async def before_move(
         self, graph: Graph, instance_id: str, options: RunOptions = DEFAULT_RUN, *, go_on: bool = False
@@ -575,7 +597,8 @@ class Instances:
             point = await fork_point(kind.fork, graph, self.engine.config(source_id), history, step_id)
             slot: list[Any] = []
             if point.checkpoint.next:  # a fork that runs on: the source's limits hold for it too
-                slot = await self._fork_slot(kind.fork, source, point.checkpoint.values, fork_id)
+                if (free := await self._slot_under(kind, source, "a fork counts too")) is not None:
+                    slot = [self.flow.take_slot(*free, fork_id)]
                 await self._carry_deadline(source_id, fork_id)
             try:
                 created = await register_fork(self.engine.store, source, fork_id, history, point, slot)
@@ -589,24 +612,23 @@ class Instances:
                     await self.advance(graph, fork_id, source.pattern, None, cause="fork")
         return Fork(created, source_id, step_id)
 
-    async def _fork_slot(
-        self, forkable: Forkable, source: Instance, state: Mapping[str, Any], fork_id: str
-    ) -> list[Any]:
-        """The statement by which a fork holds a slot of its source's concurrency key (none without a limit);
-        :class:`ConcurrencyLimitError` when every slot is held (a fork is refused, never queued)."""
-        controls = None if forkable.controls is None else await forkable.controls(source, state)
+    async def _slot_under(self, kind: Recoverable, instance: Instance, why: str) -> tuple[str, int] | None:
+        """A free slot of ``instance``'s concurrency key (the key, the slot), for a fork of it or for it retried
+        once it failed (which freed its slot); None when its start had no limit. :class:`ConcurrencyLimitError`
+        when every slot is held: neither is queued, as only a start is."""
+        controls = None if kind.controls is None else await kind.controls(instance)
         key = None if controls is None else controls.concurrency_key
         if controls is None or key is None or controls.concurrency is None:
-            return []
+            return None
         limit = controls.concurrency.limit
         slot = await self.flow.free_slot(key, limit)
         if slot is None:
             raise ConcurrencyLimitError(
-                f"{limit} journey(s) with {key} are running already, the limit of its spec; a fork counts too",
+                f"{limit} journey(s) with {key} are running already, the limit of its spec; {why}",
                 concurrency_key=key,
                 limit=limit,
             )
-        return [self.flow.take_slot(key, slot, fork_id)]
+        return key, slot
 
     async def _carry_deadline(self, source_id: str, fork_id: str) -> None:
         """Arm the fork's deadline at the source's moment (the whole run's, not a new window), before the fork

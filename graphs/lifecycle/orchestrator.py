@@ -81,6 +81,7 @@ PATTERN: PatternName = "lifecycle"
 MEASURED = ("task.completed",)
 PROMOTIONS = {"sandbox": TransitionEvent.PROMOTE_TO_PILOT, "pilot": TransitionEvent.PROMOTE_TO_PRODUCTION}
 GATED_EVENTS = (TransitionEvent.PROMOTE_TO_PILOT, TransitionEvent.PROMOTE_TO_PRODUCTION, TransitionEvent.MARK_COMPLETE)
+CREATED = "lifecycle.created"  # a journey's first event: its client and metadata
 # The options transition() takes with each event: (required, optional). Each goes to the event's own method.
 EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = {
     TransitionEvent.START_JOURNEY: ((), ("metrics",)),  # a start refused before: only its metrics are new
@@ -116,6 +117,7 @@ class LifecycleOrchestrator:
                 self._start_input,
                 expire=self._expire,
                 terminated=self._terminated,
+                controls=self._controls,
             )
         )
 
@@ -263,7 +265,7 @@ class LifecycleOrchestrator:
                     )
             else:
                 created = NewEvent(
-                    "lifecycle.created",
+                    CREATED,
                     {"client_id": client_id, "design_id": design_id, "metadata": dict(metadata or {})},
                 )
                 graph = self._graph(chosen)
@@ -784,6 +786,17 @@ class LifecycleOrchestrator:
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return self._graph(await self._spec(instance.journey_id))
+
+    async def _controls(self, instance: Instance) -> StartControls | None:
+        """The journey's concurrency limit and key value, from the client and metadata it started with (keyed on
+        ``{"client_id": …, **metadata}`` as :meth:`start_journey` keys it), which a retry of it once it failed
+        runs under as its start did."""
+        spec = await self._spec(instance.journey_id)
+        if spec.concurrency is None:
+            return None
+        [created, *_] = await self._store.events.list(instance.instance_id, types=[CREATED])
+        start_input = {"client_id": created.payload["client_id"], **dict(created.payload.get("metadata") or {})}
+        return StartControls.of(None, None, spec.concurrency, start_input)
 
     @staticmethod
     async def _start_input(instance: Instance, created: Event) -> dict[str, Any]:

@@ -95,6 +95,7 @@ MESSAGE_ID_CHARS = 100
 MEASURED = ("task.completed", "map.item_completed")
 # How many ``variables.set`` the thread has applied, kept in its ``visits`` under a name no element id can have.
 SETS = "(variables.set)"
+STARTED = "process.started"  # an instance's first event: its version and the variables it started with
 
 
 def set_key(instance_id: str, number: int) -> str:
@@ -193,6 +194,7 @@ class ProcessOrchestrator:
                 before=self._settle_migrations,
                 after=self._deliver_undelivered,
                 expire=self._expire,
+                controls=self._controls,
             )
         )
 
@@ -487,7 +489,7 @@ class ProcessOrchestrator:
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)
         started = NewEvent(
-            "process.started",
+            STARTED,
             {
                 "process": name,
                 "version": version,
@@ -1064,6 +1066,16 @@ class ProcessOrchestrator:
 
     async def _instance_graph(self, instance: Instance) -> Graph:
         return await self.deployed.graph_of(await self.deployment_of(instance))
+
+    async def _controls(self, instance: Instance) -> StartControls | None:
+        """The instance's concurrency limit (its version's) and key value, from the variables it started with,
+        which a retry of it once it failed runs under as its start did."""
+        spec = await self.spec_of(await self.deployment_of(instance))
+        if spec.concurrency is None:
+            return None
+        [started, *_] = await self.store.events.list(instance.instance_id, types=[STARTED])
+        variables = {c["name"]: c["value"] for c in started.payload.get("changes") or []}
+        return StartControls.of(None, None, spec.concurrency, variables)
 
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPEN
 from nodes.user_task import validate_resume_value
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
+STARTED = "journey.started"  # a run's first event: what it was started with
 FINISHED = ("completed", "compensated", "failed", TERMINATED)
 
 
@@ -69,16 +70,26 @@ class StepJourneys:
         self.events = designs.engine.store.events
         self.instances = designs.instances
         self.patterns = patterns
-        forkable = Forkable(frozenset({COMPLETED_STEP}), step_superstep, self._fork_controls)
+        forkable = Forkable(frozenset({COMPLETED_STEP}), step_superstep)
         designs.instances.register(
-            Recoverable(patterns, self._instance_graph, self._start_input, expire=self._expire, fork=forkable)
+            Recoverable(
+                patterns,
+                self._instance_graph,
+                self._start_input,
+                expire=self._expire,
+                fork=forkable,
+                controls=self._controls,
+            )
         )
 
-    async def _fork_controls(self, source: Instance, state: Mapping[str, Any]) -> StartControls | None:
-        """The source's concurrency limit and key value (from the start context in the state the fork goes
-        on from), which a fork runs under."""
-        _pattern, spec, _graph = await self._load(source.journey_id)
-        return StartControls.of(None, None, spec.concurrency, dict(state.get("context") or {}))
+    async def _controls(self, instance: Instance) -> StartControls | None:
+        """The run's concurrency limit and key value, from the context its start was given (its first event, a
+        fork's copied from its source's), which a fork of it and a retry of it run under."""
+        _pattern, spec, _graph = await self._load(instance.journey_id)
+        if spec.concurrency is None:
+            return None
+        [started, *_] = await self.events.list(instance.instance_id, types=[STARTED])
+        return StartControls.of(None, None, spec.concurrency, dict(started.payload.get("context") or {}))
 
     async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
         design, spec = await self.designs.load(journey_id, self.patterns)
@@ -120,9 +131,7 @@ class StepJourneys:
         if spec.evaluation is not None and (missing := self.instances.evaluation.missing(spec.evaluation)):
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         controls = StartControls.of(start_key, start_key_window, spec.concurrency, context or {}, spec.deadline)
-        started = NewEvent(
-            "journey.started", {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})}
-        )
+        started = NewEvent(STARTED, {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})})
         initial = _initial_state(context)
         completed: dict[str, tuple[str, Any]] = {}  # the steps the run completes, noted by their nodes
         try:
