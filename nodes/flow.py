@@ -21,13 +21,17 @@ LONGEST = timedelta(days=36_525)  # a century: a window or deadline past it cann
 
 
 class ConcurrencySpec(BaseModel):
-    """A spec's concurrency limit: ``key`` a path into the start input (``$.tenant``, ``$.org.id``)."""
+    """A spec's concurrency limit: ``key`` a path into the start input (``$.tenant``, ``$.org.id``). ``scope``:
+    whose journeys the limit counts: ``"type"`` (the default, as a DBOS queue or an Inngest function's limit)
+    those of this journey type or process name only; ``"shared"`` those of every spec whose ``shared`` limit
+    names the same key path (a tenant's cap across journey types)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: str = Field(min_length=3, max_length=200, pattern=r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*)+$")
     limit: int = Field(ge=1, le=10_000)
     on_limit: Literal["queue", "reject"] = "queue"
+    scope: Literal["type", "shared"] = "type"
 
     def value_in(self, start_input: Mapping[str, Any]) -> str:
         """The concurrency key's value for a start; a start input without it is refused."""
@@ -115,6 +119,7 @@ class StartControls:
     concurrency: ConcurrencySpec | None = None
     concurrency_value: str | None = None
     deadline: DeadlineSpec | None = None
+    journey_type: str = ""  # what a "type"-scoped limit counts within: the pattern and journey type (or process)
 
     @classmethod
     def of(
@@ -124,23 +129,29 @@ class StartControls:
         concurrency: ConcurrencySpec | None,
         start_input: Mapping[str, Any],
         deadline: DeadlineSpec | None = None,
+        *,
+        journey_type: str = "",
     ) -> StartControls | None:
-        """Controls for a start (None when it has none), checked before anything is written."""
+        """Controls for a start (None when it has none), checked before anything is written. ``journey_type``:
+        the pattern and the spec's journey type or process name (``saga.review``, ``process.billing``)."""
         if start_key is not None and (not isinstance(start_key, str) or not 0 < len(start_key) <= 200):
             raise FlowSettingError("start_key must be a string of 1 to 200 characters", field="start_key")
         if start_key is None and concurrency is None and deadline is None:
             return None
         value = concurrency.value_in(start_input) if concurrency is not None else None
-        return cls(start_key, window_of(window), concurrency, value, deadline)
+        return cls(start_key, window_of(window), concurrency, value, deadline, journey_type)
 
     @property
     def concurrency_key(self) -> str | None:
-        """The slot key: the spec's key path with the start's value (``$.tenant=acme``), within the tenant of
-        the caller the server acts for, so no tenant's journeys take another's slots (``globex:$.tenant=acme``).
+        """The slot key: the spec's key path with the start's value, within the journey type a ``"type"`` limit
+        counts (``saga.review/$.tenant=acme``; a ``"shared"`` one: ``$.tenant=acme``), within the tenant of the
+        caller the server acts for, so no tenant's journeys take another's slots (``globex:saga.review/…``).
         The default tenant's starts and the runtime's own (timers, in-process use) share unprefixed keys."""
         if self.concurrency is None or self.concurrency_value is None:
             return None
         key = f"{self.concurrency.key}={self.concurrency_value}"
+        if self.concurrency.scope == "type":
+            key = f"{self.journey_type}/{key}"
         owner = current_owner()
         if owner is not None and owner.tenant != DEFAULT_TENANT:
             key = f"{owner.tenant}:{key}"

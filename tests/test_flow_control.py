@@ -105,7 +105,7 @@ async def test_above_its_limit_a_rejecting_key_refuses_the_start_and_registers_n
         await rt.saga.execute_saga_journey(journey_id, "u2", {"tenant": "acme"})
         with pytest.raises(ConcurrencyLimitError) as refused:
             await rt.saga.execute_saga_journey(journey_id, "u3", {"tenant": "acme"})
-        assert refused.value.details == {"concurrency_key": "$.tenant=acme", "limit": 2}
+        assert refused.value.details == {"concurrency_key": "saga.review/$.tenant=acme", "limit": 2}
         await rt.saga.execute_saga_journey(journey_id, "u4", {"tenant": "globex"})  # another key, its own slots
         assert await instance_count(rt, "saga") == {"in_progress": 3}
 
@@ -197,6 +197,36 @@ async def test_processes_starting_at_once_honour_start_keys_and_limits(durable_u
         assert await instance_count(rt, "saga") == {"in_progress": 2}
 
 
+async def test_a_limit_counts_its_own_journey_types_runs_unless_it_is_shared(store_url: str) -> None:
+    """Two journey types each limited per ``$.tenant`` counted each other's runs: acme's billing journey (limit 1,
+    none running) was refused because an onboarding journey of acme ran ("1 journey(s) with $.tenant=acme are
+    running already"). A limit counts its journey type's runs (a saga's, a structured journey's and a process's
+    of one name are three types), as a DBOS queue or an Inngest function's limit does; ``"scope": "shared"``
+    counts every shared limit on the key path, a tenant's cap across types."""
+
+    def spec(journey_type: str, limit: int, scope: str = "type") -> dict[str, Any]:
+        concurrency = {"key": "$.tenant", "limit": limit, "on_limit": "reject", "scope": scope}
+        return {**TWO_STEPS, "journey_type": journey_type, "concurrency": concurrency}
+
+    async with JourneyRuntime.open(store_url) as rt:
+        billing = (await rt.structured.design_journey("billing", spec=spec("billing", 1)))["journey_id"]
+        onboarding = (await rt.structured.design_journey("onboarding", spec=spec("onboarding", 5)))["journey_id"]
+        await rt.structured.execute_journey(onboarding, "u1", {"tenant": "acme"})
+        assert (await rt.structured.execute_journey(billing, "u2", {"tenant": "acme"}))["status"] == "in_progress"
+        saga = await saga_design(rt, spec("billing", 1))  # a saga of the same name is a type of its own
+        assert (await rt.saga.execute_saga_journey(saga, "u3", {"tenant": "acme"}))["status"] == "in_progress"
+        with pytest.raises(ConcurrencyLimitError) as refused:
+            await rt.structured.execute_journey(billing, "u4", {"tenant": "acme"})
+        assert refused.value.details == {"concurrency_key": "structured.billing/$.tenant=acme", "limit": 1}
+
+        first = (await rt.structured.design_journey("a", spec=spec("a", 1, "shared")))["journey_id"]
+        second = (await rt.structured.design_journey("b", spec=spec("b", 1, "shared")))["journey_id"]
+        await rt.structured.execute_journey(first, "u5", {"tenant": "acme"})
+        with pytest.raises(ConcurrencyLimitError) as refused:
+            await rt.structured.execute_journey(second, "u6", {"tenant": "acme"})
+        assert refused.value.details == {"concurrency_key": "$.tenant=acme", "limit": 1}
+
+
 async def test_a_failed_journey_retried_takes_a_slot_again_or_is_refused_when_its_key_is_full(store_url: str) -> None:
     """A failed journey frees its slot (a failure must not hold a tenant's queue), so a retry of it starts it again
     and must take a slot as a start does: the retry of a tenant's failed journey while another runs under a limit
@@ -222,7 +252,7 @@ async def test_a_failed_journey_retried_takes_a_slot_again_or_is_refused_when_it
         agent_down["down"] = False
         with pytest.raises(ConcurrencyLimitError) as refused:
             await rt.structured.retry_journey_step(journey_id, "ana", by="ops")
-        assert refused.value.details == {"concurrency_key": "$.tenant=acme", "limit": 1}
+        assert refused.value.details == {"concurrency_key": "structured.review/$.tenant=acme", "limit": 1}
         assert (await rt.structured.get_journey_status(journey_id, "ana"))["status"] == "failed"
         assert await instance_count(rt, "structured") == {"failed": 1, "in_progress": 1}
 

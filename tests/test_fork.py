@@ -202,14 +202,14 @@ async def test_a_fork_counts_against_its_sources_concurrency_limit_and_carries_i
         clock.advance(timedelta(hours=1))
         fork = await rt.fork(source, "draft")
         assert (fork["status"], fork["current_step"]) == ("in_progress", "approve")
-        assert await rt.instances.flow.slot_of(fork["instance_id"]) == ("$.tenant=acme", 1)
+        assert await rt.instances.flow.slot_of(fork["instance_id"]) == ("structured.review/$.tenant=acme", 1)
 
         # The source and its fork hold both slots of acme: a new start queues, another fork is refused.
         queued = await rt.structured.execute_journey(journey_id, "ben", {"tenant": "acme"})
         assert queued["status"] == "queued"
         with pytest.raises(ConcurrencyLimitError) as refused:
             await rt.fork(source, "draft")
-        assert refused.value.details == {"concurrency_key": "$.tenant=acme", "limit": 2}
+        assert refused.value.details == {"concurrency_key": "structured.review/$.tenant=acme", "limit": 2}
 
         clock.advance(timedelta(hours=1))  # the source's two hours are up, and so are the fork's
         await rt.processes.scheduler.run_due()

@@ -8,7 +8,8 @@
   before the instance is registered, fired by the scheduler like every timer (so it survives restarts and
   is never early); when it fires before the journey ends, the pattern fails it or a saga compensates.
 - **Concurrency keys** (a spec's ``concurrency={"key": "$.tenant", "limit": 2, "on_limit": "queue"}``):
-  at most ``limit`` journeys per value of ``key`` (a path into the start input) run at once. Above it,
+  at most ``limit`` journeys of the spec's journey type (``"scope": "shared"``: of every shared limit on the key
+  path) per value of ``key`` (a path into the start input) run at once. Above it,
   ``on_limit="queue"`` (the default, as DBOS queues and Hatchet's ``GROUP_ROUND_ROBIN`` do) registers the
   journey as ``queued``; it starts, oldest first, when a slot frees (:meth:`Instances.dispatch_queued`,
   run by every scheduler pass and by ``recover``). ``on_limit="reject"`` refuses the start with

@@ -226,7 +226,14 @@ class LifecycleOrchestrator:
         if chosen.evaluation is not None and (missing := evaluation.missing(chosen.evaluation)):
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         start_input = {"client_id": client_id, **dict(metadata or {})}
-        controls = StartControls.of(start_key, start_key_window, chosen.concurrency, start_input, chosen.deadline)
+        controls = StartControls.of(
+            start_key,
+            start_key_window,
+            chosen.concurrency,
+            start_input,
+            chosen.deadline,
+            journey_type=f"{PATTERN}.{chosen.journey_type}",
+        )
         journey_id = journey_id or new_id(PATTERN)
         try:
             return await self._start(journey_id, client_id, design_id, chosen, metadata, values, controls, run_options)
@@ -796,7 +803,8 @@ class LifecycleOrchestrator:
             return None
         [created, *_] = await self._store.events.list(instance.instance_id, types=[CREATED])
         start_input = {"client_id": created.payload["client_id"], **dict(created.payload.get("metadata") or {})}
-        return StartControls.of(None, None, spec.concurrency, start_input)
+        journey_type = f"{PATTERN}.{spec.journey_type}"
+        return StartControls.of(None, None, spec.concurrency, start_input, journey_type=journey_type)
 
     @staticmethod
     async def _start_input(instance: Instance, created: Event) -> dict[str, Any]:

@@ -485,7 +485,9 @@ class ProcessOrchestrator:
             name, business_key, variables, version, start_event
         )
         version = deployment.version
-        controls = StartControls.of(start_key, start_key_window, spec.concurrency, merged, spec.deadline)
+        controls = StartControls.of(
+            start_key, start_key_window, spec.concurrency, merged, spec.deadline, journey_type=f"{PATTERN}.{name}"
+        )
         instance_id = instance_id or new_id("proc")
         cells, changes = assign({}, merged)
         started = NewEvent(
@@ -1075,7 +1077,7 @@ class ProcessOrchestrator:
             return None
         [started, *_] = await self.store.events.list(instance.instance_id, types=[STARTED])
         variables = {c["name"]: c["value"] for c in started.payload.get("changes") or []}
-        return StartControls.of(None, None, spec.concurrency, variables)
+        return StartControls.of(None, None, spec.concurrency, variables, journey_type=f"{PATTERN}.{spec.name}")
 
     @staticmethod
     async def _start_input(_instance: Instance, started: Event) -> dict[str, Any]:

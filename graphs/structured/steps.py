@@ -85,11 +85,12 @@ class StepJourneys:
     async def _controls(self, instance: Instance) -> StartControls | None:
         """The run's concurrency limit and key value, from the context its start was given (its first event, a
         fork's copied from its source's), which a fork of it and a retry of it run under."""
-        _pattern, spec, _graph = await self._load(instance.journey_id)
+        pattern, spec, _graph = await self._load(instance.journey_id)
         if spec.concurrency is None:
             return None
         [started, *_] = await self.events.list(instance.instance_id, types=[STARTED])
-        return StartControls.of(None, None, spec.concurrency, dict(started.payload.get("context") or {}))
+        context = dict(started.payload.get("context") or {})
+        return StartControls.of(None, None, spec.concurrency, context, journey_type=f"{pattern}.{spec.journey_type}")
 
     async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
         design, spec = await self.designs.load(journey_id, self.patterns)
@@ -130,7 +131,14 @@ class StepJourneys:
         pattern, spec, graph = await self._load(journey_id)
         if spec.evaluation is not None and (missing := self.instances.evaluation.missing(spec.evaluation)):
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
-        controls = StartControls.of(start_key, start_key_window, spec.concurrency, context or {}, spec.deadline)
+        controls = StartControls.of(
+            start_key,
+            start_key_window,
+            spec.concurrency,
+            context or {},
+            spec.deadline,
+            journey_type=f"{pattern}.{spec.journey_type}",
+        )
         started = NewEvent(STARTED, {"journey_id": journey_id, "user_id": user_id, "context": dict(context or {})})
         initial = _initial_state(context)
         completed: dict[str, tuple[str, Any]] = {}  # the steps the run completes, noted by their nodes
