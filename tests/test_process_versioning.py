@@ -5,18 +5,20 @@ and Postgres, on a virtual clock."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event
+from sqlalchemy import delete, event, select, update
 
 from agents.deterministic import FailingAgent
 from checkpoints.ownership import Owner, acting_as
 from checkpoints.rebuild import rebuild_inbox
-from checkpoints.schema.tables import user_tasks
+from checkpoints.schema.tables import journey_designs, process_deployments, user_tasks
 from graphs.errors import (
     MigrationRefusedError,
     ProcessNameTakenError,
@@ -89,6 +91,46 @@ async def test_versions_are_deployed_once_and_a_changed_definition_needs_a_new_v
         assert await table_dump(rt) == before
         with pytest.raises(UnknownProcessError):
             await rt.processes.start("no_such_process", "k")
+
+
+async def test_a_version_an_older_release_deployed_is_the_same_definition_when_deployed_again_after_an_upgrade(
+    durable_url: str,
+) -> None:
+    """An application deploys its processes each time it starts (as the scaffold's run() does). After an upgrade
+    that added spec fields with defaults (here those added since 3 December: ``sensitive``, ``intents``,
+    ``evaluation``, a service task's ``on_circuit_open``), the same definition's digest differs from the one the
+    older release stored, and its deploy was refused: "version 1 of process 'onboarding' is already deployed with
+    a different definition; deploy it as version 2". The stored definition, read as today's spec (as its
+    instances run it), is compared too; a definition that really differs is still refused."""
+    clock = virtual_clock()
+    async with runtime(durable_url, clock) as rt:
+        onboarding_agents(rt)
+        deployed = await rt.processes.deploy(onboarding(1))
+        waiting = await rt.processes.start("onboarding", "cust-1")
+        # What the release of 3 December stored: the definition without the fields added since, and its digest.
+        [row] = await rt.store.backend.read(
+            select(journey_designs.c.spec).where(journey_designs.c.journey_id == deployed["design_id"]), {}
+        )
+        older = {k: v for k, v in dict(row["spec"]).items() if k not in ("sensitive", "intents", "evaluation")}
+        older["elements"] = [
+            {k: v for k, v in element.items() if k != "on_circuit_open"} for element in older["elements"]
+        ]
+        older_digest = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
+        async with rt.store.engine.begin() as conn:
+            await conn.execute(
+                update(journey_designs).where(journey_designs.c.journey_id == deployed["design_id"]).values(spec=older)
+            )
+            await conn.execute(update(process_deployments).values(digest=older_digest))
+
+    async with runtime(durable_url, clock) as rt:  # the upgraded application starts, and deploys as it always did
+        onboarding_agents(rt)
+        again = await rt.processes.deploy(onboarding(1))
+        assert (again["version"], again["design_id"]) == (1, deployed["design_id"])
+        with pytest.raises(ProcessVersionConflictError):
+            await rt.processes.deploy(onboarding(1, task_id="sign"))
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        assert waiting_elements(await rt.processes.status(waiting["instance_id"])) == ["trial"]
 
 
 async def test_v1_instances_waiting_at_a_user_task_and_a_timer_finish_on_v1_after_v2_is_deployed(

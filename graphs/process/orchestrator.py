@@ -223,7 +223,10 @@ class ProcessOrchestrator:
         self._designs.check(PATTERN, spec, agents=agents)
         existing = await self.deployments.get(spec.name, spec.version)
         if existing is not None:
-            if existing.digest != spec_digest(spec):
+            digest = spec_digest(spec)
+            # A release that added spec fields since this version was deployed changed its digest, not its
+            # definition: the stored one is compared as today's spec reads it, as its instances run it.
+            if existing.digest != digest and spec_digest(await self.spec_of(existing)) != digest:
                 raise ProcessVersionConflictError(
                     f"version {spec.version} of process {spec.name!r} is already deployed with a different "
                     f"definition; deploy it as version {await self._next_version(spec.name)}",
