@@ -3,6 +3,7 @@ durations they are written in (seconds or ISO 8601). The kernel applies them (:m
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from nodes.timer import parse_duration
 DEFAULT_START_KEY_WINDOW = timedelta(hours=24)
 _REFERENCE = datetime(2026, 1, 1, tzinfo=UTC)
 LONGEST = timedelta(days=36_525)  # a century: a window or deadline past it cannot be a date
+
+
+KEY_WIDTH = 200  # the slot and queued-start tables' concurrency_key column
 
 
 class ConcurrencySpec(BaseModel):
@@ -155,4 +159,8 @@ class StartControls:
         owner = current_owner()
         if owner is not None and owner.tenant != DEFAULT_TENANT:
             key = f"{owner.tenant}:{key}"
-        return key[:200]
+        if len(key) <= KEY_WIDTH:
+            return key
+        # Cut to the column's width, a key would share slots with every key alike in its first characters.
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{key[: KEY_WIDTH - len(digest) - 1]}#{digest}"

@@ -115,6 +115,21 @@ async def test_above_its_limit_a_rejecting_key_refuses_the_start_and_registers_n
         assert third["status"] == "in_progress" and third["current_step"] == "draft"
 
 
+async def test_key_values_alike_in_their_first_200_characters_take_slots_of_their_own(store_url: str) -> None:
+    """A slot key longer than its column's 200 characters was cut there, so two tenants whose ids differ only
+    past it shared one slot: the second's start was refused while no journey of its own ran. A long key ends
+    with a digest of the whole key instead, so distinct values never share slots."""
+    shared_start = "tenant-" + "x" * 200
+    async with JourneyRuntime.open(store_url) as rt:
+        journey_id = await saga_design(rt, limited("reject", limit=1))
+        await rt.saga.execute_saga_journey(journey_id, "u1", {"tenant": shared_start + "-a"})
+        started = await rt.saga.execute_saga_journey(journey_id, "u2", {"tenant": shared_start + "-b"})
+        assert started["status"] == "in_progress"
+        with pytest.raises(ConcurrencyLimitError) as refused:  # the same long value still counts its own runs
+            await rt.saga.execute_saga_journey(journey_id, "u3", {"tenant": shared_start + "-a"})
+        assert len(refused.value.details["concurrency_key"]) <= 200
+
+
 async def test_a_start_input_without_the_key_is_refused(store_url: str) -> None:
     async with JourneyRuntime.open(store_url) as rt:
         journey_id = await saga_design(rt, limited("reject"))
