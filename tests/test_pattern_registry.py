@@ -147,3 +147,27 @@ def test_a_name_is_registered_once(greeting_registered: Pattern) -> None:
         register(GREETING)
     with pytest.raises(PatternRegistrationError, match="another id"):
         register(Pattern("hello", GREETING.assistant, _entrypoint))
+
+
+async def test_an_assistants_schemas_are_compiled_once_not_per_checked_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run request's input (and answer) is checked against its assistant's schema: the validator is the
+    assistant's, built with it, not built again per request; what it refuses is refused as before."""
+    built: list[object] = []
+    validator = registry.Draft202012Validator
+
+    def counted(schema: Any) -> Any:
+        built.append(schema)
+        return validator(schema)
+
+    monkeypatch.setattr(registry, "Draft202012Validator", counted)
+    resume_schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    assistant = registry.replace(GREETING.assistant, resume_schema=resume_schema)
+    for _ in range(3):
+        await assistant.check_input({"name": "Ada"})
+        assistant.check_resume({"ok": True})
+    with pytest.raises(InvalidInputError) as refused:
+        await assistant.check_input({"name": ""})
+    assert refused.value.details["problems"] == ["input.name: '' should be non-empty"]
+    with pytest.raises(InvalidInputError, match=r"command.resume: 'ok' is a required property"):
+        assistant.check_resume({})
+    assert built == [GREETING.assistant.input_schema, resume_schema]  # built with the assistant, once each

@@ -128,19 +128,26 @@ class Assistant:
     # the agents are this process's to check), checked before the run is stored, storing nothing. None: the
     # schema says it.
     check_start: Callable[[JourneyRuntime, Mapping[str, Any], bool], Awaitable[None]] | None = None
+    # The schemas' validators, built once: one built per check was a third of a run request's schema check.
+    _input_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+    _resume_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_input_validator", Draft202012Validator(self.input_schema))
+        object.__setattr__(self, "_resume_validator", Draft202012Validator(self.resume_schema))
 
     async def check_input(self, value: Any, runtime: JourneyRuntime | None = None, *, agents: bool = True) -> None:
         """Refuses a first run's ``input`` off this assistant's input schema (422), then, given the ``runtime``
         the run would start on, what its start would refuse (:attr:`check_start`): before the run is stored, so
         the caller hears of it instead of a run that fails in a worker. ``agents=False`` where the runs execute
         in other processes (distributed mode: the workers hold the agents, and check them as the run starts)."""
-        _conform(self.input_schema, value, "input")
+        _conform(self._input_validator, value, "input")
         if runtime is not None and self.check_start is not None and isinstance(value, Mapping):
             await self.check_start(runtime, value, agents)
 
     def check_resume(self, value: Any) -> None:
         """Refuses (422) a ``command.resume`` off this assistant's resume schema, before the run is stored."""
-        _conform(self.resume_schema, value, "command.resume")
+        _conform(self._resume_validator, value, "command.resume")
 
     def answered_by(self, value: Any) -> tuple[str | None, tuple[str, ...]] | None:
         """Who the answer ``value`` says gives it (user, groups: :data:`ANSWERED_BY`), where this assistant's
@@ -151,8 +158,8 @@ class Assistant:
         return value.get("user"), tuple(value.get("groups") or ())
 
 
-def _conform(schema: Mapping[str, Any], value: Any, what: str) -> None:
-    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+def _conform(validator: Draft202012Validator, value: Any, what: str) -> None:
+    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     if errors:
         problems = [f"{what}{e.json_path[1:]}: {_short_message(e)}" for e in errors]
         raise InvalidInputError("; ".join(problems), problems=problems)
