@@ -286,6 +286,15 @@ def _events_of_instance(types: int) -> Select[Any]:
     return query.order_by(_columns.seq)
 
 
+# Passes of the event loop the writer of completions asked together (EventLog.append_together) gives the runs that
+# write behind them (EventLog.write_behind) before it takes a batch, while one of them has not asked yet: a run's next
+# completion comes three passes after its last one landed (the call that asked resumes, the task that wrote it ends,
+# the step that settled it goes on to its next call), a pass or two more for a step that awaits anything. After one
+# pass, the runs whose writes landed together went in two or three transactions a round, not one (benchmarks/
+# server.py at 20 clients: 2.3 completions per statement; 3.5 with these passes, a third fewer statements and commits).
+GATHER_PASSES = 4
+
+
 @dataclass(slots=True)
 class _WriteBehind:
     make: Callable[[], Awaitable[None]]
@@ -503,8 +512,13 @@ class EventLog:
             batch: list[_Together] = []
             try:
                 # One more pass of the event loop first: the completions of other runs' steps that became ready in it
-                # join this batch (a busy worker's steps return a pass or so apart), for a pass's latency.
+                # join this batch (a busy worker's steps return a pass or so apart), for a pass's latency. Then a
+                # few more while a run writing behind it has not asked yet (see GATHER_PASSES).
                 await asyncio.sleep(0)
+                for _ in range(GATHER_PASSES - 1):
+                    if self._behind.keys() <= {entry.instance_id for entry in self._together}:
+                        break
+                    await asyncio.sleep(0)
                 batch = _one_per_instance(self._together)  # each row's next seq is read before the statement writes any
                 self._together = [entry for entry in self._together if entry not in batch]
                 results = await self._write_batch(batch)

@@ -109,3 +109,44 @@ async def test_last_steps_of_journeys_ending_at_once_are_written_together_with_t
             assert await logged_steps(rt, view["instance_id"]) == ["last"]
             instance = await rt.store.index.get_instance(view["instance_id"])
             assert instance is not None and instance.status == "completed"
+
+
+async def test_the_steps_of_journeys_running_at_once_are_written_a_transaction_per_round_not_per_step(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journeys running at once whose steps each return at once complete their steps in rounds: the writes of a
+    round land together, and each journey's next step asks for its own write a few passes of the event loop
+    later. The writer took its batch after one pass, so a round went in several transactions (2.8 completions
+    each in benchmarks/server.py at 20 clients); it now waits for the runs writing behind it to ask, a few passes
+    at most, and a round goes in one."""
+    journeys = 8
+    async with JourneyRuntime.open(store_url) as rt:
+        users = [f"user-{n}" for n in range(journeys)]
+
+        async def agent(request: AgentRequest) -> dict[str, Any]:
+            # Steps take their runs a pass or two of the event loop each, as a busy worker's calls do: the runs
+            # whose writes landed together ask for their next ones a pass or two apart.
+            for _ in range(int(request.instance_id.rpartition("-")[2]) % 3):
+                await asyncio.sleep(0)
+            return {"done": request.step}
+
+        for step in AUTO_STEPS:
+            rt.agents.register(f"do_{step}", agent)
+        journey_id = (await rt.structured.design_journey("auto_pipeline", spec=SPEC))["journey_id"]
+        # The runs register their instances first (not counted), so that their steps start in step with each other.
+        started = asyncio.Barrier(journeys)
+        real_run = rt.engine.run
+
+        async def run_together(*args: Any, **kwargs: Any) -> Any:
+            await started.wait()
+            return await real_run(*args, **kwargs)
+
+        monkeypatch.setattr(rt.engine, "run", run_together)
+        transactions = counted_write_transactions(rt.store.events, monkeypatch)
+        views = await asyncio.gather(*(rt.structured.execute_journey(journey_id, user) for user in users))
+        assert [view["completed_steps"] for view in views] == [AUTO_STEPS] * journeys
+        for view in views:
+            assert await logged_steps(rt, view["instance_id"]) == AUTO_STEPS
+        # A round per step, each in one transaction (a straggler's write may go on its own).
+        assert sum(transactions) == journeys * len(AUTO_STEPS), transactions
+        assert len(transactions) <= len(AUTO_STEPS) + 2, transactions
