@@ -36,6 +36,15 @@ def failure(
     return NewEvent(FAILED, {"pattern": pattern, "cause": cause, **details}, step, key)
 
 
+def failure_error(details: Mapping[str, Any]) -> tuple[str, str]:
+    """The type and message of the error a failure event's ``details`` record (a compensation's failure nests
+    its own), as a run whose step raised it reports it."""
+    nested = details.get("compensation_failure")
+    error = nested if isinstance(nested, Mapping) else details
+    message = error.get("error") or f"the journey failed ({details.get('cause') or 'run'})"
+    return str(error.get("error_type") or "JourneyFailedError"), str(message)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeServices:
     """What a node needs from the runtime: the agent path, the event log and the clock."""

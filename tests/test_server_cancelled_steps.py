@@ -466,9 +466,17 @@ async def test_a_run_without_input_retries_a_failed_step(
         else:
             await sdk.runs.wait(tid, assistant, input={"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"})
             answer = {"resume": {}}
-        # A process records its failed node (the run ends); a structured journey's run fails with the error.
-        with pytest.raises(Exception, match="carrier down") if assistant == "structured" else contextlib.nullcontext():
-            await sdk.runs.wait(tid, assistant, command=answer)
+        # The run fails with the step's error, whatever the pattern: a structured journey's step raises it, a process
+        # records it as its failed node (an incident). The process's run ended "success" before, its output saying
+        # in_progress: a client waiting, joining, streaming or called back heard nothing of the failure.
+        streamed = [part async for part in sdk.runs.stream(tid, assistant, command=answer, stream_mode="values")]
+        run = (await sdk.runs.list(tid, limit=1))[0]
+        joined = (await http.get(f"/threads/{tid}/runs/{run['run_id']}/join")).json()
+        *_, last, end = streamed
+        assert (last.event, end.event, run["status"]) == ("error", "end", "error"), (streamed, run)
+        assert joined["__error__"]["error"] == "AgentCallFailedError", joined
+        assert "failed at step 'ship': carrier down" in joined["__error__"]["message"], joined
+        assert last.data == joined["__error__"]
         instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
         assert (await http.get(f"/journeys/{instance_id}/status")).json()["index_status"] == "failed"
         await sdk.runs.wait(tid, assistant)  # no input: the failed step runs again
@@ -479,3 +487,40 @@ async def test_a_run_without_input_retries_a_failed_step(
         assert [w["element"] for w in status["waiting"]] == ["confirm"], status
     else:
         assert (status["current_step"], status["completed_steps"]) == ("confirm", ["ask", "ship"]), status
+
+
+async def test_a_saga_run_whose_compensation_fails_ends_in_error_and_a_run_without_input_retries_it(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """A saga whose step fails compensates; an undo that fails for good leaves the saga ``failed`` (its handler
+    retriable). Its run ended "success" all the same, its output saying status failed; and a run without input,
+    LangGraph's retry, found no failed task in the thread and did nothing. The run now ends "error" with the undo's
+    error, and a run without input resumes the compensation."""
+    undone: list[bool] = []
+    fixed = asyncio.Event()
+
+    async def ship(_request: AgentRequest) -> dict[str, Any]:
+        raise RuntimeError("carrier down")
+
+    async def undo(_request: AgentRequest) -> dict[str, Any]:
+        undone.append(fixed.is_set())
+        if not fixed.is_set():  # every attempt of the first run fails
+            raise RuntimeError("undo down")
+        return {"undone": True}
+
+    runtime = app[0].state.services.runtime
+    runtime.agents.register("slow_ship", ship, replace=True)
+    runtime.agents.register("undo_ask", undo, replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    start = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana", "compensation_handlers": {"ask": "undo_ask"}}
+    await sdk.runs.wait(tid, "saga", input=start)
+    with pytest.raises(Exception, match=r"AgentCallFailedError: agent for intent 'undo_ask' failed .*: undo down"):
+        await sdk.runs.wait(tid, "saga", command={"resume": {}})
+    instance_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
+        assert (await http.get(f"/journeys/{instance_id}/status")).json()["index_status"] == "failed"
+        fixed.set()
+        retried = await sdk.runs.wait(tid, "saga")  # no input: the compensation goes on at the handler that failed
+        status = (await http.get(f"/journeys/{instance_id}/status")).json()
+    assert undone.count(False) > 1 and undone.count(True) == 1, undone  # the failed run's attempts, the retry's one
+    assert (retried["status"], status["index_status"]) == ("compensated", "compensated"), (retried, status)

@@ -558,6 +558,14 @@ def failed_task(snapshot: StateSnapshot) -> str | None:
     return None if failed is None else failed.name
 
 
+def stands_failed(snapshot: StateSnapshot) -> bool:
+    """Whether the thread stands failed, for a retry to run on: at a failed task (see :func:`failed_task_of`), or
+    ended there by a node that recorded its failure (a saga's compensation that failed for good: the retry resumes
+    it at that handler)."""
+    ended_failed = not snapshot.next and (snapshot.values or {}).get("status") == "failed"
+    return ended_failed or failed_task_of(snapshot) is not None
+
+
 # LangGraph's test for a resume that maps interrupt ids to answers (``Command(resume={id: answer})``): a
 # non-empty dict whose keys are all interrupt ids, 32 hex digits (``langgraph.pregel._utils``).
 _INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")

@@ -28,7 +28,7 @@ from checkpoints.errors import JourneyError
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.runs import thread_key
 from graphs.errors import InvalidInputError, JourneyNotFoundError
-from graphs.kernel.engine import addressed, at_breakpoint, failed_task, in_flight
+from graphs.kernel.engine import addressed, at_breakpoint, in_flight, stands_failed
 from graphs.kernel.identifiers import THREAD_ID
 from server.api import errors, one_of_configurable_and_context
 from server.assistants import Assistant, get_assistant
@@ -214,7 +214,7 @@ async def _stopped_between_nodes(
         return False
     engine = svc.runtime.engine
     snapshot = await graph.aget_state(engine.config(row.instance_id))
-    if assistant.retry is not None and failed_task(snapshot) is not None:
+    if assistant.retry is not None and stands_failed(snapshot):
         return True  # LangGraph's run without input re-runs a failed task: the assistant retries it
     return at_breakpoint(snapshot) or (in_flight(snapshot) and await engine.halted(row.instance_id, snapshot))
 

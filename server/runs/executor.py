@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import ssl
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -29,11 +30,12 @@ from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
 from checkpoints.runs import thread_key
 from graphs.errors import JourneyNotFoundError, StepCrashedError
-from graphs.kernel.engine import ON_CANCEL, OnCancel, Outcome, RunOptions, addressed, failed_task, in_flight
+from graphs.kernel.engine import ON_CANCEL, OnCancel, Outcome, RunOptions, addressed, in_flight, stands_failed
 from graphs.kernel.patterns import Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
+from nodes.services import FAILED, failure_error
 from server.assistants import Assistant, RunContext, View, get_assistant, graph_of
 from server.problems import ApiError, redact_answer, shown
 from server.runs.store import NO_STATE, TERMINAL, RunRow, RunStore
@@ -147,6 +149,10 @@ async def thread_output(runtime: JourneyRuntime, assistant: Assistant, instance_
 # made again (OnCancel.taken), nor does a further cancel cut that call's writes on its way out (the engine's
 # _to_its_end), so this guards the run's other awaits (its claim, its reads of its row).
 RECANCEL_S = 5.0
+# The statuses the work of the run executing in this context gave journey instances, the last one per instance, as the
+# event log commits them (EventLog.on_status): a run whose work left its instance failed without raising (a process's
+# failed node, an incident; a saga's compensation that failed for good) ends "error", as one whose step raised does.
+GIVEN_STATUSES: ContextVar[dict[str, str] | None] = ContextVar("journeys_given_statuses", default=None)
 WEBHOOK_PURPOSE = "webhook"  # the timers that deliver a finished run's webhook
 WEBHOOK_ATTEMPTS = 5
 WEBHOOK_BACKOFF = 0.5  # seconds before the second attempt; doubled after each failed one
@@ -231,6 +237,12 @@ async def fork_back(runtime: JourneyRuntime, graph: Graph, instance_id: str, che
         await graph.aupdate_state(config, None)
 
 
+async def _note_status(instance_id: str, status: str) -> None:
+    """The event log's listener of status changes: noted for the run whose work made it (see GIVEN_STATUSES)."""
+    if (given := GIVEN_STATUSES.get()) is not None:
+        given[instance_id] = status
+
+
 def graph_call(run: RunRow) -> GraphCall:
     """The config, context and interrupt_before/after a run's graph runs with."""
     options = run.options or {}
@@ -268,6 +280,7 @@ class RunExecutor:
         self._notify = notify  # an object with .changed(run_id, finished): wakes in-process waiters
         self._durability = durability  # for assistants whose runs replay from the event log; None: the engine's
         self.webhooks = Webhooks(runtime, runs)
+        runtime.store.events.on_status(_note_status)
         # Runs being executed whose cancel has reached them (their lock's handler, their graph call or their own): a
         # queue that cancelled one and sees it missing here cancels again, since a cancel can be lost on its way.
         self.stopping: set[str] = set()
@@ -295,10 +308,12 @@ class RunExecutor:
         # One its graph call took is not made again: the call writes its way out (OnCancel.taken).
         halt = functools.partial(self._halt_if_asked, run_id)
         token = ON_CANCEL.set(OnCancel(taken=functools.partial(self.stopping.add, run_id), halt=halt))
+        given = GIVEN_STATUSES.set({})
         try:
             with structlog.contextvars.bound_contextvars(run_id=run_id):  # in every log line and span of the run
                 return await self._execute(run_id, due, taken)
         finally:
+            GIVEN_STATUSES.reset(given)
             ON_CANCEL.reset(token)
             self.stopping.discard(run_id)
 
@@ -407,6 +422,9 @@ class RunExecutor:
                 status, error = "error", {"error": exc.error_type, "message": exc.message, "category": exc.category}
             else:
                 status, error = "error", {"error": exc.code, "message": exc.message, "category": exc.category}
+        else:
+            if instance_id is not None and (GIVEN_STATUSES.get() or {}).get(instance_id) == "failed":
+                status, error = "error", await self._left_failed(instance_id)
         if error is not None:
             await emit("error", error) if run.stream_modes else None
         elif instance_id is not None:
@@ -430,6 +448,13 @@ class RunExecutor:
         if finished is not None:
             self.finished(finished)
         return finished or await self.runs.get_run(run_id)
+
+    async def _left_failed(self, instance_id: str) -> dict[str, Any]:
+        """The error of a run whose work left its instance failed without raising: the failure its log recorded
+        last (the incident a retry clears), as a run whose step raised it would end."""
+        failures = await self.runtime.store.events.list(instance_id, types=[FAILED])
+        error, message = failure_error(failures[-1].payload if failures else {})
+        return {"error": error, "message": message, "category": "failed"}
 
     def delay(self, run: RunRow) -> float:
         """Seconds until a delayed run (``after_seconds``) may start; its due time is in its row, so a
@@ -543,9 +568,9 @@ class RunExecutor:
         await self._finish_in_flight(assistant, instance_id, ctx.options)
 
     async def _failed(self, assistant: Assistant, instance_id: str) -> bool:
-        """Whether the journey's thread stands at a failed step (read without its lock: a hint)."""
+        """Whether the journey's thread stands failed (see ``stands_failed``; read without its lock: a hint)."""
         graph = await graph_of(self.runtime, assistant, instance_id)
-        return failed_task(await graph.aget_state(self.runtime.engine.config(instance_id))) is not None
+        return stands_failed(await graph.aget_state(self.runtime.engine.config(instance_id)))
 
     async def _finish_in_flight(
         self, assistant: Assistant, instance_id: str, options: RunOptions, *, go_on: bool = False
