@@ -128,7 +128,8 @@ async def test_the_journey_list_shows_and_filters_the_instances_with_incidents_a
     async with serving(store_url) as served:
         rt, http, clock = served.runtime, served.http, served.clock
         spec = expense()
-        spec["elements"][1] |= {"sla_hours": 1}  # breached: its escalation's default 'notify' agent is missing
+        spec["elements"][1] |= {"sla_hours": 1}  # breached: its escalation's default 'notify' agent fails
+        rt.agents.register("notify", FailingAgent("notify", permanent=True))
         await rt.processes.deploy(spec)
         late = (await rt.processes.start("expense", "e-1"))["instance_id"]
         clock.advance(timedelta(minutes=30))

@@ -45,6 +45,7 @@ EXPENSE = {
                 "properties": {"approved": {"type": "boolean"}},
             },
             "sla": "PT4H",
+            "on_timeout": {"action": "reassign", "candidate_groups": ["finance-leads"]},
         },
         {"type": "timer", "id": "cooling_off", "timer": {"duration": "P1D"}},
         {"type": "end", "id": "end"},

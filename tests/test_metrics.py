@@ -104,6 +104,7 @@ async def test_open_user_tasks_and_sla_breaches_are_read_from_the_database() -> 
 
     clock = VirtualClock()
     async with JourneyRuntime.open("memory://", clock=clock) as runtime:
+        runtime.agents.register("notify", lambda _request: {})  # what an SLA without on_timeout tells of its breach
         await runtime.processes.deploy(
             {
                 "name": "expense",

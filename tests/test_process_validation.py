@@ -392,6 +392,7 @@ async def test_names_longer_than_their_columns_are_refused_at_deploy_and_the_lon
             "a" * 100, title="", name="n" * 300, assignee="u" * 200, candidate_groups=["g" * 200], sla="PT1H"
         )
         paid = {"type": "message", "id": "paid", "message": "m" * 200}
+        Calls().register(rt, "notify")  # its SLA, without on_timeout, notifies the default agent
         await rt.processes.deploy(linear("long_names", longest, paid))
         view = await rt.processes.start("long_names", "k-1")
         assert (view["status"], [w["element"] for w in view["waiting"]]) == ("in_progress", ["a" * 100])

@@ -344,6 +344,7 @@ def two_tasks(name: str, compensation: str | None = None) -> dict[str, Any]:
 
 async def test_process_task_and_message_answers_are_the_orchestrators_views(served: Served) -> None:
     s, rt = served, served.runtime
+    rt.agents.register("notify", FailingAgent("notify", permanent=True), replace=True)  # its SLA's default agent
     await s.same("POST", "/processes", "processes.deploy", EXPENSE)
     expense = await s.same("POST", "/processes/expense/instances", "processes.start", {"business_key": "e-1"})
     assert [w["kind"] for w in expense["waiting"]] == ["user_task"]
@@ -424,13 +425,14 @@ async def test_process_task_and_message_answers_are_the_orchestrators_views(serv
     await s.same("GET", f"/processes/instances/{fragile['instance_id']}", "processes.status")
     await s.status(fragile["instance_id"], "processes.status")
 
-    # An SLA whose "notify" has no agent: an incident, which the status lists and the retry re-arms.
+    # An SLA whose "notify" agent fails for good: an incident, which the status lists and the retry re-arms.
     breached = await s.same("POST", "/processes/expense/instances", "processes.start", {"business_key": "e-2"})
     s.clock.advance(timedelta(hours=2))
     await rt.processes.scheduler.run_due()
     late = await s.same("GET", f"/processes/instances/{breached['instance_id']}", "processes.status")
     [incident] = late["incidents"]
-    assert (incident["purpose"], incident["intent"], incident["error_type"]) == ("sla", "notify", "AgentNotFoundError")
+    failed = (incident["purpose"], incident["intent"], incident["error_type"])
+    assert failed == ("sla", "notify", "PermanentAgentError"), incident
     await s.status(breached["instance_id"], "processes.status")
     rt.agents.register("notify", lambda _request: {}, replace=True)
     retried = await s.http.post(f"/processes/instances/{breached['instance_id']}/retry")

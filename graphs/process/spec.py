@@ -232,6 +232,11 @@ class Escalation(_BuiltInCode):
         return self
 
 
+# What an SLA without ``on_timeout`` does at its breach: it tells the agent of intent "notify". Listed with the intents
+# the process calls (``validation.intents``), so the deploy checks it is registered as for any other agent.
+DEFAULT_ESCALATION = Escalation(action="notify")
+
+
 class UserTask(_Element):
     """A process step done by a person: assigned, claimed and completed through the inbox."""
 
@@ -289,6 +294,11 @@ class UserTask(_Element):
     @property
     def label(self) -> str:
         return self.title or self.name or self.id.replace("_", " ").capitalize()
+
+    @property
+    def escalation(self) -> Escalation | None:
+        """What a breach of the task's SLA does (None: it has no SLA)."""
+        return None if self.sla_timer is None else self.on_timeout or DEFAULT_ESCALATION
 
     @property
     def sla_timer(self) -> TimerDefinition | None:

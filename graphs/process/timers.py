@@ -53,7 +53,7 @@ from checkpoints.process.waits import Wait
 from graphs.kernel.engine import CONTINUATION
 from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
-from graphs.process.spec import ProcessSpec
+from graphs.process.spec import DEFAULT_ESCALATION, ProcessSpec
 from nodes.agent_call import CALL_FAILED, Recording
 from nodes.telemetry import timers_fired
 from nodes.timer import TimerDefinition
@@ -372,7 +372,7 @@ async def _handler_failed(
 
 def _escalation(timer: Timer) -> dict[str, Any]:
     """An SLA timer's escalation (notify, reassign or complete)."""
-    return dict(timer.data.get("escalation") or {"action": "notify", "notify": "notify"})
+    return dict(timer.data.get("escalation") or DEFAULT_ESCALATION.model_dump(mode="json"))
 
 
 def _notifies(timer: Timer) -> str | None:

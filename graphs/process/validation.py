@@ -14,6 +14,7 @@ from checkpoints.values import check_value
 from graphs.process.blocks import analyse, is_option
 from graphs.process.builder import COMPENSATE
 from graphs.process.spec import (
+    DEFAULT_ESCALATION,
     BoundaryTimer,
     EndEvent,
     EventGateway,
@@ -301,8 +302,10 @@ def intents(spec: ProcessSpec) -> Iterable[tuple[str, str]]:
                 yield step.do, f"transaction {element.id!r}"
                 if step.undo:
                     yield step.undo, f"the undo of {step.do!r} in transaction {element.id!r}"
-        if isinstance(element, UserTask) and element.on_timeout is not None and element.on_timeout.action == "notify":
-            yield element.on_timeout.notify, f"the SLA escalation of {element.id!r}"
+        escalation = (element.on_timeout or element.escalation) if isinstance(element, UserTask) else None
+        if escalation is not None and escalation.action == "notify":  # without on_timeout: the default agent
+            default = "" if escalation is not DEFAULT_ESCALATION else " (an SLA without on_timeout)"
+            yield escalation.notify, f"the SLA escalation of {element.id!r}{default}"
         if isinstance(element, BoundaryTimer) and element.notify:
             yield element.notify, f"boundary timer {element.id!r}"
 
