@@ -165,6 +165,7 @@ async def test_an_sla_breach_whose_agent_this_process_lacks_is_left_for_one_that
         status = await rt.processes.status(view["instance_id"])
         assert status["status"] == "in_progress" and status.get("failure") is None, status
         [timer] = await rt.processes.services.timers.find(instance_id=view["instance_id"], purpose="sla")
+        assert (warning["timer_id"], "wait_id" in warning) == (timer.timer_id, False)  # not its task's id
         assert timer.status == "firing", timer  # not failed: held for its lease
         calls.register(rt, intent)
         assert (await rt.processes.scheduler.run_due()).fired == 0  # within the lease no pass takes it again

@@ -250,10 +250,12 @@ async def _held(
     if not missing:
         return False
     report.held += 1
+    # A timer by its own id (its wait_id is the task it watches), a resolution left undelivered by its wait's.
+    named = {"timer_id": held.timer_id} if isinstance(held, Timer) else {"wait_id": held.wait_id}
     log.warning(
         "fired timer left for a process with its agents",
         instance_id=held.instance_id,
-        wait_id=held.wait_id,
+        **named,
         missing_intents=missing,
         hint="register them in every process serving this database: JourneyRuntime.open(agents=...) or "
         "runtime.agents.register, --plugin on journeys serve and journeys worker",
