@@ -200,7 +200,10 @@ class JourneyRuntime:
                 retention=retention,
             )
             runtime.evaluators.set_prices(prices or {})
-            yield runtime
+            try:
+                yield runtime
+            finally:  # a read a cancelled caller left running ends before its connection does
+                await runtime._designs.settle()
 
     async def history(self, instance_id: str) -> list[Event]:
         """Every event of one journey run, in order."""

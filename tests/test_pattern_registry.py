@@ -3,6 +3,8 @@ compiles its designs, the server runs it as an assistant, and LangGraph's toolin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import operator
 from collections.abc import Mapping
 from typing import Annotated, Any, TypedDict
@@ -171,3 +173,32 @@ async def test_an_assistants_schemas_are_compiled_once_not_per_checked_run(monke
     with pytest.raises(InvalidInputError, match=r"command.resume: 'ok' is a required property"):
         assistant.check_resume({})
     assert built == [GREETING.assistant.input_schema, resume_schema]  # built with the assistant, once each
+
+
+async def test_closing_a_runtime_waits_for_a_design_read_its_cancelled_caller_left_running(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A design read is shared by its callers and shielded from their cancels (DesignBook.load), so a caller
+    cancelled as the runtime closed (a notebook's cell interrupted, a test's loop ending) left the read running on:
+    it finished after the store's connection closed, aiosqlite's thread calling into a closed loop (CI's
+    PytestUnhandledThreadExceptionWarning, "Event loop is closed"). The runtime's close now waits for it."""
+    gate, reading = asyncio.Event(), asyncio.Event()
+    async with JourneyRuntime.open(store_url) as runtime:
+        journey = await runtime.structured.design_journey("content_migration", {})
+        read = runtime.store.index.get_design
+
+        async def held_read(journey_id: str) -> Any:
+            reading.set()
+            await gate.wait()
+            return await read(journey_id)
+
+        monkeypatch.setattr(runtime.store.index, "get_design", held_read)
+        runtime._designs._loaded.clear()  # not held: the next load reads it
+        caller = asyncio.create_task(runtime._designs.load(journey["journey_id"], ("structured",)))
+        await reading.wait()
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        [pending] = runtime._designs._reading.values()
+        asyncio.get_running_loop().call_soon(gate.set)  # the read ends once the close has begun
+    assert pending.done() and not pending.cancelled(), pending  # ended before the store closed

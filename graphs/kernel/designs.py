@@ -215,6 +215,12 @@ class DesignBook:
             reading.add_done_callback(lambda read: self._read_done(journey_id, read))
         return await asyncio.shield(reading)  # a caller cancelled does not cancel the others' read
 
+    async def settle(self) -> None:
+        """Wait for the design reads under way (shielded: a cancelled caller leaves its read running), so that none
+        outlives the store it reads: the runtime's close calls it before the store closes."""
+        while self._reading:
+            await asyncio.wait(list(self._reading.values()))
+
     def _read_done(self, journey_id: str, read: asyncio.Future[Design]) -> None:
         self._reading.pop(journey_id, None)
         if not read.cancelled():
