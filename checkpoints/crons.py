@@ -189,14 +189,26 @@ class CronStore:
 
     async def update(self, cron_id: str, changes: Mapping[str, Any], *, viewer: Viewer | None = None) -> CronRow | None:
         """Apply ``changes`` (columns of the cron); the timer is re-armed when the schedule, timezone,
-        end time or enabled flag changed. None: no such cron that ``viewer`` may see."""
+        end time or enabled flag changed. A ``metadata`` change is merged into the cron's metadata and its
+        runs' (its payload's), read under the row's lock, as the Agent Server merges it. None: no such cron
+        that ``viewer`` may see."""
         async with self._engine.begin() as conn:
             mine = select(server_crons).where(server_crons.c.cron_id == cron_id, *_visible(viewer))
             row = (await conn.execute(mine.with_for_update())).first()
             if row is None:
                 return None
             now = self._clock.now().astimezone(UTC)
-            cron = replace(_row(dict(row._mapping)), **changes, updated_at=now)
+            current = _row(dict(row._mapping))
+            if "metadata" in changes:
+                added = changes["metadata"]
+                payload = changes.get("payload", current.payload)
+                runs_metadata = {**payload.get("metadata", {}), **added}
+                changes = {
+                    **changes,
+                    "metadata": {**current.metadata, **added},
+                    "payload": {**payload, "metadata": runs_metadata},
+                }
+            cron = replace(current, **changes, updated_at=now)
             statements: list[Executable] = []
             if {"schedule", "timezone", "end_time", "enabled"} & changes.keys():
                 if cron.timer_id is not None:

@@ -204,6 +204,11 @@ async def test_a_cron_fires_when_due_never_early_and_once_after_downtime(
     assert await client.crons.search(enabled=True) == []
     resumed = await client.crons.update(cron["cron_id"], enabled=True, schedule="30 10 * * *")
     assert datetime.fromisoformat(resumed["next_run_date"]) == datetime(2026, 3, 6, 10, 30, tzinfo=UTC)
+    # Metadata is merged into the cron's and its runs', as the Agent Server's update does, not replaced.
+    tagged = await client.crons.update(cron["cron_id"], metadata={"owner": "ana"})
+    assert tagged["metadata"] == tagged["payload"]["metadata"] == {"team": "ops", "owner": "ana"}, tagged
+    retagged = await client.crons.update(cron["cron_id"], metadata={"owner": "bo"}, input=JOURNEY)
+    assert retagged["metadata"] == retagged["payload"]["metadata"] == {"team": "ops", "owner": "bo"}, retagged
 
     await client.crons.delete(cron["cron_id"])
     assert await client.crons.count() == 0

@@ -249,7 +249,9 @@ async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Ser
         if name in given and (getattr(body, name) is not None or name == "end_time")
     }
     if given & {"input", "config", "context", "durability"}:
-        payload = {**current.payload, **{k: v for k, v in body.payload(caller).items() if k != "groups"}}
+        # Metadata is merged by the store (into the runs' as well as the cron's), not replaced here.
+        given_options = {k: v for k, v in body.payload(caller).items() if k not in ("groups", "metadata")}
+        payload = {**current.payload, **given_options}
         assistant = await svc.resolve_assistant(current.assistant_id, caller)
         await svc.check_input_instances(caller, assistant.pattern, body.input)
         options = assistant_options(assistant, payload.get("config"), payload.get("context"))
