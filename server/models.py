@@ -293,6 +293,11 @@ class ThreadOut(Open):
     values: dict[str, Any]
     interrupts: dict[str, list[dict[str, Any]]]
     extracted: dict[str, Any] = Field(default_factory=dict)
+    # As the Agent Server's: when its state last changed (its latest checkpoint; its creation before any), and
+    # the config and context its latest run ran with (its assistant's under the run's own; none before a run).
+    state_updated_at: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
 
 
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -312,7 +317,7 @@ class ThreadSearch(ThreadCount):
     ids: list[str] | None = Field(default=None, max_length=1000)
     limit: int = Field(default=10, ge=0, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_INT)
-    sort_by: Literal["thread_id", "status", "created_at", "updated_at"] = "created_at"
+    sort_by: Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"] = "created_at"
     sort_order: SortOrder = "desc"
     extract: None = Field(None, description="not supported by this server: leave it out (or null)")
     select: select_of(ThreadOut) = None  # type: ignore[valid-type]

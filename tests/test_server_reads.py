@@ -159,7 +159,7 @@ async def test_select_answers_only_the_named_fields_and_refuses_unknown_ones(ana
         {"cron_id": cron["cron_id"], "schedule": "0 9 * * *"}
     ]
     for call in (
-        lambda: ana.threads.search(select=["thread_id", "config"]),  # type: ignore[list-item]
+        lambda: ana.threads.search(select=["thread_id", "nope"]),  # type: ignore[list-item]
         lambda: ana.assistants.search(select=["nope"]),  # type: ignore[list-item]
         lambda: ana.crons.search(select=["now"]),  # type: ignore[list-item]
     ):

@@ -282,9 +282,20 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
 
     state = await threads.get_state(journeys[0])
     assert_shape(state, sdk.ThreadState)
-    await client.runs.wait(journeys[0], "structured", command={"resume": {"files": 3}})
+    await client.runs.wait(journeys[0], "structured", command={"resume": {"files": 3}}, context={"tone": "dry"})
     history = await threads.get_history(journeys[0], limit=20)
     assert_shape(history, list[sdk.ThreadState])
+    # The Agent Server's fields the SDK selects and sorts by (ThreadSelectField, ThreadSortBy): the config and
+    # context of a thread's latest run, and when its state last changed (its latest checkpoint).
+    picked = await threads.search(
+        metadata={"team": "b"}, select=["thread_id", "config", "context"], sort_by="state_updated_at", limit=50
+    )
+    assert [t["thread_id"] for t in picked] == [journeys[0], *reversed(journeys[1:])], picked
+    assert all(set(t) == {"thread_id", "config", "context"} for t in picked)
+    assert picked[0]["context"] == {"tone": "dry"} and picked[1]["context"] == {}
+    ascending = await threads.search(metadata={"team": "b"}, sort_by="state_updated_at", sort_order="asc")
+    assert [t["thread_id"] for t in ascending] == [*journeys[1:], journeys[0]]
+    assert ascending[-1]["state_updated_at"] == history[0]["created_at"]
     # The state at an earlier checkpoint, by checkpoint (POST …/state/checkpoint) and by id (GET).
     earlier = state["checkpoint"]
     at = await threads.get_state(journeys[0], checkpoint=earlier)

@@ -70,9 +70,11 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
     values: dict[str, Any] = {}
     interrupts: dict[str, list[dict[str, Any]]] = {}
     status = "idle"
+    state_updated: str | None = None
     if graph is not None and thread.instance_id is not None:
         snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
         values = jsonable(snapshot.values or {})
+        state_updated = snapshot.created_at  # its latest checkpoint's time (None: no checkpoint yet)
         for task in snapshot.tasks:
             if task.interrupts:
                 interrupts[task.id] = [{"value": jsonable(i.value), "id": i.id} for i in task.interrupts]
@@ -97,6 +99,7 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         instance = await svc.runtime.store.index.get_instance(thread.instance_id)
         if instance is not None:
             created, updated = instance.created_at, instance.updated_at
+    ran = (last.options or {}) if last else {}  # the latest run's config and context, as the Agent Server's
     metadata = shown_metadata(
         thread.row.metadata if thread.row else {},
         thread.assistant_id,
@@ -112,6 +115,9 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         "values": values if isinstance(values, dict) else {"values": values},
         "interrupts": interrupts,
         "extracted": {},
+        "state_updated_at": state_updated or (created.isoformat() if created else ""),
+        "config": ran.get("config") or {},
+        "context": ran.get("context") or {},
     }
 
 
@@ -120,9 +126,13 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
 VIEW_LIMIT = 1_000
 
 
+# Orders the threads' rows do not hold: a thread's status, and when its state last changed (its checkpoints').
+_VIEW_ORDERS = ("status", "state_updated_at")
+
+
 def _by_view(body: ThreadCount) -> bool:
     """Whether the search needs the threads' views to filter or order them (their rows do not hold it)."""
-    return bool(body.values) or body.status is not None or getattr(body, "sort_by", None) == "status"
+    return bool(body.values) or body.status is not None or getattr(body, "sort_by", None) in _VIEW_ORDERS
 
 
 async def _matching(
@@ -136,7 +146,8 @@ async def _matching(
         raise ApiError(
             422,
             "SearchTooBroad",
-            f"filtering threads by values or status (or sorting them by status) reads each thread's state: more "
+            f"filtering threads by values or status (or sorting them by status or state_updated_at) reads each "
+            f"thread's state: more "
             f"than {VIEW_LIMIT} threads hold this metadata; narrow the search with metadata or ids",
             limit=VIEW_LIMIT,
         )
