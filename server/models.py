@@ -68,12 +68,13 @@ RunConfig = Annotated[dict[str, Any], AfterValidator(_checked_config), WithJsonS
 _SELECT_LIMIT = 100
 
 
-def select_of(view: type[BaseModel], *, keyed: str | None = None) -> Any:
+def select_of(view: type[BaseModel], *, keyed: str | None = None, answered: tuple[str, ...] = ()) -> Any:
     """The type of a ``select``: names of ``view``'s fields, the only ones its answers keep (see :func:`kept`),
     and with ``keyed`` also ``<keyed>.<key>``: one key of that field (a state's ``values.messages``). A name
     the view does not have is refused (422, naming the ones it has), as the Agent Server does, rather than
-    answered with nothing for it; the schema states the names."""
-    name: Any = Literal.__getitem__(tuple(view.model_fields))
+    answered with nothing for it; the schema states the names. ``answered``: fields its answers hold beyond the
+    ones it declares."""
+    name: Any = Literal.__getitem__((*view.model_fields, *answered))
     if keyed is not None:
         name = name | Annotated[str, StringConstraints(pattern=rf"^{re.escape(keyed)}\..+")]
     return Annotated[list[name] | None, Field(max_length=_SELECT_LIMIT)]
@@ -519,7 +520,9 @@ class RunOut(Open):
     cancel_reason: str | None = None
 
 
-RunSelect = select_of(RunOut)
+# A run's kwargs (what it was asked) is answered but not declared: a field of that name would shadow the
+# model's __init__(**kwargs) for mypy's pydantic plugin.
+RunSelect = select_of(RunOut, answered=("kwargs",))
 
 
 class ThreadCommand(BaseModel):

@@ -387,6 +387,11 @@ async def test_runs_surface(client: LangGraphClient) -> None:
     listed = await runs.list(tid, limit=10)
     assert_shape(listed, list[sdk.Run])
     assert len(listed) == 3
+    # Each field the SDK's RunSelectField names may be selected, kwargs too.
+    kwargs = await runs.list(tid, select=["run_id", "kwargs"])
+    assert [set(r) for r in kwargs] == [{"run_id", "kwargs"}] * 3
+    asked = kwargs[1]["kwargs"]
+    assert asked["stream_mode"] == ["values"] and asked["command"] == {"resume": {"files": 2}}
 
     # A batch of runs on new threads, each a journey of the caller's own (another user_id needs impersonate),
     # kept when they end (a run on a new thread deletes it by default, as on the Agent Server).
