@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ from fastapi import FastAPI
 from agents import AgentRequest
 from graphs.process.timers import FiringReport, TimerScheduler
 from server.runs.store import Enqueue, RunRow, RunStore
+from tests.forked import JourneysProcess, journeys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,20 +158,13 @@ class SchedulerPasses:
 
 def start_worker(
     url: str, *options: str, env: dict[str, str] | None = None, log: Path | None = None
-) -> subprocess.Popen[bytes]:
+) -> JourneysProcess:
     """A `journeys worker` process on the database ``url`` (distributed mode), with extra CLI ``options``; its
-    output in ``log`` (else dropped)."""
-    command = [sys.executable, "-c", "from server.cli import app; app()", "worker", "--database-url", url, *options]
-    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
-    if log is None:
-        return subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-    with log.open("wb") as sink:  # the child keeps its own descriptor
-        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+    output in ``log`` (else dropped). Forked from the test process's forkserver (tests/forked.py)."""
+    return journeys(["worker", "--database-url", url, *options], env=env, output=log)
 
 
-def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+def stop_worker(worker: JourneysProcess) -> None:
     """Stop a `journeys worker` or `journeys serve` process (killed if it does not stop within 15 s)."""
     worker.terminate()
     try:
@@ -181,7 +174,7 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], port: int, log: Path, seconds: float = 60) -> None:
+def wait_until_serving(process: JourneysProcess, port: int, log: Path, seconds: float = 60) -> None:
     """Wait until the server ``process`` started answers ``/ok`` on ``port`` (``seconds`` at most); fails with
     its output in ``log`` if it ends first."""
     deadline = time.monotonic() + seconds
@@ -220,17 +213,13 @@ def start_serving(
     env: dict[str, str] | None = None,
     cwd: Path = ROOT,
     seconds: float = 60,
-) -> subprocess.Popen[bytes]:
+) -> JourneysProcess:
     """A real `journeys serve` process on the database ``url`` and ``port`` with extra CLI ``options``, its
     output in ``log``, once it answers ``/ok`` (within ``seconds``). One that does not is killed before the
     failure is raised: left running, it held its port, its database and a share of the cores for the rest of
-    the session (a loaded CI box took over 60 s to start one)."""
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
-    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as sink:
-        server = subprocess.Popen(
-            [*command, "--port", str(port), *options], cwd=cwd, env=environment, stdout=sink, stderr=subprocess.STDOUT
-        )
+    the session (a loaded CI box took over 60 s to start one). Forked from the test process's forkserver
+    (tests/forked.py)."""
+    server = journeys(["serve", "--database-url", url, "--port", str(port), *options], cwd=cwd, env=env, output=log)
     try:
         wait_until_serving(server, port, log, seconds)
     except BaseException:

@@ -4,7 +4,6 @@ and as a typed error from ``JourneyRuntime.open`` in a notebook."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,21 +15,15 @@ import pytest
 
 from checkpoints.errors import DatabaseUnavailableError, UnsupportedStoreURLError
 from graphs import JourneyRuntime
+from tests.forked import run_journeys
 from tests.server_support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def journeys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from server.cli import app; app()", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """`journeys ARGS` run from ``cwd`` in a process of its own (forked from the forkserver, tests/forked.py)."""
+    return run_journeys(list(args), cwd=cwd)
 
 
 CASES = ("nothing listens there", "no such database", "a SQLite file under a file", "a file that is not SQLite's")

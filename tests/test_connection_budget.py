@@ -4,10 +4,7 @@ each stay within the budget the README documents, and together fit and serve."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,7 +17,8 @@ import pytest
 
 from server.queues.procrastinate import ensure_schema
 from tests.conftest import with_database
-from tests.server_support import ROOT, free_port, start_worker, stop_worker, wait_until_serving
+from tests.forked import JourneysProcess, journeys
+from tests.server_support import free_port, start_worker, stop_worker, wait_until_serving
 
 POOL_SIZE = 10  # `journeys serve`: JourneyRuntime.open's default pool size
 WORKER_CONCURRENCY = 8  # `journeys worker`'s default: its pool size is max(4, concurrency)
@@ -54,13 +52,8 @@ def capped_postgres() -> Iterator[str]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def start_api(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
-    command += ["--port", str(port), "--no-auth", "--distributed"]
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=sink, stderr=subprocess.STDOUT
-        )
+def start_api(url: str, port: int, log: Path) -> JourneysProcess:
+    return journeys(["serve", "--database-url", url, "--port", str(port), "--no-auth", "--distributed"], output=log)
 
 
 def connections(url: str) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import multiprocessing
 import os
 import queue
 import signal
@@ -32,6 +31,7 @@ from graphs.runtime import JourneyRuntime
 from graphs.structured.builder import StructuredSpec
 from graphs.structured.steps import position
 from tests import crash_child
+from tests.forked import WARM
 
 pytestmark = pytest.mark.slow
 
@@ -88,11 +88,9 @@ class Deadline:
         return self.end - time.monotonic()
 
 
-# The children are forked from multiprocessing's forkserver, started once per test process with crash_child
-# imported (2.4-2.7 CPU-s of a child's start, ~5 of a case's ~6.5): each child is still a process of its own,
-# started fresh from those imports and SIGKILLed for real, and the fresh process that resumes is another.
-WARM = multiprocessing.get_context("forkserver")
-WARM.set_forkserver_preload(["tests.crash_child"])
+# The children are forked from the test process's forkserver (tests/forked.py), which imported crash_child
+# (2.4-2.7 CPU-s of a child's start, ~5 of a case's ~6.5): each child is still a process of its own, started
+# fresh from those imports and SIGKILLed for real, and the fresh process that resumes is another.
 
 
 class Child:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from langgraph_sdk.client import LangGraphClient
 
 from server.app import create_app
 from server.settings import Settings
+from tests.forked import JourneysProcess
 from tests.server_support import serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ async def client(api: str) -> AsyncIterator[LangGraphClient]:
         yield sdk_client
 
 
-def kill(worker: subprocess.Popen[bytes]) -> None:
+def kill(worker: JourneysProcess) -> None:
     worker.send_signal(signal.SIGKILL)
     worker.wait()
 

@@ -4,10 +4,8 @@ no completed step is executed again, and every step keeps one idempotency key ac
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +20,7 @@ from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.settings import Settings
 from tests.crash_agents import APPROVED_SEVEN, COUNTER_TABLE, EIGHT_STEPS, ensure_counter, register
+from tests.forked import JourneysProcess, journeys
 from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
@@ -32,11 +31,8 @@ JOURNEYS = 200
 FINISH_WITHIN = 300
 
 
-def start_worker(url: str, name: str) -> subprocess.Popen[bytes]:
+def start_worker(url: str, name: str) -> JourneysProcess:
     command = [
-        sys.executable,
-        "-c",
-        "from server.cli import app; app()",
         "worker",
         "--database-url",
         url,
@@ -49,11 +45,10 @@ def start_worker(url: str, name: str) -> subprocess.Popen[bytes]:
         "--plugin",
         "tests.crash_agents:register",
     ]
-    env = {**os.environ, "JOURNEYS_CRASH_DB": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return journeys(command, env={"JOURNEYS_CRASH_DB": url})
 
 
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+def stop_workers(workers: list[JourneysProcess]) -> None:
     for worker in workers:
         worker.terminate()
     for worker in workers:
@@ -149,7 +144,7 @@ def assert_only_in_flight_steps_repeated(url: str, calls: dict[str, int]) -> Non
     assert all(n <= retries.get(instance, 0) for instance, n in repeated.items()), (repeated, retries)
 
 
-async def kill_while_running(url: str, workers: list[subprocess.Popen[bytes]], first: int, expected: int) -> int:
+async def kill_while_running(url: str, workers: list[JourneysProcess], first: int, expected: int) -> int:
     """Until ``expected`` runs succeeded (or failed): SIGKILL the first worker (and restart it) 4 times,
     after every 10% of those beyond the ``first`` that had succeeded already. Returns the kills made."""
     kills = 0

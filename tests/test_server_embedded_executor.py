@@ -4,9 +4,6 @@ is executing (each agent call twice); once the first stops, a new one starts in 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +14,8 @@ import psycopg
 
 from checkpoints.locks import lock_key
 from server.queues.embedded import EXECUTOR_LOCK
-from tests.server_support import ROOT, free_port, journeys_serve
+from tests.forked import run_journeys
+from tests.server_support import free_port, journeys_serve
 
 EIGHT_STEPS = {
     "journey_type": "one8",
@@ -40,15 +38,8 @@ def test_a_second_embedded_server_on_a_database_is_refused_and_takes_over_once_t
 ) -> None:
     with journeys_serve(durable_url, tmp_path / "first.log", "--no-auth", *PLUGIN) as first:
         assert completed(first, "a")
-        serve = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", durable_url]
-        second = subprocess.run(
-            [*serve, "--no-auth", "--port", str(free_port()), *PLUGIN],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        second = run_journeys(
+            ["serve", "--database-url", durable_url, "--no-auth", "--port", str(free_port()), *PLUGIN]
         )
         assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
         [error] = [line for line in second.stderr.splitlines() if line.startswith("error:")]

@@ -16,7 +16,6 @@ input carried.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from sqlalchemy import MetaData, create_engine, select
 
 from agents import AgentRegistry, AgentRequest
 from server.settings import InputLimits, key_digest
-from tests.server_support import free_port, wait_until_serving
+from tests.server_support import free_port, start_serving, stop_worker
 from tests.test_openapi_fuzz import KEY, PROCESS, seed
 
 pytestmark = pytest.mark.slow
@@ -118,22 +117,13 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     url: str = request.getfixturevalue(f"{request.param}_url")
     port = free_port()
     keys = {key_digest(KEY["x-api-key"]): {"principal": "fuzzer", "scopes": ["admin"], "groups": ["finance"]}}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JOURNEYS_API_KEYS": json.dumps(keys)}
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", url]
-    command += ["--port", str(port), "--plugin", f"{__name__}:register"]
     log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    env = {"JOURNEYS_API_KEYS": json.dumps(keys)}
+    server = start_serving(url, port, log, "--plugin", f"{__name__}:register", env=env)
     try:
-        wait_until_serving(server, port, log)
         yield Served(f"http://127.0.0.1:{port}", port, url, log)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_worker(server)
 
 
 def snapshot(url: str) -> dict[str, list[str]]:

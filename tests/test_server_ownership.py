@@ -6,9 +6,6 @@ shared with a group is seen by its members; admins see everything; search filter
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +21,8 @@ from server.app import create_app
 from server.auth import OwnerRules, Principal
 from server.problems import ApiError
 from server.settings import ApiKey, Settings
-from tests.server_support import APPROVAL_PROCESS, ROOT, journeys_serve, serving
+from tests.forked import run_journeys
+from tests.server_support import APPROVAL_PROCESS, journeys_serve, serving
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {
@@ -475,14 +473,8 @@ def test_journeys_serve_takes_a_custom_authenticator_by_module_and_factory(sqlit
         page = http.post("/ui/login", data={"api_key": "token-ann", "next": "/ui/journeys"}, follow_redirects=True)
         assert page.status_code == 200 and "ann" in page.text, page.text
     assert "no API keys are configured" not in (tmp_path / "serve.log").read_text()
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", sqlite_url]
-    missing = subprocess.run(
-        [*command, "--auth", "tests.test_server_ownership:no_such_factory"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
+    missing = run_journeys(
+        ["serve", "--database-url", sqlite_url, "--auth", "tests.test_server_ownership:no_such_factory"]
     )
     assert missing.returncode == 2, missing.stderr
     assert "error: --auth 'tests.test_server_ownership:no_such_factory'" in missing.stderr, missing.stderr

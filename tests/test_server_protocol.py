@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from typer.testing import CliRunner
 from server.app import create_app
 from server.cli import app as cli
 from server.settings import Settings, is_loopback
-from tests.server_support import ROOT, free_port, serving
+from tests.forked import JourneysProcess
+from tests.server_support import ROOT, free_port, serving, start_serving, stop_worker
 
 pytestmark = pytest.mark.slow
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -97,27 +97,10 @@ def test_allow_insecure_is_only_for_no_auth() -> None:
     assert refused.exit_code == 2 and "--allow-insecure only goes with --no-auth" in refused.output
 
 
-def serve(*options: str) -> tuple[subprocess.Popen[str], str]:
-    """`journeys serve` in a process of its own; answers once it serves, with its base URL."""
-    port = free_port()
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--port", str(port), *options]
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 60
-    with httpx.Client(timeout=1) as http:  # one for every poll: a client builds a TLS context, tens of ms of CPU
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if http.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
-                    return process, f"http://127.0.0.1:{port}"
-            except httpx.TransportError:
-                time.sleep(0.2)
-    process.kill()
-    raise AssertionError(f"journeys serve did not start: {process.communicate()[1]}")
-
-
-def stopped(process: subprocess.Popen[str]) -> str:
-    process.terminate()
-    _, errors = process.communicate(timeout=30)
-    return errors
+def stopped(process: JourneysProcess, log: Path) -> str:
+    """What the server wrote, once stopped."""
+    stop_worker(process)
+    return log.read_text()
 
 
 @pytest.mark.parametrize(
@@ -125,10 +108,11 @@ def stopped(process: subprocess.Popen[str]) -> str:
     [(("--host", "127.0.0.1"), False), (("--host", "0.0.0.0", "--allow-insecure"), True)],
 )
 def test_no_auth_warns_when_it_starts(tmp_path: Path, options: tuple[str, ...], exposed: bool) -> None:
-    process, base = serve("--no-auth", "--database-url", f"sqlite:///{tmp_path}/j.db", *options)
-    try:
-        assert httpx.post(f"{base}/threads", json={}).status_code == 200  # no key needed: that is the point
+    port, log = free_port(), tmp_path / "serve.log"
+    process = start_serving(f"sqlite:///{tmp_path}/j.db", port, log, "--no-auth", *options)
+    try:  # no key needed: that is the point
+        assert httpx.post(f"http://127.0.0.1:{port}/threads", json={}).status_code == 200
     finally:
-        errors = stopped(process)
+        errors = stopped(process, log)
     assert "warning: --no-auth" in errors and "every request" in errors
     assert ("reachable from other machines" in errors) is exposed

@@ -4,9 +4,6 @@ and its queue job are committed together or not at all, and a running run in a w
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -25,6 +22,7 @@ from server.queues.procrastinate import QUEUE, build_app, enqueuer, ensure_schem
 from server.runs.executor import RunExecutor, thread_output
 from server.runs.store import RunRow, RunStore
 from server.settings import Settings
+from tests.forked import JourneysProcess, journeys
 from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
@@ -147,11 +145,8 @@ def register_blocking(registry: AgentRegistry) -> None:
 BLOCKING = {"journey_type": "blocking", "steps": [{"step_id": "wait", "mode": "auto", "agent": "blocking_step"}]}
 
 
-def start_worker(url: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-c", "from server.cli import app; app()", "worker", "--database-url", url]
-    command += ["--plugin", "tests.test_server_run_records:register_blocking"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_worker(url: str) -> JourneysProcess:
+    return journeys(["worker", "--database-url", url, "--plugin", "tests.test_server_run_records:register_blocking"])
 
 
 async def test_cancelling_a_run_a_worker_is_executing_stops_it(postgres_url: str) -> None:

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.server_support import ROOT, free_port, start_serving, wait_until_serving
+from tests.forked import journeys
+from tests.server_support import free_port, start_serving, wait_until_serving
 
 SLOW = ("--plugin", "tests.slow_agents:register")
 SPEC = {"journey_type": "wait1", "steps": [{"step_id": "s0", "mode": "auto", "agent": "slow"}]}
@@ -32,12 +31,9 @@ def test_a_server_stops_on_sigterm_while_a_client_waits_on_a_run_that_cannot_fin
     (``--shutdown-grace``), then ends."""
     port, log = free_port(), tmp_path / "serve.log"
     distributed = ["--distributed"] if mode == "distributed" else []
-    command = [sys.executable, "-c", "from server.cli import app; app()", "serve", "--database-url", postgres_url]
-    command += ["--port", str(port), "--no-auth", *distributed, *SLOW]
+    command = ["serve", "--database-url", postgres_url, "--port", str(port), "--no-auth", *distributed, *SLOW]
     calls = {"JOURNEYS_CALLS": str(tmp_path / "calls"), "JOURNEYS_SLOW_S": "600"}  # a step stuck in its agent
-    env = {**os.environ, **calls, "PYTHONPATH": str(ROOT), "JOURNEYS_SHUTDOWN_GRACE_S": "2"}
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    server = journeys(command, env={**calls, "JOURNEYS_SHUTDOWN_GRACE_S": "2"}, output=log)
     try:
         wait_until_serving(server, port, log)
         body = {"assistant_id": "structured", "input": {"journey_type": "wait1", "spec": SPEC, "user_id": "u"}}

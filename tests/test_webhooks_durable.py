@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from sqlalchemy import Engine, create_engine, select
 
 from checkpoints.schema.tables import process_timers
 from checkpoints.url import parse_store_url
+from tests.forked import JourneysProcess
 from tests.server_support import free_port, start_serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -55,12 +55,12 @@ def receiving(port: int) -> Iterator[list[dict[str, Any]]]:
         receiver.server_close()
 
 
-def serve(url: str, port: int, log: Path, *options: str) -> subprocess.Popen[bytes]:
+def serve(url: str, port: int, log: Path, *options: str) -> JourneysProcess:
     """A `journeys serve --no-auth` process (killed by the test, so not a context manager)."""
     return start_serving(url, port, log, "--no-auth", *options)
 
 
-def kill(process: subprocess.Popen[bytes]) -> None:
+def kill(process: JourneysProcess) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
 
@@ -73,7 +73,7 @@ def webhook_timers(engine: Engine, run_id: str) -> list[tuple[str, datetime]]:
     return [(status, due.replace(tzinfo=due.tzinfo or UTC)) for status, due in rows]
 
 
-def kill_between_attempts(process: subprocess.Popen[bytes], url: str, run_id: str) -> None:
+def kill_between_attempts(process: JourneysProcess, url: str, run_id: str) -> None:
     """SIGKILL ``process`` while none of ``run_id``'s webhook attempts is in flight: one failed, and the next
     is armed and not due for a moment (attempts back off from 0.5 s), so no claim can come before the kill.
     An attempt killed in flight would be claimed again only once its lease (a minute) is up: that is the

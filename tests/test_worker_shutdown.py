@@ -23,6 +23,7 @@ from langgraph_sdk.schema import Run, Thread
 from server.app import create_app
 from server.plugins import plugin_registry
 from server.settings import Settings
+from tests.forked import JourneysProcess
 from tests.server_support import journeys_serve, serving, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def wait_for_call(path: Path, note: tuple[str, str, int], seconds: float = 60) -
         time.sleep(0.05)
 
 
-def stopped_within(process: subprocess.Popen[bytes], seconds: float, log: Path) -> int:
+def stopped_within(process: JourneysProcess, seconds: float, log: Path) -> int:
     """SIGTERM ``process``; its exit status once it has ended, within ``seconds`` (else the test fails)."""
     process.send_signal(signal.SIGTERM)
     try:
@@ -63,9 +64,9 @@ class Workers:
         self.url = url
         self.where = where
         self.calls = where / "calls"
-        self.started: list[subprocess.Popen[bytes]] = []
+        self.started: list[JourneysProcess] = []
 
-    def start(self, name: str, *options: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *options: str, **env: str) -> JourneysProcess:
         """A worker with ``options`` and ``env`` (besides the slow agent's notes), its output in ``name``.log."""
         notes = {"JOURNEYS_CALLS": str(self.calls), **env}
         worker = start_worker(self.url, *SLOW, *options, env=notes, log=self.log(name))
@@ -210,7 +211,7 @@ async def test_a_worker_another_pruned_as_stalled_registers_again_and_takes_runs
 
 async def taken_from_a_paused_worker(
     client: LangGraphClient, workers: Workers, *, lock_timeout: str
-) -> tuple[Thread, Run, subprocess.Popen[bytes]]:
+) -> tuple[Thread, Run, JourneysProcess]:
     """A run whose worker ("a", returned) was paused mid-step and which another worker ("b", waiting
     ``lock_timeout`` seconds for a journey held elsewhere) has taken as a dead worker's since: its thread, itself."""
     paused = workers.start("a", *BEATS, "--lock-timeout", lock_timeout, JOURNEYS_SLOW_S="2")
