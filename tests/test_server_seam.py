@@ -39,8 +39,10 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
     the lock); the lease of a journey's lock (``locks.Lease``: its loss must refuse the checkpoint writes LangGraph
     makes from its own tasks); a schema validation's budget (``schemas``: spent in jsonschema's keyword
     callbacks); whether the saver's own write is running (``savers``: its cursor, which LangGraph's saver code
-    asks for, then records what ``write_together`` sends); and the app serving a request (``routing``: routes
-    built once per process read that app's ``dependency_overrides`` through it, as FastAPI calls them)."""
+    asks for, then records what ``write_together`` sends); the app serving a request (``routing``: routes
+    built once per process read that app's ``dependency_overrides`` through it, as FastAPI calls them); and the
+    statuses a server run's work gave journey instances (``executor.GIVEN_STATUSES``: a collector, not an option,
+    filled by the event log's status listener wherever a pattern's node commits a status)."""
     import dataclasses
     import inspect
 
@@ -61,6 +63,7 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
         "graphs/kernel/engine.py",
         "nodes/schemas.py",
         "server/routing.py",
+        "server/runs/executor.py",
     ]
     assert [place.split(":")[0] for place in made] == expected, made
     assert {"durability", "stream", "outcomes"} <= {field.name for field in dataclasses.fields(RunOptions)}
