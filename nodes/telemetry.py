@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
@@ -248,6 +249,12 @@ def tracing() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
+# Whether the run this code runs in records spans: asked once as the run starts (:func:`run_observed`), not again
+# by its nodes and agent calls (OpenTelemetry's check, with no provider set, raises and catches a KeyError in its
+# look at the environment: a fifth of the telemetry of an agent call). None: not in a run.
+_RUN_TRACED: ContextVar[bool | None] = ContextVar("journeys_run_traced", default=None)
+
+
 def journey_context(instance_id: str) -> otel_context.Context:
     """The context every run of ``instance_id`` starts its span in: the journey's trace, under the
     journey's span, both ids derived from the instance id (nothing stored, the same in every process)."""
@@ -269,13 +276,13 @@ class NodeSpans(BaseCallbackHandler):
 
     run_inline = True  # called in the task itself, not in a thread
 
-    def __init__(self, run_span: Span, pattern: str) -> None:
+    def __init__(self, run_span: Span, pattern: str, traced: bool) -> None:
         self.run_span = run_span
         self.pattern = pattern
         self._root: UUID | None = None
         self._spans: dict[UUID, tuple[Span, float, str, int]] = {}  # a node's span, start, name and superstep
         self._owner: dict[UUID, UUID] = {}  # a run nested in a node → the node's run
-        self._tracing = tracing()
+        self._tracing = traced
 
     def on_chain_start(
         self,
@@ -365,12 +372,17 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
         attributes["journey.run_id"] = str(run_id)
     span = _tracer.start_span("journey.run", context=journey_context(instance_id), attributes=attributes)
     trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+    traced = tracing()
     try:
         with (
             trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False),
             log_bound(instance_id=instance_id, journey_id=journey_id, pattern=pattern, trace_id=trace_id),
         ):
-            yield NodeSpans(span, pattern)
+            token = _RUN_TRACED.set(traced)
+            try:
+                yield NodeSpans(span, pattern, traced)
+            finally:
+                _RUN_TRACED.reset(token)
     except GraphBubbleUp:
         raise
     except UnknownInterruptError as refused:  # a strict resume refused before it wrote anything: an outcome
@@ -417,8 +429,10 @@ def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitabl
     async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
         intent, step = str(kwargs["intent"]), kwargs.get("step")
         started = time.perf_counter()
+        if (traced := _RUN_TRACED.get()) is None:  # a call outside a run
+            traced = tracing()
         with (
-            _agent_span(intent, step, str(kwargs["instance_id"])) if tracing() else _NO_SPAN as span,
+            _agent_span(intent, step, str(kwargs["instance_id"])) if traced else _NO_SPAN as span,
             log_bound(intent=intent, attempt=None),
         ):
             try:

@@ -116,8 +116,15 @@ async def test_without_a_tracer_provider_nodes_and_calls_start_no_span_and_are_s
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no provider set (tracing not configured), a run starts its own span alone (its trace id is in
-    the log lines), no span per node or agent call, while both histograms still time every step."""
-    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    the log lines), no span per node or agent call, while both histograms still time every step. A run asks
+    for the provider once: its agent calls take its answer (OpenTelemetry's look raises and catches a KeyError)."""
+    asked: list[None] = []
+
+    def provider() -> trace.TracerProvider:
+        asked.append(None)
+        return trace.ProxyTracerProvider()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", provider)
     recording = RecordingTracer(telemetry._tracer)
     monkeypatch.setattr(telemetry, "_tracer", recording)
 
@@ -131,6 +138,7 @@ async def test_without_a_tracer_provider_nodes_and_calls_start_no_span_and_are_s
         await runtime.structured.execute_journey(journey["journey_id"], "ana", {})
         await runtime.structured.advance_journey_step(journey["journey_id"], "ana", {"files": 2})
     assert recording.started == ["journey.run", "journey.run"]
+    assert len(asked) == 2  # once a run, not once more for the agent call
     assert count("journeys_step_duration_seconds_count", pattern="structured", node="upload_content") == (
         steps_before + 1
     )

@@ -485,7 +485,7 @@ class RunExecutor:
     def _durability_of(self, run: RunRow, assistant: Assistant) -> Durability | None:
         """The client's choice, else the server's; "exit" only for journeys whose steps replay from the log
         (others keep the engine's own setting). None: the engine's own setting."""
-        requested = cast(Durability | None, run.durability) or self._durability
+        requested = cast("Durability | None", run.durability) or self._durability  # quoted: no union built per run
         if requested == "exit" and not assistant.replays_from_log:
             return None
         return requested if run.durability or assistant.replays_from_log else None
