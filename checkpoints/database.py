@@ -84,6 +84,15 @@ def compact_json(value: Any) -> str:
     return _COMPACT.encode(value)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def json_value(data: bytes) -> Any:
+    """A JSON column's value from the bytes PostgreSQL sends (UTF-8): what ``json.loads`` gives, without its
+    checks of the argument's type and look for another encoding, made for every JSON value read (about 13 a run)."""
+    return _DECODER.decode(data.decode("utf-8", "surrogatepass"))
+
+
 def create_engine_for(url: StoreURL, *, pool_size: int = 10) -> AsyncEngine:
     """The engine of ``url``'s database: one connection on SQLite (a single writer), at most ``pool_size``
     on PostgreSQL (see the README's connection budget)."""

@@ -6,6 +6,7 @@ memory:// runs the SQLite code path (a throwaway SQLite file), so three backends
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import tuple_row
 from sqlalchemy import bindparam, literal_column, or_, select, update
 
 from checkpoints import DuplicateDesignError, DuplicateInstanceError, NewEvent, Store, VirtualClock, open_store
 from checkpoints.backends.postgres import PostgresBackend
 from checkpoints.backends.sqlite import SqliteBackend
+from checkpoints.database import compact_json
 from checkpoints.runs import RunRow, RunStore, ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
 from checkpoints.schema.tables import journey_instances, server_runs
 
@@ -321,3 +324,34 @@ async def test_postgres_times_come_back_utc_whatever_the_session_time_zone(postg
         assert fetched.view()["created_at"] == START.isoformat()
         rows = await store.backend.query(select(server_runs.c.created_at))
         assert rows == [{"created_at": START}] and utc(rows[0]["created_at"])
+
+
+async def test_postgres_json_values_read_back_as_written_for_a_few_python_calls_each(postgres_url: str) -> None:
+    """The pool's connections read JSON as ``json.loads`` does (integers of any size, text columns as written,
+    strings outside ASCII), without its type checks and look for another encoding per value: a dozen values
+    are read per run of a journey, and json.loads made each cost 18 Python calls."""
+    written = {"big": 123456789012345678901234567890, "name": "Zoë ✓", "nested": [1.5, None, True]}
+    async with opened(postgres_url) as (store, _clock):
+        assert isinstance(store.backend, PostgresBackend)
+        async with store.backend.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=tuple_row)
+            await cursor.execute("SELECT %s::jsonb, %s::json", [compact_json(written), ' {"a": 1} '])
+            assert await cursor.fetchall() == [(written, {"a": 1})]
+
+            async def calls_to_read(values: int) -> int:
+                await cursor.execute("SELECT jsonb_build_object('n', g) FROM generate_series(1, %s) g", [values])
+                count = 0
+
+                def counted(_frame: object, event: str, _arg: object) -> None:
+                    nonlocal count
+                    count += event in ("call", "c_call")
+
+                sys.setprofile(counted)
+                try:
+                    await cursor.fetchall()
+                finally:
+                    sys.setprofile(None)
+                return count
+
+            per_value = (await calls_to_read(101) - await calls_to_read(1)) / 100
+            assert per_value <= 12  # a row's tuple and the value's loader, decode and scan

@@ -13,13 +13,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import psycopg
 from psycopg.errors import UniqueViolation
 from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row, tuple_row
-from psycopg.types.json import set_json_dumps
+from psycopg.types.json import JsonLoadsFunction, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import CTE, ColumnElement, Executable, func, select
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 
 from checkpoints.backends.base import Backend, Params, Row, Transaction
-from checkpoints.database import OUTAGE, compact_json, ended_by_server
+from checkpoints.database import OUTAGE, compact_json, ended_by_server, json_value
 from checkpoints.url import StoreURL
 
 PROBE_AFTER_IDLE_S = 5.0  # seconds a pooled connection may sit unused before it is probed on checkout
@@ -39,6 +39,7 @@ _last_used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = wea
 async def autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
     set_json_dumps(compact_json, conn)  # JSON text columns (the event log's payloads) keep every byte given
+    set_json_loads(cast("JsonLoadsFunction", json_value), conn)  # psycopg's loaders hand it bytes, never str
 
 
 async def note_return(conn: psycopg.AsyncConnection[Any]) -> None:
