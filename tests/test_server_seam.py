@@ -42,7 +42,9 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
     asks for, then records what ``write_together`` sends); the app serving a request (``routing``: routes
     built once per process read that app's ``dependency_overrides`` through it, as FastAPI calls them); and the
     statuses a server run's work gave journey instances (``executor.GIVEN_STATUSES``: a collector, not an option,
-    filled by the event log's status listener wherever a pattern's node commits a status)."""
+    filled by the event log's status listener wherever a pattern's node commits a status); and whether the run
+    records spans (``telemetry._RUN_TRACED``: OpenTelemetry asked once as the run starts, read by the agent calls
+    its nodes make, which no run argument reaches)."""
     import dataclasses
     import inspect
 
@@ -62,6 +64,7 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
         "checkpoints/savers.py",
         "graphs/kernel/engine.py",
         "nodes/schemas.py",
+        "nodes/telemetry.py",
         "server/routing.py",
         "server/runs/executor.py",
     ]
