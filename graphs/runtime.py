@@ -28,11 +28,23 @@ from checkpoints.store import Store, open_store
 from checkpoints.url import DEFAULT_STORE_URL
 from checkpoints.values import check_value
 from graphs.analytics import JourneyAnalytics, MilestoneTracker
-from graphs.errors import InvalidInputError, JourneyFinishedError, JourneyNotFoundError, NotInReviewError
+from graphs.errors import (
+    InvalidInputError,
+    JourneyFinishedError,
+    JourneyNotFoundError,
+    NothingToRetryError,
+    NotInReviewError,
+)
 from graphs.kernel.designs import DesignBook
 from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.identifiers import MAX_REASON
-from graphs.kernel.patterns import OrchestratorDeps, design_kind, get_pattern, registered_patterns
+from graphs.kernel.patterns import (
+    OrchestratorDeps,
+    design_kind,
+    get_pattern,
+    registered_patterns,
+    retry_failed_task,
+)
 from graphs.lifecycle.catalog import DEFAULT_AGENT_OUTPUTS
 from graphs.process.transactions import Transactions
 from graphs.structured.templates import TemplateCatalog, default_catalog
@@ -40,6 +52,7 @@ from nodes.agent_call import MAX_OUTPUT_BYTES, AgentCaller
 from nodes.services import NodeServices
 
 if TYPE_CHECKING:
+    from checkpoints.index import Instance
     from graphs.lifecycle.orchestrator import LifecycleOrchestrator
     from graphs.process.orchestrator import ProcessOrchestrator
     from graphs.session.mvp import MVPOrchestrator
@@ -216,10 +229,8 @@ class JourneyRuntime:
         with steps in their log fork (structured, saga); others raise :class:`ForkUnsupportedError`, and a
         step not completed :class:`ForkPointError`. Answers the fork's status view, with ``forked_from``."""
         made = await self.instances.fork(instance_id, step_id, fork_id=fork_id)
-        status = get_pattern(made.instance.pattern).status
-        view = await status(self, made.instance) if status is not None else {}
         return {
-            **view,
+            **await self._status_view(made.instance),
             "instance_id": made.instance.instance_id,
             "pattern": made.instance.pattern,
             "forked_from": {"instance_id": made.source_id, "step_id": made.step_id},
@@ -239,9 +250,7 @@ class JourneyRuntime:
             )
         check_value(reason, "reason")
         terminated = await self.instances.terminate(instance_id, reason)
-        instance = await self.store.index.get_instance(instance_id)
-        if instance is None:
-            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        instance = await self._instance(instance_id)
         if not terminated:
             raise JourneyFinishedError(
                 f"journey {instance_id!r} has ended ({instance.status}): only an unfinished journey is terminated",
@@ -249,18 +258,53 @@ class JourneyRuntime:
                 instance_id=instance_id,
                 status=instance.status,
             )
+        return await self._answer(instance)
+
+    async def retry(self, instance_id: str, *, by: str | None = None) -> dict[str, Any]:
+        """Run again what a failed journey of any pattern failed at, by its pattern's own retry: a structured
+        run's or a saga's failed step (or a saga's failed compensation, resumed at that handler), a process's
+        failed node and failed timers (its incidents), and the task a lifecycle or session journey stands failed
+        at (a run without input). ``by``: who retried it (the retry's event names them, for the audit). Nothing
+        failed raises :class:`NothingToRetryError` (a process: ``ProcessStateError``), an ended journey
+        :class:`JourneyFinishedError`, an unknown one :class:`JourneyNotFoundError`; a retry past the journey's
+        deadline or into a full concurrency key is refused as the pattern's own retry refuses it. Answers its
+        status view, as :meth:`terminate` does."""
+        instance = await self._instance(instance_id)
+        match instance.pattern:
+            case "structured":
+                await self.structured.retry_run(instance_id, by=by)
+            case "saga":
+                await self.saga.retry_saga_step(instance_id, by=by)
+            case "process":
+                await self.processes.retry(instance_id, by=by)
+            case "lifecycle" | "session" | "mvp":  # no retry of their own: the task they failed at runs again
+                await retry_failed_task(self, instance_id, by=by)
+            case _:
+                raise NothingToRetryError(f"a {instance.pattern} journey has no retry", allowed=[])
+        return await self._answer(await self._instance(instance_id))
+
+    async def _instance(self, instance_id: str) -> Instance:
+        instance = await self.store.index.get_instance(instance_id)
+        if instance is None:
+            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        return instance
+
+    async def _status_view(self, instance: Instance) -> dict[str, Any]:
+        """What its pattern's status view says of ``instance`` (nothing for a pattern without one)."""
         status = get_pattern(instance.pattern).status
-        view = await status(self, instance) if status is not None else {}
-        return {**view, "instance_id": instance_id, "pattern": instance.pattern, "status": instance.status}
+        return await status(self, instance) if status is not None else {}
+
+    async def _answer(self, instance: Instance) -> dict[str, Any]:
+        """The answer of a call on one journey of any pattern: its status view, with its id, pattern and status."""
+        view = await self._status_view(instance)
+        return {**view, "instance_id": instance.instance_id, "pattern": instance.pattern, "status": instance.status}
 
     async def review(self, instance_id: str, *, approved: bool, by: str, note: str = "") -> dict[str, Any]:
         """A person's decision (``by``) on a run of any pattern its tier's evaluation held for review (G7's
         ``on_breach: "review"``): ``approved`` completes it (a session closes as it was), otherwise it fails,
         by its pattern's own review. One not in review raises :class:`NotInReviewError`, an unknown one
         :class:`JourneyNotFoundError`. Answers its status view, as :meth:`terminate` does."""
-        instance = await self.store.index.get_instance(instance_id)
-        if instance is None:
-            raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+        instance = await self._instance(instance_id)
         match instance.pattern:
             case "structured":
                 await self.structured.review_run(instance_id, approved=approved, by=by, note=note)
@@ -278,11 +322,7 @@ class JourneyRuntime:
                 raise NotInReviewError(
                     f"journey run {instance_id!r} ({instance.pattern}) is {instance.status}, not in review", allowed=[]
                 )
-        instance = await self.store.index.get_instance(instance_id)
-        assert instance is not None  # a review deletes nothing
-        status = get_pattern(instance.pattern).status
-        view = await status(self, instance) if status is not None else {}
-        return {**view, "instance_id": instance_id, "pattern": instance.pattern, "status": instance.status}
+        return await self._answer(await self._instance(instance_id))  # a review deletes nothing
 
     async def recover(self) -> list[str]:
         """Finish the work that a crashed process left in flight, for every journey still running, of

@@ -34,6 +34,11 @@ DURABILITY_HELP = (
 app = typer.Typer(help="Durable journey orchestration on LangGraph.", no_args_is_help=True)
 keys = typer.Typer(help="API keys: the server's keys file holds only their digests.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
+instances = typer.Typer(
+    help="The journeys in a database, for an operator: list them, show one, retry a failed one, terminate one.",
+    no_args_is_help=True,
+)
+app.add_typer(instances, name="instances")
 GUIDE_MODEL_HELP = "module:factory returning a langchain-core chat model for the guide (default: deterministic)"
 # Options `serve` and `worker` share (in distributed mode the workers execute the runs).
 DurabilityOption = Annotated[str, typer.Option(help=DURABILITY_HELP)]
@@ -57,6 +62,8 @@ LockTimeoutOption = Annotated[
         "back to the queue, to be taken again later",
     ),
 ]
+DatabaseOption = Annotated[str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON (one object) instead of a table")]
 RetentionDaysOption = Annotated[
     float, typer.Option("--retention-days", envvar="JOURNEYS_RETENTION_DAYS", help="days for keep_all_for/delete_after")
 ]
@@ -417,9 +424,7 @@ def worker(
 
 @app.command("retention")
 def retention_pass(
-    database_url: Annotated[
-        str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")
-    ] = DEFAULT_STORE_URL,
+    database_url: DatabaseOption = DEFAULT_STORE_URL,
     retention: RetentionOption = "keep_latest",
     retention_days: RetentionDaysOption = 0.0,
 ) -> None:
@@ -441,9 +446,7 @@ def retention_pass(
 
 @app.command()
 def rebuild(
-    database_url: Annotated[
-        str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")
-    ] = DEFAULT_STORE_URL,
+    database_url: DatabaseOption = DEFAULT_STORE_URL,
 ) -> None:
     """Rebuild the views derived from the event log (the instance index, the client lifecycle tables and
     the user-task inbox); prints what it corrected."""
@@ -478,6 +481,176 @@ def rebuild(
 
     _quiet_logs(verbose=False)
     _run(run())
+
+
+@instances.command("list")
+def list_instances(
+    database_url: DatabaseOption = DEFAULT_STORE_URL,
+    status: Annotated[str | None, typer.Option(help="only journeys in this status: failed, in_progress, …")] = None,
+    pattern: Annotated[str | None, typer.Option(help="only journeys of this pattern: saga, process, …")] = None,
+    user: Annotated[str | None, typer.Option(help="only this user's (a process instance's business key)")] = None,
+    incidents: Annotated[bool, typer.Option("--incidents", help="only journeys with a failed timer")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many, the newest first")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The newest journeys first, with their pattern, status, user, last change and incidents (failed timers a
+    retry re-arms). `--status failed` lists what to retry."""
+    from checkpoints.index import InstanceFilter
+    from graphs.kernel.patterns import get_pattern
+    from graphs.runtime import JourneyRuntime
+
+    _existing(database_url, "instances list")
+
+    async def run() -> None:
+        if pattern is not None:
+            get_pattern(pattern)  # an unknown one is refused, naming the registered patterns
+        where = InstanceFilter(pattern=pattern, status=status, user_id=user, incidents=incidents)
+        async with JourneyRuntime.open(database_url) as runtime:
+            found = await runtime.store.index.list_instances(limit=limit, where=where, newest_first=True)
+            failed_timers = await runtime.store.index.incidents([i.instance_id for i in found])
+        rows = [
+            {
+                "instance_id": i.instance_id,
+                "pattern": i.pattern,
+                "status": i.status,
+                "user_id": i.user_id,
+                "updated_at": i.updated_at.isoformat(),
+                "incidents": failed_timers.get(i.instance_id, 0),
+            }
+            for i in found
+        ]
+        if as_json:
+            typer.echo(json.dumps({"instances": rows}))
+            return
+        _table(rows, empty="no journeys match")
+
+    _quiet_logs(verbose=False)
+    _run(run())
+
+
+@instances.command("show")
+def show_instance(
+    instance_id: Annotated[str, typer.Argument(help="the journey's instance id (`journeys instances list`)")],
+    database_url: DatabaseOption = DEFAULT_STORE_URL,
+    events: Annotated[int, typer.Option(min=0, max=10_000, help="its last events shown, oldest first")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """One journey: its pattern, status, design, user, owner, incidents and its last events (the audit log)."""
+    from graphs.errors import JourneyNotFoundError
+    from graphs.runtime import JourneyRuntime
+
+    _existing(database_url, "instances show")
+
+    async def run() -> None:
+        async with JourneyRuntime.open(database_url) as runtime:
+            instance = await runtime.store.index.get_instance(instance_id)
+            if instance is None:
+                raise JourneyNotFoundError(f"no journey instance {instance_id!r}", instance_id=instance_id)
+            log = await runtime.history(instance_id)
+            failed_timers = await runtime.store.index.incidents([instance_id])
+        shown = {
+            "instance_id": instance.instance_id,
+            "pattern": instance.pattern,
+            "status": instance.status,
+            "journey_id": instance.journey_id,
+            "user_id": instance.user_id,
+            "owner": instance.owner,
+            "tenant": instance.tenant,
+            "created_at": instance.created_at.isoformat(),
+            "updated_at": instance.updated_at.isoformat(),
+            "incidents": failed_timers.get(instance_id, 0),
+        }
+        last = log[len(log) - events :] if events else []
+        timeline = [
+            {
+                "seq": e.seq,
+                "at": e.created_at.isoformat(),
+                "type": e.type,
+                "step": e.step,
+                "payload": json.dumps(e.payload, ensure_ascii=False, default=str),
+            }
+            for e in last
+        ]
+        if as_json:
+            typer.echo(json.dumps({**shown, "events": len(log), "last_events": timeline}))
+            return
+        _table([{"field": name, "value": "" if value is None else str(value)} for name, value in shown.items()])
+        typer.echo(f"{len(log)} events; the last {len(timeline)}:")
+        _table(timeline, empty="no events")
+
+    _quiet_logs(verbose=False)
+    _run(run())
+
+
+@instances.command("retry")
+def retry_instance(
+    instance_id: Annotated[str, typer.Argument(help="a failed journey's instance id")],
+    database_url: DatabaseOption = DEFAULT_STORE_URL,
+    plugin: Annotated[
+        str | None, typer.Option(help="module:function registering the agents its steps call (as serve and worker)")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="who retries it, for the audit (default: cli:<login>)")] = None,
+) -> None:
+    """Run what a failed journey failed at again, here and now, with the plugin's agents: its pattern's own
+    retry (a step, a compensation, a process node and its failed timers, a lifecycle's task). Prints its status."""
+    from graphs.runtime import JourneyRuntime
+    from server.plugins import plugin_registry
+
+    _existing(database_url, "instances retry")
+    registry = plugin_registry(plugin)
+
+    async def run() -> None:
+        async with JourneyRuntime.open(database_url, agents=registry) as runtime:
+            answered = await runtime.retry(instance_id, by=by or _operator())
+        typer.echo(json.dumps(answered, default=str))
+
+    _quiet_logs(verbose=False)
+    _run(run())
+
+
+@instances.command("terminate")
+def terminate_instance(
+    instance_id: Annotated[str, typer.Argument(help="an unfinished journey's instance id")],
+    reason: Annotated[str, typer.Option(help="why, kept in its log (required)")],
+    database_url: DatabaseOption = DEFAULT_STORE_URL,
+) -> None:
+    """End an unfinished journey for good where it stands, compensating nothing (Temporal's terminate): its
+    tasks, timers and waits are cancelled and its history kept. Prints its status."""
+    from graphs.runtime import JourneyRuntime
+
+    _existing(database_url, "instances terminate")
+
+    async def run() -> None:
+        async with JourneyRuntime.open(database_url) as runtime:
+            answered = await runtime.terminate(instance_id, reason)
+        typer.echo(json.dumps(answered, default=str))
+
+    _quiet_logs(verbose=False)
+    _run(run())
+
+
+def _operator() -> str:
+    """Who an operator's command acts as, for the audit: ``cli:`` and their login."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container's anonymous uid)
+        return "cli"
+
+
+def _table(rows: list[dict[str, Any]], *, empty: str = "") -> None:
+    """``rows`` as a plain table (their keys the columns), or ``empty`` when there are none."""
+    from rich.table import Table
+    from rich.text import Text
+
+    if not rows:
+        typer.echo(empty)
+        return
+    table = Table(*rows[0], box=None, pad_edge=False)
+    for row in rows:  # Text: a value is shown as it is, never read as rich markup ("[red]" in a payload)
+        table.add_row(*(Text("" if value is None else str(value)) for value in row.values()))
+    Console(width=200).print(table)
 
 
 @keys.command("new")

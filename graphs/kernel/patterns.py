@@ -289,7 +289,7 @@ async def retry_failed(ctx: RunContext, instance_id: str) -> None:
 
 
 async def retry_failed_task(
-    runtime: JourneyRuntime, instance_id: str, *, by: str, options: RunOptions = DEFAULT_RUN
+    runtime: JourneyRuntime, instance_id: str, *, by: str | None, options: RunOptions = DEFAULT_RUN
 ) -> None:
     """Run the task a journey of a pattern with no retry of its own (a lifecycle, a session) failed at again, from
     where it failed (``Instances.retry``, then a run without input), as LangGraph's run without input re-runs a

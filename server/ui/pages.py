@@ -25,7 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from checkpoints.errors import JourneyError
 from checkpoints.index import InstanceFilter
 from graphs.errors import InvalidInputError
-from graphs.kernel.patterns import registered_patterns, retry_failed_task
+from graphs.kernel.patterns import registered_patterns
 from graphs.lifecycle.machine import JourneyStage
 from server.auth import Principal
 from server.input_guard import check_json, read_body, refuse_declared_oversize, refuse_nul_in_url
@@ -282,19 +282,9 @@ async def terminate(request: Request, instance_id: str, principal: Caller, svc: 
 async def retry(request: Request, instance_id: str, principal: Caller, svc: Services) -> Response:
     allow(principal, "journeys")
     await _form(request)
-    instance = await svc.instance(principal, instance_id)  # someone else's is not found
-    pattern = instance.pattern
+    await svc.instance(principal, instance_id)  # someone else's is not found
     with svc.acting(principal):  # as the API's retry: its events say who retried
-        if pattern == "structured":
-            await svc.runtime.structured.retry_run(instance_id, by=principal.name)  # a fork has an id of its own
-        elif pattern == "saga":
-            await svc.runtime.saga.retry_saga_step(instance_id, by=principal.name)
-        elif pattern == "process":
-            await svc.runtime.processes.retry(instance_id, by=principal.name)
-        elif pattern in data.RETRIED_AT_THEIR_TASK:  # as the API's retry of theirs, a run without input
-            await retry_failed_task(svc.runtime, instance_id, by=principal.name)
-        else:
-            raise ApiError(409, "NotRetryable", f"a {pattern} journey has no failed step to retry")
+        await svc.runtime.retry(instance_id, by=principal.name)
     return RedirectResponse(f"{COOKIE_PATH}/journeys/{quote(instance_id)}", status_code=303)
 
 

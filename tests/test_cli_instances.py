@@ -1,0 +1,107 @@
+"""`journeys instances`: an operator lists a live database's journeys, shows one, retries a failed one with the
+agents of a plugin and terminates one, from a shell (real processes, on SQLite and PostgreSQL), as DBOS's
+`dbos workflow list/get/resume/cancel` and Temporal's `temporal workflow list/describe/reset/terminate` do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents import PermanentAgentError
+from agents.errors import AgentCallFailedError
+from graphs import JourneyRuntime
+from tests.forked import run_journeys
+from tests.process_support import linear, user_task
+
+# The plugin an operator names for the retry: the agent is back up in that process.
+PLUGIN = """
+def register(registry):
+    registry.register("flaky", lambda request: {"drafted": True})
+"""
+
+
+def down(request: Any) -> dict[str, Any]:
+    raise PermanentAgentError("the service is [bold]down[/bold]")  # rich markup in a value is shown as it is
+
+
+def journeys(*args: str, cwd: Path) -> tuple[int, str, str]:
+    ran = run_journeys(list(args), cwd=cwd)
+    return ran.returncode, ran.stdout, ran.stderr
+
+
+async def test_an_operator_lists_shows_retries_and_terminates_journeys_from_a_shell(
+    durable_url: str, tmp_path: Path
+) -> None:
+    async with JourneyRuntime.open(durable_url) as rt:
+        rt.agents.register("flaky", down)
+        spec = {"journey_type": "review", "steps": [{"step_id": "draft", "agent": "flaky"}, {"step_id": "approve"}]}
+        journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
+        ana = (await rt.structured.execute_journey(journey_id, "ana", {}))["instance_id"]
+        with pytest.raises(AgentCallFailedError):
+            await rt.structured.advance_journey_step(journey_id, "ana", {})
+        ben = (await rt.structured.execute_journey(journey_id, "ben", {}))["instance_id"]
+        await rt.processes.deploy(
+            linear("billing", {"type": "service_task", "id": "charge", "agent": "flaky"}, user_task("ok"))
+        )
+        billing = await rt.processes.start("billing", "b-1", {})
+        assert billing["status"] == "failed"
+    (tmp_path / "ops_agents.py").write_text(PLUGIN)
+    db = ("--database-url", durable_url)
+
+    code, out, err = journeys("instances", "list", "--status", "failed", "--json", *db, cwd=tmp_path)
+    assert code == 0, err
+    listed = {row["instance_id"]: row for row in json.loads(out)["instances"]}
+    assert set(listed) == {ana, billing["instance_id"]}
+    assert (listed[ana]["pattern"], listed[ana]["status"], listed[ana]["user_id"]) == ("structured", "failed", "ana")
+
+    code, out, err = journeys("instances", "list", *db, cwd=tmp_path)  # the table: every journey, newest first
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["instance_id", "pattern", "status"]
+    assert [line.split()[0] for line in lines[1:]] == [billing["instance_id"], ben, ana]
+
+    code, out, err = journeys("instances", "show", ana, *db, cwd=tmp_path)
+    assert code == 0, err
+    assert "the service is [bold]down[/bold]" in out  # the failure as it was recorded, not rendered as markup
+    code, out, err = journeys("instances", "show", ana, "--json", "--events", "2", *db, cwd=tmp_path)
+    shown = json.loads(out)
+    assert (shown["status"], shown["pattern"], shown["journey_id"]) == ("failed", "structured", journey_id)
+    assert shown["events"] == 4 and [e["seq"] for e in shown["last_events"]] == [3, 4]
+    assert shown["last_events"][-1]["type"] == "instance.failed"
+
+    code, out, err = journeys("instances", "retry", ana, *db, cwd=tmp_path)  # no plugin: the agent is missing here
+    assert code == 2 and "no agent is registered for intent 'flaky'" in err, out + err
+    assert (await status_of(durable_url, ana)) == "failed"  # tried, and failed again where it stood
+    for instance_id in (ana, billing["instance_id"]):
+        code, out, err = journeys(
+            "instances", "retry", instance_id, "--plugin", "ops_agents:register", "--by", "ops", *db, cwd=tmp_path
+        )
+        assert code == 0, err
+        assert json.loads(out)["status"] == "in_progress"
+    async with JourneyRuntime.open(durable_url) as rt:
+        assert (await rt.structured.run_status(ana))["current_step"] == "approve"
+        retried = [e for e in await rt.history(ana) if e.type == "step.retried"]
+        assert [e.payload["by"].split(":")[0] for e in retried] == ["cli", "ops"]  # cli:<login> by default
+        assert [w["element"] for w in (await rt.processes.status(billing["instance_id"]))["waiting"]] == ["ok"]
+
+    code, out, err = journeys("instances", "terminate", ben, "--reason", "duplicate request", *db, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["status"] == "terminated"
+    for refused in (
+        ("instances", "terminate", ben, "--reason", "again"),  # it has ended
+        ("instances", "retry", ben),  # so nothing of it runs again
+        ("instances", "show", "no-such-journey"),
+        ("instances", "list", "--pattern", "no-such-pattern"),
+    ):
+        code, out, err = journeys(*refused, *db, cwd=tmp_path)
+        assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (refused, out, err)
+
+
+async def status_of(url: str, instance_id: str) -> str:
+    async with JourneyRuntime.open(url) as rt:
+        instance = await rt.store.index.get_instance(instance_id)
+        assert instance is not None
+        return instance.status
