@@ -19,9 +19,12 @@ from langgraph_sdk.client import LangGraphClient
 
 from agents import AgentRequest
 from checkpoints.clock import VirtualClock
+from graphs.runtime import JourneyRuntime
 from server.app import create_app
+from server.assistants import get_assistant
 from server.runs import executor as executor_module
-from server.runs.executor import RunExecutor
+from server.runs.executor import RunExecutor, thread_output
+from server.runs.store import RunRow, RunStore
 from server.settings import Settings
 from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 from tests.server_support import SlowShip, serving, slow_checkpoint_writes
@@ -524,3 +527,67 @@ async def test_a_saga_run_whose_compensation_fails_ends_in_error_and_a_run_witho
         status = (await http.get(f"/journeys/{instance_id}/status")).json()
     assert undone.count(False) > 1 and undone.count(True) == 1, undone  # the failed run's attempts, the retry's one
     assert (retried["status"], status["index_status"]) == ("compensated", "compensated"), (retried, status)
+
+
+class GatedShip:
+    """An agent held until the test opens its gate; it counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.called = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def __call__(self, request: AgentRequest) -> dict[str, Any]:
+        self.calls += 1
+        self.called.set()
+        await self.gate.wait()
+        return {"shipped": True}
+
+
+async def test_a_cancel_landing_as_the_runs_graph_call_ends_leaves_the_run_saying_its_step_is_done(
+    store_url: str,
+) -> None:
+    """``runs.cancel`` landing in the very pass of the event loop where the run's graph call ended (its step done,
+    its checkpoint written) came too late to stop anything. Before, the call's outcome was dropped: the run was
+    recorded ``interrupted`` and a halt recorded where the finished call had left the journey."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        ship = GatedShip()
+        runtime.agents.register("slow_ship", ship, replace=True)
+        runs = RunStore(runtime.store.backend, runtime.store.clock)
+        executor = RunExecutor(runtime, runs, durability="exit")
+
+        async def executed(thread_id: str | None, **fields: Any) -> tuple[RunRow, asyncio.Task[RunRow | None]]:
+            run = await runs.create_run(
+                thread_id=thread_id,
+                assistant_id="structured",
+                kind="resume" if thread_id else "start",
+                input=fields.get("input"),
+                command=fields.get("command"),
+                stream_modes=[],
+                multitask_strategy="reject",
+                metadata={},
+                principal="ana",
+            )
+            return run, asyncio.ensure_future(executor.execute(run.run_id))
+
+        _run, starting = await executed(None, input={"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"})
+        started = await starting
+        assert started is not None and started.status == "success", started
+        resumed, running = await executed(started.thread_id, command={"resume": {}})
+        await ship.called.wait()
+        [call] = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "run_graph"]  # type: ignore[union-attr]
+        await runs.request_cancel(resumed.run_id)  # as runs.cancel does, before it cancels the run's task
+        call.add_done_callback(lambda _call: running.cancel())  # after the call's own waiter was told: same pass
+        ship.gate.set()
+        ended = await asyncio.gather(running, return_exceptions=True)
+        run = await runs.get_run(resumed.run_id)
+        instance_id = (await runs.get_thread(started.thread_id)).instance_id  # type: ignore[union-attr]
+        halts = await runtime.store.events.list(instance_id, types=["run.halted"])
+        view = await thread_output(runtime, get_assistant("structured"), instance_id)
+        _confirm, confirming = await executed(started.thread_id, command={"resume": {}})
+        confirmed = await confirming
+    assert run is not None and run.status == "success", (ended, run)
+    assert run.output == view and view["current_step"] == "confirm", view
+    assert view["completed_steps"] == ["ask", "ship"] and not halts
+    assert confirmed is not None and confirmed.output["status"] == "completed", confirmed
+    assert ship.calls == 1  # the step ran once

@@ -459,7 +459,17 @@ async def _to_its_end(call: Awaitable[T], working: Callable[[], bool]) -> T:
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
-        if running.done():  # ended as the cancel came: what it ended with stands
+        if running.done() and not running.cancelled():
+            # Ended in the pass of the loop the cancel came in, its work done and its writes landed: the cancel came
+            # too late to stop anything, and what the call ended with stands (a run recorded interrupted, with a halt
+            # where the finished call left its journey, would say its step did not happen). Its cancel is taken.
+            if (caller := asyncio.current_task()) is not None:
+                caller.uncancel()
+            if (on_cancel := ON_CANCEL.get()) is not None:
+                on_cancel.taken()
+            log.info("a run's cancel came as its graph call ended; the call's outcome stands")
+            return running.result()
+        if running.done():
             raise
         if (on_cancel := ON_CANCEL.get()) is not None:
             on_cancel.taken()
