@@ -20,7 +20,6 @@ from checkpoints.assistants import AssistantFilter, AssistantRow, AssistantStore
 from checkpoints.errors import SystemAssistantError
 from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
-from checkpoints.flow import TERMINATED
 from checkpoints.index import Instance
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
@@ -156,12 +155,6 @@ class ServerServices:
             for name in assistant.instance_inputs:
                 if isinstance(data.get(name), str):
                     await self.instance(caller, data[name], to_act=True)
-
-    async def terminated(self, instance_id: str) -> bool:
-        """Whether the journey was terminated: its checkpoint may still hold the interrupts it stopped at,
-        which nothing will answer."""
-        instance = await self.runtime.store.index.get_instance(instance_id)
-        return instance is not None and instance.status == TERMINATED
 
     def check_inbox(self, caller: Principal, assignee: str | None, group: str | None) -> None:
         """An inbox is listed by its user (or one who may impersonate) or a member of its group."""

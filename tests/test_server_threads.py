@@ -13,12 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import ConflictError, NotFoundError
 from sqlalchemy import select
 
-from agents import EchoAgent
+from agents import EchoAgent, FailingAgent
 from checkpoints.backends.base import Backend
 from checkpoints.clock import SystemClock
 from checkpoints.schema.tables import journey_designs, process_timers
@@ -30,6 +31,7 @@ from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.runs.store import RunStore
 from server.settings import ApiKey, Settings
+from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
 from tests.server_support import queued_run, serving, start_worker, stop_worker
 
 SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
@@ -497,3 +499,34 @@ async def test_a_first_run_refused_before_its_journey_registered_leaves_its_thre
                 refused_then_started(ana, "saga", "mk003", None),
                 refused_then_started(bob, "saga", "mk004", limited),
             )
+
+
+BROKEN_UNDO = {
+    "journey_type": "broken_undo",
+    "steps": [{"step_id": "reserve", "mode": "user"}, {"step_id": "charge", "mode": "auto", "agent": "charge"}],
+}
+
+
+async def test_a_saga_failed_in_its_compensation_reads_as_failed_on_its_thread_and_its_dashboard_page(
+    app: tuple[FastAPI, str], sdk: LangGraphClient
+) -> None:
+    """A saga whose step failed and whose compensation then failed for good (advanced through the saga API, not a
+    run) is ``failed``, retriable: its thread says ``error`` and the dashboard marks it failed. Before, the thread
+    said ``idle`` (it looked for a failed task, and its last run, the start, had succeeded)."""
+    agents = app[0].state.services.runtime.agents
+    agents.register("charge", FailingAgent("charge", permanent=True), replace=True)
+    agents.register("unreserve", FailingAgent("unreserve", permanent=True), replace=True)
+    tid = (await sdk.threads.create())["thread_id"]
+    start = {"journey_type": "broken_undo", "spec": BROKEN_UNDO, "user_id": "ana"}
+    await sdk.runs.wait(tid, "saga", input=start | {"compensation_handlers": {"reserve": "unreserve"}})
+    saga_id = (await sdk.threads.get(tid))["metadata"]["instance_id"]
+    async with httpx.AsyncClient(base_url=app[1], timeout=30) as http:
+        journey_id = (await http.get(f"/journeys/sagas/{saga_id}")).json()["journey_id"]
+        move = {"journey_id": journey_id, "user_id": "ana", "step_result": {}}
+        failed = (await http.post(f"/journeys/sagas/{saga_id}/advance", json=move)).json()
+        page = await http.get(f"/ui/journeys/{saga_id}")
+    assert failed["status"] == "failed" and failed["compensation_failure"]["handler"] == "unreserve", failed
+    assert (await sdk.threads.get(tid))["status"] == "error"
+    assert [t["thread_id"] for t in await sdk.threads.search(status="error")] == [tid]
+    # The dashboard marks it failed, with its retry, by the same index status.
+    assert '<span class="badge failed" id="status">failed</span>' in page.text and 'id="retry"' in page.text

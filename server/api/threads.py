@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from checkpoints.errors import JourneyError
+from checkpoints.flow import TERMINATED
 from checkpoints.ownership import Viewer
 from checkpoints.rows import INT64, holds_json
 from checkpoints.runs import shown_metadata
@@ -71,6 +72,8 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
     interrupts: dict[str, list[dict[str, Any]]] = {}
     status = "idle"
     state_updated: str | None = None
+    # The journey's index row says how it stands (terminated, failed), as the dashboard and the journey routes say.
+    instance = None if thread.instance_id is None else await svc.runtime.store.index.get_instance(thread.instance_id)
     if graph is not None and thread.instance_id is not None:
         snapshot = await graph.aget_state(svc.runtime.engine.config(thread.instance_id))
         values = jsonable(snapshot.values or {})
@@ -81,11 +84,14 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         # Waiting for an answer, or stopped before a node (interrupt_before/after): "interrupted", as the Agent
         # Server says of a thread whose checkpoint has a next node.
         if interrupts_of(snapshot) or snapshot.next:
-            if await svc.terminated(thread.instance_id):  # nothing waits for an answer any more
+            if instance is not None and instance.status == TERMINATED:  # nothing waits for an answer any more
                 interrupts = {}
             else:
                 status = "interrupted"
-        if failed_task(snapshot) is not None:  # not a task a cancelled run stopped: that work is in flight
+        # A journey failed (a saga's compensation that failed for good, a process's element, a deadline's end) reads
+        # failed however it failed, as its status does; a chat thread, not indexed, by its failed task (not a task a
+        # cancelled run stopped: that work is in flight).
+        if (instance is not None and instance.status == "failed") or failed_task(snapshot) is not None:
             status = "error"
     busy = await svc.runs.active_count(thread.thread_id)
     last = await svc.runs.last_run(thread.thread_id)  # after the count: a run that ended between is the last
@@ -95,10 +101,8 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         status = "error"
     created = thread.row.created_at if thread.row else None
     updated = thread.row.updated_at if thread.row else None
-    if thread.row is None and thread.instance_id is not None:
-        instance = await svc.runtime.store.index.get_instance(thread.instance_id)
-        if instance is not None:
-            created, updated = instance.created_at, instance.updated_at
+    if thread.row is None and instance is not None:
+        created, updated = instance.created_at, instance.updated_at
     ran = (last.options or {}) if last else {}  # the latest run's config and context, as the Agent Server's
     metadata = shown_metadata(
         thread.row.metadata if thread.row else {},
