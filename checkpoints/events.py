@@ -15,6 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     JSON,
     ColumnElement,
@@ -293,6 +294,7 @@ def _events_of_instance(types: int) -> Select[Any]:
 # pass, the runs whose writes landed together went in two or three transactions a round, not one (benchmarks/
 # server.py at 20 clients: 2.3 completions per statement; 3.5 with these passes, a third fewer statements and commits).
 GATHER_PASSES = 4
+log = structlog.get_logger("journeys.events")
 
 
 @dataclass(slots=True)
@@ -304,13 +306,20 @@ class _WriteBehind:
 
 class _WritesBehind:
     """A run's writes that go on behind it: each started as its step returned, all done, in order, before
-    anything that follows them (see :meth:`EventLog.write_behind`)."""
+    anything that follows them (see :meth:`EventLog.write_behind`). ``started``: told of each write's task (the
+    log's close waits for it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, started: Callable[[asyncio.Future[Any]], None]) -> None:
         self._pending: list[_WriteBehind] = []
+        self._started = started
 
     def start(self, make: Callable[[], Awaitable[None]]) -> None:
-        self._pending.append(_WriteBehind(make, asyncio.ensure_future(make())))
+        self._pending.append(_WriteBehind(make, self._begun(make)))
+
+    def _begun(self, make: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(make())
+        self._started(task)
+        return task
 
     async def settle(self) -> None:
         """Wait until every write started before this call (but the caller's own) is durable. A write that
@@ -330,7 +339,7 @@ class _WritesBehind:
                     if write.again:
                         raise
                     write.again = True
-                    write.task = asyncio.ensure_future(write.make())
+                    write.task = self._begun(write.make)
                 await asyncio.shield(write.task)
             if write in self._pending:
                 self._pending.remove(write)
@@ -362,12 +371,31 @@ class EventLog:
         self._together: list[_Together] = []
         self._together_events = _together_statement() if backend.postgres else None
         self._together_writer: asyncio.Task[None] | None = None
+        # Writes going on in tasks of their own (the writer of completions, writes behind a run), which a caller
+        # cancelled meanwhile leaves running: the log's close waits for them (see close).
+        self._background: set[asyncio.Future[Any]] = set()
 
     @property
     def sealer(self) -> Sealer:
         """What seals the JSON our tables keep for callers when the store has a key (shared by the stores
         that write beside the log: the waits' resolutions, the inbox's results, the messages)."""
         return self._sealer
+
+    def _in_background(self, task: asyncio.Future[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Wait for the writes going on in the background (a run's writes behind it, the batched completions)
+        whose callers were cancelled or left before they landed: the store closes after them, never under them
+        (a write to a closed connection, or from aiosqlite's thread into a closed event loop). A write that failed
+        is logged as an error: nobody is left to be told."""
+        while self._background:
+            running = set(self._background)
+            await asyncio.wait(running)
+            for task in running:
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    log.error("a background write of the event log failed as the store closed", error=repr(error))
 
     def on_status(self, listener: StatusListener) -> None:
         """Tell ``listener`` of every status change this log commits along with new events."""
@@ -386,12 +414,14 @@ class EventLog:
         if not enabled or instance_id in self._behind:  # a run inside the run: the outer one settles
             yield
             return
-        scope = self._behind[instance_id] = _WritesBehind()
+        scope = self._behind[instance_id] = _WritesBehind(self._in_background)
         try:
             yield
         finally:
             try:
-                await asyncio.shield(scope.settle())
+                settling = asyncio.ensure_future(scope.settle())  # a failed write is made again in it
+                self._in_background(settling)
+                await asyncio.shield(settling)
             finally:
                 del self._behind[instance_id]
 
@@ -502,6 +532,7 @@ class EventLog:
         self._together.append(_Together(instance_id, event, status, written))
         if self._together_writer is None or self._together_writer.done():
             self._together_writer = asyncio.ensure_future(self._write_together_asked())
+            self._in_background(self._together_writer)
         done = await written
         await self._status_changed(instance_id, status, done)
         return done

@@ -124,18 +124,21 @@ async def open_store(
         events = EventLog(backend, clock, sealer)
         index = JourneyIndex(backend, clock, sealer)
         breakers, rate_limits = CircuitBreakers(backend, clock), RateLimits(backend, clock)
-        yield Store(
-            parsed,
-            saver,
-            engine,
-            events,
-            index,
-            clock,
-            locks,
-            backend,
-            breakers,
-            rate_limits,
-            graph_store,
-            pool,
-            sealer,
-        )
+        try:
+            yield Store(
+                parsed,
+                saver,
+                engine,
+                events,
+                index,
+                clock,
+                locks,
+                backend,
+                breakers,
+                rate_limits,
+                graph_store,
+                pool,
+                sealer,
+            )
+        finally:  # the writes its cancelled callers left going on land before the store's connections close
+            await events.close()

@@ -22,6 +22,7 @@ from sqlalchemy import event
 from checkpoints.database import connect_sqlite
 from checkpoints.events import NewEvent
 from graphs.errors import JourneyFinishedError
+from graphs.runtime import JourneyRuntime
 from tests.process_support import Calls, runtime
 from tests.test_process_branch_failure import split
 
@@ -137,3 +138,31 @@ async def test_a_sqlite_connection_whose_opener_is_cancelled_is_closed(tmp_path:
             await opener
     assert await asyncio.to_thread(all_closed.wait, PROMPT), f"{len(opened) - len(closed)} of 5 left open"
     assert len(opened) == 5 and set(map(id, closed)) == set(map(id, opened))
+
+
+async def test_closing_a_runtime_waits_for_a_write_behind_its_cancelled_run_left_going_on(store_url: str) -> None:
+    """A run writing its steps' completions behind it (``EventLog.write_behind``) settles them on its way out, but a
+    cancel landing there (a second ``runs.cancel``, a shutdown) left the write going on in its own task: closing the
+    runtime then (a notebook's cell, a test's end) closed the store under it, and it wrote to a closed store, or from
+    aiosqlite's thread into a closed event loop (CI's "Event loop is closed"). The close now waits for it."""
+    gate, writing, landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    async with JourneyRuntime.open(store_url) as rt:
+        events = rt.store.events
+
+        async def completion() -> None:
+            writing.set()
+            await gate.wait()
+            await events.append("behind", [NewEvent("step.completed", {}, "ship", "behind:ship")])
+            landed.set()
+
+        async def run() -> None:
+            async with events.writing_behind("behind"):
+                await events.write_behind("behind", completion)
+
+        cut = asyncio.create_task(run())
+        await writing.wait()  # the run is settling its write on its way out
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        asyncio.get_running_loop().call_soon(gate.set)  # the write goes on once the close has begun
+    assert landed.is_set()  # landed before the store closed
