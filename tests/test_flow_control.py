@@ -17,6 +17,7 @@ import pytest
 from agents import PermanentAgentError
 from agents.errors import AgentCallFailedError
 from checkpoints import VirtualClock
+from checkpoints.ownership import Owner, acting_as
 from graphs import JourneyFinishedError, JourneyRuntime, SpecError
 from graphs.errors import ConcurrencyLimitError, JourneyQueuedError, StartKeyConflictError
 from nodes.errors import ConcurrencyKeyError, FlowSettingError
@@ -240,6 +241,35 @@ async def test_a_limit_counts_its_own_journey_types_runs_unless_it_is_shared(sto
         with pytest.raises(ConcurrencyLimitError) as refused:
             await rt.structured.execute_journey(second, "u6", {"tenant": "acme"})
         assert refused.value.details == {"concurrency_key": "$.tenant=acme", "limit": 1}
+
+
+async def test_a_tenants_failed_journey_retried_by_another_tenant_or_the_system_takes_its_own_tenants_slot(
+    store_url: str,
+) -> None:
+    """A retry takes a slot of the retried journey's key, within its owner's tenant: the slot key read the tenant of
+    the caller retrying it, so an operator of another tenant (or the system, outside any caller) looked for a slot
+    under its own prefix, found one free, and ran acme's journey beside the one acme's limit of 1 allowed."""
+
+    def down(request: Any) -> dict[str, Any]:
+        raise PermanentAgentError("the service is down")
+
+    async with JourneyRuntime.open(store_url) as rt:
+        rt.agents.register("flaky", down)
+        spec = {**limited("queue", limit=1), "steps": [{"step_id": "draft", "agent": "flaky"}, {"step_id": "approve"}]}
+        journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
+        with acting_as(Owner("ana", "acme")):
+            await rt.structured.execute_journey(journey_id, "ana", {"tenant": "acme"})
+            with pytest.raises(AgentCallFailedError):
+                await rt.structured.advance_journey_step(journey_id, "ana", {})
+        with acting_as(Owner("ben", "acme")):  # ana's slot is free
+            assert (await rt.structured.execute_journey(journey_id, "ben", {"tenant": "acme"}))[
+                "status"
+            ] == "in_progress"
+        for retrier in (Owner("root", "globex"), None):
+            with acting_as(retrier), pytest.raises(ConcurrencyLimitError) as refused:
+                await rt.structured.retry_journey_step(journey_id, "ana", by="ops")
+            assert refused.value.details["concurrency_key"] == "acme:structured.review/$.tenant=acme"
+        assert await instance_count(rt, "structured") == {"failed": 1, "in_progress": 1}
 
 
 async def test_a_failed_journey_retried_takes_a_slot_again_or_is_refused_when_its_key_is_full(store_url: str) -> None:

@@ -41,6 +41,7 @@ from checkpoints.errors import (
 from checkpoints.events import Event, NewEvent
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT, FlowControl
 from checkpoints.index import Instance
+from checkpoints.ownership import Owner, acting_as, current_owner
 from checkpoints.process.timers import TimerStore
 from checkpoints.process.waits import cancel_pending
 from checkpoints.schema.widths import INSTANCE_USER
@@ -467,7 +468,7 @@ class Instances:
         for _attempt in range(_REGISTER_ATTEMPTS):
             free = None
             if kind is not None and instance is not None:
-                free = await self._slot_under(kind, instance, "a retry counts too")
+                free = await self._slot_under(kind, instance, "a retry counts too", instance.owned_by)
             also = [] if free is None else [self.flow.held_slot(*free, instance_id)]
             try:
                 await self.events.append(instance_id, [retried], status="in_progress", also=also)
@@ -597,7 +598,7 @@ class Instances:
             point = await fork_point(kind.fork, graph, self.engine.config(source_id), history, step_id)
             slot: list[Any] = []
             if point.checkpoint.next:  # a fork that runs on: the source's limits hold for it too
-                if (free := await self._slot_under(kind, source, "a fork counts too")) is not None:
+                if (free := await self._slot_under(kind, source, "a fork counts too", current_owner())) is not None:
                     slot = [self.flow.take_slot(*free, fork_id)]
                 await self._carry_deadline(source_id, fork_id)
             try:
@@ -612,12 +613,17 @@ class Instances:
                     await self.advance(graph, fork_id, source.pattern, None, cause="fork")
         return Fork(created, source_id, step_id)
 
-    async def _slot_under(self, kind: Recoverable, instance: Instance, why: str) -> tuple[str, int] | None:
+    async def _slot_under(
+        self, kind: Recoverable, instance: Instance, why: str, owner: Owner | None
+    ) -> tuple[str, int] | None:
         """A free slot of ``instance``'s concurrency key (the key, the slot), for a fork of it or for it retried
         once it failed (which freed its slot); None when its start had no limit. :class:`ConcurrencyLimitError`
-        when every slot is held: neither is queued, as only a start is."""
+        when every slot is held: neither is queued, as only a start is. ``owner``: whose tenant the key is within,
+        the journey's that takes the slot (a retried journey's own, not the caller's who retries it: an operator of
+        another tenant, the system)."""
         controls = None if kind.controls is None else await kind.controls(instance)
-        key = None if controls is None else controls.concurrency_key
+        with acting_as(owner):
+            key = None if controls is None else controls.concurrency_key
         if controls is None or key is None or controls.concurrency is None:
             return None
         limit = controls.concurrency.limit
