@@ -398,8 +398,10 @@ class EventLog:
                     log.error("a background write of the event log failed as the store closed", error=repr(error))
 
     def on_status(self, listener: StatusListener) -> None:
-        """Tell ``listener`` of every status change this log commits along with new events."""
-        self._listeners.append(listener)
+        """Tell ``listener`` of every status change this log commits along with new events, once however often it
+        is registered (each of a process's run executors over one runtime registers the same one)."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
 
     async def _status_changed(self, instance_id: str, status: str | None, written: bool) -> None:
         if status is not None and written:

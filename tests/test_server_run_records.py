@@ -19,6 +19,7 @@ from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.assistants import get_assistant, instance_graph
 from server.queues.procrastinate import QUEUE, build_app, enqueuer, ensure_schema
+from server.runs import executor as executor_module
 from server.runs.executor import RunExecutor, thread_output
 from server.runs.store import RunRow, RunStore
 from server.settings import Settings
@@ -225,6 +226,30 @@ async def test_a_start_refused_for_bad_input_leaves_the_thread_free(runtime: Jou
     assert thread is not None and thread.instance_id is None  # not bound to a journey that never started
     started = await start(refused.thread_id, {"team": "a"})
     assert started.status == "success" and started.output["current_step"] == "upload_content"
+
+
+async def test_run_executors_sharing_a_runtime_hear_each_status_change_once(
+    runtime: JourneyRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each RunExecutor registered the event log's status listener again: a process with several over one runtime
+    (an embedded app with two, tests) called it once per executor for every status a node committed."""
+    heard: list[tuple[str, str]] = []
+    note = executor_module._note_status
+
+    async def counted(instance_id: str, status: str) -> None:
+        heard.append((instance_id, status))
+        await note(instance_id, status)
+
+    monkeypatch.setattr(executor_module, "_note_status", counted)
+    runtime.agents.register("echo", EchoAgent("echo", {"ok": True}), replace=True)
+    runs = RunStore(runtime.store.backend, runtime.store.clock)
+    executors = [RunExecutor(runtime, runs, durability="exit") for _ in range(2)]
+    three = {"journey_type": "three", "spec": THREE_AUTO, "user_id": "ana"}
+    started = await executors[0].execute((await _run(runs, None, "start", input=three)).run_id)
+    assert started is not None and started.status == "success"
+    thread = await runs.get_thread(started.thread_id)
+    assert thread is not None and thread.instance_id is not None
+    assert heard == [(thread.instance_id, "completed")]
 
 
 async def test_a_cancel_that_reached_a_run_whose_worker_died_holds_on_retry(runtime: JourneyRuntime) -> None:
