@@ -61,6 +61,11 @@ _SAVE_DESIGN = insert(journey_designs).values(
     created_at=bindparam("p_created_at", type_=_designs.created_at.type),
 )
 _GET_DESIGN = select(journey_designs).where(_designs.journey_id == bindparam("p_journey_id"))
+_DESIGNS_OF_TYPE = (
+    select(journey_designs)
+    .where(_designs.pattern == bindparam("p_pattern"), _designs.journey_type == bindparam("p_journey_type"))
+    .order_by(_designs.created_at)
+)
 # An instance and its first event (seq 1) are registered together, on the hot path of every start.
 _REGISTER_INSTANCE = insert(journey_instances).values(
     instance_id=bindparam("p_instance_id", type_=_instances.instance_id.type),
@@ -127,6 +132,11 @@ class JourneyIndex:
     async def get_design(self, journey_id: str) -> Design | None:
         found = await self._backend.read(_GET_DESIGN, {"p_journey_id": journey_id})
         return Design(**found[0]) if found else None
+
+    async def designs_of_type(self, pattern: str, journey_type: str) -> list[Design]:
+        """The designs stored of ``pattern`` and ``journey_type``, oldest first."""
+        found = await self._backend.read(_DESIGNS_OF_TYPE, {"p_pattern": pattern, "p_journey_type": journey_type})
+        return [Design(**row) for row in found]
 
     async def create_instance(
         self,

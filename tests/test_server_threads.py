@@ -5,6 +5,7 @@ every run was executed on the journey of the first thread ever bound)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -276,6 +277,28 @@ async def test_an_inline_spec_asked_for_again_is_its_shared_design_without_parsi
             await structured.shared_design("mine", None, spec={"steps": []})
         started = await structured.start_run("structured_x1", again, "u1")
         assert started["journey_id"] == first and started["current_step"] == "b"
+
+
+async def test_an_inline_spec_an_older_release_stored_is_the_same_shared_design_after_an_upgrade(
+    store_url: str,
+) -> None:
+    """A shared design's id is its content's digest, and every spec field added since with a default changes the
+    digest of an unchanged spec: after an upgrade, the spec a client sends on every first run made a second design
+    (the release of 24 November, ff9c823, stored no concurrency, deadline nor evaluation), and a structured journey's
+    instance id is made of its design's, so its user's journey was started again beside the one it had. The row is
+    the one that release stored: its spec as it dumped it, under its digest."""
+    spec = {"journey_type": "mine", "steps": [{"step_id": "a", "mode": "auto"}, {"step_id": "b"}]}
+    async with JourneyRuntime.open(store_url) as runtime:
+        structured = runtime.structured
+        dumped = structured.build_spec("mine", {"r": 1}, spec).model_dump(mode="json")
+        older = {k: v for k, v in dumped.items() if k not in ("concurrency", "deadline", "evaluation")}
+        digest = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:24]
+        stored = await runtime.store.index.save_design(f"structured_design_{digest}", "structured", "mine", older)
+        started = await structured.start_run("structured_u1", stored.journey_id, "u1")
+        assert await structured.shared_design("mine", {"r": 1}, spec=spec) == stored.journey_id
+        assert await structured.shared_design("mine", {"r": 1}, spec=spec) == stored.journey_id  # as remembered
+        other = await structured.shared_design("mine", {"r": 2}, spec=spec)  # other content: another design
+        assert other != stored.journey_id and started["journey_id"] == stored.journey_id
 
 
 async def test_an_inline_spec_checked_again_is_not_parsed_again_and_a_refusal_is_not_remembered(

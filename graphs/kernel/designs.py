@@ -109,6 +109,8 @@ class DesignBook:
         # compiled-graph key once asked for (None until then): hashed once per design, not per run (a
         # lifecycle spec takes about 1.5 ms to hash).
         self._keys: dict[int, tuple[str, str] | None] = {}
+        # A shared design's id today (its content's) → the id an older release stored the same design under.
+        self._stored_as: dict[str, str] = {}
         # The reads of designs not held yet, one per design however many callers want it at once: a cold worker's
         # first wave of continuations (64 at a time) read, parsed and hashed the same design once each.
         self._reading: dict[str, asyncio.Future[Design]] = {}
@@ -165,14 +167,16 @@ class DesignBook:
         """Check and store ``spec`` under an id made of its content, once: every call (in any process)
         that saves the same spec gets the same design. A design known already is not checked again."""
         digest = spec_digest(spec)[:24]
-        design_id = f"{prefix}_{digest}"
+        design_id = self._stored_as.get(f"{prefix}_{digest}", f"{prefix}_{digest}")
         cached = self._loaded.get(design_id)
         if cached is not None:
             self._loaded.move_to_end(design_id)
             return cached[0], cached[1]
         self.check(pattern, spec)
         index = self.engine.store.index
-        design = await index.get_design(design_id)
+        design = await index.get_design(design_id) or await self._stored_by_older_release(pattern, spec, prefix)
+        if design is not None and design.journey_id != design_id:
+            self._stored_as[design_id] = design.journey_id
         if design is None:
             with contextlib.suppress(DuplicateDesignError):  # saved meanwhile by another process: same content
                 design = await index.save_design(
@@ -183,6 +187,23 @@ class DesignBook:
         self._remember(design, spec)
         self._keys[id(spec)] = (pattern, f"{pattern}-{digest}")
         return design, spec
+
+    async def _stored_by_older_release(self, pattern: PatternName, spec: BaseModel, prefix: str) -> Design | None:
+        """The design of ``spec`` an older release stored under another content id: its digest covered the spec as
+        that release dumped it, and every field added since with a default changes it. Its stored spec is compared
+        as today's spec reads it (as its journeys run it), so an unchanged spec saved again after an upgrade is the
+        same design, not a second one (a structured journey's instance id is made of its design's)."""
+        digest = spec_digest(spec)
+        spec_type = self._kinds(pattern).spec_type
+        for stored in await self.engine.store.index.designs_of_type(
+            pattern, str(getattr(spec, "journey_type", pattern))
+        ):
+            if not stored.journey_id.startswith(f"{prefix}_"):  # a design of its own (design_journey), not shared
+                continue
+            with contextlib.suppress(ValidationError):
+                if spec_digest(spec_type.model_validate(stored.spec)) == digest:
+                    return stored
+        return None
 
     async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
         spec: Any = None
