@@ -298,3 +298,19 @@ async def slow_checkpoint_writes(store_url: str, saver: Any, seconds: float) -> 
         await asyncio.sleep(max(0.0, until - time.monotonic()) + seconds)
     finally:
         saver.conn.commit = commit
+
+
+async def structured_run(runs: RunStore, thread_id: str | None, kind: str, **fields: Any) -> RunRow:
+    """A run of the ``structured`` assistant made by ana (``input`` or ``command`` among ``fields``), not streamed,
+    for a test that executes it with a :class:`~server.runs.executor.RunExecutor` of its own."""
+    return await runs.create_run(
+        thread_id=thread_id,
+        assistant_id="structured",
+        kind=kind,
+        input=fields.get("input"),
+        command=fields.get("command"),
+        stream_modes=[],
+        multitask_strategy="reject",
+        metadata={},
+        principal="ana",
+    )

@@ -27,7 +27,7 @@ from server.runs.executor import RunExecutor, thread_output
 from server.runs.store import RunRow, RunStore
 from server.settings import Settings
 from tests.server_fixtures import served_app, served_sdk  # noqa: F401  (the fixtures app and sdk)
-from tests.server_support import SlowShip, serving, slow_checkpoint_writes
+from tests.server_support import SlowShip, serving, slow_checkpoint_writes, structured_run
 
 pytestmark = pytest.mark.slow
 
@@ -557,17 +557,7 @@ async def test_a_cancel_landing_as_the_runs_graph_call_ends_leaves_the_run_sayin
         executor = RunExecutor(runtime, runs, durability="exit")
 
         async def executed(thread_id: str | None, **fields: Any) -> tuple[RunRow, asyncio.Task[RunRow | None]]:
-            run = await runs.create_run(
-                thread_id=thread_id,
-                assistant_id="structured",
-                kind="resume" if thread_id else "start",
-                input=fields.get("input"),
-                command=fields.get("command"),
-                stream_modes=[],
-                multitask_strategy="reject",
-                metadata={},
-                principal="ana",
-            )
+            run = await structured_run(runs, thread_id, "resume" if thread_id else "start", **fields)
             return run, asyncio.ensure_future(executor.execute(run.run_id))
 
         _run, starting = await executed(None, input={"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"})

@@ -24,7 +24,7 @@ from server.runs.executor import RunExecutor, thread_output
 from server.runs.store import RunRow, RunStore
 from server.settings import Settings
 from tests.forked import JourneysProcess, journeys
-from tests.server_support import serving
+from tests.server_support import serving, structured_run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,24 +37,10 @@ async def runtime(durable_url: str) -> AsyncIterator[JourneyRuntime]:
         yield opened
 
 
-async def _run(runs: RunStore, thread_id: str | None, kind: str, **fields: Any) -> RunRow:
-    return await runs.create_run(
-        thread_id=thread_id,
-        assistant_id="structured",
-        kind=kind,
-        input=fields.get("input"),
-        command=fields.get("command"),
-        stream_modes=[],
-        multitask_strategy="reject",
-        metadata={},
-        principal="ana",
-    )
-
-
 async def test_a_runs_recorded_output_is_the_threads_output(runtime: JourneyRuntime) -> None:
     runs = RunStore(runtime.store.backend, runtime.store.clock)
     executor = RunExecutor(runtime, runs, durability="exit")
-    first = await executor.execute((await _run(runs, None, "start", input=MIGRATION)).run_id)
+    first = await executor.execute((await structured_run(runs, None, "start", input=MIGRATION)).run_id)
     assert first is not None and first.status == "success"
     thread = await runs.get_thread(first.thread_id)
     assert thread is not None and thread.instance_id is not None
@@ -65,7 +51,7 @@ async def test_a_runs_recorded_output_is_the_threads_output(runtime: JourneyRunt
     answers = [{"files": 3}, {"entities": 2}, {"validated": True}, {"approved": True}, {"done": True}]
     for answer in answers:
         resumed = await executor.execute(
-            (await _run(runs, first.thread_id, "resume", command={"resume": answer})).run_id
+            (await structured_run(runs, first.thread_id, "resume", command={"resume": answer})).run_id
         )
         assert resumed is not None and resumed.status == "success", resumed
         assert resumed.output == await thread_output(runtime, structured, thread.instance_id)
@@ -245,7 +231,7 @@ async def test_run_executors_sharing_a_runtime_hear_each_status_change_once(
     runs = RunStore(runtime.store.backend, runtime.store.clock)
     executors = [RunExecutor(runtime, runs, durability="exit") for _ in range(2)]
     three = {"journey_type": "three", "spec": THREE_AUTO, "user_id": "ana"}
-    started = await executors[0].execute((await _run(runs, None, "start", input=three)).run_id)
+    started = await executors[0].execute((await structured_run(runs, None, "start", input=three)).run_id)
     assert started is not None and started.status == "success"
     thread = await runs.get_thread(started.thread_id)
     assert thread is not None and thread.instance_id is not None
@@ -257,7 +243,7 @@ async def test_a_cancel_that_reached_a_run_whose_worker_died_holds_on_retry(runt
     and the queue retries its job, the retry ends it interrupted instead of running it."""
     runs = RunStore(runtime.store.backend, runtime.store.clock)
     executor = RunExecutor(runtime, runs, durability="exit")
-    run = await _run(runs, None, "start", input=MIGRATION)
+    run = await structured_run(runs, None, "start", input=MIGRATION)
     assert await runs.claim(run.run_id) is not None  # a worker took it, then died
     await runs.request_cancel(run.run_id)  # the cancel arrives (the abort reaches no one)
     retried = await executor.execute(run.run_id)  # the reaper's retry
