@@ -13,6 +13,7 @@ from typing import Any
 
 import aiosqlite
 import psycopg
+import structlog
 from psycopg_pool import PoolTimeout
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, ExceptionContext
@@ -22,6 +23,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from checkpoints.errors import ConcurrentUpdateError, DatabaseUnavailableError, InstanceLockLostError
 from checkpoints.url import StoreURL
+
+log = structlog.get_logger("journeys.database")
 
 
 def sqlite_pragmas(url: StoreURL) -> tuple[str, ...]:
@@ -147,12 +150,25 @@ class OutageMark:
     at: float = float("-inf")
     refused: float = float("-inf")
     answered: float = float("-inf")
+    warned: float = float("-inf")  # when this process last warned that the database is away
 
     def away(self) -> bool:
         """Whether the last new connection to the database failed (and none succeeded since)."""
         return self.refused > self.answered
 
+    def say_away(self, where: str, error: str) -> None:
+        """Log that the database is away, met ``where`` (a request, a timer pass, a lock check) with ``error``:
+        a warning the first time since it last answered, and once per ``OUTAGE_REMINDER_S`` while it stays away;
+        at info (-v) otherwise, since every request, timer pass and lock check meets the same outage."""
+        now = time.monotonic()
+        said = log.info
+        if self.warned <= self.answered or now - self.warned >= OUTAGE_REMINDER_S:
+            self.warned, said = now, log.warning
+        said("database unavailable", where=where, error=error, meanwhile=AWAY_MEANWHILE)
 
+
+OUTAGE_REMINDER_S = 60.0  # a long outage is said again once a minute, not at every call that meets it
+AWAY_MEANWHILE = "requests are answered 503 (Retry-After), timers and runs wait; all go on once it answers"
 OUTAGE = OutageMark()
 
 

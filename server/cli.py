@@ -271,12 +271,13 @@ def serve(
         _fail(exc)
     if warning:
         typer.echo(warning, err=True)
-    _quiet_logs(verbose, quiet=logging.WARNING)  # the keys' warnings (plain keys stored) show even so
+    # Warnings show, as the worker's: an embedded server runs the journeys, so its agents failing, its timers
+    # held for want of an agent, the database going away are said here, or nowhere.
+    _quiet_logs(verbose, quiet=logging.WARNING)
     try:
         api_keys_by_digest = {} if no_auth else load_api_keys(api_keys)
     except JourneyError as exc:
         _fail(exc)
-    _quiet_logs(verbose)
     if not no_auth and not api_keys_by_digest and auth is None:
         typer.echo(
             "auth is on but no API keys are configured: every request will get 401 "

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from checkpoints.database import DATABASE_ERRORS, database_conflict, lost_database
+from checkpoints.database import DATABASE_ERRORS, OUTAGE, database_conflict, lost_database
 from checkpoints.errors import ErrorCategory, JourneyError, StoreError
 from checkpoints.redaction import redact, redact_envelope
 
@@ -232,7 +232,7 @@ def unexpected_error(exc: Exception) -> JourneyError | None:
     server's) or a conflict (409, to retry); None for anything else, the server's fault (logged as such)."""
     lost = lost_database(exc)
     if lost is not None:
-        log.warning("database unavailable", error=lost.message)
+        OUTAGE.say_away("request", lost.message)
         return lost
     if (conflict := database_conflict(exc)) is not None:
         return conflict

@@ -38,9 +38,13 @@ def main(argv: list[str], cwd: str, environment: dict[str, str], output: str | N
     os.environ.clear()
     os.environ.update(environment)
     sys.path.insert(0, "")  # `python -c` finds modules in its working directory (a test's --plugin module)
-    for descriptor, path in ((1, output), (2, errors or output)):
-        sink = os.open(path or os.devnull, os.O_WRONLY | os.O_CREAT)
+    # stderr on ``output`` shares stdout's open file, as subprocess's stderr=STDOUT: opened twice, each had its
+    # own offset, and a line on one overwrote the other's (a JSON log line cut by a library's stderr line).
+    out = os.open(output or os.devnull, os.O_WRONLY | os.O_CREAT)
+    err = os.open(errors, os.O_WRONLY | os.O_CREAT) if errors else out
+    for descriptor, sink in ((1, out), (2, err)):
         os.dup2(sink, descriptor)
+    for sink in {out, err}:
         os.close(sink)
     sys.argv = ["-c", *argv]
     app()

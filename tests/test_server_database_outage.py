@@ -6,6 +6,7 @@ with no restart. Real processes; the outage is the test database refusing connec
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -39,11 +40,35 @@ EIGHT_STEPS = {
 }
 
 
-def journey(client: httpx.Client, user: str) -> httpx.Response:
+# A step whose agent fails for good: bench_step's output lacks the field its schema requires.
+FAILING = {
+    "journey_type": "failing1",
+    "steps": [
+        {
+            "step_id": "bill",
+            "mode": "auto",
+            "agent": "bench_step",
+            "output_schema": {"type": "object", "required": ["invoice"]},
+            "retry": {"max_attempts": 1},
+        }
+    ],
+}
+
+
+def journey(client: httpx.Client, user: str, spec: dict[str, Any] = EIGHT_STEPS) -> httpx.Response:
     return client.post(
         "/runs/wait",
-        json={"assistant_id": "structured", "input": {"journey_type": "outage8", "spec": EIGHT_STEPS, "user_id": user}},
+        json={
+            "assistant_id": "structured",
+            "input": {"journey_type": spec["journey_type"], "spec": spec, "user_id": user},
+        },
     )
+
+
+def log_lines(log: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON lines of ``log`` (a server's or a worker's output: not a terminal) whose event is ``event``."""
+    lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("event") == event]
 
 
 @contextmanager
@@ -65,11 +90,14 @@ def test_a_database_outage_is_503_to_retry_and_the_processes_carry_on_after_it(
     mode: str, postgres_url: str, tmp_path: Path
 ) -> None:
     distributed = ["--distributed"] if mode == "distributed" else []
-    with journeys_serve(postgres_url, tmp_path / "api.log", "--no-auth", *distributed, *PLUGIN) as base:
-        worker = start_worker(postgres_url, *PLUGIN) if distributed else None
+    api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
+    with journeys_serve(postgres_url, api_log, "--no-auth", *distributed, *PLUGIN) as base:
+        worker = start_worker(postgres_url, *PLUGIN, log=worker_log) if distributed else None
         client = httpx.Client(base_url=base, timeout=120)
         try:
             assert journey(client, "before").json()["status"] == "completed"
+            failed = journey(client, "billed", FAILING).json()
+            assert failed["__error__"]["error"] == "AgentCallFailedError", failed
 
             with outage(postgres_url), ThreadPoolExecutor(4) as pool:
                 calls = [
@@ -98,8 +126,16 @@ def test_a_database_outage_is_503_to_retry_and_the_processes_carry_on_after_it(
             client.close()
             if worker is not None:
                 stop_worker(worker)
-    log = (tmp_path / "api.log").read_text()
+    log = api_log.read_text()
     assert "Exception in ASGI application" not in log, log
+    # What an operator reads at the default log level. `journeys serve` logged errors only: an embedded server,
+    # which runs the journeys, said nothing of an agent failing for good, nor of the database going away.
+    [call_failed] = log_lines(worker_log if distributed else api_log, "agent call failed")
+    assert (call_failed["intent"], call_failed["step"], call_failed["level"]) == ("bench_step", "bill", "warning")
+    assert call_failed["instance_id"].startswith("structured_") and "'invoice'" in call_failed["error"], call_failed
+    # The outage is said once, not per request that met it (four here, and every readiness probe after).
+    said = [line["level"] for line in log_lines(api_log, "database unavailable")]
+    assert said == ["warning"], log
 
 
 def test_requests_during_an_outage_are_answered_503_in_seconds_not_at_the_pools_timeout(

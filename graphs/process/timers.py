@@ -45,6 +45,7 @@ from typing import Any
 import structlog
 
 from agents.errors import AgentCallFailedError, AgentNotFoundError, PolicyViolationError
+from checkpoints.database import OUTAGE, lost_database
 from checkpoints.errors import DuplicateInstanceError, JourneyError
 from checkpoints.events import NewEvent
 from checkpoints.index import Instance
@@ -656,7 +657,10 @@ class TimerScheduler:
                 # A database hiccup (a deadlock, a dropped connection: the driver's errors are neither ours nor
                 # OSError) or a bug: the loop must outlive it, else no timer of this process fires again. What
                 # the pass claimed is claimed again once its lease is up; the next poll tries again.
-                log.warning("timer pass failed", error=str(exc), error_type=type(exc).__name__)
+                if (lost := lost_database(exc)) is not None:
+                    OUTAGE.say_away("a timer pass", lost.message)
+                else:
+                    log.warning("timer pass failed", error=str(exc), error_type=type(exc).__name__)
             self._wake.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)

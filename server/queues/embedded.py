@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import psycopg
 import structlog
 
-from checkpoints.database import lost_database
+from checkpoints.database import OUTAGE, lost_database
 from checkpoints.errors import ConcurrentUpdateError, StoreError
 from checkpoints.locks import InstanceLocks, Kept, open_instance_locks
 from checkpoints.url import opened_target, parse_store_url
@@ -219,10 +219,10 @@ async def _keep(locks: InstanceLocks, kept: Kept, on_lost: Callable[[], None]) -
                     on_lost()
                     return
                 except (StoreError, psycopg.OperationalError) as exc:  # still away: try again
-                    log.warning("the embedded-executor lock could not be taken again yet", error=str(exc))
+                    OUTAGE.say_away("the embedded-executor lock, to take again", str(exc))
                     await asyncio.sleep(KEPT_CHECK_S)
                     continue
-                # A warning (-v): an ordinary outage does it, and no other server took the lock meanwhile.
+                # A warning, not an error: an ordinary outage does it, and no other server took the lock meanwhile.
                 log.warning(
                     "the embedded-executor lock was lost with its database connection, and taken again",
                     lost_for_s=round(asyncio.get_running_loop().time() - lost_at, 1),
