@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from checkpoints.backends.base import Backend
 from checkpoints.schema.lifecycle_tables import lifecycle_journey_states
-from checkpoints.schema.tables import journey_instances, process_timers, server_runs, user_tasks
+from checkpoints.schema.tables import journey_instances, process_timers, process_waits, server_runs, user_tasks
 
 # Statuses after which an instance does nothing more by itself.
 FINAL_STATUSES = ("completed", "failed", "compensated", "cancelled", "closed", "terminated")
@@ -37,10 +37,23 @@ _STAGES = (
 )
 
 
+# Answers (a timer fired, a message, a task completed) resolved but not yet taken by their instance's thread:
+# held there by a process lacking the instance's agents, or left by a crash. A failed instance's are its retry's.
+_failed = select(journey_instances.c.instance_id).where(
+    _instances.instance_id == process_waits.c.instance_id, _instances.status == "failed"
+)
+_UNDELIVERED = (
+    select(func.count().label("n"))
+    .select_from(process_waits)
+    .where(process_waits.c.status == "resolved", ~_failed.exists())
+)
+
+
 @dataclass(frozen=True, slots=True)
 class LiveFigures:
     """Open instances by (pattern, status), lifecycle journeys by stage, open user tasks, those past their
-    SLA, work waiting to be picked up (``queue_depth``: pending runs, timers due and not yet fired), and the
+    SLA, work waiting to be picked up (``queue_depth``: pending runs, timers due and not yet fired, answers
+    resolved and not yet delivered to their instance), and the
     incidents waiting for an operator's retry (failed timers, by purpose)."""
 
     active: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -59,11 +72,16 @@ async def live_figures(backend: Backend, now: datetime) -> LiveFigures:
     open_tasks = select(func.count().label("n")).select_from(user_tasks).where(_tasks.status == "open")
     breached = open_tasks.where(_tasks.sla_due_at.is_not(None), _tasks.sla_due_at < now)
     pending_runs = select(func.count().label("n")).select_from(server_runs).where(_runs.status == "pending")
+    # Claimed ("firing") counts too: a timer held claimed for want of its agent (an SLA's notify) is not fired.
     due_timers = (
         select(func.count().label("n"))
         .select_from(process_timers)
-        .where(_timers.status == "scheduled", _timers.due_at <= now)
+        .where(_timers.status.in_(("scheduled", "firing")), _timers.due_at <= now)
     )
-    counts = [int((await backend.query(query))[0]["n"]) for query in (open_tasks, breached, pending_runs, due_timers)]
+    counts = [
+        int((await backend.query(query))[0]["n"])
+        for query in (open_tasks, breached, pending_runs, due_timers, _UNDELIVERED)
+    ]
     incidents = {row["purpose"]: int(row["n"]) for row in await backend.query(_INCIDENTS)}
-    return LiveFigures(active, stages, counts[0], counts[1], {"runs": counts[2], "timers": counts[3]}, incidents)
+    queues = {"runs": counts[2], "timers": counts[3], "deliveries": counts[4]}
+    return LiveFigures(active, stages, counts[0], counts[1], queues, incidents)

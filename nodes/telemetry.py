@@ -160,7 +160,11 @@ def _gauges(figures: LiveFigures, circuits: Mapping[str, str]) -> list[Metric]:
     breached = GaugeMetricFamily(
         "journeys_user_tasks_sla_breached", "Open user tasks past their SLA", value=figures.sla_breached_user_tasks
     )
-    queue = GaugeMetricFamily("journeys_queue_depth", "Work waiting: pending runs, timers due", labels=["queue"])
+    queue = GaugeMetricFamily(
+        "journeys_queue_depth",
+        "Work waiting: pending runs, timers due and not fired, answers not yet delivered to their instance",
+        labels=["queue"],
+    )
     for name, depth in sorted(figures.queue_depth.items()):
         queue.add_metric([name], depth)
     incidents = GaugeMetricFamily(

@@ -16,6 +16,7 @@ from agents.errors import TransientAgentError
 from checkpoints import events as events_module
 from checkpoints.clock import VirtualClock
 from checkpoints.events import NewEvent
+from checkpoints.figures import live_figures
 from checkpoints.process.timers import Timer
 from checkpoints.rebuild import rebuild_inbox
 from graphs import ResumeValueError, SpecError
@@ -167,12 +168,15 @@ async def test_an_sla_breach_whose_agent_this_process_lacks_is_left_for_one_that
         [timer] = await rt.processes.services.timers.find(instance_id=view["instance_id"], purpose="sla")
         assert (warning["timer_id"], "wait_id" in warning) == (timer.timer_id, False)  # not its task's id
         assert timer.status == "firing", timer  # not failed: held for its lease
+        # Due and not fired: /metrics said 0, a held timer being claimed, not scheduled.
+        assert (await live_figures(rt.store.backend, clock.now())).queue_depth["timers"] == 1
         calls.register(rt, intent)
         assert (await rt.processes.scheduler.run_due()).fired == 0  # within the lease no pass takes it again
         clock.advance(timedelta(minutes=2))
         assert (await rt.processes.scheduler.run_due()).fired == 1
         assert (await rt.processes.scheduler.run_due()).fired == 0
         assert calls.intents() == [intent]
+        assert (await live_figures(rt.store.backend, clock.now())).queue_depth["timers"] == 0
         assert len(await escalation_events(rt, view["instance_id"])) == 1
         [task] = await rt.processes.inbox.list_tasks(group="leads")
         assert (task["status"], task["escalation"]) == ("open", "notify")

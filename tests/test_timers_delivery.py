@@ -22,6 +22,7 @@ from opentelemetry.trace import StatusCode
 from sqlalchemy import event, update
 from structlog.testing import capture_logs
 
+from checkpoints.figures import live_figures
 from checkpoints.schema.tables import process_waits
 from graphs.kernel import streaming
 from graphs.kernel.engine import RunOptions
@@ -404,8 +405,12 @@ async def test_a_timer_fired_where_its_agent_is_missing_is_left_for_a_process_th
         assert (await notebook.processes.scheduler.run_due()).redelivered == 0
         clock.advance(timedelta(minutes=2))
         assert (await server.processes.scheduler.run_due()).held == 1
+        # /metrics showed no work waiting meanwhile (the timer had fired): its answer, undelivered, is.
+        held = await live_figures(server.store.backend, clock.now())
+        assert held.queue_depth == {"runs": 0, "timers": 0, "deliveries": 1}, held
         assert (await notebook.processes.scheduler.run_due()).redelivered == 1
         assert (await notebook.processes.status(instance_id))["status"] == "completed"
+        assert (await live_figures(server.store.backend, clock.now())).queue_depth["deliveries"] == 0
         assert calls.intents() == ["wake"]
 
 
