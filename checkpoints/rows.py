@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,10 +18,30 @@ from checkpoints.backends.base import Backend
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class IgnoredRow:
+    """The row an :func:`insert_ignore` statement writes: its table and its values by column name."""
+
+    table: Table
+    values: Mapping[str, Any]
+
+
+# The row of each insert_ignore statement alive, for a writer that binds it into a prebuilt statement of its own
+# instead (``EventLog.append``: a wait's rows in the statement of the event that arms it).
+_IGNORED: weakref.WeakKeyDictionary[Executable, IgnoredRow] = weakref.WeakKeyDictionary()
+
+
 def insert_ignore(engine: AsyncEngine, table: Table, **values: Any) -> Executable:
     """``INSERT … ON CONFLICT DO NOTHING``: writing a row twice (a replayed node) changes nothing."""
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    return insert(table).values(**values).on_conflict_do_nothing()
+    statement = insert(table).values(**values).on_conflict_do_nothing()
+    _IGNORED[statement] = IgnoredRow(table, values)
+    return statement
+
+
+def ignored_row(statement: Executable) -> IgnoredRow | None:
+    """The row ``statement`` writes, if :func:`insert_ignore` built it."""
+    return _IGNORED.get(statement)
 
 
 # The integers SQLite binds (64-bit): a wanted number outside is compared in Python (it could match a real).

@@ -15,14 +15,15 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import tuple_row
-from sqlalchemy import bindparam, literal_column, or_, select, update
+from sqlalchemy import bindparam, delete, literal_column, or_, select, update
 
 from checkpoints import DuplicateDesignError, DuplicateInstanceError, NewEvent, Store, VirtualClock, open_store
 from checkpoints.backends.postgres import PostgresBackend
 from checkpoints.backends.sqlite import SqliteBackend
 from checkpoints.database import compact_json
+from checkpoints.rows import insert_ignore
 from checkpoints.runs import RunRow, RunStore, ThreadBusyError, ThreadExistsError, UnsupportedMultitaskStrategyError
-from checkpoints.schema.tables import journey_instances, server_runs
+from checkpoints.schema.tables import journey_instances, server_runs, user_task_groups
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -109,6 +110,20 @@ async def test_several_events_and_derived_writes_commit_together_or_not_at_all(s
         assert await store.events.append("i-1", [NewEvent("a", {}, None, "i-1:a")], also=[replay]) == [False]
         instance = await store.index.get_instance("i-1")
         assert instance is not None and instance.user_id == "bob"  # a replayed append applies nothing twice
+        # Rows insert_ignore builds (a wait's armed rows): one statement with their event on PostgreSQL, the same rule.
+        groups = user_task_groups.c
+
+        def group(name: str) -> Any:
+            return insert_ignore(store.engine, user_task_groups, task_id="t-1", group_name=name)
+
+        armed = NewEvent("armed", {}, None, "i-1:armed")
+        assert await store.events.append("i-1", [armed], also=[group("ops"), group("finance")]) == [True]
+        async with store.engine.begin() as conn:
+            await conn.execute(delete(user_task_groups).where(groups.group_name == "ops"))
+        assert await store.events.append("i-1", [armed], also=[group("ops"), group("legal")]) == [False]
+        async with store.engine.connect() as conn:
+            kept = (await conn.execute(select(groups.group_name).order_by(groups.group_name))).scalars().all()
+        assert kept == ["finance"]  # the replay wrote neither the row deleted since nor a new one
         async with store.engine.begin() as conn:
             # Of one instance a logged key is skipped and two new ones follow in order; another has no event yet.
             await store.events.append_in(
@@ -120,7 +135,7 @@ async def test_several_events_and_derived_writes_commit_together_or_not_at_all(s
                     ("i-1", NewEvent("d", {}, None, "i-1:d")),
                 ],
             )
-        assert [e.type for e in await store.events.list("i-1")] == ["journey.started", "a", "b", "c", "d"]
+        assert [e.type for e in await store.events.list("i-1")] == ["journey.started", "a", "b", "armed", "c", "d"]
         assert [(e.seq, e.type) for e in await store.events.list("i-2")] == [(1, "c")]
 
 

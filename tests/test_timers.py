@@ -20,7 +20,7 @@ from checkpoints.schema.tables import process_timers, process_waits
 from graphs.process.timers import MAX_ROUNDS, fire_due_timers
 from graphs.runtime import JourneyRuntime
 from nodes.timer import COUNTED_MISSED, TimerDefinition
-from tests.process_support import T0, linear, runtime, virtual_clock, waiting_elements
+from tests.process_support import T0, boundary_spec, linear, runtime, virtual_clock, waiting_elements
 from tests.test_process_validation import refused
 
 # --- definitions ------------------------------------------------------------------------------------
@@ -486,6 +486,41 @@ async def test_two_workers_never_fire_the_same_timer(store_url: str) -> None:
                 await conn.execute(select(process_timers.c.status, func.count()).group_by(process_timers.c.status))
             ).all()
         assert dict((s, int(n)) for s, n in statuses) == {"fired": 12}
+
+
+async def test_a_journey_parks_on_a_task_and_its_timer_with_their_rows_in_the_statement_of_its_arm_event(
+    store_url: str,
+) -> None:
+    """Parking writes the wait's rows (the wait, its timer, its task and the task's groups) with the event that
+    arms it, in one transaction; on PostgreSQL in one statement on the pool, not a SQLAlchemy transaction's
+    BEGIN, event, rows and COMMIT (six round trips per park here); and the timer fires as armed."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        spec = boundary_spec("signing")
+        spec["elements"][1]["candidate_groups"] = ["legal", "sales"]
+        await rt.processes.deploy(spec)
+        through_sqlalchemy: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            through_sqlalchemy.append(statement)
+
+        event.listen(rt.store.engine.sync_engine, "after_cursor_execute", seen)
+        try:
+            view = await rt.processes.start("signing", "deal-1")
+        finally:
+            event.remove(rt.store.engine.sync_engine, "after_cursor_execute", seen)
+        assert waiting_elements(view) == ["sign"]
+        if store_url.startswith("postgresql"):
+            armed = ("process_waits", "process_timers", "process_user_tasks", "journey_events")
+            assert not [s for s in through_sqlalchemy if any(f"INSERT INTO {table}" in s for table in armed)]
+        [timer] = await rt.processes.services.timers.find(instance_id=view["instance_id"])
+        assert (timer.element, timer.purpose, timer.due_at) == ("too_late", "boundary", T0 + timedelta(days=2))
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        assert task["candidate_groups"] == ["legal", "sales"]
+        clock.advance(timedelta(days=2))
+        report = await fire_due_timers(rt.processes)
+        assert (report.fired, report.resumed) == (1, 1)
+        assert (await rt.processes.status(view["instance_id"]))["status"] == "completed"
 
 
 def _lock_inputs(node: dict[str, Any]) -> list[str]:
