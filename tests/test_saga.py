@@ -306,9 +306,11 @@ async def test_a_compensation_that_failed_for_good_is_retried_from_where_it_stop
         assert order == ["revert_transformation"]
 
         # Once the handler works, the retry resumes where compensation stopped: the remaining undos, last first.
-        rt.agents.register(
-            "revert_analysis", lambda r: (order.append("revert_analysis"), working_revert_analysis(r))[1], replace=True
-        )
+        def working(request: AgentRequest) -> Any:
+            order.append("revert_analysis")
+            return working_revert_analysis(request)
+
+        rt.agents.register("revert_analysis", working, replace=True)
         done = await rt.saga.retry_saga_step(saga_id)
         assert done["status"] == "compensated"
         assert done["compensated_steps"] == ["transform_data", "analyze_content", "upload_content"]
