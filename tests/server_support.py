@@ -175,14 +175,17 @@ def stop_worker(worker: JourneysProcess) -> None:
 
 
 def wait_until_serving(process: JourneysProcess, port: int, log: Path, seconds: float = 60) -> None:
-    """Wait until the server ``process`` started answers ``/ok`` on ``port`` (``seconds`` at most); fails with
-    its output in ``log`` if it ends first."""
+    """Wait until the server ``process`` started answers ``/ok`` on ``port`` (``seconds`` at most); fails saying
+    whether it ended first or is still starting, with its output in ``log``."""
     deadline = time.monotonic() + seconds
     # One client for every poll: each httpx client builds a TLS context (tens of ms of CPU, for plain HTTP too),
     # and a client per poll cost the waiting test ~0.1 CPU-s per second a loaded box took to start the server.
     with httpx.Client() as http:
         while True:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            if (code := process.poll()) is not None or time.monotonic() >= deadline:
+                what = f"ended (exit code {code})" if code is not None else f"did not answer within {seconds} s"
+                # This module's asserts are not rewritten by pytest: a bare assert failed as a bare AssertionError.
+                raise AssertionError(f"`journeys serve` on port {port} {what}; its output:\n{log.read_text()}")
             try:
                 if http.get(f"http://127.0.0.1:{port}/ok").status_code == 200:
                     return

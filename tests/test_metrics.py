@@ -24,6 +24,7 @@ from server.settings import ApiKey, Settings
 from tests.server_support import free_port, serving, start_worker, stop_worker
 from tests.test_connection_budget import start_api, wait_until_serving
 
+FRESH_STARTS = 240  # seconds for three processes started afresh at once to answer, on a loaded box
 SAGA_HANDLERS = {
     "upload_content": "delete_uploaded_content",
     "analyze_content": "revert_analysis",
@@ -177,7 +178,9 @@ async def test_the_apis_metrics_sum_what_its_worker_processes_did(
     api = start_api(postgres_url, port, log)
     workers = [start_worker(postgres_url, "--metrics-port", str(worker_port)), start_worker(postgres_url)]
     try:
-        wait_until_serving(api, port, log)
+        # The three start afresh (prometheus-client reads the directory as it is imported: tests/forked.py), each
+        # paying ~5 CPU-s of imports at once: on a box at load 20 the API had not answered in 60 s.
+        wait_until_serving(api, port, log, seconds=FRESH_STARTS)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             for user in ("u1", "u2", "u3"):
                 thread = (await http.post("/threads", json={})).json()["thread_id"]
