@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import subprocess
@@ -88,6 +89,12 @@ class JourneysProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now if this process has not yet (it starts at its first child otherwise): it, and the
+    resource tracker multiprocessing starts with it, lives as long as the test process."""
+    multiprocessing.forkserver.ensure_running()
 
 
 def fresh_journeys(

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.forked import journeys
+from tests.forked import journeys, start_forkserver
 from tests.server_support import free_port, start_serving, wait_until_serving
 
 SLOW = ("--plugin", "tests.slow_agents:register")
@@ -59,7 +59,8 @@ def test_a_server_stops_on_sigterm_while_a_client_waits_on_a_run_that_cannot_fin
 def test_a_server_that_does_not_answer_in_time_is_not_left_running(sqlite_url: str, tmp_path: Path) -> None:
     """The suite's `journeys serve` that does not answer /ok within its time fails the test and is gone: the
     webhook tests' server, started on a loaded box, was left serving for the rest of the session after it."""
+    start_forkserver()  # a child of the test process for good, not one the failed start left
     before = {child.pid for child in psutil.Process().children()}
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="did not answer within 0 s"):
         start_serving(sqlite_url, free_port(), tmp_path / "serve.log", seconds=0)
     assert [child.cmdline() for child in psutil.Process().children() if child.pid not in before] == []
