@@ -168,7 +168,7 @@ def supported(version: Sequence[int]) -> bool:
 
 def ensure_venv() -> Path:
     """Create the venv if missing and (re)install the project when pyproject.toml changed."""
-    if not supported(sys.version_info):
+    if not supported(sys.version_info[:2]):
         names = ", ".join(version_name(v) for v in SUPPORTED_PYTHONS)
         found = version_name(sys.version_info[:3])
         log(f"journeys needs Python {names}, but this is Python {found} ({sys.executable}).")
@@ -220,8 +220,8 @@ def ensure_uv(venv: Path) -> str | None:
     """uv in ``venv`` (pip-installed there from PyPI the first time); None if it cannot be had."""
     uv = venv_bin(venv, "uv")
     if not uv.exists():
-        pip = [venv_bin(venv, "python"), "-m", "pip", "--disable-pip-version-check", "install", "--quiet", "uv"]
-        if run(pip) != 0:
+        python: str | Path = venv_bin(venv, "python")
+        if run([python, "-m", "pip", "--disable-pip-version-check", "install", "--quiet", "uv"]) != 0:
             log("could not install uv: the venvs are installed with pip")
             return None
     return str(uv)
@@ -266,7 +266,8 @@ def compat(venv: Path, pytest_args: Sequence[str]) -> None:
     paths = shared + compat_shares([p for p in paths if p not in COMPAT_SHARED], count)[index - 1]
     what = "the server tests" if count == 1 else f"share {share} of the server tests"
     log(f"pytest on Python {version_name(sys.version_info[:3])}: the README examples and {what}")
-    pytest = [venv_bin(venv, "python"), "-m", "pytest", "-n", str(XDIST_WORKERS), *compat_stores(paths)]
+    python: str | Path = venv_bin(venv, "python")
+    pytest = [python, "-m", "pytest", "-n", str(XDIST_WORKERS), *compat_stores(paths)]
     code = run([*pytest, *paths, *pytest_args], pytest_environment())
     if code != 0:
         log(f"pytest failed on Python {version_name(sys.version_info[:2])} (exit code {code})")
