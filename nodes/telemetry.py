@@ -28,12 +28,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar, cast
-from uuid import UUID
 
 import structlog
-from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
+from langgraph._internal._constants import CONFIG_KEY_CHECKPOINT_NS  # a task's namespace in its config
+from langgraph._internal._runnable import RunnableCallable  # how LangGraph makes a node of a function
 from langgraph.errors import GraphBubbleUp, UnknownInterruptError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -253,10 +253,69 @@ def tracing() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
-# Whether the run this code runs in records spans: asked once as the run starts (:func:`run_observed`), not again
-# by its nodes and agent calls (OpenTelemetry's check, with no provider set, raises and catches a KeyError in its
-# look at the environment: a fifth of the telemetry of an agent call). None: not in a run.
-_RUN_TRACED: ContextVar[bool | None] = ContextVar("journeys_run_traced", default=None)
+class ObservedRun:
+    """One run of an instance's graph, as its nodes and agent calls see it (:func:`run_observed`): its span, its
+    pattern, whether spans are recorded (asked of OpenTelemetry once as the run starts, not again by its nodes and
+    agent calls: with no provider set its check raises and catches a KeyError in its look at the environment, a
+    fifth of the telemetry of an agent call), and how many of its nodes are at work."""
+
+    __slots__ = ("at_work", "pattern", "span", "traced")
+
+    def __init__(self, span: Span, pattern: str, traced: bool) -> None:
+        self.span = span
+        self.pattern = pattern
+        self.traced = traced
+        self.at_work = 0
+
+    def working(self) -> bool:
+        """Whether a node of the run is at work (started, neither ended nor failed)."""
+        return self.at_work > 0
+
+
+class _ObservedNode:
+    """A node of a run at work (:func:`observed_node`): its span (a child of the run's), timed for the step
+    histogram. ``namespace``: its task's checkpoint namespace, which a node of a graph nested in it does not share."""
+
+    __slots__ = ("name", "namespace", "run", "span", "started", "step")
+
+    def __init__(self, run: ObservedRun, name: str, step: int, namespace: str | None) -> None:
+        self.run = run
+        self.step = step
+        self.namespace = namespace
+        self._start(name)
+
+    def _start(self, name: str) -> None:
+        self.name = name
+        self.span = (
+            _tracer.start_span(
+                "journey.node",
+                context=trace.set_span_in_context(self.run.span),
+                attributes={"journey.node": name, "journey.step": self.step},
+            )
+            if self.run.traced
+            else trace.INVALID_SPAN  # timed for the histogram all the same
+        )
+        self.started = time.perf_counter()
+
+    def next_node(self, name: str) -> None:
+        """The node went on to ``name``'s work itself: the span of what it ran so far ends, and ``name``'s begins,
+        in the same superstep."""
+        self.end(None)
+        self._start(name)
+
+    def end(self, error: BaseException | None) -> None:
+        if isinstance(error, GraphBubbleUp):  # an interrupt: the node waits for a person, a message, a timer
+            self.span.set_attribute("journey.interrupted", True)
+        elif error is not None:
+            record_error(self.span, error)
+        self.span.end()
+        labelled(STEP_SECONDS, self.run.pattern, self.name).observe(time.perf_counter() - self.started)
+
+
+# The run this code runs in (None: not in one), and the node of it at work (None: between nodes). A context
+# variable, as no argument reaches the agent calls a node makes; LangGraph runs each node in a task of its own,
+# which starts with a copy of the run's context.
+_OBSERVED: ContextVar[tuple[ObservedRun, _ObservedNode | None] | None] = ContextVar("journeys_observed", default=None)
 
 
 def journey_context(instance_id: str) -> otel_context.Context:
@@ -274,86 +333,37 @@ def trace_id_of(instance_id: str) -> str:
     return trace.format_trace_id(trace.get_current_span(journey_context(instance_id)).get_span_context().trace_id)
 
 
-class NodeSpans(BaseCallbackHandler):
-    """A LangChain callback handler given to each run: a span per node (a child of the run's span), timed
-    for the step histogram. LangGraph reports each task's start and end to it, in the task."""
+def observed_node(name: str, node: Runnable[Any, Any]) -> Runnable[Any, Any]:
+    """The node ``name`` of an instance's graph, spanned and timed: each of its runs gets a span (a child of its
+    run's) and its duration in the step histogram, and the agent calls it makes hang under its span. What the
+    kernel compiles every node of a journey's graph with (``JourneyEngine.compiled``), so that a run needs no
+    LangChain callback handler: LangGraph called one for the start and end of the run and of each of its tasks, a
+    twentieth of a run's Python calls. A graph nested in the node (a process's branch, a saga's compensation) is
+    part of the node's step, as its agent calls are."""
 
-    run_inline = True  # called in the task itself, not in a thread
+    async def observed(state: Any, config: RunnableConfig) -> Any:
+        observing = _OBSERVED.get()
+        if observing is None:  # not in a journey's run (a graph compiled by the kernel runs in one)
+            return await node.ainvoke(state, config)
+        run = observing[0]
+        step = int((config.get("metadata") or {}).get("langgraph_step", 0))
+        at = _ObservedNode(run, name, step, config.get("configurable", {}).get(CONFIG_KEY_CHECKPOINT_NS))
+        token = _OBSERVED.set((run, at))
+        run.at_work += 1
+        try:
+            result = await node.ainvoke(state, config)
+        except BaseException as error:
+            at.end(error)
+            raise
+        else:
+            at.end(None)
+        finally:
+            run.at_work -= 1
+            _OBSERVED.reset(token)
+        return result
 
-    def __init__(self, run_span: Span, pattern: str, traced: bool) -> None:
-        self.run_span = run_span
-        self.pattern = pattern
-        self._root: UUID | None = None
-        self._spans: dict[UUID, tuple[Span, float, str, int]] = {}  # a node's span, start, name and superstep
-        self._owner: dict[UUID, UUID] = {}  # a run nested in a node → the node's run
-        self._tracing = traced
-
-    def on_chain_start(
-        self,
-        serialized: dict[str, Any] | None,
-        inputs: Any,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if parent_run_id is None:
-            self._root = run_id
-        elif parent_run_id == self._root and metadata and "langgraph_node" in metadata:
-            self._start(run_id, str(metadata["langgraph_node"]), int(metadata.get("langgraph_step", 0)))
-        elif parent_run_id in self._spans or parent_run_id in self._owner:
-            self._owner[run_id] = self._owner.get(parent_run_id, parent_run_id)
-
-    def _start(self, run_id: UUID, node: str, step: int) -> None:
-        span = (
-            _tracer.start_span(
-                "journey.node",
-                context=trace.set_span_in_context(self.run_span),
-                attributes={"journey.node": node, "journey.step": step},
-            )
-            if self._tracing
-            else trace.INVALID_SPAN  # timed for the histogram all the same
-        )
-        self._spans[run_id] = (span, time.perf_counter(), node, step)
-
-    def next_node(self, run_id: UUID | None, node: str) -> None:
-        """The node ``run_id`` went on to ``node``'s work itself: the span of what it ran so far ends, and
-        ``node``'s begins, in the same superstep."""
-        found = self._spans.get(run_id) if run_id is not None else None
-        if run_id is None or found is None:
-            return
-        self._end(run_id, None)
-        self._start(run_id, node, found[3])
-
-    def working(self) -> bool:
-        """Whether a node of the run is at work (started, neither ended nor failed)."""
-        return bool(self._spans)
-
-    def node_span(self, run_id: UUID | None) -> Span | None:
-        if run_id is None:
-            return None
-        found = self._spans.get(self._owner.get(run_id, run_id))
-        return found[0] if found else None
-
-    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._end(run_id, None)
-
-    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._end(run_id, error)
-
-    def _end(self, run_id: UUID, error: BaseException | None) -> None:
-        self._owner.pop(run_id, None)
-        found = self._spans.pop(run_id, None)
-        if found is None:
-            return
-        span, started, node, _step = found
-        if isinstance(error, GraphBubbleUp):  # an interrupt: the node waits for a person, a message, a timer
-            span.set_attribute("journey.interrupted", True)
-        elif error is not None:
-            record_error(span, error)
-        span.end()
-        labelled(STEP_SECONDS, self.pattern, node).observe(time.perf_counter() - started)
+    observed.__name__ = f"observed_{getattr(node, 'name', None) or name}"
+    return RunnableCallable(None, observed, name=name, trace=False)
 
 
 def record_error(span: Span, error: BaseException) -> None:
@@ -366,9 +376,9 @@ def record_error(span: Span, error: BaseException) -> None:
 
 
 @contextmanager
-def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None) -> Iterator[NodeSpans]:
-    """Around one run of an instance's graph: its span in the journey's trace, its log context, and the
-    handler that spans its nodes (give it to the run's config)."""
+def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None) -> Iterator[ObservedRun]:
+    """Around one run of an instance's graph: its span in the journey's trace and its log context; its nodes
+    (:func:`observed_node`) and their agent calls are spanned and timed inside it."""
     journey_id, pattern = described if described else (instance_id, graph.split("-", 1)[0])
     attributes = {"journey.instance_id": instance_id, "journey.journey_id": journey_id, "journey.pattern": pattern}
     run_id = structlog.contextvars.get_contextvars().get("run_id")  # bound by the server's run executor
@@ -376,17 +386,17 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
         attributes["journey.run_id"] = str(run_id)
     span = _tracer.start_span("journey.run", context=journey_context(instance_id), attributes=attributes)
     trace_id = trace.format_trace_id(span.get_span_context().trace_id)
-    traced = tracing()
+    run = ObservedRun(span, pattern, tracing())
     try:
         with (
             trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False),
             log_bound(instance_id=instance_id, journey_id=journey_id, pattern=pattern, trace_id=trace_id),
         ):
-            token = _RUN_TRACED.set(traced)
+            token = _OBSERVED.set((run, None))
             try:
-                yield NodeSpans(span, pattern, traced)
+                yield run
             finally:
-                _RUN_TRACED.reset(token)
+                _OBSERVED.reset(token)
     except GraphBubbleUp:
         raise
     except UnknownInterruptError as refused:  # a strict resume refused before it wrote anything: an outcome
@@ -402,24 +412,19 @@ def run_observed(instance_id: str, graph: str, described: tuple[str, str] | None
 
 def chained_node(config: RunnableConfig, node: str) -> None:
     """In a node that goes on to another step's work itself (``nodes.services.CHAIN_FLAG``): that step gets its
-    span and its duration in the step histogram, as a node of its own does."""
-    manager = config.get("callbacks")
-    if isinstance(manager, BaseCallbackManager):
-        for handler in manager.handlers:
-            if isinstance(handler, NodeSpans):
-                handler.next_node(manager.parent_run_id, node)
+    span and its duration in the step histogram, as a node of its own does. ``config``: the node's; a node of a
+    graph nested in a node is part of that node's step, and goes on within it."""
+    observing = _OBSERVED.get()
+    at = observing[1] if observing is not None else None
+    if at is not None and at.namespace == config.get("configurable", {}).get(CONFIG_KEY_CHECKPOINT_NS):
+        at.next_node(node)
 
 
 def _node_span_here() -> Span | None:
-    """The span of the node this code runs in (found through LangGraph's config of the running task)."""
-    config = var_child_runnable_config.get()
-    manager = config.get("callbacks") if config else None
-    if not isinstance(manager, BaseCallbackManager):
-        return None
-    for handler in manager.handlers:
-        if isinstance(handler, NodeSpans):
-            return handler.node_span(manager.parent_run_id)
-    return None
+    """The span of the node this code runs in."""
+    observing = _OBSERVED.get()
+    at = observing[1] if observing is not None else None
+    return at.span if at is not None else None
 
 
 _NO_SPAN = nullcontext(trace.INVALID_SPAN)  # an agent call's span when spans are not recorded (shared: reentrant)
@@ -433,8 +438,8 @@ def observed_agent_call(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitabl
     async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
         intent, step = str(kwargs["intent"]), kwargs.get("step")
         started = time.perf_counter()
-        if (traced := _RUN_TRACED.get()) is None:  # a call outside a run
-            traced = tracing()
+        observing = _OBSERVED.get()
+        traced = observing[0].traced if observing is not None else tracing()  # asked once per run
         with (
             _agent_span(intent, step, str(kwargs["instance_id"])) if traced else _NO_SPAN as span,
             log_bound(intent=intent, attempt=None),

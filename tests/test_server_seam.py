@@ -42,9 +42,10 @@ def test_per_run_options_are_arguments_not_context_variables() -> None:
     asks for, then records what ``write_together`` sends); the app serving a request (``routing``: routes
     built once per process read that app's ``dependency_overrides`` through it, as FastAPI calls them); and the
     statuses a server run's work gave journey instances (``executor.GIVEN_STATUSES``: a collector, not an option,
-    filled by the event log's status listener wherever a pattern's node commits a status); and whether the run
-    records spans (``telemetry._RUN_TRACED``: OpenTelemetry asked once as the run starts, read by the agent calls
-    its nodes make, which no run argument reaches)."""
+    filled by the event log's status listener wherever a pattern's node commits a status); and the run and node
+    the code at work is part of (``telemetry._OBSERVED``: its span, whether spans are recorded, asked of
+    OpenTelemetry once as the run starts; read by its nodes and the agent calls they make, which no run argument
+    reaches)."""
     import dataclasses
     import inspect
 

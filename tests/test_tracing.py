@@ -7,10 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from langchain_core.runnables.config import var_child_runnable_config
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from agents import AgentRequest
 from checkpoints import VirtualClock
 from graphs import JourneyRuntime
 from nodes import telemetry
@@ -145,3 +147,38 @@ async def test_without_a_tracer_provider_nodes_and_calls_start_no_span_and_are_s
     assert count("journeys_agent_call_duration_seconds_count", intent="upload_content", outcome="ok") == (
         calls_before + 1
     )
+
+
+async def test_a_runs_nodes_are_spanned_and_timed_with_no_langchain_callback_handler(
+    store_url: str, spans: InMemorySpanExporter
+) -> None:
+    """Each node spans and times itself (``observed_node``, as the kernel compiles it): the run is given no
+    LangChain callback handler, which LangGraph called at the start and end of the run and of each of its tasks.
+    The agent calls hang under their node's span all the same, and the step histogram counts every step."""
+    spec = {"journey_type": "two", "steps": [{"step_id": s, "mode": "auto", "agent": "work"} for s in ("s0", "s1")]}
+    handlers: list[list[object]] = []
+
+    async def work(request: AgentRequest) -> dict[str, Any]:
+        manager = (var_child_runnable_config.get() or {}).get("callbacks")  # LangGraph's, for the node at work
+        handlers.append(list(getattr(manager, "handlers", [])))
+        return {"ok": True}
+
+    def steps_counted(node: str) -> float:
+        labels = {"pattern": "structured", "node": node}
+        return telemetry.METRICS.get_sample_value("journeys_step_duration_seconds_count", labels) or 0.0
+
+    before = {node: steps_counted(node) for node in ("s0", "s1")}
+    async with JourneyRuntime.open(store_url) as runtime:
+        runtime.agents.register("work", work)
+        design = await runtime.structured.design_journey("two", spec=spec)
+        done = await runtime.structured.execute_journey(design["journey_id"], "ana")
+    assert done["status"] == "completed"
+    assert handlers == [[], []]
+    assert {node: steps_counted(node) - before[node] for node in ("s0", "s1")} == {"s0": 1, "s1": 1}
+    found = of_instance(spans, done["instance_id"])
+    [run] = [s for s in found if s.name == "journey.run"]
+    nodes = {s.context.span_id: s for s in found if s.name == "journey.node"}
+    named = {span_id: str((span.attributes or {})["journey.node"]) for span_id, span in nodes.items()}
+    assert sorted(named[i] for i, n in nodes.items() if parent_of(n) == run.context.span_id) == ["s0", "s1"]
+    calls = [s for s in found if s.name == "agent.call"]
+    assert sorted(named[parent_of(c) or 0] for c in calls) == ["s0", "s1"]

@@ -4,6 +4,7 @@ serialises runs per journey thread, and finishes work a crashed process left in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import weakref
 from collections import OrderedDict
@@ -11,10 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER  # the saver a run uses, lent by its config
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import START, StateGraph
@@ -40,7 +41,7 @@ from graphs.errors import (
 )
 from graphs.kernel.streaming import BREAKPOINT, NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import CHAIN_FLAG, REPLAY_FLAG, NodeServices
-from nodes.telemetry import InstanceTelemetry, run_observed
+from nodes.telemetry import InstanceTelemetry, observed_node, run_observed
 
 GraphFactory = Callable[[], StateGraph[Any]]
 # What a run ended with: its output (values, with ``__interrupt__`` when it stopped at one) or, for a
@@ -179,7 +180,11 @@ class JourneyEngine:
         runs then checkpoint only where they stop unless the engine runs "sync")."""
         graph = self._graphs.get(cache_key)
         if graph is None:
-            graph = factory().compile(checkpointer=self.store.saver, store=self.store.graph_store, name=cache_key)
+            builder = factory()
+            for name, node in builder.nodes.items():  # each spanned and timed (no LangChain callback handler)
+                runnable = cast(Runnable[Any, Any], node.runnable)  # StateGraph.add_node made every node one
+                builder.nodes[name] = dataclasses.replace(node, runnable=observed_node(name, runnable))
+            graph = builder.compile(checkpointer=self.store.saver, store=self.store.graph_store, name=cache_key)
             graph.retry_policy = (LOST_DATABASE_RETRY,)  # every node without a policy of its own
             if logged_steps:
                 self._logged_steps.add(graph)
@@ -377,13 +382,13 @@ class JourneyEngine:
         behind = between and graph in self._logged_steps
         if between and options.stream is None:  # nobody watches it node by node: a node may run on (CHAIN_FLAG)
             config["configurable"][CHAIN_FLAG] = True
-        # One span per run in the journey's trace, with the instance in every log line of the run.
-        with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as nodes:
-            config["callbacks"] = [nodes]
+        # One span per run in the journey's trace, with the instance in every log line of the run; its nodes
+        # (observed_node, as compiled) span and time themselves.
+        with run_observed(instance_id, graph.name, await self.telemetry.describe(instance_id)) as observed:
             async with self.store.events.writing_behind(instance_id, behind):
                 try:
                     output = await _to_its_end(
-                        run_graph(graph, value, config, durability, options.stream, options.call), nodes.working
+                        run_graph(graph, value, config, durability, options.stream, options.call), observed.working
                     )
                 except GraphRecursionError as exc:  # a loop with no way out: the instance's failure, typed
                     raise RecursionLimitError(f"journey {instance_id!r} did not stop: {exc}") from exc

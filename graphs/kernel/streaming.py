@@ -36,6 +36,9 @@ STREAMABLE_MODES = (
 INTERRUPT = "__interrupt__"
 # The config keys a caller may set on a run; the thread and checkpoint are the engine's.
 _RESERVED = frozenset({"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map"})
+# The config keys a caller's config does not set as given: ``configurable`` is merged (less the keys above), and
+# ``callbacks`` are LangChain handler objects, which no client's JSON can make.
+_NOT_CALLERS = frozenset({"configurable", "callbacks"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ class GraphCall:
 
     def apply(self, config: RunnableConfig) -> RunnableConfig:
         configurable = {k: v for k, v in (self.config.get("configurable") or {}).items() if k not in _RESERVED}
-        merged: dict[str, Any] = {k: v for k, v in self.config.items() if k != "configurable"}
+        merged: dict[str, Any] = {k: v for k, v in self.config.items() if k not in _NOT_CALLERS}
         merged.update(config)
         merged["configurable"] = {**configurable, **config.get("configurable", {})}
         if self.stops_between_nodes:
