@@ -80,6 +80,9 @@ TIMER_RETRIED = "timer.retried"  # an operator's retry re-armed a failed timer
 # tick is an incident (_handler_failed).
 HANDLER_ATTEMPTS = 5
 HANDLER_BACKOFF = timedelta(seconds=15)
+# The timers and waits _held has warned of in this process; past this many it forgets them (and warns again).
+WARNED_HELD_LIMIT = 10_000
+_WARNED_HELD: set[tuple[str, str | None]] = set()
 # Fires a timer of a purpose the process engine does not know (the server's crons); True if it took effect.
 TimerHandler = Callable[[Timer], Awaitable[bool]]
 
@@ -258,7 +261,8 @@ async def _held(
     instance's process calls: every process serving the database fires timers, and the continuation would
     fail the instance here for a deployment's mistake (a notebook's own agent, a worker without its plugin).
     A process that has them delivers it (its pass redelivers a resolution left a lease), this one too once
-    the agent is registered; meanwhile each pass warns, naming the agents and where to register them.
+    the agent is registered; meanwhile the first pass that holds it warns, naming the agents and where to register
+    them.
     ``intent``: a timer that calls that one agent itself (an SLA's or a reminder's notify), held unfired, claimed,
     until its lease hands it to a pass that has the agent."""
     assert held.instance_id is not None
@@ -270,6 +274,15 @@ async def _held(
     report.held += 1
     # A timer by its own id (its wait_id is the task it watches), a resolution left undelivered by its wait's.
     named = {"timer_id": held.timer_id} if isinstance(held, Timer) else {"wait_id": held.wait_id}
+    # Once per process for a timer held unfired, or a resolution (a fired catch timer's, kept by its wait): each
+    # pass past its lease holds it again for as long as no process has the agent, and an operator's log said the
+    # same every lease (the report still counts every hold).
+    key = ("timer", held.timer_id) if intent is not None and isinstance(held, Timer) else ("wait", held.wait_id)
+    if key in _WARNED_HELD:
+        return True
+    if len(_WARNED_HELD) >= WARNED_HELD_LIMIT:
+        _WARNED_HELD.clear()
+    _WARNED_HELD.add(key)
     log.warning(
         "fired timer left for a process with its agents",
         instance_id=held.instance_id,
