@@ -75,6 +75,10 @@ _STATE_KEY = "state:"  # before a thread's id, the notice of an update of its st
 NOTICE_LIMIT = 7_900
 _NOTICE_SEP = "\n"  # between a finished run's id and its row, in its notice (no run id holds a newline)
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
+# Sent by a listening connection on its own channel with PROBE_KEY and a number (server.runs.watch): heard back,
+# it proves the notices committed before it were delivered. Other listeners find no waiter of the key.
+PROBE = f"SELECT pg_notify('{RUN_CHANNEL}', %s)"
+PROBE_KEY = "probe:"
 GROUPS = "groups"  # the run option holding the groups of the caller a run acts for
 _SERVER_OPTIONS = frozenset({"graph_id", GROUPS})  # options the server keeps for itself: not in a run's kwargs
 _LEGACY_GROUPS = "_groups"  # where runs stored before GROUPS kept their caller's groups: in their metadata

@@ -132,7 +132,8 @@ class Settings:
     run_timers: bool = True
     concurrency: int = 8  # embedded mode: runs executing at once in this process (a worker has its own)
     # Waiting requests wake on a change notice (in-process, or PostgreSQL NOTIFY from workers); this is
-    # only the fallback re-read, for a notice lost while the listening connection reconnects.
+    # only the fallback re-read, for a notice lost while the listening connection reconnects (a waiter skips it
+    # while the listener's probes come back: server/runs/watch.py).
     poll_interval: float = 1.0
     # A request waiting for a run (runs.wait, runs.join) sends a newline this often (seconds) until its answer,
     # as the Agent Server does: a proxy's idle timeout (nginx's is 60 s) does not cut a long wait.

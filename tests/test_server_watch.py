@@ -14,7 +14,7 @@ import pytest
 
 from checkpoints.clock import SystemClock
 from checkpoints.encryption import Sealer
-from checkpoints.runs import LISTEN_RUNS, split_notice
+from checkpoints.runs import LISTEN_RUNS, PROBE_KEY, split_notice
 from checkpoints.store import open_store
 from checkpoints.url import parse_store_url
 from server.queues.embedded import EmbeddedRunner
@@ -187,3 +187,42 @@ async def test_notices_resume_after_the_listening_connection_drops(postgres_url:
         # Its notice may come before the listener listens again: reconnecting then wakes every waiter to re-read.
         await runs.finish(run.run_id, "success")
         assert (await asyncio.wait_for(waiter, 10)).status == "success"
+
+
+class CountedRuns(RunStore):
+    """The run store, counting the waiters' reads of a run."""
+
+    reads = 0
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        self.reads += 1
+        return await super().get_run(run_id)
+
+
+async def test_waiters_re_read_only_while_the_listeners_probes_do_not_come_back(postgres_url: str) -> None:
+    """Once a journey took longer than the fallback poll, each waiting request re-read its run every poll: 12 %
+    of a busy API's CPU, spent exactly when it had least to spare. The listener's probe, heard back, proves no
+    notice was lost, so a waiter waits on without a read; a listener whose connection died (and stays dead
+    here: it retries in an hour) hears none, and its waiters re-read, which finds the run its lost notice told."""
+    poll = 0.2
+    watch = RunWatch()
+    target = parse_store_url(postgres_url).target
+    async with (
+        open_store(postgres_url, clock=SystemClock()) as store,
+        listening(target, watch, retry=HOUR, probe_every=poll / 2),
+        await psycopg.AsyncConnection.connect(target, autocommit=True) as admin,
+    ):
+        runs = CountedRuns(store.backend, store.clock)
+        await admin.execute(LISTEN_RUNS)  # to learn the listener's backend from its probes
+        run = await queued_run(runs)
+        await runs.claim(run.run_id)
+        waiter = asyncio.create_task(wait_for_run(runs, watch, run.run_id, poll))
+        probes = [notice async for notice in admin.notifies(timeout=10, stop_after=1)]  # someone waits: it probes
+        assert probes and probes[0].payload.startswith(PROBE_KEY), probes
+        reads = runs.reads
+        await asyncio.sleep(10 * poll)  # the run runs for ten polls more
+        assert not waiter.done() and runs.reads - reads <= 1, runs.reads - reads  # one a poll before the probes
+        await admin.execute("SELECT pg_terminate_backend(%s)", (probes[0].pid,))
+        await runs.finish(run.run_id, "success")  # its notice is lost with the listener
+        assert (await asyncio.wait_for(waiter, 10)).status == "success"
+        assert watch.probes_heard >= 5, watch.probes_heard

@@ -30,5 +30,6 @@ async def open_queue(settings: Settings, executor: RunExecutor, watch: RunWatch)
     from server.queues.procrastinate import ProcrastinateQueue  # procrastinate only where it is used
 
     pool = executor.runtime.store.pg_pool
-    async with ProcrastinateQueue.open(settings.database_url, watch, pool=pool) as distributed:
+    opened = ProcrastinateQueue.open(settings.database_url, watch, pool=pool, poll=settings.poll_interval)
+    async with opened as distributed:
         yield distributed

@@ -386,14 +386,21 @@ class ProcrastinateQueue(RunQueue):
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, database_url: str, watch: RunWatch, *, pool: AsyncConnectionPool[Any] | None = None
+        cls,
+        database_url: str,
+        watch: RunWatch,
+        *,
+        pool: AsyncConnectionPool[Any] | None = None,
+        poll: float | None = None,
     ) -> AsyncIterator[ProcrastinateQueue]:
         """Open on ``pool`` (the store's psycopg pool: one bounded set of connections per process, see the
-        README) or, without one, a pool of the queue's own."""
+        README) or, without one, a pool of the queue's own. ``poll``: the waiters' fallback re-read, which the
+        listener's probes spare them (see :mod:`server.runs.watch`); None: no probes."""
         ensure_schema(database_url)
         app = build_app(database_url)
         # Workers notify when a run finishes or streams: wake this process's waiting requests.
-        async with app.open_async(pool=pool), listening(conninfo(database_url), watch):
+        probe_every = poll / 2 if poll is not None else None
+        async with app.open_async(pool=pool), listening(conninfo(database_url), watch, probe_every=probe_every):
             yield cls(app)
 
     @property
