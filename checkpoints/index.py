@@ -81,6 +81,12 @@ _REGISTER_INSTANCE = insert(journey_instances).values(
 )
 _FIRST_EVENT = insert(journey_events).values(seq=1, **EVENT_VALUES)
 _GET_INSTANCE = select(journey_instances).where(_instances.instance_id == bindparam("p_instance_id"))
+# Built once: a worker's timer pass asks once a second for the process instances left migrating (mostly none).
+_IDS_IN_STATUS = (
+    select(_instances.instance_id)
+    .where(_instances.pattern == bindparam("p_pattern"), _instances.status == bindparam("p_status"))
+    .order_by(_instances.created_at, _instances.instance_id)
+)
 
 
 def _merged(values: Params, joined: Sequence[Statement]) -> dict[str, Any]:
@@ -245,6 +251,11 @@ class JourneyIndex:
         where = replace(where, pattern=pattern or where.pattern, status=status or where.status)
         query = where.apply(query)
         return [Instance(**row) for row in await self._backend.query(query)]
+
+    async def ids_in_status(self, pattern: str, status: str) -> list[str]:
+        """The ids of every instance of ``pattern`` in ``status``, oldest first."""
+        rows = await self._backend.read(_IDS_IN_STATUS, {"p_pattern": pattern, "p_status": status})
+        return [row["instance_id"] for row in rows]
 
     async def incidents(self, instance_ids: Sequence[str]) -> dict[str, int]:
         """How many incidents (failed timers) each of these instances has; those with none are left out."""

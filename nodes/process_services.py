@@ -27,7 +27,7 @@ class ProcessServices:
         return cls(
             services,
             WaitStore(services.events.backend, clock, sealer),
-            TimerStore(engine, clock, services.events),
+            TimerStore(services.events.backend, clock, services.events),
             InboxStore(engine, clock, sealer),
-            MessageStore(engine, clock, sealer),
+            MessageStore(services.events.backend, clock, sealer),
         )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import event
@@ -17,6 +18,7 @@ from sqlalchemy import event
 from checkpoints.clock import SystemClock
 from checkpoints.process.timers import Timer
 from checkpoints.schema.tables import process_timers, process_waits
+from checkpoints.url import parse_store_url
 from graphs.process.timers import MAX_ROUNDS, fire_due_timers
 from graphs.runtime import JourneyRuntime
 from nodes.timer import COUNTED_MISSED, TimerDefinition
@@ -265,7 +267,12 @@ async def test_a_worker_whose_clock_runs_ahead_fires_no_timer_early(postgres_url
     """Workers on several machines share PostgreSQL. A claim compared due times with the claiming worker's own
     clock, so a worker two hours ahead fired a one-hour timer another process had armed an hour early (a trial
     ended, an SLA escalated, before its time). The database's clock bounds a claim now: that timer waits, and one
-    that is due fires."""
+    that is due fires.
+
+    Then the pass has nothing due, as a worker's pass (once a second) mostly has: its claim, the migrations left
+    open, the resolutions left undelivered, the messages expired and the next due time were statements built per
+    call and run through SQLAlchemy's engine, 21 ms of the worker's CPU a pass. They are built once and run on
+    the backend's prebuilt path: the engine sends none of them."""
     async with (
         JourneyRuntime.open(postgres_url) as armed,
         JourneyRuntime.open(postgres_url, clock=AheadClock()) as ahead,
@@ -279,6 +286,20 @@ async def test_a_worker_whose_clock_runs_ahead_fires_no_timer_early(postgres_url
         assert (report.fired, report.resumed) == (1, 1)
         assert (await ahead.processes.status(soon["instance_id"]))["status"] == "completed"
         assert waiting_elements(await ahead.processes.status(later["instance_id"])) == ["wait"]
+        sent: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            sent.append(statement)
+
+        engine = ahead.store.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            idle = await ahead.processes.scheduler.run_due()
+            next_due = await ahead.processes.services.timers.next_due()
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert (idle.fired, idle.redelivered, sent) == (0, 0, [])
+        assert next_due is not None and timedelta(minutes=50) < next_due - datetime.now(UTC) < timedelta(hours=1)
 
 
 async def test_timers_of_one_instance_firing_in_one_batch_log_each_completion_once(store_url: str) -> None:
@@ -437,7 +458,7 @@ async def test_a_cancelled_timer_never_fires(store_url: str) -> None:
         assert [e.type for e in await rt.processes.history(view["instance_id"])][-1] == "process.cancelled"
 
 
-async def test_two_workers_never_fire_the_same_timer(store_url: str) -> None:
+async def test_two_workers_never_fire_the_same_timer(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers claim a backlog together: each timer once. On PostgreSQL a claim reads its candidates in due order
     from the timers' index, never sorting every due timer (a backlog of 10,000: 20 claims, each a scan and a sort
     of all those left), also when expired leases are claimable beside them."""
@@ -448,23 +469,24 @@ async def test_two_workers_never_fire_the_same_timer(store_url: str) -> None:
         clock.advance(timedelta(minutes=1))
         timers = rt.processes.services.timers
         claims: list[tuple[str, Any]] = []
+        execute = psycopg.AsyncCursor.execute
 
-        def sent(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-            if statement.startswith("UPDATE process_timers SET status"):
-                claims.append((statement, parameters))
+        async def sent(cursor: psycopg.AsyncCursor[Any], query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if isinstance(query, str) and query.startswith("UPDATE process_timers SET status"):
+                claims.append((query, params))  # on the backend's raw cursor: $n placeholders, a list of values
+            return await execute(cursor, query, params, **kwargs)
 
-        event.listen(rt.store.engine.sync_engine, "before_cursor_execute", sent)
-        try:
-            first, second = await asyncio.gather(
-                timers.claim_due(clock.now(), "worker-a", limit=7), timers.claim_due(clock.now(), "worker-b", limit=7)
-            )
-        finally:
-            event.remove(rt.store.engine.sync_engine, "before_cursor_execute", sent)
-        if rt.store.engine.dialect.name == "postgresql":
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", sent)
+        first, second = await asyncio.gather(
+            timers.claim_due(clock.now(), "worker-a", limit=7), timers.claim_due(clock.now(), "worker-b", limit=7)
+        )
+        monkeypatch.undo()
+        if rt.store.backend.postgres:
             statement, parameters = claims[0]
-            async with rt.store.engine.connect() as conn:
-                await conn.exec_driver_sql("SET enable_seqscan = off")  # the plan of a table too big to scan
-                [[plan]] = (await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)).all()
+            async with await psycopg.AsyncConnection.connect(parse_store_url(store_url).target) as conn:
+                await conn.execute("SET enable_seqscan = off")  # the plan of a table too big to scan
+                explained = await psycopg.AsyncRawCursor(conn).execute(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+                [[plan]] = await explained.fetchall()
             assert _lock_inputs(plan[0]["Plan"]) == ["Index Scan", "Index Scan"]  # scheduled, then expired leases
         ids_a, ids_b = {t.timer_id for t in first}, {t.timer_id for t in second}
         assert not ids_a & ids_b and len(ids_a | ids_b) == 12

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, delete, func, insert, literal, null, select, true, update
+from sqlalchemy import ColumnElement, Executable, bindparam, delete, func, insert, literal, null, select, true, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.ownership import DEFAULT_TENANT
@@ -91,11 +91,24 @@ class SentMessage:
     tenant: str  # the id is unique within this tenant
 
 
+# MessageStore.expire, built once: every worker's timer pass runs it once a second.
+_EXPIRE = (
+    update(process_messages)
+    .where(
+        process_messages.c.status == "buffered",
+        process_messages.c.expires_at <= bindparam("p_now", type_=process_messages.c.expires_at.type),
+    )
+    .values(status="expired")
+    .returning(process_messages.c.message_id)
+)
+
+
 class MessageStore:
     """Message subscriptions and the buffer of messages not yet correlated."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, sealer: Sealer | None = None) -> None:
-        self._engine = engine
+    def __init__(self, backend: Backend, clock: Clock, sealer: Sealer | None = None) -> None:
+        self._backend = backend
+        self._engine = backend.engine
         self._clock = clock
         self._sealer = sealer or Sealer(None)  # seals a message's body when the store has a key
 
@@ -282,13 +295,8 @@ class MessageStore:
         )
 
     async def expire(self) -> int:
-        m = process_messages.c
-        now = self._clock.now().astimezone(UTC)
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(process_messages).where(m.status == "buffered", m.expires_at <= now).values(status="expired")
-            )
-        return int(result.rowcount)
+        expired = await self._backend.write([_EXPIRE], {"p_now": self._clock.now().astimezone(UTC)})
+        return len(expired)
 
     async def find(self, *, name: str | None = None, status: str | None = None) -> list[BufferedMessage]:
         query = select(process_messages).order_by(process_messages.c.received_at)

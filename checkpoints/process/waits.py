@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, String, any_, bindparam, exists, func, select, update
+from sqlalchemy import ColumnElement, Executable, Integer, String, any_, bindparam, exists, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from checkpoints.backends.base import Backend
@@ -177,6 +177,19 @@ _DELIVERIES = (
         process_waits.c.wait_id.in_([bindparam(slot) for slot in _DELIVERY_SLOTS]),
         process_waits.c.status == "resolved",
     )
+)
+_INSTANCE_FAILED = select(journey_instances.c.instance_id).where(
+    journey_instances.c.instance_id == process_waits.c.instance_id, journey_instances.c.status == "failed"
+)
+# WaitStore.undelivered, built once: every worker's timer pass reads it once a second.
+_UNDELIVERED = (
+    select(process_waits)
+    .where(process_waits.c.status == "resolved", ~_INSTANCE_FAILED.exists())
+    .order_by(process_waits.c.resolved_at)
+    .limit(bindparam("p_limit", type_=Integer))
+)
+_UNDELIVERED_BEFORE = _UNDELIVERED.where(
+    process_waits.c.resolved_at <= bindparam("p_resolved_before", type_=process_waits.c.resolved_at.type)
 )
 _PARKED = (
     update(process_waits)
@@ -388,12 +401,9 @@ class WaitStore:
     async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
         """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between), oldest
         first. Not those of a failed instance: its answers are held for its retry, which delivers them."""
-        failed = select(journey_instances.c.instance_id).where(
-            journey_instances.c.instance_id == process_waits.c.instance_id, journey_instances.c.status == "failed"
-        )
-        query = select(process_waits).where(process_waits.c.status == "resolved", ~failed.exists())
-        if resolved_before is not None:
-            query = query.where(process_waits.c.resolved_at <= resolved_before.astimezone(UTC))
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(process_waits.c.resolved_at).limit(limit))).all()
-        return [self._wait(r._mapping) for r in rows]
+        if resolved_before is None:
+            rows = await self._backend.read(_UNDELIVERED, {"p_limit": limit})
+        else:
+            params = {"p_limit": limit, "p_resolved_before": resolved_before.astimezone(UTC)}
+            rows = await self._backend.read(_UNDELIVERED_BEFORE, params)
+        return [self._wait(row) for row in rows]

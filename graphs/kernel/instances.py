@@ -174,7 +174,7 @@ class Instances:
         self.index = engine.store.index
         self.events = engine.store.events
         self.flow = FlowControl(engine.store.backend, engine.store.clock)
-        self.timers = TimerStore(engine.store.engine, engine.store.clock)
+        self.timers = TimerStore(engine.store.backend, engine.store.clock)
         self.evaluation = Evaluation(self.events)  # evaluators and prices for the runs of specs with a workflow tier
         self._kinds: dict[str, Recoverable] = {}
         engine.start_again = self._start_again

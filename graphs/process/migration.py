@@ -374,8 +374,7 @@ async def settle_locked(
 
 
 async def migrating_instances(migrations: Migrations) -> list[str]:
-    found = await migrations.engine.store.index.list_instances(pattern=PATTERN, status=MIGRATING, limit=100_000)
-    return [i.instance_id for i in found]
+    return await migrations.engine.store.index.ids_in_status(PATTERN, MIGRATING)
 
 
 async def _open_intent(migrations: Migrations, instance_id: str) -> tuple[MigrationPlan, datetime] | None:
