@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_from_bytes
 
@@ -158,10 +159,15 @@ async def test_select_answers_only_the_named_fields_and_refuses_unknown_ones(ana
     assert await ana.crons.search(select=["cron_id", "schedule"]) == [
         {"cron_id": cron["cron_id"], "schedule": "0 9 * * *"}
     ]
+    # "now", which langgraph-sdk's CronSelectField names (the Agent Server's current time beside next_run_date):
+    # it was refused (422) as no field of a cron.
+    before = datetime.now(UTC)
+    [timed] = await ana.crons.search(select=["cron_id", "now"])
+    assert set(timed) == {"cron_id", "now"} and before <= datetime.fromisoformat(timed["now"]) <= datetime.now(UTC)
     for call in (
         lambda: ana.threads.search(select=["thread_id", "nope"]),  # type: ignore[list-item]
         lambda: ana.assistants.search(select=["nope"]),  # type: ignore[list-item]
-        lambda: ana.crons.search(select=["now"]),  # type: ignore[list-item]
+        lambda: ana.crons.search(select=["next"]),  # type: ignore[list-item]
     ):
         with pytest.raises(UnprocessableEntityError) as refused:
             await call()

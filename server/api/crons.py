@@ -133,7 +133,8 @@ class CronSearch(BaseModel):
     offset: int = Field(0, ge=0, le=MAX_INT)
     sort_by: CronSortBy = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
-    select: select_of(CronOut) = None  # type: ignore[valid-type]
+    # "now": the server's current time, which the Agent Server's crons carry beside their next_run_date.
+    select: select_of(CronOut, answered=("now",)) = None  # type: ignore[valid-type]
 
 
 class CronCount(BaseModel):
@@ -228,7 +229,11 @@ async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[
         descending=body.sort_order == "desc",
         viewer=svc.viewer(caller),
     )
-    return kept([cron_view(cron) for cron in found], body.select)
+    views = [cron_view(cron) for cron in found]
+    if body.select and "now" in body.select:
+        now = _when(svc.runtime.store.clock.now())  # the clock the crons fire by
+        views = [view | {"now": now} for view in views]
+    return kept(views, body.select)
 
 
 @router.post("/runs/crons/count", response_model=int, summary="Count crons")
