@@ -25,7 +25,7 @@ from langgraph.types import Command
 from langgraph_sdk import get_client, get_sync_client
 from langgraph_sdk import schema as sdk
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import ConflictError, NotFoundError
+from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
 
 from agents import AgentRegistry, EchoAgent
 from server.app import create_app
@@ -261,6 +261,13 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     assert_shape(created, sdk.Thread)
     tid = created["thread_id"]
     assert_shape(await threads.get(tid), sdk.Thread)
+    # include=["ttl"], the Agent Server's thread TTL: this server's threads have none (ttl is refused on create), so
+    # null, not left out as if include were not understood; a field no thread read includes is refused.
+    included = await threads.get(tid, include=["ttl"])
+    assert_shape(included, sdk.Thread)
+    assert "ttl" in included and included["ttl"] is None, included
+    with pytest.raises(UnprocessableEntityError, match="includes none of"):
+        await threads.get(tid, include=["ttl", "expiry"])
     updated = await threads.update(tid, metadata={"stage": "review"})
     assert_shape(updated, sdk.Thread)
     assert updated["metadata"]["team"] == "a" and updated["metadata"]["stage"] == "review"

@@ -214,9 +214,21 @@ async def prune_threads(body: ThreadPrune, caller: Runner, svc: Services) -> dic
     return {"pruned_count": await svc.prune_threads(caller, body.thread_ids, body.strategy)}
 
 
+# The fields a thread read adds when asked (langgraph-sdk's threads.get(include=[...])). "ttl": this server's
+# threads have none (ttl is refused on create and update; a thread stays until deleted or pruned): null.
+INCLUDABLE = ("ttl",)
+Include = Annotated[
+    str | None, Query(max_length=200, description="comma-separated fields to add to the thread: ttl (always null)")
+]
+
+
 @router.get("/{thread_id}", response_model=ThreadOut, summary="Get a thread")
-async def get_thread(thread_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
-    return await thread_view(svc, await svc.resolve_thread(thread_id, caller))
+async def get_thread(thread_id: str, caller: Reader, svc: Services, include: Include = None) -> dict[str, Any]:
+    named = {name.strip() for name in include.split(",") if name.strip()} if include else set()
+    if unknown := sorted(named - set(INCLUDABLE)):
+        raise InvalidInputError(f"a thread read includes none of {unknown}", allowed=list(INCLUDABLE))
+    view = await thread_view(svc, await svc.resolve_thread(thread_id, caller))
+    return view | dict.fromkeys(named)
 
 
 @router.patch("/{thread_id}", response_model=ThreadOut, summary="Update a thread's metadata (merged)")
