@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic.config import JsonDict
 
 StreamModeName = Literal[
-    "values", "updates", "custom", "messages", "messages-tuple", "events", "debug", "tasks", "checkpoints"
+    "values", "updates", "custom", "messages", "messages-tuple", "events", "debug", "tasks", "checkpoints", "tools"
 ]
 
 

@@ -390,6 +390,14 @@ async def test_runs_surface(client: LangGraphClient) -> None:
     assert [p.event for p in replayed][-1] == "end" and any(p.event == "values" for p in replayed)
     streamed = [p async for p in runs.stream(tid, "structured", command={"resume": {"entities": 1}})]
     assert streamed[0].event == "metadata" and any(p.event == "values" for p in streamed)
+    # "tools", which langgraph-sdk's StreamMode names (LangGraph's tool-call events): it was refused (422). The
+    # guide's model calls a tool for the question, which its ToolNode runs.
+    chat = (await client.threads.create())["thread_id"]
+    asked = {"messages": [{"role": "user", "content": "how far am I?"}]}
+    told = [p async for p in runs.stream(chat, "guide", input=asked, stream_mode="tools")]
+    calls = [p.data for p in told if p.event == "tools"]
+    assert [c["event"] for c in calls] == ["tool-started", "tool-finished"], told
+    assert calls[0]["tool_name"] == "get_session_progress" and calls[1]["tool_call_id"] == calls[0]["tool_call_id"]
     assert_shape(await runs.get(tid, created["run_id"]), sdk.Run)
     listed = await runs.list(tid, limit=10)
     assert_shape(listed, list[sdk.Run])

@@ -31,6 +31,7 @@ STREAMABLE_MODES = (
     "messages",
     "messages-tuple",
     "events",
+    "tools",  # LangGraph's: each tool call's start, output and end (tool-started … tool-finished or tool-error)
 )
 # Where a run's output puts the interrupts it stopped at (LangGraph keeps its own constant private).
 INTERRUPT = "__interrupt__"
