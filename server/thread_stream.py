@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from server.services import ServerServices
 
 # The modes a run started by ``run.start`` records, so its stream can be served and replayed.
-RECORDED_MODES = ["values", "updates", "custom", "messages-tuple", "tasks", "checkpoints"]
+RECORDED_MODES = ["values", "updates", "custom", "messages-tuple", "tasks", "checkpoints", "tools"]
 CHANNELS = ("values", "updates", "messages", "tools", "lifecycle", "input", "checkpoints", "tasks", "custom")
 RUN_SPAN = 1 << 26  # seq = the run's ordinal on its thread * RUN_SPAN + the event's place in the run
 _PER_CHUNK = 8  # a chunk becomes at most this many events (the last messages' ends, a start, a delta)
@@ -230,7 +230,7 @@ async def deleted(svc: ServerServices, thread_id: str, runs: Sequence[RunRow]) -
 def _translate(mode: str, data: Any, messages: dict[str, bool]) -> list[tuple[str, Any]]:
     """A recorded chunk as protocol events (method, data); ``messages`` is how the run records its
     ``messages-tuple`` chunks (the SDK's event name for them)."""
-    if mode in ("values", "tasks", "checkpoints"):
+    if mode in ("values", "tasks", "checkpoints", "tools"):  # LangGraph's tools chunks are the protocol's events
         return [(mode, data)]
     if mode == "updates":
         if isinstance(data, dict) and len(data) == 1:

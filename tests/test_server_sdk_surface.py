@@ -255,6 +255,10 @@ async def _interrupted_journey(client: LangGraphClient, user_id: str, **metadata
     return str(thread["thread_id"])
 
 
+async def _listed(projection: Any) -> list[Any]:
+    return [item async for item in projection]
+
+
 async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) -> None:
     threads = Surface("threads", client.threads)
     created = await threads.create(metadata={"team": "a"})
@@ -340,11 +344,16 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     # once its lifecycle ended; then a journey started and its interrupt answered on the same protocol.
     async with threads.stream(assistant_id="guide") as chat:
         await chat.run.start(input={"messages": [{"role": "user", "content": "what next?"}]})
-        # Each message's events reach it as the projection is iterated: its text is read after.
-        messages = [message async for message in chat.messages]
+        # Each message's events reach it as the projection is iterated: its text is read after. The tool the
+        # guide's model called reaches the tool-calls projection (the protocol's tools channel), which it never
+        # did: no run of the thread stream recorded LangGraph's tools chunks.
+        messages, calls = await asyncio.gather(_listed(chat.messages), _listed(chat.tool_calls))
         output = await chat.output.with_timeout(60)
         said = await messages[-1].text
+        [call] = calls
+        recommended = await call.output
     assert said and output["messages"][-1]["content"] == said
+    assert call.name == "recommend_next_pillar" and "pillar_info" in recommended["content"], recommended
     assert (await threads.get(chat.thread_id))["status"] == "idle"
     async with threads.stream(assistant_id="structured") as journey:
         await journey.run.start(input={**CONTENT_MIGRATION, "user_id": "ana"})
