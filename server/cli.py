@@ -96,6 +96,13 @@ def _run(main: Coroutine[Any, Any, object]) -> None:
         _fail(lost)
 
 
+def _run_quietly(main: Coroutine[Any, Any, object]) -> None:
+    """:func:`_run` for a command that prints its own answer (maintenance, `instances`): the runtime's logs
+    below errors are not shown."""
+    _quiet_logs(verbose=False)
+    _run(main)
+
+
 def _durability(value: str) -> Durability:
     if value not in DURABILITIES:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(DURABILITIES)}", param_hint="--durability")
@@ -441,8 +448,7 @@ def retention_pass(
             report = await runtime.retention.run()
         typer.echo(json.dumps(report.as_dict()))
 
-    _quiet_logs(verbose=False)
-    _run(run())
+    _run_quietly(run())
 
 
 @app.command()
@@ -480,8 +486,7 @@ def rebuild(
                 for instance_id in views.busy:
                     typer.echo(f"  {instance_id}")
 
-    _quiet_logs(verbose=False)
-    _run(run())
+    _run_quietly(run())
 
 
 @instances.command("list")
@@ -525,8 +530,7 @@ def list_instances(
             return
         _table(rows, empty="no journeys match")
 
-    _quiet_logs(verbose=False)
-    _run(run())
+    _run_quietly(run())
 
 
 @instances.command("show")
@@ -579,8 +583,7 @@ def show_instance(
         typer.echo(f"{len(log)} events; the last {len(timeline)}:")
         _table(timeline, empty="no events")
 
-    _quiet_logs(verbose=False)
-    _run(run())
+    _run_quietly(run())
 
 
 @instances.command("retry")
@@ -605,8 +608,7 @@ def retry_instance(
             answered = await runtime.retry(instance_id, by=by or _operator())
         typer.echo(json.dumps(answered, default=str))
 
-    _quiet_logs(verbose=False)
-    _run(run())
+    _run_quietly(run())
 
 
 @instances.command("terminate")
@@ -626,8 +628,7 @@ def terminate_instance(
             answered = await runtime.terminate(instance_id, reason)
         typer.echo(json.dumps(answered, default=str))
 
-    _quiet_logs(verbose=False)
-    _run(run())
+    _run_quietly(run())
 
 
 def _operator() -> str:
