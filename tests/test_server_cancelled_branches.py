@@ -81,11 +81,23 @@ async def _started(ship: SlowShip, armed: list[str]) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _recorded(sdk: LangGraphClient, thread_id: str) -> None:
+    # The interrupt raised is not yet the interrupt recorded: its write lands as LangGraph ends the task.
+    while not (await sdk.threads.get_state(thread_id))["interrupts"]:  # noqa: ASYNC110 (read over HTTP: no event)
+        await asyncio.sleep(0.02)
+
+
 async def _cancelled_in_ship(
-    app: FastAPI, url: str, sdk: LangGraphClient, monkeypatch: pytest.MonkeyPatch, *, hold: bool
+    app: FastAPI,
+    url: str,
+    sdk: LangGraphClient,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    hold: bool,
+    recorded: bool = False,
 ) -> tuple[str, SlowShip]:
     """A process whose first run was cancelled while ``ship`` worked and ``review`` waited (``hold``: as its task
-    was armed, before it parked)."""
+    was armed, before it parked; ``recorded``: once its interrupt is in the thread's state)."""
     armed: list[str] = []
     monkeypatch.setattr(EventLog, "append", noted_arming(armed, hold=hold))
     parked: list[str] = []
@@ -99,6 +111,8 @@ async def _cancelled_in_ship(
     await asyncio.wait_for(_started(ship, armed), 10)
     if not hold:  # the task armed is not yet the wait parked: under load the cancel could land in between
         await asyncio.wait_for(_noted(parked), 10)
+    if recorded:
+        await asyncio.wait_for(_recorded(sdk, tid), 10)
     assert (await sdk.runs.cancel(tid, run["run_id"], action="interrupt", wait=True))["status"] == "interrupted"
     return tid, ship
 
@@ -139,7 +153,7 @@ async def test_an_answer_addressed_to_a_task_parked_beside_a_cancelled_branch_go
 ) -> None:
     """The run was cancelled while ``ship`` worked and ``review`` waited; the answer names ``review``'s interrupt.
     The stopped branch runs on first (``review`` parks again at the same interrupt), then the answer completes it."""
-    tid, ship = await _cancelled_in_ship(app[0], app[1], sdk, monkeypatch, hold=False)
+    tid, ship = await _cancelled_in_ship(app[0], app[1], sdk, monkeypatch, hold=False, recorded=True)
     [interrupt] = (await sdk.threads.get_state(tid))["interrupts"]
     result = await sdk.runs.wait(tid, "process", command={"resume": {interrupt["id"]: {"payload": {"ok": True}}}})
     assert "__error__" not in result, result
