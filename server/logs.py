@@ -110,6 +110,10 @@ class OutageNoise(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
+        self.forget()
+
+    def forget(self) -> None:
+        """Show the next line of each kind again: what was shown before logging was configured anew is not."""
         self._refusal_shown: float | None = None  # when the last "error connecting" shown was logged
         self._discard_shown = float("-inf")  # when the last "discarding ... connection" shown was logged
 
@@ -203,5 +207,6 @@ def configure_logging(level: int, fmt: LogFormat | None = None) -> None:
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_bounded_traceback),
         ]
     structlog.configure(processors=processors, wrapper_class=structlog.make_filtering_bound_logger(level))
+    _OUTAGE_NOISE.forget()
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).addFilter(_OUTAGE_NOISE)  # once however often called: filters are a set
