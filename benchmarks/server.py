@@ -4,7 +4,8 @@ Prints, in distributed mode (API + procrastinate workers on PostgreSQL):
 - start-to-completion p50/p95 of an 8-step journey (POST /runs/wait) at 20 concurrent clients, and at one;
 - CPU per journey at 20 clients in the API process, the worker and PostgreSQL (the postmaster and all its
   backends, exited ones included), and their total: what decides journeys/s per core; and, apart, this
-  process's own (the HTTP client generating the load, on the same machine);
+  process's own (the HTTP client generating the load, on the same machine); of PostgreSQL's, what the backends
+  of the API's connections and of the workers' spent (the statements each side sends);
 - what one journey step costs the database at 20 clients: transactions, rows written, WAL bytes, table
   bytes, and the connections the API and the worker hold (figures for docs/scaling.md);
 - completed journeys/s with one worker and with two, and their ratio;
@@ -239,6 +240,33 @@ def cpu_seconds(process: Measured) -> float:
     return float(total)
 
 
+def backends_cpu(url: str) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each live backend of the benchmark's database serving the API (``api``) or a worker
+    (``worker``), by process id: the PostgreSQL side of the statements each sends (their connections carry the
+    application_name ``journeys`` gives them)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name IN ('bench-api', 'bench-worker')"
+        ).fetchall()
+    found: dict[int, tuple[str, float]] = {}
+    for pid, name in rows:
+        with contextlib.suppress(psutil.Error):  # a backend that exited since it was listed
+            times = psutil.Process(int(pid)).cpu_times()
+            found[int(pid)] = (str(name).removeprefix("bench-"), times.user + times.system)
+    return found
+
+
+def backends_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds the API's and the workers' backends spent between two :func:`backends_cpu` readings: a backend
+    that started meanwhile counts whole; one that exited meanwhile is not seen (pooled connections live on)."""
+    spent = {"api": 0.0, "worker": 0.0}
+    for pid, (side, seconds) in after.items():
+        earlier = before.get(pid)
+        spent[side] += seconds - (earlier[1] if earlier is not None and earlier[0] == side else 0.0)
+    return spent
+
+
 def postmaster(url: str) -> psutil.Process | None:
     """The local PostgreSQL server's postmaster (its CPU is measured), or None when it is on another host."""
     with psycopg.connect(url, autocommit=True) as conn:  # its backend asked while it lives
@@ -342,19 +370,25 @@ async def measure_latency(
         await asyncio.sleep(1.5)  # earlier statistics flushed
         counters = await asyncio.to_thread(db_counters, url)
     sampled = {name: p for name, p in processes.items() if name != "postgres"}
+    split = url is not None and "postgres" in processes  # the local server's backends can be read
     with tempfile.TemporaryDirectory() as folder:
         sampler = Sampler(sampled, Path(folder))
         with sampler if profile else contextlib.nullcontext(sampler):
+            backends_before = backends_cpu(url) if split and url is not None else {}
             before = {name: cpu_seconds(p) for name, p in processes.items()}
             client_before = time.process_time()
             times = sorted(await latency(client, journeys, 20))
             client_cpu = time.process_time() - client_before
             after_cpu = {name: cpu_seconds(p) for name, p in processes.items()}
+            backends_after = backends_cpu(url) if split and url is not None else {}
         if profile:
             results[f"{prefix}profile"] = {name: sampler.top(name, profile) for name in sampled}
     for name in processes:
         results[f"{prefix}cpu_ms_{name}"] = 1000 * (after_cpu[name] - before[name]) / journeys
     results[f"{prefix}cpu_ms_total"] = sum(results[f"{prefix}cpu_ms_{name}"] for name in processes)
+    if split:  # PostgreSQL's part by who sent the statements (the rest: its own processes, exited backends)
+        for side, seconds in backends_spent(backends_before, backends_after).items():
+            results[f"{prefix}cpu_ms_postgres_{side}"] = 1000 * seconds / journeys
     # The load generator shares the machine's cores: its CPU is reported apart, outside the total.
     results[f"{prefix}cpu_ms_client"] = 1000 * client_cpu / journeys
     if url is not None:
@@ -506,6 +540,11 @@ def main() -> None:
         f"p95 {r['p95_ms']:.0f} ms; at 1 client: p50 {r['one_client_p50_ms']:.0f} ms"
     )
     postgres = f", PostgreSQL {r['cpu_ms_postgres']:.1f} ms" if "cpu_ms_postgres" in r else " (PostgreSQL remote)"
+    if "cpu_ms_postgres_api" in r:
+        postgres += (
+            f" (its backends of the API's connections {r['cpu_ms_postgres_api']:.1f} ms, of the worker's "
+            f"{r['cpu_ms_postgres_worker']:.1f} ms)"
+        )
     print(
         f"  CPU per journey at 20 clients: API process {r['cpu_ms_api']:.1f} ms, worker {r['cpu_ms_worker']:.1f} ms"
         f"{each_worker(r)}"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from benchmarks import job_queue
-from benchmarks.server import Sampler, bench, each_worker, fold_workers, missed_targets
+from benchmarks.server import Sampler, backends_cpu, backends_spent, bench, each_worker, fold_workers, missed_targets
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,10 @@ def test_server_benchmark_quick(postgres_url: str) -> None:
     assert results["cpu_ms_total"] == pytest.approx(
         results["cpu_ms_api"] + results["cpu_ms_worker"] + results["cpu_ms_postgres"]
     )
+    # Of PostgreSQL's, what the backends of the API's connections and of the worker's spent: the statements each
+    # side sends (CPU time has 10 ms ticks: neither alone is sure to have one in a quick run, their sum is).
+    api, worker = results["cpu_ms_postgres_api"], results["cpu_ms_postgres_worker"]
+    assert api >= 0 and worker >= 0 and api + worker > 0
     step = results["per_step"]
     assert step["transactions"] > 0 and step["rows_written"] > 0 and step["wal_bytes"] > 0
     assert results["connections"]["api"] > 0 and results["connections"]["worker"] > 0
@@ -67,3 +72,24 @@ def test_several_workers_cpu_is_their_sum_with_each_shown() -> None:
     alone = {"workers": 1, "cpu_ms_worker": 4.0}
     fold_workers(alone, 1)
     assert alone == {"workers": 1, "cpu_ms_worker": 4.0} and each_worker(alone) == ""
+
+
+@pytest.mark.fresh_database
+def test_postgresql_cpu_is_split_by_the_side_whose_connections_sent_the_statements(postgres_url: str) -> None:
+    """The benchmark's PostgreSQL CPU of the API's connections and of the workers' (by application_name, as
+    ``journeys`` names them), read from their backends: a statement a worker's connection sends counts there."""
+    api = psycopg.connect(postgres_url, autocommit=True, application_name="bench-api")
+    worker = psycopg.connect(postgres_url, autocommit=True, application_name="bench-worker")
+    other = psycopg.connect(postgres_url, autocommit=True, application_name="someone-else")
+    try:
+        before = backends_cpu(postgres_url)
+        assert sorted(side for side, _seconds in before.values()) == ["api", "worker"]
+        worker.execute("SELECT count(*) FROM generate_series(1, 3000000)")  # ~0.3 s of the backend's CPU
+        other.execute("SELECT count(*) FROM generate_series(1, 3000000)")  # neither side's
+        spent = backends_spent(before, backends_cpu(postgres_url))
+    finally:
+        for conn in (api, worker, other):
+            conn.close()
+    assert spent["worker"] >= 0.05 and spent["api"] < spent["worker"] / 2
+    # A backend that started after the first reading counts whole, on its side.
+    assert backends_spent({}, {7: ("api", 0.25), 8: ("worker", 0.5)}) == {"api": 0.25, "worker": 0.5}
