@@ -28,6 +28,8 @@ from graphs.kernel import streaming
 from graphs.kernel.engine import RunOptions
 from graphs.kernel.instances import Instances
 from graphs.kernel.streaming import GraphCall
+from graphs.process import orchestrator
+from graphs.process.spec import ProcessSpec
 from graphs.process.timers import fire_due_timers
 from graphs.runtime import JourneyRuntime
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock
@@ -405,15 +407,26 @@ async def test_the_instances_of_a_firing_are_read_a_batch_at_a_time_by_one_state
         assert calls.intents() == ["wake"] * 5
 
 
-async def test_a_timer_fired_where_its_agent_is_missing_is_left_for_a_process_that_has_it(durable_url: str) -> None:
+async def test_a_timer_fired_where_its_agent_is_missing_is_left_for_a_process_that_has_it(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A notebook's runtime beside a server on one database: whichever scheduler finds a timer due fires it, so
     the server fired the timer of a process the notebook started with an agent of its own, and the instance
     failed (AgentNotFoundError) for a deployment's mistake. The server now leaves the fired timer's resolution
     stored, warning which agents it lacks and where to register them; the notebook's pass delivers it.
 
     The server holds none of the notebook's designs, as a fresh worker's first wave of continuations (64 at once)
-    does not: the callers that ask for one together share one read of it and one parsed spec."""
+    does not: the callers that ask for one together share one read of it and one parsed spec. Which agents a
+    design calls is found once per design, not at every continuation (each fired timer asks)."""
     clock, calls = virtual_clock(), Calls()
+    looked_into: list[str] = []
+    called_by = orchestrator.intents
+
+    def counted(spec: ProcessSpec) -> Any:
+        looked_into.append(spec.name)
+        return called_by(spec)
+
+    monkeypatch.setattr(orchestrator, "intents", counted)
     async with runtime(durable_url, clock) as notebook, runtime(durable_url, clock) as server:
         [(instance_id, _wait)] = await parked(notebook, calls, 1)
         deployment = await server.processes.deployment_of(await server.processes.instance(instance_id))
@@ -442,6 +455,8 @@ async def test_a_timer_fired_where_its_agent_is_missing_is_left_for_a_process_th
         assert (await notebook.processes.status(instance_id))["status"] == "completed"
         assert (await live_figures(server.store.backend, clock.now())).queue_depth["deliveries"] == 0
         assert calls.intents() == ["wake"]
+    # Once in each runtime: the server's three holds of it, the notebook's delivery (one per pass before).
+    assert looked_into == ["nap", "nap"], looked_into
 
 
 async def test_a_timer_held_for_a_missing_agent_runs_once_the_agent_is_registered(store_url: str) -> None:

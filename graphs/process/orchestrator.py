@@ -58,7 +58,7 @@ from graphs.errors import (
     UnmatchedMessageError,
 )
 from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
-from graphs.kernel.engine import DEFAULT_RUN, RunOptions, failed_task, failed_task_of, in_flight
+from graphs.kernel.engine import CONTINUATION, DEFAULT_RUN, RunOptions, failed_task, failed_task_of, in_flight
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, kept_failure, passed_key, refuse_ended
@@ -156,9 +156,18 @@ def failed_element(snapshot: StateSnapshot) -> str | None:
 def strict(options: RunOptions) -> RunOptions:
     """``options`` for a run that resumes interrupts by id and must refuse, before it writes anything, an id
     the thread is not parked on (``UnknownInterruptError``) rather than run on answering nothing."""
+    return _STRICT_CONTINUATION if options is CONTINUATION else _strict(options)
+
+
+def _strict(options: RunOptions) -> RunOptions:
     call = options.call
     configurable = {**(call.config.get("configurable") or {}), CONFIG_KEY_STRICT_RESUME: True}
     return replace(options, call=replace(call, config={**call.config, "configurable": configurable}))
+
+
+_STRICT_CONTINUATION = _strict(CONTINUATION)  # every fired timer's continuation's: built once
+# How many designs' called intents an orchestrator keeps (ProcessOrchestrator.agents_missing) before it forgets them.
+CALLED_INTENTS_KEPT = 512
 
 
 class ProcessOrchestrator:
@@ -173,6 +182,9 @@ class ProcessOrchestrator:
         self.services = ProcessServices.of(self.engine.services)
         self.deployments = DeploymentStore(self.store.backend, self.clock)
         self.deployed = DeployedVersions(designs, self.deployments)
+        # The intents each deployed design's process calls (agents_missing, asked at every fired timer's
+        # continuation), found once per design: a design never changes.
+        self._called: dict[str, frozenset[str]] = {}
         self.catalog = catalog or default_process_catalog()
         self.owner = default_worker_id()  # names the migrations this orchestrator runs (see process_migration)
         self.inbox = TaskInbox(
@@ -451,14 +463,14 @@ class ProcessOrchestrator:
         """The intents the instance's process calls that no agent serves in this process (a notebook's own
         agent, a worker started without its plugin): its fired timers are left to a process that has them."""
         instance = instance or await self.instance(instance_id)
+        called = self._called.get(instance.journey_id)
+        if called is None:
+            spec = await self.spec_of(await self.deployment_of(instance))
+            if len(self._called) >= CALLED_INTENTS_KEPT:
+                self._called.clear()
+            called = self._called[instance.journey_id] = frozenset(intent for intent, _needed_by in intents(spec))
         registry = self._designs.registry
-        return sorted(
-            {
-                intent
-                for intent, _needed_by in intents(await self.spec_of(await self.deployment_of(instance)))
-                if intent not in registry
-            }
-        )
+        return sorted(intent for intent in called if intent not in registry)
 
     # --- instances ---------------------------------------------------------------------------------
 

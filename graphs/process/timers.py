@@ -157,8 +157,10 @@ async def fire_due_timers(
 
         def index_rows(position: int) -> asyncio.Task[dict[str, Instance]]:
             for chunk in (position // batch, position // batch + 1):
+                if chunk in reads:  # asked for by a thread before this one: each thread's ask is then a lookup
+                    continue
                 ids = [str(t.instance_id) for t, _resolution in fired[chunk * batch : (chunk + 1) * batch]]
-                if ids and chunk not in reads:
+                if ids:
                     reads[chunk] = asyncio.ensure_future(processes.instances_by_id(ids))
             return reads[position // batch]
 
