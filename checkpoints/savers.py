@@ -413,6 +413,9 @@ class _TogetherWrites:
         time the connection is taken (as :func:`fenced_writes` refuses a write); the callers of those sent."""
         sent = []
         async with self._cursor(pipeline=True) as cur:
+            # Consecutive statements of one query (a wave's exit checkpoints, one each) go as one executemany:
+            # the same statements in the same order, without psycopg's set-up per execute.
+            runs: list[tuple[str, list[Any]]] = []
             for statements, lease, asked in writes:
                 if asked.done():  # its caller was cancelled before it was sent: it is not written
                     continue
@@ -420,11 +423,17 @@ class _TogetherWrites:
                     asked.set_exception(PgAdvisoryLocks.lost(lease.instance_id))
                     continue
                 for query, params, many in statements:
-                    if many:
-                        await cur.executemany(query, params)
+                    rows = params if many else [params]
+                    if runs and runs[-1][0] == query:
+                        runs[-1][1].extend(rows)
                     else:
-                        await cur.execute(query, params)
+                        runs.append((query, list(rows)))
                 sent.append(asked)
+            for query, rows in runs:
+                if len(rows) == 1:
+                    await cur.execute(query, rows[0])
+                elif rows:
+                    await cur.executemany(query, rows)
         return sent
 
 
