@@ -36,7 +36,10 @@ pytestmark = pytest.mark.slow
 
 SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {"key-ana": ApiKey("ana", SCOPES), "key-bob": ApiKey("bob", SCOPES)}
-CONTENT_MIGRATION = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}}
+CONTENT_MIGRATION: dict[str, Any] = {
+    "journey_type": "content_migration",
+    "requirements": {"source": "a", "target": "b"},
+}
 # Public methods deliberately not served, with the reason (the README's server section says the same).
 LEFT_OUT: dict[str, dict[str, str]] = {}
 
@@ -71,7 +74,8 @@ def assert_shape(value: Any, expected: Any, where: str = "answer") -> None:
     if typing_extensions.is_typeddict(expected):
         assert isinstance(value, dict), f"{where}: {value!r} is not an object"
         hints = typing_extensions.get_type_hints(expected, include_extras=True)
-        optional = {k for k, h in hints.items() if get_origin(h) is NotRequired}  # stringified: not in the keys
+        not_required: Any = NotRequired  # get_origin is typed as answering no special form
+        optional = {k for k, h in hints.items() if get_origin(h) is not_required}  # stringified: not in the keys
         missing = set(expected.__required_keys__) - optional - set(value)
         assert not missing, f"{where}: missing {sorted(missing)} of {expected.__name__}"
         for key, hint in hints.items():
@@ -320,7 +324,8 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     # A copy of a chat thread has the same state under a new id; a journey thread is refused (its progress
     # is in the event log of its instance, which a copy of checkpoints would not carry).
     guide = await threads.create()
-    await client.runs.wait(guide["thread_id"], "guide", input={"messages": [{"role": "user", "content": "hi"}]})
+    hello: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    await client.runs.wait(guide["thread_id"], "guide", input=hello)
     copy = await threads.copy(guide["thread_id"])
     assert_shape(copy, sdk.Thread)
     assert copy["thread_id"] != guide["thread_id"]
