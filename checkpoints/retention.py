@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -154,6 +154,7 @@ class RetentionReport:
     compacted: int = 0
     expired_keys: int = 0  # start keys and message ids forgotten, their window passed
     expired_messages: int = 0  # buffered messages forgotten, their time-to-live passed
+    expired_threads: int = 0  # server threads deleted, their time-to-live passed (see CheckpointRetention.also)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +164,7 @@ class RetentionReport:
             "compacted": self.compacted,
             "expired_keys": self.expired_keys,
             "expired_messages": self.expired_messages,
+            "expired_threads": self.expired_threads,
         }
 
 
@@ -185,6 +187,12 @@ class CheckpointRetention:
         self._exclusive = exclusive
         self._compacted = 0  # in the pass under way
         self._saver_prunes = True  # until its aprune says otherwise
+        self._also: list[Callable[[datetime], Awaitable[int]]] = []
+
+    def also(self, sweep: Callable[[datetime], Awaitable[int]]) -> None:
+        """Run ``sweep`` in every pass too, after the policy's work: it deletes what has expired by the pass's
+        moment and says how many (the server's thread TTL sweep: ``expired_threads`` in the report)."""
+        self._also.append(sweep)
 
     async def run(self, now: datetime | None = None) -> RetentionReport:
         """One pass of the policy over the journeys finished since the last pass; what it did. A pass holds
@@ -211,8 +219,9 @@ class CheckpointRetention:
             deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
         keys = await self._forget_expired(_FORGET_EXPIRED_KEYS, now)
         messages = await self._forget_expired(_FORGET_EXPIRED_MESSAGES, now)
-        report = RetentionReport(pruned, deleted, busy, self._compacted, keys, messages)
-        if pruned or deleted or keys or messages:
+        expired = sum([await sweep(now) for sweep in self._also])
+        report = RetentionReport(pruned, deleted, busy, self._compacted, keys, messages, expired)
+        if pruned or deleted or keys or messages or expired:
             log.info("retention pass", mode=policy.mode, **report.as_dict())
         return report
 

@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -98,6 +98,41 @@ class ThreadRow:
     tenant: str | None = None  # with owner: who may see it (checkpoints.ownership)
     shared_group: str | None = None
     runs_created: int = 0  # how many runs were ever created on it (the last one's ordinal)
+    # Its time-to-live, if it has one (see ThreadTTL): the earliest it can expire is expires_at.
+    ttl_strategy: str | None = None
+    ttl_seconds: int | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def ttl(self) -> ThreadTTL | None:
+        """Its time-to-live, or None: it stays until it is deleted."""
+        if self.ttl_seconds is None:
+            return None
+        return ThreadTTL.of_seconds(self.ttl_seconds, self.ttl_strategy)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadTTL:
+    """A thread's time-to-live, as the Agent Server's: ``minutes`` after its last activity (its creation, an
+    update of it or of its state, its latest run) it is deleted (``strategy`` "delete": with its runs, crons
+    and checkpoints) by the TTL sweep."""
+
+    minutes: float
+    strategy: str = "delete"
+
+    @classmethod
+    def of_seconds(cls, seconds: int, strategy: str | None) -> ThreadTTL:
+        """The TTL a thread's row keeps (whole seconds: a float column has no result type on the raw driver)."""
+        return cls(seconds // 60 if seconds % 60 == 0 else seconds / 60, strategy or "delete")
+
+    @property
+    def seconds(self) -> int:
+        """As its thread's row keeps it: in whole seconds."""
+        return round(self.minutes * 60)
+
+    def expiry(self, since: datetime) -> datetime:
+        """When a thread last active at ``since`` expires."""
+        return since + timedelta(minutes=self.minutes)
 
 
 # The keys a thread's metadata shows from its runs where it has none of its own, as the Agent Server writes
@@ -352,7 +387,9 @@ _GET_THREAD = select(server_threads).where(_threads.thread_id == bindparam("p_th
 # A thread's metadata read under its row's lock (PostgreSQL; SQLite's transactions take turns on the saver's
 # connection), so merges made at once each merge into the others'.
 _THREAD_METADATA_LOCKED = (
-    select(_threads.metadata).where(_threads.thread_id == bindparam("p_thread_id")).with_for_update()
+    select(_threads.metadata, _threads.ttl_strategy, _threads.ttl_seconds)
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .with_for_update()
 )
 _BIND = (
     update(server_threads)
@@ -455,7 +492,25 @@ _STATE_UPDATED = (
 _SET_THREAD_METADATA = (
     update(server_threads)
     .where(_threads.thread_id == bindparam("p_thread_id"))
-    .values(metadata=bindparam("p_metadata", type_=_threads.metadata.type), updated_at=bindparam("p_now"))
+    .values(
+        metadata=bindparam("p_metadata", type_=_threads.metadata.type),
+        updated_at=bindparam("p_now"),
+        ttl_strategy=bindparam("p_ttl_strategy", type_=_threads.ttl_strategy.type),
+        ttl_seconds=bindparam("p_ttl_seconds", type_=_threads.ttl_seconds.type),
+        expires_at=bindparam("p_expires_at", type_=_threads.expires_at.type),
+    )
+)
+# The threads whose time-to-live may have passed by p_now, earliest first (ix_server_threads_expires).
+_DUE_THREADS = (
+    select(server_threads)
+    .where(_threads.expires_at <= bindparam("p_now", type_=_threads.expires_at.type))
+    .order_by(_threads.expires_at, _threads.thread_id)
+    .limit(bindparam("p_limit"))
+)
+_POSTPONE_EXPIRY = (
+    update(server_threads)
+    .where(_threads.thread_id == bindparam("p_thread_id"))
+    .values(expires_at=bindparam("p_expires_at", type_=_threads.expires_at.type))
 )
 
 
@@ -463,9 +518,17 @@ class RunStore:
     """The threads, runs and stream chunks of the server, on the store's backend."""
 
     def __init__(
-        self, backend: Backend, clock: Clock, sealer: Sealer | None = None, *, jobs: QueueJobs | None = None
+        self,
+        backend: Backend,
+        clock: Clock,
+        sealer: Sealer | None = None,
+        *,
+        jobs: QueueJobs | None = None,
+        thread_ttl: ThreadTTL | None = None,
     ) -> None:
-        """``jobs``: in a worker, how runs are taken with their queue's jobs (see :meth:`take_job`)."""
+        """``jobs``: in a worker, how runs are taken with their queue's jobs (see :meth:`take_job`).
+        ``thread_ttl``: the time-to-live of a thread created without one of its own (None: none)."""
+        self.default_ttl = thread_ttl
         self._backend = backend
         self._clock = clock
         self._sealer = sealer or Sealer(None)
@@ -510,10 +573,12 @@ class RunStore:
         owner: Owner | str | None,
         *,
         if_exists: str = "raise",
+        ttl: ThreadTTL | None = None,
     ) -> ThreadRow:
-        """A new thread (``thread_id`` None: a new id). An id that is taken: ``if_exists`` "do_nothing"
-        answers the thread that has it (whoever created it, even a moment ago), "raise" refuses it."""
-        thread = self._new_thread(thread_id or str(uuid.uuid4()), metadata, owner)
+        """A new thread (``thread_id`` None: a new id), with ``ttl`` (None: the store's default, if any). An id
+        that is taken: ``if_exists`` "do_nothing" answers the thread that has it (whoever created it, even a
+        moment ago), "raise" refuses it."""
+        thread = self._new_thread(thread_id or str(uuid.uuid4()), metadata, owner, ttl)
         while True:
             if await self._backend.write([self._insert_thread_if_absent], _row_params(thread)):
                 return thread
@@ -523,13 +588,25 @@ class RunStore:
             if existing is not None:  # else deleted since the insert found it: insert again
                 return existing
 
-    def _new_thread(self, thread_id: str, metadata: Mapping[str, Any], owner: Owner | str | None) -> ThreadRow:
+    def _new_thread(
+        self, thread_id: str, metadata: Mapping[str, Any], owner: Owner | str | None, ttl: ThreadTTL | None = None
+    ) -> ThreadRow:
         now = self._clock.now()
         found = _owner(owner)
-        if found is None:
-            return ThreadRow(thread_id, None, None, None, dict(metadata), now, now)
+        ttl = ttl or self.default_ttl
         return ThreadRow(
-            thread_id, None, None, found.principal, dict(metadata), now, now, found.tenant, found.shared_group
+            thread_id,
+            None,
+            None,
+            found.principal if found else None,
+            dict(metadata),
+            now,
+            now,
+            found.tenant if found else None,
+            found.shared_group if found else None,
+            ttl_strategy=ttl.strategy if ttl else None,
+            ttl_seconds=ttl.seconds if ttl else None,
+            expires_at=ttl.expiry(now) if ttl else None,
         )
 
     async def get_thread(self, thread_id: str, *, viewer: Viewer | None = None) -> ThreadRow | None:
@@ -598,15 +675,38 @@ class RunStore:
             query = query.where(_threads.thread_id.in_(list(ids)))
         return holds, query
 
-    async def merge_thread_metadata(self, thread_id: str, metadata: Mapping[str, Any]) -> None:
-        """Merge ``metadata`` into the thread's own, read in the same transaction (nothing for a deleted thread)."""
+    async def merge_thread_metadata(
+        self, thread_id: str, metadata: Mapping[str, Any], ttl: ThreadTTL | None = None
+    ) -> None:
+        """Merge ``metadata`` into the thread's own, read in the same transaction (nothing for a deleted thread);
+        with ``ttl``, that is its time-to-live from now on. Either way an update is activity: a thread with a
+        time-to-live expires that long after it."""
         async with self._backend.transaction() as tx:
             found = await tx.execute(_THREAD_METADATA_LOCKED, {"p_thread_id": thread_id})
             if not found:
                 return
-            merged = {**(found[0]["metadata"] or {}), **metadata}
-            values = {"p_thread_id": thread_id, "p_metadata": merged, "p_now": self._clock.now()}
+            row = found[0]
+            now = self._clock.now()
+            if ttl is None and row["ttl_seconds"] is not None:
+                ttl = ThreadTTL.of_seconds(row["ttl_seconds"], row["ttl_strategy"])
+            values = {
+                "p_thread_id": thread_id,
+                "p_metadata": {**(row["metadata"] or {}), **metadata},
+                "p_now": now,
+                "p_ttl_strategy": ttl.strategy if ttl else None,
+                "p_ttl_seconds": ttl.seconds if ttl else None,
+                "p_expires_at": ttl.expiry(now) if ttl else None,
+            }
             await tx.execute(_SET_THREAD_METADATA, values)
+
+    async def due_threads(self, now: datetime, limit: int) -> list[ThreadRow]:
+        """Up to ``limit`` threads whose time-to-live may have passed by ``now``, earliest first: each expired
+        unless activity since its ``expires_at`` was set (a run) makes it later (see :meth:`postpone_expiry`)."""
+        return [ThreadRow(**row) for row in await self._backend.read(_DUE_THREADS, {"p_now": now, "p_limit": limit})]
+
+    async def postpone_expiry(self, thread_id: str, expires_at: datetime) -> None:
+        """The thread expires at ``expires_at`` at the earliest: it was active since its expiry was set."""
+        await self._backend.write([_POSTPONE_EXPIRY], {"p_thread_id": thread_id, "p_expires_at": expires_at})
 
     async def delete_thread(self, thread_id: str, *, runs: bool = True) -> None:
         """The thread and its crons (their timers cancelled), with its runs and their stream chunks. A thread

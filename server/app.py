@@ -35,6 +35,7 @@ from server.runs.store import RunRow, RunStore
 from server.runs.watch import RunWatch
 from server.services import ServerServices
 from server.settings import Settings
+from server.thread_ends import ThreadTTLSweep
 from server.ui.pages import install_ui
 
 
@@ -60,8 +61,12 @@ def create_app(
                     },
                 )
             )
-            run_store = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
+            run_store = RunStore(
+                runtime.store.backend, runtime.store.clock, runtime.store.sealer, thread_ttl=settings.thread_ttl
+            )
             watch = RunWatch()
+            # Expired threads are deleted by the retention passes this process runs (embedded mode).
+            runtime.retention.also(ThreadTTLSweep(runtime, run_store, changed=watch.changed))
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
             crons = CronService(runtime, run_store, agents=settings.holds_agents)
             serving = asyncio.Event()  # the scheduler may fire a cron before the queue is handed over

@@ -259,10 +259,21 @@ def serve(
         ),
     ] = 10,
     lock_timeout: LockTimeoutOption = LOCK_TIMEOUT_S,
+    thread_ttl: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=52_596_000,
+            envvar="JOURNEYS_THREAD_TTL",
+            help="minutes a thread created without a ttl of its own lives after its last activity, then it is "
+            "deleted with its runs and checkpoints (the Agent Server's checkpointer.ttl.default_ttl); default: none",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
 
+    from checkpoints.runs import ThreadTTL
     from checkpoints.store import check_store_key
     from nodes.telemetry import configure_tracing
     from server.app import create_app
@@ -313,6 +324,7 @@ def serve(
             max_streams_per_caller=max_streams,
             retention=_retention(retention, retention_days),
             lock_timeout=lock_timeout,
+            thread_ttl=None if thread_ttl is None else ThreadTTL(thread_ttl),
         )
         _run(check_store_key(database_url))  # the key is the database's: say so here, not as a startup traceback
         if not distributed:  # and no other server executes its runs: likewise

@@ -6,8 +6,10 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 from pydantic.config import JsonDict
+
+from checkpoints.runs import ThreadTTL
 
 StreamModeName = Literal[
     "values", "updates", "custom", "messages", "messages-tuple", "events", "debug", "tasks", "checkpoints", "tools"
@@ -266,8 +268,34 @@ class GraphOut(Open):
     edges: list[dict[str, Any]]
 
 
-# Stated in the schemas, so that no client is told yes and then finds them ignored.
-_NO_THREAD_TTL = "thread TTLs are not supported by this server: leave it out (or null); prune or delete threads"
+# A century of minutes: the most a thread's time-to-live may be (later, its expiry could not be written).
+MAX_TTL_MINUTES = 52_596_000
+
+
+class ThreadTTLIn(BaseModel):
+    """A thread's time-to-live, as langgraph-sdk sends it (``ttl=60`` is ``{"ttl": 60, "strategy": "delete"}``):
+    the thread, its runs and its checkpoints are deleted ``ttl`` minutes after its last activity (its creation,
+    an update, a run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl: float = Field(ge=0, le=MAX_TTL_MINUTES, description="minutes after its last activity")
+    strategy: Literal["delete"] = Field(
+        "delete", description="delete: the thread goes with its runs and checkpoints (keep_latest is refused)"
+    )
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _deleting(cls, strategy: Any) -> Any:
+        if strategy == "keep_latest":  # the Agent Server's other strategy: said so, not "Input should be 'delete'"
+            raise ValueError(
+                "keep_latest is not supported by this server (finished journeys keep only their latest checkpoint "
+                "already: see --retention); use strategy delete, or prune threads with strategy keep_latest"
+            )
+        return strategy
+
+    def value(self) -> ThreadTTL:
+        return ThreadTTL(self.ttl, self.strategy)
 
 
 class ThreadCreate(Open):
@@ -276,7 +304,7 @@ class ThreadCreate(Open):
     thread_id: ChosenId | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
-    ttl: None = Field(None, description=_NO_THREAD_TTL)
+    ttl: ThreadTTLIn | None = Field(None, description="its time-to-live; none: the server's default (if any)")
     supersteps: None = Field(
         None,
         description="not supported by this server (a thread gets its state from its first run): leave it out (or null)",
@@ -328,7 +356,7 @@ class ThreadUpdate(Open):
     """Metadata merged into a thread's."""
 
     metadata: dict[str, Any] = Field(default_factory=dict)
-    ttl: None = Field(None, description=_NO_THREAD_TTL)
+    ttl: ThreadTTLIn | None = Field(None, description="its time-to-live from now on; none: it keeps its own")
 
 
 class ThreadPrune(Open):

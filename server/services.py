@@ -24,7 +24,7 @@ from checkpoints.index import Instance
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.rows import holds_json
-from checkpoints.runs import state_key, thread_key
+from checkpoints.runs import state_key
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError, TaskNotFoundError
 from graphs.kernel.engine import refuse_terminated
@@ -37,14 +37,14 @@ from server.crons import CronService
 from server.problems import ApiError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor, fork_back
-from server.runs.store import ACTIVE, NO_STATE, TERMINAL, RunRow, RunStore, ThreadRow
+from server.runs.store import ACTIVE, NO_STATE, TERMINAL, RunRow, RunStore, ThreadRow, ThreadTTL
 from server.runs.watch import RunWatch, wait_for_run
 from server.settings import Settings
 from server.stream_slots import StreamSlots
+from server.thread_ends import THREAD_DELETED, delete_thread_data, thread_control_key
 
 log = structlog.get_logger("journeys.server")
 # What a journey logs when its thread is deleted; its key too (once per journey).
-THREAD_DELETED = "thread.deleted"
 # What a journey logs when an operator writes its state (threads.update_state); its checkpoint's metadata names
 # the writer under STATE_UPDATED_BY.
 STATE_UPDATED = "state.updated"
@@ -206,7 +206,7 @@ class ServerServices:
         is given (:meth:`thread_row`) take it too: none of them sees the thread half deleted. The store's lock
         (as a journey's writer takes), on a key of the thread's own: its journey's lock is for its runs to take
         meanwhile."""
-        async with self.runtime.engine.exclusive(f"runs-of-thread:{thread_id}"):
+        async with self.runtime.engine.exclusive(thread_control_key(thread_id)):
             yield
 
     async def cancel(self, run: RunRow) -> None:
@@ -460,10 +460,12 @@ class ServerServices:
 
     # --- threads ----------------------------------------------------------------------------------
 
-    async def update_thread(self, caller: Principal, thread_id: str, metadata: Mapping[str, Any]) -> ResolvedThread:
-        """Merge ``metadata`` into the thread's."""
+    async def update_thread(
+        self, caller: Principal, thread_id: str, metadata: Mapping[str, Any], ttl: ThreadTTL | None = None
+    ) -> ResolvedThread:
+        """Merge ``metadata`` into the thread's; with ``ttl``, its time-to-live from now on."""
         await self.thread_row(caller, thread_id)
-        await self.runs.merge_thread_metadata(thread_id, metadata)
+        await self.runs.merge_thread_metadata(thread_id, metadata, ttl)
         return await self.resolve_thread(thread_id, caller)
 
     async def thread_row(self, caller: Principal, thread_id: str) -> ThreadRow:
@@ -497,12 +499,9 @@ class ServerServices:
         part-way leaves the thread gone and the rest done by deleting it again."""
         async with self.thread_control(thread_id):  # not while it is copied, or given a row (thread_row)
             thread = await self.resolve_thread(thread_id, caller)  # deleted while this waited: not found
-            await self.runs.delete_thread(thread_id)  # first: refused while a run is active, its crons with it
-            self.watch.changed(thread_key(thread_id))  # its streams here end now (elsewhere: the delete's notice)
-            if thread.instance_id is not None:
-                deleted = NewEvent(THREAD_DELETED, {"thread_id": thread_id, "by": caller.name}, None, THREAD_DELETED)
-                await self.runtime.instances.terminate(thread.instance_id, "its thread was deleted", then=[deleted])
-                await self.runtime.store.saver.adelete_thread(thread.instance_id)
+            await delete_thread_data(
+                self.runtime, self.runs, thread_id, thread.instance_id, caller.name, changed=self.watch.changed
+            )
 
     async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
         """A new thread with the thread's metadata (its ``thread_id`` the copy's) and checkpoints. Only chat

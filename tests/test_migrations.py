@@ -75,6 +75,11 @@ UNDO_MIGRATION_21 = (
     "ALTER TABLE journey_events ADD CONSTRAINT pk_journey_events PRIMARY KEY (instance_id, seq)",
 )
 UNDO_MIGRATION_15 = ("server_assistant_versions", "server_assistants")  # and server_runs.options
+# Migration 29 undone: the threads' time-to-live (its index first: SQLite drops no indexed column).
+UNDO_MIGRATION_29 = (
+    "DROP INDEX ix_server_threads_expires",
+    *(f"ALTER TABLE server_threads DROP COLUMN {column}" for column in ("ttl_strategy", "ttl_seconds", "expires_at")),
+)
 
 
 def undo_migration_25(dialect: str) -> list[str]:
@@ -103,6 +108,8 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         conn.execute("ALTER TABLE process_waits DROP COLUMN interrupt_id")  # migration 23
         conn.execute("DROP TABLE journeys_encryption")  # migration 24
         conn.execute("ALTER TABLE process_deployments DROP COLUMN tenant")  # migration 26
+        for statement in UNDO_MIGRATION_29:
+            conn.execute(statement)
         for statement in undo_migration_25("postgresql"):
             conn.execute(statement)
         conn.execute("DELETE FROM journeys_schema_migrations WHERE version >= 5")
@@ -187,6 +194,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             await conn.execute(text("ALTER TABLE process_deployments DROP COLUMN tenant"))  # migration 26
             await conn.execute(text("ALTER TABLE server_runs DROP COLUMN ordinal"))  # migration 27
             await conn.execute(text("ALTER TABLE server_threads DROP COLUMN runs_created"))
+            for statement in UNDO_MIGRATION_29:
+                await conn.execute(text(statement))
             for statement in undo_migration_25(conn.dialect.name):
                 await conn.execute(text(statement))
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20

@@ -476,6 +476,7 @@ def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
         "compacted": 1,
         "expired_keys": 0,
         "expired_messages": 0,
+        "expired_threads": 0,
     }
 
     async def count() -> int:

@@ -142,13 +142,14 @@ async def test_a_thread_stopped_at_a_breakpoint_is_interrupted(sdk_client: LangG
 
 
 async def test_an_option_this_server_does_not_serve_is_refused_saying_so(sdk_client: LangGraphClient) -> None:
-    """A thread's ``ttl`` (the Agent Server has them, this server does not) is refused with a 422 that says it
-    is not supported and to leave it out, not pydantic's "Input should be None"."""
+    """A thread TTL's ``keep_latest`` strategy (the Agent Server has it, this server does not) is refused with a
+    422 that says it is not supported and what to use instead, not pydantic's "Input should be 'delete'"."""
     client = sdk_client
     with pytest.raises(UnprocessableEntityError) as thread:
-        await client.threads.create(ttl=5)
+        await client.threads.create(ttl={"ttl": 5, "strategy": "keep_latest"})
     [said] = thread.value.response.json()["problems"]
-    assert said.startswith("body.ttl: not supported by this server: leave it out"), said
+    assert said.startswith("body.ttl.strategy: Value error, keep_latest is not supported by this server"), said
+    assert "use strategy delete" in said, said
     assert await client.threads.count() == 0
 
 

@@ -269,8 +269,8 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     assert_shape(created, sdk.Thread)
     tid = created["thread_id"]
     assert_shape(await threads.get(tid), sdk.Thread)
-    # include=["ttl"], the Agent Server's thread TTL: this server's threads have none (ttl is refused on create), so
-    # null, not left out as if include were not understood; a field no thread read includes is refused.
+    # include=["ttl"], the Agent Server's thread TTL: a thread created without one (and no server default) has none,
+    # so null, not left out as if include were not understood; a field no thread read includes is refused.
     included = await threads.get(tid, include=["ttl"])
     assert_shape(included, sdk.Thread)
     assert "ttl" in included and included["ttl"] is None, included

@@ -6,16 +6,33 @@ went on the latest state, silently; and the state "at" an unknown checkpoint rea
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import httpx
 import pytest
 from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import NotFoundError
 
+from checkpoints.clock import VirtualClock
+from checkpoints.runs import ThreadTTL
 from server.app import create_app
 from server.settings import ApiKey, Settings
 from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
-HI = {"messages": [{"role": "user", "content": "hi"}]}
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+RETAIN_EVERY = 0.05  # seconds between the server's retention passes (its TTL sweeps)
+
+
+def refused_problem(answer: httpx.Response) -> str:
+    assert answer.status_code == 422, answer.text
+    return str(answer.json()["problems"])
+
+
+HI: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
 KEYS = {"ops-key": ApiKey("ana", frozenset({"admin"}))}
 
 
@@ -104,22 +121,76 @@ async def test_history_is_filtered_by_checkpoint_metadata(store_url: str) -> Non
             assert await sdk.threads.get_history(chat, metadata={"source": "nowhere"}) == []
 
 
-async def test_thread_options_this_server_does_not_keep_are_refused_not_ignored(store_url: str) -> None:
-    """A thread's ``ttl`` (create or update) and ``supersteps`` were accepted and ignored: a client counting on a
-    thread deleting itself kept it for ever. They are refused (422), and nothing is created."""
-    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+async def _ttl(sdk: LangGraphClient, thread_id: str) -> Any:
+    return dict(await sdk.threads.get(thread_id, include=["ttl"]))["ttl"]
+
+
+async def _deleted(sdk: LangGraphClient, thread_id: str) -> None:
+    """Until the server's retention loop (every RETAIN_EVERY s) has deleted the thread."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await sdk.threads.get(thread_id)
+            except NotFoundError:
+                return
+            await asyncio.sleep(RETAIN_EVERY)
+
+
+async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(store_url: str) -> None:
+    """The Agent Server's thread TTL (``threads.create(ttl=…)``, ``threads.update(ttl=…)``, ``include=["ttl"]``)
+    was refused (422) and read as null. A thread now keeps its TTL (its own, or the server's default: --thread-ttl),
+    shows it as the Agent Server does (strategy, ttl_minutes, expires_at: that long after its last activity, a
+    run's included), and the retention passes delete it once expired, with its runs, as DELETE does; a thread
+    active since is kept until its TTL has passed after that. ``keep_latest`` and ``supersteps`` are refused,
+    saying so, and nothing is created."""
+    clock = VirtualClock(T0)
+    settings = Settings(
+        database_url=store_url, auth=False, run_timers=False, retention_every=RETAIN_EVERY, thread_ttl=ThreadTTL(120)
+    )
+    with serving(create_app(settings, clock=clock)) as base:
         async with get_client(url=base) as sdk:
             before = await sdk.threads.count()
-            for options in ({"ttl": 60}, {"supersteps": [{"updates": [{"values": {"a": 1}, "as_node": "x"}]}]}):
-                with pytest.raises(httpx.HTTPStatusError) as refused:
-                    await sdk.threads.create(**options)  # type: ignore[arg-type]
-                assert refused.value.response.status_code == 422
-            assert await sdk.threads.count() == before
-            thread = str((await sdk.threads.create(metadata={"k": 1}))["thread_id"])
             with pytest.raises(httpx.HTTPStatusError) as refused:
-                await sdk.threads.update(thread, metadata={"k": 2}, ttl=60)
+                await sdk.threads.create(supersteps=[{"updates": [{"values": {"a": 1}, "as_node": "x"}]}])
             assert refused.value.response.status_code == 422
-            assert (await sdk.threads.get(thread))["metadata"]["k"] == 1
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await sdk.threads.create(ttl={"ttl": 5, "strategy": "keep_latest"})
+            assert "keep_latest is not supported" in refused_problem(
+                await sdk.http.client.post("/threads", json={"ttl": {"ttl": 5, "strategy": "keep_latest"}})
+            )
+            assert await sdk.threads.count() == before
+
+            def expiry(minutes: float, after: timedelta = timedelta()) -> dict[str, Any]:
+                expires = (T0 + after + timedelta(minutes=minutes)).isoformat()
+                return {"strategy": "delete", "ttl_minutes": minutes, "expires_at": expires}
+
+            idle = str((await sdk.threads.create(ttl=10))["thread_id"])
+            assert await _ttl(sdk, idle) == expiry(10)
+            assert "ttl" not in await sdk.threads.get(idle)  # only when asked, as the Agent Server's
+            chat = str((await sdk.threads.create(ttl={"ttl": 10, "strategy": "delete"}))["thread_id"])
+            defaulted = str((await sdk.threads.create(metadata={"k": 1}))["thread_id"])
+            assert await _ttl(sdk, defaulted) == expiry(120)  # the server's
+            updated = await sdk.threads.update(defaulted, metadata={"k": 2}, ttl=30)
+            assert dict(updated["metadata"] or {})["k"] == 2
+            assert await _ttl(sdk, defaulted) == expiry(30)
+
+            clock.advance(timedelta(minutes=5))
+            run = await sdk.runs.create(chat, "guide", input=HI)  # activity: its TTL counts from its run
+            await sdk.runs.join(chat, run["run_id"])
+            assert await _ttl(sdk, chat) == expiry(10, timedelta(minutes=5))
+            await sdk.threads.update(defaulted, metadata={"k": 3})  # an update is activity too
+            assert await _ttl(sdk, defaulted) == expiry(30, timedelta(minutes=5))
+
+            clock.advance(timedelta(minutes=6))  # T0+11: idle's TTL has passed; chat's not, since its run
+            await _deleted(sdk, idle)
+            assert (await sdk.threads.get(chat))["thread_id"] == chat
+            assert [r["run_id"] for r in await sdk.runs.list(chat)] == [run["run_id"]]
+
+            clock.advance(timedelta(minutes=5))  # T0+16: chat's has passed too; it goes with its run
+            await _deleted(sdk, chat)
+            with pytest.raises(NotFoundError):
+                await sdk.runs.get(chat, run["run_id"])
+            assert dict((await sdk.threads.get(defaulted))["metadata"] or {})["k"] == 3  # expires at T0+35
 
 
 async def test_searches_and_run_lists_answer_in_the_order_and_with_the_filter_asked(store_url: str) -> None:

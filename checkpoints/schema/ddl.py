@@ -1405,3 +1405,14 @@ V28_ASSISTANT_NAME_KEYS: DDL = dict.fromkeys(
 )
 V28_ASSISTANT_NAMES = "SELECT assistant_id, name FROM server_assistants"
 V28_SET_NAME_KEY = "UPDATE server_assistants SET name_key = :name_key WHERE assistant_id = :assistant_id"
+
+# Migration 29: a thread's time-to-live (the Agent Server's thread TTL), and the index its sweep finds due ones by.
+V29_THREAD_TTL: DDL = {
+    dialect: (
+        "ALTER TABLE server_threads ADD COLUMN ttl_strategy VARCHAR(20)",
+        "ALTER TABLE server_threads ADD COLUMN ttl_seconds BIGINT",
+        f"ALTER TABLE server_threads ADD COLUMN expires_at {moment}",
+        "CREATE INDEX ix_server_threads_expires ON server_threads (expires_at)",
+    )
+    for dialect, moment in (("sqlite", "DATETIME"), ("postgresql", "TIMESTAMP WITH TIME ZONE"))
+}

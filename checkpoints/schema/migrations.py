@@ -117,6 +117,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ddl.V28_ASSISTANT_NAME_KEYS,
         _fill_assistant_name_keys,
     ),
+    Migration(29, "server threads may have a time-to-live: deleted once they expire", ddl.V29_THREAD_TTL),
 )
 LATEST = MIGRATIONS[-1].version
 

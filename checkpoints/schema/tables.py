@@ -335,8 +335,15 @@ server_threads = Table(
     Column("shared_group", String(200), nullable=True),
     # How many runs were ever created on it: the next run's ordinal (migration 27).
     Column("runs_created", Integer, nullable=False, server_default="0"),
+    # Its time-to-live (migration 29), the Agent Server's thread TTL: what happens when it expires ("delete"), after
+    # how many seconds without activity, and the earliest it can expire (the TTL sweep's index; activity that moves
+    # it later, a run, is counted when the sweep finds it due: see server.thread_ends).
+    Column("ttl_strategy", String(20), nullable=True),
+    Column("ttl_seconds", BigInteger, nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
     Index("ix_server_threads_instance", "instance_id"),
     Index("ix_server_threads_owner", "tenant", "owner"),
+    Index("ix_server_threads_expires", "expires_at"),
 )
 
 server_runs = Table(

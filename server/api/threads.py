@@ -53,6 +53,7 @@ from server.routing import api_router
 from server.runs import thread_sse
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
 from server.runs.sse import SSE
+from server.runs.store import RunRow, ThreadRow
 from server.services import ResolvedThread, ServerServices, services
 
 router = api_router(prefix="/threads", tags=["threads"], responses=errors(), route_class=GuardedRoute)
@@ -62,7 +63,8 @@ Services = Annotated[ServerServices, Depends(services)]
 RunThreadId = Annotated[str, Path(max_length=THREAD_ID)]  # run.start may create the thread: its id is stored
 
 
-async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, Any]:
+async def thread_view(svc: ServerServices, thread: ResolvedThread, *, with_ttl: bool = False) -> dict[str, Any]:
+    """The thread as the Agent Server shows it; ``with_ttl``: with its time-to-live (``include=ttl``)."""
     try:
         graph = await svc.thread_graph(thread)
     except JourneyNotFoundError:
@@ -110,7 +112,7 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         thread.instance_id,
         last.assistant_id if last else None,
     )
-    return {
+    view = {
         "thread_id": thread.thread_id,
         "created_at": created.isoformat() if created else "",
         "updated_at": updated.isoformat() if updated else "",
@@ -123,6 +125,19 @@ async def thread_view(svc: ServerServices, thread: ResolvedThread) -> dict[str, 
         "config": ran.get("config") or {},
         "context": ran.get("context") or {},
     }
+    if with_ttl:
+        view["ttl"] = _ttl_view(thread.row, last)
+    return view
+
+
+def _ttl_view(row: ThreadRow | None, last: RunRow | None) -> dict[str, Any] | None:
+    """A thread's time-to-live as the Agent Server shows it: its strategy, minutes, and when it expires (that
+    long after its last activity: its last write, or its latest run's); None when it has none."""
+    ttl = row.ttl if row is not None else None
+    if row is None or ttl is None:
+        return None
+    since = max(row.updated_at, last.updated_at) if last is not None else row.updated_at
+    return {"strategy": ttl.strategy, "ttl_minutes": ttl.minutes, "expires_at": ttl.expiry(since).isoformat()}
 
 
 # A search or count whose filters (values, status) or order (status) are in each thread's view, which reads its
@@ -175,7 +190,10 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
             return await thread_view(svc, ResolvedThread.of(await svc.thread_row(caller, body.thread_id)))
         except JourneyNotFoundError:
             raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is taken") from None
-    row = await svc.runs.create_thread(body.thread_id, body.metadata, svc.owner(caller), if_exists=body.if_exists)
+    ttl = body.ttl.value() if body.ttl else None
+    row = await svc.runs.create_thread(
+        body.thread_id, body.metadata, svc.owner(caller), if_exists=body.if_exists, ttl=ttl
+    )
     if not svc.viewer(caller).may_see(row.owner, row.tenant, row.shared_group):  # if_exists: someone else's
         raise ApiError(409, "ThreadExists", f"thread id {row.thread_id!r} is taken")
     return await thread_view(svc, ResolvedThread.of(row))
@@ -214,25 +232,25 @@ async def prune_threads(body: ThreadPrune, caller: Runner, svc: Services) -> dic
     return {"pruned_count": await svc.prune_threads(caller, body.thread_ids, body.strategy)}
 
 
-# The fields a thread read adds when asked (langgraph-sdk's threads.get(include=[...])). "ttl": this server's
-# threads have none (ttl is refused on create and update; a thread stays until deleted or pruned): null. The
-# pattern states it in the schema, so a field it cannot include is refused (422) there, not ignored.
+# The fields a thread read adds when asked (langgraph-sdk's threads.get(include=[...])): "ttl", the thread's
+# time-to-live as the Agent Server shows it (null: it has none). The pattern states it in the schema, so a field
+# it cannot include is refused (422) there, not ignored.
 INCLUDE_LIST = r"^\s*ttl\s*(,\s*ttl\s*)*$"
 Include = Annotated[
     str | None,
-    Query(max_length=200, pattern=INCLUDE_LIST, description="comma-separated fields to add: ttl (always null)"),
+    Query(max_length=200, pattern=INCLUDE_LIST, description="comma-separated fields to add: ttl"),
 ]
 
 
 @router.get("/{thread_id}", response_model=ThreadOut, summary="Get a thread")
 async def get_thread(thread_id: str, caller: Reader, svc: Services, include: Include = None) -> dict[str, Any]:
-    view = await thread_view(svc, await svc.resolve_thread(thread_id, caller))
-    return view | {"ttl": None} if include else view
+    return await thread_view(svc, await svc.resolve_thread(thread_id, caller), with_ttl=bool(include))
 
 
 @router.patch("/{thread_id}", response_model=ThreadOut, summary="Update a thread's metadata (merged)")
 async def update_thread(thread_id: str, body: ThreadUpdate, caller: Runner, svc: Services) -> dict[str, Any]:
-    return await thread_view(svc, await svc.update_thread(caller, thread_id, body.metadata))
+    ttl = body.ttl.value() if body.ttl else None
+    return await thread_view(svc, await svc.update_thread(caller, thread_id, body.metadata, ttl))
 
 
 @router.delete("/{thread_id}", status_code=204, summary="Delete a thread, its runs and its checkpoints")

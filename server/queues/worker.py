@@ -43,6 +43,7 @@ from server.queues.procrastinate import (
 )
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow, RunStore
+from server.thread_ends import ThreadTTLSweep
 
 log = structlog.get_logger("journeys.worker")
 
@@ -142,6 +143,7 @@ async def run_worker(
     ) as runtime:
         runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer, jobs=RUN_JOBS)
         executor = RunExecutor(runtime, runs, durability=durability)
+        runtime.retention.also(ThreadTTLSweep(runtime, runs))  # expired threads go with each retention pass
 
         async def execute(run_id: str) -> None:
             # procrastinate took the job at its due time (schedule_at), claiming its run as it did

@@ -24,6 +24,7 @@ from checkpoints.runs import (
     Enqueue,
     RunRow,
     ThreadRow,
+    ThreadTTL,
 )
 from server.problems import ApiError
 
@@ -38,6 +39,7 @@ __all__ = [
     "RunRow",
     "RunStore",
     "ThreadRow",
+    "ThreadTTL",
 ]
 
 _PROBLEMS: dict[type[Exception], tuple[int, str]] = {
@@ -66,9 +68,10 @@ class RunStore(records.RunStore):
         owner: Owner | str | None,
         *,
         if_exists: str = "raise",
+        ttl: ThreadTTL | None = None,
     ) -> ThreadRow:
         with _as_problem():
-            return await super().create_thread(thread_id, metadata, owner, if_exists=if_exists)
+            return await super().create_thread(thread_id, metadata, owner, if_exists=if_exists, ttl=ttl)
 
     async def create_run(self, **options: Any) -> RunRow:
         with _as_problem():
