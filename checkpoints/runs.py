@@ -135,6 +135,9 @@ class ThreadTTL:
         return since + timedelta(minutes=self.minutes)
 
 
+NO_TTL = ThreadTTL(-1)  # a thread created without a TTL, not even the store's default (see RunStore.create_thread)
+
+
 # The keys a thread's metadata shows from its runs where it has none of its own, as the Agent Server writes
 # them into a thread's metadata on each run: the graph its first run bound it to (graph_id), the assistant its
 # latest run ran, else that graph (assistant_id), and the journey instance (instance_id).
@@ -574,10 +577,13 @@ class RunStore:
         *,
         if_exists: str = "raise",
         ttl: ThreadTTL | None = None,
+        default_ttl: bool = True,
     ) -> ThreadRow:
-        """A new thread (``thread_id`` None: a new id), with ``ttl`` (None: the store's default, if any). An id
-        that is taken: ``if_exists`` "do_nothing" answers the thread that has it (whoever created it, even a
-        moment ago), "raise" refuses it."""
+        """A new thread (``thread_id`` None: a new id), with ``ttl`` (None: the store's default, if any, unless
+        ``default_ttl`` is False). An id that is taken: ``if_exists`` "do_nothing" answers the thread that has it
+        (whoever created it, even a moment ago), "raise" refuses it."""
+        if ttl is None and not default_ttl:
+            ttl = NO_TTL
         thread = self._new_thread(thread_id or str(uuid.uuid4()), metadata, owner, ttl)
         while True:
             if await self._backend.write([self._insert_thread_if_absent], _row_params(thread)):
@@ -593,7 +599,7 @@ class RunStore:
     ) -> ThreadRow:
         now = self._clock.now()
         found = _owner(owner)
-        ttl = ttl or self.default_ttl
+        ttl = None if ttl is NO_TTL else ttl or self.default_ttl
         return ThreadRow(
             thread_id,
             None,

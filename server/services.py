@@ -478,7 +478,9 @@ class ServerServices:
             async with self.thread_control(thread_id):
                 thread = await self.resolve_thread(thread_id, caller)  # deleted while this waited: not found
                 if thread.row is None:
-                    await self.runs.create_thread(thread_id, {}, self.owner(caller), if_exists="do_nothing")
+                    # A journey's own thread, not one a client created: no default TTL ends the journey.
+                    owner = self.owner(caller)
+                    await self.runs.create_thread(thread_id, {}, owner, if_exists="do_nothing", default_ttl=False)
                     if thread.instance_id and thread.assistant_id:
                         await self.runs.bind(thread_id, thread.assistant_id, thread.instance_id)
         return await self._thread_row_now(thread_id)

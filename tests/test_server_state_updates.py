@@ -172,6 +172,16 @@ async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(
             assert await _ttl(sdk, defaulted) == expiry(120)  # the server's
             updated = await sdk.threads.update(defaulted, metadata={"k": 2}, ttl=30)
             assert dict(updated["metadata"] or {})["k"] == 2
+            # A journey started through the journey endpoints is a thread too; given a row when its thread is
+            # updated, it takes no default TTL: no sweep ends a journey nobody created a thread for.
+            http = sdk.http.client
+            design = await http.post("/journeys/structured/designs", json={"journey_type": "content_migration"})
+            started = await http.post(
+                f"/journeys/structured/{design.json()['journey_id']}/executions", json={"user_id": "ana"}
+            )
+            journey = started.json()["instance_id"]
+            await sdk.threads.update(journey, metadata={"team": "ops"})
+            assert await _ttl(sdk, journey) is None
             assert await _ttl(sdk, defaulted) == expiry(30)
 
             clock.advance(timedelta(minutes=5))
@@ -191,6 +201,7 @@ async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(
             with pytest.raises(NotFoundError):
                 await sdk.runs.get(chat, run["run_id"])
             assert dict((await sdk.threads.get(defaulted))["metadata"] or {})["k"] == 3  # expires at T0+35
+            assert (await sdk.threads.get(journey))["thread_id"] == journey
 
 
 async def test_searches_and_run_lists_answer_in_the_order_and_with_the_filter_asked(store_url: str) -> None:

@@ -69,9 +69,12 @@ class RunStore(records.RunStore):
         *,
         if_exists: str = "raise",
         ttl: ThreadTTL | None = None,
+        default_ttl: bool = True,
     ) -> ThreadRow:
         with _as_problem():
-            return await super().create_thread(thread_id, metadata, owner, if_exists=if_exists, ttl=ttl)
+            return await super().create_thread(
+                thread_id, metadata, owner, if_exists=if_exists, ttl=ttl, default_ttl=default_ttl
+            )
 
     async def create_run(self, **options: Any) -> RunRow:
         with _as_problem():
