@@ -340,6 +340,12 @@ class ThreadCount(Open):
     status: ThreadStatus | None = None
 
 
+# threads.search(extract={alias: path}): a path into a thread as it is shown, by keys (dot notation) and array
+# indices (brackets, negative from the end), as the Agent Server takes it: "values.messages[-1].content".
+ExtractAlias = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+ExtractPath = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^.\[\]]+(\.[^.\[\]]+|\[-?[0-9]{1,9}\])*$")]
+
+
 class ThreadSearch(ThreadCount):
     """Filters, order and paging of a thread search."""
 
@@ -348,7 +354,12 @@ class ThreadSearch(ThreadCount):
     offset: int = Field(default=0, ge=0, le=MAX_INT)
     sort_by: Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"] = "created_at"
     sort_order: SortOrder = "desc"
-    extract: None = Field(None, description="not supported by this server: leave it out (or null)")
+    extract: Annotated[dict[ExtractAlias, ExtractPath], Field(max_length=10)] | None = Field(
+        None,
+        description="aliases to paths in each thread (values.messages[-1]: dot notation for keys, brackets for "
+        "array indices); each thread found answers what they hold in its 'extracted' (null where a path finds "
+        "nothing)",
+    )
     select: select_of(ThreadOut) = None  # type: ignore[valid-type]
 
 

@@ -8,6 +8,7 @@ thread id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -206,17 +207,40 @@ async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> l
     viewer = svc.viewer(caller)
     if _by_view(body):
         matching = await _matching(svc, body, viewer, body.ids)
-        return kept(sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit), body.select)
-    rows = await svc.runs.search_threads(
-        body.metadata,
-        body.limit,
-        body.offset,
-        body.ids,
-        viewer=viewer,
-        sort_by=body.sort_by,
-        descending=body.sort_order == "desc",
-    )
-    return kept([await thread_view(svc, ResolvedThread.of(r)) for r in rows], body.select)
+        views = sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit)
+    else:
+        rows = await svc.runs.search_threads(
+            body.metadata,
+            body.limit,
+            body.offset,
+            body.ids,
+            viewer=viewer,
+            sort_by=body.sort_by,
+            descending=body.sort_order == "desc",
+        )
+        views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
+    if not body.extract:
+        return kept(views, body.select)
+    for view in views:
+        view["extracted"] = {alias: extracted(view, path) for alias, path in body.extract.items()}
+    return kept(views, body.select and [*body.select, "extracted"])  # extracted whatever is selected
+
+
+_STEP = re.compile(r"\.?([^.\[\]]+)|\[(-?[0-9]+)\]")
+
+
+def extracted(view: Mapping[str, Any], path: str) -> Any:
+    """What ``path`` (``values.messages[-1].content``: keys, and array indices from the end when negative)
+    finds in a thread's view; None where it finds nothing, as the Agent Server's JSONB path does."""
+    found: Any = view
+    for key, index in _STEP.findall(path):
+        if key and isinstance(found, Mapping):
+            found = found.get(key)
+        elif index and isinstance(found, list) and -len(found) <= int(index) < len(found):
+            found = found[int(index)]
+        else:
+            return None
+    return found
 
 
 @router.post("/count", response_model=int, summary="Count threads")
