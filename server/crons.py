@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 
 from checkpoints.crons import CRON_PURPOSE, CronFilter, CronRow, CronStore, firing_guard
@@ -22,7 +23,10 @@ from graphs.errors import InvalidInputError, InvalidMoveError, JourneyNotFoundEr
 from graphs.runtime import JourneyRuntime
 from nodes.timer import TimerDefinition
 from server.assistants import get_assistant
+from server.problems import ApiError
 from server.runs.store import GROUPS, Enqueue, RunRow, RunStore
+
+log = structlog.get_logger("journeys.crons")
 
 # Where a firing's run id is derived from its timer's tick (uuid5): one run per tick, however often it is tried.
 _FIRINGS = uuid.UUID("6f0d7a52-3c1e-4b8e-9a57-2f3c8d9e1b40")
@@ -184,9 +188,10 @@ class CronService:
                 kind="start",
                 input=payload.get("input") or {},
                 command=None,
-                stream_modes=[],
-                # On its thread a firing waits behind the active run instead of being lost.
-                multitask_strategy="enqueue" if cron.thread_id else "reject",
+                stream_modes=list(payload.get("stream_mode") or []),
+                # On its thread a firing waits behind the active run instead of being lost, unless the cron
+                # said reject (then that tick is skipped).
+                multitask_strategy=payload.get("multitask_strategy") or ("enqueue" if cron.thread_id else "reject"),
                 metadata={
                     **payload.get("metadata", {}),
                     "cron_id": cron.cron_id,
@@ -206,6 +211,12 @@ class CronService:
             )
         except RunWithdrawnError:  # disabled, rescheduled or deleted since it was read: this timer ends runless
             return False
+        except ApiError as exc:
+            if exc.code != "ThreadBusy":
+                raise
+            # multitask_strategy reject, a run active on its thread: this tick is skipped
+            log.info("cron tick skipped: its thread is busy", cron_id=cron.cron_id, due_at=timer.due_at.isoformat())
+            return True
         except ThreadNotFoundError:  # deleted since the cron was read: no run, and the thread stays gone
             await self.store.delete(cron.cron_id)  # gone with its thread already, unless stored before that was so
             return False

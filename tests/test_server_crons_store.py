@@ -249,6 +249,8 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
         await client.crons.create("structured", schedule="0 9 * * *", input={"journey_type": 7})
     with pytest.raises(UnprocessableEntityError):  # accepted and ignored would be worse: refused
         await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, webhook="http://x.test/hook")
+    with pytest.raises(UnprocessableEntityError, match="do not take multitask_strategy 'interrupt'"):
+        await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, multitask_strategy="interrupt")
     with pytest.raises(NotFoundError):
         await client.crons.create("no_such_assistant", schedule="0 9 * * *", input=JOURNEY)
     with pytest.raises(NotFoundError):
@@ -527,7 +529,8 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
     """crons.create takes an assistant made with assistants.create (as runs do), and each firing's run gets
     that assistant's graph, its config and the cron's own config and context, as a run created with them
     would. The cron was refused (404 'no assistant'), and a cron's config and context were stored but never
-    given to its runs."""
+    given to its runs. So were its stream_mode (its runs recorded no chunk for runs.join_stream) and
+    multitask_strategy (a cron on a busy thread with reject queued its run anyway): applied now."""
     client = cron_client
     mine = await client.assistants.create("structured", config={"configurable": {"team": "ops", "region": "eu"}})
     cron = await client.crons.create(
@@ -537,6 +540,8 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
         config={"tags": ["nightly"]},  # with context, not configurable: the two together are refused (400)
         context={"tier": "gold"},
         on_run_completed="keep",
+        stream_mode=["values", "updates"],
+        stream_resumable=True,
     )
     assert cron["assistant_id"] == mine["assistant_id"]
     assert [c["cron_id"] for c in await client.crons.search(assistant_id=mine["assistant_id"])] == [cron["cron_id"]]
@@ -549,6 +554,20 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
     assert run["kwargs"]["config"] == {"configurable": both, "tags": ["nightly"]}
     assert run["kwargs"]["context"] == both
     assert (await client.runs.join(fired["thread_id"], run["run_id"]))["current_step"] == "upload_content"
+    assert run["kwargs"]["stream_mode"] == ["values", "updates"]
+    streamed = [
+        part.event async for part in client.runs.join_stream(fired["thread_id"], run["run_id"], last_event_id="-1")
+    ]
+    assert {"values", "updates"} <= set(streamed), streamed
+
+    # On a thread with a run active (pending for days), a cron that rejects double texts skips its tick.
+    chat = str((await client.threads.create())["thread_id"])
+    hello: dict[str, Any] = {"messages": [{"role": "user", "content": "hello"}]}
+    later = await client.runs.create(chat, "guide", input=hello, after_seconds=7 * 86_400)
+    await client.crons.create_for_thread(chat, "guide", schedule="0 10 * * *", input=hello, multitask_strategy="reject")
+    clock.set(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))
+    await passes.complete()
+    assert [r["run_id"] for r in await client.runs.list(chat)] == [later["run_id"]]
 
 
 @pytest.mark.parametrize("withdrawal", ["disabled", "deleted"])

@@ -28,7 +28,7 @@ from server.api.runs import assistant_options
 from server.auth import Principal, require
 from server.crons import RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, kept, select_of
+from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, StreamModeName, kept, select_of
 from server.routing import api_router
 from server.services import ServerServices, services
 
@@ -73,6 +73,16 @@ class CronRunOptions(BaseModel):
     config: RunConfig | None = None
     context: dict[str, Any] | None = None
     durability: Literal["sync", "async", "exit"] | None = None
+    # Each firing's run streams (records, for runs.join_stream) these modes, as a run created with them does.
+    stream_mode: StreamModeName | list[StreamModeName] | None = None
+    stream_resumable: bool | None = Field(
+        None, description="accepted: every run's stream chunks are kept for runs.join_stream here"
+    )
+    multitask_strategy: Literal["reject", "enqueue"] | None = Field(
+        None,
+        description="a cron on a thread, while a run is active there: enqueue (the default) queues the firing's "
+        "run behind it; reject skips that tick (interrupt and rollback are refused)",
+    )
     end_time: AwareDatetime | None = None
     enabled: bool | None = None
     timezone: str | None = Field(None, min_length=1, max_length=64)
@@ -81,6 +91,16 @@ class CronRunOptions(BaseModel):
         description="a cron without a thread: 'delete' (the default, as the Agent Server's) deletes each firing's "
         "new thread when its run ends (its journey stays reachable by its instance id); 'keep' keeps it",
     )
+
+    @field_validator("multitask_strategy", mode="before")
+    @classmethod
+    def _no_cancelling(cls, strategy: Any) -> Any:
+        if strategy in ("interrupt", "rollback"):  # said so, not "Input should be 'reject' or 'enqueue'"
+            raise ValueError(
+                f"a cron's runs do not take multitask_strategy {strategy!r} (it would cancel the thread's active "
+                "run from the scheduler); use enqueue (wait behind it) or reject (skip the tick)"
+            )
+        return strategy
 
     @field_validator("end_time")
     @classmethod
@@ -101,8 +121,10 @@ class CronRunOptions(BaseModel):
             raise InvalidInputError(f"crons do not take {', '.join(given)} yet; leave them out", fields=given)
 
     def payload(self, caller: Principal) -> dict[str, Any]:
-        fields = ("input", "metadata", "config", "context", "durability")
+        fields = ("input", "metadata", "config", "context", "durability", "multitask_strategy", "stream_resumable")
         chosen = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+        if self.stream_mode is not None:
+            chosen["stream_mode"] = [self.stream_mode] if isinstance(self.stream_mode, str) else self.stream_mode
         return {**chosen, "groups": list(caller.groups)}
 
 
