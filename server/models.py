@@ -6,7 +6,16 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.config import JsonDict
 
 from checkpoints.runs import ThreadTTL
@@ -14,6 +23,21 @@ from checkpoints.runs import ThreadTTL
 StreamModeName = Literal[
     "values", "updates", "custom", "messages", "messages-tuple", "events", "debug", "tasks", "checkpoints", "tools"
 ]
+
+
+def _no_lifecycle(modes: Any) -> Any:
+    """Refuse langgraph-sdk's ``lifecycle`` stream mode saying why, not "Input should be 'values', …"."""
+    if modes == "lifecycle" or (isinstance(modes, list) and "lifecycle" in modes):
+        raise ValueError(
+            "stream_mode 'lifecycle' (the start and end of each subgraph, from LangGraph's v3 stream) is not served "
+            "on runs here: stream 'tasks' (each node's start and end), or read each run's lifecycle on the thread "
+            "stream (client.threads.stream)"
+        )
+    return modes
+
+
+# A run's stream modes, as runs.create/stream/wait and crons take them.
+RunStreamModes = Annotated[StreamModeName | list[StreamModeName] | None, BeforeValidator(_no_lifecycle)]
 
 
 SortOrder = Literal["asc", "desc"]
@@ -480,7 +504,7 @@ class RunCreate(Open):
     input: dict[str, Any] | None = None
     command: CommandIn | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    stream_mode: StreamModeName | list[StreamModeName] | None = None
+    stream_mode: RunStreamModes = None
     # enqueue by default, as on the Agent Server: a second message sent while a run is active waits its turn
     multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"

@@ -145,12 +145,22 @@ async def test_an_option_this_server_does_not_serve_is_refused_saying_so(sdk_cli
     """A thread TTL's ``keep_latest`` strategy (the Agent Server has it, this server does not) is refused with a
     422 that says it is not supported and what to use instead, not pydantic's "Input should be 'delete'"."""
     client = sdk_client
-    with pytest.raises(UnprocessableEntityError) as thread:
+    with pytest.raises(UnprocessableEntityError) as refused:
         await client.threads.create(ttl={"ttl": 5, "strategy": "keep_latest"})
-    [said] = thread.value.response.json()["problems"]
+    [said] = refused.value.response.json()["problems"]
     assert said.startswith("body.ttl.strategy: Value error, keep_latest is not supported by this server"), said
     assert "use strategy delete" in said, said
     assert await client.threads.count() == 0
+    # So is the run stream mode lifecycle (subgraphs' start and end in LangGraph's v3 stream), with what to use.
+    thread = await client.threads.create()
+    lifecycle: list[Any] = ["lifecycle", ["values", "lifecycle"]]  # one mode, or a list holding it
+    for modes in lifecycle:
+        with pytest.raises(UnprocessableEntityError) as run:
+            await client.runs.create(thread["thread_id"], "guide", input=_hello(), stream_mode=modes)
+        [said] = run.value.response.json()["problems"]
+        assert said.startswith("body.stream_mode: Value error, stream_mode 'lifecycle'"), said
+        assert "stream 'tasks'" in said, said
+    assert await client.runs.list(thread["thread_id"]) == []
 
 
 # What the Agent Server's JSONB ``@>`` finds for each filter among CONTAINED's objects: a nested object matches

@@ -28,7 +28,7 @@ from server.api.runs import assistant_options
 from server.auth import Principal, require
 from server.crons import RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, StreamModeName, kept, select_of
+from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, RunStreamModes, kept, select_of
 from server.routing import api_router
 from server.services import ServerServices, services
 
@@ -74,7 +74,7 @@ class CronRunOptions(BaseModel):
     context: dict[str, Any] | None = None
     durability: Literal["sync", "async", "exit"] | None = None
     # Each firing's run streams (records, for runs.join_stream) these modes, as a run created with them does.
-    stream_mode: StreamModeName | list[StreamModeName] | None = None
+    stream_mode: RunStreamModes = None
     stream_resumable: bool | None = Field(
         None, description="accepted: every run's stream chunks are kept for runs.join_stream here"
     )
