@@ -276,6 +276,9 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
     assert "ttl" in included and included["ttl"] is None, included
     with pytest.raises(UnprocessableEntityError, match="include"):
         await threads.get(tid, include=["ttl", "expiry"])
+    # return_minimal (Prefer: return=minimal): no body, None to the client, as the Agent Server's 204; the update holds.
+    assert await threads.update(tid, metadata={"stage": "draft"}, return_minimal=True) is None
+    assert (await threads.get(tid))["metadata"]["stage"] == "draft"
     updated = await threads.update(tid, metadata={"stage": "review"})
     assert_shape(updated, sdk.Thread)
     assert updated["metadata"]["team"] == "a" and updated["metadata"]["stage"] == "review"

@@ -271,10 +271,26 @@ async def get_thread(thread_id: str, caller: Reader, svc: Services, include: Inc
     return await thread_view(svc, await svc.resolve_thread(thread_id, caller), with_ttl=bool(include))
 
 
-@router.patch("/{thread_id}", response_model=ThreadOut, summary="Update a thread's metadata (merged)")
-async def update_thread(thread_id: str, body: ThreadUpdate, caller: Runner, svc: Services) -> dict[str, Any]:
+@router.patch(
+    "/{thread_id}",
+    response_model=ThreadOut,
+    summary="Update a thread's metadata (merged) and ttl",
+    responses={204: {"description": "updated, with Prefer: return=minimal (no body)"}},
+)
+async def update_thread(
+    thread_id: str,
+    body: ThreadUpdate,
+    caller: Runner,
+    svc: Services,
+    prefer: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any] | Response:
+    """The thread as updated; with ``Prefer: return=minimal`` (langgraph-sdk's ``return_minimal=True``) no
+    body (204), as the Agent Server answers: the thread is not read back."""
     ttl = body.ttl.value() if body.ttl else None
-    return await thread_view(svc, await svc.update_thread(caller, thread_id, body.metadata, ttl))
+    updated = await svc.update_thread(caller, thread_id, body.metadata, ttl)
+    if prefer is not None and "return=minimal" in prefer.replace(" ", "").lower().split(","):
+        return Response(status_code=204)
+    return await thread_view(svc, updated)
 
 
 @router.delete("/{thread_id}", status_code=204, summary="Delete a thread, its runs and its checkpoints")
