@@ -142,6 +142,33 @@ async def test_a_failing_step_compensates_the_completed_steps_in_reverse(store_u
         assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]
 
 
+async def test_a_step_the_user_reports_failed_compensates_the_completed_steps_in_reverse(store_url: str) -> None:
+    # The seed's "advance saga steps (automatic compensation on failure)": a step result saying the step failed is
+    # a failure, as its agent's would be; it completed before, with the default agent's "complete".
+    async with JourneyRuntime.open(store_url) as rt:
+        order: list[str] = []
+        recorders(rt, order)
+        transform = RecordingAgent("transform_data")
+        rt.agents.register("transform_data", transform, replace=True)
+        journey_id, saga_id = await start_saga(rt)
+        for step in MIGRATION[:2]:
+            await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"files": [step]})
+
+        reported = {"status": "failed", "error": "the target ran out of space"}
+        result = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", reported)
+        assert (result["status"], result["compensated_steps"]) == ("compensated", ["analyze_content", "upload_content"])
+        assert order == ["revert_analysis", "delete_uploaded_content"]
+        assert result["failure"] == {
+            "step": "transform_data",
+            "error": "the target ran out of space",
+            "error_type": "StepReportedFailed",
+        }
+        assert transform.calls == {}  # the step's work is not done once the user says it failed
+        events = [(e.type, e.step) for e in await rt.history(saga_id)]
+        assert ("step.completed", "transform_data") not in events
+        assert ("saga.compensating", "transform_data") in events
+
+
 class FlakyCompensation:
     """Fails transiently ``failures`` times, then applies its effect, once per idempotency key."""
 

@@ -40,6 +40,9 @@ from nodes.telemetry import chained_node
 from nodes.user_task import make_user_task_node
 
 STEP_ID = SNAKE_ID
+# A user step's result saying the step failed ({"status": "failed", "error": "..."}): a saga compensates.
+REPORTED_FAILED = "failed"
+STEP_REPORTED_FAILED = "StepReportedFailed"  # the error type of such a failure
 
 
 class Branch(BaseModel):
@@ -360,6 +363,11 @@ class _StepWork:
         and whether the work was found logged (replayed) rather than done; or, in a saga whose step failed, the
         command that sends the journey to its compensation."""
         spec = self.spec
+        if self.compensating and step.mode == "user" and result.get("status") == REPORTED_FAILED:
+            # The user says the step failed: a saga undoes what it completed, as when the step's agent fails.
+            reason = result.get("error")
+            error = reason if isinstance(reason, str) and reason else f"step {step.step_id!r} was reported failed"
+            return await self.compensate(step, key, config, error, STEP_REPORTED_FAILED)
         chosen: tuple[dict[str, Any], str | None] | None = None  # the output recorded, and the step it chose
 
         def record(output: dict[str, Any]) -> Recording:
@@ -400,19 +408,27 @@ class _StepWork:
         except AgentError as exc:
             if not self.compensating:
                 raise
-            failure = {"step": step.step_id, "error": str(exc), "error_type": exc.code}
-            await self.services.events.append(
-                thread_id(config),
-                [NewEvent("saga.compensating", failure, step.step_id, f"{key}:failed")],
-                status="compensating",
-            )
-            update: dict[str, Any] = {"status": "compensating", "failure": failure}
-            if called(exc):  # its agent may have acted: the compensation undoes it too (see nodes.compensation)
-                update["failed_call"] = {"step": step.step_id, "call": key}
-            return Command(goto=COMPENSATE_NODE, update=update)
+            # Its agent may have acted: the compensation undoes it too (see nodes.compensation).
+            return await self.compensate(step, key, config, str(exc), exc.code, called=called(exc))
         _noted(config, key, step.step_id, outcome.output)
         # No state update: the step's record is its event, and where the journey stands is the route: the one
         # its record chose (its branches judged once), else (replayed from the log) chosen from the output logged.
         if chosen is not None and chosen[0] is outcome.output:
             return chosen[1], outcome.replayed
         return spec.choose_next(step.step_id, {**result, "output": outcome.output}), outcome.replayed
+
+    async def compensate(
+        self, step: Step, key: str, config: RunnableConfig, error: str, error_type: str, *, called: bool = False
+    ) -> Command[str]:
+        """Send a saga whose ``step`` failed to its compensation (logged under ``key``, once). ``called``: the
+        step's agent was called and may have acted, so its call is undone too."""
+        failure = {"step": step.step_id, "error": error, "error_type": error_type}
+        await self.services.events.append(
+            thread_id(config),
+            [NewEvent("saga.compensating", failure, step.step_id, f"{key}:failed")],
+            status="compensating",
+        )
+        update: dict[str, Any] = {"status": "compensating", "failure": failure}
+        if called:
+            update["failed_call"] = {"step": step.step_id, "call": key}
+        return Command(goto=COMPENSATE_NODE, update=update)
