@@ -283,6 +283,11 @@ class JourneyRuntime:
                 raise NothingToRetryError(f"a {instance.pattern} journey has no retry", allowed=[])
         return await self._answer(await self._instance(instance_id))
 
+    async def status(self, instance_id: str) -> dict[str, Any]:
+        """A journey of any pattern as :meth:`retry` and :meth:`terminate` answer it: its pattern's status view,
+        with its id, pattern and status. An unknown one raises :class:`JourneyNotFoundError`."""
+        return await self._answer(await self._instance(instance_id))
+
     async def _instance(self, instance_id: str) -> Instance:
         instance = await self.store.index.get_instance(instance_id)
         if instance is None:

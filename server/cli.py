@@ -141,8 +141,13 @@ def _quiet_logs(verbose: bool, quiet: int = logging.ERROR) -> None:
 def _fail(error: JourneyError) -> NoReturn:
     """Its message, not a traceback. Exit status 1 when something failed (a database not there), 2 when what
     was asked for is refused (a bad setting or name, as for a bad option)."""
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(1 if error.category == "failed" else 2)
+    _fail_as(str(error), error.category)
+
+
+def _fail_as(message: str, category: str) -> NoReturn:
+    """:func:`_fail` of an error known by its message and category (one another process raised)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1 if category == "failed" else 2)
 
 
 def _existing(database_url: str, command: str) -> None:
@@ -606,19 +611,45 @@ def retry_instance(
         str | None, typer.Option(help="module:function registering the agents its steps call (as serve and worker)")
     ] = None,
     by: Annotated[str | None, typer.Option(help="who retries it, for the audit (default: cli:<login>)")] = None,
+    wait: Annotated[
+        float, typer.Option(min=0.1, help="seconds to wait for the workers' answer, where they run the retry")
+    ] = 300.0,
 ) -> None:
-    """Run what a failed journey failed at again, here and now, with the plugin's agents: its pattern's own
-    retry (a step, a compensation, a process node and its failed timers, a lifecycle's task). Prints its status."""
+    """Run what a failed journey failed at again: its pattern's own retry (a step, a compensation, a process node
+    and its failed timers, a lifecycle's task). Where `journeys worker` processes serve the PostgreSQL database,
+    one of them runs it (with its agents) and this waits for how it ended; elsewhere it runs here and now, with
+    the plugin's agents. Prints its status, and on stderr where it ran."""
+    from checkpoints.url import parse_store_url
     from graphs.runtime import JourneyRuntime
     from server.plugins import plugin_registry
+    from server.queues.procrastinate import retry_in_workers
 
     _existing(database_url, "instances retry")
     registry = plugin_registry(plugin)
+    who = by or _operator()
 
     async def run() -> None:
         async with JourneyRuntime.open(database_url, agents=registry) as runtime:
-            answered = await runtime.retry(instance_id, by=by or _operator())
+            handed = None
+            if parse_store_url(database_url).kind == "postgres":
+                pool = runtime.store.pg_pool
+                handed = await retry_in_workers(database_url, instance_id, who, pool=pool, wait=wait)
+            if handed is None:
+                answered = await runtime.retry(instance_id, by=who)
+                ran = "retried in this process: no journeys worker serves this database"
+            elif handed.outcome is None:
+                answered = await runtime.status(instance_id)
+                ran = (
+                    f"handed to the workers (job {handed.job_id}), not done within {wait:g} s: it goes on there; "
+                    f"journeys instances show {instance_id} tells how it ends"
+                )
+            elif (error := handed.outcome.get("error")) is not None:
+                _fail_as(f"{error['message']} (retried by a worker, job {handed.job_id})", str(error["category"]))
+            else:
+                answered = await runtime.status(instance_id)
+                ran = f"retried by a worker (job {handed.job_id})"
         typer.echo(json.dumps(answered, default=str))
+        typer.echo(ran, err=True)
 
     _run_quietly(run())
 

@@ -164,6 +164,20 @@ def start_worker(
     return journeys(["worker", "--database-url", url, *options], env=env, output=log)
 
 
+async def workers_up(postgres_url: str, count: int) -> None:
+    """Return once ``count`` workers are registered in procrastinate's table (their jobs are running); the first
+    worker of a database installs that table."""
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        for _ in range(600):
+            installed = await (await conn.execute("select to_regclass('procrastinate_workers')")).fetchone()
+            if installed is not None and installed[0] is not None:
+                found = await (await conn.execute("select count(*) from procrastinate_workers")).fetchone()
+                if found is not None and found[0] >= count:
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{count} workers did not start within 60 s")
+
+
 def stop_worker(worker: JourneysProcess) -> None:
     """Stop a `journeys worker` or `journeys serve` process (killed if it does not stop within 15 s)."""
     worker.terminate()

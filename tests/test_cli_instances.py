@@ -13,8 +13,10 @@ import pytest
 from agents import PermanentAgentError
 from agents.errors import AgentCallFailedError
 from graphs import JourneyRuntime
+from tests.forked import journeys as journeys_process
 from tests.forked import run_journeys
 from tests.process_support import linear, user_task
+from tests.server_support import stop_worker, workers_up
 
 # The plugin an operator names for the retry: the agent is back up in that process.
 PLUGIN = """
@@ -105,3 +107,47 @@ async def status_of(url: str, instance_id: str) -> str:
         instance = await rt.store.index.get_instance(instance_id)
         assert instance is not None
         return instance.status
+
+
+async def test_where_workers_serve_the_database_a_retry_is_handed_to_them_and_runs_with_their_agents(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # As DBOS's `workflow resume` and Temporal's reset hand the work to the workers: the shell has no agents.
+    async with JourneyRuntime.open(postgres_url) as rt:
+        rt.agents.register("flaky", down)
+        spec = {"journey_type": "review", "steps": [{"step_id": "draft", "agent": "flaky"}, {"step_id": "approve"}]}
+        journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
+        failed = []
+        for user in ("ana", "ben"):
+            failed.append((await rt.structured.execute_journey(journey_id, user, {}))["instance_id"])
+            with pytest.raises(AgentCallFailedError):
+                await rt.structured.advance_journey_step(journey_id, user, {})
+    ana, ben = failed
+    (tmp_path / "ops_agents.py").write_text(PLUGIN)
+    shell = tmp_path / "shell"  # where the operator's command runs: ops_agents is not importable there
+    shell.mkdir()
+    db = ("--database-url", postgres_url)
+    worker = journeys_process(
+        ["worker", *db, "--plugin", "ops_agents:register"], cwd=tmp_path, output=tmp_path / "worker.log"
+    )
+    try:
+        await workers_up(postgres_url, 1)
+        code, out, err = journeys("instances", "retry", ana, "--by", "ops", *db, cwd=shell)
+        assert code == 0, err + (tmp_path / "worker.log").read_text()
+        assert json.loads(out)["status"] == "in_progress"
+        assert err.startswith("retried by a worker (job "), err
+        code, out, err = journeys("instances", "retry", ana, *db, cwd=shell)  # the worker refuses: told here
+        assert code == 2 and "(retried by a worker, job " in err and len(err.strip().splitlines()) == 1, err
+    finally:
+        stop_worker(worker)
+    async with JourneyRuntime.open(postgres_url) as rt:
+        assert (await rt.structured.run_status(ana))["current_step"] == "approve"
+        drafted = [e.payload["output"] for e in await rt.history(ana) if e.type == "step.completed"]
+        assert drafted == [{"drafted": True}]  # the worker's agent did the step
+        assert [e.payload["by"] for e in await rt.history(ana) if e.type == "step.retried"] == ["ops"]
+
+    # No worker serves it now (a stopped one unregisters): the command retries here, with its plugin's agents.
+    code, out, err = journeys("instances", "retry", ben, "--plugin", "ops_agents:register", *db, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["status"] == "in_progress"
+    assert err.strip() == "retried in this process: no journeys worker serves this database"

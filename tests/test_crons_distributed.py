@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
@@ -18,7 +17,7 @@ from langgraph_sdk.client import LangGraphClient
 from server.app import create_app
 from server.settings import Settings
 from tests.forked import JourneysProcess
-from tests.server_support import serving, start_worker, stop_worker
+from tests.server_support import serving, start_worker, stop_worker, workers_up
 
 pytestmark = pytest.mark.slow
 GAP = 20  # seconds between the cron's two ticks: the first one's firing is seen and both workers are killed within it
@@ -65,17 +64,6 @@ async def settled(client: LangGraphClient, cron_id: str, count: int) -> list[dic
         await asyncio.sleep(0.1)
     await asyncio.sleep(2)
     return await firings(client, cron_id)
-
-
-async def workers_up(postgres_url: str, count: int) -> None:
-    """Return once ``count`` workers are registered in procrastinate's table (their jobs are running)."""
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        for _ in range(600):
-            found = await (await conn.execute("select count(*) from procrastinate_workers")).fetchone()
-            if found is not None and found[0] >= count:
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{count} workers did not start within 60 s")
 
 
 async def test_a_cron_fires_on_schedule_once_with_two_workers_and_catches_up_after_downtime(

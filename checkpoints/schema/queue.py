@@ -93,6 +93,17 @@ WITH stalled AS (
 SELECT id, task_name, procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)::text AS retried FROM stalled
 """
 
+# An operator's retry handed to the workers (`journeys instances retry` where workers serve the database): the
+# worker that ran it tells the command how it ended on this channel (notice: the command's reply key, a newline,
+# then JSON), the command listening from before it deferred the retry's job.
+RETRY_CHANNEL = "journeys_retries"
+LISTEN_RETRIES = f"LISTEN {RETRY_CHANNEL}"
+TELL_RETRIED = f"SELECT pg_notify('{RETRY_CHANNEL}', %(notice)s)"
+# Whether procrastinate's schema is there (a database no worker ever served has none), then how many workers
+# heart-beat within ``seconds``: workers serve the database.
+QUEUE_INSTALLED = "SELECT to_regclass('procrastinate_workers') IS NOT NULL"
+WORKERS_SERVING = "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat > now() - make_interval(secs => %s)"
+
 
 def migrate_queue_schema(conninfo: str, *, migrations: Path | None = None) -> list[str]:
     """Install procrastinate's schema, or bring it up to date; the migration files applied now.

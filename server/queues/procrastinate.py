@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,8 +37,16 @@ from checkpoints.backends.postgres import OutagePool, autocommit, note_return, p
 from checkpoints.database import conflicted, lost_database, unreachable, violated
 from checkpoints.locks import held_elsewhere
 from checkpoints.runs import QueueJobs
-from checkpoints.schema.queue import DEFER_JOB, END_JOB, FETCH_JOB, migrate_queue_schema
-from checkpoints.url import distributed_target
+from checkpoints.schema.queue import (
+    DEFER_JOB,
+    END_JOB,
+    FETCH_JOB,
+    LISTEN_RETRIES,
+    QUEUE_INSTALLED,
+    WORKERS_SERVING,
+    migrate_queue_schema,
+)
+from checkpoints.url import distributed_target, unavailable
 from server.problems import WorkerStoppedError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor, Taken
@@ -45,6 +56,7 @@ from server.runs.watch import RunWatch, listening
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"
 RETENTION_TASK = "journeys.retention"
+RETRY_TASK = "journeys.retry_instance"  # an operator's retry of a failed journey (`journeys instances retry`)
 RETENTION_CRON = "*/10 * * * *"  # a retention pass every ten minutes (procrastinate cron, seconds optional)
 QUEUE = "journeys"
 log = structlog.get_logger("journeys.worker")
@@ -306,6 +318,10 @@ def build_app(
     async def execute_run(run_id: str) -> None:
         await handlers[RUN_TASK](run_id)
 
+    @app.task(name=RETRY_TASK, queue=QUEUE, pass_context=False, retry=OutageRetry())
+    async def retry_instance(instance_id: str, by: str | None, reply: str) -> None:
+        await handlers[RETRY_TASK](instance_id, by, reply)
+
     @app.periodic(cron="* * * * * *", periodic_id="timers")
     @app.task(name=TIMER_TASK, queue=QUEUE, queueing_lock="journeys-timers")
     async def fire_timers(timestamp: int) -> None:
@@ -333,6 +349,64 @@ async def _periodic_pass(handler: Callable[[], Awaitable[None]] | None) -> None:
         if lost_database(exc) is None:
             raise
         log.debug("periodic pass cut by the database's outage", error=str(exc))
+
+
+# A worker whose heartbeat is older than this does not count as serving the database (a dead one's row stays until
+# a live worker prunes it).
+SERVING_HEARTBEAT_S = 30.0
+NOTICE_TEXT_LIMIT = 4_000  # characters of an error message a retry's notice carries (PostgreSQL: 8,000 bytes a notice)
+
+
+@dataclass(frozen=True, slots=True)
+class HandedRetry:
+    """An operator's retry handed to the workers: its job, and how it ended as the worker that ran it told
+    (:func:`retry_notice`); ``outcome`` None: not told within the wait, the retry goes on in the workers."""
+
+    job_id: int
+    outcome: dict[str, Any] | None
+
+
+def retry_notice(reply: str, outcome: Mapping[str, Any]) -> str:
+    """The notice a worker sends when it has run a handed retry: ``outcome`` is ``{"status": ...}`` or
+    ``{"error": {"message", "category", "code"}}`` (its message cut to :data:`NOTICE_TEXT_LIMIT`)."""
+    error = outcome.get("error")
+    if isinstance(error, Mapping):
+        outcome = {**outcome, "error": {**error, "message": str(error.get("message", ""))[:NOTICE_TEXT_LIMIT]}}
+    return f"{reply}\n{json.dumps(outcome, default=str)}"
+
+
+async def retry_in_workers(
+    database_url: str, instance_id: str, by: str | None, *, pool: AsyncConnectionPool[Any] | None, wait: float
+) -> HandedRetry | None:
+    """Hand the retry of ``instance_id`` to the workers serving the database through the queue (DBOS's
+    ``workflow resume`` and Temporal's reset hand it to theirs), and wait up to ``wait`` seconds for how it ended.
+    None, handing nothing, when no worker serves it (no live heartbeat): the caller retries it itself."""
+    target = conninfo(database_url)
+    try:
+        listener = await psycopg.AsyncConnection.connect(target, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise unavailable(target, exc) from exc
+    async with listener:
+        installed = await (await listener.execute(QUEUE_INSTALLED)).fetchone()
+        if not (installed and installed[0]):
+            return None
+        serving = await (await listener.execute(WORKERS_SERVING, (SERVING_HEARTBEAT_S,))).fetchone()
+        if not (serving and serving[0]):
+            return None
+        await listener.execute(LISTEN_RETRIES)  # before the job exists: its notice cannot come first
+        reply = uuid.uuid4().hex
+        app = build_app(database_url, retention_cron=None)
+        async with app.open_async(pool=pool):
+            job_id = await app.configure_task(RETRY_TASK, queue=QUEUE).defer_async(
+                instance_id=instance_id, by=by, reply=reply
+            )
+        with suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                async for notice in listener.notifies():
+                    key, _, outcome = notice.payload.partition("\n")
+                    if key == reply:
+                        return HandedRetry(job_id, json.loads(outcome))
+        return HandedRetry(job_id, None)
 
 
 def ensure_schema(database_url: str) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import Any
 
 import procrastinate
 import structlog
@@ -19,10 +20,10 @@ from procrastinate.signals import on_stop
 
 from agents.guide_model import load_guide_model
 from checkpoints.database import lost_database
-from checkpoints.errors import DatabaseUnavailableError
-from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
+from checkpoints.errors import DatabaseUnavailableError, JourneyError
+from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, held_elsewhere
 from checkpoints.retention import RetentionPolicy
-from checkpoints.schema.queue import RETRY_STALLED
+from checkpoints.schema.queue import RETRY_STALLED, TELL_RETRIED
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
 from server.heap import freeze_startup_heap
@@ -31,6 +32,7 @@ from server.queues.procrastinate import (
     QUEUE,
     RETENTION_CRON,
     RETENTION_TASK,
+    RETRY_TASK,
     RUN_JOBS,
     RUN_TASK,
     TIMER_TASK,
@@ -40,6 +42,7 @@ from server.queues.procrastinate import (
     enqueuer,
     ensure_schema,
     handed_over,
+    retry_notice,
 )
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow, RunStore
@@ -82,6 +85,22 @@ async def outlasting_the_database(
                     raise
                 log.info("database still unavailable", error=still.message, retry_in=wait)  # -v: one line per try
         log.warning("database available again: taking jobs", away_s=round(time.monotonic() - away_since, 1))
+
+
+async def retried(runtime: JourneyRuntime, instance_id: str, by: str | None) -> dict[str, Any]:
+    """An operator's retry handed to this worker (``journeys instances retry``), run by ``runtime.retry`` as the
+    command would run it: ``{"status": ...}``, or ``{"error": ...}`` when the retry was refused or its step failed
+    again (logged as the journey's failure already). An outage, or a journey another process kept past the lock
+    timeout, is raised: the job is taken again later (:class:`OutageRetry`)."""
+    try:
+        answered = await runtime.retry(instance_id, by=by)
+    except JourneyError as exc:
+        if held_elsewhere(exc) or lost_database(exc) is not None:
+            raise
+        log.info("an operator's retry ended in error", instance_id=instance_id, error=exc.message)
+        return {"error": {"message": exc.message, "category": exc.category, "code": exc.code}}
+    log.info("an operator's retry ran", instance_id=instance_id, status=answered["status"])
+    return {"status": answered["status"]}
 
 
 async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
@@ -155,7 +174,17 @@ async def run_worker(
         async def apply_retention() -> None:
             await runtime.retention.run()
 
-        handlers = {RUN_TASK: execute, RETENTION_TASK: apply_retention, **({TIMER_TASK: fire_timers} if timers else {})}
+        async def retry_instance(instance_id: str, by: str | None, reply: str) -> None:
+            # The command that handed it listens (retry_in_workers): told how it ended, even refused.
+            outcome = await retried(runtime, instance_id, by)
+            await app.connector.execute_query_async(TELL_RETRIED, notice=retry_notice(reply, outcome))
+
+        handlers = {
+            RUN_TASK: execute,
+            RETENTION_TASK: apply_retention,
+            RETRY_TASK: retry_instance,
+            **({TIMER_TASK: fire_timers} if timers else {}),
+        }
         app = build_app(database_url, handlers, retention_cron=retention_cron)
         app.job_manager = jobs = RunJobs(app.connector, runs)
 
