@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -66,7 +67,14 @@ DROP TABLE server_crons;
 DROP TABLE journey_retention;
 DROP INDEX ix_journey_instances_updated;
 DROP SEQUENCE journey_events_instance_no;
+DROP INDEX ix_journey_instances_created;
+DROP INDEX ix_journey_designs_type;
 """
+# Migration 30 taken away again.
+UNDO_MIGRATION_30 = (
+    "DROP INDEX ix_journey_instances_created",
+    "DROP INDEX ix_journey_designs_type",
+)
 # Migration 21 taken away again on PostgreSQL (an empty event log): keyed by (instance_id, seq) as before it.
 UNDO_MIGRATION_21 = (
     "DROP SEQUENCE journey_events_instance_no",
@@ -152,6 +160,7 @@ async def test_an_old_postgres_event_log_is_rekeyed_and_keeps_its_events(postgre
         "ix_journey_instances_pattern_status",
         "ix_journey_instances_owner",
         "ix_journey_instances_updated",
+        "ix_journey_instances_created",
     }
 
 
@@ -199,6 +208,8 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             for statement in undo_migration_25(conn.dialect.name):
                 await conn.execute(text(statement))
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
+            for statement in UNDO_MIGRATION_30:
+                await conn.execute(text(statement))
             if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))
                 for statement in UNDO_MIGRATION_21:
@@ -645,3 +656,41 @@ async def test_assistants_made_before_migration_28_are_found_by_name_whatever_th
         store = AssistantStore(rt.store.backend, rt.store.clock)
         for name in ("école", "STRASSE", "ole st"):
             assert [a.assistant_id for a in await store.search(AssistantFilter(name=name))] == ["a-1"], name
+
+
+async def test_journeys_listed_newest_first_and_designs_looked_up_by_type_read_an_index(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 30: the dashboard's and `journeys instances list`'s newest journeys, and a shared design's look-up
+    by its pattern and type, are read from an index, not from a scan and a sort of every row (100,000 instances:
+    56-97 ms, 0.1 ms from the index on PostgreSQL)."""
+    async with JourneyRuntime.open(durable_url) as rt:
+        backend, sent, inner = rt.store.backend, [], [False]
+        originals = {name: getattr(backend, name) for name in ("query", "read")}
+        for name, original in originals.items():  # a backend's read may call its query: recorded once
+
+            async def recorded(statement: Any, params: Any = None, *, _original: Any = original) -> Any:
+                if inner[0]:
+                    return await _original(statement, params)
+                sent.append(statement.params(params or {}))
+                inner[0] = True
+                try:
+                    return await _original(statement, params)
+                finally:
+                    inner[0] = False
+
+            monkeypatch.setattr(backend, name, recorded)
+        await rt.store.index.list_instances(limit=50, newest_first=True)
+        await rt.store.index.designs_of_type("saga", "review")
+        monkeypatch.undo()
+        plans = []
+        async with rt.store.engine.connect() as conn:
+            if backend.postgres:
+                await conn.exec_driver_sql("SET enable_seqscan = off")  # the plan of tables too big to scan
+            for statement in sent:
+                sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                explain = "EXPLAIN " if backend.postgres else "EXPLAIN QUERY PLAN "
+                plans.append(" ".join(str(row[-1]) for row in await conn.exec_driver_sql(explain + sql)))
+    listed, designs = plans
+    assert "ix_journey_instances_created" in listed, listed
+    assert "ix_journey_designs_type" in designs, designs

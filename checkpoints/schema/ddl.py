@@ -1416,3 +1416,15 @@ V29_THREAD_TTL: DDL = {
     )
     for dialect, moment in (("sqlite", "DATETIME"), ("postgresql", "TIMESTAMP WITH TIME ZONE"))
 }
+
+# Migration 30: indexes for two reads that scanned a whole table. An operator's and the dashboard's listing of
+# journeys, newest first (`journeys instances list`, /ui): at 100,000 instances a top-N sort of every row, 56-97 ms,
+# against 0.1 ms read backwards from the index. A shared design's look-up by (pattern, journey_type) after an upgrade
+# (DesignBook._stored_by_older_release): a scan of every design, 48 ms at 100,000, against 0.07 ms.
+V30_LISTING_INDEXES: DDL = dict.fromkeys(
+    ("sqlite", "postgresql"),
+    (
+        "CREATE INDEX ix_journey_instances_created ON journey_instances (created_at, instance_id)",
+        "CREATE INDEX ix_journey_designs_type ON journey_designs (pattern, journey_type)",
+    ),
+)

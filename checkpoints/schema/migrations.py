@@ -118,6 +118,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _fill_assistant_name_keys,
     ),
     Migration(29, "server threads may have a time-to-live: deleted once they expire", ddl.V29_THREAD_TTL),
+    Migration(30, "indexes for journeys listed newest first and designs looked up by type", ddl.V30_LISTING_INDEXES),
 )
 LATEST = MIGRATIONS[-1].version
 
