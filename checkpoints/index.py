@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, null, select, update
 
 from checkpoints.backends.base import Backend, Params, Statement
 from checkpoints.clock import Clock
@@ -45,6 +45,8 @@ class Instance:
     owner: str | None = None  # the principal that started it, its tenant and shared group (ownership)
     tenant: str | None = None
     shared_group: str | None = None
+    # What holds its continuation back (see JourneyIndex.hold): the missing agents, what they hold, since when.
+    held: dict[str, Any] | None = None
 
     @property
     def owned_by(self) -> Owner | None:
@@ -65,6 +67,16 @@ _DESIGNS_OF_TYPE = (
     select(journey_designs)
     .where(_designs.pattern == bindparam("p_pattern"), _designs.journey_type == bindparam("p_journey_type"))
     .order_by(_designs.created_at)
+)
+_HOLD = (
+    update(journey_instances)
+    .where(_instances.instance_id == bindparam("p_instance_id"))
+    .values(held=bindparam("p_held", type_=_instances.held.type))
+)
+_RELEASE = (
+    update(journey_instances)
+    .where(_instances.instance_id == bindparam("p_instance_id"), _instances.held.isnot(None))
+    .values(held=null())
 )
 # An instance and its first event (seq 1) are registered together, on the hot path of every start.
 _REGISTER_INSTANCE = insert(journey_instances).values(
@@ -256,6 +268,15 @@ class JourneyIndex:
         """The ids of every instance of ``pattern`` in ``status``, oldest first."""
         rows = await self._backend.read(_IDS_IN_STATUS, {"p_pattern": pattern, "p_status": status})
         return [row["instance_id"] for row in rows]
+
+    async def hold(self, instance_id: str, held: Mapping[str, Any]) -> None:
+        """Store what holds the instance's continuation back (the agents no process that found it has, and the
+        timer or answer they hold), for the views to show; :meth:`release` clears it."""
+        await self._backend.execute(_HOLD, {"p_instance_id": instance_id, "p_held": dict(held)})
+
+    async def release(self, instance_id: str) -> None:
+        """Nothing holds the instance back any more (it went on); a write only where something did."""
+        await self._backend.execute(_RELEASE, {"p_instance_id": instance_id})
 
     async def incidents(self, instance_ids: Sequence[str]) -> dict[str, int]:
         """How many incidents (failed timers) each of these instances has; those with none are left out."""

@@ -581,6 +581,8 @@ def show_instance(
             "created_at": instance.created_at.isoformat(),
             "updated_at": instance.updated_at.isoformat(),
             "incidents": failed_timers.get(instance_id, 0),
+            # What holds it back: agents no process serving it has (register them there, e.g. --plugin).
+            "held": instance.held,
         }
         last = log[len(log) - events :] if events else []
         timeline = [
@@ -596,7 +598,7 @@ def show_instance(
         if as_json:
             typer.echo(json.dumps({**shown, "events": len(log), "last_events": timeline}))
             return
-        _table([{"field": name, "value": "" if value is None else str(value)} for name, value in shown.items()])
+        _table([{"field": name, "value": _shown_value(value)} for name, value in shown.items()])
         typer.echo(f"{len(log)} events; the last {len(timeline)}:")
         _table(timeline, empty="no events")
 
@@ -672,6 +674,13 @@ def terminate_instance(
         typer.echo(json.dumps(answered, default=str))
 
     _run_quietly(run())
+
+
+def _shown_value(value: Any) -> str:
+    """A field's value in a table: a mapping as JSON, nothing for None."""
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict) else str(value)
 
 
 def _operator() -> str:

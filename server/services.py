@@ -692,6 +692,7 @@ class ServerServices:
             "user_id": instance.user_id,
             "index_status": instance.status,
             **view,
+            **({"held": instance.held} if instance.held is not None else {}),
         }
 
 

@@ -34,16 +34,24 @@ def journeys(*args: str, cwd: Path) -> tuple[int, str, str]:
     return ran.returncode, ran.stdout, ran.stderr
 
 
+async def failed_reviews(rt: JourneyRuntime, *users: str) -> tuple[str, list[str]]:
+    """A review journey whose first step's agent (``flaky``) is down, and an instance of it per user, failed there."""
+    rt.agents.register("flaky", down)
+    spec = {"journey_type": "review", "steps": [{"step_id": "draft", "agent": "flaky"}, {"step_id": "approve"}]}
+    journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
+    failed = []
+    for user in users:
+        failed.append((await rt.structured.execute_journey(journey_id, user, {}))["instance_id"])
+        with pytest.raises(AgentCallFailedError):
+            await rt.structured.advance_journey_step(journey_id, user, {})
+    return journey_id, failed
+
+
 async def test_an_operator_lists_shows_retries_and_terminates_journeys_from_a_shell(
     durable_url: str, tmp_path: Path
 ) -> None:
     async with JourneyRuntime.open(durable_url) as rt:
-        rt.agents.register("flaky", down)
-        spec = {"journey_type": "review", "steps": [{"step_id": "draft", "agent": "flaky"}, {"step_id": "approve"}]}
-        journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
-        ana = (await rt.structured.execute_journey(journey_id, "ana", {}))["instance_id"]
-        with pytest.raises(AgentCallFailedError):
-            await rt.structured.advance_journey_step(journey_id, "ana", {})
+        journey_id, [ana] = await failed_reviews(rt, "ana")
         ben = (await rt.structured.execute_journey(journey_id, "ben", {}))["instance_id"]
         await rt.processes.deploy(
             linear("billing", {"type": "service_task", "id": "charge", "agent": "flaky"}, user_task("ok"))
@@ -114,15 +122,7 @@ async def test_where_workers_serve_the_database_a_retry_is_handed_to_them_and_ru
 ) -> None:
     # As DBOS's `workflow resume` and Temporal's reset hand the work to the workers: the shell has no agents.
     async with JourneyRuntime.open(postgres_url) as rt:
-        rt.agents.register("flaky", down)
-        spec = {"journey_type": "review", "steps": [{"step_id": "draft", "agent": "flaky"}, {"step_id": "approve"}]}
-        journey_id = (await rt.structured.design_journey("review", spec=spec))["journey_id"]
-        failed = []
-        for user in ("ana", "ben"):
-            failed.append((await rt.structured.execute_journey(journey_id, user, {}))["instance_id"])
-            with pytest.raises(AgentCallFailedError):
-                await rt.structured.advance_journey_step(journey_id, user, {})
-    ana, ben = failed
+        _journey_id, [ana, ben] = await failed_reviews(rt, "ana", "ben")
     (tmp_path / "ops_agents.py").write_text(PLUGIN)
     shell = tmp_path / "shell"  # where the operator's command runs: ops_agents is not importable there
     shell.mkdir()

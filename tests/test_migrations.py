@@ -69,11 +69,13 @@ DROP INDEX ix_journey_instances_updated;
 DROP SEQUENCE journey_events_instance_no;
 DROP INDEX ix_journey_instances_created;
 DROP INDEX ix_journey_designs_type;
+ALTER TABLE journey_instances DROP COLUMN held;
 """
-# Migration 30 taken away again.
-UNDO_MIGRATION_30 = (
+# Migrations 30 and 31 taken away again.
+UNDO_MIGRATIONS_30_31 = (
     "DROP INDEX ix_journey_instances_created",
     "DROP INDEX ix_journey_designs_type",
+    "ALTER TABLE journey_instances DROP COLUMN held",
 )
 # Migration 21 taken away again on PostgreSQL (an empty event log): keyed by (instance_id, seq) as before it.
 UNDO_MIGRATION_21 = (
@@ -208,7 +210,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             for statement in undo_migration_25(conn.dialect.name):
                 await conn.execute(text(statement))
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
-            for statement in UNDO_MIGRATION_30:
+            for statement in UNDO_MIGRATIONS_30_31:
                 await conn.execute(text(statement))
             if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))

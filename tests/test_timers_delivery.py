@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, timedelta
 from subprocess import PIPE
 from typing import Any
 
@@ -468,9 +468,20 @@ async def test_a_timer_held_for_a_missing_agent_runs_once_the_agent_is_registere
         instance_id = (await rt.processes.start("nap", "cust-0"))["instance_id"]
         clock.advance(timedelta(hours=1))
         report = await rt.processes.scheduler.run_due()
-        assert (await rt.processes.status(instance_id))["status"] == "in_progress"
+        status = await rt.processes.status(instance_id)
+        assert status["status"] == "in_progress"
         assert report.held == 1
+        # Stored where its status is read, so an operator sees why it stands still (not only a worker's log).
+        held = status.get("held") or {}
+        assert (held.get("missing_intents"), held.get("since")) == (["wake"], clock.now().astimezone(UTC).isoformat())
+        timers = await rt.processes.services.timers.find(instance_id=instance_id)
+        assert held.get("timer_id") in {t.timer_id for t in timers}  # the fired timer, its answer undelivered
+        instance = await rt.store.index.get_instance(instance_id)
+        assert instance is not None and instance.held == status["held"]
         calls.register(rt, "wake", {"awake": True})
         clock.advance(timedelta(minutes=2))
         assert (await rt.processes.scheduler.run_due()).redelivered == 1
-        assert (await rt.processes.status(instance_id))["status"] == "completed"
+        status = await rt.processes.status(instance_id)
+        assert status["status"] == "completed" and "held" not in status, status  # cleared as it went on
+        instance = await rt.store.index.get_instance(instance_id)
+        assert instance is not None and instance.held is None

@@ -1428,3 +1428,11 @@ V30_LISTING_INDEXES: DDL = dict.fromkeys(
         "CREATE INDEX ix_journey_designs_type ON journey_designs (pattern, journey_type)",
     ),
 )
+
+# Migration 31: what holds a journey instance's continuation (a fired timer, a task's answer) back: the agents its
+# process calls that no process serving the database has (``graphs.process.timers._held``), so the views show why it
+# stands still; cleared once it goes on. NULL: nothing holds it.
+V31_HELD: DDL = {
+    "sqlite": ("ALTER TABLE journey_instances ADD COLUMN held JSON",),
+    "postgresql": ("ALTER TABLE journey_instances ADD COLUMN held JSONB",),
+}

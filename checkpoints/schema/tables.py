@@ -87,6 +87,8 @@ journey_instances = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     *owner_columns(),  # who started it (migration 12): see checkpoints.ownership
+    # What holds its continuation back (migration 31): the agents no process serving it has; NULL: nothing.
+    Column("held", JsonType, nullable=True),
     Index("ix_journey_instances_pattern_status", "pattern", "status"),
     Index("ix_journey_instances_owner", "tenant", "owner"),
     Index("ix_journey_instances_created", "created_at", "instance_id"),  # listed newest first (migration 29)

@@ -151,6 +151,14 @@ class TimerHost(Resumer, Protocol):
         """The intents the instance's process calls that no agent serves in this process."""
         ...
 
+    async def held_back(self, instance_id: str, held: Mapping[str, Any]) -> None:
+        """Store what holds the instance's continuation back, for its views to show."""
+        ...
+
+    async def went_on(self, instance: Instance | None, instance_id: str | None = None) -> None:
+        """Nothing holds the instance back any more."""
+        ...
+
     async def grants_of(self, instance_id: str) -> Grants:
         """What the instance's spec grants its agent calls (least privilege), timers' calls included."""
         ...

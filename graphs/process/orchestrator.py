@@ -761,19 +761,37 @@ class ProcessOrchestrator:
         migration never moves a wait whose answer is undelivered (it is refused, or rolled back), so the
         version read is the one the answer is delivered on.
         """
-        _instance, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
+        found, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
-            return await self._deliver(graph, spec, instance_id, wait_id, consumed, run_options)
+            delivered = await self._deliver(graph, spec, instance_id, wait_id, consumed, run_options)
+        if delivered:
+            await self.went_on(found)
+        return delivered
 
     async def deliver_answering(
         self, instance_id: str, wait_id: str, *, run_options: RunOptions = DEFAULT_RUN
     ) -> dict[str, Any]:
         """:meth:`deliver`, answering the instance's view as the delivery left it (built under the same lock: a
         call by another client right after it does not show in the answer)."""
-        _instance, deployment, spec, graph = await self.loaded(instance_id)
+        found, deployment, spec, graph = await self.loaded(instance_id)
         async with self.engine.exclusive(instance_id):
-            await self._deliver(graph, spec, instance_id, wait_id, None, run_options)
+            if await self._deliver(graph, spec, instance_id, wait_id, None, run_options):
+                await self.went_on(found)
             return await self._status(instance_id, deployment, spec, graph)
+
+    async def held_back(self, instance_id: str, held: Mapping[str, Any]) -> None:
+        """Store what holds the instance's continuation back (agents no process that found it has: see
+        ``graphs.process.timers``), shown by its views until it goes on (:meth:`went_on`)."""
+        await self.store.index.hold(instance_id, held)
+
+    async def went_on(self, instance: Instance | None, instance_id: str | None = None) -> None:
+        """The instance went on (an answer delivered, a held timer fired): nothing holds it back. Written only
+        where something did: ``instance``, its index row as read before, says so; without one (``instance_id``)
+        the write is conditional."""
+        if instance is not None and instance.held is not None:
+            await self.store.index.release(instance.instance_id)
+        elif instance is None and instance_id is not None:
+            await self.store.index.release(instance_id)
 
     async def _deliver(
         self,
@@ -1374,6 +1392,8 @@ class ProcessOrchestrator:
             view = await self._status(instance_id, deployment, spec, graph, instance, settle=held)
             if incidents := await self._failed_timers(instance_id):
                 view["incidents"] = [{**(t.data.get("incident") or {}), "element": t.element} for t in incidents]
+            if instance.held is not None:  # an answer or a timer left for a process with its agents
+                view["held"] = instance.held
             return view
 
     async def _failed_timers(self, instance_id: str) -> list[Timer]:

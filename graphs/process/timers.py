@@ -203,6 +203,8 @@ async def fire_due_timers(
                 if intent is not None and await _held(processes, timer, None, report, intent=intent):
                     return  # left claimed: past its lease, a pass in a process that has the agent fires it
                 fired = await _fire_other(processes, timer, worker, handlers or {}, lease)
+                if intent is not None and timer.instance_id is not None:  # it may have been held back before
+                    await processes.went_on(None, timer.instance_id)
             except Exception as exc:  # left "firing" (or "failed": an incident): see _end_if_given_up
                 report.failed += 1
                 report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
@@ -285,6 +287,9 @@ async def _held(
     if len(_WARNED_HELD) >= WARNED_HELD_LIMIT:
         _WARNED_HELD.clear()
     _WARNED_HELD.add(key)
+    # Stored too, so the instance's views say why it stands still (an operator reads no worker's log there).
+    since = processes.clock.now().astimezone(UTC).isoformat()
+    await processes.held_back(held.instance_id, {"missing_intents": missing, **named, "since": since})
     log.warning(
         "fired timer left for a process with its agents",
         instance_id=held.instance_id,

@@ -108,6 +108,21 @@ class TimerIncident(BaseModel):
     failed_at: str
 
 
+class HeldBack(BaseModel):
+    """What holds a journey's continuation back: a timer (fired, its answer undelivered; or an SLA's or a
+    reminder's notification, unfired) or an answer left undelivered, kept for a process with the agents its process
+    calls, which no process that found it has (register them with ``--plugin`` on every ``journeys serve`` and
+    ``journeys worker``). Gone once it goes on."""
+
+    missing_intents: list[str] = Field(description="the intents no agent serves in the processes that found it")
+    timer_id: str = optional_key("the timer held back: fired and its answer undelivered, or a notification unfired")
+    wait_id: str = optional_key("a wait whose answer is held back undelivered (found again after its lease)")
+    since: str = Field(description="when it was first held back")
+
+
+HELD_DESCRIPTION = "only while some: what holds its continuation back (agents no process serving it has)"
+
+
 class ProcessInstanceView(BaseModel):
     """A process instance: its version, status, variables and where it waits."""
 
@@ -126,6 +141,7 @@ class ProcessInstanceView(BaseModel):
     incidents: list[TimerIncident] = optional_key(
         "only in a status read, and only when some: timers whose agent failed after its retries (retry the instance)"
     )
+    held: HeldBack = optional_key(f"in a status read, {HELD_DESCRIPTION}")
 
 
 class TaskOut(BaseModel):

@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from server.views.fields import optional_key
 from server.views.lifecycle import LifecycleJourneyView
-from server.views.processes import ProcessInstanceView, ProcessStatus
+from server.views.processes import HELD_DESCRIPTION, HeldBack, ProcessInstanceView, ProcessStatus
 from server.views.sessions import SessionProgressOut
 from server.views.steps import SagaRunStatus, SagaRunView, StructuredRunStatus, StructuredRunView
 
@@ -19,6 +20,7 @@ class IndexFields(BaseModel):
     pattern: str
     user_id: str = Field(description="the user; a lifecycle journey's client; a process instance's business key")
     index_status: str = Field(description="the status the journey index keeps (written with the journey's events)")
+    held: HeldBack = optional_key(HELD_DESCRIPTION)
 
 
 # Each base lists IndexFields last, so its fields come first in the JSON, as the route merges them.
