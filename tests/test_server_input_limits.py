@@ -17,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from checkpoints import values
+from graphs.errors import InvalidInputError
+from server import input_guard
 from server.app import create_app
 from server.settings import ApiKey, InputLimits, Settings
 from tests.server_support import free_port, serving
@@ -251,3 +254,41 @@ def test_serve_takes_the_limits_from_options_or_the_environment(monkeypatch: pyt
     assert served[1].state.settings.limits == InputLimits()
     refused = CliRunner().invoke(cli, ["serve", "--no-auth", "--max-json-depth", "0"])
     assert refused.exit_code == 2 and "max-json-depth" in refused.output
+
+
+def test_a_body_whose_text_proves_it_keepable_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run request's body was walked value by value (checkpoints.values.check_value) although its text alone
+    proved there was nothing to refuse: no ``\\u`` escape (the only way a NUL or a lone surrogate gets in),
+    shorter than the string limit, fewer objects and arrays than the depth limit, no number parsed as
+    infinity. Such a body is now taken as parsed; any other is walked, and refused as before, naming where."""
+    walked: list[Any] = []
+    real = values.check_value
+
+    def counting(document: Any, *args: Any, **kwargs: Any) -> None:
+        walked.append(document)
+        real(document, *args, **kwargs)
+
+    monkeypatch.setattr(input_guard, "check_value", counting)
+    limits = InputLimits()
+    steps = [{"step_id": f"s{i}", "mode": "auto", "agent": "a", "timeout": 1.5} for i in range(8)]
+    plain = {**MIGRATION, "input": {"journey_type": "j", "spec": {"steps": steps}, "user_id": "ana"}}
+    assert input_guard.check_json(json.dumps(plain).encode(), limits) == plain
+    assert walked == []
+    refused = {
+        "contains a NUL character": raw({"metadata": {"note": "@s"}}, s='"a\\u0000b"'),
+        "lone surrogate": raw({"metadata": {"note": "@s"}}, s='"\\udfff"'),
+        "too large for a double": raw({"metadata": {"note": "@n"}}, n="1e400"),
+        f"over the limit of {limits.max_string_chars}": raw({"metadata": {"x": "x" * (limits.max_string_chars + 1)}}),
+        f"nests deeper than {limits.max_depth} levels": raw({"metadata": nested(limits.max_depth, 1)}),
+    }
+    for problem, body in refused.items():
+        with pytest.raises(InvalidInputError, match=problem) as caught:
+            input_guard.check_json(body, limits)
+        assert caught.value.message.startswith("the request body at body.metadata"), caught.value.message
+    assert len(walked) == len(refused)
+    # Escapes of other characters, and numbers, are taken as they were: walked, and nothing found.
+    assert input_guard.check_json(b'{"note": "caf\\u00e9", "n": [1e300, -0.5]}', limits) == {
+        "note": "caf\u00e9",
+        "n": [1e300, -0.5],
+    }
+    assert len(walked) == len(refused) + 1
