@@ -223,5 +223,13 @@ def test_every_route_but_the_health_check_authorizes_and_guards_its_input() -> N
             public.add(route.path)
             assert route.body_field is None and not route.dependant.path_params
             assert {p.name for p in route.dependant.query_params} <= PUBLIC_PARAMETERS.get(route.path, set())
+        if isinstance(route, APIRoute):  # the caller is one dependency a request solves: the key's scheme itself
+            assert all(not d.dependencies for d in route.dependant.dependencies if isinstance(d.call, Require))
     assert public == PUBLIC
     assert ui_public == {"/ui", "/ui/login", "/ui/logout"}
+    # Which the OpenAPI document says of every route but the public ones: the API key, in its header.
+    document = app.openapi()
+    key = {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "an API key with scopes"}
+    assert document["components"]["securitySchemes"] == {"APIKeyHeader": key}
+    operations = [(path, op) for path, item in document["paths"].items() for op in item.values()]
+    assert {path for path, op in operations if op.get("security") != [{"APIKeyHeader": []}]} == PUBLIC
