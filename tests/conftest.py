@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg import sql
+from sqlalchemy import event
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from checkpoints import redaction
 
@@ -311,6 +315,55 @@ def _logging_config_per_test() -> Iterator[None]:
     found = structlog.get_config()
     yield
     structlog.configure(**found)
+
+
+# The pool entries of every SQLAlchemy connection checked out and not yet given back (any engine, any backend).
+_CHECKED_OUT: dict[int, ConnectionPoolEntry] = {}
+_AIOSQLITE_THREAD = "(_connection_worker_thread)"  # how threading names an aiosqlite connection's own thread
+_THREADS_BEFORE: set[threading.Thread] = set()
+CLOSING_GRACE_S = 5.0  # how long a closed connection's thread may take to end after the test's teardown
+
+
+@event.listens_for(Pool, "checkout")
+def _checked_out(_dbapi: object, entry: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+    _CHECKED_OUT[id(entry)] = entry
+
+
+@event.listens_for(Pool, "checkin")
+def _checked_in(_dbapi: object, entry: ConnectionPoolEntry) -> None:
+    _CHECKED_OUT.pop(id(entry), None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    _CHECKED_OUT.clear()  # an earlier test's leak was reported in that test
+    _THREADS_BEFORE.clear()
+    _THREADS_BEFORE.update(threading.enumerate())
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Fail the test that leaves a database connection open once its fixtures are torn down: a pool connection
+    never checked in, or an aiosqlite connection not closed (or still running a statement) after its event loop
+    closed. The garbage collector found such connections later, in whichever test was running then: SQLAlchemy
+    terminated the pooled ones, and the aiosqlite thread answering on a closed loop raised "Event loop is closed"
+    (a PytestUnhandledThreadExceptionWarning) in a test that had nothing to do with it."""
+    result = yield
+    deadline = time.monotonic() + CLOSING_GRACE_S
+    threads = [t for t in threading.enumerate() if t not in _THREADS_BEFORE and t.name.endswith(_AIOSQLITE_THREAD)]
+    for thread in threads:  # a connection closed has answered its close: its thread is ending
+        thread.join(max(0.0, deadline - time.monotonic()))
+    open_threads = [t.name for t in threads if t.is_alive()]
+    pooled = [repr(entry.dbapi_connection) for entry in _CHECKED_OUT.values()]
+    _CHECKED_OUT.clear()
+    if open_threads or pooled:
+        pytest.fail(
+            f"{item.nodeid} left database connections open: pool connections never checked in {pooled}, "
+            f"aiosqlite connections not closed {open_threads}; close each (async with) on every path",
+            pytrace=False,
+        )
+    return result
 
 
 @pytest.fixture(autouse=True)
