@@ -1,7 +1,8 @@
 """Agents for the crash test, registered in the API and in every worker (``--plugin``).
 
 ``side_effect`` stands for a call with an external effect: it counts its calls per idempotency key in
-a table of its own, so the test can tell whether any step's effect happened twice.
+a table of its own, so the test can tell whether any step's effect happened twice, and records the process
+that made each last (a test kills a worker once it is executing steps).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ COUNTER_TABLE = "crash_side_effects"
 
 def ensure_counter(conninfo: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {COUNTER_TABLE} (key text PRIMARY KEY, calls int NOT NULL)")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {COUNTER_TABLE} (key text PRIMARY KEY, calls int NOT NULL, pid int NOT NULL)"
+        )
 
 
 _POOL: AsyncConnectionPool | None = None
@@ -36,9 +39,9 @@ async def side_effect(request: AgentRequest) -> dict[str, Any]:
     await asyncio.sleep(float(os.environ.get("JOURNEYS_CRASH_STEP_SECONDS", "0.003")))  # so kills land mid-run
     async with _POOL.connection() as conn:
         await conn.execute(
-            f"INSERT INTO {COUNTER_TABLE} (key, calls) VALUES (%s, 1) "
-            f"ON CONFLICT (key) DO UPDATE SET calls = {COUNTER_TABLE}.calls + 1",
-            (request.idempotency_key,),
+            f"INSERT INTO {COUNTER_TABLE} (key, calls, pid) VALUES (%s, 1, %s) "
+            f"ON CONFLICT (key) DO UPDATE SET calls = {COUNTER_TABLE}.calls + 1, pid = excluded.pid",
+            (request.idempotency_key, os.getpid()),
         )
     return {"done": request.step}
 

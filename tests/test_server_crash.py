@@ -69,13 +69,15 @@ async def test_two_workers_one_killed_repeatedly(postgres_url: str, monkeypatch:
     ensure_schema(postgres_url)
     ensure_counter(postgres_url)
     monkeypatch.setenv("JOURNEYS_CRASH_DB", postgres_url)
+    # Journeys last long enough to be killed mid-run whatever the machine's speed: worker "b" alone ends at most 20
+    # a second while "a" restarts after a kill (1-2 s, 6 s at load 11), and 16 at once at most 40.
+    monkeypatch.setenv("JOURNEYS_CRASH_STEP_SECONDS", "0.05")
     registry = AgentRegistry()
     register(registry)
     app = create_app(
         Settings(database_url=postgres_url, auth=False, execution="distributed"), runtime_options={"agents": registry}
     )
-    workers = [start_worker(postgres_url, "a"), start_worker(postgres_url, "b")]
-    kills = 0
+    workers: list[JourneysProcess] = []
     try:
         with serving(app) as base:
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -91,23 +93,18 @@ async def test_two_workers_one_killed_repeatedly(postgres_url: str, monkeypatch:
                     )
                     assert response.status_code == 200, response.text
 
+                # Every run queued before the workers start: the kills are paced by the journeys' progress
+                # alone, not by how long queueing 200 took (14 s under load, by when most had ended).
                 await asyncio.gather(*(start(i) for i in range(JOURNEYS)))
-            deadline = time.monotonic() + FINISH_WITHIN
-            while time.monotonic() < deadline:
-                await asyncio.sleep(1.0)
-                statuses = await asyncio.to_thread(run_statuses, postgres_url)
-                if statuses.get("success", 0) + statuses.get("error", 0) == JOURNEYS:
-                    break
-                if kills < 4 and statuses.get("success", 0) > 20 * (kills + 1):
-                    workers[0].send_signal(signal.SIGKILL)
-                    workers[0].wait()
-                    kills += 1
-                    workers[0] = start_worker(postgres_url, "a")
+            workers += [start_worker(postgres_url, "a"), start_worker(postgres_url, "b")]
+            kills = await kill_while_running(postgres_url, workers, 0, JOURNEYS)
     finally:
         stop_workers(workers)
+    statuses = run_statuses(postgres_url)
     ended = statuses.get("success", 0) + statuses.get("error", 0)
     assert ended == JOURNEYS, f"{JOURNEYS - ended} runs had not ended after {FINISH_WITHIN} s: {statuses}"
     assert kills >= 3, f"only {kills} kills happened before the journeys finished"
+    assert runs_retried(postgres_url) >= kills  # each kill cut runs short, and they were retried
     with psycopg.connect(postgres_url) as conn:
         errors = conn.execute("SELECT run_id, error FROM server_runs WHERE status <> 'success'").fetchall()
     assert errors == []
@@ -145,8 +142,10 @@ def assert_only_in_flight_steps_repeated(url: str, calls: dict[str, int]) -> Non
 
 
 async def kill_while_running(url: str, workers: list[JourneysProcess], first: int, expected: int) -> int:
-    """Until ``expected`` runs succeeded (or failed): SIGKILL the first worker (and restart it) 4 times,
-    after every 10% of those beyond the ``first`` that had succeeded already. Returns the kills made."""
+    """Until ``expected`` runs succeeded (or failed): SIGKILL the first worker (and restart it) 4 times, after every
+    10% of those beyond the ``first`` that had succeeded already, each time once it is executing steps (it has made
+    an effect since it started), so that every kill cuts runs short whatever the workers' speed and however long
+    a restarted worker takes to start. Returns the kills made."""
     kills = 0
     deadline = time.monotonic() + FINISH_WITHIN
     while time.monotonic() < deadline:
@@ -154,12 +153,27 @@ async def kill_while_running(url: str, workers: list[JourneysProcess], first: in
         statuses = await asyncio.to_thread(run_statuses, url)
         if statuses.get("success", 0) + statuses.get("error", 0) >= expected:
             break
-        if kills < 4 and statuses.get("success", 0) > first + (expected - first) // 10 * (kills + 1):
+        due = kills < 4 and statuses.get("success", 0) > first + (expected - first) // 10 * (kills + 1)
+        if due and await asyncio.to_thread(made_effects, url, workers[0].pid):
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait()
             kills += 1
             workers[0] = start_worker(url, "a")
     return kills
+
+
+def made_effects(url: str, pid: int) -> bool:
+    """Whether the process ``pid`` has made a step's effect."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f"SELECT EXISTS (SELECT FROM {COUNTER_TABLE} WHERE pid = %s)", (pid,)).fetchone()
+    return bool(row and row[0])
+
+
+def runs_retried(url: str) -> int:
+    """The retries of runs (a kill cut each short)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT coalesce(sum(attempts - 1), 0) FROM server_runs").fetchone()
+    return int(row[0]) if row else 0
 
 
 async def test_resumed_runs_survive_kills_without_repeating_steps(
@@ -200,16 +214,21 @@ async def test_resumed_runs_survive_kills_without_repeating_steps(
                     )
                 )
                 assert all(r.json()["current_step"] == "approve" for r in started)
+                # The resumes are all queued before workers run them, as the first test's runs (see there).
+                stop_workers(workers)
+                workers.clear()
                 for thread_id in threads:
                     response = await client.post(
                         f"/threads/{thread_id}/runs",
                         json={"assistant_id": "structured", "command": {"resume": {"approved": True}}},
                     )
                     assert response.status_code == 200, response.text
+            workers += [start_worker(postgres_url, "a"), start_worker(postgres_url, "b")]
             kills = await kill_while_running(postgres_url, workers, journeys, 2 * journeys)
     finally:
         stop_workers(workers)
     assert kills >= 2, f"only {kills} kills happened before the journeys finished"
+    assert runs_retried(postgres_url) >= kills
     assert run_statuses(postgres_url) == {"success": 2 * journeys}
     with psycopg.connect(postgres_url) as conn:
         completed = conn.execute("SELECT count(*) FROM journey_instances WHERE status = 'completed'").fetchone()
