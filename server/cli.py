@@ -52,6 +52,11 @@ RetentionOption = Annotated[
     ),
 ]
 LOCK_TIMEOUT_S = 30.0  # checkpoints.locks.DEFAULT_LOCK_TIMEOUT_S, not imported: --help stays quick
+# How long `journeys serve` keeps an idle connection open for its client's next request: longer than clients keep
+# theirs pooled (httpx, so langgraph-sdk, 5 s; aiohttp 15 s) and than load balancers (60 s), so that the client
+# drops one first. uvicorn's 5 s closed connections clients still held, and a request sent on one just as its
+# close arrived failed (aiohttp's ServerDisconnectedError). 75 s as nginx's.
+KEEP_ALIVE_S = 75
 LockTimeoutOption = Annotated[
     float,
     typer.Option(
@@ -349,6 +354,7 @@ def serve(
         port=port,
         log_level="info" if verbose else "warning",
         http=guarded_protocol(settings.limits),
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=shutdown_grace,
     )
     server = uvicorn.Server(config)

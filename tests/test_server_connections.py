@@ -1,15 +1,17 @@
 """Clients that hold connections instead of sending requests, against a real `journeys serve` process: an
 endless header, a request trickled in a byte at a time (slowloris), a connection that sends nothing, a body
 that stops half way. Each is cut off (431, 408) while another client's requests are answered at once, and a
-long answer (an open stream) is never cut."""
+long answer (an open stream) is never cut, nor a connection a client keeps idle in its pool for reuse."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
@@ -110,7 +112,7 @@ def test_a_request_not_sent_in_time_is_refused_408_while_others_are_served(base:
 def test_a_long_answer_and_a_kept_alive_connection_are_not_cut(base: str) -> None:
     with httpx.Client(base_url=base, timeout=10) as client:
         thread = client.post("/threads", json={}).json()["thread_id"]
-        time.sleep(TIMEOUT * 1.5)  # the connection idles (uvicorn's keep-alive is 5 s): its next request is timed anew
+        time.sleep(TIMEOUT * 1.5)  # the connection idles (it is kept alive 75 s): its next request is timed anew
         assert client.get("/ok").status_code == 200
         # A thread's event stream stays open while no run comes: it outlives the time to send a request.
         with client.stream(
@@ -128,3 +130,22 @@ def test_a_long_answer_and_a_kept_alive_connection_are_not_cut(base: str) -> Non
             except httpx.ReadTimeout:
                 pass
             assert time.monotonic() - started >= 2.5 * TIMEOUT  # cut off, it would have ended at once
+
+
+def test_a_connection_a_client_pools_is_not_closed_before_the_client_drops_it(base: str) -> None:
+    """A server that closes an idle connection first races its client's next request on it: a client that
+    takes it from its pool just as the close arrives sends its request into a closed connection and fails
+    (aiohttp: ServerDisconnectedError; a POST is not sent again). aiohttp keeps idle connections 15 s, and
+    `journeys serve` closed them after 5 s (uvicorn's default). The close arriving while the client's loop is
+    busy elsewhere, as a loaded client's is, makes the race happen every time: the client sees the close only
+    once it has sent its request."""
+
+    async def reuse() -> int:
+        async with aiohttp.ClientSession(base_url=base) as client:
+            async with client.post("/threads", json={}) as response:
+                assert response.status == 200
+            time.sleep(6)  # noqa: ASYNC251 - its loop busy: longer than those 5 s, less than its pool's 15 s
+            async with client.post("/threads", json={}) as response:
+                return response.status
+
+    assert asyncio.run(reuse()) == 200
