@@ -119,17 +119,17 @@ async def test_two_workers_one_killed_repeatedly(postgres_url: str, monkeypatch:
     # external system that honours the key (as payment APIs do) applied every effect exactly once.
     assert len(calls) == JOURNEYS * 8
     # Completed steps were not re-executed: only a step in flight when its worker died (its effect made,
-    # its completion event not yet written — the documented window) can be delivered again, at most once
-    # per kill and in-flight run (8 per worker).
+    # its completion event not yet written — the documented window) can be delivered again, once per kill
+    # that caught it in flight (a retried run killed again in the same step: three calls), and at most 8 steps
+    # (a worker's runs) per kill.
     redelivered = {k: n for k, n in calls.items() if n != 1}
-    assert all(n == 2 for n in redelivered.values()), redelivered
     assert len(redelivered) <= kills * 8, redelivered
     assert_only_in_flight_steps_repeated(postgres_url, calls)
 
 
 def assert_only_in_flight_steps_repeated(url: str, calls: dict[str, int]) -> None:
     """A run's completed steps are replayed from the log, never executed again: each retry of a run (its
-    worker was killed) may repeat at most the one step it had in flight, whose completion was not logged."""
+    worker was killed) may repeat at most the one step it had in flight, whose completion was not logged, once."""
     with psycopg.connect(url) as conn:
         retries = dict(
             conn.execute(
@@ -137,7 +137,9 @@ def assert_only_in_flight_steps_repeated(url: str, calls: dict[str, int]) -> Non
                 "JOIN server_threads t ON t.thread_id = r.thread_id GROUP BY t.instance_id"
             ).fetchall()
         )
-    repeated = Counter(key.rsplit(":", 2)[0] for key, n in calls.items() if n > 1)  # instance:step:superstep
+    repeated: Counter[str] = Counter()  # each journey's calls beyond one a step
+    for key, n in calls.items():
+        repeated[key.rsplit(":", 2)[0]] += n - 1  # instance:step:superstep
     assert all(n <= retries.get(instance, 0) for instance, n in repeated.items()), (repeated, retries)
 
 
@@ -239,7 +241,6 @@ async def test_resumed_runs_survive_kills_without_repeating_steps(
     assert completed == (journeys,) and approvals == (journeys,)  # each approval applied once
     assert len(calls) == journeys * 7
     redelivered = {k: n for k, n in calls.items() if n != 1}
-    assert all(n == 2 for n in redelivered.values()), redelivered
     assert len(redelivered) <= kills * 8, redelivered
     assert_only_in_flight_steps_repeated(postgres_url, calls)
 
