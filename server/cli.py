@@ -709,8 +709,18 @@ def _table(rows: list[dict[str, Any]], *, empty: str = "") -> None:
         return
     table = Table(*rows[0], box=None, pad_edge=False)
     for row in rows:  # Text: a value is shown as it is, never read as rich markup ("[red]" in a payload)
-        table.add_row(*(Text("" if value is None else str(value)) for value in row.values()))
+        table.add_row(*(Text(_printable("" if value is None else str(value))) for value in row.values()))
     Console(width=200).print(table)
+
+
+# Control characters as Python writes them in a literal (ESC as \x1b): a stored value (a user id, an event's
+# step) is anyone's input, and its terminal escapes printed as they are rewrote the operator's terminal.
+_CONTROLS_SHOWN = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _printable(value: str) -> str:
+    """``value`` with its control characters written out, so that a table shows it rather than obeys it."""
+    return value.translate(_CONTROLS_SHOWN)
 
 
 @keys.command("new")

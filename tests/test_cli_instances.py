@@ -52,7 +52,8 @@ async def test_an_operator_lists_shows_retries_and_terminates_journeys_from_a_sh
 ) -> None:
     async with JourneyRuntime.open(durable_url) as rt:
         journey_id, [ana] = await failed_reviews(rt, "ana")
-        ben = (await rt.structured.execute_journey(journey_id, "ben", {}))["instance_id"]
+        # A user id is anyone's input: this one's terminal escapes would erase the table's row above it.
+        ben = (await rt.structured.execute_journey(journey_id, "ben\x1b[2K\x1b[1A", {}))["instance_id"]
         await rt.processes.deploy(
             linear("billing", {"type": "service_task", "id": "charge", "agent": "flaky"}, user_task("ok"))
         )
@@ -71,7 +72,9 @@ async def test_an_operator_lists_shows_retries_and_terminates_journeys_from_a_sh
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["instance_id", "pattern", "status"]
-    assert [line.split()[0] for line in lines[1:]] == [billing["instance_id"], ben, ana]
+    shown_ben = ben.replace("\x1b", "\\x1b")  # its id ends with its user id: shown, not obeyed by the terminal
+    assert [line.split()[0] for line in lines[1:]] == [billing["instance_id"], shown_ben, ana]
+    assert "\x1b" not in out and lines[2].split()[3] == "ben\\x1b[2K\\x1b[1A"
 
     code, out, err = journeys("instances", "show", ana, *db, cwd=tmp_path)
     assert code == 0, err
