@@ -525,14 +525,18 @@ def list_instances(
     """The newest journeys first, with their pattern, status, user, last change and incidents (failed timers a
     retry re-arms). `--status failed` lists what to retry."""
     from checkpoints.index import InstanceFilter
+    from graphs.errors import InvalidInputError
     from graphs.kernel.patterns import get_pattern
     from graphs.runtime import JourneyRuntime
+    from server.views.status import INDEX_STATUSES
 
     _existing(database_url, "instances list")
 
     async def run() -> None:
         if pattern is not None:
             get_pattern(pattern)  # an unknown one is refused, naming the registered patterns
+        if status is not None and status not in INDEX_STATUSES:  # so is a mistyped status, which matched nothing
+            raise InvalidInputError(f"no status {status!r}; statuses: {', '.join(INDEX_STATUSES)}", status=status)
         where = InstanceFilter(pattern=pattern, status=status, user_id=user, incidents=incidents)
         async with JourneyRuntime.open(database_url) as runtime:
             found = await runtime.store.index.list_instances(limit=limit, where=where, newest_first=True)

@@ -108,6 +108,7 @@ async def test_an_operator_lists_shows_retries_and_terminates_journeys_from_a_sh
         ("instances", "retry", ben),  # so nothing of it runs again
         ("instances", "show", "no-such-journey"),
         ("instances", "list", "--pattern", "no-such-pattern"),
+        ("instances", "list", "--status", "faild"),  # a typo, not "no journeys match"
     ):
         code, out, err = journeys(*refused, *db, cwd=tmp_path)
         assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (refused, out, err)

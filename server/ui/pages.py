@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, Request, Response
@@ -35,10 +35,7 @@ from server.services import ServerServices, services
 from server.settings import InputLimits
 from server.ui import data
 from server.ui.session import COOKIE, COOKIE_PATH, allow, authenticated, caller, refuse_cross_site, safe_next
-from server.views.lifecycle import LifecycleStatus
-from server.views.processes import ProcessStatus
-from server.views.status import SessionIndexStatus
-from server.views.steps import SagaRunStatus, StructuredRunStatus
+from server.views.status import INDEX_STATUSES
 
 HERE = Path(__file__).parent
 TEMPLATES = Environment(
@@ -51,13 +48,6 @@ TEMPLATES.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_key
 TEMPLATES.filters["when"] = lambda value: value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else value
 # The filters' choices, from the patterns registered and the status views' own types.
 PATTERNS = tuple(name for name, pattern in registered_patterns().items() if pattern.status is not None)
-STATUSES = tuple(
-    dict.fromkeys(
-        status
-        for statuses in (StructuredRunStatus, SagaRunStatus, SessionIndexStatus, LifecycleStatus, ProcessStatus)
-        for status in get_args(statuses)
-    )
-)
 STAGES = tuple(stage.value for stage in JourneyStage)
 _MAX_FORM_FIELDS = 50
 
@@ -216,7 +206,7 @@ async def journeys(
     allow(principal, "read")
     where = InstanceFilter(
         pattern=_choice(pattern, PATTERNS, "pattern"),
-        status=_choice(status, STATUSES, "status"),
+        status=_choice(status, INDEX_STATUSES, "status"),
         user_id=user[:200] or None,
         stage=_choice(stage, STAGES, "stage"),
         created_after=_moment(since, "since"),
@@ -234,7 +224,7 @@ async def journeys(
         listing=listing,
         filters=filters,
         patterns=PATTERNS,
-        statuses=STATUSES,
+        statuses=INDEX_STATUSES,
         stages=STAGES,
         limit=data.LIST_LIMIT,
     )

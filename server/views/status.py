@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
 from server.views.fields import optional_key
-from server.views.lifecycle import LifecycleJourneyView
+from server.views.lifecycle import LifecycleJourneyView, LifecycleStatus
 from server.views.processes import HELD_DESCRIPTION, HeldBack, ProcessInstanceView, ProcessStatus
 from server.views.sessions import SessionProgressOut
 from server.views.steps import SagaRunStatus, SagaRunView, StructuredRunStatus, StructuredRunView
@@ -40,6 +40,16 @@ class SagaStatusOut(SagaRunView, IndexFields):
 
 # A session its tier judged when it closed may have failed or be held for review.
 SessionIndexStatus = Literal["in_progress", "completed", "closed", "failed", "review", "terminated"]
+
+# Every status the index gives a journey, from the status views' own types: the choices of the dashboard's filter
+# and of `journeys instances list --status` (a mistyped one listed nothing, as if no journey had it).
+INDEX_STATUSES = tuple(
+    dict.fromkeys(
+        status
+        for statuses in (StructuredRunStatus, SagaRunStatus, SessionIndexStatus, LifecycleStatus, ProcessStatus)
+        for status in get_args(statuses)
+    )
+)
 
 
 class SessionStatusOut(SessionProgressOut, IndexFields):
