@@ -539,7 +539,10 @@ def list_instances(
             raise InvalidInputError(f"no status {status!r}; statuses: {', '.join(INDEX_STATUSES)}", status=status)
         where = InstanceFilter(pattern=pattern, status=status, user_id=user, incidents=incidents)
         async with JourneyRuntime.open(database_url) as runtime:
-            found = await runtime.store.index.list_instances(limit=limit, where=where, newest_first=True)
+            # One more than shown: whether more match, which the table and the JSON say (else a list cut at the
+            # limit read as every journey there is: 50 failed shown of 300).
+            found = await runtime.store.index.list_instances(limit=limit + 1, where=where, newest_first=True)
+            more, found = len(found) > limit, found[:limit]
             failed_timers = await runtime.store.index.incidents([i.instance_id for i in found])
         rows = [
             {
@@ -553,9 +556,11 @@ def list_instances(
             for i in found
         ]
         if as_json:
-            typer.echo(json.dumps({"instances": rows}))
+            typer.echo(json.dumps({"instances": rows, "more": more}))
             return
         _table(rows, empty="no journeys match")
+        if more:
+            typer.echo(f"the newest {limit} shown; more match (--limit, up to 1000, or narrow the filters)")
 
     _run_quietly(run())
 

@@ -65,15 +65,17 @@ async def test_an_operator_lists_shows_retries_and_terminates_journeys_from_a_sh
     code, out, err = journeys("instances", "list", "--status", "failed", "--json", *db, cwd=tmp_path)
     assert code == 0, err
     listed = {row["instance_id"]: row for row in json.loads(out)["instances"]}
+    assert json.loads(out)["more"] is False
     assert set(listed) == {ana, billing["instance_id"]}
     assert (listed[ana]["pattern"], listed[ana]["status"], listed[ana]["user_id"]) == ("structured", "failed", "ana")
 
-    code, out, err = journeys("instances", "list", *db, cwd=tmp_path)  # the table: every journey, newest first
+    code, out, err = journeys("instances", "list", "--limit", "2", *db, cwd=tmp_path)  # the table, newest first
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["instance_id", "pattern", "status"]
     shown_ben = ben.replace("\x1b", "\\x1b")  # its id ends with its user id: shown, not obeyed by the terminal
-    assert [line.split()[0] for line in lines[1:]] == [billing["instance_id"], shown_ben, ana]
+    assert [line.split()[0] for line in lines[1:-1]] == [billing["instance_id"], shown_ben]
+    assert lines[-1].startswith("the newest 2 shown; more match")  # ana's: not read as all there is
     assert "\x1b" not in out and lines[2].split()[3] == "ben\\x1b[2K\\x1b[1A"
 
     code, out, err = journeys("instances", "show", ana, *db, cwd=tmp_path)
