@@ -9,10 +9,11 @@ finished (a status in :data:`FINISHED_STATUSES`, whatever its pattern):
 - ``keep_all_for`` N days: every checkpoint kept N days after it finished (time travel, forks), then pruned
   to the latest;
 - ``delete_after`` N days: pruned to the latest at once, and every checkpoint deleted N days after it
-  finished. Its state is gone then: a view that needs it raises :class:`CheckpointsDeletedError`, and the
+  finished for good (not ``failed``: a retry runs it on from its latest checkpoint, which is kept until it is
+  retried or terminated). Its state is gone then: a view that needs it raises :class:`CheckpointsDeletedError`, and the
   views that can answer from the log and the index do (a structured journey's or saga's status).
 
-The kept checkpoint of a journey that will never run again (:data:`COMPACTED_STATUSES`: not ``failed``,
+The kept checkpoint of a journey that will never run again (:data:`ENDED_FOR_GOOD`: not ``failed``,
 which a retry runs on) is then compacted (:func:`compact_latest`): LangGraph's bookkeeping for channels
 that hold no value (their versions, and what each node has seen of them) is dropped, and the checkpoint
 re-written in place through the saver's own ``aput`` (same id: the savers upsert on it). What the graph
@@ -69,9 +70,9 @@ RetentionMode = Literal["keep_latest", "keep_all_for", "delete_after"]
 # journey, saga or process completed, compensated, failed (a retry makes it in_progress again) or
 # cancelled; a lifecycle journey completed or cancelled; a session closed; an instance terminated.
 FINISHED_STATUSES = ("completed", "compensated", "failed", "cancelled", "closed", "terminated")
-# Finished statuses whose journeys never run their graph again, whose kept checkpoint is compacted: a failed
-# journey is left as it is (a retry runs it on from that checkpoint).
-COMPACTED_STATUSES = tuple(s for s in FINISHED_STATUSES if s != "failed")
+# Finished statuses whose journeys never run their graph again: their kept checkpoint is compacted, and deleted
+# by ``delete_after``. A failed journey is left as it is (a retry runs it on from that checkpoint).
+ENDED_FOR_GOOD = tuple(s for s in FINISHED_STATUSES if s != "failed")
 # A journey is pruned this long after it finished, not at once: the transaction that set its final status
 # may commit after a pass that read the clock before it (the watermark would pass it by).
 SETTLE = timedelta(seconds=60)
@@ -85,8 +86,12 @@ PASS_LOCK = "\x00journeys-retention-pass"
 _instances, _marks = journey_instances.c, journey_retention.c
 _MARKS = select(_marks.mark, _marks.upto)
 _SET_MARK = update(journey_retention).where(_marks.mark == bindparam("p_mark")).values(upto=bindparam("p_upto"))
+# What each sweep looks at: pruning every finished journey, deleting (``delete_after``) those ended for good.
 _FINISHED = _instances.status.in_(FINISHED_STATUSES)
-_AT = select(_instances.instance_id).where(_FINISHED, _instances.updated_at == bindparam("p_at"))
+_ENDED = _instances.status.in_(ENDED_FOR_GOOD)
+# The instances of a sweep's kind that finished at one moment (a batch's last, which the mark moves past).
+_FINISHED_AT = select(_instances.instance_id).where(_FINISHED, _instances.updated_at == bindparam("p_at"))
+_ENDED_AT = select(_instances.instance_id).where(_ENDED, _instances.updated_at == bindparam("p_at"))
 
 # Rows that only count within a window, forgotten once it has passed, EXPIRED_BATCH per statement: a start key
 # (journey_start_keys) and a message id (process_message_ids) answer a repeat; a buffered message
@@ -212,11 +217,11 @@ class CheckpointRetention:
         if policy.mode == "keep_all_for":
             prune_before = min(prune_before, now - timedelta(days=policy.days))
         self._compacted = 0
-        pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self._prune)
+        pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self._prune, deleting=False)
         deleted = 0
         if policy.mode == "delete_after" and not busy:
             delete_before = min(prune_before, now - timedelta(days=policy.days))
-            deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete)
+            deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete, deleting=True)
         keys = await self._forget_expired(_FORGET_EXPIRED_KEYS, now)
         messages = await self._forget_expired(_FORGET_EXPIRED_MESSAGES, now)
         expired = sum([await sweep(now) for sweep in self._also])
@@ -237,7 +242,7 @@ class CheckpointRetention:
 
     async def deleted_at(self, instance: Instance) -> datetime | None:
         """When ``instance`` finished, if retention has deleted its checkpoints since; None otherwise."""
-        if instance.status not in FINISHED_STATUSES:
+        if instance.status not in ENDED_FOR_GOOD:  # a failed journey's are kept for its retry
             return None
         upto = (await self._marks())["deleted"]
         return instance.updated_at if upto is not None and instance.updated_at <= upto else None
@@ -288,14 +293,16 @@ class CheckpointRetention:
         after: datetime | None,
         before: datetime,
         apply: Callable[[Sequence[str]], Any],
+        *,
+        deleting: bool,
     ) -> tuple[int, bool]:
         """Apply ``apply`` to the instances finished in (``after``, ``before``], oldest first, a batch at a
-        time, moving ``mark`` on after each batch; (how many, whether it stopped at a busy one)."""
+        time, moving ``mark`` on after each batch; (how many, whether it stopped at a busy one). ``deleting``: only
+        those ended for good (:data:`ENDED_FOR_GOOD`), else every finished one."""
+        kind, at = (_ENDED, _ENDED_AT) if deleting else (_FINISHED, _FINISHED_AT)
         done = 0
         while True:
-            query = select(_instances.instance_id, _instances.updated_at).where(
-                _FINISHED, _instances.updated_at <= before
-            )
+            query = select(_instances.instance_id, _instances.updated_at).where(kind, _instances.updated_at <= before)
             if after is not None:
                 query = query.where(_instances.updated_at > after)
             rows = await self._backend.query(query.order_by(_instances.updated_at, _instances.instance_id).limit(BATCH))
@@ -304,7 +311,7 @@ class CheckpointRetention:
             last: datetime = rows[-1]["updated_at"]
             ids = [row["instance_id"] for row in rows]
             if len(rows) == BATCH:  # the mark moves past ``last``: take every instance finished at it
-                tied = await self._backend.read(_AT, {"p_at": last})
+                tied = await self._backend.read(at, {"p_at": last})
                 ids = list(dict.fromkeys(ids + [row["instance_id"] for row in tied]))
             if not await apply(ids):
                 return done, True
@@ -333,7 +340,7 @@ class CheckpointRetention:
                     return False
         never_again = await self._backend.query(
             select(_instances.instance_id).where(
-                _instances.instance_id.in_(list(ids)), _instances.status.in_(COMPACTED_STATUSES)
+                _instances.instance_id.in_(list(ids)), _instances.status.in_(ENDED_FOR_GOOD)
             )
         )
         for row in never_again:

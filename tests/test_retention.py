@@ -232,14 +232,24 @@ async def test_delete_after_deletes_checkpoints_and_views_answer_from_the_log_or
         status = await rt.structured.get_journey_status(journey_id, "ann")
         saga = await rt.saga.get_saga_status(saga_id)
         logs = {i: await rt.history(i) for i in (done, saga_id, session_id, process_id)}
+        rt.agents.register("analyze_content", FailingAgent("analyze_content", permanent=True), replace=True)
+        failed_id = (await rt.structured.execute_journey(journey_id, "fay", {}))["instance_id"]
+        await rt.structured.advance_journey_step(journey_id, "fay", {})
+        with pytest.raises(Exception, match="analyze_content"):
+            await rt.structured.advance_journey_step(journey_id, "fay", {"depth": "full"})
 
         clock.advance(AFTER_SETTLING)
-        assert (await rt.retention.run()).pruned == 4  # the latest is kept until the days are up
+        assert (await rt.retention.run()).pruned == 5  # the latest is kept until the days are up
         clock.advance(timedelta(days=30))
         report = await rt.retention.run()
         assert (report.pruned, report.deleted) == (0, 4)
         assert [await checkpoints(rt, i) for i in logs] == [0, 0, 0, 0]
         assert {i: await rt.history(i) for i in logs} == logs
+        # A failed journey is not finished for good: its latest checkpoint stays for its retry, which runs on.
+        assert await checkpoints(rt, failed_id) == 1
+        rt.agents.register("analyze_content", RecordingAgent("analyze_content"), replace=True)
+        retried = await rt.retry(failed_id)
+        assert retried["status"] == "in_progress", retried
 
         # Structured journeys and sagas answer from the index and the log.
         assert await rt.structured.get_journey_status(journey_id, "ann") == status | {"checkpoints": "deleted"}
