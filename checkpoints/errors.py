@@ -76,6 +76,11 @@ class ConcurrentUpdateError(JourneyError):
     category: ClassVar[ErrorCategory] = "conflict"
 
 
+class StartedElsewhereError(ConcurrentUpdateError):
+    """Another attempt of this start run (its queue took it again while the first lived on) registered its
+    journey first: that attempt runs it, and this one started nothing."""
+
+
 class DuplicateInstanceError(JourneyError):
     """This journey has already been started for this user."""
 

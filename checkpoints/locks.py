@@ -56,7 +56,7 @@ import psycopg
 import structlog
 
 from checkpoints.database import ended_by_server
-from checkpoints.errors import ConcurrentUpdateError, InstanceLockLostError, StoreError
+from checkpoints.errors import ConcurrentUpdateError, InstanceLockLostError, StartedElsewhereError, StoreError
 from checkpoints.url import StoreURL
 
 if sys.platform != "win32":
@@ -119,8 +119,11 @@ def lock_key(instance_id: str) -> int:
 
 
 def held_elsewhere(error: BaseException) -> bool:
-    """Whether ``error`` is a caller giving up its wait for a journey another holder kept (see :func:`busy`)."""
-    return isinstance(error, ConcurrentUpdateError) and "waited_s" in error.details
+    """Whether ``error`` is a caller giving up its wait for a journey another holder kept (see :func:`busy`), or a
+    start run's attempt whose journey another attempt started (:class:`StartedElsewhereError`)."""
+    return isinstance(error, ConcurrentUpdateError) and (
+        "waited_s" in error.details or isinstance(error, StartedElsewhereError)
+    )
 
 
 def busy(instance_id: str, timeout: float) -> ConcurrentUpdateError:

@@ -394,11 +394,19 @@ _THREAD_METADATA_LOCKED = (
     .where(_threads.thread_id == bindparam("p_thread_id"))
     .with_for_update()
 )
+# A thread bound to another instance is refused, with the statement (and the instance's registration it rides on):
+# its created_at is made NULL, which its NOT NULL constraint refuses (see bound_elsewhere), on PostgreSQL after the
+# other bind's commit too (an UPDATE waiting for a row evaluates its SET again on the row as committed). Two attempts
+# of one start run (its job taken again while its first worker lived on) so start one journey, not two.
+_bound = bindparam("p_instance_id", type_=_threads.instance_id.type)
 _BIND = (
     update(server_threads)
     .where(_threads.thread_id == bindparam("p_thread_id"))
     .values(
-        assistant_id=bindparam("p_assistant_id"), instance_id=bindparam("p_instance_id"), updated_at=bindparam("p_now")
+        assistant_id=bindparam("p_assistant_id"),
+        instance_id=_bound,
+        updated_at=bindparam("p_now"),
+        created_at=case((or_(_threads.instance_id.is_(None), _threads.instance_id == _bound), _threads.created_at)),
     )
 )
 _GET_RUN = select(server_runs).where(_runs.run_id == bindparam("p_run_id"))
@@ -738,8 +746,13 @@ class RunStore:
         await self._backend.write([self._state_updated], {"p_thread_id": thread_id, "p_now": self._clock.now()})
 
     async def bind(self, thread_id: str, assistant_id: str, instance_id: str) -> None:
-        """Bind a thread to the journey instance its first run started (once; later binds must agree)."""
+        """Bind a thread to the journey instance its first run started (once; a later bind to another instance
+        is refused: see :meth:`bound_elsewhere`)."""
         await self.commit(self.binding(thread_id, assistant_id, instance_id))
+
+    def bound_elsewhere(self, error: BaseException) -> bool:
+        """Whether ``error`` is a bind (:meth:`binding`) refused because the thread is bound to another instance."""
+        return self._backend.null_refused(error) == ("server_threads", "created_at")
 
     async def commit(self, statement: Statement) -> None:
         """Commit a statement this store made (:meth:`binding`) on its own."""

@@ -6,6 +6,7 @@ memory:// runs the SQLite code path (a throwaway SQLite file), so three backends
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import tuple_row
 from sqlalchemy import bindparam, delete, literal_column, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from checkpoints import DuplicateDesignError, DuplicateInstanceError, NewEvent, Store, VirtualClock, open_store
 from checkpoints.backends.postgres import PostgresBackend
@@ -26,6 +28,7 @@ from checkpoints.runs import RunRow, RunStore, ThreadBusyError, ThreadExistsErro
 from checkpoints.schema.tables import journey_instances, server_runs, user_task_groups
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+REFUSED = (IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)  # a constraint's refusal, by any path
 
 
 @asynccontextmanager
@@ -255,6 +258,22 @@ async def test_runs_are_created_claimed_and_finished_once(store_url: str) -> Non
         assert await runs.next_pending(run.thread_id) == run
 
         await runs.bind(run.thread_id, "structured", "i-9")
+        await runs.bind(run.thread_id, "structured", "i-9")  # a bind that agrees (a chat's every run binds again)
+        # One to another instance (a second attempt of the start run) is refused, with the registration it rides on.
+        with pytest.raises(REFUSED) as refused:
+            await store.index.create_instance(
+                "i-10",
+                "j-1",
+                "structured",
+                "ana",
+                first_event=NewEvent("journey.started", {}, None, "i-10:s"),
+                joined=[runs.binding(run.thread_id, "structured", "i-10")],
+            )
+        assert runs.bound_elsewhere(refused.value) and not store.backend.is_unique_violation(refused.value)
+        assert await store.index.get_instance("i-10") is None and await store.events.list("i-10") == []
+        with pytest.raises(REFUSED) as refused:
+            await runs.bind(run.thread_id, "structured", "i-10")
+        assert runs.bound_elsewhere(refused.value)
         claimed = await runs.claim(run.run_id)
         assert claimed is not None
         row, instance_id = claimed

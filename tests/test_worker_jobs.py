@@ -23,6 +23,8 @@ from procrastinate.jobs import Job
 from procrastinate.types import JSONDict
 from psycopg import sql
 
+from checkpoints.errors import ConcurrentUpdateError
+from checkpoints.locks import held_elsewhere
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.queues.procrastinate import (
@@ -171,6 +173,55 @@ async def test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own(postgr
     with psycopg.connect(postgres_url) as conn:
         left = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE id = %s", (created.job_id,)).fetchone()
     assert left == (0,)  # ended with the run
+
+
+@pytest.mark.parametrize("assistant_id", ["structured", "saga"])
+@pytest.mark.parametrize("live", ["first", "retry"])
+async def test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_journey(
+    postgres_url: str, assistant_id: str, live: str
+) -> None:
+    """A worker whose heartbeat ran late (a pause, a blocked loop) has its job retried by another worker's reaper
+    while it still executes the run: when both attempts were claimed before either bound the thread, each started
+    a journey of its own (two journeys, every step run twice, for one request), and the thread named whichever
+    bound last. Whichever attempt registers its journey first now starts it; the other's registration is refused
+    before any step runs, and that attempt leaves the run to the live one (its queue takes the job again later, as
+    a retry meeting a journey held elsewhere), be it the retry or the first attempt, resumed."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        run = await runs.create_run(
+            thread_id=None,
+            assistant_id=assistant_id,
+            kind="start",
+            input=JOURNEY | {"user_id": "ana"},
+            command=None,
+            stream_modes=[],
+            multitask_strategy="reject",
+            metadata={},
+            principal="ana",
+            enqueue=enqueuer(build_app(postgres_url)),
+        )
+        assert run.job_id is not None
+        first = await runs.claim(run.run_id)  # a worker took it, then paused ...
+        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another before either bound the thread
+        assert first is not None and again is not None and first[1] is None and again[1] is None
+        assert (first[0].attempts, again[0].attempts) == (1, 2)
+        ended: list[int] = []
+        attempts = [Taken(run.job_id, first, ended.append), Taken(run.job_id, again, ended.append)]
+        winner, loser = attempts if live == "first" else attempts[::-1]
+        done = await RunExecutor(runtime, runs, durability="exit").execute(run.run_id, taken=winner)
+        assert done is not None and done.status == "success", done
+        with pytest.raises(ConcurrentUpdateError) as refused:
+            await RunExecutor(runtime, runs, durability="exit").execute(run.run_id, taken=loser)
+        assert held_elsewhere(refused.value)  # left to the live attempt: OutageRetry takes the job again later
+        instances = await runtime.store.index.list_instances(limit=10)
+        assert len(instances) == 1, instances
+        thread = await runs.get_thread(run.thread_id)
+        assert thread is not None and thread.instance_id == instances[0].instance_id
+        after = await runs.get_run(run.run_id)
+        assert after is not None and after.status == "success" and after.output == done.output
+        assert ended == [run.job_id]  # ended once, with the run, by the attempt that ran it
+        assert await runs.claim(run.run_id) is None  # the job's next take finds its run ended: nothing runs again
 
 
 async def test_an_aborted_job_whose_task_never_started_is_forgotten(postgres_url: str) -> None:

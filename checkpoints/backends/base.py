@@ -157,7 +157,12 @@ class Backend:
         return statement  # type: ignore[no-any-return]
 
     def is_unique_violation(self, error: BaseException) -> bool:
-        return isinstance(error, self.unique_violations)
+        return isinstance(error, self.unique_violations) and self.null_refused(error) is None
+
+    def null_refused(self, error: BaseException) -> tuple[str, str] | None:
+        """The table and column whose NOT NULL constraint ``error`` is, when it is the database refusing a NULL
+        (a statement's guard: see ``checkpoints.runs._BIND``); None for any other error."""
+        return None
 
     # --- execution (hooks; the base runs everything through SQLAlchemy) -----------------------------
 

@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar, Self, cast
 
 import psycopg
-from psycopg.errors import UniqueViolation
+from psycopg.errors import NotNullViolation, UniqueViolation
 from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import JsonLoadsFunction, set_json_dumps, set_json_loads
@@ -133,6 +133,12 @@ class PostgresBackend(Backend):
     """The base backend, with writes and prebuilt reads on the shared psycopg pool."""
 
     unique_violations: ClassVar[tuple[type[BaseException], ...]] = (IntegrityError, UniqueViolation)
+
+    def null_refused(self, error: BaseException) -> tuple[str, str] | None:
+        cause = error.orig if isinstance(error, IntegrityError) else error  # SQLAlchemy's wrapper of psycopg's
+        if isinstance(cause, NotNullViolation):
+            return cause.diag.table_name or "", cause.diag.column_name or ""
+        return None
 
     def __init__(self, engine: AsyncEngine, pool: AsyncConnectionPool[Any]) -> None:
         super().__init__(engine)

@@ -9,6 +9,7 @@ connection (WAL readers never wait for the writer).
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,6 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from checkpoints.backends.base import Backend, Params, Row, Transaction
 from checkpoints.database import compact_json
 
+# sqlite3 tells a NOT NULL violation only by its message (its extended error code says no more than which kind).
+_NOT_NULL = re.compile(r"NOT NULL constraint failed: (?P<table>\w+)\.(?P<column>\w+)")
+
 
 class SqliteBackend(Backend):
     """The base backend, with transactions of written statements on the saver's aiosqlite connection."""
@@ -34,6 +38,12 @@ class SqliteBackend(Backend):
         self._conn = conn
         self._lock = lock
         self._raw_dialect = SQLiteDialect_aiosqlite(paramstyle="named", json_serializer=compact_json)
+
+    def null_refused(self, error: BaseException) -> tuple[str, str] | None:
+        cause = error.orig if isinstance(error, IntegrityError) else error  # SQLAlchemy's wrapper of sqlite3's
+        if isinstance(cause, sqlite3.IntegrityError) and (found := _NOT_NULL.fullmatch(str(cause))) is not None:
+            return found["table"], found["column"]
+        return None
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._saver_transaction()

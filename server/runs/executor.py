@@ -24,7 +24,7 @@ from langgraph.types import Command, Durability, StateSnapshot
 
 from checkpoints.backends.base import Statement
 from checkpoints.database import lost_database
-from checkpoints.errors import JourneyError
+from checkpoints.errors import JourneyError, StartedElsewhereError
 from checkpoints.locks import held_elsewhere
 from checkpoints.ownership import acting_as
 from checkpoints.process.timers import Timer
@@ -409,6 +409,15 @@ class RunExecutor:
         except Exception as exc:
             if lost_database(exc) is not None:  # the database went away, the run did not fail: its queue runs it again
                 raise
+            if taken is not None and self.runs.bound_elsewhere(exc):
+                # Its queue took the run again while an attempt lived on (a heartbeat late), both before the thread
+                # was bound: the other attempt registered its journey first, and this one's registration (or bind)
+                # was refused before any step ran. Left to that attempt, as a journey held elsewhere is.
+                raise StartedElsewhereError(
+                    f"run {run_id!r}: another attempt of it started the journey of thread {run.thread_id!r}",
+                    run_id=run_id,
+                    thread_id=run.thread_id,
+                ) from exc
             if taken is not None and run.attempts > 1 and held_elsewhere(exc):
                 # A run its queue took again for a dead worker's while that worker lives on (its heartbeat was late:
                 # a pause, a blocked loop) and still holds the journey: not failed, its queue takes it again later
