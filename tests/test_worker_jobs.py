@@ -175,7 +175,16 @@ async def test_a_run_its_jobs_fetch_could_not_claim_is_claimed_on_its_own(postgr
     assert left == (0,)  # ended with the run
 
 
-@pytest.mark.parametrize("assistant_id", ["structured", "saga"])
+# A first run's input per assistant whose start chooses its journey's id (the others' is the thread's).
+STARTS = {
+    "structured": JOURNEY | {"user_id": "ana"},
+    "saga": JOURNEY | {"user_id": "ana"},
+    "session": {"user_id": "ana", "session_config": {"areas": [{"area_id": "one"}, {"area_id": "two"}]}},
+    "mvp": {"user_id": "ana"},
+}
+
+
+@pytest.mark.parametrize("assistant_id", list(STARTS))
 @pytest.mark.parametrize("live", ["first", "retry"])
 async def test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_journey(
     postgres_url: str, assistant_id: str, live: str
@@ -193,7 +202,7 @@ async def test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_
             thread_id=None,
             assistant_id=assistant_id,
             kind="start",
-            input=JOURNEY | {"user_id": "ana"},
+            input=STARTS[assistant_id],
             command=None,
             stream_modes=[],
             multitask_strategy="reject",

@@ -6,7 +6,7 @@ flow is content → insights → operations → business_outcome, but navigation
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
@@ -99,10 +99,17 @@ class MVPOrchestrator:
         run_options: RunOptions = DEFAULT_RUN,
         start_key: str | None = None,
         start_key_window: str | float | None = None,
+        registering: Callable[[str], RunOptions] | None = None,
     ) -> dict[str, Any]:
+        """Open an MVP session at ``initial_pillar`` (``registering``: see ``SessionOrchestrator.start_session``)."""
         spec = mvp_spec(initial_pillar).model_dump()
         session = await self.sessions.start_session(
-            user_id, spec, run_options=run_options, start_key=start_key, start_key_window=start_key_window
+            user_id,
+            spec,
+            run_options=run_options,
+            start_key=start_key,
+            start_key_window=start_key_window,
+            registering=registering,
         )
         return {
             "session": session,

@@ -7,7 +7,7 @@ is a ``policy.denied`` event and a :class:`~agents.errors.PolicyViolationError`,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, cast
 
@@ -66,10 +66,12 @@ class SessionOrchestrator:
         run_options: RunOptions = DEFAULT_RUN,
         start_key: str | None = None,
         start_key_window: str | float | timedelta | None = None,
+        registering: Callable[[str], RunOptions] | None = None,
     ) -> dict[str, Any]:
         """Open a session over ``session_config = {"areas": [...], "initial_area": ...}`` and enter the first area.
         ``start_key``: a start with the same key within ``start_key_window`` (default 24 hours) answers the
-        session that start opened."""
+        session that start opened. ``registering``: the run's options for the session, given its id, in place of
+        ``run_options`` (a server run's bind of its thread, committed with the session's registration)."""
         user_id = checked_user_id(user_id)  # as execute_journey checks it: the session is kept under it
         spec = parse_spec(SessionSpec, session_config, spec_name="session")
         if spec.evaluation is not None and (missing := self._instances.evaluation.missing(spec.evaluation)):
@@ -81,6 +83,8 @@ class SessionOrchestrator:
                 return await self._opened(existing)
         design = await self._designs.save(self.pattern, spec, prefix="session")
         session_id = design.journey_id
+        if registering is not None:
+            run_options = registering(session_id)
         graph = self._designs.graph(self.pattern, spec)
         started = NewEvent("session.started", {"user_id": user_id, "initial_area": spec.start_area})
         try:

@@ -59,22 +59,22 @@ def _sessions(runtime: JourneyRuntime, pattern: str) -> SessionOrchestrator:
     return runtime.mvp.sessions if pattern == "mvp" else runtime.session
 
 
+# A session's id is chosen as it opens: its thread is bound in the session's registration (RunContext.registering),
+# so a second attempt of the run (its job taken again while the first lived on) opens no second session.
 async def _start_session(ctx: RunContext, data: Mapping[str, Any]) -> None:
-    view = await ctx.runtime.session.start_session(
+    await ctx.runtime.session.start_session(
         string_input(data, "user_id", ctx.principal),
         mapping_input(data.get("session_config"), "session_config"),
-        run_options=ctx.options,
+        registering=ctx.registering,
     )
-    await ctx.bind(view["session_id"])
 
 
 async def _start_mvp(ctx: RunContext, data: Mapping[str, Any]) -> None:
-    view = await ctx.runtime.mvp.start_mvp_journey(
+    await ctx.runtime.mvp.start_mvp_journey(
         string_input(data, "user_id", ctx.principal),
         string_input(data, "initial_pillar", "content"),
-        run_options=ctx.options,
+        registering=ctx.registering,
     )
-    await ctx.bind(view["session"]["session_id"])
 
 
 async def _session_action(ctx: RunContext, instance_id: str, value: Any) -> None:
