@@ -421,6 +421,18 @@ _LIST_RUNS = (
 _active = (_runs.thread_id == bindparam("p_thread_id"), _runs.status.in_(ACTIVE))
 _NEXT_PENDING = select(server_runs).where(*_active).order_by(_runs.created_at, _runs.run_id).limit(1)
 _UNFINISHED = select(server_runs).where(_runs.status.in_(ACTIVE))
+# The active runs of the threads driving a journey instance (bound to it, or named by it), oldest first.
+_ACTIVE_OF_INSTANCE = (
+    select(server_runs)
+    .where(
+        _runs.status.in_(ACTIVE),
+        or_(
+            _runs.thread_id.in_(select(_threads.thread_id).where(_threads.instance_id == bindparam("p_instance_id"))),
+            _runs.thread_id == bindparam("p_instance_id"),
+        ),
+    )
+    .order_by(_runs.created_at, _runs.run_id)
+)
 _ACTIVE_COUNT = select(func.count().label("n")).select_from(server_runs).where(*_active)
 # The thread's active runs, its row locked (PostgreSQL) for the rest of the transaction (no row: no thread):
 # run creation and thread deletion are serialised per thread, so two "reject" runs cannot both find the
@@ -907,6 +919,10 @@ class RunStore:
 
     async def unfinished(self) -> list[RunRow]:
         return [self._run(row) for row in await self._backend.read(_UNFINISHED)]
+
+    async def active_of_instance(self, instance_id: str) -> list[RunRow]:
+        """The pending and running runs of the threads that drive the journey ``instance_id``, oldest first."""
+        return [self._run(row) for row in await self._backend.read(_ACTIVE_OF_INSTANCE, {"p_instance_id": instance_id})]
 
     async def active_count(self, thread_id: str) -> int:
         found = await self._backend.read(_ACTIVE_COUNT, {"p_thread_id": thread_id})

@@ -7,7 +7,7 @@ agent registry and an orchestrator for every registered pattern (:mod:`graphs.ke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,9 @@ class JourneyRuntime:
         self.analytics = JourneyAnalytics(store)
         self._designs = designs
         self.instances = designs.instances  # the one instance lifecycle every pattern goes through
+        # How the host that executes server runs (the API's queue, the CLI's reach to the workers) stops the runs
+        # moving a journey, in any process: :meth:`terminate` calls it first. None: no runs to stop.
+        self.stop_runs: Callable[[str], Awaitable[None]] | None = None
         # Workflow tiers (SPEC G7): ``evaluators.register(name, fn)`` and ``evaluators.set_prices({...})``.
         self.evaluators = designs.instances.evaluation
 
@@ -243,12 +246,18 @@ class JourneyRuntime:
         saga's or a process's own way for that). Its history stays readable, and every later call that would
         run it on is refused with :class:`JourneyFinishedError`. A failed journey is terminated too (its retry
         is given up); one that has ended raises :class:`JourneyFinishedError`, an unknown one
-        :class:`JourneyNotFoundError`. Answers its status view."""
+        :class:`JourneyNotFoundError`. Answers its status view.
+
+        A run moving it (:attr:`stop_runs`) is cancelled first, as Temporal's terminate stops a running workflow:
+        its step in flight is stopped and its result dropped, the run ends ``interrupted``, no later step starts,
+        and the journey is terminated once the run has let it go (not refused as busy while a step works)."""
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
             raise InvalidInputError(
                 f"a termination needs a reason: a non-empty string of at most {MAX_REASON} characters"
             )
         check_value(reason, "reason")
+        if self.stop_runs is not None:
+            await self.stop_runs(instance_id)
         terminated = await self.instances.terminate(instance_id, reason)
         instance = await self._instance(instance_id)
         if not terminated:

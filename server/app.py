@@ -79,6 +79,7 @@ def create_app(
                 crons.serve_firings(lambda: None, submit)
             queue = await stack.enter_async_context(open_queue(settings, executor, watch))
             app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue, crons)
+            runtime.stop_runs = app.state.services.stop_runs  # a terminate stops the journey's run first
             serving.set()
             yield
 

@@ -35,7 +35,7 @@ from server.assistants import Assistant, assistants, get_assistant, graph_of
 from server.auth import Authenticator, Principal, resolve_authenticator
 from server.crons import CronService
 from server.problems import ApiError
-from server.queues.base import RunQueue
+from server.queues.base import RunQueue, cancel_run
 from server.runs.executor import RunExecutor, fork_back
 from server.runs.store import ACTIVE, NO_STATE, TERMINAL, RunRow, RunStore, ThreadRow, ThreadTTL
 from server.runs.watch import RunWatch, wait_for_run
@@ -210,16 +210,17 @@ class ServerServices:
             yield
 
     async def cancel(self, run: RunRow) -> None:
-        """A queued run is cancelled at once; a running one is stopped, in this process or in a worker.
+        """A queued run is cancelled at once; a running one is stopped, in this process or in a worker
+        (:func:`~server.queues.base.cancel_run`)."""
+        await cancel_run(self.queue, self.runs, run, self.watch.changed)
 
-        The cancel is recorded first: whoever claims the run from then on (its executor after a failure,
-        a fresh driver, a retried job) ends it interrupted instead of executing it."""
-        await self.runs.request_cancel(run.run_id)
-        if await self.queue.withdraw(run):
-            finished = await self.runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
-            self.watch.changed(run.run_id, finished)  # its waiters take the row: no read of it back
-        else:
-            await self.queue.stop(run)
+    async def stop_runs(self, instance_id: str) -> None:
+        """Cancel the active runs of the threads moving the journey ``instance_id``, each thread's in
+        :meth:`thread_control` as runs.cancel does: a terminate's first step (``JourneyRuntime.stop_runs``)."""
+        for thread_id in sorted({run.thread_id for run in await self.runs.active_of_instance(instance_id)}):
+            async with self.thread_control(thread_id):  # read again inside: an interrupt may have ended them
+                active = await self.runs.active_of_instance(instance_id)
+                await self.cancel_many([run for run in active if run.thread_id == thread_id])
 
     async def cancel_if_active(self, thread_id: str, run_id: str) -> None:
         """Cancel the run unless it has ended: its client went away (``on_disconnect="cancel"``). Read in

@@ -48,7 +48,10 @@ async def test_a_request_waits_for_a_busy_journey_as_long_as_serve_is_told(durab
                 await asyncio.sleep(0.05)
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             began = time.monotonic()
-            answer = await http.post(f"/journeys/{thread['thread_id']}/terminate", json={"reason": "stuck"})
+            # A change the run's lock holds off (a terminate would stop the run instead: it does not wait).
+            answer = await http.post(
+                f"/processes/instances/{thread['thread_id']}/variables", json={"variables": {"note": "stuck"}}
+            )
             waited = time.monotonic() - began
     assert answer.status_code == 409, answer.text
     assert "ConcurrentUpdate" in answer.text, answer.text

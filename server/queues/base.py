@@ -6,8 +6,9 @@ through PostgreSQL. The server calls only this interface; which one it opens is 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
-from server.runs.store import Enqueue, RunRow
+from server.runs.store import Enqueue, RunRow, RunStore
 
 
 class RunQueue(ABC):
@@ -29,3 +30,19 @@ class RunQueue(ABC):
     @abstractmethod
     async def stop(self, run: RunRow) -> None:
         """Stop ``run``, which has started, where it executes; its executor marks it interrupted."""
+
+
+async def cancel_run(
+    queue: RunQueue, runs: RunStore, run: RunRow, changed: Callable[[str, RunRow | None], None]
+) -> None:
+    """Cancel ``run`` on ``queue``: a queued run ends interrupted at once (``changed`` is told its row), a running
+    one is stopped where it executes, in this process or in a worker.
+
+    The cancel is recorded first: whoever claims the run from then on (its executor after a failure, a fresh
+    driver, a retried job) ends it interrupted instead of executing it."""
+    await runs.request_cancel(run.run_id)
+    if await queue.withdraw(run):
+        finished = await runs.finish(run.run_id, "interrupted", {"error": "Cancelled", "message": "cancelled"})
+        changed(run.run_id, finished)  # its waiters take the row: no read of it back
+    else:
+        await queue.stop(run)

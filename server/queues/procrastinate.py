@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import procrastinate
 import psycopg
@@ -48,10 +48,14 @@ from checkpoints.schema.queue import (
 )
 from checkpoints.url import distributed_target, unavailable
 from server.problems import WorkerStoppedError
-from server.queues.base import RunQueue
+from server.queues.base import RunQueue, cancel_run
 from server.runs.executor import RunExecutor, Taken
 from server.runs.store import Enqueue, RunRow, RunStore
 from server.runs.watch import RunWatch, listening
+from server.thread_ends import thread_control_key
+
+if TYPE_CHECKING:
+    from graphs.runtime import JourneyRuntime
 
 RUN_TASK = "journeys.execute_run"
 TIMER_TASK = "journeys.fire_timers"
@@ -490,3 +494,23 @@ class ProcrastinateQueue(RunQueue):
     async def stop(self, run: RunRow) -> None:
         if run.job_id is not None:  # the cancel is recorded (see ServerServices.cancel): holds if its worker dies
             await abort_run(self.app, run.job_id)  # its executor marks the run interrupted
+
+
+async def stop_runs_in_workers(runtime: JourneyRuntime, database_url: str, instance_id: str) -> None:
+    """For a process that executes no runs (``journeys instances terminate``): cancel the runs moving the journey
+    ``instance_id`` that the workers execute, as the API's cancel does (``ServerServices.stop_runs``): recorded,
+    withdrawn from the queue if no worker has taken it, else aborted in the worker running it, each thread's in
+    its ``thread_control`` lock. A run an embedded server executes is out of its reach: it is left to its end."""
+    runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
+    queued = [run for run in await runs.active_of_instance(instance_id) if run.job_id is not None]
+    if not queued:
+        return
+    app = build_app(database_url, retention_cron=None)
+    async with app.open_async(pool=runtime.store.pg_pool):
+        queue = ProcrastinateQueue(app)
+        for thread_id in sorted({run.thread_id for run in queued}):
+            async with runtime.engine.exclusive(thread_control_key(thread_id)):
+                for run in await runs.active_of_instance(instance_id):
+                    if run.thread_id == thread_id and run.job_id is not None:
+                        # The API's waiters learn of a run ended here from the finish's notice.
+                        await cancel_run(queue, runs, run, lambda _run_id, _row: None)

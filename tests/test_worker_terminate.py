@@ -1,0 +1,85 @@
+"""Terminating a journey a worker's run is moving (Temporal's terminate, DBOS's cancel): the run is stopped at
+once, in the worker's process, its step in flight with it; no later step runs; the run ends ``interrupted`` and
+the journey ``terminated``. Through the API and through ``journeys instances terminate``: real processes (an API
+in distributed mode, a ``journeys worker``), PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.client import LangGraphClient
+
+from tests.forked import run_journeys
+from tests.test_worker_shutdown import calls_of, distributed, wait_for_call
+
+pytestmark = pytest.mark.slow
+
+# Every step's agent waits 600 s: the first blocks until the run is stopped, and a later one would be noted.
+SPEC = {
+    "journey_type": "four_steps",
+    "steps": [{"step_id": step, "mode": "auto", "agent": "slow"} for step in ("a", "b", "c", "d")],
+}
+
+
+async def moving(client: LangGraphClient, user: str) -> tuple[str, str, str]:
+    """A journey of ``SPEC`` whose run has started: its thread, its run and its instance id."""
+    thread = (await client.threads.create())["thread_id"]
+    start = {"journey_type": "four_steps", "spec": SPEC, "user_id": user}
+    run = (await client.runs.create(thread, "structured", input=start))["run_id"]
+    deadline = time.monotonic() + 60
+    while (instance := (await client.threads.get(thread))["metadata"].get("instance_id")) is None:
+        assert time.monotonic() < deadline, "the run did not start its journey"
+        await asyncio.sleep(0.05)
+    return thread, run, str(instance)
+
+
+async def ended_as(client: LangGraphClient, thread: str, run: str) -> str:
+    """How the run ended, once it has."""
+    await client.runs.join(thread, run)
+    ended: dict[str, Any] = dict(await client.runs.get(thread, run))
+    return str(ended["status"])
+
+
+async def test_a_journey_terminated_while_a_worker_runs_its_step_is_stopped_at_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A terminate of a journey whose run was in a step of minutes waited for the journey's lock (30 s) and
+    answered 409 "busy", and could not succeed while the run went on (with a shorter step, the run finished its
+    later steps first, then the terminate said it had ended). It now cancels the run first, wherever it runs."""
+    with distributed(postgres_url, tmp_path) as (base, workers):
+        worker = workers.start("a", JOURNEYS_SLOW_S="600")
+        async with get_client(url=base, api_key=None) as client:
+            thread, run, instance = await moving(client, "ana")
+            wait_for_call(workers.calls, ("start", "a", worker.pid))
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                began = time.monotonic()
+                answer = await http.post(f"/journeys/{instance}/terminate", json={"reason": "stuck"})
+                waited = time.monotonic() - began
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["status"] == "terminated", answer.json()
+            assert waited < 10, waited  # the run's stop, and the box's load: not the lock's 30 s
+            assert await ended_as(client, thread, run) == "interrupted"
+
+            # The operator's command: it reaches the worker through the database, as the API does.
+            thread, run, instance = await moving(client, "ben")
+            deadline = time.monotonic() + 60
+            while len(calls_of(workers.calls)) < 2:
+                assert time.monotonic() < deadline, "the second run's step did not start"
+                await asyncio.sleep(0.05)
+            began = time.monotonic()
+            args = ["instances", "terminate", instance, "--reason", "stuck", "--database-url", postgres_url]
+            ran = await asyncio.to_thread(run_journeys, args)
+            waited = time.monotonic() - began
+            assert ran.returncode == 0, (ran.stdout, ran.stderr)
+            assert json.loads(ran.stdout)["status"] == "terminated", ran.stdout
+            assert waited < 20, waited  # a process's start, the run's stop: not the lock's 30 s
+            assert await ended_as(client, thread, run) == "interrupted"
+    # Each run's step a was stopped in flight (no "done"), and no step after it started.
+    assert [(what, step) for what, step, _pid in calls_of(workers.calls)] == [("start", "a"), ("start", "a")]
