@@ -1,7 +1,8 @@
-"""Terminating a journey a worker's run is moving (Temporal's terminate, DBOS's cancel): the run is stopped at
-once, in the worker's process, its step in flight with it; no later step runs; the run ends ``interrupted`` and
-the journey ``terminated``. Through the API and through ``journeys instances terminate``: real processes (an API
-in distributed mode, a ``journeys worker``), PostgreSQL."""
+"""Terminating a journey a run is moving (Temporal's terminate, DBOS's cancel): the run is stopped at once, in
+the process executing it, its step in flight with it; no later step runs; the run ends ``interrupted`` and the
+journey ``terminated``. Through the API and ``journeys instances terminate`` with real processes (an API in
+distributed mode, a ``journeys worker``, PostgreSQL), and through a server executing its runs itself (embedded,
+SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from server.app import create_app
+from server.plugins import plugin_registry
+from server.settings import Settings
 from tests.forked import run_journeys
-from tests.test_worker_shutdown import calls_of, distributed, wait_for_call
+from tests.server_support import serving
+from tests.test_worker_shutdown import SLOW, calls_of, distributed, wait_for_call
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +88,29 @@ async def test_a_journey_terminated_while_a_worker_runs_its_step_is_stopped_at_o
             assert await ended_as(client, thread, run) == "interrupted"
     # Each run's step a was stopped in flight (no "done"), and no step after it started.
     assert [(what, step) for what, step, _pid in calls_of(workers.calls)] == [("start", "a"), ("start", "a")]
+
+
+async def test_a_journey_an_embedded_server_runs_is_terminated_mid_step(
+    durable_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through a server that executes its runs itself (embedded): its run is cancelled in-process."""
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("JOURNEYS_CALLS", str(calls))  # the slow agent runs in this process
+    monkeypatch.setenv("JOURNEYS_SLOW_S", "600")
+    settings = Settings(database_url=durable_url, auth=False)
+    with serving(create_app(settings, runtime_options={"agents": plugin_registry(SLOW[1])})) as base:
+        async with get_client(url=base, api_key=None) as client:
+            thread, run, instance = await moving(client, "ana")
+            deadline = time.monotonic() + 60
+            while not calls_of(calls):
+                assert time.monotonic() < deadline, "the run's step did not start"
+                await asyncio.sleep(0.05)
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                began = time.monotonic()
+                answer = await http.post(f"/journeys/{instance}/terminate", json={"reason": "stuck"})
+                waited = time.monotonic() - began
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["status"] == "terminated", answer.json()
+            assert waited < 10, waited
+            assert await ended_as(client, thread, run) == "interrupted"
+    assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "a")]
