@@ -3,7 +3,6 @@ process, its run's step stuck in a slow agent), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from tests.server_support import journeys_serve
-from tests.test_worker_shutdown import SLOW, calls_of
+from tests.test_worker_shutdown import SLOW, steps_started
 
 pytestmark = pytest.mark.slow
 SHIPPING = {
@@ -42,10 +41,7 @@ async def test_a_request_waits_for_a_busy_journey_as_long_as_serve_is_told(durab
             await client.runs.create(
                 thread["thread_id"], "process", input={"process": "shipping", "business_key": "o1"}
             )
-            deadline = time.monotonic() + 60
-            while not calls_of(calls):
-                assert time.monotonic() < deadline, "the run's step did not start"
-                await asyncio.sleep(0.05)
+            await steps_started(calls, 1)
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             began = time.monotonic()
             # A change the run's lock holds off (a terminate would stop the run instead: it does not wait).

@@ -47,6 +47,14 @@ def wait_for_call(path: Path, note: tuple[str, str, int], seconds: float = 60) -
         time.sleep(0.05)
 
 
+async def steps_started(path: Path, count: int, seconds: float = 60) -> None:
+    """Return once the slow agent has noted ``count`` notes (its calls' starts, as a test that stops them sees)."""
+    deadline = time.monotonic() + seconds
+    while len(calls_of(path)) < count:
+        assert time.monotonic() < deadline, f"{count} calls did not start: {calls_of(path)}"
+        await asyncio.sleep(0.05)
+
+
 def stopped_within(process: JourneysProcess, seconds: float, log: Path) -> int:
     """SIGTERM ``process``; its exit status once it has ended, within ``seconds`` (else the test fails)."""
     process.send_signal(signal.SIGTERM)
@@ -158,10 +166,7 @@ async def test_a_server_stopped_mid_run_finishes_the_run_when_it_starts_again(du
         async with get_client(url=base, api_key=None) as client:
             thread = await client.threads.create()
             run = await client.runs.create(thread["thread_id"], "structured", input=START)
-            began = time.monotonic()
-            while not calls_of(calls):
-                assert time.monotonic() - began < 60, "the run's step did not start"
-                await asyncio.sleep(0.05)
+            await steps_started(calls, 1)
     with journeys_serve(durable_url, tmp_path / "second.log", "--no-auth", *SLOW, env=quick) as base:
         async with get_client(url=base, api_key=None) as client:
             ended = await client.runs.join(thread["thread_id"], run["run_id"])

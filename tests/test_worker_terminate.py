@@ -22,7 +22,7 @@ from server.plugins import plugin_registry
 from server.settings import Settings
 from tests.forked import run_journeys
 from tests.server_support import serving
-from tests.test_worker_shutdown import SLOW, calls_of, distributed, wait_for_call
+from tests.test_worker_shutdown import SLOW, calls_of, distributed, steps_started, wait_for_call
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +52,19 @@ async def ended_as(client: LangGraphClient, thread: str, run: str) -> str:
     return str(ended["status"])
 
 
+async def terminated_over_http(base: str, client: LangGraphClient, thread: str, run: str, instance: str) -> None:
+    """POST /journeys/{instance}/terminate of a journey whose run is in a step: it answers at once (the run's stop
+    and the box's load, not the lock's 30 s), the journey terminated, and the run has ended interrupted."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        began = time.monotonic()
+        answer = await http.post(f"/journeys/{instance}/terminate", json={"reason": "stuck"})
+        waited = time.monotonic() - began
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "terminated", answer.json()
+    assert waited < 10, waited
+    assert await ended_as(client, thread, run) == "interrupted"
+
+
 async def test_a_journey_terminated_while_a_worker_runs_its_step_is_stopped_at_once(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -63,21 +76,11 @@ async def test_a_journey_terminated_while_a_worker_runs_its_step_is_stopped_at_o
         async with get_client(url=base, api_key=None) as client:
             thread, run, instance = await moving(client, "ana")
             wait_for_call(workers.calls, ("start", "a", worker.pid))
-            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-                began = time.monotonic()
-                answer = await http.post(f"/journeys/{instance}/terminate", json={"reason": "stuck"})
-                waited = time.monotonic() - began
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["status"] == "terminated", answer.json()
-            assert waited < 10, waited  # the run's stop, and the box's load: not the lock's 30 s
-            assert await ended_as(client, thread, run) == "interrupted"
+            await terminated_over_http(base, client, thread, run, instance)
 
             # The operator's command: it reaches the worker through the database, as the API does.
             thread, run, instance = await moving(client, "ben")
-            deadline = time.monotonic() + 60
-            while len(calls_of(workers.calls)) < 2:
-                assert time.monotonic() < deadline, "the second run's step did not start"
-                await asyncio.sleep(0.05)
+            await steps_started(workers.calls, 2)
             began = time.monotonic()
             args = ["instances", "terminate", instance, "--reason", "stuck", "--database-url", postgres_url]
             ran = await asyncio.to_thread(run_journeys, args)
@@ -101,16 +104,6 @@ async def test_a_journey_an_embedded_server_runs_is_terminated_mid_step(
     with serving(create_app(settings, runtime_options={"agents": plugin_registry(SLOW[1])})) as base:
         async with get_client(url=base, api_key=None) as client:
             thread, run, instance = await moving(client, "ana")
-            deadline = time.monotonic() + 60
-            while not calls_of(calls):
-                assert time.monotonic() < deadline, "the run's step did not start"
-                await asyncio.sleep(0.05)
-            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-                began = time.monotonic()
-                answer = await http.post(f"/journeys/{instance}/terminate", json={"reason": "stuck"})
-                waited = time.monotonic() - began
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["status"] == "terminated", answer.json()
-            assert waited < 10, waited
-            assert await ended_as(client, thread, run) == "interrupted"
+            await steps_started(calls, 1)
+            await terminated_over_http(base, client, thread, run, instance)
     assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "a")]
