@@ -72,6 +72,7 @@ STATUS_BY_CODE = {
             "RunInReviewError",
             "RunWithdrawnError",
             "StartKeyConflictError",
+            "StartedElsewhereError",
             "StepFailedError",
             "StepHaltedError",
             "StepMovedOnError",
