@@ -177,7 +177,8 @@ async def test_a_lifecycle_whose_event_failed_is_retried_by_a_run_without_input(
     assert "__error__" not in retried, retried
     state = await sdk.threads.get_state(tid)
     assert state["values"]["current_stage"] == "cancelled", state["values"]
-    assert (await app[0].state.services.runtime.lifecycle.get_journey_state(tid))["current_stage"] == "cancelled"
+    # The orchestrator's view, asked over HTTP: the server's runtime lives on its own event loop (its pool's waits too).
+    assert (await sdk.http.get(f"/journeys/lifecycle/{tid}"))["current_stage"] == "cancelled"
 
 
 async def test_a_session_whose_action_failed_is_retried_by_a_run_without_input(
