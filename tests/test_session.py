@@ -179,6 +179,9 @@ async def test_an_mvp_session_named_to_the_session_orchestrator_says_which_to_us
     "no session session 'session_…'" for a session that exists. It names the MVP orchestrator instead."""
     async with JourneyRuntime.open(store_url) as rt:
         mvp = (await rt.mvp.start_mvp_journey("u"))["session"]["session_id"]
+        session = (await rt.session.start_session("u", CONFIG))["session_id"]
+        # Both are sessions, and their ids say so (they read journey_…, a structured design's, before).
+        assert (mvp.split("_")[0], session.split("_")[0]) == ("session", "session")
         with pytest.raises(WrongPatternError, match="belongs to the mvp pattern, not session; use the mvp"):
             await rt.session.navigate_to_area(mvp, "insights")
         with pytest.raises(JourneyNotFoundError, match=r"^no session 'session_nope'$"):

@@ -143,7 +143,7 @@ class DesignBook:
     ) -> Design:
         """Check ``spec`` (every design error at once, with fixes; ``agents``: see :meth:`check`) and store it
         under a new id."""
-        drafted = self.drafted(pattern, spec, agents=agents)
+        drafted = self.drafted(pattern, spec, prefix=prefix, agents=agents)
         design = await self.engine.store.index.save_design(
             drafted.journey_id, pattern, drafted.journey_type, drafted.spec
         )
