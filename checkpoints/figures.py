@@ -21,9 +21,12 @@ FINAL_STAGES = ("completed", "cancelled")
 
 _instances, _tasks, _timers, _runs = journey_instances.c, user_tasks.c, process_timers.c, server_runs.c
 _states = lifecycle_journey_states.c
+# A failed instance stands where it failed until an operator retries (or terminates) it: counted with the open
+# ones, by the one grouped read, and reported apart (``awaiting_retry``).
+FAILED = "failed"
 _ACTIVE = (
     select(_instances.pattern, _instances.status, func.count().label("n"))
-    .where(_instances.status.not_in(FINAL_STATUSES))
+    .where(_instances.status.not_in(tuple(s for s in FINAL_STATUSES if s != FAILED)))
     .group_by(_instances.pattern, _instances.status)
 )
 # Incidents: timers whose firing failed after its retries (an SLA's or reminder's agent, a cron's run), by purpose.
@@ -53,8 +56,9 @@ _UNDELIVERED = (
 class LiveFigures:
     """Open instances by (pattern, status), lifecycle journeys by stage, open user tasks, those past their
     SLA, work waiting to be picked up (``queue_depth``: pending runs, timers due and not yet fired, answers
-    resolved and not yet delivered to their instance), and the
-    incidents waiting for an operator's retry (failed timers, by purpose)."""
+    resolved and not yet delivered to their instance), the
+    incidents waiting for an operator's retry (failed timers, by purpose), and the failed instances waiting for
+    one (``awaiting_retry``, by pattern)."""
 
     active: dict[tuple[str, str], int] = field(default_factory=dict)
     lifecycle_stages: dict[str, int] = field(default_factory=dict)
@@ -62,12 +66,19 @@ class LiveFigures:
     sla_breached_user_tasks: int = 0
     queue_depth: dict[str, int] = field(default_factory=dict)
     incidents: dict[str, int] = field(default_factory=dict)
+    awaiting_retry: dict[str, int] = field(default_factory=dict)
 
 
 async def live_figures(backend: Backend, now: datetime) -> LiveFigures:
     """The figures, one grouped query each (on indexed columns)."""
     now = now.astimezone(UTC)
-    active = {(row["pattern"], row["status"]): int(row["n"]) for row in await backend.query(_ACTIVE)}
+    active: dict[tuple[str, str], int] = {}
+    awaiting_retry: dict[str, int] = {}
+    for row in await backend.query(_ACTIVE):
+        if row["status"] == FAILED:
+            awaiting_retry[row["pattern"]] = int(row["n"])
+        else:
+            active[row["pattern"], row["status"]] = int(row["n"])
     stages = {row["current_stage"]: int(row["n"]) for row in await backend.query(_STAGES)}
     open_tasks = select(func.count().label("n")).select_from(user_tasks).where(_tasks.status == "open")
     breached = open_tasks.where(_tasks.sla_due_at.is_not(None), _tasks.sla_due_at < now)
@@ -84,4 +95,4 @@ async def live_figures(backend: Backend, now: datetime) -> LiveFigures:
     ]
     incidents = {row["purpose"]: int(row["n"]) for row in await backend.query(_INCIDENTS)}
     queues = {"runs": counts[2], "timers": counts[3], "deliveries": counts[4]}
-    return LiveFigures(active, stages, counts[0], counts[1], queues, incidents)
+    return LiveFigures(active, stages, counts[0], counts[1], queues, incidents, awaiting_retry)

@@ -153,35 +153,48 @@ def _gauges(figures: LiveFigures, circuits: Mapping[str, str]) -> list[Metric]:
     )
     for (pattern, status), count in sorted(figures.active.items()):
         active.add_metric([pattern, status], count)
-    stages = GaugeMetricFamily("journeys_lifecycle_active", "Open client lifecycle journeys by stage", labels=["stage"])
-    for stage, count in sorted(figures.lifecycle_stages.items()):
-        stages.add_metric([stage], count)
+    awaiting = _by_label(
+        "journeys_awaiting_retry",
+        "Failed journey instances standing where they failed until an operator retries or terminates them",
+        "pattern",
+        figures.awaiting_retry,
+    )
+    stages = _by_label(
+        "journeys_lifecycle_active", "Open client lifecycle journeys by stage", "stage", figures.lifecycle_stages
+    )
     tasks = GaugeMetricFamily("journeys_user_tasks_open", "Open user tasks", value=figures.open_user_tasks)
     breached = GaugeMetricFamily(
         "journeys_user_tasks_sla_breached", "Open user tasks past their SLA", value=figures.sla_breached_user_tasks
     )
-    queue = GaugeMetricFamily(
+    queue = _by_label(
         "journeys_queue_depth",
         "Work waiting: pending runs, timers due and not fired, answers not yet delivered to their instance",
-        labels=["queue"],
+        "queue",
+        figures.queue_depth,
     )
-    for name, depth in sorted(figures.queue_depth.items()):
-        queue.add_metric([name], depth)
-    incidents = GaugeMetricFamily(
+    incidents = _by_label(
         "journeys_incidents",
         "Incidents waiting for an operator's retry: timers whose firing failed after its retries, by purpose "
         "(sla, reminder: a process instance's; cron: a cron's tick)",
-        labels=["purpose"],
+        "purpose",
+        # 0 too: an alert's rule needs a series
+        {purpose: figures.incidents.get(purpose, 0) for purpose in INCIDENT_PURPOSES | figures.incidents.keys()},
     )
-    for purpose in sorted(INCIDENT_PURPOSES | figures.incidents.keys()):  # 0 too: an alert's rule needs a series
-        incidents.add_metric([purpose], figures.incidents.get(purpose, 0))
     circuit = GaugeMetricFamily(
         "journeys_circuit_state", "Circuit of an intent: 1 for its current state", labels=["intent", "state"]
     )
     for intent, current in sorted(circuits.items()):
         for state in CIRCUIT_STATES:
             circuit.add_metric([redact_label(intent), state], 1.0 if state == current else 0.0)
-    return [active, stages, tasks, breached, queue, incidents, circuit]
+    return [active, awaiting, stages, tasks, breached, queue, incidents, circuit]
+
+
+def _by_label(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> GaugeMetricFamily:
+    """A gauge with one label: a sample per value of it, in order."""
+    gauge = GaugeMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        gauge.add_metric([value], count)
+    return gauge
 
 
 async def circuit_states(store: Any) -> dict[str, str]:

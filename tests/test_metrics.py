@@ -63,18 +63,27 @@ async def test_instances_are_counted_by_pattern_whatever_moved_them(store_url: s
         journey = await runtime.structured.design_journey("content_migration", {})
         await runtime.structured.execute_journey(journey["journey_id"], "u1", {})
         await runtime.structured.advance_journey_step(journey["journey_id"], "u1", {"files": 1})
+        # u2's journey fails at transform_data and stands there for an operator's retry: not open, not ended.
+        await runtime.structured.execute_journey(journey["journey_id"], "u2", {})
+        with pytest.raises(JourneyError):
+            for result in ({"files": 1}, {"entities": 2}, {"rows": 10}):
+                await runtime.structured.advance_journey_step(journey["journey_id"], "u2", result)
         figures = await live_figures(runtime.store.backend, runtime.store.clock.now())
     assert counted("journeys_started_total", pattern="saga") == before["started", "saga"] + 1
-    assert counted("journeys_started_total", pattern="structured") == before["started", "structured"] + 1
+    assert counted("journeys_started_total", pattern="structured") == before["started", "structured"] + 2
     assert counted("journeys_compensated_total", pattern="saga") == before["compensated", "saga"] + 1
-    assert counted("journeys_failed_total", pattern="structured") == before["failed", "structured"]
-    # upload_content is called by the saga's first step and the journey's: two calls, each timed once
+    assert counted("journeys_failed_total", pattern="structured") == before["failed", "structured"] + 1
+    # upload_content is called by the saga's first step and each journey's: three calls, each timed once
     assert counted("journeys_agent_call_duration_seconds_count", intent="upload_content", outcome="ok") == (
-        agent_calls + 2
+        agent_calls + 3
     )
     assert counted("journeys_agent_call_duration_seconds_count", intent="transform_data", outcome="error") >= 1
     assert counted("journeys_step_duration_seconds_count", pattern="saga", node="upload_content") >= 1
     assert figures.active == {("structured", "in_progress"): 1}  # the saga ended
+    assert figures.awaiting_retry == {"structured": 1}
+    found = samples(exposition(figures, {}).decode())
+    assert found["journeys_awaiting_retry", (("pattern", "structured"),)] == 1
+    assert ("journeys_active", (("pattern", "structured"), ("status", "failed"))) not in found
 
 
 async def test_the_exposition_has_every_gauge_and_redacted_labels() -> None:
