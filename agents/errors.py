@@ -45,6 +45,12 @@ class AgentOutputTooLargeError(PermanentAgentError):
     """The agent's output is larger than a step may keep (``max_output_bytes``)."""
 
 
+class AgentReportedFailureError(AgentError):
+    """The agent answered that its work failed (an output whose ``status`` is ``"failed"``, its ``error`` saying
+    why): a failed attempt, retried as the call's retry policy says, then the step's failure. An agent that knows
+    another attempt cannot help raises :class:`PermanentAgentError` instead."""
+
+
 class AgentCallFailedError(AgentError):
     """The agent call failed after its retries were exhausted."""
 

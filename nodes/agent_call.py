@@ -28,6 +28,7 @@ from agents.errors import (
     AgentNotFoundError,
     AgentOutputError,
     AgentOutputTooLargeError,
+    AgentReportedFailureError,
     AgentTimeoutError,
     BulkheadFullError,
     CircuitOpenError,
@@ -55,6 +56,10 @@ CALL_FAILED = "agent.failed"  # the call failed for good (its attempts, or the i
 FALLBACK = "agent.fallback"  # the call goes on with the next intent of its fallback chain
 ROUTED_TO_HUMAN = "agent.routed_to_human"  # an open circuit handed the call to a person (on_circuit_open: human)
 CIRCUIT_OPEN_TASK = "circuit_open"  # the ``kind`` of the human task such a call waits on
+# The status of an output (an agent's, or a person's answering in its place) or a user step's result saying the work
+# failed (``{"status": "failed", "error": "why"}``): a failure, never a completion.
+REPORTED_FAILED = "failed"
+MAX_REPORTED_ERROR = 1_000  # characters of the reported error kept in the failure's message
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +494,12 @@ def _checked_output(
             intent=intent,
         )
     output = dict(result)
+    if output.get("status") == REPORTED_FAILED:  # the agent says its work failed: not an output, a failed attempt
+        error = output.get("error")
+        said = f": {str(error)[:MAX_REPORTED_ERROR]}" if error not in (None, "") else ""
+        raise AgentReportedFailureError(
+            f"agent for intent {intent!r} reported that its work failed{said}", intent=intent
+        )
     try:  # kept in the event log and the checkpoint: what no store can keep (NaN, a datetime) is refused
         check_value(output, "output")
     except InvalidInputError as exc:

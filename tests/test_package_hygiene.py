@@ -122,6 +122,7 @@ STATUS_BY_CODE = {
             "AgentError",
             "AgentOutputError",
             "AgentOutputTooLargeError",
+            "AgentReportedFailureError",
             "AgentTimeoutError",
             "BulkheadFullError",
             "CircuitOpenError",

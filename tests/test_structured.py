@@ -506,6 +506,36 @@ async def test_a_failing_step_fails_the_journey_until_retried(store_url: str) ->
         assert (history[-3].payload["pattern"], history[-3].payload["cause"]) == ("structured", "step")
 
 
+async def test_an_agent_output_reporting_failure_is_a_failed_attempt_not_a_completion(store_url: str) -> None:
+    # It completed before: {"status": "failed"} was logged as the step's output and the journey went on.
+    outputs = iter([{"status": "failed", "error": "quota exceeded"}, {"status": "failed"}, {"status": "complete"}])
+
+    def analyze(_request: AgentRequest) -> dict[str, Any]:
+        return next(outputs)
+
+    async with JourneyRuntime.open(store_url, retry=RetrySettings(max_attempts=2, initial_delay=0.001)) as rt:
+        rt.agents.register("analyze_content", analyze, replace=True)
+        journey_id = await start_migration(rt)
+        await rt.structured.advance_journey_step(journey_id, "user_123", {"files": 1})
+        with pytest.raises(AgentCallFailedError, match="reported that its work failed") as caught:
+            await rt.structured.advance_journey_step(journey_id, "user_123", {"depth": "full"})
+        assert caught.value.details["error_type"] == "AgentReportedFailureError"
+        status = await rt.structured.get_journey_status(journey_id, "user_123")
+        assert (status["status"], status.get("failed_step"), status["completed_steps"]) == (
+            "failed",
+            "analyze_content",
+            ["upload_content"],
+        )
+        history = await rt.history(f"{journey_id}:user_123")
+        attempts = [e.payload for e in history if e.type == "agent.attempt_failed"]
+        assert [a["error"] for a in attempts] == [
+            "agent for intent 'analyze_content' reported that its work failed: quota exceeded",
+            "agent for intent 'analyze_content' reported that its work failed",
+        ]
+        retried = await rt.structured.retry_journey_step(journey_id, "user_123")  # the agent answers complete now
+        assert (retried["status"], retried["current_step"]) == ("in_progress", "transform_data")
+
+
 # --- policies ----------------------------------------------------------------------------------
 
 
