@@ -295,6 +295,12 @@ class RecursionLimitError(JourneyError):
     category = "failed"
 
 
+class StepReportedFailedError(JourneyError):
+    """A user step's result said the step failed (``{"status": "failed", "error": ...}``): the journey stands
+    failed at that step, as when its agent fails; its retry asks the user for the step's result again (a saga
+    compensates instead)."""
+
+
 class StepCrashedError(JourneyError):
     """A step raised an error that is none of the runtime's (a bug in the step's code, a database refusing a
     write): the run failed at that step, as for an agent's failure, and it can be retried there once the cause

@@ -133,6 +133,7 @@ STATUS_BY_CODE = {
             "RecursionLimitError",
             "RollbackFailedError",
             "StepCrashedError",
+            "StepReportedFailedError",
             "TransientAgentError",
             "UnitOfWorkFailedError",
             "WorkerStoppedError",

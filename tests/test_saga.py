@@ -101,7 +101,7 @@ async def test_a_failing_step_compensates_the_completed_steps_in_reverse(store_u
             await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"files": [step]})
 
         result = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", {"files": ["validate"]})
-        assert result["status"] == "compensated"
+        assert (result["status"], result["completed_step"]) == ("compensated", None)  # it named validate_results
         assert order == ["revert_transformation", "revert_analysis", "delete_uploaded_content"]
         assert result["compensated_steps"] == ["transform_data", "analyze_content", "upload_content"]
         assert result["failure"]["step"] == "validate_results"
@@ -157,6 +157,7 @@ async def test_a_step_the_user_reports_failed_compensates_the_completed_steps_in
         reported = {"status": "failed", "error": "the target ran out of space"}
         result = await rt.saga.advance_saga_step(saga_id, journey_id, "user_123", reported)
         assert (result["status"], result["compensated_steps"]) == ("compensated", ["analyze_content", "upload_content"])
+        assert result["completed_step"] is None  # it named transform_data, which failed
         assert order == ["revert_analysis", "delete_uploaded_content"]
         assert result["failure"] == {
             "step": "transform_data",

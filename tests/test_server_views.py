@@ -156,6 +156,16 @@ async def test_structured_and_saga_answers_are_their_orchestrators_views(served:
     agents.register("analyze_content", lambda _request: {"ok": True}, replace=True)
     retried = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_journey_step")
     assert retried["current_step"] == "transform_data" and "failed_step" not in retried
+    # A step its user reports failed stands failed (not completed), and its retry asks for its result again.
+    report = {"step_result": {"status": "failed", "error": "disk full"}}
+    reported = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_journey_step", report)
+    assert (reported["status"], reported["failed_step"], reported["completed_step"]) == (
+        "failed",
+        "transform_data",
+        None,
+    )
+    asked = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_journey_step")
+    assert (asked["current_step"], asked["awaiting_input"]) == ("transform_data", True)
     for _ in range(2):
         done = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_journey_step", {})
     assert done["status"] == "completed"
@@ -172,6 +182,7 @@ async def test_structured_and_saga_answers_are_their_orchestrators_views(served:
     after = await s.same("POST", f"/journeys/sagas/{compensated['saga_id']}/advance", "saga.advance_saga_step", move)
     # analyze_content's agent was called before it failed: it is undone too, first.
     assert (after["status"], after["compensated_steps"]) == ("compensated", ["analyze_content", "upload_content"])
+    assert after["completed_step"] is None  # analyze_content failed
     await s.same("GET", f"/journeys/sagas/{compensated['saga_id']}", "saga.get_saga_status")
     await s.status(compensated["saga_id"], "saga.get_saga_status")
 

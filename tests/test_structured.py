@@ -506,6 +506,46 @@ async def test_a_failing_step_fails_the_journey_until_retried(store_url: str) ->
         assert (history[-3].payload["pattern"], history[-3].payload["cause"]) == ("structured", "step")
 
 
+async def test_a_step_the_user_reports_failed_fails_the_journey_and_its_retry_asks_for_the_result_again(
+    store_url: str,
+) -> None:
+    # It completed before: the agent was called with the report as its input, and the journey went on.
+    async with JourneyRuntime.open(store_url) as rt:
+        analyze = RecordingAgent("analyze_content")
+        rt.agents.register("analyze_content", analyze, replace=True)
+        journey_id = await start_migration(rt)
+        await rt.structured.advance_journey_step(journey_id, "user_123", {"files": 1})
+        reported = {"status": "failed", "error": "the analysis service refused the files"}
+        answer = await rt.structured.advance_journey_step(journey_id, "user_123", reported)
+        assert (answer["status"], answer.get("failed_step"), answer["completed_step"]) == (
+            "failed",
+            "analyze_content",
+            None,
+        )
+        assert (answer["completed_steps"], analyze.calls) == (["upload_content"], {})
+        instance = await rt.store.index.get_instance(f"{journey_id}:user_123")
+        assert instance is not None and instance.status == "failed"
+        with pytest.raises(StepFailedError):
+            await rt.structured.advance_journey_step(journey_id, "user_123", {"depth": "full"})
+
+        retried = await rt.structured.retry_journey_step(journey_id, "user_123")
+        assert (retried["status"], retried["current_step"], retried["awaiting_input"]) == (
+            "in_progress",
+            "analyze_content",
+            True,
+        )
+        assert analyze.calls == {}  # asked again, not run with the report
+        moved = await rt.structured.advance_journey_step(journey_id, "user_123", {"depth": "full"})
+        assert (moved["completed_step"], moved["current_step"]) == ("analyze_content", "transform_data")
+        (payload,) = analyze.effects.values()
+        assert payload["step_result"] == {"depth": "full"}
+        history = await rt.history(f"{journey_id}:user_123")
+        (failed,) = [e for e in history if e.type == "instance.failed"]
+        assert failed.payload["error_type"] == "StepReportedFailedError"
+        assert "the analysis service refused the files" in failed.payload["error"]
+        assert [e.type for e in history].count("step.retried") == 1
+
+
 async def test_an_agent_output_reporting_failure_is_a_failed_attempt_not_a_completion(store_url: str) -> None:
     # It completed before: {"status": "failed"} was logged as the step's output and the journey went on.
     outputs = iter([{"status": "failed", "error": "quota exceeded"}, {"status": "failed"}, {"status": "complete"}])

@@ -26,9 +26,10 @@ from agents.policy import Grants
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
+from graphs.errors import StepReportedFailedError
 from graphs.kernel.engine import NOTES
 from nodes import schemas
-from nodes.agent_call import Recording, logged
+from nodes.agent_call import REPORTED_FAILED, Recording, logged
 from nodes.compensation import called, step_key
 from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
@@ -40,8 +41,8 @@ from nodes.telemetry import chained_node
 from nodes.user_task import make_user_task_node
 
 STEP_ID = SNAKE_ID
-# A user step's result saying the step failed ({"status": "failed", "error": "..."}): a saga compensates.
-REPORTED_FAILED = "failed"
+# A user step's result saying the step failed ({"status": "failed", "error": "..."}, REPORTED_FAILED): a saga
+# compensates, a structured journey stands failed at the step until retried.
 STEP_REPORTED_FAILED = "StepReportedFailed"  # the error type of such a failure
 
 
@@ -166,6 +167,11 @@ class StructuredState(TypedDict, total=False):
     failed_call: dict[str, str] | None  # a saga: the step and key of a call that may have acted and not completed
     compensated_steps: list[str]
     compensation_failure: dict[str, Any] | None
+
+
+def reported_failed(result: Mapping[str, Any] | None) -> bool:
+    """Whether a user step's result says the step failed (``{"status": "failed", "error": "why"}``)."""
+    return result is not None and result.get("status") == REPORTED_FAILED
 
 
 def validate_structured(spec: StructuredSpec, registry: AgentRegistry | None = None) -> list[str]:
@@ -363,11 +369,19 @@ class _StepWork:
         and whether the work was found logged (replayed) rather than done; or, in a saga whose step failed, the
         command that sends the journey to its compensation."""
         spec = self.spec
-        if self.compensating and step.mode == "user" and result.get("status") == REPORTED_FAILED:
-            # The user says the step failed: a saga undoes what it completed, as when the step's agent fails.
+        if step.mode == "user" and reported_failed(result):
+            # The user says the step failed, so its agent is not called: the step fails as when its agent fails (a
+            # saga undoes what it completed; a structured journey stands failed here until retried).
             reason = result.get("error")
             error = reason if isinstance(reason, str) and reason else f"step {step.step_id!r} was reported failed"
-            return await self.compensate(step, key, config, error, STEP_REPORTED_FAILED)
+            if self.compensating:
+                return await self.compensate(step, key, config, error, STEP_REPORTED_FAILED)
+            raise StepReportedFailedError(
+                f"step {step.step_id!r} was reported failed: {error}; retry it (retry_journey_step) to give its "
+                "result again",
+                step=step.step_id,
+                reported=error,
+            )
         chosen: tuple[dict[str, Any], str | None] | None = None  # the output recorded, and the step it chose
 
         def record(output: dict[str, Any]) -> Recording:

@@ -34,6 +34,7 @@ from graphs.errors import (
     StepHaltedError,
     StepMovedOnError,
     StepOrderError,
+    StepReportedFailedError,
 )
 from graphs.kernel.designs import DesignBook, PatternName
 from graphs.kernel.engine import (
@@ -50,7 +51,14 @@ from graphs.kernel.flow import QUEUED, StartControls
 from graphs.kernel.forks import Forkable
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure
 from graphs.kernel.streaming import INTERRUPT as INTERRUPT  # the server reads run outputs with it
-from graphs.structured.builder import AWAIT_SUFFIX, COMPENSATE_NODE, StructuredSpec, StructuredState
+from graphs.structured.builder import (
+    AWAIT_SUFFIX,
+    COMPENSATE_NODE,
+    StructuredSpec,
+    StructuredState,
+    await_node,
+    reported_failed,
+)
 from nodes.agent_call import CIRCUIT_OPEN_TASK
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED, step_key
 from nodes.user_task import validate_resume_value
@@ -234,10 +242,18 @@ class StepJourneys:
                     f"next_step {explicit!r} is not a branch of step {current!r}; choose one of {targets}",
                     allowed=targets,
                 )
-            standing = await self._run(graph, found, resume_pending(snapshot, result), options)
+            # The steps the run completes, noted by their nodes: the answer names the current one only if it did.
+            notes: dict[str, tuple[str, Any]] = {} if options.notes is None else options.notes
+            try:
+                standing = await self._run(
+                    graph, found, resume_pending(snapshot, result), replace(options, notes=notes)
+                )
+            except StepReportedFailedError:  # recorded: the journey stands failed at the step, as its user said
+                standing = Standing.of(await graph.aget_state(self.engine.config(instance_id)))
             standing = await self._evaluate(instance_id, found.pattern, spec, graph, standing)
         view = await self.view(await self.instance(instance_id), spec, standing)
-        return {**view, "completed_step": current}
+        completed = any(step == current for step, _output in notes.values())
+        return {**view, "completed_step": current if completed else None}
 
     async def _standing_step(self, instance_id: str) -> str | None:
         """The step the journey stands at now, read without its lock (None: not started, or not a step)."""
@@ -253,9 +269,17 @@ class StepJourneys:
         retried it (its ``step.retried`` or ``compensation.retried`` event names them, for the audit)."""
         found = await self.instance(instance_id)
         _, spec, graph = await self._load(found.journey_id)
+        config = self.engine.config(instance_id)
         async with self.engine.acting(instance_id) as current:
             retried = await self.instances.retry(graph, instance_id, "step.retried", by=by)  # a failed step runs again
-            stuck = None if retried else stuck_compensation(await graph.aget_state(self.engine.config(instance_id)))
+            if retried in spec.steps_by_id and spec.step(retried).mode == "user":
+                values = (await graph.aget_state(config)).values
+                if reported_failed(values.get("step_input")):
+                    # Its user said it failed: the step runs again from its start, asking them for its result
+                    # (their report would fail it again).
+                    again = Command(goto=await_node(retried), update={"step_input": None})
+                    await graph.aupdate_state(config, again, as_node=retried)
+            stuck = None if retried else stuck_compensation(await graph.aget_state(config))
             if stuck is not None:
                 failed_step, stopped = stuck
                 payload = {"handler": stopped.get("handler"), "previous_failure": stopped, **({"by": by} if by else {})}
@@ -265,7 +289,7 @@ class StepJourneys:
                 # The failing step routes to the compensation again, in a checkpoint of its own: a crash
                 # from here on leaves the compensation pending, and recovery finishes it.
                 reentry = Command(goto=COMPENSATE_NODE, update={"status": "compensating", "compensation_failure": None})
-                await graph.aupdate_state(self.engine.config(instance_id), reentry, as_node=failed_step)
+                await graph.aupdate_state(config, reentry, as_node=failed_step)
             elif retried is None:
                 ended = current is not None and current.status in ENDED_STATUSES  # nothing to advance either
                 raise NothingToRetryError(

@@ -92,7 +92,10 @@ class StructuredRunView(StepRunFields):
 class StructuredAdvanceOut(StructuredRunView):
     """A run of a structured journey after an advance."""
 
-    completed_step: str = Field(description="the step this advance completed")
+    completed_step: str | None = Field(
+        description="the step this advance completed; null when it did not (its user reported it failed, so the "
+        "journey stands failed there, or its agent's circuit handed it to a person)"
+    )
 
 
 class SagaFailure(BaseModel):
@@ -125,4 +128,7 @@ class SagaRunView(StepRunFields):
 class SagaAdvanceOut(SagaRunView):
     """A run of a saga after an advance."""
 
-    completed_step: str = Field(description="the step this advance completed (or whose failure compensated)")
+    completed_step: str | None = Field(
+        description="the step this advance completed; null when it did not (it failed, so the saga compensates: "
+        "failure names it)"
+    )
