@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from agents import AgentRegistry, AgentRequest, CircuitOpenError, FailingAgent, RetrySettings
+from agents import (
+    AgentRegistry,
+    AgentReportedFailureError,
+    AgentRequest,
+    CircuitOpenError,
+    FailingAgent,
+    RetrySettings,
+)
 from checkpoints.clock import VirtualClock
 from checkpoints.guards import CircuitSettings, RateLimit
 from checkpoints.store import open_store
@@ -234,6 +241,18 @@ async def test_an_open_circuit_routes_the_step_to_a_person_whose_answer_complete
 
         with pytest.raises(ResumeValueError, match="price"):  # the answer stands in for the agent's output
             await rt.structured.advance_journey_step(design["journey_id"], "ana", {"cost": 1})
+        # A person who answers that the work failed fails the step, as its agent's failure would (it completed
+        # before); its retry starts the step over, not with that answer (it failed again on it before): the
+        # circuit still open, a person is asked again.
+        failed = {"price": 0, "status": "failed", "error": "no price today"}
+        with pytest.raises(AgentReportedFailureError, match="no price today"):
+            await rt.structured.advance_journey_step(design["journey_id"], "ana", failed)
+        state = await rt.structured.get_journey_status(design["journey_id"], "ana")
+        assert (state["status"], state["failed_step"], state["completed_steps"]) == ("failed", "price", [])
+        state = await rt.structured.retry_journey_step(design["journey_id"], "ana")
+        assert (state["status"], state["current_step"], state["awaiting_input"]) == ("in_progress", "price", True)
+        asked = [e for e in await rt.history(status["instance_id"]) if e.type == "agent.routed_to_human"]
+        assert len(asked) == 2
         status = await rt.structured.advance_journey_step(design["journey_id"], "ana", {"price": 90})
         assert (status["completed_steps"], status["current_step"]) == (["price"], "confirm")
         assert status["last_output"] == {"price": 90}

@@ -16,6 +16,7 @@ from langgraph.graph import START
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
+from agents.errors import AgentReportedFailureError
 from checkpoints.errors import CheckpointsDeletedError, JourneyError
 from checkpoints.events import Event, NewEvent
 from checkpoints.flow import ENDED_STATUSES, TERMINATED
@@ -42,6 +43,7 @@ from graphs.kernel.engine import (
     RunOptions,
     check_answering,
     failed_task,
+    failed_task_of,
     in_flight,
     resume_pending,
     waiting_for,
@@ -272,13 +274,8 @@ class StepJourneys:
         config = self.engine.config(instance_id)
         async with self.engine.acting(instance_id) as current:
             retried = await self.instances.retry(graph, instance_id, "step.retried", by=by)  # a failed step runs again
-            if retried in spec.steps_by_id and spec.step(retried).mode == "user":
-                values = (await graph.aget_state(config)).values
-                if reported_failed(values.get("step_input")):
-                    # Its user said it failed: the step runs again from its start, asking them for its result
-                    # (their report would fail it again).
-                    again = Command(goto=await_node(retried), update={"step_input": None})
-                    await graph.aupdate_state(config, again, as_node=retried)
+            if retried in spec.steps_by_id and (again := _started_over(spec, retried, await graph.aget_state(config))):
+                await graph.aupdate_state(config, again, as_node=retried)
             stuck = None if retried else stuck_compensation(await graph.aget_state(config))
             if stuck is not None:
                 failed_step, stopped = stuck
@@ -593,6 +590,25 @@ def step_superstep(event: Event) -> int | None:
     the place in the chain of a step its node ran after its own."""
     last = (event.key or "").rpartition(":")[2].partition(".")[0]
     return int(last) if last.isdigit() else None
+
+
+def _started_over(spec: StructuredSpec, step: str, snapshot: StateSnapshot) -> Command[str] | None:
+    """For a step that failed on an answer saying it failed, which would fail it again if it ran again with it: the
+    move that starts it over. Its user's report: it asks them for its result again. A person's, answering in its
+    agent's place (its circuit was open): its agent is called again, under a new key (or a person asked again
+    while its circuit stays open). None: the step runs again as it failed."""
+    if spec.step(step).mode == "user" and reported_failed(snapshot.values.get("step_input")):
+        return Command(goto=await_node(step), update={"step_input": None})
+    failed = failed_task_of(snapshot)
+    if failed is not None and failed.interrupts and _raised(failed.error, AgentReportedFailureError):
+        return Command(goto=step)
+    return None
+
+
+def _raised(error: object, kind: type[BaseException]) -> bool:
+    """Whether a task's recorded error is a ``kind``: read back from a checkpoint, it is its text (``"Kind(...)"``,
+    see :func:`~graphs.kernel.engine.cancelled`)."""
+    return isinstance(error, kind) or (isinstance(error, str) and error.startswith(f"{kind.__name__}("))
 
 
 def stuck_compensation(snapshot: StateSnapshot) -> tuple[str, dict[str, Any]] | None:
