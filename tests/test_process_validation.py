@@ -91,6 +91,31 @@ async def test_a_gateway_without_default_and_with_gaps_is_refused_but_an_exhaust
         store_url, {"name": "gap2", "elements": elements, "flows": flows, "variables_schema": wider}
     )
     assert any("route" in p and "do not cover every case" in p for p in problems)
+    # A number split at a bound no number compares with: neither condition holds for any number, so every
+    # instance failed at the gateway (NoFlowError) once deployed; an object bound was a TypeError (a 500).
+    number = {"type": "object", "properties": {"tier": {"type": "number"}}}
+    for bound in ("5", {"a": 1}, [1], True):
+        split = [
+            *flows[:2],
+            {"source": "route", "target": "a", "when": {"field": "tier", "op": "<", "value": bound}},
+            {"source": "route", "target": "b", "when": {"field": "tier", "op": ">=", "value": bound}},
+            *flows[4:],
+        ]
+        spec = {"name": "split", "elements": elements, "flows": split, "variables_schema": number}
+        problems = await refused(store_url, spec)
+        assert any("route" in p and "do not cover every case" in p for p in problems), (bound, problems)
+    # Enum values that are objects and arrays are covered by equal values, whatever their keys' order.
+    shapes = {"type": "object", "properties": {"tier": {"enum": [{"a": 1, "b": [2]}, [1, {"c": 3}]]}}}
+    covering = [
+        *flows[:2],
+        {"source": "route", "target": "a", "when": {"field": "tier", "op": "==", "value": {"b": [2], "a": 1}}},
+        {"source": "route", "target": "b", "when": {"field": "tier", "op": "in", "value": [[1, {"c": 3}]]}},
+        *flows[4:],
+    ]
+    async with runtime(store_url) as rt:
+        Calls().register(rt, "work")
+        spec = {"name": "shapes", "elements": elements, "flows": covering, "variables_schema": shapes}
+        assert (await rt.processes.deploy(spec))["version"] == 1
 
 
 async def test_unreachable_elements_and_dead_ends_are_refused(store_url: str) -> None:

@@ -5,8 +5,9 @@ Every write endpoint's valid body is mutated at each of its values in turn: nest
 levels, lone surrogates (in a value and in a key), NaN, Infinity and 1e400, a 1 MB string and a 1 MB key;
 identifiers get 1000 characters; bodies go over the size limit, declared and streamed, with and without
 a key (50 MB unauthenticated); a user task whose response schema has a catastrophic pattern is completed
-with the input that backtracks for seconds, and processes with patterns no linear engine runs are
-deployed. Each answer must be a 4xx, the database must hold exactly what it held before, and a separate
+with the input that backtracks for seconds, and processes with patterns no linear engine runs, or with
+gateways whose coverage is costly or meaningless to judge, are deployed. Each answer must be a 4xx, the
+database must hold exactly what it held before, and a separate
 process probing ``/ok`` all along must get 95 % of its answers within 100 ms and every one within 0.5 s
 (a frozen loop stalled it 30 s; a shared 2-core box delays a few probes past 100 ms). Last, a
 run that fails with an unexpected error must leave a plain traceback in the log without the secret its
@@ -163,6 +164,31 @@ def pattern_cases(task_id: str) -> Iterator[tuple[str, str, bytes, int]]:
         yield f"pattern {pattern!r} deployed", "/processes", encoded(pattern_process(f"codes_{n}", pattern)), 422
 
 
+def gateway_process(name: str, variable: dict[str, Any], conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A process whose exclusive gateway has no default flow: one flow out of it per condition on ``k``."""
+    ends = [{"type": "end", "id": f"end_{n}"} for n in range(len(conditions))]
+    return {
+        "name": name,
+        "variables_schema": {"type": "object", "properties": {"k": variable}},
+        "elements": [{"type": "start", "id": "start"}, {"type": "exclusive_gateway", "id": "route"}, *ends],
+        "flows": [
+            "start -> route",
+            *({"source": "route", "target": f"end_{n}", "when": c} for n, c in enumerate(conditions)),
+        ],
+    }
+
+
+def gateway_cases() -> Iterator[tuple[str, str, bytes, int]]:
+    """Designs whose gateway coverage is costly or meaningless to judge, each refused: an enum of 50,000 values
+    listed by one condition in reverse but for the last (judging it compared each value with each listed one:
+    94 s on a loaded box, the loop frozen), and a number split at an object bound (a TypeError, a 500)."""
+    values = [f"v{n}" for n in range(50_000)]
+    listed = {"field": "k", "op": "in", "value": values[-2::-1]}
+    yield "an enum of 50,000 values", "/processes", encoded(gateway_process("wide", {"enum": values}, [listed])), 422
+    split = [{"field": "k", "op": op, "value": {"a": 1}} for op in ("<", ">=")]
+    yield "a split at an object", "/processes", encoded(gateway_process("split", {"type": "number"}, split)), 422
+
+
 def write_requests(ids: Callable[[str], dict[str, str]], threads: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """A valid body for every write endpoint (and the searches), on the seeded journeys."""
     structured = ids("/journeys/structured/")
@@ -272,7 +298,7 @@ def test_hostile_input_is_refused_without_writing_or_stalling_the_server(served:
         started = http.post("/processes/codes/instances", json={"business_key": "code-1"})
         assert started.status_code == 200, started.text
         [task] = [t for t in http.get("/tasks", params={"group": "finance"}).json() if t["element"] == "enter_code"]
-        cases = [*hostile_cases(write_requests(ids, threads)), *pattern_cases(task["task_id"])]
+        cases = [*hostile_cases(write_requests(ids, threads)), *pattern_cases(task["task_id"]), *gateway_cases()]
         before = snapshot(served.url)
         probe = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(served.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
