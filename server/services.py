@@ -5,6 +5,7 @@ Routers call these services; they take no locks and write no graph state themsel
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -597,6 +598,23 @@ class ServerServices:
         if len(self._marked) >= _MARKED_LIMIT:  # marks themselves are never forgotten: only whose were read
             self._marked.clear()
         self._marked.add(key)
+
+    async def refuse_structured_journeys_id(self, thread_id: str) -> None:
+        """Refuse a new thread's chosen id that a structured journey of a stored design takes when its user starts
+        it (``<design id>:<user id>``, another tenant's ``<design id>@…:<user id>``): a journey's thread is its
+        instance's, so a thread another caller made first under that id hid the journey from its own user (its
+        thread reads answered 404) and shared the journey's thread id with that caller."""
+        design_id = re.split("[:@]", thread_id, maxsplit=1)[0]
+        if design_id == thread_id:
+            return
+        design = await self.runtime.store.index.get_design(design_id)
+        if design is not None and design.pattern == "structured":
+            raise ApiError(
+                409,
+                "ThreadExists",
+                f"thread id {thread_id!r} is kept for a structured journey of design {design_id!r}",
+                thread_id=thread_id,
+            )
 
     async def thread_deleted(self, instance_id: str) -> bool:
         """Whether the journey ``instance_id`` was a thread that was deleted (:meth:`delete_thread`)."""

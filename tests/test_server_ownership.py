@@ -159,6 +159,24 @@ def test_two_principals_never_see_or_touch_each_others_objects(base: str) -> Non
             answer = http.request(method, f"{structured}/{path}", json=body, headers=bob)
             assert answer.status_code == 403 and answer.json()["type"].endswith("ImpersonationError"), answer.text
         assert http.get(f"{structured}/bob", headers=bob).status_code == 404
+        # People are named per tenant: the other tenant's ana starts ana's design as a journey of her own (it was
+        # refused, naming ana's instance) and moves it on without touching ana's.
+        eve, design = as_("key-eve"), objects["journey"]
+        hers = ok(http.post(f"/journeys/structured/{design}/executions", json={"user_id": "ana"}, headers=eve))
+        assert hers["instance_id"] != objects["structured"], hers
+        step = {"step_result": {"status": "complete", "files_uploaded": 1}}
+        ok(http.post(f"{structured}/ana/advance", json=step, headers=eve))
+        assert ok(http.get(f"{structured}/ana", headers=eve))["completed_steps"] == ["upload_content"]
+        # Nor does a thread take the id a user's journey of a design will have: made first, it hid that journey's
+        # thread from its user (404).
+        run_on_new = {
+            "assistant_id": "structured",
+            "input": {"journey_type": "content_migration"},
+            "if_not_exists": "create",
+        }
+        for path, body in (("/threads", {"thread_id": f"{design}:cara"}), (f"/threads/{design}:cara/runs", run_on_new)):
+            answer = http.post(path, json=body, headers=bob)
+            assert answer.status_code == 409 and answer.json()["code"] == "ThreadExists", (path, answer.text)
         # Nothing of ana's in bob's searches and inboxes; his own thread is found, by the same query.
         mine = ok(http.post("/threads", json={"metadata": {"team": "x"}}, headers=bob))["thread_id"]
         found = ok(http.post("/threads/search", json={"metadata": {"team": "x"}}, headers=bob))
@@ -173,6 +191,7 @@ def test_two_principals_never_see_or_touch_each_others_objects(base: str) -> Non
         assert ok(http.get(f"/threads/{objects['thread']}", headers=ana))["status"] == "interrupted"
         status = ok(http.get(f"/journeys/{objects['bound']}/status", headers=ana))
         assert (status["current_step"], status["completed_steps"]) == ("upload_content", [])
+        assert ok(http.get(f"{structured}/ana", headers=ana))["completed_steps"] == []
         assert ok(http.get(f"/journeys/lifecycle/{objects['lifecycle']}", headers=ana))["current_stage"] == "sandbox"
         assert len(ok(http.get(f"/threads/{objects['thread']}/runs", headers=ana))) == 1
         session = ok(http.get(f"/journeys/sessions/{objects['session']}", headers=ana))

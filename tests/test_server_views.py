@@ -31,10 +31,10 @@ SPIED = {
     "structured": (
         "design_journey",
         "execute_journey",
-        "advance_journey_step",
-        "retry_journey_step",
-        "get_journey_status",
-        "run_status",  # any journey's status of a structured run (a fork's id is its own)
+        # The routes naming a journey by design and user act on the instance of that user in the caller's tenant.
+        "advance_run",
+        "retry_run",
+        "run_status",  # and any journey's status of a structured run (a fork's id is its own)
     ),
     "saga": ("design_saga_journey", "execute_saga_journey", "advance_saga_step", "retry_saga_step", "get_saga_status"),
     "session": ("start_session", "navigate_to_area", "update_area_state", "close_session", "get_session_progress"),
@@ -142,19 +142,17 @@ async def test_structured_and_saga_answers_are_their_orchestrators_views(served:
     journey = f"/journeys/structured/{design['journey_id']}"
     started = await s.same("POST", f"{journey}/executions", "structured.execute_journey", {"user_id": "ana"})
     assert started["awaiting_input"] and "failed_step" not in started
-    advanced = await s.same(
-        "POST", f"{journey}/users/ana/advance", "structured.advance_journey_step", {"step_result": {"n": 1}}
-    )
+    advanced = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_run", {"step_result": {"n": 1}})
     assert advanced["completed_step"] == "upload_content"
-    await s.same("GET", f"{journey}/users/ana", "structured.get_journey_status")
+    await s.same("GET", f"{journey}/users/ana", "structured.run_status")
 
     agents.register("analyze_content", FailingAgent("analyze_content", permanent=True), replace=True)
     assert (await s.http.post(f"{journey}/users/ana/advance", json={})).status_code == 424
-    failed = await s.same("GET", f"{journey}/users/ana", "structured.get_journey_status")
+    failed = await s.same("GET", f"{journey}/users/ana", "structured.run_status")
     assert (failed["status"], failed["failed_step"], failed["current_step"]) == ("failed", "analyze_content", None)
     assert (await s.status(started["instance_id"], "structured.run_status"))["index_status"] == "failed"
     agents.register("analyze_content", lambda _request: {"ok": True}, replace=True)
-    retried = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_journey_step")
+    retried = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_run")
     assert retried["current_step"] == "transform_data" and "failed_step" not in retried
     # A step its user reports failed stands failed (not completed), and its retry asks for its result again.
     report = {"step_result": {"status": "failed", "error": "disk full"}}
@@ -167,7 +165,7 @@ async def test_structured_and_saga_answers_are_their_orchestrators_views(served:
     asked = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_journey_step")
     assert (asked["current_step"], asked["awaiting_input"]) == ("transform_data", True)
     for _ in range(2):
-        done = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_journey_step", {})
+        done = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_run", {})
     assert done["status"] == "completed"
     assert (await s.status(started["instance_id"], "structured.run_status"))["current_step"] is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 
 from langgraph.types import StateSnapshot
 
+from checkpoints.ownership import DEFAULT_TENANT, current_owner
 from graphs.errors import InvalidInputError, JourneyNotStartedError
 from graphs.kernel.designs import DesignBook, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
@@ -63,9 +65,19 @@ def _remember(memo: OrderedDict[K, V], key: K, value: V) -> None:
         memo.popitem(last=False)
 
 
-def structured_instance_id(journey_id: str, user_id: str) -> str:
-    """The instance of ``journey_id`` for ``user_id`` (one per user); a user id no store keeps is refused."""
-    return f"{journey_id}:{checked_user_id(user_id)}"
+def structured_instance_id(journey_id: str, user_id: str, tenant: str | None = None) -> str:
+    """The instance of ``journey_id`` for ``user_id`` (one per user of a tenant); a user id no store keeps is
+    refused. People are named per tenant, so another tenant's user of the same name has an instance of its own
+    (a digest of its tenant after the design's id: a tenant may be 100 characters long, any of them); the
+    default tenant's, and the runtime's used in-process, is ``<journey id>:<user id>``. ``tenant``: by default
+    that of the caller the server acts for (:func:`checkpoints.ownership.current_owner`)."""
+    user = checked_user_id(user_id)
+    if tenant is None:
+        owner = current_owner()
+        tenant = DEFAULT_TENANT if owner is None else owner.tenant
+    if tenant == DEFAULT_TENANT:
+        return f"{journey_id}:{user}"
+    return f"{journey_id}@{hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()}:{user}"
 
 
 class StructuredOrchestrator:

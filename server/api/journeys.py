@@ -219,11 +219,15 @@ class MetricsIn(Body):
 
 async def _structured(
     svc: ServerServices, caller: Principal, journey_id: str, user_id: str, *, to_act: bool = False
-) -> None:
-    """A structured journey named by design and user: the user is the caller (or impersonated), and the
-    instance one the caller may see (and act on: ``ServerServices.instance``)."""
+) -> str:
+    """The instance of a structured journey named by design and user: the user is the caller (or
+    impersonated), named in the caller's tenant, and the instance one the caller may see (and act on:
+    ``ServerServices.instance``). The routes act on it by this id: named again by design and user outside
+    the caller's tenant, it was another tenant's user's journey."""
     svc.check_user(caller, user_id)
-    await svc.instance(caller, structured_instance_id(journey_id, user_id), to_act=to_act)
+    instance_id = structured_instance_id(journey_id, user_id, svc.owner(caller).tenant)
+    await svc.instance(caller, instance_id, to_act=to_act)
+    return instance_id
 
 
 # --- structured -----------------------------------------------------------------------------------
@@ -251,19 +255,17 @@ async def execute_structured(journey_id: str, body: ExecuteIn, caller: Writer, s
 async def advance_structured(
     journey_id: str, user_id: str, body: AdvanceIn, caller: Writer, svc: Services
 ) -> dict[str, Any]:
-    await _structured(svc, caller, journey_id, user_id, to_act=True)
-    return await svc.runtime.structured.advance_journey_step(
-        journey_id, user_id, body.step_result, step_id=body.step_id
-    )
+    instance_id = await _structured(svc, caller, journey_id, user_id, to_act=True)
+    return await svc.runtime.structured.advance_run(instance_id, body.step_result, step_id=body.step_id)
 
 
 @router.post(
     "/structured/{journey_id}/users/{user_id}/retry", response_model=StructuredRunView, summary="Retry the failed step"
 )
 async def retry_structured(journey_id: str, user_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
-    await _structured(svc, caller, journey_id, user_id, to_act=True)
+    instance_id = await _structured(svc, caller, journey_id, user_id, to_act=True)
     with svc.acting(caller):  # its step.retried event says who retried
-        return await svc.runtime.structured.retry_journey_step(journey_id, user_id, by=caller.name)
+        return await svc.runtime.structured.retry_run(instance_id, by=caller.name)
 
 
 @router.get(
@@ -272,8 +274,7 @@ async def retry_structured(journey_id: str, user_id: str, caller: Writer, svc: S
     summary="A structured journey's status",
 )
 async def status_structured(journey_id: str, user_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
-    await _structured(svc, caller, journey_id, user_id)
-    return await svc.runtime.structured.get_journey_status(journey_id, user_id)
+    return await svc.runtime.structured.run_status(await _structured(svc, caller, journey_id, user_id))
 
 
 # --- saga -----------------------------------------------------------------------------------------

@@ -283,6 +283,7 @@ async def _thread_for_run(svc: ServerServices, thread_id: str, body: RunCreate, 
             await svc.runs.bind(thread_id, instance.pattern, instance.instance_id)
             row = await svc.runs.get_thread(thread_id)
         elif body.if_not_exists == "create":  # or the thread another request created with this id meanwhile
+            await svc.refuse_structured_journeys_id(thread_id)
             row = await svc.runs.create_thread(thread_id, {}, svc.owner(caller), if_exists="do_nothing")
         else:
             raise JourneyNotFoundError(f"no thread {thread_id!r}; create it first", thread_id=thread_id)

@@ -191,6 +191,8 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
             return await thread_view(svc, ResolvedThread.of(await svc.thread_row(caller, body.thread_id)))
         except JourneyNotFoundError:
             raise ApiError(409, "ThreadExists", f"thread id {body.thread_id!r} is taken") from None
+    if body.thread_id:
+        await svc.refuse_structured_journeys_id(body.thread_id)
     ttl = body.ttl.value() if body.ttl else None
     row = await svc.runs.create_thread(
         body.thread_id, body.metadata, svc.owner(caller), if_exists=body.if_exists, ttl=ttl
