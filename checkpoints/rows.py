@@ -71,6 +71,9 @@ def holds_json(found: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None
     return contains_json(found or {}, wanted or {})
 
 
+_SQLITE_KEYS = 32  # the wanted keys SQLite compares in the query; the others are compared in Python
+
+
 @dataclass(frozen=True, slots=True)
 class JsonHolds:
     """Rows whose JSON object column contains ``wanted`` (:func:`holds_json`: nested objects match in part,
@@ -80,7 +83,9 @@ class JsonHolds:
     ``conditions`` select them in SQL: JSONB's ``@>`` on PostgreSQL; on SQLite, which has no containment of
     JSON, each wanted top-level key compared with ``json_each`` (a value of its JSON type). They are ``exact`` except
     on SQLite for a wanted object or array or a number beyond 64 bits: there they only narrow the rows (the key
-    is there, of that type), and :meth:`holds` decides, so a caller then pages in Python (:meth:`page`)."""
+    is there, of that type), and :meth:`holds` decides, so a caller then pages in Python (:meth:`page`). So too
+    past the first ``_SQLITE_KEYS`` keys: a subquery per key of a 20,000-key filter took SQLAlchemy 100 s to
+    compile, holding the server's one SQLite connection, and SQLite refused it (an expression over 1,000 deep)."""
 
     wanted: Mapping[str, Any]
     conditions: tuple[ColumnElement[bool], ...]
@@ -93,8 +98,8 @@ class JsonHolds:
         if postgres:
             contains = column.op("@>", return_type=Boolean)(cast(literal(json.dumps(wanted)), JSONB))
             return cls(wanted, (contains,) if wanted else (), True, column.key or "")
-        conditions, exact = [], True
-        for key, value in wanted.items():
+        conditions, exact = [], len(wanted) <= _SQLITE_KEYS
+        for key, value in list(wanted.items())[:_SQLITE_KEYS]:
             each = func.json_each(column).table_valued("key", "value", "type").alias()
             entry = select(literal(1)).select_from(each).where(each.c.key == key)
             if value is None:  # there, with null
