@@ -58,10 +58,28 @@ def contains_json(found: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict):
         return isinstance(found, dict) and all(k in found and contains_json(found[k], v) for k, v in wanted.items())
     if isinstance(wanted, list):
-        return isinstance(found, list) and all(any(contains_json(f, w) for f in found) for w in wanted)
+        if not isinstance(found, list):
+            return False
+        # Scalars by their keys: scanning the array for each wanted element took 97 s for 20,000 of each.
+        scalars = {key for f in found if (key := _scalar_key(f)) is not None}
+        containers = [f for f in found if isinstance(f, dict | list)]
+        return all(
+            key in scalars if (key := _scalar_key(w)) is not None else any(contains_json(f, w) for f in containers)
+            for w in wanted
+        )
     if isinstance(wanted, int | float) and not isinstance(wanted, bool):
         return isinstance(found, int | float) and not isinstance(found, bool) and found == wanted
     return type(found) is type(wanted) and found == wanted  # str, bool, None
+
+
+def _scalar_key(value: Any) -> tuple[str, Any] | None:
+    """A JSON scalar as a key equal to another's exactly when :func:`contains_json` finds one contains the other
+    (a number by value, 1 = 1.0; a string, true or false, null by type and value); None for an object or array."""
+    if isinstance(value, dict | list):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return ("number", value)
+    return (type(value).__name__, value)
 
 
 def holds_json(found: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None) -> bool:
