@@ -156,13 +156,13 @@ async def test_structured_and_saga_answers_are_their_orchestrators_views(served:
     assert retried["current_step"] == "transform_data" and "failed_step" not in retried
     # A step its user reports failed stands failed (not completed), and its retry asks for its result again.
     report = {"step_result": {"status": "failed", "error": "disk full"}}
-    reported = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_journey_step", report)
+    reported = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_run", report)
     assert (reported["status"], reported["failed_step"], reported["completed_step"]) == (
         "failed",
         "transform_data",
         None,
     )
-    asked = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_journey_step")
+    asked = await s.same("POST", f"{journey}/users/ana/retry", "structured.retry_run")
     assert (asked["current_step"], asked["awaiting_input"]) == ("transform_data", True)
     for _ in range(2):
         done = await s.same("POST", f"{journey}/users/ana/advance", "structured.advance_run", {})
