@@ -16,7 +16,19 @@ from pathlib import Path
 import psycopg
 from procrastinate.schema import SchemaManager
 from psycopg import sql
-from sqlalchemy import BigInteger, DateTime, Integer, String, TextualSelect, bindparam, func, literal_column, text, true
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    TextualSelect,
+    bindparam,
+    func,
+    literal_column,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from checkpoints.url import unavailable
@@ -48,9 +60,14 @@ DEFER_JOB: TextualSelect = (
 # Taking the next job for a worker through procrastinate's own SQL API (``procrastinate_fetch_job_v2``, what its
 # ``fetch_job`` calls), bound from ``job_queues`` and ``job_worker``: one row, all NULL when no job is due. A
 # worker claims the job's run in the same statement (checkpoints.runs): one commit where fetch and claim took two.
+# ``others_waiting``: whether any other job of those queues was waiting (due or not, behind a lock or not) as the
+# statement began; a worker that took the last one need not ask again before a NOTIFY says another came (RunJobs).
 FETCH_JOB: TextualSelect = text(
-    "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id "
-    "FROM procrastinate_fetch_job_v2(CAST(:job_queues AS varchar[]), CAST(:job_worker AS bigint))"
+    "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id, "
+    "EXISTS (SELECT 1 FROM procrastinate_jobs other WHERE other.status = 'todo' AND other.id <> fetched.id "
+    "AND (CAST(:job_queues AS varchar[]) IS NULL OR other.queue_name = ANY(CAST(:job_queues AS varchar[])))) "
+    "AS others_waiting "
+    "FROM procrastinate_fetch_job_v2(CAST(:job_queues AS varchar[]), CAST(:job_worker AS bigint)) AS fetched"
 ).columns(
     id=BigInteger,
     status=String,
@@ -63,6 +80,7 @@ FETCH_JOB: TextualSelect = text(
     queue_name=String,
     attempts=Integer,
     worker_id=BigInteger,
+    others_waiting=Boolean,
 )
 # Ending a run's job as succeeded (and deleting it, as workers delete successful jobs) through procrastinate's
 # ``procrastinate_finish_job_v1``, bound from ``p_job_id``: a column of the statement that finishes the run, so

@@ -120,6 +120,9 @@ class RunJobs(JobManager):
         self._ended: set[int] = set()  # jobs their run ended, until procrastinate would end them
         self.worker_id: int | None = None  # this process's worker, while registered (see heartbeat_while_stopping)
         self._again: dict[int, int] = {}  # procrastinate's id of this worker -> the id it registered again under
+        self._inserted = 0  # the NOTIFYs of new jobs heard so far
+        # The count of those as a fetch that took the queue's last waiting job was sent (see fetch_job); None: none.
+        self._took_last: int | None = None
 
     def _registered(self, worker_id: int) -> int:
         """The id the worker procrastinate knows as ``worker_id`` is registered under now."""
@@ -160,13 +163,24 @@ class RunJobs(JobManager):
         self, *, on_notification: NotificationCallback, queues: Iterable[str] | None = None
     ) -> None:
         async def once_started(*, channel: str, notification: Notification) -> None:
-            if notification["type"] == "abort_job_requested":
+            if notification["type"] == "job_inserted":
+                self._inserted += 1
+            elif notification["type"] == "abort_job_requested":
                 await self._started([notification["job_id"]])
             await on_notification(channel=channel, notification=notification)
 
         await super().listen_for_jobs(on_notification=once_started, queues=queues)
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
+        """The next job, taken with its run's claim; None when none is due. procrastinate's worker fetches again
+        after every job it takes, until a fetch finds none: after one that took the last job waiting (its statement
+        says no other was), the next answers None without asking the database, unless a NOTIFY of a new job came
+        since that fetch was sent. A job that comes later is noticed (its NOTIFY wakes the worker's loop), and one
+        that is due later, or freed by another's lock, is found by the worker's polling as before."""
+        took_last, self._took_last = self._took_last, None
+        if took_last is not None and took_last == self._inserted:
+            return None
+        sent_at = self._inserted
         params = {"job_queues": list(queues) if queues is not None else None, "job_worker": self._registered(worker_id)}
         try:
             row, claimed = await self._runs.take_job(params)
@@ -180,6 +194,8 @@ class RunJobs(JobManager):
             row, claimed = await self._runs.take_job(params)
         if row["id"] is None:
             return None
+        if not row["others_waiting"]:
+            self._took_last = sent_at
         job = FetchedJob.from_row(row)
         if job.task_name == RUN_TASK and job.id is not None:
             self._taken[str(job.task_kwargs["run_id"])] = Taken(job.id, claimed, self._ended.add)
