@@ -443,11 +443,12 @@ _ACTIVE_LOCKED = (
     .with_for_update(of=server_threads)
 )
 # The next run's ordinal on a thread (no row: no thread); on PostgreSQL it also locks the thread's row, and on
-# SQLite, taken first, the write lock: creations on one thread are serialised before they count its runs.
+# SQLite, taken first, the write lock: creations on one thread are serialised before they count its runs. A run
+# created is activity on its thread: its updated_at moves, as the Agent Server's (threads.search sorts by it).
 _COUNT_RUN = (
     update(server_threads)
     .where(_threads.thread_id == bindparam("p_thread_id"))
-    .values(runs_created=_threads.runs_created + 1)
+    .values(runs_created=_threads.runs_created + 1, updated_at=bindparam("p_now"))
     .returning(_threads.runs_created, _threads.thread_id)
 )
 _REQUEST_CANCEL = (
@@ -468,6 +469,12 @@ _FINISH = (
         updated_at=bindparam("p_now"),
     )
     .returning(*server_runs.c)
+)
+# So is a run finished (written with its finish: on PostgreSQL one statement, see Backend.write).
+_FINISH_TOUCHES_THREAD = (
+    update(server_threads)
+    .where(_threads.thread_id == select(_runs.thread_id).where(_runs.run_id == bindparam("p_run_id")).scalar_subquery())
+    .values(updated_at=bindparam("p_now"))
 )
 _APPEND_CHUNK = (
     insert(server_run_events)
@@ -856,7 +863,7 @@ class RunStore:
                 if new_thread is not None:
                     await tx.execute(_INSERT_NEW_THREAD, params)
                 else:  # the thread's row is locked before the guard's: a thread's delete locks them in that order
-                    ordinal = await self._queueable(tx, str(thread_id), multitask_strategy)
+                    ordinal = await self._queueable(tx, str(thread_id), multitask_strategy, now)
                     run = dataclasses.replace(run, ordinal=ordinal)
                     params["p_ordinal"] = ordinal
                 if guard is not None and not await tx.execute(*guard):
@@ -864,10 +871,10 @@ class RunStore:
                 written = await tx.execute(insert_run, params)
         return dataclasses.replace(run, job_id=written[0]["job_id"]) if enqueue is not None else run
 
-    async def _queueable(self, tx: Transaction, thread_id: str, multitask_strategy: str) -> int:
+    async def _queueable(self, tx: Transaction, thread_id: str, multitask_strategy: str, now: datetime) -> int:
         """In the run's transaction: the thread exists (locked until the run commits) and may take the run; the
-        run's ordinal among the runs ever created on it."""
-        counted = await tx.execute(self._count_run, {"p_thread_id": thread_id})
+        run's ordinal among the runs ever created on it; the thread was last active ``now`` (the run's creation)."""
+        counted = await tx.execute(self._count_run, {"p_thread_id": thread_id, "p_now": now})
         if not counted:  # deleted (a cron's firing racing threads.delete): no run on a thread that is gone
             raise ThreadNotFoundError(f"no thread {thread_id!r}", thread_id=thread_id)
         active = await tx.execute(_ACTIVE_LOCKED, {"p_thread_id": thread_id})
@@ -983,7 +990,7 @@ class RunStore:
         if job_id is not None:
             assert self._finish_ending_job is not None, "a run store made without jobs ends no job"
             statement, values["p_job_id"] = self._finish_ending_job, job_id
-        found = await self._backend.write([statement], values)
+        found = await self._backend.write([statement, _FINISH_TOUCHES_THREAD], values)
         return self._run(found[0]) if found else None
 
     # --- stream chunks ------------------------------------------------------------------------------

@@ -240,7 +240,16 @@ async def test_searches_and_run_lists_answer_in_the_order_and_with_the_filter_as
                 with pytest.raises(httpx.HTTPStatusError) as refused:
                     await sdk.threads.search(extract=refused_paths)
                 assert refused.value.response.status_code == 422
+            # A run is activity on its thread, created and finished: its updated_at moves (as the Agent Server's),
+            # so sort_by="updated_at" finds the thread talked to last first (it used to move at its first run only).
+            await sdk.runs.wait(made[1], "guide", input=HI)
+            await sdk.runs.wait(thread, "guide", input=HI)
+            latest = await sdk.threads.search(metadata={"batch": "s"}, sort_by="updated_at", sort_order="desc", limit=2)
+            assert [t["thread_id"] for t in latest] == [thread, made[1]]
+            [finished] = await sdk.runs.list(thread, limit=1)
+            assert latest[0]["updated_at"] == finished["updated_at"]  # when its run finished
             later = await sdk.runs.create(thread, "guide", input=HI, after_seconds=3600)  # pending for an hour
+            assert (await sdk.threads.get(thread))["updated_at"] == later["created_at"]  # created, not yet started
             every = await sdk.runs.list(thread)
             for status in ("success", "pending", "error"):
                 listed = await sdk.runs.list(thread, status=status)  # type: ignore[arg-type]
