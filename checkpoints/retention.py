@@ -159,7 +159,6 @@ class RetentionReport:
     compacted: int = 0
     expired_keys: int = 0  # start keys and message ids forgotten, their window passed
     expired_messages: int = 0  # buffered messages forgotten, their time-to-live passed
-    expired_threads: int = 0  # server threads deleted, their time-to-live passed (see CheckpointRetention.also)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -169,7 +168,6 @@ class RetentionReport:
             "compacted": self.compacted,
             "expired_keys": self.expired_keys,
             "expired_messages": self.expired_messages,
-            "expired_threads": self.expired_threads,
         }
 
 
@@ -192,12 +190,6 @@ class CheckpointRetention:
         self._exclusive = exclusive
         self._compacted = 0  # in the pass under way
         self._saver_prunes = True  # until its aprune says otherwise
-        self._also: list[Callable[[datetime], Awaitable[int]]] = []
-
-    def also(self, sweep: Callable[[datetime], Awaitable[int]]) -> None:
-        """Run ``sweep`` in every pass too, after the policy's work: it deletes what has expired by the pass's
-        moment and says how many (the server's thread TTL sweep: ``expired_threads`` in the report)."""
-        self._also.append(sweep)
 
     async def run(self, now: datetime | None = None) -> RetentionReport:
         """One pass of the policy over the journeys finished since the last pass; what it did. A pass holds
@@ -217,16 +209,15 @@ class CheckpointRetention:
         if policy.mode == "keep_all_for":
             prune_before = min(prune_before, now - timedelta(days=policy.days))
         self._compacted = 0
-        pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self._prune, deleting=False)
+        pruned, busy = await self._sweep("pruned", marks["pruned"], prune_before, self.prune_to_latest, deleting=False)
         deleted = 0
         if policy.mode == "delete_after" and not busy:
             delete_before = min(prune_before, now - timedelta(days=policy.days))
             deleted, busy = await self._sweep("deleted", marks["deleted"], delete_before, self._delete, deleting=True)
         keys = await self._forget_expired(_FORGET_EXPIRED_KEYS, now)
         messages = await self._forget_expired(_FORGET_EXPIRED_MESSAGES, now)
-        expired = sum([await sweep(now) for sweep in self._also])
-        report = RetentionReport(pruned, deleted, busy, self._compacted, keys, messages, expired)
-        if pruned or deleted or keys or messages or expired:
+        report = RetentionReport(pruned, deleted, busy, self._compacted, keys, messages)
+        if pruned or deleted or keys or messages:
             log.info("retention pass", mode=policy.mode, **report.as_dict())
         return report
 
@@ -263,24 +254,9 @@ class CheckpointRetention:
                 finished_at=finished.isoformat(),
             )
 
-    @asynccontextmanager
-    async def running(self, every: float) -> AsyncIterator[CheckpointRetention]:
+    def running(self, every: float) -> AbstractAsyncContextManager[None]:
         """Run a pass every ``every`` seconds in the background for the block (the embedded server)."""
-        task = asyncio.create_task(self._loop(every), name="checkpoint-retention")
-        try:
-            yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self, every: float) -> None:
-        while True:
-            try:
-                await self.run()
-            except Exception as exc:  # a database hiccup or a busy thread: the next pass goes on
-                log.warning("retention pass failed", error=repr(exc))
-            await asyncio.sleep(every)
+        return periodically(every, self.run, "checkpoint-retention")
 
     # --- the sweep ----------------------------------------------------------------------------------
 
@@ -330,7 +306,11 @@ class CheckpointRetention:
                 self._saver_prunes = False
         return False
 
-    async def _prune(self, ids: Sequence[str]) -> bool:
+    async def prune_to_latest(self, ids: Sequence[str]) -> bool:
+        """Prune the threads ``ids`` to their latest checkpoint, as a pass prunes a finished journey (through the
+        saver's ``aprune``, else its public API under each thread's lock), compacting the kept one of a journey
+        that will never run again; False when a thread's lock was busy (the rest is left for later). Also what
+        ``threads.prune(strategy="keep_latest")`` and a thread TTL's ``keep_latest`` do."""
         if not await self._aprune(ids, "keep_latest"):
             for thread_id in ids:  # by the saver's public API, one thread at a time under its lock
                 try:
@@ -356,6 +336,28 @@ class CheckpointRetention:
             for thread_id in ids:
                 await self.saver.adelete_thread(thread_id)
         return True
+
+
+@asynccontextmanager
+async def periodically(every: float, work: Callable[[], Awaitable[Any]], name: str) -> AsyncIterator[None]:
+    """Run ``work`` now and then every ``every`` seconds in the background for the block (an embedded server's
+    passes: checkpoint retention, the thread TTL sweep); a pass that fails is logged, the next one goes on."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await work()
+            except Exception as exc:  # a database hiccup or a busy thread: the next pass goes on
+                log.warning("periodic pass failed", task=name, error=repr(exc))
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(loop(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def keep_latest(saver: BaseCheckpointSaver[str], thread_id: str) -> int:

@@ -114,8 +114,8 @@ class ThreadRow:
 @dataclass(frozen=True, slots=True)
 class ThreadTTL:
     """A thread's time-to-live, as the Agent Server's: ``minutes`` after its last activity (its creation, an
-    update of it or of its state, its latest run) it is deleted (``strategy`` "delete": with its runs, crons
-    and checkpoints) by the TTL sweep."""
+    update of it or of its state, its latest run) the TTL sweep deletes it (``strategy`` "delete": with its runs,
+    crons and checkpoints) or prunes it to its latest checkpoint (``strategy`` "keep_latest": it stays)."""
 
     minutes: float
     strategy: str = "delete"
@@ -135,6 +135,10 @@ class ThreadTTL:
         return since + timedelta(minutes=self.minutes)
 
 
+# How often the threads whose TTL has passed are swept (server.thread_ends): the Agent Server's default
+# sweep_interval_minutes; in the workers, a procrastinate cron.
+TTL_SWEEP_MINUTES = 5.0
+TTL_SWEEP_CRON = "*/5 * * * *"
 NO_TTL = ThreadTTL(-1)  # a thread created without a TTL, not even the store's default (see RunStore.create_thread)
 
 

@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from agents.guide_model import load_guide_model
 from checkpoints.clock import Clock
+from checkpoints.retention import periodically
 from graphs.runtime import JourneyRuntime
 from server.api import assistants, errors, inbox, journeys, metrics, runs, threads
 from server.api import crons as crons_api
@@ -65,8 +66,9 @@ def create_app(
                 runtime.store.backend, runtime.store.clock, runtime.store.sealer, thread_ttl=settings.thread_ttl
             )
             watch = RunWatch()
-            # Expired threads are deleted by the retention passes this process runs (embedded mode).
-            runtime.retention.also(ThreadTTLSweep(runtime, run_store, changed=watch.changed))
+            if settings.execution == "embedded" and settings.thread_ttl_sweep_every > 0:  # else: the workers'
+                sweep = ThreadTTLSweep(runtime, run_store, changed=watch.changed)
+                await stack.enter_async_context(periodically(settings.thread_ttl_sweep_every, sweep.run, "thread-ttl"))
             executor = RunExecutor(runtime, run_store, notify=watch, durability=settings.durability)
             crons = CronService(runtime, run_store, agents=settings.holds_agents)
             serving = asyncio.Event()  # the scheduler may fire a cron before the queue is handed over

@@ -114,16 +114,22 @@ def _durability(value: str) -> Durability:
     return cast("Durability", value)
 
 
-def _retention_cron(value: str) -> str:
-    """A retention schedule that falls due (a bad one crashed the worker's periodic jobs, timers' too), by the
-    journey timers' check."""
+def _ttl_strategy(value: str) -> str:
+    if value not in ("delete", "keep_latest"):
+        raise typer.BadParameter(f"{value!r} is not delete or keep_latest", param_hint="--thread-ttl-strategy")
+    return value
+
+
+def _retention_cron(value: str, option: str = "--retention-cron") -> str:
+    """A retention (or thread TTL sweep) schedule that falls due (a bad one crashed the worker's periodic jobs,
+    timers' too), by the journey timers' check."""
     from nodes.errors import TimerDefinitionError
     from nodes.timer import check_cron
 
     try:
         check_cron(value)
     except TimerDefinitionError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--retention-cron") from None
+        raise typer.BadParameter(str(exc), param_hint=option) from None
     return value
 
 
@@ -279,6 +285,23 @@ def serve(
             "deleted with its runs and checkpoints (the Agent Server's checkpointer.ttl.default_ttl); default: none",
         ),
     ] = None,
+    thread_ttl_strategy: Annotated[
+        str,
+        typer.Option(
+            envvar="JOURNEYS_THREAD_TTL_STRATEGY",
+            help="what --thread-ttl does to an expired thread: delete it, or keep_latest (prune it to its latest "
+            "checkpoint, as threads.prune does)",
+        ),
+    ] = "delete",
+    thread_ttl_sweep: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="JOURNEYS_THREAD_TTL_SWEEP_MINUTES",
+            help="minutes between two sweeps of the threads whose ttl has passed (the Agent Server's "
+            "sweep_interval_minutes; 0: none; distributed mode: the workers' --thread-ttl-cron)",
+        ),
+    ] = 5.0,  # checkpoints.runs.TTL_SWEEP_MINUTES, not imported: --help stays quick
 ) -> None:
     """Serve the Agent Server API subset (langgraph-sdk) and the journey endpoints over HTTP."""
     import uvicorn
@@ -334,7 +357,8 @@ def serve(
             max_streams_per_caller=max_streams,
             retention=_retention(retention, retention_days),
             lock_timeout=lock_timeout,
-            thread_ttl=None if thread_ttl is None else ThreadTTL(thread_ttl),
+            thread_ttl=None if thread_ttl is None else ThreadTTL(thread_ttl, _ttl_strategy(thread_ttl_strategy)),
+            thread_ttl_sweep_every=thread_ttl_sweep * 60,
         )
         _run(check_store_key(database_url))  # the key is the database's: say so here, not as a startup traceback
         if not distributed:  # and no other server executes its runs: likewise
@@ -415,6 +439,14 @@ def worker(
     retention_cron: Annotated[
         str, typer.Option(envvar="JOURNEYS_RETENTION_CRON", help="when a retention pass runs (cron, seconds optional)")
     ] = "*/10 * * * *",
+    thread_ttl_cron: Annotated[
+        str,
+        typer.Option(
+            envvar="JOURNEYS_THREAD_TTL_CRON",
+            help="when the threads whose ttl has passed are swept (cron, seconds optional; the Agent Server's "
+            "sweep_interval_minutes)",
+        ),
+    ] = "*/5 * * * *",  # checkpoints.runs.TTL_SWEEP_CRON
     shutdown_grace: Annotated[
         float,
         typer.Option(
@@ -447,6 +479,7 @@ def worker(
             guide_model=guide_model,
             retention=_retention(retention, retention_days),
             retention_cron=_retention_cron(retention_cron),
+            thread_ttl_cron=_retention_cron(thread_ttl_cron, "--thread-ttl-cron"),
             shutdown_grace=shutdown_grace,
             lock_timeout=lock_timeout,
         )

@@ -14,7 +14,6 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
-    field_validator,
 )
 from pydantic.config import JsonDict
 
@@ -298,25 +297,17 @@ MAX_TTL_MINUTES = 52_596_000
 
 class ThreadTTLIn(BaseModel):
     """A thread's time-to-live, as langgraph-sdk sends it (``ttl=60`` is ``{"ttl": 60, "strategy": "delete"}``):
-    the thread, its runs and its checkpoints are deleted ``ttl`` minutes after its last activity (its creation,
-    an update, a run)."""
+    ``ttl`` minutes after its last activity (its creation, an update, a run) the thread is deleted with its runs
+    and checkpoints (``delete``), or only its checkpoints older than its latest are (``keep_latest``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     ttl: float = Field(ge=0, le=MAX_TTL_MINUTES, description="minutes after its last activity")
-    strategy: Literal["delete"] = Field(
-        "delete", description="delete: the thread goes with its runs and checkpoints (keep_latest is refused)"
+    strategy: Literal["delete", "keep_latest"] = Field(
+        "delete",
+        description="delete: the thread goes with its runs and checkpoints; keep_latest: it stays, with only its "
+        "latest checkpoint",
     )
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _deleting(cls, strategy: Any) -> Any:
-        if strategy == "keep_latest":  # the Agent Server's other strategy: said so, not "Input should be 'delete'"
-            raise ValueError(
-                "keep_latest is not supported by this server (finished journeys keep only their latest checkpoint "
-                "already: see --retention); use strategy delete, or prune threads with strategy keep_latest"
-            )
-        return strategy
 
     def value(self) -> ThreadTTL:
         return ThreadTTL(self.ttl, self.strategy)

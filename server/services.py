@@ -533,7 +533,7 @@ class ServerServices:
 
     async def prune_threads(self, caller: Principal, thread_ids: Sequence[str], strategy: str) -> int:
         """``delete``: the threads go (as :meth:`delete_thread`); ``keep_latest``: only their latest
-        checkpoint stays (where the checkpointer can prune)."""
+        checkpoint stays (as checkpoint retention prunes a finished journey)."""
         pruned = 0
         for thread_id in dict.fromkeys(thread_ids):
             try:
@@ -542,16 +542,10 @@ class ServerServices:
                 continue
             if strategy == "delete":
                 await self.delete_thread(caller, thread_id)
-            elif thread.instance_id is not None:
-                try:
-                    await self.runtime.store.saver.aprune([thread.instance_id], strategy="keep_latest")
-                except NotImplementedError as exc:
-                    raise ApiError(
-                        422,
-                        "PruneUnsupported",
-                        "this store's checkpointer cannot keep only the latest checkpoint; prune with "
-                        "strategy='delete', or run on PostgreSQL",
-                    ) from exc
+            elif thread.instance_id is not None and not await self.runtime.retention.prune_to_latest(
+                [thread.instance_id]
+            ):
+                raise ApiError(409, "ThreadBusy", f"thread {thread_id!r} is being written; prune it again")
             pruned += 1
         return pruned
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.ownership import DEFAULT_TENANT
 from checkpoints.retention import RetentionPolicy
-from checkpoints.runs import ThreadTTL
+from checkpoints.runs import TTL_SWEEP_MINUTES, ThreadTTL
 from checkpoints.url import DEFAULT_STORE_URL, distributed_target
 from server.problems import ApiKeysError, AuthenticatorError, InsecureServeError
 
@@ -161,8 +161,11 @@ class Settings:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     retention_every: float = 600.0
     # The time-to-live of a thread created without one of its own (the Agent Server's checkpointer.ttl
-    # default_ttl): deleted that long after its last activity, by the retention passes. None: threads stay.
+    # default_ttl and strategy): deleted (or pruned) that long after its last activity. None: threads stay.
     thread_ttl: ThreadTTL | None = None
+    # How often (seconds) the embedded server sweeps the threads whose TTL has passed (the Agent Server's
+    # sweep_interval_minutes; 0: never; distributed mode: the workers' periodic job).
+    thread_ttl_sweep_every: float = TTL_SWEEP_MINUTES * 60
     # Seconds a call waits for a journey another call (of this process or another) works on, before it answers
     # 409 ConcurrentUpdateError (embedded mode: a run then waits as long; distributed: the workers' own setting).
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S

@@ -6,12 +6,14 @@ is terminated if it has not ended, ``thread.deleted`` is logged (the event log s
 checkpoints are deleted.
 
 A thread with a time-to-live expires that many minutes after its last activity: its creation, an update of it
-(metadata or ttl), of its state, or its latest run (created, or ended). Its row keeps the earliest moment it can
-expire (``expires_at``, indexed), written where the thread itself is written; a run does not write it (runs are
-the hot path). The sweep (:class:`ThreadTTLSweep`) rides each checkpoint retention pass (the embedded server's
-loop, the workers' periodic job: :mod:`checkpoints.retention`), reads the threads due by then and, for each,
-counts its latest run: still active or active since, its expiry moves to when it now falls; otherwise the
-thread is deleted.
+(metadata or ttl), of its state, or its latest run (created, or ended). Expired, it is deleted (strategy
+``delete``) or pruned to its latest checkpoint and kept (``keep_latest``, as ``threads.prune`` does; looked at
+again a TTL later). Its row keeps the earliest moment it can expire (``expires_at``, indexed), written with its
+metadata or TTL; a run moves the row's ``updated_at``, not its expiry. The sweep (:class:`ThreadTTLSweep`) runs
+every few minutes (the Agent Server's ``sweep_interval_minutes``, 5 by default: the embedded server's loop,
+``journeys serve --thread-ttl-sweep``; the workers' periodic job, ``journeys worker --thread-ttl-cron``), one
+pass at a time across processes; it reads the threads due by then and, for each, counts its latest run: still
+active or active since, its expiry moves to when it now falls; otherwise its strategy is applied.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import NewEvent
 from checkpoints.runs import ThreadRow, thread_key
 from graphs.runtime import JourneyRuntime
@@ -31,6 +34,8 @@ log = structlog.get_logger("journeys.threads")
 
 THREAD_DELETED = "thread.deleted"
 SWEEP_BATCH = 100  # due threads read at a time
+# The name a sweep holds the store's instance lock under (as the retention pass's PASS_LOCK): no instance id is it.
+SWEEP_LOCK = "\x00journeys-thread-ttl-sweep"
 # A due thread that cannot go yet (a run under way) is looked at again no sooner than this: a time-to-live of 0
 # would otherwise be due again at once, in the same pass.
 RECHECK = timedelta(seconds=1)
@@ -57,16 +62,25 @@ async def delete_thread_data(
 
 
 class ThreadTTLSweep:
-    """Deletes the threads whose time-to-live has passed: a pass of the runtime's checkpoint retention
-    (registered with ``runtime.retention.also``), in whichever process runs those passes."""
+    """Deletes (or prunes: ``keep_latest``) the threads whose time-to-live has passed, a sweep at a time
+    (:meth:`run`): the embedded server's loop, the workers' periodic job."""
 
     def __init__(self, runtime: JourneyRuntime, runs: RunStore, *, changed: Any = None) -> None:
         self._runtime = runtime
         self._runs = runs
         self._changed = changed
 
-    async def __call__(self, now: datetime) -> int:
-        """Delete the threads expired by ``now``; how many."""
+    async def run(self, now: datetime | None = None) -> int:
+        """One sweep of the threads expired by ``now`` (None: the store's clock's now); how many were deleted or
+        pruned. One sweep at a time across processes: one that waited out the store's lock timeout for another
+        does nothing (the next goes on)."""
+        try:
+            async with self._runtime.engine.exclusive(SWEEP_LOCK):
+                return await self._sweep(now or self._runtime.store.clock.now())
+        except ConcurrentUpdateError:
+            return 0
+
+    async def _sweep(self, now: datetime) -> int:
         deleted = 0
         while True:
             due = await self._runs.due_threads(now, SWEEP_BATCH)
@@ -89,6 +103,12 @@ class ThreadTTLSweep:
             if expires > now:  # active since its expiry was written (a run)
                 await self._runs.postpone_expiry(row.thread_id, expires)
                 return 0
+            if ttl.strategy == "keep_latest":  # it stays, with its latest checkpoint; looked at again a TTL on
+                if row.instance_id is not None and not await self._runtime.retention.prune_to_latest([row.instance_id]):
+                    return 0  # its journey's lock was busy: the next sweep finds it due still
+                await self._runs.postpone_expiry(row.thread_id, ttl.expiry(now))
+                log.info("thread pruned", thread_id=row.thread_id, ttl_minutes=ttl.minutes, strategy=ttl.strategy)
+                return 1
             try:
                 await delete_thread_data(
                     self._runtime, self._runs, row.thread_id, row.instance_id, "ttl", changed=self._changed

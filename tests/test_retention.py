@@ -28,7 +28,7 @@ from server.app import create_app
 from server.cli import app as cli
 from server.queues.embedded import EmbeddedQueue
 from server.runs.executor import RunExecutor
-from server.runs.store import RunStore
+from server.runs.store import RunStore, ThreadTTL
 from server.settings import Settings
 from tests.lifecycle_support import START, journey_at
 from tests.process_support import linear, payment_spec
@@ -448,10 +448,12 @@ def test_the_cli_refuses_a_retention_period_or_schedule_it_could_never_apply() -
     refused = CliRunner().invoke(cli, ["retention", "--retention", "delete_after", "--retention-days", "nan"])
     assert refused.exit_code == 2 and "at most 36525 days" in refused.output
     for schedule, problem in [("*/0 * * * *", "not a cron expression"), ("0 0 30 2 *", "never falls due")]:
-        worker = CliRunner().invoke(
-            cli, ["worker", "--database-url", "postgresql://x@nowhere/db", "--retention-cron", schedule]
-        )
-        assert worker.exit_code == 2 and problem in worker.output, worker.output
+        for option in ("--retention-cron", "--thread-ttl-cron"):
+            nowhere = ["worker", "--database-url", "postgresql://x@nowhere/db"]
+            worker = CliRunner().invoke(cli, [*nowhere, option, schedule])
+            assert worker.exit_code == 2 and problem in worker.output and option in worker.output, worker.output
+    strategy = CliRunner().invoke(cli, ["serve", "--thread-ttl", "5", "--thread-ttl-strategy", "keep_all"])
+    assert strategy.exit_code == 2 and "'keep_all' is not delete or" in strategy.output, strategy.output
 
 
 async def test_the_embedded_server_applies_retention_periodically(store_url: str) -> None:
@@ -486,7 +488,6 @@ def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
         "compacted": 1,
         "expired_keys": 0,
         "expired_messages": 0,
-        "expired_threads": 0,
     }
 
     async def count() -> int:
@@ -499,25 +500,38 @@ def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
 
 
 def test_a_distributed_worker_runs_the_periodic_retention_job(postgres_url: str) -> None:
-    async def finish() -> str:
+    """And its thread TTL sweep, on a schedule of its own (``--thread-ttl-cron``: it rode the retention job)."""
+
+    async def finish() -> tuple[str, str]:
         async with JourneyRuntime.open(postgres_url, clock=VirtualClock()) as rt:  # finished long ago
-            return (await completed_structured(rt, "ann"))[1]
+            runs = RunStore(rt.store.backend, rt.store.clock, rt.store.sealer)
+            expired = await runs.create_thread(None, {}, None, ttl=ThreadTTL(1))  # a minute, long ago
+            return (await completed_structured(rt, "ann"))[1], expired.thread_id
 
     async def count(thread_id: str) -> int:
         async with JourneyRuntime.open(postgres_url) as rt:
             return await checkpoints(rt, thread_id)
 
-    done = asyncio.run(finish())
-    assert asyncio.run(count(done)) > 1
+    def threads(thread_id: str) -> int:
+        with psycopg.connect(postgres_url) as conn:
+            found = conn.execute("SELECT count(*) FROM server_threads WHERE thread_id = %s", (thread_id,)).fetchone()
+        return int(found[0]) if found else 0
+
+    done, expired = asyncio.run(finish())
+    assert asyncio.run(count(done)) > 1 and threads(expired) == 1
     # Every second, its seconds named: a sixth field of "*" is refused (a Quartz schedule read seconds-last).
-    worker = start_worker(postgres_url, "--retention-cron", "* * * * * */1", "--concurrency", "2")
+    every_second = "* * * * * */1"
+    worker = start_worker(
+        postgres_url, "--retention-cron", every_second, "--thread-ttl-cron", every_second, "--concurrency", "2"
+    )
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and asyncio.run(count(done)) != 1:
+        while time.monotonic() < deadline and (asyncio.run(count(done)) != 1 or threads(expired)):
             time.sleep(0.5)
     finally:
         stop_worker(worker)
     assert asyncio.run(count(done)) == 1
+    assert threads(expired) == 0
     with psycopg.connect(postgres_url) as conn:
         (mark,) = conn.execute("SELECT upto FROM journey_retention WHERE mark = 'pruned'").fetchone() or (None,)
     assert mark is not None

@@ -378,6 +378,12 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
         assert journey.interrupts[-1]["interrupt_id"] != waiting["interrupt_id"]
     assert [r["status"] for r in await client.runs.list(journey.thread_id)] == ["success", "success"]
 
+    # keep_latest: the thread stays with its latest checkpoint only, on SQLite too (it answered 422 there).
+    history = await threads.get_history(chat.thread_id, limit=100)
+    assert len(history) > 1
+    assert await threads.prune([chat.thread_id], strategy="keep_latest") == {"pruned_count": 1}
+    [latest] = await threads.get_history(chat.thread_id, limit=100)
+    assert (latest["values"], latest["checkpoint"]) == (history[0]["values"], history[0]["checkpoint"])
     pruned = await threads.prune([journeys[2], journeys[1]])
     assert pruned == {"pruned_count": 2}
     with pytest.raises(NotFoundError):

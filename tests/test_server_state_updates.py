@@ -24,7 +24,7 @@ from tests.server_support import serving
 
 pytestmark = pytest.mark.slow
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-RETAIN_EVERY = 0.05  # seconds between the server's retention passes (its TTL sweeps)
+SWEEP_EVERY = 0.05  # seconds between the server's thread TTL sweeps
 
 
 def refused_problem(answer: httpx.Response) -> str:
@@ -126,26 +126,32 @@ async def _ttl(sdk: LangGraphClient, thread_id: str) -> Any:
 
 
 async def _deleted(sdk: LangGraphClient, thread_id: str) -> None:
-    """Until the server's retention loop (every RETAIN_EVERY s) has deleted the thread."""
+    """Until the server's TTL sweeps (every SWEEP_EVERY s) have deleted the thread."""
     async with asyncio.timeout(30):
         while True:
             try:
                 await sdk.threads.get(thread_id)
             except NotFoundError:
                 return
-            await asyncio.sleep(RETAIN_EVERY)
+            await asyncio.sleep(SWEEP_EVERY)
 
 
 async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(store_url: str) -> None:
     """The Agent Server's thread TTL (``threads.create(ttl=…)``, ``threads.update(ttl=…)``, ``include=["ttl"]``)
     was refused (422) and read as null. A thread now keeps its TTL (its own, or the server's default: --thread-ttl),
     shows it as the Agent Server does (strategy, ttl_minutes, expires_at: that long after its last activity, a
-    run's included), and the retention passes delete it once expired, with its runs, as DELETE does; a thread
-    active since is kept until its TTL has passed after that. ``keep_latest`` and ``supersteps`` are refused,
-    saying so, and nothing is created."""
+    run's included), and the server's TTL sweeps (every --thread-ttl-sweep, whatever retention's interval) delete it
+    once expired, with its runs, as DELETE does; a thread active since is kept until its TTL has passed after that.
+    Strategy ``keep_latest`` (refused before, 422) prunes the thread to its latest checkpoint and keeps it, as
+    ``threads.prune`` does. ``supersteps`` is refused, saying so, and nothing is created."""
     clock = VirtualClock(T0)
     settings = Settings(
-        database_url=store_url, auth=False, run_timers=False, retention_every=RETAIN_EVERY, thread_ttl=ThreadTTL(120)
+        database_url=store_url,
+        auth=False,
+        run_timers=False,
+        retention_every=0,  # no retention pass: the sweeps run on their own
+        thread_ttl_sweep_every=SWEEP_EVERY,
+        thread_ttl=ThreadTTL(120),
     )
     with serving(create_app(settings, clock=clock)) as base:
         async with get_client(url=base) as sdk:
@@ -153,16 +159,18 @@ async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(
             with pytest.raises(httpx.HTTPStatusError) as refused:
                 await sdk.threads.create(supersteps=[{"updates": [{"values": {"a": 1}, "as_node": "x"}]}])
             assert refused.value.response.status_code == 422
-            with pytest.raises(httpx.HTTPStatusError) as refused:
-                await sdk.threads.create(ttl={"ttl": 5, "strategy": "keep_latest"})
-            assert "keep_latest is not supported" in refused_problem(
-                await sdk.http.client.post("/threads", json={"ttl": {"ttl": 5, "strategy": "keep_latest"}})
-            )
             assert await sdk.threads.count() == before
 
-            def expiry(minutes: float, after: timedelta = timedelta()) -> dict[str, Any]:
+            def expiry(minutes: float, after: timedelta = timedelta(), strategy: str = "delete") -> dict[str, Any]:
                 expires = (T0 + after + timedelta(minutes=minutes)).isoformat()
-                return {"strategy": "delete", "ttl_minutes": minutes, "expires_at": expires}
+                return {"strategy": strategy, "ttl_minutes": minutes, "expires_at": expires}
+
+            kept = str((await sdk.threads.create(ttl={"ttl": 10, "strategy": "keep_latest"}))["thread_id"])
+            await sdk.runs.wait(kept, "guide", input=HI)
+            await sdk.runs.wait(kept, "guide", input={"messages": [{"role": "user", "content": "and then?"}]})
+            kept_state = await sdk.threads.get_state(kept)
+            assert len(await sdk.threads.get_history(kept, limit=100)) > 1
+            assert await _ttl(sdk, kept) == expiry(10, strategy="keep_latest")
 
             idle = str((await sdk.threads.create(ttl=10))["thread_id"])
             assert await _ttl(sdk, idle) == expiry(10)
@@ -191,8 +199,12 @@ async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(
             await sdk.threads.update(defaulted, metadata={"k": 3})  # an update is activity too
             assert await _ttl(sdk, defaulted) == expiry(30, timedelta(minutes=5))
 
-            clock.advance(timedelta(minutes=6))  # T0+11: idle's TTL has passed; chat's not, since its run
+            clock.advance(timedelta(minutes=6))  # T0+11: idle's and kept's TTL have passed; chat's not, since its run
             await _deleted(sdk, idle)
+            await _pruned(sdk, kept)  # kept stays, pruned to its latest checkpoint
+            pruned = await sdk.threads.get_state(kept)
+            assert (pruned["values"], pruned["checkpoint"]) == (kept_state["values"], kept_state["checkpoint"])
+            assert await _ttl(sdk, kept) == expiry(10, strategy="keep_latest")  # it keeps its TTL
             assert (await sdk.threads.get(chat))["thread_id"] == chat
             assert [r["run_id"] for r in await sdk.runs.list(chat)] == [run["run_id"]]
 
@@ -202,6 +214,7 @@ async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(
                 await sdk.runs.get(chat, run["run_id"])
             assert dict((await sdk.threads.get(defaulted))["metadata"] or {})["k"] == 3  # expires at T0+35
             assert (await sdk.threads.get(journey))["thread_id"] == journey
+            assert (await sdk.threads.get(kept))["thread_id"] == kept
 
 
 async def test_searches_and_run_lists_answer_in_the_order_and_with_the_filter_asked(store_url: str) -> None:
@@ -256,3 +269,12 @@ async def test_searches_and_run_lists_answer_in_the_order_and_with_the_filter_as
                 assert [r["run_id"] for r in listed] == [r["run_id"] for r in every if r["status"] == status]
             assert [r["run_id"] for r in await sdk.runs.list(thread, status="pending")] == [later["run_id"]]
             await sdk.runs.cancel(thread, later["run_id"])
+
+
+async def _pruned(sdk: LangGraphClient, thread_id: str) -> None:
+    """Until the server's TTL sweeps have pruned the thread to its latest checkpoint."""
+    async with asyncio.timeout(30):
+        while True:
+            if len(await sdk.threads.get_history(thread_id, limit=100)) == 1:
+                return
+            await asyncio.sleep(SWEEP_EVERY)

@@ -62,6 +62,7 @@ TIMER_TASK = "journeys.fire_timers"
 RETENTION_TASK = "journeys.retention"
 RETRY_TASK = "journeys.retry_instance"  # an operator's retry of a failed journey (`journeys instances retry`)
 RETENTION_CRON = "*/10 * * * *"  # a retention pass every ten minutes (procrastinate cron, seconds optional)
+THREAD_TTL_TASK = "journeys.thread_ttl"  # a sweep of the threads whose time-to-live has passed (TTL_SWEEP_CRON)
 QUEUE = "journeys"
 log = structlog.get_logger("journeys.worker")
 # A job's worker must be registered: a live worker another pruned as stalled (its heartbeat late) breaks it.
@@ -317,9 +318,11 @@ def build_app(
     *,
     pool_size: int = 10,
     retention_cron: str | None = RETENTION_CRON,
+    thread_ttl_cron: str | None = None,
 ) -> procrastinate.App:
     """The procrastinate app. ``handlers`` (in workers) give the task bodies; the API only defers.
-    ``retention_cron``: when workers run a checkpoint retention pass (None: never).
+    ``retention_cron``: when workers run a checkpoint retention pass (None: never); ``thread_ttl_cron``: when they
+    sweep the threads whose time-to-live has passed (None: never).
 
     Every procrastinate query is one statement (a SQL function), so its connections are in autocommit:
     one round trip per query instead of three (BEGIN, the query, COMMIT).
@@ -354,13 +357,20 @@ def build_app(
         async def apply_retention(timestamp: int) -> None:
             await _periodic_pass(handlers.get(RETENTION_TASK))
 
+    if thread_ttl_cron is not None:
+
+        @app.periodic(cron=thread_ttl_cron, periodic_id="thread-ttl")
+        @app.task(name=THREAD_TTL_TASK, queue=QUEUE, queueing_lock="journeys-thread-ttl")
+        async def sweep_threads(timestamp: int) -> None:
+            await _periodic_pass(handlers.get(THREAD_TTL_TASK))
+
     return app
 
 
 async def _periodic_pass(handler: Callable[[], Awaitable[None]] | None) -> None:
-    """A periodic pass (timers, retention), in a worker that has it. One the database's outage cuts ends quietly:
-    its work is the next pass's, and the worker says once that the database went away (outlasting_the_database),
-    not with a failed job's traceback each pass. Any other failure fails the job, as before."""
+    """A periodic pass (timers, retention, the thread TTL sweep), in a worker that has it. One the database's
+    outage cuts ends quietly: its work is the next pass's, and the worker says once that the database went away
+    (outlasting_the_database), not with a failed job's traceback each pass. Any other failure fails the job."""
     if handler is None:
         return
     try:

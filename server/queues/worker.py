@@ -23,6 +23,7 @@ from checkpoints.database import lost_database
 from checkpoints.errors import DatabaseUnavailableError, JourneyError
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S, held_elsewhere
 from checkpoints.retention import RetentionPolicy
+from checkpoints.runs import TTL_SWEEP_CRON
 from checkpoints.schema.queue import RETRY_STALLED, TELL_RETRIED
 from graphs.runtime import JourneyRuntime
 from server.crons import CronService
@@ -35,6 +36,7 @@ from server.queues.procrastinate import (
     RETRY_TASK,
     RUN_JOBS,
     RUN_TASK,
+    THREAD_TTL_TASK,
     TIMER_TASK,
     RunJobs,
     build_app,
@@ -141,11 +143,13 @@ async def run_worker(
     guide_model: str | None = None,
     retention: RetentionPolicy | None = None,
     retention_cron: str | None = RETENTION_CRON,
+    thread_ttl_cron: str | None = TTL_SWEEP_CRON,
     shutdown_grace: float = 10.0,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> None:
-    """Take runs, timers and retention passes (``retention`` policy, on ``retention_cron``; None: no
-    passes in this worker) from the queue until cancelled. On a stop signal, take no more and give the runs
+    """Take runs, timers, retention passes (``retention`` policy, on ``retention_cron``; None: no
+    passes in this worker) and thread TTL sweeps (on ``thread_ttl_cron``; None: none) from the queue until
+    cancelled. On a stop signal, take no more and give the runs
     under way ``shutdown_grace`` seconds to end; those still under way then are handed to other workers.
     ``lock_timeout``: seconds a run waits for its journey while another process works on it."""
     # Workers execute the runs in distributed mode, guide runs included: they need the server's guide model.
@@ -162,7 +166,7 @@ async def run_worker(
     ) as runtime:
         runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer, jobs=RUN_JOBS)
         executor = RunExecutor(runtime, runs, durability=durability)
-        runtime.retention.also(ThreadTTLSweep(runtime, runs))  # expired threads go with each retention pass
+        sweep = ThreadTTLSweep(runtime, runs)
 
         async def execute(run_id: str) -> None:
             # procrastinate took the job at its due time (schedule_at), claiming its run as it did
@@ -174,6 +178,9 @@ async def run_worker(
         async def apply_retention() -> None:
             await runtime.retention.run()
 
+        async def sweep_threads() -> None:
+            await sweep.run()
+
         async def retry_instance(instance_id: str, by: str | None, reply: str) -> None:
             # The command that handed it listens (retry_in_workers): told how it ended, even refused.
             outcome = await retried(runtime, instance_id, by)
@@ -182,10 +189,11 @@ async def run_worker(
         handlers = {
             RUN_TASK: execute,
             RETENTION_TASK: apply_retention,
+            THREAD_TTL_TASK: sweep_threads,
             RETRY_TASK: retry_instance,
             **({TIMER_TASK: fire_timers} if timers else {}),
         }
-        app = build_app(database_url, handlers, retention_cron=retention_cron)
+        app = build_app(database_url, handlers, retention_cron=retention_cron, thread_ttl_cron=thread_ttl_cron)
         app.job_manager = jobs = RunJobs(app.connector, runs)
 
         # A cron's run is deferred as a job in the transaction creating it, as the API does.
