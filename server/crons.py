@@ -33,6 +33,8 @@ _FIRINGS = uuid.UUID("6f0d7a52-3c1e-4b8e-9a57-2f3c8d9e1b40")
 # The payload key of what each firing's run is created with: its graph, and the assistant's config and
 # context under the cron's own (as a run's request would give them; see server.api.runs.assistant_options).
 RUN_OPTIONS = "run_options"
+# The run options a cron keeps in its payload (as the Agent Server shows them) and gives each firing's run.
+FIRING_OPTIONS = ("interrupt_before", "interrupt_after", "webhook")
 
 
 def _graph_id(assistant_id: str, payload: Mapping[str, Any]) -> str:
@@ -203,6 +205,7 @@ class CronService:
                 # No graph for a cron stored before run options were kept: its assistant's.
                 options={
                     **(payload.get(RUN_OPTIONS) or {}),
+                    **{name: payload[name] for name in FIRING_OPTIONS if payload.get(name)},
                     GROUPS: list(payload.get("groups", [])),
                     # A firing's new thread goes when its run ends, if the cron asked (never the cron's own thread).
                     **({"on_completion": "delete"} if cron.on_run_completed == "delete" and not cron.thread_id else {}),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import string
@@ -29,7 +30,8 @@ from graphs import JourneyRuntime
 from server.app import create_app
 from server.runs.store import RunStore
 from server.settings import Settings
-from tests.server_support import SchedulerPasses, serving
+from tests.server_support import SchedulerPasses, free_port, serving
+from tests.test_webhooks_durable import receiving
 
 pytestmark = pytest.mark.slow
 
@@ -247,8 +249,8 @@ async def test_bad_crons_are_refused_before_anything_is_stored(cron_client: Lang
         await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, timezone="Mars/Olympus")
     with pytest.raises(UnprocessableEntityError):
         await client.crons.create("structured", schedule="0 9 * * *", input={"journey_type": 7})
-    with pytest.raises(UnprocessableEntityError):  # accepted and ignored would be worse: refused
-        await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, webhook="http://x.test/hook")
+    with pytest.raises(UnprocessableEntityError):  # a webhook is a URL
+        await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, webhook="x.test/hook")
     with pytest.raises(UnprocessableEntityError, match="do not take multitask_strategy 'interrupt'"):
         await client.crons.create("structured", schedule="0 9 * * *", input=JOURNEY, multitask_strategy="interrupt")
     with pytest.raises(NotFoundError):
@@ -560,9 +562,35 @@ async def test_a_cron_runs_a_created_assistant_with_its_config_and_the_crons_own
     ]
     assert {"values", "updates"} <= set(streamed), streamed
 
+    # A cron's interrupt_before/after and webhook (refused before: 422 "crons do not take webhook,
+    # interrupt_before yet") are its firings' runs', as a run created with them: it stops at the breakpoint and
+    # its webhook is called when it ends.
+    hello: dict[str, Any] = {"messages": [{"role": "user", "content": "hello"}]}
+    port = free_port()
+    with receiving(port) as calls:
+        stopping = str((await client.threads.create())["thread_id"])
+        hook = f"http://127.0.0.1:{port}/hook"
+        given = await client.crons.create_for_thread(
+            stopping, "guide", schedule="30 9 * * *", input=hello, interrupt_before=["agent"], webhook=hook
+        )
+        assert {k: given["payload"][k] for k in ("interrupt_before", "webhook")} == {
+            "interrupt_before": ["agent"],
+            "webhook": hook,
+        }
+        clock.set(datetime(2026, 3, 2, 9, 30, tzinfo=UTC))
+        await passes.complete()
+        [stopped] = await client.runs.list(stopping)
+        await client.runs.join(stopping, stopped["run_id"])
+        assert stopped["kwargs"]["interrupt_before"] == ["agent"]
+        assert (await client.threads.get_state(stopping))["next"] == ["agent"]
+        for _ in range(600):  # the webhook is posted as the run ends: a moment after join answers
+            if calls:
+                break
+            await asyncio.sleep(0.05)
+        assert [(c["run_id"], c["status"]) for c in calls] == [(stopped["run_id"], "success")]
+
     # On a thread with a run active (pending for days), a cron that rejects double texts skips its tick.
     chat = str((await client.threads.create())["thread_id"])
-    hello: dict[str, Any] = {"messages": [{"role": "user", "content": "hello"}]}
     later = await client.runs.create(chat, "guide", input=hello, after_seconds=7 * 86_400)
     await client.crons.create_for_thread(chat, "guide", schedule="0 10 * * *", input=hello, multitask_strategy="reject")
     clock.set(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))

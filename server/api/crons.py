@@ -22,11 +22,11 @@ from fastapi import Depends, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from graphs.errors import InvalidInputError, JourneyNotFoundError
+from graphs.errors import JourneyNotFoundError
 from server.api import errors, one_of_configurable_and_context
 from server.api.runs import assistant_options
 from server.auth import Principal, require
-from server.crons import RUN_OPTIONS, CronFilter, CronRow
+from server.crons import FIRING_OPTIONS, RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
 from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, RunStreamModes, kept, select_of
 from server.routing import api_router
@@ -38,8 +38,6 @@ Runner = Annotated[Principal, Depends(require("runs"))]
 Services = Annotated[ServerServices, Depends(services)]
 ThreadId = Annotated[str, Path(min_length=1, max_length=200)]
 CronId = Annotated[str, Path(min_length=1, max_length=64)]
-# Run options a cron's runs do not take yet: refused, never accepted and ignored.
-UNSUPPORTED = ("webhook", "interrupt_before", "interrupt_after")
 CronSortBy = Literal["cron_id", "assistant_id", "thread_id", "next_run_date", "end_time", "created_at", "updated_at"]
 
 
@@ -78,6 +76,10 @@ class CronRunOptions(BaseModel):
     stream_resumable: bool | None = Field(
         None, description="accepted: every run's stream chunks are kept for runs.join_stream here"
     )
+    # Each firing's run stops there and calls the webhook when it ends, as a run created with them does.
+    interrupt_before: Literal["*"] | list[str] | None = None
+    interrupt_after: Literal["*"] | list[str] | None = None
+    webhook: str | None = Field(default=None, max_length=2000, pattern="^https?://")
     multitask_strategy: Literal["reject", "enqueue"] | None = Field(
         None,
         description="a cron on a thread, while a run is active there: enqueue (the default) queues the firing's "
@@ -115,13 +117,17 @@ class CronRunOptions(BaseModel):
         except OverflowError:
             raise ValueError("end_time falls outside the years 1 to 9999 once in UTC") from None
 
-    def refuse_unsupported(self) -> None:
-        given = [name for name in UNSUPPORTED if (self.model_extra or {}).get(name) is not None]
-        if given:
-            raise InvalidInputError(f"crons do not take {', '.join(given)} yet; leave them out", fields=given)
-
     def payload(self, caller: Principal) -> dict[str, Any]:
-        fields = ("input", "metadata", "config", "context", "durability", "multitask_strategy", "stream_resumable")
+        fields = (
+            "input",
+            "metadata",
+            "config",
+            "context",
+            "durability",
+            "multitask_strategy",
+            "stream_resumable",
+            *FIRING_OPTIONS,
+        )
         chosen = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
         if self.stream_mode is not None:
             chosen["stream_mode"] = [self.stream_mode] if isinstance(self.stream_mode, str) else self.stream_mode
@@ -198,7 +204,6 @@ def _consolidated(body: Options) -> Options:
 
 
 async def _create(svc: ServerServices, thread_id: str | None, body: CronCreate, caller: Principal) -> dict[str, Any]:
-    body.refuse_unsupported()
     body = _consolidated(body)
     if thread_id is not None:
         await svc.resolve_thread(thread_id, caller)
@@ -266,7 +271,6 @@ async def count_crons(body: CronCount, caller: Reader, svc: Services) -> int:
 
 @router.patch("/runs/crons/{cron_id}", response_model=CronOut, summary="Change a cron")
 async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Services) -> dict[str, Any]:
-    body.refuse_unsupported()
     given = body.model_fields_set
     body = _consolidated(body)  # a new context replaces the cron's configurable too (and the reverse)
     current = await _mine(svc, caller, cron_id)
@@ -275,7 +279,7 @@ async def update_cron(cron_id: CronId, body: CronPatch, caller: Runner, svc: Ser
         for name in ("schedule", "timezone", "end_time", "enabled", "on_run_completed", "metadata")
         if name in given and (getattr(body, name) is not None or name == "end_time")
     }
-    if given & {"input", "config", "context", "durability"}:
+    if given & {"input", "config", "context", "durability", *FIRING_OPTIONS}:
         # Metadata is merged by the store (into the runs' as well as the cron's), not replaced here.
         given_options = {k: v for k, v in body.payload(caller).items() if k not in ("groups", "metadata")}
         payload = {**current.payload, **given_options}
