@@ -195,6 +195,15 @@ class AssistantSearch(AssistantCount):
     select: select_of(AssistantOut) = None  # type: ignore[valid-type]
 
 
+def pagination_headers(offset: int, shown: int, more: bool) -> dict[str, str]:
+    """The Agent Server's paging headers of a search's page (``shown`` answers from ``offset``; ``more``: another
+    page follows): ``X-Pagination-Next``, where the next page starts, and ``X-Pagination-Total``, how many there
+    are once this page is the last (one more than the next page's start before that)."""
+    if more:
+        return {"X-Pagination-Next": str(offset + shown), "X-Pagination-Total": str(offset + shown + 1)}
+    return {"X-Pagination-Total": str(offset + shown)}
+
+
 def sorted_page(
     views: list[dict[str, Any]], sort_by: str, sort_order: SortOrder, offset: int, limit: int
 ) -> list[dict[str, Any]]:

@@ -53,3 +53,22 @@ async def test_an_assistant_search_says_where_its_next_page_starts(sdk: LangGrap
     assert sorted(a["assistant_id"] for a in first["assistants"] + last["assistants"]) == sorted(made)
     exact = await sdk.assistants.search(metadata={"set": "pager"}, limit=3, response_format="object")
     assert exact["next"] is None and len(exact["assistants"]) == 3  # a full last page: no page after it
+
+
+async def test_thread_and_cron_searches_say_where_their_next_page_starts(sdk: LangGraphClient) -> None:
+    """``threads.search`` and ``crons.search`` sent no paging header, and ``assistants.search`` no
+    ``X-Pagination-Total`` beside its ``X-Pagination-Next``: the Agent Server sends both on all three, the
+    total one more than the next page's start while another follows, then how many there are."""
+    http = sdk.http.client
+    for n in range(3):
+        await sdk.threads.create(metadata={"set": "pages"})
+        await sdk.crons.create("structured", schedule="0 0 1 1 *", input=_start(f"u{n}"), metadata={"set": "pages"})
+        await sdk.assistants.create("structured", name=f"paged {n}", metadata={"set": "pages"})
+    for path in ("/threads/search", "/runs/crons/search", "/assistants/search"):
+        pages = [
+            await http.post(path, json={"metadata": {"set": "pages"}, "limit": 2, "offset": offset})
+            for offset in (0, 2)
+        ]
+        assert [len(page.json()) for page in pages] == [2, 1], path
+        headers = [(page.headers.get("X-Pagination-Next"), page.headers.get("X-Pagination-Total")) for page in pages]
+        assert headers == [("2", "3"), (None, "3")], (path, headers)

@@ -25,6 +25,7 @@ from server.models import (
     SetLatest,
     VersionsQuery,
     kept,
+    pagination_headers,
     sorted_page,
 )
 from server.routing import api_router
@@ -108,7 +109,7 @@ async def search_assistants(
     )
     views = [assistant_view(a) for a in found]
     page = kept(sorted_page(views, body.sort_by, body.sort_order, body.offset, body.limit), body.select)
-    headers = {"X-Pagination-Next": str(end)} if len(views) > end else {"X-Pagination-Total": str(len(views))}
+    headers = pagination_headers(body.offset, max(0, min(len(views), end) - body.offset), len(views) > end)
     (page if isinstance(page, JSONResponse) else response).headers.update(headers)
     return page
 

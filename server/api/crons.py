@@ -28,7 +28,15 @@ from server.api.runs import assistant_options
 from server.auth import Principal, require
 from server.crons import FIRING_OPTIONS, RUN_OPTIONS, CronFilter, CronRow
 from server.input_guard import GuardedRoute
-from server.models import MAX_INT, NOT_CONFIGURABLE_AND_CONTEXT, RunConfig, RunStreamModes, kept, select_of
+from server.models import (
+    MAX_INT,
+    NOT_CONFIGURABLE_AND_CONTEXT,
+    RunConfig,
+    RunStreamModes,
+    kept,
+    pagination_headers,
+    select_of,
+)
 from server.routing import api_router
 from server.services import ServerServices, services
 
@@ -247,20 +255,25 @@ async def create_thread_cron(thread_id: ThreadId, body: CronCreate, caller: Runn
 
 
 @router.post("/runs/crons/search", response_model=list[CronOut], summary="Search crons")
-async def search_crons(body: CronSearch, caller: Reader, svc: Services) -> list[dict[str, Any]] | JSONResponse:
+async def search_crons(
+    body: CronSearch, caller: Reader, svc: Services, response: Response
+) -> list[dict[str, Any]] | JSONResponse:
     found = await svc.crons.store.search(
         CronFilter(body.assistant_id, body.thread_id, body.enabled, body.metadata),
-        limit=body.limit,
+        limit=body.limit + 1,  # the one past the page: whether another page follows (the paging headers)
         offset=body.offset,
         sort_by=body.sort_by,
         descending=body.sort_order == "desc",
         viewer=svc.viewer(caller),
     )
-    views = [cron_view(cron) for cron in found]
+    views = [cron_view(cron) for cron in found[: body.limit]]
     if body.select and "now" in body.select:
         now = _when(svc.runtime.store.clock.now())  # the clock the crons fire by
         views = [view | {"now": now} for view in views]
-    return kept(views, body.select)
+    page = kept(views, body.select)
+    headers = pagination_headers(body.offset, len(views), len(found) > body.limit)
+    (page if isinstance(page, JSONResponse) else response).headers.update(headers)
+    return page
 
 
 @router.post("/runs/crons/count", response_model=int, summary="Count crons")

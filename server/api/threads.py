@@ -47,6 +47,7 @@ from server.models import (
     ThreadUpdate,
     kept,
     kept_one,
+    pagination_headers,
     sorted_page,
 )
 from server.problems import ApiError
@@ -203,29 +204,37 @@ async def create_thread(body: ThreadCreate, caller: Runner, svc: Services) -> di
 
 
 @router.post("/search", response_model=list[ThreadOut], summary="Search threads")
-async def search_threads(body: ThreadSearch, caller: Reader, svc: Services) -> list[dict[str, Any]] | JSONResponse:
+async def search_threads(
+    body: ThreadSearch, caller: Reader, svc: Services, response: Response
+) -> list[dict[str, Any]] | JSONResponse:
     """One page of the caller's threads that match. Filters and orders the rows hold are applied and paged
-    in the query; the others read the views of the threads the rows' own filters leave (see :func:`_matching`)."""
+    in the query; the others read the views of the threads the rows' own filters leave (see :func:`_matching`).
+    The Agent Server's paging headers say whether another page follows (:func:`pagination_headers`)."""
     viewer = svc.viewer(caller)
     if _by_view(body):
         matching = await _matching(svc, body, viewer, body.ids)
         views = sorted_page(matching, body.sort_by, body.sort_order, body.offset, body.limit)
+        more = len(matching) > body.offset + body.limit
     else:
         rows = await svc.runs.search_threads(
             body.metadata,
-            body.limit,
+            body.limit + 1,  # the one past the page: whether another page follows
             body.offset,
             body.ids,
             viewer=viewer,
             sort_by=body.sort_by,
             descending=body.sort_order == "desc",
         )
-        views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows]
-    if not body.extract:
-        return kept(views, body.select)
-    for view in views:
-        view["extracted"] = {alias: extracted(view, path) for alias, path in body.extract.items()}
-    return kept(views, body.select and [*body.select, "extracted"])  # extracted whatever is selected
+        more = len(rows) > body.limit
+        views = [await thread_view(svc, ResolvedThread.of(r)) for r in rows[: body.limit]]
+    for view in views if body.extract else ():
+        view["extracted"] = {alias: extracted(view, path) for alias, path in (body.extract or {}).items()}
+    # extracted whatever is selected
+    page = kept(views, body.select and [*body.select, "extracted"] if body.extract else body.select)
+    (page if isinstance(page, JSONResponse) else response).headers.update(
+        pagination_headers(body.offset, len(views), more)
+    )
+    return page
 
 
 _STEP = re.compile(r"\.?([^.\[\]]+)|\[(-?[0-9]+)\]")
