@@ -618,8 +618,9 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
 
 
 async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(store_url: str) -> None:
-    """Continuations run in waves (``fire_due_timers``), but one that outlasts its wave (its agent answers
-    only once the others are through) keeps only its own slot: the next wave goes on without it."""
+    """Continuations run in waves, two under way at once (``fire_due_timers``), but one that outlasts its wave (its
+    agent answers only once the others are through) keeps only its own slot: with both waves held up so, the next
+    wave goes on without them."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
         others_completed = asyncio.Event()
@@ -628,14 +629,14 @@ async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(st
         async def count(instance_id: str, status: str) -> None:
             if status == "completed":
                 completed.append(instance_id)
-                if len(completed) == 2:
+                if len(completed) == 4:
                     others_completed.set()
 
         rt.store.events.on_status(count)
 
         async def look_up(request: Any) -> dict[str, Any]:
             if request.payload.get("variables", {}).get("held"):
-                async with asyncio.timeout(30):  # only a guard: never reached unless the others wait for this one
+                async with asyncio.timeout(30):  # only a guard: never reached unless the others wait for these
                     await others_completed.wait()
             return {}
 
@@ -647,11 +648,13 @@ async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(st
                 {"type": "service_task", "id": "look_up", "agent": "crm.look_up", "input_variables": ["held"]},
             )
         )
-        held = (await rt.processes.start("follow_up", "held", {"held": True}))["instance_id"]
-        clock.advance(timedelta(minutes=1))  # the held one's timer is due first: it is in the first wave
-        others = [(await rt.processes.start("follow_up", key, {"held": False}))["instance_id"] for key in "ab"]
+        held, others = [], []
+        for key in ("held-1", "a", "held-2", "b", "c", "d"):  # due in this order: waves [held-1, a], [held-2, b]
+            started = await rt.processes.start("follow_up", key, {"held": key.startswith("held")})
+            (held if key.startswith("held") else others).append(started["instance_id"])
+            clock.advance(timedelta(minutes=1))
 
         clock.advance(timedelta(hours=2))
-        report = await fire_due_timers(rt.processes, concurrency=2)
-        assert (report.fired, report.resumed, report.failed) == (3, 3, 0)
-        assert sorted(completed[:2]) == sorted(others) and completed[2:] == [held]
+        report = await fire_due_timers(rt.processes, concurrency=4)
+        assert (report.fired, report.resumed, report.failed) == (6, 6, 0)
+        assert sorted(completed[:4]) == sorted(others) and sorted(completed[4:]) == sorted(held)

@@ -65,8 +65,11 @@ log = structlog.get_logger("journeys.timers")
 # and the worker idles while each is on the wire, so a wave of 64 pays those round trips once for 64 threads, not
 # for 16. 10,000 timers due together (benchmarks/timers.py's phases, medians of 6): PostgreSQL's CPU per continuation
 # 0.55 against 0.76 ms, the worker's 2.1 against 2.2. A wave holds no pooled connection per thread (the journey locks
-# share one, each batch takes one), so the pool's size does not bound it.
-RESUME_CONCURRENCY = 64
+# share one, each batch takes one), so the pool's size does not bound it. This many in all, in WAVES_IN_FLIGHT waves.
+RESUME_CONCURRENCY = 128
+# Waves of continuations under way at once. One wave alone left the worker idle while each of its batches was on the
+# wire (PostgreSQL's share of a continuation, a quarter of the time): a second wave's Python runs meanwhile.
+WAVES_IN_FLIGHT = 2
 # Batches one pass claims at most: a repeating timer catching up tick by tick (``fire_all``, a start long past)
 # stays due after each firing, and kept the pass from ever ending, so the threads its fired timers resume, the
 # redeliveries and the queued starts after the loop waited for ever. The next pass goes on at once.
@@ -174,27 +177,33 @@ async def fire_due_timers(
     async def resume_in_waves(
         pending: Iterator[tuple[int, Timer]], index_rows: Callable[[int], asyncio.Task[dict[str, Instance]]]
     ) -> None:
-        # In waves: every free slot (of ``concurrency``) takes the next thread at once, and the wave goes through
-        # its stages together (one lock statement and one delivery read for it, not one per two or three threads
-        # as they trickle in), until it is through: 10% less CPU per continuation than refilling each slot as it
-        # frees (measured on 1,000). A wave still running after STRAGGLER_S (an agent call after the timer, say)
-        # holds only its own slots: the free ones take the next wave. A thread waiting its turn costs no task.
+        # In waves: a wave takes the next threads at once and goes through its stages together (one lock statement
+        # and one delivery read for it, not one per two or three threads as they trickle in): 10% less CPU per
+        # continuation than refilling each slot as it frees (measured on 1,000). WAVES_IN_FLIGHT of them at a time,
+        # so that one's Python runs while another's batch is on the wire (see WAVES_IN_FLIGHT). A wave still running
+        # after STRAGGLER_S (an agent call after the timer, say) holds only its own slots: the next wave takes the
+        # free ones. A thread waiting its turn costs no task.
+        wave_size = max(1, concurrency // WAVES_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
+        live: set[asyncio.Task[Any]] = set()  # a wave each: done once it is through, or STRAGGLER_S after it began
         async with asyncio.TaskGroup() as tasks:
             while True:
-                wave = [
-                    tasks.create_task(resume(timer, index_rows(position)))
-                    for position, timer in itertools.islice(pending, concurrency - len(running))
-                ]
-                for task in wave:
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                free = concurrency - len(running)
+                wave = [] if len(live) >= WAVES_IN_FLIGHT else list(itertools.islice(pending, min(wave_size, free)))
+                if wave:
+                    started = [tasks.create_task(resume(timer, index_rows(position))) for position, timer in wave]
+                    running.update(started)
+                    for task in started:
+                        task.add_done_callback(running.discard)
+                    live.add(tasks.create_task(asyncio.wait(started, timeout=STRAGGLER_S)))
+                    await asyncio.sleep(0)  # its threads ask first: the next wave's go in the batches after theirs
+                    continue
                 if not running:
                     return
-                if wave:
-                    await asyncio.wait(wave, timeout=STRAGGLER_S)
-                if not wave or len(running) >= concurrency:  # nothing left to start, or no slot freed meanwhile
-                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                # A wave through (or straggling) makes room for the next; with every slot taken (or only stragglers
+                # left), so does a thread.
+                await asyncio.wait(live if free and live else running, return_when=asyncio.FIRST_COMPLETED)
+                live = {wave_through for wave_through in live if not wave_through.done()}
 
     async def fire_one(timer: Timer) -> None:
         async with gate:
