@@ -617,22 +617,58 @@ async def test_a_batch_resolves_its_waits_in_one_statement_and_the_first_of_two_
             assert "resolution" not in read_back
 
 
+def completions(rt: JourneyRuntime, count: int) -> tuple[list[str], asyncio.Event]:
+    """The instances that complete from now on, in order, and an event set once ``count`` of them have."""
+    completed: list[str] = []
+    enough = asyncio.Event()
+
+    async def seen(instance_id: str, status: str) -> None:
+        if status == "completed":
+            completed.append(instance_id)
+            if len(completed) >= count:
+                enough.set()
+
+    rt.store.events.on_status(seen)
+    return completed, enough
+
+
+async def test_a_fired_timers_thread_goes_on_while_later_batches_fire(store_url: str) -> None:
+    """The threads of a batch of fired timers resume as the batch fires, not once every timer due has fired: the
+    worker runs them while the next batches are on the wire. Here the database is slow to fire the second batch
+    until the first batch's journey has ended (as a big backlog's later batches keep it busy)."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        completed, first_completed = completions(rt, 1)
+        await rt.processes.deploy(linear("nap", {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}}))
+        ids = []
+        for key in "ab":  # due in this order: one batch each
+            ids.append((await rt.processes.start("nap", key))["instance_id"])
+            clock.advance(timedelta(minutes=1))
+        timers = rt.processes.services.timers
+        fire_waits = timers.fire_waits
+        batches: list[int] = []
+
+        async def slow_after_the_first(claimed: Any, worker: str) -> Any:
+            if claimed and batches:
+                async with asyncio.timeout(10):  # only a guard: reached when the pass fires everything first
+                    await first_completed.wait()
+            batches.append(len(claimed))
+            return await fire_waits(claimed, worker)
+
+        timers.fire_waits = slow_after_the_first  # type: ignore[method-assign]
+        clock.advance(timedelta(hours=2))
+        report = await fire_due_timers(rt.processes, batch=1)
+        assert (report.fired, report.resumed, report.failed) == (2, 2, 0)
+        assert batches[:2] == [1, 1] and completed == ids
+
+
 async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(store_url: str) -> None:
     """Continuations run in waves, two under way at once (``fire_due_timers``), but one that outlasts its wave (its
     agent answers only once the others are through) keeps only its own slot: with both waves held up so, the next
     wave goes on without them."""
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:
-        others_completed = asyncio.Event()
-        completed: list[str] = []
-
-        async def count(instance_id: str, status: str) -> None:
-            if status == "completed":
-                completed.append(instance_id)
-                if len(completed) == 4:
-                    others_completed.set()
-
-        rt.store.events.on_status(count)
+        completed, others_completed = completions(rt, 4)
 
         async def look_up(request: Any) -> dict[str, Any]:
             if request.payload.get("variables", {}).get("held"):
@@ -648,7 +684,8 @@ async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(st
                 {"type": "service_task", "id": "look_up", "agent": "crm.look_up", "input_variables": ["held"]},
             )
         )
-        held, others = [], []
+        held: list[str] = []
+        others: list[str] = []
         for key in ("held-1", "a", "held-2", "b", "c", "d"):  # due in this order: waves [held-1, a], [held-2, b]
             started = await rt.processes.start("follow_up", key, {"held": key.startswith("held")})
             (held if key.startswith("held") else others).append(started["instance_id"])

@@ -143,7 +143,8 @@ _RESOLUTION = select(process_waits.c.status, process_waits.c.resolution).where(
     process_waits.c.wait_id == bindparam("wait_id")
 )
 # How many waits' deliveries one statement reads (``WaitStore.delivery``): a slot not asked for is NULL. As many as a
-# wave of fired timers' continuations (``graphs.process.timers.RESUME_CONCURRENCY``) asks for at once.
+# wave of fired timers' continuations (``graphs.process.timers``: RESUME_CONCURRENCY // WAVES_IN_FLIGHT) asks for at
+# once.
 DELIVERIES_READ_TOGETHER = 64
 _DELIVERY_SLOTS = [f"w{n}" for n in range(DELIVERIES_READ_TOGETHER)]
 _first_event = journey_events.alias("first_event")

@@ -32,11 +32,11 @@ while nothing ran follow the timer's ``missed`` policy (``nodes.timer``). Embedd
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -124,9 +124,9 @@ async def fire_due_timers(
     :data:`MAX_ROUNDS` batches are through (the next pass goes on).
 
     Timers that end a wait (catch, boundary) fire as a set: one transaction per batch resolves their
-    waits, and from then on the outcome is durable. Their threads are resumed once everything due has
-    fired (firing first keeps a backlog's lateness down), up to ``concurrency`` at a time; or, in a pass that
-    waits for other timers to take effect (an SLA's agent call, a cron's handler), meanwhile.
+    waits, and from then on the outcome is durable. Their threads resume as their batches fire, up to
+    ``concurrency`` at a time, while later batches fire and other timers take effect (an SLA's agent call,
+    a cron's handler).
     """
     worker = worker or default_worker_id()
     report = FiringReport()
@@ -152,57 +152,46 @@ async def fire_due_timers(
             report.errors.append(f"{timer.timer_id}: {type(exc).__name__}: {exc}")
             log.warning("timer resumption failed", timer_id=timer.timer_id, error=str(exc))
 
-    async def resume_fired(fired: list[tuple[Timer, dict[str, Any]]]) -> None:
-        # The threads' index rows: one read per ``batch`` of threads, not one per thread, each sent as the threads
-        # of the batch before it begin to resume. The first wave waits for one read, not for a read of every row
-        # (10,000 fired: ten reads of a thousand held it back 0.5-1 s, the worker mostly idle meanwhile).
-        reads: dict[int, asyncio.Task[dict[str, Instance]]] = {}
-
-        def index_rows(position: int) -> asyncio.Task[dict[str, Instance]]:
-            for chunk in (position // batch, position // batch + 1):
-                if chunk in reads:  # asked for by a thread before this one: each thread's ask is then a lookup
-                    continue
-                ids = [str(t.instance_id) for t, _resolution in fired[chunk * batch : (chunk + 1) * batch]]
-                if ids:
-                    reads[chunk] = asyncio.ensure_future(processes.instances_by_id(ids))
-            return reads[position // batch]
-
-        try:
-            await resume_in_waves(enumerate(timer for timer, _resolution in fired), index_rows)
-        finally:
-            for read in reads.values():  # one sent ahead for threads a cancel kept from resuming
-                read.cancel()
-            await asyncio.gather(*reads.values(), return_exceptions=True)
-
-    async def resume_in_waves(
-        pending: Iterator[tuple[int, Timer]], index_rows: Callable[[int], asyncio.Task[dict[str, Instance]]]
-    ) -> None:
+    async def resume_fired(fired: _Fired) -> None:
         # In waves: a wave takes the next threads at once and goes through its stages together (one lock statement
         # and one delivery read for it, not one per two or three threads as they trickle in): 10% less CPU per
         # continuation than refilling each slot as it frees (measured on 1,000). WAVES_IN_FLIGHT of them at a time,
         # so that one's Python runs while another's batch is on the wire (see WAVES_IN_FLIGHT). A wave still running
         # after STRAGGLER_S (an agent call after the timer, say) holds only its own slots: the next wave takes the
-        # free ones. A thread waiting its turn costs no task.
+        # free ones. Threads are taken as their timers fire; one waiting its turn costs no task.
         wave_size = max(1, concurrency // WAVES_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
         live: set[asyncio.Task[Any]] = set()  # a wave each: done once it is through, or STRAGGLER_S after it began
+        arrival: asyncio.Task[None] | None = None  # done once more timers have fired, or firing is over
+        firing_over: asyncio.Task[None] | None = None
         async with asyncio.TaskGroup() as tasks:
             while True:
                 free = concurrency - len(running)
-                wave = [] if len(live) >= WAVES_IN_FLIGHT else list(itertools.islice(pending, min(wave_size, free)))
+                waves = 1 if fired.firing else WAVES_IN_FLIGHT  # firing first: it makes the timers' outcome durable
+                wave = [] if len(live) >= waves else fired.take(min(wave_size, free))
                 if wave:
-                    started = [tasks.create_task(resume(timer, index_rows(position))) for position, timer in wave]
+                    started = [tasks.create_task(resume(timer, index_rows)) for timer, index_rows in wave]
                     running.update(started)
                     for task in started:
                         task.add_done_callback(running.discard)
                     live.add(tasks.create_task(asyncio.wait(started, timeout=STRAGGLER_S)))
                     await asyncio.sleep(0)  # its threads ask first: the next wave's go in the batches after theirs
                     continue
-                if not running:
+                if not running and fired.over:
                     return
                 # A wave through (or straggling) makes room for the next; with every slot taken (or only stragglers
-                # left), so does a thread.
-                await asyncio.wait(live if free and live else running, return_when=asyncio.FIRST_COMPLETED)
+                # left), so does a thread; with room for a wave, more timers fired; with a wave under way while
+                # firing, the end of the firing (a second wave may start then).
+                waits = set(live if free and live else running)
+                if free and not fired.over and len(live) < waves:
+                    if arrival is None or arrival.done():
+                        arrival = tasks.create_task(fired.arrival())
+                    waits.add(arrival)
+                elif free and fired.firing:
+                    if firing_over is None:
+                        firing_over = tasks.create_task(fired.fired_all())
+                    waits.add(firing_over)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 live = {wave_through for wave_through in live if not wave_through.done()}
 
     async def fire_one(timer: Timer) -> None:
@@ -225,24 +214,38 @@ async def fire_due_timers(
             else:
                 report.dropped += 1
 
-    to_resume: list[tuple[Timer, dict[str, Any]]] = []
-    for _round in range(MAX_ROUNDS):
-        moment = (now or processes.clock.now()).astimezone(UTC)
-        claimed = await timers.claim_due(moment, worker, limit=batch, lease=lease)
-        if not claimed:
-            break
-        ending_waits = [t for t in claimed if t.purpose in ("catch", "boundary")]
-        won = await timers.fire_waits(ending_waits, worker)
-        fired_at = processes.clock.now()
-        report.fired += len(won)
-        report.dropped += len(ending_waits) - len(won)
-        report.lateness += [(fired_at - t.due_at).total_seconds() for t, _resolution in won]
-        to_resume += won
-        others = [fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")]
-        if others:  # the threads fired so far resume while these take effect: a slow pager held them all back
-            await asyncio.gather(resume_fired(to_resume), *others)
-            to_resume = []
-    await resume_fired(to_resume)
+    # The fired timers' threads resume as their batches fire, not once all have: while a batch is on the wire (the
+    # firing waits for PostgreSQL half the time), the worker runs the threads fired before it, one wave at a time
+    # until firing is over (two waves took most of the worker from the firing, which then lagged).
+    fired = _Fired(processes.instances_by_id)
+    resuming = asyncio.ensure_future(resume_fired(fired))
+    try:
+        for _round in range(MAX_ROUNDS):
+            moment = (now or processes.clock.now()).astimezone(UTC)
+            claimed = await timers.claim_due(moment, worker, limit=batch, lease=lease)
+            if not claimed:
+                break
+            ending_waits = [t for t in claimed if t.purpose in ("catch", "boundary")]
+            won = await timers.fire_waits(ending_waits, worker)
+            fired_at = processes.clock.now()
+            report.fired += len(won)
+            report.dropped += len(ending_waits) - len(won)
+            report.lateness += [(fired_at - t.due_at).total_seconds() for t, _resolution in won]
+            fired.add([timer for timer, _resolution in won])
+            others = [fire_one(t) for t in claimed if t.purpose not in ("catch", "boundary")]
+            if others:  # the threads fired so far resume meanwhile: a slow pager holds none of them back
+                await asyncio.gather(*others)
+        fired.close()
+        await resuming
+    except Exception:
+        fired.close()
+        await asyncio.wait([resuming])  # the threads fired before a failure to fire go on; the pass fails with it
+        raise
+    finally:
+        if not resuming.done():  # the pass was cancelled: so are the continuations under way
+            resuming.cancel()
+            await asyncio.gather(resuming, return_exceptions=True)
+        await fired.closed()
     for start in range(0, len(delivered), batch):  # their runs are written: nothing left to deliver
         await processes.services.waits.finish(delivered[start : start + batch])
     moment = (now or processes.clock.now()).astimezone(UTC)
@@ -260,6 +263,63 @@ async def fire_due_timers(
     await processes.services.messages.expire()
     report.dequeued = len(await processes.dispatch_queued())
     return report
+
+
+class _Fired:
+    """The fired timers whose threads are to resume, in firing order, added batch by batch as they fire. Each batch's
+    index rows are read in one statement, sent as it fires: its threads' reads are then a lookup."""
+
+    def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, Instance]]]) -> None:
+        self._read = read
+        self._waiting: deque[tuple[Timer, asyncio.Task[dict[str, Instance]]]] = deque()
+        self._reads: list[asyncio.Task[dict[str, Instance]]] = []
+        self._added = asyncio.Event()
+        self._over = asyncio.Event()
+        self._firing = True
+
+    def add(self, timers: list[Timer]) -> None:
+        if timers:
+            read = asyncio.ensure_future(self._read([str(timer.instance_id) for timer in timers]))
+            self._reads.append(read)
+            self._waiting.extend((timer, read) for timer in timers)
+            self._added.set()
+
+    def close(self) -> None:
+        """Firing is over: nothing more will be added."""
+        self._firing = False
+        self._added.set()
+        self._over.set()
+
+    @property
+    def firing(self) -> bool:
+        """More may be added."""
+        return self._firing
+
+    @property
+    def over(self) -> bool:
+        """Firing is over and every thread has been taken."""
+        return not self._firing and not self._waiting
+
+    def take(self, most: int) -> list[tuple[Timer, asyncio.Task[dict[str, Instance]]]]:
+        """Up to ``most`` threads to resume, the earliest fired first, with the read of their index rows."""
+        taken = [self._waiting.popleft() for _ in range(min(most, len(self._waiting)))]
+        if not self._waiting and self._firing:
+            self._added.clear()
+        return taken
+
+    async def arrival(self) -> None:
+        """Until more threads have been added, or firing is over."""
+        await self._added.wait()
+
+    async def fired_all(self) -> None:
+        """Until firing is over."""
+        await self._over.wait()
+
+    async def closed(self) -> None:
+        """Cancel the reads of threads a cancel kept from resuming, and wait for them."""
+        for read in self._reads:
+            read.cancel()
+        await asyncio.gather(*self._reads, return_exceptions=True)
 
 
 async def _held(
