@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import NotFoundError
+from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
 pytestmark = pytest.mark.slow
 MISSING = "1f1f0a4f-0000-6e5d-8002-36dc8d034058"  # shaped like a checkpoint id; no thread has it
@@ -27,6 +27,10 @@ async def test_a_run_from_a_checkpoint_the_thread_lacks_is_not_found_and_changes
         await sdk_client.runs.create(tid, "guide", input=_said("again"), checkpoint_id=MISSING)
     with pytest.raises(NotFoundError, match=MISSING):
         await sdk_client.runs.create(tid, "guide", input=_said("again"), checkpoint={"checkpoint_id": MISSING})
+    with pytest.raises(NotFoundError, match=MISSING):  # as LangGraph reads it: the run's config names it
+        await sdk_client.runs.create(
+            tid, "guide", input=_said("again"), config={"configurable": {"checkpoint_id": MISSING}}
+        )
     assert len(await sdk_client.runs.list(tid)) == 1  # nothing was queued
     after = await sdk_client.threads.get_state(tid)
     assert after["checkpoint"] == before["checkpoint"] and after["values"] == before["values"]
@@ -34,3 +38,20 @@ async def test_a_run_from_a_checkpoint_the_thread_lacks_is_not_found_and_changes
     first = (await sdk_client.threads.get_history(tid, limit=10))[-2]["checkpoint"]["checkpoint_id"]
     out = await sdk_client.runs.wait(tid, "guide", input=_said("again"), checkpoint_id=first)
     assert [m["content"] for m in out["messages"] if m["type"] == "human"] == ["hi", "again"]
+    named = {"configurable": {"checkpoint_id": first}}
+    out = await sdk_client.runs.wait(tid, "guide", input=_said("once more"), config=named)
+    assert [m["content"] for m in out["messages"] if m["type"] == "human"] == ["hi", "once more"]
+
+
+async def test_a_journey_run_from_a_checkpoint_is_refused_however_the_checkpoint_is_named(
+    sdk_client: LangGraphClient,
+) -> None:
+    tid = (await sdk_client.threads.create())["thread_id"]
+    await sdk_client.runs.wait(tid, "structured", input={"journey_type": "content_migration", "context": {}})
+    before = await sdk_client.threads.get_state(tid)
+    at = before["checkpoint"]["checkpoint_id"]
+    for named in ({"checkpoint_id": at}, {"config": {"configurable": {"checkpoint_id": at}}}):
+        with pytest.raises(UnprocessableEntityError, match="cannot go on from an earlier checkpoint"):
+            await sdk_client.runs.create(tid, "structured", command={"resume": {"files": 1}}, **named)
+    assert len(await sdk_client.runs.list(tid)) == 1  # nothing was queued
+    assert await sdk_client.threads.get_state(tid) == before

@@ -94,14 +94,15 @@ async def create_run(
         assistant.check_resume(answer)
         caller = _answering_as(caller, assistant, answer)
     row = None if thread_id is None else await _thread_for_run(svc, thread_id, body, caller)
-    if (body.checkpoint_id or body.checkpoint) and not assistant.chat:
+    checkpoint_id = _checkpoint_id(body)
+    if checkpoint_id and not assistant.chat:
         raise ApiError(
             422,
             "CheckpointUnsupported",
             f"the {assistant.assistant_id!r} assistant runs journeys, whose completed steps are in their event log: "
             "a run cannot go on from an earlier checkpoint (chat threads can)",
         )
-    if checkpoint_id := _checkpoint_id(body):  # one the thread has: a fork of none would drop its state
+    if checkpoint_id:  # one the thread has: a fork of none would drop its state
         await _check_checkpoint(svc, row, checkpoint_id, thread_id)
     modes: list[str] = []
     if streaming or body.stream_mode is not None:  # a background run records its chunks for join_stream
@@ -181,8 +182,14 @@ def run_options(
 
 
 def _checkpoint_id(body: RunCreate) -> str | None:
-    """The checkpoint a run goes on from, however the client named it."""
-    return body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+    """The checkpoint a run goes on from, however the client named it: ``checkpoint_id``, ``checkpoint``, or its
+    config's ``configurable.checkpoint_id`` (where LangGraph itself reads it), each checked as the others are."""
+    configured = ((body.config or {}).get("configurable") or {}).get("checkpoint_id")
+    return (
+        body.checkpoint_id
+        or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+        or (configured if isinstance(configured, str) and configured else None)
+    )
 
 
 async def _check_checkpoint(
