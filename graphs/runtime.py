@@ -30,7 +30,6 @@ from checkpoints.values import check_value
 from graphs.analytics import JourneyAnalytics, MilestoneTracker
 from graphs.errors import (
     InvalidInputError,
-    JourneyFinishedError,
     JourneyNotFoundError,
     NothingToRetryError,
     NotInReviewError,
@@ -38,6 +37,7 @@ from graphs.errors import (
 from graphs.kernel.designs import DesignBook
 from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.identifiers import MAX_REASON
+from graphs.kernel.instances import refuse_ended
 from graphs.kernel.patterns import (
     OrchestratorDeps,
     design_kind,
@@ -246,7 +246,7 @@ class JourneyRuntime:
         saga's or a process's own way for that). Its history stays readable, and every later call that would
         run it on is refused with :class:`JourneyFinishedError`. A failed journey is terminated too (its retry
         is given up); one that has ended raises :class:`JourneyFinishedError`, an unknown one
-        :class:`JourneyNotFoundError`. Answers its status view.
+        :class:`JourneyNotFoundError`, either before any run is stopped. Answers its status view.
 
         A run moving it (:attr:`stop_runs`) is cancelled first, as Temporal's terminate stops a running workflow:
         its step in flight is stopped and its result dropped, the run ends ``interrupted``, no later step starts,
@@ -257,16 +257,14 @@ class JourneyRuntime:
             )
         check_value(reason, "reason")
         if self.stop_runs is not None:
+            # Refused before any run is stopped: a refused terminate cancels nothing (a run queued on an ended
+            # journey's thread stays queued). One that ends meanwhile is refused below, as it stands then.
+            refuse_ended(await self._instance(instance_id))
             await self.stop_runs(instance_id)
         terminated = await self.instances.terminate(instance_id, reason)
         instance = await self._instance(instance_id)
         if not terminated:
-            raise JourneyFinishedError(
-                f"journey {instance_id!r} has ended ({instance.status}): only an unfinished journey is terminated",
-                allowed=[],
-                instance_id=instance_id,
-                status=instance.status,
-            )
+            refuse_ended(instance)
         return await self._answer(instance)
 
     async def retry(self, instance_id: str, *, by: str | None = None) -> dict[str, Any]:

@@ -22,6 +22,11 @@ SCOPES = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {"key-ana": ApiKey("ana", SCOPES, ("finance",)), "key-bob": ApiKey("bob", SCOPES, ("finance",))}
 LIFECYCLE_READY = {"contract_signed": 1, "infrastructure_provisioned": 1, "data_sources_identified": 3}
 WAIT_OR_TIMEOUT = boundary_spec("wait_or_timeout")  # ana signs, unless a timer two days on ends it
+INSTANT = {
+    "name": "instant",
+    "elements": [{"type": "start", "id": "start"}, {"type": "end", "id": "end"}],
+    "flows": ["start -> end"],
+}
 STARTS: dict[str, dict[str, Any]] = {
     "structured": {"journey_type": "content_migration", "context": {"migration_id": "m-1"}},
     "saga": {"journey_type": "content_migration", "context": {"migration_id": "m-1"}},
@@ -96,6 +101,15 @@ async def test_a_waiting_journey_of_every_pattern_is_terminated_and_runs_no_more
         assert thread_id in {t["thread_id"] for t in await ana.threads.search(limit=100)}
         if assistant_id == "process":
             assert await ana.http.get("/tasks", params={"instance_id": instance_id}) == []
+    # A journey that completed is refused, and refused whole: the run queued on its thread stays queued (the refused
+    # terminate cancelled it before, then answered 409).
+    await ana.http.post("/processes", json=INSTANT)
+    thread_id = (await ana.threads.create())["thread_id"]
+    await ana.runs.wait(thread_id, "process", input={"process": "instant", "business_key": "order-2"})
+    instance_id = (await ana.threads.get(thread_id))["metadata"]["instance_id"]
+    queued = await ana.runs.create(thread_id, "process", command={"resume": RESUMES["process"]}, after_seconds=600)
+    assert "completed" in await refused(ana.http.post(f"/journeys/{instance_id}/terminate", json={"reason": "x"}))
+    assert (await ana.runs.get(thread_id, queued["run_id"]))["status"] == "pending"
 
 
 async def test_only_its_owner_terminates_a_journey_and_hostile_reasons_are_refused(
