@@ -111,6 +111,13 @@ class ThreadNotFoundError(JourneyError):
     category = "not_found"
 
 
+class RunNotActiveError(JourneyError):
+    """The run has ended: only a pending or running run is cancelled or rolled back. Answered 404, as the Agent
+    Server answers a cancel of a run that is not pending or running ("not found or not cancelable")."""
+
+    category = "not_found"
+
+
 class RunWithdrawnError(JourneyError):
     """The run was not created: what asked for it was withdrawn as it was created (a cron disabled, deleted or
     rescheduled while it fired)."""

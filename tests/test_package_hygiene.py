@@ -28,6 +28,7 @@ STATUS_BY_CODE = {
             "CheckpointsDeletedError",
             "JourneyNotFoundError",
             "ProcessInstanceNotFoundError",
+            "RunNotActiveError",
             "TaskNotFoundError",
             "ThreadNotFoundError",
             "UnknownAreaError",

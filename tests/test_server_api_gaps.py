@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
-from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
 from tests import test_server_streaming as streaming
 from tests.server_support import v3_events
@@ -49,9 +49,9 @@ async def test_cancel_with_rollback_deletes_the_run_and_puts_the_thread_back(cli
         await client.runs.get(tid, slow)
     assert _said(await client.threads.get_state(tid)) == ["hello", "again"]
 
-    # A finished run has nothing to roll back: a conflict, and the run stays.
+    # A finished run has nothing to roll back: 404 (RunNotActiveError, as the Agent Server answers), and it stays.
     last = (await client.runs.list(tid, limit=1))[0]
-    with pytest.raises(ConflictError):
+    with pytest.raises(NotFoundError):
         await client.runs.cancel(tid, last["run_id"], action="rollback")
     assert (await client.runs.get(tid, last["run_id"]))["status"] == "success"
 

@@ -49,11 +49,19 @@ async def test_a_rollback_and_an_interrupt_at_once_end_in_one_serial_order(
                 await client.runs.get(tid, slow)
         else:  # interrupt first: the run ended interrupted and stays; there was nothing left to roll back
             assert isinstance(interrupted, dict) and interrupted["status"] == "interrupted", interrupted
-            assert rolled == 409, rolled  # RunNotActive
+            assert rolled == 404, rolled  # RunNotActiveError, as the Agent Server answers it
             assert (await client.runs.get(tid, slow))["status"] == "interrupted"
         assert not [r for r in await client.runs.list(tid) if r["status"] in ("pending", "running")]
     await client.runs.wait(tid, "guide", input=AGAIN)
     assert _said(await client.threads.get_state(tid))[-1] == "again"
+    # A run that has ended is not cancelled (it answered 202 with the run as it stood): 404, typed, as the Agent
+    # Server answers it (langgraph-sdk raises NotFoundError, or httpx's error when it waits).
+    for ended in await client.runs.list(tid):
+        with pytest.raises(NotFoundError):
+            await client.runs.cancel(tid, ended["run_id"])
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            await client.runs.cancel(tid, ended["run_id"], wait=True)
+        assert refused.value.response.json()["code"] == "RunNotActiveError", refused.value.response.text
 
 
 async def test_two_rollbacks_at_once_roll_back_once(client: LangGraphClient, server_url: str) -> None:

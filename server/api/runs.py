@@ -24,7 +24,7 @@ from fastapi import Body, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from checkpoints.errors import JourneyError
+from checkpoints.errors import JourneyError, RunNotActiveError
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.runs import thread_key
 from graphs.errors import InvalidInputError, JourneyNotFoundError
@@ -612,17 +612,22 @@ async def cancel_run(
     """A queued run is cancelled at once; a running one is stopped where it runs (this process, or the
     worker executing it) and ends ``interrupted``. ``action=rollback`` also deletes the run and puts the
     thread back where the run found it (chat threads; a journey's is a 422, as for multitask rollback): the
-    answer is the run as it ended."""
+    answer is the run as it ended. A run that has ended is 404 :class:`RunNotActiveError`, as on the Agent
+    Server."""
     async with svc.thread_control(thread_id):  # read inside: an interrupt or rollback before may have ended it
         run = await svc.run(caller, thread_id, run_id)
         if action == "rollback":
             svc.check_rollback(get_assistant(run.graph_id))
-            if run.status in TERMINAL:
-                raise ApiError(409, "RunNotActive", f"run {run_id!r} is {run.status}: only an active run rolls back")
+        if run.status in TERMINAL:
+            raise RunNotActiveError(
+                f"run {run_id!r} is {run.status}: only a pending or running run is cancelled",
+                run_id=run_id,
+                status=run.status,
+            )
+        if action == "rollback":
             ended = await svc.rollback(thread_id, get_assistant(run.graph_id), [run])
         else:
-            if run.status not in TERMINAL:
-                await svc.cancel(run)
+            await svc.cancel(run)
             ended = [await _wait(svc, run) if wait else await svc.run(caller, thread_id, run_id)]
     if not ended:  # deleted while it ended (the thread or the run deleted once it had)
         raise JourneyNotFoundError(f"run {run_id!r} is gone", run_id=run_id)
