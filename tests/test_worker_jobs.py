@@ -141,13 +141,16 @@ async def test_a_workers_run_is_claimed_with_its_job_and_ends_it_in_one_commit(a
     assert len(apart) <= 1, {run_id: changes[run_id] for run_id in apart}
 
 
-async def journey_run(runs: RunStore, app: procrastinate.App) -> RunRow:
-    """A run starting a journey (:data:`JOURNEY`) on a new thread, its job deferred with it."""
+async def journey_run(
+    runs: RunStore, app: procrastinate.App, assistant_id: str = "structured", data: dict[str, Any] | None = None
+) -> RunRow:
+    """A run of ``assistant_id`` starting a journey (``data``, else :data:`JOURNEY`) on a new thread, its job
+    deferred with it."""
     return await runs.create_run(
         thread_id=None,
-        assistant_id="structured",
+        assistant_id=assistant_id,
         kind="start",
-        input=JOURNEY | {"user_id": "ana"},
+        input=data if data is not None else JOURNEY | {"user_id": "ana"},
         command=None,
         stream_modes=[],
         multitask_strategy="reject",
@@ -200,18 +203,7 @@ async def test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_
     ensure_schema(postgres_url)
     async with JourneyRuntime.open(postgres_url) as runtime:
         runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
-        run = await runs.create_run(
-            thread_id=None,
-            assistant_id=assistant_id,
-            kind="start",
-            input=STARTS[assistant_id],
-            command=None,
-            stream_modes=[],
-            multitask_strategy="reject",
-            metadata={},
-            principal="ana",
-            enqueue=enqueuer(build_app(postgres_url)),
-        )
+        run = await journey_run(runs, build_app(postgres_url), assistant_id, STARTS[assistant_id])
         assert run.job_id is not None
         first = await runs.claim(run.run_id)  # a worker took it, then paused ...
         again = await runs.claim(run.run_id)  # ... and the reaper gave it to another before either bound the thread
@@ -233,6 +225,57 @@ async def test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_
         assert after is not None and after.status == "success" and after.output == done.output
         assert ended == [run.job_id]  # ended once, with the run, by the attempt that ran it
         assert await runs.claim(run.run_id) is None  # the job's next take finds its run ended: nothing runs again
+
+
+# A process whose service task waits until the test lets it go: its run holds the journey (the thread's id) meanwhile.
+HELD = {
+    "name": "held",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "service_task", "id": "work", "agent": "held", "outputs": ["done"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> work", "work -> end"],
+}
+
+
+async def test_a_first_attempt_meeting_its_retry_at_work_leaves_the_run_to_it(postgres_url: str) -> None:
+    """A process's start run (as a lifecycle's and the guide's, its journey is the thread's id) taken again while its
+    first attempt was paused: the retry started the journey and holds it in a step. The first attempt, resumed, waited
+    out the lock and, being attempt 1, finished the run as an error ("busy") while the retry carried on; the run
+    ended ``error`` whatever the retry then did. It now leaves the run to the live attempt, as a retry meeting its
+    first attempt does (its queue takes the job again later), and the run ends as the live attempt ends it."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url, lock_timeout=1.0) as runtime:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def held(_request: Any) -> dict[str, Any]:
+            started.set()
+            await release.wait()
+            return {"done": True}
+
+        runtime.agents.register("held", held, replace=True)
+        await runtime.processes.deploy(HELD)
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        run = await journey_run(runs, build_app(postgres_url), "process", {"process": "held", "business_key": "o-1"})
+        assert run.job_id is not None
+        first = await runs.claim(run.run_id)  # a worker took it, then paused ...
+        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another, which started the journey
+        assert first is not None and again is not None
+        ended: list[int] = []
+        live = asyncio.create_task(
+            RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, again, ended.append))
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        with pytest.raises(ConcurrentUpdateError) as refused:  # the first attempt resumes: the journey is held
+            await RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, first, ended.append))
+        assert held_elsewhere(refused.value)  # left to the live attempt: OutageRetry takes the job again later
+        meanwhile = await runs.get_run(run.run_id)
+        assert meanwhile is not None and meanwhile.status == "running", meanwhile
+        release.set()
+        done = await live
+        assert done is not None and done.status == "success", done
+        assert ended == [run.job_id]  # ended once, with the run, by the attempt that ran it
 
 
 async def test_an_aborted_job_whose_task_never_started_is_forgotten(postgres_url: str) -> None:

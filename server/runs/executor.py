@@ -418,10 +418,12 @@ class RunExecutor:
                     run_id=run_id,
                     thread_id=run.thread_id,
                 ) from exc
-            if taken is not None and run.attempts > 1 and held_elsewhere(exc):
+            if taken is not None and held_elsewhere(exc) and (run.attempts > 1 or await self._taken_again(run)):
                 # A run its queue took again for a dead worker's while that worker lives on (its heartbeat was late:
                 # a pause, a blocked loop) and still holds the journey: not failed, its queue takes it again later
-                # (the first worker's end of the run ends the job).
+                # (the first worker's end of the run ends the job). The same for that first attempt, resumed, when
+                # the retry holds the journey (a start whose journey is the thread's: a process, a lifecycle, the
+                # guide): the run ends as the live attempt ends it, not as an error of this one's wait.
                 raise
             if not isinstance(exc, JourneyError):
                 log.exception("run failed", run_id=run_id)
@@ -457,6 +459,11 @@ class RunExecutor:
         if finished is not None:
             self.finished(finished)
         return finished or await self.runs.get_run(run_id)
+
+    async def _taken_again(self, run: RunRow) -> bool:
+        """Whether the run's queue took it again since this attempt claimed it (``run``): another attempt lives."""
+        now = await self.runs.get_run(run.run_id)
+        return now is not None and now.attempts > run.attempts
 
     async def _left_failed(self, instance_id: str) -> dict[str, Any]:
         """The error of a run whose work left its instance failed without raising: the failure its log recorded
