@@ -425,6 +425,7 @@ _LIST_RUNS = (
 _active = (_runs.thread_id == bindparam("p_thread_id"), _runs.status.in_(ACTIVE))
 _NEXT_PENDING = select(server_runs).where(*_active).order_by(_runs.created_at, _runs.run_id).limit(1)
 _UNFINISHED = select(server_runs).where(_runs.status.in_(ACTIVE))
+_RUNNING_CANCELLED = select(server_runs).where(_runs.status == "running", _runs.cancel_requested_at.isnot(None))
 # The active runs of the threads driving a journey instance (bound to it, or named by it), oldest first.
 _ACTIVE_OF_INSTANCE = (
     select(server_runs)
@@ -930,6 +931,10 @@ class RunStore:
 
     async def unfinished(self) -> list[RunRow]:
         return [self._run(row) for row in await self._backend.read(_UNFINISHED)]
+
+    async def running_cancelled(self) -> list[RunRow]:
+        """The running runs whose cancel was recorded (:meth:`request_cancel`) and that have not ended yet."""
+        return [self._run(row) for row in await self._backend.read(_RUNNING_CANCELLED)]
 
     async def active_of_instance(self, instance_id: str) -> list[RunRow]:
         """The pending and running runs of the threads that drive the journey ``instance_id``, oldest first."""

@@ -711,20 +711,19 @@ def terminate_instance(
     database_url: DatabaseOption = DEFAULT_STORE_URL,
 ) -> None:
     """End an unfinished journey for good where it stands, compensating nothing (Temporal's terminate): its
-    tasks, timers and waits are cancelled and its history kept. A run the workers execute for it is stopped
-    first (its step in flight with it), as the API's terminate stops one. Prints its status."""
+    tasks, timers and waits are cancelled and its history kept. A run moving it, which the workers or an embedded
+    server execute, is stopped first (its step in flight with it), as the API's terminate stops one. Prints its
+    status."""
     import functools
 
-    from checkpoints.url import parse_store_url
     from graphs.runtime import JourneyRuntime
-    from server.queues.procrastinate import stop_runs_in_workers
+    from server.queues.procrastinate import stop_runs_elsewhere
 
     _existing(database_url, "instances terminate")
 
     async def run() -> None:
         async with JourneyRuntime.open(database_url) as runtime:
-            if parse_store_url(database_url).kind == "postgres":  # a run the workers execute is stopped first
-                runtime.stop_runs = functools.partial(stop_runs_in_workers, runtime, database_url)
+            runtime.stop_runs = functools.partial(stop_runs_elsewhere, runtime, database_url)
             answered = await runtime.terminate(instance_id, reason)
         typer.echo(json.dumps(answered, default=str))
 

@@ -65,6 +65,19 @@ async def terminated_over_http(base: str, client: LangGraphClient, thread: str, 
     assert await ended_as(client, thread, run) == "interrupted"
 
 
+async def terminated_by_the_cli(url: str, client: LangGraphClient, thread: str, run: str, instance: str) -> None:
+    """``journeys instances terminate`` of a journey whose run is in a step, from a process of its own: it answers
+    within seconds (a process's start, the run's stop: not the lock's 30 s), terminated, the run interrupted."""
+    began = time.monotonic()
+    args = ["instances", "terminate", instance, "--reason", "stuck", "--database-url", url]
+    ran = await asyncio.to_thread(run_journeys, args)
+    waited = time.monotonic() - began
+    assert ran.returncode == 0, (ran.stdout, ran.stderr)
+    assert json.loads(ran.stdout)["status"] == "terminated", ran.stdout
+    assert waited < 20, waited
+    assert await ended_as(client, thread, run) == "interrupted"
+
+
 async def test_a_journey_terminated_while_a_worker_runs_its_step_is_stopped_at_once(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -81,14 +94,7 @@ async def test_a_journey_terminated_while_a_worker_runs_its_step_is_stopped_at_o
             # The operator's command: it reaches the worker through the database, as the API does.
             thread, run, instance = await moving(client, "ben")
             await steps_started(workers.calls, 2)
-            began = time.monotonic()
-            args = ["instances", "terminate", instance, "--reason", "stuck", "--database-url", postgres_url]
-            ran = await asyncio.to_thread(run_journeys, args)
-            waited = time.monotonic() - began
-            assert ran.returncode == 0, (ran.stdout, ran.stderr)
-            assert json.loads(ran.stdout)["status"] == "terminated", ran.stdout
-            assert waited < 20, waited  # a process's start, the run's stop: not the lock's 30 s
-            assert await ended_as(client, thread, run) == "interrupted"
+            await terminated_by_the_cli(postgres_url, client, thread, run, instance)
     # Each run's step a was stopped in flight (no "done"), and no step after it started.
     assert [(what, step) for what, step, _pid in calls_of(workers.calls)] == [("start", "a"), ("start", "a")]
 
@@ -96,7 +102,9 @@ async def test_a_journey_terminated_while_a_worker_runs_its_step_is_stopped_at_o
 async def test_a_journey_an_embedded_server_runs_is_terminated_mid_step(
     durable_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same through a server that executes its runs itself (embedded): its run is cancelled in-process."""
+    """The same through a server that executes its runs itself (embedded): its run is cancelled in-process. The
+    operator's command, another process with no queue to the server, waited for the run's lock (30 s) and failed
+    "busy"; it records the cancel, which the server sees within a second and stops the run as its own cancel does."""
     calls = tmp_path / "calls"
     monkeypatch.setenv("JOURNEYS_CALLS", str(calls))  # the slow agent runs in this process
     monkeypatch.setenv("JOURNEYS_SLOW_S", "600")
@@ -106,4 +114,8 @@ async def test_a_journey_an_embedded_server_runs_is_terminated_mid_step(
             thread, run, instance = await moving(client, "ana")
             await steps_started(calls, 1)
             await terminated_over_http(base, client, thread, run, instance)
-    assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "a")]
+
+            thread, run, instance = await moving(client, "ben")
+            await steps_started(calls, 2)
+            await terminated_by_the_cli(durable_url, client, thread, run, instance)
+    assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "a"), ("start", "a")]

@@ -46,3 +46,16 @@ async def cancel_run(
         changed(run.run_id, finished)  # its waiters take the row: no read of it back
     else:
         await queue.stop(run)
+
+
+class ElsewhereQueue(RunQueue):
+    """The runs another process executes with no queue between it and this one (an embedded ``journeys serve``),
+    seen from a process that executes none (``journeys instances terminate``): the cancel :func:`cancel_run`
+    records is how one reaches that process, which stops the run once it sees it (the embedded runner's watch of
+    recorded cancels), or ends it interrupted as it takes it up. Nothing is withdrawn or stopped from here."""
+
+    async def withdraw(self, run: RunRow) -> bool:
+        return False
+
+    async def stop(self, run: RunRow) -> None:
+        pass

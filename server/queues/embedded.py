@@ -22,6 +22,8 @@ from server.runs.executor import RunExecutor
 from server.runs.store import RunRow
 
 log = structlog.get_logger("journeys.embedded")
+# Seconds between an embedded server's looks for runs it executes whose cancel another process recorded.
+CANCEL_CHECK_S = 1.0
 
 
 class EmbeddedRunner:
@@ -35,6 +37,9 @@ class EmbeddedRunner:
         self._queued: set[str] = set()  # threads given a run since their driver last looked
         self._current: dict[str, str] = {}  # thread id -> run id being executed
         self._woken: dict[str, asyncio.Event] = {}  # thread id -> set when its driver's delayed run is cancelled
+        # Runs whose driver this runner cancelled, until that driver has ended: the watch of cancels recorded
+        # elsewhere (watch_cancels) does not cancel them again.
+        self._stopping: set[str] = set()
 
     def submit(self, run: RunRow) -> None:
         self._queued.add(run.thread_id)
@@ -116,6 +121,7 @@ class EmbeddedRunner:
         if self.executing(run):
             driver = self._drivers[run.thread_id]
             driver.cancel()
+            self._stopping.add(run.run_id)
             asyncio.create_task(self._restart(driver, run), name=f"runs-restart:{run.thread_id}")  # noqa: RUF006
             return True
         return False
@@ -129,7 +135,26 @@ class EmbeddedRunner:
         # The cancelled driver may leave runs queued behind the cancelled one: a fresh driver takes them.
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await cancelled
+        self._stopping.discard(run.run_id)
         self.submit(run)
+
+    async def watch_cancels(self, every: float = CANCEL_CHECK_S) -> None:
+        """Every ``every`` seconds while runs execute here, stop those whose cancel another process recorded
+        (``journeys instances terminate``: no queue reaches this process from it, see ``ElsewhereQueue``) as a
+        cancel of this process stops them. One read a round, none while no run executes."""
+        while True:
+            await asyncio.sleep(every)
+            if not self._current:
+                continue
+            try:
+                cancelled = await self.executor.runs.running_cancelled()
+            except Exception as exc:  # the database away: looked at again next round
+                if lost_database(exc) is None:
+                    log.warning("could not look for runs cancelled elsewhere", error=repr(exc))
+                continue
+            for run in cancelled:
+                if run.run_id not in self._stopping and self.cancel(run):
+                    log.info("a run cancelled by another process is stopped", run_id=run.run_id)
 
     async def close(self) -> None:
         drivers = list(self._drivers.values())
@@ -259,6 +284,8 @@ class EmbeddedQueue(RunQueue):
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(sole_executor(executor.runtime.store.locks))
                 await runner.resume_unfinished()
+                watch = asyncio.create_task(runner.watch_cancels(), name="embedded-cancel-watch")
+                stack.push_async_callback(_stopped, watch)
                 if timers:
                     await stack.enter_async_context(executor.runtime.processes.scheduler.running())
                 if retention_every > 0:

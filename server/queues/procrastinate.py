@@ -14,7 +14,7 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,7 @@ from checkpoints.schema.queue import (
 )
 from checkpoints.url import distributed_target, unavailable
 from server.problems import WorkerStoppedError
-from server.queues.base import RunQueue, cancel_run
+from server.queues.base import ElsewhereQueue, RunQueue, cancel_run
 from server.runs.executor import RunExecutor, Taken
 from server.runs.store import Enqueue, RunRow, RunStore
 from server.runs.watch import RunWatch, listening
@@ -522,21 +522,27 @@ class ProcrastinateQueue(RunQueue):
             await abort_run(self.app, run.job_id)  # its executor marks the run interrupted
 
 
-async def stop_runs_in_workers(runtime: JourneyRuntime, database_url: str, instance_id: str) -> None:
+async def stop_runs_elsewhere(runtime: JourneyRuntime, database_url: str, instance_id: str) -> None:
     """For a process that executes no runs (``journeys instances terminate``): cancel the runs moving the journey
-    ``instance_id`` that the workers execute, as the API's cancel does (``ServerServices.stop_runs``): recorded,
-    withdrawn from the queue if no worker has taken it, else aborted in the worker running it, each thread's in
-    its ``thread_control`` lock. A run an embedded server executes is out of its reach: it is left to its end."""
+    ``instance_id``, as the API's cancel does (``ServerServices.stop_runs``), each thread's in its
+    ``thread_control`` lock: recorded, then a run the workers execute (it has a job) withdrawn from the queue if no
+    worker has taken it, else aborted in the worker running it; a run an embedded server executes is stopped there
+    once that server sees the cancel recorded (:class:`ElsewhereQueue`)."""
     runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
-    queued = [run for run in await runs.active_of_instance(instance_id) if run.job_id is not None]
-    if not queued:
+    active = await runs.active_of_instance(instance_id)
+    if not active:
         return
-    app = build_app(database_url, retention_cron=None)
-    async with app.open_async(pool=runtime.store.pg_pool):
-        queue = ProcrastinateQueue(app)
-        for thread_id in sorted({run.thread_id for run in queued}):
-            async with runtime.engine.exclusive(thread_control_key(thread_id)):
+    async with AsyncExitStack() as stack:
+        elsewhere: RunQueue = ElsewhereQueue()
+        workers = elsewhere
+        if any(run.job_id is not None for run in active):  # PostgreSQL with workers: their queue aborts them
+            app = build_app(database_url, retention_cron=None)
+            await stack.enter_async_context(app.open_async(pool=runtime.store.pg_pool))
+            workers = ProcrastinateQueue(app)
+        for thread_id in sorted({run.thread_id for run in active}):
+            async with runtime.engine.exclusive(thread_control_key(thread_id)):  # read again inside, as the API does
                 for run in await runs.active_of_instance(instance_id):
-                    if run.thread_id == thread_id and run.job_id is not None:
-                        # The API's waiters learn of a run ended here from the finish's notice.
+                    if run.thread_id == thread_id:
+                        # The API's waiters learn of a run ended here from the finish's notice (or its poll).
+                        queue = workers if run.job_id is not None else elsewhere
                         await cancel_run(queue, runs, run, lambda _run_id, _row: None)
