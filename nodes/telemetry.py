@@ -17,6 +17,7 @@ run id; an agent call binds its intent and attempt; :func:`log_context` adds the
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -270,19 +271,32 @@ class ObservedRun:
     """One run of an instance's graph, as its nodes and agent calls see it (:func:`run_observed`): its span, its
     pattern, whether spans are recorded (asked of OpenTelemetry once as the run starts, not again by its nodes and
     agent calls: with no provider set its check raises and catches a KeyError in its look at the environment, a
-    fifth of the telemetry of an agent call), and how many of its nodes are at work."""
+    fifth of the telemetry of an agent call), how many of its nodes are at work, and whether it was stopped."""
 
-    __slots__ = ("at_work", "pattern", "span", "traced")
+    __slots__ = ("at_work", "pattern", "span", "stopped", "traced")
 
     def __init__(self, span: Span, pattern: str, traced: bool) -> None:
         self.span = span
         self.pattern = pattern
         self.traced = traced
         self.at_work = 0
+        self.stopped = False
 
     def working(self) -> bool:
         """Whether a node of the run is at work (started, neither ended nor failed)."""
         return self.at_work > 0
+
+    def stop(self) -> None:
+        """The run's graph call was cancelled: none of its nodes or chained steps begins from now on
+        (:func:`begin_step`), also when the cancel was lost in the work of the node it reached, which ended."""
+        self.stopped = True
+
+
+def begin_step(run: ObservedRun) -> None:
+    """A step of ``run`` begins: a cancelled run's is not begun (the step boundary a cancel stops a run at, at the
+    latest), as if the cancel had landed there."""
+    if run.stopped:
+        raise asyncio.CancelledError("the run was cancelled before this step began")
 
 
 class _ObservedNode:
@@ -359,6 +373,7 @@ def observed_node(name: str, node: Runnable[Any, Any]) -> Runnable[Any, Any]:
         if observing is None:  # not in a journey's run (a graph compiled by the kernel runs in one)
             return await node.ainvoke(state, config)
         run = observing[0]
+        begin_step(run)
         step = int((config.get("metadata") or {}).get("langgraph_step", 0))
         at = _ObservedNode(run, name, step, config.get("configurable", {}).get(CONFIG_KEY_CHECKPOINT_NS))
         token = _OBSERVED.set((run, at))
@@ -429,6 +444,8 @@ def chained_node(config: RunnableConfig, node: str) -> None:
     graph nested in a node is part of that node's step, and goes on within it."""
     observing = _OBSERVED.get()
     at = observing[1] if observing is not None else None
+    if at is not None:
+        begin_step(at.run)
     if at is not None and at.namespace == config.get("configurable", {}).get(CONFIG_KEY_CHECKPOINT_NS):
         at.next_node(node)
 

@@ -16,11 +16,16 @@ import pytest
 from langgraph_sdk import get_client
 
 from graphs.runtime import JourneyRuntime
+from server.app import create_app
 from server.plugins import plugin_registry
 from server.queues.procrastinate import QUEUE, RUN_JOBS, RUN_TASK, RunJobs, build_app, cancelled_again, handed_over
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore
-from tests.test_worker_shutdown import SLOW, calls_of, distributed, run_row, wait_for_call
+from server.settings import Settings
+from tests import slow_agents
+from tests.server_support import serving
+from tests.test_worker_shutdown import SLOW, calls_of, distributed, run_row, steps_started, wait_for_call
+from tests.test_worker_terminate import ended_as, moving
 
 pytestmark = pytest.mark.slow
 Notify = Callable[[str, str], Coroutine[Any, Any, None]]  # how a listening connection hands on a NOTIFY
@@ -54,6 +59,29 @@ async def test_a_cancelled_run_stops_though_its_job_lost_the_first_cancel(postgr
             await asyncio.sleep(6)  # past the end of the step's second wait (10 s), had it gone on
     assert status == "interrupted", workers.log("a").read_text()[-4000:]
     assert calls_of(workers.calls) == [("start", "s0", worker.pid)]  # s0 stopped, s1 never started
+
+
+async def test_a_step_ending_after_its_runs_cancel_was_lost_starts_no_next_step(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel lost in a step's work (as above) is made again only every 5 s (``LOST_CANCEL_S``): a step that
+    ended meanwhile went on to the next one, which began its agent call before the cancel came again (and a run of
+    short steps could end "success" first). A step of a run whose graph call was cancelled now never begins: the
+    run stops at the next step boundary at the latest. A server executing its runs itself (the same engine as a
+    worker's), steps of 2 s, the first call losing the cancel."""
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("JOURNEYS_CALLS", str(calls))  # the slow agent runs in this process
+    monkeypatch.setenv("JOURNEYS_SLOW_S", "2")  # ends its second wait before the cancel is made again (5 s)
+    monkeypatch.setenv("JOURNEYS_DROP_FIRST_CANCEL", "1")
+    monkeypatch.setattr(slow_agents, "_DROPPED", [])  # this process's first call loses it, whatever ran before
+    settings = Settings(database_url=sqlite_url, auth=False)
+    with serving(create_app(settings, runtime_options={"agents": plugin_registry(SLOW[1])})) as base:
+        async with get_client(url=base, api_key=None) as client:
+            thread, run, _instance = await moving(client, "ana")
+            await steps_started(calls, 1)
+            await client.runs.cancel(thread, run)
+            assert await ended_as(client, thread, run) == "interrupted"
+    assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "a"), ("done", "a")]
 
 
 async def test_a_run_whose_abort_lands_before_its_jobs_task_starts_ends_interrupted(

@@ -41,7 +41,7 @@ from graphs.errors import (
 )
 from graphs.kernel.streaming import BREAKPOINT, NO_CALL, GraphCall, StreamSink, run_graph
 from nodes.services import CHAIN_FLAG, REPLAY_FLAG, NodeServices
-from nodes.telemetry import InstanceTelemetry, observed_node, run_observed
+from nodes.telemetry import InstanceTelemetry, ObservedRun, observed_node, run_observed
 
 GraphFactory = Callable[[], StateGraph[Any]]
 # What a run ended with: its output (values, with ``__interrupt__`` when it stopped at one) or, for a
@@ -388,7 +388,7 @@ class JourneyEngine:
             async with self.store.events.writing_behind(instance_id, behind):
                 try:
                     output = await _to_its_end(
-                        run_graph(graph, value, config, durability, options.stream, options.call), observed.working
+                        run_graph(graph, value, config, durability, options.stream, options.call), observed
                     )
                 except GraphRecursionError as exc:  # a loop with no way out: the instance's failure, typed
                     raise RecursionLimitError(f"journey {instance_id!r} did not stop: {exc}") from exc
@@ -450,16 +450,17 @@ def _database_went_away(error: Exception) -> bool:
     return unreachable(error) is not None or conflicted(error) is not None
 
 
-async def _to_its_end(call: Awaitable[T], working: Callable[[], bool]) -> T:
+async def _to_its_end(call: Awaitable[T], observed: ObservedRun) -> T:
     """A run's graph call, made in a task of its own that a cancel of the caller reaches once: LangGraph then writes
     the run's last checkpoint and pending writes on its way out and waits for them (its loop's exit), and a second
     cancel landing in that wait (a re-cancel of a cancel that looked lost, a second ``runs.cancel``, a shutdown)
     would cut it short, so that they landed after the run's halt was recorded and its journey let go. The caller
     returns, or raises, once the call has ended, its writes landed; further cancels of the caller are answered then.
 
-    ``working``: whether a node of the run is at work. A cancel lost in a node's wait leaves it at work, and the
-    call is cancelled again every :data:`LOST_CANCEL_S`; once its nodes have stopped it is only writing, and is
-    cancelled again, with an error logged, only past :data:`UNWIND_S`."""
+    ``observed``: the run, whose nodes say whether one is at work. A cancel lost in a node's wait leaves it at work,
+    and the call is cancelled again every :data:`LOST_CANCEL_S`; once its nodes have stopped it is only writing, and
+    is cancelled again, with an error logged, only past :data:`UNWIND_S`. No step of it begins once it was cancelled
+    (``ObservedRun.stop``): a node whose work lost the cancel and ended does not go on to the next step meanwhile."""
     running = asyncio.ensure_future(call)
     try:
         return await asyncio.shield(running)
@@ -478,13 +479,14 @@ async def _to_its_end(call: Awaitable[T], working: Callable[[], bool]) -> T:
             raise
         if (on_cancel := ON_CANCEL.get()) is not None:
             on_cancel.taken()
+        observed.stop()
         running.cancel()
         clock = asyncio.get_running_loop()
         since = clock.time()
 
         def looked() -> None:
             nonlocal since
-            if working():
+            if observed.working():
                 log.warning("a run's cancel was lost in a node's work; it is cancelled again")
                 running.cancel()
             elif clock.time() - since >= UNWIND_S:
