@@ -239,7 +239,7 @@ async def fire_due_timers(
         await resuming
     except Exception:
         fired.close()
-        await asyncio.wait([resuming])  # the threads fired before a failure to fire go on; the pass fails with it
+        await asyncio.gather(resuming, return_exceptions=True)  # those fired before a failure go on; the pass fails
         raise
     finally:
         if not resuming.done():  # the pass was cancelled: so are the continuations under way
