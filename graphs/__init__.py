@@ -17,6 +17,7 @@ from checkpoints.errors import (
 )
 from checkpoints.retention import RetentionPolicy
 from graphs.errors import (
+    CompensationFailedError,
     EntryCriteriaNotMetError,
     ForkPointError,
     ForkUnsupportedError,
@@ -113,6 +114,7 @@ __all__ = [
 ]
 # Processes (BPMN-style elements, durable timers, the inbox, messages, versions).
 __all__ += [
+    "CompensationFailedError",
     "MigrationRefusedError",
     "ProcessInstanceNotFoundError",
     "ProcessSpec",

@@ -379,6 +379,15 @@ class MapFailedError(JourneyError):
     category = "failed"
 
 
+class CompensationFailedError(JourneyError):
+    """An undo failed for good (after its retries): the rollback stopped there, and the steps it had not undone
+    yet stay done. The instance stands failed at the element that was rolling back, as Temporal and Camunda fail
+    a saga whose compensation fails; its retry resumes the rollback at that undo (nothing undone is undone again,
+    the step that failed is not run again)."""
+
+    category = "failed"
+
+
 class PatternRegistrationError(JourneyError):
     """A pattern cannot be registered: its name is taken, or its assistant has another id."""
 

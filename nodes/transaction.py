@@ -4,7 +4,10 @@ ones that were done, last first.
 The same ideas as the saga's compensation subgraph (``nodes.compensation``), without a retry loop of
 its own: every do and undo is one call on the shared agent path (registry → policy → retry → event),
 keyed ``<name>:do:<i>`` / ``<name>:undo:<i>`` and looked up in the event log first, so running the
-whole transaction again after a crash repeats nothing that already happened.
+whole transaction again after a crash repeats nothing that already happened. A step that failed for good is
+logged (``transaction.step_failed``, keyed ``<name>:do:<i>:failed``) before its undos run: running the
+transaction again (the retry of an undo that failed for good) goes straight back to undoing, without calling
+the failed step again, and resumes at the undo that failed (those done replay from the log).
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from langchain_core.runnables import RunnableConfig
 
 from agents.errors import AgentError
 from agents.resilience import RetrySettings
+from checkpoints.events import NewEvent
 from nodes.agent_call import Recording
 from nodes.service_task import perform_task
-from nodes.services import NodeServices
+from nodes.services import NodeServices, thread_id
 
 # Undo must get through: more patient than a forward step.
 UNDO_RETRY = RetrySettings(max_attempts=5, initial_delay=0.05, max_delay=2.0)
 
 Step = tuple[str, str | None]  # (intent that does it, intent that undoes it or None)
+STEP_FAILED = "transaction.step_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,13 @@ async def execute_with_compensation(
 ) -> TransactionOutcome:
     """Run ``steps`` under the key prefix ``name`` (unique per run of the transaction)."""
     outputs: list[dict[str, Any]] = []
+    instance_id = thread_id(config)
     for index, (do, undo) in enumerate(steps):
+        failed_key = f"{name}:do:{index}:failed"
+        if (failed := await services.events.find_by_key(instance_id, failed_key)) is not None:
+            # Failed for good in an earlier run of the transaction, whose undo did not finish: not called again.
+            failure = dict(failed.payload)
+            return await _undo(services, config, steps, outputs, failure, name, element, payload, undo_retry)
         try:
             outcome = await perform_task(
                 services,
@@ -69,6 +80,7 @@ async def execute_with_compensation(
             )
         except AgentError as exc:
             failure = {"index": index, "intent": do, "error": str(exc), "error_type": exc.code}
+            await services.events.append(instance_id, [NewEvent(STEP_FAILED, failure, element, failed_key)])
             return await _undo(services, config, steps, outputs, failure, name, element, payload, undo_retry)
         outputs.append(outcome.output)
     return TransactionOutcome("completed", outputs)

@@ -127,6 +127,7 @@ STATUS_BY_CODE = {
             "AgentTimeoutError",
             "BulkheadFullError",
             "CircuitOpenError",
+            "CompensationFailedError",
             "MapFailedError",
             "NoFlowError",
             "PermanentAgentError",

@@ -159,6 +159,47 @@ async def test_marketing_campaign_forks_content_asks_for_approval_and_launches_o
         assert no["outcome"] == "rejected"
 
 
+async def test_a_marketing_campaign_whose_rollback_fails_stands_failed_until_its_retry_rolls_it_back(
+    store_url: str,
+) -> None:
+    """The campaign's email failed and unpublishing the blog failed for good: the instance ended ``rolled_back``
+    with the blog still online. Now it stands failed at the launch, and its retry unpublishes the blog (the
+    social posts deleted before are not deleted again, nothing is published again) and ends ``rolled_back``."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("content.create_blog", "content.create_email", "content.create_social"):
+            calls.register(rt, intent, {"draft": intent, "posts": []})
+        for intent in ("channels.publish_blog", "channels.post_social", "channels.delete_social_posts"):
+            calls.register(rt, intent, {"ok": True})
+        rt.agents.register("channels.send_email", calls.failing("channels.send_email"), replace=True)
+        unpublish = calls.flaky(rt, "channels.unpublish_blog", {"ok": True})
+        await rt.processes.deploy_template("marketing_campaign")
+        view = await rt.processes.start("marketing_campaign", "campaign-9")
+        [task] = await rt.processes.inbox.list_tasks(group="marketing-leads")
+        stuck = await rt.processes.inbox.complete(
+            task["task_id"], user="lea", groups=["marketing-leads"], payload={"approved": True}
+        )
+        assert (stuck["status"], stuck["failed_element"], stuck["outcome"]) == ("failed", "launch", None)
+        assert "channels.unpublish_blog" in stuck["failure"]["error"]
+        channels = [i for i in calls.intents() if i.startswith("channels.")]
+        assert channels == [
+            "channels.publish_blog",
+            "channels.post_social",
+            "channels.send_email",
+            "channels.delete_social_posts",
+            "channels.unpublish_blog",
+        ]
+
+        unpublish["down"] = False
+        done = await rt.processes.retry(view["instance_id"])
+        assert (done["status"], done["outcome"], done["variables"]["launch_status"]) == (
+            "completed",
+            "rolled_back",
+            "compensated",
+        )
+        assert [i for i in calls.intents() if i.startswith("channels.")] == [*channels, "channels.unpublish_blog"]
+
+
 async def test_lead_qualification_routes_by_scores_and_a_silent_reviewer_disqualifies(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:

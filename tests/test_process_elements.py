@@ -443,20 +443,68 @@ async def test_a_failing_transaction_step_undoes_the_done_ones_in_reverse(store_
         assert calls.log[4][1]["original_output"] == {"ok": "post"}
 
 
-async def test_an_undo_that_fails_for_good_stops_the_rollback_and_says_which(store_url: str) -> None:
+async def test_an_undo_that_fails_for_good_fails_the_instance_and_its_retry_resumes_the_rollback(
+    store_url: str,
+) -> None:
+    """An undo that failed for good set the transaction's output to ``failed`` and the process went on (to an end
+    the flow took for a rollback). Now the instance fails at the transaction, naming the undo; its retry calls
+    that undo again, neither the forward steps (the one that failed included) nor the undos done."""
     async with runtime(store_url) as rt:
         calls = Calls()
         for intent in ("publish", "unpublish", "post", "mail"):
             calls.register(rt, intent)
-        rt.agents.register("delete_post", calls.failing("delete_post"), replace=True)
+        broken = calls.flaky(rt, "delete_post", {"deleted": True})
         rt.agents.register("bill", calls.failing("bill"), replace=True)
         rt.agents.register("refund", calls.agent("refund"), replace=True)
         await rt.processes.deploy(launch_spec())
         view = await rt.processes.start("launch", "campaign-3")
-        assert view["variables"]["launch_status"] == "failed"
-        assert "unpublish" not in calls.intents()
+
+        assert view["status"] == "failed" and view["failed_element"] == "launch"
+        assert view["failure"]["error_type"] == "CompensationFailedError"
+        assert "'delete_post'" in view["failure"]["error"]
+        assert "launch_status" not in view["variables"] and view["outcome"] is None
+        assert calls.intents() == ["publish", "post", "mail", "bill", "delete_post"]
+        history = await rt.processes.history(view["instance_id"])
+        [stopped] = [e for e in history if e.type == "transaction.undo_failed"]
+        assert stopped.payload["undo_failure"]["intent"] == "delete_post"
+        assert stopped.payload["failure"]["intent"] == "bill" and stopped.payload["undone"] == []
+        assert not [e for e in history if e.type == "transaction.finished"]
+        instance = await rt.store.index.get_instance(view["instance_id"])
+        assert instance is not None and instance.status == "failed"
+
+        # Still broken: the retry tries that undo again, and the instance stays failed there.
+        again = await rt.processes.retry(view["instance_id"])
+        assert again["status"] == "failed" and again["failed_element"] == "launch"
+        assert calls.intents()[5:] == ["delete_post"]
+
+        broken["down"] = False
+        retried = await rt.processes.retry(view["instance_id"])
+        assert retried["status"] == "completed" and retried["variables"]["launch_status"] == "compensated"
+        assert calls.intents()[6:] == ["delete_post", "unpublish"]  # nothing done again but the rollback's rest
         [finished] = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "transaction.finished"]
-        assert finished.payload["undo_failure"]["intent"] == "delete_post"
+        assert finished.payload["undone"] == ["post", "publish"] and finished.payload["failure"]["intent"] == "bill"
+
+
+async def test_a_plain_transaction_whose_undo_fails_says_so_and_its_instance_resumes_the_rollback(
+    store_url: str,
+) -> None:
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("create_issue", "update_db", "rollback_db"):
+            calls.register(rt, intent)
+        broken = calls.flaky(rt, "delete_issue")
+        rt.agents.register("send_email", calls.failing("send_email"), replace=True)
+        steps = [("create_issue", "delete_issue"), ("update_db", "rollback_db"), ("send_email", None)]
+        outcome = await rt.transaction.execute_with_compensation(steps)
+        assert outcome["status"] == "failed" and outcome["undone"] == ["update_db"]
+        assert outcome["undo_failure"]["intent"] == "delete_issue" and outcome["failure"]["intent"] == "send_email"
+
+        broken["down"] = False
+        retried = await rt.processes.retry(outcome["instance_id"])
+        assert retried["status"] == "completed" and retried["variables"]["status"] == "compensated"
+        # delete_issue twice: failing, then on the retry (nothing else called again).
+        done = ["create_issue", "update_db", "send_email", "rollback_db", "delete_issue", "delete_issue"]
+        assert calls.intents() == done
 
 
 def saga_spec() -> dict[str, Any]:

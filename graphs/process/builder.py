@@ -31,7 +31,7 @@ from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs
 from agents.errors import AgentError
 from checkpoints.events import NewEvent
 from checkpoints.process.waits import cancel_pending
-from graphs.errors import MapFailedError, NoFlowError
+from graphs.errors import CompensationFailedError, MapFailedError, NoFlowError
 from graphs.process.blocks import Level, analyse, is_fork, is_join
 from graphs.process.spec import (
     EndEvent,
@@ -59,6 +59,7 @@ from nodes.variables import Cell, assign, pick, values
 from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_arm_node, make_wait_node
 
 COMPENSATE = "compensate"
+UNDO_FAILED = "transaction.undo_failed"  # a transaction's rollback stopped at an undo that failed for good
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 
@@ -443,12 +444,25 @@ class _Builder:
                 granted_permissions=self.granted,
                 granted_intents=self.intents,
             )
+            if outcome.status == "failed":
+                # Not an outcome the flow goes on from: the instance fails here, and its retry runs the transaction
+                # again, which resumes the rollback at the undo that failed.
+                stopped = {"undone": outcome.undone, "failure": outcome.failure, "undo_failure": outcome.undo_failure}
+                await node.events.append(instance_id, [NewEvent(UNDO_FAILED, stopped, transaction.id)])
+                undo = outcome.undo_failure or {}
+                raise CompensationFailedError(
+                    f"transaction {transaction.id!r} could not be rolled back: undo {undo.get('intent')!r} of step "
+                    f"{undo.get('index')} failed for good ({undo.get('error')}); steps {outcome.undone} were undone. "
+                    "Retry the instance to resume the rollback there",
+                    element=transaction.id,
+                    **stopped,
+                )
             cells, changes = assign(state.get("variables"), {transaction.output_variable: outcome.status})
             record = {
                 "status": outcome.status,
                 "undone": outcome.undone,
                 "failure": outcome.failure,
-                "undo_failure": outcome.undo_failure,
+                "undo_failure": None,
                 "changes": changes,
             }
             await node.events.append(

@@ -393,7 +393,8 @@ class CompensableStep(BaseModel):
 
 class Transaction(_Element):
     """``execute_with_compensation``: the steps run in order; when one fails, the done ones are undone in
-    reverse. ``output`` receives ``completed``, ``compensated`` or ``failed``."""
+    reverse. ``output`` receives ``completed`` or ``compensated``. An undo that fails for good fails the instance
+    there (``CompensationFailedError``): its retry resumes the rollback at that undo."""
 
     type: Literal["transaction"] = "transaction"
     steps: tuple[CompensableStep, ...] = Field(min_length=1)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from checkpoints.events import Event
 from graphs.errors import InvalidInputError
+from graphs.process.builder import UNDO_FAILED
 from graphs.process.spec import EndEvent, ProcessSpec, StartEvent, Transaction
 
 _ELEMENT = "transaction"
@@ -51,7 +52,9 @@ class Transactions:
 
         Returns ``status`` (``completed``, ``compensated`` or ``failed`` when an undo itself failed for
         good), each done step's ``outputs``, the intents ``undone``, the ``failure`` and any
-        ``undo_failure``, with the ``instance_id`` of the process instance that ran it."""
+        ``undo_failure``, with the ``instance_id`` of the process instance that ran it. Failed, that
+        instance stands failed at the undo (an incident): ``runtime.processes.retry(instance_id)`` resumes
+        the rollback there."""
         if not isinstance(steps, Sequence) or isinstance(steps, str) or not steps:
             raise InvalidInputError("steps must be a non-empty list of (do, undo) pairs")
         element = Transaction(id=_ELEMENT, steps=list(steps), output="status")
@@ -66,14 +69,15 @@ class Transactions:
             process.name, business_key or f"tx-{uuid.uuid4().hex[:12]}", variables=variables or {}
         )
         history = await self._processes.history(view["instance_id"])
-        finished = next(e.payload for e in reversed(history) if e.type == "transaction.finished")
+        # Finished, or stopped at an undo that failed for good (the instance stands failed there).
+        ended = next(e for e in reversed(history) if e.type in ("transaction.finished", UNDO_FAILED))
         return {
             "instance_id": view["instance_id"],
-            "status": finished["status"],
+            "status": ended.payload["status"] if ended.type == "transaction.finished" else "failed",
             "outputs": [e.payload.get("output") for e in history if e.type == "transaction.step_completed"],
-            "undone": finished["undone"],
-            "failure": finished["failure"],
-            "undo_failure": finished["undo_failure"],
+            "undone": ended.payload["undone"],
+            "failure": ended.payload["failure"],
+            "undo_failure": ended.payload["undo_failure"],
         }
 
 
