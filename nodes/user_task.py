@@ -41,14 +41,22 @@ def validate_resume_value(value: object, schema: Mapping[str, Any] | None, *, ta
 
 
 def make_user_task_node(
-    task: str, request: Mapping[str, Any], schema: Mapping[str, Any] | None, output_key: str
+    task: str,
+    request: Mapping[str, Any],
+    schema: Mapping[str, Any] | None,
+    output_key: str,
+    *,
+    schema_of: Callable[[object], Mapping[str, Any] | None] | None = None,
 ) -> Callable[[Any], dict[str, Any]]:
-    """A node that asks a human for ``task`` and writes the validated answer to ``output_key``."""
+    """A node that asks a human for ``task`` and writes the validated answer to ``output_key``. ``schema_of``:
+    the schema an answer is checked against when that depends on the answer (a report that the task failed is
+    not checked as a result); ``schema`` is the one the request shows."""
     payload = {"task": task, **request, "schema": schema}
 
     def ask(_state: Any) -> dict[str, Any]:
         answer = interrupt(payload)
-        return {output_key: validate_resume_value(answer, schema, task=task)}
+        checked = schema if schema_of is None else schema_of(answer)
+        return {output_key: validate_resume_value(answer, checked, task=task)}
 
     ask.__name__ = f"ask_{task}"
     return ask

@@ -73,6 +73,53 @@ async def test_problems_have_a_stable_type_per_error_class(http: httpx.AsyncClie
     assert status["pattern"] == "structured" and status["current_step"] == "upload_content"
 
 
+COUNTED_FILES = {
+    "journey_type": "file_count",
+    "steps": [
+        {
+            "step_id": "count",
+            "input_schema": {"type": "object", "properties": {"files": {"type": "integer"}}, "required": ["files"]},
+        },
+        {"step_id": "archive"},
+    ],
+}
+
+
+async def test_a_user_reports_a_step_failed_over_http_though_its_schema_requires_success_fields(
+    http: httpx.AsyncClient,
+) -> None:
+    """The report was refused, 422 ResumeValueError ('files' is a required property), by the journey endpoint
+    and by a run resuming the thread alike. Now both fail the journey at the step, and its retry asks again."""
+    ops = {"x-api-key": "ops-key"}
+    report = {"status": "failed", "error": "the share is unreachable"}
+    design = await http.post(
+        "/journeys/structured/designs", json={"journey_type": "file_count", "spec": COUNTED_FILES}, headers=ops
+    )
+    assert design.status_code == 200, design.text
+    journey_id = design.json()["journey_id"]
+    started = await http.post(f"/journeys/structured/{journey_id}/executions", json={"user_id": "ana"}, headers=ops)
+    assert started.status_code == 200, started.text
+    advanced = await http.post(
+        f"/journeys/structured/{journey_id}/users/ana/advance", json={"step_result": report}, headers=ops
+    )
+    assert advanced.status_code == 200, advanced.text
+    assert (advanced.json()["status"], advanced.json()["failed_step"]) == ("failed", "count")
+    retried = await http.post(f"/journeys/structured/{journey_id}/users/ana/retry", headers=ops)
+    assert retried.status_code == 200 and retried.json()["current_step"] == "count", retried.text
+
+    thread = (await http.post("/threads", json={}, headers=ops)).json()["thread_id"]
+    first = {"assistant_id": "structured", "input": {"journey_type": "file_count", "spec": COUNTED_FILES}}
+    assert (await http.post(f"/threads/{thread}/runs/wait", json=first, headers=ops)).status_code == 200
+    resumed = await http.post(
+        f"/threads/{thread}/runs/wait", json={"assistant_id": "structured", "command": {"resume": report}}, headers=ops
+    )
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["__error__"]["error"] == "StepReportedFailedError"  # the run failed, as the user said
+    instance_id = (await http.get(f"/threads/{thread}", headers=ops)).json()["metadata"]["instance_id"]
+    status = (await http.get(f"/journeys/{instance_id}/status", headers=ops)).json()
+    assert (status["status"], status["failed_step"]) == ("failed", "count")
+
+
 async def test_user_tasks_only_for_their_assignee_or_group(http: httpx.AsyncClient) -> None:
     ops, bob = {"x-api-key": "ops-key"}, {"x-api-key": "bob-key"}
     process = {

@@ -546,6 +546,51 @@ async def test_a_step_the_user_reports_failed_fails_the_journey_and_its_retry_as
         assert [e.type for e in history].count("step.retried") == 1
 
 
+COUNTED_FILES = {
+    "journey_type": "file_count",
+    "steps": [
+        {
+            "step_id": "count",
+            "agent": "count_files",
+            "input_schema": {
+                "type": "object",
+                "properties": {"files": {"type": "integer"}},
+                "required": ["files"],
+                "additionalProperties": False,
+            },
+        },
+        {"step_id": "archive", "agent": "archive", "mode": "auto"},
+    ],
+}
+
+
+async def test_a_step_whose_schema_requires_its_success_fields_takes_a_failure_report(store_url: str) -> None:
+    """A user could not report such a step failed: the report was refused (ResumeValueError) for lacking the
+    success fields. It is checked as a report (``error``, if given, a string) and fails the journey there."""
+    async with JourneyRuntime.open(store_url) as rt:
+        count = RecordingAgent("count_files")
+        rt.agents.register("count_files", count, replace=True)
+        rt.agents.register("archive", RecordingAgent("archive"), replace=True)
+        design = await rt.structured.design_journey("file_count", spec=COUNTED_FILES)
+        journey_id = design["journey_id"]
+        await rt.structured.execute_journey(journey_id, "ana", {})
+        before = await snapshot(rt, journey_id, "ana")
+        with pytest.raises(ResumeValueError, match="at error"):  # a report is checked as one: nothing applied
+            await rt.structured.advance_journey_step(journey_id, "ana", {"status": "failed", "error": 3})
+        assert await snapshot(rt, journey_id, "ana") == before
+
+        reported = await rt.structured.advance_journey_step(
+            journey_id, "ana", {"status": "failed", "error": "the share is unreachable"}
+        )
+        assert (reported["status"], reported.get("failed_step"), count.calls) == ("failed", "count", {})
+        retried = await rt.structured.retry_journey_step(journey_id, "ana")
+        assert (retried["current_step"], retried["awaiting_input"]) == ("count", True)
+        done = await rt.structured.advance_journey_step(journey_id, "ana", {"files": 4})
+        assert done["status"] == "completed"
+        (payload,) = count.effects.values()
+        assert payload["step_result"] == {"files": 4}
+
+
 async def test_an_agent_output_reporting_failure_is_a_failed_attempt_not_a_completion(store_url: str) -> None:
     # It completed before: {"status": "failed"} was logged as the step's output and the journey went on.
     outputs = iter([{"status": "failed", "error": "quota exceeded"}, {"status": "failed"}, {"status": "complete"}])

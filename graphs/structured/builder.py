@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Literal, cast
 
 import jsonschema
@@ -169,9 +169,30 @@ class StructuredState(TypedDict, total=False):
     compensation_failure: dict[str, Any] | None
 
 
+# What a user's report that a step failed is checked against, instead of the step's input_schema (which describes
+# the result of a step that succeeded, so that a report could not pass it).
+FAILURE_REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"const": REPORTED_FAILED},
+        "error": {"type": "string", "description": "why the step failed"},
+        "step_id": {"type": "string"},
+    },
+    "required": ["status"],
+}
+
+
 def reported_failed(result: Mapping[str, Any] | None) -> bool:
     """Whether a user step's result says the step failed (``{"status": "failed", "error": "why"}``)."""
     return result is not None and result.get("status") == REPORTED_FAILED
+
+
+def result_schema(step: Step, result: object) -> dict[str, Any] | None:
+    """The schema a user's ``result`` for ``step`` is checked against: the step's ``input_schema``, or, for a
+    report that the step failed, :data:`FAILURE_REPORT_SCHEMA`."""
+    if isinstance(result, Mapping) and reported_failed(result):
+        return FAILURE_REPORT_SCHEMA
+    return step.input_schema
 
 
 def validate_structured(spec: StructuredSpec, registry: AgentRegistry | None = None) -> list[str]:
@@ -282,7 +303,11 @@ def build_structured_graph(
     for step in spec.steps:
         if step.mode == "user":
             ask = make_user_task_node(
-                step.step_id, {"kind": "step_input", "title": step.title}, step.input_schema, "step_input"
+                step.step_id,
+                {"kind": "step_input", "title": step.title},
+                step.input_schema,
+                "step_input",
+                schema_of=partial(result_schema, step),
             )
             builder.add_node(await_node(step.step_id), cast(Any, ask))
             builder.add_edge(await_node(step.step_id), step.step_id)

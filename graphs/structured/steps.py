@@ -60,6 +60,7 @@ from graphs.structured.builder import (
     StructuredState,
     await_node,
     reported_failed,
+    result_schema,
 )
 from nodes.agent_call import CIRCUIT_OPEN_TASK
 from nodes.compensation import COMPENSATION_RETRIED, COMPLETED_STEP, SAGA_COMPENSATED, step_key
@@ -232,7 +233,7 @@ class StepJourneys:
                     allowed=[current],
                     current_step=current,
                 )
-            schema = spec.step(current).input_schema
+            schema = result_schema(spec.step(current), step_result)
             if standing.waiting is not None and standing.waiting.get("kind") == CIRCUIT_OPEN_TASK:
                 schema = spec.step(current).output_schema  # a person answers in the agent's place
             result = validate_resume_value(step_result, schema, task=current)
