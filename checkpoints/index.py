@@ -29,6 +29,7 @@ class Design:
     journey_type: str
     spec: dict[str, Any]
     created_at: datetime
+    tenant: str | None = None  # the tenant whose caller saved it, the only one that starts it (None: shared)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ _SAVE_DESIGN = insert(journey_designs).values(
     journey_type=bindparam("p_journey_type", type_=_designs.journey_type.type),
     spec=bindparam("p_spec", type_=_designs.spec.type),
     created_at=bindparam("p_created_at", type_=_designs.created_at.type),
+    tenant=bindparam("p_tenant", type_=_designs.tenant.type),
 )
 _GET_DESIGN = select(journey_designs).where(_designs.journey_id == bindparam("p_journey_id"))
 _DESIGNS_OF_TYPE = (
@@ -128,9 +130,12 @@ class JourneyIndex:
         """Tell ``listener`` of every instance this index registers."""
         self._listeners.append(listener)
 
-    async def save_design(self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any]) -> Design:
-        """Store a design under ``journey_id``; DuplicateDesignError when one is stored already (on every
-        backend alike: a design stored under its content's id may be saved by two starts at once)."""
+    async def save_design(
+        self, journey_id: str, pattern: str, journey_type: str, spec: dict[str, Any], *, tenant: str | None = None
+    ) -> Design:
+        """Store a design under ``journey_id``, ``tenant``'s (None: shared); DuplicateDesignError when one is stored
+        already (on every backend alike: a design stored under its content's id may be saved by two starts at
+        once)."""
         now = self._clock.now()
         values = {
             "p_journey_id": journey_id,
@@ -138,6 +143,7 @@ class JourneyIndex:
             "p_journey_type": journey_type,
             "p_spec": spec,
             "p_created_at": now,
+            "p_tenant": tenant,
         }
         try:
             await self._backend.write([_SAVE_DESIGN], values)
@@ -145,7 +151,7 @@ class JourneyIndex:
             if not self._backend.is_unique_violation(exc):
                 raise
             raise DuplicateDesignError(f"design {journey_id!r} is stored already", journey_id=journey_id) from exc
-        return Design(journey_id, pattern, journey_type, spec, now)
+        return Design(journey_id, pattern, journey_type, spec, now, tenant)
 
     async def get_design(self, journey_id: str) -> Design | None:
         found = await self._backend.read(_GET_DESIGN, {"p_journey_id": journey_id})

@@ -96,6 +96,12 @@ def acting_as(owner: Owner | None) -> Iterator[None]:
         _ACTING.reset(token)
 
 
+def usable_by(owner: Owner | None, tenant: str | None) -> bool:
+    """Whether ``owner`` (None: the runtime itself) may use an object of ``tenant`` that other tenants do not see (a
+    journey design): its own tenant's, or a shared one (``tenant`` None)."""
+    return owner is None or tenant is None or tenant == owner.tenant
+
+
 def current_owner() -> Owner | None:
     """The owner of an object created now: the caller the server is acting for, or None."""
     return _ACTING.get()

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from checkpoints.assistants import AssistantFilter, AssistantStore
 from checkpoints.database import create_engine_for
 from checkpoints.events import NewEvent
+from checkpoints.ownership import Owner, acting_as
 from checkpoints.rebuild import rebuild_instance_index
 from checkpoints.schema import ddl, lifecycle_tables, migrations, resilience_tables  # noqa: F401  (their tables join the metadata checked here)
 from checkpoints.schema.migrations import LATEST, MIGRATIONS, Migration, migrate
@@ -70,12 +71,14 @@ DROP SEQUENCE journey_events_instance_no;
 DROP INDEX ix_journey_instances_created;
 DROP INDEX ix_journey_designs_type;
 ALTER TABLE journey_instances DROP COLUMN held;
+ALTER TABLE journey_designs DROP COLUMN tenant;
 """
-# Migrations 30 and 31 taken away again.
-UNDO_MIGRATIONS_30_31 = (
+# Migrations 30 to 32 taken away again.
+UNDO_MIGRATIONS_FROM_30 = (
     "DROP INDEX ix_journey_instances_created",
     "DROP INDEX ix_journey_designs_type",
     "ALTER TABLE journey_instances DROP COLUMN held",
+    "ALTER TABLE journey_designs DROP COLUMN tenant",
 )
 # Migration 21 taken away again on PostgreSQL (an empty event log): keyed by (instance_id, seq) as before it.
 UNDO_MIGRATION_21 = (
@@ -210,7 +213,7 @@ async def test_runs_made_before_outputs_were_kept_get_the_new_columns(durable_ur
             for statement in undo_migration_25(conn.dialect.name):
                 await conn.execute(text(statement))
             await conn.execute(text("DROP INDEX ix_journey_instances_updated"))  # migration 20
-            for statement in UNDO_MIGRATIONS_30_31:
+            for statement in UNDO_MIGRATIONS_FROM_30:
                 await conn.execute(text(statement))
             if conn.dialect.name == "postgresql":  # (SQLite's rebuilds the event table whatever it was)
                 await conn.execute(text("DROP INDEX uq_journey_events_key"))
@@ -658,6 +661,39 @@ async def test_assistants_made_before_migration_28_are_found_by_name_whatever_th
         store = AssistantStore(rt.store.backend, rt.store.clock)
         for name in ("école", "STRASSE", "ole st"):
             assert [a.assistant_id for a in await store.search(AssistantFilter(name=name))] == ["a-1"], name
+
+
+async def test_designs_stored_before_migration_32_stay_every_tenants(durable_url: str) -> None:
+    """Migration 32: a design belongs to the tenant whose caller saved it; those stored before it belong to none, so
+    every tenant starts them as before (the journeys of any tenant running them go on too)."""
+    engine = create_engine_for(parse_store_url(durable_url))
+    made = datetime(2026, 1, 1, tzinfo=UTC)
+    spec = {"journey_type": "intake", "steps": [{"step_id": "collect"}, {"step_id": "review"}]}
+    try:
+        assert await migrate(engine, upto=31) == [m.version for m in MIGRATIONS if m.version <= 31]
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO journey_designs (journey_id, pattern, journey_type, spec, created_at) "
+                    "VALUES ('journey_old', 'structured', 'intake', :spec, :at)"
+                ),
+                {"spec": json.dumps(spec), "at": made},
+            )
+    finally:
+        await engine.dispose()
+
+    async with JourneyRuntime.open(durable_url) as rt:
+        async with rt.store.engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+        design = await rt.store.index.get_design("journey_old")
+        assert design is not None and design.tenant is None
+        for owner in (Owner("ana", "acme"), Owner("bo", "globex"), None):
+            with acting_as(owner):
+                user = owner.principal if owner else "rt"
+                assert (await rt.structured.execute_journey("journey_old", user))["current_step"] == "collect"
+        with acting_as(Owner("ana", "acme")):
+            mine = (await rt.structured.design_journey("intake", spec=spec))["journey_id"]
+        assert (await rt.store.index.get_design(mine)).tenant == "acme"  # type: ignore[union-attr]
 
 
 async def test_journeys_listed_newest_first_and_designs_looked_up_by_type_read_an_index(

@@ -93,6 +93,7 @@ class DeploymentStore:
                         journey_type=design.journey_type,
                         spec=design.spec,
                         created_at=design.created_at,
+                        tenant=design.tenant,
                     )
                 )
                 await conn.execute(

@@ -1436,3 +1436,10 @@ V31_HELD: DDL = {
     "sqlite": ("ALTER TABLE journey_instances ADD COLUMN held JSON",),
     "postgresql": ("ALTER TABLE journey_instances ADD COLUMN held JSONB",),
 }
+
+# Migration 32: the tenant whose caller saved a journey design (a structured journey's, a saga's, a process
+# version's); no other tenant starts it. NULL: shared, as every design stored before it and those the runtime saves
+# itself (in-process, a plugin) are.
+V32_DESIGN_TENANTS: DDL = dict.fromkeys(
+    ("sqlite", "postgresql"), ("ALTER TABLE journey_designs ADD COLUMN tenant VARCHAR(100)",)
+)

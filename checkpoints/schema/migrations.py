@@ -120,6 +120,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(29, "server threads may have a time-to-live: deleted once they expire", ddl.V29_THREAD_TTL),
     Migration(30, "indexes for journeys listed newest first and designs looked up by type", ddl.V30_LISTING_INDEXES),
     Migration(31, "journey instances say what holds them back: agents no process serving them has", ddl.V31_HELD),
+    Migration(32, "journey designs belong to the tenant that saved them", ddl.V32_DESIGN_TENANTS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -73,6 +73,7 @@ journey_designs = Table(
     Column("journey_type", String(100), nullable=False),
     Column("spec", JsonType, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("tenant", String(100), nullable=True),  # whose design it is (migration 32; None: shared)
     Index("ix_journey_designs_type", "pattern", "journey_type"),  # migration 29
 )
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from agents.registry import AgentRegistry
 from checkpoints.errors import DuplicateDesignError
 from checkpoints.index import Design
+from checkpoints.ownership import current_owner, usable_by
 from graphs.errors import JourneyNotFoundError, SpecError, WrongPatternError
 from graphs.kernel.engine import JourneyEngine
 from graphs.kernel.instances import Instances
@@ -62,6 +63,14 @@ def validation_problems(exc: ValidationError) -> list[str]:
         and not (e["type"] == "string_type" and e["loc"][-1:] == ("str",) and below(e["loc"], len(e["loc"]) - 1))
     ]
     return [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in kept or errors]
+
+
+def saver_tenant() -> str | None:
+    """The tenant a design saved now belongs to: that of the caller the server acts for, whose tenant alone starts
+    it (as a process name is its deployer's); None, shared by every tenant, for one the runtime saves itself (used
+    in-process, a plugin's)."""
+    owner = current_owner()
+    return None if owner is None else owner.tenant
 
 
 def new_id(prefix: str) -> str:
@@ -145,18 +154,20 @@ class DesignBook:
         under a new id."""
         drafted = self.drafted(pattern, spec, prefix=prefix, agents=agents)
         design = await self.engine.store.index.save_design(
-            drafted.journey_id, pattern, drafted.journey_type, drafted.spec
+            drafted.journey_id, pattern, drafted.journey_type, drafted.spec, tenant=drafted.tenant
         )
         self.saved(design)
         return design
 
     def drafted(self, pattern: PatternName, spec: BaseModel, *, prefix: str = "journey", agents: bool = True) -> Design:
         """``spec`` checked (as :meth:`save` checks it) under a new id, not stored: for a caller that stores it
-        with what it belongs to, in one transaction (a process version's deploy), then tells :meth:`saved`."""
+        with what it belongs to, in one transaction (a process version's deploy), then tells :meth:`saved`. It is
+        the tenant's of the caller the server acts for (see :func:`saver_tenant`)."""
         self.check(pattern, spec, agents=agents)
         journey_type = str(getattr(spec, "journey_type", pattern))
         spec_json = spec.model_dump(mode="json")
-        return Design(new_id(prefix), pattern, journey_type, spec_json, self.engine.store.clock.now())
+        now = self.engine.store.clock.now()
+        return Design(new_id(prefix), pattern, journey_type, spec_json, now, saver_tenant())
 
     def saved(self, design: Design) -> None:
         """``design`` is stored: it is kept, as load() would parse it back (a design is usually started right
@@ -164,23 +175,32 @@ class DesignBook:
         self._remember(design, self._kinds(design.pattern).spec_type.model_validate(design.spec))
 
     async def save_shared(self, pattern: PatternName, spec: SpecT, *, prefix: str) -> tuple[Design, SpecT]:
-        """Check and store ``spec`` under an id made of its content, once: every call (in any process)
-        that saves the same spec gets the same design. A design known already is not checked again."""
+        """Check and store ``spec`` under an id made of its content and of the tenant whose caller saves it (see
+        :func:`saver_tenant`), once: every call (in any process) that saves the same spec for the same tenant gets
+        the same design; another tenant's is another. A design known already is not checked again."""
         digest = spec_digest(spec)[:24]
-        design_id = self._stored_as.get(f"{prefix}_{digest}", f"{prefix}_{digest}")
+        tenant = saver_tenant()
+        own = digest if tenant is None else hashlib.sha256(f"{tenant}:{digest}".encode()).hexdigest()[:24]
+        design_id = self._stored_as.get(f"{prefix}_{own}", f"{prefix}_{own}")
         cached = self._loaded.get(design_id)
         if cached is not None:
             self._loaded.move_to_end(design_id)
             return cached[0], cached[1]
         self.check(pattern, spec)
         index = self.engine.store.index
-        design = await index.get_design(design_id) or await self._stored_by_older_release(pattern, spec, prefix)
+        design = await index.get_design(design_id)
+        if design is None and tenant is None:  # older releases stored shared designs only
+            design = await self._stored_by_older_release(pattern, spec, prefix)
         if design is not None and design.journey_id != design_id:
             self._stored_as[design_id] = design.journey_id
         if design is None:
             with contextlib.suppress(DuplicateDesignError):  # saved meanwhile by another process: same content
                 design = await index.save_design(
-                    design_id, pattern, str(getattr(spec, "journey_type", pattern)), spec.model_dump(mode="json")
+                    design_id,
+                    pattern,
+                    str(getattr(spec, "journey_type", pattern)),
+                    spec.model_dump(mode="json"),
+                    tenant=tenant,
                 )
             design = design or await index.get_design(design_id)
         assert design is not None
@@ -198,14 +218,19 @@ class DesignBook:
         for stored in await self.engine.store.index.designs_of_type(
             pattern, str(getattr(spec, "journey_type", pattern))
         ):
-            if not stored.journey_id.startswith(f"{prefix}_"):  # a design of its own (design_journey), not shared
+            if not stored.journey_id.startswith(f"{prefix}_") or stored.tenant is not None:  # not a shared one
                 continue
             with contextlib.suppress(ValidationError):
                 if spec_digest(spec_type.model_validate(stored.spec)) == digest:
                     return stored
         return None
 
-    async def load(self, journey_id: str, patterns: tuple[PatternName, ...]) -> tuple[Design, Any]:
+    async def load(
+        self, journey_id: str, patterns: tuple[PatternName, ...], *, to_start: bool = False
+    ) -> tuple[Design, Any]:
+        """The design ``journey_id`` and its spec, of one of ``patterns``. ``to_start``: for a new run of it, which
+        only its tenant's callers start (another tenant's design is :class:`JourneyNotFoundError`, as if none
+        were stored); the runs started already go on whoever loads it."""
         spec: Any = None
         cached = self._loaded.get(journey_id)
         if cached is not None:
@@ -216,6 +241,8 @@ class DesignBook:
             cached = self._loaded.get(journey_id)
             if cached is not None:  # parsed meanwhile by a caller that shared the read
                 design, spec = cached
+        if to_start and not usable_by(current_owner(), design.tenant):
+            raise JourneyNotFoundError(f"no journey design with id {journey_id!r}", journey_id=journey_id)
         if design.pattern not in patterns:
             raise WrongPatternError(
                 f"journey {journey_id!r} is a {design.pattern} journey, not {' or '.join(patterns)}; "

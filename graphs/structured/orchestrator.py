@@ -13,7 +13,7 @@ from langgraph.types import StateSnapshot
 
 from checkpoints.ownership import DEFAULT_TENANT, current_owner
 from graphs.errors import InvalidInputError, JourneyNotStartedError
-from graphs.kernel.designs import DesignBook, parse_spec
+from graphs.kernel.designs import DesignBook, parse_spec, saver_tenant
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions
 from graphs.kernel.identifiers import checked_user_id
 from graphs.structured.builder import StructuredSpec
@@ -88,7 +88,7 @@ class StructuredOrchestrator:
         self._designs = designs
         self._runs = StepJourneys(designs, ("structured",))
         # The shared design made of an inline spec, by the content it was asked with (see :meth:`shared_design`).
-        self._shared: OrderedDict[str, str] = OrderedDict()
+        self._shared: OrderedDict[tuple[str | None, str], str] = OrderedDict()
         # The inline specs :meth:`check_design` found sound, by content and whether agents were checked.
         self._sound: OrderedDict[tuple[str, bool], None] = OrderedDict()
 
@@ -116,7 +116,9 @@ class StructuredOrchestrator:
         server's ``structured`` assistant) shares one design row. Start it with :meth:`start_run`."""
         # An inline spec asked for again (every first run of a client that sends its spec) is not parsed,
         # merged and hashed again: a design's content decides its id, and designs are never changed nor deleted.
-        asked = _content(journey_type, requirements, spec) if isinstance(spec, Mapping) else None
+        # Remembered per tenant: each tenant's callers have a design of their own (DesignBook.save_shared).
+        content = _content(journey_type, requirements, spec) if isinstance(spec, Mapping) else None
+        asked = None if content is None else (saver_tenant(), content)
         if asked is not None and (known := self._shared.get(asked)) is not None:
             self._shared.move_to_end(asked)
             return known
@@ -219,7 +221,7 @@ class StructuredOrchestrator:
             return await self._runs.advance(instance_id, step_result, step_id=step_id, options=run_options)
         except JourneyNotStartedError:
             # A saga's or a session's id: executing it would be refused too, so say whose it is instead.
-            await self._designs.load(journey_id, ("structured",))
+            await self._designs.load(journey_id, ("structured",), to_start=True)
             raise
 
     async def advance_run(

@@ -103,8 +103,8 @@ class StepJourneys:
         context = dict(started.payload.get("context") or {})
         return StartControls.of(None, None, spec.concurrency, context, journey_type=f"{pattern}.{spec.journey_type}")
 
-    async def _load(self, journey_id: str) -> tuple[str, StructuredSpec, Graph]:
-        design, spec = await self.designs.load(journey_id, self.patterns)
+    async def _load(self, journey_id: str, *, to_start: bool = False) -> tuple[str, StructuredSpec, Graph]:
+        design, spec = await self.designs.load(journey_id, self.patterns, to_start=to_start)
         return design.pattern, spec, self.designs.graph(design.pattern, spec)
 
     async def instance(self, instance_id: str) -> Instance:
@@ -139,7 +139,7 @@ class StepJourneys:
         the start context."""
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError(f"context must be a mapping, got {type(context).__name__}")
-        pattern, spec, graph = await self._load(journey_id)
+        pattern, spec, graph = await self._load(journey_id, to_start=True)
         if spec.evaluation is not None and (missing := self.instances.evaluation.missing(spec.evaluation)):
             raise EvaluatorError(f"register the evaluators {missing} in runtime.evaluators first", missing=missing)
         controls = StartControls.of(

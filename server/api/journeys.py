@@ -234,8 +234,9 @@ async def _structured(
 
 
 @router.post("/structured/designs", response_model=StructuredDesignOut, summary="Design a structured journey")
-async def design_structured(body: DesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.structured.design_journey(body.journey_type, body.requirements, spec=body.spec)
+async def design_structured(body: DesignIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    with svc.acting(caller):  # the design is the caller's tenant's
+        return await svc.runtime.structured.design_journey(body.journey_type, body.requirements, spec=body.spec)
 
 
 @router.post(
@@ -281,10 +282,11 @@ async def status_structured(journey_id: str, user_id: str, caller: Reader, svc: 
 
 
 @router.post("/sagas/designs", response_model=SagaDesignOut, summary="Design a saga")
-async def design_saga(body: SagaDesignIn, _c: Writer, svc: Services) -> dict[str, Any]:
-    return await svc.runtime.saga.design_saga_journey(
-        body.journey_type, body.requirements, body.compensation_handlers, spec=body.spec
-    )
+async def design_saga(body: SagaDesignIn, caller: Writer, svc: Services) -> dict[str, Any]:
+    with svc.acting(caller):  # the design is the caller's tenant's
+        return await svc.runtime.saga.design_saga_journey(
+            body.journey_type, body.requirements, body.compensation_handlers, spec=body.spec
+        )
 
 
 @router.post("/sagas/designs/{journey_id}/executions", response_model=SagaRunView, summary="Start a saga")
