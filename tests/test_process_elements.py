@@ -541,6 +541,42 @@ async def test_a_failing_service_task_compensates_the_completed_ones_in_reverse(
         assert instance is not None and instance.status == "compensated"
 
 
+async def test_a_compensation_that_fails_for_good_fails_the_instance_and_its_retry_resumes_the_undo(
+    store_url: str,
+) -> None:
+    """A compensation handler that failed for good left the instance 'failed' with nothing to retry: retry() was
+    refused (no failed node) and its view did not say which undo failed. Now it stands failed at the compensation,
+    its failure names the handler and the element, and its retry calls that handler again, neither the undos done
+    nor a forward task."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release", "notify_customer", "charge"):
+            calls.register(rt, intent, {"done": intent})
+        refund = calls.flaky(rt, "refund", {"refunded": True})
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        await rt.processes.deploy(saga_spec())
+        view = await rt.processes.start("saga", "order-2")
+
+        assert (view["status"], view["failed_element"]) == ("failed", "compensate")
+        assert view["failure"]["element"] == "ship"  # what the compensation undoes
+        stopped = view["compensation_failure"]
+        assert (stopped["element"], stopped["handler"], stopped["error_type"]) == (
+            "charge",
+            "refund",
+            "AgentCallFailedError",
+        )
+        assert view["compensated"] == []
+        assert calls.intents() == ["reserve", "notify_customer", "charge", "ship", "refund"]
+
+        refund["down"] = False
+        retried = await rt.processes.retry(view["instance_id"])
+        assert (retried["status"], retried["compensated"]) == ("compensated", ["charge", "reserve"])
+        assert "compensation_failure" not in retried
+        assert calls.intents()[5:] == ["refund", "release"]
+        instance = await rt.store.index.get_instance(view["instance_id"])
+        assert instance is not None and instance.status == "compensated"
+
+
 async def test_a_failure_without_compensation_leaves_the_instance_failed_and_retryable(store_url: str) -> None:
     async with runtime(store_url) as rt:
         calls = Calls()

@@ -433,6 +433,16 @@ async def test_process_task_and_message_answers_are_the_orchestrators_views(serv
     assert (fragile["status"], fragile["failed_element"]) == ("failed", "ship")
     await s.same("GET", f"/processes/instances/{fragile['instance_id']}", "processes.status")
     await s.status(fragile["instance_id"], "processes.status")
+    # A compensation that fails for good: failed at the compensation, which names the handler.
+    rt.agents.register("unreserve", FailingAgent("unreserve", permanent=True), replace=True)
+    await s.same("POST", "/processes", "processes.deploy", two_tasks("stuck", compensation="unreserve"))
+    stuck = await s.same("POST", "/processes/stuck/instances", "processes.start", {"business_key": "o-3"})
+    assert (stuck["status"], stuck["failed_element"], stuck["failure"]["element"]) == ("failed", "compensate", "ship")
+    assert (stuck["compensation_failure"]["element"], stuck["compensation_failure"]["handler"]) == (
+        "reserve",
+        "unreserve",
+    )
+    await s.same("GET", f"/processes/instances/{stuck['instance_id']}", "processes.status")
 
     # An SLA whose "notify" agent fails for good: an incident, which the status lists and the retry re-arms.
     breached = await s.same("POST", "/processes/expense/instances", "processes.start", {"business_key": "e-2"})

@@ -10,8 +10,9 @@ Elements become nodes and sequence flows become routes (``Command(goto=…)``):
 - a parallel fork has one subgraph per branch (``<fork>.branch<i>``), joined by a multi-source edge
   into the join node, so a branch that waits never holds up the others;
 - when the process declares compensations, a failing service task (after its retries) leads to the
-  ``compensate`` node, which undoes the completed tasks last first; otherwise the failure is recorded
-  in the checkpoint and the instance can be retried.
+  ``compensate`` node, which undoes the completed tasks last first (a handler failing for good fails the
+  instance there, and its retry resumes the compensation); otherwise the failure is recorded in the
+  checkpoint and the instance can be retried.
 
 Graph state holds only the variables (with versions), visit counters and current wait ids: history
 goes to the event log.
@@ -60,6 +61,7 @@ from nodes.waits import SubscriptionPlan, TaskPlan, TimerPlan, WaitPlan, make_ar
 
 COMPENSATE = "compensate"
 UNDO_FAILED = "transaction.undo_failed"  # a transaction's rollback stopped at an undo that failed for good
+COMPENSATION_FAILED = "compensation.failed"  # the compensation stopped at a handler that failed for good
 WAITING_ELEMENTS = (UserTask, TimerEvent, MessageEvent, EventGateway)
 
 
@@ -77,7 +79,6 @@ class ProcessState(TypedDict, total=False):
     status: str
     outcome: str | None
     compensated: list[str]
-    compensation_failure: dict[str, Any] | None
 
 
 class BranchOutput(TypedDict, total=False):
@@ -574,22 +575,20 @@ class _Builder:
                         always_replay=True,
                     )
                 except AgentError as exc:
+                    # The instance fails here, at the compensation: its retry runs it again, which replays the undos
+                    # done from the log and calls this handler again (as Temporal and Camunda retry a compensation).
                     broken = {"element": event.step, "handler": handler, "error": str(exc), "error_type": exc.code}
                     await node.events.append(
                         instance_id,
-                        [
-                            failure_event(
-                                "process",
-                                "compensation",
-                                {"compensation_failure": broken},
-                                event.step,
-                                f"{instance_id}:failed",
-                            )
-                        ],
-                        status="failed",
+                        [NewEvent(COMPENSATION_FAILED, {**broken, "compensated": undone}, event.step)],
                         also=cancel_pending(instance_id),
                     )
-                    return {"status": "failed", "compensated": undone, "compensation_failure": broken}
+                    raise CompensationFailedError(
+                        f"the compensation of {event.step!r} ({handler!r}) failed for good: {exc}; {undone} were "
+                        "undone. Retry the instance to resume the compensation there",
+                        **broken,
+                        compensated=undone,
+                    ) from exc
                 undone.append(str(event.step))
             await node.events.append(
                 instance_id,

@@ -65,7 +65,7 @@ from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, kept
 from graphs.kernel.instances import FAILED as INSTANCE_FAILED
 from graphs.kernel.streaming import INTERRUPT
 from graphs.process.blocks import analyse
-from graphs.process.builder import describe_wait, element_of
+from graphs.process.builder import COMPENSATE, COMPENSATION_FAILED, describe_wait, element_of
 from graphs.process.catalog import ProcessCatalog, default_process_catalog
 from graphs.process.context import FINISHED, PATTERN, DeployedVersions, Graph
 from graphs.process.inbox import TaskInbox
@@ -1434,13 +1434,18 @@ class ProcessOrchestrator:
 
     async def _explain_failed(self, instance_id: str, spec: ProcessSpec, view: dict[str, Any]) -> None:
         """A failed instance's ``view`` completed from its rows and log: where it still waits (see
-        :meth:`_open_waits`) and why it failed when its state does not say (see :meth:`_logged_failure`)."""
+        :meth:`_open_waits`), why it failed when its state does not say (see :meth:`_logged_failure`), and, failed
+        at its compensation, the handler that failed (``compensation_failure``)."""
         if view["status"] != "failed":
             return
         if "failed_element" in view:
             view["waiting"] = await self._open_waits(instance_id, spec)
         if view["failure"] is None:
             view["failure"] = await self._logged_failure(instance_id, view.get("failed_element"))
+        if view.get("failed_element") == COMPENSATE:  # which undo stopped it (failure: what it undoes)
+            stopped = await self.store.events.list(instance_id, types=[COMPENSATION_FAILED])
+            if stopped:
+                view["compensation_failure"] = {k: v for k, v in stopped[-1].payload.items() if k != "compensated"}
 
     async def _logged_failure(self, instance_id: str, element: str | None) -> dict[str, Any] | None:
         """Why a failed instance whose state holds no ``failure`` failed, from its log: a deadline that expired it

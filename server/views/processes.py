@@ -93,6 +93,15 @@ class ProcessFailure(BaseModel):
     error_type: str
 
 
+class ProcessCompensationFailure(BaseModel):
+    """A compensation handler that failed for good: the instance stands failed at ``compensate`` until retried."""
+
+    element: str = Field(description="the service task whose compensation failed")
+    handler: str = Field(description="intent of the compensation handler that failed")
+    error: str
+    error_type: str
+
+
 class TimerIncident(BaseModel):
     """A timer whose agent call (an SLA's notification, a reminder) failed after its retries: it fires no more
     until the instance is retried (``POST /processes/instances/{id}/retry``), which re-arms it."""
@@ -137,7 +146,12 @@ class ProcessInstanceView(BaseModel):
     waiting: list[Wait] = Field(description="what it waits for now; empty once finished")
     failure: ProcessFailure | None = Field(description="the failure that started compensation")
     compensated: list[str] = Field(description="the elements undone, last completed first")
-    failed_element: str = optional_key("only while an element has failed: that element (retry it)")
+    failed_element: str = optional_key(
+        "only while an element has failed: that element (retry it); 'compensate' for the compensation"
+    )
+    compensation_failure: ProcessCompensationFailure = optional_key(
+        "only while failed at 'compensate': the handler that failed (the retry calls it again)"
+    )
     incidents: list[TimerIncident] = optional_key(
         "only in a status read, and only when some: timers whose agent failed after its retries (retry the instance)"
     )
