@@ -315,6 +315,34 @@ async def test_a_failing_entry_unit_blocks_the_promotion_and_undoes_itself(store
         assert (state["current_stage"], state["units"]["pilot_setup"]) == ("pilot", "completed")
 
 
+async def test_a_unit_whose_undo_failed_says_which_effect_stayed(store_url: str) -> None:
+    """A unit failed and undoing one of its completed tasks failed for good too: the error said only that the unit
+    failed ('announce failed'), as when everything was undone, while open_access's effect stayed in place. Its
+    message, and the unit's failure, now name the undo that failed."""
+    async with lifecycle_runtime(store_url) as (rt, _clock):
+        register(rt, "open_access")
+        rt.agents.register("close_access", FailingAgent("close_access", permanent=True), replace=True)
+        rt.agents.register("announce", FailingAgent("announce", permanent=True), replace=True)
+        spec = lifecycle(
+            pilot_units=[
+                UnitOfWorkSpec(
+                    uow_id="pilot_setup",
+                    trigger="on_entry",
+                    tasks=(task("open_access", compensation="close_access"), task("announce", "open_access")),
+                )
+            ]
+        )
+        journey_id = (await rt.lifecycle.start_journey("client-u", spec=spec))["journey_id"]
+        with pytest.raises(UnitOfWorkFailedError) as caught:
+            await rt.lifecycle.promote(journey_id)
+        message = str(caught.value)
+        assert "announce" in message and "'close_access'" in message and "'open_access'" in message, message
+        assert "not undone" in message, message
+        unit = caught.value.unit
+        assert unit["tasks"]["open_access"]["status"] == "completed"  # its effect stays
+        assert unit["failure"]["compensation_failure"]["handler"] == "close_access"
+
+
 # Two tasks in the first wave (the slow one is where a test asks for a rollback), two after them.
 MIGRATION = UnitOfWorkSpec(
     uow_id="migration",

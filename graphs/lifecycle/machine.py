@@ -857,11 +857,18 @@ def _merged(state: LifecycleState, update: Mapping[str, Any]) -> LifecycleState:
 
 
 def _failure_text(failure: Mapping[str, Any] | None) -> str:
+    """Why a unit of work did not complete, as its error says it: and, when undoing one of its completed tasks
+    failed for good too, which (its effect stays: the unit is not rolled back whole)."""
     if not failure:
         return ""
-    if failure.get("aborted"):
-        return f": stopped for a rollback ({failure['aborted']})"
-    return f": {failure.get('error')}"
+    text = f": stopped for a rollback ({failure['aborted']})" if failure.get("aborted") else f": {failure.get('error')}"
+    broken = failure.get("compensation_failure")
+    if isinstance(broken, Mapping):
+        text += (
+            f"; undoing task {broken.get('task_id')!r} with {broken.get('handler')!r} failed for good too "
+            f"({broken.get('error')}), so task {broken.get('task_id')!r} was not undone"
+        )
+    return text
 
 
 def _parse(moment: str) -> datetime:
