@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
+from server.app import create_app
+from server.settings import ApiKey, Settings
 from tests import test_server_streaming as streaming
-from tests.server_support import v3_events
+from tests.server_support import serving, v3_events
+from tests.test_server_sdk_surface import SCOPES
 from tests.test_server_streaming import ANSWER, _said, _slow_run
 
 pytestmark = pytest.mark.slow
@@ -70,6 +75,38 @@ async def test_cancel_with_rollback_refuses_journey_threads(client: LangGraphCli
         assert answer.status_code == 422 and answer.json()["type"].endswith("/RollbackUnsupported")
     assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
     assert (await client.threads.get_state(tid))["checkpoint"] == before["checkpoint"]
+
+
+async def test_cancel_many_by_ids_cancels_the_active_ones_and_is_404_when_none_is(store_url: str) -> None:
+    """Listed runs that ended, are missing or someone else's are passed over, as on the Agent Server; when none
+    of those listed was left to cancel it answered 204 as if it had cancelled them, where the Agent Server
+    answers 404 (RunNotActiveError when they all ended, not found when none was there)."""
+    keys = {"key-ana": ApiKey("ana", SCOPES), "key-bob": ApiKey("bob", SCOPES)}
+    with serving(create_app(Settings(database_url=store_url, api_keys=keys))) as base:
+        async with get_client(url=base, api_key="key-ana") as ana, get_client(url=base, api_key="key-bob") as bob:
+            tid = (await ana.threads.create())["thread_id"]
+            ended = (await ana.runs.create(tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}))["run_id"]
+            await ana.runs.join(tid, ended)
+            later = {"command": {"resume": {"files": 1}}, "after_seconds": 600}
+            queued = (await ana.runs.create(tid, "structured", **later))["run_id"]
+            bobs = (await bob.threads.create())["thread_id"]
+            foreign = (await bob.runs.create(bobs, "structured", input=CONTENT_MIGRATION, after_seconds=600))["run_id"]
+            elsewhere = (await ana.threads.create())["thread_id"]
+            missing = str(uuid.uuid4())
+
+            with pytest.raises(NotFoundError) as refused:
+                await ana.runs.cancel_many(thread_id=tid, run_ids=[ended, missing, foreign])
+            assert refused.value.response.json()["code"] == "RunNotActiveError", refused.value.response.text
+            # None there: missing, bob's, or on another thread than the one named.
+            for thread_id, ids in ((None, [missing]), (None, [foreign]), (elsewhere, [queued])):
+                with pytest.raises(NotFoundError):
+                    await ana.runs.cancel_many(thread_id=thread_id, run_ids=ids)
+            assert (await ana.runs.get(tid, queued))["status"] == "pending"
+
+            await ana.runs.cancel_many(thread_id=tid, run_ids=[ended, queued, missing, foreign])
+            assert (await ana.runs.get(tid, queued))["status"] == "interrupted"
+            assert (await ana.runs.get(tid, ended))["status"] == "success"
+            assert (await bob.runs.get(bobs, foreign))["status"] == "pending"
 
 
 # --- the v3 thread stream ---------------------------------------------------------------------------------

@@ -483,6 +483,10 @@ async def cancel_many(
     svc: Services,
     action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
 ) -> Response:
+    """The pending and running runs named are cancelled, per thread as ``runs.cancel`` cancels one. Listed
+    ``run_ids`` that have ended, or are missing, someone else's or on another thread than ``thread_id``, are
+    passed over; when none is left to cancel, 404 as on the Agent Server: :class:`RunNotActiveError` if some
+    were found (all ended), not found otherwise."""
     if body.thread_id is None and not body.run_ids and body.status is None:
         raise InvalidInputError("name a thread_id, run_ids or a status")
     if body.run_ids:
@@ -492,11 +496,20 @@ async def cancel_many(
     else:
         found = await svc.runs.unfinished()
     found = await svc.visible_runs(caller, found)  # only the caller's own (404-like: others' are not there)
+    found = [r for r in found if body.thread_id is None or r.thread_id == body.thread_id]
     statuses = ACTIVE if body.status in (None, "all") else (body.status,)
     by_thread: dict[str, list[RunRow]] = {}
     for run in found:
-        if run.status in statuses and (body.thread_id is None or run.thread_id == body.thread_id):
+        if run.status in statuses:
             by_thread.setdefault(run.thread_id, []).append(run)
+    if body.run_ids and not by_thread:  # as the Agent Server: listed runs with none to cancel are a 404
+        if not found:
+            raise JourneyNotFoundError("none of the runs listed is there to cancel", run_ids=body.run_ids)
+        raise RunNotActiveError(
+            "none of the runs listed is pending or running: only those are cancelled",
+            run_ids=body.run_ids,
+            statuses={r.run_id: r.status for r in found},
+        )
     if action == "rollback":  # all refused before any is touched
         for runs in by_thread.values():
             svc.check_rollback(get_assistant(runs[0].graph_id))
