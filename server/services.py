@@ -525,7 +525,9 @@ class ServerServices:
             copy_id = str(uuid.uuid4())
             # The source's metadata, naming the copy as its thread (as the Agent Server's copy does).
             metadata = {**(thread.row.metadata if thread.row else {}), "thread_id": copy_id}
-            copy = await self.runs.create_thread(copy_id, metadata, self.owner(caller))
+            # No TTL, neither the source's nor the server's default: the Agent Server's copy inserts the thread
+            # row alone (its TTL is a row of its own that a copy does not write).
+            copy = await self.runs.create_thread(copy_id, metadata, self.owner(caller), default_ttl=False)
             if pattern is not None and thread.instance_id is not None:
                 await copy_checkpoints(self.runtime.store.saver, thread.instance_id, copy.thread_id)
                 await self.runs.bind(copy.thread_id, pattern.assistant_id, copy.thread_id)

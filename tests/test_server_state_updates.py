@@ -169,8 +169,12 @@ async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(
             await sdk.runs.wait(kept, "guide", input=HI)
             await sdk.runs.wait(kept, "guide", input={"messages": [{"role": "user", "content": "and then?"}]})
             kept_state = await sdk.threads.get_state(kept)
-            assert len(await sdk.threads.get_history(kept, limit=100)) > 1
+            kept_history = await sdk.threads.get_history(kept, limit=100)
+            assert len(kept_history) > 1
             assert await _ttl(sdk, kept) == expiry(10, strategy="keep_latest")
+            # A copy has no TTL, neither its source's nor the server's default, as the Agent Server's copy.
+            copied = str((await sdk.threads.copy(kept))["thread_id"])
+            assert await _ttl(sdk, copied) is None
 
             idle = str((await sdk.threads.create(ttl=10))["thread_id"])
             assert await _ttl(sdk, idle) == expiry(10)
@@ -215,6 +219,7 @@ async def test_a_thread_with_a_ttl_is_deleted_that_long_after_its_last_activity(
             assert dict((await sdk.threads.get(defaulted))["metadata"] or {})["k"] == 3  # expires at T0+35
             assert (await sdk.threads.get(journey))["thread_id"] == journey
             assert (await sdk.threads.get(kept))["thread_id"] == kept
+            assert len(await sdk.threads.get_history(copied, limit=100)) == len(kept_history)  # no sweep touched it
 
 
 async def test_searches_and_run_lists_answer_in_the_order_and_with_the_filter_asked(store_url: str) -> None:
