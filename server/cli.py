@@ -491,18 +491,33 @@ def retention_pass(
     database_url: DatabaseOption = DEFAULT_STORE_URL,
     retention: RetentionOption = "keep_latest",
     retention_days: RetentionDaysOption = 0.0,
+    threads: Annotated[
+        bool,
+        typer.Option(
+            "--threads",
+            help="then sweep the threads whose ttl has passed once, as the server's schedule does (deleted, or "
+            "pruned to their latest checkpoint: keep_latest); prints how many as threads_expired",
+        ),
+    ] = False,
 ) -> None:
     """Apply the checkpoint retention policy once to the journeys finished since the last pass; prints
-    how many were pruned and deleted (their event logs are kept)."""
+    how many were pruned and deleted (their event logs are kept). With --threads, then the thread TTL sweep."""
     from graphs.runtime import JourneyRuntime
+    from server.runs.store import RunStore
+    from server.thread_ends import ThreadTTLSweep
 
     policy = _retention(retention, retention_days)
     _existing(database_url, "retention")
 
     async def run() -> None:
         async with JourneyRuntime.open(database_url, retention=policy) as runtime:
-            report = await runtime.retention.run()
-        typer.echo(json.dumps(report.as_dict()))
+            answer = (await runtime.retention.run()).as_dict()
+            if threads:
+                store = runtime.store
+                answer["threads_expired"] = await ThreadTTLSweep(
+                    runtime, RunStore(store.backend, store.clock, store.sealer)
+                ).run()
+        typer.echo(json.dumps(answer))
 
     _run_quietly(run())
 

@@ -30,6 +30,7 @@ from server.queues.embedded import EmbeddedQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunStore, ThreadTTL
 from server.settings import Settings
+from tests.forked import run_journeys
 from tests.lifecycle_support import START, journey_at
 from tests.process_support import linear, payment_spec
 from tests.server_support import start_worker, stop_worker
@@ -497,6 +498,34 @@ def test_the_cli_applies_retention_once(tmp_path: Any) -> None:
     assert asyncio.run(count()) == 1
     refused = CliRunner().invoke(cli, ["retention", "--database-url", url, "--retention", "delete_after"])
     assert refused.exit_code != 0 and "needs days > 0" in refused.output
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_cli_sweeps_expired_threads_once(kind: str, request: pytest.FixtureRequest) -> None:
+    """`journeys retention` had no one-off thread TTL sweep: a thread whose ttl had passed stayed until a server
+    or worker swept it. `--threads` runs that same sweep once, after the retention pass, and says how many."""
+    url: str = request.getfixturevalue(f"{kind}_url")
+
+    async def made() -> list[str]:
+        async with JourneyRuntime.open(url, clock=VirtualClock()) as rt:  # the CLI's system clock: long ago
+            runs = RunStore(rt.store.backend, rt.store.clock, rt.store.sealer)
+            ttls = [ThreadTTL(1), ThreadTTL(60 * 24 * 365 * 100), None]  # passed, a century, none
+            return [(await runs.create_thread(None, {}, None, ttl=ttl)).thread_id for ttl in ttls]
+
+    async def there(thread_ids: list[str]) -> list[bool]:
+        async with JourneyRuntime.open(url) as rt:
+            runs = RunStore(rt.store.backend, rt.store.clock, rt.store.sealer)
+            return [await runs.get_thread(t) is not None for t in thread_ids]
+
+    made_ids = asyncio.run(made())
+    plain = run_journeys(["retention", "--database-url", url])
+    assert plain.returncode == 0, plain.stderr
+    assert "threads_expired" not in json.loads(plain.stdout)  # no sweep unless asked
+    assert asyncio.run(there(made_ids)) == [True, True, True]
+    swept = run_journeys(["retention", "--database-url", url, "--threads"])
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["threads_expired"] == 1, swept.stdout
+    assert asyncio.run(there(made_ids)) == [False, True, True]
 
 
 def test_a_distributed_worker_runs_the_periodic_retention_job(postgres_url: str) -> None:
