@@ -44,7 +44,6 @@ procrastinate periodic task in distributed mode (:mod:`server.queues.procrastina
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, Checkpoin
 from sqlalchemy import ColumnElement, Executable, Table, bindparam, delete, select, update
 
 from checkpoints.backends.base import Backend
+from checkpoints.background import in_background
 from checkpoints.clock import Clock
 from checkpoints.errors import CheckpointsDeletedError, ConcurrentUpdateError, RetentionPolicyError
 from checkpoints.index import Instance
@@ -351,13 +351,8 @@ async def periodically(every: float, work: Callable[[], Awaitable[Any]], name: s
                 log.warning("periodic pass failed", task=name, error=repr(exc))
             await asyncio.sleep(every)
 
-    task = asyncio.create_task(loop(), name=name)
-    try:
+    async with in_background(loop(), name):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def keep_latest(saver: BaseCheckpointSaver[str], thread_id: str) -> int:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import datetime
 import functools
@@ -29,6 +28,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.backends.postgres import open_pool
+from checkpoints.background import stopped
 from checkpoints.database import connect_sqlite, sqlite_pragmas
 from checkpoints.encryption import checkpoint_serializer
 from checkpoints.locks import Lease, PgAdvisoryLocks, current_lease, refuse_if_lost, setup_turn
@@ -170,11 +170,8 @@ def ttl_config() -> TTLConfig:
 async def _stop_batching(store: AsyncBatchedBaseStore) -> None:
     """End the task in which a batched store gathers its operations. The store only cancels it when it is
     garbage-collected, which may be after its event loop closed ("Task was destroyed but it is pending")."""
-    task = store._task
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    if store._task is not None:
+        await stopped(store._task)
 
 
 # Arbitrary and stable, apart from our migrations' lock: the saver's and the store's migrations hold it.

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import psycopg
 import structlog
 
+from checkpoints.background import in_background
 from checkpoints.database import OUTAGE, lost_database
 from checkpoints.errors import ConcurrentUpdateError, StoreError
 from checkpoints.locks import InstanceLocks, Kept, open_instance_locks
@@ -206,15 +207,8 @@ async def sole_executor(
                 "execute them too: serve it from one process, or with --distributed and journeys worker processes "
                 "(PostgreSQL), which share its runs"
             ) from None
-        keeper = asyncio.create_task(_keep(locks, kept, on_lost), name="embedded-executor-lock")
-        stack.push_async_callback(_stopped, keeper)
+        await stack.enter_async_context(in_background(_keep(locks, kept, on_lost), "embedded-executor-lock"))
         yield
-
-
-async def _stopped(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _keep(locks: InstanceLocks, kept: Kept, on_lost: Callable[[], None]) -> None:
@@ -284,8 +278,7 @@ class EmbeddedQueue(RunQueue):
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(sole_executor(executor.runtime.store.locks))
                 await runner.resume_unfinished()
-                watch = asyncio.create_task(runner.watch_cancels(), name="embedded-cancel-watch")
-                stack.push_async_callback(_stopped, watch)
+                await stack.enter_async_context(in_background(runner.watch_cancels(), "embedded-cancel-watch"))
                 if timers:
                     await stack.enter_async_context(executor.runtime.processes.scheduler.running())
                 if retention_every > 0:

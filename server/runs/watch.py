@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 import psycopg
 import structlog
 
+from checkpoints.background import in_background
 from checkpoints.runs import LISTEN_RUNS, PROBE, PROBE_KEY, split_notice
 from graphs.errors import JourneyNotFoundError
 from server.runs.store import TERMINAL, RunRow, RunStore
@@ -153,14 +154,8 @@ async def listening(
     re-read at each poll).
     """
     first = await _listen(conninfo)
-    forward = _forward(conninfo, watch, first, retry, probe_every)
-    task = asyncio.create_task(forward, name="journeys-run-notifications")
-    try:
+    async with in_background(_forward(conninfo, watch, first, retry, probe_every), "journeys-run-notifications"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _listen(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
