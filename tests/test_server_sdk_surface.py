@@ -259,10 +259,6 @@ async def _interrupted_journey(client: LangGraphClient, user_id: str, **metadata
     return str(thread["thread_id"])
 
 
-async def _listed(projection: Any) -> list[Any]:
-    return [item async for item in projection]
-
-
 async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) -> None:
     threads = Surface("threads", client.threads)
     created = await threads.create(metadata={"team": "a"})
@@ -354,8 +350,14 @@ async def test_threads_surface(client: LangGraphClient, bob: LangGraphClient) ->
         await chat.run.start(input={"messages": [{"role": "user", "content": "what next?"}]})
         # Each message's events reach it as the projection is iterated: its text is read after. The tool the
         # guide's model called reaches the tool-calls projection (the protocol's tools channel), which it never
-        # did: no run of the thread stream recorded LangGraph's tools chunks.
-        messages, calls = await asyncio.gather(_listed(chat.messages), _listed(chat.tool_calls))
+        # did: no run of the thread stream recorded LangGraph's tools chunks. Both through one subscription
+        # (interleave_projections), not two iterated at once: langgraph-sdk 0.4.14 opens a stream per
+        # projection, and when the second's answers first it closes the first before its headers came, whose
+        # `ready` is then never set, so the first projection waits for good (AsyncThreadStream
+        # ._reconcile_stream, ProtocolSseTransport.open_event_stream); a server cannot order the two answers.
+        projected = [item async for item in chat.interleave_projections(["messages", "tool_calls"])]
+        messages = [item for channel, item in projected if channel == "messages"]
+        calls = [item for channel, item in projected if channel == "tool_calls"]
         output = await chat.output.with_timeout(60)
         said = await messages[-1].text
         [call] = calls
