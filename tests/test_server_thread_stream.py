@@ -330,3 +330,37 @@ async def test_a_v3_thread_stream_reads_only_the_runs_it_still_serves(
         (ran, "completed"),
     ]
     assert read and max(read) <= 2, read
+
+
+def _run_ended(event: dict[str, Any]) -> bool:
+    return event["method"] == "lifecycle" and event["params"]["data"]["event"] in ("completed", "interrupted", "failed")
+
+
+async def test_a_v3_thread_stream_resumed_after_any_event_of_a_run_gets_exactly_the_rest(store_url: str) -> None:
+    """A client whose stream is replaced or dropped reopens it with ``since`` (langgraph-sdk's shared stream, as
+    it rotates to a wider filter or reconnects): cut after any event of a chat run that called a tool, its
+    tokens and its end included, it gets exactly the events that came after, the run's end last. (The SDK's
+    projections of test_threads_surface waited for that end now and then: the server had sent it, see
+    tests/test_server_sdk_surface.py; this pins the server's side of it.)"""
+    every = {"channels": list(thread_stream.CHANNELS)}
+    with serving(create_app(Settings(database_url=store_url, auth=False))) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            async with client.threads.stream(tid, assistant_id="guide") as chat:
+                await chat.run.start(input=HELLO)
+                await chat.output.with_timeout(60)
+            events: list[dict[str, Any]] = []
+            async with (
+                httpx.AsyncClient(base_url=base, timeout=30) as raw,
+                raw.stream("POST", f"/threads/{tid}/stream/events", json={**every, "since": 0}) as answer,
+            ):
+                async for line in answer.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line.removeprefix("data: ")))
+                        if _run_ended(events[-1]):
+                            break
+            methods = {e["method"] for e in events}
+            assert {"messages", "tools", "values", "updates"} <= methods and _run_ended(events[-1]), methods
+            for i, cut in enumerate(events[:-1]):
+                rest = await v3_events(base, tid, {**every, "since": cut["seq"]}, len(events) - i - 1)
+                assert rest == events[i + 1 :], (i, cut["method"])
