@@ -101,6 +101,11 @@ async def test_cancel_many_by_ids_cancels_the_active_ones_and_is_404_when_none_i
             for thread_id, ids in ((None, [missing]), (None, [foreign]), (elsewhere, [queued])):
                 with pytest.raises(NotFoundError):
                     await ana.runs.cancel_many(thread_id=thread_id, run_ids=ids)
+            # With a status (this server's, beside the Agent Server's ids or status): the listed in that status.
+            with pytest.raises(NotFoundError) as refused:
+                await ana.runs.cancel_many(thread_id=tid, run_ids=[queued], status="running")
+            problem = refused.value.response.json()
+            assert problem["code"] == "RunNotActiveError" and "is running:" in problem["detail"], problem
             assert (await ana.runs.get(tid, queued))["status"] == "pending"
 
             await ana.runs.cancel_many(thread_id=tid, run_ids=[ended, queued, missing, foreign])

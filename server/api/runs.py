@@ -506,7 +506,7 @@ async def cancel_many(
         if not found:
             raise JourneyNotFoundError("none of the runs listed is there to cancel", run_ids=body.run_ids)
         raise RunNotActiveError(
-            "none of the runs listed is pending or running: only those are cancelled",
+            f"none of the runs listed is {' or '.join(statuses)}: only those are cancelled",
             run_ids=body.run_ids,
             statuses={r.run_id: r.status for r in found},
         )
