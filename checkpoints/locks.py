@@ -77,6 +77,11 @@ ANSWER_LIMIT_S = 5.0
 # The server's side of the lock session: a client gone silent is noticed by the server's TCP keepalives after about
 # 25 s (10 + 3 x 5; tcp_user_timeout for an answer never acknowledged), which ends the session and releases its
 # locks, well after the holder gave them up (PROOF_AFTER_S + ANSWER_LIMIT_S), not hours later (the kernel's default).
+# New journeys' ids whose locks the PostgreSQL locks take ahead, this many in one statement, when a start asks
+# for one and none is left (see PgAdvisoryLocks.fresh); one handed out and not entered within AHEAD_UNUSED_S
+# (its start failed before it took the lock) is unlocked.
+AHEAD = 8
+AHEAD_UNUSED_S = 60.0
 SERVER_KEEPALIVES = (
     ("tcp_keepalives_idle", "10"),
     ("tcp_keepalives_interval", "5"),
@@ -149,6 +154,12 @@ class InstanceLocks(Protocol):
         still (a PostgreSQL lock ends with its connection, which an outage or a terminated backend ends)."""
         ...
 
+    def fresh(self, kind: str, make_id: Callable[[str], str]) -> str:
+        """An id for a new journey instance of ``kind``, made by ``make_id(kind)``, that its caller is about to
+        enter with :meth:`hold`. PostgreSQL may answer one whose lock this process took ahead (see
+        :meth:`PgAdvisoryLocks.fresh`); the others answer a new one."""
+        ...
+
 
 Kept = Callable[[], Awaitable[bool]]  # whether a watched lock is held still
 
@@ -171,6 +182,9 @@ class InProcessLocks:
     async def watched(self, name: str, deadline: float) -> AsyncIterator[Kept]:
         yield _always_kept
 
+    def fresh(self, kind: str, make_id: Callable[[str], str]) -> str:
+        return make_id(kind)
+
 
 class _PolledLocks(ABC):
     """Acquire by trying without blocking, with a growing backoff in between, until the deadline."""
@@ -188,6 +202,9 @@ class _PolledLocks(ABC):
     async def _kept(self, name: str, token: Any) -> bool:
         """Whether the lock ``name`` taken with ``token`` is held still (see :meth:`watched`)."""
         return True
+
+    def fresh(self, kind: str, make_id: Callable[[str], str]) -> str:
+        return make_id(kind)
 
     async def _acquire(self, instance_id: str, deadline: float) -> Any:
         loop = asyncio.get_running_loop()
@@ -250,6 +267,11 @@ class PgAdvisoryLocks(_PolledLocks):
         self._asked_at = 0.0
         self._answered_at = 0.0
         self._proof: asyncio.Task[None] | None = None
+        # Ids of new journeys locked ahead (see fresh), by kind, each with the generation it was locked on; those
+        # handed out and not entered yet, with the loop's time they were handed out at; the kinds being refilled.
+        self._ahead: dict[str, list[tuple[str, int]]] = {}
+        self._handed: dict[str, tuple[int, float]] = {}
+        self._filling: set[str] = set()
 
     async def open(self) -> None:
         await self._connection()
@@ -439,7 +461,56 @@ class PgAdvisoryLocks(_PolledLocks):
             holder = await found.fetchone()
         return holder is not None and holder[0] == self._pids.get(int(token))
 
+    def fresh(self, kind: str, make_id: Callable[[str], str]) -> str:
+        """A new journey's id whose lock this process holds already when one is left of those taken ahead: its
+        start then enters it without a round trip to the database (its :meth:`hold` takes the lock as held). The
+        ids of a kind are locked :data:`AHEAD` at a time, in one statement with any other tries queued then, when
+        the last one is handed out (the first call answers an id to be locked as any other). Nobody else can name
+        an id before its journey is registered, so a lock taken ahead keeps no one out. One of a connection lost
+        since is dropped (its lock went with the session); one handed out and not entered within
+        :data:`AHEAD_UNUSED_S` is unlocked."""
+        now = asyncio.get_running_loop().time()
+        self._unlock_unused(now)
+        kept = self._ahead.setdefault(kind, [])
+        instance_id = None
+        while kept and instance_id is None:
+            ahead, generation = kept.pop()
+            if generation == self._generation:
+                instance_id = ahead
+                self._handed[instance_id] = (generation, now)
+        if not kept and kind not in self._filling:
+            self._fill(kind, make_id)
+        return instance_id if instance_id is not None else make_id(kind)
+
+    def _fill(self, kind: str, make_id: Callable[[str], str]) -> None:
+        """Lock :data:`AHEAD` new ids of ``kind`` (with the next tries sent), kept for :meth:`fresh` once taken."""
+        ids = [make_id(kind) for _ in range(AHEAD)]
+        attempts = [self._queue_try(lock_key(instance_id)) for instance_id in ids]
+        self._filling.add(kind)
+        task = asyncio.ensure_future(self._filled(kind, ids, attempts))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _filled(self, kind: str, ids: list[str], attempts: list[asyncio.Future[int | None]]) -> None:
+        try:
+            taken = await asyncio.gather(*attempts, return_exceptions=True)  # a failed batch: none kept
+            locked = [(i, generation) for i, generation in zip(ids, taken, strict=True) if isinstance(generation, int)]
+            self._ahead.setdefault(kind, []).extend(locked)
+        finally:
+            self._filling.discard(kind)
+
+    def _unlock_unused(self, now: float) -> None:
+        """Unlock the ids handed out by :meth:`fresh` more than :data:`AHEAD_UNUSED_S` ago and never entered."""
+        unused = [i for i, (_generation, handed_at) in self._handed.items() if now - handed_at > AHEAD_UNUSED_S]
+        for instance_id in unused:
+            generation, _handed_at = self._handed.pop(instance_id)
+            if generation == self._generation:  # else its lock went with its connection's session
+                self._queue_unlock(instance_id, generation)
+
     async def _try(self, instance_id: str) -> int | None:
+        handed = self._handed.pop(instance_id, None)
+        if handed is not None and handed[0] == self._generation:  # locked ahead (see fresh), on this connection
+            return handed[0]
         # Shielded: a caller cancelled while the query is on the wire must not leave a lock it never learns of.
         attempt = self._queue_try(lock_key(instance_id))
         try:
@@ -528,12 +599,16 @@ class PgAdvisoryLocks(_PolledLocks):
         return once it is done: the journey is free when the call that held it returns, whatever the caller
         does next (a caller blocking its event loop would otherwise keep other processes out until the loop
         ran again). A failed unlock is logged, not raised: the session's end releases the lock anyway."""
-        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        released.add_done_callback(functools.partial(_report_failed_unlock, instance_id))
-        self._unlocks.append((instance_id, int(token), released))
-        self._flush_soon()
+        released = self._queue_unlock(instance_id, int(token))
         with contextlib.suppress(Exception):  # a failure is logged by the callback
             await asyncio.shield(released)  # a cancelled caller still unlocks
+
+    def _queue_unlock(self, instance_id: str, token: int) -> asyncio.Future[None]:
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        released.add_done_callback(functools.partial(_report_failed_unlock, instance_id))
+        self._unlocks.append((instance_id, token, released))
+        self._flush_soon()
+        return released
 
     async def _send_unlocks(self, unlocks: Sequence[tuple[str, int, asyncio.Future[None]]]) -> None:
         conn = self._conn

@@ -33,6 +33,7 @@ from checkpoints import locks as locks_module
 from checkpoints.database import lost_database
 from checkpoints.errors import ConcurrentUpdateError, InstanceLockLostError, JourneyError
 from graphs import JourneyFinishedError, JourneyRuntime, StepMovedOnError
+from graphs.kernel.designs import new_instance_id
 from nodes.compensation import COMPLETED_STEP
 from nodes.criteria_gate import ValidationResult
 from server.app import create_app
@@ -738,3 +739,100 @@ async def test_a_caller_in_the_same_process_waits_up_to_the_limit_then_is_refuse
                 pass
         async with engine.exclusive("journey-x"):
             pass
+
+
+# --- new journeys' ids locked ahead (PostgreSQL) ------------------------------------------------------------
+
+
+def taken_elsewhere(postgres_url: str, instance_id: str) -> bool:
+    """Whether another session can take the journey's lock now (it is left free again at once)."""
+    key = locks_module.lock_key(instance_id)
+    with psycopg.connect(postgres_url, autocommit=True) as other:
+        row = other.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if row == (True,):
+            other.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    return row == (True,)
+
+
+async def test_new_journeys_take_their_locks_ahead_in_batches_not_one_round_trip_each(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each journey the server started (a structured or saga start run: a new id) took its lock with a statement of
+    its own on the lock connection, a round trip before its first step: one of the 13 statements of an 8-step
+    journey, at every start. On PostgreSQL the ids of new journeys are now locked ahead, AHEAD in one statement, and
+    a start enters its id without a round trip; each lock is this process's from before the start to its end only.
+    Elsewhere an id is a new one, as before."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        locks: Any = runtime.store.locks
+        tries: list[int] = []
+        if runtime.store.url.kind == "postgres":
+            send = locks._run
+
+            async def counted(conn: Any, sql: str, keys: list[int]) -> Any:
+                if sql == locks_module.TRY_LOCKS:
+                    tries.append(len(keys))
+                return await send(conn, sql, keys)
+
+            monkeypatch.setattr(locks, "_run", counted)
+        started = [new_instance_id(runtime.engine, "structured") for _ in range(1)]
+        for n in range(16):
+            instance_id = started[-1]
+            assert instance_id.startswith("structured_")
+            async with runtime.engine.exclusive(instance_id):
+                if runtime.store.url.kind == "postgres":
+                    assert not taken_elsewhere(store_url, instance_id), n
+            if runtime.store.url.kind == "postgres":
+                assert taken_elsewhere(store_url, instance_id), n  # released as the call that held it returned
+            started.append(new_instance_id(runtime.engine, "structured"))
+        assert len(set(started)) == len(started)
+        if runtime.store.url.kind == "postgres":
+            # The first start's own try (the ids ahead are asked for with it), then a batch of AHEAD per AHEAD starts.
+            assert len(tries) <= 2 + 16 // locks_module.AHEAD, tries  # one per start before: 16
+            assert sum(tries) <= 16 + 2 * locks_module.AHEAD, tries
+
+
+async def test_ids_locked_ahead_on_a_lost_lock_connection_are_not_handed_out(postgres_url: str) -> None:
+    """The ids locked ahead lose their locks with the lock connection's session: after it dropped, a start is given
+    a new id, which it locks on the new connection as it enters it (held there, and released after)."""
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        locks: Any = runtime.store.locks
+        first = new_instance_id(runtime.engine, "structured")
+        async with runtime.engine.exclusive(first):  # the ids ahead are locked with its try
+            pass
+        ahead = [instance_id for instance_id, _generation in locks._ahead["structured"]]
+        assert ahead and not any(taken_elsewhere(postgres_url, i) for i in ahead)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (locks._conn.info.backend_pid,))
+        for _ in range(100):  # the session ends in the server a moment after it is told to
+            if all(taken_elsewhere(postgres_url, i) for i in ahead):
+                break
+            await asyncio.sleep(0.05)
+        async with runtime.engine.exclusive("journey-z"):  # the lock connection is found lost, and reopened
+            pass
+        instance_id = new_instance_id(runtime.engine, "structured")
+        assert instance_id not in ahead
+        async with runtime.engine.exclusive(instance_id):
+            assert not taken_elsewhere(postgres_url, instance_id)
+        assert taken_elsewhere(postgres_url, instance_id)
+
+
+async def test_an_id_handed_out_and_never_entered_is_unlocked(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that failed between taking its new id and entering its journey (its design refused, say) leaves no
+    lock held for the process's life: an id handed out and not entered within AHEAD_UNUSED_S is unlocked."""
+    monkeypatch.setattr(locks_module, "AHEAD_UNUSED_S", 0.05)
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        locks: Any = runtime.store.locks
+        async with runtime.engine.exclusive(new_instance_id(runtime.engine, "saga")):  # fills the ids ahead
+            pass
+        unused = new_instance_id(runtime.engine, "saga")
+        assert not taken_elsewhere(postgres_url, unused)  # locked ahead, handed out
+        await asyncio.sleep(0.1)
+        new_instance_id(runtime.engine, "saga")  # a later start looks at what was handed out before
+        for _ in range(100):
+            if taken_elsewhere(postgres_url, unused):
+                break
+            await asyncio.sleep(0.02)
+        assert taken_elsewhere(postgres_url, unused)
+        assert unused not in locks._handed

@@ -77,6 +77,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
 
 
+def new_instance_id(engine: JourneyEngine, prefix: str) -> str:
+    """:func:`new_id` for a journey instance its caller is about to start under ``engine.exclusive``: on
+    PostgreSQL possibly one whose lock this process took ahead, which spares the start a round trip (see
+    ``InstanceLocks.fresh``)."""
+    return engine.store.locks.fresh(prefix, new_id)
+
+
 def _graph_key(pattern: str, spec: BaseModel) -> str:
     # Keyed by content, so identical designs (every MVP session) share one compiled graph.
     return f"{pattern}-{spec_digest(spec)[:24]}"

@@ -18,7 +18,7 @@ from langgraph.types import StateSnapshot
 
 from checkpoints.errors import DuplicateInstanceError
 from checkpoints.index import Instance
-from graphs.kernel.designs import DesignKind, new_id
+from graphs.kernel.designs import DesignKind, new_instance_id
 from graphs.kernel.identifiers import JOURNEY_TYPE, USER_ID, checked_user_id, string_schema
 from graphs.kernel.patterns import (
     Assistant,
@@ -73,7 +73,7 @@ async def _start_structured(ctx: RunContext, data: Mapping[str, Any]) -> View:
         mapping_input(data.get("requirements"), "requirements"),
         spec=data.get("spec"),
     )
-    instance_id = new_id("structured")
+    instance_id = new_instance_id(ctx.runtime.engine, "structured")
     options = ctx.registering(instance_id)
     return await structured.start_run(instance_id, journey_id, user_id, context, run_options=options)
 
@@ -186,7 +186,7 @@ async def _start_saga(ctx: RunContext, data: Mapping[str, Any]) -> None:
         mapping_input(data.get("compensation_handlers"), "compensation_handlers"),
         spec=data.get("spec"),
     )
-    saga_id = new_id("saga")
+    saga_id = new_instance_id(ctx.runtime.engine, "saga")
     options = ctx.registering(saga_id)
     await saga.execute_saga_journey(journey_id, user_id, context, saga_id=saga_id, run_options=options)
 
