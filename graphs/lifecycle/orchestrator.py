@@ -43,7 +43,7 @@ from graphs.errors import (
     UnknownTransitionEventError,
     UnknownUnitOfWorkError,
 )
-from graphs.kernel.designs import DesignBook, PatternName, new_id, parse_spec
+from graphs.kernel.designs import DesignBook, PatternName, new_instance_id, parse_spec
 from graphs.kernel.engine import DEFAULT_RUN, RunOptions, in_flight, refuse_terminated
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable
@@ -234,7 +234,7 @@ class LifecycleOrchestrator:
             chosen.deadline,
             journey_type=f"{PATTERN}.{chosen.journey_type}",
         )
-        journey_id = journey_id or new_id(PATTERN)
+        journey_id = journey_id or new_instance_id(self._engine, PATTERN)
         try:
             return await self._start(journey_id, client_id, design_id, chosen, metadata, values, controls, run_options)
         except ExistingStart as existing_start:  # another start took the key meanwhile

@@ -57,7 +57,7 @@ from graphs.errors import (
     UnknownProcessError,
     UnmatchedMessageError,
 )
-from graphs.kernel.designs import DesignBook, new_id, parse_spec, spec_digest
+from graphs.kernel.designs import DesignBook, new_id, new_instance_id, parse_spec, spec_digest
 from graphs.kernel.engine import CONTINUATION, DEFAULT_RUN, RunOptions, failed_task, failed_task_of, in_flight
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
@@ -503,7 +503,7 @@ class ProcessOrchestrator:
         controls = StartControls.of(
             start_key, start_key_window, spec.concurrency, merged, spec.deadline, journey_type=f"{PATTERN}.{name}"
         )
-        instance_id = instance_id or new_id("proc")
+        instance_id = instance_id or new_instance_id(self.engine, "proc")
         cells, changes = assign({}, merged)
         started = NewEvent(
             STARTED,
