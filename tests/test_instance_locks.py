@@ -651,14 +651,14 @@ async def test_a_burst_of_postgres_locks_shares_round_trips_and_each_lock_is_hel
     async with JourneyRuntime.open(postgres_url) as runtime:
         locks: Any = runtime.store.locks
         conn = locks._conn
-        sent: list[str] = []
-        execute = conn.execute
+        sent: list[tuple[str, int]] = []  # each lock statement sent, with how many journeys' keys it carried
+        send = locks._run
 
-        async def counted(query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(str(query))
-            return await execute(query, *args, **kwargs)
+        async def counted(on: Any, sql: str, keys: list[int]) -> Any:
+            sent.append((sql, len(keys)))
+            return await send(on, sql, keys)
 
-        monkeypatch.setattr(conn, "execute", counted)
+        monkeypatch.setattr(locks, "_run", counted)
         ids = [f"journey-{i}" for i in range(20)]
         all_in, leave = asyncio.Event(), asyncio.Event()
         inside: list[str] = []
@@ -685,7 +685,10 @@ async def test_a_burst_of_postgres_locks_shares_round_trips_and_each_lock_is_hel
         leave.set()
         await holders
         assert advisory_locks_held() == 0
-        assert len(sent) <= 4, sent  # one statement per journey and direction would be 40
+        # One statement per journey and direction would be 40; every key went in one of these.
+        assert 2 <= len(sent) <= 4, sent
+        assert sum(n for sql, n in sent if sql == locks_module.TRY_LOCKS) == len(ids), sent
+        assert sum(n for sql, n in sent if sql == locks_module.UNLOCKS) == len(ids), sent
 
 
 PROBE = """
