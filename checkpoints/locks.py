@@ -74,14 +74,14 @@ FENCE_CHECK_S = 0.2  # how often the PostgreSQL lock connection is looked at (a 
 # that leaves any statement unanswered for ANSWER_LIMIT_S (nothing to read) is given up as lost (its holders stopped).
 PROOF_AFTER_S = 1.0
 ANSWER_LIMIT_S = 5.0
+# New journeys' ids whose locks the PostgreSQL locks take ahead, this many in one statement, when a start asks
+# for one and none is left (see PgAdvisoryLocks.fresh); one handed out and not entered within AHEAD_UNUSED_S
+# (its start failed before it took the lock) is unlocked by the next call of fresh after that.
+AHEAD = 8
+AHEAD_UNUSED_S = 60.0
 # The server's side of the lock session: a client gone silent is noticed by the server's TCP keepalives after about
 # 25 s (10 + 3 x 5; tcp_user_timeout for an answer never acknowledged), which ends the session and releases its
 # locks, well after the holder gave them up (PROOF_AFTER_S + ANSWER_LIMIT_S), not hours later (the kernel's default).
-# New journeys' ids whose locks the PostgreSQL locks take ahead, this many in one statement, when a start asks
-# for one and none is left (see PgAdvisoryLocks.fresh); one handed out and not entered within AHEAD_UNUSED_S
-# (its start failed before it took the lock) is unlocked.
-AHEAD = 8
-AHEAD_UNUSED_S = 60.0
 SERVER_KEEPALIVES = (
     ("tcp_keepalives_idle", "10"),
     ("tcp_keepalives_interval", "5"),
@@ -468,7 +468,7 @@ class PgAdvisoryLocks(_PolledLocks):
         the last one is handed out (the first call answers an id to be locked as any other). Nobody else can name
         an id before its journey is registered, so a lock taken ahead keeps no one out. One of a connection lost
         since is dropped (its lock went with the session); one handed out and not entered within
-        :data:`AHEAD_UNUSED_S` is unlocked."""
+        :data:`AHEAD_UNUSED_S` is unlocked by the next call after that."""
         now = asyncio.get_running_loop().time()
         self._unlock_unused(now)
         kept = self._ahead.setdefault(kind, [])
