@@ -31,6 +31,7 @@ from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFound
 from graphs.kernel.engine import refuse_terminated
 from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
+from graphs.structured.orchestrator import structured_instance_id
 from nodes.telemetry import circuit_states, exposition
 from server.assistants import Assistant, assistants, get_assistant, graph_of
 from server.auth import Authenticator, Principal, resolve_authenticator
@@ -148,6 +149,28 @@ class ServerServices:
         if to_act:
             refuse_terminated(found)
         return found
+
+    async def structured_instance_id(self, caller: Principal, journey_id: str, user_id: str) -> str:
+        """The instance id of ``user_id``'s structured journey of design ``journey_id`` in the caller's tenant
+        (:func:`structured_instance_id`). A journey another tenant than the default one started before its ids
+        carried the tenant kept ``<journey id>:<user id>``: it is that journey while the tenant has none under
+        its own id. Only a journey of this tenant, design and user: the old id was shared by every tenant."""
+        tenant = self.owner(caller).tenant
+        instance_id = structured_instance_id(journey_id, user_id, tenant)
+        if tenant == DEFAULT_TENANT:
+            return instance_id
+        index = self.runtime.store.index
+        if await index.get_instance(instance_id) is not None:
+            return instance_id
+        legacy_id = structured_instance_id(journey_id, user_id, DEFAULT_TENANT)
+        legacy = await index.get_instance(legacy_id)
+        if (
+            legacy is not None
+            and legacy.tenant == tenant
+            and (legacy.pattern, legacy.journey_id, legacy.user_id) == ("structured", journey_id, user_id)
+        ):
+            return legacy_id
+        return instance_id
 
     async def check_input_instances(self, caller: Principal, assistant: Assistant, data: Any) -> None:
         """The journey instances a run's input names for its assistant to act on (``Assistant.instance_inputs``)

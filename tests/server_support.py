@@ -10,11 +10,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -27,6 +27,7 @@ from server.runs.store import Enqueue, RunRow, RunStore
 from tests.forked import JourneysProcess, journeys
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 # A process whose one user task is offered to the finance group: who may complete it is a question of groups.
 APPROVAL_PROCESS: dict[str, Any] = {
@@ -77,7 +78,12 @@ def serving(app: FastAPI) -> Iterator[str]:
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+
+    async def serve() -> None:
+        app.state.serving_loop = asyncio.get_running_loop()  # for on_server_loop
+        await server.serve()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -89,6 +95,12 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def on_server_loop(app: FastAPI, work: Coroutine[Any, Any, T]) -> T:
+    """``work`` run on the event loop :func:`serving` serves ``app`` on (its runtime's: an in-memory store is
+    that process's), as the test's own setup of stored state; its result."""
+    return asyncio.run_coroutine_threadsafe(work, app.state.serving_loop).result(timeout=60)
 
 
 class SlowShip:

@@ -15,14 +15,15 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from checkpoints.ownership import Owner, Viewer
+from checkpoints.ownership import Owner, Viewer, acting_as
 from graphs import READY_TO_START, JourneyRuntime
+from graphs.structured.orchestrator import structured_instance_id
 from server.app import create_app
 from server.auth import OwnerRules, Principal
 from server.problems import ApiError
 from server.settings import ApiKey, Settings
 from tests.forked import run_journeys
-from tests.server_support import APPROVAL_PROCESS, journeys_serve, serving
+from tests.server_support import APPROVAL_PROCESS, journeys_serve, on_server_loop, serving
 
 WORK = frozenset({"read", "runs", "journeys", "tasks"})
 KEYS = {
@@ -200,6 +201,49 @@ def test_two_principals_never_see_or_touch_each_others_objects(base: str) -> Non
         # And ana sees none of bob's.
         assert http.get(f"/threads/{mine}", headers=ana).status_code == 404
         assert [t["thread_id"] for t in ok(http.post("/threads/search", json={}, headers=ana))] == [objects["thread"]]
+
+
+def test_a_tenants_structured_journey_started_before_its_id_carried_the_tenant_stays_its_users(
+    store_url: str,
+) -> None:
+    """A journey another tenant than the default one started by design and user before 36a9e6f has the id
+    ``<design>:<user>``, which the design-and-user routes no longer computed for that tenant: its user's status,
+    advance and retry answered 404 and a start began a second journey. They reach it again; another tenant's
+    user of the same name never does (the old id was every tenant's), and starts and moves on a journey of her
+    own."""
+    keys = {**KEYS, "key-acme": ApiKey("ana", WORK, (), tenant="acme")}
+    app = create_app(Settings(database_url=store_url, api_keys=keys))
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        acme, eve = as_("key-acme"), as_("key-eve")
+        design = ok(http.post("/journeys/structured/designs", json={"journey_type": "content_migration"}, headers=acme))
+        journey, legacy = f"/journeys/structured/{design['journey_id']}", f"{design['journey_id']}:ana"
+
+        async def start_as_before_36a9e6f() -> None:  # that start's instance id, owned by its caller
+            with acting_as(Owner("ana", "acme")):
+                await app.state.services.runtime.structured.start_run(legacy, design["journey_id"], "ana")
+
+        on_server_loop(app, start_as_before_36a9e6f())
+        assert ok(http.get(f"{journey}/users/ana", headers=acme))["instance_id"] == legacy
+        failed = ok(http.post(f"{journey}/users/ana/advance", json={"step_result": {"status": "failed"}}, headers=acme))
+        assert (failed["instance_id"], failed["failed_step"]) == (legacy, "upload_content")
+        assert ok(http.post(f"{journey}/users/ana/retry", headers=acme))["awaiting_input"]
+        again = http.post(f"{journey}/executions", json={"user_id": "ana"}, headers=acme)
+        assert again.status_code == 409 and again.json()["type"].endswith("DuplicateInstanceError"), again.text
+        # The other tenant's ana: not acme's ana's journey by any route, and one of her own to start.
+        assert http.get(f"{journey}/users/ana", headers=eve).status_code == 404
+        assert http.post(f"{journey}/users/ana/retry", headers=eve).status_code == 404
+        hers = ok(http.post(f"{journey}/executions", json={"user_id": "ana"}, headers=eve))["instance_id"]
+        assert hers not in (legacy, f"{design['journey_id']}:ana")
+        moved = ok(http.post(f"{journey}/users/ana/advance", json={"step_result": {"n": 1}}, headers=eve))
+        assert (moved["instance_id"], moved["completed_step"]) == (hers, "upload_content")
+        assert ok(http.get(f"{journey}/users/ana", headers=eve))["instance_id"] == hers
+        mine = ok(http.get(f"{journey}/users/ana", headers=acme))
+        assert (mine["instance_id"], mine["completed_steps"]) == (legacy, [])
+        # No second journey of acme's ana under the id her tenant's starts take now.
+        index = app.state.services.runtime.store.index
+        assert (
+            on_server_loop(app, index.get_instance(structured_instance_id(design["journey_id"], "ana", "acme"))) is None
+        )
 
 
 def test_a_user_id_must_be_the_callers_own_unless_it_may_impersonate(base: str) -> None:

@@ -175,16 +175,19 @@ class StructuredOrchestrator:
         run_options: RunOptions = DEFAULT_RUN,
         start_key: str | None = None,
         start_key_window: str | float | timedelta | None = None,
+        instance_id: str | None = None,
     ) -> dict[str, Any]:
         """Start the journey for ``user_id``; runs until the first step that needs the user. ``run_options``:
         how the run is carried out (the server's run queue passes its own). ``start_key``: a start with the
         same key within ``start_key_window`` (seconds or ISO 8601, default 24 hours) answers the journey
-        that start began (see :mod:`graphs.kernel.flow`)."""
+        that start began (see :mod:`graphs.kernel.flow`). ``instance_id``: the user's instance, by default
+        :func:`structured_instance_id` in the acting caller's tenant (the server names a tenant's journey
+        started before that id carried the tenant)."""
         return await self._runs.start(
             journey_id,
             user_id,
             context,
-            instance_id=structured_instance_id(journey_id, user_id),
+            instance_id=instance_id or structured_instance_id(journey_id, user_id),
             options=run_options,
             start_key=start_key,
             start_key_window=start_key_window,

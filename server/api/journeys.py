@@ -16,7 +16,6 @@ from graphs.lifecycle.orchestrator import EVENT_OPTIONS, UNIT_OPTIONS
 from graphs.session.builder import SessionSpec
 from graphs.session.mvp import MVP_PILLARS
 from graphs.structured.builder import StructuredSpec
-from graphs.structured.orchestrator import structured_instance_id
 from nodes.criteria_gate import METRIC_NAME
 from server.api import ViewRoute, errors
 from server.auth import Principal, require
@@ -225,7 +224,7 @@ async def _structured(
     ``ServerServices.instance``). The routes act on it by this id: named again by design and user outside
     the caller's tenant, it was another tenant's user's journey."""
     svc.check_user(caller, user_id)
-    instance_id = structured_instance_id(journey_id, user_id, svc.owner(caller).tenant)
+    instance_id = await svc.structured_instance_id(caller, journey_id, user_id)
     await svc.instance(caller, instance_id, to_act=to_act)
     return instance_id
 
@@ -244,9 +243,15 @@ async def design_structured(body: DesignIn, caller: Writer, svc: Services) -> di
 )
 async def execute_structured(journey_id: str, body: ExecuteIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
+    instance_id = await svc.structured_instance_id(caller, journey_id, body.user_id)
     with svc.acting(caller):
         return await svc.runtime.structured.execute_journey(
-            journey_id, body.user_id, body.context, start_key=body.start_key, start_key_window=body.start_key_window
+            journey_id,
+            body.user_id,
+            body.context,
+            instance_id=instance_id,
+            start_key=body.start_key,
+            start_key_window=body.start_key_window,
         )
 
 
