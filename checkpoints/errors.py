@@ -77,8 +77,9 @@ class ConcurrentUpdateError(JourneyError):
 
 
 class StartedElsewhereError(ConcurrentUpdateError):
-    """Another attempt of this start run (its queue took it again while the first lived on) registered its
-    journey first: that attempt runs it, and this one started nothing."""
+    """Another attempt of this run (its queue took it again while this one lived on, its worker's heartbeat late)
+    runs it or ran it: it registered a start's journey first, or was claimed after this one, which then does
+    nothing more of the run."""
 
 
 class DuplicateInstanceError(JourneyError):

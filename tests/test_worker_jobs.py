@@ -27,6 +27,8 @@ from psycopg import sql
 
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.locks import held_elsewhere
+from graphs import READY_TO_START
+from graphs.guide import guide_graph
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.queues.procrastinate import (
@@ -142,17 +144,23 @@ async def test_a_workers_run_is_claimed_with_its_job_and_ends_it_in_one_commit(a
 
 
 async def journey_run(
-    runs: RunStore, app: procrastinate.App, assistant_id: str = "structured", data: dict[str, Any] | None = None
+    runs: RunStore,
+    app: procrastinate.App,
+    assistant_id: str = "structured",
+    data: dict[str, Any] | None = None,
+    *,
+    thread_id: str | None = None,
+    stream_modes: list[str] | None = None,
 ) -> RunRow:
-    """A run of ``assistant_id`` starting a journey (``data``, else :data:`JOURNEY`) on a new thread, its job
-    deferred with it."""
+    """A run of ``assistant_id`` starting a journey (``data``, else :data:`JOURNEY`) on a new thread (or on
+    ``thread_id``), its job deferred with it; ``stream_modes``: what it streams."""
     return await runs.create_run(
-        thread_id=None,
+        thread_id=thread_id,
         assistant_id=assistant_id,
         kind="start",
         input=data if data is not None else JOURNEY | {"user_id": "ana"},
         command=None,
-        stream_modes=[],
+        stream_modes=stream_modes or [],
         multitask_strategy="reject",
         metadata={},
         principal="ana",
@@ -239,25 +247,41 @@ HELD = {
 }
 
 
-async def test_a_first_attempt_meeting_its_retry_at_work_leaves_the_run_to_it(postgres_url: str) -> None:
-    """A process's start run (as a lifecycle's and the guide's, its journey is the thread's id) taken again while its
-    first attempt was paused: the retry started the journey and holds it in a step. The first attempt, resumed, waited
-    out the lock and, being attempt 1, finished the run as an error ("busy") while the retry carried on; the run
-    ended ``error`` whatever the retry then did. It now leaves the run to the live attempt, as a retry meeting its
-    first attempt does (its queue takes the job again later), and the run ends as the live attempt ends it."""
+# Per assistant whose journey is the thread's id: a start's input, and the agent its first step calls.
+HOLDING: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
+    "process": ({"process": "held", "business_key": "o-1"}, "held", {"done": True}),
+    "lifecycle": (
+        {"client_id": "c-1", "metrics": READY_TO_START},
+        "provision_sandbox_environment",
+        {"environment_id": "env-sandbox", "status": "ready"},
+    ),
+}
+
+
+@pytest.mark.parametrize("assistant_id", list(HOLDING))
+async def test_a_first_attempt_meeting_its_retry_at_work_leaves_the_run_to_it(
+    postgres_url: str, assistant_id: str
+) -> None:
+    """A process's or a lifecycle's start run (as the guide's, its journey is the thread's id) taken again while its
+    first attempt was paused: the retry started the journey and holds it in a step. The first attempt, resumed,
+    waited out the lock and, being attempt 1, finished the run as an error ("busy") while the retry carried on; the
+    run ended ``error`` whatever the retry then did. It now leaves the run to the live attempt, as a retry meeting
+    its first attempt does (its queue takes the job again later), and the run ends as the live attempt ends it."""
     ensure_schema(postgres_url)
     async with JourneyRuntime.open(postgres_url, lock_timeout=1.0) as runtime:
+        data, agent, answer = HOLDING[assistant_id]
         started, release = asyncio.Event(), asyncio.Event()
 
         async def held(_request: Any) -> dict[str, Any]:
             started.set()
             await release.wait()
-            return {"done": True}
+            return answer
 
-        runtime.agents.register("held", held, replace=True)
-        await runtime.processes.deploy(HELD)
+        runtime.agents.register(agent, held, replace=True)
+        if assistant_id == "process":
+            await runtime.processes.deploy(HELD)
         runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
-        run = await journey_run(runs, build_app(postgres_url), "process", {"process": "held", "business_key": "o-1"})
+        run = await journey_run(runs, build_app(postgres_url), assistant_id, data, stream_modes=["values"])
         assert run.job_id is not None
         first = await runs.claim(run.run_id)  # a worker took it, then paused ...
         again = await runs.claim(run.run_id)  # ... and the reaper gave it to another, which started the journey
@@ -272,10 +296,63 @@ async def test_a_first_attempt_meeting_its_retry_at_work_leaves_the_run_to_it(po
         assert held_elsewhere(refused.value)  # left to the live attempt: OutageRetry takes the job again later
         meanwhile = await runs.get_run(run.run_id)
         assert meanwhile is not None and meanwhile.status == "running", meanwhile
+        assert "error" not in [event for _, event, _ in await runs.events_after(run.run_id, 0)]
         release.set()
         done = await live
         assert done is not None and done.status == "success", done
+        assert "error" not in [event for _, event, _ in await runs.events_after(run.run_id, 0)]
         assert ended == [run.job_id]  # ended once, with the run, by the attempt that ran it
+
+
+# A first run's input per assistant whose journey is the thread's id: the guide's turn, a lifecycle, a process.
+THREADS_OWN: dict[str, dict[str, Any]] = {
+    "guide": {"messages": ["where am I?"]},
+    "lifecycle": {"client_id": "c-1", "metrics": READY_TO_START},
+    "process": {"process": "quick", "business_key": "o-1"},
+}
+QUICK = {"name": "quick", "elements": [{"type": "start", "id": "start"}, {"type": "end", "id": "end"}]}
+QUICK["flows"] = ["start -> end"]
+
+
+async def guide_messages(runtime: JourneyRuntime, thread_id: str) -> list[tuple[str, Any]]:
+    """The guide thread's messages, by type and content."""
+    state = await guide_graph(runtime).aget_state(runtime.engine.config(thread_id))
+    return [(m.type, m.content) for m in state.values["messages"]]
+
+
+@pytest.mark.parametrize("assistant_id", list(THREADS_OWN))
+async def test_a_first_attempt_resumed_after_its_retry_ended_the_run_leaves_it_as_it_ended(
+    postgres_url: str, assistant_id: str
+) -> None:
+    """A start run whose journey is its thread's, taken again while its first attempt was paused: the retry ran it
+    to its end before the first attempt resumed. That attempt then ran the guide's turn a second time (its messages
+    twice on the thread, its chunks twice in the run's stream), or, its lifecycle's or process's start refused, put
+    a stale "error" chunk at the end of the stream of a run that had succeeded. It now leaves the run as the retry
+    ended it, as a first attempt meeting its live retry does."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url, lock_timeout=1.0) as runtime:
+        await runtime.processes.deploy(QUICK)
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        data = THREADS_OWN[assistant_id]
+        run = await journey_run(runs, build_app(postgres_url), assistant_id, data, stream_modes=["values"])
+        assert run.job_id is not None
+        first = await runs.claim(run.run_id)  # a worker took it, then paused ...
+        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another, which ran it to its end
+        assert first is not None and again is not None
+        ended: list[int] = []
+        done = await RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, again, ended.append))
+        assert done is not None and done.status == "success", done
+        streamed = await runs.events_after(run.run_id, 0)
+        messages = await guide_messages(runtime, run.thread_id) if assistant_id == "guide" else None
+        with pytest.raises(ConcurrentUpdateError) as refused:  # the first attempt resumes
+            await RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, first, ended.append))
+        assert held_elsewhere(refused.value)  # left to the other attempt: OutageRetry's next take finds it ended
+        after = await runs.get_run(run.run_id)
+        assert after is not None and (after.status, after.output) == ("success", done.output)
+        assert await runs.events_after(run.run_id, 0) == streamed  # no chunk more: no turn again, no stale error
+        assert ended == [run.job_id]  # ended once, with the run, by the attempt that ran it
+        if messages is not None:  # the guide's turn once: its messages once
+            assert await guide_messages(runtime, run.thread_id) == messages
 
 
 async def test_an_aborted_job_whose_task_never_started_is_forgotten(postgres_url: str) -> None:

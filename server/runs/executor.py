@@ -369,6 +369,11 @@ class RunExecutor:
         if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
             await self._interrupted(run_id)
             return await self.runs.get_run(run_id)
+        if taken is not None and (now := await self._taken_since(run)) is not None and now.status in TERMINAL:
+            # Its worker paused after the claim (its heartbeat late) and its queue gave the run to another attempt,
+            # which ran it to its end: this one would run it again (a guide's turn twice; a start refused, its run's
+            # stream given a stale "error" chunk). Left as that attempt ended it; one still under way is met below.
+            raise self._superseded(run)
         if instance_id is None and run.attempts > 1 and await self.runs.get_thread(run.thread_id) is None:
             # A retry whose thread went as the run ended (on_completion="delete"; a thread deleted otherwise takes
             # its runs along) before its worker died: its work is done, and run again it would start anew.
@@ -413,18 +418,16 @@ class RunExecutor:
                 # Its queue took the run again while an attempt lived on (a heartbeat late), both before the thread
                 # was bound: the other attempt registered its journey first, and this one's registration (or bind)
                 # was refused before any step ran. Left to that attempt, as a journey held elsewhere is.
-                raise StartedElsewhereError(
-                    f"run {run_id!r}: another attempt of it started the journey of thread {run.thread_id!r}",
-                    run_id=run_id,
-                    thread_id=run.thread_id,
-                ) from exc
-            if taken is not None and held_elsewhere(exc) and (run.attempts > 1 or await self._taken_again(run)):
+                raise self._superseded(run) from exc
+            if taken is not None and held_elsewhere(exc) and run.attempts > 1:
                 # A run its queue took again for a dead worker's while that worker lives on (its heartbeat was late:
                 # a pause, a blocked loop) and still holds the journey: not failed, its queue takes it again later
-                # (the first worker's end of the run ends the job). The same for that first attempt, resumed, when
-                # the retry holds the journey (a start whose journey is the thread's: a process, a lifecycle, the
-                # guide): the run ends as the live attempt ends it, not as an error of this one's wait.
+                # (the first worker's end of the run ends the job).
                 raise
+            if taken is not None and await self._taken_since(run) is not None:
+                # This attempt, resumed after the check above, met what the other attempt did meanwhile (it holds
+                # the journey, or started it): the run ends as that attempt ends it, not as an error of this one.
+                raise self._superseded(run) from exc
             if not isinstance(exc, JourneyError):
                 log.exception("run failed", run_id=run_id)
                 status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
@@ -460,10 +463,21 @@ class RunExecutor:
             self.finished(finished)
         return finished or await self.runs.get_run(run_id)
 
-    async def _taken_again(self, run: RunRow) -> bool:
-        """Whether the run's queue took it again since this attempt claimed it (``run``): another attempt lives."""
+    async def _taken_since(self, run: RunRow) -> RunRow | None:
+        """The run as it is now if its queue took it again since this attempt claimed it (``run``): another attempt
+        runs it, or ran it to its end. None: this attempt's still."""
         now = await self.runs.get_run(run.run_id)
-        return now is not None and now.attempts > run.attempts
+        return now if now is not None and now.attempts > run.attempts else None
+
+    @staticmethod
+    def _superseded(run: RunRow) -> StartedElsewhereError:
+        """This attempt's leave of a run its queue gave to another (see :func:`~checkpoints.locks.held_elsewhere`):
+        its worker's retry strategy takes the job again later, which finds the run ended by that attempt."""
+        return StartedElsewhereError(
+            f"run {run.run_id!r}: another attempt of it runs the journey of thread {run.thread_id!r}",
+            run_id=run.run_id,
+            thread_id=run.thread_id,
+        )
 
     async def _left_failed(self, instance_id: str) -> dict[str, Any]:
         """The error of a run whose work left its instance failed without raising: the failure its log recorded
