@@ -119,3 +119,27 @@ async def test_a_journey_an_embedded_server_runs_is_terminated_mid_step(
             await steps_started(calls, 2)
             await terminated_by_the_cli(durable_url, client, thread, run, instance)
     assert [(what, step) for what, step, _pid in calls_of(calls)] == [("start", "a"), ("start", "a")]
+
+
+async def test_a_delayed_run_an_embedded_server_holds_ends_at_once_when_the_cli_terminates_its_journey(
+    durable_url: str,
+) -> None:
+    """A run waiting for its ``after_seconds`` in an embedded server, its journey terminated by ``journeys instances
+    terminate`` (another process): it stayed ``pending`` until it was due (ten minutes here), as no queue reaches
+    the server from the command; the distributed path withdraws such a run from its queue at once. It now ends
+    ``interrupted`` as the command answers, and nothing of it runs."""
+    with serving(create_app(Settings(database_url=durable_url, auth=False))) as base:
+        async with get_client(url=base, api_key=None) as client:
+            thread = (await client.threads.create())["thread_id"]
+            await client.runs.wait(thread, "structured", input={"journey_type": "content_migration", "user_id": "ana"})
+            instance = str((await client.threads.get(thread))["metadata"]["instance_id"])
+            resume = {"resume": {"files_uploaded": 1}}
+            delayed = (await client.runs.create(thread, "structured", command=resume, after_seconds=600))["run_id"]
+            assert (await client.runs.get(thread, delayed))["status"] == "pending"
+            args = ["instances", "terminate", instance, "--reason", "stuck", "--database-url", durable_url]
+            ran = await asyncio.to_thread(run_journeys, args)
+            assert ran.returncode == 0, (ran.stdout, ran.stderr)
+            assert json.loads(ran.stdout)["status"] == "terminated", ran.stdout
+            assert (await client.runs.get(thread, delayed))["status"] == "interrupted"
+            status = await client.http.get(f"/journeys/{instance}/status")
+            assert status["completed_steps"] == [], status  # nothing of the delayed run ran

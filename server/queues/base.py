@@ -52,10 +52,17 @@ class ElsewhereQueue(RunQueue):
     """The runs another process executes with no queue between it and this one (an embedded ``journeys serve``),
     seen from a process that executes none (``journeys instances terminate``): the cancel :func:`cancel_run`
     records is how one reaches that process, which stops the run once it sees it (the embedded runner's watch of
-    recorded cancels), or ends it interrupted as it takes it up. Nothing is withdrawn or stopped from here."""
+    recorded cancels), or ends it interrupted as it takes it up. Nothing is stopped from here; a run still pending
+    (waiting for its ``after_seconds``, say) is withdrawn, as a queue's own withdraw does."""
+
+    def __init__(self, runs: RunStore) -> None:
+        self.runs = runs
 
     async def withdraw(self, run: RunRow) -> bool:
-        return False
+        # Read after the cancel was recorded: a run pending now is claimed, if ever, with its cancel seen, and its
+        # executor ends it interrupted without running it. Ending it here at once spares its waiters its delay.
+        now = await self.runs.get_run(run.run_id)
+        return now is not None and now.status == "pending"
 
     async def stop(self, run: RunRow) -> None:
         pass

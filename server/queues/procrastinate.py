@@ -527,13 +527,14 @@ async def stop_runs_elsewhere(runtime: JourneyRuntime, database_url: str, instan
     ``instance_id``, as the API's cancel does (``ServerServices.stop_runs``), each thread's in its
     ``thread_control`` lock: recorded, then a run the workers execute (it has a job) withdrawn from the queue if no
     worker has taken it, else aborted in the worker running it; a run an embedded server executes is stopped there
-    once that server sees the cancel recorded (:class:`ElsewhereQueue`)."""
+    once that server sees the cancel recorded, and one it has not taken up yet (a delayed run) ends at once
+    (:class:`ElsewhereQueue`)."""
     runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
     active = await runs.active_of_instance(instance_id)
     if not active:
         return
     async with AsyncExitStack() as stack:
-        elsewhere: RunQueue = ElsewhereQueue()
+        elsewhere: RunQueue = ElsewhereQueue(runs)
         workers = elsewhere
         if any(run.job_id is not None for run in active):  # PostgreSQL with workers: their queue aborts them
             app = build_app(database_url, retention_cron=None)
