@@ -153,13 +153,18 @@ class ServerServices:
     async def structured_instance_id(self, caller: Principal, journey_id: str, user_id: str) -> str:
         """The instance id of ``user_id``'s structured journey of design ``journey_id`` in the caller's tenant
         (:func:`structured_instance_id`). A journey another tenant than the default one started before its ids
-        carried the tenant kept ``<journey id>:<user id>``: it is that journey while the tenant has none under
-        its own id. Only a journey of this tenant, design and user: the old id was shared by every tenant."""
+        carried the tenant kept ``<journey id>:<user id>``, the default tenant's id: it is that journey while the
+        tenant has none under its own id (only a journey of this tenant, design and user: the old id was shared
+        by every tenant), and the default tenant's user of that name has the digest form of the default tenant's
+        id instead (instances are never deleted: the plain id stays the other tenant's)."""
         tenant = self.owner(caller).tenant
         instance_id = structured_instance_id(journey_id, user_id, tenant)
-        if tenant == DEFAULT_TENANT:
-            return instance_id
         index = self.runtime.store.index
+        if tenant == DEFAULT_TENANT:
+            taken = await index.get_instance(instance_id)
+            if taken is None or taken.tenant in (None, DEFAULT_TENANT):  # no tenant: started outside any caller
+                return instance_id
+            return structured_instance_id(journey_id, user_id, tenant, qualified=True)
         if await index.get_instance(instance_id) is not None:
             return instance_id
         legacy_id = structured_instance_id(journey_id, user_id, DEFAULT_TENANT)

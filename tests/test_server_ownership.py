@@ -210,7 +210,7 @@ def test_a_tenants_structured_journey_started_before_its_id_carried_the_tenant_s
     ``<design>:<user>``, which the design-and-user routes no longer computed for that tenant: its user's status,
     advance and retry answered 404 and a start began a second journey. They reach it again; another tenant's
     user of the same name never does (the old id was every tenant's), and starts and moves on a journey of her
-    own."""
+    own; so does the default tenant's, whose id that journey has."""
     keys = {**KEYS, "key-acme": ApiKey("ana", WORK, (), tenant="acme")}
     app = create_app(Settings(database_url=store_url, api_keys=keys))
     with serving(app) as url, httpx.Client(base_url=url, timeout=60) as http:
@@ -237,6 +237,13 @@ def test_a_tenants_structured_journey_started_before_its_id_carried_the_tenant_s
         moved = ok(http.post(f"{journey}/users/ana/advance", json={"step_result": {"n": 1}}, headers=eve))
         assert (moved["instance_id"], moved["completed_step"]) == (hers, "upload_content")
         assert ok(http.get(f"{journey}/users/ana", headers=eve))["instance_id"] == hers
+        # The default tenant's ana, whose id acme's ana's journey took: one of her own too (it was 409, naming it).
+        ana = as_("key-ana")
+        assert http.get(f"{journey}/users/ana", headers=ana).status_code == 404
+        own = ok(http.post(f"{journey}/executions", json={"user_id": "ana"}, headers=ana))["instance_id"]
+        assert own not in (legacy, hers)
+        ok(http.post(f"{journey}/users/ana/advance", json={"step_result": {"n": 1}}, headers=ana))
+        assert ok(http.get(f"{journey}/users/ana", headers=ana))["instance_id"] == own
         mine = ok(http.get(f"{journey}/users/ana", headers=acme))
         assert (mine["instance_id"], mine["completed_steps"]) == (legacy, [])
         # No second journey of acme's ana under the id her tenant's starts take now.

@@ -65,17 +65,19 @@ def _remember(memo: OrderedDict[K, V], key: K, value: V) -> None:
         memo.popitem(last=False)
 
 
-def structured_instance_id(journey_id: str, user_id: str, tenant: str | None = None) -> str:
+def structured_instance_id(journey_id: str, user_id: str, tenant: str | None = None, *, qualified: bool = False) -> str:
     """The instance of ``journey_id`` for ``user_id`` (one per user of a tenant); a user id no store keeps is
     refused. People are named per tenant, so another tenant's user of the same name has an instance of its own
     (a digest of its tenant after the design's id: a tenant may be 100 characters long, any of them); the
     default tenant's, and the runtime's used in-process, is ``<journey id>:<user id>``. ``tenant``: by default
-    that of the caller the server acts for (:func:`checkpoints.ownership.current_owner`)."""
+    that of the caller the server acts for (:func:`checkpoints.ownership.current_owner`). ``qualified``: the
+    digest form for the default tenant too (the server's, where another tenant's journey took the plain id
+    before ids carried the tenant)."""
     user = checked_user_id(user_id)
     if tenant is None:
         owner = current_owner()
         tenant = DEFAULT_TENANT if owner is None else owner.tenant
-    if tenant == DEFAULT_TENANT:
+    if tenant == DEFAULT_TENANT and not qualified:
         return f"{journey_id}:{user}"
     return f"{journey_id}@{hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()}:{user}"
 
