@@ -25,7 +25,7 @@ from procrastinate.jobs import Job
 from procrastinate.types import JSONDict
 from psycopg import sql
 
-from checkpoints.errors import ConcurrentUpdateError
+from checkpoints.errors import ConcurrentUpdateError, StartedElsewhereError
 from checkpoints.locks import held_elsewhere
 from graphs import READY_TO_START
 from graphs.guide import guide_graph
@@ -206,8 +206,9 @@ async def test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_
     while it still executes the run: when both attempts were claimed before either bound the thread, each started
     a journey of its own (two journeys, every step run twice, for one request), and the thread named whichever
     bound last. Whichever attempt registers its journey first now starts it; the other's registration is refused
-    before any step runs, and that attempt leaves the run to the live one (its queue takes the job again later, as
-    a retry meeting a journey held elsewhere), be it the retry or the first attempt, resumed."""
+    before any step runs (test_an_attempt_whose_other_registered_its_journey_first_starts_nothing), or, the run ended
+    by then as here, it starts nothing; that attempt leaves the run to the live one (its queue takes the job again
+    later, as a retry meeting a journey held elsewhere), be it the retry or the first attempt, resumed."""
     ensure_schema(postgres_url)
     async with JourneyRuntime.open(postgres_url) as runtime:
         runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
@@ -304,6 +305,44 @@ async def test_a_first_attempt_meeting_its_retry_at_work_leaves_the_run_to_it(
         assert ended == [run.job_id]  # ended once, with the run, by the attempt that ran it
 
 
+async def test_an_attempt_whose_other_registered_its_journey_first_starts_nothing(postgres_url: str) -> None:
+    """Both attempts of a start run under way at once (the first resumed while the retry, which registered its
+    journey first, works in a step): the first passes the check for a run ended elsewhere, and its own journey's
+    registration with the thread's bind is refused before any step runs; it leaves the run to the retry."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url, lock_timeout=1.0) as runtime:
+        started, release, calls = asyncio.Event(), asyncio.Event(), []
+
+        async def held(_request: Any) -> dict[str, Any]:
+            calls.append(1)
+            started.set()
+            await release.wait()
+            return {"done": True}
+
+        runtime.agents.register("held", held, replace=True)
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        spec = {"journey_type": "held_start", "steps": [{"step_id": "a", "mode": "auto", "agent": "held"}]}
+        data = {"journey_type": "held_start", "spec": spec, "user_id": "ana"}
+        run = await journey_run(runs, build_app(postgres_url), "structured", data)
+        assert run.job_id is not None
+        first = await runs.claim(run.run_id)  # a worker took it, then paused ...
+        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another, which started the journey
+        assert first is not None and again is not None
+        ended: list[int] = []
+        live = asyncio.create_task(
+            RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, again, ended.append))
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        with pytest.raises(StartedElsewhereError) as refused:  # refused as it registered: no step of its own ran
+            await RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, first, ended.append))
+        assert refused.value.__cause__ is not None and runs.bound_elsewhere(refused.value.__cause__)
+        release.set()
+        done = await live
+        assert done is not None and done.status == "success", done
+        assert len(calls) == 1 and len(await runtime.store.index.list_instances(limit=10)) == 1
+        assert ended == [run.job_id]
+
+
 # A first run's input per assistant whose journey is the thread's id: the guide's turn, a lifecycle, a process.
 THREADS_OWN: dict[str, dict[str, Any]] = {
     "guide": {"messages": ["where am I?"]},
@@ -321,14 +360,16 @@ async def guide_messages(runtime: JourneyRuntime, thread_id: str) -> list[tuple[
 
 
 @pytest.mark.parametrize("assistant_id", list(THREADS_OWN))
-async def test_a_first_attempt_resumed_after_its_retry_ended_the_run_leaves_it_as_it_ended(
-    postgres_url: str, assistant_id: str
+@pytest.mark.parametrize("ended_by", ["retry", "first"])
+async def test_an_attempt_resumed_after_the_other_ended_the_run_leaves_it_as_it_ended(
+    postgres_url: str, assistant_id: str, ended_by: str
 ) -> None:
-    """A start run whose journey is its thread's, taken again while its first attempt was paused: the retry ran it
-    to its end before the first attempt resumed. That attempt then ran the guide's turn a second time (its messages
-    twice on the thread, its chunks twice in the run's stream), or, its lifecycle's or process's start refused, put
-    a stale "error" chunk at the end of the stream of a run that had succeeded. It now leaves the run as the retry
-    ended it, as a first attempt meeting its live retry does."""
+    """A start run whose journey is its thread's, taken again while its first attempt was paused: one attempt ran it
+    to its end before the other went on. The first attempt, resumed after the retry, then ran the guide's turn a
+    second time (its messages twice on the thread, its chunks twice in the run's stream), or, its lifecycle's or
+    process's start refused, put a stale "error" chunk at the end of the stream of a run that had succeeded; so did
+    a retry going on after the first attempt, resumed, had ended the run. The late attempt now leaves the run as the
+    other ended it, as an attempt meeting the other at work does."""
     ensure_schema(postgres_url)
     async with JourneyRuntime.open(postgres_url, lock_timeout=1.0) as runtime:
         await runtime.processes.deploy(QUICK)
@@ -337,16 +378,18 @@ async def test_a_first_attempt_resumed_after_its_retry_ended_the_run_leaves_it_a
         run = await journey_run(runs, build_app(postgres_url), assistant_id, data, stream_modes=["values"])
         assert run.job_id is not None
         first = await runs.claim(run.run_id)  # a worker took it, then paused ...
-        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another, which ran it to its end
+        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another
         assert first is not None and again is not None
         ended: list[int] = []
-        done = await RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, again, ended.append))
+        attempts = [Taken(run.job_id, first, ended.append), Taken(run.job_id, again, ended.append)]
+        winner, late = attempts[::-1] if ended_by == "retry" else attempts
+        done = await RunExecutor(runtime, runs).execute(run.run_id, taken=winner)
         assert done is not None and done.status == "success", done
         streamed = await runs.events_after(run.run_id, 0)
         messages = await guide_messages(runtime, run.thread_id) if assistant_id == "guide" else None
-        with pytest.raises(ConcurrentUpdateError) as refused:  # the first attempt resumes
-            await RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, first, ended.append))
-        assert held_elsewhere(refused.value)  # left to the other attempt: OutageRetry's next take finds it ended
+        with pytest.raises(ConcurrentUpdateError) as refused:  # the other attempt goes on
+            await RunExecutor(runtime, runs).execute(run.run_id, taken=late)
+        assert held_elsewhere(refused.value)  # left as it ended: OutageRetry's next take finds it ended
         after = await runs.get_run(run.run_id)
         assert after is not None and (after.status, after.output) == ("success", done.output)
         assert await runs.events_after(run.run_id, 0) == streamed  # no chunk more: no turn again, no stale error

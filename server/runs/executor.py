@@ -369,10 +369,11 @@ class RunExecutor:
         if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
             await self._interrupted(run_id)
             return await self.runs.get_run(run_id)
-        if taken is not None and (now := await self._taken_since(run)) is not None and now.status in TERMINAL:
-            # Its worker paused after the claim (its heartbeat late) and its queue gave the run to another attempt,
-            # which ran it to its end: this one would run it again (a guide's turn twice; a start refused, its run's
-            # stream given a stale "error" chunk). Left as that attempt ended it; one still under way is met below.
+        if taken is not None and (now := await self.runs.get_run(run_id)) is not None and now.status in TERMINAL:
+            # Its queue took the run twice (a worker's heartbeat late: a pause, a blocked loop) and the other attempt
+            # ran it to its end while this one waited, be this one the first, resumed, or the retry: it would run it
+            # again (a guide's turn twice; a start refused, its stream given a stale "error" chunk). Left as that
+            # attempt ended it; one still under way is met below (its journey held, or registered first).
             raise self._superseded(run)
         if instance_id is None and run.attempts > 1 and await self.runs.get_thread(run.thread_id) is None:
             # A retry whose thread went as the run ended (on_completion="delete"; a thread deleted otherwise takes
@@ -424,9 +425,10 @@ class RunExecutor:
                 # a pause, a blocked loop) and still holds the journey: not failed, its queue takes it again later
                 # (the first worker's end of the run ends the job).
                 raise
-            if taken is not None and await self._taken_since(run) is not None:
-                # This attempt, resumed after the check above, met what the other attempt did meanwhile (it holds
-                # the journey, or started it): the run ends as that attempt ends it, not as an error of this one.
+            if taken is not None and await self._moved_on(run):
+                # This attempt, past the check above, met what the other attempt did meanwhile (it holds the
+                # journey, started it, or ended the run): the run ends as that attempt ends it, not as this one's
+                # error (nor with its "error" chunk in the stream).
                 raise self._superseded(run) from exc
             if not isinstance(exc, JourneyError):
                 log.exception("run failed", run_id=run_id)
@@ -463,11 +465,11 @@ class RunExecutor:
             self.finished(finished)
         return finished or await self.runs.get_run(run_id)
 
-    async def _taken_since(self, run: RunRow) -> RunRow | None:
-        """The run as it is now if its queue took it again since this attempt claimed it (``run``): another attempt
-        runs it, or ran it to its end. None: this attempt's still."""
+    async def _moved_on(self, run: RunRow) -> bool:
+        """Whether the run went on without this attempt since its claim (``run``): its queue took it again (another
+        attempt lives, or ended it), or it has ended."""
         now = await self.runs.get_run(run.run_id)
-        return now if now is not None and now.attempts > run.attempts else None
+        return now is not None and (now.attempts > run.attempts or now.status in TERMINAL)
 
     @staticmethod
     def _superseded(run: RunRow) -> StartedElsewhereError:
