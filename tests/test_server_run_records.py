@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from agents import AgentRegistry, AgentRequest, EchoAgent
+from graphs.guide import guide_graph
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.assistants import get_assistant, instance_graph
@@ -277,6 +278,65 @@ async def test_a_retry_after_the_run_deleted_its_thread_does_not_start_again(sto
         assert retried is not None and retried.status == "success"
         assert await runtime.store.index.list_instances(limit=10) == []
         assert await runs.get_thread(run.thread_id) is None
+
+
+class DiesAtTheEnd(RunStore):
+    """A worker's run store that dies as it would record a run's end: the run's work is committed, its end not."""
+
+    async def finish(self, *args: Any, **kwargs: Any) -> RunRow | None:
+        raise WorkerDied("the worker died before the run's end was recorded")
+
+
+class WorkerDied(Exception):
+    """A worker's death (:class:`DiesAtTheEnd`)."""
+
+
+@pytest.mark.parametrize("turns_before", [0, 1])
+async def test_a_chat_run_retried_after_its_worker_died_at_its_end_takes_its_turn_once(
+    store_url: str, turns_before: int
+) -> None:
+    """A guide run whose worker (or embedded server) died after the turn was committed and before the run's end
+    was recorded: the queue's retry (the restarted server's) took the turn again, the user's message and the
+    guide's answer twice on the thread. The retry sees the thread moved on from the base the first attempt noted
+    and finishes what it left in flight instead; on a fresh thread and on one with turns before alike."""
+    async with JourneyRuntime.open(store_url) as runtime:
+        runs = RunStore(runtime.store.backend, runtime.store.clock)
+        thread_id = None
+        for _ in range(turns_before):
+            earlier = await runs.create_run(**guide_run(thread_id, "what next?"))
+            thread_id = earlier.thread_id
+            assert (await RunExecutor(runtime, runs).execute(earlier.run_id) or earlier).status == "success"
+        run = await runs.create_run(**guide_run(thread_id, "where am I?"))
+        dying = DiesAtTheEnd(runtime.store.backend, runtime.store.clock)
+        with pytest.raises(WorkerDied):
+            await RunExecutor(runtime, dying).execute(run.run_id)
+        said = await guide_messages(runtime, run.thread_id)
+        assert said[-4][1] == "where am I?" and len(said) == 4 * (turns_before + 1), said
+        retried = await RunExecutor(runtime, runs).execute(run.run_id)  # the queue's retry
+        assert retried is not None and retried.status == "success", retried
+        assert await guide_messages(runtime, run.thread_id) == said
+        assert retried.output is not None and len(retried.output["messages"]) == len(said)
+
+
+def guide_run(thread_id: str | None, said: str) -> dict[str, Any]:
+    """``RunStore.create_run``'s arguments for a guide turn saying ``said`` (on a new thread: ``thread_id`` None)."""
+    return {
+        "thread_id": thread_id,
+        "assistant_id": "guide",
+        "kind": "start",
+        "input": {"messages": [said]},
+        "command": None,
+        "stream_modes": [],
+        "multitask_strategy": "reject",
+        "metadata": {},
+        "principal": "ana",
+    }
+
+
+async def guide_messages(runtime: JourneyRuntime, thread_id: str) -> list[tuple[str, Any]]:
+    """The guide thread's messages, by type and content."""
+    state = await guide_graph(runtime).aget_state(runtime.engine.config(thread_id))
+    return [(m.type, m.content) for m in state.values["messages"]]
 
 
 THREE_AUTO = {

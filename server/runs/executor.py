@@ -531,6 +531,9 @@ class RunExecutor:
     async def _run(self, run: RunRow, assistant: Assistant, ctx: RunContext, instance_id: str | None) -> View:
         """The run's work; the journey's view when the assistant answered with one (see ``View``)."""
         if run.kind == "start" and (instance_id is None or assistant.chat):
+            if instance_id is not None and await self._turn_taken(run, assistant, instance_id):
+                await self._finish_in_flight(assistant, instance_id, ctx.options)
+                return None
             if instance_id is not None:  # where a rollback would put the thread back
                 await self._remember_base(run, assistant, instance_id)
                 if checkpoint_id := (run.options or {}).get("checkpoint_id"):
@@ -560,10 +563,25 @@ class RunExecutor:
         return await self._resume(run, assistant, ctx, instance_id)
 
     async def _remember_base(self, run: RunRow, assistant: Assistant, instance_id: str) -> None:
+        await self.runs.set_base_checkpoint(run.run_id, await self._checkpoint_now(assistant, instance_id))
+
+    async def _checkpoint_now(self, assistant: Assistant, instance_id: str) -> str:
+        """The thread's latest checkpoint's id (``NO_STATE``: it has none)."""
         graph = await graph_of(self.runtime, assistant, instance_id)
         current = await graph.aget_state(self.runtime.engine.config(instance_id))
         checkpoint = (current.config or {}).get("configurable", {}).get("checkpoint_id")
-        await self.runs.set_base_checkpoint(run.run_id, checkpoint or NO_STATE)
+        return str(checkpoint) if checkpoint else NO_STATE
+
+    async def _turn_taken(self, run: RunRow, assistant: Assistant, instance_id: str) -> bool:
+        """Whether a retried chat run's turn was taken by an earlier attempt (its worker or server died before the
+        run's end): the thread moved on from the checkpoint that attempt noted as its base. Taken again, its input
+        would be a second turn (its messages twice). Not for a run forking from a checkpoint (``checkpoint_id``):
+        its fork moves the thread before its turn, so a move says nothing of the turn."""
+        if not assistant.chat or run.attempts == 1 or run.base_checkpoint is None:
+            return False
+        if (run.options or {}).get("checkpoint_id"):
+            return False
+        return run.base_checkpoint != await self._checkpoint_now(assistant, instance_id)
 
     async def _output(self, assistant: Assistant, instance_id: str) -> dict[str, Any] | None:
         try:
