@@ -150,7 +150,7 @@ class ServerServices:
             refuse_terminated(found)
         return found
 
-    async def structured_instance_id(self, caller: Principal, journey_id: str, user_id: str) -> str:
+    async def structured_instance_of(self, caller: Principal, journey_id: str, user_id: str) -> str:
         """The instance id of ``user_id``'s structured journey of design ``journey_id`` in the caller's tenant
         (:func:`structured_instance_id`). A journey another tenant than the default one started before its ids
         carried the tenant kept ``<journey id>:<user id>``, the default tenant's id: it is that journey while the

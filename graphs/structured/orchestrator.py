@@ -187,7 +187,7 @@ class StructuredOrchestrator:
         started before that id carried the tenant)."""
         return await self._runs.start(
             journey_id,
-            user_id,
+            checked_user_id(user_id),
             context,
             instance_id=instance_id or structured_instance_id(journey_id, user_id),
             options=run_options,

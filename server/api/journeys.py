@@ -224,7 +224,7 @@ async def _structured(
     ``ServerServices.instance``). The routes act on it by this id: named again by design and user outside
     the caller's tenant, it was another tenant's user's journey."""
     svc.check_user(caller, user_id)
-    instance_id = await svc.structured_instance_id(caller, journey_id, user_id)
+    instance_id = await svc.structured_instance_of(caller, journey_id, user_id)
     await svc.instance(caller, instance_id, to_act=to_act)
     return instance_id
 
@@ -243,7 +243,7 @@ async def design_structured(body: DesignIn, caller: Writer, svc: Services) -> di
 )
 async def execute_structured(journey_id: str, body: ExecuteIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
-    instance_id = await svc.structured_instance_id(caller, journey_id, body.user_id)
+    instance_id = await svc.structured_instance_of(caller, journey_id, body.user_id)
     with svc.acting(caller):
         return await svc.runtime.structured.execute_journey(
             journey_id,
