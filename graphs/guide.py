@@ -19,6 +19,7 @@ from langgraph.graph import StateGraph
 from agents.guide import build_guide_graph
 from agents.guide_model import DeterministicGuideModel
 from agents.protocol import AgentRequest
+from checkpoints.errors import StartedElsewhereError
 from graphs.errors import InvalidInputError
 from graphs.kernel.engine import at_breakpoint
 from graphs.kernel.patterns import Assistant, Graph, Pattern, RunContext, register
@@ -153,8 +154,15 @@ async def _run(ctx: RunContext, data: Mapping[str, Any]) -> None:
     graph = guide_graph(ctx.runtime)
     engine = ctx.runtime.engine
     async with engine.exclusive(ctx.thread_id):
+        current = await graph.aget_state(engine.config(ctx.thread_id))
+        found = (current.config or {}).get("configurable", {}).get("checkpoint_id") or ""
+        if ctx.turn_from is not None and found != ctx.turn_from:
+            raise StartedElsewhereError(
+                f"thread {ctx.thread_id!r} moved on since this run's turn began: another attempt of the run took it",
+                thread_id=ctx.thread_id,
+            )
         no_input = update == {"messages": []}
-        if no_input and at_breakpoint(await graph.aget_state(engine.config(ctx.thread_id))):
+        if no_input and at_breakpoint(current):
             # A run without input goes on from where interrupt_before/after stopped the thread (a tool call held
             # for review runs once approved), as LangGraph's does; with input it is a new turn.
             await engine.run(graph, ctx.thread_id, None, replay=False, options=ctx.options)

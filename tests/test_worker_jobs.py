@@ -28,7 +28,7 @@ from psycopg import sql
 from checkpoints.errors import ConcurrentUpdateError, StartedElsewhereError
 from checkpoints.locks import held_elsewhere
 from graphs import READY_TO_START
-from graphs.guide import guide_graph
+from graphs.guide import NAVIGATE_INTENT, guide_graph
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.queues.procrastinate import (
@@ -396,6 +396,50 @@ async def test_an_attempt_resumed_after_the_other_ended_the_run_leaves_it_as_it_
         assert ended == [run.job_id]  # ended once, with the run, by the attempt that ran it
         if messages is not None:  # the guide's turn once: its messages once
             assert await guide_messages(runtime, run.thread_id) == messages
+
+
+async def test_a_first_attempt_waiting_out_its_retrys_guide_turn_takes_none_of_its_own(postgres_url: str) -> None:
+    """A guide run taken again while its first attempt was paused; the first attempt resumed while the retry's turn
+    was under way, and waited for the thread's lock. A turn takes seconds and the lock's wait is longer: once the
+    retry let the thread go, the first attempt took the turn again (the user's message and the guide's answer twice
+    on the thread). Under the lock it now finds the thread moved on from where it found it, and leaves the run."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url, lock_timeout=20.0) as runtime:
+        session_id = (await runtime.mvp.start_mvp_journey("ana"))["session"]["session_id"]
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def navigate(request: Any) -> dict[str, Any]:
+            started.set()
+            await release.wait()
+            return await runtime.mvp.navigate_to_pillar(session_id, str(request.payload["pillar_id"]))
+
+        runtime.agents.register(NAVIGATE_INTENT, navigate, permissions=("mvp.navigate",), replace=True)
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        data = {"messages": ["take me to operations"], "session_id": session_id}
+        run = await journey_run(runs, build_app(postgres_url), "guide", data)
+        assert run.job_id is not None
+        first = await runs.claim(run.run_id)  # a worker took it, then paused ...
+        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another, which takes the turn
+        assert first is not None and again is not None
+        ended: list[int] = []
+        live = asyncio.create_task(
+            RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, again, ended.append))
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        late = asyncio.create_task(  # the first attempt resumes: it waits for the thread the retry holds
+            RunExecutor(runtime, runs).execute(run.run_id, taken=Taken(run.job_id, first, ended.append))
+        )
+        await asyncio.sleep(1.0)  # at the lock by now (its wait is 20 s)
+        assert not late.done()
+        release.set()
+        done = await live
+        assert done is not None and done.status == "success", done
+        with pytest.raises(ConcurrentUpdateError) as refused:
+            await late
+        assert held_elsewhere(refused.value)  # left as the retry ended it
+        said = await guide_messages(runtime, run.thread_id)
+        assert [content for kind, content in said if kind == "human"] == ["take me to operations"], said
+        assert ended == [run.job_id]
 
 
 async def test_an_aborted_job_whose_task_never_started_is_forgotten(postgres_url: str) -> None:

@@ -69,6 +69,10 @@ class RunContext:
     bind: Callable[[str], Awaitable[None]]
     binding: Callable[[str], Statement]
     options: RunOptions = DEFAULT_RUN  # how the run is carried out: passed to every orchestrator call it makes
+    # A chat run's turn: the thread's checkpoint its attempt found before the turn ("" for none; None: not noted). The
+    # assistant takes the turn only from there, under the thread's lock: another attempt of the run (its queue took it
+    # twice, a worker's heartbeat late) that moved the thread meanwhile took it, and a second would repeat it.
+    turn_from: str | None = None
 
     def registering(self, instance_id: str) -> RunOptions:
         """The run's options for a start that registers ``instance_id`` through ``Instances.start``, with the

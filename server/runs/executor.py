@@ -534,13 +534,17 @@ class RunExecutor:
             if instance_id is not None and await self._turn_taken(run, assistant, instance_id):
                 await self._finish_in_flight(assistant, instance_id, ctx.options)
                 return None
+            turn_from = NO_STATE  # a chat turn's: where the thread stands as this attempt takes it (RunContext)
             if instance_id is not None:  # where a rollback would put the thread back
-                await self._remember_base(run, assistant, instance_id)
+                turn_from = await self._remember_base(run, assistant, instance_id)
                 if checkpoint_id := (run.options or {}).get("checkpoint_id"):
                     graph = await graph_of(self.runtime, assistant, instance_id)
                     await fork_back(self.runtime, graph, instance_id, checkpoint_id)
+                    turn_from = await self._checkpoint_now(assistant, instance_id)
             elif assistant.chat:
                 await self.runs.set_base_checkpoint(run.run_id, NO_STATE)
+            if assistant.chat:
+                ctx = dataclasses.replace(ctx, turn_from=turn_from)
             return await assistant.start(ctx, run.input or {})
         if instance_id is None:  # queued behind the thread's first run, which started nothing (failed, cancelled)
             raise ApiError(409, "NothingToResume", f"thread {run.thread_id!r} has no journey; start one with input")
@@ -562,8 +566,11 @@ class RunExecutor:
             return None
         return await self._resume(run, assistant, ctx, instance_id)
 
-    async def _remember_base(self, run: RunRow, assistant: Assistant, instance_id: str) -> None:
-        await self.runs.set_base_checkpoint(run.run_id, await self._checkpoint_now(assistant, instance_id))
+    async def _remember_base(self, run: RunRow, assistant: Assistant, instance_id: str) -> str:
+        """Note the thread's checkpoint as the run's base; it."""
+        base = await self._checkpoint_now(assistant, instance_id)
+        await self.runs.set_base_checkpoint(run.run_id, base)
+        return base
 
     async def _checkpoint_now(self, assistant: Assistant, instance_id: str) -> str:
         """The thread's latest checkpoint's id (``NO_STATE``: it has none)."""
