@@ -316,9 +316,9 @@ async def test_rollback_before_the_run_noted_its_base_keeps_the_threads_state(
     noted = threading.Event()  # set from the test's loop, waited on in the server's (another thread)
     remember = RunExecutor._remember_base
 
-    async def late(self: RunExecutor, run: Any, assistant: Any, instance_id: str) -> None:
+    async def late(self: RunExecutor, run: Any, assistant: Any, instance_id: str) -> str:
         await asyncio.to_thread(noted.wait, 30)  # held until the rollback has been answered
-        await remember(self, run, assistant, instance_id)
+        return await remember(self, run, assistant, instance_id)
 
     tid = (await client.threads.create())["thread_id"]
     await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "hello"}]})
