@@ -160,14 +160,13 @@ def test_two_principals_never_see_or_touch_each_others_objects(base: str) -> Non
             answer = http.request(method, f"{structured}/{path}", json=body, headers=bob)
             assert answer.status_code == 403 and answer.json()["type"].endswith("ImpersonationError"), answer.text
         assert http.get(f"{structured}/bob", headers=bob).status_code == 404
-        # People are named per tenant: the other tenant's ana starts ana's design as a journey of her own (it was
-        # refused, naming ana's instance) and moves it on without touching ana's.
+        # A design is its saver's tenant's: the other tenant's ana cannot start ana's design (as if none were
+        # stored), nor reach ana's journey of it by design and user (people are named per tenant: a shared design's
+        # journey of hers is her own, see the upgrade test below).
         eve, design = as_("key-eve"), objects["journey"]
-        hers = ok(http.post(f"/journeys/structured/{design}/executions", json={"user_id": "ana"}, headers=eve))
-        assert hers["instance_id"] != objects["structured"], hers
-        step = {"step_result": {"status": "complete", "files_uploaded": 1}}
-        ok(http.post(f"{structured}/ana/advance", json=step, headers=eve))
-        assert ok(http.get(f"{structured}/ana", headers=eve))["completed_steps"] == ["upload_content"]
+        refused = http.post(f"/journeys/structured/{design}/executions", json={"user_id": "ana"}, headers=eve)
+        assert refused.status_code == 404 and refused.json()["code"] == "JourneyNotFoundError", refused.text
+        assert http.get(f"{structured}/ana", headers=eve).status_code == 404
         # Nor does a thread take the id a user's journey of a design will have: made first, it hid that journey's
         # thread from its user (404).
         run_on_new = {
@@ -215,7 +214,10 @@ def test_a_tenants_structured_journey_started_before_its_id_carried_the_tenant_s
     app = create_app(Settings(database_url=store_url, api_keys=keys))
     with serving(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         acme, eve = as_("key-acme"), as_("key-eve")
-        design = ok(http.post("/journeys/structured/designs", json={"journey_type": "content_migration"}, headers=acme))
+        # A design stored before migration 32, as every one then: shared by every tenant (one saved by the runtime
+        # itself is too).
+        runtime = app.state.services.runtime
+        design = on_server_loop(app, runtime.structured.design_journey("content_migration", {}))
         journey, legacy = f"/journeys/structured/{design['journey_id']}", f"{design['journey_id']}:ana"
 
         async def start_as_before_36a9e6f() -> None:  # that start's instance id, owned by its caller
@@ -374,17 +376,20 @@ def test_a_start_key_is_its_callers_own(base: str) -> None:
     a journey of their own for each: it never answers with hers (her context, her instance id) nor stops
     them starting; ana sending it again gets hers, as an idempotent start does."""
     with httpx.Client(base_url=base, timeout=60) as http:
-        design = ok(
-            http.post("/journeys/sagas/designs", json={"journey_type": "enterprise_migration"}, headers=as_("key-ana"))
-        )
-        starts = f"/journeys/sagas/designs/{design['journey_id']}/executions"
+
+        def saga_design(key: str) -> str:  # a design is its saver's tenant's: eve's tenant has one of its own
+            body = {"journey_type": "enterprise_migration"}
+            return str(ok(http.post("/journeys/sagas/designs", json=body, headers=as_(key)))["journey_id"])
+
+        anas_design, eves_design = saga_design("key-ana"), saga_design("key-eve")
+        designs = {"key-ana": anas_design, "key-bob": anas_design, "key-eve": eves_design}
         ok(http.post("/processes", json=APPROVAL_PROCESS, headers=as_("key-ana")))
         ok(http.post("/processes", json={**APPROVAL_PROCESS, "name": "eves"}, headers=as_("key-eve")))  # her tenant's
         processes = {"key-ana": "approval", "key-bob": "approval", "key-eve": "eves"}
 
         def start(key: str, user: str) -> tuple[str, str, str]:
             body = {"user_id": user, "context": {"note": f"of-{key}"}, "start_key": "order-7"}
-            saga = ok(http.post(starts, json=body, headers=as_(key)))
+            saga = ok(http.post(f"/journeys/sagas/designs/{designs[key]}/executions", json=body, headers=as_(key)))
             process = ok(
                 http.post(
                     f"/processes/{processes[key]}/instances",
