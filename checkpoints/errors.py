@@ -45,6 +45,12 @@ class ResilienceSettingError(InvalidInputError, ValueError):
     # Still a ValueError: pydantic validators and callers that catch ValueError keep working.
 
 
+class FilterTooCostlyError(InvalidInputError):
+    """A JSON filter (a search's metadata or values) whose arrays of objects or of arrays would take too long to
+    compare with what is stored: narrow it (fewer objects in an array, or a scalar field in each that tells them
+    apart)."""
+
+
 class StoreError(JourneyError):
     """The journey store could not be opened or used."""
 

@@ -117,6 +117,31 @@ async def test_thread_searches_and_counts_filter_page_and_sort_in_the_query(
     assert time.monotonic() - started < 10  # PostgreSQL's own @> takes about 2 s for each of the two
 
 
+async def test_a_search_by_arrays_of_objects_or_arrays_is_linear_or_refused(ana: LangGraphClient) -> None:
+    """An array of objects (or of arrays) in a filter was compared with each stored element in turn, on the
+    server's loop: 3,000 of each, about 12 s a search (SQLite's metadata and every store's values, in Python).
+    Each wanted element is now looked up by a scalar it holds, or its JSON; what no scalar tells apart is refused
+    (422 FilterTooCostlyError) once its work passes a bound linear in the JSON compared."""
+    n = 3_000
+    items = [{"i": i, "at": [i, "x"], "pair": [[i]]} for i in range(n)]
+    wanted = [{"at": [n - 1 - j], "pair": [[n - 1 - j]]} for j in range(n)]  # contained, none equal: looked up
+    thread = (await ana.threads.create(metadata={"items": items}))["thread_id"]
+    await ana.runs.wait(thread, "structured", input=JOURNEY)
+    await ana.threads.update_state(thread, {"context": {"items": items}})
+    started = time.monotonic()
+    assert await _ids(ana, metadata={"items": wanted}) == [thread]
+    assert await ana.threads.count(metadata={"items": [*wanted, {"i": n}]}) == 0
+    assert await _ids(ana, values={"context": {"items": wanted}}) == [thread]
+    assert await _ids(ana, values={"context": {"items": [{"i": n - 1, "at": ["x"]}, *wanted[:-1], []]}}) == []
+    assert time.monotonic() - started < 10
+    # Objects no scalar tells apart, each contained only in one element: a scan of the array for each.
+    alike = [{"at": [], "pair": [[n - 1 - j]]} for j in range(n)]
+    with pytest.raises(UnprocessableEntityError) as refused:
+        await ana.threads.search(values={"context": {"items": alike}})
+    assert refused.value.response.json()["code"] == "FilterTooCostlyError", refused.value.response.text
+    assert time.monotonic() - started < 15
+
+
 async def test_a_search_by_values_or_status_over_too_many_threads_is_refused_not_read(
     ana: LangGraphClient, durable_url: str
 ) -> None:
