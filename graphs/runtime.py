@@ -336,14 +336,16 @@ class JourneyRuntime:
                 )
         return await self._answer(await self._instance(instance_id))  # a review deletes nothing
 
-    async def recover(self) -> list[str]:
+    async def recover(self, *, leave: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:
         """Finish the work that a crashed process left in flight, for every journey still running, of
         every pattern: runs cut short (also before their first checkpoint) are finished, a process's
         migrations cut short are settled and its resolved waits delivered.
 
-        Runs that wait for a human or a timer are left waiting. Returns the ids of the runs resumed.
+        Runs that wait for a human or a timer are left waiting, and so are the journeys for which ``leave``
+        answers True (a server's runs take them up) or that another process holds. Returns the ids of the
+        runs resumed.
         """
-        return await self._designs.instances.recover()
+        return await self._designs.instances.recover(leave=leave)
 
     def orchestrator(self, pattern: str) -> Any:
         """The orchestrator of a registered pattern, by the pattern's name."""

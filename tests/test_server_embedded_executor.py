@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import psycopg
 from checkpoints.locks import lock_key
 from server.queues.embedded import EXECUTOR_LOCK
 from tests.forked import run_journeys
-from tests.server_support import free_port, journeys_serve
+from tests.server_support import free_port, journeys_serve, start_serving
 
 EIGHT_STEPS = {
     "journey_type": "one8",
@@ -122,3 +123,57 @@ def test_an_embedded_server_whose_lock_another_took_meanwhile_stops_and_says_so(
 
         until(stopped, f"the first server serves on beside the lock's new holder:\n{log.read_text()}", 30)
     assert "another journeys serve took this database's runs while this one's lock was lost" in log.read_text()
+
+
+SLOW_PROCESS = {
+    "name": "killed_mid_step",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "service_task", "id": "prepare", "agent": "slow"},
+        {"type": "user_task", "id": "approve", "title": "Approve", "candidate_groups": ["ops"]},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> prepare", "prepare -> approve", "approve -> end"],
+}
+
+
+def test_a_process_instance_the_server_was_killed_in_is_taken_up_when_it_starts_again(
+    durable_url: str, tmp_path: Path
+) -> None:
+    """A process started over HTTP runs in its request: `journeys serve` killed in its service task's call left
+    it `in_progress` for good, its step never finished and no task made (``journeys instances list`` showed it
+    like any other), until someone read it over the API. The next server takes it up as it starts, as it takes up
+    the runs a crash left."""
+    calls = tmp_path / "calls"
+    calls.touch()
+    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "3"}
+    plugin = ("--plugin", "tests.slow_agents")
+    port = free_port()
+    first = start_serving(durable_url, port, tmp_path / "first.log", "--no-auth", *plugin, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.post(f"{base}/processes", json=SLOW_PROCESS, timeout=30).status_code == 200
+        with ThreadPoolExecutor(1) as pool:
+            started = pool.submit(
+                httpx.post, f"{base}/processes/killed_mid_step/instances", json={"business_key": "k1"}, timeout=60
+            )
+            until(lambda: "start prepare" in calls.read_text(), "the service task was never called", 30)
+            first.kill()
+            first.wait()
+            assert isinstance(started.exception(), httpx.TransportError)  # the start was never answered
+    finally:
+        first.kill()
+        first.wait()
+    with journeys_serve(durable_url, tmp_path / "next.log", "--no-auth", *plugin, env=env) as following:
+        # No request names the instance: the server finishes its step by itself.
+        until(lambda: "done prepare" in calls.read_text(), f"the step was never finished:\n{calls.read_text()}", 60)
+        listed = run_journeys(["instances", "list", "--database-url", durable_url])
+        [instance_id] = [line.split()[0] for line in listed.stdout.splitlines() if " process " in line]
+        view = httpx.get(f"{following}/processes/instances/{instance_id}", timeout=30).json()
+        assert view["status"] == "in_progress" and [w["element"] for w in view["waiting"]] == ["approve"], view
+    # The call the kill cut short, then the one that finished the step: once.
+    assert [line.split()[:2] for line in calls.read_text().splitlines()] == [
+        ["start", "prepare"],
+        ["start", "prepare"],
+        ["done", "prepare"],
+    ]

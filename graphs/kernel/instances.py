@@ -656,11 +656,12 @@ class Instances:
 
     # --- recover -------------------------------------------------------------------------------------
 
-    async def recover(self) -> list[str]:
+    async def recover(self, *, leave: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:
         """Finish the work a crashed process left in flight, for every open instance of every pattern:
         a run in flight is run on, and a start cut short before its first checkpoint is run from its first
-        event. Instances that wait for a person, a message or a timer are left waiting. Meant for startup.
-        Returns the ids of the instances resumed."""
+        event. Instances that wait for a person, a message or a timer are left waiting, and so are those for
+        which ``leave`` answers True (a server's runs take them up) or that another process holds (it works on
+        them). Meant for startup. Returns the ids of the instances resumed."""
         kinds = list({id(kind): kind for kind in self._kinds.values()}.values())
         resumed: list[str] = []
 
@@ -675,8 +676,13 @@ class Instances:
         for status in OPEN_STATUSES:
             for instance in await self.index.list_instances(status=status, limit=1_000_000):
                 of = self._kinds.get(instance.pattern)
-                if of is not None and await self._recover_one(of, instance):
-                    note([instance.instance_id])
+                if of is None or (leave is not None and await leave(instance.instance_id)):
+                    continue
+                try:
+                    if await self._recover_one(of, instance):
+                        note([instance.instance_id])
+                except ConcurrentUpdateError:  # held past the lock timeout: its holder is working on it
+                    continue
         for kind in kinds:
             if kind.after is not None:
                 note(await kind.after())
