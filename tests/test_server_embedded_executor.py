@@ -1,6 +1,7 @@
 """One embedded server executes a database's runs: a second `journeys serve` (embedded) on the same SQLite file
 or PostgreSQL database is refused in one line, since it would take up, and execute again, every run the first
-is executing (each agent call twice); once the first stops, a new one starts in its place. Real processes."""
+is executing (each agent call twice); once the first stops, a new one starts in its place. A server starting
+takes up the journeys a killed one left mid-step outside any run (embedded and distributed). Real processes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import psycopg
 from checkpoints.locks import lock_key
 from server.queues.embedded import EXECUTOR_LOCK
 from tests.forked import run_journeys
-from tests.server_support import free_port, journeys_serve, start_serving
+from tests.server_support import free_port, journeys_serve, start_serving, start_worker, stop_worker, workers_up
 
 EIGHT_STEPS = {
     "journey_type": "one8",
@@ -144,12 +145,36 @@ def test_a_process_instance_the_server_was_killed_in_is_taken_up_when_it_starts_
     it `in_progress` for good, its step never finished and no task made (``journeys instances list`` showed it
     like any other), until someone read it over the API. The next server takes it up as it starts, as it takes up
     the runs a crash left."""
+    killed_mid_step_and_restarted(durable_url, tmp_path)
+
+
+async def test_a_process_instance_a_distributed_api_was_killed_in_is_taken_up_when_it_starts_again(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """So too in distributed mode, where the API process runs a process's start (and its first service task) in
+    the request, as the embedded one does: the workers never took the instance up, nor did a new API process,
+    and `journeys instances retry` refused it (no failed node)."""
+    worker = start_worker(postgres_url, "--plugin", "tests.slow_agents", env=slow_env(tmp_path))
+    try:
+        await workers_up(postgres_url, 1)
+        killed_mid_step_and_restarted(postgres_url, tmp_path, "--distributed")
+    finally:
+        stop_worker(worker)
+
+
+def slow_env(tmp_path: Path) -> dict[str, str]:
+    """tests.slow_agents' settings: its calls noted in the test's directory, each taking 3 s."""
+    return {"JOURNEYS_CALLS": str(tmp_path / "calls"), "JOURNEYS_SLOW_S": "3"}
+
+
+def killed_mid_step_and_restarted(url: str, tmp_path: Path, *options: str) -> None:
+    """Start a process instance on a `journeys serve` (``options``), kill the server while the instance's service
+    task's agent works, start another, and check it finishes the step with no request naming the instance."""
     calls = tmp_path / "calls"
     calls.touch()
-    env = {"JOURNEYS_CALLS": str(calls), "JOURNEYS_SLOW_S": "3"}
-    plugin = ("--plugin", "tests.slow_agents")
+    plugin = ("--no-auth", "--plugin", "tests.slow_agents", *options)
     port = free_port()
-    first = start_serving(durable_url, port, tmp_path / "first.log", "--no-auth", *plugin, env=env)
+    first = start_serving(url, port, tmp_path / "first.log", *plugin, env=slow_env(tmp_path))
     base = f"http://127.0.0.1:{port}"
     try:
         assert httpx.post(f"{base}/processes", json=SLOW_PROCESS, timeout=30).status_code == 200
@@ -164,10 +189,10 @@ def test_a_process_instance_the_server_was_killed_in_is_taken_up_when_it_starts_
     finally:
         first.kill()
         first.wait()
-    with journeys_serve(durable_url, tmp_path / "next.log", "--no-auth", *plugin, env=env) as following:
+    with journeys_serve(url, tmp_path / "next.log", *plugin, env=slow_env(tmp_path)) as following:
         # No request names the instance: the server finishes its step by itself.
         until(lambda: "done prepare" in calls.read_text(), f"the step was never finished:\n{calls.read_text()}", 60)
-        listed = run_journeys(["instances", "list", "--database-url", durable_url])
+        listed = run_journeys(["instances", "list", "--database-url", url])
         [instance_id] = [line.split()[0] for line in listed.stdout.splitlines() if " process " in line]
         view = httpx.get(f"{following}/processes/instances/{instance_id}", timeout=30).json()
         assert view["status"] == "in_progress" and [w["element"] for w in view["waiting"]] == ["approve"], view

@@ -3,8 +3,11 @@ implementations (see :mod:`server.queues.base`)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+
+import structlog
 
 from server.queues.base import RunQueue
 from server.queues.embedded import EmbeddedQueue
@@ -13,23 +16,55 @@ from server.runs.watch import RunWatch
 from server.settings import Settings
 
 __all__ = ["EmbeddedQueue", "RunQueue", "open_queue"]
+log = structlog.get_logger("journeys.server")
 
 
 @asynccontextmanager
 async def open_queue(settings: Settings, executor: RunExecutor, watch: RunWatch) -> AsyncIterator[RunQueue]:
-    """The queue ``settings.execution`` chooses, open for the block."""
-    if settings.execution == "embedded":
-        async with EmbeddedQueue.open(
-            executor,
-            concurrency=settings.concurrency,
-            timers=settings.run_timers,
-            retention_every=settings.retention_every,
-        ) as embedded:
-            yield embedded
-        return
-    from server.queues.procrastinate import ProcrastinateQueue  # procrastinate only where it is used
+    """The queue ``settings.execution`` chooses, open for the block; meanwhile, in the background, the journeys
+    a killed process left mid-step outside any run are run on (:func:`run_on_left_journeys`)."""
+    async with AsyncExitStack() as stack:
+        if settings.execution == "embedded":
+            queue: RunQueue = await stack.enter_async_context(
+                EmbeddedQueue.open(
+                    executor,
+                    concurrency=settings.concurrency,
+                    timers=settings.run_timers,
+                    retention_every=settings.retention_every,
+                )
+            )
+        else:
+            from server.queues.procrastinate import ProcrastinateQueue  # procrastinate only where it is used
 
-    pool = executor.runtime.store.pg_pool
-    opened = ProcrastinateQueue.open(settings.database_url, watch, pool=pool, poll=settings.poll_interval)
-    async with opened as distributed:
-        yield distributed
+            pool = executor.runtime.store.pg_pool
+            opened = ProcrastinateQueue.open(settings.database_url, watch, pool=pool, poll=settings.poll_interval)
+            queue = await stack.enter_async_context(opened)
+        recovery = asyncio.create_task(run_on_left_journeys(executor), name="recover-journeys")
+        stack.push_async_callback(_stopped, recovery)
+        yield queue
+
+
+async def run_on_left_journeys(executor: RunExecutor) -> None:
+    """Run on the journeys a killed process left mid-step outside any run, as ``runtime.recover`` does: a process
+    instance started, a task answered or a step advanced in a request (the API runs those itself, in embedded and
+    distributed mode alike) stood ``in_progress`` with no step running until someone read it over the API. Those
+    with a run pending or running are left to it (an embedded queue takes them up as it opens, a worker's reaper
+    in distributed mode), and those another process holds to that process."""
+    runs = executor.runs
+
+    async def driven(instance_id: str) -> bool:
+        return bool(await runs.active_of_instance(instance_id))
+
+    try:
+        resumed = await executor.runtime.recover(leave=driven)
+    except Exception as exc:  # the server serves on: a read or an answer of each journey runs it on too
+        log.error("could not run on the journeys a previous process left mid-step", error=repr(exc))
+        return
+    if resumed:
+        log.info("journeys a previous process left mid-step were run on", count=len(resumed), instances=resumed)
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task

@@ -52,24 +52,6 @@ class EmbeddedRunner:
         for run in await self.executor.runs.unfinished():
             self.submit(run)
 
-    async def recover_journeys(self) -> None:
-        """Journeys a previous process left mid-step outside any run (a process instance started, or a task
-        answered, in a request the crash cut short) are run on, as ``runtime.recover`` does; those with a run
-        pending or running are left to it (:meth:`resume_unfinished`). Nothing read them again before: they
-        stood ``in_progress`` with no step running until someone read one over the API."""
-        runs = self.executor.runs
-
-        async def driven(instance_id: str) -> bool:
-            return bool(await runs.active_of_instance(instance_id))
-
-        try:
-            resumed = await self.executor.runtime.recover(leave=driven)
-        except Exception as exc:  # the server serves on: a read or an answer of each journey runs it on too
-            log.error("could not run on the journeys a previous process left mid-step", error=repr(exc))
-            return
-        if resumed:
-            log.info("journeys a previous process left mid-step were run on", count=len(resumed), instances=resumed)
-
     async def _drive(self, thread_id: str) -> None:
         try:
             while True:
@@ -289,16 +271,14 @@ class EmbeddedQueue(RunQueue):
     async def open(
         cls, executor: RunExecutor, *, concurrency: int = 8, timers: bool = True, retention_every: float = 0.0
     ) -> AsyncIterator[EmbeddedQueue]:
-        """Takes up the runs a previous process left unfinished and the journeys it left mid-step, fires due
-        timers while open, and applies the runtime's checkpoint retention every ``retention_every`` seconds
-        (0: never)."""
+        """Takes up the runs a previous process left unfinished, fires due timers while open, and applies
+        the runtime's checkpoint retention every ``retention_every`` seconds (0: never)."""
         runner = EmbeddedRunner(executor, concurrency=concurrency)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(sole_executor(executor.runtime.store.locks))
                 await runner.resume_unfinished()
                 await stack.enter_async_context(in_background(runner.watch_cancels(), "embedded-cancel-watch"))
-                await stack.enter_async_context(in_background(runner.recover_journeys(), "embedded-recover"))
                 if timers:
                     await stack.enter_async_context(executor.runtime.processes.scheduler.running())
                 if retention_every > 0:
