@@ -570,8 +570,9 @@ def list_instances(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many, the newest first")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """The newest journeys first, with their pattern, status, user, last change and incidents (failed timers a
-    retry re-arms). `--status failed` lists what to retry."""
+    """The newest journeys first, with their pattern, status, user, when their status last changed (updated_at)
+    and when they last logged anything (last_event_at: one that moved on, or stands mid-step, shows it), and
+    incidents (failed timers a retry re-arms). `--status failed` lists what to retry."""
     from checkpoints.index import InstanceFilter
     from graphs.errors import InvalidInputError
     from graphs.kernel.patterns import get_pattern
@@ -592,6 +593,7 @@ def list_instances(
             found = await runtime.store.index.list_instances(limit=limit + 1, where=where, newest_first=True)
             more, found = len(found) > limit, found[:limit]
             failed_timers = await runtime.store.index.incidents([i.instance_id for i in found])
+            last_events = await runtime.store.index.last_event_at([i.instance_id for i in found])
         rows = [
             {
                 "instance_id": i.instance_id,
@@ -599,6 +601,7 @@ def list_instances(
                 "status": i.status,
                 "user_id": i.user_id,
                 "updated_at": i.updated_at.isoformat(),
+                "last_event_at": (last_events.get(i.instance_id) or i.updated_at).isoformat(),
                 "incidents": failed_timers.get(i.instance_id, 0),
             }
             for i in found
@@ -642,7 +645,8 @@ def show_instance(
             "owner": instance.owner,
             "tenant": instance.tenant,
             "created_at": instance.created_at.isoformat(),
-            "updated_at": instance.updated_at.isoformat(),
+            "updated_at": instance.updated_at.isoformat(),  # its status last changed
+            "last_event_at": (log[-1].created_at if log else instance.updated_at).isoformat(),
             "incidents": failed_timers.get(instance_id, 0),
             # What holds it back: agents no process serving it has (register them there, e.g. --plugin).
             "held": instance.held,

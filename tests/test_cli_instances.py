@@ -5,6 +5,7 @@ agents of a plugin and terminates one, from a shell (real processes, on SQLite a
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from agents import PermanentAgentError
 from agents.errors import AgentCallFailedError
+from checkpoints import VirtualClock
 from graphs import JourneyRuntime
 from tests.forked import journeys as journeys_process
 from tests.forked import run_journeys
@@ -157,3 +159,34 @@ async def test_where_workers_serve_the_database_a_retry_is_handed_to_them_and_ru
     assert code == 0, err
     assert json.loads(out)["status"] == "in_progress"
     assert err.strip() == "retried in this process: no journeys worker serves this database"
+
+
+async def test_an_instance_that_moved_on_without_changing_status_shows_when_it_last_moved(
+    durable_url: str, tmp_path: Path
+) -> None:
+    """`instances list` called its `updated_at` the journey's last change, and `show` showed it beside the log:
+    it is when its status last changed. A process answered two days after its start and waiting at its next task
+    (still `in_progress`) showed its start's time, and one stuck mid-step for days looked no different. Each shows
+    its last event's time too (`last_event_at`)."""
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    clock = VirtualClock(start)
+    async with JourneyRuntime.open(durable_url, clock=clock) as rt:
+        await rt.processes.deploy(linear("two_tasks", user_task("first"), user_task("second")))
+        moved = (await rt.processes.start("two_tasks", "t-1", {}))["instance_id"]
+        idle = (await rt.processes.start("two_tasks", "t-2", {}))["instance_id"]
+        clock.advance(timedelta(days=2))
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana", instance_id=moved)
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+    db = ("--database-url", durable_url)
+    code, out, err = journeys("instances", "list", "--json", *db, cwd=tmp_path)
+    assert code == 0, err
+    listed = {row["instance_id"]: row for row in json.loads(out)["instances"]}
+    assert listed[moved]["status"] == listed[idle]["status"] == "in_progress"
+    assert listed[moved]["updated_at"] == listed[idle]["updated_at"] == start.isoformat()  # no status changed
+    assert listed[moved]["last_event_at"] == (start + timedelta(days=2)).isoformat()
+    assert listed[idle]["last_event_at"] == start.isoformat()
+    code, out, err = journeys("instances", "list", *db, cwd=tmp_path)
+    assert code == 0 and "last_event_at" in out.splitlines()[0], out + err
+    code, out, err = journeys("instances", "show", moved, "--json", *db, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["last_event_at"] == (start + timedelta(days=2)).isoformat()
