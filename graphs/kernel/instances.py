@@ -676,10 +676,10 @@ class Instances:
         for status in OPEN_STATUSES:
             for instance in await self.index.list_instances(status=status, limit=1_000_000):
                 of = self._kinds.get(instance.pattern)
-                if of is None or (leave is not None and await leave(instance.instance_id)):
+                if of is None:
                     continue
                 try:
-                    if await self._recover_one(of, instance):
+                    if await self._recover_one(of, instance, leave):
                         note([instance.instance_id])
                 except ConcurrentUpdateError:  # held past the lock timeout: its holder is working on it
                     continue
@@ -738,9 +738,17 @@ class Instances:
             return None
         return await kind.start_input(instance, (await self.events.list(instance.instance_id))[0])
 
-    async def _recover_one(self, kind: Recoverable, instance: Instance) -> bool:
+    async def _recover_one(
+        self, kind: Recoverable, instance: Instance, leave: Callable[[str], Awaitable[bool]] | None = None
+    ) -> bool:
         instance_id = instance.instance_id
         graph = await kind.graph(instance)
+        if leave is not None:
+            # A first look without the lock: most open instances wait (for a person, a message, a timer), and
+            # ``leave`` is asked only of those with work in flight, whose run (if any) may hold the lock a while.
+            snapshot = await graph.aget_state(self.engine.config(instance_id))
+            if not (in_flight(snapshot) or never_checkpointed(snapshot)) or await leave(instance_id):
+                return False
         async with self.engine.exclusive(instance_id):
             # Read again under the lock: the instance may have ended (been cancelled, say) since it was listed.
             current = await self.index.get_instance(instance_id)
