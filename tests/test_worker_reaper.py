@@ -8,6 +8,7 @@ import time
 
 import psycopg
 import pytest
+import structlog.testing
 from procrastinate.manager import JobManager
 
 from server.queues.procrastinate import QUEUE, RUN_TASK, build_app, ensure_schema
@@ -82,3 +83,34 @@ async def test_a_stalled_job_a_live_worker_took_meanwhile_is_not_reset(postgres_
                 await task
     assert job_state(postgres_url, taken) == ("doing", live, 1)  # the live worker's still
     assert job_state(postgres_url, other) == ("todo", dead, 1)  # the dead worker's: retried once
+
+
+async def test_a_stalled_job_retried_is_logged_with_its_run_and_its_dead_worker(postgres_url: str) -> None:
+    """The reaper's warning named the procrastinate job's number and task only: an operator could not tell from the
+    log which run (so which thread and journey) was taken from which dead worker, nor how long it had been silent,
+    without querying procrastinate's tables."""
+    ensure_schema(postgres_url)
+    app = build_app(postgres_url)
+    async with app.open_async():
+        jobs = app.job_manager
+        dead = await jobs.register_worker()
+        job = await app.configure_task(RUN_TASK, queue=QUEUE, lock="thread:t-1").defer_async(run_id="run-1")
+        assert await jobs.fetch_job(queues=None, worker_id=dead) is not None
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", (dead,)
+            )
+        with structlog.testing.capture_logs() as logged:
+            reaper = asyncio.create_task(reap_stalled(app, stalled_after=2))
+            deadline = time.monotonic() + 10
+            # Until the reaper has logged: the job is reset in the database before its answer reaches the reaper.
+            retried = lambda: [e for e in logged if e["event"] == "retrying a stalled job"]  # noqa: E731
+            while not retried() and time.monotonic() < deadline:  # noqa: ASYNC110 (another process resets it)
+                await asyncio.sleep(0.1)
+            reaper.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reaper
+    assert job_state(postgres_url, job)[0] == "todo"
+    [line] = retried()
+    assert (line["job_id"], line["run_id"], line["worker_id"]) == (job, "run-1", dead), line
+    assert 3_500 <= line["silent_s"] <= 3_700, line  # its worker's last heartbeat, an hour ago

@@ -98,7 +98,7 @@ END_JOB = func.procrastinate_finish_job_v1(
 # locked, not joined with the rows read before.
 RETRY_STALLED = """
 WITH stalled AS (
-    SELECT job.id, job.task_name
+    SELECT job.id, job.task_name, job.worker_id, job.args
       FROM procrastinate_jobs job
      WHERE job.status = 'doing'
        AND (job.worker_id IS NULL OR EXISTS (
@@ -108,7 +108,12 @@ WITH stalled AS (
             OFFSET 0))
        FOR UPDATE OF job SKIP LOCKED
 )
-SELECT id, task_name, procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)::text AS retried FROM stalled
+SELECT stalled.id, stalled.task_name, stalled.worker_id,
+       stalled.args ->> 'run_id' AS run_id, stalled.args ->> 'instance_id' AS instance_id,
+       (SELECT extract(epoch FROM now() - worker.last_heartbeat)::float
+          FROM procrastinate_workers worker WHERE worker.id = stalled.worker_id) AS silent_s,
+       procrastinate_retry_job_v2(stalled.id, now(), NULL, NULL, NULL)::text AS retried
+  FROM stalled
 """
 
 # An operator's retry handed to the workers (`journeys instances retry` where workers serve the database): the

@@ -112,7 +112,15 @@ async def reap_stalled(app: procrastinate.App, stalled_after: float) -> None:
         await asyncio.sleep(stalled_after / 2)
         try:
             for job in await app.connector.execute_query_all_async(RETRY_STALLED, seconds=stalled_after):
-                log.warning("retrying a stalled job", job_id=job["id"], task=job["task_name"])
+                log.warning(
+                    "retrying a stalled job",
+                    job_id=job["id"],
+                    task=job["task_name"],
+                    run_id=job["run_id"],  # a run's job; an operator's retry names its journey instead
+                    instance_id=job["instance_id"],
+                    worker_id=job["worker_id"],  # the worker whose heartbeat stopped, and for how long
+                    silent_s=None if job["silent_s"] is None else round(job["silent_s"], 1),
+                )
         except Exception as exc:  # a database hiccup: try again next round
             if lost_database(exc) is None:  # an outage is logged once, by outlasting_the_database
                 log.warning("stalled-job check failed", error=repr(exc))
