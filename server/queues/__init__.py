@@ -3,12 +3,12 @@ implementations (see :mod:`server.queues.base`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 
+from checkpoints.background import in_background
 from server.queues.base import RunQueue
 from server.queues.embedded import EmbeddedQueue
 from server.runs.executor import RunExecutor
@@ -39,8 +39,7 @@ async def open_queue(settings: Settings, executor: RunExecutor, watch: RunWatch)
             pool = executor.runtime.store.pg_pool
             opened = ProcrastinateQueue.open(settings.database_url, watch, pool=pool, poll=settings.poll_interval)
             queue = await stack.enter_async_context(opened)
-        recovery = asyncio.create_task(run_on_left_journeys(executor), name="recover-journeys")
-        stack.push_async_callback(_stopped, recovery)
+        await stack.enter_async_context(in_background(run_on_left_journeys(executor), "recover-journeys"))
         yield queue
 
 
@@ -62,9 +61,3 @@ async def run_on_left_journeys(executor: RunExecutor) -> None:
         return
     if resumed:
         log.info("journeys a previous process left mid-step were run on", count=len(resumed), instances=resumed)
-
-
-async def _stopped(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
