@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
+from graphs.process.timers import fire_due_timers
 from graphs.runtime import JourneyRuntime
-from tests.process_support import runtime
+from tests.process_support import runtime, virtual_clock
 
 SPEC = {
     "journey_type": "fresh",
@@ -62,3 +64,35 @@ async def test_a_journeys_first_run_reads_no_checkpoint_and_its_later_runs_read_
         with latest_reads(rt) as reads:
             other = await rt.structured.execute_journey(design["journey_id"], "bob")
         assert other["completed_steps"] == ["first"] and other["instance_id"] not in reads
+
+
+PROCESS = {
+    "name": "fresh_timer",
+    "elements": [
+        {"type": "start", "id": "start"},
+        {"type": "timer", "id": "wait", "timer": {"duration": "PT1H"}},
+        {"type": "end", "id": "end"},
+    ],
+    "flows": ["start -> wait", "wait -> end"],
+}
+
+
+async def test_a_process_instances_start_reads_no_checkpoint_and_its_continuation_reads_its_own(
+    store_url: str,
+) -> None:
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        await rt.processes.deploy(PROCESS)
+        with latest_reads(rt) as reads:
+            started = await rt.processes.start("fresh_timer", "k-1")
+        instance_id = started["instance_id"]
+        assert started["status"] == "in_progress"
+        assert [w["element"] for w in started["waiting"]] == ["wait"]
+        assert instance_id not in reads
+        # The start saved the thread where it parks: its timer's continuation reads it and goes on to the end.
+        clock.advance(timedelta(hours=1))
+        with latest_reads(rt) as reads:
+            report = await fire_due_timers(rt.processes)
+        assert (report.fired, report.resumed) == (1, 1)
+        assert instance_id in reads
+        assert (await rt.processes.status(instance_id))["status"] == "completed"

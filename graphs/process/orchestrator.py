@@ -530,7 +530,9 @@ class ProcessOrchestrator:
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
                 outcomes = run_options.outcomes if run_options.outcomes is not None else {}
                 options = run_options if run_options.outcomes is not None else replace(run_options, outcomes=outcomes)
-                went_through = await self.run(graph, instance_id, initial, options, spec=spec)
+                # Registered just now (not a start a crash cut short): nothing can be saved on its thread yet.
+                fresh = created is not None
+                went_through = await self.run(graph, instance_id, initial, options, spec=spec, fresh=fresh)
                 outcome = outcomes.get(instance_id)
                 # A run that went through without a failure answered with its values and interrupts: the view is
                 # built from them, without reading the thread's state back (a checkpoint read per start).
@@ -671,12 +673,17 @@ class ProcessOrchestrator:
         run_options: RunOptions = DEFAULT_RUN,
         *,
         spec: ProcessSpec | None = None,
+        fresh: bool = False,
     ) -> bool:
         """Run the thread (under ``exclusive``). A node's failure is recorded, not raised: the instance is
         ``failed`` and can be retried. Returns whether the run went through. ``spec``: the spec ``graph``
-        was built from, if the caller has it (else it is read from the instance should the run complete)."""
+        was built from, if the caller has it (else it is read from the instance should the run complete).
+        ``fresh``: the first run of an instance registered by the same call, whose thread has no checkpoint to read
+        (see :meth:`JourneyEngine.run`); it still looks its keyed work up in the log (``replay``)."""
         try:
-            outcome = await self._designs.instances.advance(graph, instance_id, PATTERN, value, options=run_options)
+            outcome = await self._designs.instances.advance(
+                graph, instance_id, PATTERN, value, fresh=fresh, options=run_options
+            )
         except JourneyError:  # recorded by the kernel
             return False
         values = outcome.values if isinstance(outcome, StateSnapshot) else outcome
