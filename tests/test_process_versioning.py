@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from langgraph.types import Durability
 from sqlalchemy import delete, event, select, update
 
 from agents.deterministic import FailingAgent
@@ -453,13 +454,16 @@ async def test_a_task_completed_before_a_migration_is_delivered_on_its_version_a
         assert not [t for t in history if t.startswith("process.migrat")]
 
 
+@pytest.mark.parametrize("durability", ["async", "exit"])
 @pytest.mark.parametrize("mapping", [None, {"approve": "sign_contract"}], ids=["same-element", "moved-element"])
 async def test_a_task_completed_while_its_instance_migrates_rolls_the_migration_back(
-    store_url: str, monkeypatch: pytest.MonkeyPatch, mapping: dict[str, str] | None
+    store_url: str, monkeypatch: pytest.MonkeyPatch, mapping: dict[str, str] | None, durability: Durability
 ) -> None:
     """The task is completed after the migration logged its intent and before it finished: the migration
-    rolls back (its rewritten checkpoint too) and is refused, and the answer is delivered on v1."""
-    async with runtime(store_url) as rt:
+    rolls back (its rewritten checkpoint too) and is refused, and the answer is delivered on v1. Also with the
+    durability ``serve`` and ``worker`` run by default ("exit"), where the checkpoint the migration started from is
+    the thread's first: its copy failed on SQLite (KeyError 'checkpoint_ns' from the saver)."""
+    async with runtime(store_url, durability=durability) as rt:
         onboarding_agents(rt)
         await rt.processes.deploy(onboarding(1, task_id="approve"))
         view = await rt.processes.start("onboarding", "cust-1")

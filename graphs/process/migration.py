@@ -358,7 +358,9 @@ async def settle_locked(
         source_graph = await versions.graph_of(source_deployment)
         if landed:  # the thread resumes from a copy of the checkpoint the migration started from
             config = engine.config(instance_id)
-            config["configurable"]["checkpoint_id"] = plan.source_checkpoint
+            # Its namespace named too: the copy of a thread's first checkpoint (a start's, which checkpoints where
+            # it parks) is written under the config it was read with, and SQLite's saver requires one there.
+            config["configurable"] |= {"checkpoint_ns": "", "checkpoint_id": plan.source_checkpoint}
             await source_graph.aupdate_state(config, None, as_node="__copy__")
         elif latest is not None:
             # Step 2 stores its update's writes on the source checkpoint before writing the new one, so a crash
