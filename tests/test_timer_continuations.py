@@ -61,6 +61,44 @@ async def test_a_timer_continuation_checkpoints_where_it_stops_unless_the_runtim
         assert await checkpoints_of(rt, instance_id) - parked == written
 
 
+# two service tasks → a timer: the start runs four supersteps after its input and parks at the timer.
+CALLS_THEN_TIMER = linear(
+    "look_up_then_wait",
+    {"type": "service_task", "id": "look_up", "agent": "crm.look_up", "output_variables": ["tier"]},
+    {"type": "service_task", "id": "draft", "agent": "mail.draft", "output_variables": ["draft_id"]},
+    {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
+)
+
+
+@pytest.mark.parametrize(("durability", "written"), [("async", 1), ("sync", 5)])
+async def test_a_process_start_checkpoints_where_it_parks_unless_the_runtime_runs_sync(
+    store_url: str, durability: Durability, written: int
+) -> None:
+    """A start's steps are logged as a continuation's are, and a start cut short before it stops is run again
+    from its first event (test_kernel_instances): its checkpoints between its input and where it parks served
+    nothing, and were half of a parking start's statements."""
+    clock = virtual_clock()
+    calls = Calls()
+    async with runtime(store_url, clock, durability=durability) as rt:
+        calls.register(rt, "crm.look_up", {"tier": "gold"})
+        calls.register(rt, "mail.draft", {"draft_id": "d-1"})
+        await rt.processes.deploy(CALLS_THEN_TIMER)
+        view = await rt.processes.start("look_up_then_wait", "cust-1")
+        instance_id = view["instance_id"]
+        assert waiting_elements(view) == ["later"]
+        assert (view["variables"]["tier"], view["variables"]["draft_id"]) == ("gold", "d-1")
+        logged = [e.step for e in await rt.processes.history(instance_id) if e.type == "task.completed"]
+        assert logged == ["look_up", "draft"]
+        assert await checkpoints_of(rt, instance_id) == written
+        # Where it parked is its state: a read finds it, and its timer's continuation goes on from it.
+        assert waiting_elements(await rt.processes.status(instance_id)) == ["later"]
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
+        assert (await rt.processes.status(instance_id))["status"] == "completed"
+        assert [intent for intent, _payload in calls.log] == ["crm.look_up", "mail.draft"]
+
+
 # How long the slow pager of the escalation test takes to answer when nothing else happens meanwhile.
 PAGER_ANSWERS_S = 5.0
 
