@@ -662,6 +662,55 @@ async def test_a_fired_timers_thread_goes_on_while_later_batches_fire(store_url:
         assert batches[:2] == [1, 1] and completed == ids
 
 
+async def test_the_waits_of_resumed_threads_are_finished_while_later_threads_still_resume(store_url: str) -> None:
+    """Once a batch's worth of threads has consumed its fired timers' resolutions, their waits are marked done while
+    the pass's later threads resume, not one batch after another once every thread has: 10,000 continuations' took
+    half a second more at the end of the pass. Here the last thread's agent answers only once the first two
+    threads' waits are done."""
+    clock = virtual_clock()
+    async with runtime(store_url, clock) as rt:
+        waits = rt.processes.services.waits
+        finish = waits.finish
+        finished: list[list[str]] = []
+        first_two_done = asyncio.Event()
+
+        async def finishing(wait_ids: Any) -> None:
+            await finish(wait_ids)
+            finished.append(sorted(wait_ids))
+            first_two_done.set()
+
+        async def look_up(request: Any) -> dict[str, Any]:
+            if request.payload.get("variables", {}).get("held"):
+                async with asyncio.timeout(10):  # only a guard: reached when the waits are finished at the end
+                    await first_two_done.wait()
+            return {}
+
+        rt.agents.register("crm.look_up", look_up, replace=True)
+        await rt.processes.deploy(
+            linear(
+                "follow_up",
+                {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
+                {"type": "service_task", "id": "look_up", "agent": "crm.look_up", "input_variables": ["held"]},
+            )
+        )
+        ids: list[str] = []
+        waited: list[str] = []
+        for key in ("a", "b", "held"):  # due in this order: batches [a, b], [held]
+            started = await rt.processes.start("follow_up", key, {"held": key == "held"})
+            ids.append(started["instance_id"])
+            waited.append(started["waiting"][0]["wait_id"])
+            clock.advance(timedelta(minutes=1))
+
+        waits.finish = finishing  # type: ignore[method-assign]
+        clock.advance(timedelta(hours=2))
+        report = await fire_due_timers(rt.processes, batch=2)
+        assert (report.fired, report.resumed, report.failed) == (3, 3, 0), report.errors
+        assert [(await rt.processes.status(i))["status"] for i in ids] == ["completed"] * 3
+        assert finished == [sorted(waited[:2]), waited[2:]]
+        # Done: a later pass delivers none of them again.
+        assert await waits.undelivered(resolved_before=clock.now() + timedelta(days=1)) == []
+
+
 async def test_a_continuation_held_up_by_its_agent_holds_up_only_its_own_slot(store_url: str) -> None:
     """Continuations run in waves, two under way at once (``fire_due_timers``), but one that outlasts its wave (its
     agent answers only once the others are through) keeps only its own slot: with both waves held up so, the next
