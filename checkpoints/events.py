@@ -41,7 +41,7 @@ from sqlalchemy.sql import Executable
 from checkpoints.backends.base import Backend, Params, Row
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
-from checkpoints.rows import IgnoredRow, ignored_row
+from checkpoints.rows import IgnoredRow, executable, ignored_row
 from checkpoints.schema.tables import INSTANCE_NO_SEQUENCE, journey_events, journey_instances
 from checkpoints.seq_race import again_if_lost
 
@@ -470,13 +470,13 @@ class EventLog:
         events: Sequence[NewEvent],
         *,
         status: str | None = None,
-        also: Sequence[Executable] = (),
+        also: Sequence[Executable | IgnoredRow] = (),
     ) -> list[bool]:
         """Append ``events`` (and optionally set the instance's status) in one transaction.
 
-        ``also`` are statements that maintain tables derived from these events; they run in the same
-        transaction, and only when every event was newly written, so a replayed append never applies
-        them twice and the derived tables never diverge from the log.
+        ``also`` are statements (or rows, :class:`~checkpoints.rows.IgnoredRow`) that maintain tables derived from
+        these events; they run in the same transaction, and only when every event was newly written, so a replayed
+        append never applies them twice and the derived tables never diverge from the log.
 
         Returns, per event, whether it was written (False: its key was already there).
         """
@@ -494,7 +494,7 @@ class EventLog:
                 written = [await self._append_one(conn, instance_id, e) for e in events]
                 if also and all(written):
                     for statement in also:
-                        await conn.execute(statement)
+                        await conn.execute(executable(statement, self._engine))
                 if status is not None:
                     await conn.execute(
                         SET_STATUS,

@@ -25,10 +25,12 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphInterrupt
 from langgraph.graph import END
 from langgraph.types import Command, interrupt
+from sqlalchemy import Executable
 
 from checkpoints.events import NewEvent
 from checkpoints.process.messages import BufferedMessage
 from checkpoints.process.waits import completed_event
+from checkpoints.rows import IgnoredRow
 from checkpoints.schema.widths import CORRELATION_KEY
 from nodes import schemas
 from nodes.criteria import lookup
@@ -134,12 +136,15 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
         wait_id = wait_id_for(instance_id, plan.element, visit)
         now = services.node.clock.now().astimezone(UTC)
         variables = values(state.get("variables"))
-        statements = [services.waits.arm_statement(wait_id, instance_id, plan.element, plan.kind)]
+        # Rows, not statements (their statements are built only where they run: see IgnoredRow).
+        statements: list[Executable | IgnoredRow] = [
+            services.waits.arm_row(wait_id, instance_id, plan.element, plan.kind)
+        ]
         described: dict[str, Any] = {"wait_id": wait_id, "kind": plan.kind, "timers": [], "messages": []}
         for timer in plan.timers:
             due = timer.definition.first_due(now)
             statements.append(
-                services.timers.schedule_statement(
+                services.timers.schedule_row(
                     timer_id_for(wait_id, timer),
                     element=timer.element,
                     purpose=timer.purpose,

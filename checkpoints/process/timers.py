@@ -36,7 +36,7 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock, SystemClock
 from checkpoints.events import EventLog
 from checkpoints.process.waits import LIVE_TIMERS, among, cancel_siblings, completed_event
-from checkpoints.rows import insert_ignore
+from checkpoints.rows import IgnoredRow, insert_ignore
 from checkpoints.schema.tables import process_timers, process_waits
 from checkpoints.seq_race import again_if_lost
 
@@ -125,24 +125,53 @@ class TimerStore:
         wait_id: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> Executable:
-        return insert_ignore(
-            self._engine,
-            process_timers,
-            timer_id=timer_id,
-            instance_id=instance_id,
-            wait_id=wait_id,
+        """The statement that schedules the timer (see :meth:`schedule_row`)."""
+        return self.schedule_row(
+            timer_id,
             element=element,
             purpose=purpose,
             definition=definition,
-            due_at=_utc(due_at),
-            origin=_utc(origin),
-            ticks=0,
-            status="scheduled",
-            data=data or {},
-            claimed_by=None,
-            claimed_at=None,
-            fired_at=None,
-            created_at=self._clock.now().astimezone(UTC),
+            due_at=due_at,
+            origin=origin,
+            instance_id=instance_id,
+            wait_id=wait_id,
+            data=data,
+        ).statement(self._engine)
+
+    def schedule_row(
+        self,
+        timer_id: str,
+        *,
+        element: str,
+        purpose: str,
+        definition: dict[str, Any],
+        due_at: datetime,
+        origin: datetime,
+        instance_id: str | None = None,
+        wait_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> IgnoredRow:
+        """The timer's row, scheduled (written once: a replayed arm writes nothing twice); a wait's, written with the
+        event that arms it (``EventLog.append``'s ``also``)."""
+        return IgnoredRow(
+            process_timers,
+            {
+                "timer_id": timer_id,
+                "instance_id": instance_id,
+                "wait_id": wait_id,
+                "element": element,
+                "purpose": purpose,
+                "definition": definition,
+                "due_at": _utc(due_at),
+                "origin": _utc(origin),
+                "ticks": 0,
+                "status": "scheduled",
+                "data": data or {},
+                "claimed_by": None,
+                "claimed_at": None,
+                "fired_at": None,
+                "created_at": self._clock.now().astimezone(UTC),
+            },
         )
 
     async def execute(self, statements: Sequence[Executable]) -> None:

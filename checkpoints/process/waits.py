@@ -26,7 +26,7 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.events import NewEvent, is_first
-from checkpoints.rows import insert_ignore
+from checkpoints.rows import IgnoredRow
 from checkpoints.schema.tables import (
     journey_events,
     journey_instances,
@@ -237,18 +237,20 @@ class WaitStore:
         resolution = row["resolution"]
         return Wait(**{**row, "resolution": self._sealer.open_in(resolution, "payload") if resolution else resolution})
 
-    def arm_statement(self, wait_id: str, instance_id: str, element: str, kind: str) -> Executable:
-        return insert_ignore(
-            self._engine,
+    def arm_row(self, wait_id: str, instance_id: str, element: str, kind: str) -> IgnoredRow:
+        """The wait's row, written with the event that arms it (``EventLog.append``'s ``also``)."""
+        return IgnoredRow(
             process_waits,
-            wait_id=wait_id,
-            instance_id=instance_id,
-            element=element,
-            kind=kind,
-            status="waiting",
-            resolution=None,
-            created_at=self._clock.now().astimezone(UTC),
-            resolved_at=None,
+            {
+                "wait_id": wait_id,
+                "instance_id": instance_id,
+                "element": element,
+                "kind": kind,
+                "status": "waiting",
+                "resolution": None,
+                "created_at": self._clock.now().astimezone(UTC),
+                "resolved_at": None,
+            },
         )
 
     async def resolve(
