@@ -20,6 +20,7 @@ Targets: every timer fired within 10 s of D; none early; every instance continue
     python benchmarks/timers.py --database-url postgresql://...     # on an existing server
     python benchmarks/timers.py --quick --backends memory,sqlite    # smoke run (the test suite)
     python benchmarks/timers.py --fresh-worker --database-url ...   # fired by a worker that did not park them
+    python benchmarks/timers.py --instances 1000 --profile-park 30  # where a start that parks spends its CPU
 
 The exit code is 0 whatever the figures: this is a report. Missed targets print ``TARGET MISSED``.
 """
@@ -95,6 +96,7 @@ class Result:
     completed: int = 0
     errors: list[str] = field(default_factory=list)
     worker_cpu_s: float = 0.0  # CPU time this process used to fire and resume them all
+    park_cpu_s: float = 0.0  # CPU time this process used to start them all, each parking on its timer
 
 
 def spec(lead_s: int) -> dict[str, Any]:
@@ -119,6 +121,7 @@ async def bench(
     resume_concurrency: int,
     durability: Durability,
     profile: int = 0,
+    profile_park: int = 0,
     fresh_worker: bool = False,
 ) -> Result:
     """Park ``n`` instances, then fire and resume them all; ``fresh_worker``: from a runtime opened anew on
@@ -131,7 +134,9 @@ async def bench(
     opened = functools.partial(JourneyRuntime.open, url, clock=clock, durability=durability, pool_size=20)
     async with opened() as runtime:
         freeze_startup_heap()
-        result, due = await park_all(runtime, backend, n, lead_s=lead_s, concurrency=park_concurrency)
+        result, due = await park_all(
+            runtime, backend, n, lead_s=lead_s, concurrency=park_concurrency, profile=profile_park
+        )
         if not fresh_worker:
             await fire_all(runtime, result, clock, due, concurrency=resume_concurrency, profile=profile)
             return result
@@ -142,13 +147,13 @@ async def bench(
 
 
 async def park_all(
-    runtime: JourneyRuntime, backend: str, n: int, *, lead_s: int, concurrency: int
+    runtime: JourneyRuntime, backend: str, n: int, *, lead_s: int, concurrency: int, profile: int = 0
 ) -> tuple[Result, datetime]:
-    """Start ``n`` instances, each parked on a timer due ``lead_s`` after the held clock; and that due time."""
+    """Start ``n`` instances, each parked on a timer due ``lead_s`` after the held clock; and that due time.
+    ``profile``: profile the starts (cProfile in CPU time) and print the top ``profile`` entries."""
     await runtime.processes.deploy(spec(lead_s))
     due = runtime.store.clock.now() + timedelta(seconds=lead_s)
     keys = iter(range(n))
-    started = time.perf_counter()
 
     async def park() -> None:
         for i in keys:  # one shared iterator: each worker takes the next key
@@ -156,10 +161,40 @@ async def park_all(
             if view["status"] != "in_progress":
                 raise RuntimeError(f"instance {i} did not park: {view}")
 
-    await asyncio.gather(*(park() for _ in range(concurrency)))
-    result = Result(backend, n, time.perf_counter() - started)
-    print(f"  {backend:<8} parked {n} instances in {result.park_s:.1f} s; timers due in {lead_s} s", flush=True)
+    with profiled(f"{backend}-park", "the starts' CPU", profile):
+        started, cpu_before = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(park() for _ in range(concurrency)))
+        result = Result(backend, n, time.perf_counter() - started)
+        result.park_cpu_s = time.process_time() - cpu_before
+    print(
+        f"  {backend:<8} parked {n} instances in {result.park_s:.1f} s "
+        f"({result.park_cpu_s / n * 1000:.2f} ms CPU a start); timers due in {lead_s} s",
+        flush=True,
+    )
     return result, due
+
+
+@contextmanager
+def profiled(name: str, what: str, top: int) -> Iterator[None]:
+    """Profile the block in CPU time, not wall time, if ``top``: then print its top ``top`` entries (by own time, then
+    by cumulative time) and dump the whole profile to ``timers-<name>.prof`` in the temporary directory. On a shared
+    box a call waiting for a core (or, in a C call that frees the GIL, for the saver's serialising thread) would
+    otherwise count as the block's own cost."""
+    if not top:
+        yield
+        return
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+    print(f"\n  {name}: where {what} went (cProfile in CPU time, top {top} by own time):")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(top)
+    dump = Path(tempfile.gettempdir()) / f"timers-{name}.prof"
+    profiler.dump_stats(dump)
+    print(f"  the whole profile: {dump} (python -m pstats {dump})")
 
 
 async def fire_all(
@@ -168,26 +203,14 @@ async def fire_all(
     """Release the clock, fire every timer when due and resume the instances; the figures into ``result``."""
     backend = result.backend
     clock.release()
-    # Timed in CPU time, not wall time: on a shared box a call waiting for a core (or, in a C call that frees
-    # the GIL, for the saver's serialising thread) would otherwise count as the worker's own cost.
-    profiler = cProfile.Profile(time.process_time) if profile else None
-    cpu_before = time.process_time()
-    if profiler is not None:
-        profiler.enable()
-    for _poll in range(1000):  # the worker waits for the due time, as TimerScheduler's loop does
-        await asyncio.sleep(max(0.0, (due - clock.now()).total_seconds()))
-        report = await fire_due_timers(runtime.processes, concurrency=concurrency)
-        if report.fired:  # an asyncio sleep may end a hair early: then nothing was due yet
-            break
-    result.worker_cpu_s = time.process_time() - cpu_before
-    if profiler is not None:
-        profiler.disable()
-        print(f"\n  {backend}: where the worker's CPU went (cProfile in CPU time, top {profile} by own time):")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(profile)
-        dump = Path(tempfile.gettempdir()) / f"timers-{backend}.prof"
-        profiler.dump_stats(dump)
-        print(f"  the whole profile: {dump} (python -m pstats {dump})")
+    with profiled(backend, "the worker's CPU", profile):
+        cpu_before = time.process_time()  # CPU time, not wall time: see profiled
+        for _poll in range(1000):  # the worker waits for the due time, as TimerScheduler's loop does
+            await asyncio.sleep(max(0.0, (due - clock.now()).total_seconds()))
+            report = await fire_due_timers(runtime.processes, concurrency=concurrency)
+            if report.fired:  # an asyncio sleep may end a hair early: then nothing was due yet
+                break
+        result.worker_cpu_s = time.process_time() - cpu_before
     result.fired, result.resumed = report.fired, report.resumed
     result.fire_lateness, result.resume_lateness = report.lateness, report.resume_lateness
     result.errors = report.errors[:5]
@@ -317,6 +340,7 @@ async def run(args: argparse.Namespace) -> int:
                         resume_concurrency=args.resume_concurrency,
                         durability=args.durability,
                         profile=args.profile,
+                        profile_park=args.profile_park,
                         fresh_worker=args.fresh_worker,
                     )
                 missed += print_result(result)
@@ -354,6 +378,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--durability", choices=("sync", "async", "exit"), default="async")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="profile the firing and resuming; print the top N entries"
+    )
+    parser.add_argument(
+        "--profile-park", type=int, default=0, metavar="N", help="profile the starts that park; print the top N entries"
     )
     parser.add_argument(
         "--fresh-worker",
