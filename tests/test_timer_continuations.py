@@ -99,6 +99,36 @@ async def test_a_process_start_checkpoints_where_it_parks_unless_the_runtime_run
         assert [intent for intent, _payload in calls.log] == ["crm.look_up", "mail.draft"]
 
 
+async def test_a_process_read_while_its_start_runs_answers_the_variables_it_started_with(store_url: str) -> None:
+    """A start checkpoints only where it stops: a status read while it runs (a slow agent; the read waits for the lock
+    a moment, then answers the instance as last committed) found no checkpoint and answered no variables at all, as
+    every read did on ``serve`` and ``worker`` (durability "exit"). It answers the instance as it started."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(_request: AgentRequest) -> dict[str, Any]:
+        entered.set()
+        async with asyncio.timeout(30):  # only a guard: the test releases it
+            await release.wait()
+        return {"tier": "gold"}
+
+    async with runtime(store_url) as rt:
+        rt.agents.register("crm.look_up", slow)
+        rt.agents.register("mail.draft", lambda _request: {"draft_id": "d-1"})
+        await rt.processes.deploy(CALLS_THEN_TIMER)
+        starting = asyncio.create_task(
+            rt.processes.start("look_up_then_wait", "cust-1", {"plan": "pro"}, instance_id="proc_slow_start")
+        )
+        async with asyncio.timeout(30):
+            await entered.wait()
+        read = await rt.processes.status("proc_slow_start")
+        assert (read["status"], read["version"]) == ("in_progress", 1)
+        assert read["variables"] == {"plan": "pro", "business_key": "cust-1"}
+        release.set()
+        view = await starting
+        assert waiting_elements(view) == ["later"] and view["variables"]["tier"] == "gold"
+        assert waiting_elements(await rt.processes.status("proc_slow_start")) == ["later"]
+
+
 # How long the slow pager of the escalation test takes to answer when nothing else happens meanwhile.
 PAGER_ANSWERS_S = 5.0
 

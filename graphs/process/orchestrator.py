@@ -1434,7 +1434,13 @@ class ProcessOrchestrator:
             snapshot = await graph.aget_state(self.engine.config(instance_id))
         snapshot = await self._with_branches(graph, instance_id, snapshot)
         instance = await self.instance(instance_id)
-        view = self.view(instance, deployment, snapshot)
+        if not settle and snapshot.created_at is None:
+            # A start under way, which checkpoints only where it stops (``start``): the instance as it started, not
+            # a view with none of its variables.
+            [started] = await self.store.events.list(instance_id, types=[STARTED])
+            view = self.view_of(instance, deployment, await self._start_input(instance, started), [], None)
+        else:
+            view = self.view(instance, deployment, snapshot)
         await self._explain_failed(instance_id, spec, view)
         view["waiting"] = await self._as_assigned(instance_id, view["waiting"])
         if spec.evaluation is not None:
