@@ -25,12 +25,10 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphInterrupt
 from langgraph.graph import END
 from langgraph.types import Command, interrupt
-from sqlalchemy import Executable
 
 from checkpoints.events import NewEvent
 from checkpoints.process.messages import BufferedMessage
 from checkpoints.process.waits import completed_event
-from checkpoints.rows import IgnoredRow
 from checkpoints.schema.widths import CORRELATION_KEY
 from nodes import schemas
 from nodes.criteria import lookup
@@ -136,14 +134,12 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
         wait_id = wait_id_for(instance_id, plan.element, visit)
         now = services.node.clock.now().astimezone(UTC)
         variables = values(state.get("variables"))
-        # Rows, not statements (their statements are built only where they run: see IgnoredRow).
-        statements: list[Executable | IgnoredRow] = [
-            services.waits.arm_row(wait_id, instance_id, plan.element, plan.kind)
-        ]
+        # Rows, not statements: their statements are built only where they run (see IgnoredRow).
+        rows = [services.waits.arm_row(wait_id, instance_id, plan.element, plan.kind)]
         described: dict[str, Any] = {"wait_id": wait_id, "kind": plan.kind, "timers": [], "messages": []}
         for timer in plan.timers:
             due = timer.definition.first_due(now)
-            statements.append(
+            rows.append(
                 services.timers.schedule_row(
                     timer_id_for(wait_id, timer),
                     element=timer.element,
@@ -161,8 +157,8 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
         for subscription in plan.subscriptions:
             key = correlation_key(variables, subscription)
             keys[subscription.element] = key
-            statements.append(
-                services.messages.subscribe_statement(
+            rows.append(
+                services.messages.subscribe_row(
                     subscription_id_for(wait_id, subscription),
                     wait_id=wait_id,
                     instance_id=instance_id,
@@ -177,7 +173,7 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
         if plan.task is not None:
             sla = next((t for t in plan.timers if t.purpose == "sla"), None)
             sla_due = sla.definition.first_due(now) if sla else None
-            statements += services.inbox.open_statements(
+            rows += services.inbox.open_rows(
                 wait_id,
                 instance_id=instance_id,
                 element=plan.element,
@@ -197,7 +193,7 @@ def make_arm_node(plan: WaitPlan, services: ProcessServices) -> Callable[[Any, R
             }
         event_type = "task.created" if plan.task is not None else "wait.armed"
         written = await services.node.events.append(
-            instance_id, [NewEvent(event_type, described, plan.element, f"{wait_id}:armed")], also=statements
+            instance_id, [NewEvent(event_type, described, plan.element, f"{wait_id}:armed")], also=rows
         )
         early = None
         for subscription in plan.subscriptions:

@@ -20,7 +20,7 @@ from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.events import EventLog, NewEvent, claimed_with_event
 from checkpoints.ownership import DEFAULT_TENANT
-from checkpoints.rows import insert_ignore
+from checkpoints.rows import IgnoredRow, insert_ignore
 from checkpoints.schema.tables import journey_instances, user_task_groups, user_tasks
 
 
@@ -77,7 +77,7 @@ class InboxStore:
         self._clock = clock
         self._sealer = sealer or Sealer(None)  # seals a completed task's result when the store has a key
 
-    def open_statements(
+    def open_rows(
         self,
         task_id: str,
         *,
@@ -88,30 +88,31 @@ class InboxStore:
         candidate_groups: Sequence[str],
         response_schema: dict[str, Any] | None,
         sla_due_at: datetime | None,
-    ) -> list[Executable]:
-        row = insert_ignore(
-            self._engine,
+    ) -> list[IgnoredRow]:
+        """The task's row and its candidate groups', written with the event that opens it (``EventLog.append``'s
+        ``also``)."""
+        row = IgnoredRow(
             user_tasks,
-            task_id=task_id,
-            instance_id=instance_id,
-            element=element,
-            title=title,
-            assignee=assignee,
-            candidate_groups=list(candidate_groups),
-            claimed_by=None,
-            status="open",
-            response_schema=response_schema,
-            sla_due_at=sla_due_at.astimezone(UTC) if sla_due_at else None,
-            escalated_at=None,
-            escalation=None,
-            created_at=self._clock.now().astimezone(UTC),
-            completed_at=None,
-            completed_by=None,
-            result=None,
+            {
+                "task_id": task_id,
+                "instance_id": instance_id,
+                "element": element,
+                "title": title,
+                "assignee": assignee,
+                "candidate_groups": list(candidate_groups),
+                "claimed_by": None,
+                "status": "open",
+                "response_schema": response_schema,
+                "sla_due_at": sla_due_at.astimezone(UTC) if sla_due_at else None,
+                "escalated_at": None,
+                "escalation": None,
+                "created_at": self._clock.now().astimezone(UTC),
+                "completed_at": None,
+                "completed_by": None,
+                "result": None,
+            },
         )
-        groups = [
-            insert_ignore(self._engine, user_task_groups, task_id=task_id, group_name=g) for g in candidate_groups
-        ]
+        groups = [IgnoredRow(user_task_groups, {"task_id": task_id, "group_name": g}) for g in candidate_groups]
         return [row, *groups]
 
     def _row(self, row: Mapping[Any, Any]) -> UserTaskRow:

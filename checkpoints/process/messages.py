@@ -23,7 +23,7 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock
 from checkpoints.encryption import Sealer
 from checkpoints.ownership import DEFAULT_TENANT
-from checkpoints.rows import insert_ignore
+from checkpoints.rows import IgnoredRow, insert_ignore
 from checkpoints.schema.tables import (
     journey_instances,
     process_message_ids,
@@ -115,20 +115,22 @@ class MessageStore:
     def _buffered(self, row: Mapping[Any, Any]) -> BufferedMessage:
         return BufferedMessage(**self._sealer.open_in(row, "payload"))
 
-    def subscribe_statement(
+    def subscribe_row(
         self, subscription_id: str, *, wait_id: str, instance_id: str, element: str, name: str, key: str
-    ) -> Executable:
-        return insert_ignore(
-            self._engine,
+    ) -> IgnoredRow:
+        """The subscription's row, written with the event that arms its wait (``EventLog.append``'s ``also``)."""
+        return IgnoredRow(
             process_subscriptions,
-            subscription_id=subscription_id,
-            wait_id=wait_id,
-            instance_id=instance_id,
-            element=element,
-            message_name=name,
-            correlation_key=key,
-            status="waiting",
-            created_at=self._clock.now().astimezone(UTC),
+            {
+                "subscription_id": subscription_id,
+                "wait_id": wait_id,
+                "instance_id": instance_id,
+                "element": element,
+                "message_name": name,
+                "correlation_key": key,
+                "status": "waiting",
+                "created_at": self._clock.now().astimezone(UTC),
+            },
         )
 
     async def waiting(self, name: str, key: str, tenant: str) -> list[Subscription]:
