@@ -141,7 +141,7 @@ async def test_a_threads_stream_hears_a_run_created_through_another_api_process(
             async with get_client(url=first, api_key=None) as one, get_client(url=second, api_key=None) as other:
                 tid = (await one.threads.create())["thread_id"]
                 following = asyncio.ensure_future(until_runs_done(other, tid, 2))
-                await asyncio.sleep(1)
+                await asyncio.sleep(3)  # the stream open on the other process (1 s was too short at load ~8: CI)
                 ran = [await chat_run(one, tid) for _ in range(2)]
                 assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 30))] == ran
     finally:
