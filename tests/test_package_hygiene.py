@@ -93,6 +93,7 @@ STATUS_BY_CODE = {
             "AuthenticatorError",
             "CorrelationError",
             "EncryptionKeyError",
+            "FilterTooCostlyError",
             "FlowSettingError",
             "GuideModelError",
             "GuideToolError",

@@ -37,4 +37,5 @@ def test_timer_benchmark_quick_run_fires_and_resumes_every_instance() -> None:
     judged = re.findall(
         r"^TARGET MISSED: (\w+): 40 of 40 instances continued, the last [0-9.]+ s after due", output, re.M
     )
-    assert sorted(judged) == ["memory", "sqlite"] or "all continued in time" in output
+    # Each backend is judged on its own: a run may meet it on one backend and miss it on the other.
+    assert set(judged) <= {"memory", "sqlite"} and (judged or "all continued in time" in output), output
