@@ -70,39 +70,10 @@ CALLS_THEN_TIMER = linear(
 )
 
 
-@pytest.mark.parametrize(("durability", "written"), [("async", 1), ("sync", 5)])
-async def test_a_process_start_checkpoints_where_it_parks_unless_the_runtime_runs_sync(
-    store_url: str, durability: Durability, written: int
-) -> None:
-    """A start's steps are logged as a continuation's are, and a start cut short before it stops is run again
-    from its first event (test_kernel_instances): its checkpoints between its input and where it parks served
-    nothing, and were half of a parking start's statements."""
-    clock = virtual_clock()
-    calls = Calls()
-    async with runtime(store_url, clock, durability=durability) as rt:
-        calls.register(rt, "crm.look_up", {"tier": "gold"})
-        calls.register(rt, "mail.draft", {"draft_id": "d-1"})
-        await rt.processes.deploy(CALLS_THEN_TIMER)
-        view = await rt.processes.start("look_up_then_wait", "cust-1")
-        instance_id = view["instance_id"]
-        assert waiting_elements(view) == ["later"]
-        assert (view["variables"]["tier"], view["variables"]["draft_id"]) == ("gold", "d-1")
-        logged = [e.step for e in await rt.processes.history(instance_id) if e.type == "task.completed"]
-        assert logged == ["look_up", "draft"]
-        assert await checkpoints_of(rt, instance_id) == written
-        # Where it parked is its state: a read finds it, and its timer's continuation goes on from it.
-        assert waiting_elements(await rt.processes.status(instance_id)) == ["later"]
-        clock.advance(timedelta(hours=1))
-        report = await rt.processes.scheduler.run_due()
-        assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
-        assert (await rt.processes.status(instance_id))["status"] == "completed"
-        assert [intent for intent, _payload in calls.log] == ["crm.look_up", "mail.draft"]
-
-
 async def test_a_process_read_while_its_start_runs_answers_the_variables_it_started_with(store_url: str) -> None:
-    """A start checkpoints only where it stops: a status read while it runs (a slow agent; the read waits for the lock
-    a moment, then answers the instance as last committed) found no checkpoint and answered no variables at all, as
-    every read did on ``serve`` and ``worker`` (durability "exit"). It answers the instance as it started."""
+    """On ``serve`` and ``worker`` (durability "exit") a start checkpoints only where it stops: a status read while
+    it runs (a slow agent; the read waits for the lock a moment, then answers the instance as last committed) found
+    no checkpoint and answered no variables at all. It answers the instance as it started."""
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def slow(_request: AgentRequest) -> dict[str, Any]:

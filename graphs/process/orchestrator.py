@@ -529,9 +529,7 @@ class ProcessOrchestrator:
                     return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
                 outcomes = run_options.outcomes if run_options.outcomes is not None else {}
-                # Each step is logged before the next starts, and a start cut short before it stops has no
-                # checkpoint and is run again from its first event: it checkpoints where it stops (CONTINUATION).
-                options = replace(run_options, outcomes=outcomes, logged_steps=True)
+                options = run_options if run_options.outcomes is not None else replace(run_options, outcomes=outcomes)
                 # Registered just now (not a start a crash cut short): nothing can be saved on its thread yet.
                 fresh = created is not None
                 went_through = await self.run(graph, instance_id, initial, options, spec=spec, fresh=fresh)
