@@ -301,10 +301,23 @@ async def test_a_holder_killed_mid_step_releases_the_journey(durable_url: str, t
         assert view["completed_step"] in ("s1", "s2")
 
 
-async def test_concurrent_rollbacks_roll_back_once(store_url: str) -> None:
+async def test_concurrent_rollbacks_roll_back_once(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rollbacks asked in the same stage at once: one rolls back, the other is told the journey moved. Both
+    have looked at the journey (the stage each was asked in) before either acts: without that, on a loaded box
+    ``gather``'s first call could be held before its look while the second ran to its end, and it was then a
+    rollback asked in sandbox (both done, seen twice in CI), not the race this test is about."""
     async with lifecycle_runtime(store_url) as (runtime, clock):
         lc = runtime.lifecycle
         journey_id = await journey_at(runtime, clock, "pilot")
+        both_asked = asyncio.Barrier(2)
+        request = lc._rows.request_rollback
+
+        async def asked_together(*args: Any, **kwargs: Any) -> None:
+            async with asyncio.timeout(30):
+                await both_asked.wait()
+            await request(*args, **kwargs)
+
+        monkeypatch.setattr(lc._rows, "request_rollback", asked_together)
         answers = await asyncio.gather(
             lc.initiate_rollback(journey_id, "first", complete=True),
             lc.initiate_rollback(journey_id, "second", complete=True),
