@@ -82,7 +82,7 @@ async def test_a_process_read_while_its_start_runs_answers_the_variables_it_star
             await release.wait()
         return {"tier": "gold"}
 
-    async with runtime(store_url) as rt:
+    async with runtime(store_url, durability="exit") as rt:  # as serve and worker run
         rt.agents.register("crm.look_up", slow)
         rt.agents.register("mail.draft", lambda _request: {"draft_id": "d-1"})
         await rt.processes.deploy(CALLS_THEN_TIMER)
