@@ -169,7 +169,7 @@ async def test_the_seeds_unit_of_work_runs_its_tasks_in_dependency_order(store_u
     unit = UnitOfWorkSpec(uow_id=UNIT_OF_WORK["work_id"], tasks=UNIT_OF_WORK["tasks"])
     assert unit.topological_order() == [t["task_id"] for t in UNIT_OF_WORK["tasks"]]
     order: list[str] = []
-    outputs = {
+    outputs: dict[str, dict[str, Any]] = {
         "provision_sandbox_environment": {"environment_id": "env-1", "status": "ready"},
         "install_connectors": {"installed_connectors": ["confluence"]},
         "provision_test_dataset": {"dataset_id": "ds-1", "record_count": 100},

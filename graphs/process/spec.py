@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import jsonschema
 from pydantic import (
@@ -41,7 +41,7 @@ from pydantic.config import JsonDict
 from agents.policy import Grants
 from agents.protocol import Agent
 from agents.registry import RegisteredAgent, as_agent, intent_of
-from agents.resilience import CallOptions
+from agents.resilience import CallOptions, RetryPolicy
 from checkpoints.schema import widths
 from graphs.errors import SpecError
 from graphs.kernel.designs import validation_problems
@@ -50,7 +50,7 @@ from nodes.criteria import Criteria
 from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.ids import SNAKE_ID
-from nodes.timer import LONGEST, TimerDefinition
+from nodes.timer import LONGEST, MissedTicks, TimerDefinition
 
 ELEMENT_ID = SNAKE_ID
 LONGEST_HOURS = LONGEST.total_seconds() / 3600
@@ -61,6 +61,8 @@ Assignee = Annotated[str, Field(max_length=widths.ASSIGNEE)]
 MessageName = Annotated[str, Field(min_length=1, max_length=widths.MESSAGE_NAME)]
 PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 VariableMap = dict[str, str]  # variable name → field of the agent output / response / message payload
+# An agent slot as the seed fills it: an intent name, or the agent itself (a callable, a class, a registry entry).
+AgentSlot = str | object
 
 
 def _as_mapping(value: Any) -> Any:
@@ -211,6 +213,27 @@ class ServiceTask(_Element, CallOptions):
     def _outputs_shorthand(cls, value: Any) -> Any:
         return _as_mapping(value)
 
+    if TYPE_CHECKING:  # the seed's names typed as well (type checkers read the fields', not their aliases)
+
+        def __init__(
+            self,
+            *,
+            id: str,
+            agent: AgentSlot,
+            name: str = "",
+            inputs: Sequence[str] | None = None,
+            input_variables: Sequence[str] | None = None,
+            outputs: Mapping[str, str] | Sequence[str] = ...,
+            output_variables: Mapping[str, str] | Sequence[str] = ...,
+            compensation: AgentSlot | None = None,
+            output_schema: Mapping[str, Any] | None = None,
+            timeout: float | str | None = None,
+            retry: RetryPolicy | Mapping[str, Any] | None = None,
+            fallbacks: Sequence[str] = (),
+            on_circuit_open: Literal["fail", "human"] = "fail",
+            type: Literal["service_task"] = "service_task",
+        ) -> None: ...
+
 
 class Escalation(_BuiltInCode):
     """What happens when a user task's SLA is breached (exactly once per task)."""
@@ -349,6 +372,23 @@ class TimerEvent(_Element):
     def _shorthand(cls, data: Any) -> Any:
         return _timer_shorthand(data)
 
+    if TYPE_CHECKING:  # the seed's shorthand (``duration=...``) typed as well as ``timer=``
+
+        def __init__(
+            self,
+            *,
+            id: str,
+            name: str = "",
+            timer: TimerDefinition | Mapping[str, Any] = ...,
+            duration: str | None = None,
+            date: str | None = None,
+            cycle: str | None = None,
+            cron: str | None = None,
+            timezone: str = "UTC",
+            missed: MissedTicks = "coalesce",
+            type: Literal["timer"] = "timer",
+        ) -> None: ...
+
 
 class MessageEvent(_Element):
     """Waits for a message correlated to this instance."""
@@ -380,6 +420,26 @@ class BoundaryTimer(_Element):
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return _timer_shorthand(data)
+
+    if TYPE_CHECKING:  # the timer shorthand and an agent object for ``notify``, typed
+
+        def __init__(
+            self,
+            *,
+            id: str,
+            attached_to: str,
+            name: str = "",
+            timer: TimerDefinition | Mapping[str, Any] = ...,
+            duration: str | None = None,
+            date: str | None = None,
+            cycle: str | None = None,
+            cron: str | None = None,
+            timezone: str = "UTC",
+            missed: MissedTicks = "coalesce",
+            interrupting: bool = True,
+            notify: AgentSlot | None = None,
+            type: Literal["boundary_timer"] = "boundary_timer",
+        ) -> None: ...
 
 
 class CompensableStep(BaseModel):
