@@ -101,17 +101,41 @@ async def test_cancel_many_by_ids_cancels_the_active_ones_and_is_404_when_none_i
             for thread_id, ids in ((None, [missing]), (None, [foreign]), (elsewhere, [queued])):
                 with pytest.raises(NotFoundError):
                     await ana.runs.cancel_many(thread_id=thread_id, run_ids=ids)
-            # With a status (this server's, beside the Agent Server's ids or status): the listed in that status.
-            with pytest.raises(NotFoundError) as refused:
-                await ana.runs.cancel_many(thread_id=tid, run_ids=[queued], status="running")
-            problem = refused.value.response.json()
-            assert problem["code"] == "RunNotActiveError" and "is running:" in problem["detail"], problem
             assert (await ana.runs.get(tid, queued))["status"] == "pending"
 
             await ana.runs.cancel_many(thread_id=tid, run_ids=[ended, queued, missing, foreign])
             assert (await ana.runs.get(tid, queued))["status"] == "interrupted"
             assert (await ana.runs.get(tid, ended))["status"] == "success"
             assert (await bob.runs.get(bobs, foreign))["status"] == "pending"
+
+
+async def test_cancel_many_by_status_is_404_when_none_matches_and_422_beside_a_thread_or_ids(store_url: str) -> None:
+    """As the Agent Server answers ``runs.cancel_many``: a status alone cancels the caller's runs in it, 404 when
+    there are none (it answered 204); a status with a thread_id or run_ids is refused, 422, and cancels nothing
+    (it cancelled the listed runs in that status)."""
+    keys = {"key-ana": ApiKey("ana", SCOPES), "key-bob": ApiKey("bob", SCOPES)}
+    with serving(create_app(Settings(database_url=store_url, api_keys=keys))) as base:
+        async with get_client(url=base, api_key="key-ana") as ana, get_client(url=base, api_key="key-bob") as bob:
+            bobs = (await bob.threads.create())["thread_id"]
+            foreign = (await bob.runs.create(bobs, "structured", input=CONTENT_MIGRATION, after_seconds=600))["run_id"]
+            for status in ("pending", "running", "all"):  # bob's pending run is not ana's to see
+                with pytest.raises(NotFoundError):
+                    await ana.runs.cancel_many(status=status)
+            tid = (await ana.threads.create())["thread_id"]
+            journey = {**CONTENT_MIGRATION, "user_id": "ana"}
+            queued = (await ana.runs.create(tid, "structured", input=journey, after_seconds=600))["run_id"]
+            with pytest.raises(NotFoundError):
+                await ana.runs.cancel_many(status="running")
+            for named in ({"thread_id": tid}, {"run_ids": [queued]}, {"thread_id": tid, "run_ids": [queued]}):
+                with pytest.raises(UnprocessableEntityError):
+                    await ana.runs.cancel_many(status="pending", **named)
+            assert (await ana.runs.get(tid, queued))["status"] == "pending"
+
+            await ana.runs.cancel_many(status="pending")
+            assert (await ana.runs.get(tid, queued))["status"] == "interrupted"
+            assert (await bob.runs.get(bobs, foreign))["status"] == "pending"
+            with pytest.raises(NotFoundError):  # a thread (this server's) with none left to cancel: 404 as well
+                await ana.runs.cancel_many(thread_id=tid)
 
 
 # --- the v3 thread stream ---------------------------------------------------------------------------------

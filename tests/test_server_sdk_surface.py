@@ -448,7 +448,7 @@ async def test_runs_surface(client: LangGraphClient) -> None:
     queued = await runs.create(other, "structured", command={"resume": {}}, multitask_strategy="enqueue")
     await runs.cancel(other, queued["run_id"], wait=True)
     assert (await runs.get(other, queued["run_id"]))["status"] == "interrupted"
-    await runs.cancel_many(thread_id=other, status="pending")
+    await runs.cancel_many(thread_id=other, run_ids=[first["run_id"]])
     assert (await runs.get(other, first["run_id"]))["status"] == "interrupted"
 
     await runs.delete(tid, created["run_id"])

@@ -483,10 +483,18 @@ async def cancel_many(
     svc: Services,
     action: Annotated[str, Query(pattern="^(interrupt|rollback)$")] = "interrupt",
 ) -> Response:
-    """The pending and running runs named are cancelled, per thread as ``runs.cancel`` cancels one. Listed
-    ``run_ids`` that have ended, or are missing, someone else's or on another thread than ``thread_id``, are
-    passed over; when none is left to cancel, 404 as on the Agent Server: :class:`RunNotActiveError` if some
-    were found (all ended), not found otherwise."""
+    """The pending and running runs named are cancelled, per thread as ``runs.cancel`` cancels one: a thread's
+    (this server's; the Agent Server asks for its ``run_ids`` too), listed ones, or the caller's in a ``status``,
+    which as on the Agent Server stands alone (422 beside a thread_id or run_ids). Listed ``run_ids`` that have
+    ended, or are missing, someone else's or on another thread than ``thread_id``, are passed over; when none is
+    left to cancel, 404 as on the Agent Server: :class:`RunNotActiveError` if some listed were found (all ended),
+    not found otherwise."""
+    named = body.model_dump(include={"thread_id", "run_ids", "status"}, exclude_none=True)
+    if body.status is not None and (body.thread_id is not None or body.run_ids):
+        raise InvalidInputError(
+            "a status cancels the caller's runs in it on every thread: name no thread_id or run_ids beside it",
+            **named,
+        )
     if body.thread_id is None and not body.run_ids and body.status is None:
         raise InvalidInputError("name a thread_id, run_ids or a status")
     if body.run_ids:
@@ -502,14 +510,14 @@ async def cancel_many(
     for run in found:
         if run.status in statuses:
             by_thread.setdefault(run.thread_id, []).append(run)
-    if body.run_ids and not by_thread:  # as the Agent Server: listed runs with none to cancel are a 404
-        if not found:
-            raise JourneyNotFoundError("none of the runs listed is there to cancel", run_ids=body.run_ids)
-        raise RunNotActiveError(
-            f"none of the runs listed is {' or '.join(statuses)}: only those are cancelled",
-            run_ids=body.run_ids,
-            statuses={r.run_id: r.status for r in found},
-        )
+    if not by_thread:
+        if body.run_ids and found:
+            raise RunNotActiveError(
+                "none of the runs listed is pending or running: only those are cancelled",
+                run_ids=body.run_ids,
+                statuses={r.run_id: r.status for r in found},
+            )
+        raise JourneyNotFoundError("no run to cancel: none named is there and pending or running", **named)
     if action == "rollback":  # all refused before any is touched
         for runs in by_thread.values():
             svc.check_rollback(get_assistant(runs[0].graph_id))
