@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from checkpoints.runs import thread_key
 from graphs.structured.steps import INTERRUPT
 from server.problems import redact_answer
-from server.runs.sse import ending_of_unrecorded
+from server.runs.sse import OPENED, ending_of_unrecorded
 from server.runs.store import ACTIVE, TERMINAL, RunRow
 
 if TYPE_CHECKING:
@@ -112,11 +112,14 @@ class ThreadEvents:
         self.wanted = wanted
         self.since = since
         self._cursors: dict[str, _RunCursor] = {}
-        self._first: int | None = None  # the first run's place this stream serves (None: not decided yet)
+        self._first = 0  # the first run's place this stream serves: fixed as frames() begins
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncGenerator[bytes]:
         """Server-sent events until the client goes away, or the thread is deleted (then the stream ends, as
-        the Agent Server's does): each event's ``seq`` is its ``id``."""
+        the Agent Server's does): each event's ``seq`` is its ``id``. :data:`~server.runs.sse.OPENED` first,
+        once the stream has fixed the first run it serves (see :func:`~server.runs.sse.opened`)."""
+        self._first = await self._first_served()
+        yield OPENED
         while True:
             with self._watching() as changed:
                 watched = {run_id for run_id, c in self._cursors.items() if not c.ended}
@@ -140,8 +143,6 @@ class ThreadEvents:
     async def _new_events(self) -> list[dict[str, Any]] | None:
         """The events of the runs the stream serves that it has not given yet; None once the thread is deleted
         (no run will come)."""
-        if self._first is None:
-            self._first = await self._first_served()
         runs = await runs_from(self.svc, self.thread_id, self._first)
         if await deleted(self.svc, self.thread_id, runs):
             return None

@@ -20,6 +20,7 @@ import httpx
 import psycopg
 import uvicorn
 from fastapi import FastAPI
+from langgraph_sdk.client import LangGraphClient
 
 from agents import AgentRequest
 from graphs.process.timers import FiringReport, TimerScheduler
@@ -168,6 +169,29 @@ class SchedulerPasses:
         await asyncio.to_thread(self._wait, passes, seconds)
 
 
+class StreamsOpened:
+    """How many event streams (SSE) a langgraph-sdk client has opened: counted as each one's headers reach it.
+    The server sends them once the stream serves what comes from then on, so a test that waits for them instead
+    of sleeping acts on a stream that is ready, however loaded the box."""
+
+    def __init__(self, client: LangGraphClient) -> None:
+        self.count = 0
+        self._heard = asyncio.Event()
+        client.http.client.event_hooks["response"].append(self._opened)
+
+    async def _opened(self, response: httpx.Response) -> None:
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            self.count += 1
+            self._heard.set()
+
+    async def reach(self, count: int, seconds: float = 60) -> None:
+        """Return once ``count`` streams have opened on the client since it was watched."""
+        async with asyncio.timeout(seconds):
+            while self.count < count:
+                self._heard.clear()
+                await self._heard.wait()
+
+
 def start_worker(
     url: str, *options: str, env: dict[str, str] | None = None, log: Path | None = None
 ) -> JourneysProcess:
@@ -275,15 +299,19 @@ async def queued_run(runs: RunStore, assistant_id: str = "structured", enqueue: 
     )
 
 
-async def v3_events(base: str, thread_id: str, body: dict[str, Any], count: int) -> list[dict[str, Any]]:
+async def v3_events(
+    base: str, thread_id: str, body: dict[str, Any], count: int, opened: asyncio.Event | None = None
+) -> list[dict[str, Any]]:
     """The first ``count`` events of a thread's raw v3 event stream, asked with ``body`` (it stays open: the
-    client leaves)."""
+    client leaves); ``opened`` is set once its headers came (it serves what comes from then on)."""
     found: list[dict[str, Any]] = []
     async with (
         httpx.AsyncClient(base_url=base, timeout=30) as raw,
         raw.stream("POST", f"/threads/{thread_id}/stream/events", json=body) as answer,
     ):
         assert answer.status_code == 200
+        if opened is not None:
+            opened.set()
         async for line in answer.aiter_lines():
             if line.startswith("data: "):
                 found.append(json.loads(line.removeprefix("data: ")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from server import thread_stream
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
 from server.settings import Settings
-from tests.server_support import serving, start_worker, stop_worker, v3_events
+from tests.server_support import StreamsOpened, serving, start_worker, stop_worker, v3_events
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +70,9 @@ async def test_a_threads_stream_goes_on_from_run_to_run_and_resumes_after_any_ev
 ) -> None:
     """The stream served one run, then ``end``: a UI following a thread missed every later message."""
     tid = (await sdk_client.threads.create())["thread_id"]
+    opened = StreamsOpened(sdk_client)
     following = asyncio.ensure_future(until_runs_done(sdk_client, tid, 2))
-    await asyncio.sleep(1)  # the stream is open: it serves what comes from now on
+    await opened.reach(1)  # the stream is open: it serves what comes from now on
     first, second = [await chat_run(sdk_client, tid) for _ in range(2)]
     live = await asyncio.wait_for(following, 60)
     assert [(run_id, events[0], events[-1]) for run_id, events in per_run(live)] == [
@@ -95,9 +97,10 @@ async def test_a_threads_stream_is_live_without_last_event_id(sdk_client: LangGr
     next run, and with ``stream_mode="lifecycle"`` only the runs' metadata."""
     tid = (await sdk_client.threads.create())["thread_id"]
     earlier = await chat_run(sdk_client, tid)
+    opened = StreamsOpened(sdk_client)
     following = asyncio.ensure_future(until_runs_done(sdk_client, tid, 1))
     lifecycle = asyncio.ensure_future(until_runs_done(sdk_client, tid, 1, stream_mode="lifecycle"))
-    await asyncio.sleep(1)
+    await opened.reach(2)
     later = await chat_run(sdk_client, tid)
     parts, ends = await asyncio.wait_for(asyncio.gather(following, lifecycle), 60)
     assert [run_id for run_id, _ in per_run(parts)] == [later] != [earlier]
@@ -105,6 +108,31 @@ async def test_a_threads_stream_is_live_without_last_event_id(sdk_client: LangGr
         ("metadata", {"run_id": later, "attempt": 1}),
         ("metadata", {"status": "run_done", "run_id": later}),
     ]
+
+
+async def test_a_threads_stream_serves_a_run_created_once_its_headers_came(store_url: str) -> None:
+    """A client that has a live stream's headers and then creates a run is served that run: the stream fixed
+    where it starts only after its headers went out, so a run created meanwhile that ended (or began) before
+    that was skipped (or cut). Here the stream's start is held until the run has ended (or 3 s)."""
+    app = create_app(Settings(database_url=store_url, auth=False))
+    with serving(app) as base:
+        runs = app.state.services.runs
+        ended = threading.Event()
+        last_run = runs.last_run
+
+        async def held(thread_id: str) -> Any:
+            await asyncio.to_thread(ended.wait, 3)
+            return await last_run(thread_id)
+
+        runs.last_run = held
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            opened = StreamsOpened(client)
+            following = asyncio.ensure_future(until_runs_done(client, tid, 1))
+            await opened.reach(1)
+            ran = await chat_run(client, tid)
+            ended.set()
+            assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 30))] == [ran]
 
 
 async def test_a_threads_stream_mode_that_is_no_threads_is_refused(sdk_client: LangGraphClient) -> None:
@@ -123,8 +151,9 @@ async def test_a_threads_stream_hears_each_run_without_polling(store_url: str) -
     with serving(app) as base:
         async with get_client(url=base, api_key=None) as client:
             tid = (await client.threads.create())["thread_id"]
+            opened = StreamsOpened(client)
             following = asyncio.ensure_future(until_runs_done(client, tid, 3))
-            await asyncio.sleep(1)
+            await opened.reach(1)
             ran = [await chat_run(client, tid) for _ in range(3)]
             assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 60))] == ran
 
@@ -140,8 +169,9 @@ async def test_a_threads_stream_hears_a_run_created_through_another_api_process(
         with serving(create_app(settings)) as first, serving(create_app(settings)) as second:
             async with get_client(url=first, api_key=None) as one, get_client(url=second, api_key=None) as other:
                 tid = (await one.threads.create())["thread_id"]
+                opened = StreamsOpened(other)
                 following = asyncio.ensure_future(until_runs_done(other, tid, 2))
-                await asyncio.sleep(3)  # the stream open on the other process (1 s was too short at load ~8: CI)
+                await opened.reach(1)  # open on the other process (a 3 s sleep was too short at load ~8: CI)
                 ran = [await chat_run(one, tid) for _ in range(2)]
                 assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 30))] == ran
     finally:
@@ -158,8 +188,9 @@ async def test_a_threads_stream_ends_as_its_thread_is_deleted_without_polling(st
     with serving(create_app(Settings(database_url=store_url, auth=False, poll_interval=3600))) as base:
         async with get_client(url=base, api_key=None) as client:
             tid = (await client.threads.create())["thread_id"]
+            opened = StreamsOpened(client)
             following = asyncio.ensure_future(_thread_events(client, tid))
-            await asyncio.sleep(1)
+            await opened.reach(1)
             await client.threads.delete(tid)
             assert await asyncio.wait_for(following, 10) == ["end"]
 
@@ -173,8 +204,9 @@ async def test_a_threads_stream_ends_as_its_thread_is_deleted_through_another_ap
     with serving(create_app(settings)) as first, serving(create_app(settings)) as second:
         async with get_client(url=first, api_key=None) as one, get_client(url=second, api_key=None) as other:
             tid = (await one.threads.create())["thread_id"]
+            opened = StreamsOpened(other)
             following = asyncio.ensure_future(_thread_events(other, tid))
-            await asyncio.sleep(1)
+            await opened.reach(1)
             await one.threads.delete(tid)
             assert await asyncio.wait_for(following, 10) == ["end"]
 
@@ -197,11 +229,12 @@ async def test_an_idle_threads_stream_does_not_read_its_thread_at_every_poll(sto
         runs.list_runs = counted
         async with get_client(url=base, api_key=None) as client:
             tid = (await client.threads.create())["thread_id"]
+            opened = StreamsOpened(client)
             following = asyncio.ensure_future(until_runs_done(client, tid, 1))
-            await asyncio.sleep(0.5)
+            await opened.reach(1)
             before = reads
-            await asyncio.sleep(1)
-            assert reads - before <= 2, reads - before  # twenty polls: one at most
+            await asyncio.sleep(1)  # twenty polls of 0.05 s: how many reads they make is what is measured
+            assert reads - before <= 2, reads - before  # its first read, and one more at most
             ran = await chat_run(client, tid)
             assert [run_id for run_id, _ in per_run(await asyncio.wait_for(following, 30))] == [ran]
 
@@ -216,22 +249,30 @@ async def test_a_threads_stream_in_state_update_mode_sends_each_update_of_its_st
             tid = (await client.threads.create())["thread_id"]
             await chat_run(client, tid)
 
+            told = 0  # state updates the two streams have sent so far
+            first_told = asyncio.Event()  # both streams have sent the first
+
             async def two_updates(mode: Any) -> list[StreamPart]:
+                nonlocal told
                 parts: list[StreamPart] = []
                 async for part in await client.threads.join_stream(tid, stream_mode=mode):
                     parts.append(part)
+                    told += part.event == "state_update"
+                    if told == 2:
+                        first_told.set()
                     if [p.event for p in parts].count("state_update") == 2:
                         break
                 return parts
 
+            opened = StreamsOpened(client)
             updates = asyncio.ensure_future(two_updates("state_update"))
             both = asyncio.ensure_future(two_updates(["run_modes", "state_update"]))
             runs_only = asyncio.ensure_future(until_runs_done(client, tid, 1))
-            await asyncio.sleep(2)  # the streams are open (live: an update before would not be theirs)
+            await opened.reach(3)  # live: an update before would not be theirs
             before = await client.threads.get(tid)
             await client.threads.update_state(tid, {"progress": {"note": 1}})
             state = await client.threads.get_state(tid)
-            await asyncio.sleep(0.5)  # the streams have read the state it sends before a run moves it on
+            await asyncio.wait_for(first_told.wait(), 30)  # both sent that state before a run moves it on
             run_id = await chat_run(client, tid)
             await client.threads.update_state(tid, {"progress": {"note": 2}})
             first, second = await asyncio.wait_for(updates, 30)
@@ -249,14 +290,15 @@ async def test_a_threads_stream_in_state_update_mode_sends_each_update_of_its_st
 JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}, "user_id": "ana"}
 
 
-async def _v3_until_end(base: str, thread_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every event of a raw v3 thread stream, until the server ends it."""
+async def _v3_until_end(base: str, thread_id: str, body: dict[str, Any], opened: asyncio.Event) -> list[dict[str, Any]]:
+    """Every event of a raw v3 thread stream, until the server ends it; ``opened`` is set once its headers came."""
     found: list[dict[str, Any]] = []
     async with (
         httpx.AsyncClient(base_url=base, timeout=None) as raw,
         raw.stream("POST", f"/threads/{thread_id}/stream/events", json=body) as answer,
     ):
         assert answer.status_code == 200
+        opened.set()
         async for line in answer.aiter_lines():
             if line.startswith("data: "):
                 found.append(json.loads(line.removeprefix("data: ")))
@@ -272,8 +314,9 @@ async def test_a_v3_thread_stream_ends_as_its_thread_is_deleted(store_url: str) 
             tid = (await client.threads.create())["thread_id"]
             await chat_run(client, tid)
             body = {"channels": ["lifecycle"], "since": 0}
-            following = asyncio.ensure_future(_v3_until_end(base, tid, body))
-            await asyncio.sleep(1)
+            opened = asyncio.Event()
+            following = asyncio.ensure_future(_v3_until_end(base, tid, body, opened))
+            await asyncio.wait_for(opened.wait(), 30)
             await client.threads.delete(tid)
             events = await asyncio.wait_for(following, 10)
             assert [e["params"]["data"]["event"] for e in events] == ["running", "completed"]
@@ -321,8 +364,9 @@ async def test_a_v3_thread_stream_reads_only_the_runs_it_still_serves(
                 return found
 
             runs.list_runs = counted
-            following = asyncio.ensure_future(v3_events(base, tid, {"channels": ["lifecycle"]}, 2))
-            await asyncio.sleep(1)
+            opened = asyncio.Event()
+            following = asyncio.ensure_future(v3_events(base, tid, {"channels": ["lifecycle"]}, 2, opened))
+            await asyncio.wait_for(opened.wait(), 30)
             ran = await chat_run(client, tid)
             events = await asyncio.wait_for(following, 30)
     assert [(e["event_id"].split(":")[0], e["params"]["data"]["event"]) for e in events] == [

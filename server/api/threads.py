@@ -54,7 +54,7 @@ from server.problems import ApiError
 from server.routing import api_router
 from server.runs import thread_sse
 from server.runs.executor import empty_state, interrupts_of, jsonable, state_view
-from server.runs.sse import SSE
+from server.runs.sse import SSE, opened
 from server.runs.store import RunRow, ThreadRow
 from server.services import ResolvedThread, ServerServices, services
 
@@ -332,8 +332,11 @@ async def join_thread_stream(
     modes are the ones it was created with. See :mod:`server.runs.thread_sse`."""
     modes = [*(stream_mode or ()), *(m.strip() for m in (stream_modes or "").split(",") if m.strip())]
     await svc.resolve_thread(thread_id, caller)
-    events = thread_sse.thread_events(svc, thread_id, thread_sse.after_event(last_event_id), modes or ["run_modes"])
-    return svc.streams.take(caller).response(events)
+    slot = svc.streams.take(caller)
+    with slot.released_on_error():
+        after = thread_sse.after_event(last_event_id)
+        events = await opened(thread_sse.thread_events(svc, thread_id, after, modes or ["run_modes"]))
+    return slot.response(events)
 
 
 @router.post("/{thread_id}/commands", summary="A command of the v3 thread stream (run.start, input.respond)")
@@ -421,8 +424,10 @@ async def thread_events(thread_id: str, body: ThreadEventsRequest, caller: Reade
         tuple(tuple(n) for n in body.namespaces) if body.namespaces is not None else None,
         body.depth,
     )
-    events = thread_stream.ThreadEvents(svc, thread_id, wanted, body.since)
-    return svc.streams.take(caller).response(events.frames())
+    slot = svc.streams.take(caller)
+    with slot.released_on_error():
+        events = await opened(thread_stream.ThreadEvents(svc, thread_id, wanted, body.since).frames())
+    return slot.response(events)
 
 
 # A state read's ``select`` in its query (GET): ``?select=values&select=next``.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +40,20 @@ SSE_EVENT = {
 SSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}, "description": "server-sent events, then end"}
 }
+
+
+OPENED = b""  # what a live stream yields first, once it serves what comes from then on (see opened)
+
+
+async def opened(events: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
+    """``events``, run to its first yield (:data:`OPENED`, dropped here): a live stream fixes there what it
+    serves from then on. Awaited before the response's headers go out, so a client that has them misses nothing
+    that comes after (a run it creates then). Started, a generator the response never reads is still closed
+    (asyncio finalises it when it is dropped)."""
+    first = await anext(events)
+    if first != OPENED:
+        raise RuntimeError(f"a live stream's first yield is OPENED, not {first!r}")
+    return events
 
 
 async def run_events(

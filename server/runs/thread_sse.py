@@ -20,14 +20,14 @@ thread's active runs record from now on, and every later run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncGenerator, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from checkpoints.runs import state_key, thread_key
 from graphs.errors import JourneyNotFoundError
 from server.runs.executor import empty_state, state_view
-from server.runs.sse import ending_of_unrecorded, frame
+from server.runs.sse import OPENED, ending_of_unrecorded, frame
 from server.runs.store import ACTIVE, TERMINAL, RunRow
 from server.thread_stream import RUN_SPAN, RUNS_PAGE, deleted, fallback_poll, first_of, runs_from
 
@@ -62,35 +62,46 @@ def after_event(last_event_id: str | None) -> int | None:
 
 async def thread_events(
     svc: ServerServices, thread_id: str, after: int | None, modes: Collection[str]
-) -> AsyncIterator[bytes]:
-    """The thread's stream as server-sent events, from ``after`` (see :func:`after_event`) on."""
+) -> AsyncGenerator[bytes]:
+    """The thread's stream as server-sent events, from ``after`` (see :func:`after_event`) on; it yields
+    :data:`~server.runs.sse.OPENED` first, once a live one has fixed its start and watches the thread's state
+    (see :func:`~server.runs.sse.opened`)."""
     runs: dict[str, _Run] = {}
     first = await _live_start(svc, thread_id, runs) if after is None else max(1, after // RUN_SPAN)
     sent_state: Any = None  # the checkpoint of the last state_update sent: one update may wake it twice
-    while True:
-        with _watching(svc, thread_id, runs, states="state_update" in modes) as (changed, state_changed):
-            found = await runs_from(svc, thread_id, first)
-            if await deleted(svc, thread_id, found):
-                yield frame("end", None)  # no run will come
-                return
-            unwatched = [run for run in found if run.run_id not in runs]
-            for run in found:
-                cursor = runs.setdefault(run.run_id, _Run(run.ordinal))
-                if cursor.ended:
-                    continue
-                for number, event, data in await _run_events(svc, run, cursor):
-                    seq = run.ordinal * RUN_SPAN + number
-                    if (after is None or seq > after) and _shown(event, modes):
-                        yield frame(event, data, seq)
-            # The runs before the oldest one still going are done with: not read again.
-            going = [c.ordinal for c in runs.values() if not c.ended]
-            first = max(first, min(going, default=max((r.ordinal for r in found), default=first - 1) + 1))
-            runs = {run_id: c for run_id, c in runs.items() if c.ordinal >= first}
-            # Else read again at once, now watching the runs just found: a change since is not missed.
-            if not any(run.run_id in runs and not runs[run.run_id].ended for run in unwatched):
-                starting = any(r.status == "pending" for r in found if r.run_id in runs and not runs[r.run_id].ended)
-                await first_of(changed, fallback_poll(svc.settings.poll_interval, starting=starting))
+    with contextlib.ExitStack() as stack:
+        # Watched for as long as the stream lasts: an update between two reads of the runs is not missed.
+        states = "state_update" in modes
+        state_changed = stack.enter_context(svc.watch.watching(state_key(thread_id))) if states else None
+        yield OPENED
+        while True:
+            with _watching(svc, thread_id, runs) as changed:
+                found = await runs_from(svc, thread_id, first)
+                if await deleted(svc, thread_id, found):
+                    yield frame("end", None)  # no run will come
+                    return
+                unwatched = [run for run in found if run.run_id not in runs]
+                for run in found:
+                    cursor = runs.setdefault(run.run_id, _Run(run.ordinal))
+                    if cursor.ended:
+                        continue
+                    for number, event, data in await _run_events(svc, run, cursor):
+                        seq = run.ordinal * RUN_SPAN + number
+                        if (after is None or seq > after) and _shown(event, modes):
+                            yield frame(event, data, seq)
+                # The runs before the oldest one still going are done with: not read again.
+                going = [c.ordinal for c in runs.values() if not c.ended]
+                first = max(first, min(going, default=max((r.ordinal for r in found), default=first - 1) + 1))
+                runs = {run_id: c for run_id, c in runs.items() if c.ordinal >= first}
+                # Else read again at once, now watching the runs just found: a change since is not missed.
+                if not any(run.run_id in runs and not runs[run.run_id].ended for run in unwatched):
+                    starting = any(
+                        r.status == "pending" for r in found if r.run_id in runs and not runs[r.run_id].ended
+                    )
+                    woken = [*changed, *([state_changed] if state_changed is not None else [])]
+                    await first_of(woken, fallback_poll(svc.settings.poll_interval, starting=starting))
             if state_changed is not None and state_changed.is_set():
+                state_changed.clear()  # before the read: an update during it wakes the stream again
                 # Woken here at once and again by its notice, in a process that listens: sent once.
                 update = await _state_update(svc, thread_id)
                 if update is not None and update["state"]["checkpoint"] != sent_state:
@@ -154,13 +165,9 @@ async def _run_events(svc: ServerServices, run: RunRow, cursor: _Run) -> list[tu
 
 
 @contextlib.contextmanager
-def _watching(
-    svc: ServerServices, thread_id: str, runs: dict[str, _Run], *, states: bool
-) -> Iterator[tuple[list[asyncio.Event], asyncio.Event | None]]:
+def _watching(svc: ServerServices, thread_id: str, runs: dict[str, _Run]) -> Iterator[list[asyncio.Event]]:
     """Woken by a run created on the thread (or its delete), or a change (a chunk, its end) to one of its runs
-    still going; and, with ``states``, by an update of its state, whose own event is the second."""
+    still going."""
     keys = [thread_key(thread_id), *(run_id for run_id, cursor in runs.items() if not cursor.ended)]
     with contextlib.ExitStack() as stack:
-        changed: list[asyncio.Event] = [stack.enter_context(svc.watch.watching(key)) for key in keys]
-        state_changed = stack.enter_context(svc.watch.watching(state_key(thread_id))) if states else None
-        yield [*changed, *([state_changed] if state_changed is not None else [])], state_changed
+        yield [stack.enter_context(svc.watch.watching(key)) for key in keys]
