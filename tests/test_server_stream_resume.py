@@ -13,7 +13,7 @@ from langgraph_sdk.schema import StreamPart
 
 from graphs.errors import UnknownProcessError
 from graphs.process.orchestrator import ProcessOrchestrator
-from tests.server_support import APPROVAL_PROCESS
+from tests.server_support import APPROVAL_PROCESS, StreamsOpened
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,9 @@ async def test_a_threads_stream_joined_before_its_first_run_serves_that_run(sdk_
                 return parts
         return parts
 
+    opened = StreamsOpened(sdk_client)
     joining = asyncio.ensure_future(joined())
-    await asyncio.sleep(0.5)  # the stream is open (it was a 404 before the thread had a run)
+    await opened.reach(1)  # the stream is open (it was a 404 before the thread had a run)
     assert not joining.done()
     run = await sdk_client.runs.create(
         tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, stream_mode="values"
@@ -45,8 +46,9 @@ async def test_a_threads_stream_joined_before_its_first_run_serves_that_run(sdk_
 
 async def test_a_threads_stream_waiting_for_a_run_ends_when_the_thread_is_deleted(sdk_client: LangGraphClient) -> None:
     tid = (await sdk_client.threads.create())["thread_id"]
+    opened = StreamsOpened(sdk_client)
     joining = asyncio.ensure_future(_events(sdk_client, tid))
-    await asyncio.sleep(0.5)
+    await opened.reach(1)
     await sdk_client.threads.delete(tid)
     assert await asyncio.wait_for(joining, 30) == ["end"]
 
