@@ -75,6 +75,12 @@ _STATE_KEY = "state:"  # before a thread's id, the notice of an update of its st
 NOTICE_LIMIT = 7_900
 _NOTICE_SEP = "\n"  # between a finished run's id and its row, in its notice (no run id holds a newline)
 LISTEN_RUNS = f"LISTEN {RUN_CHANNEL}"  # what a process that waits on runs listens with
+# NOTIFY channel of the cancels recorded (RunStore.request_cancel), noticed as CANCELS_KEY: an embedded server
+# listens, to stop a run another process cancelled at once. A channel of its own: the runs' (chunks, ends) is
+# no business of a process that executes its runs itself, and hearing its own would wake its waiters twice.
+CANCEL_CHANNEL = "journeys_cancels"
+CANCELS_KEY = "cancels"
+LISTEN_CANCELS = f"LISTEN {CANCEL_CHANNEL}"
 # Sent by a listening connection on its own channel with PROBE_KEY and a number (server.runs.watch): heard back,
 # it proves the notices committed before it were delivered. Other listeners find no waiter of the key.
 PROBE = f"SELECT pg_notify('{RUN_CHANNEL}', %s)"
@@ -366,6 +372,10 @@ def state_key(thread_id: str) -> str:
     return _STATE_KEY + thread_id
 
 
+def _cancels_notice(written: CTE) -> ColumnElement[str]:
+    return literal(CANCELS_KEY)
+
+
 def _state_notice(written: CTE) -> ColumnElement[str]:
     return literal(_STATE_KEY) + written.c.thread_id
 
@@ -460,6 +470,7 @@ _REQUEST_CANCEL = (
     update(server_runs)
     .where(_runs.run_id == bindparam("p_run_id"), _runs.status.in_(ACTIVE))
     .values(cancel_requested_at=bindparam("p_now"))
+    .returning(_runs.run_id)
 )
 _SET_BASE_CHECKPOINT = (
     update(server_runs).where(_runs.run_id == bindparam("p_run_id")).values(base_checkpoint=bindparam("p_checkpoint"))
@@ -580,6 +591,7 @@ class RunStore:
         # And a thread's delete: a stream of it in another process ends at once; and an update of its state.
         self._delete_thread = backend.notifying(_DELETE_THREAD, RUN_CHANNEL, _thread_notice)
         self._state_updated = backend.notifying(_STATE_UPDATED, RUN_CHANNEL, _state_notice)
+        self._request_cancel = backend.notifying(_REQUEST_CANCEL, CANCEL_CHANNEL, _cancels_notice)
         self._with_job: dict[Executable, Executable] = {}  # a run's INSERT per queue's defer (built once)
         # A thread named by its caller is created by one statement that cannot fail on a duplicate id: two
         # requests naming one new id at once both learn which of them created it (no read-then-insert).
@@ -968,8 +980,9 @@ class RunStore:
 
     async def request_cancel(self, run_id: str) -> None:
         """Remember that a cancel reached an executing run: if its job is retried (its worker died before it
-        stopped the run), the retry ends it interrupted instead of running it."""
-        await self._backend.write([_REQUEST_CANCEL], {"p_run_id": run_id, "p_now": self._clock.now()})
+        stopped the run), the retry ends it interrupted instead of running it. On PostgreSQL it is noticed on
+        :data:`CANCEL_CHANNEL` as it commits (an embedded server stops the run it executes)."""
+        await self._backend.write([self._request_cancel], {"p_run_id": run_id, "p_now": self._clock.now()})
 
     async def set_base_checkpoint(self, run_id: str, checkpoint_id: str | None) -> None:
         """Note the checkpoint a run started from or resumes (``NO_STATE``: its thread had none); until it

@@ -22,6 +22,8 @@ from checkpoints.clock import VirtualClock
 from graphs.runtime import JourneyRuntime
 from server.app import create_app
 from server.assistants import get_assistant
+from server.queues import embedded
+from server.queues.base import ElsewhereQueue, cancel_run
 from server.runs import executor as executor_module
 from server.runs.executor import RunExecutor, thread_output
 from server.runs.store import RunRow, RunStore
@@ -122,6 +124,33 @@ async def test_a_run_cancelled_again_while_it_unwinds_on_a_slow_database_stays_w
     assert ship.calls == 1  # no read called the agent again
     assert status["current_step"] == "ship" and status["completed_steps"] == ["ask"], status
     assert state["next"] == ["ship"]  # where it stopped: its last checkpoint landed before it was let go
+
+
+async def test_a_run_cancelled_from_another_process_stops_as_the_cancel_is_recorded(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that executes no runs (``journeys instances terminate``) records a cancel; an embedded server
+    executing the run learnt of it only at its next look (every ``CANCEL_CHECK_S``, 1 s). On PostgreSQL the
+    record notifies it, as its listener hears: with the look an hour away the run still stops at once."""
+    monkeypatch.setattr(embedded, "CANCEL_CHECK_S", 3600)
+    served = create_app(Settings(database_url=postgres_url, auth=False))
+    with serving(served) as url:
+        ship = SlowShip()
+        served.state.services.runtime.agents.register("slow_ship", ship, replace=True)
+        async with get_client(url=url, api_key=None) as sdk:
+            tid = (await sdk.threads.create())["thread_id"]
+            start = {"journey_type": "slow_order", "spec": SPEC, "user_id": "ana"}
+            await sdk.runs.wait(tid, "structured", input=start)
+            run = await sdk.runs.create(tid, "structured", command={"resume": {}})
+            await asyncio.wait_for(_started(ship), 10)
+            async with JourneyRuntime.open(postgres_url) as elsewhere:  # another process's store
+                runs = RunStore(elsewhere.store.backend, elsewhere.store.clock)
+                row = await runs.get_run(run["run_id"])
+                assert row is not None and row.status == "running"
+                await cancel_run(ElsewhereQueue(runs), runs, row, lambda _run_id, _row: None)
+            await asyncio.wait_for(sdk.runs.join(tid, run["run_id"]), 20)  # the agent takes 30 s
+            assert (await sdk.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+    assert ship.calls == 1
 
 
 async def _stopping(executor: RunExecutor, run_id: str) -> None:

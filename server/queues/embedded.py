@@ -16,11 +16,13 @@ from checkpoints.background import in_background
 from checkpoints.database import OUTAGE, lost_database
 from checkpoints.errors import ConcurrentUpdateError, StoreError
 from checkpoints.locks import InstanceLocks, Kept, open_instance_locks
-from checkpoints.url import opened_target, parse_store_url
+from checkpoints.runs import CANCELS_KEY, LISTEN_CANCELS
+from checkpoints.url import StoreURL, opened_target, parse_store_url
 from server.problems import EmbeddedServerRunningError
 from server.queues.base import RunQueue
 from server.runs.executor import RunExecutor
 from server.runs.store import RunRow
+from server.runs.watch import RunWatch, listening
 
 log = structlog.get_logger("journeys.embedded")
 # Seconds between an embedded server's looks for runs it executes whose cancel another process recorded.
@@ -139,12 +141,18 @@ class EmbeddedRunner:
         self._stopping.discard(run.run_id)
         self.submit(run)
 
-    async def watch_cancels(self, every: float = CANCEL_CHECK_S) -> None:
-        """Every ``every`` seconds while runs execute here, stop those whose cancel another process recorded
-        (``journeys instances terminate``: no queue reaches this process from it, see ``ElsewhereQueue``) as a
-        cancel of this process stops them. One read a round, none while no run executes."""
+    async def watch_cancels(self, every: float = CANCEL_CHECK_S, heard: asyncio.Event | None = None) -> None:
+        """Every ``every`` seconds while runs execute here, and at once when ``heard`` is set (a cancel recorded,
+        noticed on PostgreSQL), stop those whose cancel another process recorded (``journeys instances
+        terminate``: no queue reaches this process from it, see ``ElsewhereQueue``) as a cancel of this process
+        stops them. One read a round, none while no run executes."""
         while True:
-            await asyncio.sleep(every)
+            if heard is None:
+                await asyncio.sleep(every)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard.wait(), every)
+                heard.clear()  # before the read: a cancel recorded during it wakes the next round
             if not self._current:
                 continue
             try:
@@ -260,6 +268,19 @@ async def check_sole_executor(database_url: str) -> None:
         pass
 
 
+@contextlib.asynccontextmanager
+async def _cancels_heard(url: StoreURL) -> AsyncIterator[asyncio.Event | None]:
+    """On PostgreSQL, an event set as each cancel recorded is noticed (see ``RunStore.request_cancel``); None
+    elsewhere, where the runner's look every ``CANCEL_CHECK_S`` finds them."""
+    if url.kind != "postgres":
+        yield None
+        return
+    cancels = RunWatch()
+    async with listening(url.target, cancels, listen=LISTEN_CANCELS):
+        with cancels.watching(CANCELS_KEY) as heard:
+            yield heard
+
+
 class EmbeddedQueue(RunQueue):
     """The run queue of a server that executes its runs itself."""
 
@@ -278,7 +299,10 @@ class EmbeddedQueue(RunQueue):
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(sole_executor(executor.runtime.store.locks))
                 await runner.resume_unfinished()
-                await stack.enter_async_context(in_background(runner.watch_cancels(), "embedded-cancel-watch"))
+                heard = await stack.enter_async_context(_cancels_heard(executor.runtime.store.url))
+                await stack.enter_async_context(
+                    in_background(runner.watch_cancels(CANCEL_CHECK_S, heard), "embedded-cancel-watch")
+                )
                 if timers:
                     await stack.enter_async_context(executor.runtime.processes.scheduler.running())
                 if retention_every > 0:

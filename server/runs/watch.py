@@ -144,24 +144,31 @@ async def until_finished(runs: RunStore, run_id: str, changed: Change, poll: flo
 
 @contextlib.asynccontextmanager
 async def listening(
-    conninfo: str, watch: RunWatch, *, retry: float = 1.0, probe_every: float | None = None
+    conninfo: str,
+    watch: RunWatch,
+    *,
+    retry: float = 1.0,
+    probe_every: float | None = None,
+    listen: str = LISTEN_RUNS,
 ) -> AsyncIterator[None]:
     """Forward the database's run notifications to ``watch`` while the context is open.
 
     The first ``LISTEN`` is in place when the context is entered; a dropped connection is reopened
     (every waiter is then woken to re-read what it may have missed). ``probe_every``: while waiters wait,
     probe the connection this often (half the waiters' poll, see the module docstring); None: never (they
-    re-read at each poll).
+    re-read at each poll). ``listen``: the channel's LISTEN (the runs', whose probes these are; or
+    :data:`~checkpoints.runs.LISTEN_CANCELS`, the recorded cancels, without probes).
     """
-    first = await _listen(conninfo)
-    async with in_background(_forward(conninfo, watch, first, retry, probe_every), "journeys-run-notifications"):
+    first = await _listen(conninfo, listen)
+    forwarding = _forward(conninfo, watch, first, retry, probe_every, listen)
+    async with in_background(forwarding, "journeys-run-notifications"):
         yield
 
 
-async def _listen(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
+async def _listen(conninfo: str, listen: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
     conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
     try:
-        await conn.execute(LISTEN_RUNS)
+        await conn.execute(listen)
     except BaseException:  # cancelled (the watch is closing) or dropped: not left open behind us
         await conn.close()
         raise
@@ -174,11 +181,12 @@ async def _forward(
     conn: psycopg.AsyncConnection[tuple[object, ...]] | None,
     retry: float,
     probe_every: float | None,
+    listen: str,
 ) -> None:
     while True:
         try:
             if conn is None:
-                conn = await _listen(conninfo)
+                conn = await _listen(conninfo, listen)
                 watch.changed_all()
             async with conn:
                 ours = conn.info.backend_pid  # the probes this connection sends come back from its own backend
