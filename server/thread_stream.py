@@ -44,7 +44,9 @@ CHANNELS = ("values", "updates", "messages", "tools", "lifecycle", "input", "che
 RUN_SPAN = 1 << 26  # seq = the run's ordinal on its thread * RUN_SPAN + the event's place in the run
 _PER_CHUNK = 8  # a chunk becomes at most this many events (the last messages' ends, a start, a delta)
 # A stream opened without ``since`` replays the thread's active runs, and a run created this recently: the
-# SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended.
+# SDK opens its stream right after ``run.start`` answers, by when a quick run may have ended. Not the Agent
+# Server's replay of every run it keeps (120 s after each): the SDK's lifecycle watcher takes the first run's end
+# it meets for the session's own, so thread.output of a session opened then answers the run before it.
 RECENT = timedelta(seconds=5)
 RUNS_PAGE = 100  # runs read at a time, newest first, to find those a stream still serves
 

@@ -18,6 +18,7 @@ from langgraph_sdk.client import LangGraphClient
 from langgraph_sdk.errors import UnprocessableEntityError
 from langgraph_sdk.schema import StreamPart
 
+from checkpoints.clock import VirtualClock
 from server import thread_stream
 from server.app import create_app
 from server.queues.procrastinate import ensure_schema
@@ -374,6 +375,26 @@ async def test_a_v3_thread_stream_reads_only_the_runs_it_still_serves(
         (ran, "completed"),
     ]
     assert read and max(read) <= 2, read
+
+
+async def test_a_v3_session_opened_after_a_runs_end_answers_its_own_runs_output(store_url: str) -> None:
+    """Opened without ``since``, the Agent Server's v3 stream replays what it retains of the thread's runs (each
+    run's stream for RESUMABLE_STREAM_TTL_SECONDS, 120 s; all of them in langgraph dev), and langgraph-sdk's
+    lifecycle watcher, opened as a session on a known thread begins, takes the first run's end it meets for the
+    session's own: a session opened that soon after a run ended answers ``thread.output`` with the thread as it
+    was before its run. This server replays the active runs and one created in the last ``RECENT`` (5 s: the SDK
+    opens its stream just after ``run.start`` answers), so a session opened later gets its own run's output."""
+    clock = VirtualClock()
+    with serving(create_app(Settings(database_url=store_url, auth=False), clock=clock)) as base:
+        async with get_client(url=base, api_key=None) as client:
+            tid = (await client.threads.create())["thread_id"]
+            await client.runs.wait(tid, "guide", input={"messages": [{"role": "user", "content": "first"}]})
+            clock.advance(thread_stream.RECENT + timedelta(seconds=1))
+            async with client.threads.stream(tid, assistant_id="guide") as chat:
+                await chat.run.start(input={"messages": [{"role": "user", "content": "second"}]})
+                output = await chat.output.with_timeout(30)
+    said = [m["content"] for m in output["messages"] if m["type"] == "human"]
+    assert said == ["first", "second"], said
 
 
 def _run_ended(event: dict[str, Any]) -> bool:
