@@ -16,6 +16,7 @@ import pytest
 
 from tests.forked import journeys, start_forkserver
 from tests.server_support import free_port, start_serving, wait_until_serving
+from tests.test_server_crash import run_statuses
 
 SLOW = ("--plugin", "tests.slow_agents:register")
 SPEC = {"journey_type": "wait1", "steps": [{"step_id": "s0", "mode": "auto", "agent": "slow"}]}
@@ -44,7 +45,10 @@ def test_a_server_stops_on_sigterm_while_a_client_waits_on_a_run_that_cannot_fin
 
         waiting = threading.Thread(target=wait_for_the_run, daemon=True)
         waiting.start()
-        time.sleep(2)
+        deadline = time.monotonic() + 60
+        while not run_statuses(postgres_url):  # its run is there: the request is in flight (2 s was a guess)
+            assert time.monotonic() < deadline, "the waiting request never created its run:\n" + log.read_text()
+            time.sleep(0.05)
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=20)
