@@ -291,18 +291,21 @@ async def test_a_threads_stream_in_state_update_mode_sends_each_update_of_its_st
 JOURNEY = {"journey_type": "content_migration", "requirements": {"source": "a", "target": "b"}, "user_id": "ana"}
 
 
-async def _v3_until_end(base: str, thread_id: str, body: dict[str, Any], opened: asyncio.Event) -> list[dict[str, Any]]:
-    """Every event of a raw v3 thread stream, until the server ends it; ``opened`` is set once its headers came."""
+async def _v3_until_end(
+    base: str, thread_id: str, body: dict[str, Any], told: asyncio.Event, count: int
+) -> list[dict[str, Any]]:
+    """Every event of a raw v3 thread stream, until the server ends it; ``told`` is set once ``count`` came."""
     found: list[dict[str, Any]] = []
     async with (
         httpx.AsyncClient(base_url=base, timeout=None) as raw,
         raw.stream("POST", f"/threads/{thread_id}/stream/events", json=body) as answer,
     ):
         assert answer.status_code == 200
-        opened.set()
         async for line in answer.aiter_lines():
             if line.startswith("data: "):
                 found.append(json.loads(line.removeprefix("data: ")))
+                if len(found) == count:
+                    told.set()
     return found
 
 
@@ -315,9 +318,9 @@ async def test_a_v3_thread_stream_ends_as_its_thread_is_deleted(store_url: str) 
             tid = (await client.threads.create())["thread_id"]
             await chat_run(client, tid)
             body = {"channels": ["lifecycle"], "since": 0}
-            opened = asyncio.Event()
-            following = asyncio.ensure_future(_v3_until_end(base, tid, body, opened))
-            await asyncio.wait_for(opened.wait(), 30)
+            told = asyncio.Event()
+            following = asyncio.ensure_future(_v3_until_end(base, tid, body, told, 2))
+            await asyncio.wait_for(told.wait(), 30)  # the run it replays (deleted with the thread, else untold)
             await client.threads.delete(tid)
             events = await asyncio.wait_for(following, 10)
             assert [e["params"]["data"]["event"] for e in events] == ["running", "completed"]
