@@ -170,7 +170,9 @@ async def test_a_webhook_is_posted_when_the_run_ends_and_retried(
     client: LangGraphClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Posted once taken, retried after a 503; the attempts share one TLS context (building one loads the CA
-    bundle: ~30 ms of CPU an attempt, more than a whole journey, also for a plain-HTTP URL)."""
+    bundle: ~30 ms of CPU an attempt, more than a whole journey, also for a plain-HTTP URL). What is posted is
+    the Agent Server's payload: the run, with the thread's ``values`` as it ended (a receiver's usual read; it
+    was missing), ``run_ended_at`` and ``webhook_sent_at``."""
     _Receiver.calls, _Receiver.failures = [], 1
     bundles_loaded: list[tuple[Any, ...]] = []
     load = ssl.SSLContext.load_verify_locations
@@ -189,13 +191,17 @@ async def test_a_webhook_is_posted_when_the_run_ends_and_retried(
         run = await client.runs.create(
             tid, "structured", input={**CONTENT_MIGRATION, "user_id": "ana"}, webhook=f"http://127.0.0.1:{port}/hook"
         )
-        await client.runs.join(tid, run["run_id"])
+        output = await client.runs.join(tid, run["run_id"])
         for _ in range(100):
             if _Receiver.calls:
                 break
             await asyncio.sleep(0.05)
         [call] = _Receiver.calls
         assert (call["run_id"], call["status"]) == (run["run_id"], "success")
+        ended = (await client.runs.get(tid, run["run_id"]))["updated_at"]
+        assert call["values"] == output and output["current_step"] == "upload_content", call
+        sent = datetime.fromisoformat(call["webhook_sent_at"])
+        assert call["run_ended_at"] == ended and datetime.fromisoformat(ended) <= sent, call
         assert len(bundles_loaded) <= 1  # two attempts: a context built once in this process, or not at all
     finally:
         receiver.shutdown()

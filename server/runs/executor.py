@@ -165,11 +165,20 @@ def _webhook_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-async def call_webhook(url: str, run: RunRow) -> bool:
-    """POST the finished run to ``url`` once; True once it was taken (any answer below 500)."""
+def webhook_payload(run: RunRow, sent_at: datetime) -> dict[str, Any]:
+    """What a finished run's webhook posts, as the Agent Server's does: the run, the thread's ``values`` as it
+    ended (None for a run that kept none), when it ended and when this was sent."""
+    ended = {"values": run.output, "run_ended_at": run.updated_at.isoformat(), "webhook_sent_at": sent_at.isoformat()}
+    payload: dict[str, Any] = jsonable({**run.view(), **ended})
+    return payload
+
+
+async def call_webhook(url: str, run: RunRow, sent_at: datetime) -> bool:
+    """POST the finished run to ``url`` once (:func:`webhook_payload`); True once it was taken (any answer
+    below 500)."""
     try:
         async with httpx.AsyncClient(timeout=10, verify=_webhook_tls()) as client:
-            answer = await client.post(url, json=jsonable(run.view()))
+            answer = await client.post(url, json=webhook_payload(run, sent_at))
     except httpx.HTTPError as exc:
         log.warning("webhook call failed", run_id=run.run_id, url=url, error=repr(exc))
         return False
@@ -218,7 +227,7 @@ class Webhooks:
         if run.status not in TERMINAL:  # armed just before its end, whose process died: it ends when retried
             await self.arm(run, attempt + 1, WEBHOOK_BACKOFF * 2 ** min(attempt, 6))
             return True
-        if await call_webhook(str(url), run):
+        if await call_webhook(str(url), run, self.runtime.store.clock.now()):
             return True
         if attempt + 1 < WEBHOOK_ATTEMPTS:
             await self.arm(run, attempt + 1, WEBHOOK_BACKOFF * 2**attempt)
