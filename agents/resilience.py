@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -36,6 +37,8 @@ def seconds(value: object) -> float:
         found = _iso_seconds(value)
     else:
         raise ValueError(f"a duration is a number of seconds or an ISO 8601 duration, not {type(value).__name__}")
+    if not math.isfinite(found):  # "NaN" timed every attempt out at once; "inf" is no time limit
+        raise ValueError(f"a duration is a finite number of seconds, got {value!r}")
     if found < 0:
         raise ValueError(f"a duration must not be negative, got {value!r}")
     return found
@@ -50,6 +53,8 @@ def _iso_seconds(value: str) -> float:
         parsed = isodate.parse_duration(value)
     except (isodate.ISO8601Error, ValueError) as exc:
         raise ValueError(f"{value!r} is neither seconds nor an ISO 8601 duration such as PT30S") from exc
+    except OverflowError as exc:  # past timedelta's 999,999,999 days
+        raise ValueError(f"{value!r} is too long a duration; give at most a few years") from exc
     if not isinstance(parsed, timedelta):  # years or months: no fixed length
         raise ValueError(f"{value!r}: use days, hours, minutes or seconds, not years or months")
     return parsed.total_seconds()

@@ -64,6 +64,11 @@ def test_durations_are_seconds_or_iso_8601() -> None:
     for bad in ("soon", "P1M", -1, True, None):
         with pytest.raises(ValueError):
             seconds(bad)
+    # Not a number of seconds a wait can take: refused as such (an OverflowError was a 500; NaN timed out at once).
+    not_finite: list[object] = ["NaN", "inf", "-inf", "1e400", float("nan"), float("inf"), "P99999999999D"]
+    for wrong in [*not_finite, "PT1" + "0" * 30 + "S"]:
+        with pytest.raises(ValueError, match=r"finite|too long"):
+            seconds(wrong)
 
 
 def test_backoff_is_exponential_or_linear_with_full_or_equal_jitter_and_a_cap() -> None:

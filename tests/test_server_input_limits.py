@@ -158,6 +158,21 @@ async def test_non_finite_numbers_are_refused_on_every_backend(http: httpx.Async
         assert len((await http.get(f"/threads/{thread}/runs")).json()) == 1
 
 
+async def test_durations_that_are_not_a_finite_number_of_seconds_are_refused(http: httpx.AsyncClient) -> None:
+    """A step's timeout of "P99999999999D" answered 500 (isodate's OverflowError); "NaN" (a string, which the
+    input guard lets through) was designed, and every attempt of the step then timed out at once ("did not answer
+    within nan s"); a retry delay of "NaN" was designed and failed each execution. Each is a 422 now."""
+    durations = ["P99999999999D", "PT99999999999999999999S", "NaN", "nan", "Infinity", "inf", "1e400"]
+    steps: list[dict[str, Any]] = [{"timeout": duration} for duration in durations]
+    steps += [{"retry": {which: duration}} for which in ("initial_delay", "max_delay") for duration in durations]
+    for options in steps:
+        spec = {"journey_type": "quotes", "steps": [{"step_id": "quote", "agent": "default_agent", **options}]}
+        design = {"journey_type": "quotes", "spec": spec}
+        await assert_refused(http, 422, "/journeys/structured/designs", json.dumps(design).encode())
+    spec = {"journey_type": "quotes", "steps": [{"step_id": "quote", "timeout": "P365D", "retry": {"max_delay": 1e9}}]}
+    assert (await http.post("/journeys/structured/designs", json={"journey_type": "quotes", "spec": spec})).is_success
+
+
 async def test_identifiers_and_strings_have_the_same_limits_on_every_backend(http: httpx.AsyncClient) -> None:
     threads = await seeded(http)
     huge = "m" * 1_000_000
