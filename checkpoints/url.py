@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from checkpoints.errors import DatabaseUnavailableError, UnsupportedStoreURLErro
 StoreKind = Literal["memory", "sqlite", "postgres"]
 
 DEFAULT_STORE_URL = "sqlite:///journeys.db"
+_PASSWORD = re.compile(r"^([^:/?#]+://[^:@/?#]*):[^@]*@")  # a URL's password, found without parsing the URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,17 @@ class StoreURL:
 
 def parse_store_url(url: str) -> StoreURL:
     """Parse and check a store URL, failing with a message that lists the accepted forms."""
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (read to check it: a port that is no number, or out of range, raises)
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+        safe = _PASSWORD.sub(r"\1:***@", url)  # shown() parses the URL too
+        raise UnsupportedStoreURLError(
+            f"{safe!r} is not a URL the store can use ({exc}); check it (--database-url, $DATABASE_URL): "
+            "memory://, sqlite:///path/to/file.db or postgresql://user@host:5432/db",
+            url=safe,
+        ) from None
+    scheme = parts.scheme.lower()
     if scheme == "memory":
         return StoreURL("memory", url, "")
     if scheme == "sqlite":

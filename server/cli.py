@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from pathlib import Path
@@ -876,4 +877,12 @@ def version() -> None:
 
 
 def main() -> None:
+    """The console script. An argument that is not UTF-8 (bytes of another encoding, which Python keeps as lone
+    surrogates) is refused here, once for every command: no store can keep it, nor any filter match it."""
+    for argument in sys.argv[1:]:
+        try:
+            argument.encode()
+        except UnicodeEncodeError:
+            typer.echo(f"error: argument {argument!r} is not valid UTF-8; give it in UTF-8", err=True)
+            raise SystemExit(2) from None
     app()

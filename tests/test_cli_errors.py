@@ -4,6 +4,7 @@ and as a typed error from ``JourneyRuntime.open`` in a notebook."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -187,3 +188,45 @@ def test_a_maintenance_command_on_a_mistyped_sqlite_path_creates_nothing(command
     default = journeys(command, cwd=tmp_path)  # the default, sqlite:///journeys.db, where there is none
     assert default.returncode == 1 and "no SQLite database at journeys.db" in default.stderr, default.stderr
     assert not (tmp_path / "journeys.db").exists()
+
+
+MALFORMED_URLS = {
+    "an unclosed IPv6 host": "postgresql://journeys:s3cret-pw@[::1/app",
+    "a port that is no number": "postgresql://journeys:s3cret-pw@localhost:pg/app",
+    "a port out of range": "postgresql://journeys:s3cret-pw@localhost:99999/app",
+}
+
+
+@pytest.mark.parametrize("command", ["instances list", "serve --no-auth"])
+@pytest.mark.parametrize("url", MALFORMED_URLS.values(), ids=MALFORMED_URLS.keys())
+def test_a_database_url_that_does_not_parse_is_one_line(command: str, url: str, tmp_path: Path) -> None:
+    """`--database-url postgresql://…@[::1/app` (or a port "pg", or 99999) ended in a page of rich traceback:
+    urllib's ValueError ("Invalid IPv6 URL", "Port out of range 0-65535"). It is refused as a URL the store cannot
+    use, saying why, without its password (exit status 2)."""
+    done = journeys(*command.split(), "--database-url", url, cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "╭" not in done.stderr, done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "is not a URL the store can use" in error and "--database-url" in error, error
+    assert "s3cret-pw" not in done.stderr + done.stdout, done.stderr
+
+
+async def opened_once(url: str) -> None:
+    async with JourneyRuntime.open(url):
+        pass
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """An argument holding bytes that are not UTF-8 (a file name or a user id in another encoding) reached the
+    commands as a lone surrogate, and `journeys instances list --user` ended in a page of rich traceback (a
+    UnicodeEncodeError where the filter met the database). It is refused as a usage error naming the argument."""
+    database = tmp_path / "journeys.db"
+    asyncio.run(opened_once(f"sqlite:///{database}"))
+    command = [str(JOURNEYS).encode(), b"instances", b"list", b"--database-url", f"sqlite:///{database}".encode()]
+    done = subprocess.run(
+        [*command, b"--user", b"ana\xff"], cwd=tmp_path, capture_output=True, timeout=120, check=False
+    )
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 2, stderr
+    assert "Traceback" not in stderr and "╭" not in stderr, stderr
+    assert stderr.strip() == "error: argument 'ana\\udcff' is not valid UTF-8; give it in UTF-8", stderr
