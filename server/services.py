@@ -18,7 +18,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic.errors import PydanticUserError
 
 from checkpoints.assistants import AssistantFilter, AssistantRow, AssistantStore
-from checkpoints.errors import SystemAssistantError
+from checkpoints.errors import SystemAssistantError, ThreadBusyError
 from checkpoints.events import NewEvent
 from checkpoints.figures import live_figures
 from checkpoints.index import Instance
@@ -392,7 +392,8 @@ class ServerServices:
         viewer = self.viewer(caller)
         await self.assistant_rows.require(assistant_id, viewer=viewer)
         if delete_threads:
-            for thread_id in await self.runs.threads_of_assistant(assistant_id):
+            threads = await self._deletable_threads(caller, await self.runs.threads_of_assistant(assistant_id))
+            for thread_id in threads:
                 try:
                     await self.delete_thread(caller, thread_id)
                 except JourneyNotFoundError:
@@ -535,6 +536,24 @@ class ServerServices:
                 self.runtime, self.runs, thread_id, thread.instance_id, caller.name, changed=self.watch.changed
             )
 
+    async def _deletable_threads(self, caller: Principal, thread_ids: Sequence[str]) -> list[str]:
+        """Those of ``thread_ids`` ``caller`` may see, once none of them has an active run: a delete of several
+        threads is refused (:class:`ThreadBusyError`, 409) before any goes, where deleting them one by one
+        stopped at the busy one, the threads before it deleted (their journeys terminated) and the rest kept."""
+        found = []
+        for thread_id in dict.fromkeys(thread_ids):
+            try:
+                await self.resolve_thread(thread_id, caller)
+            except JourneyNotFoundError:  # not there, or someone else's
+                continue
+            if await self.runs.active_count(thread_id):
+                raise ThreadBusyError(
+                    f"thread {thread_id!r} has an active run; cancel it first (no thread was deleted)",
+                    thread_id=thread_id,
+                )
+            found.append(thread_id)
+        return found
+
     async def copy_thread(self, caller: Principal, thread_id: str) -> ThreadRow:
         """A new thread with the thread's metadata (its ``thread_id`` the copy's) and checkpoints. Only chat
         threads (and threads without state) copy: a journey's progress also lives in its instance's event log
@@ -565,6 +584,8 @@ class ServerServices:
         """``delete``: the threads go (as :meth:`delete_thread`); ``keep_latest``: only their latest
         checkpoint stays (as checkpoint retention prunes a finished journey)."""
         pruned = 0
+        if strategy == "delete":
+            thread_ids = await self._deletable_threads(caller, thread_ids)
         for thread_id in dict.fromkeys(thread_ids):
             try:
                 thread = await self.resolve_thread(thread_id, caller)

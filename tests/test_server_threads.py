@@ -463,6 +463,56 @@ async def test_a_thread_deleted_by_several_requests_at_once_terminates_its_journ
     assert (await ana.http.get("/ok"))["ok"] is True
 
 
+async def test_deleting_threads_of_which_one_is_busy_deletes_none(ana: LangGraphClient) -> None:
+    """``threads.prune(ids)`` and ``assistants.delete(id, delete_threads=True)`` deleted their threads one by one
+    and stopped at the first with an active run (409 ThreadBusy): the threads before it were gone and their
+    journeys terminated, the others (and the assistant) kept, under an answer saying the call was refused. Both
+    refuse before deleting any now, naming the busy thread; once its run is cancelled, both go through."""
+
+    async def threads(assistant_id: str, marker: str) -> tuple[list[str], str]:
+        idle = []
+        for n in range(3):
+            thread_id = (await ana.threads.create())["thread_id"]
+            start = {"client_id": f"{marker}{n}", "metrics": LIFECYCLE_READY}
+            assert (await ana.runs.wait(thread_id, assistant_id, input=start))["current_stage"] == "sandbox"
+            idle.append(thread_id)
+        busy = (await ana.threads.create())["thread_id"]  # its run waits an hour to start: an active run
+        await ana.runs.create(busy, assistant_id, input={"client_id": f"{marker}9"}, after_seconds=3600)
+        return idle, busy
+
+    async def cancel_runs(thread_id: str) -> None:
+        for run in await ana.runs.list(thread_id):
+            await ana.runs.cancel(thread_id, run["run_id"])
+
+    async def kept(thread_ids: list[str]) -> None:
+        for thread_id in thread_ids:
+            assert (await ana.threads.get(thread_id))["thread_id"] == thread_id
+            status = await ana.http.get(f"/journeys/{thread_id}/status")
+            assert status["status"] != "terminated", status
+
+    pruned_idle, pruned_busy = await threads("lifecycle", "mk2")
+    with pytest.raises(ConflictError) as refused:
+        await ana.threads.prune([*pruned_idle, pruned_busy])  # the busy one last: the others went first
+    assert refused.value.response.json()["details"]["thread_id"] == pruned_busy
+    await kept(pruned_idle)
+
+    assistant = (await ana.assistants.create("lifecycle"))["assistant_id"]
+    idle, busy = await threads(assistant, "mk3")
+    with pytest.raises(ConflictError) as refused:
+        await ana.assistants.delete(assistant, delete_threads=True)
+    assert refused.value.response.json()["details"]["thread_id"] == busy
+    await kept(idle)
+    assert (await ana.assistants.get(assistant))["assistant_id"] == assistant
+
+    await cancel_runs(pruned_busy)
+    assert await ana.threads.prune([*pruned_idle, pruned_busy]) == {"pruned_count": 4}
+    await cancel_runs(busy)
+    await ana.assistants.delete(assistant, delete_threads=True)
+    for thread_id in [*pruned_idle, pruned_busy, *idle, busy]:
+        with pytest.raises(NotFoundError):
+            await ana.threads.get(thread_id)
+
+
 async def test_a_structured_journey_whose_thread_was_deleted_is_not_executed_again(ana: LangGraphClient) -> None:
     """A structured journey started through ``/journeys`` is named by its journey and user, and its instance
     stands in for a thread. Deleted as a thread, it was terminated and its checkpoints deleted; executing the
