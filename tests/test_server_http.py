@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -198,3 +199,41 @@ async def test_authentication_comes_before_any_input_check(http: httpx.AsyncClie
     off_schema = await http.post("/threads", json={"metadata": 3}, headers={"x-api-key": "reader-key"})
     assert off_schema.status_code == 403
     assert (await http.post("/threads/search", json={}, headers={"x-api-key": "ops-key"})).json() == []
+
+
+async def test_a_journey_of_a_user_whose_id_holds_a_slash_is_reached_by_every_route(sqlite_url: str) -> None:
+    """A structured journey's (and a saga's) instance id is ``<journey id>:<user id>``. For a user id holding a
+    "/" (a principal named "acme/ana", a user "team/7"), the start answered 200 and then no route reached the
+    journey: its status, advance, retry, saga cancel, terminate and history all answered 404 (a path segment
+    stops at "/"), so it stood at its first step for good. Every route that names an instance or a user takes a
+    "/" in it now (percent-encoded or not), as the dashboard's pages do."""
+    keys = {"acme-key": ApiKey("acme/ana", frozenset({"read", "runs", "journeys"}))}
+    with serving(create_app(Settings(database_url=sqlite_url, api_keys=keys))) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers={"x-api-key": "acme-key"}) as http:
+            design = await http.post("/journeys/structured/designs", json={"journey_type": "content_migration"})
+            journey_id = design.json()["journey_id"]
+            started = await http.post(f"/journeys/structured/{journey_id}/executions", json={"user_id": "acme/ana"})
+            assert started.status_code == 200, started.text
+            instance_id = started.json()["instance_id"]
+            assert instance_id == f"{journey_id}:acme/ana"
+            user = f"/journeys/structured/{journey_id}/users/acme%2Fana"
+            assert (await http.get(user)).json()["current_step"] == "upload_content"
+            advanced = await http.post(f"{user}/advance", json={"step_result": {"files": 3}})
+            assert advanced.status_code == 200 and advanced.json()["completed_steps"] == ["upload_content"]
+            assert (await http.post(f"{user}/retry")).status_code == 409  # no failed step: the route is reached
+            for path in (quote(instance_id, safe=""), instance_id):  # encoded as clients do, or not
+                status = await http.get(f"/journeys/{path}/status")
+                assert status.status_code == 200 and status.json()["instance_id"] == instance_id, status.text
+                history = await http.get(f"/journeys/{path}/history")
+                assert [e["type"] for e in history.json()][-1] == "step.completed", history.text
+
+            saga_design = await http.post("/journeys/sagas/designs", json={"journey_type": "enterprise_migration"})
+            start = f"/journeys/sagas/designs/{saga_design.json()['journey_id']}/executions"
+            saga_id = (await http.post(start, json={"user_id": "acme/ana"})).json()["saga_id"]
+            saga = f"/journeys/sagas/{quote(saga_id, safe='')}"
+            assert (await http.get(saga)).json()["status"] == "in_progress"
+            cancelled = await http.post(f"{saga}/cancel", json={"reason": "not needed"})
+            assert cancelled.status_code == 200 and cancelled.json()["status"] == "compensated", cancelled.text
+
+            terminated = await http.post(f"/journeys/{quote(instance_id, safe='')}/terminate", json={"reason": "done"})
+            assert terminated.status_code == 200 and terminated.json()["status"] == "terminated", terminated.text

@@ -256,7 +256,9 @@ async def execute_structured(journey_id: str, body: ExecuteIn, caller: Writer, s
 
 
 @router.post(
-    "/structured/{journey_id}/users/{user_id}/advance", response_model=StructuredAdvanceOut, summary="Advance a step"
+    "/structured/{journey_id}/users/{user_id:path}/advance",
+    response_model=StructuredAdvanceOut,
+    summary="Advance a step",
 )
 async def advance_structured(
     journey_id: str, user_id: str, body: AdvanceIn, caller: Writer, svc: Services
@@ -266,7 +268,9 @@ async def advance_structured(
 
 
 @router.post(
-    "/structured/{journey_id}/users/{user_id}/retry", response_model=StructuredRunView, summary="Retry the failed step"
+    "/structured/{journey_id}/users/{user_id:path}/retry",
+    response_model=StructuredRunView,
+    summary="Retry the failed step",
 )
 async def retry_structured(journey_id: str, user_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
     instance_id = await _structured(svc, caller, journey_id, user_id, to_act=True)
@@ -275,7 +279,7 @@ async def retry_structured(journey_id: str, user_id: str, caller: Writer, svc: S
 
 
 @router.get(
-    "/structured/{journey_id}/users/{user_id}",
+    "/structured/{journey_id}/users/{user_id:path}",
     response_model=StructuredRunView,
     summary="A structured journey's status",
 )
@@ -303,7 +307,7 @@ async def execute_saga(journey_id: str, body: ExecuteIn, caller: Writer, svc: Se
         )
 
 
-@router.post("/sagas/{saga_id}/advance", response_model=SagaAdvanceOut, summary="Advance a saga step")
+@router.post("/sagas/{saga_id:path}/advance", response_model=SagaAdvanceOut, summary="Advance a saga step")
 async def advance_saga(saga_id: str, body: SagaAdvanceIn, caller: Writer, svc: Services) -> dict[str, Any]:
     svc.check_user(caller, body.user_id)
     await svc.instance(caller, saga_id, to_act=True)
@@ -313,7 +317,9 @@ async def advance_saga(saga_id: str, body: SagaAdvanceIn, caller: Writer, svc: S
 
 
 @router.post(
-    "/sagas/{saga_id}/retry", response_model=SagaRunView, summary="Retry a saga's failed step or stopped compensation"
+    "/sagas/{saga_id:path}/retry",
+    response_model=SagaRunView,
+    summary="Retry a saga's failed step or stopped compensation",
 )
 async def retry_saga(saga_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, saga_id, to_act=True)
@@ -322,7 +328,7 @@ async def retry_saga(saga_id: str, caller: Writer, svc: Services) -> dict[str, A
 
 
 @router.post(
-    "/sagas/{saga_id}/cancel",
+    "/sagas/{saga_id:path}/cancel",
     response_model=SagaRunView,
     summary="Cancel a saga",
     description="Abandon a saga that has not ended: its completed steps are compensated, last first, as when a "
@@ -335,7 +341,7 @@ async def cancel_saga(saga_id: str, body: CancelIn, caller: Writer, svc: Service
         return await svc.runtime.saga.cancel_saga(saga_id, body.reason)
 
 
-@router.get("/sagas/{saga_id}", response_model=SagaRunView, summary="A saga's status")
+@router.get("/sagas/{saga_id:path}", response_model=SagaRunView, summary="A saga's status")
 async def status_saga(saga_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, saga_id)
     return await svc.runtime.saga.get_saga_status(saga_id)
@@ -476,13 +482,13 @@ async def lifecycle_state(journey_id: str, caller: Reader, svc: Services) -> dic
 # --- any journey ----------------------------------------------------------------------------------
 
 
-@router.get("/{instance_id}/status", response_model=JourneyStatusOut, summary="Any journey's status")
+@router.get("/{instance_id:path}/status", response_model=JourneyStatusOut, summary="Any journey's status")
 async def journey_status(instance_id: str, caller: Reader, svc: Services) -> dict[str, Any]:
     return await svc.journey_status(caller, instance_id)
 
 
 @router.post(
-    "/{instance_id}/fork",
+    "/{instance_id:path}/fork",
     response_model=JourneyStatusOut,
     summary="Fork a journey from an earlier step",
     description="A new journey, owned by the caller, with this one's history up to the step and its state there; "
@@ -497,7 +503,7 @@ async def fork_journey(instance_id: str, body: ForkIn, caller: Writer, svc: Serv
 
 
 @router.post(
-    "/{instance_id}/terminate",
+    "/{instance_id:path}/terminate",
     response_model=JourneyStatusOut,
     summary="Terminate a journey",
     description="End a journey of any pattern for good where it stands (Temporal's terminate): nothing more of it "
@@ -513,7 +519,7 @@ async def terminate_journey(instance_id: str, body: TerminateIn, caller: Writer,
 
 
 @router.post(
-    "/{instance_id}/review",
+    "/{instance_id:path}/review",
     response_model=JourneyStatusOut,
     summary="Review a journey run held for review",
     description="Pass or fail a run of any pattern that its tier's evaluation held for review (`on_breach: "
@@ -528,7 +534,7 @@ async def review_journey(instance_id: str, body: ReviewIn, caller: Writer, svc: 
     return await svc.journey_status(caller, instance_id)
 
 
-@router.get("/{instance_id}/history", response_model=list[EventOut], summary="Any journey's events, in order")
+@router.get("/{instance_id:path}/history", response_model=list[EventOut], summary="Any journey's events, in order")
 async def journey_history(instance_id: str, caller: Reader, svc: Services) -> list[dict[str, Any]]:
     await svc.instance(caller, instance_id)
     return [
