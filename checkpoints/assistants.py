@@ -62,7 +62,7 @@ _VERSIONS = select(server_assistant_versions).where(_v.assistant_id == bindparam
 _INSERT = insert(server_assistants)
 _INSERT_VERSION = insert(server_assistant_versions)
 _SET = update(server_assistants).where(_a.assistant_id == bindparam("p_id"))
-_DELETE = delete(server_assistants).where(_a.assistant_id == bindparam("p_id"))
+_DELETE = delete(server_assistants).where(_a.assistant_id == bindparam("p_id")).returning(_a.assistant_id)
 _DELETE_VERSIONS = delete(server_assistant_versions).where(_v.assistant_id == bindparam("p_id"))
 
 
@@ -290,7 +290,8 @@ class AssistantStore:
             # Two statements, the assistant's first: it waits for an update under way (which holds its row), and
             # the versions' own snapshot, taken after, sees the version that update added (one statement's
             # snapshot, taken before the wait, left it behind).
-            await tx.execute(_DELETE, {"p_id": assistant_id})
+            if not await tx.execute(_DELETE, {"p_id": assistant_id}):  # another delete took it since require
+                raise AssistantNotFoundError(f"no assistant {assistant_id!r}", assistant_id=assistant_id)
             await tx.execute(_DELETE_VERSIONS, {"p_id": assistant_id})
 
 

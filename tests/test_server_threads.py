@@ -513,6 +513,25 @@ async def test_deleting_threads_of_which_one_is_busy_deletes_none(ana: LangGraph
             await ana.threads.get(thread_id)
 
 
+async def test_an_assistant_deleted_by_several_requests_at_once_is_deleted_once(ana: LangGraphClient) -> None:
+    """Two deletes of one assistant at once both answered 204: each found it, then deleted what was left. As on the
+    Agent Server, one deletes it and the others find none (404)."""
+    for _ in range(3):
+        assistant = (await ana.assistants.create("structured"))["assistant_id"]
+
+        async def delete(assistant_id: str = assistant) -> int:
+            try:
+                await ana.assistants.delete(assistant_id)
+            except httpx.HTTPStatusError as refused:
+                return refused.response.status_code
+            return 204
+
+        answers = await asyncio.gather(*(delete() for _ in range(4)))
+        assert sorted(answers) == [204, 404, 404, 404], answers
+        with pytest.raises(NotFoundError):
+            await ana.assistants.get(assistant)
+
+
 async def test_a_structured_journey_whose_thread_was_deleted_is_not_executed_again(ana: LangGraphClient) -> None:
     """A structured journey started through ``/journeys`` is named by its journey and user, and its instance
     stands in for a thread. Deleted as a thread, it was terminated and its checkpoints deleted; executing the
