@@ -14,6 +14,7 @@ from langgraph.types import Durability
 
 from agents import AgentRequest
 from checkpoints.clock import VirtualClock
+from graphs.kernel.engine import ON_CANCEL, OnCancel
 from graphs.runtime import JourneyRuntime
 from nodes.telemetry import METRICS
 from tests.process_support import Calls, linear, runtime, user_task, virtual_clock, waiting_elements
@@ -68,6 +69,48 @@ CALLS_THEN_TIMER = linear(
     {"type": "service_task", "id": "draft", "agent": "mail.draft", "output_variables": ["draft_id"]},
     {"type": "timer", "id": "later", "timer": {"duration": "PT1H"}},
 )
+
+
+async def _not_halted(_instance_id: str) -> None:
+    raise AssertionError("nothing cancels this start")
+
+
+@pytest.mark.parametrize(
+    ("durability", "in_server_run", "written"), [("async", False, 1), ("sync", False, 5), ("async", True, 5)]
+)
+async def test_a_process_start_checkpoints_where_it_parks_unless_a_cancel_can_reach_it_or_the_runtime_runs_sync(
+    store_url: str, durability: Durability, in_server_run: bool, written: int
+) -> None:
+    """A start's steps are logged as a continuation's are, and a start cut short before it stops is run again
+    from its first event (test_kernel_instances): its checkpoints between its input and where it parks served
+    nothing, and were half of a parking start's statements. A server's run (``ON_CANCEL`` set, as its executor
+    sets it) keeps them: a client reads its thread while it runs, and its cancel's halt is recorded where the
+    thread stands, a branch cut beside one that waits included (test_server_cancelled_branches)."""
+    clock = virtual_clock()
+    calls = Calls()
+    async with runtime(store_url, clock, durability=durability) as rt:
+        calls.register(rt, "crm.look_up", {"tier": "gold"})
+        calls.register(rt, "mail.draft", {"draft_id": "d-1"})
+        await rt.processes.deploy(CALLS_THEN_TIMER)
+        token = ON_CANCEL.set(OnCancel(taken=lambda: None, halt=_not_halted)) if in_server_run else None
+        try:
+            view = await rt.processes.start("look_up_then_wait", "cust-1")
+        finally:
+            if token is not None:
+                ON_CANCEL.reset(token)
+        instance_id = view["instance_id"]
+        assert waiting_elements(view) == ["later"]
+        assert (view["variables"]["tier"], view["variables"]["draft_id"]) == ("gold", "d-1")
+        logged = [e.step for e in await rt.processes.history(instance_id) if e.type == "task.completed"]
+        assert logged == ["look_up", "draft"]
+        assert await checkpoints_of(rt, instance_id) == written
+        # Where it parked is its state: a read finds it, and its timer's continuation goes on from it.
+        assert waiting_elements(await rt.processes.status(instance_id)) == ["later"]
+        clock.advance(timedelta(hours=1))
+        report = await rt.processes.scheduler.run_due()
+        assert (report.fired, report.resumed, report.failed) == (1, 1, 0)
+        assert (await rt.processes.status(instance_id))["status"] == "completed"
+        assert [intent for intent, _payload in calls.log] == ["crm.look_up", "mail.draft"]
 
 
 async def test_a_process_read_while_its_start_runs_answers_the_variables_it_started_with(store_url: str) -> None:

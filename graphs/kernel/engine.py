@@ -58,9 +58,11 @@ class RunOptions:
     log already records each step, and the retried run replays those steps instead of executing them
     again. ``stream``: where the run's chunks go, for a run created for streaming. ``outcomes``: filled,
     per thread, with what the last run of that thread ended with. ``call``: the caller's config, context
-    and interrupt_before/after for the graph run. ``continuation``: the run continues a parked journey
-    for a fired timer (see :data:`CONTINUATION`). ``answering``: the interrupt a human's answer was given
-    to (see :func:`addressed`); a resume of any other interrupt raises :class:`InterruptNotPendingError`.
+    and interrupt_before/after for the graph run. ``logged_steps``: each step the run executes is durable in
+    the event log before the next starts, and a run a crash cuts short is run again from the log, so it
+    checkpoints only where it stops (see :data:`CONTINUATION`; a process's start outside a server's run).
+    ``answering``: the interrupt a human's answer was given to (see :func:`addressed`); a resume of any other
+    interrupt raises :class:`InterruptNotPendingError`.
     ``registered_with``: statements that a start's registration of its instance commits in its own
     statement (``Instances.start``): the server's bind of the run's thread. ``notes``: where the run's nodes
     note what they did (by key; a step journey's completed steps), reached as ``config["configurable"]``
@@ -71,7 +73,7 @@ class RunOptions:
     stream: StreamSink | None = None
     outcomes: dict[str, Outcome] | None = None
     call: GraphCall = NO_CALL
-    continuation: bool = False
+    logged_steps: bool = False
     answering: str | None = None
     registered_with: tuple[Statement, ...] = ()
     notes: dict[str, Any] | None = None
@@ -113,8 +115,10 @@ NOTES = "journeys_notes"  # the configurable key of a run's ``RunOptions.notes``
 # engine runs "sync": each of its steps is durable in the event log before the next starts, and a continuation
 # a crash cuts short is delivered again from the wait's stored resolution, replaying the logged steps. Its
 # intermediate checkpoints served nothing (a process cannot be forked) and were most of a continuation's cost.
-# The runs of a graph compiled with ``logged_steps`` (a structured journey's) checkpoint the same way.
-CONTINUATION = RunOptions(continuation=True)
+# The runs of a graph compiled with ``logged_steps`` (a structured journey's) checkpoint the same way, and so does
+# a process's start outside a server's run (its first run: one cut short before it stops has no checkpoint, and is
+# run again from its first event, replaying the logged steps; see ProcessOrchestrator.start).
+CONTINUATION = RunOptions(logged_steps=True)
 log = structlog.get_logger("journeys.engine")
 T = TypeVar("T")
 
@@ -169,7 +173,7 @@ class JourneyEngine:
         history and forks, and were a third of its cost. "sync" keeps every checkpoint."""
         if options.durability is not None:
             return options.durability
-        logged = options.continuation or graph in self._logged_steps
+        logged = options.logged_steps or graph in self._logged_steps
         return "exit" if logged and self._durability == "async" else self._durability
 
     def compiled(

@@ -58,7 +58,15 @@ from graphs.errors import (
     UnmatchedMessageError,
 )
 from graphs.kernel.designs import DesignBook, new_id, new_instance_id, parse_spec, spec_digest
-from graphs.kernel.engine import CONTINUATION, DEFAULT_RUN, RunOptions, failed_task, failed_task_of, in_flight
+from graphs.kernel.engine import (
+    CONTINUATION,
+    DEFAULT_RUN,
+    ON_CANCEL,
+    RunOptions,
+    failed_task,
+    failed_task_of,
+    in_flight,
+)
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
 from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, kept_failure, passed_key, refuse_ended
@@ -529,7 +537,12 @@ class ProcessOrchestrator:
                     return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
                 outcomes = run_options.outcomes if run_options.outcomes is not None else {}
-                options = run_options if run_options.outcomes is not None else replace(run_options, outcomes=outcomes)
+                # Each step is logged before the next starts, and a start cut short before it stops has no
+                # checkpoint and is run again from its first event: it checkpoints where it stops (CONTINUATION).
+                # Not in a server's run (ON_CANCEL), which a client may cancel and whose thread it reads while it
+                # runs: its halt is recorded where the thread stands, a branch cut beside one that waits included.
+                logged = ON_CANCEL.get() is None
+                options = replace(run_options, outcomes=outcomes, logged_steps=logged)
                 # Registered just now (not a start a crash cut short): nothing can be saved on its thread yet.
                 fresh = created is not None
                 went_through = await self.run(graph, instance_id, initial, options, spec=spec, fresh=fresh)
