@@ -144,7 +144,7 @@ class CronStore:
         if cron.end_time is not None and due > cron.end_time:
             return replace(cron, timer_id=None), []
         timer_id = f"cron:{cron.cron_id}:{uuid.uuid4().hex[:12]}"
-        statement = self._timers.schedule_statement(
+        statement = self._timers.schedule_row(
             timer_id,
             element=cron.cron_id,
             purpose=CRON_PURPOSE,
@@ -152,7 +152,7 @@ class CronStore:
             due_at=due,
             origin=now,
             data={"cron_id": cron.cron_id, **({"until": cron.end_time.isoformat()} if cron.end_time else {})},
-        )
+        ).statement(self._engine)
         return replace(cron, timer_id=timer_id, next_run_date=due), [statement]
 
     async def create(

@@ -188,7 +188,7 @@ async def test_a_repeating_timer_catching_up_tick_by_tick_does_not_hold_up_the_r
         timers = rt.processes.services.timers
         behind = TimerDefinition(cycle="R/PT1S", missed="fire_all")
         await timers.execute(
-            [timers.schedule_statement("ping", element="ping", purpose="ping", definition=behind.to_row(),
+            [timers.schedule_row("ping", element="ping", purpose="ping", definition=behind.to_row(),
                                        due_at=behind.first_due(T0), origin=T0)]
         )  # fmt: skip
         clock.advance(timedelta(hours=2))

@@ -36,7 +36,7 @@ from checkpoints.backends.base import Backend
 from checkpoints.clock import Clock, SystemClock
 from checkpoints.events import EventLog
 from checkpoints.process.waits import LIVE_TIMERS, among, cancel_siblings, completed_event
-from checkpoints.rows import IgnoredRow, insert_ignore
+from checkpoints.rows import IgnoredRow, executable, insert_ignore
 from checkpoints.schema.tables import process_timers, process_waits
 from checkpoints.seq_race import again_if_lost
 
@@ -112,32 +112,6 @@ class TimerStore:
         # 45 % of an idle pass's CPU.
         self._claim = self._claim_statement()
 
-    def schedule_statement(
-        self,
-        timer_id: str,
-        *,
-        element: str,
-        purpose: str,
-        definition: dict[str, Any],
-        due_at: datetime,
-        origin: datetime,
-        instance_id: str | None = None,
-        wait_id: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> Executable:
-        """The statement that schedules the timer (see :meth:`schedule_row`)."""
-        return self.schedule_row(
-            timer_id,
-            element=element,
-            purpose=purpose,
-            definition=definition,
-            due_at=due_at,
-            origin=origin,
-            instance_id=instance_id,
-            wait_id=wait_id,
-            data=data,
-        ).statement(self._engine)
-
     def schedule_row(
         self,
         timer_id: str,
@@ -151,8 +125,9 @@ class TimerStore:
         wait_id: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> IgnoredRow:
-        """The timer's row, scheduled (written once: a replayed arm writes nothing twice); a wait's, written with the
-        event that arms it (``EventLog.append``'s ``also``)."""
+        """The timer's row, scheduled (written once: a replayed arm writes nothing twice): a wait's, written with the
+        event that arms it (``EventLog.append``'s ``also``); another's, by :meth:`execute` or in a caller's
+        transaction (``IgnoredRow.statement``)."""
         return IgnoredRow(
             process_timers,
             {
@@ -174,10 +149,11 @@ class TimerStore:
             },
         )
 
-    async def execute(self, statements: Sequence[Executable]) -> None:
+    async def execute(self, statements: Sequence[Executable | IgnoredRow]) -> None:
+        """Run ``statements`` (a timer's row: its insert) in one transaction."""
         async with self._engine.begin() as conn:
             for statement in statements:
-                await conn.execute(statement)
+                await conn.execute(executable(statement, self._engine))
 
     async def claim_due(
         self, now: datetime, worker: str, *, limit: int = 500, lease: timedelta = DEFAULT_LEASE

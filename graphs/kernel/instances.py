@@ -289,7 +289,7 @@ class Instances:
         of a start refused or cut short finds no instance when it fires, and is dropped)."""
         now = self.engine.store.clock.now()
         after = deadline.after
-        arm = self.timers.schedule_statement(
+        arm = self.timers.schedule_row(
             f"deadline:{instance_id}",
             element="(deadline)",
             purpose=DEADLINE_PURPOSE,
@@ -642,7 +642,7 @@ class Instances:
         deadline = await self.timers.get(f"deadline:{source_id}")
         if deadline is None:
             return
-        arm = self.timers.schedule_statement(
+        arm = self.timers.schedule_row(
             f"deadline:{fork_id}",
             element=deadline.element,
             purpose=DEADLINE_PURPOSE,

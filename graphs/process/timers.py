@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import Executable
 
 from agents.errors import AgentCallFailedError, AgentNotFoundError, PolicyViolationError
 from checkpoints.database import OUTAGE, lost_database
@@ -51,6 +52,7 @@ from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.timers import DEFAULT_LEASE, RETRY_KEYS, TICK_OF, Timer, TimerStore
 from checkpoints.process.waits import Wait, WaitStore
+from checkpoints.rows import IgnoredRow
 from graphs.kernel.engine import CONTINUATION
 from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
@@ -715,7 +717,8 @@ async def schedule_start_timers(timers: TimerStore, now: datetime, spec: Process
         for timer in await timers.find(purpose="start")
         if timer.data.get("process") == spec.name and timer.status in ("scheduled", "firing")
     ]
-    statements, kept = [], set()
+    statements: list[Executable | IgnoredRow] = []
+    kept: set[str] = set()
     for timer in active:
         definition = wanted.get(timer.element)
         if definition is not None and timer.definition == definition.to_row() and timer.element not in kept:
@@ -726,7 +729,7 @@ async def schedule_start_timers(timers: TimerStore, now: datetime, spec: Process
         if start_id in kept:
             continue
         statements.append(
-            timers.schedule_statement(
+            timers.schedule_row(
                 f"start:{spec.name}:{start_id}:v{spec.version}",
                 element=start_id,
                 purpose="start",

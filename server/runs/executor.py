@@ -205,7 +205,7 @@ class Webhooks:
         the timer's id names it)."""
         timers = self.runtime.processes.services.timers
         due = self.runtime.store.clock.now() + timedelta(seconds=delay)
-        statement = timers.schedule_statement(
+        statement = timers.schedule_row(
             f"webhook:{run.run_id}:{attempt}",
             element="webhook",
             purpose=WEBHOOK_PURPOSE,
