@@ -18,6 +18,7 @@ from sqlalchemy import delete, event, select, update
 
 from agents.deterministic import FailingAgent
 from checkpoints.ownership import Owner, acting_as
+from checkpoints.process import deployments as deployments_module
 from checkpoints.rebuild import rebuild_inbox
 from checkpoints.schema.tables import journey_designs, process_deployments, user_tasks
 from graphs.errors import (
@@ -232,6 +233,51 @@ async def test_a_start_reads_its_rollout_in_one_statement_off_sqlalchemy_on_post
             event.remove(rt.store.engine.sync_engine, "after_cursor_execute", seen)
         if store_url.startswith("postgresql"):
             assert not [s for s in through_sqlalchemy if "process_rollouts" in s]
+
+
+async def test_a_burst_of_starts_shares_rollout_reads_and_each_routes_by_the_rollout_as_it_asked(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every start read its process's rollout, a round trip each on PostgreSQL: four starts, four reads. The starts
+    that ask while a read is under way now share the next one; none answers from a read sent before it asked, so a
+    rollout another process changed meanwhile routes them (two runtimes on one database)."""
+    wait = {"type": "timer", "id": "wait", "timer": {"duration": "PT1H"}}
+    async with runtime(durable_url) as one, runtime(durable_url) as two:
+        await one.processes.deploy(linear("plain", wait))
+        await one.processes.deploy(linear("plain", wait, version=2), weight=0)
+        assert [e["version"] for e in await two.processes.rollout("plain") if e["weight"]] == [1]
+        deployments = two.processes.deployments
+        backend, rollout, read = deployments._backend, deployments.rollout, deployments._backend.read
+        sent, release = asyncio.Event(), asyncio.Event()
+        reads, asked = 0, 0
+
+        async def held(statement: Any, params: Any = None) -> Any:
+            nonlocal reads
+            rows = await read(statement, params)
+            if statement is deployments_module._ROLLOUT:
+                reads += 1
+                if reads == 1:  # the first start's read has answered (v1 only): held on its way back
+                    sent.set()
+                    await release.wait()
+            return rows
+
+        async def asking(name: str) -> list[dict[str, Any]]:
+            nonlocal asked
+            asked += 1
+            return await rollout(name)
+
+        monkeypatch.setattr(backend, "read", held)
+        monkeypatch.setattr(deployments, "rollout", asking)
+        first = asyncio.create_task(two.processes.start("plain", "k-0"))
+        await asyncio.wait_for(sent.wait(), 10)
+        await one.processes.set_rollout("plain", {2: 100})  # committed by another process before the next ask
+        later = [asyncio.create_task(two.processes.start("plain", f"k-{i}")) for i in range(1, 4)]
+        while asked < 4:  # noqa: ASYNC110 (the starts' way to the rollout: no event tells)
+            await asyncio.sleep(0.01)
+        release.set()
+        views = await asyncio.gather(first, *later)
+    assert [view["version"] for view in views] == [1, 2, 2, 2]
+    assert reads == 2  # the first start's, and one the three later starts shared
 
 
 async def test_ab_variants_are_recorded_on_each_instance(store_url: str) -> None:

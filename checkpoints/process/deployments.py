@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -46,6 +48,60 @@ _ROLLOUT_LOCKED = _ROLLOUT.with_for_update()  # SQLite has no row locks: its one
 RolloutChange = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
+class _SharedReads:
+    """The rollout reads of one store, each shared by the callers that asked for a name's rollout before it was
+    sent, and by no later one: a caller asking while a read of the name is under way waits for the next one, sent
+    as that read ends for all who asked meanwhile. Each caller so reads the rollout as committed when it asked, or
+    later, whichever process changed it (nothing is kept to go stale), while a burst of starts of one process
+    (each read a round trip on PostgreSQL) shares a read among those that came while one was under way."""
+
+    def __init__(self, read: Callable[[str], Coroutine[Any, Any, list[dict[str, Any]]]]) -> None:
+        self._read = read
+        self._under_way: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
+        self._next: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
+
+    async def __call__(self, name: str) -> list[dict[str, Any]]:
+        if name not in self._under_way:
+            return _copy(await asyncio.shield(self._send(name)))
+        waiting = self._next.get(name)
+        if waiting is None:
+            waiting = self._next[name] = asyncio.get_running_loop().create_future()
+            waiting.add_done_callback(_retrieved)  # every caller of it may have been cancelled
+        return _copy(await asyncio.shield(waiting))  # a cancelled caller leaves the read to the others
+
+    def _send(self, name: str) -> asyncio.Task[list[dict[str, Any]]]:
+        read = self._under_way[name] = asyncio.get_running_loop().create_task(self._read(name))
+        read.add_done_callback(functools.partial(self._ended, name))
+        return read
+
+    def _ended(self, name: str, read: asyncio.Task[list[dict[str, Any]]]) -> None:
+        del self._under_way[name]
+        _retrieved(read)
+        waiting = self._next.pop(name, None)
+        if waiting is not None:
+            self._send(name).add_done_callback(functools.partial(_settle, waiting))
+
+
+def _copy(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(entry) for entry in entries]  # each caller its own: one read answers several
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved: asyncio reports none left unretrieved by callers that were cancelled
+
+
+def _settle(waiting: asyncio.Future[Any], read: asyncio.Future[Any]) -> None:
+    if waiting.done():
+        return
+    if read.cancelled():
+        waiting.cancel()
+    elif (error := read.exception()) is not None:
+        waiting.set_exception(error)
+    else:
+        waiting.set_result(read.result())
+
+
 class DeploymentStore:
     """Process deployments and their rollouts (which versions new instances start on)."""
 
@@ -53,6 +109,7 @@ class DeploymentStore:
         self._backend = backend
         self._engine = backend.engine
         self._clock = clock
+        self._rollouts = _SharedReads(self._read_rollout)
 
     async def add(
         self,
@@ -149,8 +206,12 @@ class DeploymentStore:
             return [str(name) for name in (await conn.execute(query)).scalars()]
 
     async def rollout(self, name: str) -> list[dict[str, Any]]:
-        """The rollout of ``name`` (empty: none is deployed). One statement, prepared, on PostgreSQL's pool: every
-        start reads it, where a SQLAlchemy connection's BEGIN, SELECT and ROLLBACK were three round trips."""
+        """The rollout of ``name`` (empty: none is deployed), as committed when asked for or later. Every start reads
+        it: one statement, prepared, on PostgreSQL's pool (a SQLAlchemy connection's BEGIN, SELECT and ROLLBACK were
+        three round trips), shared by the starts that asked while another read of it was under way (_SharedReads)."""
+        return await self._rollouts(name)
+
+    async def _read_rollout(self, name: str) -> list[dict[str, Any]]:
         rows = await self._backend.read(_ROLLOUT, {"r_name": name})
         return list(rows[0]["entries"] or []) if rows else []
 
