@@ -411,8 +411,16 @@ _THREAD_METADATA_LOCKED = (
 # A thread bound to another instance is refused, with the statement (and the instance's registration it rides on):
 # its created_at is made NULL, which its NOT NULL constraint refuses (see bound_elsewhere), on PostgreSQL after the
 # other bind's commit too (an UPDATE waiting for a row evaluates its SET again on the row as committed). Two attempts
-# of one start run (its job taken again while its first worker lived on) so start one journey, not two.
+# of one start run (its job taken again while its first worker lived on) so start one journey, not two. So is the bind
+# of a run's attempt (``p_by_run``) once the run has ended: an attempt going on after the other ended the run starts
+# nothing, wherever it was held up since its claim.
 _bound = bindparam("p_instance_id", type_=_threads.instance_id.type)
+_by_run = server_runs.alias("by_run")
+_RUN_ENDED = (
+    select(_by_run.c.run_id)
+    .where(_by_run.c.run_id == bindparam("p_by_run", type_=_runs.run_id.type), _by_run.c.status.not_in(ACTIVE))
+    .exists()
+)
 _BIND = (
     update(server_threads)
     .where(_threads.thread_id == bindparam("p_thread_id"))
@@ -420,7 +428,12 @@ _BIND = (
         assistant_id=bindparam("p_assistant_id"),
         instance_id=_bound,
         updated_at=bindparam("p_now"),
-        created_at=case((or_(_threads.instance_id.is_(None), _threads.instance_id == _bound), _threads.created_at)),
+        created_at=case(
+            (
+                and_(or_(_threads.instance_id.is_(None), _threads.instance_id == _bound), not_(_RUN_ENDED)),
+                _threads.created_at,
+            )
+        ),
     )
 )
 _GET_RUN = select(server_runs).where(_runs.run_id == bindparam("p_run_id"))
@@ -787,21 +800,24 @@ class RunStore:
         await self.commit(self.binding(thread_id, assistant_id, instance_id))
 
     def bound_elsewhere(self, error: BaseException) -> bool:
-        """Whether ``error`` is a bind (:meth:`binding`) refused because the thread is bound to another instance."""
+        """Whether ``error`` is a bind (:meth:`binding`) refused because the thread is bound to another instance, or
+        because the run that bound it has ended meanwhile."""
         return self._backend.null_refused(error) == ("server_threads", "created_at")
 
     async def commit(self, statement: Statement) -> None:
         """Commit a statement this store made (:meth:`binding`) on its own."""
         await self._backend.write([statement[0]], statement[1])
 
-    def binding(self, thread_id: str, assistant_id: str, instance_id: str) -> Statement:
+    def binding(self, thread_id: str, assistant_id: str, instance_id: str, *, by: RunRow | None = None) -> Statement:
         """:meth:`bind` as statements and values, for a caller that commits it with a write of its own (the
-        instance's registration: ``RunOptions.registered_with``)."""
+        instance's registration: ``RunOptions.registered_with``). ``by``: the run whose attempt binds it; the bind is
+        refused (:meth:`bound_elsewhere`) if that run has ended (another attempt of it ran it to its end)."""
         values = {
             "p_thread_id": thread_id,
             "p_assistant_id": assistant_id,
             "p_instance_id": instance_id,
             "p_now": self._clock.now(),
+            "p_by_run": None if by is None else by.run_id,
         }
         return _BIND, values
 

@@ -236,6 +236,77 @@ async def test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_
         assert await runs.claim(run.run_id) is None  # the job's next take finds its run ended: nothing runs again
 
 
+# A first run per assistant whose start binds its thread before it writes anything else (the chat guide notes its base
+# first): its journey's own id (structured) or the thread's (process).
+BINDS_FIRST: dict[str, dict[str, Any]] = {
+    "structured": JOURNEY | {"user_id": "ana"},
+    "process": {"process": "quick", "business_key": "o-1"},
+}
+
+
+@pytest.mark.parametrize("assistant_id", list(BINDS_FIRST))
+async def test_a_start_taken_with_its_job_reads_nothing_of_its_run_before_its_work(
+    postgres_url: str, assistant_id: str
+) -> None:
+    """Each start run a worker took with its job read its row back before its work, to leave a run another attempt
+    had ended meanwhile (a statement and a round trip per run). A start whose first write is its thread's bind no
+    longer reads it: that bind is refused for an ended run (test_an_attempt_resumed_after_the_other_ended_the_run_
+    leaves_it_as_it_ended, test_a_start_run_taken_again_while_its_first_attempt_lives_starts_one_journey)."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        await runtime.processes.deploy(QUICK)
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        run = await journey_run(runs, build_app(postgres_url), assistant_id, BINDS_FIRST[assistant_id])
+        assert run.job_id is not None
+        claimed = await runs.claim(run.run_id)
+        assert claimed is not None and claimed[1] is None
+        read: list[str] = []
+        get_run = runs.get_run
+
+        async def reading(run_id: str) -> RunRow | None:
+            read.append(run_id)
+            return await get_run(run_id)
+
+        runs.get_run = reading  # type: ignore[method-assign]
+        taken = Taken(run.job_id, claimed, lambda _: None)
+        done = await RunExecutor(runtime, runs).execute(run.run_id, due=True, taken=taken)  # as a worker executes it
+        assert done is not None and done.status == "success", done
+        assert read == []
+
+
+@pytest.mark.parametrize("assistant_id", list(BINDS_FIRST))
+async def test_an_attempt_going_on_after_its_retry_ended_the_run_cancelled_starts_nothing(
+    postgres_url: str, assistant_id: str
+) -> None:
+    """A start run cancelled while the worker that took it was paused: its retry found the cancel and ended the run
+    ``interrupted`` without starting anything. The first attempt, resumed, meets no journey of the run's to refuse
+    its own; its thread's bind, its first write, is refused for the ended run, so it starts nothing and leaves the
+    run as it ended."""
+    ensure_schema(postgres_url)
+    async with JourneyRuntime.open(postgres_url) as runtime:
+        await runtime.processes.deploy(QUICK)
+        runs = RunStore(runtime.store.backend, runtime.store.clock, jobs=RUN_JOBS)
+        run = await journey_run(runs, build_app(postgres_url), assistant_id, BINDS_FIRST[assistant_id])
+        assert run.job_id is not None
+        first = await runs.claim(run.run_id)  # a worker took it, then paused ...
+        await runs.request_cancel(run.run_id)  # ... the run was cancelled ...
+        again = await runs.claim(run.run_id)  # ... and the reaper gave it to another, which ended it interrupted
+        assert first is not None and again is not None and first[1] is None
+        ended: list[int] = []
+        done = await RunExecutor(runtime, runs).execute(
+            run.run_id, due=True, taken=Taken(run.job_id, again, ended.append)
+        )
+        assert done is not None and done.status == "interrupted", done
+        with pytest.raises(StartedElsewhereError) as refused:
+            await RunExecutor(runtime, runs).execute(run.run_id, due=True, taken=Taken(run.job_id, first, ended.append))
+        assert held_elsewhere(refused.value)  # left as it ended: OutageRetry's next take finds it ended
+        assert await runtime.store.index.list_instances(limit=10) == []
+        thread = await runs.get_thread(run.thread_id)
+        assert thread is not None and thread.instance_id is None
+        after = await runs.get_run(run.run_id)
+        assert after is not None and after.status == "interrupted", after
+
+
 # A process whose service task waits until the test lets it go: its run holds the journey (the thread's id) meanwhile.
 HELD = {
     "name": "held",

@@ -378,11 +378,18 @@ class RunExecutor:
         if run.cancel_requested_at is not None:  # a retry of a run cancelled as its worker died: not again
             await self._interrupted(run_id)
             return await self.runs.get_run(run_id)
-        if taken is not None and (now := await self.runs.get_run(run_id)) is not None and now.status in TERMINAL:
+        assistant = get_assistant(run.graph_id)
+        if (
+            taken is not None
+            and not self._binds_first(run, assistant, instance_id)
+            and (now := await self.runs.get_run(run_id)) is not None
+            and now.status in TERMINAL
+        ):
             # Its queue took the run twice (a worker's heartbeat late: a pause, a blocked loop) and the other attempt
             # ran it to its end while this one waited, be this one the first, resumed, or the retry: it would run it
             # again (a guide's turn twice; a start refused, its stream given a stale "error" chunk). Left as that
-            # attempt ended it; one still under way is met below (its journey held, or registered first).
+            # attempt ended it; one still under way is met below (its journey held, or registered first). A start
+            # that binds its thread first is not read: its bind is refused instead (see _binds_first).
             raise self._superseded(run)
         if instance_id is None and run.attempts > 1 and await self.runs.get_thread(run.thread_id) is None:
             # A retry whose thread went as the run ended (on_completion="delete"; a thread deleted otherwise takes
@@ -395,7 +402,6 @@ class RunExecutor:
             return finished or await self.runs.get_run(run_id)
         principal = run.principal or "local"
         groups = run.groups
-        assistant = get_assistant(run.graph_id)
         seq = await self.runs.last_seq(run_id) if run.stream_modes else 0  # a retried run streams on
 
         async def emit(mode: str, chunk: Any) -> None:
@@ -407,7 +413,7 @@ class RunExecutor:
         def binding(bound: str) -> Statement:  # committed by the caller (with the instance's registration)
             nonlocal instance_id
             instance_id = bound
-            return self.runs.binding(run.thread_id, run.graph_id, bound)
+            return self.runs.binding(run.thread_id, run.graph_id, bound, by=run)
 
         async def bind(bound: str) -> None:
             await self.runs.commit(binding(bound))
@@ -473,6 +479,14 @@ class RunExecutor:
         if finished is not None:
             self.finished(finished)
         return finished or await self.runs.get_run(run_id)
+
+    @staticmethod
+    def _binds_first(run: RunRow, assistant: Assistant, instance_id: str | None) -> bool:
+        """Whether the run's first write is its thread's bind, refused once the run has ended (``binding(by=)``): a
+        start on a thread bound to no journey yet, but a chat one's (it notes its base first). Every pattern's start
+        binds before it writes (``RunContext.bind``, or in its journey's registration): refused, it starts nothing,
+        and the attempt leaves the run as the other attempt ended it."""
+        return run.kind == "start" and instance_id is None and not assistant.chat
 
     async def _moved_on(self, run: RunRow) -> bool:
         """Whether the run went on without this attempt since its claim (``run``): its queue took it again (another
