@@ -114,8 +114,8 @@ async def test_a_process_start_checkpoints_where_it_parks_unless_a_cancel_can_re
 
 
 async def test_a_process_read_while_its_start_runs_answers_the_variables_it_started_with(store_url: str) -> None:
-    """On ``serve`` and ``worker`` (durability "exit") a start checkpoints only where it stops: a status read while
-    it runs (a slow agent; the read waits for the lock a moment, then answers the instance as last committed) found
+    """A process start checkpoints only where it stops (outside a server's run; at durability "exit", as here, every
+    start does): a status read while it runs (a slow agent; the read waits for the lock a moment, then answers the instance as last committed) found
     no checkpoint and answered no variables at all. It answers the instance as it started."""
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -125,7 +125,7 @@ async def test_a_process_read_while_its_start_runs_answers_the_variables_it_star
             await release.wait()
         return {"tier": "gold"}
 
-    async with runtime(store_url, durability="exit") as rt:  # as serve and worker run
+    async with runtime(store_url, durability="exit") as rt:
         rt.agents.register("crm.look_up", slow)
         rt.agents.register("mail.draft", lambda _request: {"draft_id": "d-1"})
         await rt.processes.deploy(CALLS_THEN_TIMER)
