@@ -32,15 +32,16 @@ from agents.registry import AgentRegistry
 from checkpoints import locks as locks_module
 from checkpoints.database import lost_database
 from checkpoints.errors import ConcurrentUpdateError, InstanceLockLostError, JourneyError
-from graphs import JourneyFinishedError, JourneyRuntime, StepMovedOnError
+from graphs import InvalidInputError, JourneyFinishedError, JourneyRuntime, StepMovedOnError
 from graphs.kernel.designs import new_instance_id
+from graphs.lifecycle.catalog import READY_TO_START
 from nodes.compensation import COMPLETED_STEP
 from nodes.criteria_gate import ValidationResult
 from server.app import create_app
 from server.settings import Settings
-from tests.lifecycle_support import PILOT_ENTRY, SANDBOX_EXIT, journey_at, lifecycle_runtime
+from tests.lifecycle_support import PILOT_ENTRY, SANDBOX_EXIT, fingerprint, journey_at, lifecycle_runtime
 from tests.process_support import runtime as process_runtime
-from tests.server_support import serving
+from tests.server_support import on_server_loop, serving
 from tests.test_process_versioning import onboarding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,6 +329,101 @@ async def test_concurrent_rollbacks_roll_back_once(store_url: str, monkeypatch: 
         assert len(done) == 1 and done[0]["journey"]["current_stage"] == "sandbox", answers
         assert len(refused) == 1 and isinstance(refused[0], ConcurrentUpdateError), refused
         assert [r["reason"] for r in await lc.rollback_history(journey_id)] == [done[0]["reason"]]
+
+
+async def test_automatic_rollbacks_of_two_metrics_recorded_at_once_roll_back_once(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two feeds record a pilot satisfaction below 3.5 at once. The second read the journey in pilot (its threshold
+    fires there), then the first's rollback ran to its end (pilot -> sandbox) before the second acted: the second
+    rolled the journey back again, sandbox -> sandbox, for a pilot threshold, as a second rollback in the history.
+    An automatic rollback now rolls back only the stage whose threshold fired: the second finds the journey moved
+    and does nothing."""
+    async with lifecycle_runtime(store_url) as (runtime, clock):
+        lc = runtime.lifecycle
+        journey_id = await journey_at(runtime, clock, "pilot")
+        looked, go_on = asyncio.Event(), asyncio.Event()
+        position = lc._rows.position
+
+        async def held_once(instance_id: str) -> tuple[str, str] | None:
+            seen = await position(instance_id)
+            if not looked.is_set():  # the second feed's look: held until the first feed's rollback has ended
+                looked.set()
+                async with asyncio.timeout(30):
+                    await go_on.wait()
+            return seen
+
+        monkeypatch.setattr(lc._rows, "position", held_once)
+        second = asyncio.create_task(lc.record_metric(journey_id, "user_satisfaction", 3.2))
+        await asyncio.wait_for(looked.wait(), 30)
+        first = await lc.record_metric(journey_id, "user_satisfaction", 3.1)
+        assert first["rollback"] is not None and first["rollback"]["journey"]["current_stage"] == "sandbox"
+        go_on.set()
+        assert (await second)["rollback"] is None
+        assert [r["from_stage"] for r in await lc.rollback_history(journey_id)] == ["pilot"]
+        assert (await lc.get_journey_state(journey_id))["current_stage"] == "sandbox"
+
+
+async def test_a_move_named_from_the_stage_seen_is_not_done_twice(store_url: str) -> None:
+    """An operator clicks "roll back" twice (or two operators click it): the second call looked at the journey
+    after the first had ended, so it rolled back again from where the first left it (sandbox -> sandbox).
+    ``from_stage`` names the stage the caller saw: a rollback (or promotion) that finds the journey elsewhere is
+    refused with ConcurrentUpdateError (409) and writes nothing; one asked of an ended journey with
+    JourneyFinishedError."""
+    async with lifecycle_runtime(store_url) as (runtime, clock):
+        lc = runtime.lifecycle
+        journey_id = await journey_at(runtime, clock, "pilot")
+        done = await lc.initiate_rollback(journey_id, "first click", from_stage="pilot", complete=True)
+        assert done["journey"]["current_stage"] == "sandbox"
+        before = await fingerprint(runtime, journey_id)
+        with pytest.raises(ConcurrentUpdateError, match="is in sandbox, not in pilot"):
+            await lc.initiate_rollback(journey_id, "second click", from_stage="pilot", complete=True)
+        with pytest.raises(ConcurrentUpdateError, match="is in sandbox, not in pilot"):
+            await lc.transition(journey_id, "initiate_rollback", reason="second click", from_stage="pilot")
+        assert await fingerprint(runtime, journey_id) == before
+        await lc.record_metrics(journey_id, {**SANDBOX_EXIT, **PILOT_ENTRY})
+        assert (await lc.promote(journey_id, from_stage="sandbox")).passed
+        moved = await fingerprint(runtime, journey_id)
+        with pytest.raises(ConcurrentUpdateError, match="is in pilot, not in sandbox"):
+            await lc.promote(journey_id, from_stage="sandbox")
+        assert await fingerprint(runtime, journey_id) == moved
+        await lc.cancel(journey_id, "client left")
+        with pytest.raises(JourneyFinishedError, match="cancelled"):
+            await lc.initiate_rollback(journey_id, "late click", from_stage="pilot")
+        with pytest.raises(InvalidInputError, match="from_stage"):
+            await lc.initiate_rollback(journey_id, "typo", from_stage="pilott")
+        assert [r["reason"] for r in await lc.rollback_history(journey_id)] == ["first click"]
+
+
+def test_a_rollback_clicked_twice_over_http_is_refused_the_second_time(store_url: str) -> None:
+    """The same double click over HTTP: the transition's options take ``from_stage``; the second POST answers 409
+    ConcurrentUpdateError and the journey stays where the first left it, with one rollback."""
+    app = create_app(Settings(database_url=store_url, auth=False, run_timers=False))
+    with serving(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        started = http.post("/journeys/lifecycle", json={"client_id": "c1", "metrics": READY_TO_START})
+        assert started.status_code == 200, started.text
+        path = f"/journeys/lifecycle/{started.json()['journey_id']}"
+        for unit in ("test_dataset_provisioning", "search_quality_validation"):
+            ran = http.post(f"{path}/transitions", json={"event": "run_unit_of_work", "options": {"uow_id": unit}})
+            assert ran.status_code == 200, ran.text
+        recorded = http.post(f"{path}/metrics", json={"values": {**SANDBOX_EXIT, **PILOT_ENTRY}})
+        assert recorded.status_code == 200, recorded.text
+        promoted = http.post(f"{path}/transitions", json={"event": "promote_to_pilot"})
+        assert (promoted.status_code, promoted.json()["current_stage"]) == (200, "pilot"), promoted.text
+        click = {
+            "event": "initiate_rollback",
+            "options": {"reason": "bad pilot", "from_stage": "pilot", "complete": True},
+        }
+        first = http.post(f"{path}/transitions", json=click)
+        assert (first.status_code, first.json()["current_stage"]) == (200, "sandbox"), first.text
+        second = http.post(f"{path}/transitions", json=click)
+        assert (second.status_code, second.json()["code"]) == (409, "ConcurrentUpdateError"), second.text
+        assert second.json()["details"]["current_stage"] == "sandbox"
+        assert http.get(path).json()["current_stage"] == "sandbox"
+        history = on_server_loop(
+            app, app.state.services.runtime.lifecycle.rollback_history(started.json()["journey_id"])
+        )
+        assert [r["reason"] for r in history] == ["bad pilot"]
 
 
 async def test_a_rollback_asked_while_another_is_under_way_is_told_so(

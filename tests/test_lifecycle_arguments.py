@@ -27,7 +27,7 @@ from server.settings import Settings
 from tests.lifecycle_support import fingerprint, journey_at, lifecycle_runtime
 
 SANDBOX_EVENTS = ["promote_to_pilot", "initiate_rollback", "cancel_journey"]
-ROLLBACK_OPTIONS = ["reason", "trigger", "rollback_to", "complete"]
+ROLLBACK_OPTIONS = ["reason", "trigger", "rollback_to", "complete", "from_stage"]
 
 
 async def test_transition_names_a_missing_or_unknown_option(store_url: str) -> None:

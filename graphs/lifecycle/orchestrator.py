@@ -88,7 +88,7 @@ EVENT_OPTIONS: dict[TransitionEvent, tuple[tuple[str, ...], tuple[str, ...]]] = 
     TransitionEvent.PROMOTE_TO_PILOT: ((), ("metadata",)),
     TransitionEvent.PROMOTE_TO_PRODUCTION: ((), ("metadata",)),
     TransitionEvent.MARK_COMPLETE: ((), ("metadata",)),
-    TransitionEvent.INITIATE_ROLLBACK: (("reason",), ("trigger", "rollback_to", "complete")),
+    TransitionEvent.INITIATE_ROLLBACK: (("reason",), ("trigger", "rollback_to", "complete", "from_stage")),
     TransitionEvent.COMPLETE_ROLLBACK: ((), ()),
     TransitionEvent.CANCEL_JOURNEY: ((), ("reason",)),
 }
@@ -315,12 +315,21 @@ class LifecycleOrchestrator:
         return {**journey_view(_queued_values(instance), spec), "allowed_events": [], "validation": None}
 
     async def promote(
-        self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
+        self,
+        journey_id: str,
+        *,
+        from_stage: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        run_options: RunOptions = DEFAULT_RUN,
     ) -> ValidationResult:
         """Promote SANDBOX → PILOT or PILOT → PRODUCTION if the current stage's exit criteria and the next
         stage's entry criteria all pass; then run the next stage's entry units. Returns the validation:
-        when it did not pass, nothing moved (the validation itself is stored)."""
-        return await self._gated_move(journey_id, None, metadata, run_options)
+        when it did not pass, nothing moved (the validation itself is stored).
+
+        ``from_stage``: the stage the caller saw the journey in. A promotion that finds it elsewhere (a second
+        click, after the first promoted it) is refused with :class:`ConcurrentUpdateError` and does nothing."""
+        asked_in = _stage_named(from_stage)
+        return await self._gated_move(journey_id, None, metadata, run_options, asked_in=asked_in)
 
     async def mark_complete(
         self, journey_id: str, *, metadata: Mapping[str, Any] | None = None, run_options: RunOptions = DEFAULT_RUN
@@ -334,17 +343,21 @@ class LifecycleOrchestrator:
         event: TransitionEvent | None,
         metadata: Mapping[str, Any] | None,
         run_options: RunOptions,
+        *,
+        asked_in: str | None = None,
     ) -> ValidationResult:
         request_metadata = _metadata(metadata)
         spec, graph = await self._load(journey_id)
-        # A promotion promotes from the stage the journey is in when it is asked for: one that waited
-        # while another call moved the journey must not go on to the next stage's gate.
-        asked_in = None if event is not None else await self._stage_now(graph, journey_id)
+        # A promotion promotes from the stage the journey is in when it is asked for (or the one its caller
+        # names): one that waited while another call moved the journey must not go on to the next stage's gate.
+        named = asked_in is not None
+        if event is None and asked_in is None:
+            asked_in = await self._stage_now(graph, journey_id)
         async with self._engine.acting(journey_id):
             snapshot = await self._before_move(graph, journey_id, run_options)
             stage = snapshot.values.get("current_stage")
             if event is None:  # promote: the promotion event of the current stage
-                self._expect_stage(journey_id, asked_in, stage, "promote")
+                self._expect_stage(journey_id, asked_in, stage, "promote", named=named)
                 chosen = PROMOTIONS.get(str(stage))
                 if chosen is None or not _waiting(snapshot):
                     raise InvalidTransitionError(
@@ -444,6 +457,7 @@ class LifecycleOrchestrator:
         trigger: RollbackTrigger | str = RollbackTrigger.CLIENT_REQUEST,
         rollback_to: str | None = None,
         complete: bool = False,
+        from_stage: str | None = None,
         automatic: bool = False,
         run_options: RunOptions = DEFAULT_RUN,
     ) -> dict[str, Any]:
@@ -452,6 +466,11 @@ class LifecycleOrchestrator:
         Returns to ``rollback_to`` or the previous stage. With ``complete`` the journey goes there as
         soon as the rollback validates; otherwise it waits in ROLLBACK for :meth:`complete_rollback`.
         A unit of work running meanwhile stops after its current tasks and is compensated.
+
+        ``from_stage``: the stage the caller saw the journey in, which it rolls back. A rollback that finds the
+        journey elsewhere (a second click, after the first rolled it back) is refused with
+        :class:`ConcurrentUpdateError` (:class:`JourneyFinishedError` once it has ended) and does nothing; without
+        it, the rollback rolls back the stage the journey is in when it is asked.
         """
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInputError("a rollback needs a reason (a non-empty string)")
@@ -467,9 +486,14 @@ class LifecycleOrchestrator:
             raise InvalidInputError(
                 f"unknown rollback trigger {trigger!r}; triggers: {', '.join(allowed)}", allowed=allowed
             ) from None
+        named = _stage_named(from_stage)
         spec, graph = await self._load(journey_id)
         # Checked first without the journey's lock, so a unit of work holding it can be told to stop.
         peek = await graph.aget_state(self._engine.config(journey_id))
+        peeked = peek.values.get("current_stage")
+        asked_in = peeked if named is None else named
+        if named is not None and peeked in [s.value for s in (*ACTIVE_STAGES, *FINAL_STAGES)]:
+            self._expect_stage(journey_id, named, peeked, "roll back", named=True)
         try:
             target = self._rollback_target(journey_id, peek, rollback_to, running=True)
         except InvalidTransitionError:
@@ -477,8 +501,8 @@ class LifecycleOrchestrator:
             # moved once the journey is free is a conflict (ask again); one that has not is refused as peeked.
             async with self._engine.exclusive(journey_id):
                 settled = await self._engine.settled_state(graph, journey_id, options=run_options)
-            stages = (peek.values.get("current_stage"), settled.values.get("current_stage"))
-            self._expect_stage(journey_id, *stages, "roll back")
+            settled_stage = settled.values.get("current_stage")
+            self._expect_stage(journey_id, asked_in, settled_stage, "roll back", named=named is not None)
             raise
         # A durable request: a unit of work running now, in this process or another, stops between waves.
         await self._rows.request_rollback(journey_id, reason, self._store.clock.now())
@@ -487,7 +511,7 @@ class LifecycleOrchestrator:
                 snapshot = await self._before_move(graph, journey_id, run_options)
                 # Rolls back the stage it was asked in, once: not the stage another rollback returned to.
                 self._expect_stage(
-                    journey_id, peek.values.get("current_stage"), snapshot.values.get("current_stage"), "roll back"
+                    journey_id, asked_in, snapshot.values.get("current_stage"), "roll back", named=named is not None
                 )
                 target = self._rollback_target(journey_id, snapshot, rollback_to)
                 request = {
@@ -634,11 +658,13 @@ class LifecycleOrchestrator:
             if check.actual is not None and check.passed:  # the threshold's condition holds: it fires
                 reason = f"automatic: {threshold.label}: {threshold.metric} is {check.actual:g} ({threshold.expected})"
                 try:
+                    # From the stage whose threshold fired only: not the stage another rollback left it in.
                     return await self.initiate_rollback(
                         journey_id,
                         reason,
                         trigger=threshold.trigger,
                         complete=spec.auto_complete_rollback,
+                        from_stage=position[0],
                         automatic=True,
                         run_options=run_options,
                     )
@@ -830,25 +856,38 @@ class LifecycleOrchestrator:
         return None if stage is None else str(stage)
 
     @staticmethod
-    def _expect_stage(journey_id: str, asked_in: str | None, stage: str | None, move: str) -> None:
+    def _expect_stage(
+        journey_id: str, asked_in: str | None, stage: str | None, move: str, *, named: bool = False
+    ) -> None:
         """A move asked in ``asked_in`` finds the journey in ``stage`` once it may act: another call moved it
-        meanwhile. It may be asked again from where the journey is, unless the journey has ended there."""
-        if stage != asked_in and stage in FINAL_STAGES:
+        meanwhile. It may be asked again from where the journey is, unless the journey has ended there.
+        ``named``: the caller named ``asked_in`` (the stage it saw, ``from_stage``), which it may have seen
+        before this call began (a second click, after the first moved the journey)."""
+        if stage == asked_in:
+            return
+        seen = (
+            f"is {stage}, not in {asked_in}, the stage this call to {move} was asked from"
+            if named
+            else f"was {stage} while this call to {move} (asked in {asked_in}) waited for it"
+        )
+        if stage in FINAL_STAGES:
             raise JourneyFinishedError(
-                f"journey {journey_id!r} was {stage} while this call to {move} (asked in {asked_in}) waited for "
-                f"it; nothing was done, and a {stage} journey moves no further",
+                f"journey {journey_id!r} {seen}; nothing was done, and a {stage} journey moves no further",
                 allowed=[],
                 asked_in_stage=asked_in,
                 current_stage=stage,
             )
-        if stage != asked_in:
-            raise ConcurrentUpdateError(
-                f"journey {journey_id!r} moved from {asked_in} to {stage} while this call to {move} waited for "
-                f"it; nothing was done (ask again to {move} from {stage})",
-                journey_id=journey_id,
-                asked_in_stage=asked_in,
-                current_stage=stage,
-            )
+        moved = (
+            f"is in {stage}, not in {asked_in}, the stage this call to {move} was asked from: it moved meanwhile"
+            if named
+            else f"moved from {asked_in} to {stage} while this call to {move} waited for it"
+        )
+        raise ConcurrentUpdateError(
+            f"journey {journey_id!r} {moved}; nothing was done (ask again to {move} from {stage})",
+            journey_id=journey_id,
+            asked_in_stage=asked_in,
+            current_stage=stage,
+        )
 
     @staticmethod
     def _allowed(snapshot: StateSnapshot) -> list[str]:
@@ -960,6 +999,17 @@ def _initial_state(
         "request": {"event": TransitionEvent.START_JOURNEY.value},
     }
     return dict(state)
+
+
+def _stage_named(from_stage: str | None) -> str | None:
+    """A caller's ``from_stage`` (the stage it saw the journey in), checked: an active stage's name, or None."""
+    stages = [s.value for s in ACTIVE_STAGES]
+    if from_stage is not None and from_stage not in stages:
+        raise InvalidInputError(
+            f"from_stage must be the stage the journey was seen in, one of {', '.join(stages)}; got {from_stage!r}",
+            allowed=stages,
+        )
+    return from_stage
 
 
 def _check_id(value: object, name: str) -> None:

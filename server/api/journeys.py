@@ -152,6 +152,10 @@ def _transition_schema(schema: dict[str, Any]) -> None:
         "trigger": {"enum": [t.value for t in RollbackTrigger]},
         "rollback_to": {"enum": [s.value for s in (JourneyStage.SANDBOX, JourneyStage.PILOT)]},
         "complete": {"type": "boolean"},
+        "from_stage": {
+            "enum": [s.value for s in (JourneyStage.SANDBOX, JourneyStage.PILOT, JourneyStage.PRODUCTION)],
+            "description": "the stage the caller saw: a journey found elsewhere answers 409 and nothing is done",
+        },
         "uow_id": {"type": "string", "minLength": 1},
     }
     branches = []
