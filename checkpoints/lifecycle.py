@@ -93,6 +93,21 @@ def task_row(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any
     return record
 
 
+# A later run of a unit undid what an earlier run's failed undo left: the earlier run's id, and the handler of each
+# task undone (``undone``); its row's tasks change by :func:`tasks_undone`, its status stays ``failed``.
+UNIT_UNDONE = "uow.undone"
+
+
+def tasks_undone(records: Mapping[str, Mapping[str, Any]], undone: Mapping[str, str | None]) -> dict[str, Any]:
+    """A run's task records once ``undone`` (task id → the handler that undid it, None for a task with nothing
+    to undo) have been undone after the run ended (``uow.undone``: a later run of its unit undid what its own
+    failed undo left). The one rule for the live row and for rebuilding it from the log."""
+    return {
+        task_id: {**record, "status": "rolled_back", "compensation": undone[task_id]} if task_id in undone else record
+        for task_id, record in records.items()
+    }
+
+
 def run_totals(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     """A finished run's counts from its tasks' entries: tasks that ran, failed, and their attempts."""
     ran = [e for e in entries.values() if e["status"] != "pending"]
@@ -349,6 +364,20 @@ class LifecycleStore:
                 await conn.execute(statement)
         except IntegrityError:
             pass  # another caller asked to stop the same run at the same moment: it is asked
+
+    async def left_undone(self, journey_id: str, uow_id: str) -> list[dict[str, Any]]:
+        """The runs of a unit that failed with tasks still done (their undo failed for good), oldest first: each
+        run's id and its task records, which a new run of the unit undoes before its own tasks start."""
+        u = lifecycle_units_of_work
+        query = (
+            select(u.c.run_id, u.c.tasks)
+            .where(u.c.journey_id == journey_id, u.c.uow_id == uow_id, u.c.status == "failed")
+            .order_by(u.c.id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        runs = [{"run_id": row.run_id, "tasks": self._sealer.open(row.tasks)} for row in rows]
+        return [run for run in runs if any(t["status"] == "completed" for t in run["tasks"].values())]
 
     async def rollback_reason(self, run_id: str) -> str | None:
         """Why the run was asked to stop for a rollback, or None."""

@@ -34,7 +34,7 @@ from checkpoints.encryption import Sealer
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import DESIGN_KEY, OF_INSTANCE, STATUS_KEY, Event, EventLog, first_row, is_first
 from checkpoints.flow import ENDED_STATUSES, TERMINATED, TERMINATED_EVENT
-from checkpoints.lifecycle import next_position, opened, run_totals, sealed, task_row
+from checkpoints.lifecycle import UNIT_UNDONE, next_position, opened, run_totals, sealed, task_row, tasks_undone
 from checkpoints.redaction import redact
 from checkpoints.schema.lifecycle_tables import (
     lifecycle_journey_states,
@@ -307,6 +307,10 @@ class _Runs:
             }
             return
         row = self.rows.get(run_id)
+        if event.type == UNIT_UNDONE:  # undone by a later run of its unit: its status stays
+            if row is not None:
+                row["tasks"] = tasks_undone(row["tasks"], data["undone"])
+            return
         if row is None or "at" not in data:
             self.derivable = self.derivable and row is not None
             return

@@ -11,6 +11,9 @@
 - When a task fails for good, or a rollback is requested mid-run, ``compensate`` undoes the completed
   tasks that declare a compensation, dependents first; tasks that never started stay ``pending``.
   Nothing is left half-done: every task ends pending, completed, failed or rolled_back.
+- An undo that fails for good leaves its task (and those after it) done, and the run failed. A later run
+  of the unit first undoes what such runs left (``undo_left``, keyed as their own undo, ``uow.undone``);
+  while that still fails, none of its own tasks starts.
 
 The subgraph is compiled without a checkpointer of its own: a crash re-runs it from ``start``, and
 every write in it is keyed, so completed tasks are replayed from the event log, never called twice.
@@ -37,7 +40,7 @@ from agents.policy import Grants
 from agents.registry import AgentRegistry
 from agents.resilience import CallOptions
 from checkpoints.events import NewEvent
-from checkpoints.lifecycle import run_totals, task_row, unit_finished, unit_started
+from checkpoints.lifecycle import UNIT_UNDONE, run_totals, task_row, tasks_undone, unit_finished, unit_started
 from nodes import schemas
 from nodes.agent_call import Recorder, Recording
 from nodes.compensation import COMPENSATION_RETRY
@@ -312,6 +315,10 @@ def resolve(document: Mapping[str, Any], path: str) -> tuple[bool, Any]:
 # --- the subgraph ---------------------------------------------------------------------------------
 
 
+def _next_phase(state: UowState) -> str:
+    return str(state["phase"])
+
+
 def _merge(left: dict[str, Any] | None, right: dict[str, Any]) -> dict[str, Any]:
     return {**(left or {}), **right}
 
@@ -340,15 +347,18 @@ class UowState(TypedDict, total=False):
     failure: dict[str, Any] | None
     compensation_failure: dict[str, Any] | None
     task: str
+    left: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
 class UnitHooks:
-    """What the executor needs from its host: earlier units' outputs, and why a run must stop early
-    (a rollback asked for it, by run id; None: it goes on)."""
+    """What the executor needs from its host: earlier units' outputs, why a run must stop early
+    (a rollback asked for it, by run id; None: it goes on), and the earlier runs of a unit whose undo failed
+    for good (by journey and unit: each run's id and task records), which a new run undoes first."""
 
     load_outputs: Callable[[str, Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
     abort_reason: Callable[[str], Awaitable[str | None]]
+    left_undone: Callable[[str, str], Awaitable[list[dict[str, Any]]]]
 
 
 def unit_request(
@@ -404,7 +414,78 @@ def build_uow_graph(
         await services.events.append(journey_id, [event], also=[row])
         needs_upstream = any(p.startswith("units.") for t in unit.tasks for p in t.input_from.values())
         upstream = await hooks.load_outputs(journey_id, unit.dependencies) if needs_upstream else {}
-        return {"tasks": pending, "upstream": upstream, "phase": "plan", "aborted": None, "failure": None}
+        left = await hooks.left_undone(journey_id, unit.uow_id)
+        phase = "undo_left" if left else "plan"
+        return {"tasks": pending, "upstream": upstream, "phase": phase, "aborted": None, "failure": None, "left": left}
+
+    async def undo(
+        config: RunnableConfig,
+        unit: UnitOfWorkSpec,
+        run_id: str,
+        done: Mapping[str, Any],
+        journey: Mapping[str, Any],
+        reason: Mapping[str, Any],
+    ) -> tuple[dict[str, str | None], dict[str, Any] | None]:
+        """Undo the tasks of run ``run_id`` that ``done`` names (task id → its output), dependents first, each
+        keyed as that run's undo (one already made replays from the log). Answers the handler of each task undone
+        (None: nothing to undo) and, when a handler failed for good, that failure (the tasks before it in the
+        order stay done)."""
+        undone: dict[str, str | None] = {}
+        for task_id in reversed(unit.topological_order()):
+            if task_id not in done:
+                continue
+            task = unit.task(task_id)
+            if task.compensation is not None:
+                try:
+                    await perform_task(
+                        services,
+                        config,
+                        intent=task.compensation,
+                        payload={
+                            "task_id": task_id,
+                            "original_output": done[task_id],
+                            "journey": dict(journey),
+                            "reason": dict(reason),
+                        },
+                        step=f"{unit.uow_id}.{task_id}",
+                        key=f"{run_id}:{task_id}:compensate",
+                        event_type="task.compensated",
+                        recorder=_recorder({"run_id": run_id, "handler": task.compensation}),
+                        retry=COMPENSATION_RETRY,
+                        always_replay=True,
+                    )
+                except AgentError as exc:
+                    return undone, {"task_id": task_id, "handler": task.compensation, "error": str(exc)}
+            undone[task_id] = task.compensation
+        return undone, None
+
+    async def undo_left(state: UowState, config: RunnableConfig) -> UowState:
+        """Undo what earlier runs of the unit left done when their undo failed for good, before this run does
+        anything: running the unit again must not add its effects to theirs."""
+        request = state["uow_request"]
+        unit = units[request["uow_id"]]
+        journey_id = thread_id(config)
+        for earlier in state.get("left") or []:
+            run_id, records = earlier["run_id"], earlier["tasks"]
+            done = {t: r.get("output_data") for t, r in records.items() if r["status"] == "completed"}
+            reason = {"undone_before_run": request["run_id"]}
+            undone, broken = await undo(config, unit, run_id, done, request["journey"], reason)
+            if undone:
+                now = services.clock.now()
+                payload = {"run_id": run_id, "undone": undone, "by_run": request["run_id"], "at": now.isoformat()}
+                row = unit_finished(run_id, sealer=services.events.sealer, tasks=tasks_undone(records, undone))
+                key = f"{run_id}:undone:{request['run_id']}"
+                await services.events.append(journey_id, [NewEvent(UNIT_UNDONE, payload, unit.uow_id, key)], also=[row])
+            if broken is not None:
+                failure = {
+                    "error": (
+                        f"an earlier run of unit {unit.uow_id!r} ({run_id}) failed leaving tasks done, and this run "
+                        "starts none of its own until they are undone"
+                    ),
+                    "error_type": "CompensationFailedError",
+                }
+                return {"phase": "finish", "failure": failure, "compensation_failure": {**broken, "run_id": run_id}}
+        return {"phase": "plan"}
 
     async def plan(state: UowState, config: RunnableConfig) -> UowState:
         unit = unit_of(state)
@@ -491,36 +572,11 @@ def build_uow_graph(
         unit = units[request["uow_id"]]
         tasks = dict(state.get("tasks") or {})
         reason = state.get("failure") or {"aborted": state.get("aborted")}
-        updates: dict[str, dict[str, Any]] = {}
-        for task_id in reversed(unit.topological_order()):
-            if tasks[task_id]["status"] != "completed":
-                continue
-            task = unit.task(task_id)
-            if task.compensation is None:
-                updates[task_id] = {**tasks[task_id], "status": "rolled_back", "compensation": None}
-                continue
-            try:
-                await perform_task(
-                    services,
-                    config,
-                    intent=task.compensation,
-                    payload={
-                        "task_id": task_id,
-                        "original_output": tasks[task_id].get("output"),
-                        "journey": request["journey"],
-                        "reason": reason,
-                    },
-                    step=f"{unit.uow_id}.{task_id}",
-                    key=f"{request['run_id']}:{task_id}:compensate",
-                    event_type="task.compensated",
-                    recorder=_recorder({"run_id": request["run_id"], "handler": task.compensation}),
-                    retry=COMPENSATION_RETRY,
-                    always_replay=True,
-                )
-            except AgentError as exc:
-                failure = {"task_id": task_id, "handler": task.compensation, "error": str(exc)}
-                return {"tasks": updates, "compensation_failure": failure, "phase": "finish"}
-            updates[task_id] = {**tasks[task_id], "status": "rolled_back", "compensation": task.compensation}
+        done = {t: entry.get("output") for t, entry in tasks.items() if entry["status"] == "completed"}
+        undone, broken = await undo(config, unit, request["run_id"], done, request["journey"], reason)
+        updates = {t: {**tasks[t], "status": "rolled_back", "compensation": handler} for t, handler in undone.items()}
+        if broken is not None:
+            return {"tasks": updates, "compensation_failure": broken, "phase": "finish"}
         return {"tasks": updates, "phase": "finish"}
 
     async def finish(state: UowState, config: RunnableConfig) -> UowState:
@@ -571,12 +627,14 @@ def build_uow_graph(
         UowState, input_schema=UowInput, output_schema=UowOutput
     )
     builder.add_node("start", start)
+    builder.add_node("undo_left", undo_left)
     builder.add_node("plan", plan)
     builder.add_node("run_task", run_task)
     builder.add_node("compensate", compensate)
     builder.add_node("finish", finish)
     builder.add_edge(START, "start")
-    builder.add_edge("start", "plan")
+    builder.add_conditional_edges("start", _next_phase, ["undo_left", "plan"])
+    builder.add_conditional_edges("undo_left", _next_phase, ["plan", "finish"])
     builder.add_conditional_edges("plan", route, ["run_task", "compensate", "finish"])
     builder.add_edge("run_task", "plan")
     builder.add_edge("compensate", "finish")

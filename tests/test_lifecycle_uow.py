@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from agents import AgentRequest, FailingAgent, FlakyAgent
+from agents import AgentRequest, FailingAgent, FlakyAgent, PermanentAgentError
 from checkpoints.lifecycle import LifecycleStore
+from checkpoints.rebuild import rebuild_views
 from checkpoints.schema.lifecycle_tables import lifecycle_units_of_work
 from checkpoints.schema.tables import journey_designs
 from graphs import JourneyRuntime, SpecError
@@ -341,6 +342,70 @@ async def test_a_unit_whose_undo_failed_says_which_effect_stayed(store_url: str)
         unit = caught.value.unit
         assert unit["tasks"]["open_access"]["status"] == "completed"  # its effect stays
         assert unit["failure"]["compensation_failure"]["handler"] == "close_access"
+
+
+class Switch:
+    """An agent that fails for good while ``failing`` (so a test can mend it), logging each call, ``!`` marking a
+    failed one."""
+
+    def __init__(self, intent: str, log: list[str], *, failing: bool = False) -> None:
+        self.intent, self.log, self.failing = intent, log, failing
+        self.__name__ = f"switch:{intent}"
+
+    def __call__(self, request: AgentRequest) -> dict[str, Any]:
+        self.log.append(f"{self.intent}!" if self.failing else self.intent)
+        if self.failing:
+            raise PermanentAgentError(f"{self.intent} is down", intent=self.intent)
+        return {"ok": True}
+
+
+async def test_a_unit_run_again_after_its_undo_failed_first_undoes_what_that_run_left(store_url: str) -> None:
+    """A unit failed (announce) and undoing its completed open_access failed for good too (close_access): the
+    access stayed open. Running the unit again (the promotion asked again) opened access a second time and
+    announced, and the first run's access was never closed: nothing called close_access for it again. A unit run
+    again now first undoes what an earlier run of it left (the failed undo, and those after it), keyed as that
+    run's undo; while that undo still fails, no task of the new run starts and its error names the undo."""
+    async with lifecycle_runtime(store_url) as (rt, _clock):
+        calls: list[str] = []
+        agents = {
+            "open_access": Switch("open_access", calls),
+            "close_access": Switch("close_access", calls, failing=True),
+            "announce": Switch("announce", calls, failing=True),
+        }
+        for intent, agent in agents.items():
+            rt.agents.register(intent, agent, replace=True)
+        spec = lifecycle(
+            pilot_units=[
+                UnitOfWorkSpec(
+                    uow_id="pilot_setup",
+                    trigger="on_entry",
+                    tasks=(task("open_access", compensation="close_access"), task("announce", "open_access")),
+                )
+            ]
+        )
+        journey_id = (await rt.lifecycle.start_journey("client-u", spec=spec))["journey_id"]
+        with pytest.raises(UnitOfWorkFailedError, match="not undone"):
+            await rt.lifecycle.promote(journey_id)
+        assert calls == ["open_access", "announce!", "close_access!"]
+
+        agents["announce"].failing = False  # the cause is mended; the undo is still down
+        calls.clear()
+        with pytest.raises(UnitOfWorkFailedError, match="'close_access'") as caught:
+            await rt.lifecycle.promote(journey_id)
+        assert calls == ["close_access!"]  # nothing of the new run started
+        assert {t["status"] for t in caught.value.unit["tasks"].values()} == {"pending"}
+        assert (await rt.lifecycle.get_journey_state(journey_id))["current_stage"] == "sandbox"
+
+        agents["close_access"].failing = False
+        calls.clear()
+        assert (await rt.lifecycle.promote(journey_id)).passed
+        assert calls == ["close_access", "open_access", "announce"]
+        runs = await rt.lifecycle.units_of_work(journey_id)
+        assert [r["status"] for r in runs] == ["failed", "failed", "completed"]
+        assert runs[0]["tasks"]["open_access"]["status"] == "rolled_back"  # the first run's access is closed
+        assert (await rt.lifecycle.get_journey_state(journey_id))["current_stage"] == "pilot"
+        # The rows are what the event log tells (a rebuild corrects nothing).
+        assert (await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive))[1].corrected == []
 
 
 # Two tasks in the first wave (the slow one is where a test asks for a rollback), two after them.

@@ -387,9 +387,10 @@ class LifecycleDeps:
         return cls(LifecycleStore(engine, sealer), TableMetricSource(engine))
 
     def hooks(self) -> UnitHooks:
-        # Units of work load earlier units' outputs for ``units.<uow>.<task>`` input paths, and stop
-        # between waves when a rollback asked for their run (from any process).
-        return UnitHooks(self.rows.unit_outputs, self.rows.rollback_reason)
+        # Units of work load earlier units' outputs for ``units.<uow>.<task>`` input paths, stop between
+        # waves when a rollback asked for their run (from any process), and undo first what an earlier run of
+        # theirs left when its undo failed for good.
+        return UnitHooks(self.rows.unit_outputs, self.rows.rollback_reason, self.rows.left_undone)
 
 
 def journey_document(state: Mapping[str, Any], stage: str | None = None) -> dict[str, Any]:
