@@ -331,6 +331,45 @@ async def test_a_migration_plan_moves_a_waiting_instance_and_is_refused_without_
         assert done["status"] == "completed" and calls.intents() == ["activate", "welcome_call"]
 
 
+def reserving(version: int, *, undo: bool) -> dict[str, Any]:
+    """reserve (undone by release, when ``undo``) → ana approves → ship."""
+    reserve: dict[str, Any] = {"type": "service_task", "id": "reserve", "agent": "reserve"}
+    if undo:
+        reserve["compensation"] = "release"
+    ship = {"type": "service_task", "id": "ship", "agent": "ship"}
+    return linear("reserving", reserve, user_task("approve"), ship, version=version)
+
+
+async def test_a_migration_that_would_drop_the_undo_of_a_completed_task_is_refused(store_url: str) -> None:
+    """An instance of v1 had reserved (its undo: release) and waited for ana's approval when it was migrated to v2,
+    which declares no compensation. Then ship failed: the instance stood failed with nothing compensated and release
+    was never called, though v1 would have undone the reservation (and a v2 with any compensation would have called
+    release too, from the handler the log keeps). The migration is now refused, naming the task and its handler,
+    and nothing changes; to a version that compensates it goes through, and a failure then undoes the reservation."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release"):
+            calls.register(rt, intent, {"done": intent})
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        await rt.processes.deploy(reserving(1, undo=True))
+        view = await rt.processes.start("reserving", "order-1")
+        await rt.processes.deploy(reserving(2, undo=False))
+        before = await table_dump(rt)
+        with pytest.raises(MigrationRefusedError, match=r"'reserve'.*'release'") as caught:
+            await rt.processes.migrate(view["instance_id"], to_version=2)
+        assert any("declares no compensation" in p for p in caught.value.problems), caught.value.problems
+        assert await table_dump(rt) == before
+
+        await rt.processes.deploy(reserving(3, undo=True))
+        moved = await rt.processes.migrate(view["instance_id"], to_version=3)
+        assert moved["version"] == 3
+        [task] = await rt.processes.inbox.list_tasks(assignee="ana")
+        await rt.processes.inbox.complete(task["task_id"], user="ana", payload={})
+        done = await rt.processes.status(view["instance_id"])
+        assert (done["status"], done["compensated"]) == ("compensated", ["reserve"])
+        assert calls.intents() == ["reserve", "ship", "release"]
+
+
 async def test_an_instance_waiting_at_a_timer_migrates_by_identity_and_keeps_its_due_time(store_url: str) -> None:
     clock = virtual_clock()
     async with runtime(store_url, clock) as rt:

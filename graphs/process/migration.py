@@ -145,6 +145,23 @@ def _options(spec: ProcessSpec, gateway: str) -> set[str]:
     return {f.target for f in spec.outgoing(gateway)}
 
 
+async def _undos_dropped(
+    migrations: Migrations, instance_id: str, source: ProcessSpec, target: ProcessSpec
+) -> list[str]:
+    """The tasks the instance completed with a compensation (its handler is in their completion event) when the
+    target declares none: its graph has no compensation, so a failure after the migration would undo nothing."""
+    if target.compensable:
+        return []
+    done = await migrations.engine.store.events.list(instance_id, types=["task.completed"])
+    return [
+        f"task {event.step!r} completed under v{source.version} with compensation {event.payload['compensation']!r}, "
+        f"and v{target.version} declares no compensation: a failure after the migration would never undo it; "
+        "migrate to a version that declares one"
+        for event in done
+        if event.payload.get("compensation")
+    ]
+
+
 def check_plan(
     source: ProcessSpec, target: ProcessSpec, waiting: list[tuple[str, dict[str, Any]]], mapping: Mapping[str, str]
 ) -> tuple[list[str], dict[str, str]]:
@@ -268,6 +285,7 @@ async def migrate(
             _moved(target, p, moves[str(p["element"])], variables) for _n, p in waiting if str(p["element"]) in moves
         ]
         problems += [problem for _wait, found in moved for problem in found]
+        problems += await _undos_dropped(migrations, instance_id, source, target)
         if problems:
             raise MigrationRefusedError(
                 f"cannot migrate {instance_id!r} from v{deployment.version} to v{to_version}: " + "; ".join(problems),
