@@ -5,6 +5,8 @@
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-start async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-resume SAGA_ID async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-compensate
+    python tests/crash_child.py STORE_URL EFFECTS_DB unit-compensate
+    python tests/crash_child.py STORE_URL EFFECTS_DB unit-resume JOURNEY_ID
 
 ``test_crash_resume.py`` forks these from multiprocessing's forkserver, which imported this module once
 (:func:`run`): each is a process of its own, started without a process's seconds of imports.
@@ -41,6 +43,11 @@ the retry runs. ``saga-resume`` recovers and prints the saga's status.
 starts at once with handlers that work (the external service); the run holds just after the completion
 event of ``revert_analysis``, the second compensation, commits (before its checkpoint).
 
+``unit-compensate`` starts a client lifecycle journey and runs its unit of work ``setup`` (tasks t1 → t2 → t3,
+each undone by ``undo_<task>``; t3 fails for good), so that its compensation starts at once with handlers that
+work (the external service); the run holds just after the completion event of ``undo_t2``, the first undo,
+commits. ``unit-resume`` recovers and prints the journey's units of work as ``UNITS <json>``.
+
 Output lines the parent reads: ``JOURNEY <journey_id> <instance_id>``, ``SAGA <saga_id>``,
 ``ADVANCED <n>``, ``FAILED <json>``, ``HOLD <point>``, ``RECOVERED <json>``, ``STATUS <json>``.
 Anything else (logs) is to be ignored.
@@ -64,8 +71,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.deterministic import FailingAgent
 from agents.protocol import Agent, AgentRequest
 from agents.registry import AgentRegistry
+from graphs.lifecycle.machine import LifecycleSpec, StageSpec
 from graphs.runtime import JourneyRuntime
 from graphs.structured.orchestrator import structured_instance_id
+from nodes.uow import TaskSpec, UnitOfWorkSpec
 
 STEPS = [f"s{n}" for n in range(1, 9)]
 USER_ID = "crash-user"
@@ -288,6 +297,48 @@ async def saga_resume(url: str, effects_db: str, saga_id: str, durability: Durab
         emit("STATUS", json.dumps(status, sort_keys=True))
 
 
+UNIT_TASKS = ("t1", "t2", "t3")
+
+
+def unit_spec() -> LifecycleSpec:
+    """A lifecycle with no criteria and one unit of work in the sandbox, ``setup``: t1 → t2 → t3, each undone."""
+    tasks = tuple(
+        TaskSpec(task_id=t, intent=f"crash.{t}", depends_on=(p,) if p else (), compensation=f"undo_{t}")
+        for p, t in zip((None, *UNIT_TASKS), UNIT_TASKS, strict=False)
+    )
+    unit = UnitOfWorkSpec(uow_id="setup", tasks=tasks)
+    return LifecycleSpec(sandbox=StageSpec(units=(unit,)), pilot=StageSpec(), production=StageSpec())
+
+
+def register_unit_agents(registry: AgentRegistry, effects_db: str, hold: Hold) -> None:
+    service = external_service(effects_db, hold)
+    for task in UNIT_TASKS:
+        registry.register(f"crash.{task}", service, name=f"external_{task}", replace=True)
+        registry.register(f"undo_{task}", service, name=f"external_undo_{task}", replace=True)
+    registry.register("crash.t3", FailingAgent("crash.t3", permanent=True), replace=True)
+
+
+async def unit_compensate(url: str, effects_db: str) -> None:
+    hold = Hold(None)
+    hold.point, hold.step, hold.event = "event", "setup.t2", "task.compensated"
+    async with JourneyRuntime.open(url) as runtime:
+        install_event_hold(runtime, hold)
+        register_unit_agents(runtime.agents, effects_db, hold)
+        journey = await runtime.lifecycle.start_journey("crash-client", spec=unit_spec())
+        emit("JOURNEY", journey["journey_id"])
+        await runtime.lifecycle.run_unit_of_work(journey["journey_id"], "setup")
+        emit("STATUS", json.dumps(await runtime.lifecycle.units_of_work(journey["journey_id"]), default=str))
+
+
+async def unit_resume(url: str, effects_db: str, journey_id: str) -> None:
+    async with JourneyRuntime.open(url) as runtime:
+        register_unit_agents(runtime.agents, effects_db, Hold(None))
+        emit("RECOVERED", json.dumps(await runtime.recover()))
+        state = await runtime.lifecycle.get_journey_state(journey_id)
+        emit("STATE", json.dumps({"stage": state["current_stage"], "units": state["units"]}))
+        emit("UNITS", json.dumps(await runtime.lifecycle.units_of_work(journey_id), default=str))
+
+
 def main(argv: list[str]) -> None:
     url, effects_db, command, *rest = argv
     init_effects_db(effects_db)
@@ -302,8 +353,15 @@ def main(argv: list[str]) -> None:
         asyncio.run(saga_compensate(url, effects_db))
     elif command == "saga-resume":
         asyncio.run(saga_resume(url, effects_db, rest[0], durability(rest[1])))
+    elif command == "unit-compensate":
+        asyncio.run(unit_compensate(url, effects_db))
+    elif command == "unit-resume":
+        asyncio.run(unit_resume(url, effects_db, rest[0]))
     else:
-        raise SystemExit(f"unknown command {command!r}; use start, resume, saga-start, saga-compensate or saga-resume")
+        raise SystemExit(
+            f"unknown command {command!r}; use start, resume, saga-start, saga-compensate, saga-resume, "
+            "unit-compensate or unit-resume"
+        )
 
 
 def run(argv: list[str], stdout: Connection, stderr: str) -> None:

@@ -419,3 +419,40 @@ def test_a_compensation_survives_sigkill(durable_url: str, tmp_path: Path) -> No
         ("saga.compensated", None),
     ]
     assert all(a < b for a, b in itertools.pairwise(e.seq for e in events))
+
+
+def test_a_units_compensation_survives_sigkill(durable_url: str, tmp_path: Path) -> None:
+    """A lifecycle unit of work's last task fails for good and its compensation starts (t2's undo, then t1's); the
+    run is SIGKILLed just after t2's undo's completion event commits. A fresh process's recover() finishes the
+    unit: t1's undo takes effect, no undo or task is invoked twice, and the unit's run is failed with t1 and t2
+    rolled back, as it would have ended without the kill."""
+    deadline = Deadline(CASE_BUDGET_S)
+    effects_db = tmp_path / "external_service.db"
+    first = Child([durable_url, str(effects_db), "unit-compensate"], tmp_path / "start.stderr")
+    try:
+        _, journey_id = first.wait_for_line("JOURNEY ", deadline).split()
+        first.kill_when_held(deadline)
+    finally:
+        first.close()
+    assert not any(line.startswith("STATUS ") for line in first.lines)
+    run = f"{journey_id}:u1"
+    forward, undos = [f"{run}:t1", f"{run}:t2"], [f"{run}:t2:compensate", f"{run}:t1:compensate"]
+    assert [key for (key,) in query(effects_db, "SELECT key FROM invocations ORDER BY id")] == [*forward, undos[0]]
+
+    second = Child([durable_url, str(effects_db), "unit-resume", journey_id], tmp_path / "resume.stderr")
+    try:
+        second.finish(deadline)
+    finally:
+        second.close()
+    assert _value(second.lines, "RECOVERED ") == [journey_id]
+    assert _value(second.lines, "STATE ") == {"stage": "sandbox", "units": {"setup": "failed"}}
+    [unit] = _value(second.lines, "UNITS ")
+    statuses = {task: entry["status"] for task, entry in unit["tasks"].items()}
+    assert (unit["status"], statuses) == ("failed", {"t1": "rolled_back", "t2": "rolled_back", "t3": "failed"})
+    invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
+    assert invocations == [
+        (forward[0], first.pid),
+        (forward[1], first.pid),
+        (undos[0], first.pid),
+        (undos[1], second.pid),
+    ]
