@@ -577,6 +577,45 @@ async def test_a_compensation_that_fails_for_good_fails_the_instance_and_its_ret
         assert instance is not None and instance.status == "compensated"
 
 
+async def test_a_later_failure_also_undoes_a_transaction_that_completed(store_url: str) -> None:
+    """reserve (undone by release), then the transaction pay (charge/refund, invoice/void) completed, then ship
+    failed for good: the process compensated only reserve and ended 'compensated', the customer charged and
+    invoiced, refund and void never called. The compensation now undoes the completed transaction's steps too, at
+    its place in the order (last first: void, refund, then release), keyed as the transaction's own undos, and
+    resumes there after an undo that failed for good; a transaction that had rolled itself back (extras) is not
+    undone again."""
+    async with runtime(store_url) as rt:
+        calls = Calls()
+        for intent in ("reserve", "release", "charge", "invoice", "void", "gift", "ungift"):
+            calls.register(rt, intent, {"done": intent})
+        refund = calls.flaky(rt, "refund", {"done": "refund"})
+        rt.agents.register("ship", calls.failing("ship"), replace=True)
+        rt.agents.register("wrap", calls.failing("wrap"), replace=True)
+        spec = linear(
+            "paid_order",
+            {"type": "service_task", "id": "reserve", "agent": "reserve", "compensation": "release"},
+            {"type": "transaction", "id": "pay", "steps": [["charge", "refund"], ["invoice", "void"]]},
+            {"type": "transaction", "id": "extras", "steps": [["gift", "ungift"], ["wrap", None]]},
+            {"type": "service_task", "id": "ship", "agent": "ship"},
+        )
+        await rt.processes.deploy(spec)
+        view = await rt.processes.start("paid_order", "order-9")
+        assert calls.intents() == ["reserve", "charge", "invoice", "gift", "wrap", "ungift", "ship", "void", "refund"]
+        assert (view["status"], view["failed_element"]) == ("failed", "compensate")
+        assert (view["compensation_failure"]["element"], view["compensation_failure"]["handler"]) == ("pay", "refund")
+
+        refund["down"] = False
+        retried = await rt.processes.retry(view["instance_id"])
+        assert (retried["status"], retried["compensated"]) == ("compensated", ["pay", "reserve"])
+        assert calls.intents()[9:] == ["refund", "release"]  # void is not called again
+        undone = [e for e in await rt.processes.history(view["instance_id"]) if e.type == "transaction.step_undone"]
+        assert [(e.step, str(e.key).rsplit(":", 2)[1:]) for e in undone] == [
+            ("extras", ["undo", "0"]),
+            ("pay", ["undo", "1"]),
+            ("pay", ["undo", "0"]),
+        ]
+
+
 async def test_a_failure_without_compensation_leaves_the_instance_failed_and_retryable(store_url: str) -> None:
     async with runtime(store_url) as rt:
         calls = Calls()

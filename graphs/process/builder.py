@@ -10,8 +10,9 @@ Elements become nodes and sequence flows become routes (``Command(goto=…)``):
 - a parallel fork has one subgraph per branch (``<fork>.branch<i>``), joined by a multi-source edge
   into the join node, so a branch that waits never holds up the others;
 - when the process declares compensations, a failing service task (after its retries) leads to the
-  ``compensate`` node, which undoes the completed tasks last first (a handler failing for good fails the
-  instance there, and its retry resumes the compensation); otherwise the failure is recorded in the
+  ``compensate`` node, which undoes the completed tasks last first, the steps of completed transactions
+  among them (a handler failing for good fails the instance there, and its retry resumes the
+  compensation); otherwise the failure is recorded in the
   checkpoint and the instance can be retried.
 
 Graph state holds only the variables (with versions), visit counters and current wait ids: history
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 from langchain_core.runnables import RunnableConfig
@@ -30,7 +32,7 @@ from langgraph.types import Command
 from typing_extensions import TypedDict  # pydantic (Studio's input forms) needs it before 3.12
 
 from agents.errors import AgentError
-from checkpoints.events import NewEvent
+from checkpoints.events import EventLog, NewEvent
 from checkpoints.process.waits import cancel_pending
 from graphs.errors import CompensationFailedError, MapFailedError, NoFlowError
 from graphs.process.blocks import Level, analyse, is_fork, is_join
@@ -467,7 +469,7 @@ class _Builder:
                 "changes": changes,
             }
             await node.events.append(
-                instance_id, [NewEvent("transaction.finished", record, transaction.id, f"{name}:finished")]
+                instance_id, [NewEvent(TRANSACTION_FINISHED, record, transaction.id, f"{name}:finished")]
             )
             return Command(
                 goto=self.after(transaction.id, level), update={"variables": cells, "visits": {transaction.id: visit}}
@@ -548,48 +550,46 @@ class _Builder:
         async def compensate(state: ProcessState, config: RunnableConfig) -> ProcessState:
             instance_id = thread_id(config)
             failure = state.get("failure")
-            done = [
-                e
-                for e in await node.events.list(instance_id, types=["task.completed"])
-                if e.payload.get("compensation")
-            ]
             undone: list[str] = []
-            for event in reversed(done):
-                handler = str(event.payload["compensation"])
+            last: _Undo | None = None
+            for work in reversed(await _undoable(node.events, instance_id)):
                 try:
                     await perform_task(
                         node,
                         config,
-                        intent=handler,
+                        intent=work.handler,
                         payload={
-                            "element": event.step,
-                            "original_output": event.payload.get("output"),
+                            "element": work.element,
+                            **work.payload,
                             "variables": values(state.get("variables")),
                             "failure": failure,
                         },
-                        step=str(event.step),
-                        key=f"{event.key}:compensate",
-                        event_type="compensation.completed",
-                        recorder=_recording({"handler": handler, "undoes": event.key}),
+                        step=work.element,
+                        key=work.key,
+                        event_type=work.event_type,
+                        recorder=_recording(work.recording),
                         retry=COMPENSATION_RETRY,
                         always_replay=True,
                     )
                 except AgentError as exc:
                     # The instance fails here, at the compensation: its retry runs it again, which replays the undos
                     # done from the log and calls this handler again (as Temporal and Camunda retry a compensation).
-                    broken = {"element": event.step, "handler": handler, "error": str(exc), "error_type": exc.code}
+                    element, handler = work.element, work.handler
+                    broken = {"element": element, "handler": handler, "error": str(exc), "error_type": exc.code}
                     await node.events.append(
                         instance_id,
-                        [NewEvent(COMPENSATION_FAILED, {**broken, "compensated": undone}, event.step)],
+                        [NewEvent(COMPENSATION_FAILED, {**broken, "compensated": undone}, element)],
                         also=cancel_pending(instance_id),
                     )
                     raise CompensationFailedError(
-                        f"the compensation of {event.step!r} ({handler!r}) failed for good: {exc}; {undone} were "
+                        f"the compensation of {element!r} ({handler!r}) failed for good: {exc}; {undone} were "
                         "undone. Retry the instance to resume the compensation there",
                         **broken,
                         compensated=undone,
                     ) from exc
-                undone.append(str(event.step))
+                if not (last and work.transaction and work.transaction == last.transaction):
+                    undone.append(work.element)  # a transaction once, however many of its steps are undone
+                last = work
             await node.events.append(
                 instance_id,
                 [
@@ -606,6 +606,65 @@ class _Builder:
             return {"status": "compensated", "compensated": undone}
 
         return compensate
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """One undo a process's compensation makes: its element, handler, key, event and what its handler is given."""
+
+    element: str
+    handler: str
+    key: str
+    event_type: str
+    payload: dict[str, Any]
+    recording: dict[str, Any]
+    transaction: str | None = None  # the run of a transaction whose step it undoes
+
+
+TRANSACTION_FINISHED = "transaction.finished"
+
+
+async def _undoable(events: EventLog, instance_id: str) -> list[_Undo]:
+    """What a process's compensation undoes, in the order it was done: its service tasks completed with a
+    compensation, and the steps with an undo of its transactions that completed (a transaction that rolled itself
+    back undid its own), each keyed as the transaction's own undo of that step."""
+    logged = await events.list(
+        instance_id, types=["task.completed", "transaction.step_completed", TRANSACTION_FINISHED]
+    )
+    completed = {
+        str(e.key).removesuffix(":finished")
+        for e in logged
+        if e.type == TRANSACTION_FINISHED and e.payload.get("status") == "completed"
+    }
+    undos = []
+    for event in logged:
+        data, element = event.payload, str(event.step)
+        if event.type == "task.completed" and data.get("compensation"):
+            handler = str(data["compensation"])
+            undos.append(
+                _Undo(
+                    element,
+                    handler,
+                    f"{event.key}:compensate",
+                    "compensation.completed",
+                    {"original_output": data.get("output")},
+                    {"handler": handler, "undoes": event.key},
+                )
+            )
+        elif event.type == "transaction.step_completed" and data.get("undo") and data.get("transaction") in completed:
+            name, index = str(data["transaction"]), int(data["index"])
+            undos.append(
+                _Undo(
+                    element,
+                    str(data["undo"]),
+                    f"{name}:undo:{index}",
+                    "transaction.step_undone",
+                    {"index": index, "original_output": data.get("output")},
+                    {"transaction": name, "index": index, "undoes": data.get("intent")},
+                    transaction=name,
+                )
+            )
+    return undos
 
 
 def _nothing(_state: Any) -> dict[str, Any]:
