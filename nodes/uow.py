@@ -13,7 +13,8 @@
   Nothing is left half-done: every task ends pending, completed, failed or rolled_back.
 - An undo that fails for good leaves its task (and those after it) done, and the run failed. A later run
   of the unit first undoes what such runs left (``undo_left``, keyed as their own undo, ``uow.undone``);
-  while that still fails, none of its own tasks starts.
+  while that still fails, none of its own tasks starts. A run whose purpose is ``undo`` (a rollback's, of
+  the stage it unwinds) does only that, and ends ``rolled_back``.
 
 The subgraph is compiled without a checkpointer of its own: a crash re-runs it from ``start``, and
 every write in it is keyed, so completed tasks are replayed from the event log, never called twice.
@@ -315,6 +316,9 @@ def resolve(document: Mapping[str, Any], path: str) -> tuple[bool, Any]:
 # --- the subgraph ---------------------------------------------------------------------------------
 
 
+UNDO = "undo"  # the purpose of a run that only undoes what failed runs of its unit left (undo_left), then ends
+
+
 def _next_phase(state: UowState) -> str:
     return str(state["phase"])
 
@@ -415,7 +419,7 @@ def build_uow_graph(
         needs_upstream = any(p.startswith("units.") for t in unit.tasks for p in t.input_from.values())
         upstream = await hooks.load_outputs(journey_id, unit.dependencies) if needs_upstream else {}
         left = await hooks.left_undone(journey_id, unit.uow_id)
-        phase = "undo_left" if left else "plan"
+        phase = "undo_left" if left else "finish" if request["purpose"] == UNDO else "plan"
         return {"tasks": pending, "upstream": upstream, "phase": phase, "aborted": None, "failure": None, "left": left}
 
     async def undo(
@@ -485,7 +489,7 @@ def build_uow_graph(
                     "error_type": "CompensationFailedError",
                 }
                 return {"phase": "finish", "failure": failure, "compensation_failure": {**broken, "run_id": run_id}}
-        return {"phase": "plan"}
+        return {"phase": "finish" if request["purpose"] == UNDO else "plan"}
 
     async def plan(state: UowState, config: RunnableConfig) -> UowState:
         unit = unit_of(state)
@@ -586,7 +590,7 @@ def build_uow_graph(
         status: UowStatus
         if state.get("compensation_failure") or state.get("failure"):
             status = "failed"
-        elif state.get("aborted"):
+        elif state.get("aborted") or request["purpose"] == UNDO:
             status = "rolled_back"
         else:
             status = "completed"

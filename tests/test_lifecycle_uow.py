@@ -408,6 +408,51 @@ async def test_a_unit_run_again_after_its_undo_failed_first_undoes_what_that_run
         assert (await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive))[1].corrected == []
 
 
+async def test_a_rollback_undoes_what_a_failed_unit_of_the_stage_left_before_it_validates(store_url: str) -> None:
+    """In pilot, a unit's announce failed and undoing its open_access failed for good too: access stayed open.
+    Rolling pilot back to sandbox then validated and completed: the journey was back in sandbox, the rollback
+    'completed', pilot's access still open, and nothing would close it unless that unit ran again. A rollback now
+    first undoes what failed runs of the unwound stages' units left (an 'undo' run of each, keyed as their own
+    undos); while one still fails the rollback does not validate, and complete_rollback tries it again."""
+    async with lifecycle_runtime(store_url) as (rt, _clock):
+        calls: list[str] = []
+        agents = {
+            "open_access": Switch("open_access", calls),
+            "close_access": Switch("close_access", calls, failing=True),
+            "announce": Switch("announce", calls, failing=True),
+        }
+        for intent, agent in agents.items():
+            rt.agents.register(intent, agent, replace=True)
+        access = UnitOfWorkSpec(
+            uow_id="pilot_access",
+            tasks=(task("open_access", compensation="close_access"), task("announce", "open_access")),
+        )
+        spec = lifecycle(pilot_units=[access])
+        lc = rt.lifecycle
+        journey_id = (await lc.start_journey("client-r", spec=spec))["journey_id"]
+        assert (await lc.promote(journey_id)).passed
+        failed = await lc.run_unit_of_work(journey_id, "pilot_access")
+        assert failed["failure"]["compensation_failure"]["handler"] == "close_access"
+        assert calls == ["open_access", "announce!", "close_access!"]
+
+        calls.clear()
+        stuck = await lc.initiate_rollback(journey_id, "pilot went wrong", complete=True)
+        assert (stuck["status"], stuck["journey"]["current_stage"]) == ("failed", "rollback")
+        assert calls == ["close_access!"]
+        validation = (await lc.validation_history(journey_id))[-1]
+        unit_check = next(c for c in validation.checks if c.name == "unit:pilot_access")
+        assert not unit_check.passed and "left done" in unit_check.message, validation
+
+        agents["close_access"].failing = False
+        calls.clear()
+        done = await lc.complete_rollback(journey_id)
+        assert (done["current_stage"], done["rollback"]["status"]) == ("sandbox", "completed")
+        assert calls == ["close_access"]
+        first_run = (await lc.units_of_work(journey_id))[0]
+        assert first_run["tasks"]["open_access"]["status"] == "rolled_back"
+        assert (await rebuild_views(rt.store.backend, rt.store.events, rt.engine.exclusive))[1].corrected == []
+
+
 # Two tasks in the first wave (the slow one is where a test asks for a rollback), two after them.
 MIGRATION = UnitOfWorkSpec(
     uow_id="migration",

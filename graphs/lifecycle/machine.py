@@ -58,7 +58,7 @@ from nodes.evaluation import EvaluationSpec
 from nodes.flow import ConcurrencySpec, DeadlineSpec
 from nodes.service_task import perform_task
 from nodes.services import NodeServices, is_replay, thread_id
-from nodes.uow import UnitHooks, UnitOfWorkSpec, build_uow_graph, find_cycle, unit_request, validate_unit
+from nodes.uow import UNDO, UnitHooks, UnitOfWorkSpec, build_uow_graph, find_cycle, unit_request, validate_unit
 
 
 class JourneyStage(StrEnum):
@@ -618,6 +618,9 @@ def build_lifecycle_graph(
         target = str(request.get("to_stage") or default_rollback_target(source))
         unwound = unwound_stages(source, target)
         plan_units = [u.uow_id for s in unwound if (u := spec.stage(s).rollback_unit) is not None]
+        # Units of the unwound stages whose failed runs left tasks done (their undo failed for good): undone first.
+        left = [u.uow_id for s in unwound for u in spec.stage(s).units]
+        leftovers = [u for u in left if await deps.rows.left_undone(state["journey_id"], u)]
         now = clock.now()
         auto = bool(request.get("complete"))
         rollback: dict[str, Any] = {
@@ -631,6 +634,7 @@ def build_lifecycle_graph(
             "status": "running",
             "unwound": unwound,
             "units": plan_units,
+            **({"undo_units": leftovers} if leftovers else {}),
             "results": {},
             "runs": {},
             "initiated_at": now.isoformat(),
@@ -638,6 +642,7 @@ def build_lifecycle_graph(
         plan = {
             "unwind": unwound,
             "units": plan_units,
+            **({"undo": leftovers} if leftovers else {}),
             "notify": spec.notify_intent,
             "then": "complete_rollback" if auto else "wait for complete_rollback",
         }
@@ -665,7 +670,8 @@ def build_lifecycle_graph(
         return rollback_queue(_merged(state, changes), rollback, update)
 
     def rollback_queue(state: LifecycleState, rollback: dict[str, Any], update: dict[str, Any]) -> Command[str]:
-        queue = [{"uow_id": u, "stage": spec.stage_of(u), "purpose": "rollback"} for u in rollback["units"]]
+        undo = [{"uow_id": u, "stage": spec.stage_of(u), "purpose": UNDO} for u in rollback.get("undo_units", [])]
+        queue = undo + [{"uow_id": u, "stage": spec.stage_of(u), "purpose": "rollback"} for u in rollback["units"]]
         if not queue:
             return Command(goto="validate_rollback", update=update)
         return run_next(state, queue, update)
@@ -684,7 +690,7 @@ def build_lifecycle_graph(
             rollback["runs"] = {**rollback.get("runs", {}), uow_id: result["run_id"]}
             update["rollback"] = rollback
         queue = list(state.get("queue") or [])
-        if status != "completed":
+        if status != _done_status(result):
             if rolling:
                 return Command(goto="validate_rollback", update={**update, "queue": []})
             outcome["error"] = f"unit of work {uow_id!r} ended {status}" + _failure_text(result.get("failure"))
@@ -719,6 +725,15 @@ def build_lifecycle_graph(
             watch = Stopwatch()
             now = clock.now()
             checks = []
+            for uow_id in rollback.get("undo_units", []):
+                status = rollback["results"].get(uow_id)
+                passed = status == "rolled_back"
+                message = (
+                    f"what failed runs of unit {uow_id!r} left done was undone"
+                    if passed
+                    else f"unit {uow_id!r} has tasks a failed run left done, not undone (it is {status or 'not run'})"
+                )
+                checks.append(CriteriaCheck(f"unit:{uow_id}", passed, status or "not run", "rolled_back", message))
             for uow_id in rollback["units"]:
                 status = rollback["results"].get(uow_id)
                 passed = status == "completed"
@@ -855,6 +870,11 @@ def _seed_empty_start(state: LifecycleState, config: RunnableConfig) -> dict[str
 def _merged(state: LifecycleState, update: Mapping[str, Any]) -> LifecycleState:
     """The state as it will be once ``update`` is applied (for helpers that look ahead)."""
     return cast(LifecycleState, {**state, **update})
+
+
+def _done_status(result: Mapping[str, Any]) -> str:
+    """The status a unit's run ends with when it did what it was run for: an undo run's ``rolled_back``."""
+    return "rolled_back" if result.get("purpose") == UNDO else "completed"
 
 
 def _failure_text(failure: Mapping[str, Any] | None) -> str:

@@ -55,6 +55,9 @@ class OpenRollback(BaseModel):
     status: Literal["running", "validated", "failed"]
     unwound: list[JourneyStage] = Field(description="the stages it undoes")
     units: list[str] = Field(description="the rollback units of work it runs")
+    undo_units: list[str] = optional_key(
+        "only when units of the unwound stages have failed runs that left tasks done: their undos, made first"
+    )
     initiated_at: str
 
 
@@ -86,6 +89,10 @@ class RollbackPlan(BaseModel):
 
     unwind: list[JourneyStage]
     units: list[str]
+    undo: list[str] = optional_key(
+        "only when units of the unwound stages have failed runs that left tasks done (an undo failed for good): "
+        "those undos are made first, and the rollback validates only once they are"
+    )
     notify: str = Field(description="intent of the agent told about the rollback")
     then: Literal["complete_rollback", "wait for complete_rollback"]
 
@@ -142,7 +149,7 @@ class UnitRunOut(BaseModel):
     run_id: str
     uow_id: str
     stage: JourneyStage
-    purpose: Literal["entry", "on_demand", "rollback"]
+    purpose: Literal["entry", "on_demand", "rollback", "undo"]
     status: UowStatus
     tasks: dict[str, dict[str, Any]] = Field(description="task id → its status, attempts and input")
     failure: dict[str, Any] | None
