@@ -6,6 +6,7 @@
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-resume SAGA_ID async|exit
     python tests/crash_child.py STORE_URL EFFECTS_DB saga-compensate
     python tests/crash_child.py STORE_URL EFFECTS_DB unit-compensate
+    python tests/crash_child.py STORE_URL EFFECTS_DB unit-rerun
     python tests/crash_child.py STORE_URL EFFECTS_DB unit-resume JOURNEY_ID
 
 ``test_crash_resume.py`` forks these from multiprocessing's forkserver, which imported this module once
@@ -46,7 +47,10 @@ event of ``revert_analysis``, the second compensation, commits (before its check
 ``unit-compensate`` starts a client lifecycle journey and runs its unit of work ``setup`` (tasks t1 → t2 → t3,
 each undone by ``undo_<task>``; t3 fails for good), so that its compensation starts at once with handlers that
 work (the external service); the run holds just after the completion event of ``undo_t2``, the first undo,
-commits. ``unit-resume`` recovers and prints the journey's units of work as ``UNITS <json>``.
+commits. ``unit-rerun`` runs ``setup`` with ``undo_t1`` failing for good (its first run leaves t1 done), then makes
+that handler work and runs the unit again: the run holds just after the completion event of ``undo_t1`` (the undo of
+what the first run left, before anything of its own) commits. ``unit-resume`` recovers and prints the journey's
+units of work as ``UNITS <json>``.
 
 Output lines the parent reads: ``JOURNEY <journey_id> <instance_id>``, ``SAGA <saga_id>``,
 ``ADVANCED <n>``, ``FAILED <json>``, ``HOLD <point>``, ``RECOVERED <json>``, ``STATUS <json>``.
@@ -330,6 +334,22 @@ async def unit_compensate(url: str, effects_db: str) -> None:
         emit("STATUS", json.dumps(await runtime.lifecycle.units_of_work(journey["journey_id"]), default=str))
 
 
+async def unit_rerun(url: str, effects_db: str) -> None:
+    hold = Hold(None)
+    hold.point, hold.step, hold.event = "event", "setup.t1", "task.compensated"
+    async with JourneyRuntime.open(url) as runtime:
+        install_event_hold(runtime, hold)
+        register_unit_agents(runtime.agents, effects_db, hold)
+        runtime.agents.register("undo_t1", FailingAgent("undo_t1", permanent=True), replace=True)
+        journey = await runtime.lifecycle.start_journey("crash-client", spec=unit_spec())
+        emit("JOURNEY", journey["journey_id"])
+        first = await runtime.lifecycle.run_unit_of_work(journey["journey_id"], "setup")
+        emit("FAILED", json.dumps(first["failure"], default=str))
+        register_unit_agents(runtime.agents, effects_db, hold)
+        await runtime.lifecycle.run_unit_of_work(journey["journey_id"], "setup")
+        emit("STATUS", json.dumps(await runtime.lifecycle.units_of_work(journey["journey_id"]), default=str))
+
+
 async def unit_resume(url: str, effects_db: str, journey_id: str) -> None:
     async with JourneyRuntime.open(url) as runtime:
         register_unit_agents(runtime.agents, effects_db, Hold(None))
@@ -355,12 +375,14 @@ def main(argv: list[str]) -> None:
         asyncio.run(saga_resume(url, effects_db, rest[0], durability(rest[1])))
     elif command == "unit-compensate":
         asyncio.run(unit_compensate(url, effects_db))
+    elif command == "unit-rerun":
+        asyncio.run(unit_rerun(url, effects_db))
     elif command == "unit-resume":
         asyncio.run(unit_resume(url, effects_db, rest[0]))
     else:
         raise SystemExit(
             f"unknown command {command!r}; use start, resume, saga-start, saga-compensate, saga-resume, "
-            "unit-compensate or unit-resume"
+            "unit-compensate, unit-rerun or unit-resume"
         )
 
 

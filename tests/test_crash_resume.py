@@ -456,3 +456,39 @@ def test_a_units_compensation_survives_sigkill(durable_url: str, tmp_path: Path)
         (undos[0], first.pid),
         (undos[1], second.pid),
     ]
+
+
+def test_a_units_undo_of_what_an_earlier_run_left_survives_sigkill(durable_url: str, tmp_path: Path) -> None:
+    """A unit's first run left t1 done (undo_t1 failed for good); run again, it first undoes that, and the process
+    is SIGKILLed just after undo_t1's completion event commits, before the run records it (uow.undone). A fresh
+    process's recover() finishes the run: undo_t1 of the first run is not called again, the first run's row shows
+    t1 rolled back, and only then does the second run's own work start (t1, t2; t3 fails again and is compensated)."""
+    deadline = Deadline(CASE_BUDGET_S)
+    effects_db = tmp_path / "external_service.db"
+    first = Child([durable_url, str(effects_db), "unit-rerun"], tmp_path / "start.stderr")
+    try:
+        _, journey_id = first.wait_for_line("JOURNEY ", deadline).split()
+        first.kill_when_held(deadline)
+    finally:
+        first.close()
+    assert not any(line.startswith("STATUS ") for line in first.lines)
+    run1, run2 = f"{journey_id}:u1", f"{journey_id}:u2"
+    before = [f"{run1}:t1", f"{run1}:t2", f"{run1}:t2:compensate", f"{run1}:t1:compensate"]
+    assert [key for (key,) in query(effects_db, "SELECT key FROM invocations ORDER BY id")] == before
+
+    second = Child([durable_url, str(effects_db), "unit-resume", journey_id], tmp_path / "resume.stderr")
+    try:
+        second.finish(deadline)
+    finally:
+        second.close()
+    assert _value(second.lines, "RECOVERED ") == [journey_id]
+    runs = _value(second.lines, "UNITS ")
+    assert [(r["run_id"], r["status"]) for r in runs] == [(run1, "failed"), (run2, "failed")]
+    assert {t: e["status"] for t, e in runs[0]["tasks"].items()} == {
+        "t1": "rolled_back",
+        "t2": "rolled_back",
+        "t3": "failed",
+    }
+    after = [f"{run2}:t1", f"{run2}:t2", f"{run2}:t2:compensate", f"{run2}:t1:compensate"]
+    invocations = query(effects_db, "SELECT key, pid FROM invocations ORDER BY id")
+    assert invocations == [*((k, first.pid) for k in before), *((k, second.pid) for k in after)]
