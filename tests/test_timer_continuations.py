@@ -115,8 +115,9 @@ async def test_a_process_start_checkpoints_where_it_parks_unless_a_cancel_can_re
 
 async def test_a_process_read_while_its_start_runs_answers_the_variables_it_started_with(store_url: str) -> None:
     """A process start checkpoints only where it stops (outside a server's run; at durability "exit", as here, every
-    start does): a status read while it runs (a slow agent; the read waits for the lock a moment, then answers the instance as last committed) found
-    no checkpoint and answered no variables at all. It answers the instance as it started."""
+    start does): a status read while it runs (a slow agent; the read waits for the lock a moment, then answers the
+    instance as last committed) found no checkpoint and answered no variables at all. It answers the instance as it
+    started."""
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def slow(_request: AgentRequest) -> dict[str, Any]:
