@@ -79,6 +79,13 @@ def create_app(
 
             if settings.execution == "embedded":  # crons fire in this process's timer scheduler
                 crons.serve_firings(lambda: None, submit)
+            else:  # the workers hold the agents: the process work a call stores is theirs to run (startup's too)
+
+                async def hand_off(instance_id: str) -> None:
+                    await serving.wait()
+                    await app.state.services.hand_off(instance_id)
+
+                runtime.processes.hand_off = hand_off
             queue = await stack.enter_async_context(open_queue(settings, executor, watch))
             app.state.services = ServerServices(settings, runtime, run_store, watch, executor, queue, crons)
             runtime.stop_runs = app.state.services.stop_runs  # a terminate stops the journey's run first

@@ -25,11 +25,11 @@ from checkpoints.index import Instance
 from checkpoints.ownership import DEFAULT_TENANT, Owner, Viewer, acting_as
 from checkpoints.redaction import mark_sensitive_of
 from checkpoints.rows import holds_json
-from checkpoints.runs import state_key
+from checkpoints.runs import state_key, thread_key
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError, TaskNotFoundError
 from graphs.kernel.engine import refuse_terminated
-from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
+from graphs.kernel.patterns import RUN_ON, Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 from graphs.structured.orchestrator import structured_instance_id
 from nodes.telemetry import circuit_states, exposition
@@ -242,6 +242,38 @@ class ServerServices:
         """A queued run is cancelled at once; a running one is stopped, in this process or in a worker
         (:func:`~server.queues.base.cancel_run`)."""
         await cancel_run(self.queue, self.runs, run, self.watch.changed)
+
+    async def hand_off(self, instance_id: str) -> None:
+        """Hand the work a call stored for the journey (a process started, a task answered, a message delivered)
+        to the runs' queue, as distributed mode's ``runtime.processes.hand_off``: a ``run_on`` run on its thread
+        (the thread named by its id, made and bound to it if it has none, owned as it is), which a worker executes
+        with its agents. The run is committed before the call answers, so a worker (or, the API killed before it
+        was, startup recovery) does the work."""
+        instance = await self.runtime.store.index.get_instance(instance_id)
+        if instance is None:  # registered in the call's transaction: never the case
+            raise JourneyNotFoundError(f"no journey {instance_id!r}", instance_id=instance_id)
+        await self.runs.create_thread(instance_id, {}, instance.owned_by, if_exists="do_nothing")
+        await self.runs.bind(instance_id, instance.pattern, instance_id)
+        run = await self.runs.create_run(
+            thread_id=instance_id,
+            assistant_id=instance.pattern,
+            kind=RUN_ON,
+            input=None,
+            command=None,
+            stream_modes=[],
+            multitask_strategy="enqueue",
+            metadata={},
+            principal=instance.owned_by,
+            enqueue=self.queue.enqueue,
+        )
+        self.submit(run)
+        self.watch.changed(thread_key(instance_id))
+
+    async def handed_over(self, instance_id: str) -> None:
+        """Once the runs moving the journey now (those :meth:`hand_off` queued, say) have ended: a caller that
+        asked to wait for the work it handed to the workers."""
+        for run in await self.runs.active_of_instance(instance_id):
+            await wait_for_run(self.runs, self.watch, run.run_id, self.settings.poll_interval)
 
     async def stop_runs(self, instance_id: str) -> None:
         """Cancel the active runs of the threads moving the journey ``instance_id``, each thread's in

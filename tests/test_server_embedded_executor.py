@@ -5,6 +5,7 @@ takes up the journeys a killed one left mid-step outside any run (embedded and d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -148,18 +149,43 @@ def test_a_process_instance_the_server_was_killed_in_is_taken_up_when_it_starts_
     killed_mid_step_and_restarted(durable_url, tmp_path)
 
 
-async def test_a_process_instance_a_distributed_api_was_killed_in_is_taken_up_when_it_starts_again(
+async def test_a_process_instance_a_distributed_api_starts_is_run_by_the_workers_whatever_becomes_of_the_api(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    """So too in distributed mode, where the API process runs a process's start (and its first service task) in
-    the request, as the embedded one does: the workers never took the instance up, nor did a new API process,
-    and `journeys instances retry` refused it (no failed node)."""
+    """In distributed mode the API process ran a process's start (and its first service task) in the request, as
+    the embedded one does: killed in that call, it left the instance mid-step for the next API process to take up,
+    with agents the workers hold. The start is now handed to the workers and answered at once; the API killed while
+    the worker's agent works changes nothing: the worker finishes the step, once, and the task is made."""
+    calls = tmp_path / "calls"
+    calls.touch()
     worker = start_worker(postgres_url, "--plugin", "tests.slow_agents", env=slow_env(tmp_path))
     try:
         await workers_up(postgres_url, 1)
-        killed_mid_step_and_restarted(postgres_url, tmp_path, "--distributed")
+        instance_id = await asyncio.to_thread(started_then_api_killed, postgres_url, tmp_path)
+        until(lambda: "done prepare" in calls.read_text(), f"the step was never finished:\n{calls.read_text()}", 60)
+        listed = run_journeys(["instances", "show", instance_id, "--database-url", postgres_url])
+        assert "approve" in listed.stdout, listed.stdout + listed.stderr
     finally:
         stop_worker(worker)
+    assert [line.split()[:2] for line in calls.read_text().splitlines()] == [["start", "prepare"], ["done", "prepare"]]
+    assert {line.split()[2] for line in calls.read_text().splitlines()} == {str(worker.pid)}
+
+
+def started_then_api_killed(url: str, tmp_path: Path) -> str:
+    """Start a process instance of ``SLOW_PROCESS`` on a distributed `journeys serve` without agents, and kill it
+    once the worker's agent works on its service task; the instance's id."""
+    port = free_port()
+    api = start_serving(url, port, tmp_path / "api.log", "--no-auth", "--distributed")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.post(f"{base}/processes", json=SLOW_PROCESS, timeout=30).status_code == 200
+        started = httpx.post(f"{base}/processes/killed_mid_step/instances", json={"business_key": "k1"}, timeout=60)
+        assert started.status_code == 200 and started.json()["status"] == "in_progress", started.text
+        until(lambda: "start prepare" in (tmp_path / "calls").read_text(), "the service task was never called", 30)
+    finally:
+        api.kill()
+        api.wait()
+    return str(started.json()["instance_id"])
 
 
 def slow_env(tmp_path: Path) -> dict[str, str]:

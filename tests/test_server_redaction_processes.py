@@ -17,6 +17,7 @@ from server.queues.procrastinate import ensure_schema
 from tests.server_support import journeys_serve, start_worker, stop_worker
 
 SECRET = "VIP-7731-private"
+WAIT = {"wait": "true"}
 SPEC = {"journey_type": "vip_marks", "sensitive": ["vip_note"], "steps": [{"step_id": "intake"}, {"step_id": "review"}]}
 PROCESS = {  # a process whose spec marks the field a person's answer carries
     "name": "vip_review",
@@ -52,10 +53,14 @@ async def _shows(base: str, thread_id: str | None) -> tuple[str, list[Any]]:
                 )
             ]
             await client.http.post("/processes", json=PROCESS)
-            started = await client.http.post("/processes/vip_review/instances", json={"business_key": "vip-1"})
+            # Distributed: the workers run the process; wait=true answers once its task is open.
+            start_process = {"business_key": "vip-1"}
+            started = await client.http.post("/processes/vip_review/instances", json=start_process, params=WAIT)
             [task] = await client.http.get("/tasks", params={"instance_id": started["instance_id"]})
             answers.append(
-                await client.http.post(f"/tasks/{task['task_id']}/complete", json={"payload": {"vip_pin": SECRET}})
+                await client.http.post(
+                    f"/tasks/{task['task_id']}/complete", json={"payload": {"vip_pin": SECRET}}, params=WAIT
+                )
             )
             await client.threads.update(thread_id, metadata={"task_id": task["task_id"]})
         answers.append(await client.runs.list(thread_id))
@@ -67,7 +72,7 @@ async def _shows(base: str, thread_id: str | None) -> tuple[str, list[Any]]:
         if not started_here:  # the API restarted: this one completes the next task, with a marked answer
             [task] = await client.http.get("/tasks", params={"instance_id": instance_id})
             payload = {"payload": {"vip_pin": SECRET}}
-            answers.append(await client.http.post(f"/tasks/{task['task_id']}/complete", json=payload))
+            answers.append(await client.http.post(f"/tasks/{task['task_id']}/complete", json=payload, params=WAIT))
         answers.append(await client.http.get(f"/journeys/{instance_id}/history"))
     return thread_id, answers
 

@@ -189,6 +189,7 @@ _UNDELIVERED = (
     .order_by(process_waits.c.resolved_at)
     .limit(bindparam("p_limit", type_=Integer))
 )
+_UNDELIVERED_OF = _UNDELIVERED.where(process_waits.c.instance_id == bindparam("p_instance_id"))
 _UNDELIVERED_BEFORE = _UNDELIVERED.where(
     process_waits.c.resolved_at <= bindparam("p_resolved_before", type_=process_waits.c.resolved_at.type)
 )
@@ -401,10 +402,15 @@ class WaitStore:
             rows = (await conn.execute(query.order_by(w.created_at, w.wait_id))).all()
         return [self._wait(r._mapping) for r in rows]
 
-    async def undelivered(self, *, resolved_before: datetime | None = None, limit: int = 1000) -> list[Wait]:
-        """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between), oldest
-        first. Not those of a failed instance: its answers are held for its retry, which delivers them."""
-        if resolved_before is None:
+    async def undelivered(
+        self, *, resolved_before: datetime | None = None, instance_id: str | None = None, limit: int = 1000
+    ) -> list[Wait]:
+        """Resolved waits whose thread has not consumed the resolution yet (e.g. a crash came between, or the
+        answer was handed to a worker), oldest first; ``instance_id``: that instance's only. Not those of a failed
+        instance: its answers are held for its retry, which delivers them."""
+        if instance_id is not None:
+            rows = await self._backend.read(_UNDELIVERED_OF, {"p_limit": limit, "p_instance_id": instance_id})
+        elif resolved_before is None:
             rows = await self._backend.read(_UNDELIVERED, {"p_limit": limit})
         else:
             params = {"p_limit": limit, "p_resolved_before": resolved_before.astimezone(UTC)}

@@ -81,6 +81,10 @@ class RunContext:
         return replace(self.options, registered_with=(*self.options.registered_with, self.binding(instance_id)))
 
 
+# The kind of a run that goes on with work its API process stored and handed to the workers (Assistant.run_on).
+RUN_ON = "run_on"
+
+
 # A starter or resumer may answer with the journey's view (what describe would say); it then promises
 # that the thread's state is what its last engine run answered, and the run's output is built from
 # both without reading the thread back. None: the output is read from the thread.
@@ -117,6 +121,10 @@ class Assistant:
     # A run without input on a thread whose journey stands at a failed step: the step runs again, as
     # LangGraph's run without input re-runs a thread's failed task. None: such a run is refused.
     retry: Callable[[RunContext, str], Awaitable[None]] | None = None
+    # A run the API queued for work it stored and handed over (``RUN_ON``: a start registered, an answer
+    # resolved, in distributed mode): the journey goes on from where it stands, doing that work. None: the
+    # pattern's API processes hand nothing over.
+    run_on: Callable[[RunContext, str], Awaitable[None]] | None = None
     # What a run's output adds to the thread's values: step journeys keep their progress in the event
     # log, not in graph state, and the output shows it (status, current and completed steps).
     describe: Callable[[JourneyRuntime, str, StateSnapshot], Awaitable[dict[str, Any]]] | None = None

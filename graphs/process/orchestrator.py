@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -69,7 +69,15 @@ from graphs.kernel.engine import (
 )
 from graphs.kernel.flow import QUEUED, ExistingStart, StartControls
 from graphs.kernel.identifiers import MAX_REASON
-from graphs.kernel.instances import DEADLINE_FAILURE, Recoverable, failure, kept_failure, passed_key, refuse_ended
+from graphs.kernel.instances import (
+    DEADLINE_FAILURE,
+    Recoverable,
+    failure,
+    kept_failure,
+    never_checkpointed,
+    passed_key,
+    refuse_ended,
+)
 from graphs.kernel.instances import FAILED as INSTANCE_FAILED
 from graphs.kernel.streaming import INTERRUPT
 from graphs.process.blocks import analyse
@@ -206,6 +214,10 @@ class ProcessOrchestrator:
             self.owner,
         )
         self.scheduler = TimerScheduler(self)
+        # Where the work a call stores for an instance runs (a start's first run, the delivery of a task's answer
+        # or a message): None, in this process, within the call; else handed to this, which has it done elsewhere
+        # by :meth:`run_on` (a distributed API process's: a run its workers execute, with their agents).
+        self.hand_off: Callable[[str], Awaitable[None]] | None = None
         designs.instances.register(
             Recoverable(
                 (PATTERN,),
@@ -536,6 +548,9 @@ class ProcessOrchestrator:
                 if created is not None and created.status == QUEUED:  # it runs once a slot frees
                     return self.view(created, deployment, await graph.aget_state(self.engine.config(instance_id)))
                 initial = {"variables": cells, "entry": entry_id, "status": "in_progress", "variant": variant}
+                if self.hand_off is not None:  # registered: its first run is handed over, and it answers as it stands
+                    await self.hand_off(instance_id)
+                    return self.view_of(created or await self.instance(instance_id), deployment, initial, [], None)
                 outcomes = run_options.outcomes if run_options.outcomes is not None else {}
                 # Each step is logged before the next starts, and a start cut short before it stops has no
                 # checkpoint and is run again from its first event: it checkpoints where it stops (CONTINUATION).
@@ -636,13 +651,16 @@ class ProcessOrchestrator:
         return instance, deployment, await self.spec_of(deployment), await self.deployed.graph_of(deployment)
 
     @asynccontextmanager
-    async def locked(self, instance_id: str) -> AsyncIterator[tuple[Instance, Deployment, ProcessSpec, Graph]]:
-        """The instance's lock (``exclusive``) and, read under it, the instance, its deployment, spec and graph.
+    async def locked(
+        self, instance_id: str, *, wait: float | None = None
+    ) -> AsyncIterator[tuple[Instance, Deployment, ProcessSpec, Graph]]:
+        """The instance's lock (``exclusive``, waited for ``wait`` seconds at most) and, read under it, the
+        instance, its deployment, spec and graph.
 
         Read under the lock, not before it: a migration (by another process, say) can take the lock first, and
         a graph loaded before would then be the old version's.
         """
-        async with self.engine.exclusive(instance_id):
+        async with self.engine.exclusive(instance_id, wait=wait):
             yield await self.loaded(instance_id, locked=True)
 
     async def expire(self, instance_id: str, on_expiry: str, due_at: datetime) -> bool:
@@ -781,6 +799,11 @@ class ProcessOrchestrator:
         migration never moves a wait whose answer is undelivered (it is refused, or rolled back), so the
         version read is the one the answer is delivered on.
         """
+        if self.hand_off is not None:  # run on elsewhere, if there is anything to deliver
+            if await self.services.waits.delivery(wait_id) is None:
+                return False
+            await self.hand_off(instance_id)
+            return True
         found, _deployment, spec, graph = await self.loaded(instance_id, instance=instance)
         async with self.engine.exclusive(instance_id):
             delivered = await self._deliver(graph, spec, instance_id, wait_id, consumed, run_options)
@@ -792,7 +815,11 @@ class ProcessOrchestrator:
         self, instance_id: str, wait_id: str, *, run_options: RunOptions = DEFAULT_RUN
     ) -> dict[str, Any]:
         """:meth:`deliver`, answering the instance's view as the delivery left it (built under the same lock: a
-        call by another client right after it does not show in the answer)."""
+        call by another client right after it does not show in the answer). Handed over (``hand_off``): the
+        instance as it stands once handed."""
+        if self.hand_off is not None:
+            await self.hand_off(instance_id)
+            return await self.status(instance_id)
         found, deployment, spec, graph = await self.loaded(instance_id)
         async with self.engine.exclusive(instance_id):
             if await self._deliver(graph, spec, instance_id, wait_id, None, run_options):
@@ -909,6 +936,31 @@ class ProcessOrchestrator:
         resume: Command[Any] = Command(resume={pending.id: delivery.resolution}, update=update)
         await self.run(graph, instance_id, resume, run_options, spec=spec)
         return True
+
+    async def run_on(
+        self, instance_id: str, run_options: RunOptions = DEFAULT_RUN, *, wait: float | None = None
+    ) -> dict[str, Any]:
+        """Run the instance on from where it stands, doing what is stored for it and not done yet: the first run of
+        an instance registered without it (a start handed over, or one a crash cut short before its first
+        checkpoint), work in flight (a killed process's, or a cancelled run's), a variables set its thread lacks,
+        and the answers (tasks completed, messages, timers fired) it has not taken. What waits for a person, a
+        message or a timer stays waiting; a failed node is not run again (:meth:`retry` does that), and an
+        instance that has ended is left as it is. Under the instance's lock, waited for ``wait`` seconds at most
+        (default: the store's lock timeout): :class:`ConcurrentUpdateError` when another call holds it longer (it
+        is running there). Answers its status."""
+        async with self.locked(instance_id, wait=wait) as (instance, deployment, spec, graph):
+            if instance.status == "in_progress":
+                snapshot = await graph.aget_state(self.engine.config(instance_id))
+                if never_checkpointed(snapshot):
+                    [started] = await self.store.events.list(instance_id, types=[STARTED])
+                    first = await self._start_input(instance, started)
+                    await self.run(graph, instance_id, first, run_options, spec=spec)
+                elif in_flight(snapshot):
+                    with suppress(JourneyError):  # recorded: the instance stands failed, and its retry runs it again
+                        await self._designs.instances.before_move(graph, instance_id, run_options, go_on=True)
+                for answered in await self.services.waits.undelivered(instance_id=instance_id):
+                    await self._deliver(graph, spec, instance_id, answered.wait_id, None, run_options)
+            return await self._status(instance_id, deployment, spec, graph)
 
     async def migrate(
         self, instance_id: str, *, to_version: int, mapping: Mapping[str, str] | None = None, by: str | None = None

@@ -110,6 +110,12 @@ async def _retry(ctx: RunContext, instance_id: str) -> None:
     await ctx.runtime.processes.retry(instance_id, by=ctx.principal)
 
 
+async def _run_on(ctx: RunContext, instance_id: str) -> None:
+    """A run the API queued for what it stored (a start registered, a task's answer, a message): it is done here,
+    with this process's agents (``processes.run_on``)."""
+    await ctx.runtime.processes.run_on(instance_id, ctx.options)
+
+
 async def _task_at(ctx: RunContext, instance_id: str, interrupt_id: str) -> str:
     """The task of the wait that parked the process at ``interrupt_id`` (a user task's id is its wait's);
     :class:`InterruptNotPendingError` when it does not wait there (answered already, or moved on)."""
@@ -156,6 +162,7 @@ register(
                 "additionalProperties": False,
             },
             retry=_retry,
+            run_on=_run_on,
             check_start=_check_start,
         ),
         _entrypoint,

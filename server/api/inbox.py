@@ -106,13 +106,37 @@ async def claim_task(task_id: str, body: Actor, caller: Worker, svc: Services) -
     return await svc.runtime.processes.inbox.claim(task_id, user, groups=groups)
 
 
+# Distributed mode: a process's work (a start's first run, an answer's delivery) is handed to the workers, and
+# the call answers the instance as it stands; with wait=true, once the workers have run it on.
+Wait = Annotated[
+    bool,
+    Query(
+        description="distributed mode (`journeys serve --distributed`), where the workers run the process: answer "
+        "once they have run it on (to where it waits, or ends), as an embedded server answers; without it, at once, "
+        "with the instance as it stands (`GET /processes/instances/{id}` shows it move on)"
+    ),
+]
+
+
+async def _waited(svc: ServerServices, view: dict[str, Any], wait: bool) -> dict[str, Any]:
+    """``view`` (an instance's), or with ``wait`` where its work was handed to the workers, its status once they
+    have run it on."""
+    if not wait or svc.runtime.processes.hand_off is None:
+        return view
+    await svc.handed_over(view["instance_id"])
+    return await svc.runtime.processes.status(view["instance_id"])
+
+
 @router.post(
     "/tasks/{task_id}/complete", response_model=ProcessInstanceView, summary="Complete a task; the process resumes"
 )
-async def complete_task(task_id: str, body: CompleteIn, caller: Worker, svc: Services) -> dict[str, Any]:
+async def complete_task(
+    task_id: str, body: CompleteIn, caller: Worker, svc: Services, wait: Wait = False
+) -> dict[str, Any]:
     await svc.task(caller, task_id)  # one of another tenant's is not found
     user, groups = _who(caller, body)
-    return await svc.runtime.processes.inbox.complete(task_id, user=user, payload=body.payload, groups=groups)
+    view = await svc.runtime.processes.inbox.complete(task_id, user=user, payload=body.payload, groups=groups)
+    return await _waited(svc, view, wait)
 
 
 @router.post("/messages", response_model=MessageSentOut, summary="Send a message to the processes waiting for it")
@@ -253,9 +277,11 @@ async def set_process_rollout(name: str, body: RolloutIn, caller: Deployer, svc:
 
 
 @router.post("/processes/{name}/instances", response_model=ProcessInstanceView, summary="Start a process instance")
-async def start_process(name: str, body: ProcessStartIn, caller: Deployer, svc: Services) -> dict[str, Any]:
+async def start_process(
+    name: str, body: ProcessStartIn, caller: Deployer, svc: Services, wait: Wait = False
+) -> dict[str, Any]:
     with svc.acting(caller):
-        return await svc.runtime.processes.start(
+        view = await svc.runtime.processes.start(
             name,
             body.business_key,
             body.variables,
@@ -263,6 +289,7 @@ async def start_process(name: str, body: ProcessStartIn, caller: Deployer, svc: 
             start_key=body.start_key,
             start_key_window=body.start_key_window,
         )
+    return await _waited(svc, view, wait)
 
 
 @router.get(

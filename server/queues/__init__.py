@@ -45,14 +45,22 @@ async def open_queue(settings: Settings, executor: RunExecutor, watch: RunWatch)
 
 async def run_on_left_journeys(executor: RunExecutor) -> None:
     """Run on the journeys a killed process left mid-step outside any run, as ``runtime.recover`` does: a process
-    instance started, a task answered or a step advanced in a request (the API runs those itself, in embedded and
-    distributed mode alike) stood ``in_progress`` with no step running until someone read it over the API. Those
-    with a run pending or running are left to it (an embedded queue takes them up as it opens, a worker's reaper
-    in distributed mode), and those another process holds to that process."""
-    runs = executor.runs
+    instance started, a task answered or a step advanced in a request stood ``in_progress`` with no step running
+    until someone read it over the API. Those with a run pending or running are left to it (an embedded queue takes
+    them up as it opens, a worker's reaper in distributed mode), and those another process holds to that process.
+    In distributed mode a process instance's work is handed to the workers (``processes.hand_off``), who hold its
+    agents; the journeys of other patterns are run on here."""
+    runs, runtime = executor.runs, executor.runtime
 
     async def driven(instance_id: str) -> bool:
-        return bool(await runs.active_of_instance(instance_id))
+        if await runs.active_of_instance(instance_id):
+            return True
+        hand_off = runtime.processes.hand_off  # distributed mode: a process's work is the workers'
+        instance = await runtime.store.index.get_instance(instance_id) if hand_off is not None else None
+        if hand_off is not None and instance is not None and instance.pattern == "process":
+            await hand_off(instance_id)
+            return True
+        return False
 
     try:
         resumed = await executor.runtime.recover(leave=driven)

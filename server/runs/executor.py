@@ -31,7 +31,7 @@ from checkpoints.process.timers import Timer
 from checkpoints.runs import thread_key
 from graphs.errors import JourneyNotFoundError, StepCrashedError
 from graphs.kernel.engine import ON_CANCEL, OnCancel, Outcome, RunOptions, addressed, in_flight, stands_failed
-from graphs.kernel.patterns import Graph
+from graphs.kernel.patterns import RUN_ON, Graph
 from graphs.kernel.streaming import GraphCall, StreamSink
 from graphs.runtime import JourneyRuntime
 from graphs.structured.steps import INTERRUPT
@@ -571,6 +571,9 @@ class RunExecutor:
             return await assistant.start(ctx, run.input or {})
         if instance_id is None:  # queued behind the thread's first run, which started nothing (failed, cancelled)
             raise ApiError(409, "NothingToResume", f"thread {run.thread_id!r} has no journey; start one with input")
+        if run.kind == RUN_ON and assistant.run_on is not None:  # work the API stored and handed over
+            await assistant.run_on(ctx, instance_id)
+            return None
         if run.kind == "start":
             if run.attempts == 1:  # claimed for the first time on a bound thread: another start run bound it
                 raise ApiError(
