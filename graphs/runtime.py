@@ -20,6 +20,7 @@ from agents.policy import Policy, with_defaults
 from agents.registry import AgentRegistry
 from agents.resilience import Bulkheads, RetrySettings, seconds
 from checkpoints.clock import Clock
+from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event
 from checkpoints.guards import CircuitSettings
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
@@ -33,6 +34,7 @@ from graphs.errors import (
     JourneyNotFoundError,
     NothingToRetryError,
     NotInReviewError,
+    StepFailedError,
 )
 from graphs.kernel.designs import DesignBook
 from graphs.kernel.engine import JourneyEngine
@@ -59,6 +61,10 @@ if TYPE_CHECKING:
     from graphs.session.orchestrator import SessionOrchestrator
     from graphs.structured.orchestrator import StructuredOrchestrator
     from graphs.structured.saga_orchestrator import SagaOrchestrator
+
+# Seconds an operator's run on (:meth:`JourneyRuntime.run_on`) waits for a journey another process holds before it
+# says the journey runs there: a stuck one is held by nobody, and a step's wait for its lock is far shorter.
+RUN_ON_WAIT_S = 2.0
 
 
 class JourneyRuntime:
@@ -266,6 +272,44 @@ class JourneyRuntime:
         if not terminated:
             refuse_ended(instance)
         return await self._answer(instance)
+
+    async def run_on(self, instance_id: str, *, wait: float = RUN_ON_WAIT_S) -> dict[str, Any]:
+        """An operator's run on of a journey of any pattern that stands ``in_progress`` with nothing running it (its
+        process was killed mid-step, and no startup recovery or read has taken it up): work left in flight is
+        finished, a first run cut short runs from its first event, and a process's stored answers not yet delivered
+        are delivered (``ProcessOrchestrator.run_on``). What waits for a person, a message or a timer stays waiting.
+        Where the work is handed over (``processes.hand_off``: a distributed API process), the journey is checked
+        free here and run on there, and the answer is its status as it stands once handed.
+        Refused with :class:`ConcurrentUpdateError` when another process holds the journey past ``wait`` seconds
+        (it is running there, not stuck), :class:`StepFailedError` when it stands failed (retry it),
+        :class:`JourneyFinishedError` when it has ended, :class:`JourneyNotFoundError` when unknown. Answers its
+        status view, as :meth:`retry` does."""
+        instance = await self._instance(instance_id)
+        refuse_ended(instance)
+        if instance.status == "failed":
+            raise StepFailedError(
+                f"journey {instance_id!r} stands failed: retry it (journeys instances retry) to run its failed step "
+                "again",
+                allowed=["retry"],
+                instance_id=instance_id,
+            )
+        try:
+            if (hand_off := self.processes.hand_off) is not None:  # the agents are elsewhere: run on there
+                async with self.engine.exclusive(instance_id, wait=wait):  # held by nobody now (else refused)
+                    pass
+                await hand_off(instance_id)
+            elif instance.pattern == "process":
+                await self.processes.run_on(instance_id, wait=wait)
+            else:
+                await self.instances.run_on(instance_id, wait=wait)
+        except ConcurrentUpdateError as exc:
+            raise ConcurrentUpdateError(
+                f"journey {instance_id!r} is running elsewhere: another process (a run, a request, a worker) held it "
+                f"for the {wait:g} s this call waited, so it is not stuck; nothing was done",
+                instance_id=instance_id,
+                waited_s=wait,
+            ) from exc
+        return await self._answer(await self._instance(instance_id))
 
     async def retry(self, instance_id: str, *, by: str | None = None) -> dict[str, Any]:
         """Run again what a failed journey of any pattern failed at, by its pattern's own retry: a structured

@@ -25,6 +25,8 @@ from checkpoints.url import DEFAULT_STORE_URL
 if TYPE_CHECKING:
     from langgraph.types import Durability
 
+    from server.runs.store import RunRow, RunStore
+
 T = TypeVar("T")
 
 DURABILITIES = ("exit", "async", "sync")
@@ -722,6 +724,84 @@ def retry_instance(
         typer.echo(ran, err=True)
 
     _run_quietly(run())
+
+
+@instances.command("run-on")
+def run_on_instance(
+    instance_id: Annotated[str, typer.Argument(help="the instance id of a journey in progress that nothing runs")],
+    database_url: DatabaseOption = DEFAULT_STORE_URL,
+    plugin: Annotated[
+        str | None, typer.Option(help="module:function registering the agents its steps call (as serve and worker)")
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(min=0.1, help="seconds to wait for the workers to run it on, where they do")
+    ] = 300.0,
+) -> None:
+    """Run on a journey left in progress with nothing running it (its process killed mid-step): its step in flight
+    is finished, a first run cut short runs from its first event, a process's answers not yet delivered are
+    delivered. One that another process holds (it is running there) is refused, nothing done. Where `journeys
+    worker` processes serve the PostgreSQL database one of them runs it on (with its agents) and this waits for how
+    it ended; elsewhere it runs here, with the plugin's agents. Prints its status, and on stderr where it ran."""
+    from checkpoints.url import parse_store_url
+    from graphs.runtime import JourneyRuntime
+    from server.plugins import plugin_registry
+    from server.queues.base import queue_run_on
+    from server.queues.procrastinate import workers_enqueuer, workers_serving
+    from server.runs.store import RunStore
+
+    _existing(database_url, "instances run-on")
+    registry = plugin_registry(plugin)
+
+    async def run() -> None:
+        async with JourneyRuntime.open(database_url, agents=registry) as runtime:
+            handed: list[RunRow] = []
+            runs = RunStore(runtime.store.backend, runtime.store.clock, runtime.store.sealer)
+            if parse_store_url(database_url).kind == "postgres" and await workers_serving(database_url):
+                enqueue = workers_enqueuer(database_url)
+
+                async def hand_off(handed_id: str) -> None:
+                    instance = await runtime.store.index.get_instance(handed_id)
+                    assert instance is not None  # read by run_on just before
+                    handed.append(await queue_run_on(runs, instance, enqueue))
+
+                runtime.processes.hand_off = hand_off
+            answered = await runtime.run_on(instance_id)
+            ran = "run on in this process: no journeys worker serves this database"
+            if handed:
+                ended = await _ended(runs, handed[0].run_id, wait)
+                if ended is None:
+                    ran = (
+                        f"handed to the workers (run {handed[0].run_id}), not done within {wait:g} s: it goes on "
+                        f"there; journeys instances show {instance_id} tells how it ends"
+                    )
+                elif ended.status == "error" and ended.error is not None:
+                    error = ended.error
+                    message = f"{error.get('message')} (run on by a worker, run {ended.run_id})"
+                    _fail_as(message, str(error.get("category", "failed")))
+                else:
+                    ran = f"run on by a worker (run {ended.run_id})"
+                answered = await runtime.status(instance_id)
+        typer.echo(json.dumps(answered, default=str))
+        typer.echo(ran, err=True)
+
+    _run_quietly(run())
+
+
+async def _ended(runs: RunStore, run_id: str, wait: float) -> RunRow | None:
+    """The run once it has ended, read every 0.2 s for ``wait`` seconds at most; None if it has not by then."""
+    import asyncio
+
+    from server.runs.store import TERMINAL
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        found = await runs.get_run(run_id)
+        if found is not None and found.status in TERMINAL:
+            return found
+        if loop.time() >= deadline:
+            return None
+        await asyncio.sleep(0.2)
 
 
 @instances.command("terminate")

@@ -29,7 +29,7 @@ from checkpoints.runs import state_key, thread_key
 from checkpoints.savers import copy_checkpoints
 from graphs.errors import ImpersonationError, InvalidInputError, JourneyNotFoundError, TaskNotFoundError
 from graphs.kernel.engine import refuse_terminated
-from graphs.kernel.patterns import RUN_ON, Graph, get_pattern, registered_patterns
+from graphs.kernel.patterns import Graph, get_pattern, registered_patterns
 from graphs.runtime import JourneyRuntime
 from graphs.structured.orchestrator import structured_instance_id
 from nodes.telemetry import circuit_states, exposition
@@ -37,7 +37,7 @@ from server.assistants import Assistant, assistants, get_assistant, graph_of
 from server.auth import Authenticator, Principal, resolve_authenticator
 from server.crons import CronService
 from server.problems import ApiError
-from server.queues.base import RunQueue, cancel_run
+from server.queues.base import RunQueue, cancel_run, queue_run_on
 from server.runs.executor import RunExecutor, fork_back
 from server.runs.store import ACTIVE, NO_STATE, TERMINAL, RunRow, RunStore, ThreadRow, ThreadTTL
 from server.runs.watch import RunWatch, wait_for_run
@@ -252,21 +252,7 @@ class ServerServices:
         instance = await self.runtime.store.index.get_instance(instance_id)
         if instance is None:  # registered in the call's transaction: never the case
             raise JourneyNotFoundError(f"no journey {instance_id!r}", instance_id=instance_id)
-        await self.runs.create_thread(instance_id, {}, instance.owned_by, if_exists="do_nothing")
-        await self.runs.bind(instance_id, instance.pattern, instance_id)
-        run = await self.runs.create_run(
-            thread_id=instance_id,
-            assistant_id=instance.pattern,
-            kind=RUN_ON,
-            input=None,
-            command=None,
-            stream_modes=[],
-            multitask_strategy="enqueue",
-            metadata={},
-            principal=instance.owned_by,
-            enqueue=self.queue.enqueue,
-        )
-        self.submit(run)
+        self.submit(await queue_run_on(self.runs, instance, self.queue.enqueue))
         self.watch.changed(thread_key(instance_id))
 
     async def handed_over(self, instance_id: str) -> None:

@@ -6,6 +6,7 @@ on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.forked import journeys
+from tests.forked import journeys, run_journeys
 from tests.process_support import linear, user_task
 from tests.server_support import journeys_serve, stop_worker, workers_up
+from tests.test_cli_run_on import left_mid_step
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +30,7 @@ import os
 def register(registry):
     registry.register("drafter", lambda request: {"drafted_by": os.getpid()})
     registry.register("publisher", lambda request: {"published_by": os.getpid()})
+    registry.register("preparer", lambda request: {"prepared": True})
 """
 
 SPEC = linear(
@@ -107,3 +110,31 @@ async def test_a_distributed_api_hands_a_process_start_an_answer_and_a_message_t
             assert ended["status"] == "completed", ended
             assert ended["variables"]["published_by"] == worker_pid, ended
     assert "AgentNotFoundError" not in (tmp_path / "api.log").read_text()
+
+
+async def test_where_workers_serve_the_database_an_operators_run_on_is_handed_to_them(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """`journeys instances run-on` from a shell without the agents, and `POST /journeys/{id}/run-on` on a
+    distributed API without them, hand the journey left mid-step to the workers, who run it on with theirs."""
+    with api_and_worker(postgres_url, tmp_path) as (base, _worker_pid):
+        await workers_up(postgres_url, 1)
+        shell = tmp_path / "shell"  # the operator's: the agents' module is not importable there
+        shell.mkdir()
+        stuck = await left_mid_step(postgres_url, "first")
+        ran = await asyncio.to_thread(
+            run_journeys, ["instances", "run-on", stuck, "--database-url", postgres_url], cwd=shell
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stderr.startswith("run on by a worker (run "), ran.stderr
+        answered = json.loads(ran.stdout)
+        assert [w["element"] for w in answered["waiting"]] == ["approve"] and answered["variables"]["prepared"], (
+            answered
+        )
+
+        other = await left_mid_step(postgres_url, "second")
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            handed = await http.post(f"/journeys/{other}/run-on")
+            assert handed.status_code == 200 and handed.json()["status"] == "in_progress", handed.text
+            view = await until(http, other, lambda v: v["waiting"])
+            assert [w["element"] for w in view["waiting"]] == ["approve"] and view["variables"]["prepared"], view

@@ -689,6 +689,18 @@ class Instances:
         note(await self.dispatch_queued())
         return resumed
 
+    async def run_on(self, instance_id: str, options: RunOptions = DEFAULT_RUN, *, wait: float | None = None) -> bool:
+        """Run on one open instance as :meth:`recover` runs each: work a killed process left in flight is finished
+        and a first run cut short before its first checkpoint runs from its first event; one that waits (for a
+        person, a message, a timer), ended, or was stopped by a cancelled run is left as it is. Under its lock,
+        waited for ``wait`` seconds at most: :class:`ConcurrentUpdateError` when another caller holds it longer
+        (it runs there). Whether anything ran."""
+        instance = await self.index.get_instance(instance_id)
+        kind = None if instance is None else self._kinds.get(instance.pattern)
+        if instance is None or kind is None:
+            return False
+        return await self._recover_one(kind, instance, wait=wait, options=options)
+
     async def dispatch_queued(self) -> list[str]:
         """Start the queued instances whose concurrency key has a free slot again, oldest first, and run
         their first run. Any process may call it at any time (every scheduler pass and ``recover`` do):
@@ -739,7 +751,13 @@ class Instances:
         return await kind.start_input(instance, (await self.events.list(instance.instance_id))[0])
 
     async def _recover_one(
-        self, kind: Recoverable, instance: Instance, leave: Callable[[str], Awaitable[bool]] | None = None
+        self,
+        kind: Recoverable,
+        instance: Instance,
+        leave: Callable[[str], Awaitable[bool]] | None = None,
+        *,
+        wait: float | None = None,
+        options: RunOptions = DEFAULT_RUN,
     ) -> bool:
         instance_id = instance.instance_id
         graph = await kind.graph(instance)
@@ -749,7 +767,7 @@ class Instances:
             snapshot = await graph.aget_state(self.engine.config(instance_id))
             if not (in_flight(snapshot) or never_checkpointed(snapshot)) or await leave(instance_id):
                 return False
-        async with self.engine.exclusive(instance_id):
+        async with self.engine.exclusive(instance_id, wait=wait):
             # Read again under the lock: the instance may have ended (been cancelled, say) since it was listed.
             current = await self.index.get_instance(instance_id)
             if current is None or current.status in ENDED_STATUSES:
@@ -764,7 +782,7 @@ class Instances:
             else:
                 return False
             with contextlib.suppress(JourneyError):  # recorded: the instance can be retried
-                await self.advance(graph, instance_id, instance.pattern, value)
+                await self.advance(graph, instance_id, instance.pattern, value, options=options)
         return True
 
 

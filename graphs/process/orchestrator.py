@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -1458,8 +1458,11 @@ class ProcessOrchestrator:
     # --- views -------------------------------------------------------------------------------------
 
     async def status(self, instance_id: str) -> dict[str, Any]:
-        """The instance's view, with its ``incidents`` (failed timers, see :meth:`retry`) when it has some."""
-        async with self.engine.reading(instance_id) as held:
+        """The instance's view, with its ``incidents`` (failed timers, see :meth:`retry`) when it has some. Where
+        its work is handed over (``hand_off``), the read finishes none of it (a crash's work in flight, say): that
+        work needs agents this process may not hold, and is run on where they are."""
+        reading = self.engine.reading(instance_id) if self.hand_off is None else nullcontext(False)
+        async with reading as held:
             instance, deployment, spec, graph = await self.loaded(instance_id, locked=held, settle=held)
             view = await self._status(instance_id, deployment, spec, graph, instance, settle=held)
             if incidents := await self._failed_timers(instance_id):

@@ -523,6 +523,25 @@ async def terminate_journey(instance_id: str, body: TerminateIn, caller: Writer,
 
 
 @router.post(
+    "/{instance_id:path}/run-on",
+    response_model=JourneyStatusOut,
+    summary="Run on a journey left in progress with nothing running it",
+    description="An operator's command for a journey that stands `in_progress` while nothing runs it (its "
+    "process was killed mid-step): work left in flight is finished, a first run cut short runs from its first "
+    "event, and a process's answers not yet delivered are delivered; what waits for a person, a message or a timer "
+    "stays waiting. In distributed mode the workers run it (with their agents) and the answer is the journey as it "
+    "stands once handed to them. One that another process holds (a run, a request, a worker: it is running, not "
+    "stuck) answers 409 ConcurrentUpdateError with nothing done; a failed one 409 StepFailedError (retry it); one "
+    "that has ended 409 JourneyFinishedError.",
+)
+async def run_on_journey(instance_id: str, caller: Writer, svc: Services) -> dict[str, Any]:
+    await svc.instance(caller, instance_id, to_act=True)  # someone else's journey is not found
+    with svc.acting(caller):
+        await svc.runtime.run_on(instance_id)
+    return await svc.journey_status(caller, instance_id)
+
+
+@router.post(
     "/{instance_id:path}/review",
     response_model=JourneyStatusOut,
     summary="Review a journey run held for review",

@@ -8,6 +8,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+from checkpoints.index import Instance
+from graphs.kernel.patterns import RUN_ON
 from server.runs.store import Enqueue, RunRow, RunStore
 
 
@@ -46,6 +48,27 @@ async def cancel_run(
         changed(run.run_id, finished)  # its waiters take the row: no read of it back
     else:
         await queue.stop(run)
+
+
+async def queue_run_on(runs: RunStore, instance: Instance, enqueue: Enqueue | None) -> RunRow:
+    """Queue a ``run_on`` run of the journey ``instance`` (the work a call stored for it, or an operator's run on,
+    for whoever executes the database's runs: ``enqueue`` defers its job with it in distributed mode) on its thread,
+    the thread named by its id, made and bound to it if it has none and owned as the journey is."""
+    instance_id = instance.instance_id
+    await runs.create_thread(instance_id, {}, instance.owned_by, if_exists="do_nothing")
+    await runs.bind(instance_id, instance.pattern, instance_id)
+    return await runs.create_run(
+        thread_id=instance_id,
+        assistant_id=instance.pattern,
+        kind=RUN_ON,
+        input=None,
+        command=None,
+        stream_modes=[],
+        multitask_strategy="enqueue",
+        metadata={},
+        principal=instance.owned_by,
+        enqueue=enqueue,
+    )
 
 
 class ElsewhereQueue(RunQueue):

@@ -439,6 +439,26 @@ async def retry_in_workers(
         return HandedRetry(job_id, None)
 
 
+async def workers_serving(database_url: str) -> bool:
+    """Whether ``journeys worker`` processes serve the database now (a live heartbeat), to hand work to."""
+    target = conninfo(database_url)
+    try:
+        conn = await psycopg.AsyncConnection.connect(target, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise unavailable(target, exc) from exc
+    async with conn:
+        installed = await (await conn.execute(QUEUE_INSTALLED)).fetchone()
+        if not (installed and installed[0]):
+            return False
+        serving = await (await conn.execute(WORKERS_SERVING, (SERVING_HEARTBEAT_S,))).fetchone()
+        return bool(serving and serving[0])
+
+
+def workers_enqueuer(database_url: str) -> Enqueue:
+    """How a run created outside any server (an operator's command) reaches the workers: its job deferred with it."""
+    return enqueuer(build_app(database_url, retention_cron=None))
+
+
 def ensure_schema(database_url: str) -> None:
     """Install procrastinate's schema, or apply the migrations a newer procrastinate brought."""
     migrate_queue_schema(conninfo(database_url))

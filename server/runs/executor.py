@@ -571,8 +571,11 @@ class RunExecutor:
             return await assistant.start(ctx, run.input or {})
         if instance_id is None:  # queued behind the thread's first run, which started nothing (failed, cancelled)
             raise ApiError(409, "NothingToResume", f"thread {run.thread_id!r} has no journey; start one with input")
-        if run.kind == RUN_ON and assistant.run_on is not None:  # work the API stored and handed over
-            await assistant.run_on(ctx, instance_id)
+        if run.kind == RUN_ON:  # work the API stored and handed over, or an operator's run on
+            if assistant.run_on is not None:
+                await assistant.run_on(ctx, instance_id)
+            else:
+                await self.runtime.instances.run_on(instance_id, ctx.options)
             return None
         if run.kind == "start":
             if run.attempts == 1:  # claimed for the first time on a bound thread: another start run bound it
