@@ -22,6 +22,7 @@ from agents.resilience import Bulkheads, RetrySettings, seconds
 from checkpoints.clock import Clock
 from checkpoints.errors import ConcurrentUpdateError
 from checkpoints.events import Event
+from checkpoints.flow import TERMINATED_EVENT
 from checkpoints.guards import CircuitSettings
 from checkpoints.locks import DEFAULT_LOCK_TIMEOUT_S
 from checkpoints.retention import CheckpointRetention, RetentionPolicy
@@ -61,6 +62,9 @@ if TYPE_CHECKING:
     from graphs.session.orchestrator import SessionOrchestrator
     from graphs.structured.orchestrator import StructuredOrchestrator
     from graphs.structured.saga_orchestrator import SagaOrchestrator
+
+# A terminate's answer's key for the events the journey logged between the terminate's call and its taking effect.
+WENT_ON = "went_on_first"
 
 # Seconds an operator's run on (:meth:`JourneyRuntime.run_on`) waits for a journey another process holds before it
 # says the journey runs there: a stuck one is held by nobody, and a step's wait for its lock is far shorter.
@@ -256,12 +260,16 @@ class JourneyRuntime:
 
         A run moving it (:attr:`stop_runs`) is cancelled first, as Temporal's terminate stops a running workflow:
         its step in flight is stopped and its result dropped, the run ends ``interrupted``, no later step starts,
-        and the journey is terminated once the run has let it go (not refused as busy while a step works)."""
+        and the journey is terminated once the run has let it go (not refused as busy while a step works). A call
+        that holds it otherwise (a process's service task run inside a request, in embedded mode) is not stopped:
+        the termination waits for it (the lock's timeout at most), and the answer lists what it did meanwhile
+        under :data:`WENT_ON` (its events' seq, type and step), so the effect of that step is reported."""
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
             raise InvalidInputError(
                 f"a termination needs a reason: a non-empty string of at most {MAX_REASON} characters"
             )
         check_value(reason, "reason")
+        logged = await self.store.events.list(instance_id)  # where it stands as asked (see WENT_ON)
         if self.stop_runs is not None:
             # Refused before any run is stopped: a refused terminate cancels nothing (a run queued on an ended
             # journey's thread stays queued). One that ends meanwhile is refused below, as it stands then.
@@ -271,7 +279,12 @@ class JourneyRuntime:
         instance = await self._instance(instance_id)
         if not terminated:
             refuse_ended(instance)
-        return await self._answer(instance)
+        answer = await self._answer(instance)
+        after = logged[-1].seq if logged else 0
+        went_on = [e for e in await self.store.events.list(instance_id, after_seq=after) if e.type != TERMINATED_EVENT]
+        if went_on:
+            answer[WENT_ON] = [{"seq": e.seq, "type": e.type, "step": e.step} for e in went_on]
+        return answer
 
     async def run_on(self, instance_id: str, *, wait: float = RUN_ON_WAIT_S) -> dict[str, Any]:
         """An operator's run on of a journey of any pattern that stands ``in_progress`` with nothing running it (its

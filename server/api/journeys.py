@@ -13,6 +13,7 @@ from graphs.kernel.identifiers import MAX_REASON, ClientId, JourneyType, MetricN
 from graphs.kernel.identifiers import METRIC_NAME as METRIC_NAME_WIDTH
 from graphs.lifecycle.machine import RUN_UNIT, JourneyStage, RollbackTrigger
 from graphs.lifecycle.orchestrator import EVENT_OPTIONS, UNIT_OPTIONS
+from graphs.runtime import WENT_ON
 from graphs.session.builder import SessionSpec
 from graphs.session.mvp import MVP_PILLARS
 from graphs.structured.builder import StructuredSpec
@@ -518,8 +519,9 @@ async def fork_journey(instance_id: str, body: ForkIn, caller: Writer, svc: Serv
 async def terminate_journey(instance_id: str, body: TerminateIn, caller: Writer, svc: Services) -> dict[str, Any]:
     await svc.instance(caller, instance_id, to_act=True)  # someone else's journey is not found
     with svc.acting(caller):
-        await svc.runtime.terminate(instance_id, body.reason)
-    return await svc.journey_status(caller, instance_id)
+        terminated = await svc.runtime.terminate(instance_id, body.reason)
+    view = await svc.journey_status(caller, instance_id)
+    return {**view, **({WENT_ON: terminated[WENT_ON]} if WENT_ON in terminated else {})}
 
 
 @router.post(

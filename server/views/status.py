@@ -13,6 +13,21 @@ from server.views.sessions import SessionProgressOut
 from server.views.steps import SagaRunStatus, SagaRunView, StructuredRunStatus, StructuredRunView
 
 
+class WentOnOut(BaseModel):
+    """An event the journey logged after a terminate was asked and before it took effect."""
+
+    seq: int
+    type: str
+    step: str | None
+
+
+WENT_ON_DESCRIPTION = (
+    "a terminate's answer only, when the journey went on before the terminate took effect: the events it logged "
+    "meanwhile (a call that held it finished first: a process's service task run inside a request, which no "
+    "run's cancel stops, made its effect)"
+)
+
+
 class IndexFields(BaseModel):
     """What the journey index keeps of every journey, whatever its pattern."""
 
@@ -21,6 +36,7 @@ class IndexFields(BaseModel):
     user_id: str = Field(description="the user; a lifecycle journey's client; a process instance's business key")
     index_status: str = Field(description="the status the journey index keeps (written with the journey's events)")
     held: HeldBack = optional_key(HELD_DESCRIPTION)
+    went_on_first: list[WentOnOut] | None = optional_key(WENT_ON_DESCRIPTION)
 
 
 # Each base lists IndexFields last, so its fields come first in the JSON, as the route merges them.
