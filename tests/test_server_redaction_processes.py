@@ -44,7 +44,11 @@ async def _shows(base: str, thread_id: str | None) -> tuple[str, list[Any]]:
     async with get_client(url=base) as client:
         if thread_id is None:
             thread_id = (await client.threads.create())["thread_id"]
-            start = {"journey_type": "vip_marks", "spec": SPEC, "context": {"vip_note": SECRET, "plain": "shown"}}
+            start: dict[str, Any] = {
+                "journey_type": "vip_marks",
+                "spec": SPEC,
+                "context": {"vip_note": SECRET, "plain": "shown"},
+            }
             answers.append(await client.runs.wait(thread_id, "structured", input=start))
             answers += [
                 part.data
@@ -67,7 +71,8 @@ async def _shows(base: str, thread_id: str | None) -> tuple[str, list[Any]]:
         answers.append(await client.threads.get_state(thread_id))
         thread = await client.threads.get(thread_id)
         answers.append(thread)
-        answers.append(await client.http.get(f"/tasks/{thread['metadata']['task_id']}"))
+        metadata = thread["metadata"] or {}
+        answers.append(await client.http.get(f"/tasks/{metadata['task_id']}"))
         instance_id = answers[-1]["instance_id"]
         if not started_here:  # the API restarted: this one completes the next task, with a marked answer
             [task] = await client.http.get("/tasks", params={"instance_id": instance_id})
