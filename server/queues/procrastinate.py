@@ -417,11 +417,7 @@ async def retry_in_workers(
     except psycopg.OperationalError as exc:
         raise unavailable(target, exc) from exc
     async with listener:
-        installed = await (await listener.execute(QUEUE_INSTALLED)).fetchone()
-        if not (installed and installed[0]):
-            return None
-        serving = await (await listener.execute(WORKERS_SERVING, (SERVING_HEARTBEAT_S,))).fetchone()
-        if not (serving and serving[0]):
+        if not await _workers_serve(listener):
             return None
         await listener.execute(LISTEN_RETRIES)  # before the job exists: its notice cannot come first
         reply = uuid.uuid4().hex
@@ -447,11 +443,15 @@ async def workers_serving(database_url: str) -> bool:
     except psycopg.OperationalError as exc:
         raise unavailable(target, exc) from exc
     async with conn:
-        installed = await (await conn.execute(QUEUE_INSTALLED)).fetchone()
-        if not (installed and installed[0]):
-            return False
-        serving = await (await conn.execute(WORKERS_SERVING, (SERVING_HEARTBEAT_S,))).fetchone()
-        return bool(serving and serving[0])
+        return await _workers_serve(conn)
+
+
+async def _workers_serve(conn: psycopg.AsyncConnection[Any]) -> bool:
+    installed = await (await conn.execute(QUEUE_INSTALLED)).fetchone()
+    if not (installed and installed[0]):
+        return False
+    serving = await (await conn.execute(WORKERS_SERVING, (SERVING_HEARTBEAT_S,))).fetchone()
+    return bool(serving and serving[0])
 
 
 def workers_enqueuer(database_url: str) -> Enqueue:
