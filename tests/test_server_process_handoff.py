@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from graphs import JourneyRuntime
 from tests.forked import journeys, run_journeys
 from tests.process_support import linear, user_task
 from tests.server_support import journeys_serve, stop_worker, workers_up
@@ -138,3 +139,44 @@ async def test_where_workers_serve_the_database_an_operators_run_on_is_handed_to
             assert handed.status_code == 200 and handed.json()["status"] == "in_progress", handed.text
             view = await until(http, other, lambda v: v["waiting"])
             assert [w["element"] for w in view["waiting"]] == ["approve"] and view["variables"]["prepared"], view
+
+
+QUEUED = linear(
+    "queued_handoff",
+    {"type": "service_task", "id": "draft", "agent": "drafter", "outputs": ["drafted_by"]},
+    user_task("approve"),
+    concurrency={"key": "$.tenant", "limit": 1},
+)
+
+
+async def test_a_queued_instance_a_distributed_api_dispatches_as_it_starts_is_handed_to_the_workers(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A starting API's recovery pass also starts the instances queued behind a concurrency limit whose slot has
+    freed. Before: a distributed API (without the agents) ran such a process instance's first run itself, so its
+    first service task failed it (AgentNotFoundError for ``drafter``). Now its first run is the workers'."""
+    async with JourneyRuntime.open(postgres_url) as rt:
+        rt.agents.register("drafter", lambda _request: {"drafted_by": 0})
+        await rt.processes.deploy(QUEUED)
+        first = await rt.processes.start("queued_handoff", "a", {"tenant": "acme"})
+        queued = await rt.processes.start("queued_handoff", "b", {"tenant": "acme"})
+        assert (first["status"], queued["status"]) == ("in_progress", "queued")
+        await rt.terminate(first["instance_id"], "its slot frees; the next scheduler pass or start dispatches b")
+        assert (await rt.processes.status(queued["instance_id"]))["status"] == "queued"
+    (tmp_path / "handoff_agents.py").write_text(PLUGIN)
+    with journeys_serve(postgres_url, tmp_path / "api.log", "--distributed", "--no-auth") as base:
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            dispatched = await until(http, queued["instance_id"], lambda v: v["status"] != "queued")
+            assert (dispatched["status"], dispatched["waiting"]) == ("in_progress", []), dispatched
+            worker = journeys(
+                ["worker", "--database-url", postgres_url, "--plugin", "handoff_agents:register"],
+                cwd=tmp_path,
+                output=tmp_path / "worker.log",
+            )
+            try:
+                view = await until(http, queued["instance_id"], lambda v: v["waiting"] or v["status"] != "in_progress")
+                assert [w["element"] for w in view["waiting"]] == ["approve"], view
+                assert view["variables"]["drafted_by"] == worker.pid, view
+            finally:
+                stop_worker(worker)
+    assert "AgentNotFoundError" not in (tmp_path / "api.log").read_text()

@@ -687,7 +687,7 @@ class Instances:
         for kind in kinds:
             if kind.after is not None:
                 note(await kind.after())
-        note(await self.dispatch_queued())
+        note(await self.dispatch_queued(leave))
         return resumed
 
     async def run_on(self, instance_id: str, options: RunOptions = DEFAULT_RUN, *, wait: float | None = None) -> bool:
@@ -702,10 +702,12 @@ class Instances:
             return False
         return await self._recover_one(kind, instance, wait=wait, options=options)
 
-    async def dispatch_queued(self) -> list[str]:
+    async def dispatch_queued(self, leave: Callable[[str], Awaitable[bool]] | None = None) -> list[str]:
         """Start the queued instances whose concurrency key has a free slot again, oldest first, and run
         their first run. Any process may call it at any time (every scheduler pass and ``recover`` do):
-        the slot's unique key and the keyed dequeue event let one caller start each. Returns their ids."""
+        the slot's unique key and the keyed dequeue event let one caller start each. ``leave``, as for
+        :meth:`recover`: a started instance for which it answers True has its first run left to whoever it
+        handed it to (a distributed API's workers). Returns the ids of those run here."""
         started: list[str] = []
         full: set[str] = set()
         for queued in await self.flow.queued():
@@ -733,7 +735,7 @@ class Instances:
                 if not self.engine.store.backend.is_unique_violation(exc):
                     raise
                 continue  # another caller took that slot first
-            if won and await self._recover_one(kind, replace(instance, status="in_progress")):
+            if won and await self._recover_one(kind, replace(instance, status="in_progress"), leave):
                 started.append(queued.instance_id)
         return started
 
