@@ -38,6 +38,9 @@ class IgnoredRow:
         return statement
 
 
+# What a store's ``execute`` takes: a statement, or a row it inserts (its statement built only if it runs one).
+Write = Executable | IgnoredRow
+
 # The row of each insert_ignore statement alive, for a writer that binds it into a prebuilt statement of its own
 # instead (``EventLog.append``: a wait's rows in the statement of the event that arms it).
 _IGNORED: weakref.WeakKeyDictionary[Executable, IgnoredRow] = weakref.WeakKeyDictionary()

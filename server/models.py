@@ -549,12 +549,22 @@ class BatchRunCreate(StatelessRunCreate):
     thread_id: ChosenId | None = None
 
 
-# A bulk cancel names what it cancels: a thread, some runs, or a status.
+# A bulk cancel names what it cancels: a thread, some runs, or a status, which stands alone (as on the Agent Server).
 _NAMES_RUNS: JsonDict = {
     "anyOf": [
-        {"required": ["thread_id"], "properties": {"thread_id": {"type": "string"}}},
-        {"required": ["run_ids"], "properties": {"run_ids": {"type": "array", "minItems": 1}}},
-        {"required": ["status"], "properties": {"status": {"type": "string"}}},
+        {"required": ["thread_id"], "properties": {"thread_id": {"type": "string"}, "status": {"type": "null"}}},
+        {
+            "required": ["run_ids"],
+            "properties": {"run_ids": {"type": "array", "minItems": 1}, "status": {"type": "null"}},
+        },
+        {
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string"},
+                "thread_id": {"type": "null"},
+                "run_ids": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
+            },
+        },
     ]
 }
 

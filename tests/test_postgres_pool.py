@@ -16,6 +16,7 @@ from sqlalchemy import JSON, Integer, String, bindparam, cast, func, select
 from checkpoints.backends import postgres
 from checkpoints.backends.postgres import open_pool
 from checkpoints.database import OutageMark
+from checkpoints.runs import LISTEN_RUNS
 from checkpoints.store import open_store
 from checkpoints.url import distributed_target, parse_store_url
 from graphs.runtime import JourneyRuntime
@@ -125,7 +126,7 @@ async def test_every_connection_to_postgresql_notices_a_path_gone_silent(postgre
             async with runtime.engine.exclusive("journey-k"):
                 locks: Any = runtime.store.locks
                 assert tcp_settings(locks._conn) == NOTICED
-        notified = await _listen(distributed_target(behind))
+        notified = await _listen(distributed_target(behind), LISTEN_RUNS)
         try:
             assert tcp_settings(notified) == NOTICED
         finally:

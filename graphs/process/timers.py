@@ -43,7 +43,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Executable
 
 from agents.errors import AgentCallFailedError, AgentNotFoundError, PolicyViolationError
 from checkpoints.database import OUTAGE, lost_database
@@ -52,7 +51,7 @@ from checkpoints.events import NewEvent
 from checkpoints.index import Instance
 from checkpoints.process.timers import DEFAULT_LEASE, RETRY_KEYS, TICK_OF, Timer, TimerStore
 from checkpoints.process.waits import Wait, WaitStore
-from checkpoints.rows import IgnoredRow
+from checkpoints.rows import Write
 from graphs.kernel.engine import CONTINUATION
 from graphs.kernel.flow import DEADLINE_PURPOSE
 from graphs.process.context import TimerHost
@@ -717,7 +716,7 @@ async def schedule_start_timers(timers: TimerStore, now: datetime, spec: Process
         for timer in await timers.find(purpose="start")
         if timer.data.get("process") == spec.name and timer.status in ("scheduled", "firing")
     ]
-    statements: list[Executable | IgnoredRow] = []
+    statements: list[Write] = []
     kept: set[str] = set()
     for timer in active:
         definition = wanted.get(timer.element)
