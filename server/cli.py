@@ -71,6 +71,10 @@ LockTimeoutOption = Annotated[
     ),
 ]
 DatabaseOption = Annotated[str, typer.Option("--database-url", help="sqlite:///file.db (default) or postgresql://…")]
+# An operator command that may run a journey's steps here: the agents they call, as serve and worker take them.
+PluginOption = Annotated[
+    str | None, typer.Option(help="module:function registering the agents its steps call (as serve and worker)")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON (one object) instead of a table")]
 RetentionDaysOption = Annotated[
     float, typer.Option("--retention-days", envvar="JOURNEYS_RETENTION_DAYS", help="days for keep_all_for/delete_after")
@@ -679,9 +683,7 @@ def show_instance(
 def retry_instance(
     instance_id: Annotated[str, typer.Argument(help="a failed journey's instance id")],
     database_url: DatabaseOption = DEFAULT_STORE_URL,
-    plugin: Annotated[
-        str | None, typer.Option(help="module:function registering the agents its steps call (as serve and worker)")
-    ] = None,
+    plugin: PluginOption = None,
     by: Annotated[str | None, typer.Option(help="who retries it, for the audit (default: cli:<login>)")] = None,
     wait: Annotated[
         float, typer.Option(min=0.1, help="seconds to wait for the workers' answer, where they run the retry")
@@ -730,9 +732,7 @@ def retry_instance(
 def run_on_instance(
     instance_id: Annotated[str, typer.Argument(help="the instance id of a journey in progress that nothing runs")],
     database_url: DatabaseOption = DEFAULT_STORE_URL,
-    plugin: Annotated[
-        str | None, typer.Option(help="module:function registering the agents its steps call (as serve and worker)")
-    ] = None,
+    plugin: PluginOption = None,
     wait: Annotated[
         float, typer.Option(min=0.1, help="seconds to wait for the workers to run it on, where they do")
     ] = 300.0,
