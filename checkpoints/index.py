@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Exists, Select, and_, bindparam, column, func, insert, literal, null, select, table, update
+from sqlalchemy import Select, bindparam, func, insert, null, select, update
 
 from checkpoints.backends.base import Backend, Params, Statement
 from checkpoints.clock import Clock
@@ -101,54 +101,6 @@ _IDS_IN_STATUS = (
     .where(_instances.pattern == bindparam("p_pattern"), _instances.status == bindparam("p_status"))
     .order_by(_instances.created_at, _instances.instance_id)
 )
-
-
-# LangGraph's savers' own tables (their DDL is the savers', made by their ``setup()`` in the same database as ours),
-# named here only to read which threads stand parked. The one dialect hook: the writes table's name.
-_INTERRUPT_CHANNEL = "__interrupt__"  # the channel LangGraph writes a task's interrupt to (langgraph INTERRUPT)
-_ERROR_CHANNEL = "__error__"  # and a task's error, a cancelled one's too (langgraph ERROR)
-
-
-def _unparked(writes_table: str) -> Select[Any]:
-    """The open instances (statuses ``p_statuses``) whose thread does not stand parked: it has no checkpoint (a
-    first run cut short), or its latest root checkpoint holds no interrupt write (work in flight, a breakpoint, a
-    cancelled run's stop), or an error write beside one (a branch cut mid-work beside one that waits). A thread
-    parked at a user task, a timer or a message has no work in flight: these are recovery's candidates (each
-    then looked at as before), found through the savers' primary keys, with no read of every journey's state."""
-    keys = ("thread_id", "checkpoint_ns", "checkpoint_id")
-    checkpoints = table("checkpoints", *(column(name) for name in keys))
-    writes = table(writes_table, *(column(name) for name in (*keys, "channel")))
-    latest = (  # the thread's latest root checkpoint (ids sort in time order, as the savers read the latest)
-        select(func.max(checkpoints.c.checkpoint_id))
-        .where(checkpoints.c.thread_id == _instances.instance_id, checkpoints.c.checkpoint_ns == "")
-        .correlate(journey_instances)  # the outer instance's, read once per instance (through the savers' keys)
-        .scalar_subquery()
-    )
-
-    def written(channel: str) -> Exists:
-        """Whether the instance's latest root checkpoint holds a write to ``channel``."""
-        return (
-            select(literal(1))
-            .select_from(writes)
-            .where(
-                writes.c.thread_id == _instances.instance_id,
-                writes.c.checkpoint_ns == "",
-                writes.c.checkpoint_id == latest,
-                writes.c.channel == channel,
-            )
-            .exists()
-        )
-
-    parked = and_(written(_INTERRUPT_CHANNEL), ~written(_ERROR_CHANNEL))
-    return (
-        select(journey_instances)
-        .where(_instances.status.in_(bindparam("p_statuses", expanding=True)), ~parked)
-        .order_by(_instances.created_at, _instances.instance_id)
-    )
-
-
-_UNPARKED_POSTGRES = _unparked("checkpoint_writes")
-_UNPARKED_SQLITE = _unparked("writes")
 
 
 def _merged(values: Params, joined: Sequence[Statement]) -> dict[str, Any]:
@@ -317,13 +269,6 @@ class JourneyIndex:
         where = replace(where, pattern=pattern or where.pattern, status=status or where.status)
         query = where.apply(query)
         return [Instance(**row) for row in await self._backend.query(query)]
-
-    async def unparked(self, statuses: Sequence[str]) -> list[Instance]:
-        """The instances in ``statuses`` whose thread does not stand parked at an interrupt, oldest first: those
-        that may have work in flight (startup recovery's candidates; see :func:`_unparked`). One indexed query,
-        however many journeys wait for a person, a message or a timer."""
-        statement = _UNPARKED_POSTGRES if self._backend.postgres else _UNPARKED_SQLITE
-        return [Instance(**row) for row in await self._backend.query(statement, {"p_statuses": list(statuses)})]
 
     async def ids_in_status(self, pattern: str, status: str) -> list[str]:
         """The ids of every instance of ``pattern`` in ``status``, oldest first."""

@@ -673,17 +673,16 @@ class Instances:
         for kind in kinds:
             if kind.before is not None:
                 note(await kind.before())
-        # Only those whose thread does not stand parked (an indexed query): one that waits for a person, a message
-        # or a timer has no work in flight, and reading each one's state cost ~2 minutes at 100,000 of them.
-        for instance in await self.index.unparked(OPEN_STATUSES):
-            of = self._kinds.get(instance.pattern)
-            if of is None:
-                continue
-            try:
-                if await self._recover_one(of, instance, leave):
-                    note([instance.instance_id])
-            except ConcurrentUpdateError:  # held past the lock timeout: its holder is working on it
-                continue
+        for status in OPEN_STATUSES:
+            for instance in await self.index.list_instances(status=status, limit=1_000_000):
+                of = self._kinds.get(instance.pattern)
+                if of is None:
+                    continue
+                try:
+                    if await self._recover_one(of, instance, leave):
+                        note([instance.instance_id])
+                except ConcurrentUpdateError:  # held past the lock timeout: its holder is working on it
+                    continue
         for kind in kinds:
             if kind.after is not None:
                 note(await kind.after())
